@@ -1,0 +1,21 @@
+//! esim402's kernel: the domain types every component and the host share.
+//!
+//! Everything here is pure (no I/O, no clocks, no randomness: callers pass `now` and random bytes in), so it is
+//! unit-tested natively and runs unchanged inside the wasm components. Values are parsed at the boundary into
+//! newtypes whose only constructors validate ("parse, don't validate"); money is integer micro-USDC.
+#![deny(missing_docs)]
+
+pub mod activation;
+pub mod api_error;
+pub mod chain;
+pub mod ids;
+pub mod invoice;
+pub mod money;
+pub mod pricing;
+
+pub use activation::ActivationRequest;
+pub use api_error::{ApiError, ErrorKind};
+pub use chain::{Address, ChainId, Network};
+pub use ids::{CarrierId, DataMb, InvoiceId, Region};
+pub use invoice::{Invoice, InvoiceStatus, PaymentOption};
+pub use money::UsdcAmount;
