@@ -12,6 +12,7 @@ pub mod ids;
 pub mod invoice;
 pub mod money;
 pub mod pricing;
+pub mod x402;
 
 pub use activation::ActivationRequest;
 pub use api_error::{ApiError, ErrorKind};

@@ -26,14 +26,20 @@ pub struct PriceBook {
 }
 
 impl PriceBook {
-    /// The seed's defaults: T-Mobile $0.003/MB, Verizon $0.0035/MB, AT&T $0.0032/MB, $0.12 fee, $0.05 minimum
+    /// The seed's defaults: T-Mobile $0.003/MB, Verizon $0.0035/MB, AT&T $0.0032/MB, Telekom DE $0.004/MB,
+    /// $0.12 fee, $0.05 minimum
     /// (100 MB on T-Mobile = $0.42).
     pub fn seed_defaults() -> Self {
         let rate = |c: &str, m| Rate { carrier: CarrierId::parse(c).expect("static slug"), milli_micros_per_mb: m };
         Self {
             activation_fee: UsdcAmount::from_micros(120_000),
             minimum: UsdcAmount::from_micros(50_000),
-            rates: vec![rate("tmobile", 3_000_000), rate("verizon", 3_500_000), rate("att", 3_200_000)],
+            rates: vec![
+                rate("tmobile", 3_000_000),
+                rate("verizon", 3_500_000),
+                rate("att", 3_200_000),
+                rate("telekom-de", 4_000_000),
+            ],
         }
     }
 
@@ -45,6 +51,15 @@ impl PriceBook {
         let usage = u64::try_from(milli.div_ceil(1000)).ok()?;
         let total = self.activation_fee.checked_add(UsdcAmount::from_micros(usage))?;
         Some(total.max(self.minimum))
+    }
+}
+
+/// Which carriers serve a region, default first (placeholder until the carrier catalog is configuration).
+pub fn region_carriers(region: &str) -> Option<&'static [&'static str]> {
+    match region {
+        "us-west" | "us-east" | "us-central" => Some(&["tmobile", "verizon", "att"]),
+        "eu-central" => Some(&["telekom-de"]),
+        _ => None,
     }
 }
 
@@ -61,6 +76,13 @@ mod tests {
         let book = PriceBook::seed_defaults();
         assert_eq!(book.quote(&c("tmobile"), DataMb::new(100).unwrap()).unwrap().to_string(), "0.42");
         assert_eq!(book.quote(&c("verizon"), DataMb::new(100).unwrap()).unwrap().micros(), 470_000);
+    }
+
+    #[test]
+    fn regions_list_their_default_carrier_first() {
+        assert_eq!(region_carriers("us-west").unwrap()[0], "tmobile");
+        assert_eq!(region_carriers("eu-central").unwrap(), &["telekom-de"]);
+        assert!(region_carriers("mars-north").is_none());
     }
 
     #[test]
