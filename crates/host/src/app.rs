@@ -1,0 +1,368 @@
+//! Loading a Spin application: manifest + runtime config + variables → one wasmtime `Engine`, a `Linker` with
+//! WASI p2/p3, `wasi:http` p3 and the Spin interfaces, each triggered component composed with its dependencies,
+//! compiled (cached on disk by wasmtime, keyed by the wasm's hash), pre-instantiated, and served through a
+//! `ProxyHandler` that reuses instances like Spin 4 (up to 16 concurrent and 128 total requests per instance).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use wasmtime::component::{Component, GuestTaskId, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::handler::{HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::compose::{Dependency, compose};
+use crate::interfaces::{self, KvCtx, SpinView, VarsCtx};
+use crate::kv::{self, SharedBackend};
+use crate::manifest::{Inherit, Manifest, RouteSpec, expand};
+use crate::outbound::OutboundPolicy;
+use crate::router::Router;
+use crate::runtime_config::{RuntimeConfig, StoreConfig};
+use crate::variables;
+
+/// How to load the app.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Path to spin.toml.
+    pub manifest: PathBuf,
+    /// Path to a runtime config file (Spin's default stores otherwise).
+    pub runtime_config: Option<PathBuf>,
+    /// Replace every key-value store with this backend (tests).
+    pub kv_override: Option<StoreConfig>,
+    /// Environment for `SPIN_VARIABLE_*` (the process environment in production).
+    pub env: HashMap<String, String>,
+    /// Where compiled components are cached (none = no disk cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Requests one instance may serve concurrently.
+    pub max_concurrent_per_instance: usize,
+    /// Requests one instance may serve in total before it is retired.
+    pub max_requests_per_instance: usize,
+}
+
+impl LoadOptions {
+    /// Defaults for a manifest path: Spin 4's reuse limits and a cache under `<app>/.spin/cache`.
+    pub fn new(manifest: impl Into<PathBuf>) -> Self {
+        let manifest = manifest.into();
+        let dir = manifest.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        Self {
+            manifest,
+            runtime_config: None,
+            kv_override: None,
+            env: std::env::vars().collect(),
+            cache_dir: Some(dir.join(".spin").join("cache")),
+            max_concurrent_per_instance: 16,
+            max_requests_per_instance: 128,
+        }
+    }
+}
+
+/// Store data of one instance.
+pub struct HostState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: OutboundPolicy,
+    kv: KvCtx,
+    vars: VarsCtx,
+    limits: StoreLimits,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+impl SpinView for HostState {
+    fn kv(&mut self) -> (&KvCtx, &mut ResourceTable) {
+        (&self.kv, &mut self.table)
+    }
+    fn vars(&mut self) -> &mut VarsCtx {
+        &mut self.vars
+    }
+}
+
+/// Everything one component's instances share.
+pub struct ComponentRuntime {
+    engine: Engine,
+    pre: ProxyPre<HostState>,
+    id: String,
+    policy: OutboundPolicy,
+    kv: KvCtx,
+    vars: VarsCtx,
+    env: Vec<(String, String)>,
+    max_concurrent: usize,
+    max_requests: usize,
+}
+
+/// A loaded application.
+pub struct App {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Public routes.
+    pub router: Router,
+    /// Component id → request handler.
+    pub handlers: HashMap<String, ProxyHandler<ComponentRuntime>>,
+    /// Configured stores (for inspection and tests).
+    pub stores: Arc<HashMap<String, SharedBackend>>,
+    engine: Engine,
+}
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The engine every component shares.
+pub fn engine(cache_dir: Option<&Path>) -> anyhow::Result<Engine> {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true);
+    cfg.wasm_component_model_async(true);
+    cfg.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(256)
+        .total_core_instances(4096)
+        .total_memories(1024)
+        .total_tables(2048)
+        .total_stacks(2048)
+        .max_memory_size(256 << 20)
+        .max_core_instances_per_component(64)
+        .max_memories_per_component(16)
+        .max_tables_per_component(64)
+        .max_unused_warm_slots(64)
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(1 << 16);
+    cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if let Some(dir) = cache_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create cache dir {}", dir.display()))?;
+        let dir = dir.canonicalize().with_context(|| format!("cannot resolve cache dir {}", dir.display()))?;
+        let mut cc = wasmtime::CacheConfig::new();
+        cc.with_directory(dir);
+        cfg.cache(Some(wasmtime::Cache::new(cc)?));
+    }
+    Ok(Engine::new(&cfg)?)
+}
+
+/// The linker with every host interface guests may import.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::<HostState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    interfaces::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// Read a component source, with a hint to build first when it is missing.
+fn read_source(manifest: &Manifest, id: &str, source: &str) -> anyhow::Result<Vec<u8>> {
+    let path = manifest.resolve(source);
+    std::fs::read(&path).with_context(|| format!("component {id}: cannot read {} (run `esim402 build` first)", path.display()))
+}
+
+/// The bytes of a component, composed with its dependencies.
+pub fn component_bytes(manifest: &Manifest, id: &str) -> anyhow::Result<Vec<u8>> {
+    let decl = &manifest.components[id];
+    let main = read_source(manifest, id, &decl.source)?;
+    if decl.dependencies.is_empty() {
+        return Ok(main);
+    }
+    let mut deps = Vec::new();
+    for (import, dep) in &decl.dependencies {
+        let (name, bytes) = match (&dep.component, &dep.path) {
+            (Some(other), _) => (other.clone(), read_source(manifest, other, &manifest.components[other].source)?),
+            (None, Some(path)) => (path.clone(), read_source(manifest, id, path)?),
+            (None, None) => bail!("component {id}: dependency {import:?} has no source"),
+        };
+        let inherit = dep
+            .inherit_configuration
+            .clone()
+            .unwrap_or(Inherit::All(decl.dependencies_inherit_configuration.unwrap_or(false)));
+        deps.push(Dependency { import, export: dep.export.as_deref(), bytes, name, inherit });
+    }
+    compose(id, &main, deps)
+}
+
+impl App {
+    /// Load, compose, compile and pre-instantiate every triggered component.
+    pub async fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
+        let manifest = Manifest::load(&opts.manifest)?;
+        let runtime = match &opts.runtime_config {
+            Some(p) => RuntimeConfig::load(p, &manifest.dir)?,
+            None => RuntimeConfig::spin_default(&manifest.dir),
+        };
+        let resolved = variables::resolve(&manifest, &opts.env)?;
+        tracing::debug!(variables = ?resolved, "variables resolved");
+
+        // Open every store some component uses; an unknown label fails start-up, as in Spin.
+        let mut stores: HashMap<String, SharedBackend> = HashMap::new();
+        for (id, c) in &manifest.components {
+            for label in &c.key_value_stores {
+                if stores.contains_key(label) {
+                    continue;
+                }
+                let cfg = match &opts.kv_override {
+                    Some(o) => o.clone(),
+                    None => runtime
+                        .key_value_stores
+                        .get(label)
+                        .cloned()
+                        .with_context(|| format!("component {id} uses key-value store {label:?}, which the runtime config does not define"))?,
+                };
+                stores.insert(label.clone(), kv::open(label, &cfg).await.with_context(|| format!("key-value store {label:?}"))?);
+            }
+        }
+        let stores = Arc::new(stores);
+
+        let engine = engine(opts.cache_dir.as_deref())?;
+        let linker = linker(&engine)?;
+        let router = Router::new(manifest.http_triggers.iter().filter_map(|t| match &t.route {
+            RouteSpec::Path(p) => Some((p.clone(), t.component.clone())),
+            RouteSpec::Private { .. } => None,
+        }))?;
+        let triggered: BTreeMap<&str, ()> = manifest.http_triggers.iter().map(|t| (t.component.as_str(), ())).collect();
+
+        let mut handlers = HashMap::new();
+        for id in triggered.keys() {
+            let decl = &manifest.components[*id];
+            let bytes = component_bytes(&manifest, id)?;
+            let component = Component::new(&engine, &bytes).map_err(anyhow::Error::from).with_context(|| format!("component {id}: compile"))?;
+            let pre = linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| format!("component {id}: link"))?;
+            let pre = ProxyPre::P3(
+                wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("component {id} does not export wasi:http/handler@0.3.0"))?,
+            );
+            let hosts = decl
+                .allowed_outbound_hosts
+                .iter()
+                .map(|h| expand(h, |v| resolved.app.get(v).cloned()))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("component {id}: allowed_outbound_hosts"))?;
+            let runtime = ComponentRuntime {
+                engine: engine.clone(),
+                pre,
+                id: (*id).to_owned(),
+                policy: OutboundPolicy::new(id, &hosts).with_context(|| format!("component {id}"))?,
+                kv: KvCtx { allowed: Arc::new(decl.key_value_stores.iter().cloned().collect::<HashSet<_>>()), stores: stores.clone() },
+                vars: VarsCtx { vars: resolved.per_component.get(*id).cloned().unwrap_or_default() },
+                env: decl.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                max_concurrent: opts.max_concurrent_per_instance.max(1),
+                max_requests: opts.max_requests_per_instance.max(1),
+            };
+            handlers.insert((*id).to_owned(), ProxyHandler::new(runtime));
+        }
+        // Wasm execution is interruptible: a ticker advances the epoch so guests yield regularly.
+        let ticker = engine.weak();
+        std::thread::spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Ok(Self { manifest, router, handlers, stores, engine })
+    }
+
+    /// The shared engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Retires idle workers and is the backstop for requests that run too long.
+pub struct Expiry {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Expiry {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+        let limit = match status {
+            WorkerStatus::Idle => IDLE_TIMEOUT,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => REQUEST_TIMEOUT,
+        };
+        let Some(deadline) = start.checked_add(limit) else { return Poll::Pending };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+/// Per-instance reuse policy.
+pub struct Worker {
+    max_concurrent: usize,
+    max_requests: usize,
+}
+
+impl WorkerState for Worker {
+    type StoreData = HostState;
+    type RequestData = ();
+
+    fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
+        if total >= self.max_requests {
+            ShouldAccept::Never
+        } else if concurrent >= self.max_concurrent {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(&self, _store: StoreContextMut<'_, HostState>, _req: (), _task: GuestTaskId) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+        Box::pin(tokio::time::sleep(REQUEST_TIMEOUT))
+    }
+
+    fn drop(&self, store: Store<HostState>, result: wasmtime::Result<()>) {
+        if let Err(e) = result {
+            tracing::warn!(component = %store.data().hooks.component, error = %format!("{e:#}"), "instance ended with an error");
+        }
+    }
+}
+
+impl HandlerState for ComponentRuntime {
+    type StoreData = HostState;
+    type WorkerExpiration = Expiry;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, Expiry, Worker>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.inherit_stdout().inherit_stderr();
+        for (k, v) in &self.env {
+            wasi.env(k, v);
+        }
+        let state = HostState {
+            table: ResourceTable::new(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            hooks: self.policy.clone(),
+            kv: self.kv.clone(),
+            vars: self.vars.clone(),
+            limits: StoreLimitsBuilder::new().memory_size(256 << 20).instances(128).build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        tracing::debug!(component = %self.id, "new instance");
+        Ok(Instance {
+            store,
+            proxy,
+            view: <HostState as WasiHttpView>::http,
+            expiration: Expiry { sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400 * 365))) },
+            state: Worker { max_concurrent: self.max_concurrent, max_requests: self.max_requests },
+        })
+    }
+}

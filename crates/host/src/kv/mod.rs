@@ -1,0 +1,124 @@
+//! Key-value backends behind `spin:key-value` and `wasi:keyvalue`: SQLite (Spin's default), Redis and memory.
+//!
+//! Every backend implements the atomics correctly: `compare_and_swap` succeeds only if the key still holds
+//! exactly the expected value — and an expected *absence* means the key must still be absent (Spin's SQLite
+//! store treats CAS on a missing key as an unconditional write, and its Redis store can lose a CAS between
+//! WATCH and EXEC; neither hole exists here). Counters are stored as decimal ASCII, as Redis `INCRBY` does.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+mod memory;
+mod redis_store;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+pub use sqlite::SqliteStore;
+
+use crate::runtime_config::StoreConfig;
+
+/// A backend failure; the message goes to the guest as `error::other`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KvError(pub String);
+
+impl KvError {
+    /// Wrap any displayable error.
+    pub fn from_display(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// The result type of backend operations.
+pub type KvResult<T> = Result<T, KvError>;
+
+/// One key-value store.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Value of `key`.
+    async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>>;
+    /// Overwrite `key`.
+    async fn set(&self, key: &str, value: &[u8]) -> KvResult<()>;
+    /// Remove `key` (no error if absent).
+    async fn delete(&self, key: &str) -> KvResult<()>;
+    /// Whether `key` exists.
+    async fn exists(&self, key: &str) -> KvResult<bool>;
+    /// Every key.
+    async fn keys(&self) -> KvResult<Vec<String>>;
+    /// Add `delta` to the decimal integer at `key` (absent = 0) atomically; the new value.
+    async fn increment(&self, key: &str, delta: i64) -> KvResult<i64>;
+    /// Write `value` only if `key` still holds `expected` (`None` = still absent). True if written.
+    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> KvResult<bool>;
+}
+
+/// A shared backend.
+pub type SharedBackend = Arc<dyn Backend>;
+
+/// Parse a stored counter.
+pub(crate) fn parse_counter(key: &str, bytes: Option<&[u8]>) -> KvResult<i64> {
+    match bytes {
+        None => Ok(0),
+        Some(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| KvError(format!("value of {key:?} is not a decimal integer"))),
+    }
+}
+
+/// Open the backend for one configured store.
+pub async fn open(label: &str, cfg: &StoreConfig) -> anyhow::Result<SharedBackend> {
+    Ok(match cfg {
+        StoreConfig::Memory => Arc::new(MemoryStore::default()),
+        StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path, label)?),
+        StoreConfig::Redis(url) => Arc::new(RedisStore::connect(url).await?),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! The same behavioural checks for every backend.
+    use super::*;
+
+    pub async fn check(store: SharedBackend) {
+        assert_eq!(store.get("a").await.unwrap(), None);
+        store.set("a", b"1").await.unwrap();
+        assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert!(store.exists("a").await.unwrap());
+        assert!(!store.exists("b").await.unwrap());
+        // CAS on an absent key succeeds only while it is absent.
+        assert!(store.compare_and_swap("b", None, b"x").await.unwrap());
+        assert!(!store.compare_and_swap("b", None, b"y").await.unwrap(), "absent-expected CAS must fail once present");
+        assert!(!store.compare_and_swap("b", Some(b"wrong"), b"y").await.unwrap());
+        assert!(store.compare_and_swap("b", Some(b"x"), b"y").await.unwrap());
+        assert_eq!(store.get("b").await.unwrap().as_deref(), Some(&b"y"[..]));
+        assert_eq!(store.increment("n", 5).await.unwrap(), 5);
+        assert_eq!(store.increment("n", -2).await.unwrap(), 3);
+        assert!(store.increment("a", 1).await.is_ok(), "\"1\" is a counter");
+        store.set("t", b"text").await.unwrap();
+        assert!(store.increment("t", 1).await.is_err());
+        let mut keys = store.keys().await.unwrap();
+        keys.sort();
+        assert_eq!(keys, vec!["a", "b", "n", "t"]);
+        store.delete("a").await.unwrap();
+        store.delete("a").await.unwrap();
+        assert!(!store.exists("a").await.unwrap());
+
+        // 64 racing increments all count; 64 racing absent-CAS inserts have exactly one winner.
+        let mut tasks = Vec::new();
+        for i in 0..64u8 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.increment("race-n", 1).await.unwrap();
+                s.compare_and_swap("race-cas", None, &[i]).await.unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            winners += usize::from(t.await.unwrap());
+        }
+        assert_eq!(winners, 1);
+        assert_eq!(store.increment("race-n", 0).await.unwrap(), 64);
+    }
+}

@@ -1,0 +1,18 @@
+//! esim402's host: runs the Spin application described by `spin.toml` on wasmtime, without the Spin CLI.
+//!
+//! [`app::App::load`] reads the manifest, runtime config and variables, composes each component with its
+//! dependencies, compiles and pre-instantiates it; [`server::serve`] runs the HTTP trigger. The binary
+//! `esim402` wraps both with `build`, `check` and `up` subcommands.
+#![deny(missing_docs)]
+
+pub mod app;
+pub mod build;
+pub mod compose;
+pub mod interfaces;
+pub mod kv;
+pub mod manifest;
+pub mod outbound;
+pub mod router;
+pub mod runtime_config;
+pub mod server;
+pub mod variables;

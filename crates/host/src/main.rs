@@ -1,0 +1,120 @@
+//! `esim402`: build, check and serve the esim402 Spin application (or any Spin app this host supports).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use esim402_host::app::{App, LoadOptions};
+use esim402_host::manifest::Manifest;
+use esim402_host::runtime_config::{RuntimeConfig, StoreConfig};
+
+#[derive(Parser)]
+#[command(name = "esim402", version, about = "Run the esim402 Spin application on wasmtime, without the Spin CLI")]
+struct Cli {
+    /// The application manifest.
+    #[arg(long, short = 'f', global = true, default_value = "spin.toml")]
+    from: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build every component (runs each `[component.<id>.build] command`).
+    Build {
+        /// Only these components.
+        #[arg(long = "component-id", short = 'c')]
+        components: Vec<String>,
+        /// Serve the app after building.
+        #[arg(long)]
+        up: bool,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Serve the app.
+    Up {
+        /// Build the components first.
+        #[arg(long)]
+        build: bool,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Validate the manifest, runtime config and variables, and compose + compile every component.
+    Check {
+        /// Runtime config file.
+        #[arg(long)]
+        runtime_config_file: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Runtime config file (Spin format).
+    #[arg(long)]
+    runtime_config_file: Option<PathBuf>,
+    /// Keep key-value data in memory only (nothing persists).
+    #[arg(long)]
+    memory_kv: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ESIM402_LOG").unwrap_or_else(|_| "esim402=info,esim402_host=info,warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Cmd::Build { components, up, serve } => {
+            let manifest = Manifest::load(&cli.from)?;
+            esim402_host::build::build(&manifest, &components)?;
+            if up {
+                rt.block_on(run(&cli.from, serve))?;
+            }
+            Ok(())
+        }
+        Cmd::Up { build, serve } => {
+            if build {
+                esim402_host::build::build(&Manifest::load(&cli.from)?, &[])?;
+            }
+            rt.block_on(run(&cli.from, serve))
+        }
+        Cmd::Check { runtime_config_file } => rt.block_on(async {
+            let manifest = Manifest::load(&cli.from)?;
+            if let Some(rc) = &runtime_config_file {
+                RuntimeConfig::load(rc, &manifest.dir)?;
+            }
+            let mut opts = LoadOptions::new(&cli.from);
+            opts.runtime_config = runtime_config_file;
+            opts.kv_override = Some(StoreConfig::Memory);
+            let app = App::load(&opts).await?;
+            println!("ok: {} ({} routes, {} components)", app.manifest.name, app.router.routes().len(), app.manifest.components.len());
+            Ok(())
+        }),
+    }
+}
+
+async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> {
+    let mut opts = LoadOptions::new(manifest);
+    opts.runtime_config = args.runtime_config_file;
+    if args.memory_kv {
+        opts.kv_override = Some(StoreConfig::Memory);
+    }
+    let app = Arc::new(App::load(&opts).await?);
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!("Serving http://{addr}");
+    eprintln!("Available Routes:");
+    for route in app.router.routes() {
+        eprintln!("  {}: http://{addr}{}", route.component, route.pattern);
+    }
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    esim402_host::server::serve(app, listener, shutdown).await
+}

@@ -1,0 +1,421 @@
+//! `spin.toml` (manifest v2): the subset this host runs, read with the same field names and rules as Spin.
+//!
+//! Unknown keys are refused (Spin refuses them too), and known Spin features this host does not implement
+//! (`files`, `sqlite_databases`, `ai_models`, non-HTTP triggers, registry/URL dependencies, …) fail with an error
+//! naming the key, rather than being silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail, ensure};
+use serde::Deserialize;
+
+/// A parsed manifest plus the folder it came from (sources and build commands are relative to it).
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Folder holding spin.toml.
+    pub dir: PathBuf,
+    /// Application name.
+    pub name: String,
+    /// `[variables]`.
+    pub variables: BTreeMap<String, VariableDecl>,
+    /// `[[trigger.http]]`.
+    pub http_triggers: Vec<HttpTrigger>,
+    /// `[component.<id>]`.
+    pub components: BTreeMap<String, ComponentDecl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    spin_manifest_version: u32,
+    application: RawApplication,
+    #[serde(default)]
+    variables: BTreeMap<String, VariableDecl>,
+    #[serde(default)]
+    trigger: BTreeMap<String, Vec<toml::Table>>,
+    #[serde(default)]
+    component: BTreeMap<String, ComponentDecl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApplication {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    authors: Vec<String>,
+    #[serde(default)]
+    trigger: Option<toml::Table>,
+}
+
+/// An application variable.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariableDecl {
+    /// Default value.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Start-up fails if no value is provided.
+    #[serde(default)]
+    pub required: bool,
+    /// Never logged.
+    #[serde(default)]
+    pub secret: bool,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// One `[[trigger.http]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTrigger {
+    /// `"/path"`, `"/prefix/..."`, `"/users/:id"` or `{ private = true }`.
+    pub route: RouteSpec,
+    /// Component id.
+    pub component: String,
+    /// Free-form executor (only `spin`/absent is supported).
+    #[serde(default)]
+    pub executor: Option<toml::Table>,
+}
+
+/// A trigger route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RouteSpec {
+    /// A public route pattern.
+    Path(String),
+    /// `{ private = true }`: reachable only from other components.
+    Private {
+        /// Must be true.
+        private: bool,
+    },
+}
+
+/// One `[component.<id>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentDecl {
+    /// Path to the .wasm, relative to the manifest.
+    pub source: String,
+    #[serde(default)]
+    /// Free text.
+    pub description: Option<String>,
+    /// Component variables, may template app variables.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// WASI environment variables.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    /// Key-value store labels.
+    #[serde(default)]
+    pub key_value_stores: Vec<String>,
+    /// `scheme://host[:port]` patterns.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// `spin build` settings.
+    #[serde(default)]
+    pub build: Option<BuildDecl>,
+    /// Spin 3's all-or-nothing flag.
+    #[serde(default)]
+    pub dependencies_inherit_configuration: Option<bool>,
+    /// Imports satisfied by other components.
+    #[serde(default)]
+    pub dependencies: BTreeMap<String, DependencyDecl>,
+    /// Unsupported by this host: refused if non-empty.
+    #[serde(default)]
+    pub files: Vec<toml::Value>,
+    /// Unsupported by this host: refused if non-empty.
+    #[serde(default)]
+    pub sqlite_databases: Vec<String>,
+    /// Unsupported by this host: refused if non-empty.
+    #[serde(default)]
+    pub ai_models: Vec<String>,
+    /// Ignored by Spin and by us.
+    #[serde(default)]
+    pub tool: Option<toml::Table>,
+}
+
+/// `[component.<id>.build]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildDecl {
+    /// One command or several, run in order through `sh -c`.
+    pub command: Commands,
+    /// Working directory relative to the manifest.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Globs for `spin watch`.
+    #[serde(default)]
+    pub watch: Vec<String>,
+}
+
+/// One or many commands.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Commands {
+    /// A single command.
+    One(String),
+    /// Several, in order.
+    Many(Vec<String>),
+}
+
+impl Commands {
+    /// As a list.
+    pub fn as_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(c) => vec![c.clone()],
+            Self::Many(cs) => cs.clone(),
+        }
+    }
+}
+
+/// How a dependency import is satisfied (only the local forms are supported here).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DependencyDecl {
+    /// Another component of this app.
+    #[serde(default)]
+    pub component: Option<String>,
+    /// A local .wasm file.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Registry version (unsupported here).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Registry (unsupported here).
+    #[serde(default)]
+    pub registry: Option<String>,
+    /// Package (unsupported here).
+    #[serde(default)]
+    pub package: Option<String>,
+    /// URL (unsupported here).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Digest for URL dependencies.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Export of the dependency to plug in (defaults to the import name).
+    #[serde(default)]
+    pub export: Option<String>,
+    /// What the dependency may use of the parent's configuration.
+    #[serde(default)]
+    pub inherit_configuration: Option<Inherit>,
+}
+
+/// `inherit_configuration`: all, nothing, or a list of configuration keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Inherit {
+    /// true/false.
+    All(bool),
+    /// Listed keys.
+    Some(Vec<String>),
+}
+
+/// Configuration keys a dependency may inherit, and the host interfaces each one unlocks.
+pub const INHERITABLE: &[(&str, &[&str])] = &[
+    ("key_value_stores", &["spin:key-value/", "wasi:keyvalue/", "fermyon:spin/key-value"]),
+    ("variables", &["spin:variables/", "fermyon:spin/variables", "wasi:config/"]),
+    ("allowed_outbound_hosts", &["wasi:http/outgoing-handler", "wasi:http/client", "wasi:sockets/", "spin:redis/", "spin:postgres/", "spin:mysql/", "spin:mqtt/"]),
+    ("sqlite_databases", &["spin:sqlite/", "fermyon:spin/sqlite"]),
+    ("ai_models", &["fermyon:spin/llm"]),
+    ("environment", &[]),
+    ("files", &[]),
+];
+
+impl Inherit {
+    /// Whether configuration key `key` is inherited.
+    pub fn grants(&self, key: &str) -> bool {
+        match self {
+            Self::All(all) => *all,
+            Self::Some(keys) => keys.iter().any(|k| k == key),
+        }
+    }
+}
+
+fn check_route(route: &str) -> anyhow::Result<()> {
+    ensure!(route.starts_with('/'), "route {route:?} must start with '/'");
+    for (i, seg) in route.trim_start_matches('/').split('/').enumerate() {
+        let last = i + 1 == route.trim_start_matches('/').split('/').count();
+        ensure!(seg != "..." || last, "route {route:?}: '...' may only be the last segment");
+        if let Some(name) = seg.strip_prefix(':') {
+            ensure!(!name.is_empty(), "route {route:?}: ':' must be followed by a parameter name");
+        }
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Read and validate a manifest file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = parent.canonicalize().with_context(|| format!("cannot resolve {}", parent.display()))?;
+        Self::parse(&text, dir).with_context(|| format!("invalid manifest {}", path.display()))
+    }
+
+    /// Parse and validate manifest text.
+    pub fn parse(text: &str, dir: PathBuf) -> anyhow::Result<Self> {
+        let raw: RawManifest = toml::from_str(text)?;
+        ensure!(raw.spin_manifest_version == 2, "spin_manifest_version must be 2");
+        let _ = (&raw.application.version, &raw.application.description, &raw.application.authors, &raw.application.trigger);
+        let mut http_triggers = Vec::new();
+        for (kind, entries) in raw.trigger {
+            ensure!(kind == "http", "trigger type {kind:?} is not supported by this host (only http)");
+            for entry in entries {
+                let t: HttpTrigger = entry.try_into().context("invalid [[trigger.http]] entry")?;
+                if let RouteSpec::Path(r) = &t.route {
+                    check_route(r)?;
+                }
+                if let RouteSpec::Private { private } = &t.route {
+                    ensure!(*private, "route = {{ private = false }} is not meaningful; give a path");
+                }
+                ensure!(raw.component.contains_key(&t.component), "trigger names unknown component {:?}", t.component);
+                http_triggers.push(t);
+            }
+        }
+        for (id, c) in &raw.component {
+            ensure!(c.files.is_empty(), "component {id}: `files` is not supported by this host");
+            ensure!(c.sqlite_databases.is_empty(), "component {id}: `sqlite_databases` is not supported by this host");
+            ensure!(c.ai_models.is_empty(), "component {id}: `ai_models` is not supported by this host");
+            for (name, template) in &c.variables {
+                for var in template_vars(template)? {
+                    ensure!(raw.variables.contains_key(&var), "component {id} variable {name} uses undeclared variable {var:?}");
+                }
+            }
+            for (import, dep) in &c.dependencies {
+                ensure!(
+                    dep.version.is_none() && dep.registry.is_none() && dep.package.is_none() && dep.url.is_none(),
+                    "component {id}: dependency {import:?} must be local ({{ component = \"…\" }} or {{ path = \"…\" }}); registry and URL dependencies need the Spin CLI"
+                );
+                match (&dep.component, &dep.path) {
+                    (Some(other), None) => ensure!(raw.component.contains_key(other), "component {id}: dependency {import:?} names unknown component {other:?}"),
+                    (None, Some(_)) => {}
+                    _ => bail!("component {id}: dependency {import:?} needs exactly one of `component` or `path`"),
+                }
+                if let Some(Inherit::Some(keys)) = &dep.inherit_configuration {
+                    for k in keys {
+                        ensure!(INHERITABLE.iter().any(|(name, _)| name == k), "component {id}: dependency {import:?} inherits unknown configuration key {k:?}");
+                    }
+                }
+            }
+        }
+        for (name, v) in &raw.variables {
+            ensure!(is_variable_name(name), "variable name {name:?} must be lower_snake_case");
+            ensure!(!(v.required && v.default.is_some()), "variable {name}: `required` and `default` are mutually exclusive");
+        }
+        Ok(Self { dir, name: raw.application.name, variables: raw.variables, http_triggers, components: raw.component })
+    }
+
+    /// A path in the manifest, resolved against its folder.
+    pub fn resolve(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+/// Spin variable names: lower snake case starting with a letter.
+pub fn is_variable_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_lowercase()) && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
+/// The variable names a `{{ name }}` template refers to.
+pub fn template_vars(template: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after.find("}}").with_context(|| format!("unclosed '{{{{' in {template:?}"))?;
+        let name = after[..end].trim();
+        ensure!(is_variable_name(name), "invalid variable reference {name:?} in {template:?}");
+        out.push(name.to_owned());
+        rest = &after[end + 2..];
+    }
+    Ok(out)
+}
+
+/// Expand `{{ name }}` references with `lookup`.
+pub fn expand(template: &str, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").with_context(|| format!("unclosed '{{{{' in {template:?}"))?;
+        let name = after[..end].trim();
+        out.push_str(&lookup(name).with_context(|| format!("variable {name:?} has no value"))?);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "t"
+[variables]
+host = { default = "127.0.0.1:1" }
+key = { required = true, secret = true }
+[[trigger.http]]
+route = "/a/..."
+component = "a"
+[[trigger.http]]
+route = { private = true }
+component = "b"
+[component.a]
+source = "a.wasm"
+allowed_outbound_hosts = ["http://{{ host }}"]
+variables = { k = "{{ key }}" }
+[component.a.dependencies]
+"x:y/z@0.1.0" = { component = "b", inherit_configuration = ["key_value_stores"] }
+[component.b]
+source = "b.wasm"
+"#;
+
+    #[test]
+    fn parses_a_spin_manifest() {
+        let m = Manifest::parse(APP, PathBuf::from("/app")).unwrap();
+        assert_eq!(m.http_triggers.len(), 2);
+        assert!(m.variables["key"].secret);
+        assert_eq!(m.resolve("a.wasm"), PathBuf::from("/app/a.wasm"));
+        let dep = &m.components["a"].dependencies["x:y/z@0.1.0"];
+        assert!(dep.inherit_configuration.as_ref().unwrap().grants("key_value_stores"));
+        assert!(!dep.inherit_configuration.as_ref().unwrap().grants("allowed_outbound_hosts"));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_run() {
+        let cases = [
+            (APP.replace("source = \"b.wasm\"", "source = \"b.wasm\"\nfiles = [\"x\"]"), "files"),
+            (APP.replace("[component.b]", "[component.b]\nbogus = 1"), "bogus"),
+            (APP.replace("route = \"/a/...\"", "route = \"a\""), "must start with"),
+            (APP.replace("component = \"b\", inherit", "component = \"nope\", inherit"), "unknown component"),
+            (APP.replace("[\"key_value_stores\"]", "[\"kv\"]"), "unknown configuration key"),
+            (APP.replace("{{ key }}", "{{ nokey }}"), "undeclared variable"),
+            (APP.replace("[[trigger.http]]\nroute = \"/a/...\"", "[[trigger.redis]]\nroute = \"/a/...\""), "not supported"),
+            (APP.replace("{ required = true, secret = true }", "{ required = true, default = \"x\" }"), "mutually exclusive"),
+        ];
+        for (text, needle) in cases {
+            let err = format!("{:#}", Manifest::parse(&text, PathBuf::new()).unwrap_err());
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn templates_expand() {
+        assert_eq!(template_vars("http://{{ a }}:{{b}}").unwrap(), vec!["a", "b"]);
+        assert_eq!(expand("x{{ a }}y", |_| Some("1".into())).unwrap(), "x1y");
+        assert!(expand("{{ a }}", |_| None).is_err());
+        assert!(template_vars("{{ A }}").is_err());
+        assert!(template_vars("{{ a").is_err());
+    }
+}

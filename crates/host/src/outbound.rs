@@ -1,0 +1,166 @@
+//! `allowed_outbound_hosts`: parsed once per component (after `{{ var }}` expansion) and enforced on every
+//! outgoing `wasi:http` request. Syntax as in Spin: `scheme://host[:port]`, where scheme, host and port may be
+//! `*`, a host may be `*.example.com`, and an omitted port means the scheme's default. A denied request fails in
+//! the guest with `HttpRequestDenied` and is logged by the host (without query strings).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::{Context, bail, ensure};
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
+
+/// One allowed destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    scheme: Option<String>,
+    host: HostPattern,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Any,
+    Exact(String),
+    Subdomains(String),
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        "redis" => Some(6379),
+        "postgres" => Some(5432),
+        "mysql" => Some(3306),
+        _ => None,
+    }
+}
+
+impl AllowedHost {
+    /// Parse one entry.
+    pub fn parse(entry: &str) -> anyhow::Result<Self> {
+        let (scheme, rest) = entry.split_once("://").with_context(|| format!("allowed host {entry:?} needs a scheme (http://…)"))?;
+        ensure!(!rest.contains('/') || rest.ends_with('/') && rest.matches('/').count() == 1, "allowed host {entry:?} must not have a path");
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+            _ => (rest, None),
+        };
+        ensure!(!host.is_empty(), "allowed host {entry:?} has no host");
+        let scheme = (scheme != "*").then(|| scheme.to_ascii_lowercase());
+        let port = match port {
+            Some("*") => None,
+            Some(p) => Some(p.parse::<u16>().with_context(|| format!("allowed host {entry:?} has an invalid port"))?),
+            None => match scheme.as_deref().and_then(default_port) {
+                Some(p) => Some(p),
+                None => bail!("allowed host {entry:?} needs an explicit port for its scheme"),
+            },
+        };
+        let host = host.to_ascii_lowercase();
+        let host = if host == "*" {
+            HostPattern::Any
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            HostPattern::Subdomains(suffix.to_owned())
+        } else {
+            ensure!(!host.contains('*'), "allowed host {entry:?}: '*' is only allowed as a whole host or a leading '*.'");
+            HostPattern::Exact(host)
+        };
+        Ok(Self { scheme, host, port })
+    }
+
+    /// Whether a request to `scheme://host:port` is allowed by this entry.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let host = host.to_ascii_lowercase();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.scheme.as_deref().is_none_or(|s| s == scheme)
+            && self.port.is_none_or(|p| p == port)
+            && match &self.host {
+                HostPattern::Any => true,
+                HostPattern::Exact(h) => h.trim_start_matches('[').trim_end_matches(']') == host,
+                HostPattern::Subdomains(suffix) => host.ends_with(&format!(".{suffix}")),
+            }
+    }
+}
+
+/// A component's outbound policy; also the `WasiHttpHooks` the store uses for every send.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundPolicy {
+    /// Component id, for logs.
+    pub component: Arc<str>,
+    /// Allowed destinations; empty denies everything.
+    pub allowed: Arc<[AllowedHost]>,
+}
+
+impl OutboundPolicy {
+    /// Parse a component's (already expanded) entries.
+    pub fn new(component: &str, entries: &[String]) -> anyhow::Result<Self> {
+        let allowed = entries.iter().map(|e| AllowedHost::parse(e)).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self { component: component.into(), allowed: allowed.into() })
+    }
+
+    /// Whether `uri` may be requested.
+    pub fn allows_uri(&self, uri: &http::Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+        let Some(host) = uri.host() else { return false };
+        let Some(port) = uri.port_u16().or_else(|| default_port(&scheme)) else { return false };
+        self.allowed.iter().any(|a| a.allows(&scheme, host, port))
+    }
+}
+
+type IoFuture = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+impl WasiHttpHooks for OutboundPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _response_result: IoFuture,
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), wasmtime_wasi_http::Error>> + Send> {
+        let allowed = self.allows_uri(request.uri());
+        let component = self.component.clone();
+        Box::new(async move {
+            if !allowed {
+                let uri = request.uri();
+                tracing::warn!(
+                    component = %component,
+                    destination = %format!("{}://{}", uri.scheme_str().unwrap_or("https"), uri.authority().map_or("", |a| a.as_str())),
+                    "outbound request denied: destination is not in allowed_outbound_hosts"
+                );
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((response.map(|b| b.boxed_unsync()), Box::new(io) as IoFuture))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(entry: &str, url: &str) -> bool {
+        OutboundPolicy::new("t", &[entry.to_owned()]).unwrap().allows_uri(&url.parse().unwrap())
+    }
+
+    #[test]
+    fn spin_syntax() {
+        assert!(allows("http://127.0.0.1:8545", "http://127.0.0.1:8545/rpc"));
+        assert!(!allows("http://127.0.0.1:8545", "http://127.0.0.1:8546/"));
+        assert!(!allows("http://127.0.0.1:8545", "https://127.0.0.1:8545/"));
+        assert!(allows("https://example.com", "https://example.com/x"));
+        assert!(!allows("https://example.com", "https://example.com:8443/x"));
+        assert!(allows("https://*.example.com", "https://api.example.com/"));
+        assert!(!allows("https://*.example.com", "https://example.com/"));
+        assert!(!allows("https://*.example.com", "https://evilexample.com/"));
+        assert!(allows("*://localhost:*", "http://localhost:9/"));
+        assert!(allows("http://*:8080", "http://anything:8080/"));
+        assert!(!OutboundPolicy::default().allows_uri(&"http://127.0.0.1/".parse().unwrap()), "no entries deny all");
+    }
+
+    #[test]
+    fn bad_entries() {
+        for bad in ["127.0.0.1:80", "http://", "http://host:notaport", "*://host", "http://a*b.com", "http://host/path"] {
+            assert!(AllowedHost::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
