@@ -1,0 +1,60 @@
+//! The Redis backend against a real redis-server, through the host and directly.
+
+use std::sync::Arc;
+
+use esim402_host::kv::{Backend, RedisStore};
+use esim402_host::runtime_config::StoreConfig;
+use esim402_tests::{RedisServer, options, spawn_app};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invoices_land_in_redis() {
+    let redis = RedisServer::start().unwrap();
+    let app = spawn_app(options(StoreConfig::Redis(redis.url.clone()))).await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/esim/activate", app.url))
+        .body(r#"{"region":"us-west","data_mb":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 402);
+    let id = resp.json::<Value>().await.unwrap()["invoice_id"].as_str().unwrap().to_owned();
+    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let stored: Option<String> = redis::cmd("GET").arg(format!("invoice/{id}")).query_async(&mut conn).await.unwrap();
+    let stored: Value = serde_json::from_str(&stored.expect("invoice key in redis")).unwrap();
+    assert_eq!(stored["status"], "open");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_atomics_have_exactly_one_winner() {
+    let redis = RedisServer::start().unwrap();
+    let store: Arc<dyn Backend> = Arc::new(RedisStore::connect(&redis.url).await.unwrap());
+    store.set("slot", b"v0").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64u8 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.increment("n", 1).await.unwrap();
+            let absent = s.compare_and_swap("claim", None, &[i]).await.unwrap();
+            // Everyone also races a present-value CAS from "v0" to their own value: one winner.
+            let present = s.compare_and_swap("slot", Some(b"v0"), format!("v{}", i + 1).as_bytes()).await.unwrap();
+            (absent, present)
+        }));
+    }
+    let mut absent_winners = 0;
+    let mut present_winners = 0;
+    for t in tasks {
+        let (a, p) = t.await.unwrap();
+        absent_winners += usize::from(a);
+        present_winners += usize::from(p);
+    }
+    assert_eq!(absent_winners, 1);
+    assert_eq!(present_winners, 1, "exactly one CAS from v0 succeeds");
+    assert_eq!(store.increment("n", 0).await.unwrap(), 64);
+    assert!(!store.compare_and_swap("claim", None, b"late").await.unwrap());
+    store.set("s", b"a").await.unwrap();
+    assert!(!store.compare_and_swap("s", Some(b"b"), b"c").await.unwrap());
+    assert!(store.compare_and_swap("s", Some(b"a"), b"c").await.unwrap());
+    assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&b"c"[..]));
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests through the host with the real components.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod activate;
+mod backends;
