@@ -15,7 +15,10 @@ use tokio::sync::oneshot;
 
 /// The repository root (holds spin.toml).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A running app.
@@ -61,7 +64,9 @@ pub fn options(kv: StoreConfig) -> LoadOptions {
 /// Serve the app on 127.0.0.1:0.
 pub async fn spawn_app(opts: LoadOptions) -> anyhow::Result<TestApp> {
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter("esim402_host=debug,info").try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("esim402_host=debug,info")
+            .try_init();
     }
     let app = Arc::new(App::load(&opts).await?);
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -70,7 +75,12 @@ pub async fn spawn_app(opts: LoadOptions) -> anyhow::Result<TestApp> {
     let task = tokio::spawn(esim402_host::server::serve(app.clone(), listener, async {
         let _ = rx.await;
     }));
-    Ok(TestApp { url, app, stop: Some(tx), task: Some(task) })
+    Ok(TestApp {
+        url,
+        app,
+        stop: Some(tx),
+        task: Some(task),
+    })
 }
 
 /// A private redis-server on a loopback port, stopped by PID on drop.
@@ -83,14 +93,32 @@ pub struct RedisServer {
 impl RedisServer {
     /// Start one; fails with a clear message if `redis-server` is not installed.
     pub fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start redis-server (scripts/setup.sh installs it): {e}"))?;
-        let server = Self { child, url: format!("redis://127.0.0.1:{port}") };
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start redis-server (scripts/setup.sh installs it): {e}")
+            })?;
+        let server = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Ok(server);

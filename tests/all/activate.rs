@@ -6,7 +6,12 @@ use esim402_tests::{options, spawn_app};
 use serde_json::Value;
 
 async fn activate(url: &str, body: &str) -> reqwest::Response {
-    reqwest::Client::new().post(format!("{url}/v1/esim/activate")).body(body.to_owned()).send().await.unwrap()
+    reqwest::Client::new()
+        .post(format!("{url}/v1/esim/activate"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -15,25 +20,54 @@ async fn unpaid_activation_answers_402_with_invoice_and_x402_header() {
     let resp = activate(&app.url, r#"{"region":"us-west","data_mb":100}"#).await;
     assert_eq!(resp.status(), 402);
     assert_eq!(resp.headers()["cache-control"], "no-store");
-    let header = resp.headers()["payment-required"].to_str().unwrap().to_owned();
+    let header = resp.headers()["payment-required"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["amount_usdc"], "0.42", "100 MB on T-Mobile is the seed's $0.42");
+    assert_eq!(
+        body["amount_usdc"], "0.42",
+        "100 MB on T-Mobile is the seed's $0.42"
+    );
     assert_eq!(body["carrier"], "tmobile");
     assert_eq!(body["chain"], "eip155:31337");
-    assert_eq!(body["recipient"], "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC");
+    assert_eq!(
+        body["recipient"],
+        "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+    );
     assert!(body["expires_at"].as_u64().unwrap() > body["created_at"].as_u64().unwrap());
     let id = body["invoice_id"].as_str().unwrap();
     assert!(id.starts_with("inv_") && id.len() == 36);
 
-    let required: Value = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(header).unwrap()).unwrap();
+    let required: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(required["x402Version"], 2);
     assert_eq!(required["accepts"][0]["amount"], "420000");
     assert_eq!(required["accepts"][0]["extra"]["name"], "USD Coin");
-    assert!(required["resource"]["url"].as_str().unwrap().ends_with("/v1/esim/activate"));
+    assert!(
+        required["resource"]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1/esim/activate")
+    );
 
     // Persisted in the key-value store and readable through the API.
-    assert!(app.app.stores["default"].exists(&format!("invoice/{id}")).await.unwrap());
-    let got: Value = reqwest::get(format!("{}/v1/invoices/{id}", app.url)).await.unwrap().json().await.unwrap();
+    assert!(
+        app.app.stores["default"]
+            .exists(&format!("invoice/{id}"))
+            .await
+            .unwrap()
+    );
+    let got: Value = reqwest::get(format!("{}/v1/invoices/{id}", app.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["invoice_id"], id);
     assert_eq!(got["status"], "open");
     app.stop().await;
@@ -47,8 +81,14 @@ async fn bad_input_gets_a_typed_4xx_naming_the_problem() {
         (r#"{"region":"us-west"}"#, "data_mb"),
         (r#"{"region":"us-west","data_mb":0}"#, "data_mb"),
         (r#"{"region":"mars-north","data_mb":1}"#, "region"),
-        (r#"{"region":"eu-central","data_mb":1,"carrier":"tmobile"}"#, "carrier"),
-        (r#"{"region":"us-west","data_mb":1,"chain":"dogecoin"}"#, "chain"),
+        (
+            r#"{"region":"eu-central","data_mb":1,"carrier":"tmobile"}"#,
+            "carrier",
+        ),
+        (
+            r#"{"region":"us-west","data_mb":1,"chain":"dogecoin"}"#,
+            "chain",
+        ),
     ] {
         let resp = activate(&app.url, body).await;
         assert_eq!(resp.status(), 400, "{body}");
@@ -56,19 +96,70 @@ async fn bad_input_gets_a_typed_4xx_naming_the_problem() {
         assert_eq!(v["error"]["code"], "invalid_input", "{body}");
         assert_eq!(v["error"]["field"], field, "{body}");
     }
-    let big = format!(r#"{{"region":"us-west","data_mb":1,"x":"{}"}}"#, "a".repeat(20_000));
+    let big = format!(
+        r#"{{"region":"us-west","data_mb":1,"x":"{}"}}"#,
+        "a".repeat(20_000)
+    );
     assert_eq!(activate(&app.url, &big).await.status(), 413);
 
     let client = reqwest::Client::new();
-    let unknown = reqwest::get(format!("{}/v1/invoices/inv_00000000000000000000000000000000", app.url)).await.unwrap();
+    let unknown = reqwest::get(format!(
+        "{}/v1/invoices/inv_00000000000000000000000000000000",
+        app.url
+    ))
+    .await
+    .unwrap();
     assert_eq!(unknown.status(), 404);
-    assert_eq!(reqwest::get(format!("{}/v1/invoices/bogus", app.url)).await.unwrap().status(), 400);
-    assert_eq!(reqwest::get(format!("{}/nowhere", app.url)).await.unwrap().status(), 404, "no route outside spin.toml's");
-    assert_eq!(reqwest::get(format!("{}/v1/nowhere", app.url)).await.unwrap().status(), 404, "the gateway's own 404");
-    assert_eq!(client.delete(format!("{}/v1/esim/activate", app.url)).send().await.unwrap().status(), 405);
-    let paid = client.post(format!("{}/v1/esim/activate", app.url)).header("x-payment-proof", "0x12").body("{}").send().await.unwrap();
-    assert_eq!(paid.status(), 501, "payments are refused, never taken, until implemented");
-    let health: Value = reqwest::get(format!("{}/health", app.url)).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        reqwest::get(format!("{}/v1/invoices/bogus", app.url))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/nowhere", app.url))
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "no route outside spin.toml's"
+    );
+    assert_eq!(
+        reqwest::get(format!("{}/v1/nowhere", app.url))
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "the gateway's own 404"
+    );
+    assert_eq!(
+        client
+            .delete(format!("{}/v1/esim/activate", app.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    let paid = client
+        .post(format!("{}/v1/esim/activate", app.url))
+        .header("x-payment-proof", "0x12")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        paid.status(),
+        501,
+        "payments are refused, never taken, until implemented"
+    );
+    let health: Value = reqwest::get(format!("{}/health", app.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     app.stop().await;
 }
@@ -77,13 +168,21 @@ async fn bad_input_gets_a_typed_4xx_naming_the_problem() {
 async fn invoice_survives_a_restart_with_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("kv.db");
-    let app = spawn_app(options(StoreConfig::Sqlite(db.clone()))).await.unwrap();
-    let body: Value = activate(&app.url, r#"{"region":"us-east","data_mb":50}"#).await.json().await.unwrap();
+    let app = spawn_app(options(StoreConfig::Sqlite(db.clone())))
+        .await
+        .unwrap();
+    let body: Value = activate(&app.url, r#"{"region":"us-east","data_mb":50}"#)
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = body["invoice_id"].as_str().unwrap().to_owned();
     app.stop().await;
 
     let again = spawn_app(options(StoreConfig::Sqlite(db))).await.unwrap();
-    let resp = reqwest::get(format!("{}/v1/invoices/{id}", again.url)).await.unwrap();
+    let resp = reqwest::get(format!("{}/v1/invoices/{id}", again.url))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let got: Value = resp.json().await.unwrap();
     assert_eq!(got["amount_usdc"], body["amount_usdc"]);
@@ -100,7 +199,10 @@ async fn concurrent_activations_each_get_their_own_invoice() {
             let body = format!(r#"{{"region":"us-central","data_mb":{}}}"#, i + 1);
             let resp = activate(&url, &body).await;
             assert_eq!(resp.status(), 402);
-            resp.json::<Value>().await.unwrap()["invoice_id"].as_str().unwrap().to_owned()
+            resp.json::<Value>().await.unwrap()["invoice_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         }));
     }
     let mut ids = std::collections::HashSet::new();
@@ -109,6 +211,9 @@ async fn concurrent_activations_each_get_their_own_invoice() {
     }
     assert_eq!(ids.len(), 64);
     let keys = app.app.stores["default"].keys().await.unwrap();
-    assert_eq!(keys.iter().filter(|k| k.starts_with("invoice/")).count(), 64);
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("invoice/")).count(),
+        64
+    );
     app.stop().await;
 }

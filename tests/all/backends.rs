@@ -10,7 +10,9 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread")]
 async fn invoices_land_in_redis() {
     let redis = RedisServer::start().unwrap();
-    let app = spawn_app(options(StoreConfig::Redis(redis.url.clone()))).await.unwrap();
+    let app = spawn_app(options(StoreConfig::Redis(redis.url.clone())))
+        .await
+        .unwrap();
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/esim/activate", app.url))
         .body(r#"{"region":"us-west","data_mb":1}"#)
@@ -18,9 +20,20 @@ async fn invoices_land_in_redis() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 402);
-    let id = resp.json::<Value>().await.unwrap()["invoice_id"].as_str().unwrap().to_owned();
-    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let stored: Option<String> = redis::cmd("GET").arg(format!("invoice/{id}")).query_async(&mut conn).await.unwrap();
+    let id = resp.json::<Value>().await.unwrap()["invoice_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut conn = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stored: Option<String> = redis::cmd("GET")
+        .arg(format!("invoice/{id}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let stored: Value = serde_json::from_str(&stored.expect("invoice key in redis")).unwrap();
     assert_eq!(stored["status"], "open");
     app.stop().await;
@@ -38,7 +51,10 @@ async fn redis_atomics_have_exactly_one_winner() {
             s.increment("n", 1).await.unwrap();
             let absent = s.compare_and_swap("claim", None, &[i]).await.unwrap();
             // Everyone also races a present-value CAS from "v0" to their own value: one winner.
-            let present = s.compare_and_swap("slot", Some(b"v0"), format!("v{}", i + 1).as_bytes()).await.unwrap();
+            let present = s
+                .compare_and_swap("slot", Some(b"v0"), format!("v{}", i + 1).as_bytes())
+                .await
+                .unwrap();
             (absent, present)
         }));
     }
@@ -52,7 +68,12 @@ async fn redis_atomics_have_exactly_one_winner() {
     assert_eq!(absent_winners, 1);
     assert_eq!(present_winners, 1, "exactly one CAS from v0 succeeds");
     assert_eq!(store.increment("n", 0).await.unwrap(), 64);
-    assert!(!store.compare_and_swap("claim", None, b"late").await.unwrap());
+    assert!(
+        !store
+            .compare_and_swap("claim", None, b"late")
+            .await
+            .unwrap()
+    );
     store.set("s", b"a").await.unwrap();
     assert!(!store.compare_and_swap("s", Some(b"b"), b"c").await.unwrap());
     assert!(store.compare_and_swap("s", Some(b"a"), b"c").await.unwrap());

@@ -26,7 +26,10 @@ fn purchase(p: &wit::Purchase) -> Purchase {
             eid: a.eid.clone(),
             payer: a.payer.clone(),
         },
-        wit::Purchase::TopUp(t) => Purchase::TopUp { iccid: t.iccid.clone(), data_mb: t.data_mb },
+        wit::Purchase::TopUp(t) => Purchase::TopUp {
+            iccid: t.iccid.clone(),
+            data_mb: t.data_mb,
+        },
         wit::Purchase::Switch(s) => Purchase::Switch {
             iccid: s.iccid.clone(),
             target: match &s.target {
@@ -63,9 +66,17 @@ pub fn invoice_json(inv: &wit::Invoice, quote: Option<&wit::Quote>) -> String {
             })
         })
         .collect();
-    let Ok(id) = InvoiceId::parse(&inv.id) else { return "{}".into() };
-    let Some(mut core) = Invoice::new(id, UsdcAmount::from_micros(inv.amount), accepts, purchase(&inv.purchase), inv.created_at, 0)
-    else {
+    let Ok(id) = InvoiceId::parse(&inv.id) else {
+        return "{}".into();
+    };
+    let Some(mut core) = Invoice::new(
+        id,
+        UsdcAmount::from_micros(inv.amount),
+        accepts,
+        purchase(&inv.purchase),
+        inv.created_at,
+        0,
+    ) else {
         return "{}".into();
     };
     core.expires_at = inv.expires_at;

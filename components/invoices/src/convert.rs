@@ -13,7 +13,10 @@ pub fn purchase_from_wit(p: wit::Purchase) -> Purchase {
             eid: a.eid,
             payer: a.payer,
         },
-        wit::Purchase::TopUp(t) => Purchase::TopUp { iccid: t.iccid, data_mb: t.data_mb },
+        wit::Purchase::TopUp(t) => Purchase::TopUp {
+            iccid: t.iccid,
+            data_mb: t.data_mb,
+        },
         wit::Purchase::Switch(s) => Purchase::Switch {
             iccid: s.iccid,
             target: match s.target {
@@ -26,7 +29,13 @@ pub fn purchase_from_wit(p: wit::Purchase) -> Purchase {
 
 fn purchase_to_wit(p: &Purchase) -> wit::Purchase {
     match p {
-        Purchase::Activation { region, data_mb, carrier, eid, payer } => wit::Purchase::Activation(wit::ActivationRequest {
+        Purchase::Activation {
+            region,
+            data_mb,
+            carrier,
+            eid,
+            payer,
+        } => wit::Purchase::Activation(wit::ActivationRequest {
             region: region.clone(),
             data_mb: *data_mb,
             carrier: carrier.clone(),
@@ -34,14 +43,20 @@ fn purchase_to_wit(p: &Purchase) -> wit::Purchase {
             payer: payer.clone(),
             networks: Vec::new(),
         }),
-        Purchase::TopUp { iccid, data_mb } => wit::Purchase::TopUp(wit::TopUpRequest { iccid: iccid.clone(), data_mb: *data_mb }),
+        Purchase::TopUp { iccid, data_mb } => wit::Purchase::TopUp(wit::TopUpRequest {
+            iccid: iccid.clone(),
+            data_mb: *data_mb,
+        }),
         Purchase::Switch { iccid, target } => {
             let target = match target.split_once(':') {
                 Some(("region", r)) => wit::SwitchTarget::Region(r.to_owned()),
                 Some((_, c)) => wit::SwitchTarget::Carrier(c.to_owned()),
                 None => wit::SwitchTarget::Carrier(target.clone()),
             };
-            wit::Purchase::Switch(wit::SwitchRequest { iccid: iccid.clone(), target })
+            wit::Purchase::Switch(wit::SwitchRequest {
+                iccid: iccid.clone(),
+                target,
+            })
         }
     }
 }

@@ -33,7 +33,10 @@ impl ActivationRequest {
     /// Parse a JSON body.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         if body.len() > MAX_BODY_BYTES {
-            return Err(ApiError::invalid("body", format!("body exceeds {MAX_BODY_BYTES} bytes")));
+            return Err(ApiError::invalid(
+                "body",
+                format!("body exceeds {MAX_BODY_BYTES} bytes"),
+            ));
         }
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::invalid("body", format!("body is not valid JSON: {e}")))?;
@@ -41,12 +44,20 @@ impl ActivationRequest {
             return Err(ApiError::invalid("body", "body must be a JSON object"));
         };
         if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(ApiError::invalid(unknown.as_str(), format!("unknown field {unknown:?}; expected one of {FIELDS:?}")));
+            return Err(ApiError::invalid(
+                unknown.as_str(),
+                format!("unknown field {unknown:?}; expected one of {FIELDS:?}"),
+            ));
         }
-        let region = Region::parse(required_str(&obj, "region")?).map_err(|e| ApiError::invalid("region", e.0))?;
+        let region = Region::parse(required_str(&obj, "region")?)
+            .map_err(|e| ApiError::invalid("region", e.0))?;
         let data_mb = match obj.get("data_mb") {
-            None | Some(Value::Null) => return Err(ApiError::invalid("data_mb", "data_mb is required")),
-            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| ApiError::invalid("data_mb", "data_mb must be a positive integer"))?,
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid("data_mb", "data_mb is required"));
+            }
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+                ApiError::invalid("data_mb", "data_mb must be a positive integer")
+            })?,
             Some(_) => return Err(ApiError::invalid("data_mb", "data_mb must be a number")),
         };
         let data_mb = DataMb::new(data_mb).map_err(|e| ApiError::invalid("data_mb", e.0))?;
@@ -62,11 +73,27 @@ impl ActivationRequest {
             Some(Value::String(s)) => vec![parse_network(s)?],
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_str().ok_or_else(|| ApiError::invalid("chain", "chain entries must be strings")).and_then(parse_network))
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| ApiError::invalid("chain", "chain entries must be strings"))
+                        .and_then(parse_network)
+                })
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err(ApiError::invalid("chain", "chain must be a string or a list of strings")),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "chain",
+                    "chain must be a string or a list of strings",
+                ));
+            }
         };
-        Ok(Self { region, data_mb, carrier, eid, payer, networks })
+        Ok(Self {
+            region,
+            data_mb,
+            carrier,
+            eid,
+            payer,
+            networks,
+        })
     }
 }
 
@@ -75,25 +102,37 @@ fn parse_network(s: &str) -> Result<Network, ApiError> {
 }
 
 fn required_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, ApiError> {
-    optional_str(obj, field)?.ok_or_else(|| ApiError::invalid(field, format!("{field} is required")))
+    optional_str(obj, field)?
+        .ok_or_else(|| ApiError::invalid(field, format!("{field} is required")))
 }
 
 fn optional_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::invalid(field, format!("{field} must be a string"))),
+        Some(_) => Err(ApiError::invalid(
+            field,
+            format!("{field} must be a string"),
+        )),
     }
 }
 
 /// An EID: exactly 32 decimal digits whose ISO/IEC 7064 MOD 97-10 check holds (`EID mod 97 == 1`).
 pub fn parse_eid(s: &str) -> Result<String, ApiError> {
     if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::invalid("eid", "eid must be exactly 32 decimal digits"));
+        return Err(ApiError::invalid(
+            "eid",
+            "eid must be exactly 32 decimal digits",
+        ));
     }
-    let rem = s.bytes().fold(0u32, |acc, b| (acc * 10 + u32::from(b - b'0')) % 97);
+    let rem = s
+        .bytes()
+        .fold(0u32, |acc, b| (acc * 10 + u32::from(b - b'0')) % 97);
     if rem != 1 {
-        return Err(ApiError::invalid("eid", "eid check digits are wrong (ISO 7064 mod 97-10)"));
+        return Err(ApiError::invalid(
+            "eid",
+            "eid check digits are wrong (ISO 7064 mod 97-10)",
+        ));
     }
     Ok(s.to_owned())
 }
@@ -135,22 +174,51 @@ mod tests {
             (br#"{"region":"us-west","data_mb":0}"#, "data_mb"),
             (br#"{"region":"US WEST","data_mb":1}"#, "region"),
             (br#"{"region":7,"data_mb":1}"#, "region"),
-            (br#"{"region":"us-west","data_mb":1,"carrier":"T-Mobile"}"#, "carrier"),
-            (br#"{"region":"us-west","data_mb":1,"eid":"89049032123451234512345678901234"}"#, "eid"),
-            (br#"{"region":"us-west","data_mb":1,"payer":"0x12"}"#, "payer"),
-            (br#"{"region":"us-west","data_mb":1,"chain":"dogecoin"}"#, "chain"),
-            (br#"{"region":"us-west","data_mb":1,"data_MB":2}"#, "data_MB"),
+            (
+                br#"{"region":"us-west","data_mb":1,"carrier":"T-Mobile"}"#,
+                "carrier",
+            ),
+            (
+                br#"{"region":"us-west","data_mb":1,"eid":"89049032123451234512345678901234"}"#,
+                "eid",
+            ),
+            (
+                br#"{"region":"us-west","data_mb":1,"payer":"0x12"}"#,
+                "payer",
+            ),
+            (
+                br#"{"region":"us-west","data_mb":1,"chain":"dogecoin"}"#,
+                "chain",
+            ),
+            (
+                br#"{"region":"us-west","data_mb":1,"data_MB":2}"#,
+                "data_MB",
+            ),
         ];
         for (body, field) in cases {
             let err = ActivationRequest::parse(body).unwrap_err();
             assert_eq!(err.status(), 400);
-            assert_eq!(err.field.as_deref(), Some(*field), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                err.field.as_deref(),
+                Some(*field),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
     #[test]
     fn oversized_body_is_refused() {
-        let big = format!(r#"{{"region":"us-west","data_mb":1,"carrier":"{}"}}"#, "a".repeat(MAX_BODY_BYTES));
-        assert_eq!(ActivationRequest::parse(big.as_bytes()).unwrap_err().field.as_deref(), Some("body"));
+        let big = format!(
+            r#"{{"region":"us-west","data_mb":1,"carrier":"{}"}}"#,
+            "a".repeat(MAX_BODY_BYTES)
+        );
+        assert_eq!(
+            ActivationRequest::parse(big.as_bytes())
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("body")
+        );
     }
 }

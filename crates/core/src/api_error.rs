@@ -65,12 +65,20 @@ pub struct ApiError {
 impl ApiError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), field: None }
+        Self {
+            kind,
+            message: message.into(),
+            field: None,
+        }
     }
 
     /// Bad input in `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::InvalidInput, message: message.into(), field: Some(field.into()) }
+        Self {
+            kind: ErrorKind::InvalidInput,
+            message: message.into(),
+            field: Some(field.into()),
+        }
     }
 
     /// Unknown resource.

@@ -44,7 +44,10 @@ impl Network {
     /// Parse `eip155:<id>` or a known name (`polygon`, `base-sepolia`, …).
     pub fn parse(s: &str) -> Result<Self, ChainError> {
         if let Some(id) = s.strip_prefix("eip155:") {
-            let valid = !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) && !id.starts_with('0');
+            let valid = !id.is_empty()
+                && id.len() <= 20
+                && id.bytes().all(|b| b.is_ascii_digit())
+                && !id.starts_with('0');
             return id
                 .parse::<u64>()
                 .ok()
@@ -56,7 +59,11 @@ impl Network {
             .iter()
             .find(|(name, _)| *name == s)
             .map(|&(_, id)| Self(ChainId(id)))
-            .ok_or_else(|| ChainError(format!("unknown network {s:?}: use CAIP-2 (eip155:137) or a known name")))
+            .ok_or_else(|| {
+                ChainError(format!(
+                    "unknown network {s:?}: use CAIP-2 (eip155:137) or a known name"
+                ))
+            })
     }
 
     /// The chain id.
@@ -66,7 +73,10 @@ impl Network {
 
     /// The x402 v1 name, where one exists.
     pub fn v1_name(self) -> Option<&'static str> {
-        NAMES.iter().find(|(_, id)| *id == self.0.0).map(|(n, _)| *n)
+        NAMES
+            .iter()
+            .find(|(_, id)| *id == self.0.0)
+            .map(|(n, _)| *n)
     }
 }
 
@@ -91,11 +101,16 @@ impl From<Network> for String {
 
 /// Parse a `0x`-prefixed 20-byte hex address (any case; checksums are not enforced on input).
 pub fn parse_address(s: &str) -> Result<Address, ChainError> {
-    let hex_part = s.strip_prefix("0x").ok_or_else(|| ChainError("address must start with 0x".into()))?;
+    let hex_part = s
+        .strip_prefix("0x")
+        .ok_or_else(|| ChainError("address must start with 0x".into()))?;
     if hex_part.len() != 40 {
-        return Err(ChainError("address must be 0x followed by 40 hex digits".into()));
+        return Err(ChainError(
+            "address must be 0x followed by 40 hex digits".into(),
+        ));
     }
-    s.parse::<Address>().map_err(|_| ChainError("address must be 0x followed by 40 hex digits".into()))
+    s.parse::<Address>()
+        .map_err(|_| ChainError("address must be 0x followed by 40 hex digits".into()))
 }
 
 #[cfg(test)]
@@ -104,10 +119,25 @@ mod tests {
 
     #[test]
     fn networks_parse_caip2_and_names() {
-        assert_eq!(Network::parse("eip155:137").unwrap().chain_id(), ChainId(137));
+        assert_eq!(
+            Network::parse("eip155:137").unwrap().chain_id(),
+            ChainId(137)
+        );
         assert_eq!(Network::parse("polygon").unwrap().to_string(), "eip155:137");
-        assert_eq!(Network::parse("eip155:31337").unwrap().v1_name(), Some("anvil"));
-        for bad in ["", "eip155:", "eip155:0x1", "eip155:-1", "eip155:01", "solana:mainnet", "Polygon", "eip155:99999999999999999999999"] {
+        assert_eq!(
+            Network::parse("eip155:31337").unwrap().v1_name(),
+            Some("anvil")
+        );
+        for bad in [
+            "",
+            "eip155:",
+            "eip155:0x1",
+            "eip155:-1",
+            "eip155:01",
+            "solana:mainnet",
+            "Polygon",
+            "eip155:99999999999999999999999",
+        ] {
             assert!(Network::parse(bad).is_err(), "{bad}");
         }
     }
@@ -115,8 +145,16 @@ mod tests {
     #[test]
     fn addresses() {
         let a = parse_address("0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc").unwrap();
-        assert_eq!(a.to_checksum(None), "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC");
-        for bad in ["", "3c44cdddb6a900fa2b585dd299e03d12fa4293bc", "0x3c44", "0xzz44cdddb6a900fa2b585dd299e03d12fa4293bc"] {
+        assert_eq!(
+            a.to_checksum(None),
+            "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+        );
+        for bad in [
+            "",
+            "3c44cdddb6a900fa2b585dd299e03d12fa4293bc",
+            "0x3c44",
+            "0xzz44cdddb6a900fa2b585dd299e03d12fa4293bc",
+        ] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
     }

@@ -24,9 +24,17 @@ impl InvoiceId {
 
     /// Parse a client-supplied id.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let hex_part = s.strip_prefix(Self::PREFIX).ok_or(IdError("invoice id must start with inv_"))?;
-        if hex_part.len() != 32 || !hex_part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(IdError("invoice id must be inv_ followed by 32 lowercase hex digits"));
+        let hex_part = s
+            .strip_prefix(Self::PREFIX)
+            .ok_or(IdError("invoice id must start with inv_"))?;
+        if hex_part.len() != 32
+            || !hex_part
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(IdError(
+                "invoice id must be inv_ followed by 32 lowercase hex digits",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -58,8 +66,15 @@ impl fmt::Display for InvoiceId {
 
 /// Checks a lowercase slug: `[a-z0-9-]`, 2–32 chars, no leading/trailing/double hyphen.
 fn check_slug(s: &str, what: &'static str) -> Result<(), IdError> {
-    let ok_chars = s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
-    if !(2..=32).contains(&s.len()) || !ok_chars || s.starts_with('-') || s.ends_with('-') || s.contains("--") {
+    let ok_chars = s
+        .bytes()
+        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+    if !(2..=32).contains(&s.len())
+        || !ok_chars
+        || s.starts_with('-')
+        || s.ends_with('-')
+        || s.contains("--")
+    {
         return Err(IdError(what));
     }
     Ok(())
@@ -162,8 +177,14 @@ mod tests {
         let id = InvoiceId::from_random([0xab; 16]);
         assert_eq!(id.as_str(), "inv_abababababababababababababababab");
         assert_eq!(InvoiceId::parse(id.as_str()).unwrap(), id);
-        for bad in ["", "inv_", "inv_ABABABABABABABABABABABABABABABAB", "abc_abababababababababababababababab",
-            "inv_abababababababababababababababa", "inv_../../etc/passwd0000000000000000"] {
+        for bad in [
+            "",
+            "inv_",
+            "inv_ABABABABABABABABABABABABABABABAB",
+            "abc_abababababababababababababababab",
+            "inv_abababababababababababababababa",
+            "inv_../../etc/passwd0000000000000000",
+        ] {
             assert!(InvoiceId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -172,7 +193,17 @@ mod tests {
     fn slugs() {
         assert!(Region::parse("us-west").is_ok());
         assert!(Region::parse("eu-central").is_ok());
-        for bad in ["", "u", "US-WEST", "-us", "us-", "us--west", "us west", "us_west", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "u",
+            "US-WEST",
+            "-us",
+            "us-",
+            "us--west",
+            "us west",
+            "us_west",
+            &"a".repeat(33),
+        ] {
             assert!(Region::parse(bad).is_err(), "{bad}");
         }
         assert!(CarrierId::parse("tmobile").is_ok());

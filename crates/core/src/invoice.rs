@@ -139,7 +139,11 @@ impl Invoice {
 
     /// The status as seen at `now`: an open invoice past its deadline reads as expired.
     pub fn status_at(&self, now: u64) -> InvoiceStatus {
-        if self.status == InvoiceStatus::Open && now >= self.expires_at { InvoiceStatus::Expired } else { self.status }
+        if self.status == InvoiceStatus::Open && now >= self.expires_at {
+            InvoiceStatus::Expired
+        } else {
+            self.status
+        }
     }
 }
 
@@ -156,8 +160,22 @@ mod tests {
             eip712_name: "USD Coin".into(),
             eip712_version: "2".into(),
         };
-        let purchase = Purchase::Activation { region: "us-west".into(), data_mb: 100, carrier: None, eid: None, payer: None };
-        Invoice::new(InvoiceId::from_random([1; 16]), UsdcAmount::from_micros(420_000), vec![opt], purchase, 1000, 900).unwrap()
+        let purchase = Purchase::Activation {
+            region: "us-west".into(),
+            data_mb: 100,
+            carrier: None,
+            eid: None,
+            payer: None,
+        };
+        Invoice::new(
+            InvoiceId::from_random([1; 16]),
+            UsdcAmount::from_micros(420_000),
+            vec![opt],
+            purchase,
+            1000,
+            900,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -180,6 +198,16 @@ mod tests {
         let inv = sample();
         assert_eq!(inv.status_at(1899), InvoiceStatus::Open);
         assert_eq!(inv.status_at(1900), InvoiceStatus::Expired);
-        assert!(Invoice::new(inv.invoice_id.clone(), inv.amount_usdc, vec![], inv.purchase.clone(), 0, 1).is_none());
+        assert!(
+            Invoice::new(
+                inv.invoice_id.clone(),
+                inv.amount_usdc,
+                vec![],
+                inv.purchase.clone(),
+                0,
+                1
+            )
+            .is_none()
+        );
     }
 }

@@ -58,7 +58,11 @@ impl UsdcAmount {
             None => (s, ""),
         };
         let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-        if int.is_empty() || !all_digits(int) || !all_digits(frac) || (s.contains('.') && frac.is_empty()) {
+        if int.is_empty()
+            || !all_digits(int)
+            || !all_digits(frac)
+            || (s.contains('.') && frac.is_empty())
+        {
             return Err(AmountError::Malformed);
         }
         if frac.len() > 6 {
@@ -90,7 +94,11 @@ impl fmt::Display for UsdcAmount {
         let int = self.0 / MICROS_PER_USDC;
         let frac = format!("{:06}", self.0 % MICROS_PER_USDC);
         let trimmed = frac.trim_end_matches('0');
-        let shown = if trimmed.len() < 2 { &frac[..2] } else { trimmed };
+        let shown = if trimmed.len() < 2 {
+            &frac[..2]
+        } else {
+            trimmed
+        };
         write!(f, "{int}.{shown}")
     }
 }
@@ -131,11 +139,24 @@ mod tests {
     #[test]
     fn rejects_malformed_and_imprecise() {
         for bad in ["", ".5", "1.", "-1", "1e3", "0,5", " 1", "NaN", "1.2.3"] {
-            assert_eq!(UsdcAmount::parse_usdc(bad), Err(AmountError::Malformed), "{bad:?}");
+            assert_eq!(
+                UsdcAmount::parse_usdc(bad),
+                Err(AmountError::Malformed),
+                "{bad:?}"
+            );
         }
-        assert_eq!(UsdcAmount::parse_usdc("0.0000001"), Err(AmountError::TooPrecise));
-        assert_eq!(UsdcAmount::parse_usdc("18446744073710"), Err(AmountError::Overflow));
-        assert_eq!(UsdcAmount::parse_atomic("0.016"), Err(AmountError::Malformed));
+        assert_eq!(
+            UsdcAmount::parse_usdc("0.0000001"),
+            Err(AmountError::TooPrecise)
+        );
+        assert_eq!(
+            UsdcAmount::parse_usdc("18446744073710"),
+            Err(AmountError::Overflow)
+        );
+        assert_eq!(
+            UsdcAmount::parse_atomic("0.016"),
+            Err(AmountError::Malformed)
+        );
     }
 
     #[test]
@@ -152,7 +173,10 @@ mod tests {
         assert_eq!(json, "\"0.42\"");
         let back: UsdcAmount = serde_json::from_str(&json).unwrap();
         assert_eq!(back.micros(), 420_000);
-        assert!(serde_json::from_str::<UsdcAmount>("0.42").is_err(), "floats are refused");
+        assert!(
+            serde_json::from_str::<UsdcAmount>("0.42").is_err(),
+            "floats are refused"
+        );
     }
 
     proptest! {

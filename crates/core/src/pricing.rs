@@ -30,7 +30,10 @@ impl PriceBook {
     /// $0.12 fee, $0.05 minimum
     /// (100 MB on T-Mobile = $0.42).
     pub fn seed_defaults() -> Self {
-        let rate = |c: &str, m| Rate { carrier: CarrierId::parse(c).expect("static slug"), milli_micros_per_mb: m };
+        let rate = |c: &str, m| Rate {
+            carrier: CarrierId::parse(c).expect("static slug"),
+            milli_micros_per_mb: m,
+        };
         Self {
             activation_fee: UsdcAmount::from_micros(120_000),
             minimum: UsdcAmount::from_micros(50_000),
@@ -49,7 +52,9 @@ impl PriceBook {
         // u64 cannot overflow: rate ≤ 2^40 in practice and data_mb ≤ 100_000; use u128 anyway.
         let milli = u128::from(rate.milli_micros_per_mb) * u128::from(data_mb.get());
         let usage = u64::try_from(milli.div_ceil(1000)).ok()?;
-        let total = self.activation_fee.checked_add(UsdcAmount::from_micros(usage))?;
+        let total = self
+            .activation_fee
+            .checked_add(UsdcAmount::from_micros(usage))?;
         Some(total.max(self.minimum))
     }
 }
@@ -74,8 +79,18 @@ mod tests {
     #[test]
     fn seed_price_for_100mb_tmobile_is_42_cents() {
         let book = PriceBook::seed_defaults();
-        assert_eq!(book.quote(&c("tmobile"), DataMb::new(100).unwrap()).unwrap().to_string(), "0.42");
-        assert_eq!(book.quote(&c("verizon"), DataMb::new(100).unwrap()).unwrap().micros(), 470_000);
+        assert_eq!(
+            book.quote(&c("tmobile"), DataMb::new(100).unwrap())
+                .unwrap()
+                .to_string(),
+            "0.42"
+        );
+        assert_eq!(
+            book.quote(&c("verizon"), DataMb::new(100).unwrap())
+                .unwrap()
+                .micros(),
+            470_000
+        );
     }
 
     #[test]
@@ -89,7 +104,12 @@ mod tests {
     fn minimum_and_unknown_carrier() {
         let mut book = PriceBook::seed_defaults();
         book.activation_fee = UsdcAmount::ZERO;
-        assert_eq!(book.quote(&c("tmobile"), DataMb::new(1).unwrap()).unwrap().micros(), 50_000);
+        assert_eq!(
+            book.quote(&c("tmobile"), DataMb::new(1).unwrap())
+                .unwrap()
+                .micros(),
+            50_000
+        );
         assert!(book.quote(&c("nope"), DataMb::new(1).unwrap()).is_none());
     }
 
@@ -98,8 +118,16 @@ mod tests {
         let book = PriceBook {
             activation_fee: UsdcAmount::ZERO,
             minimum: UsdcAmount::ZERO,
-            rates: vec![Rate { carrier: c("x1"), milli_micros_per_mb: 1 }],
+            rates: vec![Rate {
+                carrier: c("x1"),
+                milli_micros_per_mb: 1,
+            }],
         };
-        assert_eq!(book.quote(&c("x1"), DataMb::new(1).unwrap()).unwrap().micros(), 1);
+        assert_eq!(
+            book.quote(&c("x1"), DataMb::new(1).unwrap())
+                .unwrap()
+                .micros(),
+            1
+        );
     }
 }

@@ -57,16 +57,40 @@ mod tests {
             eip712_name: "USD Coin".into(),
             eip712_version: "2".into(),
         };
-        let purchase = Purchase::Activation { region: "us-west".into(), data_mb: 100, carrier: None, eid: None, payer: None };
-        let inv = Invoice::new(InvoiceId::from_random([2; 16]), UsdcAmount::from_micros(420_000), vec![opt], purchase, 0, 60).unwrap();
+        let purchase = Purchase::Activation {
+            region: "us-west".into(),
+            data_mb: 100,
+            carrier: None,
+            eid: None,
+            payer: None,
+        };
+        let inv = Invoice::new(
+            InvoiceId::from_random([2; 16]),
+            UsdcAmount::from_micros(420_000),
+            vec![opt],
+            purchase,
+            0,
+            60,
+        )
+        .unwrap();
         let header = payment_required_header(&inv, "http://127.0.0.1:3000/v1/esim/activate");
         let v: Value = serde_json::from_slice(&STANDARD.decode(header).unwrap()).unwrap();
         assert_eq!(v["x402Version"], 2);
         let a = &v["accepts"][0];
-        assert_eq!((a["scheme"].as_str(), a["network"].as_str(), a["amount"].as_str()), (Some("exact"), Some("eip155:31337"), Some("420000")));
+        assert_eq!(
+            (
+                a["scheme"].as_str(),
+                a["network"].as_str(),
+                a["amount"].as_str()
+            ),
+            (Some("exact"), Some("eip155:31337"), Some("420000"))
+        );
         assert_eq!(a["extra"]["name"], "USD Coin");
         assert_eq!(a["extra"]["version"], "2");
         assert_eq!(a["maxTimeoutSeconds"], 300);
-        assert_eq!(v["resource"]["url"], "http://127.0.0.1:3000/v1/esim/activate");
+        assert_eq!(
+            v["resource"]["url"],
+            "http://127.0.0.1:3000/v1/esim/activate"
+        );
     }
 }

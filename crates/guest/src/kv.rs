@@ -67,7 +67,10 @@ pub fn insert_if_absent<E>(key: &str, value: &[u8]) -> Result<(), KvError<E>> {
 
 /// Read the JSON value at `key` (or `None`), let `update` compute the new value, and write it only if nobody
 /// changed the key meanwhile; retry on contention. `update` may run several times and must be pure.
-pub fn update_json<T, E>(key: &str, update: impl Fn(Option<T>) -> Result<T, E>) -> Result<T, KvError<E>>
+pub fn update_json<T, E>(
+    key: &str,
+    update: impl Fn(Option<T>) -> Result<T, E>,
+) -> Result<T, KvError<E>>
 where
     T: Serialize + DeserializeOwned,
 {
@@ -79,9 +82,15 @@ where
             .map_err(store_err)?
             .map(|bytes| serde_json::from_slice::<T>(&bytes))
             .transpose()
-            .map_err(|e| KvError::Corrupt { key: key.to_owned(), message: e.to_string() })?;
+            .map_err(|e| KvError::Corrupt {
+                key: key.to_owned(),
+                message: e.to_string(),
+            })?;
         let next = update(current).map_err(KvError::Refused)?;
-        let bytes = serde_json::to_vec(&next).map_err(|e| KvError::Corrupt { key: key.to_owned(), message: e.to_string() })?;
+        let bytes = serde_json::to_vec(&next).map_err(|e| KvError::Corrupt {
+            key: key.to_owned(),
+            message: e.to_string(),
+        })?;
         match atomics::swap(cas, &bytes) {
             Ok(()) => return Ok(next),
             Err(atomics::CasError::CasFailed(_)) => continue,

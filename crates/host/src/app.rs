@@ -12,9 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use wasmtime::component::{Component, GuestTaskId, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut,
+    StoreLimits, StoreLimitsBuilder,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::handler::{HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState,
+    WorkerStatus,
+};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::compose::{Dependency, compose};
@@ -49,7 +55,10 @@ impl LoadOptions {
     /// Defaults for a manifest path: Spin 4's reuse limits and a cache under `<app>/.spin/cache`.
     pub fn new(manifest: impl Into<PathBuf>) -> Self {
         let manifest = manifest.into();
-        let dir = manifest.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let dir = manifest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         Self {
             manifest,
             runtime_config: None,
@@ -75,13 +84,20 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -144,8 +160,11 @@ pub fn engine(cache_dir: Option<&Path>) -> anyhow::Result<Engine> {
         .table_keep_resident(1 << 16);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     if let Some(dir) = cache_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create cache dir {}", dir.display()))?;
-        let dir = dir.canonicalize().with_context(|| format!("cannot resolve cache dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create cache dir {}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve cache dir {}", dir.display()))?;
         let mut cc = wasmtime::CacheConfig::new();
         cc.with_directory(dir);
         cfg.cache(Some(wasmtime::Cache::new(cc)?));
@@ -167,7 +186,12 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
 /// Read a component source, with a hint to build first when it is missing.
 fn read_source(manifest: &Manifest, id: &str, source: &str) -> anyhow::Result<Vec<u8>> {
     let path = manifest.resolve(source);
-    std::fs::read(&path).with_context(|| format!("component {id}: cannot read {} (run `esim402 build` first)", path.display()))
+    std::fs::read(&path).with_context(|| {
+        format!(
+            "component {id}: cannot read {} (run `esim402 build` first)",
+            path.display()
+        )
+    })
 }
 
 /// The bytes of a component, composed with its dependencies.
@@ -180,15 +204,23 @@ pub fn component_bytes(manifest: &Manifest, id: &str) -> anyhow::Result<Vec<u8>>
     let mut deps = Vec::new();
     for (import, dep) in &decl.dependencies {
         let (name, bytes) = match (&dep.component, &dep.path) {
-            (Some(other), _) => (other.clone(), read_source(manifest, other, &manifest.components[other].source)?),
+            (Some(other), _) => (
+                other.clone(),
+                read_source(manifest, other, &manifest.components[other].source)?,
+            ),
             (None, Some(path)) => (path.clone(), read_source(manifest, id, path)?),
             (None, None) => bail!("component {id}: dependency {import:?} has no source"),
         };
-        let inherit = dep
-            .inherit_configuration
-            .clone()
-            .unwrap_or(Inherit::All(decl.dependencies_inherit_configuration.unwrap_or(false)));
-        deps.push(Dependency { import, export: dep.export.as_deref(), bytes, name, inherit });
+        let inherit = dep.inherit_configuration.clone().unwrap_or(Inherit::All(
+            decl.dependencies_inherit_configuration.unwrap_or(false),
+        ));
+        deps.push(Dependency {
+            import,
+            export: dep.export.as_deref(),
+            bytes,
+            name,
+            inherit,
+        });
     }
     compose(id, &main, deps)
 }
@@ -219,29 +251,50 @@ impl App {
                         .cloned()
                         .with_context(|| format!("component {id} uses key-value store {label:?}, which the runtime config does not define"))?,
                 };
-                stores.insert(label.clone(), kv::open(label, &cfg).await.with_context(|| format!("key-value store {label:?}"))?);
+                stores.insert(
+                    label.clone(),
+                    kv::open(label, &cfg)
+                        .await
+                        .with_context(|| format!("key-value store {label:?}"))?,
+                );
             }
         }
         let stores = Arc::new(stores);
 
         let engine = engine(opts.cache_dir.as_deref())?;
         let linker = linker(&engine)?;
-        let router = Router::new(manifest.http_triggers.iter().filter_map(|t| match &t.route {
-            RouteSpec::Path(p) => Some((p.clone(), t.component.clone())),
-            RouteSpec::Private { .. } => None,
-        }))?;
-        let triggered: BTreeMap<&str, ()> = manifest.http_triggers.iter().map(|t| (t.component.as_str(), ())).collect();
+        let router = Router::new(
+            manifest
+                .http_triggers
+                .iter()
+                .filter_map(|t| match &t.route {
+                    RouteSpec::Path(p) => Some((p.clone(), t.component.clone())),
+                    RouteSpec::Private { .. } => None,
+                }),
+        )?;
+        let triggered: BTreeMap<&str, ()> = manifest
+            .http_triggers
+            .iter()
+            .map(|t| (t.component.as_str(), ()))
+            .collect();
 
         let mut handlers = HashMap::new();
         for id in triggered.keys() {
             let decl = &manifest.components[*id];
             let bytes = component_bytes(&manifest, id)?;
-            let component = Component::new(&engine, &bytes).map_err(anyhow::Error::from).with_context(|| format!("component {id}: compile"))?;
-            let pre = linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| format!("component {id}: link"))?;
+            let component = Component::new(&engine, &bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("component {id}: compile"))?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("component {id}: link"))?;
             let pre = ProxyPre::P3(
                 wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)
                     .map_err(anyhow::Error::from)
-                    .with_context(|| format!("component {id} does not export wasi:http/handler@0.3.0"))?,
+                    .with_context(|| {
+                        format!("component {id} does not export wasi:http/handler@0.3.0")
+                    })?,
             );
             let hosts = decl
                 .allowed_outbound_hosts
@@ -253,10 +306,25 @@ impl App {
                 engine: engine.clone(),
                 pre,
                 id: (*id).to_owned(),
-                policy: OutboundPolicy::new(id, &hosts).with_context(|| format!("component {id}"))?,
-                kv: KvCtx { allowed: Arc::new(decl.key_value_stores.iter().cloned().collect::<HashSet<_>>()), stores: stores.clone() },
-                vars: VarsCtx { vars: resolved.per_component.get(*id).cloned().unwrap_or_default() },
-                env: decl.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                policy: OutboundPolicy::new(id, &hosts)
+                    .with_context(|| format!("component {id}"))?,
+                kv: KvCtx {
+                    allowed: Arc::new(
+                        decl.key_value_stores
+                            .iter()
+                            .cloned()
+                            .collect::<HashSet<_>>(),
+                    ),
+                    stores: stores.clone(),
+                },
+                vars: VarsCtx {
+                    vars: resolved.per_component.get(*id).cloned().unwrap_or_default(),
+                },
+                env: decl
+                    .environment
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 max_concurrent: opts.max_concurrent_per_instance.max(1),
                 max_requests: opts.max_requests_per_instance.max(1),
             };
@@ -271,7 +339,13 @@ impl App {
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
-        Ok(Self { manifest, router, handlers, stores, engine })
+        Ok(Self {
+            manifest,
+            router,
+            handlers,
+            stores,
+            engine,
+        })
     }
 
     /// The shared engine.
@@ -286,12 +360,19 @@ pub struct Expiry {
 }
 
 impl WorkerExpiration for Expiry {
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        status: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
         let limit = match status {
             WorkerStatus::Idle => IDLE_TIMEOUT,
             WorkerStatus::Requests | WorkerStatus::PostReturn => REQUEST_TIMEOUT,
         };
-        let Some(deadline) = start.checked_add(limit) else { return Poll::Pending };
+        let Some(deadline) = start.checked_add(limit) else {
+            return Poll::Pending;
+        };
         let deadline = tokio::time::Instant::from_std(deadline);
         if self.sleep.deadline() != deadline {
             self.sleep.as_mut().reset(deadline);
@@ -320,7 +401,12 @@ impl WorkerState for Worker {
         }
     }
 
-    fn on_request_start(&self, _store: StoreContextMut<'_, HostState>, _req: (), _task: GuestTaskId) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+    fn on_request_start(
+        &self,
+        _store: StoreContextMut<'_, HostState>,
+        _req: (),
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
         Box::pin(tokio::time::sleep(REQUEST_TIMEOUT))
     }
 
@@ -349,7 +435,10 @@ impl HandlerState for ComponentRuntime {
             hooks: self.policy.clone(),
             kv: self.kv.clone(),
             vars: self.vars.clone(),
-            limits: StoreLimitsBuilder::new().memory_size(256 << 20).instances(128).build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(256 << 20)
+                .instances(128)
+                .build(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -361,8 +450,13 @@ impl HandlerState for ComponentRuntime {
             store,
             proxy,
             view: <HostState as WasiHttpView>::http,
-            expiration: Expiry { sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400 * 365))) },
-            state: Worker { max_concurrent: self.max_concurrent, max_requests: self.max_requests },
+            expiration: Expiry {
+                sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400 * 365))),
+            },
+            state: Worker {
+                max_concurrent: self.max_concurrent,
+                max_requests: self.max_requests,
+            },
         })
     }
 }

@@ -22,7 +22,10 @@ pub fn build(manifest: &Manifest, only: &[String]) -> anyhow::Result<()> {
             tracing::info!(component = %id, "no build command; using {}", c.source);
             continue;
         };
-        let dir = build.workdir.as_deref().map_or_else(|| manifest.dir.clone(), |w| manifest.resolve(w));
+        let dir = build
+            .workdir
+            .as_deref()
+            .map_or_else(|| manifest.dir.clone(), |w| manifest.resolve(w));
         for command in build.command.as_vec() {
             eprintln!("Building component {id} with `{command}`");
             let status = Command::new("sh")

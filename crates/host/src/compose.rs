@@ -31,7 +31,10 @@ pub struct Dependency<'a> {
 
 /// The configuration key that governs a host import, if any.
 pub fn capability_key(import: &str) -> Option<&'static str> {
-    INHERITABLE.iter().find(|(_, prefixes)| prefixes.iter().any(|p| import.starts_with(p))).map(|(k, _)| *k)
+    INHERITABLE
+        .iter()
+        .find(|(_, prefixes)| prefixes.iter().any(|p| import.starts_with(p)))
+        .map(|(k, _)| *k)
 }
 
 /// Compose `main` with its dependencies; returns the composite's bytes.
@@ -49,7 +52,10 @@ pub fn compose(main_name: &str, main: &[u8], deps: Vec<Dependency<'_>>) -> anyho
     for dep in deps {
         if !main_imports.iter().any(|i| i == dep.import) {
             // Like Spin: a declared dependency the component does not import is a configuration mistake.
-            bail!("component {main_name} does not import {:?}, but it is listed as a dependency", dep.import);
+            bail!(
+                "component {main_name} does not import {:?}, but it is listed as a dependency",
+                dep.import
+            );
         }
         let pkg = Package::from_bytes(&dep.name, None, dep.bytes, graph.types_mut())
             .with_context(|| format!("dependency {} is not a valid component", dep.name))?;
@@ -72,10 +78,14 @@ pub fn compose(main_name: &str, main: &[u8], deps: Vec<Dependency<'_>>) -> anyho
         }
         let id = graph.register_package(pkg)?;
         let inst = graph.instantiate(id);
-        let node = graph.alias_instance_export(inst, &export).with_context(|| format!("dependency {}: export {export:?}", dep.name))?;
+        let node = graph
+            .alias_instance_export(inst, &export)
+            .with_context(|| format!("dependency {}: export {export:?}", dep.name))?;
         graph
             .set_instantiation_argument(main_inst, dep.import, node)
-            .with_context(|| format!("plugging {} into {main_name} as {:?}", dep.name, dep.import))?;
+            .with_context(|| {
+                format!("plugging {} into {main_name} as {:?}", dep.name, dep.import)
+            })?;
         plugged.insert(dep.import.to_owned(), dep.name);
     }
     for export in main_exports {
@@ -83,8 +93,17 @@ pub fn compose(main_name: &str, main: &[u8], deps: Vec<Dependency<'_>>) -> anyho
         graph.export(node, &export)?;
     }
     let bytes = graph
-        .encode(EncodeOptions { define_components: true, validate: true, ..Default::default() })
-        .with_context(|| format!("composing {main_name} with {:?}", plugged.values().collect::<Vec<_>>()))?;
+        .encode(EncodeOptions {
+            define_components: true,
+            validate: true,
+            ..Default::default()
+        })
+        .with_context(|| {
+            format!(
+                "composing {main_name} with {:?}",
+                plugged.values().collect::<Vec<_>>()
+            )
+        })?;
     Ok(bytes)
 }
 
@@ -94,10 +113,22 @@ mod tests {
 
     #[test]
     fn capability_keys() {
-        assert_eq!(capability_key("spin:key-value/key-value@3.0.0"), Some("key_value_stores"));
-        assert_eq!(capability_key("wasi:keyvalue/atomics@0.2.0-draft2"), Some("key_value_stores"));
-        assert_eq!(capability_key("spin:variables/variables@3.0.0"), Some("variables"));
-        assert_eq!(capability_key("wasi:http/client@0.3.0"), Some("allowed_outbound_hosts"));
+        assert_eq!(
+            capability_key("spin:key-value/key-value@3.0.0"),
+            Some("key_value_stores")
+        );
+        assert_eq!(
+            capability_key("wasi:keyvalue/atomics@0.2.0-draft2"),
+            Some("key_value_stores")
+        );
+        assert_eq!(
+            capability_key("spin:variables/variables@3.0.0"),
+            Some("variables")
+        );
+        assert_eq!(
+            capability_key("wasi:http/client@0.3.0"),
+            Some("allowed_outbound_hosts")
+        );
         assert_eq!(capability_key("wasi:cli/stdout@0.3.0"), None);
         assert_eq!(capability_key("wasi:http/types@0.3.0"), None);
     }

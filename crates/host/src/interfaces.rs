@@ -8,7 +8,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use wasmtime::component::{Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader};
+use wasmtime::component::{
+    Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader,
+};
 
 use crate::kv::SharedBackend;
 
@@ -51,7 +53,10 @@ impl KvCtx {
         if !self.allowed.contains(label) {
             return Err(OpenError::Denied);
         }
-        self.stores.get(label).cloned().ok_or(OpenError::NoSuchStore)
+        self.stores
+            .get(label)
+            .cloned()
+            .ok_or(OpenError::NoSuchStore)
     }
 }
 
@@ -119,7 +124,10 @@ pub fn add_to_linker<T: SpinView>(linker: &mut Linker<T>) -> wasmtime::Result<()
 impl spin_vars::Host for VarsCtx {}
 
 impl<T> spin_vars::HostWithStore<T> for VarsHost {
-    async fn get(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<String, spin_vars::Error>> {
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        name: String,
+    ) -> wasmtime::Result<Result<String, spin_vars::Error>> {
         if !crate::manifest::is_variable_name(&name) {
             return Ok(Err(spin_vars::Error::InvalidName(name)));
         }
@@ -130,7 +138,10 @@ impl<T> spin_vars::HostWithStore<T> for VarsHost {
 
 // ---- spin:key-value ---------------------------------------------------------------------------------------
 
-fn spin_handle<T>(accessor: &Accessor<T, KvHost>, r: &Resource<SpinStore>) -> wasmtime::Result<SharedBackend> {
+fn spin_handle<T>(
+    accessor: &Accessor<T, KvHost>,
+    r: &Resource<SpinStore>,
+) -> wasmtime::Result<SharedBackend> {
     accessor.with(|mut a| Ok(a.get().table.get(r)?.0.clone()))
 }
 
@@ -147,42 +158,80 @@ impl spin_kv::HostStore for KvView<'_> {
 }
 
 impl<T> spin_kv::HostStoreWithStore<T> for KvHost {
-    async fn open(accessor: &Accessor<T, Self>, label: String) -> wasmtime::Result<Result<Resource<SpinStore>, spin_kv::Error>> {
+    async fn open(
+        accessor: &Accessor<T, Self>,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<SpinStore>, spin_kv::Error>> {
         let backend = match accessor.with(|mut a| a.get().ctx.open(&label)) {
             Ok(b) => b,
             Err(OpenError::Denied) => return Ok(Err(spin_kv::Error::AccessDenied)),
             Err(OpenError::NoSuchStore) => return Ok(Err(spin_kv::Error::NoSuchStore)),
         };
-        Ok(Ok(accessor.with(|mut a| a.get().table.push(SpinStore(backend)))?))
+        Ok(Ok(
+            accessor.with(|mut a| a.get().table.push(SpinStore(backend)))?
+        ))
     }
 
-    async fn get(accessor: &Accessor<T, Self>, this: Resource<SpinStore>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, spin_kv::Error>> {
-        Ok(spin_handle(accessor, &this)?.get(&key).await.map_err(spin_err))
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        this: Resource<SpinStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, spin_kv::Error>> {
+        Ok(spin_handle(accessor, &this)?
+            .get(&key)
+            .await
+            .map_err(spin_err))
     }
 
-    async fn set(accessor: &Accessor<T, Self>, this: Resource<SpinStore>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), spin_kv::Error>> {
-        Ok(spin_handle(accessor, &this)?.set(&key, &value).await.map_err(spin_err))
+    async fn set(
+        accessor: &Accessor<T, Self>,
+        this: Resource<SpinStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), spin_kv::Error>> {
+        Ok(spin_handle(accessor, &this)?
+            .set(&key, &value)
+            .await
+            .map_err(spin_err))
     }
 
-    async fn delete(accessor: &Accessor<T, Self>, this: Resource<SpinStore>, key: String) -> wasmtime::Result<Result<(), spin_kv::Error>> {
-        Ok(spin_handle(accessor, &this)?.delete(&key).await.map_err(spin_err))
+    async fn delete(
+        accessor: &Accessor<T, Self>,
+        this: Resource<SpinStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), spin_kv::Error>> {
+        Ok(spin_handle(accessor, &this)?
+            .delete(&key)
+            .await
+            .map_err(spin_err))
     }
 
-    async fn exists(accessor: &Accessor<T, Self>, this: Resource<SpinStore>, key: String) -> wasmtime::Result<Result<bool, spin_kv::Error>> {
-        Ok(spin_handle(accessor, &this)?.exists(&key).await.map_err(spin_err))
+    async fn exists(
+        accessor: &Accessor<T, Self>,
+        this: Resource<SpinStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, spin_kv::Error>> {
+        Ok(spin_handle(accessor, &this)?
+            .exists(&key)
+            .await
+            .map_err(spin_err))
     }
 
     async fn get_keys(
         accessor: &Accessor<T, Self>,
         this: Resource<SpinStore>,
-    ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), spin_kv::Error>>)> {
+    ) -> wasmtime::Result<(
+        StreamReader<String>,
+        FutureReader<Result<(), spin_kv::Error>>,
+    )> {
         let (keys, result) = match spin_handle(accessor, &this)?.keys().await {
             Ok(keys) => (keys, Ok(())),
             Err(e) => (Vec::new(), Err(spin_err(e))),
         };
         accessor.with(|mut a| {
             let stream = StreamReader::new(&mut a, keys)?;
-            let future = FutureReader::new(&mut a, std::future::ready(Ok::<_, wasmtime::Error>(result)))?;
+            let future =
+                FutureReader::new(&mut a, std::future::ready(Ok::<_, wasmtime::Error>(result)))?;
             Ok((stream, future))
         })
     }
@@ -201,7 +250,10 @@ impl KvView<'_> {
 }
 
 impl wasi_kv::Host for KvView<'_> {
-    async fn open(&mut self, identifier: String) -> wasmtime::Result<Result<Resource<WasiBucket>, wasi_kv::Error>> {
+    async fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<WasiBucket>, wasi_kv::Error>> {
         match self.ctx.open(&identifier) {
             Ok(b) => Ok(Ok(self.table.push(WasiBucket(b))?)),
             Err(OpenError::Denied) => Ok(Err(wasi_kv::Error::AccessDenied)),
@@ -211,23 +263,55 @@ impl wasi_kv::Host for KvView<'_> {
 }
 
 impl wasi_kv::HostBucket for KvView<'_> {
-    async fn get(&mut self, this: Resource<WasiBucket>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_kv::Error>> {
+    async fn get(
+        &mut self,
+        this: Resource<WasiBucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_kv::Error>> {
         Ok(self.bucket(&this)?.get(&key).await.map_err(wasi_err))
     }
-    async fn set(&mut self, this: Resource<WasiBucket>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
-        Ok(self.bucket(&this)?.set(&key, &value).await.map_err(wasi_err))
+    async fn set(
+        &mut self,
+        this: Resource<WasiBucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
+        Ok(self
+            .bucket(&this)?
+            .set(&key, &value)
+            .await
+            .map_err(wasi_err))
     }
-    async fn delete(&mut self, this: Resource<WasiBucket>, key: String) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
+    async fn delete(
+        &mut self,
+        this: Resource<WasiBucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
         Ok(self.bucket(&this)?.delete(&key).await.map_err(wasi_err))
     }
-    async fn exists(&mut self, this: Resource<WasiBucket>, key: String) -> wasmtime::Result<Result<bool, wasi_kv::Error>> {
+    async fn exists(
+        &mut self,
+        this: Resource<WasiBucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, wasi_kv::Error>> {
         Ok(self.bucket(&this)?.exists(&key).await.map_err(wasi_err))
     }
-    async fn list_keys(&mut self, this: Resource<WasiBucket>, cursor: Option<String>) -> wasmtime::Result<Result<wasi_kv::KeyResponse, wasi_kv::Error>> {
+    async fn list_keys(
+        &mut self,
+        this: Resource<WasiBucket>,
+        cursor: Option<String>,
+    ) -> wasmtime::Result<Result<wasi_kv::KeyResponse, wasi_kv::Error>> {
         if cursor.is_some() {
-            return Ok(Err(wasi_kv::Error::Other("cursors are not supported: the first page holds every key".into())));
+            return Ok(Err(wasi_kv::Error::Other(
+                "cursors are not supported: the first page holds every key".into(),
+            )));
         }
-        Ok(self.bucket(&this)?.keys().await.map(|keys| wasi_kv::KeyResponse { keys, cursor: None }).map_err(wasi_err))
+        Ok(self
+            .bucket(&this)?
+            .keys()
+            .await
+            .map(|keys| wasi_kv::KeyResponse { keys, cursor: None })
+            .map_err(wasi_err))
     }
     async fn drop(&mut self, rep: Resource<WasiBucket>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
@@ -236,15 +320,26 @@ impl wasi_kv::HostBucket for KvView<'_> {
 }
 
 impl atomics::HostCas for KvView<'_> {
-    async fn new(&mut self, bucket: Resource<WasiBucket>, key: String) -> wasmtime::Result<Result<Resource<Cas>, wasi_kv::Error>> {
+    async fn new(
+        &mut self,
+        bucket: Resource<WasiBucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<Cas>, wasi_kv::Error>> {
         let store = self.bucket(&bucket)?;
         let current = match store.get(&key).await {
             Ok(v) => v,
             Err(e) => return Ok(Err(wasi_err(e))),
         };
-        Ok(Ok(self.table.push(Cas { store, key, current })?))
+        Ok(Ok(self.table.push(Cas {
+            store,
+            key,
+            current,
+        })?))
     }
-    async fn current(&mut self, this: Resource<Cas>) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_kv::Error>> {
+    async fn current(
+        &mut self,
+        this: Resource<Cas>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_kv::Error>> {
         Ok(Ok(self.table.get(&this)?.current.clone()))
     }
     async fn drop(&mut self, rep: Resource<Cas>) -> wasmtime::Result<()> {
@@ -254,16 +349,32 @@ impl atomics::HostCas for KvView<'_> {
 }
 
 impl atomics::Host for KvView<'_> {
-    async fn increment(&mut self, bucket: Resource<WasiBucket>, key: String, delta: i64) -> wasmtime::Result<Result<i64, wasi_kv::Error>> {
-        Ok(self.bucket(&bucket)?.increment(&key, delta).await.map_err(wasi_err))
+    async fn increment(
+        &mut self,
+        bucket: Resource<WasiBucket>,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, wasi_kv::Error>> {
+        Ok(self
+            .bucket(&bucket)?
+            .increment(&key, delta)
+            .await
+            .map_err(wasi_err))
     }
 
-    async fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> wasmtime::Result<Result<(), atomics::CasError>> {
+    async fn swap(
+        &mut self,
+        cas: Resource<Cas>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         let (store, key, expected) = {
             let c = self.table.get(&cas)?;
             (c.store.clone(), c.key.clone(), c.current.clone())
         };
-        match store.compare_and_swap(&key, expected.as_deref(), &value).await {
+        match store
+            .compare_and_swap(&key, expected.as_deref(), &value)
+            .await
+        {
             Ok(true) => {
                 self.table.delete(cas)?;
                 Ok(Ok(()))
@@ -279,7 +390,11 @@ impl atomics::Host for KvView<'_> {
 }
 
 impl batch::Host for KvView<'_> {
-    async fn get_many(&mut self, bucket: Resource<WasiBucket>, keys: Vec<String>) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error>> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<WasiBucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error>> {
         let store = self.bucket(&bucket)?;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
@@ -290,7 +405,11 @@ impl batch::Host for KvView<'_> {
         }
         Ok(Ok(out))
     }
-    async fn set_many(&mut self, bucket: Resource<WasiBucket>, entries: Vec<(String, Vec<u8>)>) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
+    async fn set_many(
+        &mut self,
+        bucket: Resource<WasiBucket>,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
         let store = self.bucket(&bucket)?;
         for (k, v) in entries {
             if let Err(e) = store.set(&k, &v).await {
@@ -299,7 +418,11 @@ impl batch::Host for KvView<'_> {
         }
         Ok(Ok(()))
     }
-    async fn delete_many(&mut self, bucket: Resource<WasiBucket>, keys: Vec<String>) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<WasiBucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
         let store = self.bucket(&bucket)?;
         for k in keys {
             if let Err(e) = store.delete(&k).await {

@@ -11,7 +11,11 @@ use esim402_host::manifest::Manifest;
 use esim402_host::runtime_config::{RuntimeConfig, StoreConfig};
 
 #[derive(Parser)]
-#[command(name = "esim402", version, about = "Run the esim402 Spin application on wasmtime, without the Spin CLI")]
+#[command(
+    name = "esim402",
+    version,
+    about = "Run the esim402 Spin application on wasmtime, without the Spin CLI"
+)]
 struct Cli {
     /// The application manifest.
     #[arg(long, short = 'f', global = true, default_value = "spin.toml")]
@@ -64,13 +68,22 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ESIM402_LOG").unwrap_or_else(|_| "esim402=info,esim402_host=info,warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ESIM402_LOG")
+                .unwrap_or_else(|_| "esim402=info,esim402_host=info,warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
-        Cmd::Build { components, up, serve } => {
+        Cmd::Build {
+            components,
+            up,
+            serve,
+        } => {
             let manifest = Manifest::load(&cli.from)?;
             esim402_host::build::build(&manifest, &components)?;
             if up {
@@ -84,7 +97,9 @@ fn main() -> anyhow::Result<()> {
             }
             rt.block_on(run(&cli.from, serve))
         }
-        Cmd::Check { runtime_config_file } => rt.block_on(async {
+        Cmd::Check {
+            runtime_config_file,
+        } => rt.block_on(async {
             let manifest = Manifest::load(&cli.from)?;
             if let Some(rc) = &runtime_config_file {
                 RuntimeConfig::load(rc, &manifest.dir)?;
@@ -93,7 +108,12 @@ fn main() -> anyhow::Result<()> {
             opts.runtime_config = runtime_config_file;
             opts.kv_override = Some(StoreConfig::Memory);
             let app = App::load(&opts).await?;
-            println!("ok: {} ({} routes, {} components)", app.manifest.name, app.router.routes().len(), app.manifest.components.len());
+            println!(
+                "ok: {} ({} routes, {} components)",
+                app.manifest.name,
+                app.router.routes().len(),
+                app.manifest.components.len()
+            );
             Ok(())
         }),
     }
@@ -106,7 +126,9 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
         opts.kv_override = Some(StoreConfig::Memory);
     }
     let app = Arc::new(App::load(&opts).await?);
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     eprintln!("Serving http://{addr}");
     eprintln!("Available Routes:");

@@ -219,9 +219,30 @@ pub enum Inherit {
 
 /// Configuration keys a dependency may inherit, and the host interfaces each one unlocks.
 pub const INHERITABLE: &[(&str, &[&str])] = &[
-    ("key_value_stores", &["spin:key-value/", "wasi:keyvalue/", "fermyon:spin/key-value"]),
-    ("variables", &["spin:variables/", "fermyon:spin/variables", "wasi:config/"]),
-    ("allowed_outbound_hosts", &["wasi:http/outgoing-handler", "wasi:http/client", "wasi:sockets/", "spin:redis/", "spin:postgres/", "spin:mysql/", "spin:mqtt/"]),
+    (
+        "key_value_stores",
+        &[
+            "spin:key-value/",
+            "wasi:keyvalue/",
+            "fermyon:spin/key-value",
+        ],
+    ),
+    (
+        "variables",
+        &["spin:variables/", "fermyon:spin/variables", "wasi:config/"],
+    ),
+    (
+        "allowed_outbound_hosts",
+        &[
+            "wasi:http/outgoing-handler",
+            "wasi:http/client",
+            "wasi:sockets/",
+            "spin:redis/",
+            "spin:postgres/",
+            "spin:mysql/",
+            "spin:mqtt/",
+        ],
+    ),
     ("sqlite_databases", &["spin:sqlite/", "fermyon:spin/sqlite"]),
     ("ai_models", &["fermyon:spin/llm"]),
     ("environment", &[]),
@@ -239,12 +260,21 @@ impl Inherit {
 }
 
 fn check_route(route: &str) -> anyhow::Result<()> {
-    ensure!(route.starts_with('/'), "route {route:?} must start with '/'");
+    ensure!(
+        route.starts_with('/'),
+        "route {route:?} must start with '/'"
+    );
     for (i, seg) in route.trim_start_matches('/').split('/').enumerate() {
         let last = i + 1 == route.trim_start_matches('/').split('/').count();
-        ensure!(seg != "..." || last, "route {route:?}: '...' may only be the last segment");
+        ensure!(
+            seg != "..." || last,
+            "route {route:?}: '...' may only be the last segment"
+        );
         if let Some(name) = seg.strip_prefix(':') {
-            ensure!(!name.is_empty(), "route {route:?}: ':' must be followed by a parameter name");
+            ensure!(
+                !name.is_empty(),
+                "route {route:?}: ':' must be followed by a parameter name"
+            );
         }
     }
     Ok(())
@@ -253,63 +283,122 @@ fn check_route(route: &str) -> anyhow::Result<()> {
 impl Manifest {
     /// Read and validate a manifest file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let dir = parent.canonicalize().with_context(|| format!("cannot resolve {}", parent.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = parent
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", parent.display()))?;
         Self::parse(&text, dir).with_context(|| format!("invalid manifest {}", path.display()))
     }
 
     /// Parse and validate manifest text.
     pub fn parse(text: &str, dir: PathBuf) -> anyhow::Result<Self> {
         let raw: RawManifest = toml::from_str(text)?;
-        ensure!(raw.spin_manifest_version == 2, "spin_manifest_version must be 2");
-        let _ = (&raw.application.version, &raw.application.description, &raw.application.authors, &raw.application.trigger);
+        ensure!(
+            raw.spin_manifest_version == 2,
+            "spin_manifest_version must be 2"
+        );
+        let _ = (
+            &raw.application.version,
+            &raw.application.description,
+            &raw.application.authors,
+            &raw.application.trigger,
+        );
         let mut http_triggers = Vec::new();
         for (kind, entries) in raw.trigger {
-            ensure!(kind == "http", "trigger type {kind:?} is not supported by this host (only http)");
+            ensure!(
+                kind == "http",
+                "trigger type {kind:?} is not supported by this host (only http)"
+            );
             for entry in entries {
                 let t: HttpTrigger = entry.try_into().context("invalid [[trigger.http]] entry")?;
                 if let RouteSpec::Path(r) = &t.route {
                     check_route(r)?;
                 }
                 if let RouteSpec::Private { private } = &t.route {
-                    ensure!(*private, "route = {{ private = false }} is not meaningful; give a path");
+                    ensure!(
+                        *private,
+                        "route = {{ private = false }} is not meaningful; give a path"
+                    );
                 }
-                ensure!(raw.component.contains_key(&t.component), "trigger names unknown component {:?}", t.component);
+                ensure!(
+                    raw.component.contains_key(&t.component),
+                    "trigger names unknown component {:?}",
+                    t.component
+                );
                 http_triggers.push(t);
             }
         }
         for (id, c) in &raw.component {
-            ensure!(c.files.is_empty(), "component {id}: `files` is not supported by this host");
-            ensure!(c.sqlite_databases.is_empty(), "component {id}: `sqlite_databases` is not supported by this host");
-            ensure!(c.ai_models.is_empty(), "component {id}: `ai_models` is not supported by this host");
+            ensure!(
+                c.files.is_empty(),
+                "component {id}: `files` is not supported by this host"
+            );
+            ensure!(
+                c.sqlite_databases.is_empty(),
+                "component {id}: `sqlite_databases` is not supported by this host"
+            );
+            ensure!(
+                c.ai_models.is_empty(),
+                "component {id}: `ai_models` is not supported by this host"
+            );
             for (name, template) in &c.variables {
                 for var in template_vars(template)? {
-                    ensure!(raw.variables.contains_key(&var), "component {id} variable {name} uses undeclared variable {var:?}");
+                    ensure!(
+                        raw.variables.contains_key(&var),
+                        "component {id} variable {name} uses undeclared variable {var:?}"
+                    );
                 }
             }
             for (import, dep) in &c.dependencies {
                 ensure!(
-                    dep.version.is_none() && dep.registry.is_none() && dep.package.is_none() && dep.url.is_none(),
+                    dep.version.is_none()
+                        && dep.registry.is_none()
+                        && dep.package.is_none()
+                        && dep.url.is_none(),
                     "component {id}: dependency {import:?} must be local ({{ component = \"…\" }} or {{ path = \"…\" }}); registry and URL dependencies need the Spin CLI"
                 );
                 match (&dep.component, &dep.path) {
-                    (Some(other), None) => ensure!(raw.component.contains_key(other), "component {id}: dependency {import:?} names unknown component {other:?}"),
+                    (Some(other), None) => ensure!(
+                        raw.component.contains_key(other),
+                        "component {id}: dependency {import:?} names unknown component {other:?}"
+                    ),
                     (None, Some(_)) => {}
-                    _ => bail!("component {id}: dependency {import:?} needs exactly one of `component` or `path`"),
+                    _ => bail!(
+                        "component {id}: dependency {import:?} needs exactly one of `component` or `path`"
+                    ),
                 }
                 if let Some(Inherit::Some(keys)) = &dep.inherit_configuration {
                     for k in keys {
-                        ensure!(INHERITABLE.iter().any(|(name, _)| name == k), "component {id}: dependency {import:?} inherits unknown configuration key {k:?}");
+                        ensure!(
+                            INHERITABLE.iter().any(|(name, _)| name == k),
+                            "component {id}: dependency {import:?} inherits unknown configuration key {k:?}"
+                        );
                     }
                 }
             }
         }
         for (name, v) in &raw.variables {
-            ensure!(is_variable_name(name), "variable name {name:?} must be lower_snake_case");
-            ensure!(!(v.required && v.default.is_some()), "variable {name}: `required` and `default` are mutually exclusive");
+            ensure!(
+                is_variable_name(name),
+                "variable name {name:?} must be lower_snake_case"
+            );
+            ensure!(
+                !(v.required && v.default.is_some()),
+                "variable {name}: `required` and `default` are mutually exclusive"
+            );
         }
-        Ok(Self { dir, name: raw.application.name, variables: raw.variables, http_triggers, components: raw.component })
+        Ok(Self {
+            dir,
+            name: raw.application.name,
+            variables: raw.variables,
+            http_triggers,
+            components: raw.component,
+        })
     }
 
     /// A path in the manifest, resolved against its folder.
@@ -320,7 +409,9 @@ impl Manifest {
 
 /// Spin variable names: lower snake case starting with a letter.
 pub fn is_variable_name(s: &str) -> bool {
-    s.starts_with(|c: char| c.is_ascii_lowercase()) && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+    s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
 }
 
 /// The variable names a `{{ name }}` template refers to.
@@ -329,9 +420,14 @@ pub fn template_vars(template: &str) -> anyhow::Result<Vec<String>> {
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         let after = &rest[start + 2..];
-        let end = after.find("}}").with_context(|| format!("unclosed '{{{{' in {template:?}"))?;
+        let end = after
+            .find("}}")
+            .with_context(|| format!("unclosed '{{{{' in {template:?}"))?;
         let name = after[..end].trim();
-        ensure!(is_variable_name(name), "invalid variable reference {name:?} in {template:?}");
+        ensure!(
+            is_variable_name(name),
+            "invalid variable reference {name:?} in {template:?}"
+        );
         out.push(name.to_owned());
         rest = &after[end + 2..];
     }
@@ -345,7 +441,9 @@ pub fn expand(template: &str, lookup: impl Fn(&str) -> Option<String>) -> anyhow
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").with_context(|| format!("unclosed '{{{{' in {template:?}"))?;
+        let end = after
+            .find("}}")
+            .with_context(|| format!("unclosed '{{{{' in {template:?}"))?;
         let name = after[..end].trim();
         out.push_str(&lookup(name).with_context(|| format!("variable {name:?} has no value"))?);
         rest = &after[end + 2..];
@@ -388,21 +486,67 @@ source = "b.wasm"
         assert!(m.variables["key"].secret);
         assert_eq!(m.resolve("a.wasm"), PathBuf::from("/app/a.wasm"));
         let dep = &m.components["a"].dependencies["x:y/z@0.1.0"];
-        assert!(dep.inherit_configuration.as_ref().unwrap().grants("key_value_stores"));
-        assert!(!dep.inherit_configuration.as_ref().unwrap().grants("allowed_outbound_hosts"));
+        assert!(
+            dep.inherit_configuration
+                .as_ref()
+                .unwrap()
+                .grants("key_value_stores")
+        );
+        assert!(
+            !dep.inherit_configuration
+                .as_ref()
+                .unwrap()
+                .grants("allowed_outbound_hosts")
+        );
     }
 
     #[test]
     fn refuses_what_it_cannot_run() {
         let cases = [
-            (APP.replace("source = \"b.wasm\"", "source = \"b.wasm\"\nfiles = [\"x\"]"), "files"),
-            (APP.replace("[component.b]", "[component.b]\nbogus = 1"), "bogus"),
-            (APP.replace("route = \"/a/...\"", "route = \"a\""), "must start with"),
-            (APP.replace("component = \"b\", inherit", "component = \"nope\", inherit"), "unknown component"),
-            (APP.replace("[\"key_value_stores\"]", "[\"kv\"]"), "unknown configuration key"),
-            (APP.replace("{{ key }}", "{{ nokey }}"), "undeclared variable"),
-            (APP.replace("[[trigger.http]]\nroute = \"/a/...\"", "[[trigger.redis]]\nroute = \"/a/...\""), "not supported"),
-            (APP.replace("{ required = true, secret = true }", "{ required = true, default = \"x\" }"), "mutually exclusive"),
+            (
+                APP.replace(
+                    "source = \"b.wasm\"",
+                    "source = \"b.wasm\"\nfiles = [\"x\"]",
+                ),
+                "files",
+            ),
+            (
+                APP.replace("[component.b]", "[component.b]\nbogus = 1"),
+                "bogus",
+            ),
+            (
+                APP.replace("route = \"/a/...\"", "route = \"a\""),
+                "must start with",
+            ),
+            (
+                APP.replace(
+                    "component = \"b\", inherit",
+                    "component = \"nope\", inherit",
+                ),
+                "unknown component",
+            ),
+            (
+                APP.replace("[\"key_value_stores\"]", "[\"kv\"]"),
+                "unknown configuration key",
+            ),
+            (
+                APP.replace("{{ key }}", "{{ nokey }}"),
+                "undeclared variable",
+            ),
+            (
+                APP.replace(
+                    "[[trigger.http]]\nroute = \"/a/...\"",
+                    "[[trigger.redis]]\nroute = \"/a/...\"",
+                ),
+                "not supported",
+            ),
+            (
+                APP.replace(
+                    "{ required = true, secret = true }",
+                    "{ required = true, default = \"x\" }",
+                ),
+                "mutually exclusive",
+            ),
         ];
         for (text, needle) in cases {
             let err = format!("{:#}", Manifest::parse(&text, PathBuf::new()).unwrap_err());
@@ -412,7 +556,10 @@ source = "b.wasm"
 
     #[test]
     fn templates_expand() {
-        assert_eq!(template_vars("http://{{ a }}:{{b}}").unwrap(), vec!["a", "b"]);
+        assert_eq!(
+            template_vars("http://{{ a }}:{{b}}").unwrap(),
+            vec!["a", "b"]
+        );
         assert_eq!(expand("x{{ a }}y", |_| Some("1".into())).unwrap(), "x1y");
         assert!(expand("{{ a }}", |_| None).is_err());
         assert!(template_vars("{{ A }}").is_err());

@@ -39,8 +39,13 @@ fn default_port(scheme: &str) -> Option<u16> {
 impl AllowedHost {
     /// Parse one entry.
     pub fn parse(entry: &str) -> anyhow::Result<Self> {
-        let (scheme, rest) = entry.split_once("://").with_context(|| format!("allowed host {entry:?} needs a scheme (http://…)"))?;
-        ensure!(!rest.contains('/') || rest.ends_with('/') && rest.matches('/').count() == 1, "allowed host {entry:?} must not have a path");
+        let (scheme, rest) = entry
+            .split_once("://")
+            .with_context(|| format!("allowed host {entry:?} needs a scheme (http://…)"))?;
+        ensure!(
+            !rest.contains('/') || rest.ends_with('/') && rest.matches('/').count() == 1,
+            "allowed host {entry:?} must not have a path"
+        );
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
@@ -50,7 +55,10 @@ impl AllowedHost {
         let scheme = (scheme != "*").then(|| scheme.to_ascii_lowercase());
         let port = match port {
             Some("*") => None,
-            Some(p) => Some(p.parse::<u16>().with_context(|| format!("allowed host {entry:?} has an invalid port"))?),
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .with_context(|| format!("allowed host {entry:?} has an invalid port"))?,
+            ),
             None => match scheme.as_deref().and_then(default_port) {
                 Some(p) => Some(p),
                 None => bail!("allowed host {entry:?} needs an explicit port for its scheme"),
@@ -62,7 +70,10 @@ impl AllowedHost {
         } else if let Some(suffix) = host.strip_prefix("*.") {
             HostPattern::Subdomains(suffix.to_owned())
         } else {
-            ensure!(!host.contains('*'), "allowed host {entry:?}: '*' is only allowed as a whole host or a leading '*.'");
+            ensure!(
+                !host.contains('*'),
+                "allowed host {entry:?}: '*' is only allowed as a whole host or a leading '*.'"
+            );
             HostPattern::Exact(host)
         };
         Ok(Self { scheme, host, port })
@@ -94,15 +105,23 @@ pub struct OutboundPolicy {
 impl OutboundPolicy {
     /// Parse a component's (already expanded) entries.
     pub fn new(component: &str, entries: &[String]) -> anyhow::Result<Self> {
-        let allowed = entries.iter().map(|e| AllowedHost::parse(e)).collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self { component: component.into(), allowed: allowed.into() })
+        let allowed = entries
+            .iter()
+            .map(|e| AllowedHost::parse(e))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            component: component.into(),
+            allowed: allowed.into(),
+        })
     }
 
     /// Whether `uri` may be requested.
     pub fn allows_uri(&self, uri: &http::Uri) -> bool {
         let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
         let Some(host) = uri.host() else { return false };
-        let Some(port) = uri.port_u16().or_else(|| default_port(&scheme)) else { return false };
+        let Some(port) = uri.port_u16().or_else(|| default_port(&scheme)) else {
+            return false;
+        };
         self.allowed.iter().any(|a| a.allows(&scheme, host, port))
     }
 }
@@ -115,7 +134,10 @@ impl WasiHttpHooks for OutboundPolicy {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _response_result: IoFuture,
-    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), wasmtime_wasi_http::Error>> + Send> {
+    ) -> Box<
+        dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), wasmtime_wasi_http::Error>>
+            + Send,
+    > {
         let allowed = self.allows_uri(request.uri());
         let component = self.component.clone();
         Box::new(async move {
@@ -139,7 +161,9 @@ mod tests {
     use super::*;
 
     fn allows(entry: &str, url: &str) -> bool {
-        OutboundPolicy::new("t", &[entry.to_owned()]).unwrap().allows_uri(&url.parse().unwrap())
+        OutboundPolicy::new("t", &[entry.to_owned()])
+            .unwrap()
+            .allows_uri(&url.parse().unwrap())
     }
 
     #[test]
@@ -154,12 +178,22 @@ mod tests {
         assert!(!allows("https://*.example.com", "https://evilexample.com/"));
         assert!(allows("*://localhost:*", "http://localhost:9/"));
         assert!(allows("http://*:8080", "http://anything:8080/"));
-        assert!(!OutboundPolicy::default().allows_uri(&"http://127.0.0.1/".parse().unwrap()), "no entries deny all");
+        assert!(
+            !OutboundPolicy::default().allows_uri(&"http://127.0.0.1/".parse().unwrap()),
+            "no entries deny all"
+        );
     }
 
     #[test]
     fn bad_entries() {
-        for bad in ["127.0.0.1:80", "http://", "http://host:notaport", "*://host", "http://a*b.com", "http://host/path"] {
+        for bad in [
+            "127.0.0.1:80",
+            "http://",
+            "http://host:notaport",
+            "*://host",
+            "http://a*b.com",
+            "http://host/path",
+        ] {
             assert!(AllowedHost::parse(bad).is_err(), "{bad}");
         }
     }

@@ -35,8 +35,15 @@ pub struct Match<'a> {
 impl Route {
     /// Parse a route pattern.
     pub fn parse(pattern: &str, component: &str) -> anyhow::Result<Self> {
-        ensure!(pattern.starts_with('/'), "route {pattern:?} must start with '/'");
-        let mut parts: Vec<&str> = pattern.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+        ensure!(
+            pattern.starts_with('/'),
+            "route {pattern:?} must start with '/'"
+        );
+        let mut parts: Vec<&str> = pattern
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
         let wildcard = parts.last() == Some(&"...");
         if wildcard {
             parts.pop();
@@ -46,20 +53,31 @@ impl Route {
             .map(|p| match p.strip_prefix(':') {
                 Some(name) if !name.is_empty() => Ok(Segment::Param(name.to_owned())),
                 Some(_) => bail!("route {pattern:?} has an unnamed parameter"),
-                None if p == "..." => bail!("route {pattern:?}: '...' may only be the last segment"),
+                None if p == "..." => {
+                    bail!("route {pattern:?}: '...' may only be the last segment")
+                }
                 None => Ok(Segment::Literal(p.to_owned())),
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Self { pattern: pattern.to_owned(), segments, wildcard, component: component.to_owned() })
+        Ok(Self {
+            pattern: pattern.to_owned(),
+            segments,
+            wildcard,
+            component: component.to_owned(),
+        })
     }
 
     /// The route without its trailing `/...` (Spin's `spin-component-route`).
     pub fn base(&self) -> String {
-        self.pattern.strip_suffix("/...").unwrap_or(&self.pattern).to_owned()
+        self.pattern
+            .strip_suffix("/...")
+            .unwrap_or(&self.pattern)
+            .to_owned()
     }
 
     fn matches(&self, path: &[&str]) -> Option<(String, Vec<(String, String)>)> {
-        if path.len() < self.segments.len() || (!self.wildcard && path.len() != self.segments.len()) {
+        if path.len() < self.segments.len() || (!self.wildcard && path.len() != self.segments.len())
+        {
             return None;
         }
         let mut params = Vec::new();
@@ -71,13 +89,21 @@ impl Route {
             }
         }
         let rest = &path[self.segments.len()..];
-        let info = if rest.is_empty() { String::new() } else { format!("/{}", rest.join("/")) };
+        let info = if rest.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", rest.join("/"))
+        };
         Some((info, params))
     }
 
     /// Sort key: higher is more specific.
     fn specificity(&self) -> (bool, usize, usize) {
-        let literals = self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
+        let literals = self
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count();
         (!self.wildcard, literals, self.segments.len())
     }
 }
@@ -94,8 +120,15 @@ impl Router {
         let mut out: Vec<Route> = Vec::new();
         for (pattern, component) in routes {
             let route = Route::parse(&pattern, &component)?;
-            if let Some(dup) = out.iter().find(|r| r.segments == route.segments && r.wildcard == route.wildcard) {
-                bail!("route {pattern:?} of {component} duplicates {:?} of {}", dup.pattern, dup.component);
+            if let Some(dup) = out
+                .iter()
+                .find(|r| r.segments == route.segments && r.wildcard == route.wildcard)
+            {
+                bail!(
+                    "route {pattern:?} of {component} duplicates {:?} of {}",
+                    dup.pattern,
+                    dup.component
+                );
             }
             out.push(route);
         }
@@ -106,7 +139,13 @@ impl Router {
     /// The best route for a request path.
     pub fn find(&self, path: &str) -> Option<Match<'_>> {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        self.routes.iter().find_map(|r| r.matches(&parts).map(|(path_info, params)| Match { route: r, path_info, params }))
+        self.routes.iter().find_map(|r| {
+            r.matches(&parts).map(|(path_info, params)| Match {
+                route: r,
+                path_info,
+                params,
+            })
+        })
     }
 
     /// Every route, most specific first.
@@ -121,8 +160,15 @@ mod tests {
 
     fn router() -> Router {
         Router::new(
-            [("/v1/...", "api"), ("/v1/special", "special"), ("/users/:id", "users"), ("/users/:id/...", "user-tree"), ("/...", "fallback"), ("/health", "health")]
-                .map(|(p, c)| (p.to_owned(), c.to_owned())),
+            [
+                ("/v1/...", "api"),
+                ("/v1/special", "special"),
+                ("/users/:id", "users"),
+                ("/users/:id/...", "user-tree"),
+                ("/...", "fallback"),
+                ("/health", "health"),
+            ]
+            .map(|(p, c)| (p.to_owned(), c.to_owned())),
         )
         .unwrap()
     }
@@ -131,15 +177,27 @@ mod tests {
     fn most_specific_wins() {
         let r = router();
         let m = r.find("/v1/esim/activate").unwrap();
-        assert_eq!((m.route.component.as_str(), m.path_info.as_str()), ("api", "/esim/activate"));
+        assert_eq!(
+            (m.route.component.as_str(), m.path_info.as_str()),
+            ("api", "/esim/activate")
+        );
         assert_eq!(r.find("/v1").unwrap().route.component, "api");
         assert_eq!(r.find("/v1/special").unwrap().route.component, "special");
         assert_eq!(r.find("/health").unwrap().route.component, "health");
         assert_eq!(r.find("/health/x").unwrap().route.component, "fallback");
         let u = r.find("/users/42").unwrap();
-        assert_eq!((u.route.component.as_str(), u.params.clone()), ("users", vec![("id".to_owned(), "42".to_owned())]));
-        assert_eq!(r.find("/users/42/cards").unwrap().route.component, "user-tree");
-        assert_eq!(r.find("/anything/else").unwrap().route.component, "fallback");
+        assert_eq!(
+            (u.route.component.as_str(), u.params.clone()),
+            ("users", vec![("id".to_owned(), "42".to_owned())])
+        );
+        assert_eq!(
+            r.find("/users/42/cards").unwrap().route.component,
+            "user-tree"
+        );
+        assert_eq!(
+            r.find("/anything/else").unwrap().route.component,
+            "fallback"
+        );
         assert_eq!(r.find("/v1/...").unwrap().route.base(), "/v1");
     }
 
@@ -153,7 +211,13 @@ mod tests {
 
     #[test]
     fn duplicates_and_bad_patterns_are_refused() {
-        assert!(Router::new([("/a".to_owned(), "x".to_owned()), ("/a/".to_owned(), "y".to_owned())]).is_err());
+        assert!(
+            Router::new([
+                ("/a".to_owned(), "x".to_owned()),
+                ("/a/".to_owned(), "y".to_owned())
+            ])
+            .is_err()
+        );
         assert!(Route::parse("/a/.../b", "x").is_err());
         assert!(Route::parse("/a/:", "x").is_err());
         assert!(Route::parse("a", "x").is_err());

@@ -53,15 +53,20 @@ impl RuntimeConfig {
     /// Spin's default when no file is given: `default` is SQLite under `<app>/.spin/`.
     pub fn spin_default(app_dir: &Path) -> Self {
         let mut key_value_stores = BTreeMap::new();
-        key_value_stores.insert("default".to_owned(), StoreConfig::Sqlite(app_dir.join(DEFAULT_SQLITE)));
+        key_value_stores.insert(
+            "default".to_owned(),
+            StoreConfig::Sqlite(app_dir.join(DEFAULT_SQLITE)),
+        );
         Self { key_value_stores }
     }
 
     /// Read a runtime config file; stores it does not name keep Spin's defaults.
     pub fn load(path: &Path, app_dir: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base, app_dir).with_context(|| format!("invalid runtime config {}", path.display()))
+        Self::parse(&text, base, app_dir)
+            .with_context(|| format!("invalid runtime config {}", path.display()))
     }
 
     /// Parse runtime config text; relative paths resolve against `base`.
@@ -77,13 +82,17 @@ impl RuntimeConfig {
                     StoreConfig::Sqlite(base.join(store.path.as_deref().unwrap_or(DEFAULT_SQLITE)))
                 }
                 "redis" => {
-                    let url = store.url.with_context(|| format!("key_value_store.{label}: type \"redis\" needs `url`"))?;
+                    let url = store.url.with_context(|| {
+                        format!("key_value_store.{label}: type \"redis\" needs `url`")
+                    })?;
                     if !url.starts_with("redis://") && !url.starts_with("rediss://") {
                         bail!("key_value_store.{label}: url must start with redis:// or rediss://");
                     }
                     StoreConfig::Redis(url)
                 }
-                other => bail!("key_value_store.{label}: store type {other:?} is not supported (use \"spin\" or \"redis\")"),
+                other => bail!(
+                    "key_value_store.{label}: store type {other:?} is not supported (use \"spin\" or \"redis\")"
+                ),
             };
             cfg.key_value_stores.insert(label, parsed);
         }
@@ -103,21 +112,45 @@ mod tests {
             Path::new("/app"),
         )
         .unwrap();
-        assert_eq!(cfg.key_value_stores["default"], StoreConfig::Sqlite(PathBuf::from("/etc/app/data/kv.db")));
-        assert_eq!(cfg.key_value_stores["cache"], StoreConfig::Redis("redis://127.0.0.1:6379".into()));
+        assert_eq!(
+            cfg.key_value_stores["default"],
+            StoreConfig::Sqlite(PathBuf::from("/etc/app/data/kv.db"))
+        );
+        assert_eq!(
+            cfg.key_value_stores["cache"],
+            StoreConfig::Redis("redis://127.0.0.1:6379".into())
+        );
         let empty = RuntimeConfig::parse("", Path::new("/x"), Path::new("/app")).unwrap();
-        assert_eq!(empty.key_value_stores["default"], StoreConfig::Sqlite(PathBuf::from("/app/.spin/sqlite_key_value.db")));
+        assert_eq!(
+            empty.key_value_stores["default"],
+            StoreConfig::Sqlite(PathBuf::from("/app/.spin/sqlite_key_value.db"))
+        );
     }
 
     #[test]
     fn errors_name_the_problem() {
         for (text, needle) in [
-            ("[key_value_store.default]\ntype = \"azure_cosmos\"\n", "not supported"),
-            ("[key_value_store.default]\ntype = \"redis\"\n", "needs `url`"),
-            ("[key_value_store.default]\ntype = \"redis\"\nurl = \"http://x\"\n", "redis://"),
-            ("[sqlite_database.default]\ntype = \"spin\"\n", "unknown field"),
+            (
+                "[key_value_store.default]\ntype = \"azure_cosmos\"\n",
+                "not supported",
+            ),
+            (
+                "[key_value_store.default]\ntype = \"redis\"\n",
+                "needs `url`",
+            ),
+            (
+                "[key_value_store.default]\ntype = \"redis\"\nurl = \"http://x\"\n",
+                "redis://",
+            ),
+            (
+                "[sqlite_database.default]\ntype = \"spin\"\n",
+                "unknown field",
+            ),
         ] {
-            let err = format!("{:#}", RuntimeConfig::parse(text, Path::new("/"), Path::new("/")).unwrap_err());
+            let err = format!(
+                "{:#}",
+                RuntimeConfig::parse(text, Path::new("/"), Path::new("/")).unwrap_err()
+            );
             assert!(err.contains(needle), "{needle}: {err}");
         }
     }

@@ -21,8 +21,18 @@ fn json_response(status: u16, code: &str, message: &str) -> http::Response<WasiB
     http::Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed_unsync())
-        .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync()))
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        )
+        .unwrap_or_else(|_| {
+            http::Response::new(
+                Full::new(Bytes::new())
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+        })
 }
 
 fn set(headers: &mut http::HeaderMap, name: &str, value: &str) {
@@ -32,7 +42,12 @@ fn set(headers: &mut http::HeaderMap, name: &str, value: &str) {
 }
 
 /// Route and run one request.
-pub async fn handle(app: Arc<App>, local: SocketAddr, client: SocketAddr, req: http::Request<hyper::body::Incoming>) -> http::Response<WasiBody> {
+pub async fn handle(
+    app: Arc<App>,
+    local: SocketAddr,
+    client: SocketAddr,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<WasiBody> {
     let path = req.uri().path().to_owned();
     let Some(m) = app.router.find(&path) else {
         return json_response(404, "not_found", &format!("no route for {path}"));
@@ -41,22 +56,42 @@ pub async fn handle(app: Arc<App>, local: SocketAddr, client: SocketAddr, req: h
         return json_response(500, "internal", "route has no loaded component");
     };
     let (mut parts, body) = req.into_parts();
-    let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map_or_else(|| local.to_string(), str::to_owned);
-    let full_url = format!("http://{host}{}", parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map_or_else(|| local.to_string(), str::to_owned);
+    let full_url = format!(
+        "http://{host}{}",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
     // Spin's request headers; clients cannot forge them.
-    let forged: Vec<HeaderName> = parts.headers.keys().filter(|n| n.as_str().starts_with("spin-")).cloned().collect();
+    let forged: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("spin-"))
+        .cloned()
+        .collect();
     for name in forged {
         parts.headers.remove(name);
     }
     set(&mut parts.headers, "spin-full-url", &full_url);
     set(&mut parts.headers, "spin-path-info", &m.path_info);
     set(&mut parts.headers, "spin-matched-route", &m.route.pattern);
-    set(&mut parts.headers, "spin-raw-component-route", &m.route.pattern);
+    set(
+        &mut parts.headers,
+        "spin-raw-component-route",
+        &m.route.pattern,
+    );
     set(&mut parts.headers, "spin-component-route", &m.route.base());
     set(&mut parts.headers, "spin-base-path", "/");
     set(&mut parts.headers, "spin-client-addr", &client.to_string());
     for (name, value) in &m.params {
-        set(&mut parts.headers, &format!("spin-path-match-{name}"), value);
+        set(
+            &mut parts.headers,
+            &format!("spin-path-match-{name}"),
+            value,
+        );
     }
     // The guest sees an absolute URI, as under Spin.
     if let Ok(uri) = full_url.parse() {
@@ -68,13 +103,21 @@ pub async fn handle(app: Arc<App>, local: SocketAddr, client: SocketAddr, req: h
         Ok(resp) => resp,
         Err(e) => {
             tracing::error!(component = %component, error = %format!("{e:#}"), "request failed in the component");
-            json_response(500, "internal", "the component failed to handle the request")
+            json_response(
+                500,
+                "internal",
+                "the component failed to handle the request",
+            )
         }
     }
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then drain in-flight connections.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -96,7 +139,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             async move { Ok::<_, Infallible>(handle(app, local, client, req).await) }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -27,9 +27,20 @@ impl fmt::Debug for Resolved {
         let shown: BTreeMap<&str, &str> = self
             .app
             .iter()
-            .map(|(k, v)| (k.as_str(), if self.secret_names.contains(k) { "<redacted>" } else { v.as_str() }))
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if self.secret_names.contains(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
             .collect();
-        f.debug_struct("Resolved").field("app", &shown).finish_non_exhaustive()
+        f.debug_struct("Resolved")
+            .field("app", &shown)
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,12 +56,18 @@ pub fn resolve(manifest: &Manifest, env: &HashMap<String, String>) -> anyhow::Re
     let mut secret_names = Vec::new();
     for (name, decl) in &manifest.variables {
         let key = env_name(name);
-        let value = env.get(&key).or_else(|| dotenv.get(&key)).cloned().or_else(|| decl.default.clone());
+        let value = env
+            .get(&key)
+            .or_else(|| dotenv.get(&key))
+            .cloned()
+            .or_else(|| decl.default.clone());
         match value {
             Some(v) => {
                 app.insert(name.clone(), v);
             }
-            None if decl.required => bail!("required variable {name:?} has no value: set {key} in the environment or .env"),
+            None if decl.required => bail!(
+                "required variable {name:?} has no value: set {key} in the environment or .env"
+            ),
             None => {}
         }
         if decl.secret {
@@ -61,12 +78,17 @@ pub fn resolve(manifest: &Manifest, env: &HashMap<String, String>) -> anyhow::Re
     for (id, comp) in &manifest.components {
         let mut vars = HashMap::new();
         for (name, template) in &comp.variables {
-            let value = expand(template, |v| app.get(v).cloned()).with_context(|| format!("component {id} variable {name}"))?;
+            let value = expand(template, |v| app.get(v).cloned())
+                .with_context(|| format!("component {id} variable {name}"))?;
             vars.insert(name.clone(), value);
         }
         per_component.insert(id.clone(), Arc::new(vars));
     }
-    Ok(Resolved { per_component, app, secret_names })
+    Ok(Resolved {
+        per_component,
+        app,
+        secret_names,
+    })
 }
 
 fn read_dotenv(path: &Path) -> anyhow::Result<HashMap<String, String>> {
@@ -108,9 +130,16 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
         let r = resolve(&m, &env).unwrap();
         assert_eq!(r.per_component["a"]["token"], "s3cret");
         assert_eq!(r.per_component["a"]["where"], "in us-west");
-        assert!(!format!("{r:?}").contains("s3cret"), "secrets are redacted in Debug");
+        assert!(
+            !format!("{r:?}").contains("s3cret"),
+            "secrets are redacted in Debug"
+        );
 
-        std::fs::write(dir.path().join(".env"), "SPIN_VARIABLE_TOKEN=fromfile\nSPIN_VARIABLE_REGION=eu-central\n").unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "SPIN_VARIABLE_TOKEN=fromfile\nSPIN_VARIABLE_REGION=eu-central\n",
+        )
+        .unwrap();
         let r = resolve(&m, &HashMap::new()).unwrap();
         assert_eq!(r.per_component["a"]["token"], "fromfile");
         assert_eq!(r.per_component["a"]["where"], "in eu-central");
@@ -119,7 +148,13 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
     #[test]
     fn missing_required_names_the_variable_not_a_value() {
         let dir = tempfile::tempdir().unwrap();
-        let err = format!("{:#}", resolve(&manifest(dir.path()), &HashMap::new()).unwrap_err());
-        assert!(err.contains("\"token\"") && err.contains("SPIN_VARIABLE_TOKEN"), "{err}");
+        let err = format!(
+            "{:#}",
+            resolve(&manifest(dir.path()), &HashMap::new()).unwrap_err()
+        );
+        assert!(
+            err.contains("\"token\"") && err.contains("SPIN_VARIABLE_TOKEN"),
+            "{err}"
+        );
     }
 }

@@ -15,7 +15,10 @@ pub struct MemoryStore {
 
 impl MemoryStore {
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Vec<u8>>) -> R) -> KvResult<R> {
-        let mut guard = self.map.lock().map_err(|_| KvError("memory store poisoned".into()))?;
+        let mut guard = self
+            .map
+            .lock()
+            .map_err(|_| KvError("memory store poisoned".into()))?;
         Ok(f(&mut guard))
     }
 }
@@ -50,7 +53,12 @@ impl Backend for MemoryStore {
             Ok(next)
         })?
     }
-    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> KvResult<bool> {
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> KvResult<bool> {
         self.with(|m| {
             if m.get(key).map(Vec::as_slice) != expected {
                 return false;

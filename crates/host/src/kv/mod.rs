@@ -50,7 +50,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Add `delta` to the decimal integer at `key` (absent = 0) atomically; the new value.
     async fn increment(&self, key: &str, delta: i64) -> KvResult<i64>;
     /// Write `value` only if `key` still holds `expected` (`None` = still absent). True if written.
-    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> KvResult<bool>;
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> KvResult<bool>;
 }
 
 /// A shared backend.
@@ -89,8 +94,16 @@ pub(crate) mod conformance {
         assert!(!store.exists("b").await.unwrap());
         // CAS on an absent key succeeds only while it is absent.
         assert!(store.compare_and_swap("b", None, b"x").await.unwrap());
-        assert!(!store.compare_and_swap("b", None, b"y").await.unwrap(), "absent-expected CAS must fail once present");
-        assert!(!store.compare_and_swap("b", Some(b"wrong"), b"y").await.unwrap());
+        assert!(
+            !store.compare_and_swap("b", None, b"y").await.unwrap(),
+            "absent-expected CAS must fail once present"
+        );
+        assert!(
+            !store
+                .compare_and_swap("b", Some(b"wrong"), b"y")
+                .await
+                .unwrap()
+        );
         assert!(store.compare_and_swap("b", Some(b"x"), b"y").await.unwrap());
         assert_eq!(store.get("b").await.unwrap().as_deref(), Some(&b"y"[..]));
         assert_eq!(store.increment("n", 5).await.unwrap(), 5);

@@ -24,13 +24,17 @@ return 0
 impl RedisStore {
     /// Connect (fails fast if the server is unreachable).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis url: {e}"))?;
+        let client =
+            redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis url: {e}"))?;
         let mut conn = client
             .get_multiplexed_async_connection()
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to Redis key-value store: {e}"))?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(Self { conn, cas: redis::Script::new(CAS_SCRIPT) })
+        Ok(Self {
+            conn,
+            cas: redis::Script::new(CAS_SCRIPT),
+        })
     }
 }
 
@@ -57,8 +61,13 @@ impl Backend for RedisStore {
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, batch): (u64, Vec<String>) =
-                redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query_async(&mut conn).await.map_err(err)?;
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
             keys.extend(batch);
             if next == 0 {
                 return Ok(keys);
@@ -69,16 +78,33 @@ impl Backend for RedisStore {
     async fn increment(&self, key: &str, delta: i64) -> KvResult<i64> {
         self.conn.clone().incr(key, delta).await.map_err(err)
     }
-    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> KvResult<bool> {
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> KvResult<bool> {
         let mut conn = self.conn.clone();
         match expected {
             None => {
-                let set: Option<String> =
-                    redis::cmd("SET").arg(key).arg(value).arg("NX").query_async(&mut conn).await.map_err(err)?;
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(err)?;
                 Ok(set.is_some())
             }
             Some(exp) => {
-                let n: i64 = self.cas.key(key).arg(exp).arg(value).invoke_async(&mut conn).await.map_err(err)?;
+                let n: i64 = self
+                    .cas
+                    .key(key)
+                    .arg(exp)
+                    .arg(value)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(err)?;
                 Ok(n == 1)
             }
         }

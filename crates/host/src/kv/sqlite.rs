@@ -21,16 +21,21 @@ impl SqliteStore {
     /// Open (creating if needed) the database file and its table.
     pub fn open(path: &Path, label: &str) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let conn = Connection::open(path).with_context(|| format!("cannot open SQLite store {}", path.display()))?;
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open SQLite store {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute(
             "CREATE TABLE IF NOT EXISTS spin_key_value (store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (store, key))",
             [],
         )?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), label: label.to_owned() })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            label: label.to_owned(),
+        })
     }
 
     async fn run<R: Send + 'static>(
@@ -40,7 +45,9 @@ impl SqliteStore {
         let conn = self.conn.clone();
         let label = self.label.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| KvError("sqlite connection poisoned".into()))?;
+            let mut guard = conn
+                .lock()
+                .map_err(|_| KvError("sqlite connection poisoned".into()))?;
             f(&mut guard, &label).map_err(KvError::from_display)
         })
         .await
@@ -55,15 +62,24 @@ const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES (?1,
 impl Backend for SqliteStore {
     async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>> {
         let key = key.to_owned();
-        self.run(move |c, s| c.query_row(GET, params![s, key], |r| r.get(0)).optional()).await
+        self.run(move |c, s| c.query_row(GET, params![s, key], |r| r.get(0)).optional())
+            .await
     }
     async fn set(&self, key: &str, value: &[u8]) -> KvResult<()> {
         let (key, value) = (key.to_owned(), value.to_vec());
-        self.run(move |c, s| c.execute(UPSERT, params![s, key, value]).map(drop)).await
+        self.run(move |c, s| c.execute(UPSERT, params![s, key, value]).map(drop))
+            .await
     }
     async fn delete(&self, key: &str) -> KvResult<()> {
         let key = key.to_owned();
-        self.run(move |c, s| c.execute("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2", params![s, key]).map(drop)).await
+        self.run(move |c, s| {
+            c.execute(
+                "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![s, key],
+            )
+            .map(drop)
+        })
+        .await
     }
     async fn exists(&self, key: &str) -> KvResult<bool> {
         Ok(self.get(key).await?.is_some())
@@ -77,27 +93,34 @@ impl Backend for SqliteStore {
     }
     async fn increment(&self, key: &str, delta: i64) -> KvResult<i64> {
         let key = key.to_owned();
-        let outcome = self
-            .run(move |c, s| {
-                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let current: Option<Vec<u8>> = tx.query_row(GET, params![s, key], |r| r.get(0)).optional()?;
-                let next = match parse_counter(&key, current.as_deref()).map(|n| n.checked_add(delta)) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => return Ok(Err(KvError("counter overflow".into()))),
-                    Err(e) => return Ok(Err(e)),
-                };
-                tx.execute(UPSERT, params![s, key, next.to_string().into_bytes()])?;
-                tx.commit()?;
-                Ok(Ok(next))
-            })
-            .await?;
-        outcome
+        self.run(move |c, s| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<Vec<u8>> = tx
+                .query_row(GET, params![s, key], |r| r.get(0))
+                .optional()?;
+            let next = match parse_counter(&key, current.as_deref()).map(|n| n.checked_add(delta)) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(Err(KvError("counter overflow".into()))),
+                Err(e) => return Ok(Err(e)),
+            };
+            tx.execute(UPSERT, params![s, key, next.to_string().into_bytes()])?;
+            tx.commit()?;
+            Ok(Ok(next))
+        })
+        .await?
     }
-    async fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> KvResult<bool> {
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> KvResult<bool> {
         let (key, expected, value) = (key.to_owned(), expected.map(<[u8]>::to_vec), value.to_vec());
         self.run(move |c, s| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current: Option<Vec<u8>> = tx.query_row(GET, params![s, key], |r| r.get(0)).optional()?;
+            let current: Option<Vec<u8>> = tx
+                .query_row(GET, params![s, key], |r| r.get(0))
+                .optional()?;
             if current != expected {
                 return Ok(false);
             }
@@ -117,7 +140,8 @@ mod tests {
     async fn conformance_and_persistence() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.db");
-        super::super::conformance::check(Arc::new(SqliteStore::open(&path, "default").unwrap())).await;
+        super::super::conformance::check(Arc::new(SqliteStore::open(&path, "default").unwrap()))
+            .await;
         // A second handle (a restarted host) sees the data; another label does not.
         let again = SqliteStore::open(&path, "default").unwrap();
         assert_eq!(again.get("b").await.unwrap().as_deref(), Some(&b"y"[..]));
