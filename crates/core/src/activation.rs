@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::api_error::ApiError;
 use crate::chain::{Address, Network, parse_address};
+use crate::esim::eid::Eid;
 use crate::ids::{CarrierId, DataMb, Region};
 
 /// A validated activation request.
@@ -22,9 +23,27 @@ pub struct ActivationRequest {
     pub payer: Option<Address>,
     /// Preferred networks; empty = every enabled network.
     pub networks: Vec<Network>,
+    /// With an explicit `carrier`: may dispatch fall back to the region's other carriers (default false)?
+    /// Without one, dispatch always fails over within the region.
+    pub allow_failover: bool,
 }
 
-const FIELDS: &[&str] = &["region", "data_mb", "carrier", "eid", "payer", "chain"];
+impl ActivationRequest {
+    /// Whether dispatch may use carriers other than the requested one.
+    pub fn failover_allowed(&self) -> bool {
+        self.carrier.is_none() || self.allow_failover
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "region",
+    "data_mb",
+    "carrier",
+    "eid",
+    "payer",
+    "chain",
+    "allow_failover",
+];
 
 /// Largest body accepted on this route.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -86,6 +105,16 @@ impl ActivationRequest {
                 ));
             }
         };
+        let allow_failover = match obj.get("allow_failover") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "allow_failover",
+                    "allow_failover must be true or false",
+                ));
+            }
+        };
         Ok(Self {
             region,
             data_mb,
@@ -93,6 +122,7 @@ impl ActivationRequest {
             eid,
             payer,
             networks,
+            allow_failover,
         })
     }
 }
@@ -119,22 +149,9 @@ fn optional_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&
 
 /// An EID: exactly 32 decimal digits whose ISO/IEC 7064 MOD 97-10 check holds (`EID mod 97 == 1`).
 pub fn parse_eid(s: &str) -> Result<String, ApiError> {
-    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::invalid(
-            "eid",
-            "eid must be exactly 32 decimal digits",
-        ));
-    }
-    let rem = s
-        .bytes()
-        .fold(0u32, |acc, b| (acc * 10 + u32::from(b - b'0')) % 97);
-    if rem != 1 {
-        return Err(ApiError::invalid(
-            "eid",
-            "eid check digits are wrong (ISO 7064 mod 97-10)",
-        ));
-    }
-    Ok(s.to_owned())
+    Eid::parse(s)
+        .map(String::from)
+        .map_err(|e| ApiError::invalid("eid", e.to_string()))
 }
 
 #[cfg(test)]
@@ -156,9 +173,25 @@ mod tests {
                 "payer":"0x70997970C51812dc3A010C7d01b50e0d17dc79C8","chain":["polygon","eip155:8453"]}"#,
         )
         .unwrap();
-        assert_eq!(r.carrier.unwrap().as_str(), "tmobile");
+        assert_eq!(r.carrier.as_ref().unwrap().as_str(), "tmobile");
         assert_eq!(r.networks.len(), 2);
         assert!(r.payer.is_some() && r.eid.is_some());
+        assert!(
+            !r.failover_allowed(),
+            "a named carrier pins dispatch unless failover is allowed"
+        );
+    }
+
+    #[test]
+    fn failover_is_on_without_a_carrier_and_opt_in_with_one() {
+        let p = |b: &[u8]| ActivationRequest::parse(b).unwrap().failover_allowed();
+        assert!(p(br#"{"region":"us-west","data_mb":1}"#));
+        assert!(p(
+            br#"{"region":"us-west","data_mb":1,"carrier":"att","allow_failover":true}"#
+        ));
+        assert!(!p(
+            br#"{"region":"us-west","data_mb":1,"carrier":"att","allow_failover":false}"#
+        ));
     }
 
     #[test]
@@ -194,6 +227,10 @@ mod tests {
                 br#"{"region":"us-west","data_mb":1,"data_MB":2}"#,
                 "data_MB",
             ),
+            (
+                br#"{"region":"us-west","data_mb":1,"allow_failover":"yes"}"#,
+                "allow_failover",
+            ),
         ];
         for (body, field) in cases {
             let err = ActivationRequest::parse(body).unwrap_err();
@@ -205,6 +242,24 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn eid_messages_are_unchanged() {
+        assert_eq!(
+            parse_eid("123").unwrap_err().message,
+            "eid must be exactly 32 decimal digits"
+        );
+        assert_eq!(
+            parse_eid("89049032123451234512345678901234")
+                .unwrap_err()
+                .message,
+            "eid check digits are wrong (ISO 7064 mod 97-10)"
+        );
+        assert_eq!(
+            parse_eid("89049032123451234512345678901235").unwrap(),
+            "89049032123451234512345678901235"
+        );
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub enum Purchase {
         /// Paying wallet.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         payer: Option<String>,
+        /// With `carrier`: may dispatch fall back to the region's other carriers?
+        #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+        allow_failover: bool,
     },
     /// More data for a SIM.
     TopUp {
@@ -166,6 +169,7 @@ mod tests {
             carrier: None,
             eid: None,
             payer: None,
+            allow_failover: false,
         };
         Invoice::new(
             InvoiceId::from_random([1; 16]),

@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod api_error;
 pub mod chain;
+pub mod esim;
 pub mod ids;
 pub mod invoice;
 pub mod money;

@@ -46,6 +46,11 @@ impl UsdcAmount {
         self.0.checked_add(other.0).map(Self)
     }
 
+    /// Checked subtraction (`None` if `other` is larger).
+    pub fn checked_sub(self, other: Self) -> Option<Self> {
+        self.0.checked_sub(other.0).map(Self)
+    }
+
     /// Checked multiplication by a count (e.g. megabytes).
     pub fn checked_mul(self, n: u64) -> Option<Self> {
         self.0.checked_mul(n).map(Self)

@@ -1,7 +1,10 @@
 //! Pricing: an activation fee plus a per-megabyte carrier rate, rounded up to whole micro-USDC and never below
-//! the minimum invoice. The rates here are the seed's defaults; the payments issue moves them into the carrier
-//! catalog configuration.
+//! the minimum invoice. The rates come from the carrier catalog (`crates/core/catalog/carriers.toml`, see
+//! [`crate::esim::catalog`]).
 
+use std::sync::OnceLock;
+
+use crate::esim::catalog::Catalog;
 use crate::ids::{CarrierId, DataMb};
 use crate::money::UsdcAmount;
 
@@ -26,24 +29,34 @@ pub struct PriceBook {
 }
 
 impl PriceBook {
-    /// The seed's defaults: T-Mobile $0.003/MB, Verizon $0.0035/MB, AT&T $0.0032/MB, Telekom DE $0.004/MB,
-    /// $0.12 fee, $0.05 minimum
-    /// (100 MB on T-Mobile = $0.42).
+    /// The builtin catalog's price book: T-Mobile $0.003/MB, Verizon $0.0035/MB, AT&T $0.0032/MB, Telekom DE
+    /// $0.004/MB, Vodafone DE $0.0045/MB, $0.12 fee, $0.05 minimum (100 MB on T-Mobile = $0.42).
     pub fn seed_defaults() -> Self {
-        let rate = |c: &str, m| Rate {
-            carrier: CarrierId::parse(c).expect("static slug"),
-            milli_micros_per_mb: m,
-        };
-        Self {
-            activation_fee: UsdcAmount::from_micros(120_000),
-            minimum: UsdcAmount::from_micros(50_000),
-            rates: vec![
-                rate("tmobile", 3_000_000),
-                rate("verizon", 3_500_000),
-                rate("att", 3_200_000),
-                rate("telekom-de", 4_000_000),
-            ],
-        }
+        Catalog::builtin().price_book()
+    }
+
+    /// The data part alone: `data_mb` at `carrier`'s rate, rounded up to whole micro-USDC.
+    pub fn usage(&self, carrier: &CarrierId, data_mb: DataMb) -> Option<UsdcAmount> {
+        let rate = self.rates.iter().find(|r| &r.carrier == carrier)?;
+        let milli = u128::from(rate.milli_micros_per_mb) * u128::from(data_mb.get());
+        u64::try_from(milli.div_ceil(1000))
+            .ok()
+            .map(UsdcAmount::from_micros)
+    }
+
+    /// What moving a `data_mb` bundle from `from` to `to` costs: a new profile is ordered, so the activation
+    /// fee, plus the bundle's price difference when the new carrier is dearer (a cheaper carrier is no
+    /// refund: the old bundle is not metered back). Never below the minimum invoice.
+    pub fn switch_charge(
+        &self,
+        from: &CarrierId,
+        to: &CarrierId,
+        data_mb: DataMb,
+    ) -> Option<UsdcAmount> {
+        let old = self.usage(from, data_mb)?;
+        let new = self.usage(to, data_mb)?;
+        let extra = new.checked_sub(old).unwrap_or(UsdcAmount::ZERO);
+        Some(self.activation_fee.checked_add(extra)?.max(self.minimum))
     }
 
     /// The price of `data_mb` on `carrier`, or `None` for an unknown carrier.
@@ -59,13 +72,24 @@ impl PriceBook {
     }
 }
 
-/// Which carriers serve a region, default first (placeholder until the carrier catalog is configuration).
+/// Which carriers serve a region, default first then the failover order, from the builtin catalog.
 pub fn region_carriers(region: &str) -> Option<&'static [&'static str]> {
-    match region {
-        "us-west" | "us-east" | "us-central" => Some(&["tmobile", "verizon", "att"]),
-        "eu-central" => Some(&["telekom-de"]),
-        _ => None,
-    }
+    type Table = Vec<(&'static str, Vec<&'static str>)>;
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        Catalog::builtin()
+            .regions()
+            .iter()
+            .map(|r| {
+                let carriers = r.carriers.iter().map(CarrierId::as_str).collect();
+                (r.region.as_str(), carriers)
+            })
+            .collect()
+    });
+    table
+        .iter()
+        .find(|(r, _)| *r == region)
+        .map(|(_, carriers)| carriers.as_slice())
 }
 
 #[cfg(test)]
@@ -96,8 +120,35 @@ mod tests {
     #[test]
     fn regions_list_their_default_carrier_first() {
         assert_eq!(region_carriers("us-west").unwrap()[0], "tmobile");
-        assert_eq!(region_carriers("eu-central").unwrap(), &["telekom-de"]);
+        assert_eq!(
+            region_carriers("eu-central").unwrap(),
+            &["telekom-de", "vodafone-de"]
+        );
+        for region in ["us-west", "us-east", "us-central"] {
+            assert_eq!(region_carriers(region).unwrap().len(), 3, "{region}");
+        }
         assert!(region_carriers("mars-north").is_none());
+    }
+
+    #[test]
+    fn switching_to_a_dearer_carrier_pays_fee_plus_difference() {
+        let book = PriceBook::seed_defaults();
+        let mb = DataMb::new(100).unwrap();
+        // 100 MB: tmobile $0.30, verizon $0.35 → $0.12 fee + $0.05.
+        assert_eq!(
+            book.switch_charge(&c("tmobile"), &c("verizon"), mb)
+                .unwrap()
+                .micros(),
+            170_000
+        );
+        // Cheaper: the fee only.
+        assert_eq!(
+            book.switch_charge(&c("verizon"), &c("tmobile"), mb)
+                .unwrap()
+                .micros(),
+            120_000
+        );
+        assert!(book.switch_charge(&c("nope"), &c("tmobile"), mb).is_none());
     }
 
     #[test]

@@ -63,6 +63,7 @@ mod tests {
             carrier: None,
             eid: None,
             payer: None,
+            allow_failover: false,
         };
         let inv = Invoice::new(
             InvoiceId::from_random([2; 16]),
