@@ -3,3 +3,4 @@
 
 mod activate;
 mod backends;
+mod startup;

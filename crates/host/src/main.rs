@@ -135,8 +135,20 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
     for route in app.router.routes() {
         eprintln!("  {}: http://{addr}{}", route.component, route.pattern);
     }
+    // Ctrl-C locally; SIGTERM from process managers and Kubernetes (SpinKube).
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
     };
     esim402_host::server::serve(app, listener, shutdown).await
 }

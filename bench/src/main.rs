@@ -1,0 +1,315 @@
+//! `esim402-bench`: starts the host binary (`esim402 up --listen 127.0.0.1:0`) as a child process, drives one
+//! scenario over loopback with a fixed number of keep-alive clients for a bounded time (and at most
+//! `--max-requests` requests), then stops the host by its PID and prints throughput, latency percentiles and the
+//! host's resident memory (from `/proc/<pid>/status`).
+//!
+//! ```text
+//! cargo build --release -p esim402-host -p esim402-bench
+//! target/release/esim402-bench --host-bin target/release/esim402 --scenario issue-402 --duration 10
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Scenario {
+    /// `POST /v1/esim/activate` without payment: price, persist an invoice, answer 402 with the x402 header.
+    Issue402,
+    /// `GET /health`: the host's routing + instance reuse floor, no key-value work.
+    Health,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kv {
+    /// Spin's default SQLite file store (a fresh temp dir per run).
+    Sqlite,
+    /// In-memory store.
+    Memory,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for the esim402 host (loopback only, bounded in time)")]
+struct Args {
+    /// The host binary to start.
+    #[arg(long, default_value = "target/release/esim402")]
+    host_bin: PathBuf,
+    /// The app manifest.
+    #[arg(long, default_value = "spin.toml")]
+    manifest: PathBuf,
+    #[arg(long, value_enum, default_value = "issue402")]
+    scenario: Scenario,
+    #[arg(long, value_enum, default_value = "sqlite")]
+    kv: Kv,
+    /// Concurrent keep-alive clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Measured seconds (after warm-up). Hard-capped at 120.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Stop after this many measured requests even if time remains.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_requests: u64,
+}
+
+/// The host process; killed (SIGINT, then SIGKILL) by its PID on drop.
+struct Host {
+    child: Child,
+    _dir: Option<PathBuf>,
+}
+
+impl Host {
+    fn start(args: &Args) -> anyhow::Result<(Self, String)> {
+        let mut cmd = Command::new(&args.host_bin);
+        cmd.arg("--from")
+            .arg(&args.manifest)
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .env("ESIM402_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut dir = None;
+        match args.kv {
+            Kv::Memory => {
+                cmd.arg("--memory-kv");
+            }
+            Kv::Sqlite => {
+                let d = std::env::temp_dir().join(format!("esim402-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&d)?;
+                let rc = d.join("runtime-config.toml");
+                std::fs::write(
+                    &rc,
+                    format!(
+                        "[key_value_store.default]\ntype = \"spin\"\npath = \"{}\"\n",
+                        d.join("kv.db").display()
+                    ),
+                )?;
+                cmd.arg("--runtime-config-file").arg(&rc);
+                dir = Some(d);
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", args.host_bin.display()))?;
+        let stderr = child.stderr.take().context("host stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                bail!("host exited before serving");
+            };
+            let line = line?;
+            if let Some(url) = line.strip_prefix("Serving ") {
+                break url.trim().to_owned();
+            }
+        };
+        // Keep draining stderr so the host never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok((Self { child, _dir: dir }, url))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(d) = &self._dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// `VmRSS` and `VmHWM` of a process in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Outcome {
+    latencies: Vec<Duration>,
+    errors: u64,
+}
+
+async fn one(
+    client: &reqwest::Client,
+    url: &str,
+    scenario: Scenario,
+    i: u64,
+) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::Issue402 => {
+            let mb = 1 + i % 500;
+            let res = client
+                .post(format!("{url}/v1/esim/activate"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"region":"us-west","data_mb":{mb}}}"#))
+                .send()
+                .await?;
+            if res.status().as_u16() != 402 || res.headers().get("payment-required").is_none() {
+                bail!("unexpected {}", res.status());
+            }
+            res.bytes().await?;
+        }
+        Scenario::Health => {
+            let res = client.get(format!("{url}/health")).send().await?;
+            if !res.status().is_success() {
+                bail!("unexpected {}", res.status());
+            }
+            res.bytes().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn drive(
+    url: &str,
+    scenario: Scenario,
+    concurrency: usize,
+    run_for: Duration,
+    max: u64,
+) -> Outcome {
+    let counter = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + run_for;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let url = url.to_owned();
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default();
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < deadline {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                if i >= max {
+                    break;
+                }
+                let t = Instant::now();
+                match one(&client, &url, scenario, i).await {
+                    Ok(()) => lat.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut out = Outcome {
+        latencies: Vec::new(),
+        errors: 0,
+    };
+    for t in tasks {
+        if let Ok((lat, errors)) = t.await {
+            out.latencies.extend(lat);
+            out.errors += errors;
+        }
+    }
+    out
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let duration = Duration::from_secs(args.duration.clamp(1, 120));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(1)
+        .build()?;
+    let (host, url) = Host::start(&args)?;
+    let (rss_idle, _) = rss_kib(host.pid());
+    rt.block_on(async {
+        let warm = drive(
+            &url,
+            args.scenario,
+            args.concurrency,
+            Duration::from_secs(args.warmup),
+            u64::MAX,
+        )
+        .await;
+        if warm.latencies.is_empty() && args.warmup > 0 {
+            bail!(
+                "warm-up produced no successful request ({} errors)",
+                warm.errors
+            );
+        }
+        let start = Instant::now();
+        let mut run = drive(
+            &url,
+            args.scenario,
+            args.concurrency,
+            duration,
+            args.max_requests,
+        )
+        .await;
+        let elapsed = start.elapsed();
+        let (rss, hwm) = rss_kib(host.pid());
+        run.latencies.sort_unstable();
+        let n = run.latencies.len();
+        let rps = n as f64 / elapsed.as_secs_f64();
+        println!(
+            "scenario={:?} kv={:?} concurrency={} duration={:.1}s",
+            args.scenario,
+            args.kv,
+            args.concurrency,
+            elapsed.as_secs_f64()
+        );
+        println!("requests={n} errors={} req/s={rps:.0}", run.errors);
+        println!(
+            "latency p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
+            pct(&run.latencies, 0.50).as_secs_f64() * 1e3,
+            pct(&run.latencies, 0.90).as_secs_f64() * 1e3,
+            pct(&run.latencies, 0.99).as_secs_f64() * 1e3,
+            pct(&run.latencies, 1.0).as_secs_f64() * 1e3,
+        );
+        println!(
+            "host rss idle={:.1}MiB after={:.1}MiB peak={:.1}MiB",
+            rss_idle as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        );
+        if run.errors > 0 {
+            bail!("{} requests failed", run.errors);
+        }
+        Ok(())
+    })?;
+    drop(host);
+    Ok(())
+}

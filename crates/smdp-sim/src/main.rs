@@ -1,0 +1,89 @@
+//! `smdp-sim`: run the SM-DP+ simulator (see the `esim402_smdp_sim` crate docs for endpoints and config).
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use esim402_smdp_sim::{Sim, SimConfig, serve};
+
+#[derive(Parser)]
+#[command(
+    name = "smdp-sim",
+    version,
+    about = "An SM-DP+ simulator speaking GSMA ES2+ JSON, for development and tests"
+)]
+struct Cli {
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8402")]
+    listen: SocketAddr,
+    /// Operators, pools and faults (TOML); without it, the five built-in operators.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to POST handleDownloadProgressInfo for operators that configure no callback_url.
+    #[arg(long)]
+    callback_url: Option<String>,
+    /// Allow listening on a non-loopback address (the simulator has no authentication).
+    #[arg(long)]
+    allow_public: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SMDP_SIM_LOG")
+                .unwrap_or_else(|_| "smdp_sim=info,esim402_smdp_sim=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    if !cli.listen.ip().is_loopback() && !cli.allow_public {
+        bail!(
+            "refusing to listen on non-loopback address {} without --allow-public",
+            cli.listen
+        );
+    }
+    let config = match &cli.config {
+        Some(path) => SimConfig::load(path)?,
+        None => SimConfig::default(),
+    };
+    let sim = Arc::new(Sim::new(&config, cli.callback_url.as_deref())?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cli.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cli.listen))?;
+        let addr = listener.local_addr()?;
+        let names: Vec<&str> = sim.operator_names().collect();
+        tracing::info!(%addr, operators = ?names, "SM-DP+ simulator ready");
+        // Tests parse this exact line for the port.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "smdp-sim listening on http://{addr}")?;
+        out.flush()?;
+        drop(out);
+        serve(sim, listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (process managers).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

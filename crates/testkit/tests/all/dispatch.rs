@@ -1,0 +1,610 @@
+//! The dispatch component alone, against a scripted SM-DP+: every ES2+ call it makes is answered at the host
+//! boundary by [`FakeSmdp`], which behaves per carrier as each test says.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use esim402_core::esim::Iccid;
+use esim402_testkit::{Kit, Recorded, Scripted, types};
+use serde_json::{Value, json};
+
+const SMDP: &str = "http://smdp.test";
+const EID: &str = "89049032123451234512345678901235";
+
+/// How one carrier's SM-DP+ behaves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Behaves {
+    Ok,
+    PoolEmpty,
+    Http503,
+    Timeout,
+    ConfirmFails,
+    EidMismatch,
+}
+
+#[derive(Default)]
+struct FakeSmdp {
+    behaviour: Mutex<HashMap<String, Behaves>>,
+    serial: AtomicU64,
+    /// FCI → the answer given (the real SM-DP+ is idempotent on it).
+    answered: Mutex<HashMap<String, Value>>,
+}
+
+fn es2(body: Value) -> Scripted {
+    Scripted::json(200, body.to_string()).with_header("x-admin-protocol", "gsma/rsp/v2.5.0")
+}
+
+fn ok_header() -> Value {
+    json!({"functionExecutionStatus": {"status": "Executed-Success"}})
+}
+
+fn failed(subject: &str, reason: &str) -> Value {
+    json!({"header": {"functionExecutionStatus": {"status": "Failed",
+        "statusCodeData": {"subjectCode": subject, "reasonCode": reason, "message": "scripted"}}}})
+}
+
+impl FakeSmdp {
+    fn set(&self, carrier: &str, b: Behaves) {
+        self.behaviour.lock().unwrap().insert(carrier.into(), b);
+    }
+
+    fn answer(&self, r: &Recorded) -> Scripted {
+        // http://smdp.test/<carrier>/gsma/rsp2/es2plus/<function>
+        let path = r.uri.strip_prefix(SMDP).unwrap();
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let carrier = parts.next().unwrap().to_owned();
+        let function = path.rsplit('/').next().unwrap().to_owned();
+        let body = r.json().unwrap();
+        let fci = body["header"]["functionCallIdentifier"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if let Some(v) = self.answered.lock().unwrap().get(&fci) {
+            return es2(v.clone());
+        }
+        let b = self
+            .behaviour
+            .lock()
+            .unwrap()
+            .get(&carrier)
+            .copied()
+            .unwrap_or(Behaves::Ok);
+        let v = match (b, function.as_str()) {
+            (Behaves::Http503, _) => return Scripted::status(503),
+            (Behaves::Timeout, _) => {
+                return Scripted::Timeout {
+                    after: Duration::from_secs(5),
+                };
+            }
+            (Behaves::PoolEmpty, "downloadOrder") => failed("8.2.5", "3.7"),
+            (Behaves::EidMismatch, "downloadOrder") => failed("8.1.1", "3.10"),
+            (_, "downloadOrder") => {
+                let n = self.serial.fetch_add(1, Ordering::SeqCst);
+                let iccid = Iccid::with_check_digit(&format!("890126{n:012}")).unwrap();
+                json!({"header": ok_header(), "iccid": iccid.as_str()})
+            }
+            (Behaves::ConfirmFails, "confirmOrder") => failed("8.2.1", "3.5"),
+            (_, "confirmOrder") => json!({"header": ok_header(),
+                "matchingId": format!("MID-{}", fci.len()),
+                "smdpAddress": format!("smdp.{carrier}.esim402.test")}),
+            (_, "cancelOrder") => json!({"header": ok_header()}),
+            (_, f) => panic!("unexpected ES2+ function {f}"),
+        };
+        self.answered.lock().unwrap().insert(fci, v.clone());
+        es2(v)
+    }
+}
+
+async fn kit_with(smdp: Arc<FakeSmdp>, vars: &[(&str, &str)]) -> Kit {
+    let mut b = Kit::builder("dispatch")
+        .var("smdp_url", SMDP)
+        .allow(SMDP)
+        .respond(move |r| smdp.answer(r));
+    for (k, v) in vars {
+        b = b.var(k, v);
+    }
+    b.build().await.unwrap()
+}
+
+fn request(region: &str, carrier: Option<&str>) -> types::ActivationRequest {
+    types::ActivationRequest {
+        carrier: carrier.map(Into::into),
+        ..crate::activation(region, 100)
+    }
+}
+
+async fn order(
+    kit: &mut Kit,
+    req: types::ActivationRequest,
+    invoice: &str,
+) -> Result<types::Sim, types::Error> {
+    let invoice = invoice.to_owned();
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_order_profile(a, req, invoice, 1_764_000_000)
+            .await
+    })
+    .await
+    .unwrap()
+}
+
+/// (carrier, function) of every ES2+ request, in order.
+fn calls(kit: &Kit) -> Vec<(String, String)> {
+    kit.requests()
+        .iter()
+        .map(|r| {
+            let p = r.uri.strip_prefix(SMDP).unwrap().trim_start_matches('/');
+            (
+                p.split('/').next().unwrap().to_owned(),
+                p.rsplit('/').next().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn call(c: &str, f: &str) -> (String, String) {
+    (c.to_owned(), f.to_owned())
+}
+
+#[tokio::test]
+async fn price_uses_the_regions_default_carrier() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let q = kit
+        .call(async |a, g| {
+            g.dispatch()
+                .call_price(a, crate::activation("us-west", 100))
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((q.carrier.as_str(), q.amount), ("tmobile", 420_000));
+
+    let unknown = kit
+        .call(async |a, g| {
+            g.dispatch()
+                .call_price(a, crate::activation("mars-north", 1))
+                .await
+        })
+        .await
+        .unwrap();
+    assert!(matches!(unknown, Err(types::Error::InvalidInput(f)) if f.field == "region"));
+    assert!(kit.requests().is_empty(), "pricing never calls a carrier");
+}
+
+#[tokio::test]
+async fn happy_path_orders_confirms_and_returns_an_activation_code() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-1")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "tmobile");
+    assert_eq!(sim.state, types::SimState::Active);
+    assert_eq!(sim.profile_state, types::ProfileState::Released);
+    let code = sim.activation_code.clone().unwrap();
+    assert!(
+        code.starts_with("LPA:1$smdp.tmobile.esim402.test$MID-"),
+        "{code}"
+    );
+    assert!(sim.failovers.is_empty());
+    assert!(!sim.roaming.allow.is_empty() || !sim.roaming.countries.is_empty());
+
+    assert_eq!(
+        calls(&kit),
+        [
+            call("tmobile", "downloadOrder"),
+            call("tmobile", "confirmOrder")
+        ]
+    );
+    let reqs = kit.requests();
+    let download = reqs[0].json().unwrap();
+    assert_eq!(download["profileType"], "tmo-iot-data");
+    assert_eq!(
+        download["header"]["functionRequesterIdentifier"],
+        "esim402-tmobile"
+    );
+    let confirm = reqs[1].json().unwrap();
+    assert_eq!(confirm["releaseFlag"], true);
+    assert_eq!(confirm["iccid"].as_str(), Some(sim.iccid.as_str()));
+    assert_ne!(
+        download["header"]["functionCallIdentifier"], confirm["header"]["functionCallIdentifier"],
+        "every call has its own functionCallIdentifier"
+    );
+    for r in &reqs {
+        assert_eq!(r.header("x-admin-protocol"), Some("gsma/rsp/v2.5.0"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    let stored: Value =
+        serde_json::from_slice(&kit.kv_get(&format!("sim/{}", sim.iccid)).await.unwrap()).unwrap();
+    assert_eq!(stored["state"], "active");
+    assert_eq!(stored["invoice_id"], "inv-1");
+}
+
+#[tokio::test]
+async fn the_same_invoice_orders_once() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let first = order(&mut kit, request("us-west", None), "inv-dup")
+        .await
+        .unwrap();
+    let again = order(&mut kit, request("us-west", None), "inv-dup")
+        .await
+        .unwrap();
+    assert_eq!(first.iccid, again.iccid);
+    assert_eq!(first.activation_code, again.activation_code);
+    assert_eq!(calls(&kit).len(), 2, "the repeat made no ES2+ call");
+}
+
+#[tokio::test]
+async fn an_empty_pool_fails_over_to_the_next_carrier() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::PoolEmpty);
+    let mut kit = kit_with(smdp, &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-2")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    assert_eq!(sim.failovers.len(), 1);
+    assert!(sim.failovers[0].contains("tmobile") && sim.failovers[0].contains("8.2.5/3.7"));
+    assert_eq!(
+        calls(&kit),
+        [
+            call("tmobile", "downloadOrder"),
+            call("verizon", "downloadOrder"),
+            call("verizon", "confirmOrder"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_5xx_is_retried_with_the_same_call_id_then_failed_over_and_swept_later() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::Http503);
+    let mut kit = kit_with(smdp.clone(), &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-3")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    assert!(sim.failovers[0].contains("HTTP 503"), "{:?}", sim.failovers);
+    let reqs = kit.requests();
+    let fci = |i: usize| reqs[i].json().unwrap()["header"]["functionCallIdentifier"].clone();
+    assert_eq!(
+        fci(0),
+        fci(1),
+        "the retry repeats the call id (safe: idempotent)"
+    );
+
+    // The lost DownloadOrder is queued; once tmobile answers again, the next order replays its call id and
+    // returns whatever it allocated to the pool.
+    let queued: Value =
+        serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(queued[0]["kind"], "lost_download");
+    smdp.set("tmobile", Behaves::Ok);
+    let before = kit.requests().len();
+    order(&mut kit, request("us-west", None), "inv-4")
+        .await
+        .unwrap();
+    let after: Vec<_> = kit.requests()[before..].to_vec();
+    assert_eq!(
+        after[0].json().unwrap()["header"]["functionCallIdentifier"],
+        fci(0)
+    );
+    let cancel = after
+        .iter()
+        .find(|r| r.uri.ends_with("/cancelOrder"))
+        .expect("the recovered profile is cancelled");
+    assert_eq!(
+        cancel.json().unwrap()["finalProfileStatusIndicator"],
+        "Available"
+    );
+    let queued: Value =
+        serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(queued, json!([]));
+}
+
+#[tokio::test]
+async fn a_timeout_fails_over_within_the_budget() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::Timeout);
+    let mut kit = kit_with(smdp, &[("es2_timeout_ms", "200")]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-5")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    assert!(sim.failovers[0].contains("timeout"), "{:?}", sim.failovers);
+}
+
+#[tokio::test]
+async fn a_failed_confirm_cancels_the_allocated_profile_before_failing_over() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmFails);
+    let mut kit = kit_with(smdp, &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-6")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    assert_eq!(
+        calls(&kit),
+        [
+            call("tmobile", "downloadOrder"),
+            call("tmobile", "confirmOrder"),
+            call("tmobile", "cancelOrder"),
+            call("verizon", "downloadOrder"),
+            call("verizon", "confirmOrder"),
+        ]
+    );
+    let reqs = kit.requests();
+    let abandoned = reqs[1].json().unwrap()["iccid"].clone();
+    let cancel = reqs[2].json().unwrap();
+    assert_eq!(cancel["iccid"], abandoned);
+    assert_eq!(cancel["finalProfileStatusIndicator"], "Available");
+    // The abandoned profile's record says what happened to it.
+    let old: Value = serde_json::from_slice(
+        &kit.kv_get(&format!("sim/{}", abandoned.as_str().unwrap()))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(old["state"], "failed");
+}
+
+#[tokio::test]
+async fn an_explicit_carrier_never_fails_over_unless_allowed() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("att", Behaves::PoolEmpty);
+    let mut kit = kit_with(smdp, &[]).await;
+    let err = order(&mut kit, request("us-west", Some("att")), "inv-7")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, types::Error::Unavailable(m) if m.contains("att")),
+        "{err:?}"
+    );
+    assert_eq!(calls(&kit), [call("att", "downloadOrder")]);
+
+    // A failed order is final for its invoice: a repeat replays the failure without calling carriers.
+    let again = order(&mut kit, request("us-west", Some("att")), "inv-7").await;
+    assert!(matches!(again, Err(types::Error::Unavailable(_))));
+    assert_eq!(calls(&kit).len(), 1);
+
+    let allowed = types::ActivationRequest {
+        allow_failover: true,
+        ..request("us-west", Some("att"))
+    };
+    let sim = order(&mut kit, allowed, "inv-8").await.unwrap();
+    assert_eq!(sim.carrier, "tmobile");
+}
+
+#[tokio::test]
+async fn an_eid_is_sent_and_a_wrong_device_is_rejected_without_failover() {
+    let smdp = Arc::new(FakeSmdp::default());
+    let mut kit = kit_with(smdp.clone(), &[]).await;
+    let with_eid = types::ActivationRequest {
+        eid: Some(EID.into()),
+        ..request("us-west", None)
+    };
+    let sim = order(&mut kit, with_eid.clone(), "inv-9").await.unwrap();
+    assert_eq!(sim.eid.as_deref(), Some(EID));
+    for r in kit.requests() {
+        assert_eq!(r.json().unwrap()["eid"], EID, "{}", r.uri);
+    }
+
+    smdp.set("tmobile", Behaves::EidMismatch);
+    let before = kit.requests().len();
+    let err = order(&mut kit, with_eid, "inv-10").await.unwrap_err();
+    assert!(
+        matches!(&err, types::Error::InvalidInput(f) if f.field == "eid"),
+        "{err:?}"
+    );
+    assert_eq!(
+        kit.requests().len() - before,
+        1,
+        "no other carrier was tried"
+    );
+
+    let bad = types::ActivationRequest {
+        eid: Some("89049032123451234512345678901234".into()),
+        ..request("us-west", None)
+    };
+    let err = order(&mut kit, bad, "inv-11").await.unwrap_err();
+    assert!(matches!(&err, types::Error::InvalidInput(f) if f.field == "eid"));
+}
+
+#[tokio::test]
+async fn a_denied_smdp_host_fails_in_the_guest_and_nothing_is_sent() {
+    // The SM-DP+ host is not in allowed_outbound_hosts: every call fails inside the component.
+    let mut kit = Kit::builder("dispatch")
+        .var("smdp_url", SMDP)
+        .allow("http://other.test")
+        .respond(|_| panic!("a denied request must not reach the network"))
+        .build()
+        .await
+        .unwrap();
+    let err = order(&mut kit, request("us-west", None), "inv-12")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, types::Error::Unavailable(m) if m.contains("unreachable")),
+        "{err:?}"
+    );
+    assert!(!kit.requests().is_empty());
+    assert!(kit.requests().iter().all(|r| !r.allowed));
+}
+
+#[tokio::test]
+async fn lifecycle_and_download_progress() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-13")
+        .await
+        .unwrap();
+    let iccid = sim.iccid.clone();
+    let act = |action: types::LifecycleAction| {
+        let iccid = iccid.clone();
+        async move |a: &esim402_testkit::Accessor<esim402_testkit::KitState>,
+                    g: &esim402_testkit::Exports| {
+            g.dispatch().call_lifecycle(a, iccid, action).await
+        }
+    };
+    let s = kit.call(act(types::LifecycleAction::Resume)).await.unwrap();
+    assert!(
+        matches!(s, Err(types::Error::Conflict(_))),
+        "resume an active SIM: {s:?}"
+    );
+    let s = kit
+        .call(act(types::LifecycleAction::Suspend))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.state, types::SimState::Suspended);
+    let s = kit
+        .call(act(types::LifecycleAction::Resume))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.state, types::SimState::Active);
+
+    let progress = |np: u32, status: &str| {
+        json!({"iccid": iccid, "profileType": "tmo-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+            "notificationPointId": np, "notificationPointStatus": {"status": status}})
+        .to_string()
+    };
+    for (np, want) in [
+        (3, types::ProfileState::Downloaded),
+        (4, types::ProfileState::Installed),
+    ] {
+        let body = progress(np, "Executed-Success");
+        kit.call(async move |a, g| g.dispatch().call_download_progress(a, body).await)
+            .await
+            .unwrap()
+            .unwrap();
+        let id = iccid.clone();
+        let s = kit
+            .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.profile_state, want);
+    }
+    // A late failure report cannot undo an installation.
+    let body = progress(3, "Failed");
+    kit.call(async move |a, g| g.dispatch().call_download_progress(a, body).await)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let s = kit
+        .call(act(types::LifecycleAction::Terminate))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.state, types::SimState::Terminated);
+    assert_eq!(s.profile_state, types::ProfileState::Installed);
+    assert!(
+        !calls(&kit).iter().any(|(_, f)| f == "cancelOrder"),
+        "an installed profile is not cancelled over ES2+"
+    );
+    let s = kit.call(act(types::LifecycleAction::Resume)).await.unwrap();
+    assert!(matches!(s, Err(types::Error::Conflict(_))));
+
+    let unknown = progress(3, "Executed-Success").replace(&iccid, "8944478600003770170");
+    let r = kit
+        .call(async move |a, g| g.dispatch().call_download_progress(a, unknown).await)
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(types::Error::NotFound(_))));
+    let r = kit
+        .call(async move |a, g| g.dispatch().call_download_progress(a, "{}".into()).await)
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(types::Error::InvalidInput(f)) if f.field == "body"));
+}
+
+#[tokio::test]
+async fn terminating_a_never_downloaded_profile_retires_it_at_the_carrier() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-14")
+        .await
+        .unwrap();
+    let id = sim.iccid.clone();
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_lifecycle(a, id, types::LifecycleAction::Terminate)
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let cancel = kit.requests().last().unwrap().json().unwrap();
+    assert_eq!(cancel["iccid"].as_str(), Some(sim.iccid.as_str()));
+    assert_eq!(cancel["finalProfileStatusIndicator"], "Unavailable");
+}
+
+#[tokio::test]
+async fn switch_quotes_the_difference_and_replaces_after_installation() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let old = order(&mut kit, request("us-west", None), "inv-15")
+        .await
+        .unwrap();
+    let id = old.iccid.clone();
+    let q = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_quote_switch(a, id, types::SwitchTarget::Carrier("verizon".into()))
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    // 100 MB: tmobile $0.30 → verizon $0.35: fee $0.12 + $0.05.
+    assert_eq!((q.carrier.as_str(), q.amount), ("verizon", 170_000));
+
+    let id = old.iccid.clone();
+    let same = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_quote_switch(a, id, types::SwitchTarget::Carrier("tmobile".into()))
+                .await
+        })
+        .await
+        .unwrap();
+    assert!(matches!(same, Err(types::Error::InvalidInput(f)) if f.field == "carrier"));
+
+    let id = old.iccid.clone();
+    let new = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_perform_switch(
+                    a,
+                    id,
+                    types::SwitchTarget::Carrier("verizon".into()),
+                    "inv-16".into(),
+                    1_764_000_100,
+                )
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.carrier, "verizon");
+    assert_eq!(new.replaces.as_deref(), Some(old.iccid.as_str()));
+
+    // Installing the new profile takes the old one out of service.
+    let body = json!({"iccid": new.iccid, "profileType": "vzw-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+        "notificationPointId": 4, "notificationPointStatus": {"status": "Executed-Success"}})
+    .to_string();
+    kit.call(async move |a, g| g.dispatch().call_download_progress(a, body).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let id = old.iccid.clone();
+    let old_now = kit
+        .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(old_now.state, types::SimState::Terminated);
+    assert_eq!(old_now.replaced_by.as_deref(), Some(new.iccid.as_str()));
+}
