@@ -1,10 +1,23 @@
-//! The dispatch component: prices requests against the carrier catalog and owns SIM records
-//! (`sim/<iccid>` in the `default` store). Ordering profiles over ES2+, failover and the lifecycle state
-//! machine land with the carrier-dispatch issue; until then those functions answer `unavailable`.
+//! The dispatch component: orders eSIM profiles from carriers' SM-DP+ servers over GSMA ES2+ and owns the SIM
+//! records. It prices with the carrier catalog (configuration: `crates/core/catalog/carriers.toml`, or the
+//! `carrier_catalog` variable), fails over between the carriers serving a region, cancels anything abandoned so
+//! no profile leaks, and runs the SIM lifecycle state machine. Decisions (codecs, status-code actions, states,
+//! prices) live in the kernel; this file does the I/O around them.
+//!
+//! Matching IDs (inside activation codes) are secrets: they are stored and returned, never logged.
 
-use esim402_core::pricing::{PriceBook, region_carriers};
+use std::time::{Duration, Instant};
+
+use esim402_core::esim::es2::{
+    self, CancelOrderRequest, ConfirmOrderRequest, ConfirmOrderResponse, DispatchAction,
+    DownloadOrderRequest, DownloadOrderResponse, FinalProfileStatus, FunctionCallId,
+    HandleDownloadProgressInfoRequest, HeaderOnlyResponse, RejectReason, RequestHeader,
+};
+use esim402_core::esim::{
+    ActivationCode, Carrier, Catalog, Eid, Iccid, SimAction, SimState, profile_state_after,
+};
 use esim402_core::{CarrierId, DataMb, Region};
-use spin_sdk::key_value::Store;
+use esim402_guest::kv::{self, KvError};
 
 mod bindings {
     #![allow(
@@ -27,8 +40,13 @@ mod export {
     crate::bindings::export!(Component with_types_in crate::bindings);
 }
 
+mod es2_client;
+mod records;
+
 use bindings::esim402::facilitator::types as wit;
 use bindings::exports::esim402::facilitator::dispatch::Guest;
+use es2_client::Transport;
+use records::{CLEANUP_KEY, Cleanup, Order, OrderStatus, Step, StoredSim, order_key, sim_key};
 
 struct Component;
 
@@ -39,136 +57,886 @@ fn invalid(field: &str, message: impl Into<String>) -> wit::Error {
     })
 }
 
-fn not_yet(what: &str) -> wit::Error {
-    wit::Error::Unavailable(format!("{what} is not implemented yet"))
-}
-
-/// A SIM as stored (JSON). Written by profile ordering once dispatch is implemented.
-#[derive(serde::Deserialize)]
-struct StoredSim {
-    iccid: String,
-    carrier: String,
-    region: String,
-    state: String,
-    profile_state: String,
-    activation_code: String,
-    eid: Option<String>,
-    #[serde(default)]
-    roaming_allow: Vec<String>,
-    #[serde(default)]
-    roaming_deny: Vec<String>,
-    data_mb: u32,
-}
-
-fn sim_to_wit(s: StoredSim) -> wit::Sim {
-    let state = match s.state.as_str() {
-        "active" => wit::SimState::Active,
-        "suspended" => wit::SimState::Suspended,
-        "terminated" => wit::SimState::Terminated,
-        "failed" => wit::SimState::Failed,
-        _ => wit::SimState::Pending,
-    };
-    let profile_state = match s.profile_state.as_str() {
-        "downloaded" => wit::ProfileState::Downloaded,
-        "installed" => wit::ProfileState::Installed,
-        "error" => wit::ProfileState::Error,
-        _ => wit::ProfileState::Released,
-    };
-    wit::Sim {
-        iccid: s.iccid,
-        carrier: s.carrier,
-        region: s.region,
-        state,
-        profile_state,
-        activation_code: s.activation_code,
-        eid: s.eid,
-        roaming: wit::RoamingPolicy {
-            allow: s.roaming_allow,
-            deny: s.roaming_deny,
-        },
-        data_mb: s.data_mb,
+fn kv_err<E: Into<wit::Error>>(e: KvError<E>) -> wit::Error {
+    match e {
+        KvError::Refused(e) => e.into(),
+        other => wit::Error::Internal(other.to_string()),
     }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn random_u64() -> Result<u64, wit::Error> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| wit::Error::Internal(format!("no randomness: {e}")))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn fci() -> Result<String, wit::Error> {
+    Ok(FunctionCallId::new("FCI", now_secs(), random_u64()?).to_string())
+}
+
+// ---- configuration ---------------------------------------------------------------------------------------
+
+/// Dispatch settings, read from Spin variables on every call (they are cheap host calls).
+struct Config {
+    catalog: Catalog,
+    smdp_base: String,
+    /// Total time one order may spend trying carriers.
+    budget: Duration,
+    /// One ES2+ call's timeout.
+    call_timeout: Duration,
+}
+
+async fn optional_var(name: &str) -> Option<String> {
+    spin_sdk::variables::get(name)
+        .await
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+fn config_error(name: &str, msg: impl std::fmt::Display) -> wit::Error {
+    wit::Error::Internal(format!("variable {name} is invalid: {msg}"))
+}
+
+async fn secs_var(name: &str, default: u64, max: u64) -> Result<u64, wit::Error> {
+    match optional_var(name).await {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(config_error(
+                name,
+                format!("expected an integer in 1..={max}"),
+            )),
+        },
+    }
+}
+
+impl Config {
+    async fn load() -> Result<Self, wit::Error> {
+        let catalog = match optional_var("carrier_catalog").await {
+            Some(toml) => {
+                Catalog::from_toml(&toml).map_err(|e| config_error("carrier_catalog", e))?
+            }
+            None => Catalog::builtin().clone(),
+        };
+        let smdp_base = optional_var("smdp_url")
+            .await
+            .ok_or_else(|| wit::Error::Internal("variable smdp_url is not set".into()))?;
+        Ok(Self {
+            catalog,
+            smdp_base,
+            budget: Duration::from_secs(secs_var("dispatch_budget_secs", 60, 600).await?),
+            call_timeout: Duration::from_millis(secs_var("es2_timeout_ms", 10_000, 120_000).await?),
+        })
+    }
+
+    fn carrier(&self, id: &str) -> Result<&Carrier, wit::Error> {
+        CarrierId::parse(id)
+            .ok()
+            .and_then(|c| self.catalog.carrier(&c))
+            .ok_or_else(|| wit::Error::Internal(format!("carrier {id} is not in the catalog")))
+    }
+}
+
+// ---- validated requests ----------------------------------------------------------------------------------
+
+struct OrderSpec {
+    region: Region,
+    data_mb: DataMb,
+    carrier: Option<CarrierId>,
+    eid: Option<Eid>,
+    allow_failover: bool,
+    replaces: Option<String>,
+}
+
+impl OrderSpec {
+    fn parse(r: &wit::ActivationRequest) -> Result<Self, wit::Error> {
+        Ok(Self {
+            region: Region::parse(&r.region).map_err(|e| invalid("region", e.0))?,
+            data_mb: DataMb::new(r.data_mb.into()).map_err(|e| invalid("data_mb", e.0))?,
+            carrier: r
+                .carrier
+                .as_deref()
+                .map(|c| CarrierId::parse(c).map_err(|e| invalid("carrier", e.0)))
+                .transpose()?,
+            eid: r
+                .eid
+                .as_deref()
+                .map(|e| Eid::parse(e).map_err(|e| invalid("eid", e.to_string())))
+                .transpose()?,
+            allow_failover: r.carrier.is_none() || r.allow_failover,
+            replaces: None,
+        })
+    }
+}
+
+fn candidates<'c>(cfg: &'c Config, spec: &OrderSpec) -> Result<Vec<&'c Carrier>, wit::Error> {
+    use esim402_core::esim::CatalogError as E;
+    cfg.catalog
+        .candidates(&spec.region, spec.carrier.as_ref(), spec.allow_failover)
+        .map_err(|e| match e {
+            E::UnknownRegion(_) => invalid("region", e.to_string()),
+            E::CarrierNotInRegion { .. } => invalid("carrier", e.to_string()),
+            other => wit::Error::Internal(other.to_string()),
+        })
+}
+
+fn parse_iccid(iccid: &str) -> Result<Iccid, wit::Error> {
+    Iccid::parse(iccid).map_err(|e| invalid("iccid", e.to_string()))
+}
+
+fn load_sim(iccid: &Iccid) -> Result<Option<StoredSim>, wit::Error> {
+    kv::get_json::<StoredSim, wit::Error>(&sim_key(iccid.as_str())).map_err(kv_err)
+}
+
+// ---- ES2+ calls ------------------------------------------------------------------------------------------
+
+/// A deadline shared by every call of one order.
+#[derive(Clone, Copy)]
+struct Deadline {
+    end: Instant,
+    per_call: Duration,
+}
+
+impl Deadline {
+    fn new(cfg: &Config) -> Self {
+        Self {
+            end: Instant::now() + cfg.budget,
+            per_call: cfg.call_timeout,
+        }
+    }
+    /// Time for the next call, or `None` once the budget is spent.
+    fn next_call(&self) -> Option<Duration> {
+        let left = self.end.checked_duration_since(Instant::now())?;
+        (left >= Duration::from_millis(50)).then(|| left.min(self.per_call))
+    }
+}
+
+fn header(carrier: &Carrier, fci: &str) -> RequestHeader {
+    RequestHeader {
+        function_requester_identifier: carrier.requester_id.clone(),
+        function_call_identifier: fci.to_owned(),
+    }
+}
+
+/// Call, and on a transport failure repeat the **same** call id once (the SM-DP+ replays its stored answer, so
+/// a lost reply is recovered instead of allocating twice).
+async fn call_twice<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    cfg: &Config,
+    carrier: &Carrier,
+    path: &str,
+    body: &Req,
+    deadline: Deadline,
+) -> Result<Resp, Transport> {
+    let base = carrier.es2_url(&cfg.smdp_base);
+    let mut last = Transport::Timeout;
+    for _ in 0..2 {
+        let Some(timeout) = deadline.next_call() else {
+            break;
+        };
+        match es2_client::call(&base, path, body, timeout).await {
+            Ok(r) => return Ok(r),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// CancelOrder; if it cannot be done now it is queued for a later sweep.
+async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool) {
+    let done = async {
+        let body = CancelOrderRequest {
+            header: header(carrier, &fci().ok()?),
+            iccid: iccid.clone(),
+            eid: None,
+            matching_id: None,
+            final_profile_status_indicator: if retire {
+                FinalProfileStatus::Unavailable
+            } else {
+                FinalProfileStatus::Available
+            },
+        };
+        let deadline = Deadline {
+            end: Instant::now() + cfg.call_timeout,
+            per_call: cfg.call_timeout,
+        };
+        let r: HeaderOnlyResponse =
+            call_twice(cfg, carrier, es2::CANCEL_ORDER_PATH, &body, deadline)
+                .await
+                .ok()?;
+        // A functional refusal (e.g. already downloaded) means there is nothing left to return to the pool.
+        Some(r)
+    }
+    .await;
+    if done.is_none() {
+        enqueue(Cleanup::Cancel {
+            carrier: carrier.id.to_string(),
+            iccid: iccid.as_str().to_owned(),
+            retire,
+        });
+    }
+}
+
+fn enqueue(item: Cleanup) {
+    let r = kv::update_json::<Vec<Cleanup>, ()>(CLEANUP_KEY, |q| {
+        let mut q = q.unwrap_or_default();
+        if !q.contains(&item) {
+            q.push(item.clone());
+        }
+        Ok(q)
+    });
+    if let Err(e) = r {
+        eprintln!("dispatch: cannot queue carrier cleanup: {e}");
+    }
+}
+
+/// Work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
+/// item), try each once, and re-queue what still fails.
+async fn sweep(cfg: &Config, max: usize) {
+    let taken = kv::update_json_with::<Vec<Cleanup>, Vec<Cleanup>, ()>(CLEANUP_KEY, |q| {
+        let mut q = q.unwrap_or_default();
+        let taken: Vec<_> = q.drain(..q.len().min(max)).collect();
+        Ok((q, taken))
+    });
+    let Ok((_, taken)) = taken else { return };
+    for item in taken {
+        match &item {
+            Cleanup::Cancel {
+                carrier,
+                iccid,
+                retire,
+            } => {
+                if let (Ok(c), Ok(i)) = (cfg.carrier(carrier), Iccid::parse(iccid)) {
+                    cancel(cfg, c, &i, *retire).await;
+                }
+            }
+            Cleanup::LostDownload {
+                carrier,
+                fci,
+                profile_type,
+                eid,
+            } => {
+                let Ok(c) = cfg.carrier(carrier) else {
+                    continue;
+                };
+                let body = DownloadOrderRequest {
+                    header: header(c, fci),
+                    eid: eid.as_deref().and_then(|e| Eid::parse(e).ok()),
+                    iccid: None,
+                    profile_type: Some(profile_type.clone()),
+                };
+                let deadline = Deadline {
+                    end: Instant::now() + cfg.call_timeout,
+                    per_call: cfg.call_timeout,
+                };
+                match call_twice::<_, DownloadOrderResponse>(
+                    cfg,
+                    c,
+                    es2::DOWNLOAD_ORDER_PATH,
+                    &body,
+                    deadline,
+                )
+                .await
+                {
+                    Ok(r) => {
+                        if let (None, Some(iccid)) = (r.header.failure(), r.iccid) {
+                            cancel(cfg, c, &iccid, false).await;
+                        }
+                    }
+                    Err(_) => enqueue(item.clone()),
+                }
+            }
+        }
+    }
+}
+
+// ---- ordering --------------------------------------------------------------------------------------------
+
+/// Why one carrier did not deliver.
+enum Skip {
+    /// Try the next carrier; the reason goes into the SIM's `failovers`.
+    Next(String),
+    /// Stop: the request itself is wrong (e.g. the EID), no carrier will do better.
+    Reject(wit::Error),
+    /// The budget ran out with a profile allocated: the order stays pending.
+    Pending(StoredSim),
+}
+
+fn reason_of(code: &es2::StatusCode) -> String {
+    let what = match es2::action(code) {
+        DispatchAction::FailOver if *code == es2::StatusCode::POOL_EMPTY => "pool empty",
+        DispatchAction::FailOverAndAlert => "carrier configuration error",
+        DispatchAction::RetryLaterOrFailOver => "SM-DS unreachable",
+        _ => "refused",
+    };
+    format!("{what} ({}/{})", code.subject, code.reason)
+}
+
+struct Claimed {
+    order: Order,
+}
+
+enum ClaimOutcome {
+    Mine(Claimed),
+    Done(String),
+    Failed(String),
+    /// Someone else is ordering for this invoice right now.
+    Busy(Option<String>),
+}
+
+/// Claim the order journal for `invoice_id`: new, or taken over once the previous driver's lease expired.
+fn claim(invoice_id: &str, now: u64, lease: u64) -> Result<ClaimOutcome, wit::Error> {
+    let token = format!("{:016x}", random_u64()?);
+    let (order, outcome) =
+        kv::update_json_with::<Order, u8, wit::Error>(&order_key(invoice_id), |current| {
+            match current {
+                None => Ok((
+                    Order {
+                        invoice_id: invoice_id.to_owned(),
+                        status: OrderStatus::Ordering,
+                        token: token.clone(),
+                        lease_until: now + lease,
+                        step: None,
+                        iccid: None,
+                        failovers: Vec::new(),
+                        error: None,
+                    },
+                    0,
+                )),
+                Some(o) if o.status == OrderStatus::Ordering && o.lease_until <= now => {
+                    let mut o = o;
+                    o.token = token.clone();
+                    o.lease_until = now + lease;
+                    Ok((o, 0))
+                }
+                Some(o) => Ok((o, 1)),
+            }
+        })
+        .map_err(kv_err)?;
+    Ok(match (outcome, order.status) {
+        (0, _) => ClaimOutcome::Mine(Claimed { order }),
+        (_, OrderStatus::Done) => ClaimOutcome::Done(order.iccid.unwrap_or_default()),
+        (_, OrderStatus::Failed) => ClaimOutcome::Failed(order.error.unwrap_or_default()),
+        (_, OrderStatus::Ordering) => ClaimOutcome::Busy(order.step.map(|s| s.iccid)),
+    })
+}
+
+/// Update the journal if we still hold it.
+fn journal(claim: &Claimed, f: impl Fn(&mut Order)) -> Result<Order, wit::Error> {
+    let token = claim.order.token.clone();
+    let id = claim.order.invoice_id.clone();
+    kv::update_json::<Order, wit::Error>(&order_key(&id), |current| {
+        let mut o = current.ok_or_else(|| wit::Error::Internal("order journal vanished".into()))?;
+        if o.token != token {
+            return Err(wit::Error::Conflict(format!(
+                "the order for invoice {id} was taken over by another request"
+            )));
+        }
+        f(&mut o);
+        Ok(o)
+    })
+    .map_err(kv_err)
+}
+
+fn put_sim(sim: &StoredSim) -> Result<(), wit::Error> {
+    kv::update_json::<StoredSim, wit::Error>(&sim_key(&sim.iccid), |_| Ok(sim.clone()))
+        .map(|_| ())
+        .map_err(kv_err)
+}
+
+/// Confirm and release an allocated profile; returns the activation code.
+async fn confirm(
+    cfg: &Config,
+    carrier: &Carrier,
+    step: &Step,
+    eid: Option<&Eid>,
+    deadline: Deadline,
+) -> Result<ActivationCode, Result<String, Transport>> {
+    let iccid = Iccid::parse(&step.iccid).map_err(|e| Ok(e.to_string()))?;
+    let body = ConfirmOrderRequest {
+        header: header(carrier, &step.confirm_fci),
+        iccid,
+        eid: eid.cloned(),
+        matching_id: None,
+        confirmation_code: None,
+        smds_address: None,
+        release_flag: true,
+    };
+    let r: ConfirmOrderResponse =
+        call_twice(cfg, carrier, es2::CONFIRM_ORDER_PATH, &body, deadline)
+            .await
+            .map_err(Err)?;
+    if let Some(code) = r.header.failure() {
+        return Err(Ok(reason_of(&code)));
+    }
+    let (Some(smdp), Some(mid)) = (r.smdp_address, r.matching_id) else {
+        return Err(Err(Transport::Malformed(
+            "ConfirmOrder succeeded without smdpAddress and matchingId".into(),
+        )));
+    };
+    ActivationCode::new(smdp, mid, None, false)
+        .map_err(|e| Ok(format!("invalid activation code: {e}")))
+}
+
+/// Try one carrier: DownloadOrder → (pending SIM) → ConfirmOrder(release) → active SIM.
+async fn try_carrier(
+    cfg: &Config,
+    claim: &Claimed,
+    spec: &OrderSpec,
+    carrier: &Carrier,
+    deadline: Deadline,
+    now: u64,
+) -> Result<StoredSim, Skip> {
+    let id = carrier.id.to_string();
+    let download_fci = fci().map_err(Skip::Reject)?;
+    let body = DownloadOrderRequest {
+        header: header(carrier, &download_fci),
+        eid: spec.eid.clone(),
+        iccid: None,
+        profile_type: Some(carrier.profile_type.clone()),
+    };
+    let r: DownloadOrderResponse =
+        match call_twice(cfg, carrier, es2::DOWNLOAD_ORDER_PATH, &body, deadline).await {
+            Ok(r) => r,
+            Err(t) => {
+                // The carrier may have allocated a profile we never heard about: find out later and return it.
+                enqueue(Cleanup::LostDownload {
+                    carrier: id.clone(),
+                    fci: download_fci,
+                    profile_type: carrier.profile_type.clone(),
+                    eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
+                });
+                return Err(Skip::Next(format!("{id}: DownloadOrder {t}")));
+            }
+        };
+    if let Some(code) = r.header.failure() {
+        return Err(match es2::action(&code) {
+            DispatchAction::RejectRequest(RejectReason::WrongDevice) => {
+                Skip::Reject(invalid("eid", RejectReason::WrongDevice.to_string()))
+            }
+            DispatchAction::RejectRequest(RejectReason::EidOutOfRange) => {
+                Skip::Reject(invalid("eid", RejectReason::EidOutOfRange.to_string()))
+            }
+            DispatchAction::AskForEid => Skip::Reject(invalid(
+                "eid",
+                format!("carrier {id} needs the device's EID for this order"),
+            )),
+            _ => Skip::Next(format!("{id}: {}", reason_of(&code))),
+        });
+    }
+    let Some(iccid) = r.iccid else {
+        return Err(Skip::Next(format!("{id}: DownloadOrder returned no ICCID")));
+    };
+    let region = cfg.catalog.region(&spec.region);
+    let mut sim = StoredSim {
+        iccid: iccid.as_str().to_owned(),
+        carrier: id.clone(),
+        region: spec.region.to_string(),
+        state: SimState::Pending,
+        profile_state: None,
+        activation_code: None,
+        eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
+        roaming: region.map(|r| r.roaming.clone()).unwrap_or_default(),
+        data_mb: spec.data_mb.get(),
+        invoice_id: claim.order.invoice_id.clone(),
+        created_at: now,
+        failovers: Vec::new(),
+        replaces: spec.replaces.clone(),
+        replaced_by: None,
+    };
+    let step = Step {
+        carrier: id.clone(),
+        iccid: sim.iccid.clone(),
+        confirm_fci: fci().map_err(Skip::Reject)?,
+    };
+    // Journal first, then the pending SIM: a crash after this point is resumable and visible.
+    if let Err(e) = journal(claim, |o| o.step = Some(step.clone())) {
+        cancel(cfg, carrier, &iccid, false).await;
+        return Err(Skip::Reject(e));
+    }
+    put_sim(&sim).map_err(Skip::Reject)?;
+    finish(cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await?;
+    Ok(sim)
+}
+
+/// Confirm an allocated profile and store the result; on failure give the profile back to the pool.
+async fn finish(
+    cfg: &Config,
+    carrier: &Carrier,
+    step: &Step,
+    sim: &mut StoredSim,
+    eid: Option<&Eid>,
+    deadline: Deadline,
+) -> Result<(), Skip> {
+    match confirm(cfg, carrier, step, eid, deadline).await {
+        Ok(code) => {
+            sim.state = SimState::Active;
+            sim.profile_state = Some(esim402_core::esim::ProfileState::Released);
+            sim.activation_code = Some(code.to_string());
+            put_sim(sim).map_err(Skip::Reject)?;
+            Ok(())
+        }
+        Err(Err(Transport::Timeout)) if deadline.next_call().is_none() => {
+            // Out of budget with the outcome unknown: leave the order pending; a repeat call resumes it with
+            // the same call id.
+            Err(Skip::Pending(sim.clone()))
+        }
+        Err(why) => {
+            let why = match why {
+                Ok(reason) => reason,
+                Err(t) => format!("ConfirmOrder {t}"),
+            };
+            if let Ok(iccid) = Iccid::parse(&step.iccid) {
+                cancel(cfg, carrier, &iccid, false).await;
+            }
+            sim.state = SimState::Failed;
+            let _ = put_sim(sim);
+            Err(Skip::Next(format!("{}: {why}", carrier.id)))
+        }
+    }
+}
+
+/// Order a profile for `spec`, paid by `invoice_id`, with failover; idempotent per invoice.
+async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim, wit::Error> {
+    if invoice_id.is_empty() || invoice_id.len() > 128 {
+        return Err(invalid("invoice_id", "invoice_id must be 1-128 characters"));
+    }
+    let cfg = Config::load().await?;
+    let carriers = candidates(&cfg, &spec)?;
+    let lease = cfg.budget.as_secs() + cfg.call_timeout.as_secs() * 2 + 5;
+    let claimed = match claim(invoice_id, now, lease)? {
+        ClaimOutcome::Mine(c) => c,
+        ClaimOutcome::Done(iccid) => {
+            return load_sim(&parse_iccid(&iccid)?)?
+                .ok_or_else(|| wit::Error::Internal(format!("SIM {iccid} vanished")));
+        }
+        ClaimOutcome::Failed(e) => return Err(wit::Error::Unavailable(e)),
+        ClaimOutcome::Busy(Some(iccid)) => {
+            if let Some(sim) = load_sim(&parse_iccid(&iccid)?)? {
+                return Ok(sim);
+            }
+            return Err(wit::Error::Conflict(format!(
+                "an order for invoice {invoice_id} is in progress"
+            )));
+        }
+        ClaimOutcome::Busy(None) => {
+            return Err(wit::Error::Conflict(format!(
+                "an order for invoice {invoice_id} is in progress"
+            )));
+        }
+    };
+    sweep(&cfg, 4).await;
+    let deadline = Deadline::new(&cfg);
+    let mut failovers = claimed.order.failovers.clone();
+
+    // Resume: a profile was allocated by an earlier attempt; confirm it with the same call id.
+    let mut skip_until: Option<String> = None;
+    if let Some(step) = claimed.order.step.clone() {
+        let carrier = cfg.carrier(&step.carrier)?;
+        let mut sim = match load_sim(&parse_iccid(&step.iccid)?)? {
+            Some(s) => s,
+            None => return Err(wit::Error::Internal("pending SIM record missing".into())),
+        };
+        match finish(&cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await {
+            Ok(()) => return complete(&claimed, sim, failovers),
+            Err(Skip::Next(why)) => {
+                failovers.push(why);
+                skip_until = Some(step.carrier.clone());
+            }
+            Err(Skip::Pending(sim)) => return Ok(sim),
+            Err(Skip::Reject(e)) => return fail(&claimed, e, failovers),
+        }
+    }
+
+    let mut started = skip_until.is_none();
+    for carrier in carriers {
+        if !started {
+            started = skip_until.as_deref() == Some(carrier.id.as_str());
+            continue;
+        }
+        if deadline.next_call().is_none() {
+            failovers.push(format!("{}: retry budget exhausted", carrier.id));
+            break;
+        }
+        let _ = journal(&claimed, |o| o.failovers = failovers.clone());
+        match try_carrier(&cfg, &claimed, &spec, carrier, deadline, now).await {
+            Ok(sim) => return complete(&claimed, sim, failovers),
+            Err(Skip::Next(why)) => failovers.push(why),
+            Err(Skip::Pending(sim)) => return Ok(sim),
+            Err(Skip::Reject(e)) => return fail(&claimed, e, failovers),
+        }
+    }
+    let e = wit::Error::Unavailable(format!(
+        "no carrier could supply a profile in {}: {}",
+        spec.region,
+        failovers.join("; ")
+    ));
+    fail(&claimed, e, failovers)
+}
+
+fn complete(
+    claimed: &Claimed,
+    mut sim: StoredSim,
+    failovers: Vec<String>,
+) -> Result<StoredSim, wit::Error> {
+    sim.failovers = failovers.clone();
+    put_sim(&sim)?;
+    journal(claimed, |o| {
+        o.status = OrderStatus::Done;
+        o.iccid = Some(sim.iccid.clone());
+        o.step = None;
+        o.failovers = failovers.clone();
+    })?;
+    Ok(sim)
+}
+
+fn fail(claimed: &Claimed, e: wit::Error, failovers: Vec<String>) -> Result<StoredSim, wit::Error> {
+    let msg = match &e {
+        wit::Error::InvalidInput(f) => format!("{}: {}", f.field, f.message),
+        wit::Error::Unavailable(m) | wit::Error::Conflict(m) | wit::Error::Internal(m) => m.clone(),
+        other => format!("{other:?}"),
+    };
+    let _ = journal(claimed, |o| {
+        o.status = OrderStatus::Failed;
+        o.error = Some(msg.clone());
+        o.step = None;
+        o.failovers = failovers.clone();
+    });
+    Err(e)
+}
+
+// ---- switching -------------------------------------------------------------------------------------------
+
+/// Where a switch goes: (region, carrier, may fail over).
+fn switch_target(
+    cfg: &Config,
+    sim: &StoredSim,
+    target: &wit::SwitchTarget,
+) -> Result<(Region, CarrierId, bool), wit::Error> {
+    if !matches!(sim.state, SimState::Active | SimState::Suspended) {
+        return Err(wit::Error::Conflict(
+            format!("SIM {} is {:?} and cannot switch", sim.iccid, sim.state).to_lowercase(),
+        ));
+    }
+    if let Some(next) = &sim.replaced_by {
+        return Err(wit::Error::Conflict(format!(
+            "SIM {} is already being replaced by {next}",
+            sim.iccid
+        )));
+    }
+    let here = Region::parse(&sim.region).map_err(|e| wit::Error::Internal(e.0.into()))?;
+    match target {
+        wit::SwitchTarget::Carrier(c) => {
+            let c = CarrierId::parse(c).map_err(|e| invalid("carrier", e.0))?;
+            if c.as_str() == sim.carrier {
+                return Err(invalid("carrier", format!("SIM is already on {c}")));
+            }
+            let spec = OrderSpec {
+                region: here.clone(),
+                data_mb: DataMb::new(1).map_err(|e| wit::Error::Internal(e.0.into()))?,
+                carrier: Some(c.clone()),
+                eid: None,
+                allow_failover: false,
+                replaces: None,
+            };
+            candidates(cfg, &spec)?;
+            Ok((here, c, false))
+        }
+        wit::SwitchTarget::Region(r) => {
+            let r = Region::parse(r).map_err(|e| invalid("region", e.0))?;
+            if r == here {
+                return Err(invalid("region", format!("SIM is already in {r}")));
+            }
+            let spec = OrderSpec {
+                region: r.clone(),
+                data_mb: DataMb::new(1).map_err(|e| wit::Error::Internal(e.0.into()))?,
+                carrier: None,
+                eid: None,
+                allow_failover: true,
+                replaces: None,
+            };
+            let first = candidates(cfg, &spec)?
+                .first()
+                .map(|c| c.id.clone())
+                .ok_or_else(|| invalid("region", format!("no carrier serves {r}")))?;
+            Ok((r, first, true))
+        }
+    }
+}
+
+fn existing_sim(iccid: &str) -> Result<StoredSim, wit::Error> {
+    load_sim(&parse_iccid(iccid)?)?.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))
+}
+
+/// Apply a lifecycle action with compare-and-swap; an invalid transition is a conflict.
+fn transition(iccid: &Iccid, action: SimAction) -> Result<(StoredSim, SimState), wit::Error> {
+    kv::update_json_with::<StoredSim, SimState, wit::Error>(&sim_key(iccid.as_str()), |current| {
+        let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
+        let before = sim.state;
+        sim.state = before
+            .apply(action)
+            .map_err(|e| wit::Error::Conflict(e.to_string()))?;
+        Ok((sim, before))
+    })
+    .map_err(kv_err)
 }
 
 impl Guest for Component {
     async fn price(request: wit::ActivationRequest) -> Result<wit::Quote, wit::Error> {
-        let region = Region::parse(&request.region).map_err(|e| invalid("region", e.0))?;
-        let data_mb = DataMb::new(request.data_mb.into()).map_err(|e| invalid("data_mb", e.0))?;
-        let serving = region_carriers(region.as_str())
-            .ok_or_else(|| invalid("region", format!("no carrier serves region {region}")))?;
-        let carrier = match &request.carrier {
-            Some(c) => {
-                let c = CarrierId::parse(c).map_err(|e| invalid("carrier", e.0))?;
-                if !serving.contains(&c.as_str()) {
-                    return Err(invalid(
-                        "carrier",
-                        format!("carrier {c} does not serve region {region}"),
-                    ));
-                }
-                c
-            }
-            None => CarrierId::parse(serving[0]).map_err(|e| wit::Error::Internal(e.0.into()))?,
-        };
-        let amount = PriceBook::seed_defaults()
-            .quote(&carrier, data_mb)
+        let spec = OrderSpec::parse(&request)?;
+        let cfg = Config::load().await?;
+        let carrier = candidates(&cfg, &spec)?
+            .first()
+            .map(|c| c.id.clone())
+            .ok_or_else(|| invalid("region", "no carrier serves this region"))?;
+        let amount = cfg
+            .catalog
+            .price_book()
+            .quote(&carrier, spec.data_mb)
             .ok_or_else(|| wit::Error::Internal(format!("no rate for carrier {carrier}")))?;
         Ok(wit::Quote {
             carrier: carrier.to_string(),
-            region: region.to_string(),
-            data_mb: data_mb.get(),
+            region: spec.region.to_string(),
+            data_mb: request.data_mb,
             amount: amount.micros(),
         })
     }
 
     async fn order_profile(
-        _request: wit::ActivationRequest,
-        _invoice_id: String,
+        request: wit::ActivationRequest,
+        invoice_id: String,
+        now: u64,
     ) -> Result<wit::Sim, wit::Error> {
-        Err(not_yet("ordering profiles over ES2+"))
+        let spec = OrderSpec::parse(&request)?;
+        order(spec, &invoice_id, now).await.map(|s| s.to_wit())
     }
 
     async fn get_sim(iccid: String) -> Result<Option<wit::Sim>, wit::Error> {
-        if iccid.is_empty() || iccid.len() > 22 || !iccid.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid("iccid", "iccid must be 18-20 decimal digits"));
-        }
-        let store = Store::open_default()
-            .await
-            .map_err(|e| wit::Error::Internal(format!("key-value: {e:?}")))?;
-        let Some(bytes) = store
-            .get(format!("sim/{iccid}"))
-            .await
-            .map_err(|e| wit::Error::Internal(format!("key-value: {e:?}")))?
-        else {
-            return Ok(None);
-        };
-        let sim: StoredSim = serde_json::from_slice(&bytes)
-            .map_err(|e| wit::Error::Internal(format!("stored SIM is corrupt: {e}")))?;
-        Ok(Some(sim_to_wit(sim)))
+        Ok(load_sim(&parse_iccid(&iccid)?)?.map(|s| s.to_wit()))
     }
 
     async fn quote_switch(
-        _iccid: String,
-        _target: wit::SwitchTarget,
+        iccid: String,
+        target: wit::SwitchTarget,
     ) -> Result<wit::Quote, wit::Error> {
-        Err(not_yet("switching carrier or region"))
+        let cfg = Config::load().await?;
+        let sim = existing_sim(&iccid)?;
+        let (region, carrier, _) = switch_target(&cfg, &sim, &target)?;
+        let from = CarrierId::parse(&sim.carrier).map_err(|e| wit::Error::Internal(e.0.into()))?;
+        let data_mb =
+            DataMb::new(sim.data_mb.into()).map_err(|e| wit::Error::Internal(e.0.into()))?;
+        let amount = cfg
+            .catalog
+            .price_book()
+            .switch_charge(&from, &carrier, data_mb)
+            .ok_or_else(|| wit::Error::Internal(format!("no rate for {from} or {carrier}")))?;
+        Ok(wit::Quote {
+            carrier: carrier.to_string(),
+            region: region.to_string(),
+            data_mb: sim.data_mb,
+            amount: amount.micros(),
+        })
     }
 
     async fn perform_switch(
-        _iccid: String,
-        _target: wit::SwitchTarget,
-        _invoice_id: String,
+        iccid: String,
+        target: wit::SwitchTarget,
+        invoice_id: String,
+        now: u64,
     ) -> Result<wit::Sim, wit::Error> {
-        Err(not_yet("switching carrier or region"))
+        let cfg = Config::load().await?;
+        let old = existing_sim(&iccid)?;
+        let (region, carrier, failover) = switch_target(&cfg, &old, &target)?;
+        let spec = OrderSpec {
+            region,
+            data_mb: DataMb::new(old.data_mb.into())
+                .map_err(|e| wit::Error::Internal(e.0.into()))?,
+            carrier: Some(carrier),
+            eid: old
+                .eid
+                .as_deref()
+                .map(|e| Eid::parse(e).map_err(|e| wit::Error::Internal(e.to_string())))
+                .transpose()?,
+            allow_failover: failover,
+            replaces: Some(old.iccid.clone()),
+        };
+        let new = order(spec, &invoice_id, now).await?;
+        // The old profile stays in service until the new one is installed (a failed switch must not leave
+        // the device without connectivity); `download_progress` terminates it then.
+        let new_iccid = new.iccid.clone();
+        kv::update_json::<StoredSim, wit::Error>(&sim_key(&old.iccid), |current| {
+            let mut s = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
+            s.replaced_by = Some(new_iccid.clone());
+            Ok(s)
+        })
+        .map_err(kv_err)?;
+        Ok(new.to_wit())
     }
 
     async fn lifecycle(
-        _iccid: String,
-        _action: wit::LifecycleAction,
+        iccid: String,
+        action: wit::LifecycleAction,
     ) -> Result<wit::Sim, wit::Error> {
-        Err(not_yet("suspend/resume/terminate"))
+        let iccid = parse_iccid(&iccid)?;
+        let action = match action {
+            wit::LifecycleAction::Suspend => SimAction::Suspend,
+            wit::LifecycleAction::Resume => SimAction::Resume,
+            wit::LifecycleAction::Terminate => SimAction::Terminate,
+        };
+        let (sim, _) = transition(&iccid, action)?;
+        if action == SimAction::Terminate
+            && matches!(
+                sim.profile_state,
+                None | Some(esim402_core::esim::ProfileState::Released)
+            )
+        {
+            // Never downloaded: retire it at the SM-DP+ so nobody can download a terminated profile.
+            let cfg = Config::load().await?;
+            let carrier = cfg.carrier(&sim.carrier)?;
+            cancel(&cfg, carrier, &iccid, true).await;
+        }
+        Ok(sim.to_wit())
     }
 
-    async fn download_progress(_body: String) -> Result<(), wit::Error> {
-        Err(not_yet("ES2+ download progress callbacks"))
+    async fn download_progress(body: String) -> Result<(), wit::Error> {
+        let info: HandleDownloadProgressInfoRequest = serde_json::from_str(&body).map_err(|e| {
+            invalid(
+                "body",
+                format!("not a HandleDownloadProgressInfo request: {e}"),
+            )
+        })?;
+        let status = info.notification_point_status.status;
+        let (sim, _) = kv::update_json_with::<StoredSim, (), wit::Error>(
+            &sim_key(info.iccid.as_str()),
+            |current| {
+                let mut sim = current.ok_or_else(|| {
+                    wit::Error::NotFound(format!("no SIM {}", info.iccid.as_str()))
+                })?;
+                if let Some(current) = sim.profile_state
+                    && let Some(next) =
+                        profile_state_after(current, info.notification_point_id, status)
+                {
+                    sim.profile_state = Some(next);
+                }
+                Ok((sim, ()))
+            },
+        )
+        .map_err(kv_err)?;
+        if sim.profile_state == Some(esim402_core::esim::ProfileState::Installed)
+            && let Some(old) = &sim.replaces
+            && let Ok(old) = Iccid::parse(old)
+        {
+            // The replacement is installed: the old SIM leaves service (already terminated is fine).
+            match transition(&old, SimAction::Terminate) {
+                Ok(_) | Err(wit::Error::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }

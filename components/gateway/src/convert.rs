@@ -1,7 +1,7 @@
 //! WIT records → kernel types → JSON, for responses.
 
 use esim402_core::invoice::{Invoice, InvoiceStatus, PaymentOption, Purchase};
-use esim402_core::{ActivationRequest, InvoiceId, Network, UsdcAmount};
+use esim402_core::{ActivationRequest, ApiError, InvoiceId, Network, UsdcAmount};
 use serde_json::Value;
 
 use crate::wit;
@@ -14,6 +14,33 @@ pub fn activation_to_wit(r: &ActivationRequest) -> wit::ActivationRequest {
         eid: r.eid.clone(),
         payer: r.payer.map(|a| a.to_checksum(None)),
         networks: r.networks.iter().map(ToString::to_string).collect(),
+        allow_failover: r.allow_failover,
+    }
+}
+
+/// A switch body: exactly one of `{"carrier": "…"}` or `{"region": "…"}`.
+pub fn switch_target(body: &[u8]) -> Result<wit::SwitchTarget, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid("body", "body must be a JSON object"));
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "carrier" && *k != "region") {
+        return Err(ApiError::invalid(
+            k.as_str(),
+            format!("unknown field {k:?}; expected \"carrier\" or \"region\""),
+        ));
+    }
+    match (obj.get("carrier"), obj.get("region")) {
+        (Some(Value::String(c)), None) => Ok(wit::SwitchTarget::Carrier(c.clone())),
+        (None, Some(Value::String(r))) => Ok(wit::SwitchTarget::Region(r.clone())),
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "body",
+            "give either carrier or region, not both",
+        )),
+        (Some(_), None) => Err(ApiError::invalid("carrier", "carrier must be a string")),
+        (None, Some(_)) => Err(ApiError::invalid("region", "region must be a string")),
+        (None, None) => Err(ApiError::invalid("body", "carrier or region is required")),
     }
 }
 
@@ -25,6 +52,7 @@ fn purchase(p: &wit::Purchase) -> Purchase {
             carrier: a.carrier.clone(),
             eid: a.eid.clone(),
             payer: a.payer.clone(),
+            allow_failover: a.allow_failover,
         },
         wit::Purchase::TopUp(t) => Purchase::TopUp {
             iccid: t.iccid.clone(),
@@ -99,6 +127,9 @@ pub fn sim_json(s: &wit::Sim) -> String {
         wit::SimState::Failed => "failed",
     };
     let profile = match s.profile_state {
+        wit::ProfileState::Ordered => "ordered",
+        wit::ProfileState::Enabled => "enabled",
+        wit::ProfileState::Deleted => "deleted",
         wit::ProfileState::Released => "released",
         wit::ProfileState::Downloaded => "downloaded",
         wit::ProfileState::Installed => "installed",
@@ -106,8 +137,9 @@ pub fn sim_json(s: &wit::Sim) -> String {
     };
     serde_json::json!({
         "iccid": s.iccid, "carrier": s.carrier, "region": s.region, "state": state, "profile_state": profile,
-        "eid": s.eid, "data_mb": s.data_mb,
-        "roaming": { "allow": s.roaming.allow, "deny": s.roaming.deny },
+        "eid": s.eid, "data_mb": s.data_mb, "invoice_id": s.invoice_id, "created_at": s.created_at,
+        "failovers": s.failovers, "replaces": s.replaces, "replaced_by": s.replaced_by,
+        "roaming": { "allow": s.roaming.allow, "deny": s.roaming.deny, "countries": s.roaming.countries },
     })
     .to_string()
 }

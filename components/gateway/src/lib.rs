@@ -100,6 +100,19 @@ async fn handle(req: Request) -> impl IntoResponse {
         (Method::POST, ["v1", "esim", "activate"]) => activate(req).await,
         (Method::GET, ["v1", "invoices", id]) => get_invoice(id).await,
         (Method::GET, ["v1", "esim", iccid]) => get_sim(iccid).await,
+        (Method::POST, ["v1", "esim", iccid, "switch"]) => switch(iccid, req).await,
+        (
+            Method::POST,
+            [
+                "v1",
+                "esim",
+                iccid,
+                action @ ("suspend" | "resume" | "terminate"),
+            ],
+        ) => lifecycle(iccid, action).await,
+        (Method::POST, ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]) => {
+            download_progress(req).await
+        }
         (Method::GET, ["v1", "balance", iccid]) => get_balance(iccid).await,
         (Method::GET, ["supported"]) => verifier::supported()
             .await
@@ -111,6 +124,13 @@ async fn handle(req: Request) -> impl IntoResponse {
             | ["v1", "esim", "activate"]
             | ["v1", "invoices", _]
             | ["v1", "esim", _]
+            | [
+                "v1",
+                "esim",
+                _,
+                "switch" | "suspend" | "resume" | "terminate",
+            ]
+            | ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]
             | ["v1", "balance", _]
             | ["supported"],
         ) => Err(ApiError::new(
@@ -125,15 +145,8 @@ async fn handle(req: Request) -> impl IntoResponse {
 /// `POST /v1/esim/activate`. Without payment: price the request, issue an invoice and answer 402 with the
 /// seed's JSON body and the x402 v2 `PAYMENT-REQUIRED` header.
 async fn activate(req: Request) -> Result<Reply, ApiError> {
-    let paid = ["payment-signature", "x-payment", "x-payment-proof"]
-        .iter()
-        .any(|h| req.headers().contains_key(*h));
-    if paid {
-        // Settlement lands with the payments issue; refusing is better than taking money we cannot serve.
-        return Ok(json(
-            StatusCode::NOT_IMPLEMENTED.as_u16(),
-            r#"{"error":{"code":"not_implemented","message":"paying invoices is not implemented yet; no payment was taken"}}"#.into(),
-        ));
+    if paid(&req) {
+        return Ok(not_yet_payable());
     }
     let url = resource_url(&req);
     let body = read_body(req).await?;
@@ -145,10 +158,34 @@ async fn activate(req: Request) -> Result<Reply, ApiError> {
     let invoice = invoices::issue(wit::Purchase::Activation(wit_request), quote.amount, now())
         .await
         .map_err(from_wit)?;
+    payment_required(&invoice, &quote, url).await
+}
+
+/// Whether the request carries a payment (x402 v2, v1, or a tx-hash proof).
+fn paid(req: &Request) -> bool {
+    ["payment-signature", "x-payment", "x-payment-proof"]
+        .iter()
+        .any(|h| req.headers().contains_key(*h))
+}
+
+/// Settlement lands with the payments issue; refusing is better than taking money we cannot serve.
+fn not_yet_payable() -> Reply {
+    json(
+        StatusCode::NOT_IMPLEMENTED.as_u16(),
+        r#"{"error":{"code":"not_implemented","message":"paying invoices is not implemented yet; no payment was taken"}}"#.into(),
+    )
+}
+
+/// HTTP 402 with the seed's invoice body and the x402 v2 `PAYMENT-REQUIRED` header.
+async fn payment_required(
+    invoice: &wit::Invoice,
+    quote: &wit::Quote,
+    url: String,
+) -> Result<Reply, ApiError> {
     let header = invoices::payment_required_header(invoice.id.clone(), url)
         .await
         .map_err(from_wit)?;
-    let body = convert::invoice_json(&invoice, Some(&quote));
+    let body = convert::invoice_json(invoice, Some(quote));
     Response::builder()
         .status(402)
         .header("content-type", "application/json")
@@ -180,6 +217,66 @@ async fn get_sim(iccid: &str) -> Result<Reply, ApiError> {
         Some(sim) => Ok(json(200, convert::sim_json(&sim))),
         None => Err(ApiError::not_found(format!("no SIM {iccid}"))),
     }
+}
+
+/// `POST /v1/esim/{iccid}/switch` with `{"carrier": …}` or `{"region": …}`: a new profile from another carrier
+/// or region. Without payment it answers 402 with an invoice for the switch charge (the payments issue
+/// settles it and calls `dispatch.perform-switch`).
+async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
+    if paid(&req) {
+        return Ok(not_yet_payable());
+    }
+    let url = resource_url(&req);
+    let body = read_body(req).await?;
+    let target = convert::switch_target(&body)?;
+    let quote = dispatch::quote_switch(iccid.to_owned(), target.clone())
+        .await
+        .map_err(from_wit)?;
+    let purchase = wit::Purchase::Switch(wit::SwitchRequest {
+        iccid: iccid.to_owned(),
+        target,
+    });
+    let invoice = invoices::issue(purchase, quote.amount, now())
+        .await
+        .map_err(from_wit)?;
+    payment_required(&invoice, &quote, url).await
+}
+
+/// `POST /v1/esim/{iccid}/{suspend|resume|terminate}`: the SIM state machine; an invalid transition is 409.
+async fn lifecycle(iccid: &str, action: &str) -> Result<Reply, ApiError> {
+    let action = match action {
+        "suspend" => wit::LifecycleAction::Suspend,
+        "resume" => wit::LifecycleAction::Resume,
+        _ => wit::LifecycleAction::Terminate,
+    };
+    let sim = dispatch::lifecycle(iccid.to_owned(), action)
+        .await
+        .map_err(from_wit)?;
+    Ok(json(200, convert::sim_json(&sim)))
+}
+
+/// ES2+ `HandleDownloadProgressInfo` from an SM-DP+: record the profile's progress, answer 204.
+async fn download_progress(req: Request) -> Result<Reply, ApiError> {
+    if let Some(p) = header(&req, "x-admin-protocol")
+        && !esim402_core::esim::es2::is_supported_admin_protocol(p)
+    {
+        return Err(ApiError::invalid(
+            "X-Admin-Protocol",
+            format!("unsupported ES2+ protocol version {p:?}"),
+        ));
+    }
+    let body = read_body(req).await?;
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
+    dispatch::download_progress(body).await.map_err(from_wit)?;
+    Response::builder()
+        .status(204)
+        .header(
+            esim402_core::esim::es2::ADMIN_PROTOCOL_HEADER,
+            esim402_core::esim::es2::ADMIN_PROTOCOL,
+        )
+        .body(String::new())
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 async fn get_balance(iccid: &str) -> Result<Reply, ApiError> {

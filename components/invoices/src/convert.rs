@@ -12,6 +12,7 @@ pub fn purchase_from_wit(p: wit::Purchase) -> Purchase {
             carrier: a.carrier,
             eid: a.eid,
             payer: a.payer,
+            allow_failover: a.allow_failover,
         },
         wit::Purchase::TopUp(t) => Purchase::TopUp {
             iccid: t.iccid,
@@ -35,6 +36,7 @@ fn purchase_to_wit(p: &Purchase) -> wit::Purchase {
             carrier,
             eid,
             payer,
+            allow_failover,
         } => wit::Purchase::Activation(wit::ActivationRequest {
             region: region.clone(),
             data_mb: *data_mb,
@@ -42,6 +44,7 @@ fn purchase_to_wit(p: &Purchase) -> wit::Purchase {
             eid: eid.clone(),
             payer: payer.clone(),
             networks: Vec::new(),
+            allow_failover: *allow_failover,
         }),
         Purchase::TopUp { iccid, data_mb } => wit::Purchase::TopUp(wit::TopUpRequest {
             iccid: iccid.clone(),

@@ -74,6 +74,18 @@ pub fn update_json<T, E>(
 where
     T: Serialize + DeserializeOwned,
 {
+    update_json_with(key, |current| update(current).map(|next| (next, ()))).map(|(next, ())| next)
+}
+
+/// [`update_json`] whose update also returns a by-product `R` (e.g. the items it took off a queue); the
+/// by-product of the attempt that was actually written is returned.
+pub fn update_json_with<T, R, E>(
+    key: &str,
+    update: impl Fn(Option<T>) -> Result<(T, R), E>,
+) -> Result<(T, R), KvError<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
     let bucket = open()?;
     for _ in 0..MAX_CAS_ATTEMPTS {
         let cas = atomics::Cas::new(&bucket, key).map_err(store_err)?;
@@ -86,18 +98,33 @@ where
                 key: key.to_owned(),
                 message: e.to_string(),
             })?;
-        let next = update(current).map_err(KvError::Refused)?;
+        let (next, by_product) = update(current).map_err(KvError::Refused)?;
         let bytes = serde_json::to_vec(&next).map_err(|e| KvError::Corrupt {
             key: key.to_owned(),
             message: e.to_string(),
         })?;
         match atomics::swap(cas, &bytes) {
-            Ok(()) => return Ok(next),
+            Ok(()) => return Ok((next, by_product)),
             Err(atomics::CasError::CasFailed(_)) => continue,
             Err(atomics::CasError::StoreError(e)) => return Err(store_err(e)),
         }
     }
     Err(KvError::Contended(key.to_owned()))
+}
+
+/// Read and decode the JSON value at `key`.
+pub fn get_json<T: DeserializeOwned, E>(key: &str) -> Result<Option<T>, KvError<E>> {
+    let bucket = open()?;
+    bucket
+        .get(key)
+        .map_err(store_err)?
+        .map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|e| KvError::Corrupt {
+                key: key.to_owned(),
+                message: e.to_string(),
+            })
+        })
+        .transpose()
 }
 
 /// Atomically add `delta` to the integer counter at `key`, returning the new value.

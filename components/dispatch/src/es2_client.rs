@@ -1,0 +1,98 @@
+//! ES2+ over outbound `wasi:http`: one JSON POST per function, with the GSMA headers, bounded by a timeout.
+//! Every functional outcome arrives as HTTP 200 with the result in `header.functionExecutionStatus`; anything
+//! else (5xx, timeouts, refused connections, unparseable bodies) is a [`Transport`] failure.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use esim402_core::esim::es2::{ADMIN_PROTOCOL, ADMIN_PROTOCOL_HEADER, is_supported_admin_protocol};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The largest ES2+ response read.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Why a call produced no ES2+ answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// No answer within the deadline.
+    Timeout,
+    /// Refused before sending (`allowed_outbound_hosts`) or a connection failure.
+    Unreachable(String),
+    /// An HTTP status other than 200.
+    Status(u16),
+    /// A 200 whose body is not the function's response.
+    Malformed(String),
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("timeout"),
+            Self::Unreachable(m) => write!(f, "unreachable ({m})"),
+            Self::Status(s) => write!(f, "HTTP {s}"),
+            Self::Malformed(m) => write!(f, "malformed response ({m})"),
+        }
+    }
+}
+
+/// POST `body` to `<base><path>` and decode the reply, giving up after `timeout`.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    base: &str,
+    path: &str,
+    body: &Req,
+    timeout: Duration,
+) -> Result<Resp, Transport> {
+    let json = serde_json::to_vec(body).map_err(|e| Transport::Malformed(e.to_string()))?;
+    let request = spin_sdk::http::Request::builder()
+        .method("POST")
+        .uri(format!("{}{path}", base.trim_end_matches('/')))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header(ADMIN_PROTOCOL_HEADER, ADMIN_PROTOCOL)
+        .body(Full::new(Bytes::from(json)))
+        .map_err(|e| Transport::Unreachable(e.to_string()))?;
+    let exchange = async {
+        let response = spin_sdk::http::send(request)
+            .await
+            .map_err(|e| Transport::Unreachable(format!("{e:?}")))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(Transport::Status(status));
+        }
+        if let Some(p) = response.headers().get(ADMIN_PROTOCOL_HEADER)
+            && !p.to_str().is_ok_and(is_supported_admin_protocol)
+        {
+            return Err(Transport::Malformed(format!(
+                "unsupported {ADMIN_PROTOCOL_HEADER}"
+            )));
+        }
+        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| Transport::Malformed(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| Transport::Malformed(e.to_string()))
+    };
+    race(exchange, timeout).await
+}
+
+/// `fut`, or `Transport::Timeout` once `timeout` has passed (dropping `fut` cancels the request).
+async fn race<T>(
+    fut: impl Future<Output = Result<T, Transport>>,
+    timeout: Duration,
+) -> Result<T, Transport> {
+    let mut fut = std::pin::pin!(fut);
+    let mut sleep = std::pin::pin!(spin_sdk::time::sleep(timeout));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(r);
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Err(Transport::Timeout));
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
