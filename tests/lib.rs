@@ -63,13 +63,21 @@ pub fn options(kv: StoreConfig) -> LoadOptions {
 
 /// Serve the app on 127.0.0.1:0.
 pub async fn spawn_app(opts: LoadOptions) -> anyhow::Result<TestApp> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    spawn_app_on(opts, listener).await
+}
+
+/// Serve the app on an already bound loopback listener (so peers can be told its address first).
+pub async fn spawn_app_on(
+    opts: LoadOptions,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<TestApp> {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("esim402_host=debug,info")
             .try_init();
     }
     let app = Arc::new(App::load(&opts).await?);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(esim402_host::server::serve(app.clone(), listener, async {
@@ -81,6 +89,63 @@ pub async fn spawn_app(opts: LoadOptions) -> anyhow::Result<TestApp> {
         stop: Some(tx),
         task: Some(task),
     })
+}
+
+/// The workspace's built binaries (`target/debug`): the test binary lives in `target/debug/deps`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The SM-DP+ simulator (`smdp-sim`) on a loopback port, stopped by its PID on drop.
+pub struct SmdpSim {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl SmdpSim {
+    /// Start it with the default operators, callbacks to `callback` (if any) after `delay_ms`.
+    pub fn start(callback: Option<&str>, config: Option<&Path>) -> anyhow::Result<Self> {
+        use std::io::{BufRead, BufReader};
+        let bin = bin_dir().join("smdp-sim");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        if let Some(cb) = callback {
+            cmd.args(["--callback-url", cb]);
+        }
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start {} (cargo builds it with the workspace): {e}",
+                    bin.display()
+                )
+            })?;
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(url) = line.trim().strip_prefix("smdp-sim listening on ") else {
+            let _ = child.kill();
+            anyhow::bail!("unexpected first line from smdp-sim: {line:?}");
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            child,
+        })
+    }
+}
+
+impl Drop for SmdpSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A private redis-server on a loopback port, stopped by PID on drop.

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cargo build --release -p esim402-host -p esim402-bench
-//! target/release/esim402-bench --host-bin target/release/esim402 --scenario issue-402 --duration 10
+//! target/release/esim402-bench --host-bin target/release/esim402 --scenario issue402 --duration 10
+//! target/release/esim402-bench --scenario dispatch --sim-bin target/release/smdp-sim --concurrency 8
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -24,6 +25,8 @@ enum Scenario {
     Issue402,
     /// `GET /health`: the host's routing + instance reuse floor, no key-value work.
     Health,
+    /// Profile orders against the SM-DP+ simulator: native ES2+ calls vs the dispatch component.
+    Dispatch,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -56,6 +59,9 @@ struct Args {
     /// Warm-up seconds, not measured.
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// The SM-DP+ simulator binary (dispatch scenario).
+    #[arg(long, default_value = "target/release/smdp-sim")]
+    sim_bin: PathBuf,
     /// Stop after this many measured requests even if time remains.
     #[arg(long, default_value_t = 2_000_000)]
     max_requests: u64,
@@ -72,7 +78,7 @@ impl Host {
         let mut cmd = Command::new(&args.host_bin);
         cmd.arg("--from")
             .arg(&args.manifest)
-            .args(["up", "--listen", "127.0.0.1:0"])
+            .args(["up", "--listen", "127.0.0.1:0", "--no-dev-stack"])
             .env("ESIM402_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -159,6 +165,8 @@ struct Outcome {
     errors: u64,
 }
 
+mod dispatch;
+
 async fn one(
     client: &reqwest::Client,
     url: &str,
@@ -179,6 +187,7 @@ async fn one(
             }
             res.bytes().await?;
         }
+        Scenario::Dispatch => unreachable!("the dispatch scenario does not start the host"),
         Scenario::Health => {
             let res = client.get(format!("{url}/health")).send().await?;
             if !res.status().is_success() {
@@ -249,6 +258,16 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = Duration::from_secs(args.duration.clamp(1, 120));
+    if let Scenario::Dispatch = args.scenario {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(dispatch::run(
+            &args.sim_bin,
+            args.concurrency,
+            duration.as_secs(),
+        ));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(1)

@@ -3,4 +3,5 @@
 
 mod activate;
 mod backends;
+mod dispatch;
 mod startup;

@@ -710,6 +710,21 @@ fn fail(claimed: &Claimed, e: wit::Error, failovers: Vec<String>) -> Result<Stor
     Err(e)
 }
 
+/// Resume the order that left `sim` pending (same invoice, same carrier, same confirm call id).
+async fn resume_pending(sim: &StoredSim) -> Result<StoredSim, wit::Error> {
+    let spec = OrderSpec {
+        region: Region::parse(&sim.region).map_err(|e| wit::Error::Internal(e.0.into()))?,
+        data_mb: DataMb::new(sim.data_mb.into()).map_err(|e| wit::Error::Internal(e.0.into()))?,
+        carrier: Some(
+            CarrierId::parse(&sim.carrier).map_err(|e| wit::Error::Internal(e.0.into()))?,
+        ),
+        eid: sim.eid.as_deref().and_then(|e| Eid::parse(e).ok()),
+        allow_failover: false,
+        replaces: sim.replaces.clone(),
+    };
+    order(spec, &sim.invoice_id, now_secs()).await
+}
+
 // ---- switching -------------------------------------------------------------------------------------------
 
 /// Where a switch goes: (region, carrier, may fail over).
@@ -817,7 +832,17 @@ impl Guest for Component {
     }
 
     async fn get_sim(iccid: String) -> Result<Option<wit::Sim>, wit::Error> {
-        Ok(load_sim(&parse_iccid(&iccid)?)?.map(|s| s.to_wit()))
+        let Some(sim) = load_sim(&parse_iccid(&iccid)?)? else {
+            return Ok(None);
+        };
+        if sim.state == SimState::Pending {
+            // An order that outlived its request: finish it now if nobody else is (its lease expired).
+            if let Ok(done) = resume_pending(&sim).await {
+                return Ok(Some(done.to_wit()));
+            }
+            return Ok(load_sim(&parse_iccid(&iccid)?)?.map(|s| s.to_wit()));
+        }
+        Ok(Some(sim.to_wit()))
     }
 
     async fn quote_switch(

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod build;
 pub mod compose;
+pub mod devstack;
 pub mod interfaces;
 pub mod kv;
 pub mod manifest;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use esim402_host::app::{App, LoadOptions};
+use esim402_host::devstack::DevStack;
 use esim402_host::manifest::Manifest;
 use esim402_host::runtime_config::{RuntimeConfig, StoreConfig};
 
@@ -64,6 +65,9 @@ struct ServeArgs {
     /// Keep key-value data in memory only (nothing persists).
     #[arg(long)]
     memory_kv: bool,
+    /// Do not start the embedded development stack (SM-DP+ simulator); configure real endpoints instead.
+    #[arg(long)]
+    no_dev_stack: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -125,11 +129,26 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
     if args.memory_kv {
         opts.kv_override = Some(StoreConfig::Memory);
     }
-    let app = Arc::new(App::load(&opts).await?);
+    // Bind first: the dev stack's callbacks need the real address (the port may be 0).
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let stack = if args.no_dev_stack {
+        DevStack::default()
+    } else {
+        let stack = DevStack::start(addr, &opts.env)?;
+        opts.env.extend(stack.env.iter().cloned());
+        stack
+    };
+    let app = Arc::new(App::load(&opts).await?);
+    if !stack.facts.is_empty() {
+        let path = stack.write_facts(&app.manifest.dir)?;
+        eprintln!("Dev stack ({}):", path.display());
+        for (k, v) in &stack.facts {
+            eprintln!("  {k}: {}", v.as_str().unwrap_or_default());
+        }
+    }
     eprintln!("Serving http://{addr}");
     eprintln!("Available Routes:");
     for route in app.router.routes() {
@@ -150,5 +169,7 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
             () = term => {}
         }
     };
-    esim402_host::server::serve(app, listener, shutdown).await
+    let served = esim402_host::server::serve(app, listener, shutdown).await;
+    drop(stack);
+    served
 }

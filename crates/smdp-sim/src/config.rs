@@ -85,14 +85,17 @@ pub struct Faults {
     pub hang: bool,
     /// Answer HTTP 503 to the next N ES2+ calls, then behave normally.
     pub fail_next: u64,
+    /// Execute the call, then hold the reply this many milliseconds: with a shorter client timeout this is a
+    /// lost reply (the profile is allocated but the client never learns its ICCID).
+    pub reply_delay_ms: u64,
 }
 
 impl Faults {
     /// Checks the bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.latency_ms > MAX_DELAY_MS {
+        if self.latency_ms > MAX_DELAY_MS || self.reply_delay_ms > MAX_DELAY_MS {
             return Err(ConfigError::Invalid(format!(
-                "latency_ms must be at most {MAX_DELAY_MS}"
+                "latency_ms and reply_delay_ms must be at most {MAX_DELAY_MS}"
             )));
         }
         Ok(())

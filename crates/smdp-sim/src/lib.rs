@@ -36,7 +36,7 @@
 //! - `POST /admin/operators/<op>/profiles/<iccid>/fail` — its download fails: → `Error`, callback point 3
 //!   `Failed` `8.8.5/6.4`
 //! - `PUT /admin/operators/<op>/pools/<profileType>` `{"available": N}` — drain (0) or mint up to N Available
-//! - `GET|PUT /admin/operators/<op>/faults` `{"latency_ms":0,"http_503":false,"hang":false,"fail_next":0}`
+//! - `GET|PUT /admin/operators/<op>/faults` `{"latency_ms":0,"http_503":false,"hang":false,"fail_next":0,"reply_delay_ms":0}`
 //!   (PUT replaces all four; omitted fields reset)
 //!
 //! # Status codes chosen by the simulator

@@ -254,7 +254,7 @@ async fn es2(sim: Arc<Sim>, op_name: &str, function: &str, req: Request<Incoming
             &format!("no ES2+ function {function:?}"),
         );
     };
-    let (action, latency) = {
+    let (action, latency, reply_delay) = {
         let Some(mut op) = sim.operator(op_name) else {
             return unknown_operator(op_name);
         };
@@ -276,7 +276,11 @@ async fn es2(sim: Arc<Sim>, op_name: &str, function: &str, req: Request<Incoming
         if matches!(action, FaultAction::Unavailable) {
             op.stats_mut(function).http_503 += 1;
         }
-        (action, Duration::from_millis(op.faults.latency_ms))
+        (
+            action,
+            Duration::from_millis(op.faults.latency_ms),
+            Duration::from_millis(op.faults.reply_delay_ms),
+        )
     };
     let unavailable = || {
         error_response(
@@ -357,6 +361,12 @@ async fn es2(sim: Arc<Sim>, op_name: &str, function: &str, req: Request<Incoming
     }
     if auto && let Some((iccid, seq)) = outcome.released {
         spawn_device(&sim, op_name, iccid, seq);
+    }
+    if !reply_delay.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(reply_delay) => {}
+            () = sim.stopping() => return unavailable(),
+        }
     }
     json_response(StatusCode::OK, &outcome.response)
 }

@@ -21,6 +21,7 @@ enum Behaves {
     Http503,
     Timeout,
     ConfirmFails,
+    ConfirmTimeout,
     EidMismatch,
 }
 
@@ -86,6 +87,11 @@ impl FakeSmdp {
                 json!({"header": ok_header(), "iccid": iccid.as_str()})
             }
             (Behaves::ConfirmFails, "confirmOrder") => failed("8.2.1", "3.5"),
+            (Behaves::ConfirmTimeout, "confirmOrder") => {
+                return Scripted::Timeout {
+                    after: Duration::from_secs(5),
+                };
+            }
             (_, "confirmOrder") => json!({"header": ok_header(),
                 "matchingId": format!("MID-{}", fci.len()),
                 "smdpAddress": format!("smdp.{carrier}.esim402.test")}),
@@ -607,4 +613,68 @@ async fn switch_quotes_the_difference_and_replaces_after_installation() {
         .unwrap();
     assert_eq!(old_now.state, types::SimState::Terminated);
     assert_eq!(old_now.replaced_by.as_deref(), Some(new.iccid.as_str()));
+}
+
+#[tokio::test]
+async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(
+        smdp.clone(),
+        &[("dispatch_budget_secs", "1"), ("es2_timeout_ms", "600")],
+    )
+    .await;
+    let pending = order(&mut kit, request("us-west", None), "inv-slow")
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    assert_eq!(pending.profile_state, types::ProfileState::Ordered);
+    assert!(pending.activation_code.is_none());
+    let confirms: Vec<_> = kit
+        .requests()
+        .iter()
+        .filter(|r| r.uri.ends_with("/confirmOrder"))
+        .map(|r| r.json().unwrap()["header"]["functionCallIdentifier"].clone())
+        .collect();
+    assert!(
+        !calls(&kit).iter().any(|(_, f)| f == "cancelOrder"),
+        "nothing is abandoned"
+    );
+
+    // While the first attempt's lease runs, a repeat reports the same pending SIM without calling anyone.
+    let before = kit.requests().len();
+    let again = order(&mut kit, request("us-west", None), "inv-slow")
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.iccid.as_str(), again.state),
+        (pending.iccid.as_str(), types::SimState::Pending)
+    );
+    assert_eq!(kit.requests().len(), before);
+
+    // The carrier recovers; once the lease expired, a repeat finishes the same order with the same confirm
+    // call id (a confirm that succeeded unseen would be replayed, not refused).
+    smdp.set("tmobile", Behaves::Ok);
+    let invoice = "inv-slow".to_owned();
+    let req = request("us-west", None);
+    let done = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_order_profile(a, req, invoice, 1_764_000_000 + 3_600)
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.iccid, pending.iccid);
+    assert_eq!(done.state, types::SimState::Active);
+    assert!(done.activation_code.is_some());
+    let last_confirm = kit
+        .requests()
+        .iter()
+        .rev()
+        .find(|r| r.uri.ends_with("/confirmOrder"))
+        .map(|r| r.json().unwrap()["header"]["functionCallIdentifier"].clone())
+        .unwrap();
+    assert_eq!(last_confirm, confirms[0]);
 }

@@ -1,0 +1,275 @@
+//! Carrier dispatch through the host against the real SM-DP+ simulator (a separate process speaking ES2+ over
+//! loopback HTTP). Orders go through the dispatch component's WIT interface (a test-kit instance sharing the
+//! app's key-value store and sending real HTTP) until the payments issue puts them behind a paid
+//! `POST /v1/esim/activate`; everything else — SM-DP+ callbacks, SIM reads, lifecycle, switch quotes — goes
+//! through the host's HTTP routes.
+
+use std::time::{Duration, Instant};
+
+use esim402_host::runtime_config::StoreConfig;
+use esim402_testkit::{Kit, Scripted, types};
+use esim402_tests::{SmdpSim, TestApp, options, spawn_app_on};
+use serde_json::{Value, json};
+
+struct Stack {
+    app: TestApp,
+    sim: SmdpSim,
+    http: reqwest::Client,
+}
+
+async fn stack(es2_timeout_ms: &str) -> Stack {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let callback = format!(
+        "http://{}/gsma/rsp2/es2plus/handleDownloadProgressInfo",
+        listener.local_addr().unwrap()
+    );
+    let sim = SmdpSim::start(Some(&callback), None).unwrap();
+    let mut opts = options(StoreConfig::Memory);
+    opts.env
+        .insert("SPIN_VARIABLE_SMDP_URL".into(), sim.url.clone());
+    opts.env
+        .insert("SPIN_VARIABLE_ES2_TIMEOUT_MS".into(), es2_timeout_ms.into());
+    let app = spawn_app_on(opts, listener).await.unwrap();
+    Stack {
+        app,
+        sim,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Stack {
+    /// The dispatch component on the app's own store, sending real HTTP to the simulator.
+    async fn dispatch(&self, es2_timeout_ms: &str) -> Kit {
+        Kit::builder("dispatch")
+            .store(self.app.app.stores["default"].clone())
+            .var("smdp_url", &self.sim.url)
+            .var("es2_timeout_ms", es2_timeout_ms)
+            .allow(&self.sim.url)
+            .respond(|_| Scripted::Forward)
+            .build()
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.app.url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.app.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn sim(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self.http.request(method, format!("{}{path}", self.sim.url));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Profiles held by orders that are neither finished nor returned, across every operator.
+    async fn stranded(&self) -> u64 {
+        let mut n = 0;
+        for op in ["tmobile", "verizon", "att", "telekom-de", "vodafone-de"] {
+            let v = self
+                .sim(
+                    reqwest::Method::GET,
+                    &format!("/admin/operators/{op}/profiles"),
+                    None,
+                )
+                .await;
+            for state in ["Allocated", "Linked", "Confirmed"] {
+                n += v["counts"][state].as_u64().unwrap_or(0);
+            }
+        }
+        n
+    }
+}
+
+async fn order(
+    kit: &mut Kit,
+    carrier: Option<&str>,
+    invoice: &str,
+) -> Result<types::Sim, types::Error> {
+    let req = types::ActivationRequest {
+        region: "us-west".into(),
+        data_mb: 100,
+        carrier: carrier.map(Into::into),
+        eid: None,
+        payer: None,
+        networks: Vec::new(),
+        allow_failover: false,
+    };
+    let invoice = invoice.to_owned();
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_order_profile(a, req, invoice, 1_764_000_000)
+            .await
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn activation_callbacks_failover_and_lifecycle_through_the_host() {
+    let s = stack("10000").await;
+    let mut kit = s.dispatch("10000").await;
+
+    // 1. A profile from the region's default carrier, with a valid activation code from the simulator.
+    let sim = order(&mut kit, None, "inv-a").await.unwrap();
+    assert_eq!(sim.carrier, "tmobile");
+    let code = sim.activation_code.clone().unwrap();
+    let parsed = esim402_core::esim::ActivationCode::parse(&code).unwrap();
+    assert_eq!(parsed.smdp_address().as_str(), "smdp.tmobile.esim402.test");
+    let at_sim = s
+        .sim(
+            reqwest::Method::GET,
+            &format!("/admin/operators/tmobile/profiles/{}", sim.iccid),
+            None,
+        )
+        .await;
+    assert_eq!(
+        at_sim["matchingId"].as_str(),
+        Some(parsed.matching_id().as_str())
+    );
+
+    // 2. The simulator's device downloads and installs; its callbacks reach the host and move the state.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = s.get(&format!("/v1/esim/{}", sim.iccid)).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.get("activation_code").is_none(),
+            "GET never re-reveals the code"
+        );
+        if body["profile_state"] == "installed" {
+            assert_eq!(body["carrier"], "tmobile");
+            assert_eq!(body["state"], "active");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no installation callback: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 3. Drain T-Mobile's pool mid-run: the next activation fails over and says who served it.
+    s.sim(
+        reqwest::Method::PUT,
+        "/admin/operators/tmobile/pools/tmo-iot-data",
+        Some(json!({"available": 0})),
+    )
+    .await;
+    let second = order(&mut kit, None, "inv-b").await.unwrap();
+    assert_eq!(second.carrier, "verizon");
+    assert!(second.failovers[0].contains("tmobile") && second.failovers[0].contains("8.2.5/3.7"));
+    let (_, body) = s.get(&format!("/v1/esim/{}", second.iccid)).await;
+    assert_eq!(body["carrier"], "verizon");
+    assert_eq!(body["failovers"].as_array().unwrap().len(), 1);
+
+    // An explicit carrier with an empty pool and no failover is refused, and nothing is left allocated.
+    let refused = order(&mut kit, Some("tmobile"), "inv-c").await;
+    assert!(matches!(refused, Err(types::Error::Unavailable(_))));
+    assert_eq!(s.stranded().await, 0);
+
+    // 4. Lifecycle over HTTP, with 409 for an invalid transition.
+    let path = |a: &str| format!("/v1/esim/{}/{a}", sim.iccid);
+    let (st, body) = s.post(&path("suspend"), json!({})).await;
+    assert_eq!((st, body["state"].as_str()), (200, Some("suspended")));
+    let (st, body) = s.post(&path("suspend"), json!({})).await;
+    assert_eq!(st, 409, "{body}");
+    let (st, body) = s.post(&path("resume"), json!({})).await;
+    assert_eq!((st, body["state"].as_str()), (200, Some("active")));
+
+    // 5. A switch is priced and invoiced (402) for the payments flow to charge.
+    let (st, body) = s.post(&path("switch"), json!({"carrier": "att"})).await;
+    assert_eq!(st, 402, "{body}");
+    // 100 MB: tmobile $0.30 → att $0.32: fee $0.12 + $0.02.
+    assert_eq!(body["amount_usdc"], "0.14");
+    let (st, body) = s
+        .post(
+            &path("switch"),
+            json!({"carrier": "att", "region": "eu-central"}),
+        )
+        .await;
+    assert_eq!((st, body["error"]["field"].as_str()), (400, Some("body")));
+    let (st, body) = s.post(&path("switch"), json!({"carrier": "nope-co"})).await;
+    assert_eq!(
+        (st, body["error"]["field"].as_str()),
+        (400, Some("carrier")),
+        "{body}"
+    );
+
+    let (st, _) = s.post(&path("terminate"), json!({})).await;
+    assert_eq!(st, 200);
+    let (st, _) = s.post(&path("resume"), json!({})).await;
+    assert_eq!(st, 409);
+
+    // 6. Unknown and malformed ICCIDs.
+    let (st, _) = s.get("/v1/esim/8944478600003770170").await;
+    assert_eq!(st, 404);
+    let (st, body) = s.get("/v1/esim/12345").await;
+    assert_eq!((st, body["error"]["field"].as_str()), (400, Some("iccid")));
+    let (st, _) = s
+        .post(
+            "/gsma/rsp2/es2plus/handleDownloadProgressInfo",
+            json!({"iccid": "x"}),
+        )
+        .await;
+    assert_eq!(st, 400);
+
+    s.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_reply_is_recovered_and_returned_to_the_pool() {
+    let s = stack("300").await;
+    let mut kit = s.dispatch("300").await;
+    // T-Mobile executes DownloadOrder but answers after the client gave up: the profile is allocated and
+    // the facilitator never learns its ICCID.
+    s.sim(
+        reqwest::Method::PUT,
+        "/admin/operators/tmobile/faults",
+        Some(json!({"reply_delay_ms": 1500})),
+    )
+    .await;
+    let sim = order(&mut kit, None, "inv-lost").await.unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    assert!(sim.failovers[0].contains("timeout"), "{:?}", sim.failovers);
+    assert!(
+        s.stranded().await >= 1,
+        "the lost order holds a T-Mobile profile"
+    );
+
+    // T-Mobile recovers; the next order first replays the lost call id, learns the ICCID and cancels it.
+    s.sim(
+        reqwest::Method::PUT,
+        "/admin/operators/tmobile/faults",
+        Some(json!({})),
+    )
+    .await;
+    let next = order(&mut kit, None, "inv-next").await.unwrap();
+    assert_eq!(next.carrier, "tmobile");
+    assert_eq!(s.stranded().await, 0, "no profile stays allocated");
+    let queue: Value = serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(queue, json!([]));
+    s.app.stop().await;
+}
