@@ -18,6 +18,10 @@ struct Stack {
 }
 
 async fn stack(es2_timeout_ms: &str) -> Stack {
+    stack_with(es2_timeout_ms, &[]).await
+}
+
+async fn stack_with(es2_timeout_ms: &str, env: &[(&str, String)]) -> Stack {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let callback = format!(
         "http://{}/gsma/rsp2/es2plus/handleDownloadProgressInfo",
@@ -29,6 +33,9 @@ async fn stack(es2_timeout_ms: &str) -> Stack {
         .insert("SPIN_VARIABLE_SMDP_URL".into(), sim.url.clone());
     opts.env
         .insert("SPIN_VARIABLE_ES2_TIMEOUT_MS".into(), es2_timeout_ms.into());
+    for (k, v) in env {
+        opts.env.insert((*k).into(), v.clone());
+    }
     let app = spawn_app_on(opts, listener).await.unwrap();
     Stack {
         app,
@@ -218,12 +225,45 @@ async fn activation_callbacks_failover_and_lifecycle_through_the_host() {
         "{body}"
     );
 
+    // 6. A paid switch (the component call the payments flow will make): the new profile comes from AT&T,
+    // and the old SIM leaves service only when the simulator reports the new one installed.
+    let old = second.iccid.clone();
+    let new = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_perform_switch(
+                    a,
+                    old,
+                    types::SwitchTarget::Carrier("att".into()),
+                    "inv-switch".into(),
+                    1_764_000_100,
+                )
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.carrier, "att");
+    assert_eq!(new.replaces.as_deref(), Some(second.iccid.as_str()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = s.get(&format!("/v1/esim/{}", second.iccid)).await;
+        if body["state"] == "terminated" {
+            assert_eq!(body["replaced_by"].as_str(), Some(new.iccid.as_str()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "old SIM never retired: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, body) = s.get(&format!("/v1/esim/{}", new.iccid)).await;
+    assert_eq!(body["profile_state"], "installed");
+
     let (st, _) = s.post(&path("terminate"), json!({})).await;
     assert_eq!(st, 200);
     let (st, _) = s.post(&path("resume"), json!({})).await;
     assert_eq!(st, 409);
 
-    // 6. Unknown and malformed ICCIDs.
+    // 7. Unknown and malformed ICCIDs.
     let (st, _) = s.get("/v1/esim/8944478600003770170").await;
     assert_eq!(st, 404);
     let (st, body) = s.get("/v1/esim/12345").await;
@@ -271,5 +311,52 @@ async fn a_lost_reply_is_recovered_and_returned_to_the_pool() {
     assert_eq!(s.stranded().await, 0, "no profile stays allocated");
     let queue: Value = serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
     assert_eq!(queue, json!([]));
+    s.app.stop().await;
+}
+
+#[tokio::test]
+async fn the_host_denies_a_carrier_endpoint_outside_allowed_outbound_hosts() {
+    // The app's catalog points T-Mobile's ES2+ at a host that spin.toml does not allow; the order itself is
+    // placed by a kit using the default catalog, then the app terminates the SIM, which must CancelOrder.
+    let denied = esim402_core::esim::catalog::BUILTIN_TOML
+        .replace("{smdp_base}/tmobile", "http://127.0.0.2:9/tmobile");
+    let s = stack_with("2000", &[("SPIN_VARIABLE_CARRIER_CATALOG", denied)]).await;
+    let mut kit = s.dispatch("2000").await;
+    let sim = order(&mut kit, None, "inv-denied").await.unwrap();
+    assert_eq!(sim.carrier, "tmobile");
+
+    let (st, body) = s
+        .post(&format!("/v1/esim/{}/terminate", sim.iccid), json!({}))
+        .await;
+    assert_eq!(
+        (st, body["state"].as_str()),
+        (200, Some("terminated")),
+        "{body}"
+    );
+    // The host refused the request inside the guest: the simulator never saw a cancel, and the component
+    // queued it for a later sweep instead of forgetting it.
+    let profile = s
+        .sim(
+            reqwest::Method::GET,
+            &format!("/admin/operators/tmobile/profiles/{}", sim.iccid),
+            None,
+        )
+        .await;
+    assert_ne!(profile["state"], "Available", "{profile}");
+    let stats = s.sim(reqwest::Method::GET, "/admin/stats", None).await;
+    let tmobile = &stats["operators"]["tmobile"];
+    assert_eq!(
+        tmobile["downloadOrder"]["calls"].as_u64(),
+        Some(1),
+        "{stats}"
+    );
+    assert_eq!(
+        tmobile["cancelOrder"]["calls"].as_u64().unwrap_or(0),
+        0,
+        "{stats}"
+    );
+    let queue: Value = serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(queue[0]["kind"], "cancel");
+    assert_eq!(queue[0]["iccid"].as_str(), Some(sim.iccid.as_str()));
     s.app.stop().await;
 }
