@@ -1,0 +1,1 @@
+//! The tamper-evident money ledger (being written): hash-chained, append-only entries.
