@@ -298,6 +298,11 @@ fn enqueue(item: Cleanup) {
 /// Work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
 /// item), try each once, and re-queue what still fails.
 async fn sweep(cfg: &Config, max: usize) {
+    // The common case is an empty queue: a plain read, so concurrent orders do not contend on a write.
+    match kv::get_json::<Vec<Cleanup>, ()>(CLEANUP_KEY) {
+        Ok(Some(q)) if !q.is_empty() => {}
+        _ => return,
+    }
     let taken = kv::update_json_with::<Vec<Cleanup>, Vec<Cleanup>, ()>(CLEANUP_KEY, |q| {
         let mut q = q.unwrap_or_default();
         let taken: Vec<_> = q.drain(..q.len().min(max)).collect();
