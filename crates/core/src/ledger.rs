@@ -1,1 +1,631 @@
-//! The tamper-evident money ledger (being written): hash-chained, append-only entries.
+//! The tamper-evident money ledger: an append-only list of entries, each hash-chained to the one before.
+//!
+//! Every money event (invoice issued, payment verified, settlement submitted/confirmed/failed, refunds,
+//! activation outcome) becomes a [`LedgerEntry`]. An entry's `hash` is `keccak256(prev_hash ‖ canonical JSON)`,
+//! where the canonical JSON is every other field with sorted keys and no whitespace; the first entry links to the
+//! zero hash. Keep a [`ChainHead`] (entry count and last hash) next to the entries and append with
+//! [`ChainHead::append`]; [`verify_chain`] replays the chain and names the first entry that was edited, removed,
+//! reordered or given a forged hash. A chain cannot notice its own tail being cut off or wholly rewritten, so
+//! compare the replayed head with a head stored elsewhere ([`verify_against`]).
+//!
+//! ```
+//! use esim402_core::ledger::{verify_chain, ChainHead, EntryFields, EntryKind};
+//! use esim402_core::UsdcAmount;
+//!
+//! let mut head = ChainHead::genesis();
+//! let issued = head.append(1_700_000_000, EntryKind::InvoiceIssued,
+//!     EntryFields::default().invoice("inv_1").amount(UsdcAmount::from_micros(420_000)));
+//! let paid = head.append(1_700_000_060, EntryKind::PaymentVerified, EntryFields::default().invoice("inv_1"));
+//! assert_eq!(verify_chain([&issued, &paid]).unwrap(), head);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use alloy_primitives::{B256, keccak256};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::money::UsdcAmount;
+
+/// What happened, as recorded in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// An invoice was created and offered to a payer.
+    InvoiceIssued,
+    /// A payment for an invoice passed verification.
+    PaymentVerified,
+    /// A settlement transaction was broadcast (its hash is known; confirmation is not).
+    SettlementSubmitted,
+    /// A settlement transaction was mined successfully.
+    SettlementConfirmed,
+    /// A settlement failed (reverted, or rejected before broadcast).
+    SettlementFailed,
+    /// We owe the payer a refund (paid, but the service was not delivered).
+    RefundOwed,
+    /// A refund was paid out.
+    RefundPaid,
+    /// The eSIM activation the invoice paid for succeeded.
+    ActivationCompleted,
+    /// The eSIM activation the invoice paid for failed.
+    ActivationFailed,
+}
+
+impl EntryKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 9] = [
+        Self::InvoiceIssued,
+        Self::PaymentVerified,
+        Self::SettlementSubmitted,
+        Self::SettlementConfirmed,
+        Self::SettlementFailed,
+        Self::RefundOwed,
+        Self::RefundPaid,
+        Self::ActivationCompleted,
+        Self::ActivationFailed,
+    ];
+
+    /// The snake_case name used on the wire and in the canonical encoding.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvoiceIssued => "invoice_issued",
+            Self::PaymentVerified => "payment_verified",
+            Self::SettlementSubmitted => "settlement_submitted",
+            Self::SettlementConfirmed => "settlement_confirmed",
+            Self::SettlementFailed => "settlement_failed",
+            Self::RefundOwed => "refund_owed",
+            Self::RefundPaid => "refund_paid",
+            Self::ActivationCompleted => "activation_completed",
+            Self::ActivationFailed => "activation_failed",
+        }
+    }
+}
+
+impl fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The optional payload of an entry, built up with the chained setters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryFields {
+    /// The invoice the event belongs to.
+    pub invoice_id: Option<String>,
+    /// The amount of money involved.
+    pub amount: Option<UsdcAmount>,
+    /// The network (CAIP-2) the money moved on.
+    pub network: Option<String>,
+    /// The on-chain transaction hash.
+    pub tx_hash: Option<String>,
+    /// The payer's address.
+    pub payer: Option<String>,
+    /// Anything else worth keeping (reason strings, carrier ids, …). Never secrets.
+    pub details: BTreeMap<String, String>,
+}
+
+impl EntryFields {
+    /// Set the invoice id.
+    pub fn invoice(mut self, id: impl Into<String>) -> Self {
+        self.invoice_id = Some(id.into());
+        self
+    }
+
+    /// Set the amount.
+    pub fn amount(mut self, amount: UsdcAmount) -> Self {
+        self.amount = Some(amount);
+        self
+    }
+
+    /// Set the network.
+    pub fn network(mut self, network: impl Into<String>) -> Self {
+        self.network = Some(network.into());
+        self
+    }
+
+    /// Set the transaction hash.
+    pub fn tx_hash(mut self, hash: impl Into<String>) -> Self {
+        self.tx_hash = Some(hash.into());
+        self
+    }
+
+    /// Set the payer.
+    pub fn payer(mut self, payer: impl Into<String>) -> Self {
+        self.payer = Some(payer.into());
+        self
+    }
+
+    /// Add one detail.
+    pub fn detail(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.details.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// Where a chain ends: how many entries it has and the hash of the last one (zero for an empty chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Number of entries so far; also the `seq` the next entry gets.
+    pub count: u64,
+    /// Hash of the last entry, or zero before the first.
+    pub hash: B256,
+}
+
+impl ChainHead {
+    /// The head of an empty ledger.
+    pub const fn genesis() -> Self {
+        Self {
+            count: 0,
+            hash: B256::ZERO,
+        }
+    }
+
+    /// The head once `entry` has been appended.
+    pub fn after(entry: &LedgerEntry) -> Self {
+        Self {
+            count: entry.seq.saturating_add(1),
+            hash: entry.hash,
+        }
+    }
+
+    /// Build the next entry and advance this head past it.
+    pub fn append(&mut self, at: u64, kind: EntryKind, fields: EntryFields) -> LedgerEntry {
+        let entry = LedgerEntry::new(self, at, kind, fields);
+        *self = Self::after(&entry);
+        entry
+    }
+}
+
+impl Default for ChainHead {
+    fn default() -> Self {
+        Self::genesis()
+    }
+}
+
+impl fmt::Display for ChainHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} entries ending in {}", self.count, self.hash)
+    }
+}
+
+/// One ledger entry. Build it with [`LedgerEntry::new`] or [`ChainHead::append`]; the fields are public for
+/// reading, and any edit is caught by [`verify_chain`].
+///
+/// Serialises (and [`to_json_line`] exports) as the canonical JSON plus `hash`, keys sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerEntry {
+    /// Position in the chain, from 0.
+    pub seq: u64,
+    /// When it happened, in unix seconds (supplied by the caller).
+    pub at: u64,
+    /// What happened.
+    pub kind: EntryKind,
+    /// The invoice the event belongs to.
+    pub invoice_id: Option<String>,
+    /// The amount of money involved.
+    pub amount: Option<UsdcAmount>,
+    /// The network (CAIP-2) the money moved on.
+    pub network: Option<String>,
+    /// The on-chain transaction hash.
+    pub tx_hash: Option<String>,
+    /// The payer's address.
+    pub payer: Option<String>,
+    /// Free-form extra facts.
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+    /// Hash of the previous entry (zero for the first).
+    pub prev_hash: B256,
+    /// `keccak256(prev_hash ‖ canonical_bytes)`.
+    pub hash: B256,
+}
+
+impl LedgerEntry {
+    /// The entry that follows `head`: `seq = head.count`, `prev_hash = head.hash`, hash computed.
+    pub fn new(head: &ChainHead, at: u64, kind: EntryKind, fields: EntryFields) -> Self {
+        let EntryFields {
+            invoice_id,
+            amount,
+            network,
+            tx_hash,
+            payer,
+            details,
+        } = fields;
+        let mut entry = Self {
+            seq: head.count,
+            at,
+            kind,
+            invoice_id,
+            amount,
+            network,
+            tx_hash,
+            payer,
+            details,
+            prev_hash: head.hash,
+            hash: B256::ZERO,
+        };
+        entry.hash = entry.compute_hash();
+        entry
+    }
+
+    /// The canonical encoding: JSON of every field but `hash`, keys sorted, no whitespace. `None` is `null`,
+    /// amounts are decimal USDC strings, hashes `0x`-prefixed lowercase hex.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        self.to_value(false).to_string().into_bytes()
+    }
+
+    /// `keccak256(prev_hash ‖ canonical_bytes)`: what `hash` must be.
+    pub fn compute_hash(&self) -> B256 {
+        let canonical = self.canonical_bytes();
+        let mut preimage = Vec::with_capacity(32 + canonical.len());
+        preimage.extend_from_slice(self.prev_hash.as_slice());
+        preimage.extend_from_slice(&canonical);
+        keccak256(preimage)
+    }
+
+    /// The JSON object, keys inserted in sorted order so the output is sorted whichever map type serde_json
+    /// was built with (`preserve_order` keeps insertion order; the default `BTreeMap` sorts).
+    fn to_value(&self, with_hash: bool) -> Value {
+        fn opt(s: Option<&str>) -> Value {
+            s.map_or(Value::Null, |s| Value::String(s.to_owned()))
+        }
+        fn hex32(h: &B256) -> Value {
+            Value::String(format!("0x{}", hex::encode(h)))
+        }
+        let details: Map<String, Value> = self
+            .details
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let mut m = Map::new();
+        m.insert(
+            "amount".into(),
+            self.amount
+                .map_or(Value::Null, |a| Value::String(a.to_string())),
+        );
+        m.insert("at".into(), Value::from(self.at));
+        m.insert("details".into(), Value::Object(details));
+        if with_hash {
+            m.insert("hash".into(), hex32(&self.hash));
+        }
+        m.insert("invoice_id".into(), opt(self.invoice_id.as_deref()));
+        m.insert("kind".into(), Value::String(self.kind.as_str().into()));
+        m.insert("network".into(), opt(self.network.as_deref()));
+        m.insert("payer".into(), opt(self.payer.as_deref()));
+        m.insert("prev_hash".into(), hex32(&self.prev_hash));
+        m.insert("seq".into(), Value::from(self.seq));
+        m.insert("tx_hash".into(), opt(self.tx_hash.as_deref()));
+        Value::Object(m)
+    }
+}
+
+impl Serialize for LedgerEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_value(true).serialize(s)
+    }
+}
+
+/// One JSON-lines record for `entry`: its canonical JSON plus `hash`, keys sorted, ending in `\n`.
+pub fn to_json_line(entry: &LedgerEntry) -> String {
+    let mut line = entry.to_value(true).to_string();
+    line.push('\n');
+    line
+}
+
+/// Parse one JSON-lines record (surrounding whitespace ignored). The entry is not checked: run
+/// [`verify_chain`] over what you read.
+pub fn from_json_line(line: &str) -> Result<LedgerEntry, LedgerError> {
+    serde_json::from_str(line.trim()).map_err(|e| LedgerError::Malformed(e.to_string()))
+}
+
+/// Why a ledger failed to verify; `seq` is the first entry found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// The entry's contents do not hash to its stored `hash`: it was edited, or its hash forged.
+    #[error(
+        "entry {seq}: contents do not match the stored hash {stored} (they hash to {computed})"
+    )]
+    HashMismatch {
+        /// The entry.
+        seq: u64,
+        /// The hash stored in the entry.
+        stored: B256,
+        /// The hash its contents give.
+        computed: B256,
+    },
+    /// The entry's `prev_hash` is not the previous entry's hash: something before it was rewritten or removed.
+    #[error("entry {seq}: prev_hash {found} does not link to the previous entry's hash {expected}")]
+    BrokenLink {
+        /// The entry.
+        seq: u64,
+        /// The previous entry's hash.
+        expected: B256,
+        /// The `prev_hash` stored in the entry.
+        found: B256,
+    },
+    /// Entries are missing: the sequence jumps forward.
+    #[error("entries missing: expected seq {expected}, found {found}")]
+    Missing {
+        /// The seq that should have come next.
+        expected: u64,
+        /// The seq that came instead.
+        found: u64,
+    },
+    /// Entries are out of order or duplicated: the sequence goes backwards, or the expected entry comes later.
+    #[error("entries out of order: expected seq {expected}, found {found}")]
+    OutOfOrder {
+        /// The seq that should have come next.
+        expected: u64,
+        /// The seq that came instead.
+        found: u64,
+    },
+    /// The chain verifies but does not end where the stored head says (tail removed or chain rewritten).
+    #[error("ledger ends at {found}, but the stored head is {expected}")]
+    HeadMismatch {
+        /// The stored head.
+        expected: ChainHead,
+        /// Where the entries end.
+        found: ChainHead,
+    },
+    /// A JSON-lines record did not parse.
+    #[error("malformed ledger line: {0}")]
+    Malformed(String),
+}
+
+/// Replay a chain from genesis and return its head, or the first problem found.
+pub fn verify_chain<'a>(
+    entries: impl IntoIterator<Item = &'a LedgerEntry>,
+) -> Result<ChainHead, LedgerError> {
+    let mut head = ChainHead::genesis();
+    let mut iter = entries.into_iter();
+    while let Some(entry) = iter.next() {
+        let expected = head.count;
+        if entry.seq != expected {
+            // A later entry with the expected seq means this one was moved, not that entries were lost.
+            let reordered = entry.seq < expected || iter.any(|e| e.seq == expected);
+            return Err(if reordered {
+                LedgerError::OutOfOrder {
+                    expected,
+                    found: entry.seq,
+                }
+            } else {
+                LedgerError::Missing {
+                    expected,
+                    found: entry.seq,
+                }
+            });
+        }
+        let computed = entry.compute_hash();
+        if computed != entry.hash {
+            return Err(LedgerError::HashMismatch {
+                seq: entry.seq,
+                stored: entry.hash,
+                computed,
+            });
+        }
+        if entry.prev_hash != head.hash {
+            return Err(LedgerError::BrokenLink {
+                seq: entry.seq,
+                expected: head.hash,
+                found: entry.prev_hash,
+            });
+        }
+        head = ChainHead::after(entry);
+    }
+    Ok(head)
+}
+
+/// [`verify_chain`], then check the chain ends exactly at `expected` (a head kept apart from the entries).
+pub fn verify_against<'a>(
+    entries: impl IntoIterator<Item = &'a LedgerEntry>,
+    expected: &ChainHead,
+) -> Result<(), LedgerError> {
+    let found = verify_chain(entries)?;
+    if found == *expected {
+        Ok(())
+    } else {
+        Err(LedgerError::HeadMismatch {
+            expected: *expected,
+            found,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000;
+
+    fn chain(n: u64) -> (Vec<LedgerEntry>, ChainHead) {
+        let mut head = ChainHead::genesis();
+        let entries = (0..n)
+            .map(|i| {
+                let kind = EntryKind::ALL[(i % 9) as usize];
+                let fields = EntryFields::default()
+                    .invoice(format!("inv_{i:032x}"))
+                    .amount(UsdcAmount::from_micros(10_000 * (i + 1)))
+                    .network("eip155:84532")
+                    .detail("attempt", i.to_string());
+                let fields = if i % 3 == 0 {
+                    fields
+                        .tx_hash(format!("0x{:064x}", i))
+                        .payer("0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266")
+                } else {
+                    fields
+                };
+                head.append(T0 + i, kind, fields)
+            })
+            .collect();
+        (entries, head)
+    }
+
+    #[test]
+    fn hundred_entries_verify_to_their_head() {
+        let (entries, head) = chain(100);
+        assert_eq!(head.count, 100);
+        assert_eq!(head.hash, entries[99].hash);
+        assert_eq!(entries[0].prev_hash, B256::ZERO);
+        assert_eq!(verify_chain(&entries), Ok(head));
+        assert_eq!(verify_against(&entries, &head), Ok(()));
+        assert_eq!(verify_chain([]), Ok(ChainHead::genesis()));
+    }
+
+    #[test]
+    fn canonical_encoding_is_sorted_compact_and_hash_is_keccak_of_prev_and_it() {
+        let e = LedgerEntry::new(
+            &ChainHead::genesis(),
+            T0,
+            EntryKind::SettlementConfirmed,
+            EntryFields::default()
+                .invoice("inv_1")
+                .amount(UsdcAmount::from_micros(420_000))
+                .detail("z", "last")
+                .detail("a", "first \"quoted\""),
+        );
+        let zero = format!("0x{}", "0".repeat(64));
+        let expected = format!(
+            r#"{{"amount":"0.42","at":1700000000,"details":{{"a":"first \"quoted\"","z":"last"}},"invoice_id":"inv_1","kind":"settlement_confirmed","network":null,"payer":null,"prev_hash":"{zero}","seq":0,"tx_hash":null}}"#
+        );
+        assert_eq!(String::from_utf8(e.canonical_bytes()).unwrap(), expected);
+        let mut preimage = vec![0u8; 32];
+        preimage.extend_from_slice(expected.as_bytes());
+        assert_eq!(e.hash, keccak256(preimage));
+    }
+
+    #[test]
+    fn json_lines_round_trip_and_serialize_matches() {
+        let (entries, head) = chain(12);
+        let text: String = entries.iter().map(to_json_line).collect();
+        assert_eq!(text.lines().count(), 12);
+        let back: Vec<LedgerEntry> = text.lines().map(|l| from_json_line(l).unwrap()).collect();
+        assert_eq!(back, entries);
+        assert_eq!(verify_chain(&back), Ok(head));
+        assert_eq!(
+            serde_json::to_string(&entries[3]).unwrap() + "\n",
+            to_json_line(&entries[3])
+        );
+        assert!(matches!(
+            from_json_line(r#"{"seq":0}"#),
+            Err(LedgerError::Malformed(_))
+        ));
+        let line = to_json_line(&entries[0]).replace(r#""at":"#, r#""extra":1,"at":"#);
+        assert!(matches!(
+            from_json_line(&line),
+            Err(LedgerError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn every_kind_round_trips_as_snake_case() {
+        for kind in EntryKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<EntryKind>(&json).unwrap(), kind);
+        }
+    }
+
+    #[test]
+    fn edited_entry_is_a_hash_mismatch() {
+        let (mut entries, _) = chain(100);
+        entries[42].amount = Some(UsdcAmount::from_micros(1));
+        let stored = entries[42].hash;
+        assert_eq!(
+            verify_chain(&entries),
+            Err(LedgerError::HashMismatch {
+                seq: 42,
+                stored,
+                computed: entries[42].compute_hash()
+            })
+        );
+        let (mut entries, _) = chain(10);
+        entries[7].details.insert("note".into(), "sneaky".into());
+        assert!(matches!(
+            verify_chain(&entries),
+            Err(LedgerError::HashMismatch { seq: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn forged_hash_is_caught_on_the_entry_or_the_next_link() {
+        // An arbitrary hash written over the entry's own.
+        let (mut entries, _) = chain(100);
+        entries[10].hash = B256::repeat_byte(0xab);
+        assert!(matches!(
+            verify_chain(&entries),
+            Err(LedgerError::HashMismatch { seq: 10, .. })
+        ));
+        // Edited and re-hashed so the entry is self-consistent: the next entry no longer links to it.
+        let (mut entries, _) = chain(100);
+        entries[10].amount = Some(UsdcAmount::from_micros(1));
+        entries[10].hash = entries[10].compute_hash();
+        let forged = entries[10].hash;
+        assert!(matches!(
+            verify_chain(&entries),
+            Err(LedgerError::BrokenLink { seq: 11, found, expected }) if expected == forged && found != forged
+        ));
+    }
+
+    #[test]
+    fn removed_entry_is_missing_or_a_broken_link() {
+        let (mut entries, head) = chain(100);
+        entries.remove(50);
+        assert_eq!(
+            verify_chain(&entries),
+            Err(LedgerError::Missing {
+                expected: 50,
+                found: 51
+            })
+        );
+        // Renumbered after the removal, with each moved entry re-hashed: the first one no longer links back.
+        for e in &mut entries[50..] {
+            e.seq -= 1;
+            e.hash = e.compute_hash();
+        }
+        assert!(matches!(
+            verify_chain(&entries),
+            Err(LedgerError::BrokenLink { seq: 50, .. })
+        ));
+        // Cutting off the tail leaves a valid chain; only the stored head catches it.
+        let (mut entries, _) = chain(100);
+        entries.truncate(99);
+        assert!(verify_chain(&entries).is_ok());
+        assert!(matches!(
+            verify_against(&entries, &head),
+            Err(LedgerError::HeadMismatch { found, .. }) if found.count == 99
+        ));
+    }
+
+    #[test]
+    fn reordered_or_duplicated_entries_are_out_of_order() {
+        let (mut entries, _) = chain(100);
+        entries.swap(20, 21);
+        assert_eq!(
+            verify_chain(&entries),
+            Err(LedgerError::OutOfOrder {
+                expected: 20,
+                found: 21
+            })
+        );
+        let (mut entries, _) = chain(100);
+        let dup = entries[30].clone();
+        entries.insert(31, dup);
+        assert_eq!(
+            verify_chain(&entries),
+            Err(LedgerError::OutOfOrder {
+                expected: 31,
+                found: 30
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_entry() {
+        let err = LedgerError::Missing {
+            expected: 5,
+            found: 7,
+        };
+        assert_eq!(err.to_string(), "entries missing: expected seq 5, found 7");
+    }
+}

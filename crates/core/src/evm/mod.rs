@@ -1,2 +1,25 @@
-//! EVM plumbing for settlement and tx-hash proofs (being written): JSON-RPC shapes, EIP-1559 transactions,
-//! receipts and ERC-20 `Transfer` logs.
+//! EVM plumbing for settlement and tx-hash proofs, all pure: the caller does the HTTP and the storage.
+//!
+//! - [`rpc`]: JSON-RPC 2.0 requests and typed response decoding for the few `eth_*` methods we use.
+//! - [`tx`]: build and sign EIP-1559 transactions with the facilitator's key.
+//! - [`receipt`]: transaction receipts, ERC-20 `Transfer` logs and the checks behind a tx-hash payment proof.
+//! - [`nonce`]: the per-signer nonce bookkeeping kept in key-value storage.
+//! - [`quantity`]: the hex encodings of JSON-RPC quantities, data, hashes and addresses.
+//!
+//! A settlement reads: `rpc::EthGetTransactionCount` + [`nonce::NonceState::reserve`] → fees from
+//! `rpc::EthGetBlockByNumber`/`rpc::EthMaxPriorityFeePerGas` → [`tx::sign_eip1559`] →
+//! `rpc::EthSendRawTransaction` → `rpc::EthGetTransactionReceipt` → [`receipt::find_erc20_transfers`].
+
+pub mod nonce;
+pub mod quantity;
+pub mod receipt;
+pub mod rpc;
+pub mod tx;
+
+pub use nonce::NonceState;
+pub use receipt::{
+    ProofError, ProofRequirements, TRANSFER_TOPIC, TransactionReceipt, Transfer,
+    check_tx_hash_proof, find_erc20_transfers,
+};
+pub use rpc::{Method, RpcError, RpcRequest, RpcResponse};
+pub use tx::{Eip1559Tx, SignedTx, SigningKey, address_of, sign_eip1559};

@@ -1,44 +1,46 @@
-//! x402 wire messages built from invoices: the v2 `PAYMENT-REQUIRED` challenge (standard padded base64 over
-//! JSON, carried in a header) and the v1 JSON body. Field names and rules follow `reference/x402.md` §1–2.
+//! x402 (`reference/x402.md`): the pure kernel of our facilitator and resource server.
+//!
+//! - [`networks`]: the chains we take USDC on, as configuration (`crates/core/catalog/networks.toml`).
+//! - [`wire`]: the v1/v2 JSON messages; [`header`]: the base64 header codecs, whose errors are typed 400s.
+//! - [`requirements`]: challenges built from an invoice, and matching a payload against them.
+//! - [`exact`]: EIP-3009 `exact` verification in the reference's check order, EIP-712 hashing, signature
+//!   recovery and token calldata; [`reason`]: the wire reason strings.
+//!
+//! Nothing here does I/O or reads a clock: callers pass `now` and what the chain said.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use serde_json::{Value, json};
+pub mod exact;
+pub mod header;
+pub mod networks;
+pub mod reason;
+pub mod requirements;
+pub mod wire;
+
+use serde_json::Value;
+
+pub use exact::{ChainFacts, TokenDomain, TransferAuthorization, verify_exact, verify_request};
+pub use header::{
+    HeaderError, decode_payment_signature_header, decode_x_payment_header,
+    encode_payment_response_header,
+};
+pub use networks::{NetworkConfig, Networks};
+pub use reason::InvalidReason;
+pub use requirements::MAX_TIMEOUT_SECONDS;
+pub use wire::{
+    PaymentPayload, PaymentRequired, PaymentRequirements, SettleResponse, SupportedResponse,
+    VerifyRequest, VerifyResponse,
+};
 
 use crate::invoice::Invoice;
 
-/// Seconds a client's authorization may stay valid (`maxTimeoutSeconds`).
-pub const MAX_TIMEOUT_SECONDS: u64 = 300;
-
-/// The v2 `PaymentRequired` object for an invoice: one `exact` entry per payment option.
+/// The v2 `PaymentRequired` object for an invoice, as JSON: one `exact` entry per payment option.
 pub fn payment_required_v2(invoice: &Invoice, resource_url: &str) -> Value {
-    let accepts: Vec<Value> = invoice
-        .accepts
-        .iter()
-        .map(|o| {
-            json!({
-                "scheme": "exact",
-                "network": o.network.to_string(),
-                "amount": o.amount_atomic,
-                "asset": o.asset,
-                "payTo": o.pay_to,
-                "maxTimeoutSeconds": MAX_TIMEOUT_SECONDS,
-                "extra": { "name": o.eip712_name, "version": o.eip712_version },
-            })
-        })
-        .collect();
-    json!({
-        "x402Version": 2,
-        "error": "PAYMENT-SIGNATURE header is required",
-        "resource": { "url": resource_url, "description": "eSIM activation", "mimeType": "application/json" },
-        "accepts": accepts,
-        "extensions": {},
-    })
+    serde_json::to_value(requirements::payment_required(invoice, resource_url))
+        .expect("x402 wire types serialise infallibly")
 }
 
 /// The `PAYMENT-REQUIRED` header value: standard base64 (with padding) of the v2 JSON.
 pub fn payment_required_header(invoice: &Invoice, resource_url: &str) -> String {
-    STANDARD.encode(payment_required_v2(invoice, resource_url).to_string())
+    header::encode_payment_required_header(&requirements::payment_required(invoice, resource_url))
 }
 
 #[cfg(test)]
@@ -46,6 +48,8 @@ mod tests {
     use super::*;
     use crate::invoice::{PaymentOption, Purchase};
     use crate::{InvoiceId, Network, UsdcAmount};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
 
     #[test]
     fn header_decodes_to_exact_entries_with_domain() {

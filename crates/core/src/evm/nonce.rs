@@ -1,0 +1,202 @@
+//! Per-signer nonce bookkeeping, kept in key-value storage and updated by compare-and-swap.
+//!
+//! Spin runs a fresh instance per request, so two settlements may sign at once with the same key. Each reads the
+//! stored [`NonceState`], calls [`NonceState::reserve`] with the node's `eth_getTransactionCount(pending)`, and
+//! writes the state back with compare-and-swap (retrying on conflict) *before* signing. The rules:
+//!
+//! - A reserved nonce is never handed out again while it is held, and never below what the chain has used.
+//! - [`release_on_failure`](NonceState::release_on_failure) returns a nonce whose transaction was certainly
+//!   **not** broadcast (signing failed, or the node rejected it outright: "nonce too low", "insufficient funds").
+//!   The next reservation reuses it first, so no gap stalls later transactions.
+//! - A nonce whose transaction was, or may have been, broadcast (sent, timed out, connection dropped) is never
+//!   released: reusing it would replace or race the first transaction. It leaves the state once the chain's
+//!   count passes it.
+//! - [`reset`](NonceState::reset) forgets everything and reseeds from the chain, for when the reference advice
+//!   ("reset on any send/receipt failure") applies and no other settlement of this signer is in flight.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+/// The nonce state of one signer on one chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NonceState {
+    /// The lowest nonce never handed out.
+    pub next: u64,
+    /// Nonces handed out and not yet passed by the chain's count (in flight or possibly broadcast).
+    pub pending: BTreeSet<u64>,
+    /// Nonces given back unbroadcast, to be reused before `next`.
+    #[serde(default)]
+    pub released: BTreeSet<u64>,
+}
+
+impl NonceState {
+    /// A state seeded from the chain's pending transaction count.
+    pub fn new(chain_pending_count: u64) -> Self {
+        Self {
+            next: chain_pending_count,
+            ..Self::default()
+        }
+    }
+
+    /// Forget nonces the chain has passed: `chain_pending_count` is `eth_getTransactionCount(pending)`.
+    /// Counts are monotonic on chain, but a lagging node may report an older one; that only keeps entries longer.
+    pub fn observe(&mut self, chain_pending_count: u64) {
+        self.pending = self.pending.split_off(&chain_pending_count);
+        self.released = self.released.split_off(&chain_pending_count);
+        self.next = self.next.max(chain_pending_count);
+    }
+
+    /// Hand out a nonce: the lowest released one still ahead of the chain, else `max(next, chain count)`.
+    pub fn reserve(&mut self, chain_pending_count: u64) -> u64 {
+        self.observe(chain_pending_count);
+        let nonce = match self.released.pop_first() {
+            Some(n) => n,
+            None => {
+                let n = self.next;
+                self.next = n.saturating_add(1);
+                n
+            }
+        };
+        self.pending.insert(nonce);
+        nonce
+    }
+
+    /// Give back `nonce` because its transaction was certainly not broadcast. Returns `false` (and changes
+    /// nothing) if the nonce is not currently held.
+    pub fn release_on_failure(&mut self, nonce: u64) -> bool {
+        if !self.pending.remove(&nonce) {
+            return false;
+        }
+        if nonce.saturating_add(1) == self.next {
+            // The newest nonce: just step back instead of leaving a hole to fill.
+            self.next = nonce;
+            // Earlier released holes directly below collapse the same way.
+            while let Some(&last) = self.released.last() {
+                if last.saturating_add(1) != self.next {
+                    break;
+                }
+                self.released.pop_last();
+                self.next = last;
+            }
+        } else {
+            self.released.insert(nonce);
+        }
+        true
+    }
+
+    /// Drop all bookkeeping and reseed from the chain.
+    pub fn reset(&mut self, chain_pending_count: u64) {
+        *self = Self::new(chain_pending_count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserves_consecutive_nonces_from_the_chain_count() {
+        let mut s = NonceState::default();
+        assert_eq!(s.reserve(5), 5);
+        assert_eq!(s.reserve(5), 6);
+        assert_eq!(s.reserve(5), 7);
+        assert_eq!(s.pending, BTreeSet::from([5, 6, 7]));
+        assert_eq!(s.next, 8);
+    }
+
+    #[test]
+    fn chain_ahead_of_the_store_wins() {
+        // Someone else used the key, or the store was lost: never go below the chain.
+        let mut s = NonceState::new(3);
+        assert_eq!(s.reserve(3), 3);
+        assert_eq!(s.reserve(10), 10);
+        assert_eq!(s.pending, BTreeSet::from([10]));
+    }
+
+    #[test]
+    fn lagging_node_never_reissues_a_held_nonce() {
+        let mut s = NonceState::default();
+        assert_eq!(s.reserve(10), 10);
+        assert_eq!(s.reserve(10), 11);
+        // A node behind the others reports an older count.
+        assert_eq!(s.reserve(4), 12);
+        assert_eq!(s.pending, BTreeSet::from([10, 11, 12]));
+    }
+
+    #[test]
+    fn unbroadcast_nonce_is_reused_first() {
+        let mut s = NonceState::default();
+        let a = s.reserve(0);
+        let b = s.reserve(0);
+        let c = s.reserve(0);
+        assert_eq!((a, b, c), (0, 1, 2));
+        // b's signing failed before broadcast; c is in flight and needs b filled.
+        assert!(s.release_on_failure(b));
+        assert_eq!(s.released, BTreeSet::from([1]));
+        assert_eq!(s.reserve(0), 1);
+        assert_eq!(s.reserve(0), 3);
+    }
+
+    #[test]
+    fn releasing_the_newest_steps_back() {
+        let mut s = NonceState::default();
+        let a = s.reserve(0);
+        let b = s.reserve(0);
+        let c = s.reserve(0);
+        assert!(s.release_on_failure(b));
+        assert!(s.release_on_failure(c));
+        assert_eq!(s.next, 1, "both holes collapse");
+        assert!(s.released.is_empty());
+        assert_eq!(s.pending, BTreeSet::from([a]));
+        assert_eq!(s.reserve(0), 1);
+    }
+
+    #[test]
+    fn releasing_twice_or_a_foreign_nonce_does_nothing() {
+        let mut s = NonceState::default();
+        let a = s.reserve(0);
+        let _b = s.reserve(0);
+        assert!(s.release_on_failure(a));
+        assert!(!s.release_on_failure(a));
+        assert!(!s.release_on_failure(99));
+        assert_eq!(s.reserve(0), a);
+        assert_eq!(s.reserve(0), 2);
+    }
+
+    #[test]
+    fn broadcast_nonces_leave_only_when_the_chain_passes_them() {
+        let mut s = NonceState::default();
+        for _ in 0..3 {
+            s.reserve(0);
+        }
+        // 0 and 1 were broadcast and mined; 2 is still out there.
+        s.observe(2);
+        assert_eq!(s.pending, BTreeSet::from([2]));
+        assert_eq!(s.reserve(2), 3);
+        // A released nonce the chain has since used (another process) is not handed out.
+        assert!(s.release_on_failure(2));
+        assert_eq!(s.reserve(5), 5);
+        assert!(s.released.is_empty());
+    }
+
+    #[test]
+    fn reset_reseeds() {
+        let mut s = NonceState::default();
+        s.reserve(0);
+        s.reserve(0);
+        s.reset(9);
+        assert_eq!(s, NonceState::new(9));
+        assert_eq!(s.reserve(0), 9);
+    }
+
+    #[test]
+    fn stored_as_json() {
+        let mut s = NonceState::default();
+        s.reserve(4);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, r#"{"next":5,"pending":[4],"released":[]}"#);
+        let old: NonceState = serde_json::from_str(r#"{"next":5,"pending":[4]}"#).unwrap();
+        assert_eq!(old, s);
+    }
+}

@@ -1,0 +1,616 @@
+//! Transaction receipts and ERC-20 `Transfer` logs: the evidence behind a settlement and a tx-hash payment proof.
+//!
+//! [`TransactionReceipt`] is the subset of an `eth_getTransactionReceipt` result we rely on, parsed strictly.
+//! [`find_erc20_transfers`] decodes the token's `Transfer(address,address,uint256)` logs, and
+//! [`check_tx_hash_proof`] decides whether a mined transaction pays an invoice: it succeeded, moved the right
+//! token to the right recipient from the expected payer, for at least the price, and is buried deeply enough.
+//! Everything is bound to the token's own `Transfer` logs, never to the transaction's `from`/`to`: a payment
+//! may come through a smart wallet or an EIP-3009 relayer, but the money only moves where the token says it did.
+
+use alloy_primitives::{Address, B256, Bytes, U256, b256};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::quantity::{self, HexError};
+
+/// `keccak256("Transfer(address,address,uint256)")`, topic 0 of every ERC-20 transfer log.
+pub const TRANSFER_TOPIC: B256 =
+    b256!("0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef");
+
+/// A receipt that does not have the shape of an `eth_getTransactionReceipt` result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed receipt: {0}")]
+pub struct ReceiptError(pub String);
+
+fn field<T>(
+    name: &str,
+    s: &str,
+    parse: impl FnOnce(&str) -> Result<T, HexError>,
+) -> Result<T, ReceiptError> {
+    parse(s).map_err(|e| ReceiptError(format!("{name}: {e}")))
+}
+
+/// One log entry of a receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawLog")]
+pub struct Log {
+    /// The contract that emitted it.
+    pub address: Address,
+    /// Indexed topics; topic 0 is the event signature hash.
+    pub topics: Vec<B256>,
+    /// Non-indexed data.
+    pub data: Bytes,
+    /// Set when a reorg removed the log; such logs prove nothing.
+    pub removed: bool,
+}
+
+#[derive(Deserialize)]
+struct RawLog {
+    address: String,
+    topics: Vec<String>,
+    data: String,
+    #[serde(default)]
+    removed: bool,
+}
+
+impl TryFrom<RawLog> for Log {
+    type Error = ReceiptError;
+    fn try_from(raw: RawLog) -> Result<Self, ReceiptError> {
+        Ok(Self {
+            address: field("log address", &raw.address, quantity::parse_address)?,
+            topics: raw
+                .topics
+                .iter()
+                .map(|t| field("log topic", t, quantity::parse_b256))
+                .collect::<Result<_, _>>()?,
+            data: field("log data", &raw.data, quantity::parse_data)?,
+            removed: raw.removed,
+        })
+    }
+}
+
+/// The part of a transaction receipt we use.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawReceipt")]
+pub struct TransactionReceipt {
+    /// `true` if the transaction succeeded (`status: "0x1"`), `false` if it reverted.
+    pub status: bool,
+    /// The block it was mined in.
+    pub block_number: u64,
+    /// Its hash.
+    pub transaction_hash: B256,
+    /// The transaction's sender (for a relayed payment: the relayer, not the payer).
+    pub from: Address,
+    /// The called address; `None` for contract creation.
+    pub to: Option<Address>,
+    /// Logs, in order.
+    pub logs: Vec<Log>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawReceipt {
+    status: Option<String>,
+    block_number: Option<String>,
+    transaction_hash: String,
+    from: String,
+    to: Option<String>,
+    logs: Vec<RawLog>,
+}
+
+impl TryFrom<RawReceipt> for TransactionReceipt {
+    type Error = ReceiptError;
+    fn try_from(raw: RawReceipt) -> Result<Self, ReceiptError> {
+        let status = match raw.status.as_deref() {
+            Some(s) => match field("status", s, quantity::parse_u64)? {
+                0 => false,
+                1 => true,
+                n => return Err(ReceiptError(format!("status must be 0x0 or 0x1, got {n}"))),
+            },
+            None => return Err(ReceiptError("no status (pre-Byzantium receipt)".into())),
+        };
+        let block_number = raw
+            .block_number
+            .as_deref()
+            .ok_or_else(|| ReceiptError("no blockNumber (not mined)".into()))?;
+        Ok(Self {
+            status,
+            block_number: field("blockNumber", block_number, quantity::parse_u64)?,
+            transaction_hash: field(
+                "transactionHash",
+                &raw.transaction_hash,
+                quantity::parse_b256,
+            )?,
+            from: field("from", &raw.from, quantity::parse_address)?,
+            to: raw
+                .to
+                .as_deref()
+                .map(|t| field("to", t, quantity::parse_address))
+                .transpose()?,
+            logs: raw
+                .logs
+                .into_iter()
+                .map(Log::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl TransactionReceipt {
+    /// Parse the `result` of `eth_getTransactionReceipt` (not null: a missing receipt is the caller's `None`).
+    pub fn from_json(value: Value) -> Result<Self, ReceiptError> {
+        serde_json::from_value(value).map_err(|e| {
+            let msg = e.to_string();
+            ReceiptError(
+                msg.strip_prefix("malformed receipt: ")
+                    .unwrap_or(&msg)
+                    .to_owned(),
+            )
+        })
+    }
+
+    /// Confirmations at chain head `head_block`: the mining block counts as one; 0 if the node is behind it.
+    pub fn confirmations(&self, head_block: u64) -> u64 {
+        head_block
+            .checked_sub(self.block_number)
+            .map_or(0, |d| d.saturating_add(1))
+    }
+}
+
+/// One ERC-20 transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// Tokens left this address.
+    pub from: Address,
+    /// Tokens arrived at this address.
+    pub to: Address,
+    /// Atomic token units.
+    pub value: U256,
+}
+
+/// `None` if `log` is not an ERC-20 `Transfer` event; `Some(Err)` if it claims to be one but is misshapen
+/// (wrong topic count, data not one word, or address topics with non-zero padding).
+fn decode_transfer(log: &Log) -> Option<Result<Transfer, ReceiptError>> {
+    if log.removed || log.topics.first() != Some(&TRANSFER_TOPIC) {
+        return None;
+    }
+    let address_topic = |t: &B256| {
+        if t[..12].iter().all(|&b| b == 0) {
+            Ok(Address::from_word(*t))
+        } else {
+            Err(ReceiptError("Transfer topic is not an address".into()))
+        }
+    };
+    Some(match (log.topics.as_slice(), log.data.len()) {
+        ([_, from, to], 32) => address_topic(from).and_then(|from| {
+            Ok(Transfer {
+                from,
+                to: address_topic(to)?,
+                value: U256::from_be_slice(&log.data),
+            })
+        }),
+        _ => Err(ReceiptError(format!(
+            "Transfer log with {} topics and {} data bytes",
+            log.topics.len(),
+            log.data.len()
+        ))),
+    })
+}
+
+/// The `Transfer` events emitted by `token` in this receipt, in log order. Logs from other contracts, removed
+/// logs and misshapen `Transfer` logs are skipped.
+pub fn find_erc20_transfers(receipt: &TransactionReceipt, token: Address) -> Vec<Transfer> {
+    receipt
+        .logs
+        .iter()
+        .filter(|l| l.address == token)
+        .filter_map(decode_transfer)
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// What a tx-hash payment proof must show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProofRequirements {
+    /// The token contract (USDC on the invoice's network).
+    pub token: Address,
+    /// Who must receive the tokens (the invoice's `payTo`).
+    pub recipient: Address,
+    /// The least acceptable total, in atomic units.
+    pub min_amount: U256,
+    /// Who must have paid: binds the payment to the payer presenting it.
+    pub payer: Address,
+    /// Confirmations required (the mining block counts as one; 0 or 1 accept any mined receipt).
+    pub min_confirmations: u64,
+}
+
+/// Why a receipt does not prove the payment. Only [`ProofError::NotEnoughConfirmations`] may change with time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// The receipt did not parse, or the token emitted a misshapen `Transfer` log.
+    #[error(transparent)]
+    Malformed(#[from] ReceiptError),
+    /// The transaction reverted (status 0).
+    #[error("transaction {tx_hash} reverted")]
+    Reverted {
+        /// The transaction.
+        tx_hash: B256,
+    },
+    /// The token contract emitted no `Transfer`: wrong token, or not a token transfer at all.
+    #[error("no Transfer of token {token} in the transaction")]
+    NoTokenTransfer {
+        /// The token required.
+        token: Address,
+    },
+    /// The token moved, but not to the recipient.
+    #[error("tokens went to {found:?}, not to {expected}")]
+    WrongRecipient {
+        /// The recipient required.
+        expected: Address,
+        /// Where the token's transfers went.
+        found: Vec<Address>,
+    },
+    /// Tokens reached the recipient, but from someone other than the payer.
+    #[error("tokens came from {found:?}, not from the payer {expected}")]
+    PayerMismatch {
+        /// The payer required.
+        expected: Address,
+        /// Who sent the transfers to the recipient.
+        found: Vec<Address>,
+    },
+    /// The payer sent the recipient less than the price.
+    #[error("paid {paid}, but {required} is required")]
+    Underpaid {
+        /// Total paid (atomic units).
+        paid: U256,
+        /// Required (atomic units).
+        required: U256,
+    },
+    /// Valid, but not yet buried deeply enough: ask again later.
+    #[error("{have} confirmations, {need} required")]
+    NotEnoughConfirmations {
+        /// Confirmations so far.
+        have: u64,
+        /// Confirmations required.
+        need: u64,
+    },
+}
+
+impl ProofError {
+    /// `true` when waiting may turn the failure into a success.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::NotEnoughConfirmations { .. })
+    }
+}
+
+/// Check that `receipt` pays `req` with chain head at `head_block`. On success returns the payment as one
+/// transfer from the payer to the recipient, for the sum of all such transfers in the transaction.
+///
+/// Checks, in order: succeeded; the token emitted well-formed `Transfer`s; one reaches the recipient; from the
+/// payer; the total covers `min_amount`; enough confirmations. Terminal failures are reported before the
+/// retryable confirmation count.
+pub fn check_tx_hash_proof(
+    receipt: &TransactionReceipt,
+    req: &ProofRequirements,
+    head_block: u64,
+) -> Result<Transfer, ProofError> {
+    if !receipt.status {
+        return Err(ProofError::Reverted {
+            tx_hash: receipt.transaction_hash,
+        });
+    }
+    let transfers: Vec<Transfer> = receipt
+        .logs
+        .iter()
+        .filter(|l| l.address == req.token)
+        .filter_map(decode_transfer)
+        .collect::<Result<_, _>>()?;
+    if transfers.is_empty() {
+        return Err(ProofError::NoTokenTransfer { token: req.token });
+    }
+    let to_recipient: Vec<&Transfer> = transfers.iter().filter(|t| t.to == req.recipient).collect();
+    if to_recipient.is_empty() {
+        return Err(ProofError::WrongRecipient {
+            expected: req.recipient,
+            found: transfers.iter().map(|t| t.to).collect(),
+        });
+    }
+    let from_payer: Vec<&&Transfer> = to_recipient
+        .iter()
+        .filter(|t| t.from == req.payer)
+        .collect();
+    if from_payer.is_empty() {
+        return Err(ProofError::PayerMismatch {
+            expected: req.payer,
+            found: to_recipient.iter().map(|t| t.from).collect(),
+        });
+    }
+    let paid = from_payer
+        .iter()
+        .fold(U256::ZERO, |sum, t| sum.saturating_add(t.value));
+    if paid < req.min_amount {
+        return Err(ProofError::Underpaid {
+            paid,
+            required: req.min_amount,
+        });
+    }
+    let have = receipt.confirmations(head_block);
+    if have < req.min_confirmations {
+        return Err(ProofError::NotEnoughConfirmations {
+            have,
+            need: req.min_confirmations,
+        });
+    }
+    Ok(Transfer {
+        from: req.payer,
+        to: req.recipient,
+        value: paid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::{address, keccak256};
+    use serde_json::json;
+
+    const USDC: Address = address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+    const OTHER_TOKEN: Address = address!("0x5425890298aed601595a70AB815c96711a31Bc65");
+    const PAYER: Address = address!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
+    const PAY_TO: Address = address!("0x209693Bc6afc0C5328bA36FaF03C514EF312287C");
+    const STRANGER: Address = address!("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC");
+    const RELAYER: Address = address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
+
+    fn transfer_log(token: Address, from: Address, to: Address, value: u64) -> Value {
+        json!({
+            "address": token.to_string(),
+            "topics": [TRANSFER_TOPIC.to_string(), from.into_word().to_string(), to.into_word().to_string()],
+            "data": B256::from(U256::from(value)).to_string(),
+            "blockNumber": "0x64", "logIndex": "0x0", "removed": false
+        })
+    }
+
+    fn receipt_json(status: &str, logs: Vec<Value>) -> Value {
+        json!({
+            "status": status, "blockNumber": "0x64", "transactionHash": B256::repeat_byte(0xaa).to_string(),
+            "from": RELAYER.to_string(), "to": USDC.to_string(), "logs": logs,
+            "gasUsed": "0xb5c8", "cumulativeGasUsed": "0xb5c8", "type": "0x2",
+            "effectiveGasPrice": "0x3b9aca00", "contractAddress": null, "logsBloom": "0x00"
+        })
+    }
+
+    fn receipt(status: &str, logs: Vec<Value>) -> TransactionReceipt {
+        TransactionReceipt::from_json(receipt_json(status, logs)).unwrap()
+    }
+
+    fn req() -> ProofRequirements {
+        ProofRequirements {
+            token: USDC,
+            recipient: PAY_TO,
+            min_amount: U256::from(10_000u64),
+            payer: PAYER,
+            min_confirmations: 3,
+        }
+    }
+
+    const HEAD: u64 = 0x64 + 2; // three confirmations
+
+    #[test]
+    fn transfer_topic_is_the_event_signature_hash() {
+        assert_eq!(
+            TRANSFER_TOPIC,
+            keccak256("Transfer(address,address,uint256)")
+        );
+    }
+
+    #[test]
+    fn parses_a_node_receipt() {
+        let r = receipt("0x1", vec![transfer_log(USDC, PAYER, PAY_TO, 10_000)]);
+        assert!(r.status);
+        assert_eq!(r.block_number, 100);
+        assert_eq!(r.transaction_hash, B256::repeat_byte(0xaa));
+        assert_eq!(r.from, RELAYER);
+        assert_eq!(r.to, Some(USDC));
+        assert_eq!(r.logs.len(), 1);
+        assert_eq!(r.logs[0].topics[0], TRANSFER_TOPIC);
+        let via_serde: TransactionReceipt =
+            serde_json::from_value(receipt_json("0x1", vec![])).unwrap();
+        assert!(via_serde.logs.is_empty());
+        assert_eq!(r.confirmations(100), 1);
+        assert_eq!(r.confirmations(HEAD), 3);
+        assert_eq!(r.confirmations(99), 0);
+    }
+
+    #[test]
+    fn finds_only_the_tokens_transfers() {
+        let mut removed = transfer_log(USDC, STRANGER, PAY_TO, 5);
+        removed["removed"] = json!(true);
+        let approval = json!({"address": USDC.to_string(),
+            "topics": [keccak256("Approval(address,address,uint256)").to_string(), PAYER.into_word().to_string(), PAY_TO.into_word().to_string()],
+            "data": B256::ZERO.to_string()});
+        let r = receipt(
+            "0x1",
+            vec![
+                transfer_log(OTHER_TOKEN, PAYER, PAY_TO, 1),
+                approval,
+                transfer_log(USDC, PAYER, PAY_TO, 7),
+                removed,
+                transfer_log(USDC, PAY_TO, STRANGER, 3),
+            ],
+        );
+        assert_eq!(
+            find_erc20_transfers(&r, USDC),
+            vec![
+                Transfer {
+                    from: PAYER,
+                    to: PAY_TO,
+                    value: U256::from(7)
+                },
+                Transfer {
+                    from: PAY_TO,
+                    to: STRANGER,
+                    value: U256::from(3)
+                },
+            ]
+        );
+        assert_eq!(find_erc20_transfers(&r, OTHER_TOKEN).len(), 1);
+        assert!(find_erc20_transfers(&r, STRANGER).is_empty());
+    }
+
+    #[test]
+    fn a_good_proof_passes_and_sums_the_payers_transfers() {
+        let r = receipt(
+            "0x1",
+            vec![
+                transfer_log(USDC, PAYER, PAY_TO, 6_000),
+                transfer_log(USDC, STRANGER, PAY_TO, 50_000),
+                transfer_log(USDC, PAYER, PAY_TO, 4_000),
+            ],
+        );
+        assert_eq!(
+            check_tx_hash_proof(&r, &req(), HEAD),
+            Ok(Transfer {
+                from: PAYER,
+                to: PAY_TO,
+                value: U256::from(10_000)
+            })
+        );
+    }
+
+    #[test]
+    fn reverted() {
+        let r = receipt("0x0", vec![]);
+        assert_eq!(
+            check_tx_hash_proof(&r, &req(), HEAD),
+            Err(ProofError::Reverted {
+                tx_hash: B256::repeat_byte(0xaa)
+            })
+        );
+    }
+
+    #[test]
+    fn wrong_token() {
+        let r = receipt(
+            "0x1",
+            vec![transfer_log(OTHER_TOKEN, PAYER, PAY_TO, 10_000)],
+        );
+        assert_eq!(
+            check_tx_hash_proof(&r, &req(), HEAD),
+            Err(ProofError::NoTokenTransfer { token: USDC })
+        );
+    }
+
+    #[test]
+    fn wrong_recipient() {
+        let r = receipt("0x1", vec![transfer_log(USDC, PAYER, STRANGER, 10_000)]);
+        assert_eq!(
+            check_tx_hash_proof(&r, &req(), HEAD),
+            Err(ProofError::WrongRecipient {
+                expected: PAY_TO,
+                found: vec![STRANGER]
+            })
+        );
+    }
+
+    #[test]
+    fn payer_mismatch() {
+        // The transaction's sender being the payer does not help: the token must have moved the payer's funds.
+        let mut json = receipt_json("0x1", vec![transfer_log(USDC, STRANGER, PAY_TO, 10_000)]);
+        json["from"] = json!(PAYER.to_string());
+        let r = TransactionReceipt::from_json(json).unwrap();
+        assert_eq!(
+            check_tx_hash_proof(&r, &req(), HEAD),
+            Err(ProofError::PayerMismatch {
+                expected: PAYER,
+                found: vec![STRANGER]
+            })
+        );
+    }
+
+    #[test]
+    fn underpaid() {
+        let r = receipt("0x1", vec![transfer_log(USDC, PAYER, PAY_TO, 9_999)]);
+        assert_eq!(
+            check_tx_hash_proof(&r, &req(), HEAD),
+            Err(ProofError::Underpaid {
+                paid: U256::from(9_999),
+                required: U256::from(10_000)
+            })
+        );
+    }
+
+    #[test]
+    fn not_enough_confirmations_is_the_only_retryable_error() {
+        let r = receipt("0x1", vec![transfer_log(USDC, PAYER, PAY_TO, 10_000)]);
+        let err = check_tx_hash_proof(&r, &req(), HEAD - 1).unwrap_err();
+        assert_eq!(err, ProofError::NotEnoughConfirmations { have: 2, need: 3 });
+        assert!(err.is_retryable());
+        assert_eq!(
+            check_tx_hash_proof(&r, &req(), 50),
+            Err(ProofError::NotEnoughConfirmations { have: 0, need: 3 })
+        );
+        let any_mined = ProofRequirements {
+            min_confirmations: 0,
+            ..req()
+        };
+        assert!(check_tx_hash_proof(&r, &any_mined, 0).is_ok());
+        assert!(
+            !ProofError::Reverted {
+                tx_hash: B256::ZERO
+            }
+            .is_retryable()
+        );
+        // Terminal failures win over the retryable one.
+        let under = receipt("0x1", vec![transfer_log(USDC, PAYER, PAY_TO, 1)]);
+        assert!(matches!(
+            check_tx_hash_proof(&under, &req(), 0),
+            Err(ProofError::Underpaid { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_receipts() {
+        type Edit = fn(&mut Value);
+        let cases: [(&str, Edit); 9] = [
+            ("status", |r| r["status"] = json!("0x2")),
+            ("status", |r| r["status"] = json!("1")),
+            ("pre-Byzantium", |r| {
+                r.as_object_mut().unwrap().remove("status");
+            }),
+            ("not mined", |r| r["blockNumber"] = Value::Null),
+            ("transactionHash", |r| {
+                r["transactionHash"] = json!("0x1234")
+            }),
+            ("from", |r| r["from"] = json!("nope")),
+            ("log topic", |r| r["logs"][0]["topics"][1] = json!("0x12")),
+            ("log data", |r| r["logs"][0]["data"] = json!("0x1")),
+            ("expected a sequence", |r| r["logs"] = json!("none")),
+        ];
+        for (what, edit) in cases {
+            let mut json = receipt_json("0x1", vec![transfer_log(USDC, PAYER, PAY_TO, 10_000)]);
+            edit(&mut json);
+            let err = TransactionReceipt::from_json(json).unwrap_err();
+            assert!(err.to_string().contains(what), "{what}: {err}");
+            assert!(matches!(ProofError::from(err), ProofError::Malformed(_)));
+        }
+    }
+
+    #[test]
+    fn misshapen_transfer_from_the_token_is_malformed() {
+        let mut bad = transfer_log(USDC, PAYER, PAY_TO, 10_000);
+        bad["data"] = json!("0x");
+        let r = receipt("0x1", vec![bad, transfer_log(USDC, PAYER, PAY_TO, 10_000)]);
+        assert!(matches!(
+            check_tx_hash_proof(&r, &req(), HEAD),
+            Err(ProofError::Malformed(_))
+        ));
+        let mut dirty = transfer_log(USDC, PAYER, PAY_TO, 10_000);
+        dirty["topics"][1] = json!(B256::repeat_byte(0xff).to_string());
+        let r = receipt("0x1", vec![dirty]);
+        assert!(matches!(
+            check_tx_hash_proof(&r, &req(), HEAD),
+            Err(ProofError::Malformed(_))
+        ));
+        assert!(find_erc20_transfers(&r, USDC).is_empty());
+    }
+}

@@ -1,0 +1,855 @@
+//! JSON-RPC 2.0 over HTTP, minus the HTTP: request bodies and typed decoding of the answers.
+//!
+//! Each `eth_*` method we call is a small struct implementing [`Method`], which knows the method name, its
+//! params and how to decode its result. The caller does the POST:
+//!
+//! ```
+//! use esim402_core::evm::rpc::{EthBlockNumber, Method};
+//!
+//! let request = EthBlockNumber.request(7);
+//! let body = request.to_body(); // POST this to the node
+//! assert!(body.contains(r#""method":"eth_blockNumber""#));
+//! let answer = br#"{"jsonrpc":"2.0","id":7,"result":"0x1b4"}"#;
+//! assert_eq!(EthBlockNumber.parse_response(7, answer).unwrap(), 436);
+//! ```
+//!
+//! Node errors (`{"error":{"code":…,"message":…}}`) come back as [`RpcError::Node`]; anything not shaped like a
+//! JSON-RPC answer, or a result that is not what the method promises, is a distinct typed error.
+
+use alloy_primitives::{Address, B256, Bytes, U256};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::quantity::{self, HexError, encode_data, encode_quantity, encode_u64};
+use super::receipt::TransactionReceipt;
+use crate::chain::ChainId;
+
+/// One JSON-RPC 2.0 request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RpcRequest {
+    /// Always `"2.0"`.
+    pub jsonrpc: &'static str,
+    /// Echoed back in the response; pick a fresh one per request.
+    pub id: u64,
+    /// Method name, e.g. `eth_chainId`.
+    pub method: String,
+    /// Positional params (a JSON array).
+    pub params: Value,
+}
+
+impl RpcRequest {
+    /// A request for `method` with `params` (a JSON array; `Value::Null` is sent as `[]`).
+    pub fn new(id: u64, method: impl Into<String>, params: Value) -> Self {
+        let params = if params.is_null() { json!([]) } else { params };
+        Self {
+            jsonrpc: "2.0",
+            id,
+            method: method.into(),
+            params,
+        }
+    }
+
+    /// The request as a JSON value.
+    pub fn to_json(&self) -> Value {
+        json!({ "jsonrpc": self.jsonrpc, "id": self.id, "method": self.method, "params": self.params })
+    }
+
+    /// The request body to POST (compact JSON).
+    pub fn to_body(&self) -> String {
+        self.to_json().to_string()
+    }
+}
+
+/// The `error` member of a JSON-RPC response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcErrorObject {
+    /// Error code (`-32000` for most node errors, `3` for reverts with data).
+    pub code: i64,
+    /// Human-readable message (`"nonce too low"`, `"execution reverted"`).
+    pub message: String,
+    /// Extra data, e.g. revert bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// Why an RPC call did not produce a usable result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// The body is not a JSON-RPC 2.0 response.
+    #[error("malformed JSON-RPC response: {0}")]
+    Malformed(String),
+    /// The response answers another request.
+    #[error("JSON-RPC response id {found} does not match request id {expected}")]
+    IdMismatch {
+        /// The id we sent.
+        expected: u64,
+        /// The id that came back.
+        found: String,
+    },
+    /// The node answered with an error object.
+    #[error("node error {code}: {message}")]
+    Node {
+        /// Error code.
+        code: i64,
+        /// Error message.
+        message: String,
+        /// Extra data, e.g. revert bytes.
+        data: Option<Value>,
+    },
+    /// A hex field in the result is malformed or out of range.
+    #[error("{method}: bad hex in {field}: {source}")]
+    BadHex {
+        /// The method whose result it was.
+        method: &'static str,
+        /// The field (`result` for a bare value).
+        field: &'static str,
+        /// What was wrong.
+        source: HexError,
+    },
+    /// The result has the wrong shape for the method.
+    #[error("{method}: unexpected result: {reason}")]
+    UnexpectedResult {
+        /// The method whose result it was.
+        method: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl From<RpcErrorObject> for RpcError {
+    fn from(e: RpcErrorObject) -> Self {
+        Self::Node {
+            code: e.code,
+            message: e.message,
+            data: e.data,
+        }
+    }
+}
+
+/// A parsed JSON-RPC response: the echoed id and either the result or the error object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcResponse<T> {
+    /// The id the node echoed.
+    pub id: Value,
+    /// The `result` member, or the `error` member.
+    pub outcome: Result<T, RpcErrorObject>,
+}
+
+impl<T: DeserializeOwned> RpcResponse<T> {
+    /// Parse a response body. `result: null` is a valid result (a receipt not yet available), so `T` should be
+    /// an `Option` wherever the method may return null.
+    pub fn parse(body: &[u8]) -> Result<Self, RpcError> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| RpcError::Malformed(e.to_string()))?;
+        let Value::Object(mut obj) = value else {
+            return Err(RpcError::Malformed("not a JSON object".into()));
+        };
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return Err(RpcError::Malformed("jsonrpc must be \"2.0\"".into()));
+        }
+        let id = obj.remove("id").unwrap_or(Value::Null);
+        let outcome = match (obj.remove("error"), obj.remove("result")) {
+            (Some(err), _) if !err.is_null() => Err(serde_json::from_value::<RpcErrorObject>(err)
+                .map_err(|e| RpcError::Malformed(format!("bad error object: {e}")))?),
+            (_, Some(result)) => Ok(serde_json::from_value::<T>(result)
+                .map_err(|e| RpcError::Malformed(format!("bad result: {e}")))?),
+            _ => {
+                return Err(RpcError::Malformed(
+                    "neither result nor error present".into(),
+                ));
+            }
+        };
+        Ok(Self { id, outcome })
+    }
+
+    /// Check the response answers request `expected`.
+    pub fn check_id(&self, expected: u64) -> Result<(), RpcError> {
+        if self.id.as_u64() == Some(expected) {
+            Ok(())
+        } else {
+            Err(RpcError::IdMismatch {
+                expected,
+                found: self.id.to_string(),
+            })
+        }
+    }
+
+    /// The result, or the node's error as [`RpcError::Node`].
+    pub fn into_result(self) -> Result<T, RpcError> {
+        self.outcome.map_err(RpcError::from)
+    }
+}
+
+/// One JSON-RPC method: its name, params and result decoding.
+pub trait Method {
+    /// The decoded result.
+    type Output;
+    /// The JSON-RPC method name.
+    const NAME: &'static str;
+
+    /// The positional params.
+    fn params(&self) -> Value;
+
+    /// Decode the `result` member.
+    fn decode(&self, result: Value) -> Result<Self::Output, RpcError>;
+
+    /// The request with id `id`.
+    fn request(&self, id: u64) -> RpcRequest {
+        RpcRequest::new(id, Self::NAME, self.params())
+    }
+
+    /// Parse the response body to the request with id `id`: id checked, node errors surfaced, result decoded.
+    fn parse_response(&self, id: u64, body: &[u8]) -> Result<Self::Output, RpcError> {
+        let response = RpcResponse::<Value>::parse(body)?;
+        response.check_id(id)?;
+        self.decode(response.into_result()?)
+    }
+}
+
+/// Which block a read refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockTag {
+    /// The latest mined block.
+    #[default]
+    Latest,
+    /// Latest plus the node's mempool (for nonces).
+    Pending,
+    /// The latest safe block.
+    Safe,
+    /// The latest finalized block.
+    Finalized,
+    /// A block by number.
+    Number(u64),
+}
+
+impl BlockTag {
+    /// The JSON param.
+    pub fn to_json(self) -> Value {
+        Value::String(match self {
+            Self::Latest => "latest".into(),
+            Self::Pending => "pending".into(),
+            Self::Safe => "safe".into(),
+            Self::Finalized => "finalized".into(),
+            Self::Number(n) => encode_u64(n),
+        })
+    }
+}
+
+/// The call object for `eth_call` and `eth_estimateGas`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CallRequest {
+    /// Sender (matters for `msg.sender` checks and gas estimation).
+    pub from: Option<Address>,
+    /// The contract called.
+    pub to: Address,
+    /// Calldata.
+    pub data: Bytes,
+    /// Wei sent along.
+    pub value: Option<U256>,
+    /// Gas allowance.
+    pub gas: Option<u64>,
+}
+
+impl CallRequest {
+    /// A call of `to` with `data`, sender unspecified.
+    pub fn new(to: Address, data: Bytes) -> Self {
+        Self {
+            to,
+            data,
+            ..Self::default()
+        }
+    }
+
+    /// Set the sender.
+    pub fn from(mut self, from: Address) -> Self {
+        self.from = Some(from);
+        self
+    }
+
+    /// The JSON object. Calldata goes in `data`, the field every node accepts (newer ones also take `input`).
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        if let Some(from) = self.from {
+            m.insert("from".into(), encode_data(from.as_slice()).into());
+        }
+        m.insert("to".into(), encode_data(self.to.as_slice()).into());
+        m.insert("data".into(), encode_data(&self.data).into());
+        if let Some(value) = self.value {
+            m.insert("value".into(), encode_quantity(value).into());
+        }
+        if let Some(gas) = self.gas {
+            m.insert("gas".into(), encode_u64(gas).into());
+        }
+        Value::Object(m)
+    }
+}
+
+fn as_str<'v>(method: &'static str, v: &'v Value) -> Result<&'v str, RpcError> {
+    v.as_str().ok_or_else(|| RpcError::UnexpectedResult {
+        method,
+        reason: format!("expected a hex string, got {v}"),
+    })
+}
+
+fn hex_field<T>(
+    method: &'static str,
+    field: &'static str,
+    v: &Value,
+    parse: impl FnOnce(&str) -> Result<T, HexError>,
+) -> Result<T, RpcError> {
+    parse(as_str(method, v)?).map_err(|source| RpcError::BadHex {
+        method,
+        field,
+        source,
+    })
+}
+
+/// `eth_chainId` → the chain id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthChainId;
+
+impl Method for EthChainId {
+    type Output = ChainId;
+    const NAME: &'static str = "eth_chainId";
+    fn params(&self) -> Value {
+        json!([])
+    }
+    fn decode(&self, result: Value) -> Result<ChainId, RpcError> {
+        hex_field(Self::NAME, "result", &result, quantity::parse_u64).map(ChainId)
+    }
+}
+
+/// `eth_blockNumber` → the latest block number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthBlockNumber;
+
+impl Method for EthBlockNumber {
+    type Output = u64;
+    const NAME: &'static str = "eth_blockNumber";
+    fn params(&self) -> Value {
+        json!([])
+    }
+    fn decode(&self, result: Value) -> Result<u64, RpcError> {
+        hex_field(Self::NAME, "result", &result, quantity::parse_u64)
+    }
+}
+
+/// `eth_getTransactionCount` → the account's nonce count at `block` (use [`BlockTag::Pending`] for the next
+/// nonce to send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthGetTransactionCount {
+    /// The account.
+    pub address: Address,
+    /// The block.
+    pub block: BlockTag,
+}
+
+impl EthGetTransactionCount {
+    /// The count including the node's mempool: the next nonce the chain expects.
+    pub fn pending(address: Address) -> Self {
+        Self {
+            address,
+            block: BlockTag::Pending,
+        }
+    }
+}
+
+impl Method for EthGetTransactionCount {
+    type Output = u64;
+    const NAME: &'static str = "eth_getTransactionCount";
+    fn params(&self) -> Value {
+        json!([encode_data(self.address.as_slice()), self.block.to_json()])
+    }
+    fn decode(&self, result: Value) -> Result<u64, RpcError> {
+        hex_field(Self::NAME, "result", &result, quantity::parse_u64)
+    }
+}
+
+/// `eth_gasPrice` → the legacy gas price in wei.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthGasPrice;
+
+impl Method for EthGasPrice {
+    type Output = u128;
+    const NAME: &'static str = "eth_gasPrice";
+    fn params(&self) -> Value {
+        json!([])
+    }
+    fn decode(&self, result: Value) -> Result<u128, RpcError> {
+        hex_field(Self::NAME, "result", &result, quantity::parse_u128)
+    }
+}
+
+/// `eth_maxPriorityFeePerGas` → a suggested tip in wei.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthMaxPriorityFeePerGas;
+
+impl Method for EthMaxPriorityFeePerGas {
+    type Output = u128;
+    const NAME: &'static str = "eth_maxPriorityFeePerGas";
+    fn params(&self) -> Value {
+        json!([])
+    }
+    fn decode(&self, result: Value) -> Result<u128, RpcError> {
+        hex_field(Self::NAME, "result", &result, quantity::parse_u128)
+    }
+}
+
+/// The fields of a block header we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSummary {
+    /// Block number.
+    pub number: u64,
+    /// Block timestamp, unix seconds.
+    pub timestamp: u64,
+    /// EIP-1559 base fee in wei; `None` on chains without EIP-1559.
+    pub base_fee_per_gas: Option<u128>,
+}
+
+/// `eth_getBlockByNumber(block, false)` → the block's header summary, or `None` if the node has no such block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthGetBlockByNumber {
+    /// The block.
+    pub block: BlockTag,
+}
+
+impl EthGetBlockByNumber {
+    /// The latest block (for its base fee).
+    pub fn latest() -> Self {
+        Self {
+            block: BlockTag::Latest,
+        }
+    }
+}
+
+impl Method for EthGetBlockByNumber {
+    type Output = Option<BlockSummary>;
+    const NAME: &'static str = "eth_getBlockByNumber";
+    fn params(&self) -> Value {
+        json!([self.block.to_json(), false])
+    }
+    fn decode(&self, result: Value) -> Result<Option<BlockSummary>, RpcError> {
+        if result.is_null() {
+            return Ok(None);
+        }
+        let field = |name: &'static str| {
+            result.get(name).ok_or_else(|| RpcError::UnexpectedResult {
+                method: Self::NAME,
+                reason: format!("block has no {name}"),
+            })
+        };
+        let number = hex_field(Self::NAME, "number", field("number")?, quantity::parse_u64)?;
+        let timestamp = hex_field(
+            Self::NAME,
+            "timestamp",
+            field("timestamp")?,
+            quantity::parse_u64,
+        )?;
+        let base_fee_per_gas = match result.get("baseFeePerGas") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(hex_field(
+                Self::NAME,
+                "baseFeePerGas",
+                v,
+                quantity::parse_u128,
+            )?),
+        };
+        Ok(Some(BlockSummary {
+            number,
+            timestamp,
+            base_fee_per_gas,
+        }))
+    }
+}
+
+/// `eth_estimateGas(call)` → gas units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EthEstimateGas {
+    /// The call to estimate.
+    pub call: CallRequest,
+}
+
+impl Method for EthEstimateGas {
+    type Output = u64;
+    const NAME: &'static str = "eth_estimateGas";
+    fn params(&self) -> Value {
+        json!([self.call.to_json()])
+    }
+    fn decode(&self, result: Value) -> Result<u64, RpcError> {
+        hex_field(Self::NAME, "result", &result, quantity::parse_u64)
+    }
+}
+
+/// `eth_call(call, block)` → the return data. A revert is a [`RpcError::Node`] (revert bytes in `data`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EthCall {
+    /// The call.
+    pub call: CallRequest,
+    /// The block to run it against.
+    pub block: BlockTag,
+}
+
+impl Method for EthCall {
+    type Output = Bytes;
+    const NAME: &'static str = "eth_call";
+    fn params(&self) -> Value {
+        json!([self.call.to_json(), self.block.to_json()])
+    }
+    fn decode(&self, result: Value) -> Result<Bytes, RpcError> {
+        hex_field(Self::NAME, "result", &result, quantity::parse_data)
+    }
+}
+
+/// `eth_sendRawTransaction(raw)` → the transaction hash the node computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EthSendRawTransaction {
+    /// The signed transaction (`0x02 ‖ rlp` for EIP-1559).
+    pub raw: Bytes,
+}
+
+impl Method for EthSendRawTransaction {
+    type Output = B256;
+    const NAME: &'static str = "eth_sendRawTransaction";
+    fn params(&self) -> Value {
+        json!([encode_data(&self.raw)])
+    }
+    fn decode(&self, result: Value) -> Result<B256, RpcError> {
+        hex_field(Self::NAME, "result", &result, quantity::parse_b256)
+    }
+}
+
+/// `eth_getTransactionReceipt(hash)` → the receipt, or `None` while the transaction is not mined.
+/// A receipt for a different hash than the one asked for is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthGetTransactionReceipt {
+    /// The transaction hash.
+    pub hash: B256,
+}
+
+impl Method for EthGetTransactionReceipt {
+    type Output = Option<TransactionReceipt>;
+    const NAME: &'static str = "eth_getTransactionReceipt";
+    fn params(&self) -> Value {
+        json!([encode_data(self.hash.as_slice())])
+    }
+    fn decode(&self, result: Value) -> Result<Option<TransactionReceipt>, RpcError> {
+        if result.is_null() {
+            return Ok(None);
+        }
+        let receipt =
+            TransactionReceipt::from_json(result).map_err(|e| RpcError::UnexpectedResult {
+                method: Self::NAME,
+                reason: e.to_string(),
+            })?;
+        if receipt.transaction_hash != self.hash {
+            return Err(RpcError::UnexpectedResult {
+                method: Self::NAME,
+                reason: format!(
+                    "receipt is for {}, not {}",
+                    receipt.transaction_hash, self.hash
+                ),
+            });
+        }
+        Ok(Some(receipt))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::address;
+
+    const ACCOUNT: Address = address!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
+
+    fn ok(id: u64, result: &str) -> Vec<u8> {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn requests_are_json_rpc_2() {
+        let req = RpcRequest::new(1, "eth_foo", Value::Null);
+        assert_eq!(
+            req.to_json(),
+            json!({"jsonrpc": "2.0", "id": 1, "method": "eth_foo", "params": []})
+        );
+        assert_eq!(serde_json::to_value(&req).unwrap(), req.to_json());
+        assert_eq!(
+            EthGetTransactionCount::pending(ACCOUNT)
+                .request(2)
+                .to_json(),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "eth_getTransactionCount",
+                   "params": ["0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "pending"]})
+        );
+        assert_eq!(
+            EthGetBlockByNumber::latest().request(3).params,
+            json!(["latest", false])
+        );
+        assert_eq!(
+            EthGetBlockByNumber {
+                block: BlockTag::Number(255)
+            }
+            .params(),
+            json!(["0xff", false])
+        );
+        let call = CallRequest::new(ACCOUNT, Bytes::from(vec![0x70, 0xa0, 0x82, 0x31]));
+        assert_eq!(
+            EthCall {
+                call: call.clone(),
+                block: BlockTag::Latest
+            }
+            .params(),
+            json!([{"to": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "data": "0x70a08231"}, "latest"])
+        );
+        let full = CallRequest {
+            value: Some(U256::from(16)),
+            gas: Some(21_000),
+            ..call.from(Address::ZERO)
+        };
+        assert_eq!(
+            EthEstimateGas { call: full }.params(),
+            json!([{"from": format!("0x{}", "0".repeat(40)), "to": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266",
+                    "data": "0x70a08231", "value": "0x10", "gas": "0x5208"}])
+        );
+        assert_eq!(
+            EthSendRawTransaction {
+                raw: Bytes::from(vec![2, 0xab])
+            }
+            .params(),
+            json!(["0x02ab"])
+        );
+        for (name, req) in [
+            ("eth_chainId", EthChainId.request(1)),
+            ("eth_gasPrice", EthGasPrice.request(1)),
+            (
+                "eth_maxPriorityFeePerGas",
+                EthMaxPriorityFeePerGas.request(1),
+            ),
+        ] {
+            assert_eq!(req.method, name);
+            assert_eq!(req.params, json!([]));
+        }
+    }
+
+    #[test]
+    fn quantities_decode() {
+        assert_eq!(
+            EthChainId.parse_response(1, &ok(1, r#""0x14a34""#)),
+            Ok(ChainId(84532))
+        );
+        assert_eq!(
+            EthGetTransactionCount::pending(ACCOUNT).parse_response(5, &ok(5, r#""0x2a""#)),
+            Ok(42)
+        );
+        assert_eq!(
+            EthGasPrice.parse_response(1, &ok(1, r#""0x3b9aca00""#)),
+            Ok(1_000_000_000)
+        );
+        assert_eq!(
+            EthMaxPriorityFeePerGas.parse_response(1, &ok(1, r#""0x5f5e100""#)),
+            Ok(100_000_000)
+        );
+        assert_eq!(
+            EthEstimateGas {
+                call: CallRequest::new(ACCOUNT, Bytes::new())
+            }
+            .parse_response(1, &ok(1, r#""0x5208""#)),
+            Ok(21_000)
+        );
+        assert_eq!(
+            EthCall {
+                call: CallRequest::new(ACCOUNT, Bytes::new()),
+                block: BlockTag::Latest
+            }
+            .parse_response(1, &ok(1, r#""0x0001""#)),
+            Ok(Bytes::from(vec![0, 1]))
+        );
+        let hash = B256::repeat_byte(0x11);
+        assert_eq!(
+            EthSendRawTransaction { raw: Bytes::new() }
+                .parse_response(1, &ok(1, &format!("\"{hash}\""))),
+            Ok(hash)
+        );
+    }
+
+    #[test]
+    fn malformed_hex_is_a_typed_error() {
+        assert_eq!(
+            EthBlockNumber.parse_response(1, &ok(1, r#""1b4""#)),
+            Err(RpcError::BadHex {
+                method: "eth_blockNumber",
+                field: "result",
+                source: HexError::MissingPrefix
+            })
+        );
+        assert!(matches!(
+            EthBlockNumber.parse_response(1, &ok(1, r#""0xzz""#)),
+            Err(RpcError::BadHex {
+                source: HexError::InvalidDigit,
+                ..
+            })
+        ));
+        assert!(matches!(
+            EthBlockNumber.parse_response(1, &ok(1, r#""0x10000000000000000""#)),
+            Err(RpcError::BadHex {
+                source: HexError::Overflow { bits: 64 },
+                ..
+            })
+        ));
+        assert!(matches!(
+            EthBlockNumber.parse_response(1, &ok(1, "436")),
+            Err(RpcError::UnexpectedResult { .. })
+        ));
+        assert!(matches!(
+            EthSendRawTransaction { raw: Bytes::new() }.parse_response(1, &ok(1, r#""0x1234""#)),
+            Err(RpcError::BadHex {
+                source: HexError::WrongLength {
+                    expected: 32,
+                    found: 2
+                },
+                ..
+            })
+        ));
+        assert!(matches!(
+            EthCall {
+                call: CallRequest::default(),
+                block: BlockTag::Latest
+            }
+            .parse_response(1, &ok(1, r#""0x123""#)),
+            Err(RpcError::BadHex {
+                source: HexError::OddLength,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn envelope_errors() {
+        let node_err = br#"{"jsonrpc":"2.0","id":4,"error":{"code":3,"message":"execution reverted","data":"0x08c379a0"}}"#;
+        assert_eq!(
+            EthCall {
+                call: CallRequest::default(),
+                block: BlockTag::Latest
+            }
+            .parse_response(4, node_err),
+            Err(RpcError::Node {
+                code: 3,
+                message: "execution reverted".into(),
+                data: Some(json!("0x08c379a0"))
+            })
+        );
+        assert_eq!(
+            EthBlockNumber.parse_response(1, &ok(2, r#""0x1""#)),
+            Err(RpcError::IdMismatch {
+                expected: 1,
+                found: "2".into()
+            })
+        );
+        for bad in [
+            &b"not json"[..],
+            b"[]",
+            br#"{"id":1,"result":"0x1"}"#,
+            br#"{"jsonrpc":"1.0","id":1,"result":"0x1"}"#,
+            br#"{"jsonrpc":"2.0","id":1}"#,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"message":"no code"}}"#,
+        ] {
+            assert!(
+                matches!(
+                    EthBlockNumber.parse_response(1, bad),
+                    Err(RpcError::Malformed(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // `error: null` next to a result is tolerated.
+        assert_eq!(
+            EthBlockNumber.parse_response(
+                1,
+                br#"{"jsonrpc":"2.0","id":1,"error":null,"result":"0x1"}"#
+            ),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn typed_generic_response() {
+        let r = RpcResponse::<Option<String>>::parse(&ok(9, "null")).unwrap();
+        assert_eq!(r.check_id(9), Ok(()));
+        assert_eq!(r.into_result(), Ok(None));
+        let r = RpcResponse::<u64>::parse(&ok(9, r#""0x1""#));
+        assert!(matches!(r, Err(RpcError::Malformed(_))));
+    }
+
+    #[test]
+    fn latest_block_base_fee() {
+        let block =
+            r#"{"number":"0x10","timestamp":"0x65f0a1b2","baseFeePerGas":"0x7","hash":"0x00"}"#;
+        assert_eq!(
+            EthGetBlockByNumber::latest().parse_response(1, &ok(1, block)),
+            Ok(Some(BlockSummary {
+                number: 16,
+                timestamp: 0x65f0_a1b2,
+                base_fee_per_gas: Some(7)
+            }))
+        );
+        let legacy = r#"{"number":"0x10","timestamp":"0x1"}"#;
+        assert_eq!(
+            EthGetBlockByNumber::latest()
+                .parse_response(1, &ok(1, legacy))
+                .unwrap()
+                .unwrap()
+                .base_fee_per_gas,
+            None
+        );
+        assert_eq!(
+            EthGetBlockByNumber::latest().parse_response(1, &ok(1, "null")),
+            Ok(None)
+        );
+        assert!(matches!(
+            EthGetBlockByNumber::latest().parse_response(1, &ok(1, r#"{"number":"0x10"}"#)),
+            Err(RpcError::UnexpectedResult { .. })
+        ));
+        assert!(matches!(
+            EthGetBlockByNumber::latest().parse_response(
+                1,
+                &ok(
+                    1,
+                    r#"{"number":"0x10","timestamp":"0x1","baseFeePerGas":"7"}"#
+                )
+            ),
+            Err(RpcError::BadHex {
+                field: "baseFeePerGas",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn receipts_are_checked_against_the_hash_asked_for() {
+        let hash = B256::repeat_byte(0x22);
+        let receipt = json!({
+            "status": "0x1", "blockNumber": "0x5", "transactionHash": hash.to_string(),
+            "from": "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "to": null, "logs": []
+        });
+        let method = EthGetTransactionReceipt { hash };
+        assert_eq!(method.params(), json!([format!("0x{}", "22".repeat(32))]));
+        let got = method
+            .parse_response(1, &ok(1, &receipt.to_string()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.block_number, 5);
+        assert_eq!(method.parse_response(1, &ok(1, "null")), Ok(None));
+        let other = EthGetTransactionReceipt {
+            hash: B256::repeat_byte(0x33),
+        };
+        assert!(matches!(
+            other.parse_response(1, &ok(1, &receipt.to_string())),
+            Err(RpcError::UnexpectedResult { .. })
+        ));
+        assert!(matches!(
+            method.parse_response(1, &ok(1, r#"{"status":"0x1"}"#)),
+            Err(RpcError::UnexpectedResult { .. })
+        ));
+    }
+}

@@ -1,0 +1,276 @@
+//! Payment requirements built from an invoice (the resource server's side, `reference/x402.md` §2 and §7): one
+//! `exact` entry per payment option, as v2 (`PAYMENT-REQUIRED` header) or v1 (JSON body), and matching an
+//! incoming payload against them. Asset, `payTo` and amount always come from the invoice, never the client.
+
+use super::wire::{
+    Extra, PaymentPayload, PaymentRequired, PaymentRequiredV1, PaymentRequirements,
+    PaymentRequirementsV1, Resource, SCHEME_EXACT, X402_V1, X402_V2,
+};
+use crate::chain::Network;
+use crate::invoice::{Invoice, PaymentOption, Purchase};
+
+/// Seconds a client's authorization may stay valid (`maxTimeoutSeconds`; the reference default).
+pub const MAX_TIMEOUT_SECONDS: u64 = 300;
+
+/// `error` of a v2 challenge sent because no payment header came.
+pub const V2_HEADER_REQUIRED: &str = "PAYMENT-SIGNATURE header is required";
+
+/// `error` of a v1 challenge sent because no payment header came.
+pub const V1_HEADER_REQUIRED: &str = "X-PAYMENT header is required";
+
+/// `error` of a challenge whose payload matched none of the requirements.
+pub const NO_MATCHING_REQUIREMENTS: &str = "No matching payment requirements";
+
+/// The media type of every paid response.
+pub const MIME_JSON: &str = "application/json";
+
+/// The v2 requirement for one payment option (`extra` always carries the token's EIP-712 domain).
+pub fn requirement(option: &PaymentOption) -> PaymentRequirements {
+    PaymentRequirements {
+        scheme: SCHEME_EXACT.to_owned(),
+        network: option.network.to_string(),
+        amount: option.amount_atomic.clone(),
+        asset: option.asset.clone(),
+        pay_to: option.pay_to.clone(),
+        max_timeout_seconds: MAX_TIMEOUT_SECONDS,
+        extra: Some(Extra::eip712(
+            option.eip712_name.clone(),
+            option.eip712_version.clone(),
+        )),
+    }
+}
+
+/// The v2 requirements of an invoice, in its option order (preferred first).
+pub fn requirements_v2(invoice: &Invoice) -> Vec<PaymentRequirements> {
+    invoice.accepts.iter().map(requirement).collect()
+}
+
+/// The resource an invoice pays for, described by what it buys.
+pub fn resource(invoice: &Invoice, url: &str) -> Resource {
+    let description = match invoice.purchase {
+        Purchase::Activation { .. } => "eSIM activation",
+        Purchase::TopUp { .. } => "eSIM data top-up",
+        Purchase::Switch { .. } => "eSIM carrier switch",
+    };
+    Resource {
+        url: url.to_owned(),
+        description: Some(description.to_owned()),
+        mime_type: Some(MIME_JSON.to_owned()),
+    }
+}
+
+/// The v2 challenge for an invoice at `url` (error: the missing header; replace it with a reason on retry).
+pub fn payment_required(invoice: &Invoice, url: &str) -> PaymentRequired {
+    PaymentRequired {
+        x402_version: X402_V2,
+        error: Some(V2_HEADER_REQUIRED.to_owned()),
+        resource: resource(invoice, url),
+        accepts: requirements_v2(invoice),
+        extensions: Some(Default::default()),
+    }
+}
+
+/// The v1 requirements of an invoice (networks by v1 name where known).
+pub fn requirements_v1(invoice: &Invoice, resource: &Resource) -> Vec<PaymentRequirementsV1> {
+    invoice
+        .accepts
+        .iter()
+        .map(|o| PaymentRequirementsV1::from_v2(&requirement(o), resource))
+        .collect()
+}
+
+/// The v1 challenge body for an invoice at `url`.
+pub fn payment_required_v1(invoice: &Invoice, url: &str) -> PaymentRequiredV1 {
+    PaymentRequiredV1 {
+        x402_version: X402_V1,
+        error: V1_HEADER_REQUIRED.to_owned(),
+        accepts: requirements_v1(invoice, &resource(invoice, url)),
+    }
+}
+
+/// The requirement a payload pays for, out of freshly built `accepts`: v2 by deep equality of `accepted`
+/// (key order irrelevant), v1 by the first entry with the same scheme and network. `None`: answer 402 with
+/// [`NO_MATCHING_REQUIREMENTS`].
+pub fn select_requirements<'a>(
+    accepts: &'a [PaymentRequirements],
+    payload: &PaymentPayload,
+) -> Option<&'a PaymentRequirements> {
+    match payload {
+        PaymentPayload::V2(p) => accepts.iter().find(|r| **r == p.accepted),
+        PaymentPayload::V1(p) => {
+            let network = Network::parse(&p.network).ok()?;
+            accepts
+                .iter()
+                .find(|r| r.scheme == p.scheme && Network::parse(&r.network) == Ok(network))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invoice::PaymentOption;
+    use crate::x402::wire::{Authorization, ExactEvmPayload, PaymentPayloadV1, PaymentPayloadV2};
+    use crate::{InvoiceId, UsdcAmount};
+
+    fn option(network: &str, asset: &str) -> PaymentOption {
+        PaymentOption {
+            network: Network::parse(network).unwrap(),
+            asset: asset.into(),
+            pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
+            amount_atomic: "420000".into(),
+            eip712_name: "USDC".into(),
+            eip712_version: "2".into(),
+        }
+    }
+
+    fn invoice(purchase: Purchase) -> Invoice {
+        Invoice::new(
+            InvoiceId::from_random([3; 16]),
+            UsdcAmount::from_micros(420_000),
+            vec![
+                option("eip155:84532", "0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
+                option("eip155:80002", "0x41E94Eb019C0762f9Bfcf9Fb1E58725BfB0e7582"),
+            ],
+            purchase,
+            0,
+            60,
+        )
+        .unwrap()
+    }
+
+    fn activation() -> Invoice {
+        invoice(Purchase::Activation {
+            region: "us-west".into(),
+            data_mb: 100,
+            carrier: None,
+            eid: None,
+            payer: None,
+            allow_failover: false,
+        })
+    }
+
+    fn exact() -> ExactEvmPayload {
+        ExactEvmPayload {
+            signature: "0x".into(),
+            authorization: Authorization {
+                from: String::new(),
+                to: String::new(),
+                value: String::new(),
+                valid_after: String::new(),
+                valid_before: String::new(),
+                nonce: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn one_exact_entry_per_option_with_the_domain() {
+        let inv = activation();
+        let reqs = requirements_v2(&inv);
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs[0].network, "eip155:84532");
+        assert_eq!(reqs[1].network, "eip155:80002");
+        for r in &reqs {
+            assert_eq!(r.scheme, "exact");
+            assert_eq!(r.amount, "420000");
+            assert_eq!(r.max_timeout_seconds, MAX_TIMEOUT_SECONDS);
+            assert_eq!(
+                (r.eip712_name(), r.eip712_version()),
+                (Some("USDC"), Some("2"))
+            );
+        }
+        let pr = payment_required(&inv, "https://h/v1/esim/activate");
+        assert_eq!(pr.x402_version, 2);
+        assert_eq!(pr.error.as_deref(), Some(V2_HEADER_REQUIRED));
+        assert_eq!(pr.resource.description.as_deref(), Some("eSIM activation"));
+        assert_eq!(pr.accepts, reqs);
+    }
+
+    #[test]
+    fn descriptions_follow_the_purchase() {
+        let top_up = invoice(Purchase::TopUp {
+            iccid: "8901260000000000001".into(),
+            data_mb: 10,
+        });
+        assert_eq!(
+            resource(&top_up, "u").description.as_deref(),
+            Some("eSIM data top-up")
+        );
+        let switch = invoice(Purchase::Switch {
+            iccid: "8901260000000000001".into(),
+            target: "carrier:att".into(),
+        });
+        assert_eq!(
+            resource(&switch, "u").description.as_deref(),
+            Some("eSIM carrier switch")
+        );
+    }
+
+    #[test]
+    fn v1_challenge_uses_names_and_max_amount() {
+        let body = payment_required_v1(&activation(), "https://h/a");
+        let v = serde_json::to_value(&body).unwrap();
+        assert_eq!(v["x402Version"], 1);
+        assert_eq!(v["error"], V1_HEADER_REQUIRED);
+        let a = &v["accepts"][0];
+        assert_eq!(a["network"], "base-sepolia");
+        assert_eq!(a["maxAmountRequired"], "420000");
+        assert_eq!(a["resource"], "https://h/a");
+        assert_eq!(a["description"], "eSIM activation");
+        assert_eq!(a["mimeType"], "application/json");
+        assert_eq!(a["extra"]["name"], "USDC");
+        assert_eq!(v["accepts"][1]["network"], "polygon-amoy");
+    }
+
+    #[test]
+    fn payloads_match_by_deep_equality_or_scheme_and_network() {
+        let accepts = requirements_v2(&activation());
+        let v2 = |accepted: PaymentRequirements| {
+            PaymentPayload::V2(PaymentPayloadV2 {
+                resource: None,
+                accepted,
+                payload: exact(),
+                extensions: None,
+            })
+        };
+        assert_eq!(
+            select_requirements(&accepts, &v2(accepts[1].clone())),
+            Some(&accepts[1])
+        );
+        // Key order does not matter: a re-serialised copy with shuffled keys still matches.
+        let shuffled: PaymentRequirements = serde_json::from_str(
+            r#"{"extra":{"version":"2","name":"USDC"},"payTo":"0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+                "maxTimeoutSeconds":300,"asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","amount":"420000",
+                "network":"eip155:84532","scheme":"exact"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            select_requirements(&accepts, &v2(shuffled)),
+            Some(&accepts[0])
+        );
+        for tamper in [
+            |r: &mut PaymentRequirements| r.amount = "1".into(),
+            |r: &mut PaymentRequirements| r.pay_to = r.pay_to.to_lowercase(),
+            |r: &mut PaymentRequirements| r.max_timeout_seconds = 3600,
+            |r: &mut PaymentRequirements| r.extra = None,
+        ] {
+            let mut r = accepts[0].clone();
+            tamper(&mut r);
+            assert_eq!(select_requirements(&accepts, &v2(r)), None);
+        }
+        let v1 = |network: &str| {
+            PaymentPayload::V1(PaymentPayloadV1 {
+                scheme: "exact".into(),
+                network: network.into(),
+                payload: exact(),
+            })
+        };
+        assert_eq!(
+            select_requirements(&accepts, &v1("polygon-amoy")),
+            Some(&accepts[1])
+        );
+        assert_eq!(select_requirements(&accepts, &v1("base")), None);
+        assert_eq!(select_requirements(&accepts, &v1("nowhere")), None);
+    }
+}

@@ -1,0 +1,960 @@
+//! x402 wire types (v1 and v2), with the exact JSON field names of `reference/x402.md` §2, §3 and §6.
+//!
+//! These mirror the JSON faithfully: amounts, addresses and networks stay strings here, because verification
+//! must answer a malformed field with a specific reason in a specific order ([`super::exact`] parses them).
+//! Build outgoing messages with [`super::requirements`]; parse incoming ones with [`PaymentPayload::from_json`],
+//! [`VerifyRequest::from_json`] or the header decoders in [`super::header`], whose errors are typed.
+
+use std::collections::BTreeMap;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use super::networks::Networks;
+use super::reason::InvalidReason;
+use crate::chain::{Address, Network};
+
+/// x402 protocol version 1 (body challenge, `X-PAYMENT`, v1 network names).
+pub const X402_V1: u32 = 1;
+/// x402 protocol version 2 (header challenge, `PAYMENT-SIGNATURE`, CAIP-2 networks).
+pub const X402_V2: u32 = 2;
+/// The only scheme we run.
+pub const SCHEME_EXACT: &str = "exact";
+
+/// The resource a v2 challenge is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    /// The URL.
+    pub url: String,
+    /// What it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The response's media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+}
+
+/// `extra` of a requirement: for EVM `exact`, the token's EIP-712 domain; other keys are kept verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Extra {
+    /// EIP-712 domain name of the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// EIP-712 domain version of the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Anything else (`assetTransferMethod`, …).
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+impl Extra {
+    /// `{name, version}`.
+    pub fn eip712(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            name: Some(name.into()),
+            version: Some(version.into()),
+            other: Map::new(),
+        }
+    }
+}
+
+/// A v2 `PaymentRequirements`: one accepted way to pay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRequirements {
+    /// `exact`.
+    pub scheme: String,
+    /// CAIP-2 network.
+    pub network: String,
+    /// Atomic units, a decimal integer string.
+    pub amount: String,
+    /// Token contract.
+    pub asset: String,
+    /// Recipient.
+    pub pay_to: String,
+    /// How long an authorization may stay valid.
+    pub max_timeout_seconds: u64,
+    /// The token's EIP-712 domain and other scheme data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Extra>,
+}
+
+impl PaymentRequirements {
+    /// `extra.name`, if present.
+    pub fn eip712_name(&self) -> Option<&str> {
+        self.extra.as_ref()?.name.as_deref()
+    }
+
+    /// `extra.version`, if present.
+    pub fn eip712_version(&self) -> Option<&str> {
+        self.extra.as_ref()?.version.as_deref()
+    }
+}
+
+/// The v2 402 challenge, carried base64-encoded in the `PAYMENT-REQUIRED` header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRequired {
+    /// Always 2.
+    pub x402_version: u32,
+    /// Why payment is (still) required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What is being paid for.
+    pub resource: Resource,
+    /// The accepted ways to pay.
+    pub accepts: Vec<PaymentRequirements>,
+    /// Extensions: key → `{info, schema}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Map<String, Value>>,
+}
+
+/// A v1 requirement (inside the v1 JSON body): the resource is described per entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRequirementsV1 {
+    /// `exact`.
+    pub scheme: String,
+    /// v1 network name (`base-sepolia`).
+    pub network: String,
+    /// Atomic units, a decimal integer string.
+    pub max_amount_required: String,
+    /// Token contract.
+    pub asset: String,
+    /// Recipient.
+    pub pay_to: String,
+    /// The resource URL.
+    pub resource: String,
+    /// What it is.
+    #[serde(default)]
+    pub description: String,
+    /// The response's media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    /// JSON schema of the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// How long an authorization may stay valid.
+    pub max_timeout_seconds: u64,
+    /// The token's EIP-712 domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Extra>,
+}
+
+impl PaymentRequirementsV1 {
+    /// The v1 form of a v2 requirement for `resource`: the network becomes its v1 name where one is known.
+    pub fn from_v2(req: &PaymentRequirements, resource: &Resource) -> Self {
+        let network = Network::parse(&req.network)
+            .ok()
+            .and_then(Network::v1_name)
+            .map_or_else(|| req.network.clone(), str::to_owned);
+        Self {
+            scheme: req.scheme.clone(),
+            network,
+            max_amount_required: req.amount.clone(),
+            asset: req.asset.clone(),
+            pay_to: req.pay_to.clone(),
+            resource: resource.url.clone(),
+            description: resource.description.clone().unwrap_or_default(),
+            mime_type: resource.mime_type.clone(),
+            output_schema: None,
+            max_timeout_seconds: req.max_timeout_seconds,
+            extra: req.extra.clone(),
+        }
+    }
+
+    /// The v2 shape, as verification consumes it (`maxAmountRequired` → `amount`; the network is kept).
+    pub fn to_v2(&self) -> PaymentRequirements {
+        PaymentRequirements {
+            scheme: self.scheme.clone(),
+            network: self.network.clone(),
+            amount: self.max_amount_required.clone(),
+            asset: self.asset.clone(),
+            pay_to: self.pay_to.clone(),
+            max_timeout_seconds: self.max_timeout_seconds,
+            extra: self.extra.clone(),
+        }
+    }
+}
+
+/// The v1 402 challenge (`PaymentRequirementsResponse`), sent as the JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRequiredV1 {
+    /// Always 1.
+    pub x402_version: u32,
+    /// Why payment is (still) required.
+    #[serde(default)]
+    pub error: String,
+    /// The accepted ways to pay.
+    pub accepts: Vec<PaymentRequirementsV1>,
+}
+
+/// An EIP-3009 authorization as sent: every number a decimal string, addresses and nonce hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    /// Payer.
+    pub from: String,
+    /// Recipient (= `payTo`).
+    pub to: String,
+    /// Atomic units.
+    pub value: String,
+    /// Unix seconds; valid strictly after.
+    pub valid_after: String,
+    /// Unix seconds; valid strictly before.
+    pub valid_before: String,
+    /// 32 random bytes, hex.
+    pub nonce: String,
+}
+
+/// `payload` of an `exact` EVM payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExactEvmPayload {
+    /// `0x` + r‖s‖v (65 bytes for an EOA).
+    pub signature: String,
+    /// What was signed.
+    pub authorization: Authorization,
+}
+
+/// A v2 payment payload (`PAYMENT-SIGNATURE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentPayloadV2 {
+    /// The resource, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+    /// A verbatim copy of the chosen requirement.
+    pub accepted: PaymentRequirements,
+    /// The signed authorization.
+    pub payload: ExactEvmPayload,
+    /// Extensions, echoed and possibly extended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Map<String, Value>>,
+}
+
+/// A v1 payment payload (`X-PAYMENT`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentPayloadV1 {
+    /// `exact`.
+    pub scheme: String,
+    /// v1 network name.
+    pub network: String,
+    /// The signed authorization.
+    pub payload: ExactEvmPayload,
+}
+
+/// A payment payload of either version; serialised with its `x402Version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one payload per request, matched often: boxing buys nothing"
+)]
+pub enum PaymentPayload {
+    /// `x402Version: 1`.
+    V1(PaymentPayloadV1),
+    /// `x402Version: 2`.
+    V2(PaymentPayloadV2),
+}
+
+/// Why a payload or request body did not parse. [`PayloadError::reason`] maps it to `invalid_x402_version` or
+/// `invalid_payload`; at the HTTP boundary it is a 400-class error ([`super::header::HeaderError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// Not JSON at all (or not UTF-8).
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    /// JSON of the wrong shape.
+    #[error("unexpected JSON shape: {0}")]
+    Shape(String),
+    /// No numeric `x402Version`.
+    #[error("x402Version is missing or not a number")]
+    MissingVersion,
+    /// An `x402Version` other than 1 or 2.
+    #[error("unsupported x402Version {0}")]
+    UnsupportedVersion(u64),
+    /// The request's `x402Version` differs from its payload's.
+    #[error("x402Version {request} does not match the payload's {payload}")]
+    VersionMismatch {
+        /// The request's.
+        request: u64,
+        /// The payload's.
+        payload: u64,
+    },
+}
+
+impl PayloadError {
+    /// The x402 reason for this failure.
+    pub const fn reason(&self) -> InvalidReason {
+        match self {
+            Self::UnsupportedVersion(_) | Self::VersionMismatch { .. } => {
+                InvalidReason::InvalidX402Version
+            }
+            Self::Json(_) | Self::Shape(_) | Self::MissingVersion => InvalidReason::InvalidPayload,
+        }
+    }
+
+    fn from_serde(e: &serde_json::Error) -> Self {
+        match e.classify() {
+            serde_json::error::Category::Data => Self::Shape(e.to_string()),
+            _ => Self::Json(e.to_string()),
+        }
+    }
+}
+
+/// Parse JSON bytes into `T`, classifying the error.
+pub(crate) fn from_json_slice<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, PayloadError> {
+    serde_json::from_slice(bytes).map_err(|e| PayloadError::from_serde(&e))
+}
+
+/// Our own types serialise infallibly (string keys, no maps with non-string keys, no failing impls).
+pub(crate) fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("x402 wire types serialise infallibly")
+}
+
+fn version_of(v: &Value) -> Result<u64, PayloadError> {
+    v.get("x402Version")
+        .and_then(Value::as_u64)
+        .ok_or(PayloadError::MissingVersion)
+}
+
+impl PaymentPayload {
+    /// Parse a payload, dispatching on `x402Version`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, PayloadError> {
+        Self::from_value(from_json_slice(bytes)?)
+    }
+
+    /// Parse a payload from a JSON value, dispatching on `x402Version`.
+    pub fn from_value(v: Value) -> Result<Self, PayloadError> {
+        let shape = |e: serde_json::Error| PayloadError::from_serde(&e);
+        match version_of(&v)? {
+            1 => serde_json::from_value(v).map(Self::V1).map_err(shape),
+            2 => serde_json::from_value(v).map(Self::V2).map_err(shape),
+            n => Err(PayloadError::UnsupportedVersion(n)),
+        }
+    }
+
+    /// Its `x402Version`.
+    pub const fn version(&self) -> u32 {
+        match self {
+            Self::V1(_) => X402_V1,
+            Self::V2(_) => X402_V2,
+        }
+    }
+
+    /// The payload's scheme (v2: `accepted.scheme`).
+    pub fn scheme(&self) -> &str {
+        match self {
+            Self::V1(p) => &p.scheme,
+            Self::V2(p) => &p.accepted.scheme,
+        }
+    }
+
+    /// The payload's network (v2: `accepted.network`, CAIP-2; v1: a v1 name).
+    pub fn network(&self) -> &str {
+        match self {
+            Self::V1(p) => &p.network,
+            Self::V2(p) => &p.accepted.network,
+        }
+    }
+
+    /// The signed authorization.
+    pub const fn exact(&self) -> &ExactEvmPayload {
+        match self {
+            Self::V1(p) => &p.payload,
+            Self::V2(p) => &p.payload,
+        }
+    }
+
+    /// v2's `accepted`.
+    pub const fn accepted(&self) -> Option<&PaymentRequirements> {
+        match self {
+            Self::V1(_) => None,
+            Self::V2(p) => Some(&p.accepted),
+        }
+    }
+
+    /// The JSON text.
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+}
+
+#[derive(Serialize)]
+struct Versioned<'a, T> {
+    #[serde(rename = "x402Version")]
+    version: u32,
+    #[serde(flatten)]
+    inner: &'a T,
+}
+
+impl Serialize for PaymentPayload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::V1(p) => Versioned {
+                version: X402_V1,
+                inner: p,
+            }
+            .serialize(s),
+            Self::V2(p) => Versioned {
+                version: X402_V2,
+                inner: p,
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PaymentPayload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::from_value(Value::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
+/// `paymentRequirements` in a facilitator request: v2 shape (`amount`) or v1 shape (`maxAmountRequired`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AnyPaymentRequirements {
+    /// v2 shape.
+    V2(PaymentRequirements),
+    /// v1 shape.
+    V1(PaymentRequirementsV1),
+}
+
+impl AnyPaymentRequirements {
+    /// The v2 shape, as verification consumes it.
+    pub fn to_v2(&self) -> PaymentRequirements {
+        match self {
+            Self::V2(r) => r.clone(),
+            Self::V1(r) => r.to_v2(),
+        }
+    }
+}
+
+/// Body of facilitator `POST /verify` and `POST /settle`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyRequest {
+    /// The payload's version.
+    pub x402_version: u32,
+    /// What the client sent.
+    pub payment_payload: PaymentPayload,
+    /// What the resource server asks for.
+    pub payment_requirements: AnyPaymentRequirements,
+}
+
+/// Body of facilitator `POST /settle` (same shape as `/verify`).
+pub type SettleRequest = VerifyRequest;
+
+impl VerifyRequest {
+    /// Parse a request body: `x402Version` must be 1 or 2 and equal the payload's (else
+    /// [`PayloadError::UnsupportedVersion`] / [`PayloadError::VersionMismatch`], i.e. `invalid_x402_version`).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let v: Value = from_json_slice(bytes)?;
+        let request = version_of(&v)?;
+        if !(1..=2).contains(&request) {
+            return Err(PayloadError::UnsupportedVersion(request));
+        }
+        let payload = v
+            .get("paymentPayload")
+            .ok_or_else(|| PayloadError::Shape("missing field `paymentPayload`".into()))
+            .and_then(version_of)?;
+        if payload != request {
+            return Err(PayloadError::VersionMismatch { request, payload });
+        }
+        serde_json::from_value(v).map_err(|e| PayloadError::from_serde(&e))
+    }
+
+    /// The JSON text.
+    pub fn to_json(&self) -> String {
+        to_json(self)
+    }
+}
+
+fn checksummed(a: Address) -> String {
+    a.to_checksum(None)
+}
+
+/// Answer of `POST /verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyResponse {
+    /// Whether the payment verified.
+    pub is_valid: bool,
+    /// Why not (opaque when it comes from a peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_message: Option<String>,
+    /// The payer, whenever known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
+    /// Extensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Map<String, Value>>,
+}
+
+impl VerifyResponse {
+    /// `{isValid: true, payer}`.
+    pub fn valid(payer: Address) -> Self {
+        Self {
+            is_valid: true,
+            invalid_reason: None,
+            invalid_message: None,
+            payer: Some(checksummed(payer)),
+            extensions: None,
+        }
+    }
+
+    /// `{isValid: false, invalidReason, payer?}`.
+    pub fn invalid(reason: InvalidReason, payer: Option<Address>) -> Self {
+        Self {
+            is_valid: false,
+            invalid_reason: Some(reason.as_str().to_owned()),
+            invalid_message: None,
+            payer: payer.map(checksummed),
+            extensions: None,
+        }
+    }
+
+    /// From a verification outcome; `claimed_payer` fills `payer` on rejection (see
+    /// [`super::exact::claimed_payer`]).
+    pub fn from_result(
+        result: Result<Address, InvalidReason>,
+        claimed_payer: Option<Address>,
+    ) -> Self {
+        match result {
+            Ok(payer) => Self::valid(payer),
+            Err(reason) => Self::invalid(reason, claimed_payer),
+        }
+    }
+
+    /// The reason, if it is one of ours.
+    pub fn reason(&self) -> Option<InvalidReason> {
+        self.invalid_reason.as_deref()?.parse().ok()
+    }
+}
+
+/// Answer of `POST /settle`, and (base64) the `PAYMENT-RESPONSE` / `X-PAYMENT-RESPONSE` header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettleResponse {
+    /// Whether the transfer is final.
+    pub success: bool,
+    /// Why not (opaque when it comes from a peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_reason: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// The payer, whenever known (required in v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
+    /// Transaction hash, `""` if nothing was broadcast.
+    #[serde(default)]
+    pub transaction: String,
+    /// The requirements' network.
+    pub network: String,
+    /// Settled amount (required for `upto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// Extensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Map<String, Value>>,
+}
+
+fn tx_string(tx: Option<alloy_primitives::B256>) -> String {
+    tx.map(|h| h.to_string()).unwrap_or_default()
+}
+
+impl SettleResponse {
+    /// `{success: true, payer, transaction, network}`.
+    pub fn success(
+        payer: Address,
+        transaction: alloy_primitives::B256,
+        network: impl Into<String>,
+    ) -> Self {
+        Self {
+            success: true,
+            error_reason: None,
+            error_message: None,
+            payer: Some(checksummed(payer)),
+            transaction: tx_string(Some(transaction)),
+            network: network.into(),
+            amount: None,
+            extensions: None,
+        }
+    }
+
+    /// `{success: false, errorReason, payer?, transaction: hash or "", network}`. For a receipt that did not
+    /// arrive in time use [`InvalidReason::SettlementPending`] with the broadcast hash.
+    pub fn failure(
+        reason: InvalidReason,
+        payer: Option<Address>,
+        transaction: Option<alloy_primitives::B256>,
+        network: impl Into<String>,
+    ) -> Self {
+        Self {
+            success: false,
+            error_reason: Some(reason.as_str().to_owned()),
+            error_message: None,
+            payer: payer.map(checksummed),
+            transaction: tx_string(transaction),
+            network: network.into(),
+            amount: None,
+            extensions: None,
+        }
+    }
+
+    /// The reason, if it is one of ours.
+    pub fn reason(&self) -> Option<InvalidReason> {
+        self.error_reason.as_deref()?.parse().ok()
+    }
+
+    /// Whether this is the non-terminal `settlement_pending`.
+    pub fn is_pending(&self) -> bool {
+        !self.success && self.reason() == Some(InvalidReason::SettlementPending)
+    }
+}
+
+/// One `(x402Version, scheme, network)` a facilitator serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SupportedKind {
+    /// Protocol version.
+    pub x402_version: u32,
+    /// Scheme.
+    pub scheme: String,
+    /// CAIP-2 (v2) or v1 name (v1).
+    pub network: String,
+    /// Scheme data merged into offers by resource servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Map<String, Value>>,
+}
+
+/// Answer of `GET /supported`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupportedResponse {
+    /// What we serve.
+    pub kinds: Vec<SupportedKind>,
+    /// Supported extension keys.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Signer addresses by CAIP-2 pattern (`eip155:*`).
+    #[serde(default)]
+    pub signers: BTreeMap<String, Vec<String>>,
+}
+
+impl SupportedResponse {
+    /// `exact` on every network of `networks`, as v2 (CAIP-2) and v1 (name) kinds, signed by `signers`.
+    pub fn exact_evm(networks: &Networks, signers: &[Address]) -> Self {
+        let kind = |version, network: String| SupportedKind {
+            x402_version: version,
+            scheme: SCHEME_EXACT.to_owned(),
+            network,
+            extra: None,
+        };
+        let mut kinds: Vec<SupportedKind> =
+            networks.iter().map(|n| kind(X402_V2, n.caip2())).collect();
+        kinds.extend(networks.iter().map(|n| kind(X402_V1, n.name.clone())));
+        let mut map = BTreeMap::new();
+        if !signers.is_empty() {
+            map.insert(
+                "eip155:*".to_owned(),
+                signers.iter().copied().map(checksummed).collect(),
+            );
+        }
+        Self {
+            kinds,
+            extensions: Vec::new(),
+            signers: map,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn requirements() -> PaymentRequirements {
+        PaymentRequirements {
+            scheme: "exact".into(),
+            network: "eip155:84532".into(),
+            amount: "10000".into(),
+            asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e".into(),
+            pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
+            max_timeout_seconds: 60,
+            extra: Some(Extra::eip712("USDC", "2")),
+        }
+    }
+
+    fn exact_payload() -> ExactEvmPayload {
+        ExactEvmPayload {
+            signature: format!("0x{}", "11".repeat(65)),
+            authorization: Authorization {
+                from: "0x857b06519E91e3A54538791bDbb0E22373e36b66".into(),
+                to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
+                value: "10000".into(),
+                valid_after: "0".into(),
+                valid_before: "1740672154".into(),
+                nonce: format!("0x{}", "ab".repeat(32)),
+            },
+        }
+    }
+
+    #[test]
+    fn payment_required_matches_the_reference_example() {
+        let reference = json!({"x402Version": 2, "error": "PAYMENT-SIGNATURE header is required",
+            "resource": {"url": "https://api.example.com/v1/esim/activate", "description": "eSIM activation", "mimeType": "application/json"},
+            "accepts": [{"scheme": "exact", "network": "eip155:84532", "amount": "10000",
+                "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "payTo": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+                "maxTimeoutSeconds": 60, "extra": {"name": "USDC", "version": "2"}}],
+            "extensions": {}});
+        let parsed: PaymentRequired = serde_json::from_value(reference.clone()).unwrap();
+        assert_eq!(parsed.accepts[0], requirements());
+        assert_eq!(parsed.accepts[0].eip712_name(), Some("USDC"));
+        assert_eq!(parsed.accepts[0].eip712_version(), Some("2"));
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), reference);
+    }
+
+    #[test]
+    fn extra_keeps_unknown_keys_and_compares_order_insensitively() {
+        let a: Extra = serde_json::from_str(
+            r#"{"name":"USDC","version":"2","assetTransferMethod":"eip3009"}"#,
+        )
+        .unwrap();
+        let b: Extra = serde_json::from_str(
+            r#"{"assetTransferMethod":"eip3009","version":"2","name":"USDC"}"#,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.other["assetTransferMethod"], "eip3009");
+        let back = serde_json::to_value(&a).unwrap();
+        assert_eq!(back["assetTransferMethod"], "eip3009");
+        let no_domain: Extra = serde_json::from_str("{}").unwrap();
+        assert_eq!(no_domain, Extra::default());
+    }
+
+    #[test]
+    fn payloads_serialise_with_their_version() {
+        let v2 = PaymentPayload::V2(PaymentPayloadV2 {
+            resource: None,
+            accepted: requirements(),
+            payload: exact_payload(),
+            extensions: None,
+        });
+        let v: Value = serde_json::from_str(&v2.to_json()).unwrap();
+        assert_eq!(v["x402Version"], 2);
+        assert_eq!(
+            v["accepted"]["payTo"],
+            "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+        );
+        assert_eq!(v["payload"]["authorization"]["validBefore"], "1740672154");
+        assert_eq!(
+            PaymentPayload::from_json(v2.to_json().as_bytes()).unwrap(),
+            v2
+        );
+        assert_eq!(v2.scheme(), "exact");
+        assert_eq!(v2.network(), "eip155:84532");
+
+        let v1 = PaymentPayload::V1(PaymentPayloadV1 {
+            scheme: "exact".into(),
+            network: "base-sepolia".into(),
+            payload: exact_payload(),
+        });
+        let v: Value = serde_json::to_value(&v1).unwrap();
+        assert_eq!(v["x402Version"], 1);
+        assert_eq!(v["network"], "base-sepolia");
+        assert!(v.get("accepted").is_none());
+        assert_eq!(serde_json::from_value::<PaymentPayload>(v).unwrap(), v1);
+        assert_eq!((v1.version(), v1.accepted()), (1, None));
+    }
+
+    #[test]
+    fn payload_errors_are_typed() {
+        assert!(matches!(
+            PaymentPayload::from_json(b"{nope"),
+            Err(PayloadError::Json(_))
+        ));
+        assert!(matches!(
+            PaymentPayload::from_json(b"\xff\xfe"),
+            Err(PayloadError::Json(_))
+        ));
+        assert_eq!(
+            PaymentPayload::from_json(b"{}"),
+            Err(PayloadError::MissingVersion)
+        );
+        assert_eq!(
+            PaymentPayload::from_json(br#"{"x402Version":"2"}"#),
+            Err(PayloadError::MissingVersion)
+        );
+        assert_eq!(
+            PaymentPayload::from_json(br#"{"x402Version":3}"#),
+            Err(PayloadError::UnsupportedVersion(3))
+        );
+        let shape = PaymentPayload::from_json(br#"{"x402Version":2,"accepted":{}}"#).unwrap_err();
+        assert!(matches!(shape, PayloadError::Shape(_)), "{shape:?}");
+        assert_eq!(shape.reason(), InvalidReason::InvalidPayload);
+        assert_eq!(
+            PayloadError::UnsupportedVersion(3).reason(),
+            InvalidReason::InvalidX402Version
+        );
+        assert!(serde_json::from_str::<PaymentPayload>(r#"{"x402Version":7}"#).is_err());
+    }
+
+    #[test]
+    fn v1_requirements_convert_both_ways() {
+        let resource = Resource {
+            url: "https://api.example.com/x".into(),
+            description: Some("eSIM activation".into()),
+            mime_type: Some("application/json".into()),
+        };
+        let v1 = PaymentRequirementsV1::from_v2(&requirements(), &resource);
+        let v = serde_json::to_value(&v1).unwrap();
+        assert_eq!(v["network"], "base-sepolia");
+        assert_eq!(v["maxAmountRequired"], "10000");
+        assert_eq!(v["resource"], "https://api.example.com/x");
+        assert_eq!(v["description"], "eSIM activation");
+        assert!(v.get("amount").is_none());
+        let back = v1.to_v2();
+        assert_eq!(back.amount, "10000");
+        assert_eq!(back.network, "base-sepolia");
+        // A chain without a v1 name keeps its CAIP-2 id.
+        let mut odd = requirements();
+        odd.network = "eip155:999".into();
+        assert_eq!(
+            PaymentRequirementsV1::from_v2(&odd, &resource).network,
+            "eip155:999"
+        );
+    }
+
+    #[test]
+    fn verify_requests_check_versions_and_accept_both_requirement_shapes() {
+        let req = VerifyRequest {
+            x402_version: 2,
+            payment_payload: PaymentPayload::V2(PaymentPayloadV2 {
+                resource: None,
+                accepted: requirements(),
+                payload: exact_payload(),
+                extensions: None,
+            }),
+            payment_requirements: AnyPaymentRequirements::V2(requirements()),
+        };
+        let text = req.to_json();
+        assert_eq!(VerifyRequest::from_json(text.as_bytes()).unwrap(), req);
+
+        let mut v: Value = serde_json::from_str(&text).unwrap();
+        v["x402Version"] = json!(1);
+        assert_eq!(
+            VerifyRequest::from_json(v.to_string().as_bytes()),
+            Err(PayloadError::VersionMismatch {
+                request: 1,
+                payload: 2
+            })
+        );
+        v["x402Version"] = json!(5);
+        assert_eq!(
+            VerifyRequest::from_json(v.to_string().as_bytes())
+                .unwrap_err()
+                .reason(),
+            InvalidReason::InvalidX402Version
+        );
+        assert!(matches!(
+            VerifyRequest::from_json(br#"{"x402Version":2}"#),
+            Err(PayloadError::Shape(_))
+        ));
+
+        let resource = Resource {
+            url: "u".into(),
+            description: None,
+            mime_type: None,
+        };
+        let v1 = VerifyRequest {
+            x402_version: 1,
+            payment_payload: PaymentPayload::V1(PaymentPayloadV1 {
+                scheme: "exact".into(),
+                network: "base-sepolia".into(),
+                payload: exact_payload(),
+            }),
+            payment_requirements: AnyPaymentRequirements::V1(PaymentRequirementsV1::from_v2(
+                &requirements(),
+                &resource,
+            )),
+        };
+        let back = VerifyRequest::from_json(v1.to_json().as_bytes()).unwrap();
+        assert_eq!(back, v1);
+        assert_eq!(back.payment_requirements.to_v2().amount, "10000");
+    }
+
+    #[test]
+    fn facilitator_responses_have_reference_shapes() {
+        let payer: Address = "0x857b06519e91e3a54538791bdbb0e22373e36b66"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(VerifyResponse::valid(payer)).unwrap(),
+            json!({"isValid": true, "payer": "0x857b06519E91e3A54538791bDbb0E22373e36b66"})
+        );
+        let bad = VerifyResponse::from_result(Err(InvalidReason::RecipientMismatch), Some(payer));
+        assert_eq!(
+            serde_json::to_value(&bad).unwrap(),
+            json!({"isValid": false, "invalidReason": "invalid_exact_evm_recipient_mismatch",
+                   "payer": "0x857b06519E91e3A54538791bDbb0E22373e36b66"})
+        );
+        assert_eq!(bad.reason(), Some(InvalidReason::RecipientMismatch));
+        let foreign: VerifyResponse =
+            serde_json::from_str(r#"{"isValid":false,"invalidReason":"something_new"}"#).unwrap();
+        assert_eq!(
+            (foreign.reason(), foreign.invalid_reason.as_deref()),
+            (None, Some("something_new"))
+        );
+
+        let tx = alloy_primitives::B256::repeat_byte(0xab);
+        let ok = SettleResponse::success(payer, tx, "eip155:84532");
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            json!({"success": true, "payer": "0x857b06519E91e3A54538791bDbb0E22373e36b66",
+                   "transaction": format!("0x{}", "ab".repeat(32)), "network": "eip155:84532"})
+        );
+        let none =
+            SettleResponse::failure(InvalidReason::NonceAlreadyUsed, Some(payer), None, "base");
+        let v = serde_json::to_value(&none).unwrap();
+        assert_eq!(v["transaction"], "");
+        assert_eq!(v["errorReason"], "invalid_exact_evm_nonce_already_used");
+        assert!(!none.is_pending());
+        let pending = SettleResponse::failure(
+            InvalidReason::SettlementPending,
+            Some(payer),
+            Some(tx),
+            "base",
+        );
+        assert!(pending.is_pending());
+    }
+
+    #[test]
+    fn supported_lists_v2_and_v1_kinds() {
+        let nets = Networks::builtin()
+            .clone()
+            .retain(|n| n.name == "base-sepolia");
+        let signer: Address = "0x857b06519e91e3a54538791bdbb0e22373e36b66"
+            .parse()
+            .unwrap();
+        let s = SupportedResponse::exact_evm(&nets, &[signer]);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            json!({"kinds": [{"x402Version": 2, "scheme": "exact", "network": "eip155:84532"},
+                             {"x402Version": 1, "scheme": "exact", "network": "base-sepolia"}],
+                   "extensions": [], "signers": {"eip155:*": ["0x857b06519E91e3A54538791bDbb0E22373e36b66"]}})
+        );
+        let back: SupportedResponse =
+            serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
