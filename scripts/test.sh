@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: set-up, lint (fmt + clippy, native and wasm), build the components, run every test.
+# The whole test suite: set-up, token artifact check, lint (fmt + clippy, native and wasm), build the components,
+# run every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/compile-token.sh --check   # the committed token artifact matches its Solidity source
 cargo fmt --all -- --check
 cargo clippy --workspace --exclude esim402-gateway --exclude esim402-invoices --exclude esim402-verifier \
   --exclude esim402-metering --exclude esim402-dispatch --exclude esim402-guest --all-targets -- -D warnings

@@ -3,5 +3,6 @@
 
 mod activate;
 mod backends;
+mod devchain;
 mod dispatch;
 mod startup;

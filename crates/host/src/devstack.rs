@@ -1,8 +1,17 @@
-//! The embedded development stack `esim402 up` starts so the app works on a bare machine: today the SM-DP+
-//! simulator (`smdp-sim`, the binary built beside `esim402`), listening on loopback, with its download-progress
-//! callbacks pointed at this host. Each piece is skipped when the user configured the real thing (e.g.
-//! `SPIN_VARIABLE_SMDP_URL`), and every child process is stopped by its PID when the host exits. What was
+//! The embedded development stack `esim402 up` starts so the app works on a bare machine: the SM-DP+ simulator
+//! (`smdp-sim`, the binary built beside `esim402`), listening on loopback, with its download-progress callbacks
+//! pointed at this host; and a local chain ([`chain`]: anvil with the project's EIP-3009 test token deployed and
+//! a demo agent funded). Each piece is skipped when the user configured the real thing (`SPIN_VARIABLE_SMDP_URL`,
+//! `SPIN_VARIABLE_RPC_URL`), and every child process is stopped by its PID when the stack is dropped. What was
 //! started is written to `.spin/devstack.json` for scripts and demos.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let env = std::collections::HashMap::new();
+//! let stack = esim402_host::devstack::DevStack::start(".".as_ref(), "127.0.0.1:3000".parse()?, &env).await?;
+//! // stack.env: SPIN_VARIABLE_* for the app; stack.facts: what to show and write.
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -12,6 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use serde_json::json;
+
+pub mod chain;
 
 /// Children started for development; stopped on drop.
 #[derive(Default)]
@@ -31,8 +43,17 @@ fn sibling(name: &str) -> Option<PathBuf> {
 }
 
 impl DevStack {
-    /// Start what the environment does not already provide. `listen` is the host's bound address.
-    pub fn start(listen: SocketAddr, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+    /// Start what the environment does not already provide. `app_dir` holds the manifest (and `tools/`, where
+    /// `scripts/setup.sh` installs anvil); `listen` is the host's bound address; `env` is the app's environment.
+    /// Variables set in `<app_dir>/.env` count as configured too, as they do for the app.
+    pub async fn start(
+        app_dir: &Path,
+        listen: SocketAddr,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        let mut configured = read_dotenv(&app_dir.join(".env"))?;
+        configured.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env = &configured;
         let mut stack = Self::default();
         if env.contains_key("SPIN_VARIABLE_SMDP_URL") {
             tracing::info!(
@@ -59,7 +80,92 @@ impl DevStack {
                 .facts
                 .insert("smdp_callback_url".into(), callback.into());
         }
+        if env.contains_key("SPIN_VARIABLE_RPC_URL") {
+            tracing::info!(
+                "dev stack: chain configured by SPIN_VARIABLE_RPC_URL; no anvil started"
+            );
+        } else {
+            stack.start_chain(app_dir, env).await?;
+        }
         Ok(stack)
+    }
+
+    /// anvil + the test token; points the app's payment variables at them.
+    async fn start_chain(
+        &mut self,
+        app_dir: &Path,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let anvil = chain::find_anvil(app_dir, env)?;
+        let var = |name: &str, default: &str| {
+            env.get(&format!("SPIN_VARIABLE_{name}"))
+                .cloned()
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let domain = chain::TokenDomain {
+            name: var("USDC_EIP712_NAME", "USD Coin"),
+            version: var("USDC_EIP712_VERSION", "2"),
+            symbol: "USDC".into(),
+        };
+        let children = &mut self.children;
+        let dev = chain::start(&anvil, &domain, |child| {
+            children.push(("anvil".into(), child));
+        })
+        .await?;
+        let network = format!("eip155:{}", chain::CHAIN_ID);
+        let settings = [
+            ("RPC_URL", dev.rpc_url.clone()),
+            ("PAYMENT_NETWORK", network.clone()),
+            ("USDC_ADDRESS", dev.token.to_string()),
+            ("USDC_EIP712_NAME", domain.name.clone()),
+            ("USDC_EIP712_VERSION", domain.version.clone()),
+            ("RECIPIENT_ADDRESS", chain::RECIPIENT.to_string()),
+            (
+                "FACILITATOR_PRIVATE_KEY",
+                chain::facilitator_key().to_owned(),
+            ),
+        ];
+        for (name, value) in settings {
+            let key = format!("SPIN_VARIABLE_{name}");
+            if env.get(&key).is_some_and(|v| *v != value) {
+                // Name only: the value may be a secret.
+                tracing::warn!(
+                    "dev stack: {key} is replaced by the dev chain's (set SPIN_VARIABLE_RPC_URL to use your own chain)"
+                );
+            }
+            self.env.push((key, value));
+        }
+        let facts = [
+            ("rpc_url", json!(dev.rpc_url)),
+            ("chain_id", json!(chain::CHAIN_ID)),
+            ("network", json!(network)),
+            ("token_address", json!(dev.token.to_string())),
+            ("token_name", json!(domain.name)),
+            ("token_version", json!(domain.version)),
+            ("token_symbol", json!(domain.symbol)),
+            ("token_decimals", json!(6)),
+            ("token_owner_address", json!(chain::DEPLOYER.to_string())),
+            ("facilitator_address", json!(chain::FACILITATOR.to_string())),
+            ("recipient_address", json!(chain::RECIPIENT.to_string())),
+            ("demo_agent_address", json!(chain::DEMO_AGENT.to_string())),
+            ("demo_agent_private_key", json!(chain::DEMO_AGENT_KEY)),
+            (
+                "demo_agent_balance",
+                json!(chain::DEMO_AGENT_FUNDS.to_string()),
+            ),
+        ];
+        for (k, v) in facts {
+            self.facts.insert(k.into(), v);
+        }
+        Ok(())
+    }
+
+    /// The PID of a started child (`"smdp-sim"`, `"anvil"`).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, child)| child.id())
     }
 
     /// Write the facts to `<dir>/.spin/devstack.json`.
@@ -73,6 +179,17 @@ impl DevStack {
         )?;
         Ok(path)
     }
+}
+
+/// `KEY=value` pairs of a `.env` file; none if it does not exist.
+fn read_dotenv(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    if !path.exists() {
+        return Ok(HashMap::new());
+    }
+    dotenvy::from_path_iter(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .map(|item| item.with_context(|| format!("malformed line in {}", path.display())))
+        .collect()
 }
 
 /// Spawn `cmd`, wait (up to 10 s) for the stdout line starting with `prefix` and return the rest of it.

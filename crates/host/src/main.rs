@@ -65,7 +65,8 @@ struct ServeArgs {
     /// Keep key-value data in memory only (nothing persists).
     #[arg(long)]
     memory_kv: bool,
-    /// Do not start the embedded development stack (SM-DP+ simulator); configure real endpoints instead.
+    /// Do not start the embedded development stack (SM-DP+ simulator, anvil dev chain with the test token);
+    /// configure real endpoints instead.
     #[arg(long)]
     no_dev_stack: bool,
 }
@@ -137,7 +138,8 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
     let stack = if args.no_dev_stack {
         DevStack::default()
     } else {
-        let stack = DevStack::start(addr, &opts.env)?;
+        let app_dir = Manifest::load(manifest)?.dir;
+        let stack = DevStack::start(&app_dir, addr, &opts.env).await?;
         opts.env.extend(stack.env.iter().cloned());
         stack
     };
@@ -146,7 +148,12 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
         let path = stack.write_facts(&app.manifest.dir)?;
         eprintln!("Dev stack ({}):", path.display());
         for (k, v) in &stack.facts {
-            eprintln!("  {k}: {}", v.as_str().unwrap_or_default());
+            match v {
+                // Dev keys stay in the file; the console (and any log capturing it) never shows a key.
+                _ if k.ends_with("private_key") => eprintln!("  {k}: (in {})", path.display()),
+                serde_json::Value::String(s) => eprintln!("  {k}: {s}"),
+                other => eprintln!("  {k}: {other}"),
+            }
         }
     }
     eprintln!("Serving http://{addr}");

@@ -1,0 +1,276 @@
+//! The dev chain: anvil (the project-local binary from npm `@foundry-rs/anvil`, installed by `scripts/setup.sh`
+//! into `tools/node_modules`) on a loopback port, with the project's EIP-3009 test token
+//! (`contracts/EIP3009Token.sol`, its compiled artifact embedded in this binary) deployed by anvil account #0 and
+//! 1,000 USDC minted to the demo agent.
+//!
+//! Accounts come from anvil's public test mnemonic (`test test … junk`); their keys are published test keys,
+//! worthless anywhere but a local chain:
+//! - #0 deploys the token and owns it (may mint);
+//! - #1 is the facilitator: its key goes to the app as `facilitator_private_key` (never logged, never written
+//!   to `.spin/devstack.json`);
+//! - #2 is the recipient (`payTo`);
+//! - #9 is the demo agent: its key is written to `.spin/devstack.json` so demos can sign payments with it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, U256, address};
+use alloy_sol_types::{SolCall, SolValue, sol};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// anvil's default chain id.
+pub const CHAIN_ID: u64 = 31337;
+/// The mnemonic the accounts below derive from (anvil's default, passed explicitly so it cannot drift).
+const MNEMONIC: &str = "test test test test test test test test test test test junk";
+/// Account #0: deploys and owns the token.
+pub const DEPLOYER: Address = address!("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
+/// Account #1: the facilitator (pays gas, submits `transferWithAuthorization`).
+pub const FACILITATOR: Address = address!("0x70997970C51812dc3A010C7d01b50e0d17dc79C8");
+/// Account #1's key: a published anvil test key, handed to the app only through its environment.
+const FACILITATOR_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+/// Account #2: receives payments.
+pub const RECIPIENT: Address = address!("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC");
+/// Account #9: the demo agent, funded with test USDC.
+pub const DEMO_AGENT: Address = address!("0xa0Ee7A142d267C1f36714E4a8F75612F20a79720");
+/// Account #9's key: a published anvil test key; the demo's wallet, written to `.spin/devstack.json`.
+pub const DEMO_AGENT_KEY: &str =
+    "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+/// What the demo agent is funded with: 1,000 USDC in atomic units (6 decimals).
+pub const DEMO_AGENT_FUNDS: u64 = 1_000_000_000;
+
+/// The compiled test token (`scripts/compile-token.sh` writes it from the Solidity source).
+const ARTIFACT: &str = include_str!("../../../../contracts/EIP3009Token.json");
+
+sol! {
+    function mint(address to, uint256 value);
+}
+
+/// The token's EIP-712 domain and symbol.
+#[derive(Debug, Clone)]
+pub struct TokenDomain {
+    /// EIP-712 name, e.g. "USD Coin".
+    pub name: String,
+    /// EIP-712 version, e.g. "2".
+    pub version: String,
+    /// ERC-20 symbol.
+    pub symbol: String,
+}
+
+/// A running, funded dev chain.
+#[derive(Debug, Clone)]
+pub struct DevChain {
+    /// `http://127.0.0.1:<port>`.
+    pub rpc_url: String,
+    /// Where the token was deployed.
+    pub token: Address,
+}
+
+/// The anvil binary: `ESIM402_ANVIL` if set, else the platform binary of the npm package under
+/// `<app_dir>/tools/node_modules` (not the `.bin/anvil` node wrapper, so the child's PID is anvil's own).
+pub fn find_anvil(app_dir: &Path, env: &HashMap<String, String>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = env.get("ESIM402_ANVIL") {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!(
+            "ESIM402_ANVIL points to {}, which is not a file",
+            path.display()
+        );
+    }
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        "windows" => "win32",
+        other => other,
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let exe = if os == "win32" { "anvil.exe" } else { "anvil" };
+    let path = app_dir
+        .join("tools/node_modules/@foundry-rs")
+        .join(format!("anvil-{os}-{arch}"))
+        .join("bin")
+        .join(exe);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        bail!(
+            "anvil, the dev chain, is not installed: run scripts/setup.sh (it installs anvil into \
+             tools/node_modules; expected {}), or set SPIN_VARIABLE_RPC_URL to use another chain, or pass \
+             --no-dev-stack",
+            path.display()
+        )
+    }
+}
+
+/// Start anvil on a loopback port chosen by the OS, deploy the token and fund the demo agent.
+///
+/// `on_spawn` receives the child as soon as it runs, so the caller can stop it even if a later step fails.
+pub async fn start(
+    anvil: &Path,
+    domain: &TokenDomain,
+    on_spawn: impl FnOnce(Child),
+) -> anyhow::Result<DevChain> {
+    let started = Instant::now();
+    let (child, listening) = super::spawn_announcing(
+        Command::new(anvil).args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--chain-id",
+            &CHAIN_ID.to_string(),
+            "--mnemonic",
+            MNEMONIC,
+            "--accounts",
+            "10",
+        ]),
+        "Listening on ",
+    )?;
+    on_spawn(child);
+    let rpc = Rpc::new(format!("http://{listening}"))?;
+    rpc.wait_ready().await?;
+    let token = deploy(&rpc, domain).await?;
+    let data = mintCall {
+        to: DEMO_AGENT,
+        value: U256::from(DEMO_AGENT_FUNDS),
+    }
+    .abi_encode();
+    rpc.transact(DEPLOYER, Some(token), &data)
+        .await
+        .context("minting test USDC to the demo agent")?;
+    tracing::info!(
+        rpc_url = %rpc.url,
+        %token,
+        facilitator = %FACILITATOR,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "dev stack: anvil running, test token deployed and the demo agent funded"
+    );
+    Ok(DevChain {
+        rpc_url: rpc.url,
+        token,
+    })
+}
+
+/// The facilitator's key for the app's environment (never log it).
+pub fn facilitator_key() -> &'static str {
+    FACILITATOR_KEY
+}
+
+/// Deploy the token from account #0; returns its address.
+async fn deploy(rpc: &Rpc, domain: &TokenDomain) -> anyhow::Result<Address> {
+    let artifact: Value =
+        serde_json::from_str(ARTIFACT).context("contracts/EIP3009Token.json is not JSON")?;
+    let bytecode = artifact["bytecode"]
+        .as_str()
+        .and_then(|b| b.strip_prefix("0x"))
+        .and_then(|b| hex::decode(b).ok())
+        .context("contracts/EIP3009Token.json has no hex `bytecode`")?;
+    let args = (
+        domain.name.clone(),
+        domain.version.clone(),
+        domain.symbol.clone(),
+    )
+        .abi_encode_params();
+    let receipt = rpc
+        .transact(DEPLOYER, None, &[bytecode, args].concat())
+        .await
+        .context("deploying the test token")?;
+    receipt["contractAddress"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .context("deployment receipt has no contractAddress")
+}
+
+/// A minimal JSON-RPC client for anvil.
+struct Rpc {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Rpc {
+    fn new(url: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self { http, url })
+    }
+
+    async fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let mut reply: Value = self
+            .http
+            .post(&self.url)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if let Some(err) = reply.get("error") {
+            bail!("{method}: {err}");
+        }
+        Ok(reply["result"].take())
+    }
+
+    /// Poll `eth_chainId` until anvil answers (it opens its port in about 0.1 s) and check the id.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.call("eth_chainId", json!([])).await {
+                Ok(id) => {
+                    let want = format!("{CHAIN_ID:#x}");
+                    if id.as_str() == Some(want.as_str()) {
+                        return Ok(());
+                    }
+                    bail!(
+                        "anvil at {} reports chain id {id}, expected {want}",
+                        self.url
+                    );
+                }
+                Err(e) if Instant::now() > deadline => {
+                    return Err(
+                        e.context(format!("anvil at {} did not answer within 10 s", self.url))
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Send a transaction from an unlocked dev account and wait for a successful receipt.
+    async fn transact(
+        &self,
+        from: Address,
+        to: Option<Address>,
+        data: &[u8],
+    ) -> anyhow::Result<Value> {
+        let mut tx = json!({"from": from, "data": format!("0x{}", hex::encode(data))});
+        if let Some(to) = to {
+            tx["to"] = json!(to);
+        }
+        let hash = self.call("eth_sendTransaction", json!([tx])).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let receipt = self
+                .call("eth_getTransactionReceipt", json!([hash]))
+                .await?;
+            if !receipt.is_null() {
+                if receipt["status"].as_str() != Some("0x1") {
+                    bail!("transaction {hash} reverted");
+                }
+                return Ok(receipt);
+            }
+            if Instant::now() > deadline {
+                bail!("no receipt for {hash} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
