@@ -5,4 +5,5 @@ mod activate;
 mod backends;
 mod devchain;
 mod dispatch;
+mod ledger;
 mod startup;

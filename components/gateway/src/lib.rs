@@ -114,6 +114,8 @@ async fn handle(req: Request) -> impl IntoResponse {
             download_progress(req).await
         }
         (Method::GET, ["v1", "balance", iccid]) => get_balance(iccid).await,
+        (Method::GET, ["v1", "ledger", "verify"]) => ledger_verify(),
+        (Method::GET, ["v1", "ledger"]) => ledger_export(req.uri().query()),
         (Method::GET, ["supported"]) => verifier::supported()
             .await
             .map(|b| json(200, b))
@@ -132,6 +134,8 @@ async fn handle(req: Request) -> impl IntoResponse {
             ]
             | ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]
             | ["v1", "balance", _]
+            | ["v1", "ledger"]
+            | ["v1", "ledger", "verify"]
             | ["supported"],
         ) => Err(ApiError::new(
             ErrorKind::MethodNotAllowed,
@@ -276,6 +280,69 @@ async fn download_progress(req: Request) -> Result<Reply, ApiError> {
             esim402_core::esim::es2::ADMIN_PROTOCOL,
         )
         .body(String::new())
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn ledger_err(e: esim402_guest::kv::KvError<()>) -> ApiError {
+    ApiError::internal(format!("ledger: {e}"))
+}
+
+/// `GET /v1/ledger/verify`: recompute the hash chain from the stored entries and compare it with the stored
+/// head. 200 either way; `ok: false` names the first problem (edited, removed, reordered or forged entry).
+fn ledger_verify() -> Result<Reply, ApiError> {
+    let (head, entries) = esim402_guest::ledger::read_all().map_err(ledger_err)?;
+    let body = match esim402_core::ledger::verify_against(&entries, &head) {
+        Ok(()) => serde_json::json!({
+            "ok": true, "count": head.count, "head": head.hash.to_string(),
+        }),
+        Err(e) => serde_json::json!({
+            "ok": false, "error": e.to_string(), "stored_count": head.count,
+            "stored_head": head.hash.to_string(), "entries_read": entries.len(),
+        }),
+    };
+    Ok(json(200, body.to_string()))
+}
+
+/// `GET /v1/ledger?from=N&limit=M`: entries as JSON lines from sequence number `from` (default 0), at most
+/// `limit` (default 1000, max 10000).
+fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
+    let mut from = 0u64;
+    let mut limit = 1000u64;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n = || {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer"))
+            })
+        };
+        match k {
+            "from" => from = n()?,
+            "limit" => limit = n()?,
+            other => {
+                return Err(ApiError::invalid(
+                    other.to_owned(),
+                    format!("unknown query parameter {other:?}; expected from, limit"),
+                ));
+            }
+        }
+    }
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "limit must be 1-10000"));
+    }
+    let entries = esim402_guest::ledger::read_from(from, limit).map_err(ledger_err)?;
+    let mut body = String::new();
+    for e in &entries {
+        // One entry per line; `to_json_line` ends each with a newline.
+        body.push_str(&esim402_core::ledger::to_json_line(e));
+    }
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 

@@ -5,6 +5,7 @@
 //! Storage: `invoice/<id>` → the kernel's `Invoice` as JSON, in the `default` store.
 
 use esim402_core::invoice::{Invoice, InvoiceStatus, PaymentOption, Purchase};
+use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::{InvoiceId, Network, UsdcAmount, chain::parse_address};
 use spin_sdk::key_value::Store;
 
@@ -152,6 +153,20 @@ impl Guest for Component {
         let json = serde_json::to_vec(&invoice).map_err(|e| wit::Error::Internal(e.to_string()))?;
         // 128 random bits make a collision practically impossible; insert-if-absent makes it impossible.
         kv::insert_if_absent(&key(&invoice.invoice_id), &json).map_err(kv_err)?;
+        let networks: Vec<String> = invoice
+            .accepts
+            .iter()
+            .map(|o| o.network.to_string())
+            .collect();
+        esim402_guest::ledger::append(
+            now,
+            EntryKind::InvoiceIssued,
+            EntryFields::default()
+                .invoice(invoice.invoice_id.to_string())
+                .amount(amount)
+                .network(networks.join(",")),
+        )
+        .map_err(|e| wit::Error::Internal(format!("ledger: {e}")))?;
         Ok(convert::invoice_to_wit(&invoice, now))
     }
 

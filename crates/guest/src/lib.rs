@@ -2,6 +2,8 @@
 //!
 //! [`kv`] wraps `wasi:keyvalue` atomics into the two operations our at-most-once designs need: insert a key only
 //! if it is absent, and read-modify-write a JSON value with compare-and-swap, retrying on contention.
+//! [`ledger`] appends to and reads the hash-chained money ledger on top of them.
 #![deny(missing_docs)]
 
 pub mod kv;
+pub mod ledger;
