@@ -1,6 +1,18 @@
-//! The verifier component: checks x402 `exact` authorizations and tx-hash proofs against invoices on chain and
-//! settles them at most once. The chain work lands with the payments issue; until then every function answers
-//! `unavailable` so no caller mistakes an unchecked payment for a verified one.
+//! The verifier component: checks x402 `exact` (EIP-3009) payments and tx-hash proofs against invoices on
+//! chain, and settles them at most once; it also serves the x402 facilitator API (`/verify`, `/settle`,
+//! `/supported`) for requirements that come with the request.
+//!
+//! Decisions (wire decoding, the check order and reasons, calldata, signing, nonce bookkeeping, receipt
+//! checks) live in the kernel (`esim402_core::x402`, `esim402_core::evm`); this component does the I/O around
+//! them: Spin variables ([`config`]), JSON-RPC ([`rpc`], [`chain`]), key-value claims ([`records`]) and the
+//! broadcast ([`settle`]).
+//!
+//! - [`payment`]: one `exact` payment checked against one requirement, without and then with the chain.
+//! - [`invoice`]: `verify` / `settle` of `x402-v2` / `x402-v1` proofs against a stored invoice.
+//! - [`txhash`]: `tx-hash` proofs (a USDC transfer the payer already sent).
+//! - [`facilitator`]: the facilitator API's JSON in and out.
+//!
+//! The facilitator key is a secret: it is parsed from its variable and used to sign, nothing else.
 
 mod bindings {
     #![allow(
@@ -23,38 +35,67 @@ mod export {
     crate::bindings::export!(Component with_types_in crate::bindings);
 }
 
+mod chain;
+mod config;
+mod facilitator;
+mod invoice;
+mod payment;
+mod records;
+mod rpc;
+mod settle;
+mod txhash;
+
 use bindings::esim402::facilitator::types as wit;
 use bindings::exports::esim402::facilitator::verifier::Guest;
 
 struct Component;
 
-fn not_yet() -> wit::Error {
-    wit::Error::Unavailable(
-        "payment verification is not implemented yet; no payment is accepted".into(),
-    )
+/// Unix seconds now (the guest's wall clock).
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> wit::Error {
+    wit::Error::InvalidInput(wit::FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// A rejected payment: `payment-required` carrying the exact x402 reason string.
+fn rejected(reason: esim402_core::x402::InvalidReason) -> wit::Error {
+    wit::Error::PaymentRequired(reason.as_str().to_owned())
 }
 
 impl Guest for Component {
-    async fn verify(_invoice_id: String, _proof: wit::PaymentProof) -> Result<String, wit::Error> {
-        Err(not_yet())
+    async fn verify(invoice_id: String, proof: wit::PaymentProof) -> Result<String, wit::Error> {
+        match proof {
+            wit::PaymentProof::TxHash(hash) => txhash::verify(&invoice_id, &hash).await,
+            proof => invoice::verify(&invoice_id, &proof).await,
+        }
     }
 
     async fn settle(
-        _invoice_id: String,
-        _proof: wit::PaymentProof,
+        invoice_id: String,
+        proof: wit::PaymentProof,
     ) -> Result<wit::Settlement, wit::Error> {
-        Err(not_yet())
+        match proof {
+            wit::PaymentProof::TxHash(hash) => txhash::settle(&invoice_id, &hash).await,
+            proof => invoice::settle(&invoice_id, &proof).await,
+        }
     }
 
-    async fn facilitator_verify(_body: String) -> Result<String, wit::Error> {
-        Err(not_yet())
+    async fn facilitator_verify(body: String) -> Result<String, wit::Error> {
+        facilitator::verify(&body).await
     }
 
-    async fn facilitator_settle(_body: String) -> Result<String, wit::Error> {
-        Err(not_yet())
+    async fn facilitator_settle(body: String) -> Result<String, wit::Error> {
+        facilitator::settle(&body).await
     }
 
     async fn supported() -> Result<String, wit::Error> {
-        Err(not_yet())
+        facilitator::supported().await
     }
 }

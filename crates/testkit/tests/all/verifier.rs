@@ -1,18 +1,1430 @@
-use esim402_testkit::{Kit, types};
+//! The verifier component alone, against a scripted JSON-RPC node: [`Node`] answers each `eth_*` method by
+//! name from a small chain state the test controls, and keeps every raw transaction it is sent. Payments are
+//! signed like a wallet would (`sign_authorization` with a k256 key) and invoices are written to the store the
+//! way the invoices component writes them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use alloy_consensus::{Signed, TxEip1559};
+use alloy_primitives::{Address, B256, TxKind, U256, hex, keccak256};
+use esim402_core::invoice::{Invoice, PaymentOption, Purchase};
+use esim402_core::x402::exact::{TokenDomain, TransferAuthorization, sign_authorization};
+use esim402_core::x402::header::encode_payment_payload_header;
+use esim402_core::x402::requirements::requirements_v2;
+use esim402_core::x402::wire::{
+    ExactEvmPayload, PaymentPayload, PaymentPayloadV1, PaymentPayloadV2, PaymentRequirements,
+};
+use esim402_core::{InvoiceId, Network, UsdcAmount};
+use esim402_testkit::{Kit, Recorded, Scripted, types};
+use k256::ecdsa::SigningKey;
+use serde_json::{Value, json};
+
+const RPC: &str = "http://rpc.test";
+const USDC: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+const PAY_TO: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+const STRANGER: &str = "0x976EA74026E726554dB657fA54763abd0C3a0aa9";
+/// Anvil dev account #1 as the facilitator: the secret that must never leak.
+const FACILITATOR_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+/// Anvil dev account #3 as the payer.
+const PAYER_KEY: &str = "7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+const PRICE: u64 = 420_000;
+const CHAIN_ID: u64 = 31_337;
+/// What the node reports: pending transaction count of the facilitator, base fee, tip, gas estimate.
+const TX_COUNT: u64 = 7;
+const BASE_FEE: u128 = 1_000_000_000;
+const TIP: u128 = 100_000_000;
+const GAS_ESTIMATE: u64 = 100_000;
+const TRANSFER_WITH_AUTHORIZATION: [u8; 4] = [0xe3, 0xee, 0x16, 0x0e];
+const ERC20_TRANSFER_TOPIC: &str =
+    "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn addr(s: &str) -> Address {
+    s.parse().unwrap()
+}
+
+fn facilitator() -> Address {
+    esim402_core::evm::SigningKey::from_hex(FACILITATOR_KEY)
+        .unwrap()
+        .address()
+}
+
+fn payer_key() -> SigningKey {
+    SigningKey::from_slice(&hex::decode(PAYER_KEY).unwrap()).unwrap()
+}
+
+fn payer() -> Address {
+    esim402_core::x402::exact::address_of(payer_key().verifying_key())
+}
+
+/// `types::Error` with equality, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum E {
+    InvalidInput { field: String, message: String },
+    NotFound(String),
+    Conflict(String),
+    Expired(String),
+    PaymentRequired(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl From<types::Error> for E {
+    fn from(e: types::Error) -> Self {
+        match e {
+            types::Error::InvalidInput(f) => Self::InvalidInput {
+                field: f.field,
+                message: f.message,
+            },
+            types::Error::NotFound(m) => Self::NotFound(m),
+            types::Error::Conflict(m) => Self::Conflict(m),
+            types::Error::Expired(m) => Self::Expired(m),
+            types::Error::PaymentRequired(m) => Self::PaymentRequired(m),
+            types::Error::Unavailable(m) => Self::Unavailable(m),
+            types::Error::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+/// `types::Settlement` with equality.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum S {
+    Settled(String),
+    Pending(String),
+}
+
+impl From<types::Settlement> for S {
+    fn from(s: types::Settlement) -> Self {
+        match s {
+            types::Settlement::Settled(h) => Self::Settled(h),
+            types::Settlement::Pending(h) => Self::Pending(h),
+        }
+    }
+}
+
+// ---- the scripted node -----------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mining {
+    /// Every sent transaction is mined at once with status 1.
+    Succeed,
+    /// … with status 0.
+    Revert,
+    /// Never mined (the receipt stays null).
+    Never,
+}
+
+/// The chain as the test wants the node to describe it.
+struct ChainState {
+    chain_id: u64,
+    balance: U256,
+    nonce_used: bool,
+    simulation_ok: bool,
+    token_name: &'static str,
+    mining: Mining,
+    refuse_send: bool,
+    /// Take the raw transaction but lose the answer (HTTP 502): the sender cannot know it went out.
+    lose_send_answer: bool,
+    estimate_fails: bool,
+    /// Answer every request with HTTP 503.
+    down: bool,
+    /// Raw transactions accepted by `eth_sendRawTransaction`.
+    sent: Vec<Vec<u8>>,
+    /// Canned receipts (tx-hash proofs), by hash.
+    receipts: HashMap<B256, Value>,
+}
+
+impl Default for ChainState {
+    fn default() -> Self {
+        Self {
+            chain_id: CHAIN_ID,
+            balance: U256::from(10 * PRICE),
+            nonce_used: false,
+            simulation_ok: true,
+            token_name: "USD Coin",
+            mining: Mining::Succeed,
+            refuse_send: false,
+            lose_send_answer: false,
+            estimate_fails: false,
+            down: false,
+            sent: Vec::new(),
+            receipts: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Node {
+    chain: Mutex<ChainState>,
+}
+
+fn qty(n: u128) -> Value {
+    json!(format!("{n:#x}"))
+}
+
+fn word(v: U256) -> String {
+    B256::from(v).to_string()
+}
+
+fn abi_string(s: &str) -> String {
+    let mut data = s.as_bytes().to_vec();
+    data.resize(s.len().div_ceil(32) * 32, 0);
+    format!(
+        "{}{}{}",
+        word(U256::from(32)),
+        &word(U256::from(s.len()))[2..],
+        hex::encode(data)
+    )
+}
+
+fn receipt(hash: B256, status: bool, logs: Vec<Value>) -> Value {
+    json!({"status": if status { "0x1" } else { "0x0" }, "blockNumber": "0x11",
+           "transactionHash": hash.to_string(), "from": facilitator().to_string(), "to": USDC,
+           "logs": logs, "gasUsed": "0xb5c8", "type": "0x2"})
+}
+
+fn transfer_log(from: Address, to: Address, value: u64) -> Value {
+    json!({"address": USDC,
+           "topics": [ERC20_TRANSFER_TOPIC, from.into_word().to_string(), to.into_word().to_string()],
+           "data": word(U256::from(value)), "removed": false})
+}
+
+impl Node {
+    fn set(&self, f: impl FnOnce(&mut ChainState)) {
+        f(&mut self.chain.lock().unwrap());
+    }
+
+    fn sent(&self) -> Vec<Vec<u8>> {
+        self.chain.lock().unwrap().sent.clone()
+    }
+
+    fn answer(&self, r: &Recorded) -> Scripted {
+        let req = r.json().unwrap();
+        let id = req["id"].clone();
+        let params = &req["params"];
+        let mut c = self.chain.lock().unwrap();
+        if c.down {
+            return Scripted::status(503);
+        }
+        let result: Result<Value, (i64, &str)> = match req["method"].as_str().unwrap() {
+            "eth_chainId" => Ok(qty(c.chain_id.into())),
+            "eth_blockNumber" => Ok(qty(0x20)),
+            "eth_getTransactionCount" => Ok(qty(TX_COUNT.into())),
+            "eth_maxPriorityFeePerGas" => Ok(qty(TIP)),
+            "eth_getBlockByNumber" => Ok(json!({"number": "0x11", "timestamp": qty(now().into()),
+                                               "baseFeePerGas": qty(BASE_FEE)})),
+            "eth_estimateGas" if c.estimate_fails => Err((3, "execution reverted")),
+            "eth_estimateGas" => Ok(qty(GAS_ESTIMATE.into())),
+            "eth_call" => {
+                assert_eq!(params[0]["to"].as_str().unwrap(), USDC.to_lowercase());
+                let data = params[0]["data"].as_str().unwrap();
+                match &data[2..10] {
+                    "e94a0102" => Ok(json!(word(U256::from(u8::from(c.nonce_used))))),
+                    "70a08231" => Ok(json!(word(c.balance))),
+                    "e3ee160e" if c.simulation_ok => Ok(json!("0x")),
+                    "e3ee160e" => Err((3, "execution reverted: FiatTokenV2: invalid signature")),
+                    "06fdde03" => Ok(json!(abi_string(c.token_name))),
+                    "54fd4d50" => Ok(json!(abi_string("2"))),
+                    other => panic!("unexpected eth_call selector {other}"),
+                }
+            }
+            "eth_sendRawTransaction" if c.refuse_send => Err((-32000, "nonce too low")),
+            "eth_sendRawTransaction" => {
+                let raw = hex::decode(params[0].as_str().unwrap()).unwrap();
+                let hash = keccak256(&raw);
+                c.sent.push(raw);
+                if c.lose_send_answer {
+                    return Scripted::status(502);
+                }
+                Ok(json!(hash.to_string()))
+            }
+            "eth_getTransactionReceipt" => {
+                let hash: B256 = params[0].as_str().unwrap().parse().unwrap();
+                if let Some(canned) = c.receipts.get(&hash) {
+                    Ok(canned.clone())
+                } else if c.mining != Mining::Never
+                    && c.sent.iter().any(|raw| keccak256(raw) == hash)
+                {
+                    Ok(receipt(hash, c.mining == Mining::Succeed, vec![]))
+                } else {
+                    Ok(Value::Null)
+                }
+            }
+            other => panic!("unexpected JSON-RPC method {other}"),
+        };
+        let body = match result {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err((code, message)) => {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+            }
+        };
+        Scripted::json(200, body.to_string())
+    }
+}
+
+async fn kit(node: &Arc<Node>, vars: &[(&str, &str)]) -> Kit {
+    let n = node.clone();
+    let mut b = Kit::builder("verifier")
+        .var("payment_network", "eip155:31337")
+        .var("usdc_address", USDC)
+        .var("usdc_eip712_name", "USD Coin")
+        .var("usdc_eip712_version", "2")
+        .var("rpc_url", RPC)
+        .var("facilitator_private_key", FACILITATOR_KEY)
+        .var("settlement_timeout_ms", "2000")
+        .allow(RPC)
+        .respond(move |r| n.answer(r));
+    for (k, v) in vars {
+        b = b.var(k, v);
+    }
+    b.build().await.unwrap()
+}
+
+// ---- invoices and payments -------------------------------------------------------------------------------
+
+fn invoice(seed: u8, payer: Option<Address>) -> Invoice {
+    let option = PaymentOption {
+        network: Network::parse("eip155:31337").unwrap(),
+        asset: USDC.into(),
+        pay_to: PAY_TO.into(),
+        amount_atomic: PRICE.to_string(),
+        eip712_name: "USD Coin".into(),
+        eip712_version: "2".into(),
+    };
+    let purchase = Purchase::Activation {
+        region: "us-west".into(),
+        data_mb: 100,
+        carrier: None,
+        eid: None,
+        payer: payer.map(|p| p.to_checksum(None)),
+        allow_failover: false,
+    };
+    Invoice::new(
+        InvoiceId::from_random([seed; 16]),
+        UsdcAmount::from_micros(PRICE),
+        vec![option],
+        purchase,
+        now() - 10,
+        900,
+    )
+    .unwrap()
+}
+
+async fn store_invoice(kit: &Kit, inv: &Invoice) -> String {
+    let id = inv.invoice_id.as_str().to_owned();
+    kit.kv()
+        .set(&format!("invoice/{id}"), &serde_json::to_vec(inv).unwrap())
+        .await
+        .unwrap();
+    id
+}
+
+/// One payment as a wallet builds it; tests bend one field at a time.
+struct Pay {
+    auth: TransferAuthorization,
+    domain: TokenDomain,
+    accepted: PaymentRequirements,
+    high_s: bool,
+}
+
+static NONCES: AtomicU64 = AtomicU64::new(1);
+
+fn pay(inv: &Invoice) -> Pay {
+    let n = NONCES.fetch_add(1, Ordering::Relaxed);
+    Pay {
+        auth: TransferAuthorization {
+            from: payer(),
+            to: addr(PAY_TO),
+            value: U256::from(PRICE),
+            valid_after: U256::ZERO,
+            valid_before: U256::from(now() + 300),
+            nonce: keccak256(format!("test nonce {n}")),
+        },
+        domain: TokenDomain {
+            name: "USD Coin".into(),
+            version: "2".into(),
+            chain_id: CHAIN_ID,
+            verifying_contract: addr(USDC),
+        },
+        accepted: requirements_v2(inv)[0].clone(),
+        high_s: false,
+    }
+}
+
+impl Pay {
+    fn signature(&self) -> Vec<u8> {
+        let mut sig = sign_authorization(&payer_key(), &self.auth, &self.domain)
+            .unwrap()
+            .to_vec();
+        if self.high_s {
+            // The malleable twin (n - s, flipped parity) still recovers, but USDC refuses it.
+            let n = U256::from_be_slice(
+                &hex::decode("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141")
+                    .unwrap(),
+            );
+            let s = U256::from_be_slice(&sig[32..64]);
+            sig[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
+            sig[64] = if sig[64] == 27 { 28 } else { 27 };
+        }
+        sig
+    }
+
+    fn exact(&self) -> ExactEvmPayload {
+        ExactEvmPayload {
+            signature: format!("0x{}", hex::encode(self.signature())),
+            authorization: self.auth.to_wire(),
+        }
+    }
+
+    fn payload(&self) -> PaymentPayload {
+        PaymentPayload::V2(PaymentPayloadV2 {
+            resource: None,
+            accepted: self.accepted.clone(),
+            payload: self.exact(),
+            extensions: None,
+        })
+    }
+
+    fn v2(&self) -> types::PaymentProof {
+        types::PaymentProof::X402V2(encode_payment_payload_header(&self.payload()))
+    }
+
+    fn v1(&self) -> types::PaymentProof {
+        types::PaymentProof::X402V1(encode_payment_payload_header(&PaymentPayload::V1(
+            PaymentPayloadV1 {
+                scheme: "exact".into(),
+                network: "anvil".into(),
+                payload: self.exact(),
+            },
+        )))
+    }
+
+    fn nonce_key(&self) -> String {
+        format!(
+            "x402/nonce/eip155:31337/{:#x}/{}",
+            self.auth.from, self.auth.nonce
+        )
+    }
+
+    /// A facilitator `/verify` or `/settle` body for this payment.
+    fn facilitator_body(&self) -> String {
+        json!({"x402Version": 2,
+               "paymentPayload": serde_json::from_str::<Value>(&self.payload().to_json()).unwrap(),
+               "paymentRequirements": self.accepted})
+        .to_string()
+    }
+}
+
+// ---- calls -----------------------------------------------------------------------------------------------
+
+async fn verify(kit: &mut Kit, id: &str, proof: types::PaymentProof) -> Result<String, E> {
+    let id = id.to_owned();
+    kit.call(async move |a, g| g.verifier().call_verify(a, id, proof).await)
+        .await
+        .unwrap()
+        .map_err(E::from)
+}
+
+async fn settle(kit: &mut Kit, id: &str, proof: types::PaymentProof) -> Result<S, E> {
+    let id = id.to_owned();
+    kit.call(async move |a, g| g.verifier().call_settle(a, id, proof).await)
+        .await
+        .unwrap()
+        .map(S::from)
+        .map_err(E::from)
+}
+
+async fn facilitator_verify(kit: &mut Kit, body: String) -> Result<Value, E> {
+    kit.call(async move |a, g| g.verifier().call_facilitator_verify(a, body).await)
+        .await
+        .unwrap()
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .map_err(E::from)
+}
+
+async fn facilitator_settle(kit: &mut Kit, body: String) -> Result<Value, E> {
+    kit.call(async move |a, g| g.verifier().call_facilitator_settle(a, body).await)
+        .await
+        .unwrap()
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .map_err(E::from)
+}
+
+async fn kv_json(kit: &Kit, key: &str) -> Option<Value> {
+    kit.kv_get(key)
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+fn decode_tx(raw: &[u8]) -> Signed<TxEip1559> {
+    let mut buf = raw;
+    let tx = Signed::<TxEip1559>::eip2718_decode(&mut buf).unwrap();
+    assert!(buf.is_empty());
+    tx
+}
+
+fn rpc_methods(kit: &Kit) -> Vec<String> {
+    kit.requests()
+        .iter()
+        .map(|r| r.json().unwrap()["method"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+// ---- verify ----------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn verification_reports_unavailable_until_built() {
-    // Payment verification is issue 4's work (README feature table); until then the verifier must refuse
-    // every proof rather than accept one, and it must not reach the chain.
-    let mut kit = Kit::builder("verifier").build().await.unwrap();
-    let r = kit
-        .call(async |a, g| {
-            g.verifier()
-                .call_verify(a, "inv".into(), types::PaymentProof::TxHash("0x00".into()))
-                .await
+async fn a_valid_payment_verifies_and_returns_the_checksummed_payer() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(1, None);
+    let id = store_invoice(&kit, &inv).await;
+    let p = pay(&inv);
+    let want = payer().to_checksum(None);
+    assert_eq!(verify(&mut kit, &id, p.v2()).await, Ok(want.clone()));
+    assert_eq!(verify(&mut kit, &id, p.v1()).await, Ok(want));
+
+    // The chain was asked what the reference asks: nonce state, balance, and a simulation from our account.
+    let calls: Vec<Value> = kit
+        .requests()
+        .iter()
+        .map(|r| r.json().unwrap())
+        .filter(|r| r["method"] == "eth_call")
+        .collect();
+    let selectors: Vec<&str> = calls
+        .iter()
+        .map(|c| &c["params"][0]["data"].as_str().unwrap()[..10])
+        .collect();
+    for s in ["0xe94a0102", "0x70a08231", "0xe3ee160e"] {
+        assert!(selectors.contains(&s), "{selectors:?}");
+    }
+    let simulation = calls
+        .iter()
+        .find(|c| {
+            c["params"][0]["data"]
+                .as_str()
+                .unwrap()
+                .starts_with("0xe3ee160e")
+        })
+        .unwrap();
+    assert_eq!(
+        simulation["params"][0]["from"],
+        format!("{:#x}", facilitator())
+    );
+    assert!(node.sent().is_empty(), "verify never broadcasts");
+}
+
+/// How one rejection is provoked, and the exact reason it must produce.
+struct Case {
+    name: &'static str,
+    chain: fn(&mut ChainState),
+    pay: fn(&mut Pay),
+    reason: &'static str,
+    /// Whether the chain may be asked (structural failures are decided without it).
+    reads_chain: bool,
+}
+
+#[tokio::test]
+async fn each_rejection_maps_to_its_exact_reason() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(2, None);
+    let id = store_invoice(&kit, &inv).await;
+    let cases = [
+        Case {
+            name: "wrong recipient",
+            chain: |_| {},
+            pay: |p| p.auth.to = addr(STRANGER),
+            reason: "invalid_exact_evm_recipient_mismatch",
+            reads_chain: false,
+        },
+        Case {
+            name: "underpaid",
+            chain: |_| {},
+            pay: |p| p.auth.value = U256::from(PRICE - 1),
+            reason: "invalid_exact_evm_authorization_value",
+            reads_chain: false,
+        },
+        Case {
+            name: "expired",
+            chain: |_| {},
+            pay: |p| p.auth.valid_before = U256::from(now() - 1),
+            reason: "invalid_exact_evm_payload_authorization_valid_before",
+            reads_chain: false,
+        },
+        Case {
+            name: "not yet valid",
+            chain: |_| {},
+            pay: |p| p.auth.valid_after = U256::from(now() + 600),
+            reason: "invalid_exact_evm_payload_authorization_valid_after",
+            reads_chain: false,
+        },
+        Case {
+            name: "high-s signature",
+            chain: |_| {},
+            pay: |p| p.high_s = true,
+            reason: "invalid_exact_evm_signature",
+            reads_chain: false,
+        },
+        Case {
+            name: "signed for another chain",
+            chain: |_| {},
+            pay: |p| p.domain.chain_id = 8453,
+            reason: "invalid_exact_evm_signature",
+            reads_chain: false,
+        },
+        Case {
+            name: "signed for another token domain",
+            chain: |_| {},
+            pay: |p| p.domain.name = "USDC".into(),
+            reason: "invalid_exact_evm_signature",
+            reads_chain: false,
+        },
+        Case {
+            name: "tampered requirements",
+            chain: |_| {},
+            pay: |p| p.accepted.amount = "1".into(),
+            reason: "invalid_payment_requirements",
+            reads_chain: false,
+        },
+        Case {
+            name: "nonce already used",
+            chain: |c| c.nonce_used = true,
+            pay: |_| {},
+            reason: "invalid_exact_evm_nonce_already_used",
+            reads_chain: true,
+        },
+        Case {
+            name: "insufficient balance",
+            chain: |c| c.balance = U256::from(PRICE - 1),
+            pay: |_| {},
+            reason: "invalid_exact_evm_insufficient_balance",
+            reads_chain: true,
+        },
+        Case {
+            name: "simulation fails",
+            chain: |c| c.simulation_ok = false,
+            pay: |_| {},
+            reason: "invalid_exact_evm_transaction_simulation_failed",
+            reads_chain: true,
+        },
+        Case {
+            name: "simulation fails, token domain differs on chain",
+            chain: |c| {
+                c.simulation_ok = false;
+                c.token_name = "Bridged USDC";
+            },
+            pay: |_| {},
+            reason: "invalid_exact_evm_token_name_mismatch",
+            reads_chain: true,
+        },
+    ];
+    for case in cases {
+        node.set(|c| *c = ChainState::default());
+        node.set(case.chain);
+        let mut p = pay(&inv);
+        (case.pay)(&mut p);
+        let before = kit.requests().len();
+        let got = verify(&mut kit, &id, p.v2()).await;
+        assert_eq!(
+            got,
+            Err(E::PaymentRequired(case.reason.into())),
+            "{}",
+            case.name
+        );
+        let asked = kit.requests().len() > before;
+        assert_eq!(asked, case.reads_chain, "{}: chain asked", case.name);
+        // Settling the same payment is refused for the same reason, and claims nothing.
+        let got = settle(&mut kit, &id, p.v2()).await;
+        assert_eq!(
+            got,
+            Err(E::PaymentRequired(case.reason.into())),
+            "{} (settle)",
+            case.name
+        );
+        assert!(kit.kv_get(&p.nonce_key()).await.is_none(), "{}", case.name);
+    }
+    assert!(node.sent().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_proofs_are_invalid_input_naming_the_header() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(3, None);
+    let id = store_invoice(&kit, &inv).await;
+    let b64 = |s: &str| base64_standard(s.as_bytes());
+    let cases = [
+        (
+            types::PaymentProof::X402V2("not base64!".into()),
+            "PAYMENT-SIGNATURE",
+        ),
+        (
+            types::PaymentProof::X402V2(String::new()),
+            "PAYMENT-SIGNATURE",
+        ),
+        (types::PaymentProof::X402V1(b64("{nope")), "X-PAYMENT"),
+        (
+            types::PaymentProof::X402V2(b64(r#"{"x402Version":2,"payload":{}}"#)),
+            "PAYMENT-SIGNATURE",
+        ),
+        (
+            types::PaymentProof::X402V1(b64(r#"{"x402Version":9}"#)),
+            "X-PAYMENT",
+        ),
+    ];
+    for (proof, header) in cases {
+        for settling in [false, true] {
+            let got = if settling {
+                settle(&mut kit, &id, proof.clone())
+                    .await
+                    .map(|_| String::new())
+            } else {
+                verify(&mut kit, &id, proof.clone()).await
+            };
+            match got {
+                Err(E::InvalidInput { field, .. }) => assert_eq!(field, header, "{proof:?}"),
+                other => panic!("{proof:?}: {other:?}"),
+            }
+        }
+    }
+    assert!(kit.requests().is_empty(), "nothing reaches the chain");
+}
+
+/// Standard padded base64, as clients send the headers.
+fn base64_standard(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn unknown_expired_and_paid_invoices_are_refused() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let missing = invoice(4, None);
+    let p = pay(&missing);
+    assert!(matches!(
+        verify(&mut kit, missing.invoice_id.as_str(), p.v2()).await,
+        Err(E::NotFound(_))
+    ));
+    assert!(matches!(
+        verify(&mut kit, "inv_nope", p.v2()).await,
+        Err(E::InvalidInput { field, .. }) if field == "invoice_id"
+    ));
+
+    let mut expired = invoice(5, None);
+    expired.created_at = now() - 2_000;
+    expired.expires_at = now() - 1_000;
+    let id = store_invoice(&kit, &expired).await;
+    let p = pay(&expired);
+    assert!(matches!(
+        verify(&mut kit, &id, p.v2()).await,
+        Err(E::Expired(_))
+    ));
+    assert!(matches!(
+        settle(&mut kit, &id, p.v2()).await,
+        Err(E::Expired(_))
+    ));
+
+    let mut paid = invoice(6, None);
+    paid.status = esim402_core::InvoiceStatus::Paid;
+    let id = store_invoice(&kit, &paid).await;
+    let p = pay(&paid);
+    assert!(matches!(
+        verify(&mut kit, &id, p.v2()).await,
+        Err(E::Conflict(_))
+    ));
+    assert!(matches!(
+        settle(&mut kit, &id, p.v2()).await,
+        Err(E::Conflict(_))
+    ));
+    assert!(node.sent().is_empty());
+}
+
+#[tokio::test]
+async fn rpc_failures_are_unavailable_never_a_verdict() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(7, None);
+    let id = store_invoice(&kit, &inv).await;
+    node.set(|c| c.down = true);
+    let got = verify(&mut kit, &id, pay(&inv).v2()).await;
+    assert!(
+        matches!(&got, Err(E::Unavailable(m)) if m.contains("HTTP 503")),
+        "{got:?}"
+    );
+    assert!(
+        !format!("{got:?}").contains("rpc.test"),
+        "the endpoint may carry an API key"
+    );
+
+    node.set(|c| {
+        c.down = false;
+        c.chain_id = 1;
+    });
+    let got = verify(&mut kit, &id, pay(&inv).v2()).await;
+    assert!(
+        matches!(&got, Err(E::Unavailable(m)) if m.contains("chain 1")),
+        "{got:?}"
+    );
+    let got = settle(&mut kit, &id, pay(&inv).v2()).await;
+    assert!(matches!(&got, Err(E::Unavailable(_))), "{got:?}");
+    assert!(node.sent().is_empty());
+}
+
+// ---- settle ----------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn settle_sends_one_transfer_with_authorization_and_replays_its_result() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(10, None);
+    let id = store_invoice(&kit, &inv).await;
+    let p = pay(&inv);
+
+    let got = settle(&mut kit, &id, p.v2()).await.unwrap();
+    let sent = node.sent();
+    assert_eq!(sent.len(), 1);
+    let hash = keccak256(&sent[0]).to_string();
+    assert_eq!(got, S::Settled(hash.clone()));
+
+    let tx = decode_tx(&sent[0]);
+    assert_eq!(tx.tx().to, TxKind::Call(addr(USDC)));
+    assert_eq!(tx.tx().input[..4], TRANSFER_WITH_AUTHORIZATION);
+    assert_eq!(tx.tx().chain_id, CHAIN_ID);
+    assert_eq!(tx.tx().nonce, TX_COUNT);
+    assert_eq!(tx.tx().gas_limit, GAS_ESTIMATE + GAS_ESTIMATE / 4);
+    assert_eq!(tx.tx().max_priority_fee_per_gas, TIP);
+    assert_eq!(tx.tx().max_fee_per_gas, 2 * BASE_FEE + TIP);
+    assert_eq!(tx.recover_signer().unwrap(), facilitator());
+    // The calldata carries the payer's authorization verbatim.
+    let input = &tx.tx().input;
+    assert_eq!(input[4..36], payer().into_word()[..]);
+    assert_eq!(input[36..68], addr(PAY_TO).into_word()[..]);
+    assert_eq!(input[164..196], p.auth.nonce[..]);
+
+    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_eq!(record["transaction"], hash);
+    assert_eq!(record["payer"], payer().to_checksum(None));
+    assert_eq!(record["claim"], p.nonce_key());
+    assert!(kit.kv_get(&p.nonce_key()).await.is_some());
+    let nonces = kv_json(
+        &kit,
+        &format!("signer/eip155:31337/{:#x}/nonce", facilitator()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(nonces["next"], TX_COUNT + 1);
+
+    // The same payment again (either header version): the stored result, no second transaction.
+    assert_eq!(
+        settle(&mut kit, &id, p.v2()).await,
+        Ok(S::Settled(hash.clone()))
+    );
+    assert_eq!(
+        settle(&mut kit, &id, p.v1()).await,
+        Ok(S::Settled(hash.clone()))
+    );
+    // Verify still vouches for it (the chain would now call the nonce used).
+    node.set(|c| c.nonce_used = true);
+    assert_eq!(
+        verify(&mut kit, &id, p.v2()).await,
+        Ok(payer().to_checksum(None))
+    );
+    node.set(|c| c.nonce_used = false);
+    // Another payment for the settled invoice, and this payment for another invoice: conflicts.
+    let other = pay(&inv);
+    assert!(matches!(
+        verify(&mut kit, &id, other.v2()).await,
+        Err(E::Conflict(m)) if m.starts_with("already settled")
+    ));
+    assert!(matches!(
+        settle(&mut kit, &id, other.v2()).await,
+        Err(E::Conflict(m)) if m.starts_with("already settled")
+    ));
+    let inv2 = invoice(11, None);
+    let id2 = store_invoice(&kit, &inv2).await;
+    let mut reused = pay(&inv2);
+    reused.auth = p.auth;
+    assert!(matches!(
+        settle(&mut kit, &id2, reused.v2()).await,
+        Err(E::Conflict(m)) if m.starts_with("already settled")
+    ));
+    // A forged signature over the settled authorization does not replay its result.
+    let mut forged = pay(&inv);
+    forged.auth = p.auth;
+    forged.domain.chain_id = 1;
+    assert!(matches!(
+        settle(&mut kit, &id, forged.v2()).await,
+        Err(E::Conflict(_))
+    ));
+    assert_eq!(node.sent().len(), 1);
+    assert_eq!(
+        rpc_methods(&kit)
+            .iter()
+            .filter(|m| *m == "eth_sendRawTransaction")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn twenty_concurrent_settles_broadcast_exactly_once() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(12, None);
+    let id = store_invoice(&kit, &inv).await;
+    let proof = pay(&inv).v2();
+    let results = kit
+        .call(async move |a, g| {
+            let calls = (0..20).map(|_| g.verifier().call_settle(a, id.clone(), proof.clone()));
+            let mut out = Vec::new();
+            for r in futures_join_all(calls).await {
+                out.push(r?);
+            }
+            Ok(out)
         })
         .await
         .unwrap();
-    assert!(matches!(r, Err(types::Error::Unavailable(_))));
-    assert!(kit.requests().is_empty());
+    let sent = node.sent();
+    assert_eq!(sent.len(), 1, "{results:?}");
+    assert_eq!(
+        rpc_methods(&kit)
+            .iter()
+            .filter(|m| *m == "eth_sendRawTransaction")
+            .count(),
+        1
+    );
+    let hash = keccak256(&sent[0]).to_string();
+    let mut settled = 0;
+    let results: Vec<Result<S, E>> = results
+        .into_iter()
+        .map(|r| r.map(S::from).map_err(E::from))
+        .collect();
+    for r in &results {
+        match r {
+            Ok(S::Settled(h)) => {
+                assert_eq!(*h, hash);
+                settled += 1;
+            }
+            Err(E::Conflict(m)) => assert!(m.starts_with("already settled"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(settled >= 1, "{results:?}");
+}
+
+#[tokio::test]
+async fn no_receipt_in_time_is_pending_and_a_later_settle_reconciles() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(13, None);
+    let id = store_invoice(&kit, &inv).await;
+    let p = pay(&inv);
+    node.set(|c| c.mining = Mining::Never);
+
+    let got = settle(&mut kit, &id, p.v2()).await.unwrap();
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(got, S::Pending(hash.clone()));
+    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    assert_eq!(record["status"], "submitted");
+    assert_eq!(record["transaction"], hash);
+
+    // Still not mined: still pending, never a second broadcast, never a failure.
+    assert_eq!(
+        settle(&mut kit, &id, p.v2()).await,
+        Ok(S::Pending(hash.clone()))
+    );
+    node.set(|c| c.mining = Mining::Succeed);
+    assert_eq!(
+        settle(&mut kit, &id, p.v2()).await,
+        Ok(S::Settled(hash.clone()))
+    );
+    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_eq!(node.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn a_reverted_settlement_fails_and_leaves_the_invoice_open_to_another_payment() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(14, None);
+    let id = store_invoice(&kit, &inv).await;
+    let p = pay(&inv);
+    node.set(|c| c.mining = Mining::Revert);
+    let failed = Err(E::PaymentRequired(
+        "invalid_exact_evm_transaction_failed".into(),
+    ));
+    assert_eq!(settle(&mut kit, &id, p.v2()).await, failed);
+    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["reason"], "invalid_exact_evm_transaction_failed");
+    // Replayed, not re-sent.
+    assert_eq!(settle(&mut kit, &id, p.v2()).await, failed);
+    assert_eq!(node.sent().len(), 1);
+
+    node.set(|c| c.mining = Mining::Succeed);
+    let second = pay(&inv);
+    let got = settle(&mut kit, &id, second.v2()).await.unwrap();
+    let sent = node.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(got, S::Settled(keccak256(&sent[1]).to_string()));
+    assert_eq!(decode_tx(&sent[1]).tx().nonce, TX_COUNT + 1);
+}
+
+#[tokio::test]
+async fn a_refused_broadcast_releases_every_claim_so_a_retry_works() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(15, None);
+    let id = store_invoice(&kit, &inv).await;
+    let p = pay(&inv);
+    let nonce_state = format!("signer/eip155:31337/{:#x}/nonce", facilitator());
+
+    node.set(|c| c.refuse_send = true);
+    let got = settle(&mut kit, &id, p.v2()).await;
+    assert!(
+        matches!(&got, Err(E::Unavailable(m)) if m.contains("refused")),
+        "{got:?}"
+    );
+    assert!(kit.kv_get(&format!("settlement/{id}")).await.is_none());
+    assert!(kit.kv_get(&p.nonce_key()).await.is_none());
+    let state = kv_json(&kit, &nonce_state).await.unwrap();
+    assert_eq!(state["pending"], json!([]));
+
+    node.set(|c| {
+        c.refuse_send = false;
+        c.estimate_fails = true;
+    });
+    assert_eq!(
+        settle(&mut kit, &id, p.v2()).await,
+        Err(E::PaymentRequired(
+            "invalid_exact_evm_transaction_simulation_failed".into()
+        ))
+    );
+    assert!(kit.kv_get(&p.nonce_key()).await.is_none());
+
+    node.set(|c| c.estimate_fails = false);
+    let got = settle(&mut kit, &id, p.v2()).await.unwrap();
+    let sent = node.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(got, S::Settled(keccak256(&sent[0]).to_string()));
+    assert_eq!(
+        decode_tx(&sent[0]).tx().nonce,
+        TX_COUNT,
+        "the released nonce is reused"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_broadcast_answer_keeps_the_claims_and_reconciles() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(19, None);
+    let id = store_invoice(&kit, &inv).await;
+    let p = pay(&inv);
+    node.set(|c| {
+        c.lose_send_answer = true;
+        c.mining = Mining::Never;
+    });
+    let got = settle(&mut kit, &id, p.v2()).await;
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(
+        got,
+        Ok(S::Pending(hash.clone())),
+        "money may have moved: never a failure"
+    );
+    assert!(kit.kv_get(&p.nonce_key()).await.is_some());
+    let state = kv_json(
+        &kit,
+        &format!("signer/eip155:31337/{:#x}/nonce", facilitator()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        state["pending"],
+        json!([TX_COUNT]),
+        "a possibly broadcast nonce stays held"
+    );
+
+    node.set(|c| c.mining = Mining::Succeed);
+    assert_eq!(settle(&mut kit, &id, p.v2()).await, Ok(S::Settled(hash)));
+    assert_eq!(node.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn an_abandoned_claim_is_taken_over_and_a_live_one_is_left_alone() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(21, None);
+    let id = store_invoice(&kit, &inv).await;
+    let p = pay(&inv);
+    // What a settle cancelled between its claim and its signature leaves behind.
+    let claimed = |at: u64| {
+        json!({"status": "claimed", "network": "eip155:31337", "payer": payer().to_checksum(None),
+               "claim": p.nonce_key(), "holder": "gone", "invoice": id, "claimed_at": at,
+               "updated_at": at})
+        .to_string()
+    };
+    for key in [format!("settlement/{id}"), p.nonce_key()] {
+        kit.kv().set(&key, claimed(now()).as_bytes()).await.unwrap();
+    }
+    assert_eq!(
+        settle(&mut kit, &id, p.v2()).await,
+        Err(E::Conflict(
+            "already settled: settlement in progress".into()
+        ))
+    );
+    assert!(node.sent().is_empty());
+
+    kit.kv()
+        .set(&format!("settlement/{id}"), claimed(now() - 600).as_bytes())
+        .await
+        .unwrap();
+    let got = settle(&mut kit, &id, p.v2()).await;
+    let sent = node.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(got, Ok(S::Settled(keccak256(&sent[0]).to_string())));
+    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_ne!(record["holder"], "gone");
+}
+
+#[tokio::test]
+async fn without_a_key_settlement_is_unavailable_but_verification_works() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("facilitator_private_key", "")]).await;
+    let inv = invoice(16, None);
+    let id = store_invoice(&kit, &inv).await;
+    let p = pay(&inv);
+    assert_eq!(
+        verify(&mut kit, &id, p.v2()).await,
+        Ok(payer().to_checksum(None))
+    );
+    let got = settle(&mut kit, &id, p.v2()).await;
+    assert!(
+        matches!(&got, Err(E::Unavailable(m)) if m.contains("facilitator_private_key")),
+        "{got:?}"
+    );
+    assert!(node.sent().is_empty());
+    let supported: Value = serde_json::from_str(
+        &kit.call(async |a, g| g.verifier().call_supported(a).await)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(supported["signers"], json!({}));
+}
+
+#[tokio::test]
+async fn the_private_key_never_leaves_the_component() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(17, None);
+    let id = store_invoice(&kit, &inv).await;
+    let mut errors = Vec::new();
+    let p = pay(&inv);
+    settle(&mut kit, &id, p.v2()).await.unwrap();
+    errors.push(format!("{:?}", settle(&mut kit, &id, pay(&inv).v2()).await));
+    node.set(|c| c.refuse_send = true);
+    let inv2 = invoice(18, None);
+    let id2 = store_invoice(&kit, &inv2).await;
+    errors.push(format!(
+        "{:?}",
+        settle(&mut kit, &id2, pay(&inv2).v2()).await
+    ));
+    node.set(|c| c.down = true);
+    errors.push(format!(
+        "{:?}",
+        settle(&mut kit, &id2, pay(&inv2).v2()).await
+    ));
+    errors.push(format!(
+        "{:?}",
+        facilitator_settle(&mut kit, pay(&inv2).facilitator_body()).await
+    ));
+
+    // A malformed key is reported by name only.
+    let bad_key = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b7869zz";
+    let mut bad = self::kit(&node, &[("facilitator_private_key", bad_key)]).await;
+    let id3 = store_invoice(&bad, &inv2).await;
+    node.set(|c| c.down = false);
+    let got = settle(&mut bad, &id3, pay(&inv2).v2()).await;
+    assert!(
+        matches!(&got, Err(E::Internal(m)) if m.contains("facilitator_private_key")),
+        "{got:?}"
+    );
+    errors.push(format!("{got:?}"));
+
+    let secrets = [
+        FACILITATOR_KEY[2..].to_owned(),
+        bad_key[2..].to_owned(),
+        // Any long enough fragment would do; these catch a key printed in pieces.
+        FACILITATOR_KEY[2..18].to_owned(),
+        FACILITATOR_KEY[50..].to_owned(),
+    ];
+    let mut haystacks = errors;
+    for k in [&kit, &bad] {
+        for r in k.requests() {
+            haystacks.push(format!(
+                "{} {} {:?} {}",
+                r.method,
+                r.uri,
+                r.headers,
+                String::from_utf8_lossy(&r.body)
+            ));
+        }
+        for key in k.kv().keys().await.unwrap() {
+            let value = k.kv_get(&key).await.unwrap();
+            haystacks.push(format!("{key} {}", String::from_utf8_lossy(&value)));
+        }
+    }
+    assert!(haystacks.len() > 10);
+    for h in &haystacks {
+        let h = h.to_lowercase();
+        for s in &secrets {
+            assert!(!h.contains(s.as_str()), "secret fragment in {h}");
+        }
+    }
+}
+
+// ---- facilitator API -------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn facilitator_api_speaks_the_x402_json_shapes() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(20, None);
+    let payer = payer().to_checksum(None);
+
+    let supported: Value = serde_json::from_str(
+        &kit.call(async |a, g| g.verifier().call_supported(a).await)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        supported,
+        json!({"kinds": [{"x402Version": 2, "scheme": "exact", "network": "eip155:31337"},
+                         {"x402Version": 1, "scheme": "exact", "network": "anvil"}],
+               "extensions": [], "signers": {"eip155:*": [facilitator().to_checksum(None)]}})
+    );
+
+    let p = pay(&inv);
+    assert_eq!(
+        facilitator_verify(&mut kit, p.facilitator_body()).await,
+        Ok(json!({"isValid": true, "payer": payer}))
+    );
+    let mut wrong = pay(&inv);
+    wrong.auth.to = addr(STRANGER);
+    assert_eq!(
+        facilitator_verify(&mut kit, wrong.facilitator_body()).await,
+        Ok(
+            json!({"isValid": false, "invalidReason": "invalid_exact_evm_recipient_mismatch",
+                  "payer": payer})
+        )
+    );
+    // Requirements from the request: a domain that is not the token's is named as such.
+    let mut domain = pay(&inv);
+    domain.accepted.extra = Some(esim402_core::x402::wire::Extra::eip712("USDC", "2"));
+    let v = facilitator_verify(&mut kit, domain.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(v["invalidReason"], "invalid_exact_evm_token_name_mismatch");
+    let mut base = pay(&inv);
+    base.accepted.network = "eip155:8453".into();
+    let v = facilitator_verify(&mut kit, base.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["isValid"].clone(), v["invalidReason"].clone()),
+        (json!(false), json!("invalid_network"))
+    );
+    let v3 = p
+        .facilitator_body()
+        .replacen("\"x402Version\":2", "\"x402Version\":3", 1);
+    let v = facilitator_verify(&mut kit, v3).await.unwrap();
+    assert_eq!(v["invalidReason"], "invalid_x402_version");
+    assert!(matches!(
+        facilitator_verify(&mut kit, "{not json".into()).await,
+        Err(E::InvalidInput { field, .. }) if field == "body"
+    ));
+    assert!(matches!(
+        facilitator_settle(&mut kit, r#"{"x402Version":2}"#.into()).await,
+        Err(E::InvalidInput { field, .. }) if field == "body"
+    ));
+
+    // Settle: success once; a repeat is a terminal duplicate (reference §5), with no second broadcast.
+    let s = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(
+        s,
+        json!({"success": true, "payer": payer, "transaction": hash, "network": "eip155:31337"})
+    );
+    let again = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(again["success"], false);
+    assert_eq!(again["errorReason"], "invalid_exact_evm_nonce_already_used");
+    assert_eq!(again["transaction"], hash);
+    let bad = facilitator_settle(&mut kit, wrong.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(
+        bad,
+        json!({"success": false, "errorReason": "invalid_exact_evm_recipient_mismatch",
+               "payer": payer, "transaction": "", "network": "eip155:31337"})
+    );
+    assert_eq!(node.sent().len(), 1);
+
+    // Pending, then reconciled against the recorded hash: success reported once.
+    node.set(|c| c.mining = Mining::Never);
+    let q = pay(&inv);
+    let pending = facilitator_settle(&mut kit, q.facilitator_body())
+        .await
+        .unwrap();
+    let hash = keccak256(&node.sent()[1]).to_string();
+    assert_eq!(pending["success"], false);
+    assert_eq!(pending["errorReason"], "settlement_pending");
+    assert_eq!(pending["transaction"], hash);
+    node.set(|c| c.mining = Mining::Succeed);
+    let done = facilitator_settle(&mut kit, q.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(done["success"], true, "{done}");
+    assert_eq!(done["transaction"], hash);
+    let dup = facilitator_settle(&mut kit, q.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(dup["errorReason"], "invalid_exact_evm_nonce_already_used");
+    assert_eq!(node.sent().len(), 2);
+
+    // An authorization settled for an invoice cannot be settled again through the API.
+    let id = store_invoice(&kit, &inv).await;
+    let r = pay(&inv);
+    settle(&mut kit, &id, r.v2()).await.unwrap();
+    let dup = facilitator_settle(&mut kit, r.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(dup["errorReason"], "invalid_exact_evm_nonce_already_used");
+    assert_eq!(node.sent().len(), 3);
+}
+
+// ---- tx-hash proofs --------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn tx_hash_proofs_pay_one_invoice_once() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(30, Some(payer()));
+    let id = store_invoice(&kit, &inv).await;
+    let paid = keccak256("a transfer the payer sent");
+    let short = keccak256("an underpaying transfer");
+    let unmined = keccak256("not mined yet");
+    node.set(|c| {
+        c.receipts.insert(
+            paid,
+            receipt(paid, true, vec![transfer_log(payer(), addr(PAY_TO), PRICE)]),
+        );
+        c.receipts.insert(
+            short,
+            receipt(
+                short,
+                true,
+                vec![transfer_log(payer(), addr(PAY_TO), PRICE - 1)],
+            ),
+        );
+    });
+    let proof = |h: B256| types::PaymentProof::TxHash(h.to_string());
+
+    assert_eq!(
+        verify(&mut kit, &id, proof(paid)).await,
+        Ok(payer().to_checksum(None))
+    );
+    assert_eq!(
+        verify(&mut kit, &id, proof(short)).await,
+        Err(E::PaymentRequired("insufficient_funds".into()))
+    );
+    assert_eq!(
+        settle(&mut kit, &id, proof(unmined)).await,
+        Ok(S::Pending(unmined.to_string()))
+    );
+    assert_eq!(
+        settle(&mut kit, &id, proof(paid)).await,
+        Ok(S::Settled(paid.to_string()))
+    );
+    assert_eq!(
+        settle(&mut kit, &id, proof(paid)).await,
+        Ok(S::Settled(paid.to_string()))
+    );
+    let other = invoice(31, Some(payer()));
+    let other_id = store_invoice(&kit, &other).await;
+    assert!(matches!(
+        settle(&mut kit, &other_id, proof(paid)).await,
+        Err(E::Conflict(m)) if m.starts_with("already settled")
+    ));
+    let anonymous = invoice(32, None);
+    let anonymous_id = store_invoice(&kit, &anonymous).await;
+    assert!(matches!(
+        verify(&mut kit, &anonymous_id, proof(paid)).await,
+        Err(E::InvalidInput { field, .. }) if field == "payer"
+    ));
+    assert!(matches!(
+        verify(&mut kit, &id, types::PaymentProof::TxHash("0x1234".into())).await,
+        Err(E::InvalidInput { field, .. }) if field == "tx_hash"
+    ));
+    assert!(node.sent().is_empty());
+}
+
+/// Await every future concurrently (on the accessor's task), keeping order.
+async fn futures_join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }

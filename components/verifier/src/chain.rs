@@ -1,0 +1,195 @@
+//! What the verifier asks the chain: the answers behind the kernel's [`ChainFacts`] (reference checks 13–16),
+//! receipts, and that the endpoint really serves the configured chain.
+//!
+//! Transport failures are `unavailable` (never a verdict on the payment); node answers, reverts included,
+//! become facts.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, B256, Bytes, U256};
+use esim402_core::evm::TransactionReceipt;
+use esim402_core::evm::rpc::{
+    BlockTag, CallRequest, EthBlockNumber, EthCall, EthChainId, EthGetTransactionReceipt,
+};
+use esim402_core::x402::ChainFacts;
+use esim402_core::x402::NetworkConfig;
+use esim402_core::x402::exact::{
+    SignedAuthorization, authorization_state_calldata, balance_of_calldata,
+    decode_authorization_state_return, decode_balance_of_return, decode_string_return,
+    name_calldata, transfer_with_authorization_calldata, version_calldata,
+};
+
+use crate::rpc::{CALL_TIMEOUT, CallError, Rpc, join_all};
+use crate::wit;
+
+/// How often a settlement asks for its receipt.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// `unavailable`, naming what failed (the message never carries the endpoint).
+pub fn unavailable(e: &CallError) -> wit::Error {
+    wit::Error::Unavailable(format!("the payment network's RPC failed: {e}"))
+}
+
+/// A mined transaction, as far as settlement cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mined {
+    /// Status 1, buried deeply enough.
+    Succeeded,
+    /// Status 0.
+    Reverted,
+}
+
+/// The configured network, reached over JSON-RPC.
+pub struct Chain {
+    /// The network (with token overrides).
+    pub network: NetworkConfig,
+    /// The endpoint.
+    pub rpc: Rpc,
+    /// Whether this request already checked the endpoint's chain id.
+    chain_checked: Cell<bool>,
+}
+
+impl Chain {
+    /// A chain client.
+    pub fn new(network: NetworkConfig, rpc_url: &str) -> Self {
+        Self {
+            network,
+            rpc: Rpc::new(rpc_url),
+            chain_checked: Cell::new(false),
+        }
+    }
+
+    /// Check the endpoint serves the configured chain (once per request): reading another chain's state would
+    /// accept payments that do not exist.
+    pub async fn check_chain_id(&self) -> Result<(), wit::Error> {
+        if self.chain_checked.get() {
+            return Ok(());
+        }
+        let id = self
+            .rpc
+            .call(&EthChainId)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let want = self.network.chain_id();
+        if id != want {
+            return Err(wit::Error::Unavailable(format!(
+                "the RPC endpoint serves chain {}, not {}",
+                id.0, want.0
+            )));
+        }
+        self.chain_checked.set(true);
+        Ok(())
+    }
+
+    async fn eth_call(&self, data: Vec<u8>, from: Option<Address>) -> Result<Bytes, CallError> {
+        let mut call = CallRequest::new(self.network.usdc, data.into());
+        call.from = from;
+        self.rpc
+            .call(&EthCall {
+                call,
+                block: BlockTag::Latest,
+            })
+            .await
+    }
+
+    /// Nonce state, balance and a simulation of `transferWithAuthorization` sent by `facilitator`, read
+    /// concurrently; on a failed simulation also the token's on-chain `name()`/`version()`.
+    pub async fn facts(
+        &self,
+        signed: &SignedAuthorization,
+        facilitator: Option<Address>,
+    ) -> Result<ChainFacts, wit::Error> {
+        let auth = &signed.authorization;
+        let calls = vec![
+            self.eth_call(authorization_state_calldata(auth.from, auth.nonce), None),
+            self.eth_call(balance_of_calldata(auth.from), None),
+            self.eth_call(
+                transfer_with_authorization_calldata(auth, &signed.signature),
+                facilitator,
+            ),
+        ];
+        let mut answers = join_all(calls).await.into_iter();
+        let (Some(state), Some(balance), Some(simulation)) =
+            (answers.next(), answers.next(), answers.next())
+        else {
+            return Err(wit::Error::Internal("a chain read went missing".into()));
+        };
+        // A node error (revert, no such function) is an answer about the token; a transport error is none.
+        let nonce_used = match state {
+            Ok(data) => decode_authorization_state_return(&data).ok(),
+            Err(e) if e.is_node() => None,
+            Err(e) => return Err(unavailable(&e)),
+        };
+        let balance = match balance {
+            Ok(data) => decode_balance_of_return(&data).unwrap_or(U256::ZERO),
+            Err(e) if e.is_node() => U256::ZERO,
+            Err(e) => return Err(unavailable(&e)),
+        };
+        let simulation_ok = match simulation {
+            Ok(_) => true,
+            Err(e) if e.is_node() => false,
+            Err(e) => return Err(unavailable(&e)),
+        };
+        let mut facts = ChainFacts {
+            nonce_used,
+            balance,
+            simulation_ok,
+            token_name: None,
+            token_version: None,
+        };
+        if !simulation_ok {
+            // Only to name a domain mismatch more precisely; failures leave the generic reason.
+            let reads = join_all(vec![
+                self.eth_call(name_calldata(), None),
+                self.eth_call(version_calldata(), None),
+            ])
+            .await;
+            let mut reads = reads
+                .into_iter()
+                .map(|r| r.ok().and_then(|d| decode_string_return(&d).ok()));
+            facts.token_name = reads.next().flatten();
+            facts.token_version = reads.next().flatten();
+        }
+        Ok(facts)
+    }
+
+    /// The receipt of `hash`, if mined.
+    pub async fn receipt(
+        &self,
+        hash: B256,
+        timeout: Duration,
+    ) -> Result<Option<TransactionReceipt>, CallError> {
+        self.rpc
+            .call_within(&EthGetTransactionReceipt { hash }, timeout)
+            .await
+    }
+
+    /// Poll for `hash`'s receipt until `deadline` (at least once): `None` if it is not mined (or not buried
+    /// under the network's confirmations) by then. RPC failures while polling only mean "not yet".
+    pub async fn wait_for(&self, hash: B256, deadline: Instant) -> Option<Mined> {
+        let need = u64::from(self.network.confirmations);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = left.clamp(Duration::from_millis(500), CALL_TIMEOUT);
+            if let Ok(Some(receipt)) = self.receipt(hash, timeout).await {
+                if !receipt.status {
+                    return Some(Mined::Reverted);
+                }
+                if need <= 1 {
+                    return Some(Mined::Succeeded);
+                }
+                if let Ok(head) = self.rpc.call_within(&EthBlockNumber, timeout).await
+                    && receipt.confirmations(head) >= need
+                {
+                    return Some(Mined::Succeeded);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            spin_sdk::time::sleep(left.min(POLL_INTERVAL)).await;
+        }
+    }
+}

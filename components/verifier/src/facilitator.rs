@@ -1,0 +1,323 @@
+//! The x402 facilitator API (reference §6): `VerifyRequest` JSON in, `VerifyResponse` / `SettleResponse` /
+//! `SupportedResponse` JSON out. The requirements come with the request (resolved against the enabled
+//! network, whose USDC is the only asset we verify or pay gas for).
+//!
+//! Protocol rejections are answers (`isValid:false` / `success:false` with the reason, `payer` and `network`
+//! filled whenever known); only an unparsable body is `invalid-input`, and an unreachable chain `unavailable`.
+//! Duplicates follow reference §5: a success is reported once; a repeat is `invalid_exact_evm_nonce_already_used`,
+//! except that a `settlement_pending` answer is reconciled against its recorded hash, never re-broadcast.
+
+use std::time::Instant;
+
+use alloy_primitives::{Address, B256};
+use esim402_core::x402::exact::{claimed_payer, resolve_network};
+use esim402_core::x402::wire::PayloadError;
+use esim402_core::x402::{
+    InvalidReason, PaymentRequirements, SettleResponse, SupportedResponse, VerifyRequest,
+    VerifyResponse,
+};
+use serde::Serialize;
+
+use crate::chain::Chain;
+use crate::config::Config;
+use crate::payment;
+use crate::records::{self, Record, Status};
+use crate::settle::{self, Claim, NotSent, Outcome};
+use crate::{invalid, now_secs, wit};
+
+fn to_json(value: &impl Serialize) -> Result<String, wit::Error> {
+    serde_json::to_string(value).map_err(|e| wit::Error::Internal(e.to_string()))
+}
+
+/// A parsed request, or the reason to answer with when only the version is wrong.
+enum Parsed {
+    Request(Box<VerifyRequest>),
+    /// `x402Version` unsupported or different from the payload's: answered, not refused.
+    BadVersion {
+        network: String,
+    },
+}
+
+fn parse(body: &str) -> Result<Parsed, wit::Error> {
+    match VerifyRequest::from_json(body.as_bytes()) {
+        Ok(r) => Ok(Parsed::Request(Box::new(r))),
+        Err(PayloadError::UnsupportedVersion(_) | PayloadError::VersionMismatch { .. }) => {
+            let network = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| {
+                    v["paymentRequirements"]["network"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            Ok(Parsed::BadVersion { network })
+        }
+        Err(e) => Err(invalid("body", e.to_string())),
+    }
+}
+
+/// Everything a request resolves to before the chain is asked.
+struct Request {
+    cfg: Config,
+    chain: Chain,
+    request: VerifyRequest,
+    requirements: PaymentRequirements,
+    payer: Option<Address>,
+}
+
+/// A request resolved against the enabled network, or refused before the chain is asked.
+enum Loaded {
+    Ready(Box<Request>),
+    Refused {
+        reason: InvalidReason,
+        payer: Option<Address>,
+        network: String,
+    },
+}
+
+impl Request {
+    async fn load(request: VerifyRequest) -> Result<Loaded, wit::Error> {
+        let cfg = Config::load().await?;
+        let requirements = request.payment_requirements.to_v2();
+        let payer = claimed_payer(&request.payment_payload);
+        if let Err(reason) = resolve_network(&request, &cfg.networks()) {
+            return Ok(Loaded::Refused {
+                reason,
+                payer,
+                network: requirements.network,
+            });
+        }
+        let chain = Chain::new(cfg.network.clone(), &cfg.rpc_url);
+        Ok(Loaded::Ready(Box::new(Self {
+            cfg,
+            chain,
+            request,
+            requirements,
+            payer,
+        })))
+    }
+
+    fn failure(&self, reason: InvalidReason, tx: Option<B256>) -> SettleResponse {
+        SettleResponse::failure(reason, self.payer, tx, self.requirements.network.clone())
+    }
+}
+
+/// `POST /verify`.
+pub async fn verify(body: &str) -> Result<String, wit::Error> {
+    let request = match parse(body)? {
+        Parsed::Request(r) => *r,
+        Parsed::BadVersion { .. } => {
+            return to_json(&VerifyResponse::invalid(
+                InvalidReason::InvalidX402Version,
+                None,
+            ));
+        }
+    };
+    let r = match Request::load(request).await? {
+        Loaded::Ready(r) => r,
+        Loaded::Refused { reason, payer, .. } => {
+            return to_json(&VerifyResponse::invalid(reason, payer));
+        }
+    };
+    let verdict = payment::verify(
+        &r.chain,
+        r.cfg.signer_address(),
+        &r.request.payment_payload,
+        &r.requirements,
+        now_secs(),
+    )
+    .await?;
+    to_json(&VerifyResponse::from_result(
+        verdict.map(|c| c.payer),
+        r.payer,
+    ))
+}
+
+/// `POST /settle`.
+pub async fn settle(body: &str) -> Result<String, wit::Error> {
+    let request = match parse(body)? {
+        Parsed::Request(r) => *r,
+        Parsed::BadVersion { network } => {
+            return to_json(&SettleResponse::failure(
+                InvalidReason::InvalidX402Version,
+                None,
+                None,
+                network,
+            ));
+        }
+    };
+    let r = match Request::load(request).await? {
+        Loaded::Ready(r) => r,
+        Loaded::Refused {
+            reason,
+            payer,
+            network,
+        } => return to_json(&SettleResponse::failure(reason, payer, None, network)),
+    };
+    to_json(&settle_request(&r).await?)
+}
+
+async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
+    let now = now_secs();
+    let payload = &r.request.payment_payload;
+    let checked = match payment::check(&r.chain, payload, &r.requirements, now) {
+        Ok(c) => c,
+        Err(reason) => {
+            // A repeat after the authorization's window closed still deserves the stored outcome.
+            if let Some(record) = stored(r)? {
+                return replay(r, record, now).await;
+            }
+            return Ok(r.failure(reason, None));
+        }
+    };
+    let key = checked.nonce_key(&r.chain);
+    if let Some(record) = records::load(&key)? {
+        return replay(r, record, now).await;
+    }
+    let signer = r.cfg.signer()?;
+    let verdict = payment::verify(
+        &r.chain,
+        Some(signer.address()),
+        payload,
+        &r.requirements,
+        now,
+    )
+    .await?;
+    let checked = match verdict {
+        Ok(c) => c,
+        Err(reason) => return Ok(r.failure(reason, None)),
+    };
+    let holder = records::new_holder()?;
+    let record = Record::claimed(
+        &r.chain.network,
+        checked.payer,
+        key.clone(),
+        holder.clone(),
+        None,
+        now,
+    );
+    if let Some(existing) = records::insert_if_absent(&key, &record)? {
+        return replay(r, existing, now).await;
+    }
+    let claim = Claim {
+        record_key: key.clone(),
+        claim: key.clone(),
+        holder,
+        keys: vec![key],
+    };
+    drive(r, &checked, &claim).await
+}
+
+/// The record of this request's authorization, if the payload names one.
+fn stored(r: &Request) -> Result<Option<Record>, wit::Error> {
+    let Ok(signed) =
+        esim402_core::x402::exact::SignedAuthorization::parse(r.request.payment_payload.exact())
+    else {
+        return Ok(None);
+    };
+    let a = &signed.authorization;
+    records::load(&records::nonce_key(&r.chain.network, a.from, a.nonce))
+}
+
+async fn drive(
+    r: &Request,
+    checked: &payment::Checked,
+    claim: &Claim,
+) -> Result<SettleResponse, wit::Error> {
+    let signer = r.cfg.signer()?;
+    let sent = settle::broadcast(
+        &r.chain,
+        signer,
+        &checked.signed,
+        claim,
+        r.cfg.settlement_timeout,
+    )
+    .await;
+    Ok(match sent {
+        Ok(outcome) => answer(r, checked.payer, outcome, true),
+        Err(NotSent::Rejected(reason)) => r.failure(reason, None),
+        Err(NotSent::Fault(e)) => return Err(e),
+    })
+}
+
+fn answer(r: &Request, payer: Address, outcome: Outcome, first: bool) -> SettleResponse {
+    let network = r.requirements.network.clone();
+    match outcome {
+        Outcome::Confirmed(tx) if first => SettleResponse::success(payer, tx, network),
+        Outcome::Confirmed(tx) => r.failure(InvalidReason::NonceAlreadyUsed, Some(tx)),
+        Outcome::Reverted(tx) => r.failure(InvalidReason::TransactionFailed, Some(tx)),
+        Outcome::Pending(tx) => r.failure(InvalidReason::SettlementPending, Some(tx)),
+    }
+}
+
+/// A settle for an authorization that is already claimed.
+async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse, wit::Error> {
+    let tx = record.tx_hash();
+    if record.invoice.is_some() {
+        // Claimed by an invoice settlement: never a second broadcast, never a second success.
+        return Ok(r.failure(InvalidReason::NonceAlreadyUsed, tx));
+    }
+    match record.status {
+        Status::Confirmed => Ok(r.failure(InvalidReason::NonceAlreadyUsed, tx)),
+        Status::Failed => {
+            let reason = record
+                .reason
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(InvalidReason::TransactionFailed);
+            Ok(r.failure(reason, tx))
+        }
+        Status::Submitted => {
+            let Some(hash) = tx else {
+                return Ok(r.failure(InvalidReason::InvalidTransactionState, None));
+            };
+            let payer = record.payer.parse().ok().or(r.payer);
+            let claim = Claim {
+                record_key: record.claim.clone(),
+                claim: record.claim,
+                holder: record.holder,
+                keys: Vec::new(),
+            };
+            let deadline = Instant::now() + r.cfg.settlement_timeout;
+            let (outcome, first) = settle::wait(&r.chain, &claim, hash, deadline).await;
+            Ok(match payer {
+                Some(payer) => answer(r, payer, outcome, first),
+                None => r.failure(InvalidReason::InvalidTransactionState, Some(hash)),
+            })
+        }
+        Status::Claimed if record.is_abandoned(now) => {
+            let signer = r.cfg.signer()?;
+            let key = record.claim.clone();
+            let Some(claim) = Claim::take_over(&key, &record, vec![key.clone()], now)? else {
+                return Ok(r.failure(InvalidReason::NonceAlreadyUsed, None));
+            };
+            let verified = payment::verify(
+                &r.chain,
+                Some(signer.address()),
+                &r.request.payment_payload,
+                &r.requirements,
+                now,
+            )
+            .await;
+            match verified {
+                Ok(Ok(checked)) => drive(r, &checked, &claim).await,
+                Ok(Err(reason)) => {
+                    claim.release();
+                    Ok(r.failure(reason, None))
+                }
+                Err(e) => {
+                    claim.release();
+                    Err(e)
+                }
+            }
+        }
+        Status::Claimed => Ok(r.failure(InvalidReason::NonceAlreadyUsed, None)),
+    }
+}
+
+/// `GET /supported`: `exact` on the enabled network (v2 and v1 kinds), signed by the facilitator's address.
+pub async fn supported() -> Result<String, wit::Error> {
+    let cfg = Config::load().await?;
+    let signers: Vec<Address> = cfg.signer_address().into_iter().collect();
+    to_json(&SupportedResponse::exact_evm(&cfg.networks(), &signers))
+}
