@@ -166,6 +166,7 @@ impl Guest for Component {
                 .amount(amount)
                 .network(networks.join(",")),
         )
+        .await
         .map_err(|e| wit::Error::Internal(format!("ledger: {e}")))?;
         Ok(convert::invoice_to_wit(&invoice, now))
     }

@@ -65,9 +65,25 @@ fn advance(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
     }
 }
 
+/// A random pause before retrying a lost race, growing with the attempt (capped at ~8 ms), so 32 appenders
+/// that collide do not all retry in lock-step against the same head.
+async fn back_off(attempt: usize) {
+    let mut b = [0u8; 2];
+    let jitter = getrandom::fill(&mut b).map_or(0, |()| u64::from(u16::from_le_bytes(b)));
+    let cap_us = 250u64 << attempt.min(5);
+    spin_sdk::time::sleep(std::time::Duration::from_micros(jitter % cap_us)).await;
+}
+
 /// Append one entry; returns it (with its `seq` and `hash`).
-pub fn append(at: u64, kind: EntryKind, fields: EntryFields) -> Result<LedgerEntry, KvError<()>> {
-    for _ in 0..MAX_ATTEMPTS {
+pub async fn append(
+    at: u64,
+    kind: EntryKind,
+    fields: EntryFields,
+) -> Result<LedgerEntry, KvError<()>> {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            back_off(attempt).await;
+        }
         let head = head()?;
         if let Some(existing) = read_entry(head.count)? {
             // Written by an appender that has not advanced the head yet: help it along.
