@@ -5,5 +5,6 @@ mod activate;
 mod backends;
 mod devchain;
 mod dispatch;
+mod facilitator;
 mod ledger;
 mod startup;

@@ -116,6 +116,8 @@ async fn handle(req: Request) -> impl IntoResponse {
         (Method::GET, ["v1", "balance", iccid]) => get_balance(iccid).await,
         (Method::GET, ["v1", "ledger", "verify"]) => ledger_verify(),
         (Method::GET, ["v1", "ledger"]) => ledger_export(req.uri().query()),
+        (Method::POST, ["verify"]) => facilitator(req, false).await,
+        (Method::POST, ["settle"]) => facilitator(req, true).await,
         (Method::GET, ["supported"]) => verifier::supported()
             .await
             .map(|b| json(200, b))
@@ -136,7 +138,9 @@ async fn handle(req: Request) -> impl IntoResponse {
             | ["v1", "balance", _]
             | ["v1", "ledger"]
             | ["v1", "ledger", "verify"]
-            | ["supported"],
+            | ["supported"]
+            | ["verify"]
+            | ["settle"],
         ) => Err(ApiError::new(
             ErrorKind::MethodNotAllowed,
             format!("{} is not allowed on {path}", req.method()),
@@ -281,6 +285,22 @@ async fn download_progress(req: Request) -> Result<Reply, ApiError> {
         )
         .body(String::new())
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// x402 facilitator API for third-party resource servers: `POST /verify` and `POST /settle` with the v2 JSON
+/// shapes. An invalid payment is HTTP 200 with `isValid: false` / `success: false` and a reason; a malformed body
+/// is a 400 naming it.
+async fn facilitator(req: Request, settle: bool) -> Result<Reply, ApiError> {
+    let body = read_body(req).await?;
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
+    let out = if settle {
+        verifier::facilitator_settle(body).await
+    } else {
+        verifier::facilitator_verify(body).await
+    }
+    .map_err(from_wit)?;
+    Ok(json(200, out))
 }
 
 fn ledger_err(e: esim402_guest::kv::KvError<()>) -> ApiError {
