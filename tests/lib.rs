@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use esim402_host::app::{App, LoadOptions};
+use esim402_host::devstack::spawn_announcing;
 use esim402_host::runtime_config::StoreConfig;
 use tokio::sync::oneshot;
 
@@ -107,7 +109,6 @@ pub struct SmdpSim {
 impl SmdpSim {
     /// Start it with the default operators, callbacks to `callback` (if any) after `delay_ms`.
     pub fn start(callback: Option<&str>, config: Option<&Path>) -> anyhow::Result<Self> {
-        use std::io::{BufRead, BufReader};
         let bin = bin_dir().join("smdp-sim");
         let mut cmd = Command::new(&bin);
         cmd.args(["--listen", "127.0.0.1:0"]);
@@ -117,27 +118,14 @@ impl SmdpSim {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot start {} (cargo builds it with the workspace): {e}",
+        let (child, url) = spawn_announcing(cmd.stderr(Stdio::null()), "smdp-sim listening on ")
+            .with_context(|| {
+                format!(
+                    "start {} (cargo builds it with the workspace)",
                     bin.display()
                 )
             })?;
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let Some(url) = line.trim().strip_prefix("smdp-sim listening on ") else {
-            let _ = child.kill();
-            anyhow::bail!("unexpected first line from smdp-sim: {line:?}");
-        };
-        Ok(Self {
-            url: url.to_owned(),
-            child,
-        })
+        Ok(Self { url, child })
     }
 }
 

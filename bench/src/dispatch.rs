@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use esim402_host::devstack::spawn_announcing;
 use esim402_host::kv::{MemoryStore, SharedBackend};
 use esim402_testkit::{Kit, Scripted, types};
 use serde_json::json;
@@ -34,21 +35,14 @@ impl Drop for Sim {
 }
 
 fn start_sim(bin: &std::path::Path) -> anyhow::Result<Sim> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("SMDP_SIM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("smdp-sim listening on ")
-        .context("unexpected smdp-sim output")?
-        .to_owned();
+    let (child, url) = spawn_announcing(
+        Command::new(bin)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("SMDP_SIM_LOG", "warn")
+            .stderr(Stdio::null()),
+        "smdp-sim listening on ",
+    )
+    .with_context(|| format!("start {}", bin.display()))?;
     Ok(Sim { child, url })
 }
 

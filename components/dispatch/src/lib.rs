@@ -176,9 +176,24 @@ impl OrderSpec {
 }
 
 fn candidates<'c>(cfg: &'c Config, spec: &OrderSpec) -> Result<Vec<&'c Carrier>, wit::Error> {
+    serving(
+        cfg,
+        &spec.region,
+        spec.carrier.as_ref(),
+        spec.allow_failover,
+    )
+}
+
+/// The catalog's carriers for `region` (the requested one first), with catalog errors as input errors.
+fn serving<'c>(
+    cfg: &'c Config,
+    region: &Region,
+    requested: Option<&CarrierId>,
+    allow_failover: bool,
+) -> Result<Vec<&'c Carrier>, wit::Error> {
     use esim402_core::esim::CatalogError as E;
     cfg.catalog
-        .candidates(&spec.region, spec.carrier.as_ref(), spec.allow_failover)
+        .candidates(region, requested, allow_failover)
         .map_err(|e| match e {
             E::UnknownRegion(_) => invalid("region", e.to_string()),
             E::CarrierNotInRegion { .. } => invalid("carrier", e.to_string()),
@@ -207,6 +222,13 @@ impl Deadline {
     fn new(cfg: &Config) -> Self {
         Self {
             end: Instant::now() + cfg.budget,
+            per_call: cfg.call_timeout,
+        }
+    }
+    /// One call's timeout, for cleanup work outside an order (a fast failure leaves room for the same-id retry).
+    fn single_call(cfg: &Config) -> Self {
+        Self {
+            end: Instant::now() + cfg.call_timeout,
             per_call: cfg.call_timeout,
         }
     }
@@ -261,10 +283,7 @@ async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool) {
                 FinalProfileStatus::Available
             },
         };
-        let deadline = Deadline {
-            end: Instant::now() + cfg.call_timeout,
-            per_call: cfg.call_timeout,
-        };
+        let deadline = Deadline::single_call(cfg);
         let r: HeaderOnlyResponse =
             call_twice(cfg, carrier, es2::CANCEL_ORDER_PATH, &body, deadline)
                 .await
@@ -335,10 +354,7 @@ async fn sweep(cfg: &Config, max: usize) {
                     iccid: None,
                     profile_type: Some(profile_type.clone()),
                 };
-                let deadline = Deadline {
-                    end: Instant::now() + cfg.call_timeout,
-                    per_call: cfg.call_timeout,
-                };
+                let deadline = Deadline::single_call(cfg);
                 match call_twice::<_, DownloadOrderResponse>(
                     cfg,
                     c,
@@ -756,15 +772,7 @@ fn switch_target(
             if c.as_str() == sim.carrier {
                 return Err(invalid("carrier", format!("SIM is already on {c}")));
             }
-            let spec = OrderSpec {
-                region: here.clone(),
-                data_mb: DataMb::new(1).map_err(|e| wit::Error::Internal(e.0.into()))?,
-                carrier: Some(c.clone()),
-                eid: None,
-                allow_failover: false,
-                replaces: None,
-            };
-            candidates(cfg, &spec)?;
+            serving(cfg, &here, Some(&c), false)?;
             Ok((here, c, false))
         }
         wit::SwitchTarget::Region(r) => {
@@ -772,15 +780,7 @@ fn switch_target(
             if r == here {
                 return Err(invalid("region", format!("SIM is already in {r}")));
             }
-            let spec = OrderSpec {
-                region: r.clone(),
-                data_mb: DataMb::new(1).map_err(|e| wit::Error::Internal(e.0.into()))?,
-                carrier: None,
-                eid: None,
-                allow_failover: true,
-                replaces: None,
-            };
-            let first = candidates(cfg, &spec)?
+            let first = serving(cfg, &r, None, true)?
                 .first()
                 .map(|c| c.id.clone())
                 .ok_or_else(|| invalid("region", format!("no carrier serves {r}")))?;

@@ -192,12 +192,13 @@ fn read_dotenv(path: &Path) -> anyhow::Result<HashMap<String, String>> {
         .collect()
 }
 
-/// Spawn `cmd`, wait (up to 10 s) for the stdout line starting with `prefix` and return the rest of it.
-fn spawn_announcing(cmd: &mut Command, prefix: &str) -> anyhow::Result<(Child, String)> {
+/// Spawn `cmd`, wait (up to 10 s) for the stdout line starting with `prefix` and return the rest of it (e.g.
+/// the address a server bound on port 0). Stdout keeps being drained so the child never blocks on a full pipe;
+/// stderr is whatever `cmd` sets (inherited by default). Also used by the tests and benchmarks to start peers.
+pub fn spawn_announcing(cmd: &mut Command, prefix: &str) -> anyhow::Result<(Child, String)> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start {cmd:?}"))?;
     let stdout = child.stdout.take().context("child stdout")?;

@@ -86,7 +86,7 @@ async fn racing_mark_paid_calls_have_exactly_one_winner() {
                     .call_mark_paid(a, id.clone(), format!("0x{i:064x}"), "0xpayer".into())
             });
             let mut out = Vec::new();
-            for r in futures_join_all(calls).await {
+            for r in crate::join_all(calls).await {
                 out.push(r?);
             }
             Ok(out)
@@ -140,28 +140,4 @@ async fn bad_input_and_bad_configuration_are_typed_errors() {
         .await
         .unwrap();
     assert!(matches!(err, Err(types::Error::Internal(m)) if m.contains("recipient_address")));
-}
-
-/// Await every future concurrently (on the accessor's task), keeping order.
-async fn futures_join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }

@@ -904,7 +904,7 @@ async fn twenty_concurrent_settles_broadcast_exactly_once() {
         .call(async move |a, g| {
             let calls = (0..20).map(|_| g.verifier().call_settle(a, id.clone(), proof.clone()));
             let mut out = Vec::new();
-            for r in futures_join_all(calls).await {
+            for r in crate::join_all(calls).await {
                 out.push(r?);
             }
             Ok(out)
@@ -1403,28 +1403,4 @@ async fn tx_hash_proofs_pay_one_invoice_once() {
         Err(E::InvalidInput { field, .. }) if field == "tx_hash"
     ));
     assert!(node.sent().is_empty());
-}
-
-/// Await every future concurrently (on the accessor's task), keeping order.
-async fn futures_join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
