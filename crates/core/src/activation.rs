@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use crate::api_error::ApiError;
 use crate::chain::{Address, Network, parse_address};
 use crate::esim::eid::Eid;
-use crate::ids::{CarrierId, DataMb, Region};
+use crate::ids::{CarrierId, DataMb, InvoiceId, Region};
 
 /// A validated activation request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub struct ActivationRequest {
     /// With an explicit `carrier`: may dispatch fall back to the region's other carriers (default false)?
     /// Without one, dispatch always fails over within the region.
     pub allow_failover: bool,
+    /// The invoice a tx-hash proof (`X-Payment-Proof`) pays; x402 payments name theirs inside the payment.
+    pub invoice_id: Option<InvoiceId>,
 }
 
 impl ActivationRequest {
@@ -43,6 +45,7 @@ const FIELDS: &[&str] = &[
     "payer",
     "chain",
     "allow_failover",
+    "invoice_id",
 ];
 
 /// Largest body accepted on this route.
@@ -115,6 +118,9 @@ impl ActivationRequest {
                 ));
             }
         };
+        let invoice_id = optional_str(&obj, "invoice_id")?
+            .map(|id| InvoiceId::parse(id).map_err(|e| ApiError::invalid("invoice_id", e.0)))
+            .transpose()?;
         Ok(Self {
             region,
             data_mb,
@@ -123,6 +129,7 @@ impl ActivationRequest {
             payer,
             networks,
             allow_failover,
+            invoice_id,
         })
     }
 }

@@ -10,6 +10,10 @@ use serde::Serialize;
 pub enum ErrorKind {
     /// Malformed or out-of-range input (400).
     InvalidInput,
+    /// Missing or wrong credentials (401).
+    Unauthorized,
+    /// Disabled or not permitted (403).
+    Forbidden,
     /// Unknown resource (404).
     NotFound,
     /// Method not allowed on this route (405).
@@ -36,6 +40,8 @@ impl ErrorKind {
         match self {
             Self::InvalidInput => 400,
             Self::PaymentRequired => 402,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod invoice;
 pub mod ledger;
 pub mod money;
+pub mod paid;
 pub mod pricing;
 pub mod x402;
 

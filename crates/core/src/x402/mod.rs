@@ -11,6 +11,7 @@
 pub mod exact;
 pub mod header;
 pub mod networks;
+pub mod payment_id;
 pub mod reason;
 pub mod requirements;
 pub mod wire;

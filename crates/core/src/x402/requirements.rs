@@ -7,6 +7,7 @@ use super::wire::{
     PaymentRequirementsV1, Resource, SCHEME_EXACT, X402_V1, X402_V2,
 };
 use crate::chain::Network;
+use crate::ids::InvoiceId;
 use crate::invoice::{Invoice, PaymentOption, Purchase};
 
 /// Seconds a client's authorization may stay valid (`maxTimeoutSeconds`; the reference default).
@@ -24,8 +25,19 @@ pub const NO_MATCHING_REQUIREMENTS: &str = "No matching payment requirements";
 /// The media type of every paid response.
 pub const MIME_JSON: &str = "application/json";
 
-/// The v2 requirement for one payment option (`extra` always carries the token's EIP-712 domain).
-pub fn requirement(option: &PaymentOption) -> PaymentRequirements {
+/// The `extra` key that binds a requirement to its invoice. Clients copy `accepted` verbatim into their
+/// payment, so a payment names the invoice it pays, and deep equality with the freshly rebuilt requirement
+/// makes a payment for one invoice useless for any other.
+pub const EXTRA_INVOICE_ID: &str = "invoiceId";
+
+/// The v2 requirement for one payment option of invoice `invoice_id` (`extra` always carries the token's
+/// EIP-712 domain and the invoice id).
+pub fn requirement(option: &PaymentOption, invoice_id: &InvoiceId) -> PaymentRequirements {
+    let mut extra = Extra::eip712(option.eip712_name.clone(), option.eip712_version.clone());
+    extra.other.insert(
+        EXTRA_INVOICE_ID.to_owned(),
+        serde_json::Value::String(invoice_id.to_string()),
+    );
     PaymentRequirements {
         scheme: SCHEME_EXACT.to_owned(),
         network: option.network.to_string(),
@@ -33,16 +45,33 @@ pub fn requirement(option: &PaymentOption) -> PaymentRequirements {
         asset: option.asset.clone(),
         pay_to: option.pay_to.clone(),
         max_timeout_seconds: MAX_TIMEOUT_SECONDS,
-        extra: Some(Extra::eip712(
-            option.eip712_name.clone(),
-            option.eip712_version.clone(),
-        )),
+        extra: Some(extra),
+    }
+}
+
+/// The invoice a v2 payment names (`accepted.extra.invoiceId`); `None` for v1 payloads, which carry no copy
+/// of the requirement, and for v2 payloads built from someone else's challenge.
+pub fn invoice_id_of(payload: &PaymentPayload) -> Option<InvoiceId> {
+    match payload {
+        PaymentPayload::V2(p) => p
+            .accepted
+            .extra
+            .as_ref()?
+            .other
+            .get(EXTRA_INVOICE_ID)?
+            .as_str()
+            .and_then(|s| InvoiceId::parse(s).ok()),
+        PaymentPayload::V1(_) => None,
     }
 }
 
 /// The v2 requirements of an invoice, in its option order (preferred first).
 pub fn requirements_v2(invoice: &Invoice) -> Vec<PaymentRequirements> {
-    invoice.accepts.iter().map(requirement).collect()
+    invoice
+        .accepts
+        .iter()
+        .map(|o| requirement(o, &invoice.invoice_id))
+        .collect()
 }
 
 /// The resource an invoice pays for, described by what it buys.
@@ -66,7 +95,7 @@ pub fn payment_required(invoice: &Invoice, url: &str) -> PaymentRequired {
         error: Some(V2_HEADER_REQUIRED.to_owned()),
         resource: resource(invoice, url),
         accepts: requirements_v2(invoice),
-        extensions: Some(Default::default()),
+        extensions: Some(super::payment_id::advertise()),
     }
 }
 
@@ -75,7 +104,7 @@ pub fn requirements_v1(invoice: &Invoice, resource: &Resource) -> Vec<PaymentReq
     invoice
         .accepts
         .iter()
-        .map(|o| PaymentRequirementsV1::from_v2(&requirement(o), resource))
+        .map(|o| PaymentRequirementsV1::from_v2(&requirement(o, &invoice.invoice_id), resource))
         .collect()
 }
 
@@ -109,9 +138,9 @@ pub fn select_requirements<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::UsdcAmount;
     use crate::invoice::PaymentOption;
     use crate::x402::wire::{Authorization, ExactEvmPayload, PaymentPayloadV1, PaymentPayloadV2};
-    use crate::{InvoiceId, UsdcAmount};
 
     fn option(network: &str, asset: &str) -> PaymentOption {
         PaymentOption {
@@ -240,9 +269,9 @@ mod tests {
         );
         // Key order does not matter: a re-serialised copy with shuffled keys still matches.
         let shuffled: PaymentRequirements = serde_json::from_str(
-            r#"{"extra":{"version":"2","name":"USDC"},"payTo":"0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+            &format!(r#"{{"extra":{{"version":"2","invoiceId":"{}","name":"USDC"}},"payTo":"0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
                 "maxTimeoutSeconds":300,"asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","amount":"420000",
-                "network":"eip155:84532","scheme":"exact"}"#,
+                "network":"eip155:84532","scheme":"exact"}}"#, accepts[0].extra.as_ref().unwrap().other[EXTRA_INVOICE_ID].as_str().unwrap()),
         )
         .unwrap();
         assert_eq!(
@@ -272,5 +301,37 @@ mod tests {
         );
         assert_eq!(select_requirements(&accepts, &v1("base")), None);
         assert_eq!(select_requirements(&accepts, &v1("nowhere")), None);
+    }
+
+    #[test]
+    fn a_payment_names_its_invoice_through_the_copied_requirement() {
+        let inv = activation();
+        let accepts = requirements_v2(&inv);
+        let v2 = PaymentPayload::V2(PaymentPayloadV2 {
+            resource: None,
+            accepted: accepts[1].clone(),
+            payload: exact(),
+            extensions: None,
+        });
+        assert_eq!(invoice_id_of(&v2), Some(inv.invoice_id.clone()));
+        // Another invoice's requirements differ only in the id, and that is enough not to match.
+        let mut other = inv.clone();
+        other.invoice_id = InvoiceId::from_random([9; 16]);
+        assert_eq!(select_requirements(&requirements_v2(&other), &v2), None);
+        let v1 = PaymentPayload::V1(PaymentPayloadV1 {
+            scheme: "exact".into(),
+            network: "base-sepolia".into(),
+            payload: exact(),
+        });
+        assert_eq!(invoice_id_of(&v1), None);
+        let mut foreign = accepts[0].clone();
+        foreign.extra = Some(Extra::eip712("USDC", "2"));
+        let foreign = PaymentPayload::V2(PaymentPayloadV2 {
+            resource: None,
+            accepted: foreign,
+            payload: exact(),
+            extensions: None,
+        });
+        assert_eq!(invoice_id_of(&foreign), None);
     }
 }
