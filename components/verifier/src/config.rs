@@ -6,7 +6,10 @@
 //! - `rpc_url`: the JSON-RPC endpoint (falls back to the registry's per-network variable when empty).
 //! - `facilitator_private_key`: **secret**. Empty disables settlement. Its value never reaches a log, an error
 //!   or a response; a malformed key is reported by the variable's name only.
-//! - `settlement_timeout_ms`: how long `settle` waits for the receipt before answering `pending` (15000).
+//! - `treasury_private_key`: **secret**, handled like `facilitator_private_key`. Empty disables paying refunds
+//!   (`run-refunds`); recording them (`owe-refund`) works without it.
+//! - `settlement_timeout_ms`: how long `settle` (and `run-refunds`) waits for a receipt before answering
+//!   `pending` (15000).
 
 use std::time::Duration;
 
@@ -32,6 +35,8 @@ pub struct Config {
     pub settlement_timeout: Duration,
     /// The facilitator key: `None` when settlement is disabled, `Err` (with a safe message) when malformed.
     signer: Option<Result<SigningKey, String>>,
+    /// The treasury key that pays refunds, the same way.
+    treasury: Option<Result<SigningKey, String>>,
 }
 
 async fn optional_var(name: &str) -> Option<String> {
@@ -44,6 +49,26 @@ async fn optional_var(name: &str) -> Option<String> {
 
 fn config_error(name: &str, msg: impl std::fmt::Display) -> wit::Error {
     wit::Error::Internal(format!("variable {name} is invalid: {msg}"))
+}
+
+/// A secret key variable: `None` if empty. `KeyError`'s messages never contain key material, and the value
+/// itself goes nowhere but the parser.
+async fn key_var(name: &str) -> Option<Result<SigningKey, String>> {
+    optional_var(name).await.map(|hex| {
+        SigningKey::from_hex(&hex).map_err(|e| format!("variable {name} is invalid: {e}"))
+    })
+}
+
+/// The key, `unavailable` (saying what is disabled) when unset, `internal` (naming the variable) when malformed.
+fn key_or_error<'a>(
+    key: &'a Option<Result<SigningKey, String>>,
+    disabled: &str,
+) -> Result<&'a SigningKey, wit::Error> {
+    match key {
+        None => Err(wit::Error::Unavailable(disabled.to_owned())),
+        Some(Ok(key)) => Ok(key),
+        Some(Err(msg)) => Err(wit::Error::Internal(msg.clone())),
+    }
 }
 
 impl Config {
@@ -71,16 +96,12 @@ impl Config {
                 }
             },
         };
-        // `KeyError`'s messages never contain key material; the value itself goes nowhere but the parser.
-        let signer = optional_var("facilitator_private_key").await.map(|hex| {
-            SigningKey::from_hex(&hex)
-                .map_err(|e| format!("variable facilitator_private_key is invalid: {e}"))
-        });
         Ok(Self {
             network,
             rpc_url,
             settlement_timeout,
-            signer,
+            signer: key_var("facilitator_private_key").await,
+            treasury: key_var("treasury_private_key").await,
         })
     }
 
@@ -115,13 +136,18 @@ impl Config {
 
     /// The settlement key; `unavailable` when settlement is disabled, `internal` when the key is malformed.
     pub fn signer(&self) -> Result<&SigningKey, wit::Error> {
-        match &self.signer {
-            None => Err(wit::Error::Unavailable(
-                "settlement is disabled: facilitator_private_key is not set".into(),
-            )),
-            Some(Ok(key)) => Ok(key),
-            Some(Err(msg)) => Err(wit::Error::Internal(msg.clone())),
-        }
+        key_or_error(
+            &self.signer,
+            "settlement is disabled: facilitator_private_key is not set",
+        )
+    }
+
+    /// The refund key; `unavailable` when refunds are disabled, `internal` when the key is malformed.
+    pub fn treasury(&self) -> Result<&SigningKey, wit::Error> {
+        key_or_error(
+            &self.treasury,
+            "refunds are disabled: treasury_private_key is not set",
+        )
     }
 
     /// The facilitator's address, when a valid key is configured (the sender of simulations).

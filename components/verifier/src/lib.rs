@@ -11,8 +11,10 @@
 //! - [`invoice`]: `verify` / `settle` of `x402-v2` / `x402-v1` proofs against a stored invoice.
 //! - [`txhash`]: `tx-hash` proofs (a USDC transfer the payer already sent).
 //! - [`facilitator`]: the facilitator API's JSON in and out.
+//! - [`refund`]: refunds owed for confirmed payments, paid from the treasury key through the same send path.
 //!
-//! The facilitator key is a secret: it is parsed from its variable and used to sign, nothing else.
+//! The facilitator and treasury keys are secrets: each is parsed from its variable and used to sign, nothing
+//! else.
 
 mod bindings {
     #![allow(
@@ -41,6 +43,7 @@ mod facilitator;
 mod invoice;
 mod payment;
 mod records;
+mod refund;
 mod rpc;
 mod settle;
 mod txhash;
@@ -97,5 +100,17 @@ impl Guest for Component {
 
     async fn supported() -> Result<String, wit::Error> {
         facilitator::supported().await
+    }
+
+    async fn owe_refund(
+        invoice_id: String,
+        reason: String,
+        now: u64,
+    ) -> Result<String, wit::Error> {
+        refund::owe(&invoice_id, &reason, now).await
+    }
+
+    async fn run_refunds(now: u64, limit: u32) -> Result<String, wit::Error> {
+        refund::run(now, limit).await
     }
 }

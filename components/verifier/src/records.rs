@@ -9,7 +9,10 @@
 //!   hash is recorded *before* the broadcast) → `confirmed` | `failed`.
 //! - `txhash/<hash>` → [`Record`]: a transaction that paid something (our settlements and tx-hash proofs), so
 //!   no transfer pays two invoices.
-//! - `signer/<caip2>/<address>/nonce` → the kernel's `NonceState` for the facilitator key (compare-and-swap).
+//! - `signer/<caip2>/<address>/nonce` → the kernel's `NonceState` of each key we sign with (the facilitator's,
+//!   the treasury's), updated by compare-and-swap.
+//! - `refund/<invoice id>` → a refund owed for a confirmed payment, and `refund/queue` → the ids of refunds not
+//!   yet paid, in order (see `crate::refund`).
 //!
 //! Releasing a claim (only ever for a transaction that was certainly not broadcast) deletes it.
 
@@ -35,6 +38,14 @@ pub fn settlement_key(invoice: &InvoiceId) -> String {
 pub fn txhash_key(hash: B256) -> String {
     format!("txhash/{hash}")
 }
+
+/// The refund record key of an invoice.
+pub fn refund_key(invoice: &InvoiceId) -> String {
+    format!("refund/{invoice}")
+}
+
+/// The list of invoice ids whose refunds are not paid yet.
+pub const REFUND_QUEUE_KEY: &str = "refund/queue";
 
 /// The nonce bookkeeping key of a signer.
 pub fn signer_nonce_key(network: &NetworkConfig, signer: Address) -> String {

@@ -1,24 +1,25 @@
-//! Sending `transferWithAuthorization` from the facilitator's account, once a claim is held, and waiting for
-//! the receipt (reference §5).
+//! Sending a token call from one of our keys, once a claim is held, and waiting for the receipt (reference §5).
+//! [`send`] is the one send path: settlements ([`broadcast`]: `transferWithAuthorization` from the
+//! facilitator's key) and refunds (`crate::refund`: ERC-20 `transfer` from the treasury key) both use it.
 //!
 //! Order: the chain reads first (chain id, `eth_estimateGas` plus a margin, fees from the latest base fee and
 //! `eth_maxPriorityFeePerGas`, the account's pending transaction count), then, without any await, reserve an
 //! account nonce (kernel `NonceState` under `signer/…/nonce`, compare-and-swap), sign in the component and
-//! record `submitted` with the hash; then `eth_sendRawTransaction` and poll for the receipt.
+//! let the caller record the hash on its claim (`submitted`); then `eth_sendRawTransaction`.
 //!
-//! Before the broadcast every failure releases the nonce and the claims, so a retry can work. Once the
-//! transaction may have left (sent, or the send's outcome is unknown) nothing is released: the record stays
-//! `submitted` with its hash, the answer is `pending`, and a later call reconciles against that hash and
-//! never re-broadcasts. The hash is computed locally, so a `submitted` record always carries one.
+//! Before the broadcast every failure gives the nonce back and tells the caller, which releases its claim, so
+//! a retry can work. Once the transaction may have left (sent, or the send's outcome is unknown) nothing is
+//! released: the claim keeps its hash, the answer is `pending`, and a later call reconciles against that hash
+//! and never re-broadcasts. The hash is computed locally, so a `submitted` record always carries one.
 
 use std::time::{Duration, Instant};
 
-use alloy_primitives::{B256, U256};
+use alloy_primitives::{Address, B256, U256};
 use esim402_core::evm::rpc::{
     CallRequest, EthEstimateGas, EthGetBlockByNumber, EthGetTransactionCount,
     EthMaxPriorityFeePerGas, EthSendRawTransaction,
 };
-use esim402_core::evm::{Eip1559Tx, NonceState, SigningKey, sign_eip1559};
+use esim402_core::evm::{Eip1559Tx, NonceState, SignedTx, SigningKey, sign_eip1559};
 use esim402_core::x402::InvalidReason;
 use esim402_core::x402::exact::{SignedAuthorization, transfer_with_authorization_calldata};
 use esim402_guest::kv;
@@ -30,7 +31,8 @@ use crate::{now_secs, wit};
 
 /// Headroom over `eth_estimateGas` (25 %): state can change between estimate and inclusion.
 const GAS_MARGIN_DIVISOR: u64 = 4;
-/// No settlement may burn more gas than this (`transferWithAuthorization` needs ~60–100k).
+/// No transaction of ours may burn more gas than this (`transferWithAuthorization` needs ~60–100k, an ERC-20
+/// `transfer` ~35–65k).
 const MAX_GAS_LIMIT: u64 = 500_000;
 /// Reference fallbacks when the node gives no fee data: fee cap 1 gwei, tip 0.1 gwei.
 const FALLBACK_MAX_FEE: u128 = 1_000_000_000;
@@ -55,6 +57,42 @@ pub enum NotSent {
     Fault(wit::Error),
 }
 
+/// One contract call to send from one of our keys.
+pub struct Call {
+    /// The contract (the network's USDC).
+    pub to: Address,
+    /// Calldata.
+    pub input: Vec<u8>,
+    /// What the transaction is, for messages (`settlement`, `refund`).
+    pub what: &'static str,
+}
+
+/// Why [`send`] did not broadcast.
+pub enum Unsent {
+    /// The node's gas estimate failed with an answer: the call would revert. Carries the node's message.
+    WouldRevert(String),
+    /// Anything else.
+    Fault(wit::Error),
+}
+
+/// A [`send`] that certainly broadcast nothing. The account nonce is already given back; the caller's claim
+/// is not (the caller releases it).
+pub struct NotBroadcast {
+    /// Why.
+    pub why: Unsent,
+    /// The hash the caller recorded on its claim before the send was refused, if it got that far.
+    pub recorded: Option<B256>,
+}
+
+impl From<Unsent> for NotBroadcast {
+    fn from(why: Unsent) -> Self {
+        Self {
+            why,
+            recorded: None,
+        }
+    }
+}
+
 /// What a settlement holds: where its record is and which keys to delete if it never broadcasts.
 pub struct Claim {
     /// The record to advance (`settlement/<invoice>` or the authorization's nonce key).
@@ -70,7 +108,7 @@ pub struct Claim {
 impl Claim {
     /// Take over the abandoned claim `record` (at `key`; see [`records::CLAIM_LEASE_SECS`]): `None` if it is
     /// live or someone else took it first. An abandoned claim never reserved an account nonce (see
-    /// [`broadcast`]), so there is nothing to give back.
+    /// [`send`]), so there is nothing to give back.
     pub fn take_over(
         key: &str,
         record: &Record,
@@ -92,6 +130,32 @@ impl Claim {
     /// Give the claims back (the payment was refused before anything was signed).
     pub fn release(&self) {
         records::release(&self.record_key, &self.holder, &self.keys);
+    }
+
+    /// Record `tx` on the settlement record (`submitted`) while we still hold it, and mark its hash as used.
+    fn record_submitted(&self, tx: &SignedTx) -> Result<(), wit::Error> {
+        let (_, held) = records::advance(&self.record_key, &self.claim, Some(&self.holder), |r| {
+            r.status = Status::Submitted;
+            r.transaction = Some(tx.hash.to_string());
+            r.signer = Some(tx.from.to_checksum(None));
+            r.signer_nonce = Some(tx.nonce);
+            r.updated_at = now_secs();
+        })?;
+        if !held {
+            return Err(wit::Error::Conflict(
+                "already settled: the claim was taken over".into(),
+            ));
+        }
+        // Our own settlement transactions can never be presented again as a tx-hash proof.
+        if let Ok(Some(r)) = records::load(&self.record_key)
+            && let Err(e) = records::insert_if_absent(&records::txhash_key(tx.hash), &r)
+        {
+            eprintln!(
+                "verifier: cannot mark transaction {} as used: {e:?}",
+                tx.hash
+            );
+        }
+        Ok(())
     }
 }
 
@@ -115,7 +179,7 @@ fn release_nonce(chain: &Chain, signer: &SigningKey, nonce: u64) {
 }
 
 /// Reserve the next account nonce for `signer`, given the chain's pending count. Synchronous on purpose: see
-/// [`broadcast`].
+/// [`send`].
 fn reserve_nonce(chain: &Chain, signer: &SigningKey, chain_count: u64) -> Result<u64, wit::Error> {
     let key = signer_nonce_key(&chain.network, signer.address());
     let (_, nonce) = kv::update_json_with::<NonceState, u64, wit::Error>(&key, |s| {
@@ -150,50 +214,107 @@ async fn fees(chain: &Chain) -> Result<(u128, u128), wit::Error> {
 async fn prepare(
     chain: &Chain,
     signer: &SigningKey,
-    signed: &SignedAuthorization,
-) -> Result<(Eip1559Tx, u64), NotSent> {
+    call: &Call,
+) -> Result<(Eip1559Tx, u64), Unsent> {
     // The chain id guards the signature too (EIP-155), but a wrong endpoint must not get this far.
-    chain.check_chain_id().await.map_err(NotSent::Fault)?;
-    let input = transfer_with_authorization_calldata(&signed.authorization, &signed.signature);
-    let call = CallRequest::new(chain.network.usdc, input.clone().into()).from(signer.address());
-    let estimate = match chain.rpc.call(&EthEstimateGas { call }).await {
+    chain.check_chain_id().await.map_err(Unsent::Fault)?;
+    let request = CallRequest::new(call.to, call.input.clone().into()).from(signer.address());
+    let estimate = match chain.rpc.call(&EthEstimateGas { call: request }).await {
         Ok(g) => g,
-        Err(CallError::Node { .. }) => {
-            return Err(NotSent::Rejected(InvalidReason::SimulationFailed));
-        }
-        Err(e) => return Err(NotSent::Fault(unavailable(&e))),
+        Err(CallError::Node { message, .. }) => return Err(Unsent::WouldRevert(message)),
+        Err(e) => return Err(Unsent::Fault(unavailable(&e))),
     };
     let gas_limit = estimate.saturating_add(estimate / GAS_MARGIN_DIVISOR);
     if gas_limit > MAX_GAS_LIMIT {
-        return Err(NotSent::Fault(wit::Error::Unavailable(format!(
-            "settlement gas estimate {estimate} is above the cap of {MAX_GAS_LIMIT}"
+        return Err(Unsent::Fault(wit::Error::Unavailable(format!(
+            "{} gas estimate {estimate} is above the cap of {MAX_GAS_LIMIT}",
+            call.what
         ))));
     }
-    let (tip, max_fee) = fees(chain).await.map_err(NotSent::Fault)?;
+    let (tip, max_fee) = fees(chain).await.map_err(Unsent::Fault)?;
     let count = chain
         .rpc
         .call(&EthGetTransactionCount::pending(signer.address()))
         .await
-        .map_err(|e| NotSent::Fault(unavailable(&e)))?;
+        .map_err(|e| Unsent::Fault(unavailable(&e)))?;
     let tx = Eip1559Tx {
         chain_id: chain.network.chain_id(),
         nonce: 0,
         max_priority_fee_per_gas: tip,
         max_fee_per_gas: max_fee,
         gas_limit,
-        to: chain.network.usdc,
+        to: call.to,
         value: U256::ZERO,
-        input: input.into(),
+        input: call.input.clone().into(),
     };
     Ok((tx, count))
 }
 
-/// Broadcast the settlement of `signed` for the holder of `claim`, then wait up to `timeout` for the receipt.
+/// Sign `call` with `signer` and broadcast it; `record` stores the signed transaction on the caller's claim
+/// (and fails if the claim is no longer the caller's). Returns the hash once the transaction was sent or may
+/// have been (the answer was lost): from then on only its receipt tells what happened.
 ///
-/// Every chain read happens first; from reserving the account nonce to recording `submitted` with the signed
-/// hash nothing awaits, so a request cancelled by the host (a client that went away) can never leave a
-/// reserved nonce without a transaction on record. The only await between the reservation and the node is
-/// the send itself.
+/// Every chain read happens first; from reserving the account nonce to `record` nothing awaits, so a request
+/// cancelled by the host (a client that went away) can never leave a reserved nonce without a transaction on
+/// record. The only await between the reservation and the node is the send itself.
+pub async fn send(
+    chain: &Chain,
+    signer: &SigningKey,
+    call: &Call,
+    record: impl FnOnce(&SignedTx) -> Result<(), wit::Error>,
+) -> Result<B256, NotBroadcast> {
+    let (mut tx, count) = prepare(chain, signer, call).await?;
+
+    // ---- no await from here to the recorded hash ----
+    tx.nonce = reserve_nonce(chain, signer, count).map_err(Unsent::Fault)?;
+    let nonce = tx.nonce;
+    let signed = match sign_eip1559(&tx, signer) {
+        Ok(tx) => tx,
+        Err(e) => {
+            release_nonce(chain, signer, nonce);
+            return Err(Unsent::Fault(wit::Error::Internal(format!("cannot sign: {e}"))).into());
+        }
+    };
+    let hash = signed.hash;
+    // Recorded before the broadcast: from here on a lost request leaves a hash to reconcile against, never a
+    // transaction nobody knows about.
+    if let Err(e) = record(&signed) {
+        release_nonce(chain, signer, nonce);
+        return Err(Unsent::Fault(e).into());
+    }
+    // ---- end of the await-free section ----
+
+    match chain
+        .rpc
+        .call(&EthSendRawTransaction { raw: signed.raw })
+        .await
+    {
+        Ok(_) => {}
+        Err(CallError::Node { message, .. }) if already_known(&message) => {}
+        Err(CallError::Node { code, message }) => {
+            // The node refused it outright: nothing was broadcast, so everything can be given back.
+            release_nonce(chain, signer, nonce);
+            return Err(NotBroadcast {
+                why: Unsent::Fault(wit::Error::Unavailable(format!(
+                    "the node refused the {} transaction ({code}: {message})",
+                    call.what
+                ))),
+                recorded: Some(hash),
+            });
+        }
+        Err(CallError::Transport(m)) => {
+            // Outcome unknown: the transaction may be out there. Keep every claim; poll like a sent one.
+            eprintln!(
+                "verifier: broadcast of {} {hash} ended without an answer ({m}); reconciling",
+                call.what
+            );
+        }
+    }
+    Ok(hash)
+}
+
+/// Broadcast the settlement of `signed` for the holder of `claim`, then wait up to `timeout` for the receipt.
+/// Whatever did not broadcast releases the claims.
 pub async fn broadcast(
     chain: &Chain,
     signer: &SigningKey,
@@ -201,86 +322,23 @@ pub async fn broadcast(
     claim: &Claim,
     timeout: Duration,
 ) -> Result<Outcome, NotSent> {
-    let release_all = |nonce: Option<u64>| {
-        if let Some(n) = nonce {
-            release_nonce(chain, signer, n);
-        }
-        records::release(&claim.record_key, &claim.holder, &claim.keys);
+    let call = Call {
+        to: chain.network.usdc,
+        input: transfer_with_authorization_calldata(&signed.authorization, &signed.signature),
+        what: "settlement",
     };
-    let (mut tx, count) = match prepare(chain, signer, signed).await {
-        Ok(p) => p,
-        Err(e) => {
-            release_all(None);
-            return Err(e);
-        }
-    };
-
-    // ---- no await from here to the recorded hash ----
-    tx.nonce = match reserve_nonce(chain, signer, count) {
-        Ok(n) => n,
-        Err(e) => {
-            release_all(None);
-            return Err(NotSent::Fault(e));
-        }
-    };
-    let nonce = tx.nonce;
-    let tx = match sign_eip1559(&tx, signer) {
-        Ok(tx) => tx,
-        Err(e) => {
-            release_all(Some(nonce));
-            return Err(NotSent::Fault(wit::Error::Internal(format!(
-                "cannot sign: {e}"
-            ))));
-        }
-    };
-    let hash = tx.hash;
-    // Recorded before the broadcast: from here on a lost request leaves a hash to reconcile against, never a
-    // transaction nobody knows about.
-    let recorded = records::advance(&claim.record_key, &claim.claim, Some(&claim.holder), |r| {
-        r.status = Status::Submitted;
-        r.transaction = Some(hash.to_string());
-        r.signer = Some(signer.address().to_checksum(None));
-        r.signer_nonce = Some(nonce);
-        r.updated_at = now_secs();
-    });
-    match recorded {
-        Ok((_, true)) => {}
-        Ok((_, false)) => {
-            release_nonce(chain, signer, nonce);
-            return Err(NotSent::Fault(wit::Error::Conflict(
-                "already settled: the claim was taken over".into(),
-            )));
-        }
-        Err(e) => {
-            release_all(Some(nonce));
-            return Err(NotSent::Fault(e));
+    match send(chain, signer, &call, |tx| claim.record_submitted(tx)).await {
+        Ok(hash) => Ok(wait(chain, claim, hash, Instant::now() + timeout).await.0),
+        Err(not) => {
+            let mut keys = claim.keys.clone();
+            keys.extend(not.recorded.map(records::txhash_key));
+            records::release(&claim.record_key, &claim.holder, &keys);
+            Err(match not.why {
+                Unsent::WouldRevert(_) => NotSent::Rejected(InvalidReason::SimulationFailed),
+                Unsent::Fault(e) => NotSent::Fault(e),
+            })
         }
     }
-    // Our own settlement transactions can never be presented again as a tx-hash proof.
-    if let Ok(Some(r)) = records::load(&claim.record_key)
-        && let Err(e) = records::insert_if_absent(&records::txhash_key(hash), &r)
-    {
-        eprintln!("verifier: cannot mark transaction {hash} as used: {e:?}");
-    }
-    // ---- end of the await-free section ----
-
-    match chain.rpc.call(&EthSendRawTransaction { raw: tx.raw }).await {
-        Ok(_) => {}
-        Err(CallError::Node { message, .. }) if already_known(&message) => {}
-        Err(CallError::Node { code, message }) => {
-            // The node refused it outright: nothing was broadcast, so everything can be given back.
-            release_all(Some(nonce));
-            records::delete(&[records::txhash_key(hash)]);
-            return Err(NotSent::Fault(wit::Error::Unavailable(format!(
-                "the node refused the settlement transaction ({code}: {message})"
-            ))));
-        }
-        Err(CallError::Transport(m)) => {
-            // Outcome unknown: the transaction may be out there. Keep every claim; poll like a sent one.
-            eprintln!("verifier: broadcast of {hash} ended without an answer ({m}); reconciling");
-        }
-    }
-    Ok(wait(chain, claim, hash, Instant::now() + timeout).await.0)
 }
 
 /// Poll for `hash` until `deadline` and record the result on the claim's record. The flag says whether this

@@ -2,6 +2,7 @@
 //!
 //! - [`rpc`]: JSON-RPC 2.0 requests and typed response decoding for the few `eth_*` methods we use.
 //! - [`tx`]: build and sign EIP-1559 transactions with the facilitator's key.
+//! - [`erc20`]: ERC-20 `transfer` calldata (refunds paid from the treasury).
 //! - [`receipt`]: transaction receipts, ERC-20 `Transfer` logs and the checks behind a tx-hash payment proof.
 //! - [`nonce`]: the per-signer nonce bookkeeping kept in key-value storage.
 //! - [`quantity`]: the hex encodings of JSON-RPC quantities, data, hashes and addresses.
@@ -10,6 +11,7 @@
 //! `rpc::EthGetBlockByNumber`/`rpc::EthMaxPriorityFeePerGas` → [`tx::sign_eip1559`] →
 //! `rpc::EthSendRawTransaction` → `rpc::EthGetTransactionReceipt` → [`receipt::find_erc20_transfers`].
 
+pub mod erc20;
 pub mod nonce;
 pub mod quantity;
 pub mod receipt;

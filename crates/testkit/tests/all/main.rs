@@ -4,6 +4,7 @@
 mod dispatch;
 mod invoices;
 mod metering;
+mod refunds;
 mod verifier;
 
 use esim402_testkit::types;

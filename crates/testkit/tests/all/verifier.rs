@@ -23,17 +23,17 @@ use k256::ecdsa::SigningKey;
 use serde_json::{Value, json};
 
 const RPC: &str = "http://rpc.test";
-const USDC: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+pub(crate) const USDC: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
 const PAY_TO: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 const STRANGER: &str = "0x976EA74026E726554dB657fA54763abd0C3a0aa9";
 /// Anvil dev account #1 as the facilitator: the secret that must never leak.
 const FACILITATOR_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 /// Anvil dev account #3 as the payer.
 const PAYER_KEY: &str = "7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
-const PRICE: u64 = 420_000;
-const CHAIN_ID: u64 = 31_337;
+pub(crate) const PRICE: u64 = 420_000;
+pub(crate) const CHAIN_ID: u64 = 31_337;
 /// What the node reports: pending transaction count of the facilitator, base fee, tip, gas estimate.
-const TX_COUNT: u64 = 7;
+pub(crate) const TX_COUNT: u64 = 7;
 const BASE_FEE: u128 = 1_000_000_000;
 const TIP: u128 = 100_000_000;
 const GAS_ESTIMATE: u64 = 100_000;
@@ -41,14 +41,14 @@ const TRANSFER_WITH_AUTHORIZATION: [u8; 4] = [0xe3, 0xee, 0x16, 0x0e];
 const ERC20_TRANSFER_TOPIC: &str =
     "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef";
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-fn addr(s: &str) -> Address {
+pub(crate) fn addr(s: &str) -> Address {
     s.parse().unwrap()
 }
 
@@ -62,13 +62,13 @@ fn payer_key() -> SigningKey {
     SigningKey::from_slice(&hex::decode(PAYER_KEY).unwrap()).unwrap()
 }
 
-fn payer() -> Address {
+pub(crate) fn payer() -> Address {
     esim402_core::x402::exact::address_of(payer_key().verifying_key())
 }
 
 /// `types::Error` with equality, for assertions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum E {
+pub(crate) enum E {
     InvalidInput { field: String, message: String },
     NotFound(String),
     Conflict(String),
@@ -97,7 +97,7 @@ impl From<types::Error> for E {
 
 /// `types::Settlement` with equality.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum S {
+pub(crate) enum S {
     Settled(String),
     Pending(String),
 }
@@ -114,7 +114,7 @@ impl From<types::Settlement> for S {
 // ---- the scripted node -----------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mining {
+pub(crate) enum Mining {
     /// Every sent transaction is mined at once with status 1.
     Succeed,
     /// … with status 0.
@@ -124,19 +124,19 @@ enum Mining {
 }
 
 /// The chain as the test wants the node to describe it.
-struct ChainState {
+pub(crate) struct ChainState {
     chain_id: u64,
     balance: U256,
     nonce_used: bool,
     simulation_ok: bool,
     token_name: &'static str,
-    mining: Mining,
-    refuse_send: bool,
+    pub(crate) mining: Mining,
+    pub(crate) refuse_send: bool,
     /// Take the raw transaction but lose the answer (HTTP 502): the sender cannot know it went out.
-    lose_send_answer: bool,
-    estimate_fails: bool,
+    pub(crate) lose_send_answer: bool,
+    pub(crate) estimate_fails: bool,
     /// Answer every request with HTTP 503.
-    down: bool,
+    pub(crate) down: bool,
     /// Raw transactions accepted by `eth_sendRawTransaction`.
     sent: Vec<Vec<u8>>,
     /// Canned receipts (tx-hash proofs), by hash.
@@ -163,7 +163,7 @@ impl Default for ChainState {
 }
 
 #[derive(Default)]
-struct Node {
+pub(crate) struct Node {
     chain: Mutex<ChainState>,
 }
 
@@ -199,11 +199,11 @@ fn transfer_log(from: Address, to: Address, value: u64) -> Value {
 }
 
 impl Node {
-    fn set(&self, f: impl FnOnce(&mut ChainState)) {
+    pub(crate) fn set(&self, f: impl FnOnce(&mut ChainState)) {
         f(&mut self.chain.lock().unwrap());
     }
 
-    fn sent(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn sent(&self) -> Vec<Vec<u8>> {
         self.chain.lock().unwrap().sent.clone()
     }
 
@@ -271,7 +271,7 @@ impl Node {
     }
 }
 
-async fn kit(node: &Arc<Node>, vars: &[(&str, &str)]) -> Kit {
+pub(crate) async fn kit(node: &Arc<Node>, vars: &[(&str, &str)]) -> Kit {
     let n = node.clone();
     let mut b = Kit::builder("verifier")
         .var("payment_network", "eip155:31337")
@@ -291,7 +291,7 @@ async fn kit(node: &Arc<Node>, vars: &[(&str, &str)]) -> Kit {
 
 // ---- invoices and payments -------------------------------------------------------------------------------
 
-fn invoice(seed: u8, payer: Option<Address>) -> Invoice {
+pub(crate) fn invoice(seed: u8, payer: Option<Address>) -> Invoice {
     let option = PaymentOption {
         network: Network::parse("eip155:31337").unwrap(),
         asset: USDC.into(),
@@ -319,7 +319,7 @@ fn invoice(seed: u8, payer: Option<Address>) -> Invoice {
     .unwrap()
 }
 
-async fn store_invoice(kit: &Kit, inv: &Invoice) -> String {
+pub(crate) async fn store_invoice(kit: &Kit, inv: &Invoice) -> String {
     let id = inv.invoice_id.as_str().to_owned();
     kit.kv()
         .set(&format!("invoice/{id}"), &serde_json::to_vec(inv).unwrap())
@@ -329,7 +329,7 @@ async fn store_invoice(kit: &Kit, inv: &Invoice) -> String {
 }
 
 /// One payment as a wallet builds it; tests bend one field at a time.
-struct Pay {
+pub(crate) struct Pay {
     auth: TransferAuthorization,
     domain: TokenDomain,
     accepted: PaymentRequirements,
@@ -338,7 +338,7 @@ struct Pay {
 
 static NONCES: AtomicU64 = AtomicU64::new(1);
 
-fn pay(inv: &Invoice) -> Pay {
+pub(crate) fn pay(inv: &Invoice) -> Pay {
     let n = NONCES.fetch_add(1, Ordering::Relaxed);
     Pay {
         auth: TransferAuthorization {
@@ -394,7 +394,7 @@ impl Pay {
         })
     }
 
-    fn v2(&self) -> types::PaymentProof {
+    pub(crate) fn v2(&self) -> types::PaymentProof {
         types::PaymentProof::X402V2(encode_payment_payload_header(&self.payload()))
     }
 
@@ -434,7 +434,7 @@ async fn verify(kit: &mut Kit, id: &str, proof: types::PaymentProof) -> Result<S
         .map_err(E::from)
 }
 
-async fn settle(kit: &mut Kit, id: &str, proof: types::PaymentProof) -> Result<S, E> {
+pub(crate) async fn settle(kit: &mut Kit, id: &str, proof: types::PaymentProof) -> Result<S, E> {
     let id = id.to_owned();
     kit.call(async move |a, g| g.verifier().call_settle(a, id, proof).await)
         .await
@@ -459,20 +459,20 @@ async fn facilitator_settle(kit: &mut Kit, body: String) -> Result<Value, E> {
         .map_err(E::from)
 }
 
-async fn kv_json(kit: &Kit, key: &str) -> Option<Value> {
+pub(crate) async fn kv_json(kit: &Kit, key: &str) -> Option<Value> {
     kit.kv_get(key)
         .await
         .map(|b| serde_json::from_slice(&b).unwrap())
 }
 
-fn decode_tx(raw: &[u8]) -> Signed<TxEip1559> {
+pub(crate) fn decode_tx(raw: &[u8]) -> Signed<TxEip1559> {
     let mut buf = raw;
     let tx = Signed::<TxEip1559>::eip2718_decode(&mut buf).unwrap();
     assert!(buf.is_empty());
     tx
 }
 
-fn rpc_methods(kit: &Kit) -> Vec<String> {
+pub(crate) fn rpc_methods(kit: &Kit) -> Vec<String> {
     kit.requests()
         .iter()
         .map(|r| r.json().unwrap()["method"].as_str().unwrap().to_owned())

@@ -1,0 +1,522 @@
+//! Refunds in the verifier component (`owe-refund`, `run-refunds`), against the scripted JSON-RPC node of
+//! [`crate::verifier`]: invoices are paid by a real `exact` settlement first, then refunded from a treasury key
+//! whose transfers the test decodes from the raw transactions the node was sent.
+
+use std::sync::Arc;
+
+use alloy_consensus::{Signed, TxEip1559};
+use alloy_primitives::{Address, TxKind, U256, keccak256};
+use esim402_core::evm::erc20::{TRANSFER_SELECTOR, decode_transfer_calldata};
+use esim402_testkit::Kit;
+use serde_json::{Value, json};
+
+use crate::verifier::{
+    CHAIN_ID, E, Mining, Node, PRICE, S, TX_COUNT, USDC, addr, decode_tx, invoice, kit, kv_json,
+    now, pay, payer, rpc_methods, settle, store_invoice,
+};
+
+/// Anvil dev account #4 as the treasury: another secret that must never leak.
+const TREASURY_KEY: &str = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a";
+
+fn treasury() -> Address {
+    esim402_core::evm::SigningKey::from_hex(TREASURY_KEY)
+        .unwrap()
+        .address()
+}
+
+/// A verifier with the treasury key set, plus `vars`.
+async fn refund_kit(node: &Arc<Node>, vars: &[(&str, &str)]) -> Kit {
+    let mut all = vec![("treasury_private_key", TREASURY_KEY)];
+    all.extend_from_slice(vars);
+    kit(node, &all).await
+}
+
+/// An invoice paid by a confirmed `exact` settlement.
+async fn paid(kit: &mut Kit, seed: u8) -> String {
+    let inv = invoice(seed, None);
+    let id = store_invoice(kit, &inv).await;
+    let got = settle(kit, &id, pay(&inv).v2()).await;
+    assert!(matches!(got, Ok(S::Settled(_))), "{got:?}");
+    id
+}
+
+async fn owe(kit: &mut Kit, id: &str, reason: &str) -> Result<Value, E> {
+    let (id, reason) = (id.to_owned(), reason.to_owned());
+    kit.call(async move |a, g| g.verifier().call_owe_refund(a, id, reason, now()).await)
+        .await
+        .unwrap()
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .map_err(E::from)
+}
+
+async fn run(kit: &mut Kit, limit: u32) -> Result<Value, E> {
+    kit.call(async move |a, g| g.verifier().call_run_refunds(a, now(), limit).await)
+        .await
+        .unwrap()
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .map_err(E::from)
+}
+
+/// The refund transfers among everything the node was sent.
+fn refund_txs(node: &Node) -> Vec<Signed<TxEip1559>> {
+    node.sent()
+        .iter()
+        .map(|raw| decode_tx(raw))
+        .filter(|tx| tx.tx().input[..4] == TRANSFER_SELECTOR)
+        .collect()
+}
+
+/// Ledger entries of `kind`, in order.
+async fn ledger(kit: &Kit, kind: &str) -> Vec<Value> {
+    let mut keys: Vec<String> = kit
+        .kv()
+        .keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.starts_with("ledger/entry/"))
+        .collect();
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let entry = kv_json(kit, &k).await.unwrap();
+        if entry["kind"] == kind {
+            out.push(entry);
+        }
+    }
+    out
+}
+
+async fn queue(kit: &Kit) -> Value {
+    kv_json(kit, "refund/queue").await.unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn owe_refund_is_refused_unless_the_payment_is_confirmed() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let nothing_paid = |r: &Result<Value, E>| matches!(r, Err(E::Conflict(m)) if m.starts_with("nothing was paid for invoice"));
+
+    // An invoice nobody paid (and one that does not even exist).
+    let open = store_invoice(&kit, &invoice(100, None)).await;
+    let got = owe(&mut kit, &open, "activation failed").await;
+    assert!(nothing_paid(&got), "{got:?}");
+    let unknown = invoice(101, None).invoice_id.as_str().to_owned();
+    let got = owe(&mut kit, &unknown, "activation failed").await;
+    assert!(nothing_paid(&got), "{got:?}");
+
+    // A settlement broadcast but not confirmed: money may not have moved yet.
+    let inv = invoice(102, None);
+    let pending = store_invoice(&kit, &inv).await;
+    node.set(|c| c.mining = Mining::Never);
+    let got = settle(&mut kit, &pending, pay(&inv).v2()).await;
+    assert!(matches!(got, Ok(S::Pending(_))), "{got:?}");
+    let got = owe(&mut kit, &pending, "activation failed").await;
+    assert!(nothing_paid(&got), "{got:?}");
+    assert!(
+        matches!(&got, Err(E::Conflict(m)) if m.contains("submitted")),
+        "{got:?}"
+    );
+
+    // Malformed input names its field.
+    let got = owe(&mut kit, "not-an-invoice", "activation failed").await;
+    assert!(
+        matches!(&got, Err(E::InvalidInput { field, .. }) if field == "invoice_id"),
+        "{got:?}"
+    );
+
+    for id in [&open, &unknown, &pending] {
+        assert!(kit.kv_get(&format!("refund/{id}")).await.is_none());
+    }
+    assert_eq!(queue(&kit).await, Value::Null);
+    assert!(ledger(&kit, "refund_owed").await.is_empty());
+}
+
+#[tokio::test]
+async fn owe_refund_is_idempotent_and_logs_once() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[]).await;
+    let id = paid(&mut kit, 110).await;
+
+    let refund = owe(&mut kit, &id, "activation failed: pool empty")
+        .await
+        .unwrap();
+    assert_eq!(refund["invoice"], id.as_str());
+    assert_eq!(refund["payer"], payer().to_checksum(None));
+    assert_eq!(refund["amount"], PRICE.to_string());
+    assert_eq!(refund["network"], "eip155:31337");
+    assert_eq!(refund["asset"], addr(USDC).to_checksum(None));
+    assert_eq!(refund["reason"], "activation failed: pool empty");
+    assert_eq!(refund["status"], "owed");
+    assert_eq!(refund["transaction"], Value::Null);
+    assert_eq!(refund["attempts"], 0);
+    assert_eq!(
+        kv_json(&kit, &format!("refund/{id}")).await.unwrap(),
+        refund
+    );
+
+    // A repeat (even with another reason) answers the stored record and logs nothing.
+    assert_eq!(owe(&mut kit, &id, "again").await.unwrap(), refund);
+    assert_eq!(queue(&kit).await, json!([id]));
+    let owed = ledger(&kit, "refund_owed").await;
+    assert_eq!(owed.len(), 1, "{owed:?}");
+    assert_eq!(owed[0]["invoice_id"], id.as_str());
+    assert_eq!(owed[0]["payer"], payer().to_checksum(None));
+    assert_eq!(owed[0]["network"], "eip155:31337");
+    assert_eq!(owed[0]["amount"], "0.42");
+
+    // Eight first calls at once: one record, one queue entry, one ledger entry.
+    let id2 = paid(&mut kit, 111).await;
+    let call_id = id2.clone();
+    let results = kit
+        .call(async move |a, g| {
+            let calls = (0..8).map(|i| {
+                g.verifier()
+                    .call_owe_refund(a, call_id.clone(), format!("reason {i}"), now())
+            });
+            let mut out = Vec::new();
+            for r in crate::join_all(calls).await {
+                out.push(r?);
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap();
+    let stored = kv_json(&kit, &format!("refund/{id2}")).await.unwrap();
+    for r in results {
+        let r: Value = serde_json::from_str(&r.unwrap()).unwrap();
+        assert_eq!(r, stored);
+    }
+    assert_eq!(queue(&kit).await, json!([id, id2]));
+    assert_eq!(ledger(&kit, "refund_owed").await.len(), 2);
+}
+
+#[tokio::test]
+async fn run_refunds_sends_one_transfer_to_the_payer_and_marks_it_paid() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[]).await;
+    let id = paid(&mut kit, 120).await;
+    owe(&mut kit, &id, "activation failed").await.unwrap();
+
+    let summary = run(&mut kit, 10).await.unwrap();
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), 1);
+    let tx = &txs[0];
+    let hash = tx.hash().to_string();
+    assert_eq!(
+        summary,
+        json!({"paid": [{"invoice": id, "transaction": hash}], "pending": [], "failed": [],
+               "remaining": 0})
+    );
+    // transfer(payer, price) on the USDC contract, signed by the treasury with the settlement machinery.
+    assert_eq!(tx.tx().to, TxKind::Call(addr(USDC)));
+    assert_eq!(tx.tx().input[..4], [0xa9, 0x05, 0x9c, 0xbb]);
+    assert_eq!(
+        decode_transfer_calldata(&tx.tx().input),
+        Some((payer(), U256::from(PRICE)))
+    );
+    assert_eq!(tx.tx().value, U256::ZERO);
+    assert_eq!(tx.tx().chain_id, CHAIN_ID);
+    assert_eq!(tx.tx().nonce, TX_COUNT);
+    assert_eq!(tx.recover_signer().unwrap(), treasury());
+    assert_eq!(keccak256(&node.sent()[1]).to_string(), hash);
+
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "paid");
+    assert_eq!(record["transaction"], hash);
+    assert_eq!(record["signer"], treasury().to_checksum(None));
+    assert_eq!(record["attempts"], 0);
+    let nonces = kv_json(
+        &kit,
+        &format!("signer/eip155:31337/{:#x}/nonce", treasury()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(nonces["next"], TX_COUNT + 1);
+    let logged = ledger(&kit, "refund_paid").await;
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0]["invoice_id"], id.as_str());
+    assert_eq!(logged[0]["tx_hash"], hash);
+    assert_eq!(logged[0]["payer"], payer().to_checksum(None));
+    assert_eq!(queue(&kit).await, json!([]));
+
+    // Nothing left to do: a second run sends nothing; owing again answers the paid record.
+    let again = run(&mut kit, 10).await.unwrap();
+    assert_eq!(
+        again,
+        json!({"paid": [], "pending": [], "failed": [], "remaining": 0})
+    );
+    assert_eq!(owe(&mut kit, &id, "again").await.unwrap(), record);
+    assert_eq!(queue(&kit).await, json!([]));
+    assert_eq!(refund_txs(&node).len(), 1);
+    let sends = rpc_methods(&kit)
+        .iter()
+        .filter(|m| *m == "eth_sendRawTransaction")
+        .count();
+    assert_eq!(sends, 2, "the settlement and the one refund");
+    assert_eq!(ledger(&kit, "refund_paid").await.len(), 1);
+    assert_eq!(ledger(&kit, "refund_owed").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refund_without_a_receipt_stays_submitted_and_is_reconciled_without_a_second_send() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let id = paid(&mut kit, 130).await;
+    owe(&mut kit, &id, "activation failed").await.unwrap();
+    node.set(|c| c.mining = Mining::Never);
+
+    let summary = run(&mut kit, 10).await.unwrap();
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), 1);
+    let hash = txs[0].hash().to_string();
+    let pending = json!({"paid": [], "pending": [{"invoice": id, "transaction": hash}],
+                         "failed": [], "remaining": 1});
+    assert_eq!(summary, pending);
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "submitted");
+    assert_eq!(record["transaction"], hash);
+
+    // Still not mined: still pending against the same hash, never a second transfer.
+    assert_eq!(run(&mut kit, 10).await.unwrap(), pending);
+    assert_eq!(refund_txs(&node).len(), 1);
+
+    node.set(|c| c.mining = Mining::Succeed);
+    let summary = run(&mut kit, 10).await.unwrap();
+    assert_eq!(
+        summary,
+        json!({"paid": [{"invoice": id, "transaction": hash}], "pending": [], "failed": [],
+               "remaining": 0})
+    );
+    assert_eq!(refund_txs(&node).len(), 1);
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "paid");
+    assert_eq!(ledger(&kit, "refund_paid").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_reverted_refund_is_owed_again_and_a_later_run_sends_a_new_transfer() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[]).await;
+    let id = paid(&mut kit, 140).await;
+    owe(&mut kit, &id, "activation failed").await.unwrap();
+
+    // The treasury lacks USDC: the transfer is mined and reverts.
+    node.set(|c| c.mining = Mining::Revert);
+    let summary = run(&mut kit, 10).await.unwrap();
+    let reverted = refund_txs(&node)[0].hash().to_string();
+    assert_eq!(summary["paid"], json!([]));
+    assert_eq!(summary["failed"][0]["invoice"], id.as_str());
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&reverted) && error.contains("reverted"),
+        "{error}"
+    );
+    assert_eq!(summary["remaining"], 1);
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "owed");
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(record["last_error"], error);
+    assert_eq!(record["transaction"], Value::Null);
+    assert!(ledger(&kit, "refund_paid").await.is_empty());
+
+    // The node predicts a revert: nothing is signed or sent, the attempt still counts.
+    node.set(|c| c.estimate_fails = true);
+    let summary = run(&mut kit, 10).await.unwrap();
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("would revert"), "{error}");
+    assert_eq!(refund_txs(&node).len(), 1);
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "owed");
+    assert_eq!(record["attempts"], 2);
+
+    // Funded again: a new transaction (the reverted one used its nonce), paid.
+    node.set(|c| {
+        c.estimate_fails = false;
+        c.mining = Mining::Succeed;
+    });
+    let summary = run(&mut kit, 10).await.unwrap();
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), 2);
+    assert_eq!(txs[1].tx().nonce, TX_COUNT + 1);
+    let hash = txs[1].hash().to_string();
+    assert_ne!(hash, reverted);
+    assert_eq!(
+        summary["paid"],
+        json!([{"invoice": id, "transaction": hash}])
+    );
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "paid");
+    assert_eq!(record["attempts"], 2);
+    assert_eq!(ledger(&kit, "refund_paid").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_send_refused_before_broadcast_releases_the_refund_and_its_nonce() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[]).await;
+    let id = paid(&mut kit, 150).await;
+    owe(&mut kit, &id, "activation failed").await.unwrap();
+
+    node.set(|c| c.refuse_send = true);
+    let summary = run(&mut kit, 10).await.unwrap();
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("refused the refund transaction"), "{error}");
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "owed");
+    assert_eq!(record["attempts"], 0, "no transaction existed");
+    assert_eq!(record["transaction"], Value::Null);
+    let nonces = kv_json(
+        &kit,
+        &format!("signer/eip155:31337/{:#x}/nonce", treasury()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(nonces["next"], TX_COUNT, "the nonce was given back");
+
+    node.set(|c| c.refuse_send = false);
+    let summary = run(&mut kit, 10).await.unwrap();
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), 1);
+    assert_eq!(txs[0].tx().nonce, TX_COUNT);
+    assert_eq!(summary["paid"][0]["transaction"], txs[0].hash().to_string());
+}
+
+#[tokio::test]
+async fn without_a_treasury_key_refunds_are_owed_but_not_paid_and_no_key_leaks() {
+    let node = Arc::new(Node::default());
+    let mut errors = Vec::new();
+
+    let mut none = kit(&node, &[]).await;
+    let id = paid(&mut none, 160).await;
+    owe(&mut none, &id, "activation failed").await.unwrap();
+    let before = none.requests().len();
+    let got = run(&mut none, 10).await;
+    assert_eq!(
+        got,
+        Err(E::Unavailable(
+            "refunds are disabled: treasury_private_key is not set".into()
+        ))
+    );
+    assert_eq!(none.requests().len(), before, "the chain is not asked");
+    errors.push(format!("{got:?}"));
+
+    let bad_key = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a3492zz";
+    let mut bad = kit(&node, &[("treasury_private_key", bad_key)]).await;
+    let got = run(&mut bad, 10).await;
+    assert!(
+        matches!(&got, Err(E::Internal(m)) if m.contains("treasury_private_key")),
+        "{got:?}"
+    );
+    errors.push(format!("{got:?}"));
+
+    // A working treasury, through every outcome, leaves no trace of either key.
+    let mut good = refund_kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    for (seed, mining) in [
+        (161, Mining::Revert),
+        (162, Mining::Never),
+        (163, Mining::Succeed),
+    ] {
+        node.set(|c| c.mining = Mining::Succeed);
+        let id = paid(&mut good, seed).await;
+        owe(&mut good, &id, "activation failed").await.unwrap();
+        node.set(|c| c.mining = mining);
+        errors.push(run(&mut good, 10).await.unwrap().to_string());
+    }
+    let id = paid(&mut good, 164).await;
+    owe(&mut good, &id, "activation failed").await.unwrap();
+    node.set(|c| c.refuse_send = true);
+    errors.push(run(&mut good, 10).await.unwrap().to_string());
+    node.set(|c| c.down = true);
+    errors.push(format!("{:?}", run(&mut good, 10).await));
+
+    let secrets = [
+        TREASURY_KEY[2..].to_owned(),
+        bad_key[2..].to_owned(),
+        TREASURY_KEY[2..18].to_owned(),
+        TREASURY_KEY[50..].to_owned(),
+    ];
+    let mut haystacks = errors;
+    for k in [&none, &bad, &good] {
+        for r in k.requests() {
+            haystacks.push(format!(
+                "{} {} {:?} {}",
+                r.method,
+                r.uri,
+                r.headers,
+                String::from_utf8_lossy(&r.body)
+            ));
+        }
+        for key in k.kv().keys().await.unwrap() {
+            let value = k.kv_get(&key).await.unwrap();
+            haystacks.push(format!("{key} {}", String::from_utf8_lossy(&value)));
+        }
+    }
+    assert!(haystacks.len() > 10);
+    for h in &haystacks {
+        let h = h.to_lowercase();
+        for s in &secrets {
+            assert!(!h.contains(s.as_str()), "secret fragment in {h}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_runs_send_exactly_one_transfer_per_refund() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[]).await;
+    let mut ids = Vec::new();
+    for seed in 170..173 {
+        let id = paid(&mut kit, seed).await;
+        owe(&mut kit, &id, "activation failed").await.unwrap();
+        ids.push(id);
+    }
+
+    let results = kit
+        .call(async move |a, g| {
+            let calls = (0..8).map(|_| g.verifier().call_run_refunds(a, now(), 10));
+            let mut out = Vec::new();
+            for r in crate::join_all(calls).await {
+                out.push(r?);
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap();
+
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), ids.len(), "{results:?}");
+    let mut nonces: Vec<u64> = txs.iter().map(|t| t.tx().nonce).collect();
+    nonces.sort_unstable();
+    assert_eq!(nonces, (TX_COUNT..TX_COUNT + 3).collect::<Vec<_>>());
+    let mut reported = Vec::new();
+    for r in results {
+        let summary: Value = serde_json::from_str(&r.unwrap()).unwrap();
+        assert_eq!(summary["failed"], json!([]), "{summary}");
+        for p in summary["paid"].as_array().unwrap() {
+            reported.push(p["invoice"].as_str().unwrap().to_owned());
+        }
+    }
+    reported.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(
+        reported, want,
+        "each refund reported paid by exactly one run"
+    );
+    for id in &ids {
+        let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+        assert_eq!(record["status"], "paid");
+        assert!(
+            txs.iter()
+                .any(|t| t.hash().to_string() == record["transaction"])
+        );
+    }
+    assert_eq!(ledger(&kit, "refund_paid").await.len(), ids.len());
+    assert_eq!(queue(&kit).await, json!([]));
+    assert_eq!(
+        run(&mut kit, 10).await.unwrap(),
+        json!({"paid": [], "pending": [], "failed": [], "remaining": 0})
+    );
+    assert_eq!(refund_txs(&node).len(), ids.len());
+}
