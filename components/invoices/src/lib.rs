@@ -6,6 +6,8 @@
 
 use esim402_core::invoice::{Invoice, InvoiceStatus, PaymentOption, Purchase};
 use esim402_core::ledger::{EntryFields, EntryKind};
+use esim402_core::x402::Networks;
+use esim402_core::x402::networks::{TokenOverrides, narrow};
 use esim402_core::{InvoiceId, Network, UsdcAmount, chain::parse_address};
 use spin_sdk::key_value::Store;
 
@@ -52,22 +54,78 @@ fn config_error(name: &str, msg: impl std::fmt::Display) -> wit::Error {
     wit::Error::Internal(format!("variable {name} is invalid: {msg}"))
 }
 
-/// The payment options this deployment accepts (one network for now; the payments issue adds the registry).
-async fn payment_options(amount: UsdcAmount) -> Result<Vec<PaymentOption>, wit::Error> {
-    let network = Network::parse(&var("payment_network").await?)
+async fn optional_var(name: &str) -> Option<String> {
+    spin_sdk::variables::get(name)
+        .await
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The payment options for a purchase: one per enabled network (`payment_network`, a comma-separated list,
+/// preferred first; the `usdc_*` overrides apply to the first), narrowed to the payer's `preference` in its
+/// order. A preference naming no enabled network is a 400 on `chain` listing what is enabled.
+async fn payment_options(
+    amount: UsdcAmount,
+    preference: &[String],
+) -> Result<Vec<PaymentOption>, wit::Error> {
+    let spec = var("payment_network").await?;
+    let overrides = TokenOverrides {
+        usdc: match optional_var("usdc_address").await {
+            Some(a) => Some(parse_address(&a).map_err(|e| config_error("usdc_address", e))?),
+            None => None,
+        },
+        eip712_name: optional_var("usdc_eip712_name").await,
+        eip712_version: optional_var("usdc_eip712_version").await,
+        confirmations: None,
+    };
+    let enabled = Networks::builtin()
+        .enabled(&spec, &overrides)
         .map_err(|e| config_error("payment_network", e))?;
-    let asset =
-        parse_address(&var("usdc_address").await?).map_err(|e| config_error("usdc_address", e))?;
+    let preference = preference
+        .iter()
+        .map(|p| {
+            Networks::builtin()
+                .lookup(p)
+                .map(|n| n.network)
+                .or_else(|| Network::parse(p).ok())
+                .ok_or_else(|| invalid("chain", format!("unknown network {p:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let offered = narrow(&enabled, &preference);
+    if offered.is_empty() {
+        let names: Vec<String> = enabled
+            .iter()
+            .map(|n| format!("{} ({})", n.caip2(), n.name))
+            .collect();
+        return Err(invalid(
+            "chain",
+            format!(
+                "none of the requested networks is enabled; enabled: {}",
+                names.join(", ")
+            ),
+        ));
+    }
     let pay_to = parse_address(&var("recipient_address").await?)
         .map_err(|e| config_error("recipient_address", e))?;
-    Ok(vec![PaymentOption {
-        network,
-        asset: asset.to_checksum(None),
-        pay_to: pay_to.to_checksum(None),
-        amount_atomic: amount.micros().to_string(),
-        eip712_name: var("usdc_eip712_name").await?,
-        eip712_version: var("usdc_eip712_version").await?,
-    }])
+    Ok(offered
+        .iter()
+        .map(|n| PaymentOption {
+            network: n.network,
+            asset: n.usdc.to_checksum(None),
+            pay_to: pay_to.to_checksum(None),
+            amount_atomic: amount.micros().to_string(),
+            eip712_name: n.eip712_name.clone(),
+            eip712_version: n.eip712_version.clone(),
+        })
+        .collect())
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> wit::Error {
+    wit::Error::InvalidInput(wit::FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
 }
 
 fn kv_err(e: KvError<wit::Error>) -> wit::Error {
@@ -125,6 +183,10 @@ impl Guest for Component {
         amount: u64,
         now: u64,
     ) -> Result<wit::Invoice, wit::Error> {
+        let preference = match &purchase {
+            wit::Purchase::Activation(a) => a.networks.clone(),
+            _ => Vec::new(),
+        };
         let purchase: Purchase = convert::purchase_from_wit(purchase);
         let amount = UsdcAmount::from_micros(amount);
         if amount == UsdcAmount::ZERO {
@@ -137,7 +199,7 @@ impl Guest for Component {
             .await?
             .parse()
             .map_err(|e| config_error("invoice_ttl_secs", e))?;
-        let options = payment_options(amount).await?;
+        let options = payment_options(amount, &preference).await?;
         let mut random = [0u8; 16];
         getrandom::fill(&mut random)
             .map_err(|e| wit::Error::Internal(format!("no randomness: {e}")))?;

@@ -310,6 +310,71 @@ fn is_spin_variable_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// Token settings that replace the registry's for the **first** enabled network (the dev chain deploys its
+/// own token; production leaves them empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenOverrides {
+    /// Token contract.
+    pub usdc: Option<Address>,
+    /// EIP-712 domain name.
+    pub eip712_name: Option<String>,
+    /// EIP-712 domain version.
+    pub eip712_version: Option<String>,
+    /// Confirmations required.
+    pub confirmations: Option<u32>,
+}
+
+impl Networks {
+    /// The deployment's enabled networks from `spec` (the `payment_network` variable: a comma-separated list
+    /// of CAIP-2 ids or names, preferred first), with `overrides` applied to the first. Errors name the
+    /// entry at fault.
+    pub fn enabled(
+        &self,
+        spec: &str,
+        overrides: &TokenOverrides,
+    ) -> Result<Vec<NetworkConfig>, String> {
+        let mut out: Vec<NetworkConfig> = Vec::new();
+        for id in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let n = self
+                .lookup(id)
+                .ok_or_else(|| format!("{id:?} is not in the network registry"))?;
+            if out.iter().any(|o| o.network == n.network) {
+                return Err(format!("{id:?} is listed twice"));
+            }
+            out.push(n.clone());
+        }
+        let first = out
+            .first_mut()
+            .ok_or_else(|| "no network is enabled".to_owned())?;
+        if let Some(usdc) = overrides.usdc {
+            first.usdc = usdc;
+        }
+        if let Some(name) = &overrides.eip712_name {
+            first.eip712_name = name.clone();
+        }
+        if let Some(version) = &overrides.eip712_version {
+            first.eip712_version = version.clone();
+        }
+        if let Some(c) = overrides.confirmations {
+            first.confirmations = c.max(1);
+        }
+        Ok(out)
+    }
+}
+
+/// The networks to offer a payer who prefers `preference` (empty: all of `enabled`, in their order;
+/// otherwise the enabled ones among them, in the payer's order). Empty result: nothing the payer wants is
+/// enabled.
+pub fn narrow(enabled: &[NetworkConfig], preference: &[Network]) -> Vec<NetworkConfig> {
+    if preference.is_empty() {
+        return enabled.to_vec();
+    }
+    preference
+        .iter()
+        .filter_map(|p| enabled.iter().find(|n| n.network == *p).cloned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,5 +588,51 @@ mod tests {
             nets.lookup("base-sepolia").unwrap().usdc.to_checksum(None),
             "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
         );
+    }
+
+    #[test]
+    fn enabled_networks_keep_their_order_and_take_overrides_on_the_first() {
+        let reg = Networks::builtin();
+        let token: Address = "0x00000000000000000000000000000000000000aa"
+            .parse()
+            .unwrap();
+        let overrides = TokenOverrides {
+            usdc: Some(token),
+            eip712_name: Some("Test".into()),
+            eip712_version: None,
+            confirmations: Some(3),
+        };
+        let en = reg.enabled("polygon, eip155:8453", &overrides).unwrap();
+        assert_eq!(
+            en.iter().map(NetworkConfig::caip2).collect::<Vec<_>>(),
+            ["eip155:137", "eip155:8453"]
+        );
+        assert_eq!(
+            (en[0].usdc, en[0].eip712_name.as_str(), en[0].confirmations),
+            (token, "Test", 3)
+        );
+        assert_eq!(
+            en[1],
+            *reg.lookup("base").unwrap(),
+            "overrides touch only the first"
+        );
+        assert!(reg.enabled("", &overrides).is_err());
+        assert!(
+            reg.enabled("polygon,eip155:137", &overrides)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            reg.enabled("dogecoin", &overrides)
+                .unwrap_err()
+                .contains("dogecoin")
+        );
+        let base = Network::parse("eip155:8453").unwrap();
+        let eth = Network::parse("eip155:1").unwrap();
+        let picked = narrow(&en, &[eth, base]);
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked[0].network, base);
+        assert_eq!(narrow(&en, &[]), en);
+        assert!(narrow(&en, &[eth]).is_empty());
     }
 }
