@@ -145,15 +145,17 @@ async fn bad_input_gets_a_typed_4xx_naming_the_problem() {
     let paid = client
         .post(format!("{}/v1/esim/activate", app.url))
         .header("x-payment-proof", "0x12")
-        .body("{}")
+        .body(r#"{"region":"us-west","data_mb":100}"#)
         .send()
         .await
         .unwrap();
     assert_eq!(
         paid.status(),
-        501,
-        "payments are refused, never taken, until implemented"
+        400,
+        "a malformed proof is the client's fault"
     );
+    let paid: Value = paid.json().await.unwrap();
+    assert_eq!(paid["error"]["field"], "X-Payment-Proof");
     let health: Value = reqwest::get(format!("{}/health", app.url))
         .await
         .unwrap()
@@ -214,6 +216,76 @@ async fn concurrent_activations_each_get_their_own_invoice() {
     assert_eq!(
         keys.iter().filter(|k| k.starts_with("invoice/")).count(),
         64
+    );
+    app.stop().await;
+}
+
+/// The `PAYMENT-REQUIRED` header's `accepts[].network`s.
+async fn offered(resp: reqwest::Response) -> (u16, Vec<String>, Value) {
+    let status = resp.status().as_u16();
+    let networks = resp
+        .headers()
+        .get("payment-required")
+        .map(|h| {
+            let json = base64::engine::general_purpose::STANDARD
+                .decode(h.to_str().unwrap())
+                .unwrap();
+            let v: Value = serde_json::from_slice(&json).unwrap();
+            v["accepts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["network"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, networks, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_enabled_network_is_offered_and_the_chain_preference_narrows_them() {
+    let mut opts = options(StoreConfig::Memory);
+    opts.env.insert(
+        "SPIN_VARIABLE_PAYMENT_NETWORK".into(),
+        "eip155:31337, base, polygon".into(),
+    );
+    let app = spawn_app(opts).await.unwrap();
+    let (status, all, body) =
+        offered(activate(&app.url, r#"{"region":"us-west","data_mb":100}"#).await).await;
+    assert_eq!(status, 402);
+    assert_eq!(all, ["eip155:31337", "eip155:8453", "eip155:137"]);
+    // The registry's token and domain for the mainnets; the dev token only for the first network.
+    assert_eq!(body["accepts"].as_array().unwrap().len(), 3, "{body}");
+    assert_eq!(
+        body["accepts"][1]["asset"],
+        "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+    );
+    let (_, narrowed, _) = offered(
+        activate(
+            &app.url,
+            r#"{"region":"us-west","data_mb":100,"chain":["polygon","base"]}"#,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(narrowed, ["eip155:137", "eip155:8453"]);
+    let (status, none, body) = offered(
+        activate(
+            &app.url,
+            r#"{"region":"us-west","data_mb":100,"chain":"arbitrum"}"#,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(none.is_empty());
+    assert_eq!(body["error"]["field"], "chain");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("eip155:8453 (base)"),
+        "{body}"
     );
     app.stop().await;
 }

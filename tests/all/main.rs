@@ -7,4 +7,5 @@ mod devchain;
 mod dispatch;
 mod facilitator;
 mod ledger;
+mod payments;
 mod startup;

@@ -44,7 +44,7 @@ pub fn switch_target(body: &[u8]) -> Result<wit::SwitchTarget, ApiError> {
     }
 }
 
-fn purchase(p: &wit::Purchase) -> Purchase {
+pub fn purchase(p: &wit::Purchase) -> Purchase {
     match p {
         wit::Purchase::Activation(a) => Purchase::Activation {
             region: a.region.clone(),
@@ -78,8 +78,8 @@ fn status(s: wit::InvoiceStatus) -> InvoiceStatus {
     }
 }
 
-/// The invoice as the seed's JSON; with a quote, the carrier that priced it is included.
-pub fn invoice_json(inv: &wit::Invoice, quote: Option<&wit::Quote>) -> String {
+/// The kernel's view of a WIT invoice (`None` only if the invoices component handed back a malformed one).
+pub fn invoice_core(inv: &wit::Invoice) -> Option<Invoice> {
     let accepts: Vec<PaymentOption> = inv
         .options
         .iter()
@@ -94,31 +94,45 @@ pub fn invoice_json(inv: &wit::Invoice, quote: Option<&wit::Quote>) -> String {
             })
         })
         .collect();
-    let Ok(id) = InvoiceId::parse(&inv.id) else {
-        return "{}".into();
-    };
-    let Some(mut core) = Invoice::new(
+    let id = InvoiceId::parse(&inv.id).ok()?;
+    let mut core = Invoice::new(
         id,
         UsdcAmount::from_micros(inv.amount),
         accepts,
         purchase(&inv.purchase),
         inv.created_at,
         0,
-    ) else {
-        return "{}".into();
-    };
+    )?;
     core.expires_at = inv.expires_at;
     core.status = status(inv.status);
     core.transaction = inv.transaction.clone();
     core.payer = inv.payer.clone();
+    Some(core)
+}
+
+/// The invoice as the seed's JSON; with a quote, the carrier that priced it is included.
+pub fn invoice_json(inv: &wit::Invoice, quote: Option<&wit::Quote>) -> String {
+    invoice_value(inv, quote).to_string()
+}
+
+/// [`invoice_json`] as a JSON value.
+pub fn invoice_value(inv: &wit::Invoice, quote: Option<&wit::Quote>) -> Value {
+    let Some(core) = invoice_core(inv) else {
+        return Value::Object(Default::default());
+    };
     let mut v = serde_json::to_value(&core).unwrap_or(Value::Null);
     if let (Some(q), Value::Object(map)) = (quote, &mut v) {
         map.insert("carrier".into(), Value::String(q.carrier.clone()));
     }
-    v.to_string()
+    v
 }
 
 pub fn sim_json(s: &wit::Sim) -> String {
+    sim_value(s).to_string()
+}
+
+/// A SIM as JSON (the activation code is not included: it is only ever shown to the payer, once paid).
+pub fn sim_value(s: &wit::Sim) -> Value {
     let state = match s.state {
         wit::SimState::Pending => "pending",
         wit::SimState::Active => "active",
@@ -141,5 +155,4 @@ pub fn sim_json(s: &wit::Sim) -> String {
         "failovers": s.failovers, "replaces": s.replaces, "replaced_by": s.replaced_by,
         "roaming": { "allow": s.roaming.allow, "deny": s.roaming.deny, "countries": s.roaming.countries },
     })
-    .to_string()
 }

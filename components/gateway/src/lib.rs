@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use esim402_core::{ActivationRequest, ApiError, ErrorKind, activation::MAX_BODY_BYTES};
 use http_body_util::{BodyExt, Limited};
-use spin_sdk::http::{IntoResponse, Method, Request, Response, StatusCode};
+use serde_json::Value;
+use spin_sdk::http::{IntoResponse, Method, Request, Response};
 use spin_sdk::http_service;
 
 mod bindings {
@@ -27,6 +28,7 @@ mod bindings {
 }
 
 mod convert;
+mod pay;
 
 use bindings::esim402::facilitator::{dispatch, invoices, metering, types as wit, verifier};
 
@@ -118,6 +120,7 @@ async fn handle(req: Request) -> impl IntoResponse {
         (Method::GET, ["v1", "ledger"]) => ledger_export(req.uri().query()),
         (Method::POST, ["verify"]) => facilitator(req, false).await,
         (Method::POST, ["settle"]) => facilitator(req, true).await,
+        (Method::POST, ["admin", "refunds", "run"]) => run_refunds(&req).await,
         (Method::GET, ["supported"]) => verifier::supported()
             .await
             .map(|b| json(200, b))
@@ -139,6 +142,7 @@ async fn handle(req: Request) -> impl IntoResponse {
             | ["v1", "ledger"]
             | ["v1", "ledger", "verify"]
             | ["supported"]
+            | ["admin", "refunds", "run"]
             | ["verify"]
             | ["settle"],
         ) => Err(ApiError::new(
@@ -151,49 +155,105 @@ async fn handle(req: Request) -> impl IntoResponse {
 }
 
 /// `POST /v1/esim/activate`. Without payment: price the request, issue an invoice and answer 402 with the
-/// seed's JSON body and the x402 v2 `PAYMENT-REQUIRED` header.
+/// seed's JSON body (plus the x402 v1 fields) and the x402 v2 `PAYMENT-REQUIRED` header. With one: pay the
+/// invoice and deliver the profile ([`pay`]).
 async fn activate(req: Request) -> Result<Reply, ApiError> {
-    if paid(&req) {
-        return Ok(not_yet_payable());
-    }
+    let proof = pay::Proof::from_headers(req.headers())?;
+    let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
     let body = read_body(req).await?;
     let request = ActivationRequest::parse(&body)?;
     let wit_request = convert::activation_to_wit(&request);
-    let quote = dispatch::price(wit_request.clone())
-        .await
-        .map_err(from_wit)?;
-    let invoice = invoices::issue(wit::Purchase::Activation(wit_request), quote.amount, now())
-        .await
-        .map_err(from_wit)?;
-    payment_required(&invoice, &quote, url).await
+    let Some(proof) = proof else {
+        let (invoice, quote) = issue_activation(&wit_request).await?;
+        return payment_required(&invoice, &quote, url).await;
+    };
+    let named = request.invoice_id.as_ref().or(invoice_header.as_ref());
+    let invoice = match proof.invoice_id(named)? {
+        Some(id) => load_invoice(&id).await?,
+        None if pay::is_v1(&proof) => {
+            pay::v1_invoice(&proof, || async {
+                Ok(issue_activation(&wit_request).await?.0)
+            })
+            .await?
+        }
+        // A v2 payment built from someone else's challenge: priced afresh, it will match nothing (402).
+        None => issue_activation(&wit_request).await?.0,
+    };
+    let fingerprint = request_fingerprint("activate", &body, &proof);
+    let order = pay::Order::Activation(wit_request);
+    let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
+    Ok(render(&stored))
 }
 
-/// Whether the request carries a payment (x402 v2, v1, or a tx-hash proof).
-fn paid(req: &Request) -> bool {
-    ["payment-signature", "x-payment", "x-payment-proof"]
-        .iter()
-        .any(|h| req.headers().contains_key(*h))
-}
-
-/// Settlement lands with the payments issue; refusing is better than taking money we cannot serve.
-fn not_yet_payable() -> Reply {
-    json(
-        StatusCode::NOT_IMPLEMENTED.as_u16(),
-        r#"{"error":{"code":"not_implemented","message":"paying invoices is not implemented yet; no payment was taken"}}"#.into(),
+async fn issue_activation(
+    request: &wit::ActivationRequest,
+) -> Result<(wit::Invoice, wit::Quote), ApiError> {
+    let quote = dispatch::price(request.clone()).await.map_err(from_wit)?;
+    let invoice = invoices::issue(
+        wit::Purchase::Activation(request.clone()),
+        quote.amount,
+        now(),
     )
+    .await
+    .map_err(from_wit)?;
+    Ok((invoice, quote))
 }
 
-/// HTTP 402 with the seed's invoice body and the x402 v2 `PAYMENT-REQUIRED` header.
+async fn load_invoice(id: &esim402_core::InvoiceId) -> Result<wit::Invoice, ApiError> {
+    invoices::get(id.to_string(), now())
+        .await
+        .map_err(from_wit)?
+        .ok_or_else(|| ApiError::not_found(format!("no invoice {id}")))
+}
+
+/// Identity of a paid request for `payment-identifier`: route, body and payment.
+fn request_fingerprint(route: &str, body: &[u8], proof: &pay::Proof) -> String {
+    let mut bytes = Vec::with_capacity(route.len() + body.len() + 80);
+    bytes.extend_from_slice(route.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(body);
+    bytes.push(0);
+    bytes.extend_from_slice(proof.fingerprint().as_bytes());
+    esim402_core::paid::fingerprint(&bytes)
+}
+
+/// A stored paid answer as an HTTP response (always `no-store`; the x402 headers exposed to browsers).
+fn render(r: &esim402_core::paid::StoredResponse) -> Reply {
+    let mut b = Response::builder()
+        .status(r.status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .header(
+            "access-control-expose-headers",
+            "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
+        );
+    for (k, v) in &r.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    b.body(r.body.clone())
+        .unwrap_or_else(|_| Response::new(String::new()))
+}
+
+/// HTTP 402 with the seed's invoice body and the x402 v2 `PAYMENT-REQUIRED` header. The body also carries
+/// the x402 v1 challenge fields (`x402Version: 1`, `error`, `accepts`), so v1 clients (which read only the
+/// body) can pay too.
 async fn payment_required(
     invoice: &wit::Invoice,
     quote: &wit::Quote,
     url: String,
 ) -> Result<Reply, ApiError> {
-    let header = invoices::payment_required_header(invoice.id.clone(), url)
+    let header = invoices::payment_required_header(invoice.id.clone(), url.clone())
         .await
         .map_err(from_wit)?;
-    let body = convert::invoice_json(invoice, Some(quote));
+    let mut body = convert::invoice_value(invoice, Some(quote));
+    if let (Value::Object(b), Some(inv)) = (&mut body, convert::invoice_core(invoice))
+        && let Ok(Value::Object(v1)) = serde_json::to_value(
+            esim402_core::x402::requirements::payment_required_v1(&inv, &url),
+        )
+    {
+        b.extend(v1);
+    }
     Response::builder()
         .status(402)
         .header("content-type", "application/json")
@@ -201,9 +261,9 @@ async fn payment_required(
         .header("payment-required", header)
         .header(
             "access-control-expose-headers",
-            "PAYMENT-REQUIRED, PAYMENT-RESPONSE",
+            "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
         )
-        .body(body)
+        .body(body.to_string())
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
@@ -228,26 +288,45 @@ async fn get_sim(iccid: &str) -> Result<Reply, ApiError> {
 }
 
 /// `POST /v1/esim/{iccid}/switch` with `{"carrier": …}` or `{"region": …}`: a new profile from another carrier
-/// or region. Without payment it answers 402 with an invoice for the switch charge (the payments issue
-/// settles it and calls `dispatch.perform-switch`).
+/// or region. Without payment it answers 402 with an invoice for the switch charge; paid, it performs the
+/// switch (`dispatch.perform-switch`) and settles like an activation.
 async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
-    if paid(&req) {
-        return Ok(not_yet_payable());
-    }
+    let proof = pay::Proof::from_headers(req.headers())?;
+    let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
     let body = read_body(req).await?;
     let target = convert::switch_target(&body)?;
-    let quote = dispatch::quote_switch(iccid.to_owned(), target.clone())
-        .await
-        .map_err(from_wit)?;
-    let purchase = wit::Purchase::Switch(wit::SwitchRequest {
+    let issue = || async {
+        let quote = dispatch::quote_switch(iccid.to_owned(), target.clone())
+            .await
+            .map_err(from_wit)?;
+        let purchase = wit::Purchase::Switch(wit::SwitchRequest {
+            iccid: iccid.to_owned(),
+            target: target.clone(),
+        });
+        let invoice = invoices::issue(purchase, quote.amount, now())
+            .await
+            .map_err(from_wit)?;
+        Ok::<_, ApiError>((invoice, quote))
+    };
+    let Some(proof) = proof else {
+        let (invoice, quote) = issue().await?;
+        return payment_required(&invoice, &quote, url).await;
+    };
+    let invoice = match proof.invoice_id(invoice_header.as_ref())? {
+        Some(id) => load_invoice(&id).await?,
+        None if pay::is_v1(&proof) => {
+            pay::v1_invoice(&proof, || async { Ok(issue().await?.0) }).await?
+        }
+        None => issue().await?.0,
+    };
+    let fingerprint = request_fingerprint(&format!("switch/{iccid}"), &body, &proof);
+    let order = pay::Order::Switch {
         iccid: iccid.to_owned(),
         target,
-    });
-    let invoice = invoices::issue(purchase, quote.amount, now())
-        .await
-        .map_err(from_wit)?;
-    payment_required(&invoice, &quote, url).await
+    };
+    let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
+    Ok(render(&stored))
 }
 
 /// `POST /v1/esim/{iccid}/{suspend|resume|terminate}`: the SIM state machine; an invalid transition is 409.
@@ -300,6 +379,67 @@ async fn facilitator(req: Request, settle: bool) -> Result<Reply, ApiError> {
         verifier::facilitator_verify(body).await
     }
     .map_err(from_wit)?;
+    Ok(json(200, out))
+}
+
+/// `POST /admin/refunds/run?limit=N` (for cron): pay owed refunds from the treasury key. Needs
+/// `Authorization: Bearer <admin_token>`; with `admin_token` unset the endpoint is disabled (403).
+async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
+    let token = spin_sdk::variables::get("admin_token")
+        .await
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Forbidden,
+                "admin endpoints are disabled: set the admin_token variable",
+            )
+        })?;
+    let presented = header(req, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Constant-time comparison: the token is a secret.
+    let ok = presented.is_some_and(|p| {
+        p.len() == token.len()
+            && p.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if !ok {
+        return Err(ApiError::new(
+            ErrorKind::Unauthorized,
+            "missing or wrong bearer token",
+        ));
+    }
+    let mut limit = 50u32;
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("limit", v)) => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=500).contains(n))
+                    .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-500"))?;
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    pair.split('=').next().unwrap_or(pair).to_owned(),
+                    "unknown query parameter; expected limit",
+                ));
+            }
+        }
+    }
+    let out = verifier::run_refunds(now(), limit)
+        .await
+        .map_err(from_wit)?;
     Ok(json(200, out))
 }
 

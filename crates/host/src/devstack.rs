@@ -124,6 +124,7 @@ impl DevStack {
                 "FACILITATOR_PRIVATE_KEY",
                 chain::facilitator_key().to_owned(),
             ),
+            ("TREASURY_PRIVATE_KEY", chain::treasury_key().to_owned()),
         ];
         for (name, value) in settings {
             let key = format!("SPIN_VARIABLE_{name}");
@@ -157,6 +158,18 @@ impl DevStack {
         for (k, v) in facts {
             self.facts.insert(k.into(), v);
         }
+        // The admin endpoints (refund runs) get a fresh token per start unless one is configured; it is a
+        // dev-stack fact so scripts can call them.
+        let admin = match env.get("SPIN_VARIABLE_ADMIN_TOKEN") {
+            Some(t) => t.clone(),
+            None => {
+                let token = dev_token();
+                self.env
+                    .push(("SPIN_VARIABLE_ADMIN_TOKEN".into(), token.clone()));
+                token
+            }
+        };
+        self.facts.insert("admin_token".into(), json!(admin));
         Ok(())
     }
 
@@ -179,6 +192,14 @@ impl DevStack {
         )?;
         Ok(path)
     }
+}
+
+/// A random dev admin token (`dev_` + 32 hex digits) from the OS's random hash keys.
+fn dev_token() -> String {
+    use std::hash::BuildHasher;
+    let a = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    let b = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("dev_{a:016x}{b:016x}")
 }
 
 /// `KEY=value` pairs of a `.env` file; none if it does not exist.

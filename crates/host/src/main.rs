@@ -150,11 +150,19 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
         for (k, v) in &stack.facts {
             match v {
                 // Dev keys stay in the file; the console (and any log capturing it) never shows a key.
-                _ if k.ends_with("private_key") => eprintln!("  {k}: (in {})", path.display()),
+                _ if k.ends_with("private_key") || k == "admin_token" => {
+                    eprintln!("  {k}: (in {})", path.display());
+                }
                 serde_json::Value::String(s) => eprintln!("  {k}: {s}"),
                 other => eprintln!("  {k}: {other}"),
             }
         }
+    }
+    if stack.facts.contains_key("demo_agent_private_key") {
+        eprintln!(
+            "Pay for an eSIM with the funded demo agent (official x402 Python client):\n  \
+             tools/.venv/bin/python scripts/demo.py --url http://{addr}"
+        );
     }
     eprintln!("Serving http://{addr}");
     eprintln!("Available Routes:");

@@ -8,7 +8,7 @@
 //! - #0 deploys the token and owns it (may mint);
 //! - #1 is the facilitator: its key goes to the app as `facilitator_private_key` (never logged, never written
 //!   to `.spin/devstack.json`);
-//! - #2 is the recipient (`payTo`);
+//! - #2 is the recipient (`payTo`) and the treasury that pays refunds (`treasury_private_key`, env only);
 //! - #9 is the demo agent: its key is written to `.spin/devstack.json` so demos can sign payments with it.
 
 use std::collections::HashMap;
@@ -33,6 +33,8 @@ pub const FACILITATOR: Address = address!("0x70997970C51812dc3A010C7d01b50e0d17d
 const FACILITATOR_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 /// Account #2: receives payments.
 pub const RECIPIENT: Address = address!("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC");
+/// Account #2's key: the dev treasury that pays refunds (it holds the payments), app environment only.
+const RECIPIENT_KEY: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
 /// Account #9: the demo agent, funded with test USDC.
 pub const DEMO_AGENT: Address = address!("0xa0Ee7A142d267C1f36714E4a8F75612F20a79720");
 /// Account #9's key: a published anvil test key; the demo's wallet, written to `.spin/devstack.json`.
@@ -161,6 +163,11 @@ pub async fn start(
 /// The facilitator's key for the app's environment (never log it).
 pub fn facilitator_key() -> &'static str {
     FACILITATOR_KEY
+}
+
+/// The treasury's key (refunds) for the app's environment (never log it).
+pub fn treasury_key() -> &'static str {
+    RECIPIENT_KEY
 }
 
 /// Deploy the token from account #0; returns its address.

@@ -1,0 +1,1049 @@
+//! Paying for an eSIM end to end on a real chain: the host serves the app, the dev stack runs anvil with the
+//! project's EIP-3009 token, the SM-DP+ simulator hands out profiles. Payments are signed here with the kernel's
+//! wallet-side signer (the official Python client has its own test, `python_client.rs`), sent to
+//! `POST /v1/esim/activate`, and every outcome is checked on chain: balances, `authorizationState`, receipts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alloy_primitives::{Address, B256, U256, keccak256};
+use alloy_sol_types::{SolCall, sol};
+use esim402_core::x402::exact::{TokenDomain, TransferAuthorization, sign_authorization};
+use esim402_core::x402::header::{
+    decode_payment_required_header, decode_payment_response_header, encode_payment_payload_header,
+};
+use esim402_core::x402::wire::{
+    ExactEvmPayload, PaymentPayload, PaymentPayloadV2, PaymentRequirements,
+};
+use esim402_host::devstack::{DevStack, chain};
+use esim402_host::runtime_config::StoreConfig;
+use esim402_tests::{SmdpSim, TestApp, options, repo_root, spawn_app_on};
+use serde_json::{Value, json};
+
+sol! {
+    function balanceOf(address account) returns (uint256);
+    function authorizationState(address authorizer, bytes32 nonce) returns (bool);
+    function transfer(address to, uint256 value) returns (bool);
+}
+
+/// The app with a dev chain and an SM-DP+ simulator, all on loopback, all stopped on drop.
+pub struct PayStack {
+    pub app: TestApp,
+    pub sim: SmdpSim,
+    /// The dev chain (anvil stopped by PID on drop).
+    pub chain: DevStack,
+    pub http: reqwest::Client,
+    pub rpc_url: String,
+    pub token: Address,
+    pub admin_token: String,
+}
+
+impl PayStack {
+    pub async fn start(extra: &[(&str, &str)]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let callback = format!("http://{addr}/gsma/rsp2/es2plus/handleDownloadProgressInfo");
+        let sim = SmdpSim::start(Some(&callback), None).unwrap();
+        let mut env = HashMap::from([("SPIN_VARIABLE_SMDP_URL".to_owned(), sim.url.clone())]);
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let chain = tokio::time::timeout(
+            Duration::from_secs(30),
+            DevStack::start(&repo_root(), addr, &env),
+        )
+        .await
+        .expect("dev stack start timed out")
+        .unwrap();
+        let mut opts = options(StoreConfig::Memory);
+        opts.env.extend(env);
+        opts.env.extend(chain.env.iter().cloned());
+        let rpc_url = opts.env["SPIN_VARIABLE_RPC_URL"].clone();
+        let token = opts.env["SPIN_VARIABLE_USDC_ADDRESS"].parse().unwrap();
+        let admin_token = opts.env["SPIN_VARIABLE_ADMIN_TOKEN"].clone();
+        let app = spawn_app_on(opts, listener).await.unwrap();
+        Self {
+            app,
+            sim,
+            chain,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+            rpc_url,
+            token,
+            admin_token,
+        }
+    }
+
+    pub async fn rpc(&self, method: &str, params: Value) -> Value {
+        let r: Value = self
+            .http
+            .post(&self.rpc_url)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(r.get("error").is_none(), "{method}: {r}");
+        r["result"].clone()
+    }
+
+    async fn view<C: SolCall>(&self, call: &C) -> C::Return {
+        let data = format!("0x{}", hex::encode(call.abi_encode()));
+        let out = self
+            .rpc(
+                "eth_call",
+                json!([{"to": self.token, "data": data}, "latest"]),
+            )
+            .await;
+        let bytes = hex::decode(out.as_str().unwrap().trim_start_matches("0x")).unwrap();
+        C::abi_decode_returns(&bytes).unwrap()
+    }
+
+    pub async fn balance(&self, who: Address) -> U256 {
+        self.view(&balanceOfCall { account: who }).await
+    }
+
+    pub async fn nonce_used(&self, from: Address, nonce: B256) -> bool {
+        self.view(&authorizationStateCall {
+            authorizer: from,
+            nonce,
+        })
+        .await
+    }
+
+    /// Send a token call from an unlocked anvil account; returns the tx hash.
+    pub async fn send_token(&self, from: Address, data: Vec<u8>) -> String {
+        let tx = self
+            .rpc(
+                "eth_sendTransaction",
+                json!([{"from": from, "to": self.token, "data": format!("0x{}", hex::encode(data)),
+                        "gas": "0x30000"}]),
+            )
+            .await;
+        tx.as_str().unwrap().to_owned()
+    }
+
+    /// POST JSON with extra headers: status, headers, body.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, String)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.app.url)).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.json().await.unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.app.url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Ask for an activation: the 402's body and its first v2 requirement.
+    pub async fn invoice(&self, body: &Value) -> (Value, PaymentRequirements) {
+        let (status, headers, body) = self.post("/v1/esim/activate", body, &[]).await;
+        assert_eq!(status, 402, "{body}");
+        let header = headers["payment-required"].to_str().unwrap();
+        let required = decode_payment_required_header(header).unwrap();
+        (body, required.accepts[0].clone())
+    }
+
+    /// The ledger's kinds, in order, and whether it verifies.
+    pub async fn ledger(&self) -> (Vec<String>, Value) {
+        let r = self
+            .http
+            .get(format!("{}/v1/ledger?limit=10000", self.app.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let kinds = r
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let (_, verify) = self.get("/v1/ledger/verify").await;
+        (kinds, verify)
+    }
+
+    /// Make every us-west carrier answer 503, so activations there fail.
+    pub async fn break_us_west(&self) {
+        for op in ["tmobile", "verizon", "att"] {
+            let r = self
+                .http
+                .put(format!("{}/admin/operators/{op}/faults", self.sim.url))
+                .json(&json!({"http_503": true}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    }
+}
+
+pub fn agent() -> Address {
+    chain::DEMO_AGENT
+}
+
+fn agent_key() -> k256::ecdsa::SigningKey {
+    let bytes = hex::decode(chain::DEMO_AGENT_KEY.trim_start_matches("0x")).unwrap();
+    k256::ecdsa::SigningKey::from_slice(&bytes).unwrap()
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+static NONCES: AtomicU64 = AtomicU64::new(1);
+
+/// One payment as a wallet builds it from a requirement; tests bend one field at a time.
+#[derive(Clone)]
+pub struct Payment {
+    pub auth: TransferAuthorization,
+    pub domain: TokenDomain,
+    pub accepted: PaymentRequirements,
+    pub high_s: bool,
+    pub extensions: Option<serde_json::Map<String, Value>>,
+}
+
+impl Payment {
+    pub fn for_requirement(req: &PaymentRequirements) -> Self {
+        let n = NONCES.fetch_add(1, Ordering::Relaxed);
+        Self {
+            auth: TransferAuthorization {
+                from: agent(),
+                to: req.pay_to.parse().unwrap(),
+                value: req.amount.parse().unwrap(),
+                valid_after: U256::ZERO,
+                valid_before: U256::from(now() + req.max_timeout_seconds),
+                nonce: keccak256(format!("payments test {n} {}", now())),
+            },
+            domain: TokenDomain {
+                name: req.eip712_name().unwrap().to_owned(),
+                version: req.eip712_version().unwrap().to_owned(),
+                chain_id: chain::CHAIN_ID,
+                verifying_contract: req.asset.parse().unwrap(),
+            },
+            accepted: req.clone(),
+            high_s: false,
+            extensions: None,
+        }
+    }
+
+    fn signature(&self) -> Vec<u8> {
+        let mut sig = sign_authorization(&agent_key(), &self.auth, &self.domain)
+            .unwrap()
+            .to_vec();
+        if self.high_s {
+            let n = U256::from_be_slice(
+                &hex::decode("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141")
+                    .unwrap(),
+            );
+            let s = U256::from_be_slice(&sig[32..64]);
+            sig[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
+            sig[64] = if sig[64] == 27 { 28 } else { 27 };
+        }
+        sig
+    }
+
+    /// The `PAYMENT-SIGNATURE` header value.
+    pub fn header(&self) -> String {
+        encode_payment_payload_header(&PaymentPayload::V2(PaymentPayloadV2 {
+            resource: None,
+            accepted: self.accepted.clone(),
+            payload: ExactEvmPayload {
+                signature: format!("0x{}", hex::encode(self.signature())),
+                authorization: self.auth.to_wire(),
+            },
+            extensions: self.extensions.clone(),
+        }))
+    }
+
+    pub fn with_payment_id(mut self, id: &str) -> Self {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "payment-identifier".into(),
+            json!({"info": {"required": false, "id": id}}),
+        );
+        self.extensions = Some(m);
+        self
+    }
+}
+
+fn activation() -> Value {
+    json!({"region": "us-west", "data_mb": 100})
+}
+
+fn price(req: &PaymentRequirements) -> U256 {
+    req.amount.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exact_payment_buys_an_activation_code_and_moves_usdc_once() {
+    let s = PayStack::start(&[]).await;
+    let recipient = chain::RECIPIENT;
+    let (agent0, recipient0) = (s.balance(agent()).await, s.balance(recipient).await);
+    let (invoice, req) = s.invoice(&activation()).await;
+    assert_eq!(invoice["amount_usdc"], "0.42");
+    assert_eq!(
+        invoice["x402Version"], 1,
+        "v1 challenge fields ride along: {invoice}"
+    );
+    assert_eq!(
+        req.extra.as_ref().unwrap().other["invoiceId"],
+        invoice["invoice_id"]
+    );
+    let pay = Payment::for_requirement(&req);
+    let (status, headers, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let code = body["activation_code"].as_str().unwrap();
+    assert!(code.starts_with("LPA:1$"), "{code}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let settle =
+        decode_payment_response_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(settle.success);
+    assert_eq!(settle.network, "eip155:31337");
+    assert_eq!(settle.transaction, body["transaction"].as_str().unwrap());
+    // The transaction is real and mined.
+    let receipt = s
+        .rpc("eth_getTransactionReceipt", json!([settle.transaction]))
+        .await;
+    assert_eq!(receipt["status"], "0x1");
+    assert_eq!(s.balance(agent()).await, agent0 - price(&req));
+    assert_eq!(s.balance(recipient).await, recipient0 + price(&req));
+    assert!(s.nonce_used(agent(), pay.auth.nonce).await);
+    // The invoice is paid, the SIM exists, the code matches the simulator's profile.
+    let id = invoice["invoice_id"].as_str().unwrap();
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(inv["status"], "paid");
+    assert_eq!(inv["transaction"], settle.transaction.as_str());
+    let (status, sim) = s
+        .get(&format!("/v1/esim/{}", body["iccid"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200, "{sim}");
+    assert_eq!(sim["invoice_id"], id);
+    // The same payment again is a terminal "already settled"; nothing moves.
+    let (status, _, again) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already settled")
+    );
+    assert_eq!(s.balance(agent()).await, agent0 - price(&req));
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(
+        kinds,
+        [
+            "invoice_issued",
+            "payment_verified",
+            "settlement_confirmed",
+            "activation_completed"
+        ]
+    );
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert_eq!(verify["count"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payment_identifier_replays_the_answer_and_refuses_reuse() {
+    let s = PayStack::start(&[]).await;
+    let (_, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req).with_payment_id("pay_0123456789abcdef0001");
+    let send = |p: Payment| {
+        let s = &s;
+        async move {
+            s.post(
+                "/v1/esim/activate",
+                &activation(),
+                &[("payment-signature", p.header())],
+            )
+            .await
+        }
+    };
+    let (status, h1, first) = send(pay.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let agent_after = s.balance(agent()).await;
+    let (status, h2, second) = send(pay.clone()).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(first, second);
+    assert_eq!(h1["payment-response"], h2["payment-response"]);
+    // Same id, another payment (another invoice): 409, and it is not settled.
+    let (_, req2) = s.invoice(&activation()).await;
+    let other = Payment::for_requirement(&req2).with_payment_id("pay_0123456789abcdef0001");
+    let (status, _, body) = send(other.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(!s.nonce_used(agent(), other.auth.nonce).await);
+    assert_eq!(s.balance(agent()).await, agent_after);
+    // A malformed id is a 400 naming the extension.
+    let bad = Payment::for_requirement(&req2).with_payment_id("short");
+    let (status, _, body) = send(bad).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "payment-identifier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
+    let s = PayStack::start(&[]).await;
+    let start = s.balance(agent()).await;
+    type Bend = fn(&mut Payment);
+    let cases: [(&str, Bend, u16, &str); 9] = [
+        (
+            "wrong network",
+            |p| p.accepted.network = "eip155:8453".into(),
+            402,
+            "No matching payment requirements",
+        ),
+        (
+            "wrong token contract",
+            |p| p.accepted.asset = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913".into(),
+            402,
+            "No matching payment requirements",
+        ),
+        (
+            "wrong EIP-712 domain",
+            |p| p.domain.name = "USDC".into(),
+            402,
+            "invalid_exact_evm_signature",
+        ),
+        (
+            "wrong recipient",
+            |p| p.auth.to = chain::DEPLOYER,
+            402,
+            "invalid_exact_evm_recipient_mismatch",
+        ),
+        (
+            "underpayment",
+            |p| p.auth.value -= U256::from(1),
+            402,
+            "invalid_exact_evm_authorization_value",
+        ),
+        (
+            "expired",
+            |p| p.auth.valid_before = U256::from(now() + 2),
+            402,
+            "invalid_exact_evm_payload_authorization_valid_before",
+        ),
+        (
+            "not yet valid",
+            |p| p.auth.valid_after = U256::from(now() + 120),
+            402,
+            "invalid_exact_evm_payload_authorization_valid_after",
+        ),
+        (
+            "high-s signature",
+            |p| p.high_s = true,
+            402,
+            "invalid_exact_evm_signature",
+        ),
+        (
+            "signed by someone else",
+            |p| p.auth.from = chain::DEPLOYER,
+            402,
+            "invalid_exact_evm_signature",
+        ),
+    ];
+    for (name, bend, status_want, reason) in cases {
+        let (_, req) = s.invoice(&activation()).await;
+        let mut pay = Payment::for_requirement(&req);
+        bend(&mut pay);
+        let (status, headers, body) = s
+            .post(
+                "/v1/esim/activate",
+                &activation(),
+                &[("payment-signature", pay.header())],
+            )
+            .await;
+        assert_eq!(status, status_want, "{name}: {body}");
+        let challenge =
+            decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
+        assert_eq!(challenge.error.as_deref(), Some(reason), "{name}: {body}");
+        assert!(!s.nonce_used(pay.auth.from, pay.auth.nonce).await, "{name}");
+        // The refused payment left the invoice open: the right payment still buys it.
+        if name == "wrong recipient" {
+            let good = Payment::for_requirement(&req);
+            let (status, _, body) = s
+                .post(
+                    "/v1/esim/activate",
+                    &activation(),
+                    &[("payment-signature", good.header())],
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(s.balance(agent()).await, start - price(&req));
+        }
+    }
+    let after_good = s.balance(agent()).await;
+
+    // A nonce already used on chain (the agent's wallet reused it for a second invoice).
+    let (_, req) = s.invoice(&activation()).await;
+    let first = Payment::for_requirement(&req);
+    let (status, _, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", first.header())],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, req2) = s.invoice(&activation()).await;
+    let mut reused = Payment::for_requirement(&req2);
+    reused.auth.nonce = first.auth.nonce;
+    let (status, headers, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", reused.header())],
+        )
+        .await;
+    assert_eq!(status, 402, "{body}");
+    let challenge =
+        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        challenge.error.as_deref(),
+        Some("invalid_exact_evm_nonce_already_used")
+    );
+    assert_eq!(s.balance(agent()).await, after_good - price(&req));
+
+    // Malformed headers are 400s naming the header, never 5xx.
+    for (header, value) in [
+        ("payment-signature", "%%%not base64%%%".to_owned()),
+        ("payment-signature", "bm90IGpzb24=".to_owned()),
+        ("payment-signature", "eyJ4NDAyVmVyc2lvbiI6Mn0=".to_owned()),
+        ("x-payment", "e30=".to_owned()),
+        ("x-payment-proof", "0x1234".to_owned()),
+    ] {
+        let (status, _, body) = s
+            .post(
+                "/v1/esim/activate",
+                &activation(),
+                &[(header, value.clone())],
+            )
+            .await;
+        assert_eq!(status, 400, "{header}: {value}: {body}");
+        assert!(body["error"]["field"].is_string(), "{body}");
+    }
+    // A payment for one request sent with another request's body is refused before anything happens.
+    let (_, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let (status, _, body) = s
+        .post(
+            "/v1/esim/activate",
+            &json!({"region": "us-west", "data_mb": 1000}),
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+    let (_, verify) = s.get("/v1/ledger/verify").await;
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_replays_settle_exactly_once() {
+    let s = PayStack::start(&[]).await;
+    let start = s.balance(agent()).await;
+    let (_, req) = s.invoice(&activation()).await;
+    let header = Payment::for_requirement(&req).header();
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let http = s.http.clone();
+        let url = format!("{}/v1/esim/activate", s.app.url);
+        let header = header.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .header("payment-signature", header)
+                .json(&activation())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }));
+    }
+    let mut by_status: HashMap<u16, usize> = HashMap::new();
+    let mut codes = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        *by_status.entry(status).or_default() += 1;
+        if status == 200 {
+            codes.push(body["activation_code"].clone());
+        } else {
+            assert_eq!(status, 409, "{body}");
+        }
+    }
+    assert_eq!(by_status.get(&200), Some(&1), "{by_status:?}");
+    assert_eq!(by_status.get(&409), Some(&99), "{by_status:?}");
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "settlement_confirmed")
+            .count(),
+        1
+    );
+    assert_eq!(verify["ok"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unconfirmed_settlement_is_pending_then_reconciled_without_a_second_broadcast() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_SETTLEMENT_TIMEOUT_MS", "1500")]).await;
+    let start = s.balance(agent()).await;
+    let (_, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    s.rpc("evm_setAutomine", json!([false])).await;
+    let (status, headers, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 402, "{body}");
+    let settle =
+        decode_payment_response_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert!(settle.is_pending(), "{settle:?}");
+    assert_eq!(body["transaction"], settle.transaction.as_str());
+    let pool = s.rpc("txpool_content", json!([])).await;
+    assert_eq!(pool["pending"].as_object().unwrap().len(), 1, "{pool}");
+    s.rpc("anvil_mine", json!([1])).await;
+    s.rpc("evm_setAutomine", json!([true])).await;
+    let (status, headers, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done =
+        decode_payment_response_header(headers["payment-response"].to_str().unwrap()).unwrap();
+    assert_eq!(done.transaction, settle.transaction, "no second broadcast");
+    assert!(
+        body["activation_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("LPA:1$")
+    );
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    let nonce = s
+        .rpc(
+            "eth_getTransactionCount",
+            json!([chain::FACILITATOR, "latest"]),
+        )
+        .await;
+    assert_eq!(nonce, "0x1", "the facilitator sent exactly one transaction");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_activation_settles_nothing() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_ES2_TIMEOUT_MS", "2000")]).await;
+    let start = s.balance(agent()).await;
+    let (invoice, req) = s.invoice(&activation()).await;
+    s.break_us_west().await;
+    let pay = Payment::for_requirement(&req);
+    let (status, headers, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["charged"], false);
+    assert!(headers.get("payment-response").is_none());
+    assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+    assert_eq!(s.balance(agent()).await, start);
+    let id = invoice["invoice_id"].as_str().unwrap();
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(inv["status"], "open");
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(
+        kinds,
+        ["invoice_issued", "payment_verified", "activation_failed"]
+    );
+    assert_eq!(verify["ok"], true);
+}
+
+/// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash.
+async fn pay_directly(s: &PayStack, to: Address, amount: U256) -> String {
+    let data = transferCall { to, value: amount }.abi_encode();
+    s.send_token(agent(), data).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
+    let s = PayStack::start(&[]).await;
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    let (status, _, paid) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &[
+                ("x-payment-proof", tx.clone()),
+                ("x-invoice-id", id.clone()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert!(
+        paid["activation_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("LPA:1$")
+    );
+    assert_eq!(paid["transaction"], tx.as_str());
+    // The same transaction cannot pay a second invoice.
+    let (invoice2, _) = s.invoice(&body).await;
+    let mut with_id = body.clone();
+    with_id["invoice_id"] = invoice2["invoice_id"].clone();
+    let (status, _, again) = s
+        .post(
+            "/v1/esim/activate",
+            &with_id,
+            &[("x-payment-proof", tx.clone())],
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    // Someone who watched the chain cannot claim the agent's transfer for their own invoice.
+    let thief = json!({"region": "us-west", "data_mb": 100, "payer": chain::DEPLOYER.to_string()});
+    let (stolen, _) = s.invoice(&thief).await;
+    let tx2 = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    let (status, _, body2) = s
+        .post(
+            "/v1/esim/activate",
+            &thief,
+            &[
+                ("x-payment-proof", tx2.clone()),
+                (
+                    "x-invoice-id",
+                    stolen["invoice_id"].as_str().unwrap().to_owned(),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(status, 402, "{body2}");
+    // An underpaying transfer and a transfer to someone else are refused too.
+    for (to, amount) in [
+        (chain::RECIPIENT, price(&req) - U256::from(1)),
+        (chain::DEPLOYER, price(&req)),
+    ] {
+        let (inv, _) = s.invoice(&body).await;
+        let tx = pay_directly(&s, to, amount).await;
+        let (status, _, refused) = s
+            .post(
+                "/v1/esim/activate",
+                &body,
+                &[
+                    ("x-payment-proof", tx),
+                    (
+                        "x-invoice-id",
+                        inv["invoice_id"].as_str().unwrap().to_owned(),
+                    ),
+                ],
+            )
+            .await;
+        assert_eq!(status, 402, "{refused}");
+    }
+    // A reverted transfer (more than the agent holds) proves nothing.
+    let (inv, _) = s.invoice(&body).await;
+    let huge = s.balance(agent()).await + U256::from(1);
+    let tx = pay_directly(&s, chain::RECIPIENT, huge).await;
+    let receipt = s.rpc("eth_getTransactionReceipt", json!([tx])).await;
+    assert_eq!(receipt["status"], "0x0");
+    let (status, _, refused) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &[
+                ("x-payment-proof", tx),
+                (
+                    "x-invoice-id",
+                    inv["invoice_id"].as_str().unwrap().to_owned(),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(status, 402, "{refused}");
+    assert_eq!(
+        refused["error"]["reason"],
+        "invalid_exact_evm_transaction_failed"
+    );
+    // Without the invoice id the proof is a 400 naming it.
+    let (status, _, missing) = s
+        .post("/v1/esim/activate", &body, &[("x-payment-proof", tx2)])
+        .await;
+    assert_eq!(status, 400, "{missing}");
+    assert_eq!(missing["error"]["field"], "invoice_id");
+    let (_, verify) = s.get("/v1/ledger/verify").await;
+    assert_eq!(verify["ok"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paid_tx_hash_whose_activation_fails_is_refunded_by_the_refund_job() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_ES2_TIMEOUT_MS", "2000")]).await;
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let start = s.balance(agent()).await;
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    s.break_us_west().await;
+    let (status, _, failed) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &[("x-payment-proof", tx), ("x-invoice-id", id.clone())],
+        )
+        .await;
+    assert_eq!(status, 503, "{failed}");
+    assert_eq!(failed["charged"], true);
+    assert_eq!(failed["refund"]["status"], "owed", "{failed}");
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(inv["status"], "refunded");
+    // The admin endpoint needs its token.
+    let run = |token: Option<String>| {
+        let s = &s;
+        async move {
+            let mut r = s.http.post(format!("{}/admin/refunds/run", s.app.url));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(run(None).await.0, 401);
+    assert_eq!(run(Some("wrong".into())).await.0, 401);
+    let (status, summary) = run(Some(s.admin_token.clone())).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["paid"].as_array().unwrap().len(), 1, "{summary}");
+    assert_eq!(
+        s.balance(agent()).await,
+        start,
+        "the refund restored the agent's USDC"
+    );
+    let (_, again) = run(Some(s.admin_token.clone())).await;
+    assert_eq!(again["paid"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(s.balance(agent()).await, start);
+    let (kinds, verify) = s.ledger().await;
+    for k in [
+        "settlement_confirmed",
+        "activation_failed",
+        "refund_owed",
+        "refund_paid",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|x| *x == k).count(),
+            1,
+            "{k}: {kinds:?}"
+        );
+    }
+    assert_eq!(verify["ok"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paid_switch_moves_the_sim_to_another_carrier() {
+    let s = PayStack::start(&[]).await;
+    let (_, req) = s.invoice(&activation()).await;
+    let (status, _, sim) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", Payment::for_requirement(&req).header())],
+        )
+        .await;
+    assert_eq!(status, 200, "{sim}");
+    let iccid = sim["iccid"].as_str().unwrap();
+    let path = format!("/v1/esim/{iccid}/switch");
+    let target = json!({"carrier": "verizon"});
+    let (status, headers, quote) = s.post(&path, &target, &[]).await;
+    assert_eq!(status, 402, "{quote}");
+    let switch_req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
+        .unwrap()
+        .accepts[0]
+        .clone();
+    let before = s.balance(agent()).await;
+    let pay = Payment::for_requirement(&switch_req);
+    // The switch payment cannot buy an activation.
+    let (status, _, refused) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    let (status, headers, new_sim) = s
+        .post(&path, &target, &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{new_sim}");
+    assert!(headers.contains_key("payment-response"));
+    assert_eq!(new_sim["carrier"], "verizon");
+    assert_eq!(new_sim["replaces"], iccid);
+    assert!(
+        new_sim["activation_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("LPA:1$")
+    );
+    assert_eq!(s.balance(agent()).await, before - price(&switch_req));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_facilitator_api_verifies_and_settles_a_third_party_payment_once() {
+    let s = PayStack::start(&[]).await;
+    // A merchant's own requirement (no invoice): 0.01 USDC to the deployer account.
+    let req: PaymentRequirements = serde_json::from_value(json!({
+        "scheme": "exact", "network": "eip155:31337", "amount": "10000",
+        "asset": s.token.to_string(), "payTo": chain::DEPLOYER.to_string(),
+        "maxTimeoutSeconds": 60, "extra": {"name": "USD Coin", "version": "2"}
+    }))
+    .unwrap();
+    let pay = Payment::for_requirement(&req);
+    let payload: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, pay.header()).unwrap(),
+    )
+    .unwrap();
+    let body = json!({"x402Version": 2, "paymentPayload": payload, "paymentRequirements": req});
+    let start = s.balance(agent()).await;
+    let (status, _, verdict) = s.post("/verify", &body, &[]).await;
+    assert_eq!(status, 200, "{verdict}");
+    assert_eq!(verdict["isValid"], true, "{verdict}");
+    assert_eq!(verdict["payer"], agent().to_string());
+    let (status, _, settled) = s.post("/settle", &body, &[]).await;
+    assert_eq!(status, 200, "{settled}");
+    assert_eq!(settled["success"], true, "{settled}");
+    let receipt = s
+        .rpc("eth_getTransactionReceipt", json!([settled["transaction"]]))
+        .await;
+    assert_eq!(receipt["status"], "0x1");
+    assert_eq!(s.balance(agent()).await, start - U256::from(10_000u64));
+    // A second settle of the same authorization is a terminal failure, never a second transfer.
+    let (status, _, again) = s.post("/settle", &body, &[]).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["success"], false, "{again}");
+    assert_eq!(again["errorReason"], "invalid_exact_evm_nonce_already_used");
+    assert_eq!(s.balance(agent()).await, start - U256::from(10_000u64));
+    let (_, _, reverify) = s.post("/verify", &body, &[]).await;
+    assert_eq!(reverify["isValid"], false);
+    assert_eq!(
+        reverify["invalidReason"],
+        "invalid_exact_evm_nonce_already_used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_v1_client_pays_with_x_payment_and_reads_x_payment_response() {
+    let s = PayStack::start(&[]).await;
+    // v1 clients read the JSON body of the 402.
+    let (status, _, challenge) = s.post("/v1/esim/activate", &activation(), &[]).await;
+    assert_eq!(status, 402);
+    assert_eq!(challenge["x402Version"], 1);
+    let v1 = &challenge["accepts"][0];
+    assert_eq!(v1["maxAmountRequired"], "420000");
+    let req: PaymentRequirements = serde_json::from_value(json!({
+        "scheme": "exact", "network": v1["network"], "amount": v1["maxAmountRequired"],
+        "asset": v1["asset"], "payTo": v1["payTo"], "maxTimeoutSeconds": v1["maxTimeoutSeconds"],
+        "extra": v1["extra"],
+    }))
+    .unwrap();
+    let mut pay = Payment::for_requirement(&req);
+    pay.auth.valid_after = U256::from(now() - 600); // what v1 clients send
+    let v2: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, pay.header()).unwrap(),
+    )
+    .unwrap();
+    let v1_payload = json!({"x402Version": 1, "scheme": "exact", "network": v1["network"],
+                            "payload": v2["payload"]});
+    let header = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        v1_payload.to_string(),
+    );
+    let start = s.balance(agent()).await;
+    let (status, headers, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("x-payment", header.clone())],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(headers.get("payment-response").is_none());
+    let settle =
+        decode_payment_response_header(headers["x-payment-response"].to_str().unwrap()).unwrap();
+    assert!(settle.success);
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    // A replay finds the invoice this payment already paid (v1 payments name none): 409, nothing ordered.
+    let (status, _, again) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("x-payment", header.clone())],
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    // And with another request it is refused before anything happens.
+    let (status, _, other) = s
+        .post(
+            "/v1/esim/activate",
+            &json!({"region": "us-east", "data_mb": 100}),
+            &[("x-payment", header)],
+        )
+        .await;
+    assert_eq!(status, 409, "{other}");
+    let (kinds, _) = s.ledger().await;
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "activation_completed")
+            .count(),
+        1
+    );
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+}
