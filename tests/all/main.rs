@@ -8,4 +8,5 @@ mod dispatch;
 mod facilitator;
 mod ledger;
 mod payments;
+mod python_client;
 mod startup;
