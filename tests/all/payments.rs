@@ -1047,3 +1047,25 @@ async fn a_v1_client_pays_with_x_payment_and_reads_x_payment_response() {
     );
     assert_eq!(s.balance(agent()).await, start - price(&req));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tx_hash_proof_waits_for_its_confirmations() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_PAYMENT_CONFIRMATIONS", "3")]).await;
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    let proof = [
+        ("x-payment-proof", tx.clone()),
+        ("x-invoice-id", id.clone()),
+    ];
+    // Mined in one block, buried by none: too few confirmations, and nothing is claimed.
+    let (status, _, early) = s.post("/v1/esim/activate", &body, &proof).await;
+    assert_eq!(status, 402, "{early}");
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(inv["status"], "open");
+    s.rpc("anvil_mine", json!([2])).await;
+    let (status, _, paid) = s.post("/v1/esim/activate", &body, &proof).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["transaction"], tx.as_str());
+}

@@ -1,9 +1,11 @@
 //! The verifier's settings, read from Spin variables on every call (they are cheap host calls):
 //!
-//! - `payment_network`: CAIP-2 id of the one enabled network; its USDC, EIP-712 domain and confirmations come
-//!   from the kernel's registry (`Networks::builtin()`), except that non-empty `usdc_address`,
-//!   `usdc_eip712_name` and `usdc_eip712_version` override the registry (the dev chain deploys its own token).
-//! - `rpc_url`: the JSON-RPC endpoint (falls back to the registry's per-network variable when empty).
+//! - `payment_network`: the enabled networks, comma-separated CAIP-2 ids or names, preferred first; their USDC,
+//!   EIP-712 domain and confirmations come from the kernel's registry (`Networks::builtin()`), except that for
+//!   the **first** network non-empty `usdc_address`, `usdc_eip712_name`, `usdc_eip712_version` and
+//!   `payment_confirmations` override it (the dev chain deploys its own token).
+//! - `rpc_url`: the first network's JSON-RPC endpoint (falls back to its registry variable when empty); every
+//!   other network's comes from its registry variable (`rpc_url_polygon`, `rpc_url_base`, …).
 //! - `facilitator_private_key`: **secret**. Empty disables settlement. Its value never reaches a log, an error
 //!   or a response; a malformed key is reported by the variable's name only.
 //! - `treasury_private_key`: **secret**, handled like `facilitator_private_key`. Empty disables paying refunds
@@ -13,12 +15,13 @@
 
 use std::time::Duration;
 
-use esim402_core::Network;
 use esim402_core::chain::parse_address;
 use esim402_core::evm::SigningKey;
-use esim402_core::x402::{NetworkConfig, Networks};
+use esim402_core::x402::networks::TokenOverrides;
+use esim402_core::x402::{InvalidReason, NetworkConfig, Networks};
 
-use crate::wit;
+use crate::chain::Chain;
+use crate::{rejected, wit};
 
 /// Default of `settlement_timeout_ms`.
 const DEFAULT_SETTLEMENT_TIMEOUT_MS: u64 = 15_000;
@@ -27,10 +30,9 @@ const MAX_SETTLEMENT_TIMEOUT_MS: u64 = 600_000;
 
 /// The deployment's verifier configuration.
 pub struct Config {
-    /// The enabled network, registry entry with the token overrides applied.
-    pub network: NetworkConfig,
-    /// The JSON-RPC endpoint (may carry an API key: never put it in messages).
-    pub rpc_url: String,
+    /// Every enabled network, preferred first (the first with the token overrides applied), with its
+    /// JSON-RPC endpoint if configured (it may carry an API key: never put it in messages).
+    enabled: Vec<(NetworkConfig, Option<String>)>,
     /// How long a settlement waits for its receipt.
     pub settlement_timeout: Duration,
     /// The facilitator key: `None` when settlement is disabled, `Err` (with a safe message) when malformed.
@@ -74,16 +76,26 @@ fn key_or_error<'a>(
 impl Config {
     /// Read every variable; a missing or invalid one is an `internal` error naming it (never its value).
     pub async fn load() -> Result<Self, wit::Error> {
-        let network = Self::network().await?;
-        let rpc_url = match optional_var("rpc_url").await {
-            Some(url) => url,
-            None => optional_var(&network.rpc_variable).await.ok_or_else(|| {
-                wit::Error::Internal(format!(
+        let networks = Self::enabled_networks().await?;
+        let mut enabled = Vec::with_capacity(networks.len());
+        for (i, n) in networks.into_iter().enumerate() {
+            let url = match (i, optional_var("rpc_url").await) {
+                (0, Some(url)) => Some(url),
+                _ => optional_var(&n.rpc_variable).await,
+            };
+            enabled.push((n, url));
+        }
+        // The preferred network must be reachable; the others are checked when a payment names them.
+        match enabled.first() {
+            Some((_, Some(_))) => {}
+            Some((network, None)) => {
+                return Err(wit::Error::Internal(format!(
                     "variable rpc_url (or {}) is not set",
                     network.rpc_variable
-                ))
-            })?,
-        };
+                )));
+            }
+            None => return Err(config_error("payment_network", "no network is enabled")),
+        }
         let settlement_timeout = match optional_var("settlement_timeout_ms").await {
             None => Duration::from_millis(DEFAULT_SETTLEMENT_TIMEOUT_MS),
             Some(v) => match v.parse::<u64>() {
@@ -97,41 +109,62 @@ impl Config {
             },
         };
         Ok(Self {
-            network,
-            rpc_url,
+            enabled,
             settlement_timeout,
             signer: key_var("facilitator_private_key").await,
             treasury: key_var("treasury_private_key").await,
         })
     }
 
-    async fn network() -> Result<NetworkConfig, wit::Error> {
-        let id = optional_var("payment_network")
+    async fn enabled_networks() -> Result<Vec<NetworkConfig>, wit::Error> {
+        let spec = optional_var("payment_network")
             .await
             .ok_or_else(|| wit::Error::Internal("variable payment_network is not set".into()))?;
-        let chain = Network::parse(&id).map_err(|e| config_error("payment_network", e))?;
-        let mut network = Networks::builtin().get(chain).cloned().ok_or_else(|| {
-            config_error(
-                "payment_network",
-                format!("{chain} is not in the network registry"),
-            )
-        })?;
-        if let Some(usdc) = optional_var("usdc_address").await {
-            network.usdc = parse_address(&usdc).map_err(|e| config_error("usdc_address", e))?;
-        }
-        if let Some(name) = optional_var("usdc_eip712_name").await {
-            network.eip712_name = name;
-        }
-        if let Some(version) = optional_var("usdc_eip712_version").await {
-            network.eip712_version = version;
-        }
-        Ok(network)
+        let overrides = TokenOverrides {
+            usdc: match optional_var("usdc_address").await {
+                Some(a) => Some(parse_address(&a).map_err(|e| config_error("usdc_address", e))?),
+                None => None,
+            },
+            eip712_name: optional_var("usdc_eip712_name").await,
+            eip712_version: optional_var("usdc_eip712_version").await,
+            confirmations: match optional_var("payment_confirmations").await {
+                Some(c) => Some(
+                    c.parse::<u32>()
+                        .ok()
+                        .filter(|c| (1..=1000).contains(c))
+                        .ok_or_else(|| config_error("payment_confirmations", "expected 1-1000"))?,
+                ),
+                None => None,
+            },
+        };
+        Networks::builtin()
+            .enabled(&spec, &overrides)
+            .map_err(|e| config_error("payment_network", e))
     }
 
-    /// The enabled networks as a registry (one entry), for `/supported` and request resolution.
+    /// The enabled networks as a registry, for `/supported` and request resolution.
     pub fn networks(&self) -> Networks {
-        let chain = self.network.network;
-        Networks::builtin().clone().retain(|n| n.network == chain)
+        Networks::builtin()
+            .clone()
+            .retain(|n| self.enabled.iter().any(|(e, _)| e.network == n.network))
+    }
+
+    /// The chain of an enabled network (`id`: CAIP-2 or name): `payment-required(invalid_network)` when it is
+    /// not enabled, `internal` when its RPC variable is not set.
+    pub fn chain(&self, id: &str) -> Result<Chain, wit::Error> {
+        let (network, url) = self
+            .enabled
+            .iter()
+            .find(|(n, _)| n.matches(id))
+            .ok_or_else(|| rejected(InvalidReason::InvalidNetwork))?;
+        let url = url.as_deref().ok_or_else(|| {
+            wit::Error::Internal(format!(
+                "variable {} (the JSON-RPC endpoint of {}) is not set",
+                network.rpc_variable,
+                network.caip2()
+            ))
+        })?;
+        Ok(Chain::new(network.clone(), url))
     }
 
     /// The settlement key; `unavailable` when settlement is disabled, `internal` when the key is malformed.

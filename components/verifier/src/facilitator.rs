@@ -87,7 +87,17 @@ impl Request {
                 network: requirements.network,
             });
         }
-        let chain = Chain::new(cfg.network.clone(), &cfg.rpc_url);
+        let chain = match cfg.chain(&requirements.network) {
+            Ok(chain) => chain,
+            Err(wit::Error::PaymentRequired(_)) => {
+                return Ok(Loaded::Refused {
+                    reason: InvalidReason::InvalidNetwork,
+                    payer,
+                    network: requirements.network,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Loaded::Ready(Box::new(Self {
             cfg,
             chain,

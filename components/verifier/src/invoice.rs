@@ -80,15 +80,12 @@ impl Payment {
         let id = parse_id(invoice_id)?;
         let payload = decode(proof)?;
         let cfg = Config::load().await?;
-        let chain = Chain::new(cfg.network.clone(), &cfg.rpc_url);
         let invoice = load(&id)?;
         let accepts = requirements_v2(&invoice);
         let requirements = select_requirements(&accepts, &payload)
             .cloned()
             .ok_or_else(|| rejected(InvalidReason::InvalidPaymentRequirements))?;
-        if !chain.network.matches(&requirements.network) {
-            return Err(rejected(InvalidReason::InvalidNetwork));
-        }
+        let chain = cfg.chain(&requirements.network)?;
         Ok(Self {
             cfg,
             chain,

@@ -203,12 +203,16 @@ pub async fn owe(invoice_id: &str, reason: &str, now: u64) -> Result<String, wit
         )));
     }
     let cfg = Config::load().await?;
-    if settlement.network != cfg.network.caip2() {
-        return Err(wit::Error::Conflict(format!(
-            "invoice {id} was paid on {}, which is not the enabled network",
-            settlement.network
-        )));
-    }
+    let network = match cfg.chain(&settlement.network) {
+        Ok(chain) => chain.network,
+        Err(wit::Error::PaymentRequired(_)) => {
+            return Err(wit::Error::Conflict(format!(
+                "invoice {id} was paid on {}, which is no longer enabled",
+                settlement.network
+            )));
+        }
+        Err(e) => return Err(e),
+    };
     let invoice = crate::invoice::load(&id)?;
     let amount = UsdcAmount::parse_atomic(&invoice.amount_atomic)
         .map_err(|e| wit::Error::Internal(format!("invoice {id} has a bad amount: {e}")))?;
@@ -217,7 +221,7 @@ pub async fn owe(invoice_id: &str, reason: &str, now: u64) -> Result<String, wit
         payer: settlement.payer.clone(),
         amount: invoice.amount_atomic.clone(),
         network: settlement.network.clone(),
-        asset: cfg.network.usdc.to_checksum(None),
+        asset: network.usdc.to_checksum(None),
         reason: reason.clone(),
         status: RefundStatus::Owed,
         created_at: now,
@@ -316,14 +320,11 @@ pub async fn run(now: u64, limit: u32) -> Result<String, wit::Error> {
     if batch.is_empty() {
         return to_json(&summary(&[], queue.len()));
     }
-    let chain = Chain::new(cfg.network.clone(), &cfg.rpc_url);
-    // A wrong endpoint must not change any refund's state.
-    chain.check_chain_id().await?;
     let deadline = Instant::now() + cfg.settlement_timeout;
     let steps = join_all(
         batch
             .iter()
-            .map(|id| pay_one(&chain, treasury, id, now, deadline))
+            .map(|id| pay_one(&cfg, treasury, id, now, deadline))
             .collect(),
     )
     .await;
@@ -387,7 +388,7 @@ fn summary(results: &[(String, Step)], remaining: usize) -> serde_json::Value {
 
 /// Drive one queued refund as far as this run can.
 async fn pay_one(
-    chain: &Chain,
+    cfg: &Config,
     treasury: &SigningKey,
     id: &str,
     now: u64,
@@ -403,6 +404,18 @@ async fn pay_one(
         Ok(None) => return Step::Gone,
         Err(e) => return Step::Failed(message(&e)),
     };
+    if refund.status == RefundStatus::Paid {
+        return Step::Gone;
+    }
+    // The refund is paid on the network that was paid; a wrong endpoint must not change its state.
+    let chain = match cfg.chain(&refund.network) {
+        Ok(chain) => chain,
+        Err(e) => return Step::Failed(message(&e)),
+    };
+    if let Err(e) = chain.check_chain_id().await {
+        return Step::Failed(message(&e));
+    }
+    let chain = &chain;
     match refund.status {
         RefundStatus::Paid => return Step::Gone,
         RefundStatus::Submitted => {

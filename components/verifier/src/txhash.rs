@@ -77,8 +77,14 @@ impl Context {
         let cfg = Config::load().await?;
         let invoice = load(&id)?;
         let payer = payer_of(&invoice)?;
+        // The transfer is looked for on the invoice's preferred network (its first option).
+        let network = invoice
+            .accepts
+            .first()
+            .map(|o| o.network.to_string())
+            .ok_or_else(|| wit::Error::Internal(format!("invoice {id} has no payment option")))?;
         Ok(Self {
-            chain: Chain::new(cfg.network, &cfg.rpc_url),
+            chain: cfg.chain(&network)?,
             id,
             invoice,
             hash,
