@@ -707,10 +707,22 @@ async fn a_failed_activation_settles_nothing() {
     assert_eq!(verify["ok"], true);
 }
 
-/// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash.
+/// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash, once mined
+/// (anvil answers `eth_sendTransaction` before its automined block is visible).
 async fn pay_directly(s: &PayStack, to: Address, amount: U256) -> String {
     let data = transferCall { to, value: amount }.abi_encode();
-    s.send_token(agent(), data).await
+    let tx = s.send_token(agent(), data).await;
+    for _ in 0..200 {
+        if !s
+            .rpc("eth_getTransactionReceipt", json!([tx]))
+            .await
+            .is_null()
+        {
+            return tx;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{tx} was not mined within 2 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
