@@ -154,6 +154,28 @@ impl Chain {
         Ok(facts)
     }
 
+    /// Whether the EIP-3009 authorization `(from, nonce)` was used as of `block` (`authorizationState`).
+    /// An answer that does not decode is an error: the caller cannot tell.
+    pub async fn authorization_used_at(
+        &self,
+        from: Address,
+        nonce: B256,
+        block: u64,
+    ) -> Result<bool, CallError> {
+        let data = self
+            .rpc
+            .call(&EthCall {
+                call: CallRequest::new(
+                    self.network.usdc,
+                    authorization_state_calldata(from, nonce).into(),
+                ),
+                block: BlockTag::Number(block),
+            })
+            .await?;
+        decode_authorization_state_return(&data)
+            .map_err(|e| CallError::Transport(format!("authorizationState: {e}")))
+    }
+
     /// The receipt of `hash`, if mined.
     pub async fn receipt(
         &self,

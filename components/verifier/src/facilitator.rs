@@ -5,7 +5,8 @@
 //! Protocol rejections are answers (`isValid:false` / `success:false` with the reason, `payer` and `network`
 //! filled whenever known); only an unparsable body is `invalid-input`, and an unreachable chain `unavailable`.
 //! Duplicates follow reference §5: a success is reported once; a repeat is `invalid_exact_evm_nonce_already_used`,
-//! except that a `settlement_pending` answer is reconciled against its recorded hash, never re-broadcast.
+//! except that a `settlement_pending` answer is reconciled against its recorded hash (the same signed bytes
+//! are sent again if the node lost them), never settled by a second transaction.
 
 use std::time::Instant;
 
@@ -255,7 +256,9 @@ fn answer(r: &Request, payer: Address, outcome: Outcome, first: bool) -> SettleR
     match outcome {
         Outcome::Confirmed(tx) if first => SettleResponse::success(payer, tx, network),
         Outcome::Confirmed(tx) => r.failure(InvalidReason::NonceAlreadyUsed, Some(tx)),
-        Outcome::Reverted(tx) => r.failure(InvalidReason::TransactionFailed, Some(tx)),
+        Outcome::Reverted(tx) | Outcome::Dropped(tx) => {
+            r.failure(InvalidReason::TransactionFailed, Some(tx))
+        }
         Outcome::Pending(tx) => r.failure(InvalidReason::SettlementPending, Some(tx)),
     }
 }
@@ -289,7 +292,7 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
                 keys: Vec::new(),
             };
             let deadline = Instant::now() + r.cfg.settlement_timeout;
-            let (outcome, first) = settle::wait(&r.chain, &claim, hash, deadline).await;
+            let (outcome, first) = settle::reconcile(&r.chain, &claim, hash, deadline).await;
             Ok(match payer {
                 Some(payer) => answer(r, payer, outcome, first),
                 None => r.failure(InvalidReason::InvalidTransactionState, Some(hash)),

@@ -254,7 +254,9 @@ fn answer(outcome: Outcome) -> Result<wit::Settlement, wit::Error> {
     match outcome {
         Outcome::Confirmed(tx) => Ok(wit::Settlement::Settled(tx.to_string())),
         Outcome::Pending(tx) => Ok(wit::Settlement::Pending(tx.to_string())),
-        Outcome::Reverted(_) => Err(rejected(InvalidReason::TransactionFailed)),
+        Outcome::Reverted(_) | Outcome::Dropped(_) => {
+            Err(rejected(InvalidReason::TransactionFailed))
+        }
     }
 }
 
@@ -281,7 +283,7 @@ async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Err
                 keys: Vec::new(),
             };
             let deadline = Instant::now() + p.cfg.settlement_timeout;
-            answer(settle::wait(&p.chain, &claim, hash, deadline).await.0)
+            answer(settle::reconcile(&p.chain, &claim, hash, deadline).await.0)
         }
         Status::Claimed if record.is_abandoned(p.now) => {
             let signer = p.cfg.signer()?;

@@ -12,6 +12,7 @@
 //! - [`txhash`]: `tx-hash` proofs (a USDC transfer the payer already sent).
 //! - [`facilitator`]: the facilitator API's JSON in and out.
 //! - [`refund`]: refunds owed for confirmed payments, paid from the treasury key through the same send path.
+//! - [`rebroadcast`]: our transactions that the node lost (dropped, or never sent), offered to it again.
 //!
 //! The facilitator and treasury keys are secrets: each is parsed from its variable and used to sign, nothing
 //! else.
@@ -42,6 +43,7 @@ mod config;
 mod facilitator;
 mod invoice;
 mod payment;
+mod rebroadcast;
 mod records;
 mod refund;
 mod rpc;

@@ -6,11 +6,12 @@
 //!   facilitator API it is the settlement record itself.
 //! - `settlement/<invoice id>` → [`Record`]: the invoice's settlement, claimed with compare-and-swap (absent, or
 //!   a terminal failure of another authorization that moved no money). Status `claimed` → `submitted` (the tx
-//!   hash is recorded *before* the broadcast) → `confirmed` | `failed`.
+//!   hash and the signed bytes are recorded *before* the broadcast) → `confirmed` | `failed`.
 //! - `txhash/<hash>` → [`Record`]: a transaction that paid something (our settlements and tx-hash proofs), so
 //!   no transfer pays two invoices.
 //! - `signer/<caip2>/<address>/nonce` → the kernel's `NonceState` of each key we sign with (the facilitator's,
-//!   the treasury's), updated by compare-and-swap.
+//!   the treasury's), updated by compare-and-swap; it names the record holding each unmined nonce's
+//!   transaction, so a later send can offer the node a transaction it never got (see `crate::rebroadcast`).
 //! - `refund/<invoice id>` → a refund owed for a confirmed payment, and `refund/queue` → the ids of refunds not
 //!   yet paid, in order (see `crate::refund`).
 //!
@@ -22,11 +23,22 @@ use esim402_core::x402::NetworkConfig;
 use esim402_guest::kv::{self, KvError};
 use serde::{Deserialize, Serialize};
 
+use crate::rebroadcast::OurTx;
 use crate::wit;
 
 /// The claim key of one authorization.
 pub fn nonce_key(network: &NetworkConfig, from: Address, nonce: B256) -> String {
     format!("x402/nonce/{}/{from:#x}/{nonce}", network.caip2())
+}
+
+/// The authorizer and EIP-3009 nonce named by a [`nonce_key`], if `key` is one.
+pub fn parse_nonce_key(key: &str) -> Option<(Address, B256)> {
+    let mut parts = key.strip_prefix("x402/nonce/")?.split('/');
+    let (_network, from, nonce) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((from.parse().ok()?, nonce.parse().ok()?))
 }
 
 /// The settlement record key of an invoice.
@@ -42,6 +54,11 @@ pub fn txhash_key(hash: B256) -> String {
 /// The refund record key of an invoice.
 pub fn refund_key(invoice: &InvoiceId) -> String {
     format!("refund/{invoice}")
+}
+
+/// Whether `key` is a refund record's (and not the queue's).
+pub fn is_refund_key(key: &str) -> bool {
+    key.starts_with("refund/") && key != REFUND_QUEUE_KEY
 }
 
 /// The list of invoice ids whose refunds are not paid yet.
@@ -94,6 +111,10 @@ pub struct Record {
     /// Account nonce of `transaction`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer_nonce: Option<u64>,
+    /// The signed `transaction` (0x-hex), kept so that the identical bytes can be sent again if the node
+    /// loses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_transaction: Option<String>,
     /// The x402 reason of a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -122,6 +143,7 @@ impl Record {
             transaction: None,
             signer: None,
             signer_nonce: None,
+            raw_transaction: None,
             reason: None,
             updated_at: now,
         }
@@ -130,6 +152,21 @@ impl Record {
     /// The recorded transaction hash, if any.
     pub fn tx_hash(&self) -> Option<B256> {
         self.transaction.as_deref()?.parse().ok()
+    }
+
+    /// The transaction of a `submitted` record, as signed (for [`crate::rebroadcast`]). A `submitted` record's
+    /// `updated_at` is when the transaction was recorded: only a terminal outcome changes it again.
+    pub fn submitted_tx(&self) -> Option<OurTx> {
+        if self.status != Status::Submitted {
+            return None;
+        }
+        OurTx::parse(
+            self.transaction.as_deref(),
+            self.raw_transaction.as_deref(),
+            self.signer.as_deref(),
+            self.signer_nonce,
+            self.updated_at,
+        )
     }
 
     /// A `claimed` record whose holder went quiet for longer than [`CLAIM_LEASE_SECS`].

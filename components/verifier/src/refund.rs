@@ -8,12 +8,19 @@
 //!   ([`settle::send`]): claim, reserve a treasury nonce, sign, record the hash, broadcast, wait for receipts
 //!   (all of the batch at once, within `settlement_timeout_ms`).
 //!
-//! A refund's life: `owed` → `submitted` (claimed by a holder token; then the hash is recorded before the
-//! broadcast) → `paid`. A reverted transfer (the treasury lacks USDC or gas) goes back to `owed` with
-//! `last_error` and `attempts + 1`: no money moved, so a later run may send a new transaction. A send that
-//! failed before the broadcast goes back to `owed` too. A `submitted` refund with a hash is only ever reconciled
-//! against that hash; one without a hash is a claim in flight, taken over once it went quiet for
-//! [`CLAIM_LEASE_SECS`] (such a claim never reserved a nonce, see [`settle::send`]).
+//! A refund's life: `owed` → `submitted` (claimed by a holder token; then the hash and the signed bytes are
+//! recorded before the broadcast) → `paid`. A reverted transfer (the treasury lacks USDC or gas) goes back to
+//! `owed` with `last_error` and `attempts + 1`: no money moved, so a later run may send a new transaction. A
+//! send that failed before the broadcast goes back to `owed` too. A `submitted` refund with a hash is only
+//! ever reconciled against that hash; one without a hash is a claim in flight, taken over once it went quiet
+//! for [`CLAIM_LEASE_SECS`] (such a claim never reserved a nonce, see [`settle::send`]).
+//!
+//! Reconciling a refund without a receipt first asks whether the node still has its transaction
+//! ([`rebroadcast::look`]): if not, and its nonce is free, the identical bytes go out again. If the treasury's
+//! nonce was used by another transaction, ours can never be mined, so the refund goes back to `owed` (a new
+//! transfer may be sent) – but only when a run at least [`CONFIRM_UNMINEABLE_SECS`] after the first one still
+//! sees it so: there is no on-chain marker of a plain `transfer` to read at a fixed block, and a lagging node
+//! behind a load balancer could otherwise hide a mined refund and pay it twice.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -21,6 +28,7 @@ use std::time::Instant;
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::chain::parse_address;
 use esim402_core::evm::erc20::transfer_calldata;
+use esim402_core::evm::quantity::encode_data;
 use esim402_core::evm::{SignedTx, SigningKey};
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::x402::exact::parse_decimal_u256;
@@ -32,6 +40,7 @@ use serde_json::json;
 use crate::chain::{Chain, Mined};
 use crate::config::Config;
 use crate::invoice::parse_id;
+use crate::rebroadcast::{self, Look, OurTx};
 use crate::records::{
     self, CLAIM_LEASE_SECS, REFUND_QUEUE_KEY, Status, refund_key, settlement_key,
 };
@@ -43,6 +52,9 @@ use crate::{invalid, wit};
 const MAX_REFUNDS_PER_RUN: usize = 20;
 /// The longest `reason` kept (it lands in the ledger).
 const MAX_REASON_CHARS: usize = 500;
+/// How long a refund transaction must keep looking unmineable (its nonce used by another transaction, itself
+/// unknown) before the refund is owed again: long enough for any node behind the endpoint to catch up.
+pub const CONFIRM_UNMINEABLE_SECS: u64 = 120;
 
 /// Where a refund is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,13 +105,34 @@ pub struct Refund {
     /// Account nonce of `transaction`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer_nonce: Option<u64>,
-    /// Last change (unix seconds).
+    /// The signed `transaction` (0x-hex), to send the identical bytes again if the node loses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_transaction: Option<String>,
+    /// When a run first saw `transaction` unmineable (see [`CONFIRM_UNMINEABLE_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmineable_since: Option<u64>,
+    /// Last change of status or transaction (unix seconds): for a `submitted` refund with a transaction, when
+    /// it was recorded.
     pub updated_at: u64,
 }
 
 impl Refund {
     fn tx_hash(&self) -> Option<B256> {
         self.transaction.as_deref()?.parse().ok()
+    }
+
+    /// The transaction of a `submitted` refund, as signed.
+    fn submitted_tx(&self) -> Option<OurTx> {
+        if self.status != RefundStatus::Submitted {
+            return None;
+        }
+        OurTx::parse(
+            self.transaction.as_deref(),
+            self.raw_transaction.as_deref(),
+            self.signer.as_deref(),
+            self.signer_nonce,
+            self.updated_at,
+        )
     }
 
     /// A `submitted` refund whose holder went quiet before recording a transaction.
@@ -116,6 +149,8 @@ impl Refund {
         self.holder = None;
         self.signer = None;
         self.signer_nonce = None;
+        self.raw_transaction = None;
+        self.unmineable_since = None;
         self.last_error = Some(error.to_owned());
         if attempted {
             self.attempts = self.attempts.saturating_add(1);
@@ -141,6 +176,11 @@ fn to_json(value: &impl Serialize) -> Result<String, wit::Error> {
 
 fn load(key: &str) -> Result<Option<Refund>, wit::Error> {
     kv::get_json::<Refund, wit::Error>(key).map_err(records::kv_err)
+}
+
+/// The transaction of the refund at `key` if it is `submitted` with one (for [`rebroadcast::fill_gaps`]).
+pub fn submitted_tx(key: &str) -> Option<OurTx> {
+    load(key).ok().flatten()?.submitted_tx()
 }
 
 /// Compare-and-swap the refund at `key`: `update` says whether it changed it. Returns the refund after the
@@ -231,6 +271,8 @@ pub async fn owe(invoice_id: &str, reason: &str, now: u64) -> Result<String, wit
         holder: None,
         signer: None,
         signer_nonce: None,
+        raw_transaction: None,
+        unmineable_since: None,
         updated_at: now,
     };
     let bytes = serde_json::to_vec(&refund).map_err(|e| wit::Error::Internal(e.to_string()))?;
@@ -420,7 +462,7 @@ async fn pay_one(
         RefundStatus::Paid => return Step::Gone,
         RefundStatus::Submitted => {
             if let Some(hash) = refund.tx_hash() {
-                return reconcile(chain, &key, hash, now, deadline).await;
+                return follow_up(chain, &key, &refund, hash, now, deadline).await;
             }
             if !refund.is_abandoned(now) {
                 return Step::Pending(None);
@@ -445,6 +487,8 @@ async fn pay_one(
         r.transaction = None;
         r.signer = None;
         r.signer_nonce = None;
+        r.raw_transaction = None;
+        r.unmineable_since = None;
         r.updated_at = now;
         true
     });
@@ -465,6 +509,7 @@ async fn pay_one(
         to: chain.network.usdc,
         input: transfer_calldata(transfer.to, transfer.amount),
         what: "refund",
+        owner: key.clone(),
     };
     let record = |tx: &SignedTx| record_submitted(&key, &holder, tx, now);
     match settle::send(chain, treasury, &call, record).await {
@@ -502,6 +547,8 @@ fn record_submitted(key: &str, holder: &str, tx: &SignedTx, now: u64) -> Result<
         r.transaction = Some(tx.hash.to_string());
         r.signer = Some(tx.from.to_checksum(None));
         r.signer_nonce = Some(tx.nonce);
+        r.raw_transaction = Some(encode_data(&tx.raw));
+        r.unmineable_since = None;
         r.updated_at = now;
         true
     })?;
@@ -510,6 +557,82 @@ fn record_submitted(key: &str, holder: &str, tx: &SignedTx, now: u64) -> Result<
         _ => Err(wit::Error::Conflict(format!(
             "refund {key} was taken over before it was sent"
         ))),
+    }
+}
+
+/// A refund already `submitted` with `hash`, seen again by a later run: make sure the node still has its
+/// transaction (see the module docs), then [`reconcile`].
+async fn follow_up(
+    chain: &Chain,
+    key: &str,
+    refund: &Refund,
+    hash: B256,
+    now: u64,
+    deadline: Instant,
+) -> Step {
+    if let Some(tx) = refund.submitted_tx() {
+        match rebroadcast::look(chain, &tx, "refund", now).await {
+            Look::Unmineable { at } => return unmineable(key, &tx, at, now),
+            Look::Known if refund.unmineable_since.is_some() => {
+                // A node that had not caught up: the transaction is there after all.
+                let recorded = hash.to_string();
+                let cleared = update(key, |r| {
+                    let ours = r.transaction.as_deref() == Some(recorded.as_str());
+                    ours && r.unmineable_since.take().is_some()
+                });
+                if let Err(e) = cleared {
+                    eprintln!("verifier: cannot update refund {key}: {e:?}");
+                }
+            }
+            Look::Known | Look::Resent | Look::Waiting => {}
+        }
+    }
+    reconcile(chain, key, hash, now, deadline).await
+}
+
+/// The refund's transaction `tx` can never be mined (its nonce was used by block `at`): note when this was
+/// first seen, and once it has been so for [`CONFIRM_UNMINEABLE_SECS`], owe the refund again.
+fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
+    let hash = tx.hash.to_string();
+    let error = format!(
+        "refund transaction {hash} was never mined and never will be (treasury nonce {} was used by another transaction by block {at}); no money moved",
+        tx.nonce
+    );
+    let r = update(key, |r| {
+        if r.status != RefundStatus::Submitted || r.transaction.as_deref() != Some(hash.as_str()) {
+            return false;
+        }
+        match r.unmineable_since {
+            None => {
+                r.unmineable_since = Some(now);
+                true
+            }
+            Some(since) if since.saturating_add(CONFIRM_UNMINEABLE_SECS) <= now => {
+                r.back_to_owed(&error, true, now);
+                true
+            }
+            Some(_) => false,
+        }
+    });
+    match r {
+        Ok(Some((r, _))) if r.status == RefundStatus::Paid => Step::Gone,
+        Ok(Some((r, true))) if r.status == RefundStatus::Owed => {
+            eprintln!("verifier: {error}: refund {key} is owed again");
+            Step::Failed(error)
+        }
+        Ok(Some((r, _))) if r.status == RefundStatus::Submitted => {
+            eprintln!(
+                "verifier: refund {key}: transaction {hash} looks unmineable (treasury nonce {} used by block {at}); it stays submitted until a run {CONFIRM_UNMINEABLE_SECS} s after the first sighting still sees it so",
+                tx.nonce
+            );
+            Step::Pending(Some(tx.hash))
+        }
+        Ok(Some(_)) => Step::Quiet,
+        Ok(None) => Step::Gone,
+        Err(e) => {
+            eprintln!("verifier: cannot update refund {key}: {e:?}");
+            Step::Pending(Some(tx.hash))
+        }
     }
 }
 

@@ -3,20 +3,27 @@
 //! facilitator's key) and refunds (`crate::refund`: ERC-20 `transfer` from the treasury key) both use it.
 //!
 //! Order: the chain reads first (chain id, `eth_estimateGas` plus a margin, fees from the latest base fee and
-//! `eth_maxPriorityFeePerGas`, the account's pending transaction count), then, without any await, reserve an
-//! account nonce (kernel `NonceState` under `signer/…/nonce`, compare-and-swap), sign in the component and
-//! let the caller record the hash on its claim (`submitted`); then `eth_sendRawTransaction`.
+//! `eth_maxPriorityFeePerGas`, the account's pending and mined transaction counts), then our recorded
+//! transactions the node never got are offered to it again (`rebroadcast::fill_gaps`: a nonce lost to a
+//! cancelled send would stall this one), then, without any await, reserve an account nonce (kernel
+//! `NonceState` under `signer/…/nonce`, compare-and-swap, naming the record that will hold it), sign in the
+//! component and let the caller record the hash and the signed bytes on its claim (`submitted`); then
+//! `eth_sendRawTransaction`.
 //!
 //! Before the broadcast every failure gives the nonce back and tells the caller, which releases its claim, so
 //! a retry can work. Once the transaction may have left (sent, or the send's outcome is unknown) nothing is
 //! released: the claim keeps its hash, the answer is `pending`, and a later call reconciles against that hash
-//! and never re-broadcasts. The hash is computed locally, so a `submitted` record always carries one.
+//! ([`reconcile`]) and never signs another transaction for it. If the node lost the transaction, the
+//! reconciliation sends the identical bytes again; if its nonce was used by another transaction, it can
+//! never be mined, and the settlement fails if (and only if) the authorization is still unused on chain.
+//! The hash is computed locally, so a `submitted` record always carries one.
 
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256, U256};
+use esim402_core::evm::quantity::encode_data;
 use esim402_core::evm::rpc::{
-    CallRequest, EthEstimateGas, EthGetBlockByNumber, EthGetTransactionCount,
+    BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber, EthGetTransactionCount,
     EthMaxPriorityFeePerGas, EthSendRawTransaction,
 };
 use esim402_core::evm::{Eip1559Tx, NonceState, SignedTx, SigningKey, sign_eip1559};
@@ -25,8 +32,9 @@ use esim402_core::x402::exact::{SignedAuthorization, transfer_with_authorization
 use esim402_guest::kv;
 
 use crate::chain::{Chain, Mined, unavailable};
+use crate::rebroadcast::{self, Look};
 use crate::records::{self, Record, Status, kv_err, signer_nonce_key};
-use crate::rpc::CallError;
+use crate::rpc::{CallError, join_all};
 use crate::{now_secs, wit};
 
 /// Headroom over `eth_estimateGas` (25 %): state can change between estimate and inclusion.
@@ -47,6 +55,9 @@ pub enum Outcome {
     Reverted(B256),
     /// Broadcast (or possibly broadcast); no receipt yet.
     Pending(B256),
+    /// Never mined and never will be (another transaction used its account nonce), and the authorization is
+    /// unused: no money moved.
+    Dropped(B256),
 }
 
 /// Why a settlement did not broadcast: a verdict on the payment or a fault. Claims are already released.
@@ -65,6 +76,9 @@ pub struct Call {
     pub input: Vec<u8>,
     /// What the transaction is, for messages (`settlement`, `refund`).
     pub what: &'static str,
+    /// The key of the record that will hold the signed transaction (named in the nonce bookkeeping, so a
+    /// later send can find it if it never reaches the node).
+    pub owner: String,
 }
 
 /// Why [`send`] did not broadcast.
@@ -139,6 +153,7 @@ impl Claim {
             r.transaction = Some(tx.hash.to_string());
             r.signer = Some(tx.from.to_checksum(None));
             r.signer_nonce = Some(tx.nonce);
+            r.raw_transaction = Some(encode_data(&tx.raw));
             r.updated_at = now_secs();
         })?;
         if !held {
@@ -178,17 +193,34 @@ fn release_nonce(chain: &Chain, signer: &SigningKey, nonce: u64) {
     }
 }
 
-/// Reserve the next account nonce for `signer`, given the chain's pending count. Synchronous on purpose: see
-/// [`send`].
-fn reserve_nonce(chain: &Chain, signer: &SigningKey, chain_count: u64) -> Result<u64, wit::Error> {
+/// Reserve the next account nonce for `signer`'s transaction held by the record `owner`, given the chain's
+/// counts. Synchronous on purpose: see [`send`].
+fn reserve_nonce(
+    chain: &Chain,
+    signer: &SigningKey,
+    counts: Counts,
+    owner: &str,
+) -> Result<u64, wit::Error> {
     let key = signer_nonce_key(&chain.network, signer.address());
     let (_, nonce) = kv::update_json_with::<NonceState, u64, wit::Error>(&key, |s| {
         let mut s = s.unwrap_or_default();
-        let n = s.reserve(chain_count);
+        if let Some(mined) = counts.mined {
+            s.observe_mined(mined);
+        }
+        let n = s.reserve_for(counts.pending, owner);
         Ok((s, n))
     })
     .map_err(kv_err)?;
     Ok(nonce)
+}
+
+/// The signer's transaction counts.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    /// Including the node's pool: the next nonce it expects.
+    pending: u64,
+    /// Mined (`latest`); only used to forget old bookkeeping, so a failed read is no reason not to send.
+    mined: Option<u64>,
 }
 
 /// `(tip, fee cap)` in wei.
@@ -210,12 +242,12 @@ async fn fees(chain: &Chain) -> Result<(u128, u128), wit::Error> {
     })
 }
 
-/// Everything about the transaction except its nonce, plus the signer's pending count: all the chain reads.
+/// Everything about the transaction except its nonce, plus the signer's counts: all the chain reads.
 async fn prepare(
     chain: &Chain,
     signer: &SigningKey,
     call: &Call,
-) -> Result<(Eip1559Tx, u64), Unsent> {
+) -> Result<(Eip1559Tx, Counts), Unsent> {
     // The chain id guards the signature too (EIP-155), but a wrong endpoint must not get this far.
     chain.check_chain_id().await.map_err(Unsent::Fault)?;
     let request = CallRequest::new(call.to, call.input.clone().into()).from(signer.address());
@@ -232,11 +264,25 @@ async fn prepare(
         ))));
     }
     let (tip, max_fee) = fees(chain).await.map_err(Unsent::Fault)?;
-    let count = chain
-        .rpc
-        .call(&EthGetTransactionCount::pending(signer.address()))
+    let pending = EthGetTransactionCount::pending(signer.address());
+    let mined = EthGetTransactionCount {
+        address: signer.address(),
+        block: BlockTag::Latest,
+    };
+    let mut reads = join_all(vec![chain.rpc.call(&pending), chain.rpc.call(&mined)])
         .await
-        .map_err(|e| Unsent::Fault(unavailable(&e)))?;
+        .into_iter();
+    let counts = match (reads.next(), reads.next()) {
+        (Some(pending), Some(mined)) => Counts {
+            pending: pending.map_err(|e| Unsent::Fault(unavailable(&e)))?,
+            mined: mined.ok(),
+        },
+        _ => {
+            return Err(Unsent::Fault(wit::Error::Internal(
+                "a chain read went missing".into(),
+            )));
+        }
+    };
     let tx = Eip1559Tx {
         chain_id: chain.network.chain_id(),
         nonce: 0,
@@ -247,7 +293,7 @@ async fn prepare(
         value: U256::ZERO,
         input: call.input.clone().into(),
     };
-    Ok((tx, count))
+    Ok((tx, counts))
 }
 
 /// Sign `call` with `signer` and broadcast it; `record` stores the signed transaction on the caller's claim
@@ -256,17 +302,20 @@ async fn prepare(
 ///
 /// Every chain read happens first; from reserving the account nonce to `record` nothing awaits, so a request
 /// cancelled by the host (a client that went away) can never leave a reserved nonce without a transaction on
-/// record. The only await between the reservation and the node is the send itself.
+/// record. The only await between the reservation and the node is the send itself; a request cancelled
+/// there leaves a recorded transaction the node never got, which the next send of this key offers it
+/// (`rebroadcast::fill_gaps`, before its own reservation).
 pub async fn send(
     chain: &Chain,
     signer: &SigningKey,
     call: &Call,
     record: impl FnOnce(&SignedTx) -> Result<(), wit::Error>,
 ) -> Result<B256, NotBroadcast> {
-    let (mut tx, count) = prepare(chain, signer, call).await?;
+    let (mut tx, counts) = prepare(chain, signer, call).await?;
+    rebroadcast::fill_gaps(chain, signer.address(), counts.pending, now_secs()).await;
 
     // ---- no await from here to the recorded hash ----
-    tx.nonce = reserve_nonce(chain, signer, count).map_err(Unsent::Fault)?;
+    tx.nonce = reserve_nonce(chain, signer, counts, &call.owner).map_err(Unsent::Fault)?;
     let nonce = tx.nonce;
     let signed = match sign_eip1559(&tx, signer) {
         Ok(tx) => tx,
@@ -326,6 +375,7 @@ pub async fn broadcast(
         to: chain.network.usdc,
         input: transfer_with_authorization_calldata(&signed.authorization, &signed.signature),
         what: "settlement",
+        owner: claim.record_key.clone(),
     };
     match send(chain, signer, &call, |tx| claim.record_submitted(tx)).await {
         Ok(hash) => Ok(wait(chain, claim, hash, Instant::now() + timeout).await.0),
@@ -349,6 +399,72 @@ pub async fn wait(chain: &Chain, claim: &Claim, hash: B256, deadline: Instant) -
         Some(Mined::Reverted) => Outcome::Reverted(hash),
         None => return (Outcome::Pending(hash), true),
     };
+    finish(claim, hash, outcome)
+}
+
+/// A later call for a `submitted` settlement (a replay): first make sure the transaction is still out there
+/// ([`rebroadcast::look`]: sent again if the node lost it), then [`wait`]. A transaction that can never be
+/// mined fails the settlement only if its authorization is unused as of the block that showed its nonce
+/// used: then no money moved. If the authorization was used, another transaction executed it: the money
+/// moved but not by the transaction on record, so the settlement stays pending for an operator.
+pub async fn reconcile(
+    chain: &Chain,
+    claim: &Claim,
+    hash: B256,
+    deadline: Instant,
+) -> (Outcome, bool) {
+    if lost_for_good(chain, claim, hash).await {
+        return finish(claim, hash, Outcome::Dropped(hash));
+    }
+    wait(chain, claim, hash, deadline).await
+}
+
+/// Whether the claim's transaction `hash` can never be mined and moved no money.
+async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> bool {
+    let record = match records::load(&claim.record_key) {
+        Ok(Some(r)) if r.claim == claim.claim && r.tx_hash() == Some(hash) => r,
+        _ => return false,
+    };
+    // Records from before the signed bytes were kept cannot be sent again; they only wait.
+    let Some(tx) = record.submitted_tx() else {
+        return false;
+    };
+    let Look::Unmineable { at } = rebroadcast::look(chain, &tx, "settlement", now_secs()).await
+    else {
+        return false;
+    };
+    let Some((from, nonce)) = records::parse_nonce_key(&record.claim) else {
+        eprintln!(
+            "verifier: settlement {hash} can never be mined, but its record names no authorization; left pending"
+        );
+        return false;
+    };
+    match chain.authorization_used_at(from, nonce, at).await {
+        Ok(false) => {
+            eprintln!(
+                "verifier: settlement {hash} can never be mined (nonce {} of {} was used by another transaction by block {at}) and the authorization is unused: failed, no money moved",
+                tx.nonce, tx.signer
+            );
+            true
+        }
+        Ok(true) => {
+            eprintln!(
+                "verifier: OPERATOR: settlement {hash} can never be mined (nonce {} of {} was used by another transaction by block {at}), yet the authorization {nonce} of {from} was executed: the money moved by another transaction. Left pending; find that transaction and settle the record by hand",
+                tx.nonce, tx.signer
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!(
+                "verifier: settlement {hash} can never be mined, but authorizationState is unreadable ({e}); left pending"
+            );
+            false
+        }
+    }
+}
+
+/// Record `outcome` (not pending) on the claim's record; the flag says whether this call recorded it.
+fn finish(claim: &Claim, hash: B256, outcome: Outcome) -> (Outcome, bool) {
     let r = records::advance(&claim.record_key, &claim.claim, None, |r| {
         r.updated_at = now_secs();
         match outcome {
@@ -360,6 +476,12 @@ pub async fn wait(chain: &Chain, claim: &Claim, hash: B256, deadline: Instant) -
         }
     });
     match r {
+        // Someone else recorded the receipt first: never report a drop over it.
+        Ok((r, false)) if matches!(outcome, Outcome::Dropped(_)) => match r.status {
+            Status::Confirmed => (Outcome::Confirmed(hash), false),
+            Status::Failed => (outcome, false),
+            _ => (Outcome::Pending(hash), false),
+        },
         Ok((_, first)) => (outcome, first),
         Err(e) => {
             // The chain is the truth; a later call reads it again.

@@ -5,6 +5,7 @@
 //! - [`erc20`]: ERC-20 `transfer` calldata (refunds paid from the treasury).
 //! - [`receipt`]: transaction receipts, ERC-20 `Transfer` logs and the checks behind a tx-hash payment proof.
 //! - [`nonce`]: the per-signer nonce bookkeeping kept in key-value storage.
+//! - [`rebroadcast`]: what to do about a transaction of ours that no node knows (lost before or after sending).
 //! - [`quantity`]: the hex encodings of JSON-RPC quantities, data, hashes and addresses.
 //!
 //! A settlement reads: `rpc::EthGetTransactionCount` + [`nonce::NonceState::reserve`] → fees from
@@ -14,6 +15,7 @@
 pub mod erc20;
 pub mod nonce;
 pub mod quantity;
+pub mod rebroadcast;
 pub mod receipt;
 pub mod rpc;
 pub mod tx;

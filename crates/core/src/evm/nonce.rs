@@ -13,8 +13,16 @@
 //!   count passes it.
 //! - [`reset`](NonceState::reset) forgets everything and reseeds from the chain, for when the reference advice
 //!   ("reset on any send/receipt failure") applies and no other settlement of this signer is in flight.
+//!
+//! A nonce can also be lost *after* its transaction was recorded: the request is cancelled before the send
+//! reaches the node, or the node drops the transaction. Every later nonce then waits behind the gap. So
+//! [`reserve_for`](NonceState::reserve_for) remembers which record holds each nonce's transaction
+//! ([`owners`](NonceState::owners)) until the chain has *mined* past it
+//! ([`observe_mined`](NonceState::observe_mined)), and [`unsent`](NonceState::unsent) lists the ones at or
+//! above the node's pending count: the transactions a sender should offer the node again (identical bytes,
+//! see `evm::rebroadcast`) before its own.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +36,10 @@ pub struct NonceState {
     /// Nonces given back unbroadcast, to be reused before `next`.
     #[serde(default)]
     pub released: BTreeSet<u64>,
+    /// The key of the record that holds the signed transaction of each nonce handed out with
+    /// [`reserve_for`](Self::reserve_for), until the chain has mined past it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub owners: BTreeMap<u64, String>,
 }
 
 impl NonceState {
@@ -62,9 +74,36 @@ impl NonceState {
         nonce
     }
 
-    /// Give back `nonce` because its transaction was certainly not broadcast. Returns `false` (and changes
-    /// nothing) if the nonce is not currently held.
+    /// [`reserve`](Self::reserve) a nonce for the transaction that the record at `owner` will hold.
+    pub fn reserve_for(&mut self, chain_pending_count: u64, owner: &str) -> u64 {
+        let nonce = self.reserve(chain_pending_count);
+        self.owners.insert(nonce, owner.to_owned());
+        nonce
+    }
+
+    /// Forget the owners of nonces the chain has mined: `chain_mined_count` is
+    /// `eth_getTransactionCount(latest)`. Not the pending count: a transaction in a node's pool can still be
+    /// evicted, and then its owner is what finds it again.
+    pub fn observe_mined(&mut self, chain_mined_count: u64) {
+        self.owners = self.owners.split_off(&chain_mined_count);
+    }
+
+    /// The nonces at or above the node's pending count whose transactions are on record (with the record's
+    /// key), lowest first and at most `limit`: a node that lost them, or never got them, waits for them before
+    /// it mines anything newer. A nonce that already left [`pending`](Self::pending) (the node had it in its
+    /// pool, then evicted it) is listed too: it is never handed out again, so only its own bytes fill it.
+    pub fn unsent(&self, chain_pending_count: u64, limit: usize) -> Vec<(u64, String)> {
+        self.owners
+            .range(chain_pending_count..)
+            .take(limit)
+            .map(|(n, owner)| (*n, owner.clone()))
+            .collect()
+    }
+
+    /// Give back `nonce` because its transaction was certainly not broadcast (its owner is forgotten).
+    /// Returns `false` (and changes nothing else) if the nonce is not currently held.
     pub fn release_on_failure(&mut self, nonce: u64) -> bool {
+        self.owners.remove(&nonce);
         if !self.pending.remove(&nonce) {
             return false;
         }
@@ -191,6 +230,43 @@ mod tests {
     }
 
     #[test]
+    fn owners_are_kept_until_mined_and_listed_from_the_pending_count() {
+        let mut s = NonceState::default();
+        assert_eq!(s.reserve_for(7, "settlement/a"), 7);
+        assert_eq!(s.reserve_for(7, "settlement/b"), 8);
+        assert_eq!(s.reserve_for(7, "refund/c"), 9);
+        // The node has 7 in its pool (pending count 8): only 8 and 9 may be missing there.
+        assert_eq!(
+            s.unsent(8, 16),
+            vec![(8, "settlement/b".to_owned()), (9, "refund/c".to_owned())]
+        );
+        assert_eq!(s.unsent(8, 1), vec![(8, "settlement/b".to_owned())]);
+        // The next send sees 7 in the pool (pending count 8) and lets go of it; 7 is never handed out again.
+        assert_eq!(s.reserve_for(8, "settlement/d"), 10);
+        assert_eq!(s.pending, BTreeSet::from([8, 9, 10]));
+        // The pool evicts 7: the pending count falls back to 7, and 7 is listed again, its owner still known.
+        assert_eq!(s.unsent(7, 16)[0], (7, "settlement/a".to_owned()));
+        assert_eq!(s.unsent(7, 16).len(), 4);
+        // Mined past 8: those owners go.
+        s.observe_mined(9);
+        assert_eq!(s.owners.keys().copied().collect::<Vec<_>>(), vec![9, 10]);
+        assert_eq!(s.unsent(7, 16).len(), 2);
+    }
+
+    #[test]
+    fn a_released_nonce_loses_its_owner() {
+        let mut s = NonceState::default();
+        let a = s.reserve_for(3, "settlement/a");
+        let b = s.reserve_for(3, "settlement/b");
+        assert!(s.release_on_failure(a));
+        assert_eq!(s.unsent(3, 16), vec![(b, "settlement/b".to_owned())]);
+        // Reused for another record.
+        assert_eq!(s.reserve_for(3, "settlement/c"), a);
+        assert_eq!(s.owners[&a], "settlement/c");
+        assert!(!s.release_on_failure(99));
+    }
+
+    #[test]
     fn stored_as_json() {
         let mut s = NonceState::default();
         s.reserve(4);
@@ -198,5 +274,13 @@ mod tests {
         assert_eq!(json, r#"{"next":5,"pending":[4],"released":[]}"#);
         let old: NonceState = serde_json::from_str(r#"{"next":5,"pending":[4]}"#).unwrap();
         assert_eq!(old, s);
+        let mut owned = NonceState::default();
+        owned.reserve_for(4, "settlement/x");
+        let json = serde_json::to_string(&owned).unwrap();
+        assert_eq!(
+            json,
+            r#"{"next":5,"pending":[4],"released":[],"owners":{"4":"settlement/x"}}"#
+        );
+        assert_eq!(serde_json::from_str::<NonceState>(&json).unwrap(), owned);
     }
 }

@@ -11,8 +11,8 @@ use esim402_testkit::Kit;
 use serde_json::{Value, json};
 
 use crate::verifier::{
-    CHAIN_ID, E, Mining, Node, PRICE, S, TX_COUNT, USDC, addr, decode_tx, invoice, kit, kv_json,
-    now, pay, payer, rpc_methods, settle, store_invoice,
+    CHAIN_ID, E, Mining, Node, PRICE, S, TX_COUNT, USDC, addr, backdate, decode_tx, invoice, kit,
+    kv_json, now, pay, payer, rpc_methods, settle, store_invoice,
 };
 
 /// Anvil dev account #4 as the treasury: another secret that must never leak.
@@ -50,7 +50,12 @@ async fn owe(kit: &mut Kit, id: &str, reason: &str) -> Result<Value, E> {
 }
 
 async fn run(kit: &mut Kit, limit: u32) -> Result<Value, E> {
-    kit.call(async move |a, g| g.verifier().call_run_refunds(a, now(), limit).await)
+    run_at(kit, now(), limit).await
+}
+
+/// A run as of `at` (unix seconds).
+async fn run_at(kit: &mut Kit, at: u64, limit: u32) -> Result<Value, E> {
+    kit.call(async move |a, g| g.verifier().call_run_refunds(a, at, limit).await)
         .await
         .unwrap()
         .map(|s| serde_json::from_str(&s).unwrap())
@@ -519,4 +524,138 @@ async fn concurrent_runs_send_exactly_one_transfer_per_refund() {
         json!({"paid": [], "pending": [], "failed": [], "remaining": 0})
     );
     assert_eq!(refund_txs(&node).len(), ids.len());
+}
+
+#[tokio::test]
+async fn a_refund_the_node_lost_is_sent_again_with_identical_bytes_and_paid() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let id = paid(&mut kit, 180).await;
+    owe(&mut kit, &id, "activation failed").await.unwrap();
+    node.set(|c| c.mining = Mining::Never);
+    let summary = run(&mut kit, 10).await.unwrap();
+    let first = refund_txs(&node)[0].clone();
+    let hash = first.hash().to_string();
+    assert_eq!(summary["pending"][0]["transaction"], hash);
+
+    // The node forgets it; a run moments later leaves it to its own send, a later one sends it again.
+    node.forget();
+    node.set(|c| c.mining = Mining::Succeed);
+    let summary = run(&mut kit, 10).await.unwrap();
+    assert_eq!(summary["pending"][0]["transaction"], hash);
+    assert_eq!(refund_txs(&node).len(), 1);
+    backdate(&kit, &format!("refund/{id}"), 60).await;
+    let summary = run(&mut kit, 10).await.unwrap();
+    assert_eq!(
+        summary,
+        json!({"paid": [{"invoice": id, "transaction": hash}], "pending": [], "failed": [],
+               "remaining": 0})
+    );
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), 2);
+    assert_eq!(txs[1], first, "the identical transfer, not a second refund");
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "paid");
+    assert_eq!(record["attempts"], 0);
+    assert_eq!(ledger(&kit, "refund_paid").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refund_whose_nonce_another_transaction_used_is_owed_again_after_a_second_look() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let id = paid(&mut kit, 181).await;
+    owe(&mut kit, &id, "activation failed").await.unwrap();
+    node.set(|c| c.mining = Mining::Never);
+    run(&mut kit, 10).await.unwrap();
+    let lost = refund_txs(&node)[0].hash().to_string();
+
+    // Forgotten, and the treasury's nonce used by something else.
+    node.forget();
+    node.set(|c| {
+        c.mined_count = Some(TX_COUNT + 1);
+        c.pending_count = Some(TX_COUNT + 1);
+        c.mining = Mining::Succeed;
+    });
+    let pending = json!({"paid": [], "pending": [{"invoice": id, "transaction": lost}],
+                         "failed": [], "remaining": 1});
+    // First sighting: a lagging node could be hiding the transfer, so it stays submitted.
+    assert_eq!(run(&mut kit, 10).await.unwrap(), pending);
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "submitted");
+    assert!(record["unmineable_since"].is_u64());
+    assert_eq!(run(&mut kit, 10).await.unwrap(), pending);
+
+    // Still so two minutes on: no money moved, the refund is owed again.
+    let summary = run_at(&mut kit, now() + 600, 10).await.unwrap();
+    assert_eq!(summary["failed"][0]["invoice"], id.as_str());
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("never will be") && error.contains(&lost),
+        "{error}"
+    );
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "owed");
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(record["transaction"], Value::Null);
+    assert_eq!(record["raw_transaction"], Value::Null);
+    assert_eq!(refund_txs(&node).len(), 1);
+
+    // The next run pays it with a new transfer on the next nonce.
+    let summary = run(&mut kit, 10).await.unwrap();
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), 2);
+    assert_eq!(txs[1].tx().nonce, TX_COUNT + 1);
+    assert_eq!(
+        summary["paid"],
+        json!([{"invoice": id, "transaction": txs[1].hash().to_string()}])
+    );
+    assert_eq!(ledger(&kit, "refund_paid").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refund_whose_send_never_reached_the_node_goes_out_before_the_next_refund() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let first = paid(&mut kit, 182).await;
+    let second = paid(&mut kit, 183).await;
+    owe(&mut kit, &first, "activation failed").await.unwrap();
+
+    node.set(|c| c.drop_send = true);
+    let summary = run(&mut kit, 10).await.unwrap();
+    assert!(refund_txs(&node).is_empty());
+    let record = kv_json(&kit, &format!("refund/{first}")).await.unwrap();
+    let lost = record["transaction"].as_str().unwrap().to_owned();
+    assert_eq!(summary["pending"][0]["transaction"], lost);
+    assert_eq!(record["signer_nonce"], TX_COUNT);
+
+    // A minute later the second refund is paid alone (the first is off the queue): its send gives the node
+    // the treasury nonce it is missing first.
+    backdate(&kit, &format!("refund/{first}"), 60).await;
+    node.set(|c| c.drop_send = false);
+    owe(&mut kit, &second, "activation failed").await.unwrap();
+    kit.kv()
+        .set("refund/queue", json!([second]).to_string().as_bytes())
+        .await
+        .unwrap();
+    let summary = run(&mut kit, 10).await.unwrap();
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), 2);
+    assert_eq!(txs[0].hash().to_string(), lost);
+    assert_eq!(txs[0].tx().nonce, TX_COUNT);
+    assert_eq!(txs[1].tx().nonce, TX_COUNT + 1);
+    assert_eq!(
+        summary["paid"],
+        json!([{"invoice": second, "transaction": txs[1].hash().to_string()}])
+    );
+
+    // Owing the first again puts it back on the queue; it is paid by the transaction already out there.
+    owe(&mut kit, &first, "activation failed").await.unwrap();
+    let summary = run(&mut kit, 10).await.unwrap();
+    assert_eq!(
+        summary["paid"],
+        json!([{"invoice": first, "transaction": lost}])
+    );
+    assert_eq!(refund_txs(&node).len(), 2);
+    assert_eq!(ledger(&kit, "refund_paid").await.len(), 2);
 }

@@ -1,9 +1,10 @@
 //! The verifier component alone, against a scripted JSON-RPC node: [`Node`] answers each `eth_*` method by
-//! name from a small chain state the test controls, and keeps every raw transaction it is sent. Payments are
+//! name from a small chain state the test controls, and keeps every raw transaction it is sent (and can
+//! forget them, like a node that restarted or evicted its pool). Payments are
 //! signed like a wallet would (`sign_authorization` with a k256 key) and invoices are written to the store the
 //! way the invoices component writes them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -134,11 +135,20 @@ pub(crate) struct ChainState {
     pub(crate) refuse_send: bool,
     /// Take the raw transaction but lose the answer (HTTP 502): the sender cannot know it went out.
     pub(crate) lose_send_answer: bool,
+    /// Lose the raw transaction on its way (HTTP 502, nothing kept): what a send cancelled after its
+    /// transaction was recorded leaves behind.
+    pub(crate) drop_send: bool,
+    /// `eth_getTransactionCount` at `latest` or a block number (default [`TX_COUNT`]).
+    pub(crate) mined_count: Option<u64>,
+    /// `eth_getTransactionCount` at `pending` (default [`TX_COUNT`]).
+    pub(crate) pending_count: Option<u64>,
     pub(crate) estimate_fails: bool,
     /// Answer every request with HTTP 503.
     pub(crate) down: bool,
-    /// Raw transactions accepted by `eth_sendRawTransaction`.
+    /// Raw transactions accepted by `eth_sendRawTransaction`, in order (a forgotten one sent again twice).
     sent: Vec<Vec<u8>>,
+    /// Hashes of sent transactions the node no longer knows (see [`Node::forget`]).
+    forgotten: HashSet<B256>,
     /// Canned receipts (tx-hash proofs), by hash.
     receipts: HashMap<B256, Value>,
 }
@@ -154,9 +164,13 @@ impl Default for ChainState {
             mining: Mining::Succeed,
             refuse_send: false,
             lose_send_answer: false,
+            drop_send: false,
+            mined_count: None,
+            pending_count: None,
             estimate_fails: false,
             down: false,
             sent: Vec::new(),
+            forgotten: HashSet::new(),
             receipts: HashMap::new(),
         }
     }
@@ -198,9 +212,26 @@ fn transfer_log(from: Address, to: Address, value: u64) -> Value {
            "data": word(U256::from(value)), "removed": false})
 }
 
+impl ChainState {
+    /// The sent transaction with `hash`, unless forgotten.
+    fn known(&self, hash: B256) -> Option<&Vec<u8>> {
+        if self.forgotten.contains(&hash) {
+            return None;
+        }
+        self.sent.iter().find(|raw| keccak256(raw) == hash)
+    }
+}
+
 impl Node {
     pub(crate) fn set(&self, f: impl FnOnce(&mut ChainState)) {
         f(&mut self.chain.lock().unwrap());
+    }
+
+    /// Forget every transaction sent so far, unmined: a restart, or a pool eviction.
+    pub(crate) fn forget(&self) {
+        let mut c = self.chain.lock().unwrap();
+        let hashes: Vec<B256> = c.sent.iter().map(keccak256).collect();
+        c.forgotten.extend(hashes);
     }
 
     pub(crate) fn sent(&self) -> Vec<Vec<u8>> {
@@ -218,7 +249,10 @@ impl Node {
         let result: Result<Value, (i64, &str)> = match req["method"].as_str().unwrap() {
             "eth_chainId" => Ok(qty(c.chain_id.into())),
             "eth_blockNumber" => Ok(qty(0x20)),
-            "eth_getTransactionCount" => Ok(qty(TX_COUNT.into())),
+            "eth_getTransactionCount" if params[1] == "pending" => {
+                Ok(qty(c.pending_count.unwrap_or(TX_COUNT).into()))
+            }
+            "eth_getTransactionCount" => Ok(qty(c.mined_count.unwrap_or(TX_COUNT).into())),
             "eth_maxPriorityFeePerGas" => Ok(qty(TIP)),
             "eth_getBlockByNumber" => Ok(json!({"number": "0x11", "timestamp": qty(now().into()),
                                                "baseFeePerGas": qty(BASE_FEE)})),
@@ -238,25 +272,44 @@ impl Node {
                 }
             }
             "eth_sendRawTransaction" if c.refuse_send => Err((-32000, "nonce too low")),
+            "eth_sendRawTransaction" if c.drop_send => return Scripted::status(502),
             "eth_sendRawTransaction" => {
                 let raw = hex::decode(params[0].as_str().unwrap()).unwrap();
                 let hash = keccak256(&raw);
-                c.sent.push(raw);
-                if c.lose_send_answer {
-                    return Scripted::status(502);
+                if c.known(hash).is_some() {
+                    Err((-32000, "already known"))
+                } else {
+                    c.forgotten.remove(&hash);
+                    c.sent.push(raw);
+                    if c.lose_send_answer {
+                        return Scripted::status(502);
+                    }
+                    Ok(json!(hash.to_string()))
                 }
-                Ok(json!(hash.to_string()))
             }
             "eth_getTransactionReceipt" => {
                 let hash: B256 = params[0].as_str().unwrap().parse().unwrap();
                 if let Some(canned) = c.receipts.get(&hash) {
                     Ok(canned.clone())
-                } else if c.mining != Mining::Never
-                    && c.sent.iter().any(|raw| keccak256(raw) == hash)
-                {
+                } else if c.mining != Mining::Never && c.known(hash).is_some() {
                     Ok(receipt(hash, c.mining == Mining::Succeed, vec![]))
                 } else {
                     Ok(Value::Null)
+                }
+            }
+            "eth_getTransactionByHash" => {
+                let hash: B256 = params[0].as_str().unwrap().parse().unwrap();
+                match c.known(hash) {
+                    Some(raw) => {
+                        let tx = decode_tx(raw);
+                        let block = (c.mining != Mining::Never).then_some("0x11");
+                        Ok(
+                            json!({"hash": hash.to_string(), "nonce": qty(tx.tx().nonce.into()),
+                                  "from": tx.recover_signer().unwrap().to_string(),
+                                  "blockNumber": block}),
+                        )
+                    }
+                    None => Ok(Value::Null),
                 }
             }
             other => panic!("unexpected JSON-RPC method {other}"),
@@ -463,6 +516,17 @@ pub(crate) async fn kv_json(kit: &Kit, key: &str) -> Option<Value> {
     kit.kv_get(key)
         .await
         .map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+/// Move the stored record at `key` `secs` into the past (its `updated_at`): time passing for a record.
+pub(crate) async fn backdate(kit: &Kit, key: &str, secs: u64) {
+    let mut record = kv_json(kit, key).await.unwrap();
+    let at = record["updated_at"].as_u64().unwrap();
+    record["updated_at"] = json!(at - secs);
+    kit.kv()
+        .set(key, record.to_string().as_bytes())
+        .await
+        .unwrap();
 }
 
 pub(crate) fn decode_tx(raw: &[u8]) -> Signed<TxEip1559> {
@@ -1076,6 +1140,238 @@ async fn a_lost_broadcast_answer_keeps_the_claims_and_reconciles() {
     node.set(|c| c.mining = Mining::Succeed);
     assert_eq!(settle(&mut kit, &id, p.v2()).await, Ok(S::Settled(hash)));
     assert_eq!(node.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn a_settlement_the_node_lost_is_sent_again_with_identical_bytes_and_then_confirmed() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(22, None);
+    let id = store_invoice(&kit, &inv).await;
+    let key = format!("settlement/{id}");
+    let p = pay(&inv);
+    node.set(|c| c.mining = Mining::Never);
+    let got = settle(&mut kit, &id, p.v2()).await;
+    let first = node.sent()[0].clone();
+    let hash = keccak256(&first).to_string();
+    assert_eq!(got, Ok(S::Pending(hash.clone())));
+    let record = kv_json(&kit, &key).await.unwrap();
+    assert_eq!(
+        record["raw_transaction"],
+        format!("0x{}", hex::encode(&first))
+    );
+
+    // The node restarts and forgets it. A replay moments after the send leaves it to that send.
+    node.forget();
+    node.set(|c| c.mining = Mining::Succeed);
+    assert_eq!(
+        settle(&mut kit, &id, p.v2()).await,
+        Ok(S::Pending(hash.clone()))
+    );
+    assert_eq!(node.sent().len(), 1);
+
+    // Later: the same bytes again. A refusal ("nonce too low") is an answer that changes nothing.
+    backdate(&kit, &key, 60).await;
+    node.set(|c| c.refuse_send = true);
+    assert_eq!(
+        settle(&mut kit, &id, p.v2()).await,
+        Ok(S::Pending(hash.clone()))
+    );
+    assert_eq!(kv_json(&kit, &key).await.unwrap()["status"], "submitted");
+    assert_eq!(node.sent().len(), 1);
+
+    node.set(|c| c.refuse_send = false);
+    assert_eq!(
+        settle(&mut kit, &id, p.v2()).await,
+        Ok(S::Settled(hash.clone()))
+    );
+    let sent = node.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[1], first,
+        "the identical transaction, not a second settlement"
+    );
+    let record = kv_json(&kit, &key).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_eq!(record["transaction"], hash);
+    assert!(rpc_methods(&kit).contains(&"eth_getTransactionByHash".to_owned()));
+}
+
+/// A settlement left pending, then forgotten by the node while another transaction used its account nonce.
+async fn unmineable_settlement(kit: &mut Kit, node: &Node, inv: &Invoice, p: &Pay) -> String {
+    let id = store_invoice(kit, inv).await;
+    node.set(|c| c.mining = Mining::Never);
+    let got = settle(kit, &id, p.v2()).await;
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(got, Ok(S::Pending(hash)));
+    node.forget();
+    node.set(|c| {
+        c.mined_count = Some(TX_COUNT + 1);
+        c.pending_count = Some(TX_COUNT + 1);
+        c.mining = Mining::Succeed;
+    });
+    id
+}
+
+#[tokio::test]
+async fn a_settlement_whose_nonce_another_transaction_used_fails_if_its_authorization_is_unused() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(23, None);
+    let p = pay(&inv);
+    let id = unmineable_settlement(&mut kit, &node, &inv, &p).await;
+    let hash = keccak256(&node.sent()[0]).to_string();
+
+    // No waiting period: a used nonce is final, and the authorization shows no money moved.
+    let failed = Err(E::PaymentRequired(
+        "invalid_exact_evm_transaction_failed".into(),
+    ));
+    assert_eq!(settle(&mut kit, &id, p.v2()).await, failed);
+    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["reason"], "invalid_exact_evm_transaction_failed");
+    assert_eq!(record["transaction"], hash);
+    assert_eq!(node.sent().len(), 1, "never sent again");
+    // authorizationState was read at the block whose count showed the nonce used, not at `latest`.
+    let state_reads: Vec<Value> = kit
+        .requests()
+        .iter()
+        .map(|r| r.json().unwrap())
+        .filter(|r| {
+            r["method"] == "eth_call"
+                && r["params"][0]["data"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("0xe94a0102")
+        })
+        .collect();
+    assert_eq!(state_reads.last().unwrap()["params"][1], "0x20");
+    assert_eq!(settle(&mut kit, &id, p.v2()).await, failed);
+
+    // The invoice is open to a new payment, sent with the next account nonce.
+    let q = pay(&inv);
+    let got = settle(&mut kit, &id, q.v2()).await;
+    let sent = node.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(got, Ok(S::Settled(keccak256(&sent[1]).to_string())));
+    assert_eq!(decode_tx(&sent[1]).tx().nonce, TX_COUNT + 1);
+    assert_eq!(
+        kv_json(&kit, &format!("settlement/{id}")).await.unwrap()["status"],
+        "confirmed"
+    );
+}
+
+#[tokio::test]
+async fn a_settlement_whose_nonce_another_transaction_used_stays_pending_if_its_authorization_was_used()
+ {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(24, None);
+    let p = pay(&inv);
+    let id = unmineable_settlement(&mut kit, &node, &inv, &p).await;
+    let hash = keccak256(&node.sent()[0]).to_string();
+
+    // The money moved, by a transaction we do not know: never a failure, never a second attempt.
+    node.set(|c| c.nonce_used = true);
+    for _ in 0..2 {
+        assert_eq!(
+            settle(&mut kit, &id, p.v2()).await,
+            Ok(S::Pending(hash.clone()))
+        );
+    }
+    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    assert_eq!(record["status"], "submitted");
+    assert!(matches!(
+        settle(&mut kit, &id, pay(&inv).v2()).await,
+        Err(E::Conflict(m)) if m.starts_with("already settled")
+    ));
+    assert_eq!(node.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn the_facilitator_api_reports_a_settlement_that_can_never_be_mined_as_failed_once() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let p = pay(&invoice(27, None));
+    node.set(|c| c.mining = Mining::Never);
+    let pending = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(pending["errorReason"], "settlement_pending");
+    node.forget();
+    node.set(|c| {
+        c.mined_count = Some(TX_COUNT + 1);
+        c.mining = Mining::Succeed;
+    });
+    for _ in 0..2 {
+        let failed = facilitator_settle(&mut kit, p.facilitator_body())
+            .await
+            .unwrap();
+        assert_eq!(failed["success"], false);
+        assert_eq!(
+            failed["errorReason"],
+            "invalid_exact_evm_transaction_failed"
+        );
+        assert_eq!(failed["transaction"], hash);
+    }
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "failed");
+    assert_eq!(node.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn a_reserved_nonce_whose_send_never_reached_the_node_goes_out_before_the_next_transaction() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let first_inv = invoice(25, None);
+    let first_id = store_invoice(&kit, &first_inv).await;
+    let first = pay(&first_inv);
+
+    // The send is lost on its way (as when the request is cancelled after recording its transaction).
+    node.set(|c| c.drop_send = true);
+    let got = settle(&mut kit, &first_id, first.v2()).await;
+    assert!(node.sent().is_empty());
+    let record = kv_json(&kit, &format!("settlement/{first_id}"))
+        .await
+        .unwrap();
+    let lost = hex::decode(record["raw_transaction"].as_str().unwrap()).unwrap();
+    let lost_hash = keccak256(&lost).to_string();
+    assert_eq!(got, Ok(S::Pending(lost_hash.clone())));
+    assert_eq!(record["transaction"], lost_hash);
+    assert_eq!(decode_tx(&lost).tx().nonce, TX_COUNT);
+    let nonces = kv_json(
+        &kit,
+        &format!("signer/eip155:31337/{:#x}/nonce", facilitator()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        nonces["owners"],
+        json!({TX_COUNT.to_string(): format!("settlement/{first_id}")})
+    );
+
+    // The next settlement, a minute later, first gives the node the nonce it is missing, then its own.
+    backdate(&kit, &format!("settlement/{first_id}"), 60).await;
+    node.set(|c| c.drop_send = false);
+    let next_inv = invoice(26, None);
+    let next_id = store_invoice(&kit, &next_inv).await;
+    let got = settle(&mut kit, &next_id, pay(&next_inv).v2()).await;
+    let sent = node.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[0], lost,
+        "the identical bytes of the lost transaction, first"
+    );
+    assert_eq!(decode_tx(&sent[1]).tx().nonce, TX_COUNT + 1);
+    assert_eq!(got, Ok(S::Settled(keccak256(&sent[1]).to_string())));
+
+    // The first settlement confirms on its replay, without another send.
+    assert_eq!(
+        settle(&mut kit, &first_id, first.v2()).await,
+        Ok(S::Settled(lost_hash))
+    );
+    assert_eq!(node.sent().len(), 2);
 }
 
 #[tokio::test]

@@ -1,0 +1,208 @@
+//! Finding our transactions again when the node lost them (rules in the kernel's `evm::rebroadcast`).
+//!
+//! Every transaction we sign is recorded with its signed bytes before it is sent (the settlement record or
+//! the refund record; [`OurTx`] reads it back). Two ways it can still go missing, and where each is handled:
+//!
+//! - **No receipt ever comes** (the node restarted or evicted it, or it never arrived): whoever reconciles the
+//!   record (`settle::reconcile`, the refund run) calls [`look`] first. Known to the node: wait. Unknown and
+//!   its nonce still free: the identical bytes go out again. Unknown and its nonce used by another
+//!   transaction: [`Look::Unmineable`], and the caller decides from the chain whether money moved.
+//! - **A reserved nonce never reached the node** (the request was cancelled between recording and sending):
+//!   every later transaction of that key waits behind the gap. [`fill_gaps`] runs in every send, after the
+//!   pending count is read and before the new nonce is reserved, and offers the node each recorded
+//!   transaction at or above that count that it does not know (at most `MAX_RESENDS_PER_SEND`).
+//!
+//! Sending the same bytes again is never a second transaction (same hash, same nonce), and no answer to a
+//! re-send changes any state: "already known" or "nonce too low" just mean the node has, or used, the nonce.
+//! Only bytes that a live `submitted` record still names are ever re-sent, and only once the record is older
+//! than `RESEND_AFTER_SECS` (its own send may still be under way, and may yet be refused and released).
+
+use alloy_primitives::{Address, B256, Bytes, keccak256};
+use esim402_core::evm::NonceState;
+use esim402_core::evm::quantity;
+use esim402_core::evm::rebroadcast::{
+    EthGetTransactionByHash, Fate, MAX_RESENDS_PER_SEND, fate, may_resend,
+};
+use esim402_core::evm::rpc::{
+    BlockTag, EthBlockNumber, EthGetTransactionCount, EthSendRawTransaction,
+};
+use esim402_guest::kv;
+
+use crate::chain::Chain;
+use crate::records::{self, signer_nonce_key};
+use crate::rpc::CallError;
+
+/// One of our signed transactions, as its record holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OurTx {
+    /// Its hash (`keccak256(raw)`).
+    pub hash: B256,
+    /// The signed bytes.
+    pub raw: Bytes,
+    /// The account that signed it.
+    pub signer: Address,
+    /// Its account nonce.
+    pub nonce: u64,
+    /// When it was recorded (unix seconds).
+    pub recorded_at: u64,
+}
+
+impl OurTx {
+    /// From a record's fields; `None` unless all are there and the bytes hash to the recorded hash.
+    pub fn parse(
+        hash: Option<&str>,
+        raw: Option<&str>,
+        signer: Option<&str>,
+        nonce: Option<u64>,
+        recorded_at: u64,
+    ) -> Option<Self> {
+        let hash: B256 = hash?.parse().ok()?;
+        let raw = quantity::parse_data(raw?).ok()?;
+        if keccak256(&raw) != hash {
+            return None;
+        }
+        Some(Self {
+            hash,
+            raw,
+            signer: signer?.parse().ok()?,
+            nonce: nonce?,
+            recorded_at,
+        })
+    }
+}
+
+/// What [`look`] found out about a transaction without a receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// The node knows it (in its pool or mined).
+    Known,
+    /// The node did not know it and its nonce is free: the identical bytes were offered again.
+    Resent,
+    /// Unknown but recorded moments ago, or the chain could not be read: nothing done.
+    Waiting,
+    /// Unknown, and the signer's mined count at block `at` is past its nonce: it can never be mined.
+    Unmineable {
+        /// The block the count was read at; read the contract at the same block.
+        at: u64,
+    },
+}
+
+/// Ask the node about `tx` (which has no receipt) and act as the kernel's `fate` says. `what` names it in logs.
+pub async fn look(chain: &Chain, tx: &OurTx, what: &str, now: u64) -> Look {
+    match chain
+        .rpc
+        .call(&EthGetTransactionByHash { hash: tx.hash })
+        .await
+    {
+        Ok(Some(_)) => return Look::Known,
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("verifier: cannot ask for {what} {}: {e}", tx.hash);
+            return Look::Waiting;
+        }
+    }
+    let counted = match chain.rpc.call(&EthBlockNumber).await {
+        Ok(head) => chain
+            .rpc
+            .call(&EthGetTransactionCount {
+                address: tx.signer,
+                block: BlockTag::Number(head),
+            })
+            .await
+            .map(|count| (head, count)),
+        Err(e) => Err(e),
+    };
+    let (head, mined) = match counted {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "verifier: {what} {} is unknown to the node and its signer's count is unreadable: {e}",
+                tx.hash
+            );
+            return Look::Waiting;
+        }
+    };
+    match fate(mined, tx.nonce, tx.recorded_at, now) {
+        Fate::Wait => Look::Waiting,
+        Fate::Resend => {
+            eprintln!(
+                "verifier: the node does not know {what} {} (nonce {}); sending the same bytes again",
+                tx.hash, tx.nonce
+            );
+            resend(chain, tx, what).await;
+            Look::Resent
+        }
+        Fate::Unmineable => Look::Unmineable { at: head },
+    }
+}
+
+/// Offer `tx`'s bytes to the node again. Whatever it answers changes nothing: logged only.
+async fn resend(chain: &Chain, tx: &OurTx, what: &str) {
+    let sent = chain
+        .rpc
+        .call(&EthSendRawTransaction {
+            raw: tx.raw.clone(),
+        })
+        .await;
+    match sent {
+        Ok(hash) if hash == tx.hash => {}
+        Ok(hash) => eprintln!(
+            "verifier: the node answered {hash} to the re-sent {what} {}",
+            tx.hash
+        ),
+        // "already known", "nonce too low": the node has, or has used, the nonce.
+        Err(e) => eprintln!("verifier: re-sending {what} {}: {e}", tx.hash),
+    }
+}
+
+/// Before reserving a new nonce for `signer`: offer the node every recorded transaction of ours at or above
+/// its pending count that it does not know, lowest nonce first (see the module docs). Best effort: nothing
+/// here changes any state, so a failure (or a cancelled request) only leaves the gap for the next send.
+pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: u64) {
+    let key = signer_nonce_key(&chain.network, signer);
+    let state = match kv::get_json::<NonceState, ()>(&key) {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("verifier: cannot read the nonces of {signer}: {e}");
+            return;
+        }
+    };
+    for (nonce, owner) in state.unsent(pending_count, MAX_RESENDS_PER_SEND) {
+        // Released, settled, or not recorded yet: nothing of ours to offer.
+        let Some(tx) = live_tx(&owner) else { continue };
+        if tx.signer != signer || tx.nonce != nonce || !may_resend(tx.recorded_at, now) {
+            continue;
+        }
+        let what = if records::is_refund_key(&owner) {
+            "refund"
+        } else {
+            "settlement"
+        };
+        match chain
+            .rpc
+            .call(&EthGetTransactionByHash { hash: tx.hash })
+            .await
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!(
+                    "verifier: nonce {nonce} of {signer} ({what} {}) never reached the node; sending it before the next transaction",
+                    tx.hash
+                );
+                resend(chain, &tx, what).await;
+            }
+            // The node is not answering; the send that follows will say so.
+            Err(CallError::Transport(_)) => return,
+            Err(e) => eprintln!("verifier: cannot ask for {what} {}: {e}", tx.hash),
+        }
+    }
+}
+
+/// The transaction a live `submitted` record at `owner` still names, if any.
+fn live_tx(owner: &str) -> Option<OurTx> {
+    if records::is_refund_key(owner) {
+        return crate::refund::submitted_tx(owner);
+    }
+    records::load(owner).ok().flatten()?.submitted_tx()
+}
