@@ -7,8 +7,11 @@
 //! cargo build --release -p esim402-host -p esim402-bench
 //! target/release/esim402-bench --host-bin target/release/esim402 --scenario issue402 --duration 10
 //! target/release/esim402-bench --scenario dispatch --sim-bin target/release/smdp-sim --concurrency 8
+//! target/release/esim402-bench --scenario verify --count 2000 --concurrency 4
+//! target/release/esim402-bench --scenario paid --kv memory --count 200 --concurrency 4 --duration 60
 //! ```
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -27,6 +30,10 @@ enum Scenario {
     Health,
     /// Profile orders against the SM-DP+ simulator: native ES2+ calls vs the dispatch component.
     Dispatch,
+    /// x402 `exact` verifications/s: the kernel natively vs `facilitator-verify` in the verifier component.
+    Verify,
+    /// Paid activations end to end (402 → sign → PAYMENT-SIGNATURE → 200) on the host's dev stack (anvil).
+    Paid,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -65,23 +72,63 @@ struct Args {
     /// Stop after this many measured requests even if time remains.
     #[arg(long, default_value_t = 2_000_000)]
     max_requests: u64,
+    /// verify: distinct signed payloads (default 2000); paid: activations (default 200), after a warm-up of
+    /// one per worker. `--duration` bounds the paid run in time.
+    #[arg(long)]
+    count: Option<u64>,
 }
 
-/// The host process; killed (SIGINT, then SIGKILL) by its PID on drop.
+/// The host process; stopped (SIGINT, then SIGKILL) by its PID on drop. With its dev stack, the host stops
+/// anvil and the simulator itself on SIGINT; any of them still running after the host is gone is stopped by the
+/// PID recorded at start.
 struct Host {
     child: Child,
     _dir: Option<PathBuf>,
+    /// The host's own children (dev stack) at start: PID and command line.
+    dev_children: Vec<(u32, String)>,
+}
+
+/// Children of `pid` (from `/proc/<pid>/task/*/children`) with their command lines.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            out.push((child, cmdline(child)));
+        }
+    }
+    out
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
 }
 
 impl Host {
-    fn start(args: &Args) -> anyhow::Result<(Self, String)> {
+    /// Start the host; returns it, its URL and what it printed about its dev stack (`key: value` lines, and
+    /// `devstack_json`: the facts file's path).
+    fn start(
+        args: &Args,
+        dev_stack: bool,
+    ) -> anyhow::Result<(Self, String, HashMap<String, String>)> {
         let mut cmd = Command::new(&args.host_bin);
         cmd.arg("--from")
             .arg(&args.manifest)
-            .args(["up", "--listen", "127.0.0.1:0", "--no-dev-stack"])
+            .args(["up", "--listen", "127.0.0.1:0"])
             .env("ESIM402_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if !dev_stack {
+            cmd.arg("--no-dev-stack");
+        }
         let mut dir = None;
         match args.kv {
             Kv::Memory => {
@@ -107,23 +154,58 @@ impl Host {
             .with_context(|| format!("start {}", args.host_bin.display()))?;
         let stderr = child.stderr.take().context("host stderr")?;
         let mut lines = BufReader::new(stderr).lines();
+        let mut printed = HashMap::new();
+        let mut last = String::new();
         let url = loop {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
-                bail!("host exited before serving");
+                let _ = child.wait();
+                bail!("host exited before serving: {last}");
             };
             let line = line?;
             if let Some(url) = line.strip_prefix("Serving ") {
                 break url.trim().to_owned();
             }
+            if let Some(path) = line
+                .strip_prefix("Dev stack (")
+                .and_then(|l| l.strip_suffix("):"))
+            {
+                printed.insert("devstack_json".to_owned(), path.to_owned());
+            } else if let Some((k, v)) = line.strip_prefix("  ").and_then(|l| l.split_once(": ")) {
+                printed.insert(k.to_owned(), v.to_owned());
+            }
+            last = line;
         };
         // Keep draining stderr so the host never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok((Self { child, _dir: dir }, url))
+        let dev_children = children_of(child.id());
+        Ok((
+            Self {
+                child,
+                _dir: dir,
+                dev_children,
+            },
+            url,
+            printed,
+        ))
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The processes to account CPU time to: the host, then its dev-stack children by name.
+    fn processes(&self) -> Vec<(String, u32)> {
+        let mut out = vec![("esim402".to_owned(), self.pid())];
+        for (pid, cmd) in &self.dev_children {
+            let name = cmd
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.rsplit('/').next())
+                .unwrap_or("child");
+            out.push((name.to_owned(), *pid));
+        }
+        out
     }
 }
 
@@ -141,6 +223,12 @@ impl Drop for Host {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for (pid, cmd) in &self.dev_children {
+            if !cmd.is_empty() && cmdline(*pid) == *cmd {
+                eprintln!("stopping leftover dev-stack child {pid} ({cmd})");
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+            }
+        }
         if let Some(d) = &self._dir {
             let _ = std::fs::remove_dir_all(d);
         }
@@ -160,12 +248,33 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time (user + system) a process has used so far ("self" for this one), assuming 100 clock ticks a
+/// second (Linux's USER_HZ).
+fn cpu_time(pid: Option<u32>) -> Duration {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
 struct Outcome {
     latencies: Vec<Duration>,
     errors: u64,
 }
 
 mod dispatch;
+mod paid;
+mod verify;
 
 async fn one(
     client: &reqwest::Client,
@@ -187,7 +296,9 @@ async fn one(
             }
             res.bytes().await?;
         }
-        Scenario::Dispatch => unreachable!("the dispatch scenario does not start the host"),
+        Scenario::Dispatch | Scenario::Verify | Scenario::Paid => {
+            unreachable!("this scenario has its own driver")
+        }
         Scenario::Health => {
             let res = client.get(format!("{url}/health")).send().await?;
             if !res.status().is_success() {
@@ -272,7 +383,26 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .worker_threads(1)
         .build()?;
-    let (host, url) = Host::start(&args)?;
+    if let Scenario::Verify = args.scenario {
+        let count = usize::try_from(args.count.unwrap_or(2000))?;
+        return rt.block_on(verify::run(count, args.concurrency));
+    }
+    if let Scenario::Paid = args.scenario {
+        let (host, url, printed) = Host::start(&args, true)?;
+        let kv = format!("{:?}", args.kv);
+        let result = rt.block_on(paid::run(
+            &host,
+            &url,
+            &printed,
+            args.count.unwrap_or(200),
+            args.concurrency,
+            duration,
+            &kv,
+        ));
+        drop(host);
+        return result;
+    }
+    let (host, url, _) = Host::start(&args, false)?;
     let (rss_idle, _) = rss_kib(host.pid());
     rt.block_on(async {
         let warm = drive(
