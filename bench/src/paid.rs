@@ -290,7 +290,7 @@ pub async fn run(
         .filter(|d| **d >= Duration::from_millis(250))
         .count();
     println!(
-        "paid requests of 250 ms or more (a receipt poll that missed waits 250 ms): {slow} of {}",
+        "paid requests of 250 ms or more (the verifier's longest receipt poll interval): {slow} of {}",
         run.paid.len()
     );
     println!(

@@ -23,7 +23,11 @@ use esim402_core::x402::exact::{
 use crate::rpc::{CALL_TIMEOUT, CallError, Rpc, join_all};
 use crate::wit;
 
-/// How often a settlement asks for its receipt.
+/// How soon a settlement asks again for a receipt that was not there yet: nodes often answer the broadcast
+/// before the transaction's block is visible (anvil's automine does), so the first retry is quick; the
+/// interval then doubles up to [`POLL_INTERVAL`].
+const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// How often a settlement asks for its receipt once it is waiting for a block.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// `unavailable`, naming what failed (the message never carries the endpoint).
@@ -191,6 +195,7 @@ impl Chain {
     /// under the network's confirmations) by then. RPC failures while polling only mean "not yet".
     pub async fn wait_for(&self, hash: B256, deadline: Instant) -> Option<Mined> {
         let need = u64::from(self.network.confirmations);
+        let mut interval = FIRST_POLL_INTERVAL;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let timeout = left.clamp(Duration::from_millis(500), CALL_TIMEOUT);
@@ -211,7 +216,8 @@ impl Chain {
             if left.is_zero() {
                 return None;
             }
-            spin_sdk::time::sleep(left.min(POLL_INTERVAL)).await;
+            spin_sdk::time::sleep(left.min(interval)).await;
+            interval = (interval * 2).min(POLL_INTERVAL);
         }
     }
 }
