@@ -14,8 +14,7 @@
 //!   variables, and asks a scripted JSON-RPC node (answered at once, no network) for the chain id, the nonce
 //!   state, the balance and a `transferWithAuthorization` simulation through outbound `wasi:http`; the node
 //!   counts the calls. The key-value store counts its operations too (`/verify` is expected to use none:
-//!   only settlement claims nonces). The kit answers a scripted request after `tokio::time::sleep` of its
-//!   (zero) delay, which waits for tokio's next 1 ms timer tick: calibrated and reported separately.
+//!   only settlement claims nonces). The kit answers a zero-delay scripted request at once (no timer wait).
 //!
 //! Two refused payments, natively and in the component, isolate the signature work: an authorization to another
 //! recipient is refused before any hashing, one signed by another key after one EIP-712 hash + recovery;
@@ -495,17 +494,6 @@ pub async fn run(count: usize, concurrency: usize) -> anyhow::Result<()> {
         None,
     )?;
 
-    // The test kit answers a scripted request after `tokio::time::sleep(delay)`, here zero: calibrate what that
-    // costs on this runtime (tokio's timer has a 1 ms resolution), as it is part of every RPC round below.
-    let t = Instant::now();
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::ZERO).await;
-    }
-    let zero_sleep = t.elapsed().as_secs_f64() * 1e6 / 200.0;
-    println!(
-        "verify: tokio::time::sleep(0) on this runtime takes {zero_sleep:.0}us (the kit's scripted answers wait on it)"
-    );
-
     // The component: one instance, compiled once (cached on disk), warmed up, then measured.
     let node = Arc::new(Node::default());
     let kv = Arc::new(CountingKv::default());
@@ -575,16 +563,8 @@ pub async fn run(count: usize, concurrency: usize) -> anyhow::Result<()> {
     println!(
         "verify: a valid component verify (median {comp_valid:.0}us) = {comp_floor:.0}us floor refused before hashing \
          (WIT call, body JSON, variables, key parse, answer) + 2 x {sig_in:.0}us signature work + {rpc:.0}us for the \
-         {:.0} JSON-RPC calls in 2 rounds (chain id, then 3 eth_calls at once) over wasi:http, of which ~{:.0}us are \
-         the kit's two zero-delay timer waits",
+         {:.0} JSON-RPC calls in 2 rounds (chain id, then 3 eth_calls at once) over wasi:http",
         calls as f64 / count as f64,
-        2.0 * zero_sleep
-    );
-    let adjusted = comp_valid - 2.0 * zero_sleep;
-    println!(
-        "verify: without those waits (estimate): {adjusted:.0}us = {:.0} valid verifies/s sequential, {:.2} of native verify_exact",
-        1e6 / adjusted,
-        1e6 / adjusted / native
     );
     println!(
         "verify: valid verifies/s, component / native: {:.3} of verify_exact ({:.1}x slower), {:.3} of the same kernel \
