@@ -802,6 +802,37 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
             .await;
         assert_eq!(status, 402, "{refused}");
     }
+    // Paying in another asset (ether instead of the invoice's token) proves nothing either.
+    let (inv, _) = s.invoice(&body).await;
+    let eth = s
+        .rpc(
+            "eth_sendTransaction",
+            json!([{"from": agent(), "to": chain::RECIPIENT, "value": format!("{:#x}", price(&req))}]),
+        )
+        .await;
+    let eth = eth.as_str().unwrap().to_owned();
+    while s
+        .rpc("eth_getTransactionReceipt", json!([eth]))
+        .await
+        .is_null()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, _, refused) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &[
+                ("x-payment-proof", eth),
+                (
+                    "x-invoice-id",
+                    inv["invoice_id"].as_str().unwrap().to_owned(),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(status, 402, "{refused}");
+    assert_eq!(refused["error"]["reason"], "invalid_payload", "{refused}");
     // A reverted transfer (more than the agent holds) proves nothing.
     let (inv, _) = s.invoice(&body).await;
     let huge = s.balance(agent()).await + U256::from(1);
