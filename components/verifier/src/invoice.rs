@@ -265,7 +265,7 @@ fn answer(outcome: Outcome) -> Result<wit::Settlement, wit::Error> {
 async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Error> {
     match record.status {
         Status::Confirmed => Ok(wit::Settlement::Settled(
-            record.transaction.unwrap_or_default(),
+            record.sent.transaction.unwrap_or_default(),
         )),
         Status::Failed => {
             Err(wit::Error::PaymentRequired(record.reason.unwrap_or_else(

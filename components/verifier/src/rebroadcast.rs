@@ -19,7 +19,9 @@
 
 use alloy_primitives::{Address, B256, Bytes, keccak256};
 use esim402_core::evm::NonceState;
+use esim402_core::evm::SignedTx;
 use esim402_core::evm::quantity;
+use esim402_core::evm::quantity::encode_data;
 use esim402_core::evm::rebroadcast::{
     EthGetTransactionByHash, Fate, MAX_RESENDS_PER_SEND, fate, may_resend,
 };
@@ -27,10 +29,59 @@ use esim402_core::evm::rpc::{
     BlockTag, EthBlockNumber, EthGetTransactionCount, EthSendRawTransaction,
 };
 use esim402_guest::kv;
+use serde::{Deserialize, Serialize};
 
 use crate::chain::Chain;
 use crate::records::{self, signer_nonce_key};
 use crate::rpc::CallError;
+
+/// A signed transaction as settlement and refund records keep it (flattened into them: the JSON fields are
+/// `transaction`, `signer`, `signer_nonce` and `raw_transaction`; `transaction` is `null` until signed, the
+/// others absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentTx {
+    /// Its hash.
+    #[serde(default)]
+    pub transaction: Option<String>,
+    /// The account that signed it, checksummed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// Its account nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_nonce: Option<u64>,
+    /// The signed bytes (0x-hex), kept so that the identical bytes can be sent again if the node loses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_transaction: Option<String>,
+}
+
+impl SentTx {
+    /// What a record keeps of `tx`.
+    pub fn signed(tx: &SignedTx) -> Self {
+        Self {
+            transaction: Some(tx.hash.to_string()),
+            signer: Some(tx.from.to_checksum(None)),
+            signer_nonce: Some(tx.nonce),
+            raw_transaction: Some(encode_data(&tx.raw)),
+        }
+    }
+
+    /// The recorded hash, if any.
+    pub fn hash(&self) -> Option<B256> {
+        self.transaction.as_deref()?.parse().ok()
+    }
+
+    /// The transaction as signed, recorded at `recorded_at`; `None` unless every field is there and the bytes
+    /// hash to the recorded hash.
+    pub fn our_tx(&self, recorded_at: u64) -> Option<OurTx> {
+        OurTx::parse(
+            self.transaction.as_deref(),
+            self.raw_transaction.as_deref(),
+            self.signer.as_deref(),
+            self.signer_nonce,
+            recorded_at,
+        )
+    }
+}
 
 /// One of our signed transactions, as its record holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use esim402_core::x402::NetworkConfig;
 use esim402_guest::kv::{self, KvError};
 use serde::{Deserialize, Serialize};
 
-use crate::rebroadcast::OurTx;
+use crate::rebroadcast::{OurTx, SentTx};
 use crate::wit;
 
 /// The claim key of one authorization.
@@ -102,19 +102,9 @@ pub struct Record {
     pub invoice: Option<String>,
     /// When the payment was verified and claimed (unix seconds); replays are re-checked as of then.
     pub claimed_at: u64,
-    /// The settlement transaction, once signed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transaction: Option<String>,
-    /// The facilitator account that signed it, and with which account nonce.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer: Option<String>,
-    /// Account nonce of `transaction`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer_nonce: Option<u64>,
-    /// The signed `transaction` (0x-hex), kept so that the identical bytes can be sent again if the node
-    /// loses them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw_transaction: Option<String>,
+    /// The settlement transaction, once signed by the facilitator (for a tx-hash proof: the proof's hash).
+    #[serde(flatten)]
+    pub sent: SentTx,
     /// The x402 reason of a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -140,10 +130,7 @@ impl Record {
             holder,
             invoice: invoice.map(|i| i.as_str().to_owned()),
             claimed_at: now,
-            transaction: None,
-            signer: None,
-            signer_nonce: None,
-            raw_transaction: None,
+            sent: SentTx::default(),
             reason: None,
             updated_at: now,
         }
@@ -151,7 +138,7 @@ impl Record {
 
     /// The recorded transaction hash, if any.
     pub fn tx_hash(&self) -> Option<B256> {
-        self.transaction.as_deref()?.parse().ok()
+        self.sent.hash()
     }
 
     /// The transaction of a `submitted` record, as signed (for [`crate::rebroadcast`]). A `submitted` record's
@@ -160,13 +147,7 @@ impl Record {
         if self.status != Status::Submitted {
             return None;
         }
-        OurTx::parse(
-            self.transaction.as_deref(),
-            self.raw_transaction.as_deref(),
-            self.signer.as_deref(),
-            self.signer_nonce,
-            self.updated_at,
-        )
+        self.sent.our_tx(self.updated_at)
     }
 
     /// A `claimed` record whose holder went quiet for longer than [`CLAIM_LEASE_SECS`].

@@ -28,7 +28,6 @@ use std::time::Instant;
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::chain::parse_address;
 use esim402_core::evm::erc20::transfer_calldata;
-use esim402_core::evm::quantity::encode_data;
 use esim402_core::evm::{SignedTx, SigningKey};
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::x402::exact::parse_decimal_u256;
@@ -40,7 +39,7 @@ use serde_json::json;
 use crate::chain::{Chain, Mined};
 use crate::config::Config;
 use crate::invoice::parse_id;
-use crate::rebroadcast::{self, Look, OurTx};
+use crate::rebroadcast::{self, Look, OurTx, SentTx};
 use crate::records::{
     self, CLAIM_LEASE_SECS, REFUND_QUEUE_KEY, Status, refund_key, settlement_key,
 };
@@ -87,9 +86,9 @@ pub struct Refund {
     pub status: RefundStatus,
     /// When it became owed (unix seconds).
     pub created_at: u64,
-    /// The refund transaction, once signed (cleared again if it reverted or never left).
-    #[serde(default)]
-    pub transaction: Option<String>,
+    /// The refund transaction, once signed by the treasury (cleared again if it reverted or never left).
+    #[serde(flatten)]
+    pub sent: SentTx,
     /// Refund transactions that reverted or would have (no money moved).
     #[serde(default)]
     pub attempts: u32,
@@ -99,15 +98,6 @@ pub struct Refund {
     /// Who drives the refund while it is `submitted` (a random token per attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,
-    /// The treasury account that signed `transaction`, and with which account nonce.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer: Option<String>,
-    /// Account nonce of `transaction`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer_nonce: Option<u64>,
-    /// The signed `transaction` (0x-hex), to send the identical bytes again if the node loses them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw_transaction: Option<String>,
     /// When a run first saw `transaction` unmineable (see [`CONFIRM_UNMINEABLE_SECS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmineable_since: Option<u64>,
@@ -118,7 +108,7 @@ pub struct Refund {
 
 impl Refund {
     fn tx_hash(&self) -> Option<B256> {
-        self.transaction.as_deref()?.parse().ok()
+        self.sent.hash()
     }
 
     /// The transaction of a `submitted` refund, as signed.
@@ -126,30 +116,21 @@ impl Refund {
         if self.status != RefundStatus::Submitted {
             return None;
         }
-        OurTx::parse(
-            self.transaction.as_deref(),
-            self.raw_transaction.as_deref(),
-            self.signer.as_deref(),
-            self.signer_nonce,
-            self.updated_at,
-        )
+        self.sent.our_tx(self.updated_at)
     }
 
     /// A `submitted` refund whose holder went quiet before recording a transaction.
     fn is_abandoned(&self, now: u64) -> bool {
         self.status == RefundStatus::Submitted
-            && self.transaction.is_none()
+            && self.sent.transaction.is_none()
             && self.updated_at.saturating_add(CLAIM_LEASE_SECS) <= now
     }
 
     /// Back to `owed` after an attempt that moved no money.
     fn back_to_owed(&mut self, error: &str, attempted: bool, now: u64) {
         self.status = RefundStatus::Owed;
-        self.transaction = None;
+        self.sent = SentTx::default();
         self.holder = None;
-        self.signer = None;
-        self.signer_nonce = None;
-        self.raw_transaction = None;
         self.unmineable_since = None;
         self.last_error = Some(error.to_owned());
         if attempted {
@@ -265,13 +246,10 @@ pub async fn owe(invoice_id: &str, reason: &str, now: u64) -> Result<String, wit
         reason: reason.clone(),
         status: RefundStatus::Owed,
         created_at: now,
-        transaction: None,
+        sent: SentTx::default(),
         attempts: 0,
         last_error: None,
         holder: None,
-        signer: None,
-        signer_nonce: None,
-        raw_transaction: None,
         unmineable_since: None,
         updated_at: now,
     };
@@ -484,10 +462,7 @@ async fn pay_one(
         }
         r.status = RefundStatus::Submitted;
         r.holder = Some(holder.clone());
-        r.transaction = None;
-        r.signer = None;
-        r.signer_nonce = None;
-        r.raw_transaction = None;
+        r.sent = SentTx::default();
         r.unmineable_since = None;
         r.updated_at = now;
         true
@@ -540,14 +515,11 @@ fn record_submitted(key: &str, holder: &str, tx: &SignedTx, now: u64) -> Result<
     let recorded = update(key, |r| {
         if r.status != RefundStatus::Submitted
             || r.holder.as_deref() != Some(holder)
-            || r.transaction.is_some()
+            || r.sent.transaction.is_some()
         {
             return false;
         }
-        r.transaction = Some(tx.hash.to_string());
-        r.signer = Some(tx.from.to_checksum(None));
-        r.signer_nonce = Some(tx.nonce);
-        r.raw_transaction = Some(encode_data(&tx.raw));
+        r.sent = SentTx::signed(tx);
         r.unmineable_since = None;
         r.updated_at = now;
         true
@@ -577,7 +549,7 @@ async fn follow_up(
                 // A node that had not caught up: the transaction is there after all.
                 let recorded = hash.to_string();
                 let cleared = update(key, |r| {
-                    let ours = r.transaction.as_deref() == Some(recorded.as_str());
+                    let ours = r.sent.transaction.as_deref() == Some(recorded.as_str());
                     ours && r.unmineable_since.take().is_some()
                 });
                 if let Err(e) = cleared {
@@ -599,7 +571,9 @@ fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
         tx.nonce
     );
     let r = update(key, |r| {
-        if r.status != RefundStatus::Submitted || r.transaction.as_deref() != Some(hash.as_str()) {
+        if r.status != RefundStatus::Submitted
+            || r.sent.transaction.as_deref() != Some(hash.as_str())
+        {
             return false;
         }
         match r.unmineable_since {
@@ -647,7 +621,8 @@ async fn reconcile(chain: &Chain, key: &str, hash: B256, now: u64, deadline: Ins
     let error =
         format!("refund transaction {tx} reverted (does the treasury hold enough USDC and gas?)");
     let recorded = update(key, |r| {
-        if r.status != RefundStatus::Submitted || r.transaction.as_deref() != Some(tx.as_str()) {
+        if r.status != RefundStatus::Submitted || r.sent.transaction.as_deref() != Some(tx.as_str())
+        {
             return false;
         }
         match mined {

@@ -21,7 +21,6 @@
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256, U256};
-use esim402_core::evm::quantity::encode_data;
 use esim402_core::evm::rpc::{
     BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber, EthGetTransactionCount,
     EthMaxPriorityFeePerGas, EthSendRawTransaction,
@@ -32,7 +31,7 @@ use esim402_core::x402::exact::{SignedAuthorization, transfer_with_authorization
 use esim402_guest::kv;
 
 use crate::chain::{Chain, Mined, unavailable};
-use crate::rebroadcast::{self, Look};
+use crate::rebroadcast::{self, Look, SentTx};
 use crate::records::{self, Record, Status, kv_err, signer_nonce_key};
 use crate::rpc::{CallError, join_all};
 use crate::{now_secs, wit};
@@ -150,10 +149,7 @@ impl Claim {
     fn record_submitted(&self, tx: &SignedTx) -> Result<(), wit::Error> {
         let (_, held) = records::advance(&self.record_key, &self.claim, Some(&self.holder), |r| {
             r.status = Status::Submitted;
-            r.transaction = Some(tx.hash.to_string());
-            r.signer = Some(tx.from.to_checksum(None));
-            r.signer_nonce = Some(tx.nonce);
-            r.raw_transaction = Some(encode_data(&tx.raw));
+            r.sent = SentTx::signed(tx);
             r.updated_at = now_secs();
         })?;
         if !held {

@@ -223,7 +223,7 @@ pub async fn settle(invoice_id: &str, hash: &str) -> Result<wit::Settlement, wit
         c.now,
     );
     record.status = Status::Confirmed;
-    record.transaction = Some(tx.clone());
+    record.sent.transaction = Some(tx.clone());
     if let Some(existing) = records::insert_if_absent(&key, &record)? {
         return if existing.invoice.as_deref() == Some(c.id.as_str()) && existing.claim == key {
             Ok(wit::Settlement::Settled(tx))
