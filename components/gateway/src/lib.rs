@@ -169,17 +169,10 @@ async fn activate(req: Request) -> Result<Reply, ApiError> {
         return payment_required(&invoice, &quote, url).await;
     };
     let named = request.invoice_id.as_ref().or(invoice_header.as_ref());
-    let invoice = match proof.invoice_id(named)? {
-        Some(id) => load_invoice(&id).await?,
-        None if pay::is_v1(&proof) => {
-            pay::v1_invoice(&proof, || async {
-                Ok(issue_activation(&wit_request).await?.0)
-            })
-            .await?
-        }
-        // A v2 payment built from someone else's challenge: priced afresh, it will match nothing (402).
-        None => issue_activation(&wit_request).await?.0,
-    };
+    let invoice = pay::invoice_for(&proof, named, || async {
+        Ok(issue_activation(&wit_request).await?.0)
+    })
+    .await?;
     let fingerprint = request_fingerprint("activate", &body, &proof);
     let order = pay::Order::Activation(wit_request);
     let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
@@ -198,13 +191,6 @@ async fn issue_activation(
     .await
     .map_err(from_wit)?;
     Ok((invoice, quote))
-}
-
-async fn load_invoice(id: &esim402_core::InvoiceId) -> Result<wit::Invoice, ApiError> {
-    invoices::get(id.to_string(), now())
-        .await
-        .map_err(from_wit)?
-        .ok_or_else(|| ApiError::not_found(format!("no invoice {id}")))
 }
 
 /// Identity of a paid request for `payment-identifier`: route, body and payment.
@@ -268,13 +254,8 @@ async fn payment_required(
 }
 
 async fn get_invoice(id: &str) -> Result<Reply, ApiError> {
-    match invoices::get(id.to_owned(), now())
-        .await
-        .map_err(from_wit)?
-    {
-        Some(invoice) => Ok(json(200, convert::invoice_json(&invoice, None))),
-        None => Err(ApiError::not_found(format!("no invoice {id}"))),
-    }
+    let invoice = pay::load_invoice(id).await?;
+    Ok(json(200, convert::invoice_json(&invoice, None)))
 }
 
 async fn get_sim(iccid: &str) -> Result<Reply, ApiError> {
@@ -313,13 +294,10 @@ async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         let (invoice, quote) = issue().await?;
         return payment_required(&invoice, &quote, url).await;
     };
-    let invoice = match proof.invoice_id(invoice_header.as_ref())? {
-        Some(id) => load_invoice(&id).await?,
-        None if pay::is_v1(&proof) => {
-            pay::v1_invoice(&proof, || async { Ok(issue().await?.0) }).await?
-        }
-        None => issue().await?.0,
-    };
+    let invoice = pay::invoice_for(&proof, invoice_header.as_ref(), || async {
+        Ok(issue().await?.0)
+    })
+    .await?;
     let fingerprint = request_fingerprint(&format!("switch/{iccid}"), &body, &proof);
     let order = pay::Order::Switch {
         iccid: iccid.to_owned(),

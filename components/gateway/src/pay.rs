@@ -128,8 +128,8 @@ impl Proof {
     }
 
     /// The invoice the payment names (v2: inside `accepted`; tx-hash: the body's `invoice_id` or the
-    /// `X-Invoice-Id` header). v1 payments name none: the request is priced again.
-    pub fn invoice_id(&self, named: Option<&InvoiceId>) -> Result<Option<InvoiceId>, ApiError> {
+    /// `X-Invoice-Id` header). v1 payments name none: see [`invoice_for`].
+    fn invoice_id(&self, named: Option<&InvoiceId>) -> Result<Option<InvoiceId>, ApiError> {
         match (self.kind, &self.payload) {
             (Kind::TxHash, _) => named.cloned().map(Some).ok_or_else(|| {
                 ApiError::invalid(
@@ -162,9 +162,27 @@ impl Proof {
     }
 }
 
-/// The invoice a v1 payment (which names none) pays: the first request that presented it issued one with
-/// `issue`, and every replay of the same payment finds that one (so replays race on one invoice, like v2).
-pub async fn v1_invoice<F, Fut>(proof: &Proof, issue: F) -> Result<wit::Invoice, ApiError>
+/// The invoice `proof` pays. One it names (`named`: the request's invoice id, for tx-hash proofs) is loaded.
+/// A v1 payment names none: the first request that presented it issued one with `issue`, and every replay of
+/// the same payment finds that one (so replays race on one invoice, like v2). A v2 payment built from someone
+/// else's challenge is priced afresh with `issue`, and will match nothing (402).
+pub async fn invoice_for<F, Fut>(
+    proof: &Proof,
+    named: Option<&InvoiceId>,
+    issue: F,
+) -> Result<wit::Invoice, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<wit::Invoice, ApiError>>,
+{
+    match proof.invoice_id(named)? {
+        Some(id) => load_invoice(id.as_str()).await,
+        None if proof.kind == Kind::V1 => v1_invoice(proof, issue).await,
+        None => issue().await,
+    }
+}
+
+async fn v1_invoice<F, Fut>(proof: &Proof, issue: F) -> Result<wit::Invoice, ApiError>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<wit::Invoice, ApiError>>,
@@ -173,7 +191,7 @@ where
     if let Some(id) =
         kv::get_json::<String, ()>(&key).map_err(|e| ApiError::internal(e.to_string()))?
     {
-        return load(&id).await;
+        return load_invoice(&id).await;
     }
     let invoice = issue().await?;
     let bytes = serde_json::to_vec(&invoice.id).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -183,22 +201,18 @@ where
             let id: String = kv::get_json::<String, ()>(&key)
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .ok_or_else(|| ApiError::internal("v1 payment binding vanished"))?;
-            load(&id).await
+            load_invoice(&id).await
         }
         Err(e) => Err(ApiError::internal(format!("v1 payment binding: {e}"))),
     }
 }
 
-async fn load(id: &str) -> Result<wit::Invoice, ApiError> {
+/// An invoice by id; 404 if unknown.
+pub async fn load_invoice(id: &str) -> Result<wit::Invoice, ApiError> {
     invoices::get(id.to_owned(), now())
         .await
         .map_err(from_wit)?
         .ok_or_else(|| ApiError::not_found(format!("no invoice {id}")))
-}
-
-/// Whether the payment is x402 v1 (names no invoice).
-pub fn is_v1(proof: &Proof) -> bool {
-    proof.kind == Kind::V1
 }
 
 /// A `X-Invoice-Id` header value, parsed.
@@ -605,77 +619,75 @@ impl Attempt<'_> {
         }
     }
 
-    fn settle_response(&self, r: &SettleResponse) -> (String, String) {
+    /// The `PAYMENT-RESPONSE` (v1: `X-PAYMENT-RESPONSE`) header: success, or the reason it is not.
+    fn settle_response(
+        &self,
+        failure: Option<(&str, Option<&str>)>,
+        tx: &str,
+        payer: &str,
+    ) -> (String, String) {
+        let r = SettleResponse {
+            success: failure.is_none(),
+            error_reason: failure.map(|(reason, _)| reason.to_owned()),
+            error_message: failure.and_then(|(_, message)| message.map(str::to_owned)),
+            payer: Some(payer.to_owned()),
+            transaction: tx.to_owned(),
+            network: self.proof.network(self.invoice),
+            amount: None,
+            extensions: None,
+        };
         (
             self.response_header().to_owned(),
-            encode_payment_response_header(r),
+            encode_payment_response_header(&r),
         )
     }
 
     fn success(&self, sim: &wit::Sim, tx: &str, payer: &str) -> StoredResponse {
         let network = self.proof.network(self.invoice);
-        let settle = SettleResponse {
-            success: true,
-            error_reason: None,
-            error_message: None,
-            payer: Some(payer.to_owned()),
-            transaction: tx.to_owned(),
-            network: network.clone(),
-            amount: None,
-            extensions: None,
-        };
         let mut body = convert::sim_value(sim);
         body["activation_code"] = json!(sim.activation_code);
         body["transaction"] = json!(tx);
         body["payer"] = json!(payer);
         body["network"] = json!(network);
         body["amount_usdc"] = json!(UsdcAmount::from_micros(self.invoice.amount));
-        stored(200, vec![self.settle_response(&settle)], body.to_string())
+        stored(
+            200,
+            vec![self.settle_response(None, tx, payer)],
+            body.to_string(),
+        )
     }
 
     /// Broadcast, not yet confirmed: 402 with the non-terminal `settlement_pending`; the same payment sent
     /// again reconciles it (nothing is broadcast twice).
     fn pending(&self, tx: &str, payer: &str) -> StoredResponse {
-        let settle = SettleResponse {
-            success: false,
-            error_reason: Some(InvalidReason::SettlementPending.as_str().to_owned()),
-            error_message: Some(
-                "the settlement transaction is not confirmed yet; send the same payment again"
-                    .into(),
-            ),
-            payer: Some(payer.to_owned()),
-            transaction: tx.to_owned(),
-            network: self.proof.network(self.invoice),
-            amount: None,
-            extensions: None,
-        };
+        let settle = self.settle_response(
+            Some((
+                InvalidReason::SettlementPending.as_str(),
+                Some(
+                    "the settlement transaction is not confirmed yet; send the same payment again",
+                ),
+            )),
+            tx,
+            payer,
+        );
         let body = json!({
             "error": {"code": "settlement_pending",
                       "message": "payment broadcast but not confirmed yet; send the same payment again to collect the activation"},
             "invoice_id": self.invoice.id, "transaction": tx,
         });
-        let mut headers = vec![self.settle_response(&settle), retry_after()];
+        let mut headers = vec![settle, retry_after()];
         headers.extend(self.challenge_headers(InvalidReason::SettlementPending.as_str()));
         stored(402, headers, body.to_string())
     }
 
     fn settle_failed(&self, reason: &str, payer: &str) -> StoredResponse {
-        let settle = SettleResponse {
-            success: false,
-            error_reason: Some(reason.to_owned()),
-            error_message: None,
-            payer: Some(payer.to_owned()),
-            transaction: String::new(),
-            network: self.proof.network(self.invoice),
-            amount: None,
-            extensions: None,
-        };
+        let settle = self.settle_response(Some((reason, None)), "", payer);
         let body = json!({
             "error": {"code": "payment_required", "reason": reason,
                       "message": format!("settlement failed ({reason}); no payment was taken and the profile was withdrawn; request a new invoice")},
             "invoice_id": self.invoice.id, "charged": false,
         });
-        stored(402, vec![self.settle_response(&settle)], body.to_string())
+        stored(402, vec![settle], body.to_string())
     }
 
     /// 402 for a refused payment: the invoice's challenge again, with the reason as its `error`.
