@@ -157,6 +157,38 @@ impl PayStack {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Present a tx-hash proof for the invoice (a 402 body) with the request `body`.
+    pub async fn prove(
+        &self,
+        body: &Value,
+        tx: String,
+        invoice: &Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+        self.post(
+            "/v1/esim/activate",
+            body,
+            &[("x-payment-proof", tx), ("x-invoice-id", id)],
+        )
+        .await
+    }
+
+    /// Wait (at most 2 s) until anvil shows `tx` mined: it answers `eth_sendTransaction` before its automined
+    /// block is visible.
+    pub async fn mined(&self, tx: &str) {
+        for _ in 0..200 {
+            if !self
+                .rpc("eth_getTransactionReceipt", json!([tx]))
+                .await
+                .is_null()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{tx} was not mined within 2 s");
+    }
+
     /// Ask for an activation: the 402's body and its first v2 requirement.
     pub async fn invoice(&self, body: &Value) -> (Value, PaymentRequirements) {
         let (status, headers, body) = self.post("/v1/esim/activate", body, &[]).await;
@@ -707,22 +739,12 @@ async fn a_failed_activation_settles_nothing() {
     assert_eq!(verify["ok"], true);
 }
 
-/// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash, once mined
-/// (anvil answers `eth_sendTransaction` before its automined block is visible).
+/// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash, once mined.
 async fn pay_directly(s: &PayStack, to: Address, amount: U256) -> String {
     let data = transferCall { to, value: amount }.abi_encode();
     let tx = s.send_token(agent(), data).await;
-    for _ in 0..200 {
-        if !s
-            .rpc("eth_getTransactionReceipt", json!([tx]))
-            .await
-            .is_null()
-        {
-            return tx;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{tx} was not mined within 2 s");
+    s.mined(&tx).await;
+    tx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -766,19 +788,7 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
     let thief = json!({"region": "us-west", "data_mb": 100, "payer": chain::DEPLOYER.to_string()});
     let (stolen, _) = s.invoice(&thief).await;
     let tx2 = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
-    let (status, _, body2) = s
-        .post(
-            "/v1/esim/activate",
-            &thief,
-            &[
-                ("x-payment-proof", tx2.clone()),
-                (
-                    "x-invoice-id",
-                    stolen["invoice_id"].as_str().unwrap().to_owned(),
-                ),
-            ],
-        )
-        .await;
+    let (status, _, body2) = s.prove(&thief, tx2.clone(), &stolen).await;
     assert_eq!(status, 402, "{body2}");
     // An underpaying transfer and a transfer to someone else are refused too.
     for (to, amount) in [
@@ -787,19 +797,7 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
     ] {
         let (inv, _) = s.invoice(&body).await;
         let tx = pay_directly(&s, to, amount).await;
-        let (status, _, refused) = s
-            .post(
-                "/v1/esim/activate",
-                &body,
-                &[
-                    ("x-payment-proof", tx),
-                    (
-                        "x-invoice-id",
-                        inv["invoice_id"].as_str().unwrap().to_owned(),
-                    ),
-                ],
-            )
-            .await;
+        let (status, _, refused) = s.prove(&body, tx, &inv).await;
         assert_eq!(status, 402, "{refused}");
     }
     // Paying in another asset (ether instead of the invoice's token) proves nothing either.
@@ -811,26 +809,8 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
         )
         .await;
     let eth = eth.as_str().unwrap().to_owned();
-    while s
-        .rpc("eth_getTransactionReceipt", json!([eth]))
-        .await
-        .is_null()
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let (status, _, refused) = s
-        .post(
-            "/v1/esim/activate",
-            &body,
-            &[
-                ("x-payment-proof", eth),
-                (
-                    "x-invoice-id",
-                    inv["invoice_id"].as_str().unwrap().to_owned(),
-                ),
-            ],
-        )
-        .await;
+    s.mined(&eth).await;
+    let (status, _, refused) = s.prove(&body, eth, &inv).await;
     assert_eq!(status, 402, "{refused}");
     assert_eq!(refused["error"]["reason"], "invalid_payload", "{refused}");
     // A reverted transfer (more than the agent holds) proves nothing.
@@ -839,19 +819,7 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
     let tx = pay_directly(&s, chain::RECIPIENT, huge).await;
     let receipt = s.rpc("eth_getTransactionReceipt", json!([tx])).await;
     assert_eq!(receipt["status"], "0x0");
-    let (status, _, refused) = s
-        .post(
-            "/v1/esim/activate",
-            &body,
-            &[
-                ("x-payment-proof", tx),
-                (
-                    "x-invoice-id",
-                    inv["invoice_id"].as_str().unwrap().to_owned(),
-                ),
-            ],
-        )
-        .await;
+    let (status, _, refused) = s.prove(&body, tx, &inv).await;
     assert_eq!(status, 402, "{refused}");
     assert_eq!(
         refused["error"]["reason"],
