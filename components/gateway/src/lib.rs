@@ -363,11 +363,8 @@ async fn facilitator(req: Request, settle: bool) -> Result<Reply, ApiError> {
 /// `POST /admin/refunds/run?limit=N` (for cron): pay owed refunds from the treasury key. Needs
 /// `Authorization: Bearer <admin_token>`; with `admin_token` unset the endpoint is disabled (403).
 async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
-    let token = spin_sdk::variables::get("admin_token")
+    let token = esim402_guest::config::optional_var("admin_token")
         .await
-        .ok()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             ApiError::new(
                 ErrorKind::Forbidden,

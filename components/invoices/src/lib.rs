@@ -7,7 +7,7 @@
 use esim402_core::invoice::{Invoice, InvoiceStatus, PaymentOption, Purchase};
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::x402::Networks;
-use esim402_core::x402::networks::{TokenOverrides, narrow};
+use esim402_core::x402::networks::narrow;
 use esim402_core::{InvoiceId, Network, UsdcAmount, chain::parse_address};
 use spin_sdk::key_value::Store;
 
@@ -54,14 +54,6 @@ fn config_error(name: &str, msg: impl std::fmt::Display) -> wit::Error {
     wit::Error::Internal(format!("variable {name} is invalid: {msg}"))
 }
 
-async fn optional_var(name: &str) -> Option<String> {
-    spin_sdk::variables::get(name)
-        .await
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
 /// The payment options for a purchase: one per enabled network (`payment_network`, a comma-separated list,
 /// preferred first; the `usdc_*` overrides apply to the first), narrowed to the payer's `preference` in its
 /// order. A preference naming no enabled network is a 400 on `chain` listing what is enabled.
@@ -69,19 +61,9 @@ async fn payment_options(
     amount: UsdcAmount,
     preference: &[String],
 ) -> Result<Vec<PaymentOption>, wit::Error> {
-    let spec = var("payment_network").await?;
-    let overrides = TokenOverrides {
-        usdc: match optional_var("usdc_address").await {
-            Some(a) => Some(parse_address(&a).map_err(|e| config_error("usdc_address", e))?),
-            None => None,
-        },
-        eip712_name: optional_var("usdc_eip712_name").await,
-        eip712_version: optional_var("usdc_eip712_version").await,
-        confirmations: None,
-    };
-    let enabled = Networks::builtin()
-        .enabled(&spec, &overrides)
-        .map_err(|e| config_error("payment_network", e))?;
+    let enabled = esim402_guest::config::enabled_networks()
+        .await
+        .map_err(|e| wit::Error::Internal(e.to_string()))?;
     let preference = preference
         .iter()
         .map(|p| {

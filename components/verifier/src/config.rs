@@ -15,10 +15,10 @@
 
 use std::time::Duration;
 
-use esim402_core::chain::parse_address;
 use esim402_core::evm::SigningKey;
-use esim402_core::x402::networks::TokenOverrides;
 use esim402_core::x402::{InvalidReason, NetworkConfig, Networks};
+
+use esim402_guest::config::optional_var;
 
 use crate::chain::Chain;
 use crate::{rejected, wit};
@@ -39,14 +39,6 @@ pub struct Config {
     signer: Option<Result<SigningKey, String>>,
     /// The treasury key that pays refunds, the same way.
     treasury: Option<Result<SigningKey, String>>,
-}
-
-async fn optional_var(name: &str) -> Option<String> {
-    spin_sdk::variables::get(name)
-        .await
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
 }
 
 fn config_error(name: &str, msg: impl std::fmt::Display) -> wit::Error {
@@ -76,7 +68,9 @@ fn key_or_error<'a>(
 impl Config {
     /// Read every variable; a missing or invalid one is an `internal` error naming it (never its value).
     pub async fn load() -> Result<Self, wit::Error> {
-        let networks = Self::enabled_networks().await?;
+        let networks = esim402_guest::config::enabled_networks()
+            .await
+            .map_err(|e| wit::Error::Internal(e.to_string()))?;
         let mut enabled = Vec::with_capacity(networks.len());
         for (i, n) in networks.into_iter().enumerate() {
             let url = match (i, optional_var("rpc_url").await) {
@@ -114,32 +108,6 @@ impl Config {
             signer: key_var("facilitator_private_key").await,
             treasury: key_var("treasury_private_key").await,
         })
-    }
-
-    async fn enabled_networks() -> Result<Vec<NetworkConfig>, wit::Error> {
-        let spec = optional_var("payment_network")
-            .await
-            .ok_or_else(|| wit::Error::Internal("variable payment_network is not set".into()))?;
-        let overrides = TokenOverrides {
-            usdc: match optional_var("usdc_address").await {
-                Some(a) => Some(parse_address(&a).map_err(|e| config_error("usdc_address", e))?),
-                None => None,
-            },
-            eip712_name: optional_var("usdc_eip712_name").await,
-            eip712_version: optional_var("usdc_eip712_version").await,
-            confirmations: match optional_var("payment_confirmations").await {
-                Some(c) => Some(
-                    c.parse::<u32>()
-                        .ok()
-                        .filter(|c| (1..=1000).contains(c))
-                        .ok_or_else(|| config_error("payment_confirmations", "expected 1-1000"))?,
-                ),
-                None => None,
-            },
-        };
-        Networks::builtin()
-            .enabled(&spec, &overrides)
-            .map_err(|e| config_error("payment_network", e))
     }
 
     /// The enabled networks as a registry, for `/supported` and request resolution.

@@ -1,0 +1,68 @@
+//! Spin variables more than one component reads: optional settings, and the enabled payment networks.
+
+use esim402_core::chain::parse_address;
+use esim402_core::x402::networks::TokenOverrides;
+use esim402_core::x402::{NetworkConfig, Networks};
+
+/// A variable's value, trimmed; `None` when unset, unreadable or blank.
+pub async fn optional_var(name: &str) -> Option<String> {
+    spin_sdk::variables::get(name)
+        .await
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// A variable that is missing or invalid: its name and why (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarError {
+    /// The variable.
+    pub name: &'static str,
+    /// What is wrong with it: `is not set`, or `is invalid: …`.
+    pub problem: String,
+}
+
+impl std::fmt::Display for VarError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "variable {} {}", self.name, self.problem)
+    }
+}
+
+fn invalid(name: &'static str, message: impl std::fmt::Display) -> VarError {
+    VarError {
+        name,
+        problem: format!("is invalid: {message}"),
+    }
+}
+
+/// The deployment's enabled networks, preferred first: `payment_network` (comma-separated CAIP-2 ids or
+/// registry names) resolved in the kernel's registry, with `usdc_address`, `usdc_eip712_name`,
+/// `usdc_eip712_version` and `payment_confirmations` overriding the first network's settings when set.
+pub async fn enabled_networks() -> Result<Vec<NetworkConfig>, VarError> {
+    let spec = optional_var("payment_network")
+        .await
+        .ok_or_else(|| VarError {
+            name: "payment_network",
+            problem: "is not set".into(),
+        })?;
+    let overrides = TokenOverrides {
+        usdc: match optional_var("usdc_address").await {
+            Some(a) => Some(parse_address(&a).map_err(|e| invalid("usdc_address", e))?),
+            None => None,
+        },
+        eip712_name: optional_var("usdc_eip712_name").await,
+        eip712_version: optional_var("usdc_eip712_version").await,
+        confirmations: match optional_var("payment_confirmations").await {
+            Some(c) => Some(
+                c.parse::<u32>()
+                    .ok()
+                    .filter(|c| (1..=1000).contains(c))
+                    .ok_or_else(|| invalid("payment_confirmations", "expected 1-1000"))?,
+            ),
+            None => None,
+        },
+    };
+    Networks::builtin()
+        .enabled(&spec, &overrides)
+        .map_err(|e| invalid("payment_network", e))
+}
