@@ -202,23 +202,23 @@ pub fn component_bytes(manifest: &Manifest, id: &str) -> anyhow::Result<Vec<u8>>
         return Ok(main);
     }
     let mut deps = Vec::new();
-    for (import, dep) in &decl.dependencies {
-        let (name, bytes) = match (&dep.component, &dep.path) {
+    for (name, dep) in &decl.dependencies {
+        let (source, bytes) = match (&dep.component, &dep.path) {
             (Some(other), _) => (
                 other.clone(),
                 read_source(manifest, other, &manifest.components[other].source)?,
             ),
             (None, Some(path)) => (path.clone(), read_source(manifest, id, path)?),
-            (None, None) => bail!("component {id}: dependency {import:?} has no source"),
+            (None, None) => bail!("component {id}: dependency {name:?} has no source"),
         };
         let inherit = dep.inherit_configuration.clone().unwrap_or(Inherit::All(
             decl.dependencies_inherit_configuration.unwrap_or(false),
         ));
         deps.push(Dependency {
-            import,
+            name,
             export: dep.export.as_deref(),
             bytes,
-            name,
+            source,
             inherit,
         });
     }

@@ -354,6 +354,12 @@ impl Manifest {
                     );
                 }
             }
+            crate::compose::validate_names(
+                c.dependencies
+                    .iter()
+                    .map(|(name, dep)| (name.as_str(), dep.export.is_some())),
+            )
+            .with_context(|| format!("component {id:?} has invalid dependencies"))?;
             for (import, dep) in &c.dependencies {
                 ensure!(
                     dep.version.is_none()

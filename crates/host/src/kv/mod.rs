@@ -3,7 +3,11 @@
 //! Every backend implements the atomics correctly: `compare_and_swap` succeeds only if the key still holds
 //! exactly the expected value — and an expected *absence* means the key must still be absent (Spin's SQLite
 //! store treats CAS on a missing key as an unconditional write, and its Redis store can lose a CAS between
-//! WATCH and EXEC; neither hole exists here). Counters are stored as decimal ASCII, as Redis `INCRBY` does.
+//! WATCH and EXEC; neither hole exists here). Counters are stored as each backend's Spin counterpart stores
+//! them: 8-byte little-endian on SQLite, decimal ASCII on Redis (`INCRBY`) and in memory.
+//!
+//! The app itself never relies on compare-and-swap (Spin's stores cannot be trusted with it; see
+//! `esim402_core::store::cell`): it is implemented correctly here for other guests.
 
 use std::sync::Arc;
 
@@ -108,7 +112,6 @@ pub(crate) mod conformance {
         assert_eq!(store.get("b").await.unwrap().as_deref(), Some(&b"y"[..]));
         assert_eq!(store.increment("n", 5).await.unwrap(), 5);
         assert_eq!(store.increment("n", -2).await.unwrap(), 3);
-        assert!(store.increment("a", 1).await.is_ok(), "\"1\" is a counter");
         store.set("t", b"text").await.unwrap();
         assert!(store.increment("t", 1).await.is_err());
         let mut keys = store.keys().await.unwrap();

@@ -1,6 +1,8 @@
 //! SQLite backend, file-compatible with Spin's `type = "spin"` store (table `spin_key_value`, one row per
-//! `(store, key)`). Operations run on a blocking thread; atomics run inside `BEGIN IMMEDIATE` transactions, so
-//! concurrent writers (even other processes on the same file) serialise on SQLite's write lock.
+//! `(store, key)`; counters as 8-byte little-endian integers, as Spin's `increment` writes them), so `spin up`
+//! and `esim402 up` can take turns on one `.spin/sqlite_key_value.db`. Operations run on a blocking thread;
+//! atomics run inside `BEGIN IMMEDIATE` transactions, so concurrent writers (even other processes on the same
+//! file) serialise on SQLite's write lock.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Backend, KvError, KvResult, parse_counter};
+use super::{Backend, KvError, KvResult};
 
 /// One store label inside a SQLite file.
 pub struct SqliteStore {
@@ -98,12 +100,20 @@ impl Backend for SqliteStore {
             let current: Option<Vec<u8>> = tx
                 .query_row(GET, params![s, key], |r| r.get(0))
                 .optional()?;
-            let next = match parse_counter(&key, current.as_deref()).map(|n| n.checked_add(delta)) {
-                Ok(Some(n)) => n,
-                Ok(None) => return Ok(Err(KvError("counter overflow".into()))),
-                Err(e) => return Ok(Err(e)),
+            let current = match current.map(|v| <[u8; 8]>::try_from(v.as_slice())) {
+                None => 0,
+                Some(Ok(le)) => i64::from_le_bytes(le),
+                // Spin's own store panics here; this one refuses.
+                Some(Err(_)) => {
+                    return Ok(Err(KvError(format!(
+                        "value of {key:?} is not a counter (8-byte little-endian integer)"
+                    ))));
+                }
             };
-            tx.execute(UPSERT, params![s, key, next.to_string().into_bytes()])?;
+            let Some(next) = current.checked_add(delta) else {
+                return Ok(Err(KvError("counter overflow".into())));
+            };
+            tx.execute(UPSERT, params![s, key, next.to_le_bytes().to_vec()])?;
             tx.commit()?;
             Ok(Ok(next))
         })
@@ -142,6 +152,16 @@ mod tests {
         let path = dir.path().join("kv.db");
         super::super::conformance::check(Arc::new(SqliteStore::open(&path, "default").unwrap()))
             .await;
+        // Counters are stored as Spin stores them: 8 bytes, little-endian.
+        let again = SqliteStore::open(&path, "default").unwrap();
+        assert_eq!(
+            again.get("n").await.unwrap(),
+            Some(3i64.to_le_bytes().to_vec())
+        );
+        assert!(
+            again.increment("b", 1).await.is_err(),
+            "\"y\" is not a counter"
+        );
         // A second handle (a restarted host) sees the data; another label does not.
         let again = SqliteStore::open(&path, "default").unwrap();
         assert_eq!(again.get("b").await.unwrap().as_deref(), Some(&b"y"[..]));
