@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use esim402_core::store::cell::Stored;
 use esim402_host::kv::{Backend, RedisStore};
 use esim402_host::runtime_config::StoreConfig;
 use esim402_tests::{RedisServer, options, spawn_app};
@@ -29,12 +30,14 @@ async fn invoices_land_in_redis() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let stored: Option<String> = redis::cmd("GET")
+    let stored: Option<Vec<u8>> = redis::cmd("GET")
         .arg(format!("invoice/{id}"))
         .query_async(&mut conn)
         .await
         .unwrap();
-    let stored: Value = serde_json::from_str(&stored.expect("invoice key in redis")).unwrap();
+    let cell = Stored::decode(&stored.expect("invoice key in redis")).unwrap();
+    assert_eq!(cell.version, 1, "a new invoice is version 1 of its cell");
+    let stored: Value = serde_json::from_slice(&cell.data.unwrap()).unwrap();
     assert_eq!(stored["status"], "open");
     app.stop().await;
 }

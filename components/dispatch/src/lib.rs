@@ -43,8 +43,8 @@ mod export {
 mod es2_client;
 mod records;
 
-use bindings::esim402::facilitator::types as wit;
-use bindings::exports::esim402::facilitator::dispatch::Guest;
+use bindings::esim402::types::types as wit;
+use bindings::exports::esim402::dispatch::dispatch::Guest;
 use es2_client::Transport;
 use records::{CLEANUP_KEY, Cleanup, Order, OrderStatus, Step, StoredSim, order_key, sim_key};
 
@@ -205,8 +205,10 @@ fn parse_iccid(iccid: &str) -> Result<Iccid, wit::Error> {
     Iccid::parse(iccid).map_err(|e| invalid("iccid", e.to_string()))
 }
 
-fn load_sim(iccid: &Iccid) -> Result<Option<StoredSim>, wit::Error> {
-    kv::get_json::<StoredSim, wit::Error>(&sim_key(iccid.as_str())).map_err(kv_err)
+async fn load_sim(iccid: &Iccid) -> Result<Option<StoredSim>, wit::Error> {
+    kv::get_json::<StoredSim, wit::Error>(&sim_key(iccid.as_str()))
+        .await
+        .map_err(kv_err)
 }
 
 // ---- ES2+ calls ------------------------------------------------------------------------------------------
@@ -297,18 +299,20 @@ async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool) {
             carrier: carrier.id.to_string(),
             iccid: iccid.as_str().to_owned(),
             retire,
-        });
+        })
+        .await;
     }
 }
 
-fn enqueue(item: Cleanup) {
+async fn enqueue(item: Cleanup) {
     let r = kv::update_json::<Vec<Cleanup>, ()>(CLEANUP_KEY, |q| {
         let mut q = q.unwrap_or_default();
         if !q.contains(&item) {
             q.push(item.clone());
         }
         Ok(q)
-    });
+    })
+    .await;
     if let Err(e) = r {
         eprintln!("dispatch: cannot queue carrier cleanup: {e}");
     }
@@ -318,7 +322,7 @@ fn enqueue(item: Cleanup) {
 /// item), try each once, and re-queue what still fails.
 async fn sweep(cfg: &Config, max: usize) {
     // The common case is an empty queue: a plain read, so concurrent orders do not contend on a write.
-    match kv::get_json::<Vec<Cleanup>, ()>(CLEANUP_KEY) {
+    match kv::get_json::<Vec<Cleanup>, ()>(CLEANUP_KEY).await {
         Ok(Some(q)) if !q.is_empty() => {}
         _ => return,
     }
@@ -326,7 +330,8 @@ async fn sweep(cfg: &Config, max: usize) {
         let mut q = q.unwrap_or_default();
         let taken: Vec<_> = q.drain(..q.len().min(max)).collect();
         Ok((q, taken))
-    });
+    })
+    .await;
     let Ok((_, taken)) = taken else { return };
     for item in taken {
         match &item {
@@ -369,7 +374,7 @@ async fn sweep(cfg: &Config, max: usize) {
                             cancel(cfg, c, &iccid, false).await;
                         }
                     }
-                    Err(_) => enqueue(item.clone()),
+                    Err(_) => enqueue(item.clone()).await,
                 }
             }
         }
@@ -411,7 +416,7 @@ enum ClaimOutcome {
 }
 
 /// Claim the order journal for `invoice_id`: new, or taken over once the previous driver's lease expired.
-fn claim(invoice_id: &str, now: u64, lease: u64) -> Result<ClaimOutcome, wit::Error> {
+async fn claim(invoice_id: &str, now: u64, lease: u64) -> Result<ClaimOutcome, wit::Error> {
     let token = format!("{:016x}", random_u64()?);
     let (order, outcome) =
         kv::update_json_with::<Order, u8, wit::Error>(&order_key(invoice_id), |current| {
@@ -438,6 +443,7 @@ fn claim(invoice_id: &str, now: u64, lease: u64) -> Result<ClaimOutcome, wit::Er
                 Some(o) => Ok((o, 1)),
             }
         })
+        .await
         .map_err(kv_err)?;
     Ok(match (outcome, order.status) {
         (0, _) => ClaimOutcome::Mine(Claimed { order }),
@@ -448,7 +454,7 @@ fn claim(invoice_id: &str, now: u64, lease: u64) -> Result<ClaimOutcome, wit::Er
 }
 
 /// Update the journal if we still hold it.
-fn journal(claim: &Claimed, f: impl Fn(&mut Order)) -> Result<Order, wit::Error> {
+async fn journal(claim: &Claimed, f: impl Fn(&mut Order)) -> Result<Order, wit::Error> {
     let token = claim.order.token.clone();
     let id = claim.order.invoice_id.clone();
     kv::update_json::<Order, wit::Error>(&order_key(&id), |current| {
@@ -461,11 +467,13 @@ fn journal(claim: &Claimed, f: impl Fn(&mut Order)) -> Result<Order, wit::Error>
         f(&mut o);
         Ok(o)
     })
+    .await
     .map_err(kv_err)
 }
 
-fn put_sim(sim: &StoredSim) -> Result<(), wit::Error> {
+async fn put_sim(sim: &StoredSim) -> Result<(), wit::Error> {
     kv::update_json::<StoredSim, wit::Error>(&sim_key(&sim.iccid), |_| Ok(sim.clone()))
+        .await
         .map(|_| ())
         .map_err(kv_err)
 }
@@ -531,7 +539,8 @@ async fn try_carrier(
                     fci: download_fci,
                     profile_type: carrier.profile_type.clone(),
                     eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
-                });
+                })
+                .await;
                 return Err(Skip::Next(format!("{id}: DownloadOrder {t}")));
             }
         };
@@ -576,11 +585,11 @@ async fn try_carrier(
         confirm_fci: fci().map_err(Skip::Reject)?,
     };
     // Journal first, then the pending SIM: a crash after this point is resumable and visible.
-    if let Err(e) = journal(claim, |o| o.step = Some(step.clone())) {
+    if let Err(e) = journal(claim, |o| o.step = Some(step.clone())).await {
         cancel(cfg, carrier, &iccid, false).await;
         return Err(Skip::Reject(e));
     }
-    put_sim(&sim).map_err(Skip::Reject)?;
+    put_sim(&sim).await.map_err(Skip::Reject)?;
     finish(cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await?;
     Ok(sim)
 }
@@ -599,7 +608,7 @@ async fn finish(
             sim.state = SimState::Active;
             sim.profile_state = Some(esim402_core::esim::ProfileState::Released);
             sim.activation_code = Some(code.to_string());
-            put_sim(sim).map_err(Skip::Reject)?;
+            put_sim(sim).await.map_err(Skip::Reject)?;
             Ok(())
         }
         Err(Err(Transport::Timeout)) if deadline.next_call().is_none() => {
@@ -616,7 +625,7 @@ async fn finish(
                 cancel(cfg, carrier, &iccid, false).await;
             }
             sim.state = SimState::Failed;
-            let _ = put_sim(sim);
+            let _ = put_sim(sim).await;
             Err(Skip::Next(format!("{}: {why}", carrier.id)))
         }
     }
@@ -630,15 +639,16 @@ async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim,
     let cfg = Config::load().await?;
     let carriers = candidates(&cfg, &spec)?;
     let lease = cfg.budget.as_secs() + cfg.call_timeout.as_secs() * 2 + 5;
-    let claimed = match claim(invoice_id, now, lease)? {
+    let claimed = match claim(invoice_id, now, lease).await? {
         ClaimOutcome::Mine(c) => c,
         ClaimOutcome::Done(iccid) => {
-            return load_sim(&parse_iccid(&iccid)?)?
+            return load_sim(&parse_iccid(&iccid)?)
+                .await?
                 .ok_or_else(|| wit::Error::Internal(format!("SIM {iccid} vanished")));
         }
         ClaimOutcome::Failed(e) => return Err(wit::Error::Unavailable(e)),
         ClaimOutcome::Busy(Some(iccid)) => {
-            if let Some(sim) = load_sim(&parse_iccid(&iccid)?)? {
+            if let Some(sim) = load_sim(&parse_iccid(&iccid)?).await? {
                 return Ok(sim);
             }
             return Err(wit::Error::Conflict(format!(
@@ -659,18 +669,18 @@ async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim,
     let mut skip_until: Option<String> = None;
     if let Some(step) = claimed.order.step.clone() {
         let carrier = cfg.carrier(&step.carrier)?;
-        let mut sim = match load_sim(&parse_iccid(&step.iccid)?)? {
+        let mut sim = match load_sim(&parse_iccid(&step.iccid)?).await? {
             Some(s) => s,
             None => return Err(wit::Error::Internal("pending SIM record missing".into())),
         };
         match finish(&cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await {
-            Ok(()) => return complete(&claimed, sim, failovers),
+            Ok(()) => return complete(&claimed, sim, failovers).await,
             Err(Skip::Next(why)) => {
                 failovers.push(why);
                 skip_until = Some(step.carrier.clone());
             }
             Err(Skip::Pending(sim)) => return Ok(sim),
-            Err(Skip::Reject(e)) => return fail(&claimed, e, failovers),
+            Err(Skip::Reject(e)) => return fail(&claimed, e, failovers).await,
         }
     }
 
@@ -684,12 +694,12 @@ async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim,
             failovers.push(format!("{}: retry budget exhausted", carrier.id));
             break;
         }
-        let _ = journal(&claimed, |o| o.failovers = failovers.clone());
+        let _ = journal(&claimed, |o| o.failovers = failovers.clone()).await;
         match try_carrier(&cfg, &claimed, &spec, carrier, deadline, now).await {
-            Ok(sim) => return complete(&claimed, sim, failovers),
+            Ok(sim) => return complete(&claimed, sim, failovers).await,
             Err(Skip::Next(why)) => failovers.push(why),
             Err(Skip::Pending(sim)) => return Ok(sim),
-            Err(Skip::Reject(e)) => return fail(&claimed, e, failovers),
+            Err(Skip::Reject(e)) => return fail(&claimed, e, failovers).await,
         }
     }
     let e = wit::Error::Unavailable(format!(
@@ -697,26 +707,31 @@ async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim,
         spec.region,
         failovers.join("; ")
     ));
-    fail(&claimed, e, failovers)
+    fail(&claimed, e, failovers).await
 }
 
-fn complete(
+async fn complete(
     claimed: &Claimed,
     mut sim: StoredSim,
     failovers: Vec<String>,
 ) -> Result<StoredSim, wit::Error> {
     sim.failovers = failovers.clone();
-    put_sim(&sim)?;
+    put_sim(&sim).await?;
     journal(claimed, |o| {
         o.status = OrderStatus::Done;
         o.iccid = Some(sim.iccid.clone());
         o.step = None;
         o.failovers = failovers.clone();
-    })?;
+    })
+    .await?;
     Ok(sim)
 }
 
-fn fail(claimed: &Claimed, e: wit::Error, failovers: Vec<String>) -> Result<StoredSim, wit::Error> {
+async fn fail(
+    claimed: &Claimed,
+    e: wit::Error,
+    failovers: Vec<String>,
+) -> Result<StoredSim, wit::Error> {
     let msg = match &e {
         wit::Error::InvalidInput(f) => format!("{}: {}", f.field, f.message),
         wit::Error::Unavailable(m) | wit::Error::Conflict(m) | wit::Error::Internal(m) => m.clone(),
@@ -727,7 +742,8 @@ fn fail(claimed: &Claimed, e: wit::Error, failovers: Vec<String>) -> Result<Stor
         o.error = Some(msg.clone());
         o.step = None;
         o.failovers = failovers.clone();
-    });
+    })
+    .await;
     Err(e)
 }
 
@@ -789,12 +805,14 @@ fn switch_target(
     }
 }
 
-fn existing_sim(iccid: &str) -> Result<StoredSim, wit::Error> {
-    load_sim(&parse_iccid(iccid)?)?.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))
+async fn existing_sim(iccid: &str) -> Result<StoredSim, wit::Error> {
+    load_sim(&parse_iccid(iccid)?)
+        .await?
+        .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))
 }
 
 /// Apply a lifecycle action with compare-and-swap; an invalid transition is a conflict.
-fn transition(iccid: &Iccid, action: SimAction) -> Result<(StoredSim, SimState), wit::Error> {
+async fn transition(iccid: &Iccid, action: SimAction) -> Result<(StoredSim, SimState), wit::Error> {
     kv::update_json_with::<StoredSim, SimState, wit::Error>(&sim_key(iccid.as_str()), |current| {
         let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
         let before = sim.state;
@@ -803,6 +821,7 @@ fn transition(iccid: &Iccid, action: SimAction) -> Result<(StoredSim, SimState),
             .map_err(|e| wit::Error::Conflict(e.to_string()))?;
         Ok((sim, before))
     })
+    .await
     .map_err(kv_err)
 }
 
@@ -837,7 +856,7 @@ impl Guest for Component {
     }
 
     async fn get_sim(iccid: String) -> Result<Option<wit::Sim>, wit::Error> {
-        let Some(sim) = load_sim(&parse_iccid(&iccid)?)? else {
+        let Some(sim) = load_sim(&parse_iccid(&iccid)?).await? else {
             return Ok(None);
         };
         if sim.state == SimState::Pending {
@@ -845,7 +864,7 @@ impl Guest for Component {
             if let Ok(done) = resume_pending(&sim).await {
                 return Ok(Some(done.to_wit()));
             }
-            return Ok(load_sim(&parse_iccid(&iccid)?)?.map(|s| s.to_wit()));
+            return Ok(load_sim(&parse_iccid(&iccid)?).await?.map(|s| s.to_wit()));
         }
         Ok(Some(sim.to_wit()))
     }
@@ -855,7 +874,7 @@ impl Guest for Component {
         target: wit::SwitchTarget,
     ) -> Result<wit::Quote, wit::Error> {
         let cfg = Config::load().await?;
-        let sim = existing_sim(&iccid)?;
+        let sim = existing_sim(&iccid).await?;
         let (region, carrier, _) = switch_target(&cfg, &sim, &target)?;
         let from = CarrierId::parse(&sim.carrier).map_err(|e| wit::Error::Internal(e.0.into()))?;
         let data_mb =
@@ -880,7 +899,7 @@ impl Guest for Component {
         now: u64,
     ) -> Result<wit::Sim, wit::Error> {
         let cfg = Config::load().await?;
-        let old = existing_sim(&iccid)?;
+        let old = existing_sim(&iccid).await?;
         let (region, carrier, failover) = switch_target(&cfg, &old, &target)?;
         let spec = OrderSpec {
             region,
@@ -904,6 +923,7 @@ impl Guest for Component {
             s.replaced_by = Some(new_iccid.clone());
             Ok(s)
         })
+        .await
         .map_err(kv_err)?;
         Ok(new.to_wit())
     }
@@ -918,7 +938,7 @@ impl Guest for Component {
             wit::LifecycleAction::Resume => SimAction::Resume,
             wit::LifecycleAction::Terminate => SimAction::Terminate,
         };
-        let (sim, _) = transition(&iccid, action)?;
+        let (sim, _) = transition(&iccid, action).await?;
         if action == SimAction::Terminate
             && matches!(
                 sim.profile_state,
@@ -956,13 +976,14 @@ impl Guest for Component {
                 Ok((sim, ()))
             },
         )
+        .await
         .map_err(kv_err)?;
         if sim.profile_state == Some(esim402_core::esim::ProfileState::Installed)
             && let Some(old) = &sim.replaces
             && let Ok(old) = Iccid::parse(old)
         {
             // The replacement is installed: the old SIM leaves service (already terminated is fine).
-            match transition(&old, SimAction::Terminate) {
+            match transition(&old, SimAction::Terminate).await {
                 Ok(_) | Err(wit::Error::Conflict(_)) => {}
                 Err(e) => return Err(e),
             }

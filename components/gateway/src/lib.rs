@@ -30,7 +30,11 @@ mod bindings {
 mod convert;
 mod pay;
 
-use bindings::esim402::facilitator::{dispatch, invoices, metering, types as wit, verifier};
+use bindings::esim402::dispatch::dispatch;
+use bindings::esim402::invoices::invoices;
+use bindings::esim402::metering::metering;
+use bindings::esim402::types::types as wit;
+use bindings::esim402::verifier::verifier;
 
 type Reply = spin_sdk::http::Response<String>;
 
@@ -116,8 +120,8 @@ async fn handle(req: Request) -> impl IntoResponse {
             download_progress(req).await
         }
         (Method::GET, ["v1", "balance", iccid]) => get_balance(iccid).await,
-        (Method::GET, ["v1", "ledger", "verify"]) => ledger_verify(),
-        (Method::GET, ["v1", "ledger"]) => ledger_export(req.uri().query()),
+        (Method::GET, ["v1", "ledger", "verify"]) => ledger_verify().await,
+        (Method::GET, ["v1", "ledger"]) => ledger_export(req.uri().query()).await,
         (Method::POST, ["verify"]) => facilitator(req, false).await,
         (Method::POST, ["settle"]) => facilitator(req, true).await,
         (Method::POST, ["admin", "refunds", "run"]) => run_refunds(&req).await,
@@ -424,8 +428,10 @@ fn ledger_err(e: esim402_guest::kv::KvError<()>) -> ApiError {
 
 /// `GET /v1/ledger/verify`: recompute the hash chain from the stored entries and compare it with the stored
 /// head. 200 either way; `ok: false` names the first problem (edited, removed, reordered or forged entry).
-fn ledger_verify() -> Result<Reply, ApiError> {
-    let (head, entries) = esim402_guest::ledger::read_all().map_err(ledger_err)?;
+async fn ledger_verify() -> Result<Reply, ApiError> {
+    let (head, entries) = esim402_guest::ledger::read_all()
+        .await
+        .map_err(ledger_err)?;
     let body = match esim402_core::ledger::verify_against(&entries, &head) {
         Ok(()) => serde_json::json!({
             "ok": true, "count": head.count, "head": head.hash.to_string(),
@@ -440,7 +446,7 @@ fn ledger_verify() -> Result<Reply, ApiError> {
 
 /// `GET /v1/ledger?from=N&limit=M`: entries as JSON lines from sequence number `from` (default 0), at most
 /// `limit` (default 1000, max 10000).
-fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
+async fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
     let mut from = 0u64;
     let mut limit = 1000u64;
     for pair in query
@@ -468,7 +474,9 @@ fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be 1-10000"));
     }
-    let entries = esim402_guest::ledger::read_from(from, limit).map_err(ledger_err)?;
+    let entries = esim402_guest::ledger::read_from(from, limit)
+        .await
+        .map_err(ledger_err)?;
     let mut body = String::new();
     for e in &entries {
         // One entry per line; `to_json_line` ends each with a newline.

@@ -188,17 +188,19 @@ where
     Fut: std::future::Future<Output = Result<wit::Invoice, ApiError>>,
 {
     let key = format!("x402/v1/{}", proof.fingerprint);
-    if let Some(id) =
-        kv::get_json::<String, ()>(&key).map_err(|e| ApiError::internal(e.to_string()))?
+    if let Some(id) = kv::get_json::<String, ()>(&key)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
     {
         return load_invoice(&id).await;
     }
     let invoice = issue().await?;
     let bytes = serde_json::to_vec(&invoice.id).map_err(|e| ApiError::internal(e.to_string()))?;
-    match kv::insert_if_absent::<()>(&key, &bytes) {
+    match kv::insert_if_absent::<()>(&key, &bytes).await {
         Ok(()) => Ok(invoice),
         Err(KvError::Exists) => {
             let id: String = kv::get_json::<String, ()>(&key)
+                .await
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .ok_or_else(|| ApiError::internal("v1 payment binding vanished"))?;
             load_invoice(&id).await
@@ -300,7 +302,7 @@ pub async fn pay(
     }
     let payment_id = proof.payment_id()?;
     let replay_allowed = match &payment_id {
-        Some(id) => bind_payment_id(id, &request_fingerprint, &invoice.id)?,
+        Some(id) => bind_payment_id(id, &request_fingerprint, &invoice.id).await?,
         None => false,
     };
     let holder = new_holder()?;
@@ -318,7 +320,7 @@ pub async fn pay(
                 other => Err(other),
             }
         });
-    match decision {
+    match decision.await {
         Ok(_) => {}
         Err(KvError::Refused(Decision::Replay(stored))) => return Ok(stored),
         Err(KvError::Refused(Decision::AlreadySettled(msg))) => {
@@ -338,12 +340,12 @@ pub async fn pay(
         Kind::TxHash => attempt.prepaid(&order).await,
         Kind::V2 | Kind::V1 => attempt.exact(&order).await,
     };
-    finish(&key, &holder, end, &response);
+    finish(&key, &holder, end, &response).await;
     Ok(response)
 }
 
 /// Write the attempt's end into the record, if we still hold it.
-fn finish(key: &str, holder: &str, end: End, response: &StoredResponse) {
+async fn finish(key: &str, holder: &str, end: End, response: &StoredResponse) {
     let result = kv::update_json(key, |current: Option<PaymentRecord>| {
         let mut rec = current.ok_or(())?;
         if rec.holder != holder {
@@ -359,25 +361,30 @@ fn finish(key: &str, holder: &str, end: End, response: &StoredResponse) {
         }
         Ok(rec)
     });
-    if let Err(e) = result {
+    if let Err(e) = result.await {
         eprintln!("gateway: payment record {key} not updated ({e}); a duplicate took it over");
     }
 }
 
 /// Bind a `payment-identifier` id to this request: `true` when it was already bound to exactly this
 /// request (so a stored answer may be replayed); 409 when it was bound to another.
-fn bind_payment_id(id: &PaymentId, fingerprint: &str, invoice: &str) -> Result<bool, ApiError> {
+async fn bind_payment_id(
+    id: &PaymentId,
+    fingerprint: &str,
+    invoice: &str,
+) -> Result<bool, ApiError> {
     let key = paid::payment_id_key(id.as_str());
     let binding = PaymentIdBinding {
         request_fingerprint: fingerprint.to_owned(),
         invoice: invoice.to_owned(),
     };
     let bytes = serde_json::to_vec(&binding).map_err(|e| ApiError::internal(e.to_string()))?;
-    match kv::insert_if_absent::<()>(&key, &bytes) {
+    match kv::insert_if_absent::<()>(&key, &bytes).await {
         Ok(()) => Ok(true),
         Err(KvError::Exists) => {
-            let existing: Option<PaymentIdBinding> =
-                kv::get_json::<_, ()>(&key).map_err(|e| ApiError::internal(e.to_string()))?;
+            let existing: Option<PaymentIdBinding> = kv::get_json::<_, ()>(&key)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             match existing {
                 Some(b) if b == binding => Ok(true),
                 _ => Err(ApiError::new(

@@ -9,7 +9,6 @@ use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::x402::Networks;
 use esim402_core::x402::networks::narrow;
 use esim402_core::{InvoiceId, Network, UsdcAmount, chain::parse_address};
-use spin_sdk::key_value::Store;
 
 mod bindings {
     #![allow(
@@ -26,8 +25,8 @@ mod bindings {
     });
 }
 
-use bindings::esim402::facilitator::types as wit;
-use bindings::exports::esim402::facilitator::invoices::Guest;
+use bindings::esim402::types::types as wit;
+use bindings::exports::esim402::invoices::invoices::Guest;
 
 mod convert;
 
@@ -118,17 +117,10 @@ fn kv_err(e: KvError<wit::Error>) -> wit::Error {
     }
 }
 
-fn store_err(e: spin_sdk::key_value::Error) -> wit::Error {
-    wit::Error::Internal(format!("key-value store error: {e:?}"))
-}
-
-async fn load(store: &Store, id: &InvoiceId) -> Result<Option<Invoice>, wit::Error> {
-    let Some(bytes) = store.get(key(id)).await.map_err(store_err)? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| wit::Error::Internal(format!("stored invoice {id} is corrupt: {e}")))
+async fn load(id: &InvoiceId) -> Result<Option<Invoice>, wit::Error> {
+    kv::get_json::<Invoice, wit::Error>(&key(id))
+        .await
+        .map_err(kv_err)
 }
 
 fn parse_id(id: &str) -> Result<InvoiceId, wit::Error> {
@@ -140,8 +132,8 @@ fn parse_id(id: &str) -> Result<InvoiceId, wit::Error> {
     })
 }
 
-/// Move an invoice from one of `from` to a new state with compare-and-swap; the loser of a race gets a conflict.
-fn transition(
+/// Move an invoice from one of `from` to a new state (a cell update); the loser of a race gets a conflict.
+async fn transition(
     id: &InvoiceId,
     from: &[InvoiceStatus],
     update: impl Fn(&mut Invoice),
@@ -156,6 +148,7 @@ fn transition(
         update(&mut inv);
         Ok(inv)
     })
+    .await
     .map_err(kv_err)
 }
 
@@ -196,7 +189,9 @@ impl Guest for Component {
         .ok_or_else(|| wit::Error::Internal("no payment option configured".into()))?;
         let json = serde_json::to_vec(&invoice).map_err(|e| wit::Error::Internal(e.to_string()))?;
         // 128 random bits make a collision practically impossible; insert-if-absent makes it impossible.
-        kv::insert_if_absent(&key(&invoice.invoice_id), &json).map_err(kv_err)?;
+        kv::insert_if_absent(&key(&invoice.invoice_id), &json)
+            .await
+            .map_err(kv_err)?;
         let networks: Vec<String> = invoice
             .accepts
             .iter()
@@ -217,8 +212,7 @@ impl Guest for Component {
 
     async fn get(id: String, now: u64) -> Result<Option<wit::Invoice>, wit::Error> {
         let id = parse_id(&id)?;
-        let store = Store::open_default().await.map_err(store_err)?;
-        Ok(load(&store, &id)
+        Ok(load(&id)
             .await?
             .map(|inv| convert::invoice_to_wit(&inv, now)))
     }
@@ -233,7 +227,8 @@ impl Guest for Component {
             inv.status = InvoiceStatus::Paid;
             inv.transaction = Some(transaction.clone());
             inv.payer = Some(payer.clone());
-        })?;
+        })
+        .await?;
         Ok(convert::invoice_to_wit(&inv, inv.created_at))
     }
 
@@ -241,7 +236,8 @@ impl Guest for Component {
         let id = parse_id(&id)?;
         let inv = transition(&id, &[InvoiceStatus::Paid, InvoiceStatus::Pending], |inv| {
             inv.status = InvoiceStatus::Refunded
-        })?;
+        })
+        .await?;
         Ok(convert::invoice_to_wit(&inv, inv.created_at))
     }
 
@@ -250,8 +246,7 @@ impl Guest for Component {
         resource_url: String,
     ) -> Result<String, wit::Error> {
         let id = parse_id(&id)?;
-        let store = Store::open_default().await.map_err(store_err)?;
-        let inv = load(&store, &id)
+        let inv = load(&id)
             .await?
             .ok_or_else(|| wit::Error::NotFound(format!("no invoice {id}")))?;
         Ok(esim402_core::x402::payment_required_header(

@@ -4,7 +4,6 @@
 
 use esim402_guest::kv::{self, KvError};
 use serde::{Deserialize, Serialize};
-use spin_sdk::key_value::Store;
 
 mod bindings {
     #![allow(
@@ -27,8 +26,8 @@ mod export {
     crate::bindings::export!(Component with_types_in crate::bindings);
 }
 
-use bindings::esim402::facilitator::types as wit;
-use bindings::exports::esim402::facilitator::metering::Guest;
+use bindings::esim402::types::types as wit;
+use bindings::exports::esim402::metering::metering::Guest;
 
 struct Component;
 
@@ -83,12 +82,14 @@ impl Guest for Component {
             price_per_mb,
         };
         let json = serde_json::to_vec(&account).map_err(|e| wit::Error::Internal(e.to_string()))?;
-        kv::insert_if_absent::<()>(&format!("balance/{iccid}"), &json).map_err(|e| match e {
-            KvError::Exists => {
-                wit::Error::Conflict(format!("an account for {iccid} already exists"))
-            }
-            other => wit::Error::Internal(other.to_string()),
-        })?;
+        kv::insert_if_absent::<()>(&format!("balance/{iccid}"), &json)
+            .await
+            .map_err(|e| match e {
+                KvError::Exists => {
+                    wit::Error::Conflict(format!("an account for {iccid} already exists"))
+                }
+                other => wit::Error::Internal(other.to_string()),
+            })?;
         Ok(account.to_wit())
     }
 
@@ -98,16 +99,10 @@ impl Guest for Component {
 
     async fn get_balance(iccid: String) -> Result<wit::Balance, wit::Error> {
         check_iccid(&iccid)?;
-        let store = Store::open_default()
+        let account = kv::get_json::<Account, ()>(&format!("balance/{iccid}"))
             .await
-            .map_err(|e| wit::Error::Internal(format!("key-value: {e:?}")))?;
-        let bytes = store
-            .get(format!("balance/{iccid}"))
-            .await
-            .map_err(|e| wit::Error::Internal(format!("key-value: {e:?}")))?
+            .map_err(|e| wit::Error::Internal(e.to_string()))?
             .ok_or_else(|| wit::Error::NotFound(format!("no balance for {iccid}")))?;
-        let account: Account = serde_json::from_slice(&bytes)
-            .map_err(|e| wit::Error::Internal(format!("stored balance is corrupt: {e}")))?;
         Ok(account.to_wit())
     }
 

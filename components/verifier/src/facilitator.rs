@@ -175,14 +175,14 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
         Ok(c) => c,
         Err(reason) => {
             // A repeat after the authorization's window closed still deserves the stored outcome.
-            if let Some(record) = stored(r)? {
+            if let Some(record) = stored(r).await? {
                 return replay(r, record, now).await;
             }
             return Ok(r.failure(reason, None));
         }
     };
     let key = checked.nonce_key(&r.chain);
-    if let Some(record) = records::load(&key)? {
+    if let Some(record) = records::load(&key).await? {
         return replay(r, record, now).await;
     }
     let signer = r.cfg.signer()?;
@@ -207,7 +207,7 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
         None,
         now,
     );
-    if let Some(existing) = records::insert_if_absent(&key, &record)? {
+    if let Some(existing) = records::insert_if_absent(&key, &record).await? {
         return replay(r, existing, now).await;
     }
     let claim = Claim {
@@ -220,14 +220,14 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
 }
 
 /// The record of this request's authorization, if the payload names one.
-fn stored(r: &Request) -> Result<Option<Record>, wit::Error> {
+async fn stored(r: &Request) -> Result<Option<Record>, wit::Error> {
     let Ok(signed) =
         esim402_core::x402::exact::SignedAuthorization::parse(r.request.payment_payload.exact())
     else {
         return Ok(None);
     };
     let a = &signed.authorization;
-    records::load(&records::nonce_key(&r.chain.network, a.from, a.nonce))
+    records::load(&records::nonce_key(&r.chain.network, a.from, a.nonce)).await
 }
 
 async fn drive(
@@ -301,7 +301,7 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
         Status::Claimed if record.is_abandoned(now) => {
             let signer = r.cfg.signer()?;
             let key = record.claim.clone();
-            let Some(claim) = Claim::take_over(&key, &record, vec![key.clone()], now)? else {
+            let Some(claim) = Claim::take_over(&key, &record, vec![key.clone()], now).await? else {
                 return Ok(r.failure(InvalidReason::NonceAlreadyUsed, None));
             };
             let verified = payment::verify(
@@ -315,11 +315,11 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
             match verified {
                 Ok(Ok(checked)) => drive(r, &checked, &claim).await,
                 Ok(Err(reason)) => {
-                    claim.release();
+                    claim.release().await;
                     Ok(r.failure(reason, None))
                 }
                 Err(e) => {
-                    claim.release();
+                    claim.release().await;
                     Err(e)
                 }
             }

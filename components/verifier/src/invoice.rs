@@ -32,8 +32,9 @@ pub fn parse_id(id: &str) -> Result<InvoiceId, wit::Error> {
 }
 
 /// The stored invoice (`not-found` if unknown).
-pub fn load(id: &InvoiceId) -> Result<Invoice, wit::Error> {
+pub async fn load(id: &InvoiceId) -> Result<Invoice, wit::Error> {
     kv::get_json::<Invoice, wit::Error>(&format!("invoice/{id}"))
+        .await
         .map_err(kv_err)?
         .ok_or_else(|| wit::Error::NotFound(format!("no invoice {id}")))
 }
@@ -80,7 +81,7 @@ impl Payment {
         let id = parse_id(invoice_id)?;
         let payload = decode(proof)?;
         let cfg = Config::load().await?;
-        let invoice = load(&id)?;
+        let invoice = load(&id).await?;
         let accepts = requirements_v2(&invoice);
         let requirements = select_requirements(&accepts, &payload)
             .cloned()
@@ -111,8 +112,8 @@ impl Payment {
     /// The invoice's settlement record, split by whether it is this very payment: same authorization, and
     /// the payload still passes the chain-free checks as of the claim (so a forged signature over a known
     /// nonce does not replay someone else's result).
-    fn existing(&self) -> Result<Existing, wit::Error> {
-        let Some(record) = records::load(&self.settlement_key())? else {
+    async fn existing(&self) -> Result<Existing, wit::Error> {
+        let Some(record) = records::load(&self.settlement_key()).await? else {
             return Ok(Existing::None);
         };
         if self.nonce_key().as_deref() == Some(record.claim.as_str())
@@ -148,7 +149,7 @@ pub async fn verify(invoice_id: &str, proof: &wit::PaymentProof) -> Result<Strin
     let p = Payment::load(invoice_id, proof).await?;
     // A payment already being settled for this invoice verifies as of its claim: the chain now shows its
     // nonce used, and the caller's next step is `settle`, which answers from the record.
-    match p.existing()? {
+    match p.existing().await? {
         Existing::Same(record, checked) => {
             return match (record.status, record.reason) {
                 (Status::Failed, reason) => {
@@ -179,7 +180,7 @@ pub async fn settle(
     proof: &wit::PaymentProof,
 ) -> Result<wit::Settlement, wit::Error> {
     let p = Payment::load(invoice_id, proof).await?;
-    match p.existing()? {
+    match p.existing().await? {
         Existing::Same(record, _) => return replay(&p, record).await,
         Existing::Other(record) if record.status != Status::Failed => {
             return Err(already_settled());
@@ -210,14 +211,20 @@ pub async fn settle(
         Some(&p.id),
         p.now,
     );
-    if records::insert_if_absent(&nonce_key, &record)?.is_some() {
-        return match p.existing()? {
+    if records::insert_if_absent(&nonce_key, &record)
+        .await?
+        .is_some()
+    {
+        return match p.existing().await? {
             Existing::Same(record, _) => replay(&p, record).await,
             _ => Err(already_settled()),
         };
     }
-    if records::claim_invoice(&p.settlement_key(), &record)?.is_some() {
-        records::delete(std::slice::from_ref(&nonce_key));
+    if records::claim_invoice(&p.settlement_key(), &record)
+        .await?
+        .is_some()
+    {
+        records::delete(std::slice::from_ref(&nonce_key)).await;
         return Err(already_settled());
     }
     let claim = Claim {
@@ -288,7 +295,8 @@ async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Err
         Status::Claimed if record.is_abandoned(p.now) => {
             let signer = p.cfg.signer()?;
             let keys = p.claim_keys(&record.claim);
-            let Some(claim) = Claim::take_over(&p.settlement_key(), &record, keys, p.now)? else {
+            let Some(claim) = Claim::take_over(&p.settlement_key(), &record, keys, p.now).await?
+            else {
                 return Err(wit::Error::Conflict(
                     "already settled: settlement in progress".into(),
                 ));
@@ -304,11 +312,11 @@ async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Err
             match verified {
                 Ok(Ok(checked)) => drive(p, &checked, &claim).await,
                 Ok(Err(reason)) => {
-                    claim.release();
+                    claim.release().await;
                     Err(rejected(reason))
                 }
                 Err(e) => {
-                    claim.release();
+                    claim.release().await;
                     Err(e)
                 }
             }

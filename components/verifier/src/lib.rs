@@ -50,8 +50,8 @@ mod rpc;
 mod settle;
 mod txhash;
 
-use bindings::esim402::facilitator::types as wit;
-use bindings::exports::esim402::facilitator::verifier::Guest;
+use bindings::esim402::types::types as wit;
+use bindings::exports::esim402::verifier::verifier::Guest;
 
 struct Component;
 

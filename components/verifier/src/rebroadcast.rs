@@ -11,6 +11,9 @@
 //!   every later transaction of that key waits behind the gap. [`fill_gaps`] runs in every send, after the
 //!   pending count is read and before the new nonce is reserved, and offers the node each recorded
 //!   transaction at or above that count that it does not know (at most `MAX_RESENDS_PER_SEND`).
+//! - **A reserved nonce never got a transaction** (the request was cancelled between reserving and recording):
+//!   [`fill_gaps`] also releases every nonce reserved more than `ORPHAN_AFTER_SECS` ago whose owner's record
+//!   names no transaction for it (kernel `NonceState::orphans`), so the next reservation fills the hole.
 //!
 //! Sending the same bytes again is never a second transaction (same hash, same nonce), and no answer to a
 //! re-send changes any state: "already known" or "nonce too low" just mean the node has, or used, the nonce.
@@ -32,6 +35,10 @@ use esim402_guest::kv;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::Chain;
+
+/// A reservation this old without a recorded transaction belongs to a request that died: signing and recording
+/// take milliseconds.
+const ORPHAN_AFTER_SECS: u64 = 120;
 use crate::records::{self, signer_nonce_key};
 use crate::rpc::CallError;
 
@@ -211,7 +218,7 @@ async fn resend(chain: &Chain, tx: &OurTx, what: &str) {
 /// here changes any state, so a failure (or a cancelled request) only leaves the gap for the next send.
 pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: u64) {
     let key = signer_nonce_key(&chain.network, signer);
-    let state = match kv::get_json::<NonceState, ()>(&key) {
+    let state = match kv::get_json::<NonceState, ()>(&key).await {
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(e) => {
@@ -219,9 +226,31 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
             return;
         }
     };
+    for (nonce, owner) in state.orphans(pending_count, now, ORPHAN_AFTER_SECS) {
+        if live_tx(&owner)
+            .await
+            .is_some_and(|tx| tx.signer == signer && tx.nonce == nonce)
+        {
+            continue;
+        }
+        eprintln!(
+            "verifier: nonce {nonce} of {signer} was reserved for {owner} but no transaction was ever recorded for it (a cancelled request); releasing it"
+        );
+        let released = kv::update_json::<NonceState, ()>(&key, |s| {
+            let mut s = s.unwrap_or_default();
+            s.release_on_failure(nonce);
+            Ok(s)
+        })
+        .await;
+        if let Err(e) = released {
+            eprintln!("verifier: cannot release nonce {nonce} of {signer}: {e}");
+        }
+    }
     for (nonce, owner) in state.unsent(pending_count, MAX_RESENDS_PER_SEND) {
         // Released, settled, or not recorded yet: nothing of ours to offer.
-        let Some(tx) = live_tx(&owner) else { continue };
+        let Some(tx) = live_tx(&owner).await else {
+            continue;
+        };
         if tx.signer != signer || tx.nonce != nonce || !may_resend(tx.recorded_at, now) {
             continue;
         }
@@ -251,9 +280,9 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
 }
 
 /// The transaction a live `submitted` record at `owner` still names, if any.
-fn live_tx(owner: &str) -> Option<OurTx> {
+async fn live_tx(owner: &str) -> Option<OurTx> {
     if records::is_refund_key(owner) {
-        return crate::refund::submitted_tx(owner);
+        return crate::refund::submitted_tx(owner).await;
     }
-    records::load(owner).ok().flatten()?.submitted_tx()
+    records::load(owner).await.ok().flatten()?.submitted_tx()
 }

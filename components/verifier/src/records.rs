@@ -178,16 +178,18 @@ pub fn kv_err(e: KvError<wit::Error>) -> wit::Error {
 }
 
 /// Read a record.
-pub fn load(key: &str) -> Result<Option<Record>, wit::Error> {
-    kv::get_json::<Record, wit::Error>(key).map_err(kv_err)
+pub async fn load(key: &str) -> Result<Option<Record>, wit::Error> {
+    kv::get_json::<Record, wit::Error>(key)
+        .await
+        .map_err(kv_err)
 }
 
 /// Insert `record` at `key` unless the key exists: `Ok(None)` if we won, `Ok(Some(existing))` if not.
-pub fn insert_if_absent(key: &str, record: &Record) -> Result<Option<Record>, wit::Error> {
+pub async fn insert_if_absent(key: &str, record: &Record) -> Result<Option<Record>, wit::Error> {
     let bytes = serde_json::to_vec(record).map_err(|e| wit::Error::Internal(e.to_string()))?;
-    match kv::insert_if_absent::<wit::Error>(key, &bytes) {
+    match kv::insert_if_absent::<wit::Error>(key, &bytes).await {
         Ok(()) => Ok(None),
-        Err(KvError::Exists) => Ok(Some(load(key)?.ok_or_else(|| {
+        Err(KvError::Exists) => Ok(Some(load(key).await?.ok_or_else(|| {
             wit::Error::Conflict("already settled (claim released meanwhile; retry)".into())
         })?)),
         Err(e) => Err(kv_err(e)),
@@ -196,7 +198,7 @@ pub fn insert_if_absent(key: &str, record: &Record) -> Result<Option<Record>, wi
 
 /// Claim an invoice's settlement record for `record.claim`: taken if absent, or if it holds a terminal failure
 /// of a different payment (no money moved, so another payment may try). Otherwise returns what is there.
-pub fn claim_invoice(key: &str, record: &Record) -> Result<Option<Record>, wit::Error> {
+pub async fn claim_invoice(key: &str, record: &Record) -> Result<Option<Record>, wit::Error> {
     let (_, existing) = kv::update_json_with::<Record, Option<Record>, wit::Error>(key, |cur| {
         Ok(match cur {
             None => (record.clone(), None),
@@ -206,13 +208,14 @@ pub fn claim_invoice(key: &str, record: &Record) -> Result<Option<Record>, wit::
             Some(r) => (r.clone(), Some(r)),
         })
     })
+    .await
     .map_err(kv_err)?;
     Ok(existing)
 }
 
 /// Update the record at `key` if it still belongs to `claim` (and, with `holder`, is still held by it) and is
 /// not terminal; returns the record after the attempt and whether `update` was applied.
-pub fn advance(
+pub async fn advance(
     key: &str,
     claim: &str,
     holder: Option<&str>,
@@ -231,12 +234,13 @@ pub fn advance(
         update(&mut r);
         Ok((r, true))
     })
+    .await
     .map_err(kv_err)
 }
 
 /// Take over the abandoned claim at `key` for `holder`: `true` if this call took it, `false` if the claim is
 /// live or not `claim`'s.
-pub fn take_over(key: &str, claim: &str, holder: &str, now: u64) -> Result<bool, wit::Error> {
+pub async fn take_over(key: &str, claim: &str, holder: &str, now: u64) -> Result<bool, wit::Error> {
     let (_, taken) = kv::update_json_with::<Record, bool, wit::Error>(key, |cur| {
         let mut r = cur.ok_or_else(|| {
             wit::Error::Conflict("already settled (claim released meanwhile; retry)".into())
@@ -249,35 +253,43 @@ pub fn take_over(key: &str, claim: &str, holder: &str, now: u64) -> Result<bool,
         r.updated_at = now;
         Ok((r, true))
     })
+    .await
     .map_err(kv_err)?;
     Ok(taken)
 }
 
-/// Delete `keys` (the claims of a payment that was certainly not broadcast), but only while the record at
-/// `record_key` is still held by `holder`: a holder whose claim was taken over releases nothing. Check and
-/// deletes run without an await in between, so no other call in this instance interleaves. Best effort: a
-/// failure is logged and leaves a claim in place, which blocks a retry but never causes a second broadcast.
-pub fn release(record_key: &str, holder: &str, keys: &[String]) {
-    match load(record_key) {
-        Ok(Some(r)) if r.holder == holder => {}
-        _ => return,
+/// Remove the claims at `keys` (those of a payment that was certainly not broadcast), each only while it is
+/// still held by `holder` (a cell update decides, so a holder whose claim was taken over meanwhile releases
+/// nothing of its successor's). `record_key` goes first: once the record is no longer ours, nothing else is
+/// touched. Best effort: a failure is logged and leaves a claim in place, which blocks a retry but never causes
+/// a second broadcast.
+pub async fn release(record_key: &str, holder: &str, keys: &[String]) {
+    let ordered = std::iter::once(record_key)
+        .chain(keys.iter().map(String::as_str).filter(|k| *k != record_key));
+    for key in ordered {
+        let r = kv::change_json::<Record, bool, ()>(key, |cur| {
+            Ok(match cur {
+                Some(r) if r.holder == holder => (kv::Change::Remove, true),
+                _ => (kv::Change::Keep, false),
+            })
+        })
+        .await;
+        match r {
+            Ok((_, true)) => {}
+            // Not ours (any more): leave it and everything after it.
+            Ok((_, false)) if key == record_key => return,
+            Ok((_, false)) => {}
+            Err(e) => eprintln!("verifier: cannot release claim {key}: {e}"),
+        }
     }
-    delete(keys);
 }
 
-/// Delete `keys` unconditionally (best effort, logged).
-pub fn delete(keys: &[String]) {
-    use spin_sdk::experimental::wasi::keyvalue::store;
-    let bucket = match store::open(kv::DEFAULT_STORE) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("verifier: cannot open the store to release claims: {e:?}");
-            return;
-        }
-    };
+/// Remove the claims at `keys` unconditionally (tombstones: a later claim may take each key; best effort,
+/// logged).
+pub async fn delete(keys: &[String]) {
     for key in keys {
-        if let Err(e) = bucket.delete(key) {
-            eprintln!("verifier: cannot release claim {key}: {e:?}");
+        if let Err(e) = kv::remove::<()>(key).await {
+            eprintln!("verifier: cannot release claim {key}: {e}");
         }
     }
 }

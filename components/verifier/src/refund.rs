@@ -155,18 +155,20 @@ fn to_json(value: &impl Serialize) -> Result<String, wit::Error> {
     serde_json::to_string(value).map_err(|e| wit::Error::Internal(e.to_string()))
 }
 
-fn load(key: &str) -> Result<Option<Refund>, wit::Error> {
-    kv::get_json::<Refund, wit::Error>(key).map_err(records::kv_err)
+async fn load(key: &str) -> Result<Option<Refund>, wit::Error> {
+    kv::get_json::<Refund, wit::Error>(key)
+        .await
+        .map_err(records::kv_err)
 }
 
 /// The transaction of the refund at `key` if it is `submitted` with one (for [`rebroadcast::fill_gaps`]).
-pub fn submitted_tx(key: &str) -> Option<OurTx> {
-    load(key).ok().flatten()?.submitted_tx()
+pub async fn submitted_tx(key: &str) -> Option<OurTx> {
+    load(key).await.ok().flatten()?.submitted_tx()
 }
 
 /// Compare-and-swap the refund at `key`: `update` says whether it changed it. Returns the refund after the
 /// attempt that was written and that answer (`None` if there is no refund).
-fn update(
+async fn update(
     key: &str,
     update: impl Fn(&mut Refund) -> bool,
 ) -> Result<Option<(Refund, bool)>, wit::Error> {
@@ -175,7 +177,7 @@ fn update(
         let changed = update(&mut r);
         Ok((r, changed))
     });
-    match r {
+    match r.await {
         Ok(r) => Ok(Some(r)),
         Err(KvError::Refused("absent")) => Ok(None),
         Err(e) => Err(wit::Error::Internal(e.to_string())),
@@ -183,9 +185,10 @@ fn update(
 }
 
 /// Put `id` on the queue unless it is there.
-fn enqueue(id: &str) -> Result<(), wit::Error> {
-    let queue =
-        kv::get_json::<Vec<String>, wit::Error>(REFUND_QUEUE_KEY).map_err(records::kv_err)?;
+async fn enqueue(id: &str) -> Result<(), wit::Error> {
+    let queue = kv::get_json::<Vec<String>, wit::Error>(REFUND_QUEUE_KEY)
+        .await
+        .map_err(records::kv_err)?;
     if queue.is_some_and(|q| q.iter().any(|i| i == id)) {
         return Ok(());
     }
@@ -196,6 +199,7 @@ fn enqueue(id: &str) -> Result<(), wit::Error> {
         }
         Ok(q)
     })
+    .await
     .map_err(records::kv_err)?;
     Ok(())
 }
@@ -208,14 +212,15 @@ pub async fn owe(invoice_id: &str, reason: &str, now: u64) -> Result<String, wit
         return Err(invalid("reason", "say why the refund is owed"));
     }
     let key = refund_key(&id);
-    if let Some(existing) = load(&key)? {
+    if let Some(existing) = load(&key).await? {
         // A repeat; also heals a first call that stopped between the record and the queue.
         if existing.status != RefundStatus::Paid {
-            enqueue(id.as_str())?;
+            enqueue(id.as_str()).await?;
         }
         return to_json(&existing);
     }
-    let settlement = records::load(&settlement_key(&id))?
+    let settlement = records::load(&settlement_key(&id))
+        .await?
         .ok_or_else(|| wit::Error::Conflict(format!("nothing was paid for invoice {id}")))?;
     if settlement.status != Status::Confirmed {
         let status = format!("{:?}", settlement.status).to_lowercase();
@@ -234,7 +239,7 @@ pub async fn owe(invoice_id: &str, reason: &str, now: u64) -> Result<String, wit
         }
         Err(e) => return Err(e),
     };
-    let invoice = crate::invoice::load(&id)?;
+    let invoice = crate::invoice::load(&id).await?;
     let amount = UsdcAmount::parse_atomic(&invoice.amount_atomic)
         .map_err(|e| wit::Error::Internal(format!("invoice {id} has a bad amount: {e}")))?;
     let refund = Refund {
@@ -254,17 +259,18 @@ pub async fn owe(invoice_id: &str, reason: &str, now: u64) -> Result<String, wit
         updated_at: now,
     };
     let bytes = serde_json::to_vec(&refund).map_err(|e| wit::Error::Internal(e.to_string()))?;
-    match kv::insert_if_absent::<wit::Error>(&key, &bytes) {
+    match kv::insert_if_absent::<wit::Error>(&key, &bytes).await {
         Ok(()) => {}
         // A concurrent first call won: its record is the answer, and it logs.
         Err(KvError::Exists) => {
-            let existing = load(&key)?
+            let existing = load(&key)
+                .await?
                 .ok_or_else(|| wit::Error::Internal(format!("refund record {key} vanished")))?;
             return to_json(&existing);
         }
         Err(e) => return Err(records::kv_err(e)),
     }
-    enqueue(id.as_str())?;
+    enqueue(id.as_str()).await?;
     // After the insert, so concurrent first calls log once. An instance lost between the insert and here
     // leaves the refund unlogged (a repeat still queues it): a missing line, never a doubled one.
     esim402_guest::ledger::append(
@@ -327,6 +333,7 @@ pub async fn run(now: u64, limit: u32) -> Result<String, wit::Error> {
     let cfg = Config::load().await?;
     let treasury = cfg.treasury()?;
     let queue = kv::get_json::<Vec<String>, wit::Error>(REFUND_QUEUE_KEY)
+        .await
         .map_err(records::kv_err)?
         .unwrap_or_default();
     let take = usize::try_from(limit).map_or(MAX_REFUNDS_PER_RUN, |l| l.min(MAX_REFUNDS_PER_RUN));
@@ -349,7 +356,7 @@ pub async fn run(now: u64, limit: u32) -> Result<String, wit::Error> {
     )
     .await;
     let results: Vec<(String, Step)> = batch.into_iter().zip(steps).collect();
-    let remaining = requeue(&results).unwrap_or_else(|e| {
+    let remaining = requeue(&results).await.unwrap_or_else(|e| {
         eprintln!("verifier: cannot update the refund queue: {e:?}");
         queue.len()
     });
@@ -358,7 +365,7 @@ pub async fn run(now: u64, limit: u32) -> Result<String, wit::Error> {
 
 /// Drop the refunds that left the queue and move the rest of the batch to its tail, so a refund that keeps
 /// failing does not starve the ones behind it. Returns the queue's length.
-fn requeue(results: &[(String, Step)]) -> Result<usize, wit::Error> {
+async fn requeue(results: &[(String, Step)]) -> Result<usize, wit::Error> {
     let gone: HashSet<&str> = results
         .iter()
         .filter(|(_, s)| matches!(s, Step::Paid(_) | Step::Gone))
@@ -385,6 +392,7 @@ fn requeue(results: &[(String, Step)]) -> Result<usize, wit::Error> {
         );
         Ok(next)
     })
+    .await
     .map_err(records::kv_err)?;
     Ok(queue.len())
 }
@@ -419,7 +427,7 @@ async fn pay_one(
         return Step::Gone;
     };
     let key = refund_key(&id);
-    let refund = match load(&key) {
+    let refund = match load(&key).await {
         Ok(Some(r)) => r,
         Ok(None) => return Step::Gone,
         Err(e) => return Step::Failed(message(&e)),
@@ -467,7 +475,7 @@ async fn pay_one(
         r.updated_at = now;
         true
     });
-    match claimed {
+    match claimed.await {
         Ok(Some((_, true))) => {}
         // Someone else claimed it first (or it vanished): theirs to report.
         Ok(Some((r, false))) => {
@@ -486,7 +494,7 @@ async fn pay_one(
         what: "refund",
         owner: key.clone(),
     };
-    let record = |tx: &SignedTx| record_submitted(&key, &holder, tx, now);
+    let record = async |tx: &SignedTx| record_submitted(&key, &holder, tx, now).await;
     match settle::send(chain, treasury, &call, record).await {
         Ok(hash) => reconcile(chain, &key, hash, now, deadline).await,
         Err(NotBroadcast { why, .. }) => {
@@ -502,7 +510,7 @@ async fn pay_one(
                 r.back_to_owed(&error, attempted, now);
                 true
             });
-            if let Err(e) = released {
+            if let Err(e) = released.await {
                 eprintln!("verifier: cannot release refund {key}: {e:?}");
             }
             Step::Failed(error)
@@ -511,7 +519,12 @@ async fn pay_one(
 }
 
 /// Record the signed refund on its record while `holder` still holds it; before the broadcast.
-fn record_submitted(key: &str, holder: &str, tx: &SignedTx, now: u64) -> Result<(), wit::Error> {
+async fn record_submitted(
+    key: &str,
+    holder: &str,
+    tx: &SignedTx,
+    now: u64,
+) -> Result<(), wit::Error> {
     let recorded = update(key, |r| {
         if r.status != RefundStatus::Submitted
             || r.holder.as_deref() != Some(holder)
@@ -523,7 +536,8 @@ fn record_submitted(key: &str, holder: &str, tx: &SignedTx, now: u64) -> Result<
         r.unmineable_since = None;
         r.updated_at = now;
         true
-    })?;
+    })
+    .await?;
     match recorded {
         Some((_, true)) => Ok(()),
         _ => Err(wit::Error::Conflict(format!(
@@ -544,7 +558,7 @@ async fn follow_up(
 ) -> Step {
     if let Some(tx) = refund.submitted_tx() {
         match rebroadcast::look(chain, &tx, "refund", now).await {
-            Look::Unmineable { at } => return unmineable(key, &tx, at, now),
+            Look::Unmineable { at } => return unmineable(key, &tx, at, now).await,
             Look::Known if refund.unmineable_since.is_some() => {
                 // A node that had not caught up: the transaction is there after all.
                 let recorded = hash.to_string();
@@ -552,7 +566,7 @@ async fn follow_up(
                     let ours = r.sent.transaction.as_deref() == Some(recorded.as_str());
                     ours && r.unmineable_since.take().is_some()
                 });
-                if let Err(e) = cleared {
+                if let Err(e) = cleared.await {
                     eprintln!("verifier: cannot update refund {key}: {e:?}");
                 }
             }
@@ -564,7 +578,7 @@ async fn follow_up(
 
 /// The refund's transaction `tx` can never be mined (its nonce was used by block `at`): note when this was
 /// first seen, and once it has been so for [`CONFIRM_UNMINEABLE_SECS`], owe the refund again.
-fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
+async fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
     let hash = tx.hash.to_string();
     let error = format!(
         "refund transaction {hash} was never mined and never will be (treasury nonce {} was used by another transaction by block {at}); no money moved",
@@ -588,7 +602,7 @@ fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
             Some(_) => false,
         }
     });
-    match r {
+    match r.await {
         Ok(Some((r, _))) if r.status == RefundStatus::Paid => Step::Gone,
         Ok(Some((r, true))) if r.status == RefundStatus::Owed => {
             eprintln!("verifier: {error}: refund {key} is owed again");
@@ -636,7 +650,7 @@ async fn reconcile(chain: &Chain, key: &str, hash: B256, now: u64, deadline: Ins
         }
         true
     });
-    let refund = match recorded {
+    let refund = match recorded.await {
         Ok(Some((r, true))) => r,
         Ok(Some((r, false))) if r.status == RefundStatus::Paid => return Step::Gone,
         Ok(_) => return Step::Quiet,

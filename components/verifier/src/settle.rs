@@ -122,14 +122,14 @@ impl Claim {
     /// Take over the abandoned claim `record` (at `key`; see [`records::CLAIM_LEASE_SECS`]): `None` if it is
     /// live or someone else took it first. An abandoned claim never reserved an account nonce (see
     /// [`send`]), so there is nothing to give back.
-    pub fn take_over(
+    pub async fn take_over(
         key: &str,
         record: &Record,
         keys: Vec<String>,
         now: u64,
     ) -> Result<Option<Self>, wit::Error> {
         let holder = records::new_holder()?;
-        if !records::take_over(key, &record.claim, &holder, now)? {
+        if !records::take_over(key, &record.claim, &holder, now).await? {
             return Ok(None);
         }
         Ok(Some(Self {
@@ -141,25 +141,26 @@ impl Claim {
     }
 
     /// Give the claims back (the payment was refused before anything was signed).
-    pub fn release(&self) {
-        records::release(&self.record_key, &self.holder, &self.keys);
+    pub async fn release(&self) {
+        records::release(&self.record_key, &self.holder, &self.keys).await;
     }
 
     /// Record `tx` on the settlement record (`submitted`) while we still hold it, and mark its hash as used.
-    fn record_submitted(&self, tx: &SignedTx) -> Result<(), wit::Error> {
+    async fn record_submitted(&self, tx: &SignedTx) -> Result<(), wit::Error> {
         let (_, held) = records::advance(&self.record_key, &self.claim, Some(&self.holder), |r| {
             r.status = Status::Submitted;
             r.sent = SentTx::signed(tx);
             r.updated_at = now_secs();
-        })?;
+        })
+        .await?;
         if !held {
             return Err(wit::Error::Conflict(
                 "already settled: the claim was taken over".into(),
             ));
         }
         // Our own settlement transactions can never be presented again as a tx-hash proof.
-        if let Ok(Some(r)) = records::load(&self.record_key)
-            && let Err(e) = records::insert_if_absent(&records::txhash_key(tx.hash), &r)
+        if let Ok(Some(r)) = records::load(&self.record_key).await
+            && let Err(e) = records::insert_if_absent(&records::txhash_key(tx.hash), &r).await
         {
             eprintln!(
                 "verifier: cannot mark transaction {} as used: {e:?}",
@@ -177,21 +178,21 @@ fn already_known(message: &str) -> bool {
 }
 
 /// Give back an account nonce whose transaction was certainly not broadcast.
-fn release_nonce(chain: &Chain, signer: &SigningKey, nonce: u64) {
+async fn release_nonce(chain: &Chain, signer: &SigningKey, nonce: u64) {
     let key = signer_nonce_key(&chain.network, signer.address());
     let r = kv::update_json::<NonceState, ()>(&key, |s| {
         let mut s = s.unwrap_or_default();
         s.release_on_failure(nonce);
         Ok(s)
     });
-    if let Err(e) = r {
+    if let Err(e) = r.await {
         eprintln!("verifier: cannot release account nonce {nonce}: {e}");
     }
 }
 
 /// Reserve the next account nonce for `signer`'s transaction held by the record `owner`, given the chain's
-/// counts. Synchronous on purpose: see [`send`].
-fn reserve_nonce(
+/// counts.
+async fn reserve_nonce(
     chain: &Chain,
     signer: &SigningKey,
     counts: Counts,
@@ -203,9 +204,10 @@ fn reserve_nonce(
         if let Some(mined) = counts.mined {
             s.observe_mined(mined);
         }
-        let n = s.reserve_for(counts.pending, owner);
+        let n = s.reserve_for(counts.pending, owner, now_secs());
         Ok((s, n))
     })
+    .await
     .map_err(kv_err)?;
     Ok(nonce)
 }
@@ -296,38 +298,39 @@ async fn prepare(
 /// (and fails if the claim is no longer the caller's). Returns the hash once the transaction was sent or may
 /// have been (the answer was lost): from then on only its receipt tells what happened.
 ///
-/// Every chain read happens first; from reserving the account nonce to `record` nothing awaits, so a request
-/// cancelled by the host (a client that went away) can never leave a reserved nonce without a transaction on
-/// record. The only await between the reservation and the node is the send itself; a request cancelled
-/// there leaves a recorded transaction the node never got, which the next send of this key offers it
-/// (`rebroadcast::fill_gaps`, before its own reservation).
+/// Every chain read happens first; then the account nonce is reserved, the transaction signed and recorded, and
+/// only then broadcast. The host may cancel a request (a client that went away) at any store call:
+/// - between the reservation and the record, the nonce is held but no transaction exists for it; the next send
+///   of this key finds it orphaned and releases it (`rebroadcast::fill_gaps`, [`NonceState::orphans`]);
+/// - between the record and the node, the transaction is recorded but was never sent; the next send offers it
+///   to the node first (`rebroadcast::fill_gaps`).
 pub async fn send(
     chain: &Chain,
     signer: &SigningKey,
     call: &Call,
-    record: impl FnOnce(&SignedTx) -> Result<(), wit::Error>,
+    record: impl AsyncFnOnce(&SignedTx) -> Result<(), wit::Error>,
 ) -> Result<B256, NotBroadcast> {
     let (mut tx, counts) = prepare(chain, signer, call).await?;
     rebroadcast::fill_gaps(chain, signer.address(), counts.pending, now_secs()).await;
 
-    // ---- no await from here to the recorded hash ----
-    tx.nonce = reserve_nonce(chain, signer, counts, &call.owner).map_err(Unsent::Fault)?;
+    tx.nonce = reserve_nonce(chain, signer, counts, &call.owner)
+        .await
+        .map_err(Unsent::Fault)?;
     let nonce = tx.nonce;
     let signed = match sign_eip1559(&tx, signer) {
         Ok(tx) => tx,
         Err(e) => {
-            release_nonce(chain, signer, nonce);
+            release_nonce(chain, signer, nonce).await;
             return Err(Unsent::Fault(wit::Error::Internal(format!("cannot sign: {e}"))).into());
         }
     };
     let hash = signed.hash;
     // Recorded before the broadcast: from here on a lost request leaves a hash to reconcile against, never a
     // transaction nobody knows about.
-    if let Err(e) = record(&signed) {
-        release_nonce(chain, signer, nonce);
+    if let Err(e) = record(&signed).await {
+        release_nonce(chain, signer, nonce).await;
         return Err(Unsent::Fault(e).into());
     }
-    // ---- end of the await-free section ----
 
     match chain
         .rpc
@@ -338,7 +341,7 @@ pub async fn send(
         Err(CallError::Node { message, .. }) if already_known(&message) => {}
         Err(CallError::Node { code, message }) => {
             // The node refused it outright: nothing was broadcast, so everything can be given back.
-            release_nonce(chain, signer, nonce);
+            release_nonce(chain, signer, nonce).await;
             return Err(NotBroadcast {
                 why: Unsent::Fault(wit::Error::Unavailable(format!(
                     "the node refused the {} transaction ({code}: {message})",
@@ -373,12 +376,16 @@ pub async fn broadcast(
         what: "settlement",
         owner: claim.record_key.clone(),
     };
-    match send(chain, signer, &call, |tx| claim.record_submitted(tx)).await {
+    match send(chain, signer, &call, async |tx: &SignedTx| {
+        claim.record_submitted(tx).await
+    })
+    .await
+    {
         Ok(hash) => Ok(wait(chain, claim, hash, Instant::now() + timeout).await.0),
         Err(not) => {
             let mut keys = claim.keys.clone();
             keys.extend(not.recorded.map(records::txhash_key));
-            records::release(&claim.record_key, &claim.holder, &keys);
+            records::release(&claim.record_key, &claim.holder, &keys).await;
             Err(match not.why {
                 Unsent::WouldRevert(_) => NotSent::Rejected(InvalidReason::SimulationFailed),
                 Unsent::Fault(e) => NotSent::Fault(e),
@@ -395,7 +402,7 @@ pub async fn wait(chain: &Chain, claim: &Claim, hash: B256, deadline: Instant) -
         Some(Mined::Reverted) => Outcome::Reverted(hash),
         None => return (Outcome::Pending(hash), true),
     };
-    finish(claim, hash, outcome)
+    finish(claim, hash, outcome).await
 }
 
 /// A later call for a `submitted` settlement (a replay): first make sure the transaction is still out there
@@ -410,14 +417,14 @@ pub async fn reconcile(
     deadline: Instant,
 ) -> (Outcome, bool) {
     if lost_for_good(chain, claim, hash).await {
-        return finish(claim, hash, Outcome::Dropped(hash));
+        return finish(claim, hash, Outcome::Dropped(hash)).await;
     }
     wait(chain, claim, hash, deadline).await
 }
 
 /// Whether the claim's transaction `hash` can never be mined and moved no money.
 async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> bool {
-    let record = match records::load(&claim.record_key) {
+    let record = match records::load(&claim.record_key).await {
         Ok(Some(r)) if r.claim == claim.claim && r.tx_hash() == Some(hash) => r,
         _ => return false,
     };
@@ -460,7 +467,7 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> bool {
 }
 
 /// Record `outcome` (not pending) on the claim's record; the flag says whether this call recorded it.
-fn finish(claim: &Claim, hash: B256, outcome: Outcome) -> (Outcome, bool) {
+async fn finish(claim: &Claim, hash: B256, outcome: Outcome) -> (Outcome, bool) {
     let r = records::advance(&claim.record_key, &claim.claim, None, |r| {
         r.updated_at = now_secs();
         match outcome {
@@ -471,7 +478,7 @@ fn finish(claim: &Claim, hash: B256, outcome: Outcome) -> (Outcome, bool) {
             }
         }
     });
-    match r {
+    match r.await {
         // Someone else recorded the receipt first: never report a drop over it.
         Ok((r, false)) if matches!(outcome, Outcome::Dropped(_)) => match r.status {
             Status::Confirmed => (Outcome::Confirmed(hash), false),

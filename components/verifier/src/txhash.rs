@@ -75,7 +75,7 @@ impl Context {
         let id = parse_id(invoice_id)?;
         let hash = parse_b256(hash.trim()).map_err(|e| invalid("tx_hash", e.to_string()))?;
         let cfg = Config::load().await?;
-        let invoice = load(&id)?;
+        let invoice = load(&id).await?;
         let payer = payer_of(&invoice)?;
         // The transfer is looked for on the invoice's preferred network (its first option).
         let network = invoice
@@ -94,15 +94,19 @@ impl Context {
     }
 
     /// This invoice's settlement record, if it is for this transaction.
-    fn own_record(&self) -> Result<Option<Record>, wit::Error> {
-        Ok(records::load(&settlement_key(&self.id))?.filter(|r| r.claim == txhash_key(self.hash)))
+    async fn own_record(&self) -> Result<Option<Record>, wit::Error> {
+        Ok(records::load(&settlement_key(&self.id))
+            .await?
+            .filter(|r| r.claim == txhash_key(self.hash)))
     }
 
     /// Whether this transaction already paid something else.
-    fn used_elsewhere(&self) -> Result<bool, wit::Error> {
-        Ok(records::load(&txhash_key(self.hash))?.is_some_and(|r| {
-            r.invoice.as_deref() != Some(self.id.as_str()) || r.claim != txhash_key(self.hash)
-        }))
+    async fn used_elsewhere(&self) -> Result<bool, wit::Error> {
+        Ok(records::load(&txhash_key(self.hash))
+            .await?
+            .is_some_and(|r| {
+                r.invoice.as_deref() != Some(self.id.as_str()) || r.claim != txhash_key(self.hash)
+            }))
     }
 
     async fn prove(&self) -> Result<Proof, wit::Error> {
@@ -175,13 +179,14 @@ fn already_settled() -> wit::Error {
 pub async fn verify(invoice_id: &str, hash: &str) -> Result<String, wit::Error> {
     let c = Context::load(invoice_id, hash).await?;
     let payer = c.payer.to_checksum(None);
-    if c.own_record()?
+    if c.own_record()
+        .await?
         .is_some_and(|r| r.status == Status::Confirmed)
     {
         return Ok(payer);
     }
     check_open(&c.invoice, c.now)?;
-    if c.used_elsewhere()? {
+    if c.used_elsewhere().await? {
         return Err(already_settled());
     }
     match c.prove().await? {
@@ -195,7 +200,7 @@ pub async fn verify(invoice_id: &str, hash: &str) -> Result<String, wit::Error> 
 pub async fn settle(invoice_id: &str, hash: &str) -> Result<wit::Settlement, wit::Error> {
     let c = Context::load(invoice_id, hash).await?;
     let tx = c.hash.to_string();
-    if let Some(r) = records::load(&settlement_key(&c.id))? {
+    if let Some(r) = records::load(&settlement_key(&c.id)).await? {
         if r.claim == txhash_key(c.hash) && r.status == Status::Confirmed {
             return Ok(wit::Settlement::Settled(tx));
         }
@@ -204,7 +209,7 @@ pub async fn settle(invoice_id: &str, hash: &str) -> Result<wit::Settlement, wit
         }
     }
     check_open(&c.invoice, c.now)?;
-    if c.used_elsewhere()? {
+    if c.used_elsewhere().await? {
         return Err(already_settled());
     }
     match c.prove().await? {
@@ -224,18 +229,18 @@ pub async fn settle(invoice_id: &str, hash: &str) -> Result<wit::Settlement, wit
     );
     record.status = Status::Confirmed;
     record.sent.transaction = Some(tx.clone());
-    if let Some(existing) = records::insert_if_absent(&key, &record)? {
+    if let Some(existing) = records::insert_if_absent(&key, &record).await? {
         return if existing.invoice.as_deref() == Some(c.id.as_str()) && existing.claim == key {
             Ok(wit::Settlement::Settled(tx))
         } else {
             Err(already_settled())
         };
     }
-    match records::claim_invoice(&settlement_key(&c.id), &record)? {
+    match records::claim_invoice(&settlement_key(&c.id), &record).await? {
         None => Ok(wit::Settlement::Settled(tx)),
         Some(existing) if existing.claim == key => Ok(wit::Settlement::Settled(tx)),
         Some(_) => {
-            records::delete(&[key]);
+            records::delete(&[key]).await;
             Err(already_settled())
         }
     }

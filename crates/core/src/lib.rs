@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod money;
 pub mod paid;
 pub mod pricing;
+pub mod store;
 pub mod x402;
 
 pub use activation::ActivationRequest;

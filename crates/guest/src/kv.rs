@@ -1,23 +1,33 @@
-//! Atomic key-value operations over `wasi:keyvalue@0.2.0-draft2` (store + atomics), on the `default` store.
+//! Key-value access for esim402's components, correct on every backend Spin ships — including the ones whose
+//! compare-and-swap cannot be trusted (`reference/spin-compat.md` §2).
 //!
-//! `cas::new` snapshots the key's current value (or its absence); `swap` succeeds only if the key still holds
-//! exactly that snapshot, so "insert if absent" is `new` on a missing key followed by `swap`. The host makes
-//! both correct on every backend (SQLite, Redis, memory).
+//! - Every mutable record is a **versioned cell** (kernel [`esim402_core::store::cell`]): read-modify-write
+//!   whose winner is decided by an atomic `increment`, never by a backend's compare-and-swap. [`update_json`]
+//!   and [`update_json_with`] are linearizable, [`insert_if_absent`] has exactly one winner, and a crash at any
+//!   point neither loses an update nor blocks the key.
+//! - [`get_json`] reads a cell's latest published version (one `get`); it may lag an update in flight, so every
+//!   decision that must not race is made inside an update.
+//! - [`claim`] is the cheapest at-most-once primitive: `increment(key, 1) == 1`. Its key is a counter: never
+//!   read or write it any other way.
+//!
+//! Plain reads and writes go through the async `spin:key-value@3` interface; `increment` exists only in the
+//! synchronous `wasi:keyvalue@0.2.0-draft2` atomics, so it is the one call that blocks.
 
+use esim402_core::store::cell::{
+    self, CellError, Committed, Next, Op, Reply, Step, Stored, Update,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use spin_sdk::experimental::wasi::keyvalue::{atomics, store};
+use spin_sdk::experimental::wasi::keyvalue::{atomics, store as wasi_store};
+use spin_sdk::key_value::Store;
 
 /// The store every component shares.
 pub const DEFAULT_STORE: &str = "default";
 
-/// How many times a read-modify-write retries under contention before giving up.
-const MAX_CAS_ATTEMPTS: usize = 64;
-
 /// A key-value failure, mapped to each component's WIT error by the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError<E> {
-    /// The key already exists (insert-if-absent lost).
+    /// The key already holds a value (insert-if-absent lost).
     #[error("key already exists")]
     Exists,
     /// Contention did not settle within the retry budget.
@@ -39,95 +49,226 @@ pub enum KvError<E> {
     Refused(E),
 }
 
-fn store_err<E>(e: store::Error) -> KvError<E> {
+fn spin_err<E>(e: spin_sdk::key_value::Error) -> KvError<E> {
+    KvError::Store(format!("{e:?}"))
+}
+
+fn wasi_err<E>(e: wasi_store::Error) -> KvError<E> {
     KvError::Store(match e {
-        store::Error::NoSuchStore => "no such store".into(),
-        store::Error::AccessDenied => "access denied".into(),
-        store::Error::Other(m) => m,
+        wasi_store::Error::NoSuchStore => "no such store".into(),
+        wasi_store::Error::AccessDenied => "access denied".into(),
+        wasi_store::Error::Other(m) => m,
     })
 }
 
-fn open<E>() -> Result<store::Bucket, KvError<E>> {
-    store::open(DEFAULT_STORE).map_err(store_err)
-}
-
-/// Store `value` under `key` only if the key does not exist yet.
-pub fn insert_if_absent<E>(key: &str, value: &[u8]) -> Result<(), KvError<E>> {
-    let bucket = open()?;
-    let cas = atomics::Cas::new(&bucket, key).map_err(store_err)?;
-    if cas.current().map_err(store_err)?.is_some() {
-        return Err(KvError::Exists);
-    }
-    match atomics::swap(cas, value) {
-        Ok(()) => Ok(()),
-        Err(atomics::CasError::CasFailed(_)) => Err(KvError::Exists),
-        Err(atomics::CasError::StoreError(e)) => Err(store_err(e)),
+fn corrupt<E>(key: &str, message: impl ToString) -> KvError<E> {
+    KvError::Corrupt {
+        key: key.to_owned(),
+        message: message.to_string(),
     }
 }
 
-/// Read the JSON value at `key` (or `None`), let `update` compute the new value, and write it only if nobody
-/// changed the key meanwhile; retry on contention. `update` may run several times and must be pure.
-pub fn update_json<T, E>(
-    key: &str,
-    update: impl Fn(Option<T>) -> Result<T, E>,
-) -> Result<T, KvError<E>>
+/// Fresh randomness for a cell update's tokens.
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    // Without an entropy source, fall back to the clock: tokens then still differ between instances.
+    if getrandom::fill(&mut b).is_err() {
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Atomically add `delta` to the counter at `key` (absent = 0); the new value.
+pub fn increment<E>(key: &str, delta: i64) -> Result<i64, KvError<E>> {
+    let bucket = wasi_store::open(DEFAULT_STORE).map_err(wasi_err)?;
+    atomics::increment(&bucket, key, delta).map_err(wasi_err)
+}
+
+/// Claim `key` once: `true` for exactly one caller ever (an atomic `increment`; correct on every backend).
+pub fn claim<E>(key: &str) -> Result<bool, KvError<E>> {
+    Ok(increment::<E>(key, 1)? == 1)
+}
+
+/// Drive a cell protocol machine against the default store.
+async fn drive<F, R, E>(key: &str, mut machine: Update<F, R, E>) -> Result<Committed<R>, KvError<E>>
 where
-    T: Serialize + DeserializeOwned,
+    F: FnMut(Option<&[u8]>) -> Result<(Next, R), E>,
 {
-    update_json_with(key, |current| update(current).map(|next| (next, ()))).map(|(next, ())| next)
+    let store = Store::open_default().await.map_err(spin_err)?;
+    let mut reply = None;
+    loop {
+        match machine.resume(reply.take()) {
+            Step::Op(Op::Get(k)) => {
+                reply = Some(Reply::Value(store.get(&k).await.map_err(spin_err)?))
+            }
+            Step::Op(Op::Set(k, v)) => {
+                store.set(&k, &v).await.map_err(spin_err)?;
+                reply = Some(Reply::Done);
+            }
+            Step::Op(Op::Delete(k)) => {
+                store.delete(&k).await.map_err(spin_err)?;
+                reply = Some(Reply::Done);
+            }
+            Step::Op(Op::Increment(k, d)) => reply = Some(Reply::Counter(increment(&k, d)?)),
+            Step::Pause(us) => spin_sdk::time::sleep(std::time::Duration::from_micros(us)).await,
+            Step::Done(Ok(c)) => return Ok(c),
+            Step::Done(Err(CellError::Refused(e))) => return Err(KvError::Refused(e)),
+            Step::Done(Err(CellError::Contended)) => {
+                return Err(KvError::Contended(key.to_owned()));
+            }
+            Step::Done(Err(CellError::Corrupt(m))) => return Err(corrupt(key, m)),
+        }
+    }
 }
 
-/// [`update_json`] whose update also returns a by-product `R` (e.g. the items it took off a queue); the
-/// by-product of the attempt that was actually written is returned.
-pub fn update_json_with<T, R, E>(
+/// Why an update closure stopped: the caller's refusal, or a value that did not (de)serialise.
+enum Stop<E> {
+    Refused(E),
+    Corrupt(String),
+}
+
+/// Read-modify-write the JSON cell at `key`: `update` gets the current value (`None` if absent) and returns
+/// the next one plus a by-product; the by-product of the attempt that was committed is returned. `update` may
+/// run several times and must not have effects.
+pub async fn update_json_with<T, R, E>(
     key: &str,
     update: impl Fn(Option<T>) -> Result<(T, R), E>,
 ) -> Result<(T, R), KvError<E>>
 where
     T: Serialize + DeserializeOwned,
 {
-    let bucket = open()?;
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let cas = atomics::Cas::new(&bucket, key).map_err(store_err)?;
-        let current = cas
-            .current()
-            .map_err(store_err)?
-            .map(|bytes| serde_json::from_slice::<T>(&bytes))
+    let step = |cur: Option<&[u8]>| -> Result<(Next, (T, R)), Stop<E>> {
+        let current = cur
+            .map(serde_json::from_slice::<T>)
             .transpose()
-            .map_err(|e| KvError::Corrupt {
-                key: key.to_owned(),
-                message: e.to_string(),
-            })?;
-        let (next, by_product) = update(current).map_err(KvError::Refused)?;
-        let bytes = serde_json::to_vec(&next).map_err(|e| KvError::Corrupt {
-            key: key.to_owned(),
-            message: e.to_string(),
-        })?;
-        match atomics::swap(cas, &bytes) {
-            Ok(()) => return Ok((next, by_product)),
-            Err(atomics::CasError::CasFailed(_)) => continue,
-            Err(atomics::CasError::StoreError(e)) => return Err(store_err(e)),
-        }
+            .map_err(|e| Stop::Corrupt(e.to_string()))?;
+        let (next, r) = update(current).map_err(Stop::Refused)?;
+        let bytes = serde_json::to_vec(&next).map_err(|e| Stop::Corrupt(e.to_string()))?;
+        Ok((Next::Put(bytes), (next, r)))
+    };
+    match drive(key, Update::new(key, seed(), step)).await {
+        Ok(c) => Ok(c.by_product),
+        Err(KvError::Refused(Stop::Refused(e))) => Err(KvError::Refused(e)),
+        Err(KvError::Refused(Stop::Corrupt(m))) => Err(corrupt(key, m)),
+        Err(e) => Err(rewrap(e)),
     }
-    Err(KvError::Contended(key.to_owned()))
 }
 
-/// Read and decode the JSON value at `key`.
-pub fn get_json<T: DeserializeOwned, E>(key: &str) -> Result<Option<T>, KvError<E>> {
-    let bucket = open()?;
-    bucket
-        .get(key)
-        .map_err(store_err)?
-        .map(|bytes| {
-            serde_json::from_slice(&bytes).map_err(|e| KvError::Corrupt {
-                key: key.to_owned(),
-                message: e.to_string(),
-            })
-        })
+/// What [`change_json`]'s function wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change<T> {
+    /// Write this value.
+    Put(T),
+    /// Remove the value (a tombstone: later inserts may take the key).
+    Remove,
+    /// Leave the cell as it is (nothing is written).
+    Keep,
+}
+
+/// The general read-modify-write: `update` sees the current value and says whether to write, remove or keep
+/// it; returns the value after the update and the committed attempt's by-product.
+pub async fn change_json<T, R, E>(
+    key: &str,
+    update: impl Fn(Option<T>) -> Result<(Change<T>, R), E>,
+) -> Result<(Option<T>, R), KvError<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let step = |cur: Option<&[u8]>| -> Result<(Next, R), Stop<E>> {
+        let current = cur
+            .map(serde_json::from_slice::<T>)
+            .transpose()
+            .map_err(|e| Stop::Corrupt(e.to_string()))?;
+        let (change, r) = update(current).map_err(Stop::Refused)?;
+        let next = match change {
+            Change::Put(v) => {
+                Next::Put(serde_json::to_vec(&v).map_err(|e| Stop::Corrupt(e.to_string()))?)
+            }
+            Change::Remove => Next::Remove,
+            Change::Keep => Next::Keep,
+        };
+        Ok((next, r))
+    };
+    match drive(key, Update::new(key, seed(), step)).await {
+        Ok(c) => {
+            let value = c
+                .data
+                .map(|b| serde_json::from_slice::<T>(&b))
+                .transpose()
+                .map_err(|e| corrupt(key, e))?;
+            Ok((value, c.by_product))
+        }
+        Err(KvError::Refused(Stop::Refused(e))) => Err(KvError::Refused(e)),
+        Err(KvError::Refused(Stop::Corrupt(m))) => Err(corrupt(key, m)),
+        Err(e) => Err(rewrap(e)),
+    }
+}
+
+/// [`update_json_with`] without a by-product.
+pub async fn update_json<T, E>(
+    key: &str,
+    update: impl Fn(Option<T>) -> Result<T, E>,
+) -> Result<T, KvError<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
+    update_json_with(key, |cur| update(cur).map(|next| (next, ())))
+        .await
+        .map(|(next, ())| next)
+}
+
+/// Store `value` (JSON bytes) under `key` only if the key holds nothing; exactly one concurrent caller wins.
+pub async fn insert_if_absent<E>(key: &str, value: &[u8]) -> Result<(), KvError<E>> {
+    let step = |cur: Option<&[u8]>| -> Result<(Next, ()), ()> {
+        match cur {
+            Some(_) => Err(()),
+            None => Ok((Next::Put(value.to_vec()), ())),
+        }
+    };
+    match drive(key, Update::new(key, seed(), step)).await {
+        Ok(_) => Ok(()),
+        Err(KvError::Refused(())) => Err(KvError::Exists),
+        Err(e) => Err(rewrap(e)),
+    }
+}
+
+/// Remove the value at `key` (a tombstone version; a later [`insert_if_absent`] may take the key again).
+pub async fn remove<E>(key: &str) -> Result<(), KvError<E>> {
+    let step = |_: Option<&[u8]>| -> Result<(Next, ()), ()> { Ok((Next::Remove, ())) };
+    drive(key, Update::new(key, seed(), step))
+        .await
+        .map(drop)
+        .map_err(rewrap)
+}
+
+/// Read the latest published value of the cell at `key` as raw bytes.
+pub async fn get_bytes<E>(key: &str) -> Result<Option<Vec<u8>>, KvError<E>> {
+    let store = Store::open_default().await.map_err(spin_err)?;
+    let head = store.get(key).await.map_err(spin_err)?;
+    Stored::from_head(head.as_deref())
+        .map(|s| s.data)
+        .map_err(|e| corrupt(key, e))
+}
+
+/// Read and decode the JSON cell at `key`.
+pub async fn get_json<T: DeserializeOwned, E>(key: &str) -> Result<Option<T>, KvError<E>> {
+    get_bytes(key)
+        .await?
+        .map(|bytes| serde_json::from_slice(&bytes).map_err(|e| corrupt(key, e)))
         .transpose()
 }
 
-/// Atomically add `delta` to the integer counter at `key`, returning the new value.
-pub fn increment<E>(key: &str, delta: i64) -> Result<i64, KvError<E>> {
-    atomics::increment(&open()?, key, delta).map_err(store_err)
+/// Change a `KvError`'s refusal type where no refusal can occur.
+fn rewrap<A, B>(e: KvError<A>) -> KvError<B> {
+    match e {
+        KvError::Exists | KvError::Refused(_) => KvError::Exists,
+        KvError::Contended(k) => KvError::Contended(k),
+        KvError::Store(m) => KvError::Store(m),
+        KvError::Corrupt { key, message } => KvError::Corrupt { key, message },
+    }
 }
+
+/// The cell protocol's key names, for components that document their key map.
+pub use cell::{claim_key, proposal_key};

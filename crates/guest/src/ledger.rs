@@ -5,15 +5,14 @@
 //!
 //! Appends are lock-free and never lose or reorder entries: an appender builds entry `n` from the head it read
 //! and claims `ledger/entry/<n>` with insert-if-absent; exactly one appender wins each `n`. The head is then
-//! advanced with compare-and-swap; an appender that finds entry `n` already written but the head still at `n`
-//! advances the head itself before retrying ("helping"), so a crash between the two writes stalls nobody.
+//! advanced with a cell update; an appender that finds entry `n` already written but the head still at `n`
+//! advances the head itself before retrying ("helping"), so a crash between the two writes stalls nobody. Both
+//! are versioned cells ([`crate::kv`]), so this holds on Spin's SQLite and Redis stores too.
 
+use crate::kv::{self, KvError};
 use esim402_core::ledger::{
     ChainHead, EntryFields, EntryKind, LedgerEntry, from_json_line, to_json_line,
 };
-use spin_sdk::experimental::wasi::keyvalue::store;
-
-use crate::kv::{self, KvError};
 
 /// The head key.
 pub const HEAD_KEY: &str = "ledger/head";
@@ -26,12 +25,8 @@ pub fn entry_key(seq: u64) -> String {
     format!("ledger/entry/{seq:020}")
 }
 
-fn read_entry(seq: u64) -> Result<Option<LedgerEntry>, KvError<()>> {
-    let bucket = store::open(kv::DEFAULT_STORE).map_err(|e| KvError::Store(format!("{e:?}")))?;
-    let Some(bytes) = bucket
-        .get(&entry_key(seq))
-        .map_err(|e| KvError::Store(format!("{e:?}")))?
-    else {
+async fn read_entry(seq: u64) -> Result<Option<LedgerEntry>, KvError<()>> {
+    let Some(bytes) = kv::get_bytes(&entry_key(seq)).await? else {
         return Ok(None);
     };
     let line = String::from_utf8(bytes).map_err(|e| KvError::Corrupt {
@@ -47,19 +42,23 @@ fn read_entry(seq: u64) -> Result<Option<LedgerEntry>, KvError<()>> {
 }
 
 /// The stored head (genesis if nothing was ever appended).
-pub fn head() -> Result<ChainHead, KvError<()>> {
-    Ok(kv::get_json::<ChainHead, ()>(HEAD_KEY)?.unwrap_or_else(ChainHead::genesis))
+pub async fn head() -> Result<ChainHead, KvError<()>> {
+    Ok(kv::get_json::<ChainHead, ()>(HEAD_KEY)
+        .await?
+        .unwrap_or_else(ChainHead::genesis))
 }
 
 /// Move the head from `from` to `to` if it still is `from` (someone else may have done it: fine).
-fn advance(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
+async fn advance(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
     match kv::update_json::<ChainHead, ()>(HEAD_KEY, |current| {
         if current.unwrap_or_else(ChainHead::genesis) == from {
             Ok(to)
         } else {
             Err(())
         }
-    }) {
+    })
+    .await
+    {
         Ok(_) | Err(KvError::Refused(())) => Ok(()),
         Err(e) => Err(e),
     }
@@ -84,16 +83,18 @@ pub async fn append(
         if attempt > 0 {
             back_off(attempt).await;
         }
-        let head = head()?;
-        if let Some(existing) = read_entry(head.count)? {
+        let head = head().await?;
+        if let Some(existing) = read_entry(head.count).await? {
             // Written by an appender that has not advanced the head yet: help it along.
-            advance(head, ChainHead::after(&existing))?;
+            advance(head, ChainHead::after(&existing)).await?;
             continue;
         }
         let entry = LedgerEntry::new(&head, at, kind, fields.clone());
-        match kv::insert_if_absent::<()>(&entry_key(entry.seq), to_json_line(&entry).as_bytes()) {
+        match kv::insert_if_absent::<()>(&entry_key(entry.seq), to_json_line(&entry).as_bytes())
+            .await
+        {
             Ok(()) => {
-                advance(head, ChainHead::after(&entry))?;
+                advance(head, ChainHead::after(&entry)).await?;
                 return Ok(entry);
             }
             Err(KvError::Exists) => continue,
@@ -104,11 +105,11 @@ pub async fn append(
 }
 
 /// Entries from `from` (inclusive), at most `limit`, in order; stops at the first missing seq.
-pub fn read_from(from: u64, limit: u64) -> Result<Vec<LedgerEntry>, KvError<()>> {
+pub async fn read_from(from: u64, limit: u64) -> Result<Vec<LedgerEntry>, KvError<()>> {
     let mut out = Vec::new();
     let mut seq = from;
     while (out.len() as u64) < limit {
-        match read_entry(seq)? {
+        match read_entry(seq).await? {
             Some(e) => out.push(e),
             None => break,
         }
@@ -119,17 +120,23 @@ pub fn read_from(from: u64, limit: u64) -> Result<Vec<LedgerEntry>, KvError<()>>
 
 /// Every stored entry up to the head (and any written past it), in seq order, for verification. Entries are
 /// read by key, so an entry whose key is missing shows up as a gap the verifier reports.
-pub fn read_all() -> Result<(ChainHead, Vec<LedgerEntry>), KvError<()>> {
-    let head = head()?;
+pub async fn read_all() -> Result<(ChainHead, Vec<LedgerEntry>), KvError<()>> {
+    let head = head().await?;
     let mut out = Vec::new();
     let mut seq = 0;
     loop {
-        match read_entry(seq)? {
+        match read_entry(seq).await? {
             Some(e) => out.push(e),
             None if seq < head.count => {
                 // A hole below the head: keep scanning so the verifier sees the gap, not a short chain.
-                if let Some(next) = (seq + 1..head.count).find_map(|s| read_entry(s).ok().flatten())
-                {
+                let mut next = None;
+                for s in seq + 1..head.count {
+                    if let Ok(Some(e)) = read_entry(s).await {
+                        next = Some(e);
+                        break;
+                    }
+                }
+                if let Some(next) = next {
                     seq = next.seq;
                     out.push(next);
                 } else {

@@ -42,8 +42,11 @@ pub mod bindings {
     });
 }
 
-pub use bindings::esim402::facilitator::types;
-use bindings::exports::esim402::facilitator::{dispatch, invoices, metering, verifier};
+pub use bindings::esim402::types::types;
+use bindings::exports::esim402::dispatch::dispatch;
+use bindings::exports::esim402::invoices::invoices;
+use bindings::exports::esim402::metering::metering;
+use bindings::exports::esim402::verifier::verifier;
 pub use wasmtime::component::Accessor;
 
 /// One outbound request the component made.
@@ -278,29 +281,29 @@ pub struct Exports {
 }
 
 fn missing(name: &str) -> ! {
-    panic!("the component under test does not export esim402:facilitator/{name}")
+    panic!("the component under test does not export esim402:{name}/{name}")
 }
 
 impl Exports {
-    /// `esim402:facilitator/invoices`.
+    /// `esim402:invoices/invoices`.
     pub fn invoices(&self) -> &invoices::Guest {
         self.invoices
             .as_ref()
             .unwrap_or_else(|| missing("invoices"))
     }
-    /// `esim402:facilitator/verifier`.
+    /// `esim402:verifier/verifier`.
     pub fn verifier(&self) -> &verifier::Guest {
         self.verifier
             .as_ref()
             .unwrap_or_else(|| missing("verifier"))
     }
-    /// `esim402:facilitator/metering`.
+    /// `esim402:metering/metering`.
     pub fn metering(&self) -> &metering::Guest {
         self.metering
             .as_ref()
             .unwrap_or_else(|| missing("metering"))
     }
-    /// `esim402:facilitator/dispatch`.
+    /// `esim402:dispatch/dispatch`.
     pub fn dispatch(&self) -> &dispatch::Guest {
         self.dispatch
             .as_ref()
@@ -491,9 +494,31 @@ impl Kit {
         &self.kv
     }
 
-    /// A value from the `default` store.
+    /// The latest value of the cell at `key` in the `default` store, as the components read it (the data inside
+    /// the versioned-cell envelope; `None` if absent or removed). Raw bytes: [`Kit::kv`].
     pub async fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.kv.get(key).await.ok().flatten()
+        let raw = self.kv.get(key).await.ok().flatten()?;
+        esim402_core::store::cell::Stored::decode(&raw).ok()?.data
+    }
+
+    /// Overwrite the data of the cell at `key` *in place* (same version), as time passing or another component
+    /// would have left it. Test set-up only: a real writer goes through the cell protocol.
+    pub async fn kv_put(&self, key: &str, data: &[u8]) {
+        use esim402_core::store::cell::Stored;
+        let head = self.kv.get(key).await.ok().flatten();
+        let (version, token) = head
+            .as_deref()
+            .and_then(|b| Stored::decode(b).ok())
+            .map_or((0, 0), |s| (s.version, s.token));
+        let bytes = Stored {
+            version,
+            token,
+            data: Some(data.to_vec()),
+        }
+        .encode();
+        if let Err(e) = self.kv.set(key, &bytes).await {
+            panic!("test kit: cannot write {key}: {e}");
+        }
     }
 
     /// Every outbound request so far, in order.

@@ -1,8 +1,8 @@
-//! Per-signer nonce bookkeeping, kept in key-value storage and updated by compare-and-swap.
+//! Per-signer nonce bookkeeping, kept in key-value storage and updated atomically (a versioned cell).
 //!
 //! Spin runs a fresh instance per request, so two settlements may sign at once with the same key. Each reads the
 //! stored [`NonceState`], calls [`NonceState::reserve`] with the node's `eth_getTransactionCount(pending)`, and
-//! writes the state back with compare-and-swap (retrying on conflict) *before* signing. The rules:
+//! writes the state back atomically (retrying on conflict) *before* signing. The rules:
 //!
 //! - A reserved nonce is never handed out again while it is held, and never below what the chain has used.
 //! - [`release_on_failure`](NonceState::release_on_failure) returns a nonce whose transaction was certainly
@@ -21,6 +21,16 @@
 //! ([`observe_mined`](NonceState::observe_mined)), and [`unsent`](NonceState::unsent) lists the ones at or
 //! above the node's pending count: the transactions a sender should offer the node again (identical bytes,
 //! see `evm::rebroadcast`) before its own.
+//!
+//! A request can also be cancelled *between* the reservation and the recording of its transaction (both are
+//! store calls the host may cancel at): the nonce is held but no record names a transaction for it, and it was
+//! never broadcast (broadcast happens only after recording). Each reservation carries its time
+//! ([`reserved_at`](NonceState::reserved_at)); [`orphans`](NonceState::orphans) lists the ones older than a
+//! bound whose owner may have died, and a sender that finds the owner's record without that nonce's
+//! transaction [releases](NonceState::release_on_failure) it, so the gap is filled by the next reservation.
+//! Should the owner turn out to be alive after all and broadcast late, its transaction competes for a reused
+//! nonce and is dropped — the case `evm::rebroadcast` already resolves (it fails only if its authorization is
+//! unused).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +50,9 @@ pub struct NonceState {
     /// [`reserve_for`](Self::reserve_for), until the chain has mined past it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub owners: BTreeMap<u64, String>,
+    /// When each nonce in [`owners`](Self::owners) was handed out (unix seconds).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reserved_at: BTreeMap<u64, u64>,
 }
 
 impl NonceState {
@@ -74,11 +87,28 @@ impl NonceState {
         nonce
     }
 
-    /// [`reserve`](Self::reserve) a nonce for the transaction that the record at `owner` will hold.
-    pub fn reserve_for(&mut self, chain_pending_count: u64, owner: &str) -> u64 {
+    /// [`reserve`](Self::reserve) a nonce, at `now`, for the transaction that the record at `owner` will hold.
+    pub fn reserve_for(&mut self, chain_pending_count: u64, owner: &str, now: u64) -> u64 {
         let nonce = self.reserve(chain_pending_count);
         self.owners.insert(nonce, owner.to_owned());
+        self.reserved_at.insert(nonce, now);
         nonce
+    }
+
+    /// The owned nonces at or above the node's pending count that were handed out at least `min_age` seconds
+    /// before `now` (with their owner): if the owner's record names no transaction for one of them, its request
+    /// died between reserving and recording, and it should be released.
+    pub fn orphans(&self, chain_pending_count: u64, now: u64, min_age: u64) -> Vec<(u64, String)> {
+        self.owners
+            .range(chain_pending_count..)
+            .filter(|(n, _)| {
+                // Entries from before reservation times were kept count as old.
+                self.reserved_at
+                    .get(n)
+                    .is_none_or(|at| at.saturating_add(min_age) <= now)
+            })
+            .map(|(n, owner)| (*n, owner.clone()))
+            .collect()
     }
 
     /// Forget the owners of nonces the chain has mined: `chain_mined_count` is
@@ -86,6 +116,7 @@ impl NonceState {
     /// evicted, and then its owner is what finds it again.
     pub fn observe_mined(&mut self, chain_mined_count: u64) {
         self.owners = self.owners.split_off(&chain_mined_count);
+        self.reserved_at = self.reserved_at.split_off(&chain_mined_count);
     }
 
     /// The nonces at or above the node's pending count whose transactions are on record (with the record's
@@ -104,6 +135,7 @@ impl NonceState {
     /// Returns `false` (and changes nothing else) if the nonce is not currently held.
     pub fn release_on_failure(&mut self, nonce: u64) -> bool {
         self.owners.remove(&nonce);
+        self.reserved_at.remove(&nonce);
         if !self.pending.remove(&nonce) {
             return false;
         }
@@ -192,6 +224,32 @@ mod tests {
     }
 
     #[test]
+    fn orphans_are_old_owned_nonces_at_or_above_the_node() {
+        let mut s = NonceState::default();
+        assert_eq!(s.reserve_for(0, "settlement/a", 100), 0);
+        assert_eq!(s.reserve_for(0, "settlement/b", 150), 1);
+        assert_eq!(s.reserve_for(0, "refund/c", 190), 2);
+        // At 210 with a 60 s bound only a and b (exactly 60 s) may have died.
+        assert_eq!(
+            s.orphans(0, 210, 60),
+            vec![
+                (0, "settlement/a".to_owned()),
+                (1, "settlement/b".to_owned())
+            ]
+        );
+        // The node has nonce 0: only what is ahead of it can be a gap.
+        assert_eq!(s.orphans(1, 210, 60), vec![(1, "settlement/b".to_owned())]);
+        // Releasing an orphan forgets its owner and time, and the next reservation fills the hole.
+        assert!(s.release_on_failure(1));
+        assert!(!s.reserved_at.contains_key(&1));
+        assert_eq!(s.orphans(1, 1_000, 60), vec![(2, "refund/c".to_owned())]);
+        assert_eq!(s.reserve_for(1, "settlement/d", 300), 1);
+        // Mined nonces leave both maps.
+        s.observe_mined(2);
+        assert_eq!(s.reserved_at.keys().copied().collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
     fn releasing_twice_or_a_foreign_nonce_does_nothing() {
         let mut s = NonceState::default();
         let a = s.reserve(0);
@@ -232,9 +290,9 @@ mod tests {
     #[test]
     fn owners_are_kept_until_mined_and_listed_from_the_pending_count() {
         let mut s = NonceState::default();
-        assert_eq!(s.reserve_for(7, "settlement/a"), 7);
-        assert_eq!(s.reserve_for(7, "settlement/b"), 8);
-        assert_eq!(s.reserve_for(7, "refund/c"), 9);
+        assert_eq!(s.reserve_for(7, "settlement/a", 0), 7);
+        assert_eq!(s.reserve_for(7, "settlement/b", 0), 8);
+        assert_eq!(s.reserve_for(7, "refund/c", 0), 9);
         // The node has 7 in its pool (pending count 8): only 8 and 9 may be missing there.
         assert_eq!(
             s.unsent(8, 16),
@@ -242,7 +300,7 @@ mod tests {
         );
         assert_eq!(s.unsent(8, 1), vec![(8, "settlement/b".to_owned())]);
         // The next send sees 7 in the pool (pending count 8) and lets go of it; 7 is never handed out again.
-        assert_eq!(s.reserve_for(8, "settlement/d"), 10);
+        assert_eq!(s.reserve_for(8, "settlement/d", 0), 10);
         assert_eq!(s.pending, BTreeSet::from([8, 9, 10]));
         // The pool evicts 7: the pending count falls back to 7, and 7 is listed again, its owner still known.
         assert_eq!(s.unsent(7, 16)[0], (7, "settlement/a".to_owned()));
@@ -256,12 +314,12 @@ mod tests {
     #[test]
     fn a_released_nonce_loses_its_owner() {
         let mut s = NonceState::default();
-        let a = s.reserve_for(3, "settlement/a");
-        let b = s.reserve_for(3, "settlement/b");
+        let a = s.reserve_for(3, "settlement/a", 0);
+        let b = s.reserve_for(3, "settlement/b", 0);
         assert!(s.release_on_failure(a));
         assert_eq!(s.unsent(3, 16), vec![(b, "settlement/b".to_owned())]);
         // Reused for another record.
-        assert_eq!(s.reserve_for(3, "settlement/c"), a);
+        assert_eq!(s.reserve_for(3, "settlement/c", 0), a);
         assert_eq!(s.owners[&a], "settlement/c");
         assert!(!s.release_on_failure(99));
     }
@@ -275,11 +333,11 @@ mod tests {
         let old: NonceState = serde_json::from_str(r#"{"next":5,"pending":[4]}"#).unwrap();
         assert_eq!(old, s);
         let mut owned = NonceState::default();
-        owned.reserve_for(4, "settlement/x");
+        owned.reserve_for(4, "settlement/x", 0);
         let json = serde_json::to_string(&owned).unwrap();
         assert_eq!(
             json,
-            r#"{"next":5,"pending":[4],"released":[],"owners":{"4":"settlement/x"}}"#
+            r#"{"next":5,"pending":[4],"released":[],"owners":{"4":"settlement/x"},"reserved_at":{"4":0}}"#
         );
         assert_eq!(serde_json::from_str::<NonceState>(&json).unwrap(), owned);
     }

@@ -374,10 +374,8 @@ pub(crate) fn invoice(seed: u8, payer: Option<Address>) -> Invoice {
 
 pub(crate) async fn store_invoice(kit: &Kit, inv: &Invoice) -> String {
     let id = inv.invoice_id.as_str().to_owned();
-    kit.kv()
-        .set(&format!("invoice/{id}"), &serde_json::to_vec(inv).unwrap())
-        .await
-        .unwrap();
+    kit.kv_put(&format!("invoice/{id}"), &serde_json::to_vec(inv).unwrap())
+        .await;
     id
 }
 
@@ -523,10 +521,7 @@ pub(crate) async fn backdate(kit: &Kit, key: &str, secs: u64) {
     let mut record = kv_json(kit, key).await.unwrap();
     let at = record["updated_at"].as_u64().unwrap();
     record["updated_at"] = json!(at - secs);
-    kit.kv()
-        .set(key, record.to_string().as_bytes())
-        .await
-        .unwrap();
+    kit.kv_put(key, record.to_string().as_bytes()).await;
 }
 
 pub(crate) fn decode_tx(raw: &[u8]) -> Signed<TxEip1559> {
@@ -1389,7 +1384,7 @@ async fn an_abandoned_claim_is_taken_over_and_a_live_one_is_left_alone() {
         .to_string()
     };
     for key in [format!("settlement/{id}"), p.nonce_key()] {
-        kit.kv().set(&key, claimed(now()).as_bytes()).await.unwrap();
+        kit.kv_put(&key, claimed(now()).as_bytes()).await;
     }
     assert_eq!(
         settle(&mut kit, &id, p.v2()).await,
@@ -1399,10 +1394,8 @@ async fn an_abandoned_claim_is_taken_over_and_a_live_one_is_left_alone() {
     );
     assert!(node.sent().is_empty());
 
-    kit.kv()
-        .set(&format!("settlement/{id}"), claimed(now() - 600).as_bytes())
-        .await
-        .unwrap();
+    kit.kv_put(&format!("settlement/{id}"), claimed(now() - 600).as_bytes())
+        .await;
     let got = settle(&mut kit, &id, p.v2()).await;
     let sent = node.sent();
     assert_eq!(sent.len(), 1);
@@ -1497,7 +1490,7 @@ async fn the_private_key_never_leaves_the_component() {
             ));
         }
         for key in k.kv().keys().await.unwrap() {
-            let value = k.kv_get(&key).await.unwrap();
+            let value = k.kv().get(&key).await.unwrap().unwrap_or_default();
             haystacks.push(format!("{key} {}", String::from_utf8_lossy(&value)));
         }
     }

@@ -1,0 +1,537 @@
+//! Versioned cells: linearizable read-modify-write of one key over a key-value store whose only atomic that
+//! can be trusted is `increment` — what Spin's stores really guarantee (`reference/spin-compat.md` §2: on
+//! Spin's SQLite store a compare-and-swap on an absent key is an upsert both racers win; on its Redis store
+//! every swap reports failure after writing, and a lost race can be reported as success).
+//!
+//! The protocol, for a cell at key `K` holding version `n` (absent = version 0):
+//!
+//! 1. read `K` (the *head*: version `n`, its data);
+//! 2. compute the next data from it;
+//! 3. write it as a *proposal* at `K@v<n+1>.<t>`, where `t` is a random 48-bit token;
+//! 4. claim version `n+1`: `increment(K@v<n+1>, t)`. The counter starts at 0, so exactly one claimant — the
+//!    first — sees its own token back: it owns version `n+1`. Every later claimant sees a larger sum, undoes
+//!    its increment, deletes its proposal and starts again from 1;
+//! 5. the owner publishes: `set(K, proposal)`.
+//!
+//! Invariants (checked by the model tests at the bottom, with crashes at every step):
+//! - **One writer per version.** Only `increment` decides, and it is atomic on every Spin backend.
+//! - **Updates are never lost.** The owner of `n+1` read version `n`, and `n` was the newest: had `n+1`
+//!   existed, its claim would have been taken. So each update applies to the value the previous one wrote.
+//! - **The head never goes back in normal operation.** The owner of `n+2` read version `n+1` from the head, so
+//!   the head write of `n+1` happened first, and no version is written to the head by two owners.
+//! - **A crash never blocks a cell.** The proposal is written *before* the claim, so a claimant that dies
+//!   after winning leaves its data behind: the counter holds its token (losers undo theirs), which names the
+//!   proposal. A writer that keeps losing version `n+1` while the head stays at `n` for [`ADOPT_AFTER_US`]
+//!   *adopts* it: it copies the winner's proposal to the head (the same bytes the winner would have written).
+//!   Only a second crash in the same microseconds-wide window (a loser between its increment and its undo)
+//!   can hide the winner's token; the writer then reports [`CellError::Contended`] and the key needs an
+//!   operator.
+//! - **Reads are cheap and may lag**: a read is one `get` of the head. Between a claim and its publication (or
+//!   until an adoption) a reader sees the previous version — which is why every decision that must not race is
+//!   made inside an update, never on a plain read.
+//!
+//! A head write can go back only if a process stalls for longer than [`ADOPT_AFTER_US`] between two store
+//! calls (a frozen VM): an adopter then copies version `n+1` after someone else already published `n+2`.
+//! Nothing is lost even then — every version stays in its proposal, and the next update finds the newer claim,
+//! adopts it and moves on — but a read may briefly see the older value.
+//!
+//! Stored format: the head and the proposals hold `@kv1 <version> <token>\n<data>`; a head without the prefix
+//! (written before cells existed) reads as version 0. Counters are only ever touched through `increment`, so
+//! the backends' counter encodings (little-endian on SQLite, decimal on Redis) never matter. Counters are kept
+//! (a few bytes per version: deleting one would let a stale writer claim its version again). Proposals of
+//! version 2 and up are kept too, because a stalled writer can set the head back by one version and the next
+//! writer then needs them to move forward again; the proposal of version 1 is deleted once published, since
+//! no head can ever go back to version 0. So a key written once costs its head and one counter.
+//!
+//! The protocol is sans-IO: [`Update`] yields [`Op`]s and pauses; a driver (the guest's `esim402_guest::kv`,
+//! or the simulated store in the tests) performs them and feeds back each [`Reply`].
+
+use std::fmt;
+
+/// Tokens are below 2^48, so thousands of simultaneous claimants cannot overflow a signed 64-bit counter.
+pub const TOKEN_BITS: u32 = 48;
+
+/// A writer that has lost the same version for this long (in summed back-off pauses) while the head stayed
+/// put adopts the winner's proposal.
+pub const ADOPT_AFTER_US: u64 = 100_000;
+
+/// An update gives up (with [`CellError::Contended`]) after this much summed back-off.
+pub const GIVE_UP_AFTER_US: u64 = 3_000_000;
+
+/// The longest single back-off pause.
+const MAX_PAUSE_US: u64 = 8_000;
+
+const MAGIC: &[u8] = b"@kv1 ";
+
+/// The key of version `version`'s claim counter.
+pub fn claim_key(key: &str, version: u64) -> String {
+    format!("{key}@v{version}")
+}
+
+/// The key of a proposal for `version` by the claimant holding `token`.
+pub fn proposal_key(key: &str, version: u64, token: u64) -> String {
+    format!("{key}@v{version}.{token}")
+}
+
+/// One stored version of a cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// 0 for a value written before cells existed (or none at all).
+    pub version: u64,
+    /// The token of the claimant that wrote it (0 for version 0).
+    pub token: u64,
+    /// The data; `None` is a removed value (a tombstone).
+    pub data: Option<Vec<u8>>,
+}
+
+impl Stored {
+    /// Encode for the store.
+    pub fn encode(&self) -> Vec<u8> {
+        let (flag, data) = match &self.data {
+            Some(d) => ('+', d.as_slice()),
+            None => ('-', &[][..]),
+        };
+        let mut out = format!("@kv1 {} {} {flag}\n", self.version, self.token).into_bytes();
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// Decode what the store holds at a head or proposal key. Bytes without the envelope are a value written
+    /// before cells existed: version 0.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CellError> {
+        let Some(rest) = bytes.strip_prefix(MAGIC) else {
+            return Ok(Self {
+                version: 0,
+                token: 0,
+                data: Some(bytes.to_vec()),
+            });
+        };
+        let corrupt = || CellError::Corrupt("malformed cell envelope".into());
+        let nl = rest.iter().position(|&b| b == b'\n').ok_or_else(corrupt)?;
+        let header = std::str::from_utf8(&rest[..nl]).map_err(|_| corrupt())?;
+        let mut parts = header.split(' ');
+        let version = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(corrupt)?;
+        let token = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(corrupt)?;
+        let data = match parts.next() {
+            Some("+") => Some(rest[nl + 1..].to_vec()),
+            Some("-") => None,
+            _ => return Err(corrupt()),
+        };
+        if parts.next().is_some() {
+            return Err(corrupt());
+        }
+        Ok(Self {
+            version,
+            token,
+            data,
+        })
+    }
+
+    /// Decode a head read: absent is version 0 without data.
+    pub fn from_head(bytes: Option<&[u8]>) -> Result<Self, CellError> {
+        match bytes {
+            None => Ok(Self {
+                version: 0,
+                token: 0,
+                data: None,
+            }),
+            Some(b) => Self::decode(b),
+        }
+    }
+}
+
+/// A key-value operation for the driver to perform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Read a key; reply [`Reply::Value`].
+    Get(String),
+    /// Overwrite a key; reply [`Reply::Done`].
+    Set(String, Vec<u8>),
+    /// Remove a key; reply [`Reply::Done`].
+    Delete(String),
+    /// Atomically add to a counter (absent = 0); reply [`Reply::Counter`] with the new value.
+    Increment(String, i64),
+}
+
+/// What an [`Op`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A `Get`'s value.
+    Value(Option<Vec<u8>>),
+    /// A `Set` or `Delete` finished.
+    Done,
+    /// An `Increment`'s new value.
+    Counter(i64),
+}
+
+/// The next thing a driver must do for an [`Update`].
+#[derive(Debug)]
+pub enum Step<R, E> {
+    /// Perform this operation and pass its reply to [`Update::resume`].
+    Op(Op),
+    /// Wait this many microseconds, then call [`Update::resume`] with `None`.
+    Pause(u64),
+    /// Finished.
+    Done(Result<Committed<R>, CellError<E>>),
+}
+
+/// What an update function wants written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Write this data as the next version.
+    Put(Vec<u8>),
+    /// Remove the value (a tombstone version: reads as absent, later inserts may take the key).
+    Remove,
+    /// Change nothing (no write; the update reports the version it read).
+    Keep,
+}
+
+/// A finished update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed<R> {
+    /// The version now holding the result (the one read, for [`Next::Keep`]).
+    pub version: u64,
+    /// The data after the update.
+    pub data: Option<Vec<u8>>,
+    /// The update function's by-product from the attempt that was committed.
+    pub by_product: R,
+}
+
+/// Why an update did not commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellError<E = ()> {
+    /// The update function refused the current value.
+    Refused(E),
+    /// The cell kept changing (or a doubly-crashed claim hides its winner) past [`GIVE_UP_AFTER_US`].
+    Contended,
+    /// A stored envelope did not decode.
+    Corrupt(String),
+}
+
+impl<E: fmt::Debug> fmt::Display for CellError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused(e) => write!(f, "update refused: {e:?}"),
+            Self::Contended => f.write_str("too much contention"),
+            Self::Corrupt(m) => write!(f, "corrupt stored value: {m}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for the head.
+    Reading,
+    /// Waiting for the proposal write.
+    Proposing,
+    /// Waiting for the claim's counter.
+    Claiming,
+    /// Won; waiting for the head write.
+    Publishing,
+    /// Published version 1; waiting for its proposal's delete.
+    Tidying,
+    /// Lost; waiting for the undo increment.
+    Undoing,
+    /// Lost; waiting for the proposal delete.
+    Withdrawing,
+    /// Stuck: re-reading the head before adopting.
+    Checking,
+    /// Stuck: reading the claim counter (increment by 0) to learn the winner's token.
+    FindingWinner,
+    /// Stuck: reading the winner's proposal.
+    Adopting(u64),
+    /// Stuck: waiting for the adopted head write.
+    Republishing,
+    /// Pausing before the next attempt.
+    Pausing,
+    /// Finished.
+    Finished,
+}
+
+/// One read-modify-write of a cell, as a sans-IO state machine.
+///
+/// ```
+/// use esim402_core::store::cell::{Next, Op, Reply, Step, Update};
+/// let mut u = Update::new("k", 7, |cur: Option<&[u8]>| -> Result<(Next, ()), ()> {
+///     assert!(cur.is_none());
+///     Ok((Next::Put(b"1".to_vec()), ()))
+/// });
+/// let mut reply = None;
+/// let mut store = std::collections::HashMap::<String, Vec<u8>>::new();
+/// let mut counters = std::collections::HashMap::<String, i64>::new();
+/// let done = loop {
+///     match u.resume(reply.take()) {
+///         Step::Op(Op::Get(k)) => reply = Some(Reply::Value(store.get(&k).cloned())),
+///         Step::Op(Op::Set(k, v)) => { store.insert(k, v); reply = Some(Reply::Done) }
+///         Step::Op(Op::Delete(k)) => { store.remove(&k); reply = Some(Reply::Done) }
+///         Step::Op(Op::Increment(k, d)) => {
+///             let c = counters.entry(k).or_default();
+///             *c += d;
+///             reply = Some(Reply::Counter(*c));
+///         }
+///         Step::Pause(_) => {}
+///         Step::Done(r) => break r.unwrap(),
+///     }
+/// };
+/// assert_eq!((done.version, done.data.as_deref()), (1, Some(&b"1"[..])));
+/// ```
+pub struct Update<F, R, E> {
+    key: String,
+    update: F,
+    rng: u64,
+    state: State,
+    /// The head version this attempt read.
+    read: u64,
+    /// This attempt's token and proposal bytes.
+    token: u64,
+    proposal: Vec<u8>,
+    /// The attempt's result, kept until it is committed.
+    result: Option<(Option<Vec<u8>>, R)>,
+    /// Attempts so far and summed pauses.
+    attempt: u32,
+    paused_us: u64,
+    /// The head version that has been losing (and since when, in summed pauses) — for adoption.
+    stuck_at: Option<(u64, u64)>,
+    _error: std::marker::PhantomData<E>,
+}
+
+impl<F, R, E> Update<F, R, E>
+where
+    F: FnMut(Option<&[u8]>) -> Result<(Next, R), E>,
+{
+    /// An update of the cell at `key`; `seed` feeds the tokens and back-off jitter (use fresh randomness:
+    /// two claimants with one token would share a proposal key).
+    pub fn new(key: impl Into<String>, seed: u64, update: F) -> Self {
+        Self {
+            key: key.into(),
+            update,
+            rng: seed,
+            state: State::Reading,
+            read: 0,
+            token: 0,
+            proposal: Vec::new(),
+            result: None,
+            attempt: 0,
+            paused_us: 0,
+            stuck_at: None,
+            _error: std::marker::PhantomData,
+        }
+    }
+
+    /// splitmix64.
+    fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn token(&mut self) -> u64 {
+        loop {
+            let t = self.random() >> (64 - TOKEN_BITS);
+            if t != 0 {
+                return t;
+            }
+        }
+    }
+
+    fn finish(&mut self, r: Result<Committed<R>, CellError<E>>) -> Step<R, E> {
+        self.state = State::Finished;
+        Step::Done(r)
+    }
+
+    fn read_head(&mut self) -> Step<R, E> {
+        self.state = State::Reading;
+        Step::Op(Op::Get(self.key.clone()))
+    }
+
+    /// Back off before the next attempt, or give up.
+    fn retry(&mut self) -> Step<R, E> {
+        if self.paused_us >= GIVE_UP_AFTER_US {
+            return self.finish(Err(CellError::Contended));
+        }
+        self.attempt += 1;
+        let cap = (250u64 << self.attempt.min(6)).min(MAX_PAUSE_US);
+        let pause = self.random() % cap;
+        self.paused_us += pause;
+        self.state = State::Pausing;
+        Step::Pause(pause)
+    }
+
+    /// Advance with the reply to the last [`Step::Op`] (`None` to start and after a [`Step::Pause`]).
+    pub fn resume(&mut self, reply: Option<Reply>) -> Step<R, E> {
+        match (std::mem::replace(&mut self.state, State::Finished), reply) {
+            (State::Reading, None) | (State::Pausing, None) => self.read_head(),
+            (State::Reading, Some(Reply::Value(head))) => self.on_head(head.as_deref()),
+            (State::Proposing, Some(Reply::Done)) => {
+                self.state = State::Claiming;
+                let token = self.token_i64();
+                Step::Op(Op::Increment(claim_key(&self.key, self.read + 1), token))
+            }
+            (State::Claiming, Some(Reply::Counter(c))) => {
+                if c == self.token_i64() {
+                    self.state = State::Publishing;
+                    Step::Op(Op::Set(
+                        self.key.clone(),
+                        std::mem::take(&mut self.proposal),
+                    ))
+                } else {
+                    self.state = State::Undoing;
+                    let token = self.token_i64();
+                    Step::Op(Op::Increment(claim_key(&self.key, self.read + 1), -token))
+                }
+            }
+            (State::Publishing, Some(Reply::Done)) if self.read == 0 => {
+                self.state = State::Tidying;
+                Step::Op(Op::Delete(proposal_key(&self.key, 1, self.token)))
+            }
+            (State::Publishing | State::Tidying, Some(Reply::Done)) => {
+                let Some((data, by_product)) = self.result.take() else {
+                    return self.finish(Err(CellError::Corrupt("update lost its result".into())));
+                };
+                let version = self.read + 1;
+                self.finish(Ok(Committed {
+                    version,
+                    data,
+                    by_product,
+                }))
+            }
+            (State::Undoing, Some(Reply::Counter(_))) => {
+                self.state = State::Withdrawing;
+                Step::Op(Op::Delete(proposal_key(
+                    &self.key,
+                    self.read + 1,
+                    self.token,
+                )))
+            }
+            (State::Withdrawing, Some(Reply::Done)) => self.on_lost(),
+            (State::Checking, Some(Reply::Value(head))) => {
+                match Stored::from_head(head.as_deref()) {
+                    Ok(s) if s.version == self.read => {
+                        self.state = State::FindingWinner;
+                        Step::Op(Op::Increment(claim_key(&self.key, self.read + 1), 0))
+                    }
+                    Ok(_) => self.retry(),
+                    Err(e) => self.finish(Err(widen(e))),
+                }
+            }
+            (State::FindingWinner, Some(Reply::Counter(c))) => match u64::try_from(c) {
+                Ok(t) if t > 0 && t < (1 << TOKEN_BITS) => {
+                    self.state = State::Adopting(t);
+                    Step::Op(Op::Get(proposal_key(&self.key, self.read + 1, t)))
+                }
+                // A loser's increment is in flight (or the claim's winner is hidden): try again later.
+                _ => self.retry(),
+            },
+            (State::Adopting(t), Some(Reply::Value(Some(bytes)))) => match Stored::decode(&bytes) {
+                Ok(s) if s.version == self.read + 1 && s.token == t => {
+                    self.state = State::Republishing;
+                    Step::Op(Op::Set(self.key.clone(), bytes))
+                }
+                Ok(_) => self.finish(Err(CellError::Corrupt(format!(
+                    "proposal {} does not hold version {}",
+                    proposal_key(&self.key, self.read + 1, t),
+                    self.read + 1
+                )))),
+                Err(e) => self.finish(Err(widen(e))),
+            },
+            (State::Adopting(_), Some(Reply::Value(None))) => self.retry(),
+            (State::Republishing, Some(Reply::Done)) => {
+                self.stuck_at = None;
+                self.read_head()
+            }
+            (state, reply) => self.finish(Err(CellError::Corrupt(format!(
+                "cell driver protocol error: {reply:?} in state {state:?}"
+            )))),
+        }
+    }
+
+    fn token_i64(&self) -> i64 {
+        // Tokens are below 2^48.
+        i64::try_from(self.token).unwrap_or(i64::MAX)
+    }
+
+    fn on_head(&mut self, head: Option<&[u8]>) -> Step<R, E> {
+        let stored = match Stored::from_head(head) {
+            Ok(s) => s,
+            Err(e) => return self.finish(Err(widen(e))),
+        };
+        if self.stuck_at.is_some_and(|(v, _)| v != stored.version) {
+            self.stuck_at = None;
+        }
+        let (next, by_product) = match (self.update)(stored.data.as_deref()) {
+            Ok(x) => x,
+            Err(e) => return self.finish(Err(CellError::Refused(e))),
+        };
+        let data = match next {
+            Next::Keep => {
+                return self.finish(Ok(Committed {
+                    version: stored.version,
+                    data: stored.data,
+                    by_product,
+                }));
+            }
+            Next::Put(d) => Some(d),
+            Next::Remove if stored.data.is_none() => {
+                // Already absent: nothing to write.
+                return self.finish(Ok(Committed {
+                    version: stored.version,
+                    data: None,
+                    by_product,
+                }));
+            }
+            Next::Remove => None,
+        };
+        self.read = stored.version;
+        self.token = self.token();
+        let proposal = Stored {
+            version: self.read + 1,
+            token: self.token,
+            data: data.clone(),
+        }
+        .encode();
+        self.proposal = proposal.clone();
+        self.result = Some((data, by_product));
+        self.state = State::Proposing;
+        Step::Op(Op::Set(
+            proposal_key(&self.key, self.read + 1, self.token),
+            proposal,
+        ))
+    }
+
+    /// Lost the claim on `read + 1`: back off, and once the head has stayed at `read` long enough, adopt.
+    fn on_lost(&mut self) -> Step<R, E> {
+        self.result = None;
+        self.proposal.clear();
+        let since = match self.stuck_at {
+            Some((v, since)) if v == self.read => since,
+            _ => {
+                self.stuck_at = Some((self.read, self.paused_us));
+                self.paused_us
+            }
+        };
+        if self.paused_us.saturating_sub(since) >= ADOPT_AFTER_US {
+            self.state = State::Checking;
+            return Step::Op(Op::Get(self.key.clone()));
+        }
+        self.retry()
+    }
+}
+
+fn widen<E>(e: CellError) -> CellError<E> {
+    match e {
+        CellError::Refused(()) | CellError::Contended => CellError::Contended,
+        CellError::Corrupt(m) => CellError::Corrupt(m),
+    }
+}
+
+#[cfg(test)]
+#[path = "cell_tests.rs"]
+mod tests;

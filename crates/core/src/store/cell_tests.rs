@@ -1,0 +1,363 @@
+//! Model tests of the cell protocol: many writers interleaved one store call at a time on a simulated store
+//! with only `get`/`set`/`delete`/`increment` (what Spin's backends guarantee), with crashes at every step.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::collections::HashMap;
+
+use super::*;
+
+/// A store with Spin's trustworthy operations: linearizable per key, `increment` atomic.
+#[derive(Default)]
+struct Sim {
+    values: HashMap<String, Vec<u8>>,
+    counters: HashMap<String, i64>,
+}
+
+impl Sim {
+    fn apply(&mut self, op: Op) -> Reply {
+        match op {
+            Op::Get(k) => Reply::Value(self.values.get(&k).cloned()),
+            Op::Set(k, v) => {
+                self.values.insert(k, v);
+                Reply::Done
+            }
+            Op::Delete(k) => {
+                self.values.remove(&k);
+                Reply::Done
+            }
+            Op::Increment(k, d) => {
+                let c = self.counters.entry(k).or_default();
+                *c += d;
+                Reply::Counter(*c)
+            }
+        }
+    }
+
+    fn head(&self, key: &str) -> Stored {
+        Stored::from_head(self.values.get(key).map(Vec::as_slice)).unwrap()
+    }
+}
+
+/// An update that adds 1 to a decimal counter and records the value it saw.
+type AddOne = Update<Box<dyn FnMut(Option<&[u8]>) -> Result<(Next, u64), ()>>, u64, ()>;
+
+fn add_one(key: &str, seed: u64) -> AddOne {
+    Update::new(
+        key,
+        seed,
+        Box::new(|cur: Option<&[u8]>| {
+            let n: u64 = cur.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
+            Ok((Next::Put((n + 1).to_string().into_bytes()), n))
+        }),
+    )
+}
+
+/// Run `m` to completion alone.
+fn run<R, E, F>(sim: &mut Sim, m: &mut Update<F, R, E>) -> Result<Committed<R>, CellError<E>>
+where
+    F: FnMut(Option<&[u8]>) -> Result<(Next, R), E>,
+{
+    let mut reply = None;
+    loop {
+        match m.resume(reply.take()) {
+            Step::Op(op) => reply = Some(sim.apply(op)),
+            Step::Pause(_) => {}
+            Step::Done(r) => return r,
+        }
+    }
+}
+
+fn value(s: &Stored) -> u64 {
+    s.data
+        .as_deref()
+        .map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap())
+}
+
+struct Writer {
+    m: AddOne,
+    reply: Option<Reply>,
+    /// The claim counter value this writer got, and its token when it won.
+    won: bool,
+}
+
+/// xorshift for schedules.
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// `writers` concurrent add-ones, interleaved by `seed`; each writer crashes at a random step with
+/// probability `crash_per_mille`/1000 per step. Returns (committed by survivors, committed by the dead).
+fn race(seed: u64, writers: usize, crash_per_mille: u64) -> (Sim, u64, u64, Vec<u64>) {
+    let mut sim = Sim::default();
+    let mut rng = seed | 1;
+    let mut live: Vec<Writer> = (0..writers)
+        .map(|i| Writer {
+            m: add_one("cell", seed.wrapping_mul(31).wrapping_add(i as u64)),
+            reply: None,
+            won: false,
+        })
+        .collect();
+    let (mut ok, mut dead_winners) = (0u64, 0u64);
+    let mut seen = Vec::new();
+    while !live.is_empty() {
+        let i = (next(&mut rng) % live.len() as u64) as usize;
+        if next(&mut rng) % 1000 < crash_per_mille {
+            let w = live.swap_remove(i);
+            dead_winners += u64::from(w.won);
+            continue;
+        }
+        let w = &mut live[i];
+        match w.m.resume(w.reply.take()) {
+            Step::Op(op) => {
+                let is_claim =
+                    matches!(&op, Op::Increment(k, d) if k.starts_with("cell@v") && *d > 0);
+                let r = sim.apply(op);
+                if is_claim && let Reply::Counter(c) = r {
+                    // A positive increment is a claim; the winner sees its own token back.
+                    w.won = c == w.m.token_i64();
+                }
+                w.reply = Some(r);
+            }
+            Step::Pause(_) => {}
+            Step::Done(r) => {
+                let c = r.unwrap();
+                seen.push(c.by_product);
+                ok += 1;
+                live.swap_remove(i);
+            }
+        }
+    }
+    (sim, ok, dead_winners, seen)
+}
+
+#[test]
+fn envelope_round_trips() {
+    for s in [
+        Stored {
+            version: 1,
+            token: 42,
+            data: Some(b"{\"a\":1}\n".to_vec()),
+        },
+        Stored {
+            version: 9,
+            token: (1 << TOKEN_BITS) - 1,
+            data: None,
+        },
+        Stored {
+            version: 3,
+            token: 1,
+            data: Some(Vec::new()),
+        },
+    ] {
+        assert_eq!(Stored::decode(&s.encode()).unwrap(), s);
+    }
+    // A plain value from before cells is version 0.
+    let legacy = Stored::decode(b"{\"x\":2}").unwrap();
+    assert_eq!(
+        (legacy.version, legacy.data.as_deref()),
+        (0, Some(&b"{\"x\":2}"[..]))
+    );
+    for bad in [
+        &b"@kv1 1\n"[..],
+        b"@kv1 x 1 +\n",
+        b"@kv1 1 1 ?\n",
+        b"@kv1 1 1 + extra\n",
+        b"@kv1 1 1 +",
+    ] {
+        assert!(
+            Stored::decode(bad).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn a_lone_update_writes_version_one_then_two() {
+    let mut sim = Sim::default();
+    let c = run(&mut sim, &mut add_one("k", 1)).unwrap();
+    assert_eq!((c.version, c.by_product), (1, 0));
+    let c = run(&mut sim, &mut add_one("k", 2)).unwrap();
+    assert_eq!((c.version, c.by_product), (2, 1));
+    let head = sim.head("k");
+    assert_eq!((head.version, value(&head)), (2, 2));
+    // One claim counter per version, holding its winner's token (no loser left anything behind); a key written
+    // once keeps only its head and its counter.
+    assert_eq!(sim.counters.len(), 2);
+    assert_eq!(sim.counters["k@v2"], i64::try_from(head.token).unwrap());
+    let keys: Vec<&String> = sim
+        .values
+        .keys()
+        .filter(|k| k.starts_with("k@v1"))
+        .collect();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+#[test]
+fn refusals_and_keeps_write_nothing() {
+    let mut sim = Sim::default();
+    run(&mut sim, &mut add_one("k", 1)).unwrap();
+    let mut refuse = Update::new("k", 3, |_: Option<&[u8]>| -> Result<(Next, ()), &str> {
+        Err("no")
+    });
+    assert_eq!(run(&mut sim, &mut refuse), Err(CellError::Refused("no")));
+    let mut keep = Update::new("k", 4, |cur: Option<&[u8]>| -> Result<(Next, usize), ()> {
+        Ok((Next::Keep, cur.map_or(0, <[u8]>::len)))
+    });
+    let c = run(&mut sim, &mut keep).unwrap();
+    assert_eq!(
+        (c.version, c.by_product, c.data.as_deref()),
+        (1, 1, Some(&b"1"[..]))
+    );
+    assert_eq!(sim.counters.len(), 1, "no claim for a refusal or a keep");
+}
+
+#[test]
+fn removal_is_a_tombstone_and_the_key_can_be_taken_again() {
+    let mut sim = Sim::default();
+    run(&mut sim, &mut add_one("k", 1)).unwrap();
+    let mut remove = Update::new("k", 5, |_: Option<&[u8]>| -> Result<(Next, ()), ()> {
+        Ok((Next::Remove, ()))
+    });
+    assert_eq!(run(&mut sim, &mut remove).unwrap().version, 2);
+    assert_eq!(sim.head("k").data, None);
+    // Removing what is absent writes nothing.
+    let mut again = Update::new("k", 6, |_: Option<&[u8]>| -> Result<(Next, ()), ()> {
+        Ok((Next::Remove, ()))
+    });
+    assert_eq!(run(&mut sim, &mut again).unwrap().version, 2);
+    // An insert-if-absent sees nothing and takes version 3.
+    let c = run(&mut sim, &mut add_one("k", 7)).unwrap();
+    assert_eq!((c.version, c.by_product), (3, 0));
+}
+
+#[test]
+fn concurrent_updates_are_never_lost() {
+    for seed in 1..300u64 {
+        let writers = 2 + (seed % 9) as usize;
+        let (sim, ok, dead, mut seen) = race(seed, writers, 0);
+        assert_eq!((ok, dead), (writers as u64, 0));
+        let head = sim.head("cell");
+        assert_eq!(head.version, ok, "seed {seed}");
+        assert_eq!(value(&head), ok, "seed {seed}");
+        // Every writer saw a distinct predecessor: 0, 1, …, n-1 (a linearizable order).
+        seen.sort_unstable();
+        assert_eq!(seen, (0..ok).collect::<Vec<_>>(), "seed {seed}");
+        // Losers undid their increments and withdrew their proposals; version 1's was tidied away.
+        for v in 1..=ok {
+            let t = sim.counters[&claim_key("cell", v)];
+            assert!(
+                t > 0 && t < 1 << TOKEN_BITS,
+                "seed {seed}: v{v} counter {t}"
+            );
+            let kept = sim.values.contains_key(&proposal_key("cell", v, t as u64));
+            assert_eq!(kept, v > 1, "seed {seed}: proposal of v{v}");
+        }
+        let proposals = sim.values.keys().filter(|k| k.contains("@v")).count() as u64;
+        assert_eq!(
+            proposals,
+            ok - 1,
+            "seed {seed}: only winners' proposals from v2 on remain"
+        );
+    }
+}
+
+#[test]
+fn crashes_at_any_step_lose_nothing_and_block_nobody() {
+    let mut stuck = 0;
+    for seed in 1..600u64 {
+        let writers = 2 + (seed % 7) as usize;
+        let (mut sim, ok, dead_winners, _) = race(seed, writers, 15);
+        // A fresh writer after the dust settles commits on top of every claimed version: the winners that
+        // died after claiming are adopted, not lost.
+        match run(&mut sim, &mut add_one("cell", seed ^ 0xdead)) {
+            Ok(c) => {
+                assert_eq!(c.by_product, ok + dead_winners, "seed {seed}");
+                assert_eq!(
+                    value(&sim.head("cell")),
+                    ok + dead_winners + 1,
+                    "seed {seed}"
+                );
+            }
+            // Only possible when a winner and a loser both died inside their claim windows: the stuck
+            // version's counter holds more than one token, so it names no proposal.
+            Err(CellError::Contended) => {
+                let head = sim.head("cell");
+                let c = sim.counters[&claim_key("cell", head.version + 1)];
+                let named = u64::try_from(c).is_ok_and(|t| {
+                    sim.values
+                        .contains_key(&proposal_key("cell", head.version + 1, t))
+                });
+                assert!(
+                    !named,
+                    "seed {seed}: stuck although the counter names a proposal"
+                );
+                stuck += 1;
+            }
+            Err(e) => panic!("seed {seed}: {e}"),
+        }
+    }
+    // About one writer in seven dies here; a double death inside one claim window stays rare.
+    assert!(stuck < 30, "{stuck} of 600 runs ended stuck");
+}
+
+#[test]
+fn a_winner_that_dies_before_publishing_is_adopted() {
+    let mut sim = Sim::default();
+    // A claims version 1 and dies before writing the head.
+    let mut a = add_one("k", 11);
+    let mut reply = None;
+    loop {
+        match a.resume(reply.take()) {
+            Step::Op(op @ Op::Set(..)) if matches!(a.state, State::Publishing) => {
+                let _ = op;
+                break;
+            }
+            Step::Op(op) => reply = Some(sim.apply(op)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!sim.values.contains_key("k"), "A never published");
+    // B loses version 1 until it adopts A's proposal, then commits version 2 on top of it.
+    let c = run(&mut sim, &mut add_one("k", 12)).unwrap();
+    assert_eq!((c.version, c.by_product), (2, 1));
+}
+
+#[test]
+fn a_stalled_winner_that_publishes_late_only_delays_readers() {
+    let mut sim = Sim::default();
+    // A wins version 1 and stalls before publishing.
+    let mut a = add_one("k", 21);
+    let mut reply = None;
+    let late_publish = loop {
+        match a.resume(reply.take()) {
+            Step::Op(op @ Op::Set(..)) if matches!(a.state, State::Publishing) => break op,
+            Step::Op(op) => reply = Some(sim.apply(op)),
+            other => panic!("{other:?}"),
+        }
+    };
+    // B adopts version 1 and writes 2; C writes 3.
+    assert_eq!(run(&mut sim, &mut add_one("k", 22)).unwrap().version, 2);
+    assert_eq!(run(&mut sim, &mut add_one("k", 23)).unwrap().version, 3);
+    // A wakes up and writes its (old) version 1 over the head.
+    sim.apply(late_publish);
+    assert_eq!(sim.head("k").version, 1, "the head went back");
+    // The next writer still builds on version 3: it finds 2 and 3 claimed, adopts them, and writes 4.
+    let c = run(&mut sim, &mut add_one("k", 24)).unwrap();
+    assert_eq!((c.version, c.by_product), (4, 3));
+    assert_eq!(value(&sim.head("k")), 4);
+}
+
+#[test]
+fn tokens_fit_the_counter_and_differ() {
+    let mut u = add_one("k", 99);
+    let tokens: Vec<u64> = (0..1000).map(|_| u.token()).collect();
+    assert!(tokens.iter().all(|&t| t > 0 && t < 1 << TOKEN_BITS));
+    let mut sorted = tokens.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), tokens.len());
+}

@@ -1,0 +1,5 @@
+//! How esim402 keeps state in a Spin key-value store, as pure protocol logic: [`cell`] is the versioned-cell
+//! protocol every component's read-modify-write goes through (correct on Spin's SQLite and Redis stores,
+//! whose compare-and-swap cannot be trusted).
+
+pub mod cell;
