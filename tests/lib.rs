@@ -1,6 +1,7 @@
 //! Test harness: `spawn_app` loads the repository's own `spin.toml` (components prebuilt by `esim402 build`)
-//! into the host and serves it on 127.0.0.1 port 0; `RedisServer` runs a private `redis-server` on a loopback
-//! port and stops it by its PID when dropped.
+//! into the host and serves it on 127.0.0.1 port 0; [`AppProcess`] serves it from a child process instead —
+//! `esim402 up` or the real `spin up` ([`spin_binary`]) — on a loopback port, stopped by its PID;
+//! `RedisServer` runs a private `redis-server` on a loopback port and stops it by its PID when dropped.
 #![allow(clippy::unwrap_used, reason = "test harness")]
 
 use std::net::SocketAddr;
@@ -97,6 +98,200 @@ pub async fn spawn_app_on(
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The Spin release the compatibility tests were written against (`spin --version`).
+pub const SPIN_VERSION: &str = "spin 4.1.0-pre0";
+
+/// sha256 of the unpacked binary in `../shared/tools/` (its README).
+const SPIN_SHA256: &str = "e086785a9b000561318ffe530917f1c6dec259d538fa918d565869b8949c5e80";
+
+/// The real Spin CLI: `SPIN_BIN`, else `spin` on `PATH`, else the archive in `../shared/tools/` (beside the
+/// checkout) unpacked once into the target directory. `Err` says why there is none: the caller skips its test
+/// with that line, so a checkout without Spin stays testable.
+pub fn spin_binary() -> Result<PathBuf, String> {
+    static FOUND: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("SPIN_BIN") {
+                return Ok(PathBuf::from(bin));
+            }
+            if let Some(path) = std::env::var_os("PATH") {
+                for dir in std::env::split_paths(&path) {
+                    let bin = dir.join("spin");
+                    if bin.is_file() {
+                        return Ok(bin);
+                    }
+                }
+            }
+            let archive = repo_root().join("../shared/tools/spin-4.1.0-pre0-linux-x86_64.gz");
+            if !archive.is_file() {
+                return Err(format!(
+                    "no Spin CLI: SPIN_BIN is unset, `spin` is not on PATH and {} does not exist",
+                    archive.display()
+                ));
+            }
+            unpack_spin(&archive).map_err(|e| format!("cannot unpack {}: {e:#}", archive.display()))
+        })
+        .clone()
+}
+
+/// Unpack the Spin archive beside the test binaries (never beside the archive: `shared/` is read-only),
+/// checking the binary's sha256.
+fn unpack_spin(archive: &Path) -> anyhow::Result<PathBuf> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = bin_dir().join("spin-4.1.0-pre0");
+    let digest = |p: &Path| -> anyhow::Result<String> {
+        Ok(hex::encode(sha2::Sha256::digest(std::fs::read(p)?)))
+    };
+    if bin.is_file() && digest(&bin)? == SPIN_SHA256 {
+        return Ok(bin);
+    }
+    let tmp = bin.with_extension(format!("tmp{}", std::process::id()));
+    let out = std::fs::File::create(&tmp)?;
+    let status = Command::new("gzip")
+        .arg("-dc")
+        .arg(archive)
+        .stdout(out)
+        .status()
+        .context("gzip")?;
+    anyhow::ensure!(status.success(), "gzip -dc failed: {status}");
+    let got = digest(&tmp)?;
+    anyhow::ensure!(
+        got == SPIN_SHA256,
+        "unpacked Spin has sha256 {got}, expected {SPIN_SHA256}"
+    );
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &bin)?;
+    Ok(bin)
+}
+
+/// A free loopback port (bound and released: for peers that must know the app's address before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Which server runs the app in a child process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runner {
+    /// `esim402 up --no-dev-stack`.
+    Host,
+    /// The real `spin up`, this binary.
+    Spin(PathBuf),
+}
+
+/// The app served by a child process on `127.0.0.1:<port>`, with a runtime config file of the test's own and
+/// `SPIN_VARIABLE_*` settings; stopped by its PID on drop (SIGTERM, then SIGKILL). Its output goes to a log
+/// file in its temporary directory, shown when it fails to start.
+pub struct AppProcess {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// The log of the child's stdout and stderr.
+    pub log: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl AppProcess {
+    /// Start `runner` on `port` with `runtime_config` (the text of a Spin runtime config file; relative paths in
+    /// it resolve in a fresh temporary directory) and `env`; wait (up to 180 s: Spin compiles the components on
+    /// its first start) until `/health` answers.
+    pub async fn start(
+        runner: &Runner,
+        port: u16,
+        runtime_config: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let rc = dir.path().join("runtime-config.toml");
+        std::fs::write(&rc, runtime_config)?;
+        let log = dir.path().join("app.log");
+        let out = std::fs::File::create(&log)?;
+        let listen = format!("127.0.0.1:{port}");
+        let manifest = repo_root().join("spin.toml");
+        let mut cmd = match runner {
+            Runner::Host => {
+                let mut c = Command::new(bin_dir().join("esim402"));
+                c.arg("up").arg("-f").arg(&manifest).arg("--no-dev-stack");
+                c
+            }
+            Runner::Spin(bin) => {
+                let mut c = Command::new(bin);
+                c.arg("up")
+                    .arg("-f")
+                    .arg(&manifest)
+                    .arg("--state-dir")
+                    .arg(dir.path().join("state"));
+                c
+            }
+        };
+        cmd.arg("--listen")
+            .arg(&listen)
+            .arg("--runtime-config-file")
+            .arg(&rc)
+            .current_dir(dir.path())
+            .envs(env.iter().cloned())
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {runner:?}"))?;
+        let mut app = Self {
+            child,
+            url: format!("http://{listen}"),
+            log,
+            dir,
+        };
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Ok(Some(status)) = app.child.try_wait() {
+                anyhow::bail!("{runner:?} exited with {status}:\n{}", app.log_text());
+            }
+            if let Ok(r) = http.get(format!("{}/health", app.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(app);
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("{runner:?} did not serve within 180 s:\n{}", app.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What the child printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its temporary directory (holds the runtime config and any SQLite file it names).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The SM-DP+ simulator (`smdp-sim`) on a loopback port, stopped by its PID on drop.

@@ -9,4 +9,6 @@ mod facilitator;
 mod ledger;
 mod payments;
 mod python_client;
+mod runtimes;
+mod spin_compat;
 mod startup;

@@ -18,7 +18,9 @@ use esim402_core::x402::wire::{
 };
 use esim402_host::devstack::{DevStack, chain};
 use esim402_host::runtime_config::StoreConfig;
-use esim402_tests::{SmdpSim, TestApp, options, repo_root, spawn_app_on};
+use esim402_tests::{
+    AppProcess, RedisServer, Runner, SmdpSim, TestApp, free_port, options, repo_root, spawn_app_on,
+};
 use serde_json::{Value, json};
 
 sol! {
@@ -27,9 +29,30 @@ sol! {
     function transfer(address to, uint256 value) returns (bool);
 }
 
+/// Where a [`PayStack`] serves the app.
+pub enum Served {
+    /// In this process (`spawn_app`), with the in-memory store.
+    InProcess(TestApp),
+    /// A child process (`esim402 up` or `spin up`).
+    Process(AppProcess),
+}
+
+/// The store of an app served by a child process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// A SQLite file in the app's temporary directory (Spin's `type = "spin"`).
+    Sqlite,
+    /// A private `redis-server` (Spin's `type = "redis"`).
+    Redis,
+}
+
 /// The app with a dev chain and an SM-DP+ simulator, all on loopback, all stopped on drop.
 pub struct PayStack {
-    pub app: TestApp,
+    _app: Served,
+    /// The app's base URL.
+    pub url: String,
+    /// The Redis server of a `Store::Redis` app (stopped after the app).
+    _redis: Option<RedisServer>,
     pub sim: SmdpSim,
     /// The dev chain (anvil stopped by PID on drop).
     pub chain: DevStack,
@@ -41,8 +64,19 @@ pub struct PayStack {
 
 impl PayStack {
     pub async fn start(extra: &[(&str, &str)]) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        Self::start_with(None, extra).await
+    }
+
+    /// The stack with the app served by `process` (a runner and its store), or in this process.
+    pub async fn start_with(process: Option<(&Runner, Store)>, extra: &[(&str, &str)]) -> Self {
+        let listener = match process {
+            None => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            Some(_) => None,
+        };
+        let addr = match &listener {
+            Some(l) => l.local_addr().unwrap(),
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], free_port())),
+        };
         let callback = format!("http://{addr}/gsma/rsp2/es2plus/handleDownloadProgressInfo");
         let sim = SmdpSim::start(Some(&callback), None).unwrap();
         let mut env = HashMap::from([("SPIN_VARIABLE_SMDP_URL".to_owned(), sim.url.clone())]);
@@ -56,15 +90,49 @@ impl PayStack {
         .await
         .expect("dev stack start timed out")
         .unwrap();
-        let mut opts = options(StoreConfig::Memory);
-        opts.env.extend(env);
-        opts.env.extend(chain.env.iter().cloned());
-        let rpc_url = opts.env["SPIN_VARIABLE_RPC_URL"].clone();
-        let token = opts.env["SPIN_VARIABLE_USDC_ADDRESS"].parse().unwrap();
-        let admin_token = opts.env["SPIN_VARIABLE_ADMIN_TOKEN"].clone();
-        let app = spawn_app_on(opts, listener).await.unwrap();
+        let mut all = env;
+        all.extend(chain.env.iter().cloned());
+        let rpc_url = all["SPIN_VARIABLE_RPC_URL"].clone();
+        let token = all["SPIN_VARIABLE_USDC_ADDRESS"].parse().unwrap();
+        let admin_token = all["SPIN_VARIABLE_ADMIN_TOKEN"].clone();
+        let (app, redis) = match (process, listener) {
+            (Some((runner, store)), _) => {
+                let redis = (store == Store::Redis).then(|| RedisServer::start().unwrap());
+                // A relative path resolves beside the runtime config file, in the app's temporary directory
+                // (Spin and this host agree).
+                let rc = match &redis {
+                    Some(r) => format!(
+                        "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+                        r.url
+                    ),
+                    None => {
+                        "[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\n".to_owned()
+                    }
+                };
+                let env: Vec<(String, String)> = all.into_iter().collect();
+                let app = AppProcess::start(runner, addr.port(), &rc, &env)
+                    .await
+                    .unwrap();
+                (Served::Process(app), redis)
+            }
+            (None, Some(listener)) => {
+                let mut opts = options(StoreConfig::Memory);
+                opts.env.extend(all);
+                (
+                    Served::InProcess(spawn_app_on(opts, listener).await.unwrap()),
+                    None,
+                )
+            }
+            (None, None) => unreachable!("an in-process app always has its listener"),
+        };
+        let url = match &app {
+            Served::InProcess(a) => a.url.clone(),
+            Served::Process(a) => a.url.clone(),
+        };
         Self {
-            app,
+            _app: app,
+            url,
+            _redis: redis,
             sim,
             chain,
             http: reqwest::Client::builder()
@@ -135,7 +203,7 @@ impl PayStack {
         body: &Value,
         headers: &[(&str, String)],
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.app.url)).json(body);
+        let mut req = self.http.post(format!("{}{path}", self.url)).json(body);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -149,7 +217,7 @@ impl PayStack {
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .http
-            .get(format!("{}{path}", self.app.url))
+            .get(format!("{}{path}", self.url))
             .send()
             .await
             .unwrap();
@@ -202,7 +270,7 @@ impl PayStack {
     pub async fn ledger(&self) -> (Vec<String>, Value) {
         let r = self
             .http
-            .get(format!("{}/v1/ledger?limit=10000", self.app.url))
+            .get(format!("{}/v1/ledger?limit=10000", self.url))
             .send()
             .await
             .unwrap()
@@ -329,11 +397,11 @@ impl Payment {
     }
 }
 
-fn activation() -> Value {
+pub(crate) fn activation() -> Value {
     json!({"region": "us-west", "data_mb": 100})
 }
 
-fn price(req: &PaymentRequirements) -> U256 {
+pub(crate) fn price(req: &PaymentRequirements) -> U256 {
     req.amount.parse().unwrap()
 }
 
@@ -613,14 +681,18 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_concurrent_replays_settle_exactly_once() {
-    let s = PayStack::start(&[]).await;
+    hundred_replays(&PayStack::start(&[]).await).await;
+}
+
+/// 100 concurrent requests carry one `exact` payment: one 200, 99 × 409, one settlement, USDC moved once.
+pub(crate) async fn hundred_replays(s: &PayStack) {
     let start = s.balance(agent()).await;
     let (_, req) = s.invoice(&activation()).await;
     let header = Payment::for_requirement(&req).header();
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let http = s.http.clone();
-        let url = format!("{}/v1/esim/activate", s.app.url);
+        let url = format!("{}/v1/esim/activate", s.url);
         let header = header.clone();
         tasks.push(tokio::spawn(async move {
             let r = http
@@ -740,7 +812,7 @@ async fn a_failed_activation_settles_nothing() {
 }
 
 /// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash, once mined.
-async fn pay_directly(s: &PayStack, to: Address, amount: U256) -> String {
+pub(crate) async fn pay_directly(s: &PayStack, to: Address, amount: U256) -> String {
     let data = transferCall { to, value: amount }.abi_encode();
     let tx = s.send_token(agent(), data).await;
     s.mined(&tx).await;
@@ -861,7 +933,7 @@ async fn a_paid_tx_hash_whose_activation_fails_is_refunded_by_the_refund_job() {
     let run = |token: Option<String>| {
         let s = &s;
         async move {
-            let mut r = s.http.post(format!("{}/admin/refunds/run", s.app.url));
+            let mut r = s.http.post(format!("{}/admin/refunds/run", s.url));
             if let Some(t) = token {
                 r = r.bearer_auth(t);
             }

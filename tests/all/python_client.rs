@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::payments::{PayStack, agent};
 
-fn python() -> std::path::PathBuf {
+pub(crate) fn python() -> std::path::PathBuf {
     let py = repo_root().join("tools/.venv/bin/python");
     assert!(
         py.exists(),
@@ -23,7 +23,7 @@ fn python() -> std::path::PathBuf {
 }
 
 /// Run `tests/python/pay.py` (one paid request with the official client); its one JSON line.
-async fn pay(url: String, extra: Vec<String>) -> Value {
+pub(crate) async fn pay(url: String, extra: Vec<String>) -> Value {
     tokio::task::spawn_blocking(move || {
         let out = Command::new(python())
             .arg(repo_root().join("tests/python/pay.py"))
@@ -46,7 +46,7 @@ async fn pay(url: String, extra: Vec<String>) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_official_python_client_pays_for_an_activation() {
     let s = PayStack::start(&[]).await;
-    let url = format!("{}/v1/esim/activate", s.app.url);
+    let url = format!("{}/v1/esim/activate", s.url);
     let body = json!({"region": "us-west", "data_mb": 100}).to_string();
     let start = s.balance(agent()).await;
     let out = pay(url.clone(), vec!["--body".into(), body.clone()]).await;
@@ -104,7 +104,7 @@ async fn the_readme_demo_prints_an_activation_code() {
     let s = PayStack::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let facts = s.chain.write_facts(dir.path()).unwrap();
-    let url = s.app.url.clone();
+    let url = s.url.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(repo_root().join("scripts/demo.py"))

@@ -8,6 +8,7 @@ use alloy_primitives::{Address, B256, U256};
 use esim402_core::InvoiceId;
 use esim402_core::chain::parse_address;
 use esim402_core::evm::quantity::parse_b256;
+use esim402_core::evm::receipt::mined_after_invoice;
 use esim402_core::evm::rpc::{BlockTag, EthBlockNumber, EthGetBlockByNumber};
 use esim402_core::evm::{ProofError, ProofRequirements, check_tx_hash_proof};
 use esim402_core::invoice::{Invoice, Purchase};
@@ -164,7 +165,7 @@ impl Context {
             .await
             .map_err(|e| unavailable(&e))?;
         match block {
-            Some(b) if b.timestamp >= self.invoice.created_at => Ok(Proof::Paid),
+            Some(b) if mined_after_invoice(b.timestamp, self.invoice.created_at) => Ok(Proof::Paid),
             Some(_) => Ok(Proof::Refused(InvalidReason::InvalidTransactionState)),
             None => Ok(Proof::NotYet),
         }

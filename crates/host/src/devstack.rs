@@ -51,6 +51,16 @@ impl DevStack {
         listen: SocketAddr,
         env: &HashMap<String, String>,
     ) -> anyhow::Result<Self> {
+        Self::start_for(app_dir, &format!("http://{listen}"), env).await
+    }
+
+    /// [`start`](Self::start) for an app served elsewhere (e.g. by `spin up`) at `app_url`
+    /// (`http://host:port`), where the simulator sends its callbacks.
+    pub async fn start_for(
+        app_dir: &Path,
+        app_url: &str,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
         let mut configured = read_dotenv(&app_dir.join(".env"))?;
         configured.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let env = &configured;
@@ -66,7 +76,10 @@ impl DevStack {
                      `cargo build -p esim402-smdp-sim`), or set SPIN_VARIABLE_SMDP_URL, or pass --no-dev-stack"
                 );
             };
-            let callback = format!("http://{listen}/gsma/rsp2/es2plus/handleDownloadProgressInfo");
+            let callback = format!(
+                "{}/gsma/rsp2/es2plus/handleDownloadProgressInfo",
+                app_url.trim_end_matches('/')
+            );
             let (child, url) = spawn_announcing(
                 Command::new(&bin).args(["--listen", "127.0.0.1:0", "--callback-url", &callback]),
                 "smdp-sim listening on ",
@@ -183,15 +196,57 @@ impl DevStack {
 
     /// Write the facts to `<dir>/.spin/devstack.json`.
     pub fn write_facts(&self, app_dir: &Path) -> anyhow::Result<PathBuf> {
-        let dir = app_dir.join(".spin");
-        std::fs::create_dir_all(&dir)?;
+        self.write_facts_to(&app_dir.join(".spin"))
+    }
+
+    /// Write the facts to `<dir>/devstack.json` (readable by its owner only: it holds dev keys).
+    pub fn write_facts_to(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let path = dir.join("devstack.json");
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&serde_json::Value::Object(self.facts.clone()))?,
-        )?;
+        let json = serde_json::to_string_pretty(&serde_json::Value::Object(self.facts.clone()))?;
+        write_private(&path, json.as_bytes())?;
         Ok(path)
     }
+
+    /// Write the `SPIN_VARIABLE_*` settings to `<dir>/devstack.env`, one `NAME=value` per line (for `spin up`:
+    /// `set -a; . .spin/devstack.env; set +a`, or `esim402 devstack -- spin up`). Readable by its owner only:
+    /// it holds the dev keys and the admin token.
+    pub fn write_env(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join("devstack.env");
+        let mut out = String::from(
+            "# SPIN_VARIABLE_* settings of the esim402 dev stack (dev keys: never use them for real money).\n",
+        );
+        for (k, v) in &self.env {
+            // Single-quoted: read the same by `sh` and by dotenv parsers (no value of ours holds a quote).
+            anyhow::ensure!(
+                !v.contains(['\'', '\n']),
+                "dev stack value of {k} cannot be written to an env file"
+            );
+            out.push_str(&format!("{k}='{v}'\n"));
+        }
+        write_private(&path, out.as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// Write `bytes` to `path` (creating its directory), readable and writable by the owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// A random dev admin token (`dev_` + 32 hex digits) from the OS's random hash keys.

@@ -46,6 +46,21 @@ enum Cmd {
         #[command(flatten)]
         serve: ServeArgs,
     },
+    /// Start the development stack on its own, for `spin up`: the SM-DP+ simulator and anvil with the test
+    /// token. Writes the `SPIN_VARIABLE_*` settings to `.spin/devstack.env` (and the facts to
+    /// `.spin/devstack.json`), then runs the command after `--` with them (e.g. `esim402 devstack -- spin up`)
+    /// and stops the stack when it exits; without a command it runs until Ctrl-C.
+    Devstack {
+        /// Where the app is served: the simulator's download-progress callbacks go there.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        app_url: String,
+        /// Directory for `devstack.env` and `devstack.json` (default: `.spin` beside the manifest).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// The command to run with the settings in its environment.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Validate the manifest, runtime config and variables, and compose + compile every component.
     Check {
         /// Runtime config file.
@@ -102,6 +117,14 @@ fn main() -> anyhow::Result<()> {
             }
             rt.block_on(run(&cli.from, serve))
         }
+        Cmd::Devstack {
+            app_url,
+            out_dir,
+            command,
+        } => {
+            let code = rt.block_on(devstack(&cli.from, &app_url, out_dir, &command))?;
+            std::process::exit(code);
+        }
         Cmd::Check {
             runtime_config_file,
         } => rt.block_on(async {
@@ -122,6 +145,85 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
     }
+}
+
+/// Ctrl-C locally; SIGTERM from process managers and Kubernetes (SpinKube).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// `esim402 devstack`: the stack alone, its settings in an env file, optionally a command run with them.
+/// Returns the exit code.
+async fn devstack(
+    manifest: &std::path::Path,
+    app_url: &str,
+    out_dir: Option<PathBuf>,
+    command: &[String],
+) -> anyhow::Result<i32> {
+    let app_dir = Manifest::load(manifest)?.dir;
+    let env: std::collections::HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("SPIN_VARIABLE_"))
+        .collect();
+    let stack = DevStack::start_for(&app_dir, app_url, &env).await?;
+    let dir = out_dir.unwrap_or_else(|| app_dir.join(".spin"));
+    let facts = stack.write_facts_to(&dir)?;
+    let env_file = stack.write_env(&dir)?;
+    eprintln!("Dev stack for an app at {app_url} ({}):", facts.display());
+    for (k, v) in &stack.facts {
+        match v {
+            _ if k.ends_with("private_key") || k == "admin_token" => {
+                eprintln!("  {k}: (in {})", facts.display());
+            }
+            serde_json::Value::String(s) => eprintln!("  {k}: {s}"),
+            other => eprintln!("  {k}: {other}"),
+        }
+    }
+    eprintln!("Settings for the app: {}", env_file.display());
+    // One machine-readable line on stdout, for scripts and tests.
+    println!("devstack ready: {}", env_file.display());
+    if command.is_empty() {
+        eprintln!(
+            "Run the app with them, e.g.:\n  set -a; . {}; set +a; spin up\nor next time: esim402 devstack -- spin up\nCtrl-C stops the stack.",
+            env_file.display()
+        );
+        shutdown_signal().await;
+        drop(stack);
+        return Ok(0);
+    }
+    let mut child = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .envs(stack.env.iter().cloned())
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", command[0]))?;
+    let code = tokio::select! {
+        status = child.wait() => status?.code().unwrap_or(1),
+        () = shutdown_signal() => {
+            // Pass the stop on (by PID) and give the command time to finish.
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            }
+            match tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await {
+                Ok(status) => status?.code().unwrap_or(1),
+                Err(_) => {
+                    child.kill().await?;
+                    1
+                }
+            }
+        }
+    };
+    drop(stack);
+    Ok(code)
 }
 
 async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> {
@@ -169,22 +271,7 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
     for route in app.router.routes() {
         eprintln!("  {}: http://{addr}{}", route.component, route.pattern);
     }
-    // Ctrl-C locally; SIGTERM from process managers and Kubernetes (SpinKube).
-    let shutdown = async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term => {}
-        }
-    };
-    let served = esim402_host::server::serve(app, listener, shutdown).await;
+    let served = esim402_host::server::serve(app, listener, shutdown_signal()).await;
     drop(stack);
     served
 }

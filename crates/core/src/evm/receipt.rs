@@ -209,6 +209,18 @@ pub fn find_erc20_transfers(receipt: &TransactionReceipt, token: Address) -> Vec
         .collect()
 }
 
+/// How far a block's timestamp may lag the clock that dated an invoice. Chains and nodes keep their own time:
+/// anvil dates a block by its start time plus whole elapsed seconds (up to a second behind), and L1 blocks
+/// carry their slot's start time. A transfer mined at most this long "before" its invoice is still taken to
+/// pay it; one made earlier paid for something else.
+pub const BLOCK_CLOCK_SKEW_SECS: u64 = 15;
+
+/// Whether a transfer in a block dated `block_timestamp` can pay an invoice created at `invoice_created_at`
+/// (unix seconds), allowing [`BLOCK_CLOCK_SKEW_SECS`] of clock skew.
+pub fn mined_after_invoice(block_timestamp: u64, invoice_created_at: u64) -> bool {
+    block_timestamp.saturating_add(BLOCK_CLOCK_SKEW_SECS) >= invoice_created_at
+}
+
 /// What a tx-hash payment proof must show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProofRequirements {
@@ -350,6 +362,21 @@ pub fn check_tx_hash_proof(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_block_may_lag_the_invoice_clock_by_the_skew_only() {
+        assert!(mined_after_invoice(1_000, 1_000));
+        assert!(mined_after_invoice(1_001, 1_000));
+        // anvil's block clock a second behind ours: the same payment.
+        assert!(mined_after_invoice(999, 1_000));
+        assert!(mined_after_invoice(1_000 - BLOCK_CLOCK_SKEW_SECS, 1_000));
+        // Made well before the invoice existed: it paid for something else.
+        assert!(!mined_after_invoice(
+            1_000 - BLOCK_CLOCK_SKEW_SECS - 1,
+            1_000
+        ));
+        assert!(mined_after_invoice(0, 0));
+    }
+
     use super::*;
     use alloy_primitives::{address, keccak256};
     use serde_json::json;

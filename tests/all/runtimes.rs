@@ -1,0 +1,287 @@
+//! One end-to-end scenario against every way a user serves the app: `esim402 up` and the real `spin up`
+//! (`esim402_tests::spin_binary`: `SPIN_BIN`, `spin` on `PATH`, or the archive in `../shared/tools/`), each on
+//! Spin's SQLite store and on Redis — the stores whose compare-and-swap the app must not trust. The scenario:
+//! a 402 with a persisted invoice, an activation paid by the official x402 Python client, its payment replayed
+//! (409), a tx-hash proof (and its reuse: 409), the SIM's lifecycle, and a verifying ledger. On Spin + Redis,
+//! 100 racing replays of one payment settle once. Without a Spin CLI the Spin cases are skipped with a line
+//! saying so.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use esim402_host::devstack::chain;
+use esim402_tests::{Runner, free_port, repo_root, spin_binary};
+use serde_json::{Value, json};
+
+use crate::payments::{PayStack, Store, activation, agent, hundred_replays, pay_directly, price};
+use crate::python_client::{pay, python};
+
+/// The real Spin CLI, or `None` after printing why the test is skipped.
+fn spin(test: &str) -> Option<Runner> {
+    match spin_binary() {
+        Ok(bin) => Some(Runner::Spin(bin)),
+        Err(why) => {
+            eprintln!("skipped {test}: {why}");
+            None
+        }
+    }
+}
+
+async fn scenario(runner: Runner, store: Store) {
+    let s = PayStack::start_with(Some((&runner, store)), &[]).await;
+    let what = format!("{runner:?} on {store:?}");
+
+    // 402: an invoice, persisted, readable back.
+    let (invoice, req) = s.invoice(&activation()).await;
+    let id = invoice["invoice_id"].as_str().unwrap();
+    let (status, read) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(
+        (status, read["status"].as_str()),
+        (200, Some("open")),
+        "{what}: {read}"
+    );
+
+    // The official Python client pays an activation.
+    let start = s.balance(agent()).await;
+    let url = format!("{}/v1/esim/activate", s.url);
+    let body = activation().to_string();
+    let out = pay(url.clone(), vec!["--body".into(), body.clone()]).await;
+    assert_eq!(out["status"], 200, "{what}: {out}");
+    let code = out["body"]["activation_code"].as_str().unwrap_or_default();
+    assert!(code.starts_with("LPA:1$"), "{what}: {out}");
+    assert_eq!(out["payment_response"]["success"], true, "{what}: {out}");
+    assert_eq!(
+        s.balance(agent()).await,
+        start - price(&req),
+        "{what}: paid once"
+    );
+    let iccid = out["body"]["iccid"].as_str().unwrap().to_owned();
+
+    // The same payment again: a terminal 409, nothing moves.
+    let replay = base64::engine::general_purpose::STANDARD.encode(out["sent"].to_string());
+    let (status, _, replayed) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", replay)],
+        )
+        .await;
+    assert_eq!(status, 409, "{what}: {replayed}");
+    assert_eq!(
+        s.balance(agent()).await,
+        start - price(&req),
+        "{what}: no second payment"
+    );
+
+    // A tx-hash proof pays an invoice once; the same transaction cannot pay another.
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (first, req) = s.invoice(&body).await;
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    let (status, _, paid) = s.prove(&body, tx.clone(), &first).await;
+    assert_eq!(status, 200, "{what}: {paid}");
+    assert_eq!(paid["transaction"], tx.as_str());
+    let (second, _) = s.invoice(&body).await;
+    let (status, _, reused) = s.prove(&body, tx, &second).await;
+    assert_eq!(status, 409, "{what}: {reused}");
+
+    // The SIM's lifecycle: every transition once, invalid ones refused.
+    let (status, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
+    assert_eq!(
+        (status, sim["state"].as_str()),
+        (200, Some("active")),
+        "{what}: {sim}"
+    );
+    for (action, want, state) in [
+        ("suspend", 200, Some("suspended")),
+        ("suspend", 409, None),
+        ("resume", 200, Some("active")),
+        ("terminate", 200, Some("terminated")),
+        ("resume", 409, None),
+    ] {
+        let (status, _, body) = s
+            .post(&format!("/v1/esim/{iccid}/{action}"), &json!({}), &[])
+            .await;
+        assert_eq!(status, want, "{what}: {action}: {body}");
+        if let Some(state) = state {
+            assert_eq!(body["state"], state, "{what}: {action}");
+        }
+    }
+
+    // Every money event is in a ledger that verifies.
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{what}: {verify}");
+    for kind in [
+        "invoice_issued",
+        "payment_verified",
+        "settlement_confirmed",
+        "activation_completed",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{what}: no {kind} in {kinds:?}"
+        );
+    }
+    assert_eq!(verify["count"], kinds.len(), "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn esim402_up_on_sqlite() {
+    scenario(Runner::Host, Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn esim402_up_on_redis() {
+    scenario(Runner::Host, Store::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spin_up_on_sqlite() {
+    if let Some(spin) = spin("spin_up_on_sqlite") {
+        scenario(spin, Store::Sqlite).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spin_up_on_redis() {
+    if let Some(spin) = spin("spin_up_on_redis") {
+        scenario(spin, Store::Redis).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_racing_replays_through_spin_and_redis_settle_once() {
+    if let Some(spin) = spin("a_hundred_racing_replays_through_spin_and_redis_settle_once") {
+        hundred_replays(&PayStack::start_with(Some((&spin, Store::Redis)), &[]).await).await;
+    }
+}
+
+/// The README's Spin recipe as written: `esim402 devstack -- spin up`, then the demo with the official client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn esim402_devstack_serves_the_demo_through_spin_up() {
+    let Some(Runner::Spin(spin)) = spin("esim402_devstack_serves_the_demo_through_spin_up") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let app_url = format!("http://127.0.0.1:{port}");
+    let rc = dir.path().join("rc.toml");
+    std::fs::write(
+        &rc,
+        "[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\n",
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = std::process::Command::new(esim402_tests::bin_dir().join("esim402"))
+        .arg("devstack")
+        .arg("-f")
+        .arg(repo_root().join("spin.toml"))
+        .args(["--app-url", &app_url, "--out-dir"])
+        .arg(dir.path())
+        .arg("--")
+        .arg(&spin)
+        .arg("up")
+        .arg("-f")
+        .arg(repo_root().join("spin.toml"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--runtime-config-file",
+        ])
+        .arg(&rc)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("RUST_BACKTRACE", "0")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stop = |child: &mut std::process::Child| {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    };
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..1800 {
+        if http
+            .get(format!("{app_url}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log_text = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    if !up {
+        stop(&mut child);
+        panic!(
+            "spin up under esim402 devstack did not serve:\n{}",
+            log_text()
+        );
+    }
+    let env_file = std::fs::read_to_string(dir.path().join("devstack.env")).unwrap();
+    assert!(
+        env_file.contains("SPIN_VARIABLE_RPC_URL='http://127.0.0.1:"),
+        "{env_file}"
+    );
+    let facts: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("devstack.json")).unwrap()).unwrap();
+    let rpc = facts["rpc_url"].as_str().unwrap().to_owned();
+    let (url, devstack) = (app_url.clone(), dir.path().join("devstack.json"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python())
+            .arg(repo_root().join("scripts/demo.py"))
+            .arg("--url")
+            .arg(&url)
+            .arg("--devstack")
+            .arg(&devstack)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = stop(&mut child);
+    assert!(
+        out.status.success() && stdout.contains("LPA:1$"),
+        "demo: {stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log_text()
+    );
+    assert!(stdout.contains("\"ok\":true"), "{stdout}");
+    // SIGTERM stopped spin up and then the stack: the dev chain is gone.
+    assert!(
+        status.is_some(),
+        "esim402 devstack did not stop:\n{}",
+        log_text()
+    );
+    assert!(
+        http.post(&rpc)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}))
+            .send()
+            .await
+            .is_err(),
+        "anvil outlived the dev stack"
+    );
+    // The console never showed a key.
+    let log = log_text();
+    assert!(
+        !log.contains(chain::DEMO_AGENT_KEY.trim_start_matches("0x")),
+        "{log}"
+    );
+}
