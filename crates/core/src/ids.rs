@@ -9,31 +9,41 @@ use serde::{Deserialize, Serialize};
 #[error("{0}")]
 pub struct IdError(pub &'static str);
 
-/// An invoice id: `inv_` followed by 32 lowercase hex digits (128 random bits).
+/// An invoice id: `inv_` followed by a sealed token (`crate::invoice::token`): the invoice's terms and a MAC
+/// over them, URL-safe base64 (`[A-Za-z0-9_-]`, one `.`). Parsing checks only the shape; whether the id was
+/// issued here (and what it says) is decided by `token::open` with the server's key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct InvoiceId(String);
 
 impl InvoiceId {
     const PREFIX: &'static str = "inv_";
+    /// Longest id accepted (a sealed activation is about 110 characters; an EID and a payer add about 80).
+    pub const MAX_LEN: usize = 400;
 
-    /// A new id from 16 random bytes supplied by the caller (the kernel has no randomness of its own).
-    pub fn from_random(bytes: [u8; 16]) -> Self {
-        Self(format!("{}{}", Self::PREFIX, hex::encode(bytes)))
+    /// The id of a sealed token (`token::seal`).
+    pub(crate) fn from_token(token: String) -> Self {
+        Self(format!("{}{token}", Self::PREFIX))
+    }
+
+    /// The token after `inv_`.
+    pub fn token(&self) -> &str {
+        &self.0[Self::PREFIX.len()..]
     }
 
     /// Parse a client-supplied id.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let hex_part = s
+        let token = s
             .strip_prefix(Self::PREFIX)
             .ok_or(IdError("invoice id must start with inv_"))?;
-        if hex_part.len() != 32
-            || !hex_part
+        if token.is_empty()
+            || s.len() > Self::MAX_LEN
+            || !token
                 .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         {
             return Err(IdError(
-                "invoice id must be inv_ followed by 32 lowercase hex digits",
+                "invoice id must be inv_ followed by the id this service issued ([A-Za-z0-9_.-], at most 400 characters)",
             ));
         }
         Ok(Self(s.to_owned()))
@@ -174,16 +184,19 @@ mod tests {
 
     #[test]
     fn invoice_ids_round_trip_and_reject_garbage() {
-        let id = InvoiceId::from_random([0xab; 16]);
-        assert_eq!(id.as_str(), "inv_abababababababababababababababab");
+        let id = InvoiceId::from_token("AQID_-x.AbCd".into());
+        assert_eq!(id.as_str(), "inv_AQID_-x.AbCd");
+        assert_eq!(id.token(), "AQID_-x.AbCd");
         assert_eq!(InvoiceId::parse(id.as_str()).unwrap(), id);
+        let too_long = format!("inv_{}", "a".repeat(InvoiceId::MAX_LEN));
         for bad in [
             "",
             "inv_",
-            "inv_ABABABABABABABABABABABABABABABAB",
             "abc_abababababababababababababababab",
-            "inv_abababababababababababababababa",
-            "inv_../../etc/passwd0000000000000000",
+            "inv_../../etc/passwd",
+            "inv_a b",
+            "inv_a+b/c=",
+            too_long.as_str(),
         ] {
             assert!(InvoiceId::parse(bad).is_err(), "{bad}");
         }

@@ -1,4 +1,7 @@
-//! The tamper-evident money ledger: an append-only list of entries, each hash-chained to the one before.
+//! The tamper-evident money ledger: append-only entries, each hash-chained to the one before it in its
+//! *shard*. The ledger is [`SHARDS`] independent chains, so concurrent events rarely wait on one another (an
+//! event's shard is [`shard_of`] its invoice: one invoice's events stay in order in one chain); its [`root`]
+//! is the total count and a keccak over every shard's head.
 //!
 //! Every money event (invoice issued, payment verified, settlement submitted/confirmed/failed, refunds,
 //! activation outcome) becomes a [`LedgerEntry`]. An entry's `hash` is `keccak256(prev_hash ‖ canonical JSON)`,
@@ -143,9 +146,24 @@ impl EntryFields {
     }
 }
 
-/// Where a chain ends: how many entries it has and the hash of the last one (zero for an empty chain).
+/// How many chains the ledger is split into. Fixed for the life of a ledger: changing it would move events
+/// between chains.
+pub const SHARDS: u16 = 16;
+
+/// The shard an event belongs to: a hash of `key` (its invoice id; for events without one, what identifies
+/// them, e.g. a SIM or a batch).
+pub fn shard_of(key: &str) -> u16 {
+    let h = keccak256(key.as_bytes());
+    u16::from_be_bytes([h[0], h[1]]) % SHARDS
+}
+
+/// Where a chain ends: its shard, how many entries it has and the hash of the last one (zero for an empty
+/// chain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChainHead {
+    /// The shard.
+    #[serde(default)]
+    pub shard: u16,
     /// Number of entries so far; also the `seq` the next entry gets.
     pub count: u64,
     /// Hash of the last entry, or zero before the first.
@@ -153,9 +171,15 @@ pub struct ChainHead {
 }
 
 impl ChainHead {
-    /// The head of an empty ledger.
+    /// The head of an empty shard 0 (a ledger of one chain).
     pub const fn genesis() -> Self {
+        Self::genesis_of(0)
+    }
+
+    /// The head of an empty `shard`.
+    pub const fn genesis_of(shard: u16) -> Self {
         Self {
+            shard,
             count: 0,
             hash: B256::ZERO,
         }
@@ -164,6 +188,7 @@ impl ChainHead {
     /// The head once `entry` has been appended.
     pub fn after(entry: &LedgerEntry) -> Self {
         Self {
+            shard: entry.shard,
             count: entry.seq.saturating_add(1),
             hash: entry.hash,
         }
@@ -185,7 +210,11 @@ impl Default for ChainHead {
 
 impl fmt::Display for ChainHead {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} entries ending in {}", self.count, self.hash)
+        write!(
+            f,
+            "shard {}: {} entries ending in {}",
+            self.shard, self.count, self.hash
+        )
     }
 }
 
@@ -196,7 +225,9 @@ impl fmt::Display for ChainHead {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerEntry {
-    /// Position in the chain, from 0.
+    /// The chain it belongs to.
+    pub shard: u16,
+    /// Position in its chain, from 0.
     pub seq: u64,
     /// When it happened, in unix seconds (supplied by the caller).
     pub at: u64,
@@ -222,7 +253,7 @@ pub struct LedgerEntry {
 }
 
 impl LedgerEntry {
-    /// The entry that follows `head`: `seq = head.count`, `prev_hash = head.hash`, hash computed.
+    /// The entry that follows `head` (in its shard): `seq = head.count`, `prev_hash = head.hash`, hash computed.
     pub fn new(head: &ChainHead, at: u64, kind: EntryKind, fields: EntryFields) -> Self {
         let EntryFields {
             invoice_id,
@@ -233,6 +264,7 @@ impl LedgerEntry {
             details,
         } = fields;
         let mut entry = Self {
+            shard: head.shard,
             seq: head.count,
             at,
             kind,
@@ -295,6 +327,7 @@ impl LedgerEntry {
         m.insert("payer".into(), opt(self.payer.as_deref()));
         m.insert("prev_hash".into(), hex32(&self.prev_hash));
         m.insert("seq".into(), Value::from(self.seq));
+        m.insert("shard".into(), Value::from(self.shard));
         m.insert("tx_hash".into(), opt(self.tx_hash.as_deref()));
         Value::Object(m)
     }
@@ -368,18 +401,43 @@ pub enum LedgerError {
         /// Where the entries end.
         found: ChainHead,
     },
+    /// An entry sits in another shard's chain (moved there, or its shard field edited).
+    #[error("entry {seq} belongs to shard {found}, not to shard {expected}")]
+    WrongShard {
+        /// The entry.
+        seq: u64,
+        /// The shard whose chain holds it.
+        expected: u16,
+        /// The shard the entry names.
+        found: u16,
+    },
     /// A JSON-lines record did not parse.
     #[error("malformed ledger line: {0}")]
     Malformed(String),
 }
 
-/// Replay a chain from genesis and return its head, or the first problem found.
+/// Replay shard 0's chain from genesis and return its head, or the first problem found.
 pub fn verify_chain<'a>(
     entries: impl IntoIterator<Item = &'a LedgerEntry>,
 ) -> Result<ChainHead, LedgerError> {
-    let mut head = ChainHead::genesis();
+    verify_shard_chain(0, entries)
+}
+
+/// Replay `shard`'s chain from genesis and return its head, or the first problem found.
+pub fn verify_shard_chain<'a>(
+    shard: u16,
+    entries: impl IntoIterator<Item = &'a LedgerEntry>,
+) -> Result<ChainHead, LedgerError> {
+    let mut head = ChainHead::genesis_of(shard);
     let mut iter = entries.into_iter();
     while let Some(entry) = iter.next() {
+        if entry.shard != shard {
+            return Err(LedgerError::WrongShard {
+                seq: entry.seq,
+                expected: shard,
+                found: entry.shard,
+            });
+        }
         let expected = head.count;
         if entry.seq != expected {
             // A later entry with the expected seq means this one was moved, not that entries were lost.
@@ -416,12 +474,13 @@ pub fn verify_chain<'a>(
     Ok(head)
 }
 
-/// [`verify_chain`], then check the chain ends exactly at `expected` (a head kept apart from the entries).
+/// Replay the chain of `expected.shard`, then check it ends exactly at `expected` (a head kept apart from the
+/// entries).
 pub fn verify_against<'a>(
     entries: impl IntoIterator<Item = &'a LedgerEntry>,
     expected: &ChainHead,
 ) -> Result<(), LedgerError> {
-    let found = verify_chain(entries)?;
+    let found = verify_shard_chain(expected.shard, entries)?;
     if found == *expected {
         Ok(())
     } else {
@@ -430,6 +489,49 @@ pub fn verify_against<'a>(
             found,
         })
     }
+}
+
+/// The whole ledger in two numbers: how many entries all shards hold, and `keccak256` over every shard's
+/// head in shard order (`shard ‖ count ‖ hash`, big-endian), so any change in any chain changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerRoot {
+    /// Entries in all shards.
+    pub count: u64,
+    /// The root hash.
+    pub hash: B256,
+}
+
+/// The root over the shard heads (missing shards count as empty).
+pub fn root(heads: &[ChainHead]) -> LedgerRoot {
+    let mut preimage = Vec::with_capacity(usize::from(SHARDS) * 42);
+    let mut count = 0u64;
+    for shard in 0..SHARDS {
+        let head = heads
+            .iter()
+            .find(|h| h.shard == shard)
+            .copied()
+            .unwrap_or(ChainHead::genesis_of(shard));
+        count = count.saturating_add(head.count);
+        preimage.extend_from_slice(&shard.to_be_bytes());
+        preimage.extend_from_slice(&head.count.to_be_bytes());
+        preimage.extend_from_slice(head.hash.as_slice());
+    }
+    LedgerRoot {
+        count,
+        hash: keccak256(preimage),
+    }
+}
+
+/// Verify every shard against its stored head (`(stored head, entries as read)` per shard) and return the
+/// root, or the first shard that fails with why.
+pub fn verify_shards(
+    shards: &[(ChainHead, Vec<LedgerEntry>)],
+) -> Result<LedgerRoot, (u16, LedgerError)> {
+    for (head, entries) in shards {
+        verify_against(entries, head).map_err(|e| (head.shard, e))?;
+    }
+    let heads: Vec<ChainHead> = shards.iter().map(|(h, _)| *h).collect();
+    Ok(root(&heads))
 }
 
 #[cfg(test)]
@@ -486,7 +588,7 @@ mod tests {
         );
         let zero = format!("0x{}", "0".repeat(64));
         let expected = format!(
-            r#"{{"amount":"0.42","at":1700000000,"details":{{"a":"first \"quoted\"","z":"last"}},"invoice_id":"inv_1","kind":"settlement_confirmed","network":null,"payer":null,"prev_hash":"{zero}","seq":0,"tx_hash":null}}"#
+            r#"{{"amount":"0.42","at":1700000000,"details":{{"a":"first \"quoted\"","z":"last"}},"invoice_id":"inv_1","kind":"settlement_confirmed","network":null,"payer":null,"prev_hash":"{zero}","seq":0,"shard":0,"tx_hash":null}}"#
         );
         assert_eq!(String::from_utf8(e.canonical_bytes()).unwrap(), expected);
         let mut preimage = vec![0u8; 32];
@@ -618,6 +720,83 @@ mod tests {
                 found: 30
             })
         );
+    }
+
+    /// `per_shard` entries in each of three shards.
+    fn shards(per_shard: u64) -> Vec<(ChainHead, Vec<LedgerEntry>)> {
+        [3u16, 7, 15]
+            .iter()
+            .map(|&shard| {
+                let mut head = ChainHead::genesis_of(shard);
+                let entries = (0..per_shard)
+                    .map(|i| {
+                        head.append(
+                            T0 + i,
+                            EntryKind::PaymentVerified,
+                            EntryFields::default().invoice(format!("inv_{shard}_{i}")),
+                        )
+                    })
+                    .collect();
+                (head, entries)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shards_verify_to_a_root_that_every_change_moves() {
+        let good = shards(5);
+        let r = verify_shards(&good).unwrap();
+        assert_eq!(r.count, 15);
+        assert_eq!(r, root(&good.iter().map(|(h, _)| *h).collect::<Vec<_>>()));
+        assert_ne!(r.hash, root(&[]).hash);
+        assert_eq!(root(&[]).count, 0);
+        // One more entry anywhere moves the root.
+        let mut more = shards(5);
+        let (head, entries) = &mut more[1];
+        entries.push(head.append(T0, EntryKind::RefundOwed, EntryFields::default()));
+        assert_ne!(verify_shards(&more).unwrap().hash, r.hash);
+    }
+
+    #[test]
+    fn an_entry_moved_to_another_shard_or_a_truncated_shard_is_caught() {
+        let mut moved = shards(5);
+        let e = moved[0].1.pop().unwrap();
+        moved[1].1.push(e);
+        assert!(matches!(
+            verify_shards(&moved),
+            Err((3, LedgerError::HeadMismatch { .. }))
+        ));
+        let mut edited = shards(5);
+        edited[2].1[1].shard = 3;
+        assert!(matches!(
+            verify_shards(&edited),
+            Err((
+                15,
+                LedgerError::WrongShard {
+                    seq: 1,
+                    expected: 15,
+                    found: 3
+                }
+            ))
+        ));
+        let mut cut = shards(5);
+        cut[2].1.truncate(4);
+        assert!(matches!(
+            verify_shards(&cut),
+            Err((15, LedgerError::HeadMismatch { .. }))
+        ));
+    }
+
+    #[test]
+    fn events_spread_over_every_shard_and_one_key_always_lands_in_one() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..400 {
+            let k = format!("inv_{i}");
+            assert_eq!(shard_of(&k), shard_of(&k));
+            assert!(shard_of(&k) < SHARDS);
+            seen.insert(shard_of(&k));
+        }
+        assert_eq!(seen.len(), usize::from(SHARDS));
     }
 
     #[test]

@@ -14,8 +14,11 @@ pub mod ids;
 pub mod invoice;
 pub mod ledger;
 pub mod money;
+pub mod order;
 pub mod paid;
 pub mod pricing;
+pub mod refund;
+pub mod settlement;
 pub mod store;
 pub mod x402;
 

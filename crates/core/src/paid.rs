@@ -1,8 +1,11 @@
-//! Paying an invoice over HTTP, as the resource server sees it: one record per invoice
-//! (`payment/<invoice id>` in the key-value store) says which payment is being worked on, by whom, and what
-//! was answered. The gateway claims it before any effect (verify → dispatch → settle), so racing duplicates of
-//! one payment get a terminal "already settled" while the winner works, and the winner's answer is stored for
-//! replay (`payment-identifier`).
+//! Paying an invoice: one record per invoice (`invoice/<invoice id>`, kept by the invoices component) is the
+//! single truth of whether, by which payment and with which transaction it was paid. It exists only once a
+//! payment arrives (an unpaid invoice lives in its id alone). The gateway claims it before any effect
+//! (verify → dispatch → settle), so racing duplicates of one payment get a terminal "already settled" while
+//! the winner works, and the winner's answer is stored for replay (`payment-identifier`).
+//!
+//! One lease rule for the whole drive: [`LEASE_SECS`], after which the *same* payment may take over; a
+//! different payment never may while this one is working or resumable.
 //!
 //! A payment is identified by its [`fingerprint`]: keccak-256 over the decoded payload's canonical JSON (or
 //! the lower-case transaction hash of a tx-hash proof), so two encodings of one payment are the same payment.
@@ -15,13 +18,15 @@
 use alloy_primitives::{B256, keccak256};
 use serde::{Deserialize, Serialize};
 
+use crate::invoice::InvoiceStatus;
+
 /// How long a driver may hold a payment before a duplicate may take it over: longer than the dispatch
 /// budget (60 s) plus the settlement wait (15 s) plus slack.
 pub const LEASE_SECS: u64 = 180;
 
 /// The record key of an invoice's payment.
 pub fn payment_key(invoice: &str) -> String {
-    format!("payment/{invoice}")
+    format!("invoice/{invoice}")
 }
 
 /// The record key of a `payment-identifier` id.
@@ -81,6 +86,114 @@ pub struct PaymentRecord {
     /// The final answer (`Done` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<StoredResponse>,
+    /// Set once money moved: the transaction and the payer. Never cleared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid: Option<Paid>,
+    /// The payment is owed back (the purchase failed after the money moved).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refunded: bool,
+}
+
+/// The money of a paid invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paid {
+    /// The transaction that moved it.
+    pub transaction: String,
+    /// Who paid, checksummed.
+    pub payer: String,
+}
+
+/// How a payment attempt left the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Refused before any effect: the invoice is free for another payment.
+    Release,
+    /// Interrupted at a repeatable point: the same payment continues it.
+    Resume,
+    /// Final.
+    Done,
+}
+
+/// Why a record update was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// No payment ever claimed the invoice.
+    #[error("no payment was made for this invoice")]
+    NoRecord,
+    /// The caller no longer holds it (a duplicate took it over after the lease).
+    #[error("the payment record is held by another driver")]
+    NotHolder,
+    /// It was marked paid before (by this or another call).
+    #[error("invoice is paid already")]
+    AlreadyPaid,
+    /// Nothing was paid, so nothing can be owed back.
+    #[error("nothing was paid for this invoice")]
+    NotPaid,
+}
+
+impl PaymentRecord {
+    /// Record how `holder`'s attempt ended (with the answer, when `Done`).
+    pub fn finish(
+        current: Option<Self>,
+        holder: &str,
+        end: End,
+        response: &StoredResponse,
+    ) -> Result<Self, RecordError> {
+        let mut rec = current.ok_or(RecordError::NoRecord)?;
+        if rec.holder != holder {
+            return Err(RecordError::NotHolder);
+        }
+        match end {
+            End::Release => rec.state = PaymentState::Released,
+            End::Resume => rec.state = PaymentState::Resumable,
+            End::Done => {
+                rec.state = PaymentState::Done;
+                rec.response = Some(response.clone());
+            }
+        }
+        Ok(rec)
+    }
+
+    /// Record that money moved (`transaction` from `payer`); once only.
+    pub fn mark_paid(
+        current: Option<Self>,
+        transaction: &str,
+        payer: &str,
+    ) -> Result<Self, RecordError> {
+        let mut rec = current.ok_or(RecordError::NoRecord)?;
+        if rec.paid.is_some() {
+            return Err(RecordError::AlreadyPaid);
+        }
+        rec.paid = Some(Paid {
+            transaction: transaction.to_owned(),
+            payer: payer.to_owned(),
+        });
+        Ok(rec)
+    }
+
+    /// Record that the payment is owed back (idempotent); only a paid invoice can be.
+    pub fn mark_refunded(current: Option<Self>) -> Result<Self, RecordError> {
+        let mut rec = current.ok_or(RecordError::NoRecord)?;
+        if rec.paid.is_none() {
+            return Err(RecordError::NotPaid);
+        }
+        rec.refunded = true;
+        Ok(rec)
+    }
+}
+
+/// An invoice's status, from its payment record (if any) and its deadline, at `now`. A payment that ended
+/// without moving money leaves it open (its stored failure answers later attempts).
+pub fn status(record: Option<&PaymentRecord>, expires_at: u64, now: u64) -> InvoiceStatus {
+    match record {
+        Some(r) if r.refunded => InvoiceStatus::Refunded,
+        Some(r) if r.paid.is_some() => InvoiceStatus::Paid,
+        Some(r) if matches!(r.state, PaymentState::Working | PaymentState::Resumable) => {
+            InvoiceStatus::Pending
+        }
+        _ if now >= expires_at => InvoiceStatus::Expired,
+        _ => InvoiceStatus::Open,
+    }
 }
 
 /// What a request holding payment `fingerprint` may do, given the invoice's record.
@@ -111,6 +224,8 @@ pub fn decide(
             holder: holder.to_owned(),
             lease_until: now.saturating_add(LEASE_SECS),
             response: None,
+            paid: current.and_then(|r| r.paid.clone()),
+            refunded: current.is_some_and(|r| r.refunded),
         })
     };
     let Some(rec) = current else {
@@ -160,6 +275,8 @@ mod tests {
                 headers: vec![],
                 body: "{}".into(),
             }),
+            paid: None,
+            refunded: false,
         }
     }
 
@@ -232,6 +349,80 @@ mod tests {
         assert!(
             matches!(decide(Some(&failed), "b", "h1", false, 1), Decision::Replay(r) if r.status == 503)
         );
+    }
+
+    #[test]
+    fn an_attempt_ends_only_for_its_holder() {
+        let rec = rec(PaymentState::Working, "a", 200, None);
+        let ok = StoredResponse {
+            status: 200,
+            headers: vec![],
+            body: "{}".into(),
+        };
+        assert_eq!(
+            PaymentRecord::finish(Some(rec.clone()), "intruder", End::Done, &ok),
+            Err(RecordError::NotHolder)
+        );
+        assert_eq!(
+            PaymentRecord::finish(None, "h0", End::Done, &ok),
+            Err(RecordError::NoRecord)
+        );
+        let done = PaymentRecord::finish(Some(rec.clone()), "h0", End::Done, &ok).unwrap();
+        assert_eq!(
+            (done.state, done.response),
+            (PaymentState::Done, Some(ok.clone()))
+        );
+        let resumable = PaymentRecord::finish(Some(rec.clone()), "h0", End::Resume, &ok).unwrap();
+        assert_eq!(
+            (resumable.state, resumable.response),
+            (PaymentState::Resumable, None)
+        );
+        let released = PaymentRecord::finish(Some(rec), "h0", End::Release, &ok).unwrap();
+        assert_eq!(released.state, PaymentState::Released);
+    }
+
+    #[test]
+    fn money_is_recorded_once_and_only_paid_invoices_are_refunded() {
+        let r = rec(PaymentState::Working, "a", 200, None);
+        assert_eq!(
+            PaymentRecord::mark_refunded(Some(r.clone())),
+            Err(RecordError::NotPaid)
+        );
+        let paid = PaymentRecord::mark_paid(Some(r), "0xtx", "0xpayer").unwrap();
+        assert_eq!(
+            PaymentRecord::mark_paid(Some(paid.clone()), "0xother", "0xpayer"),
+            Err(RecordError::AlreadyPaid)
+        );
+        let refunded = PaymentRecord::mark_refunded(Some(paid.clone())).unwrap();
+        assert!(refunded.refunded);
+        // A later driver of the same payment keeps what the record says about money.
+        match decide(Some(&refunded), "a", "h9", false, 10_000) {
+            Decision::Drive(next) => {
+                assert_eq!((next.paid, next.refunded), (paid.paid.clone(), true))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_comes_from_the_record_and_the_deadline() {
+        assert_eq!(status(None, 100, 99), InvoiceStatus::Open);
+        assert_eq!(status(None, 100, 100), InvoiceStatus::Expired);
+        let working = rec(PaymentState::Working, "a", 200, None);
+        assert_eq!(status(Some(&working), 100, 150), InvoiceStatus::Pending);
+        let failed = rec(PaymentState::Done, "a", 0, Some(503));
+        assert_eq!(status(Some(&failed), 100, 50), InvoiceStatus::Open);
+        assert_eq!(status(Some(&failed), 100, 150), InvoiceStatus::Expired);
+        let released = rec(PaymentState::Released, "a", 0, None);
+        assert_eq!(status(Some(&released), 100, 50), InvoiceStatus::Open);
+        let paid = PaymentRecord::mark_paid(Some(working), "0xtx", "0xp").unwrap();
+        assert_eq!(
+            status(Some(&paid), 100, 500),
+            InvoiceStatus::Paid,
+            "paid never expires"
+        );
+        let refunded = PaymentRecord::mark_refunded(Some(paid)).unwrap();
+        assert_eq!(status(Some(&refunded), 100, 500), InvoiceStatus::Refunded);
     }
 
     #[test]

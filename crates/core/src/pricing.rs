@@ -1,10 +1,7 @@
 //! Pricing: an activation fee plus a per-megabyte carrier rate, rounded up to whole micro-USDC and never below
 //! the minimum invoice. The rates come from the carrier catalog (`crates/core/catalog/carriers.toml`, see
-//! [`crate::esim::catalog`]).
+//! `crate::esim::catalog`, which builds the [`PriceBook`]).
 
-use std::sync::OnceLock;
-
-use crate::esim::catalog::Catalog;
 use crate::ids::{CarrierId, DataMb};
 use crate::money::UsdcAmount;
 
@@ -29,12 +26,6 @@ pub struct PriceBook {
 }
 
 impl PriceBook {
-    /// The builtin catalog's price book: T-Mobile $0.003/MB, Verizon $0.0035/MB, AT&T $0.0032/MB, Telekom DE
-    /// $0.004/MB, Vodafone DE $0.0045/MB, $0.12 fee, $0.05 minimum (100 MB on T-Mobile = $0.42).
-    pub fn seed_defaults() -> Self {
-        Catalog::builtin().price_book()
-    }
-
     /// The data part alone: `data_mb` at `carrier`'s rate, rounded up to whole micro-USDC.
     pub fn usage(&self, carrier: &CarrierId, data_mb: DataMb) -> Option<UsdcAmount> {
         let rate = self.rates.iter().find(|r| &r.carrier == carrier)?;
@@ -72,26 +63,6 @@ impl PriceBook {
     }
 }
 
-/// Which carriers serve a region, default first then the failover order, from the builtin catalog.
-pub fn region_carriers(region: &str) -> Option<&'static [&'static str]> {
-    type Table = Vec<(&'static str, Vec<&'static str>)>;
-    static TABLE: OnceLock<Table> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        Catalog::builtin()
-            .regions()
-            .iter()
-            .map(|r| {
-                let carriers = r.carriers.iter().map(CarrierId::as_str).collect();
-                (r.region.as_str(), carriers)
-            })
-            .collect()
-    });
-    table
-        .iter()
-        .find(|(r, _)| *r == region)
-        .map(|(_, carriers)| carriers.as_slice())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,9 +71,27 @@ mod tests {
         CarrierId::parse(s).unwrap()
     }
 
+    /// The seed's rates (the builtin catalog's are checked against them in `esim::catalog`).
+    fn seed() -> PriceBook {
+        PriceBook {
+            activation_fee: UsdcAmount::from_micros(120_000),
+            minimum: UsdcAmount::from_micros(50_000),
+            rates: vec![
+                Rate {
+                    carrier: c("tmobile"),
+                    milli_micros_per_mb: 3_000_000,
+                },
+                Rate {
+                    carrier: c("verizon"),
+                    milli_micros_per_mb: 3_500_000,
+                },
+            ],
+        }
+    }
+
     #[test]
     fn seed_price_for_100mb_tmobile_is_42_cents() {
-        let book = PriceBook::seed_defaults();
+        let book = seed();
         assert_eq!(
             book.quote(&c("tmobile"), DataMb::new(100).unwrap())
                 .unwrap()
@@ -118,21 +107,8 @@ mod tests {
     }
 
     #[test]
-    fn regions_list_their_default_carrier_first() {
-        assert_eq!(region_carriers("us-west").unwrap()[0], "tmobile");
-        assert_eq!(
-            region_carriers("eu-central").unwrap(),
-            &["telekom-de", "vodafone-de"]
-        );
-        for region in ["us-west", "us-east", "us-central"] {
-            assert_eq!(region_carriers(region).unwrap().len(), 3, "{region}");
-        }
-        assert!(region_carriers("mars-north").is_none());
-    }
-
-    #[test]
     fn switching_to_a_dearer_carrier_pays_fee_plus_difference() {
-        let book = PriceBook::seed_defaults();
+        let book = seed();
         let mb = DataMb::new(100).unwrap();
         // 100 MB: tmobile $0.30, verizon $0.35 → $0.12 fee + $0.05.
         assert_eq!(
@@ -153,7 +129,7 @@ mod tests {
 
     #[test]
     fn minimum_and_unknown_carrier() {
-        let mut book = PriceBook::seed_defaults();
+        let mut book = seed();
         book.activation_fee = UsdcAmount::ZERO;
         assert_eq!(
             book.quote(&c("tmobile"), DataMb::new(1).unwrap())

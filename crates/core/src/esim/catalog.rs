@@ -396,6 +396,38 @@ fn parse_milli_micros(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_builtin_price_book_is_the_seeds() {
+        let book = Catalog::builtin().price_book();
+        let c = |s: &str| crate::ids::CarrierId::parse(s).unwrap();
+        let mb = crate::ids::DataMb::new(100).unwrap();
+        assert_eq!(book.quote(&c("tmobile"), mb).unwrap().to_string(), "0.42");
+        assert_eq!(book.quote(&c("verizon"), mb).unwrap().micros(), 470_000);
+        assert_eq!(book.quote(&c("att"), mb).unwrap().micros(), 440_000);
+        assert_eq!(book.activation_fee.micros(), 120_000);
+        assert_eq!(book.minimum.micros(), 50_000);
+    }
+
+    #[test]
+    fn builtin_regions_list_their_default_carrier_first() {
+        let carriers = |region: &str| -> Option<Vec<String>> {
+            Catalog::builtin()
+                .regions()
+                .iter()
+                .find(|r| r.region.as_str() == region)
+                .map(|r| r.carriers.iter().map(|c| c.as_str().to_owned()).collect())
+        };
+        assert_eq!(carriers("us-west").unwrap()[0], "tmobile");
+        assert_eq!(
+            carriers("eu-central").unwrap(),
+            ["telekom-de", "vodafone-de"]
+        );
+        for region in ["us-west", "us-east", "us-central"] {
+            assert_eq!(carriers(region).unwrap().len(), 3, "{region}");
+        }
+        assert!(carriers("mars-north").is_none());
+    }
     use crate::ids::DataMb;
 
     fn c(s: &str) -> CarrierId {

@@ -9,9 +9,10 @@
 //! (EIP-1271, ERC-6492) are not accepted.
 
 use alloy_primitives::{Address, B256, U256, keccak256};
-use alloy_sol_types::{Eip712Domain, SolCall, SolStruct};
+use alloy_sol_types::{SolCall, SolStruct};
 use k256::ecdsa::{RecoveryId, Signature as EcdsaSignature, SigningKey, VerifyingKey};
 
+pub use super::domain::TokenDomain;
 use super::networks::{NetworkConfig, Networks};
 use super::reason::InvalidReason;
 use super::wire::{
@@ -54,37 +55,6 @@ mod abi {
 
 /// Seconds `validBefore` must lie beyond `now` (one block of buffer, reference check 9).
 pub const VALID_BEFORE_BUFFER_SECS: u64 = 6;
-
-/// A token's EIP-712 domain: `{name, version, chainId, verifyingContract}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenDomain {
-    /// Domain name (`extra.name`).
-    pub name: String,
-    /// Domain version (`extra.version`).
-    pub version: String,
-    /// Chain id.
-    pub chain_id: u64,
-    /// The token contract.
-    pub verifying_contract: Address,
-}
-
-impl TokenDomain {
-    /// As alloy's [`Eip712Domain`].
-    pub fn eip712_domain(&self) -> Eip712Domain {
-        Eip712Domain::new(
-            Some(self.name.clone().into()),
-            Some(self.version.clone().into()),
-            Some(U256::from(self.chain_id)),
-            Some(self.verifying_contract),
-            None,
-        )
-    }
-
-    /// The domain separator (`DOMAIN_SEPARATOR()` of the token).
-    pub fn separator(&self) -> B256 {
-        self.eip712_domain().separator()
-    }
-}
 
 /// A parsed EIP-3009 authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

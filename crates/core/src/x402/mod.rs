@@ -8,6 +8,7 @@
 //!
 //! Nothing here does I/O or reads a clock: callers pass `now` and what the chain said.
 
+pub mod domain;
 pub mod exact;
 pub mod header;
 pub mod networks;
@@ -71,7 +72,7 @@ mod tests {
             allow_failover: false,
         };
         let inv = Invoice::new(
-            InvoiceId::from_random([2; 16]),
+            InvoiceId::parse("inv_test.2").unwrap(),
             UsdcAmount::from_micros(420_000),
             vec![opt],
             purchase,

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-use super::exact::TokenDomain;
+use super::domain::TokenDomain;
 use crate::chain::{Address, ChainId, Network, parse_address};
 
 /// The shipped registry's TOML text.

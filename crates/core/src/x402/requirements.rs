@@ -155,7 +155,7 @@ mod tests {
 
     fn invoice(purchase: Purchase) -> Invoice {
         Invoice::new(
-            InvoiceId::from_random([3; 16]),
+            InvoiceId::parse("inv_test.3").unwrap(),
             UsdcAmount::from_micros(420_000),
             vec![
                 option("eip155:84532", "0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(invoice_id_of(&v2), Some(inv.invoice_id.clone()));
         // Another invoice's requirements differ only in the id, and that is enough not to match.
         let mut other = inv.clone();
-        other.invoice_id = InvoiceId::from_random([9; 16]);
+        other.invoice_id = InvoiceId::parse("inv_test.9").unwrap();
         assert_eq!(select_requirements(&requirements_v2(&other), &v2), None);
         let v1 = PaymentPayload::V1(PaymentPayloadV1 {
             scheme: "exact".into(),

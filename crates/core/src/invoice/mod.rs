@@ -1,5 +1,8 @@
-//! Invoices as stored in the key-value store and shown over HTTP (the seed's shape: `invoice_id`,
-//! `amount_usdc`, `recipient`, `chain`, `expires_at`, plus every accepted payment option).
+//! Invoices as shown over HTTP (the seed's shape: `invoice_id`, `amount_usdc`, `recipient`, `chain`,
+//! `expires_at`, plus every accepted payment option). An invoice is not stored: its terms travel sealed in its
+//! id ([`token`]), and only a payment creates state (the payment record, `crate::paid`).
+
+pub mod token;
 
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +143,25 @@ impl Invoice {
         })
     }
 
+    /// The invoice `id` offers: `terms`, payable by `accepts` (built from the terms' networks by the caller,
+    /// which knows each network's token), open until a payment record says otherwise. `None` without an option.
+    pub fn from_terms(
+        id: InvoiceId,
+        terms: &token::Terms,
+        accepts: Vec<PaymentOption>,
+    ) -> Option<Self> {
+        let mut inv = Self::new(
+            id,
+            terms.amount,
+            accepts,
+            terms.purchase.clone(),
+            terms.created_at,
+            terms.expires_at.saturating_sub(terms.created_at),
+        )?;
+        inv.recipient = terms.pay_to.to_checksum(None);
+        Some(inv)
+    }
+
     /// The status as seen at `now`: an open invoice past its deadline reads as expired.
     pub fn status_at(&self, now: u64) -> InvoiceStatus {
         if self.status == InvoiceStatus::Open && now >= self.expires_at {
@@ -172,7 +194,7 @@ mod tests {
             allow_failover: false,
         };
         Invoice::new(
-            InvoiceId::from_random([1; 16]),
+            InvoiceId::parse("inv_test.1").unwrap(),
             UsdcAmount::from_micros(420_000),
             vec![opt],
             purchase,
@@ -185,7 +207,7 @@ mod tests {
     #[test]
     fn seed_shape_fields_are_present() {
         let v = serde_json::to_value(sample()).unwrap();
-        assert_eq!(v["invoice_id"], "inv_01010101010101010101010101010101");
+        assert_eq!(v["invoice_id"], "inv_test.1");
         assert_eq!(v["amount_usdc"], "0.42");
         assert_eq!(v["amount_atomic"], "420000");
         assert_eq!(v["recipient"], "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC");

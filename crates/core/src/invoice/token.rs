@@ -1,0 +1,449 @@
+//! Stateless invoices: the id *is* the invoice. An unpaid `402` writes nothing anywhere; the terms it offered
+//! travel inside the invoice id, sealed with a MAC under the server's key, and come back with the payment.
+//!
+//! `inv_<terms>.<mac>`: `<terms>` is the [`Terms`] in postcard (a compact, stable binary encoding), `<mac>`
+//! the first 16 bytes of `keccak256("esim402/invoice/v1" ‖ key ‖ terms)`, both URL-safe base64 without
+//! padding. Keccak-256 is a sponge, so a keyed prefix is a sound MAC (no length extension). An activation's
+//! id is about 110 characters.
+//!
+//! Rules a reader must not break:
+//! - Only [`open`] turns an id into terms, and it checks the MAC first (in constant time): a forged or edited
+//!   id is [`TokenError::BadMac`], never a cheaper invoice.
+//! - The terms are everything the payment is checked against (amount, recipient, networks, purchase, expiry);
+//!   the asset and EIP-712 domain of each network come from the deployment's network registry when the
+//!   invoice is opened, so an id cannot name a token of its own.
+//! - Each id carries a random `nonce`: two identical requests in one second get two invoices.
+//!
+//! ```
+//! use esim402_core::invoice::token::{InvoiceKey, Terms, open, seal};
+//! use esim402_core::invoice::Purchase;
+//! use esim402_core::{Network, UsdcAmount};
+//!
+//! let key = InvoiceKey::new([7; 32]);
+//! let terms = Terms {
+//!     purchase: Purchase::TopUp { iccid: "8901260000000000014".into(), data_mb: 50 },
+//!     amount: UsdcAmount::from_micros(210_000),
+//!     networks: vec![Network::parse("eip155:8453").unwrap()],
+//!     pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".parse().unwrap(),
+//!     created_at: 1_700_000_000,
+//!     expires_at: 1_700_000_900,
+//!     nonce: 42,
+//! };
+//! let id = seal(&terms, &key).unwrap();
+//! assert_eq!(open(&id, &key).unwrap(), terms);
+//! assert!(open(&id, &InvoiceKey::new([8; 32])).is_err());
+//! ```
+
+use std::fmt;
+
+use alloy_primitives::{Address, keccak256};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use super::Purchase;
+use crate::chain::{ChainId, Network};
+use crate::ids::InvoiceId;
+use crate::money::UsdcAmount;
+
+/// Version byte of the encoding; a different one is refused, not guessed at.
+const VERSION: u8 = 1;
+/// Domain separation of the MAC.
+const DOMAIN: &[u8] = b"esim402/invoice/v1";
+/// MAC bytes kept (128 bits).
+const MAC_LEN: usize = 16;
+
+/// The server's invoice key (32 bytes). Its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InvoiceKey([u8; 32]);
+
+impl InvoiceKey {
+    /// A key from 32 secret bytes.
+    pub const fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A key derived from a secret of any length (e.g. the `invoice_secret` variable): keccak-256 of it,
+    /// domain-separated.
+    pub fn derive(secret: &[u8]) -> Self {
+        let mut input = b"esim402/invoice-key/v1".to_vec();
+        input.extend_from_slice(secret);
+        Self(keccak256(input).0)
+    }
+
+    fn mac(&self, payload: &[u8]) -> [u8; MAC_LEN] {
+        let mut input = Vec::with_capacity(DOMAIN.len() + 32 + payload.len());
+        input.extend_from_slice(DOMAIN);
+        input.extend_from_slice(&self.0);
+        input.extend_from_slice(payload);
+        let full = keccak256(input);
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(&full[..MAC_LEN]);
+        out
+    }
+}
+
+impl fmt::Debug for InvoiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InvoiceKey(..)")
+    }
+}
+
+/// What an invoice offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// What it buys.
+    pub purchase: Purchase,
+    /// The price.
+    pub amount: UsdcAmount,
+    /// The networks it may be paid on, preferred first (never empty).
+    pub networks: Vec<Network>,
+    /// Who receives the payment.
+    pub pay_to: Address,
+    /// Issued at (unix seconds).
+    pub created_at: u64,
+    /// Payable until (unix seconds).
+    pub expires_at: u64,
+    /// Random, so identical requests get distinct invoices.
+    pub nonce: u64,
+}
+
+/// Why an id does not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not `<base64>.<base64>`, or the terms do not decode.
+    #[error("not an invoice id issued by this service")]
+    Malformed,
+    /// The MAC does not match: edited, forged, or sealed under another key.
+    #[error("invoice id was not issued by this service")]
+    BadMac,
+    /// Sealed with another encoding version.
+    #[error("invoice id uses an unsupported format version {0}")]
+    UnsupportedVersion(u8),
+    /// Terms that cannot be sealed (no network, or a payer that is not an address).
+    #[error("invalid invoice terms: {0}")]
+    InvalidTerms(&'static str),
+}
+
+/// The encoding: plain, positional types only (postcard is not self-describing).
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    version: u8,
+    nonce: u64,
+    created_at: u64,
+    ttl: u64,
+    amount: u64,
+    pay_to: [u8; 20],
+    networks: Vec<u64>,
+    purchase: WirePurchase,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WirePurchase {
+    Activation {
+        region: String,
+        data_mb: u32,
+        carrier: Option<String>,
+        eid: Option<String>,
+        payer: Option<[u8; 20]>,
+        allow_failover: bool,
+    },
+    TopUp {
+        iccid: String,
+        data_mb: u32,
+    },
+    Switch {
+        iccid: String,
+        target: String,
+    },
+}
+
+impl WirePurchase {
+    fn from_purchase(p: &Purchase) -> Result<Self, TokenError> {
+        Ok(match p {
+            Purchase::Activation {
+                region,
+                data_mb,
+                carrier,
+                eid,
+                payer,
+                allow_failover,
+            } => Self::Activation {
+                region: region.clone(),
+                data_mb: *data_mb,
+                carrier: carrier.clone(),
+                eid: eid.clone(),
+                payer: payer
+                    .as_deref()
+                    .map(|a| {
+                        a.parse::<Address>()
+                            .map(|a| a.0.0)
+                            .map_err(|_| TokenError::InvalidTerms("payer is not an address"))
+                    })
+                    .transpose()?,
+                allow_failover: *allow_failover,
+            },
+            Purchase::TopUp { iccid, data_mb } => Self::TopUp {
+                iccid: iccid.clone(),
+                data_mb: *data_mb,
+            },
+            Purchase::Switch { iccid, target } => Self::Switch {
+                iccid: iccid.clone(),
+                target: target.clone(),
+            },
+        })
+    }
+
+    fn into_purchase(self) -> Purchase {
+        match self {
+            Self::Activation {
+                region,
+                data_mb,
+                carrier,
+                eid,
+                payer,
+                allow_failover,
+            } => Purchase::Activation {
+                region,
+                data_mb,
+                carrier,
+                eid,
+                payer: payer.map(|a| Address::from(a).to_checksum(None)),
+                allow_failover,
+            },
+            Self::TopUp { iccid, data_mb } => Purchase::TopUp { iccid, data_mb },
+            Self::Switch { iccid, target } => Purchase::Switch { iccid, target },
+        }
+    }
+}
+
+/// Seal `terms` into an invoice id under `key`.
+pub fn seal(terms: &Terms, key: &InvoiceKey) -> Result<InvoiceId, TokenError> {
+    if terms.networks.is_empty() {
+        return Err(TokenError::InvalidTerms("no network to pay on"));
+    }
+    let wire = Wire {
+        version: VERSION,
+        nonce: terms.nonce,
+        created_at: terms.created_at,
+        ttl: terms.expires_at.saturating_sub(terms.created_at),
+        amount: terms.amount.micros(),
+        pay_to: terms.pay_to.0.0,
+        networks: terms.networks.iter().map(|n| n.chain_id().0).collect(),
+        purchase: WirePurchase::from_purchase(&terms.purchase)?,
+    };
+    let payload = postcard::to_allocvec(&wire).map_err(|_| TokenError::Malformed)?;
+    let mac = key.mac(&payload);
+    Ok(InvoiceId::from_token(format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&payload),
+        URL_SAFE_NO_PAD.encode(mac)
+    )))
+}
+
+/// Open an invoice id: its terms, if and only if it was sealed under `key`.
+pub fn open(id: &InvoiceId, key: &InvoiceKey) -> Result<Terms, TokenError> {
+    let (payload, mac) = id.token().split_once('.').ok_or(TokenError::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| TokenError::Malformed)?;
+    let mac = URL_SAFE_NO_PAD
+        .decode(mac)
+        .map_err(|_| TokenError::Malformed)?;
+    let expected = key.mac(&payload);
+    // Constant time: the comparison must not tell a forger how many bytes were right.
+    if mac.len() != MAC_LEN
+        || mac
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            != 0
+    {
+        return Err(TokenError::BadMac);
+    }
+    let (wire, rest): (Wire, &[u8]) =
+        postcard::take_from_bytes(&payload).map_err(|_| TokenError::Malformed)?;
+    if wire.version != VERSION {
+        return Err(TokenError::UnsupportedVersion(wire.version));
+    }
+    if !rest.is_empty() || wire.networks.is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    Ok(Terms {
+        purchase: wire.purchase.into_purchase(),
+        amount: UsdcAmount::from_micros(wire.amount),
+        networks: wire
+            .networks
+            .into_iter()
+            .map(|c| Network::new(ChainId(c)))
+            .collect(),
+        pay_to: Address::from(wire.pay_to),
+        created_at: wire.created_at,
+        expires_at: wire.created_at.saturating_add(wire.ttl),
+        nonce: wire.nonce,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn key() -> InvoiceKey {
+        InvoiceKey::derive(b"test secret")
+    }
+
+    fn activation() -> Terms {
+        Terms {
+            purchase: Purchase::Activation {
+                region: "us-west".into(),
+                data_mb: 100,
+                carrier: None,
+                eid: None,
+                payer: None,
+                allow_failover: false,
+            },
+            amount: UsdcAmount::from_micros(420_000),
+            networks: vec![Network::parse("eip155:31337").unwrap()],
+            pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+                .parse()
+                .unwrap(),
+            created_at: 1_796_206_021,
+            expires_at: 1_796_206_921,
+            nonce: 0x0123_4567_89ab_cdef,
+        }
+    }
+
+    #[test]
+    fn an_activation_id_is_short_url_safe_and_opens_to_its_terms() {
+        let id = seal(&activation(), &key()).unwrap();
+        assert!(id.as_str().len() < 120, "{} chars: {id}", id.as_str().len());
+        assert!(InvoiceId::parse(id.as_str()).is_ok());
+        assert_eq!(open(&id, &key()).unwrap(), activation());
+    }
+
+    #[test]
+    fn every_purchase_kind_and_field_round_trips() {
+        let mut t = activation();
+        t.purchase = Purchase::Activation {
+            region: "eu-central".into(),
+            data_mb: 4096,
+            carrier: Some("telekom-de".into()),
+            eid: Some("89049032123451234512345678901235".into()),
+            payer: Some("0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".into()),
+            allow_failover: true,
+        };
+        t.networks.push(Network::parse("base").unwrap());
+        let id = seal(&t, &key()).unwrap();
+        assert_eq!(open(&id, &key()).unwrap(), t);
+        for purchase in [
+            Purchase::TopUp {
+                iccid: "8901260000000000014".into(),
+                data_mb: 1,
+            },
+            Purchase::Switch {
+                iccid: "8901260000000000014".into(),
+                target: "carrier:verizon".into(),
+            },
+        ] {
+            let t = Terms {
+                purchase,
+                ..activation()
+            };
+            assert_eq!(open(&seal(&t, &key()).unwrap(), &key()).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn forged_edited_or_foreign_ids_do_not_open() {
+        let id = seal(&activation(), &key()).unwrap();
+        assert_eq!(
+            open(&id, &InvoiceKey::derive(b"another")),
+            Err(TokenError::BadMac)
+        );
+        // A cheaper invoice: same MAC over edited terms.
+        let mut cheap = activation();
+        cheap.amount = UsdcAmount::from_micros(1);
+        let cheap = seal(&cheap, &key()).unwrap();
+        let (payload, _) = cheap.token().split_once('.').unwrap();
+        let (_, mac) = id.token().split_once('.').unwrap();
+        let forged = InvoiceId::parse(&format!("inv_{payload}.{mac}")).unwrap();
+        assert_eq!(open(&forged, &key()), Err(TokenError::BadMac));
+        for bad in [
+            "inv_abc",
+            "inv_abc.def",
+            "inv_.",
+            "inv_00000000000000000000000000000000",
+        ] {
+            let id = InvoiceId::parse(bad).unwrap();
+            assert!(open(&id, &key()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identical_requests_get_distinct_ids() {
+        let a = seal(&activation(), &key()).unwrap();
+        let mut t = activation();
+        t.nonce += 1;
+        assert_ne!(a, seal(&t, &key()).unwrap());
+    }
+
+    #[test]
+    fn unsealable_terms_are_refused() {
+        let mut t = activation();
+        t.networks.clear();
+        assert!(matches!(seal(&t, &key()), Err(TokenError::InvalidTerms(_))));
+        t = activation();
+        t.purchase = Purchase::Activation {
+            region: "us-west".into(),
+            data_mb: 1,
+            carrier: None,
+            eid: None,
+            payer: Some("not an address".into()),
+            allow_failover: false,
+        };
+        assert!(matches!(seal(&t, &key()), Err(TokenError::InvalidTerms(_))));
+    }
+
+    #[test]
+    fn the_key_never_shows() {
+        let k = InvoiceKey::new([0xab; 32]);
+        assert!(!format!("{k:?}").contains("ab"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_terms_round_trip(
+            amount in 1u64..u64::MAX / 2,
+            created in 0u64..u64::MAX / 4,
+            ttl in 0u64..10_000_000,
+            nonce: u64,
+            chain in 1u64..u64::MAX / 2,
+            data_mb in 1u32..1_000_000,
+            region in "[a-z]{2,8}-[a-z]{2,8}",
+        ) {
+            let t = Terms {
+                purchase: Purchase::Activation {
+                    region, data_mb, carrier: None, eid: None, payer: None, allow_failover: false,
+                },
+                amount: UsdcAmount::from_micros(amount),
+                networks: vec![Network::new(ChainId(chain))],
+                pay_to: Address::repeat_byte(7),
+                created_at: created,
+                expires_at: created + ttl,
+                nonce,
+            };
+            let id = seal(&t, &key()).unwrap();
+            prop_assert!(InvoiceId::parse(id.as_str()).is_ok());
+            prop_assert_eq!(open(&id, &key()).unwrap(), t);
+        }
+
+        #[test]
+        fn arbitrary_ids_never_panic(token in "[A-Za-z0-9_.-]{1,300}") {
+            if let Ok(id) = InvoiceId::parse(&format!("inv_{token}")) {
+                let _ = open(&id, &key());
+            }
+        }
+    }
+}

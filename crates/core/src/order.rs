@@ -1,0 +1,512 @@
+//! Carrier orders, as dispatch keeps them: the journal of one paid order (`order/<invoice id>`), the SIM it
+//! produced (`sim/<iccid>`), the failover plan across a region's carriers, the rules of switching a SIM, and the
+//! carrier-side cleanups still owed. Dispatch loads, calls a function here, and writes the result with a
+//! versioned-cell update; every rule is here and tested natively.
+//!
+//! An order is driven by one caller at a time: [`claim`] hands the journal to a new driver (a random token,
+//! with a lease) when it is new or its lease ran out, and reports `Done`/`Failed`/`Busy` otherwise, so a repeat
+//! returns (or resumes) the same order instead of ordering twice. Every journal write checks the token
+//! ([`Order::journal`]): a driver whose lease was taken over writes nothing. The journal records the carrier
+//! step (ICCID and the ConfirmOrder call id) *before* confirming, so an order interrupted after allocation
+//! resumes with the same call id ([`Plan::resume`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::esim::{ProfileState, RoamingPolicy, SimState};
+
+/// Where an order is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    /// Being driven (or abandoned mid-way, until its lease runs out).
+    Ordering,
+    /// Delivered: `iccid` is the SIM.
+    Done,
+    /// Failed for good: `error` says why.
+    Failed,
+}
+
+/// A profile allocated by a carrier whose order is not finished yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// The carrier.
+    pub carrier: String,
+    /// The allocated ICCID.
+    pub iccid: String,
+    /// Sent again verbatim on resume: the SM-DP+ is idempotent on it, so a confirm that succeeded unseen
+    /// replays its MatchingID instead of failing on the profile's new state.
+    pub confirm_fci: String,
+}
+
+/// The journal of one paid order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// The invoice that paid for it.
+    pub invoice_id: String,
+    /// Status.
+    pub status: OrderStatus,
+    /// Who drives the order, and until when (unix seconds); another call may take over after that.
+    pub token: String,
+    /// End of the driver's lease.
+    pub lease_until: u64,
+    /// The allocated profile being confirmed.
+    pub step: Option<Step>,
+    /// The SIM, once done.
+    pub iccid: Option<String>,
+    /// Carriers skipped so far, as `carrier: reason`.
+    pub failovers: Vec<String>,
+    /// Why it failed, once failed.
+    pub error: Option<String>,
+}
+
+/// What a caller wanting to drive an order gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Write this journal and drive it.
+    Drive(Order),
+    /// Delivered before: the SIM.
+    Done(String),
+    /// Failed before: why.
+    Failed(String),
+    /// Someone else drives it now (the ICCID of its allocated profile, if any).
+    Busy(Option<String>),
+}
+
+/// The lease of one driver: the dispatch budget, two call timeouts and slack.
+pub fn lease_secs(budget_secs: u64, call_timeout_secs: u64) -> u64 {
+    budget_secs
+        .saturating_add(call_timeout_secs.saturating_mul(2))
+        .saturating_add(5)
+}
+
+/// Decide, at `now`, whether a new driver `token` takes the order of `invoice_id` (`current`: its journal).
+pub fn claim(
+    current: Option<&Order>,
+    invoice_id: &str,
+    token: &str,
+    now: u64,
+    lease: u64,
+) -> Claim {
+    match current {
+        None => Claim::Drive(Order {
+            invoice_id: invoice_id.to_owned(),
+            status: OrderStatus::Ordering,
+            token: token.to_owned(),
+            lease_until: now.saturating_add(lease),
+            step: None,
+            iccid: None,
+            failovers: Vec::new(),
+            error: None,
+        }),
+        Some(o) if o.status == OrderStatus::Ordering && o.lease_until <= now => {
+            let mut o = o.clone();
+            o.token = token.to_owned();
+            o.lease_until = now.saturating_add(lease);
+            Claim::Drive(o)
+        }
+        Some(o) => match o.status {
+            OrderStatus::Done => Claim::Done(o.iccid.clone().unwrap_or_default()),
+            OrderStatus::Failed => Claim::Failed(o.error.clone().unwrap_or_default()),
+            OrderStatus::Ordering => Claim::Busy(o.step.as_ref().map(|s| s.iccid.clone())),
+        },
+    }
+}
+
+/// Why a journal write was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    /// The journal is gone.
+    #[error("the order journal vanished")]
+    Vanished,
+    /// Another driver took the order over.
+    #[error("the order for invoice {0} was taken over by another request")]
+    TakenOver(String),
+}
+
+impl Order {
+    /// Apply `f` if `token` still drives this order.
+    pub fn journal(
+        current: Option<Order>,
+        token: &str,
+        f: impl FnOnce(&mut Order),
+    ) -> Result<Order, JournalError> {
+        let mut o = current.ok_or(JournalError::Vanished)?;
+        if o.token != token {
+            return Err(JournalError::TakenOver(o.invoice_id));
+        }
+        f(&mut o);
+        Ok(o)
+    }
+
+    /// The journal of a delivered order.
+    pub fn complete(&mut self, iccid: &str, failovers: Vec<String>) {
+        self.status = OrderStatus::Done;
+        self.iccid = Some(iccid.to_owned());
+        self.step = None;
+        self.failovers = failovers;
+    }
+
+    /// The journal of an order that failed for good.
+    pub fn fail(&mut self, error: &str, failovers: Vec<String>) {
+        self.status = OrderStatus::Failed;
+        self.error = Some(error.to_owned());
+        self.step = None;
+        self.failovers = failovers;
+    }
+}
+
+/// The carriers an order tries, in order, and where a resumed order picks up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Carrier ids, first choice first.
+    pub carriers: Vec<String>,
+}
+
+impl Plan {
+    /// A plan over `carriers` (from the catalog: the requested or default carrier first).
+    pub fn new(carriers: Vec<String>) -> Self {
+        Self { carriers }
+    }
+
+    /// The carriers still to try after an interrupted attempt at `tried` failed: the ones after it. `None`:
+    /// every carrier is still to try.
+    pub fn after(&self, tried: Option<&str>) -> Vec<String> {
+        match tried {
+            None => self.carriers.clone(),
+            Some(t) => self
+                .carriers
+                .iter()
+                .skip_while(|c| c.as_str() != t)
+                .skip(1)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// How an order resumes from its journal: confirm the recorded step first (same carrier, same call id).
+    pub fn resume(order: &Order) -> Option<&Step> {
+        order.step.as_ref()
+    }
+}
+
+/// A SIM as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(
+    missing_docs,
+    reason = "the fields are the SIM's public shape, documented in the WIT `sim` record"
+)]
+pub struct StoredSim {
+    pub iccid: String,
+    pub carrier: String,
+    pub region: String,
+    pub state: SimState,
+    /// `None` until the carrier released the profile.
+    pub profile_state: Option<ProfileState>,
+    /// The activation code (`1$…$…`, without the QR prefix). A secret.
+    pub activation_code: Option<String>,
+    pub eid: Option<String>,
+    pub roaming: RoamingPolicy,
+    pub data_mb: u32,
+    pub invoice_id: String,
+    pub created_at: u64,
+    #[serde(default)]
+    pub failovers: Vec<String>,
+    #[serde(default)]
+    pub replaces: Option<String>,
+    #[serde(default)]
+    pub replaced_by: Option<String>,
+}
+
+/// Why a SIM cannot switch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwitchError {
+    /// Only active or suspended SIMs switch.
+    #[error("SIM {iccid} is {state} and cannot switch")]
+    NotSwitchable {
+        /// The SIM.
+        iccid: String,
+        /// Its state, lower-case.
+        state: String,
+    },
+    /// A replacement is already on its way.
+    #[error("SIM {iccid} is already being replaced by {next}")]
+    AlreadyReplaced {
+        /// The SIM.
+        iccid: String,
+        /// Its replacement.
+        next: String,
+    },
+    /// The target is where the SIM already is (`field` is `carrier` or `region`).
+    #[error("SIM is already {0}")]
+    SameTarget(String, &'static str),
+}
+
+impl SwitchError {
+    /// The request field at fault, for input errors (`None` for state conflicts).
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::SameTarget(_, field) => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Where a switch wants a SIM to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchTarget {
+    /// Another carrier in the same region.
+    Carrier(String),
+    /// Another region (its carriers, with failover).
+    Region(String),
+}
+
+/// Check that `sim` may switch to `target`.
+pub fn check_switch(sim: &StoredSim, target: &SwitchTarget) -> Result<(), SwitchError> {
+    if !matches!(sim.state, SimState::Active | SimState::Suspended) {
+        return Err(SwitchError::NotSwitchable {
+            iccid: sim.iccid.clone(),
+            state: format!("{:?}", sim.state).to_lowercase(),
+        });
+    }
+    if let Some(next) = &sim.replaced_by {
+        return Err(SwitchError::AlreadyReplaced {
+            iccid: sim.iccid.clone(),
+            next: next.clone(),
+        });
+    }
+    match target {
+        SwitchTarget::Carrier(c) if *c == sim.carrier => {
+            Err(SwitchError::SameTarget(format!("on {c}"), "carrier"))
+        }
+        SwitchTarget::Region(r) if *r == sim.region => {
+            Err(SwitchError::SameTarget(format!("in {r}"), "region"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Carrier-side work still owed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cleanup {
+    /// CancelOrder this ICCID with the given final status.
+    Cancel {
+        /// The carrier.
+        carrier: String,
+        /// The profile.
+        iccid: String,
+        /// Retire it (`Unavailable`) instead of returning it to the pool.
+        retire: bool,
+    },
+    /// A DownloadOrder whose answer was lost: replay its call id to learn the ICCID, then cancel it.
+    LostDownload {
+        /// The carrier.
+        carrier: String,
+        /// The lost call's id.
+        fci: String,
+        /// The profile type ordered.
+        profile_type: String,
+        /// The EID ordered for.
+        eid: Option<String>,
+    },
+}
+
+/// The cleanup queue with `item` at its end (unchanged if it is there).
+pub fn enqueue(mut queue: Vec<Cleanup>, item: &Cleanup) -> Vec<Cleanup> {
+    if !queue.contains(item) {
+        queue.push(item.clone());
+    }
+    queue
+}
+
+/// Take up to `max` items off the front of the queue: `(rest, taken)`.
+pub fn take(mut queue: Vec<Cleanup>, max: usize) -> (Vec<Cleanup>, Vec<Cleanup>) {
+    let taken: Vec<Cleanup> = queue.drain(..queue.len().min(max)).collect();
+    (queue, taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(status: OrderStatus, lease_until: u64) -> Order {
+        Order {
+            invoice_id: "inv_1".into(),
+            status,
+            token: "t0".into(),
+            lease_until,
+            step: None,
+            iccid: Some("8901".into()),
+            failovers: vec![],
+            error: Some("no carrier".into()),
+        }
+    }
+
+    #[test]
+    fn a_new_order_is_driven_with_a_lease_and_repeats_get_its_result() {
+        let Claim::Drive(o) = claim(None, "inv_1", "t1", 100, 85) else {
+            panic!()
+        };
+        assert_eq!(
+            (o.token.as_str(), o.lease_until, o.status),
+            ("t1", 185, OrderStatus::Ordering)
+        );
+        assert_eq!(
+            claim(Some(&order(OrderStatus::Done, 0)), "inv_1", "t2", 1, 85),
+            Claim::Done("8901".into())
+        );
+        assert_eq!(
+            claim(Some(&order(OrderStatus::Failed, 0)), "inv_1", "t2", 1, 85),
+            Claim::Failed("no carrier".into())
+        );
+        assert_eq!(lease_secs(60, 10), 85);
+    }
+
+    #[test]
+    fn a_live_order_is_busy_and_an_expired_one_is_taken_over_with_its_step() {
+        let mut live = order(OrderStatus::Ordering, 200);
+        live.step = Some(Step {
+            carrier: "tmobile".into(),
+            iccid: "8901260000000000014".into(),
+            confirm_fci: "fci-1".into(),
+        });
+        assert_eq!(
+            claim(Some(&live), "inv_1", "t2", 199, 85),
+            Claim::Busy(Some("8901260000000000014".into()))
+        );
+        let Claim::Drive(taken) = claim(Some(&live), "inv_1", "t2", 200, 85) else {
+            panic!()
+        };
+        assert_eq!((taken.token.as_str(), taken.lease_until), ("t2", 285));
+        assert_eq!(
+            Plan::resume(&taken),
+            live.step.as_ref(),
+            "resumes with the same call id"
+        );
+    }
+
+    #[test]
+    fn only_the_current_driver_writes_the_journal() {
+        let o = order(OrderStatus::Ordering, 100);
+        assert_eq!(
+            Order::journal(Some(o.clone()), "other", |_| {}),
+            Err(JournalError::TakenOver("inv_1".into()))
+        );
+        assert_eq!(
+            Order::journal(None, "t0", |_| {}),
+            Err(JournalError::Vanished)
+        );
+        let done = Order::journal(Some(o), "t0", |o| {
+            o.complete("8902", vec!["att: pool empty".into()])
+        })
+        .unwrap();
+        assert_eq!(
+            (done.status, done.iccid.as_deref()),
+            (OrderStatus::Done, Some("8902"))
+        );
+        let mut f = order(OrderStatus::Ordering, 0);
+        f.step = Some(Step {
+            carrier: "x".into(),
+            iccid: "y".into(),
+            confirm_fci: "z".into(),
+        });
+        f.fail("budget exhausted", vec![]);
+        assert_eq!((f.status, f.step.is_none()), (OrderStatus::Failed, true));
+    }
+
+    #[test]
+    fn a_resumed_order_fails_over_to_the_carriers_after_the_one_that_failed() {
+        let plan = Plan::new(vec!["tmobile".into(), "verizon".into(), "att".into()]);
+        assert_eq!(plan.after(None), ["tmobile", "verizon", "att"]);
+        assert_eq!(plan.after(Some("tmobile")), ["verizon", "att"]);
+        assert_eq!(plan.after(Some("att")), Vec::<String>::new());
+        assert_eq!(plan.after(Some("unknown")), Vec::<String>::new());
+    }
+
+    fn sim(state: SimState) -> StoredSim {
+        StoredSim {
+            iccid: "8901".into(),
+            carrier: "tmobile".into(),
+            region: "us-west".into(),
+            state,
+            profile_state: None,
+            activation_code: None,
+            eid: None,
+            roaming: RoamingPolicy::default(),
+            data_mb: 100,
+            invoice_id: "inv_1".into(),
+            created_at: 0,
+            failovers: vec![],
+            replaces: None,
+            replaced_by: None,
+        }
+    }
+
+    #[test]
+    fn switching_rules() {
+        let to_verizon = SwitchTarget::Carrier("verizon".into());
+        assert!(check_switch(&sim(SimState::Active), &to_verizon).is_ok());
+        assert!(
+            check_switch(
+                &sim(SimState::Suspended),
+                &SwitchTarget::Region("eu-central".into())
+            )
+            .is_ok()
+        );
+        for state in [SimState::Pending, SimState::Terminated, SimState::Failed] {
+            let e = check_switch(&sim(state), &to_verizon).unwrap_err();
+            assert!(
+                matches!(e, SwitchError::NotSwitchable { .. }) && e.field().is_none(),
+                "{e}"
+            );
+        }
+        let e = check_switch(
+            &sim(SimState::Active),
+            &SwitchTarget::Carrier("tmobile".into()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.to_string().as_str(), e.field()),
+            ("SIM is already on tmobile", Some("carrier"))
+        );
+        let e = check_switch(
+            &sim(SimState::Active),
+            &SwitchTarget::Region("us-west".into()),
+        )
+        .unwrap_err();
+        assert_eq!(e.field(), Some("region"));
+        let mut replaced = sim(SimState::Active);
+        replaced.replaced_by = Some("8902".into());
+        assert!(matches!(
+            check_switch(&replaced, &to_verizon),
+            Err(SwitchError::AlreadyReplaced { .. })
+        ));
+    }
+
+    #[test]
+    fn cleanups_queue_once_and_are_taken_from_the_front() {
+        let a = Cleanup::Cancel {
+            carrier: "att".into(),
+            iccid: "1".into(),
+            retire: false,
+        };
+        let b = Cleanup::LostDownload {
+            carrier: "att".into(),
+            fci: "f".into(),
+            profile_type: "p".into(),
+            eid: None,
+        };
+        let q = enqueue(enqueue(enqueue(vec![], &a), &b), &a);
+        assert_eq!(q.len(), 2);
+        let (rest, taken) = take(q, 1);
+        assert_eq!((rest, taken), (vec![b], vec![a]));
+        assert_eq!(take(vec![], 4), (vec![], vec![]));
+        let json = serde_json::to_value(Cleanup::Cancel {
+            carrier: "c".into(),
+            iccid: "i".into(),
+            retire: true,
+        })
+        .unwrap();
+        assert_eq!(json["kind"], "cancel");
+    }
+}

@@ -1,0 +1,472 @@
+//! Refunds: a confirmed payment whose purchase then failed goes back to its payer as one USDC `transfer` from
+//! the treasury key, sent at most once. This module holds the record and every transition; the verifier
+//! loads, calls a method here inside a versioned-cell update, and writes what it returns.
+//!
+//! A refund's life: `owed` → `submitted` (claimed by a holder token; then the hash and the signed bytes are
+//! recorded before the broadcast) → `paid`. A reverted transfer (the treasury lacks USDC or gas) goes back to
+//! `owed` with `last_error` and `attempts + 1`: no money moved, so a later run may send a new transaction. A
+//! send that failed before the broadcast goes back to `owed` too. A `submitted` refund with a hash is only
+//! ever reconciled against that hash; one without a hash is a claim in flight, taken over once it went quiet
+//! for [`CLAIM_LEASE_SECS`] (such a claim never reserved a nonce).
+//!
+//! A transaction the node lost whose treasury nonce was used by another one can never be mined; the refund goes
+//! back to `owed` only when a run at least [`CONFIRM_UNMINEABLE_SECS`] after the first sighting still sees it
+//! so ([`Refund::mark_unmineable`]): a plain `transfer` leaves no on-chain marker to read at a fixed block,
+//! and a lagging node behind a load balancer could otherwise hide a mined refund and have it paid twice.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::evm::SignedTx;
+use crate::ledger::EntryFields;
+use crate::money::UsdcAmount;
+pub use crate::settlement::CLAIM_LEASE_SECS;
+use crate::settlement::{OurTx, SentTx};
+
+/// How long a refund transaction must keep looking unmineable before the refund is owed again.
+pub const CONFIRM_UNMINEABLE_SECS: u64 = 120;
+/// The most refunds one run pays.
+pub const MAX_REFUNDS_PER_RUN: usize = 20;
+/// The longest `reason` kept (it lands in the ledger).
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// Where a refund is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundStatus {
+    /// Owed; nothing in flight.
+    Owed,
+    /// Claimed by a run; once `transaction` is set, signed and (possibly) broadcast.
+    Submitted,
+    /// Mined with status 1: the money is back with the payer.
+    Paid,
+}
+
+/// One refund, as stored under `refund/<invoice>` and returned by `owe-refund`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    /// The invoice whose payment is refunded.
+    pub invoice: String,
+    /// Who gets the money back, checksummed.
+    pub payer: String,
+    /// Atomic USDC units.
+    pub amount: String,
+    /// CAIP-2 network the payment moved on, and the refund with it.
+    pub network: String,
+    /// The network's USDC contract.
+    pub asset: String,
+    /// Why the refund is owed.
+    pub reason: String,
+    /// Status.
+    pub status: RefundStatus,
+    /// When it became owed (unix seconds).
+    pub created_at: u64,
+    /// The refund transaction, once signed by the treasury (cleared again if it reverted or never left).
+    #[serde(flatten)]
+    pub sent: SentTx,
+    /// Refund transactions that reverted or would have (no money moved).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Who drives the refund while it is `submitted` (a random token per attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// When a run first saw `transaction` unmineable (see [`CONFIRM_UNMINEABLE_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmineable_since: Option<u64>,
+    /// Last change of status or transaction (unix seconds): for a `submitted` refund with a transaction, when
+    /// it was recorded.
+    pub updated_at: u64,
+}
+
+/// What a run may do with a refund it found on the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Paid already: drop it from the queue.
+    Gone,
+    /// Broadcast before: reconcile against its hash.
+    FollowUp(alloy_primitives::B256),
+    /// Another run holds it and has not recorded a transaction yet.
+    InFlight,
+    /// Claim it and send a transfer.
+    Send,
+}
+
+/// How an unmineable sighting changed the refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmineable {
+    /// First sighting recorded; it stays submitted.
+    Noted,
+    /// Still within [`CONFIRM_UNMINEABLE_SECS`] of the first sighting; nothing changed.
+    Waiting,
+    /// Confirmed: owed again (a new transfer may be sent).
+    OwedAgain,
+    /// Not this transaction's refund any more.
+    NotOurs,
+}
+
+impl Refund {
+    /// A new owed refund.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "every field is needed once, at creation"
+    )]
+    pub fn owed(
+        invoice: &str,
+        payer: &str,
+        amount: UsdcAmount,
+        network: &str,
+        asset: &str,
+        reason: &str,
+        now: u64,
+    ) -> Self {
+        Self {
+            invoice: invoice.to_owned(),
+            payer: payer.to_owned(),
+            amount: amount.micros().to_string(),
+            network: network.to_owned(),
+            asset: asset.to_owned(),
+            reason: clean_reason(reason),
+            status: RefundStatus::Owed,
+            created_at: now,
+            sent: SentTx::default(),
+            attempts: 0,
+            last_error: None,
+            holder: None,
+            unmineable_since: None,
+            updated_at: now,
+        }
+    }
+
+    /// The recorded transaction hash.
+    pub fn tx_hash(&self) -> Option<alloy_primitives::B256> {
+        self.sent.hash()
+    }
+
+    /// The transaction of a `submitted` refund, as signed.
+    pub fn submitted_tx(&self) -> Option<OurTx> {
+        if self.status != RefundStatus::Submitted {
+            return None;
+        }
+        self.sent.our_tx(self.updated_at)
+    }
+
+    /// A `submitted` refund whose holder went quiet before recording a transaction.
+    pub fn is_abandoned(&self, now: u64) -> bool {
+        self.status == RefundStatus::Submitted
+            && self.sent.transaction.is_none()
+            && self.updated_at.saturating_add(CLAIM_LEASE_SECS) <= now
+    }
+
+    /// What a run does with this refund at `now`.
+    pub fn next(&self, now: u64) -> Next {
+        match self.status {
+            RefundStatus::Paid => Next::Gone,
+            RefundStatus::Submitted => match self.tx_hash() {
+                Some(hash) => Next::FollowUp(hash),
+                None if self.is_abandoned(now) => Next::Send,
+                None => Next::InFlight,
+            },
+            RefundStatus::Owed => Next::Send,
+        }
+    }
+
+    /// Claim the refund for `holder`'s run: `false` (unchanged) unless it is owed or an abandoned claim.
+    pub fn claim(&mut self, holder: &str, now: u64) -> bool {
+        if self.status != RefundStatus::Owed && !self.is_abandoned(now) {
+            return false;
+        }
+        self.status = RefundStatus::Submitted;
+        self.holder = Some(holder.to_owned());
+        self.sent = SentTx::default();
+        self.unmineable_since = None;
+        self.updated_at = now;
+        true
+    }
+
+    /// Record the signed transfer before its broadcast, if `holder` still holds the claim and nothing was
+    /// recorded yet.
+    pub fn record_submitted(&mut self, holder: &str, tx: &SignedTx, now: u64) -> bool {
+        if self.status != RefundStatus::Submitted
+            || self.holder.as_deref() != Some(holder)
+            || self.sent.transaction.is_some()
+        {
+            return false;
+        }
+        self.sent = SentTx::signed(tx);
+        self.unmineable_since = None;
+        self.updated_at = now;
+        true
+    }
+
+    /// Give a claim that never broadcast back (`attempted`: the transfer would have reverted, which counts as
+    /// an attempt), if `holder` still holds it.
+    pub fn release(&mut self, holder: &str, error: &str, attempted: bool, now: u64) -> bool {
+        if self.status != RefundStatus::Submitted || self.holder.as_deref() != Some(holder) {
+            return false;
+        }
+        self.back_to_owed(error, attempted, now);
+        true
+    }
+
+    /// The chain's answer for the recorded transaction `tx`: paid, or (reverted) owed again. `false`
+    /// (unchanged) if the refund no longer waits for that transaction.
+    pub fn settle(&mut self, tx: &str, succeeded: bool, error: &str, now: u64) -> bool {
+        if self.status != RefundStatus::Submitted || self.sent.transaction.as_deref() != Some(tx) {
+            return false;
+        }
+        if succeeded {
+            self.status = RefundStatus::Paid;
+            self.holder = None;
+            self.last_error = None;
+            self.updated_at = now;
+        } else {
+            self.back_to_owed(error, true, now);
+        }
+        true
+    }
+
+    /// Its transaction `tx` looked unmineable at `now` (see the module docs).
+    pub fn mark_unmineable(&mut self, tx: &str, error: &str, now: u64) -> Unmineable {
+        if self.status != RefundStatus::Submitted || self.sent.transaction.as_deref() != Some(tx) {
+            return Unmineable::NotOurs;
+        }
+        match self.unmineable_since {
+            None => {
+                self.unmineable_since = Some(now);
+                Unmineable::Noted
+            }
+            Some(since) if since.saturating_add(CONFIRM_UNMINEABLE_SECS) <= now => {
+                self.back_to_owed(error, true, now);
+                Unmineable::OwedAgain
+            }
+            Some(_) => Unmineable::Waiting,
+        }
+    }
+
+    /// The node knows `tx` after all (it had not caught up): forget an earlier unmineable sighting.
+    pub fn seen_again(&mut self, tx: &str) -> bool {
+        self.sent.transaction.as_deref() == Some(tx) && self.unmineable_since.take().is_some()
+    }
+
+    /// Back to `owed` after an attempt that moved no money.
+    fn back_to_owed(&mut self, error: &str, attempted: bool, now: u64) {
+        self.status = RefundStatus::Owed;
+        self.sent = SentTx::default();
+        self.holder = None;
+        self.unmineable_since = None;
+        self.last_error = Some(error.to_owned());
+        if attempted {
+            self.attempts = self.attempts.saturating_add(1);
+        }
+        self.updated_at = now;
+    }
+
+    /// The ledger fields of this refund's events.
+    pub fn ledger_fields(&self) -> EntryFields {
+        let mut fields = EntryFields::default()
+            .invoice(self.invoice.clone())
+            .payer(self.payer.clone())
+            .network(self.network.clone());
+        if let Ok(amount) = UsdcAmount::parse_atomic(&self.amount) {
+            fields = fields.amount(amount);
+        }
+        fields
+    }
+}
+
+/// A reason as kept: trimmed, at most [`MAX_REASON_CHARS`] characters.
+pub fn clean_reason(reason: &str) -> String {
+    reason.trim().chars().take(MAX_REASON_CHARS).collect()
+}
+
+/// The queue with `id` at its end (unchanged if it is there).
+pub fn enqueue(mut queue: Vec<String>, id: &str) -> Vec<String> {
+    if !queue.iter().any(|i| i == id) {
+        queue.push(id.to_owned());
+    }
+    queue
+}
+
+/// The first `limit` distinct ids of the queue (at most [`MAX_REFUNDS_PER_RUN`]).
+pub fn batch(queue: &[String], limit: usize) -> Vec<String> {
+    let mut seen = HashSet::new();
+    queue
+        .iter()
+        .filter(|id| seen.insert(id.as_str()))
+        .take(limit.min(MAX_REFUNDS_PER_RUN))
+        .cloned()
+        .collect()
+}
+
+/// The queue after a run: the `gone` ids dropped, the rest of the run's batch (`tried`) moved to the tail so
+/// a refund that keeps failing does not starve the ones behind it; ids queued meanwhile keep their place.
+pub fn requeue(queue: &[String], tried: &[String], gone: &[String]) -> Vec<String> {
+    let present: HashSet<&str> = queue.iter().map(String::as_str).collect();
+    let mut next: Vec<String> = queue
+        .iter()
+        .filter(|id| !gone.contains(id) && !tried.contains(id))
+        .cloned()
+        .collect();
+    next.extend(
+        tried
+            .iter()
+            .filter(|id| !gone.contains(id) && present.contains(id.as_str()))
+            .cloned(),
+    );
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy_primitives::{Address, U256};
+
+    use super::*;
+    use crate::evm::{Eip1559Tx, SigningKey, sign_eip1559};
+
+    fn refund() -> Refund {
+        Refund::owed(
+            "inv_1",
+            "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720",
+            UsdcAmount::from_micros(420_000),
+            "eip155:31337",
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "  activation failed  ",
+            100,
+        )
+    }
+
+    fn signed(nonce: u64) -> SignedTx {
+        let tx = Eip1559Tx {
+            chain_id: crate::chain::ChainId(31337),
+            nonce,
+            max_priority_fee_per_gas: 1,
+            max_fee_per_gas: 2,
+            gas_limit: 60_000,
+            to: Address::repeat_byte(5),
+            value: U256::ZERO,
+            input: vec![9].into(),
+        };
+        let key = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+        sign_eip1559(&tx, &SigningKey::from_hex(key).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn owed_then_claimed_sent_and_paid_once() {
+        let mut r = refund();
+        assert_eq!(r.reason, "activation failed");
+        assert_eq!(r.next(100), Next::Send);
+        assert!(r.claim("h1", 101));
+        assert!(!r.claim("h2", 102), "a live claim is not taken");
+        assert_eq!(r.next(102), Next::InFlight);
+        let tx = signed(0);
+        assert!(!r.record_submitted("h2", &tx, 103));
+        assert!(r.record_submitted("h1", &tx, 103));
+        assert!(
+            !r.record_submitted("h1", &signed(1), 104),
+            "one transaction per claim"
+        );
+        assert_eq!(r.next(104), Next::FollowUp(tx.hash));
+        let hash = tx.hash.to_string();
+        assert!(r.settle(&hash, true, "", 105));
+        assert_eq!(r.status, RefundStatus::Paid);
+        assert!(!r.settle(&hash, false, "late revert", 106), "paid is final");
+        assert_eq!(r.next(107), Next::Gone);
+    }
+
+    #[test]
+    fn a_revert_or_a_refused_send_owes_it_again() {
+        let mut r = refund();
+        r.claim("h1", 1);
+        assert!(!r.release("h2", "x", true, 2), "only the holder releases");
+        assert!(r.release("h1", "would revert", true, 2));
+        assert_eq!((r.status, r.attempts), (RefundStatus::Owed, 1));
+        r.claim("h2", 3);
+        assert!(r.release("h2", "node down", false, 4));
+        assert_eq!(
+            r.attempts, 1,
+            "a fault before the broadcast is not an attempt"
+        );
+        r.claim("h3", 5);
+        let tx = signed(2);
+        r.record_submitted("h3", &tx, 6);
+        assert!(r.settle(&tx.hash.to_string(), false, "reverted", 7));
+        assert_eq!((r.status, r.attempts), (RefundStatus::Owed, 2));
+        assert_eq!(r.last_error.as_deref(), Some("reverted"));
+        assert!(r.tx_hash().is_none());
+    }
+
+    #[test]
+    fn an_abandoned_claim_without_a_transaction_is_taken_over() {
+        let mut r = refund();
+        r.claim("h1", 1_000);
+        assert!(!r.is_abandoned(1_000 + CLAIM_LEASE_SECS - 1));
+        assert_eq!(r.next(1_000 + CLAIM_LEASE_SECS), Next::Send);
+        assert!(r.claim("h2", 1_000 + CLAIM_LEASE_SECS));
+        assert_eq!(r.holder.as_deref(), Some("h2"));
+        // With a transaction recorded it is only ever followed up.
+        r.record_submitted("h2", &signed(0), 2_000);
+        assert!(!r.claim("h3", 1_000_000));
+    }
+
+    #[test]
+    fn unmineable_owes_again_only_after_a_second_sighting_later() {
+        let mut r = refund();
+        r.claim("h1", 0);
+        let tx = signed(0);
+        r.record_submitted("h1", &tx, 1);
+        let hash = tx.hash.to_string();
+        assert_eq!(r.mark_unmineable("0xother", "e", 10), Unmineable::NotOurs);
+        assert_eq!(r.mark_unmineable(&hash, "e", 10), Unmineable::Noted);
+        assert_eq!(
+            r.mark_unmineable(&hash, "e", 10 + CONFIRM_UNMINEABLE_SECS - 1),
+            Unmineable::Waiting
+        );
+        // The node catches up and knows it after all.
+        assert!(r.seen_again(&hash));
+        assert_eq!(r.mark_unmineable(&hash, "e", 500), Unmineable::Noted);
+        assert_eq!(
+            r.mark_unmineable(&hash, "gone", 500 + CONFIRM_UNMINEABLE_SECS),
+            Unmineable::OwedAgain
+        );
+        assert_eq!((r.status, r.attempts), (RefundStatus::Owed, 1));
+    }
+
+    #[test]
+    fn the_queue_rotates_tried_refunds_to_its_tail() {
+        let q: Vec<String> = ["a", "b", "c", "d", "a"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        assert_eq!(batch(&q, 3), ["a", "b", "c"]);
+        assert_eq!(batch(&q, 100).len(), 4, "distinct ids");
+        let tried = vec!["a".to_owned(), "b".to_owned()];
+        let gone = vec!["a".to_owned()];
+        let next = requeue(&q, &tried, &gone);
+        assert_eq!(next, ["c", "d", "b"]);
+        assert_eq!(enqueue(next.clone(), "b"), next);
+        assert_eq!(enqueue(next, "e").last().map(String::as_str), Some("e"));
+        // A refund taken off the queue meanwhile does not come back.
+        assert_eq!(requeue(&["c".to_owned()], &tried, &[]), ["c"]);
+    }
+
+    #[test]
+    fn long_reasons_are_cut_and_ledger_fields_carry_the_amount() {
+        let r = Refund::owed(
+            "i",
+            "p",
+            UsdcAmount::from_micros(1),
+            "n",
+            "a",
+            &"x".repeat(900),
+            0,
+        );
+        assert_eq!(r.reason.len(), MAX_REASON_CHARS);
+        let f = r.ledger_fields();
+        assert_eq!(f.amount, Some(UsdcAmount::from_micros(1)));
+        assert_eq!(f.invoice_id.as_deref(), Some("i"));
+    }
+}

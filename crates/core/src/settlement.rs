@@ -1,0 +1,446 @@
+//! The settlement of one payment, as the verifier keeps it: the claim on an EIP-3009 authorization
+//! (`x402/nonce/<caip2>/<from>/<nonce>`) or on a transaction that paid by itself (`txhash/<hash>`), and where
+//! it is. This module holds the rules; the verifier loads a [`Record`], asks a function here, and writes back
+//! what it says (a versioned-cell update, so two callers never both win).
+//!
+//! Life of a record: [`Status::Claimed`] (taken before anything is signed, by a random `holder`) →
+//! [`Status::Submitted`] (the signed transaction and its hash recorded *before* the broadcast) →
+//! [`Status::Confirmed`] | [`Status::Failed`]. Rules a reader must not break:
+//! - Only the holder of a `claimed` record may sign for it ([`Record::record_submitted`]); a claim that stays
+//!   quiet for [`CLAIM_LEASE_SECS`] may be taken over ([`Record::take_over`]): its holder never signed (it
+//!   records before it broadcasts), so nothing of it can be out there.
+//! - A `submitted` record is only ever reconciled against its recorded hash: a second transaction is never
+//!   signed for it.
+//! - Terminal records never change again ([`Record::finish`] refuses them), and a record claimed for one
+//!   invoice never settles another ([`replay`]).
+
+use alloy_primitives::{Address, B256, Bytes, keccak256};
+use serde::{Deserialize, Serialize};
+
+use crate::evm::SignedTx;
+use crate::evm::quantity;
+use crate::x402::InvalidReason;
+
+/// How long a `claimed` record may go without progress before another call may take it over. Its holder does
+/// at most a handful of RPC calls (10 s timeout each) before recording `submitted`, so a quiet claim means the
+/// holder was cancelled before signing (the host drops a request's task when its client leaves).
+pub const CLAIM_LEASE_SECS: u64 = 120;
+
+/// Where a settlement is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Claimed; nothing signed or sent yet.
+    Claimed,
+    /// Signed and (possibly) broadcast: the transaction is recorded; the receipt is not in yet.
+    Submitted,
+    /// Mined with status 1: money moved.
+    Confirmed,
+    /// Terminal failure: `reason` says why; no money moved.
+    Failed,
+}
+
+/// A signed transaction as settlement and refund records keep it (flattened into them: the JSON fields are
+/// `transaction`, `signer`, `signer_nonce` and `raw_transaction`; `transaction` is `null` until signed, the
+/// others absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentTx {
+    /// Its hash.
+    #[serde(default)]
+    pub transaction: Option<String>,
+    /// The account that signed it, checksummed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// Its account nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_nonce: Option<u64>,
+    /// The signed bytes (0x-hex), kept so that the identical bytes can be sent again if the node loses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_transaction: Option<String>,
+}
+
+impl SentTx {
+    /// What a record keeps of `tx`.
+    pub fn signed(tx: &SignedTx) -> Self {
+        Self {
+            transaction: Some(tx.hash.to_string()),
+            signer: Some(tx.from.to_checksum(None)),
+            signer_nonce: Some(tx.nonce),
+            raw_transaction: Some(quantity::encode_data(&tx.raw)),
+        }
+    }
+
+    /// A transaction that is not ours (a tx-hash proof): its hash only.
+    pub fn hash_only(hash: B256) -> Self {
+        Self {
+            transaction: Some(hash.to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// The recorded hash, if any.
+    pub fn hash(&self) -> Option<B256> {
+        self.transaction.as_deref()?.parse().ok()
+    }
+
+    /// The transaction as signed, recorded at `recorded_at`; `None` unless every field is there and the bytes
+    /// hash to the recorded hash.
+    pub fn our_tx(&self, recorded_at: u64) -> Option<OurTx> {
+        let hash: B256 = self.transaction.as_deref()?.parse().ok()?;
+        let raw = quantity::parse_data(self.raw_transaction.as_deref()?).ok()?;
+        if keccak256(&raw) != hash {
+            return None;
+        }
+        Some(OurTx {
+            hash,
+            raw,
+            signer: self.signer.as_deref()?.parse().ok()?,
+            nonce: self.signer_nonce?,
+            recorded_at,
+        })
+    }
+}
+
+/// One of our signed transactions, as its record holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OurTx {
+    /// Its hash (`keccak256(raw)`).
+    pub hash: B256,
+    /// The signed bytes.
+    pub raw: Bytes,
+    /// The account that signed it.
+    pub signer: Address,
+    /// Its account nonce.
+    pub nonce: u64,
+    /// When it was recorded (unix seconds).
+    pub recorded_at: u64,
+}
+
+/// One settlement, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Status.
+    pub status: Status,
+    /// CAIP-2 network.
+    pub network: String,
+    /// The payer, checksummed.
+    pub payer: String,
+    /// What pays: the authorization's nonce key or the proof's `txhash/` key (the record's own key).
+    pub claim: String,
+    /// Who drives this settlement now: a random token per attempt, so a holder whose claim was taken over can
+    /// no longer sign or broadcast.
+    pub holder: String,
+    /// The invoice paid, if any (none for the facilitator API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice: Option<String>,
+    /// When the payment was verified and claimed (unix seconds); replays are re-checked as of then.
+    pub claimed_at: u64,
+    /// The settlement transaction, once signed by the facilitator (for a tx-hash proof: the proof's hash).
+    #[serde(flatten)]
+    pub sent: SentTx,
+    /// The x402 reason of a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Last change (unix seconds).
+    pub updated_at: u64,
+}
+
+/// How a settlement ended, as far as the chain showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Mined with status 1.
+    Confirmed(B256),
+    /// Mined with status 0: no money moved.
+    Reverted(B256),
+    /// Broadcast (or possibly broadcast); no receipt yet.
+    Pending(B256),
+    /// Never mined and never will be (another transaction used its account nonce), and the authorization is
+    /// unused: no money moved.
+    Dropped(B256),
+}
+
+/// What a repeat of a claimed payment gets, from its record alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// Settled: the transaction.
+    Settled(String),
+    /// Failed for good: the x402 reason.
+    Failed(String),
+    /// Broadcast without a receipt: reconcile against this hash (never sign another).
+    Reconcile(B256),
+    /// Claimed and abandoned before signing: take it over and drive it.
+    TakeOver,
+    /// Claimed by a live holder.
+    InProgress,
+    /// The record names no usable hash although it says it was broadcast (corrupt).
+    Corrupt,
+}
+
+impl Record {
+    /// A fresh claim on `claim`, held by `holder`.
+    pub fn claimed(
+        network: impl Into<String>,
+        payer: Address,
+        claim: String,
+        holder: String,
+        invoice: Option<&str>,
+        now: u64,
+    ) -> Self {
+        Self {
+            status: Status::Claimed,
+            network: network.into(),
+            payer: payer.to_checksum(None),
+            claim,
+            holder,
+            invoice: invoice.map(str::to_owned),
+            claimed_at: now,
+            sent: SentTx::default(),
+            reason: None,
+            updated_at: now,
+        }
+    }
+
+    /// The recorded transaction hash, if any.
+    pub fn tx_hash(&self) -> Option<B256> {
+        self.sent.hash()
+    }
+
+    /// The transaction of a `submitted` record, as signed (for rebroadcasting). A `submitted` record's
+    /// `updated_at` is when the transaction was recorded: only a terminal outcome changes it again.
+    pub fn submitted_tx(&self) -> Option<OurTx> {
+        if self.status != Status::Submitted {
+            return None;
+        }
+        self.sent.our_tx(self.updated_at)
+    }
+
+    /// A `claimed` record whose holder went quiet for longer than [`CLAIM_LEASE_SECS`].
+    pub fn is_abandoned(&self, now: u64) -> bool {
+        self.status == Status::Claimed && self.updated_at.saturating_add(CLAIM_LEASE_SECS) <= now
+    }
+
+    /// Whether this record is terminal.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status, Status::Confirmed | Status::Failed)
+    }
+
+    /// Hand an abandoned claim on `claim` to `holder`; `false` (unchanged) if the claim is live or not
+    /// `claim`'s.
+    pub fn take_over(&mut self, claim: &str, holder: &str, now: u64) -> bool {
+        if self.claim != claim || !self.is_abandoned(now) {
+            return false;
+        }
+        self.holder = holder.to_owned();
+        self.claimed_at = now;
+        self.updated_at = now;
+        true
+    }
+
+    /// Record the signed transaction, before its broadcast, if `holder` still holds the claim; `false`
+    /// (unchanged) otherwise: the caller must not broadcast.
+    pub fn record_submitted(&mut self, claim: &str, holder: &str, tx: &SignedTx, now: u64) -> bool {
+        if self.claim != claim || self.holder != holder || self.status != Status::Claimed {
+            return false;
+        }
+        self.status = Status::Submitted;
+        self.sent = SentTx::signed(tx);
+        self.updated_at = now;
+        true
+    }
+
+    /// Record a terminal `outcome` (not `Pending`) for the claim `claim`; `false` (unchanged) if the record is
+    /// terminal already or not `claim`'s. A failure carries `transaction_failed`.
+    pub fn finish(&mut self, claim: &str, outcome: Outcome, now: u64) -> bool {
+        if self.claim != claim || self.is_terminal() || matches!(outcome, Outcome::Pending(_)) {
+            return false;
+        }
+        self.updated_at = now;
+        match outcome {
+            Outcome::Confirmed(_) => self.status = Status::Confirmed,
+            _ => {
+                self.status = Status::Failed;
+                self.reason = Some(InvalidReason::TransactionFailed.as_str().to_owned());
+            }
+        }
+        true
+    }
+
+    /// The outcome to report when a terminal result was recorded by someone else first: never a drop over a
+    /// confirmation.
+    pub fn settled_outcome(&self, ours: Outcome, hash: B256) -> Outcome {
+        match (self.status, ours) {
+            (Status::Confirmed, _) => Outcome::Confirmed(hash),
+            (Status::Failed, o) => o,
+            _ => Outcome::Pending(hash),
+        }
+    }
+}
+
+/// What a repeat of the payment that holds `record` gets, at `now`.
+pub fn replay(record: &Record, now: u64) -> Replay {
+    match record.status {
+        Status::Confirmed => Replay::Settled(record.sent.transaction.clone().unwrap_or_default()),
+        Status::Failed => Replay::Failed(
+            record
+                .reason
+                .clone()
+                .unwrap_or_else(|| InvalidReason::TransactionFailed.as_str().to_owned()),
+        ),
+        Status::Submitted => match record.tx_hash() {
+            Some(hash) => Replay::Reconcile(hash),
+            None => Replay::Corrupt,
+        },
+        Status::Claimed if record.is_abandoned(now) => Replay::TakeOver,
+        Status::Claimed => Replay::InProgress,
+    }
+}
+
+/// Whether the payer of `record` may repeat it for `invoice`: a claim made for one invoice never pays another.
+pub fn same_invoice(record: &Record, invoice: Option<&str>) -> bool {
+    record.invoice.as_deref() == invoice
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy_primitives::U256;
+
+    use super::*;
+    use crate::evm::{Eip1559Tx, SigningKey, sign_eip1559};
+
+    const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+
+    fn signed(nonce: u64) -> SignedTx {
+        let tx = Eip1559Tx {
+            chain_id: crate::chain::ChainId(31337),
+            nonce,
+            max_priority_fee_per_gas: 1,
+            max_fee_per_gas: 2,
+            gas_limit: 100_000,
+            to: Address::repeat_byte(1),
+            value: U256::ZERO,
+            input: vec![1, 2, 3].into(),
+        };
+        sign_eip1559(&tx, &SigningKey::from_hex(KEY).unwrap()).unwrap()
+    }
+
+    fn claimed(now: u64) -> Record {
+        Record::claimed(
+            "eip155:31337",
+            Address::repeat_byte(9),
+            "x402/nonce/a".into(),
+            "h1".into(),
+            Some("inv_1"),
+            now,
+        )
+    }
+
+    #[test]
+    fn a_claim_is_signed_once_by_its_holder_then_finished_once() {
+        let mut r = claimed(100);
+        let tx = signed(4);
+        assert!(!r.record_submitted("x402/nonce/a", "intruder", &tx, 101));
+        assert!(!r.record_submitted("x402/nonce/b", "h1", &tx, 101));
+        assert!(r.record_submitted("x402/nonce/a", "h1", &tx, 101));
+        assert_eq!(r.status, Status::Submitted);
+        assert!(
+            !r.record_submitted("x402/nonce/a", "h1", &signed(5), 102),
+            "never a second transaction"
+        );
+        let ours = r.submitted_tx().unwrap();
+        assert_eq!((ours.hash, ours.nonce, ours.recorded_at), (tx.hash, 4, 101));
+        assert_eq!(replay(&r, 500), Replay::Reconcile(tx.hash));
+        assert!(r.finish("x402/nonce/a", Outcome::Confirmed(tx.hash), 103));
+        assert!(
+            !r.finish("x402/nonce/a", Outcome::Reverted(tx.hash), 104),
+            "terminal"
+        );
+        assert_eq!(replay(&r, 105), Replay::Settled(tx.hash.to_string()));
+    }
+
+    #[test]
+    fn a_pending_outcome_is_not_an_ending_and_failures_say_why() {
+        let mut r = claimed(0);
+        let tx = signed(0);
+        r.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        assert!(!r.finish("x402/nonce/a", Outcome::Pending(tx.hash), 2));
+        assert!(r.finish("x402/nonce/a", Outcome::Dropped(tx.hash), 3));
+        assert_eq!(
+            replay(&r, 4),
+            Replay::Failed(InvalidReason::TransactionFailed.as_str().into())
+        );
+        assert_eq!(
+            r.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
+            Outcome::Dropped(tx.hash)
+        );
+    }
+
+    #[test]
+    fn someone_elses_confirmation_wins_over_a_drop() {
+        let mut r = claimed(0);
+        let tx = signed(0);
+        r.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        r.finish("x402/nonce/a", Outcome::Confirmed(tx.hash), 2);
+        assert_eq!(
+            r.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
+            Outcome::Confirmed(tx.hash)
+        );
+        let live = claimed(0);
+        assert_eq!(
+            live.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
+            Outcome::Pending(tx.hash)
+        );
+    }
+
+    #[test]
+    fn a_quiet_claim_is_taken_over_after_the_lease_and_a_live_one_is_left() {
+        let mut r = claimed(1_000);
+        assert_eq!(replay(&r, 1_000 + CLAIM_LEASE_SECS - 1), Replay::InProgress);
+        assert!(!r.take_over("x402/nonce/a", "h2", 1_000 + CLAIM_LEASE_SECS - 1));
+        assert_eq!(replay(&r, 1_000 + CLAIM_LEASE_SECS), Replay::TakeOver);
+        assert!(
+            !r.take_over("x402/nonce/z", "h2", 1_000 + CLAIM_LEASE_SECS),
+            "not its claim"
+        );
+        assert!(r.take_over("x402/nonce/a", "h2", 1_000 + CLAIM_LEASE_SECS));
+        assert_eq!(r.holder, "h2");
+        // The old holder can no longer sign.
+        assert!(!r.record_submitted("x402/nonce/a", "h1", &signed(0), 2_000));
+        assert!(r.record_submitted("x402/nonce/a", "h2", &signed(0), 2_000));
+        // A submitted record is never taken over, however old.
+        assert!(!r.take_over("x402/nonce/a", "h3", 1_000_000));
+    }
+
+    #[test]
+    fn a_claim_for_one_invoice_never_pays_another() {
+        let r = claimed(0);
+        assert!(same_invoice(&r, Some("inv_1")));
+        assert!(!same_invoice(&r, Some("inv_2")));
+        assert!(!same_invoice(&r, None));
+    }
+
+    #[test]
+    fn a_submitted_record_without_a_hash_is_corrupt_not_resent() {
+        let mut r = claimed(0);
+        r.status = Status::Submitted;
+        assert_eq!(replay(&r, 1), Replay::Corrupt);
+        assert!(r.submitted_tx().is_none());
+    }
+
+    #[test]
+    fn stored_shape_is_flat_and_stable() {
+        let mut r = claimed(7);
+        let tx = signed(3);
+        r.record_submitted("x402/nonce/a", "h1", &tx, 8);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["status"], "submitted");
+        assert_eq!(v["transaction"], tx.hash.to_string());
+        assert_eq!(v["signer_nonce"], 3);
+        assert_eq!(v["invoice"], "inv_1");
+        assert_eq!(serde_json::from_value::<Record>(v).unwrap(), r);
+        // Bytes that do not hash to the recorded hash are not "ours" (never re-sent).
+        let mut bad = r.sent.clone();
+        bad.raw_transaction = Some("0x00".into());
+        assert!(bad.our_tx(0).is_none());
+        assert_eq!(SentTx::hash_only(tx.hash).hash(), Some(tx.hash));
+    }
+}

@@ -1,0 +1,139 @@
+//! The key map: every key-value prefix the app writes, the one component that writes it, and what it holds.
+//! Components build their keys with these functions only, so a reader can see here who owns what.
+//!
+//! | prefix | written by | holds |
+//! |---|---|---|
+//! | `invoice/<invoice id>` | invoices | the payment record of an invoice a payment arrived for (`crate::paid`): the single truth of "paid" |
+//! | `payid/<id>` | invoices | a `payment-identifier` id bound to one request |
+//! | `x402/v1/<payment fingerprint>` | invoices | the invoice a v1 payment (which names none) was first presented for |
+//! | `ledger/<shard>/head`, `ledger/<shard>/entry/<seq>` | invoices | the hash-chained ledger (`crate::ledger`), one chain per shard |
+//! | `secret/invoice-key` | invoices | the invoice MAC key generated on first use when `invoice_secret` is not set |
+//! | `x402/nonce/<caip2>/<from>/<nonce>` | verifier | the settlement of one EIP-3009 authorization (`crate::settlement`) |
+//! | `txhash/<hash>` | verifier | a transaction that paid something: a tx-hash proof's claim, or our settlement |
+//! | `signer/<caip2>/<address>/nonce` | verifier | the account nonces of a key we sign with (`crate::evm::NonceState`) |
+//! | `refund/<invoice id>`, `refund/queue` | verifier | refunds owed and paid (`crate::refund`), and the ids not paid yet |
+//! | `order/<invoice id>` | dispatch | the journal of one paid carrier order (`crate::order`) |
+//! | `sim/<iccid>` | dispatch | a SIM |
+//! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
+//! | `balance/<iccid>` | metering | a SIM's data balance |
+//!
+//! Every value is a versioned cell (`super::cell`), so each key also has `<key>@v<n>` claim counters and
+//! `<key>@v<n>.<token>` proposals beside it.
+
+use crate::chain::Address;
+use crate::ids::InvoiceId;
+
+/// An invoice's payment record.
+pub fn invoice(id: &str) -> String {
+    format!("invoice/{id}")
+}
+
+/// A `payment-identifier` binding.
+pub fn payment_id(id: &str) -> String {
+    format!("payid/{id}")
+}
+
+/// The invoice a v1 payment was first presented for.
+pub fn v1_payment(fingerprint: &str) -> String {
+    format!("x402/v1/{fingerprint}")
+}
+
+/// A ledger shard's head.
+pub fn ledger_head(shard: u16) -> String {
+    format!("ledger/{shard:02}/head")
+}
+
+/// A ledger shard's entry `seq`.
+pub fn ledger_entry(shard: u16, seq: u64) -> String {
+    format!("ledger/{shard:02}/entry/{seq:020}")
+}
+
+/// The generated invoice MAC key.
+pub const INVOICE_KEY: &str = "secret/invoice-key";
+
+/// The settlement of one authorization on `caip2`.
+pub fn authorization(caip2: &str, from: Address, nonce: alloy_primitives::B256) -> String {
+    format!("x402/nonce/{caip2}/{from:#x}/{nonce}")
+}
+
+/// The authorizer and nonce an [`authorization`] key names, if `key` is one.
+pub fn parse_authorization(key: &str) -> Option<(Address, alloy_primitives::B256)> {
+    let mut parts = key.strip_prefix("x402/nonce/")?.split('/');
+    let (_network, from, nonce) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((from.parse().ok()?, nonce.parse().ok()?))
+}
+
+/// A transaction that paid something.
+pub fn txhash(hash: alloy_primitives::B256) -> String {
+    format!("txhash/{hash}")
+}
+
+/// The nonce state of a key we sign with.
+pub fn signer_nonces(caip2: &str, signer: Address) -> String {
+    format!("signer/{caip2}/{signer:#x}/nonce")
+}
+
+/// A refund.
+pub fn refund(invoice: &InvoiceId) -> String {
+    format!("refund/{invoice}")
+}
+
+/// The ids of refunds not paid yet.
+pub const REFUND_QUEUE: &str = "refund/queue";
+
+/// Whether `key` is a refund record's (and not the queue's).
+pub fn is_refund(key: &str) -> bool {
+    key.starts_with("refund/") && key != REFUND_QUEUE
+}
+
+/// An order journal.
+pub fn order(invoice_id: &str) -> String {
+    format!("order/{invoice_id}")
+}
+
+/// A SIM.
+pub fn sim(iccid: &str) -> String {
+    format!("sim/{iccid}")
+}
+
+/// Carrier cleanups still owed.
+pub const CLEANUP_QUEUE: &str = "cleanup/queue";
+
+/// A SIM's balance.
+pub fn balance(iccid: &str) -> String {
+    format!("balance/{iccid}")
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy_primitives::B256;
+
+    use super::*;
+
+    #[test]
+    fn authorization_keys_round_trip() {
+        let from = Address::repeat_byte(0xab);
+        let nonce = B256::repeat_byte(7);
+        let key = authorization("eip155:31337", from, nonce);
+        assert!(key.starts_with("x402/nonce/eip155:31337/0xabab"));
+        assert_eq!(parse_authorization(&key), Some((from, nonce)));
+        assert_eq!(parse_authorization("x402/nonce/a/b"), None);
+        assert_eq!(parse_authorization(&format!("{key}/x")), None);
+    }
+
+    #[test]
+    fn ledger_keys_sort_by_shard_then_seq() {
+        assert!(ledger_entry(1, 9) < ledger_entry(1, 10));
+        assert!(ledger_entry(1, 99_999) < ledger_entry(2, 0));
+        assert_eq!(ledger_head(3), "ledger/03/head");
+    }
+
+    #[test]
+    fn the_refund_queue_is_not_a_refund() {
+        assert!(!is_refund(REFUND_QUEUE));
+        assert!(is_refund("refund/inv_x.y"));
+    }
+}
