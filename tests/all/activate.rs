@@ -1,4 +1,4 @@
-//! The walking skeleton: unpaid activation → 402 with a persisted invoice; read-back; bad input.
+//! The walking skeleton: unpaid activation → 402 with a sealed (stateless) invoice; read-back; bad input.
 
 use base64::Engine as _;
 use esim402_host::runtime_config::StoreConfig;
@@ -37,7 +37,12 @@ async fn unpaid_activation_answers_402_with_invoice_and_x402_header() {
     );
     assert!(body["expires_at"].as_u64().unwrap() > body["created_at"].as_u64().unwrap());
     let id = body["invoice_id"].as_str().unwrap();
-    assert!(id.starts_with("inv_") && id.len() == 36);
+    assert!(id.starts_with("inv_") && id.len() <= 400);
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
+        "{id}"
+    );
 
     let required: Value = serde_json::from_slice(
         &base64::engine::general_purpose::STANDARD
@@ -55,12 +60,13 @@ async fn unpaid_activation_answers_402_with_invoice_and_x402_header() {
             .ends_with("/v1/esim/activate")
     );
 
-    // Persisted in the key-value store and readable through the API.
+    // An unpaid 402 writes nothing: the terms are sealed into the id (see README, "Stateless invoices"),
+    // and the API reads them back from it.
+    let keys = app.app.stores["default"].keys().await.unwrap();
     assert!(
-        app.app.stores["default"]
-            .exists(&format!("invoice/{id}"))
-            .await
-            .unwrap()
+        keys.iter()
+            .all(|k| !k.starts_with("invoice/") && !k.starts_with("ledger/")),
+        "{keys:?}"
     );
     let got: Value = reqwest::get(format!("{}/v1/invoices/{id}", app.url))
         .await
@@ -212,13 +218,23 @@ async fn concurrent_activations_each_get_their_own_invoice() {
         ids.insert(t.await.unwrap());
     }
     assert_eq!(ids.len(), 64);
+    // Each id reads back as its own open invoice, yet issuing them wrote nothing (no shared key to serialize on).
     let keys = app.app.stores["default"].keys().await.unwrap();
-    assert_eq!(
+    assert!(
         keys.iter()
-            .filter(|k| k.starts_with("invoice/") && !k.contains('@'))
-            .count(),
-        64
+            .all(|k| !k.starts_with("invoice/") && !k.starts_with("ledger/")),
+        "{keys:?}"
     );
+    for id in ids.iter().take(8) {
+        let got: Value = reqwest::get(format!("{}/v1/invoices/{id}", app.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["invoice_id"], id.as_str());
+        assert_eq!(got["status"], "open");
+    }
     app.stop().await;
 }
 

@@ -9,13 +9,18 @@ use esim402_tests::{RedisServer, options, spawn_app};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn invoices_land_in_redis() {
+async fn instances_sharing_redis_share_the_invoice_key() {
+    // Two hosts on one Redis: an invoice sealed by one opens on the other, because the generated invoice key
+    // lives once in Redis (`secret/invoice-key`, inserted by whichever instance got there first).
     let redis = RedisServer::start().unwrap();
-    let app = spawn_app(options(StoreConfig::Redis(redis.url.clone())))
+    let first = spawn_app(options(StoreConfig::Redis(redis.url.clone())))
+        .await
+        .unwrap();
+    let second = spawn_app(options(StoreConfig::Redis(redis.url.clone())))
         .await
         .unwrap();
     let resp = reqwest::Client::new()
-        .post(format!("{}/v1/esim/activate", app.url))
+        .post(format!("{}/v1/esim/activate", first.url))
         .body(r#"{"region":"us-west","data_mb":1}"#)
         .send()
         .await
@@ -25,21 +30,37 @@ async fn invoices_land_in_redis() {
         .as_str()
         .unwrap()
         .to_owned();
+    let got = reqwest::get(format!("{}/v1/invoices/{id}", second.url))
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    let got: Value = got.json().await.unwrap();
+    assert_eq!(got["status"], "open");
+    assert_eq!(got["invoice_id"], id.as_str());
+
     let mut conn = redis::Client::open(redis.url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
     let stored: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(format!("invoice/{id}"))
+        .arg("secret/invoice-key")
         .query_async(&mut conn)
         .await
         .unwrap();
     let cell = Stored::decode(&stored.expect("invoice key in redis")).unwrap();
-    assert_eq!(cell.version, 1, "a new invoice is version 1 of its cell");
-    let stored: Value = serde_json::from_slice(&cell.data.unwrap()).unwrap();
-    assert_eq!(stored["status"], "open");
-    app.stop().await;
+    assert_eq!(cell.version, 1, "the key is written once, never replaced");
+    let invoices: Vec<String> = redis::cmd("KEYS")
+        .arg("invoice/*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        invoices.is_empty(),
+        "an unpaid 402 writes nothing: {invoices:?}"
+    );
+    first.stop().await;
+    second.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

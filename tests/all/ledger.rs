@@ -1,8 +1,10 @@
-//! The money ledger through the host: every invoice issued is appended to the hash chain; concurrent
-//! appends lose nothing; `GET /v1/ledger/verify` detects edited, removed and reordered entries.
+//! The money ledger through the host: an invoice becomes a ledger entry when its first payment arrives, in its
+//! invoice's shard; concurrent appends lose nothing; `GET /v1/ledger/verify` detects edited, removed,
+//! reordered and truncated entries in any shard.
 
+use esim402_core::store::cell::Stored;
 use esim402_host::runtime_config::StoreConfig;
-use esim402_tests::{options, spawn_app};
+use esim402_tests::{free_port, options, spawn_app};
 use serde_json::Value;
 
 async fn verify(http: &reqwest::Client, url: &str) -> Value {
@@ -15,9 +17,27 @@ async fn verify(http: &reqwest::Client, url: &str) -> Value {
     r.json().await.unwrap()
 }
 
-#[tokio::test]
-async fn concurrent_invoices_chain_and_tampering_is_detected() {
-    let app = spawn_app(options(StoreConfig::Memory)).await.unwrap();
+/// A stored ledger entry's JSON line (entries are versioned cells).
+fn line(bytes: &[u8]) -> String {
+    String::from_utf8(Stored::decode(bytes).unwrap().data.unwrap()).unwrap()
+}
+
+/// `line` stored back as the cell that held `original`.
+fn cell(original: &[u8], line: &str) -> Vec<u8> {
+    let mut c = Stored::decode(original).unwrap();
+    c.data = Some(line.as_bytes().to_vec());
+    c.encode()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_payments_chain_per_shard_and_tampering_is_detected() {
+    let mut opts = options(StoreConfig::Memory);
+    // No chain behind the RPC URL: every tx-hash proof fails verification, after its invoice was recorded.
+    opts.env.insert(
+        "SPIN_VARIABLE_RPC_URL".into(),
+        format!("http://127.0.0.1:{}", free_port()),
+    );
+    let app = spawn_app(opts).await.unwrap();
     let http = reqwest::Client::new();
     let empty = verify(&http, &app.url).await;
     assert_eq!(
@@ -25,22 +45,38 @@ async fn concurrent_invoices_chain_and_tampering_is_detected() {
         (Some(true), Some(0))
     );
 
-    // 48 concurrent unpaid activations: 48 invoices, 48 ledger entries, one unbroken chain.
+    // 48 invoices, each met by one payment attempt, all at once: 48 entries across the shards, every chain
+    // unbroken.
     let tasks: Vec<_> = (0..48)
         .map(|i| {
             let (http, url) = (http.clone(), app.url.clone());
             tokio::spawn(async move {
+                let body = format!(r#"{{"region":"us-west","data_mb":{}}}"#, i + 1);
                 let r = http
                     .post(format!("{url}/v1/esim/activate"))
-                    .body(format!(r#"{{"region":"us-west","data_mb":{}}}"#, i + 1))
+                    .body(body.clone())
                     .send()
                     .await
                     .unwrap();
                 assert_eq!(r.status(), 402);
-                r.json::<Value>().await.unwrap()["invoice_id"]
+                let id = r.json::<Value>().await.unwrap()["invoice_id"]
                     .as_str()
                     .unwrap()
-                    .to_owned()
+                    .to_owned();
+                let paid = http
+                    .post(format!("{url}/v1/esim/activate"))
+                    .header("x-invoice-id", &id)
+                    .header("x-payment-proof", format!("0x{:064x}", i + 1))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    paid.status().is_client_error() || paid.status() == 502,
+                    "{}",
+                    paid.status()
+                );
+                id
             })
         })
         .collect();
@@ -55,7 +91,7 @@ async fn concurrent_invoices_chain_and_tampering_is_detected() {
         "{ok}"
     );
 
-    // The export lists every invoice exactly once, in sequence order.
+    // The merged export lists every invoice exactly once; within a shard, seqs run 0, 1, 2, ...
     let lines = http
         .get(format!("{}/v1/ledger?from=0&limit=100", app.url))
         .send()
@@ -69,9 +105,20 @@ async fn concurrent_invoices_chain_and_tampering_is_detected() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(entries.len(), 48);
-    for (i, e) in entries.iter().enumerate() {
-        assert_eq!(e["seq"].as_u64(), Some(i as u64));
+    let mut per_shard: std::collections::BTreeMap<u64, Vec<&Value>> = Default::default();
+    for e in &entries {
         assert_eq!(e["kind"], "invoice_issued");
+        per_shard
+            .entry(e["shard"].as_u64().unwrap())
+            .or_default()
+            .push(e);
+    }
+    assert!(per_shard.len() > 4, "48 invoices spread over the shards");
+    for list in per_shard.values_mut() {
+        list.sort_by_key(|e| e["seq"].as_u64());
+        for (i, e) in list.iter().enumerate() {
+            assert_eq!(e["seq"].as_u64(), Some(i as u64));
+        }
     }
     let mut logged: Vec<String> = entries
         .iter()
@@ -80,51 +127,87 @@ async fn concurrent_invoices_chain_and_tampering_is_detected() {
     logged.sort();
     ids.sort();
     assert_eq!(logged, ids);
-    let r = http
-        .get(format!("{}/v1/ledger?limit=0", app.url))
+    // One shard's page reads back the same entries.
+    let (&busiest, list) = per_shard.iter().max_by_key(|(_, l)| l.len()).unwrap();
+    assert!(list.len() >= 3, "some shard holds three entries");
+    let page = http
+        .get(format!(
+            "{}/v1/ledger?shard={busiest}&from=1&limit=2",
+            app.url
+        ))
         .send()
         .await
+        .unwrap()
+        .text()
+        .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    let page: Vec<Value> = page
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(page, vec![list[1].clone(), list[2].clone()]);
+    for bad in ["limit=0", "shard=16", "shard=x", "from=-1"] {
+        let r = http
+            .get(format!("{}/v1/ledger?{bad}", app.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
 
     let store = app.app.stores["default"].clone();
-    let key = |seq: u64| format!("ledger/entry/{seq:020}");
+    let n = list.len() as u64;
+    let key = |seq: u64| format!("ledger/{busiest:02}/entry/{seq:020}");
 
     // Edit an amount in place: the hash no longer matches.
-    let original = store.get(&key(10)).await.unwrap().unwrap();
-    let text = String::from_utf8(original.clone()).unwrap();
-    let amount = entries[10]["amount"].as_str().unwrap();
+    let original = store.get(&key(1)).await.unwrap().unwrap();
+    let text = line(&original);
+    let amount = list[1]["amount"].as_str().unwrap();
     let edited = text.replace(&format!("\"amount\":\"{amount}\""), "\"amount\":\"0.01\"");
     assert_ne!(edited, text);
-    store.set(&key(10), edited.as_bytes()).await.unwrap();
+    store.set(&key(1), &cell(&original, &edited)).await.unwrap();
     let bad = verify(&http, &app.url).await;
     assert_eq!(bad["ok"], false);
-    assert!(bad["error"].as_str().unwrap().contains("10"), "{bad}");
-    store.set(&key(10), &original).await.unwrap();
+    let error = bad["error"].as_str().unwrap();
+    assert!(error.contains(&format!("shard {busiest}")), "{bad}");
+    store.set(&key(1), &original).await.unwrap();
     assert_eq!(verify(&http, &app.url).await["ok"], true);
 
     // Remove one entry: a gap.
-    store.delete(&key(20)).await.unwrap();
+    store.delete(&key(1)).await.unwrap();
     let bad = verify(&http, &app.url).await;
     assert_eq!(bad["ok"], false, "{bad}");
-    assert!(bad["error"].as_str().unwrap().contains("20"), "{bad}");
-    let e20 = entries[20].to_string();
-    store.set(&key(20), e20.as_bytes()).await.unwrap();
+    store.set(&key(1), &original).await.unwrap();
     assert_eq!(verify(&http, &app.url).await["ok"], true);
 
     // Swap two entries: reordered.
     let (a, b) = (
-        store.get(&key(5)).await.unwrap().unwrap(),
-        store.get(&key(6)).await.unwrap().unwrap(),
+        store.get(&key(0)).await.unwrap().unwrap(),
+        store.get(&key(1)).await.unwrap().unwrap(),
     );
-    store.set(&key(5), &b).await.unwrap();
-    store.set(&key(6), &a).await.unwrap();
+    store.set(&key(0), &b).await.unwrap();
+    store.set(&key(1), &a).await.unwrap();
     assert_eq!(verify(&http, &app.url).await["ok"], false);
-    store.set(&key(5), &a).await.unwrap();
-    store.set(&key(6), &b).await.unwrap();
+    store.set(&key(0), &a).await.unwrap();
+    store.set(&key(1), &b).await.unwrap();
+    assert_eq!(verify(&http, &app.url).await["ok"], true);
+
+    // Move an entry to another shard's chain: its shard field gives it away.
+    let other = (busiest + 1) % 16;
+    let other_head = store.get(&format!("ledger/{other:02}/head")).await.unwrap();
+    let moved_to = format!(
+        "ledger/{other:02}/entry/{:020}",
+        per_shard.get(&other).map_or(0, |l| l.len())
+    );
+    store.set(&moved_to, &original).await.unwrap();
+    let bad = verify(&http, &app.url).await;
+    assert_eq!(bad["ok"], false, "{bad}");
+    store.delete(&moved_to).await.unwrap();
+    assert_eq!(other_head.is_some(), per_shard.contains_key(&other));
+    assert_eq!(verify(&http, &app.url).await["ok"], true);
 
     // Drop the newest entry (a removed tail): only the separately kept head reveals it.
-    store.delete(&key(47)).await.unwrap();
+    store.delete(&key(n - 1)).await.unwrap();
     let bad = verify(&http, &app.url).await;
     assert_eq!(bad["ok"], false, "{bad}");
     app.stop().await;

@@ -1,7 +1,7 @@
 //! One end-to-end scenario against every way a user serves the app: `esim402 up` and the real `spin up`
 //! (`esim402_tests::spin_binary`: `SPIN_BIN`, `spin` on `PATH`, or the archive in `../shared/tools/`), each on
 //! Spin's SQLite store and on Redis — the stores whose compare-and-swap the app must not trust. The scenario:
-//! a 402 with a persisted invoice, an activation paid by the official x402 Python client, its payment replayed
+//! a 402 with a sealed invoice, an activation paid by the official x402 Python client, its payment replayed
 //! (409), a tx-hash proof (and its reuse: 409), the SIM's lifecycle, and a verifying ledger. On Spin + Redis,
 //! 100 racing replays of one payment settle once. Without a Spin CLI the Spin cases are skipped with a line
 //! saying so.
@@ -286,40 +286,64 @@ async fn esim402_devstack_serves_the_demo_through_spin_up() {
     );
 }
 
-/// 64 unpaid activations at once on real Spin: 64 invoices, and the ledger (one hash chain every appender
-/// races on) holds each exactly once and verifies — on both of Spin's stores.
+/// 24 activations paid at once on real Spin, each with its own invoice and payment: all 200, every payment
+/// settled on chain once, and the sharded ledger holds each money event exactly once and verifies — on both
+/// of Spin's stores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_invoices_chain_cleanly_on_spin() {
-    let Some(spin) = spin("concurrent_invoices_chain_cleanly_on_spin") else {
+async fn concurrent_paid_activations_chain_cleanly_on_spin() {
+    let Some(spin) = spin("concurrent_paid_activations_chain_cleanly_on_spin") else {
         return;
     };
     for store in [Store::Sqlite, Store::Redis] {
-        let s = PayStack::start_with(Some((&spin, store)), &[]).await;
+        let s = std::sync::Arc::new(PayStack::start_with(Some((&spin, store)), &[]).await);
+        let start = s.balance(agent()).await;
         let mut tasks = Vec::new();
-        for i in 0..64 {
-            let http = s.http.clone();
-            let url = format!("{}/v1/esim/activate", s.url);
+        for i in 0..24 {
+            let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                let r = http
-                    .post(url)
-                    .json(&json!({"region": "us-central", "data_mb": i + 1}))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status().as_u16();
-                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+                let body = json!({"region": "us-central", "data_mb": i + 1});
+                let (invoice, req) = s.invoice(&body).await;
+                let pay = crate::payments::Payment::for_requirement(&req);
+                let (status, _, paid) = s
+                    .post(
+                        "/v1/esim/activate",
+                        &body,
+                        &[("payment-signature", pay.header())],
+                    )
+                    .await;
+                (status, paid, invoice, price(&req))
             }));
         }
         let mut ids = std::collections::HashSet::new();
+        let mut total = alloy_primitives::U256::ZERO;
         for t in tasks {
-            let (status, body) = t.await.unwrap();
-            assert_eq!(status, 402, "{store:?}: {body}");
-            ids.insert(body["invoice_id"].as_str().unwrap().to_owned());
+            let (status, paid, invoice, amount) = t.await.unwrap();
+            assert_eq!(status, 200, "{store:?}: {paid}");
+            assert!(
+                paid["activation_code"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("LPA:1$")
+            );
+            ids.insert(invoice["invoice_id"].as_str().unwrap().to_owned());
+            total += amount;
         }
-        assert_eq!(ids.len(), 64, "{store:?}");
+        assert_eq!(ids.len(), 24, "{store:?}");
+        assert_eq!(s.balance(agent()).await, start - total, "{store:?}");
         let (kinds, verify) = s.ledger().await;
         assert_eq!(verify["ok"], true, "{store:?}: {verify}");
-        assert_eq!(kinds.len(), 64, "{store:?}: {kinds:?}");
-        assert!(kinds.iter().all(|k| k == "invoice_issued"), "{store:?}");
+        assert_eq!(verify["count"], 24 * 4, "{store:?}: {kinds:?}");
+        for kind in [
+            "invoice_issued",
+            "payment_verified",
+            "settlement_confirmed",
+            "activation_completed",
+        ] {
+            assert_eq!(
+                kinds.iter().filter(|k| *k == kind).count(),
+                24,
+                "{store:?}: {kind} in {kinds:?}"
+            );
+        }
     }
 }

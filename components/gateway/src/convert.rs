@@ -1,10 +1,10 @@
-//! WIT records → kernel types → JSON, for responses.
+//! What the gateway renders and parses itself: request bodies into WIT values, WIT values into the seed's
+//! JSON (the kernel ↔ WIT conversions are `esim402_guest::convert`'s).
 
-use esim402_core::invoice::{Invoice, InvoiceStatus, PaymentOption, Purchase};
-use esim402_core::{ActivationRequest, ApiError, InvoiceId, Network, UsdcAmount};
+use esim402_core::{ActivationRequest, ApiError};
+use esim402_guest::convert;
+use esim402_guest::wit;
 use serde_json::Value;
-
-use crate::wit;
 
 pub fn activation_to_wit(r: &ActivationRequest) -> wit::ActivationRequest {
     wit::ActivationRequest {
@@ -44,80 +44,9 @@ pub fn switch_target(body: &[u8]) -> Result<wit::SwitchTarget, ApiError> {
     }
 }
 
-pub fn purchase(p: &wit::Purchase) -> Purchase {
-    match p {
-        wit::Purchase::Activation(a) => Purchase::Activation {
-            region: a.region.clone(),
-            data_mb: a.data_mb,
-            carrier: a.carrier.clone(),
-            eid: a.eid.clone(),
-            payer: a.payer.clone(),
-            allow_failover: a.allow_failover,
-        },
-        wit::Purchase::TopUp(t) => Purchase::TopUp {
-            iccid: t.iccid.clone(),
-            data_mb: t.data_mb,
-        },
-        wit::Purchase::Switch(s) => Purchase::Switch {
-            iccid: s.iccid.clone(),
-            target: match &s.target {
-                wit::SwitchTarget::Carrier(c) => format!("carrier:{c}"),
-                wit::SwitchTarget::Region(r) => format!("region:{r}"),
-            },
-        },
-    }
-}
-
-fn status(s: wit::InvoiceStatus) -> InvoiceStatus {
-    match s {
-        wit::InvoiceStatus::Open => InvoiceStatus::Open,
-        wit::InvoiceStatus::Pending => InvoiceStatus::Pending,
-        wit::InvoiceStatus::Paid => InvoiceStatus::Paid,
-        wit::InvoiceStatus::Expired => InvoiceStatus::Expired,
-        wit::InvoiceStatus::Refunded => InvoiceStatus::Refunded,
-    }
-}
-
-/// The kernel's view of a WIT invoice (`None` only if the invoices component handed back a malformed one).
-pub fn invoice_core(inv: &wit::Invoice) -> Option<Invoice> {
-    let accepts: Vec<PaymentOption> = inv
-        .options
-        .iter()
-        .filter_map(|o| {
-            Some(PaymentOption {
-                network: Network::parse(&o.network).ok()?,
-                asset: o.asset.clone(),
-                pay_to: o.pay_to.clone(),
-                amount_atomic: o.amount.to_string(),
-                eip712_name: o.eip712_name.clone(),
-                eip712_version: o.eip712_version.clone(),
-            })
-        })
-        .collect();
-    let id = InvoiceId::parse(&inv.id).ok()?;
-    let mut core = Invoice::new(
-        id,
-        UsdcAmount::from_micros(inv.amount),
-        accepts,
-        purchase(&inv.purchase),
-        inv.created_at,
-        0,
-    )?;
-    core.expires_at = inv.expires_at;
-    core.status = status(inv.status);
-    core.transaction = inv.transaction.clone();
-    core.payer = inv.payer.clone();
-    Some(core)
-}
-
 /// The invoice as the seed's JSON; with a quote, the carrier that priced it is included.
-pub fn invoice_json(inv: &wit::Invoice, quote: Option<&wit::Quote>) -> String {
-    invoice_value(inv, quote).to_string()
-}
-
-/// [`invoice_json`] as a JSON value.
 pub fn invoice_value(inv: &wit::Invoice, quote: Option<&wit::Quote>) -> Value {
-    let Some(core) = invoice_core(inv) else {
+    let Some(core) = convert::invoice(inv) else {
         return Value::Object(Default::default());
     };
     let mut v = serde_json::to_value(&core).unwrap_or(Value::Null);
@@ -125,10 +54,6 @@ pub fn invoice_value(inv: &wit::Invoice, quote: Option<&wit::Quote>) -> Value {
         map.insert("carrier".into(), Value::String(q.carrier.clone()));
     }
     v
-}
-
-pub fn sim_json(s: &wit::Sim) -> String {
-    sim_value(s).to_string()
 }
 
 /// A SIM as JSON (the activation code is not included: it is only ever shown to the payer, once paid).

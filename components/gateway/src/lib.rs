@@ -1,14 +1,16 @@
 //! The gateway: esim402's HTTP entry component. It owns the public routes, parses requests into the kernel's
 //! validated types, calls the invoices / verifier / metering / dispatch components through their WIT
 //! interfaces (composed into this component as Spin component dependencies) and renders every failure through
-//! one error mapping. It keeps no state of its own: instances are reused across concurrent requests.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! one error mapping (`esim402_guest::convert::api_error`). It keeps no state of its own and writes no keys:
+//! instances are reused across concurrent requests.
+//!
+//! - [`purchase`]: `POST /v1/esim/activate` and `/v1/esim/{iccid}/switch`: the 402 challenge, or a payment;
+//! - [`pay`]: paying an invoice and delivering what it buys, at most once;
+//! - [`routes`]: everything else (invoices, SIMs, callbacks, the facilitator API, the ledger, admin).
 
 use bytes::Bytes;
-use esim402_core::{ActivationRequest, ApiError, ErrorKind, activation::MAX_BODY_BYTES};
+use esim402_core::{ApiError, ErrorKind, activation::MAX_BODY_BYTES};
 use http_body_util::{BodyExt, Limited};
-use serde_json::Value;
 use spin_sdk::http::{IntoResponse, Method, Request, Response};
 use spin_sdk::http_service;
 
@@ -23,27 +25,24 @@ mod bindings {
         world: "gateway-component",
         path: "../../wit",
         runtime_path: "::spin_sdk::wit_bindgen::rt",
+        with: { "esim402:types/types@0.1.0": esim402_guest::wit },
         generate_all,
     });
 }
 
 mod convert;
 mod pay;
+mod purchase;
+mod routes;
 
 use bindings::esim402::dispatch::dispatch;
 use bindings::esim402::invoices::invoices;
 use bindings::esim402::metering::metering;
-use bindings::esim402::types::types as wit;
 use bindings::esim402::verifier::verifier;
+use esim402_guest::convert::api_error as from_wit;
+use esim402_guest::util::now_secs as now;
 
 type Reply = spin_sdk::http::Response<String>;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn json(status: u16, body: String) -> Reply {
     Response::builder()
@@ -56,19 +55,6 @@ fn json(status: u16, body: String) -> Reply {
 
 fn error_reply(e: &ApiError) -> Reply {
     json(e.status(), e.to_json())
-}
-
-/// The single mapping from the WIT error variant to the kernel's API error (and so to an HTTP status).
-fn from_wit(e: wit::Error) -> ApiError {
-    match e {
-        wit::Error::InvalidInput(f) => ApiError::invalid(f.field, f.message),
-        wit::Error::NotFound(m) => ApiError::not_found(m),
-        wit::Error::Conflict(m) => ApiError::new(ErrorKind::Conflict, m),
-        wit::Error::Expired(m) => ApiError::new(ErrorKind::Expired, m),
-        wit::Error::PaymentRequired(m) => ApiError::new(ErrorKind::PaymentRequired, m),
-        wit::Error::Unavailable(m) => ApiError::new(ErrorKind::Unavailable, m),
-        wit::Error::Internal(m) => ApiError::internal(m),
-    }
 }
 
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
@@ -103,10 +89,10 @@ async fn handle(req: Request) -> impl IntoResponse {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let result = match (req.method().clone(), segments.as_slice()) {
         (Method::GET, ["health"]) => Ok(json(200, r#"{"status":"ok"}"#.into())),
-        (Method::POST, ["v1", "esim", "activate"]) => activate(req).await,
-        (Method::GET, ["v1", "invoices", id]) => get_invoice(id).await,
-        (Method::GET, ["v1", "esim", iccid]) => get_sim(iccid).await,
-        (Method::POST, ["v1", "esim", iccid, "switch"]) => switch(iccid, req).await,
+        (Method::POST, ["v1", "esim", "activate"]) => purchase::activate(req).await,
+        (Method::GET, ["v1", "invoices", id]) => routes::get_invoice(id).await,
+        (Method::GET, ["v1", "esim", iccid]) => routes::get_sim(iccid).await,
+        (Method::POST, ["v1", "esim", iccid, "switch"]) => purchase::switch(iccid, req).await,
         (
             Method::POST,
             [
@@ -115,16 +101,16 @@ async fn handle(req: Request) -> impl IntoResponse {
                 iccid,
                 action @ ("suspend" | "resume" | "terminate"),
             ],
-        ) => lifecycle(iccid, action).await,
+        ) => routes::lifecycle(iccid, action).await,
         (Method::POST, ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]) => {
-            download_progress(req).await
+            routes::download_progress(req).await
         }
-        (Method::GET, ["v1", "balance", iccid]) => get_balance(iccid).await,
-        (Method::GET, ["v1", "ledger", "verify"]) => ledger_verify().await,
-        (Method::GET, ["v1", "ledger"]) => ledger_export(req.uri().query()).await,
-        (Method::POST, ["verify"]) => facilitator(req, false).await,
-        (Method::POST, ["settle"]) => facilitator(req, true).await,
-        (Method::POST, ["admin", "refunds", "run"]) => run_refunds(&req).await,
+        (Method::GET, ["v1", "balance", iccid]) => routes::get_balance(iccid).await,
+        (Method::GET, ["v1", "ledger", "verify"]) => routes::ledger_verify().await,
+        (Method::GET, ["v1", "ledger"]) => routes::ledger_export(req.uri().query()).await,
+        (Method::POST, ["verify"]) => routes::facilitator(req, false).await,
+        (Method::POST, ["settle"]) => routes::facilitator(req, true).await,
+        (Method::POST, ["admin", "refunds", "run"]) => routes::run_refunds(&req).await,
         (Method::GET, ["supported"]) => verifier::supported()
             .await
             .map(|b| json(200, b))
@@ -156,351 +142,4 @@ async fn handle(req: Request) -> impl IntoResponse {
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
     };
     result.unwrap_or_else(|e| error_reply(&e))
-}
-
-/// `POST /v1/esim/activate`. Without payment: price the request, issue an invoice and answer 402 with the
-/// seed's JSON body (plus the x402 v1 fields) and the x402 v2 `PAYMENT-REQUIRED` header. With one: pay the
-/// invoice and deliver the profile ([`pay`]).
-async fn activate(req: Request) -> Result<Reply, ApiError> {
-    let proof = pay::Proof::from_headers(req.headers())?;
-    let invoice_header = pay::invoice_header(req.headers())?;
-    let url = resource_url(&req);
-    let body = read_body(req).await?;
-    let request = ActivationRequest::parse(&body)?;
-    let wit_request = convert::activation_to_wit(&request);
-    let Some(proof) = proof else {
-        let (invoice, quote) = issue_activation(&wit_request).await?;
-        return payment_required(&invoice, &quote, url).await;
-    };
-    let named = request.invoice_id.as_ref().or(invoice_header.as_ref());
-    let invoice = pay::invoice_for(&proof, named, || async {
-        Ok(issue_activation(&wit_request).await?.0)
-    })
-    .await?;
-    let fingerprint = request_fingerprint("activate", &body, &proof);
-    let order = pay::Order::Activation(wit_request);
-    let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
-    Ok(render(&stored))
-}
-
-async fn issue_activation(
-    request: &wit::ActivationRequest,
-) -> Result<(wit::Invoice, wit::Quote), ApiError> {
-    let quote = dispatch::price(request.clone()).await.map_err(from_wit)?;
-    let invoice = invoices::issue(
-        wit::Purchase::Activation(request.clone()),
-        quote.amount,
-        now(),
-    )
-    .await
-    .map_err(from_wit)?;
-    Ok((invoice, quote))
-}
-
-/// Identity of a paid request for `payment-identifier`: route, body and payment.
-fn request_fingerprint(route: &str, body: &[u8], proof: &pay::Proof) -> String {
-    let mut bytes = Vec::with_capacity(route.len() + body.len() + 80);
-    bytes.extend_from_slice(route.as_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(body);
-    bytes.push(0);
-    bytes.extend_from_slice(proof.fingerprint().as_bytes());
-    esim402_core::paid::fingerprint(&bytes)
-}
-
-/// A stored paid answer as an HTTP response (always `no-store`; the x402 headers exposed to browsers).
-fn render(r: &esim402_core::paid::StoredResponse) -> Reply {
-    let mut b = Response::builder()
-        .status(r.status)
-        .header("content-type", "application/json")
-        .header("cache-control", "no-store")
-        .header(
-            "access-control-expose-headers",
-            "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
-        );
-    for (k, v) in &r.headers {
-        b = b.header(k.as_str(), v.as_str());
-    }
-    b.body(r.body.clone())
-        .unwrap_or_else(|_| Response::new(String::new()))
-}
-
-/// HTTP 402 with the seed's invoice body and the x402 v2 `PAYMENT-REQUIRED` header. The body also carries
-/// the x402 v1 challenge fields (`x402Version: 1`, `error`, `accepts`), so v1 clients (which read only the
-/// body) can pay too.
-async fn payment_required(
-    invoice: &wit::Invoice,
-    quote: &wit::Quote,
-    url: String,
-) -> Result<Reply, ApiError> {
-    let header = invoices::payment_required_header(invoice.id.clone(), url.clone())
-        .await
-        .map_err(from_wit)?;
-    let mut body = convert::invoice_value(invoice, Some(quote));
-    if let (Value::Object(b), Some(inv)) = (&mut body, convert::invoice_core(invoice))
-        && let Ok(Value::Object(v1)) = serde_json::to_value(
-            esim402_core::x402::requirements::payment_required_v1(&inv, &url),
-        )
-    {
-        b.extend(v1);
-    }
-    Response::builder()
-        .status(402)
-        .header("content-type", "application/json")
-        .header("cache-control", "no-store")
-        .header("payment-required", header)
-        .header(
-            "access-control-expose-headers",
-            "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
-        )
-        .body(body.to_string())
-        .map_err(|e| ApiError::internal(e.to_string()))
-}
-
-async fn get_invoice(id: &str) -> Result<Reply, ApiError> {
-    let invoice = pay::load_invoice(id).await?;
-    Ok(json(200, convert::invoice_json(&invoice, None)))
-}
-
-async fn get_sim(iccid: &str) -> Result<Reply, ApiError> {
-    match dispatch::get_sim(iccid.to_owned())
-        .await
-        .map_err(from_wit)?
-    {
-        Some(sim) => Ok(json(200, convert::sim_json(&sim))),
-        None => Err(ApiError::not_found(format!("no SIM {iccid}"))),
-    }
-}
-
-/// `POST /v1/esim/{iccid}/switch` with `{"carrier": …}` or `{"region": …}`: a new profile from another carrier
-/// or region. Without payment it answers 402 with an invoice for the switch charge; paid, it performs the
-/// switch (`dispatch.perform-switch`) and settles like an activation.
-async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
-    let proof = pay::Proof::from_headers(req.headers())?;
-    let invoice_header = pay::invoice_header(req.headers())?;
-    let url = resource_url(&req);
-    let body = read_body(req).await?;
-    let target = convert::switch_target(&body)?;
-    let issue = || async {
-        let quote = dispatch::quote_switch(iccid.to_owned(), target.clone())
-            .await
-            .map_err(from_wit)?;
-        let purchase = wit::Purchase::Switch(wit::SwitchRequest {
-            iccid: iccid.to_owned(),
-            target: target.clone(),
-        });
-        let invoice = invoices::issue(purchase, quote.amount, now())
-            .await
-            .map_err(from_wit)?;
-        Ok::<_, ApiError>((invoice, quote))
-    };
-    let Some(proof) = proof else {
-        let (invoice, quote) = issue().await?;
-        return payment_required(&invoice, &quote, url).await;
-    };
-    let invoice = pay::invoice_for(&proof, invoice_header.as_ref(), || async {
-        Ok(issue().await?.0)
-    })
-    .await?;
-    let fingerprint = request_fingerprint(&format!("switch/{iccid}"), &body, &proof);
-    let order = pay::Order::Switch {
-        iccid: iccid.to_owned(),
-        target,
-    };
-    let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
-    Ok(render(&stored))
-}
-
-/// `POST /v1/esim/{iccid}/{suspend|resume|terminate}`: the SIM state machine; an invalid transition is 409.
-async fn lifecycle(iccid: &str, action: &str) -> Result<Reply, ApiError> {
-    let action = match action {
-        "suspend" => wit::LifecycleAction::Suspend,
-        "resume" => wit::LifecycleAction::Resume,
-        _ => wit::LifecycleAction::Terminate,
-    };
-    let sim = dispatch::lifecycle(iccid.to_owned(), action)
-        .await
-        .map_err(from_wit)?;
-    Ok(json(200, convert::sim_json(&sim)))
-}
-
-/// ES2+ `HandleDownloadProgressInfo` from an SM-DP+: record the profile's progress, answer 204.
-async fn download_progress(req: Request) -> Result<Reply, ApiError> {
-    if let Some(p) = header(&req, "x-admin-protocol")
-        && !esim402_core::esim::es2::is_supported_admin_protocol(p)
-    {
-        return Err(ApiError::invalid(
-            "X-Admin-Protocol",
-            format!("unsupported ES2+ protocol version {p:?}"),
-        ));
-    }
-    let body = read_body(req).await?;
-    let body = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
-    dispatch::download_progress(body).await.map_err(from_wit)?;
-    Response::builder()
-        .status(204)
-        .header(
-            esim402_core::esim::es2::ADMIN_PROTOCOL_HEADER,
-            esim402_core::esim::es2::ADMIN_PROTOCOL,
-        )
-        .body(String::new())
-        .map_err(|e| ApiError::internal(e.to_string()))
-}
-
-/// x402 facilitator API for third-party resource servers: `POST /verify` and `POST /settle` with the v2 JSON
-/// shapes. An invalid payment is HTTP 200 with `isValid: false` / `success: false` and a reason; a malformed body
-/// is a 400 naming it.
-async fn facilitator(req: Request, settle: bool) -> Result<Reply, ApiError> {
-    let body = read_body(req).await?;
-    let body = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
-    let out = if settle {
-        verifier::facilitator_settle(body).await
-    } else {
-        verifier::facilitator_verify(body).await
-    }
-    .map_err(from_wit)?;
-    Ok(json(200, out))
-}
-
-/// `POST /admin/refunds/run?limit=N` (for cron): pay owed refunds from the treasury key. Needs
-/// `Authorization: Bearer <admin_token>`; with `admin_token` unset the endpoint is disabled (403).
-async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
-    let token = esim402_guest::config::optional_var("admin_token")
-        .await
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::Forbidden,
-                "admin endpoints are disabled: set the admin_token variable",
-            )
-        })?;
-    let presented = header(req, "authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    // Constant-time comparison: the token is a secret.
-    let ok = presented.is_some_and(|p| {
-        p.len() == token.len()
-            && p.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if !ok {
-        return Err(ApiError::new(
-            ErrorKind::Unauthorized,
-            "missing or wrong bearer token",
-        ));
-    }
-    let mut limit = 50u32;
-    for pair in req
-        .uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("limit", v)) => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=500).contains(n))
-                    .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-500"))?;
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    pair.split('=').next().unwrap_or(pair).to_owned(),
-                    "unknown query parameter; expected limit",
-                ));
-            }
-        }
-    }
-    let out = verifier::run_refunds(now(), limit)
-        .await
-        .map_err(from_wit)?;
-    Ok(json(200, out))
-}
-
-fn ledger_err(e: esim402_guest::kv::KvError<()>) -> ApiError {
-    ApiError::internal(format!("ledger: {e}"))
-}
-
-/// `GET /v1/ledger/verify`: recompute the hash chain from the stored entries and compare it with the stored
-/// head. 200 either way; `ok: false` names the first problem (edited, removed, reordered or forged entry).
-async fn ledger_verify() -> Result<Reply, ApiError> {
-    let (head, entries) = esim402_guest::ledger::read_all()
-        .await
-        .map_err(ledger_err)?;
-    let body = match esim402_core::ledger::verify_against(&entries, &head) {
-        Ok(()) => serde_json::json!({
-            "ok": true, "count": head.count, "head": head.hash.to_string(),
-        }),
-        Err(e) => serde_json::json!({
-            "ok": false, "error": e.to_string(), "stored_count": head.count,
-            "stored_head": head.hash.to_string(), "entries_read": entries.len(),
-        }),
-    };
-    Ok(json(200, body.to_string()))
-}
-
-/// `GET /v1/ledger?from=N&limit=M`: entries as JSON lines from sequence number `from` (default 0), at most
-/// `limit` (default 1000, max 10000).
-async fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
-    let mut from = 0u64;
-    let mut limit = 1000u64;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let n = || {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer"))
-            })
-        };
-        match k {
-            "from" => from = n()?,
-            "limit" => limit = n()?,
-            other => {
-                return Err(ApiError::invalid(
-                    other.to_owned(),
-                    format!("unknown query parameter {other:?}; expected from, limit"),
-                ));
-            }
-        }
-    }
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::invalid("limit", "limit must be 1-10000"));
-    }
-    let entries = esim402_guest::ledger::read_from(from, limit)
-        .await
-        .map_err(ledger_err)?;
-    let mut body = String::new();
-    for e in &entries {
-        // One entry per line; `to_json_line` ends each with a newline.
-        body.push_str(&esim402_core::ledger::to_json_line(e));
-    }
-    Response::builder()
-        .status(200)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .map_err(|e| ApiError::internal(e.to_string()))
-}
-
-async fn get_balance(iccid: &str) -> Result<Reply, ApiError> {
-    let b = metering::get_balance(iccid.to_owned())
-        .await
-        .map_err(from_wit)?;
-    Ok(json(
-        200,
-        serde_json::json!({
-            "iccid": b.iccid,
-            "remaining_usdc": esim402_core::UsdcAmount::from_micros(b.remaining),
-            "used_bytes": b.used_bytes,
-            "low": b.low,
-        })
-        .to_string(),
-    ))
 }

@@ -16,6 +16,7 @@ mod bindings {
         world: "metering-component",
         path: "../../wit",
         runtime_path: "::spin_sdk::wit_bindgen::rt",
+        with: { "esim402:types/types@0.1.0": esim402_guest::wit },
         generate_all,
     });
 }
@@ -26,8 +27,8 @@ mod export {
     crate::bindings::export!(Component with_types_in crate::bindings);
 }
 
-use bindings::esim402::types::types as wit;
 use bindings::exports::esim402::metering::metering::Guest;
+use esim402_guest::wit;
 
 struct Component;
 
@@ -82,7 +83,7 @@ impl Guest for Component {
             price_per_mb,
         };
         let json = serde_json::to_vec(&account).map_err(|e| wit::Error::Internal(e.to_string()))?;
-        kv::insert_if_absent::<()>(&format!("balance/{iccid}"), &json)
+        kv::insert_if_absent::<()>(&esim402_core::store::keys::balance(&iccid), &json)
             .await
             .map_err(|e| match e {
                 KvError::Exists => {
@@ -99,7 +100,7 @@ impl Guest for Component {
 
     async fn get_balance(iccid: String) -> Result<wit::Balance, wit::Error> {
         check_iccid(&iccid)?;
-        let account = kv::get_json::<Account, ()>(&format!("balance/{iccid}"))
+        let account = kv::get_json::<Account, ()>(&esim402_core::store::keys::balance(&iccid))
             .await
             .map_err(|e| wit::Error::Internal(e.to_string()))?
             .ok_or_else(|| wit::Error::NotFound(format!("no balance for {iccid}")))?;

@@ -4,7 +4,8 @@
 //! Transport failures are `unavailable` (never a verdict on the payment); node answers, reverts included,
 //! become facts.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256, Bytes, U256};
@@ -21,7 +22,12 @@ use esim402_core::x402::exact::{
 };
 
 use crate::rpc::{CALL_TIMEOUT, CallError, Rpc, join_all};
-use crate::wit;
+use esim402_guest::wit;
+
+std::thread_local! {
+    /// The chain ids this instance has seen its endpoints serve: checked once per instance, not per request.
+    static CHECKED: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+}
 
 /// How soon a settlement asks again for a receipt that was not there yet: nodes often answer the broadcast
 /// before the transaction's block is visible (anvil's automine does), so the first retry is quick; the
@@ -50,8 +56,6 @@ pub struct Chain {
     pub network: NetworkConfig,
     /// The endpoint.
     pub rpc: Rpc,
-    /// Whether this request already checked the endpoint's chain id.
-    chain_checked: Cell<bool>,
 }
 
 impl Chain {
@@ -60,14 +64,14 @@ impl Chain {
         Self {
             network,
             rpc: Rpc::new(rpc_url),
-            chain_checked: Cell::new(false),
         }
     }
 
-    /// Check the endpoint serves the configured chain (once per request): reading another chain's state would
-    /// accept payments that do not exist.
+    /// Check the endpoint serves the configured chain (once per instance: endpoints are configuration, fixed
+    /// while the app runs): reading another chain's state would accept payments that do not exist.
     pub async fn check_chain_id(&self) -> Result<(), wit::Error> {
-        if self.chain_checked.get() {
+        let want = self.network.chain_id();
+        if CHECKED.with(|c| c.borrow().contains(&want.0)) {
             return Ok(());
         }
         let id = self
@@ -75,14 +79,13 @@ impl Chain {
             .call(&EthChainId)
             .await
             .map_err(|e| unavailable(&e))?;
-        let want = self.network.chain_id();
         if id != want {
             return Err(wit::Error::Unavailable(format!(
                 "the RPC endpoint serves chain {}, not {}",
                 id.0, want.0
             )));
         }
-        self.chain_checked.set(true);
+        CHECKED.with(|c| c.borrow_mut().insert(want.0));
         Ok(())
     }
 

@@ -1,4 +1,4 @@
-//! The verifier's settings, read from Spin variables on every call (they are cheap host calls):
+//! The verifier's settings, parsed once per component instance (variables do not change while the app runs):
 //!
 //! - `payment_network`: the enabled networks, comma-separated CAIP-2 ids or names, preferred first; their USDC,
 //!   EIP-712 domain and confirmations come from the kernel's registry (`Networks::builtin()`), except that for
@@ -6,22 +6,24 @@
 //!   `payment_confirmations` override it (the dev chain deploys its own token).
 //! - `rpc_url`: the first network's JSON-RPC endpoint (falls back to its registry variable when empty); every
 //!   other network's comes from its registry variable (`rpc_url_polygon`, `rpc_url_base`, …).
-//! - `facilitator_private_key`: **secret**. Empty disables settlement. Its value never reaches a log, an error
-//!   or a response; a malformed key is reported by the variable's name only.
-//! - `treasury_private_key`: **secret**, handled like `facilitator_private_key`. Empty disables paying refunds
-//!   (`run-refunds`); recording them (`owe-refund`) works without it.
+//! - `facilitator_private_key`: **secret**. Empty disables settlement. Parsed once (a secp256k1 key parse is
+//!   not free), its value never reaches a log, an error or a response; a malformed key is reported by the
+//!   variable's name only.
+//! - `treasury_private_key`: **secret**, handled like `facilitator_private_key`. Empty disables paying refunds.
 //! - `settlement_timeout_ms`: how long `settle` (and `run-refunds`) waits for a receipt before answering
 //!   `pending` (15000).
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use esim402_core::evm::SigningKey;
 use esim402_core::x402::{InvalidReason, NetworkConfig, Networks};
-
 use esim402_guest::config::optional_var;
+use esim402_guest::convert::internal;
+use esim402_guest::{instance_cache, wit};
 
 use crate::chain::Chain;
-use crate::{rejected, wit};
+use crate::rejected;
 
 /// Default of `settlement_timeout_ms`.
 const DEFAULT_SETTLEMENT_TIMEOUT_MS: u64 = 15_000;
@@ -41,8 +43,10 @@ pub struct Config {
     treasury: Option<Result<SigningKey, String>>,
 }
 
+instance_cache!(CONFIG: Config);
+
 fn config_error(name: &str, msg: impl std::fmt::Display) -> wit::Error {
-    wit::Error::Internal(format!("variable {name} is invalid: {msg}"))
+    internal(format!("variable {name} is invalid: {msg}"))
 }
 
 /// A secret key variable: `None` if empty. `KeyError`'s messages never contain key material, and the value
@@ -65,51 +69,56 @@ fn key_or_error<'a>(
     }
 }
 
-impl Config {
-    /// Read every variable; a missing or invalid one is an `internal` error naming it (never its value).
-    pub async fn load() -> Result<Self, wit::Error> {
-        let networks = esim402_guest::config::enabled_networks()
-            .await
-            .map_err(|e| wit::Error::Internal(e.to_string()))?;
-        let mut enabled = Vec::with_capacity(networks.len());
-        for (i, n) in networks.into_iter().enumerate() {
-            let url = match (i, optional_var("rpc_url").await) {
-                (0, Some(url)) => Some(url),
-                _ => optional_var(&n.rpc_variable).await,
-            };
-            enabled.push((n, url));
-        }
-        // The preferred network must be reachable; the others are checked when a payment names them.
-        match enabled.first() {
-            Some((_, Some(_))) => {}
-            Some((network, None)) => {
-                return Err(wit::Error::Internal(format!(
-                    "variable rpc_url (or {}) is not set",
-                    network.rpc_variable
-                )));
-            }
-            None => return Err(config_error("payment_network", "no network is enabled")),
-        }
-        let settlement_timeout = match optional_var("settlement_timeout_ms").await {
-            None => Duration::from_millis(DEFAULT_SETTLEMENT_TIMEOUT_MS),
-            Some(v) => match v.parse::<u64>() {
-                Ok(ms) if ms <= MAX_SETTLEMENT_TIMEOUT_MS => Duration::from_millis(ms),
-                _ => {
-                    return Err(config_error(
-                        "settlement_timeout_ms",
-                        format!("expected milliseconds in 0..={MAX_SETTLEMENT_TIMEOUT_MS}"),
-                    ));
-                }
-            },
-        };
-        Ok(Self {
-            enabled,
-            settlement_timeout,
-            signer: key_var("facilitator_private_key").await,
-            treasury: key_var("treasury_private_key").await,
-        })
-    }
+/// The configuration (parsed on the instance's first call).
+pub async fn get() -> Result<Rc<Config>, wit::Error> {
+    CONFIG.get_or_load(load).await
+}
 
+/// Read every variable; a missing or invalid one is an `internal` error naming it (never its value).
+async fn load() -> Result<Config, wit::Error> {
+    let networks = esim402_guest::config::enabled_networks()
+        .await
+        .map_err(internal)?;
+    let mut enabled = Vec::with_capacity(networks.len());
+    for (i, n) in networks.into_iter().enumerate() {
+        let url = match (i, optional_var("rpc_url").await) {
+            (0, Some(url)) => Some(url),
+            _ => optional_var(&n.rpc_variable).await,
+        };
+        enabled.push((n, url));
+    }
+    // The preferred network must be reachable; the others are checked when a payment names them.
+    match enabled.first() {
+        Some((_, Some(_))) => {}
+        Some((network, None)) => {
+            return Err(internal(format!(
+                "variable rpc_url (or {}) is not set",
+                network.rpc_variable
+            )));
+        }
+        None => return Err(config_error("payment_network", "no network is enabled")),
+    }
+    let settlement_timeout = match optional_var("settlement_timeout_ms").await {
+        None => Duration::from_millis(DEFAULT_SETTLEMENT_TIMEOUT_MS),
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms) if ms <= MAX_SETTLEMENT_TIMEOUT_MS => Duration::from_millis(ms),
+            _ => {
+                return Err(config_error(
+                    "settlement_timeout_ms",
+                    format!("expected milliseconds in 0..={MAX_SETTLEMENT_TIMEOUT_MS}"),
+                ));
+            }
+        },
+    };
+    Ok(Config {
+        enabled,
+        settlement_timeout,
+        signer: key_var("facilitator_private_key").await,
+        treasury: key_var("treasury_private_key").await,
+    })
+}
+
+impl Config {
     /// The enabled networks as a registry, for `/supported` and request resolution.
     pub fn networks(&self) -> Networks {
         Networks::builtin()
@@ -126,7 +135,7 @@ impl Config {
             .find(|(n, _)| n.matches(id))
             .ok_or_else(|| rejected(InvalidReason::InvalidNetwork))?;
         let url = url.as_deref().ok_or_else(|| {
-            wit::Error::Internal(format!(
+            internal(format!(
                 "variable {} (the JSON-RPC endpoint of {}) is not set",
                 network.rpc_variable,
                 network.caip2()

@@ -19,15 +19,18 @@ use esim402_core::x402::{
 };
 use serde::Serialize;
 
+use esim402_core::settlement::{Outcome, Record, Status};
+use esim402_guest::convert::{internal, invalid};
+use esim402_guest::{util, wit};
+
 use crate::chain::Chain;
-use crate::config::Config;
-use crate::payment;
-use crate::records::{self, Record, Status};
-use crate::settle::{self, Claim, NotSent, Outcome};
-use crate::{invalid, now_secs, wit};
+use crate::claims;
+use crate::config::{self, Config};
+use crate::schemes::payment;
+use crate::sender::receipts::{self, Claim, NotSent};
 
 fn to_json(value: &impl Serialize) -> Result<String, wit::Error> {
-    serde_json::to_string(value).map_err(|e| wit::Error::Internal(e.to_string()))
+    serde_json::to_string(value).map_err(internal)
 }
 
 /// A parsed request, or the reason to answer with when only the version is wrong.
@@ -59,7 +62,7 @@ fn parse(body: &str) -> Result<Parsed, wit::Error> {
 
 /// Everything a request resolves to before the chain is asked.
 struct Request {
-    cfg: Config,
+    cfg: std::rc::Rc<Config>,
     chain: Chain,
     request: VerifyRequest,
     requirements: PaymentRequirements,
@@ -78,7 +81,7 @@ enum Loaded {
 
 impl Request {
     async fn load(request: VerifyRequest) -> Result<Loaded, wit::Error> {
-        let cfg = Config::load().await?;
+        let cfg = config::get().await?;
         let requirements = request.payment_requirements.to_v2();
         let payer = claimed_payer(&request.payment_payload);
         if let Err(reason) = resolve_network(&request, &cfg.networks()) {
@@ -135,7 +138,7 @@ pub async fn verify(body: &str) -> Result<String, wit::Error> {
         r.cfg.signer_address(),
         &r.request.payment_payload,
         &r.requirements,
-        now_secs(),
+        util::now_secs(),
     )
     .await?;
     to_json(&VerifyResponse::from_result(
@@ -169,7 +172,7 @@ pub async fn settle(body: &str) -> Result<String, wit::Error> {
 }
 
 async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
-    let now = now_secs();
+    let now = util::now_secs();
     let payload = &r.request.payment_payload;
     let checked = match payment::check(&r.chain, payload, &r.requirements, now) {
         Ok(c) => c,
@@ -182,7 +185,7 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
         }
     };
     let key = checked.nonce_key(&r.chain);
-    if let Some(record) = records::load(&key).await? {
+    if let Some(record) = claims::load(&key).await? {
         return replay(r, record, now).await;
     }
     let signer = r.cfg.signer()?;
@@ -198,16 +201,16 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
         Ok(c) => c,
         Err(reason) => return Ok(r.failure(reason, None)),
     };
-    let holder = records::new_holder()?;
+    let holder = util::holder_token().map_err(internal)?;
     let record = Record::claimed(
-        &r.chain.network,
+        r.chain.network.caip2(),
         checked.payer,
         key.clone(),
         holder.clone(),
         None,
         now,
     );
-    if let Some(existing) = records::insert_if_absent(&key, &record).await? {
+    if let Some(existing) = claims::insert(&key, &record).await? {
         return replay(r, existing, now).await;
     }
     let claim = Claim {
@@ -221,13 +224,10 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
 
 /// The record of this request's authorization, if the payload names one.
 async fn stored(r: &Request) -> Result<Option<Record>, wit::Error> {
-    let Ok(signed) =
-        esim402_core::x402::exact::SignedAuthorization::parse(r.request.payment_payload.exact())
-    else {
-        return Ok(None);
-    };
-    let a = &signed.authorization;
-    records::load(&records::nonce_key(&r.chain.network, a.from, a.nonce)).await
+    match payment::nonce_key(&r.chain, &r.request.payment_payload) {
+        Some(key) => claims::load(&key).await,
+        None => Ok(None),
+    }
 }
 
 async fn drive(
@@ -236,7 +236,7 @@ async fn drive(
     claim: &Claim,
 ) -> Result<SettleResponse, wit::Error> {
     let signer = r.cfg.signer()?;
-    let sent = settle::broadcast(
+    let sent = receipts::broadcast(
         &r.chain,
         signer,
         &checked.signed,
@@ -292,7 +292,7 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
                 keys: Vec::new(),
             };
             let deadline = Instant::now() + r.cfg.settlement_timeout;
-            let (outcome, first) = settle::reconcile(&r.chain, &claim, hash, deadline).await;
+            let (outcome, first) = receipts::reconcile(&r.chain, &claim, hash, deadline).await;
             Ok(match payer {
                 Some(payer) => answer(r, payer, outcome, first),
                 None => r.failure(InvalidReason::InvalidTransactionState, Some(hash)),
@@ -301,7 +301,7 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
         Status::Claimed if record.is_abandoned(now) => {
             let signer = r.cfg.signer()?;
             let key = record.claim.clone();
-            let Some(claim) = Claim::take_over(&key, &record, vec![key.clone()], now).await? else {
+            let Some(claim) = Claim::take_over(&key, &key, vec![key.clone()], now).await? else {
                 return Ok(r.failure(InvalidReason::NonceAlreadyUsed, None));
             };
             let verified = payment::verify(
@@ -330,7 +330,7 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
 
 /// `GET /supported`: `exact` on the enabled network (v2 and v1 kinds), signed by the facilitator's address.
 pub async fn supported() -> Result<String, wit::Error> {
-    let cfg = Config::load().await?;
+    let cfg = config::get().await?;
     let signers: Vec<Address> = cfg.signer_address().into_iter().collect();
     to_json(&SupportedResponse::exact_evm(&cfg.networks(), &signers))
 }

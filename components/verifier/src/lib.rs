@@ -1,21 +1,19 @@
 //! The verifier component: checks x402 `exact` (EIP-3009) payments and tx-hash proofs against invoices on
-//! chain, and settles them at most once; it also serves the x402 facilitator API (`/verify`, `/settle`,
-//! `/supported`) for requirements that come with the request.
+//! chain and settles them at most once; serves the x402 facilitator API (`/verify`, `/settle`, `/supported`);
+//! and pays refunds owed. Invoices arrive as values through WIT; this component never reads another's keys.
 //!
-//! Decisions (wire decoding, the check order and reasons, calldata, signing, nonce bookkeeping, receipt
-//! checks) live in the kernel (`esim402_core::x402`, `esim402_core::evm`); this component does the I/O around
-//! them: Spin variables ([`config`]), JSON-RPC ([`rpc`], [`chain`]), key-value claims ([`records`]) and the
-//! broadcast ([`settle`]).
+//! The rules live in the kernel (`x402` wire and check order, `settlement` and `refund` lifecycles, `evm`
+//! signing, nonces and receipts); these modules do the I/O around them:
 //!
-//! - [`payment`]: one `exact` payment checked against one requirement, without and then with the chain.
-//! - [`invoice`]: `verify` / `settle` of `x402-v2` / `x402-v1` proofs against a stored invoice.
-//! - [`txhash`]: `tx-hash` proofs (a USDC transfer the payer already sent).
-//! - [`facilitator`]: the facilitator API's JSON in and out.
-//! - [`refund`]: refunds owed for confirmed payments, paid from the treasury key through the same send path.
-//! - [`rebroadcast`]: our transactions that the node lost (dropped, or never sent), offered to it again.
+//! - [`schemes`]: one `verify`/`settle` interface, implemented by [`schemes::exact`] and [`schemes::txhash`];
+//! - [`sender`]: our transactions: nonce reservation, signing, broadcast, re-broadcast, receipts;
+//! - [`claims`]: the settlement records (`x402/nonce/…`, `txhash/…`), updated through the kernel's rules;
+//! - [`refunds`]: refunds owed and paid from the treasury key;
+//! - [`facilitator`]: the facilitator API's JSON in and out;
+//! - [`config`], [`chain`], [`rpc`]: settings parsed once per instance, chain reads, JSON-RPC.
 //!
-//! The facilitator and treasury keys are secrets: each is parsed from its variable and used to sign, nothing
-//! else.
+//! Keys it writes: `x402/nonce/`, `txhash/`, `signer/`, `refund/`. The facilitator and treasury keys are
+//! secrets: each is parsed once from its variable and used to sign, nothing else.
 
 mod bindings {
     #![allow(
@@ -28,6 +26,7 @@ mod bindings {
         world: "verifier-component",
         path: "../../wit",
         runtime_path: "::spin_sdk::wit_bindgen::rt",
+        with: { "esim402:types/types@0.1.0": esim402_guest::wit },
         generate_all,
     });
 }
@@ -39,35 +38,19 @@ mod export {
 }
 
 mod chain;
+mod claims;
 mod config;
 mod facilitator;
-mod invoice;
-mod payment;
-mod rebroadcast;
-mod records;
-mod refund;
+mod refunds;
 mod rpc;
-mod settle;
-mod txhash;
+mod schemes;
+mod sender;
 
-use bindings::esim402::types::types as wit;
 use bindings::exports::esim402::verifier::verifier::Guest;
+use esim402_guest::wit;
+use schemes::Scheme;
 
 struct Component;
-
-/// Unix seconds now (the guest's wall clock).
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> wit::Error {
-    wit::Error::InvalidInput(wit::FieldError {
-        field: field.into(),
-        message: message.into(),
-    })
-}
 
 /// A rejected payment: `payment-required` carrying the exact x402 reason string.
 fn rejected(reason: esim402_core::x402::InvalidReason) -> wit::Error {
@@ -75,20 +58,28 @@ fn rejected(reason: esim402_core::x402::InvalidReason) -> wit::Error {
 }
 
 impl Guest for Component {
-    async fn verify(invoice_id: String, proof: wit::PaymentProof) -> Result<String, wit::Error> {
-        match proof {
-            wit::PaymentProof::TxHash(hash) => txhash::verify(&invoice_id, &hash).await,
-            proof => invoice::verify(&invoice_id, &proof).await,
+    async fn verify(
+        invoice: wit::Invoice,
+        proof: wit::PaymentProof,
+    ) -> Result<wit::Verified, wit::Error> {
+        match &proof {
+            wit::PaymentProof::X402(payload) => schemes::Exact.verify(&invoice, payload).await,
+            wit::PaymentProof::TxHash(hash) => schemes::TxHash.verify(&invoice, hash).await,
         }
     }
 
     async fn settle(
-        invoice_id: String,
+        invoice: wit::Invoice,
         proof: wit::PaymentProof,
+        verified: wit::Verified,
     ) -> Result<wit::Settlement, wit::Error> {
-        match proof {
-            wit::PaymentProof::TxHash(hash) => txhash::settle(&invoice_id, &hash).await,
-            proof => invoice::settle(&invoice_id, &proof).await,
+        match &proof {
+            wit::PaymentProof::X402(payload) => {
+                schemes::Exact.settle(&invoice, payload, &verified).await
+            }
+            wit::PaymentProof::TxHash(hash) => {
+                schemes::TxHash.settle(&invoice, hash, &verified).await
+            }
         }
     }
 
@@ -105,14 +96,16 @@ impl Guest for Component {
     }
 
     async fn owe_refund(
-        invoice_id: String,
+        invoice: wit::Invoice,
+        transaction: String,
+        amount: Option<u64>,
         reason: String,
         now: u64,
-    ) -> Result<String, wit::Error> {
-        refund::owe(&invoice_id, &reason, now).await
+    ) -> Result<wit::RefundOwed, wit::Error> {
+        refunds::owe(&invoice, &transaction, amount, &reason, now).await
     }
 
-    async fn run_refunds(now: u64, limit: u32) -> Result<String, wit::Error> {
-        refund::run(now, limit).await
+    async fn run_refunds(now: u64, limit: u32) -> Result<wit::RefundRun, wit::Error> {
+        refunds::run(now, limit).await
     }
 }

@@ -2,7 +2,7 @@ use esim402_testkit::{Kit, types};
 
 const RECIPIENT: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 
-async fn kit() -> Kit {
+fn builder() -> esim402_testkit::Builder {
     Kit::builder("invoices")
         .var("payment_network", "eip155:31337")
         .var("usdc_address", "0x5FbDB2315678afecb367f032d93F642f64180aa3")
@@ -10,23 +10,81 @@ async fn kit() -> Kit {
         .var("usdc_eip712_version", "2")
         .var("recipient_address", RECIPIENT)
         .var("invoice_ttl_secs", "900")
-        .build()
-        .await
-        .unwrap()
+}
+
+async fn kit() -> Kit {
+    builder().build().await.unwrap()
 }
 
 fn purchase() -> types::Purchase {
     types::Purchase::Activation(crate::activation("us-west", 100))
 }
 
-#[tokio::test]
-async fn issue_persists_the_invoice_with_the_configured_payment_option() {
-    let mut kit = kit().await;
-    let inv = kit
-        .call(async |a, g| g.invoices().call_issue(a, purchase(), 420_000, 1_000).await)
+async fn issue(kit: &mut Kit, amount: u64, now: u64) -> types::Invoice {
+    kit.call(async move |a, g| {
+        g.invoices()
+            .call_issue(a, purchase(), amount, Vec::new(), now)
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+async fn get(kit: &mut Kit, id: &str, now: u64) -> Result<Option<types::Invoice>, types::Error> {
+    let id = id.to_owned();
+    kit.call(async move |a, g| g.invoices().call_get(a, id, now).await)
         .await
         .unwrap()
-        .unwrap();
+}
+
+async fn begin(kit: &mut Kit, id: &str, fingerprint: &str, now: u64) -> types::Begin {
+    let (id, fingerprint) = (id.to_owned(), fingerprint.to_owned());
+    kit.call(async move |a, g| {
+        g.invoices()
+            .call_begin_payment(a, id, fingerprint, false, now)
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+async fn finish(kit: &mut Kit, id: &str, holder: &str, end: types::PaymentEnd, status: u16) {
+    let (id, holder) = (id.to_owned(), holder.to_owned());
+    let response = types::StoredResponse {
+        status,
+        headers: Vec::new(),
+        body: "{}".into(),
+    };
+    kit.call(async move |a, g| {
+        g.invoices()
+            .call_finish_payment(a, id, holder, end, response)
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+/// Every key in the store that is not a versioned cell's bookkeeping (`<key>@v<n>…`).
+async fn cell_keys(kit: &Kit) -> Vec<String> {
+    let mut keys: Vec<String> = kit
+        .kv()
+        .keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| !k.contains('@'))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn issue_seals_the_invoice_with_the_configured_payment_option() {
+    let mut kit = kit().await;
+    let inv = issue(&mut kit, 420_000, 1_000).await;
     assert_eq!(inv.amount, 420_000);
     assert_eq!(inv.created_at, 1_000);
     assert_eq!(inv.expires_at, 1_900);
@@ -34,49 +92,73 @@ async fn issue_persists_the_invoice_with_the_configured_payment_option() {
     assert_eq!(inv.options.len(), 1);
     assert_eq!(inv.options[0].network, "eip155:31337");
     assert_eq!(inv.options[0].pay_to, RECIPIENT);
+    assert_eq!(inv.options[0].amount, 420_000);
     assert_eq!(inv.options[0].eip712_name, "USD Coin");
+    assert!(inv.id.starts_with("inv_"), "{}", inv.id);
 
-    let stored = kit.kv_get(&format!("invoice/{}", inv.id)).await.unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&stored).unwrap();
-    assert_eq!(json["amount_usdc"], "0.42");
-    assert_eq!(json["invoice_id"], inv.id.as_str());
+    // Stateless: the terms live in the id; nothing is stored for the invoice (only the generated MAC key).
+    assert!(kit.kv_get(&format!("invoice/{}", inv.id)).await.is_none());
+    assert_eq!(cell_keys(&kit).await, ["secret/invoice-key"]);
 
-    let id = inv.id.clone();
-    let read = kit
-        .call(async |a, g| g.invoices().call_get(a, id, 1_001).await)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let read = get(&mut kit, &inv.id, 1_001).await.unwrap().unwrap();
     assert_eq!(read.id, inv.id);
     assert_eq!(read.status, types::InvoiceStatus::Open);
+    assert_eq!(
+        (read.amount, read.created_at, read.expires_at),
+        (420_000, 1_000, 1_900)
+    );
+    assert_eq!(read.options.len(), 1);
+    assert_eq!(read.options[0].pay_to, RECIPIENT);
+    assert!(
+        matches!(&read.purchase, types::Purchase::Activation(r) if r.region == "us-west" && r.data_mb == 100)
+    );
+
+    // With `invoice_secret` set, issuing writes nothing at all.
+    let mut keyed = builder()
+        .var("invoice_secret", "a test secret of enough length")
+        .build()
+        .await
+        .unwrap();
+    issue(&mut keyed, 1, 1).await;
+    assert!(cell_keys(&keyed).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_id_not_issued_here_opens_to_nothing() {
+    // The equivalent of an unknown invoice now that nothing is stored: a tampered id, or one sealed under
+    // another key, does not open.
+    let mut kit = kit().await;
+    let inv = issue(&mut kit, 420_000, 1_000).await;
+    let (body, mac) = inv.id.rsplit_once('.').unwrap();
+    let flipped = if mac.starts_with('A') { 'B' } else { 'A' };
+    let tampered = format!("{body}.{flipped}{}", &mac[1..]);
+    assert!(get(&mut kit, &tampered, 1_001).await.unwrap().is_none());
+
+    let mut other = builder()
+        .var("invoice_secret", "another deployment's secret")
+        .build()
+        .await
+        .unwrap();
+    assert!(get(&mut other, &inv.id, 1_001).await.unwrap().is_none());
+    assert!(get(&mut kit, "inv_nope", 1_001).await.unwrap().is_none());
 }
 
 #[tokio::test]
 async fn an_invoice_read_after_its_deadline_is_expired() {
     let mut kit = kit().await;
-    let inv = kit
-        .call(async |a, g| g.invoices().call_issue(a, purchase(), 50_000, 1_000).await)
-        .await
-        .unwrap()
-        .unwrap();
-    let read = kit
-        .call(async |a, g| g.invoices().call_get(a, inv.id, 1_901).await)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let inv = issue(&mut kit, 50_000, 1_000).await;
+    let read = get(&mut kit, &inv.id, 1_901).await.unwrap().unwrap();
     assert_eq!(read.status, types::InvoiceStatus::Expired);
 }
 
 #[tokio::test]
 async fn racing_mark_paid_calls_have_exactly_one_winner() {
     let mut kit = kit().await;
-    let inv = kit
-        .call(async |a, g| g.invoices().call_issue(a, purchase(), 420_000, 1_000).await)
-        .await
-        .unwrap()
-        .unwrap();
+    let inv = issue(&mut kit, 420_000, 1_000).await;
+    // Money is recorded on the payment record, which a payment creates first.
+    let types::Begin::Drive(_) = begin(&mut kit, &inv.id, "0xfingerprint", 1_001).await else {
+        panic!("the first payment drives");
+    };
     let id = inv.id.clone();
     // 32 concurrent calls into the same instance: the component's CAS loop must let exactly one through.
     let results = kit
@@ -95,6 +177,7 @@ async fn racing_mark_paid_calls_have_exactly_one_winner() {
         .unwrap();
     let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(winners.len(), 1, "{results:?}");
+    assert_eq!(winners[0].status, types::InvoiceStatus::Paid);
     assert!(
         results
             .iter()
@@ -103,40 +186,106 @@ async fn racing_mark_paid_calls_have_exactly_one_winner() {
     );
     let stored = kit.kv_get(&format!("invoice/{}", inv.id)).await.unwrap();
     let json: serde_json::Value = serde_json::from_slice(&stored).unwrap();
-    assert_eq!(json["status"], "paid");
     assert_eq!(
-        json["transaction"].as_str(),
+        json["paid"]["transaction"].as_str(),
         winners[0].transaction.as_deref()
     );
+    let read = get(&mut kit, &inv.id, 1_002).await.unwrap().unwrap();
+    assert_eq!(read.status, types::InvoiceStatus::Paid);
+    assert_eq!(read.transaction, winners[0].transaction);
+    assert_eq!(read.payer.as_deref(), Some("0xpayer"));
+}
+
+#[tokio::test]
+async fn another_payment_never_takes_an_invoice_held_or_settled_by_one() {
+    // What the verifier's per-invoice settlement record used to guarantee: once one payment holds or settled
+    // an invoice, a different payment for it is a conflict (`already settled`), never a second settlement.
+    let mut kit = kit().await;
+    let inv = issue(&mut kit, 420_000, 1_000).await;
+    let types::Begin::Drive(first) = begin(&mut kit, &inv.id, "0xa", 1_001).await else {
+        panic!("the first payment drives");
+    };
+    assert!(first.first);
+    let conflict = |b: &types::Begin| matches!(b, types::Begin::Conflict(m) if m.starts_with("already settled"));
+    let live = begin(&mut kit, &inv.id, "0xb", 1_002).await;
+    assert!(conflict(&live), "{live:?}");
+
+    // Interrupted after broadcasting (pending settlement): still held, the same payment resumes it.
+    finish(
+        &mut kit,
+        &inv.id,
+        &first.holder,
+        types::PaymentEnd::Resume,
+        202,
+    )
+    .await;
+    let other = begin(&mut kit, &inv.id, "0xb", 1_003).await;
+    assert!(conflict(&other), "{other:?}");
+    let types::Begin::Drive(again) = begin(&mut kit, &inv.id, "0xa", 1_003).await else {
+        panic!("the same payment resumes");
+    };
+    assert!(!again.first);
+
+    // Settled: every other payment is refused, and so is a repeat without a payment-identifier.
+    finish(
+        &mut kit,
+        &inv.id,
+        &again.holder,
+        types::PaymentEnd::Done,
+        200,
+    )
+    .await;
+    for fp in ["0xb", "0xa"] {
+        let b = begin(&mut kit, &inv.id, fp, 1_004).await;
+        assert!(conflict(&b), "{fp}: {b:?}");
+    }
+
+    // A payment refused before any effect leaves the invoice free for another.
+    let inv2 = issue(&mut kit, 420_000, 1_000).await;
+    let types::Begin::Drive(d) = begin(&mut kit, &inv2.id, "0xc", 1_001).await else {
+        panic!("drives");
+    };
+    finish(
+        &mut kit,
+        &inv2.id,
+        &d.holder,
+        types::PaymentEnd::Release,
+        402,
+    )
+    .await;
+    assert!(matches!(
+        begin(&mut kit, &inv2.id, "0xd", 1_002).await,
+        types::Begin::Drive(_)
+    ));
 }
 
 #[tokio::test]
 async fn bad_input_and_bad_configuration_are_typed_errors() {
     let mut kit = kit().await;
     let zero = kit
-        .call(async |a, g| g.invoices().call_issue(a, purchase(), 0, 1_000).await)
+        .call(async |a, g| {
+            g.invoices()
+                .call_issue(a, purchase(), 0, Vec::new(), 1_000)
+                .await
+        })
         .await
         .unwrap();
     assert!(matches!(zero, Err(types::Error::InvalidInput(f)) if f.field == "amount"));
 
-    let bad_id = kit
-        .call(async |a, g| g.invoices().call_get(a, "not an id".into(), 0).await)
-        .await
-        .unwrap();
+    let bad_id = get(&mut kit, "not an id", 0).await;
     assert!(matches!(bad_id, Err(types::Error::InvalidInput(f)) if f.field == "invoice_id"));
 
-    let mut misconfigured = Kit::builder("invoices")
-        .var("payment_network", "eip155:31337")
-        .var("usdc_address", "0x5FbDB2315678afecb367f032d93F642f64180aa3")
-        .var("usdc_eip712_name", "USD Coin")
-        .var("usdc_eip712_version", "2")
+    let mut misconfigured = builder()
         .var("recipient_address", "not-an-address")
-        .var("invoice_ttl_secs", "900")
         .build()
         .await
         .unwrap();
     let err = misconfigured
-        .call(async |a, g| g.invoices().call_issue(a, purchase(), 1, 1).await)
+        .call(async |a, g| {
+            g.invoices()
+                .call_issue(a, purchase(), 1, Vec::new(), 1)
+                .await
+        })
         .await
         .unwrap();
     assert!(matches!(err, Err(types::Error::Internal(m)) if m.contains("recipient_address")));

@@ -1,8 +1,8 @@
 //! The verifier component alone, against a scripted JSON-RPC node: [`Node`] answers each `eth_*` method by
 //! name from a small chain state the test controls, and keeps every raw transaction it is sent (and can
 //! forget them, like a node that restarted or evicted its pool). Payments are
-//! signed like a wallet would (`sign_authorization` with a k256 key) and invoices are written to the store the
-//! way the invoices component writes them.
+//! signed like a wallet would (`sign_authorization` with a k256 key) and handed over as the gateway does (the
+//! decoded payload's JSON); invoices are passed as values, the way the invoices component answers them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy_consensus::{Signed, TxEip1559};
 use alloy_primitives::{Address, B256, TxKind, U256, hex, keccak256};
-use esim402_core::invoice::{Invoice, PaymentOption, Purchase};
+use esim402_core::invoice::{Invoice, InvoiceStatus, PaymentOption, Purchase};
 use esim402_core::x402::exact::{TokenDomain, TransferAuthorization, sign_authorization};
-use esim402_core::x402::header::encode_payment_payload_header;
 use esim402_core::x402::requirements::requirements_v2;
 use esim402_core::x402::wire::{
     ExactEvmPayload, PaymentPayload, PaymentPayloadV1, PaymentPayloadV2, PaymentRequirements,
@@ -213,6 +212,17 @@ fn transfer_log(from: Address, to: Address, value: u64) -> Value {
 }
 
 impl ChainState {
+    /// Whether the token would revert the call `data` (0x-hex): a `transferWithAuthorization` whose nonce is
+    /// used, whose value exceeds the payer's balance, or that the simulation refuses.
+    fn would_revert(&self, data: &str) -> bool {
+        let data = hex::decode(data).unwrap();
+        if data[..4] != TRANSFER_WITH_AUTHORIZATION {
+            return false;
+        }
+        let value = U256::from_be_slice(&data[68..100]);
+        self.nonce_used || value > self.balance || !self.simulation_ok
+    }
+
     /// The sent transaction with `hash`, unless forgotten.
     fn known(&self, hash: B256) -> Option<&Vec<u8>> {
         if self.forgotten.contains(&hash) {
@@ -257,6 +267,11 @@ impl Node {
             "eth_getBlockByNumber" => Ok(json!({"number": "0x11", "timestamp": qty(now().into()),
                                                "baseFeePerGas": qty(BASE_FEE)})),
             "eth_estimateGas" if c.estimate_fails => Err((3, "execution reverted")),
+            // Like a real node: estimating a `transferWithAuthorization` that the token would refuse reverts.
+            "eth_estimateGas" if c.would_revert(params[0]["data"].as_str().unwrap()) => Err((
+                3,
+                "execution reverted: FiatTokenV2: authorization is used or canceled",
+            )),
             "eth_estimateGas" => Ok(qty(GAS_ESTIMATE.into())),
             "eth_call" => {
                 assert_eq!(params[0]["to"].as_str().unwrap(), USDC.to_lowercase());
@@ -362,7 +377,8 @@ pub(crate) fn invoice(seed: u8, payer: Option<Address>) -> Invoice {
         allow_failover: false,
     };
     Invoice::new(
-        InvoiceId::from_random([seed; 16]),
+        // The verifier parses the id but never opens it (the invoices component does): any well-formed id.
+        InvoiceId::parse(&format!("inv_test.{seed}")).unwrap(),
         UsdcAmount::from_micros(PRICE),
         vec![option],
         purchase,
@@ -372,11 +388,69 @@ pub(crate) fn invoice(seed: u8, payer: Option<Address>) -> Invoice {
     .unwrap()
 }
 
-pub(crate) async fn store_invoice(kit: &Kit, inv: &Invoice) -> String {
-    let id = inv.invoice_id.as_str().to_owned();
-    kit.kv_put(&format!("invoice/{id}"), &serde_json::to_vec(inv).unwrap())
-        .await;
-    id
+fn status_to_wit(s: InvoiceStatus) -> types::InvoiceStatus {
+    match s {
+        InvoiceStatus::Open => types::InvoiceStatus::Open,
+        InvoiceStatus::Pending => types::InvoiceStatus::Pending,
+        InvoiceStatus::Paid => types::InvoiceStatus::Paid,
+        InvoiceStatus::Expired => types::InvoiceStatus::Expired,
+        InvoiceStatus::Refunded => types::InvoiceStatus::Refunded,
+    }
+}
+
+/// The invoice as the gateway hands it to the verifier (what `invoices.get` answers; `esim402-guest`'s
+/// `convert::invoice_to_wit`).
+pub(crate) fn wit_invoice(inv: &Invoice) -> types::Invoice {
+    let purchase = match &inv.purchase {
+        Purchase::Activation {
+            region,
+            data_mb,
+            carrier,
+            eid,
+            payer,
+            allow_failover,
+        } => types::Purchase::Activation(types::ActivationRequest {
+            region: region.clone(),
+            data_mb: *data_mb,
+            carrier: carrier.clone(),
+            eid: eid.clone(),
+            payer: payer.clone(),
+            networks: Vec::new(),
+            allow_failover: *allow_failover,
+        }),
+        other => panic!("test invoices are activations, not {other:?}"),
+    };
+    types::Invoice {
+        id: inv.invoice_id.to_string(),
+        purchase,
+        amount: inv.amount_usdc.micros(),
+        options: inv
+            .accepts
+            .iter()
+            .map(|o| types::PaymentOption {
+                network: o.network.to_string(),
+                asset: o.asset.clone(),
+                pay_to: o.pay_to.clone(),
+                amount: o.amount_atomic.parse().unwrap(),
+                eip712_name: o.eip712_name.clone(),
+                eip712_version: o.eip712_version.clone(),
+            })
+            .collect(),
+        created_at: inv.created_at,
+        expires_at: inv.expires_at,
+        status: status_to_wit(inv.status),
+        transaction: inv.transaction.clone(),
+        payer: inv.payer.clone(),
+    }
+}
+
+/// `inv` as the invoices component shows it once `tx` from the payer was marked paid.
+pub(crate) fn paid_invoice(inv: &Invoice, tx: &str) -> Invoice {
+    let mut paid = inv.clone();
+    paid.status = InvoiceStatus::Paid;
+    paid.transaction = Some(tx.to_owned());
+    paid.payer = Some(payer().to_checksum(None));
+    paid
 }
 
 /// One payment as a wallet builds it; tests bend one field at a time.
@@ -445,21 +519,25 @@ impl Pay {
         })
     }
 
+    /// The proof as the gateway passes it on from a `PAYMENT-SIGNATURE` header: the decoded payload's JSON.
     pub(crate) fn v2(&self) -> types::PaymentProof {
-        types::PaymentProof::X402V2(encode_payment_payload_header(&self.payload()))
+        types::PaymentProof::X402(self.payload().to_json())
     }
 
+    /// The same authorization as an `X-PAYMENT` (x402 v1) payload.
     fn v1(&self) -> types::PaymentProof {
-        types::PaymentProof::X402V1(encode_payment_payload_header(&PaymentPayload::V1(
-            PaymentPayloadV1 {
+        types::PaymentProof::X402(
+            PaymentPayload::V1(PaymentPayloadV1 {
                 scheme: "exact".into(),
                 network: "anvil".into(),
                 payload: self.exact(),
-            },
-        )))
+            })
+            .to_json(),
+        )
     }
 
-    fn nonce_key(&self) -> String {
+    /// The settlement record of this authorization (`x402/nonce/…`).
+    pub(crate) fn nonce_key(&self) -> String {
         format!(
             "x402/nonce/eip155:31337/{:#x}/{}",
             self.auth.from, self.auth.nonce
@@ -477,17 +555,34 @@ impl Pay {
 
 // ---- calls -----------------------------------------------------------------------------------------------
 
-async fn verify(kit: &mut Kit, id: &str, proof: types::PaymentProof) -> Result<String, E> {
-    let id = id.to_owned();
-    kit.call(async move |a, g| g.verifier().call_verify(a, id, proof).await)
+/// `verify`: the payer it vouches for (checksummed), on the invoice's network.
+async fn verify(kit: &mut Kit, inv: &Invoice, proof: types::PaymentProof) -> Result<String, E> {
+    let inv = wit_invoice(inv);
+    let v = kit
+        .call(async move |a, g| g.verifier().call_verify(a, inv, proof).await)
         .await
         .unwrap()
-        .map_err(E::from)
+        .map_err(E::from)?;
+    assert_eq!(v.network, "eip155:31337");
+    Ok(v.payer)
 }
 
-pub(crate) async fn settle(kit: &mut Kit, id: &str, proof: types::PaymentProof) -> Result<S, E> {
-    let id = id.to_owned();
-    kit.call(async move |a, g| g.verifier().call_settle(a, id, proof).await)
+/// What `verify` would have established for a payment by [`payer`]; `settle` is given it.
+pub(crate) fn verified() -> types::Verified {
+    types::Verified {
+        payer: payer().to_checksum(None),
+        network: "eip155:31337".into(),
+        at: now(),
+    }
+}
+
+pub(crate) async fn settle(
+    kit: &mut Kit,
+    inv: &Invoice,
+    proof: types::PaymentProof,
+) -> Result<S, E> {
+    let inv = wit_invoice(inv);
+    kit.call(async move |a, g| g.verifier().call_settle(a, inv, proof, verified()).await)
         .await
         .unwrap()
         .map(S::from)
@@ -524,6 +619,18 @@ pub(crate) async fn backdate(kit: &Kit, key: &str, secs: u64) {
     kit.kv_put(key, record.to_string().as_bytes()).await;
 }
 
+/// The keys under `prefix` that hold a value (not removed, not a versioned cell's bookkeeping).
+pub(crate) async fn live_keys(kit: &Kit, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in kit.kv().keys().await.unwrap() {
+        if key.starts_with(prefix) && !key.contains('@') && kit.kv_get(&key).await.is_some() {
+            out.push(key);
+        }
+    }
+    out.sort();
+    out
+}
+
 pub(crate) fn decode_tx(raw: &[u8]) -> Signed<TxEip1559> {
     let mut buf = raw;
     let tx = Signed::<TxEip1559>::eip2718_decode(&mut buf).unwrap();
@@ -545,11 +652,10 @@ async fn a_valid_payment_verifies_and_returns_the_checksummed_payer() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(1, None);
-    let id = store_invoice(&kit, &inv).await;
     let p = pay(&inv);
     let want = payer().to_checksum(None);
-    assert_eq!(verify(&mut kit, &id, p.v2()).await, Ok(want.clone()));
-    assert_eq!(verify(&mut kit, &id, p.v1()).await, Ok(want));
+    assert_eq!(verify(&mut kit, &inv, p.v2()).await, Ok(want.clone()));
+    assert_eq!(verify(&mut kit, &inv, p.v1()).await, Ok(want));
 
     // The chain was asked what the reference asks: nonce state, balance, and a simulation from our account.
     let calls: Vec<Value> = kit
@@ -591,12 +697,24 @@ struct Case {
     reads_chain: bool,
 }
 
+impl Case {
+    /// What `settle` of the same payment answers. `settle` no longer reads the chain facts again (`verify` did,
+    /// and the gateway only settles what verified): a refusal the chain decides is caught by the broadcast's
+    /// gas estimate, which simulates the transfer, as a failed simulation.
+    fn settle_reason(&self) -> &'static str {
+        if self.reads_chain {
+            "invalid_exact_evm_transaction_simulation_failed"
+        } else {
+            self.reason
+        }
+    }
+}
+
 #[tokio::test]
 async fn each_rejection_maps_to_its_exact_reason() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(2, None);
-    let id = store_invoice(&kit, &inv).await;
     let cases = [
         Case {
             name: "wrong recipient",
@@ -692,7 +810,7 @@ async fn each_rejection_maps_to_its_exact_reason() {
         let mut p = pay(&inv);
         (case.pay)(&mut p);
         let before = kit.requests().len();
-        let got = verify(&mut kit, &id, p.v2()).await;
+        let got = verify(&mut kit, &inv, p.v2()).await;
         assert_eq!(
             got,
             Err(E::PaymentRequired(case.reason.into())),
@@ -701,127 +819,117 @@ async fn each_rejection_maps_to_its_exact_reason() {
         );
         let asked = kit.requests().len() > before;
         assert_eq!(asked, case.reads_chain, "{}: chain asked", case.name);
-        // Settling the same payment is refused for the same reason, and claims nothing.
-        let got = settle(&mut kit, &id, p.v2()).await;
+        // Settling the same payment is refused (for the same reason when decided without the chain), and
+        // claims nothing: no settlement record, no claim on a transaction, nothing broadcast.
+        let got = settle(&mut kit, &inv, p.v2()).await;
         assert_eq!(
             got,
-            Err(E::PaymentRequired(case.reason.into())),
+            Err(E::PaymentRequired(case.settle_reason().into())),
             "{} (settle)",
             case.name
         );
         assert!(kit.kv_get(&p.nonce_key()).await.is_none(), "{}", case.name);
+        assert!(live_keys(&kit, "txhash/").await.is_empty(), "{}", case.name);
     }
     assert!(node.sent().is_empty());
 }
 
 #[tokio::test]
-async fn malformed_proofs_are_invalid_input_naming_the_header() {
+async fn malformed_proofs_are_invalid_input_naming_the_payment() {
+    // The gateway decodes the header (kernel `x402::header`); what reaches the verifier is the payload's JSON,
+    // and a payload that does not parse is bad input on `payment`, decided before the chain is asked.
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(3, None);
-    let id = store_invoice(&kit, &inv).await;
-    let b64 = |s: &str| base64_standard(s.as_bytes());
     let cases = [
-        (
-            types::PaymentProof::X402V2("not base64!".into()),
-            "PAYMENT-SIGNATURE",
-        ),
-        (
-            types::PaymentProof::X402V2(String::new()),
-            "PAYMENT-SIGNATURE",
-        ),
-        (types::PaymentProof::X402V1(b64("{nope")), "X-PAYMENT"),
-        (
-            types::PaymentProof::X402V2(b64(r#"{"x402Version":2,"payload":{}}"#)),
-            "PAYMENT-SIGNATURE",
-        ),
-        (
-            types::PaymentProof::X402V1(b64(r#"{"x402Version":9}"#)),
-            "X-PAYMENT",
-        ),
+        "not json!",
+        "",
+        "{nope",
+        r#"{"x402Version":2,"payload":{}}"#,
+        r#"{"x402Version":9}"#,
     ];
-    for (proof, header) in cases {
+    for payload in cases {
+        let proof = types::PaymentProof::X402(payload.into());
         for settling in [false, true] {
             let got = if settling {
-                settle(&mut kit, &id, proof.clone())
+                settle(&mut kit, &inv, proof.clone())
                     .await
                     .map(|_| String::new())
             } else {
-                verify(&mut kit, &id, proof.clone()).await
+                verify(&mut kit, &inv, proof.clone()).await
             };
             match got {
-                Err(E::InvalidInput { field, .. }) => assert_eq!(field, header, "{proof:?}"),
-                other => panic!("{proof:?}: {other:?}"),
+                Err(E::InvalidInput { field, .. }) => assert_eq!(field, "payment", "{payload:?}"),
+                other => panic!("{payload:?}: {other:?}"),
             }
         }
     }
     assert!(kit.requests().is_empty(), "nothing reaches the chain");
 }
 
-/// Standard padded base64, as clients send the headers.
-fn base64_standard(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// `verify` of an invoice value exactly as given.
+async fn verify_raw(
+    kit: &mut Kit,
+    inv: types::Invoice,
+    proof: types::PaymentProof,
+) -> Result<String, E> {
+    kit.call(async move |a, g| g.verifier().call_verify(a, inv, proof).await)
+        .await
+        .unwrap()
+        .map(|v| v.payer)
+        .map_err(E::from)
 }
 
 #[tokio::test]
-async fn unknown_expired_and_paid_invoices_are_refused() {
+async fn malformed_expired_and_paid_invoices_are_refused() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
-    let missing = invoice(4, None);
-    let p = pay(&missing);
+    // Invoices arrive as values (an unknown id is the invoices component's `none`); what the verifier can
+    // still refuse is a value that is not an invoice.
+    let inv = invoice(4, None);
+    let p = pay(&inv);
+    let mut bad_id = wit_invoice(&inv);
+    bad_id.id = "not an invoice".into();
     assert!(matches!(
-        verify(&mut kit, missing.invoice_id.as_str(), p.v2()).await,
-        Err(E::NotFound(_))
-    ));
-    assert!(matches!(
-        verify(&mut kit, "inv_nope", p.v2()).await,
+        verify_raw(&mut kit, bad_id, p.v2()).await,
         Err(E::InvalidInput { field, .. }) if field == "invoice_id"
+    ));
+    let mut no_options = wit_invoice(&inv);
+    no_options.options.clear();
+    assert!(matches!(
+        verify_raw(&mut kit, no_options, p.v2()).await,
+        Err(E::Internal(m)) if m.contains("malformed")
     ));
 
     let mut expired = invoice(5, None);
     expired.created_at = now() - 2_000;
     expired.expires_at = now() - 1_000;
-    let id = store_invoice(&kit, &expired).await;
     let p = pay(&expired);
     assert!(matches!(
-        verify(&mut kit, &id, p.v2()).await,
+        verify(&mut kit, &expired, p.v2()).await,
         Err(E::Expired(_))
     ));
     assert!(matches!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &expired, p.v2()).await,
         Err(E::Expired(_))
     ));
 
     let mut paid = invoice(6, None);
-    paid.status = esim402_core::InvoiceStatus::Paid;
-    let id = store_invoice(&kit, &paid).await;
+    paid.status = InvoiceStatus::Paid;
     let p = pay(&paid);
     assert!(matches!(
-        verify(&mut kit, &id, p.v2()).await,
+        verify(&mut kit, &paid, p.v2()).await,
         Err(E::Conflict(_))
     ));
     assert!(matches!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &paid, p.v2()).await,
         Err(E::Conflict(_))
     ));
     assert!(node.sent().is_empty());
+    assert!(
+        kit.requests().is_empty(),
+        "refused before the chain is asked"
+    );
 }
 
 #[tokio::test]
@@ -829,9 +937,8 @@ async fn rpc_failures_are_unavailable_never_a_verdict() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(7, None);
-    let id = store_invoice(&kit, &inv).await;
     node.set(|c| c.down = true);
-    let got = verify(&mut kit, &id, pay(&inv).v2()).await;
+    let got = verify(&mut kit, &inv, pay(&inv).v2()).await;
     assert!(
         matches!(&got, Err(E::Unavailable(m)) if m.contains("HTTP 503")),
         "{got:?}"
@@ -845,12 +952,12 @@ async fn rpc_failures_are_unavailable_never_a_verdict() {
         c.down = false;
         c.chain_id = 1;
     });
-    let got = verify(&mut kit, &id, pay(&inv).v2()).await;
+    let got = verify(&mut kit, &inv, pay(&inv).v2()).await;
     assert!(
         matches!(&got, Err(E::Unavailable(m)) if m.contains("chain 1")),
         "{got:?}"
     );
-    let got = settle(&mut kit, &id, pay(&inv).v2()).await;
+    let got = settle(&mut kit, &inv, pay(&inv).v2()).await;
     assert!(matches!(&got, Err(E::Unavailable(_))), "{got:?}");
     assert!(node.sent().is_empty());
 }
@@ -862,10 +969,9 @@ async fn settle_sends_one_transfer_with_authorization_and_replays_its_result() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(10, None);
-    let id = store_invoice(&kit, &inv).await;
     let p = pay(&inv);
 
-    let got = settle(&mut kit, &id, p.v2()).await.unwrap();
+    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
     let sent = node.sent();
     assert_eq!(sent.len(), 1);
     let hash = keccak256(&sent[0]).to_string();
@@ -886,12 +992,17 @@ async fn settle_sends_one_transfer_with_authorization_and_replays_its_result() {
     assert_eq!(input[36..68], addr(PAY_TO).into_word()[..]);
     assert_eq!(input[164..196], p.auth.nonce[..]);
 
-    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    // The settlement record is the authorization's (no per-invoice record any more); it names the invoice.
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "confirmed");
     assert_eq!(record["transaction"], hash);
     assert_eq!(record["payer"], payer().to_checksum(None));
     assert_eq!(record["claim"], p.nonce_key());
-    assert!(kit.kv_get(&p.nonce_key()).await.is_some());
+    assert_eq!(record["invoice"], inv.invoice_id.as_str());
+    // Our transaction is claimed too, so it can never be presented as a tx-hash proof for something else.
+    let claimed = kv_json(&kit, &format!("txhash/{hash}")).await.unwrap();
+    assert_eq!(claimed["claim"], p.nonce_key());
+    assert_eq!(claimed["invoice"], inv.invoice_id.as_str());
     let nonces = kv_json(
         &kit,
         &format!("signer/eip155:31337/{:#x}/nonce", facilitator()),
@@ -900,38 +1011,44 @@ async fn settle_sends_one_transfer_with_authorization_and_replays_its_result() {
     .unwrap();
     assert_eq!(nonces["next"], TX_COUNT + 1);
 
-    // The same payment again (either header version): the stored result, no second transaction.
+    // The same payment again (either header version, and with the invoice as it reads once marked paid):
+    // the stored result, no second transaction.
+    let paid = paid_invoice(&inv, &hash);
     assert_eq!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &inv, p.v2()).await,
         Ok(S::Settled(hash.clone()))
     );
     assert_eq!(
-        settle(&mut kit, &id, p.v1()).await,
+        settle(&mut kit, &paid, p.v1()).await,
         Ok(S::Settled(hash.clone()))
     );
     // Verify still vouches for it (the chain would now call the nonce used).
     node.set(|c| c.nonce_used = true);
     assert_eq!(
-        verify(&mut kit, &id, p.v2()).await,
+        verify(&mut kit, &paid, p.v2()).await,
         Ok(payer().to_checksum(None))
     );
     node.set(|c| c.nonce_used = false);
-    // Another payment for the settled invoice, and this payment for another invoice: conflicts.
+    // Another payment for the settled invoice: a conflict. (That a different payment never settles an invoice
+    // another one holds is the invoices component's payment record's job, checked before the verifier runs:
+    // `invoices::another_payment_never_takes_an_invoice_held_or_settled_by_one`. Here the invoice comes in
+    // as paid.)
     let other = pay(&inv);
     assert!(matches!(
-        verify(&mut kit, &id, other.v2()).await,
-        Err(E::Conflict(m)) if m.starts_with("already settled")
+        verify(&mut kit, &paid, other.v2()).await,
+        Err(E::Conflict(m)) if m.contains("paid")
     ));
     assert!(matches!(
-        settle(&mut kit, &id, other.v2()).await,
-        Err(E::Conflict(m)) if m.starts_with("already settled")
+        settle(&mut kit, &paid, other.v2()).await,
+        Err(E::Conflict(m)) if m.contains("paid")
     ));
+    assert!(kit.kv_get(&other.nonce_key()).await.is_none());
+    // This payment for another invoice: already settled.
     let inv2 = invoice(11, None);
-    let id2 = store_invoice(&kit, &inv2).await;
     let mut reused = pay(&inv2);
     reused.auth = p.auth;
     assert!(matches!(
-        settle(&mut kit, &id2, reused.v2()).await,
+        settle(&mut kit, &inv2, reused.v2()).await,
         Err(E::Conflict(m)) if m.starts_with("already settled")
     ));
     // A forged signature over the settled authorization does not replay its result.
@@ -939,7 +1056,7 @@ async fn settle_sends_one_transfer_with_authorization_and_replays_its_result() {
     forged.auth = p.auth;
     forged.domain.chain_id = 1;
     assert!(matches!(
-        settle(&mut kit, &id, forged.v2()).await,
+        settle(&mut kit, &inv, forged.v2()).await,
         Err(E::Conflict(_))
     ));
     assert_eq!(node.sent().len(), 1);
@@ -956,12 +1073,15 @@ async fn settle_sends_one_transfer_with_authorization_and_replays_its_result() {
 async fn twenty_concurrent_settles_broadcast_exactly_once() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
-    let inv = invoice(12, None);
-    let id = store_invoice(&kit, &inv).await;
-    let proof = pay(&inv).v2();
+    let kernel = invoice(12, None);
+    let proof = pay(&kernel).v2();
+    let inv = wit_invoice(&kernel);
     let results = kit
         .call(async move |a, g| {
-            let calls = (0..20).map(|_| g.verifier().call_settle(a, id.clone(), proof.clone()));
+            let calls = (0..20).map(|_| {
+                g.verifier()
+                    .call_settle(a, inv.clone(), proof.clone(), verified())
+            });
             let mut out = Vec::new();
             for r in crate::join_all(calls).await {
                 out.push(r?);
@@ -1003,28 +1123,27 @@ async fn no_receipt_in_time_is_pending_and_a_later_settle_reconciles() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
     let inv = invoice(13, None);
-    let id = store_invoice(&kit, &inv).await;
     let p = pay(&inv);
     node.set(|c| c.mining = Mining::Never);
 
-    let got = settle(&mut kit, &id, p.v2()).await.unwrap();
+    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
     let hash = keccak256(&node.sent()[0]).to_string();
     assert_eq!(got, S::Pending(hash.clone()));
-    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "submitted");
     assert_eq!(record["transaction"], hash);
 
     // Still not mined: still pending, never a second broadcast, never a failure.
     assert_eq!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &inv, p.v2()).await,
         Ok(S::Pending(hash.clone()))
     );
     node.set(|c| c.mining = Mining::Succeed);
     assert_eq!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &inv, p.v2()).await,
         Ok(S::Settled(hash.clone()))
     );
-    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "confirmed");
     assert_eq!(node.sent().len(), 1);
 }
@@ -1034,23 +1153,22 @@ async fn a_reverted_settlement_fails_and_leaves_the_invoice_open_to_another_paym
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(14, None);
-    let id = store_invoice(&kit, &inv).await;
     let p = pay(&inv);
     node.set(|c| c.mining = Mining::Revert);
     let failed = Err(E::PaymentRequired(
         "invalid_exact_evm_transaction_failed".into(),
     ));
-    assert_eq!(settle(&mut kit, &id, p.v2()).await, failed);
-    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    assert_eq!(settle(&mut kit, &inv, p.v2()).await, failed);
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "failed");
     assert_eq!(record["reason"], "invalid_exact_evm_transaction_failed");
     // Replayed, not re-sent.
-    assert_eq!(settle(&mut kit, &id, p.v2()).await, failed);
+    assert_eq!(settle(&mut kit, &inv, p.v2()).await, failed);
     assert_eq!(node.sent().len(), 1);
 
     node.set(|c| c.mining = Mining::Succeed);
     let second = pay(&inv);
-    let got = settle(&mut kit, &id, second.v2()).await.unwrap();
+    let got = settle(&mut kit, &inv, second.v2()).await.unwrap();
     let sent = node.sent();
     assert_eq!(sent.len(), 2);
     assert_eq!(got, S::Settled(keccak256(&sent[1]).to_string()));
@@ -1062,18 +1180,19 @@ async fn a_refused_broadcast_releases_every_claim_so_a_retry_works() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(15, None);
-    let id = store_invoice(&kit, &inv).await;
     let p = pay(&inv);
     let nonce_state = format!("signer/eip155:31337/{:#x}/nonce", facilitator());
 
     node.set(|c| c.refuse_send = true);
-    let got = settle(&mut kit, &id, p.v2()).await;
+    let got = settle(&mut kit, &inv, p.v2()).await;
     assert!(
         matches!(&got, Err(E::Unavailable(m)) if m.contains("refused")),
         "{got:?}"
     );
-    assert!(kit.kv_get(&format!("settlement/{id}")).await.is_none());
+    // Released: the authorization's record and the claim on the refused transaction's hash.
     assert!(kit.kv_get(&p.nonce_key()).await.is_none());
+    assert_eq!(live_keys(&kit, "txhash/").await, Vec::<String>::new());
+    assert_eq!(live_keys(&kit, "x402/").await, Vec::<String>::new());
     let state = kv_json(&kit, &nonce_state).await.unwrap();
     assert_eq!(state["pending"], json!([]));
 
@@ -1082,7 +1201,7 @@ async fn a_refused_broadcast_releases_every_claim_so_a_retry_works() {
         c.estimate_fails = true;
     });
     assert_eq!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &inv, p.v2()).await,
         Err(E::PaymentRequired(
             "invalid_exact_evm_transaction_simulation_failed".into()
         ))
@@ -1090,7 +1209,7 @@ async fn a_refused_broadcast_releases_every_claim_so_a_retry_works() {
     assert!(kit.kv_get(&p.nonce_key()).await.is_none());
 
     node.set(|c| c.estimate_fails = false);
-    let got = settle(&mut kit, &id, p.v2()).await.unwrap();
+    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
     let sent = node.sent();
     assert_eq!(sent.len(), 1);
     assert_eq!(got, S::Settled(keccak256(&sent[0]).to_string()));
@@ -1106,13 +1225,12 @@ async fn a_lost_broadcast_answer_keeps_the_claims_and_reconciles() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
     let inv = invoice(19, None);
-    let id = store_invoice(&kit, &inv).await;
     let p = pay(&inv);
     node.set(|c| {
         c.lose_send_answer = true;
         c.mining = Mining::Never;
     });
-    let got = settle(&mut kit, &id, p.v2()).await;
+    let got = settle(&mut kit, &inv, p.v2()).await;
     let hash = keccak256(&node.sent()[0]).to_string();
     assert_eq!(
         got,
@@ -1133,7 +1251,7 @@ async fn a_lost_broadcast_answer_keeps_the_claims_and_reconciles() {
     );
 
     node.set(|c| c.mining = Mining::Succeed);
-    assert_eq!(settle(&mut kit, &id, p.v2()).await, Ok(S::Settled(hash)));
+    assert_eq!(settle(&mut kit, &inv, p.v2()).await, Ok(S::Settled(hash)));
     assert_eq!(node.sent().len(), 1);
 }
 
@@ -1142,11 +1260,10 @@ async fn a_settlement_the_node_lost_is_sent_again_with_identical_bytes_and_then_
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
     let inv = invoice(22, None);
-    let id = store_invoice(&kit, &inv).await;
-    let key = format!("settlement/{id}");
     let p = pay(&inv);
+    let key = p.nonce_key();
     node.set(|c| c.mining = Mining::Never);
-    let got = settle(&mut kit, &id, p.v2()).await;
+    let got = settle(&mut kit, &inv, p.v2()).await;
     let first = node.sent()[0].clone();
     let hash = keccak256(&first).to_string();
     assert_eq!(got, Ok(S::Pending(hash.clone())));
@@ -1160,7 +1277,7 @@ async fn a_settlement_the_node_lost_is_sent_again_with_identical_bytes_and_then_
     node.forget();
     node.set(|c| c.mining = Mining::Succeed);
     assert_eq!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &inv, p.v2()).await,
         Ok(S::Pending(hash.clone()))
     );
     assert_eq!(node.sent().len(), 1);
@@ -1169,7 +1286,7 @@ async fn a_settlement_the_node_lost_is_sent_again_with_identical_bytes_and_then_
     backdate(&kit, &key, 60).await;
     node.set(|c| c.refuse_send = true);
     assert_eq!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &inv, p.v2()).await,
         Ok(S::Pending(hash.clone()))
     );
     assert_eq!(kv_json(&kit, &key).await.unwrap()["status"], "submitted");
@@ -1177,7 +1294,7 @@ async fn a_settlement_the_node_lost_is_sent_again_with_identical_bytes_and_then_
 
     node.set(|c| c.refuse_send = false);
     assert_eq!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &inv, p.v2()).await,
         Ok(S::Settled(hash.clone()))
     );
     let sent = node.sent();
@@ -1193,10 +1310,9 @@ async fn a_settlement_the_node_lost_is_sent_again_with_identical_bytes_and_then_
 }
 
 /// A settlement left pending, then forgotten by the node while another transaction used its account nonce.
-async fn unmineable_settlement(kit: &mut Kit, node: &Node, inv: &Invoice, p: &Pay) -> String {
-    let id = store_invoice(kit, inv).await;
+async fn unmineable_settlement(kit: &mut Kit, node: &Node, inv: &Invoice, p: &Pay) {
     node.set(|c| c.mining = Mining::Never);
-    let got = settle(kit, &id, p.v2()).await;
+    let got = settle(kit, inv, p.v2()).await;
     let hash = keccak256(&node.sent()[0]).to_string();
     assert_eq!(got, Ok(S::Pending(hash)));
     node.forget();
@@ -1205,7 +1321,6 @@ async fn unmineable_settlement(kit: &mut Kit, node: &Node, inv: &Invoice, p: &Pa
         c.pending_count = Some(TX_COUNT + 1);
         c.mining = Mining::Succeed;
     });
-    id
 }
 
 #[tokio::test]
@@ -1214,15 +1329,15 @@ async fn a_settlement_whose_nonce_another_transaction_used_fails_if_its_authoriz
     let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
     let inv = invoice(23, None);
     let p = pay(&inv);
-    let id = unmineable_settlement(&mut kit, &node, &inv, &p).await;
+    unmineable_settlement(&mut kit, &node, &inv, &p).await;
     let hash = keccak256(&node.sent()[0]).to_string();
 
     // No waiting period: a used nonce is final, and the authorization shows no money moved.
     let failed = Err(E::PaymentRequired(
         "invalid_exact_evm_transaction_failed".into(),
     ));
-    assert_eq!(settle(&mut kit, &id, p.v2()).await, failed);
-    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    assert_eq!(settle(&mut kit, &inv, p.v2()).await, failed);
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "failed");
     assert_eq!(record["reason"], "invalid_exact_evm_transaction_failed");
     assert_eq!(record["transaction"], hash);
@@ -1241,18 +1356,22 @@ async fn a_settlement_whose_nonce_another_transaction_used_fails_if_its_authoriz
         })
         .collect();
     assert_eq!(state_reads.last().unwrap()["params"][1], "0x20");
-    assert_eq!(settle(&mut kit, &id, p.v2()).await, failed);
+    assert_eq!(settle(&mut kit, &inv, p.v2()).await, failed);
 
     // The invoice is open to a new payment, sent with the next account nonce.
     let q = pay(&inv);
-    let got = settle(&mut kit, &id, q.v2()).await;
+    let got = settle(&mut kit, &inv, q.v2()).await;
     let sent = node.sent();
     assert_eq!(sent.len(), 2);
     assert_eq!(got, Ok(S::Settled(keccak256(&sent[1]).to_string())));
     assert_eq!(decode_tx(&sent[1]).tx().nonce, TX_COUNT + 1);
     assert_eq!(
-        kv_json(&kit, &format!("settlement/{id}")).await.unwrap()["status"],
+        kv_json(&kit, &q.nonce_key()).await.unwrap()["status"],
         "confirmed"
+    );
+    assert_eq!(
+        kv_json(&kit, &p.nonce_key()).await.unwrap()["status"],
+        "failed"
     );
 }
 
@@ -1263,23 +1382,22 @@ async fn a_settlement_whose_nonce_another_transaction_used_stays_pending_if_its_
     let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
     let inv = invoice(24, None);
     let p = pay(&inv);
-    let id = unmineable_settlement(&mut kit, &node, &inv, &p).await;
+    unmineable_settlement(&mut kit, &node, &inv, &p).await;
     let hash = keccak256(&node.sent()[0]).to_string();
 
     // The money moved, by a transaction we do not know: never a failure, never a second attempt.
     node.set(|c| c.nonce_used = true);
     for _ in 0..2 {
         assert_eq!(
-            settle(&mut kit, &id, p.v2()).await,
+            settle(&mut kit, &inv, p.v2()).await,
             Ok(S::Pending(hash.clone()))
         );
     }
-    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "submitted");
-    assert!(matches!(
-        settle(&mut kit, &id, pay(&inv).v2()).await,
-        Err(E::Conflict(m)) if m.starts_with("already settled")
-    ));
+    // Another payment cannot take the invoice meanwhile: its payment record stays held by this (resumable)
+    // payment (`invoices::another_payment_never_takes_an_invoice_held_or_settled_by_one`); the verifier keeps
+    // no per-invoice settlement of its own.
     assert_eq!(node.sent().len(), 1);
 }
 
@@ -1320,16 +1438,13 @@ async fn a_reserved_nonce_whose_send_never_reached_the_node_goes_out_before_the_
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
     let first_inv = invoice(25, None);
-    let first_id = store_invoice(&kit, &first_inv).await;
     let first = pay(&first_inv);
 
     // The send is lost on its way (as when the request is cancelled after recording its transaction).
     node.set(|c| c.drop_send = true);
-    let got = settle(&mut kit, &first_id, first.v2()).await;
+    let got = settle(&mut kit, &first_inv, first.v2()).await;
     assert!(node.sent().is_empty());
-    let record = kv_json(&kit, &format!("settlement/{first_id}"))
-        .await
-        .unwrap();
+    let record = kv_json(&kit, &first.nonce_key()).await.unwrap();
     let lost = hex::decode(record["raw_transaction"].as_str().unwrap()).unwrap();
     let lost_hash = keccak256(&lost).to_string();
     assert_eq!(got, Ok(S::Pending(lost_hash.clone())));
@@ -1343,15 +1458,14 @@ async fn a_reserved_nonce_whose_send_never_reached_the_node_goes_out_before_the_
     .unwrap();
     assert_eq!(
         nonces["owners"],
-        json!({TX_COUNT.to_string(): format!("settlement/{first_id}")})
+        json!({TX_COUNT.to_string(): first.nonce_key()})
     );
 
     // The next settlement, a minute later, first gives the node the nonce it is missing, then its own.
-    backdate(&kit, &format!("settlement/{first_id}"), 60).await;
+    backdate(&kit, &first.nonce_key(), 60).await;
     node.set(|c| c.drop_send = false);
     let next_inv = invoice(26, None);
-    let next_id = store_invoice(&kit, &next_inv).await;
-    let got = settle(&mut kit, &next_id, pay(&next_inv).v2()).await;
+    let got = settle(&mut kit, &next_inv, pay(&next_inv).v2()).await;
     let sent = node.sent();
     assert_eq!(sent.len(), 2);
     assert_eq!(
@@ -1363,7 +1477,7 @@ async fn a_reserved_nonce_whose_send_never_reached_the_node_goes_out_before_the_
 
     // The first settlement confirms on its replay, without another send.
     assert_eq!(
-        settle(&mut kit, &first_id, first.v2()).await,
+        settle(&mut kit, &first_inv, first.v2()).await,
         Ok(S::Settled(lost_hash))
     );
     assert_eq!(node.sent().len(), 2);
@@ -1374,33 +1488,30 @@ async fn an_abandoned_claim_is_taken_over_and_a_live_one_is_left_alone() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(21, None);
-    let id = store_invoice(&kit, &inv).await;
     let p = pay(&inv);
     // What a settle cancelled between its claim and its signature leaves behind.
     let claimed = |at: u64| {
         json!({"status": "claimed", "network": "eip155:31337", "payer": payer().to_checksum(None),
-               "claim": p.nonce_key(), "holder": "gone", "invoice": id, "claimed_at": at,
+               "claim": p.nonce_key(), "holder": "gone", "invoice": inv.invoice_id, "claimed_at": at,
                "updated_at": at})
         .to_string()
     };
-    for key in [format!("settlement/{id}"), p.nonce_key()] {
-        kit.kv_put(&key, claimed(now()).as_bytes()).await;
-    }
+    kit.kv_put(&p.nonce_key(), claimed(now()).as_bytes()).await;
     assert_eq!(
-        settle(&mut kit, &id, p.v2()).await,
+        settle(&mut kit, &inv, p.v2()).await,
         Err(E::Conflict(
             "already settled: settlement in progress".into()
         ))
     );
     assert!(node.sent().is_empty());
 
-    kit.kv_put(&format!("settlement/{id}"), claimed(now() - 600).as_bytes())
+    kit.kv_put(&p.nonce_key(), claimed(now() - 600).as_bytes())
         .await;
-    let got = settle(&mut kit, &id, p.v2()).await;
+    let got = settle(&mut kit, &inv, p.v2()).await;
     let sent = node.sent();
     assert_eq!(sent.len(), 1);
     assert_eq!(got, Ok(S::Settled(keccak256(&sent[0]).to_string())));
-    let record = kv_json(&kit, &format!("settlement/{id}")).await.unwrap();
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "confirmed");
     assert_ne!(record["holder"], "gone");
 }
@@ -1410,13 +1521,12 @@ async fn without_a_key_settlement_is_unavailable_but_verification_works() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[("facilitator_private_key", "")]).await;
     let inv = invoice(16, None);
-    let id = store_invoice(&kit, &inv).await;
     let p = pay(&inv);
     assert_eq!(
-        verify(&mut kit, &id, p.v2()).await,
+        verify(&mut kit, &inv, p.v2()).await,
         Ok(payer().to_checksum(None))
     );
-    let got = settle(&mut kit, &id, p.v2()).await;
+    let got = settle(&mut kit, &inv, p.v2()).await;
     assert!(
         matches!(&got, Err(E::Unavailable(m)) if m.contains("facilitator_private_key")),
         "{got:?}"
@@ -1437,22 +1547,26 @@ async fn the_private_key_never_leaves_the_component() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(17, None);
-    let id = store_invoice(&kit, &inv).await;
     let mut errors = Vec::new();
     let p = pay(&inv);
-    settle(&mut kit, &id, p.v2()).await.unwrap();
-    errors.push(format!("{:?}", settle(&mut kit, &id, pay(&inv).v2()).await));
-    node.set(|c| c.refuse_send = true);
-    let inv2 = invoice(18, None);
-    let id2 = store_invoice(&kit, &inv2).await;
+    let S::Settled(tx) = settle(&mut kit, &inv, p.v2()).await.unwrap() else {
+        panic!("settled");
+    };
+    let paid = paid_invoice(&inv, &tx);
     errors.push(format!(
         "{:?}",
-        settle(&mut kit, &id2, pay(&inv2).v2()).await
+        settle(&mut kit, &paid, pay(&inv).v2()).await
+    ));
+    node.set(|c| c.refuse_send = true);
+    let inv2 = invoice(18, None);
+    errors.push(format!(
+        "{:?}",
+        settle(&mut kit, &inv2, pay(&inv2).v2()).await
     ));
     node.set(|c| c.down = true);
     errors.push(format!(
         "{:?}",
-        settle(&mut kit, &id2, pay(&inv2).v2()).await
+        settle(&mut kit, &inv2, pay(&inv2).v2()).await
     ));
     errors.push(format!(
         "{:?}",
@@ -1462,9 +1576,8 @@ async fn the_private_key_never_leaves_the_component() {
     // A malformed key is reported by name only.
     let bad_key = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b7869zz";
     let mut bad = self::kit(&node, &[("facilitator_private_key", bad_key)]).await;
-    let id3 = store_invoice(&bad, &inv2).await;
     node.set(|c| c.down = false);
-    let got = settle(&mut bad, &id3, pay(&inv2).v2()).await;
+    let got = settle(&mut bad, &inv2, pay(&inv2).v2()).await;
     assert!(
         matches!(&got, Err(E::Internal(m)) if m.contains("facilitator_private_key")),
         "{got:?}"
@@ -1618,9 +1731,8 @@ async fn facilitator_api_speaks_the_x402_json_shapes() {
     assert_eq!(node.sent().len(), 2);
 
     // An authorization settled for an invoice cannot be settled again through the API.
-    let id = store_invoice(&kit, &inv).await;
     let r = pay(&inv);
-    settle(&mut kit, &id, r.v2()).await.unwrap();
+    settle(&mut kit, &inv, r.v2()).await.unwrap();
     let dup = facilitator_settle(&mut kit, r.facilitator_body())
         .await
         .unwrap();
@@ -1635,7 +1747,6 @@ async fn tx_hash_proofs_pay_one_invoice_once() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(30, Some(payer()));
-    let id = store_invoice(&kit, &inv).await;
     let paid = keccak256("a transfer the payer sent");
     let short = keccak256("an underpaying transfer");
     let unmined = keccak256("not mined yet");
@@ -1656,39 +1767,48 @@ async fn tx_hash_proofs_pay_one_invoice_once() {
     let proof = |h: B256| types::PaymentProof::TxHash(h.to_string());
 
     assert_eq!(
-        verify(&mut kit, &id, proof(paid)).await,
+        verify(&mut kit, &inv, proof(paid)).await,
         Ok(payer().to_checksum(None))
     );
     assert_eq!(
-        verify(&mut kit, &id, proof(short)).await,
+        verify(&mut kit, &inv, proof(short)).await,
         Err(E::PaymentRequired("insufficient_funds".into()))
     );
     assert_eq!(
-        settle(&mut kit, &id, proof(unmined)).await,
+        settle(&mut kit, &inv, proof(unmined)).await,
         Ok(S::Pending(unmined.to_string()))
     );
     assert_eq!(
-        settle(&mut kit, &id, proof(paid)).await,
+        settle(&mut kit, &inv, proof(paid)).await,
         Ok(S::Settled(paid.to_string()))
     );
+    // The transaction is claimed for this invoice (its settlement record).
+    let record = kv_json(&kit, &format!("txhash/{paid}")).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_eq!(record["invoice"], inv.invoice_id.as_str());
+    assert_eq!(record["transaction"], paid.to_string());
+    // A repeat (also with the invoice as it reads once paid) answers the same; no other invoice can use it.
+    let inv_paid = paid_invoice(&inv, &paid.to_string());
     assert_eq!(
-        settle(&mut kit, &id, proof(paid)).await,
+        settle(&mut kit, &inv_paid, proof(paid)).await,
         Ok(S::Settled(paid.to_string()))
     );
     let other = invoice(31, Some(payer()));
-    let other_id = store_invoice(&kit, &other).await;
     assert!(matches!(
-        settle(&mut kit, &other_id, proof(paid)).await,
+        verify(&mut kit, &other, proof(paid)).await,
+        Err(E::Conflict(m)) if m.starts_with("already settled")
+    ));
+    assert!(matches!(
+        settle(&mut kit, &other, proof(paid)).await,
         Err(E::Conflict(m)) if m.starts_with("already settled")
     ));
     let anonymous = invoice(32, None);
-    let anonymous_id = store_invoice(&kit, &anonymous).await;
     assert!(matches!(
-        verify(&mut kit, &anonymous_id, proof(paid)).await,
+        verify(&mut kit, &anonymous, proof(paid)).await,
         Err(E::InvalidInput { field, .. }) if field == "payer"
     ));
     assert!(matches!(
-        verify(&mut kit, &id, types::PaymentProof::TxHash("0x1234".into())).await,
+        verify(&mut kit, &inv, types::PaymentProof::TxHash("0x1234".into())).await,
         Err(E::InvalidInput { field, .. }) if field == "tx_hash"
     ));
     assert!(node.sent().is_empty());

@@ -4,12 +4,12 @@
 //! [`ChainFacts`]: esim402_core::x402::ChainFacts
 
 use alloy_primitives::Address;
+use esim402_core::store::keys;
 use esim402_core::x402::exact::SignedAuthorization;
 use esim402_core::x402::{InvalidReason, PaymentPayload, PaymentRequirements, verify_exact};
+use esim402_guest::wit;
 
 use crate::chain::Chain;
-use crate::records::nonce_key;
-use crate::wit;
 
 /// A payment that passed the checks so far.
 pub struct Checked {
@@ -22,12 +22,19 @@ pub struct Checked {
 impl Checked {
     /// The authorization's claim key on `chain`.
     pub fn nonce_key(&self, chain: &Chain) -> String {
-        nonce_key(
-            &chain.network,
+        keys::authorization(
+            &chain.network.caip2(),
             self.signed.authorization.from,
             self.signed.authorization.nonce,
         )
     }
+}
+
+/// The authorization's claim key, if the payload parses that far.
+pub fn nonce_key(chain: &Chain, payload: &PaymentPayload) -> Option<String> {
+    let signed = SignedAuthorization::parse(payload.exact()).ok()?;
+    let a = &signed.authorization;
+    Some(keys::authorization(&chain.network.caip2(), a.from, a.nonce))
 }
 
 /// The chain-free checks at unix time `now`.

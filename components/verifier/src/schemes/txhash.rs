@@ -5,22 +5,26 @@
 //! settlement transactions are claimed there too). Nothing is broadcast, so nothing is ever released.
 
 use alloy_primitives::{Address, B256, U256};
-use esim402_core::InvoiceId;
 use esim402_core::chain::parse_address;
 use esim402_core::evm::quantity::parse_b256;
 use esim402_core::evm::receipt::mined_after_invoice;
 use esim402_core::evm::rpc::{BlockTag, EthBlockNumber, EthGetBlockByNumber};
 use esim402_core::evm::{ProofError, ProofRequirements, check_tx_hash_proof};
 use esim402_core::invoice::{Invoice, Purchase};
+use esim402_core::settlement::{Record, SentTx, Status};
+use esim402_core::store::keys;
 use esim402_core::x402::InvalidReason;
 use esim402_core::x402::exact::parse_decimal_u256;
+use esim402_guest::convert::{internal, invalid};
+use esim402_guest::{util, wit};
 
+use super::{Scheme, already_settled, check_open, invoice};
 use crate::chain::{Chain, unavailable};
-use crate::config::Config;
-use crate::invoice::{check_open, load, parse_id};
-use crate::records::{self, Record, Status, settlement_key, txhash_key};
+use crate::rejected;
 use crate::rpc::CALL_TIMEOUT;
-use crate::{invalid, now_secs, rejected, wit};
+
+/// The tx-hash scheme.
+pub struct TxHash;
 
 /// What the chain says about a presented transaction.
 enum Proof {
@@ -64,7 +68,7 @@ fn payer_of(invoice: &Invoice) -> Result<Address, wit::Error> {
 
 struct Context {
     chain: Chain,
-    id: InvoiceId,
+    id: String,
     invoice: Invoice,
     hash: B256,
     payer: Address,
@@ -72,42 +76,38 @@ struct Context {
 }
 
 impl Context {
-    async fn load(invoice_id: &str, hash: &str) -> Result<Self, wit::Error> {
-        let id = parse_id(invoice_id)?;
+    async fn load(inv: &wit::Invoice, hash: &str) -> Result<Self, wit::Error> {
+        let (id, invoice) = invoice(inv)?;
         let hash = parse_b256(hash.trim()).map_err(|e| invalid("tx_hash", e.to_string()))?;
-        let cfg = Config::load().await?;
-        let invoice = load(&id).await?;
+        let cfg = crate::config::get().await?;
         let payer = payer_of(&invoice)?;
         // The transfer is looked for on the invoice's preferred network (its first option).
         let network = invoice
             .accepts
             .first()
             .map(|o| o.network.to_string())
-            .ok_or_else(|| wit::Error::Internal(format!("invoice {id} has no payment option")))?;
+            .ok_or_else(|| internal(format!("invoice {id} has no payment option")))?;
         Ok(Self {
             chain: cfg.chain(&network)?,
-            id,
+            id: id.to_string(),
             invoice,
             hash,
             payer,
-            now: now_secs(),
+            now: util::now_secs(),
         })
     }
 
-    /// This invoice's settlement record, if it is for this transaction.
-    async fn own_record(&self) -> Result<Option<Record>, wit::Error> {
-        Ok(records::load(&settlement_key(&self.id))
-            .await?
-            .filter(|r| r.claim == txhash_key(self.hash)))
-    }
-
-    /// Whether this transaction already paid something else.
-    async fn used_elsewhere(&self) -> Result<bool, wit::Error> {
-        Ok(records::load(&txhash_key(self.hash))
-            .await?
-            .is_some_and(|r| {
-                r.invoice.as_deref() != Some(self.id.as_str()) || r.claim != txhash_key(self.hash)
-            }))
+    /// The transaction's claim, split by whether it paid this invoice (and is this proof's own, not our
+    /// settlement of something else).
+    async fn existing(&self) -> Result<Existing, wit::Error> {
+        let key = keys::txhash(self.hash);
+        Ok(match crate::claims::load(&key).await? {
+            None => Existing::None,
+            Some(r) if r.invoice.as_deref() == Some(self.id.as_str()) && r.claim == key => {
+                Existing::Own(r)
+            }
+            Some(_) => Existing::Elsewhere,
+        })
     }
 
     async fn prove(&self) -> Result<Proof, wit::Error> {
@@ -172,77 +172,81 @@ impl Context {
     }
 }
 
-fn already_settled() -> wit::Error {
-    wit::Error::Conflict("already settled".into())
+enum Existing {
+    None,
+    Own(Record),
+    Elsewhere,
 }
 
-/// `verify` of a tx-hash proof: the payer, checksummed.
-pub async fn verify(invoice_id: &str, hash: &str) -> Result<String, wit::Error> {
-    let c = Context::load(invoice_id, hash).await?;
-    let payer = c.payer.to_checksum(None);
-    if c.own_record()
-        .await?
-        .is_some_and(|r| r.status == Status::Confirmed)
-    {
-        return Ok(payer);
-    }
-    check_open(&c.invoice, c.now)?;
-    if c.used_elsewhere().await? {
-        return Err(already_settled());
-    }
-    match c.prove().await? {
-        Proof::Paid => Ok(payer),
-        Proof::NotYet => Err(rejected(InvalidReason::InvalidTransactionState)),
-        Proof::Refused(reason) => Err(rejected(reason)),
+impl Context {
+    fn verified(&self) -> wit::Verified {
+        wit::Verified {
+            payer: self.payer.to_checksum(None),
+            network: self.chain.network.caip2(),
+            at: self.now,
+        }
     }
 }
 
-/// `settle` of a tx-hash proof: claim the transaction for the invoice once it is proven.
-pub async fn settle(invoice_id: &str, hash: &str) -> Result<wit::Settlement, wit::Error> {
-    let c = Context::load(invoice_id, hash).await?;
-    let tx = c.hash.to_string();
-    if let Some(r) = records::load(&settlement_key(&c.id)).await? {
-        if r.claim == txhash_key(c.hash) && r.status == Status::Confirmed {
-            return Ok(wit::Settlement::Settled(tx));
+impl Scheme for TxHash {
+    /// The transfer pays the invoice: from its payer, to its recipient, enough, mined after the invoice.
+    async fn verify(&self, inv: &wit::Invoice, hash: &str) -> Result<wit::Verified, wit::Error> {
+        let c = Context::load(inv, hash).await?;
+        match c.existing().await? {
+            Existing::Own(r) if r.status == Status::Confirmed => return Ok(c.verified()),
+            Existing::Own(_) | Existing::None => {}
+            Existing::Elsewhere => return Err(already_settled()),
         }
-        if r.status != Status::Failed {
-            return Err(already_settled());
+        check_open(&c.invoice, c.now)?;
+        match c.prove().await? {
+            Proof::Paid => Ok(c.verified()),
+            Proof::NotYet => Err(rejected(InvalidReason::InvalidTransactionState)),
+            Proof::Refused(reason) => Err(rejected(reason)),
         }
     }
-    check_open(&c.invoice, c.now)?;
-    if c.used_elsewhere().await? {
-        return Err(already_settled());
-    }
-    match c.prove().await? {
-        Proof::Paid => {}
-        // Money already moved (or is moving); nothing is claimed until it is final.
-        Proof::NotYet => return Ok(wit::Settlement::Pending(tx)),
-        Proof::Refused(reason) => return Err(rejected(reason)),
-    }
-    let key = txhash_key(c.hash);
-    let mut record = Record::claimed(
-        &c.chain.network,
-        c.payer,
-        key.clone(),
-        records::new_holder()?,
-        Some(&c.id),
-        c.now,
-    );
-    record.status = Status::Confirmed;
-    record.sent.transaction = Some(tx.clone());
-    if let Some(existing) = records::insert_if_absent(&key, &record).await? {
-        return if existing.invoice.as_deref() == Some(c.id.as_str()) && existing.claim == key {
-            Ok(wit::Settlement::Settled(tx))
-        } else {
-            Err(already_settled())
-        };
-    }
-    match records::claim_invoice(&settlement_key(&c.id), &record).await? {
-        None => Ok(wit::Settlement::Settled(tx)),
-        Some(existing) if existing.claim == key => Ok(wit::Settlement::Settled(tx)),
-        Some(_) => {
-            records::delete(&[key]).await;
-            Err(already_settled())
+
+    /// Claim the transaction for the invoice once it is proven (nothing is broadcast, so nothing is released).
+    async fn settle(
+        &self,
+        inv: &wit::Invoice,
+        hash: &str,
+        _verified: &wit::Verified,
+    ) -> Result<wit::Settlement, wit::Error> {
+        let c = Context::load(inv, hash).await?;
+        let tx = c.hash.to_string();
+        match c.existing().await? {
+            Existing::Own(r) if r.status == Status::Confirmed => {
+                return Ok(wit::Settlement::Settled(tx));
+            }
+            Existing::Own(_) | Existing::None => {}
+            Existing::Elsewhere => return Err(already_settled()),
+        }
+        check_open(&c.invoice, c.now)?;
+        match c.prove().await? {
+            Proof::Paid => {}
+            // Money already moved (or is moving); nothing is claimed until it is final.
+            Proof::NotYet => return Ok(wit::Settlement::Pending(tx)),
+            Proof::Refused(reason) => return Err(rejected(reason)),
+        }
+        let key = keys::txhash(c.hash);
+        let mut record = Record::claimed(
+            c.chain.network.caip2(),
+            c.payer,
+            key.clone(),
+            util::holder_token().map_err(internal)?,
+            Some(&c.id),
+            c.now,
+        );
+        record.status = Status::Confirmed;
+        record.sent = SentTx::hash_only(c.hash);
+        match crate::claims::insert(&key, &record).await? {
+            None => Ok(wit::Settlement::Settled(tx)),
+            Some(existing)
+                if existing.invoice.as_deref() == Some(c.id.as_str()) && existing.claim == key =>
+            {
+                Ok(wit::Settlement::Settled(tx))
+            }
+            Some(_) => Err(already_settled()),
         }
     }
 }

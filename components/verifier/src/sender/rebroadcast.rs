@@ -4,7 +4,7 @@
 //! the refund record; [`OurTx`] reads it back). Two ways it can still go missing, and where each is handled:
 //!
 //! - **No receipt ever comes** (the node restarted or evicted it, or it never arrived): whoever reconciles the
-//!   record (`settle::reconcile`, the refund run) calls [`look`] first. Known to the node: wait. Unknown and
+//!   record (`receipts::reconcile`, the refund run) calls [`look`] first. Known to the node: wait. Unknown and
 //!   its nonce still free: the identical bytes go out again. Unknown and its nonce used by another
 //!   transaction: [`Look::Unmineable`], and the caller decides from the chain whether money moved.
 //! - **A reserved nonce never reached the node** (the request was cancelled between recording and sending):
@@ -20,114 +20,25 @@
 //! Only bytes that a live `submitted` record still names are ever re-sent, and only once the record is older
 //! than `RESEND_AFTER_SECS` (its own send may still be under way, and may yet be refused and released).
 
-use alloy_primitives::{Address, B256, Bytes, keccak256};
+use alloy_primitives::Address;
 use esim402_core::evm::NonceState;
-use esim402_core::evm::SignedTx;
-use esim402_core::evm::quantity;
-use esim402_core::evm::quantity::encode_data;
 use esim402_core::evm::rebroadcast::{
     EthGetTransactionByHash, Fate, MAX_RESENDS_PER_SEND, fate, may_resend,
 };
 use esim402_core::evm::rpc::{
     BlockTag, EthBlockNumber, EthGetTransactionCount, EthSendRawTransaction,
 };
+use esim402_core::refund::Refund;
+use esim402_core::settlement::{OurTx, Record};
+use esim402_core::store::keys;
 use esim402_guest::kv;
-use serde::{Deserialize, Serialize};
 
 use crate::chain::Chain;
 
 /// A reservation this old without a recorded transaction belongs to a request that died: signing and recording
 /// take milliseconds.
 const ORPHAN_AFTER_SECS: u64 = 120;
-use crate::records::{self, signer_nonce_key};
 use crate::rpc::CallError;
-
-/// A signed transaction as settlement and refund records keep it (flattened into them: the JSON fields are
-/// `transaction`, `signer`, `signer_nonce` and `raw_transaction`; `transaction` is `null` until signed, the
-/// others absent).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SentTx {
-    /// Its hash.
-    #[serde(default)]
-    pub transaction: Option<String>,
-    /// The account that signed it, checksummed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer: Option<String>,
-    /// Its account nonce.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer_nonce: Option<u64>,
-    /// The signed bytes (0x-hex), kept so that the identical bytes can be sent again if the node loses them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw_transaction: Option<String>,
-}
-
-impl SentTx {
-    /// What a record keeps of `tx`.
-    pub fn signed(tx: &SignedTx) -> Self {
-        Self {
-            transaction: Some(tx.hash.to_string()),
-            signer: Some(tx.from.to_checksum(None)),
-            signer_nonce: Some(tx.nonce),
-            raw_transaction: Some(encode_data(&tx.raw)),
-        }
-    }
-
-    /// The recorded hash, if any.
-    pub fn hash(&self) -> Option<B256> {
-        self.transaction.as_deref()?.parse().ok()
-    }
-
-    /// The transaction as signed, recorded at `recorded_at`; `None` unless every field is there and the bytes
-    /// hash to the recorded hash.
-    pub fn our_tx(&self, recorded_at: u64) -> Option<OurTx> {
-        OurTx::parse(
-            self.transaction.as_deref(),
-            self.raw_transaction.as_deref(),
-            self.signer.as_deref(),
-            self.signer_nonce,
-            recorded_at,
-        )
-    }
-}
-
-/// One of our signed transactions, as its record holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OurTx {
-    /// Its hash (`keccak256(raw)`).
-    pub hash: B256,
-    /// The signed bytes.
-    pub raw: Bytes,
-    /// The account that signed it.
-    pub signer: Address,
-    /// Its account nonce.
-    pub nonce: u64,
-    /// When it was recorded (unix seconds).
-    pub recorded_at: u64,
-}
-
-impl OurTx {
-    /// From a record's fields; `None` unless all are there and the bytes hash to the recorded hash.
-    pub fn parse(
-        hash: Option<&str>,
-        raw: Option<&str>,
-        signer: Option<&str>,
-        nonce: Option<u64>,
-        recorded_at: u64,
-    ) -> Option<Self> {
-        let hash: B256 = hash?.parse().ok()?;
-        let raw = quantity::parse_data(raw?).ok()?;
-        if keccak256(&raw) != hash {
-            return None;
-        }
-        Some(Self {
-            hash,
-            raw,
-            signer: signer?.parse().ok()?,
-            nonce: nonce?,
-            recorded_at,
-        })
-    }
-}
 
 /// What [`look`] found out about a transaction without a receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +128,7 @@ async fn resend(chain: &Chain, tx: &OurTx, what: &str) {
 /// its pending count that it does not know, lowest nonce first (see the module docs). Best effort: nothing
 /// here changes any state, so a failure (or a cancelled request) only leaves the gap for the next send.
 pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: u64) {
-    let key = signer_nonce_key(&chain.network, signer);
+    let key = super::nonces::key(chain, signer);
     let state = match kv::get_json::<NonceState, ()>(&key).await {
         Ok(Some(s)) => s,
         Ok(None) => return,
@@ -236,15 +147,7 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
         eprintln!(
             "verifier: nonce {nonce} of {signer} was reserved for {owner} but no transaction was ever recorded for it (a cancelled request); releasing it"
         );
-        let released = kv::update_json::<NonceState, ()>(&key, |s| {
-            let mut s = s.unwrap_or_default();
-            s.release_on_failure(nonce);
-            Ok(s)
-        })
-        .await;
-        if let Err(e) = released {
-            eprintln!("verifier: cannot release nonce {nonce} of {signer}: {e}");
-        }
+        super::nonces::release_for(chain, signer, nonce).await;
     }
     for (nonce, owner) in state.unsent(pending_count, MAX_RESENDS_PER_SEND) {
         // Released, settled, or not recorded yet: nothing of ours to offer.
@@ -254,7 +157,7 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
         if tx.signer != signer || tx.nonce != nonce || !may_resend(tx.recorded_at, now) {
             continue;
         }
-        let what = if records::is_refund_key(&owner) {
+        let what = if keys::is_refund(&owner) {
             "refund"
         } else {
             "settlement"
@@ -279,10 +182,18 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
     }
 }
 
-/// The transaction a live `submitted` record at `owner` still names, if any.
+/// The transaction a live `submitted` record at `owner` (a settlement or a refund) still names, if any.
 async fn live_tx(owner: &str) -> Option<OurTx> {
-    if records::is_refund_key(owner) {
-        return crate::refund::submitted_tx(owner).await;
+    if keys::is_refund(owner) {
+        return kv::get_json::<Refund, ()>(owner)
+            .await
+            .ok()
+            .flatten()?
+            .submitted_tx();
     }
-    records::load(owner).await.ok().flatten()?.submitted_tx()
+    kv::get_json::<Record, ()>(owner)
+        .await
+        .ok()
+        .flatten()?
+        .submitted_tx()
 }

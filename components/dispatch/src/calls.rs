@@ -1,0 +1,114 @@
+//! ES2+ calls as dispatch makes them: a shared deadline per order, a transport failure retried once with the
+//! **same** call id (the SM-DP+ replays its stored answer, so a lost reply never allocates twice), and
+//! CancelOrder, queued for a later sweep when it cannot be done now.
+
+use std::time::{Duration, Instant};
+
+use esim402_core::esim::es2::{
+    self, CancelOrderRequest, FinalProfileStatus, FunctionCallId, HeaderOnlyResponse, RequestHeader,
+};
+use esim402_core::esim::{Carrier, Iccid};
+use esim402_core::order::Cleanup;
+use esim402_guest::convert::internal;
+use esim402_guest::{util, wit};
+
+use crate::config::Config;
+use crate::es2_client::{self, Transport};
+
+/// A fresh ES2+ function call id.
+pub fn fci() -> Result<String, wit::Error> {
+    let n = util::random_u64().map_err(internal)?;
+    Ok(FunctionCallId::new("FCI", util::now_secs(), n).to_string())
+}
+
+/// A deadline shared by every call of one order.
+#[derive(Clone, Copy)]
+pub struct Deadline {
+    end: Instant,
+    per_call: Duration,
+}
+
+impl Deadline {
+    /// The order's budget.
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            end: Instant::now() + cfg.budget,
+            per_call: cfg.call_timeout,
+        }
+    }
+
+    /// One call's timeout, for cleanup work outside an order (a fast failure leaves room for the same-id retry).
+    pub fn single_call(cfg: &Config) -> Self {
+        Self {
+            end: Instant::now() + cfg.call_timeout,
+            per_call: cfg.call_timeout,
+        }
+    }
+
+    /// Time for the next call, or `None` once the budget is spent.
+    pub fn next_call(&self) -> Option<Duration> {
+        let left = self.end.checked_duration_since(Instant::now())?;
+        (left >= Duration::from_millis(50)).then(|| left.min(self.per_call))
+    }
+}
+
+/// The ES2+ request header of a call to `carrier`.
+pub fn header(carrier: &Carrier, fci: &str) -> RequestHeader {
+    RequestHeader {
+        function_requester_identifier: carrier.requester_id.clone(),
+        function_call_identifier: fci.to_owned(),
+    }
+}
+
+/// Call, and on a transport failure repeat the same call id once.
+pub async fn call_twice<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    cfg: &Config,
+    carrier: &Carrier,
+    path: &str,
+    body: &Req,
+    deadline: Deadline,
+) -> Result<Resp, Transport> {
+    let base = carrier.es2_url(&cfg.smdp_base);
+    let mut last = Transport::Timeout;
+    for _ in 0..2 {
+        let Some(timeout) = deadline.next_call() else {
+            break;
+        };
+        match es2_client::call(&base, path, body, timeout).await {
+            Ok(r) => return Ok(r),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// CancelOrder (`retire`: the profile may never be downloaded again); if it cannot be done now it is queued.
+pub async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool) {
+    let done = async {
+        let body = CancelOrderRequest {
+            header: header(carrier, &fci().ok()?),
+            iccid: iccid.clone(),
+            eid: None,
+            matching_id: None,
+            final_profile_status_indicator: if retire {
+                FinalProfileStatus::Unavailable
+            } else {
+                FinalProfileStatus::Available
+            },
+        };
+        let deadline = Deadline::single_call(cfg);
+        // A functional refusal (e.g. already downloaded) means there is nothing left to return to the pool.
+        call_twice::<_, HeaderOnlyResponse>(cfg, carrier, es2::CANCEL_ORDER_PATH, &body, deadline)
+            .await
+            .ok()
+    }
+    .await;
+    if done.is_none() {
+        crate::queue::enqueue(Cleanup::Cancel {
+            carrier: carrier.id.to_string(),
+            iccid: iccid.as_str().to_owned(),
+            retire,
+        })
+        .await;
+    }
+}

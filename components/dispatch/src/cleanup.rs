@@ -1,0 +1,63 @@
+//! Carrier-side work that must still happen so no profile leaks (`cleanup/queue`): cancels that could not be
+//! sent, and DownloadOrders whose answer was lost (replayed with the same call id to learn the ICCID, then
+//! cancelled). Orders sweep a few items before they start.
+
+use esim402_core::esim::Eid;
+use esim402_core::esim::Iccid;
+use esim402_core::esim::es2::{self, DownloadOrderRequest, DownloadOrderResponse};
+use esim402_core::order::Cleanup;
+
+use crate::calls::{self, Deadline};
+use crate::config::Config;
+use crate::queue::{self, enqueue};
+
+/// Work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
+/// item), try each once, and re-queue what still fails.
+pub async fn sweep(cfg: &Config, max: usize) {
+    for item in queue::take(max).await {
+        match &item {
+            Cleanup::Cancel {
+                carrier,
+                iccid,
+                retire,
+            } => {
+                if let (Ok(c), Ok(i)) = (cfg.carrier(carrier), Iccid::parse(iccid)) {
+                    calls::cancel(cfg, c, &i, *retire).await;
+                }
+            }
+            Cleanup::LostDownload {
+                carrier,
+                fci,
+                profile_type,
+                eid,
+            } => {
+                let Ok(c) = cfg.carrier(carrier) else {
+                    continue;
+                };
+                let body = DownloadOrderRequest {
+                    header: calls::header(c, fci),
+                    eid: eid.as_deref().and_then(|e| Eid::parse(e).ok()),
+                    iccid: None,
+                    profile_type: Some(profile_type.clone()),
+                };
+                let deadline = Deadline::single_call(cfg);
+                let answer = calls::call_twice::<_, DownloadOrderResponse>(
+                    cfg,
+                    c,
+                    es2::DOWNLOAD_ORDER_PATH,
+                    &body,
+                    deadline,
+                )
+                .await;
+                match answer {
+                    Ok(r) => {
+                        if let (None, Some(iccid)) = (r.header.failure(), r.iccid) {
+                            calls::cancel(cfg, c, &iccid, false).await;
+                        }
+                    }
+                    Err(_) => enqueue(item.clone()).await,
+                }
+            }
+        }
+    }
+}

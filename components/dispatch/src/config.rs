@@ -1,0 +1,75 @@
+//! Dispatch settings, read once per instance: the carrier catalog (the built-in one, or the whole catalog as
+//! the `carrier_catalog` variable), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
+//! (`dispatch_budget_secs`, 60) and one ES2+ call's timeout (`es2_timeout_ms`, 10 000).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use esim402_core::CarrierId;
+use esim402_core::esim::{Carrier, Catalog};
+use esim402_core::pricing::PriceBook;
+use esim402_guest::config::optional_var;
+use esim402_guest::convert::internal;
+use esim402_guest::{instance_cache, wit};
+
+pub struct Config {
+    pub catalog: Catalog,
+    /// The catalog's price book (built once).
+    pub price_book: PriceBook,
+    pub smdp_base: String,
+    /// Total time one order may spend trying carriers.
+    pub budget: Duration,
+    /// One ES2+ call's timeout.
+    pub call_timeout: Duration,
+}
+
+instance_cache!(CONFIG: Config);
+
+fn config_error(name: &str, msg: impl std::fmt::Display) -> wit::Error {
+    internal(format!("variable {name} is invalid: {msg}"))
+}
+
+async fn int_var(name: &str, default: u64, max: u64) -> Result<u64, wit::Error> {
+    match optional_var(name).await {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(config_error(
+                name,
+                format!("expected an integer in 1..={max}"),
+            )),
+        },
+    }
+}
+
+/// The configuration (parsed on the instance's first call).
+pub async fn get() -> Result<Rc<Config>, wit::Error> {
+    CONFIG.get_or_load(load).await
+}
+
+async fn load() -> Result<Config, wit::Error> {
+    let catalog = match optional_var("carrier_catalog").await {
+        Some(toml) => Catalog::from_toml(&toml).map_err(|e| config_error("carrier_catalog", e))?,
+        None => Catalog::builtin().clone(),
+    };
+    let smdp_base = optional_var("smdp_url")
+        .await
+        .ok_or_else(|| internal("variable smdp_url is not set"))?;
+    Ok(Config {
+        price_book: catalog.price_book(),
+        catalog,
+        smdp_base,
+        budget: Duration::from_secs(int_var("dispatch_budget_secs", 60, 600).await?),
+        call_timeout: Duration::from_millis(int_var("es2_timeout_ms", 10_000, 120_000).await?),
+    })
+}
+
+impl Config {
+    /// A catalog carrier by id (a journal naming one that left the catalog is an internal error).
+    pub fn carrier(&self, id: &str) -> Result<&Carrier, wit::Error> {
+        CarrierId::parse(id)
+            .ok()
+            .and_then(|c| self.catalog.carrier(&c))
+            .ok_or_else(|| internal(format!("carrier {id} is not in the catalog")))
+    }
+}

@@ -1,0 +1,392 @@
+//! One paid order: claim its journal (kernel `order::claim`: one driver at a time, with a lease), sweep a few
+//! queued cleanups, then try the region's carriers in plan order — DownloadOrder → (journal the step, store the
+//! pending SIM) → ConfirmOrder(release) — until one delivers or the budget runs out. A profile allocated but not
+//! delivered is cancelled; a confirm whose outcome is unknown when the budget ends leaves the order pending,
+//! and a repeat resumes it with the same call id.
+
+use esim402_core::esim::es2::{
+    self, ConfirmOrderRequest, ConfirmOrderResponse, DispatchAction, DownloadOrderRequest,
+    DownloadOrderResponse, RejectReason,
+};
+use esim402_core::esim::{ActivationCode, Carrier, Eid, Iccid, ProfileState, SimState};
+use esim402_core::order::{self, Claim, Order, Plan, Step, StoredSim};
+use esim402_core::store::keys;
+use esim402_core::{CarrierId, DataMb, Region};
+use esim402_guest::convert::{internal, invalid, kv_err, message};
+use esim402_guest::kv::{self, Change};
+use esim402_guest::{util, wit};
+
+use crate::calls::{self, Deadline, call_twice, fci, header};
+use crate::config::Config;
+use crate::es2_client::Transport;
+use crate::{cleanup, queue, sim_store};
+
+/// A validated order.
+pub struct OrderSpec {
+    pub region: Region,
+    pub data_mb: DataMb,
+    pub carrier: Option<CarrierId>,
+    pub eid: Option<Eid>,
+    pub allow_failover: bool,
+    pub replaces: Option<String>,
+}
+
+impl OrderSpec {
+    pub fn parse(r: &wit::ActivationRequest) -> Result<Self, wit::Error> {
+        Ok(Self {
+            region: Region::parse(&r.region).map_err(|e| invalid("region", e.0))?,
+            data_mb: DataMb::new(r.data_mb.into()).map_err(|e| invalid("data_mb", e.0))?,
+            carrier: r
+                .carrier
+                .as_deref()
+                .map(|c| CarrierId::parse(c).map_err(|e| invalid("carrier", e.0)))
+                .transpose()?,
+            eid: r
+                .eid
+                .as_deref()
+                .map(|e| Eid::parse(e).map_err(|e| invalid("eid", e.to_string())))
+                .transpose()?,
+            allow_failover: r.carrier.is_none() || r.allow_failover,
+            replaces: None,
+        })
+    }
+}
+
+/// The carriers an order may use, first choice first.
+pub fn candidates<'c>(cfg: &'c Config, spec: &OrderSpec) -> Result<Vec<&'c Carrier>, wit::Error> {
+    serving(
+        cfg,
+        &spec.region,
+        spec.carrier.as_ref(),
+        spec.allow_failover,
+    )
+}
+
+/// The catalog's carriers for `region` (the requested one first), with catalog errors as input errors.
+pub fn serving<'c>(
+    cfg: &'c Config,
+    region: &Region,
+    requested: Option<&CarrierId>,
+    allow_failover: bool,
+) -> Result<Vec<&'c Carrier>, wit::Error> {
+    use esim402_core::esim::CatalogError as E;
+    cfg.catalog
+        .candidates(region, requested, allow_failover)
+        .map_err(|e| match e {
+            E::UnknownRegion(_) => invalid("region", e.to_string()),
+            E::CarrierNotInRegion { .. } => invalid("carrier", e.to_string()),
+            other => internal(other),
+        })
+}
+
+/// Why one carrier did not deliver.
+enum Skip {
+    /// Try the next carrier; the reason goes into the SIM's `failovers`.
+    Next(String),
+    /// Stop: the request itself is wrong (e.g. the EID), no carrier will do better.
+    Reject(wit::Error),
+    /// The budget ran out with a profile allocated: the order stays pending.
+    Pending(StoredSim),
+}
+
+fn reason_of(code: &es2::StatusCode) -> String {
+    let what = match es2::action(code) {
+        DispatchAction::FailOver if *code == es2::StatusCode::POOL_EMPTY => "pool empty",
+        DispatchAction::FailOverAndAlert => "carrier configuration error",
+        DispatchAction::RetryLaterOrFailOver => "SM-DS unreachable",
+        _ => "refused",
+    };
+    format!("{what} ({}/{})", code.subject, code.reason)
+}
+
+/// The driver of one order: its journal as claimed.
+struct Driver {
+    order: Order,
+}
+
+/// Claim the order journal for `invoice_id` (kernel `order::claim`); a refusal writes nothing.
+async fn claim(
+    invoice_id: &str,
+    now: u64,
+    lease: u64,
+) -> Result<Result<Driver, Claim>, wit::Error> {
+    let token = util::holder_token().map_err(internal)?;
+    let (_, claimed) =
+        kv::change_json::<Order, Claim, wit::Error>(&keys::order(invoice_id), |current| {
+            Ok(
+                match order::claim(current.as_ref(), invoice_id, &token, now, lease) {
+                    Claim::Drive(next) => (Change::Put(next.clone()), Claim::Drive(next)),
+                    other => (Change::Keep, other),
+                },
+            )
+        })
+        .await
+        .map_err(kv_err)?;
+    Ok(match claimed {
+        Claim::Drive(order) => Ok(Driver { order }),
+        other => Err(other),
+    })
+}
+
+/// Update the journal if this driver still holds it.
+async fn journal(driver: &Driver, f: impl Fn(&mut Order)) -> Result<Order, wit::Error> {
+    let token = driver.order.token.clone();
+    kv::update_json::<Order, wit::Error>(&keys::order(&driver.order.invoice_id), |current| {
+        Order::journal(current, &token, &f).map_err(|e| wit::Error::Conflict(e.to_string()))
+    })
+    .await
+    .map_err(kv_err)
+}
+
+/// Confirm and release an allocated profile; returns the activation code.
+async fn confirm(
+    cfg: &Config,
+    carrier: &Carrier,
+    step: &Step,
+    eid: Option<&Eid>,
+    deadline: Deadline,
+) -> Result<ActivationCode, Result<String, Transport>> {
+    let iccid = Iccid::parse(&step.iccid).map_err(|e| Ok(e.to_string()))?;
+    let body = ConfirmOrderRequest {
+        header: header(carrier, &step.confirm_fci),
+        iccid,
+        eid: eid.cloned(),
+        matching_id: None,
+        confirmation_code: None,
+        smds_address: None,
+        release_flag: true,
+    };
+    let r: ConfirmOrderResponse =
+        call_twice(cfg, carrier, es2::CONFIRM_ORDER_PATH, &body, deadline)
+            .await
+            .map_err(Err)?;
+    if let Some(code) = r.header.failure() {
+        return Err(Ok(reason_of(&code)));
+    }
+    let (Some(smdp), Some(mid)) = (r.smdp_address, r.matching_id) else {
+        return Err(Err(Transport::Malformed(
+            "ConfirmOrder succeeded without smdpAddress and matchingId".into(),
+        )));
+    };
+    ActivationCode::new(smdp, mid, None, false)
+        .map_err(|e| Ok(format!("invalid activation code: {e}")))
+}
+
+/// Try one carrier: DownloadOrder → (pending SIM) → ConfirmOrder(release) → active SIM.
+async fn try_carrier(
+    cfg: &Config,
+    driver: &Driver,
+    spec: &OrderSpec,
+    carrier: &Carrier,
+    deadline: Deadline,
+    now: u64,
+) -> Result<StoredSim, Skip> {
+    let id = carrier.id.to_string();
+    let download_fci = fci().map_err(Skip::Reject)?;
+    let body = DownloadOrderRequest {
+        header: header(carrier, &download_fci),
+        eid: spec.eid.clone(),
+        iccid: None,
+        profile_type: Some(carrier.profile_type.clone()),
+    };
+    let r: DownloadOrderResponse =
+        match call_twice(cfg, carrier, es2::DOWNLOAD_ORDER_PATH, &body, deadline).await {
+            Ok(r) => r,
+            Err(t) => {
+                // The carrier may have allocated a profile we never heard about: find out later and return it.
+                queue::enqueue(order::Cleanup::LostDownload {
+                    carrier: id.clone(),
+                    fci: download_fci,
+                    profile_type: carrier.profile_type.clone(),
+                    eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
+                })
+                .await;
+                return Err(Skip::Next(format!("{id}: DownloadOrder {t}")));
+            }
+        };
+    if let Some(code) = r.header.failure() {
+        return Err(match es2::action(&code) {
+            DispatchAction::RejectRequest(RejectReason::WrongDevice) => {
+                Skip::Reject(invalid("eid", RejectReason::WrongDevice.to_string()))
+            }
+            DispatchAction::RejectRequest(RejectReason::EidOutOfRange) => {
+                Skip::Reject(invalid("eid", RejectReason::EidOutOfRange.to_string()))
+            }
+            DispatchAction::AskForEid => Skip::Reject(invalid(
+                "eid",
+                format!("carrier {id} needs the device's EID for this order"),
+            )),
+            _ => Skip::Next(format!("{id}: {}", reason_of(&code))),
+        });
+    }
+    let Some(iccid) = r.iccid else {
+        return Err(Skip::Next(format!("{id}: DownloadOrder returned no ICCID")));
+    };
+    let region = cfg.catalog.region(&spec.region);
+    let mut sim = StoredSim {
+        iccid: iccid.as_str().to_owned(),
+        carrier: id.clone(),
+        region: spec.region.to_string(),
+        state: SimState::Pending,
+        profile_state: None,
+        activation_code: None,
+        eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
+        roaming: region.map(|r| r.roaming.clone()).unwrap_or_default(),
+        data_mb: spec.data_mb.get(),
+        invoice_id: driver.order.invoice_id.clone(),
+        created_at: now,
+        failovers: Vec::new(),
+        replaces: spec.replaces.clone(),
+        replaced_by: None,
+    };
+    let step = Step {
+        carrier: id.clone(),
+        iccid: sim.iccid.clone(),
+        confirm_fci: fci().map_err(Skip::Reject)?,
+    };
+    // Journal first, then the pending SIM: a crash after this point is resumable and visible.
+    if let Err(e) = journal(driver, |o| o.step = Some(step.clone())).await {
+        calls::cancel(cfg, carrier, &iccid, false).await;
+        return Err(Skip::Reject(e));
+    }
+    sim_store::put(&sim).await.map_err(Skip::Reject)?;
+    finish(cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await?;
+    Ok(sim)
+}
+
+/// Confirm an allocated profile and store the result; on failure give the profile back to the pool.
+async fn finish(
+    cfg: &Config,
+    carrier: &Carrier,
+    step: &Step,
+    sim: &mut StoredSim,
+    eid: Option<&Eid>,
+    deadline: Deadline,
+) -> Result<(), Skip> {
+    match confirm(cfg, carrier, step, eid, deadline).await {
+        Ok(code) => {
+            sim.state = SimState::Active;
+            sim.profile_state = Some(ProfileState::Released);
+            sim.activation_code = Some(code.to_string());
+            sim_store::put(sim).await.map_err(Skip::Reject)?;
+            Ok(())
+        }
+        Err(Err(Transport::Timeout)) if deadline.next_call().is_none() => {
+            // Out of budget with the outcome unknown: leave the order pending; a repeat call resumes it with
+            // the same call id.
+            Err(Skip::Pending(sim.clone()))
+        }
+        Err(why) => {
+            let why = match why {
+                Ok(reason) => reason,
+                Err(t) => format!("ConfirmOrder {t}"),
+            };
+            if let Ok(iccid) = Iccid::parse(&step.iccid) {
+                calls::cancel(cfg, carrier, &iccid, false).await;
+            }
+            sim.state = SimState::Failed;
+            let _ = sim_store::put(sim).await;
+            Err(Skip::Next(format!("{}: {why}", carrier.id)))
+        }
+    }
+}
+
+/// Order a profile for `spec`, paid by `invoice_id`, with failover; idempotent per invoice.
+pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim, wit::Error> {
+    if invoice_id.is_empty() || invoice_id.len() > esim402_core::InvoiceId::MAX_LEN {
+        return Err(invalid("invoice_id", "invoice_id must be 1-400 characters"));
+    }
+    let cfg = crate::config::get().await?;
+    let plan = Plan::new(
+        candidates(&cfg, &spec)?
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect(),
+    );
+    let lease = order::lease_secs(cfg.budget.as_secs(), cfg.call_timeout.as_secs());
+    let driver = match claim(invoice_id, now, lease).await? {
+        Ok(d) => d,
+        Err(Claim::Done(iccid)) => {
+            return sim_store::load(&sim_store::parse_iccid(&iccid)?)
+                .await?
+                .ok_or_else(|| internal(format!("SIM {iccid} vanished")));
+        }
+        Err(Claim::Failed(e)) => return Err(wit::Error::Unavailable(e)),
+        Err(Claim::Busy(Some(iccid))) => {
+            if let Some(sim) = sim_store::load(&sim_store::parse_iccid(&iccid)?).await? {
+                return Ok(sim);
+            }
+            return Err(wit::Error::Conflict(format!(
+                "an order for invoice {invoice_id} is in progress"
+            )));
+        }
+        Err(Claim::Busy(None)) | Err(Claim::Drive(_)) => {
+            return Err(wit::Error::Conflict(format!(
+                "an order for invoice {invoice_id} is in progress"
+            )));
+        }
+    };
+    cleanup::sweep(&cfg, 4).await;
+    let deadline = Deadline::new(&cfg);
+    let mut failovers = driver.order.failovers.clone();
+
+    // Resume: a profile was allocated by an earlier attempt; confirm it with the same call id.
+    let mut tried = None;
+    if let Some(step) = Plan::resume(&driver.order).cloned() {
+        let carrier = cfg.carrier(&step.carrier)?;
+        let mut sim = sim_store::load(&sim_store::parse_iccid(&step.iccid)?)
+            .await?
+            .ok_or_else(|| internal("pending SIM record missing"))?;
+        match finish(&cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await {
+            Ok(()) => return complete(&driver, sim, failovers).await,
+            Err(Skip::Next(why)) => {
+                failovers.push(why);
+                tried = Some(step.carrier.clone());
+            }
+            Err(Skip::Pending(sim)) => return Ok(sim),
+            Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
+        }
+    }
+
+    for id in plan.after(tried.as_deref()) {
+        let carrier = cfg.carrier(&id)?;
+        if deadline.next_call().is_none() {
+            failovers.push(format!("{id}: retry budget exhausted"));
+            break;
+        }
+        let _ = journal(&driver, |o| o.failovers = failovers.clone()).await;
+        match try_carrier(&cfg, &driver, &spec, carrier, deadline, now).await {
+            Ok(sim) => return complete(&driver, sim, failovers).await,
+            Err(Skip::Next(why)) => failovers.push(why),
+            Err(Skip::Pending(sim)) => return Ok(sim),
+            Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
+        }
+    }
+    let e = wit::Error::Unavailable(format!(
+        "no carrier could supply a profile in {}: {}",
+        spec.region,
+        failovers.join("; ")
+    ));
+    fail(&driver, e, failovers).await
+}
+
+async fn complete(
+    driver: &Driver,
+    mut sim: StoredSim,
+    failovers: Vec<String>,
+) -> Result<StoredSim, wit::Error> {
+    sim.failovers = failovers.clone();
+    sim_store::put(&sim).await?;
+    journal(driver, |o| o.complete(&sim.iccid, failovers.clone())).await?;
+    Ok(sim)
+}
+
+async fn fail(
+    driver: &Driver,
+    e: wit::Error,
+    failovers: Vec<String>,
+) -> Result<StoredSim, wit::Error> {
+    let msg = message(&e);
+    let _ = journal(driver, |o| o.fail(&msg, failovers.clone())).await;
+    Err(e)
+}

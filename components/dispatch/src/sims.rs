@@ -1,0 +1,208 @@
+//! SIMs (`sim/<iccid>`, stored by [`crate::sim_store`]): reading them (resuming an order left pending), the lifecycle state machine
+//! (kernel `SimState::apply`: an invalid transition is a conflict), switching to another carrier or region
+//! (kernel `order::check_switch`, priced with the catalog), and the SM-DP+'s download-progress callbacks
+//! (kernel `profile_state_after`), which also retire a replaced SIM once its replacement is installed.
+
+use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
+use esim402_core::esim::{Eid, Iccid, ProfileState, SimAction, SimState, profile_state_after};
+use esim402_core::order::{StoredSim, SwitchTarget, check_switch};
+use esim402_core::store::keys;
+use esim402_core::{CarrierId, DataMb, Region};
+use esim402_guest::convert::{internal, invalid, kv_err, sim_to_wit};
+use esim402_guest::{kv, util, wit};
+
+use crate::config::Config;
+use crate::ordering::{self, OrderSpec, serving};
+use crate::sim_store::{load, parse_iccid};
+
+async fn existing(iccid: &str) -> Result<StoredSim, wit::Error> {
+    load(&parse_iccid(iccid)?)
+        .await?
+        .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))
+}
+
+/// `get-sim`: the SIM; one whose order outlived its request is finished first if nobody else is on it.
+pub async fn get(iccid: &str) -> Result<Option<wit::Sim>, wit::Error> {
+    let id = parse_iccid(iccid)?;
+    let Some(sim) = load(&id).await? else {
+        return Ok(None);
+    };
+    if sim.state == SimState::Pending {
+        if let Ok(done) = resume_pending(&sim).await {
+            return Ok(Some(sim_to_wit(&done)));
+        }
+        return Ok(load(&id).await?.map(|s| sim_to_wit(&s)));
+    }
+    Ok(Some(sim_to_wit(&sim)))
+}
+
+/// Resume the order that left `sim` pending (same invoice, same carrier, same confirm call id).
+async fn resume_pending(sim: &StoredSim) -> Result<StoredSim, wit::Error> {
+    let spec = OrderSpec {
+        region: Region::parse(&sim.region).map_err(|e| internal(e.0))?,
+        data_mb: DataMb::new(sim.data_mb.into()).map_err(|e| internal(e.0))?,
+        carrier: Some(CarrierId::parse(&sim.carrier).map_err(|e| internal(e.0))?),
+        eid: sim.eid.as_deref().and_then(|e| Eid::parse(e).ok()),
+        allow_failover: false,
+        replaces: sim.replaces.clone(),
+    };
+    ordering::order(spec, &sim.invoice_id, util::now_secs()).await
+}
+
+fn target(t: &wit::SwitchTarget) -> SwitchTarget {
+    match t {
+        wit::SwitchTarget::Carrier(c) => SwitchTarget::Carrier(c.clone()),
+        wit::SwitchTarget::Region(r) => SwitchTarget::Region(r.clone()),
+    }
+}
+
+/// Where a switch goes: (region, carrier, may fail over), checked by the kernel's rules and the catalog.
+fn destination(
+    cfg: &Config,
+    sim: &StoredSim,
+    t: &wit::SwitchTarget,
+) -> Result<(Region, CarrierId, bool), wit::Error> {
+    check_switch(sim, &target(t)).map_err(|e| match e.field() {
+        Some(field) => invalid(field, e.to_string()),
+        None => wit::Error::Conflict(e.to_string()),
+    })?;
+    let here = Region::parse(&sim.region).map_err(|e| internal(e.0))?;
+    match t {
+        wit::SwitchTarget::Carrier(c) => {
+            let c = CarrierId::parse(c).map_err(|e| invalid("carrier", e.0))?;
+            serving(cfg, &here, Some(&c), false)?;
+            Ok((here, c, false))
+        }
+        wit::SwitchTarget::Region(r) => {
+            let r = Region::parse(r).map_err(|e| invalid("region", e.0))?;
+            let first = serving(cfg, &r, None, true)?
+                .first()
+                .map(|c| c.id.clone())
+                .ok_or_else(|| invalid("region", format!("no carrier serves {r}")))?;
+            Ok((r, first, true))
+        }
+    }
+}
+
+/// `quote-switch`: the switch charge (kernel pricing).
+pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quote, wit::Error> {
+    let cfg = crate::config::get().await?;
+    let sim = existing(iccid).await?;
+    let (region, carrier, _) = destination(&cfg, &sim, t)?;
+    let from = CarrierId::parse(&sim.carrier).map_err(|e| internal(e.0))?;
+    let data_mb = DataMb::new(sim.data_mb.into()).map_err(|e| internal(e.0))?;
+    let amount = cfg
+        .price_book
+        .switch_charge(&from, &carrier, data_mb)
+        .ok_or_else(|| internal(format!("no rate for {from} or {carrier}")))?;
+    Ok(wit::Quote {
+        carrier: carrier.to_string(),
+        region: region.to_string(),
+        data_mb: sim.data_mb,
+        amount: amount.micros(),
+    })
+}
+
+/// `perform-switch`: order the new profile (paid by `invoice_id`); the old one stays in service until the new
+/// one is installed (a failed switch must not leave the device without connectivity).
+pub async fn perform_switch(
+    iccid: &str,
+    t: &wit::SwitchTarget,
+    invoice_id: &str,
+    now: u64,
+) -> Result<wit::Sim, wit::Error> {
+    let cfg = crate::config::get().await?;
+    let old = existing(iccid).await?;
+    let (region, carrier, failover) = destination(&cfg, &old, t)?;
+    let spec = OrderSpec {
+        region,
+        data_mb: DataMb::new(old.data_mb.into()).map_err(|e| internal(e.0))?,
+        carrier: Some(carrier),
+        eid: old
+            .eid
+            .as_deref()
+            .map(|e| Eid::parse(e).map_err(internal))
+            .transpose()?,
+        allow_failover: failover,
+        replaces: Some(old.iccid.clone()),
+    };
+    let new = ordering::order(spec, invoice_id, now).await?;
+    let new_iccid = new.iccid.clone();
+    kv::update_json::<StoredSim, wit::Error>(&keys::sim(&old.iccid), |current| {
+        let mut s = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
+        s.replaced_by = Some(new_iccid.clone());
+        Ok(s)
+    })
+    .await
+    .map_err(kv_err)?;
+    Ok(sim_to_wit(&new))
+}
+
+/// Apply a lifecycle action (a cell update); an invalid transition is a conflict.
+async fn transition(iccid: &Iccid, action: SimAction) -> Result<StoredSim, wit::Error> {
+    kv::update_json::<StoredSim, wit::Error>(&keys::sim(iccid.as_str()), |current| {
+        let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
+        sim.state = sim
+            .state
+            .apply(action)
+            .map_err(|e| wit::Error::Conflict(e.to_string()))?;
+        Ok(sim)
+    })
+    .await
+    .map_err(kv_err)
+}
+
+/// `lifecycle`: suspend, resume or terminate; a terminated profile that was never downloaded is retired at
+/// the SM-DP+ so nobody can download it.
+pub async fn lifecycle(iccid: &str, action: wit::LifecycleAction) -> Result<wit::Sim, wit::Error> {
+    let iccid = parse_iccid(iccid)?;
+    let action = match action {
+        wit::LifecycleAction::Suspend => SimAction::Suspend,
+        wit::LifecycleAction::Resume => SimAction::Resume,
+        wit::LifecycleAction::Terminate => SimAction::Terminate,
+    };
+    let sim = transition(&iccid, action).await?;
+    if action == SimAction::Terminate
+        && matches!(sim.profile_state, None | Some(ProfileState::Released))
+    {
+        let cfg = crate::config::get().await?;
+        let carrier = cfg.carrier(&sim.carrier)?;
+        crate::calls::cancel(&cfg, carrier, &iccid, true).await;
+    }
+    Ok(sim_to_wit(&sim))
+}
+
+/// `download-progress`: a HandleDownloadProgressInfo body from an SM-DP+.
+pub async fn download_progress(body: &str) -> Result<(), wit::Error> {
+    let info: HandleDownloadProgressInfoRequest = serde_json::from_str(body).map_err(|e| {
+        invalid(
+            "body",
+            format!("not a HandleDownloadProgressInfo request: {e}"),
+        )
+    })?;
+    let status = info.notification_point_status.status;
+    let sim =
+        kv::update_json::<StoredSim, wit::Error>(&keys::sim(info.iccid.as_str()), |current| {
+            let mut sim = current
+                .ok_or_else(|| wit::Error::NotFound(format!("no SIM {}", info.iccid.as_str())))?;
+            if let Some(current) = sim.profile_state
+                && let Some(next) = profile_state_after(current, info.notification_point_id, status)
+            {
+                sim.profile_state = Some(next);
+            }
+            Ok(sim)
+        })
+        .await
+        .map_err(kv_err)?;
+    if sim.profile_state == Some(ProfileState::Installed)
+        && let Some(old) = &sim.replaces
+        && let Ok(old) = Iccid::parse(old)
+    {
+        // The replacement is installed: the old SIM leaves service (already terminated is fine).
+        match transition(&old, SimAction::Terminate).await {
+            Ok(_) | Err(wit::Error::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

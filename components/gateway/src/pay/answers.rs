@@ -1,0 +1,172 @@
+//! The answers a payment attempt stores and sends: success with the activation code and `PAYMENT-RESPONSE`,
+//! `settlement_pending`, a failed settlement, a refused payment's challenge again, and the upstream faults that
+//! the same payment sent again continues.
+
+use esim402_core::ApiError;
+use esim402_core::UsdcAmount;
+use esim402_core::paid::StoredResponse;
+use esim402_core::x402::requirements::{
+    NO_MATCHING_REQUIREMENTS, payment_required, payment_required_v1,
+};
+use esim402_core::x402::{InvalidReason, SettleResponse, encode_payment_response_header};
+use esim402_guest::{convert, wit};
+use serde_json::{Value, json};
+
+use super::{Kind, Proof};
+
+/// What every answer about one payment attempt is built from.
+pub struct Answers<'a> {
+    pub invoice: &'a wit::Invoice,
+    pub proof: &'a Proof,
+    /// The resource URL the challenge names.
+    pub url: &'a str,
+}
+
+pub fn retry_after() -> (String, String) {
+    ("retry-after".to_owned(), "2".to_owned())
+}
+
+pub fn stored(status: u16, headers: Vec<(String, String)>, body: String) -> StoredResponse {
+    StoredResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn stored_error(e: &ApiError) -> StoredResponse {
+    stored(e.status(), vec![], e.to_json())
+}
+
+/// The order is still running at the carrier (it outlived the dispatch budget): nothing is settled yet.
+pub fn order_pending() -> StoredResponse {
+    let body = json!({"error": {"code": "unavailable",
+        "message": "the carrier has not confirmed the profile yet; nothing was charged for it yet; send the same payment again shortly"}});
+    stored(503, vec![retry_after()], body.to_string())
+}
+
+/// An upstream fault after the order: the same payment sent again continues where this one stopped.
+pub fn unsettled(e: ApiError) -> StoredResponse {
+    let mut body = json!({ "error": e });
+    body["error"]["message"] = Value::String(format!(
+        "{}; the payment was not completed; send the same payment again to continue",
+        e.message
+    ));
+    stored(e.status().max(500), vec![retry_after()], body.to_string())
+}
+
+impl Answers<'_> {
+    fn response_header(&self) -> &'static str {
+        match self.proof.kind {
+            Kind::V1 => "x-payment-response",
+            _ => "payment-response",
+        }
+    }
+
+    /// The `PAYMENT-RESPONSE` (v1: `X-PAYMENT-RESPONSE`) header: success, or the reason it is not.
+    fn settle_response(
+        &self,
+        failure: Option<(&str, Option<&str>)>,
+        tx: &str,
+        payer: &str,
+    ) -> (String, String) {
+        let r = SettleResponse {
+            success: failure.is_none(),
+            error_reason: failure.map(|(reason, _)| reason.to_owned()),
+            error_message: failure.and_then(|(_, message)| message.map(str::to_owned)),
+            payer: Some(payer.to_owned()),
+            transaction: tx.to_owned(),
+            network: self.proof.network(self.invoice),
+            amount: None,
+            extensions: None,
+        };
+        (
+            self.response_header().to_owned(),
+            encode_payment_response_header(&r),
+        )
+    }
+
+    pub fn success(&self, sim: &wit::Sim, tx: &str, payer: &str) -> StoredResponse {
+        let network = self.proof.network(self.invoice);
+        let mut body = crate::convert::sim_value(sim);
+        body["activation_code"] = json!(sim.activation_code);
+        body["transaction"] = json!(tx);
+        body["payer"] = json!(payer);
+        body["network"] = json!(network);
+        body["amount_usdc"] = json!(UsdcAmount::from_micros(self.invoice.amount));
+        stored(
+            200,
+            vec![self.settle_response(None, tx, payer)],
+            body.to_string(),
+        )
+    }
+
+    /// Broadcast, not yet confirmed: 402 with the non-terminal `settlement_pending`; the same payment sent
+    /// again reconciles it (nothing is broadcast twice).
+    pub fn pending(&self, tx: &str, payer: &str) -> StoredResponse {
+        let settle = self.settle_response(
+            Some((
+                InvalidReason::SettlementPending.as_str(),
+                Some(
+                    "the settlement transaction is not confirmed yet; send the same payment again",
+                ),
+            )),
+            tx,
+            payer,
+        );
+        let body = json!({
+            "error": {"code": "settlement_pending",
+                      "message": "payment broadcast but not confirmed yet; send the same payment again to collect the activation"},
+            "invoice_id": self.invoice.id, "transaction": tx,
+        });
+        let mut headers = vec![settle, retry_after()];
+        headers.extend(self.challenge_headers(InvalidReason::SettlementPending.as_str()));
+        stored(402, headers, body.to_string())
+    }
+
+    pub fn settle_failed(&self, reason: &str, payer: &str) -> StoredResponse {
+        let settle = self.settle_response(Some((reason, None)), "", payer);
+        let body = json!({
+            "error": {"code": "payment_required", "reason": reason,
+                      "message": format!("settlement failed ({reason}); no payment was taken and the profile was withdrawn; request a new invoice")},
+            "invoice_id": self.invoice.id, "charged": false,
+        });
+        stored(402, vec![settle], body.to_string())
+    }
+
+    /// 402 for a refused payment: the invoice's challenge again, with the reason as its `error`.
+    pub fn challenge(&self, reason: &str) -> StoredResponse {
+        let mut body = json!({
+            "error": {"code": "payment_required", "reason": reason,
+                      "message": format!("payment refused: {reason}")},
+            "invoice_id": self.invoice.id,
+        });
+        if let (Kind::V1, Some(inv)) = (self.proof.kind, convert::invoice(self.invoice)) {
+            let mut v1 = payment_required_v1(&inv, self.url);
+            v1.error = reason.to_owned();
+            if let (Value::Object(b), Ok(Value::Object(v))) = (&mut body, serde_json::to_value(v1))
+            {
+                b.extend(v);
+            }
+        }
+        stored(402, self.challenge_headers(reason), body.to_string())
+    }
+
+    fn challenge_headers(&self, reason: &str) -> Vec<(String, String)> {
+        let Some(inv) = convert::invoice(self.invoice) else {
+            return vec![];
+        };
+        let mut pr = payment_required(&inv, self.url);
+        pr.error = Some(
+            if reason == InvalidReason::InvalidPaymentRequirements.as_str() {
+                NO_MATCHING_REQUIREMENTS.to_owned()
+            } else {
+                reason.to_owned()
+            },
+        );
+        vec![(
+            "payment-required".to_owned(),
+            esim402_core::x402::header::encode_payment_required_header(&pr),
+        )]
+    }
+}

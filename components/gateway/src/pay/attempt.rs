@@ -1,0 +1,253 @@
+//! One attempt at a payment, held by its payment record: verify, deliver and settle in the order the scheme
+//! needs, and the record's end with the answer to store.
+
+use esim402_core::ledger::{EntryFields, EntryKind};
+use esim402_core::paid::StoredResponse;
+use esim402_core::{ApiError, ErrorKind, UsdcAmount};
+use esim402_guest::wit;
+use serde_json::{Value, json};
+
+use super::answers::{Answers, order_pending, stored, stored_error, unsettled};
+use super::{Order, log, log_events};
+use crate::{dispatch, from_wit, invoices, now, verifier};
+
+/// An attempt answers with its [`Answers`].
+pub struct Attempt<'a>(pub Answers<'a>);
+
+impl<'a> std::ops::Deref for Attempt<'a> {
+    type Target = Answers<'a>;
+    fn deref(&self) -> &Answers<'a> {
+        &self.0
+    }
+}
+
+impl Attempt<'_> {
+    pub fn fields(&self) -> EntryFields {
+        EntryFields::default()
+            .invoice(self.invoice.id.clone())
+            .amount(UsdcAmount::from_micros(self.invoice.amount))
+            .network(self.proof.network(self.invoice))
+    }
+
+    /// `exact`: verify, order, settle.
+    pub async fn exact(&self, order: &Order) -> (wit::PaymentEnd, StoredResponse) {
+        let verified = match self.verify().await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let payer = verified.payer.clone();
+        let sim = match self.deliver(order, &payer).await {
+            Ok(sim) => sim,
+            Err(end) => return end,
+        };
+        match verifier::settle(self.invoice.clone(), self.proof.wit(), verified).await {
+            Ok(wit::Settlement::Settled(tx)) => {
+                // Logged once: a repeat that finds the invoice paid already logged nothing new.
+                if self.paid(&tx, &payer).await {
+                    self.activated(&sim).await;
+                }
+                (wit::PaymentEnd::Done, self.success(&sim, &tx, &payer))
+            }
+            Ok(wit::Settlement::Pending(tx)) => {
+                (wit::PaymentEnd::Resume, self.pending(&tx, &payer))
+            }
+            Err(wit::Error::PaymentRequired(reason)) => {
+                self.withdraw(&sim, &payer, &reason).await;
+                (wit::PaymentEnd::Done, self.settle_failed(&reason, &payer))
+            }
+            // The authorization settled something else meanwhile (a v1 payment replayed with another
+            // request): this invoice gets nothing, and neither does its profile.
+            Err(wit::Error::Conflict(msg)) => {
+                self.withdraw(&sim, &payer, &msg).await;
+                let e = ApiError::new(ErrorKind::Conflict, msg);
+                (wit::PaymentEnd::Done, stored_error(&e))
+            }
+            Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
+        }
+    }
+
+    /// Settlement failed after the order: no money moved, so the profile must not stay with the payer.
+    async fn withdraw(&self, sim: &wit::Sim, payer: &str, reason: &str) {
+        if let Err(e) =
+            dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Terminate).await
+        {
+            eprintln!(
+                "gateway: settlement failed and terminating {} failed: {e:?}",
+                sim.iccid
+            );
+        }
+        log(
+            EntryKind::SettlementFailed,
+            self.fields()
+                .payer(payer.to_owned())
+                .detail("reason", reason),
+        )
+        .await;
+        log(
+            EntryKind::ActivationFailed,
+            self.fields()
+                .detail("iccid", &sim.iccid)
+                .detail("reason", "settlement failed; profile terminated"),
+        )
+        .await;
+    }
+
+    /// tx-hash proofs: verify, claim the transaction, order; a failed order owes a refund.
+    pub async fn prepaid(&self, order: &Order) -> (wit::PaymentEnd, StoredResponse) {
+        let verified = match self.verify().await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let payer = verified.payer.clone();
+        let tx = match verifier::settle(self.invoice.clone(), self.proof.wit(), verified).await {
+            Ok(wit::Settlement::Settled(tx)) => tx,
+            Ok(wit::Settlement::Pending(tx)) => {
+                return (wit::PaymentEnd::Resume, self.pending(&tx, &payer));
+            }
+            Err(wit::Error::PaymentRequired(reason)) => {
+                return (wit::PaymentEnd::Release, self.challenge(&reason));
+            }
+            Err(e @ (wit::Error::Conflict(_) | wit::Error::InvalidInput(_))) => {
+                return (wit::PaymentEnd::Release, stored_error(&from_wit(e)));
+            }
+            Err(e) => return (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
+        };
+        self.paid(&tx, &payer).await;
+        match order.deliver(&self.invoice.id).await {
+            Ok(sim) if sim.activation_code.is_some() => {
+                self.activated(&sim).await;
+                (wit::PaymentEnd::Done, self.success(&sim, &tx, &payer))
+            }
+            Ok(_) => (wit::PaymentEnd::Resume, order_pending()),
+            Err(e) => {
+                let err = from_wit(e);
+                log(
+                    EntryKind::ActivationFailed,
+                    self.fields().detail("reason", &err.message),
+                )
+                .await;
+                let refund = self.owe_refund(&tx, &err.message).await;
+                let mut body = json!({ "error": err, "charged": true, "refund": refund });
+                body["error"]["message"] = Value::String(format!(
+                    "{}; the payment is owed back to {payer}",
+                    err.message
+                ));
+                (
+                    wit::PaymentEnd::Done,
+                    stored(err.status(), vec![], body.to_string()),
+                )
+            }
+        }
+    }
+
+    async fn owe_refund(&self, tx: &str, reason: &str) -> Value {
+        let owed = verifier::owe_refund(
+            self.invoice.clone(),
+            tx.to_owned(),
+            None,
+            reason.to_owned(),
+            now(),
+        )
+        .await;
+        if let Err(e) = invoices::mark_refunded(self.invoice.id.clone(), reason.to_owned()).await {
+            eprintln!(
+                "gateway: marking {} refunded failed: {e:?}",
+                self.invoice.id
+            );
+        }
+        match owed {
+            Ok(owed) => {
+                if owed.new {
+                    log_events(vec![owed.event]).await;
+                }
+                serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund))
+            }
+            Err(e) => {
+                eprintln!(
+                    "gateway: REFUND NOT RECORDED for {}: {e:?}",
+                    self.invoice.id
+                );
+                json!({ "status": "unrecorded", "error": from_wit(e).message })
+            }
+        }
+    }
+
+    /// Verify; on refusal the attempt ends here with the answer to send.
+    async fn verify(&self) -> Result<wit::Verified, (wit::PaymentEnd, StoredResponse)> {
+        match verifier::verify(self.invoice.clone(), self.proof.wit()).await {
+            Ok(v) => {
+                log(
+                    EntryKind::PaymentVerified,
+                    self.fields().payer(v.payer.clone()),
+                )
+                .await;
+                Ok(v)
+            }
+            Err(wit::Error::PaymentRequired(reason)) => {
+                Err((wit::PaymentEnd::Release, self.challenge(&reason)))
+            }
+            Err(e) => Err((wit::PaymentEnd::Release, stored_error(&from_wit(e)))),
+        }
+    }
+
+    /// Order the profile for an `exact` payment; a failure ends the invoice (the order journal replays it)
+    /// with nothing charged.
+    async fn deliver(
+        &self,
+        order: &Order,
+        payer: &str,
+    ) -> Result<wit::Sim, (wit::PaymentEnd, StoredResponse)> {
+        match order.deliver(&self.invoice.id).await {
+            Ok(sim) if sim.activation_code.is_some() => Ok(sim),
+            Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
+            Err(e) => {
+                let err = from_wit(e);
+                log(
+                    EntryKind::ActivationFailed,
+                    self.fields()
+                        .payer(payer.to_owned())
+                        .detail("reason", &err.message),
+                )
+                .await;
+                let mut body = json!({ "error": err, "charged": false });
+                body["error"]["message"] = Value::String(format!(
+                    "{}; no payment was taken (the authorization was not settled); request a new invoice",
+                    err.message
+                ));
+                Err((
+                    wit::PaymentEnd::Done,
+                    stored(err.status(), vec![], body.to_string()),
+                ))
+            }
+        }
+    }
+
+    /// Mark the invoice paid and log the settlement; `false` if it was already paid (a repeat).
+    async fn paid(&self, tx: &str, payer: &str) -> bool {
+        if let Err(e) =
+            invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned()).await
+        {
+            // A repeat after an interruption finds it paid already.
+            if !matches!(e, wit::Error::Conflict(_)) {
+                eprintln!("gateway: marking {} paid failed: {e:?}", self.invoice.id);
+            }
+            return false;
+        }
+        log(
+            EntryKind::SettlementConfirmed,
+            self.fields().payer(payer.to_owned()).tx_hash(tx.to_owned()),
+        )
+        .await;
+        true
+    }
+
+    async fn activated(&self, sim: &wit::Sim) {
+        log(
+            EntryKind::ActivationCompleted,
+            self.fields()
+                .detail("iccid", &sim.iccid)
+                .detail("carrier", &sim.carrier),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,345 @@
+//! Paid requests: an invoice paid with an x402 `exact` payment (`PAYMENT-SIGNATURE` v2, `X-PAYMENT` v1) or a
+//! tx-hash proof (`X-Payment-Proof`), and the purchase it buys delivered.
+//!
+//! Order of effects (`reference/x402.md` §7, settle-before-execution is not used):
+//! - `exact`: verify → claim → order the profile → settle → 200 with the activation code and
+//!   `PAYMENT-RESPONSE`. If the order fails, the authorization is never settled: no money moves. If the
+//!   settlement fails, the profile is terminated.
+//! - tx-hash: the money already moved, so verify → claim the transaction (settle) → order → 200; if the order
+//!   fails, a refund is owed (`verifier.owe-refund`, paid by `POST /admin/refunds/run`).
+//!
+//! At most once: the invoice's payment record (invoices component, kernel `paid`) is claimed before any
+//! effect, so racing duplicates get a terminal 409 "already settled" while one request works; the verifier's
+//! claims on the authorization nonce and the transaction hash stand behind it. Every step that has an effect
+//! is idempotent per invoice (dispatch journals the order, the verifier replays its settlement), so an
+//! interrupted payment (pending settlement, pending order, an upstream fault) is continued by the same
+//! payment sent again. `payment-identifier`: same id and same request → the stored answer; same id and a
+//! different request → 409.
+//!
+//! The payment header is decoded once, here ([`Proof::from_headers`]); the components get the payload JSON,
+//! and `settle` gets what `verify` established instead of asking the chain again.
+
+mod answers;
+mod attempt;
+
+use esim402_core::ledger::{EntryFields, EntryKind};
+use esim402_core::paid::{self, StoredResponse};
+use esim402_core::x402::payment_id::{PaymentId, payment_id_of};
+use esim402_core::x402::requirements::invoice_id_of;
+use esim402_core::x402::{
+    PaymentPayload, decode_payment_signature_header, decode_x_payment_header,
+};
+use esim402_core::{ApiError, ErrorKind, InvoiceId};
+use esim402_guest::convert::{self, event_to_wit};
+use esim402_guest::wit;
+
+use crate::{dispatch, from_wit, invoices, now};
+use answers::Answers;
+use attempt::Attempt;
+
+/// How a payment came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `PAYMENT-SIGNATURE`.
+    V2,
+    /// `X-PAYMENT`.
+    V1,
+    /// `X-Payment-Proof`.
+    TxHash,
+}
+
+/// A payment presented with a request, decoded.
+pub struct Proof {
+    kind: Kind,
+    /// The header value as sent (the transaction hash, for tx-hash proofs).
+    value: String,
+    /// The decoded x402 payload (`None` for tx-hash proofs).
+    payload: Option<PaymentPayload>,
+    /// Its identity (kernel [`paid::fingerprint`]).
+    fingerprint: String,
+}
+
+const HEADERS: [(&str, Kind); 3] = [
+    ("payment-signature", Kind::V2),
+    ("x-payment", Kind::V1),
+    ("x-payment-proof", Kind::TxHash),
+];
+
+impl Proof {
+    /// The payment on a request: `None` without one; 400 naming the header when it is malformed or when
+    /// more than one kind is sent.
+    pub fn from_headers(headers: &spin_sdk::http::HeaderMap) -> Result<Option<Self>, ApiError> {
+        let mut found = HEADERS.iter().filter(|(h, _)| headers.contains_key(*h));
+        let Some(&(name, kind)) = found.next() else {
+            return Ok(None);
+        };
+        if let Some((other, _)) = found.next() {
+            return Err(ApiError::invalid(
+                *other,
+                format!("send one payment: both {name} and {other} are present"),
+            ));
+        }
+        let value = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::invalid(name, format!("{name} is not ASCII")))?
+            .trim()
+            .to_owned();
+        let (payload, fingerprint) = match kind {
+            Kind::V2 | Kind::V1 => {
+                let payload = if kind == Kind::V2 {
+                    decode_payment_signature_header(&value)?
+                } else {
+                    decode_x_payment_header(&value)?
+                };
+                let fp = paid::fingerprint(payload.to_json().as_bytes());
+                (Some(payload), fp)
+            }
+            Kind::TxHash => {
+                let ok = value.len() == 66
+                    && value.starts_with("0x")
+                    && value[2..].bytes().all(|b| b.is_ascii_hexdigit());
+                if !ok {
+                    return Err(ApiError::invalid(
+                        "X-Payment-Proof",
+                        "X-Payment-Proof must be a 0x-prefixed 32-byte transaction hash",
+                    ));
+                }
+                let fp = paid::fingerprint(value.to_ascii_lowercase().as_bytes());
+                (None, fp)
+            }
+        };
+        Ok(Some(Self {
+            kind,
+            value,
+            payload,
+            fingerprint,
+        }))
+    }
+
+    /// The payment's identity (kernel [`paid::fingerprint`]).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// As the components take it: the payload's JSON, or the transaction hash.
+    fn wit(&self) -> wit::PaymentProof {
+        match &self.payload {
+            Some(p) => wit::PaymentProof::X402(p.to_json()),
+            None => wit::PaymentProof::TxHash(self.value.clone()),
+        }
+    }
+
+    /// The invoice the payment names (v2: inside `accepted`; tx-hash: the body's `invoice_id` or the
+    /// `X-Invoice-Id` header). v1 payments name none: see [`invoice_for`].
+    fn invoice_id(&self, named: Option<&InvoiceId>) -> Result<Option<InvoiceId>, ApiError> {
+        match (self.kind, &self.payload) {
+            (Kind::TxHash, _) => named.cloned().map(Some).ok_or_else(|| {
+                ApiError::invalid(
+                    "invoice_id",
+                    "a tx-hash proof must name its invoice: body field invoice_id or header X-Invoice-Id",
+                )
+            }),
+            (_, Some(payload)) => Ok(invoice_id_of(payload)),
+            (_, None) => Ok(None),
+        }
+    }
+
+    fn payment_id(&self) -> Result<Option<PaymentId>, ApiError> {
+        match &self.payload {
+            Some(p) => payment_id_of(p).map_err(|m| ApiError::invalid("payment-identifier", m)),
+            None => Ok(None),
+        }
+    }
+
+    /// The network the payment names, as the client spelled it (v1 names stay v1 names).
+    fn network(&self, invoice: &wit::Invoice) -> String {
+        match &self.payload {
+            Some(p) => p.network().to_owned(),
+            None => invoice
+                .options
+                .first()
+                .map(|o| o.network.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The invoice `proof` pays. One it names (`named`: the request's invoice id, for tx-hash proofs) is opened.
+/// A v1 payment names none: the first request that presented it sealed one with `issue`, and every replay of
+/// the same payment finds that one (so replays race on one invoice, like v2). A v2 payment built from someone
+/// else's challenge is priced afresh with `issue`, and will match nothing (402).
+pub async fn invoice_for<F, Fut>(
+    proof: &Proof,
+    named: Option<&InvoiceId>,
+    issue: F,
+) -> Result<wit::Invoice, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<wit::Invoice, ApiError>>,
+{
+    match proof.invoice_id(named)? {
+        Some(id) => load_invoice(id.as_str()).await,
+        None if proof.kind == Kind::V1 => {
+            let candidate = issue().await?;
+            let bound = invoices::v1_invoice(proof.fingerprint.clone(), candidate.id.clone())
+                .await
+                .map_err(from_wit)?;
+            if bound == candidate.id {
+                Ok(candidate)
+            } else {
+                load_invoice(&bound).await
+            }
+        }
+        None => issue().await,
+    }
+}
+
+/// An invoice by id, with its status; 404 if it was not issued here.
+pub async fn load_invoice(id: &str) -> Result<wit::Invoice, ApiError> {
+    invoices::get(id.to_owned(), now())
+        .await
+        .map_err(from_wit)?
+        .ok_or_else(|| ApiError::not_found(format!("no invoice {id}")))
+}
+
+/// A `X-Invoice-Id` header value, parsed.
+pub fn invoice_header(headers: &spin_sdk::http::HeaderMap) -> Result<Option<InvoiceId>, ApiError> {
+    headers
+        .get("x-invoice-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| InvoiceId::parse(s.trim()).ok())
+                .ok_or_else(|| ApiError::invalid("X-Invoice-Id", "not an invoice id (inv_…)"))
+        })
+        .transpose()
+}
+
+/// What a paid request buys, as the route understood it; the invoice must be for exactly this.
+pub enum Order {
+    Activation(wit::ActivationRequest),
+    Switch {
+        iccid: String,
+        target: wit::SwitchTarget,
+    },
+}
+
+impl Order {
+    fn purchase(&self) -> wit::Purchase {
+        match self {
+            Order::Activation(a) => wit::Purchase::Activation(a.clone()),
+            Order::Switch { iccid, target } => wit::Purchase::Switch(wit::SwitchRequest {
+                iccid: iccid.clone(),
+                target: target.clone(),
+            }),
+        }
+    }
+
+    fn matches(&self, purchase: &wit::Purchase) -> bool {
+        convert::purchase(&self.purchase()) == convert::purchase(purchase)
+    }
+
+    async fn deliver(&self, invoice_id: &str) -> Result<wit::Sim, wit::Error> {
+        match self {
+            Order::Activation(a) => {
+                dispatch::order_profile(a.clone(), invoice_id.to_owned(), now()).await
+            }
+            Order::Switch { iccid, target } => {
+                dispatch::perform_switch(
+                    iccid.clone(),
+                    target.clone(),
+                    invoice_id.to_owned(),
+                    now(),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Pay `invoice` (already matched to the request by the caller) with `proof` and deliver `order`.
+pub async fn pay(
+    invoice: wit::Invoice,
+    order: Order,
+    proof: Proof,
+    resource_url: &str,
+    request_fingerprint: String,
+) -> Result<StoredResponse, ApiError> {
+    if !order.matches(&invoice.purchase) {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!(
+                "invoice {} pays for a different request; send the request it was issued for",
+                invoice.id
+            ),
+        ));
+    }
+    let replay_allowed = match proof.payment_id()? {
+        Some(id) => invoices::bind_payment_id(
+            id.as_str().to_owned(),
+            request_fingerprint,
+            invoice.id.clone(),
+        )
+        .await
+        .map_err(from_wit)?,
+        None => false,
+    };
+    let begun = invoices::begin_payment(
+        invoice.id.clone(),
+        proof.fingerprint.clone(),
+        replay_allowed,
+        now(),
+    )
+    .await
+    .map_err(from_wit)?;
+    let driver = match begun {
+        wit::Begin::Drive(d) => d,
+        wit::Begin::Replay(stored) => return Ok(convert::response(&stored)),
+        wit::Begin::Conflict(msg) => return Err(ApiError::new(ErrorKind::Conflict, msg)),
+    };
+    let attempt = Attempt(Answers {
+        invoice: &invoice,
+        proof: &proof,
+        url: resource_url,
+    });
+    if driver.first {
+        // The invoice becomes a money event when its first payment arrives (an unpaid one is stored nowhere).
+        log(EntryKind::InvoiceIssued, attempt.fields()).await;
+    }
+    let (end, response) = match proof.kind {
+        Kind::TxHash => attempt.prepaid(&order).await,
+        Kind::V2 | Kind::V1 => attempt.exact(&order).await,
+    };
+    if let Err(e) = invoices::finish_payment(
+        invoice.id.clone(),
+        driver.holder,
+        end,
+        convert::response_to_wit(&response),
+    )
+    .await
+    {
+        eprintln!(
+            "gateway: payment record of {} not updated: {e:?}",
+            invoice.id
+        );
+    }
+    Ok(response)
+}
+
+/// Append to the ledger. Money already moved must not be un-answered because a log write failed, so a
+/// failure is logged loudly, not returned.
+async fn log(kind: EntryKind, fields: EntryFields) {
+    log_events(vec![event_to_wit(kind, &fields)]).await;
+}
+
+/// Append events the components returned (refunds owed or paid).
+pub async fn log_events(events: Vec<wit::LedgerEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    let kinds: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
+    if let Err(e) = invoices::log_events(now(), events).await {
+        eprintln!("gateway: LEDGER APPEND FAILED ({kinds:?}): {e:?}");
+    }
+}

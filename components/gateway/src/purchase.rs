@@ -1,0 +1,154 @@
+//! The two routes that sell something: `POST /v1/esim/activate` and `POST /v1/esim/{iccid}/switch`. Without a
+//! payment they price the request and answer 402 with a sealed invoice (nothing is stored: the invoice id
+//! carries its terms); with one they pay the invoice it names and deliver ([`crate::pay`]).
+
+use esim402_core::paid::StoredResponse;
+use esim402_core::x402::requirements::payment_required_v1;
+use esim402_core::{ActivationRequest, ApiError};
+use esim402_guest::convert;
+use esim402_guest::wit;
+use serde_json::Value;
+use spin_sdk::http::{Request, Response};
+
+use crate::pay::{self, Order, Proof};
+use crate::{Reply, dispatch, from_wit, invoices, now, read_body, resource_url};
+
+/// `POST /v1/esim/activate`.
+pub async fn activate(req: Request) -> Result<Reply, ApiError> {
+    let proof = Proof::from_headers(req.headers())?;
+    let invoice_header = pay::invoice_header(req.headers())?;
+    let url = resource_url(&req);
+    let body = read_body(req).await?;
+    let request = ActivationRequest::parse(&body)?;
+    let wit_request = crate::convert::activation_to_wit(&request);
+    let Some(proof) = proof else {
+        let (invoice, quote) = issue_activation(&wit_request).await?;
+        return payment_required(&invoice, &quote, &url);
+    };
+    let named = request.invoice_id.as_ref().or(invoice_header.as_ref());
+    let invoice = pay::invoice_for(&proof, named, || async {
+        Ok(issue_activation(&wit_request).await?.0)
+    })
+    .await?;
+    let fingerprint = request_fingerprint("activate", &body, &proof);
+    let stored = pay::pay(
+        invoice,
+        Order::Activation(wit_request),
+        proof,
+        &url,
+        fingerprint,
+    )
+    .await?;
+    Ok(render(&stored))
+}
+
+async fn issue_activation(
+    request: &wit::ActivationRequest,
+) -> Result<(wit::Invoice, wit::Quote), ApiError> {
+    let quote = dispatch::price(request.clone()).await.map_err(from_wit)?;
+    let invoice = invoices::issue(
+        wit::Purchase::Activation(request.clone()),
+        quote.amount,
+        Vec::new(),
+        now(),
+    )
+    .await
+    .map_err(from_wit)?;
+    Ok((invoice, quote))
+}
+
+/// `POST /v1/esim/{iccid}/switch` with `{"carrier": …}` or `{"region": …}`.
+pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
+    let proof = Proof::from_headers(req.headers())?;
+    let invoice_header = pay::invoice_header(req.headers())?;
+    let url = resource_url(&req);
+    let body = read_body(req).await?;
+    let target = crate::convert::switch_target(&body)?;
+    let issue = || async {
+        let quote = dispatch::quote_switch(iccid.to_owned(), target.clone())
+            .await
+            .map_err(from_wit)?;
+        let purchase = wit::Purchase::Switch(wit::SwitchRequest {
+            iccid: iccid.to_owned(),
+            target: target.clone(),
+        });
+        let invoice = invoices::issue(purchase, quote.amount, Vec::new(), now())
+            .await
+            .map_err(from_wit)?;
+        Ok::<_, ApiError>((invoice, quote))
+    };
+    let Some(proof) = proof else {
+        let (invoice, quote) = issue().await?;
+        return payment_required(&invoice, &quote, &url);
+    };
+    let invoice = pay::invoice_for(&proof, invoice_header.as_ref(), || async {
+        Ok(issue().await?.0)
+    })
+    .await?;
+    let fingerprint = request_fingerprint(&format!("switch/{iccid}"), &body, &proof);
+    let order = Order::Switch {
+        iccid: iccid.to_owned(),
+        target,
+    };
+    let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
+    Ok(render(&stored))
+}
+
+/// Identity of a paid request for `payment-identifier`: route, body and payment.
+fn request_fingerprint(route: &str, body: &[u8], proof: &Proof) -> String {
+    let mut bytes = Vec::with_capacity(route.len() + body.len() + 80);
+    bytes.extend_from_slice(route.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(body);
+    bytes.push(0);
+    bytes.extend_from_slice(proof.fingerprint().as_bytes());
+    esim402_core::paid::fingerprint(&bytes)
+}
+
+/// A stored paid answer as an HTTP response (always `no-store`; the x402 headers exposed to browsers).
+pub fn render(r: &StoredResponse) -> Reply {
+    let mut b = Response::builder()
+        .status(r.status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .header(
+            "access-control-expose-headers",
+            "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
+        );
+    for (k, v) in &r.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    b.body(r.body.clone())
+        .unwrap_or_else(|_| Response::new(String::new()))
+}
+
+/// HTTP 402 with the seed's invoice body and the x402 v2 `PAYMENT-REQUIRED` header (built here, by the
+/// kernel, from the invoice). The body also carries the x402 v1 challenge fields (`x402Version: 1`, `error`,
+/// `accepts`), so v1 clients (which read only the body) can pay too.
+fn payment_required(
+    invoice: &wit::Invoice,
+    quote: &wit::Quote,
+    url: &str,
+) -> Result<Reply, ApiError> {
+    let core =
+        convert::invoice(invoice).ok_or_else(|| ApiError::internal("invoice is malformed"))?;
+    let header = esim402_core::x402::payment_required_header(&core, url);
+    let mut body = crate::convert::invoice_value(invoice, Some(quote));
+    if let (Value::Object(b), Ok(Value::Object(v1))) = (
+        &mut body,
+        serde_json::to_value(payment_required_v1(&core, url)),
+    ) {
+        b.extend(v1);
+    }
+    Response::builder()
+        .status(402)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .header("payment-required", header)
+        .header(
+            "access-control-expose-headers",
+            "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
+        )
+        .body(body.to_string())
+        .map_err(|e| ApiError::internal(e.to_string()))
+}

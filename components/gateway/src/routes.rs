@@ -1,0 +1,217 @@
+//! The routes that sell nothing: invoices read back, SIMs and their lifecycle, the SM-DP+'s callbacks, the
+//! x402 facilitator API for third-party resource servers, the ledger, and the admin refund run.
+
+use esim402_core::{ApiError, ErrorKind, UsdcAmount};
+use esim402_guest::wit;
+use spin_sdk::http::{Request, Response};
+
+use crate::{
+    Reply, dispatch, from_wit, header, invoices, json, metering, now, read_body, verifier,
+};
+
+pub async fn get_invoice(id: &str) -> Result<Reply, ApiError> {
+    let invoice = crate::pay::load_invoice(id).await?;
+    Ok(json(
+        200,
+        crate::convert::invoice_value(&invoice, None).to_string(),
+    ))
+}
+
+pub async fn get_sim(iccid: &str) -> Result<Reply, ApiError> {
+    match dispatch::get_sim(iccid.to_owned())
+        .await
+        .map_err(from_wit)?
+    {
+        Some(sim) => Ok(json(200, crate::convert::sim_value(&sim).to_string())),
+        None => Err(ApiError::not_found(format!("no SIM {iccid}"))),
+    }
+}
+
+/// `POST /v1/esim/{iccid}/{suspend|resume|terminate}`: the SIM state machine; an invalid transition is 409.
+pub async fn lifecycle(iccid: &str, action: &str) -> Result<Reply, ApiError> {
+    let action = match action {
+        "suspend" => wit::LifecycleAction::Suspend,
+        "resume" => wit::LifecycleAction::Resume,
+        _ => wit::LifecycleAction::Terminate,
+    };
+    let sim = dispatch::lifecycle(iccid.to_owned(), action)
+        .await
+        .map_err(from_wit)?;
+    Ok(json(200, crate::convert::sim_value(&sim).to_string()))
+}
+
+/// ES2+ `HandleDownloadProgressInfo` from an SM-DP+: record the profile's progress, answer 204.
+pub async fn download_progress(req: Request) -> Result<Reply, ApiError> {
+    if let Some(p) = header(&req, "x-admin-protocol")
+        && !esim402_core::esim::es2::is_supported_admin_protocol(p)
+    {
+        return Err(ApiError::invalid(
+            "X-Admin-Protocol",
+            format!("unsupported ES2+ protocol version {p:?}"),
+        ));
+    }
+    let body = read_body(req).await?;
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
+    dispatch::download_progress(body).await.map_err(from_wit)?;
+    Response::builder()
+        .status(204)
+        .header(
+            esim402_core::esim::es2::ADMIN_PROTOCOL_HEADER,
+            esim402_core::esim::es2::ADMIN_PROTOCOL,
+        )
+        .body(String::new())
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// x402 facilitator API for third-party resource servers: `POST /verify` and `POST /settle` with the v2 JSON
+/// shapes. An invalid payment is HTTP 200 with `isValid: false` / `success: false` and a reason; a malformed
+/// body is a 400 naming it.
+pub async fn facilitator(req: Request, settle: bool) -> Result<Reply, ApiError> {
+    let body = read_body(req).await?;
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
+    let out = if settle {
+        verifier::facilitator_settle(body).await
+    } else {
+        verifier::facilitator_verify(body).await
+    }
+    .map_err(from_wit)?;
+    Ok(json(200, out))
+}
+
+/// The admin token, checked in constant time against `Authorization: Bearer …`; with `admin_token` unset the
+/// admin endpoints are disabled (403).
+async fn check_admin(req: &Request) -> Result<(), ApiError> {
+    let token = esim402_guest::config::optional_var("admin_token")
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Forbidden,
+                "admin endpoints are disabled: set the admin_token variable",
+            )
+        })?;
+    let presented = header(req, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = presented.is_some_and(|p| {
+        p.len() == token.len()
+            && p.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::Unauthorized,
+            "missing or wrong bearer token",
+        ))
+    }
+}
+
+/// The query's `name=value` pairs, each parsed by `set`; any other name is a 400.
+fn query_params(
+    query: Option<&str>,
+    expected: &str,
+    mut set: impl FnMut(&str, &str) -> Result<bool, ApiError>,
+) -> Result<(), ApiError> {
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !set(k, v)? {
+            return Err(ApiError::invalid(
+                k.to_owned(),
+                format!("unknown query parameter {k:?}; expected {expected}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /admin/refunds/run?limit=N` (for cron): pay owed refunds from the treasury key.
+pub async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
+    check_admin(req).await?;
+    let mut limit = 50u32;
+    query_params(req.uri().query(), "limit", |k, v| {
+        if k != "limit" {
+            return Ok(false);
+        }
+        limit = v
+            .parse()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-500"))?;
+        Ok(true)
+    })?;
+    let run = verifier::run_refunds(now(), limit)
+        .await
+        .map_err(from_wit)?;
+    crate::pay::log_events(run.events).await;
+    Ok(json(200, run.summary))
+}
+
+/// `GET /v1/ledger/verify`: every shard's chain recomputed and compared with its stored head. 200 either
+/// way; `ok: false` names the first problem (edited, removed, reordered or forged entry).
+pub async fn ledger_verify() -> Result<Reply, ApiError> {
+    let body = invoices::ledger_verify().await.map_err(from_wit)?;
+    Ok(json(200, body))
+}
+
+/// `GET /v1/ledger?from=N&limit=M[&shard=S]`: entries as JSON lines; without `shard`, every shard merged by
+/// time (`from` skips that many); with it, that shard from sequence number `from`.
+pub async fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
+    let (mut from, mut limit, mut shard) = (0u64, 1000u32, None);
+    query_params(query, "from, limit, shard", |k, v| {
+        let n = || {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer"))
+            })
+        };
+        match k {
+            "from" => from = n()?,
+            "limit" => {
+                limit = u32::try_from(n()?)
+                    .ok()
+                    .filter(|l| (1..=10_000).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-10000"))?;
+            }
+            "shard" => {
+                shard = Some(
+                    u16::try_from(n()?)
+                        .map_err(|_| ApiError::invalid("shard", "shard must be 0-15"))?,
+                );
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    let body = invoices::ledger_export(shard, from, limit)
+        .await
+        .map_err(from_wit)?;
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+pub async fn get_balance(iccid: &str) -> Result<Reply, ApiError> {
+    let b = metering::get_balance(iccid.to_owned())
+        .await
+        .map_err(from_wit)?;
+    Ok(json(
+        200,
+        serde_json::json!({
+            "iccid": b.iccid,
+            "remaining_usdc": UsdcAmount::from_micros(b.remaining),
+            "used_bytes": b.used_bytes,
+            "low": b.low,
+        })
+        .to_string(),
+    ))
+}

@@ -1,0 +1,70 @@
+//! The ledger (kernel `ledger`, stored by `esim402_guest::ledger`): every money event is appended here, in its
+//! invoice's shard; `verify` replays every shard against its stored head and reports the root; `export` pages
+//! through one shard or merges all of them by time.
+
+use esim402_core::ledger::{self, LedgerEntry, SHARDS, to_json_line, verify_shards};
+use esim402_guest::convert::{self, internal, invalid};
+use esim402_guest::{ledger as store, wit};
+
+/// `log-events`: append each event; a malformed one is an input error, a store failure internal.
+pub async fn log(now: u64, events: &[wit::LedgerEvent]) -> Result<(), wit::Error> {
+    for e in events {
+        let (kind, fields) = convert::event(e)
+            .ok_or_else(|| invalid("kind", format!("unknown ledger event kind {:?}", e.kind)))?;
+        store::append(now, kind, fields)
+            .await
+            .map_err(|e| internal(format!("ledger: {e}")))?;
+    }
+    Ok(())
+}
+
+/// `ledger-verify`: `{ok, count, head}` (the head is the root over every shard), or the first problem.
+pub async fn verify() -> Result<String, wit::Error> {
+    let shards = store::read_all()
+        .await
+        .map_err(|e| internal(format!("ledger: {e}")))?;
+    let body = match verify_shards(&shards) {
+        Ok(root) => serde_json::json!({
+            "ok": true, "count": root.count, "head": root.hash.to_string(),
+        }),
+        Err((shard, e)) => {
+            let heads: Vec<_> = shards.iter().map(|(h, _)| *h).collect();
+            let root = ledger::root(&heads);
+            serde_json::json!({
+                "ok": false, "error": format!("shard {shard}: {e}"), "stored_count": root.count,
+                "stored_head": root.hash.to_string(),
+                "entries_read": shards.iter().map(|(_, e)| e.len()).sum::<usize>(),
+            })
+        }
+    };
+    Ok(body.to_string())
+}
+
+/// `ledger-export`: JSON lines of one shard from `start`, or of every shard merged by (time, shard, seq).
+pub async fn export(shard: Option<u16>, start: u64, limit: u32) -> Result<String, wit::Error> {
+    let limit = u64::from(limit);
+    let entries: Vec<LedgerEntry> = match shard {
+        Some(s) if s >= SHARDS => {
+            return Err(invalid("shard", format!("shard must be 0-{}", SHARDS - 1)));
+        }
+        Some(s) => store::read_from(s, start, limit)
+            .await
+            .map_err(|e| internal(format!("ledger: {e}")))?,
+        None => {
+            let mut all = Vec::new();
+            for s in 0..SHARDS {
+                all.extend(
+                    store::read_from(s, 0, u64::MAX)
+                        .await
+                        .map_err(|e| internal(format!("ledger: {e}")))?,
+                );
+            }
+            all.sort_by_key(|e| (e.at, e.shard, e.seq));
+            all.into_iter()
+                .skip(usize::try_from(start).unwrap_or(usize::MAX))
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .collect()
+        }
+    };
+    Ok(entries.iter().map(to_json_line).collect())
+}

@@ -1,0 +1,165 @@
+//! The payment record of each invoice (`invoice/<id>`, kernel `paid`): claimed by the request that drives a
+//! payment, ended with its answer, marked paid once money moved, marked refunded when it is owed back. Plus
+//! the bindings that let a payment be recognised again: `payment-identifier` ids (`payid/<id>`) and v1
+//! payments (`x402/v1/<fingerprint>`), which name no invoice of their own.
+
+use esim402_core::paid::{self, Decision, End, PaymentIdBinding, PaymentRecord, RecordError};
+use esim402_core::store::keys;
+use esim402_guest::convert::{self, internal, kv_err};
+use esim402_guest::kv::{self, KvError};
+use esim402_guest::{util, wit};
+
+use crate::terms;
+
+/// `begin-payment`: claim the record for `fingerprint` (new holder token), or say what to answer instead.
+pub async fn begin(
+    invoice_id: &str,
+    fingerprint: &str,
+    replay_allowed: bool,
+    now: u64,
+) -> Result<wit::Begin, wit::Error> {
+    terms::parse_id(invoice_id)?;
+    let holder = util::holder_token().map_err(internal)?;
+    let decided = kv::update_json_with(
+        &keys::invoice(invoice_id),
+        |current: Option<PaymentRecord>| {
+            let first = current.is_none();
+            match paid::decide(current.as_ref(), fingerprint, &holder, replay_allowed, now) {
+                Decision::Drive(next) => Ok((next, first)),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+    match decided {
+        Ok((_, first)) => Ok(wit::Begin::Drive(wit::Driver { holder, first })),
+        Err(KvError::Refused(Decision::Replay(stored))) => {
+            Ok(wit::Begin::Replay(convert::response_to_wit(&stored)))
+        }
+        Err(KvError::Refused(Decision::AlreadySettled(msg))) => {
+            Ok(wit::Begin::Conflict(msg.to_owned()))
+        }
+        Err(KvError::Refused(Decision::Drive(_))) => Err(internal("payment claim refused itself")),
+        Err(e) => Err(internal(format!("payment record: {e}"))),
+    }
+}
+
+/// `finish-payment`: how `holder`'s attempt ended; a holder whose claim was taken over changes nothing.
+pub async fn finish(
+    invoice_id: &str,
+    holder: &str,
+    end: wit::PaymentEnd,
+    response: &wit::StoredResponse,
+) -> Result<(), wit::Error> {
+    let end = match end {
+        wit::PaymentEnd::Release => End::Release,
+        wit::PaymentEnd::Resume => End::Resume,
+        wit::PaymentEnd::Done => End::Done,
+    };
+    let response = convert::response(response);
+    let r = kv::update_json(&keys::invoice(invoice_id), |current| {
+        PaymentRecord::finish(current, holder, end, &response)
+    })
+    .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(KvError::Refused(RecordError::NotHolder)) => {
+            eprintln!(
+                "invoices: payment record of {invoice_id} was taken over; this attempt's end is not kept"
+            );
+            Ok(())
+        }
+        Err(KvError::Refused(e)) => Err(wit::Error::Conflict(e.to_string())),
+        Err(e) => Err(internal(format!("payment record: {e}"))),
+    }
+}
+
+/// The invoice with `record` applied, for answers.
+async fn invoice_after(id: &str, record: &PaymentRecord) -> Result<wit::Invoice, wit::Error> {
+    let mut invoice = terms::open(id)
+        .await?
+        .ok_or_else(|| wit::Error::NotFound(format!("no invoice {id}")))?;
+    terms::with_record(&mut invoice, Some(record), util::now_secs());
+    Ok(convert::invoice_to_wit(&invoice))
+}
+
+fn record_error(id: &str, e: KvError<RecordError>) -> wit::Error {
+    match e {
+        KvError::Refused(RecordError::AlreadyPaid) => {
+            wit::Error::Conflict(format!("invoice {id} is paid already"))
+        }
+        KvError::Refused(e @ (RecordError::NoRecord | RecordError::NotPaid)) => {
+            wit::Error::Conflict(format!("invoice {id}: {e}"))
+        }
+        KvError::Refused(e) => wit::Error::Conflict(e.to_string()),
+        other => internal(format!("payment record: {other}")),
+    }
+}
+
+/// `mark-paid`: money moved; exactly once.
+pub async fn mark_paid(
+    id: &str,
+    transaction: &str,
+    payer: &str,
+) -> Result<wit::Invoice, wit::Error> {
+    terms::parse_id(id)?;
+    let record = kv::update_json(&keys::invoice(id), |current| {
+        PaymentRecord::mark_paid(current, transaction, payer)
+    })
+    .await
+    .map_err(|e| record_error(id, e))?;
+    invoice_after(id, &record).await
+}
+
+/// `mark-refunded`: the payment is owed back.
+pub async fn mark_refunded(id: &str) -> Result<wit::Invoice, wit::Error> {
+    terms::parse_id(id)?;
+    let record = kv::update_json(&keys::invoice(id), PaymentRecord::mark_refunded)
+        .await
+        .map_err(|e| record_error(id, e))?;
+    invoice_after(id, &record).await
+}
+
+/// `bind-payment-id`: `true` when `id` is bound to exactly this request (now or before); 409 if to another.
+pub async fn bind_payment_id(
+    id: &str,
+    request_fingerprint: &str,
+    invoice_id: &str,
+) -> Result<bool, wit::Error> {
+    let binding = PaymentIdBinding {
+        request_fingerprint: request_fingerprint.to_owned(),
+        invoice: invoice_id.to_owned(),
+    };
+    let bytes = serde_json::to_vec(&binding).map_err(internal)?;
+    match kv::insert_if_absent::<wit::Error>(&keys::payment_id(id), &bytes).await {
+        Ok(()) => Ok(true),
+        Err(KvError::Exists) => {
+            let existing = kv::get_json::<PaymentIdBinding, wit::Error>(&keys::payment_id(id))
+                .await
+                .map_err(kv_err)?;
+            match existing {
+                Some(b) if b == binding => Ok(true),
+                _ => Err(wit::Error::Conflict(
+                    "payment-identifier id was already used for a different payment".into(),
+                )),
+            }
+        }
+        Err(e) => Err(kv_err(e)),
+    }
+}
+
+/// `v1-invoice`: the invoice the v1 payment `fingerprint` was first presented with (`candidate` if this is
+/// the first time), so every replay of one v1 payment races on one invoice.
+pub async fn v1_invoice(fingerprint: &str, candidate: &str) -> Result<String, wit::Error> {
+    terms::parse_id(candidate)?;
+    let key = keys::v1_payment(fingerprint);
+    let bytes = serde_json::to_vec(candidate).map_err(internal)?;
+    match kv::insert_if_absent::<wit::Error>(&key, &bytes).await {
+        Ok(()) => Ok(candidate.to_owned()),
+        Err(KvError::Exists) => kv::get_json::<String, wit::Error>(&key)
+            .await
+            .map_err(kv_err)?
+            .ok_or_else(|| internal("v1 payment binding vanished")),
+        Err(e) => Err(kv_err(e)),
+    }
+}

@@ -1,0 +1,137 @@
+//! Issuing and opening invoices. `issue` seals the terms into the id (kernel `invoice::token`) and writes
+//! nothing; `get` opens an id under the same key, rebuilds its payment options from the enabled networks and
+//! reads the status from the payment record (one `get`, if a payment ever arrived).
+
+use esim402_core::invoice::token::{self, Terms};
+use esim402_core::invoice::{Invoice, PaymentOption};
+use esim402_core::paid::{self, PaymentRecord};
+use esim402_core::store::keys;
+use esim402_core::x402::networks::narrow;
+use esim402_core::x402::{NetworkConfig, Networks};
+use esim402_core::{InvoiceId, Network, UsdcAmount};
+use esim402_guest::convert::{self, internal, invalid, kv_err};
+use esim402_guest::{kv, util, wit};
+
+use crate::config::{self, Config};
+
+/// The networks to offer: the enabled ones, narrowed to the payer's `preference` in its order. A preference
+/// naming no enabled network is a 400 on `chain` listing what is enabled.
+fn offered(cfg: &Config, preference: &[String]) -> Result<Vec<NetworkConfig>, wit::Error> {
+    let preference = preference
+        .iter()
+        .map(|p| {
+            Networks::builtin()
+                .lookup(p)
+                .map(|n| n.network)
+                .or_else(|| Network::parse(p).ok())
+                .ok_or_else(|| invalid("chain", format!("unknown network {p:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let offered = narrow(&cfg.networks, &preference);
+    if offered.is_empty() {
+        let names: Vec<String> = cfg
+            .networks
+            .iter()
+            .map(|n| format!("{} ({})", n.caip2(), n.name))
+            .collect();
+        return Err(invalid(
+            "chain",
+            format!(
+                "none of the requested networks is enabled; enabled: {}",
+                names.join(", ")
+            ),
+        ));
+    }
+    Ok(offered)
+}
+
+/// One payment option per network of the terms that is still enabled (in the terms' order).
+fn options(cfg: &Config, terms: &Terms) -> Vec<PaymentOption> {
+    terms
+        .networks
+        .iter()
+        .filter_map(|n| cfg.networks.iter().find(|e| e.network == *n))
+        .map(|n| PaymentOption {
+            network: n.network,
+            asset: n.usdc.to_checksum(None),
+            pay_to: terms.pay_to.to_checksum(None),
+            amount_atomic: terms.amount.micros().to_string(),
+            eip712_name: n.eip712_name.clone(),
+            eip712_version: n.eip712_version.clone(),
+        })
+        .collect()
+}
+
+/// `issue`: seal a new invoice; nothing is written.
+pub async fn issue(
+    purchase: &wit::Purchase,
+    amount: u64,
+    networks: &[String],
+    now: u64,
+) -> Result<wit::Invoice, wit::Error> {
+    let amount = UsdcAmount::from_micros(amount);
+    if amount == UsdcAmount::ZERO {
+        return Err(invalid("amount", "must be positive"));
+    }
+    let cfg = config::get().await?;
+    let preference = match purchase {
+        wit::Purchase::Activation(a) if networks.is_empty() => a.networks.as_slice(),
+        _ => networks,
+    };
+    let offered = offered(&cfg, preference)?;
+    let terms = Terms {
+        purchase: convert::purchase(purchase),
+        amount,
+        networks: offered.iter().map(|n| n.network).collect(),
+        pay_to: cfg.pay_to,
+        created_at: now,
+        expires_at: now.saturating_add(cfg.ttl),
+        nonce: util::random_u64().map_err(internal)?,
+    };
+    let id = token::seal(&terms, &cfg.key).map_err(internal)?;
+    let invoice = Invoice::from_terms(id, &terms, options(&cfg, &terms))
+        .ok_or_else(|| internal("no payment option configured"))?;
+    Ok(convert::invoice_to_wit(&invoice))
+}
+
+/// Parse an invoice id (`invalid-input` on `invoice_id`).
+pub fn parse_id(id: &str) -> Result<InvoiceId, wit::Error> {
+    InvoiceId::parse(id).map_err(|e| invalid("invoice_id", e.0))
+}
+
+/// The invoice `id` seals, without its status; `None` if it was not issued here.
+pub async fn open(id: &str) -> Result<Option<Invoice>, wit::Error> {
+    let id = parse_id(id)?;
+    let cfg = config::get().await?;
+    let Ok(terms) = token::open(&id, &cfg.key) else {
+        return Ok(None);
+    };
+    let options = options(&cfg, &terms);
+    if options.is_empty() {
+        return Err(wit::Error::Conflict(format!(
+            "invoice {id} is payable only on networks that are no longer enabled"
+        )));
+    }
+    Ok(Invoice::from_terms(id, &terms, options))
+}
+
+/// `get`: the invoice with its status at `now`.
+pub async fn get(id: &str, now: u64) -> Result<Option<wit::Invoice>, wit::Error> {
+    let Some(mut invoice) = open(id).await? else {
+        return Ok(None);
+    };
+    let record = kv::get_json::<PaymentRecord, wit::Error>(&keys::invoice(id))
+        .await
+        .map_err(kv_err)?;
+    with_record(&mut invoice, record.as_ref(), now);
+    Ok(Some(convert::invoice_to_wit(&invoice)))
+}
+
+/// Fill the invoice's status, transaction and payer from its payment record.
+pub fn with_record(invoice: &mut Invoice, record: Option<&PaymentRecord>, now: u64) {
+    invoice.status = paid::status(record, invoice.expires_at, now);
+    if let Some(p) = record.and_then(|r| r.paid.as_ref()) {
+        invoice.transaction = Some(p.transaction.clone());
+        invoice.payer = Some(p.payer.clone());
+    }
+}

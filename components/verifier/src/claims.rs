@@ -1,0 +1,134 @@
+//! The settlement records this component keeps (rules: kernel `settlement`; keys: kernel `store::keys`):
+//!
+//! - `x402/nonce/<caip2>/<from>/<nonce>` → the settlement of one EIP-3009 authorization, claimed with
+//!   insert-if-absent **before** anything is signed. Whoever inserts it is the only one who may broadcast that
+//!   authorization; it names the invoice it pays (none for the facilitator API), so it never pays another.
+//! - `txhash/<hash>` → a transaction that paid something (our settlements and tx-hash proofs), so no transfer
+//!   pays two invoices.
+//!
+//! Every update is a versioned-cell update whose decision is a kernel method, so racing callers never both
+//! win. Releasing a claim (only ever for a transaction that was certainly not broadcast) removes it.
+
+use alloy_primitives::B256;
+use esim402_core::evm::SignedTx;
+use esim402_core::settlement::{Outcome, Record};
+use esim402_guest::convert::internal;
+use esim402_guest::kv::{self, Change, KvError};
+use esim402_guest::wit;
+
+fn kv_err(e: KvError<wit::Error>) -> wit::Error {
+    match e {
+        KvError::Refused(e) => e,
+        KvError::Exists => wit::Error::Conflict("already settled".into()),
+        other => internal(other),
+    }
+}
+
+/// A record.
+pub async fn load(key: &str) -> Result<Option<Record>, wit::Error> {
+    kv::get_json::<Record, wit::Error>(key)
+        .await
+        .map_err(kv_err)
+}
+
+/// Insert `record` at `key` unless the key holds one: `None` if we won, the existing record if not.
+pub async fn insert(key: &str, record: &Record) -> Result<Option<Record>, wit::Error> {
+    let (_, existing) = kv::change_json::<Record, Option<Record>, wit::Error>(key, |cur| {
+        Ok(match cur {
+            None => (Change::Put(record.clone()), None),
+            Some(r) => (Change::Keep, Some(r)),
+        })
+    })
+    .await
+    .map_err(kv_err)?;
+    Ok(existing)
+}
+
+/// Apply `f` (a kernel transition returning whether it changed the record); the record after the attempt and
+/// that answer. `None` if there is no record.
+async fn transition(
+    key: &str,
+    f: impl Fn(&mut Record) -> bool,
+) -> Result<Option<(Record, bool)>, wit::Error> {
+    let (after, changed) = kv::change_json::<Record, bool, wit::Error>(key, |cur| {
+        Ok(match cur {
+            None => (Change::Keep, false),
+            Some(mut r) => {
+                if f(&mut r) {
+                    (Change::Put(r), true)
+                } else {
+                    (Change::Keep, false)
+                }
+            }
+        })
+    })
+    .await
+    .map_err(kv_err)?;
+    Ok(after.map(|r| (r, changed)))
+}
+
+/// Record `tx` on the claim before its broadcast; `false` if `holder` no longer holds it.
+pub async fn record_submitted(
+    key: &str,
+    claim: &str,
+    holder: &str,
+    tx: &SignedTx,
+    now: u64,
+) -> Result<bool, wit::Error> {
+    Ok(
+        transition(key, |r| r.record_submitted(claim, holder, tx, now))
+            .await?
+            .is_some_and(|(_, changed)| changed),
+    )
+}
+
+/// Record a terminal outcome; the record after the attempt and whether this call recorded it.
+pub async fn finish(
+    key: &str,
+    claim: &str,
+    outcome: Outcome,
+    now: u64,
+) -> Result<Option<(Record, bool)>, wit::Error> {
+    transition(key, |r| r.finish(claim, outcome, now)).await
+}
+
+/// Take over the abandoned claim at `key` for `holder`: `true` if this call took it.
+pub async fn take_over(key: &str, claim: &str, holder: &str, now: u64) -> Result<bool, wit::Error> {
+    Ok(transition(key, |r| r.take_over(claim, holder, now))
+        .await?
+        .is_some_and(|(_, changed)| changed))
+}
+
+/// Also claim `txhash/<hash>` for a transaction we signed, so no proof can present it for another invoice.
+pub async fn claim_txhash(record_key: &str, hash: B256) {
+    if let Ok(Some(r)) = load(record_key).await
+        && let Err(e) = insert(&esim402_core::store::keys::txhash(hash), &r).await
+    {
+        eprintln!("verifier: cannot claim our transaction {hash}: {e:?}");
+    }
+}
+
+/// Remove the claims at `keys` (those of a payment that was certainly not broadcast), each only while it is
+/// still held by `holder` (a cell update decides, so a holder whose claim was taken over meanwhile releases
+/// nothing of its successor's). `record_key` goes first: once the record is no longer ours, nothing else is
+/// touched. Best effort: a failure is logged and leaves a claim in place, which blocks a retry but never
+/// causes a second broadcast.
+pub async fn release(record_key: &str, holder: &str, keys: &[String]) {
+    let ordered = std::iter::once(record_key)
+        .chain(keys.iter().map(String::as_str).filter(|k| *k != record_key));
+    for key in ordered {
+        let r = kv::change_json::<Record, bool, ()>(key, |cur| {
+            Ok(match cur {
+                Some(r) if r.holder == holder => (Change::Remove, true),
+                _ => (Change::Keep, false),
+            })
+        })
+        .await;
+        match r {
+            Ok((_, true)) => {}
+            Ok((_, false)) if key == record_key => return,
+            Ok((_, false)) => {}
+            Err(e) => eprintln!("verifier: cannot release claim {key}: {e}"),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Refunds (rules and record: kernel `refund`): a confirmed payment whose purchase then failed goes back to its
+//! payer as one USDC `transfer` from the treasury key (`treasury_private_key`), sent at most once.
+//!
+//! - [`owe`] (`owe-refund`) records `refund/<invoice>` with insert-if-absent, only for a payment whose
+//!   settlement is `confirmed` (found through its transaction's `txhash/` claim), and queues the id in
+//!   `refund/queue`. A repeat answers the stored record. The gateway logs `refund_owed` for a new one.
+//! - [`run`] (`run-refunds`) pays up to `limit` queued refunds through the one send path
+//!   (`crate::sender::send`), all of the batch at once, within `settlement_timeout_ms` ([`pay`]); the refunds
+//!   it paid come back as ledger events.
+
+mod pay;
+
+use std::time::Instant;
+
+use esim402_core::ledger::EntryKind;
+use esim402_core::refund::{self, Refund, RefundStatus};
+use esim402_core::settlement::Status;
+use esim402_core::store::keys;
+use esim402_core::{InvoiceId, UsdcAmount};
+use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
+use esim402_guest::kv::{self, KvError};
+use esim402_guest::wit;
+use serde_json::json;
+
+use crate::claims;
+use crate::rpc::join_all;
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, wit::Error> {
+    serde_json::to_string(value).map_err(internal)
+}
+
+async fn load(key: &str) -> Result<Option<Refund>, wit::Error> {
+    kv::get_json::<Refund, wit::Error>(key)
+        .await
+        .map_err(kv_err)
+}
+
+/// Put `id` on the queue unless it is there.
+async fn enqueue(id: &str) -> Result<(), wit::Error> {
+    let queue = kv::get_json::<Vec<String>, wit::Error>(keys::REFUND_QUEUE)
+        .await
+        .map_err(kv_err)?;
+    if queue.is_some_and(|q| q.iter().any(|i| i == id)) {
+        return Ok(());
+    }
+    kv::update_json::<Vec<String>, wit::Error>(keys::REFUND_QUEUE, |q| {
+        Ok(refund::enqueue(q.unwrap_or_default(), id))
+    })
+    .await
+    .map_err(kv_err)?;
+    Ok(())
+}
+
+fn owed(refund: &Refund, new: bool) -> Result<wit::RefundOwed, wit::Error> {
+    let fields = refund.ledger_fields().detail("reason", &refund.reason);
+    Ok(wit::RefundOwed {
+        refund: to_json(refund)?,
+        new,
+        event: event_to_wit(EntryKind::RefundOwed, &fields),
+    })
+}
+
+/// `owe-refund`: record that `amount` (default: the invoice's) of the confirmed payment `transaction` of
+/// `invoice` is owed back; idempotent per invoice.
+pub async fn owe(
+    invoice: &wit::Invoice,
+    transaction: &str,
+    amount: Option<u64>,
+    reason: &str,
+    now: u64,
+) -> Result<wit::RefundOwed, wit::Error> {
+    let id = InvoiceId::parse(&invoice.id).map_err(|e| invalid("invoice_id", e.0))?;
+    let reason = refund::clean_reason(reason);
+    if reason.is_empty() {
+        return Err(invalid("reason", "say why the refund is owed"));
+    }
+    let key = keys::refund(&id);
+    if let Some(existing) = load(&key).await? {
+        // A repeat; also heals a first call that stopped between the record and the queue.
+        if existing.status != RefundStatus::Paid {
+            enqueue(id.as_str()).await?;
+        }
+        return owed(&existing, false);
+    }
+    let nothing = || wit::Error::Conflict(format!("nothing was paid for invoice {id}"));
+    let hash = transaction
+        .trim()
+        .parse::<alloy_primitives::B256>()
+        .map_err(|_| invalid("transaction", "not a transaction hash"))?;
+    let claim = claims::load(&keys::txhash(hash))
+        .await?
+        .ok_or_else(nothing)?;
+    if claim.invoice.as_deref() != Some(id.as_str()) {
+        return Err(nothing());
+    }
+    // A tx-hash proof's claim is its settlement; our settlement's names the authorization's record.
+    let settlement = if claim.claim == keys::txhash(hash) {
+        claim
+    } else {
+        claims::load(&claim.claim).await?.ok_or_else(nothing)?
+    };
+    if settlement.status != Status::Confirmed {
+        let status = format!("{:?}", settlement.status).to_lowercase();
+        return Err(wit::Error::Conflict(format!(
+            "nothing was paid for invoice {id}: its settlement is {status}, not confirmed"
+        )));
+    }
+    let cfg = crate::config::get().await?;
+    let network = match cfg.chain(&settlement.network) {
+        Ok(chain) => chain.network,
+        Err(wit::Error::PaymentRequired(_)) => {
+            return Err(wit::Error::Conflict(format!(
+                "invoice {id} was paid on {}, which is no longer enabled",
+                settlement.network
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let amount = amount.unwrap_or(invoice.amount);
+    if amount == 0 || amount > invoice.amount {
+        return Err(invalid(
+            "amount",
+            format!(
+                "a refund is 1 to {} micro-USDC (the invoice's amount)",
+                invoice.amount
+            ),
+        ));
+    }
+    let refund = Refund::owed(
+        id.as_str(),
+        &settlement.payer,
+        UsdcAmount::from_micros(amount),
+        &settlement.network,
+        &network.usdc.to_checksum(None),
+        &reason,
+        now,
+    );
+    let bytes = serde_json::to_vec(&refund).map_err(internal)?;
+    match kv::insert_if_absent::<wit::Error>(&key, &bytes).await {
+        Ok(()) => {}
+        // A concurrent first call won: its record is the answer, and it is the one logged.
+        Err(KvError::Exists) => {
+            let existing = load(&key)
+                .await?
+                .ok_or_else(|| internal(format!("refund record {key} vanished")))?;
+            return owed(&existing, false);
+        }
+        Err(e) => return Err(kv_err(e)),
+    }
+    enqueue(id.as_str()).await?;
+    owed(&refund, true)
+}
+
+/// What one run did with one queued refund.
+pub enum Step {
+    /// This run saw its transfer confirmed; its ledger event.
+    Paid(alloy_primitives::B256, wit::LedgerEvent),
+    /// In flight: its transaction (if recorded) is not mined yet, or another run is sending it.
+    Pending(Option<alloy_primitives::B256>),
+    /// Not paid this time; it stays owed (or could not be tried).
+    Failed(String),
+    /// Nothing to do and nothing to report (another run holds the result).
+    Quiet,
+    /// Paid before, or no longer there: it leaves the queue.
+    Gone,
+}
+
+/// `run-refunds`: pay up to `limit` queued refunds from the treasury.
+pub async fn run(now: u64, limit: u32) -> Result<wit::RefundRun, wit::Error> {
+    let cfg = crate::config::get().await?;
+    let treasury = cfg.treasury()?;
+    let queue = kv::get_json::<Vec<String>, wit::Error>(keys::REFUND_QUEUE)
+        .await
+        .map_err(kv_err)?
+        .unwrap_or_default();
+    let batch = refund::batch(&queue, usize::try_from(limit).unwrap_or(usize::MAX));
+    if batch.is_empty() {
+        return Ok(wit::RefundRun {
+            summary: to_json(&summary(&[], queue.len()))?,
+            events: Vec::new(),
+        });
+    }
+    let deadline = Instant::now() + cfg.settlement_timeout;
+    let steps = join_all(
+        batch
+            .iter()
+            .map(|id| pay::pay_one(&cfg, treasury, id, now, deadline))
+            .collect(),
+    )
+    .await;
+    let results: Vec<(String, Step)> = batch.into_iter().zip(steps).collect();
+    let remaining = requeue(&results).await.unwrap_or_else(|e| {
+        eprintln!("verifier: cannot update the refund queue: {e:?}");
+        queue.len()
+    });
+    let events = results
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Step::Paid(_, e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    Ok(wit::RefundRun {
+        summary: to_json(&summary(&results, remaining))?,
+        events,
+    })
+}
+
+/// Drop the refunds that left the queue and move the rest of the batch to its tail (kernel
+/// `refund::requeue`). Returns the queue's length.
+async fn requeue(results: &[(String, Step)]) -> Result<usize, wit::Error> {
+    let gone: Vec<String> = results
+        .iter()
+        .filter(|(_, s)| matches!(s, Step::Paid(..) | Step::Gone))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let tried: Vec<String> = results.iter().map(|(id, _)| id.clone()).collect();
+    let queue = kv::update_json::<Vec<String>, wit::Error>(keys::REFUND_QUEUE, |q| {
+        Ok(refund::requeue(&q.unwrap_or_default(), &tried, &gone))
+    })
+    .await
+    .map_err(kv_err)?;
+    Ok(queue.len())
+}
+
+fn summary(results: &[(String, Step)], remaining: usize) -> serde_json::Value {
+    let mut paid = Vec::new();
+    let mut pending = Vec::new();
+    let mut failed = Vec::new();
+    for (invoice, step) in results {
+        match step {
+            Step::Paid(tx, _) => {
+                paid.push(json!({"invoice": invoice, "transaction": tx.to_string()}))
+            }
+            Step::Pending(tx) => {
+                pending.push(json!({"invoice": invoice, "transaction": tx.map(|t| t.to_string())}))
+            }
+            Step::Failed(error) => failed.push(json!({"invoice": invoice, "error": error})),
+            Step::Quiet | Step::Gone => {}
+        }
+    }
+    json!({"paid": paid, "pending": pending, "failed": failed, "remaining": remaining})
+}

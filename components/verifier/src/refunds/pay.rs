@@ -1,0 +1,264 @@
+//! Driving one queued refund as far as one run can (transitions: kernel `refund::Refund`). A refund that was
+//! broadcast before is followed up: its transaction offered to the node again if it lost it
+//! (`sender::rebroadcast::look`), owed again if it can never be mined (twice seen, apart), reconciled
+//! against its receipt. One that is owed is claimed, sent through the one send path and reconciled.
+
+use std::time::Instant;
+
+use alloy_primitives::{Address, B256, U256};
+use esim402_core::InvoiceId;
+use esim402_core::chain::parse_address;
+use esim402_core::evm::erc20::transfer_calldata;
+use esim402_core::evm::{SignedTx, SigningKey};
+use esim402_core::ledger::EntryKind;
+use esim402_core::refund::{Next, Refund, RefundStatus, Unmineable};
+use esim402_core::settlement::OurTx;
+use esim402_core::store::keys;
+use esim402_core::x402::exact::parse_decimal_u256;
+use esim402_guest::convert::{event_to_wit, kv_err, message};
+use esim402_guest::kv::{self, Change};
+use esim402_guest::{util, wit};
+
+use super::Step;
+use crate::chain::{Chain, Mined};
+use crate::config::Config;
+use crate::sender::rebroadcast::{self, Look};
+use crate::sender::{self, Call, NotBroadcast, Unsent};
+
+/// Apply `f` (a kernel transition returning whether it changed the refund): the refund after the attempt
+/// and that answer; `None` if there is no refund.
+async fn update(
+    key: &str,
+    f: impl Fn(&mut Refund) -> bool,
+) -> Result<Option<(Refund, bool)>, wit::Error> {
+    let (after, changed) = kv::change_json::<Refund, bool, wit::Error>(key, |cur| {
+        Ok(match cur {
+            None => (Change::Keep, false),
+            Some(mut r) => {
+                if f(&mut r) {
+                    (Change::Put(r), true)
+                } else {
+                    (Change::Keep, false)
+                }
+            }
+        })
+    })
+    .await
+    .map_err(kv_err)?;
+    Ok(after.map(|r| (r, changed)))
+}
+
+/// What a refund transfer needs, checked before it is claimed.
+struct Transfer {
+    to: Address,
+    amount: U256,
+}
+
+fn transfer_of(refund: &Refund, chain: &Chain) -> Result<Transfer, String> {
+    if refund.network != chain.network.caip2() {
+        return Err(format!(
+            "the refund is owed on {}, which is not the enabled network",
+            refund.network
+        ));
+    }
+    if parse_address(&refund.asset).ok() != Some(chain.network.usdc) {
+        return Err(format!(
+            "the refund is owed in {}, which is not the network's USDC",
+            refund.asset
+        ));
+    }
+    let to = parse_address(&refund.payer).map_err(|e| format!("bad payer: {}", e.0))?;
+    let amount = parse_decimal_u256(&refund.amount)
+        .filter(|a| *a > U256::ZERO)
+        .ok_or_else(|| format!("bad amount {:?}", refund.amount))?;
+    Ok(Transfer { to, amount })
+}
+
+/// Drive one queued refund as far as this run can.
+pub async fn pay_one(
+    cfg: &Config,
+    treasury: &SigningKey,
+    id: &str,
+    now: u64,
+    deadline: Instant,
+) -> Step {
+    let Ok(id) = InvoiceId::parse(id) else {
+        eprintln!("verifier: dropping a malformed id from the refund queue");
+        return Step::Gone;
+    };
+    let key = keys::refund(&id);
+    let refund = match kv::get_json::<Refund, wit::Error>(&key)
+        .await
+        .map_err(kv_err)
+    {
+        Ok(Some(r)) => r,
+        Ok(None) => return Step::Gone,
+        Err(e) => return Step::Failed(message(&e)),
+    };
+    if refund.status == RefundStatus::Paid {
+        return Step::Gone;
+    }
+    // The refund is paid on the network that was paid; a wrong endpoint must not change its state.
+    let chain = match cfg.chain(&refund.network) {
+        Ok(chain) => chain,
+        Err(e) => return Step::Failed(message(&e)),
+    };
+    if let Err(e) = chain.check_chain_id().await {
+        return Step::Failed(message(&e));
+    }
+    let chain = &chain;
+    match refund.next(now) {
+        Next::Gone => return Step::Gone,
+        Next::FollowUp(hash) => return follow_up(chain, &key, &refund, hash, now, deadline).await,
+        Next::InFlight => return Step::Pending(None),
+        Next::Send => {}
+    }
+    let transfer = match transfer_of(&refund, chain) {
+        Ok(t) => t,
+        Err(e) => return Step::Failed(e),
+    };
+    let holder = match util::holder_token() {
+        Ok(h) => h,
+        Err(e) => return Step::Failed(e),
+    };
+    match update(&key, |r| r.claim(&holder, now)).await {
+        Ok(Some((_, true))) => {}
+        // Someone else claimed it first (or it vanished): theirs to report.
+        Ok(Some((r, false))) => {
+            return match (r.status, r.tx_hash()) {
+                (RefundStatus::Paid, _) => Step::Gone,
+                (RefundStatus::Submitted, tx) => Step::Pending(tx),
+                (RefundStatus::Owed, _) => Step::Quiet,
+            };
+        }
+        Ok(None) => return Step::Gone,
+        Err(e) => return Step::Failed(message(&e)),
+    }
+    let call = Call {
+        to: chain.network.usdc,
+        input: transfer_calldata(transfer.to, transfer.amount),
+        what: "refund",
+        owner: key.clone(),
+    };
+    let record = async |tx: &SignedTx| record_submitted(&key, &holder, tx, now).await;
+    match sender::send(chain, treasury, &call, record).await {
+        Ok(hash) => reconcile(chain, &key, hash, now, deadline).await,
+        Err(NotBroadcast { why, .. }) => {
+            let (error, attempted) = match why {
+                Unsent::WouldRevert(m) => (format!("the refund transfer would revert: {m}"), true),
+                Unsent::Fault(e) => (message(&e), false),
+            };
+            // Held by us and not broadcast: back to owed for a later run.
+            if let Err(e) = update(&key, |r| r.release(&holder, &error, attempted, now)).await {
+                eprintln!("verifier: cannot release refund {key}: {e:?}");
+            }
+            Step::Failed(error)
+        }
+    }
+}
+
+/// Record the signed refund on its record while `holder` still holds it; before the broadcast.
+async fn record_submitted(
+    key: &str,
+    holder: &str,
+    tx: &SignedTx,
+    now: u64,
+) -> Result<(), wit::Error> {
+    match update(key, |r| r.record_submitted(holder, tx, now)).await? {
+        Some((_, true)) => Ok(()),
+        _ => Err(wit::Error::Conflict(format!(
+            "refund {key} was taken over before it was sent"
+        ))),
+    }
+}
+
+/// A refund already `submitted` with `hash`, seen again by a later run: make sure the node still has its
+/// transaction, then [`reconcile`].
+async fn follow_up(
+    chain: &Chain,
+    key: &str,
+    refund: &Refund,
+    hash: B256,
+    now: u64,
+    deadline: Instant,
+) -> Step {
+    if let Some(tx) = refund.submitted_tx() {
+        match rebroadcast::look(chain, &tx, "refund", now).await {
+            Look::Unmineable { at } => return unmineable(key, &tx, at, now).await,
+            Look::Known if refund.unmineable_since.is_some() => {
+                // A node that had not caught up: the transaction is there after all.
+                let recorded = hash.to_string();
+                if let Err(e) = update(key, |r| r.seen_again(&recorded)).await {
+                    eprintln!("verifier: cannot update refund {key}: {e:?}");
+                }
+            }
+            Look::Known | Look::Resent | Look::Waiting => {}
+        }
+    }
+    reconcile(chain, key, hash, now, deadline).await
+}
+
+/// The refund's transaction `tx` can never be mined (its nonce was used by block `at`).
+async fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
+    let hash = tx.hash.to_string();
+    let error = format!(
+        "refund transaction {hash} was never mined and never will be (treasury nonce {} was used by another transaction by block {at}); no money moved",
+        tx.nonce
+    );
+    let verdict = std::cell::Cell::new(Unmineable::NotOurs);
+    let r = update(key, |r| {
+        let v = r.mark_unmineable(&hash, &error, now);
+        verdict.set(v);
+        matches!(v, Unmineable::Noted | Unmineable::OwedAgain)
+    })
+    .await;
+    match (r, verdict.get()) {
+        (Ok(Some((r, _))), _) if r.status == RefundStatus::Paid => Step::Gone,
+        (Ok(Some((r, true))), Unmineable::OwedAgain) if r.status == RefundStatus::Owed => {
+            eprintln!("verifier: {error}: refund {key} is owed again");
+            Step::Failed(error)
+        }
+        (Ok(Some((r, _))), _) if r.status == RefundStatus::Submitted => {
+            eprintln!(
+                "verifier: refund {key}: transaction {hash} looks unmineable (treasury nonce {} used by block {at}); it stays submitted until a run {} s after the first sighting still sees it so",
+                tx.nonce,
+                esim402_core::refund::CONFIRM_UNMINEABLE_SECS
+            );
+            Step::Pending(Some(tx.hash))
+        }
+        (Ok(Some(_)), _) => Step::Quiet,
+        (Ok(None), _) => Step::Gone,
+        (Err(e), _) => {
+            eprintln!("verifier: cannot update refund {key}: {e:?}");
+            Step::Pending(Some(tx.hash))
+        }
+    }
+}
+
+/// Wait for the refund transaction `hash` until `deadline` and record what the chain says; only the run that
+/// records the outcome reports it.
+async fn reconcile(chain: &Chain, key: &str, hash: B256, now: u64, deadline: Instant) -> Step {
+    let tx = hash.to_string();
+    let mined = match chain.wait_for(hash, deadline).await {
+        Some(mined) => mined,
+        None => return Step::Pending(Some(hash)),
+    };
+    let error =
+        format!("refund transaction {tx} reverted (does the treasury hold enough USDC and gas?)");
+    let succeeded = mined == Mined::Succeeded;
+    let refund = match update(key, |r| r.settle(&tx, succeeded, &error, now)).await {
+        Ok(Some((r, true))) => r,
+        Ok(Some((r, false))) if r.status == RefundStatus::Paid => return Step::Gone,
+        Ok(_) => return Step::Quiet,
+        Err(e) => {
+            // The chain is the truth; a later run reads it again.
+            eprintln!("verifier: cannot record the outcome of refund {tx}: {e:?}");
+            return Step::Pending(Some(hash));
+        }
+    };
+    if !succeeded {
+        return Step::Failed(error);
+    }
+    let fields = refund.ledger_fields().tx_hash(tx);
+    Step::Paid(hash, event_to_wit(EntryKind::RefundPaid, &fields))
+}

@@ -1,0 +1,259 @@
+//! x402 `exact` payments of an invoice (the payload as the gateway decoded it from `PAYMENT-SIGNATURE` or
+//! `X-PAYMENT`). The requirements are rebuilt from the invoice (`requirements_v2`), never taken from the
+//! client; the payload must match one of them (`select_requirements`).
+//!
+//! Settlement is at most once **per authorization**: its record (`x402/nonce/…`, kernel `settlement`) is
+//! claimed before anything is signed and names the invoice, so a repeat of the same authorization for the
+//! same invoice answers the stored result (and reconciles a pending one against its recorded hash), and the
+//! same authorization for another invoice is `conflict("already settled")`. That no *other* payment settles
+//! an invoice being paid is the invoice's payment record's job (invoices component), checked before this runs.
+//! `settle` does not read the chain facts again: `verify` did, the claim stops a second use, and the
+//! broadcast's gas estimate simulates the transfer once more.
+
+use std::time::Instant;
+
+use esim402_core::settlement::{self, Outcome, Record, Replay};
+use esim402_core::x402::requirements::{requirements_v2, select_requirements};
+use esim402_core::x402::{InvalidReason, PaymentPayload, PaymentRequirements};
+use esim402_guest::convert::{internal, invalid};
+use esim402_guest::{util, wit};
+
+use super::payment::{self, Checked};
+use super::{Scheme, already_settled, check_open, invoice};
+use crate::chain::Chain;
+use crate::config::{self, Config};
+use crate::rejected;
+use crate::sender::receipts::{self, Claim, NotSent};
+
+/// The x402 `exact` scheme.
+pub struct Exact;
+
+/// One request's view: configuration, the chain, the invoice, the payload and the requirement it pays.
+struct Payment {
+    cfg: std::rc::Rc<Config>,
+    chain: Chain,
+    now: u64,
+    id: String,
+    invoice: esim402_core::invoice::Invoice,
+    payload: PaymentPayload,
+    requirements: PaymentRequirements,
+}
+
+impl Payment {
+    async fn load(inv: &wit::Invoice, payload: &str) -> Result<Self, wit::Error> {
+        let (id, invoice) = invoice(inv)?;
+        let payload = PaymentPayload::from_json(payload.as_bytes())
+            .map_err(|e| invalid("payment", e.to_string()))?;
+        let cfg = config::get().await?;
+        let accepts = requirements_v2(&invoice);
+        let requirements = select_requirements(&accepts, &payload)
+            .cloned()
+            .ok_or_else(|| rejected(InvalidReason::InvalidPaymentRequirements))?;
+        let chain = cfg.chain(&requirements.network)?;
+        Ok(Self {
+            cfg,
+            chain,
+            now: util::now_secs(),
+            id: id.to_string(),
+            invoice,
+            payload,
+            requirements,
+        })
+    }
+
+    /// This payload's settlement record, if its authorization was claimed: `Same` when it was claimed for this
+    /// invoice and the payload still passes the chain-free checks as of the claim (so a forged signature over a
+    /// known nonce does not replay someone else's result), `Other` otherwise.
+    async fn existing(&self) -> Result<Existing, wit::Error> {
+        let Some(key) = payment::nonce_key(&self.chain, &self.payload) else {
+            return Ok(Existing::None);
+        };
+        let Some(record) = crate::claims::load(&key).await? else {
+            return Ok(Existing::None);
+        };
+        if settlement::same_invoice(&record, Some(&self.id))
+            && let Ok(checked) = payment::check(
+                &self.chain,
+                &self.payload,
+                &self.requirements,
+                record.claimed_at,
+            )
+        {
+            return Ok(Existing::Same(record, Box::new(checked)));
+        }
+        Ok(Existing::Other)
+    }
+}
+
+enum Existing {
+    None,
+    Same(Record, Box<Checked>),
+    Other,
+}
+
+fn verified(payer: alloy_primitives::Address, p: &Payment) -> wit::Verified {
+    wit::Verified {
+        payer: payer.to_checksum(None),
+        network: p.chain.network.caip2(),
+        at: p.now,
+    }
+}
+
+impl Scheme for Exact {
+    async fn verify(&self, inv: &wit::Invoice, payload: &str) -> Result<wit::Verified, wit::Error> {
+        let p = Payment::load(inv, payload).await?;
+        // A payment already being settled for this invoice verifies as of its claim: the chain now shows its
+        // nonce used, and the caller's next step is `settle`, which answers from the record.
+        let other = match p.existing().await? {
+            Existing::Same(record, checked) => {
+                return match settlement::replay(&record, p.now) {
+                    Replay::Failed(reason) => Err(wit::Error::PaymentRequired(reason)),
+                    _ => Ok(verified(checked.payer, &p)),
+                };
+            }
+            Existing::Other => true,
+            Existing::None => false,
+        };
+        check_open(&p.invoice, p.now)?;
+        let signer = p.cfg.signer_address();
+        // An authorization claimed for another invoice is refused for its reason once the chain shows it (nonce
+        // used), and as `already settled` while that settlement is still on its way.
+        match payment::verify(&p.chain, signer, &p.payload, &p.requirements, p.now).await? {
+            Ok(_) if other => Err(already_settled()),
+            Ok(checked) => Ok(verified(checked.payer, &p)),
+            Err(reason) => Err(rejected(reason)),
+        }
+    }
+
+    async fn settle(
+        &self,
+        inv: &wit::Invoice,
+        payload: &str,
+        _verified: &wit::Verified,
+    ) -> Result<wit::Settlement, wit::Error> {
+        let p = Payment::load(inv, payload).await?;
+        match p.existing().await? {
+            Existing::Same(record, _) => return replay(&p, record).await,
+            Existing::Other => return Err(already_settled()),
+            Existing::None => {}
+        }
+        check_open(&p.invoice, p.now)?;
+        // Settlement needs the facilitator key; without one, nothing is claimed.
+        p.cfg.signer()?;
+        // The chain-free checks again (the window may have closed while the profile was ordered); the chain
+        // facts were read by `verify`, and the broadcast's gas estimate simulates the transfer once more.
+        let checked =
+            payment::check(&p.chain, &p.payload, &p.requirements, p.now).map_err(rejected)?;
+        let key = checked.nonce_key(&p.chain);
+        let holder = util::holder_token().map_err(internal)?;
+        let record = Record::claimed(
+            p.chain.network.caip2(),
+            checked.payer,
+            key.clone(),
+            holder.clone(),
+            Some(&p.id),
+            p.now,
+        );
+        if crate::claims::insert(&key, &record).await?.is_some() {
+            return match p.existing().await? {
+                Existing::Same(record, _) => replay(&p, record).await,
+                _ => Err(already_settled()),
+            };
+        }
+        let claim = Claim {
+            record_key: key.clone(),
+            claim: key.clone(),
+            holder,
+            keys: vec![key],
+        };
+        drive(&p, &checked, &claim).await
+    }
+}
+
+async fn drive(
+    p: &Payment,
+    checked: &Checked,
+    claim: &Claim,
+) -> Result<wit::Settlement, wit::Error> {
+    let signer = p.cfg.signer()?;
+    let sent = receipts::broadcast(
+        &p.chain,
+        signer,
+        &checked.signed,
+        claim,
+        p.cfg.settlement_timeout,
+    )
+    .await;
+    match sent {
+        Ok(outcome) => answer(outcome),
+        Err(NotSent::Rejected(reason)) => Err(rejected(reason)),
+        Err(NotSent::Fault(e)) => Err(e),
+    }
+}
+
+fn answer(outcome: Outcome) -> Result<wit::Settlement, wit::Error> {
+    match outcome {
+        Outcome::Confirmed(tx) => Ok(wit::Settlement::Settled(tx.to_string())),
+        Outcome::Pending(tx) => Ok(wit::Settlement::Pending(tx.to_string())),
+        Outcome::Reverted(_) | Outcome::Dropped(_) => {
+            Err(rejected(InvalidReason::TransactionFailed))
+        }
+    }
+}
+
+/// A repeat of this invoice's own settlement (kernel `settlement::replay`): the stored result, a
+/// reconciliation of a pending one, or (for a claim abandoned before broadcast) a takeover.
+async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Error> {
+    match settlement::replay(&record, p.now) {
+        Replay::Settled(tx) => Ok(wit::Settlement::Settled(tx)),
+        Replay::Failed(reason) => Err(wit::Error::PaymentRequired(reason)),
+        Replay::Corrupt => Err(internal("a submitted settlement has no transaction hash")),
+        Replay::Reconcile(hash) => {
+            let claim = Claim {
+                record_key: record.claim.clone(),
+                claim: record.claim,
+                holder: record.holder,
+                keys: Vec::new(),
+            };
+            let deadline = Instant::now() + p.cfg.settlement_timeout;
+            answer(
+                receipts::reconcile(&p.chain, &claim, hash, deadline)
+                    .await
+                    .0,
+            )
+        }
+        Replay::InProgress => Err(wit::Error::Conflict(
+            "already settled: settlement in progress".into(),
+        )),
+        Replay::TakeOver => {
+            let signer = p.cfg.signer()?;
+            let keys = vec![record.claim.clone()];
+            let Some(claim) = Claim::take_over(&record.claim, &record.claim, keys, p.now).await?
+            else {
+                return Err(wit::Error::Conflict(
+                    "already settled: settlement in progress".into(),
+                ));
+            };
+            // Taken over after a long pause: check it all again, the chain included.
+            let verified = payment::verify(
+                &p.chain,
+                Some(signer.address()),
+                &p.payload,
+                &p.requirements,
+                p.now,
+            )
+            .await;
+            match verified {
+                Ok(Ok(checked)) => drive(p, &checked, &claim).await,
+                Ok(Err(reason)) => {
+                    claim.release().await;
+                    Err(rejected(reason))
+                }
+                Err(e) => {
+                    claim.release().await;
+                    Err(e)
+                }
+            }
+        }
+    }
+}

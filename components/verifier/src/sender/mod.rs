@@ -1,0 +1,227 @@
+//! Sending a token call from one of our keys, once a claim is held (reference §5). [`send`] is the one send
+//! path: settlements ([`receipts::broadcast`]: `transferWithAuthorization` from the facilitator's key) and
+//! refunds (`crate::refunds`: ERC-20 `transfer` from the treasury key) both use it.
+//!
+//! Order: the chain reads first (chain id, `eth_estimateGas` plus a margin, fees from the latest base fee and
+//! `eth_maxPriorityFeePerGas`, the account's pending and mined transaction counts); then our recorded
+//! transactions the node never got are offered to it again and orphaned reservations released
+//! ([`rebroadcast::fill_gaps`]); then an account nonce is reserved ([`nonces`], kernel `NonceState`), the
+//! transaction signed in the component and recorded on the caller's claim; then `eth_sendRawTransaction`.
+//!
+//! Before the broadcast every failure gives the nonce back and tells the caller, which releases its claim, so
+//! a retry can work. Once the transaction may have left (sent, or the send's outcome is unknown) nothing is
+//! released: the claim keeps its hash, the answer is `pending`, and a later call reconciles against that hash
+//! and never signs another transaction for it. The host may cancel a request at any store call:
+//! - between the reservation and the record, the nonce is held but no transaction exists for it; the next
+//!   send of this key finds it orphaned and releases it (`NonceState::orphans`);
+//! - between the record and the node, the transaction is recorded but was never sent; the next send offers
+//!   it to the node first.
+
+pub mod nonces;
+pub mod rebroadcast;
+pub mod receipts;
+
+use alloy_primitives::{Address, B256, U256};
+use esim402_core::evm::rpc::{
+    BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber, EthGetTransactionCount,
+    EthMaxPriorityFeePerGas, EthSendRawTransaction,
+};
+use esim402_core::evm::{Eip1559Tx, SignedTx, SigningKey, sign_eip1559};
+use esim402_guest::{util, wit};
+
+use crate::chain::{Chain, unavailable};
+use crate::rpc::{CallError, join_all};
+
+/// Headroom over `eth_estimateGas` (25 %): state can change between estimate and inclusion.
+const GAS_MARGIN_DIVISOR: u64 = 4;
+/// No transaction of ours may burn more gas than this (`transferWithAuthorization` needs ~60–100k, an ERC-20
+/// `transfer` ~35–65k).
+const MAX_GAS_LIMIT: u64 = 500_000;
+/// Reference fallbacks when the node gives no fee data: fee cap 1 gwei, tip 0.1 gwei.
+const FALLBACK_MAX_FEE: u128 = 1_000_000_000;
+const FALLBACK_TIP: u128 = 100_000_000;
+
+/// One contract call to send from one of our keys.
+pub struct Call {
+    /// The contract (the network's USDC).
+    pub to: Address,
+    /// Calldata.
+    pub input: Vec<u8>,
+    /// What the transaction is, for messages (`settlement`, `refund`).
+    pub what: &'static str,
+    /// The key of the record that will hold the signed transaction (named in the nonce bookkeeping, so a
+    /// later send can find it if it never reaches the node).
+    pub owner: String,
+}
+
+/// Why [`send`] did not broadcast.
+pub enum Unsent {
+    /// The node's gas estimate failed with an answer: the call would revert. Carries the node's message.
+    WouldRevert(String),
+    /// Anything else.
+    Fault(wit::Error),
+}
+
+/// A [`send`] that certainly broadcast nothing. The account nonce is already given back; the caller's claim
+/// is not (the caller releases it).
+pub struct NotBroadcast {
+    /// Why.
+    pub why: Unsent,
+    /// The hash the caller recorded on its claim before the send was refused, if it got that far.
+    pub recorded: Option<B256>,
+}
+
+impl From<Unsent> for NotBroadcast {
+    fn from(why: Unsent) -> Self {
+        Self {
+            why,
+            recorded: None,
+        }
+    }
+}
+
+/// The signer's transaction counts.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    /// Including the node's pool: the next nonce it expects.
+    pub pending: u64,
+    /// Mined (`latest`); only used to forget old bookkeeping, so a failed read is no reason not to send.
+    pub mined: Option<u64>,
+}
+
+/// Whether a node's refusal of `eth_sendRawTransaction` means our transaction is in its pool anyway.
+fn already_known(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("already known") || m.contains("known transaction") || m.contains("alreadyknown")
+}
+
+/// `(tip, fee cap)` in wei.
+async fn fees(chain: &Chain) -> Result<(u128, u128), wit::Error> {
+    let block = match chain.rpc.call(&EthGetBlockByNumber::latest()).await {
+        Ok(b) => b,
+        Err(e) if e.is_node() => None,
+        Err(e) => return Err(unavailable(&e)),
+    };
+    let tip = match chain.rpc.call(&EthMaxPriorityFeePerGas).await {
+        Ok(t) => t,
+        Err(e) if e.is_node() => FALLBACK_TIP,
+        Err(e) => return Err(unavailable(&e)),
+    };
+    Ok(match block.and_then(|b| b.base_fee_per_gas) {
+        // Twice the base fee survives several full blocks of base-fee growth.
+        Some(base) => (tip, base.saturating_mul(2).saturating_add(tip)),
+        None => (tip.min(FALLBACK_MAX_FEE), FALLBACK_MAX_FEE.max(tip)),
+    })
+}
+
+/// Everything about the transaction except its nonce, plus the signer's counts: all the chain reads.
+async fn prepare(
+    chain: &Chain,
+    signer: &SigningKey,
+    call: &Call,
+) -> Result<(Eip1559Tx, Counts), Unsent> {
+    // The chain id guards the signature too (EIP-155), but a wrong endpoint must not get this far.
+    chain.check_chain_id().await.map_err(Unsent::Fault)?;
+    let request = CallRequest::new(call.to, call.input.clone().into()).from(signer.address());
+    let estimate = match chain.rpc.call(&EthEstimateGas { call: request }).await {
+        Ok(g) => g,
+        Err(CallError::Node { message, .. }) => return Err(Unsent::WouldRevert(message)),
+        Err(e) => return Err(Unsent::Fault(unavailable(&e))),
+    };
+    let gas_limit = estimate.saturating_add(estimate / GAS_MARGIN_DIVISOR);
+    if gas_limit > MAX_GAS_LIMIT {
+        return Err(Unsent::Fault(wit::Error::Unavailable(format!(
+            "{} gas estimate {estimate} is above the cap of {MAX_GAS_LIMIT}",
+            call.what
+        ))));
+    }
+    let (tip, max_fee) = fees(chain).await.map_err(Unsent::Fault)?;
+    let pending = EthGetTransactionCount::pending(signer.address());
+    let mined = EthGetTransactionCount {
+        address: signer.address(),
+        block: BlockTag::Latest,
+    };
+    let mut reads = join_all(vec![chain.rpc.call(&pending), chain.rpc.call(&mined)])
+        .await
+        .into_iter();
+    let counts = match (reads.next(), reads.next()) {
+        (Some(pending), Some(mined)) => Counts {
+            pending: pending.map_err(|e| Unsent::Fault(unavailable(&e)))?,
+            mined: mined.ok(),
+        },
+        _ => {
+            return Err(Unsent::Fault(wit::Error::Internal(
+                "a chain read went missing".into(),
+            )));
+        }
+    };
+    let tx = Eip1559Tx {
+        chain_id: chain.network.chain_id(),
+        nonce: 0,
+        max_priority_fee_per_gas: tip,
+        max_fee_per_gas: max_fee,
+        gas_limit,
+        to: call.to,
+        value: U256::ZERO,
+        input: call.input.clone().into(),
+    };
+    Ok((tx, counts))
+}
+
+/// Sign `call` with `signer` and broadcast it; `record` stores the signed transaction on the caller's claim
+/// (and fails if the claim is no longer the caller's). Returns the hash once the transaction was sent or may
+/// have been (the answer was lost): from then on only its receipt tells what happened.
+pub async fn send(
+    chain: &Chain,
+    signer: &SigningKey,
+    call: &Call,
+    record: impl AsyncFnOnce(&SignedTx) -> Result<(), wit::Error>,
+) -> Result<B256, NotBroadcast> {
+    let (mut tx, counts) = prepare(chain, signer, call).await?;
+    rebroadcast::fill_gaps(chain, signer.address(), counts.pending, util::now_secs()).await;
+    tx.nonce = nonces::reserve(chain, signer, counts, &call.owner)
+        .await
+        .map_err(Unsent::Fault)?;
+    let nonce = tx.nonce;
+    let signed = match sign_eip1559(&tx, signer) {
+        Ok(tx) => tx,
+        Err(e) => {
+            nonces::release(chain, signer, nonce).await;
+            return Err(Unsent::Fault(wit::Error::Internal(format!("cannot sign: {e}"))).into());
+        }
+    };
+    let hash = signed.hash;
+    // Recorded before the broadcast: from here on a lost request leaves a hash to reconcile against, never a
+    // transaction nobody knows about.
+    if let Err(e) = record(&signed).await {
+        nonces::release(chain, signer, nonce).await;
+        return Err(Unsent::Fault(e).into());
+    }
+    match chain
+        .rpc
+        .call(&EthSendRawTransaction { raw: signed.raw })
+        .await
+    {
+        Ok(_) => {}
+        Err(CallError::Node { message, .. }) if already_known(&message) => {}
+        Err(CallError::Node { code, message }) => {
+            // The node refused it outright: nothing was broadcast, so everything can be given back.
+            nonces::release(chain, signer, nonce).await;
+            return Err(NotBroadcast {
+                why: Unsent::Fault(wit::Error::Unavailable(format!(
+                    "the node refused the {} transaction ({code}: {message})",
+                    call.what
+                ))),
+                recorded: Some(hash),
+            });
+        }
+        Err(CallError::Transport(m)) => {
+            // Outcome unknown: the transaction may be out there. Keep every claim; poll like a sent one.
+            eprintln!(
+                "verifier: broadcast of {} {hash} ended without an answer ({m}); reconciling",
+                call.what
+            );
+        }
+    }
+    Ok(hash)
+}

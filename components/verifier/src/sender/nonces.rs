@@ -1,0 +1,56 @@
+//! The account nonces of our keys (`signer/<caip2>/<address>/nonce`, kernel `NonceState`), reserved and given
+//! back with versioned-cell updates, so two sends of one key never get one nonce.
+
+use esim402_core::evm::{NonceState, SigningKey};
+use esim402_core::store::keys;
+use esim402_guest::convert::kv_err;
+use esim402_guest::{kv, util, wit};
+
+use super::Counts;
+use crate::chain::Chain;
+
+/// The nonce record of `signer` on `chain`.
+pub fn key(chain: &Chain, signer: alloy_primitives::Address) -> String {
+    keys::signer_nonces(&chain.network.caip2(), signer)
+}
+
+/// Reserve the next account nonce for `signer`'s transaction held by the record `owner`, given the chain's
+/// counts.
+pub async fn reserve(
+    chain: &Chain,
+    signer: &SigningKey,
+    counts: Counts,
+    owner: &str,
+) -> Result<u64, wit::Error> {
+    let now = util::now_secs();
+    let (_, nonce) =
+        kv::update_json_with::<NonceState, u64, wit::Error>(&key(chain, signer.address()), |s| {
+            let mut s = s.unwrap_or_default();
+            if let Some(mined) = counts.mined {
+                s.observe_mined(mined);
+            }
+            let n = s.reserve_for(counts.pending, owner, now);
+            Ok((s, n))
+        })
+        .await
+        .map_err(kv_err)?;
+    Ok(nonce)
+}
+
+/// Give back an account nonce whose transaction was certainly not broadcast.
+pub async fn release(chain: &Chain, signer: &SigningKey, nonce: u64) {
+    release_for(chain, signer.address(), nonce).await;
+}
+
+/// [`release`] by address.
+pub async fn release_for(chain: &Chain, signer: alloy_primitives::Address, nonce: u64) {
+    let r = kv::update_json::<NonceState, ()>(&key(chain, signer), |s| {
+        let mut s = s.unwrap_or_default();
+        s.release_on_failure(nonce);
+        Ok(s)
+    })
+    .await;
+    if let Err(e) = r {
+        eprintln!("verifier: cannot release account nonce {nonce}: {e}");
+    }
+}

@@ -1,0 +1,209 @@
+//! The settlement of one authorization on chain, for the holder of its claim (kernel `settlement`): broadcast
+//! `transferWithAuthorization` through [`super::send`], wait for the receipt, and record the outcome once.
+//! A later call for a `submitted` settlement ([`reconcile`]) first makes sure the transaction is still out
+//! there (`rebroadcast::look`: the identical bytes are sent again if the node lost it); one that can never be
+//! mined fails the settlement only if its authorization is unused as of the block that showed its nonce used
+//! (then no money moved). If the authorization was used, another transaction executed it: the money moved but
+//! not by the transaction on record, so the settlement stays pending for an operator.
+
+use std::time::{Duration, Instant};
+
+use alloy_primitives::B256;
+use esim402_core::evm::{SignedTx, SigningKey};
+use esim402_core::settlement::Outcome;
+use esim402_core::store::keys;
+use esim402_core::x402::InvalidReason;
+use esim402_core::x402::exact::{SignedAuthorization, transfer_with_authorization_calldata};
+use esim402_guest::{util, wit};
+
+use super::rebroadcast::{self, Look};
+use super::{Call, NotBroadcast, Unsent, send};
+use crate::chain::{Chain, Mined};
+use crate::claims;
+
+/// What a settlement holds: where its record is and which keys to release if it never broadcasts.
+pub struct Claim {
+    /// The record to advance (the authorization's nonce key).
+    pub record_key: String,
+    /// The record's `claim` (guards every update).
+    pub claim: String,
+    /// Our holder token (guards the updates before the broadcast).
+    pub holder: String,
+    /// Every key this settlement inserted, released if nothing was broadcast.
+    pub keys: Vec<String>,
+}
+
+/// Why a settlement did not broadcast: a verdict on the payment or a fault. Claims are already released.
+pub enum NotSent {
+    /// The transfer would revert (gas estimation failed with a node answer).
+    Rejected(InvalidReason),
+    /// Anything else.
+    Fault(wit::Error),
+}
+
+impl Claim {
+    /// Take over the abandoned claim `record_key` (kernel `Record::take_over`): `None` if it is live or someone
+    /// else took it first. An abandoned claim never reserved an account nonce, so there is nothing to give back.
+    pub async fn take_over(
+        record_key: &str,
+        claim: &str,
+        keys: Vec<String>,
+        now: u64,
+    ) -> Result<Option<Self>, wit::Error> {
+        let holder = util::holder_token().map_err(esim402_guest::convert::internal)?;
+        if !claims::take_over(record_key, claim, &holder, now).await? {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            record_key: record_key.to_owned(),
+            claim: claim.to_owned(),
+            holder,
+            keys,
+        }))
+    }
+
+    /// Give the claims back (the payment was refused before anything was signed).
+    pub async fn release(&self) {
+        claims::release(&self.record_key, &self.holder, &self.keys).await;
+    }
+
+    /// Record `tx` on the settlement record (`submitted`) while we still hold it, and claim its hash.
+    async fn record_submitted(&self, tx: &SignedTx) -> Result<(), wit::Error> {
+        let held = claims::record_submitted(
+            &self.record_key,
+            &self.claim,
+            &self.holder,
+            tx,
+            util::now_secs(),
+        )
+        .await?;
+        if !held {
+            return Err(wit::Error::Conflict(
+                "already settled: the claim was taken over".into(),
+            ));
+        }
+        // Our own settlement transactions can never be presented again as a tx-hash proof.
+        claims::claim_txhash(&self.record_key, tx.hash).await;
+        Ok(())
+    }
+}
+
+/// Broadcast the settlement of `signed` for the holder of `claim`, then wait up to `timeout` for the receipt.
+/// Whatever did not broadcast releases the claims.
+pub async fn broadcast(
+    chain: &Chain,
+    signer: &SigningKey,
+    signed: &SignedAuthorization,
+    claim: &Claim,
+    timeout: Duration,
+) -> Result<Outcome, NotSent> {
+    let call = Call {
+        to: chain.network.usdc,
+        input: transfer_with_authorization_calldata(&signed.authorization, &signed.signature),
+        what: "settlement",
+        owner: claim.record_key.clone(),
+    };
+    match send(chain, signer, &call, async |tx: &SignedTx| {
+        claim.record_submitted(tx).await
+    })
+    .await
+    {
+        Ok(hash) => Ok(wait(chain, claim, hash, Instant::now() + timeout).await.0),
+        Err(NotBroadcast { why, recorded }) => {
+            let mut keys = claim.keys.clone();
+            keys.extend(recorded.map(keys::txhash));
+            claims::release(&claim.record_key, &claim.holder, &keys).await;
+            Err(match why {
+                Unsent::WouldRevert(_) => NotSent::Rejected(InvalidReason::SimulationFailed),
+                Unsent::Fault(e) => NotSent::Fault(e),
+            })
+        }
+    }
+}
+
+/// Poll for `hash` until `deadline` and record the result on the claim's record. The flag says whether this
+/// call recorded it (the first to see a receipt), which the facilitator API needs: a success is reported once.
+pub async fn wait(chain: &Chain, claim: &Claim, hash: B256, deadline: Instant) -> (Outcome, bool) {
+    let outcome = match chain.wait_for(hash, deadline).await {
+        Some(Mined::Succeeded) => Outcome::Confirmed(hash),
+        Some(Mined::Reverted) => Outcome::Reverted(hash),
+        None => return (Outcome::Pending(hash), true),
+    };
+    finish(claim, hash, outcome).await
+}
+
+/// A later call for a `submitted` settlement (a replay): see the module docs.
+pub async fn reconcile(
+    chain: &Chain,
+    claim: &Claim,
+    hash: B256,
+    deadline: Instant,
+) -> (Outcome, bool) {
+    if lost_for_good(chain, claim, hash).await {
+        return finish(claim, hash, Outcome::Dropped(hash)).await;
+    }
+    wait(chain, claim, hash, deadline).await
+}
+
+/// Whether the claim's transaction `hash` can never be mined and moved no money.
+async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> bool {
+    let record = match claims::load(&claim.record_key).await {
+        Ok(Some(r)) if r.claim == claim.claim && r.tx_hash() == Some(hash) => r,
+        _ => return false,
+    };
+    // Records from before the signed bytes were kept cannot be sent again; they only wait.
+    let Some(tx) = record.submitted_tx() else {
+        return false;
+    };
+    let Look::Unmineable { at } =
+        rebroadcast::look(chain, &tx, "settlement", util::now_secs()).await
+    else {
+        return false;
+    };
+    let Some((from, nonce)) = keys::parse_authorization(&record.claim) else {
+        eprintln!(
+            "verifier: settlement {hash} can never be mined, but its record names no authorization; left pending"
+        );
+        return false;
+    };
+    match chain.authorization_used_at(from, nonce, at).await {
+        Ok(false) => {
+            eprintln!(
+                "verifier: settlement {hash} can never be mined (nonce {} of {} was used by another transaction by block {at}) and the authorization is unused: failed, no money moved",
+                tx.nonce, tx.signer
+            );
+            true
+        }
+        Ok(true) => {
+            eprintln!(
+                "verifier: OPERATOR: settlement {hash} can never be mined (nonce {} of {} was used by another transaction by block {at}), yet the authorization {nonce} of {from} was executed: the money moved by another transaction. Left pending; find that transaction and settle the record by hand",
+                tx.nonce, tx.signer
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!(
+                "verifier: settlement {hash} can never be mined, but authorizationState is unreadable ({e}); left pending"
+            );
+            false
+        }
+    }
+}
+
+/// Record `outcome` (not pending) on the claim's record; the flag says whether this call recorded it.
+async fn finish(claim: &Claim, hash: B256, outcome: Outcome) -> (Outcome, bool) {
+    match claims::finish(&claim.record_key, &claim.claim, outcome, util::now_secs()).await {
+        Ok(Some((_, true))) => (outcome, true),
+        // Someone else recorded the receipt first: never report a drop over it.
+        Ok(Some((r, false))) if matches!(outcome, Outcome::Dropped(_)) => {
+            (r.settled_outcome(outcome, hash), false)
+        }
+        Ok(Some((_, false))) => (outcome, false),
+        Ok(None) => (outcome, false),
+        Err(e) => {
+            // The chain is the truth; a later call reads it again.
+            eprintln!("verifier: cannot record the outcome of {hash}: {e:?}");
+            (outcome, true)
+        }
+    }
+}
