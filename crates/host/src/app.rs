@@ -260,6 +260,8 @@ impl App {
             }
         }
         let stores = Arc::new(stores);
+        // One outbound connection pool for every component: keep-alive per origin, bounded.
+        let pool = Arc::new(crate::pool::Pool::new(crate::pool::PoolLimits::default()));
 
         let engine = engine(opts.cache_dir.as_deref())?;
         let linker = linker(&engine)?;
@@ -307,7 +309,8 @@ impl App {
                 pre,
                 id: (*id).to_owned(),
                 policy: OutboundPolicy::new(id, &hosts)
-                    .with_context(|| format!("component {id}"))?,
+                    .with_context(|| format!("component {id}"))?
+                    .pooled(pool.clone()),
                 kv: KvCtx {
                     allowed: Arc::new(
                         decl.key_value_stores

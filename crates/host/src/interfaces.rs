@@ -3,7 +3,12 @@
 //!
 //! The async (`async func`) interfaces run concurrently through wasmtime's `Accessor`: each call clones the
 //! backend handle out of the store, then awaits I/O without holding the store. The synchronous `wasi:keyvalue`
-//! functions are async on the host side (they await the backend) but hold the store for their duration.
+//! functions are async on the host side (they await the backend) but hold the store for their duration, so the
+//! instance's other requests wait meanwhile. That cannot be helped for a synchronous WIT function: wasmtime
+//! 48 types a concurrent host function (`func_wrap_concurrent`) as `async`, and linking it for
+//! `wasi:keyvalue/atomics.increment` fails with "instance export `increment` has the wrong type"; Spin 4.1
+//! offers no async atomic. The app calls it once per cell write (its claim); what that costs is measured in
+//! `BENCHMARKS.md` ("Key-value calls and the instance").
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

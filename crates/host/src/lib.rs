@@ -8,11 +8,13 @@
 pub mod app;
 pub mod build;
 pub mod compose;
+pub mod deps;
 pub mod devstack;
 pub mod interfaces;
 pub mod kv;
 pub mod manifest;
 pub mod outbound;
+pub mod pool;
 pub mod router;
 pub mod runtime_config;
 pub mod server;

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 
+use crate::deps::INHERITABLE;
+pub use crate::deps::Inherit;
+
 /// A parsed manifest plus the folder it came from (sources and build commands are relative to it).
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -207,58 +210,6 @@ pub struct DependencyDecl {
     pub inherit_configuration: Option<Inherit>,
 }
 
-/// `inherit_configuration`: all, nothing, or a list of configuration keys.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Inherit {
-    /// true/false.
-    All(bool),
-    /// Listed keys.
-    Some(Vec<String>),
-}
-
-/// Configuration keys a dependency may inherit, and the host interfaces each one unlocks.
-pub const INHERITABLE: &[(&str, &[&str])] = &[
-    (
-        "key_value_stores",
-        &[
-            "spin:key-value/",
-            "wasi:keyvalue/",
-            "fermyon:spin/key-value",
-        ],
-    ),
-    (
-        "variables",
-        &["spin:variables/", "fermyon:spin/variables", "wasi:config/"],
-    ),
-    (
-        "allowed_outbound_hosts",
-        &[
-            "wasi:http/outgoing-handler",
-            "wasi:http/client",
-            "wasi:sockets/",
-            "spin:redis/",
-            "spin:postgres/",
-            "spin:mysql/",
-            "spin:mqtt/",
-        ],
-    ),
-    ("sqlite_databases", &["spin:sqlite/", "fermyon:spin/sqlite"]),
-    ("ai_models", &["fermyon:spin/llm"]),
-    ("environment", &[]),
-    ("files", &[]),
-];
-
-impl Inherit {
-    /// Whether configuration key `key` is inherited.
-    pub fn grants(&self, key: &str) -> bool {
-        match self {
-            Self::All(all) => *all,
-            Self::Some(keys) => keys.iter().any(|k| k == key),
-        }
-    }
-}
-
 fn check_route(route: &str) -> anyhow::Result<()> {
     ensure!(
         route.starts_with('/'),
@@ -354,7 +305,7 @@ impl Manifest {
                     );
                 }
             }
-            crate::compose::validate_names(
+            crate::deps::validate_names(
                 c.dependencies
                     .iter()
                     .map(|(name, dep)| (name.as_str(), dep.export.is_some())),

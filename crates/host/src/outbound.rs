@@ -10,6 +10,8 @@ use anyhow::{Context, bail, ensure};
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::pool::Pool;
+
 /// One allowed destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedHost {
@@ -93,13 +95,16 @@ impl AllowedHost {
     }
 }
 
-/// A component's outbound policy; also the `WasiHttpHooks` the store uses for every send.
+/// A component's outbound policy; also the `WasiHttpHooks` the store uses for every send: an allowed request
+/// goes out on the host's connection pool ([`crate::pool`]) when it has one, else on a fresh connection.
 #[derive(Debug, Clone, Default)]
 pub struct OutboundPolicy {
     /// Component id, for logs.
     pub component: Arc<str>,
     /// Allowed destinations; empty denies everything.
     pub allowed: Arc<[AllowedHost]>,
+    /// The host's connection pool.
+    pub pool: Option<Arc<Pool>>,
 }
 
 impl OutboundPolicy {
@@ -112,7 +117,14 @@ impl OutboundPolicy {
         Ok(Self {
             component: component.into(),
             allowed: allowed.into(),
+            pool: None,
         })
+    }
+
+    /// Send allowed requests through `pool`.
+    pub fn pooled(mut self, pool: Arc<Pool>) -> Self {
+        self.pool = Some(pool);
+        self
     }
 
     /// Whether `uri` may be requested.
@@ -140,6 +152,7 @@ impl WasiHttpHooks for OutboundPolicy {
     > {
         let allowed = self.allows_uri(request.uri());
         let component = self.component.clone();
+        let pool = self.pool.clone();
         Box::new(async move {
             if !allowed {
                 let uri = request.uri();
@@ -149,6 +162,11 @@ impl WasiHttpHooks for OutboundPolicy {
                     "outbound request denied: destination is not in allowed_outbound_hosts"
                 );
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
+            if let Some(pool) = pool {
+                // The pool drives its connections itself: nothing for the caller to await.
+                let response = pool.send(request, options).await?;
+                return Ok((response, Box::new(async { Ok(()) }) as IoFuture));
             }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((response.map(|b| b.boxed_unsync()), Box::new(io) as IoFuture))
