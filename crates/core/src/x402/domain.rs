@@ -34,4 +34,3 @@ impl TokenDomain {
         self.eip712_domain().separator()
     }
 }
-
