@@ -6,16 +6,20 @@ use esim402_core::ledger::{self, LedgerEntry, SHARDS, to_json_line, verify_shard
 use esim402_guest::convert::{self, internal, invalid};
 use esim402_guest::{ledger as store, wit};
 
-/// `log-events`: append each event; a malformed one is an input error, a store failure internal.
+/// `log-events`: append the events in order (one invoice's run with one head advance); a malformed one is an
+/// input error (nothing is appended), a store failure internal.
 pub async fn log(now: u64, events: &[wit::LedgerEvent]) -> Result<(), wit::Error> {
-    for e in events {
-        let (kind, fields) = convert::event(e)
-            .ok_or_else(|| invalid("kind", format!("unknown ledger event kind {:?}", e.kind)))?;
-        store::append(now, kind, fields)
-            .await
-            .map_err(|e| internal(format!("ledger: {e}")))?;
-    }
-    Ok(())
+    let events = events
+        .iter()
+        .map(|e| {
+            convert::event(e)
+                .ok_or_else(|| invalid("kind", format!("unknown ledger event kind {:?}", e.kind)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    store::append_all(now, events)
+        .await
+        .map(drop)
+        .map_err(|e| internal(format!("ledger: {e}")))
 }
 
 /// `ledger-verify`: `{ok, count, head}` (the head is the root over every shard), or the first problem.

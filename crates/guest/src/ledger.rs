@@ -71,6 +71,22 @@ async fn advance(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
     }
 }
 
+/// Move the head from `from` to `to` (past entries this appender wrote). A helper may have moved it part of
+/// the way meanwhile; then it is walked forward entry by entry, so the head never stays behind a finished run
+/// (a verifier would read the run as entries past the head).
+async fn catch_up(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
+    advance(from, to).await?;
+    let mut current = head(to.shard).await?;
+    while current.count < to.count {
+        let Some(entry) = read_entry(to.shard, current.count).await? else {
+            break;
+        };
+        advance(current, ChainHead::after(&entry)).await?;
+        current = head(to.shard).await?;
+    }
+    Ok(())
+}
+
 /// A random pause before retrying a lost race, growing with the attempt (capped at ~8 ms).
 async fn back_off(attempt: usize) {
     let jitter = crate::util::random_u64().unwrap_or(0);
@@ -78,33 +94,68 @@ async fn back_off(attempt: usize) {
     spin_sdk::time::sleep(std::time::Duration::from_micros(jitter % cap_us)).await;
 }
 
-/// Append one entry to its shard; returns it (with its `shard`, `seq` and `hash`).
-pub async fn append(
+/// Append events in order, each to its shard; returns the entries written. Consecutive events of one shard
+/// (one invoice's events of one request) are written as a run: entry by entry, each claimed with
+/// insert-if-absent, and the head advanced once past all of them.
+pub async fn append_all(
     at: u64,
-    kind: EntryKind,
-    fields: EntryFields,
-) -> Result<LedgerEntry, KvError<()>> {
-    let shard = shard_for(kind, &fields);
+    events: Vec<(EntryKind, EntryFields)>,
+) -> Result<Vec<LedgerEntry>, KvError<()>> {
+    let mut runs: Vec<(u16, std::collections::VecDeque<(EntryKind, EntryFields)>)> = Vec::new();
+    for (kind, fields) in events {
+        let shard = shard_for(kind, &fields);
+        match runs.last_mut() {
+            Some((s, run)) if *s == shard => run.push_back((kind, fields)),
+            _ => runs.push((shard, [(kind, fields)].into())),
+        }
+    }
+    let mut written = Vec::new();
+    for (shard, run) in runs {
+        written.extend(append_run(at, shard, run).await?);
+    }
+    Ok(written)
+}
+
+async fn append_run(
+    at: u64,
+    shard: u16,
+    mut pending: std::collections::VecDeque<(EntryKind, EntryFields)>,
+) -> Result<Vec<LedgerEntry>, KvError<()>> {
+    let mut written = Vec::with_capacity(pending.len());
     for attempt in 0..MAX_ATTEMPTS {
+        if pending.is_empty() {
+            return Ok(written);
+        }
         if attempt > 0 {
             back_off(attempt).await;
         }
-        let head = head(shard).await?;
-        if let Some(existing) = read_entry(shard, head.count).await? {
+        let start = head(shard).await?;
+        if let Some(existing) = read_entry(shard, start.count).await? {
             // Written by an appender that has not advanced the head yet: help it along.
-            advance(head, ChainHead::after(&existing)).await?;
+            advance(start, ChainHead::after(&existing)).await?;
             continue;
         }
-        let entry = LedgerEntry::new(&head, at, kind, fields.clone());
-        let key = keys::ledger_entry(shard, entry.seq);
-        match kv::insert_if_absent::<()>(&key, to_json_line(&entry).as_bytes()).await {
-            Ok(()) => {
-                advance(head, ChainHead::after(&entry)).await?;
-                return Ok(entry);
+        let mut cursor = start;
+        while let Some((kind, fields)) = pending.front() {
+            let entry = LedgerEntry::new(&cursor, at, *kind, fields.clone());
+            let key = keys::ledger_entry(shard, entry.seq);
+            match kv::insert_if_absent::<()>(&key, to_json_line(&entry).as_bytes()).await {
+                Ok(()) => {
+                    cursor = ChainHead::after(&entry);
+                    written.push(entry);
+                    pending.pop_front();
+                }
+                // Someone chained onto our run (or took the slot first): re-read the head and go on.
+                Err(KvError::Exists) => break,
+                Err(e) => return Err(e),
             }
-            Err(KvError::Exists) => continue,
-            Err(e) => return Err(e),
         }
+        if cursor != start {
+            catch_up(start, cursor).await?;
+        }
+    }
+    if pending.is_empty() {
+        return Ok(written);
     }
     Err(KvError::Contended(keys::ledger_head(shard)))
 }

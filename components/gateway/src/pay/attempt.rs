@@ -8,16 +8,44 @@ use esim402_guest::wit;
 use serde_json::{Value, json};
 
 use super::answers::{Answers, order_pending, stored, stored_error, unsettled};
-use super::{Order, log, log_events};
+use std::cell::RefCell;
+
+use esim402_guest::convert::event_to_wit;
+
+use super::{Order, log_events};
 use crate::{dispatch, from_wit, invoices, now, verifier};
 
-/// An attempt answers with its [`Answers`].
-pub struct Attempt<'a>(pub Answers<'a>);
+/// An attempt answers with its [`Answers`] and collects its ledger events: they are appended together (one
+/// run in the invoice's shard, one head advance) after verification and at the end ([`Attempt::flush`]).
+pub struct Attempt<'a> {
+    answers: Answers<'a>,
+    pending: RefCell<Vec<wit::LedgerEvent>>,
+}
 
 impl<'a> std::ops::Deref for Attempt<'a> {
     type Target = Answers<'a>;
     fn deref(&self) -> &Answers<'a> {
-        &self.0
+        &self.answers
+    }
+}
+
+impl<'a> Attempt<'a> {
+    pub fn new(answers: Answers<'a>) -> Self {
+        Self {
+            answers,
+            pending: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Record a ledger event, appended at the next [`Attempt::flush`].
+    pub fn note(&self, kind: EntryKind, fields: EntryFields) {
+        self.pending.borrow_mut().push(event_to_wit(kind, &fields));
+    }
+
+    /// Append the recorded events.
+    pub async fn flush(&self) {
+        let events = std::mem::take(&mut *self.pending.borrow_mut());
+        log_events(events).await;
     }
 }
 
@@ -76,20 +104,18 @@ impl Attempt<'_> {
                 sim.iccid
             );
         }
-        log(
+        self.note(
             EntryKind::SettlementFailed,
             self.fields()
                 .payer(payer.to_owned())
                 .detail("reason", reason),
-        )
-        .await;
-        log(
+        );
+        self.note(
             EntryKind::ActivationFailed,
             self.fields()
                 .detail("iccid", &sim.iccid)
                 .detail("reason", "settlement failed; profile terminated"),
-        )
-        .await;
+        );
     }
 
     /// tx-hash proofs: verify, claim the transaction, order; a failed order owes a refund.
@@ -121,11 +147,10 @@ impl Attempt<'_> {
             Ok(_) => (wit::PaymentEnd::Resume, order_pending()),
             Err(e) => {
                 let err = from_wit(e);
-                log(
+                self.note(
                     EntryKind::ActivationFailed,
                     self.fields().detail("reason", &err.message),
-                )
-                .await;
+                );
                 let refund = self.owe_refund(&tx, &err.message).await;
                 let mut body = json!({ "error": err, "charged": true, "refund": refund });
                 body["error"]["message"] = Value::String(format!(
@@ -158,7 +183,7 @@ impl Attempt<'_> {
         match owed {
             Ok(owed) => {
                 if owed.new {
-                    log_events(vec![owed.event]).await;
+                    self.pending.borrow_mut().push(owed.event);
                 }
                 serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund))
             }
@@ -173,16 +198,18 @@ impl Attempt<'_> {
     }
 
     /// Verify; on refusal the attempt ends here with the answer to send.
+    /// The invoice's first events (issued, verified) are appended here, before anything moves.
     async fn verify(&self) -> Result<wit::Verified, (wit::PaymentEnd, StoredResponse)> {
-        match verifier::verify(self.invoice.clone(), self.proof.wit()).await {
-            Ok(v) => {
-                log(
-                    EntryKind::PaymentVerified,
-                    self.fields().payer(v.payer.clone()),
-                )
-                .await;
-                Ok(v)
-            }
+        let verified = verifier::verify(self.invoice.clone(), self.proof.wit()).await;
+        if let Ok(v) = &verified {
+            self.note(
+                EntryKind::PaymentVerified,
+                self.fields().payer(v.payer.clone()),
+            );
+        }
+        self.flush().await;
+        match verified {
+            Ok(v) => Ok(v),
             Err(wit::Error::PaymentRequired(reason)) => {
                 Err((wit::PaymentEnd::Release, self.challenge(&reason)))
             }
@@ -202,13 +229,12 @@ impl Attempt<'_> {
             Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
             Err(e) => {
                 let err = from_wit(e);
-                log(
+                self.note(
                     EntryKind::ActivationFailed,
                     self.fields()
                         .payer(payer.to_owned())
                         .detail("reason", &err.message),
-                )
-                .await;
+                );
                 let mut body = json!({ "error": err, "charged": false });
                 body["error"]["message"] = Value::String(format!(
                     "{}; no payment was taken (the authorization was not settled); request a new invoice",
@@ -233,21 +259,19 @@ impl Attempt<'_> {
             }
             return false;
         }
-        log(
+        self.note(
             EntryKind::SettlementConfirmed,
             self.fields().payer(payer.to_owned()).tx_hash(tx.to_owned()),
-        )
-        .await;
+        );
         true
     }
 
     async fn activated(&self, sim: &wit::Sim) {
-        log(
+        self.note(
             EntryKind::ActivationCompleted,
             self.fields()
                 .detail("iccid", &sim.iccid)
                 .detail("carrier", &sim.carrier),
-        )
-        .await;
+        );
     }
 }

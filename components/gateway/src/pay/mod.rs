@@ -22,7 +22,7 @@
 mod answers;
 mod attempt;
 
-use esim402_core::ledger::{EntryFields, EntryKind};
+use esim402_core::ledger::EntryKind;
 use esim402_core::paid::{self, StoredResponse};
 use esim402_core::x402::payment_id::{PaymentId, payment_id_of};
 use esim402_core::x402::requirements::invoice_id_of;
@@ -30,7 +30,7 @@ use esim402_core::x402::{
     PaymentPayload, decode_payment_signature_header, decode_x_payment_header,
 };
 use esim402_core::{ApiError, ErrorKind, InvoiceId};
-use esim402_guest::convert::{self, event_to_wit};
+use esim402_guest::convert;
 use esim402_guest::wit;
 
 use crate::{dispatch, from_wit, invoices, now};
@@ -298,19 +298,20 @@ pub async fn pay(
         wit::Begin::Replay(stored) => return Ok(convert::response(&stored)),
         wit::Begin::Conflict(msg) => return Err(ApiError::new(ErrorKind::Conflict, msg)),
     };
-    let attempt = Attempt(Answers {
+    let attempt = Attempt::new(Answers {
         invoice: &invoice,
         proof: &proof,
         url: resource_url,
     });
     if driver.first {
         // The invoice becomes a money event when its first payment arrives (an unpaid one is stored nowhere).
-        log(EntryKind::InvoiceIssued, attempt.fields()).await;
+        attempt.note(EntryKind::InvoiceIssued, attempt.fields());
     }
     let (end, response) = match proof.kind {
         Kind::TxHash => attempt.prepaid(&order).await,
         Kind::V2 | Kind::V1 => attempt.exact(&order).await,
     };
+    attempt.flush().await;
     if let Err(e) = invoices::finish_payment(
         invoice.id.clone(),
         driver.holder,
@@ -327,13 +328,8 @@ pub async fn pay(
     Ok(response)
 }
 
-/// Append to the ledger. Money already moved must not be un-answered because a log write failed, so a
-/// failure is logged loudly, not returned.
-async fn log(kind: EntryKind, fields: EntryFields) {
-    log_events(vec![event_to_wit(kind, &fields)]).await;
-}
-
-/// Append events the components returned (refunds owed or paid).
+/// Append events (a payment attempt's, refunds owed or paid). Money already moved must not be un-answered
+/// because a log write failed, so a failure is logged loudly, not returned.
 pub async fn log_events(events: Vec<wit::LedgerEvent>) {
     if events.is_empty() {
         return;
