@@ -159,6 +159,10 @@ pub fn engine(cache_dir: Option<&Path>) -> anyhow::Result<Engine> {
         .linear_memory_keep_resident(1 << 20)
         .table_keep_resident(1 << 16);
     cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // `ESIM402_PROFILE=perfmap`: write /tmp/perf-<pid>.map so `perf report` names the wasm functions.
+    if std::env::var("ESIM402_PROFILE").as_deref() == Ok("perfmap") {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if let Some(dir) = cache_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create cache dir {}", dir.display()))?;
