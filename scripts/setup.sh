@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what esim402 needs on a fresh machine: the wasm32-wasip2 target, redis-server (for the Redis
 # backend tests) and the project-local npm tools in tools/node_modules (anvil, the dev chain `esim402 up` starts,
-# and solc-js, which compiles the test token), pinned by tools/package-lock.json, and the official x402 Python client
-# in tools/.venv (for scripts/demo.py and the end-to-end tests), pinned by tools/python-constraints.txt. Nothing
-# is installed globally.
+# solc-js, which compiles the test token, and the official x402 TypeScript SDK, whose facilitator
+# tests/peers/ts_facilitator.mjs serves), pinned by tools/package-lock.json, and the official x402 Python SDK in
+# tools/.venv (the client for scripts/demo.py and the end-to-end tests, the facilitator tests/peers/py_facilitator.py
+# serves, its Flask resource server for a benchmark), pinned by tools/python-constraints.txt. Nothing is installed
+# globally.
 # Idempotent; quiet when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ if ! cmp -s tools/package-lock.json tools/node_modules/.esim402-installed-lock 2
   npm ci --prefix tools --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
   cp tools/package-lock.json tools/node_modules/.esim402-installed-lock
 fi
-# The official x402 Python client, x402[evm,requests] (web3 + eth-account come with `evm`), in a project-local
+# The official x402 Python SDK, x402[evm,requests,flask] (web3 + eth-account come with `evm`), in a project-local
 # venv; every transitive dependency pinned by the constraints file, which is also the stamp: reinstall (into a
 # cleared venv) only when it changed since the last install. jsonschema: `x402.extensions` (payment-identifier
 # helpers) does not import without it; the package's own `extensions` extra would also pull signinwithethereum,
@@ -32,6 +34,6 @@ if ! cmp -s tools/python-constraints.txt tools/.venv/.esim402-installed-constrai
   # Debian ships `venv` without ensurepip unless python3-venv is installed.
   python3 -m venv --clear tools/.venv >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv --clear tools/.venv; }
   tools/.venv/bin/pip install -q --no-input --disable-pip-version-check \
-    -c tools/python-constraints.txt "x402[evm,requests]==2.25.0" jsonschema >/dev/null
+    -c tools/python-constraints.txt "x402[evm,requests,flask]==2.25.0" jsonschema >/dev/null
   cp tools/python-constraints.txt tools/.venv/.esim402-installed-constraints
 fi

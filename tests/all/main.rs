@@ -3,6 +3,7 @@
 
 mod activate;
 mod backends;
+mod conformance;
 mod devchain;
 mod dispatch;
 mod facilitator;

@@ -556,7 +556,7 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
             "underpayment",
             |p| p.auth.value -= U256::from(1),
             402,
-            "invalid_exact_evm_authorization_value",
+            "invalid_exact_evm_payload_authorization_value_mismatch",
         ),
         (
             "expired",

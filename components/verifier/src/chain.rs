@@ -16,17 +16,20 @@ use esim402_core::evm::rpc::{
 use esim402_core::x402::ChainFacts;
 use esim402_core::x402::NetworkConfig;
 use esim402_core::x402::exact::{
-    SignedAuthorization, authorization_state_calldata, balance_of_calldata,
+    EthGetCode, SignedAuthorization, authorization_state_calldata, balance_of_calldata,
     decode_authorization_state_return, decode_balance_of_return, decode_string_return,
     name_calldata, transfer_with_authorization_calldata, version_calldata,
 };
 
-use crate::rpc::{CALL_TIMEOUT, CallError, Rpc, join_all};
+use crate::rpc::{CALL_TIMEOUT, CallError, Rpc, join_all, join2};
 use esim402_guest::wit;
 
 std::thread_local! {
     /// The chain ids this instance has seen its endpoints serve: checked once per instance, not per request.
     static CHECKED: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+    /// The (chain id, asset) pairs this instance has seen deployed: code, once there, does not go away (the
+    /// TS reference caches the same answer), so a contract is asked for once per instance.
+    static DEPLOYED: RefCell<HashSet<(u64, Address)>> = RefCell::new(HashSet::new());
 }
 
 /// How soon a settlement asks again for a receipt that was not there yet: nodes often answer the broadcast
@@ -48,6 +51,8 @@ pub enum Mined {
     Succeeded,
     /// Status 0.
     Reverted,
+    /// Status 1, but the receipt does not show what the transaction was for (see [`Chain::wait_for`]).
+    Unproven,
 }
 
 /// The configured network, reached over JSON-RPC.
@@ -100,8 +105,37 @@ impl Chain {
             .await
     }
 
-    /// Nonce state, balance and a simulation of `transferWithAuthorization` sent by `facilitator`, read
-    /// concurrently; on a failed simulation also the token's on-chain `name()`/`version()`.
+    /// Whether `asset` has code: `eth_getCode`, unless this instance has seen it deployed.
+    async fn deployed(&self, asset: Address) -> Result<bool, CallError> {
+        let key = (self.network.chain_id().0, asset);
+        if DEPLOYED.with(|d| d.borrow().contains(&key)) {
+            return Ok(true);
+        }
+        let code = self
+            .rpc
+            .call(&EthGetCode {
+                address: asset,
+                block: BlockTag::Latest,
+            })
+            .await?;
+        if !code.is_empty() {
+            DEPLOYED.with(|d| d.borrow_mut().insert(key));
+        }
+        Ok(!code.is_empty())
+    }
+
+    /// The facts about an asset that is not the network's USDC: only whether it has code (reference check 13's
+    /// first step); nothing else is asked of it.
+    pub async fn foreign_asset_facts(&self, asset: Address) -> Result<ChainFacts, wit::Error> {
+        match self.deployed(asset).await {
+            Ok(deployed) => Ok(ChainFacts::foreign_asset(deployed)),
+            Err(e) => Err(unavailable(&e)),
+        }
+    }
+
+    /// Whether the USDC has code, its nonce state, balance and a simulation of `transferWithAuthorization` sent
+    /// by `facilitator`, read concurrently; on a failed simulation also the token's on-chain
+    /// `name()`/`version()`.
     pub async fn facts(
         &self,
         signed: &SignedAuthorization,
@@ -116,7 +150,9 @@ impl Chain {
                 facilitator,
             ),
         ];
-        let mut answers = join_all(calls).await.into_iter();
+        let (deployed, answers) = join2(self.deployed(self.network.usdc), join_all(calls)).await;
+        let asset_deployed = deployed.map_err(|e| unavailable(&e))?;
+        let mut answers = answers.into_iter();
         let (Some(state), Some(balance), Some(simulation)) =
             (answers.next(), answers.next(), answers.next())
         else {
@@ -133,17 +169,19 @@ impl Chain {
             Err(e) if e.is_node() => U256::ZERO,
             Err(e) => return Err(unavailable(&e)),
         };
-        let simulation_ok = match simulation {
-            Ok(_) => true,
-            Err(e) if e.is_node() => false,
+        let (simulation_ok, revert) = match simulation {
+            Ok(_) => (true, None),
+            Err(CallError::Node { message, .. }) => (false, Some(message)),
             Err(e) => return Err(unavailable(&e)),
         };
         let mut facts = ChainFacts {
+            asset_deployed,
             nonce_used,
             balance,
             simulation_ok,
             token_name: None,
             token_version: None,
+            revert,
         };
         if !simulation_ok {
             // Only to name a domain mismatch more precisely; failures leave the generic reason.
@@ -195,8 +233,14 @@ impl Chain {
     }
 
     /// Poll for `hash`'s receipt until `deadline` (at least once): `None` if it is not mined (or not buried
-    /// under the network's confirmations) by then. RPC failures while polling only mean "not yet".
-    pub async fn wait_for(&self, hash: B256, deadline: Instant) -> Option<Mined> {
+    /// under the network's confirmations) by then. RPC failures while polling only mean "not yet". A receipt
+    /// with status 1 that `shows` refuses is [`Mined::Unproven`].
+    pub async fn wait_for(
+        &self,
+        hash: B256,
+        deadline: Instant,
+        shows: impl Fn(&TransactionReceipt) -> bool,
+    ) -> Option<Mined> {
         let need = u64::from(self.network.confirmations);
         let mut interval = FIRST_POLL_INTERVAL;
         loop {
@@ -205,6 +249,9 @@ impl Chain {
             if let Ok(Some(receipt)) = self.receipt(hash, timeout).await {
                 if !receipt.status {
                     return Some(Mined::Reverted);
+                }
+                if !shows(&receipt) {
+                    return Some(Mined::Unproven);
                 }
                 if need <= 1 {
                     return Some(Mined::Succeeded);

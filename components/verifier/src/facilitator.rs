@@ -3,7 +3,9 @@
 //! network, whose USDC is the only asset we verify or pay gas for).
 //!
 //! Protocol rejections are answers (`isValid:false` / `success:false` with the reason, `payer` and `network`
-//! filled whenever known); only an unparsable body is `invalid-input`, and an unreachable chain `unavailable`.
+//! filled whenever known), including a payload that lacks a field (as the references answer it: HTTP 200 and a
+//! reason); only a body that is not JSON or lacks `paymentPayload`/`paymentRequirements` is `invalid-input`
+//! (400), and an unreachable chain `unavailable`.
 //! Duplicates follow reference §5: a success is reported once; a repeat is `invalid_exact_evm_nonce_already_used`,
 //! except that a `settlement_pending` answer is reconciled against its recorded hash (the same signed bytes
 //! are sent again if the node lost them), never settled by a second transaction.
@@ -12,7 +14,7 @@ use std::time::Instant;
 
 use alloy_primitives::{Address, B256};
 use esim402_core::x402::exact::{claimed_payer, resolve_network};
-use esim402_core::x402::wire::PayloadError;
+use esim402_core::x402::wire::FacilitatorRequest;
 use esim402_core::x402::{
     InvalidReason, PaymentRequirements, SettleResponse, SupportedResponse, VerifyRequest,
     VerifyResponse,
@@ -33,31 +35,10 @@ fn to_json(value: &impl Serialize) -> Result<String, wit::Error> {
     serde_json::to_string(value).map_err(internal)
 }
 
-/// A parsed request, or the reason to answer with when only the version is wrong.
-enum Parsed {
-    Request(Box<VerifyRequest>),
-    /// `x402Version` unsupported or different from the payload's: answered, not refused.
-    BadVersion {
-        network: String,
-    },
-}
-
-fn parse(body: &str) -> Result<Parsed, wit::Error> {
-    match VerifyRequest::from_json(body.as_bytes()) {
-        Ok(r) => Ok(Parsed::Request(Box::new(r))),
-        Err(PayloadError::UnsupportedVersion(_) | PayloadError::VersionMismatch { .. }) => {
-            let network = serde_json::from_str::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| {
-                    v["paymentRequirements"]["network"]
-                        .as_str()
-                        .map(str::to_owned)
-                })
-                .unwrap_or_default();
-            Ok(Parsed::BadVersion { network })
-        }
-        Err(e) => Err(invalid("body", e.to_string())),
-    }
+/// A parsed request, or the verdict on a body whose objects are there but malformed inside (kernel
+/// [`FacilitatorRequest`]): answered with HTTP 200 like the references, never refused as bad input.
+fn parse(body: &str) -> Result<FacilitatorRequest, wit::Error> {
+    FacilitatorRequest::parse(body.as_bytes()).map_err(|e| invalid("body", e.to_string()))
 }
 
 /// Everything a request resolves to before the chain is asked.
@@ -119,13 +100,13 @@ impl Request {
 /// `POST /verify`.
 pub async fn verify(body: &str) -> Result<String, wit::Error> {
     let request = match parse(body)? {
-        Parsed::Request(r) => *r,
-        Parsed::BadVersion { .. } => {
-            return to_json(&VerifyResponse::invalid(
-                InvalidReason::InvalidX402Version,
-                None,
-            ));
-        }
+        FacilitatorRequest::Request(r) => *r,
+        FacilitatorRequest::Refused {
+            reason,
+            message,
+            payer,
+            ..
+        } => return to_json(&VerifyResponse::invalid(reason, payer).with_message(message)),
     };
     let r = match Request::load(request).await? {
         Loaded::Ready(r) => r,
@@ -133,7 +114,7 @@ pub async fn verify(body: &str) -> Result<String, wit::Error> {
             return to_json(&VerifyResponse::invalid(reason, payer));
         }
     };
-    let verdict = payment::verify(
+    let verdict = payment::verify_explained(
         &r.chain,
         r.cfg.signer_address(),
         &r.request.payment_payload,
@@ -141,23 +122,29 @@ pub async fn verify(body: &str) -> Result<String, wit::Error> {
         util::now_secs(),
     )
     .await?;
-    to_json(&VerifyResponse::from_result(
-        verdict.map(|c| c.payer),
-        r.payer,
-    ))
+    to_json(&match verdict {
+        Ok(checked) => VerifyResponse::valid(checked.payer),
+        Err((reason, None)) => VerifyResponse::invalid(reason, r.payer),
+        // Like the references: the failed simulation's revert as `invalidMessage`.
+        Err((reason, Some(message))) => {
+            VerifyResponse::invalid(reason, r.payer).with_message(message)
+        }
+    })
 }
 
 /// `POST /settle`.
 pub async fn settle(body: &str) -> Result<String, wit::Error> {
     let request = match parse(body)? {
-        Parsed::Request(r) => *r,
-        Parsed::BadVersion { network } => {
-            return to_json(&SettleResponse::failure(
-                InvalidReason::InvalidX402Version,
-                None,
-                None,
-                network,
-            ));
+        FacilitatorRequest::Request(r) => *r,
+        FacilitatorRequest::Refused {
+            reason,
+            message,
+            network,
+            payer,
+        } => {
+            return to_json(
+                &SettleResponse::failure(reason, payer, None, network).with_message(message),
+            );
         }
     };
     let r = match Request::load(request).await? {
@@ -259,6 +246,7 @@ fn answer(r: &Request, payer: Address, outcome: Outcome, first: bool) -> SettleR
         Outcome::Reverted(tx) | Outcome::Dropped(tx) => {
             r.failure(InvalidReason::TransactionFailed, Some(tx))
         }
+        Outcome::Unproven(tx) => r.failure(InvalidReason::TransferEventMismatch, Some(tx)),
         Outcome::Pending(tx) => r.failure(InvalidReason::SettlementPending, Some(tx)),
     }
 }

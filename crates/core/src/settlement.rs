@@ -157,6 +157,9 @@ pub enum Outcome {
     /// Never mined and never will be (another transaction used its account nonce), and the authorization is
     /// unused: no money moved.
     Dropped(B256),
+    /// Mined with status 1, but the receipt shows no `Transfer(from, to, value)` of the asset for the
+    /// authorization (x402 `invalid_exact_evm_transfer_event_mismatch`): not a settlement we can report.
+    Unproven(B256),
 }
 
 /// What a repeat of a claimed payment gets, from its record alone.
@@ -249,19 +252,23 @@ impl Record {
     }
 
     /// Record a terminal `outcome` (not `Pending`) for the claim `claim`; `false` (unchanged) if the record is
-    /// terminal already or not `claim`'s. A failure carries `transaction_failed`.
+    /// terminal already or not `claim`'s. A failure carries `transaction_failed`, an unproven transfer
+    /// `invalid_exact_evm_transfer_event_mismatch`.
     pub fn finish(&mut self, claim: &str, outcome: Outcome, now: u64) -> bool {
         if self.claim != claim || self.is_terminal() || matches!(outcome, Outcome::Pending(_)) {
             return false;
         }
         self.updated_at = now;
-        match outcome {
-            Outcome::Confirmed(_) => self.status = Status::Confirmed,
-            _ => {
-                self.status = Status::Failed;
-                self.reason = Some(InvalidReason::TransactionFailed.as_str().to_owned());
+        let reason = match outcome {
+            Outcome::Confirmed(_) => {
+                self.status = Status::Confirmed;
+                return true;
             }
-        }
+            Outcome::Unproven(_) => InvalidReason::TransferEventMismatch,
+            _ => InvalidReason::TransactionFailed,
+        };
+        self.status = Status::Failed;
+        self.reason = Some(reason.as_str().to_owned());
         true
     }
 
@@ -371,6 +378,23 @@ mod tests {
         assert_eq!(
             r.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
             Outcome::Dropped(tx.hash)
+        );
+    }
+
+    #[test]
+    fn an_unproven_transfer_fails_with_the_references_reason() {
+        let mut r = claimed(0);
+        let tx = signed(0);
+        r.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        assert!(r.finish("x402/nonce/a", Outcome::Unproven(tx.hash), 2));
+        assert_eq!(r.status, Status::Failed);
+        assert_eq!(
+            replay(&r, 3),
+            Replay::Failed("invalid_exact_evm_transfer_event_mismatch".into())
+        );
+        assert!(
+            !r.finish("x402/nonce/a", Outcome::Confirmed(tx.hash), 4),
+            "terminal"
         );
     }
 

@@ -239,7 +239,7 @@ async fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
 /// records the outcome reports it.
 async fn reconcile(chain: &Chain, key: &str, hash: B256, now: u64, deadline: Instant) -> Step {
     let tx = hash.to_string();
-    let mined = match chain.wait_for(hash, deadline).await {
+    let mined = match chain.wait_for(hash, deadline, |_| true).await {
         Some(mined) => mined,
         None => return Step::Pending(Some(hash)),
     };

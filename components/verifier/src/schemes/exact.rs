@@ -198,6 +198,7 @@ fn answer(outcome: Outcome) -> Result<wit::Settlement, wit::Error> {
         Outcome::Reverted(_) | Outcome::Dropped(_) => {
             Err(rejected(InvalidReason::TransactionFailed))
         }
+        Outcome::Unproven(_) => Err(rejected(InvalidReason::TransferEventMismatch)),
     }
 }
 

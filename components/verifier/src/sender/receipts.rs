@@ -9,11 +9,15 @@
 use std::time::{Duration, Instant};
 
 use alloy_primitives::B256;
+use esim402_core::evm::TransactionReceipt;
 use esim402_core::evm::{SignedTx, SigningKey};
 use esim402_core::settlement::Outcome;
 use esim402_core::store::keys;
 use esim402_core::x402::InvalidReason;
-use esim402_core::x402::exact::{SignedAuthorization, transfer_with_authorization_calldata};
+use esim402_core::x402::exact::{
+    SignedAuthorization, TransferAuthorization, settled_authorization, transfer_event_matches,
+    transfer_with_authorization_calldata,
+};
 use esim402_guest::{util, wit};
 
 use super::rebroadcast::{self, Look};
@@ -108,7 +112,14 @@ pub async fn broadcast(
     })
     .await
     {
-        Ok(hash) => Ok(wait(chain, claim, hash, Instant::now() + timeout).await.0),
+        Ok(hash) => {
+            let deadline = Instant::now() + timeout;
+            Ok(
+                wait(chain, claim, hash, Some(&signed.authorization), deadline)
+                    .await
+                    .0,
+            )
+        }
         Err(NotBroadcast { why, recorded }) => {
             let mut keys = claim.keys.clone();
             keys.extend(recorded.map(keys::txhash));
@@ -123,10 +134,29 @@ pub async fn broadcast(
 
 /// Poll for `hash` until `deadline` and record the result on the claim's record. The flag says whether this
 /// call recorded it (the first to see a receipt), which the facilitator API needs: a success is reported once.
-pub async fn wait(chain: &Chain, claim: &Claim, hash: B256, deadline: Instant) -> (Outcome, bool) {
-    let outcome = match chain.wait_for(hash, deadline).await {
+/// A receipt without the token's `Transfer(from, to, value)` for `executes` (the authorization the transaction
+/// carries, when known) is [`Outcome::Unproven`], as the references refuse it.
+pub async fn wait(
+    chain: &Chain,
+    claim: &Claim,
+    hash: B256,
+    executes: Option<&TransferAuthorization>,
+    deadline: Instant,
+) -> (Outcome, bool) {
+    let asset = chain.network.usdc;
+    let shows = |receipt: &TransactionReceipt| {
+        executes.is_none_or(|auth| transfer_event_matches(receipt, asset, auth))
+    };
+    let outcome = match chain.wait_for(hash, deadline, shows).await {
         Some(Mined::Succeeded) => Outcome::Confirmed(hash),
         Some(Mined::Reverted) => Outcome::Reverted(hash),
+        Some(Mined::Unproven) => {
+            eprintln!(
+                "verifier: OPERATOR: settlement {hash} succeeded without the token's Transfer event for its authorization; recorded as failed ({})",
+                InvalidReason::TransferEventMismatch
+            );
+            Outcome::Unproven(hash)
+        }
         None => return (Outcome::Pending(hash), true),
     };
     finish(claim, hash, outcome).await
@@ -142,7 +172,14 @@ pub async fn reconcile(
     if lost_for_good(chain, claim, hash).await {
         return finish(claim, hash, Outcome::Dropped(hash)).await;
     }
-    wait(chain, claim, hash, deadline).await
+    // What the recorded transaction executes, from its own bytes (records from before they were kept: unknown).
+    let executes = match claims::load(&claim.record_key).await {
+        Ok(Some(r)) if r.tx_hash() == Some(hash) => r
+            .submitted_tx()
+            .and_then(|tx| settled_authorization(&tx.raw)),
+        _ => None,
+    };
+    wait(chain, claim, hash, executes.as_ref(), deadline).await
 }
 
 /// Whether the claim's transaction `hash` can never be mined and moved no money.

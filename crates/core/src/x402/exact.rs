@@ -4,11 +4,12 @@
 //! Run [`verify_request`] (or [`verify_exact`]) twice: first with `chain = None` (structure, time window,
 //! amount, signature), then, with the payer known, query the chain (calldata from [`authorization_state_calldata`],
 //! [`balance_of_calldata`], [`transfer_with_authorization_calldata`] for the `eth_call` simulation) and run it
-//! again with the answers as [`ChainFacts`]. Checks run in the reference's order and the first failure is the
+//! again with the answers as [`ChainFacts`] (for an asset other than the network's USDC, only whether it has code:
+//! [`EthGetCode`], [`ChainFacts::foreign_asset`]). Checks run in the reference's order and the first failure is the
 //! [`InvalidReason`]. Signatures: 65-byte ECDSA (`v` 27/28, or 0/1), low-s only; smart-wallet signatures
 //! (EIP-1271, ERC-6492) are not accepted.
 
-use alloy_primitives::{Address, B256, U256, keccak256};
+use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy_sol_types::{SolCall, SolStruct};
 use k256::ecdsa::{RecoveryId, Signature as EcdsaSignature, SigningKey, VerifyingKey};
 
@@ -20,6 +21,10 @@ use super::wire::{
     VerifyRequest,
 };
 use crate::chain::parse_address;
+use crate::evm::quantity::parse_data;
+use crate::evm::receipt::{TransactionReceipt, find_erc20_transfers};
+use crate::evm::rpc::{BlockTag, Method, RpcError};
+use serde_json::Value;
 
 /// Solidity declarations of the EIP-3009 token surface we use.
 mod abi {
@@ -251,6 +256,8 @@ pub fn sign_authorization(
 /// What the chain says about an authorization (reference checks 13–16), gathered by the verifier component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainFacts {
+    /// Whether the asset has code (`eth_getCode`).
+    pub asset_deployed: bool,
     /// `authorizationState(from, nonce)`; `None` if the asset has no code or the call did not answer.
     pub nonce_used: Option<bool>,
     /// `balanceOf(from)`.
@@ -261,17 +268,56 @@ pub struct ChainFacts {
     pub token_name: Option<String>,
     /// On-chain `version()`, read when the simulation failed.
     pub token_version: Option<String>,
+    /// The node's answer to the failed simulation (the revert), for `invalidMessage`.
+    pub revert: Option<String>,
 }
 
 impl ChainFacts {
     /// Facts without on-chain domain reads.
     pub fn new(nonce_used: bool, balance: U256, simulation_ok: bool) -> Self {
         Self {
+            asset_deployed: true,
             nonce_used: Some(nonce_used),
             balance,
             simulation_ok,
             token_name: None,
             token_version: None,
+            revert: None,
+        }
+    }
+
+    /// The detail to give with `reason` (as `invalidMessage`, like the references): the simulation's revert,
+    /// when the simulation failed and `reason` is a verdict of the chain stage.
+    pub fn message_for(&self, reason: InvalidReason) -> Option<&str> {
+        use InvalidReason as R;
+        let chain_stage = matches!(
+            reason,
+            R::Eip3009NotSupported
+                | R::NonceAlreadyUsed
+                | R::InsufficientBalance
+                | R::TokenNameMismatch
+                | R::TokenVersionMismatch
+                | R::SimulationFailed
+        );
+        if self.simulation_ok || !chain_stage {
+            return None;
+        }
+        self.revert.as_deref()
+    }
+}
+
+impl ChainFacts {
+    /// All there is to know about an asset that is not the network's USDC: whether it has code. Verification
+    /// refuses it either way.
+    pub fn foreign_asset(deployed: bool) -> Self {
+        Self {
+            asset_deployed: deployed,
+            nonce_used: None,
+            balance: U256::ZERO,
+            simulation_ok: false,
+            token_name: None,
+            token_version: None,
+            revert: None,
         }
     }
 }
@@ -315,10 +361,17 @@ pub fn verify_request(
 /// [`super::wire::PaymentRequirementsV1::to_v2`]) on `network`, at unix time `now`. Returns the payer.
 ///
 /// Order (reference §4): scheme/network served (2) → payload scheme (3) → payload network (4) → v2 `accepted`
-/// equals the requirements, which must name our USDC, a valid `payTo` and an integer amount (5) → `extra`
-/// domain present (6) and equal to the configured one → authorization well formed (7) → recipient (8) →
-/// `validBefore ≥ now + 6` (9) → `validAfter ≤ now` (10) → exact value (11) → signature (12) → with `chain`:
-/// EIP-3009 answered (13), nonce unused (14), balance (15), simulation (16).
+/// equals the requirements, which name a valid asset and `payTo` and an integer amount (5) → `extra` domain
+/// present (6) → recipient (8) → `validBefore ≥ now + 6` (9) → `validAfter ≤ now` (10) → exact value (11) →
+/// signature (12) → for our USDC, the `extra` domain equals the configured one → with `chain`: the asset is a
+/// deployed contract (13), is our USDC, answers EIP-3009 (13), nonce unused (14), balance (15), simulation (16).
+///
+/// Each authorization field is read by the check that uses it, so a field that is missing (read as `""`) or
+/// malformed fails that check, as in the references: `to` the recipient check; `from`, `nonce` and the
+/// signature the signature check; a number that is not a decimal integer is `invalid_payload` (check 7) at
+/// its own check. An asset other than the network's USDC passes the chain-free checks (so the references'
+/// order holds) and is refused at the chain stage: `asset_not_deployed_contract` if it has no code, else
+/// `invalid_payment_requirements` (we never simulate or pay gas for another token).
 pub fn verify_exact(
     payload: &PaymentPayload,
     requirements: &PaymentRequirements,
@@ -343,11 +396,7 @@ pub fn verify_exact(
     if payload.accepted().is_some_and(|a| a != requirements) {
         return Err(R::InvalidPaymentRequirements);
     }
-    // Only our (chain, USDC) pair: an attacker-chosen asset must not make us simulate or pay gas for it.
-    let asset = parse_address(&requirements.asset)
-        .ok()
-        .filter(|a| *a == network.usdc)
-        .ok_or(R::InvalidPaymentRequirements)?;
+    let asset = parse_address(&requirements.asset).map_err(|_| R::InvalidPaymentRequirements)?;
     let pay_to = parse_address(&requirements.pay_to).map_err(|_| R::InvalidPaymentRequirements)?;
     let amount = parse_decimal_u256(&requirements.amount).ok_or(R::InvalidPaymentRequirements)?;
 
@@ -355,28 +404,24 @@ pub fn verify_exact(
     else {
         return Err(R::MissingEip712Domain);
     };
-    // A domain that differs from the token's gives signatures that verify nowhere on chain (reference §11.1).
-    if name != network.eip712_name {
-        return Err(R::TokenNameMismatch);
-    }
-    if version != network.eip712_version {
-        return Err(R::TokenVersionMismatch);
-    }
 
-    let signed = SignedAuthorization::parse(payload.exact()).map_err(|_| R::InvalidPayload)?;
-    let auth = &signed.authorization;
-    if auth.to != pay_to {
+    let wire = &payload.exact().authorization;
+    if parse_address(&wire.to).ok() != Some(pay_to) {
         return Err(R::RecipientMismatch);
     }
-    if auth.valid_before < U256::from(now) + U256::from(VALID_BEFORE_BUFFER_SECS) {
+    let number = |s: &str| parse_decimal_u256(s).ok_or(R::InvalidPayload);
+    if number(&wire.valid_before)? < U256::from(now) + U256::from(VALID_BEFORE_BUFFER_SECS) {
         return Err(R::ValidBefore);
     }
-    if auth.valid_after > U256::from(now) {
+    if number(&wire.valid_after)? > U256::from(now) {
         return Err(R::ValidAfter);
     }
-    if auth.value != amount {
-        return Err(R::AuthorizationValue);
+    if number(&wire.value)? != amount {
+        return Err(R::AuthorizationValueMismatch);
     }
+    // `to` and the numbers parsed above: what is left to fail here is `from`, `nonce` or the signature.
+    let signed = SignedAuthorization::parse(payload.exact()).map_err(|_| R::Signature)?;
+    let auth = &signed.authorization;
     let domain = TokenDomain {
         name: name.to_owned(),
         version: version.to_owned(),
@@ -387,8 +432,24 @@ pub fn verify_exact(
         Ok(signer) if signer == auth.from => {}
         _ => return Err(R::Signature),
     }
+    let ours = asset == network.usdc;
+    // A domain that differs from our token's gives signatures that verify nowhere on chain (reference §11.1):
+    // known without asking the chain (the references find it by simulation, after everything above).
+    if ours && name != network.eip712_name {
+        return Err(R::TokenNameMismatch);
+    }
+    if ours && version != network.eip712_version {
+        return Err(R::TokenVersionMismatch);
+    }
 
     if let Some(facts) = chain {
+        if !facts.asset_deployed {
+            return Err(R::AssetNotDeployedContract);
+        }
+        // Only our (chain, USDC) pair: an attacker-chosen asset must not make us simulate or pay gas for it.
+        if !ours {
+            return Err(R::InvalidPaymentRequirements);
+        }
         match facts.nonce_used {
             None => return Err(R::Eip3009NotSupported),
             Some(true) => return Err(R::NonceAlreadyUsed),
@@ -408,6 +469,82 @@ pub fn verify_exact(
         }
     }
     Ok(auth.from)
+}
+
+/// The asset `requirements` name, if it is an address: the verifier reads [`ChainFacts`] for the network's USDC
+/// only, and for any other asset only whether it has code ([`ChainFacts::foreign_asset`]).
+pub fn requirement_asset(requirements: &PaymentRequirements) -> Option<Address> {
+    parse_address(&requirements.asset).ok()
+}
+
+/// `eth_getCode(address, block)` → the account's code (empty for an account without code): reference check 13's
+/// first step, `asset_not_deployed_contract`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthGetCode {
+    /// The account.
+    pub address: Address,
+    /// The block.
+    pub block: BlockTag,
+}
+
+impl Method for EthGetCode {
+    type Output = Bytes;
+    const NAME: &'static str = "eth_getCode";
+    fn params(&self) -> Value {
+        serde_json::json!([format!("{:#x}", self.address), self.block.to_json()])
+    }
+    fn decode(&self, result: Value) -> Result<Bytes, RpcError> {
+        let text = result.as_str().ok_or_else(|| RpcError::UnexpectedResult {
+            method: Self::NAME,
+            reason: format!("expected a hex string, got {result}"),
+        })?;
+        parse_data(text).map_err(|source| RpcError::BadHex {
+            method: Self::NAME,
+            field: "result",
+            source,
+        })
+    }
+}
+
+/// The authorization a signed settlement transaction executes: the `transferWithAuthorization` call (either
+/// overload) in the calldata of an EIP-1559 transaction's raw bytes (`0x02 ‖ rlp`), as a settlement record keeps
+/// them. `None` for anything else.
+pub fn settled_authorization(raw: &[u8]) -> Option<TransferAuthorization> {
+    use alloy_consensus::{Signed, TxEip1559};
+    let mut buf = raw;
+    let tx = Signed::<TxEip1559>::eip2718_decode(&mut buf).ok()?;
+    let input = tx.tx().input.as_ref();
+    if let Ok(c) = abi::transferWithAuthorization_0Call::abi_decode(input) {
+        return Some(TransferAuthorization {
+            from: c.from,
+            to: c.to,
+            value: c.value,
+            valid_after: c.validAfter,
+            valid_before: c.validBefore,
+            nonce: c.nonce,
+        });
+    }
+    let c = abi::transferWithAuthorization_1Call::abi_decode(input).ok()?;
+    Some(TransferAuthorization {
+        from: c.from,
+        to: c.to,
+        value: c.value,
+        valid_after: c.validAfter,
+        valid_before: c.validBefore,
+        nonce: c.nonce,
+    })
+}
+
+/// Whether a successful settlement receipt shows the authorization executed: a `Transfer(from, to, value)` log
+/// emitted by `asset` (the references answer `invalid_exact_evm_transfer_event_mismatch` otherwise).
+pub fn transfer_event_matches(
+    receipt: &TransactionReceipt,
+    asset: Address,
+    auth: &TransferAuthorization,
+) -> bool {
+    find_erc20_transfers(receipt, asset)
+        .iter()
+        .any(|t| t.from == auth.from && t.to == auth.to && t.value == auth.value)
 }
 
 /// Calldata of `authorizationState(authorizer, nonce)` (selector `0xe94a0102`).

@@ -349,8 +349,8 @@ fn structural_checks_give_their_reasons_in_order() {
             R::InvalidPaymentRequirements,
         ),
         (
-            "foreign asset",
-            both(|r| r.asset = OTHER.to_checksum(None)),
+            "malformed asset",
+            both(|r| r.asset = "0x1234".into()),
             R::InvalidPaymentRequirements,
         ),
         (
@@ -369,16 +369,6 @@ fn structural_checks_give_their_reasons_in_order() {
             both(|r| r.extra.as_mut().unwrap().version = None),
             R::MissingEip712Domain,
         ),
-        (
-            "wrong domain name",
-            both(|r| r.extra = Some(Extra::eip712("USD Coin", "2"))),
-            R::TokenNameMismatch,
-        ),
-        (
-            "wrong domain version",
-            both(|r| r.extra = Some(Extra::eip712("USDC", "1"))),
-            R::TokenVersionMismatch,
-        ),
     ];
     for (what, (p, r), reason) in cases {
         assert_eq!(verify(&p, &r), Err(reason), "{what}");
@@ -394,32 +384,132 @@ fn structural_checks_give_their_reasons_in_order() {
     assert_eq!(verify(&p, &r), Ok(payer()));
 }
 
+/// A payload signed (consistently) for requirements changed by `f`, as a client that got them would send it.
+fn signed_for(f: impl Fn(&mut PaymentRequirements)) -> (PaymentPayload, PaymentRequirements) {
+    let (mut p, r) = both(f);
+    let domain = TokenDomain {
+        name: r.eip712_name().unwrap().into(),
+        version: r.eip712_version().unwrap().into(),
+        chain_id: base_sepolia().chain_id().0,
+        verifying_contract: r.asset.parse().unwrap(),
+    };
+    let PaymentPayload::V2(v) = &mut p else {
+        unreachable!()
+    };
+    v.payload = signed(&authorization(), &domain);
+    (p, r)
+}
+
 #[test]
-fn malformed_authorization_fields_are_invalid_payload() {
+fn a_domain_other_than_our_tokens_is_named_after_the_signature() {
+    use InvalidReason as R;
+    let (p, r) = signed_for(|r| r.extra = Some(Extra::eip712("USD Coin", "2")));
+    assert_eq!(verify(&p, &r), Err(R::TokenNameMismatch));
+    let (p, r) = signed_for(|r| r.extra = Some(Extra::eip712("USDC", "1")));
+    assert_eq!(verify(&p, &r), Err(R::TokenVersionMismatch));
+    // Signed for our domain while `extra` names another: the signature fails first (as in the references).
+    let (p, r) = both(|r| r.extra = Some(Extra::eip712("USD Coin", "2")));
+    assert_eq!(verify(&p, &r), Err(R::Signature));
+    // And a recipient mismatch is found before the domain (the references find the domain last).
+    let (mut p, r) = signed_for(|r| r.extra = Some(Extra::eip712("USD Coin", "2")));
+    let PaymentPayload::V2(v) = &mut p else {
+        unreachable!()
+    };
+    v.payload.authorization.to = OTHER.to_checksum(None);
+    assert_eq!(verify(&p, &r), Err(R::RecipientMismatch));
+}
+
+#[test]
+fn another_asset_passes_the_chain_free_checks_and_is_refused_by_the_chain_stage() {
+    use InvalidReason as R;
+    let (p, r) = signed_for(|r| r.asset = OTHER.to_checksum(None));
+    // Structure, window, value and signature hold (the references check the asset's code after them)…
+    assert_eq!(verify(&p, &r), Ok(payer()));
+    let with_chain = |facts: &ChainFacts| verify_exact(&p, &r, base_sepolia(), NOW, Some(facts));
+    // … then: no code is the references' `asset_not_deployed_contract`; a contract that is not our USDC is
+    // refused without simulating anything.
+    assert_eq!(
+        with_chain(&ChainFacts::foreign_asset(false)),
+        Err(R::AssetNotDeployedContract)
+    );
+    assert_eq!(
+        with_chain(&ChainFacts::foreign_asset(true)),
+        Err(R::InvalidPaymentRequirements)
+    );
+    // Whatever else the facts claim.
+    assert_eq!(with_chain(&facts()), Err(R::InvalidPaymentRequirements));
+    // An earlier failure still wins: a bad signature over the foreign domain is a signature failure.
+    let (mut bad, r) = signed_for(|r| r.asset = OTHER.to_checksum(None));
+    let PaymentPayload::V2(v) = &mut bad else {
+        unreachable!()
+    };
+    v.payload.signature = hex0x(&good_signature());
+    assert_eq!(verify(&bad, &r), Err(R::Signature));
+}
+
+#[test]
+fn malformed_authorization_fields_fail_the_check_that_reads_them() {
+    use InvalidReason as R;
     type Mutation = fn(&mut Authorization);
-    let cases: [(&str, Mutation); 10] = [
-        ("from", |a| a.from = "0x1234".into()),
-        ("to", |a| {
-            a.to = "209693Bc6afc0C5328bA36FaF03C514EF312287C".into()
-        }),
-        ("fractional value", |a| a.value = "0.016".into()),
-        ("negative validAfter", |a| a.valid_after = "-1".into()),
-        ("hex validBefore", |a| a.valid_before = "0x10".into()),
-        ("empty value", |a| a.value = String::new()),
-        ("huge value", |a| a.value = "1".repeat(79)),
-        ("short nonce", |a| a.nonce = "0xabcd".into()),
-        ("unprefixed nonce", |a| a.nonce = "ab".repeat(32)),
-        ("non-hex nonce", |a| {
-            a.nonce = format!("0x{}", "zz".repeat(32))
-        }),
+    let cases: [(&str, Mutation, R); 13] = [
+        ("malformed from", |a| a.from = "0x1234".into(), R::Signature),
+        (
+            "unprefixed to",
+            |a| a.to = "209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
+            R::RecipientMismatch,
+        ),
+        (
+            "fractional value",
+            |a| a.value = "0.016".into(),
+            R::InvalidPayload,
+        ),
+        (
+            "negative validAfter",
+            |a| a.valid_after = "-1".into(),
+            R::InvalidPayload,
+        ),
+        (
+            "hex validBefore",
+            |a| a.valid_before = "0x10".into(),
+            R::InvalidPayload,
+        ),
+        (
+            "huge value",
+            |a| a.value = "1".repeat(79),
+            R::InvalidPayload,
+        ),
+        ("short nonce", |a| a.nonce = "0xabcd".into(), R::Signature),
+        (
+            "unprefixed nonce",
+            |a| a.nonce = "ab".repeat(32),
+            R::Signature,
+        ),
+        (
+            "non-hex nonce",
+            |a| a.nonce = format!("0x{}", "zz".repeat(32)),
+            R::Signature,
+        ),
+        // Missing fields read as "" (the wire type's default) and fail the same checks.
+        ("no from", |a| a.from = String::new(), R::Signature),
+        ("no to", |a| a.to = String::new(), R::RecipientMismatch),
+        ("no value", |a| a.value = String::new(), R::InvalidPayload),
+        ("no nonce", |a| a.nonce = String::new(), R::Signature),
     ];
-    for (what, f) in cases {
+    for (what, f, reason) in cases {
         assert_eq!(
             verify(&with_auth(f), &requirements()),
-            Err(InvalidReason::InvalidPayload),
+            Err(reason),
             "{what}"
         );
     }
+    // A whole authorization missing fails the first check that reads it: the recipient.
+    assert_eq!(
+        verify(
+            &with_auth(|a| *a = Authorization::default()),
+            &requirements()
+        ),
+        Err(R::RecipientMismatch)
+    );
     for sig in [
         "",
         "0x",
@@ -433,12 +523,14 @@ fn malformed_authorization_fields_are_invalid_payload() {
             unreachable!()
         };
         v.payload.signature = sig.into();
-        assert_eq!(
-            verify(&p, &requirements()),
-            Err(InvalidReason::InvalidPayload),
-            "{sig:?}"
-        );
+        assert_eq!(verify(&p, &requirements()), Err(R::Signature), "{sig:?}");
     }
+    // A malformed number is found at its own check: a recipient mismatch comes first.
+    let p = with_auth(|a| {
+        a.to = OTHER.to_checksum(None);
+        a.value = "0.016".into();
+    });
+    assert_eq!(verify(&p, &requirements()), Err(R::RecipientMismatch));
 }
 
 #[test]
@@ -472,7 +564,7 @@ fn recipient_time_and_value_checks_come_before_the_signature() {
         let p = with_auth(|a| a.value = value.into());
         assert_eq!(
             verify(&p, &requirements()),
-            Err(R::AuthorizationValue),
+            Err(R::AuthorizationValueMismatch),
             "{value}"
         );
     }
@@ -602,6 +694,16 @@ fn chain_facts_are_checked_in_order() {
     use InvalidReason as R;
     let check =
         |f: ChainFacts| verify_exact(&good(), &requirements(), base_sepolia(), NOW, Some(&f));
+    // An asset without code comes first, whatever else the chain said.
+    assert_eq!(
+        check(ChainFacts {
+            asset_deployed: false,
+            nonce_used: Some(true),
+            balance: U256::ZERO,
+            ..facts()
+        }),
+        Err(R::AssetNotDeployedContract)
+    );
     assert_eq!(
         check(ChainFacts {
             nonce_used: None,
@@ -675,6 +777,137 @@ fn chain_facts_are_checked_in_order() {
         ),
         Err(R::ValidBefore)
     );
+}
+
+#[test]
+fn a_failed_simulation_explains_the_chain_stage_verdicts_only() {
+    use InvalidReason as R;
+    let failed = ChainFacts {
+        simulation_ok: false,
+        revert: Some("execution reverted: invalid signature".into()),
+        ..facts()
+    };
+    for r in [
+        R::SimulationFailed,
+        R::TokenNameMismatch,
+        R::NonceAlreadyUsed,
+        R::InsufficientBalance,
+    ] {
+        assert_eq!(
+            failed.message_for(r),
+            Some("execution reverted: invalid signature"),
+            "{r}"
+        );
+    }
+    assert_eq!(failed.message_for(R::Signature), None);
+    assert_eq!(failed.message_for(R::AssetNotDeployedContract), None);
+    let passed = ChainFacts {
+        revert: Some("stale".into()),
+        ..facts()
+    };
+    assert_eq!(passed.message_for(R::NonceAlreadyUsed), None);
+    assert_eq!(facts().message_for(R::SimulationFailed), None);
+}
+
+#[test]
+fn get_code_asks_for_the_asset_and_reads_empty_code_as_none() {
+    let call = EthGetCode {
+        address: OTHER,
+        block: BlockTag::Latest,
+    };
+    assert_eq!(EthGetCode::NAME, "eth_getCode");
+    assert_eq!(
+        call.params(),
+        serde_json::json!([format!("{OTHER:#x}"), "latest"])
+    );
+    assert_eq!(call.decode(serde_json::json!("0x")).unwrap().len(), 0);
+    assert_eq!(
+        call.decode(serde_json::json!("0x6080")).unwrap().as_ref(),
+        &[0x60, 0x80]
+    );
+    assert!(call.decode(serde_json::json!("0xzz")).is_err());
+    assert!(call.decode(serde_json::json!(null)).is_err());
+}
+
+#[test]
+fn a_settlement_receipt_must_show_the_authorized_transfer_from_the_asset() {
+    let auth = authorization();
+    let asset = base_sepolia().usdc;
+    let log = |token: Address, from: Address, to: Address, value: u64| {
+        serde_json::json!({"address": token.to_string(),
+            "topics": [crate::evm::receipt::TRANSFER_TOPIC.to_string(), from.into_word().to_string(),
+                       to.into_word().to_string()],
+            "data": B256::from(U256::from(value)).to_string(), "removed": false})
+    };
+    let receipt = |logs: Vec<Value>| {
+        TransactionReceipt::from_json(serde_json::json!({"status": "0x1", "blockNumber": "0x10",
+            "transactionHash": B256::repeat_byte(1).to_string(), "from": OTHER.to_string(),
+            "to": asset.to_string(), "logs": logs}))
+        .unwrap()
+    };
+    let right = log(asset, auth.from, auth.to, 10_000);
+    assert!(transfer_event_matches(
+        &receipt(vec![right.clone()]),
+        asset,
+        &auth
+    ));
+    // Among other logs too.
+    let noise = log(OTHER, auth.from, auth.to, 10_000);
+    assert!(transfer_event_matches(
+        &receipt(vec![noise.clone(), right]),
+        asset,
+        &auth
+    ));
+    for (what, logs) in [
+        ("no logs", vec![]),
+        ("another token's", vec![noise]),
+        ("other amount", vec![log(asset, auth.from, auth.to, 9_999)]),
+        (
+            "other recipient",
+            vec![log(asset, auth.from, OTHER, 10_000)],
+        ),
+        ("other sender", vec![log(asset, OTHER, auth.to, 10_000)]),
+    ] {
+        assert!(
+            !transfer_event_matches(&receipt(logs), asset, &auth),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_settlement_transaction_names_the_authorization_it_executes() {
+    use crate::evm::{Eip1559Tx, SigningKey as TxKey, sign_eip1559};
+    let auth = authorization();
+    let tx = |input: Vec<u8>| {
+        let tx = Eip1559Tx {
+            chain_id: crate::chain::ChainId(84532),
+            nonce: 3,
+            max_priority_fee_per_gas: 1,
+            max_fee_per_gas: 2,
+            gas_limit: 100_000,
+            to: base_sepolia().usdc,
+            value: U256::ZERO,
+            input: input.into(),
+        };
+        let key =
+            TxKey::from_hex("0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d")
+                .unwrap();
+        sign_eip1559(&tx, &key).unwrap().raw
+    };
+    let sig = good_signature();
+    let raw = tx(transfer_with_authorization_calldata(&auth, &sig));
+    assert_eq!(settled_authorization(&raw), Some(auth));
+    // The `bytes` overload too.
+    let raw = tx(transfer_with_authorization_calldata(&auth, &[7u8; 70]));
+    assert_eq!(settled_authorization(&raw), Some(auth));
+    // Anything else is none.
+    assert_eq!(
+        settled_authorization(&tx(balance_of_calldata(auth.from))),
+        None
+    );
+    assert_eq!(settled_authorization(&[0x02, 0xc0]), None);
+    assert_eq!(settled_authorization(&[]), None);
 }
 
 #[test]

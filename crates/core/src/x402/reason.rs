@@ -65,13 +65,17 @@ reasons! {
     ValidBefore => "invalid_exact_evm_payload_authorization_valid_before",
     /// Check 10: `validAfter` is in the future.
     ValidAfter => "invalid_exact_evm_payload_authorization_valid_after",
-    /// Check 11: `value` is not exactly `amount`.
-    AuthorizationValue => "invalid_exact_evm_authorization_value",
+    /// Check 11: `value` is not exactly `amount` (the TS and Python references' string; the v2 spec table's
+    /// older `invalid_exact_evm_authorization_value` is no longer emitted by either).
+    AuthorizationValueMismatch => "invalid_exact_evm_payload_authorization_value_mismatch",
     /// Check 12: the signature does not recover to `from` (or is malformed, high-s, or has a bad `v`).
     Signature => "invalid_exact_evm_signature",
     /// Check 12: a smart-wallet signature for an account without code and without an ERC-6492 wrapper.
     UndeployedSmartWallet => "invalid_exact_evm_payload_undeployed_smart_wallet",
-    /// Check 13: the asset has no code or does not answer `authorizationState`.
+    /// Check 13, first: `eth_getCode(asset)` is empty (the TS and Python references check it before any other
+    /// chain read).
+    AssetNotDeployedContract => "asset_not_deployed_contract",
+    /// Check 13: the asset does not answer `authorizationState`.
     Eip3009NotSupported => "invalid_exact_evm_eip3009_not_supported",
     /// Check 14 (and duplicate settlement): the authorization nonce is already used.
     NonceAlreadyUsed => "invalid_exact_evm_nonce_already_used",
@@ -85,6 +89,8 @@ reasons! {
     SimulationFailed => "invalid_exact_evm_transaction_simulation_failed",
     /// Settlement: the transaction was mined with status 0.
     TransactionFailed => "invalid_exact_evm_transaction_failed",
+    /// Settlement: mined with status 1, but the receipt has no `Transfer(from, to, value)` log of the asset.
+    TransferEventMismatch => "invalid_exact_evm_transfer_event_mismatch",
     /// Settlement: broadcast, receipt not yet seen. Non-terminal: retry `/settle` once; never re-broadcast.
     SettlementPending => "settlement_pending",
     /// Spec §9 generic: insufficient funds.
@@ -146,7 +152,7 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", r.as_str()));
             assert_eq!(serde_json::from_str::<InvalidReason>(&json).unwrap(), r);
         }
-        assert_eq!(seen.len(), 27);
+        assert_eq!(seen.len(), 29);
     }
 
     #[test]
@@ -162,6 +168,25 @@ mod tests {
         assert_eq!(
             InvalidReason::SimulationFailed.as_str(),
             "invalid_exact_evm_transaction_simulation_failed"
+        );
+        // Where the TS (2.27) and Python (2.25) facilitators agree (tests/all/conformance.rs checks them live).
+        assert_eq!(
+            InvalidReason::AuthorizationValueMismatch.as_str(),
+            "invalid_exact_evm_payload_authorization_value_mismatch"
+        );
+        assert_eq!(
+            InvalidReason::AssetNotDeployedContract.as_str(),
+            "asset_not_deployed_contract"
+        );
+        assert_eq!(
+            InvalidReason::TransferEventMismatch.as_str(),
+            "invalid_exact_evm_transfer_event_mismatch"
+        );
+        assert!(
+            "invalid_exact_evm_authorization_value"
+                .parse::<InvalidReason>()
+                .is_err(),
+            "the old value string is gone"
         );
         assert!(InvalidReason::SettlementPending.is_pending());
         assert!(!InvalidReason::TransactionFailed.is_pending());

@@ -193,9 +193,11 @@ pub struct PaymentRequiredV1 {
     pub accepts: Vec<PaymentRequirementsV1>,
 }
 
-/// An EIP-3009 authorization as sent: every number a decimal string, addresses and nonce hex.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// An EIP-3009 authorization as sent: every number a decimal string, addresses and nonce hex. A missing field
+/// reads as `""` (as the Python reference reads it): verification refuses it at the check that needs it, with
+/// that check's reason, rather than refusing the whole body.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Authorization {
     /// Payer.
     pub from: String,
@@ -211,8 +213,9 @@ pub struct Authorization {
     pub nonce: String,
 }
 
-/// `payload` of an `exact` EVM payment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `payload` of an `exact` EVM payment. Missing fields read as empty (see [`Authorization`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ExactEvmPayload {
     /// `0x` + r‖s‖v (65 bytes for an EOA).
     pub signature: String,
@@ -448,6 +451,70 @@ pub struct VerifyRequest {
     pub payment_requirements: AnyPaymentRequirements,
 }
 
+/// A facilitator `/verify` or `/settle` body, as the facilitator API answers it (reference §6): a request to
+/// verify, or a verdict already. Only a body that is not a JSON object with `paymentPayload` and
+/// `paymentRequirements` objects is the caller's malformed input (HTTP 400); anything wrong inside them is a
+/// payment the references refuse with HTTP 200 and a reason, and so do we.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FacilitatorRequest {
+    /// Parsed: run the checks.
+    Request(Box<VerifyRequest>),
+    /// Refused as it stands: `invalid_x402_version` (a version other than 1 or 2, or the request's and the
+    /// payload's differ) or `invalid_payload` (a field of the wrong shape; `message` names it).
+    Refused {
+        /// The reason.
+        reason: InvalidReason,
+        /// What was wrong.
+        message: String,
+        /// `paymentRequirements.network`, if it is a string.
+        network: String,
+        /// `paymentPayload.payload.authorization.from`, if it is an address.
+        payer: Option<Address>,
+    },
+}
+
+impl FacilitatorRequest {
+    /// Parse a `/verify` or `/settle` body. `Err` only for a body that is not JSON, not an object, or lacks
+    /// the `paymentPayload` or `paymentRequirements` object. A missing top-level `x402Version` is taken from
+    /// the payload (the references route by the payload's).
+    pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
+        let mut v: Value = from_json_slice(bytes)?;
+        let body = v
+            .as_object_mut()
+            .ok_or_else(|| PayloadError::Shape("the body is not a JSON object".into()))?;
+        for field in ["paymentPayload", "paymentRequirements"] {
+            if !body.get(field).is_some_and(Value::is_object) {
+                return Err(PayloadError::Shape(format!(
+                    "missing field `{field}` (an object)"
+                )));
+            }
+        }
+        if !body.contains_key("x402Version")
+            && let Some(version) = body["paymentPayload"].get("x402Version").cloned()
+        {
+            body.insert("x402Version".into(), version);
+        }
+        let network = body["paymentRequirements"]["network"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let payer = body["paymentPayload"]
+            .pointer("/payload/authorization/from")
+            .and_then(Value::as_str)
+            .and_then(|s| crate::chain::parse_address(s).ok());
+        let request = VerifyRequest::from_json(v.to_string().as_bytes());
+        Ok(match request {
+            Ok(r) => Self::Request(Box::new(r)),
+            Err(e) => Self::Refused {
+                reason: e.reason(),
+                message: e.to_string(),
+                network,
+                payer,
+            },
+        })
+    }
+}
+
 /// Body of facilitator `POST /settle` (same shape as `/verify`).
 pub type SettleRequest = VerifyRequest;
 
@@ -521,6 +588,12 @@ impl VerifyResponse {
             payer: payer.map(checksummed),
             extensions: None,
         }
+    }
+
+    /// With a human-readable `invalidMessage`.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.invalid_message = Some(message.into());
+        self
     }
 
     /// From a verification outcome; `claimed_payer` fills `payer` on rejection (see
@@ -610,6 +683,12 @@ impl SettleResponse {
             amount: None,
             extensions: None,
         }
+    }
+
+    /// With a human-readable `errorMessage`.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.error_message = Some(message.into());
+        self
     }
 
     /// The reason, if it is one of ours.
@@ -891,6 +970,115 @@ mod tests {
         let back = VerifyRequest::from_json(v1.to_json().as_bytes()).unwrap();
         assert_eq!(back, v1);
         assert_eq!(back.payment_requirements.to_v2().amount, "10000");
+    }
+
+    #[test]
+    fn facilitator_bodies_are_400_only_without_their_two_objects() {
+        let body = |payload: Value| {
+            json!({"x402Version": 2, "paymentPayload": payload,
+                   "paymentRequirements": serde_json::to_value(requirements()).unwrap()})
+            .to_string()
+        };
+        let payload = |exact: Value| {
+            json!({"x402Version": 2, "accepted": serde_json::to_value(requirements()).unwrap(),
+                   "payload": exact})
+        };
+        let full = serde_json::to_value(exact_payload()).unwrap();
+        // Well formed: a request.
+        let Ok(FacilitatorRequest::Request(r)) =
+            FacilitatorRequest::parse(body(payload(full.clone())).as_bytes())
+        else {
+            panic!("a well-formed body is a request")
+        };
+        assert_eq!(r.payment_payload.exact(), &exact_payload());
+        // Missing scheme-payload fields read as empty: still a request, refused later by the check that needs them.
+        let mut no_sig = full.clone();
+        no_sig.as_object_mut().unwrap().remove("signature");
+        no_sig["authorization"]
+            .as_object_mut()
+            .unwrap()
+            .remove("value");
+        let Ok(FacilitatorRequest::Request(r)) =
+            FacilitatorRequest::parse(body(payload(no_sig)).as_bytes())
+        else {
+            panic!("missing payload fields are not a malformed body")
+        };
+        assert_eq!(r.payment_payload.exact().signature, "");
+        assert_eq!(r.payment_payload.exact().authorization.value, "");
+        assert_eq!(
+            r.payment_payload.exact().authorization.from,
+            exact_payload().authorization.from
+        );
+        let Ok(FacilitatorRequest::Request(r)) =
+            FacilitatorRequest::parse(body(payload(json!({}))).as_bytes())
+        else {
+            panic!("an empty scheme payload is a request")
+        };
+        assert_eq!(r.payment_payload.exact(), &ExactEvmPayload::default());
+        // A field of the wrong shape inside the objects: a verdict naming it, with the payer and network known.
+        let mut no_accepted = payload(full.clone());
+        no_accepted.as_object_mut().unwrap().remove("accepted");
+        match FacilitatorRequest::parse(body(no_accepted).as_bytes()) {
+            Ok(FacilitatorRequest::Refused {
+                reason,
+                message,
+                network,
+                payer,
+            }) => {
+                assert_eq!(reason, InvalidReason::InvalidPayload);
+                assert!(message.contains("accepted"), "{message}");
+                assert_eq!(network, "eip155:84532");
+                assert_eq!(
+                    payer.map(|p| p.to_checksum(None)),
+                    Some(exact_payload().authorization.from)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut numeric = full.clone();
+        numeric["authorization"]["value"] = json!(10000);
+        assert!(matches!(
+            FacilitatorRequest::parse(body(payload(numeric)).as_bytes()),
+            Ok(FacilitatorRequest::Refused {
+                reason: InvalidReason::InvalidPayload,
+                ..
+            })
+        ));
+        // Versions: unknown or different from the payload's is `invalid_x402_version`; absent at the top, the
+        // payload's counts.
+        let mut v: Value = serde_json::from_str(&body(payload(full.clone()))).unwrap();
+        v["x402Version"] = json!(7);
+        assert!(matches!(
+            FacilitatorRequest::parse(v.to_string().as_bytes()),
+            Ok(FacilitatorRequest::Refused {
+                reason: InvalidReason::InvalidX402Version,
+                ..
+            })
+        ));
+        v["x402Version"] = json!(1);
+        assert!(matches!(
+            FacilitatorRequest::parse(v.to_string().as_bytes()),
+            Ok(FacilitatorRequest::Refused {
+                reason: InvalidReason::InvalidX402Version,
+                ..
+            })
+        ));
+        v.as_object_mut().unwrap().remove("x402Version");
+        assert!(matches!(
+            FacilitatorRequest::parse(v.to_string().as_bytes()),
+            Ok(FacilitatorRequest::Request(_))
+        ));
+        // 400: not JSON, not an object, or without either object.
+        for bad in [
+            "not json",
+            "[1,2]",
+            "{}",
+            r#"{"x402Version":2}"#,
+            r#"{"x402Version":2,"paymentPayload":{},"paymentRequirements":"x"}"#,
+            r#"{"paymentRequirements":{}}"#,
+        ] {
+            assert!(FacilitatorRequest::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -142,6 +142,8 @@ pub(crate) struct ChainState {
     /// `eth_getTransactionCount` at `pending` (default [`TX_COUNT`]).
     pub(crate) pending_count: Option<u64>,
     pub(crate) estimate_fails: bool,
+    /// Mine `transferWithAuthorization` with status 1 but without the token's Transfer log.
+    pub(crate) hide_transfer_log: bool,
     /// Answer every request with HTTP 503.
     pub(crate) down: bool,
     /// Raw transactions accepted by `eth_sendRawTransaction`, in order (a forgotten one sent again twice).
@@ -167,6 +169,7 @@ impl Default for ChainState {
             mined_count: None,
             pending_count: None,
             estimate_fails: false,
+            hide_transfer_log: false,
             down: false,
             sent: Vec::new(),
             forgotten: HashSet::new(),
@@ -209,6 +212,20 @@ fn transfer_log(from: Address, to: Address, value: u64) -> Value {
     json!({"address": USDC,
            "topics": [ERC20_TRANSFER_TOPIC, from.into_word().to_string(), to.into_word().to_string()],
            "data": word(U256::from(value)), "removed": false})
+}
+
+/// The Transfer log a mined `transferWithAuthorization` in `raw` emits (none for other calls).
+fn authorized_transfer(raw: &[u8]) -> Option<Value> {
+    let input = decode_tx(raw).tx().input.clone();
+    if input.len() < 100 || input[..4] != TRANSFER_WITH_AUTHORIZATION {
+        return None;
+    }
+    let value = U256::from_be_slice(&input[68..100]);
+    Some(transfer_log(
+        Address::from_slice(&input[16..36]),
+        Address::from_slice(&input[48..68]),
+        value.to::<u64>(),
+    ))
 }
 
 impl ChainState {
@@ -273,6 +290,11 @@ impl Node {
                 "execution reverted: FiatTokenV2: authorization is used or canceled",
             )),
             "eth_estimateGas" => Ok(qty(GAS_ESTIMATE.into())),
+            // The token is deployed; any other address has no code.
+            "eth_getCode" if params[0].as_str().unwrap() == USDC.to_lowercase() => {
+                Ok(json!(format!("0x{}", "60".repeat(32))))
+            }
+            "eth_getCode" => Ok(json!("0x")),
             "eth_call" => {
                 assert_eq!(params[0]["to"].as_str().unwrap(), USDC.to_lowercase());
                 let data = params[0]["data"].as_str().unwrap();
@@ -306,8 +328,17 @@ impl Node {
                 let hash: B256 = params[0].as_str().unwrap().parse().unwrap();
                 if let Some(canned) = c.receipts.get(&hash) {
                     Ok(canned.clone())
-                } else if c.mining != Mining::Never && c.known(hash).is_some() {
-                    Ok(receipt(hash, c.mining == Mining::Succeed, vec![]))
+                } else if c.mining != Mining::Never
+                    && let Some(raw) = c.known(hash)
+                {
+                    // A successful `transferWithAuthorization` logs the token's Transfer, as USDC does.
+                    let ok = c.mining == Mining::Succeed;
+                    let logs = if ok && !c.hide_transfer_log {
+                        authorized_transfer(raw).into_iter().collect()
+                    } else {
+                        vec![]
+                    };
+                    Ok(receipt(hash, ok, logs))
                 } else {
                     Ok(Value::Null)
                 }
@@ -727,7 +758,7 @@ async fn each_rejection_maps_to_its_exact_reason() {
             name: "underpaid",
             chain: |_| {},
             pay: |p| p.auth.value = U256::from(PRICE - 1),
-            reason: "invalid_exact_evm_authorization_value",
+            reason: "invalid_exact_evm_payload_authorization_value_mismatch",
             reads_chain: false,
         },
         Case {
@@ -1653,9 +1684,15 @@ async fn facilitator_api_speaks_the_x402_json_shapes() {
                   "payer": payer})
         )
     );
-    // Requirements from the request: a domain that is not the token's is named as such.
+    // Requirements from the request: a domain that is not the token's is named as such (signed for that
+    // domain; signed for ours, the signature fails first, as in the references).
     let mut domain = pay(&inv);
     domain.accepted.extra = Some(esim402_core::x402::wire::Extra::eip712("USDC", "2"));
+    let v = facilitator_verify(&mut kit, domain.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(v["invalidReason"], "invalid_exact_evm_signature");
+    domain.domain.name = "USDC".into();
     let v = facilitator_verify(&mut kit, domain.facilitator_body())
         .await
         .unwrap();
@@ -1738,6 +1775,193 @@ async fn facilitator_api_speaks_the_x402_json_shapes() {
         .unwrap();
     assert_eq!(dup["errorReason"], "invalid_exact_evm_nonce_already_used");
     assert_eq!(node.sent().len(), 3);
+}
+
+/// A facilitator body for `p` with the JSON pointer `path` removed.
+fn body_without(p: &Pay, path: &str) -> String {
+    let mut body: Value = serde_json::from_str(&p.facilitator_body()).unwrap();
+    let (parent, field) = path.rsplit_once('/').unwrap();
+    body.pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .unwrap()
+        .remove(field)
+        .unwrap();
+    body.to_string()
+}
+
+#[tokio::test]
+async fn facilitator_api_answers_payload_gaps_and_unknown_assets_like_the_references() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(21, None);
+    let payer = payer().to_checksum(None);
+    // A payload lacking a field is a verdict (HTTP 200), not bad input: the check that reads the field fails.
+    let p = pay(&inv);
+    for (path, reason) in [
+        (
+            "/paymentPayload/payload/signature",
+            "invalid_exact_evm_signature",
+        ),
+        (
+            "/paymentPayload/payload/authorization",
+            "invalid_exact_evm_recipient_mismatch",
+        ),
+        (
+            "/paymentPayload/payload/authorization/from",
+            "invalid_exact_evm_signature",
+        ),
+        (
+            "/paymentPayload/payload/authorization/nonce",
+            "invalid_exact_evm_signature",
+        ),
+        (
+            "/paymentPayload/payload/authorization/value",
+            "invalid_payload",
+        ),
+        ("/paymentPayload/accepted", "invalid_payload"),
+        ("/paymentPayload/x402Version", "invalid_payload"),
+    ] {
+        let body = body_without(&p, path);
+        let v = facilitator_verify(&mut kit, body.clone()).await.unwrap();
+        assert_eq!(
+            (v["isValid"].clone(), v["invalidReason"].clone()),
+            (json!(false), json!(reason)),
+            "{path}: {v}"
+        );
+        let s = facilitator_settle(&mut kit, body).await.unwrap();
+        assert_eq!(
+            (
+                s["success"].clone(),
+                s["errorReason"].clone(),
+                s["network"].clone()
+            ),
+            (json!(false), json!(reason), json!("eip155:31337")),
+            "{path}: {s}"
+        );
+    }
+    // The shape problem is named.
+    let v = facilitator_verify(&mut kit, body_without(&p, "/paymentPayload/accepted"))
+        .await
+        .unwrap();
+    assert!(
+        v["invalidMessage"].as_str().unwrap().contains("accepted"),
+        "{v}"
+    );
+    assert_eq!(v["payer"], payer);
+    assert!(node.sent().is_empty());
+
+    // An asset that is not our USDC: without code, the references' `asset_not_deployed_contract` (only its code
+    // is asked for); nothing is simulated or sent.
+    let mut foreign = pay(&inv);
+    foreign.accepted.asset = STRANGER.into();
+    foreign.domain.verifying_contract = addr(STRANGER);
+    let before = kit.requests().len();
+    let v = facilitator_verify(&mut kit, foreign.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        json!({"isValid": false, "invalidReason": "asset_not_deployed_contract", "payer": payer})
+    );
+    let asked: Vec<String> = rpc_methods(&kit)[before..].to_vec();
+    assert!(
+        asked
+            .iter()
+            .all(|m| m == "eth_getCode" || m == "eth_chainId"),
+        "{asked:?}"
+    );
+    let s = facilitator_settle(&mut kit, foreign.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(s["errorReason"], "asset_not_deployed_contract");
+    assert!(
+        kit.kv_get(&foreign.nonce_key()).await.is_none(),
+        "nothing claimed"
+    );
+    assert!(node.sent().is_empty());
+
+    // A failed simulation's revert comes along as `invalidMessage`, as the references send it.
+    node.set(|c| c.simulation_ok = false);
+    let v = facilitator_verify(&mut kit, pay(&inv).facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(
+        v["invalidReason"],
+        "invalid_exact_evm_transaction_simulation_failed"
+    );
+    assert!(
+        v["invalidMessage"]
+            .as_str()
+            .unwrap()
+            .contains("invalid signature"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_settlement_without_its_transfer_event_is_refused_with_the_references_reason() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(22, None);
+    node.set(|c| c.hide_transfer_log = true);
+    // Through the facilitator API: mined with status 1, but no Transfer(from, to, value) of the token.
+    let p = pay(&inv);
+    let s = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(
+        (
+            s["success"].clone(),
+            s["errorReason"].clone(),
+            s["transaction"].clone()
+        ),
+        (
+            json!(false),
+            json!("invalid_exact_evm_transfer_event_mismatch"),
+            json!(hash)
+        )
+    );
+    // Terminal: the record says why, and a repeat sends nothing.
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(
+        (record["status"].clone(), record["reason"].clone()),
+        (
+            json!("failed"),
+            json!("invalid_exact_evm_transfer_event_mismatch")
+        )
+    );
+    let again = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(
+        again["errorReason"],
+        "invalid_exact_evm_transfer_event_mismatch"
+    );
+    assert_eq!(node.sent().len(), 1);
+    // For an invoice: refused with the same reason, and the invoice is not paid by it.
+    let q = pay(&inv);
+    assert_eq!(
+        settle(&mut kit, &inv, q.v2()).await,
+        Err(E::PaymentRequired(
+            "invalid_exact_evm_transfer_event_mismatch".into()
+        ))
+    );
+    // A settlement that was pending is reconciled against what its bytes on record execute.
+    node.set(|c| c.mining = Mining::Never);
+    let r = pay(&inv);
+    let pending = facilitator_settle(&mut kit, r.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(pending["errorReason"], "settlement_pending");
+    node.set(|c| c.mining = Mining::Succeed);
+    let done = facilitator_settle(&mut kit, r.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(
+        done["errorReason"], "invalid_exact_evm_transfer_event_mismatch",
+        "{done}"
+    );
 }
 
 // ---- tx-hash proofs --------------------------------------------------------------------------------------
