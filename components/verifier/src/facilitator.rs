@@ -161,7 +161,7 @@ pub async fn settle(body: &str) -> Result<String, wit::Error> {
 async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
     let now = util::now_secs();
     let payload = &r.request.payment_payload;
-    let checked = match payment::check(&r.chain, payload, &r.requirements, now) {
+    let checked = match payment::check(&r.chain, payload, &r.requirements, now, None) {
         Ok(c) => c,
         Err(reason) => {
             // A repeat after the authorization's window closed still deserves the stored outcome.

@@ -36,12 +36,15 @@ struct Payment {
     id: String,
     invoice: esim402_core::invoice::Invoice,
     payload: PaymentPayload,
+    /// The payload's fingerprint (kernel `paid::fingerprint` of its JSON).
+    fingerprint: String,
     requirements: PaymentRequirements,
 }
 
 impl Payment {
     async fn load(inv: &wit::Invoice, payload: &str) -> Result<Self, wit::Error> {
         let (id, invoice) = invoice(inv)?;
+        let fingerprint = esim402_core::paid::fingerprint(payload.as_bytes());
         let payload = PaymentPayload::from_json(payload.as_bytes())
             .map_err(|e| invalid("payment", e.to_string()))?;
         let cfg = config::get().await?;
@@ -57,6 +60,7 @@ impl Payment {
             id: id.to_string(),
             invoice,
             payload,
+            fingerprint,
             requirements,
         })
     }
@@ -77,6 +81,7 @@ impl Payment {
                 &self.payload,
                 &self.requirements,
                 record.claimed_at,
+                None,
             )
         {
             return Ok(Existing::Same(record, Box::new(checked)));
@@ -96,7 +101,15 @@ fn verified(payer: alloy_primitives::Address, p: &Payment) -> wit::Verified {
         payer: payer.to_checksum(None),
         network: p.chain.network.caip2(),
         at: p.now,
+        proof: p.fingerprint.clone(),
     }
+}
+
+/// The payer `verify` recovered for this very payload (same fingerprint, same network), if `verified` says so.
+fn signer_known(verified: &wit::Verified, p: &Payment) -> Option<alloy_primitives::Address> {
+    (verified.proof == p.fingerprint && verified.network == p.chain.network.caip2())
+        .then(|| verified.payer.parse().ok())
+        .flatten()
 }
 
 impl Scheme for Exact {
@@ -129,7 +142,7 @@ impl Scheme for Exact {
         &self,
         inv: &wit::Invoice,
         payload: &str,
-        _verified: &wit::Verified,
+        verified: &wit::Verified,
     ) -> Result<wit::Settlement, wit::Error> {
         let p = Payment::load(inv, payload).await?;
         match p.existing().await? {
@@ -140,10 +153,12 @@ impl Scheme for Exact {
         check_open(&p.invoice, p.now)?;
         // Settlement needs the facilitator key; without one, nothing is claimed.
         p.cfg.signer()?;
-        // The chain-free checks again (the window may have closed while the profile was ordered); the chain
-        // facts were read by `verify`, and the broadcast's gas estimate simulates the transfer once more.
-        let checked =
-            payment::check(&p.chain, &p.payload, &p.requirements, p.now).map_err(rejected)?;
+        // The chain-free checks again (the window may have closed while the profile was ordered), without
+        // recovering the signature `verify` recovered from this very payload; the chain facts were read by
+        // `verify`, and the broadcast's gas estimate simulates the transfer once more.
+        let known = signer_known(verified, &p);
+        let checked = payment::check(&p.chain, &p.payload, &p.requirements, p.now, known)
+            .map_err(rejected)?;
         let key = checked.nonce_key(&p.chain);
         let holder = util::holder_token().map_err(internal)?;
         let record = Record::claimed(

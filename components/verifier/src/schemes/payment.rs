@@ -1,23 +1,28 @@
-//! One `exact` payment against one requirement: the kernel's `verify_exact` run twice, first without the chain
-//! (structure, recipient, time window, amount, signature), then with the [`ChainFacts`] this component reads
-//! (for an asset other than the network's USDC, only whether it has code).
+//! One `exact` payment against one requirement: the kernel's chain-free checks (`check_exact`: structure,
+//! recipient, time window, amount, signature), then the checks of the [`ChainFacts`] this component reads
+//! (`ExactChecked::check_chain`; for an asset other than the network's USDC, only whether it has code). The
+//! signature is recovered once per verification.
 //!
 //! [`ChainFacts`]: esim402_core::x402::ChainFacts
 
 use alloy_primitives::Address;
 use esim402_core::store::keys;
 use esim402_core::x402::exact::{SignedAuthorization, requirement_asset};
-use esim402_core::x402::{InvalidReason, PaymentPayload, PaymentRequirements, verify_exact};
+use esim402_core::x402::{
+    ExactChecked, InvalidReason, PaymentPayload, PaymentRequirements, check_exact,
+};
 use esim402_guest::wit;
 
 use crate::chain::Chain;
 
-/// A payment that passed the checks so far.
-pub struct Checked {
-    /// `authorization.from`.
-    pub payer: Address,
-    /// The parsed authorization and signature.
-    pub signed: SignedAuthorization,
+/// A payment that passed the checks so far (its `payer` and `signed` authorization).
+pub struct Checked(ExactChecked);
+
+impl std::ops::Deref for Checked {
+    type Target = ExactChecked;
+    fn deref(&self) -> &ExactChecked {
+        &self.0
+    }
 }
 
 impl Checked {
@@ -38,17 +43,16 @@ pub fn nonce_key(chain: &Chain, payload: &PaymentPayload) -> Option<String> {
     Some(keys::authorization(&chain.network.caip2(), a.from, a.nonce))
 }
 
-/// The chain-free checks at unix time `now`.
+/// The chain-free checks at unix time `now`; `signer_known`: the payer an earlier check of this very payload
+/// recovered (its signature is then not recovered again).
 pub fn check(
     chain: &Chain,
     payload: &PaymentPayload,
     requirements: &PaymentRequirements,
     now: u64,
+    signer_known: Option<Address>,
 ) -> Result<Checked, InvalidReason> {
-    let payer = verify_exact(payload, requirements, &chain.network, now, None)?;
-    let signed =
-        SignedAuthorization::parse(payload.exact()).map_err(|_| InvalidReason::InvalidPayload)?;
-    Ok(Checked { payer, signed })
+    check_exact(payload, requirements, &chain.network, now, signer_known).map(Checked)
 }
 
 /// Every check, the chain's included: the outer error is a fault (RPC down), the inner one a verdict.
@@ -74,7 +78,7 @@ pub async fn verify_explained(
     requirements: &PaymentRequirements,
     now: u64,
 ) -> Result<Result<Checked, (InvalidReason, Option<String>)>, wit::Error> {
-    let checked = match check(chain, payload, requirements, now) {
+    let checked = match check(chain, payload, requirements, now, None) {
         Ok(c) => c,
         Err(reason) => return Ok(Err((reason, None))),
     };
@@ -85,10 +89,8 @@ pub async fn verify_explained(
         Some(asset) if asset != chain.network.usdc => chain.foreign_asset_facts(asset).await?,
         _ => chain.facts(&checked.signed, facilitator).await?,
     };
-    Ok(
-        match verify_exact(payload, requirements, &chain.network, now, Some(&facts)) {
-            Ok(_) => Ok(checked),
-            Err(reason) => Err((reason, facts.message_for(reason).map(str::to_owned))),
-        },
-    )
+    Ok(match checked.check_chain(&facts) {
+        Ok(()) => Ok(checked),
+        Err(reason) => Err((reason, facts.message_for(reason).map(str::to_owned))),
+    })
 }

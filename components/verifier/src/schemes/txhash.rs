@@ -184,6 +184,7 @@ impl Context {
             payer: self.payer.to_checksum(None),
             network: self.chain.network.caip2(),
             at: self.now,
+            proof: esim402_core::paid::fingerprint(format!("{:#x}", self.hash).as_bytes()),
         }
     }
 }

@@ -379,6 +379,38 @@ pub fn verify_exact(
     now: u64,
     chain: Option<&ChainFacts>,
 ) -> Result<Address, InvalidReason> {
+    let checked = check_exact(payload, requirements, network, now, None)?;
+    if let Some(facts) = chain {
+        checked.check_chain(facts)?;
+    }
+    Ok(checked.payer)
+}
+
+/// What the chain-free checks of [`verify_exact`] established about a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExactChecked {
+    /// `authorization.from`, whose signature recovered.
+    pub payer: Address,
+    /// The parsed authorization and signature.
+    pub signed: SignedAuthorization,
+    /// Whether the requirement's asset is the network's USDC.
+    ours: bool,
+    /// The EIP-712 domain the requirement names.
+    name: String,
+    version: String,
+}
+
+/// The chain-free checks of [`verify_exact`], in the references' order (structure, recipient, time window,
+/// amount, signature, our token's domain). `signer_known`: the payer a previous check of this very payload
+/// recovered (a caller that proved the payload unchanged, e.g. by its fingerprint); then the signature is not
+/// recovered again, everything else is re-checked (the time window may have closed meanwhile).
+pub fn check_exact(
+    payload: &PaymentPayload,
+    requirements: &PaymentRequirements,
+    network: &NetworkConfig,
+    now: u64,
+    signer_known: Option<Address>,
+) -> Result<ExactChecked, InvalidReason> {
     use InvalidReason as R;
 
     if requirements.scheme != SCHEME_EXACT {
@@ -422,15 +454,17 @@ pub fn verify_exact(
     // `to` and the numbers parsed above: what is left to fail here is `from`, `nonce` or the signature.
     let signed = SignedAuthorization::parse(payload.exact()).map_err(|_| R::Signature)?;
     let auth = &signed.authorization;
-    let domain = TokenDomain {
-        name: name.to_owned(),
-        version: version.to_owned(),
-        chain_id: network.chain_id().0,
-        verifying_contract: asset,
-    };
-    match recover_signer(auth.signing_hash(&domain), &signed.signature) {
-        Ok(signer) if signer == auth.from => {}
-        _ => return Err(R::Signature),
+    if signer_known != Some(auth.from) {
+        let domain = TokenDomain {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            chain_id: network.chain_id().0,
+            verifying_contract: asset,
+        };
+        match recover_signer(auth.signing_hash(&domain), &signed.signature) {
+            Ok(signer) if signer == auth.from => {}
+            _ => return Err(R::Signature),
+        }
     }
     let ours = asset == network.usdc;
     // A domain that differs from our token's gives signatures that verify nowhere on chain (reference §11.1):
@@ -441,13 +475,25 @@ pub fn verify_exact(
     if ours && version != network.eip712_version {
         return Err(R::TokenVersionMismatch);
     }
+    Ok(ExactChecked {
+        payer: auth.from,
+        ours,
+        name: name.to_owned(),
+        version: version.to_owned(),
+        signed,
+    })
+}
 
-    if let Some(facts) = chain {
+impl ExactChecked {
+    /// The checks that need the chain's [`ChainFacts`], in the references' order, after the chain-free ones
+    /// passed.
+    pub fn check_chain(&self, facts: &ChainFacts) -> Result<(), InvalidReason> {
+        use InvalidReason as R;
         if !facts.asset_deployed {
             return Err(R::AssetNotDeployedContract);
         }
         // Only our (chain, USDC) pair: an attacker-chosen asset must not make us simulate or pay gas for it.
-        if !ours {
+        if !self.ours {
             return Err(R::InvalidPaymentRequirements);
         }
         match facts.nonce_used {
@@ -455,20 +501,24 @@ pub fn verify_exact(
             Some(true) => return Err(R::NonceAlreadyUsed),
             Some(false) => {}
         }
-        if facts.balance < auth.value {
+        if facts.balance < self.signed.authorization.value {
             return Err(R::InsufficientBalance);
         }
         if !facts.simulation_ok {
-            if facts.token_name.as_deref().is_some_and(|n| n != name) {
+            if facts.token_name.as_deref().is_some_and(|n| n != self.name) {
                 return Err(R::TokenNameMismatch);
             }
-            if facts.token_version.as_deref().is_some_and(|v| v != version) {
+            if facts
+                .token_version
+                .as_deref()
+                .is_some_and(|v| v != self.version)
+            {
                 return Err(R::TokenVersionMismatch);
             }
             return Err(R::SimulationFailed);
         }
+        Ok(())
     }
-    Ok(auth.from)
 }
 
 /// The asset `requirements` name, if it is an address: the verifier reads [`ChainFacts`] for the network's USDC

@@ -1039,3 +1039,43 @@ proptest! {
         prop_assert_eq!(verify(&p, &r), Ok(auth.from));
     }
 }
+
+#[test]
+fn a_known_signer_skips_only_the_recovery() {
+    let r = requirements();
+    // A forged signature passes only when the caller vouches for this payload's signer (it checked this very
+    // payload before): the recovery is what is skipped, nothing else.
+    let forged = with_signature(&[7u8; 65]);
+    assert_eq!(
+        check_exact(&forged, &r, base_sepolia(), NOW, None).map(|c| c.payer),
+        Err(InvalidReason::Signature)
+    );
+    assert_eq!(
+        check_exact(&forged, &r, base_sepolia(), NOW, Some(OTHER)).map(|c| c.payer),
+        Err(InvalidReason::Signature),
+        "a vouched signer that is not `from` does not count"
+    );
+    let vouched = check_exact(&forged, &r, base_sepolia(), NOW, Some(payer())).unwrap();
+    assert_eq!(vouched.payer, payer());
+    // The time window is checked again even for a known signer.
+    let late = NOW + 86_400 * 365;
+    assert_eq!(
+        check_exact(&good(), &r, base_sepolia(), late, Some(payer())).map(|c| c.payer),
+        Err(InvalidReason::ValidBefore)
+    );
+    // Split checks give what verify_exact gives, with and without facts.
+    let checked = check_exact(&good(), &r, base_sepolia(), NOW, None).unwrap();
+    assert_eq!(checked.check_chain(&facts()), Ok(()));
+    let used = ChainFacts {
+        nonce_used: Some(true),
+        ..facts()
+    };
+    assert_eq!(
+        checked.check_chain(&used),
+        Err(InvalidReason::NonceAlreadyUsed)
+    );
+    assert_eq!(
+        verify_exact(&good(), &r, base_sepolia(), NOW, Some(&used)),
+        Err(InvalidReason::NonceAlreadyUsed)
+    );
+}

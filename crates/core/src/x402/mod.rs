@@ -19,7 +19,10 @@ pub mod wire;
 
 use serde_json::Value;
 
-pub use exact::{ChainFacts, TokenDomain, TransferAuthorization, verify_exact, verify_request};
+pub use exact::{
+    ChainFacts, ExactChecked, TokenDomain, TransferAuthorization, check_exact, verify_exact,
+    verify_request,
+};
 pub use header::{
     HeaderError, decode_payment_signature_header, decode_x_payment_header,
     encode_payment_response_header,

@@ -604,6 +604,8 @@ pub(crate) fn verified() -> types::Verified {
         payer: payer().to_checksum(None),
         network: "eip155:31337".into(),
         at: now(),
+        // Not the proof's fingerprint: settle recovers the signature itself.
+        proof: String::new(),
     }
 }
 
@@ -2036,4 +2038,48 @@ async fn tx_hash_proofs_pay_one_invoice_once() {
         Err(E::InvalidInput { field, .. }) if field == "tx_hash"
     ));
     assert!(node.sent().is_empty());
+}
+
+/// `settle` given what `verify` returned for the same payload settles it without recovering the signature
+/// again; what `verify` said about one payload does not vouch for another.
+#[tokio::test]
+async fn settle_takes_what_verify_established_only_for_the_same_payload() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(12, None);
+    let p = pay(&inv);
+    let wit = wit_invoice(&inv);
+    let (proof, w) = (p.v2(), wit.clone());
+    let verified = kit
+        .call(async move |a, g| g.verifier().call_verify(a, w, proof).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!verified.proof.is_empty());
+    assert_eq!(verified.payer, payer().to_checksum(None));
+
+    // A different payload whose signature is not its `from`'s, presented with the genuine payload's record:
+    // refused for its signature (the record vouches for nothing else), nothing claimed or sent.
+    let mut forged = pay(&inv);
+    forged.auth.from = facilitator();
+    let (proof, w, v) = (forged.v2(), wit.clone(), verified.clone());
+    let refused = kit
+        .call(async move |a, g| g.verifier().call_settle(a, w, proof, v).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.map(S::from).map_err(E::from),
+        Err(E::PaymentRequired("invalid_exact_evm_signature".into()))
+    );
+    assert!(node.sent().is_empty());
+
+    let (proof, w) = (p.v2(), wit.clone());
+    let got = kit
+        .call(async move |a, g| g.verifier().call_settle(a, w, proof, verified).await)
+        .await
+        .unwrap()
+        .map(S::from)
+        .unwrap();
+    assert_eq!(node.sent().len(), 1);
+    assert_eq!(got, S::Settled(keccak256(&node.sent()[0]).to_string()));
 }
