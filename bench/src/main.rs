@@ -9,7 +9,16 @@
 //! target/release/esim402-bench --scenario dispatch --sim-bin target/release/smdp-sim --concurrency 8
 //! target/release/esim402-bench --scenario verify --count 2000 --concurrency 4
 //! target/release/esim402-bench --scenario paid --kv memory --count 200 --concurrency 4 --duration 60
+//! target/release/esim402-bench --host-bin target/release/esim402 --scenario compare402 --duration 10
+//! target/release/esim402-bench --host-bin target/release/esim402 --scenario compare-verify --count 2000 --duration 30
 //! ```
+//!
+//! The two `compare*` scenarios measure several peers in one run, one after the other under the same load, and
+//! print a table and the ratios ([`compare`]): `compare402` the host's 402 issuance against the official x402
+//! Python resource server (Flask middleware, `bench/peers/flask_402.py`) and a native axum server running the same
+//! kernel code ([`native402`]); `compare-verify` the host's facilitator `/verify` against the official Python
+//! facilitator (`tests/peers/py_facilitator.py`) on the host's dev-stack anvil. The Python peers run with
+//! `--python` (default `tools/.venv/bin/python`, installed by `scripts/setup.sh`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -24,7 +33,8 @@ use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Scenario {
-    /// `POST /v1/esim/activate` without payment: price, persist an invoice, answer 402 with the x402 header.
+    /// `POST /v1/esim/activate` without payment: price, seal a stateless invoice (no key-value write), answer 402
+    /// with the x402 header.
     Issue402,
     /// `GET /health`: the host's routing + instance reuse floor, no key-value work.
     Health,
@@ -34,6 +44,12 @@ enum Scenario {
     Verify,
     /// Paid activations end to end (402 → sign → PAYMENT-SIGNATURE → 200) on the host's dev stack (anvil).
     Paid,
+    /// 402 issuance through the host (SQLite), the official x402 Python Flask middleware and a native axum server
+    /// with the same kernel code: one table, ratios ours/python and ours/native.
+    Compare402,
+    /// Facilitator `/verify` of valid x402 `exact` payments: the host vs the official Python facilitator, both on
+    /// the host's dev-stack anvil; ratio ours/python.
+    CompareVerify,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -45,7 +61,9 @@ enum Kv {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "Load generator for the esim402 host (loopback only, bounded in time)")]
+#[command(
+    about = "Load generator for the esim402 host and its peers (loopback only, bounded in time)"
+)]
 struct Args {
     /// The host binary to start.
     #[arg(long, default_value = "target/release/esim402")]
@@ -72,10 +90,19 @@ struct Args {
     /// Stop after this many measured requests even if time remains.
     #[arg(long, default_value_t = 2_000_000)]
     max_requests: u64,
-    /// verify: distinct signed payloads (default 2000); paid: activations (default 200), after a warm-up of
-    /// one per worker. `--duration` bounds the paid run in time.
+    /// verify, compare-verify: distinct signed payloads (default 2000); paid: activations (default 200), after a
+    /// warm-up of one per worker. `--duration` bounds the paid run, and each peer of compare-verify, in time.
     #[arg(long)]
     count: Option<u64>,
+    /// compare402, compare-verify: the Python with the official x402 SDK (`x402[evm,requests,flask]==2.25.0`).
+    #[arg(long, default_value = "tools/.venv/bin/python")]
+    python: PathBuf,
+    /// compare-verify: the Python facilitator peer (prints `listening <port>`).
+    #[arg(long, default_value = "tests/peers/py_facilitator.py")]
+    py_facilitator: PathBuf,
+    /// Internal (compare402): serve the native 402 baseline on 127.0.0.1:0 and print `listening <port>`.
+    #[arg(long, hide = true)]
+    serve_native402: bool,
 }
 
 /// The host process; stopped (SIGINT, then SIGKILL) by its PID on drop. With its dev stack, the host stops
@@ -152,6 +179,8 @@ impl Host {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("start {}", args.host_bin.display()))?;
+        // SIGINT: the host stops its dev stack too.
+        track(child.id(), "INT");
         let stderr = child.stderr.take().context("host stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         let mut printed = HashMap::new();
@@ -211,6 +240,7 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        untrack(self.child.id());
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
@@ -233,6 +263,79 @@ impl Drop for Host {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// The servers this bench started and has not stopped yet, with the signal that stops each: stopped by
+/// [`stop_children_on_signal`] if the bench itself is interrupted (drop guards do not run then).
+static LIVE: std::sync::Mutex<Vec<(u32, &'static str)>> = std::sync::Mutex::new(Vec::new());
+
+fn track(pid: u32, signal: &'static str) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.push((pid, signal));
+    }
+}
+
+fn untrack(pid: u32) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.retain(|(p, _)| *p != pid);
+    }
+}
+
+/// Whether `pid` is still running (not gone, not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// On SIGINT or SIGTERM: signal every tracked child by its PID, wait up to 5 s for them (the host stops its dev
+/// stack), then exit with status 130.
+fn stop_children_on_signal() {
+    std::thread::spawn(|| {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let got = rt.block_on(async {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return false;
+            };
+            tokio::select! {
+                _ = int.recv() => true,
+                _ = term.recv() => true,
+            }
+        });
+        if !got {
+            return;
+        }
+        let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+        for (pid, sig) in &live {
+            eprintln!("interrupted: stopping child {pid} (SIG{sig})");
+            let _ = Command::new("kill")
+                .args([format!("-{sig}"), pid.to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && live.iter().any(|(p, _)| running(*p)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (pid, _) in live.iter().filter(|(p, _)| running(*p)) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        std::process::exit(130);
+    });
 }
 
 /// `VmRSS` and `VmHWM` of a process in KiB.
@@ -272,7 +375,9 @@ struct Outcome {
     errors: u64,
 }
 
+mod compare;
 mod dispatch;
+mod native402;
 mod paid;
 mod verify;
 
@@ -296,7 +401,11 @@ async fn one(
             }
             res.bytes().await?;
         }
-        Scenario::Dispatch | Scenario::Verify | Scenario::Paid => {
+        Scenario::Dispatch
+        | Scenario::Verify
+        | Scenario::Paid
+        | Scenario::Compare402
+        | Scenario::CompareVerify => {
             unreachable!("this scenario has its own driver")
         }
         Scenario::Health => {
@@ -368,7 +477,16 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.serve_native402 {
+        return native402::serve();
+    }
+    stop_children_on_signal();
     let duration = Duration::from_secs(args.duration.clamp(1, 120));
+    match args.scenario {
+        Scenario::Compare402 => return compare::compare402(&args, duration),
+        Scenario::CompareVerify => return compare::compare_verify(&args, duration),
+        _ => {}
+    }
     if let Scenario::Dispatch = args.scenario {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

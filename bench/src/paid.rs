@@ -198,7 +198,9 @@ async fn rpc(
 
 /// The demo agent's key from `.spin/devstack.json`, once the file is checked to be this host's (against what the
 /// host printed): another `esim402 up` in the same directory would overwrite it.
-fn demo_agent_key(printed: &HashMap<String, String>) -> anyhow::Result<k256::ecdsa::SigningKey> {
+pub fn demo_agent_key(
+    printed: &HashMap<String, String>,
+) -> anyhow::Result<k256::ecdsa::SigningKey> {
     let path = printed
         .get("devstack_json")
         .context("the host printed no dev stack (is anvil installed? run scripts/setup.sh)")?;

@@ -233,6 +233,8 @@ impl Node {
             "eth_call authorizationState" => json!(word(0)),
             "eth_call balanceOf" => json!(word(u128::from(1_000 * PRICE))),
             "eth_call transferWithAuthorization" => json!("0x"),
+            // The token has code (asked once per instance: `asset_not_deployed_contract`).
+            "eth_getCode" => json!("0x6080"),
             _ => {
                 let body = json!({"jsonrpc": "2.0", "id": req["id"],
                                   "error": {"code": -32601, "message": "not scripted"}});
