@@ -342,6 +342,7 @@ pub fn compare402(args: &Args, duration: Duration) -> anyhow::Result<()> {
         .env("PYTHONUNBUFFERED", "1");
     let (flask, flask_port) = Proc::start("python flask_402.py", cmd, Duration::from_secs(60))?;
     let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env_remove("RUST_BACKTRACE");
     cmd.arg("--serve-native402");
     let (native, native_port) = Proc::start("native402", cmd, Duration::from_secs(30))?;
     let flask_url = format!("http://127.0.0.1:{flask_port}");

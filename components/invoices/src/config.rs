@@ -22,6 +22,9 @@ pub struct Config {
     pub networks: Vec<NetworkConfig>,
     /// Who is paid.
     pub pay_to: Address,
+    /// `pay_to` checksummed, and each network's USDC (same order as `networks`): spelled once per instance.
+    pub pay_to_checksum: String,
+    pub usdc_checksums: Vec<String>,
     /// How long an invoice may be paid.
     pub ttl: u64,
     /// The invoice MAC key.
@@ -63,6 +66,8 @@ async fn load() -> Result<Config, wit::Error> {
         None => stored_key().await?,
     };
     Ok(Config {
+        pay_to_checksum: pay_to.to_checksum(None),
+        usdc_checksums: networks.iter().map(|n| n.usdc.to_checksum(None)).collect(),
         networks,
         pay_to,
         ttl,

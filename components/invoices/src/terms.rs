@@ -47,14 +47,24 @@ fn offered(cfg: &Config, preference: &[String]) -> Result<Vec<NetworkConfig>, wi
 
 /// One payment option per network of the terms that is still enabled (in the terms' order).
 fn options(cfg: &Config, terms: &Terms) -> Vec<PaymentOption> {
+    let pay_to = if terms.pay_to == cfg.pay_to {
+        cfg.pay_to_checksum.clone()
+    } else {
+        terms.pay_to.to_checksum(None)
+    };
     terms
         .networks
         .iter()
-        .filter_map(|n| cfg.networks.iter().find(|e| e.network == *n))
-        .map(|n| PaymentOption {
+        .filter_map(|n| {
+            cfg.networks
+                .iter()
+                .zip(&cfg.usdc_checksums)
+                .find(|(e, _)| e.network == *n)
+        })
+        .map(|(n, usdc)| PaymentOption {
             network: n.network,
-            asset: n.usdc.to_checksum(None),
-            pay_to: terms.pay_to.to_checksum(None),
+            asset: usdc.clone(),
+            pay_to: pay_to.clone(),
             amount_atomic: terms.amount.micros().to_string(),
             eip712_name: n.eip712_name.clone(),
             eip712_version: n.eip712_version.clone(),

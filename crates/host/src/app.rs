@@ -265,7 +265,9 @@ impl App {
         }
         let stores = Arc::new(stores);
         // One outbound connection pool for every component: keep-alive per origin, bounded.
-        let pool = Arc::new(crate::pool::Pool::new(crate::pool::PoolLimits::default()));
+        // `ESIM402_OUTBOUND_POOL=off`: a new connection per request (for measurements).
+        let pool = (std::env::var("ESIM402_OUTBOUND_POOL").as_deref() != Ok("off"))
+            .then(|| Arc::new(crate::pool::Pool::new(crate::pool::PoolLimits::default())));
 
         let engine = engine(opts.cache_dir.as_deref())?;
         let linker = linker(&engine)?;

@@ -121,9 +121,9 @@ impl OutboundPolicy {
         })
     }
 
-    /// Send allowed requests through `pool`.
-    pub fn pooled(mut self, pool: Arc<Pool>) -> Self {
-        self.pool = Some(pool);
+    /// Send allowed requests through `pool` (`None`: a fresh connection each).
+    pub fn pooled(mut self, pool: Option<Arc<Pool>>) -> Self {
+        self.pool = pool;
         self
     }
 

@@ -158,7 +158,13 @@ impl Invoice {
             terms.created_at,
             terms.expires_at.saturating_sub(terms.created_at),
         )?;
-        inv.recipient = terms.pay_to.to_checksum(None);
+        // The options spell the same address checksummed already (a checksum costs a keccak): reuse it.
+        let lower = format!("{:#x}", terms.pay_to);
+        inv.recipient = inv
+            .accepts
+            .iter()
+            .find(|o| o.pay_to.eq_ignore_ascii_case(&lower))
+            .map_or_else(|| terms.pay_to.to_checksum(None), |o| o.pay_to.clone());
         Some(inv)
     }
 
