@@ -101,6 +101,14 @@ impl Guest for Component {
         sims::perform_switch(&iccid, &target, &invoice_id, now).await
     }
 
+    async fn quote_top_up(iccid: String, data_mb: u32) -> Result<wit::Quote, wit::Error> {
+        sims::quote_top_up(&iccid, data_mb).await
+    }
+
+    async fn data_value(carrier: String, data_mb: u32) -> Result<u64, wit::Error> {
+        sims::data_value(&carrier, data_mb).await
+    }
+
     async fn lifecycle(
         iccid: String,
         action: wit::LifecycleAction,

@@ -84,6 +84,41 @@ fn destination(
     }
 }
 
+/// `quote-top-up`: more data for a live SIM at its carrier's rate (kernel pricing).
+pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::Error> {
+    let cfg = crate::config::get().await?;
+    let sim = existing(iccid).await?;
+    if matches!(sim.state, SimState::Terminated | SimState::Failed) {
+        return Err(wit::Error::Conflict(format!(
+            "SIM {iccid} is {:?}: it takes no more data",
+            sim.state
+        )));
+    }
+    let mb = DataMb::new(data_mb.into()).map_err(|e| invalid("top_up_mb", e.0))?;
+    let carrier = CarrierId::parse(&sim.carrier).map_err(|e| internal(e.0))?;
+    let amount = cfg
+        .price_book
+        .top_up(&carrier, mb)
+        .ok_or_else(|| internal(format!("no rate for {carrier}")))?;
+    Ok(wit::Quote {
+        carrier: sim.carrier.clone(),
+        region: sim.region.clone(),
+        data_mb,
+        amount: amount.micros(),
+    })
+}
+
+/// `data-value`: `data_mb` at `carrier`'s rate, no fee, no floor.
+pub async fn data_value(carrier: &str, data_mb: u32) -> Result<u64, wit::Error> {
+    let cfg = crate::config::get().await?;
+    let mb = DataMb::new(data_mb.into()).map_err(|e| invalid("data_mb", e.0))?;
+    let carrier = CarrierId::parse(carrier).map_err(|e| invalid("carrier", e.0))?;
+    cfg.price_book
+        .usage(&carrier, mb)
+        .map(|a| a.micros())
+        .ok_or_else(|| invalid("carrier", format!("no rate for {carrier}")))
+}
+
 /// `quote-switch`: the switch charge (kernel pricing).
 pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quote, wit::Error> {
     let cfg = crate::config::get().await?;

@@ -81,3 +81,81 @@ pub fn sim_value(s: &wit::Sim) -> Value {
         "roaming": { "allow": s.roaming.allow, "deny": s.roaming.deny, "countries": s.roaming.countries },
     })
 }
+
+/// A balance as JSON: bytes and whole KB left (`remaining_kb` rounds down), credited and used.
+pub fn balance_value(b: &wit::Balance) -> Value {
+    use esim402_core::usage::account::BYTES_PER_KB;
+    let left = u64::try_from(b.remaining_bytes.max(0)).unwrap_or(0);
+    serde_json::json!({
+        "iccid": b.iccid,
+        "remaining_kb": left / BYTES_PER_KB,
+        "remaining_bytes": b.remaining_bytes,
+        "credited_bytes": b.credited_bytes,
+        "used_bytes": b.used_bytes,
+        "low": b.low,
+        "suspended_for_balance": b.suspended_for_balance,
+        "closed": b.closed,
+    })
+}
+
+/// The answer to a quota request that is granted (kernel `decide_quota`); `quota` is the request's.
+pub fn quota_value(b: &wit::Balance, quota: Option<u64>) -> Value {
+    use esim402_core::usage::account::{BYTES_PER_KB, Quota, decide_quota};
+    let mut v = balance_value(b);
+    let (granted, status) = match decide_quota(i128::from(b.remaining_bytes), quota) {
+        Quota::Grant { bytes, .. } => (bytes, "granted"),
+        Quota::Low { .. } => (0, "low_balance"),
+    };
+    v["status"] = Value::String(status.into());
+    v["granted_bytes"] = granted.into();
+    v["granted_kb"] = (granted / BYTES_PER_KB).into();
+    v
+}
+
+/// A quota request body: optional `quota_kb` (the grant wanted) and `top_up_mb` (the top-up to offer or
+/// pay); an empty body is all defaults.
+pub fn quota_request(body: &[u8]) -> Result<(Option<u64>, Option<u32>, Option<String>), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((None, None, None));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid("body", "body must be a JSON object"));
+    };
+    let (mut quota, mut top_up, mut invoice) = (None, None, None);
+    for (k, v) in obj {
+        match k.as_str() {
+            "quota_kb" => {
+                let kb = v
+                    .as_u64()
+                    .filter(|n| (1..=100_000_000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid("quota_kb", "quota_kb must be an integer 1-100000000")
+                    })?;
+                quota = Some(kb * esim402_core::usage::account::BYTES_PER_KB);
+            }
+            "top_up_mb" => {
+                let mb = v
+                    .as_u64()
+                    .and_then(|n| esim402_core::DataMb::new(n).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid("top_up_mb", "top_up_mb must be an integer 1-100000")
+                    })?;
+                top_up = Some(mb.get());
+            }
+            "invoice_id" => {
+                invoice = Some(v.as_str().map(str::to_owned).ok_or_else(|| {
+                    ApiError::invalid("invoice_id", "invoice_id must be a string")
+                })?);
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    format!("unknown field {other:?}; expected quota_kb, top_up_mb, invoice_id"),
+                ));
+            }
+        }
+    }
+    Ok((quota, top_up, invoice))
+}

@@ -31,6 +31,7 @@ mod bindings {
 }
 
 mod convert;
+mod meter;
 mod pay;
 mod purchase;
 mod routes;
@@ -105,7 +106,16 @@ async fn handle(req: Request) -> impl IntoResponse {
         (Method::POST, ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]) => {
             routes::download_progress(req).await
         }
-        (Method::GET, ["v1", "balance", iccid]) => routes::get_balance(iccid).await,
+        (Method::GET, ["v1", "balance", iccid]) => meter::balance(iccid).await,
+        (Method::POST, ["v1", "usage"]) => meter::ingest(req).await,
+        (Method::POST, ["v1", "esim", iccid, "data"]) => meter::data(iccid, req).await,
+        (Method::GET, ["v1", "esim", iccid, "balance"]) => meter::balance(iccid).await,
+        (Method::GET, ["v1", "esim", iccid, "usage"]) => {
+            meter::usage(iccid, req.uri().query()).await
+        }
+        (Method::GET, ["v1", "esim", iccid, "receipts"]) => {
+            meter::receipts(iccid, req.uri().query()).await
+        }
         (Method::GET, ["v1", "ledger", "verify"]) => routes::ledger_verify().await,
         (Method::GET, ["v1", "ledger"]) => routes::ledger_export(req.uri().query()).await,
         (Method::POST, ["verify"]) => routes::facilitator(req, false).await,
@@ -129,6 +139,8 @@ async fn handle(req: Request) -> impl IntoResponse {
             ]
             | ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]
             | ["v1", "balance", _]
+            | ["v1", "usage"]
+            | ["v1", "esim", _, "data" | "balance" | "usage" | "receipts"]
             | ["v1", "ledger"]
             | ["v1", "ledger", "verify"]
             | ["supported"]

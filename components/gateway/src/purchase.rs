@@ -23,7 +23,7 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
     let wit_request = crate::convert::activation_to_wit(&request);
     let Some(proof) = proof else {
         let (invoice, quote) = issue_activation(&wit_request).await?;
-        return payment_required(&invoice, &quote, &url);
+        return payment_required(&invoice, &quote, &url, None);
     };
     let named = request.invoice_id.as_ref().or(invoice_header.as_ref());
     let invoice = pay::invoice_for(&proof, named, || async {
@@ -79,7 +79,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     };
     let Some(proof) = proof else {
         let (invoice, quote) = issue().await?;
-        return payment_required(&invoice, &quote, &url);
+        return payment_required(&invoice, &quote, &url, None);
     };
     let invoice = pay::invoice_for(&proof, invoice_header.as_ref(), || async {
         Ok(issue().await?.0)
@@ -95,7 +95,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
 }
 
 /// Identity of a paid request for `payment-identifier`: route, body and payment.
-fn request_fingerprint(route: &str, body: &[u8], proof: &Proof) -> String {
+pub fn request_fingerprint(route: &str, body: &[u8], proof: &Proof) -> String {
     let mut bytes = Vec::with_capacity(route.len() + body.len() + 80);
     bytes.extend_from_slice(route.as_bytes());
     bytes.push(0);
@@ -125,10 +125,11 @@ pub fn render(r: &StoredResponse) -> Reply {
 /// HTTP 402 with the seed's invoice body and the x402 v2 `PAYMENT-REQUIRED` header (built here, by the
 /// kernel, from the invoice). The body also carries the x402 v1 challenge fields (`x402Version: 1`, `error`,
 /// `accepts`), so v1 clients (which read only the body) can pay too.
-fn payment_required(
+pub fn payment_required(
     invoice: &wit::Invoice,
     quote: &wit::Quote,
     url: &str,
+    extra: Option<Value>,
 ) -> Result<Reply, ApiError> {
     let core =
         convert::invoice(invoice).ok_or_else(|| ApiError::internal("invoice is malformed"))?;
@@ -139,6 +140,9 @@ fn payment_required(
         serde_json::to_value(payment_required_v1(&core, url)),
     ) {
         b.extend(v1);
+    }
+    if let (Value::Object(b), Some(Value::Object(extra))) = (&mut body, extra) {
+        b.extend(extra);
     }
     Response::builder()
         .status(402)

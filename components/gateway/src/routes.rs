@@ -1,13 +1,11 @@
 //! The routes that sell nothing: invoices read back, SIMs and their lifecycle, the SM-DP+'s callbacks, the
 //! x402 facilitator API for third-party resource servers, the ledger, and the admin refund run.
 
-use esim402_core::{ApiError, ErrorKind, UsdcAmount};
+use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
 use spin_sdk::http::{Request, Response};
 
-use crate::{
-    Reply, dispatch, from_wit, header, invoices, json, metering, now, read_body, verifier,
-};
+use crate::{Reply, dispatch, from_wit, header, invoices, json, now, read_body, verifier};
 
 pub async fn get_invoice(id: &str) -> Result<Reply, ApiError> {
     let invoice = crate::pay::load_invoice(id).await?;
@@ -34,10 +32,16 @@ pub async fn lifecycle(iccid: &str, action: &str) -> Result<Reply, ApiError> {
         "resume" => wit::LifecycleAction::Resume,
         _ => wit::LifecycleAction::Terminate,
     };
+    let terminate = matches!(action, wit::LifecycleAction::Terminate);
     let sim = dispatch::lifecycle(iccid.to_owned(), action)
         .await
         .map_err(from_wit)?;
-    Ok(json(200, crate::convert::sim_value(&sim).to_string()))
+    let mut body = crate::convert::sim_value(&sim);
+    if terminate {
+        // Repeats are safe: the account's first close fixes the shares and refunds are once per invoice.
+        body["refunds"] = serde_json::Value::Array(crate::meter::refund_unused(iccid).await?);
+    }
+    Ok(json(200, body.to_string()))
 }
 
 /// ES2+ `HandleDownloadProgressInfo` from an SM-DP+: record the profile's progress, answer 204.
@@ -112,7 +116,7 @@ async fn check_admin(req: &Request) -> Result<(), ApiError> {
 }
 
 /// The query's `name=value` pairs, each parsed by `set`; any other name is a 400.
-fn query_params(
+pub fn query_params(
     query: Option<&str>,
     expected: &str,
     mut set: impl FnMut(&str, &str) -> Result<bool, ApiError>,
@@ -198,20 +202,4 @@ pub async fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
         .header("content-type", "application/x-ndjson")
         .body(body)
         .map_err(|e| ApiError::internal(e.to_string()))
-}
-
-pub async fn get_balance(iccid: &str) -> Result<Reply, ApiError> {
-    let b = metering::get_balance(iccid.to_owned())
-        .await
-        .map_err(from_wit)?;
-    Ok(json(
-        200,
-        serde_json::json!({
-            "iccid": b.iccid,
-            "remaining_usdc": UsdcAmount::from_micros(b.remaining),
-            "used_bytes": b.used_bytes,
-            "low": b.low,
-        })
-        .to_string(),
-    ))
 }

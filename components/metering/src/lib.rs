@@ -1,9 +1,16 @@
-//! The metering component: prepaid balances per SIM (`balance/<iccid>` in the `default` store), debited by
-//! carrier-signed usage receipts. Accounts open atomically (insert-if-absent); receipt verification and top-ups
-//! land with the metering work and answer `unavailable` until then.
+//! The metering component: a SIM's data balance (credits per paid invoice against bytes charged) and the
+//! ingest of carrier-signed usage receipts. Every rule is the kernel's (`esim402_core::usage`); this
+//! component loads, calls it and stores with atomics. Keys it owns (kernel `store::keys`): `balance/`
+//! (accounts, cells), `meter/` (used-bytes counters and receipt logs), `rcpt/` (receipt claims).
+//!
+//! - [`accounts`]: credits (activation, top-ups; once per invoice), balances, closing (unused-data refunds).
+//! - [`ingest`]: `POST /v1/usage` batches: verify, claim, log, charge.
+//! - [`queries`]: usage rows and the receipt log.
 
-use esim402_guest::kv::{self, KvError};
-use serde::{Deserialize, Serialize};
+mod accounts;
+mod config;
+mod ingest;
+mod queries;
 
 mod bindings {
     #![allow(
@@ -27,91 +34,37 @@ mod export {
     crate::bindings::export!(Component with_types_in crate::bindings);
 }
 
-use bindings::exports::esim402::metering::metering::Guest;
+use bindings::exports::esim402::metering::metering::{Credited, DataCredit, Guest, Ingested};
 use esim402_guest::wit;
 
 struct Component;
 
-/// Below this many micro-USDC the next request is answered with a top-up 402.
-const LOW_BALANCE_MICROS: u64 = 50_000;
-
-#[derive(Serialize, Deserialize)]
-struct Account {
-    iccid: String,
-    remaining: u64,
-    used_bytes: u64,
-    price_per_mb: u64,
-}
-
-impl Account {
-    fn to_wit(&self) -> wit::Balance {
-        wit::Balance {
-            iccid: self.iccid.clone(),
-            remaining: self.remaining,
-            used_bytes: self.used_bytes,
-            low: self.remaining < LOW_BALANCE_MICROS,
-        }
-    }
-}
-
-fn check_iccid(iccid: &str) -> Result<(), wit::Error> {
-    if (18..=20).contains(&iccid.len()) && iccid.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(wit::Error::InvalidInput(wit::FieldError {
-            field: "iccid".into(),
-            message: "iccid must be 18-20 decimal digits".into(),
-        }))
-    }
-}
-
-fn not_yet(what: &str) -> wit::Error {
-    wit::Error::Unavailable(format!("{what} is not implemented yet"))
-}
-
 impl Guest for Component {
-    async fn open_account(
-        iccid: String,
-        credit: u64,
-        price_per_mb: u64,
-    ) -> Result<wit::Balance, wit::Error> {
-        check_iccid(&iccid)?;
-        let account = Account {
-            iccid: iccid.clone(),
-            remaining: credit,
-            used_bytes: 0,
-            price_per_mb,
-        };
-        let json = serde_json::to_vec(&account).map_err(|e| wit::Error::Internal(e.to_string()))?;
-        kv::insert_if_absent::<()>(&esim402_core::store::keys::balance(&iccid), &json)
-            .await
-            .map_err(|e| match e {
-                KvError::Exists => {
-                    wit::Error::Conflict(format!("an account for {iccid} already exists"))
-                }
-                other => wit::Error::Internal(other.to_string()),
-            })?;
-        Ok(account.to_wit())
+    async fn credit(sim: wit::Sim, credit: DataCredit, now: u64) -> Result<Credited, wit::Error> {
+        accounts::credit(sim, credit, now).await
     }
 
-    async fn record_usage(_receipt: wit::UsageReceipt) -> Result<wit::Balance, wit::Error> {
-        Err(not_yet("metering usage receipts"))
+    async fn ingest(batch: String, now: u64) -> Result<Ingested, wit::Error> {
+        ingest::ingest(&batch, now).await
     }
 
     async fn get_balance(iccid: String) -> Result<wit::Balance, wit::Error> {
-        check_iccid(&iccid)?;
-        let account = kv::get_json::<Account, ()>(&esim402_core::store::keys::balance(&iccid))
-            .await
-            .map_err(|e| wit::Error::Internal(e.to_string()))?
-            .ok_or_else(|| wit::Error::NotFound(format!("no balance for {iccid}")))?;
-        Ok(account.to_wit())
+        accounts::balance(&iccid).await
     }
 
-    async fn top_up(
-        _iccid: String,
-        _credit: u64,
-        _invoice_id: String,
-    ) -> Result<wit::Balance, wit::Error> {
-        Err(not_yet("top-ups"))
+    async fn close(iccid: String) -> Result<String, wit::Error> {
+        accounts::close(&iccid).await
+    }
+
+    async fn usage(
+        iccid: String,
+        granularity: String,
+        by_plmn: bool,
+    ) -> Result<String, wit::Error> {
+        queries::usage(&iccid, &granularity, by_plmn).await
+    }
+
+    async fn receipts(iccid: String, from: u64, limit: u32) -> Result<String, wit::Error> {
+        queries::receipts(&iccid, from, limit).await
     }
 }

@@ -53,11 +53,17 @@ pub enum EntryKind {
     ActivationCompleted,
     /// The eSIM activation the invoice paid for failed.
     ActivationFailed,
+    /// Data was credited to a SIM's balance (its activation or a paid top-up), once per invoice.
+    DataCredited,
+    /// Accepted usage receipts were charged to a SIM's balance (one entry per SIM per batch).
+    UsageCharged,
+    /// A usage receipt failed verification and is kept, uncharged, as disputed.
+    UsageDisputed,
 }
 
 impl EntryKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::InvoiceIssued,
         Self::PaymentVerified,
         Self::SettlementSubmitted,
@@ -67,6 +73,9 @@ impl EntryKind {
         Self::RefundPaid,
         Self::ActivationCompleted,
         Self::ActivationFailed,
+        Self::DataCredited,
+        Self::UsageCharged,
+        Self::UsageDisputed,
     ];
 
     /// The snake_case name used on the wire and in the canonical encoding.
@@ -81,6 +90,9 @@ impl EntryKind {
             Self::RefundPaid => "refund_paid",
             Self::ActivationCompleted => "activation_completed",
             Self::ActivationFailed => "activation_failed",
+            Self::DataCredited => "data_credited",
+            Self::UsageCharged => "usage_charged",
+            Self::UsageDisputed => "usage_disputed",
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod pricing;
 pub mod refund;
 pub mod settlement;
 pub mod store;
+pub mod usage;
 pub mod x402;
 
 pub use activation::ActivationRequest;

@@ -50,6 +50,12 @@ impl PriceBook {
         Some(self.activation_fee.checked_add(extra)?.max(self.minimum))
     }
 
+    /// A data top-up of `data_mb` on `carrier`: the data at the carrier's rate (no activation fee), never below
+    /// the minimum invoice.
+    pub fn top_up(&self, carrier: &CarrierId, data_mb: DataMb) -> Option<UsdcAmount> {
+        Some(self.usage(carrier, data_mb)?.max(self.minimum))
+    }
+
     /// The price of `data_mb` on `carrier`, or `None` for an unknown carrier.
     pub fn quote(&self, carrier: &CarrierId, data_mb: DataMb) -> Option<UsdcAmount> {
         let rate = self.rates.iter().find(|r| &r.carrier == carrier)?;

@@ -45,7 +45,7 @@ pub mod bindings {
 pub use bindings::esim402::types::types;
 use bindings::exports::esim402::dispatch::dispatch;
 use bindings::exports::esim402::invoices::invoices;
-use bindings::exports::esim402::metering::metering;
+pub use bindings::exports::esim402::metering::metering;
 use bindings::exports::esim402::verifier::verifier;
 pub use wasmtime::component::Accessor;
 

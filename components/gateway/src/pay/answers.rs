@@ -101,6 +101,31 @@ impl Answers<'_> {
         )
     }
 
+    /// A paid top-up: the quota grant the retried request asked for (never the SIM's activation code: anyone
+    /// may pay for anyone's top-up).
+    pub fn topped_up(
+        &self,
+        balance: &wit::Balance,
+        quota: Option<u64>,
+        tx: &str,
+        payer: &str,
+    ) -> StoredResponse {
+        let mut body = crate::convert::quota_value(balance, quota);
+        body["topped_up_mb"] = json!(match &self.invoice.purchase {
+            wit::Purchase::TopUp(t) => t.data_mb,
+            _ => 0,
+        });
+        body["transaction"] = json!(tx);
+        body["payer"] = json!(payer);
+        body["network"] = json!(self.proof.network(self.invoice));
+        body["amount_usdc"] = json!(UsdcAmount::from_micros(self.invoice.amount));
+        stored(
+            200,
+            vec![self.settle_response(None, tx, payer)],
+            body.to_string(),
+        )
+    }
+
     /// Broadcast, not yet confirmed: 402 with the non-terminal `settlement_pending`; the same payment sent
     /// again reconciles it (nothing is broadcast twice).
     pub fn pending(&self, tx: &str, payer: &str) -> StoredResponse {

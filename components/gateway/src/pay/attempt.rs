@@ -13,7 +13,8 @@ use std::cell::RefCell;
 use esim402_guest::convert::event_to_wit;
 
 use super::{Order, log_events};
-use crate::{dispatch, from_wit, invoices, now, verifier};
+use crate::{dispatch, from_wit, invoices, metering, now, verifier};
+use esim402_core::usage::account::BYTES_PER_MB;
 
 /// An attempt answers with its [`Answers`] and collects its ledger events: they are appended together (one
 /// run in the invoice's shard, one head advance) after verification and at the end ([`Attempt::flush`]).
@@ -72,9 +73,9 @@ impl Attempt<'_> {
             Ok(wit::Settlement::Settled(tx)) => {
                 // Logged once: a repeat that finds the invoice paid already logged nothing new.
                 if self.paid(&tx, &payer).await {
-                    self.activated(&sim).await;
+                    self.activated(order, &sim).await;
                 }
-                (wit::PaymentEnd::Done, self.success(&sim, &tx, &payer))
+                self.delivered(order, &sim, &tx, &payer).await
             }
             Ok(wit::Settlement::Pending(tx)) => {
                 (wit::PaymentEnd::Resume, self.pending(&tx, &payer))
@@ -141,8 +142,8 @@ impl Attempt<'_> {
         self.paid(&tx, &payer).await;
         match order.deliver(&self.invoice.id).await {
             Ok(sim) if sim.activation_code.is_some() => {
-                self.activated(&sim).await;
-                (wit::PaymentEnd::Done, self.success(&sim, &tx, &payer))
+                self.activated(order, &sim).await;
+                self.delivered(order, &sim, &tx, &payer).await
             }
             Ok(_) => (wit::PaymentEnd::Resume, order_pending()),
             Err(e) => {
@@ -266,7 +267,96 @@ impl Attempt<'_> {
         true
     }
 
-    async fn activated(&self, sim: &wit::Sim) {
+    /// The money is final and the purchase delivered: credit the data it bought (idempotent per invoice, so a
+    /// repeat after an interruption credits nothing twice) and answer. A top-up the SIM can no longer take (it
+    /// was terminated meanwhile) is owed back.
+    async fn delivered(
+        &self,
+        order: &Order,
+        sim: &wit::Sim,
+        tx: &str,
+        payer: &str,
+    ) -> (wit::PaymentEnd, StoredResponse) {
+        match self.credit(order, sim, tx, payer).await {
+            Ok(None) => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
+            Ok(Some(balance)) => {
+                let quota = match order {
+                    Order::TopUp { quota, .. } => *quota,
+                    _ => None,
+                };
+                match order {
+                    Order::TopUp { .. } => (
+                        wit::PaymentEnd::Done,
+                        self.topped_up(&balance, quota, tx, payer),
+                    ),
+                    _ => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
+                }
+            }
+            Err(wit::Error::Conflict(msg)) if matches!(order, Order::TopUp { .. }) => {
+                let refund = self.owe_refund(tx, &msg).await;
+                let err = ApiError::new(ErrorKind::Conflict, msg);
+                let mut body = json!({ "error": err, "charged": true, "refund": refund });
+                body["error"]["message"] = Value::String(format!(
+                    "{}; the payment is owed back to {payer}",
+                    err.message
+                ));
+                (
+                    wit::PaymentEnd::Done,
+                    stored(err.status(), vec![], body.to_string()),
+                )
+            }
+            // Money moved and the SIM exists: the same payment sent again credits it (nothing twice).
+            Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
+        }
+    }
+
+    /// Credit what `order` bought: an activation's data (refund rate: its value at the carrier's rate) or a
+    /// top-up's (the whole invoice). `None` for a switch (its bundle is not metered again).
+    async fn credit(
+        &self,
+        order: &Order,
+        sim: &wit::Sim,
+        tx: &str,
+        payer: &str,
+    ) -> Result<Option<wit::Balance>, wit::Error> {
+        let (kind, data_mb, paid) = match order {
+            Order::Activation(_) => (
+                "activation",
+                sim.data_mb,
+                dispatch::data_value(sim.carrier.clone(), sim.data_mb).await?,
+            ),
+            Order::TopUp { data_mb, .. } => ("top-up", *data_mb, self.invoice.amount),
+            Order::Switch { .. } => return Ok(None),
+        };
+        let credit = metering::DataCredit {
+            invoice_id: self.invoice.id.clone(),
+            kind: kind.into(),
+            bytes: u64::from(data_mb) * BYTES_PER_MB,
+            paid,
+            payer: payer.to_owned(),
+            transaction: tx.to_owned(),
+            network: self.proof.network(self.invoice),
+        };
+        let credited = metering::credit(sim.clone(), credit, now()).await?;
+        if credited.new {
+            self.pending.borrow_mut().push(credited.event);
+        }
+        if credited.resume
+            && let Err(e) =
+                dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Resume).await
+        {
+            eprintln!(
+                "gateway: resuming {} after a top-up failed: {e:?}",
+                sim.iccid
+            );
+        }
+        Ok(Some(credited.balance))
+    }
+
+    async fn activated(&self, order: &Order, sim: &wit::Sim) {
+        if matches!(order, Order::TopUp { .. }) {
+            return;
+        }
         self.note(
             EntryKind::ActivationCompleted,
             self.fields()

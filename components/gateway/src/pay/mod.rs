@@ -223,6 +223,13 @@ pub enum Order {
         iccid: String,
         target: wit::SwitchTarget,
     },
+    /// More data for a SIM; `quota` is the grant the retried quota request asks for (not part of the
+    /// invoice: the answer after payment is that grant).
+    TopUp {
+        iccid: String,
+        data_mb: u32,
+        quota: Option<u64>,
+    },
 }
 
 impl Order {
@@ -233,6 +240,10 @@ impl Order {
                 iccid: iccid.clone(),
                 target: target.clone(),
             }),
+            Order::TopUp { iccid, data_mb, .. } => wit::Purchase::TopUp(wit::TopUpRequest {
+                iccid: iccid.clone(),
+                data_mb: *data_mb,
+            }),
         }
     }
 
@@ -240,8 +251,21 @@ impl Order {
         convert::purchase(&self.purchase()) == convert::purchase(purchase)
     }
 
+    /// Deliver the purchase. A top-up's data is credited once the money is final
+    /// ([`attempt::Attempt::credit`]); here it only checks that the SIM can still take data.
     async fn deliver(&self, invoice_id: &str) -> Result<wit::Sim, wit::Error> {
         match self {
+            Order::TopUp { iccid, .. } => {
+                let sim = dispatch::get_sim(iccid.clone())
+                    .await?
+                    .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
+                if matches!(sim.state, wit::SimState::Terminated | wit::SimState::Failed) {
+                    return Err(wit::Error::Conflict(format!(
+                        "SIM {iccid} is terminated: it takes no more data"
+                    )));
+                }
+                Ok(sim)
+            }
             Order::Activation(a) => {
                 dispatch::order_profile(a.clone(), invoice_id.to_owned(), now()).await
             }

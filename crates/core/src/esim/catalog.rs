@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 use super::plmn::{Plmn, PlmnError, RoamingPolicy};
+use crate::chain::Address;
 use crate::ids::{CarrierId, Region};
 use crate::money::{AmountError, UsdcAmount};
 use crate::pricing::{PriceBook, Rate};
@@ -35,6 +36,14 @@ pub enum CatalogError {
         field: &'static str,
         /// Why.
         source: AmountError,
+    },
+    /// A `receipt_signer` that is not a 0x-prefixed 20-byte address.
+    #[error("carrier {carrier}: receipt_signer {value:?} must be a 0x-prefixed 20-byte address")]
+    Signer {
+        /// The carrier.
+        carrier: CarrierId,
+        /// The refused text.
+        value: String,
     },
     /// A `price_per_mb` that is not a non-negative decimal with at most 9 decimals.
     #[error(
@@ -122,6 +131,9 @@ pub struct Carrier {
     pub profile_type: String,
     /// The carrier's own networks.
     pub home_plmns: Vec<Plmn>,
+    /// The address whose key signs this carrier's usage receipts (`crate::usage::receipt`); `None`: the
+    /// carrier's receipts are refused as from an unknown carrier.
+    pub receipt_signer: Option<Address>,
 }
 
 impl Carrier {
@@ -180,6 +192,8 @@ struct RawCarrier {
     profile_type: String,
     #[serde(default)]
     home_plmns: Vec<Plmn>,
+    #[serde(default)]
+    receipt_signer: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -367,6 +381,13 @@ fn carrier(id: CarrierId, c: RawCarrier) -> Result<Carrier, CatalogError> {
             value: c.price_per_mb,
         });
     };
+    let receipt_signer = match &c.receipt_signer {
+        None => None,
+        Some(text) => Some(text.parse::<Address>().map_err(|_| CatalogError::Signer {
+            carrier: id.clone(),
+            value: text.clone(),
+        })?),
+    };
     Ok(Carrier {
         id,
         name: c.name,
@@ -375,6 +396,7 @@ fn carrier(id: CarrierId, c: RawCarrier) -> Result<Carrier, CatalogError> {
         requester_id: c.requester_id,
         profile_type: c.profile_type,
         home_plmns: c.home_plmns,
+        receipt_signer,
     })
 }
 

@@ -15,7 +15,10 @@
 //! | `order/<invoice id>` | dispatch | the journal of one paid carrier order (`crate::order`) |
 //! | `sim/<iccid>` | dispatch | a SIM |
 //! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
-//! | `balance/<iccid>` | metering | a SIM's data balance |
+//! | `balance/<iccid>` | metering | a SIM's account: credits, suspension flag, closing refunds (`crate::usage::account`) |
+//! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |
+//! | `meter/<iccid>/n`, `meter/<iccid>/r/<n>` | metering | counter and entries of the SIM's receipt log (`crate::usage::ingest::LogEntry`) |
+//! | `rcpt/<carrier>/<session>/<seq>`, `rcpt/x/<digest>` | metering | claim counters: a receipt charged, a dispute kept (once each) |
 //!
 //! Every value is a versioned cell (`super::cell`), so each key also has `<key>@v<n>` claim counters and
 //! `<key>@v<n>.<token>` proposals beside it.
@@ -105,6 +108,31 @@ pub const CLEANUP_QUEUE: &str = "cleanup/queue";
 /// A SIM's balance.
 pub fn balance(iccid: &str) -> String {
     format!("balance/{iccid}")
+}
+
+/// The counter of bytes charged to a SIM.
+pub fn meter_used(iccid: &str) -> String {
+    format!("meter/{iccid}/used")
+}
+
+/// The counter of a SIM's receipt log.
+pub fn meter_count(iccid: &str) -> String {
+    format!("meter/{iccid}/n")
+}
+
+/// Entry `n` of a SIM's receipt log.
+pub fn meter_entry(iccid: &str, n: u64) -> String {
+    format!("meter/{iccid}/r/{n:012}")
+}
+
+/// The claim of one receipt, by its dedup identity `(carrier, session, seq)`.
+pub fn receipt_claim(carrier: &str, session: &str, seq: u64) -> String {
+    format!("rcpt/{carrier}/{session}/{seq}")
+}
+
+/// The claim of one disputed receipt, by its EIP-712 digest.
+pub fn dispute_claim(digest: alloy_primitives::B256) -> String {
+    format!("rcpt/x/{digest}")
 }
 
 #[cfg(test)]

@@ -1,65 +1,367 @@
+//! The metering component in wasmtime: credits, receipt ingest (verify, claim, log, charge), exhaustion,
+//! closing, queries. Receipts are signed here with the carriers' dev keys (kernel `usage::receipt`).
+
+use esim402_core::CarrierId;
+use esim402_core::esim::iccid::Iccid;
+use esim402_core::esim::plmn::Plmn;
+use esim402_core::usage::receipt::{Receipt, dev_signing_key};
 use esim402_testkit::{Kit, types};
+use serde_json::{Value, json};
 
-const ICCID: &str = "8944478600003770170";
+const MB: u64 = 1_000_000;
 
-#[tokio::test]
-async fn an_account_opens_once_and_reads_back() {
-    let mut kit = Kit::builder("metering").build().await.unwrap();
-    let b = kit
-        .call(async |a, g| {
-            g.metering()
-                .call_open_account(a, ICCID.into(), 300_000, 3_000)
-                .await
-        })
+fn iccid(n: u32) -> String {
+    Iccid::with_check_digit(&format!("89012600000000{n:04}"))
+        .unwrap()
+        .to_string()
+}
+
+fn sim(iccid: &str, carrier: &str) -> types::Sim {
+    types::Sim {
+        iccid: iccid.into(),
+        carrier: carrier.into(),
+        region: "us-west".into(),
+        state: types::SimState::Active,
+        profile_state: types::ProfileState::Released,
+        activation_code: Some("LPA:1$smdp.example$X".into()),
+        eid: None,
+        roaming: types::RoamingPolicy {
+            allow: vec![],
+            deny: vec![],
+            countries: vec!["US".into()],
+        },
+        data_mb: 10,
+        invoice_id: "inv_act".into(),
+        created_at: 1,
+        failovers: vec![],
+        replaces: None,
+        replaced_by: None,
+    }
+}
+
+fn credit(invoice: &str, mb: u64, paid: u64) -> esim402_testkit::metering::DataCredit {
+    esim402_testkit::metering::DataCredit {
+        invoice_id: invoice.into(),
+        kind: if invoice == "inv_act" {
+            "activation"
+        } else {
+            "top-up"
+        }
+        .into(),
+        bytes: mb * MB,
+        paid,
+        payer: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into(),
+        transaction: format!("0x{:064x}", invoice.len()),
+        network: "eip155:31337".into(),
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn receipt(iccid: &str, carrier: &str, session: &str, seq: u64, bytes: u64, plmn: &str) -> Value {
+    let t = now();
+    let r = Receipt {
+        carrier: CarrierId::parse(carrier).unwrap(),
+        iccid: Iccid::parse(iccid).unwrap(),
+        plmn: Plmn::parse(plmn).unwrap(),
+        session_id: session.into(),
+        seq,
+        window_start: t - 900,
+        window_end: t - 60,
+        bytes_up: bytes / 4,
+        bytes_down: bytes - bytes / 4,
+        signature: vec![],
+    };
+    let key = dev_signing_key(&r.carrier);
+    serde_json::to_value(r.sign(&key).unwrap().to_wire()).unwrap()
+}
+
+async fn open(kit: &mut Kit, iccid: &str, mb: u64) -> types::Balance {
+    let s = sim(iccid, "tmobile");
+    let c = credit("inv_act", mb, 30_000);
+    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance
+}
+
+async fn ingest(kit: &mut Kit, receipts: Vec<Value>) -> (Value, Vec<String>, Vec<String>) {
+    let body = json!({ "receipts": receipts }).to_string();
+    let out = kit
+        .call(async move |a, g| g.metering().call_ingest(a, body, now()).await)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((b.remaining, b.used_bytes), (300_000, 0));
+    let kinds = out.events.iter().map(|e| e.kind.clone()).collect();
+    (
+        serde_json::from_str(&out.report).unwrap(),
+        kinds,
+        out.exhausted,
+    )
+}
 
-    let again = kit
-        .call(async |a, g| g.metering().call_open_account(a, ICCID.into(), 1, 1).await)
-        .await
-        .unwrap();
-    assert!(matches!(again, Err(types::Error::Conflict(_))));
-
-    let read = kit
-        .call(async |a, g| g.metering().call_get_balance(a, ICCID.into()).await)
+async fn balance(kit: &mut Kit, iccid: &str) -> types::Balance {
+    let id = iccid.to_owned();
+    kit.call(async move |a, g| g.metering().call_get_balance(a, id).await)
         .await
         .unwrap()
-        .unwrap();
-    assert_eq!(
-        read.remaining, 300_000,
-        "the second open must not overwrite"
-    );
-    assert!(kit.kv_get(&format!("balance/{ICCID}")).await.is_some());
+        .unwrap()
 }
 
 #[tokio::test]
-async fn unknown_and_malformed_iccids() {
+async fn credits_land_once_per_invoice() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
-    let unknown = kit
-        .call(async |a, g| g.metering().call_get_balance(a, ICCID.into()).await)
+    let id = iccid(1);
+    let b = open(&mut kit, &id, 10).await;
+    assert_eq!(
+        (b.credited_bytes, b.used_bytes, b.remaining_bytes),
+        (10 * MB, 0, 10_000_000)
+    );
+    // The same activation credited again (a retried payment): nothing new.
+    let (s, c) = (sim(&id, "tmobile"), credit("inv_act", 10, 30_000));
+    let again = kit
+        .call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.new);
+    assert_eq!(again.balance.credited_bytes, 10 * MB);
+    let (s, c) = (sim(&id, "tmobile"), credit("inv_top", 50, 150_000));
+    let top = kit
+        .call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(top.new);
+    assert_eq!(top.event.kind, "data_credited");
+    assert_eq!(top.balance.credited_bytes, 60 * MB);
+    assert!(kit.kv_get(&format!("balance/{id}")).await.is_some());
+}
+
+#[tokio::test]
+async fn receipts_are_charged_once_and_replays_are_duplicates() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(2);
+    open(&mut kit, &id, 10).await;
+    let batch = vec![
+        receipt(&id, "tmobile", "s1", 1, 300_000, "310-260"),
+        receipt(&id, "tmobile", "s1", 2, 200_000, "310-410"),
+        receipt(&id, "tmobile", "s1", 4, 100_000, "310-260"),
+    ];
+    let (report, kinds, exhausted) = ingest(&mut kit, batch.clone()).await;
+    assert_eq!(report["totals"]["accepted"], 3, "{report}");
+    assert_eq!(report["totals"]["gaps"], 1, "seq 3 never came: {report}");
+    assert_eq!(report["results"][2]["gap"], true);
+    assert_eq!(report["totals"]["bytes_charged"], 600_000);
+    assert_eq!(kinds, vec!["usage_charged"]);
+    assert!(exhausted.is_empty());
+    assert_eq!(balance(&mut kit, &id).await.used_bytes, 600_000);
+
+    let (again, kinds, _) = ingest(&mut kit, batch).await;
+    assert_eq!(again["totals"]["duplicate"], 3, "{again}");
+    assert_eq!(again["totals"]["accepted"], 0);
+    assert!(kinds.is_empty(), "a replay logs no charge");
+    assert_eq!(
+        balance(&mut kit, &id).await.used_bytes,
+        600_000,
+        "never charged twice"
+    );
+}
+
+#[tokio::test]
+async fn bad_receipts_are_disputed_never_charged() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(3);
+    open(&mut kit, &id, 10).await;
+    let mut forged = receipt(&id, "tmobile", "s1", 1, 1_000, "310-260");
+    forged["bytes_down"] = json!(1);
+    let roaming = receipt(&id, "tmobile", "s2", 1, 1_000, "262-01");
+    let other_carrier = receipt(&id, "att", "s3", 1, 1_000, "310-410");
+    let unknown_sim = receipt(&iccid(99), "tmobile", "s4", 1, 1_000, "310-260");
+    let (report, kinds, _) = ingest(
+        &mut kit,
+        vec![
+            forged.clone(),
+            roaming,
+            other_carrier,
+            unknown_sim,
+            json!({"carrier": 1}),
+        ],
+    )
+    .await;
+    let reasons: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "bad_signature",
+            "plmn_not_allowed",
+            "iccid_not_on_carrier",
+            "unknown_sim",
+            "malformed_receipt"
+        ]
+    );
+    assert_eq!(report["totals"]["disputed"], 3, "{report}");
+    assert_eq!(kinds, vec!["usage_disputed"; 3]);
+    assert_eq!(balance(&mut kit, &id).await.used_bytes, 0);
+
+    // The owner sees them; a resubmitted dispute is not kept twice.
+    let (_, kinds, _) = ingest(&mut kit, vec![forged]).await;
+    assert!(kinds.is_empty());
+    let id2 = id.clone();
+    let log: Value = serde_json::from_str(
+        &kit.call(async move |a, g| g.metering().call_receipts(a, id2, 1, 100).await)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|e| e["state"] == "disputed"));
+    assert_eq!(log[1]["reason"], "plmn_not_allowed");
+}
+
+#[tokio::test]
+async fn exhaustion_is_reported_once_then_a_top_up_resumes() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(4);
+    open(&mut kit, &id, 1).await;
+    let (_, _, exhausted) = ingest(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 1, 1_200_000, "310-260")],
+    )
+    .await;
+    assert_eq!(exhausted, vec![id.clone()]);
+    let b = balance(&mut kit, &id).await;
+    assert_eq!(b.remaining_bytes, -200_000);
+    assert!(b.low && b.suspended_for_balance);
+    let (_, _, exhausted) = ingest(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 2, 1_000, "310-260")],
+    )
+    .await;
+    assert!(exhausted.is_empty(), "suspended once");
+    let (s, c) = (sim(&id, "tmobile"), credit("inv_top", 10, 30_000));
+    let top = kit
+        .call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(top.resume, "the top-up leaves data: resume the SIM");
+    assert!(!top.balance.suspended_for_balance);
+}
+
+#[tokio::test]
+async fn closing_refunds_unused_data_once_and_refuses_credit() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(5);
+    open(&mut kit, &id, 10).await; // 10 MB for 30 000 µUSDC
+    ingest(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 1, 4 * MB, "310-260")],
+    )
+    .await;
+    let shares = close(&mut kit, &id).await;
+    assert_eq!(shares[0]["invoice"], "inv_act");
+    assert_eq!(shares[0]["bytes"], 6 * MB);
+    assert_eq!(shares[0]["amount"], "0.018", "6/10 of 30 000: {shares}");
+    ingest(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 2, MB, "310-260")],
+    )
+    .await;
+    assert_eq!(
+        close(&mut kit, &id).await,
+        shares,
+        "the first close fixes the refund"
+    );
+    let (s, c) = (sim(&id, "tmobile"), credit("inv_late", 10, 30_000));
+    let late = kit
+        .call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
         .await
         .unwrap();
-    assert!(matches!(unknown, Err(types::Error::NotFound(_))));
+    assert!(matches!(late, Err(types::Error::Conflict(_))));
+}
+
+#[tokio::test]
+async fn usage_rows_per_network() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(6);
+    open(&mut kit, &id, 10).await;
+    ingest(
+        &mut kit,
+        vec![
+            receipt(&id, "tmobile", "s", 1, 1_000, "310-260"),
+            receipt(&id, "tmobile", "s", 2, 3_000, "310-410"),
+        ],
+    )
+    .await;
+    let id2 = id.clone();
+    let rows: Value = serde_json::from_str(
+        &kit.call(async move |a, g| g.metering().call_usage(a, id2, "day".into(), true).await)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let totals: u64 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["data_total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(totals, 4_000);
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["plmn"] == "310-410")
+    );
+    let bad = kit
+        .call(async move |a, g| g.metering().call_usage(a, id, "week".into(), false).await)
+        .await
+        .unwrap();
+    assert!(matches!(bad, Err(types::Error::InvalidInput(f)) if f.field == "granularity"));
+}
+
+#[tokio::test]
+async fn malformed_batches_and_iccids() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let bad = kit
+        .call(async |a, g| g.metering().call_ingest(a, "[]".into(), 1).await)
+        .await
+        .unwrap();
+    assert!(matches!(bad, Err(types::Error::InvalidInput(f)) if f.field == "receipts"));
     let bad = kit
         .call(async |a, g| g.metering().call_get_balance(a, "12ab".into()).await)
         .await
         .unwrap();
     assert!(matches!(bad, Err(types::Error::InvalidInput(f)) if f.field == "iccid"));
-}
-
-#[tokio::test]
-async fn receipts_and_top_ups_report_unavailable_until_built() {
-    // Metering of usage receipts is not built yet (README feature table); it must say so, not pretend.
-    let mut kit = Kit::builder("metering").build().await.unwrap();
-    let r = kit
-        .call(async |a, g| {
-            g.metering()
-                .call_top_up(a, ICCID.into(), 1, "x".into())
-                .await
-        })
+    let id = iccid(7);
+    let unknown = kit
+        .call(async move |a, g| g.metering().call_get_balance(a, id).await)
         .await
         .unwrap();
-    assert!(matches!(r, Err(types::Error::Unavailable(_))));
+    assert!(matches!(unknown, Err(types::Error::NotFound(_))));
+}
+
+async fn close(kit: &mut Kit, iccid: &str) -> Value {
+    let id = iccid.to_owned();
+    let s = kit
+        .call(async move |a, g| g.metering().call_close(a, id).await)
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&s).unwrap()
 }

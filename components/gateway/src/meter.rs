@@ -1,0 +1,216 @@
+//! The metered-data routes: receipt ingest (`POST /v1/usage`), the quota request with its low-balance 402
+//! and paid top-up (`POST /v1/esim/{iccid}/data`), and the balance, usage and receipt queries. Rules are the
+//! kernel's (`esim402_core::usage`); the metering component keeps the balances.
+
+use esim402_core::usage::account::{Quota, TOP_UP_SIZES_MB, decide_quota};
+use esim402_core::{ApiError, InvoiceId, UsdcAmount};
+use esim402_guest::wit;
+use serde_json::{Value, json};
+use spin_sdk::http::Request;
+
+use crate::pay::{self, Order, Proof};
+use crate::purchase::{payment_required, render, request_fingerprint};
+use crate::{Reply, dispatch, from_wit, invoices, json, metering, now, read_body, resource_url};
+
+/// `POST /v1/usage`: a batch of signed receipts (`{"receipts": [...]}`, at most 1 000). 200 with a result per
+/// receipt; SIMs the batch ran dry are suspended.
+pub async fn ingest(req: Request) -> Result<Reply, ApiError> {
+    let body = read_body(req).await?;
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
+    let out = metering::ingest(body, now()).await.map_err(from_wit)?;
+    crate::pay::log_events(out.events).await;
+    for iccid in out.exhausted {
+        if let Err(e) = dispatch::lifecycle(iccid.clone(), wit::LifecycleAction::Suspend).await {
+            eprintln!("gateway: suspending {iccid} (balance exhausted) failed: {e:?}");
+        }
+    }
+    Ok(json(200, out.report))
+}
+
+/// `POST /v1/esim/{iccid}/data`: the next quota. Above the low-water mark, 200 with the grant; below it, 402
+/// with top-up options and an x402 challenge for one of them (`top_up_mb`, default the smallest). The same
+/// request sent again with a payment pays that top-up, credits it once and gets its grant.
+pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
+    let proof = Proof::from_headers(req.headers())?;
+    let invoice_header = pay::invoice_header(req.headers())?;
+    let url = resource_url(&req);
+    let body = read_body(req).await?;
+    let (quota, top_up_mb, body_invoice) = crate::convert::quota_request(&body)?;
+    let offered = top_up_mb.unwrap_or(TOP_UP_SIZES_MB[0]);
+    let issue = |mb: u32| async move {
+        let quote = dispatch::quote_top_up(iccid.to_owned(), mb)
+            .await
+            .map_err(from_wit)?;
+        let purchase = wit::Purchase::TopUp(wit::TopUpRequest {
+            iccid: iccid.to_owned(),
+            data_mb: mb,
+        });
+        let invoice = invoices::issue(purchase, quote.amount, Vec::new(), now())
+            .await
+            .map_err(from_wit)?;
+        Ok::<_, ApiError>((invoice, quote))
+    };
+
+    if let Some(proof) = proof {
+        let named = match body_invoice {
+            Some(id) => Some(
+                InvoiceId::parse(&id)
+                    .map_err(|_| ApiError::invalid("invoice_id", "not an invoice id"))?,
+            ),
+            None => invoice_header,
+        };
+        let invoice = pay::invoice_for(&proof, named.as_ref(), || async {
+            Ok(issue(offered).await?.0)
+        })
+        .await?;
+        // Any top-up invoice of this SIM may be paid here: the order is what the invoice says.
+        let data_mb = match &invoice.purchase {
+            wit::Purchase::TopUp(t) if t.iccid == iccid => t.data_mb,
+            _ => offered,
+        };
+        let order = Order::TopUp {
+            iccid: iccid.to_owned(),
+            data_mb,
+            quota,
+        };
+        let fingerprint = request_fingerprint(&format!("data/{iccid}"), &body, &proof);
+        let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
+        return Ok(render(&stored));
+    }
+
+    let balance = metering::get_balance(iccid.to_owned())
+        .await
+        .map_err(from_wit)?;
+    if balance.closed {
+        return Err(ApiError::new(
+            esim402_core::ErrorKind::Conflict,
+            format!("SIM {iccid} is terminated"),
+        ));
+    }
+    let low = balance.suspended_for_balance
+        || matches!(
+            decide_quota(i128::from(balance.remaining_bytes), quota),
+            Quota::Low { .. }
+        );
+    if !low {
+        return Ok(json(
+            200,
+            crate::convert::quota_value(&balance, quota).to_string(),
+        ));
+    }
+    let mut sizes = vec![offered];
+    sizes.extend(TOP_UP_SIZES_MB.iter().copied().filter(|s| *s != offered));
+    let mut options = Vec::with_capacity(sizes.len());
+    for mb in &sizes {
+        let q = dispatch::quote_top_up(iccid.to_owned(), *mb)
+            .await
+            .map_err(from_wit)?;
+        options.push(json!({ "data_mb": mb, "amount_usdc": UsdcAmount::from_micros(q.amount) }));
+    }
+    let (invoice, quote) = issue(offered).await?;
+    let mut extra = crate::convert::balance_value(&balance);
+    extra["status"] = Value::String("low_balance".into());
+    extra["top_up_options"] = Value::Array(options);
+    extra["invoice_id"] = Value::String(invoice.id.clone());
+    payment_required(&invoice, &quote, &url, Some(extra))
+}
+
+pub async fn balance(iccid: &str) -> Result<Reply, ApiError> {
+    let b = metering::get_balance(iccid.to_owned())
+        .await
+        .map_err(from_wit)?;
+    Ok(json(200, crate::convert::balance_value(&b).to_string()))
+}
+
+/// `GET /v1/esim/{iccid}/usage?granularity=hour|day&group_by=plmn`.
+pub async fn usage(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> {
+    let (mut granularity, mut by_plmn) = ("day".to_owned(), false);
+    crate::routes::query_params(query, "granularity, group_by", |k, v| {
+        match k {
+            "granularity" => granularity = v.to_owned(),
+            "group_by" if v == "plmn" => by_plmn = true,
+            "group_by" => return Err(ApiError::invalid("group_by", "group_by must be plmn")),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    let rows = metering::usage(iccid.to_owned(), granularity.clone(), by_plmn)
+        .await
+        .map_err(from_wit)?;
+    let rows: Value = serde_json::from_str(&rows).map_err(|e| ApiError::internal(e.to_string()))?;
+    let body = json!({ "iccid": iccid, "granularity": granularity, "group_by": by_plmn.then_some("plmn"), "usage_records": rows });
+    Ok(json(200, body.to_string()))
+}
+
+/// `GET /v1/esim/{iccid}/receipts?from=N&limit=M`: the SIM's receipt log with each receipt's state
+/// (accepted or disputed, and why).
+pub async fn receipts(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> {
+    let (mut from, mut limit) = (1u64, 100u32);
+    crate::routes::query_params(query, "from, limit", |k, v| {
+        let n = || {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer"))
+            })
+        };
+        match k {
+            "from" => from = n()?,
+            "limit" => {
+                limit = u32::try_from(n()?)
+                    .ok()
+                    .filter(|l| (1..=1000).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-1000"))?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    let log = metering::receipts(iccid.to_owned(), from, limit)
+        .await
+        .map_err(from_wit)?;
+    let log: Value = serde_json::from_str(&log).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(json(
+        200,
+        json!({ "iccid": iccid, "from": from, "receipts": log }).to_string(),
+    ))
+}
+
+/// After a terminate: close the SIM's account and owe back its unused data (at the rate it was bought, once
+/// per credit invoice, through the refund job). A SIM without an account has nothing to refund.
+pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
+    let shares = match metering::close(iccid.to_owned()).await {
+        Ok(s) => s,
+        Err(wit::Error::NotFound(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(from_wit(e)),
+    };
+    let shares: Vec<esim402_core::usage::account::RefundShare> =
+        serde_json::from_str(&shares).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    for share in shares {
+        let invoice = pay::load_invoice(&share.invoice).await?;
+        let reason = format!("unused data: {} bytes of SIM {iccid}", share.bytes);
+        match crate::verifier::owe_refund(
+            invoice,
+            share.tx.clone(),
+            Some(share.amount.micros()),
+            reason,
+            now(),
+        )
+        .await
+        {
+            Ok(owed) => {
+                if owed.new {
+                    events.push(owed.event);
+                }
+                out.push(serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund)));
+            }
+            Err(e) => eprintln!(
+                "gateway: REFUND OF UNUSED DATA NOT RECORDED for {}: {e:?}",
+                share.invoice
+            ),
+        }
+    }
+    crate::pay::log_events(events).await;
+    Ok(out)
+}

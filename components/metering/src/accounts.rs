@@ -1,0 +1,162 @@
+//! Accounts: opened by the activation's credit, topped up once per invoice, closed when the SIM is
+//! terminated. The account is a cell (rare writes); usage is the `meter/<iccid>/used` counter, read here.
+
+use esim402_core::esim::iccid::Iccid;
+use esim402_core::esim::plmn::{Plmn, RoamingPolicy};
+use esim402_core::ledger::{EntryFields, EntryKind};
+use esim402_core::store::keys;
+use esim402_core::usage::account::{
+    Account, AccountError, Credit, CreditKind, Quota, decide_quota,
+};
+use esim402_core::{CarrierId, UsdcAmount};
+use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
+use esim402_guest::kv;
+use esim402_guest::wit;
+
+use crate::bindings::exports::esim402::metering::metering as api;
+
+pub fn parse_iccid(iccid: &str) -> Result<Iccid, wit::Error> {
+    Iccid::parse(iccid).map_err(|e| invalid("iccid", e.to_string()))
+}
+
+/// Bytes charged so far (the counter; absent = 0). Reading it with `increment(0)` keeps the counter rule:
+/// a counter key is only ever touched through `increment`.
+pub fn used(iccid: &str) -> Result<u64, wit::Error> {
+    let n = kv::increment::<wit::Error>(&keys::meter_used(iccid), 0).map_err(kv_err)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+pub async fn load(iccid: &str) -> Result<Option<Account>, wit::Error> {
+    kv::get_json::<Account, wit::Error>(&keys::balance(iccid))
+        .await
+        .map_err(kv_err)
+}
+
+pub fn to_wit(a: &Account, used: u64) -> wit::Balance {
+    let remaining = a.remaining(used);
+    wit::Balance {
+        iccid: a.iccid.to_string(),
+        credited_bytes: a.credited(),
+        used_bytes: used,
+        remaining_bytes: i64::try_from(remaining).unwrap_or(if remaining < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }),
+        low: a.suspended_for_balance || matches!(decide_quota(remaining, None), Quota::Low { .. }),
+        suspended_for_balance: a.suspended_for_balance,
+        closed: a.closed.is_some(),
+    }
+}
+
+fn roaming(sim: &wit::Sim) -> Result<RoamingPolicy, wit::Error> {
+    let plmns = |l: &[String]| {
+        l.iter()
+            .map(|p| Plmn::parse(p).map_err(|e| internal(format!("SIM roaming policy: {e}"))))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(RoamingPolicy {
+        allow: plmns(&sim.roaming.allow)?,
+        deny: plmns(&sim.roaming.deny)?,
+        countries: sim.roaming.countries.clone(),
+    })
+}
+
+/// Credit `sim` with what `c` bought (opening the account with the activation's credit).
+pub async fn credit(
+    sim: wit::Sim,
+    c: api::DataCredit,
+    now: u64,
+) -> Result<api::Credited, wit::Error> {
+    let iccid = parse_iccid(&sim.iccid)?;
+    let carrier = CarrierId::parse(&sim.carrier).map_err(|e| invalid("carrier", e.to_string()))?;
+    let kind = match c.kind.as_str() {
+        "activation" => CreditKind::Activation,
+        "top-up" => CreditKind::TopUp,
+        other => return Err(invalid("kind", format!("unknown credit kind {other:?}"))),
+    };
+    let credit = Credit {
+        invoice: c.invoice_id.clone(),
+        kind,
+        bytes: c.bytes,
+        paid: UsdcAmount::from_micros(c.paid),
+        payer: c.payer.clone(),
+        tx: c.transaction.clone(),
+        network: c.network.clone(),
+        at: now,
+    };
+    let policy = roaming(&sim)?;
+    let used = used(iccid.as_str())?;
+    let key = keys::balance(iccid.as_str());
+    let (account, (new, resume)) = kv::update_json_with(&key, |cur: Option<Account>| {
+        let Some(mut a) = cur else {
+            let a = Account::open(
+                iccid.clone(),
+                carrier.clone(),
+                policy.clone(),
+                credit.clone(),
+            );
+            return Ok((a, (true, false)));
+        };
+        if a.carrier != carrier {
+            return Err(AccountError::CarrierMismatch {
+                iccid: a.iccid.to_string(),
+                claimed: carrier.to_string(),
+                actual: a.carrier.to_string(),
+            });
+        }
+        match a.credit(credit.clone(), used) {
+            Ok(resume) => Ok((a, (true, resume))),
+            Err(AccountError::AlreadyCredited(_)) => Ok((a, (false, false))),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kv::KvError::Refused(e @ AccountError::Closed(_)) => wit::Error::Conflict(e.to_string()),
+        kv::KvError::Refused(e) => internal(e),
+        other => internal(other),
+    })?;
+    let balance = to_wit(&account, used);
+    let fields = EntryFields::default()
+        .invoice(c.invoice_id)
+        .amount(UsdcAmount::from_micros(c.paid))
+        .network(c.network)
+        .tx_hash(c.transaction)
+        .payer(c.payer)
+        .detail("iccid", iccid.as_str())
+        .detail("kind", c.kind)
+        .detail("bytes", c.bytes.to_string())
+        .detail("remaining_bytes", balance.remaining_bytes.to_string());
+    Ok(api::Credited {
+        balance,
+        new,
+        resume,
+        event: event_to_wit(EntryKind::DataCredited, &fields),
+    })
+}
+
+pub async fn balance(iccid: &str) -> Result<wit::Balance, wit::Error> {
+    let iccid = parse_iccid(iccid)?;
+    let account = load(iccid.as_str())
+        .await?
+        .ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {iccid}")))?;
+    Ok(to_wit(&account, used(iccid.as_str())?))
+}
+
+/// Close the account at the current usage: the unused-data refund shares (JSON), fixed by the first close.
+pub async fn close(iccid: &str) -> Result<String, wit::Error> {
+    let iccid = parse_iccid(iccid)?;
+    let used = used(iccid.as_str())?;
+    let key = keys::balance(iccid.as_str());
+    let (_, shares) = kv::update_json_with(&key, |cur: Option<Account>| match cur {
+        None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
+        Some(mut a) => {
+            let shares = a.close(used);
+            Ok((a, shares))
+        }
+    })
+    .await
+    .map_err(kv_err)?;
+    serde_json::to_string(&shares).map_err(internal)
+}

@@ -1,0 +1,42 @@
+//! The receipt-signer registry: each carrier's signing address from the carrier catalog (the
+//! `carrier_catalog` variable, else the shipped one), parsed once per instance.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use esim402_core::esim::catalog::Catalog;
+use esim402_core::{Address, CarrierId};
+use esim402_guest::config::optional_var;
+use esim402_guest::convert::internal;
+use esim402_guest::{instance_cache, wit};
+
+pub struct Config {
+    signers: HashMap<CarrierId, Address>,
+}
+
+impl Config {
+    /// The address that signs `carrier`'s receipts, if any.
+    pub fn signer(&self, carrier: &CarrierId) -> Option<Address> {
+        self.signers.get(carrier).copied()
+    }
+}
+
+instance_cache!(CONFIG: Config);
+
+pub async fn get() -> Result<Rc<Config>, wit::Error> {
+    CONFIG
+        .get_or_load(|| async {
+            let catalog = match optional_var("carrier_catalog").await {
+                Some(toml) => Catalog::from_toml(&toml)
+                    .map_err(|e| internal(format!("variable carrier_catalog is invalid: {e}")))?,
+                None => Catalog::builtin().clone(),
+            };
+            let signers = catalog
+                .carriers()
+                .iter()
+                .filter_map(|c| Some((c.id.clone(), c.receipt_signer?)))
+                .collect();
+            Ok(Config { signers })
+        })
+        .await
+}

@@ -1,0 +1,195 @@
+//! `POST /v1/usage`: a batch of carrier-signed receipts. The order of effects per receipt is the kernel's
+//! (`esim402_core::usage::ingest`): verify → claim `(carrier, session, seq)` by `increment` (one winner ever,
+//! on every backend and across instances) → log → charge. Per SIM per batch: one `increment` of its log
+//! counter, its log entries, one `increment` of its used-bytes counter, one ledger event.
+//!
+//! Never charged twice: the charge follows a won claim, and a claim is won once. A crash between a claim and
+//! the charge leaves the receipt uncharged (at most once, in the payer's favour).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use esim402_core::ledger::{EntryFields, EntryKind};
+use esim402_core::store::keys;
+use esim402_core::usage::account::Account;
+use esim402_core::usage::ingest::{
+    LogEntry, LogState, Outcome, ReportLine, is_gap, parse_batch, totals,
+};
+use esim402_core::usage::receipt::{Receipt, SimTerms, verify};
+use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
+use esim402_guest::kv;
+use esim402_guest::wit;
+use spin_sdk::key_value::Store;
+
+use crate::accounts;
+use crate::bindings::exports::esim402::metering::metering::Ingested;
+
+/// What one batch does to one SIM.
+#[derive(Default)]
+struct SimBatch {
+    entries: Vec<LogEntry>,
+    bytes: u64,
+    accepted: u64,
+}
+
+pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
+    let items = parse_batch(body).map_err(|e| invalid("receipts", e.to_string()))?;
+    let config = crate::config::get().await?;
+    let store = Store::open_default().await.map_err(internal)?;
+
+    let mut accounts: HashMap<String, Option<Account>> = HashMap::new();
+    for r in items.iter().flatten() {
+        let iccid = r.iccid.as_str();
+        if !accounts.contains_key(iccid) {
+            accounts.insert(iccid.to_owned(), accounts::load(iccid).await?);
+        }
+    }
+
+    let mut lines = Vec::with_capacity(items.len());
+    let mut sims: BTreeMap<String, SimBatch> = BTreeMap::new();
+    let mut claimed: HashSet<(String, String, u64)> = HashSet::new();
+    let mut events = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let r = match item {
+            Ok(r) => r,
+            Err(e) => {
+                lines.push(line(index, None, Outcome::rejected(&e)));
+                continue;
+            }
+        };
+        let account = accounts.get(r.iccid.as_str()).and_then(Option::as_ref);
+        let terms = account.map(|a| SimTerms {
+            carrier: &a.carrier,
+            roaming: &a.roaming,
+        });
+        let outcome = match verify(&r, |c| config.signer(c), terms, now) {
+            Err(e) => {
+                if e.is_dispute()
+                    && kv::claim::<wit::Error>(&keys::dispute_claim(r.signing_hash()))
+                        .map_err(kv_err)?
+                {
+                    let sim = sims.entry(r.iccid.to_string()).or_default();
+                    sim.entries
+                        .push(entry(&r, now, LogState::Disputed, Some(e.reason()), false));
+                    let fields = EntryFields::default()
+                        .detail("iccid", r.iccid.as_str())
+                        .detail("carrier", r.carrier.as_str())
+                        .detail("session_id", &r.session_id)
+                        .detail("seq", r.seq.to_string())
+                        .detail("bytes", r.total_bytes().to_string())
+                        .detail("reason", e.reason());
+                    events.push(event_to_wit(EntryKind::UsageDisputed, &fields));
+                }
+                Outcome::rejected(&e)
+            }
+            Ok(()) => {
+                let (carrier, session, seq) = r.claim_id();
+                let key = keys::receipt_claim(carrier, session, seq);
+                if kv::claim::<wit::Error>(&key).map_err(kv_err)? {
+                    let in_batch =
+                        claimed.contains(&(carrier.to_owned(), session.to_owned(), seq - 1));
+                    let before = seq > 1
+                        && !in_batch
+                        && store
+                            .exists(keys::receipt_claim(carrier, session, seq - 1))
+                            .await
+                            .map_err(internal)?;
+                    let gap = is_gap(seq, in_batch, before);
+                    claimed.insert((carrier.to_owned(), session.to_owned(), seq));
+                    // Bounded by MAX_RECEIPT_BYTES (checked by verify), so it fits a u64.
+                    let bytes = u64::try_from(r.total_bytes()).unwrap_or(u64::MAX);
+                    let sim = sims.entry(r.iccid.to_string()).or_default();
+                    sim.entries
+                        .push(entry(&r, now, LogState::Accepted, None, gap));
+                    sim.bytes = sim.bytes.saturating_add(bytes);
+                    sim.accepted += 1;
+                    Outcome::Accepted { bytes, gap }
+                } else {
+                    Outcome::Duplicate
+                }
+            }
+        };
+        lines.push(line(index, Some(&r), outcome));
+    }
+
+    let mut exhausted = Vec::new();
+    for (iccid, batch) in sims {
+        append_log(&store, &iccid, batch.entries).await?;
+        if batch.accepted == 0 {
+            continue;
+        }
+        let delta = i64::try_from(batch.bytes).map_err(internal)?;
+        let used = kv::increment::<wit::Error>(&keys::meter_used(&iccid), delta).map_err(kv_err)?;
+        let used = u64::try_from(used).unwrap_or(0);
+        let Some(account) = accounts.get(&iccid).and_then(Option::as_ref) else {
+            continue;
+        };
+        let remaining = account.remaining(used);
+        let fields = EntryFields::default()
+            .detail("iccid", &iccid)
+            .detail("bytes", batch.bytes.to_string())
+            .detail("receipts", batch.accepted.to_string())
+            .detail("remaining_bytes", remaining.to_string());
+        events.push(event_to_wit(EntryKind::UsageCharged, &fields));
+        if remaining <= 0 && !account.suspended_for_balance && account.closed.is_none() {
+            let (_, now_exhausted) =
+                kv::update_json_with(&keys::balance(&iccid), |cur: Option<Account>| {
+                    let mut a = cur.ok_or_else(|| internal("account vanished"))?;
+                    let e = a.exhausted(used);
+                    Ok::<_, wit::Error>((a, e))
+                })
+                .await
+                .map_err(kv_err)?;
+            if now_exhausted {
+                exhausted.push(iccid);
+            }
+        }
+    }
+
+    let report = serde_json::json!({ "totals": totals(&lines), "results": lines });
+    Ok(Ingested {
+        report: report.to_string(),
+        events,
+        exhausted,
+    })
+}
+
+fn line(index: usize, r: Option<&Receipt>, outcome: Outcome) -> ReportLine {
+    ReportLine {
+        index,
+        iccid: r.map(|r| r.iccid.to_string()),
+        session_id: r.map(|r| r.session_id.clone()),
+        seq: r.map(|r| r.seq),
+        outcome,
+    }
+}
+
+fn entry(r: &Receipt, now: u64, state: LogState, reason: Option<&str>, gap: bool) -> LogEntry {
+    LogEntry {
+        n: 0,
+        at: now,
+        state,
+        reason: reason.map(str::to_owned),
+        gap,
+        receipt: r.to_wire(),
+    }
+}
+
+/// Append `entries` to the SIM's receipt log: one `increment` reserves their positions, then each is written
+/// once under its own key.
+async fn append_log(store: &Store, iccid: &str, entries: Vec<LogEntry>) -> Result<(), wit::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let k = i64::try_from(entries.len()).map_err(internal)?;
+    let end = kv::increment::<wit::Error>(&keys::meter_count(iccid), k).map_err(kv_err)?;
+    let first = u64::try_from(end - k + 1).map_err(internal)?;
+    for (i, mut e) in entries.into_iter().enumerate() {
+        e.n = first + i as u64;
+        let json = serde_json::to_vec(&e).map_err(internal)?;
+        store
+            .set(keys::meter_entry(iccid, e.n), json)
+            .await
+            .map_err(internal)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! A SIM's metered account: credits (the activation's data and every top-up, each once per invoice) against
+//! the bytes its accepted receipts used. The account record changes rarely (a credit, a suspension, closing),
+//! so it is a cell updated with [`Account::credit`] / [`Account::exhausted`] / [`Account::close`]; usage is
+//! the hot path and never touches it: it is one atomic counter (`meter/<iccid>/used`, bytes) that only grows.
+//! So `remaining = credited − used` never needs a read-modify-write of a shared value.
+//!
+//! Invariants:
+//! - **A credit lands once per invoice** ([`Account::credit`] refuses a second one for the same invoice), and a
+//!   closed account takes none (a top-up racing a terminate is refused before money is kept).
+//! - **Units**: data in bytes, `1 MB = 1 000 000 bytes`, `1 KB = 1 000 bytes` (decimal, as carriers bill);
+//!   money in micro-USDC.
+//! - **Unused data is refunded at the rate it was bought**: used bytes are taken from the oldest credit first,
+//!   so what is left sits in the newest credits, and each is refunded `paid × unused ÷ bytes`, rounded down.
+
+use serde::{Deserialize, Serialize};
+
+use crate::esim::iccid::Iccid;
+use crate::esim::plmn::RoamingPolicy;
+use crate::ids::{CarrierId, DataMb};
+use crate::money::UsdcAmount;
+
+/// Bytes in a megabyte.
+pub const BYTES_PER_MB: u64 = 1_000_000;
+/// Bytes in a kilobyte.
+pub const BYTES_PER_KB: u64 = 1_000;
+/// Below this many bytes left, a quota request is answered with a top-up 402 (100 KB: Twilio's metering
+/// granularity, and enough for a few telemetry messages).
+pub const LOW_WATER_BYTES: u64 = 100_000;
+/// The quota granted when the request names none (1 MB).
+pub const DEFAULT_GRANT_BYTES: u64 = 1_000_000;
+/// The top-up sizes offered in a low-balance 402 (MB).
+pub const TOP_UP_SIZES_MB: [u32; 3] = [10, 50, 100];
+
+/// Bytes in `mb` megabytes.
+pub fn mb_to_bytes(mb: DataMb) -> u64 {
+    u64::from(mb.get()) * BYTES_PER_MB
+}
+
+/// Why a credit is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreditKind {
+    /// The data bought with the activation.
+    Activation,
+    /// A paid top-up.
+    TopUp,
+}
+
+/// One credit: what an invoice bought.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    /// The paying invoice.
+    pub invoice: String,
+    /// Activation or top-up.
+    pub kind: CreditKind,
+    /// Bytes credited.
+    pub bytes: u64,
+    /// What the data part cost (micro-USDC, fees excluded): the refund rate.
+    pub paid: UsdcAmount,
+    /// Who paid (refunds go back there).
+    pub payer: String,
+    /// The settlement transaction.
+    pub tx: String,
+    /// The network it was paid on (CAIP-2).
+    pub network: String,
+    /// When (unix seconds).
+    pub at: u64,
+}
+
+/// The refund of one credit's unused part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundShare {
+    /// The credit's invoice.
+    pub invoice: String,
+    /// Unused bytes of that credit.
+    pub bytes: u64,
+    /// Money owed back.
+    pub amount: UsdcAmount,
+    /// To whom.
+    pub payer: String,
+    /// The transaction that paid it.
+    pub tx: String,
+    /// Its network.
+    pub network: String,
+}
+
+/// A SIM's account record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// The SIM.
+    pub iccid: Iccid,
+    /// Its carrier (receipts must come from this carrier's signer).
+    pub carrier: CarrierId,
+    /// Its roaming policy (receipts from other networks are disputed).
+    pub roaming: RoamingPolicy,
+    /// Credits, oldest first.
+    pub credits: Vec<Credit>,
+    /// Suspended by metering because the balance ran out (resumed by the next credit).
+    #[serde(default)]
+    pub suspended_for_balance: bool,
+    /// Closed (the SIM was terminated): the refunds of unused data, fixed once.
+    #[serde(default)]
+    pub closed: Option<Vec<RefundShare>>,
+}
+
+/// Why an account refused a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    /// The SIM was terminated: no more credits.
+    #[error("SIM {0} is terminated; its account takes no more credit")]
+    Closed(String),
+    /// The invoice already credited this account (not an error for the caller: it is idempotence).
+    #[error("invoice {0} already credited this account")]
+    AlreadyCredited(String),
+    /// The account was opened for another carrier (a stale or forged open).
+    #[error("account {iccid} belongs to carrier {actual}, not {claimed}")]
+    CarrierMismatch {
+        /// SIM.
+        iccid: String,
+        /// Claimed.
+        claimed: String,
+        /// Actual.
+        actual: String,
+    },
+}
+
+impl Account {
+    /// A new account with its first credit.
+    pub fn open(iccid: Iccid, carrier: CarrierId, roaming: RoamingPolicy, first: Credit) -> Self {
+        Self {
+            iccid,
+            carrier,
+            roaming,
+            credits: vec![first],
+            suspended_for_balance: false,
+            closed: None,
+        }
+    }
+
+    /// Bytes credited in all.
+    pub fn credited(&self) -> u64 {
+        self.credits
+            .iter()
+            .fold(0u64, |sum, c| sum.saturating_add(c.bytes))
+    }
+
+    /// Bytes left after `used` (negative: usage reported beyond the credit, which the carrier cap prevents
+    /// except for reports already in flight).
+    pub fn remaining(&self, used: u64) -> i128 {
+        i128::from(self.credited()) - i128::from(used)
+    }
+
+    /// Whether `invoice` already credited this account.
+    pub fn has_credit(&self, invoice: &str) -> bool {
+        self.credits.iter().any(|c| c.invoice == invoice)
+    }
+
+    /// Add `credit` (once per invoice). With `used` (the counter's current value): `true` if the SIM was
+    /// suspended for want of balance and now has some, so it should be resumed (the flag is cleared).
+    pub fn credit(&mut self, credit: Credit, used: u64) -> Result<bool, AccountError> {
+        if self.closed.is_some() {
+            return Err(AccountError::Closed(self.iccid.to_string()));
+        }
+        if self.has_credit(&credit.invoice) {
+            return Err(AccountError::AlreadyCredited(credit.invoice));
+        }
+        self.credits.push(credit);
+        let resume = self.suspended_for_balance && self.remaining(used) > 0;
+        if resume {
+            self.suspended_for_balance = false;
+        }
+        Ok(resume)
+    }
+
+    /// Usage reached `used`: `true` if the SIM must now be suspended (balance exhausted, not suspended by us
+    /// already, not closed); the flag is set so exactly one caller suspends it.
+    pub fn exhausted(&mut self, used: u64) -> bool {
+        if self.closed.is_some() || self.suspended_for_balance || self.remaining(used) > 0 {
+            return false;
+        }
+        self.suspended_for_balance = true;
+        true
+    }
+
+    /// Close the account at `used`: the refunds of unused data (fixed by the first close; a repeat returns
+    /// the same shares).
+    pub fn close(&mut self, used: u64) -> Vec<RefundShare> {
+        if let Some(done) = &self.closed {
+            return done.clone();
+        }
+        let shares = unused_shares(&self.credits, used);
+        self.closed = Some(shares.clone());
+        shares
+    }
+}
+
+/// Take `used` bytes from the oldest credits first; refund what each credit has left at its own rate.
+pub fn unused_shares(credits: &[Credit], used: u64) -> Vec<RefundShare> {
+    let mut to_take = used;
+    let mut out = Vec::new();
+    for c in credits {
+        let taken = to_take.min(c.bytes);
+        to_take -= taken;
+        let left = c.bytes - taken;
+        if left == 0 || c.bytes == 0 {
+            continue;
+        }
+        let amount = u128::from(c.paid.micros()) * u128::from(left) / u128::from(c.bytes);
+        let amount = UsdcAmount::from_micros(u64::try_from(amount).unwrap_or(u64::MAX));
+        if amount == UsdcAmount::ZERO {
+            continue;
+        }
+        out.push(RefundShare {
+            invoice: c.invoice.clone(),
+            bytes: left,
+            amount,
+            payer: c.payer.clone(),
+            tx: c.tx.clone(),
+            network: c.network.clone(),
+        });
+    }
+    out
+}
+
+/// The answer to a quota request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// Grant this many bytes.
+    Grant {
+        /// Bytes granted (`≤ remaining`).
+        bytes: u64,
+        /// Bytes left before the grant is used.
+        remaining: u64,
+    },
+    /// Below the low-water mark: top up first (HTTP 402).
+    Low {
+        /// Bytes left (0 when overdrawn).
+        remaining: u64,
+    },
+}
+
+/// Decide a quota request for `requested` bytes (`None`: [`DEFAULT_GRANT_BYTES`]) with `remaining` bytes
+/// left: below [`LOW_WATER_BYTES`] (or on a suspended-for-balance SIM) it is a top-up 402; otherwise the
+/// grant is what was asked for, capped at what is left.
+pub fn decide_quota(remaining: i128, requested: Option<u64>) -> Quota {
+    let left = u64::try_from(remaining.max(0)).unwrap_or(u64::MAX);
+    if left < LOW_WATER_BYTES {
+        return Quota::Low { remaining: left };
+    }
+    let want = requested.unwrap_or(DEFAULT_GRANT_BYTES).max(1);
+    Quota::Grant {
+        bytes: want.min(left),
+        remaining: left,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credit(invoice: &str, mb: u64, paid: u64) -> Credit {
+        Credit {
+            invoice: invoice.into(),
+            kind: CreditKind::TopUp,
+            bytes: mb * BYTES_PER_MB,
+            paid: UsdcAmount::from_micros(paid),
+            payer: "0xpayer".into(),
+            tx: format!("0xtx{invoice}"),
+            network: "eip155:31337".into(),
+            at: 1,
+        }
+    }
+
+    fn account() -> Account {
+        Account::open(
+            Iccid::with_check_digit("894401000000000001").unwrap(),
+            CarrierId::parse("tmobile").unwrap(),
+            RoamingPolicy::default(),
+            credit("inv_a", 10, 30_000),
+        )
+    }
+
+    #[test]
+    fn credits_land_once_per_invoice() {
+        let mut a = account();
+        assert_eq!(a.credited(), 10 * BYTES_PER_MB);
+        assert_eq!(a.credit(credit("inv_b", 5, 15_000), 0), Ok(false));
+        assert_eq!(a.credited(), 15 * BYTES_PER_MB);
+        assert_eq!(
+            a.credit(credit("inv_b", 5, 15_000), 0),
+            Err(AccountError::AlreadyCredited("inv_b".into()))
+        );
+        assert_eq!(a.credited(), 15 * BYTES_PER_MB, "a repeat adds nothing");
+    }
+
+    #[test]
+    fn remaining_goes_negative_when_reports_overshoot() {
+        let a = account();
+        assert_eq!(a.remaining(4 * BYTES_PER_MB), 6_000_000);
+        assert_eq!(a.remaining(11 * BYTES_PER_MB), -1_000_000);
+    }
+
+    #[test]
+    fn exhaustion_suspends_once_and_a_credit_resumes() {
+        let mut a = account();
+        assert!(!a.exhausted(9 * BYTES_PER_MB), "still 1 MB left");
+        assert!(a.exhausted(10 * BYTES_PER_MB), "at zero: suspend");
+        assert!(!a.exhausted(11 * BYTES_PER_MB), "already suspended: once");
+        // A credit that leaves the SIM still overdrawn does not resume it.
+        let mut tiny = credit("inv_t", 0, 1);
+        tiny.bytes = 500_000;
+        assert_eq!(a.credit(tiny, 11 * BYTES_PER_MB), Ok(false));
+        assert!(a.suspended_for_balance);
+        assert_eq!(
+            a.credit(credit("inv_b", 5, 15_000), 11 * BYTES_PER_MB),
+            Ok(true)
+        );
+        assert!(!a.suspended_for_balance);
+    }
+
+    #[test]
+    fn closed_accounts_take_no_credit_and_refund_once() {
+        let mut a = account();
+        a.credit(credit("inv_b", 10, 40_000), 0).unwrap();
+        // 12 MB used: inv_a fully, 2 MB of inv_b → 8 MB of inv_b left at 4 000 µ/MB.
+        let shares = a.close(12 * BYTES_PER_MB);
+        assert_eq!(shares.len(), 1);
+        assert_eq!(shares[0].invoice, "inv_b");
+        assert_eq!(shares[0].bytes, 8 * BYTES_PER_MB);
+        assert_eq!(shares[0].amount, UsdcAmount::from_micros(32_000));
+        assert_eq!(a.close(0), shares, "the first close fixes the refund");
+        assert!(matches!(
+            a.credit(credit("inv_c", 1, 1), 0),
+            Err(AccountError::Closed(_))
+        ));
+        assert!(!a.exhausted(u64::MAX), "a closed SIM is not suspended");
+    }
+
+    #[test]
+    fn unused_shares_round_down_and_skip_empty() {
+        let credits = [credit("inv_a", 3, 10_000), credit("inv_b", 3, 10_000)];
+        let s = unused_shares(&credits, 1);
+        assert_eq!(s.len(), 2);
+        // 2 999 999 / 3 000 000 of 10 000 = 9 999.99… → 9 999.
+        assert_eq!(s[0].amount, UsdcAmount::from_micros(9_999));
+        assert_eq!(s[1].amount, UsdcAmount::from_micros(10_000));
+        assert!(unused_shares(&credits, 6 * BYTES_PER_MB).is_empty());
+        assert!(unused_shares(&credits, u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn quota_grants_above_the_low_water_mark() {
+        assert_eq!(
+            decide_quota(5_000_000, None),
+            Quota::Grant {
+                bytes: DEFAULT_GRANT_BYTES,
+                remaining: 5_000_000
+            }
+        );
+        assert_eq!(
+            decide_quota(500_000, Some(2_000_000)),
+            Quota::Grant {
+                bytes: 500_000,
+                remaining: 500_000
+            }
+        );
+        assert_eq!(
+            decide_quota(i128::from(LOW_WATER_BYTES) - 1, None),
+            Quota::Low {
+                remaining: LOW_WATER_BYTES - 1
+            }
+        );
+        assert_eq!(decide_quota(-7, None), Quota::Low { remaining: 0 });
+    }
+}

@@ -1,0 +1,261 @@
+//! Receipt ingest, the pure part: a batch body parsed receipt by receipt (one bad receipt does not sink the
+//! batch), each receipt's outcome, the per-SIM receipt log entry, and the report the feed gets back.
+//!
+//! The metering component runs the I/O around it, in this order per batch: load the accounts the batch
+//! names → [`super::receipt::verify`] each → claim `(carrier, session_id, seq)` with an atomic `increment`
+//! (exactly one claimant ever, on every backend: a replayed receipt is a duplicate, also across concurrent
+//! batches and instances) → append the SIM's log entries → add the batch's bytes to the SIM's `used`
+//! counter. A crash between a claim and the charge leaves that receipt claimed but uncharged: a receipt is
+//! charged **at most** once, never twice.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::receipt::{Receipt, ReceiptError, WireReceipt};
+
+/// The most receipts in one batch.
+pub const MAX_BATCH: usize = 1_000;
+
+/// Why a batch body was refused as a whole (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// Not JSON, or not `{"receipts": [...]}` / a bare array.
+    #[error("body must be {{\"receipts\": [...]}} or a JSON array of receipts: {0}")]
+    Shape(String),
+    /// Empty.
+    #[error("the batch is empty")]
+    Empty,
+    /// More than [`MAX_BATCH`].
+    #[error("the batch has {0} receipts; at most {MAX_BATCH} per request")]
+    TooLarge(usize),
+}
+
+/// Parse a batch body: the receipts, each parsed on its own (`Err` for one that does not parse).
+pub fn parse_batch(body: &str) -> Result<Vec<Result<Receipt, ReceiptError>>, BatchError> {
+    let value: Value = serde_json::from_str(body).map_err(|e| BatchError::Shape(e.to_string()))?;
+    let items = match value {
+        Value::Array(a) => a,
+        Value::Object(mut o) => match o.remove("receipts") {
+            Some(Value::Array(a)) => a,
+            _ => return Err(BatchError::Shape("no \"receipts\" array".into())),
+        },
+        _ => return Err(BatchError::Shape("not an object or array".into())),
+    };
+    if items.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    if items.len() > MAX_BATCH {
+        return Err(BatchError::TooLarge(items.len()));
+    }
+    Ok(items
+        .into_iter()
+        .map(|v| {
+            serde_json::from_value::<WireReceipt>(v)
+                .map_err(|e| ReceiptError::Malformed {
+                    field: "receipt",
+                    message: e.to_string(),
+                })
+                .and_then(|w| w.parse())
+        })
+        .collect())
+}
+
+/// What became of one receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Verified, claimed and charged.
+    Accepted {
+        /// Bytes charged.
+        bytes: u64,
+        /// The previous record of the session was never seen (a gap in `seq`; flagged, still charged).
+        gap: bool,
+    },
+    /// Already charged (same carrier, session and seq): not charged again.
+    Duplicate,
+    /// Refused: never charged. `disputed`: kept in the SIM's receipt log for its owner.
+    Rejected {
+        /// Stable reason ([`ReceiptError::reason`]).
+        reason: String,
+        /// Human-readable detail.
+        message: String,
+        /// Kept as disputed.
+        disputed: bool,
+    },
+}
+
+impl Outcome {
+    /// The outcome of a refused receipt.
+    pub fn rejected(e: &ReceiptError) -> Self {
+        Self::Rejected {
+            reason: e.reason().to_owned(),
+            message: e.to_string(),
+            disputed: e.is_dispute(),
+        }
+    }
+}
+
+/// One line of the batch report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportLine {
+    /// Position in the batch.
+    pub index: usize,
+    /// The receipt's SIM, when it parsed that far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iccid: Option<String>,
+    /// `session_id`/`seq`, when parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Record number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// What happened.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The counts of a batch report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Accepted receipts.
+    pub accepted: usize,
+    /// Duplicates.
+    pub duplicate: usize,
+    /// Rejected receipts.
+    pub rejected: usize,
+    /// Of those, kept as disputed.
+    pub disputed: usize,
+    /// Accepted with a gap before them.
+    pub gaps: usize,
+    /// Bytes charged.
+    pub bytes_charged: u64,
+}
+
+/// Sum up a report.
+pub fn totals(lines: &[ReportLine]) -> Totals {
+    let mut t = Totals::default();
+    for l in lines {
+        match &l.outcome {
+            Outcome::Accepted { bytes, gap } => {
+                t.accepted += 1;
+                t.gaps += usize::from(*gap);
+                t.bytes_charged = t.bytes_charged.saturating_add(*bytes);
+            }
+            Outcome::Duplicate => t.duplicate += 1,
+            Outcome::Rejected { disputed, .. } => {
+                t.rejected += 1;
+                t.disputed += usize::from(*disputed);
+            }
+        }
+    }
+    t
+}
+
+/// Whether an accepted receipt follows a gap: its session's previous record (`seq - 1`) was neither in this
+/// batch nor claimed before. The first record of a session (`seq == 1`) never does.
+pub fn is_gap(seq: u64, previous_in_batch: bool, previous_claimed: bool) -> bool {
+    seq > 1 && !previous_in_batch && !previous_claimed
+}
+
+/// The state of a receipt in a SIM's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogState {
+    /// Charged.
+    Accepted,
+    /// Refused and kept for the owner: never charged.
+    Disputed,
+}
+
+/// One entry of a SIM's receipt log (`meter/<iccid>/r/<n>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Position in the log (from 1).
+    pub n: u64,
+    /// When it was ingested (unix seconds).
+    pub at: u64,
+    /// Accepted or disputed.
+    pub state: LogState,
+    /// Why it is disputed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A gap in `seq` before it.
+    #[serde(default)]
+    pub gap: bool,
+    /// The receipt as signed.
+    pub receipt: WireReceipt,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_shapes() {
+        assert!(matches!(parse_batch("nope"), Err(BatchError::Shape(_))));
+        assert!(matches!(parse_batch("{}"), Err(BatchError::Shape(_))));
+        assert_eq!(parse_batch("[]"), Err(BatchError::Empty));
+        let many = format!("[{}]", vec!["{}"; MAX_BATCH + 1].join(","));
+        assert_eq!(parse_batch(&many), Err(BatchError::TooLarge(MAX_BATCH + 1)));
+        let one_bad = parse_batch(r#"{"receipts":[{"carrier":"x"}]}"#).unwrap();
+        assert_eq!(one_bad.len(), 1);
+        assert!(matches!(&one_bad[0], Err(ReceiptError::Malformed { .. })));
+    }
+
+    #[test]
+    fn gaps() {
+        assert!(!is_gap(1, false, false), "a session starts at 1");
+        assert!(is_gap(5, false, false));
+        assert!(!is_gap(5, true, false));
+        assert!(!is_gap(5, false, true));
+    }
+
+    #[test]
+    fn totals_count_each_outcome() {
+        let line = |outcome| ReportLine {
+            index: 0,
+            iccid: None,
+            session_id: None,
+            seq: None,
+            outcome,
+        };
+        let t = totals(&[
+            line(Outcome::Accepted {
+                bytes: 10,
+                gap: true,
+            }),
+            line(Outcome::Accepted {
+                bytes: 5,
+                gap: false,
+            }),
+            line(Outcome::Duplicate),
+            line(Outcome::rejected(&ReceiptError::ZeroSeq)),
+            line(Outcome::rejected(&ReceiptError::UnknownSim("1".into()))),
+        ]);
+        assert_eq!(
+            t,
+            Totals {
+                accepted: 2,
+                duplicate: 1,
+                rejected: 2,
+                disputed: 1,
+                gaps: 1,
+                bytes_charged: 15
+            }
+        );
+    }
+
+    #[test]
+    fn report_lines_serialise_flat() {
+        let l = ReportLine {
+            index: 3,
+            iccid: Some("8901".into()),
+            session_id: Some("s".into()),
+            seq: Some(2),
+            outcome: Outcome::Duplicate,
+        };
+        let v = serde_json::to_value(&l).unwrap();
+        assert_eq!(v["status"], "duplicate");
+        assert_eq!(v["index"], 3);
+    }
+}

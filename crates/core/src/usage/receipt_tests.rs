@@ -1,0 +1,273 @@
+use alloy_primitives::keccak256;
+use proptest::prelude::*;
+
+use super::*;
+use crate::x402::exact::address_of;
+
+const NOW: u64 = 1_790_000_000;
+
+fn carrier(id: &str) -> CarrierId {
+    CarrierId::parse(id).unwrap()
+}
+
+fn unsigned() -> Receipt {
+    Receipt {
+        carrier: carrier("tmobile"),
+        iccid: Iccid::with_check_digit("890126000000000001").unwrap(),
+        plmn: Plmn::parse("310-260").unwrap(),
+        session_id: "sess-1".into(),
+        seq: 1,
+        window_start: NOW - 900,
+        window_end: NOW - 1,
+        bytes_up: 1_200,
+        bytes_down: 800,
+        signature: vec![],
+    }
+}
+
+fn signed() -> Receipt {
+    unsigned()
+        .sign(&dev_signing_key(&carrier("tmobile")))
+        .unwrap()
+}
+
+fn registry(c: &CarrierId) -> Option<Address> {
+    (c.as_str() != "nobody").then(|| address_of(dev_signing_key(c).verifying_key()))
+}
+
+fn us_only() -> RoamingPolicy {
+    RoamingPolicy {
+        countries: vec!["US".into()],
+        ..RoamingPolicy::default()
+    }
+}
+
+fn check(r: &Receipt, sim_carrier: &str, roaming: &RoamingPolicy) -> Result<(), ReceiptError> {
+    let c = carrier(sim_carrier);
+    verify(
+        r,
+        registry,
+        Some(SimTerms {
+            carrier: &c,
+            roaming,
+        }),
+        NOW,
+    )
+}
+
+/// The type string is the scheme's contract with agents and contracts: it must not drift.
+#[test]
+fn type_hash_is_the_documented_one() {
+    use alloy_sol_types::SolStruct;
+    let expected = keccak256(
+        "UsageReceipt(string carrier,string iccid,string plmn,string sessionId,uint64 seq,uint64 windowStart,uint64 windowEnd,uint64 bytesUp,uint64 bytesDown)",
+    );
+    assert_eq!(unsigned().sol().eip712_type_hash(), expected);
+}
+
+/// Test vector (`usage_receipt_vector.json` beside this file): the receipt, its EIP-712 digest and the dev
+/// key's signature. Anyone implementing the scheme (an agent, a contract) checks against these bytes.
+#[test]
+fn vector() {
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("usage_receipt_vector.json")).unwrap();
+    let wire: WireReceipt = serde_json::from_value(v["receipt"].clone()).unwrap();
+    let r = wire.parse().unwrap();
+    assert_eq!(
+        format!("{}", r.signing_hash()),
+        v["signing_hash"].as_str().unwrap()
+    );
+    assert_eq!(
+        format!("{}", r.signer().unwrap()),
+        v["signer"].as_str().unwrap()
+    );
+    assert_eq!(
+        format!("{}", domain().separator()),
+        v["domain_separator"].as_str().unwrap()
+    );
+    // Re-signing the same fields with the dev key gives the same bytes (RFC 6979 is deterministic).
+    let again = r.clone().sign(&dev_signing_key(&r.carrier)).unwrap();
+    assert_eq!(again.to_wire().signature, wire.signature);
+}
+
+#[test]
+fn a_signed_receipt_verifies() {
+    assert_eq!(check(&signed(), "tmobile", &us_only()), Ok(()));
+}
+
+#[test]
+fn forged_fields_break_the_signature() {
+    let mut r = signed();
+    r.bytes_down = 1;
+    assert!(matches!(
+        check(&r, "tmobile", &us_only()),
+        Err(ReceiptError::BadSignature(_))
+    ));
+}
+
+#[test]
+fn another_carriers_key_is_refused() {
+    let r = unsigned().sign(&dev_signing_key(&carrier("att"))).unwrap();
+    let e = check(&r, "tmobile", &us_only()).unwrap_err();
+    assert_eq!(e.reason(), "bad_signature");
+    assert!(e.is_dispute());
+}
+
+#[test]
+fn unknown_carrier() {
+    let mut r = unsigned();
+    r.carrier = carrier("nobody");
+    let r = r.sign(&dev_signing_key(&carrier("nobody"))).unwrap();
+    assert_eq!(
+        check(&r, "tmobile", &us_only()).unwrap_err().reason(),
+        "unknown_carrier"
+    );
+}
+
+#[test]
+fn iccid_on_another_carrier() {
+    // Signed correctly by AT&T, but the SIM is T-Mobile's.
+    let mut r = unsigned();
+    r.carrier = carrier("att");
+    let r = r.sign(&dev_signing_key(&carrier("att"))).unwrap();
+    assert_eq!(
+        check(&r, "tmobile", &us_only()).unwrap_err().reason(),
+        "iccid_not_on_carrier"
+    );
+}
+
+#[test]
+fn disallowed_plmn() {
+    let mut r = unsigned();
+    r.plmn = Plmn::parse("262-01").unwrap();
+    let r = r.sign(&dev_signing_key(&carrier("tmobile"))).unwrap();
+    let e = check(&r, "tmobile", &us_only()).unwrap_err();
+    assert_eq!(e, ReceiptError::PlmnNotAllowed("262-01".into()));
+    assert_eq!(check(&r, "tmobile", &RoamingPolicy::default()), Ok(()));
+}
+
+#[test]
+fn windows() {
+    let mut r = unsigned();
+    (r.window_start, r.window_end) = (NOW - 10, NOW - 20);
+    let r1 = r.sign(&dev_signing_key(&carrier("tmobile"))).unwrap();
+    assert_eq!(
+        check(&r1, "tmobile", &us_only()).unwrap_err().reason(),
+        "window_inverted"
+    );
+    let mut r = unsigned();
+    r.window_end = NOW + CLOCK_SKEW_SECS + 1;
+    r.window_start = NOW;
+    assert_eq!(
+        check(&r, "tmobile", &us_only()).unwrap_err().reason(),
+        "window_in_future",
+        "cheap checks run before the signature"
+    );
+    let mut r = unsigned();
+    r.window_end = NOW + CLOCK_SKEW_SECS;
+    r.window_start = NOW;
+    let r = r.sign(&dev_signing_key(&carrier("tmobile"))).unwrap();
+    assert_eq!(check(&r, "tmobile", &us_only()), Ok(()), "skew tolerated");
+    let mut r = unsigned();
+    r.window_start = 0;
+    assert_eq!(
+        check(&r, "tmobile", &us_only()).unwrap_err().reason(),
+        "window_too_long"
+    );
+}
+
+#[test]
+fn zero_seq_and_huge_counts() {
+    let mut r = unsigned();
+    r.seq = 0;
+    assert_eq!(check(&r, "tmobile", &us_only()), Err(ReceiptError::ZeroSeq));
+    let mut r = unsigned();
+    r.bytes_up = u64::MAX;
+    r.bytes_down = u64::MAX;
+    assert!(matches!(
+        check(&r, "tmobile", &us_only()),
+        Err(ReceiptError::TooManyBytes(_))
+    ));
+}
+
+#[test]
+fn unknown_sim_is_not_a_dispute() {
+    let e = verify(&signed(), registry, None, NOW).unwrap_err();
+    assert_eq!(e.reason(), "unknown_sim");
+    assert!(!e.is_dispute(), "nobody owns it: nothing to keep");
+}
+
+#[test]
+fn wire_parse_refusals() {
+    let good = signed().to_wire();
+    let cases: [(&str, fn(&mut WireReceipt)); 5] = [
+        ("iccid", |w| w.iccid = "8901260000000000019".into()), // bad Luhn
+        ("plmn", |w| w.plmn = "31-260".into()),
+        ("session_id", |w| w.session_id = String::new()),
+        ("session_id", |w| w.session_id = "a b".into()),
+        ("signature", |w| w.signature = "0x1234".into()),
+    ];
+    for (field, edit) in cases {
+        let mut w = good.clone();
+        edit(&mut w);
+        match w.parse() {
+            Err(ReceiptError::Malformed { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    let json = serde_json::json!({"carrier":"tmobile","extra":1});
+    assert!(serde_json::from_value::<WireReceipt>(json).is_err());
+}
+
+#[test]
+fn shipped_catalog_signers_are_the_dev_keys() {
+    for c in crate::esim::catalog::Catalog::builtin().carriers() {
+        assert_eq!(
+            c.receipt_signer,
+            Some(address_of(dev_signing_key(&c.id).verifying_key())),
+            "{}: carriers.toml receipt_signer must be the dev key's address",
+            c.id
+        );
+    }
+}
+
+proptest! {
+    /// Wire form ↔ parsed form round-trips, and the signature survives it.
+    #[test]
+    fn codec_round_trips(
+        seq in 1u64..u64::MAX,
+        start in 0u64..NOW,
+        span in 0u64..MAX_WINDOW_SECS,
+        up in 0u64..MAX_RECEIPT_BYTES / 2,
+        down in 0u64..MAX_RECEIPT_BYTES / 2,
+        session in "[A-Za-z0-9_.:-]{1,64}",
+    ) {
+        let mut r = unsigned();
+        (r.seq, r.window_start, r.window_end, r.bytes_up, r.bytes_down, r.session_id) =
+            (seq, start, (start + span).min(NOW), up, down, session);
+        let r = r.sign(&dev_signing_key(&carrier("tmobile"))).unwrap();
+        let json = serde_json::to_string(&r.to_wire()).unwrap();
+        let back: WireReceipt = serde_json::from_str(&json).unwrap();
+        let parsed = back.parse().unwrap();
+        prop_assert_eq!(&parsed, &r);
+        prop_assert_eq!(check(&parsed, "tmobile", &RoamingPolicy::default()), Ok(()));
+    }
+
+    /// Any change of any signed number is detected.
+    #[test]
+    fn any_edit_is_detected(delta in 1u64..1_000, which in 0usize..5) {
+        let mut r = signed();
+        match which {
+            0 => r.seq += delta,
+            1 => r.window_start -= delta,
+            2 => r.window_end -= delta.min(r.window_end - r.window_start),
+            3 => r.bytes_up += delta,
+            _ => r.bytes_down += delta,
+        }
+        prop_assume!(r.signing_hash() != signed().signing_hash());
+        prop_assert_eq!(
+            check(&r, "tmobile", &RoamingPolicy::default()).map_err(|e| e.reason()),
+            Err("bad_signature")
+        );
+    }
+}
