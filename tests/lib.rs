@@ -331,6 +331,44 @@ impl Drop for SmdpSim {
     }
 }
 
+/// The traffic simulator (`traffic-sim`) on a loopback port, stopped by its PID on drop.
+pub struct TrafficSim {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl TrafficSim {
+    /// Start it against the app at `facilitator` and the SM-DP+ simulator at `smdp`.
+    pub fn start(facilitator: &str, smdp: &str) -> anyhow::Result<Self> {
+        let bin = bin_dir().join("traffic-sim");
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--facilitator",
+            facilitator,
+            "--smdp",
+            smdp,
+        ]);
+        let (child, url) = spawn_announcing(cmd.stderr(Stdio::null()), "traffic-sim listening on ")
+            .with_context(|| {
+                format!(
+                    "start {} (cargo builds it with the workspace)",
+                    bin.display()
+                )
+            })?;
+        Ok(Self { url, child })
+    }
+}
+
+impl Drop for TrafficSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A private redis-server on a loopback port, stopped by PID on drop.
 pub struct RedisServer {
     child: Child,

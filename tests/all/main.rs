@@ -8,6 +8,7 @@ mod devchain;
 mod dispatch;
 mod facilitator;
 mod ledger;
+mod metering;
 mod payments;
 mod python_client;
 mod runtimes;

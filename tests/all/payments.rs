@@ -478,11 +478,12 @@ async fn an_exact_payment_buys_an_activation_code_and_moves_usdc_once() {
             "invoice_issued",
             "payment_verified",
             "settlement_confirmed",
-            "activation_completed"
+            "activation_completed",
+            "data_credited"
         ]
     );
     assert_eq!(verify["ok"], true, "{verify}");
-    assert_eq!(verify["count"], 4);
+    assert_eq!(verify["count"], 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

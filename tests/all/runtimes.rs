@@ -115,6 +115,7 @@ async fn scenario(runner: Runner, store: Store) {
         "payment_verified",
         "settlement_confirmed",
         "activation_completed",
+        "data_credited",
     ] {
         assert!(
             kinds.iter().any(|k| k == kind),
@@ -332,12 +333,13 @@ async fn concurrent_paid_activations_chain_cleanly_on_spin() {
         assert_eq!(s.balance(agent()).await, start - total, "{store:?}");
         let (kinds, verify) = s.ledger().await;
         assert_eq!(verify["ok"], true, "{store:?}: {verify}");
-        assert_eq!(verify["count"], 24 * 4, "{store:?}: {kinds:?}");
+        assert_eq!(verify["count"], 24 * 5, "{store:?}: {kinds:?}");
         for kind in [
             "invoice_issued",
             "payment_verified",
             "settlement_confirmed",
             "activation_completed",
+            "data_credited",
         ] {
             assert_eq!(
                 kinds.iter().filter(|k| *k == kind).count(),

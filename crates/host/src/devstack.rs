@@ -88,10 +88,11 @@ impl DevStack {
             stack
                 .env
                 .push(("SPIN_VARIABLE_SMDP_URL".into(), url.clone()));
-            stack.facts.insert("smdp_url".into(), url.into());
+            stack.facts.insert("smdp_url".into(), url.clone().into());
             stack
                 .facts
                 .insert("smdp_callback_url".into(), callback.into());
+            stack.start_traffic(app_url, &url)?;
         }
         if env.contains_key("SPIN_VARIABLE_RPC_URL") {
             tracing::info!(
@@ -101,6 +102,32 @@ impl DevStack {
             stack.start_chain(app_dir, env).await?;
         }
         Ok(stack)
+    }
+
+    /// The traffic simulator (`traffic-sim`, beside `esim402`): data sessions for the SIMs the SM-DP+
+    /// simulator issued, signed receipts to the app's `/v1/usage`. Optional: without the binary, the stack
+    /// runs without it (and says so).
+    fn start_traffic(&mut self, app_url: &str, smdp_url: &str) -> anyhow::Result<()> {
+        let Some(bin) = sibling("traffic-sim") else {
+            tracing::warn!(
+                "dev stack: no traffic-sim beside esim402 (cargo build -p esim402-traffic-sim): no simulated usage"
+            );
+            return Ok(());
+        };
+        let (child, url) = spawn_announcing(
+            Command::new(&bin).args([
+                "--listen",
+                "127.0.0.1:0",
+                "--facilitator",
+                app_url,
+                "--smdp",
+                smdp_url,
+            ]),
+            "traffic-sim listening on ",
+        )?;
+        self.children.push(("traffic-sim".into(), child));
+        self.facts.insert("traffic_url".into(), url.into());
+        Ok(())
     }
 
     /// anvil + the test token; points the app's payment variables at them.

@@ -15,7 +15,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
-#[command(name = "traffic-sim", version, about = "Simulated data sessions with signed usage receipts")]
+#[command(
+    name = "traffic-sim",
+    version,
+    about = "Simulated data sessions with signed usage receipts"
+)]
 struct Cli {
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8403")]
@@ -71,7 +75,10 @@ async fn usage(State(t): State<Arc<Traffic>>, Json(r): Json<UsageReq>) -> Reply 
 
 async fn schedule(State(t): State<Arc<Traffic>>, Json(r): Json<ScheduleReq>) -> Reply {
     match t.schedule(&r.iccid, &r.mode).await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "iccid": r.iccid, "mode": r.mode }))),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "iccid": r.iccid, "mode": r.mode })),
+        ),
         Err(e) => bad(e),
     }
 }
@@ -86,7 +93,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     if !cli.listen.ip().is_loopback() && !cli.allow_public {
-        bail!("refusing to listen on non-loopback address {} without --allow-public", cli.listen);
+        bail!(
+            "refusing to listen on non-loopback address {} without --allow-public",
+            cli.listen
+        );
     }
     let traffic = Traffic::new(Config {
         facilitator: cli.facilitator,
@@ -98,7 +108,9 @@ fn main() -> anyhow::Result<()> {
         .route("/admin/usage", post(usage))
         .route("/admin/schedule", post(schedule))
         .with_state(traffic);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cli.listen)
             .await

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use esim402_core::CarrierId;
 use esim402_core::esim::catalog::Catalog;
 use esim402_core::esim::iccid::Iccid;
 use esim402_core::esim::plmn::Plmn;
 use esim402_core::usage::receipt::{Receipt, dev_signing_key};
-use esim402_core::CarrierId;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -125,7 +125,11 @@ impl Traffic {
         }
         let carrier = self.carrier_of(iccid).await?;
         let s = Session {
-            id: format!("sim-{}-{}", self.tag, &iccid[iccid.len().saturating_sub(8)..]),
+            id: format!(
+                "sim-{}-{}",
+                self.tag,
+                &iccid[iccid.len().saturating_sub(8)..]
+            ),
             carrier,
             seq: 0,
         };
@@ -244,7 +248,10 @@ impl Traffic {
             out.delivered += accepted;
             out.results.push(report);
             if accepted == 0 {
-                bail!("the facilitator accepted none of the receipts: {:?}", out.results.last());
+                bail!(
+                    "the facilitator accepted none of the receipts: {:?}",
+                    out.results.last()
+                );
             }
         }
         Ok(out)
@@ -263,7 +270,8 @@ impl Traffic {
             }
             other => bail!("mode must be steady, anomaly or off, not {other:?}"),
         };
-        let period = Duration::from_secs(every_secs / self.cfg.compression.max(1)).max(Duration::from_millis(100));
+        let period = Duration::from_secs(every_secs / self.cfg.compression.max(1))
+            .max(Duration::from_millis(100));
         let me = self.clone();
         let id = iccid.to_owned();
         let handle = tokio::spawn(async move {
@@ -271,7 +279,9 @@ impl Traffic {
             loop {
                 tick.tick().await;
                 match me.usage(&id, bytes, None).await {
-                    Ok(o) if o.capped => tracing::info!(iccid = %id, "quota exhausted: no traffic until a top-up"),
+                    Ok(o) if o.capped => {
+                        tracing::info!(iccid = %id, "quota exhausted: no traffic until a top-up")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(iccid = %id, "scheduled usage failed: {e:#}"),
                 }

@@ -1,0 +1,322 @@
+//! Metered data end to end: a paid activation opens a balance; the traffic simulator (a real process) asks
+//! for quota and reports carrier-signed receipts; the balance drains; the quota request answers 402 with
+//! top-up options; the official x402 Python client pays a top-up unmodified; the balance is credited once and
+//! quota is granted again. Also: concurrent copies of one batch charge once, a zero balance suspends the SIM
+//! and a top-up resumes it, terminate refunds the unused data once (paid by the refund job, on chain), and a
+//! disputed receipt is visible and uncharged.
+
+use alloy_primitives::U256;
+use esim402_core::CarrierId;
+use esim402_core::esim::iccid::Iccid;
+use esim402_core::esim::plmn::Plmn;
+use esim402_core::usage::receipt::{Receipt, dev_signing_key};
+use esim402_core::x402::header::decode_payment_required_header;
+use esim402_tests::TrafficSim;
+use serde_json::{Value, json};
+
+use crate::payments::{PayStack, Payment, agent, now};
+use crate::python_client::pay as python_pay;
+
+/// A paid 1 MB activation on T-Mobile; its ICCID.
+async fn activate(s: &PayStack, data_mb: u32) -> String {
+    let body = json!({"region": "us-west", "data_mb": data_mb});
+    let (_, req) = s.invoice(&body).await;
+    let pay = Payment::for_requirement(&req);
+    let (status, _, act) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 200, "{act}");
+    act["iccid"].as_str().unwrap().to_owned()
+}
+
+fn receipt(iccid: &str, session: &str, seq: u64, bytes: u64, plmn: &str) -> Value {
+    let t = now();
+    let r = Receipt {
+        carrier: CarrierId::parse("tmobile").unwrap(),
+        iccid: Iccid::parse(iccid).unwrap(),
+        plmn: Plmn::parse(plmn).unwrap(),
+        session_id: session.into(),
+        seq,
+        window_start: t - 600,
+        window_end: t - 1,
+        bytes_up: bytes / 2,
+        bytes_down: bytes - bytes / 2,
+        signature: vec![],
+    };
+    let key = dev_signing_key(&r.carrier);
+    serde_json::to_value(r.sign(&key).unwrap().to_wire()).unwrap()
+}
+
+async fn balance(s: &PayStack, iccid: &str) -> Value {
+    let (status, b) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
+    assert_eq!(status, 200, "{b}");
+    b
+}
+
+async fn traffic(t: &TrafficSim, s: &PayStack, iccid: &str, bytes: u64) -> Value {
+    let r = s
+        .http
+        .post(format!("{}/admin/usage", t.url))
+        .json(&json!({"iccid": iccid, "bytes": bytes}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn usage_drains_the_balance_and_the_python_client_pays_a_top_up() {
+    let s = PayStack::start(&[]).await;
+    let t = TrafficSim::start(&s.url, &s.sim.url).unwrap();
+    let iccid = activate(&s, 1).await;
+    let b = balance(&s, &iccid).await;
+    assert_eq!(
+        (b["credited_bytes"].as_u64(), b["remaining_kb"].as_u64()),
+        (Some(1_000_000), Some(1_000))
+    );
+
+    // Quota while there is data.
+    let data = format!("/v1/esim/{iccid}/data");
+    let (status, _, q) = s.post(&data, &json!({"quota_kb": 100}), &[]).await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(q["granted_kb"], 100);
+
+    // The network moves 950 KB within quota and reports it.
+    let moved = traffic(&t, &s, &iccid, 950_000).await;
+    assert_eq!(moved["delivered"], 950_000, "{moved}");
+    assert_eq!(moved["capped"], false);
+    let b = balance(&s, &iccid).await;
+    assert_eq!(b["used_bytes"], 950_000);
+    assert_eq!(b["remaining_kb"], 50);
+    assert_eq!(b["low"], true);
+
+    // More traffic stops at the cap: nothing beyond the balance is generated.
+    let capped = traffic(&t, &s, &iccid, 500_000).await;
+    assert_eq!(
+        (capped["capped"].as_bool(), capped["delivered"].as_u64()),
+        (Some(true), Some(0))
+    );
+
+    // Below the low-water mark: 402 with top-up options and an x402 challenge.
+    let (status, headers, low) = s.post(&data, &json!({"quota_kb": 100}), &[]).await;
+    assert_eq!(status, 402, "{low}");
+    assert_eq!(low["remaining_kb"], 50);
+    let options = low["top_up_options"].as_array().unwrap();
+    assert_eq!(
+        options[0],
+        json!({"data_mb": 10, "amount_usdc": "0.05"}),
+        "10 MB at $0.003/MB, floored at $0.05"
+    );
+    assert_eq!(options.len(), 3);
+    let challenge =
+        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    assert_eq!(
+        challenge.accepts[0].extra.as_ref().unwrap().other["invoiceId"],
+        low["invoice_id"]
+    );
+
+    // The official Python client pays the top-up unmodified and gets its grant.
+    let start = s.balance(agent()).await;
+    let out = python_pay(
+        format!("{}{data}", s.url),
+        vec!["--body".into(), json!({"quota_kb": 100}).to_string()],
+    )
+    .await;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["body"]["granted_kb"], 100, "{out}");
+    assert_eq!(out["body"]["topped_up_mb"], 10);
+    assert!(
+        out["body"].get("activation_code").is_none(),
+        "a top-up never shows the code"
+    );
+    assert_eq!(out["payment_response"]["success"], true);
+    assert_eq!(s.balance(agent()).await, start - U256::from(50_000u64));
+    let b = balance(&s, &iccid).await;
+    assert_eq!(b["credited_bytes"], 11_000_000, "credited once: {b}");
+    assert_eq!(b["low"], false);
+
+    // Quota again, and the network moves data again.
+    let (status, _, q) = s.post(&data, &json!({}), &[]).await;
+    assert_eq!(status, 200, "{q}");
+    let moved = traffic(&t, &s, &iccid, 2_000_000).await;
+    assert_eq!(moved["delivered"], 2_000_000, "{moved}");
+
+    // Usage rows and the receipt log.
+    let (_, usage) = s
+        .get(&format!(
+            "/v1/esim/{iccid}/usage?granularity=hour&group_by=plmn"
+        ))
+        .await;
+    let rows = usage["usage_records"].as_array().unwrap();
+    let total: u64 = rows.iter().map(|r| r["data_total"].as_u64().unwrap()).sum();
+    assert_eq!(total, 2_950_000, "{usage}");
+    assert!(rows.iter().all(|r| r["plmn"] == "310-260"));
+    let (_, log) = s
+        .get(&format!("/v1/esim/{iccid}/receipts?from=1&limit=1000"))
+        .await;
+    assert!(
+        log["receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] == "accepted")
+    );
+
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "data_credited").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k == "usage_charged"));
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_copies_of_a_batch_charge_once() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 10).await;
+    let batch = json!({"receipts": (1..=20).map(|i| receipt(&iccid, "burst", i, 10_000, "310-260")).collect::<Vec<_>>()});
+    let sends = (0..50).map(|_| {
+        let (http, url, batch) = (s.http.clone(), format!("{}/v1/usage", s.url), batch.clone());
+        tokio::spawn(async move {
+            let r = http.post(url).json(&batch).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        })
+    });
+    let mut accepted = 0;
+    for h in sends {
+        accepted += h.await.unwrap()["totals"]["accepted"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, 20, "each receipt accepted by exactly one batch");
+    assert_eq!(balance(&s, &iccid).await["used_bytes"], 200_000);
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true);
+    assert!(kinds.iter().filter(|k| *k == "usage_charged").count() <= 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 1).await;
+    let start = s.balance(agent()).await;
+
+    // A disputed receipt (roaming outside the SIM's policy) is visible and uncharged.
+    let (status, _, r) = s
+        .post(
+            "/v1/usage",
+            &json!({"receipts": [receipt(&iccid, "s", 1, 5_000, "262-01")]}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(r["results"][0]["reason"], "plmn_not_allowed", "{r}");
+    assert_eq!(balance(&s, &iccid).await["used_bytes"], 0);
+    let (_, log) = s.get(&format!("/v1/esim/{iccid}/receipts")).await;
+    assert_eq!(log["receipts"][0]["state"], "disputed", "{log}");
+
+    // Late reports overshoot the credit: the SIM is suspended.
+    s.post(
+        "/v1/usage",
+        &json!({"receipts": [receipt(&iccid, "s", 2, 1_100_000, "310-260")]}),
+        &[],
+    )
+    .await;
+    let (_, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
+    assert_eq!(sim["state"], "suspended", "{sim}");
+
+    // A top-up (paid in Rust here) credits 10 MB and resumes it.
+    let data = format!("/v1/esim/{iccid}/data");
+    let (status, headers, _) = s.post(&data, &json!({}), &[]).await;
+    assert_eq!(status, 402);
+    let challenge =
+        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let (status, _, paid) = s
+        .post(&data, &json!({}), &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    // The same payment again moves nothing and credits nothing.
+    let (status, _, _) = s
+        .post(&data, &json!({}), &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 409);
+    let b = balance(&s, &iccid).await;
+    assert_eq!(b["credited_bytes"], 11_000_000);
+    assert_eq!(b["remaining_bytes"], 9_900_000);
+    let (_, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
+    assert_eq!(sim["state"], "active", "{sim}");
+    assert_eq!(s.balance(agent()).await, start - U256::from(50_000u64));
+
+    // Terminate: 9.9 MB of the 10 MB top-up unused → 0.0495 USDC (49 500 atomic) owed back; once.
+    let (status, _, term) = s
+        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
+        .await;
+    assert_eq!(status, 200, "{term}");
+    let refunds = term["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 1, "{term}");
+    assert_eq!(refunds[0]["amount"], "49500", "atomic units: {term}");
+    let r = s
+        .http
+        .post(format!("{}/admin/refunds/run", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.balance(agent()).await,
+        start - U256::from(50_000u64) + U256::from(49_500u64)
+    );
+    // A terminated SIM takes no top-up.
+    let (status, _, late) = s.post(&data, &json!({}), &[]).await;
+    assert_eq!(status, 409, "{late}");
+    let (kinds, verify) = s.ledger().await;
+    for k in ["usage_disputed", "refund_owed", "refund_paid"] {
+        assert_eq!(
+            kinds.iter().filter(|x| *x == k).count(),
+            1,
+            "{k}: {kinds:?}"
+        );
+    }
+    assert_eq!(verify["ok"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_usage_requests_get_typed_400s() {
+    let s = PayStack::start(&[]).await;
+    for (body, field) in [
+        (json!({"receipts": []}), "receipts"),
+        (json!({"nope": 1}), "receipts"),
+    ] {
+        let (status, _, e) = s.post("/v1/usage", &body, &[]).await;
+        assert_eq!(status, 400, "{e}");
+        assert_eq!(e["error"]["field"], field, "{e}");
+    }
+    let (status, _, e) = s
+        .post(
+            "/v1/esim/8901260000000000014/data",
+            &json!({"quota_kb": 0}),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("quota_kb")),
+        "{e}"
+    );
+    let (status, _, e) = s
+        .post("/v1/esim/8901260000000000014/data", &json!({}), &[])
+        .await;
+    assert_eq!(status, 404, "{e}");
+    let (status, e) = s
+        .get("/v1/esim/8901260000000000014/usage?granularity=week")
+        .await;
+    assert_eq!(status, 400, "{e}");
+}
