@@ -3,6 +3,7 @@
 //! kernel's (`esim402_core::usage`); the metering component keeps the balances.
 
 use esim402_core::usage::account::{Quota, TOP_UP_SIZES_MB, decide_quota};
+use esim402_core::usage::quota::QuotaRequest;
 use esim402_core::{ApiError, InvoiceId, UsdcAmount};
 use esim402_guest::wit;
 use serde_json::{Value, json};
@@ -36,7 +37,11 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
     let body = read_body(req).await?;
-    let (quota, top_up_mb, body_invoice) = crate::convert::quota_request(&body)?;
+    let QuotaRequest {
+        quota,
+        top_up_mb,
+        invoice_id: body_invoice,
+    } = QuotaRequest::parse(&body)?;
     let offered = top_up_mb.unwrap_or(TOP_UP_SIZES_MB[0]);
     let issue = |mb: u32| async move {
         let quote = dispatch::quote_top_up(iccid.to_owned(), mb)

@@ -200,7 +200,8 @@ fn unknown_sim_is_not_a_dispute() {
 #[test]
 fn wire_parse_refusals() {
     let good = signed().to_wire();
-    let cases: [(&str, fn(&mut WireReceipt)); 5] = [
+    type Edit = fn(&mut WireReceipt);
+    let cases: [(&str, Edit); 5] = [
         ("iccid", |w| w.iccid = "8901260000000000019".into()), // bad Luhn
         ("plmn", |w| w.plmn = "31-260".into()),
         ("session_id", |w| w.session_id = String::new()),
