@@ -50,6 +50,9 @@ enum Scenario {
     /// Facilitator `/verify` of valid x402 `exact` payments: the host vs the official Python facilitator, both on
     /// the host's dev-stack anvil; ratio ours/python.
     CompareVerify,
+    /// Receipt ingest (`POST /v1/usage`) in batches, signature verification included, vs the kernel's native
+    /// verification; `--instances 2 --kv redis` for two hosts sharing one Redis.
+    Usage,
     /// The host stores' `increment` latency (SQLite, Redis), alone and with `--concurrency` writers: how long a
     /// guest's synchronous claim holds its instance.
     Kv,
@@ -61,6 +64,8 @@ enum Kv {
     Sqlite,
     /// In-memory store.
     Memory,
+    /// A private `redis-server` the bench starts on loopback (Spin's `type = "redis"`).
+    Redis,
 }
 
 #[derive(Parser, Debug)]
@@ -103,6 +108,15 @@ struct Args {
     /// compare-verify: the Python facilitator peer (prints `listening <port>`).
     #[arg(long, default_value = "tests/peers/py_facilitator.py")]
     py_facilitator: PathBuf,
+    /// usage: receipts per batch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// usage: SIMs activated (paid) to spread the receipts over.
+    #[arg(long, default_value_t = 8)]
+    sims: usize,
+    /// usage: host processes sharing the store (needs `--kv redis` for more than one).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
     /// Internal (compare402): serve the native 402 baseline on 127.0.0.1:0 and print `listening <port>`.
     #[arg(long, hide = true)]
     serve_native402: bool,
@@ -149,6 +163,15 @@ impl Host {
         args: &Args,
         dev_stack: bool,
     ) -> anyhow::Result<(Self, String, HashMap<String, String>)> {
+        Self::start_on(args, dev_stack, None)
+    }
+
+    /// [`Host::start`], on the Redis at `redis_url` with `--kv redis`.
+    fn start_on(
+        args: &Args,
+        dev_stack: bool,
+        redis_url: Option<&str>,
+    ) -> anyhow::Result<(Self, String, HashMap<String, String>)> {
         let mut cmd = Command::new(&args.host_bin);
         cmd.arg("--from")
             .arg(&args.manifest)
@@ -166,6 +189,18 @@ impl Host {
         match args.kv {
             Kv::Memory => {
                 cmd.arg("--memory-kv");
+            }
+            Kv::Redis => {
+                let d = std::env::temp_dir().join(format!("esim402-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&d)?;
+                let rc = d.join("runtime-config.toml");
+                let url = redis_url.context("--kv redis needs the bench's redis-server")?;
+                std::fs::write(
+                    &rc,
+                    format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{url}\"\n"),
+                )?;
+                cmd.arg("--runtime-config-file").arg(&rc);
+                dir = Some(d);
             }
             Kv::Sqlite => {
                 let d = std::env::temp_dir().join(format!("esim402-bench-{}", std::process::id()));
@@ -386,6 +421,8 @@ mod dispatch;
 mod kvstore;
 mod native402;
 mod paid;
+mod redis;
+mod usage;
 mod verify;
 
 async fn one(
@@ -413,6 +450,7 @@ async fn one(
         | Scenario::Paid
         | Scenario::Compare402
         | Scenario::CompareVerify
+        | Scenario::Usage
         | Scenario::Kv => {
             unreachable!("this scenario has its own driver")
         }
@@ -512,6 +550,34 @@ fn main() -> anyhow::Result<()> {
     if let Scenario::Kv = args.scenario {
         let count = usize::try_from(args.count.unwrap_or(2000))?;
         return rt.block_on(kvstore::run(count, args.concurrency));
+    }
+    if let Scenario::Usage = args.scenario {
+        let redis = match args.kv {
+            Kv::Redis => Some(redis::Redis::start()?),
+            _ if args.instances > 1 => bail!("--instances > 1 needs --kv redis"),
+            _ => None,
+        };
+        let url = redis.as_ref().map(|r| r.url.clone());
+        let (first, first_url, printed) = Host::start_on(&args, true, url.as_deref())?;
+        let mut hosts = vec![first];
+        let mut urls = vec![first_url];
+        for _ in 1..args.instances.max(1) {
+            let (h, u, _) = Host::start_on(&args, false, url.as_deref())?;
+            hosts.push(h);
+            urls.push(u);
+        }
+        let result = rt.block_on(usage::run(
+            &urls,
+            &printed,
+            usize::try_from(args.count.unwrap_or(10_000))?,
+            args.batch.clamp(1, 1000),
+            args.sims,
+            args.concurrency,
+            &format!("{:?}", args.kv),
+        ));
+        drop(hosts);
+        drop(redis);
+        return result;
     }
     if let Scenario::Verify = args.scenario {
         let count = usize::try_from(args.count.unwrap_or(2000))?;

@@ -49,13 +49,13 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// One activation: 402, sign, pay. The two latencies, or why it failed.
-async fn activate(
+/// One activation: 402, sign, pay. The two latencies and the answer, or why it failed.
+pub(crate) async fn activate(
     http: &reqwest::Client,
     url: &str,
     key: &k256::ecdsa::SigningKey,
     from: alloy_primitives::Address,
-) -> anyhow::Result<(Duration, Duration)> {
+) -> anyhow::Result<(Duration, Duration, Value)> {
     let t = Instant::now();
     let r = http
         .post(format!("{url}/v1/esim/activate"))
@@ -126,7 +126,7 @@ async fn activate(
     {
         bail!("200 without an activation code: {body}");
     }
-    Ok((challenge, paid))
+    Ok((challenge, paid, body))
 }
 
 /// `count` activations with `concurrency` workers; stops starting new ones after `deadline`.
@@ -151,7 +151,7 @@ async fn drive(
             let mut s = Samples::default();
             while Instant::now() < deadline && next.fetch_add(1, Ordering::Relaxed) < count {
                 match activate(&http, &url, &key, from).await {
-                    Ok((challenge, paid)) => {
+                    Ok((challenge, paid, _)) => {
                         s.challenge.push(challenge);
                         s.paid.push(paid);
                         s.ok += 1;

@@ -320,3 +320,65 @@ async fn bad_usage_requests_get_typed_400s() {
         .await;
     assert_eq!(status, 400, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_readme_metering_demo_runs() {
+    let s = PayStack::start(&[]).await;
+    let t = TrafficSim::start(&s.url, &s.sim.url).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let facts = s.chain.write_facts(dir.path()).unwrap();
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&facts).unwrap()).unwrap();
+    json["traffic_url"] = Value::String(t.url.clone());
+    std::fs::write(&facts, json.to_string()).unwrap();
+    let url = s.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::python_client::python())
+            .arg(esim402_tests::repo_root().join("scripts/demo_metering.py"))
+            .args(["--url", &url, "--devstack"])
+            .arg(&facts)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("quota: 402, top-up options: 10 MB for 0.05 USDC"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("topped up 10 MB"), "{stdout}");
+    assert!(
+        stdout.contains("ledger: 200 {") && stdout.contains("\"ok\":true"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_batch_of_a_thousand_is_accepted_and_one_more_is_refused() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 10).await;
+    let mut receipts: Vec<Value> = (1..=1001)
+        .map(|i| receipt(&iccid, "big", i, 1_000, "310-260"))
+        .collect();
+    let (status, _, e) = s
+        .post("/v1/usage", &json!({ "receipts": receipts }), &[])
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("receipts")),
+        "{e}"
+    );
+    receipts.pop();
+    let (status, _, r) = s
+        .post("/v1/usage", &json!({ "receipts": receipts }), &[])
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["totals"]["accepted"], 1000);
+    assert_eq!(r["totals"]["gaps"], 0);
+    assert_eq!(balance(&s, &iccid).await["used_bytes"], 1_000_000);
+}

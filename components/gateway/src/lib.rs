@@ -34,6 +34,7 @@ mod convert;
 mod meter;
 mod pay;
 mod purchase;
+mod query;
 mod routes;
 
 use bindings::esim402::dispatch::dispatch;
@@ -59,12 +60,17 @@ fn error_reply(e: &ApiError) -> Reply {
 }
 
 async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    read_body_up_to(req, MAX_BODY_BYTES).await
+}
+
+/// The body, refused with 413 past `limit` bytes (receipt batches get a larger limit than other requests).
+async fn read_body_up_to(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     let body = req.into_body();
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
             ErrorKind::PayloadTooLarge,
-            format!("body exceeds {MAX_BODY_BYTES} bytes"),
+            format!("body exceeds {limit} bytes"),
         )),
         Err(e) => Err(ApiError::invalid(
             "body",

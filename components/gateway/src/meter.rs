@@ -3,6 +3,7 @@
 //! kernel's (`esim402_core::usage`); the metering component keeps the balances.
 
 use esim402_core::usage::account::{Quota, TOP_UP_SIZES_MB, decide_quota};
+use esim402_core::usage::ingest::MAX_BATCH_BODY_BYTES;
 use esim402_core::usage::quota::QuotaRequest;
 use esim402_core::{ApiError, InvoiceId, UsdcAmount};
 use esim402_guest::wit;
@@ -16,7 +17,7 @@ use crate::{Reply, dispatch, from_wit, invoices, json, metering, now, read_body,
 /// `POST /v1/usage`: a batch of signed receipts (`{"receipts": [...]}`, at most 1 000). 200 with a result per
 /// receipt; SIMs the batch ran dry are suspended.
 pub async fn ingest(req: Request) -> Result<Reply, ApiError> {
-    let body = read_body(req).await?;
+    let body = crate::read_body_up_to(req, MAX_BATCH_BODY_BYTES).await?;
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
     let out = metering::ingest(body, now()).await.map_err(from_wit)?;
@@ -131,7 +132,7 @@ pub async fn balance(iccid: &str) -> Result<Reply, ApiError> {
 /// `GET /v1/esim/{iccid}/usage?granularity=hour|day&group_by=plmn`.
 pub async fn usage(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> {
     let (mut granularity, mut by_plmn) = ("day".to_owned(), false);
-    crate::routes::query_params(query, "granularity, group_by", |k, v| {
+    crate::query::params(query, "granularity, group_by", |k, v| {
         match k {
             "granularity" => granularity = v.to_owned(),
             "group_by" if v == "plmn" => by_plmn = true,
@@ -152,7 +153,7 @@ pub async fn usage(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> 
 /// (accepted or disputed, and why).
 pub async fn receipts(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> {
     let (mut from, mut limit) = (1u64, 100u32);
-    crate::routes::query_params(query, "from, limit", |k, v| {
+    crate::query::params(query, "from, limit", |k, v| {
         let n = || {
             v.parse::<u64>().map_err(|_| {
                 ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer"))

@@ -115,33 +115,11 @@ async fn check_admin(req: &Request) -> Result<(), ApiError> {
     }
 }
 
-/// The query's `name=value` pairs, each parsed by `set`; any other name is a 400.
-pub fn query_params(
-    query: Option<&str>,
-    expected: &str,
-    mut set: impl FnMut(&str, &str) -> Result<bool, ApiError>,
-) -> Result<(), ApiError> {
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if !set(k, v)? {
-            return Err(ApiError::invalid(
-                k.to_owned(),
-                format!("unknown query parameter {k:?}; expected {expected}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// `POST /admin/refunds/run?limit=N` (for cron): pay owed refunds from the treasury key.
 pub async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
     check_admin(req).await?;
     let mut limit = 50u32;
-    query_params(req.uri().query(), "limit", |k, v| {
+    crate::query::params(req.uri().query(), "limit", |k, v| {
         if k != "limit" {
             return Ok(false);
         }
@@ -170,7 +148,7 @@ pub async fn ledger_verify() -> Result<Reply, ApiError> {
 /// time (`from` skips that many); with it, that shard from sequence number `from`.
 pub async fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
     let (mut from, mut limit, mut shard) = (0u64, 1000u32, None);
-    query_params(query, "from, limit, shard", |k, v| {
+    crate::query::params(query, "from, limit, shard", |k, v| {
         let n = || {
             v.parse::<u64>().map_err(|_| {
                 ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer"))

@@ -81,13 +81,13 @@ impl Attempt<'_> {
                 (wit::PaymentEnd::Resume, self.pending(&tx, &payer))
             }
             Err(wit::Error::PaymentRequired(reason)) => {
-                self.withdraw(&sim, &payer, &reason).await;
+                self.withdraw(order, &sim, &payer, &reason).await;
                 (wit::PaymentEnd::Done, self.settle_failed(&reason, &payer))
             }
             // The authorization settled something else meanwhile (a v1 payment replayed with another
             // request): this invoice gets nothing, and neither does its profile.
             Err(wit::Error::Conflict(msg)) => {
-                self.withdraw(&sim, &payer, &msg).await;
+                self.withdraw(order, &sim, &payer, &msg).await;
                 let e = ApiError::new(ErrorKind::Conflict, msg);
                 (wit::PaymentEnd::Done, stored_error(&e))
             }
@@ -96,7 +96,17 @@ impl Attempt<'_> {
     }
 
     /// Settlement failed after the order: no money moved, so the profile must not stay with the payer.
-    async fn withdraw(&self, sim: &wit::Sim, payer: &str, reason: &str) {
+    /// A top-up delivered nothing yet (its data is credited only after settlement): the SIM stays as it was.
+    async fn withdraw(&self, order: &Order, sim: &wit::Sim, payer: &str, reason: &str) {
+        if matches!(order, Order::TopUp { .. }) {
+            self.note(
+                EntryKind::SettlementFailed,
+                self.fields()
+                    .payer(payer.to_owned())
+                    .detail("reason", reason),
+            );
+            return;
+        }
         if let Err(e) =
             dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Terminate).await
         {
