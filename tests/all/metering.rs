@@ -382,3 +382,49 @@ async fn a_full_batch_of_a_thousand_is_accepted_and_one_more_is_refused() {
     assert_eq!(r["totals"]["gaps"], 0);
     assert_eq!(balance(&s, &iccid).await["used_bytes"], 1_000_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_top_up_paid_by_transaction_hash_credits_once() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 1).await;
+    s.post(
+        "/v1/usage",
+        &json!({"receipts": [receipt(&iccid, "s", 1, 950_000, "310-260")]}),
+        &[],
+    )
+    .await;
+    let data = format!("/v1/esim/{iccid}/data");
+    // A top-up invoice that names no payer cannot be paid by transaction hash (the proof must come from it).
+    let (_, _, plain) = s.post(&data, &json!({}), &[]).await;
+    let bogus = format!("0x{}", "ab".repeat(32));
+    let body = json!({"invoice_id": plain["invoice_id"]});
+    let (status, _, e) = s.post(&data, &body, &[("x-payment-proof", bogus)]).await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("payer")),
+        "{e}"
+    );
+    let ask = json!({"payer": agent().to_string(), "top_up_mb": 50});
+    let (status, _, low) = s.post(&data, &ask, &[]).await;
+    assert_eq!(status, 402, "{low}");
+    assert_eq!(low["top_up_options"][0]["data_mb"], 50);
+    let id = low["invoice_id"].as_str().unwrap().to_owned();
+    let amount = U256::from(150_000u64); // 50 MB at $0.003/MB
+    assert_eq!(low["amount_usdc"], "0.15");
+    let tx =
+        crate::payments::pay_directly(&s, esim402_host::devstack::chain::RECIPIENT, amount).await;
+    let mut body = ask.clone();
+    body["invoice_id"] = json!(id);
+    let (status, _, paid) = s
+        .post(&data, &body, &[("x-payment-proof", tx.clone())])
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["topped_up_mb"], 50);
+    let (status, _, again) = s.post(&data, &body, &[("x-payment-proof", tx)]).await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(
+        balance(&s, &iccid).await["credited_bytes"],
+        51_000_000,
+        "credited once"
+    );
+}

@@ -42,8 +42,10 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         quota,
         top_up_mb,
         invoice_id: body_invoice,
+        payer,
     } = QuotaRequest::parse(&body)?;
     let offered = top_up_mb.unwrap_or(TOP_UP_SIZES_MB[0]);
+    let payer = &payer;
     let issue = |mb: u32| async move {
         let quote = dispatch::quote_top_up(iccid.to_owned(), mb)
             .await
@@ -51,6 +53,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         let purchase = wit::Purchase::TopUp(wit::TopUpRequest {
             iccid: iccid.to_owned(),
             data_mb: mb,
+            payer: payer.clone(),
         });
         let invoice = invoices::issue(purchase, quote.amount, Vec::new(), now())
             .await
@@ -71,13 +74,14 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         })
         .await?;
         // Any top-up invoice of this SIM may be paid here: the order is what the invoice says.
-        let data_mb = match &invoice.purchase {
-            wit::Purchase::TopUp(t) if t.iccid == iccid => t.data_mb,
-            _ => offered,
+        let (data_mb, payer) = match &invoice.purchase {
+            wit::Purchase::TopUp(t) if t.iccid == iccid => (t.data_mb, t.payer.clone()),
+            _ => (offered, payer.clone()),
         };
         let order = Order::TopUp {
             iccid: iccid.to_owned(),
             data_mb,
+            payer,
             quota,
         };
         let fingerprint = request_fingerprint(&format!("data/{iccid}"), &body, &proof);

@@ -71,6 +71,7 @@ pub fn purchase(p: &wit::Purchase) -> Purchase {
         wit::Purchase::TopUp(t) => Purchase::TopUp {
             iccid: t.iccid.clone(),
             data_mb: t.data_mb,
+            payer: t.payer.clone(),
         },
         wit::Purchase::Switch(s) => Purchase::Switch {
             iccid: s.iccid.clone(),
@@ -101,9 +102,14 @@ pub fn purchase_to_wit(p: &Purchase) -> wit::Purchase {
             networks: Vec::new(),
             allow_failover: *allow_failover,
         }),
-        Purchase::TopUp { iccid, data_mb } => wit::Purchase::TopUp(wit::TopUpRequest {
+        Purchase::TopUp {
+            iccid,
+            data_mb,
+            payer,
+        } => wit::Purchase::TopUp(wit::TopUpRequest {
             iccid: iccid.clone(),
             data_mb: *data_mb,
+            payer: payer.clone(),
         }),
         Purchase::Switch { iccid, target } => {
             let target = match target.split_once(':') {

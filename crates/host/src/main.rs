@@ -265,6 +265,14 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
             "Pay for an eSIM with the funded demo agent (official x402 Python client):\n  \
              tools/.venv/bin/python scripts/demo.py --url http://{addr}"
         );
+        if let Some(traffic) = stack.facts.get("traffic_url").and_then(|v| v.as_str()) {
+            eprintln!(
+                "Watch a balance move (activation, simulated usage, 402, paid top-up, quota again):\n  \
+                 tools/.venv/bin/python scripts/demo_metering.py --url http://{addr}\n  \
+                 or: curl -X POST {traffic}/admin/usage -d '{{\"iccid\":\"<iccid>\",\"bytes\":500000}}'; \
+                 curl http://{addr}/v1/esim/<iccid>/balance"
+            );
+        }
     }
     eprintln!("Serving http://{addr}");
     eprintln!("Available Routes:");

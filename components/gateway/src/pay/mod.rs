@@ -228,6 +228,7 @@ pub enum Order {
     TopUp {
         iccid: String,
         data_mb: u32,
+        payer: Option<String>,
         quota: Option<u64>,
     },
 }
@@ -240,9 +241,15 @@ impl Order {
                 iccid: iccid.clone(),
                 target: target.clone(),
             }),
-            Order::TopUp { iccid, data_mb, .. } => wit::Purchase::TopUp(wit::TopUpRequest {
+            Order::TopUp {
+                iccid,
+                data_mb,
+                payer,
+                ..
+            } => wit::Purchase::TopUp(wit::TopUpRequest {
                 iccid: iccid.clone(),
                 data_mb: *data_mb,
+                payer: payer.clone(),
             }),
         }
     }

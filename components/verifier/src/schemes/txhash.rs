@@ -53,14 +53,14 @@ fn reason(e: &ProofError) -> InvalidReason {
 /// The wallet that must have paid: the activation request's `payer`, else the invoice's.
 fn payer_of(invoice: &Invoice) -> Result<Address, wit::Error> {
     let declared = match &invoice.purchase {
-        Purchase::Activation { payer, .. } => payer.as_deref(),
-        _ => None,
+        Purchase::Activation { payer, .. } | Purchase::TopUp { payer, .. } => payer.as_deref(),
+        Purchase::Switch { .. } => None,
     }
     .or(invoice.payer.as_deref())
     .ok_or_else(|| {
         invalid(
             "payer",
-            "a tx-hash proof needs the invoice to name its payer (activation request `payer`)",
+            "a tx-hash proof needs the invoice to name its payer (the activation's or top-up's `payer`)",
         )
     })?;
     parse_address(declared).map_err(|e| invalid("payer", e.0))

@@ -72,6 +72,9 @@ pub enum Purchase {
         iccid: String,
         /// Bundle.
         data_mb: u32,
+        /// Paying wallet (needed only by tx-hash proofs, which must come from it).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        payer: Option<String>,
     },
     /// Move a SIM to another carrier or region.
     Switch {

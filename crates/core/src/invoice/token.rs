@@ -151,11 +151,22 @@ enum WirePurchase {
     TopUp {
         iccid: String,
         data_mb: u32,
+        payer: Option<[u8; 20]>,
     },
     Switch {
         iccid: String,
         target: String,
     },
+}
+
+fn payer_bytes(payer: Option<&str>) -> Result<Option<[u8; 20]>, TokenError> {
+    payer
+        .map(|a| {
+            a.parse::<Address>()
+                .map(|a| a.0.0)
+                .map_err(|_| TokenError::InvalidTerms("payer is not an address"))
+        })
+        .transpose()
 }
 
 impl WirePurchase {
@@ -173,19 +184,17 @@ impl WirePurchase {
                 data_mb: *data_mb,
                 carrier: carrier.clone(),
                 eid: eid.clone(),
-                payer: payer
-                    .as_deref()
-                    .map(|a| {
-                        a.parse::<Address>()
-                            .map(|a| a.0.0)
-                            .map_err(|_| TokenError::InvalidTerms("payer is not an address"))
-                    })
-                    .transpose()?,
+                payer: payer_bytes(payer.as_deref())?,
                 allow_failover: *allow_failover,
             },
-            Purchase::TopUp { iccid, data_mb } => Self::TopUp {
+            Purchase::TopUp {
+                iccid,
+                data_mb,
+                payer,
+            } => Self::TopUp {
                 iccid: iccid.clone(),
                 data_mb: *data_mb,
+                payer: payer_bytes(payer.as_deref())?,
             },
             Purchase::Switch { iccid, target } => Self::Switch {
                 iccid: iccid.clone(),
@@ -211,7 +220,15 @@ impl WirePurchase {
                 payer: payer.map(|a| Address::from(a).to_checksum(None)),
                 allow_failover,
             },
-            Self::TopUp { iccid, data_mb } => Purchase::TopUp { iccid, data_mb },
+            Self::TopUp {
+                iccid,
+                data_mb,
+                payer,
+            } => Purchase::TopUp {
+                iccid,
+                data_mb,
+                payer: payer.map(|a| Address::from(a).to_checksum(None)),
+            },
             Self::Switch { iccid, target } => Purchase::Switch { iccid, target },
         }
     }
@@ -341,6 +358,12 @@ mod tests {
             Purchase::TopUp {
                 iccid: "8901260000000000014".into(),
                 data_mb: 1,
+                payer: None,
+            },
+            Purchase::TopUp {
+                iccid: "8901260000000000014".into(),
+                data_mb: 1,
+                payer: Some("0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".into()),
             },
             Purchase::Switch {
                 iccid: "8901260000000000014".into(),

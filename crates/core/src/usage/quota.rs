@@ -17,6 +17,8 @@ pub struct QuotaRequest {
     pub top_up_mb: Option<u32>,
     /// The invoice a tx-hash proof pays.
     pub invoice_id: Option<String>,
+    /// The wallet that will pay the top-up (checksummed); required by tx-hash proofs, which must come from it.
+    pub payer: Option<String>,
 }
 
 impl QuotaRequest {
@@ -51,6 +53,18 @@ impl QuotaRequest {
                         })?;
                     out.top_up_mb = Some(mb.get());
                 }
+                "payer" => {
+                    let a = v
+                        .as_str()
+                        .and_then(|s| s.parse::<crate::Address>().ok())
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "payer",
+                                "payer must be a 0x-prefixed 20-byte address",
+                            )
+                        })?;
+                    out.payer = Some(a.to_checksum(None));
+                }
                 "invoice_id" => {
                     out.invoice_id = Some(v.as_str().map(str::to_owned).ok_or_else(|| {
                         ApiError::invalid("invoice_id", "invoice_id must be a string")
@@ -60,7 +74,7 @@ impl QuotaRequest {
                     return Err(ApiError::invalid(
                         other,
                         format!(
-                            "unknown field {other:?}; expected quota_kb, top_up_mb, invoice_id"
+                            "unknown field {other:?}; expected quota_kb, top_up_mb, payer, invoice_id"
                         ),
                     ));
                 }
@@ -97,6 +111,13 @@ mod tests {
         );
         assert_eq!(field(r#"{"invoice_id": 3}"#).as_deref(), Some("invoice_id"));
         assert_eq!(field(r#"{"x": 1}"#).as_deref(), Some("x"));
+        assert_eq!(field(r#"{"payer": "0x12"}"#).as_deref(), Some("payer"));
+        let q = QuotaRequest::parse(br#"{"payer": "0xa0ee7a142d267c1f36714e4a8f75612f20a79720"}"#)
+            .unwrap();
+        assert_eq!(
+            q.payer.as_deref(),
+            Some("0xa0Ee7A142d267C1f36714E4a8F75612F20a79720")
+        );
         assert_eq!(field("[1]").as_deref(), Some("body"));
         assert_eq!(field("{").as_deref(), Some("body"));
     }

@@ -221,6 +221,7 @@ mod tests {
         let top_up = invoice(Purchase::TopUp {
             iccid: "8901260000000000001".into(),
             data_mb: 10,
+            payer: None,
         });
         assert_eq!(
             resource(&top_up, "u").description.as_deref(),
