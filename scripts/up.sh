@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --quiet -p esim402-host -p esim402-smdp-sim
+cargo build --quiet -p esim402-host -p esim402-smdp-sim -p esim402-traffic-sim
 bin="${CARGO_TARGET_DIR:-target}/debug/esim402"
 "$bin" build
 exec "$bin" up "$@"
