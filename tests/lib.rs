@@ -341,6 +341,15 @@ pub struct TrafficSim {
 impl TrafficSim {
     /// Start it against the app at `facilitator` and the SM-DP+ simulator at `smdp`.
     pub fn start(facilitator: &str, smdp: &str) -> anyhow::Result<Self> {
+        Self::start_compressed(facilitator, smdp, 60)
+    }
+
+    /// [`TrafficSim::start`] with scheduled traffic `compression` times faster than real time.
+    pub fn start_compressed(
+        facilitator: &str,
+        smdp: &str,
+        compression: u64,
+    ) -> anyhow::Result<Self> {
         let bin = bin_dir().join("traffic-sim");
         let mut cmd = Command::new(&bin);
         cmd.args([
@@ -350,7 +359,8 @@ impl TrafficSim {
             facilitator,
             "--smdp",
             smdp,
-        ]);
+        ])
+        .args(["--compression", &compression.to_string()]);
         let (child, url) = spawn_announcing(cmd.stderr(Stdio::null()), "traffic-sim listening on ")
             .with_context(|| {
                 format!(

@@ -428,3 +428,41 @@ async fn a_top_up_paid_by_transaction_hash_credits_once() {
         "credited once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_anomaly_traffic_drains_until_stopped() {
+    let s = PayStack::start(&[]).await;
+    // Anomaly = 200 KB per simulated hour; 36 000× compressed: one burst every 100 ms.
+    let t = TrafficSim::start_compressed(&s.url, &s.sim.url, 36_000).unwrap();
+    let iccid = activate(&s, 10).await;
+    let schedule = |mode: &str| {
+        s.http
+            .post(format!("{}/admin/schedule", t.url))
+            .json(&json!({"iccid": iccid, "mode": mode}))
+            .send()
+    };
+    assert_eq!(schedule("anomaly").await.unwrap().status(), 200);
+    let mut used = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        used = balance(&s, &iccid).await["used_bytes"].as_u64().unwrap();
+        if used >= 600_000 {
+            break;
+        }
+    }
+    assert!(
+        used >= 600_000,
+        "three bursts of 200 KB within 10 s: {used}"
+    );
+    assert_eq!(used % 200_000, 0, "whole bursts only: {used}");
+    assert_eq!(schedule("off").await.unwrap().status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let stopped = balance(&s, &iccid).await["used_bytes"].as_u64().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        balance(&s, &iccid).await["used_bytes"].as_u64().unwrap(),
+        stopped,
+        "off stops it"
+    );
+    assert_eq!(schedule("weekly").await.unwrap().status(), 400);
+}
