@@ -289,19 +289,13 @@ impl Attempt<'_> {
     ) -> (wit::PaymentEnd, StoredResponse) {
         match self.credit(order, sim, tx, payer).await {
             Ok(None) => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
-            Ok(Some(balance)) => {
-                let quota = match order {
-                    Order::TopUp { quota, .. } => *quota,
-                    _ => None,
-                };
-                match order {
-                    Order::TopUp { .. } => (
-                        wit::PaymentEnd::Done,
-                        self.topped_up(&balance, quota, tx, payer),
-                    ),
-                    _ => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
-                }
-            }
+            Ok(Some(balance)) => match order {
+                Order::TopUp { quota, .. } => (
+                    wit::PaymentEnd::Done,
+                    self.topped_up(&balance, *quota, tx, payer),
+                ),
+                _ => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
+            },
             Err(wit::Error::Conflict(msg)) if matches!(order, Order::TopUp { .. }) => {
                 let refund = self.owe_refund(tx, &msg).await;
                 let err = ApiError::new(ErrorKind::Conflict, msg);

@@ -21,7 +21,7 @@
 //!
 //! let key = InvoiceKey::new([7; 32]);
 //! let terms = Terms {
-//!     purchase: Purchase::TopUp { iccid: "8901260000000000014".into(), data_mb: 50 },
+//!     purchase: Purchase::TopUp { iccid: "8901260000000000014".into(), data_mb: 50, payer: None },
 //!     amount: UsdcAmount::from_micros(210_000),
 //!     networks: vec![Network::parse("eip155:8453").unwrap()],
 //!     pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".parse().unwrap(),
