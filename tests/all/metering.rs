@@ -466,3 +466,42 @@ async fn scheduled_anomaly_traffic_drains_until_stopped() {
     );
     assert_eq!(schedule("weekly").await.unwrap().status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 1).await;
+    s.post(
+        "/v1/usage",
+        &json!({"receipts": [receipt(&iccid, "s", 1, 950_000, "310-260")]}),
+        &[],
+    )
+    .await;
+    let data = format!("/v1/esim/{iccid}/data");
+    let (status, headers, _) = s.post(&data, &json!({}), &[]).await;
+    assert_eq!(status, 402);
+    let challenge =
+        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    let pay = Payment::for_requirement(&challenge.accepts[0])
+        .with_payment_id("pay_topup_0123456789abcdef");
+    let (status, _, first) = s
+        .post(&data, &json!({}), &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{first}");
+    // A retry after a lost reply: the same id and request get the same answer, nothing is paid or credited again.
+    let (status, _, again) = s
+        .post(&data, &json!({}), &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["transaction"], first["transaction"]);
+    assert_eq!(balance(&s, &iccid).await["credited_bytes"], 11_000_000);
+    // The same id with a different request is refused.
+    let (status, _, other) = s
+        .post(
+            &data,
+            &json!({"quota_kb": 5}),
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 409, "{other}");
+}
