@@ -505,3 +505,72 @@ async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
         .await;
     assert_eq!(status, 409, "{other}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switch_moves_the_unused_balance_to_the_new_sim() {
+    let s = PayStack::start(&[]).await;
+    let old = activate(&s, 10).await;
+    s.post(
+        "/v1/usage",
+        &json!({"receipts": [receipt(&old, "s", 1, 4_000_000, "310-260")]}),
+        &[],
+    )
+    .await;
+    let path = format!("/v1/esim/{old}/switch");
+    let target = json!({"carrier": "verizon"});
+    let (status, headers, _) = s.post(&path, &target, &[]).await;
+    assert_eq!(status, 402);
+    let req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
+        .unwrap()
+        .accepts[0]
+        .clone();
+    let pay = Payment::for_requirement(&req);
+    let (status, _, new_sim) = s
+        .post(&path, &target, &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{new_sim}");
+    let new = new_sim["iccid"].as_str().unwrap();
+    assert_ne!(new, old);
+    // 6 MB were left: they move; the old account closes without a refund (the value moved too).
+    let b = balance(&s, new).await;
+    assert_eq!(
+        (b["credited_bytes"].as_u64(), b["used_bytes"].as_u64()),
+        (Some(6_000_000), Some(0)),
+        "{b}"
+    );
+    assert_eq!(balance(&s, &old).await["closed"], true);
+    // The new SIM is metered on its carrier: Verizon's receipts count, T-Mobile's are disputed.
+    let t = now();
+    let signed = |carrier: &str| {
+        let r = Receipt {
+            carrier: CarrierId::parse(carrier).unwrap(),
+            iccid: Iccid::parse(new).unwrap(),
+            plmn: Plmn::parse("311-480").unwrap(),
+            session_id: format!("after-{carrier}"),
+            seq: 1,
+            window_start: t - 60,
+            window_end: t - 1,
+            bytes_up: 500,
+            bytes_down: 500,
+            signature: vec![],
+        };
+        let key = dev_signing_key(&r.carrier);
+        serde_json::to_value(r.sign(&key).unwrap().to_wire()).unwrap()
+    };
+    let (_, _, r) = s
+        .post(
+            "/v1/usage",
+            &json!({"receipts": [signed("verizon"), signed("tmobile")]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r["results"][0]["status"], "accepted", "{r}");
+    assert_eq!(r["results"][1]["reason"], "iccid_not_on_carrier", "{r}");
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "data_credited").count(),
+        2,
+        "activation + transfer: {kinds:?}"
+    );
+    assert_eq!(verify["ok"], true);
+}

@@ -136,6 +136,65 @@ pub async fn credit(
     })
 }
 
+/// Move the old SIM's unused data to `to` (a switch): close the old account (fixed once), then open or top up
+/// the new one with the moved credits (each invoice once, so a repeat adds nothing).
+pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credited, wit::Error> {
+    let from = parse_iccid(from)?;
+    let to_iccid = parse_iccid(&to.iccid)?;
+    let carrier = CarrierId::parse(&to.carrier).map_err(|e| invalid("carrier", e.to_string()))?;
+    let policy = roaming(&to)?;
+    let used_old = used(from.as_str())?;
+    let (_, moved) = kv::update_json_with(&keys::balance(from.as_str()), |cur: Option<Account>| {
+        let mut a = cur.ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {from}")))?;
+        let moved = a
+            .transfer_out(&to_iccid, used_old, now)
+            .map_err(|e| wit::Error::Conflict(e.to_string()))?;
+        Ok((a, moved))
+    })
+    .await
+    .map_err(kv_err)?;
+    let used_new = used(to_iccid.as_str())?;
+    let (account, new) =
+        kv::update_json_with(&keys::balance(to_iccid.as_str()), |cur: Option<Account>| {
+            let Some(mut a) = cur else {
+                let a = Account::opened_with(
+                    to_iccid.clone(),
+                    carrier.clone(),
+                    policy.clone(),
+                    moved.clone(),
+                );
+                return Ok((a, true));
+            };
+            let mut added = false;
+            for c in &moved {
+                match a.credit(c.clone(), used_new) {
+                    Ok(_) => added = true,
+                    Err(AccountError::AlreadyCredited(_)) => {}
+                    Err(e) => return Err(wit::Error::Conflict(e.to_string())),
+                }
+            }
+            Ok((a, added))
+        })
+        .await
+        .map_err(kv_err)?;
+    let balance = to_wit(&account, used_new);
+    let bytes: u64 = moved.iter().map(|c| c.bytes).sum();
+    let value: u64 = moved.iter().map(|c| c.paid.micros()).sum();
+    let fields = EntryFields::default()
+        .amount(UsdcAmount::from_micros(value))
+        .detail("iccid", to_iccid.as_str())
+        .detail("kind", "transfer")
+        .detail("from_iccid", from.as_str())
+        .detail("bytes", bytes.to_string())
+        .detail("remaining_bytes", balance.remaining_bytes.to_string());
+    Ok(api::Credited {
+        balance,
+        new,
+        resume: false,
+        event: event_to_wit(EntryKind::DataCredited, &fields),
+    })
+}
+
 pub async fn balance(iccid: &str) -> Result<wit::Balance, wit::Error> {
     let iccid = parse_iccid(iccid)?;
     let account = load(iccid.as_str())

@@ -44,6 +44,10 @@ impl Guest for Component {
         accounts::credit(sim, credit, now).await
     }
 
+    async fn transfer(from_iccid: String, to: wit::Sim, now: u64) -> Result<Credited, wit::Error> {
+        accounts::transfer(&from_iccid, to, now).await
+    }
+
     async fn ingest(batch: String, now: u64) -> Result<Ingested, wit::Error> {
         ingest::ingest(&batch, now).await
     }

@@ -330,7 +330,10 @@ impl Attempt<'_> {
                 dispatch::data_value(sim.carrier.clone(), sim.data_mb).await?,
             ),
             Order::TopUp { data_mb, .. } => ("top-up", *data_mb, self.invoice.amount),
-            Order::Switch { .. } => return Ok(None),
+            Order::Switch { .. } => {
+                self.move_balance(sim).await;
+                return Ok(None);
+            }
         };
         let credit = metering::DataCredit {
             invoice_id: self.invoice.id.clone(),
@@ -355,6 +358,20 @@ impl Attempt<'_> {
             );
         }
         Ok(Some(credited.balance))
+    }
+
+    /// A switch delivered a new SIM: what is left of the old one's balance moves to it (idempotent). A failure
+    /// does not undo the switch; it is logged, and the same payment sent again moves it.
+    async fn move_balance(&self, sim: &wit::Sim) {
+        let Some(old) = &sim.replaces else { return };
+        match metering::transfer(old.clone(), sim.clone(), now()).await {
+            Ok(moved) if moved.new => self.pending.borrow_mut().push(moved.event),
+            Ok(_) | Err(wit::Error::NotFound(_)) => {}
+            Err(e) => eprintln!(
+                "gateway: moving the balance of {old} to {} failed: {e:?}",
+                sim.iccid
+            ),
+        }
     }
 
     async fn activated(&self, order: &Order, sim: &wit::Sim) {

@@ -101,6 +101,10 @@ pub struct Account {
     /// Closed (the SIM was terminated): the refunds of unused data, fixed once.
     #[serde(default)]
     pub closed: Option<Vec<RefundShare>>,
+    /// Switched away: the SIM the unused data moved to and the credits it moved as (fixed once). A moved
+    /// account is also closed, with no refunds (the refund value moved with the data).
+    #[serde(default)]
+    pub moved_to: Option<(Iccid, Vec<Credit>)>,
 }
 
 /// Why an account refused a change.
@@ -134,7 +138,61 @@ impl Account {
             credits: vec![first],
             suspended_for_balance: false,
             closed: None,
+            moved_to: None,
         }
+    }
+
+    /// A new account opened with credits moved from another SIM ([`Account::transfer_out`]).
+    pub fn opened_with(
+        iccid: Iccid,
+        carrier: CarrierId,
+        roaming: RoamingPolicy,
+        credits: Vec<Credit>,
+    ) -> Self {
+        Self {
+            iccid,
+            carrier,
+            roaming,
+            credits,
+            suspended_for_balance: false,
+            closed: None,
+            moved_to: None,
+        }
+    }
+
+    /// Move what is left at `used` to the SIM `to` (a switch): closes this account with no refunds and
+    /// returns the credits the new account takes — each credit's unused bytes with its unused value, under its
+    /// own invoice (so the new account still takes each invoice once, and a later refund pays each once).
+    /// Fixed by the first call: a repeat for the same `to` returns the same credits; a closed account, or one
+    /// moved elsewhere, refuses.
+    pub fn transfer_out(
+        &mut self,
+        to: &Iccid,
+        used: u64,
+        now: u64,
+    ) -> Result<Vec<Credit>, AccountError> {
+        if let Some((dest, moved)) = &self.moved_to {
+            return if dest == to {
+                Ok(moved.clone())
+            } else {
+                Err(AccountError::Closed(self.iccid.to_string()))
+            };
+        }
+        if self.closed.is_some() {
+            return Err(AccountError::Closed(self.iccid.to_string()));
+        }
+        let moved: Vec<Credit> = unused_parts(&self.credits, used)
+            .into_iter()
+            .map(|(c, left, value)| Credit {
+                bytes: left,
+                paid: value,
+                at: now,
+                ..c.clone()
+            })
+            .collect();
+        self.moved_to = Some((to.clone(), moved.clone()));
+        self.closed = Some(Vec::new());
+        Ok(moved)
     }
 
     /// Bytes credited in all.
@@ -194,19 +252,32 @@ impl Account {
     }
 }
 
-/// Take `used` bytes from the oldest credits first; refund what each credit has left at its own rate.
-pub fn unused_shares(credits: &[Credit], used: u64) -> Vec<RefundShare> {
+/// Take `used` bytes from the oldest credits first: each credit with bytes left, those bytes and their value at
+/// the credit's own rate (rounded down).
+fn unused_parts(credits: &[Credit], used: u64) -> Vec<(&Credit, u64, UsdcAmount)> {
     let mut to_take = used;
     let mut out = Vec::new();
     for c in credits {
         let taken = to_take.min(c.bytes);
         to_take -= taken;
         let left = c.bytes - taken;
-        if left == 0 || c.bytes == 0 {
+        if left == 0 {
             continue;
         }
         let amount = u128::from(c.paid.micros()) * u128::from(left) / u128::from(c.bytes);
-        let amount = UsdcAmount::from_micros(u64::try_from(amount).unwrap_or(u64::MAX));
+        out.push((
+            c,
+            left,
+            UsdcAmount::from_micros(u64::try_from(amount).unwrap_or(u64::MAX)),
+        ));
+    }
+    out
+}
+
+/// Take `used` bytes from the oldest credits first; refund what each credit has left at its own rate.
+pub fn unused_shares(credits: &[Credit], used: u64) -> Vec<RefundShare> {
+    let mut out = Vec::new();
+    for (c, left, amount) in unused_parts(credits, used) {
         if amount == UsdcAmount::ZERO {
             continue;
         }
@@ -346,6 +417,43 @@ mod tests {
         assert_eq!(s[1].amount, UsdcAmount::from_micros(10_000));
         assert!(unused_shares(&credits, 6 * BYTES_PER_MB).is_empty());
         assert!(unused_shares(&credits, u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_switch_moves_the_unused_data_once() {
+        let mut a = account();
+        a.credit(credit("inv_b", 10, 40_000), 0).unwrap();
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        // 12 MB used: inv_a gone, 8 MB of inv_b (worth 32 000) moves.
+        let moved = a.transfer_out(&to, 12 * BYTES_PER_MB, 9).unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(
+            (moved[0].invoice.as_str(), moved[0].bytes),
+            ("inv_b", 8 * BYTES_PER_MB)
+        );
+        assert_eq!(moved[0].paid, UsdcAmount::from_micros(32_000));
+        assert_eq!(
+            a.transfer_out(&to, 0, 10).unwrap(),
+            moved,
+            "fixed by the first call"
+        );
+        let elsewhere = Iccid::with_check_digit("894401000000000003").unwrap();
+        assert!(matches!(
+            a.transfer_out(&elsewhere, 0, 10),
+            Err(AccountError::Closed(_))
+        ));
+        assert!(
+            a.close(0).is_empty(),
+            "no refund: the value moved with the data"
+        );
+        let b = Account::opened_with(to, a.carrier.clone(), RoamingPolicy::default(), moved);
+        assert_eq!(b.remaining(0), 8_000_000);
+        let mut closed = account();
+        closed.close(0);
+        assert!(matches!(
+            closed.transfer_out(&elsewhere, 0, 1),
+            Err(AccountError::Closed(_))
+        ));
     }
 
     #[test]
