@@ -59,51 +59,11 @@ pub async fn run(count: usize, concurrency: usize) -> anyhow::Result<()> {
     .await;
     let _ = std::fs::remove_dir_all(&dir);
     result?;
-    let Some(redis) = RedisProcess::start() else {
+    let Ok(redis) = esim402_tests::RedisServer::start() else {
         println!("kv redis: skipped (no redis-server on PATH)");
         return Ok(());
     };
     let store: Arc<dyn Backend> = Arc::new(RedisStore::connect(&redis.url).await?);
     measure("redis", store.clone(), 1, count).await?;
     measure("redis", store, concurrency, count).await
-}
-
-/// A `redis-server` on a free loopback port, stopped by its PID on drop.
-struct RedisProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl RedisProcess {
-    fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let this = Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(this);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

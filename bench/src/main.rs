@@ -421,7 +421,6 @@ mod dispatch;
 mod kvstore;
 mod native402;
 mod paid;
-mod redis;
 mod usage;
 mod verify;
 
@@ -553,7 +552,7 @@ fn main() -> anyhow::Result<()> {
     }
     if let Scenario::Usage = args.scenario {
         let redis = match args.kv {
-            Kv::Redis => Some(redis::Redis::start()?),
+            Kv::Redis => Some(esim402_tests::RedisServer::start()?),
             _ if args.instances > 1 => bail!("--instances > 1 needs --kv redis"),
             _ => None,
         };

@@ -33,6 +33,20 @@ async fn activate(s: &PayStack, data_mb: u32) -> String {
     act["iccid"].as_str().unwrap().to_owned()
 }
 
+/// A paid 1 MB SIM with 950 KB used: 50 KB left, below the low-water mark.
+async fn running_low(s: &PayStack) -> String {
+    let iccid = activate(s, 1).await;
+    let (status, _, r) = s
+        .post(
+            "/v1/usage",
+            &json!({"receipts": [receipt(&iccid, "s", 1, 950_000, "310-260")]}),
+            &[],
+        )
+        .await;
+    assert_eq!((status, &r["totals"]["accepted"]), (200, &json!(1)), "{r}");
+    iccid
+}
+
 fn receipt(iccid: &str, session: &str, seq: u64, bytes: u64, plmn: &str) -> Value {
     let t = now();
     let r = Receipt {
@@ -330,23 +344,7 @@ async fn the_readme_metering_demo_runs() {
     let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&facts).unwrap()).unwrap();
     json["traffic_url"] = Value::String(t.url.clone());
     std::fs::write(&facts, json.to_string()).unwrap();
-    let url = s.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(crate::python_client::python())
-            .arg(esim402_tests::repo_root().join("scripts/demo_metering.py"))
-            .args(["--url", &url, "--devstack"])
-            .arg(&facts)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = crate::python_client::run_demo("scripts/demo_metering.py", &s.url, facts).await;
     assert!(
         stdout.contains("quota: 402, top-up options: 10 MB for 0.05 USDC"),
         "{stdout}"
@@ -386,13 +384,7 @@ async fn a_full_batch_of_a_thousand_is_accepted_and_one_more_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_top_up_paid_by_transaction_hash_credits_once() {
     let s = PayStack::start(&[]).await;
-    let iccid = activate(&s, 1).await;
-    s.post(
-        "/v1/usage",
-        &json!({"receipts": [receipt(&iccid, "s", 1, 950_000, "310-260")]}),
-        &[],
-    )
-    .await;
+    let iccid = running_low(&s).await;
     let data = format!("/v1/esim/{iccid}/data");
     // A top-up invoice that names no payer cannot be paid by transaction hash (the proof must come from it).
     let (_, _, plain) = s.post(&data, &json!({}), &[]).await;
@@ -470,13 +462,7 @@ async fn scheduled_anomaly_traffic_drains_until_stopped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
     let s = PayStack::start(&[]).await;
-    let iccid = activate(&s, 1).await;
-    s.post(
-        "/v1/usage",
-        &json!({"receipts": [receipt(&iccid, "s", 1, 950_000, "310-260")]}),
-        &[],
-    )
-    .await;
+    let iccid = running_low(&s).await;
     let data = format!("/v1/esim/{iccid}/data");
     let (status, headers, _) = s.post(&data, &json!({}), &[]).await;
     assert_eq!(status, 402);

@@ -99,15 +99,13 @@ async fn the_official_python_client_pays_for_an_activation() {
     assert_eq!(verify["ok"], true, "{verify}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_readme_demo_prints_an_activation_code() {
-    let s = PayStack::start(&[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let facts = s.chain.write_facts(dir.path()).unwrap();
-    let url = s.url.clone();
+/// Run a README demo script (`scripts/…`) against the app at `url` with the dev-stack facts file `facts`; its
+/// stdout, once it exited 0.
+pub(crate) async fn run_demo(script: &str, url: &str, facts: std::path::PathBuf) -> String {
+    let (script, url) = (repo_root().join(script), url.to_owned());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
-            .arg(repo_root().join("scripts/demo.py"))
+            .arg(script)
             .arg("--url")
             .arg(&url)
             .arg("--devstack")
@@ -117,12 +115,21 @@ async fn the_readme_demo_prints_an_activation_code() {
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "demo failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_readme_demo_prints_an_activation_code() {
+    let s = PayStack::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let facts = s.chain.write_facts(dir.path()).unwrap();
+    let stdout = run_demo("scripts/demo.py", &s.url, facts).await;
     assert!(stdout.contains("LPA:1$"), "{stdout}");
     let ledger = stdout.lines().find(|l| l.starts_with("ledger: ")).unwrap();
     assert!(ledger.starts_with("ledger: 200 {"), "{ledger}");

@@ -2,7 +2,7 @@
 //! and paid top-up (`POST /v1/esim/{iccid}/data`), and the balance, usage and receipt queries. Rules are the
 //! kernel's (`esim402_core::usage`); the metering component keeps the balances.
 
-use esim402_core::usage::account::{Quota, TOP_UP_SIZES_MB, decide_quota};
+use esim402_core::usage::account::TOP_UP_SIZES_MB;
 use esim402_core::usage::ingest::MAX_BATCH_BODY_BYTES;
 use esim402_core::usage::quota::QuotaRequest;
 use esim402_core::{ApiError, InvoiceId, UsdcAmount};
@@ -46,19 +46,24 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     } = QuotaRequest::parse(&body)?;
     let offered = top_up_mb.unwrap_or(TOP_UP_SIZES_MB[0]);
     let payer = &payer;
-    let issue = |mb: u32| async move {
-        let quote = dispatch::quote_top_up(iccid.to_owned(), mb)
+    let quote = |mb: u32| async move {
+        dispatch::quote_top_up(iccid.to_owned(), mb)
             .await
-            .map_err(from_wit)?;
+            .map_err(from_wit)
+    };
+    // Seal the invoice for a quoted top-up (nothing is stored).
+    let seal = |quote: &wit::Quote| {
         let purchase = wit::Purchase::TopUp(wit::TopUpRequest {
             iccid: iccid.to_owned(),
-            data_mb: mb,
+            data_mb: quote.data_mb,
             payer: payer.clone(),
         });
-        let invoice = invoices::issue(purchase, quote.amount, Vec::new(), now())
-            .await
-            .map_err(from_wit)?;
-        Ok::<_, ApiError>((invoice, quote))
+        let amount = quote.amount;
+        async move {
+            invoices::issue(purchase, amount, Vec::new(), now())
+                .await
+                .map_err(from_wit)
+        }
     };
 
     if let Some(proof) = proof {
@@ -70,7 +75,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             None => invoice_header,
         };
         let invoice = pay::invoice_for(&proof, named.as_ref(), || async {
-            Ok(issue(offered).await?.0)
+            seal(&quote(offered).await?).await
         })
         .await?;
         // Any top-up invoice of this SIM may be paid here: the order is what the invoice says.
@@ -98,12 +103,8 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             format!("SIM {iccid} is terminated"),
         ));
     }
-    let low = balance.suspended_for_balance
-        || matches!(
-            decide_quota(i128::from(balance.remaining_bytes), quota),
-            Quota::Low { .. }
-        );
-    if !low {
+    // `low` is the kernel's decision (`decide_quota` below the low-water mark, or suspended for balance).
+    if !balance.low {
         return Ok(json(
             200,
             crate::convert::quota_value(&balance, quota).to_string(),
@@ -111,19 +112,21 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     }
     let mut sizes = vec![offered];
     sizes.extend(TOP_UP_SIZES_MB.iter().copied().filter(|s| *s != offered));
-    let mut options = Vec::with_capacity(sizes.len());
-    for mb in &sizes {
-        let q = dispatch::quote_top_up(iccid.to_owned(), *mb)
-            .await
-            .map_err(from_wit)?;
-        options.push(json!({ "data_mb": mb, "amount_usdc": UsdcAmount::from_micros(q.amount) }));
+    let mut quotes = Vec::with_capacity(sizes.len());
+    for mb in sizes {
+        quotes.push(quote(mb).await?);
     }
-    let (invoice, quote) = issue(offered).await?;
+    let options = quotes
+        .iter()
+        .map(|q| json!({ "data_mb": q.data_mb, "amount_usdc": UsdcAmount::from_micros(q.amount) }))
+        .collect();
+    // The challenge is for the first option (the one asked for).
+    let invoice = seal(&quotes[0]).await?;
     let mut extra = crate::convert::balance_value(&balance);
     extra["status"] = Value::String("low_balance".into());
     extra["top_up_options"] = Value::Array(options);
     extra["invoice_id"] = Value::String(invoice.id.clone());
-    payment_required(&invoice, &quote, &url, Some(extra))
+    payment_required(&invoice, &quotes[0], &url, Some(extra))
 }
 
 pub async fn balance(iccid: &str) -> Result<Reply, ApiError> {
@@ -158,19 +161,9 @@ pub async fn usage(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> 
 pub async fn receipts(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> {
     let (mut from, mut limit) = (1u64, 100u32);
     crate::query::params(query, "from, limit", |k, v| {
-        let n = || {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer"))
-            })
-        };
         match k {
-            "from" => from = n()?,
-            "limit" => {
-                limit = u32::try_from(n()?)
-                    .ok()
-                    .filter(|l| (1..=1000).contains(l))
-                    .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-1000"))?;
-            }
+            "from" => from = crate::query::uint(k, v)?,
+            "limit" => limit = crate::query::limit(v, 1_000)?,
             _ => return Ok(false),
         }
         Ok(true)

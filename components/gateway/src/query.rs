@@ -23,3 +23,17 @@ pub fn params(
     }
     Ok(())
 }
+
+/// The value of parameter `k` as a non-negative integer.
+pub fn uint(k: &str, v: &str) -> Result<u64, ApiError> {
+    v.parse::<u64>()
+        .map_err(|_| ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer")))
+}
+
+/// A `limit` parameter: an integer from 1 to `max`.
+pub fn limit(v: &str, max: u32) -> Result<u32, ApiError> {
+    u32::try_from(uint("limit", v)?)
+        .ok()
+        .filter(|l| (1..=max).contains(l))
+        .ok_or_else(|| ApiError::invalid("limit", format!("limit must be 1-{max}")))
+}

@@ -149,22 +149,12 @@ pub async fn ledger_verify() -> Result<Reply, ApiError> {
 pub async fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
     let (mut from, mut limit, mut shard) = (0u64, 1000u32, None);
     crate::query::params(query, "from, limit, shard", |k, v| {
-        let n = || {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer"))
-            })
-        };
         match k {
-            "from" => from = n()?,
-            "limit" => {
-                limit = u32::try_from(n()?)
-                    .ok()
-                    .filter(|l| (1..=10_000).contains(l))
-                    .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-10000"))?;
-            }
+            "from" => from = crate::query::uint(k, v)?,
+            "limit" => limit = crate::query::limit(v, 10_000)?,
             "shard" => {
                 shard = Some(
-                    u16::try_from(n()?)
+                    u16::try_from(crate::query::uint(k, v)?)
                         .map_err(|_| ApiError::invalid("shard", "shard must be 0-15"))?,
                 );
             }
