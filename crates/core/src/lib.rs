@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod api_error;
+pub mod auth;
 pub mod chain;
 pub mod esim;
 pub mod evm;

@@ -301,18 +301,7 @@ impl Receipt {
     /// Sign this receipt's fields with `key` (carrier adapters, the traffic simulator, tests); replaces
     /// `signature`.
     pub fn sign(mut self, key: &SigningKey) -> Result<Self, SignatureError> {
-        let hash = self.signing_hash();
-        let (sig, recid) = key
-            .sign_prehash_recoverable(hash.as_slice())
-            .map_err(|_| SignatureError::Unrecoverable)?;
-        let (sig, odd) = match sig.normalize_s() {
-            Some(low) => (low, !recid.is_y_odd()),
-            None => (sig, recid.is_y_odd()),
-        };
-        let mut out = Vec::with_capacity(65);
-        out.extend_from_slice(&sig.to_bytes());
-        out.push(27 + u8::from(odd));
-        self.signature = out;
+        self.signature = crate::x402::exact::sign_prehash(key, self.signing_hash())?.to_vec();
         Ok(self)
     }
 

@@ -238,7 +238,11 @@ pub fn sign_authorization(
     auth: &TransferAuthorization,
     domain: &TokenDomain,
 ) -> Result<[u8; 65], SignatureError> {
-    let hash = auth.signing_hash(domain);
+    sign_prehash(key, auth.signing_hash(domain))
+}
+
+/// Sign a 32-byte digest as a wallet would: r‖s‖v, v = 27/28, low-s (what [`recover_signer`] takes back).
+pub fn sign_prehash(key: &SigningKey, hash: B256) -> Result<[u8; 65], SignatureError> {
     let (sig, recid) = key
         .sign_prehash_recoverable(hash.as_slice())
         .map_err(|_| SignatureError::Unrecoverable)?;

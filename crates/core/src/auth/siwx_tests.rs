@@ -1,0 +1,228 @@
+use super::*;
+use proptest::prelude::*;
+
+const NOW: u64 = 1_790_000_000;
+
+fn key() -> SigningKey {
+    SigningKey::from_slice(&[0x11; 32]).unwrap()
+}
+
+fn expect() -> Expect<'static> {
+    Expect {
+        domain: "127.0.0.1:3000",
+        origin: "http://127.0.0.1:3000",
+        now: NOW,
+    }
+}
+
+fn challenge(nonce: &str) -> Challenge<'_> {
+    Challenge {
+        domain: "127.0.0.1:3000",
+        uri: "http://127.0.0.1:3000/v1/esim/8901260000000000019",
+        chain_id: 8453,
+        nonce,
+        issued_at: NOW - 10,
+        expires_in: 120,
+        statement: Some("Manage my SIM"),
+    }
+}
+
+fn signed() -> SiwxProof {
+    sign(&key(), &challenge("a1b2c3d4e5f67890")).unwrap()
+}
+
+#[test]
+fn a_signed_proof_round_trips_the_header_and_verifies_to_its_signer() {
+    let p = signed();
+    let back = SiwxProof::from_header(&p.to_header()).unwrap();
+    assert_eq!(back, p);
+    let v = back.verify(&expect()).unwrap();
+    assert_eq!(v.address, address_of(key().verifying_key()));
+    assert_eq!(v.nonce, "a1b2c3d4e5f67890");
+    assert_eq!(v.expires_at, NOW - 10 + 120);
+}
+
+#[test]
+fn the_message_is_eip_4361() {
+    let p = signed();
+    let m = p.message().unwrap();
+    let expected = format!(
+        "127.0.0.1:3000 wants you to sign in with your Ethereum account:\n{}\n\nManage my SIM\n\n\
+         URI: http://127.0.0.1:3000/v1/esim/8901260000000000019\nVersion: 1\nChain ID: 8453\n\
+         Nonce: a1b2c3d4e5f67890\nIssued At: {}\nExpiration Time: {}",
+        p.address,
+        p.issued_at,
+        p.expiration_time.as_deref().unwrap()
+    );
+    assert_eq!(m, expected);
+    assert!(p.issued_at.ends_with(".000Z"), "{}", p.issued_at);
+    let mut bare = p.clone();
+    bare.statement = None;
+    assert!(
+        bare.message()
+            .unwrap()
+            .contains(&format!("{}\n\n\nURI:", p.address))
+    );
+}
+
+#[test]
+fn the_spec_example_header_decodes() {
+    // The extension spec's example (its signature is not over our domain, so only the form is checked).
+    let json = r#"{"domain":"api.example.com","address":"0x857b06519E91e3A54538791bDbb0E22373e36b66","uri":"https://api.example.com/premium-data","version":"1","chainId":"eip155:8453","type":"eip191","nonce":"a1b2c3d4e5f67890a1b2c3d4e5f67890","issuedAt":"2024-01-15T10:30:00.000Z","expirationTime":"2024-01-15T10:35:00.000Z","statement":"Sign in to access premium data","resources":["https://api.example.com/premium-data"],"signatureScheme":"eip191","signature":"0x2d"}"#;
+    let p = SiwxProof::from_header(&STANDARD.encode(json)).unwrap();
+    assert_eq!(p.chain_id, "eip155:8453");
+    assert_eq!(parse_time("issuedAt", &p.issued_at).unwrap(), 1_705_314_600);
+    assert!(
+        p.message()
+            .unwrap()
+            .ends_with("Resources:\n- https://api.example.com/premium-data")
+    );
+}
+
+fn refused(p: &SiwxProof, e: &Expect<'_>, needle: &str) {
+    match p.verify(e) {
+        Err(AuthError::Invalid(m)) => assert!(m.contains(needle), "{m} lacks {needle}"),
+        other => panic!("expected a refusal naming {needle}, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_binding_and_time_rule_refuses() {
+    let p = signed();
+    refused(
+        &p,
+        &Expect {
+            domain: "evil.test",
+            ..expect()
+        },
+        "domain",
+    );
+    refused(
+        &p,
+        &Expect {
+            origin: "http://127.0.0.1:30001",
+            ..expect()
+        },
+        "uri",
+    );
+    refused(
+        &p,
+        &Expect {
+            now: NOW - 100,
+            ..expect()
+        },
+        "future",
+    );
+    refused(
+        &p,
+        &Expect {
+            now: NOW + 111,
+            ..expect()
+        },
+        "expired",
+    );
+    // A far expirationTime is capped at MAX_AGE_SECS after issuedAt.
+    let long = sign(
+        &key(),
+        &Challenge {
+            expires_in: 86_400,
+            ..challenge("a1b2c3d4e5f67890")
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        long.verify(&expect()).unwrap().expires_at,
+        NOW - 10 + MAX_AGE_SECS
+    );
+    refused(
+        &long,
+        &Expect {
+            now: NOW + MAX_AGE_SECS,
+            ..expect()
+        },
+        "expired",
+    );
+}
+
+#[test]
+fn every_form_rule_refuses() {
+    let p = signed();
+    let edit = |f: &dyn Fn(&mut SiwxProof)| {
+        let mut q = p.clone();
+        f(&mut q);
+        q
+    };
+    refused(&edit(&|q| q.version = "2".into()), &expect(), "version");
+    refused(&edit(&|q| q.kind = "ed25519".into()), &expect(), "type");
+    refused(
+        &edit(&|q| q.chain_id = "solana:5eyk".into()),
+        &expect(),
+        "chainId",
+    );
+    refused(&edit(&|q| q.nonce = "short".into()), &expect(), "nonce");
+    refused(
+        &edit(&|q| q.nonce = "abcd-efgh-ijkl".into()),
+        &expect(),
+        "nonce",
+    );
+    refused(&edit(&|q| q.address = "0x12".into()), &expect(), "address");
+    refused(
+        &edit(&|q| q.statement = Some("a\nURI: x".into())),
+        &expect(),
+        "single lines",
+    );
+    refused(
+        &edit(&|q| q.issued_at = "yesterday".into()),
+        &expect(),
+        "RFC 3339",
+    );
+    refused(&edit(&|q| q.signature = "0xzz".into()), &expect(), "hex");
+    refused(
+        &edit(&|q| q.signature = "0x1234".into()),
+        &expect(),
+        "signature",
+    );
+    refused(
+        &edit(&|q| q.not_before = Some(format_time(NOW + 60))),
+        &expect(),
+        "notBefore",
+    );
+    assert!(SiwxProof::from_header("***").is_err());
+    assert!(SiwxProof::from_header(&STANDARD.encode("{}")).is_err());
+    assert!(SiwxProof::from_header(&"A".repeat(MAX_HEADER_BYTES + 1)).is_err());
+}
+
+#[test]
+fn a_signature_by_another_key_or_over_other_fields_is_refused() {
+    let p = signed();
+    let mut other = sign(
+        &SigningKey::from_slice(&[0x22; 32]).unwrap(),
+        &challenge("a1b2c3d4e5f67890"),
+    )
+    .unwrap();
+    other.address = p.address.clone();
+    refused(&other, &expect(), "not the address's");
+    let mut moved = p.clone();
+    moved.uri = "http://127.0.0.1:3000/v1/esim/8901260000000000027".into();
+    refused(&moved, &expect(), "not the address's");
+}
+
+proptest! {
+    #[test]
+    fn any_header_parses_or_refuses_without_panicking(s in ".{0,300}") {
+        if let Ok(p) = SiwxProof::from_header(&s) {
+            let _ = p.verify(&expect());
+        }
+    }
+
+    #[test]
+    fn any_edit_of_a_signed_field_is_refused(nonce in "[a-zA-Z0-9]{8,64}", stmt in "[ -~]{0,40}") {
+        let p = signed();
+        let mut q = p.clone();
+        q.nonce = nonce.clone();
+        q.statement = Some(stmt.clone());
+        if q.nonce != p.nonce || q.statement != p.statement {
+            prop_assert!(q.verify(&expect()).is_err());
+        }
+    }
+}
