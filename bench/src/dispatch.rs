@@ -130,7 +130,13 @@ async fn component_worker(
         let sim = kit
             .call(async move |a, g| {
                 g.dispatch()
-                    .call_order_profile(a, req, invoice, 1_764_000_000)
+                    .call_order_profile(
+                        a,
+                        req,
+                        invoice,
+                        "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into(),
+                        1_764_000_000,
+                    )
                     .await
             })
             .await?;

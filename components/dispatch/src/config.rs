@@ -1,13 +1,17 @@
 //! Dispatch settings, read once per instance: the carrier catalog (the built-in one, or the whole catalog as
 //! the `carrier_catalog` variable), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
-//! (`dispatch_budget_secs`, 60) and one ES2+ call's timeout (`es2_timeout_ms`, 10 000).
+//! (`dispatch_budget_secs`, 60) and one ES2+ call's timeout (`es2_timeout_ms`, 10 000); the access-token key
+//! (`access_token_secret`, secret; else a random key kept at `secret/sim-token-key`) and the carriers' callback
+//! credentials (`carrier_callback_credentials`, secret; empty refuses every callback).
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use esim402_core::CarrierId;
+use esim402_core::auth::callback::CallbackCredentials;
 use esim402_core::esim::{Carrier, Catalog};
 use esim402_core::pricing::PriceBook;
+use esim402_core::store::keys;
 use esim402_guest::config::optional_var;
 use esim402_guest::convert::internal;
 use esim402_guest::{instance_cache, wit};
@@ -21,6 +25,10 @@ pub struct Config {
     pub budget: Duration,
     /// One ES2+ call's timeout.
     pub call_timeout: Duration,
+    /// Derives the SIMs' access tokens (a secret).
+    pub token_key: [u8; 32],
+    /// Who may send download-progress callbacks.
+    pub callbacks: CallbackCredentials,
 }
 
 instance_cache!(CONFIG: Config);
@@ -61,7 +69,31 @@ async fn load() -> Result<Config, wit::Error> {
         smdp_base,
         budget: Duration::from_secs(int_var("dispatch_budget_secs", 60, 600).await?),
         call_timeout: Duration::from_millis(int_var("es2_timeout_ms", 10_000, 120_000).await?),
+        token_key: token_key().await?,
+        callbacks: CallbackCredentials::parse(
+            &optional_var("carrier_callback_credentials")
+                .await
+                .unwrap_or_default(),
+        )
+        .map_err(|e| config_error("carrier_callback_credentials", e))?,
     })
+}
+
+async fn token_key() -> Result<[u8; 32], wit::Error> {
+    match optional_var("access_token_secret").await {
+        Some(secret) if secret.len() < 16 => Err(config_error(
+            "access_token_secret",
+            "use at least 16 characters",
+        )),
+        Some(secret) => {
+            let mut input = b"esim402/sim-token-key/v1".to_vec();
+            input.extend_from_slice(secret.as_bytes());
+            Ok(alloy_primitives::keccak256(input).0)
+        }
+        None => esim402_guest::kv::shared_random_key(keys::SIM_TOKEN_KEY)
+            .await
+            .map_err(|e| internal(format!("access-token key: {e}"))),
+    }
 }
 
 impl Config {

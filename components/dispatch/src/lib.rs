@@ -8,9 +8,10 @@
 //! - [`calls`]: ES2+ calls with the same-call-id retry, and CancelOrder;
 //! - [`cleanup`]: carrier-side work queued for later;
 //! - [`ordering`]: one paid order, journaled, across carriers;
-//! - [`sims`]: SIM records, lifecycle, switches and download-progress callbacks.
+//! - [`sims`]: SIM records, lifecycle, switches and download-progress callbacks;
+//! - [`access`]: who may manage a SIM (owner, access tokens, sign-in nonces).
 //!
-//! Keys it writes: `order/`, `sim/`, `cleanup/queue`. Matching IDs (inside activation codes) are secrets:
+//! Keys it writes: `order/`, `sim/`, `cleanup/queue`, `auth/`, `secret/sim-token-key`. Matching IDs (inside activation codes) are secrets:
 //! stored and returned, never logged.
 
 mod bindings {
@@ -35,6 +36,7 @@ mod export {
     crate::bindings::export!(Component with_types_in crate::bindings);
 }
 
+mod access;
 mod calls;
 mod cleanup;
 mod config;
@@ -73,9 +75,15 @@ impl Guest for Component {
     async fn order_profile(
         request: wit::ActivationRequest,
         invoice_id: String,
+        owner: String,
         now: u64,
     ) -> Result<wit::Sim, wit::Error> {
-        let spec = ordering::OrderSpec::parse(&request)?;
+        let mut spec = ordering::OrderSpec::parse(&request)?;
+        spec.owner = Some(
+            owner
+                .parse()
+                .map_err(|_| invalid("owner", "owner must be an EVM address"))?,
+        );
         ordering::order(spec, &invoice_id, now)
             .await
             .map(|s| sim_to_wit(&s))
@@ -83,6 +91,22 @@ impl Guest for Component {
 
     async fn get_sim(iccid: String) -> Result<Option<wit::Sim>, wit::Error> {
         sims::get(&iccid).await
+    }
+
+    async fn authorize(iccid: String, credential: wit::Credential) -> Result<wit::Sim, wit::Error> {
+        access::authorize(&iccid, &credential).await
+    }
+
+    async fn initial_token(iccid: String) -> Result<Option<String>, wit::Error> {
+        access::initial_token(&iccid).await
+    }
+
+    async fn rotate_token(iccid: String) -> Result<String, wit::Error> {
+        access::rotate_token(&iccid).await
+    }
+
+    async fn resume_order(iccid: String) -> Result<wit::Sim, wit::Error> {
+        sims::resume_order(&iccid).await
     }
 
     async fn quote_switch(
@@ -116,7 +140,7 @@ impl Guest for Component {
         sims::lifecycle(&iccid, action).await
     }
 
-    async fn download_progress(body: String) -> Result<(), wit::Error> {
-        sims::download_progress(&body).await
+    async fn download_progress(body: String, credential: Option<String>) -> Result<(), wit::Error> {
+        sims::download_progress(&body, credential.as_deref()).await
     }
 }

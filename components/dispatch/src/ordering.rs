@@ -29,6 +29,8 @@ pub struct OrderSpec {
     pub eid: Option<Eid>,
     pub allow_failover: bool,
     pub replaces: Option<String>,
+    /// The wallet that paid (the SIM's owner).
+    pub owner: Option<esim402_core::chain::Address>,
 }
 
 impl OrderSpec {
@@ -48,6 +50,7 @@ impl OrderSpec {
                 .transpose()?,
             allow_failover: r.carrier.is_none() || r.allow_failover,
             replaces: None,
+            owner: None,
         })
     }
 }
@@ -238,6 +241,10 @@ async fn try_carrier(
         failovers: Vec::new(),
         replaces: spec.replaces.clone(),
         replaced_by: None,
+        access: esim402_core::auth::SimAccess {
+            owner: spec.owner,
+            token: Some(crate::access::initial_state(&cfg.token_key, iccid.as_str())),
+        },
     };
     let step = Step {
         carrier: id.clone(),

@@ -1,8 +1,11 @@
-//! SIMs (`sim/<iccid>`, stored by [`crate::sim_store`]): reading them (resuming an order left pending), the lifecycle state machine
+//! SIMs (`sim/<iccid>`, stored by [`crate::sim_store`]): reading them (no side effects; an order left pending is
+//! finished by [`resume_order`], a POST), the lifecycle state machine
 //! (kernel `SimState::apply`: an invalid transition is a conflict), switching to another carrier or region
 //! (kernel `order::check_switch`, priced with the catalog), and the SM-DP+'s download-progress callbacks
-//! (kernel `profile_state_after`), which also retire a replaced SIM once its replacement is installed.
+//! (kernel `profile_state_after`; only from the carrier that issued the SIM, kernel `auth::callback`), which
+//! also retire a replaced SIM once its replacement is installed. Terminating revokes the SIM's access token.
 
+use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
 use esim402_core::esim::{Eid, Iccid, ProfileState, SimAction, SimState, profile_state_after};
 use esim402_core::order::{StoredSim, SwitchTarget, check_switch};
@@ -21,23 +24,18 @@ async fn existing(iccid: &str) -> Result<StoredSim, wit::Error> {
         .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))
 }
 
-/// `get-sim`: the SIM; one whose order outlived its request is finished first if nobody else is on it.
+/// `get-sim`: the SIM as stored.
 pub async fn get(iccid: &str) -> Result<Option<wit::Sim>, wit::Error> {
-    let id = parse_iccid(iccid)?;
-    let Some(sim) = load(&id).await? else {
-        return Ok(None);
-    };
-    if sim.state == SimState::Pending {
-        if let Ok(done) = resume_pending(&sim).await {
-            return Ok(Some(sim_to_wit(&done)));
-        }
-        return Ok(load(&id).await?.map(|s| sim_to_wit(&s)));
-    }
-    Ok(Some(sim_to_wit(&sim)))
+    Ok(load(&parse_iccid(iccid)?).await?.map(|s| sim_to_wit(&s)))
 }
 
-/// Resume the order that left `sim` pending (same invoice, same carrier, same confirm call id).
-async fn resume_pending(sim: &StoredSim) -> Result<StoredSim, wit::Error> {
+/// `resume-order`: finish the order that left the SIM pending (same invoice, same carrier, same confirm call
+/// id); a SIM that is not pending is returned as it is.
+pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
+    let sim = existing(iccid).await?;
+    if sim.state != SimState::Pending {
+        return Ok(sim_to_wit(&sim));
+    }
     let spec = OrderSpec {
         region: Region::parse(&sim.region).map_err(|e| internal(e.0))?,
         data_mb: DataMb::new(sim.data_mb.into()).map_err(|e| internal(e.0))?,
@@ -45,8 +43,11 @@ async fn resume_pending(sim: &StoredSim) -> Result<StoredSim, wit::Error> {
         eid: sim.eid.as_deref().and_then(|e| Eid::parse(e).ok()),
         allow_failover: false,
         replaces: sim.replaces.clone(),
+        owner: sim.access.owner,
     };
-    ordering::order(spec, &sim.invoice_id, util::now_secs()).await
+    ordering::order(spec, &sim.invoice_id, util::now_secs())
+        .await
+        .map(|s| sim_to_wit(&s))
 }
 
 fn target(t: &wit::SwitchTarget) -> SwitchTarget {
@@ -160,6 +161,7 @@ pub async fn perform_switch(
             .transpose()?,
         allow_failover: failover,
         replaces: Some(old.iccid.clone()),
+        owner: old.access.owner,
     };
     let new = ordering::order(spec, invoice_id, now).await?;
     let new_iccid = new.iccid.clone();
@@ -181,6 +183,9 @@ async fn transition(iccid: &Iccid, action: SimAction) -> Result<StoredSim, wit::
             .state
             .apply(action)
             .map_err(|e| wit::Error::Conflict(e.to_string()))?;
+        if sim.state == SimState::Terminated {
+            sim.access.token = None;
+        }
         Ok(sim)
     })
     .await
@@ -207,8 +212,15 @@ pub async fn lifecycle(iccid: &str, action: wit::LifecycleAction) -> Result<wit:
     Ok(sim_to_wit(&sim))
 }
 
-/// `download-progress`: a HandleDownloadProgressInfo body from an SM-DP+.
-pub async fn download_progress(body: &str) -> Result<(), wit::Error> {
+/// `download-progress`: a HandleDownloadProgressInfo body from an SM-DP+, authenticated by `credential` (checked
+/// before the body is even parsed: an unauthenticated caller gets no detail and changes nothing).
+pub async fn download_progress(body: &str, credential: Option<&str>) -> Result<(), wit::Error> {
+    let cfg = crate::config::get().await?;
+    let carrier = cfg
+        .callbacks
+        .carrier_of(credential)
+        .map_err(|e| wit::Error::Unauthorized(e.to_string()))?
+        .clone();
     let info: HandleDownloadProgressInfoRequest = serde_json::from_str(body).map_err(|e| {
         invalid(
             "body",
@@ -220,6 +232,8 @@ pub async fn download_progress(body: &str) -> Result<(), wit::Error> {
         kv::update_json::<StoredSim, wit::Error>(&keys::sim(info.iccid.as_str()), |current| {
             let mut sim = current
                 .ok_or_else(|| wit::Error::NotFound(format!("no SIM {}", info.iccid.as_str())))?;
+            check_issuer(&carrier, &sim.carrier, &sim.iccid)
+                .map_err(|e| wit::Error::Forbidden(e.to_string()))?;
             if let Some(current) = sim.profile_state
                 && let Some(next) = profile_state_after(current, info.notification_point_id, status)
             {

@@ -6,7 +6,8 @@
 //!
 //! - [`purchase`]: `POST /v1/esim/activate` and `/v1/esim/{iccid}/switch`: the 402 challenge, or a payment;
 //! - [`pay`]: paying an invoice and delivering what it buys, at most once;
-//! - [`routes`]: everything else (invoices, SIMs, callbacks, the facilitator API, the ledger, admin).
+//! - [`routes`]: everything else (invoices, SIMs, callbacks, the facilitator API, the ledger, admin);
+//! - [`auth`]: the SIM owner's credential (access token or wallet sign-in), checked before any SIM route acts.
 
 use bytes::Bytes;
 use esim402_core::{ApiError, ErrorKind, activation::MAX_BODY_BYTES};
@@ -30,6 +31,7 @@ mod bindings {
     });
 }
 
+mod auth;
 mod convert;
 mod meter;
 mod pay;
@@ -90,15 +92,39 @@ fn resource_url(req: &Request) -> String {
         .unwrap_or_else(|| req.uri().to_string())
 }
 
-#[http_service]
-async fn handle(req: Request) -> impl IntoResponse {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let result = match (req.method().clone(), segments.as_slice()) {
+/// The methods each route answers (the `Allow` header of a 405); `None` for an unknown path.
+fn allowed(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["v1", "esim", "activate"] => "GET, POST",
+        ["health"]
+        | ["supported"]
+        | ["v1", "invoices", _]
+        | ["v1", "esim", _]
+        | ["v1", "balance", _]
+        | ["v1", "esim", _, "balance" | "usage" | "receipts"]
+        | ["v1", "ledger"]
+        | ["v1", "ledger", "verify"] => "GET",
+        [
+            "v1",
+            "esim",
+            _,
+            "switch" | "suspend" | "resume" | "terminate" | "data" | "token" | "refresh",
+        ]
+        | ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]
+        | ["v1", "usage"]
+        | ["admin", "refunds", "run"]
+        | ["verify"]
+        | ["settle"] => "POST",
+        _ => return None,
+    })
+}
+
+async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, ApiError> {
+    match (req.method().clone(), segments) {
         (Method::GET, ["health"]) => Ok(json(200, r#"{"status":"ok"}"#.into())),
-        (Method::POST, ["v1", "esim", "activate"]) => purchase::activate(req).await,
+        (Method::GET | Method::POST, ["v1", "esim", "activate"]) => purchase::activate(req).await,
         (Method::GET, ["v1", "invoices", id]) => routes::get_invoice(id).await,
-        (Method::GET, ["v1", "esim", iccid]) => routes::get_sim(iccid).await,
+        (Method::GET, ["v1", "esim", iccid]) => routes::get_sim(&req, iccid).await,
         (Method::POST, ["v1", "esim", iccid, "switch"]) => purchase::switch(iccid, req).await,
         (
             Method::POST,
@@ -108,22 +134,21 @@ async fn handle(req: Request) -> impl IntoResponse {
                 iccid,
                 action @ ("suspend" | "resume" | "terminate"),
             ],
-        ) => routes::lifecycle(iccid, action).await,
+        ) => routes::lifecycle(&req, iccid, action).await,
+        (Method::POST, ["v1", "esim", iccid, "token"]) => routes::rotate_token(&req, iccid).await,
+        (Method::POST, ["v1", "esim", iccid, "refresh"]) => routes::refresh(&req, iccid).await,
         (Method::POST, ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]) => {
             routes::download_progress(req).await
         }
-        (Method::GET, ["v1", "balance", iccid]) => meter::balance(iccid).await,
         (Method::POST, ["v1", "usage"]) => meter::ingest(req).await,
         (Method::POST, ["v1", "esim", iccid, "data"]) => meter::data(iccid, req).await,
-        (Method::GET, ["v1", "esim", iccid, "balance"]) => meter::balance(iccid).await,
-        (Method::GET, ["v1", "esim", iccid, "usage"]) => {
-            meter::usage(iccid, req.uri().query()).await
+        (Method::GET, ["v1", "esim", iccid, "balance"] | ["v1", "balance", iccid]) => {
+            meter::balance(&req, iccid).await
         }
-        (Method::GET, ["v1", "esim", iccid, "receipts"]) => {
-            meter::receipts(iccid, req.uri().query()).await
-        }
+        (Method::GET, ["v1", "esim", iccid, "usage"]) => meter::usage(&req, iccid).await,
+        (Method::GET, ["v1", "esim", iccid, "receipts"]) => meter::receipts(&req, iccid).await,
         (Method::GET, ["v1", "ledger", "verify"]) => routes::ledger_verify().await,
-        (Method::GET, ["v1", "ledger"]) => routes::ledger_export(req.uri().query()).await,
+        (Method::GET, ["v1", "ledger"]) => routes::ledger_export(&req).await,
         (Method::POST, ["verify"]) => routes::facilitator(req, false).await,
         (Method::POST, ["settle"]) => routes::facilitator(req, true).await,
         (Method::POST, ["admin", "refunds", "run"]) => routes::run_refunds(&req).await,
@@ -131,33 +156,40 @@ async fn handle(req: Request) -> impl IntoResponse {
             .await
             .map(|b| json(200, b))
             .map_err(from_wit),
-        (
-            _,
-            ["health"]
-            | ["v1", "esim", "activate"]
-            | ["v1", "invoices", _]
-            | ["v1", "esim", _]
-            | [
-                "v1",
-                "esim",
-                _,
-                "switch" | "suspend" | "resume" | "terminate",
-            ]
-            | ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]
-            | ["v1", "balance", _]
-            | ["v1", "usage"]
-            | ["v1", "esim", _, "data" | "balance" | "usage" | "receipts"]
-            | ["v1", "ledger"]
-            | ["v1", "ledger", "verify"]
-            | ["supported"]
-            | ["admin", "refunds", "run"]
-            | ["verify"]
-            | ["settle"],
-        ) => Err(ApiError::new(
-            ErrorKind::MethodNotAllowed,
-            format!("{} is not allowed on {path}", req.method()),
-        )),
         _ => Err(ApiError::not_found(format!("no route for {path}"))),
-    };
-    result.unwrap_or_else(|e| error_reply(&e))
+    }
+}
+
+#[http_service]
+async fn handle(req: Request) -> impl IntoResponse {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(allow) = allowed(&segments)
+        && !allow.split(", ").any(|m| m == req.method().as_str())
+    {
+        let e = ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("{} is not allowed on {path}; use {allow}", req.method()),
+        );
+        let mut reply = error_reply(&e);
+        reply
+            .headers_mut()
+            .insert("allow", spin_sdk::http::HeaderValue::from_static(allow));
+        return reply;
+    }
+    match route(req, &path, &segments).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            let mut reply = error_reply(&e);
+            if e.kind == ErrorKind::Unauthorized {
+                reply.headers_mut().insert(
+                    "www-authenticate",
+                    spin_sdk::http::HeaderValue::from_static(
+                        r#"Bearer realm="esim402", SIWX realm="esim402""#,
+                    ),
+                );
+            }
+            reply
+        }
+    }
 }

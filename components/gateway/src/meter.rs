@@ -30,10 +30,13 @@ pub async fn ingest(req: Request) -> Result<Reply, ApiError> {
     Ok(json(200, out.report))
 }
 
-/// `POST /v1/esim/{iccid}/data`: the next quota. Above the low-water mark, 200 with the grant; below it, 402
-/// with top-up options and an x402 challenge for one of them (`top_up_mb`, default the smallest). The same
-/// request sent again with a payment pays that top-up, credits it once and gets its grant.
+/// `POST /v1/esim/{iccid}/data`: the next quota (the owner's). Above the low-water mark, 200 with the grant;
+/// below it, 402 with top-up options and an x402 challenge for one of them (`top_up_mb`, default the
+/// smallest). The same request sent again with a payment pays that top-up, credits it once and gets its
+/// grant. Paying is never gated: a request with a payment, or one without a credential that names
+/// `top_up_mb`, is a top-up anyone may buy for any SIM (its 402 shows the price, not the balance).
 pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
+    let owner = crate::auth::owner(&req, iccid).await;
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
@@ -94,6 +97,19 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         return Ok(render(&stored));
     }
 
+    if let Err(e) = owner {
+        let Some(mb) = top_up_mb else {
+            return Err(e);
+        };
+        let q = quote(mb).await?;
+        let invoice = seal(&q).await?;
+        let extra = json!({
+            "iccid": iccid, "status": "top_up",
+            "top_up_options": [{ "data_mb": q.data_mb, "amount_usdc": UsdcAmount::from_micros(q.amount) }],
+            "invoice_id": invoice.id,
+        });
+        return payment_required(&invoice, &q, &url, Some(extra));
+    }
     let balance = metering::get_balance(iccid.to_owned())
         .await
         .map_err(from_wit)?;
@@ -129,15 +145,19 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     payment_required(&invoice, &quotes[0], &url, Some(extra))
 }
 
-pub async fn balance(iccid: &str) -> Result<Reply, ApiError> {
+/// `GET /v1/esim/{iccid}/balance` (the owner's).
+pub async fn balance(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
+    crate::auth::owner(req, iccid).await?;
     let b = metering::get_balance(iccid.to_owned())
         .await
         .map_err(from_wit)?;
     Ok(json(200, crate::convert::balance_value(&b).to_string()))
 }
 
-/// `GET /v1/esim/{iccid}/usage?granularity=hour|day&group_by=plmn`.
-pub async fn usage(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> {
+/// `GET /v1/esim/{iccid}/usage?granularity=hour|day&group_by=plmn` (the owner's).
+pub async fn usage(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
+    crate::auth::owner(req, iccid).await?;
+    let query = req.uri().query();
     let (mut granularity, mut by_plmn) = ("day".to_owned(), false);
     crate::query::params(query, "granularity, group_by", |k, v| {
         match k {
@@ -156,9 +176,11 @@ pub async fn usage(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> 
     Ok(json(200, body.to_string()))
 }
 
-/// `GET /v1/esim/{iccid}/receipts?from=N&limit=M`: the SIM's receipt log with each receipt's state
+/// `GET /v1/esim/{iccid}/receipts?from=N&limit=M` (the owner's): the SIM's receipt log with each receipt's state
 /// (accepted or disputed, and why).
-pub async fn receipts(iccid: &str, query: Option<&str>) -> Result<Reply, ApiError> {
+pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
+    crate::auth::owner(req, iccid).await?;
+    let query = req.uri().query();
     let (mut from, mut limit) = (1u64, 100u32);
     crate::query::params(query, "from, limit", |k, v| {
         match k {

@@ -1,6 +1,9 @@
-//! The two routes that sell something: `POST /v1/esim/activate` and `POST /v1/esim/{iccid}/switch`. Without a
-//! payment they price the request and answer 402 with a sealed invoice (nothing is stored: the invoice id
-//! carries its terms); with one they pay the invoice it names and deliver ([`crate::pay`]).
+//! The two routes that sell something: `POST /v1/esim/activate` (also `GET` with the fields as a query, for
+//! x402 tools and crawlers that only GET) and `POST /v1/esim/{iccid}/switch` (the owner's). Without a payment
+//! they price the request and answer 402 with a sealed invoice (nothing is stored: the invoice id carries its
+//! terms); with one they pay the invoice it names and deliver ([`crate::pay`]). A paid activation or switch
+//! answers with the new SIM's access token (derived, not stored: the same payment answered again carries the
+//! same token, until the owner rotates it).
 
 use esim402_core::paid::StoredResponse;
 use esim402_core::x402::requirements::payment_required_v1;
@@ -8,18 +11,23 @@ use esim402_core::{ActivationRequest, ApiError};
 use esim402_guest::convert;
 use esim402_guest::wit;
 use serde_json::Value;
-use spin_sdk::http::{Request, Response};
+use spin_sdk::http::{Method, Request, Response};
 
 use crate::pay::{self, Order, Proof};
 use crate::{Reply, dispatch, from_wit, invoices, now, read_body, resource_url};
 
-/// `POST /v1/esim/activate`.
+/// `POST /v1/esim/activate` (JSON body) or `GET /v1/esim/activate?region=…&data_mb=…`.
 pub async fn activate(req: Request) -> Result<Reply, ApiError> {
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
-    let body = read_body(req).await?;
-    let request = ActivationRequest::parse(&body)?;
+    let (request, body) = if req.method() == Method::GET {
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        (ActivationRequest::from_query(&query)?, query.into_bytes())
+    } else {
+        let body = read_body(req).await?;
+        (ActivationRequest::parse(&body)?, body.to_vec())
+    };
     let wit_request = crate::convert::activation_to_wit(&request);
     let Some(proof) = proof else {
         let (invoice, quote) = issue_activation(&wit_request).await?;
@@ -39,7 +47,31 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
         fingerprint,
     )
     .await?;
-    Ok(render(&stored))
+    Ok(render(&with_token(stored).await))
+}
+
+/// A paid activation's (or switch's) answer with the SIM's access token added (never stored in the answer).
+async fn with_token(mut stored: StoredResponse) -> StoredResponse {
+    if stored.status != 200 {
+        return stored;
+    }
+    let Ok(mut body) = serde_json::from_str::<Value>(&stored.body) else {
+        return stored;
+    };
+    let Some(iccid) = body["iccid"].as_str().map(str::to_owned) else {
+        return stored;
+    };
+    match dispatch::initial_token(iccid.clone()).await {
+        Ok(Some(token)) => body["access_token"] = Value::String(token),
+        Ok(None) => {
+            body["access_token_note"] = Value::String(
+                "the access token was rotated or revoked since; use the current one or a wallet sign-in".into(),
+            );
+        }
+        Err(e) => eprintln!("gateway: access token of {iccid} not available: {e:?}"),
+    }
+    stored.body = body.to_string();
+    stored
 }
 
 async fn issue_activation(
@@ -59,6 +91,7 @@ async fn issue_activation(
 
 /// `POST /v1/esim/{iccid}/switch` with `{"carrier": …}` or `{"region": …}`.
 pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
+    crate::auth::owner(&req, iccid).await?;
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
@@ -91,7 +124,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         target,
     };
     let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
-    Ok(render(&stored))
+    Ok(render(&with_token(stored).await))
 }
 
 /// Identity of a paid request for `payment-identifier`: route, body and payment.

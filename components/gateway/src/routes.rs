@@ -1,5 +1,6 @@
-//! The routes that sell nothing: invoices read back, SIMs and their lifecycle, the SM-DP+'s callbacks, the
-//! x402 facilitator API for third-party resource servers, the ledger, and the admin refund run.
+//! The routes that sell nothing: invoices read back, SIMs and their lifecycle (the owner's credential first,
+//! [`crate::auth`]), the SM-DP+'s callbacks (the carrier's credential), the x402 facilitator API for
+//! third-party resource servers, the ledger (its export and the refund run behind the admin token).
 
 use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
@@ -15,18 +16,38 @@ pub async fn get_invoice(id: &str) -> Result<Reply, ApiError> {
     ))
 }
 
-pub async fn get_sim(iccid: &str) -> Result<Reply, ApiError> {
-    match dispatch::get_sim(iccid.to_owned())
+/// `GET /v1/esim/{iccid}`: the SIM as stored, for its owner (no carrier calls: `POST …/refresh` finishes an
+/// order left pending).
+pub async fn get_sim(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
+    let sim = crate::auth::owner(req, iccid).await?;
+    Ok(json(200, crate::convert::sim_value(&sim).to_string()))
+}
+
+/// `POST /v1/esim/{iccid}/refresh`: finish an order that outlived its request (the carrier is asked again).
+pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
+    crate::auth::owner(req, iccid).await?;
+    let sim = dispatch::resume_order(iccid.to_owned())
         .await
-        .map_err(from_wit)?
-    {
-        Some(sim) => Ok(json(200, crate::convert::sim_value(&sim).to_string())),
-        None => Err(ApiError::not_found(format!("no SIM {iccid}"))),
-    }
+        .map_err(from_wit)?;
+    Ok(json(200, crate::convert::sim_value(&sim).to_string()))
+}
+
+/// `POST /v1/esim/{iccid}/token`: a new access token (shown once); the previous one stops working.
+pub async fn rotate_token(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
+    crate::auth::owner(req, iccid).await?;
+    let token = dispatch::rotate_token(iccid.to_owned())
+        .await
+        .map_err(from_wit)?;
+    Ok(json(
+        200,
+        serde_json::json!({ "iccid": iccid, "access_token": token }).to_string(),
+    ))
 }
 
 /// `POST /v1/esim/{iccid}/{suspend|resume|terminate}`: the SIM state machine; an invalid transition is 409.
-pub async fn lifecycle(iccid: &str, action: &str) -> Result<Reply, ApiError> {
+/// Terminating revokes the access token (the owner's wallet still reads the SIM, its refunds and receipts).
+pub async fn lifecycle(req: &Request, iccid: &str, action: &str) -> Result<Reply, ApiError> {
+    crate::auth::owner(req, iccid).await?;
     let action = match action {
         "suspend" => wit::LifecycleAction::Suspend,
         "resume" => wit::LifecycleAction::Resume,
@@ -44,7 +65,8 @@ pub async fn lifecycle(iccid: &str, action: &str) -> Result<Reply, ApiError> {
     Ok(json(200, body.to_string()))
 }
 
-/// ES2+ `HandleDownloadProgressInfo` from an SM-DP+: record the profile's progress, answer 204.
+/// ES2+ `HandleDownloadProgressInfo` from an SM-DP+, authenticated by its carrier's callback credential
+/// (`Authorization: Bearer …`): record the profile's progress, answer 204.
 pub async fn download_progress(req: Request) -> Result<Reply, ApiError> {
     if let Some(p) = header(&req, "x-admin-protocol")
         && !esim402_core::esim::es2::is_supported_admin_protocol(p)
@@ -54,10 +76,15 @@ pub async fn download_progress(req: Request) -> Result<Reply, ApiError> {
             format!("unsupported ES2+ protocol version {p:?}"),
         ));
     }
+    let credential = header(&req, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|v| v.trim().to_owned());
     let body = read_body(req).await?;
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
-    dispatch::download_progress(body).await.map_err(from_wit)?;
+    dispatch::download_progress(body, credential)
+        .await
+        .map_err(from_wit)?;
     Response::builder()
         .status(204)
         .header(
@@ -144,9 +171,12 @@ pub async fn ledger_verify() -> Result<Reply, ApiError> {
     Ok(json(200, body))
 }
 
-/// `GET /v1/ledger?from=N&limit=M[&shard=S]`: entries as JSON lines; without `shard`, every shard merged by
-/// time (`from` skips that many); with it, that shard from sequence number `from`.
-pub async fn ledger_export(query: Option<&str>) -> Result<Reply, ApiError> {
+/// `GET /v1/ledger?from=N&limit=M[&shard=S]` (admin token: entries name payers and amounts): entries as JSON
+/// lines; without `shard`, every shard merged by time (`from` skips that many); with it, that shard from
+/// sequence number `from`.
+pub async fn ledger_export(req: &Request) -> Result<Reply, ApiError> {
+    check_admin(req).await?;
+    let query = req.uri().query();
     let (mut from, mut limit, mut shard) = (0u64, 1000u32, None);
     crate::query::params(query, "from, limit, shard", |k, v| {
         match k {

@@ -11,8 +11,8 @@ use esim402_core::store::keys;
 use esim402_core::x402::NetworkConfig;
 use esim402_guest::config::optional_var;
 use esim402_guest::convert::internal;
-use esim402_guest::kv::{self, KvError};
-use esim402_guest::{instance_cache, util, wit};
+use esim402_guest::kv;
+use esim402_guest::{instance_cache, wit};
 
 /// Default of `invoice_ttl_secs`.
 const DEFAULT_TTL_SECS: u64 = 900;
@@ -75,17 +75,10 @@ async fn load() -> Result<Config, wit::Error> {
     })
 }
 
-/// The generated key: inserted once by whichever instance gets there first, read by all.
+/// The generated key (shared by every instance on the store).
 async fn stored_key() -> Result<InvoiceKey, wit::Error> {
-    let fresh = util::random_bytes::<32>().map_err(internal)?;
-    let json = serde_json::to_vec(&alloy_primitives::B256::from(fresh)).map_err(internal)?;
-    match kv::insert_if_absent::<()>(keys::INVOICE_KEY, &json).await {
-        Ok(()) | Err(KvError::Exists) => {}
-        Err(e) => return Err(internal(format!("invoice key: {e}"))),
-    }
-    let stored = kv::get_json::<alloy_primitives::B256, ()>(keys::INVOICE_KEY)
+    kv::shared_random_key(keys::INVOICE_KEY)
         .await
-        .map_err(|e| internal(format!("invoice key: {e}")))?
-        .ok_or_else(|| internal("invoice key vanished"))?;
-    Ok(InvoiceKey::new(stored.0))
+        .map(InvoiceKey::new)
+        .map_err(|e| internal(format!("invoice key: {e}")))
 }

@@ -52,6 +52,46 @@ const FIELDS: &[&str] = &[
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 impl ActivationRequest {
+    /// Parse a query string (`region=us-west&data_mb=100&chain=base&chain=polygon`), as the `GET` form of the
+    /// route takes it: the same fields and rules as the JSON body (a repeated `chain` is a list).
+    pub fn from_query(query: &str) -> Result<Self, ApiError> {
+        if query.len() > MAX_BODY_BYTES {
+            return Err(ApiError::invalid(
+                "query",
+                format!("query exceeds {MAX_BODY_BYTES} bytes"),
+            ));
+        }
+        let mut obj = Map::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let value = match k.as_ref() {
+                "data_mb" => v
+                    .parse::<u64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::String(v.to_string())),
+                "allow_failover" => match v.as_ref() {
+                    "true" => Value::Bool(true),
+                    "false" => Value::Bool(false),
+                    _ => Value::String(v.to_string()),
+                },
+                _ => Value::String(v.to_string()),
+            };
+            match (k.as_ref(), obj.get_mut(k.as_ref())) {
+                ("chain", Some(Value::Array(list))) => list.push(value),
+                ("chain", Some(first)) => *first = Value::Array(vec![first.take(), value]),
+                (_, Some(_)) => {
+                    return Err(ApiError::invalid(
+                        k.to_string(),
+                        format!("{k} is given twice"),
+                    ));
+                }
+                (_, None) => {
+                    obj.insert(k.to_string(), value);
+                }
+            }
+        }
+        Self::parse(Value::Object(obj).to_string().as_bytes())
+    }
+
     /// Parse a JSON body.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         if body.len() > MAX_BODY_BYTES {
@@ -164,6 +204,33 @@ pub fn parse_eid(s: &str) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_query_form_is_the_body_form() {
+        let q =
+            ActivationRequest::from_query("region=us-west&data_mb=100&carrier=verizon").unwrap();
+        let b =
+            ActivationRequest::parse(br#"{"region":"us-west","data_mb":100,"carrier":"verizon"}"#)
+                .unwrap();
+        assert_eq!(q, b);
+        let chains = ActivationRequest::from_query(
+            "region=us-west&data_mb=5&chain=eip155%3A31337&chain=base",
+        )
+        .unwrap();
+        assert_eq!(chains.networks.len(), 2);
+        let e = ActivationRequest::from_query("region=us-west&data_mb=ten").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("data_mb"));
+        let e = ActivationRequest::from_query("region=us-west&region=eu&data_mb=1").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("region"));
+        let e = ActivationRequest::from_query("data_mb=1").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("region"));
+        assert!(
+            ActivationRequest::from_query("region=us-west&data_mb=1&allow_failover=true")
+                .unwrap()
+                .allow_failover
+        );
+        assert!(ActivationRequest::from_query("region=us-west&data_mb=1&bogus=1").is_err());
+    }
 
     #[test]
     fn parses_the_seed_body() {

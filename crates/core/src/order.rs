@@ -215,6 +215,9 @@ pub struct StoredSim {
     pub replaces: Option<String>,
     #[serde(default)]
     pub replaced_by: Option<String>,
+    /// Who may manage it (`crate::auth`).
+    #[serde(default)]
+    pub access: crate::auth::SimAccess,
 }
 
 /// Why a SIM cannot switch.
@@ -439,6 +442,7 @@ mod tests {
             failovers: vec![],
             replaces: None,
             replaced_by: None,
+            access: crate::auth::SimAccess::default(),
         }
     }
 

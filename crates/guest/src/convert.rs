@@ -41,6 +41,8 @@ pub fn api_error(e: wit::Error) -> ApiError {
         wit::Error::PaymentRequired(m) => ApiError::new(ErrorKind::PaymentRequired, m),
         wit::Error::Unavailable(m) => ApiError::new(ErrorKind::Unavailable, m),
         wit::Error::Internal(m) => ApiError::internal(m),
+        wit::Error::Unauthorized(m) => ApiError::new(ErrorKind::Unauthorized, m),
+        wit::Error::Forbidden(m) => ApiError::new(ErrorKind::Forbidden, m),
     }
 }
 
@@ -53,7 +55,9 @@ pub fn message(e: &wit::Error) -> String {
         | wit::Error::Expired(m)
         | wit::Error::PaymentRequired(m)
         | wit::Error::Unavailable(m)
-        | wit::Error::Internal(m) => m.clone(),
+        | wit::Error::Internal(m)
+        | wit::Error::Unauthorized(m)
+        | wit::Error::Forbidden(m) => m.clone(),
     }
 }
 
@@ -294,5 +298,6 @@ pub fn sim_to_wit(s: &StoredSim) -> wit::Sim {
         failovers: s.failovers.clone(),
         replaces: s.replaces.clone(),
         replaced_by: s.replaced_by.clone(),
+        owner: s.access.owner.map(|a| a.to_checksum(None)),
     }
 }

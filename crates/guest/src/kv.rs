@@ -272,3 +272,20 @@ fn rewrap<A, B>(e: KvError<A>) -> KvError<B> {
 
 /// The cell protocol's key names, for components that document their key map.
 pub use cell::{claim_key, proposal_key};
+
+/// A random 32-byte server key kept at `key`: inserted once by whichever instance gets there first, read by
+/// all (for secrets the operator did not set as variables; the error names the key, never the value).
+pub async fn shared_random_key(key: &str) -> Result<[u8; 32], String> {
+    let fresh = crate::util::random_bytes::<32>()?;
+    let json =
+        serde_json::to_vec(&alloy_primitives::B256::from(fresh)).map_err(|e| e.to_string())?;
+    match insert_if_absent::<()>(key, &json).await {
+        Ok(()) | Err(KvError::Exists) => {}
+        Err(e) => return Err(format!("{key}: {e}")),
+    }
+    get_json::<alloy_primitives::B256, ()>(key)
+        .await
+        .map_err(|e| format!("{key}: {e}"))?
+        .map(|b| b.0)
+        .ok_or_else(|| format!("{key} vanished"))
+}

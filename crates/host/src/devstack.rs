@@ -80,8 +80,22 @@ impl DevStack {
                 "{}/gsma/rsp2/es2plus/handleDownloadProgressInfo",
                 app_url.trim_end_matches('/')
             );
+            // The simulator's operators authenticate their callbacks; the app checks the same credentials.
+            let credentials = match env.get("SPIN_VARIABLE_CARRIER_CALLBACK_CREDENTIALS") {
+                Some(configured) => configured.clone(),
+                None => {
+                    let fresh = dev_callback_credentials()?;
+                    stack.env.push((
+                        "SPIN_VARIABLE_CARRIER_CALLBACK_CREDENTIALS".into(),
+                        fresh.clone(),
+                    ));
+                    fresh
+                }
+            };
             let (child, url) = spawn_announcing(
-                Command::new(&bin).args(["--listen", "127.0.0.1:0", "--callback-url", &callback]),
+                Command::new(&bin)
+                    .args(["--listen", "127.0.0.1:0", "--callback-url", &callback])
+                    .env("SMDP_SIM_CALLBACK_CREDENTIALS", &credentials),
                 "smdp-sim listening on ",
             )?;
             stack.children.push(("smdp-sim".into(), child));
@@ -293,6 +307,21 @@ fn read_dotenv(path: &Path) -> anyhow::Result<HashMap<String, String>> {
         .with_context(|| format!("cannot read {}", path.display()))?
         .map(|item| item.with_context(|| format!("malformed line in {}", path.display())))
         .collect()
+}
+
+/// The operators of the simulator's default configuration (its `DEFAULT_OPERATORS`), which are the built-in
+/// catalog's carriers.
+const DEV_OPERATORS: [&str; 5] = ["tmobile", "verizon", "att", "telekom-de", "vodafone-de"];
+
+/// Fresh random callback credentials for the dev stack's operators (`operator=secret,…`), never printed.
+fn dev_callback_credentials() -> anyhow::Result<String> {
+    let mut items = Vec::with_capacity(DEV_OPERATORS.len());
+    for op in DEV_OPERATORS {
+        let mut secret = [0u8; 24];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        items.push(format!("{op}={}", hex::encode(secret)));
+    }
+    Ok(items.join(","))
 }
 
 /// Spawn `cmd`, wait (up to 10 s) for the stdout line starting with `prefix` and return the rest of it (e.g.

@@ -25,6 +25,10 @@ struct Cli {
     /// Where to POST handleDownloadProgressInfo for operators that configure no callback_url.
     #[arg(long)]
     callback_url: Option<String>,
+    /// Credentials the operators present on their callbacks, `operator=secret,…` (the same string as the
+    /// facilitator's `carrier_callback_credentials`). Also read from SMDP_SIM_CALLBACK_CREDENTIALS.
+    #[arg(long, env = "SMDP_SIM_CALLBACK_CREDENTIALS", hide_env_values = true)]
+    callback_credentials: Option<String>,
     /// Allow listening on a non-loopback address (the simulator has no authentication).
     #[arg(long)]
     allow_public: bool,
@@ -50,7 +54,12 @@ fn main() -> anyhow::Result<()> {
         Some(path) => SimConfig::load(path)?,
         None => SimConfig::default(),
     };
-    let sim = Arc::new(Sim::new(&config, cli.callback_url.as_deref())?);
+    let mut sim = Sim::new(&config, cli.callback_url.as_deref())?;
+    if let Some(spec) = &cli.callback_credentials {
+        sim.set_callback_credentials(spec)
+            .map_err(|e| anyhow::anyhow!("--callback-credentials: {e}"))?;
+    }
+    let sim = Arc::new(sim);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -59,6 +59,8 @@ pub enum SimError {
 /// The running simulator: every operator's state, the callback client and the shutdown flag.
 pub struct Sim {
     operators: BTreeMap<String, Mutex<Operator>>,
+    /// Operator → the secret its callbacks present (`Authorization: Bearer …`).
+    callback_credentials: BTreeMap<String, String>,
     client: reqwest::Client,
     shutdown: watch::Sender<bool>,
 }
@@ -86,9 +88,28 @@ impl Sim {
             .build()?;
         Ok(Sim {
             operators,
+            callback_credentials: BTreeMap::new(),
             client,
             shutdown: watch::channel(false).0,
         })
+    }
+
+    /// Set the operators' callback credentials from `operator=secret,…` (the facilitator's
+    /// `carrier_callback_credentials` takes the same string). An operator without one sends no
+    /// `Authorization` header. The error names the item, never a secret.
+    pub fn set_callback_credentials(&mut self, spec: &str) -> Result<(), String> {
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (op, secret) = item
+                .split_once('=')
+                .ok_or_else(|| "callback credentials must be operator=secret pairs".to_owned())?;
+            let op = op.trim();
+            if !self.operators.contains_key(op) {
+                return Err(format!("callback credential for unknown operator {op:?}"));
+            }
+            self.callback_credentials
+                .insert(op.to_owned(), secret.trim().to_owned());
+        }
+        Ok(())
     }
 
     /// Names of the configured operators.
@@ -465,8 +486,9 @@ async fn admin_operator(
                 Ok((notification, profile)) => {
                     if let Some((url, requester)) = target {
                         let sim = sim.clone();
+                        let op_name = op_name.to_owned();
                         tokio::spawn(async move {
-                            notify(&sim, &url, &requester, &notification).await;
+                            notify(&sim, &op_name, &url, &requester, &notification).await;
                         });
                     }
                     json_response(StatusCode::OK, &profile.unwrap_or(Value::Null))
@@ -637,7 +659,7 @@ fn spawn_device(sim: &Arc<Sim>, op_name: &str, iccid: String, seq: u64) {
                 };
                 tracing::info!(point = notification.point, "device progressed");
                 if let Some((url, requester)) = target {
-                    notify(&sim, &url, &requester, &notification).await;
+                    notify(&sim, &op_name, &url, &requester, &notification).await;
                 }
             }
         }
@@ -646,8 +668,8 @@ fn spawn_device(sim: &Arc<Sim>, op_name: &str, iccid: String, seq: u64) {
 }
 
 /// POSTs one `handleDownloadProgressInfo`, retrying with exponential backoff until the operator answers 2xx
-/// (204 expected). Every attempt carries the same `functionCallIdentifier`.
-async fn notify(sim: &Sim, url: &str, requester: &str, n: &Notification) {
+/// (204 expected). Every attempt carries the same `functionCallIdentifier` and the operator's credential.
+async fn notify(sim: &Sim, operator: &str, url: &str, requester: &str, n: &Notification) {
     let fci = match ids::random_hex(8) {
         Ok(hex) => format!("smdp-sim-{hex}"),
         Err(_) => format!("smdp-sim-{}-{}", n.iccid, n.point),
@@ -664,14 +686,15 @@ async fn notify(sim: &Sim, url: &str, requester: &str, n: &Notification) {
             }
             backoff *= 2;
         }
-        let sent = sim
+        let mut request = sim
             .client
             .post(url)
             .header(header::CONTENT_TYPE, "application/json")
-            .header("x-admin-protocol", ADMIN_PROTOCOL)
-            .body(body.clone())
-            .send()
-            .await;
+            .header("x-admin-protocol", ADMIN_PROTOCOL);
+        if let Some(secret) = sim.callback_credentials.get(operator) {
+            request = request.bearer_auth(secret);
+        }
+        let sent = request.body(body.clone()).send().await;
         match sent {
             Ok(r) if r.status() == StatusCode::NO_CONTENT => {
                 tracing::info!(point = n.point, fci, "download progress delivered");

@@ -150,7 +150,7 @@ impl Attempt<'_> {
             Err(e) => return (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
         };
         self.paid(&tx, &payer).await;
-        match order.deliver(&self.invoice.id).await {
+        match order.deliver(&self.invoice.id, &payer).await {
             Ok(sim) if sim.activation_code.is_some() => {
                 self.activated(order, &sim).await;
                 self.delivered(order, &sim, &tx, &payer).await
@@ -235,7 +235,7 @@ impl Attempt<'_> {
         order: &Order,
         payer: &str,
     ) -> Result<wit::Sim, (wit::PaymentEnd, StoredResponse)> {
-        match order.deliver(&self.invoice.id).await {
+        match order.deliver(&self.invoice.id, payer).await {
             Ok(sim) if sim.activation_code.is_some() => Ok(sim),
             Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
             Err(e) => {

@@ -259,8 +259,9 @@ impl Order {
     }
 
     /// Deliver the purchase. A top-up's data is credited once the money is final
-    /// ([`attempt::Attempt::credit`]); here it only checks that the SIM can still take data.
-    async fn deliver(&self, invoice_id: &str) -> Result<wit::Sim, wit::Error> {
+    /// ([`attempt::Attempt::credit`]); here it only checks that the SIM can still take data. `payer` becomes
+    /// a new SIM's owner (a switch's new SIM keeps the old one's owner).
+    async fn deliver(&self, invoice_id: &str, payer: &str) -> Result<wit::Sim, wit::Error> {
         match self {
             Order::TopUp { iccid, .. } => {
                 let sim = dispatch::get_sim(iccid.clone())
@@ -274,7 +275,8 @@ impl Order {
                 Ok(sim)
             }
             Order::Activation(a) => {
-                dispatch::order_profile(a.clone(), invoice_id.to_owned(), now()).await
+                dispatch::order_profile(a.clone(), invoice_id.to_owned(), payer.to_owned(), now())
+                    .await
             }
             Order::Switch { iccid, target } => {
                 dispatch::perform_switch(

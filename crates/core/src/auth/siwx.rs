@@ -117,6 +117,16 @@ pub fn format_time(secs: u64) -> String {
         .unwrap_or_default()
 }
 
+/// `scheme://host[:port]` and `host[:port]` of an absolute URL (what a proof's `uri` and `domain` must match).
+pub fn origin_of(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest
+        .split(['/', '?', '#'])
+        .next()
+        .filter(|h| !h.is_empty())?;
+    Some((&url[..scheme.len() + 3 + host.len()], host))
+}
+
 fn chain_number(chain_id: &str) -> Result<u64, AuthError> {
     chain_id
         .strip_prefix("eip155:")

@@ -226,3 +226,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn origin_and_host_of_a_url() {
+    assert_eq!(
+        origin_of("http://127.0.0.1:3000/v1/esim/1?x=1"),
+        Some(("http://127.0.0.1:3000", "127.0.0.1:3000"))
+    );
+    assert_eq!(
+        origin_of("https://api.example.com"),
+        Some(("https://api.example.com", "api.example.com"))
+    );
+    assert_eq!(origin_of("/v1/esim/1"), None);
+    assert_eq!(origin_of("http:///x"), None);
+}

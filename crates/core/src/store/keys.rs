@@ -13,7 +13,9 @@
 //! | `signer/<caip2>/<address>/nonce` | verifier | the account nonces of a key we sign with (`crate::evm::NonceState`) |
 //! | `refund/<invoice id>`, `refund/queue` | verifier | refunds owed and paid (`crate::refund`), and the ids not paid yet |
 //! | `order/<invoice id>` | dispatch | the journal of one paid carrier order (`crate::order`) |
-//! | `sim/<iccid>` | dispatch | a SIM |
+//! | `sim/<iccid>` | dispatch | a SIM, with its owner and access-token hash (`crate::auth::SimAccess`) |
+//! | `auth/nonce/<address>/<nonce>` | dispatch | claim counter: a sign-in nonce used (once per wallet) |
+//! | `secret/sim-token-key` | dispatch | the access-token key generated on first use when `access_token_secret` is not set |
 //! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
 //! | `balance/<iccid>` | metering | a SIM's account: credits, suspension flag, closing refunds (`crate::usage::account`) |
 //! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |
@@ -101,6 +103,14 @@ pub fn order(invoice_id: &str) -> String {
 pub fn sim(iccid: &str) -> String {
     format!("sim/{iccid}")
 }
+
+/// The claim of one sign-in nonce of one wallet.
+pub fn auth_nonce(address: Address, nonce: &str) -> String {
+    format!("auth/nonce/{address:#x}/{nonce}")
+}
+
+/// The generated access-token key.
+pub const SIM_TOKEN_KEY: &str = "secret/sim-token-key";
 
 /// Carrier cleanups still owed.
 pub const CLEANUP_QUEUE: &str = "cleanup/queue";

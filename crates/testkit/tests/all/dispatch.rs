@@ -103,9 +103,17 @@ impl FakeSmdp {
     }
 }
 
+/// The payer every test order is made for (its SIM's owner).
+const OWNER: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+/// Callback credentials of two carriers.
+const CALLBACKS: &str = "tmobile=tmobile-callback-secret,verizon=verizon-callback-secret";
+const TMOBILE_CB: &str = "tmobile-callback-secret";
+const VERIZON_CB: &str = "verizon-callback-secret";
+
 async fn kit_with(smdp: Arc<FakeSmdp>, vars: &[(&str, &str)]) -> Kit {
     let mut b = Kit::builder("dispatch")
         .var("smdp_url", SMDP)
+        .var("carrier_callback_credentials", CALLBACKS)
         .allow(SMDP)
         .respond(move |r| smdp.answer(r));
     for (k, v) in vars {
@@ -129,7 +137,7 @@ async fn order(
     let invoice = invoice.to_owned();
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_order_profile(a, req, invoice, 1_764_000_000)
+            .call_order_profile(a, req, invoice, OWNER.into(), 1_764_000_000)
             .await
     })
     .await
@@ -480,10 +488,14 @@ async fn lifecycle_and_download_progress() {
         (4, types::ProfileState::Installed),
     ] {
         let body = progress(np, "Executed-Success");
-        kit.call(async move |a, g| g.dispatch().call_download_progress(a, body).await)
-            .await
-            .unwrap()
-            .unwrap();
+        kit.call(async move |a, g| {
+            g.dispatch()
+                .call_download_progress(a, body, Some(TMOBILE_CB.into()))
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
         let id = iccid.clone();
         let s = kit
             .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
@@ -495,10 +507,14 @@ async fn lifecycle_and_download_progress() {
     }
     // A late failure report cannot undo an installation.
     let body = progress(3, "Failed");
-    kit.call(async move |a, g| g.dispatch().call_download_progress(a, body).await)
-        .await
-        .unwrap()
-        .unwrap();
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_download_progress(a, body, Some(TMOBILE_CB.into()))
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
 
     let s = kit
         .call(act(types::LifecycleAction::Terminate))
@@ -516,12 +532,20 @@ async fn lifecycle_and_download_progress() {
 
     let unknown = progress(3, "Executed-Success").replace(&iccid, "8944478600003770170");
     let r = kit
-        .call(async move |a, g| g.dispatch().call_download_progress(a, unknown).await)
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_download_progress(a, unknown, Some(TMOBILE_CB.into()))
+                .await
+        })
         .await
         .unwrap();
     assert!(matches!(r, Err(types::Error::NotFound(_))));
     let r = kit
-        .call(async move |a, g| g.dispatch().call_download_progress(a, "{}".into()).await)
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_download_progress(a, "{}".into(), Some(TMOBILE_CB.into()))
+                .await
+        })
         .await
         .unwrap();
     assert!(matches!(r, Err(types::Error::InvalidInput(f)) if f.field == "body"));
@@ -600,10 +624,14 @@ async fn switch_quotes_the_difference_and_replaces_after_installation() {
     let body = json!({"iccid": new.iccid, "profileType": "vzw-iot-data", "timestamp": "2026-11-24T10:00:00Z",
         "notificationPointId": 4, "notificationPointStatus": {"status": "Executed-Success"}})
     .to_string();
-    kit.call(async move |a, g| g.dispatch().call_download_progress(a, body).await)
-        .await
-        .unwrap()
-        .unwrap();
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_download_progress(a, body, Some(VERIZON_CB.into()))
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let id = old.iccid.clone();
     let old_now = kit
         .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
@@ -660,7 +688,7 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
     let done = kit
         .call(async move |a, g| {
             g.dispatch()
-                .call_order_profile(a, req, invoice, 1_764_000_000 + 3_600)
+                .call_order_profile(a, req, invoice, OWNER.into(), 1_764_000_000 + 3_600)
                 .await
         })
         .await
@@ -677,4 +705,198 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
         .map(|r| r.json().unwrap()["header"]["functionCallIdentifier"].clone())
         .unwrap();
     assert_eq!(last_confirm, confirms[0]);
+}
+
+fn credential_token(t: &str) -> types::Credential {
+    types::Credential::Token(t.to_owned())
+}
+
+fn credential_wallet(address: &str, nonce: &str) -> types::Credential {
+    types::Credential::Wallet(types::WalletProof {
+        address: address.to_owned(),
+        nonce: nonce.to_owned(),
+    })
+}
+
+async fn authorize(
+    kit: &mut Kit,
+    iccid: &str,
+    c: types::Credential,
+) -> Result<types::Sim, types::Error> {
+    let iccid = iccid.to_owned();
+    kit.call(async move |a, g| g.dispatch().call_authorize(a, iccid, c).await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn only_the_payer_and_the_current_token_open_a_sim() {
+    let mut kit = kit_with(
+        Arc::default(),
+        &[("access_token_secret", "a test token key, 16+")],
+    )
+    .await;
+    let sim = order(&mut kit, request("us-west", None), "inv-auth")
+        .await
+        .unwrap();
+    assert_eq!(sim.owner.as_deref(), Some(OWNER));
+    let iccid = sim.iccid.clone();
+    let id = iccid.clone();
+    let token = kit
+        .call(async move |a, g| g.dispatch().call_initial_token(a, id).await)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a fresh SIM has its first token");
+    assert!(token.starts_with("sim_"));
+
+    // The owner's wallet (each nonce once) and the token open it.
+    authorize(&mut kit, &iccid, credential_wallet(OWNER, "nonce0001"))
+        .await
+        .unwrap();
+    let again = authorize(&mut kit, &iccid, credential_wallet(OWNER, "nonce0001")).await;
+    assert!(
+        matches!(again, Err(types::Error::Unauthorized(_))),
+        "{again:?}"
+    );
+    authorize(&mut kit, &iccid, credential_token(&token))
+        .await
+        .unwrap();
+    // Another wallet, a wrong token, an unknown SIM: all the same "no SIM".
+    let other = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+    for (c, target) in [
+        (credential_wallet(other, "nonce0002"), iccid.clone()),
+        (
+            credential_token(&format!("sim_{}", "A".repeat(43))),
+            iccid.clone(),
+        ),
+        (credential_token(&token), "8901260000000099990".to_owned()),
+    ] {
+        let r = authorize(&mut kit, &target, c).await;
+        assert!(matches!(r, Err(types::Error::NotFound(_))), "{r:?}");
+    }
+
+    // Rotation retires the old token; terminating revokes every token but the wallet still works.
+    let id = iccid.clone();
+    let rotated = kit
+        .call(async move |a, g| g.dispatch().call_rotate_token(a, id).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(rotated, token);
+    assert!(
+        authorize(&mut kit, &iccid, credential_token(&token))
+            .await
+            .is_err()
+    );
+    authorize(&mut kit, &iccid, credential_token(&rotated))
+        .await
+        .unwrap();
+    let id = iccid.clone();
+    let initial = kit
+        .call(async move |a, g| g.dispatch().call_initial_token(a, id).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        initial, None,
+        "the first token is not handed out after a rotation"
+    );
+    let id = iccid.clone();
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_lifecycle(a, id, types::LifecycleAction::Terminate)
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        authorize(&mut kit, &iccid, credential_token(&rotated))
+            .await
+            .is_err()
+    );
+    authorize(&mut kit, &iccid, credential_wallet(OWNER, "nonce0003"))
+        .await
+        .unwrap();
+    let id = iccid.clone();
+    let r = kit
+        .call(async move |a, g| g.dispatch().call_rotate_token(a, id).await)
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(types::Error::Conflict(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn callbacks_need_the_issuing_carriers_credential() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-cb")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "tmobile");
+    let body = json!({"iccid": sim.iccid, "profileType": "tmo-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+        "notificationPointId": 3, "notificationPointStatus": {"status": "Executed-Success"}})
+    .to_string();
+    for (cred, unauthorized) in [
+        (None, true),
+        (Some("tmobile-callback-secreT"), true),
+        (Some(VERIZON_CB), false),
+    ] {
+        let (b, c) = (body.clone(), cred.map(str::to_owned));
+        let r = kit
+            .call(async move |a, g| g.dispatch().call_download_progress(a, b, c).await)
+            .await
+            .unwrap();
+        if unauthorized {
+            assert!(
+                matches!(r, Err(types::Error::Unauthorized(_))),
+                "{cred:?}: {r:?}"
+            );
+        } else {
+            assert!(
+                matches!(&r, Err(types::Error::Forbidden(m)) if m.contains("did not issue")),
+                "{r:?}"
+            );
+        }
+    }
+    let id = sim.iccid.clone();
+    let still = kit
+        .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        still.profile_state,
+        types::ProfileState::Released,
+        "refused callbacks change nothing"
+    );
+    let b = body.clone();
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_download_progress(a, b, Some(TMOBILE_CB.into()))
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    // Without configured credentials every callback is refused.
+    let mut bare = Kit::builder("dispatch")
+        .var("smdp_url", SMDP)
+        .build()
+        .await
+        .unwrap();
+    let r = bare
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_download_progress(a, body, Some(TMOBILE_CB.into()))
+                .await
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, Err(types::Error::Unauthorized(m)) if m.contains("disabled")),
+        "{r:?}"
+    );
 }

@@ -36,6 +36,7 @@ fn sim(iccid: &str, carrier: &str) -> types::Sim {
         failovers: vec![],
         replaces: None,
         replaced_by: None,
+        owner: None,
     }
 }
 

@@ -90,7 +90,9 @@ impl From<types::Error> for E {
             types::Error::Expired(m) => Self::Expired(m),
             types::Error::PaymentRequired(m) => Self::PaymentRequired(m),
             types::Error::Unavailable(m) => Self::Unavailable(m),
-            types::Error::Internal(m) => Self::Internal(m),
+            types::Error::Internal(m)
+            | types::Error::Unauthorized(m)
+            | types::Error::Forbidden(m) => Self::Internal(m),
         }
     }
 }

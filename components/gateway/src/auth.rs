@@ -1,0 +1,60 @@
+//! Proof of ownership on the SIM routes (rules: kernel `esim402_core::auth`). The credential is read and
+//! checked for form here — an access token's shape, or a `sign-in-with-x` proof verified against this
+//! request's host and the clock — before anything is looked up, so a missing or bad credential is 401 whatever
+//! the ICCID; dispatch then decides whether it opens the SIM (404 if not, exactly like a SIM that does not
+//! exist) and claims a wallet's nonce once.
+
+use esim402_core::auth::siwx::{self, Expect, SiwxProof};
+use esim402_core::auth::{AuthError, token};
+use esim402_core::{ApiError, ErrorKind};
+use esim402_guest::wit;
+use spin_sdk::http::Request;
+
+use crate::{dispatch, from_wit, header, now, resource_url};
+
+fn unauthorized(e: &AuthError) -> ApiError {
+    ApiError::new(ErrorKind::Unauthorized, e.to_string())
+}
+
+/// The credential the request presents (checked for form, a wallet proof fully verified).
+pub fn credential(req: &Request) -> Result<wit::Credential, ApiError> {
+    if let Some(value) = header(req, "authorization") {
+        let token = value
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| token::looks_like_token(t))
+            .ok_or_else(|| {
+                unauthorized(&AuthError::Invalid(
+                    "Authorization must be `Bearer sim_…` (the SIM's access token)".into(),
+                ))
+            })?;
+        return Ok(wit::Credential::Token(token.to_owned()));
+    }
+    let Some(value) = header(req, siwx::HEADER) else {
+        return Err(unauthorized(&AuthError::Missing));
+    };
+    let url = resource_url(req);
+    let (origin, domain) =
+        siwx::origin_of(&url).ok_or_else(|| ApiError::internal("request URL has no host"))?;
+    let verified = SiwxProof::from_header(value)
+        .and_then(|p| {
+            p.verify(&Expect {
+                domain,
+                origin,
+                now: now(),
+            })
+        })
+        .map_err(|e| unauthorized(&e))?;
+    Ok(wit::Credential::Wallet(wit::WalletProof {
+        address: verified.address.to_checksum(None),
+        nonce: verified.nonce,
+    }))
+}
+
+/// The SIM, if the request proves it manages it.
+pub async fn owner(req: &Request, iccid: &str) -> Result<wit::Sim, ApiError> {
+    let credential = credential(req)?;
+    dispatch::authorize(iccid.to_owned(), credential)
+        .await
+        .map_err(from_wit)
+}
