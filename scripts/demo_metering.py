@@ -64,10 +64,13 @@ def main() -> None:
         fail(f"activation failed: {e}")
     iccid = sim["iccid"]
     print(f"activated {iccid} on {sim['carrier']}")
+    # The SIM's routes are its owner's: the paid answer carries the SIM's access token (shown once).
+    for session in (plain, paying):
+        session.headers["Authorization"] = f"Bearer {sim['access_token']}"
     balance = check(plain.get(f"{url}/v1/esim/{iccid}/balance", timeout=30), 200, "balance")
     print(f"balance: {balance['remaining_kb']} KB")
 
-    moved = check(plain.post(f"{traffic}/admin/usage", json={"iccid": iccid, "bytes": 9_950_000}, timeout=120),
+    moved = check(requests.post(f"{traffic}/admin/usage", json={"iccid": iccid, "bytes": 9_950_000}, timeout=120),
                   200, "traffic")
     print(f"the network moved {moved['delivered']} bytes in {moved['receipts']} signed receipts")
     balance = check(plain.get(f"{url}/v1/esim/{iccid}/balance", timeout=30), 200, "balance")
@@ -89,7 +92,7 @@ def main() -> None:
         fail(f"credited {balance['credited_bytes']} bytes, expected 20000000 (10 MB + a 10 MB top-up, once)")
 
     check(plain.post(f"{url}/v1/esim/{iccid}/data", json={"quota_kb": 100}, timeout=30), 200, "quota again")
-    moved = check(plain.post(f"{traffic}/admin/usage", json={"iccid": iccid, "bytes": 500_000}, timeout=120),
+    moved = check(requests.post(f"{traffic}/admin/usage", json={"iccid": iccid, "bytes": 500_000}, timeout=120),
                   200, "traffic")
     print(f"quota granted again; the network moved {moved['delivered']} more bytes")
     usage = check(plain.get(f"{url}/v1/esim/{iccid}/usage?granularity=hour&group_by=plmn", timeout=30), 200,

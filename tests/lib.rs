@@ -54,11 +54,21 @@ impl Drop for TestApp {
     }
 }
 
+/// The callback credentials every test app and SM-DP+ simulator share (`operator=secret,…`).
+pub const TEST_CALLBACK_CREDENTIALS: &str = "tmobile=test-callback-tmobile,verizon=test-callback-verizon,\
+att=test-callback-att-0001,telekom-de=test-callback-telekom-de,vodafone-de=test-callback-vodafone-de";
+
+/// The facilitator variable that carries [`TEST_CALLBACK_CREDENTIALS`].
+pub const CALLBACK_CREDENTIALS_VAR: &str = "SPIN_VARIABLE_CARRIER_CALLBACK_CREDENTIALS";
+
 /// Load options for the repository's app with a given key-value backend.
 pub fn options(kv: StoreConfig) -> LoadOptions {
     let mut opts = LoadOptions::new(repo_root().join("spin.toml"));
     opts.kv_override = Some(kv);
-    opts.env = std::collections::HashMap::new();
+    opts.env = std::collections::HashMap::from([(
+        CALLBACK_CREDENTIALS_VAR.to_owned(),
+        TEST_CALLBACK_CREDENTIALS.to_owned(),
+    )]);
     // One cache for every test binary run, outside the repo's .spin/.
     opts.cache_dir = Some(std::env::temp_dir().join("esim402-test-cache"));
     opts
@@ -235,6 +245,7 @@ impl AppProcess {
             .arg("--runtime-config-file")
             .arg(&rc)
             .current_dir(dir.path())
+            .env(CALLBACK_CREDENTIALS_VAR, TEST_CALLBACK_CREDENTIALS)
             .envs(env.iter().cloned())
             .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
@@ -306,7 +317,8 @@ impl SmdpSim {
     pub fn start(callback: Option<&str>, config: Option<&Path>) -> anyhow::Result<Self> {
         let bin = bin_dir().join("smdp-sim");
         let mut cmd = Command::new(&bin);
-        cmd.args(["--listen", "127.0.0.1:0"]);
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env("SMDP_SIM_CALLBACK_CREDENTIALS", TEST_CALLBACK_CREDENTIALS);
         if let Some(cb) = callback {
             cmd.args(["--callback-url", cb]);
         }
@@ -360,7 +372,8 @@ impl TrafficSim {
             "--smdp",
             smdp,
         ])
-        .args(["--compression", &compression.to_string()]);
+        .args(["--compression", &compression.to_string()])
+        .env("TRAFFIC_SIM_CARRIER_CREDENTIALS", TEST_CALLBACK_CREDENTIALS);
         let (child, url) = spawn_announcing(cmd.stderr(Stdio::null()), "traffic-sim listening on ")
             .with_context(|| {
                 format!(
@@ -430,4 +443,38 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Anvil's account #1: the payer (and so the SIM owner) in tests that order profiles directly.
+pub const OWNER_KEY: &str = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+/// Its address.
+pub const OWNER_ADDRESS: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+
+/// A `SIGN-IN-WITH-X` header value for a request to `base` + `path`, signed by `key` (hex) now, with a fresh
+/// nonce (as an agent signs each request).
+pub fn sign_in(key: &str, base: &str, path: &str) -> String {
+    use esim402_core::auth::siwx;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let key = k256::ecdsa::SigningKey::from_slice(&hex::decode(key).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nonce = format!("t{}x{}x{n}", std::process::id(), now.as_nanos());
+    let (_, domain) = siwx::origin_of(base).unwrap();
+    let uri = format!("{}{}", base.trim_end_matches('/'), path);
+    siwx::sign(
+        &key,
+        &siwx::Challenge {
+            domain,
+            uri: &uri,
+            chain_id: 31337,
+            nonce: &nonce,
+            issued_at: now.as_secs(),
+            expires_in: 120,
+            statement: Some("Manage my SIM"),
+        },
+    )
+    .unwrap()
+    .to_header()
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use esim402_host::runtime_config::StoreConfig;
 use esim402_testkit::{Kit, Scripted, types};
-use esim402_tests::{SmdpSim, TestApp, options, spawn_app_on};
+use esim402_tests::{OWNER_ADDRESS, OWNER_KEY, SmdpSim, TestApp, options, sign_in, spawn_app_on};
 use serde_json::{Value, json};
 
 struct Stack {
@@ -58,10 +58,12 @@ impl Stack {
             .unwrap()
     }
 
+    /// GET as the SIMs' owner (a wallet sign-in per request).
     async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .http
             .get(format!("{}{path}", self.app.url))
+            .header("sign-in-with-x", sign_in(OWNER_KEY, &self.app.url, path))
             .send()
             .await
             .unwrap();
@@ -69,10 +71,12 @@ impl Stack {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// POST as the SIMs' owner (a wallet sign-in per request).
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.app.url))
+            .header("sign-in-with-x", sign_in(OWNER_KEY, &self.app.url, path))
             .json(&body)
             .send()
             .await
@@ -127,13 +131,7 @@ async fn order(
     let invoice = invoice.to_owned();
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_order_profile(
-                a,
-                req,
-                invoice,
-                "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into(),
-                1_764_000_000,
-            )
+            .call_order_profile(a, req, invoice, OWNER_ADDRESS.into(), 1_764_000_000)
             .await
     })
     .await
@@ -274,13 +272,48 @@ async fn activation_callbacks_failover_and_lifecycle_through_the_host() {
     assert_eq!(st, 404);
     let (st, body) = s.get("/v1/esim/12345").await;
     assert_eq!((st, body["error"]["field"].as_str()), (400, Some("iccid")));
+    // Callbacks: no credential (or another's) is 401 before the body is read; the right one reaches the
+    // body's checks.
     let (st, _) = s
         .post(
             "/gsma/rsp2/es2plus/handleDownloadProgressInfo",
             json!({"iccid": "x"}),
         )
         .await;
-    assert_eq!(st, 400);
+    assert_eq!(st, 401);
+    let callback = |credential: &str| {
+        s.http
+            .post(format!(
+                "{}/gsma/rsp2/es2plus/handleDownloadProgressInfo",
+                s.app.url
+            ))
+            .bearer_auth(credential)
+            .json(&json!({"iccid": "x"}))
+            .send()
+    };
+    assert_eq!(
+        callback("test-callback-tmobile").await.unwrap().status(),
+        400
+    );
+    assert_eq!(
+        callback("test-callback-tmobilE").await.unwrap().status(),
+        401
+    );
+    // A forged "installed" for the replacement SIM (to retire the old one) from another carrier is refused.
+    let forged = json!({"iccid": new.iccid, "profileType": "att-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+        "notificationPointId": 4, "notificationPointStatus": {"status": "Executed-Success"}});
+    let r = s
+        .http
+        .post(format!(
+            "{}/gsma/rsp2/es2plus/handleDownloadProgressInfo",
+            s.app.url
+        ))
+        .bearer_auth("test-callback-verizon")
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 
     s.app.stop().await;
 }

@@ -29,6 +29,8 @@ fn cell(original: &[u8], line: &str) -> Vec<u8> {
     c.encode()
 }
 
+const ADMIN: &str = "ledger-test-admin-token";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_payments_chain_per_shard_and_tampering_is_detected() {
     let mut opts = options(StoreConfig::Memory);
@@ -37,6 +39,8 @@ async fn concurrent_payments_chain_per_shard_and_tampering_is_detected() {
         "SPIN_VARIABLE_RPC_URL".into(),
         format!("http://127.0.0.1:{}", free_port()),
     );
+    opts.env
+        .insert("SPIN_VARIABLE_ADMIN_TOKEN".into(), ADMIN.into());
     let app = spawn_app(opts).await.unwrap();
     let http = reqwest::Client::new();
     let empty = verify(&http, &app.url).await;
@@ -91,9 +95,20 @@ async fn concurrent_payments_chain_per_shard_and_tampering_is_detected() {
         "{ok}"
     );
 
+    // The export names payers and amounts: the operator's only.
+    let export = format!("{}/v1/ledger?from=0&limit=100", app.url);
+    assert_eq!(http.get(&export).send().await.unwrap().status(), 401);
+    let wrong = http
+        .get(&export)
+        .bearer_auth("not-the-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
     // The merged export lists every invoice exactly once; within a shard, seqs run 0, 1, 2, ...
     let lines = http
-        .get(format!("{}/v1/ledger?from=0&limit=100", app.url))
+        .get(&export)
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap()
@@ -135,6 +150,7 @@ async fn concurrent_payments_chain_per_shard_and_tampering_is_detected() {
             "{}/v1/ledger?shard={busiest}&from=1&limit=2",
             app.url
         ))
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap()
@@ -149,6 +165,7 @@ async fn concurrent_payments_chain_per_shard_and_tampering_is_detected() {
     for bad in ["limit=0", "shard=16", "shard=x", "from=-1"] {
         let r = http
             .get(format!("{}/v1/ledger?{bad}", app.url))
+            .bearer_auth(ADMIN)
             .send()
             .await
             .unwrap();

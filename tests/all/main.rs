@@ -9,6 +9,7 @@ mod dispatch;
 mod facilitator;
 mod ledger;
 mod metering;
+mod ownership;
 mod payments;
 mod python_client;
 mod runtimes;

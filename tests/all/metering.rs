@@ -136,9 +136,17 @@ async fn usage_drains_the_balance_and_the_python_client_pays_a_top_up() {
 
     // The official Python client pays the top-up unmodified and gets its grant.
     let start = s.balance(agent()).await;
+    let token = s
+        .token_for(&data)
+        .expect("the activation answered an access token");
     let out = python_pay(
         format!("{}{data}", s.url),
-        vec!["--body".into(), json!({"quota_kb": 100}).to_string()],
+        vec![
+            "--body".into(),
+            json!({"quota_kb": 100}).to_string(),
+            "--header".into(),
+            format!("Authorization: Bearer {token}"),
+        ],
     )
     .await;
     assert_eq!(out["status"], 200, "{out}");
@@ -288,8 +296,12 @@ async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
         s.balance(agent()).await,
         start - U256::from(50_000u64) + U256::from(49_500u64)
     );
-    // A terminated SIM takes no top-up.
+    // Terminating revoked the access token; the owner's wallet still manages the SIM, which takes no top-up.
     let (status, _, late) = s.post(&data, &json!({}), &[]).await;
+    assert_eq!(status, 404, "a revoked token opens nothing: {late}");
+    let (status, _, late) = s
+        .post(&data, &json!({}), &[("sign-in-with-x", s.sign_in(&data))])
+        .await;
     assert_eq!(status, 409, "{late}");
     let (kinds, verify) = s.ledger().await;
     for k in ["usage_disputed", "refund_owed", "refund_paid"] {
@@ -325,14 +337,28 @@ async fn bad_usage_requests_get_typed_400s() {
         (400, Some("quota_kb")),
         "{e}"
     );
+    // Without a credential a quota request is 401; a top-up anyone may buy is priced only for a real SIM.
     let (status, _, e) = s
         .post("/v1/esim/8901260000000000014/data", &json!({}), &[])
         .await;
-    assert_eq!(status, 404, "{e}");
-    let (status, e) = s
-        .get("/v1/esim/8901260000000000014/usage?granularity=week")
+    assert_eq!(status, 401, "{e}");
+    let (status, _, e) = s
+        .post(
+            "/v1/esim/8901260000000000014/data",
+            &json!({"top_up_mb": 10}),
+            &[],
+        )
         .await;
-    assert_eq!(status, 400, "{e}");
+    assert_eq!(status, 404, "{e}");
+    let iccid = activate(&s, 1).await;
+    let (status, e) = s
+        .get(&format!("/v1/esim/{iccid}/usage?granularity=week"))
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("granularity")),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

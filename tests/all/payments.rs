@@ -60,6 +60,16 @@ pub struct PayStack {
     pub rpc_url: String,
     pub token: Address,
     pub admin_token: String,
+    /// The access token of every SIM this stack's requests activated (as an agent keeps them): sent with
+    /// requests to that SIM's routes unless the request names its own `authorization`.
+    pub sim_tokens: std::sync::Mutex<HashMap<String, String>>,
+}
+
+/// The ICCID a path addresses (`/v1/esim/<iccid>[/…]`), if any.
+pub fn path_iccid(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/esim/")?;
+    let iccid = rest.split(['/', '?']).next()?;
+    (iccid.len() >= 18 && iccid.bytes().all(|b| b.is_ascii_digit())).then_some(iccid)
 }
 
 impl PayStack {
@@ -142,7 +152,34 @@ impl PayStack {
             rpc_url,
             token,
             admin_token,
+            sim_tokens: std::sync::Mutex::default(),
         }
+    }
+
+    /// Remember the access token a paid answer carries.
+    pub fn remember(&self, body: &Value) {
+        if let (Some(iccid), Some(token)) = (body["iccid"].as_str(), body["access_token"].as_str())
+        {
+            self.sim_tokens
+                .lock()
+                .unwrap()
+                .insert(iccid.to_owned(), token.to_owned());
+        }
+    }
+
+    /// A `SIGN-IN-WITH-X` value for `path`, signed by the agent that pays in these tests (the SIMs' owner).
+    pub fn sign_in(&self, path: &str) -> String {
+        esim402_tests::sign_in(
+            chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
+            &self.url,
+            path,
+        )
+    }
+
+    /// The remembered access token of the SIM `path` addresses.
+    pub fn token_for(&self, path: &str) -> Option<String> {
+        let iccid = path_iccid(path)?;
+        self.sim_tokens.lock().unwrap().get(iccid).cloned()
     }
 
     pub async fn rpc(&self, method: &str, params: Value) -> Value {
@@ -207,20 +244,27 @@ impl PayStack {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
+        if !headers.iter().any(|(k, _)| {
+            k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("sign-in-with-x")
+        }) && let Some(t) = self.token_for(path)
+        {
+            req = req.bearer_auth(t);
+        }
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let body = r.json().await.unwrap_or(Value::Null);
+        self.remember(&body);
         (status, headers, body)
     }
 
+    /// GET with the SIM's remembered access token (if the path addresses one).
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(t) = self.token_for(path) {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -271,6 +315,7 @@ impl PayStack {
         let r = self
             .http
             .get(format!("{}/v1/ledger?limit=10000", self.url))
+            .bearer_auth(&self.admin_token)
             .send()
             .await
             .unwrap()

@@ -56,6 +56,13 @@ async fn scenario(runner: Runner, store: Store) {
         "{what}: paid once"
     );
     let iccid = out["body"]["iccid"].as_str().unwrap().to_owned();
+    assert!(
+        out["body"]["access_token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("sim_")),
+        "{what}: the paid answer carries the SIM's access token: {out}"
+    );
+    s.remember(&out["body"]);
 
     // The same payment again: a terminal 409, nothing moves.
     let replay = base64::engine::general_purpose::STANDARD.encode(out["sent"].to_string());
@@ -84,6 +91,39 @@ async fn scenario(runner: Runner, store: Store) {
     let (status, _, reused) = s.prove(&body, tx, &second).await;
     assert_eq!(status, 409, "{what}: {reused}");
 
+    // Only the payer manages the SIM: nobody without a credential, no other wallet; the payer's wallet
+    // sign-in (single-use nonce) and the access token do.
+    let suspend = format!("{}/v1/esim/{iccid}/suspend", s.url);
+    let r = s.http.post(&suspend).send().await.unwrap();
+    assert_eq!(r.status(), 401, "{what}: anonymous suspend");
+    let stranger = esim402_tests::sign_in(
+        "8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+        &s.url,
+        &format!("/v1/esim/{iccid}/suspend"),
+    );
+    let r = s
+        .http
+        .post(&suspend)
+        .header("sign-in-with-x", stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "{what}: another wallet's suspend");
+    let path = format!("/v1/esim/{iccid}");
+    let signed = s.sign_in(&path);
+    let read = |h: String| {
+        s.http
+            .get(format!("{}{path}", s.url))
+            .header("sign-in-with-x", h)
+            .send()
+    };
+    assert_eq!(read(signed.clone()).await.unwrap().status(), 200, "{what}");
+    assert_eq!(
+        read(signed).await.unwrap().status(),
+        401,
+        "{what}: a sign-in nonce is single-use"
+    );
+
     // The SIM's lifecycle: every transition once, invalid ones refused.
     let (status, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
     assert_eq!(
@@ -96,7 +136,6 @@ async fn scenario(runner: Runner, store: Store) {
         ("suspend", 409, None),
         ("resume", 200, Some("active")),
         ("terminate", 200, Some("terminated")),
-        ("resume", 409, None),
     ] {
         let (status, _, body) = s
             .post(&format!("/v1/esim/{iccid}/{action}"), &json!({}), &[])
@@ -106,6 +145,18 @@ async fn scenario(runner: Runner, store: Store) {
             assert_eq!(body["state"], state, "{what}: {action}");
         }
     }
+    // Terminating revoked the token; the owner's wallet still acts, and a terminated SIM stays terminated.
+    let resume = format!("/v1/esim/{iccid}/resume");
+    let (status, _, _) = s.post(&resume, &json!({}), &[]).await;
+    assert_eq!(status, 404, "{what}: the revoked token opens nothing");
+    let (status, _, body) = s
+        .post(
+            &resume,
+            &json!({}),
+            &[("sign-in-with-x", s.sign_in(&resume))],
+        )
+        .await;
+    assert_eq!(status, 409, "{what}: resume a terminated SIM: {body}");
 
     // Every money event is in a ledger that verifies.
     let (kinds, verify) = s.ledger().await;

@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--method", help="default: POST with --body, GET without")
     parser.add_argument("--v1", action="store_true", help="pay the v1 challenge (X-PAYMENT)")
     parser.add_argument("--payment-id", help="payment-identifier extension id")
+    parser.add_argument("--header", action="append", default=[],
+                        help="extra request header NAME:VALUE (repeatable), e.g. the SIM's Authorization")
     args = parser.parse_args()
 
     client = x402ClientSync()
@@ -90,6 +92,9 @@ def main() -> None:
 
     method = args.method or ("POST" if args.body is not None else "GET")
     headers = {"content-type": "application/json"} if args.body is not None else {}
+    for h in args.header:
+        name, _, value = h.partition(":")
+        headers[name.strip()] = value.strip()
     body = args.body.encode() if args.body is not None else None
     try:
         resp = session.request(method, args.url, data=body, headers=headers, timeout=120)

@@ -28,6 +28,16 @@ pub async fn authorize(iccid: &str, credential: &wit::Credential) -> Result<wit:
         wit::Credential::Token(t) => {
             auth::decide(iccid, &sim.access, &Presented::Token(t)).map_err(refused)?;
         }
+        wit::Credential::Carrier(secret) => {
+            let cfg = crate::config::get().await?;
+            let carrier = cfg
+                .callbacks
+                .carrier_of(Some(secret))
+                .map_err(|e| wit::Error::Unauthorized(e.to_string()))?;
+            if carrier.as_str() != sim.carrier {
+                return Err(not_yours());
+            }
+        }
         wit::Credential::Wallet(w) => {
             let address: Address = w.address.parse().map_err(|_| not_yours())?;
             auth::decide(iccid, &sim.access, &Presented::Wallet(address)).map_err(refused)?;

@@ -16,19 +16,18 @@ fn unauthorized(e: &AuthError) -> ApiError {
     ApiError::new(ErrorKind::Unauthorized, e.to_string())
 }
 
-/// The credential the request presents (checked for form, a wallet proof fully verified).
-pub fn credential(req: &Request) -> Result<wit::Credential, ApiError> {
+/// The credential the request presents (checked for form, a wallet proof fully verified). A bearer value
+/// that is not an access token is a carrier's credential where `carrier_too` (the quota route), else 401.
+pub fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credential, ApiError> {
     if let Some(value) = header(req, "authorization") {
-        let token = value
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| token::looks_like_token(t))
-            .ok_or_else(|| {
-                unauthorized(&AuthError::Invalid(
-                    "Authorization must be `Bearer sim_…` (the SIM's access token)".into(),
-                ))
-            })?;
-        return Ok(wit::Credential::Token(token.to_owned()));
+        let bearer = value.strip_prefix("Bearer ").map(str::trim);
+        return match bearer {
+            Some(t) if token::looks_like_token(t) => Ok(wit::Credential::Token(t.to_owned())),
+            Some(c) if carrier_too && !c.is_empty() => Ok(wit::Credential::Carrier(c.to_owned())),
+            _ => Err(unauthorized(&AuthError::Invalid(
+                "Authorization must be `Bearer sim_…` (the SIM's access token)".into(),
+            ))),
+        };
     }
     let Some(value) = header(req, siwx::HEADER) else {
         return Err(unauthorized(&AuthError::Missing));
@@ -53,7 +52,16 @@ pub fn credential(req: &Request) -> Result<wit::Credential, ApiError> {
 
 /// The SIM, if the request proves it manages it.
 pub async fn owner(req: &Request, iccid: &str) -> Result<wit::Sim, ApiError> {
-    let credential = credential(req)?;
+    authorize(req, iccid, false).await
+}
+
+/// The SIM, if the request comes from its owner or its carrier (online charging asks for quota).
+pub async fn owner_or_carrier(req: &Request, iccid: &str) -> Result<wit::Sim, ApiError> {
+    authorize(req, iccid, true).await
+}
+
+async fn authorize(req: &Request, iccid: &str, carrier_too: bool) -> Result<wit::Sim, ApiError> {
+    let credential = credential(req, carrier_too)?;
     dispatch::authorize(iccid.to_owned(), credential)
         .await
         .map_err(from_wit)

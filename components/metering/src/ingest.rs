@@ -14,7 +14,7 @@ use esim402_core::usage::account::Account;
 use esim402_core::usage::ingest::{
     LogEntry, LogState, Outcome, ReportLine, is_gap, parse_batch, totals,
 };
-use esim402_core::usage::receipt::{Receipt, SimTerms, verify};
+use esim402_core::usage::receipt::{MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, SimTerms, verify};
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
 use esim402_guest::kv;
 use esim402_guest::wit;
@@ -66,6 +66,10 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                 if e.is_dispute()
                     && kv::claim::<wit::Error>(&keys::dispute_claim(r.signing_hash()))
                         .map_err(kv_err)?
+                    && (!e.is_unsigned()
+                        || kv::increment::<wit::Error>(&keys::meter_unsigned(r.iccid.as_str()), 1)
+                            .map_err(kv_err)?
+                            <= MAX_UNSIGNED_DISPUTES_PER_SIM)
                 {
                     let sim = sims.entry(r.iccid.to_string()).or_default();
                     sim.entries

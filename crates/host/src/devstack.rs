@@ -106,7 +106,7 @@ impl DevStack {
             stack
                 .facts
                 .insert("smdp_callback_url".into(), callback.into());
-            stack.start_traffic(app_url, &url)?;
+            stack.start_traffic(app_url, &url, &credentials)?;
         }
         if env.contains_key("SPIN_VARIABLE_RPC_URL") {
             tracing::info!(
@@ -121,7 +121,12 @@ impl DevStack {
     /// The traffic simulator (`traffic-sim`, beside `esim402`): data sessions for the SIMs the SM-DP+
     /// simulator issued, signed receipts to the app's `/v1/usage`. Optional: without the binary, the stack
     /// runs without it (and says so).
-    fn start_traffic(&mut self, app_url: &str, smdp_url: &str) -> anyhow::Result<()> {
+    fn start_traffic(
+        &mut self,
+        app_url: &str,
+        smdp_url: &str,
+        credentials: &str,
+    ) -> anyhow::Result<()> {
         let Some(bin) = sibling("traffic-sim") else {
             tracing::warn!(
                 "dev stack: no traffic-sim beside esim402 (cargo build -p esim402-traffic-sim): no simulated usage"
@@ -129,14 +134,16 @@ impl DevStack {
             return Ok(());
         };
         let (child, url) = spawn_announcing(
-            Command::new(&bin).args([
-                "--listen",
-                "127.0.0.1:0",
-                "--facilitator",
-                app_url,
-                "--smdp",
-                smdp_url,
-            ]),
+            Command::new(&bin)
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--facilitator",
+                    app_url,
+                    "--smdp",
+                    smdp_url,
+                ])
+                .env("TRAFFIC_SIM_CARRIER_CREDENTIALS", credentials),
             "traffic-sim listening on ",
         )?;
         self.children.push(("traffic-sim".into(), child));

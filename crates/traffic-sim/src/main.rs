@@ -33,6 +33,15 @@ struct Cli {
     /// Time compression of scheduled traffic.
     #[arg(long, default_value_t = 60)]
     compression: u64,
+    /// The carriers' credentials, `carrier=secret,…` (the facilitator's `carrier_callback_credentials`),
+    /// presented on quota requests. Also read from TRAFFIC_SIM_CARRIER_CREDENTIALS.
+    #[arg(
+        long,
+        env = "TRAFFIC_SIM_CARRIER_CREDENTIALS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    carrier_credentials: String,
     /// Allow a non-loopback address (the simulator has no authentication).
     #[arg(long)]
     allow_public: bool,
@@ -102,6 +111,10 @@ fn main() -> anyhow::Result<()> {
         facilitator: cli.facilitator,
         smdp: cli.smdp,
         compression: cli.compression,
+        credentials: esim402_core::auth::callback::CallbackCredentials::parse(
+            &cli.carrier_credentials,
+        )
+        .map_err(|e| anyhow::anyhow!("--carrier-credentials: {e}"))?,
     })?;
     let app = axum::Router::new()
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))

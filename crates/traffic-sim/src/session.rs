@@ -23,6 +23,9 @@ pub struct Config {
     pub smdp: String,
     /// Time compression of scheduled traffic (60: one simulated hour per real minute).
     pub compression: u64,
+    /// The carriers' credentials (the facilitator's `carrier_callback_credentials`): each carrier's quota
+    /// requests present its own.
+    pub credentials: esim402_core::auth::callback::CallbackCredentials,
 }
 
 /// One SIM's data session.
@@ -143,17 +146,24 @@ impl Traffic {
     }
 
     /// Ask for quota: `Some(granted bytes)`, or `None` when the facilitator answers 402 (top up first).
-    async fn quota(&self, iccid: &str, want: u64) -> anyhow::Result<Option<u64>> {
+    async fn quota(
+        &self,
+        carrier: &CarrierId,
+        iccid: &str,
+        want: u64,
+    ) -> anyhow::Result<Option<u64>> {
         let url = format!(
             "{}/v1/esim/{iccid}/data",
             self.cfg.facilitator.trim_end_matches('/')
         );
-        let r = self
+        let mut request = self
             .http
             .post(url)
-            .json(&json!({ "quota_kb": want.div_ceil(1_000).max(1) }))
-            .send()
-            .await?;
+            .json(&json!({ "quota_kb": want.div_ceil(1_000).max(1) }));
+        if let Some(secret) = self.cfg.credentials.secret_of(carrier) {
+            request = request.bearer_auth(secret);
+        }
+        let r = request.send().await?;
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap_or(Value::Null);
         match status {
@@ -191,7 +201,7 @@ impl Traffic {
         let size = receipt_size(bytes);
         while out.delivered < bytes {
             let left = bytes - out.delivered;
-            let Some(granted) = self.quota(iccid.as_str(), left).await? else {
+            let Some(granted) = self.quota(&session.carrier, iccid.as_str(), left).await? else {
                 out.capped = true;
                 break;
             };

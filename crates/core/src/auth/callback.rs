@@ -1,5 +1,5 @@
-//! Carrier callback credentials: each carrier's SM-DP+ presents its own secret (`Authorization: Bearer …`) on
-//! `HandleDownloadProgressInfo`. Configured as one secret variable, `carrier=secret` pairs separated by commas
+//! Carrier credentials: each carrier presents its own secret (`Authorization: Bearer …`) on its SM-DP+'s
+//! `HandleDownloadProgressInfo` callbacks and when its charging side asks for a SIM's quota (online charging). Configured as one secret variable, `carrier=secret` pairs separated by commas
 //! (the SM-DP+ simulator takes the same string). Empty: every callback is refused.
 
 use crate::CarrierId;
@@ -81,6 +81,14 @@ impl CallbackCredentials {
         found.ok_or(CallbackError::Unknown)
     }
 
+    /// The secret `carrier` presents (for the simulators that play carriers).
+    pub fn secret_of(&self, carrier: &CarrierId) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(c, _)| c == carrier)
+            .map(|(_, s)| s.as_str())
+    }
+
     /// The carriers configured.
     pub fn carriers(&self) -> impl Iterator<Item = &CarrierId> {
         self.0.iter().map(|(c, _)| c)
@@ -127,6 +135,9 @@ mod tests {
         assert_eq!(c.carrier_of(None), Err(CallbackError::Unknown));
         assert!(!format!("{c:?}").contains("aaaa"));
         assert_eq!(c.carriers().count(), 2);
+        let v = CarrierId::parse("verizon").unwrap();
+        assert_eq!(c.secret_of(&v), Some("aaaaaaaaaaaaaaaa1"));
+        assert_eq!(c.secret_of(&CarrierId::parse("att").unwrap()), None);
     }
 
     #[test]

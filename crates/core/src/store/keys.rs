@@ -19,6 +19,7 @@
 //! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
 //! | `balance/<iccid>` | metering | a SIM's account: credits, suspension flag, closing refunds (`crate::usage::account`) |
 //! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |
+//! | `meter/<iccid>/unsigned` | metering | counter: disputes kept without a valid carrier signature (capped) |
 //! | `meter/<iccid>/n`, `meter/<iccid>/r/<n>` | metering | counter and entries of the SIM's receipt log (`crate::usage::ingest::LogEntry`) |
 //! | `rcpt/<carrier>/<session>/<seq>`, `rcpt/x/<digest>` | metering | claim counters: a receipt charged, a dispute kept (once each) |
 //!
@@ -128,6 +129,12 @@ pub fn meter_used(iccid: &str) -> String {
 /// The counter of a SIM's receipt log.
 pub fn meter_count(iccid: &str) -> String {
     format!("meter/{iccid}/n")
+}
+
+/// The counter of a SIM's disputes without a valid carrier signature (capped, see
+/// `crate::usage::receipt::MAX_UNSIGNED_DISPUTES_PER_SIM`).
+pub fn meter_unsigned(iccid: &str) -> String {
+    format!("meter/{iccid}/unsigned")
 }
 
 /// Entry `n` of a SIM's receipt log.

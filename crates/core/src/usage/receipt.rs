@@ -211,6 +211,12 @@ impl ReceiptError {
     pub fn is_dispute(&self) -> bool {
         !matches!(self, Self::Malformed { .. } | Self::UnknownSim(_))
     }
+
+    /// Whether anyone could have produced this refusal (no valid carrier signature): such disputes are kept
+    /// only up to [`MAX_UNSIGNED_DISPUTES_PER_SIM`] per SIM, so an anonymous flood cannot grow the store.
+    pub fn is_unsigned(&self) -> bool {
+        matches!(self, Self::BadSignature(_) | Self::UnknownCarrier(_))
+    }
 }
 
 impl WireReceipt {
@@ -310,6 +316,10 @@ impl Receipt {
         recover_signer(self.signing_hash(), &self.signature)
     }
 }
+
+/// Disputed receipts without a valid carrier signature kept per SIM (later ones are refused and counted, not
+/// stored): carrier-signed disputes are bounded by the carriers, unsigned ones by this.
+pub const MAX_UNSIGNED_DISPUTES_PER_SIM: i64 = 100;
 
 /// What metering knows about the SIM a receipt names (from its account, opened at activation).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -111,6 +111,7 @@ fn another_carriers_key_is_refused() {
     let e = check(&r, "tmobile", &us_only()).unwrap_err();
     assert_eq!(e.reason(), "bad_signature");
     assert!(e.is_dispute());
+    assert!(e.is_unsigned(), "anyone can produce it: capped per SIM");
 }
 
 #[test]

@@ -366,3 +366,49 @@ async fn close(kit: &mut Kit, iccid: &str) -> Value {
         .unwrap();
     serde_json::from_str(&s).unwrap()
 }
+
+#[tokio::test]
+async fn a_flood_of_forged_receipts_keeps_a_bounded_number_of_disputes() {
+    use esim402_core::usage::receipt::MAX_UNSIGNED_DISPUTES_PER_SIM;
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(4);
+    open(&mut kit, &id, 10).await;
+    let cap = usize::try_from(MAX_UNSIGNED_DISPUTES_PER_SIM).unwrap();
+    // Anyone can post receipts whose signature does not verify: 30 more than the cap, in two batches.
+    let forged: Vec<Value> = (1..=u64::try_from(cap + 30).unwrap())
+        .map(|seq| {
+            let mut r = receipt(&id, "tmobile", "flood", seq, 1_000, "310-260");
+            r["bytes_down"] = json!(seq);
+            r
+        })
+        .collect();
+    let (first, kinds_a, _) = ingest(&mut kit, forged[..cap - 10].to_vec()).await;
+    let (_, kinds_b, _) = ingest(&mut kit, forged[cap - 10..].to_vec()).await;
+    assert!(
+        first["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["reason"] == "bad_signature")
+    );
+    let kept = kinds_a.len() + kinds_b.len();
+    assert_eq!(kept, cap, "one dispute event per kept receipt, no more");
+    let id2 = id.clone();
+    let log: Value = serde_json::from_str(
+        &kit.call(async move |a, g| g.metering().call_receipts(a, id2, 1, 1_000).await)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(log.as_array().unwrap().len(), cap);
+    assert_eq!(
+        balance(&mut kit, &id).await.used_bytes,
+        0,
+        "nothing charged"
+    );
+    // A carrier-signed dispute is still kept past the cap (the carrier is accountable for those).
+    let roaming = receipt(&id, "tmobile", "s9", 1, 1_000, "262-01");
+    let (_, kinds, _) = ingest(&mut kit, vec![roaming]).await;
+    assert_eq!(kinds, ["usage_disputed"]);
+}

@@ -1,0 +1,218 @@
+//! Who may do what, end to end: the 402 challenge also answers a GET (and paying it activates), every known
+//! route answers an unknown method with 405 and `Allow`, the access token rotates (the old one stops
+//! working), a bad sign-in is 401 naming the problem, and anyone may pay for a top-up of any SIM.
+
+use esim402_core::x402::header::decode_payment_required_header;
+use serde_json::{Value, json};
+
+use crate::payments::{PayStack, Payment};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_activate_is_a_payable_challenge_and_methods_are_announced() {
+    let s = PayStack::start(&[]).await;
+    let url = format!("{}/v1/esim/activate?region=us-west&data_mb=100", s.url);
+    let r = s.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 402);
+    let challenge =
+        decode_payment_required_header(r.headers()["payment-required"].to_str().unwrap()).unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["amount_usdc"], "0.42", "{body}");
+    // Paying the GET challenge activates, exactly like the POST.
+    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let r = s
+        .http
+        .get(&url)
+        .header("payment-signature", pay.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let paid: Value = r.json().await.unwrap();
+    assert!(
+        paid["activation_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("LPA:1$")
+    );
+    let token = paid["access_token"].as_str().unwrap().to_owned();
+    let iccid = paid["iccid"].as_str().unwrap().to_owned();
+    // A malformed GET is a 400 naming the field.
+    let r = s
+        .http
+        .get(format!(
+            "{}/v1/esim/activate?region=us-west&data_mb=lots",
+            s.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["field"], "data_mb");
+
+    // Unknown methods on known routes: 405 with Allow.
+    for (method, path, allow) in [
+        (
+            reqwest::Method::DELETE,
+            "/v1/esim/activate".to_owned(),
+            "GET, POST",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/esim/{iccid}/suspend"),
+            "POST",
+        ),
+        (reqwest::Method::PUT, format!("/v1/esim/{iccid}"), "GET"),
+        (
+            reqwest::Method::GET,
+            "/gsma/rsp2/es2plus/handleDownloadProgressInfo".to_owned(),
+            "POST",
+        ),
+        (reqwest::Method::POST, "/v1/ledger".to_owned(), "GET"),
+    ] {
+        let r = s
+            .http
+            .request(method.clone(), format!("{}{path}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+    }
+
+    // Rotation: the new token works, the old one opens nothing.
+    let sim_url = format!("{}/v1/esim/{iccid}", s.url);
+    let rotate = s
+        .http
+        .post(format!("{sim_url}/token"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotate.status(), 200);
+    let rotated = rotate.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(rotated, token);
+    let status = |t: String| {
+        let req = s.http.get(&sim_url).bearer_auth(t);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(token.clone()).await, 404);
+    assert_eq!(status(rotated.clone()).await, 200);
+    assert_eq!(status("not-a-token".into()).await, 401);
+    // The paid answer replayed no longer hands out the rotated-away token.
+    let r = s
+        .http
+        .get(&url)
+        .header("payment-signature", pay.header())
+        .send()
+        .await
+        .unwrap();
+    let again: Value = r.json().await.unwrap();
+    assert!(again.get("access_token").is_none(), "{again}");
+
+    // Sign-ins that fail a check are 401 and say which.
+    let path = format!("/v1/esim/{iccid}");
+    let wrong_host = esim402_tests::sign_in(
+        esim402_host::devstack::chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
+        "http://evil.test",
+        &path,
+    );
+    let r = s
+        .http
+        .get(&sim_url)
+        .header("sign-in-with-x", wrong_host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("domain"),
+        "{e}"
+    );
+    let r = s
+        .http
+        .get(&sim_url)
+        .header("sign-in-with-x", "bm90IGpzb24=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The ledger proves itself to anyone; its entries are the operator's.
+    let (status, verify) = s.get("/v1/ledger/verify").await;
+    assert_eq!((status, verify["ok"].as_bool()), (200, Some(true)));
+    assert_eq!(
+        verify.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["count", "head", "ok"]
+    );
+    let r = s
+        .http
+        .get(format!("{}/v1/ledger", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anyone_may_pay_a_top_up_but_only_the_owner_reads_the_sim() {
+    let s = PayStack::start(&[]).await;
+    let body = json!({"region": "us-west", "data_mb": 1});
+    let (_, req) = s.invoice(&body).await;
+    let pay = Payment::for_requirement(&req);
+    let (status, _, act) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 200, "{act}");
+    let iccid = act["iccid"].as_str().unwrap().to_owned();
+
+    // A stranger (no credential) reads nothing...
+    let data = format!("{}/v1/esim/{iccid}/data", s.url);
+    for path in ["", "/balance", "/usage", "/receipts"] {
+        let r = s
+            .http
+            .get(format!("{}/v1/esim/{iccid}{path}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "GET …{path}");
+    }
+    let r = s.http.post(&data).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // ...but may buy a top-up: the 402 prices it without showing the balance, and paying credits it.
+    let r = s
+        .http
+        .post(&data)
+        .json(&json!({"top_up_mb": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    let challenge =
+        decode_payment_required_header(r.headers()["payment-required"].to_str().unwrap()).unwrap();
+    let offer: Value = r.json().await.unwrap();
+    assert!(offer.get("remaining_kb").is_none(), "{offer}");
+    assert_eq!(offer["top_up_options"][0]["data_mb"], 10);
+    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let r = s
+        .http
+        .post(&data)
+        .header("payment-signature", pay.header())
+        .json(&json!({"top_up_mb": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, b) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["credited_bytes"], 11_000_000, "{b}");
+}
