@@ -276,10 +276,49 @@ impl AppProcess {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait (up to `within`) until its log has a line containing `marker`; `Err` with the log if it does not
+    /// come or the process exits first.
+    pub async fn wait_for_log(&mut self, marker: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.log_text().lines().any(|l| l.contains(marker)) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                anyhow::bail!(
+                    "exited with {status} before {marker:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("no {marker:?} within {within:?}:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A real crash: SIGKILL to its PID (no shutdown of any kind), then reap it.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // `Child::kill` is SIGKILL on Unix, sent to this child's PID only.
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for AppProcess {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            // Already reaped: its PID may belong to someone else by now.
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -12,5 +12,6 @@ mod metering;
 mod payments;
 mod python_client;
 mod runtimes;
+mod scaleout;
 mod spin_compat;
 mod startup;
