@@ -222,23 +222,7 @@ async fn try_carrier(
     let Some(iccid) = r.iccid else {
         return Err(Skip::Next(format!("{id}: DownloadOrder returned no ICCID")));
     };
-    let region = cfg.catalog.region(&spec.region);
-    let mut sim = StoredSim {
-        iccid: iccid.as_str().to_owned(),
-        carrier: id.clone(),
-        region: spec.region.to_string(),
-        state: SimState::Pending,
-        profile_state: None,
-        activation_code: None,
-        eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
-        roaming: region.map(|r| r.roaming.clone()).unwrap_or_default(),
-        data_mb: spec.data_mb.get(),
-        invoice_id: driver.order.invoice_id.clone(),
-        created_at: now,
-        failovers: Vec::new(),
-        replaces: spec.replaces.clone(),
-        replaced_by: None,
-    };
+    let mut sim = pending_sim(cfg, spec, driver, &id, iccid.as_str(), now);
     let step = Step {
         carrier: id.clone(),
         iccid: sim.iccid.clone(),
@@ -252,6 +236,34 @@ async fn try_carrier(
     sim_store::put(&sim).await.map_err(Skip::Reject)?;
     finish(cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await?;
     Ok(sim)
+}
+
+/// The SIM record of a profile `carrier` allocated for this order, not yet confirmed.
+fn pending_sim(
+    cfg: &Config,
+    spec: &OrderSpec,
+    driver: &Driver,
+    carrier: &str,
+    iccid: &str,
+    now: u64,
+) -> StoredSim {
+    let region = cfg.catalog.region(&spec.region);
+    StoredSim {
+        iccid: iccid.to_owned(),
+        carrier: carrier.to_owned(),
+        region: spec.region.to_string(),
+        state: SimState::Pending,
+        profile_state: None,
+        activation_code: None,
+        eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
+        roaming: region.map(|r| r.roaming.clone()).unwrap_or_default(),
+        data_mb: spec.data_mb.get(),
+        invoice_id: driver.order.invoice_id.clone(),
+        created_at: now,
+        failovers: Vec::new(),
+        replaces: spec.replaces.clone(),
+        replaced_by: None,
+    }
 }
 
 /// Confirm an allocated profile and store the result; on failure give the profile back to the pool.
@@ -334,9 +346,16 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
     let mut tried = None;
     if let Some(step) = Plan::resume(&driver.order).cloned() {
         let carrier = cfg.carrier(&step.carrier)?;
-        let mut sim = sim_store::load(&sim_store::parse_iccid(&step.iccid)?)
-            .await?
-            .ok_or_else(|| internal("pending SIM record missing"))?;
+        // A crash between journaling the step and storing the pending SIM leaves only the journal: the SIM
+        // record is rebuilt from it, so the allocated profile is confirmed (or given back), never stranded.
+        let mut sim = match sim_store::load(&sim_store::parse_iccid(&step.iccid)?).await? {
+            Some(sim) => sim,
+            None => {
+                let sim = pending_sim(&cfg, &spec, &driver, &step.carrier, &step.iccid, now);
+                sim_store::put(&sim).await?;
+                sim
+            }
+        };
         match finish(&cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await {
             Ok(()) => return complete(&driver, sim, failovers).await,
             Err(Skip::Next(why)) => {
