@@ -100,6 +100,12 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// The `esim402` host binary: `ESIM402_BIN` if set (a copy of one build, for a checkout whose target directory
+/// other checkouts build into too), else the one built beside the tests.
+pub fn host_binary() -> PathBuf {
+    std::env::var_os("ESIM402_BIN").map_or_else(|| bin_dir().join("esim402"), PathBuf::from)
+}
+
 /// The Spin release the compatibility tests were written against (`spin --version`).
 pub const SPIN_VERSION: &str = "spin 4.1.0-pre0";
 
@@ -216,7 +222,7 @@ impl AppProcess {
         let manifest = repo_root().join("spin.toml");
         let mut cmd = match runner {
             Runner::Host => {
-                let mut c = Command::new(bin_dir().join("esim402"));
+                let mut c = Command::new(host_binary());
                 c.arg("up").arg("-f").arg(&manifest).arg("--no-dev-stack");
                 c
             }

@@ -4,6 +4,7 @@
 mod activate;
 mod backends;
 mod conformance;
+mod crash;
 mod devchain;
 mod dispatch;
 mod facilitator;

@@ -52,7 +52,7 @@ pub struct PayStack {
     /// The app's base URL.
     pub url: String,
     /// The Redis server of a `Store::Redis` app (stopped after the app).
-    pub redis: Option<RedisServer>,
+    _redis: Option<RedisServer>,
     /// Holds a `Store::Sqlite` app's database file, so a restarted app finds it.
     _store_dir: tempfile::TempDir,
     /// Everything the app was started with: its `SPIN_VARIABLE_*` and other environment, and (for an app served
@@ -140,7 +140,7 @@ impl PayStack {
         Self {
             _app: app,
             url,
-            redis,
+            _redis: redis,
             _store_dir: store_dir,
             app_env,
             launch,
