@@ -5,6 +5,7 @@ mod activate;
 mod backends;
 mod conformance;
 mod crash;
+mod deploy;
 mod devchain;
 mod dispatch;
 mod facilitator;
