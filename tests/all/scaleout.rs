@@ -27,7 +27,11 @@ impl Pair {
 
     /// Instance `i % 2`'s base URL.
     fn url(&self, i: usize) -> &str {
-        if i % 2 == 0 { &self.s.url } else { &self.b.url }
+        if i.is_multiple_of(2) {
+            &self.s.url
+        } else {
+            &self.b.url
+        }
     }
 
     /// Send `n` copies of one request alternately to both instances, all at once; each answer's status and body.
