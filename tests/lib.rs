@@ -110,6 +110,12 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// The `esim402` host binary: `ESIM402_BIN` if set (a copy of one build, for a checkout whose target directory
+/// other checkouts build into too), else the one built beside the tests.
+pub fn host_binary() -> PathBuf {
+    std::env::var_os("ESIM402_BIN").map_or_else(|| bin_dir().join("esim402"), PathBuf::from)
+}
+
 /// The Spin release the compatibility tests were written against (`spin --version`).
 pub const SPIN_VERSION: &str = "spin 4.1.0-pre0";
 
@@ -226,7 +232,7 @@ impl AppProcess {
         let manifest = repo_root().join("spin.toml");
         let mut cmd = match runner {
             Runner::Host => {
-                let mut c = Command::new(bin_dir().join("esim402"));
+                let mut c = Command::new(host_binary());
                 c.arg("up").arg("-f").arg(&manifest).arg("--no-dev-stack");
                 c
             }
@@ -287,10 +293,49 @@ impl AppProcess {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait (up to `within`) until its log has a line containing `marker`; `Err` with the log if it does not
+    /// come or the process exits first.
+    pub async fn wait_for_log(&mut self, marker: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.log_text().lines().any(|l| l.contains(marker)) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                anyhow::bail!(
+                    "exited with {status} before {marker:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("no {marker:?} within {within:?}:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A real crash: SIGKILL to its PID (no shutdown of any kind), then reap it.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // `Child::kill` is SIGKILL on Unix, sent to this child's PID only.
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for AppProcess {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            // Already reaped: its PID may belong to someone else by now.
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

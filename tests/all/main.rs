@@ -4,6 +4,8 @@
 mod activate;
 mod backends;
 mod conformance;
+mod crash;
+mod deploy;
 mod devchain;
 mod dispatch;
 mod facilitator;
@@ -13,5 +15,6 @@ mod ownership;
 mod payments;
 mod python_client;
 mod runtimes;
+mod scaleout;
 mod spin_compat;
 mod startup;

@@ -47,7 +47,7 @@ async fn running_low(s: &PayStack) -> String {
     iccid
 }
 
-fn receipt(iccid: &str, session: &str, seq: u64, bytes: u64, plmn: &str) -> Value {
+pub(crate) fn receipt(iccid: &str, session: &str, seq: u64, bytes: u64, plmn: &str) -> Value {
     let t = now();
     let r = Receipt {
         carrier: CarrierId::parse("tmobile").unwrap(),

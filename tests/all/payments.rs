@@ -53,6 +53,12 @@ pub struct PayStack {
     pub url: String,
     /// The Redis server of a `Store::Redis` app (stopped after the app).
     _redis: Option<RedisServer>,
+    /// Holds a `Store::Sqlite` app's database file, so a restarted app finds it.
+    _store_dir: tempfile::TempDir,
+    /// Everything the app was started with: its `SPIN_VARIABLE_*` and other environment, and (for an app served
+    /// by a child process) its runner and runtime config, so peers and restarts get the same.
+    pub app_env: Vec<(String, String)>,
+    launch: Option<(Runner, String)>,
     pub sim: SmdpSim,
     /// The dev chain (anvil stopped by PID on drop).
     pub chain: DevStack,
@@ -105,31 +111,33 @@ impl PayStack {
         let rpc_url = all["SPIN_VARIABLE_RPC_URL"].clone();
         let token = all["SPIN_VARIABLE_USDC_ADDRESS"].parse().unwrap();
         let admin_token = all["SPIN_VARIABLE_ADMIN_TOKEN"].clone();
-        let (app, redis) = match (process, listener) {
+        let app_env: Vec<(String, String)> = all.into_iter().collect();
+        let store_dir = tempfile::tempdir().unwrap();
+        let (app, redis, launch) = match (process, listener) {
             (Some((runner, store)), _) => {
                 let redis = (store == Store::Redis).then(|| RedisServer::start().unwrap());
-                // A relative path resolves beside the runtime config file, in the app's temporary directory
-                // (Spin and this host agree).
+                // An absolute path in a directory of the stack's own: a restarted app opens the same file.
                 let rc = match &redis {
                     Some(r) => format!(
                         "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
                         r.url
                     ),
-                    None => {
-                        "[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\n".to_owned()
-                    }
+                    None => format!(
+                        "[key_value_store.default]\ntype = \"spin\"\npath = \"{}\"\n",
+                        store_dir.path().join("kv.db").display()
+                    ),
                 };
-                let env: Vec<(String, String)> = all.into_iter().collect();
-                let app = AppProcess::start(runner, addr.port(), &rc, &env)
+                let app = AppProcess::start(runner, addr.port(), &rc, &app_env)
                     .await
                     .unwrap();
-                (Served::Process(app), redis)
+                (Served::Process(app), redis, Some((runner.clone(), rc)))
             }
             (None, Some(listener)) => {
                 let mut opts = options(StoreConfig::Memory);
-                opts.env.extend(all);
+                opts.env.extend(app_env.iter().cloned());
                 (
                     Served::InProcess(spawn_app_on(opts, listener).await.unwrap()),
+                    None,
                     None,
                 )
             }
@@ -143,6 +151,9 @@ impl PayStack {
             _app: app,
             url,
             _redis: redis,
+            _store_dir: store_dir,
+            app_env,
+            launch,
             sim,
             chain,
             http: reqwest::Client::builder()
@@ -180,6 +191,51 @@ impl PayStack {
     pub fn token_for(&self, path: &str) -> Option<String> {
         let iccid = path_iccid(path)?;
         self.sim_tokens.lock().unwrap().get(iccid).cloned()
+    }
+
+    /// The app's environment with `set` added (or replaced) and `unset` removed.
+    pub fn env_with(&self, set: &[(&str, &str)], unset: &[&str]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .app_env
+            .iter()
+            .filter(|(k, _)| !unset.contains(&k.as_str()) && !set.iter().any(|(s, _)| s == k))
+            .cloned()
+            .collect();
+        env.extend(set.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        env
+    }
+
+    /// Another instance of an app served by a child process: same runner, same store, same settings, `env`
+    /// (see [`PayStack::env_with`]), on a port of its own.
+    pub async fn start_peer(&self, env: &[(String, String)]) -> AppProcess {
+        let (runner, rc) = self
+            .launch
+            .as_ref()
+            .expect("peers need an app served by a process");
+        AppProcess::start(runner, free_port(), rc, env)
+            .await
+            .unwrap()
+    }
+
+    /// The child process serving the app.
+    pub fn process(&mut self) -> &mut AppProcess {
+        match &mut self._app {
+            Served::Process(p) => p,
+            Served::InProcess(_) => panic!("the app is served in this process"),
+        }
+    }
+
+    /// Start the app again on its port and store with `env`, after its process ended (see
+    /// [`AppProcess::kill`]).
+    pub async fn restart(&mut self, env: &[(String, String)]) {
+        let (runner, rc) = self
+            .launch
+            .clone()
+            .expect("restarts need an app served by a process");
+        self.process().kill();
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        let app = AppProcess::start(&runner, port, &rc, env).await.unwrap();
+        self._app = Served::Process(app);
     }
 
     pub async fn rpc(&self, method: &str, params: Value) -> Value {

@@ -225,10 +225,35 @@ async fn try_carrier(
     let Some(iccid) = r.iccid else {
         return Err(Skip::Next(format!("{id}: DownloadOrder returned no ICCID")));
     };
-    let region = cfg.catalog.region(&spec.region);
-    let mut sim = StoredSim {
-        iccid: iccid.as_str().to_owned(),
+    let mut sim = pending_sim(cfg, spec, driver, &id, iccid.as_str(), now);
+    let step = Step {
         carrier: id.clone(),
+        iccid: sim.iccid.clone(),
+        confirm_fci: fci().map_err(Skip::Reject)?,
+    };
+    // Journal first, then the pending SIM: a crash after this point is resumable and visible.
+    if let Err(e) = journal(driver, |o| o.step = Some(step.clone())).await {
+        calls::cancel(cfg, carrier, &iccid, false).await;
+        return Err(Skip::Reject(e));
+    }
+    sim_store::put(&sim).await.map_err(Skip::Reject)?;
+    finish(cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await?;
+    Ok(sim)
+}
+
+/// The SIM record of a profile `carrier` allocated for this order, not yet confirmed.
+fn pending_sim(
+    cfg: &Config,
+    spec: &OrderSpec,
+    driver: &Driver,
+    carrier: &str,
+    iccid: &str,
+    now: u64,
+) -> StoredSim {
+    let region = cfg.catalog.region(&spec.region);
+    StoredSim {
+        iccid: iccid.to_owned(),
+        carrier: carrier.to_owned(),
         region: spec.region.to_string(),
         state: SimState::Pending,
         profile_state: None,
@@ -243,22 +268,9 @@ async fn try_carrier(
         replaced_by: None,
         access: esim402_core::auth::SimAccess {
             owner: spec.owner,
-            token: Some(crate::access::initial_state(&cfg.token_key, iccid.as_str())),
+            token: Some(crate::access::initial_state(&cfg.token_key, iccid)),
         },
-    };
-    let step = Step {
-        carrier: id.clone(),
-        iccid: sim.iccid.clone(),
-        confirm_fci: fci().map_err(Skip::Reject)?,
-    };
-    // Journal first, then the pending SIM: a crash after this point is resumable and visible.
-    if let Err(e) = journal(driver, |o| o.step = Some(step.clone())).await {
-        calls::cancel(cfg, carrier, &iccid, false).await;
-        return Err(Skip::Reject(e));
     }
-    sim_store::put(&sim).await.map_err(Skip::Reject)?;
-    finish(cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await?;
-    Ok(sim)
 }
 
 /// Confirm an allocated profile and store the result; on failure give the profile back to the pool.
@@ -341,9 +353,16 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
     let mut tried = None;
     if let Some(step) = Plan::resume(&driver.order).cloned() {
         let carrier = cfg.carrier(&step.carrier)?;
-        let mut sim = sim_store::load(&sim_store::parse_iccid(&step.iccid)?)
-            .await?
-            .ok_or_else(|| internal("pending SIM record missing"))?;
+        // A crash between journaling the step and storing the pending SIM leaves only the journal: the SIM
+        // record is rebuilt from it, so the allocated profile is confirmed (or given back), never stranded.
+        let mut sim = match sim_store::load(&sim_store::parse_iccid(&step.iccid)?).await? {
+            Some(sim) => sim,
+            None => {
+                let sim = pending_sim(&cfg, &spec, &driver, &step.carrier, &step.iccid, now);
+                sim_store::put(&sim).await?;
+                sim
+            }
+        };
         match finish(&cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await {
             Ok(()) => return complete(&driver, sim, failovers).await,
             Err(Skip::Next(why)) => {

@@ -119,6 +119,8 @@ pub struct ComponentRuntime {
     kv: KvCtx,
     vars: VarsCtx,
     env: Vec<(String, String)>,
+    /// Test-only: the guests' wall clock runs this far ahead (`crate::clock`).
+    clock_skew: Option<Duration>,
     max_concurrent: usize,
     max_requests: usize,
 }
@@ -269,6 +271,7 @@ impl App {
         let pool = (std::env::var("ESIM402_OUTBOUND_POOL").as_deref() != Ok("off"))
             .then(|| Arc::new(crate::pool::Pool::new(crate::pool::PoolLimits::default())));
 
+        let clock_skew = crate::clock::skew()?;
         let engine = engine(opts.cache_dir.as_deref())?;
         let linker = linker(&engine)?;
         let router = Router::new(
@@ -334,6 +337,7 @@ impl App {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                clock_skew,
                 max_concurrent: opts.max_concurrent_per_instance.max(1),
                 max_requests: opts.max_requests_per_instance.max(1),
             };
@@ -444,6 +448,9 @@ impl HandlerState for ComponentRuntime {
         wasi.inherit_stdout().inherit_stderr();
         for (k, v) in &self.env {
             wasi.env(k, v);
+        }
+        if let Some(ahead) = self.clock_skew {
+            wasi.wall_clock(crate::clock::SkewedClock { ahead });
         }
         let state = HostState {
             table: ResourceTable::new(),

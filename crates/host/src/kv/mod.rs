@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub mod failpoint;
 mod memory;
 mod redis_store;
 mod sqlite;
@@ -76,13 +77,14 @@ pub(crate) fn parse_counter(key: &str, bytes: Option<&[u8]>) -> KvResult<i64> {
     }
 }
 
-/// Open the backend for one configured store.
+/// Open the backend for one configured store (behind the test-only [`failpoint`] when it is armed).
 pub async fn open(label: &str, cfg: &StoreConfig) -> anyhow::Result<SharedBackend> {
-    Ok(match cfg {
+    let backend: SharedBackend = match cfg {
         StoreConfig::Memory => Arc::new(MemoryStore::default()),
         StoreConfig::Sqlite(path) => Arc::new(SqliteStore::open(path, label)?),
         StoreConfig::Redis(url) => Arc::new(RedisStore::connect(url).await?),
-    })
+    };
+    failpoint::wrap(backend)
 }
 
 #[cfg(test)]

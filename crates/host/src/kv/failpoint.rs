@@ -1,0 +1,210 @@
+//! **Test-only** crash points in the key-value layer, for the crash-safety tests (`tests/all/crash.rs`).
+//!
+//! `ESIM402_FAILPOINT=<key prefix>[#<n>]`: when the `n`-th (default: first) published write of a key starting
+//! with the prefix has completed, the host prints `failpoint hit: <prefix>[#<n>]` to stderr and that request
+//! never continues (the store call never returns; every later matching write blocks too). The test then sends
+//! the process a real SIGKILL, so what is left in the store is exactly what a crash at that point leaves.
+//! Nothing aborts in-process: the kill comes from outside, as a real crash would.
+//!
+//! A *published write* is a `set` or a successful `compare_and_swap` of a key itself, not of a versioned
+//! cell's bookkeeping (`<key>@v<n>` claim counters and `<key>@v<n>.<token>` proposals, `esim402_core::store::
+//! cell`): the prefix `order/` fires when an order journal's new version becomes visible. Counters
+//! (`increment`) and deletes never fire.
+//!
+//! Unset (always, outside tests), [`wrap`] returns the backend unchanged: the failpoint costs nothing and
+//! cannot fire. Never set it in a deployment.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+
+use super::{Backend, KvResult, SharedBackend};
+
+/// The environment variable that arms the failpoint.
+pub const ENV: &str = "ESIM402_FAILPOINT";
+
+/// A parsed `ESIM402_FAILPOINT` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// Keys this failpoint watches.
+    pub prefix: String,
+    /// Which matching write fires it (1-based).
+    pub nth: u64,
+}
+
+impl Spec {
+    /// Parse `<prefix>[#<n>]`; `None` for an empty prefix or a malformed count.
+    pub fn parse(value: &str) -> Option<Self> {
+        let (prefix, nth) = match value.rsplit_once('#') {
+            Some((p, n)) => (p, n.parse().ok().filter(|n| *n >= 1)?),
+            None => (value, 1),
+        };
+        (!prefix.is_empty()).then(|| Self {
+            prefix: prefix.to_owned(),
+            nth,
+        })
+    }
+
+    fn label(&self) -> String {
+        if self.nth == 1 {
+            self.prefix.clone()
+        } else {
+            format!("{}#{}", self.prefix, self.nth)
+        }
+    }
+}
+
+/// Whether `key` is a versioned cell's claim counter (`…@v<n>`) or proposal (`…@v<n>.<token>`).
+fn is_cell_bookkeeping(key: &str) -> bool {
+    let Some((_, tail)) = key.rsplit_once("@v") else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match tail.split_once('.') {
+        Some((version, token)) => digits(version) && digits(token),
+        None => digits(tail),
+    }
+}
+
+/// `backend` behind the failpoint `ESIM402_FAILPOINT` names, or unchanged when it is unset. A set but
+/// malformed value fails start-up (a crash test must not silently run without its crash).
+pub fn wrap(backend: SharedBackend) -> anyhow::Result<SharedBackend> {
+    let Some(value) = std::env::var_os(ENV) else {
+        return Ok(backend);
+    };
+    let value = value.to_string_lossy();
+    let spec = Spec::parse(&value)
+        .ok_or_else(|| anyhow::anyhow!("{ENV}={value:?}: expected <key prefix>[#<n>]"))?;
+    tracing::warn!(failpoint = %spec.label(), "test-only key-value failpoint armed");
+    Ok(Arc::new(Failpoint {
+        inner: backend,
+        spec,
+        seen: AtomicU64::new(0),
+    }))
+}
+
+/// A backend that stalls the request whose write reaches the failpoint.
+struct Failpoint {
+    inner: SharedBackend,
+    spec: Spec,
+    seen: AtomicU64,
+}
+
+impl Failpoint {
+    /// After a completed published write of `key`: stall forever if it is the failpoint's.
+    async fn after_write(&self, key: &str) {
+        if !key.starts_with(&self.spec.prefix) || is_cell_bookkeeping(key) {
+            return;
+        }
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if n < self.spec.nth {
+            return;
+        }
+        eprintln!("failpoint hit: {}", self.spec.label());
+        std::future::pending::<()>().await;
+    }
+}
+
+#[async_trait]
+impl Backend for Failpoint {
+    async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+
+    async fn set(&self, key: &str, value: &[u8]) -> KvResult<()> {
+        self.inner.set(key, value).await?;
+        self.after_write(key).await;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> KvResult<()> {
+        self.inner.delete(key).await
+    }
+
+    async fn exists(&self, key: &str) -> KvResult<bool> {
+        self.inner.exists(key).await
+    }
+
+    async fn keys(&self) -> KvResult<Vec<String>> {
+        self.inner.keys().await
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> KvResult<i64> {
+        self.inner.increment(key, delta).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> KvResult<bool> {
+        let swapped = self.inner.compare_and_swap(key, expected, value).await?;
+        if swapped {
+            self.after_write(key).await;
+        }
+        Ok(swapped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::kv::MemoryStore;
+
+    #[test]
+    fn specs_parse_with_an_optional_count() {
+        let spec = |p: &str, nth| {
+            Some(Spec {
+                prefix: p.into(),
+                nth,
+            })
+        };
+        assert_eq!(Spec::parse("order/"), spec("order/", 1));
+        assert_eq!(Spec::parse("x402/nonce/#3"), spec("x402/nonce/", 3));
+        assert_eq!(Spec::parse("a#b#2"), spec("a#b", 2));
+        assert_eq!(Spec::parse(""), None);
+        assert_eq!(Spec::parse("#2"), None);
+        assert_eq!(Spec::parse("sim/#0"), None);
+        assert_eq!(Spec::parse("sim/#x"), None);
+    }
+
+    #[test]
+    fn cell_bookkeeping_is_not_a_published_write() {
+        assert!(is_cell_bookkeeping("order/inv_1@v2"));
+        assert!(is_cell_bookkeeping("order/inv_1@v2.123456"));
+        assert!(!is_cell_bookkeeping("order/inv_1"));
+        assert!(!is_cell_bookkeeping("user@vendor/x"));
+        assert!(!is_cell_bookkeeping("a@v"));
+    }
+
+    #[tokio::test]
+    async fn the_nth_published_write_completes_then_stalls_and_the_rest_pass() {
+        let fp = Failpoint {
+            inner: Arc::new(MemoryStore::default()),
+            spec: Spec::parse("sim/#2").unwrap(),
+            seen: AtomicU64::new(0),
+        };
+        fp.set("sim/1@v1.77", b"proposal").await.unwrap();
+        fp.set("other/1", b"x").await.unwrap();
+        fp.set("sim/1", b"first").await.unwrap();
+        assert!(
+            !fp.compare_and_swap("sim/2", Some(b"no"), b"y")
+                .await
+                .unwrap()
+        );
+        fp.increment("sim/1@v2", 5).await.unwrap();
+        // The memory store never waits, so one poll runs the write to its end: the failpoint's stall.
+        let mut second = std::pin::pin!(fp.set("sim/2", b"second"));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(second.as_mut().poll(&mut cx), Poll::Pending));
+        assert_eq!(
+            fp.get("sim/2").await.unwrap().as_deref(),
+            Some(&b"second"[..]),
+            "the write itself completed before the stall"
+        );
+    }
+}

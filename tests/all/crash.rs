@@ -1,0 +1,244 @@
+//! Crash safety of a paid activation: the host (`esim402 up`, a child process) is armed with the test-only
+//! failpoint `ESIM402_FAILPOINT` (crates/host/src/kv/failpoint.rs), which stalls the paying request right after
+//! a given key-value write; the test then SIGKILLs it by PID, starts it again on the same store (a SQLite file,
+//! or Redis) and sends the same payment again. Whatever the crash point: the payment completes or nothing is
+//! charged, never twice; no profile stays handed out at the SM-DP+ simulator without a paid SIM; the ledger
+//! verifies with every money event once.
+//!
+//! The crash points, in the order a paid `exact` activation reaches them (key map: crates/core/src/store/keys.rs):
+//! - `ledger/`: after verification, the first ledger entry of the attempt is written (`invoice_issued`; the
+//!   shard head not yet advanced, `payment_verified` not yet appended);
+//! - `order/#3`: the carrier allocated a profile (DownloadOrder) and the order journal holds the step, not yet
+//!   confirmed;
+//! - `order/#4`: the order is complete (SIM stored with its activation code), nothing settled;
+//! - `x402/nonce/#2`: the settlement transaction is signed and its hash recorded on the authorization's record,
+//!   not yet broadcast;
+//! - `x402/nonce/#3`: after the broadcast, its confirmed outcome recorded; the invoice not yet marked paid.
+//!
+//! The restart runs with `ESIM402_CLOCK_SKEW_SECS` past the payment record's lease (`paid::LEASE_SECS`): a
+//! restart "after the lease", without waiting for it.
+
+use std::time::Duration;
+
+use esim402_core::paid::LEASE_SECS;
+use esim402_host::devstack::chain;
+use esim402_tests::Runner;
+use serde_json::{Value, json};
+
+use crate::payments::{PayStack, Payment, Store, activation, agent, price};
+
+/// One crash point.
+struct Crash {
+    /// `ESIM402_FAILPOINT`.
+    failpoint: &'static str,
+    store: Store,
+    /// Attempts that got past verification (each logs `payment_verified`).
+    verified: usize,
+}
+
+/// Profiles the SM-DP+ simulator has handed out (neither in its pool nor retired), every operator.
+async fn handed_out(s: &PayStack) -> Vec<String> {
+    let mut out = Vec::new();
+    for op in ["tmobile", "verizon", "att", "telekom-de", "vodafone-de"] {
+        let v: Value = s
+            .http
+            .get(format!("{}/admin/operators/{op}/profiles", s.sim.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for p in v["profiles"].as_array().unwrap() {
+            if !matches!(p["state"].as_str(), Some("Available" | "Unavailable")) {
+                out.push(p["iccid"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    out
+}
+
+async fn crash_and_pay_again(c: Crash) {
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, c.store)),
+        &[("ESIM402_FAILPOINT", c.failpoint)],
+    )
+    .await;
+    let start = s.balance(agent()).await;
+    let (invoice, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let header = pay.header();
+
+    // The paying request stalls at the failpoint; the host is killed under it.
+    let stalled = {
+        let req = s
+            .http
+            .post(format!("{}/v1/esim/activate", s.url))
+            .header("payment-signature", header.clone())
+            .json(&activation());
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    s.process()
+        .wait_for_log(
+            &format!("failpoint hit: {}", c.failpoint),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    s.process().kill();
+    let lost = stalled.await.unwrap();
+    assert!(
+        lost.is_err(),
+        "the stalled request never answered: {lost:?}"
+    );
+
+    // Restarted on the same store, after the lease, without the failpoint: the same payment again.
+    let skew = (LEASE_SECS + 1).to_string();
+    let env = s.env_with(
+        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
+        &["ESIM402_FAILPOINT"],
+    );
+    s.restart(&env).await;
+    let (status, _, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", header.clone())],
+        )
+        .await;
+    let sent = s
+        .rpc(
+            "eth_getTransactionCount",
+            json!([chain::FACILITATOR, "latest"]),
+        )
+        .await;
+    let id = invoice["invoice_id"].as_str().unwrap();
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    let completed = status == 200;
+    if completed {
+        assert!(
+            body["activation_code"]
+                .as_str()
+                .unwrap()
+                .starts_with("LPA:1$"),
+            "{body}"
+        );
+        assert_eq!(
+            s.balance(agent()).await,
+            start - price(&req),
+            "charged once"
+        );
+        assert!(s.nonce_used(agent(), pay.auth.nonce).await);
+        assert_eq!(sent, "0x1", "one settlement transaction");
+        assert_eq!(inv["status"], "paid", "{inv}");
+    } else {
+        // Not completed: nothing may have been charged (an `exact` authorization is never refunded; it is
+        // simply not settled).
+        assert_eq!(s.balance(agent()).await, start, "{status}: {body}");
+        assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+        assert_eq!(sent, "0x0", "{status}: {body}");
+    }
+
+    // Every profile the SM-DP+ handed out belongs to a paid, active SIM; completed: exactly the one sold.
+    let profiles = handed_out(&s).await;
+    for iccid in &profiles {
+        let (st, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
+        assert_eq!(
+            st, 200,
+            "{iccid} handed out, unknown here: {sim}; the payment answered {status}: {body}"
+        );
+        assert_eq!(sim["state"], "active", "{sim}");
+        let (_, paid) = s
+            .get(&format!(
+                "/v1/invoices/{}",
+                sim["invoice_id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(paid["status"], "paid", "{iccid} handed out unpaid: {paid}");
+    }
+    if completed {
+        assert_eq!(profiles, [body["iccid"].as_str().unwrap()], "one profile");
+    } else {
+        assert!(profiles.is_empty(), "{profiles:?}");
+    }
+
+    // Once more: a terminal 409, nothing moves.
+    let (again, _, b) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", header)],
+        )
+        .await;
+    if completed {
+        assert_eq!(again, 409, "{b}");
+        assert_eq!(s.balance(agent()).await, start - price(&req));
+    }
+
+    // The ledger verifies, each money event exactly once (verification once per attempt that reached it).
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert_eq!(verify["count"].as_u64(), Some(kinds.len() as u64));
+    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    assert_eq!(count("invoice_issued"), 1, "{kinds:?}");
+    assert_eq!(count("payment_verified"), c.verified, "{kinds:?}");
+    let once = usize::from(completed);
+    for k in [
+        "settlement_confirmed",
+        "activation_completed",
+        "data_credited",
+    ] {
+        assert_eq!(count(k), once, "{k}: {kinds:?}");
+    }
+    assert_eq!(count("settlement_failed"), 0, "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_verification_the_same_payment_completes_once() {
+    crash_and_pay_again(Crash {
+        failpoint: "ledger/",
+        store: Store::Sqlite,
+        verified: 1,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_with_a_profile_allocated_the_same_payment_confirms_it_once() {
+    crash_and_pay_again(Crash {
+        failpoint: "order/#3",
+        store: Store::Sqlite,
+        verified: 2,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_the_carrier_order_the_same_payment_settles_once() {
+    crash_and_pay_again(Crash {
+        failpoint: "order/#4",
+        store: Store::Redis,
+        verified: 2,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_with_the_settlement_signed_not_sent_the_same_bytes_settle_once() {
+    crash_and_pay_again(Crash {
+        failpoint: "x402/nonce/#2",
+        store: Store::Sqlite,
+        verified: 2,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_the_broadcast_the_same_payment_completes_without_a_second_one() {
+    crash_and_pay_again(Crash {
+        failpoint: "x402/nonce/#3",
+        store: Store::Redis,
+        verified: 2,
+    })
+    .await;
+}
