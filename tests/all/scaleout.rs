@@ -63,6 +63,7 @@ impl Pair {
             .s
             .http
             .get(format!("{}/v1/ledger?limit=10000", self.b.url))
+            .bearer_auth(&self.s.admin_token)
             .send()
             .await
             .unwrap()
@@ -89,17 +90,22 @@ fn kinds(entries: &[Value]) -> BTreeMap<String, usize> {
 
 /// A SIM route request with the activation's `access_token` as a bearer token, when it carries one (SIM
 /// routes that require ownership take it; the others ignore it).
+/// A request to a SIM route as its owner: the paying agent's wallet sign-in, fresh per request (it outlives a
+/// terminate, which revokes the access token). `activation` is the paid answer (its token is not used here).
 fn sim_request(
     http: &reqwest::Client,
     method: reqwest::Method,
     url: String,
     activation: &Value,
 ) -> reqwest::RequestBuilder {
-    let req = http.request(method, url);
-    match activation["access_token"].as_str() {
-        Some(token) => req.bearer_auth(token),
-        None => req,
-    }
+    assert!(activation["access_token"].is_string(), "{activation}");
+    let (origin, _) = esim402_core::auth::siwx::origin_of(&url).unwrap();
+    let sign_in = esim402_tests::sign_in(
+        esim402_host::devstack::chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
+        origin,
+        &url[origin.len()..],
+    );
+    http.request(method, url).header("sign-in-with-x", sign_in)
 }
 
 /// A paid activation of `data_mb` through instance A: the 200 body.
@@ -230,14 +236,18 @@ async fn one_payment_raced_on_two_instances_settles_once_and_buys_one_sim() {
         .collect();
     assert_eq!(sold.len(), 2);
     assert_eq!(handed_out(s).await, sold, "no profile ordered twice");
-    for iccid in &sold {
+    for paid in [&first, &second] {
+        let iccid = paid["iccid"].as_str().unwrap();
         for i in 0..2 {
-            let r = s
-                .http
-                .get(format!("{}/v1/esim/{iccid}", p.url(i)))
-                .send()
-                .await
-                .unwrap();
+            let r = sim_request(
+                &s.http,
+                reqwest::Method::GET,
+                format!("{}/v1/esim/{iccid}", p.url(i)),
+                paid,
+            )
+            .send()
+            .await
+            .unwrap();
             assert_eq!(r.status(), 200);
         }
     }
