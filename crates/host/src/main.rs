@@ -270,7 +270,7 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
                 "Watch a balance move (activation, simulated usage, 402, paid top-up, quota again):\n  \
                  tools/.venv/bin/python scripts/demo_metering.py --url http://{addr}\n  \
                  or: curl -X POST {traffic}/admin/usage -d '{{\"iccid\":\"<iccid>\",\"bytes\":500000}}'; \
-                 curl http://{addr}/v1/esim/<iccid>/balance"
+                 curl -H 'Authorization: Bearer <access_token>' http://{addr}/v1/esim/<iccid>/balance"
             );
         }
     }

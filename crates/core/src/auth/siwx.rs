@@ -230,10 +230,10 @@ impl SiwxProof {
             return Err(invalid(format!("uri must start with {origin}")));
         }
         let issued = parse_time("issuedAt", &self.issued_at)?;
-        if issued > expect.now + CLOCK_SKEW_SECS {
+        if issued > expect.now.saturating_add(CLOCK_SKEW_SECS) {
             return Err(invalid("issuedAt is in the future"));
         }
-        let mut expires_at = issued + MAX_AGE_SECS;
+        let mut expires_at = issued.saturating_add(MAX_AGE_SECS);
         if let Some(t) = &self.expiration_time {
             expires_at = expires_at.min(parse_time("expirationTime", t)?);
         }

@@ -240,3 +240,18 @@ fn origin_and_host_of_a_url() {
     assert_eq!(origin_of("/v1/esim/1"), None);
     assert_eq!(origin_of("http:///x"), None);
 }
+
+#[test]
+fn extreme_clocks_refuse_without_overflow() {
+    // Found by the `auth_credentials` fuzz target: `now + skew` overflowed at the end of time.
+    let p = signed();
+    refused(
+        &p,
+        &Expect {
+            now: u64::MAX,
+            ..expect()
+        },
+        "expired",
+    );
+    refused(&p, &Expect { now: 0, ..expect() }, "future");
+}
