@@ -135,3 +135,46 @@ async fn the_readme_demo_prints_an_activation_code() {
     assert!(ledger.starts_with("ledger: 200 {"), "{ledger}");
     assert!(ledger.contains("\"ok\":true"), "{ledger}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_python_quickstart_activates_reads_the_balance_and_tops_up() {
+    let s = PayStack::start(&[]).await;
+    let start = s.balance(agent()).await;
+    let (script, url) = (repo_root().join("examples/quickstart.py"), s.url.clone());
+    let lines = std::fs::read_to_string(&script).unwrap().lines().count();
+    assert!(lines <= 50, "the quickstart is {lines} lines");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(&url)
+            .env("ESIM402_WALLET_KEY", chain::DEMO_AGENT_KEY)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "quickstart failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("scan or install: LPA:1$"), "{stdout}");
+    assert!(stdout.contains("balance: 10000 KB"), "{stdout}");
+    assert!(
+        stdout.contains("topped up 10 MB for 0.05 USDC: 20000 KB left"),
+        "{stdout}"
+    );
+    // The activation's price (as printed) + a 10 MB top-up ($0.05): each paid once.
+    let paid: esim402_core::UsdcAmount = stdout
+        .split("paid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        s.balance(agent()).await,
+        start - U256::from(paid.micros() + 50_000)
+    );
+}

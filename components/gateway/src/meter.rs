@@ -32,8 +32,8 @@ pub async fn ingest(req: Request) -> Result<Reply, ApiError> {
 
 /// `POST /v1/esim/{iccid}/data`: the next quota (asked by the owner, or by the SIM's carrier with its
 /// credential, as online charging does). Above the low-water mark, 200 with the grant;
-/// below it, 402 with top-up options and an x402 challenge for one of them (`top_up_mb`, default the
-/// smallest). The same request sent again with a payment pays that top-up, credits it once and gets its
+/// below it — or whenever the request names `top_up_mb`, a purchase — 402 with top-up options and an x402
+/// challenge for one of them (`top_up_mb`, default the smallest). The same request sent again with a payment pays that top-up, credits it once and gets its
 /// grant. Paying is never gated: a request with a payment, or one without a credential that names
 /// `top_up_mb`, is a top-up anyone may buy for any SIM (its 402 shows the price, not the balance).
 pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
@@ -120,8 +120,9 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             format!("SIM {iccid} is terminated"),
         ));
     }
-    // `low` is the kernel's decision (`decide_quota` below the low-water mark, or suspended for balance).
-    if !balance.low {
+    // `low` is the kernel's decision (`decide_quota` below the low-water mark, or suspended for balance). A
+    // request that names `top_up_mb` buys that top-up whatever the balance (a proactive purchase).
+    if !balance.low && top_up_mb.is_none() {
         return Ok(json(
             200,
             crate::convert::quota_value(&balance, quota).to_string(),
@@ -140,7 +141,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     // The challenge is for the first option (the one asked for).
     let invoice = seal(&quotes[0]).await?;
     let mut extra = crate::convert::balance_value(&balance);
-    extra["status"] = Value::String("low_balance".into());
+    extra["status"] = Value::String(if balance.low { "low_balance" } else { "top_up" }.into());
     extra["top_up_options"] = Value::Array(options);
     extra["invoice_id"] = Value::String(invoice.id.clone());
     payment_required(&invoice, &quotes[0], &url, Some(extra))

@@ -90,6 +90,8 @@ impl Answers<'_> {
         let network = self.proof.network(self.invoice);
         let mut body = crate::convert::sim_value(sim);
         body["activation_code"] = json!(sim.activation_code);
+        // The seed article's field name for the same `LPA:1$…` string (what a QR code encodes).
+        body["qr_code"] = json!(sim.activation_code);
         body["transaction"] = json!(tx);
         body["payer"] = json!(payer);
         body["network"] = json!(network);
