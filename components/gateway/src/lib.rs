@@ -92,36 +92,10 @@ fn resource_url(req: &Request) -> String {
         .unwrap_or_else(|| req.uri().to_string())
 }
 
-/// The methods each route answers (the `Allow` header of a 405); `None` for an unknown path.
-fn allowed(segments: &[&str]) -> Option<&'static str> {
-    Some(match segments {
-        ["v1", "esim", "activate"] => "GET, POST",
-        ["health"]
-        | ["supported"]
-        | ["v1", "invoices", _]
-        | ["v1", "esim", _]
-        | ["v1", "balance", _]
-        | ["v1", "esim", _, "balance" | "usage" | "receipts"]
-        | ["v1", "ledger"]
-        | ["v1", "ledger", "verify"] => "GET",
-        [
-            "v1",
-            "esim",
-            _,
-            "switch" | "suspend" | "resume" | "terminate" | "data" | "token" | "refresh",
-        ]
-        | ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]
-        | ["v1", "usage"]
-        | ["admin", "refunds", "run"]
-        | ["verify"]
-        | ["settle"] => "POST",
-        _ => return None,
-    })
-}
-
 async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, ApiError> {
     match (req.method().clone(), segments) {
         (Method::GET, ["health"]) => Ok(json(200, r#"{"status":"ok"}"#.into())),
+        (Method::GET, ["openapi.json"]) => Ok(json(200, esim402_core::routes::OPENAPI_JSON.into())),
         (Method::GET | Method::POST, ["v1", "esim", "activate"]) => purchase::activate(req).await,
         (Method::GET, ["v1", "invoices", id]) => routes::get_invoice(id).await,
         (Method::GET, ["v1", "esim", iccid]) => routes::get_sim(&req, iccid).await,
@@ -164,7 +138,7 @@ async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, Api
 async fn handle(req: Request) -> impl IntoResponse {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if let Some(allow) = allowed(&segments)
+    if let Some(allow) = esim402_core::routes::allowed(&segments)
         && !allow.split(", ").any(|m| m == req.method().as_str())
     {
         let e = ApiError::new(

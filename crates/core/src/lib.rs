@@ -19,6 +19,7 @@ pub mod order;
 pub mod paid;
 pub mod pricing;
 pub mod refund;
+pub mod routes;
 pub mod settlement;
 pub mod store;
 pub mod usage;
