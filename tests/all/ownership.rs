@@ -102,6 +102,15 @@ async fn get_activate_is_a_payable_challenge_and_methods_are_announced() {
     assert_eq!(status(token.clone()).await, 404);
     assert_eq!(status(rotated.clone()).await, 200);
     assert_eq!(status("not-a-token".into()).await, 401);
+    // The scheme name is case-insensitive (RFC 9110).
+    let lower = s
+        .http
+        .get(&sim_url)
+        .header("authorization", format!("bearer {rotated}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
     // The paid answer replayed no longer hands out the rotated-away token.
     let r = s
         .http

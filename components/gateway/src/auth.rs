@@ -10,7 +10,7 @@ use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
 use spin_sdk::http::Request;
 
-use crate::{dispatch, from_wit, header, now, resource_url};
+use crate::{bearer, dispatch, from_wit, header, now, resource_url};
 
 fn unauthorized(e: &AuthError) -> ApiError {
     ApiError::new(ErrorKind::Unauthorized, e.to_string())
@@ -19,11 +19,10 @@ fn unauthorized(e: &AuthError) -> ApiError {
 /// The credential the request presents (checked for form, a wallet proof fully verified). A bearer value
 /// that is not an access token is a carrier's credential where `carrier_too` (the quota route), else 401.
 pub fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credential, ApiError> {
-    if let Some(value) = header(req, "authorization") {
-        let bearer = value.strip_prefix("Bearer ").map(str::trim);
-        return match bearer {
-            Some(t) if token::looks_like_token(t) => Ok(wit::Credential::Token(t.to_owned())),
-            Some(c) if carrier_too && !c.is_empty() => Ok(wit::Credential::Carrier(c.to_owned())),
+    if let Some(presented) = bearer(req) {
+        return match presented {
+            t if token::looks_like_token(t) => Ok(wit::Credential::Token(t.to_owned())),
+            c if carrier_too && !c.is_empty() => Ok(wit::Credential::Carrier(c.to_owned())),
             _ => Err(unauthorized(&AuthError::Invalid(
                 "Authorization must be `Bearer sim_…` (the SIM's access token)".into(),
             ))),

@@ -85,6 +85,16 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The credential of `Authorization: Bearer <credential>` (the scheme name is case-insensitive); `Some("")`
+/// for another scheme or an empty one, `None` without the header.
+fn bearer(req: &Request) -> Option<&str> {
+    let value = header(req, "authorization")?;
+    Some(match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => "",
+    })
+}
+
 /// The URL the client used, as Spin reports it (`spin-full-url`), for the x402 `resource` field.
 fn resource_url(req: &Request) -> String {
     header(req, "spin-full-url")

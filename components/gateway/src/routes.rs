@@ -76,9 +76,7 @@ pub async fn download_progress(req: Request) -> Result<Reply, ApiError> {
             format!("unsupported ES2+ protocol version {p:?}"),
         ));
     }
-    let credential = header(&req, "authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|v| v.trim().to_owned());
+    let credential = crate::bearer(&req).map(str::to_owned);
     let body = read_body(req).await?;
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
@@ -122,9 +120,7 @@ async fn check_admin(req: &Request) -> Result<(), ApiError> {
                 "admin endpoints are disabled: set the admin_token variable",
             )
         })?;
-    let presented = header(req, "authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = crate::bearer(req);
     let ok = presented.is_some_and(|p| {
         p.len() == token.len()
             && p.bytes()
