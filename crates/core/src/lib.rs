@@ -9,6 +9,7 @@ pub mod activation;
 pub mod api_error;
 pub mod auth;
 pub mod chain;
+pub mod cost;
 pub mod esim;
 pub mod evm;
 pub mod ids;
