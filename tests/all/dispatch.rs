@@ -131,7 +131,7 @@ async fn order(
     let invoice = invoice.to_owned();
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_order_profile(a, req, invoice, OWNER_ADDRESS.into(), 1_764_000_000)
+            .call_order_profile(a, req, invoice, OWNER_ADDRESS.into(), None, 1_764_000_000)
             .await
     })
     .await

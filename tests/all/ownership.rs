@@ -225,3 +225,85 @@ async fn anyone_may_pay_a_top_up_but_only_the_owner_reads_the_sim() {
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["credited_bytes"], 11_000_000, "{b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_payer_lists_its_sims_by_agent_label() {
+    let s = PayStack::start(&[]).await;
+    let body = json!({"region": "us-west", "data_mb": 1});
+    let mut tokens = Vec::new();
+    for agent_id in ["pump-1", "pump-2"] {
+        let (_, req) = s.invoice(&body).await;
+        let pay = Payment::for_requirement(&req);
+        let (status, _, act) = s
+            .post(
+                "/v1/esim/activate",
+                &body,
+                &[
+                    ("payment-signature", pay.header()),
+                    ("x-agent-id", agent_id.to_owned()),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200, "{act}");
+        assert_eq!(act["agent_id"], agent_id, "{act}");
+        tokens.push(act["access_token"].as_str().unwrap().to_owned());
+    }
+    // A label that is not one is refused before anything is paid.
+    let (status, _, e) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &[("x-agent-id", "no spaces".into())],
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("X-Agent-ID")),
+        "{e}"
+    );
+
+    let list = |query: &'static str, auth: Option<(&'static str, String)>| {
+        let mut req = s.http.get(format!("{}/v1/esim{query}", s.url));
+        if let Some((k, v)) = auth {
+            req = req.header(k, v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, all) = list("", Some(("sign-in-with-x", s.sign_in("/v1/esim")))).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["sims"].as_array().unwrap().len(), 2, "{all}");
+    let (status, one) = list(
+        "?agent_id=pump-2",
+        Some(("sign-in-with-x", s.sign_in("/v1/esim?agent_id=pump-2"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{one}");
+    let sims = one["sims"].as_array().unwrap();
+    assert_eq!(sims.len(), 1, "{one}");
+    assert_eq!(sims[0]["agent_id"], "pump-2");
+    // Anonymous, or with one SIM's token: 401 (listing is the wallet's).
+    assert_eq!(list("", None).await.0, 401);
+    assert_eq!(
+        list("", Some(("authorization", format!("Bearer {}", tokens[0]))))
+            .await
+            .0,
+        401
+    );
+    // Another wallet paid for nothing here.
+    let stranger = esim402_tests::sign_in(
+        "8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+        &s.url,
+        "/v1/esim",
+    );
+    let (status, none) = list("", Some(("sign-in-with-x", stranger))).await;
+    assert_eq!(
+        (status, none["sims"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+}

@@ -41,12 +41,22 @@ pub async fn authorize(iccid: &str, credential: &wit::Credential) -> Result<wit:
         wit::Credential::Wallet(w) => {
             let address: Address = w.address.parse().map_err(|_| not_yours())?;
             auth::decide(iccid, &sim.access, &Presented::Wallet(address)).map_err(refused)?;
-            if !kv::claim::<wit::Error>(&keys::auth_nonce(address, &w.nonce)).map_err(kv_err)? {
-                return Err(refused(AuthError::NonceReused));
-            }
+            claim_wallet(w)?;
         }
     }
     Ok(sim_to_wit(&sim))
+}
+
+/// Claim a verified wallet's sign-in nonce (once per wallet): its address, or `unauthorized` for a reused one.
+pub fn claim_wallet(w: &wit::WalletProof) -> Result<Address, wit::Error> {
+    let address: Address = w
+        .address
+        .parse()
+        .map_err(|_| wit::Error::Unauthorized("not an EVM address".into()))?;
+    if !kv::claim::<wit::Error>(&keys::auth_nonce(address, &w.nonce)).map_err(kv_err)? {
+        return Err(refused(AuthError::NonceReused));
+    }
+    Ok(address)
 }
 
 /// The stored half of a fresh SIM's token (generation 0).

@@ -76,9 +76,15 @@ impl Guest for Component {
         request: wit::ActivationRequest,
         invoice_id: String,
         owner: String,
+        label: Option<String>,
         now: u64,
     ) -> Result<wit::Sim, wit::Error> {
         let mut spec = ordering::OrderSpec::parse(&request)?;
+        spec.label = label
+            .map(|l| {
+                esim402_core::order::parse_agent_label(&l).map_err(|e| invalid("x-agent-id", e))
+            })
+            .transpose()?;
         spec.owner = Some(
             owner
                 .parse()
@@ -91,6 +97,14 @@ impl Guest for Component {
 
     async fn get_sim(iccid: String) -> Result<Option<wit::Sim>, wit::Error> {
         sims::get(&iccid).await
+    }
+
+    async fn list_sims(
+        wallet: wit::WalletProof,
+        label: Option<String>,
+    ) -> Result<Vec<wit::Sim>, wit::Error> {
+        let owner = access::claim_wallet(&wallet)?;
+        sims::list(owner, label.as_deref()).await
     }
 
     async fn authorize(iccid: String, credential: wit::Credential) -> Result<wit::Sim, wit::Error> {

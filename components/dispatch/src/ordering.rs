@@ -31,6 +31,8 @@ pub struct OrderSpec {
     pub replaces: Option<String>,
     /// The wallet that paid (the SIM's owner).
     pub owner: Option<esim402_core::chain::Address>,
+    /// The agent's label.
+    pub label: Option<String>,
 }
 
 impl OrderSpec {
@@ -51,6 +53,7 @@ impl OrderSpec {
             allow_failover: r.carrier.is_none() || r.allow_failover,
             replaces: None,
             owner: None,
+            label: None,
         })
     }
 }
@@ -89,7 +92,7 @@ enum Skip {
     /// Stop: the request itself is wrong (e.g. the EID), no carrier will do better.
     Reject(wit::Error),
     /// The budget ran out with a profile allocated: the order stays pending.
-    Pending(StoredSim),
+    Pending(Box<StoredSim>),
 }
 
 fn reason_of(code: &es2::StatusCode) -> String {
@@ -270,6 +273,7 @@ fn pending_sim(
             owner: spec.owner,
             token: Some(crate::access::initial_state(&cfg.token_key, iccid)),
         },
+        label: spec.label.clone(),
     }
 }
 
@@ -293,7 +297,7 @@ async fn finish(
         Err(Err(Transport::Timeout)) if deadline.next_call().is_none() => {
             // Out of budget with the outcome unknown: leave the order pending; a repeat call resumes it with
             // the same call id.
-            Err(Skip::Pending(sim.clone()))
+            Err(Skip::Pending(Box::new(sim.clone())))
         }
         Err(why) => {
             let why = match why {
@@ -369,7 +373,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
                 failovers.push(why);
                 tried = Some(step.carrier.clone());
             }
-            Err(Skip::Pending(sim)) => return Ok(sim),
+            Err(Skip::Pending(sim)) => return Ok(*sim),
             Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
         }
     }
@@ -384,7 +388,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         match try_carrier(&cfg, &driver, &spec, carrier, deadline, now).await {
             Ok(sim) => return complete(&driver, sim, failovers).await,
             Err(Skip::Next(why)) => failovers.push(why),
-            Err(Skip::Pending(sim)) => return Ok(sim),
+            Err(Skip::Pending(sim)) => return Ok(*sim),
             Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
         }
     }
@@ -403,6 +407,9 @@ async fn complete(
 ) -> Result<StoredSim, wit::Error> {
     sim.failovers = failovers.clone();
     sim_store::put(&sim).await?;
+    if let Some(owner) = sim.access.owner {
+        sim_store::index_owner(owner, &sim.iccid).await?;
+    }
     journal(driver, |o| o.complete(&sim.iccid, failovers.clone())).await?;
     Ok(sim)
 }

@@ -29,6 +29,22 @@ pub async fn get(iccid: &str) -> Result<Option<wit::Sim>, wit::Error> {
     Ok(load(&parse_iccid(iccid)?).await?.map(|s| sim_to_wit(&s)))
 }
 
+/// `list-sims`: the SIMs `owner` paid for (the owner index, `owner/<address>`), only `label`'s if given.
+pub async fn list(
+    owner: esim402_core::chain::Address,
+    label: Option<&str>,
+) -> Result<Vec<wit::Sim>, wit::Error> {
+    let mut out = Vec::new();
+    for iccid in crate::sim_store::owned(owner).await? {
+        if let Some(sim) = load(&parse_iccid(&iccid)?).await?
+            && label.is_none_or(|l| sim.label.as_deref() == Some(l))
+        {
+            out.push(sim_to_wit(&sim));
+        }
+    }
+    Ok(out)
+}
+
 /// `resume-order`: finish the order that left the SIM pending (same invoice, same carrier, same confirm call
 /// id); a SIM that is not pending is returned as it is.
 pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
@@ -44,6 +60,7 @@ pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
         allow_failover: false,
         replaces: sim.replaces.clone(),
         owner: sim.access.owner,
+        label: sim.label.clone(),
     };
     ordering::order(spec, &sim.invoice_id, util::now_secs())
         .await
@@ -162,6 +179,7 @@ pub async fn perform_switch(
         allow_failover: failover,
         replaces: Some(old.iccid.clone()),
         owner: old.access.owner,
+        label: old.label.clone(),
     };
     let new = ordering::order(spec, invoice_id, now).await?;
     let new_iccid = new.iccid.clone();

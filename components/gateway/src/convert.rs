@@ -78,6 +78,7 @@ pub fn sim_value(s: &wit::Sim) -> Value {
         "iccid": s.iccid, "carrier": s.carrier, "region": s.region, "state": state, "profile_state": profile,
         "eid": s.eid, "data_mb": s.data_mb, "invoice_id": s.invoice_id, "created_at": s.created_at,
         "failovers": s.failovers, "replaces": s.replaces, "replaced_by": s.replaced_by,
+        "owner": s.owner, "agent_id": s.label,
         "roaming": { "allow": s.roaming.allow, "deny": s.roaming.deny, "countries": s.roaming.countries },
     })
 }

@@ -21,6 +21,12 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
+    let label = crate::header(&req, "x-agent-id")
+        .map(|l| {
+            esim402_core::order::parse_agent_label(l)
+                .map_err(|e| ApiError::invalid("X-Agent-ID", e))
+        })
+        .transpose()?;
     let (request, body) = if req.method() == Method::GET {
         let query = req.uri().query().unwrap_or_default().to_owned();
         (ActivationRequest::from_query(&query)?, query.into_bytes())
@@ -41,7 +47,10 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
     let fingerprint = request_fingerprint("activate", &body, &proof);
     let stored = pay::pay(
         invoice,
-        Order::Activation(wit_request),
+        Order::Activation {
+            request: wit_request,
+            label,
+        },
         proof,
         &url,
         fingerprint,

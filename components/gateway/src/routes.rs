@@ -23,6 +23,31 @@ pub async fn get_sim(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     Ok(json(200, crate::convert::sim_value(&sim).to_string()))
 }
 
+/// `GET /v1/esim[?agent_id=…]`: the SIMs the signed-in wallet paid for (a wallet sign-in: access tokens are
+/// per SIM), optionally only one agent's (`X-Agent-ID` at activation).
+pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
+    let mut label = None;
+    crate::query::params(req.uri().query(), "agent_id", |k, v| {
+        if k != "agent_id" {
+            return Ok(false);
+        }
+        label = Some(
+            esim402_core::order::parse_agent_label(v)
+                .map_err(|e| ApiError::invalid("agent_id", e))?,
+        );
+        Ok(true)
+    })?;
+    let wit::Credential::Wallet(wallet) = crate::auth::credential(req, false)? else {
+        return Err(ApiError::new(
+            ErrorKind::Unauthorized,
+            "listing SIMs needs the payer's SIGN-IN-WITH-X wallet sign-in (access tokens open one SIM each)",
+        ));
+    };
+    let sims = dispatch::list_sims(wallet, label).await.map_err(from_wit)?;
+    let list: Vec<serde_json::Value> = sims.iter().map(crate::convert::sim_value).collect();
+    Ok(json(200, serde_json::json!({ "sims": list }).to_string()))
+}
+
 /// `POST /v1/esim/{iccid}/refresh`: finish an order that outlived its request (the carrier is asked again).
 pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     crate::auth::owner(req, iccid).await?;

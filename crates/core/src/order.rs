@@ -218,6 +218,21 @@ pub struct StoredSim {
     /// Who may manage it (`crate::auth`).
     #[serde(default)]
     pub access: crate::auth::SimAccess,
+    /// The agent's label (`X-Agent-ID`, [`parse_agent_label`]).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// An agent label (`X-Agent-ID`): 1–64 letters, digits and `._:-`.
+pub fn parse_agent_label(s: &str) -> Result<String, String> {
+    if (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+    {
+        Ok(s.to_owned())
+    } else {
+        Err("X-Agent-ID must be 1-64 letters, digits and . _ : -".to_owned())
+    }
 }
 
 /// Why a SIM cannot switch.
@@ -443,7 +458,19 @@ mod tests {
             replaces: None,
             replaced_by: None,
             access: crate::auth::SimAccess::default(),
+            label: None,
         }
+    }
+
+    #[test]
+    fn agent_labels() {
+        assert_eq!(
+            parse_agent_label("pump-17:eu.west_2"),
+            Ok("pump-17:eu.west_2".into())
+        );
+        assert!(parse_agent_label("").is_err());
+        assert!(parse_agent_label("has space").is_err());
+        assert!(parse_agent_label(&"a".repeat(65)).is_err());
     }
 
     #[test]

@@ -299,5 +299,6 @@ pub fn sim_to_wit(s: &StoredSim) -> wit::Sim {
         replaces: s.replaces.clone(),
         replaced_by: s.replaced_by.clone(),
         owner: s.access.owner.map(|a| a.to_checksum(None)),
+        label: s.label.clone(),
     }
 }

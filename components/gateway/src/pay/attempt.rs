@@ -324,7 +324,7 @@ impl Attempt<'_> {
         payer: &str,
     ) -> Result<Option<wit::Balance>, wit::Error> {
         let (kind, data_mb, paid) = match order {
-            Order::Activation(_) => (
+            Order::Activation { .. } => (
                 "activation",
                 sim.data_mb,
                 dispatch::data_value(sim.carrier.clone(), sim.data_mb).await?,

@@ -218,7 +218,11 @@ pub fn invoice_header(headers: &spin_sdk::http::HeaderMap) -> Result<Option<Invo
 
 /// What a paid request buys, as the route understood it; the invoice must be for exactly this.
 pub enum Order {
-    Activation(wit::ActivationRequest),
+    /// A new SIM; `label` is the agent's `X-Agent-ID` (not part of the invoice).
+    Activation {
+        request: wit::ActivationRequest,
+        label: Option<String>,
+    },
     Switch {
         iccid: String,
         target: wit::SwitchTarget,
@@ -236,7 +240,7 @@ pub enum Order {
 impl Order {
     fn purchase(&self) -> wit::Purchase {
         match self {
-            Order::Activation(a) => wit::Purchase::Activation(a.clone()),
+            Order::Activation { request, .. } => wit::Purchase::Activation(request.clone()),
             Order::Switch { iccid, target } => wit::Purchase::Switch(wit::SwitchRequest {
                 iccid: iccid.clone(),
                 target: target.clone(),
@@ -274,9 +278,15 @@ impl Order {
                 }
                 Ok(sim)
             }
-            Order::Activation(a) => {
-                dispatch::order_profile(a.clone(), invoice_id.to_owned(), payer.to_owned(), now())
-                    .await
+            Order::Activation { request, label } => {
+                dispatch::order_profile(
+                    request.clone(),
+                    invoice_id.to_owned(),
+                    payer.to_owned(),
+                    label.clone(),
+                    now(),
+                )
+                .await
             }
             Order::Switch { iccid, target } => {
                 dispatch::perform_switch(

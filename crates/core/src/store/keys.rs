@@ -14,6 +14,7 @@
 //! | `refund/<invoice id>`, `refund/queue` | verifier | refunds owed and paid (`crate::refund`), and the ids not paid yet |
 //! | `order/<invoice id>` | dispatch | the journal of one paid carrier order (`crate::order`) |
 //! | `sim/<iccid>` | dispatch | a SIM, with its owner and access-token hash (`crate::auth::SimAccess`) |
+//! | `owner/<address>` | dispatch | the ICCIDs a wallet paid for (listing) |
 //! | `auth/nonce/<address>/<nonce>` | dispatch | claim counter: a sign-in nonce used (once per wallet) |
 //! | `secret/sim-token-key` | dispatch | the access-token key generated on first use when `access_token_secret` is not set |
 //! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
@@ -112,6 +113,11 @@ pub fn auth_nonce(address: Address, nonce: &str) -> String {
 
 /// The generated access-token key.
 pub const SIM_TOKEN_KEY: &str = "secret/sim-token-key";
+
+/// The ICCIDs a wallet paid for, oldest first.
+pub fn owner_sims(address: Address) -> String {
+    format!("owner/{address:#x}")
+}
 
 /// Carrier cleanups still owed.
 pub const CLEANUP_QUEUE: &str = "cleanup/queue";

@@ -137,7 +137,7 @@ async fn order(
     let invoice = invoice.to_owned();
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_order_profile(a, req, invoice, OWNER.into(), 1_764_000_000)
+            .call_order_profile(a, req, invoice, OWNER.into(), None, 1_764_000_000)
             .await
     })
     .await
@@ -688,7 +688,7 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
     let done = kit
         .call(async move |a, g| {
             g.dispatch()
-                .call_order_profile(a, req, invoice, OWNER.into(), 1_764_000_000 + 3_600)
+                .call_order_profile(a, req, invoice, OWNER.into(), None, 1_764_000_000 + 3_600)
                 .await
         })
         .await

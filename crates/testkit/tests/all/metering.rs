@@ -37,6 +37,7 @@ fn sim(iccid: &str, carrier: &str) -> types::Sim {
         replaces: None,
         replaced_by: None,
         owner: None,
+        label: None,
     }
 }
 
