@@ -11,7 +11,7 @@ use alloy_primitives::U256;
 use esim402_core::esim::ActivationCode;
 use esim402_host::devstack::chain::DEMO_AGENT_KEY;
 use esim402_tests::{bin_dir, repo_root};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -329,4 +329,39 @@ async fn the_spend_policy_refuses_before_signing_and_a_missing_key_is_named() {
         help.stdout
     );
     assert_eq!(s.balance(agent()).await, start);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_honours_settlement_pending_by_sending_the_same_payment_again() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_SETTLEMENT_TIMEOUT_MS", "1500")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = s.balance(agent()).await;
+    s.rpc("evm_setAutomine", json!([false])).await;
+    // The chain holds the settlement back until the CLI has been told it is pending, then mines it.
+    let mine = async {
+        for _ in 0..300 {
+            let pool = s.rpc("txpool_content", json!([])).await;
+            if !pool["pending"].as_object().unwrap().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                s.rpc("anvil_mine", json!([1])).await;
+                s.rpc("evm_setAutomine", json!([true])).await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no settlement was broadcast");
+    };
+    let (run, ()) = tokio::join!(cli(&s.url, dir.path(), &ACTIVATE), mine);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("settlement pending"), "{}", run.stderr);
+    assert!(run.stdout.trim().starts_with("LPA:1$"), "{}", run.stdout);
+    assert_eq!(s.balance(agent()).await, start - U256::from(420_000));
+    let sent = s
+        .rpc(
+            "eth_getTransactionCount",
+            json!([esim402_host::devstack::chain::FACILITATOR, "latest"]),
+        )
+        .await;
+    assert_eq!(sent, "0x1", "one settlement transaction");
+    assert!(state(dir.path())["pending"].as_object().unwrap().is_empty());
 }
