@@ -266,6 +266,42 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
     let st = state(dir.path());
     assert_eq!(st["spends"].as_array().unwrap().len(), 2, "{st}");
     assert_eq!(st["spends"][1]["status"], "settled");
+
+    // Usage and receipts with the stored token; suspend, resume, terminate.
+    for args in [&["usage", "--json"][..], &["receipts", "--json"]] {
+        let r = cli(&s.url, dir.path(), args).await;
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        serde_json::from_str::<Value>(&r.stdout).unwrap();
+    }
+    let state_of = |out: &Run| serde_json::from_str::<Value>(&out.stdout).unwrap()["state"].clone();
+    let suspended = cli(&s.url, dir.path(), &["suspend", "--json"]).await;
+    assert_eq!(suspended.code, 0, "{}", suspended.stderr);
+    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    assert_eq!(state_of(&status), "suspended", "{}", status.stdout);
+    let again = cli(&s.url, dir.path(), &["suspend"]).await;
+    assert_eq!(
+        again.code, 4,
+        "an invalid transition is the facilitator's refusal: {}",
+        again.stderr
+    );
+    assert_eq!(cli(&s.url, dir.path(), &["resume"]).await.code, 0);
+
+    // Without a stored token the wallet signs in (SIGN-IN-WITH-X) instead.
+    let mut st = state(dir.path());
+    st["sims"][iccid.as_str()]["access_token"] = Value::Null;
+    std::fs::write(dir.path().join("state.json"), st.to_string()).unwrap();
+    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert_eq!(state_of(&status), "active", "{}", status.stdout);
+
+    let ended = cli(&s.url, dir.path(), &["terminate", "--json"]).await;
+    assert_eq!(ended.code, 0, "{}", ended.stderr);
+    assert_eq!(
+        state(dir.path())["sims"][iccid.as_str()]["terminated"],
+        true
+    );
+    let none = cli(&s.url, dir.path(), &["status"]).await;
+    assert_eq!(none.code, 2, "no live SIM left: {}", none.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

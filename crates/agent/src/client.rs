@@ -460,3 +460,63 @@ fn unexpected(answer: &Answer) -> AgentError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::config::WalletKey;
+    use tokio::io::AsyncReadExt as _;
+
+    fn agent(url: &str, dir: &std::path::Path) -> Agent {
+        let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
+        Agent::new(
+            Config::new(url, key).unwrap(),
+            SpendPolicy::default(),
+            StateDir::new(dir),
+            false,
+        )
+    }
+
+    #[tokio::test]
+    async fn https_facilitators_are_spoken_to_in_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let first_byte = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.read_u8().await.unwrap()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&format!("https://127.0.0.1:{port}"), dir.path());
+        let e = a
+            .sim_get(Some("8901260000000000014"), "")
+            .await
+            .unwrap_err();
+        assert_eq!(first_byte.await.unwrap(), 0x16, "a TLS handshake record");
+        assert_eq!(e.exit_code(), crate::ExitCode::Unavailable, "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_facilitator_is_exit_5_and_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let a = agent(&format!("http://127.0.0.1:{port}"), dir.path());
+        let e = a
+            .activate(&json!({"region": "us-west", "data_mb": 1}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: false, .. }),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::ExitCode::Unavailable);
+        assert!(a.state().load().unwrap().pending.is_empty());
+        let e = a.sim_get(None, "/balance").await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Usage, "no SIM yet: {e}");
+    }
+}
