@@ -401,3 +401,27 @@ async fn the_cli_honours_settlement_pending_by_sending_the_same_payment_again() 
     assert_eq!(sent, "0x1", "one settlement transaction");
     assert!(state(dir.path())["pending"].as_object().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_order_charges_nothing_and_keeps_no_payment() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_ES2_TIMEOUT_MS", "2000")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = s.balance(agent()).await;
+    s.break_us_west().await;
+    let failed = cli(&s.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(failed.code, 5, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("nothing was charged"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        !failed.stderr.contains("run the same command again"),
+        "{}",
+        failed.stderr
+    );
+    let st = state(dir.path());
+    assert!(st["pending"].as_object().unwrap().is_empty(), "{st}");
+    assert!(st["spends"].as_array().unwrap().is_empty(), "{st}");
+    assert_eq!(s.balance(agent()).await, start);
+}

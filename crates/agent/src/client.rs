@@ -272,6 +272,21 @@ impl Agent {
                         message: format!("payment refused: {}", answer.message()),
                     });
                 }
+                _ if answer.body["charged"] == json!(false) => {
+                    // The facilitator says nothing was charged (e.g. the carrier failed the order): forget it;
+                    // running the command again pays afresh.
+                    self.state
+                        .update(|s| s.refused(&key, &payment_id))
+                        .map_err(local)?;
+                    return Err(AgentError::Unavailable {
+                        message: format!(
+                            "facilitator failed ({}), nothing was charged: {}",
+                            answer.status,
+                            answer.message()
+                        ),
+                        pending: false,
+                    });
+                }
                 500.. if !expired => {
                     return Err(AgentError::Unavailable {
                         message: format!(
