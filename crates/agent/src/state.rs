@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! - Every change rewrites the file atomically: a temporary file in the same directory (mode 0600: it holds
-//!   access tokens and signed payments), flushed to disk, then renamed over `state.json`. A crash leaves the old
+//!   access tokens and signed payments; a directory we create is 0700), flushed to disk, then renamed over
+//!   `state.json`. A crash leaves the old
 //!   or the new state, never half of one.
 //! - A payment is recorded as pending (with its spend entry, which counts against the daily cap) *before* it is
 //!   sent; only an answer removes it. One command at a time per state directory (no lock yet).
@@ -208,7 +209,16 @@ impl StateDir {
     pub fn save(&self, state: &State) -> Result<(), String> {
         let err =
             |what: &str, e: std::io::Error| format!("cannot {what} in {}: {e}", self.dir.display());
-        std::fs::create_dir_all(&self.dir).map_err(|e| err("create the state directory", e))?;
+        if !self.dir.exists() {
+            std::fs::create_dir_all(&self.dir).map_err(|e| err("create the state directory", e))?;
+            // Only a directory we create is made private: the caller may point us at one of theirs.
+            #[cfg(unix)]
+            std::fs::set_permissions(
+                &self.dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .map_err(|e| err("make the state directory private", e))?;
+        }
         let tmp = self.dir.join(format!(".{FILE}.{}.tmp", std::process::id()));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -294,6 +304,8 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+            let mode = std::fs::metadata(sd.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "a directory we create is private");
         }
         sd.update(|s| s.settled("activate x", "pay_a", Some("0xab".into())))
             .unwrap();
