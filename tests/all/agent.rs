@@ -350,6 +350,35 @@ async fn the_spend_policy_refuses_before_signing_and_a_missing_key_is_named() {
         refused.stderr
     );
 
+    // Scripts get the refusal as JSON too, and nothing was recorded.
+    let refused = cli(
+        &s.url,
+        dir.path(),
+        &[
+            "--json",
+            "activate",
+            "--region",
+            "us-west",
+            "--data-mb",
+            "100",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    let e: Value = serde_json::from_str(&refused.stdout).unwrap();
+    assert_eq!(e["exit_code"], 3, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_per_payment_usdc"),
+        "{e}"
+    );
+    assert!(
+        !dir.path().join("state.json").exists(),
+        "nothing signed or recorded"
+    );
+
     let no_key = cli_with_key(&s.url, dir.path(), &ACTIVATE, None).await;
     assert_eq!(no_key.code, 1, "{}", no_key.stderr);
     assert!(

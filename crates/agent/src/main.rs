@@ -144,6 +144,7 @@ fn print(json_out: bool, v: &Value) {
 
 async fn run(cli: Cli) -> Result<(), AgentError> {
     let agent = agent(&cli)?;
+    let _lock = agent.state().lock().map_err(AgentError::Local)?;
     match &cli.command {
         Command::Activate {
             region,

@@ -7,7 +7,9 @@
 //!   `state.json`. A crash leaves the old
 //!   or the new state, never half of one.
 //! - A payment is recorded as pending (with its spend entry, which counts against the daily cap) *before* it is
-//!   sent; only an answer removes it. One command at a time per state directory (no lock yet).
+//!   sent; only an answer removes it.
+//! - One command at a time per state directory: [`StateDir::lock`] takes an exclusive `flock` on `<dir>/lock`
+//!   for the whole command (released by the OS if the process dies), so no two read-modify-writes interleave.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -177,6 +179,12 @@ impl State {
     }
 }
 
+/// A held [`StateDir::lock`].
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -194,6 +202,48 @@ impl StateDir {
         &self.dir
     }
 
+    /// Take the directory for this process (an exclusive, non-blocking `flock` on `<dir>/lock`), held until the
+    /// returned guard is dropped. Another command using the directory is an error naming it.
+    pub fn lock(&self) -> Result<StateLock, String> {
+        self.create()?;
+        let path = self.dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "another esim402-agent is using the state directory {}; wait for it to finish",
+                self.dir.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(format!("cannot lock {}: {e}", path.display()))
+            }
+        }
+    }
+
+    fn create(&self) -> Result<(), String> {
+        if !self.dir.exists() {
+            std::fs::create_dir_all(&self.dir).map_err(|e| {
+                format!(
+                    "cannot create the state directory {}: {e}",
+                    self.dir.display()
+                )
+            })?;
+            // Only a directory we create is made private: the caller may point us at one of theirs.
+            #[cfg(unix)]
+            std::fs::set_permissions(
+                &self.dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .map_err(|e| format!("cannot make {} private: {e}", self.dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// The state; empty if there is no file yet.
     pub fn load(&self) -> Result<State, String> {
         let file = self.dir.join(FILE);
@@ -209,16 +259,7 @@ impl StateDir {
     pub fn save(&self, state: &State) -> Result<(), String> {
         let err =
             |what: &str, e: std::io::Error| format!("cannot {what} in {}: {e}", self.dir.display());
-        if !self.dir.exists() {
-            std::fs::create_dir_all(&self.dir).map_err(|e| err("create the state directory", e))?;
-            // Only a directory we create is made private: the caller may point us at one of theirs.
-            #[cfg(unix)]
-            std::fs::set_permissions(
-                &self.dir,
-                std::os::unix::fs::PermissionsExt::from_mode(0o700),
-            )
-            .map_err(|e| err("make the state directory private", e))?;
-        }
+        self.create()?;
         let tmp = self.dir.join(format!(".{FILE}.{}.tmp", std::process::id()));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -314,6 +355,17 @@ mod tests {
         assert_eq!(s.spends[0].status, SpendStatus::Settled);
         std::fs::write(sd.path().join(FILE), "{not json").unwrap();
         assert!(sd.load().unwrap_err().contains("corrupt"));
+    }
+
+    #[test]
+    fn one_command_at_a_time_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("s"));
+        let held = sd.lock().unwrap();
+        let e = StateDir::new(dir.path().join("s")).lock().unwrap_err();
+        assert!(e.contains("another esim402-agent"), "{e}");
+        drop(held);
+        sd.lock().unwrap();
     }
 
     #[test]
