@@ -387,6 +387,7 @@ async fn the_spend_policy_refuses_before_signing_and_a_missing_key_is_named() {
         no_key.stderr
     );
     let help = cli(&s.url, dir.path(), &["--help"]).await;
+    assert_eq!(help.code, 0);
     assert!(
         help.stdout.contains("Exit codes:")
             && help.stdout.contains("3  refused by the spend policy"),
@@ -394,6 +395,30 @@ async fn the_spend_policy_refuses_before_signing_and_a_missing_key_is_named() {
         help.stdout
     );
     assert_eq!(s.balance(agent()).await, start);
+
+    // The daily cap counts what this state directory already paid today.
+    let capped = tempfile::tempdir().unwrap();
+    std::fs::write(
+        capped.path().join("policy.toml"),
+        "max_per_day_usdc = \"0.50\"\n",
+    )
+    .unwrap();
+    let first = cli(&s.url, capped.path(), &ACTIVATE).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let second = cli(&s.url, capped.path(), &ACTIVATE).await;
+    assert_eq!(second.code, 3, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("max_per_day_usdc: 0.42 USDC already spent today"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        s.balance(agent()).await,
+        start - U256::from(420_000),
+        "one paid"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
