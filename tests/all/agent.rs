@@ -479,3 +479,39 @@ async fn a_failed_order_charges_nothing_and_keeps_no_payment() {
     assert!(st["spends"].as_array().unwrap().is_empty(), "{st}");
     assert_eq!(s.balance(agent()).await, start);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_switches_carrier_with_the_owners_credential_and_pays_once() {
+    let s = PayStack::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bought = cli(&s.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(bought.code, 0, "{}", bought.stderr);
+    let old = state(dir.path())["sims"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let before = s.balance(agent()).await;
+    let usage = cli(&s.url, dir.path(), &["switch"]).await;
+    assert_eq!(usage.code, 2, "a target is required: {}", usage.stderr);
+    let moved = cli(&s.url, dir.path(), &["switch", "--carrier", "verizon"]).await;
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    ActivationCode::parse(moved.stdout.trim()).unwrap();
+    let st = state(dir.path());
+    assert_eq!(st["sims"][old.as_str()]["terminated"], true, "{st}");
+    assert_eq!(st["sims"].as_object().unwrap().len(), 2, "{st}");
+    let spent = &st["spends"][1];
+    assert_eq!(spent["status"], "settled", "{st}");
+    let price = esim402_core::UsdcAmount::parse_usdc(spent["amount_usdc"].as_str().unwrap())
+        .unwrap()
+        .micros();
+    assert_eq!(s.balance(agent()).await, before - U256::from(price));
+    // The new SIM is now the one the commands act on, with its own token.
+    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["carrier"], "verizon", "{status}");
+    assert_ne!(status["iccid"], old.as_str());
+}

@@ -149,8 +149,23 @@ impl Agent {
         }
     }
 
-    /// POST `body` to `path`, paying the 402 it answers within the policy; the paid answer.
-    pub async fn pay(&self, path: &str, body: &Value, purpose: &str) -> Result<Answer, AgentError> {
+    /// POST `body` to `path`, paying the 402 it answers within the policy; the paid answer. With `owner`, every
+    /// request carries that SIM's credential (routes only its owner may pay for, such as a switch).
+    pub async fn pay(
+        &self,
+        path: &str,
+        body: &Value,
+        purpose: &str,
+        owner: Option<&SimRecord>,
+    ) -> Result<Answer, AgentError> {
+        let credential = |extra: Option<(&'static str, String)>| {
+            let mut headers = Vec::new();
+            if let Some(sim) = owner {
+                headers.push(self.credential(sim, path)?);
+            }
+            headers.extend(extra);
+            Ok::<_, AgentError>(headers)
+        };
         let key = format!("POST {path} {body}");
         let state = self.state.load().map_err(local)?;
         let (payment_id, header, valid_before) = match state.pending.get(&key) {
@@ -163,7 +178,7 @@ impl Agent {
             }
             None => {
                 let first = self
-                    .send(reqwest::Method::POST, path, Some(body), &[])
+                    .send(reqwest::Method::POST, path, Some(body), &credential(None)?)
                     .await
                     .map_err(|e| self.unreachable(&e, false))?;
                 if first.status != 402 {
@@ -236,7 +251,7 @@ impl Agent {
                     reqwest::Method::POST,
                     path,
                     Some(body),
-                    &[(PAYMENT_SIGNATURE, header.clone())],
+                    &credential(Some((PAYMENT_SIGNATURE, header.clone())))?,
                 )
                 .await
                 .map_err(|e| self.unreachable(&e, true))?;
@@ -315,7 +330,33 @@ impl Agent {
     /// Buy a SIM: `request` is the activation body (`region`, `data_mb`, optional `carrier`, `chain`, `eid`).
     pub async fn activate(&self, request: &Value) -> Result<Activation, AgentError> {
         let purpose = format!("activate {request}");
-        let mut answer = self.pay("/v1/esim/activate", request, &purpose).await?.body;
+        let answer = self
+            .pay("/v1/esim/activate", request, &purpose, None)
+            .await?
+            .body;
+        self.record_sim(answer, None)
+    }
+
+    /// Move a SIM to another carrier or region (`{"carrier": …}` or `{"region": …}`): a paid new SIM that takes
+    /// over the old one's unused data; the old one is retired by the facilitator once the new one is installed.
+    pub async fn switch(
+        &self,
+        iccid: Option<&str>,
+        target: &Value,
+    ) -> Result<Activation, AgentError> {
+        let sim = self.sim(iccid)?;
+        let path = format!("/v1/esim/{}/switch", sim.iccid);
+        let purpose = format!("switch {} {target}", sim.iccid);
+        let answer = self.pay(&path, target, &purpose, Some(&sim)).await?.body;
+        self.record_sim(answer, Some(&sim.iccid))
+    }
+
+    /// Keep the SIM a paid answer bought (its token out of the answer), retiring `replaces`.
+    fn record_sim(
+        &self,
+        mut answer: Value,
+        replaces: Option<&str>,
+    ) -> Result<Activation, AgentError> {
         let (Some(iccid), Some(code)) = (
             answer["iccid"].as_str().map(str::to_owned),
             answer["activation_code"].as_str().map(str::to_owned),
@@ -342,6 +383,9 @@ impl Agent {
         self.state
             .update(|s| {
                 s.sims.insert(iccid.clone(), record);
+                if let Some(old) = replaces.and_then(|id| s.sims.get_mut(id)) {
+                    old.terminated = true;
+                }
             })
             .map_err(local)?;
         Ok(Activation {
@@ -357,7 +401,7 @@ impl Agent {
         let path = format!("/v1/esim/{}/data", sim.iccid);
         let body = json!({"top_up_mb": data_mb});
         let purpose = format!("top-up {} {data_mb} MB", sim.iccid);
-        Ok(self.pay(&path, &body, &purpose).await?.body)
+        Ok(self.pay(&path, &body, &purpose, None).await?.body)
     }
 
     fn sim(&self, iccid: Option<&str>) -> Result<SimRecord, AgentError> {

@@ -97,6 +97,18 @@ enum Command {
         #[arg(long)]
         data_mb: u64,
     },
+    /// Move the SIM to another carrier or region (paid; its unused data moves to the new SIM).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["carrier", "region"])))]
+    Switch {
+        #[command(flatten)]
+        sim: Sim,
+        /// The carrier to move to.
+        #[arg(long)]
+        carrier: Option<String>,
+        /// The region to move to.
+        #[arg(long)]
+        region: Option<String>,
+    },
     /// Suspend the SIM.
     Suspend(Sim),
     /// Resume a suspended SIM.
@@ -142,6 +154,22 @@ fn print(json_out: bool, v: &Value) {
     }
 }
 
+/// A bought SIM: its activation code on stdout (or the answer as JSON), the rest on stderr.
+fn print_sim(cli: &Cli, agent: &Agent, a: &esim402_agent::client::Activation) {
+    if cli.json {
+        println!("{}", a.answer);
+    } else {
+        eprintln!(
+            "SIM {} on {} (tx {}); its access token is in {}",
+            a.iccid,
+            a.answer["carrier"].as_str().unwrap_or("?"),
+            a.answer["transaction"].as_str().unwrap_or("?"),
+            agent.state().path().display()
+        );
+        println!("{}", a.activation_code);
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), AgentError> {
     let agent = agent(&cli)?;
     let _lock = agent.state().lock().map_err(AgentError::Local)?;
@@ -164,18 +192,19 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
                 body["eid"] = json!(e);
             }
             let a = agent.activate(&body).await?;
-            if cli.json {
-                println!("{}", a.answer);
-            } else {
-                eprintln!(
-                    "SIM {} on {} (tx {}); its access token is in {}",
-                    a.iccid,
-                    a.answer["carrier"].as_str().unwrap_or("?"),
-                    a.answer["transaction"].as_str().unwrap_or("?"),
-                    agent.state().path().display()
-                );
-                println!("{}", a.activation_code);
-            }
+            print_sim(&cli, &agent, &a);
+        }
+        Command::Switch {
+            sim,
+            carrier,
+            region,
+        } => {
+            let target = match (carrier, region) {
+                (Some(c), _) => json!({"carrier": c}),
+                (None, r) => json!({"region": r}),
+            };
+            let a = agent.switch(sim.iccid.as_deref(), &target).await?;
+            print_sim(&cli, &agent, &a);
         }
         Command::Status(s) => print(cli.json, &agent.sim_get(s.iccid.as_deref(), "").await?),
         Command::Balance(s) => print(
