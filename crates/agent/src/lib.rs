@@ -9,6 +9,10 @@
 //! - [`client`]: the HTTP side: the 402 → policy → sign → send walk, and the SIM routes.
 //! - [`error`]: what can go wrong, and the CLI's exit code for each.
 //!
+//! The `esim402-agent` binary (`src/main.rs`) is a thin clap front over [`Agent`]; its commands, the policy file and
+//! the exit codes (0 done, 1 local, 2 usage, 3 policy, 4 refused, 5 unavailable) are in the crate README and
+//! `esim402-agent --help`.
+//!
 //! The rule a reader must not break: a payment is written to the state directory as *pending* before it is
 //! sent, and removed only once the facilitator answered it. A command run again after a lost reply finds it and
 //! sends the very same payment (same nonce, same identifier), so nothing is paid twice.
