@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 mod activate;
+mod agent;
 mod api;
 mod backends;
 mod conformance;

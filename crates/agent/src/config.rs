@@ -1,0 +1,152 @@
+//! The agent's configuration: where the facilitator is, and the wallet key that pays.
+//!
+//! The key comes from `ESIM402_WALLET_KEY` or a key file (hex, with or without `0x`, surrounding whitespace
+//! ignored). It is never printed: [`WalletKey`]'s `Debug` shows only its address.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use esim402_core::x402::exact::address_of;
+use k256::ecdsa::SigningKey;
+
+/// The environment variable holding the wallet key.
+pub const KEY_ENV: &str = "ESIM402_WALLET_KEY";
+/// The facilitator's default URL (`esim402 up`).
+pub const DEFAULT_URL: &str = "http://127.0.0.1:3000";
+
+/// Why the configuration is unusable. Messages name the source, never the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither the variable nor a key file.
+    #[error("no wallet key: set {KEY_ENV} or pass --key-file <file> (a hex secp256k1 private key)")]
+    MissingKey,
+    /// The key file could not be read.
+    #[error("cannot read key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not a 32-byte hex secp256k1 key.
+    #[error("the wallet key from {0} is not a 32-byte hex secp256k1 private key")]
+    BadKey(String),
+    /// The facilitator URL is not `http(s)://host[:port]`.
+    #[error("facilitator URL {0:?} must look like http://host:port")]
+    BadUrl(String),
+}
+
+/// The wallet's signing key. `Debug` shows its address only.
+#[derive(Clone)]
+pub struct WalletKey(SigningKey);
+
+impl WalletKey {
+    /// Parse a hex key; `source` names where it came from (for the error).
+    pub fn parse(hex_key: &str, source: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadKey(source.to_owned());
+        let s = hex_key.trim();
+        let s = s.strip_prefix("0x").unwrap_or(s);
+        let bytes = hex::decode(s).map_err(|_| bad())?;
+        if bytes.len() != 32 {
+            return Err(bad());
+        }
+        SigningKey::from_slice(&bytes).map(Self).map_err(|_| bad())
+    }
+
+    /// The key from `env_value` (the variable's value, if set) or else `key_file`.
+    pub fn load(env_value: Option<&str>, key_file: Option<&Path>) -> Result<Self, ConfigError> {
+        if let Some(path) = key_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            return Self::parse(&text, &path.display().to_string());
+        }
+        match env_value {
+            Some(v) if !v.trim().is_empty() => Self::parse(v, KEY_ENV),
+            _ => Err(ConfigError::MissingKey),
+        }
+    }
+
+    /// The signing key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.0
+    }
+
+    /// The wallet's address.
+    pub fn address(&self) -> alloy_primitives::Address {
+        address_of(self.0.verifying_key())
+    }
+}
+
+impl fmt::Debug for WalletKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WalletKey({})", self.address())
+    }
+}
+
+/// Everything the agent needs, read once at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The facilitator's base URL, without a trailing slash.
+    pub url: String,
+    /// The wallet that pays and signs in.
+    pub key: WalletKey,
+}
+
+impl Config {
+    /// A config for `url` (checked) and `key`.
+    pub fn new(url: &str, key: WalletKey) -> Result<Self, ConfigError> {
+        let url = url.trim_end_matches('/');
+        let ok = esim402_core::auth::siwx::origin_of(url).is_some_and(|(origin, _)| {
+            origin == url && (url.starts_with("http://") || url.starts_with("https://"))
+        });
+        if !ok {
+            return Err(ConfigError::BadUrl(url.to_owned()));
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    const KEY: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+
+    #[test]
+    fn keys_load_from_the_variable_or_a_file_and_never_show() {
+        let k = WalletKey::load(Some(KEY), None).unwrap();
+        assert_eq!(
+            k.address().to_string(),
+            "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
+        );
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains("2a871d07"), "{dbg}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, format!("{}\n", KEY.trim_start_matches("0x"))).unwrap();
+        assert_eq!(
+            WalletKey::load(None, Some(&file)).unwrap().address(),
+            k.address()
+        );
+    }
+
+    #[test]
+    fn missing_or_bad_keys_are_clear_errors_without_the_value() {
+        let e = WalletKey::load(None, None).unwrap_err();
+        assert!(e.to_string().contains(KEY_ENV), "{e}");
+        let e = WalletKey::load(Some("0x1234"), None).unwrap_err();
+        assert!(e.to_string().contains(KEY_ENV) && !e.to_string().contains("1234"));
+        let e = WalletKey::load(None, Some(Path::new("/nonexistent/key"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/key"), "{e}");
+        let k = WalletKey::load(Some(KEY), None).unwrap();
+        assert!(Config::new("http://127.0.0.1:3000/", k.clone()).is_ok());
+        assert!(Config::new("127.0.0.1:3000", k.clone()).is_err());
+        assert!(Config::new("http://127.0.0.1:3000/v1", k).is_err());
+    }
+}

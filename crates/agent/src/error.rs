@@ -1,0 +1,76 @@
+//! Errors of the agent, and the exit code the CLI answers each with.
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | done |
+//! | 1 | local problem: no or bad wallet key, unreadable state or policy file |
+//! | 2 | usage: bad arguments (clap), no SIM to act on |
+//! | 3 | refused by the spend policy: nothing was signed or paid |
+//! | 4 | refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, …) |
+//! | 5 | facilitator unreachable, 5xx, or settlement still pending: a payment in flight is kept; run the same command again |
+
+use crate::policy::PolicyRefusal;
+
+/// The CLI's documented exit codes (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Done.
+    Ok = 0,
+    /// A local problem (key, state, policy file).
+    Local = 1,
+    /// Bad arguments.
+    Usage = 2,
+    /// The spend policy refused the offer; nothing signed.
+    Policy = 3,
+    /// The facilitator refused.
+    Refused = 4,
+    /// The facilitator is unreachable or failed; a payment in flight is kept for the next run.
+    Unavailable = 5,
+}
+
+/// Everything that can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Configuration (wallet key, URL).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The state directory or the policy file.
+    #[error("{0}")]
+    Local(String),
+    /// The caller asked for something impossible (no SIM known, …).
+    #[error("{0}")]
+    Usage(String),
+    /// The spend policy refused the offer.
+    #[error("spend policy refused the payment: {0}")]
+    Policy(#[from] PolicyRefusal),
+    /// The facilitator answered with a refusal.
+    #[error("facilitator refused ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The error message of the answer (or its body).
+        message: String,
+    },
+    /// The facilitator could not be reached or failed; `pending` says whether a payment is kept.
+    #[error("{message}{}", if *.pending { "; the signed payment is kept: run the same command again to collect it (it is never paid twice)" } else { "" })]
+    Unavailable {
+        /// What happened.
+        message: String,
+        /// A payment is kept pending in the state directory.
+        pending: bool,
+    },
+}
+
+impl AgentError {
+    /// The exit code the CLI answers with.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Config(_) | Self::Local(_) => ExitCode::Local,
+            Self::Usage(_) => ExitCode::Usage,
+            Self::Policy(_) => ExitCode::Policy,
+            Self::Refused { .. } => ExitCode::Refused,
+            Self::Unavailable { .. } => ExitCode::Unavailable,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! esim402's device side: buy, top up and manage eSIMs over x402, within a spend policy.
+//!
+//! - [`config`]: the facilitator URL and the wallet key (from `ESIM402_WALLET_KEY` or a key file; never printed).
+//! - [`policy`]: the spend policy (TOML) every offer is checked against *before* anything is signed.
+//! - [`state`]: the local state directory (SIMs and their access tokens, spend history, pending payments),
+//!   rewritten atomically (temp file + rename) on every change.
+//! - [`pay`]: an x402 v2 `exact` payment (EIP-3009) signed with the kernel's signer, carrying a
+//!   `payment-identifier` so that sending it again replays its answer instead of paying twice.
+//! - [`client`]: the HTTP side: the 402 → policy → sign → send walk, and the SIM routes.
+//! - [`error`]: what can go wrong, and the CLI's exit code for each.
+//!
+//! The `esim402-agent` binary (`src/main.rs`) is a thin clap front over [`Agent`]; its commands, the policy file and
+//! the exit codes (0 done, 1 local, 2 usage, 3 policy, 4 refused, 5 unavailable) are in the crate README and
+//! `esim402-agent --help`.
+//!
+//! The rule a reader must not break: a payment is written to the state directory as *pending* before it is
+//! sent, and removed only once the facilitator answered it. A command run again after a lost reply finds it and
+//! sends the very same payment (same nonce, same identifier), so nothing is paid twice.
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod pay;
+pub mod policy;
+pub mod state;
+
+pub use client::Agent;
+pub use config::{Config, WalletKey};
+pub use error::{AgentError, ExitCode};
+pub use policy::SpendPolicy;
+pub use state::{State, StateDir};

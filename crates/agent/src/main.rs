@@ -1,0 +1,276 @@
+//! `esim402-agent`: buy and manage eSIMs over x402 from a device or gateway. See the crate README.
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use esim402_agent::config::{DEFAULT_URL, KEY_ENV};
+use esim402_agent::{Agent, AgentError, Config, ExitCode, SpendPolicy, StateDir, WalletKey};
+use serde_json::{Value, json};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  local problem: no or bad wallet key, unreadable state or policy file
+  2  usage: bad arguments, no SIM to act on
+  3  refused by the spend policy: nothing was signed or paid
+  4  refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, ...)
+  5  facilitator unreachable, 5xx, or settlement still pending: a signed payment is kept in the
+     state directory; run the same command again to collect it (it is never paid twice)";
+
+/// Buy and manage pay-per-use eSIMs over x402 (USDC, EIP-3009), within a spend policy.
+#[derive(Parser)]
+#[command(name = "esim402-agent", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// The facilitator's base URL.
+    #[arg(long, global = true, env = "ESIM402_URL", default_value = DEFAULT_URL)]
+    url: String,
+    /// A file holding the wallet's hex private key (else the ESIM402_WALLET_KEY variable).
+    #[arg(long, global = true)]
+    key_file: Option<PathBuf>,
+    /// The state directory (SIMs, access tokens, spend history, pending payments).
+    #[arg(
+        long,
+        global = true,
+        env = "ESIM402_STATE_DIR",
+        default_value = ".esim402-agent"
+    )]
+    state_dir: PathBuf,
+    /// The spend policy (TOML); default `<state-dir>/policy.toml` if it exists, else the built-in limits.
+    #[arg(long, global = true)]
+    policy: Option<PathBuf>,
+    /// Print JSON on stdout (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Buy a SIM: pay the 402 within the policy, print its LPA:1$ activation code.
+    Activate {
+        /// Region (`us-west`, …).
+        #[arg(long)]
+        region: String,
+        /// Prepaid data in MB.
+        #[arg(long)]
+        data_mb: u64,
+        /// A carrier of the region (else the facilitator picks).
+        #[arg(long)]
+        carrier: Option<String>,
+        /// The chain to pay on (CAIP-2 or a known name); may be repeated.
+        #[arg(long)]
+        chain: Vec<String>,
+        /// The device's EID.
+        #[arg(long)]
+        eid: Option<String>,
+    },
+    /// The SIM: carrier, region, state.
+    Status(Sim),
+    /// The SIM's data balance.
+    Balance(Sim),
+    /// Data used, per hour or day and network.
+    Usage {
+        #[command(flatten)]
+        sim: Sim,
+        /// `hour` or `day`.
+        #[arg(long, default_value = "day")]
+        granularity: String,
+    },
+    /// The carrier receipts charged to the SIM (accepted and disputed).
+    Receipts {
+        #[command(flatten)]
+        sim: Sim,
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
+    /// Buy more data for the SIM.
+    TopUp {
+        #[command(flatten)]
+        sim: Sim,
+        /// MB to buy.
+        #[arg(long)]
+        data_mb: u64,
+    },
+    /// Move the SIM to another carrier or region (paid; its unused data moves to the new SIM).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["carrier", "region"])))]
+    Switch {
+        #[command(flatten)]
+        sim: Sim,
+        /// The carrier to move to.
+        #[arg(long)]
+        carrier: Option<String>,
+        /// The region to move to.
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Suspend the SIM.
+    Suspend(Sim),
+    /// Resume a suspended SIM.
+    Resume(Sim),
+    /// Terminate the SIM (unused data is refunded by the facilitator).
+    Terminate(Sim),
+}
+
+#[derive(clap::Args)]
+struct Sim {
+    /// The SIM (default: the newest live SIM in the state directory).
+    #[arg(long)]
+    iccid: Option<String>,
+}
+
+fn agent(cli: &Cli) -> Result<Agent, AgentError> {
+    let env_key = std::env::var(KEY_ENV).ok();
+    let key = WalletKey::load(env_key.as_deref(), cli.key_file.as_deref())?;
+    let config = Config::new(&cli.url, key)?;
+    let default_policy = cli.state_dir.join("policy.toml");
+    let policy = match &cli.policy {
+        Some(p) => SpendPolicy::load(p),
+        None if default_policy.exists() => SpendPolicy::load(&default_policy),
+        None => Ok(SpendPolicy::default()),
+    }
+    .map_err(|e| AgentError::Local(e.to_string()))?;
+    Ok(Agent::new(
+        config,
+        policy,
+        StateDir::new(&cli.state_dir),
+        !cli.quiet,
+    ))
+}
+
+fn print(json_out: bool, v: &Value) {
+    if json_out {
+        println!("{v}");
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+        );
+    }
+}
+
+/// A bought SIM: its activation code on stdout (or the answer as JSON), the rest on stderr.
+fn print_sim(cli: &Cli, agent: &Agent, a: &esim402_agent::client::Activation) {
+    if cli.json {
+        println!("{}", a.answer);
+    } else {
+        eprintln!(
+            "SIM {} on {} (tx {}); its access token is in {}",
+            a.iccid,
+            a.answer["carrier"].as_str().unwrap_or("?"),
+            a.answer["transaction"].as_str().unwrap_or("?"),
+            agent.state().path().display()
+        );
+        println!("{}", a.activation_code);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), AgentError> {
+    let agent = agent(&cli)?;
+    let _lock = agent.state().lock().map_err(AgentError::Local)?;
+    match &cli.command {
+        Command::Activate {
+            region,
+            data_mb,
+            carrier,
+            chain,
+            eid,
+        } => {
+            let mut body = json!({"region": region, "data_mb": data_mb});
+            if let Some(c) = carrier {
+                body["carrier"] = json!(c);
+            }
+            if !chain.is_empty() {
+                body["chain"] = json!(chain);
+            }
+            if let Some(e) = eid {
+                body["eid"] = json!(e);
+            }
+            let a = agent.activate(&body).await?;
+            print_sim(&cli, &agent, &a);
+        }
+        Command::Switch {
+            sim,
+            carrier,
+            region,
+        } => {
+            let target = match (carrier, region) {
+                (Some(c), _) => json!({"carrier": c}),
+                (None, r) => json!({"region": r}),
+            };
+            let a = agent.switch(sim.iccid.as_deref(), &target).await?;
+            print_sim(&cli, &agent, &a);
+        }
+        Command::Status(s) => print(cli.json, &agent.sim_get(s.iccid.as_deref(), "").await?),
+        Command::Balance(s) => print(
+            cli.json,
+            &agent.sim_get(s.iccid.as_deref(), "/balance").await?,
+        ),
+        Command::Usage { sim, granularity } => {
+            let route = format!("/usage?granularity={granularity}&group_by=plmn");
+            print(
+                cli.json,
+                &agent.sim_get(sim.iccid.as_deref(), &route).await?,
+            );
+        }
+        Command::Receipts { sim, from } => {
+            let route = format!("/receipts?from={from}");
+            print(
+                cli.json,
+                &agent.sim_get(sim.iccid.as_deref(), &route).await?,
+            );
+        }
+        Command::TopUp { sim, data_mb } => {
+            let out = agent.top_up(sim.iccid.as_deref(), *data_mb).await?;
+            if cli.json {
+                println!("{out}");
+            } else {
+                println!(
+                    "topped up {} MB for {} USDC (tx {}); {} KB left",
+                    out["topped_up_mb"],
+                    out["amount_usdc"].as_str().unwrap_or("?"),
+                    out["transaction"].as_str().unwrap_or("?"),
+                    out["remaining_kb"]
+                );
+            }
+        }
+        Command::Suspend(s) => print(
+            cli.json,
+            &agent.sim_post(s.iccid.as_deref(), "/suspend").await?,
+        ),
+        Command::Resume(s) => print(
+            cli.json,
+            &agent.sim_post(s.iccid.as_deref(), "/resume").await?,
+        ),
+        Command::Terminate(s) => print(
+            cli.json,
+            &agent.sim_post(s.iccid.as_deref(), "/terminate").await?,
+        ),
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let json_out = cli.json;
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::from(ExitCode::Ok as u8),
+        Err(e) => {
+            let code = e.exit_code();
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"error": e.to_string(), "exit_code": code as u8})
+                );
+            }
+            eprintln!("esim402-agent: {e}");
+            std::process::ExitCode::from(code as u8)
+        }
+    }
+}

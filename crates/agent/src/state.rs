@@ -1,0 +1,410 @@
+//! The agent's state directory: one `state.json` holding the SIMs (with their access tokens), the spend
+//! history and the payments in flight.
+//!
+//! Invariants:
+//! - Every change rewrites the file atomically: a temporary file in the same directory (mode 0600: it holds
+//!   access tokens and signed payments; a directory we create is 0700), flushed to disk, then renamed over
+//!   `state.json`. A crash leaves the old
+//!   or the new state, never half of one.
+//! - A payment is recorded as pending (with its spend entry, which counts against the daily cap) *before* it is
+//!   sent; only an answer removes it.
+//! - One command at a time per state directory: [`StateDir::lock`] takes an exclusive `flock` on `<dir>/lock`
+//!   for the whole command (released by the OS if the process dies), so no two read-modify-writes interleave.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use esim402_core::UsdcAmount;
+use serde::{Deserialize, Serialize};
+
+/// The state file's name inside the directory.
+pub const FILE: &str = "state.json";
+
+/// A SIM this agent bought.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimRecord {
+    /// Its ICCID.
+    pub iccid: String,
+    /// Its access token (`sim_…`), if the activation answer carried one.
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// The `LPA:1$…` activation code.
+    #[serde(default)]
+    pub activation_code: Option<String>,
+    /// Region and carrier, as the answer said.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The carrier.
+    #[serde(default)]
+    pub carrier: Option<String>,
+    /// The network it was paid on (CAIP-2), used for wallet sign-ins.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Unix seconds of the activation.
+    pub activated_at: u64,
+    /// The agent terminated it.
+    #[serde(default)]
+    pub terminated: bool,
+}
+
+/// Where a spend stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpendStatus {
+    /// Signed and (maybe) sent; no answer yet.
+    Pending,
+    /// Settled on chain.
+    Settled,
+    /// Answered with something that does not say whether money moved (kept, counts against the cap).
+    Unknown,
+}
+
+/// One payment the agent signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spend {
+    /// The payment-identifier it carries.
+    pub payment_id: String,
+    /// What it paid for (`activate …`, `top-up …`).
+    pub purpose: String,
+    /// Unix seconds when it was signed.
+    pub at: u64,
+    /// Its amount.
+    pub amount_usdc: UsdcAmount,
+    /// CAIP-2 network.
+    pub network: String,
+    /// Recipient.
+    pub pay_to: String,
+    /// Where it stands.
+    pub status: SpendStatus,
+    /// The settlement transaction, once known.
+    #[serde(default)]
+    pub transaction: Option<String>,
+}
+
+/// A signed payment kept until the facilitator answers it (see the module's invariants).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPayment {
+    /// Its payment-identifier.
+    pub payment_id: String,
+    /// The `PAYMENT-SIGNATURE` value, sent again as is.
+    pub header: String,
+    /// Unix seconds after which the authorization is no longer valid.
+    pub valid_before: u64,
+}
+
+/// Everything in `state.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// SIMs by ICCID.
+    #[serde(default)]
+    pub sims: BTreeMap<String, SimRecord>,
+    /// Every payment signed, oldest first.
+    #[serde(default)]
+    pub spends: Vec<Spend>,
+    /// Payments in flight, by the request they pay for (see [`crate::client`]).
+    #[serde(default)]
+    pub pending: BTreeMap<String, PendingPayment>,
+}
+
+impl State {
+    /// What was signed since 00:00 UTC of `now`'s day (pending and unknown spends included).
+    pub fn spent_today(&self, now: u64) -> UsdcAmount {
+        let day_start = now - now % 86_400;
+        self.spends
+            .iter()
+            .filter(|s| s.at >= day_start)
+            .fold(UsdcAmount::ZERO, |sum, s| {
+                sum.checked_add(s.amount_usdc)
+                    .unwrap_or(UsdcAmount::from_micros(u64::MAX))
+            })
+    }
+
+    /// Record a payment about to be sent for the request `key`.
+    pub fn begin(&mut self, key: &str, pending: PendingPayment, spend: Spend) {
+        self.pending.insert(key.to_owned(), pending);
+        self.spends.push(spend);
+    }
+
+    fn spend_mut(&mut self, payment_id: &str) -> Option<&mut Spend> {
+        self.spends
+            .iter_mut()
+            .rev()
+            .find(|s| s.payment_id == payment_id)
+    }
+
+    /// The payment for `key` settled in `transaction`.
+    pub fn settled(&mut self, key: &str, payment_id: &str, transaction: Option<String>) {
+        self.pending.remove(key);
+        if let Some(s) = self.spend_mut(payment_id) {
+            s.status = SpendStatus::Settled;
+            s.transaction = transaction;
+        }
+    }
+
+    /// The payment for `key` was refused before settlement: nothing was charged, forget it.
+    pub fn refused(&mut self, key: &str, payment_id: &str) {
+        self.pending.remove(key);
+        self.spends.retain(|s| s.payment_id != payment_id);
+    }
+
+    /// The payment for `key` got an answer that does not say whether money moved: stop sending it, keep the
+    /// spend (it still counts against the daily cap).
+    pub fn unknown(&mut self, key: &str, payment_id: &str) {
+        self.pending.remove(key);
+        if let Some(s) = self.spend_mut(payment_id) {
+            s.status = SpendStatus::Unknown;
+        }
+    }
+
+    /// The SIM to act on: `iccid` if given (it need not be known), else the newest live one.
+    pub fn pick_sim(&self, iccid: Option<&str>) -> Option<SimRecord> {
+        if let Some(id) = iccid {
+            return Some(self.sims.get(id).cloned().unwrap_or_else(|| SimRecord {
+                iccid: id.to_owned(),
+                access_token: None,
+                activation_code: None,
+                region: None,
+                carrier: None,
+                network: None,
+                activated_at: 0,
+                terminated: false,
+            }));
+        }
+        self.sims
+            .values()
+            .filter(|s| !s.terminated)
+            .max_by_key(|s| (s.activated_at, s.iccid.clone()))
+            .cloned()
+    }
+}
+
+/// A held [`StateDir::lock`].
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// The directory (created on first save).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Take the directory for this process (an exclusive, non-blocking `flock` on `<dir>/lock`), held until the
+    /// returned guard is dropped. Another command using the directory is an error naming it.
+    pub fn lock(&self) -> Result<StateLock, String> {
+        self.create()?;
+        let path = self.dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "another esim402-agent is using the state directory {}; wait for it to finish",
+                self.dir.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(format!("cannot lock {}: {e}", path.display()))
+            }
+        }
+    }
+
+    fn create(&self) -> Result<(), String> {
+        if !self.dir.exists() {
+            std::fs::create_dir_all(&self.dir).map_err(|e| {
+                format!(
+                    "cannot create the state directory {}: {e}",
+                    self.dir.display()
+                )
+            })?;
+            // Only a directory we create is made private: the caller may point us at one of theirs.
+            #[cfg(unix)]
+            std::fs::set_permissions(
+                &self.dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .map_err(|e| format!("cannot make {} private: {e}", self.dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The state; empty if there is no file yet.
+    pub fn load(&self) -> Result<State, String> {
+        let file = self.dir.join(FILE);
+        match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("state file {} is corrupt: {e}", file.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(format!("cannot read state file {}: {e}", file.display())),
+        }
+    }
+
+    /// Replace the state atomically (temp file, fsync, rename).
+    pub fn save(&self, state: &State) -> Result<(), String> {
+        let err =
+            |what: &str, e: std::io::Error| format!("cannot {what} in {}: {e}", self.dir.display());
+        self.create()?;
+        let tmp = self.dir.join(format!(".{FILE}.{}.tmp", std::process::id()));
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).map_err(|e| err("write the state", e))?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+        f.write_all(&json)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| err("write the state", e))?;
+        drop(f);
+        std::fs::rename(&tmp, self.dir.join(FILE)).map_err(|e| err("replace the state", e))
+    }
+
+    /// Load, change and save.
+    pub fn update<T>(&self, change: impl FnOnce(&mut State) -> T) -> Result<T, String> {
+        let mut state = self.load()?;
+        let out = change(&mut state);
+        self.save(&state)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    fn spend(id: &str, at: u64, micros: u64) -> Spend {
+        Spend {
+            payment_id: id.into(),
+            purpose: "activate".into(),
+            at,
+            amount_usdc: UsdcAmount::from_micros(micros),
+            network: "eip155:31337".into(),
+            pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
+            status: SpendStatus::Pending,
+            transaction: None,
+        }
+    }
+
+    fn pending(id: &str) -> PendingPayment {
+        PendingPayment {
+            payment_id: id.into(),
+            header: "eyJ4NDAyVmVyc2lvbiI6Mn0=".into(),
+            valid_before: 1_000,
+        }
+    }
+
+    fn sim(iccid: &str, at: u64) -> SimRecord {
+        SimRecord {
+            iccid: iccid.into(),
+            access_token: Some(format!("sim_{iccid}")),
+            activation_code: None,
+            region: None,
+            carrier: None,
+            network: None,
+            activated_at: at,
+            terminated: false,
+        }
+    }
+
+    #[test]
+    fn state_round_trips_atomically_and_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("nested"));
+        assert_eq!(sd.load().unwrap(), State::default(), "no file yet");
+        let mut s = State::default();
+        s.sims.insert("8901".into(), sim("8901", 5));
+        s.begin("activate x", pending("pay_a"), spend("pay_a", 5, 420_000));
+        sd.save(&s).unwrap();
+        assert_eq!(sd.load().unwrap(), s);
+        let names: Vec<_> = std::fs::read_dir(sd.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [FILE], "no temporary file left behind");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(sd.path().join(FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let mode = std::fs::metadata(sd.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "a directory we create is private");
+        }
+        sd.update(|s| s.settled("activate x", "pay_a", Some("0xab".into())))
+            .unwrap();
+        let s = sd.load().unwrap();
+        assert!(s.pending.is_empty());
+        assert_eq!(s.spends[0].status, SpendStatus::Settled);
+        std::fs::write(sd.path().join(FILE), "{not json").unwrap();
+        assert!(sd.load().unwrap_err().contains("corrupt"));
+    }
+
+    #[test]
+    fn one_command_at_a_time_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("s"));
+        let held = sd.lock().unwrap();
+        let e = StateDir::new(dir.path().join("s")).lock().unwrap_err();
+        assert!(e.contains("another esim402-agent"), "{e}");
+        drop(held);
+        sd.lock().unwrap();
+    }
+
+    #[test]
+    fn spends_count_per_utc_day_until_refused() {
+        let day = 20_000 * 86_400;
+        let mut s = State::default();
+        s.begin(
+            "a",
+            pending("pay_old"),
+            spend("pay_old", day - 1, 1_000_000),
+        );
+        s.begin("b", pending("pay_1"), spend("pay_1", day, 420_000));
+        s.begin("c", pending("pay_2"), spend("pay_2", day + 10, 50_000));
+        assert_eq!(s.spent_today(day + 100).micros(), 470_000);
+        s.unknown("b", "pay_1");
+        assert_eq!(
+            s.spent_today(day + 100).micros(),
+            470_000,
+            "unknown still counts"
+        );
+        s.refused("c", "pay_2");
+        assert_eq!(s.spent_today(day + 100).micros(), 420_000);
+        assert_eq!(s.pending.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(s.spent_today(day + 86_400).micros(), 0, "a new day");
+    }
+
+    #[test]
+    fn the_newest_live_sim_is_picked() {
+        let mut s = State::default();
+        assert_eq!(s.pick_sim(None), None);
+        s.sims.insert("1".into(), sim("1", 10));
+        s.sims.insert("2".into(), sim("2", 20));
+        assert_eq!(s.pick_sim(None).unwrap().iccid, "2");
+        s.sims.get_mut("2").unwrap().terminated = true;
+        assert_eq!(s.pick_sim(None).unwrap().iccid, "1");
+        assert_eq!(
+            s.pick_sim(Some("2")).unwrap().access_token.as_deref(),
+            Some("sim_2")
+        );
+        assert_eq!(s.pick_sim(Some("9")).unwrap().access_token, None);
+    }
+}

@@ -1,0 +1,517 @@
+//! The agent CLI (`crates/agent`) end to end: the real binary, run as a child process with the demo agent's
+//! key and a temporary state directory, against the app served in this process on anvil. Every payment is
+//! checked on chain: a lost reply, a policy refusal and a top-up each move the agent's USDC exactly as they
+//! should.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use alloy_primitives::U256;
+use esim402_core::esim::ActivationCode;
+use esim402_host::devstack::chain::DEMO_AGENT_KEY;
+use esim402_tests::{bin_dir, repo_root};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::payments::{PayStack, agent};
+
+/// The CLI, built once per test run by `cargo build -p esim402-agent` (into this run's target directory).
+fn agent_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-p", "esim402-agent", "--bin", "esim402-agent"])
+                .current_dir(repo_root())
+                .status()
+                .unwrap();
+            assert!(status.success(), "cargo build -p esim402-agent");
+            bin_dir().join("esim402-agent")
+        })
+        .clone()
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run the CLI against `url` with the demo agent's key and the state in `dir`.
+async fn cli(url: &str, dir: &Path, args: &[&str]) -> Run {
+    cli_with_key(url, dir, args, Some(DEMO_AGENT_KEY)).await
+}
+
+async fn cli_with_key(url: &str, dir: &Path, args: &[&str], key: Option<&str>) -> Run {
+    let mut cmd = tokio::process::Command::new(agent_bin());
+    cmd.arg("--url")
+        .arg(url)
+        .arg("--state-dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("ESIM402_URL")
+        .env_remove("ESIM402_STATE_DIR")
+        .env_remove("ESIM402_WALLET_KEY");
+    if let Some(k) = key {
+        cmd.env("ESIM402_WALLET_KEY", k);
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the CLI finished within 2 minutes")
+        .unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let secret = DEMO_AGENT_KEY.trim_start_matches("0x");
+    assert!(
+        !run.stdout.contains(secret) && !run.stderr.contains(secret),
+        "the wallet key is never printed"
+    );
+    run
+}
+
+fn state(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap()
+}
+
+/// A loopback HTTP/1.1 proxy to the app that loses the reply to the next paid request: the app gets the
+/// request and answers it, the client sees the connection close (a lost reply).
+struct LossyProxy {
+    url: String,
+    lose_next_paid: Arc<AtomicBool>,
+}
+
+impl LossyProxy {
+    async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let lose_next_paid = Arc::new(AtomicBool::new(true));
+        let (upstream, lose) = (upstream.to_owned(), lose_next_paid.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(Self::serve(
+                    conn,
+                    http.clone(),
+                    upstream.clone(),
+                    lose.clone(),
+                ));
+            }
+        });
+        Self {
+            url,
+            lose_next_paid,
+        }
+    }
+
+    async fn serve(
+        mut conn: TcpStream,
+        http: reqwest::Client,
+        upstream: String,
+        lose: Arc<AtomicBool>,
+    ) {
+        let mut buf = Vec::new();
+        loop {
+            // One request: head, then `content-length` bytes of body.
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let mut start = lines.next().unwrap().split(' ');
+            let (method, target) = (
+                start.next().unwrap().to_owned(),
+                start.next().unwrap().to_owned(),
+            );
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            while buf.len() < head_end + len {
+                let mut chunk = [0u8; 4096];
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body = buf[head_end..head_end + len].to_vec();
+            buf.drain(..head_end + len);
+            let mut req = http.request(method.parse().unwrap(), format!("{upstream}{target}"));
+            for (k, v) in &headers {
+                if !matches!(k.as_str(), "host" | "content-length" | "connection") {
+                    req = req.header(k, v);
+                }
+            }
+            let r = req.body(body).send().await.unwrap();
+            let status = r.status();
+            let answer_headers = r.headers().clone();
+            let answer = r.bytes().await.unwrap();
+            let paid = headers.iter().any(|(k, _)| k == "payment-signature");
+            if paid && lose.swap(false, Ordering::SeqCst) {
+                return; // The app answered; the client never hears it.
+            }
+            let mut out = format!("HTTP/1.1 {status}\r\n");
+            for (k, v) in &answer_headers {
+                if !matches!(
+                    k.as_str(),
+                    "content-length" | "transfer-encoding" | "connection"
+                ) {
+                    out.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap()));
+                }
+            }
+            out.push_str(&format!("content-length: {}\r\n\r\n", answer.len()));
+            let mut bytes = out.into_bytes();
+            bytes.extend_from_slice(&answer);
+            if conn.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+const ACTIVATE: [&str; 5] = ["activate", "--region", "us-west", "--data-mb", "100"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_up_once() {
+    let s = PayStack::start(&[]).await;
+    let proxy = LossyProxy::start(&s.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = s.balance(agent()).await;
+
+    // The paid reply is lost: the app settled, the CLI exits 5 and keeps the signed payment.
+    let lost = cli(&proxy.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(lost.code, 5, "{}", lost.stderr);
+    assert!(
+        !proxy.lose_next_paid.load(Ordering::SeqCst),
+        "the paid request reached the proxy"
+    );
+    assert!(
+        lost.stderr.contains("run the same command again"),
+        "{}",
+        lost.stderr
+    );
+    let kept = state(dir.path());
+    assert_eq!(kept["pending"].as_object().unwrap().len(), 1, "{kept}");
+    assert_eq!(kept["spends"][0]["status"], "pending");
+    let price = U256::from(420_000);
+    assert_eq!(
+        s.balance(agent()).await,
+        start - price,
+        "the app settled it"
+    );
+
+    // The same command again sends the same payment: the app replays its answer, nothing moves.
+    let again = cli(&proxy.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("sending again the payment"),
+        "{}",
+        again.stderr
+    );
+    let code = again.stdout.trim();
+    assert!(code.starts_with("LPA:1$"), "{code}");
+    ActivationCode::parse(code).unwrap();
+    assert_eq!(s.balance(agent()).await, start - price, "paid once");
+    let st = state(dir.path());
+    assert!(st["pending"].as_object().unwrap().is_empty(), "{st}");
+    assert_eq!(st["spends"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(st["spends"][0]["status"], "settled");
+    let (iccid, sim) = st["sims"].as_object().unwrap().iter().next().unwrap();
+    assert!(
+        sim["access_token"].as_str().unwrap().starts_with("sim_"),
+        "{sim}"
+    );
+    assert_eq!(sim["activation_code"], code);
+
+    // The stored token opens the SIM's routes.
+    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["iccid"], iccid.as_str());
+    let balance = cli(&s.url, dir.path(), &["balance", "--json"]).await;
+    assert_eq!(balance.code, 0, "{}", balance.stderr);
+    let balance: Value = serde_json::from_str(&balance.stdout).unwrap();
+    assert_eq!(balance["credited_bytes"], 100_000_000, "{balance}");
+
+    // A top-up credits once and pays once.
+    let before = s.balance(agent()).await;
+    let top = cli(&s.url, dir.path(), &["top-up", "--data-mb", "10", "--json"]).await;
+    assert_eq!(top.code, 0, "{}", top.stderr);
+    let top: Value = serde_json::from_str(&top.stdout).unwrap();
+    assert_eq!(top["topped_up_mb"], 10, "{top}");
+    let paid = U256::from(
+        esim402_core::UsdcAmount::parse_usdc(top["amount_usdc"].as_str().unwrap())
+            .unwrap()
+            .micros(),
+    );
+    assert_eq!(s.balance(agent()).await, before - paid);
+    let balance = cli(&s.url, dir.path(), &["balance", "--json"]).await;
+    let balance: Value = serde_json::from_str(&balance.stdout).unwrap();
+    assert_eq!(balance["credited_bytes"], 110_000_000, "{balance}");
+    let st = state(dir.path());
+    assert_eq!(st["spends"].as_array().unwrap().len(), 2, "{st}");
+    assert_eq!(st["spends"][1]["status"], "settled");
+
+    // Usage and receipts with the stored token; suspend, resume, terminate.
+    for args in [&["usage", "--json"][..], &["receipts", "--json"]] {
+        let r = cli(&s.url, dir.path(), args).await;
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        serde_json::from_str::<Value>(&r.stdout).unwrap();
+    }
+    let state_of = |out: &Run| serde_json::from_str::<Value>(&out.stdout).unwrap()["state"].clone();
+    let suspended = cli(&s.url, dir.path(), &["suspend", "--json"]).await;
+    assert_eq!(suspended.code, 0, "{}", suspended.stderr);
+    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    assert_eq!(state_of(&status), "suspended", "{}", status.stdout);
+    let again = cli(&s.url, dir.path(), &["suspend"]).await;
+    assert_eq!(
+        again.code, 4,
+        "an invalid transition is the facilitator's refusal: {}",
+        again.stderr
+    );
+    assert_eq!(cli(&s.url, dir.path(), &["resume"]).await.code, 0);
+
+    // Without a stored token the wallet signs in (SIGN-IN-WITH-X) instead.
+    let mut st = state(dir.path());
+    st["sims"][iccid.as_str()]["access_token"] = Value::Null;
+    std::fs::write(dir.path().join("state.json"), st.to_string()).unwrap();
+    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert_eq!(state_of(&status), "active", "{}", status.stdout);
+
+    let ended = cli(&s.url, dir.path(), &["terminate", "--json"]).await;
+    assert_eq!(ended.code, 0, "{}", ended.stderr);
+    assert_eq!(
+        state(dir.path())["sims"][iccid.as_str()]["terminated"],
+        true
+    );
+    let none = cli(&s.url, dir.path(), &["status"]).await;
+    assert_eq!(none.code, 2, "no live SIM left: {}", none.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_spend_policy_refuses_before_signing_and_a_missing_key_is_named() {
+    let s = PayStack::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = s.balance(agent()).await;
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "max_per_payment_usdc = \"0.10\"\n").unwrap();
+    let refused = cli(&s.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("max_per_payment_usdc"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("0.42"), "{}", refused.stderr);
+    assert_eq!(s.balance(agent()).await, start, "nothing paid");
+    assert!(
+        !dir.path().join("state.json").exists(),
+        "nothing signed or recorded"
+    );
+
+    // A network the policy does not allow is refused by name too (here via --policy).
+    let other = dir.path().join("base-only.toml");
+    std::fs::write(&other, "networks = [\"base\"]\n").unwrap();
+    let policy_arg = other.to_str().unwrap();
+    let refused = cli(
+        &s.url,
+        dir.path(),
+        &[
+            "--policy",
+            policy_arg,
+            "activate",
+            "--region",
+            "us-west",
+            "--data-mb",
+            "100",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("networks: eip155:31337"),
+        "{}",
+        refused.stderr
+    );
+
+    // Scripts get the refusal as JSON too, and nothing was recorded.
+    let refused = cli(
+        &s.url,
+        dir.path(),
+        &[
+            "--json",
+            "activate",
+            "--region",
+            "us-west",
+            "--data-mb",
+            "100",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    let e: Value = serde_json::from_str(&refused.stdout).unwrap();
+    assert_eq!(e["exit_code"], 3, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_per_payment_usdc"),
+        "{e}"
+    );
+    assert!(
+        !dir.path().join("state.json").exists(),
+        "nothing signed or recorded"
+    );
+
+    let no_key = cli_with_key(&s.url, dir.path(), &ACTIVATE, None).await;
+    assert_eq!(no_key.code, 1, "{}", no_key.stderr);
+    assert!(
+        no_key.stderr.contains("ESIM402_WALLET_KEY"),
+        "{}",
+        no_key.stderr
+    );
+    let help = cli(&s.url, dir.path(), &["--help"]).await;
+    assert_eq!(help.code, 0);
+    assert!(
+        help.stdout.contains("Exit codes:")
+            && help.stdout.contains("3  refused by the spend policy"),
+        "{}",
+        help.stdout
+    );
+    assert_eq!(s.balance(agent()).await, start);
+
+    // The daily cap counts what this state directory already paid today.
+    let capped = tempfile::tempdir().unwrap();
+    std::fs::write(
+        capped.path().join("policy.toml"),
+        "max_per_day_usdc = \"0.50\"\n",
+    )
+    .unwrap();
+    let first = cli(&s.url, capped.path(), &ACTIVATE).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let second = cli(&s.url, capped.path(), &ACTIVATE).await;
+    assert_eq!(second.code, 3, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("max_per_day_usdc: 0.42 USDC already spent today"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        s.balance(agent()).await,
+        start - U256::from(420_000),
+        "one paid"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_honours_settlement_pending_by_sending_the_same_payment_again() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_SETTLEMENT_TIMEOUT_MS", "1500")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = s.balance(agent()).await;
+    s.rpc("evm_setAutomine", json!([false])).await;
+    // The chain holds the settlement back until the CLI has been told it is pending, then mines it.
+    let mine = async {
+        for _ in 0..300 {
+            let pool = s.rpc("txpool_content", json!([])).await;
+            if !pool["pending"].as_object().unwrap().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                s.rpc("anvil_mine", json!([1])).await;
+                s.rpc("evm_setAutomine", json!([true])).await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no settlement was broadcast");
+    };
+    let (run, ()) = tokio::join!(cli(&s.url, dir.path(), &ACTIVATE), mine);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("settlement pending"), "{}", run.stderr);
+    assert!(run.stdout.trim().starts_with("LPA:1$"), "{}", run.stdout);
+    assert_eq!(s.balance(agent()).await, start - U256::from(420_000));
+    let sent = s
+        .rpc(
+            "eth_getTransactionCount",
+            json!([esim402_host::devstack::chain::FACILITATOR, "latest"]),
+        )
+        .await;
+    assert_eq!(sent, "0x1", "one settlement transaction");
+    assert!(state(dir.path())["pending"].as_object().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_order_charges_nothing_and_keeps_no_payment() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_ES2_TIMEOUT_MS", "2000")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = s.balance(agent()).await;
+    s.break_us_west().await;
+    let failed = cli(&s.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(failed.code, 5, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("nothing was charged"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        !failed.stderr.contains("run the same command again"),
+        "{}",
+        failed.stderr
+    );
+    let st = state(dir.path());
+    assert!(st["pending"].as_object().unwrap().is_empty(), "{st}");
+    assert!(st["spends"].as_array().unwrap().is_empty(), "{st}");
+    assert_eq!(s.balance(agent()).await, start);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_switches_carrier_with_the_owners_credential_and_pays_once() {
+    let s = PayStack::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bought = cli(&s.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(bought.code, 0, "{}", bought.stderr);
+    let old = state(dir.path())["sims"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let before = s.balance(agent()).await;
+    let usage = cli(&s.url, dir.path(), &["switch"]).await;
+    assert_eq!(usage.code, 2, "a target is required: {}", usage.stderr);
+    let moved = cli(&s.url, dir.path(), &["switch", "--carrier", "verizon"]).await;
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    ActivationCode::parse(moved.stdout.trim()).unwrap();
+    let st = state(dir.path());
+    assert_eq!(st["sims"][old.as_str()]["terminated"], true, "{st}");
+    assert_eq!(st["sims"].as_object().unwrap().len(), 2, "{st}");
+    let spent = &st["spends"][1];
+    assert_eq!(spent["status"], "settled", "{st}");
+    let price = esim402_core::UsdcAmount::parse_usdc(spent["amount_usdc"].as_str().unwrap())
+        .unwrap()
+        .micros();
+    assert_eq!(s.balance(agent()).await, before - U256::from(price));
+    // The new SIM is now the one the commands act on, with its own token.
+    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["carrier"], "verizon", "{status}");
+    assert_ne!(status["iccid"], old.as_str());
+}
