@@ -10,7 +10,7 @@ cargo clippy --workspace --exclude esim402-gateway --exclude esim402-invoices --
   --exclude esim402-metering --exclude esim402-dispatch --exclude esim402-guest --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip2 -p esim402-gateway -p esim402-invoices -p esim402-verifier \
   -p esim402-metering -p esim402-dispatch -p esim402-guest -p esim402-core -- -D warnings
-cargo build -p esim402-host -p esim402-smdp-sim -p esim402-traffic-sim
+cargo build -p esim402-host -p esim402-smdp-sim -p esim402-traffic-sim -p esim402-agent
 "${CARGO_TARGET_DIR:-target}/debug/esim402" build
 cargo test --workspace --exclude esim402-gateway --exclude esim402-invoices --exclude esim402-verifier \
   --exclude esim402-metering --exclude esim402-dispatch --exclude esim402-guest
