@@ -316,6 +316,35 @@ fn read_dotenv(path: &Path) -> anyhow::Result<HashMap<String, String>> {
         .collect()
 }
 
+/// The key-value file `esim402 up` uses while its dev stack runs a fresh chain: emptied at every start, because
+/// the state the app keeps (signer nonces, settlements, claims) belongs to the chain it was made on, and a
+/// fresh anvil is a new chain with the same id (re-using it would sign with nonces that chain never saw).
+pub const FRESH_CHAIN_STORE: &str = ".spin/devstack-kv.db";
+
+impl DevStack {
+    /// Whether this stack started its own (fresh, in-memory) chain.
+    pub fn started_chain(&self) -> bool {
+        self.facts.contains_key("chain_id")
+    }
+
+    /// Empty [`FRESH_CHAIN_STORE`] under `app_dir` (the file and SQLite's journal files) and return its path.
+    pub fn fresh_store(app_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+        let path = app_dir.join(FRESH_CHAIN_STORE);
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot empty {}", p.display())),
+            }
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(path)
+    }
+}
+
 /// The operators of the simulator's default configuration (its `DEFAULT_OPERATORS`), which are the built-in
 /// catalog's carriers.
 const DEV_OPERATORS: [&str; 5] = ["tmobile", "verizon", "att", "telekom-de", "vodafone-de"];
@@ -388,5 +417,29 @@ impl Drop for DevStack {
             let _ = child.wait();
             tracing::debug!(%name, "dev stack: stopped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_chain_store_starts_empty_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DevStack::fresh_store(dir.path()).unwrap();
+        assert_eq!(first, dir.path().join(FRESH_CHAIN_STORE));
+        assert!(first.parent().unwrap().is_dir());
+        // What a previous run left: the database and SQLite's side files.
+        for suffix in ["", "-wal", "-shm"] {
+            std::fs::write(format!("{}{suffix}", first.display()), b"old chain state").unwrap();
+        }
+        let again = DevStack::fresh_store(dir.path()).unwrap();
+        assert_eq!(again, first);
+        for suffix in ["", "-wal", "-shm"] {
+            assert!(!std::path::Path::new(&format!("{}{suffix}", first.display())).exists());
+        }
+        let stack = DevStack::default();
+        assert!(!stack.started_chain());
     }
 }

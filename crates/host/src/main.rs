@@ -243,6 +243,16 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
         let app_dir = Manifest::load(manifest)?.dir;
         let stack = DevStack::start(&app_dir, addr, &opts.env).await?;
         opts.env.extend(stack.env.iter().cloned());
+        // A fresh dev chain gets a fresh store (unless the store was chosen explicitly): the app's state is
+        // bound to the chain it was made on.
+        if stack.started_chain() && opts.runtime_config.is_none() && opts.kv_override.is_none() {
+            let path = DevStack::fresh_store(&app_dir)?;
+            eprintln!(
+                "dev stack: a fresh chain, so a fresh key-value store: {}",
+                path.display()
+            );
+            opts.kv_override = Some(StoreConfig::Sqlite(path));
+        }
         stack
     };
     let app = Arc::new(App::load(&opts).await?);
