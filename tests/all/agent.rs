@@ -515,3 +515,33 @@ async fn the_cli_switches_carrier_with_the_owners_credential_and_pays_once() {
     assert_eq!(status["carrier"], "verizon", "{status}");
     assert_ne!(status["iccid"], old.as_str());
 }
+
+#[test]
+fn the_cost_command_reproduces_the_seed_fleet_without_a_wallet() {
+    let out = std::process::Command::new(agent_bin())
+        .args([
+            "cost",
+            "--devices",
+            "12000",
+            "--mb-per-device",
+            "7.2",
+            "--json",
+        ])
+        .env_remove("ESIM402_WALLET_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 12 000 × 7.2 MB × $0.003/MB, by hand: $259.20 (the seed's table prints $1 080).
+    assert_eq!(r["pay_per_use"]["at_bare_rate_usdc"], "259.20");
+    assert_eq!(r["plan_usdc"], "13728.00");
+    let bad = std::process::Command::new(agent_bin())
+        .args(["cost", "--devices", "1", "--mb-per-device", "much"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "bad input is a usage error");
+}

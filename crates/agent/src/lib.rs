@@ -8,6 +8,7 @@
 //!   `payment-identifier` so that sending it again replays its answer instead of paying twice.
 //! - [`client`]: the HTTP side: the 402 → policy → sign → send walk, and the SIM routes.
 //! - [`error`]: what can go wrong, and the CLI's exit code for each.
+//! - [`cost`]: the `cost` command: the kernel's cost model over command-line inputs.
 //!
 //! The `esim402-agent` binary (`src/main.rs`) is a thin clap front over [`Agent`]; its commands, the policy file and
 //! the exit codes (0 done, 1 local, 2 usage, 3 policy, 4 refused, 5 unavailable) are in the crate README and
@@ -20,6 +21,7 @@
 
 pub mod client;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod pay;
 pub mod policy;

@@ -115,6 +115,43 @@ enum Command {
     Resume(Sim),
     /// Terminate the SIM (unused data is refunded by the facilitator).
     Terminate(Sim),
+    /// The cost model: a fleet's month pay-per-use vs a per-SIM plan, and the crossover volume (no wallet,
+    /// no network).
+    Cost(CostArgs),
+}
+
+#[derive(clap::Args)]
+struct CostArgs {
+    /// Devices in the fleet.
+    #[arg(long)]
+    devices: u64,
+    /// MB per device per month (decimal).
+    #[arg(long)]
+    mb_per_device: String,
+    /// The carrier's USDC per MB.
+    #[arg(long, default_value = "0.003")]
+    rate_per_mb: String,
+    /// Top-up size, MB.
+    #[arg(long, default_value_t = 10)]
+    top_up_mb: u32,
+    /// The smallest invoice, USDC.
+    #[arg(long, default_value = "0.05")]
+    minimum_invoice: String,
+    /// Settlement gas per invoice (an EIP-3009 transferWithAuthorization).
+    #[arg(long, default_value_t = 70_000)]
+    gas_units: u64,
+    /// Gas price, gwei.
+    #[arg(long, default_value = "0.01")]
+    gas_price_gwei: String,
+    /// The chain's native token in USDC.
+    #[arg(long, default_value = "3000")]
+    native_usd: String,
+    /// The per-SIM plan's fee per SIM per month, USDC.
+    #[arg(long, default_value = "1")]
+    plan_fee: String,
+    /// The per-SIM plan's USDC per MB.
+    #[arg(long, default_value = "0.02")]
+    plan_per_mb: String,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +208,23 @@ fn print_sim(cli: &Cli, agent: &Agent, a: &esim402_agent::client::Activation) {
 }
 
 async fn run(cli: Cli) -> Result<(), AgentError> {
+    if let Command::Cost(c) = &cli.command {
+        let inputs = esim402_agent::cost::Inputs {
+            devices: c.devices,
+            mb_per_device: c.mb_per_device.clone(),
+            rate_per_mb: c.rate_per_mb.clone(),
+            top_up_mb: c.top_up_mb,
+            minimum_invoice: c.minimum_invoice.clone(),
+            gas_units: c.gas_units,
+            gas_price_gwei: c.gas_price_gwei.clone(),
+            native_usd: c.native_usd.clone(),
+            plan_fee: c.plan_fee.clone(),
+            plan_per_mb: c.plan_per_mb.clone(),
+        };
+        let report = esim402_agent::cost::report(&inputs).map_err(AgentError::Usage)?;
+        print(cli.json, &report);
+        return Ok(());
+    }
     let agent = agent(&cli)?;
     let _lock = agent.state().lock().map_err(AgentError::Local)?;
     match &cli.command {
@@ -251,6 +305,8 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             cli.json,
             &agent.sim_post(s.iccid.as_deref(), "/terminate").await?,
         ),
+        // Answered above, before the wallet is loaded.
+        Command::Cost(_) => {}
     }
     Ok(())
 }
