@@ -31,11 +31,11 @@ pub async fn ingest(req: Request) -> Result<Reply, ApiError> {
 }
 
 /// `POST /v1/esim/{iccid}/data`: the next quota (asked by the owner, or by the SIM's carrier with its
-/// credential, as online charging does). Above the low-water mark, 200 with the grant;
-/// below it — or whenever the request names `top_up_mb`, a purchase — 402 with top-up options and an x402
-/// challenge for one of them (`top_up_mb`, default the smallest). The same request sent again with a payment pays that top-up, credits it once and gets its
-/// grant. Paying is never gated: a request with a payment, or one without a credential that names
-/// `top_up_mb`, is a top-up anyone may buy for any SIM (its 402 shows the price, not the balance).
+/// credential, as online charging does). Above the low-water mark, 200 with the grant; below it — or whenever
+/// the request names `top_up_mb`, a purchase — 402 with top-up options and an x402 challenge for one of them
+/// (`top_up_mb`, default the smallest). The same request sent again with a payment pays that top-up, credits
+/// it once and gets its grant. Paying is never gated: a request with a payment, or one without a credential
+/// that names `top_up_mb`, is a top-up anyone may buy for any SIM (its 402 shows the price, not the balance).
 pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let owner = crate::auth::owner_or_carrier(&req, iccid).await;
     let proof = Proof::from_headers(req.headers())?;
