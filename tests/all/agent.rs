@@ -545,3 +545,109 @@ fn the_cost_command_reproduces_the_seed_fleet_without_a_wallet() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "bad input is a usage error");
 }
+
+/// The proxy process, stopped by its PID on drop.
+struct Proxy {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_payment() {
+    let s = PayStack::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut cmd = std::process::Command::new(agent_bin());
+    cmd.args(["--url", &s.url, "--state-dir"])
+        .arg(dir.path().join("state"))
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--device-header",
+            "x-device-id",
+            "--device-max-per-payment",
+            "1",
+            "--device-max-per-day",
+            "0.20",
+            "--audit-log",
+        ])
+        .arg(&audit)
+        .env("ESIM402_WALLET_KEY", DEMO_AGENT_KEY)
+        .stderr(std::process::Stdio::null());
+    let (child, url) =
+        esim402_host::devstack::spawn_announcing(&mut cmd, "esim402-agent proxy listening on ")
+            .unwrap();
+    let proxy = Proxy { child, url };
+    let http = reqwest::Client::new();
+    let activate = |device: &'static str| {
+        http.post(format!("{}/v1/esim/activate", proxy.url))
+            .header("x-device-id", device)
+            .json(&json!({"region": "us-west", "data_mb": 10}))
+            .send()
+    };
+    let start = s.balance(agent()).await;
+
+    // A plain device (no x402, no wallet) gets its activation code; the gateway's wallet paid once.
+    let r = activate("pump-1").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let paid: Value = r.json().await.unwrap();
+    let code = paid["activation_code"].as_str().unwrap();
+    ActivationCode::parse(code).unwrap();
+    let price: esim402_core::UsdcAmount = paid["amount_usdc"].as_str().unwrap().parse().unwrap();
+    assert_eq!(s.balance(agent()).await, start - U256::from(price.micros()));
+
+    // The same device again is over its daily budget: 403 naming it, nothing paid.
+    let r = activate("pump-1").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "over_budget", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_per_day"),
+        "{e}"
+    );
+    assert_eq!(s.balance(agent()).await, start - U256::from(price.micros()));
+    // Another device has its own budget.
+    assert_eq!(activate("pump-2").await.unwrap().status(), 200);
+    // Requests that need no payment pass through; a device without an id is refused.
+    let health = http
+        .get(format!("{}/health", proxy.url))
+        .header("x-device-id", "pump-1");
+    assert_eq!(health.send().await.unwrap().status(), 200);
+    let anonymous = http
+        .get(format!("{}/health", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 400);
+
+    // The audit log: one line per payment, with device, invoice, amount and tx hash.
+    let lines: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["device"], "pump-1");
+    assert_eq!(lines[1]["device"], "pump-2");
+    for l in &lines {
+        assert!(l["transaction"].as_str().unwrap().starts_with("0x"), "{l}");
+        assert!(l["invoice_id"].as_str().unwrap().starts_with("inv_"), "{l}");
+        assert_eq!(l["amount_usdc"], paid["amount_usdc"]);
+    }
+    assert_eq!(
+        s.balance(agent()).await,
+        start - U256::from(2 * price.micros()),
+        "two devices, two payments"
+    );
+}

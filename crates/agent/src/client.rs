@@ -103,6 +103,16 @@ impl Agent {
         }
     }
 
+    /// The configuration (facilitator URL, wallet).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The spend policy.
+    pub fn policy(&self) -> &SpendPolicy {
+        &self.policy
+    }
+
     /// The state directory.
     pub fn state(&self) -> &StateDir {
         &self.state

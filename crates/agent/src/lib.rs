@@ -9,6 +9,7 @@
 //! - [`client`]: the HTTP side: the 402 → policy → sign → send walk, and the SIM routes.
 //! - [`error`]: what can go wrong, and the CLI's exit code for each.
 //! - [`cost`]: the `cost` command: the kernel's cost model over command-line inputs.
+//! - [`proxy`]: the paying proxy for devices that cannot pay (per-device budgets, an audit log).
 //!
 //! The `esim402-agent` binary (`src/main.rs`) is a thin clap front over [`Agent`]; its commands, the policy file and
 //! the exit codes (0 done, 1 local, 2 usage, 3 policy, 4 refused, 5 unavailable) are in the crate README and
@@ -25,6 +26,7 @@ pub mod cost;
 pub mod error;
 pub mod pay;
 pub mod policy;
+pub mod proxy;
 pub mod state;
 
 pub use client::Agent;

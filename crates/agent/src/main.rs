@@ -118,6 +118,31 @@ enum Command {
     /// The cost model: a fleet's month pay-per-use vs a per-SIM plan, and the crossover volume (no wallet,
     /// no network).
     Cost(CostArgs),
+    /// The paying proxy: devices send plain HTTP; 402s are paid from this wallet within each device's budget,
+    /// every payment appended to an audit log (JSON lines).
+    Proxy(ProxyArgs),
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// Where devices connect (loopback unless --allow-public).
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: std::net::SocketAddr,
+    /// Allow a non-loopback listen address.
+    #[arg(long)]
+    allow_public: bool,
+    /// The header naming the device (default: its source address).
+    #[arg(long)]
+    device_header: Option<String>,
+    /// A device's most per payment, USDC.
+    #[arg(long, default_value = "1")]
+    device_max_per_payment: String,
+    /// A device's most per UTC day, USDC.
+    #[arg(long, default_value = "5")]
+    device_max_per_day: String,
+    /// The audit log (default: <state-dir>/proxy-audit.jsonl).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -225,6 +250,9 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
         print(cli.json, &report);
         return Ok(());
     }
+    if let Command::Proxy(p) = &cli.command {
+        return proxy(&cli, p).await;
+    }
     let agent = agent(&cli)?;
     let _lock = agent.state().lock().map_err(AgentError::Local)?;
     match &cli.command {
@@ -305,10 +333,52 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             cli.json,
             &agent.sim_post(s.iccid.as_deref(), "/terminate").await?,
         ),
-        // Answered above, before the wallet is loaded.
-        Command::Cost(_) => {}
+        // Answered above.
+        Command::Cost(_) | Command::Proxy(_) => {}
     }
     Ok(())
+}
+
+async fn proxy(cli: &Cli, p: &ProxyArgs) -> Result<(), AgentError> {
+    if !p.listen.ip().is_loopback() && !p.allow_public {
+        return Err(AgentError::Usage(format!(
+            "refusing to listen on {} without --allow-public (devices pay with this wallet)",
+            p.listen
+        )));
+    }
+    let usdc = |flag: &str, v: &str| {
+        v.parse()
+            .map_err(|e| AgentError::Usage(format!("{flag}: {e}")))
+    };
+    let agent = agent(cli)?;
+    let settings = esim402_agent::proxy::ProxySettings {
+        device_header: p.device_header.clone(),
+        device_max_per_payment: usdc("device-max-per-payment", &p.device_max_per_payment)?,
+        device_max_per_day: usdc("device-max-per-day", &p.device_max_per_day)?,
+        audit_log: p
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| cli.state_dir.join("proxy-audit.jsonl")),
+        state_dir: cli.state_dir.clone(),
+    };
+    std::fs::create_dir_all(&cli.state_dir)
+        .map_err(|e| AgentError::Local(format!("{}: {e}", cli.state_dir.display())))?;
+    let listener = tokio::net::TcpListener::bind(p.listen)
+        .await
+        .map_err(|e| AgentError::Local(format!("cannot listen on {}: {e}", p.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| AgentError::Local(e.to_string()))?;
+    // Tests and scripts read the bound address (the port may be 0).
+    println!("esim402-agent proxy listening on http://{addr}");
+    esim402_agent::proxy::serve(
+        listener,
+        agent.config().clone(),
+        agent.policy().clone(),
+        settings,
+    )
+    .await
+    .map_err(|e| AgentError::Local(e.to_string()))
 }
 
 #[tokio::main(flavor = "current_thread")]
