@@ -7,6 +7,7 @@
 //! - [`config`]: the catalog and timeouts, parsed once per instance;
 //! - [`calls`]: ES2+ calls with the same-call-id retry, and CancelOrder;
 //! - [`cleanup`]: carrier-side work queued for later;
+//! - [`spec`]: what an order asks for and which carriers may serve it;
 //! - [`ordering`]: one paid order, journaled, across carriers;
 //! - [`sims`]: SIM records, lifecycle, switches and download-progress callbacks;
 //! - [`access`]: who may manage a SIM (owner, access tokens, sign-in nonces).
@@ -45,6 +46,7 @@ mod ordering;
 mod queue;
 mod sim_store;
 mod sims;
+mod spec;
 
 use bindings::exports::esim402::dispatch::dispatch::Guest;
 use esim402_guest::convert::{invalid, sim_to_wit};
@@ -54,9 +56,9 @@ struct Component;
 
 impl Guest for Component {
     async fn price(request: wit::ActivationRequest) -> Result<wit::Quote, wit::Error> {
-        let spec = ordering::OrderSpec::parse(&request)?;
+        let spec = spec::OrderSpec::parse(&request)?;
         let cfg = config::get().await?;
-        let carrier = ordering::candidates(&cfg, &spec)?
+        let carrier = spec::candidates(&cfg, &spec)?
             .first()
             .map(|c| c.id.clone())
             .ok_or_else(|| invalid("region", "no carrier serves this region"))?;
@@ -79,7 +81,7 @@ impl Guest for Component {
         label: Option<String>,
         now: u64,
     ) -> Result<wit::Sim, wit::Error> {
-        let mut spec = ordering::OrderSpec::parse(&request)?;
+        let mut spec = spec::OrderSpec::parse(&request)?;
         spec.label = label
             .map(|l| {
                 esim402_core::order::parse_agent_label(&l).map_err(|e| invalid("x-agent-id", e))

@@ -11,7 +11,6 @@ use esim402_core::esim::es2::{
 use esim402_core::esim::{ActivationCode, Carrier, Eid, Iccid, ProfileState, SimState};
 use esim402_core::order::{self, Claim, Order, Plan, Step, StoredSim};
 use esim402_core::store::keys;
-use esim402_core::{CarrierId, DataMb, Region};
 use esim402_guest::convert::{internal, invalid, kv_err, message};
 use esim402_guest::kv::{self, Change};
 use esim402_guest::{util, wit};
@@ -19,71 +18,8 @@ use esim402_guest::{util, wit};
 use crate::calls::{self, Deadline, call_twice, fci, header};
 use crate::config::Config;
 use crate::es2_client::Transport;
+use crate::spec::{OrderSpec, candidates};
 use crate::{cleanup, queue, sim_store};
-
-/// A validated order.
-pub struct OrderSpec {
-    pub region: Region,
-    pub data_mb: DataMb,
-    pub carrier: Option<CarrierId>,
-    pub eid: Option<Eid>,
-    pub allow_failover: bool,
-    pub replaces: Option<String>,
-    /// The wallet that paid (the SIM's owner).
-    pub owner: Option<esim402_core::chain::Address>,
-    /// The agent's label.
-    pub label: Option<String>,
-}
-
-impl OrderSpec {
-    pub fn parse(r: &wit::ActivationRequest) -> Result<Self, wit::Error> {
-        Ok(Self {
-            region: Region::parse(&r.region).map_err(|e| invalid("region", e.0))?,
-            data_mb: DataMb::new(r.data_mb.into()).map_err(|e| invalid("data_mb", e.0))?,
-            carrier: r
-                .carrier
-                .as_deref()
-                .map(|c| CarrierId::parse(c).map_err(|e| invalid("carrier", e.0)))
-                .transpose()?,
-            eid: r
-                .eid
-                .as_deref()
-                .map(|e| Eid::parse(e).map_err(|e| invalid("eid", e.to_string())))
-                .transpose()?,
-            allow_failover: r.carrier.is_none() || r.allow_failover,
-            replaces: None,
-            owner: None,
-            label: None,
-        })
-    }
-}
-
-/// The carriers an order may use, first choice first.
-pub fn candidates<'c>(cfg: &'c Config, spec: &OrderSpec) -> Result<Vec<&'c Carrier>, wit::Error> {
-    serving(
-        cfg,
-        &spec.region,
-        spec.carrier.as_ref(),
-        spec.allow_failover,
-    )
-}
-
-/// The catalog's carriers for `region` (the requested one first), with catalog errors as input errors.
-pub fn serving<'c>(
-    cfg: &'c Config,
-    region: &Region,
-    requested: Option<&CarrierId>,
-    allow_failover: bool,
-) -> Result<Vec<&'c Carrier>, wit::Error> {
-    use esim402_core::esim::CatalogError as E;
-    cfg.catalog
-        .candidates(region, requested, allow_failover)
-        .map_err(|e| match e {
-            E::UnknownRegion(_) => invalid("region", e.to_string()),
-            E::CarrierNotInRegion { .. } => invalid("carrier", e.to_string()),
-            other => internal(other),
-        })
-}
 
 /// Why one carrier did not deliver.
 enum Skip {
@@ -228,7 +164,7 @@ async fn try_carrier(
     let Some(iccid) = r.iccid else {
         return Err(Skip::Next(format!("{id}: DownloadOrder returned no ICCID")));
     };
-    let mut sim = pending_sim(cfg, spec, driver, &id, iccid.as_str(), now);
+    let mut sim = spec.pending_sim(cfg, &driver.order.invoice_id, &id, iccid.as_str(), now);
     let step = Step {
         carrier: id.clone(),
         iccid: sim.iccid.clone(),
@@ -242,39 +178,6 @@ async fn try_carrier(
     sim_store::put(&sim).await.map_err(Skip::Reject)?;
     finish(cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await?;
     Ok(sim)
-}
-
-/// The SIM record of a profile `carrier` allocated for this order, not yet confirmed.
-fn pending_sim(
-    cfg: &Config,
-    spec: &OrderSpec,
-    driver: &Driver,
-    carrier: &str,
-    iccid: &str,
-    now: u64,
-) -> StoredSim {
-    let region = cfg.catalog.region(&spec.region);
-    StoredSim {
-        iccid: iccid.to_owned(),
-        carrier: carrier.to_owned(),
-        region: spec.region.to_string(),
-        state: SimState::Pending,
-        profile_state: None,
-        activation_code: None,
-        eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
-        roaming: region.map(|r| r.roaming.clone()).unwrap_or_default(),
-        data_mb: spec.data_mb.get(),
-        invoice_id: driver.order.invoice_id.clone(),
-        created_at: now,
-        failovers: Vec::new(),
-        replaces: spec.replaces.clone(),
-        replaced_by: None,
-        access: esim402_core::auth::SimAccess {
-            owner: spec.owner,
-            token: Some(crate::access::initial_state(&cfg.token_key, iccid)),
-        },
-        label: spec.label.clone(),
-    }
 }
 
 /// Confirm an allocated profile and store the result; on failure give the profile back to the pool.
@@ -362,7 +265,13 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         let mut sim = match sim_store::load(&sim_store::parse_iccid(&step.iccid)?).await? {
             Some(sim) => sim,
             None => {
-                let sim = pending_sim(&cfg, &spec, &driver, &step.carrier, &step.iccid, now);
+                let sim = spec.pending_sim(
+                    &cfg,
+                    &driver.order.invoice_id,
+                    &step.carrier,
+                    &step.iccid,
+                    now,
+                );
                 sim_store::put(&sim).await?;
                 sim
             }

@@ -15,8 +15,9 @@ use esim402_guest::convert::{internal, invalid, kv_err, sim_to_wit};
 use esim402_guest::{kv, util, wit};
 
 use crate::config::Config;
-use crate::ordering::{self, OrderSpec, serving};
+use crate::ordering;
 use crate::sim_store::{load, parse_iccid};
+use crate::spec::{OrderSpec, serving};
 
 async fn existing(iccid: &str) -> Result<StoredSim, wit::Error> {
     load(&parse_iccid(iccid)?)

@@ -1,0 +1,110 @@
+//! What an order asks for ([`OrderSpec`], validated from the WIT request or rebuilt from a stored SIM), which
+//! catalog carriers may serve it ([`candidates`], [`serving`]), and the pending SIM record of a profile a
+//! carrier allocated for it.
+
+use esim402_core::esim::{Carrier, Eid, SimState};
+use esim402_core::order::StoredSim;
+use esim402_core::{CarrierId, DataMb, Region};
+use esim402_guest::convert::{internal, invalid};
+use esim402_guest::wit;
+
+use crate::config::Config;
+
+/// A validated order.
+pub struct OrderSpec {
+    pub region: Region,
+    pub data_mb: DataMb,
+    pub carrier: Option<CarrierId>,
+    pub eid: Option<Eid>,
+    pub allow_failover: bool,
+    pub replaces: Option<String>,
+    /// The wallet that paid (the SIM's owner).
+    pub owner: Option<esim402_core::chain::Address>,
+    /// The agent's label.
+    pub label: Option<String>,
+}
+
+impl OrderSpec {
+    pub fn parse(r: &wit::ActivationRequest) -> Result<Self, wit::Error> {
+        Ok(Self {
+            region: Region::parse(&r.region).map_err(|e| invalid("region", e.0))?,
+            data_mb: DataMb::new(r.data_mb.into()).map_err(|e| invalid("data_mb", e.0))?,
+            carrier: r
+                .carrier
+                .as_deref()
+                .map(|c| CarrierId::parse(c).map_err(|e| invalid("carrier", e.0)))
+                .transpose()?,
+            eid: r
+                .eid
+                .as_deref()
+                .map(|e| Eid::parse(e).map_err(|e| invalid("eid", e.to_string())))
+                .transpose()?,
+            allow_failover: r.carrier.is_none() || r.allow_failover,
+            replaces: None,
+            owner: None,
+            label: None,
+        })
+    }
+}
+
+/// The carriers an order may use, first choice first.
+pub fn candidates<'c>(cfg: &'c Config, spec: &OrderSpec) -> Result<Vec<&'c Carrier>, wit::Error> {
+    serving(
+        cfg,
+        &spec.region,
+        spec.carrier.as_ref(),
+        spec.allow_failover,
+    )
+}
+
+/// The catalog's carriers for `region` (the requested one first), with catalog errors as input errors.
+pub fn serving<'c>(
+    cfg: &'c Config,
+    region: &Region,
+    requested: Option<&CarrierId>,
+    allow_failover: bool,
+) -> Result<Vec<&'c Carrier>, wit::Error> {
+    use esim402_core::esim::CatalogError as E;
+    cfg.catalog
+        .candidates(region, requested, allow_failover)
+        .map_err(|e| match e {
+            E::UnknownRegion(_) => invalid("region", e.to_string()),
+            E::CarrierNotInRegion { .. } => invalid("carrier", e.to_string()),
+            other => internal(other),
+        })
+}
+
+impl OrderSpec {
+    /// The SIM record of a profile `carrier` allocated for this order (paid by `invoice_id`), not yet confirmed.
+    pub fn pending_sim(
+        &self,
+        cfg: &Config,
+        invoice_id: &str,
+        carrier: &str,
+        iccid: &str,
+        now: u64,
+    ) -> StoredSim {
+        let region = cfg.catalog.region(&self.region);
+        StoredSim {
+            iccid: iccid.to_owned(),
+            carrier: carrier.to_owned(),
+            region: self.region.to_string(),
+            state: SimState::Pending,
+            profile_state: None,
+            activation_code: None,
+            eid: self.eid.as_ref().map(|e| e.as_str().to_owned()),
+            roaming: region.map(|r| r.roaming.clone()).unwrap_or_default(),
+            data_mb: self.data_mb.get(),
+            invoice_id: invoice_id.to_owned(),
+            created_at: now,
+            failovers: Vec::new(),
+            replaces: self.replaces.clone(),
+            replaced_by: None,
+            access: esim402_core::auth::SimAccess {
+                owner: self.owner,
+                token: Some(crate::access::initial_state(&cfg.token_key, iccid)),
+            },
+            label: self.label.clone(),
+        }
+    }
+}
