@@ -23,7 +23,7 @@ use std::time::Duration;
 use esim402_core::paid::LEASE_SECS;
 use esim402_host::devstack::chain;
 use esim402_tests::Runner;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::payments::{PayStack, Payment, Store, activation, agent, price};
 
@@ -34,28 +34,6 @@ struct Crash {
     store: Store,
     /// Attempts that got past verification (each logs `payment_verified`).
     verified: usize,
-}
-
-/// Profiles the SM-DP+ simulator has handed out (neither in its pool nor retired), every operator.
-async fn handed_out(s: &PayStack) -> Vec<String> {
-    let mut out = Vec::new();
-    for op in ["tmobile", "verizon", "att", "telekom-de", "vodafone-de"] {
-        let v: Value = s
-            .http
-            .get(format!("{}/admin/operators/{op}/profiles", s.sim.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for p in v["profiles"].as_array().unwrap() {
-            if !matches!(p["state"].as_str(), Some("Available" | "Unavailable")) {
-                out.push(p["iccid"].as_str().unwrap().to_owned());
-            }
-        }
-    }
-    out
 }
 
 async fn crash_and_pay_again(c: Crash) {
@@ -140,7 +118,7 @@ async fn crash_and_pay_again(c: Crash) {
     }
 
     // Every profile the SM-DP+ handed out belongs to a paid, active SIM; completed: exactly the one sold.
-    let profiles = handed_out(&s).await;
+    let profiles = s.handed_out().await;
     for iccid in &profiles {
         let (st, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
         assert_eq!(
@@ -157,7 +135,11 @@ async fn crash_and_pay_again(c: Crash) {
         assert_eq!(paid["status"], "paid", "{iccid} handed out unpaid: {paid}");
     }
     if completed {
-        assert_eq!(profiles, [body["iccid"].as_str().unwrap()], "one profile");
+        assert_eq!(
+            profiles.into_iter().collect::<Vec<_>>(),
+            [body["iccid"].as_str().unwrap()],
+            "one profile"
+        );
     } else {
         assert!(profiles.is_empty(), "{profiles:?}");
     }

@@ -17,19 +17,11 @@ use serde_json::{Value, json};
 use crate::payments::{PayStack, Payment, agent, now};
 use crate::python_client::pay as python_pay;
 
-/// A paid 1 MB activation on T-Mobile; its ICCID.
+/// A paid activation of `data_mb` (T-Mobile, the region default); its ICCID.
 async fn activate(s: &PayStack, data_mb: u32) -> String {
-    let body = json!({"region": "us-west", "data_mb": data_mb});
-    let (_, req) = s.invoice(&body).await;
-    let pay = Payment::for_requirement(&req);
-    let (status, _, act) = s
-        .post(
-            "/v1/esim/activate",
-            &body,
-            &[("payment-signature", pay.header())],
-        )
+    let act = s
+        .activate_paid(&json!({"region": "us-west", "data_mb": data_mb}), &[])
         .await;
-    assert_eq!(status, 200, "{act}");
     act["iccid"].as_str().unwrap().to_owned()
 }
 

@@ -171,17 +171,9 @@ async fn get_activate_is_a_payable_challenge_and_methods_are_announced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn anyone_may_pay_a_top_up_but_only_the_owner_reads_the_sim() {
     let s = PayStack::start(&[]).await;
-    let body = json!({"region": "us-west", "data_mb": 1});
-    let (_, req) = s.invoice(&body).await;
-    let pay = Payment::for_requirement(&req);
-    let (status, _, act) = s
-        .post(
-            "/v1/esim/activate",
-            &body,
-            &[("payment-signature", pay.header())],
-        )
+    let act = s
+        .activate_paid(&json!({"region": "us-west", "data_mb": 1}), &[])
         .await;
-    assert_eq!(status, 200, "{act}");
     let iccid = act["iccid"].as_str().unwrap().to_owned();
 
     // A stranger (no credential) reads nothing...
@@ -232,19 +224,9 @@ async fn the_payer_lists_its_sims_by_agent_label() {
     let body = json!({"region": "us-west", "data_mb": 1});
     let mut tokens = Vec::new();
     for agent_id in ["pump-1", "pump-2"] {
-        let (_, req) = s.invoice(&body).await;
-        let pay = Payment::for_requirement(&req);
-        let (status, _, act) = s
-            .post(
-                "/v1/esim/activate",
-                &body,
-                &[
-                    ("payment-signature", pay.header()),
-                    ("x-agent-id", agent_id.to_owned()),
-                ],
-            )
+        let act = s
+            .activate_paid(&body, &[("x-agent-id", agent_id.to_owned())])
             .await;
-        assert_eq!(status, 200, "{act}");
         assert_eq!(act["agent_id"], agent_id, "{act}");
         tokens.push(act["access_token"].as_str().unwrap().to_owned());
     }

@@ -357,6 +357,40 @@ impl PayStack {
         panic!("{tx} was not mined within 2 s");
     }
 
+    /// A paid activation (`body`, its 402 paid with the agent's `exact` payment, `extra` headers beside the
+    /// payment): the 200 body.
+    pub async fn activate_paid(&self, body: &Value, extra: &[(&str, String)]) -> Value {
+        let (_, req) = self.invoice(body).await;
+        let pay = Payment::for_requirement(&req);
+        let mut headers = vec![("payment-signature", pay.header())];
+        headers.extend(extra.iter().cloned());
+        let (status, _, act) = self.post("/v1/esim/activate", body, &headers).await;
+        assert_eq!(status, 200, "{act}");
+        act
+    }
+
+    /// Profiles the SM-DP+ simulator has handed out (neither in its pool nor retired), every operator.
+    pub async fn handed_out(&self) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for op in ["tmobile", "verizon", "att", "telekom-de", "vodafone-de"] {
+            let v: Value = self
+                .http
+                .get(format!("{}/admin/operators/{op}/profiles", self.sim.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for p in v["profiles"].as_array().unwrap() {
+                if !matches!(p["state"].as_str(), Some("Available" | "Unavailable")) {
+                    out.insert(p["iccid"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        out
+    }
+
     /// Ask for an activation: the 402's body and its first v2 requirement.
     pub async fn invoice(&self, body: &Value) -> (Value, PaymentRequirements) {
         let (status, headers, body) = self.post("/v1/esim/activate", body, &[]).await;

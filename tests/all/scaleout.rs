@@ -108,44 +108,6 @@ fn sim_request(
     http.request(method, url).header("sign-in-with-x", sign_in)
 }
 
-/// A paid activation of `data_mb` through instance A: the 200 body.
-async fn activate(s: &PayStack, data_mb: u32) -> Value {
-    let body = json!({"region": "us-west", "data_mb": data_mb});
-    let (_, req) = s.invoice(&body).await;
-    let pay = Payment::for_requirement(&req);
-    let (status, _, act) = s
-        .post(
-            "/v1/esim/activate",
-            &body,
-            &[("payment-signature", pay.header())],
-        )
-        .await;
-    assert_eq!(status, 200, "{act}");
-    act
-}
-
-/// Profiles handed out by the SM-DP+ simulator (in any state but still in the pool or retired), every operator.
-async fn handed_out(s: &PayStack) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for op in ["tmobile", "verizon", "att", "telekom-de", "vodafone-de"] {
-        let v: Value = s
-            .http
-            .get(format!("{}/admin/operators/{op}/profiles", s.sim.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for p in v["profiles"].as_array().unwrap() {
-            if !matches!(p["state"].as_str(), Some("Available" | "Unavailable")) {
-                out.insert(p["iccid"].as_str().unwrap().to_owned());
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_payment_raced_on_two_instances_settles_once_and_buys_one_sim() {
     let p = Pair::start().await;
@@ -235,7 +197,7 @@ async fn one_payment_raced_on_two_instances_settles_once_and_buys_one_sim() {
         .map(|b| b["iccid"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(sold.len(), 2);
-    assert_eq!(handed_out(s).await, sold, "no profile ordered twice");
+    assert_eq!(s.handed_out().await, sold, "no profile ordered twice");
     for paid in [&first, &second] {
         let iccid = paid["iccid"].as_str().unwrap();
         for i in 0..2 {
@@ -273,7 +235,9 @@ async fn one_payment_raced_on_two_instances_settles_once_and_buys_one_sim() {
 async fn one_receipt_batch_raced_on_two_instances_charges_each_receipt_once() {
     let p = Pair::start().await;
     let s = &p.s;
-    let act = activate(s, 10).await;
+    let act = s
+        .activate_paid(&json!({"region": "us-west", "data_mb": 10}), &[])
+        .await;
     let iccid = act["iccid"].as_str().unwrap().to_owned();
     let batch = json!({
         "receipts": (1..=20).map(|i| receipt(&iccid, "scaleout", i, 10_000, "310-260")).collect::<Vec<_>>()
@@ -354,7 +318,9 @@ async fn one_receipt_batch_raced_on_two_instances_charges_each_receipt_once() {
 async fn lifecycle_calls_raced_on_two_instances_leave_one_state() {
     let p = Pair::start().await;
     let s = &p.s;
-    let act = activate(s, 10).await;
+    let act = s
+        .activate_paid(&json!({"region": "us-west", "data_mb": 10}), &[])
+        .await;
     let iccid = act["iccid"].as_str().unwrap().to_owned();
     let call = |i: usize, url: &str, action: &str| {
         sim_request(

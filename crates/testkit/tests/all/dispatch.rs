@@ -144,6 +144,22 @@ async fn order(
     .unwrap()
 }
 
+/// A HandleDownloadProgressInfo `body` presented with `credential`.
+async fn download_progress(
+    kit: &mut Kit,
+    body: String,
+    credential: Option<&str>,
+) -> Result<(), types::Error> {
+    let credential = credential.map(str::to_owned);
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_download_progress(a, body, credential)
+            .await
+    })
+    .await
+    .unwrap()
+}
+
 /// (carrier, function) of every ES2+ request, in order.
 fn calls(kit: &Kit) -> Vec<(String, String)> {
     kit.requests()
@@ -488,14 +504,9 @@ async fn lifecycle_and_download_progress() {
         (4, types::ProfileState::Installed),
     ] {
         let body = progress(np, "Executed-Success");
-        kit.call(async move |a, g| {
-            g.dispatch()
-                .call_download_progress(a, body, Some(TMOBILE_CB.into()))
-                .await
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        download_progress(&mut kit, body, Some(TMOBILE_CB))
+            .await
+            .unwrap();
         let id = iccid.clone();
         let s = kit
             .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
@@ -507,14 +518,9 @@ async fn lifecycle_and_download_progress() {
     }
     // A late failure report cannot undo an installation.
     let body = progress(3, "Failed");
-    kit.call(async move |a, g| {
-        g.dispatch()
-            .call_download_progress(a, body, Some(TMOBILE_CB.into()))
-            .await
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    download_progress(&mut kit, body, Some(TMOBILE_CB))
+        .await
+        .unwrap();
 
     let s = kit
         .call(act(types::LifecycleAction::Terminate))
@@ -531,23 +537,9 @@ async fn lifecycle_and_download_progress() {
     assert!(matches!(s, Err(types::Error::Conflict(_))));
 
     let unknown = progress(3, "Executed-Success").replace(&iccid, "8944478600003770170");
-    let r = kit
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_download_progress(a, unknown, Some(TMOBILE_CB.into()))
-                .await
-        })
-        .await
-        .unwrap();
+    let r = download_progress(&mut kit, unknown, Some(TMOBILE_CB)).await;
     assert!(matches!(r, Err(types::Error::NotFound(_))));
-    let r = kit
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_download_progress(a, "{}".into(), Some(TMOBILE_CB.into()))
-                .await
-        })
-        .await
-        .unwrap();
+    let r = download_progress(&mut kit, "{}".into(), Some(TMOBILE_CB)).await;
     assert!(matches!(r, Err(types::Error::InvalidInput(f)) if f.field == "body"));
 }
 
@@ -624,14 +616,9 @@ async fn switch_quotes_the_difference_and_replaces_after_installation() {
     let body = json!({"iccid": new.iccid, "profileType": "vzw-iot-data", "timestamp": "2026-11-24T10:00:00Z",
         "notificationPointId": 4, "notificationPointStatus": {"status": "Executed-Success"}})
     .to_string();
-    kit.call(async move |a, g| {
-        g.dispatch()
-            .call_download_progress(a, body, Some(VERIZON_CB.into()))
-            .await
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    download_progress(&mut kit, body, Some(VERIZON_CB))
+        .await
+        .unwrap();
     let id = old.iccid.clone();
     let old_now = kit
         .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
@@ -842,11 +829,7 @@ async fn callbacks_need_the_issuing_carriers_credential() {
         (Some("tmobile-callback-secreT"), true),
         (Some(VERIZON_CB), false),
     ] {
-        let (b, c) = (body.clone(), cred.map(str::to_owned));
-        let r = kit
-            .call(async move |a, g| g.dispatch().call_download_progress(a, b, c).await)
-            .await
-            .unwrap();
+        let r = download_progress(&mut kit, body.clone(), cred).await;
         if unauthorized {
             assert!(
                 matches!(r, Err(types::Error::Unauthorized(_))),
@@ -871,15 +854,9 @@ async fn callbacks_need_the_issuing_carriers_credential() {
         types::ProfileState::Released,
         "refused callbacks change nothing"
     );
-    let b = body.clone();
-    kit.call(async move |a, g| {
-        g.dispatch()
-            .call_download_progress(a, b, Some(TMOBILE_CB.into()))
-            .await
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    download_progress(&mut kit, body.clone(), Some(TMOBILE_CB))
+        .await
+        .unwrap();
 
     // Without configured credentials every callback is refused.
     let mut bare = Kit::builder("dispatch")
@@ -887,14 +864,7 @@ async fn callbacks_need_the_issuing_carriers_credential() {
         .build()
         .await
         .unwrap();
-    let r = bare
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_download_progress(a, body, Some(TMOBILE_CB.into()))
-                .await
-        })
-        .await
-        .unwrap();
+    let r = download_progress(&mut bare, body, Some(TMOBILE_CB)).await;
     assert!(
         matches!(&r, Err(types::Error::Unauthorized(m)) if m.contains("disabled")),
         "{r:?}"
