@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::payments::{PayStack, agent};
 
 /// The CLI, built once per test run by `cargo build -p esim402-agent` (into this run's target directory).
-fn agent_bin() -> PathBuf {
+pub(crate) fn agent_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -33,14 +33,14 @@ fn agent_bin() -> PathBuf {
         .clone()
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Run the CLI against `url` with the demo agent's key and the state in `dir`.
-async fn cli(url: &str, dir: &Path, args: &[&str]) -> Run {
+pub(crate) async fn cli(url: &str, dir: &Path, args: &[&str]) -> Run {
     cli_with_key(url, dir, args, Some(DEMO_AGENT_KEY)).await
 }
 
@@ -74,23 +74,34 @@ async fn cli_with_key(url: &str, dir: &Path, args: &[&str], key: Option<&str>) -
     run
 }
 
-fn state(dir: &Path) -> Value {
+pub(crate) fn state(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap()
 }
 
-/// A loopback HTTP/1.1 proxy to the app that loses the reply to the next paid request: the app gets the
-/// request and answers it, the client sees the connection close (a lost reply).
-struct LossyProxy {
-    url: String,
+/// One request the CLI sent: method, target (path and query), header names, body.
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
+    method: String,
+    target: String,
+    headers: Vec<String>,
+    body: Vec<u8>,
+}
+
+/// A loopback HTTP/1.1 proxy to the app that records every request, and (if told) loses the reply to the next
+/// paid request: the app gets the request and answers it, the client sees the connection close (a lost reply).
+pub(crate) struct LossyProxy {
+    pub url: String,
     lose_next_paid: Arc<AtomicBool>,
+    sent: Arc<std::sync::Mutex<Vec<Sent>>>,
 }
 
 impl LossyProxy {
-    async fn start(upstream: &str) -> Self {
+    pub async fn start(upstream: &str, lose_first_paid: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let lose_next_paid = Arc::new(AtomicBool::new(true));
-        let (upstream, lose) = (upstream.to_owned(), lose_next_paid.clone());
+        let lose_next_paid = Arc::new(AtomicBool::new(lose_first_paid));
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (upstream, lose, log) = (upstream.to_owned(), lose_next_paid.clone(), sent.clone());
         tokio::spawn(async move {
             let http = reqwest::Client::new();
             while let Ok((conn, _)) = listener.accept().await {
@@ -99,13 +110,20 @@ impl LossyProxy {
                     http.clone(),
                     upstream.clone(),
                     lose.clone(),
+                    log.clone(),
                 ));
             }
         });
         Self {
             url,
             lose_next_paid,
+            sent,
         }
+    }
+
+    /// Every request so far.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().unwrap().clone()
     }
 
     async fn serve(
@@ -113,6 +131,7 @@ impl LossyProxy {
         http: reqwest::Client,
         upstream: String,
         lose: Arc<AtomicBool>,
+        log: Arc<std::sync::Mutex<Vec<Sent>>>,
     ) {
         let mut buf = Vec::new();
         loop {
@@ -151,9 +170,15 @@ impl LossyProxy {
             }
             let body = buf[head_end..head_end + len].to_vec();
             buf.drain(..head_end + len);
+            log.lock().unwrap().push(Sent {
+                method: method.clone(),
+                target: target.clone(),
+                headers: headers.iter().map(|(k, _)| k.clone()).collect(),
+                body: body.clone(),
+            });
             let mut req = http.request(method.parse().unwrap(), format!("{upstream}{target}"));
             for (k, v) in &headers {
-                if !matches!(k.as_str(), "host" | "content-length" | "connection") {
+                if !matches!(k.as_str(), "content-length" | "connection") {
                     req = req.header(k, v);
                 }
             }
@@ -189,7 +214,7 @@ const ACTIVATE: [&str; 5] = ["activate", "--region", "us-west", "--data-mb", "10
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_up_once() {
     let s = PayStack::start(&[]).await;
-    let proxy = LossyProxy::start(&s.url).await;
+    let proxy = LossyProxy::start(&s.url, true).await;
     let dir = tempfile::tempdir().unwrap();
     let start = s.balance(agent()).await;
 
@@ -239,18 +264,23 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
     assert_eq!(sim["activation_code"], code);
 
     // The stored token opens the SIM's routes.
-    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    let status = cli(&proxy.url, dir.path(), &["status", "--json"]).await;
     assert_eq!(status.code, 0, "{}", status.stderr);
     let status: Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(status["iccid"], iccid.as_str());
-    let balance = cli(&s.url, dir.path(), &["balance", "--json"]).await;
+    let balance = cli(&proxy.url, dir.path(), &["balance", "--json"]).await;
     assert_eq!(balance.code, 0, "{}", balance.stderr);
     let balance: Value = serde_json::from_str(&balance.stdout).unwrap();
     assert_eq!(balance["credited_bytes"], 100_000_000, "{balance}");
 
     // A top-up credits once and pays once.
     let before = s.balance(agent()).await;
-    let top = cli(&s.url, dir.path(), &["top-up", "--data-mb", "10", "--json"]).await;
+    let top = cli(
+        &proxy.url,
+        dir.path(),
+        &["top-up", "--data-mb", "10", "--json"],
+    )
+    .await;
     assert_eq!(top.code, 0, "{}", top.stderr);
     let top: Value = serde_json::from_str(&top.stdout).unwrap();
     assert_eq!(top["topped_up_mb"], 10, "{top}");
@@ -260,7 +290,7 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
             .micros(),
     );
     assert_eq!(s.balance(agent()).await, before - paid);
-    let balance = cli(&s.url, dir.path(), &["balance", "--json"]).await;
+    let balance = cli(&proxy.url, dir.path(), &["balance", "--json"]).await;
     let balance: Value = serde_json::from_str(&balance.stdout).unwrap();
     assert_eq!(balance["credited_bytes"], 110_000_000, "{balance}");
     let st = state(dir.path());
@@ -269,39 +299,55 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
 
     // Usage and receipts with the stored token; suspend, resume, terminate.
     for args in [&["usage", "--json"][..], &["receipts", "--json"]] {
-        let r = cli(&s.url, dir.path(), args).await;
+        let r = cli(&proxy.url, dir.path(), args).await;
         assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
         serde_json::from_str::<Value>(&r.stdout).unwrap();
     }
     let state_of = |out: &Run| serde_json::from_str::<Value>(&out.stdout).unwrap()["state"].clone();
-    let suspended = cli(&s.url, dir.path(), &["suspend", "--json"]).await;
+    let suspended = cli(&proxy.url, dir.path(), &["suspend", "--json"]).await;
     assert_eq!(suspended.code, 0, "{}", suspended.stderr);
-    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    let status = cli(&proxy.url, dir.path(), &["status", "--json"]).await;
     assert_eq!(state_of(&status), "suspended", "{}", status.stdout);
-    let again = cli(&s.url, dir.path(), &["suspend"]).await;
+    let again = cli(&proxy.url, dir.path(), &["suspend"]).await;
     assert_eq!(
         again.code, 4,
         "an invalid transition is the facilitator's refusal: {}",
         again.stderr
     );
-    assert_eq!(cli(&s.url, dir.path(), &["resume"]).await.code, 0);
+    assert_eq!(cli(&proxy.url, dir.path(), &["resume"]).await.code, 0);
 
     // Without a stored token the wallet signs in (SIGN-IN-WITH-X) instead.
     let mut st = state(dir.path());
     st["sims"][iccid.as_str()]["access_token"] = Value::Null;
     std::fs::write(dir.path().join("state.json"), st.to_string()).unwrap();
-    let status = cli(&s.url, dir.path(), &["status", "--json"]).await;
+    let status = cli(&proxy.url, dir.path(), &["status", "--json"]).await;
     assert_eq!(status.code, 0, "{}", status.stderr);
     assert_eq!(state_of(&status), "active", "{}", status.stdout);
 
-    let ended = cli(&s.url, dir.path(), &["terminate", "--json"]).await;
+    let ended = cli(&proxy.url, dir.path(), &["terminate", "--json"]).await;
     assert_eq!(ended.code, 0, "{}", ended.stderr);
     assert_eq!(
         state(dir.path())["sims"][iccid.as_str()]["terminated"],
         true
     );
-    let none = cli(&s.url, dir.path(), &["status"]).await;
+    let none = cli(&proxy.url, dir.path(), &["status"]).await;
     assert_eq!(none.code, 2, "no live SIM left: {}", none.stderr);
+
+    // Every request the CLI sent is one the OpenAPI description allows.
+    let covered = check_against_openapi(&proxy.sent());
+    for op in [
+        "POST /v1/esim/activate",
+        "GET /v1/esim/{iccid}",
+        "GET /v1/esim/{iccid}/balance",
+        "POST /v1/esim/{iccid}/data",
+        "GET /v1/esim/{iccid}/usage",
+        "GET /v1/esim/{iccid}/receipts",
+        "POST /v1/esim/{iccid}/suspend",
+        "POST /v1/esim/{iccid}/resume",
+        "POST /v1/esim/{iccid}/terminate",
+    ] {
+        assert!(covered.contains(op), "{op} not exercised: {covered:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -650,4 +696,107 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
         start - U256::from(2 * price.micros()),
         "two devices, two payments"
     );
+}
+
+/// Check every request the CLI sent against the OpenAPI description (`GET /openapi.json`): the path and method
+/// are described, every query parameter and payment header is declared, a credential matches the operation's
+/// security, and the JSON body validates against the operation's request schema. The operations covered.
+pub(crate) fn check_against_openapi(sent: &[Sent]) -> std::collections::BTreeSet<String> {
+    let doc: Value = serde_json::from_str(esim402_core::routes::OPENAPI_JSON).unwrap();
+    let mut covered = std::collections::BTreeSet::new();
+    for r in sent {
+        let (path, query) = r.target.split_once('?').unwrap_or((&r.target, ""));
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (template, item) = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(t, _)| {
+                let parts: Vec<&str> = t.trim_matches('/').split('/').collect();
+                parts.len() == segments.len()
+                    && parts
+                        .iter()
+                        .zip(&segments)
+                        .all(|(p, s)| p.starts_with('{') || p == s)
+                    // Literal routes win over templates (`/v1/esim/activate` is not an ICCID).
+                    && !(t.contains('{') && segments.contains(&"activate"))
+            })
+            .unwrap_or_else(|| panic!("{} {}: path not described", r.method, r.target));
+        let op = &item[r.method.to_lowercase()];
+        assert!(
+            op.is_object(),
+            "{} {template}: method not described",
+            r.method
+        );
+        let params = op["parameters"].as_array().cloned().unwrap_or_default();
+        let declared = |name: &str, place: &str| {
+            params
+                .iter()
+                .any(|p| p["in"] == place && p["name"].as_str().unwrap().eq_ignore_ascii_case(name))
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let name = pair.split('=').next().unwrap();
+            assert!(
+                declared(name, "query"),
+                "{} {template}: query `{name}` not declared",
+                r.method
+            );
+        }
+        let security: Vec<String> = op["security"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .flat_map(|o| o.as_object().unwrap().keys().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for h in &r.headers {
+            match h.as_str() {
+                "authorization" => assert!(
+                    security
+                        .iter()
+                        .any(|s| s == "simToken" || s == "carrierCredential"),
+                    "{} {template}: a bearer credential is not in its security {security:?}",
+                    r.method
+                ),
+                "sign-in-with-x" => assert!(
+                    security.iter().any(|s| s == "signInWithX"),
+                    "{} {template}: SIGN-IN-WITH-X is not in its security {security:?}",
+                    r.method
+                ),
+                "payment-signature" | "x-payment" | "x-agent-id" => assert!(
+                    declared(h, "header"),
+                    "{} {template}: header {h} not declared",
+                    r.method
+                ),
+                _ => {}
+            }
+        }
+        if !r.body.is_empty() {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            assert!(
+                schema.is_object(),
+                "{} {template}: a body, but none described",
+                r.method
+            );
+            let mut rooted = serde_json::json!({"components": doc["components"].clone()});
+            rooted
+                .as_object_mut()
+                .unwrap()
+                .extend(schema.as_object().unwrap().clone());
+            let validator = jsonschema::draft202012::new(&rooted).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&body)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{} {template}: body {body} does not match: {errors:?}",
+                r.method
+            );
+        }
+        covered.insert(format!("{} {template}", r.method));
+    }
+    covered
 }

@@ -20,3 +20,4 @@ mod runtimes;
 mod scaleout;
 mod spin_compat;
 mod startup;
+mod watch;

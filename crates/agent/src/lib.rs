@@ -10,6 +10,8 @@
 //! - [`error`]: what can go wrong, and the CLI's exit code for each.
 //! - [`cost`]: the `cost` command: the kernel's cost model over command-line inputs.
 //! - [`proxy`]: the paying proxy for devices that cannot pay (per-device budgets, an audit log).
+//! - [`watch`]: keep a SIM alive unattended: zero-trust receipt audit, top-ups within the policy, carrier or
+//!   region switches when the radio says so.
 //!
 //! The `esim402-agent` binary (`src/main.rs`) is a thin clap front over [`Agent`]; its commands, the policy file and
 //! the exit codes (0 done, 1 local, 2 usage, 3 policy, 4 refused, 5 unavailable) are in the crate README and
@@ -28,6 +30,7 @@ pub mod pay;
 pub mod policy;
 pub mod proxy;
 pub mod state;
+pub mod watch;
 
 pub use client::Agent;
 pub use config::{Config, WalletKey};

@@ -115,12 +115,58 @@ enum Command {
     Resume(Sim),
     /// Terminate the SIM (unused data is refunded by the facilitator).
     Terminate(Sim),
+    /// Keep the SIM alive unattended: audit every charged receipt (a receipt that does not verify is
+    /// disputed, never paid for), ask for quota, top up within the policy when verified usage runs low, and
+    /// switch carrier (or region) when the signal stays weak or the attach is refused. One event per line.
+    Watch(WatchArgs),
     /// The cost model: a fleet's month pay-per-use vs a per-SIM plan, and the crossover volume (no wallet,
     /// no network).
     Cost(CostArgs),
     /// The paying proxy: devices send plain HTTP; 402s are paid from this wallet within each device's budget,
     /// every payment appended to an audit log (JSON lines).
     Proxy(ProxyArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("signal").args(["signal_file", "signal_stdin", "signal_command"])))]
+struct WatchArgs {
+    #[command(flatten)]
+    sim: Sim,
+    /// Seconds between ticks (decimal).
+    #[arg(long, default_value = "60")]
+    interval: String,
+    /// Quota asked for each tick, KB.
+    #[arg(long, default_value_t = 1024)]
+    quota_kb: u64,
+    /// Top-up size, MB (default: the smallest the facilitator offers).
+    #[arg(long)]
+    top_up_mb: Option<u64>,
+    /// A status file with the modem's current answers (dBm like -97, or +CSQ/+CESQ/+CEREG/+COPS lines), read
+    /// every tick.
+    #[arg(long)]
+    signal_file: Option<PathBuf>,
+    /// Read signal lines from stdin as they come.
+    #[arg(long)]
+    signal_stdin: bool,
+    /// A shell command printing the modem's answers, run every tick.
+    #[arg(long)]
+    signal_command: Option<String>,
+    /// Switch when the level stays below this many dBm.
+    #[arg(long, default_value_t = -105, allow_hyphen_values = true)]
+    switch_below_dbm: i32,
+    /// ... for this many readings in a row.
+    #[arg(long, default_value_t = 3)]
+    switch_after: u32,
+    /// Carriers to move between, in order (default: the region's order in the catalog).
+    #[arg(long, value_delimiter = ',')]
+    carriers: Vec<String>,
+    /// The carrier catalog this agent trusts (TOML, the facilitator's format): receipt signers, regions,
+    /// roaming. Default: the catalog built in.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Stop after this many ticks (default: never).
+    #[arg(long)]
+    ticks: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -254,6 +300,10 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
         return proxy(&cli, p).await;
     }
     let agent = agent(&cli)?;
+    if let Command::Watch(w) = &cli.command {
+        // The watch takes the state directory's lock per tick, not for its whole run.
+        return watch(&cli, &agent, w).await;
+    }
     let _lock = agent.state().lock().map_err(AgentError::Local)?;
     match &cli.command {
         Command::Activate {
@@ -334,9 +384,74 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             &agent.sim_post(s.iccid.as_deref(), "/terminate").await?,
         ),
         // Answered above.
-        Command::Cost(_) | Command::Proxy(_) => {}
+        Command::Cost(_) | Command::Proxy(_) | Command::Watch(_) => {}
     }
     Ok(())
+}
+
+fn watch_settings(w: &WatchArgs) -> Result<esim402_agent::watch::WatchSettings, AgentError> {
+    use esim402_agent::watch::{SignalSource, WatchSettings, signal::Thresholds};
+    let usage = |flag: &str, e: &dyn std::fmt::Display| AgentError::Usage(format!("--{flag}: {e}"));
+    let interval = w
+        .interval
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| usage("interval", &"a positive number of seconds"))?;
+    let catalog = match &w.catalog {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| AgentError::Local(format!("{}: {e}", p.display())))?;
+            esim402_core::esim::Catalog::from_toml(&text)
+                .map_err(|e| AgentError::Local(format!("{}: {e}", p.display())))?
+        }
+        None => esim402_core::esim::Catalog::builtin().clone(),
+    };
+    let carriers = w
+        .carriers
+        .iter()
+        .map(|c| esim402_core::CarrierId::parse(c).map_err(|e| usage("carriers", &e)))
+        .collect::<Result<_, _>>()?;
+    let signal = match (&w.signal_file, w.signal_stdin, &w.signal_command) {
+        (Some(f), _, _) => Some(SignalSource::File(f.clone())),
+        (_, true, _) => Some(SignalSource::Stdin),
+        (_, _, Some(c)) => Some(SignalSource::Command(c.clone())),
+        _ => None,
+    };
+    Ok(WatchSettings {
+        iccid: w.sim.iccid.clone(),
+        interval,
+        quota_kb: w.quota_kb,
+        top_up_mb: w.top_up_mb,
+        signal,
+        thresholds: Thresholds {
+            below_dbm: w.switch_below_dbm,
+            after: w.switch_after.max(1),
+        },
+        carriers,
+        catalog,
+        ticks: w.ticks,
+    })
+}
+
+async fn watch(cli: &Cli, agent: &Agent, w: &WatchArgs) -> Result<(), AgentError> {
+    use std::io::Write as _;
+    let settings = watch_settings(w)?;
+    let json_out = cli.json;
+    let emit = move |e: &esim402_agent::watch::Event| {
+        let line = if json_out {
+            serde_json::to_string(e).unwrap_or_default()
+        } else {
+            e.human()
+        };
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (the reader went away) must not stop the watch.
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    };
+    esim402_agent::watch::Watcher::new(agent, settings, emit)?
+        .run()
+        .await
 }
 
 async fn proxy(cli: &Cli, p: &ProxyArgs) -> Result<(), AgentError> {

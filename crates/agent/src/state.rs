@@ -105,6 +105,9 @@ pub struct State {
     /// Payments in flight, by the request they pay for (see [`crate::client`]).
     #[serde(default)]
     pub pending: BTreeMap<String, PendingPayment>,
+    /// `watch`'s audit of each SIM's receipt log, by ICCID (see [`crate::watch::audit`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub audits: BTreeMap<String, crate::watch::audit::Audit>,
 }
 
 impl State {

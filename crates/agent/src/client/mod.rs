@@ -9,22 +9,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use esim402_core::UsdcAmount;
 use esim402_core::auth::siwx;
-use esim402_core::x402::header::{
-    PAYMENT_REQUIRED, PAYMENT_SIGNATURE, decode_payment_required_header,
-};
 use serde_json::{Value, json};
+
+mod paid;
+
+pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};
 
 use crate::config::Config;
 use crate::error::AgentError;
-use crate::pay::{new_payment_id, sign_exact};
 use crate::policy::SpendPolicy;
-use crate::state::{PendingPayment, SimRecord, Spend, SpendStatus, StateDir};
-
-/// How often a `settlement_pending` answer is retried with the same payment before giving up (exit 5, the
-/// payment kept for the next run).
-pub const PENDING_RETRIES: u32 = 10;
-/// The longest wait between two of those retries, whatever `Retry-After` says.
-pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+use crate::state::{SimRecord, StateDir};
 
 /// An HTTP answer.
 #[derive(Debug, Clone)]
@@ -38,7 +32,8 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn message(&self) -> String {
+    /// The answer's error message (or its body).
+    pub fn message(&self) -> String {
         self.body["error"]["message"]
             .as_str()
             .map(str::to_owned)
@@ -46,7 +41,8 @@ impl Answer {
             .unwrap_or_else(|| format!("HTTP {}", self.status))
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    /// A header's value, if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
@@ -159,184 +155,6 @@ impl Agent {
         }
     }
 
-    /// POST `body` to `path`, paying the 402 it answers within the policy; the paid answer. With `owner`, every
-    /// request carries that SIM's credential (routes only its owner may pay for, such as a switch).
-    pub async fn pay(
-        &self,
-        path: &str,
-        body: &Value,
-        purpose: &str,
-        owner: Option<&SimRecord>,
-    ) -> Result<Answer, AgentError> {
-        let credential = |extra: Option<(&'static str, String)>| {
-            let mut headers = Vec::new();
-            if let Some(sim) = owner {
-                headers.push(self.credential(sim, path)?);
-            }
-            headers.extend(extra);
-            Ok::<_, AgentError>(headers)
-        };
-        let key = format!("POST {path} {body}");
-        let state = self.state.load().map_err(local)?;
-        let (payment_id, header, valid_before) = match state.pending.get(&key) {
-            Some(p) => {
-                self.say(&format!(
-                    "sending again the payment {} still pending for this request (never paid twice)",
-                    p.payment_id
-                ));
-                (p.payment_id.clone(), p.header.clone(), p.valid_before)
-            }
-            None => {
-                let first = self
-                    .send(reqwest::Method::POST, path, Some(body), &credential(None)?)
-                    .await
-                    .map_err(|e| self.unreachable(&e, false))?;
-                if first.status != 402 {
-                    return Err(unexpected(&first));
-                }
-                let required = first
-                    .header(PAYMENT_REQUIRED)
-                    .ok_or_else(|| AgentError::Refused {
-                        status: 402,
-                        message: format!(
-                            "402 without a {PAYMENT_REQUIRED} header: {}",
-                            first.message()
-                        ),
-                    })
-                    .and_then(|h| {
-                        decode_payment_required_header(h).map_err(|e| AgentError::Refused {
-                            status: 402,
-                            message: e.to_string(),
-                        })
-                    })?;
-                let now = now();
-                let (req, price) = self
-                    .policy
-                    .choose(&required.accepts, state.spent_today(now))?;
-                let id = new_payment_id(random()?);
-                let signed = sign_exact(
-                    &self.config.key,
-                    req,
-                    Some(&required.resource),
-                    now,
-                    random()?,
-                    &id,
-                )
-                .map_err(|e| AgentError::Refused {
-                    status: 402,
-                    message: e.to_string(),
-                })?;
-                self.say(&format!(
-                    "paying {price} USDC on {} to {} (payment {})",
-                    req.network,
-                    req.pay_to,
-                    id.as_str()
-                ));
-                // Recorded before it is sent: a lost reply must find it (module docs).
-                let pending = PendingPayment {
-                    payment_id: id.as_str().to_owned(),
-                    header: signed.header.clone(),
-                    valid_before: signed.valid_before,
-                };
-                let spend = Spend {
-                    payment_id: id.as_str().to_owned(),
-                    purpose: purpose.to_owned(),
-                    at: now,
-                    amount_usdc: price,
-                    network: req.network.clone(),
-                    pay_to: req.pay_to.clone(),
-                    status: SpendStatus::Pending,
-                    transaction: None,
-                };
-                self.state
-                    .update(|s| s.begin(&key, pending, spend))
-                    .map_err(local)?;
-                (id.as_str().to_owned(), signed.header, signed.valid_before)
-            }
-        };
-        for _ in 0..PENDING_RETRIES {
-            let expired = now() >= valid_before;
-            let answer = self
-                .send(
-                    reqwest::Method::POST,
-                    path,
-                    Some(body),
-                    &credential(Some((PAYMENT_SIGNATURE, header.clone())))?,
-                )
-                .await
-                .map_err(|e| self.unreachable(&e, true))?;
-            let code = answer.body["error"]["code"].as_str().unwrap_or_default();
-            match answer.status {
-                200..=299 => {
-                    let tx = answer.body["transaction"].as_str().map(str::to_owned);
-                    self.state
-                        .update(|s| s.settled(&key, &payment_id, tx))
-                        .map_err(local)?;
-                    return Ok(answer);
-                }
-                402 if code == "settlement_pending" => {
-                    let wait = answer
-                        .header("retry-after")
-                        .and_then(|s| s.parse().ok())
-                        .map_or(MAX_RETRY_WAIT, Duration::from_secs)
-                        .min(MAX_RETRY_WAIT);
-                    self.say(&format!(
-                        "settlement pending (tx {}); sending the same payment again in {}s",
-                        answer.body["transaction"].as_str().unwrap_or("?"),
-                        wait.as_secs()
-                    ));
-                    tokio::time::sleep(wait).await;
-                }
-                402 => {
-                    // Refused before settlement: nothing was charged.
-                    self.state
-                        .update(|s| s.refused(&key, &payment_id))
-                        .map_err(local)?;
-                    return Err(AgentError::Refused {
-                        status: 402,
-                        message: format!("payment refused: {}", answer.message()),
-                    });
-                }
-                _ if answer.body["charged"] == json!(false) => {
-                    // The facilitator says nothing was charged (e.g. the carrier failed the order): forget it;
-                    // running the command again pays afresh.
-                    self.state
-                        .update(|s| s.refused(&key, &payment_id))
-                        .map_err(local)?;
-                    return Err(AgentError::Unavailable {
-                        message: format!(
-                            "facilitator failed ({}), nothing was charged: {}",
-                            answer.status,
-                            answer.message()
-                        ),
-                        pending: false,
-                    });
-                }
-                500.. if !expired => {
-                    return Err(AgentError::Unavailable {
-                        message: format!(
-                            "facilitator failed ({}): {}",
-                            answer.status,
-                            answer.message()
-                        ),
-                        pending: true,
-                    });
-                }
-                _ => {
-                    // A conflict, or a failure after the payment expired: stop sending it, keep its spend.
-                    self.state
-                        .update(|s| s.unknown(&key, &payment_id))
-                        .map_err(local)?;
-                    return Err(unexpected(&answer));
-                }
-            }
-        }
-        Err(AgentError::Unavailable {
-            message: format!("settlement still pending after {PENDING_RETRIES} tries"),
-            pending: true,
-        })
-    }
-
     /// Buy a SIM: `request` is the activation body (`region`, `data_mb`, optional `carrier`, `chain`, `eid`).
     pub async fn activate(&self, request: &Value) -> Result<Activation, AgentError> {
         let purpose = format!("activate {request}");
@@ -414,7 +232,8 @@ impl Agent {
         Ok(self.pay(&path, &body, &purpose, None).await?.body)
     }
 
-    fn sim(&self, iccid: Option<&str>) -> Result<SimRecord, AgentError> {
+    /// The SIM to act on: `iccid`, else the newest live SIM in the state directory.
+    pub fn sim(&self, iccid: Option<&str>) -> Result<SimRecord, AgentError> {
         self.state
             .load()
             .map_err(local)?
@@ -493,17 +312,28 @@ impl Agent {
         route: &str,
     ) -> Result<Value, AgentError> {
         let sim = self.sim(iccid)?;
-        let path = format!("/v1/esim/{}{route}", sim.iccid);
-        let cred = self.credential(&sim, &path)?;
-        let answer = self
-            .send(method, &path, None, &[(cred.0, cred.1)])
-            .await
-            .map_err(|e| self.unreachable(&e, false))?;
+        let answer = self.sim_request(method, &sim, route, None).await?;
         if (200..300).contains(&answer.status) {
             Ok(answer.body)
         } else {
             Err(unexpected(&answer))
         }
+    }
+
+    /// A SIM route (`/v1/esim/{iccid}{route}`) with the SIM's credential: the answer whatever its status (a
+    /// quota request's 402 is an answer, not an error); only an unreachable facilitator is an error.
+    pub async fn sim_request(
+        &self,
+        method: reqwest::Method,
+        sim: &SimRecord,
+        route: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, AgentError> {
+        let path = format!("/v1/esim/{}{route}", sim.iccid);
+        let (name, value) = self.credential(sim, path.split('?').next().unwrap_or(&path))?;
+        self.send(method, &path, body, &[(name, value)])
+            .await
+            .map_err(|e| self.unreachable(&e, false))
     }
 
     /// What was spent since 00:00 UTC.
@@ -512,7 +342,8 @@ impl Agent {
     }
 }
 
-fn unexpected(answer: &Answer) -> AgentError {
+/// The error a non-2xx answer stands for (5xx: unavailable; else refused).
+pub fn unexpected(answer: &Answer) -> AgentError {
     if answer.status >= 500 {
         AgentError::Unavailable {
             message: format!(

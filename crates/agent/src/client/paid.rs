@@ -1,0 +1,200 @@
+//! The paid walk: 402 → policy → sign → record as pending → send, retrying the very same payment while the
+//! settlement is pending (see the parent module and the crate's invariant: recorded before it is sent).
+
+use std::time::Duration;
+
+use esim402_core::x402::header::{
+    PAYMENT_REQUIRED, PAYMENT_SIGNATURE, decode_payment_required_header,
+};
+use serde_json::{Value, json};
+
+use super::{Agent, Answer, local, now, random, unexpected};
+use crate::error::AgentError;
+use crate::pay::{new_payment_id, sign_exact};
+use crate::state::{PendingPayment, SimRecord, Spend, SpendStatus};
+
+/// How often a `settlement_pending` answer is retried with the same payment before giving up (exit 5, the
+/// payment kept for the next run).
+pub const PENDING_RETRIES: u32 = 10;
+/// The longest wait between two of those retries, whatever `Retry-After` says.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+impl Agent {
+    /// POST `body` to `path`, paying the 402 it answers within the policy; the paid answer. With `owner`, every
+    /// request carries that SIM's credential (routes only its owner may pay for, such as a switch).
+    pub async fn pay(
+        &self,
+        path: &str,
+        body: &Value,
+        purpose: &str,
+        owner: Option<&SimRecord>,
+    ) -> Result<Answer, AgentError> {
+        let credential = |extra: Option<(&'static str, String)>| {
+            let mut headers = Vec::new();
+            if let Some(sim) = owner {
+                headers.push(self.credential(sim, path)?);
+            }
+            headers.extend(extra);
+            Ok::<_, AgentError>(headers)
+        };
+        let key = format!("POST {path} {body}");
+        let state = self.state.load().map_err(local)?;
+        let (payment_id, header, valid_before) = match state.pending.get(&key) {
+            Some(p) => {
+                self.say(&format!(
+                    "sending again the payment {} still pending for this request (never paid twice)",
+                    p.payment_id
+                ));
+                (p.payment_id.clone(), p.header.clone(), p.valid_before)
+            }
+            None => {
+                let first = self
+                    .send(reqwest::Method::POST, path, Some(body), &credential(None)?)
+                    .await
+                    .map_err(|e| self.unreachable(&e, false))?;
+                if first.status != 402 {
+                    return Err(unexpected(&first));
+                }
+                let required = first
+                    .header(PAYMENT_REQUIRED)
+                    .ok_or_else(|| AgentError::Refused {
+                        status: 402,
+                        message: format!(
+                            "402 without a {PAYMENT_REQUIRED} header: {}",
+                            first.message()
+                        ),
+                    })
+                    .and_then(|h| {
+                        decode_payment_required_header(h).map_err(|e| AgentError::Refused {
+                            status: 402,
+                            message: e.to_string(),
+                        })
+                    })?;
+                let now = now();
+                let (req, price) = self
+                    .policy
+                    .choose(&required.accepts, state.spent_today(now))?;
+                let id = new_payment_id(random()?);
+                let signed = sign_exact(
+                    &self.config.key,
+                    req,
+                    Some(&required.resource),
+                    now,
+                    random()?,
+                    &id,
+                )
+                .map_err(|e| AgentError::Refused {
+                    status: 402,
+                    message: e.to_string(),
+                })?;
+                self.say(&format!(
+                    "paying {price} USDC on {} to {} (payment {})",
+                    req.network,
+                    req.pay_to,
+                    id.as_str()
+                ));
+                // Recorded before it is sent: a lost reply must find it (module docs).
+                let pending = PendingPayment {
+                    payment_id: id.as_str().to_owned(),
+                    header: signed.header.clone(),
+                    valid_before: signed.valid_before,
+                };
+                let spend = Spend {
+                    payment_id: id.as_str().to_owned(),
+                    purpose: purpose.to_owned(),
+                    at: now,
+                    amount_usdc: price,
+                    network: req.network.clone(),
+                    pay_to: req.pay_to.clone(),
+                    status: SpendStatus::Pending,
+                    transaction: None,
+                };
+                self.state
+                    .update(|s| s.begin(&key, pending, spend))
+                    .map_err(local)?;
+                (id.as_str().to_owned(), signed.header, signed.valid_before)
+            }
+        };
+        for _ in 0..PENDING_RETRIES {
+            let expired = now() >= valid_before;
+            let answer = self
+                .send(
+                    reqwest::Method::POST,
+                    path,
+                    Some(body),
+                    &credential(Some((PAYMENT_SIGNATURE, header.clone())))?,
+                )
+                .await
+                .map_err(|e| self.unreachable(&e, true))?;
+            let code = answer.body["error"]["code"].as_str().unwrap_or_default();
+            match answer.status {
+                200..=299 => {
+                    let tx = answer.body["transaction"].as_str().map(str::to_owned);
+                    self.state
+                        .update(|s| s.settled(&key, &payment_id, tx))
+                        .map_err(local)?;
+                    return Ok(answer);
+                }
+                402 if code == "settlement_pending" => {
+                    let wait = answer
+                        .header("retry-after")
+                        .and_then(|s| s.parse().ok())
+                        .map_or(MAX_RETRY_WAIT, Duration::from_secs)
+                        .min(MAX_RETRY_WAIT);
+                    self.say(&format!(
+                        "settlement pending (tx {}); sending the same payment again in {}s",
+                        answer.body["transaction"].as_str().unwrap_or("?"),
+                        wait.as_secs()
+                    ));
+                    tokio::time::sleep(wait).await;
+                }
+                402 => {
+                    // Refused before settlement: nothing was charged.
+                    self.state
+                        .update(|s| s.refused(&key, &payment_id))
+                        .map_err(local)?;
+                    return Err(AgentError::Refused {
+                        status: 402,
+                        message: format!("payment refused: {}", answer.message()),
+                    });
+                }
+                _ if answer.body["charged"] == json!(false) => {
+                    // The facilitator says nothing was charged (e.g. the carrier failed the order): forget it;
+                    // running the command again pays afresh.
+                    self.state
+                        .update(|s| s.refused(&key, &payment_id))
+                        .map_err(local)?;
+                    return Err(AgentError::Unavailable {
+                        message: format!(
+                            "facilitator failed ({}), nothing was charged: {}",
+                            answer.status,
+                            answer.message()
+                        ),
+                        pending: false,
+                    });
+                }
+                500.. if !expired => {
+                    return Err(AgentError::Unavailable {
+                        message: format!(
+                            "facilitator failed ({}): {}",
+                            answer.status,
+                            answer.message()
+                        ),
+                        pending: true,
+                    });
+                }
+                _ => {
+                    // A conflict, or a failure after the payment expired: stop sending it, keep its spend.
+                    self.state
+                        .update(|s| s.unknown(&key, &payment_id))
+                        .map_err(local)?;
+                    return Err(unexpected(&answer));
+                }
+            }
+        }
+        Err(AgentError::Unavailable {
+            message: format!("settlement still pending after {PENDING_RETRIES} tries"),
+            pending: true,
+        })
+    }
+}

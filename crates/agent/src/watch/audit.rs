@@ -1,0 +1,392 @@
+//! Zero trust over what the facilitator charges: every receipt a SIM's log says was charged is verified again
+//! here, against the carrier signers **this agent pins** (its own copy of the carrier catalog, never the
+//! facilitator's word), with the kernel's own receipt rules (`esim402_core::usage::receipt::verify`). A charged
+//! receipt that does not verify, names another SIM or is charged twice is a dispute: its bytes are never
+//! counted as used by this agent, so they never justify a top-up ([`on_low_balance`]).
+//!
+//! Pure: the watch loop fetches the log pages and keeps an [`Audit`] per SIM in the state directory.
+//!
+//! Rules a reader must not break:
+//! - only [`Finding::Verified`] bytes count as used; the top-up decision looks at `credited - verified`, not at
+//!   the facilitator's remaining balance;
+//! - the cursor only moves forward (`next` is the first log position not audited yet), so a restart never
+//!   counts a receipt twice.
+
+use std::collections::BTreeSet;
+
+use esim402_core::CarrierId;
+use esim402_core::esim::{Catalog, Iccid, RoamingPolicy};
+use esim402_core::usage::account::{Quota, decide_quota};
+use esim402_core::usage::ingest::{LogEntry, LogState};
+use esim402_core::usage::receipt::{SimTerms, verify};
+use serde::{Deserialize, Serialize};
+
+/// A receipt this agent does not accept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dispute {
+    /// Its position in the SIM's log.
+    pub n: u64,
+    /// Whether the facilitator charged it (a receipt the facilitator itself refused costs nothing).
+    pub charged: bool,
+    /// Why.
+    pub reason: String,
+    /// The bytes it claims.
+    pub bytes: u64,
+    /// Its session and record number, as it says.
+    pub session_id: String,
+    /// Its record number.
+    pub seq: u64,
+}
+
+/// What one log entry turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Charged, and it verifies: its bytes count.
+    Verified {
+        /// Log position.
+        n: u64,
+        /// Bytes.
+        bytes: u64,
+    },
+    /// Disputed, by this agent (charged) or by the facilitator (not charged).
+    Disputed(Dispute),
+}
+
+/// The audit of one SIM's log so far (kept in the state directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    /// The first log position not audited yet (positions start at 1).
+    pub next: u64,
+    /// Bytes of charged receipts that verified.
+    pub verified_bytes: u64,
+    /// Bytes of charged receipts this agent disputes.
+    pub disputed_bytes: u64,
+    /// `carrier/session/seq` of every verified receipt (a second charge of one is a dispute).
+    #[serde(default)]
+    pub claims: BTreeSet<String>,
+    /// Every dispute, oldest first.
+    #[serde(default)]
+    pub disputes: Vec<Dispute>,
+}
+
+/// What the agent knows of the SIM whose log it audits.
+#[derive(Debug, Clone, Copy)]
+pub struct SimView<'a> {
+    /// The SIM.
+    pub iccid: &'a Iccid,
+    /// The carrier it was bought on.
+    pub carrier: &'a CarrierId,
+    /// The roaming policy of its region (the pinned catalog's).
+    pub roaming: &'a RoamingPolicy,
+}
+
+impl Audit {
+    /// Audit one log entry (entries before the cursor are skipped: `None`).
+    pub fn check(
+        &mut self,
+        entry: &LogEntry,
+        sim: SimView<'_>,
+        pinned: &Catalog,
+        now: u64,
+    ) -> Option<Finding> {
+        if entry.n < self.next.max(1) {
+            return None;
+        }
+        self.next = entry.n + 1;
+        let wire = &entry.receipt;
+        if entry.state == LogState::Disputed {
+            let why = entry.reason.clone().unwrap_or_else(|| "disputed".into());
+            return self.dispute(entry, false, format!("refused by the facilitator: {why}"));
+        }
+        let receipt = match wire.parse() {
+            Ok(r) => r,
+            Err(e) => return self.dispute(entry, true, format!("charged, but malformed: {e}")),
+        };
+        if &receipt.iccid != sim.iccid {
+            return self.dispute(
+                entry,
+                true,
+                format!("charged, but the receipt is for SIM {}", receipt.iccid),
+            );
+        }
+        let signer_of = |c: &CarrierId| pinned.carrier(c).and_then(|c| c.receipt_signer);
+        let terms = SimTerms {
+            carrier: sim.carrier,
+            roaming: sim.roaming,
+        };
+        if let Err(e) = verify(&receipt, signer_of, Some(terms), now) {
+            return self.dispute(entry, true, format!("charged, but it does not verify: {e}"));
+        }
+        let (carrier, session, seq) = receipt.claim_id();
+        if !self.claims.insert(format!("{carrier}/{session}/{seq}")) {
+            return self.dispute(entry, true, "charged twice".into());
+        }
+        let bytes = bytes_of(entry);
+        self.verified_bytes = self.verified_bytes.saturating_add(bytes);
+        Some(Finding::Verified { n: entry.n, bytes })
+    }
+
+    fn dispute(&mut self, entry: &LogEntry, charged: bool, reason: String) -> Option<Finding> {
+        let d = Dispute {
+            n: entry.n,
+            charged,
+            reason,
+            bytes: bytes_of(entry),
+            session_id: entry.receipt.session_id.clone(),
+            seq: entry.receipt.seq,
+        };
+        if charged {
+            self.disputed_bytes = self.disputed_bytes.saturating_add(d.bytes);
+        }
+        self.disputes.push(d.clone());
+        Some(Finding::Disputed(d))
+    }
+}
+
+fn bytes_of(entry: &LogEntry) -> u64 {
+    entry
+        .receipt
+        .bytes_up
+        .saturating_add(entry.receipt.bytes_down)
+}
+
+/// What to do about the facilitator's low-balance 402.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LowBalance {
+    /// Verified usage alone brings the SIM below the low-water mark: pay a top-up.
+    TopUp,
+    /// By this agent's count the SIM still has `own_remaining` bytes: the shortfall is usage it could not
+    /// verify (disputed, or charged but not listed yet). Nothing is paid.
+    Withhold {
+        /// Bytes left by this agent's count.
+        own_remaining: u64,
+    },
+}
+
+/// Decide the low-balance 402 from what was credited (the facilitator's figure: it can only hurt the
+/// facilitator to overstate it) and what this agent verified as used, with the kernel's own quota rule.
+pub fn on_low_balance(credited: u64, audit: &Audit) -> LowBalance {
+    let own = i128::from(credited) - i128::from(audit.verified_bytes);
+    match decide_quota(own, None) {
+        Quota::Low { .. } => LowBalance::TopUp,
+        Quota::Grant { remaining, .. } => LowBalance::Withhold {
+            own_remaining: remaining,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use esim402_core::esim::Plmn;
+    use esim402_core::usage::account::LOW_WATER_BYTES;
+    use esim402_core::usage::receipt::{Receipt, dev_signing_key};
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn iccid(n: &str) -> Iccid {
+        Iccid::with_check_digit(n).unwrap()
+    }
+
+    fn receipt(sim: &Iccid, seq: u64, bytes: u64) -> Receipt {
+        Receipt {
+            carrier: CarrierId::parse("tmobile").unwrap(),
+            iccid: sim.clone(),
+            plmn: Plmn::parse("310-260").unwrap(),
+            session_id: "s1".into(),
+            seq,
+            window_start: NOW - 600,
+            window_end: NOW - 1,
+            bytes_up: bytes / 2,
+            bytes_down: bytes - bytes / 2,
+            signature: vec![],
+        }
+    }
+
+    fn entry(n: u64, r: &Receipt, key: &k256::ecdsa::SigningKey, state: LogState) -> LogEntry {
+        LogEntry {
+            n,
+            at: NOW,
+            state,
+            reason: (state == LogState::Disputed).then(|| "bad_signature".into()),
+            gap: false,
+            receipt: r.clone().sign(key).unwrap().to_wire(),
+        }
+    }
+
+    fn tmobile_key() -> k256::ecdsa::SigningKey {
+        dev_signing_key(&CarrierId::parse("tmobile").unwrap())
+    }
+
+    fn run(audit: &mut Audit, sim: &Iccid, entries: &[LogEntry]) -> Vec<Finding> {
+        let carrier = CarrierId::parse("tmobile").unwrap();
+        let roaming = RoamingPolicy {
+            countries: vec!["US".into()],
+            ..RoamingPolicy::default()
+        };
+        let view = SimView {
+            iccid: sim,
+            carrier: &carrier,
+            roaming: &roaming,
+        };
+        entries
+            .iter()
+            .filter_map(|e| audit.check(e, view, Catalog::builtin(), NOW))
+            .collect()
+    }
+
+    #[test]
+    fn signed_receipts_count_and_the_cursor_never_counts_twice() {
+        let sim = iccid("890126000000000001");
+        let mut a = Audit::default();
+        let log = [
+            entry(
+                1,
+                &receipt(&sim, 1, 1_000),
+                &tmobile_key(),
+                LogState::Accepted,
+            ),
+            entry(
+                2,
+                &receipt(&sim, 2, 2_000),
+                &tmobile_key(),
+                LogState::Accepted,
+            ),
+        ];
+        assert_eq!(
+            run(&mut a, &sim, &log),
+            vec![
+                Finding::Verified { n: 1, bytes: 1_000 },
+                Finding::Verified { n: 2, bytes: 2_000 }
+            ]
+        );
+        assert_eq!((a.next, a.verified_bytes, a.disputed_bytes), (3, 3_000, 0));
+        assert!(run(&mut a, &sim, &log).is_empty(), "the same page again");
+        assert_eq!(a.verified_bytes, 3_000);
+    }
+
+    #[test]
+    fn charged_receipts_that_do_not_verify_are_disputed_and_never_counted() {
+        let sim = iccid("890126000000000001");
+        let other = iccid("890126000000000002");
+        let forger = k256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let mut roaming_out = receipt(&sim, 5, 400);
+        roaming_out.plmn = Plmn::parse("262-01").unwrap();
+        let mut future = receipt(&sim, 6, 500);
+        future.window_end = NOW + 3_600;
+        let log = [
+            entry(1, &receipt(&sim, 1, 100), &forger, LogState::Accepted),
+            entry(
+                2,
+                &receipt(&other, 2, 200),
+                &tmobile_key(),
+                LogState::Accepted,
+            ),
+            entry(
+                3,
+                &receipt(&sim, 3, 300),
+                &tmobile_key(),
+                LogState::Accepted,
+            ),
+            entry(
+                4,
+                &receipt(&sim, 3, 300),
+                &tmobile_key(),
+                LogState::Accepted,
+            ),
+            entry(5, &roaming_out, &tmobile_key(), LogState::Accepted),
+            entry(6, &future, &tmobile_key(), LogState::Accepted),
+            entry(7, &receipt(&sim, 7, 700), &forger, LogState::Disputed),
+        ];
+        let mut a = Audit::default();
+        let found = run(&mut a, &sim, &log);
+        let reasons: Vec<&str> = found
+            .iter()
+            .map(|f| match f {
+                Finding::Disputed(d) => d.reason.as_str(),
+                Finding::Verified { .. } => "verified",
+            })
+            .collect();
+        assert!(reasons[0].contains("does not verify"), "{}", reasons[0]);
+        assert!(reasons[1].contains("for SIM"), "{}", reasons[1]);
+        assert_eq!(reasons[2], "verified");
+        assert_eq!(reasons[3], "charged twice");
+        assert!(
+            reasons[4].contains("does not verify"),
+            "roaming: {}",
+            reasons[4]
+        );
+        assert!(
+            reasons[5].contains("does not verify"),
+            "future: {}",
+            reasons[5]
+        );
+        assert!(
+            reasons[6].starts_with("refused by the facilitator"),
+            "{}",
+            reasons[6]
+        );
+        assert_eq!(a.verified_bytes, 300);
+        assert_eq!(
+            a.disputed_bytes,
+            100 + 200 + 300 + 400 + 500,
+            "charged disputes"
+        );
+        assert_eq!(a.disputes.len(), 6);
+        assert!(
+            !a.disputes[5].charged,
+            "the facilitator's own refusal cost nothing"
+        );
+    }
+
+    #[test]
+    fn an_unpinned_carrier_is_disputed() {
+        let sim = iccid("890126000000000001");
+        let pinned = Catalog::from_toml(&esim402_core::esim::catalog::BUILTIN_TOML.replace(
+            "0xA9De341e526Be47F2eB5E47B9a85D26D65538809",
+            "0x0000000000000000000000000000000000000001",
+        ))
+        .unwrap();
+        let carrier = CarrierId::parse("tmobile").unwrap();
+        let roaming = RoamingPolicy::default();
+        let view = SimView {
+            iccid: &sim,
+            carrier: &carrier,
+            roaming: &roaming,
+        };
+        let mut a = Audit::default();
+        let e = entry(
+            1,
+            &receipt(&sim, 1, 100),
+            &tmobile_key(),
+            LogState::Accepted,
+        );
+        assert!(matches!(
+            a.check(&e, view, &pinned, NOW),
+            Some(Finding::Disputed(Dispute { charged: true, .. }))
+        ));
+    }
+
+    #[test]
+    fn only_verified_usage_justifies_a_top_up() {
+        let credited = 1_000_000;
+        let mut a = Audit {
+            verified_bytes: credited - LOW_WATER_BYTES + 1,
+            ..Audit::default()
+        };
+        assert_eq!(on_low_balance(credited, &a), LowBalance::TopUp);
+        a.verified_bytes = credited - LOW_WATER_BYTES;
+        a.disputed_bytes = 500_000;
+        assert_eq!(
+            on_low_balance(credited, &a),
+            LowBalance::Withhold {
+                own_remaining: LOW_WATER_BYTES
+            },
+            "low only because of disputed bytes"
+        );
+        a.verified_bytes = credited + 5;
+        assert_eq!(on_low_balance(credited, &a), LowBalance::TopUp, "overdrawn");
+    }
+}

@@ -1,0 +1,662 @@
+//! `watch`: keep a SIM alive unattended. Every tick it
+//! 1. reads the radio ([`signal`]: a status file, stdin or a command printing a modem's AT answers) and, when
+//!    the level stays weak or the network refuses the attach, switches the SIM ([`plan`]: another carrier, or
+//!    another region after a border) — a paid switch, within the spend policy;
+//! 2. audits the SIM's receipt log ([`audit`]): every charged receipt is verified again against the carrier
+//!    signers this agent pins; one that does not verify is disputed and never counted as used;
+//! 3. asks for its next quota; on the low-balance 402 it tops up within the spend policy **only if its own
+//!    verified count says the SIM is low** — a shortfall made of disputed charges is withheld, never paid.
+//!
+//! It stops (with the CLI's exit codes) when the spend policy refuses a payment (3: e.g. the daily cap), when
+//! the facilitator refuses the SIM (4: terminated, not ours), or after `--ticks`. An unreachable facilitator is
+//! reported and retried next tick. Each tick takes the state directory's lock only while it works, so other
+//! commands (`balance`, `receipts`) can run beside it. Every event is a line on stdout (JSON with `--json`).
+
+pub mod audit;
+pub mod plan;
+pub mod signal;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use esim402_core::esim::{Catalog, Iccid, RoamingPolicy};
+use esim402_core::usage::ingest::LogEntry;
+use esim402_core::{CarrierId, Region};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt as _;
+
+use crate::client::{Agent, unexpected};
+use crate::error::AgentError;
+use crate::state::SimRecord;
+use audit::{Audit, Finding, LowBalance, SimView, on_low_balance};
+use plan::next_move;
+use signal::{Thresholds, Tracker, parse_line};
+
+/// Receipts per log page (the facilitator's maximum).
+const PAGE: u32 = 1_000;
+
+/// Where radio readings come from.
+#[derive(Debug, Clone)]
+pub enum SignalSource {
+    /// A status file holding the modem's current answers (rewritten by whatever polls the modem): all its
+    /// lines are read every tick.
+    File(PathBuf),
+    /// A stream of readings on stdin, each line read once.
+    Stdin,
+    /// A shell command printing the modem's answers (e.g. `atinout - /dev/ttyUSB2 - <<< 'AT+CSQ'`), run every
+    /// tick (at most 10 s).
+    Command(String),
+}
+
+/// How to watch.
+#[derive(Debug, Clone)]
+pub struct WatchSettings {
+    /// The SIM (default: the newest live one).
+    pub iccid: Option<String>,
+    /// Time between ticks.
+    pub interval: Duration,
+    /// Quota asked for per tick, KB.
+    pub quota_kb: u64,
+    /// Top-up size, MB (default: the smallest the facilitator offers).
+    pub top_up_mb: Option<u64>,
+    /// Radio readings, if any.
+    pub signal: Option<SignalSource>,
+    /// When the radio is a reason to move.
+    pub thresholds: Thresholds,
+    /// Carrier preference for moves (empty: the region's order in the catalog).
+    pub carriers: Vec<CarrierId>,
+    /// The carrier catalog this agent trusts: receipt signers, regions, roaming.
+    pub catalog: Catalog,
+    /// Stop after this many ticks.
+    pub ticks: Option<u64>,
+}
+
+/// Something worth telling: one line of output each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Watching this SIM.
+    Watching {
+        /// ICCID.
+        iccid: String,
+        /// Carrier.
+        carrier: Option<String>,
+        /// Region.
+        region: Option<String>,
+    },
+    /// Charged receipts that verified this tick.
+    Verified {
+        /// ICCID.
+        iccid: String,
+        /// How many.
+        receipts: u64,
+        /// Their bytes.
+        bytes: u64,
+        /// All verified bytes of the SIM so far.
+        total_bytes: u64,
+    },
+    /// A receipt disputed (by this agent if `charged`, else already by the facilitator).
+    Disputed {
+        /// ICCID.
+        iccid: String,
+        /// The dispute.
+        #[serde(flatten)]
+        dispute: audit::Dispute,
+    },
+    /// Quota granted.
+    Granted {
+        /// ICCID.
+        iccid: String,
+        /// KB granted.
+        granted_kb: u64,
+        /// KB left.
+        remaining_kb: u64,
+    },
+    /// A top-up paid.
+    ToppedUp {
+        /// ICCID.
+        iccid: String,
+        /// MB bought.
+        data_mb: u64,
+        /// Its price.
+        amount_usdc: String,
+        /// The settlement transaction.
+        transaction: Option<String>,
+    },
+    /// The facilitator says the SIM is low, this agent's verified count says it is not: nothing paid.
+    TopUpWithheld {
+        /// ICCID.
+        iccid: String,
+        /// KB left by this agent's count.
+        own_remaining_kb: u64,
+        /// Charged bytes this agent disputes.
+        disputed_bytes: u64,
+    },
+    /// The radio gave a reason to move.
+    Moving {
+        /// ICCID.
+        iccid: String,
+        /// Why.
+        reason: String,
+        /// Where to (`{"carrier": …}` or `{"region": …}`).
+        to: Value,
+    },
+    /// Moved: the new SIM.
+    Switched {
+        /// The old SIM.
+        from: String,
+        /// The new SIM.
+        iccid: String,
+        /// Its carrier.
+        carrier: Option<String>,
+        /// Its region.
+        region: Option<String>,
+        /// Its activation code.
+        activation_code: String,
+    },
+    /// Something to know that does not stop the watch.
+    Warning {
+        /// What.
+        message: String,
+    },
+    /// The watch ended.
+    Stopped {
+        /// Why.
+        reason: String,
+        /// The CLI's exit code.
+        exit_code: u8,
+    },
+}
+
+impl Event {
+    /// One human line.
+    pub fn human(&self) -> String {
+        match self {
+            Self::Watching {
+                iccid,
+                carrier,
+                region,
+            } => format!(
+                "watching {iccid} ({} in {})",
+                carrier.as_deref().unwrap_or("?"),
+                region.as_deref().unwrap_or("?")
+            ),
+            Self::Verified {
+                iccid,
+                receipts,
+                bytes,
+                total_bytes,
+            } => format!(
+                "{iccid}: {receipts} receipt(s) verified, {bytes} bytes ({total_bytes} in all)"
+            ),
+            Self::Disputed { iccid, dispute } => format!(
+                "{iccid}: receipt #{} ({} bytes) disputed{}: {}",
+                dispute.n,
+                dispute.bytes,
+                if dispute.charged {
+                    ", it was charged"
+                } else {
+                    ""
+                },
+                dispute.reason
+            ),
+            Self::Granted {
+                iccid,
+                granted_kb,
+                remaining_kb,
+            } => format!("{iccid}: {granted_kb} KB granted, {remaining_kb} KB left"),
+            Self::ToppedUp {
+                iccid,
+                data_mb,
+                amount_usdc,
+                transaction,
+            } => format!(
+                "{iccid}: topped up {data_mb} MB for {amount_usdc} USDC (tx {})",
+                transaction.as_deref().unwrap_or("?")
+            ),
+            Self::TopUpWithheld {
+                iccid,
+                own_remaining_kb,
+                disputed_bytes,
+            } => format!(
+                "{iccid}: the facilitator says low, verified usage leaves {own_remaining_kb} KB \
+                 ({disputed_bytes} charged bytes disputed): top-up withheld"
+            ),
+            Self::Moving { iccid, reason, to } => format!("{iccid}: {reason}; switching to {to}"),
+            Self::Switched {
+                from,
+                iccid,
+                carrier,
+                ..
+            } => format!(
+                "switched {from} → {iccid} on {}",
+                carrier.as_deref().unwrap_or("?")
+            ),
+            Self::Warning { message } => format!("warning: {message}"),
+            Self::Stopped { reason, exit_code } => format!("stopped ({exit_code}): {reason}"),
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The readings source, opened.
+enum Readings {
+    None,
+    File(PathBuf),
+    Stdin(tokio::sync::mpsc::UnboundedReceiver<String>),
+    Command(String),
+}
+
+impl Readings {
+    fn open(source: Option<&SignalSource>) -> Self {
+        match source {
+            None => Self::None,
+            Some(SignalSource::File(p)) => Self::File(p.clone()),
+            Some(SignalSource::Command(c)) => Self::Command(c.clone()),
+            Some(SignalSource::Stdin) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(async move {
+                    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                });
+                Self::Stdin(rx)
+            }
+        }
+    }
+
+    /// This tick's lines.
+    async fn take(&mut self) -> Result<Vec<String>, String> {
+        match self {
+            Self::None => Ok(Vec::new()),
+            Self::File(p) => match tokio::fs::read_to_string(&*p).await {
+                Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
+                // No file yet: no reading.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(format!("signal file {}: {e}", p.display())),
+            },
+            Self::Stdin(rx) => {
+                let mut out = Vec::new();
+                while let Ok(line) = rx.try_recv() {
+                    out.push(line);
+                }
+                Ok(out)
+            }
+            Self::Command(c) => {
+                let run = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&*c)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output();
+                match tokio::time::timeout(Duration::from_secs(10), run).await {
+                    Ok(Ok(out)) => Ok(String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .map(str::to_owned)
+                        .collect()),
+                    Ok(Err(e)) => Err(format!("signal command: {e}")),
+                    Err(_) => Err("signal command took over 10 s".into()),
+                }
+            }
+        }
+    }
+}
+
+/// What a tick decided.
+enum Next {
+    Continue,
+    Stop(AgentError),
+}
+
+/// The watch: the agent, its settings, and what it tracks between ticks.
+pub struct Watcher<'a> {
+    agent: &'a Agent,
+    settings: WatchSettings,
+    tracker: Tracker,
+    sim: SimRecord,
+    emit: Box<dyn FnMut(&Event) + 'a>,
+}
+
+impl<'a> Watcher<'a> {
+    /// A watcher over `settings.iccid` (or the newest live SIM), telling `emit` every event.
+    pub fn new(
+        agent: &'a Agent,
+        settings: WatchSettings,
+        emit: impl FnMut(&Event) + 'a,
+    ) -> Result<Self, AgentError> {
+        let sim = agent.sim(settings.iccid.as_deref())?;
+        Ok(Self {
+            agent,
+            tracker: Tracker::new(settings.thresholds),
+            settings,
+            sim,
+            emit: Box::new(emit),
+        })
+    }
+
+    fn say(&mut self, e: Event) {
+        (self.emit)(&e);
+    }
+
+    /// Watch until a stop: `Ok` after `--ticks`, else the error that stopped it (its exit code).
+    pub async fn run(mut self) -> Result<(), AgentError> {
+        let mut readings = Readings::open(self.settings.signal.as_ref());
+        self.say(Event::Watching {
+            iccid: self.sim.iccid.clone(),
+            carrier: self.sim.carrier.clone(),
+            region: self.sim.region.clone(),
+        });
+        let mut tick = 0u64;
+        loop {
+            let lines = readings.take().await;
+            let outcome = match self.agent.state().lock() {
+                Ok(_lock) => self.tick(lines).await,
+                // Another command holds the directory: this tick is skipped, the next one tries again.
+                Err(e) => {
+                    self.say(Event::Warning { message: e });
+                    Next::Continue
+                }
+            };
+            if let Next::Stop(e) = outcome {
+                self.say(Event::Stopped {
+                    reason: e.to_string(),
+                    exit_code: e.exit_code() as u8,
+                });
+                return Err(e);
+            }
+            tick += 1;
+            if self.settings.ticks.is_some_and(|n| tick >= n) {
+                self.say(Event::Stopped {
+                    reason: format!("{tick} ticks done"),
+                    exit_code: 0,
+                });
+                return Ok(());
+            }
+            tokio::time::sleep(self.settings.interval).await;
+        }
+    }
+
+    async fn tick(&mut self, lines: Result<Vec<String>, String>) -> Next {
+        match self.radio(lines).await {
+            Ok(()) => {}
+            Err(e) if stops(&e) => return Next::Stop(e),
+            Err(e) => self.say(Event::Warning {
+                message: e.to_string(),
+            }),
+        }
+        match self.audit().await.map(drop) {
+            Ok(()) => {}
+            Err(e) if stops(&e) => return Next::Stop(e),
+            Err(e) => self.say(Event::Warning {
+                message: e.to_string(),
+            }),
+        }
+        match self.quota().await {
+            Ok(()) => Next::Continue,
+            Err(e) if stops(&e) => Next::Stop(e),
+            Err(e) => {
+                self.say(Event::Warning {
+                    message: e.to_string(),
+                });
+                Next::Continue
+            }
+        }
+    }
+
+    /// Feed the readings; move the SIM if they say so.
+    async fn radio(&mut self, lines: Result<Vec<String>, String>) -> Result<(), AgentError> {
+        let lines = lines.unwrap_or_else(|e| {
+            // An unreadable source is reported; the SIM is still kept alive.
+            self.say(Event::Warning { message: e });
+            Vec::new()
+        });
+        let mut trigger = None;
+        for line in lines {
+            match parse_line(&line) {
+                Ok(r) => trigger = self.tracker.observe(r).or(trigger),
+                Err(e) => self.say(Event::Warning {
+                    message: e.to_string(),
+                }),
+            }
+        }
+        let Some(trigger) = trigger else {
+            return Ok(());
+        };
+        let (Some(carrier), Some(region)) = (
+            self.sim
+                .carrier
+                .as_deref()
+                .and_then(|c| CarrierId::parse(c).ok()),
+            self.sim
+                .region
+                .as_deref()
+                .and_then(|r| Region::parse(r).ok()),
+        ) else {
+            return Err(AgentError::Usage(format!(
+                "SIM {} has no known carrier and region in the state directory: cannot choose where to move",
+                self.sim.iccid
+            )));
+        };
+        let reason = match &trigger {
+            signal::Trigger::Weak { dbm } => format!(
+                "signal {dbm} dBm below {} dBm",
+                self.settings.thresholds.below_dbm
+            ),
+            signal::Trigger::Denied { seen } => format!(
+                "attach refused{}",
+                seen.as_ref()
+                    .map(|p| format!(" on network {p}"))
+                    .unwrap_or_default()
+            ),
+        };
+        let to = next_move(
+            &trigger,
+            &carrier,
+            &region,
+            &self.settings.catalog,
+            &self.settings.carriers,
+        )
+        .map_err(|e| AgentError::Refused {
+            status: 0,
+            message: format!("{reason}, but {e}"),
+        });
+        let to = match to {
+            Ok(m) => m,
+            Err(e) => {
+                // Nowhere to go is worth knowing, not a reason to stop keeping the SIM alive.
+                self.say(Event::Warning {
+                    message: e.to_string(),
+                });
+                return Ok(());
+            }
+        };
+        self.say(Event::Moving {
+            iccid: self.sim.iccid.clone(),
+            reason,
+            to: to.body(),
+        });
+        let from = self.sim.iccid.clone();
+        let moved = self.agent.switch(Some(&from), &to.body()).await?;
+        self.sim = self.agent.sim(Some(&moved.iccid))?;
+        self.tracker.reset();
+        self.say(Event::Switched {
+            from,
+            iccid: moved.iccid,
+            carrier: self.sim.carrier.clone(),
+            region: self.sim.region.clone(),
+            activation_code: moved.activation_code,
+        });
+        Ok(())
+    }
+
+    /// Audit the SIM's log from the cursor to its end; the audit after it.
+    async fn audit(&mut self) -> Result<Audit, AgentError> {
+        let iccid = Iccid::parse(&self.sim.iccid)
+            .map_err(|e| AgentError::Usage(format!("{}: {e}", self.sim.iccid)))?;
+        let carrier = self
+            .sim
+            .carrier
+            .as_deref()
+            .and_then(|c| CarrierId::parse(c).ok())
+            .ok_or_else(|| {
+                AgentError::Usage(format!("SIM {} has no known carrier", self.sim.iccid))
+            })?;
+        // Roaming by the pinned catalog's region; a region it does not know checks no roaming.
+        let roaming = self
+            .sim
+            .region
+            .as_deref()
+            .and_then(|r| Region::parse(r).ok())
+            .and_then(|r| self.settings.catalog.region(&r))
+            .map_or_else(RoamingPolicy::default, |r| r.roaming.clone());
+        let state = self.agent.state().load().map_err(AgentError::Local)?;
+        let mut audit = state
+            .audits
+            .get(&self.sim.iccid)
+            .cloned()
+            .unwrap_or_default();
+        let (mut receipts, mut bytes) = (0u64, 0u64);
+        let mut disputes = Vec::new();
+        loop {
+            let route = format!("/receipts?from={}&limit={PAGE}", audit.next.max(1));
+            let answer = self
+                .agent
+                .sim_request(reqwest::Method::GET, &self.sim, &route, None)
+                .await?;
+            if answer.status != 200 {
+                return Err(unexpected(&answer));
+            }
+            let page: Vec<LogEntry> = serde_json::from_value(answer.body["receipts"].clone())
+                .map_err(|e| AgentError::Refused {
+                    status: 200,
+                    message: format!("unreadable receipt log: {e}"),
+                })?;
+            if page.is_empty() {
+                break;
+            }
+            let view = SimView {
+                iccid: &iccid,
+                carrier: &carrier,
+                roaming: &roaming,
+            };
+            for entry in &page {
+                match audit.check(entry, view, &self.settings.catalog, now()) {
+                    Some(Finding::Verified { bytes: b, .. }) => {
+                        receipts += 1;
+                        bytes += b;
+                    }
+                    Some(Finding::Disputed(d)) => disputes.push(d),
+                    None => {}
+                }
+            }
+            if page.len() < PAGE as usize {
+                break;
+            }
+        }
+        let key = self.sim.iccid.clone();
+        let saved = audit.clone();
+        self.agent
+            .state()
+            .update(|s| {
+                s.audits.insert(key, saved);
+            })
+            .map_err(AgentError::Local)?;
+        if receipts > 0 {
+            self.say(Event::Verified {
+                iccid: self.sim.iccid.clone(),
+                receipts,
+                bytes,
+                total_bytes: audit.verified_bytes,
+            });
+        }
+        for dispute in disputes {
+            self.say(Event::Disputed {
+                iccid: self.sim.iccid.clone(),
+                dispute,
+            });
+        }
+        Ok(audit)
+    }
+
+    async fn ask_quota(&self) -> Result<crate::client::Answer, AgentError> {
+        let body = json!({"quota_kb": self.settings.quota_kb});
+        self.agent
+            .sim_request(reqwest::Method::POST, &self.sim, "/data", Some(&body))
+            .await
+    }
+
+    /// Ask for quota; on the low-balance 402, top up if verified usage justifies it.
+    async fn quota(&mut self) -> Result<(), AgentError> {
+        let answer = self.ask_quota().await?;
+        match answer.status {
+            200 => {
+                self.granted(&answer.body);
+                return Ok(());
+            }
+            402 => {}
+            _ => return Err(unexpected(&answer)),
+        }
+        let options = answer.body["top_up_options"].clone();
+        // Receipts may have landed since the tick's audit: bring it up to date before deciding.
+        let audit = self.audit().await?;
+        let balance = self
+            .agent
+            .sim_request(reqwest::Method::GET, &self.sim, "/balance", None)
+            .await?;
+        if balance.status != 200 {
+            return Err(unexpected(&balance));
+        }
+        let credited = balance.body["credited_bytes"].as_u64().unwrap_or(0);
+        if let LowBalance::Withhold { own_remaining } = on_low_balance(credited, &audit) {
+            self.say(Event::TopUpWithheld {
+                iccid: self.sim.iccid.clone(),
+                own_remaining_kb: own_remaining / 1_000,
+                disputed_bytes: audit.disputed_bytes,
+            });
+            return Ok(());
+        }
+        let data_mb = self
+            .settings
+            .top_up_mb
+            .or_else(|| options[0]["data_mb"].as_u64())
+            .ok_or_else(|| AgentError::Refused {
+                status: 402,
+                message: "low-balance 402 without top_up_options".into(),
+            })?;
+        let paid = self.agent.top_up(Some(&self.sim.iccid), data_mb).await?;
+        self.say(Event::ToppedUp {
+            iccid: self.sim.iccid.clone(),
+            data_mb,
+            amount_usdc: paid["amount_usdc"].as_str().unwrap_or("?").to_owned(),
+            transaction: paid["transaction"].as_str().map(str::to_owned),
+        });
+        let again = self.ask_quota().await?;
+        if again.status == 200 {
+            self.granted(&again.body);
+        }
+        Ok(())
+    }
+
+    fn granted(&mut self, body: &Value) {
+        self.say(Event::Granted {
+            iccid: self.sim.iccid.clone(),
+            granted_kb: body["granted_kb"].as_u64().unwrap_or(0),
+            remaining_kb: body["remaining_kb"].as_u64().unwrap_or(0),
+        });
+    }
+}
+
+/// Errors that end the watch: the policy refused a payment, the facilitator refused the SIM, or a local
+/// problem (state, usage). An unreachable or failing facilitator is retried next tick.
+fn stops(e: &AgentError) -> bool {
+    !matches!(e, AgentError::Unavailable { .. })
+}
