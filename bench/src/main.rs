@@ -111,6 +111,10 @@ struct Args {
     /// usage: receipts per batch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// usage: sign each batch as one page (one signature over the Merkle root of its receipts, kernel
+    /// `usage::page`) instead of one signature per receipt.
+    #[arg(long)]
+    paged: bool,
     /// usage: SIMs activated (paid) to spread the receipts over.
     #[arg(long, default_value_t = 8)]
     sims: usize,
@@ -570,6 +574,7 @@ fn main() -> anyhow::Result<()> {
             &printed,
             usize::try_from(args.count.unwrap_or(10_000))?,
             args.batch.clamp(1, 1000),
+            args.paged,
             args.sims,
             args.concurrency,
             &format!("{:?}", args.kv),

@@ -22,7 +22,8 @@ use esim402_core::CarrierId;
 use esim402_core::esim::catalog::Catalog;
 use esim402_core::esim::iccid::Iccid;
 use esim402_core::esim::plmn::{Plmn, RoamingPolicy};
-use esim402_core::usage::receipt::{Receipt, SimTerms, dev_signing_key, verify};
+use esim402_core::usage::page::sign_page;
+use esim402_core::usage::receipt::{Receipt, Recoveries, SimTerms, dev_signing_key, verify_cached};
 use esim402_core::x402::exact::address_of;
 use serde_json::{Value, json};
 
@@ -36,17 +37,24 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn sign_all(iccids: &[String], count: usize, session_tag: &str) -> anyhow::Result<Vec<Receipt>> {
+/// `count` receipts spread over `iccids`, signed one by one, or (`paged`) one page signature per `batch`.
+fn sign_all(
+    iccids: &[String],
+    count: usize,
+    session_tag: &str,
+    batch: usize,
+    paged: bool,
+) -> anyhow::Result<Vec<Receipt>> {
     let carrier = CarrierId::parse("tmobile").map_err(|e| anyhow::anyhow!("{e}"))?;
     let key = dev_signing_key(&carrier);
     let plmn = Plmn::parse("310-260").map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = now();
     let mut seqs = vec![0u64; iccids.len()];
-    (0..count)
+    let unsigned = (0..count)
         .map(|i| {
             let s = i % iccids.len();
             seqs[s] += 1;
-            Receipt {
+            Ok(Receipt {
                 carrier: carrier.clone(),
                 iccid: Iccid::parse(&iccids[s]).map_err(|e| anyhow::anyhow!("{e}"))?,
                 plmn: plmn.clone(),
@@ -57,10 +65,20 @@ fn sign_all(iccids: &[String], count: usize, session_tag: &str) -> anyhow::Resul
                 bytes_up: RECEIPT_BYTES / 4,
                 bytes_down: RECEIPT_BYTES - RECEIPT_BYTES / 4,
                 signature: Vec::new(),
-            }
-            .sign(&key)
-            .map_err(|e| anyhow::anyhow!("sign: {e}"))
+                page: None,
+            })
         })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if paged {
+        let mut out = Vec::with_capacity(count);
+        for page in unsigned.chunks(batch.max(1)) {
+            out.extend(sign_page(page.to_vec(), &key).map_err(|e| anyhow::anyhow!("sign: {e}"))?);
+        }
+        return Ok(out);
+    }
+    unsigned
+        .into_iter()
+        .map(|r| r.sign(&key).map_err(|e| anyhow::anyhow!("sign: {e}")))
         .collect()
 }
 
@@ -131,6 +149,7 @@ pub async fn run(
     printed: &HashMap<String, String>,
     count: usize,
     batch: usize,
+    paged: bool,
     sims: usize,
     concurrency: usize,
     kv: &str,
@@ -144,9 +163,9 @@ pub async fn run(
         iccids.push(body["iccid"].as_str().context("no iccid")?.to_owned());
     }
     let tag = format!("{:x}", now());
-    let receipts = sign_all(&iccids, count, &tag)?;
+    let receipts = sign_all(&iccids, count, &tag, batch, paged)?;
 
-    // Native verification, one thread.
+    // Native verification, one thread (page signatures recovered once per batch, as ingest does).
     let carrier = CarrierId::parse("tmobile").map_err(|e| anyhow::anyhow!("{e}"))?;
     let signer = Catalog::builtin()
         .carrier(&carrier)
@@ -154,17 +173,21 @@ pub async fn run(
         .context("tmobile has no receipt signer")?;
     let roaming = RoamingPolicy::default();
     let t = Instant::now();
-    for r in &receipts {
-        verify(
-            r,
-            |_| Some(signer),
-            Some(SimTerms {
-                carrier: &carrier,
-                roaming: &roaming,
-            }),
-            now(),
-        )
-        .map_err(|e| anyhow::anyhow!("native verify: {e}"))?;
+    for chunk in receipts.chunks(batch.max(1)) {
+        let mut recoveries = Recoveries::default();
+        for r in chunk {
+            verify_cached(
+                r,
+                |_| Some(signer),
+                Some(SimTerms {
+                    carrier: &carrier,
+                    roaming: &roaming,
+                }),
+                now(),
+                &mut recoveries,
+            )
+            .map_err(|e| anyhow::anyhow!("native verify: {e}"))?;
+        }
     }
     let native = receipts.len() as f64 / t.elapsed().as_secs_f64();
 
@@ -175,7 +198,7 @@ pub async fn run(
             .to_string(),
     ];
     let n_ghost = count.min(5_000);
-    let ghosts = sign_all(&ghost, n_ghost, &tag)?;
+    let ghosts = sign_all(&ghost, n_ghost, &tag, batch, paged)?;
     let (_, _, took) = post_all(&urls[..1], bodies(&ghosts, batch), 1).await?;
     let wasm_verify = n_ghost as f64 / took.as_secs_f64();
 
@@ -205,7 +228,7 @@ pub async fn run(
     }
     let rps = receipts.len() as f64 / elapsed.as_secs_f64();
     println!(
-        "scenario=usage kv={kv} instances={} receipts={} batch={batch} sims={} concurrency={concurrency}",
+        "scenario=usage kv={kv} instances={} receipts={} batch={batch} paged={paged} sims={} concurrency={concurrency}",
         urls.len(),
         receipts.len(),
         iccids.len()

@@ -9,7 +9,8 @@ use alloy_primitives::U256;
 use esim402_core::CarrierId;
 use esim402_core::esim::iccid::Iccid;
 use esim402_core::esim::plmn::Plmn;
-use esim402_core::usage::receipt::{Receipt, dev_signing_key};
+use esim402_core::usage::page::sign_page;
+use esim402_core::usage::receipt::{Receipt, SimTerms, WireReceipt, dev_signing_key, verify};
 use esim402_core::x402::header::decode_payment_required_header;
 use esim402_tests::TrafficSim;
 use serde_json::{Value, json};
@@ -52,6 +53,7 @@ pub(crate) fn receipt(iccid: &str, session: &str, seq: u64, bytes: u64, plmn: &s
         bytes_up: bytes / 2,
         bytes_down: bytes - bytes / 2,
         signature: vec![],
+        page: None,
     };
     let key = dev_signing_key(&r.carrier);
     serde_json::to_value(r.sign(&key).unwrap().to_wire()).unwrap()
@@ -399,6 +401,94 @@ async fn a_full_batch_of_a_thousand_is_accepted_and_one_more_is_refused() {
     assert_eq!(balance(&s, &iccid).await["used_bytes"], 1_000_000);
 }
 
+/// `n` receipts of `bytes` each for one session, signed as one page (one carrier signature over their root).
+fn page(iccid: &str, session: &str, n: u64, bytes: u64) -> Vec<Value> {
+    let t = now();
+    let receipts = (1..=n)
+        .map(|seq| Receipt {
+            carrier: CarrierId::parse("tmobile").unwrap(),
+            iccid: Iccid::parse(iccid).unwrap(),
+            plmn: Plmn::parse("310-260").unwrap(),
+            session_id: session.into(),
+            seq,
+            window_start: t - 600,
+            window_end: t - 1,
+            bytes_up: bytes / 2,
+            bytes_down: bytes - bytes / 2,
+            signature: vec![],
+            page: None,
+        })
+        .collect();
+    let key = dev_signing_key(&CarrierId::parse("tmobile").unwrap());
+    sign_page(receipts, &key)
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::to_value(r.to_wire()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_page_signed_batch_is_charged_once_and_each_receipt_stays_verifiable() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 10).await;
+    let mut receipts = page(&iccid, "paged", 1000, 1_000);
+    // One receipt edited after signing: its proof no longer leads to the signed root.
+    receipts[500]["bytes_down"] = json!(100_000);
+    let (status, _, r) = s
+        .post("/v1/usage", &json!({ "receipts": receipts }), &[])
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (&r["totals"]["accepted"], &r["totals"]["rejected"]),
+        (&json!(999), &json!(1)),
+        "{}",
+        r["totals"]
+    );
+    assert_eq!(
+        r["results"][500]["reason"], "bad_signature",
+        "{}",
+        r["results"][500]
+    );
+    assert_eq!(balance(&s, &iccid).await["used_bytes"], 999_000);
+
+    // The same page again: every receipt a duplicate, nothing charged.
+    let (_, _, again) = s
+        .post("/v1/usage", &json!({ "receipts": receipts }), &[])
+        .await;
+    assert_eq!(again["totals"]["duplicate"], 999, "{}", again["totals"]);
+    assert_eq!(balance(&s, &iccid).await["used_bytes"], 999_000);
+
+    // The log keeps each receipt with its proof; any one of them verifies on its own, as an agent checks it.
+    let (_, log) = s
+        .get(&format!("/v1/esim/{iccid}/receipts?from=1&limit=1000"))
+        .await;
+    let entries = log["receipts"].as_array().unwrap();
+    let catalog = esim402_core::esim::catalog::Catalog::builtin();
+    let signer = |c: &CarrierId| catalog.carrier(c).and_then(|c| c.receipt_signer);
+    let mut verified = 0;
+    for e in entries.iter().filter(|e| e["state"] == "accepted") {
+        let wire: WireReceipt = serde_json::from_value(e["receipt"].clone()).unwrap();
+        assert_eq!(wire.page.as_ref().map(|p| p.count), Some(1000));
+        let r = wire.parse().unwrap();
+        let roaming = esim402_core::esim::plmn::RoamingPolicy::default();
+        let terms = SimTerms {
+            carrier: &r.carrier,
+            roaming: &roaming,
+        };
+        verify(&r, signer, Some(terms), now()).unwrap();
+        verified += 1;
+    }
+    assert_eq!(verified, 999);
+    let disputed: Vec<_> = entries
+        .iter()
+        .filter(|e| e["state"] == "disputed")
+        .collect();
+    assert_eq!(disputed.len(), 1, "the edited receipt is kept as disputed");
+    assert_eq!(disputed[0]["receipt"]["seq"], 501);
+    let (_, verify_ledger) = s.ledger().await;
+    assert_eq!(verify_ledger["ok"], true);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_top_up_paid_by_transaction_hash_credits_once() {
     let s = PayStack::start(&[]).await;
@@ -557,6 +647,7 @@ async fn a_switch_moves_the_unused_balance_to_the_new_sim() {
             bytes_up: 500,
             bytes_down: 500,
             signature: vec![],
+            page: None,
         };
         let key = dev_signing_key(&r.carrier);
         serde_json::to_value(r.sign(&key).unwrap().to_wire()).unwrap()

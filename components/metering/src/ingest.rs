@@ -3,6 +3,9 @@
 //! on every backend and across instances) → log → charge. Per SIM per batch: one `increment` of its log
 //! counter, its log entries, one `increment` of its used-bytes counter, one ledger event.
 //!
+//! Receipts signed as a page (kernel `usage::page`) share one signature recovery per batch ([`Recoveries`]);
+//! the claim, log and charge stay per receipt, so a page and single receipts dedupe against each other.
+//!
 //! Never charged twice: the charge follows a won claim, and a claim is won once. A crash between a claim and
 //! the charge leaves the receipt uncharged (at most once, in the payer's favour).
 
@@ -14,7 +17,9 @@ use esim402_core::usage::account::Account;
 use esim402_core::usage::ingest::{
     LogEntry, LogState, Outcome, ReportLine, is_gap, parse_batch, totals,
 };
-use esim402_core::usage::receipt::{MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, SimTerms, verify};
+use esim402_core::usage::receipt::{
+    MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, SimTerms, verify_cached,
+};
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
 use esim402_guest::kv;
 use esim402_guest::wit;
@@ -48,6 +53,8 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     let mut sims: BTreeMap<String, SimBatch> = BTreeMap::new();
     let mut claimed: HashSet<(String, String, u64)> = HashSet::new();
     let mut events = Vec::new();
+    // Page-signed receipts share their page's signature: recovered once per batch.
+    let mut recoveries = Recoveries::default();
     for (index, item) in items.into_iter().enumerate() {
         let r = match item {
             Ok(r) => r,
@@ -61,11 +68,10 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
             carrier: &a.carrier,
             roaming: &a.roaming,
         });
-        let outcome = match verify(&r, |c| config.signer(c), terms, now) {
+        let outcome = match verify_cached(&r, |c| config.signer(c), terms, now, &mut recoveries) {
             Err(e) => {
                 if e.is_dispute()
-                    && kv::claim::<wit::Error>(&keys::dispute_claim(r.signing_hash()))
-                        .map_err(kv_err)?
+                    && kv::claim::<wit::Error>(&keys::dispute_claim(r.id_hash())).map_err(kv_err)?
                     && (!e.is_unsigned()
                         || kv::increment::<wit::Error>(&keys::meter_unsigned(r.iccid.as_str()), 1)
                             .map_err(kv_err)?

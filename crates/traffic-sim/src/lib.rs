@@ -1,7 +1,8 @@
 //! A traffic simulator: the network side of metered data for development and tests. For activated SIMs it
 //! plays the carrier's packet core and charging adapter: it asks the facilitator for quota (online charging,
 //! `POST /v1/esim/{iccid}/data`), moves at most the granted bytes, and reports them as usage receipts signed
-//! with the carrier's **dev** key (kernel `usage::receipt::dev_signing_key`) to `POST /v1/usage`. So the
+//! with the carrier's **dev** key (kernel `usage::receipt::dev_signing_key`), one page signature per posted
+//! batch (kernel `usage::page`: each receipt carries its Merkle proof), to `POST /v1/usage`. So the
 //! balance is a hard cap at the network: once the facilitator answers 402, no more usage is generated.
 //!
 //! Which carrier issued an ICCID is asked of the SM-DP+ simulator (`GET /admin/operators/<op>/profiles/<iccid>`);

@@ -9,6 +9,7 @@ use esim402_core::CarrierId;
 use esim402_core::esim::catalog::Catalog;
 use esim402_core::esim::iccid::Iccid;
 use esim402_core::esim::plmn::Plmn;
+use esim402_core::usage::page::sign_page;
 use esim402_core::usage::receipt::{Receipt, dev_signing_key};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -236,11 +237,16 @@ impl Traffic {
                     bytes_up: n / 5,
                     bytes_down: n - n / 5,
                     signature: Vec::new(),
-                }
-                .sign(&key)
-                .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
-                batch.push(r.to_wire());
+                    page: None,
+                };
+                batch.push(r);
             }
+            // One carrier signature per delivered batch: a page (each receipt keeps its own proof).
+            let batch: Vec<_> = sign_page(batch, &key)
+                .map_err(|e| anyhow::anyhow!("signing: {e}"))?
+                .iter()
+                .map(Receipt::to_wire)
+                .collect();
             let url = format!("{}/v1/usage", self.cfg.facilitator.trim_end_matches('/'));
             let r = self
                 .http

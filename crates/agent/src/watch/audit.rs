@@ -202,6 +202,7 @@ mod tests {
             bytes_up: bytes / 2,
             bytes_down: bytes - bytes / 2,
             signature: vec![],
+            page: None,
         }
     }
 

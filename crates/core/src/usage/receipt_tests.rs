@@ -22,6 +22,7 @@ fn unsigned() -> Receipt {
         bytes_up: 1_200,
         bytes_down: 800,
         signature: vec![],
+        page: None,
     }
 }
 

@@ -111,6 +111,7 @@ mod tests {
                 bytes_up: up,
                 bytes_down: down,
                 signature: String::new(),
+                page: None,
             },
         }
     }

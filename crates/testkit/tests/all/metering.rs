@@ -78,6 +78,7 @@ fn receipt(iccid: &str, carrier: &str, session: &str, seq: u64, bytes: u64, plmn
         bytes_up: bytes / 4,
         bytes_down: bytes - bytes / 4,
         signature: vec![],
+        page: None,
     };
     let key = dev_signing_key(&r.carrier);
     serde_json::to_value(r.sign(&key).unwrap().to_wire()).unwrap()
