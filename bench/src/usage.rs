@@ -158,9 +158,17 @@ pub async fn run(
     let from = address_of(key.verifying_key());
     let http = reqwest::Client::new();
     let mut iccids = Vec::new();
+    let mut tokens = Vec::new();
     for _ in 0..sims.max(1) {
         let (_, _, body) = crate::paid::activate(&http, &urls[0], &key, from).await?;
         iccids.push(body["iccid"].as_str().context("no iccid")?.to_owned());
+        // The balance is the owner's to read: the SIM's access token from the paid answer.
+        tokens.push(
+            body["access_token"]
+                .as_str()
+                .context("no access_token")?
+                .to_owned(),
+        );
     }
     let tag = format!("{:x}", now());
     let receipts = sign_all(&iccids, count, &tag, batch, paged)?;
@@ -213,6 +221,7 @@ pub async fn run(
     for (i, iccid) in iccids.iter().enumerate() {
         let b: Value = http
             .get(format!("{}/v1/esim/{iccid}/balance", urls[urls.len() - 1]))
+            .bearer_auth(&tokens[i])
             .send()
             .await?
             .json()

@@ -364,9 +364,29 @@ impl PayStack {
         let pay = Payment::for_requirement(&req);
         let mut headers = vec![("payment-signature", pay.header())];
         headers.extend(extra.iter().cloned());
-        let (status, _, act) = self.post("/v1/esim/activate", body, &headers).await;
+        let (status, act) = self.post_paid("/v1/esim/activate", body, &headers).await;
         assert_eq!(status, 200, "{act}");
         act
+    }
+
+    /// POST a paid request as a conforming client does: a 402 `settlement_pending` (broadcast, receipt not
+    /// seen within `settlement_timeout_ms`, which a loaded machine can exceed) is answered by sending the same
+    /// payment again, at most `PENDING_RESENDS` times. Status and body of the last answer.
+    pub async fn post_paid(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, String)],
+    ) -> (u16, Value) {
+        const PENDING_RESENDS: usize = 8;
+        let mut answer = self.post(path, body, headers).await;
+        for _ in 0..PENDING_RESENDS {
+            if answer.0 != 402 || answer.2["error"]["code"] != "settlement_pending" {
+                break;
+            }
+            answer = self.post(path, body, headers).await;
+        }
+        (answer.0, answer.2)
     }
 
     /// Profiles the SM-DP+ simulator has handed out (neither in its pool nor retired), every operator.

@@ -356,8 +356,8 @@ async fn concurrent_paid_activations_chain_cleanly_on_spin() {
                 let body = json!({"region": "us-central", "data_mb": i + 1});
                 let (invoice, req) = s.invoice(&body).await;
                 let pay = crate::payments::Payment::for_requirement(&req);
-                let (status, _, paid) = s
-                    .post(
+                let (status, paid) = s
+                    .post_paid(
                         "/v1/esim/activate",
                         &body,
                         &[("payment-signature", pay.header())],

@@ -1,7 +1,7 @@
 //! `POST /v1/usage`: a batch of carrier-signed receipts. The order of effects per receipt is the kernel's
 //! (`esim402_core::usage::ingest`): verify → claim `(carrier, session, seq)` by `increment` (one winner ever,
 //! on every backend and across instances) → log → charge. Per SIM per batch: one `increment` of its log
-//! counter, its log entries, one `increment` of its used-bytes counter, one ledger event.
+//! counter, its log entries (all SIMs' written concurrently), one `increment` of its used-bytes counter, one ledger event.
 //!
 //! Receipts signed as a page (kernel `usage::page`) share one signature recovery per batch ([`Recoveries`]);
 //! the claim, log and charge stay per receipt, so a page and single receipts dedupe against each other.
@@ -21,6 +21,7 @@ use esim402_core::usage::receipt::{
     MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, SimTerms, verify_cached,
 };
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
+use esim402_guest::join::join_all;
 use esim402_guest::kv;
 use esim402_guest::wit;
 use spin_sdk::key_value::Store;
@@ -121,9 +122,24 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         lines.push(line(index, Some(&r), outcome));
     }
 
+    // Every SIM's log entries first, written concurrently (one round of store latency for the batch: on SQLite
+    // they share a group commit), then the charges.
+    let mut writes = Vec::new();
+    for (iccid, batch) in &mut sims {
+        writes.extend(place_log(iccid, std::mem::take(&mut batch.entries))?);
+    }
+    let written = join_all(
+        writes
+            .into_iter()
+            .map(|(key, json)| store.set(key, json))
+            .collect(),
+    )
+    .await;
+    for w in written {
+        w.map_err(internal)?;
+    }
     let mut exhausted = Vec::new();
     for (iccid, batch) in sims {
-        append_log(&store, &iccid, batch.entries).await?;
         if batch.accepted == 0 {
             continue;
         }
@@ -184,22 +200,22 @@ fn entry(r: &Receipt, now: u64, state: LogState, reason: Option<&str>, gap: bool
     }
 }
 
-/// Append `entries` to the SIM's receipt log: one `increment` reserves their positions, then each is written
-/// once under its own key.
-async fn append_log(store: &Store, iccid: &str, entries: Vec<LogEntry>) -> Result<(), wit::Error> {
+/// Place `entries` in the SIM's receipt log: one `increment` reserves their positions; each is then written
+/// once under its own key (the returned key and JSON).
+fn place_log(iccid: &str, entries: Vec<LogEntry>) -> Result<Vec<(String, Vec<u8>)>, wit::Error> {
     if entries.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let k = i64::try_from(entries.len()).map_err(internal)?;
     let end = kv::increment::<wit::Error>(&keys::meter_count(iccid), k).map_err(kv_err)?;
     let first = u64::try_from(end - k + 1).map_err(internal)?;
-    for (i, mut e) in entries.into_iter().enumerate() {
-        e.n = first + i as u64;
-        let json = serde_json::to_vec(&e).map_err(internal)?;
-        store
-            .set(keys::meter_entry(iccid, e.n), json)
-            .await
-            .map_err(internal)?;
-    }
-    Ok(())
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.n = first + i as u64;
+            let json = serde_json::to_vec(&e).map_err(internal)?;
+            Ok((keys::meter_entry(iccid, e.n), json))
+        })
+        .collect()
 }

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod join;
 pub mod kv;
 pub mod ledger;
 pub mod util;

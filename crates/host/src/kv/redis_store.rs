@@ -7,6 +7,9 @@ use redis::aio::MultiplexedConnection;
 
 use super::{Backend, KvError, KvResult};
 
+/// How long one command may wait for its reply.
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A store on one Redis server (all labels pointing at the same URL share its keyspace, as in Spin).
 pub struct RedisStore {
     conn: MultiplexedConnection,
@@ -26,8 +29,13 @@ impl RedisStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let client =
             redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis url: {e}"))?;
+        // The client's default response timeout (500 ms) fails a write whenever the host's cores are busy for
+        // half a second (measured: a saturated 2-core ingest run got `redis: timed out` as a 500); a store
+        // call is a money step, so it waits longer before giving up.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
         let mut conn = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to Redis key-value store: {e}"))?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
