@@ -489,6 +489,45 @@ async fn a_page_signed_batch_is_charged_once_and_each_receipt_stays_verifiable()
     assert_eq!(verify_ledger["ok"], true);
 }
 
+/// Four SIMs' page-signed batches of 250 at once, to one instance on Redis: hundreds of async store calls in
+/// flight while the synchronous `wasi:keyvalue` claims hold the instance. The host once stalled here until the
+/// Redis response timeout and answered 500 (the connection's send slots went to calls nobody polled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_page_batches_on_redis_are_all_charged() {
+    let s = std::sync::Arc::new(
+        PayStack::start_with(
+            Some((&esim402_tests::Runner::Host, crate::payments::Store::Redis)),
+            &[],
+        )
+        .await,
+    );
+    let mut sims = Vec::new();
+    for mb in 10..14 {
+        sims.push(activate(&s, mb).await);
+    }
+    let tasks: Vec<_> = sims
+        .iter()
+        .map(|iccid| {
+            let (s, iccid) = (s.clone(), iccid.clone());
+            tokio::spawn(async move {
+                let receipts = page(&iccid, &format!("burst-{iccid}"), 250, 1_000);
+                let (status, _, r) = s
+                    .post("/v1/usage", &json!({ "receipts": receipts }), &[])
+                    .await;
+                (iccid, status, r)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (iccid, status, r) = t.await.unwrap();
+        assert_eq!(status, 200, "{iccid}: {r}");
+        assert_eq!(r["totals"]["accepted"], 250, "{iccid}: {}", r["totals"]);
+        assert_eq!(balance(&s, &iccid).await["used_bytes"], 250_000, "{iccid}");
+    }
+    let (_, verify_ledger) = s.ledger().await;
+    assert_eq!(verify_ledger["ok"], true, "{verify_ledger}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_top_up_paid_by_transaction_hash_credits_once() {
     let s = PayStack::start(&[]).await;

@@ -8,7 +8,9 @@
 //! 48 types a concurrent host function (`func_wrap_concurrent`) as `async`, and linking it for
 //! `wasi:keyvalue/atomics.increment` fails with "instance export `increment` has the wrong type"; Spin 4.1
 //! offers no async atomic. The app calls it once per cell write (its claim); what that costs is measured in
-//! `BENCHMARKS.md` ("Key-value calls and the instance").
+//! `BENCHMARKS.md` ("Key-value calls and the instance"). Because the store is held, a backend must never need
+//! the instance's pending futures polled to serve a synchronous call: SQLite runs on blocking threads, memory
+//! answers at once, and Redis runs every command on a task of its own (`kv::redis_store`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -50,41 +50,66 @@ fn err(e: redis::RedisError) -> KvError {
     KvError(format!("redis: {e}"))
 }
 
+/// Run one command on its own tokio task and wait for it there.
+///
+/// A command must progress even while nobody polls the future that asked for it. The synchronous
+/// `wasi:keyvalue` calls hold the instance's store for their duration, so the instance's other pending
+/// `spin:key-value` calls are not polled meanwhile; the multiplexed connection hands its send-queue slots out
+/// first-come first-served (tokio's fair `mpsc`), so a slot granted to such an unpolled call is never used,
+/// and once all 50 are granted that way the synchronous call waits behind them until its response timeout
+/// (measured: four concurrent 100-receipt page-signed batches stalled 10 s and answered 500). On a task of its
+/// own every command reaches Redis whatever the store is doing.
+async fn spawned<T: Send + 'static>(
+    command: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
+) -> KvResult<T> {
+    match tokio::spawn(command).await {
+        Ok(r) => r.map_err(err),
+        Err(e) => Err(KvError(format!("redis: command task failed: {e}"))),
+    }
+}
+
 #[async_trait]
 impl Backend for RedisStore {
     async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>> {
-        self.conn.clone().get(key).await.map_err(err)
+        let (mut conn, key) = (self.conn.clone(), key.to_owned());
+        spawned(async move { conn.get(key).await }).await
     }
     async fn set(&self, key: &str, value: &[u8]) -> KvResult<()> {
-        self.conn.clone().set(key, value).await.map_err(err)
+        let (mut conn, key, value) = (self.conn.clone(), key.to_owned(), value.to_vec());
+        spawned(async move { conn.set(key, value).await }).await
     }
     async fn delete(&self, key: &str) -> KvResult<()> {
-        self.conn.clone().del(key).await.map_err(err)
+        let (mut conn, key) = (self.conn.clone(), key.to_owned());
+        spawned(async move { conn.del(key).await }).await
     }
     async fn exists(&self, key: &str) -> KvResult<bool> {
-        self.conn.clone().exists(key).await.map_err(err)
+        let (mut conn, key) = (self.conn.clone(), key.to_owned());
+        spawned(async move { conn.exists(key).await }).await
     }
     async fn keys(&self) -> KvResult<Vec<String>> {
         let mut conn = self.conn.clone();
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(err)?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
+        spawned(async move {
+            let mut keys = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
+                keys.extend(batch);
+                if next == 0 {
+                    return Ok(keys);
+                }
+                cursor = next;
             }
-            cursor = next;
-        }
+        })
+        .await
     }
     async fn increment(&self, key: &str, delta: i64) -> KvResult<i64> {
-        self.conn.clone().incr(key, delta).await.map_err(err)
+        let (mut conn, key) = (self.conn.clone(), key.to_owned());
+        spawned(async move { conn.incr(key, delta).await }).await
     }
     async fn compare_and_swap(
         &self,
@@ -92,28 +117,32 @@ impl Backend for RedisStore {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> KvResult<bool> {
-        let mut conn = self.conn.clone();
-        match expected {
+        let (mut conn, key, value) = (self.conn.clone(), key.to_owned(), value.to_vec());
+        match expected.map(<[u8]>::to_vec) {
             None => {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("NX")
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(err)?;
-                Ok(set.is_some())
+                spawned(async move {
+                    let set: Option<String> = redis::cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .arg("NX")
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok(set.is_some())
+                })
+                .await
             }
             Some(exp) => {
-                let n: i64 = self
-                    .cas
-                    .key(key)
-                    .arg(exp)
-                    .arg(value)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(err)?;
-                Ok(n == 1)
+                let cas = self.cas.clone();
+                spawned(async move {
+                    let n: i64 = cas
+                        .key(key)
+                        .arg(exp)
+                        .arg(value)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    Ok(n == 1)
+                })
+                .await
             }
         }
     }
