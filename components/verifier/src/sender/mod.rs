@@ -9,9 +9,11 @@
 //! transaction signed in the component and recorded on the caller's claim; then `eth_sendRawTransaction`.
 //!
 //! Before the broadcast every failure gives the nonce back and tells the caller, which releases its claim, so
-//! a retry can work. Once the transaction may have left (sent, or the send's outcome is unknown) nothing is
-//! released: the claim keeps its hash, the answer is `pending`, and a later call reconciles against that hash
-//! and never signs another transaction for it. The host may cancel a request at any store call:
+//! a retry can work; if later nonces of the key are already out, the nonce is filled with a no-op transaction
+//! instead ([`give_back`]), so their transactions do not wait behind a hole until some later send. Once the
+//! transaction may have left (sent, or the send's outcome is unknown) nothing is released: the claim keeps its
+//! hash, the answer is `pending`, and a later call reconciles against that hash and never signs another
+//! transaction for it. The host may cancel a request at any store call:
 //! - between the reservation and the record, the nonce is held but no transaction exists for it; the next
 //!   send of this key finds it orphaned and releases it (`NonceState::orphans`);
 //! - between the record and the node, the transaction is recorded but was never sent; the next send offers
@@ -26,7 +28,7 @@ use esim402_core::evm::rpc::{
     BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber, EthGetTransactionCount,
     EthMaxPriorityFeePerGas, EthSendRawTransaction,
 };
-use esim402_core::evm::{Eip1559Tx, SignedTx, SigningKey, sign_eip1559};
+use esim402_core::evm::{Eip1559Tx, GiveBack, SignedTx, SigningKey, sign_eip1559};
 use esim402_guest::{util, wit};
 
 use crate::chain::{Chain, unavailable};
@@ -40,6 +42,8 @@ const MAX_GAS_LIMIT: u64 = 500_000;
 /// Reference fallbacks when the node gives no fee data: fee cap 1 gwei, tip 0.1 gwei.
 const FALLBACK_MAX_FEE: u128 = 1_000_000_000;
 const FALLBACK_TIP: u128 = 100_000_000;
+/// Gas of the no-op transaction that fills a nonce given back below later ones (a plain transfer).
+const PLUG_GAS: u64 = 21_000;
 
 /// One contract call to send from one of our keys.
 pub struct Call {
@@ -182,11 +186,10 @@ pub async fn send(
     tx.nonce = nonces::reserve(chain, signer, counts, &call.owner)
         .await
         .map_err(Unsent::Fault)?;
-    let nonce = tx.nonce;
     let signed = match sign_eip1559(&tx, signer) {
         Ok(tx) => tx,
         Err(e) => {
-            nonces::release(chain, signer, nonce).await;
+            give_back(chain, signer, &tx).await;
             return Err(Unsent::Fault(wit::Error::Internal(format!("cannot sign: {e}"))).into());
         }
     };
@@ -194,7 +197,7 @@ pub async fn send(
     // Recorded before the broadcast: from here on a lost request leaves a hash to reconcile against, never a
     // transaction nobody knows about.
     if let Err(e) = record(&signed).await {
-        nonces::release(chain, signer, nonce).await;
+        give_back(chain, signer, &tx).await;
         return Err(Unsent::Fault(e).into());
     }
     match chain
@@ -206,7 +209,7 @@ pub async fn send(
         Err(CallError::Node { message, .. }) if already_known(&message) => {}
         Err(CallError::Node { code, message }) => {
             // The node refused it outright: nothing was broadcast, so everything can be given back.
-            nonces::release(chain, signer, nonce).await;
+            give_back(chain, signer, &tx).await;
             return Err(NotBroadcast {
                 why: Unsent::Fault(wit::Error::Unavailable(format!(
                     "the node refused the {} transaction ({code}: {message})",
@@ -224,4 +227,52 @@ pub async fn send(
         }
     }
     Ok(hash)
+}
+
+/// Hand back `tx`'s nonce after a failure before broadcast, never leaving a hole: if later nonces of this key
+/// are out (their transactions may wait in the node's pool behind this one, and nothing else would fill it
+/// until the next send), the key's no-op transaction (nothing, to itself, 21 000 gas, `tx`'s fees) takes the
+/// nonce instead. If the node refuses that too, the nonce is given back for the next send to reuse; if its
+/// fate is unknown, it stays held (a reservation whose owner's record names no transaction for it is released
+/// by a later send after `rebroadcast::ORPHAN_AFTER_SECS`).
+async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx) {
+    let nonce = tx.nonce;
+    if nonces::give_back(chain, signer, nonce).await != GiveBack::Plug {
+        return;
+    }
+    let plug = Eip1559Tx {
+        to: signer.address(),
+        value: U256::ZERO,
+        input: Default::default(),
+        gas_limit: PLUG_GAS,
+        ..tx.clone()
+    };
+    let signed = match sign_eip1559(&plug, signer) {
+        Ok(signed) => signed,
+        Err(e) => {
+            eprintln!("verifier: cannot sign a no-op at nonce {nonce} ({e}); nonce given back");
+            nonces::release(chain, signer, nonce).await;
+            return;
+        }
+    };
+    let hash = signed.hash;
+    match chain
+        .rpc
+        .call(&EthSendRawTransaction { raw: signed.raw })
+        .await
+    {
+        Ok(_) => eprintln!("verifier: nonce {nonce} filled with the no-op {hash}"),
+        Err(CallError::Node { message, .. }) if already_known(&message) => {}
+        Err(CallError::Node { code, message }) => {
+            eprintln!(
+                "verifier: no-op at nonce {nonce} refused ({code}: {message}); nonce given back"
+            );
+            nonces::release(chain, signer, nonce).await;
+        }
+        Err(CallError::Transport(m)) => {
+            eprintln!(
+                "verifier: no-op {hash} at nonce {nonce} ended without an answer ({m}); kept"
+            );
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The account nonces of our keys (`signer/<caip2>/<address>/nonce`, kernel `NonceState`), reserved and given
 //! back with versioned-cell updates, so two sends of one key never get one nonce.
 
-use esim402_core::evm::{NonceState, SigningKey};
+use esim402_core::evm::{GiveBack, NonceState, SigningKey};
 use esim402_core::store::keys;
 use esim402_guest::convert::kv_err;
 use esim402_guest::{kv, util, wit};
@@ -35,6 +35,28 @@ pub async fn reserve(
         .await
         .map_err(kv_err)?;
     Ok(nonce)
+}
+
+/// Hand back an account nonce whose transaction was certainly not broadcast (kernel `NonceState::give_back`):
+/// released if it is the newest; if later ones are out, it stays held and the answer is `Plug`. A store
+/// failure answers `NotHeld` (nothing to do; a reservation left behind is an orphan the next send releases).
+pub async fn give_back(chain: &Chain, signer: &SigningKey, nonce: u64) -> GiveBack {
+    let r = kv::update_json_with::<NonceState, GiveBack, wit::Error>(
+        &key(chain, signer.address()),
+        |s| {
+            let mut s = s.unwrap_or_default();
+            let g = s.give_back(nonce);
+            Ok((s, g))
+        },
+    )
+    .await;
+    match r {
+        Ok((_, g)) => g,
+        Err(e) => {
+            eprintln!("verifier: cannot give back account nonce {nonce}: {e}");
+            GiveBack::NotHeld
+        }
+    }
 }
 
 /// Give back an account nonce whose transaction was certainly not broadcast.

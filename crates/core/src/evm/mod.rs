@@ -20,7 +20,7 @@ pub mod receipt;
 pub mod rpc;
 pub mod tx;
 
-pub use nonce::NonceState;
+pub use nonce::{GiveBack, NonceState};
 pub use receipt::{
     ProofError, ProofRequirements, TRANSFER_TOPIC, TransactionReceipt, Transfer,
     check_tx_hash_proof, find_erc20_transfers,

@@ -7,7 +7,9 @@
 //! - A reserved nonce is never handed out again while it is held, and never below what the chain has used.
 //! - [`release_on_failure`](NonceState::release_on_failure) returns a nonce whose transaction was certainly
 //!   **not** broadcast (signing failed, or the node rejected it outright: "nonce too low", "insufficient funds").
-//!   The next reservation reuses it first, so no gap stalls later transactions.
+//!   The next reservation reuses it first. But if later nonces are already out, their transactions wait
+//!   behind it until that next reservation comes, so [`give_back`](NonceState::give_back) keeps such a nonce
+//!   held and the sender fills it with a no-op transaction (releasing it only if that is refused too).
 //! - A nonce whose transaction was, or may have been, broadcast (sent, timed out, connection dropped) is never
 //!   released: reusing it would replace or race the first transaction. It leaves the state once the chain's
 //!   count passes it.
@@ -35,6 +37,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+/// The answer of [`NonceState::give_back`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveBack {
+    /// Given back: it was the newest nonce handed out.
+    Released,
+    /// Still held: later nonces are out, so it must be filled (with a no-op transaction) rather than left empty.
+    Plug,
+    /// Not held (already given back, or passed by the chain).
+    NotHeld,
+}
 
 /// The nonce state of one signer on one chain.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +142,24 @@ impl NonceState {
             .take(limit)
             .map(|(n, owner)| (*n, owner.clone()))
             .collect()
+    }
+
+    /// What to do with `nonce`, held and certainly not broadcast, that its send no longer needs: give it back if
+    /// it is the newest handed out ([`GiveBack::Released`], `next` steps back; changed here), else keep it held
+    /// ([`GiveBack::Plug`], nothing changed): later nonces of this key are out, their transactions may already
+    /// wait in the node's pool behind this one, and a hole would stall them until some later send happens to
+    /// reuse it. The caller then sends a no-op transaction at it, and gives it back with
+    /// [`release_on_failure`](Self::release_on_failure) only if that fails too. [`GiveBack::NotHeld`] if the
+    /// nonce is not held (nothing changed).
+    pub fn give_back(&mut self, nonce: u64) -> GiveBack {
+        if !self.pending.contains(&nonce) {
+            GiveBack::NotHeld
+        } else if nonce.saturating_add(1) == self.next {
+            self.release_on_failure(nonce);
+            GiveBack::Released
+        } else {
+            GiveBack::Plug
+        }
     }
 
     /// Give back `nonce` because its transaction was certainly not broadcast (its owner is forgotten).
@@ -340,5 +371,27 @@ mod tests {
             r#"{"next":5,"pending":[4],"released":[],"owners":{"4":"settlement/x"},"reserved_at":{"4":0}}"#
         );
         assert_eq!(serde_json::from_str::<NonceState>(&json).unwrap(), owned);
+    }
+
+    #[test]
+    fn giving_back_the_newest_nonce_steps_back_and_an_older_one_asks_for_a_plug() {
+        let mut s = NonceState::default();
+        let (a, b) = (
+            s.reserve_for(5, "settlement/a", 100),
+            s.reserve_for(5, "settlement/b", 100),
+        );
+        assert_eq!((a, b), (5, 6));
+        // 5's send failed while 6 is out: giving 5 back would leave a hole 6 waits behind.
+        let before = s.clone();
+        assert_eq!(s.give_back(a), GiveBack::Plug);
+        assert_eq!(s, before, "a plug keeps the nonce held, with its owner");
+        // The plug failed too: now it is given back, and the next reservation fills it.
+        assert!(s.release_on_failure(a));
+        assert_eq!(s.reserve(5), 5);
+        // The newest nonce goes straight back.
+        assert_eq!(s.give_back(b), GiveBack::Released);
+        assert_eq!((s.next, s.pending.contains(&b)), (6, false));
+        assert_eq!(s.give_back(b), GiveBack::NotHeld);
+        assert_eq!(s.give_back(99), GiveBack::NotHeld);
     }
 }

@@ -134,6 +134,8 @@ pub(crate) struct ChainState {
     token_name: &'static str,
     pub(crate) mining: Mining,
     pub(crate) refuse_send: bool,
+    /// Refuse (as `refuse_send`) only transactions calling the token: our no-op to ourselves still goes out.
+    pub(crate) refuse_token_calls: bool,
     /// Take the raw transaction but lose the answer (HTTP 502): the sender cannot know it went out.
     pub(crate) lose_send_answer: bool,
     /// Lose the raw transaction on its way (HTTP 502, nothing kept): what a send cancelled after its
@@ -166,6 +168,7 @@ impl Default for ChainState {
             token_name: "USD Coin",
             mining: Mining::Succeed,
             refuse_send: false,
+            refuse_token_calls: false,
             lose_send_answer: false,
             drop_send: false,
             mined_count: None,
@@ -311,6 +314,15 @@ impl Node {
                 }
             }
             "eth_sendRawTransaction" if c.refuse_send => Err((-32000, "nonce too low")),
+            "eth_sendRawTransaction"
+                if c.refuse_token_calls
+                    && decode_tx(&hex::decode(params[0].as_str().unwrap()).unwrap())
+                        .tx()
+                        .to
+                        == TxKind::Call(USDC.parse().unwrap()) =>
+            {
+                Err((-32000, "insufficient funds for gas * price + value"))
+            }
             "eth_sendRawTransaction" if c.drop_send => return Scripted::status(502),
             "eth_sendRawTransaction" => {
                 let raw = hex::decode(params[0].as_str().unwrap()).unwrap();
@@ -1253,6 +1265,57 @@ async fn a_refused_broadcast_releases_every_claim_so_a_retry_works() {
         TX_COUNT,
         "the released nonce is reused"
     );
+}
+
+/// A send refused below a nonce that another send already has out would leave a hole that transaction waits
+/// behind until some later send reuses it: the nonce is filled with a no-op instead (nothing, to ourselves);
+/// if the node refuses that too, the nonce is given back.
+#[tokio::test]
+async fn a_nonce_given_back_below_one_still_out_is_filled_with_a_no_op() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let nonce_state = format!("signer/eip155:31337/{:#x}/nonce", facilitator());
+    // Another settlement holds TX_COUNT + 1 (reserved just now); TX_COUNT was given back earlier, so this
+    // settlement reserves it.
+    let other = TX_COUNT + 1;
+    let seeded = json!({
+        "next": TX_COUNT + 2,
+        "pending": [other],
+        "released": [TX_COUNT],
+        "owners": {other.to_string(): "x402/other"},
+        "reserved_at": {other.to_string(): now()},
+    });
+    node.set(|c| c.refuse_token_calls = true);
+    for (noop_refused, inv) in [(false, invoice(15, None)), (true, invoice(16, None))] {
+        kit.kv_put(&nonce_state, seeded.to_string().as_bytes())
+            .await;
+        node.set(|c| c.refuse_send = noop_refused);
+        let p = pay(&inv);
+        let got = settle(&mut kit, &inv, p.v2()).await;
+        assert!(
+            matches!(&got, Err(E::Unavailable(m)) if m.contains("refused")),
+            "{got:?}"
+        );
+        let state = kv_json(&kit, &nonce_state).await.unwrap();
+        if noop_refused {
+            assert_eq!(node.sent().len(), 1, "nothing more went out");
+            assert_eq!(state["pending"], json!([other]), "{state}");
+            assert_eq!(state["released"], json!([TX_COUNT]), "given back: {state}");
+        } else {
+            let sent = node.sent();
+            assert_eq!(sent.len(), 1);
+            let noop = decode_tx(&sent[0]);
+            let tx = noop.tx();
+            assert_eq!(
+                (tx.nonce, tx.to, tx.value, tx.input.len(), tx.gas_limit),
+                (TX_COUNT, TxKind::Call(facilitator()), U256::ZERO, 0, 21_000)
+            );
+            assert_eq!(state["pending"], json!([TX_COUNT, other]), "{state}");
+            assert_eq!(state["released"], json!([]), "no hole: {state}");
+        }
+        // The settlement itself released every claim either way.
+        assert!(kit.kv_get(&p.nonce_key()).await.is_none());
+    }
 }
 
 #[tokio::test]
