@@ -189,7 +189,7 @@ pub async fn send(
     let signed = match sign_eip1559(&tx, signer) {
         Ok(tx) => tx,
         Err(e) => {
-            give_back(chain, signer, &tx).await;
+            give_back(chain, signer, &tx, &call.owner).await;
             return Err(Unsent::Fault(wit::Error::Internal(format!("cannot sign: {e}"))).into());
         }
     };
@@ -197,7 +197,7 @@ pub async fn send(
     // Recorded before the broadcast: from here on a lost request leaves a hash to reconcile against, never a
     // transaction nobody knows about.
     if let Err(e) = record(&signed).await {
-        give_back(chain, signer, &tx).await;
+        give_back(chain, signer, &tx, &call.owner).await;
         return Err(Unsent::Fault(e).into());
     }
     match chain
@@ -209,7 +209,7 @@ pub async fn send(
         Err(CallError::Node { message, .. }) if already_known(&message) => {}
         Err(CallError::Node { code, message }) => {
             // The node refused it outright: nothing was broadcast, so everything can be given back.
-            give_back(chain, signer, &tx).await;
+            give_back(chain, signer, &tx, &call.owner).await;
             return Err(NotBroadcast {
                 why: Unsent::Fault(wit::Error::Unavailable(format!(
                     "the node refused the {} transaction ({code}: {message})",
@@ -229,15 +229,15 @@ pub async fn send(
     Ok(hash)
 }
 
-/// Hand back `tx`'s nonce after a failure before broadcast, never leaving a hole: if later nonces of this key
+/// Hand back `tx`'s nonce (reserved for the record `owner`) after a failure before broadcast, never leaving a hole: if later nonces of this key
 /// are out (their transactions may wait in the node's pool behind this one, and nothing else would fill it
 /// until the next send), the key's no-op transaction (nothing, to itself, 21 000 gas, `tx`'s fees) takes the
 /// nonce instead. If the node refuses that too, the nonce is given back for the next send to reuse; if its
 /// fate is unknown, it stays held (a reservation whose owner's record names no transaction for it is released
 /// by a later send after `rebroadcast::ORPHAN_AFTER_SECS`).
-async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx) {
+async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &str) {
     let nonce = tx.nonce;
-    if nonces::give_back(chain, signer, nonce).await != GiveBack::Plug {
+    if nonces::give_back(chain, signer, nonce, owner).await != GiveBack::Plug {
         return;
     }
     let plug = Eip1559Tx {

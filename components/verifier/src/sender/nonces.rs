@@ -38,14 +38,15 @@ pub async fn reserve(
 }
 
 /// Hand back an account nonce whose transaction was certainly not broadcast (kernel `NonceState::give_back`):
-/// released if it is the newest; if later ones are out, it stays held and the answer is `Plug`. A store
+/// released if it is the newest; if later ones are out, it stays held and the answer is `Plug`; if it is no
+/// longer `owner`'s (the record that reserved it), nothing changes (`NotHeld`). A store
 /// failure answers `NotHeld` (nothing to do; a reservation left behind is an orphan the next send releases).
-pub async fn give_back(chain: &Chain, signer: &SigningKey, nonce: u64) -> GiveBack {
+pub async fn give_back(chain: &Chain, signer: &SigningKey, nonce: u64, owner: &str) -> GiveBack {
     let r = kv::update_json_with::<NonceState, GiveBack, wit::Error>(
         &key(chain, signer.address()),
         |s| {
             let mut s = s.unwrap_or_default();
-            let g = s.give_back(nonce);
+            let g = s.give_back(nonce, owner);
             Ok((s, g))
         },
     )

@@ -149,10 +149,12 @@ impl NonceState {
     /// ([`GiveBack::Plug`], nothing changed): later nonces of this key are out, their transactions may already
     /// wait in the node's pool behind this one, and a hole would stall them until some later send happens to
     /// reuse it. The caller then sends a no-op transaction at it, and gives it back with
-    /// [`release_on_failure`](Self::release_on_failure) only if that fails too. [`GiveBack::NotHeld`] if the
-    /// nonce is not held (nothing changed).
-    pub fn give_back(&mut self, nonce: u64) -> GiveBack {
-        if !self.pending.contains(&nonce) {
+    /// [`release_on_failure`](Self::release_on_failure) only if that fails too. [`GiveBack::NotHeld`] (nothing
+    /// changed) if the nonce is not held, or is held for another record than `owner` (released as an orphan
+    /// meanwhile and handed to another send, whose transaction it now is).
+    pub fn give_back(&mut self, nonce: u64, owner: &str) -> GiveBack {
+        let others = self.owners.get(&nonce).is_some_and(|o| o != owner);
+        if others || !self.pending.contains(&nonce) {
             GiveBack::NotHeld
         } else if nonce.saturating_add(1) == self.next {
             self.release_on_failure(nonce);
@@ -383,15 +385,21 @@ mod tests {
         assert_eq!((a, b), (5, 6));
         // 5's send failed while 6 is out: giving 5 back would leave a hole 6 waits behind.
         let before = s.clone();
-        assert_eq!(s.give_back(a), GiveBack::Plug);
+        assert_eq!(
+            s.give_back(a, "settlement/b"),
+            GiveBack::NotHeld,
+            "not b's nonce"
+        );
+        assert_eq!(s, before);
+        assert_eq!(s.give_back(a, "settlement/a"), GiveBack::Plug);
         assert_eq!(s, before, "a plug keeps the nonce held, with its owner");
         // The plug failed too: now it is given back, and the next reservation fills it.
         assert!(s.release_on_failure(a));
         assert_eq!(s.reserve(5), 5);
         // The newest nonce goes straight back.
-        assert_eq!(s.give_back(b), GiveBack::Released);
+        assert_eq!(s.give_back(b, "settlement/b"), GiveBack::Released);
         assert_eq!((s.next, s.pending.contains(&b)), (6, false));
-        assert_eq!(s.give_back(b), GiveBack::NotHeld);
-        assert_eq!(s.give_back(99), GiveBack::NotHeld);
+        assert_eq!(s.give_back(b, "settlement/b"), GiveBack::NotHeld);
+        assert_eq!(s.give_back(99, "settlement/b"), GiveBack::NotHeld);
     }
 }
