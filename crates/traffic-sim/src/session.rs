@@ -9,7 +9,7 @@ use esim402_core::CarrierId;
 use esim402_core::esim::catalog::Catalog;
 use esim402_core::esim::iccid::Iccid;
 use esim402_core::esim::plmn::Plmn;
-use esim402_core::usage::page::sign_page;
+use esim402_core::usage::receipt::sign_page;
 use esim402_core::usage::receipt::{Receipt, dev_signing_key};
 use serde::Serialize;
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 //! and `n·log2(n)` proof steps, so ingest verifies a page ~`n`× cheaper while an agent or a contract still
 //! checks any single receipt it is charged for.
 //!
-//! The scheme (same EIP-712 domain as single receipts, [`super::receipt::domain`]):
+//! The scheme (same EIP-712 domain as single receipts, `receipt::domain`):
 //!
 //! ```text
 //! leaf  = hashStruct(UsageReceipt{…})                 (EIP-712 struct hash of the receipt's fields)
@@ -16,14 +16,13 @@
 //! A paged receipt carries `page: {count, proof}` beside its `signature` (the page's). Leaves are 32-byte
 //! struct hashes (themselves keccak of ≥ 10 words behind a type hash) and nodes keccak of 64 bytes, so a node
 //! cannot be passed off as a receipt without a keccak preimage.
+//!
+//! This module knows hashes only; the receipt's side (its leaf, signing a page of receipts) is in
+//! `usage::receipt`, which builds on it.
 
 use alloy_primitives::{B256, keccak256};
-use alloy_sol_types::SolStruct;
-use k256::ecdsa::SigningKey;
+use alloy_sol_types::{Eip712Domain, SolStruct};
 use serde::{Deserialize, Serialize};
-
-use super::receipt::{Receipt, domain};
-use crate::x402::exact::{SignatureError, sign_prehash};
 
 /// At most this many receipts under one page signature (2^20: a proof is at most 20 hashes).
 pub const MAX_PAGE: u32 = 1 << 20;
@@ -76,11 +75,6 @@ fn depth(count: u32) -> usize {
     (u32::BITS - count.saturating_sub(1).leading_zeros()) as usize
 }
 
-/// The leaf of a receipt: the EIP-712 struct hash of its fields (signature and proof excluded).
-pub fn leaf(r: &Receipt) -> B256 {
-    r.sol().eip712_hash_struct()
-}
-
 /// An inner node: keccak of the two children, smaller first.
 pub fn node(a: B256, b: B256) -> B256 {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -95,9 +89,9 @@ pub fn root_from_proof(leaf: B256, proof: &[B256]) -> B256 {
     proof.iter().fold(leaf, |acc, sibling| node(acc, *sibling))
 }
 
-/// The EIP-712 digest a carrier signs for a page.
-pub fn signing_hash(root: B256, count: u32) -> B256 {
-    abi::UsagePage { root, count }.eip712_signing_hash(&domain())
+/// The EIP-712 digest a carrier signs for a page, under the receipts' `domain`.
+pub fn signing_hash(root: B256, count: u32, domain: &Eip712Domain) -> B256 {
+    abi::UsagePage { root, count }.eip712_signing_hash(domain)
 }
 
 /// The root of `leaves` and each leaf's proof (in order). Empty input has no root.
@@ -127,29 +121,6 @@ pub fn tree(leaves: &[B256]) -> Option<(B256, Vec<Vec<B256>>)> {
             .collect();
     }
     Some((level[0], proofs))
-}
-
-/// Sign `receipts` as one page with `key`: each comes back with the page signature and its own proof.
-/// Carrier adapters, the traffic simulator and benchmarks use it.
-pub fn sign_page(receipts: Vec<Receipt>, key: &SigningKey) -> Result<Vec<Receipt>, SignatureError> {
-    let leaves: Vec<B256> = receipts.iter().map(leaf).collect();
-    let Some((root, proofs)) = tree(&leaves) else {
-        return Ok(receipts);
-    };
-    let count = u32::try_from(receipts.len())
-        .ok()
-        .filter(|c| *c <= MAX_PAGE)
-        .ok_or(SignatureError::Malformed)?;
-    let signature = sign_prehash(key, signing_hash(root, count))?.to_vec();
-    Ok(receipts
-        .into_iter()
-        .zip(proofs)
-        .map(|(mut r, proof)| {
-            r.signature = signature.clone();
-            r.page = Some(PageProof { count, proof });
-            r
-        })
-        .collect())
 }
 
 #[cfg(test)]

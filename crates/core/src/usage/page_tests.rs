@@ -1,4 +1,5 @@
 use alloy_primitives::{Address, B256, keccak256};
+use k256::ecdsa::SigningKey;
 use proptest::prelude::*;
 
 use super::*;
@@ -6,7 +7,8 @@ use crate::esim::iccid::Iccid;
 use crate::esim::plmn::{Plmn, RoamingPolicy};
 use crate::ids::CarrierId;
 use crate::usage::receipt::{
-    ReceiptError, Recoveries, SimTerms, WireReceipt, dev_signing_key, verify, verify_cached,
+    Receipt, ReceiptError, Recoveries, SimTerms, WireReceipt, dev_signing_key, domain, sign_page,
+    verify, verify_cached,
 };
 use crate::x402::exact::address_of;
 
@@ -114,7 +116,7 @@ fn vector_three_receipt_page() {
     let mut msg = vec![0x19, 0x01];
     msg.extend_from_slice(domain().hash_struct().as_slice());
     msg.extend_from_slice(keccak256(&enc).as_slice());
-    assert_eq!(signing_hash(root, 3), keccak256(&msg));
+    assert_eq!(signing_hash(root, 3, &domain()), keccak256(&msg));
 }
 
 #[test]

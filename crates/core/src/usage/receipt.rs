@@ -21,11 +21,11 @@ use alloy_sol_types::{Eip712Domain, SolStruct, eip712_domain};
 use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use super::page::{self, PageProof};
+use super::page::{self, MAX_PAGE, PageProof};
 use crate::esim::iccid::Iccid;
 use crate::esim::plmn::{Plmn, RoamingPolicy};
 use crate::ids::CarrierId;
-use crate::x402::exact::{SignatureError, recover_signer};
+use crate::x402::exact::{SignatureError, recover_signer, sign_prehash};
 
 /// EIP-712 domain name of usage receipts.
 pub const DOMAIN_NAME: &str = "esim402 usage receipt";
@@ -287,6 +287,12 @@ impl Receipt {
         }
     }
 
+    /// The receipt's leaf in a page ([`super::page`]): the EIP-712 struct hash of its fields (signature and
+    /// proof excluded).
+    pub fn leaf(&self) -> B256 {
+        self.sol().eip712_hash_struct()
+    }
+
     /// The EIP-712 digest of this receipt's own fields: its identity (a single receipt's carrier signs it).
     pub fn id_hash(&self) -> B256 {
         self.sol().eip712_signing_hash(&domain())
@@ -298,7 +304,8 @@ impl Receipt {
         match &self.page {
             None => self.id_hash(),
             Some(p) => {
-                page::signing_hash(page::root_from_proof(page::leaf(self), &p.proof), p.count)
+                let root = page::root_from_proof(self.leaf(), &p.proof);
+                page::signing_hash(root, p.count, &domain())
             }
         }
     }
@@ -334,7 +341,7 @@ impl Receipt {
     /// `signature`.
     pub fn sign(mut self, key: &SigningKey) -> Result<Self, SignatureError> {
         self.page = None;
-        self.signature = crate::x402::exact::sign_prehash(key, self.signing_hash())?.to_vec();
+        self.signature = sign_prehash(key, self.signing_hash())?.to_vec();
         Ok(self)
     }
 
@@ -367,6 +374,29 @@ pub fn verify(
     now: u64,
 ) -> Result<(), ReceiptError> {
     verify_cached(receipt, signer_of, sim, now, &mut Recoveries::default())
+}
+
+/// Sign `receipts` as one page ([`super::page`]) with `key`: each comes back with the page signature and its own proof.
+/// Carrier adapters, the traffic simulator and benchmarks use it.
+pub fn sign_page(receipts: Vec<Receipt>, key: &SigningKey) -> Result<Vec<Receipt>, SignatureError> {
+    let leaves: Vec<B256> = receipts.iter().map(Receipt::leaf).collect();
+    let Some((root, proofs)) = page::tree(&leaves) else {
+        return Ok(receipts);
+    };
+    let count = u32::try_from(receipts.len())
+        .ok()
+        .filter(|c| *c <= MAX_PAGE)
+        .ok_or(SignatureError::Malformed)?;
+    let signature = sign_prehash(key, page::signing_hash(root, count, &domain()))?.to_vec();
+    Ok(receipts
+        .into_iter()
+        .zip(proofs)
+        .map(|(mut r, proof)| {
+            r.signature = signature.clone();
+            r.page = Some(PageProof { count, proof });
+            r
+        })
+        .collect())
 }
 
 /// Signature recoveries already done, by (digest, signature): the receipts of one page share both, so a batch
