@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use esim402_core::join::join_all;
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
 use esim402_core::usage::account::Account;
@@ -21,7 +22,6 @@ use esim402_core::usage::receipt::{
     MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, SimTerms, verify_cached,
 };
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
-use esim402_guest::join::join_all;
 use esim402_guest::kv;
 use esim402_guest::wit;
 use spin_sdk::key_value::Store;
@@ -128,13 +128,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     for (iccid, batch) in &mut sims {
         writes.extend(place_log(iccid, std::mem::take(&mut batch.entries))?);
     }
-    let written = join_all(
-        writes
-            .into_iter()
-            .map(|(key, json)| store.set(key, json))
-            .collect(),
-    )
-    .await;
+    let written = join_all(writes.into_iter().map(|(key, json)| store.set(key, json))).await;
     for w in written {
         w.map_err(internal)?;
     }

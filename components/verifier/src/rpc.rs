@@ -137,4 +137,4 @@ async fn race<T>(
     .await
 }
 
-pub use esim402_guest::join::{join_all, join2};
+pub use esim402_core::join::{join_all, join2};

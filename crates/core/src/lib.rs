@@ -14,6 +14,7 @@ pub mod esim;
 pub mod evm;
 pub mod ids;
 pub mod invoice;
+pub mod join;
 pub mod ledger;
 pub mod money;
 pub mod order;

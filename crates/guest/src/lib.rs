@@ -8,7 +8,6 @@
 
 pub mod config;
 pub mod convert;
-pub mod join;
 pub mod kv;
 pub mod ledger;
 pub mod util;

@@ -184,8 +184,7 @@ pub async fn run(now: u64, limit: u32) -> Result<wit::RefundRun, wit::Error> {
     let steps = join_all(
         batch
             .iter()
-            .map(|id| pay::pay_one(&cfg, treasury, id, now, deadline))
-            .collect(),
+            .map(|id| pay::pay_one(&cfg, treasury, id, now, deadline)),
     )
     .await;
     let results: Vec<(String, Step)> = batch.into_iter().zip(steps).collect();
