@@ -29,9 +29,9 @@ impl RedisStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let client =
             redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis url: {e}"))?;
-        // The client's default response timeout (500 ms) fails a write whenever the host's cores are busy for
-        // half a second (measured: a saturated 2-core ingest run got `redis: timed out` as a 500); a store
-        // call is a money step, so it waits longer before giving up.
+        // The client's default response timeout (500 ms) would fail a store call, a money step, whenever the
+        // host or the server pauses for half a second; it waits up to 10 s before giving up. (The `redis: timed
+        // out` 500s first blamed on that default were the send-slot stall that `spawned` below removes.)
         let config =
             redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
         let mut conn = client
