@@ -60,8 +60,12 @@ fn check(r: &Receipt) -> Result<(), ReceiptError> {
 #[test]
 fn page_type_is_the_documented_one() {
     assert_eq!(
-        abi::UsagePage::eip712_encode_type(),
+        crate::usage::hashes::PAGE_TYPE,
         "UsagePage(bytes32 root,uint32 count)"
+    );
+    assert_eq!(
+        crate::usage::hashes::page_type_hash(),
+        keccak256("UsagePage(bytes32 root,uint32 count)")
     );
 }
 
@@ -116,7 +120,14 @@ fn vector_three_receipt_page() {
     let mut msg = vec![0x19, 0x01];
     msg.extend_from_slice(domain().hash_struct().as_slice());
     msg.extend_from_slice(keccak256(&enc).as_slice());
-    assert_eq!(signing_hash(root, 3, &domain()), keccak256(&msg));
+    assert_eq!(signing_hash(root, 3), keccak256(&msg));
+    // And alloy's EIP-712 encoding of the same type agrees.
+    alloy_sol_types::sol! { struct UsagePage { bytes32 root; uint32 count; } }
+    use alloy_sol_types::SolStruct;
+    assert_eq!(
+        signing_hash(root, 3),
+        UsagePage { root, count: 3 }.eip712_signing_hash(&domain())
+    );
 }
 
 #[test]

@@ -16,21 +16,18 @@
 
 use std::collections::HashMap;
 
-use alloy_primitives::{Address, B256};
-use alloy_sol_types::{Eip712Domain, SolStruct, eip712_domain};
+use alloy_primitives::{Address, B256, keccak256};
 use k256::ecdsa::SigningKey;
 use serde::{Deserialize, Serialize};
 
+use super::hashes::{self, LeafFields, Memo};
+pub use super::hashes::{DOMAIN_NAME, DOMAIN_VERSION, domain};
 use super::page::{self, MAX_PAGE, PageProof};
 use crate::esim::iccid::Iccid;
 use crate::esim::plmn::{Plmn, RoamingPolicy};
 use crate::ids::CarrierId;
 use crate::x402::exact::{SignatureError, recover_signer, sign_prehash};
 
-/// EIP-712 domain name of usage receipts.
-pub const DOMAIN_NAME: &str = "esim402 usage receipt";
-/// EIP-712 domain version of usage receipts.
-pub const DOMAIN_VERSION: &str = "1";
 /// The longest `session_id` accepted (a charging id or a UUID fits easily).
 pub const MAX_SESSION_ID: usize = 64;
 /// A receipt window may end at most this far (seconds) after the facilitator's clock (carrier clock skew).
@@ -40,6 +37,8 @@ pub const MAX_WINDOW_SECS: u64 = 86_400;
 /// At most this many bytes in one receipt (1 TB): a larger count is a corrupt or hostile record.
 pub const MAX_RECEIPT_BYTES: u64 = 1_000_000_000_000;
 
+/// The type as `alloy_sol_types` declares it: the tests hold [`hashes`] to its EIP-712 encoding.
+#[cfg(test)]
 pub(super) mod abi {
     #![allow(
         missing_docs,
@@ -58,11 +57,6 @@ pub(super) mod abi {
             uint64 bytesDown;
         }
     }
-}
-
-/// The EIP-712 domain receipts are signed under.
-pub fn domain() -> Eip712Domain {
-    eip712_domain! { name: DOMAIN_NAME, version: DOMAIN_VERSION, }
 }
 
 /// A receipt as it travels (JSON: the field names below, numbers as JSON integers, `signature` 0x-hex r‖s‖v).
@@ -273,6 +267,7 @@ impl WireReceipt {
 }
 
 impl Receipt {
+    #[cfg(test)]
     pub(super) fn sol(&self) -> abi::UsageReceipt {
         abi::UsageReceipt {
             carrier: self.carrier.as_str().to_owned(),
@@ -290,12 +285,30 @@ impl Receipt {
     /// The receipt's leaf in a page ([`super::page`]): the EIP-712 struct hash of its fields (signature and
     /// proof excluded).
     pub fn leaf(&self) -> B256 {
-        self.sol().eip712_hash_struct()
+        hashes::leaf(&self.fields(), |s| keccak256(s))
+    }
+
+    fn fields(&self) -> LeafFields<'_> {
+        LeafFields {
+            strings: [
+                self.carrier.as_str(),
+                self.iccid.as_str(),
+                self.plmn.as_str(),
+                &self.session_id,
+            ],
+            words: [
+                self.seq,
+                self.window_start,
+                self.window_end,
+                self.bytes_up,
+                self.bytes_down,
+            ],
+        }
     }
 
     /// The EIP-712 digest of this receipt's own fields: its identity (a single receipt's carrier signs it).
     pub fn id_hash(&self) -> B256 {
-        self.sol().eip712_signing_hash(&domain())
+        hashes::digest(self.leaf())
     }
 
     /// The digest the signature is over: [`Self::id_hash`] for a single receipt, the page's
@@ -305,7 +318,19 @@ impl Receipt {
             None => self.id_hash(),
             Some(p) => {
                 let root = page::root_from_proof(self.leaf(), &p.proof);
-                page::signing_hash(root, p.count, &domain())
+                page::signing_hash(root, p.count)
+            }
+        }
+    }
+
+    /// [`Self::signing_hash`], sharing `memo`'s hashes (one batch's strings, page nodes and page digests).
+    pub(super) fn signing_hash_memo(&self, memo: &mut Memo) -> B256 {
+        let leaf = hashes::leaf(&self.fields(), |s| memo.string(s));
+        match &self.page {
+            None => hashes::digest(leaf),
+            Some(p) => {
+                let root = memo.root(leaf, &p.proof);
+                memo.page_digest(root, p.count)
             }
         }
     }
@@ -387,7 +412,7 @@ pub fn sign_page(receipts: Vec<Receipt>, key: &SigningKey) -> Result<Vec<Receipt
         .ok()
         .filter(|c| *c <= MAX_PAGE)
         .ok_or(SignatureError::Malformed)?;
-    let signature = sign_prehash(key, page::signing_hash(root, count, &domain()))?.to_vec();
+    let signature = sign_prehash(key, page::signing_hash(root, count))?.to_vec();
     Ok(receipts
         .into_iter()
         .zip(proofs)
@@ -399,29 +424,33 @@ pub fn sign_page(receipts: Vec<Receipt>, key: &SigningKey) -> Result<Vec<Receipt
         .collect())
 }
 
-/// Signature recoveries already done, by (digest, signature): the receipts of one page share both, so a batch
-/// recovers each page's signature once. Outcomes are the same with or without it.
+/// One batch's shared work: signature recoveries already done, by (digest, signature) — the receipts of one
+/// page share both, so a batch recovers each page's signature once — and the hashes its receipts have in
+/// common ([`Memo`]). Outcomes are the same with or without it.
 #[derive(Debug, Default)]
-pub struct Recoveries(HashMap<(B256, Vec<u8>), Result<Address, String>>);
+pub struct Recoveries {
+    recovered: HashMap<(B256, Vec<u8>), Result<Address, String>>,
+    memo: Memo,
+}
 
 impl Recoveries {
     /// How many distinct (digest, signature) pairs were recovered.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.recovered.len()
     }
 
     /// Whether nothing page-signed was recovered yet.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.recovered.is_empty()
     }
 
     fn signer(&mut self, r: &Receipt) -> Result<Address, String> {
-        let digest = r.signing_hash();
+        let digest = r.signing_hash_memo(&mut self.memo);
         if r.page.is_none() {
             // A single receipt's digest is its own: nothing to share.
             return recover_signer(digest, &r.signature).map_err(|e| e.to_string());
         }
-        self.0
+        self.recovered
             .entry((digest, r.signature.clone()))
             .or_insert_with(|| recover_signer(digest, &r.signature).map_err(|e| e.to_string()))
             .clone()

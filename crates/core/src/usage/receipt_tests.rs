@@ -64,6 +64,7 @@ fn type_hash_is_the_documented_one() {
         "UsageReceipt(string carrier,string iccid,string plmn,string sessionId,uint64 seq,uint64 windowStart,uint64 windowEnd,uint64 bytesUp,uint64 bytesDown)",
     );
     assert_eq!(unsigned().sol().eip712_type_hash(), expected);
+    assert_eq!(crate::usage::hashes::receipt_type_hash(), expected);
 }
 
 /// Test vector (`usage_receipt_vector.json` beside this file): the receipt, its EIP-712 digest and the dev
@@ -254,6 +255,27 @@ proptest! {
         let parsed = back.parse().unwrap();
         prop_assert_eq!(&parsed, &r);
         prop_assert_eq!(check(&parsed, "tmobile", &RoamingPolicy::default()), Ok(()));
+    }
+
+    /// The spelled-out hashes (`usage::hashes`, plain and memoised) are alloy's EIP-712 encoding of the type.
+    #[test]
+    fn hashes_match_the_sol_encoding(
+        seq in 1u64..u64::MAX,
+        start in 0u64..u64::MAX,
+        up in 0u64..u64::MAX,
+        down in 0u64..u64::MAX,
+        session in "[A-Za-z0-9_.:-]{1,64}",
+    ) {
+        use alloy_sol_types::SolStruct;
+        let mut r = unsigned();
+        (r.seq, r.window_start, r.window_end, r.bytes_up, r.bytes_down, r.session_id) =
+            (seq, start, start / 2, up, down, session);
+        prop_assert_eq!(r.leaf(), r.sol().eip712_hash_struct());
+        prop_assert_eq!(r.id_hash(), r.sol().eip712_signing_hash(&domain()));
+        let mut memo = crate::usage::hashes::Memo::default();
+        for _ in 0..2 {
+            prop_assert_eq!(r.signing_hash_memo(&mut memo), r.signing_hash());
+        }
     }
 
     /// Any change of any signed number is detected.
