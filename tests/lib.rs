@@ -223,6 +223,17 @@ impl AppProcess {
         runtime_config: &str,
         env: &[(String, String)],
     ) -> anyhow::Result<Self> {
+        Self::start_with_args(runner, port, runtime_config, env, &[]).await
+    }
+
+    /// [`Self::start`] with more arguments for `up` (flags both runners take).
+    pub async fn start_with_args(
+        runner: &Runner,
+        port: u16,
+        runtime_config: &str,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let rc = dir.path().join("runtime-config.toml");
         std::fs::write(&rc, runtime_config)?;
@@ -246,7 +257,8 @@ impl AppProcess {
                 c
             }
         };
-        cmd.arg("--listen")
+        cmd.args(args)
+            .arg("--listen")
             .arg(&listen)
             .arg("--runtime-config-file")
             .arg(&rc)

@@ -121,6 +121,9 @@ struct Args {
     /// usage: host processes sharing the store (needs `--kv redis` for more than one).
     #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// Extra arguments for the host's `up` (e.g. `--host-arg=--max-instance-concurrent-reuse-count=2`).
+    #[arg(long = "host-arg", allow_hyphen_values = true)]
+    host_args: Vec<String>,
     /// Internal (compare402): serve the native 402 baseline on 127.0.0.1:0 and print `listening <port>`.
     #[arg(long, hide = true)]
     serve_native402: bool,
@@ -180,6 +183,7 @@ impl Host {
         cmd.arg("--from")
             .arg(&args.manifest)
             .args(["up", "--listen", "127.0.0.1:0"])
+            .args(&args.host_args)
             .env("ESIM402_LOG", "warn")
             // As deployed: with RUST_BACKTRACE set (a developer shell, CI), every error value the runtime
             // creates on its normal paths captures a backtrace, ~1% of the host's CPU.

@@ -400,3 +400,46 @@ async fn concurrent_paid_activations_chain_cleanly_on_spin() {
         }
     }
 }
+
+/// Spin's instance-reuse flags mean the same on both runners: with one request per instance at a time and two
+/// per instance in all, concurrent requests are spread over fresh instances and every one is answered; a
+/// count of 0 is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_runners_take_spins_instance_reuse_flags() {
+    let mut runners = vec![Runner::Host];
+    runners.extend(spin(
+        "both_runners_take_spins_instance_reuse_flags (Spin part)",
+    ));
+    let rc = "[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\n";
+    let flags = [
+        "--max-instance-concurrent-reuse-count",
+        "1",
+        "--max-instance-reuse-count",
+        "2",
+    ];
+    for runner in &runners {
+        let app = esim402_tests::AppProcess::start_with_args(runner, free_port(), rc, &[], &flags)
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        let sends: Vec<_> = (0..24)
+            .map(|_| {
+                let (http, url) = (http.clone(), format!("{}/health", app.url));
+                tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) })
+            })
+            .collect();
+        for s in sends {
+            let status = s.await.unwrap().ok();
+            assert_eq!(status, Some(200), "{runner:?}:\n{}", app.log_text());
+        }
+    }
+    let out = std::process::Command::new(esim402_tests::host_binary())
+        .args(["up", "--no-dev-stack", "--listen", "127.0.0.1:0"])
+        .args(["--max-instance-concurrent-reuse-count", "0"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max-instance-concurrent-reuse-count"), "{err}");
+}

@@ -1,7 +1,9 @@
 //! `POST /v1/usage`: a batch of carrier-signed receipts. The order of effects per receipt is the kernel's
 //! (`esim402_core::usage::ingest`): verify → claim `(carrier, session, seq)` by `increment` (one winner ever,
 //! on every backend and across instances) → log → charge. Per SIM per batch: one `increment` of its log
-//! counter, its log entries (all SIMs' written concurrently), one `increment` of its used-bytes counter, one ledger event.
+//! counter, its log entries (all SIMs' written concurrently), one `increment` of its used-bytes counter. Per
+//! batch: one `usage_charged` ledger entry naming every SIM's charge (kernel `charge_entry`); the batch's
+//! ledger events share one shard (one append run).
 //!
 //! Receipts signed as a page (kernel `usage::page`) share one signature recovery per batch ([`Recoveries`]);
 //! the claim, log and charge stay per receipt, so a page and single receipts dedupe against each other.
@@ -9,14 +11,14 @@
 //! Never charged twice: the charge follows a won claim, and a claim is won once. A crash between a claim and
 //! the charge leaves the receipt uncharged (at most once, in the payer's favour).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use esim402_core::join::join_all;
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
 use esim402_core::usage::account::Account;
 use esim402_core::usage::ingest::{
-    LogEntry, LogState, Outcome, ReportLine, is_gap, parse_batch, totals,
+    LogEntry, LogState, Outcome, ReportLine, SimCharge, charge_entry, is_gap, parse_batch, totals,
 };
 use esim402_core::usage::receipt::{
     MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, SimTerms, verify_cached,
@@ -28,6 +30,15 @@ use spin_sdk::key_value::Store;
 
 use crate::accounts;
 use crate::bindings::exports::esim402::metering::metering::Ingested;
+
+/// An accepted receipt with a previous record (`seq > 1`): where its report line and log entry are, to flag a
+/// gap once the batch's claims are known.
+struct Follow {
+    line: usize,
+    iccid: String,
+    entry: usize,
+    previous: (String, String, u64),
+}
 
 /// What one batch does to one SIM.
 #[derive(Default)]
@@ -41,18 +52,25 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     let items = parse_batch(body).map_err(|e| invalid("receipts", e.to_string()))?;
     let config = crate::config::get().await?;
     let store = Store::open_default().await.map_err(internal)?;
+    // The batch's ledger events (a charge per SIM, disputes) share this id and so one ledger shard: one
+    // append run per batch, rather than one per SIM contending with every other batch naming that SIM.
+    let batch_id = format!(
+        "{:016x}",
+        esim402_guest::util::random_u64().map_err(internal)?
+    );
 
+    // The accounts the batch names, read concurrently.
+    let named: BTreeSet<&str> = items.iter().flatten().map(|r| r.iccid.as_str()).collect();
+    let loaded = join_all(named.iter().map(|iccid| accounts::load(iccid))).await;
     let mut accounts: HashMap<String, Option<Account>> = HashMap::new();
-    for r in items.iter().flatten() {
-        let iccid = r.iccid.as_str();
-        if !accounts.contains_key(iccid) {
-            accounts.insert(iccid.to_owned(), accounts::load(iccid).await?);
-        }
+    for (iccid, account) in named.into_iter().zip(loaded) {
+        accounts.insert(iccid.to_owned(), account?);
     }
 
     let mut lines = Vec::with_capacity(items.len());
     let mut sims: BTreeMap<String, SimBatch> = BTreeMap::new();
     let mut claimed: HashSet<(String, String, u64)> = HashSet::new();
+    let mut follows: Vec<Follow> = Vec::new();
     let mut events = Vec::new();
     // Page-signed receipts share their page's signature: recovered once per batch.
     let mut recoveries = Recoveries::default();
@@ -82,6 +100,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                     sim.entries
                         .push(entry(&r, now, LogState::Disputed, Some(e.reason()), false));
                     let fields = EntryFields::default()
+                        .detail("batch", &batch_id)
                         .detail("iccid", r.iccid.as_str())
                         .detail("carrier", r.carrier.as_str())
                         .detail("session_id", &r.session_id)
@@ -96,30 +115,51 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                 let (carrier, session, seq) = r.claim_id();
                 let key = keys::receipt_claim(carrier, session, seq);
                 if kv::claim::<wit::Error>(&key).map_err(kv_err)? {
-                    let in_batch =
-                        claimed.contains(&(carrier.to_owned(), session.to_owned(), seq - 1));
-                    let before = seq > 1
-                        && !in_batch
-                        && store
-                            .exists(keys::receipt_claim(carrier, session, seq - 1))
-                            .await
-                            .map_err(internal)?;
-                    let gap = is_gap(seq, in_batch, before);
                     claimed.insert((carrier.to_owned(), session.to_owned(), seq));
                     // Bounded by MAX_RECEIPT_BYTES (checked by verify), so it fits a u64.
                     let bytes = u64::try_from(r.total_bytes()).unwrap_or(u64::MAX);
                     let sim = sims.entry(r.iccid.to_string()).or_default();
+                    if seq > 1 {
+                        follows.push(Follow {
+                            line: lines.len(),
+                            iccid: r.iccid.to_string(),
+                            entry: sim.entries.len(),
+                            previous: (carrier.to_owned(), session.to_owned(), seq - 1),
+                        });
+                    }
                     sim.entries
-                        .push(entry(&r, now, LogState::Accepted, None, gap));
+                        .push(entry(&r, now, LogState::Accepted, None, false));
                     sim.bytes = sim.bytes.saturating_add(bytes);
                     sim.accepted += 1;
-                    Outcome::Accepted { bytes, gap }
+                    Outcome::Accepted { bytes, gap: false }
                 } else {
                     Outcome::Duplicate
                 }
             }
         };
         lines.push(line(index, Some(&r), outcome));
+    }
+
+    // Gaps: an accepted receipt whose previous record is neither in this batch nor claimed (all looked up at
+    // once, concurrently).
+    follows.retain(|f| !claimed.contains(&f.previous));
+    let seen = join_all(follows.iter().map(|f| {
+        let (carrier, session, seq) = &f.previous;
+        store.exists(keys::receipt_claim(carrier, session, *seq))
+    }))
+    .await;
+    for (f, seen) in follows.iter().zip(seen) {
+        if is_gap(f.previous.2 + 1, false, seen.map_err(internal)?) {
+            if let Outcome::Accepted { gap, .. } = &mut lines[f.line].outcome {
+                *gap = true;
+            }
+            if let Some(e) = sims
+                .get_mut(&f.iccid)
+                .and_then(|b| b.entries.get_mut(f.entry))
+            {
+                e.gap = true;
+            }
+        }
     }
 
     // Every SIM's log entries first, written concurrently (one round of store latency for the batch: on SQLite
@@ -133,26 +173,31 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         w.map_err(internal)?;
     }
     let mut exhausted = Vec::new();
-    for (iccid, batch) in sims {
+    let charges: Vec<SimCharge<'_>> = sims
+        .iter()
+        .map(|(iccid, b)| SimCharge {
+            iccid,
+            bytes: b.bytes,
+            receipts: b.accepted,
+        })
+        .collect();
+    if let Some(fields) = charge_entry(&batch_id, &charges) {
+        events.push(event_to_wit(EntryKind::UsageCharged, &fields));
+    }
+    for (iccid, batch) in &sims {
         if batch.accepted == 0 {
             continue;
         }
         let delta = i64::try_from(batch.bytes).map_err(internal)?;
-        let used = kv::increment::<wit::Error>(&keys::meter_used(&iccid), delta).map_err(kv_err)?;
+        let used = kv::increment::<wit::Error>(&keys::meter_used(iccid), delta).map_err(kv_err)?;
         let used = u64::try_from(used).unwrap_or(0);
-        let Some(account) = accounts.get(&iccid).and_then(Option::as_ref) else {
+        let Some(account) = accounts.get(iccid).and_then(Option::as_ref) else {
             continue;
         };
         let remaining = account.remaining(used);
-        let fields = EntryFields::default()
-            .detail("iccid", &iccid)
-            .detail("bytes", batch.bytes.to_string())
-            .detail("receipts", batch.accepted.to_string())
-            .detail("remaining_bytes", remaining.to_string());
-        events.push(event_to_wit(EntryKind::UsageCharged, &fields));
         if remaining <= 0 && !account.suspended_for_balance && account.closed.is_none() {
             let (_, now_exhausted) =
-                kv::update_json_with(&keys::balance(&iccid), |cur: Option<Account>| {
+                kv::update_json_with(&keys::balance(iccid), |cur: Option<Account>| {
                     let mut a = cur.ok_or_else(|| internal("account vanished"))?;
                     let e = a.exhausted(used);
                     Ok::<_, wit::Error>((a, e))
@@ -160,7 +205,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                 .await
                 .map_err(kv_err)?;
             if now_exhausted {
-                exhausted.push(iccid);
+                exhausted.push(iccid.clone());
             }
         }
     }

@@ -20,13 +20,14 @@ use crate::kv::{self, KvError};
 /// How many times an append retries under contention.
 const MAX_ATTEMPTS: usize = 256;
 
-/// The shard an event belongs to: its invoice's, else its SIM's or batch's (details), else its kind's.
+/// The shard an event belongs to: its invoice's, else its batch's (details: all events of one receipt batch
+/// make one run in one chain, whatever SIMs they name), else its SIM's, else its kind's.
 pub fn shard_for(kind: EntryKind, fields: &EntryFields) -> u16 {
     let key = fields
         .invoice_id
         .as_deref()
-        .or_else(|| fields.details.get("iccid").map(String::as_str))
         .or_else(|| fields.details.get("batch").map(String::as_str))
+        .or_else(|| fields.details.get("iccid").map(String::as_str))
         .unwrap_or(kind.as_str());
     shard_of(key)
 }

@@ -161,6 +161,60 @@ pub fn is_gap(seq: u64, previous_in_batch: bool, previous_claimed: bool) -> bool
     seq > 1 && !previous_in_batch && !previous_claimed
 }
 
+/// What one batch charged one SIM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimCharge<'a> {
+    /// The SIM.
+    pub iccid: &'a str,
+    /// Bytes charged.
+    pub bytes: u64,
+    /// Receipts accepted.
+    pub receipts: u64,
+}
+
+/// The batch's one `usage_charged` ledger entry (the ledger takes debits per batch): its id, the totals, and
+/// every SIM's charge as `iccid:bytes:receipts`, comma-separated in ICCID order. One entry per batch rather
+/// than one per SIM: a feed's batch names up to [`MAX_BATCH`] SIMs, and every ledger entry is a chained
+/// write. `None` when nothing was charged.
+pub fn charge_entry(batch: &str, charges: &[SimCharge<'_>]) -> Option<crate::ledger::EntryFields> {
+    let mut charged: Vec<&SimCharge<'_>> = charges.iter().filter(|c| c.receipts > 0).collect();
+    if charged.is_empty() {
+        return None;
+    }
+    charged.sort_by_key(|c| c.iccid);
+    let bytes = charged.iter().fold(0u64, |t, c| t.saturating_add(c.bytes));
+    let receipts: u64 = charged.iter().map(|c| c.receipts).sum();
+    let list = charged
+        .iter()
+        .map(|c| format!("{}:{}:{}", c.iccid, c.bytes, c.receipts))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut fields = crate::ledger::EntryFields::default()
+        .detail("batch", batch)
+        .detail("bytes", bytes.to_string())
+        .detail("receipts", receipts.to_string())
+        .detail("sims", charged.len().to_string())
+        .detail("charges", list);
+    if let [one] = charged.as_slice() {
+        fields = fields.detail("iccid", one.iccid);
+    }
+    Some(fields)
+}
+
+/// The per-SIM charges of a `usage_charged` entry's `charges` detail ([`charge_entry`]): `(iccid, bytes,
+/// receipts)`, or `None` if it is not in that form.
+pub fn parse_charges(list: &str) -> Option<Vec<(String, u64, u64)>> {
+    list.split(',')
+        .map(|item| {
+            let mut parts = item.split(':');
+            let iccid = parts.next()?.to_owned();
+            let bytes = parts.next()?.parse().ok()?;
+            let receipts = parts.next()?.parse().ok()?;
+            parts.next().is_none().then_some((iccid, bytes, receipts))
+        })
+        .collect()
+}
+
 /// The state of a receipt in a SIM's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -204,6 +258,41 @@ mod tests {
         let one_bad = parse_batch(r#"{"receipts":[{"carrier":"x"}]}"#).unwrap();
         assert_eq!(one_bad.len(), 1);
         assert!(matches!(&one_bad[0], Err(ReceiptError::Malformed { .. })));
+    }
+
+    #[test]
+    fn one_charge_entry_per_batch() {
+        let c = |iccid, bytes, receipts| SimCharge {
+            iccid,
+            bytes,
+            receipts,
+        };
+        assert_eq!(charge_entry("b1", &[]), None);
+        assert_eq!(
+            charge_entry("b1", &[c("8901", 0, 0)]),
+            None,
+            "nothing charged"
+        );
+        let f = charge_entry(
+            "b1",
+            &[c("8902", 300, 2), c("8901", 100, 1), c("8903", 0, 0)],
+        )
+        .unwrap();
+        let d = |k: &str| f.details.get(k).map(String::as_str);
+        assert_eq!(d("batch"), Some("b1"));
+        assert_eq!(d("bytes"), Some("400"));
+        assert_eq!(d("receipts"), Some("3"));
+        assert_eq!(d("sims"), Some("2"));
+        assert_eq!(d("charges"), Some("8901:100:1,8902:300:2"));
+        assert_eq!(d("iccid"), None, "two SIMs: no single iccid");
+        assert_eq!(
+            parse_charges(d("charges").unwrap()),
+            Some(vec![("8901".into(), 100, 1), ("8902".into(), 300, 2)])
+        );
+        let one = charge_entry("b2", &[c("8901", 7, 1)]).unwrap();
+        assert_eq!(one.details.get("iccid").map(String::as_str), Some("8901"));
+        assert_eq!(parse_charges("8901:x:1"), None);
+        assert_eq!(parse_charges("8901:1:1:9"), None);
     }
 
     #[test]
