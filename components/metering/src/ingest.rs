@@ -1,7 +1,8 @@
 //! `POST /v1/usage`: a batch of carrier-signed receipts. The order of effects per receipt is the kernel's
 //! (`esim402_core::usage::ingest`): verify → claim `(carrier, session, seq)` by `increment` (one winner ever,
 //! on every backend and across instances) → log → charge. Per SIM per batch: one `increment` of its log
-//! counter, its log entries (all SIMs' written concurrently), one `increment` of its used-bytes counter. Per
+//! chunk counter, one chunk holding its log entries (all SIMs' written concurrently), one `increment` of its
+//! used-bytes counter. Per
 //! batch: one `usage_charged` ledger entry naming every SIM's charge (kernel `charge_entry`); the batch's
 //! ledger events share one shard (one append run).
 //!
@@ -18,7 +19,8 @@ use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
 use esim402_core::usage::account::Account;
 use esim402_core::usage::ingest::{
-    LogEntry, LogState, Outcome, ReportLine, SimCharge, charge_entry, is_gap, parse_batch, totals,
+    LogEntry, LogState, Outcome, ReportLine, SimCharge, charge_entry, is_gap, log_position,
+    parse_batch, totals,
 };
 use esim402_core::usage::receipt::{
     MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, SimTerms, verify_cached,
@@ -168,6 +170,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     for (iccid, batch) in &mut sims {
         writes.extend(place_log(iccid, std::mem::take(&mut batch.entries))?);
     }
+    // Bounded by MAX_BATCH entries per SIM: one chunk each.
     let written = join_all(writes.into_iter().map(|(key, json)| store.set(key, json))).await;
     for w in written {
         w.map_err(internal)?;
@@ -239,22 +242,20 @@ fn entry(r: &Receipt, now: u64, state: LogState, reason: Option<&str>, gap: bool
     }
 }
 
-/// Place `entries` in the SIM's receipt log: one `increment` reserves their positions; each is then written
-/// once under its own key (the returned key and JSON).
-fn place_log(iccid: &str, entries: Vec<LogEntry>) -> Result<Vec<(String, Vec<u8>)>, wit::Error> {
+/// Place `entries` in the SIM's receipt log as one chunk: one `increment` reserves the chunk (its positions
+/// follow from it, kernel `log_position`), written once under its own key (the returned key and JSON).
+fn place_log(
+    iccid: &str,
+    mut entries: Vec<LogEntry>,
+) -> Result<Option<(String, Vec<u8>)>, wit::Error> {
     if entries.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let k = i64::try_from(entries.len()).map_err(internal)?;
-    let end = kv::increment::<wit::Error>(&keys::meter_count(iccid), k).map_err(kv_err)?;
-    let first = u64::try_from(end - k + 1).map_err(internal)?;
-    entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut e)| {
-            e.n = first + i as u64;
-            let json = serde_json::to_vec(&e).map_err(internal)?;
-            Ok((keys::meter_entry(iccid, e.n), json))
-        })
-        .collect()
+    let chunk = kv::increment::<wit::Error>(&keys::meter_chunks(iccid), 1).map_err(kv_err)?;
+    let chunk = u64::try_from(chunk).map_err(internal)?;
+    for (i, e) in entries.iter_mut().enumerate() {
+        e.n = log_position(chunk, i);
+    }
+    let json = serde_json::to_vec(&entries).map_err(internal)?;
+    Ok(Some((keys::meter_chunk(iccid, chunk), json)))
 }

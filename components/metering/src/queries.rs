@@ -1,7 +1,8 @@
 //! Usage queries over a SIM's receipt log (kernel `usage::report`).
 
+use esim402_core::join::join_all;
 use esim402_core::store::keys;
-use esim402_core::usage::ingest::LogEntry;
+use esim402_core::usage::ingest::{LogEntry, chunk_of};
 use esim402_core::usage::report::{Granularity, aggregate};
 use esim402_guest::convert::{internal, invalid, kv_err};
 use esim402_guest::kv;
@@ -13,25 +14,34 @@ use crate::accounts::parse_iccid;
 /// The most log entries one usage query reads.
 const MAX_SCAN: u64 = 10_000;
 
+/// Chunks read at once.
+const READ_AHEAD: u64 = 16;
+
+/// The SIM's log entries at positions `from` and later, at most `limit`, in order. Chunks are read
+/// [`READ_AHEAD`] at a time; a reserved chunk whose write has not landed yet (or never will, after a crash)
+/// is skipped.
 async fn read_log(iccid: &str, from: u64, limit: u64) -> Result<Vec<LogEntry>, wit::Error> {
     if crate::accounts::load(iccid).await?.is_none() {
         return Err(wit::Error::NotFound(format!("no metered SIM {iccid}")));
     }
-    let count = kv::increment::<wit::Error>(&keys::meter_count(iccid), 0).map_err(kv_err)?;
-    let count = u64::try_from(count).unwrap_or(0);
+    let chunks = kv::increment::<wit::Error>(&keys::meter_chunks(iccid), 0).map_err(kv_err)?;
+    let chunks = u64::try_from(chunks).unwrap_or(0);
     let store = Store::open_default().await.map_err(internal)?;
     let mut out = Vec::new();
-    let from = from.max(1);
-    for n in from..=count.min(from.saturating_add(limit).saturating_sub(1)) {
-        // A reserved position whose write has not landed yet (or never will, after a crash) is skipped.
-        if let Some(bytes) = store
-            .get(keys::meter_entry(iccid, n))
-            .await
-            .map_err(internal)?
-        {
-            out.push(serde_json::from_slice(&bytes).map_err(internal)?);
+    let mut next = chunk_of(from);
+    while next <= chunks && (out.len() as u64) < limit {
+        let last = chunks.min(next.saturating_add(READ_AHEAD - 1));
+        let read = join_all((next..=last).map(|c| store.get(keys::meter_chunk(iccid, c)))).await;
+        for bytes in read {
+            let Some(bytes) = bytes.map_err(internal)? else {
+                continue;
+            };
+            let entries: Vec<LogEntry> = serde_json::from_slice(&bytes).map_err(internal)?;
+            out.extend(entries.into_iter().filter(|e| e.n >= from));
         }
+        next = last + 1;
     }
+    out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(out)
 }
 

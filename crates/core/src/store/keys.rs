@@ -21,7 +21,7 @@
 //! | `balance/<iccid>` | metering | a SIM's account: credits, suspension flag, closing refunds (`crate::usage::account`) |
 //! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |
 //! | `meter/<iccid>/unsigned` | metering | counter: disputes kept without a valid carrier signature (capped) |
-//! | `meter/<iccid>/n`, `meter/<iccid>/r/<n>` | metering | counter and entries of the SIM's receipt log (`crate::usage::ingest::LogEntry`) |
+//! | `meter/<iccid>/chunks`, `meter/<iccid>/c/<chunk>` | metering | counter and chunks of the SIM's receipt log: one chunk per batch per SIM (`crate::usage::ingest::LogEntry`, `log_position`) |
 //! | `rcpt/<carrier>/<session>/<seq>`, `rcpt/x/<digest>` | metering | claim counters: a receipt charged, a dispute kept (once each) |
 //!
 //! Every value is a versioned cell (`super::cell`), so each key also has `<key>@v<n>` claim counters and
@@ -132,9 +132,9 @@ pub fn meter_used(iccid: &str) -> String {
     format!("meter/{iccid}/used")
 }
 
-/// The counter of a SIM's receipt log.
-pub fn meter_count(iccid: &str) -> String {
-    format!("meter/{iccid}/n")
+/// The counter of a SIM's receipt log: chunks reserved so far.
+pub fn meter_chunks(iccid: &str) -> String {
+    format!("meter/{iccid}/chunks")
 }
 
 /// The counter of a SIM's disputes without a valid carrier signature (capped, see
@@ -143,9 +143,9 @@ pub fn meter_unsigned(iccid: &str) -> String {
     format!("meter/{iccid}/unsigned")
 }
 
-/// Entry `n` of a SIM's receipt log.
-pub fn meter_entry(iccid: &str, n: u64) -> String {
-    format!("meter/{iccid}/r/{n:012}")
+/// Chunk `chunk` (from 1) of a SIM's receipt log: the entries one batch added, as a JSON array.
+pub fn meter_chunk(iccid: &str, chunk: u64) -> String {
+    format!("meter/{iccid}/c/{chunk:012}")
 }
 
 /// The claim of one receipt, by its dedup identity `(carrier, session, seq)`.

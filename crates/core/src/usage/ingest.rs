@@ -225,10 +225,28 @@ pub enum LogState {
     Disputed,
 }
 
-/// One entry of a SIM's receipt log (`meter/<iccid>/r/<n>`).
+/// Positions one chunk of a SIM's receipt log spans: a batch adds at most [`MAX_BATCH`] entries for a SIM.
+pub const CHUNK_SPAN: u64 = MAX_BATCH as u64;
+
+/// The log position of entry `index` of chunk `chunk` (both reserved by the SIM's chunk counter, chunks from
+/// 1): chunk 1 holds positions 1..=1000, chunk 2 1001..=2000, and so on. A SIM's receipt log is written one
+/// chunk per batch (one key, one store write, not one per receipt), so positions increase but have holes
+/// after a chunk that is not full; `from` in a log query is a position.
+pub fn log_position(chunk: u64, index: usize) -> u64 {
+    (chunk.saturating_sub(1))
+        .saturating_mul(CHUNK_SPAN)
+        .saturating_add(index as u64 + 1)
+}
+
+/// The chunk that holds position `n` (positions below 1 are in chunk 1).
+pub fn chunk_of(n: u64) -> u64 {
+    n.saturating_sub(1) / CHUNK_SPAN + 1
+}
+
+/// One entry of a SIM's receipt log (in a chunk, `meter/<iccid>/c/<chunk>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
-    /// Position in the log (from 1).
+    /// Position in the log ([`log_position`]: increasing, from 1, not dense).
     pub n: u64,
     /// When it was ingested (unix seconds).
     pub at: u64,
@@ -293,6 +311,25 @@ mod tests {
         assert_eq!(one.details.get("iccid").map(String::as_str), Some("8901"));
         assert_eq!(parse_charges("8901:x:1"), None);
         assert_eq!(parse_charges("8901:1:1:9"), None);
+    }
+
+    #[test]
+    fn log_positions_and_chunks_agree() {
+        assert_eq!(log_position(1, 0), 1);
+        assert_eq!(log_position(1, 999), 1_000);
+        assert_eq!(log_position(2, 0), 1_001);
+        assert_eq!(log_position(3, 4), 2_005);
+        assert_eq!(chunk_of(0), 1);
+        assert_eq!(chunk_of(1), 1);
+        assert_eq!(chunk_of(1_000), 1);
+        assert_eq!(chunk_of(1_001), 2);
+        for chunk in [1, 2, 17, 1 << 40] {
+            for index in [0, 1, MAX_BATCH - 1] {
+                let n = log_position(chunk, index);
+                assert_eq!(chunk_of(n), chunk, "{chunk} {index}");
+                assert!(n > log_position(chunk - 1, MAX_BATCH - 1) || chunk == 1);
+            }
+        }
     }
 
     #[test]

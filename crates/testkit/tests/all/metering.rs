@@ -177,6 +177,50 @@ async fn receipts_are_charged_once_and_replays_are_duplicates() {
     );
 }
 
+/// The receipt log is written one chunk per batch: positions increase across chunks, `from` starts inside a
+/// chunk or past it, and `limit` cuts across chunks.
+#[tokio::test]
+async fn the_receipt_log_pages_across_batches() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(4);
+    open(&mut kit, &id, 10).await;
+    for (first, n) in [(1, 3), (4, 2), (6, 1)] {
+        let batch = (first..first + n)
+            .map(|seq| receipt(&id, "tmobile", "s1", seq, 1_000, "310-260"))
+            .collect();
+        let (report, _, _) = ingest(&mut kit, batch).await;
+        assert_eq!(report["totals"]["accepted"], n, "{report}");
+    }
+    let page = |from: u64, limit: u32| {
+        let id = id.clone();
+        async move |kit: &mut Kit| -> Vec<(u64, u64)> {
+            let log: Value = serde_json::from_str(
+                &kit.call(async move |a, g| g.metering().call_receipts(a, id, from, limit).await)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap();
+            log.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["n"].as_u64().unwrap(), e["receipt"]["seq"].as_u64().unwrap()))
+                .collect()
+        }
+    };
+    let all = page(1, 100)(&mut kit).await;
+    assert_eq!(
+        all,
+        [(1, 1), (2, 2), (3, 3), (1_001, 4), (1_002, 5), (2_001, 6)],
+        "three chunks, in order"
+    );
+    assert_eq!(page(2, 100)(&mut kit).await, all[1..], "from inside a chunk");
+    assert_eq!(page(4, 100)(&mut kit).await, all[3..], "from past a chunk's end");
+    assert_eq!(page(1, 4)(&mut kit).await, all[..4], "limit across chunks");
+    assert_eq!(page(1_002, 1)(&mut kit).await, all[4..5]);
+    assert!(page(2_002, 100)(&mut kit).await.is_empty(), "past the end");
+}
+
 #[tokio::test]
 async fn bad_receipts_are_disputed_never_charged() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
