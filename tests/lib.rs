@@ -457,6 +457,11 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Start one; fails with a clear message if `redis-server` is not installed.
     pub fn start() -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?

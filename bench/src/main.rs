@@ -573,8 +573,11 @@ fn main() -> anyhow::Result<()> {
             hosts.push(h);
             urls.push(u);
         }
+        let mut procs: Vec<(&str, u32)> = hosts.iter().map(|h| ("host", h.pid())).collect();
+        procs.extend(redis.as_ref().map(|r| ("redis", r.pid())));
         let result = rt.block_on(usage::run(
             &urls,
+            &procs,
             &printed,
             usize::try_from(args.count.unwrap_or(10_000))?,
             args.batch.clamp(1, 1000),

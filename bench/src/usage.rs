@@ -27,7 +27,7 @@ use esim402_core::usage::receipt::{Receipt, Recoveries, SimTerms, dev_signing_ke
 use esim402_core::x402::exact::address_of;
 use serde_json::{Value, json};
 
-use crate::pct;
+use crate::{cpu_time, pct};
 
 const RECEIPT_BYTES: u64 = 1_000;
 
@@ -146,6 +146,7 @@ async fn post_all(
 )]
 pub async fn run(
     urls: &[String],
+    procs: &[(&str, u32)],
     printed: &HashMap<String, String>,
     count: usize,
     batch: usize,
@@ -210,9 +211,24 @@ pub async fn run(
     let (_, _, took) = post_all(&urls[..1], bodies(&ghosts, batch), 1).await?;
     let wasm_verify = n_ghost as f64 / took.as_secs_f64();
 
-    // Ingest.
-    let (mut lat, accepted, elapsed) =
-        post_all(urls, bodies(&receipts, batch), concurrency).await?;
+    // Ingest, with the CPU time each server process and the bench spent on it.
+    let bodies = bodies(&receipts, batch);
+    let cpu_before: Vec<Duration> = procs.iter().map(|(_, p)| cpu_time(Some(*p))).collect();
+    let bench_before = cpu_time(None);
+    let (mut lat, accepted, elapsed) = post_all(urls, bodies, concurrency).await?;
+    let per_receipt = |d: Duration| d.as_secs_f64() * 1e6 / receipts.len() as f64;
+    let mut cpu: Vec<(String, f64)> = Vec::new();
+    for ((name, pid), before) in procs.iter().zip(cpu_before) {
+        let d = cpu_time(Some(*pid)).saturating_sub(before);
+        match cpu.iter_mut().find(|(n, _)| n == name) {
+            Some((_, t)) => *t += per_receipt(d),
+            None => cpu.push(((*name).to_owned(), per_receipt(d))),
+        }
+    }
+    cpu.push((
+        "bench".into(),
+        per_receipt(cpu_time(None).saturating_sub(bench_before)),
+    ));
     lat.sort_unstable();
     if accepted != receipts.len() as u64 {
         bail!("{accepted} of {} receipts accepted", receipts.len());
@@ -246,6 +262,13 @@ pub async fn run(
         "ingest receipts/s={rps:.0} batch p50={:.1}ms p99={:.1}ms (every receipt accepted once, balances exact)",
         pct(&lat, 0.5).as_secs_f64() * 1e3,
         pct(&lat, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "cpu per receipt (10 ms ticks): {}",
+        cpu.iter()
+            .map(|(n, us)| format!("{n}={us:.0}us"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "verification receipts/s native={native:.0} wasm={wasm_verify:.0} native/wasm={:.1}x",

@@ -204,7 +204,12 @@ async fn the_receipt_log_pages_across_batches() {
             log.as_array()
                 .unwrap()
                 .iter()
-                .map(|e| (e["n"].as_u64().unwrap(), e["receipt"]["seq"].as_u64().unwrap()))
+                .map(|e| {
+                    (
+                        e["n"].as_u64().unwrap(),
+                        e["receipt"]["seq"].as_u64().unwrap(),
+                    )
+                })
                 .collect()
         }
     };
@@ -214,8 +219,16 @@ async fn the_receipt_log_pages_across_batches() {
         [(1, 1), (2, 2), (3, 3), (1_001, 4), (1_002, 5), (2_001, 6)],
         "three chunks, in order"
     );
-    assert_eq!(page(2, 100)(&mut kit).await, all[1..], "from inside a chunk");
-    assert_eq!(page(4, 100)(&mut kit).await, all[3..], "from past a chunk's end");
+    assert_eq!(
+        page(2, 100)(&mut kit).await,
+        all[1..],
+        "from inside a chunk"
+    );
+    assert_eq!(
+        page(4, 100)(&mut kit).await,
+        all[3..],
+        "from past a chunk's end"
+    );
     assert_eq!(page(1, 4)(&mut kit).await, all[..4], "limit across chunks");
     assert_eq!(page(1_002, 1)(&mut kit).await, all[4..5]);
     assert!(page(2_002, 100)(&mut kit).await.is_empty(), "past the end");
