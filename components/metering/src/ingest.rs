@@ -2,9 +2,9 @@
 //! (`esim402_core::usage::ingest`): verify → claim `(carrier, session, seq)` by `increment` (one winner ever,
 //! on every backend and across instances) → log → charge. Per SIM per batch: one `increment` of its log
 //! chunk counter, one chunk holding its log entries (all SIMs' written concurrently), one `increment` of its
-//! used-bytes counter. Per
-//! batch: one `usage_charged` ledger entry naming every SIM's charge (kernel `charge_entry`); the batch's
-//! ledger events share one shard (one append run).
+//! used-bytes counter. Per batch: one `usage_charged` ledger entry naming every SIM's charge (kernel
+//! `charge_entry`); the batch's ledger events share one shard (one append run). Store calls that run
+//! concurrently go [`WINDOW`] at a time.
 //!
 //! Receipts signed as a page (kernel `usage::page`) share one signature recovery per batch ([`Recoveries`]);
 //! the claim, log and charge stay per receipt, so a page and single receipts dedupe against each other.
@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use esim402_core::join::join_all;
+use esim402_core::join::join_windows;
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
 use esim402_core::usage::account::Account;
@@ -32,6 +32,9 @@ use spin_sdk::key_value::Store;
 
 use crate::accounts;
 use crate::bindings::exports::esim402::metering::metering::Ingested;
+
+/// Concurrent store calls at most (a batch of 1 000 receipts may name 1 000 SIMs).
+const WINDOW: usize = 64;
 
 /// An accepted receipt with a previous record (`seq > 1`): where its report line and log entry are, to flag a
 /// gap once the batch's claims are known.
@@ -63,7 +66,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
 
     // The accounts the batch names, read concurrently.
     let named: BTreeSet<&str> = items.iter().flatten().map(|r| r.iccid.as_str()).collect();
-    let loaded = join_all(named.iter().map(|iccid| accounts::load(iccid))).await;
+    let loaded = join_windows(named.iter().map(|iccid| accounts::load(iccid)), WINDOW).await;
     let mut accounts: HashMap<String, Option<Account>> = HashMap::new();
     for (iccid, account) in named.into_iter().zip(loaded) {
         accounts.insert(iccid.to_owned(), account?);
@@ -145,10 +148,13 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     // Gaps: an accepted receipt whose previous record is neither in this batch nor claimed (all looked up at
     // once, concurrently).
     follows.retain(|f| !claimed.contains(&f.previous));
-    let seen = join_all(follows.iter().map(|f| {
-        let (carrier, session, seq) = &f.previous;
-        store.exists(keys::receipt_claim(carrier, session, *seq))
-    }))
+    let seen = join_windows(
+        follows.iter().map(|f| {
+            let (carrier, session, seq) = &f.previous;
+            store.exists(keys::receipt_claim(carrier, session, *seq))
+        }),
+        WINDOW,
+    )
     .await;
     for (f, seen) in follows.iter().zip(seen) {
         if is_gap(f.previous.2 + 1, false, seen.map_err(internal)?) {
@@ -170,8 +176,11 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     for (iccid, batch) in &mut sims {
         writes.extend(place_log(iccid, std::mem::take(&mut batch.entries))?);
     }
-    // Bounded by MAX_BATCH entries per SIM: one chunk each.
-    let written = join_all(writes.into_iter().map(|(key, json)| store.set(key, json))).await;
+    let written = join_windows(
+        writes.into_iter().map(|(key, json)| store.set(key, json)),
+        WINDOW,
+    )
+    .await;
     for w in written {
         w.map_err(internal)?;
     }

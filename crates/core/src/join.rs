@@ -52,6 +52,21 @@ pub async fn join_all<F: Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Ou
     out.into_iter().flatten().collect()
 }
 
+/// [`join_all`], at most `width` futures at a time, keeping order: bounds the calls in flight (a batch of 1 000
+/// receipts may name 1 000 SIMs) and the polling work (`join_all` polls every pending future on each wake).
+pub async fn join_windows<F: Future>(
+    futs: impl IntoIterator<Item = F>,
+    width: usize,
+) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    let mut rest = futs.into_iter().peekable();
+    while rest.peek().is_some() {
+        let window: Vec<F> = rest.by_ref().take(width.max(1)).collect();
+        out.extend(join_all(window).await);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::pin::pin;
@@ -102,5 +117,26 @@ mod tests {
     fn join2_returns_both_once_both_are_ready() {
         let (out, polls) = run(join2(after(2, 7), async { "x" }));
         assert_eq!((out, polls), ((7, "x"), 3));
+    }
+
+    #[test]
+    fn windows_keep_order_and_bound_what_runs_at_once() {
+        let live = std::cell::Cell::new(0usize);
+        let most = std::cell::Cell::new(0usize);
+        let futs = (0..10u32).map(|i| {
+            let (live, most) = (&live, &most);
+            async move {
+                live.set(live.get() + 1);
+                most.set(most.get().max(live.get()));
+                let v = after(usize::try_from(10 - i).unwrap(), i).await;
+                live.set(live.get() - 1);
+                v
+            }
+        });
+        let (out, _) = run(join_windows(futs, 3));
+        assert_eq!(out, (0..10).collect::<Vec<_>>());
+        assert_eq!(most.get(), 3);
+        let (none, _) = run(join_windows(Vec::<std::future::Ready<u8>>::new(), 3));
+        assert!(none.is_empty());
     }
 }
