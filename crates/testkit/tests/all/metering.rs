@@ -4,6 +4,7 @@
 use esim402_core::CarrierId;
 use esim402_core::esim::iccid::Iccid;
 use esim402_core::esim::plmn::Plmn;
+use esim402_core::usage::ingest::parse_charges;
 use esim402_core::usage::receipt::{Receipt, dev_signing_key};
 use esim402_testkit::{Kit, types};
 use serde_json::{Value, json};
@@ -175,6 +176,65 @@ async fn receipts_are_charged_once_and_replays_are_duplicates() {
         600_000,
         "never charged twice"
     );
+}
+
+/// A batch naming many SIMs is one `usage_charged` event: every SIM's charge in it, the totals adding up, and
+/// a `batch` id (the ledger shard of all the batch's events).
+#[tokio::test]
+async fn a_batch_naming_fifty_sims_is_one_charge_event() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let ids: Vec<String> = (100..150).map(iccid).collect();
+    for id in &ids {
+        // Each SIM's own activation invoice (a credit lands once per invoice).
+        let (s, mut c) = (sim(id, "tmobile"), credit("inv_act", 10, 30_000));
+        c.invoice_id = format!("inv_act_{id}");
+        kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let batch: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            receipt(
+                id,
+                "tmobile",
+                &format!("s-{id}"),
+                1,
+                1_000 * (i as u64 + 1),
+                "310-260",
+            )
+        })
+        .collect();
+    let body = json!({ "receipts": batch }).to_string();
+    let out = kit
+        .call(async move |a, g| g.metering().call_ingest(a, body, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.events.len(), 1, "{:?}", out.events);
+    let e = &out.events[0];
+    assert_eq!(e.kind, "usage_charged");
+    let detail = |k: &str| {
+        e.details
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(detail("sims"), "50");
+    assert_eq!(detail("receipts"), "50");
+    let total: u64 = (1..=50).map(|i| 1_000 * i).sum();
+    assert_eq!(detail("bytes"), total.to_string());
+    assert_eq!(detail("batch").len(), 16, "a batch id: {e:?}");
+    let charges = parse_charges(&detail("charges")).expect("iccid:bytes:receipts list");
+    assert_eq!(charges.len(), 50);
+    for (i, id) in ids.iter().enumerate() {
+        let want = (id.clone(), 1_000 * (i as u64 + 1), 1);
+        assert!(charges.contains(&want), "{want:?} in {charges:?}");
+        assert_eq!(balance(&mut kit, id).await.used_bytes, want.1);
+    }
 }
 
 /// The receipt log is written one chunk per batch: positions increase across chunks, `from` starts inside a
