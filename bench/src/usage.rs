@@ -22,8 +22,9 @@ use esim402_core::CarrierId;
 use esim402_core::esim::catalog::Catalog;
 use esim402_core::esim::iccid::Iccid;
 use esim402_core::esim::plmn::{Plmn, RoamingPolicy};
-use esim402_core::usage::receipt::sign_page;
-use esim402_core::usage::receipt::{Receipt, Recoveries, SimTerms, dev_signing_key, verify_cached};
+use esim402_core::usage::receipt::{
+    Receipt, Recoveries, SimTerms, dev_signing_key, sign_page, verify_cached,
+};
 use esim402_core::x402::exact::address_of;
 use serde_json::{Value, json};
 

@@ -9,8 +9,9 @@ use alloy_primitives::U256;
 use esim402_core::CarrierId;
 use esim402_core::esim::iccid::Iccid;
 use esim402_core::esim::plmn::Plmn;
-use esim402_core::usage::receipt::sign_page;
-use esim402_core::usage::receipt::{Receipt, SimTerms, WireReceipt, dev_signing_key, verify};
+use esim402_core::usage::receipt::{
+    Receipt, SimTerms, WireReceipt, dev_signing_key, sign_page, verify,
+};
 use esim402_core::x402::header::decode_payment_required_header;
 use esim402_tests::TrafficSim;
 use serde_json::{Value, json};

@@ -229,12 +229,12 @@ pub async fn send(
     Ok(hash)
 }
 
-/// Hand back `tx`'s nonce (reserved for the record `owner`) after a failure before broadcast, never leaving a hole: if later nonces of this key
-/// are out (their transactions may wait in the node's pool behind this one, and nothing else would fill it
-/// until the next send), the key's no-op transaction (nothing, to itself, 21 000 gas, `tx`'s fees) takes the
-/// nonce instead. If the node refuses that too, the nonce is given back for the next send to reuse; if its
-/// fate is unknown, it stays held (a reservation whose owner's record names no transaction for it is released
-/// by a later send after `rebroadcast::ORPHAN_AFTER_SECS`).
+/// Hand back `tx`'s nonce (reserved for the record `owner`) after a failure before broadcast, never leaving a
+/// hole: if later nonces of this key are out (their transactions may wait in the node's pool behind this one,
+/// and nothing else would fill it until the next send), the key's no-op transaction (nothing, to itself,
+/// 21 000 gas, `tx`'s fees) takes the nonce instead. If the node refuses that too, the nonce is given back for
+/// the next send to reuse; if its fate is unknown, it stays held (a reservation whose owner's record names no
+/// transaction for it is released by a later send after `rebroadcast::ORPHAN_AFTER_SECS`).
 async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &str) {
     let nonce = tx.nonce;
     if nonces::give_back(chain, signer, nonce, owner).await != GiveBack::Plug {

@@ -95,13 +95,18 @@ async fn open(kit: &mut Kit, iccid: &str, mb: u64) -> types::Balance {
         .balance
 }
 
-async fn ingest(kit: &mut Kit, receipts: Vec<Value>) -> (Value, Vec<String>, Vec<String>) {
+/// Ingest a batch: what the component answers (report, ledger events, SIMs run dry).
+async fn ingested(kit: &mut Kit, receipts: Vec<Value>) -> esim402_testkit::metering::Ingested {
     let body = json!({ "receipts": receipts }).to_string();
-    let out = kit
-        .call(async move |a, g| g.metering().call_ingest(a, body, now()).await)
+    kit.call(async move |a, g| g.metering().call_ingest(a, body, now()).await)
         .await
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+/// Ingest a batch: its report, the kinds of its ledger events and the SIMs it ran dry.
+async fn ingest(kit: &mut Kit, receipts: Vec<Value>) -> (Value, Vec<String>, Vec<String>) {
+    let out = ingested(kit, receipts).await;
     let kinds = out.events.iter().map(|e| e.kind.clone()).collect();
     (
         serde_json::from_str(&out.report).unwrap(),
@@ -207,12 +212,7 @@ async fn a_batch_naming_fifty_sims_is_one_charge_event() {
             )
         })
         .collect();
-    let body = json!({ "receipts": batch }).to_string();
-    let out = kit
-        .call(async move |a, g| g.metering().call_ingest(a, body, now()).await)
-        .await
-        .unwrap()
-        .unwrap();
+    let out = ingested(&mut kit, batch).await;
     assert_eq!(out.events.len(), 1, "{:?}", out.events);
     let e = &out.events[0];
     assert_eq!(e.kind, "usage_charged");
