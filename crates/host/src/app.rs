@@ -135,6 +135,8 @@ pub struct App {
     pub handlers: HashMap<String, ProxyHandler<ComponentRuntime>>,
     /// Configured stores (for inspection and tests).
     pub stores: Arc<HashMap<String, SharedBackend>>,
+    /// The barrier every answer waits on (writes durable before anyone outside sees them).
+    pub durability: kv::Durability,
     engine: Engine,
 }
 
@@ -266,6 +268,7 @@ impl App {
             }
         }
         let stores = Arc::new(stores);
+        let durability = kv::Durability::new(stores.values().cloned());
         // One outbound connection pool for every component: keep-alive per origin, bounded.
         // `ESIM402_OUTBOUND_POOL=off`: a new connection per request (for measurements).
         let pool = (std::env::var("ESIM402_OUTBOUND_POOL").as_deref() != Ok("off"))
@@ -319,7 +322,8 @@ impl App {
                 id: (*id).to_owned(),
                 policy: OutboundPolicy::new(id, &hosts)
                     .with_context(|| format!("component {id}"))?
-                    .pooled(pool.clone()),
+                    .pooled(pool.clone())
+                    .durable(durability.clone()),
                 kv: KvCtx {
                     allowed: Arc::new(
                         decl.key_value_stores
@@ -357,6 +361,7 @@ impl App {
             router,
             handlers,
             stores,
+            durability,
             engine,
         })
     }

@@ -105,6 +105,8 @@ pub struct OutboundPolicy {
     pub allowed: Arc<[AllowedHost]>,
     /// The host's connection pool.
     pub pool: Option<Arc<Pool>>,
+    /// Waited on before a request leaves: the destination must not see what a power loss could undo.
+    pub durability: crate::kv::Durability,
 }
 
 impl OutboundPolicy {
@@ -118,12 +120,19 @@ impl OutboundPolicy {
             component: component.into(),
             allowed: allowed.into(),
             pool: None,
+            durability: crate::kv::Durability::default(),
         })
     }
 
     /// Send allowed requests through `pool` (`None`: a fresh connection each).
     pub fn pooled(mut self, pool: Option<Arc<Pool>>) -> Self {
         self.pool = pool;
+        self
+    }
+
+    /// Make the stores' writes durable before each request leaves.
+    pub fn durable(mut self, durability: crate::kv::Durability) -> Self {
+        self.durability = durability;
         self
     }
 
@@ -153,6 +162,7 @@ impl WasiHttpHooks for OutboundPolicy {
         let allowed = self.allows_uri(request.uri());
         let component = self.component.clone();
         let pool = self.pool.clone();
+        let durability = self.durability.clone();
         Box::new(async move {
             if !allowed {
                 let uri = request.uri();
@@ -162,6 +172,13 @@ impl WasiHttpHooks for OutboundPolicy {
                     "outbound request denied: destination is not in allowed_outbound_hosts"
                 );
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
+            // A chain or a carrier acting on this request must not act on writes a power loss could undo.
+            if let Err(e) = durability.wait().await {
+                tracing::error!(component = %component, error = %e, "outbound request not sent: the store could not sync");
+                return Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    "the key-value store could not sync its writes to disk".into(),
+                )));
             }
             if let Some(pool) = pool {
                 // The pool drives its connections itself: nothing for the caller to await.

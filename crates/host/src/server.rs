@@ -99,7 +99,17 @@ pub async fn handle(
     }
     let component = m.route.component.clone();
     let req = http::Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-    match handler.handle((), req).await {
+    let handled = handler.handle((), req).await;
+    // Whatever the component wrote is durable before the client can learn of it ([`crate::kv::Durability`]).
+    if let Err(e) = app.durability.wait().await {
+        tracing::error!(component = %component, error = %e, "answer withheld: the store could not sync");
+        return json_response(
+            503,
+            "storage_unavailable",
+            "the key-value store could not sync this request's writes to disk; retry",
+        );
+    }
+    match handled {
         Ok(resp) => resp,
         Err(e) => {
             tracing::error!(component = %component, error = %format!("{e:#}"), "request failed in the component");

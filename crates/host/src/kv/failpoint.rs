@@ -146,6 +146,10 @@ impl Backend for Failpoint {
         }
         Ok(swapped)
     }
+
+    async fn barrier(&self) -> KvResult<()> {
+        self.inner.barrier().await
+    }
 }
 
 #[cfg(test)]

@@ -61,10 +61,56 @@ pub trait Backend: Send + Sync + 'static {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> KvResult<bool>;
+    /// Make every write acknowledged so far durable (see [`Durability`]). Stores whose writes are as durable
+    /// as they will ever be once acknowledged (memory, Redis under its own persistence settings) have nothing
+    /// to do.
+    async fn barrier(&self) -> KvResult<()> {
+        Ok(())
+    }
 }
 
 /// A shared backend.
 pub type SharedBackend = Arc<dyn Backend>;
+
+/// The host's durability barrier over every store it opened.
+///
+/// A store may acknowledge a write before it is on disk (the SQLite store commits without waiting for the
+/// disk and syncs on demand), as long as nothing outside the host can learn of the write first. The host
+/// waits on this barrier before each of the two ways a write becomes visible outside: before it answers an
+/// HTTP request ([`crate::server`]) and before a component's outbound request leaves
+/// ([`crate::outbound`]). So a client, a chain or a carrier never acts on a write that a power loss could
+/// still take back: after a crash the store is as it was at some earlier moment, one that nobody outside
+/// observed past — what a crash of the host at that moment would have left, which every flow already
+/// recovers from. Concurrent barriers share one disk sync.
+#[derive(Clone, Default)]
+pub struct Durability {
+    stores: Vec<SharedBackend>,
+}
+
+impl std::fmt::Debug for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durability")
+            .field("stores", &self.stores.len())
+            .finish()
+    }
+}
+
+impl Durability {
+    /// A barrier over `stores`.
+    pub fn new(stores: impl IntoIterator<Item = SharedBackend>) -> Self {
+        Self {
+            stores: stores.into_iter().collect(),
+        }
+    }
+
+    /// Wait until every write any store acknowledged before this call is durable.
+    pub async fn wait(&self) -> KvResult<()> {
+        for store in &self.stores {
+            store.barrier().await?;
+        }
+        Ok(())
+    }
+}
 
 /// Parse a stored counter.
 pub(crate) fn parse_counter(key: &str, bytes: Option<&[u8]>) -> KvResult<i64> {
