@@ -17,6 +17,9 @@
 //!
 //! The restart runs with `ESIM402_CLOCK_SKEW_SECS` past the payment record's lease (`paid::LEASE_SECS`): a
 //! restart "after the lease", without waiting for it.
+//!
+//! The last test arms `ESIM402_FAILPOINT_SYNC` instead: the store's disk sync fails, and the host must
+//! withhold its answers rather than show a write a power loss could take back.
 
 use std::time::Duration;
 
@@ -223,4 +226,68 @@ async fn killed_after_the_broadcast_the_same_payment_completes_without_a_second_
         verified: 2,
     })
     .await;
+}
+
+/// Answers wait for the store's disk sync (the host's durability barrier, crates/host/src/kv/mod.rs). With the
+/// sync failing from the moment the activation's data balance is written (`ESIM402_FAILPOINT_SYNC=balance/`:
+/// after the settlement, before the answer), the paid request is answered 503 `storage_unavailable` instead of
+/// its 200, and so is every later request, a 402 included: nothing that depends on an unsynced write leaves.
+/// Restarted without the failpoint, the store holds the payment exactly once: settled once, the invoice paid,
+/// the same payment refused as spent, the ledger verifying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_disk_sync_withholds_the_answers_and_the_payment_stays_settled_once() {
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT_SYNC", "balance/")],
+    )
+    .await;
+    let start = s.balance(agent()).await;
+    let (invoice, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let header = pay.header();
+    let (status, _, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", header.clone())],
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+    let (status, _, body) = s.post("/v1/esim/activate", &activation(), &[]).await;
+    assert_eq!(
+        status, 503,
+        "a 402 writes nothing but is withheld too: {body}"
+    );
+
+    let env = s.env_with(&[], &["ESIM402_FAILPOINT_SYNC"]);
+    s.restart(&env).await;
+    assert_eq!(
+        s.balance(agent()).await,
+        start - price(&req),
+        "charged once"
+    );
+    assert!(s.nonce_used(agent(), pay.auth.nonce).await);
+    let id = invoice["invoice_id"].as_str().unwrap();
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(inv["status"], "paid", "{inv}");
+    let (again, _, b) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("payment-signature", header)],
+        )
+        .await;
+    assert_eq!(again, 409, "{b}");
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    for k in [
+        "settlement_confirmed",
+        "activation_completed",
+        "data_credited",
+    ] {
+        assert_eq!(count(k), 1, "{k}: {kinds:?}");
+    }
 }

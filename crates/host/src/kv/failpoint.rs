@@ -11,11 +11,15 @@
 //! cell`): the prefix `order/` fires when an order journal's new version becomes visible. Counters
 //! (`increment`) and deletes never fire.
 //!
-//! Unset (always, outside tests), [`wrap`] returns the backend unchanged: the failpoint costs nothing and
-//! cannot fire. Never set it in a deployment.
+//! `ESIM402_FAILPOINT_SYNC=<key prefix>`: once a published write of a key starting with the prefix has
+//! completed, every later durability barrier ([`super::Durability`]) fails, as a store whose disk sync failed
+//! does (`tests/all/crash.rs`: the answer is withheld).
+//!
+//! Unset (always, outside tests), [`wrap`] returns the backend unchanged: the failpoints cost nothing and
+//! cannot fire. Never set them in a deployment.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
@@ -23,6 +27,9 @@ use super::{Backend, KvResult, SharedBackend};
 
 /// The environment variable that arms the failpoint.
 pub const ENV: &str = "ESIM402_FAILPOINT";
+
+/// The environment variable that arms the failing disk sync.
+pub const SYNC_ENV: &str = "ESIM402_FAILPOINT_SYNC";
 
 /// A parsed `ESIM402_FAILPOINT` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,38 +77,71 @@ fn is_cell_bookkeeping(key: &str) -> bool {
 /// `backend` behind the failpoint `ESIM402_FAILPOINT` names, or unchanged when it is unset. A set but
 /// malformed value fails start-up (a crash test must not silently run without its crash).
 pub fn wrap(backend: SharedBackend) -> anyhow::Result<SharedBackend> {
-    let Some(value) = std::env::var_os(ENV) else {
-        return Ok(backend);
+    let spec = match std::env::var_os(ENV) {
+        None => None,
+        Some(value) => {
+            let value = value.to_string_lossy();
+            let spec = Spec::parse(&value)
+                .ok_or_else(|| anyhow::anyhow!("{ENV}={value:?}: expected <key prefix>[#<n>]"))?;
+            tracing::warn!(failpoint = %spec.label(), "test-only key-value failpoint armed");
+            Some(spec)
+        }
     };
-    let value = value.to_string_lossy();
-    let spec = Spec::parse(&value)
-        .ok_or_else(|| anyhow::anyhow!("{ENV}={value:?}: expected <key prefix>[#<n>]"))?;
-    tracing::warn!(failpoint = %spec.label(), "test-only key-value failpoint armed");
+    let sync_after = match std::env::var_os(SYNC_ENV) {
+        None => None,
+        Some(value) if value.is_empty() => {
+            anyhow::bail!("{SYNC_ENV} is empty: expected a key prefix")
+        }
+        Some(value) => {
+            let prefix = value.to_string_lossy().into_owned();
+            tracing::warn!(failpoint = %prefix, "test-only failing disk sync armed");
+            Some(prefix)
+        }
+    };
+    if spec.is_none() && sync_after.is_none() {
+        return Ok(backend);
+    }
     Ok(Arc::new(Failpoint {
         inner: backend,
         spec,
         seen: AtomicU64::new(0),
+        sync_after,
+        sync_failed: AtomicBool::new(false),
     }))
 }
 
-/// A backend that stalls the request whose write reaches the failpoint.
+/// A backend that stalls the request whose write reaches the failpoint, or fails barriers after one.
 struct Failpoint {
     inner: SharedBackend,
-    spec: Spec,
+    spec: Option<Spec>,
     seen: AtomicU64,
+    sync_after: Option<String>,
+    sync_failed: AtomicBool,
 }
 
 impl Failpoint {
-    /// After a completed published write of `key`: stall forever if it is the failpoint's.
+    /// After a completed published write of `key`: break the disk sync if it is the sync failpoint's; stall
+    /// forever if it is the failpoint's.
     async fn after_write(&self, key: &str) {
-        if !key.starts_with(&self.spec.prefix) || is_cell_bookkeeping(key) {
+        if is_cell_bookkeeping(key) {
+            return;
+        }
+        if self
+            .sync_after
+            .as_ref()
+            .is_some_and(|p| key.starts_with(p.as_str()))
+        {
+            self.sync_failed.store(true, Ordering::SeqCst);
+        }
+        let Some(spec) = &self.spec else { return };
+        if !key.starts_with(&spec.prefix) {
             return;
         }
         let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
-        if n < self.spec.nth {
+        if n < spec.nth {
             return;
         }
-        eprintln!("failpoint hit: {}", self.spec.label());
+        eprintln!("failpoint hit: {}", spec.label());
         std::future::pending::<()>().await;
     }
 }
@@ -148,6 +188,9 @@ impl Backend for Failpoint {
     }
 
     async fn barrier(&self) -> KvResult<()> {
+        if self.sync_failed.load(Ordering::SeqCst) {
+            return Err(super::KvError("failpoint: the disk sync failed".into()));
+        }
         self.inner.barrier().await
     }
 }
@@ -189,8 +232,10 @@ mod tests {
     async fn the_nth_published_write_completes_then_stalls_and_the_rest_pass() {
         let fp = Failpoint {
             inner: Arc::new(MemoryStore::default()),
-            spec: Spec::parse("sim/#2").unwrap(),
+            spec: Spec::parse("sim/#2"),
             seen: AtomicU64::new(0),
+            sync_after: None,
+            sync_failed: AtomicBool::new(false),
         };
         fp.set("sim/1@v1.77", b"proposal").await.unwrap();
         fp.set("other/1", b"x").await.unwrap();
@@ -210,5 +255,23 @@ mod tests {
             Some(&b"second"[..]),
             "the write itself completed before the stall"
         );
+    }
+
+    #[tokio::test]
+    async fn after_the_sync_failpoints_write_every_barrier_fails() {
+        let fp = Failpoint {
+            inner: Arc::new(MemoryStore::default()),
+            spec: None,
+            seen: AtomicU64::new(0),
+            sync_after: Some("balance/".into()),
+            sync_failed: AtomicBool::new(false),
+        };
+        fp.set("balance/1@v1.5", b"proposal").await.unwrap();
+        fp.set("other/1", b"x").await.unwrap();
+        fp.barrier().await.unwrap();
+        fp.set("balance/1", b"y").await.unwrap();
+        assert!(fp.barrier().await.is_err());
+        fp.set("other/2", b"z").await.unwrap();
+        assert!(fp.barrier().await.is_err(), "for good");
     }
 }
