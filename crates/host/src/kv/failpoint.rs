@@ -74,8 +74,9 @@ fn is_cell_bookkeeping(key: &str) -> bool {
     }
 }
 
-/// `backend` behind the failpoint `ESIM402_FAILPOINT` names, or unchanged when it is unset. A set but
-/// malformed value fails start-up (a crash test must not silently run without its crash).
+/// `backend` behind the failpoints `ESIM402_FAILPOINT` and `ESIM402_FAILPOINT_SYNC` name, or unchanged when
+/// both are unset. A set but malformed value fails start-up (a crash test must not silently run without its
+/// crash).
 pub fn wrap(backend: SharedBackend) -> anyhow::Result<SharedBackend> {
     let spec = match std::env::var_os(ENV) {
         None => None,
