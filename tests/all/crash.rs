@@ -39,6 +39,19 @@ struct Crash {
     verified: usize,
 }
 
+/// `POST /v1/esim/activate` carrying the payment `header`.
+async fn send_payment(
+    s: &PayStack,
+    header: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    s.post(
+        "/v1/esim/activate",
+        &activation(),
+        &[("payment-signature", header.to_owned())],
+    )
+    .await
+}
+
 async fn crash_and_pay_again(c: Crash) {
     let mut s = PayStack::start_with(
         Some((&Runner::Host, c.store)),
@@ -80,13 +93,7 @@ async fn crash_and_pay_again(c: Crash) {
         &["ESIM402_FAILPOINT"],
     );
     s.restart(&env).await;
-    let (status, _, body) = s
-        .post(
-            "/v1/esim/activate",
-            &activation(),
-            &[("payment-signature", header.clone())],
-        )
-        .await;
+    let (status, _, body) = send_payment(&s, &header).await;
     let sent = s
         .rpc(
             "eth_getTransactionCount",
@@ -148,13 +155,7 @@ async fn crash_and_pay_again(c: Crash) {
     }
 
     // Once more: a terminal 409, nothing moves.
-    let (again, _, b) = s
-        .post(
-            "/v1/esim/activate",
-            &activation(),
-            &[("payment-signature", header)],
-        )
-        .await;
+    let (again, _, b) = send_payment(&s, &header).await;
     if completed {
         assert_eq!(again, 409, "{b}");
         assert_eq!(s.balance(agent()).await, start - price(&req));
@@ -245,13 +246,7 @@ async fn a_failed_disk_sync_withholds_the_answers_and_the_payment_stays_settled_
     let (invoice, req) = s.invoice(&activation()).await;
     let pay = Payment::for_requirement(&req);
     let header = pay.header();
-    let (status, _, body) = s
-        .post(
-            "/v1/esim/activate",
-            &activation(),
-            &[("payment-signature", header.clone())],
-        )
-        .await;
+    let (status, _, body) = send_payment(&s, &header).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
     let (status, _, body) = s.post("/v1/esim/activate", &activation(), &[]).await;
@@ -271,13 +266,7 @@ async fn a_failed_disk_sync_withholds_the_answers_and_the_payment_stays_settled_
     let id = invoice["invoice_id"].as_str().unwrap();
     let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
     assert_eq!(inv["status"], "paid", "{inv}");
-    let (again, _, b) = s
-        .post(
-            "/v1/esim/activate",
-            &activation(),
-            &[("payment-signature", header)],
-        )
-        .await;
+    let (again, _, b) = send_payment(&s, &header).await;
     assert_eq!(again, 409, "{b}");
     assert_eq!(s.balance(agent()).await, start - price(&req));
     let (kinds, verify) = s.ledger().await;
