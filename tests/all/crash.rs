@@ -18,8 +18,8 @@
 //! The restart runs with `ESIM402_CLOCK_SKEW_SECS` past the payment record's lease (`paid::LEASE_SECS`): a
 //! restart "after the lease", without waiting for it.
 //!
-//! The last test arms `ESIM402_FAILPOINT_SYNC` instead: the store's disk sync fails, and the host must
-//! withhold its answers rather than show a write a power loss could take back.
+//! The last two tests arm `ESIM402_FAILPOINT_SYNC` instead: the store's disk sync fails, and the host must
+//! withhold its answers and its outbound requests rather than show a write a power loss could take back.
 
 use std::time::Duration;
 
@@ -279,4 +279,32 @@ async fn a_failed_disk_sync_withholds_the_answers_and_the_payment_stays_settled_
     ] {
         assert_eq!(count(k), 1, "{k}: {kinds:?}");
     }
+}
+
+/// Outbound requests wait for the disk sync too. With the sync failing from the payment record's first write
+/// on (`ESIM402_FAILPOINT_SYNC=invoice/`: after verification, before the carrier order), nothing leaves the
+/// host after it: the SM-DP+ hands out no profile, no settlement is sent, and the answer is withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_disk_sync_stops_the_carrier_order_and_the_settlement() {
+    let s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT_SYNC", "invoice/")],
+    )
+    .await;
+    let start = s.balance(agent()).await;
+    let (_, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let (status, _, body) = send_payment(&s, &pay.header()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+    assert!(s.handed_out().await.is_empty(), "no carrier order left");
+    assert_eq!(s.balance(agent()).await, start, "nothing settled");
+    assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+    let sent = s
+        .rpc(
+            "eth_getTransactionCount",
+            json!([chain::FACILITATOR, "latest"]),
+        )
+        .await;
+    assert_eq!(sent, "0x0", "no facilitator transaction");
 }
