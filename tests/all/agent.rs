@@ -492,12 +492,7 @@ async fn the_cli_honours_settlement_pending_by_sending_the_same_payment_again() 
     assert!(run.stderr.contains("settlement pending"), "{}", run.stderr);
     assert!(run.stdout.trim().starts_with("LPA:1$"), "{}", run.stdout);
     assert_eq!(s.balance(agent()).await, start - U256::from(420_000));
-    let sent = s
-        .rpc(
-            "eth_getTransactionCount",
-            json!([esim402_host::devstack::chain::FACILITATOR, "latest"]),
-        )
-        .await;
+    let sent = s.facilitator_transactions().await;
     assert_eq!(sent, "0x1", "one settlement transaction");
     assert!(state(dir.path())["pending"].as_object().unwrap().is_empty());
 }

@@ -24,9 +24,7 @@
 use std::time::Duration;
 
 use esim402_core::paid::LEASE_SECS;
-use esim402_host::devstack::chain;
 use esim402_tests::Runner;
-use serde_json::json;
 
 use crate::payments::{PayStack, Payment, Store, activation, agent, price};
 
@@ -94,12 +92,7 @@ async fn crash_and_pay_again(c: Crash) {
     );
     s.restart(&env).await;
     let (status, _, body) = send_payment(&s, &header).await;
-    let sent = s
-        .rpc(
-            "eth_getTransactionCount",
-            json!([chain::FACILITATOR, "latest"]),
-        )
-        .await;
+    let sent = s.facilitator_transactions().await;
     let id = invoice["invoice_id"].as_str().unwrap();
     let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
     let completed = status == 200;
@@ -300,11 +293,6 @@ async fn a_failed_disk_sync_stops_the_carrier_order_and_the_settlement() {
     assert!(s.handed_out().await.is_empty(), "no carrier order left");
     assert_eq!(s.balance(agent()).await, start, "nothing settled");
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
-    let sent = s
-        .rpc(
-            "eth_getTransactionCount",
-            json!([chain::FACILITATOR, "latest"]),
-        )
-        .await;
+    let sent = s.facilitator_transactions().await;
     assert_eq!(sent, "0x0", "no facilitator transaction");
 }

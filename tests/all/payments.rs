@@ -238,6 +238,15 @@ impl PayStack {
         self._app = Served::Process(app);
     }
 
+    /// How many transactions the dev stack's facilitator account has sent (hex quantity, `"0x0"` for none).
+    pub async fn facilitator_transactions(&self) -> Value {
+        self.rpc(
+            "eth_getTransactionCount",
+            json!([chain::FACILITATOR, "latest"]),
+        )
+        .await
+    }
+
     pub async fn rpc(&self, method: &str, params: Value) -> Value {
         let r: Value = self
             .http
@@ -938,12 +947,7 @@ async fn an_unconfirmed_settlement_is_pending_then_reconciled_without_a_second_b
             .starts_with("LPA:1$")
     );
     assert_eq!(s.balance(agent()).await, start - price(&req));
-    let nonce = s
-        .rpc(
-            "eth_getTransactionCount",
-            json!([chain::FACILITATOR, "latest"]),
-        )
-        .await;
+    let nonce = s.facilitator_transactions().await;
     assert_eq!(nonce, "0x1", "the facilitator sent exactly one transaction");
 }
 

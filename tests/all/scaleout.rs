@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use esim402_host::devstack::chain;
 use esim402_tests::{AppProcess, Runner};
 use serde_json::{Value, json};
 
@@ -184,12 +183,7 @@ async fn one_payment_raced_on_two_instances_settles_once_and_buys_one_sim() {
 
     // On chain: two transfers, each once; the facilitator sent exactly two transactions.
     assert_eq!(s.balance(agent()).await, start - price(&req) - price(&req2));
-    let sent = s
-        .rpc(
-            "eth_getTransactionCount",
-            json!([chain::FACILITATOR, "latest"]),
-        )
-        .await;
+    let sent = s.facilitator_transactions().await;
     assert_eq!(sent, "0x2", "one settlement per payment");
     // At the SM-DP+: exactly the two SIMs sold, both readable on both instances.
     let sold: BTreeSet<String> = [&first, &second]
