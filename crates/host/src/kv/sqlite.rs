@@ -1,9 +1,16 @@
 //! SQLite backend, file-compatible with Spin's `type = "spin"` store (table `spin_key_value`, one row per
 //! `(store, key)`; counters as 8-byte little-endian integers, as Spin's `increment` writes them), so `spin up`
-//! and `esim402 up` can take turns on one `.spin/sqlite_key_value.db`. The file is in WAL mode. Writes go to
-//! one writer thread per store, which commits everything queued at once in one `BEGIN IMMEDIATE` transaction
-//! (group commit); reads use a small pool of their own connections and never wait for the writer. Writers in
-//! other processes on the same file serialise with this one on SQLite's write lock.
+//! and `esim402 up` can take turns on one `.spin/sqlite_key_value.db`. The file is in WAL mode. Each store
+//! has one write connection: a write that finds it free commits at once on the caller's thread (a commit
+//! without a disk sync is tens of microseconds, less than handing the write to another thread and back);
+//! one that finds it taken, or SQLite's write lock held by another process, never waits on the caller's
+//! thread but queues for the store's writer thread, which commits everything queued at once in one
+//! `BEGIN IMMEDIATE` transaction (group commit). Reads use a small pool of their own connections, on the
+//! caller's thread, and never wait for the writer. Writers in other processes on the same file serialise with
+//! this one on SQLite's write lock. SQLite's automatic checkpoint, which would run inside whichever commit
+//! crosses 1 000 WAL pages, is off: the writer thread runs it instead (writes queue behind it meanwhile).
+//! `ESIM402_SQLITE_INLINE=off` (for measurements) hands every write to the writer thread and every read to a
+//! blocking thread, as before.
 //!
 //! Durability: the writer commits with `synchronous = NORMAL` (the commit is in the WAL, in order, but not
 //! yet synced to disk) and syncs the WAL file on demand: [`Backend::barrier`] returns once every write
@@ -33,7 +40,13 @@ const MAX_BATCH: usize = 64;
 /// read connections.
 pub struct SqliteStore {
     label: Arc<str>,
+    /// The write connection: taken at once by a caller that finds it free ([`Self::write`]), else by the
+    /// writer thread for a batch of queued writes.
+    conn: Arc<Mutex<Connection>>,
     writer: mpsc::Sender<Job>,
+    /// Writes and reads run on the caller's thread when they need not wait (`ESIM402_SQLITE_INLINE=off`
+    /// always hands them to threads of their own, for measurements).
+    inline: bool,
     readers: Arc<Readers>,
     progress: Arc<Progress>,
 }
@@ -57,6 +70,10 @@ struct Progress {
     /// report success without them, so no barrier passes again until the host restarts (and SQLite recovers
     /// from what is really on disk).
     failed: std::sync::atomic::AtomicBool,
+    /// A checkpoint is asked for and not yet run.
+    checkpoint_asked: std::sync::atomic::AtomicBool,
+    /// Checkpoints run (for tests and measurements).
+    checkpoints: AtomicU64,
 }
 
 /// `ESIM402_SQLITE_SYNC`: `barrier` (the default) or `commit`.
@@ -68,6 +85,17 @@ fn sync_each_commit() -> anyhow::Result<bool> {
         Err(_) | Ok("barrier") => Ok(false),
         Ok("commit") => Ok(true),
         Ok(other) => anyhow::bail!("{SYNC_ENV}={other:?}: expected \"barrier\" or \"commit\""),
+    }
+}
+
+/// `ESIM402_SQLITE_INLINE`: `on` (the default) or `off`.
+pub const INLINE_ENV: &str = "ESIM402_SQLITE_INLINE";
+
+fn inline() -> anyhow::Result<bool> {
+    match std::env::var(INLINE_ENV).as_deref() {
+        Err(_) | Ok("on") => Ok(true),
+        Ok("off") => Ok(false),
+        Ok(other) => anyhow::bail!("{INLINE_ENV}={other:?}: expected \"on\" or \"off\""),
     }
 }
 
@@ -83,15 +111,20 @@ impl Progress {
             syncs: AtomicU64::new(0),
             each_commit,
             failed: std::sync::atomic::AtomicBool::new(false),
+            checkpoint_asked: std::sync::atomic::AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
         }
     }
 
-    /// Count a commit (before its writes are acknowledged).
-    fn committed(&self) {
+    /// Count a commit made on this thread (before its writes are acknowledged). True when the WAL has grown to
+    /// [`CHECKPOINT_PAGES`] and no checkpoint is asked for yet: the caller asks the writer thread for one.
+    fn committed(&self) -> bool {
         let n = self.committed.fetch_add(1, Ordering::SeqCst) + 1;
         if self.each_commit {
             self.synced.fetch_max(n, Ordering::SeqCst);
         }
+        WAL_PAGES.replace(0) >= CHECKPOINT_PAGES
+            && !self.checkpoint_asked.swap(true, Ordering::SeqCst)
     }
 
     fn all_synced(&self) -> bool {
@@ -143,6 +176,8 @@ enum Write {
     Cas(String, Option<Vec<u8>>, Vec<u8>),
     /// Not a write: sync everything committed so far to disk.
     Sync,
+    /// Not a write: copy the WAL's pages into the database file (SQLite's automatic checkpoint is off).
+    Checkpoint,
 }
 
 enum Done {
@@ -155,9 +190,12 @@ const GET: &str = "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?
 const DELETE: &str = "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2";
 const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
 
+/// How long a statement waits for another process's lock before failing.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 
@@ -171,6 +209,9 @@ impl SqliteStore {
         let conn = connect(path)
             .with_context(|| format!("cannot open SQLite store {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Checkpoints run on the writer thread, not inside whichever commit crosses SQLite's threshold.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.wal_hook(Some(note_wal_pages));
         // Commits are synced on demand, by `barrier` (module docs).
         let each_commit = sync_each_commit()?;
         conn.pragma_update(
@@ -187,15 +228,19 @@ impl SqliteStore {
         let thread_label = label.clone();
         let progress = Arc::new(Progress::new(path, each_commit));
         let thread_progress = progress.clone();
+        let conn = Arc::new(Mutex::new(conn));
+        let thread_conn = conn.clone();
         std::thread::Builder::new()
             .name(format!("sqlite-kv-{label}"))
             .spawn(move || {
-                write_loop(conn, &thread_label, &jobs, &thread_progress);
+                write_loop(&thread_conn, &thread_label, &jobs, &thread_progress);
             })
             .context("cannot start the SQLite writer thread")?;
         Ok(Self {
             label,
+            conn,
             writer,
+            inline: inline()?,
             readers: Arc::new(Readers {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
@@ -205,6 +250,9 @@ impl SqliteStore {
     }
 
     async fn write(&self, write: Write) -> KvResult<Done> {
+        if let Some(done) = self.write_inline(&write) {
+            return done;
+        }
         let (reply, done) = oneshot::channel();
         self.writer
             .send(Job { write, reply })
@@ -213,7 +261,60 @@ impl SqliteStore {
             .map_err(|_| KvError("the SQLite writer has stopped".into()))?
     }
 
+    /// Commit `write` on the caller's thread if the write connection is free and SQLite's write lock is not
+    /// held by another process (`None`: queue it for the writer thread instead). Never waits: a store call
+    /// holding the guest's instance costs the commit alone, without two thread hand-offs.
+    fn write_inline(&self, write: &Write) -> Option<KvResult<Done>> {
+        // While a checkpoint is asked for, writes queue behind it, so the WAL cannot outgrow it.
+        if !self.inline
+            || matches!(write, Write::Sync | Write::Checkpoint)
+            || self.progress.checkpoint_asked.load(Ordering::SeqCst)
+        {
+            return None;
+        }
+        let mut conn = self.conn.try_lock().ok()?;
+        conn.busy_timeout(std::time::Duration::ZERO).ok()?;
+        let result = commit(&mut conn, &self.label, std::iter::once(write));
+        let restored = conn.busy_timeout(BUSY_TIMEOUT);
+        match result {
+            Ok(mut results) => {
+                if self.progress.committed() {
+                    let (reply, _) = oneshot::channel();
+                    let _ = self.writer.send(Job {
+                        write: Write::Checkpoint,
+                        reply,
+                    });
+                }
+                drop(conn);
+                if let Err(e) = restored {
+                    return Some(Err(KvError::from_display(e)));
+                }
+                Some(results.pop().unwrap_or(Err(KvError("no result".into()))))
+            }
+            // Another process holds the write lock: the writer thread waits for it instead.
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                None
+            }
+            Err(e) => Some(Err(KvError::from_display(e))),
+        }
+    }
+
     async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &str) -> rusqlite::Result<R> + Send + 'static,
+    ) -> KvResult<R> {
+        if self.inline {
+            let conn = self.readers.take()?;
+            let r = f(&conn, &self.label).map_err(KvError::from_display);
+            self.readers.put(conn);
+            return r;
+        }
+        self.read_blocking(f).await
+    }
+
+    async fn read_blocking<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, &str) -> rusqlite::Result<R> + Send + 'static,
     ) -> KvResult<R> {
@@ -263,7 +364,7 @@ impl Readers {
 /// result is only sent after its commit, so an acknowledged write is visible to every reader, and a barrier
 /// answered after it finds it counted.
 fn write_loop(
-    mut conn: Connection,
+    conn: &Mutex<Connection>,
     label: &str,
     jobs: &mpsc::Receiver<Job>,
     progress: &Progress,
@@ -277,25 +378,33 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let (barriers, writes): (Vec<Job>, Vec<Job>) = batch
+        let (requests, writes): (Vec<Job>, Vec<Job>) = batch
+            .into_iter()
+            .partition(|j| matches!(j.write, Write::Sync | Write::Checkpoint));
+        let (barriers, checkpoints): (Vec<Job>, Vec<Job>) = requests
             .into_iter()
             .partition(|j| matches!(j.write, Write::Sync));
+        let mut asked = !checkpoints.is_empty();
         if !writes.is_empty() {
             commits += 1;
-            let results = match commit(&mut conn, label, &writes) {
+            let Ok(mut conn) = conn.lock() else {
+                return commits;
+            };
+            let results = match commit(&mut conn, label, writes.iter().map(|j| &j.write)) {
                 Ok(results) => results,
                 // A failed statement or commit: retry each write in its own transaction, so one bad write
                 // does not fail the others.
                 Err(_) => writes
                     .iter()
                     .map(|job| {
-                        commit(&mut conn, label, std::slice::from_ref(job))
+                        commit(&mut conn, label, std::iter::once(&job.write))
                             .map_err(KvError::from_display)
                             .and_then(|mut r| r.pop().unwrap_or(Err(KvError("no result".into()))))
                     })
                     .collect(),
             };
-            progress.committed();
+            asked |= progress.committed();
+            drop(conn);
             for (job, result) in writes.into_iter().zip(results) {
                 let _ = job.reply.send(result);
             }
@@ -309,19 +418,48 @@ fn write_loop(
                 });
             }
         }
+        if asked {
+            progress.checkpoint_asked.store(false, Ordering::SeqCst);
+            checkpoint(conn);
+            progress.checkpoints.fetch_add(1, Ordering::SeqCst);
+        }
     }
     commits
 }
 
-fn commit(
+/// WAL pages that call for a checkpoint: SQLite's own threshold, whose automatic checkpoint (off here) would
+/// run inside whichever commit crosses it, on the committing thread.
+const CHECKPOINT_PAGES: i32 = 1_000;
+
+thread_local! {
+    /// Pages in the WAL after this thread's last commit (SQLite's WAL hook runs inside the commit).
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
+
+/// A checkpoint, on the write connection and holding it: while it runs, writes queue for the writer thread.
+/// (On a connection of its own it would run alongside a steady stream of commits and never catch up with
+/// them: the WAL restarts from its start only when a write begins after a checkpoint that copied all of it.)
+/// `PASSIVE` does not wait for readers.
+fn checkpoint(conn: &Mutex<Connection>) {
+    let Ok(conn) = conn.lock() else { return };
+    // A failed checkpoint loses nothing (the pages stay in the WAL): the next one tries again.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+}
+
+fn commit<'a>(
     conn: &mut Connection,
     label: &str,
-    batch: &[Job],
+    batch: impl Iterator<Item = &'a Write>,
 ) -> rusqlite::Result<Vec<KvResult<Done>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        results.push(apply(&tx, label, &job.write)?);
+    let mut results = Vec::new();
+    for write in batch {
+        results.push(apply(&tx, label, write)?);
     }
     tx.commit()?;
     Ok(results)
@@ -377,8 +515,8 @@ fn apply(
                 Done::Swapped(true)
             }
         }
-        // Never in a transaction's batch (the writer takes barriers apart).
-        Write::Sync => Done::Unit,
+        // Never in a transaction's batch (the writer takes them apart).
+        Write::Sync | Write::Checkpoint => Done::Unit,
     }))
 }
 
@@ -418,7 +556,8 @@ impl Backend for SqliteStore {
         Ok(self.get(key).await?.is_some())
     }
     async fn keys(&self) -> KvResult<Vec<String>> {
-        self.read(|c, s| {
+        // Every key of the store: too long a scan for the caller's thread.
+        self.read_blocking(|c, s| {
             let mut stmt = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
             stmt.query_map(params![s], |r| r.get(0))?.collect()
         })
@@ -506,7 +645,7 @@ mod tests {
         queue(Write::Set("s".into(), b"v".to_vec()));
         drop(tx);
         let progress = Progress::new(&path, false);
-        let commits = write_loop(conn, "default", &rx, &progress);
+        let commits = write_loop(&Mutex::new(conn), "default", &rx, &progress);
         assert_eq!(commits, 2, "104 queued writes in batches of {MAX_BATCH}");
         let mut results = Vec::new();
         for r in replies {
@@ -566,7 +705,7 @@ mod tests {
             replies.push(done);
         }
         drop(tx);
-        assert_eq!(write_loop(conn, "default", &rx, &progress), 1);
+        assert_eq!(write_loop(&Mutex::new(conn), "default", &rx, &progress), 1);
         for r in replies {
             assert!(matches!(r.await.unwrap(), Ok(Done::Unit)));
         }
@@ -611,5 +750,82 @@ mod tests {
         let again = progress.sync().unwrap_err();
         assert!(again.0.contains("restart the host"), "{again}");
         assert!(!progress.all_synced());
+    }
+
+    /// A write finding the write connection free commits on the caller's thread; one finding it taken (the
+    /// writer thread's batch) or SQLite's write lock held by another process waits its turn on the writer
+    /// thread, and commits once the lock is free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_commit_inline_or_wait_for_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        let store = Arc::new(SqliteStore::open(&path, "default").unwrap());
+        assert!(store.inline);
+        assert!(
+            store
+                .write_inline(&Write::Increment("n".into(), 2))
+                .is_some()
+        );
+        {
+            let _taken = store.conn.lock().unwrap();
+            assert!(
+                store
+                    .write_inline(&Write::Increment("n".into(), 1))
+                    .is_none(),
+                "the connection is taken: queue"
+            );
+        }
+        // Another process's write transaction: the inline attempt gives way, the writer thread waits for it.
+        let other = connect(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(
+            store
+                .write_inline(&Write::Increment("n".into(), 1))
+                .is_none()
+        );
+        let queued = tokio::spawn({
+            let store = store.clone();
+            async move { store.increment("n", 1).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!queued.is_finished(), "waits for the other writer");
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(queued.await.unwrap().unwrap(), 3);
+        assert_eq!(
+            store.get("n").await.unwrap(),
+            Some(3i64.to_le_bytes().to_vec())
+        );
+    }
+
+    /// SQLite's automatic checkpoint is off; once the WAL holds `CHECKPOINT_PAGES`, the writer thread runs one
+    /// (asked once until it has run), the next write starts the WAL over, so under a steady stream of writes
+    /// the WAL file stays bounded; and the data stays whole.
+    #[tokio::test]
+    async fn a_grown_wal_is_checkpointed_by_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        let store = SqliteStore::open(&path, "default").unwrap();
+        let checkpoints = || store.progress.checkpoints.load(Ordering::SeqCst);
+        let page = vec![7u8; 4096];
+        for i in 0..100 {
+            store.set(&format!("k{i}"), &page).await.unwrap();
+        }
+        assert_eq!(checkpoints(), 0, "the WAL is still small");
+        // ~5 000 pages in all (a 4 KiB value takes an overflow page besides its leaf).
+        for i in 100..1200 {
+            store.set(&format!("k{i}"), &page).await.unwrap();
+        }
+        store.barrier().await.unwrap();
+        assert!(checkpoints() >= 2, "{} checkpoints", checkpoints());
+        let wal = std::fs::metadata(dir.path().join("kv.db-wal"))
+            .unwrap()
+            .len();
+        let bound = 2 * CHECKPOINT_PAGES as u64 * (4096 + 24);
+        assert!(wal <= bound, "WAL of {wal} bytes, more than {bound}");
+        let fresh = connect(&path).unwrap();
+        let n: i64 = fresh
+            .query_row("SELECT count(*) FROM spin_key_value", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1200);
     }
 }
