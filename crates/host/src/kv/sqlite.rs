@@ -79,23 +79,26 @@ struct Progress {
 /// `ESIM402_SQLITE_SYNC`: `barrier` (the default) or `commit`.
 pub const SYNC_ENV: &str = "ESIM402_SQLITE_SYNC";
 
-/// Whether `ESIM402_SQLITE_SYNC` asks for a sync at every commit; another value than the two is refused.
+/// Whether `ESIM402_SQLITE_SYNC` asks for a sync at every commit.
 fn sync_each_commit() -> anyhow::Result<bool> {
-    match std::env::var(SYNC_ENV).as_deref() {
-        Err(_) | Ok("barrier") => Ok(false),
-        Ok("commit") => Ok(true),
-        Ok(other) => anyhow::bail!("{SYNC_ENV}={other:?}: expected \"barrier\" or \"commit\""),
-    }
+    switch(SYNC_ENV, "barrier", "commit")
 }
 
 /// `ESIM402_SQLITE_INLINE`: `on` (the default) or `off`.
 pub const INLINE_ENV: &str = "ESIM402_SQLITE_INLINE";
 
 fn inline() -> anyhow::Result<bool> {
-    match std::env::var(INLINE_ENV).as_deref() {
-        Err(_) | Ok("on") => Ok(true),
-        Ok("off") => Ok(false),
-        Ok(other) => anyhow::bail!("{INLINE_ENV}={other:?}: expected \"on\" or \"off\""),
+    switch(INLINE_ENV, "on", "off").map(|off| !off)
+}
+
+/// Whether the measurement switch `name` is set to `other` rather than left unset or set to `default`; any
+/// other value is refused.
+fn switch(name: &str, default: &str, other: &str) -> anyhow::Result<bool> {
+    match std::env::var(name) {
+        Err(_) => Ok(false),
+        Ok(v) if v == default => Ok(false),
+        Ok(v) if v == other => Ok(true),
+        Ok(v) => anyhow::bail!("{name}={v:?}: expected {default:?} or {other:?}"),
     }
 }
 
