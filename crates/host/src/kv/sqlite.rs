@@ -365,7 +365,8 @@ impl Readers {
 /// `BEGIN IMMEDIATE` transaction, commit once, count the commit, then answer each; then, if the batch held
 /// barriers, sync the WAL once (if anything was committed since the last sync) and answer them. A write's
 /// result is only sent after its commit, so an acknowledged write is visible to every reader, and a barrier
-/// answered after it finds it counted.
+/// answered after it finds it counted. Last, if a checkpoint was asked for (by this batch's commit or by a
+/// caller's), run it. Writes committed on callers' threads meanwhile are counted the same way.
 fn write_loop(
     conn: &Mutex<Connection>,
     label: &str,
