@@ -226,6 +226,9 @@ impl SqliteStore {
             "CREATE TABLE IF NOT EXISTS spin_key_value (store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (store, key))",
             [],
         )?;
+        // At rest the write connection does not wait for another process's write lock: a write on the caller's
+        // thread gives way to the writer thread, which waits for it (`BUSY_TIMEOUT`) around each batch.
+        conn.busy_timeout(std::time::Duration::ZERO)?;
         let label: Arc<str> = label.into();
         let (writer, jobs) = mpsc::channel();
         let thread_label = label.clone();
@@ -265,7 +268,8 @@ impl SqliteStore {
     }
 
     /// Commit `write` on the caller's thread if the write connection is free and SQLite's write lock is not
-    /// held by another process (`None`: queue it for the writer thread instead). Never waits: a store call
+    /// held by another process (the connection has no busy timeout then; `None`: queue it for the writer
+    /// thread instead). Never waits: a store call
     /// holding the guest's instance costs the commit alone, without two thread hand-offs.
     fn write_inline(&self, write: &Write) -> Option<KvResult<Done>> {
         // While a checkpoint is asked for, writes queue behind it, so the WAL cannot outgrow it.
@@ -276,10 +280,7 @@ impl SqliteStore {
             return None;
         }
         let mut conn = self.conn.try_lock().ok()?;
-        conn.busy_timeout(std::time::Duration::ZERO).ok()?;
-        let result = commit(&mut conn, &self.label, std::iter::once(write));
-        let restored = conn.busy_timeout(BUSY_TIMEOUT);
-        match result {
+        match commit(&mut conn, &self.label, std::iter::once(write)) {
             Ok(mut results) => {
                 if self.progress.committed() {
                     let (reply, _) = oneshot::channel();
@@ -289,9 +290,6 @@ impl SqliteStore {
                     });
                 }
                 drop(conn);
-                if let Err(e) = restored {
-                    return Some(Err(KvError::from_display(e)));
-                }
                 Some(results.pop().unwrap_or(Err(KvError("no result".into()))))
             }
             // Another process holds the write lock: the writer thread waits for it instead.
@@ -394,6 +392,8 @@ fn write_loop(
             let Ok(mut conn) = conn.lock() else {
                 return commits;
             };
+            // `sqlite3_busy_timeout` cannot fail. The connection rests without one (`SqliteStore::open`).
+            let _ = conn.busy_timeout(BUSY_TIMEOUT);
             let results = match commit(&mut conn, label, writes.iter().map(|j| &j.write)) {
                 Ok(results) => results,
                 // A failed statement or commit: retry each write in its own transaction, so one bad write
@@ -408,6 +408,7 @@ fn write_loop(
                     .collect(),
             };
             asked |= progress.committed();
+            let _ = conn.busy_timeout(std::time::Duration::ZERO);
             drop(conn);
             for (job, result) in writes.into_iter().zip(results) {
                 let _ = job.reply.send(result);
