@@ -602,6 +602,14 @@ mod tests {
     use super::*;
     use crate::kv::SharedBackend;
 
+    /// A store on a new file in a temporary directory (removed when the returned guard drops).
+    fn fresh() -> (tempfile::TempDir, PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        let store = SqliteStore::open(&path, "default").unwrap();
+        (dir, path, store)
+    }
+
     #[tokio::test]
     async fn conformance_and_persistence() {
         let dir = tempfile::tempdir().unwrap();
@@ -629,9 +637,7 @@ mod tests {
     /// counter) fails alone.
     #[tokio::test]
     async fn queued_writes_commit_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kv.db");
-        let store = SqliteStore::open(&path, "default").unwrap();
+        let (_dir, path, store) = fresh();
         store.set("text", b"x").await.unwrap();
         let conn = connect(&path).unwrap();
         let (tx, rx) = mpsc::channel();
@@ -680,9 +686,7 @@ mod tests {
     /// together share one sync.
     #[tokio::test]
     async fn barriers_sync_only_what_was_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kv.db");
-        let store = SqliteStore::open(&path, "default").unwrap();
+        let (_dir, path, store) = fresh();
         let syncs = || store.progress.syncs.load(Ordering::SeqCst);
         store.barrier().await.unwrap();
         assert_eq!(syncs(), 0, "nothing committed yet");
@@ -721,8 +725,8 @@ mod tests {
     /// The host's barrier over all its stores reaches the SQLite one.
     #[tokio::test]
     async fn the_hosts_barrier_syncs_the_sqlite_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("kv.db"), "default").unwrap());
+        let (_dir, _, store) = fresh();
+        let store = Arc::new(store);
         let durability = super::super::Durability::new([
             Arc::new(super::super::MemoryStore::default()) as SharedBackend,
             store.clone(),
@@ -762,9 +766,8 @@ mod tests {
     /// thread, and commits once the lock is free.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_commit_inline_or_wait_for_the_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kv.db");
-        let store = Arc::new(SqliteStore::open(&path, "default").unwrap());
+        let (_dir, path, store) = fresh();
+        let store = Arc::new(store);
         assert!(store.inline);
         assert!(
             store
@@ -807,9 +810,7 @@ mod tests {
     /// the WAL file stays bounded; and the data stays whole.
     #[tokio::test]
     async fn a_grown_wal_is_checkpointed_by_the_writer_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kv.db");
-        let store = SqliteStore::open(&path, "default").unwrap();
+        let (dir, path, store) = fresh();
         let checkpoints = || store.progress.checkpoints.load(Ordering::SeqCst);
         let page = vec![7u8; 4096];
         for i in 0..100 {
