@@ -63,6 +63,14 @@ async fn instances_sharing_redis_share_the_invoice_key() {
     second.stop().await;
 }
 
+/// The checks every backend passes (reads, writes, batches, counters, compare-and-swap), on a real Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_passes_the_backend_conformance_checks() {
+    let redis = RedisServer::start().unwrap();
+    let store: Arc<dyn Backend> = Arc::new(RedisStore::connect(&redis.url).await.unwrap());
+    esim402_host::kv::conformance::check(store).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_atomics_have_exactly_one_winner() {
     let redis = RedisServer::start().unwrap();

@@ -397,20 +397,18 @@ impl atomics::Host for KvView<'_> {
 }
 
 impl batch::Host for KvView<'_> {
+    /// Every key with its value or `None` (the interface's contract; Spin's SQLite store leaves absent keys
+    /// out, so guests must accept both).
     async fn get_many(
         &mut self,
         bucket: Resource<WasiBucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error>> {
         let store = self.bucket(&bucket)?;
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            match store.get(&key).await {
-                Ok(v) => out.push((key, v)),
-                Err(e) => return Ok(Err(wasi_err(e))),
-            }
-        }
-        Ok(Ok(out))
+        Ok(match store.get_many(&keys).await {
+            Ok(values) => Ok(keys.into_iter().zip(values).collect()),
+            Err(e) => Err(wasi_err(e)),
+        })
     }
     async fn set_many(
         &mut self,
@@ -418,12 +416,7 @@ impl batch::Host for KvView<'_> {
         entries: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
         let store = self.bucket(&bucket)?;
-        for (k, v) in entries {
-            if let Err(e) = store.set(&k, &v).await {
-                return Ok(Err(wasi_err(e)));
-            }
-        }
-        Ok(Ok(()))
+        Ok(store.set_many(entries).await.map_err(wasi_err))
     }
     async fn delete_many(
         &mut self,
@@ -431,11 +424,6 @@ impl batch::Host for KvView<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
         let store = self.bucket(&bucket)?;
-        for k in keys {
-            if let Err(e) = store.delete(&k).await {
-                return Ok(Err(wasi_err(e)));
-            }
-        }
-        Ok(Ok(()))
+        Ok(store.delete_many(&keys).await.map_err(wasi_err))
     }
 }

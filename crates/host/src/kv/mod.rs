@@ -61,6 +61,30 @@ pub trait Backend: Send + Sync + 'static {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> KvResult<bool>;
+    /// Values of `keys`, in their order (`wasi:keyvalue/batch` `get-many`). Backends that can read them in one
+    /// round trip or one snapshot override this.
+    async fn get_many(&self, keys: &[String]) -> KvResult<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+    /// Overwrite each key (`wasi:keyvalue/batch` `set-many`; not atomic as a whole, like Spin's). Backends that
+    /// can write them in one commit or one round trip override this.
+    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> KvResult<()> {
+        for (key, value) in &entries {
+            self.set(key, value).await?;
+        }
+        Ok(())
+    }
+    /// Remove each key (`wasi:keyvalue/batch` `delete-many`).
+    async fn delete_many(&self, keys: &[String]) -> KvResult<()> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
     /// Make every write acknowledged so far durable (see [`Durability`]). Stores whose writes are as durable
     /// as they will ever be once acknowledged (memory, Redis under its own persistence settings) have nothing
     /// to do.
@@ -133,9 +157,10 @@ pub async fn open(label: &str, cfg: &StoreConfig) -> anyhow::Result<SharedBacken
     failpoint::wrap(backend)
 }
 
-#[cfg(test)]
-pub(crate) mod conformance {
-    //! The same behavioural checks for every backend.
+#[doc(hidden)]
+pub mod conformance {
+    //! The same behavioural checks for every backend (SQLite and memory in this crate's unit tests, Redis
+    //! against a real `redis-server` in `tests/all/backends.rs`). Test support: panics on a failed check.
     use super::*;
 
     pub async fn check(store: SharedBackend) {
@@ -168,6 +193,41 @@ pub(crate) mod conformance {
         store.delete("a").await.unwrap();
         store.delete("a").await.unwrap();
         assert!(!store.exists("a").await.unwrap());
+
+        // Batches: values in the keys' order, absent ones as `None`; a counter reads as the backend stores it.
+        let entries: Vec<(String, Vec<u8>)> = (0..100u8)
+            .map(|i| (format!("many-{i}"), vec![i; usize::from(i) + 1]))
+            .collect();
+        store.set_many(entries.clone()).await.unwrap();
+        store.set_many(Vec::new()).await.unwrap();
+        let mut keys: Vec<String> = entries.iter().rev().map(|(k, _)| k.clone()).collect();
+        keys.insert(50, "many-absent".into());
+        let got = store.get_many(&keys).await.unwrap();
+        assert_eq!(got.len(), 101);
+        for (key, value) in keys.iter().zip(&got) {
+            let want = entries.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+            assert_eq!(value.as_ref(), want, "{key}");
+        }
+        assert_eq!(
+            store.get_many(&[]).await.unwrap(),
+            Vec::<Option<Vec<u8>>>::new()
+        );
+        let n = store.get_many(&["n".into()]).await.unwrap();
+        assert_eq!(n, vec![store.get("n").await.unwrap()]);
+        assert!(n[0].is_some());
+        store.delete_many(&keys[..10]).await.unwrap();
+        let got = store.get_many(&keys[..12]).await.unwrap();
+        assert!(got[..10].iter().all(Option::is_none));
+        assert!(got[10..].iter().all(Option::is_some));
+        store.delete_many(&keys).await.unwrap();
+        assert!(
+            store
+                .get_many(&keys)
+                .await
+                .unwrap()
+                .iter()
+                .all(Option::is_none)
+        );
 
         // 64 racing increments all count; 64 racing absent-CAS inserts have exactly one winner.
         let mut tasks = Vec::new();

@@ -86,6 +86,41 @@ impl Backend for RedisStore {
         let (mut conn, key) = (self.conn.clone(), key.to_owned());
         spawned(async move { conn.exists(key).await }).await
     }
+    async fn get_many(&self, keys: &[String]) -> KvResult<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut conn, keys) = (self.conn.clone(), keys.to_vec());
+        // `MGET`: one round trip, one reply per key in order (nil for an absent key).
+        spawned(async move { redis::cmd("MGET").arg(keys).query_async(&mut conn).await }).await
+    }
+    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> KvResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        // `MSET`: one round trip.
+        spawned(async move {
+            redis::cmd("MSET")
+                .arg(entries)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+    async fn delete_many(&self, keys: &[String]) -> KvResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let (mut conn, keys) = (self.conn.clone(), keys.to_vec());
+        spawned(async move {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
     async fn keys(&self) -> KvResult<Vec<String>> {
         let mut conn = self.conn.clone();
         spawned(async move {

@@ -174,7 +174,10 @@ struct Job {
 
 enum Write {
     Set(String, Vec<u8>),
+    /// `set-many`: one write, so the keys share a commit whichever path it takes.
+    SetMany(Vec<(String, Vec<u8>)>),
     Delete(String),
+    DeleteMany(Vec<String>),
     Increment(String, i64),
     Cas(String, Option<Vec<u8>>, Vec<u8>),
     /// Not a write: sync everything committed so far to disk.
@@ -482,8 +485,22 @@ fn apply(
             tx.prepare_cached(UPSERT)?.execute(params![s, key, value])?;
             Done::Unit
         }
+        Write::SetMany(entries) => {
+            let mut upsert = tx.prepare_cached(UPSERT)?;
+            for (key, value) in entries {
+                upsert.execute(params![s, key, value])?;
+            }
+            Done::Unit
+        }
         Write::Delete(key) => {
             tx.prepare_cached(DELETE)?.execute(params![s, key])?;
+            Done::Unit
+        }
+        Write::DeleteMany(keys) => {
+            let mut delete = tx.prepare_cached(DELETE)?;
+            for key in keys {
+                delete.execute(params![s, key])?;
+            }
             Done::Unit
         }
         Write::Increment(key, delta) => {
@@ -559,6 +576,40 @@ impl Backend for SqliteStore {
     }
     async fn exists(&self, key: &str) -> KvResult<bool> {
         Ok(self.get(key).await?.is_some())
+    }
+    async fn get_many(&self, keys: &[String]) -> KvResult<Vec<Option<Vec<u8>>>> {
+        let keys = keys.to_vec();
+        // One read transaction: the values are one snapshot.
+        self.read(move |c, s| {
+            let tx = c.unchecked_transaction()?;
+            let values = {
+                let mut get = tx.prepare_cached(GET)?;
+                keys.iter()
+                    .map(|key| get.query_row(params![s, key], |r| r.get(0)).optional())
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            tx.finish()?;
+            Ok(values)
+        })
+        .await
+    }
+    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> KvResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        match self.write(Write::SetMany(entries)).await? {
+            Done::Unit => Ok(()),
+            _ => unexpected(),
+        }
+    }
+    async fn delete_many(&self, keys: &[String]) -> KvResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        match self.write(Write::DeleteMany(keys.to_vec())).await? {
+            Done::Unit => Ok(()),
+            _ => unexpected(),
+        }
     }
     async fn keys(&self) -> KvResult<Vec<String>> {
         // Every key of the store: too long a scan for the caller's thread.
@@ -803,6 +854,51 @@ mod tests {
             store.get("n").await.unwrap(),
             Some(3i64.to_le_bytes().to_vec())
         );
+    }
+
+    /// `set-many` and `delete-many` are one write each: their keys share one commit, on the caller's thread
+    /// or queued for the writer thread (whose group commit may add other writes to it); `get-many` reads one
+    /// snapshot.
+    #[tokio::test]
+    async fn a_batch_is_one_commit_on_either_path() {
+        let (_dir, _path, store) = fresh();
+        let store = Arc::new(store);
+        let commits = || store.progress.committed.load(Ordering::SeqCst);
+        let entries = |tag: &str| -> Vec<(String, Vec<u8>)> {
+            (0..50)
+                .map(|i| (format!("{tag}{i}"), format!("{tag}-{i}").into_bytes()))
+                .collect()
+        };
+        let before = commits();
+        store.set_many(entries("a")).await.unwrap();
+        assert_eq!(commits(), before + 1, "50 keys, one commit, inline");
+        let queued = {
+            let _taken = store.conn.lock().unwrap();
+            let queued = tokio::spawn({
+                let store = store.clone();
+                async move { store.set_many(entries("b")).await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(!queued.is_finished(), "the connection is taken: queued");
+            queued
+        };
+        queued.await.unwrap().unwrap();
+        assert_eq!(commits(), before + 2, "one commit on the writer thread");
+        let keys: Vec<String> = entries("a")
+            .into_iter()
+            .chain(entries("b"))
+            .map(|(k, _)| k)
+            .collect();
+        let values = store.get_many(&keys).await.unwrap();
+        assert_eq!(values.len(), 100);
+        for (key, value) in keys.iter().zip(&values) {
+            let want = format!("{}-{}", &key[..1], &key[1..]).into_bytes();
+            assert_eq!(value.as_deref(), Some(&want[..]), "{key}");
+        }
+        store.delete_many(&keys[..60]).await.unwrap();
+        assert_eq!(commits(), before + 3);
+        let left = store.get_many(&keys).await.unwrap();
+        assert_eq!(left.iter().filter(|v| v.is_some()).count(), 40);
     }
 
     /// SQLite's automatic checkpoint is off; once the WAL holds `CHECKPOINT_PAGES`, the writer thread runs one
