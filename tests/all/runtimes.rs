@@ -2,7 +2,8 @@
 //! (`esim402_tests::spin_binary`: `SPIN_BIN`, `spin` on `PATH`, or the archive in `../shared/tools/`), each on
 //! Spin's SQLite store and on Redis — the stores whose compare-and-swap the app must not trust. The scenario:
 //! a 402 with a sealed invoice, an activation paid by the official x402 Python client, its payment replayed
-//! (409), a tx-hash proof (and its reuse: 409), the SIM's lifecycle, and a verifying ledger. On Spin + Redis,
+//! (409), a tx-hash proof (and its reuse: 409), carrier-signed usage charged once (the metering component's
+//! `wasi:keyvalue` batch calls on that runtime and store), the SIM's lifecycle, and a verifying ledger. On Spin + Redis,
 //! 100 racing replays of one payment settle once. Without a Spin CLI the Spin cases are skipped with a line
 //! saying so.
 
@@ -13,6 +14,7 @@ use esim402_host::devstack::chain;
 use esim402_tests::{Runner, free_port, repo_root, spin_binary};
 use serde_json::{Value, json};
 
+use crate::metering::receipt;
 use crate::payments::{PayStack, Store, activation, agent, hundred_replays, pay_directly, price};
 use crate::python_client::{pay, python};
 
@@ -79,6 +81,44 @@ async fn scenario(runner: Runner, store: Store) {
         start - price(&req),
         "{what}: no second payment"
     );
+
+    // Usage: receipts are charged once; a receipt whose predecessor came in an earlier batch is no gap, one
+    // whose predecessor never came is; the SIMs' log chunks are written by one `wasi:keyvalue` `set-many`.
+    let batches = [
+        json!({"receipts": [receipt(&iccid, "rt", 1, 10_000, "310-260"), receipt(&iccid, "rt", 2, 20_000, "310-260")]}),
+        json!({"receipts": [receipt(&iccid, "rt", 3, 30_000, "310-260"), receipt(&iccid, "rt", 5, 50_000, "310-260")]}),
+    ];
+    for (batch, gaps) in batches.iter().zip([0, 1]) {
+        let (status, _, r) = s.post("/v1/usage", batch, &[]).await;
+        assert_eq!(status, 200, "{what}: {r}");
+        assert_eq!(
+            (&r["totals"]["accepted"], &r["totals"]["gaps"]),
+            (&json!(2), &json!(gaps)),
+            "{what}: {r}"
+        );
+    }
+    let (status, _, again) = s.post("/v1/usage", &batches[1], &[]).await;
+    assert_eq!(
+        (status, &again["totals"]["duplicate"]),
+        (200, &json!(2)),
+        "{what}: {again}"
+    );
+    let (status, balance) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
+    assert_eq!(
+        (status, &balance["used_bytes"]),
+        (200, &json!(110_000)),
+        "{what}: {balance}"
+    );
+    let (status, log) = s.get(&format!("/v1/esim/{iccid}/receipts")).await;
+    assert_eq!(status, 200, "{what}: {log}");
+    let flagged: Vec<u64> = log["receipts"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .filter(|e| e["gap"] == true)
+        .filter_map(|e| e["receipt"]["seq"].as_u64())
+        .collect();
+    assert_eq!(flagged, vec![5], "{what}: {log}");
 
     // A tx-hash proof pays an invoice once; the same transaction cannot pay another.
     let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
@@ -167,6 +207,7 @@ async fn scenario(runner: Runner, store: Store) {
         "settlement_confirmed",
         "activation_completed",
         "data_credited",
+        "usage_charged",
     ] {
         assert!(
             kinds.iter().any(|k| k == kind),
