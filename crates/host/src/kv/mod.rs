@@ -158,6 +158,10 @@ pub async fn open(label: &str, cfg: &StoreConfig) -> anyhow::Result<SharedBacken
 }
 
 #[doc(hidden)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test support: a failed store call fails the check"
+)]
 pub mod conformance {
     //! The same behavioural checks for every backend (SQLite and memory in this crate's unit tests, Redis
     //! against a real `redis-server` in `tests/all/backends.rs`). Test support: panics on a failed check.

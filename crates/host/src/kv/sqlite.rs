@@ -860,6 +860,10 @@ mod tests {
     /// or queued for the writer thread (whose group commit may add other writes to it); `get-many` reads one
     /// snapshot.
     #[tokio::test]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "holds the write connection on purpose (one-thread runtime) so the batch must queue"
+    )]
     async fn a_batch_is_one_commit_on_either_path() {
         let (_dir, _path, store) = fresh();
         let store = Arc::new(store);
