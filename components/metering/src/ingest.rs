@@ -1,10 +1,12 @@
 //! `POST /v1/usage`: a batch of carrier-signed receipts. The order of effects per receipt is the kernel's
 //! (`esim402_core::usage::ingest`): verify → claim `(carrier, session, seq)` by `increment` (one winner ever,
 //! on every backend and across instances) → log → charge. Per SIM per batch: one `increment` of its log
-//! chunk counter, one chunk holding its log entries (all SIMs' written concurrently), one `increment` of its
-//! used-bytes counter. Per batch: one `usage_charged` ledger entry naming every SIM's charge (kernel
-//! `charge_entry`); the batch's ledger events share one shard (one append run). Store calls that run
-//! concurrently go [`WINDOW`] at a time.
+//! chunk counter, one chunk holding its log entries, one `increment` of its used-bytes counter. Per batch:
+//! every SIM's chunk written by one `set-many` (`wasi:keyvalue/batch`: one commit on SQLite, one round trip on
+//! Redis, instead of one per SIM), and one `usage_charged` ledger entry naming every SIM's charge (kernel
+//! `charge_entry`); the batch's ledger events share one shard (one append run). Reads that run concurrently
+//! (the named accounts, the gap lookups) go [`WINDOW`] at a time; they are not batched, because Spin's Redis
+//! store answers `get-many` with a `KEYS` command (the keys taken as patterns), which fails.
 //!
 //! Receipts signed as a page (kernel `usage::page`) share one signature recovery per batch ([`Recoveries`]);
 //! the claim, log and charge stay per receipt, so a page and single receipts dedupe against each other.
@@ -33,7 +35,7 @@ use spin_sdk::key_value::Store;
 use crate::accounts;
 use crate::bindings::exports::esim402::metering::metering::Ingested;
 
-/// Concurrent store calls at most (a batch of 1 000 receipts may name 1 000 SIMs).
+/// Concurrent store reads at most (a batch of 1 000 receipts may name 1 000 SIMs).
 const WINDOW: usize = 64;
 
 /// An accepted receipt with a previous record (`seq > 1`): where its report line and log entry are, to flag a
@@ -170,20 +172,12 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         }
     }
 
-    // Every SIM's log entries first, written concurrently (one round of store latency for the batch: on SQLite
-    // they share a group commit), then the charges.
+    // Every SIM's log entries first, written in one call (one commit on SQLite), then the charges.
     let mut writes = Vec::new();
     for (iccid, batch) in &mut sims {
         writes.extend(place_log(iccid, std::mem::take(&mut batch.entries))?);
     }
-    let written = join_windows(
-        writes.into_iter().map(|(key, json)| store.set(key, json)),
-        WINDOW,
-    )
-    .await;
-    for w in written {
-        w.map_err(internal)?;
-    }
+    kv::set_many::<wit::Error>(&writes).map_err(kv_err)?;
     let mut exhausted = Vec::new();
     let charges: Vec<SimCharge<'_>> = sims
         .iter()

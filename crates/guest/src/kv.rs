@@ -11,14 +11,17 @@
 //!   read or write it any other way.
 //!
 //! Plain reads and writes go through the async `spin:key-value@3` interface; `increment` exists only in the
-//! synchronous `wasi:keyvalue@0.2.0-draft2` atomics, so it is the one call that blocks.
+//! synchronous `wasi:keyvalue@0.2.0-draft2` atomics, so it is the one call that blocks — with [`set_many`]
+//! (the same interface's `batch`): many keys in one call, one commit on SQLite and one `MSET` on Redis, where
+//! as many async `set`s cost one each. (Its `get-many` is not used: Spin's Redis store answers it with a
+//! `KEYS` command taking the keys as patterns, which fails for more than one key.)
 
 use esim402_core::store::cell::{
     self, CellError, Committed, Next, Op, Reply, Step, Stored, Update,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use spin_sdk::experimental::wasi::keyvalue::{atomics, store as wasi_store};
+use spin_sdk::experimental::wasi::keyvalue::{atomics, batch, store as wasi_store};
 use spin_sdk::key_value::Store;
 
 /// The store every component shares.
@@ -84,6 +87,16 @@ fn seed() -> u64 {
 pub fn increment<E>(key: &str, delta: i64) -> Result<i64, KvError<E>> {
     let bucket = wasi_store::open(DEFAULT_STORE).map_err(wasi_err)?;
     atomics::increment(&bucket, key, delta).map_err(wasi_err)
+}
+
+/// Overwrite plain values in one call (`wasi:keyvalue/batch` `set-many`: one commit on SQLite, one `MSET` on
+/// Redis; not atomic as a whole).
+pub fn set_many<E>(entries: &[(String, Vec<u8>)]) -> Result<(), KvError<E>> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let bucket = wasi_store::open(DEFAULT_STORE).map_err(wasi_err)?;
+    batch::set_many(&bucket, entries).map_err(wasi_err)
 }
 
 /// Claim `key` once: `true` for exactly one caller ever (an atomic `increment`; correct on every backend).
