@@ -238,6 +238,17 @@ impl PayStack {
         self._app = Served::Process(app);
     }
 
+    /// Stop the app and serve it again with another runner, on the same port, store and environment.
+    pub async fn restart_on(&mut self, runner: Runner) {
+        let launch = self
+            .launch
+            .as_mut()
+            .expect("restarts need an app served by a process");
+        launch.0 = runner;
+        let env = self.app_env.clone();
+        self.restart(&env).await;
+    }
+
     /// How many transactions the dev stack's facilitator account has sent (hex quantity, `"0x0"` for none).
     pub async fn facilitator_transactions(&self) -> Value {
         self.rpc(

@@ -248,6 +248,68 @@ async fn a_hundred_racing_replays_through_spin_and_redis_settle_once() {
     }
 }
 
+/// `esim402 up` and the real `spin up` take turns on one SQLite file, as the README says they can: a SIM paid for
+/// and metered under one is read, metered further (a replayed receipt still a duplicate) and terminated under
+/// the other, and the ledger verifies at each turn with every entry kept. The host leaves the file in WAL mode
+/// with its own checkpoint schedule; Spin opens it as it finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn esim402_up_and_spin_up_take_turns_on_one_sqlite_file() {
+    let Some(spin) = spin("esim402_up_and_spin_up_take_turns_on_one_sqlite_file") else {
+        return;
+    };
+    let mut s = PayStack::start_with(Some((&Runner::Host, Store::Sqlite)), &[]).await;
+    let act = s.activate_paid(&activation(), &[]).await;
+    let iccid = act["iccid"].as_str().unwrap().to_owned();
+    let ingest = |seqs: &[(u64, u64)]| json!({"receipts": seqs.iter().map(|(seq, bytes)| receipt(&iccid, "turns", *seq, *bytes, "310-260")).collect::<Vec<_>>()});
+    let (status, _, r) = s.post("/v1/usage", &ingest(&[(1, 10_000)]), &[]).await;
+    assert_eq!((status, &r["totals"]["accepted"]), (200, &json!(1)), "{r}");
+    let (_, first) = s.ledger().await;
+    assert_eq!(first["ok"], true, "{first}");
+
+    // Spin's turn, on the same file.
+    s.restart_on(spin).await;
+    let (status, balance) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
+    assert_eq!(
+        (status, &balance["used_bytes"]),
+        (200, &json!(10_000)),
+        "spin up reads what esim402 up wrote: {balance}"
+    );
+    let (status, _, r) = s
+        .post("/v1/usage", &ingest(&[(1, 10_000), (2, 20_000)]), &[])
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (&r["totals"]["accepted"], &r["totals"]["duplicate"]),
+        (&json!(1), &json!(1)),
+        "{r}"
+    );
+    let (_, second) = s.ledger().await;
+    assert_eq!(second["ok"], true, "{second}");
+    assert!(
+        second["count"].as_u64() > first["count"].as_u64(),
+        "{first} then {second}"
+    );
+
+    // esim402's turn again.
+    s.restart_on(Runner::Host).await;
+    let (_, balance) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
+    assert_eq!(balance["used_bytes"], 30_000, "{balance}");
+    let (status, _, body) = s
+        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
+        .await;
+    assert_eq!(
+        (status, &body["state"]),
+        (200, &json!("terminated")),
+        "{body}"
+    );
+    let (_, last) = s.ledger().await;
+    assert_eq!(last["ok"], true, "{last}");
+    assert!(
+        last["count"].as_u64() > second["count"].as_u64(),
+        "{second} then {last}"
+    );
+}
+
 /// The README's Spin recipe as written: `esim402 devstack -- spin up`, then the demo with the official client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn esim402_devstack_serves_the_demo_through_spin_up() {
