@@ -332,14 +332,49 @@ impl AppProcess {
         }
     }
 
-    /// A real crash: SIGKILL to its PID (no shutdown of any kind), then reap it.
+    /// A real crash: SIGKILL to its PID (no shutdown of any kind) and to its own children, then reap it.
+    /// `spin up` serves the app from a child process (`spin trigger http`), which a SIGKILL to `spin up` alone
+    /// would leave running, still holding the port and the store.
     pub fn kill(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // Its children first, while they are still its children (so their PIDs are theirs); then wait (up
+            // to 5 s) until it has reaped them, so their sockets are closed and no zombie is left behind.
+            let children = children_of(self.child.id());
+            for pid in &children {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            for _ in 0..100 {
+                if children
+                    .iter()
+                    .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             // `Child::kill` is SIGKILL on Unix, sent to this child's PID only.
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
     }
+}
+
+/// The PIDs of `pid`'s children (Linux: `/proc/<pid>/task/<tid>/children`; none if it cannot be read).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 impl Drop for AppProcess {

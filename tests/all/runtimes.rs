@@ -257,6 +257,9 @@ async fn esim402_up_and_spin_up_take_turns_on_one_sqlite_file() {
     let Some(spin) = spin("esim402_up_and_spin_up_take_turns_on_one_sqlite_file") else {
         return;
     };
+    let Runner::Spin(spin_bin) = spin.clone() else {
+        return;
+    };
     let mut s = PayStack::start_with(Some((&Runner::Host, Store::Sqlite)), &[]).await;
     let act = s.activate_paid(&activation(), &[]).await;
     let iccid = act["iccid"].as_str().unwrap().to_owned();
@@ -308,6 +311,23 @@ async fn esim402_up_and_spin_up_take_turns_on_one_sqlite_file() {
         last["count"].as_u64() > second["count"].as_u64(),
         "{second} then {last}"
     );
+    // Spin's turn ended with a crash of `spin up` and its `spin trigger http` child: neither is left.
+    let listen = s.url.trim_start_matches("http://").to_owned();
+    assert!(
+        !running_with(&[&spin_bin.to_string_lossy(), &listen]),
+        "a Spin process of this stack outlived its turn"
+    );
+}
+
+/// Whether a process runs whose command line holds every one of `parts`.
+fn running_with(parts: &[&str]) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|cmd| String::from_utf8_lossy(&cmd).into_owned())
+        .any(|cmd| parts.iter().all(|p| cmd.contains(p)))
 }
 
 /// The README's Spin recipe as written: `esim402 devstack -- spin up`, then the demo with the official client.
