@@ -392,8 +392,8 @@ impl Drop for AppProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Still running after 5 s: SIGKILL, its children included.
+        self.kill();
     }
 }
 
