@@ -346,10 +346,7 @@ impl AppProcess {
                     .status();
             }
             for _ in 0..100 {
-                if children
-                    .iter()
-                    .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-                {
+                if !children.iter().any(|pid| process_exists(*pid)) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -359,6 +356,11 @@ impl AppProcess {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Whether a process `pid` exists (Linux: `/proc/<pid>`; a zombie not yet reaped counts).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The PIDs of `pid`'s children (Linux: `/proc/<pid>/task/<tid>/children`; none if it cannot be read).

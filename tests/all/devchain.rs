@@ -6,14 +6,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::{Address, B256, Bytes, U256, b256, keccak256};
 use alloy_sol_types::{SolCall, SolValue, sol};
 use esim402_host::devstack::{DevStack, chain};
-use esim402_tests::repo_root;
+use esim402_tests::{process_exists, repo_root};
 use serde_json::{Value, json};
 
 sol! {
@@ -287,10 +286,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[tokio::test]

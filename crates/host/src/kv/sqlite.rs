@@ -670,9 +670,14 @@ mod tests {
 
     /// A store on a new file in a temporary directory (removed when the returned guard drops).
     fn fresh() -> (tempfile::TempDir, PathBuf, SqliteStore) {
+        fresh_with(CHECKPOINT_PAGES)
+    }
+
+    /// [`fresh`] with its own checkpoint threshold.
+    fn fresh_with(checkpoint_pages: i32) -> (tempfile::TempDir, PathBuf, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.db");
-        let store = SqliteStore::open(&path, "default").unwrap();
+        let store = SqliteStore::open_with(&path, "default", checkpoint_pages).unwrap();
         (dir, path, store)
     }
 
@@ -926,9 +931,7 @@ mod tests {
     #[tokio::test]
     async fn a_grown_wal_is_checkpointed_by_the_writer_thread() {
         const PAGES: i32 = 1_000;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kv.db");
-        let store = SqliteStore::open_with(&path, "default", PAGES).unwrap();
+        let (dir, path, store) = fresh_with(PAGES);
         let checkpoints = || store.progress.checkpoints.load(Ordering::SeqCst);
         let page = vec![7u8; 4096];
         for i in 0..100 {
