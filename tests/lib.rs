@@ -363,6 +363,17 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether a process runs whose command line holds every one of `parts` (Linux: `/proc/<pid>/cmdline`).
+pub fn running_with(parts: &[&str]) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|cmd| String::from_utf8_lossy(&cmd).into_owned())
+        .any(|cmd| parts.iter().all(|p| cmd.contains(p)))
+}
+
 /// The PIDs of `pid`'s children (Linux: `/proc/<pid>/task/<tid>/children`; none if it cannot be read).
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use esim402_host::devstack::chain;
-use esim402_tests::{Runner, free_port, repo_root, spin_binary};
+use esim402_tests::{Runner, free_port, repo_root, running_with, spin_binary};
 use serde_json::{Value, json};
 
 use crate::metering::receipt;
@@ -286,12 +286,7 @@ async fn esim402_up_and_spin_up_take_turns_on_one_sqlite_file() {
         (&json!(1), &json!(1)),
         "{r}"
     );
-    let (_, second) = s.ledger().await;
-    assert_eq!(second["ok"], true, "{second}");
-    assert!(
-        second["count"].as_u64() > first["count"].as_u64(),
-        "{first} then {second}"
-    );
+    let second = ledger_grown(&s, &first).await;
 
     // esim402's turn again.
     s.restart_on(Runner::Host).await;
@@ -305,12 +300,7 @@ async fn esim402_up_and_spin_up_take_turns_on_one_sqlite_file() {
         (200, &json!("terminated")),
         "{body}"
     );
-    let (_, last) = s.ledger().await;
-    assert_eq!(last["ok"], true, "{last}");
-    assert!(
-        last["count"].as_u64() > second["count"].as_u64(),
-        "{second} then {last}"
-    );
+    ledger_grown(&s, &second).await;
     // Spin's turn ended with a crash of `spin up` and its `spin trigger http` child: neither is left.
     let listen = s.url.trim_start_matches("http://").to_owned();
     assert!(
@@ -319,15 +309,15 @@ async fn esim402_up_and_spin_up_take_turns_on_one_sqlite_file() {
     );
 }
 
-/// Whether a process runs whose command line holds every one of `parts`.
-fn running_with(parts: &[&str]) -> bool {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|cmd| String::from_utf8_lossy(&cmd).into_owned())
-        .any(|cmd| parts.iter().all(|p| cmd.contains(p)))
+/// The ledger after a turn: it verifies and holds more entries than `before` did.
+async fn ledger_grown(s: &PayStack, before: &Value) -> Value {
+    let (_, after) = s.ledger().await;
+    assert_eq!(after["ok"], true, "{after}");
+    assert!(
+        after["count"].as_u64() > before["count"].as_u64(),
+        "{before} then {after}"
+    );
+    after
 }
 
 /// The README's Spin recipe as written: `esim402 devstack -- spin up`, then the demo with the official client.
