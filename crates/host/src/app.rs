@@ -45,8 +45,8 @@ pub struct LoadOptions {
     pub env: HashMap<String, String>,
     /// Where compiled components are cached (none = no disk cache).
     pub cache_dir: Option<PathBuf>,
-    /// Requests one instance may serve concurrently.
-    pub max_concurrent_per_instance: usize,
+    /// Requests one instance may serve concurrently; `None`: [`concurrent_reuse`] chooses per component.
+    pub max_concurrent_per_instance: Option<usize>,
     /// Requests one instance may serve in total before it is retired.
     pub max_requests_per_instance: usize,
 }
@@ -65,7 +65,7 @@ impl LoadOptions {
             kv_override: None,
             env: std::env::vars().collect(),
             cache_dir: Some(dir.join(".spin").join("cache")),
-            max_concurrent_per_instance: 16,
+            max_concurrent_per_instance: None,
             max_requests_per_instance: 128,
         }
     }
@@ -246,6 +246,7 @@ impl App {
 
         // Open every store some component uses; an unknown label fails start-up, as in Spin.
         let mut stores: HashMap<String, SharedBackend> = HashMap::new();
+        let mut networked: HashSet<String> = HashSet::new();
         for (id, c) in &manifest.components {
             for label in &c.key_value_stores {
                 if stores.contains_key(label) {
@@ -259,6 +260,9 @@ impl App {
                         .cloned()
                         .with_context(|| format!("component {id} uses key-value store {label:?}, which the runtime config does not define"))?,
                 };
+                if matches!(cfg, StoreConfig::Redis(_)) {
+                    networked.insert(label.clone());
+                }
                 stores.insert(
                     label.clone(),
                     kv::open(label, &cfg)
@@ -342,7 +346,10 @@ impl App {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 clock_skew,
-                max_concurrent: opts.max_concurrent_per_instance.max(1),
+                max_concurrent: concurrent_reuse(
+                    opts.max_concurrent_per_instance,
+                    decl.key_value_stores.iter().any(|l| networked.contains(l)),
+                ),
                 max_requests: opts.max_requests_per_instance.max(1),
             };
             handlers.insert((*id).to_owned(), ProxyHandler::new(runtime));
@@ -369,6 +376,24 @@ impl App {
     /// The shared engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+}
+
+/// Spin's default for `--max-instance-concurrent-reuse-count`.
+pub const SPIN_CONCURRENT_REUSE: usize = 16;
+
+/// Requests one instance of a component serves at once. Chosen on the command line
+/// (`--max-instance-concurrent-reuse-count`), it holds for every component; else it is Spin's 16, except for a
+/// component using a store over the network (Redis), which gets one request per instance. A synchronous
+/// `wasi:keyvalue` call (`increment`: the app's claims and counters) holds its instance, and so every request
+/// on it, for a round trip to the store; requests on instances of their own overlap those waits. On SQLite
+/// and in memory the call is work on the caller's thread anyway, and sharing an instance saves
+/// instantiations (BENCHMARKS.md, "One request per instance on Redis").
+pub fn concurrent_reuse(chosen: Option<usize>, uses_network_store: bool) -> usize {
+    match chosen {
+        Some(n) => n.max(1),
+        None if uses_network_store => 1,
+        None => SPIN_CONCURRENT_REUSE,
     }
 }
 
@@ -487,5 +512,20 @@ impl HandlerState for ComponentRuntime {
                 max_requests: self.max_requests,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_request_per_instance_by_default_only_on_a_network_store() {
+        assert_eq!(concurrent_reuse(None, false), SPIN_CONCURRENT_REUSE);
+        assert_eq!(concurrent_reuse(None, true), 1);
+        // The command line wins either way.
+        assert_eq!(concurrent_reuse(Some(4), true), 4);
+        assert_eq!(concurrent_reuse(Some(4), false), 4);
+        assert_eq!(concurrent_reuse(Some(0), false), 1);
     }
 }

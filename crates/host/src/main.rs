@@ -87,11 +87,12 @@ struct ServeArgs {
     /// Requests one component instance serves before it is retired (Spin's flag; default 128).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     max_instance_reuse_count: u32,
-    /// Requests one component instance serves at once (Spin's flag; default 16). An instance's synchronous
-    /// `wasi:keyvalue` calls (`increment`) hold all of its requests: a lower figure spreads concurrent requests
-    /// over more instances (more memory) so that those calls overlap.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
-    max_instance_concurrent_reuse_count: u32,
+    /// Requests one component instance serves at once (Spin's flag). Default: Spin's 16, or 1 for a component
+    /// whose key-value store is Redis. An instance's synchronous `wasi:keyvalue` calls (`increment`) hold all
+    /// of its requests: a lower figure spreads concurrent requests over more instances (more memory) so that
+    /// those calls overlap.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_instance_concurrent_reuse_count: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -238,7 +239,7 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
     let mut opts = LoadOptions::new(manifest);
     opts.runtime_config = args.runtime_config_file;
     opts.max_requests_per_instance = args.max_instance_reuse_count as usize;
-    opts.max_concurrent_per_instance = args.max_instance_concurrent_reuse_count as usize;
+    opts.max_concurrent_per_instance = args.max_instance_concurrent_reuse_count.map(|n| n as usize);
     if args.memory_kv {
         opts.kv_override = Some(StoreConfig::Memory);
     }
