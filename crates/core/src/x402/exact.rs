@@ -11,7 +11,7 @@
 
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy_sol_types::{SolCall, SolStruct};
-use k256::ecdsa::{RecoveryId, Signature as EcdsaSignature, SigningKey, VerifyingKey};
+use k256::ecdsa::{Signature as EcdsaSignature, SigningKey, VerifyingKey};
 
 pub use super::domain::TokenDomain;
 use super::networks::{NetworkConfig, Networks};
@@ -227,9 +227,43 @@ pub fn recover_signer(hash: B256, signature: &[u8]) -> Result<Address, Signature
     if rs.normalize_s().is_some() {
         return Err(SignatureError::HighS);
     }
-    let key = VerifyingKey::recover_from_prehash(hash.as_slice(), &rs, RecoveryId::new(odd, false))
-        .map_err(|_| SignatureError::Unrecoverable)?;
+    let key = recover_key(hash, &rs, odd).ok_or(SignatureError::Unrecoverable)?;
     Ok(address_of(&key))
+}
+
+/// The public key `Q = r⁻¹·(s·R − z·G)` that signed `hash` with `(r, s)`, `R` being the curve point with
+/// x-coordinate `r` and y-parity `odd` (x-coordinates at or above the group order, which EVM signatures never
+/// use, are not tried).
+///
+/// This is `VerifyingKey::recover_from_prehash` (ecdsa 0.16) without the signature verification it runs on the
+/// key it has just recovered. That check computes `z·s⁻¹·G + r·s⁻¹·Q`, which equals `R` for this `Q` by
+/// construction (`s ≠ 0`: the signature type; `Q` not the identity: `from_affine`; k256's check also refuses a
+/// high `s`, which [`recover_signer`] refuses before it gets here), so it cannot fail, and it
+/// costs one more two-point multiplication and inversion: half of a recovery (a paid activation's one recovery
+/// took ~14% of the host's CPU in wasm). `recovers_what_ecdsa_recovers` holds it to ecdsa's function over random
+/// keys, digests and forged `(r, s)`.
+fn recover_key(hash: B256, sig: &EcdsaSignature, odd: bool) -> Option<VerifyingKey> {
+    use k256::elliptic_curve::ops::{Invert, LinearCombination, Reduce};
+    use k256::elliptic_curve::point::DecompressPoint;
+    use k256::elliptic_curve::subtle::Choice;
+    use k256::{AffinePoint, FieldBytes, ProjectivePoint, Scalar, U256 as K256Uint};
+
+    let (r, s) = sig.split_scalars();
+    let z = <Scalar as Reduce<K256Uint>>::reduce_bytes(&FieldBytes::from(hash.0));
+    let big_r: AffinePoint = Option::from(AffinePoint::decompress(
+        &r.to_bytes(),
+        Choice::from(u8::from(odd)),
+    ))?;
+    let r_inv = *r.invert();
+    let u1 = -(r_inv * z);
+    let u2 = r_inv * *s;
+    let q = ProjectivePoint::lincomb(
+        &ProjectivePoint::GENERATOR,
+        &u1,
+        &ProjectivePoint::from(big_r),
+        &u2,
+    );
+    VerifyingKey::from_affine(q.to_affine()).ok()
 }
 
 /// Sign `auth` under `domain` as a wallet would (r‖s‖v, v = 27/28, low-s): for clients and tests.

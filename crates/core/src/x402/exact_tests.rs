@@ -1038,6 +1038,38 @@ proptest! {
         };
         prop_assert_eq!(verify(&p, &r), Ok(auth.from));
     }
+
+    /// `recover_key` against ecdsa's `recover_from_prehash` (which re-verifies what it recovers): the same key
+    /// for real signatures with either parity, and the same answer, key or none, for forged low-s `(r, s)`.
+    /// (k256's verification refuses high `s`, so ecdsa recovers nothing from one; `recover_signer` refuses it
+    /// before recovering.)
+    #[test]
+    fn recovers_what_ecdsa_recovers(
+        seed in any::<[u8; 32]>(),
+        digest in any::<[u8; 32]>(),
+        forged in any::<[u8; 64]>(),
+        odd in any::<bool>(),
+    ) {
+        use k256::ecdsa::RecoveryId;
+        let hash = B256::from(digest);
+        let reference = |sig: &EcdsaSignature, odd: bool| {
+            VerifyingKey::recover_from_prehash(hash.as_slice(), sig, RecoveryId::new(odd, false)).ok()
+        };
+        if let Ok(key) = SigningKey::from_slice(&seed) {
+            let (sig, id) = key.sign_prehash_recoverable(hash.as_slice()).unwrap();
+            prop_assert_eq!(recover_key(hash, &sig, id.is_y_odd()), Some(*key.verifying_key()));
+            prop_assert_eq!(recover_key(hash, &sig, odd), reference(&sig, odd));
+        }
+        if let Ok(sig) = EcdsaSignature::from_slice(&forged) {
+            match sig.normalize_s() {
+                None => prop_assert_eq!(recover_key(hash, &sig, odd), reference(&sig, odd)),
+                Some(low) => {
+                    prop_assert_eq!(reference(&sig, odd), None);
+                    prop_assert_eq!(recover_key(hash, &low, odd), reference(&low, odd));
+                }
+            }
+        }
+    }
 }
 
 #[test]
