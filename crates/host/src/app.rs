@@ -1,7 +1,8 @@
 //! Loading a Spin application: manifest + runtime config + variables → one wasmtime `Engine`, a `Linker` with
 //! WASI p2/p3, `wasi:http` p3 and the Spin interfaces, each triggered component composed with its dependencies,
 //! compiled (cached on disk by wasmtime, keyed by the wasm's hash), pre-instantiated, and served through a
-//! `ProxyHandler` that reuses instances like Spin 4 (up to 16 concurrent and 128 total requests per instance).
+//! `ProxyHandler` that reuses instances like Spin 4 (up to 16 concurrent and 128 total requests per instance;
+//! one concurrent request for a component on Redis unless the command line says otherwise: [`concurrent_reuse`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
