@@ -239,9 +239,9 @@ pub fn recover_signer(hash: B256, signature: &[u8]) -> Result<Address, Signature
 /// key it has just recovered. That check computes `z·s⁻¹·G + r·s⁻¹·Q`, which equals `R` for this `Q` by
 /// construction (`s ≠ 0`: the signature type; `Q` not the identity: `from_affine`; k256's check also refuses a
 /// high `s`, which [`recover_signer`] refuses before it gets here), so it cannot fail, and it
-/// costs one more two-point multiplication and inversion: half of a recovery (a paid activation's one recovery
-/// took ~14% of the host's CPU in wasm). `recovers_what_ecdsa_recovers` holds it to ecdsa's function over random
-/// keys, digests and forged `(r, s)`.
+/// costs one more two-point multiplication and inversion: about half of a recovery (BENCHMARKS.md: the
+/// signature work of an x402 verify in the component 546 → 307 µs). `recovers_what_ecdsa_recovers` holds it to
+/// ecdsa's function over random keys, digests and forged `(r, s)`.
 fn recover_key(hash: B256, sig: &EcdsaSignature, odd: bool) -> Option<VerifyingKey> {
     use k256::elliptic_curve::ops::{Invert, LinearCombination, Reduce};
     use k256::elliptic_curve::point::DecompressPoint;
