@@ -556,3 +556,55 @@ async fn both_runners_take_spins_instance_reuse_flags() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max-instance-concurrent-reuse-count"), "{err}");
 }
+
+/// The host holds its SQLite file for as long as it runs (SQLite's `unix-excl`: no file-lock system call per
+/// transaction): a second `esim402 up` on the same file is refused by name, with the way to share it; with
+/// `ESIM402_SQLITE_LOCKING=shared` in both, two hosts open the same file and serve from it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_host_on_one_sqlite_file_is_refused_unless_both_share_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rc = format!(
+        "[key_value_store.default]\ntype = \"spin\"\npath = \"{}\"\n",
+        dir.path().join("kv.db").display()
+    );
+    let first = esim402_tests::AppProcess::start(&Runner::Host, free_port(), &rc, &[])
+        .await
+        .unwrap();
+    let second = esim402_tests::AppProcess::start(&Runner::Host, free_port(), &rc, &[]).await;
+    let err = format!("{:#}", second.err().expect("a second host on a held file"));
+    assert!(
+        err.contains("is locked") && err.contains("ESIM402_SQLITE_LOCKING=shared"),
+        "{err}"
+    );
+    drop(first);
+
+    let shared = [("ESIM402_SQLITE_LOCKING".to_owned(), "shared".to_owned())];
+    let a = esim402_tests::AppProcess::start(&Runner::Host, free_port(), &rc, &shared)
+        .await
+        .unwrap();
+    let b = esim402_tests::AppProcess::start(&Runner::Host, free_port(), &rc, &shared)
+        .await
+        .unwrap();
+    // Both opened the file at start (a held lock fails the start, as above) and read it: the ledger verifies.
+    let http = reqwest::Client::new();
+    for app in [&a, &b] {
+        let r: Value = http
+            .get(format!("{}/v1/ledger/verify", app.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let bad = [("ESIM402_SQLITE_LOCKING".to_owned(), "maybe".to_owned())];
+    let err = esim402_tests::AppProcess::start(&Runner::Host, free_port(), &rc, &bad)
+        .await
+        .err()
+        .expect("an unknown locking mode");
+    assert!(
+        format!("{err:#}").contains("ESIM402_SQLITE_LOCKING"),
+        "{err:#}"
+    );
+}

@@ -6,10 +6,12 @@
 //! one that finds it taken, or SQLite's write lock held by another process, never waits on the caller's
 //! thread but queues for the store's writer thread, which commits everything queued at once in one
 //! `BEGIN IMMEDIATE` transaction (group commit). Reads use a small pool of their own connections, on the
-//! caller's thread, and never wait for the writer. Writers in other processes on the same file serialise with
-//! this one on SQLite's write lock. SQLite's automatic checkpoint, which would run inside whichever commit
-//! crosses 1 000 WAL pages, is off: the writer thread runs one once the WAL holds [`CHECKPOINT_PAGES`] (writes
-//! queue behind it meanwhile).
+//! caller's thread, and never wait for the writer. The process holds the file for as long as it runs
+//! (SQLite's `unix-excl` VFS, [`LOCKING_ENV`]): its transactions make no file-lock system calls, and
+//! another process that opens the file is refused by name; `ESIM402_SQLITE_LOCKING=shared` in every process
+//! that shares the file makes them serialise on SQLite's write lock instead. SQLite's automatic checkpoint,
+//! which would run inside whichever commit crosses 1 000 WAL pages, is off: the writer thread runs one once
+//! the WAL holds [`CHECKPOINT_PAGES`] (writes queue behind it meanwhile).
 //! `ESIM402_SQLITE_INLINE=off` (for measurements) hands every write to the writer thread and every read to a
 //! blocking thread, as before.
 //!
@@ -203,10 +205,49 @@ const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES (?1,
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+/// `ESIM402_SQLITE_LOCKING`: `exclusive` (the default) or `shared`.
+pub const LOCKING_ENV: &str = "ESIM402_SQLITE_LOCKING";
+
+/// SQLite's VFS for the locking `ESIM402_SQLITE_LOCKING` asks for. `unix-excl` takes one lock on the file
+/// for the whole process when its first connection first locks it, and keeps it until the last one closes:
+/// connections in this process lock each other as usual, but no transaction makes a file-lock system call,
+/// and the WAL index lives in the heap instead of a shared `-shm` mapping. Other processes cannot use the
+/// file meanwhile. `unix` is SQLite's default: every transaction takes and drops POSIX locks, so processes
+/// can share the file (measured: 20–30% more host CPU per write-heavy request, BENCHMARKS.md).
+fn vfs() -> anyhow::Result<&'static str> {
+    Ok(if switch(LOCKING_ENV, "exclusive", "shared")? {
+        "unix"
+    } else {
+        "unix-excl"
+    })
+}
+
+fn connect(path: &Path, vfs: &str) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
+}
+
+/// A clear error when the file's lock is held by another process: by name, with the way to share it.
+fn in_use(e: rusqlite::Error, path: &Path, vfs: &str) -> anyhow::Error {
+    let busy = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy);
+    if !busy {
+        return anyhow::Error::new(e)
+            .context(format!("cannot open SQLite store {}", path.display()));
+    }
+    let how = if vfs == "unix" {
+        format!(
+            "another process holds it exclusively (an `esim402 up` without {LOCKING_ENV}=shared?)"
+        )
+    } else {
+        "another process is using it (`spin up`, another `esim402 up`, a `sqlite3` shell?); this host locks \
+         its store file for as long as it runs"
+            .to_owned()
+    };
+    anyhow::anyhow!(
+        "SQLite store {} is locked: {how}. Stop the other process, or set {LOCKING_ENV}=shared in every esim402 process that shares the file",
+        path.display()
+    )
 }
 
 impl SqliteStore {
@@ -220,9 +261,12 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let conn = connect(path)
+        let vfs = vfs()?;
+        let conn = connect(path, vfs)
             .with_context(|| format!("cannot open SQLite store {}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The first statement takes the file's lock (for good, with `unix-excl`).
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| in_use(e, path, vfs))?;
         // Checkpoints run on the writer thread, not inside whichever commit crosses SQLite's threshold.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.wal_hook(Some(note_wal_pages));
@@ -263,6 +307,7 @@ impl SqliteStore {
             inline: inline()?,
             readers: Arc::new(Readers {
                 path: path.to_owned(),
+                vfs,
                 idle: Mutex::new(Vec::new()),
             }),
             progress,
@@ -349,6 +394,7 @@ impl SqliteStore {
 /// Read connections, reused (WAL lets them read while the writer commits).
 struct Readers {
     path: PathBuf,
+    vfs: &'static str,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -360,7 +406,7 @@ impl Readers {
         let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
         match idle {
             Some(c) => Ok(c),
-            None => connect(&self.path).map_err(KvError::from_display),
+            None => connect(&self.path, self.vfs).map_err(KvError::from_display),
         }
     }
 
@@ -710,7 +756,7 @@ mod tests {
     async fn queued_writes_commit_together() {
         let (_dir, path, store) = fresh();
         store.set("text", b"x").await.unwrap();
-        let conn = connect(&path).unwrap();
+        let conn = connect(&path, vfs().unwrap()).unwrap();
         let (tx, rx) = mpsc::channel();
         let mut replies = Vec::new();
         let mut queue = |write| {
@@ -773,7 +819,7 @@ mod tests {
         assert_eq!(syncs(), 1, "reads commit nothing");
 
         // 64 queued barriers after one write: one sync answers them all.
-        let conn = connect(&path).unwrap();
+        let conn = connect(&path, vfs().unwrap()).unwrap();
         let progress = Progress::new(&path, false);
         let (tx, rx) = mpsc::channel();
         let mut replies = Vec::new();
@@ -832,6 +878,32 @@ mod tests {
         assert!(!progress.all_synced());
     }
 
+    /// Opening a file whose lock another process holds fails by name, saying how to share it.
+    #[test]
+    fn a_lock_held_elsewhere_is_named_with_the_way_to_share() {
+        let busy = || {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            )
+        };
+        let path = Path::new("/data/kv.db");
+        let held = in_use(busy(), path, "unix-excl").to_string();
+        assert!(
+            held.contains("/data/kv.db is locked")
+                && held.contains("another process is using it")
+                && held.contains("ESIM402_SQLITE_LOCKING=shared"),
+            "{held}"
+        );
+        let shared = in_use(busy(), path, "unix").to_string();
+        assert!(shared.contains("holds it exclusively"), "{shared}");
+        let other = in_use(rusqlite::Error::InvalidQuery, path, "unix-excl");
+        assert!(
+            format!("{other:#}").starts_with("cannot open SQLite store /data/kv.db"),
+            "{other:#}"
+        );
+    }
+
     /// A write finding the write connection free commits on the caller's thread; one finding it taken (the
     /// writer thread's batch) or SQLite's write lock held by another process waits its turn on the writer
     /// thread, and commits once the lock is free.
@@ -855,7 +927,7 @@ mod tests {
             );
         }
         // Another process's write transaction: the inline attempt gives way, the writer thread waits for it.
-        let other = connect(&path).unwrap();
+        let other = connect(&path, vfs().unwrap()).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         assert!(
             store
@@ -949,7 +1021,7 @@ mod tests {
             .len();
         let bound = 2 * PAGES as u64 * (4096 + 24);
         assert!(wal <= bound, "WAL of {wal} bytes, more than {bound}");
-        let fresh = connect(&path).unwrap();
+        let fresh = connect(&path, vfs().unwrap()).unwrap();
         let n: i64 = fresh
             .query_row("SELECT count(*) FROM spin_key_value", [], |r| r.get(0))
             .unwrap();
