@@ -586,16 +586,9 @@ async fn a_second_host_on_one_sqlite_file_is_refused_unless_both_share_it() {
         .await
         .unwrap();
     // Both opened the file at start (a held lock fails the start, as above) and read it: the ledger verifies.
-    let http = reqwest::Client::new();
     for app in [&a, &b] {
-        let r: Value = http
-            .get(format!("{}/v1/ledger/verify", app.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let verify = reqwest::get(format!("{}/v1/ledger/verify", app.url)).await;
+        let r: Value = verify.unwrap().json().await.unwrap();
         assert_eq!(r["ok"], true, "{r}");
     }
     let bad = [("ESIM402_SQLITE_LOCKING".to_owned(), "maybe".to_owned())];
