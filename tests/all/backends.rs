@@ -8,6 +8,8 @@ use esim402_host::runtime_config::StoreConfig;
 use esim402_tests::{RedisServer, options, spawn_app};
 use serde_json::Value;
 
+use crate::metering::receipt;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_sharing_redis_share_the_invoice_key() {
     // Two hosts on one Redis: an invoice sealed by one opens on the other, because the generated invoice key
@@ -110,4 +112,54 @@ async fn redis_atomics_have_exactly_one_winner() {
     assert!(!store.compare_and_swap("s", Some(b"b"), b"c").await.unwrap());
     assert!(store.compare_and_swap("s", Some(b"a"), b"c").await.unwrap());
     assert_eq!(store.get("s").await.unwrap().as_deref(), Some(&b"c"[..]));
+}
+
+/// A store that stops answering is `503 unavailable` with a JSON body naming the store, never a 500: the
+/// redis-server under the host is stopped, then a 402 (which sealed before, from the cached invoice key), an
+/// invoice read, the ledger check and a receipt batch are asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_went_away_is_503_unavailable_not_500() {
+    let redis = RedisServer::start().unwrap();
+    let app = spawn_app(options(StoreConfig::Redis(redis.url.clone())))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/v1/esim/activate", app.url))
+        .body(r#"{"region":"us-west","data_mb":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 402);
+    let id = resp.json::<Value>().await.unwrap()["invoice_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ledger = format!("{}/v1/ledger/verify", app.url);
+    assert_eq!(http.get(&ledger).send().await.unwrap().status(), 200);
+
+    drop(redis);
+    let asks = [
+        http.get(format!("{}/v1/invoices/{id}", app.url)),
+        http.get(&ledger),
+        http.post(format!("{}/v1/usage", app.url))
+            .json(&serde_json::json!({
+                "receipts": [receipt("8901260000000000006", "s1", 1, 100, "310-260")]
+            })),
+    ];
+    for ask in asks {
+        let resp = ask.send().await.unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("key-value store error"),
+            "{body}"
+        );
+    }
+    app.stop().await;
 }

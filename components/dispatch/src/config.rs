@@ -13,7 +13,7 @@ use esim402_core::esim::{Carrier, Catalog};
 use esim402_core::pricing::PriceBook;
 use esim402_core::store::keys;
 use esim402_guest::config::optional_var;
-use esim402_guest::convert::internal;
+use esim402_guest::convert::{internal, kv_fault};
 use esim402_guest::{instance_cache, wit};
 
 pub struct Config {
@@ -92,7 +92,7 @@ async fn token_key() -> Result<[u8; 32], wit::Error> {
         }
         None => esim402_guest::kv::shared_random_key(keys::SIM_TOKEN_KEY)
             .await
-            .map_err(|e| internal(format!("access-token key: {e}"))),
+            .map_err(|e| kv_fault("access-token key", e)),
     }
 }
 

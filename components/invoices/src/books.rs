@@ -3,11 +3,11 @@
 //! through one shard or merges all of them by time.
 
 use esim402_core::ledger::{self, LedgerEntry, SHARDS, to_json_line, verify_shards};
-use esim402_guest::convert::{self, internal, invalid};
+use esim402_guest::convert::{self, invalid, kv_fault};
 use esim402_guest::{ledger as store, wit};
 
 /// `log-events`: append the events in order (one invoice's run with one head advance); a malformed one is an
-/// input error (nothing is appended), a store failure internal.
+/// input error (nothing is appended), a store failure `unavailable`.
 pub async fn log(now: u64, events: &[wit::LedgerEvent]) -> Result<(), wit::Error> {
     let events = events
         .iter()
@@ -19,14 +19,12 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent]) -> Result<(), wit::Error
     store::append_all(now, events)
         .await
         .map(drop)
-        .map_err(|e| internal(format!("ledger: {e}")))
+        .map_err(|e| kv_fault("ledger", e))
 }
 
 /// `ledger-verify`: `{ok, count, head}` (the head is the root over every shard), or the first problem.
 pub async fn verify() -> Result<String, wit::Error> {
-    let shards = store::read_all()
-        .await
-        .map_err(|e| internal(format!("ledger: {e}")))?;
+    let shards = store::read_all().await.map_err(|e| kv_fault("ledger", e))?;
     let body = match verify_shards(&shards) {
         Ok(root) => serde_json::json!({
             "ok": true, "count": root.count, "head": root.hash.to_string(),
@@ -53,14 +51,14 @@ pub async fn export(shard: Option<u16>, start: u64, limit: u32) -> Result<String
         }
         Some(s) => store::read_from(s, start, limit)
             .await
-            .map_err(|e| internal(format!("ledger: {e}")))?,
+            .map_err(|e| kv_fault("ledger", e))?,
         None => {
             let mut all = Vec::new();
             for s in 0..SHARDS {
                 all.extend(
                     store::read_from(s, 0, u64::MAX)
                         .await
-                        .map_err(|e| internal(format!("ledger: {e}")))?,
+                        .map_err(|e| kv_fault("ledger", e))?,
                 );
             }
             all.sort_by_key(|e| (e.at, e.shard, e.seq));

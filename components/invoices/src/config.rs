@@ -10,7 +10,7 @@ use esim402_core::invoice::token::InvoiceKey;
 use esim402_core::store::keys;
 use esim402_core::x402::NetworkConfig;
 use esim402_guest::config::optional_var;
-use esim402_guest::convert::internal;
+use esim402_guest::convert::{internal, kv_fault};
 use esim402_guest::kv;
 use esim402_guest::{instance_cache, wit};
 
@@ -80,5 +80,5 @@ async fn stored_key() -> Result<InvoiceKey, wit::Error> {
     kv::shared_random_key(keys::INVOICE_KEY)
         .await
         .map(InvoiceKey::new)
-        .map_err(|e| internal(format!("invoice key: {e}")))
+        .map_err(|e| kv_fault("invoice key", e))
 }

@@ -5,7 +5,7 @@
 
 use esim402_core::paid::{self, Decision, End, PaymentIdBinding, PaymentRecord, RecordError};
 use esim402_core::store::keys;
-use esim402_guest::convert::{self, internal, kv_err};
+use esim402_guest::convert::{self, internal, kv_err, kv_fault};
 use esim402_guest::kv::{self, KvError};
 use esim402_guest::{util, wit};
 
@@ -40,7 +40,7 @@ pub async fn begin(
             Ok(wit::Begin::Conflict(msg.to_owned()))
         }
         Err(KvError::Refused(Decision::Drive(_))) => Err(internal("payment claim refused itself")),
-        Err(e) => Err(internal(format!("payment record: {e}"))),
+        Err(e) => Err(kv_fault("payment record", e)),
     }
 }
 
@@ -70,7 +70,7 @@ pub async fn finish(
             Ok(())
         }
         Err(KvError::Refused(e)) => Err(wit::Error::Conflict(e.to_string())),
-        Err(e) => Err(internal(format!("payment record: {e}"))),
+        Err(e) => Err(kv_fault("payment record", e)),
     }
 }
 
@@ -92,7 +92,7 @@ fn record_error(id: &str, e: KvError<RecordError>) -> wit::Error {
             wit::Error::Conflict(format!("invoice {id}: {e}"))
         }
         KvError::Refused(e) => wit::Error::Conflict(e.to_string()),
-        other => internal(format!("payment record: {other}")),
+        other => kv_fault("payment record", other),
     }
 }
 

@@ -9,7 +9,7 @@ use esim402_core::usage::account::{
     Account, AccountError, Credit, CreditKind, Quota, decide_quota,
 };
 use esim402_core::{CarrierId, UsdcAmount};
-use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
+use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, kv_fault};
 use esim402_guest::kv;
 use esim402_guest::wit;
 
@@ -115,7 +115,7 @@ pub async fn credit(
     .map_err(|e| match e {
         kv::KvError::Refused(e @ AccountError::Closed(_)) => wit::Error::Conflict(e.to_string()),
         kv::KvError::Refused(e) => internal(e),
-        other => internal(other),
+        other => kv_fault("", other),
     })?;
     let balance = to_wit(&account, used);
     let fields = EntryFields::default()

@@ -27,7 +27,7 @@ use esim402_core::usage::ingest::{
 use esim402_core::usage::receipt::{
     MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, SimTerms, verify_cached,
 };
-use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
+use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, store_err};
 use esim402_guest::kv;
 use esim402_guest::wit;
 use spin_sdk::key_value::Store;
@@ -58,7 +58,7 @@ struct SimBatch {
 pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     let items = parse_batch(body).map_err(|e| invalid("receipts", e.to_string()))?;
     let config = crate::config::get().await?;
-    let store = Store::open_default().await.map_err(internal)?;
+    let store = Store::open_default().await.map_err(store_err)?;
     // The batch's ledger events (a charge per SIM, disputes) share this id and so one ledger shard: one
     // append run per batch, rather than one per SIM contending with every other batch naming that SIM.
     let batch_id = format!(
@@ -159,7 +159,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     )
     .await;
     for (f, seen) in follows.iter().zip(seen) {
-        if is_gap(f.previous.2 + 1, false, seen.map_err(internal)?) {
+        if is_gap(f.previous.2 + 1, false, seen.map_err(store_err)?) {
             if let Outcome::Accepted { gap, .. } = &mut lines[f.line].outcome {
                 *gap = true;
             }

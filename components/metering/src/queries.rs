@@ -4,7 +4,7 @@ use esim402_core::join::join_all;
 use esim402_core::store::keys;
 use esim402_core::usage::ingest::{LogEntry, chunk_of};
 use esim402_core::usage::report::{Granularity, aggregate};
-use esim402_guest::convert::{internal, invalid, kv_err};
+use esim402_guest::convert::{internal, invalid, kv_err, store_err};
 use esim402_guest::kv;
 use esim402_guest::wit;
 use spin_sdk::key_value::Store;
@@ -26,14 +26,14 @@ async fn read_log(iccid: &str, from: u64, limit: u64) -> Result<Vec<LogEntry>, w
     }
     let chunks = kv::increment::<wit::Error>(&keys::meter_chunks(iccid), 0).map_err(kv_err)?;
     let chunks = u64::try_from(chunks).unwrap_or(0);
-    let store = Store::open_default().await.map_err(internal)?;
+    let store = Store::open_default().await.map_err(store_err)?;
     let mut out = Vec::new();
     let mut next = chunk_of(from);
     while next <= chunks && (out.len() as u64) < limit {
         let last = chunks.min(next.saturating_add(READ_AHEAD - 1));
         let read = join_all((next..=last).map(|c| store.get(keys::meter_chunk(iccid, c)))).await;
         for bytes in read {
-            let Some(bytes) = bytes.map_err(internal)? else {
+            let Some(bytes) = bytes.map_err(store_err)? else {
                 continue;
             };
             let entries: Vec<LogEntry> = serde_json::from_slice(&bytes).map_err(internal)?;

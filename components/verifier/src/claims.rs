@@ -12,7 +12,7 @@
 use alloy_primitives::B256;
 use esim402_core::evm::SignedTx;
 use esim402_core::settlement::{Outcome, Record};
-use esim402_guest::convert::internal;
+use esim402_guest::convert::kv_fault;
 use esim402_guest::kv::{self, Change, KvError};
 use esim402_guest::wit;
 
@@ -20,7 +20,7 @@ fn kv_err(e: KvError<wit::Error>) -> wit::Error {
     match e {
         KvError::Refused(e) => e,
         KvError::Exists => wit::Error::Conflict("already settled".into()),
-        other => internal(other),
+        other => kv_fault("", other),
     }
 }
 

@@ -23,12 +23,33 @@ pub fn internal(message: impl std::fmt::Display) -> wit::Error {
     wit::Error::Internal(message.to_string())
 }
 
-/// A key-value failure: the update function's own refusal passes through; anything else is internal.
+/// A key-value failure: the update function's own refusal passes through; a store that failed or a key that
+/// stayed contended is `unavailable` (503: the same request may succeed later); anything else (a value that
+/// does not decode) is internal.
 pub fn kv_err(e: KvError<wit::Error>) -> wit::Error {
     match e {
         KvError::Refused(e) => e,
-        other => internal(other),
+        other => kv_fault("", other),
     }
+}
+
+/// A key-value failure with nothing of the caller's own in it, `context` before the message (e.g. `"ledger"`):
+/// as [`kv_err`].
+pub fn kv_fault<E>(context: &str, e: KvError<E>) -> wit::Error {
+    let message = if context.is_empty() {
+        e.to_string()
+    } else {
+        format!("{context}: {e}")
+    };
+    match e {
+        KvError::Store(_) | KvError::Contended(_) => wit::Error::Unavailable(message),
+        KvError::Exists | KvError::Corrupt { .. } | KvError::Refused(_) => internal(message),
+    }
+}
+
+/// A failed call of `spin:key-value` itself (opening the store, a read): `unavailable`, as [`kv_err`].
+pub fn store_err(e: spin_sdk::key_value::Error) -> wit::Error {
+    wit::Error::Unavailable(format!("key-value store error: {e:?}"))
 }
 
 /// The one mapping from the WIT error to the kernel's API error (and so to an HTTP status).

@@ -288,17 +288,17 @@ pub use cell::{claim_key, proposal_key};
 
 /// A random 32-byte server key kept at `key`: inserted once by whichever instance gets there first, read by
 /// all (for secrets the operator did not set as variables; the error names the key, never the value).
-pub async fn shared_random_key(key: &str) -> Result<[u8; 32], String> {
-    let fresh = crate::util::random_bytes::<32>()?;
+/// A host without randomness fails as a store would (`Store`: try again later).
+pub async fn shared_random_key(key: &str) -> Result<[u8; 32], KvError<()>> {
+    let fresh = crate::util::random_bytes::<32>().map_err(KvError::Store)?;
     let json =
-        serde_json::to_vec(&alloy_primitives::B256::from(fresh)).map_err(|e| e.to_string())?;
+        serde_json::to_vec(&alloy_primitives::B256::from(fresh)).map_err(|e| corrupt(key, e))?;
     match insert_if_absent::<()>(key, &json).await {
         Ok(()) | Err(KvError::Exists) => {}
-        Err(e) => return Err(format!("{key}: {e}")),
+        Err(e) => return Err(e),
     }
     get_json::<alloy_primitives::B256, ()>(key)
-        .await
-        .map_err(|e| format!("{key}: {e}"))?
+        .await?
         .map(|b| b.0)
-        .ok_or_else(|| format!("{key} vanished"))
+        .ok_or_else(|| corrupt(key, "vanished after it was inserted"))
 }
