@@ -47,9 +47,10 @@ pub fn kv_fault<E>(context: &str, e: KvError<E>) -> wit::Error {
     }
 }
 
-/// A failed call of `spin:key-value` itself (opening the store, a read): `unavailable`, as [`kv_err`].
+/// A failed call of `spin:key-value` itself (opening the store, a read): the store failed, as [`kv_fault`]
+/// maps it.
 pub fn store_err(e: spin_sdk::key_value::Error) -> wit::Error {
-    wit::Error::Unavailable(format!("key-value store error: {e:?}"))
+    kv_fault("", KvError::<()>::Store(format!("{e:?}")))
 }
 
 /// The one mapping from the WIT error to the kernel's API error (and so to an HTTP status).
