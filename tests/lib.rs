@@ -183,13 +183,37 @@ fn unpack_spin(archive: &Path) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// A free loopback port (bound and released: for peers that must know the app's address before it starts).
+/// A free loopback port for a child server that must be told its address before it starts.
+///
+/// Not one from `bind(":0")`: the kernel hands the same ephemeral ports to every `--listen 127.0.0.1:0` server
+/// the other tests start, so a port bound and released here could go to another test's simulator before our
+/// child binds it, and the child's readiness probe would be answered by the wrong server. These ports come from
+/// below the kernel's ephemeral range, one after another from a start that depends on this process's id, so no
+/// two calls in one test process return the same port and no `:0` server can take it; each is checked free by
+/// binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&h| h > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = u16::try_from(LOW + n % span).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high}");
 }
 
 /// Which server runs the app in a child process.
@@ -512,9 +536,7 @@ impl RedisServer {
 
     /// Start one; fails with a clear message if `redis-server` is not installed.
     pub fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port();
         let child = Command::new("redis-server")
             .args([
                 "--bind",
