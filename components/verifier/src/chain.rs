@@ -21,7 +21,7 @@ use esim402_core::x402::exact::{
     name_calldata, transfer_with_authorization_calldata, version_calldata,
 };
 
-use crate::rpc::{CALL_TIMEOUT, CallError, Rpc, join_all, join2};
+use crate::rpc::{Batch, CALL_TIMEOUT, CallError, Rpc, join_all};
 use esim402_guest::wit;
 
 std::thread_local! {
@@ -96,21 +96,36 @@ impl Chain {
         Ok(())
     }
 
-    async fn eth_call(&self, data: Vec<u8>, from: Option<Address>) -> Result<Bytes, CallError> {
+    /// An `eth_call` of the network's USDC with `data`, as `from` if given.
+    fn usdc_call(&self, data: Vec<u8>, from: Option<Address>) -> EthCall {
         let mut call = CallRequest::new(self.network.usdc, data.into());
         call.from = from;
-        self.rpc
-            .call(&EthCall {
-                call,
-                block: BlockTag::Latest,
-            })
-            .await
+        EthCall {
+            call,
+            block: BlockTag::Latest,
+        }
+    }
+
+    async fn eth_call(&self, data: Vec<u8>, from: Option<Address>) -> Result<Bytes, CallError> {
+        self.rpc.call(&self.usdc_call(data, from)).await
+    }
+
+    /// Whether this instance has seen `asset` deployed.
+    fn seen_deployed(&self, asset: Address) -> bool {
+        DEPLOYED.with(|d| d.borrow().contains(&(self.network.chain_id().0, asset)))
+    }
+
+    /// Whether `code`, `eth_getCode`'s answer for `asset`, shows a contract (remembered if so).
+    fn note_code(&self, asset: Address, code: &Bytes) -> bool {
+        if !code.is_empty() {
+            DEPLOYED.with(|d| d.borrow_mut().insert((self.network.chain_id().0, asset)));
+        }
+        !code.is_empty()
     }
 
     /// Whether `asset` has code: `eth_getCode`, unless this instance has seen it deployed.
     async fn deployed(&self, asset: Address) -> Result<bool, CallError> {
-        let key = (self.network.chain_id().0, asset);
-        if DEPLOYED.with(|d| d.borrow().contains(&key)) {
+        if self.seen_deployed(asset) {
             return Ok(true);
         }
         let code = self
@@ -120,10 +135,7 @@ impl Chain {
                 block: BlockTag::Latest,
             })
             .await?;
-        if !code.is_empty() {
-            DEPLOYED.with(|d| d.borrow_mut().insert(key));
-        }
-        Ok(!code.is_empty())
+        Ok(self.note_code(asset, &code))
     }
 
     /// The facts about an asset that is not the network's USDC: only whether it has code (reference check 13's
@@ -136,7 +148,7 @@ impl Chain {
     }
 
     /// Whether the USDC has code, its nonce state, balance and a simulation of `transferWithAuthorization` sent
-    /// by `facilitator`, read concurrently; on a failed simulation also the token's on-chain
+    /// by `facilitator`, read in one batch; on a failed simulation also the token's on-chain
     /// `name()`/`version()`.
     pub async fn facts(
         &self,
@@ -144,22 +156,33 @@ impl Chain {
         facilitator: Option<Address>,
     ) -> Result<ChainFacts, wit::Error> {
         let auth = &signed.authorization;
-        let calls = vec![
-            self.eth_call(authorization_state_calldata(auth.from, auth.nonce), None),
-            self.eth_call(balance_of_calldata(auth.from), None),
-            self.eth_call(
-                transfer_with_authorization_calldata(auth, &signed.signature),
-                facilitator,
-            ),
-        ];
-        let (deployed, answers) = join2(self.deployed(self.network.usdc), join_all(calls)).await;
-        let asset_deployed = deployed.map_err(|e| unavailable(&e))?;
-        let mut answers = answers.into_iter();
-        let (Some(state), Some(balance), Some(simulation)) =
-            (answers.next(), answers.next(), answers.next())
-        else {
-            return Err(wit::Error::Internal("a chain read went missing".into()));
+        let usdc = self.network.usdc;
+        let get_code = EthGetCode {
+            address: usdc,
+            block: BlockTag::Latest,
         };
+        let state_call = self.usdc_call(authorization_state_calldata(auth.from, auth.nonce), None);
+        let balance_call = self.usdc_call(balance_of_calldata(auth.from), None);
+        let simulation_call = self.usdc_call(
+            transfer_with_authorization_calldata(auth, &signed.signature),
+            facilitator,
+        );
+        let mut batch = Batch::new();
+        let code_slot = (!self.seen_deployed(usdc)).then(|| batch.add(&get_code));
+        let state_slot = batch.add(&state_call);
+        let balance_slot = batch.add(&balance_call);
+        let simulation_slot = batch.add(&simulation_call);
+        let mut answers = self.rpc.batch(batch).await;
+        let asset_deployed = match code_slot {
+            None => true,
+            Some(slot) => {
+                let code = answers.take(slot, &get_code).map_err(|e| unavailable(&e))?;
+                self.note_code(usdc, &code)
+            }
+        };
+        let state = answers.take(state_slot, &state_call);
+        let balance = answers.take(balance_slot, &balance_call);
+        let simulation = answers.take(simulation_slot, &simulation_call);
         // A node error (revert, no such function) is an answer about the token; a transport error is none.
         let nonce_used = match state {
             Ok(data) => decode_authorization_state_return(&data).ok(),

@@ -1,16 +1,21 @@
-//! JSON-RPC over outbound `wasi:http`: one POST per call, bounded by a timeout. The kernel's [`Method`] impls
-//! build the request bodies and decode the answers; this file only moves bytes.
+//! JSON-RPC over outbound `wasi:http`: one POST per call, or one per [`Batch`] of calls needed together,
+//! bounded by a timeout. The kernel's [`Method`] impls build the request bodies and decode the answers; this
+//! file only moves bytes.
 //!
 //! A call fails in one of two ways, and callers must tell them apart: [`CallError::Node`] is an answer (the node
 //! said no: a revert, "nonce too low"), [`CallError::Transport`] is the absence of one (timeout, refused
 //! connection, HTTP error, unparseable body). Messages never carry the endpoint URL, which may embed an API key.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use esim402_core::evm::{Method, RpcError};
+use esim402_core::evm::rpc::{BatchError, batch_body, split_batch};
+use esim402_core::evm::{Method, RpcError, RpcRequest};
 use http_body_util::{BodyExt, Full, Limited};
+use serde_json::Value;
 
 /// One call's timeout unless the caller's deadline is nearer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,6 +27,11 @@ const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 const MAX_MESSAGE_CHARS: usize = 200;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+std::thread_local! {
+    /// Endpoints this instance has seen refuse batches: their batches go out as single calls.
+    static NO_BATCH: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
 
 /// Why a call produced no result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,16 +96,62 @@ impl Rpc {
         let bytes = race(self.post(body), timeout)
             .await
             .map_err(|e| CallError::Transport(format!("{}: {e}", M::NAME)))?;
-        method.parse_response(id, &bytes).map_err(|e| match e {
-            RpcError::Node { code, message, .. } => CallError::Node {
-                code,
-                message: truncate(&message),
-            },
-            other => CallError::Transport(truncate(&other.to_string())),
-        })
+        method.parse_response(id, &bytes).map_err(call_error)
+    }
+
+    /// Send `batch`'s calls in one POST (a JSON-RPC batch), giving up after [`CALL_TIMEOUT`]. If the endpoint
+    /// does not take batches (it answers with something other than an array, or refuses the request with a
+    /// 4xx other than 429), the calls go out one POST each, concurrently, and so do this instance's later
+    /// batches to it. Only for calls that may be repeated: a fallback sends again what the refused batch held.
+    pub async fn batch(&self, batch: Batch) -> Answers {
+        let ids: Vec<u64> = batch.requests.iter().map(|r| r.id).collect();
+        let answers = race(self.batch_answers(&batch.requests, &ids), CALL_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| vec![Err(e); ids.len()]);
+        Answers { ids, answers }
+    }
+
+    async fn batch_answers(
+        &self,
+        requests: &[RpcRequest],
+        ids: &[u64],
+    ) -> Result<Vec<Result<Value, String>>, String> {
+        if requests.len() > 1 && !NO_BATCH.with(|n| n.borrow().contains(&self.url)) {
+            let refused = match self.exchange(batch_body(requests)).await? {
+                (200, bytes) => match split_batch(&bytes, ids) {
+                    Ok(split) => {
+                        return Ok(split
+                            .into_iter()
+                            .map(|a| a.ok_or_else(|| "no answer in the batch".to_owned()))
+                            .collect());
+                    }
+                    Err(BatchError::NotABatch(_)) => true,
+                    Err(e) => return Err(truncate(&e.to_string())),
+                },
+                (status, _) if (400..500).contains(&status) && status != 429 => true,
+                (status, _) => return Err(format!("HTTP {status}")),
+            };
+            if refused {
+                NO_BATCH.with(|n| n.borrow_mut().insert(self.url.clone()));
+            }
+        }
+        let singles = requests.iter().map(|r| async move {
+            let bytes = self.post(r.to_body()).await?;
+            serde_json::from_slice::<Value>(&bytes)
+                .map_err(|e| truncate(&format!("malformed JSON-RPC response: {e}")))
+        });
+        Ok(join_all(singles.collect::<Vec<_>>()).await)
     }
 
     async fn post(&self, body: String) -> Result<Bytes, String> {
+        match self.exchange(body).await? {
+            (200, bytes) => Ok(bytes),
+            (status, _) => Err(format!("HTTP {status}")),
+        }
+    }
+
+    /// POST `body`: the status and, for a 200, the answer.
+    async fn exchange(&self, body: String) -> Result<(u16, Bytes), String> {
         let request = spin_sdk::http::Request::builder()
             .method("POST")
             .uri(&self.url)
@@ -108,13 +164,70 @@ impl Rpc {
             .map_err(|e| format!("unreachable ({})", truncate(&format!("{e:?}"))))?;
         let status = response.status().as_u16();
         if status != 200 {
-            return Err(format!("HTTP {status}"));
+            return Ok((status, Bytes::new()));
         }
         Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map(|b| b.to_bytes())
+            .map(|b| (status, b.to_bytes()))
             .map_err(|e| format!("reading the answer failed ({})", truncate(&e.to_string())))
+    }
+}
+
+/// A node's answer as a [`CallError`]: its error object, or anything else that made the answer unusable.
+fn call_error(e: RpcError) -> CallError {
+    match e {
+        RpcError::Node { code, message, .. } => CallError::Node {
+            code,
+            message: truncate(&message),
+        },
+        other => CallError::Transport(truncate(&other.to_string())),
+    }
+}
+
+/// Calls that go out together ([`Rpc::batch`]).
+#[derive(Default)]
+pub struct Batch {
+    requests: Vec<RpcRequest>,
+}
+
+/// Where one call's answer is among a batch's [`Answers`].
+pub struct Slot(usize);
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add `method`; its answer is taken from the [`Answers`] with the returned slot and the same method.
+    pub fn add<M: Method>(&mut self, method: &M) -> Slot {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        self.requests.push(method.request(id));
+        Slot(self.requests.len() - 1)
+    }
+}
+
+/// A batch's answers.
+pub struct Answers {
+    ids: Vec<u64>,
+    answers: Vec<Result<Value, String>>,
+}
+
+impl Answers {
+    /// The answer in `slot`, decoded as `method`'s (the method the slot was added with), with the errors of
+    /// [`Rpc::call`].
+    pub fn take<M: Method>(&mut self, slot: Slot, method: &M) -> Result<M::Output, CallError> {
+        let (Some(&id), Some(answer)) = (self.ids.get(slot.0), self.answers.get_mut(slot.0)) else {
+            return Err(CallError::Transport(format!(
+                "{}: not in the batch",
+                M::NAME
+            )));
+        };
+        match std::mem::replace(answer, Err("answer already taken".to_owned())) {
+            Ok(value) => method.parse_value(id, value).map_err(call_error),
+            Err(e) => Err(CallError::Transport(format!("{}: {e}", M::NAME))),
+        }
     }
 }
 
@@ -137,4 +250,4 @@ async fn race<T>(
     .await
 }
 
-pub use esim402_core::join::{join_all, join2};
+pub use esim402_core::join::join_all;

@@ -2,8 +2,9 @@
 //! path: settlements ([`receipts::broadcast`]: `transferWithAuthorization` from the facilitator's key) and
 //! refunds (`crate::refunds`: ERC-20 `transfer` from the treasury key) both use it.
 //!
-//! Order: the chain reads first (chain id, `eth_estimateGas` plus a margin, fees from the latest base fee and
-//! `eth_maxPriorityFeePerGas`, the account's pending and mined transaction counts); then our recorded
+//! Order: the chain reads first, in one JSON-RPC batch (chain id once per instance, then `eth_estimateGas`
+//! plus a margin, fees from the latest base fee and `eth_maxPriorityFeePerGas`, the account's pending and
+//! mined transaction counts); then our recorded
 //! transactions the node never got are offered to it again and orphaned reservations released
 //! ([`rebroadcast::fill_gaps`]); then an account nonce is reserved ([`nonces`], kernel `NonceState`), the
 //! transaction signed in the component and recorded on the caller's claim; then `eth_sendRawTransaction`.
@@ -25,14 +26,14 @@ pub mod receipts;
 
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::evm::rpc::{
-    BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber, EthGetTransactionCount,
-    EthMaxPriorityFeePerGas, EthSendRawTransaction,
+    BlockSummary, BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber,
+    EthGetTransactionCount, EthMaxPriorityFeePerGas, EthSendRawTransaction,
 };
 use esim402_core::evm::{Eip1559Tx, GiveBack, SignedTx, SigningKey, sign_eip1559};
 use esim402_guest::{util, wit};
 
 use crate::chain::{Chain, unavailable};
-use crate::rpc::{CallError, join_all};
+use crate::rpc::{Batch, CallError};
 
 /// Headroom over `eth_estimateGas` (25 %): state can change between estimate and inclusion.
 const GAS_MARGIN_DIVISOR: u64 = 4;
@@ -99,14 +100,18 @@ fn already_known(message: &str) -> bool {
     m.contains("already known") || m.contains("known transaction") || m.contains("alreadyknown")
 }
 
-/// `(tip, fee cap)` in wei.
-async fn fees(chain: &Chain) -> Result<(u128, u128), wit::Error> {
-    let block = match chain.rpc.call(&EthGetBlockByNumber::latest()).await {
+/// `(tip, fee cap)` in wei, from the latest block's base fee and the node's suggested tip (node errors: the
+/// reference fallbacks).
+fn fees(
+    block: Result<Option<BlockSummary>, CallError>,
+    tip: Result<u128, CallError>,
+) -> Result<(u128, u128), wit::Error> {
+    let block = match block {
         Ok(b) => b,
         Err(e) if e.is_node() => None,
         Err(e) => return Err(unavailable(&e)),
     };
-    let tip = match chain.rpc.call(&EthMaxPriorityFeePerGas).await {
+    let tip = match tip {
         Ok(t) => t,
         Err(e) if e.is_node() => FALLBACK_TIP,
         Err(e) => return Err(unavailable(&e)),
@@ -118,7 +123,8 @@ async fn fees(chain: &Chain) -> Result<(u128, u128), wit::Error> {
     })
 }
 
-/// Everything about the transaction except its nonce, plus the signer's counts: all the chain reads.
+/// Everything about the transaction except its nonce, plus the signer's counts: all the chain reads, in one
+/// batch (one round trip to the node, not five).
 async fn prepare(
     chain: &Chain,
     signer: &SigningKey,
@@ -126,8 +132,25 @@ async fn prepare(
 ) -> Result<(Eip1559Tx, Counts), Unsent> {
     // The chain id guards the signature too (EIP-155), but a wrong endpoint must not get this far.
     chain.check_chain_id().await.map_err(Unsent::Fault)?;
-    let request = CallRequest::new(call.to, call.input.clone().into()).from(signer.address());
-    let estimate = match chain.rpc.call(&EthEstimateGas { call: request }).await {
+    let estimate = EthEstimateGas {
+        call: CallRequest::new(call.to, call.input.clone().into()).from(signer.address()),
+    };
+    let block = EthGetBlockByNumber::latest();
+    let pending = EthGetTransactionCount::pending(signer.address());
+    let mined = EthGetTransactionCount {
+        address: signer.address(),
+        block: BlockTag::Latest,
+    };
+    let mut batch = Batch::new();
+    let slots = (
+        batch.add(&estimate),
+        batch.add(&block),
+        batch.add(&EthMaxPriorityFeePerGas),
+        batch.add(&pending),
+        batch.add(&mined),
+    );
+    let mut answers = chain.rpc.batch(batch).await;
+    let estimate = match answers.take(slots.0, &estimate) {
         Ok(g) => g,
         Err(CallError::Node { message, .. }) => return Err(Unsent::WouldRevert(message)),
         Err(e) => return Err(Unsent::Fault(unavailable(&e))),
@@ -139,25 +162,16 @@ async fn prepare(
             call.what
         ))));
     }
-    let (tip, max_fee) = fees(chain).await.map_err(Unsent::Fault)?;
-    let pending = EthGetTransactionCount::pending(signer.address());
-    let mined = EthGetTransactionCount {
-        address: signer.address(),
-        block: BlockTag::Latest,
-    };
-    let mut reads = join_all(vec![chain.rpc.call(&pending), chain.rpc.call(&mined)])
-        .await
-        .into_iter();
-    let counts = match (reads.next(), reads.next()) {
-        (Some(pending), Some(mined)) => Counts {
-            pending: pending.map_err(|e| Unsent::Fault(unavailable(&e)))?,
-            mined: mined.ok(),
-        },
-        _ => {
-            return Err(Unsent::Fault(wit::Error::Internal(
-                "a chain read went missing".into(),
-            )));
-        }
+    let (tip, max_fee) = fees(
+        answers.take(slots.1, &block),
+        answers.take(slots.2, &EthMaxPriorityFeePerGas),
+    )
+    .map_err(Unsent::Fault)?;
+    let counts = Counts {
+        pending: answers
+            .take(slots.3, &pending)
+            .map_err(|e| Unsent::Fault(unavailable(&e)))?,
+        mined: answers.take(slots.4, &mined).ok(),
     };
     let tx = Eip1559Tx {
         chain_id: chain.network.chain_id(),

@@ -142,6 +142,11 @@ impl<T: DeserializeOwned> RpcResponse<T> {
     pub fn parse(body: &[u8]) -> Result<Self, RpcError> {
         let value: Value =
             serde_json::from_slice(body).map_err(|e| RpcError::Malformed(e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    /// [`Self::parse`] of an answer already parsed as JSON (one member of a batch answer).
+    pub fn from_value(value: Value) -> Result<Self, RpcError> {
         let Value::Object(mut obj) = value else {
             return Err(RpcError::Malformed("not a JSON object".into()));
         };
@@ -201,10 +206,66 @@ pub trait Method {
 
     /// Parse the response body to the request with id `id`: id checked, node errors surfaced, result decoded.
     fn parse_response(&self, id: u64, body: &[u8]) -> Result<Self::Output, RpcError> {
-        let response = RpcResponse::<Value>::parse(body)?;
+        self.parse_answer(id, RpcResponse::<Value>::parse(body)?)
+    }
+
+    /// [`Self::parse_response`] of one member of a batch answer (see [`split_batch`]).
+    fn parse_value(&self, id: u64, answer: Value) -> Result<Self::Output, RpcError> {
+        self.parse_answer(id, RpcResponse::<Value>::from_value(answer)?)
+    }
+
+    /// Decode a parsed answer to the request with id `id`.
+    fn parse_answer(
+        &self,
+        id: u64,
+        response: RpcResponse<Value>,
+    ) -> Result<Self::Output, RpcError> {
         response.check_id(id)?;
         self.decode(response.into_result()?)
     }
+}
+
+/// The body of a JSON-RPC batch: `requests` as one JSON array, answered by one array (JSON-RPC 2.0 §6).
+/// Several reads the caller needs together cost one HTTP exchange instead of one each.
+pub fn batch_body(requests: &[RpcRequest]) -> String {
+    Value::Array(requests.iter().map(RpcRequest::to_json).collect()).to_string()
+}
+
+/// Why a batch answer cannot be split.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The node did not answer the batch as a batch (a single error object such as "batch requests are not
+    /// supported", or any other non-array): send the requests one by one instead.
+    #[error("the node did not answer the batch as a batch: {0}")]
+    NotABatch(String),
+    /// The body is not JSON.
+    #[error("malformed JSON-RPC batch answer: {0}")]
+    Malformed(String),
+}
+
+/// Split a batch answer into each request's answer, in the order of `ids` (nodes may answer in any order;
+/// members are matched by their `id`). A request the array does not answer gets `None`; members with ids
+/// that were not asked, or asked twice, are ignored.
+pub fn split_batch(body: &[u8], ids: &[u64]) -> Result<Vec<Option<Value>>, BatchError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BatchError::Malformed(e.to_string()))?;
+    let Value::Array(members) = value else {
+        let mut shown = value.to_string();
+        shown.truncate(200);
+        return Err(BatchError::NotABatch(shown));
+    };
+    let mut out: Vec<Option<Value>> = vec![None; ids.len()];
+    for member in members {
+        let Some(id) = member.get("id").and_then(Value::as_u64) else {
+            continue;
+        };
+        if let Some(i) = ids.iter().position(|&want| want == id)
+            && out[i].is_none()
+        {
+            out[i] = Some(member);
+        }
+    }
+    Ok(out)
 }
 
 /// Which block a read refers to.
@@ -851,5 +912,64 @@ mod tests {
             method.parse_response(1, &ok(1, r#"{"status":"0x1"}"#)),
             Err(RpcError::UnexpectedResult { .. })
         ));
+    }
+
+    #[test]
+    fn a_batch_is_one_array_and_its_answer_splits_by_id_in_any_order() {
+        let requests = [EthBlockNumber.request(7), EthChainId.request(8)];
+        let body: Value = serde_json::from_str(&batch_body(&requests)).unwrap();
+        assert_eq!(
+            body,
+            json!([
+                {"jsonrpc": "2.0", "id": 7, "method": "eth_blockNumber", "params": []},
+                {"jsonrpc": "2.0", "id": 8, "method": "eth_chainId", "params": []}
+            ])
+        );
+        // Answered out of order, with one node error, an unasked id and a repeated one.
+        let answer = br#"[
+            {"jsonrpc":"2.0","id":8,"error":{"code":-32601,"message":"no such method"}},
+            {"jsonrpc":"2.0","id":99,"result":"0x1"},
+            {"jsonrpc":"2.0","id":7,"result":"0x1b4"},
+            {"jsonrpc":"2.0","id":7,"result":"0x0"}
+        ]"#;
+        let mut split = split_batch(answer, &[7, 8]).unwrap().into_iter();
+        let (Some(Some(first)), Some(Some(second))) = (split.next(), split.next()) else {
+            panic!("both requests are answered");
+        };
+        assert_eq!(EthBlockNumber.parse_value(7, first.clone()), Ok(436));
+        assert!(matches!(
+            EthChainId.parse_value(8, second),
+            Err(RpcError::Node { code: -32601, .. })
+        ));
+        // A member handed to the wrong request is caught by its id, as a single answer is.
+        assert!(matches!(
+            EthBlockNumber.parse_value(8, first),
+            Err(RpcError::IdMismatch { expected: 8, .. })
+        ));
+    }
+
+    #[test]
+    fn a_batch_answer_that_is_not_an_array_says_so_and_missing_answers_are_none() {
+        // What nodes without batch support answer: one error object.
+        let refused = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"batch requests are not supported"}}"#;
+        assert!(matches!(
+            split_batch(refused, &[1, 2]),
+            Err(BatchError::NotABatch(m)) if m.contains("not supported")
+        ));
+        assert!(matches!(
+            split_batch(b"<html>", &[1]),
+            Err(BatchError::Malformed(_))
+        ));
+        let partial = br#"[{"jsonrpc":"2.0","id":2,"result":"0x1"}, "junk", {"id":"1"}]"#;
+        let split = split_batch(partial, &[1, 2]).unwrap();
+        assert_eq!(split[0], None);
+        assert_eq!(
+            EthBlockNumber.parse_value(2, split[1].clone().unwrap()),
+            Ok(1)
+        );
+        assert_eq!(
+            split_batch(b"[]", &[]).unwrap(),
+            Vec::<Option<Value>>::new()
+        );
     }
 }

@@ -150,6 +150,8 @@ pub(crate) struct ChainState {
     pub(crate) hide_transfer_log: bool,
     /// Answer every request with HTTP 503.
     pub(crate) down: bool,
+    /// Refuse JSON-RPC batches with one error object, as nodes without batch support do.
+    pub(crate) refuse_batches: bool,
     /// Raw transactions accepted by `eth_sendRawTransaction`, in order (a forgotten one sent again twice).
     sent: Vec<Vec<u8>>,
     /// Hashes of sent transactions the node no longer knows (see [`Node::forget`]).
@@ -176,6 +178,7 @@ impl Default for ChainState {
             estimate_fails: false,
             hide_transfer_log: false,
             down: false,
+            refuse_batches: false,
             sent: Vec::new(),
             forgotten: HashSet::new(),
             receipts: HashMap::new(),
@@ -270,14 +273,39 @@ impl Node {
         self.chain.lock().unwrap().sent.clone()
     }
 
+    /// Answer one POST: a single call, or a batch (an array of calls, answered by an array, as nodes do), or a
+    /// refusal of the batch as a node without batch support answers.
     fn answer(&self, r: &Recorded) -> Scripted {
         let req = r.json().unwrap();
-        let id = req["id"].clone();
-        let params = &req["params"];
         let mut c = self.chain.lock().unwrap();
         if c.down {
             return Scripted::status(503);
         }
+        let body = match req {
+            Value::Array(_) if c.refuse_batches => json!({"jsonrpc": "2.0", "id": null,
+                "error": {"code": -32600, "message": "batch requests are not supported"}}),
+            Value::Array(calls) => {
+                let mut answers = Vec::new();
+                for call in &calls {
+                    match Self::answer_one(&mut c, call) {
+                        Ok(a) => answers.push(a),
+                        Err(whole) => return whole,
+                    }
+                }
+                Value::Array(answers)
+            }
+            call => match Self::answer_one(&mut c, &call) {
+                Ok(a) => a,
+                Err(whole) => return whole,
+            },
+        };
+        Scripted::json(200, body.to_string())
+    }
+
+    /// The answer to one call, or (`Err`) what the whole POST gets instead.
+    fn answer_one(c: &mut ChainState, req: &Value) -> Result<Value, Scripted> {
+        let id = req["id"].clone();
+        let params = &req["params"];
         let result: Result<Value, (i64, &str)> = match req["method"].as_str().unwrap() {
             "eth_chainId" => Ok(qty(c.chain_id.into())),
             "eth_blockNumber" => Ok(qty(0x20)),
@@ -323,7 +351,7 @@ impl Node {
             {
                 Err((-32000, "insufficient funds for gas * price + value"))
             }
-            "eth_sendRawTransaction" if c.drop_send => return Scripted::status(502),
+            "eth_sendRawTransaction" if c.drop_send => return Err(Scripted::status(502)),
             "eth_sendRawTransaction" => {
                 let raw = hex::decode(params[0].as_str().unwrap()).unwrap();
                 let hash = keccak256(&raw);
@@ -333,7 +361,7 @@ impl Node {
                     c.forgotten.remove(&hash);
                     c.sent.push(raw);
                     if c.lose_send_answer {
-                        return Scripted::status(502);
+                        return Err(Scripted::status(502));
                     }
                     Ok(json!(hash.to_string()))
                 }
@@ -374,13 +402,12 @@ impl Node {
             }
             other => panic!("unexpected JSON-RPC method {other}"),
         };
-        let body = match result {
+        Ok(match result {
             Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
             Err((code, message)) => {
                 json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
             }
-        };
-        Scripted::json(200, body.to_string())
+        })
     }
 }
 
@@ -685,10 +712,37 @@ pub(crate) fn decode_tx(raw: &[u8]) -> Signed<TxEip1559> {
     tx
 }
 
-pub(crate) fn rpc_methods(kit: &Kit) -> Vec<String> {
+/// Every JSON-RPC call the component made, in order, batches unpacked.
+pub(crate) fn rpc_calls(kit: &Kit) -> Vec<Value> {
     kit.requests()
         .iter()
-        .map(|r| r.json().unwrap()["method"].as_str().unwrap().to_owned())
+        .flat_map(|r| match r.json().unwrap() {
+            Value::Array(calls) => calls,
+            call => vec![call],
+        })
+        .collect()
+}
+
+/// The methods of each JSON-RPC batch the component sent, in order (single calls left out).
+pub(crate) fn batched_methods(kit: &Kit) -> Vec<Vec<String>> {
+    kit.requests()
+        .iter()
+        .filter_map(|r| match r.json().unwrap() {
+            Value::Array(calls) => Some(
+                calls
+                    .iter()
+                    .map(|c| c["method"].as_str().unwrap().to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(crate) fn rpc_methods(kit: &Kit) -> Vec<String> {
+    rpc_calls(kit)
+        .iter()
+        .map(|r| r["method"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -705,10 +759,8 @@ async fn a_valid_payment_verifies_and_returns_the_checksummed_payer() {
     assert_eq!(verify(&mut kit, &inv, p.v1()).await, Ok(want));
 
     // The chain was asked what the reference asks: nonce state, balance, and a simulation from our account.
-    let calls: Vec<Value> = kit
-        .requests()
-        .iter()
-        .map(|r| r.json().unwrap())
+    let calls: Vec<Value> = rpc_calls(&kit)
+        .into_iter()
         .filter(|r| r["method"] == "eth_call")
         .collect();
     let selectors: Vec<&str> = calls
@@ -718,6 +770,16 @@ async fn a_valid_payment_verifies_and_returns_the_checksummed_payer() {
     for s in ["0xe94a0102", "0x70a08231", "0xe3ee160e"] {
         assert!(selectors.contains(&s), "{selectors:?}");
     }
+    // In one batch each time (the first with the token's code, asked once per instance).
+    assert_eq!(
+        batched_methods(&kit),
+        [
+            vec!["eth_getCode", "eth_call", "eth_call", "eth_call"],
+            vec!["eth_call", "eth_call", "eth_call"]
+        ],
+        "{:?}",
+        rpc_methods(&kit)
+    );
     let simulation = calls
         .iter()
         .find(|c| {
@@ -1011,6 +1073,46 @@ async fn rpc_failures_are_unavailable_never_a_verdict() {
 
 // ---- settle ----------------------------------------------------------------------------------------------
 
+/// A node that refuses batches (one error object for the array, as providers without batch support answer)
+/// still verifies and settles: the refused batch is sent again as single calls, and this instance sends
+/// that node no more batches.
+#[tokio::test]
+async fn a_node_without_batch_support_gets_single_calls() {
+    let node = Arc::new(Node::default());
+    node.set(|c| c.refuse_batches = true);
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(12, None);
+    let p = pay(&inv);
+    assert_eq!(
+        verify(&mut kit, &inv, p.v2()).await,
+        Ok(payer().to_checksum(None))
+    );
+    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
+    let sent = node.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(got, S::Settled(keccak256(&sent[0]).to_string()));
+    let tx = decode_tx(&sent[0]);
+    assert_eq!(tx.tx().gas_limit, GAS_ESTIMATE + GAS_ESTIMATE / 4);
+    assert_eq!(tx.tx().max_fee_per_gas, 2 * BASE_FEE + TIP);
+    assert_eq!(tx.tx().nonce, TX_COUNT);
+    // Only the first batch was tried; its calls and every later one went out singly.
+    assert_eq!(batched_methods(&kit).len(), 1, "{:?}", rpc_methods(&kit));
+    let methods = rpc_methods(&kit);
+    for m in [
+        "eth_call",
+        "eth_estimateGas",
+        "eth_maxPriorityFeePerGas",
+        "eth_getBlockByNumber",
+    ] {
+        assert!(
+            kit.requests()
+                .iter()
+                .any(|r| r.json().unwrap()["method"] == m),
+            "{m} sent singly: {methods:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn settle_sends_one_transfer_with_authorization_and_replays_its_result() {
     let node = Arc::new(Node::default());
@@ -1057,6 +1159,19 @@ async fn settle_sends_one_transfer_with_authorization_and_replays_its_result() {
     .await
     .unwrap();
     assert_eq!(nonces["next"], TX_COUNT + 1);
+    // The send's chain reads went out as one JSON-RPC batch: one round trip to the node, not five.
+    let batches = batched_methods(&kit);
+    assert!(
+        batches.iter().any(|b| b
+            == &[
+                "eth_estimateGas",
+                "eth_getBlockByNumber",
+                "eth_maxPriorityFeePerGas",
+                "eth_getTransactionCount",
+                "eth_getTransactionCount"
+            ]),
+        "{batches:?}"
+    );
 
     // The same payment again (either header version, and with the invoice as it reads once marked paid):
     // the stored result, no second transaction.
@@ -1441,10 +1556,8 @@ async fn a_settlement_whose_nonce_another_transaction_used_fails_if_its_authoriz
     assert_eq!(record["transaction"], hash);
     assert_eq!(node.sent().len(), 1, "never sent again");
     // authorizationState was read at the block whose count showed the nonce used, not at `latest`.
-    let state_reads: Vec<Value> = kit
-        .requests()
-        .iter()
-        .map(|r| r.json().unwrap())
+    let state_reads: Vec<Value> = rpc_calls(&kit)
+        .into_iter()
         .filter(|r| {
             r["method"] == "eth_call"
                 && r["params"][0]["data"]
@@ -1922,7 +2035,7 @@ async fn facilitator_api_answers_payload_gaps_and_unknown_assets_like_the_refere
     let mut foreign = pay(&inv);
     foreign.accepted.asset = STRANGER.into();
     foreign.domain.verifying_contract = addr(STRANGER);
-    let before = kit.requests().len();
+    let before = rpc_calls(&kit).len();
     let v = facilitator_verify(&mut kit, foreign.facilitator_body())
         .await
         .unwrap();
