@@ -246,15 +246,25 @@ impl Chain {
             .map_err(|e| CallError::Transport(format!("authorizationState: {e}")))
     }
 
-    /// The receipt of `hash`, if mined.
-    pub async fn receipt(
+    /// The receipt of `hash`, if mined, and with `with_head` the chain's head block number, in one batch. The
+    /// node may answer the head from before the receipt's block: a receipt then counts fewer confirmations
+    /// than it has, never more.
+    pub async fn receipt_and_head(
         &self,
         hash: B256,
+        with_head: bool,
         timeout: Duration,
-    ) -> Result<Option<TransactionReceipt>, CallError> {
-        self.rpc
-            .call_within(&EthGetTransactionReceipt { hash }, timeout)
-            .await
+    ) -> (
+        Result<Option<TransactionReceipt>, CallError>,
+        Option<Result<u64, CallError>>,
+    ) {
+        let receipt = EthGetTransactionReceipt { hash };
+        let mut batch = Batch::new();
+        let receipt_slot = batch.add(&receipt);
+        let head_slot = with_head.then(|| batch.add(&EthBlockNumber));
+        let mut answers = self.rpc.batch_within(batch, timeout).await;
+        let head = head_slot.map(|slot| answers.take(slot, &EthBlockNumber));
+        (answers.take(receipt_slot, &receipt), head)
     }
 
     /// Poll for `hash`'s receipt until `deadline` (at least once): `None` if it is not mined (or not buried
@@ -271,7 +281,8 @@ impl Chain {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let timeout = left.clamp(Duration::from_millis(500), CALL_TIMEOUT);
-            if let Ok(Some(receipt)) = self.receipt(hash, timeout).await {
+            let (receipt, head) = self.receipt_and_head(hash, need > 1, timeout).await;
+            if let Ok(Some(receipt)) = receipt {
                 if !receipt.status {
                     return Some(Mined::Reverted);
                 }
@@ -281,7 +292,7 @@ impl Chain {
                 if need <= 1 {
                     return Some(Mined::Succeeded);
                 }
-                if let Ok(head) = self.rpc.call_within(&EthBlockNumber, timeout).await
+                if let Some(Ok(head)) = head
                     && receipt.confirmations(head) >= need
                 {
                     return Some(Mined::Succeeded);

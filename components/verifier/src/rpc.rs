@@ -104,8 +104,13 @@ impl Rpc {
     /// 4xx other than 429), the calls go out one POST each, concurrently, and so do this instance's later
     /// batches to it. Only for calls that may be repeated: a fallback sends again what the refused batch held.
     pub async fn batch(&self, batch: Batch) -> Answers {
+        self.batch_within(batch, CALL_TIMEOUT).await
+    }
+
+    /// [`Self::batch`], giving up after `timeout`.
+    pub async fn batch_within(&self, batch: Batch, timeout: Duration) -> Answers {
         let ids: Vec<u64> = batch.requests.iter().map(|r| r.id).collect();
-        let answers = race(self.batch_answers(&batch.requests, &ids), CALL_TIMEOUT)
+        let answers = race(self.batch_answers(&batch.requests, &ids), timeout)
             .await
             .unwrap_or_else(|e| vec![Err(e); ids.len()]);
         Answers { ids, answers }

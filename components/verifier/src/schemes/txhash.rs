@@ -8,7 +8,7 @@ use alloy_primitives::{Address, B256, U256};
 use esim402_core::chain::parse_address;
 use esim402_core::evm::quantity::parse_b256;
 use esim402_core::evm::receipt::mined_after_invoice;
-use esim402_core::evm::rpc::{BlockTag, EthBlockNumber, EthGetBlockByNumber};
+use esim402_core::evm::rpc::{BlockTag, EthGetBlockByNumber};
 use esim402_core::evm::{ProofError, ProofRequirements, check_tx_hash_proof};
 use esim402_core::invoice::{Invoice, Purchase};
 use esim402_core::settlement::{Record, SentTx, Status};
@@ -129,19 +129,18 @@ impl Context {
             return Ok(Proof::Refused(InvalidReason::InvalidPaymentRequirements));
         };
         self.chain.check_chain_id().await?;
-        let receipt = match self.chain.receipt(self.hash, CALL_TIMEOUT).await {
+        let (receipt, head) = self
+            .chain
+            .receipt_and_head(self.hash, network.confirmations > 1, CALL_TIMEOUT)
+            .await;
+        let receipt = match receipt {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(Proof::NotYet),
             Err(e) => return Err(unavailable(&e)),
         };
-        let head = if network.confirmations > 1 {
-            self.chain
-                .rpc
-                .call(&EthBlockNumber)
-                .await
-                .map_err(|e| unavailable(&e))?
-        } else {
-            receipt.block_number
+        let head = match head {
+            Some(head) => head.map_err(|e| unavailable(&e))?,
+            None => receipt.block_number,
         };
         let requirements = ProofRequirements {
             token,

@@ -152,6 +152,8 @@ pub(crate) struct ChainState {
     pub(crate) down: bool,
     /// Refuse JSON-RPC batches with one error object, as nodes without batch support do.
     pub(crate) refuse_batches: bool,
+    /// The head block number (receipts are in block 0x11).
+    pub(crate) head: u64,
     /// Raw transactions accepted by `eth_sendRawTransaction`, in order (a forgotten one sent again twice).
     sent: Vec<Vec<u8>>,
     /// Hashes of sent transactions the node no longer knows (see [`Node::forget`]).
@@ -179,6 +181,7 @@ impl Default for ChainState {
             hide_transfer_log: false,
             down: false,
             refuse_batches: false,
+            head: 0x20,
             sent: Vec::new(),
             forgotten: HashSet::new(),
             receipts: HashMap::new(),
@@ -308,7 +311,7 @@ impl Node {
         let params = &req["params"];
         let result: Result<Value, (i64, &str)> = match req["method"].as_str().unwrap() {
             "eth_chainId" => Ok(qty(c.chain_id.into())),
-            "eth_blockNumber" => Ok(qty(0x20)),
+            "eth_blockNumber" => Ok(qty(c.head.into())),
             "eth_getTransactionCount" if params[1] == "pending" => {
                 Ok(qty(c.pending_count.unwrap_or(TX_COUNT).into()))
             }
@@ -1307,6 +1310,38 @@ async fn no_receipt_in_time_is_pending_and_a_later_settle_reconciles() {
     );
     let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "confirmed");
+    assert_eq!(node.sent().len(), 1);
+}
+
+/// With confirmations required, a settlement is pending until its receipt's block is buried deeply enough; each
+/// poll asks for the receipt and the head block in one batch.
+#[tokio::test]
+async fn a_settlement_waits_for_its_confirmations_reading_receipt_and_head_together() {
+    let node = Arc::new(Node::default());
+    // Receipts are in block 0x11: a head of 0x12 is 2 confirmations.
+    node.set(|c| c.head = 0x12);
+    let mut kit = kit(
+        &node,
+        &[
+            ("payment_confirmations", "3"),
+            ("settlement_timeout_ms", "300"),
+        ],
+    )
+    .await;
+    let inv = invoice(40, None);
+    let p = pay(&inv);
+    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(got, S::Pending(hash.clone()));
+    let batches = batched_methods(&kit);
+    assert!(
+        batches
+            .iter()
+            .any(|b| b == &["eth_getTransactionReceipt", "eth_blockNumber"]),
+        "{batches:?}"
+    );
+    node.set(|c| c.head = 0x13);
+    assert_eq!(settle(&mut kit, &inv, p.v2()).await, Ok(S::Settled(hash)));
     assert_eq!(node.sent().len(), 1);
 }
 
