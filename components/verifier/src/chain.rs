@@ -66,11 +66,11 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// A chain client.
-    pub fn new(network: NetworkConfig, rpc_url: &str) -> Self {
+    /// A chain client; `batch`: whether reads needed together go as one JSON-RPC batch.
+    pub fn new(network: NetworkConfig, rpc_url: &str, batch: bool) -> Self {
         Self {
             network,
-            rpc: Rpc::new(rpc_url),
+            rpc: Rpc::new(rpc_url, batch),
         }
     }
 

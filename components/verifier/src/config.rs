@@ -12,6 +12,9 @@
 //! - `treasury_private_key`: **secret**, handled like `facilitator_private_key`. Empty disables paying refunds.
 //! - `settlement_timeout_ms`: how long `settle` (and `run-refunds`) waits for a receipt before answering
 //!   `pending` (15000).
+//! - `rpc_batch`: `true` (default) sends the chain reads a step needs together as one JSON-RPC batch; `false`
+//!   sends each call on its own (for providers that refuse or bill batches; a refused batch is also detected
+//!   and retried singly, but only once per instance).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -37,6 +40,8 @@ pub struct Config {
     enabled: Vec<(NetworkConfig, Option<String>)>,
     /// How long a settlement waits for its receipt.
     pub settlement_timeout: Duration,
+    /// Whether reads needed together go as one JSON-RPC batch (`rpc_batch`).
+    rpc_batch: bool,
     /// The facilitator key: `None` when settlement is disabled, `Err` (with a safe message) when malformed.
     signer: Option<Result<SigningKey, String>>,
     /// The treasury key that pays refunds, the same way.
@@ -110,9 +115,15 @@ async fn load() -> Result<Config, wit::Error> {
             }
         },
     };
+    let rpc_batch = match optional_var("rpc_batch").await.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(config_error("rpc_batch", "expected true or false")),
+    };
     Ok(Config {
         enabled,
         settlement_timeout,
+        rpc_batch,
         signer: key_var("facilitator_private_key").await,
         treasury: key_var("treasury_private_key").await,
     })
@@ -141,7 +152,7 @@ impl Config {
                 network.caip2()
             ))
         })?;
-        Ok(Chain::new(network.clone(), url))
+        Ok(Chain::new(network.clone(), url, self.rpc_batch))
     }
 
     /// The settlement key; `unavailable` when settlement is disabled, `internal` when the key is malformed.

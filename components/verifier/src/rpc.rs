@@ -70,13 +70,16 @@ fn truncate(s: &str) -> String {
 /// A JSON-RPC endpoint.
 pub struct Rpc {
     url: String,
+    /// Whether [`Rpc::batch`] may send a JSON-RPC batch (else one POST per call).
+    batching: bool,
 }
 
 impl Rpc {
-    /// A client for `url`.
-    pub fn new(url: &str) -> Self {
+    /// A client for `url`; `batching`: whether [`Rpc::batch`] sends JSON-RPC batches.
+    pub fn new(url: &str, batching: bool) -> Self {
         Self {
             url: url.to_owned(),
+            batching,
         }
     }
 
@@ -99,10 +102,11 @@ impl Rpc {
         method.parse_response(id, &bytes).map_err(call_error)
     }
 
-    /// Send `batch`'s calls in one POST (a JSON-RPC batch), giving up after [`CALL_TIMEOUT`]. If the endpoint
-    /// does not take batches (it answers with something other than an array, or refuses the request with a
-    /// 4xx other than 429), the calls go out one POST each, concurrently, and so do this instance's later
-    /// batches to it. Only for calls that may be repeated: a fallback sends again what the refused batch held.
+    /// Send `batch`'s calls in one POST (a JSON-RPC batch), giving up after [`CALL_TIMEOUT`]. With batching
+    /// off, or if the endpoint does not take batches (it answers with something other than an array, or
+    /// refuses the request with a 4xx other than 429), the calls go out one POST each, concurrently, and so do
+    /// this instance's later batches to it. Only for calls that may be repeated: a fallback sends again what
+    /// the refused batch held.
     pub async fn batch(&self, batch: Batch) -> Answers {
         self.batch_within(batch, CALL_TIMEOUT).await
     }
@@ -121,7 +125,8 @@ impl Rpc {
         requests: &[RpcRequest],
         ids: &[u64],
     ) -> Result<Vec<Result<Value, String>>, String> {
-        if requests.len() > 1 && !NO_BATCH.with(|n| n.borrow().contains(&self.url)) {
+        if self.batching && requests.len() > 1 && !NO_BATCH.with(|n| n.borrow().contains(&self.url))
+        {
             let refused = match self.exchange(batch_body(requests)).await? {
                 (200, bytes) => match split_batch(&bytes, ids) {
                     Ok(split) => {

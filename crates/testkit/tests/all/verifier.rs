@@ -1116,6 +1116,30 @@ async fn a_node_without_batch_support_gets_single_calls() {
     }
 }
 
+/// `rpc_batch = false` sends every call on its own; any other value than `true`/`false` is refused by name.
+#[tokio::test]
+async fn rpc_batch_false_sends_single_calls_and_a_bad_value_is_named() {
+    let node = Arc::new(Node::default());
+    let mut single = kit(&node, &[("rpc_batch", "false")]).await;
+    let inv = invoice(41, None);
+    let p = pay(&inv);
+    let got = settle(&mut single, &inv, p.v2()).await.unwrap();
+    assert_eq!(got, S::Settled(keccak256(&node.sent()[0]).to_string()));
+    assert!(
+        batched_methods(&single).is_empty(),
+        "{:?}",
+        rpc_methods(&single)
+    );
+    assert!(rpc_methods(&single).contains(&"eth_estimateGas".to_owned()));
+
+    let mut bad = kit(&node, &[("rpc_batch", "yes")]).await;
+    let inv = invoice(42, None);
+    assert!(matches!(
+        verify(&mut bad, &inv, pay(&inv).v2()).await,
+        Err(E::Internal(m)) if m.contains("rpc_batch") && m.contains("true or false")
+    ));
+}
+
 #[tokio::test]
 async fn settle_sends_one_transfer_with_authorization_and_replays_its_result() {
     let node = Arc::new(Node::default());
