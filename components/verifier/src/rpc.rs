@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use esim402_core::evm::rpc::{BatchError, batch_body, split_batch};
+use esim402_core::evm::rpc::{BatchReply, batch_body, read_batch_reply};
 use esim402_core::evm::{Method, RpcError, RpcRequest};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::Value;
@@ -103,9 +103,8 @@ impl Rpc {
     }
 
     /// Send `batch`'s calls in one POST (a JSON-RPC batch), giving up after [`CALL_TIMEOUT`]. With batching
-    /// off, or if the endpoint does not take batches (it answers with something other than an array, or
-    /// refuses the request with a 4xx other than 429), the calls go out one POST each, concurrently, and so do
-    /// this instance's later batches to it. Only for calls that may be repeated: a fallback sends again what
+    /// off, or if the endpoint does not take batches (kernel [`read_batch_reply`]), the calls go out one POST
+    /// each, concurrently, and so do this instance's later batches to it. Only for calls that may be repeated: a fallback sends again what
     /// the refused batch held.
     pub async fn batch(&self, batch: Batch) -> Answers {
         self.batch_within(batch, CALL_TIMEOUT).await
@@ -127,22 +126,18 @@ impl Rpc {
     ) -> Result<Vec<Result<Value, String>>, String> {
         if self.batching && requests.len() > 1 && !NO_BATCH.with(|n| n.borrow().contains(&self.url))
         {
-            let refused = match self.exchange(batch_body(requests)).await? {
-                (200, bytes) => match split_batch(&bytes, ids) {
-                    Ok(split) => {
-                        return Ok(split
-                            .into_iter()
-                            .map(|a| a.ok_or_else(|| "no answer in the batch".to_owned()))
-                            .collect());
-                    }
-                    Err(BatchError::NotABatch(_)) => true,
-                    Err(e) => return Err(truncate(&e.to_string())),
-                },
-                (status, _) if (400..500).contains(&status) && status != 429 => true,
-                (status, _) => return Err(format!("HTTP {status}")),
-            };
-            if refused {
-                NO_BATCH.with(|n| n.borrow_mut().insert(self.url.clone()));
+            let (status, bytes) = self.exchange(batch_body(requests)).await?;
+            match read_batch_reply(status, &bytes, ids) {
+                BatchReply::Answers(answers) => {
+                    return Ok(answers
+                        .into_iter()
+                        .map(|a| a.ok_or_else(|| "no answer in the batch".to_owned()))
+                        .collect());
+                }
+                BatchReply::Failed(e) => return Err(truncate(&e)),
+                BatchReply::Refused => {
+                    NO_BATCH.with(|n| n.borrow_mut().insert(self.url.clone()));
+                }
             }
         }
         let singles = requests.iter().map(|r| async move {

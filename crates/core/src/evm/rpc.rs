@@ -243,6 +243,32 @@ pub enum BatchError {
     Malformed(String),
 }
 
+/// What a node's HTTP answer to a batch means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchReply {
+    /// Each request's answer, in the order asked (see [`split_batch`]).
+    Answers(Vec<Option<Value>>),
+    /// The node does not take batches: a 200 whose body is not an array, or a 4xx other than 429 (too many
+    /// requests is about the rate, not the batch). Send the calls one by one.
+    Refused,
+    /// No usable answer (a 5xx, a 429, a body that is not JSON): the outcome of every call is unknown.
+    Failed(String),
+}
+
+/// Read a node's answer (`status`, and `body` for a 200) to the batch of requests with `ids`.
+pub fn read_batch_reply(status: u16, body: &[u8], ids: &[u64]) -> BatchReply {
+    match status {
+        200 => match split_batch(body, ids) {
+            Ok(answers) => BatchReply::Answers(answers),
+            Err(BatchError::NotABatch(_)) => BatchReply::Refused,
+            Err(e) => BatchReply::Failed(e.to_string()),
+        },
+        429 => BatchReply::Failed("HTTP 429".into()),
+        400..=499 => BatchReply::Refused,
+        other => BatchReply::Failed(format!("HTTP {other}")),
+    }
+}
+
 /// Split a batch answer into each request's answer, in the order of `ids` (nodes may answer in any order;
 /// members are matched by their `id`). A request the array does not answer gets `None`; members with ids
 /// that were not asked, or asked twice, are ignored.
@@ -971,5 +997,44 @@ mod tests {
             split_batch(b"[]", &[]).unwrap(),
             Vec::<Option<Value>>::new()
         );
+    }
+
+    #[test]
+    fn a_batch_reply_is_answers_a_refusal_or_a_failure() {
+        let ids = [3, 4];
+        let array =
+            br#"[{"jsonrpc":"2.0","id":4,"result":"0x2"},{"jsonrpc":"2.0","id":3,"result":"0x1"}]"#;
+        let BatchReply::Answers(answers) = read_batch_reply(200, array, &ids) else {
+            panic!("an array answers the batch");
+        };
+        assert_eq!(
+            EthBlockNumber.parse_value(3, answers[0].clone().unwrap()),
+            Ok(1)
+        );
+        assert_eq!(
+            EthBlockNumber.parse_value(4, answers[1].clone().unwrap()),
+            Ok(2)
+        );
+        let single = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"batch not supported"}}"#;
+        assert_eq!(read_batch_reply(200, single, &ids), BatchReply::Refused);
+        for status in [400, 404, 405, 413, 415] {
+            assert_eq!(
+                read_batch_reply(status, b"", &ids),
+                BatchReply::Refused,
+                "{status}"
+            );
+        }
+        assert_eq!(
+            read_batch_reply(429, b"", &ids),
+            BatchReply::Failed("HTTP 429".into())
+        );
+        assert_eq!(
+            read_batch_reply(503, b"", &ids),
+            BatchReply::Failed("HTTP 503".into())
+        );
+        assert!(matches!(
+            read_batch_reply(200, b"<html>", &ids),
+            BatchReply::Failed(m) if m.contains("malformed")
+        ));
     }
 }
