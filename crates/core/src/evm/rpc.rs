@@ -276,8 +276,8 @@ pub fn split_batch(body: &[u8], ids: &[u64]) -> Result<Vec<Option<Value>>, Batch
     let value: Value =
         serde_json::from_slice(body).map_err(|e| BatchError::Malformed(e.to_string()))?;
     let Value::Array(members) = value else {
-        let mut shown = value.to_string();
-        shown.truncate(200);
+        // At most 200 characters of it (by character: node messages need not be ASCII).
+        let shown = value.to_string().chars().take(200).collect();
         return Err(BatchError::NotABatch(shown));
     };
     let mut out: Vec<Option<Value>> = vec![None; ids.len()];
@@ -985,6 +985,12 @@ mod tests {
         assert!(matches!(
             split_batch(b"<html>", &[1]),
             Err(BatchError::Malformed(_))
+        ));
+        // A long refusal in a non-ASCII language is cut by character, not mid-character.
+        let long = format!(r#"{{"text":"{}"}}"#, "é".repeat(300)); // byte 200 falls inside an é
+        assert!(matches!(
+            split_batch(long.as_bytes(), &[1]),
+            Err(BatchError::NotABatch(m)) if m.chars().count() == 200
         ));
         let partial = br#"[{"jsonrpc":"2.0","id":2,"result":"0x1"}, "junk", {"id":"1"}]"#;
         let split = split_batch(partial, &[1, 2]).unwrap();
