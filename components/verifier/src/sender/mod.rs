@@ -4,10 +4,10 @@
 //!
 //! Order: the chain reads first, in one JSON-RPC batch (chain id once per instance, then `eth_estimateGas`
 //! plus a margin, fees from the latest base fee and `eth_maxPriorityFeePerGas`, the account's pending and
-//! mined transaction counts); then our recorded
-//! transactions the node never got are offered to it again and orphaned reservations released
-//! ([`rebroadcast::fill_gaps`]); then an account nonce is reserved ([`nonces`], kernel `NonceState`), the
-//! transaction signed in the component and recorded on the caller's claim; then `eth_sendRawTransaction`.
+//! mined transaction counts); then our recorded transactions the node never got are offered to it again and
+//! orphaned reservations released ([`rebroadcast::fill_gaps`]); then an account nonce is reserved ([`nonces`],
+//! kernel `NonceState`), the transaction signed in the component and recorded on the caller's claim; then
+//! `eth_sendRawTransaction`.
 //!
 //! Before the broadcast every failure gives the nonce back and tells the caller, which releases its claim, so
 //! a retry can work; if later nonces of the key are already out, the nonce is filled with a no-op transaction
