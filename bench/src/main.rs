@@ -627,6 +627,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         let start = Instant::now();
+        let (host_cpu, bench_cpu) = (cpu_time(Some(host.pid())), cpu_time(None));
         let mut run = drive(
             &url,
             args.scenario,
@@ -636,6 +637,8 @@ fn main() -> anyhow::Result<()> {
         )
         .await;
         let elapsed = start.elapsed();
+        let host_cpu = cpu_time(Some(host.pid())).saturating_sub(host_cpu);
+        let bench_cpu = cpu_time(None).saturating_sub(bench_cpu);
         let (rss, hwm) = rss_kib(host.pid());
         run.latencies.sort_unstable();
         let n = run.latencies.len();
@@ -648,6 +651,13 @@ fn main() -> anyhow::Result<()> {
             elapsed.as_secs_f64()
         );
         println!("requests={n} errors={} req/s={rps:.0}", run.errors);
+        // CPU per request: steadier than req/s on a shared machine whose speed drifts between runs.
+        let per_request = |d: Duration| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+        println!(
+            "cpu per request: host {:.0} us, load generator {:.0} us",
+            per_request(host_cpu),
+            per_request(bench_cpu)
+        );
         println!(
             "latency p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
             pct(&run.latencies, 0.50).as_secs_f64() * 1e3,
