@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -38,6 +39,63 @@ fn json_response(status: u16, code: &str, message: &str) -> http::Response<WasiB
 fn set(headers: &mut http::HeaderMap, name: &str, value: &str) {
     if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
         headers.insert(n, v);
+    }
+}
+
+/// Request bodies up to this size (by `Content-Length`) are read whole before the component sees the request.
+pub const BUFFERED_BODY_BYTES: u64 = 64 * 1024;
+
+/// How long a client may take to send a buffered body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The request body as the component will read it. One with a `Content-Length` of at most
+/// [`BUFFERED_BODY_BYTES`] (every API request but large receipt batches) is read here first, on the
+/// connection's own task: the guest's reads then complete at once instead of each one suspending the instance's
+/// task until the connection task has delivered the bytes (a cross-task round trip per read, ~30% of a 402's
+/// host CPU; BENCHMARKS.md, "Small request bodies read before the guest runs"). A client that has not sent it
+/// within [`BODY_TIMEOUT`] gets 408 without having held an instance. Larger or chunked bodies stream as before.
+async fn buffered<B>(
+    headers: &http::HeaderMap,
+    body: B,
+    timeout: Duration,
+) -> Result<WasiBody, http::Response<WasiBody>>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error> + std::fmt::Display,
+{
+    let small = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= BUFFERED_BODY_BYTES);
+    if !small {
+        return Ok(body.map_err(Into::into).boxed_unsync());
+    }
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Ok(Ok(collected)) => {
+            let trailers = collected.trailers().cloned();
+            let data = collected.to_bytes();
+            let full = Full::new(data).map_err(|e| match e {});
+            Ok(match trailers {
+                None => full.boxed_unsync(),
+                Some(t) => full
+                    .with_trailers(std::future::ready(Some(Ok(t))))
+                    .boxed_unsync(),
+            })
+        }
+        Ok(Err(e)) => Err(json_response(
+            400,
+            "invalid_input",
+            &format!("could not read the request body: {e}"),
+        )),
+        Err(_) => Err(json_response(
+            408,
+            "request_timeout",
+            &format!(
+                "the request body was not received within {} s",
+                timeout.as_secs()
+            ),
+        )),
     }
 }
 
@@ -98,7 +156,11 @@ pub async fn handle(
         parts.uri = uri;
     }
     let component = m.route.component.clone();
-    let req = http::Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+    let body = match buffered(&parts.headers, body, BODY_TIMEOUT).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let req = http::Request::from_parts(parts, body);
     let handled = handler.handle((), req).await;
     // Whatever the component wrote is durable before the client can learn of it ([`crate::kv::Durability`]).
     if let Err(e) = app.durability.wait().await {
@@ -165,4 +227,138 @@ pub async fn serve(
         () = tokio::time::sleep(std::time::Duration::from_secs(30)) => tracing::warn!("in-flight requests did not finish within 30 s"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use http_body::{Body as _, Frame};
+
+    #[derive(Debug)]
+    struct Broken;
+
+    impl std::fmt::Display for Broken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection reset")
+        }
+    }
+
+    impl From<Broken> for wasmtime_wasi_http::Error {
+        fn from(_: Broken) -> Self {
+            Self::ConnectionTerminated
+        }
+    }
+
+    /// A client's body: these frames, then the end (or nothing more, ever, when `stalls`).
+    struct Frames {
+        frames: VecDeque<Result<Frame<Bytes>, Broken>>,
+        stalls: bool,
+    }
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Broken;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Broken>>> {
+            match self.frames.pop_front() {
+                Some(f) => Poll::Ready(Some(f)),
+                None if self.stalls => Poll::Pending,
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    fn frames(frames: Vec<Result<Frame<Bytes>, Broken>>) -> Frames {
+        Frames {
+            frames: frames.into(),
+            stalls: false,
+        }
+    }
+
+    fn length(n: u64) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        h
+    }
+
+    async fn refusal(r: Result<WasiBody, http::Response<WasiBody>>) -> (u16, String) {
+        let Err(r) = r else {
+            panic!("the body was accepted");
+        };
+        let status = r.status().as_u16();
+        let bytes = r
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_small_body_is_read_whole_with_its_trailers() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-sum", HeaderValue::from_static("7"));
+        let client = frames(vec![
+            Ok(Frame::data(Bytes::from_static(b"{\"a\":"))),
+            Ok(Frame::data(Bytes::from_static(b"1}"))),
+            Ok(Frame::trailers(trailers)),
+        ]);
+        let Ok(body) = buffered(&length(7), client, Duration::from_secs(5)).await else {
+            panic!("a small body was refused");
+        };
+        // Read already: its size is known, and the guest's first read gets all of it.
+        assert_eq!(body.size_hint().exact(), Some(7));
+        let Ok(collected) = body.collect().await else {
+            panic!("the buffered body failed");
+        };
+        assert_eq!(
+            collected.trailers().and_then(|t| t.get("x-sum")),
+            Some(&HeaderValue::from_static("7"))
+        );
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"{\"a\":1}"));
+    }
+
+    #[tokio::test]
+    async fn large_or_unsized_bodies_stream_unread() {
+        for headers in [length(BUFFERED_BODY_BYTES + 1), http::HeaderMap::new()] {
+            let client = frames(vec![Ok(Frame::data(Bytes::from_static(b"xy")))]);
+            let Ok(body) = buffered(&headers, client, Duration::from_secs(5)).await else {
+                panic!("a streamed body was refused");
+            };
+            // Not read here: its size is unknown until the guest reads it.
+            assert_eq!(body.size_hint().exact(), None);
+            let Ok(collected) = body.collect().await else {
+                panic!("the streamed body failed");
+            };
+            assert_eq!(collected.to_bytes(), Bytes::from_static(b"xy"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_does_not_arrive_is_408_and_a_broken_one_400() {
+        let stalled = Frames {
+            frames: VecDeque::from([Ok(Frame::data(Bytes::from_static(b"ab")))]),
+            stalls: true,
+        };
+        let (status, body) =
+            refusal(buffered(&length(10), stalled, Duration::from_millis(50)).await).await;
+        assert_eq!(status, 408);
+        assert!(body.contains("request_timeout"), "{body}");
+
+        let broken = frames(vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Err(Broken),
+        ]);
+        let (status, body) =
+            refusal(buffered(&length(10), broken, Duration::from_secs(5)).await).await;
+        assert_eq!(status, 400);
+        assert!(body.contains("connection reset"), "{body}");
+    }
 }
