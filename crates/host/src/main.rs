@@ -11,6 +11,12 @@ use esim402_host::devstack::DevStack;
 use esim402_host::manifest::Manifest;
 use esim402_host::runtime_config::{RuntimeConfig, StoreConfig};
 
+/// The request path allocates and frees many small objects on every tokio worker (hyper, wasmtime's
+/// component-model task state); mimalloc's per-thread heaps serve them faster than glibc's malloc
+/// (BENCHMARKS.md, "mimalloc").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "esim402",
