@@ -399,12 +399,11 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_facilitator_is_exit_5_and_keeps_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        // A port nothing listens on (bound, then closed).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port nothing listens on: bound but never listening, so a connection is refused, and held for the
+        // whole test, so no other test's `:0` server can be given it meanwhile.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
         let a = agent(&format!("http://127.0.0.1:{port}"), dir.path());
         let e = a
             .activate(&json!({"region": "us-west", "data_mb": 1}))
@@ -418,5 +417,6 @@ mod tests {
         assert!(a.state().load().unwrap().pending.is_empty());
         let e = a.sim_get(None, "/balance").await.unwrap_err();
         assert_eq!(e.exit_code(), crate::ExitCode::Usage, "no SIM yet: {e}");
+        drop(socket);
     }
 }
