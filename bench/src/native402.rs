@@ -29,10 +29,9 @@ use esim402_core::invoice::token::{self, InvoiceKey, Terms};
 use esim402_core::invoice::{Invoice, PaymentOption, Purchase};
 use esim402_core::pricing::PriceBook;
 use esim402_core::x402::networks::{TokenOverrides, narrow};
-use esim402_core::x402::requirements::payment_required_v1;
+use esim402_core::x402::requirements::challenge_body;
 use esim402_core::x402::{NetworkConfig, Networks};
 use esim402_core::{ActivationRequest, Address, ApiError, ErrorKind, UsdcAmount};
-use serde_json::Value;
 
 /// spin.toml's defaults for the settings the 402 depends on.
 const PAYMENT_NETWORK: &str = "eip155:31337";
@@ -165,15 +164,7 @@ impl Issuer {
         let (carrier, amount) = self.price(&request)?;
         let invoice = self.issue(&request, amount, now)?;
         let header = esim402_core::x402::payment_required_header(&invoice, url);
-        let mut value = serde_json::to_value(&invoice).unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut value {
-            map.insert("carrier".into(), Value::String(carrier));
-            if let Ok(Value::Object(v1)) = serde_json::to_value(payment_required_v1(&invoice, url))
-            {
-                map.extend(v1);
-            }
-        }
-        Ok((header, value.to_string()))
+        Ok((header, challenge_body(&invoice, Some(&carrier), url)))
     }
 }
 

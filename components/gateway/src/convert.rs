@@ -44,16 +44,12 @@ pub fn switch_target(body: &[u8]) -> Result<wit::SwitchTarget, ApiError> {
     }
 }
 
-/// The invoice as the seed's JSON; with a quote, the carrier that priced it is included.
-pub fn invoice_value(inv: &wit::Invoice, quote: Option<&wit::Quote>) -> Value {
+/// The invoice as the seed's JSON (`GET /v1/invoices/{id}`).
+pub fn invoice_value(inv: &wit::Invoice) -> Value {
     let Some(core) = convert::invoice(inv) else {
         return Value::Object(Default::default());
     };
-    let mut v = serde_json::to_value(&core).unwrap_or(Value::Null);
-    if let (Some(q), Value::Object(map)) = (quote, &mut v) {
-        map.insert("carrier".into(), Value::String(q.carrier.clone()));
-    }
-    v
+    serde_json::to_value(&core).unwrap_or(Value::Null)
 }
 
 /// A SIM as JSON (the activation code is not included: it is only ever shown to the payer, once paid).

@@ -6,7 +6,7 @@
 //! same token, until the owner rotates it).
 
 use esim402_core::paid::StoredResponse;
-use esim402_core::x402::requirements::payment_required_v1;
+use esim402_core::x402::requirements::challenge_body;
 use esim402_core::{ActivationRequest, ApiError};
 use esim402_guest::convert;
 use esim402_guest::wit;
@@ -176,15 +176,12 @@ pub fn payment_required(
     let core =
         convert::invoice(invoice).ok_or_else(|| ApiError::internal("invoice is malformed"))?;
     let header = esim402_core::x402::payment_required_header(&core, url);
-    let mut body = crate::convert::invoice_value(invoice, Some(quote));
-    if let (Value::Object(b), Ok(Value::Object(v1))) = (
-        &mut body,
-        serde_json::to_value(payment_required_v1(&core, url)),
-    ) {
-        b.extend(v1);
-    }
-    if let (Value::Object(b), Some(Value::Object(extra))) = (&mut body, extra) {
+    let mut body = challenge_body(&core, Some(&quote.carrier), url);
+    if let Some(Value::Object(extra)) = extra
+        && let Ok(Value::Object(mut b)) = serde_json::from_str::<Value>(&body)
+    {
         b.extend(extra);
+        body = Value::Object(b).to_string();
     }
     Response::builder()
         .status(402)
@@ -195,6 +192,6 @@ pub fn payment_required(
             "access-control-expose-headers",
             "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
         )
-        .body(body.to_string())
+        .body(body)
         .map_err(|e| ApiError::internal(e.to_string()))
 }

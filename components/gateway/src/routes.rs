@@ -12,7 +12,7 @@ pub async fn get_invoice(id: &str) -> Result<Reply, ApiError> {
     let invoice = crate::pay::load_invoice(id).await?;
     Ok(json(
         200,
-        crate::convert::invoice_value(&invoice, None).to_string(),
+        crate::convert::invoice_value(&invoice).to_string(),
     ))
 }
 

@@ -117,6 +117,57 @@ pub fn payment_required_v1(invoice: &Invoice, url: &str) -> PaymentRequiredV1 {
     }
 }
 
+/// The JSON body of a 402 for an invoice at `url`: the invoice's fields, `carrier` when known, and the v1
+/// challenge (`x402Version`, `error`, and `accepts` in v1 form, which stands in for the invoice's own options), so
+/// that v1 clients, which read only the body, can pay. Serialised in one pass (no intermediate
+/// `serde_json::Value`: the 402 is the hottest route).
+pub fn challenge_body(invoice: &Invoice, carrier: Option<&str>, url: &str) -> String {
+    /// The invoice's fields except `accepts` (a test checks this against `Invoice`'s own serialisation).
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        accepts: &'a [PaymentRequirementsV1],
+        amount_atomic: &'a str,
+        amount_usdc: &'a crate::money::UsdcAmount,
+        asset: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        carrier: Option<&'a str>,
+        chain: &'a Network,
+        created_at: u64,
+        error: &'a str,
+        expires_at: u64,
+        invoice_id: &'a InvoiceId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payer: Option<&'a String>,
+        purchase: &'a Purchase,
+        recipient: &'a str,
+        status: crate::invoice::InvoiceStatus,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        transaction: Option<&'a String>,
+        #[serde(rename = "x402Version")]
+        x402_version: u32,
+    }
+    let v1 = payment_required_v1(invoice, url);
+    let body = Body {
+        accepts: &v1.accepts,
+        amount_atomic: &invoice.amount_atomic,
+        amount_usdc: &invoice.amount_usdc,
+        asset: &invoice.asset,
+        carrier,
+        chain: &invoice.chain,
+        created_at: invoice.created_at,
+        error: &v1.error,
+        expires_at: invoice.expires_at,
+        invoice_id: &invoice.invoice_id,
+        payer: invoice.payer.as_ref(),
+        purchase: &invoice.purchase,
+        recipient: &invoice.recipient,
+        status: invoice.status,
+        transaction: invoice.transaction.as_ref(),
+        x402_version: v1.x402_version,
+    };
+    serde_json::to_string(&body).expect("x402 wire types serialise infallibly")
+}
+
 /// The requirement a payload pays for, out of freshly built `accepts`: v2 by deep equality of `accepted`
 /// (key order irrelevant), v1 by the first entry with the same scheme and network. `None`: answer 402 with
 /// [`NO_MATCHING_REQUIREMENTS`].
@@ -177,6 +228,44 @@ mod tests {
             payer: None,
             allow_failover: false,
         })
+    }
+
+    /// The 402 body as the gateway built it before `challenge_body`: the invoice as a JSON value, `carrier`
+    /// added, the v1 challenge's fields merged over it.
+    fn body_by_merging(invoice: &Invoice, carrier: Option<&str>, url: &str) -> serde_json::Value {
+        let mut v = serde_json::to_value(invoice).unwrap();
+        let map = v.as_object_mut().unwrap();
+        if let Some(c) = carrier {
+            map.insert("carrier".into(), c.into());
+        }
+        let serde_json::Value::Object(v1) =
+            serde_json::to_value(payment_required_v1(invoice, url)).unwrap()
+        else {
+            panic!("v1 challenge is not an object");
+        };
+        map.extend(v1);
+        v
+    }
+
+    #[test]
+    fn the_challenge_body_is_the_invoice_with_the_v1_challenge_merged_in() {
+        let url = "http://127.0.0.1:3000/v1/esim/activate";
+        let mut paid = activation();
+        paid.status = crate::invoice::InvoiceStatus::Paid;
+        paid.payer = Some("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266".into());
+        paid.transaction = Some(format!("0x{}", "ab".repeat(32)));
+        for (invoice, carrier) in [
+            (activation(), Some("sim")),
+            (activation(), None),
+            (paid, Some("a\"b")),
+        ] {
+            let body = challenge_body(&invoice, carrier, url);
+            let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+            // The same object, key for key: a field added to `Invoice` and not to the body fails here.
+            assert_eq!(parsed, body_by_merging(&invoice, carrier, url), "{body}");
+            assert_eq!(parsed["accepts"].as_array().map(Vec::len), Some(2));
+            assert_eq!(parsed["x402Version"], 1);
+        }
     }
 
     fn exact() -> ExactEvmPayload {
