@@ -13,7 +13,7 @@ use esim402_host::runtime_config::{RuntimeConfig, StoreConfig};
 
 /// The request path allocates and frees many small objects on every tokio worker (hyper, wasmtime's
 /// component-model task state); mimalloc's per-thread heaps serve them faster than glibc's malloc
-/// (BENCHMARKS.md, "mimalloc").
+/// (BENCHMARKS.md, "The 402 path").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

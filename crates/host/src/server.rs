@@ -52,7 +52,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`BUFFERED_BODY_BYTES`] (every API request but large receipt batches) is read here first, on the
 /// connection's own task: the guest's reads then complete at once instead of each one suspending the instance's
 /// task until the connection task has delivered the bytes (a cross-task round trip per read, ~30% of a 402's
-/// host CPU; BENCHMARKS.md, "Small request bodies read before the guest runs"). A client that has not sent it
+/// host CPU; BENCHMARKS.md, "The 402 path"). A client that has not sent it
 /// within [`BODY_TIMEOUT`] gets 408 without having held an instance. Larger or chunked bodies stream as before.
 async fn buffered<B>(
     headers: &http::HeaderMap,
