@@ -3,8 +3,11 @@
 //! `ESIM402_FAILPOINT=<key prefix>[#<n>]`: when the `n`-th (default: first) published write of a key starting
 //! with the prefix has completed, the host prints `failpoint hit: <prefix>[#<n>]` to stderr and that request
 //! never continues (the store call never returns; every later matching write blocks too). The test then sends
-//! the process a real SIGKILL, so what is left in the store is exactly what a crash at that point leaves.
-//! Nothing aborts in-process: the kill comes from outside, as a real crash would.
+//! the process a real SIGKILL, so what is left in the store is exactly what a crash at that point leaves —
+//! after a durability barrier, which the failpoint passes before it prints (a store that commits at barriers,
+//! `sqlite::CommitAt::Barrier`, would otherwise still hold the write in its open transaction, and the crash
+//! would be one at an earlier point). Nothing aborts in-process: the kill comes from outside, as a real crash
+//! would.
 //!
 //! A *published write* is a `set` or a successful `compare_and_swap` of a key itself, not of a versioned
 //! cell's bookkeeping (`<key>@v<n>` claim counters and `<key>@v<n>.<token>` proposals, `esim402_core::store::
@@ -13,7 +16,8 @@
 //!
 //! `ESIM402_FAILPOINT_SYNC=<key prefix>`: once a published write of a key starting with the prefix has
 //! completed, every later durability barrier ([`super::Durability`]) fails, as a store whose disk sync failed
-//! does (`tests/all/crash.rs`: the answer is withheld).
+//! does (`tests/all/crash.rs`: the answer is withheld): the store still commits what it holds, only the sync
+//! fails.
 //!
 //! Unset (always, outside tests), [`wrap`] returns the backend unchanged: the failpoints cost nothing and
 //! cannot fire. Never set them in a deployment.
@@ -142,6 +146,9 @@ impl Failpoint {
         if n < spec.nth {
             return;
         }
+        // The write is committed and on disk before the crash comes: a store that commits at barriers
+        // (`sqlite::CommitAt::Barrier`) would otherwise still hold it in its open transaction.
+        let _ = self.inner.barrier().await;
         eprintln!("failpoint hit: {}", spec.label());
         std::future::pending::<()>().await;
     }
@@ -190,6 +197,8 @@ impl Backend for Failpoint {
 
     async fn barrier(&self) -> KvResult<()> {
         if self.sync_failed.load(Ordering::SeqCst) {
+            // A store that commits at barriers commits before it syncs; only the sync fails.
+            let _ = self.inner.barrier().await;
             return Err(super::KvError("failpoint: the disk sync failed".into()));
         }
         self.inner.barrier().await

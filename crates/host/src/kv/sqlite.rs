@@ -20,9 +20,23 @@
 //! acknowledged before it is on disk, sharing one `fdatasync` among all concurrent barriers and skipping it when
 //! nothing was committed since the last one. The host calls the barrier before anything leaves it (an HTTP
 //! answer, an outbound request: [`super::Durability`]), so nobody outside ever sees a write that a power loss
-//! could take back; a request making 20 sequential writes pays for one disk sync instead of 20. A crash of
-//! the process alone loses nothing either way (committed pages are in the OS's cache).
+//! could take back; a request making 20 sequential writes pays for one disk sync instead of 20.
 //! `ESIM402_SQLITE_SYNC=commit` (for measurements) syncs at every commit instead, as SQLite's default does.
+//!
+//! Commits at barriers ([`CommitAt::Barrier`], the default; `ESIM402_SQLITE_COMMIT=write` for measurements
+//! commits each write as above): the write connection keeps one transaction open across writes, from every
+//! request alike, and a write is acknowledged once applied in it; the barrier commits it, then syncs. Reads
+//! go to the write connection while a transaction is open (it alone sees it; they wait for it off the
+//! runtime when it is busy), to the read connections otherwise. A paid activation's ~85 writes then cost
+//! a handful of commits (one per barrier that follows writes) instead of 85: each page the writes touch is
+//! written to the WAL once per commit, not once per write. What a crash of the process loses is what a
+//! power loss already could: writes nobody outside has seen (the store is as it was at an earlier moment,
+//! which every flow recovers from). The writer thread also commits a transaction once it has had nothing to
+//! do for [`IDLE_COMMIT`], after [`MAX_OPEN_WRITES`] writes, before a checkpoint, and when the store closes.
+//! A transaction SQLite rolls back by itself (an I/O error, a full disk) may take acknowledged writes with it:
+//! then, as after a failed sync, no barrier passes again until the host restarts. Only the first store opened
+//! on a file commits at barriers (an open transaction holds the file's write lock; another label on the same
+//! file commits each write), and only with the default locking, inline calls and barrier syncs.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -79,7 +93,36 @@ struct Progress {
     checkpoints: AtomicU64,
     /// WAL pages that call for a checkpoint ([`CHECKPOINT_PAGES`]; smaller in tests).
     checkpoint_pages: i32,
+    /// Writes are committed at barriers, not one by one ([`CommitAt::Barrier`]); `committed` then counts
+    /// acknowledged writes, and a sync covers those its commit held.
+    lazy: bool,
+    /// The write connection holds an open transaction (lazy mode; changed only under its lock).
+    open: std::sync::atomic::AtomicBool,
+    /// Writes in the open transaction.
+    open_writes: AtomicU64,
+    /// The writer thread commits an open transaction after this long without a job ([`IDLE_COMMIT`]).
+    idle_commit: std::time::Duration,
 }
+
+/// `ESIM402_SQLITE_COMMIT`: `barrier` (the default) or `write`.
+pub const COMMIT_ENV: &str = "ESIM402_SQLITE_COMMIT";
+
+/// When the write connection commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitAt {
+    /// Every write (or queued batch of writes) is its own transaction.
+    Write,
+    /// Writes go into one open transaction, committed when a durability barrier asks for them (before the
+    /// host answers or sends anything), when the writer thread has had nothing to do for [`IDLE_COMMIT`], or
+    /// after [`MAX_OPEN_WRITES`] writes (module docs).
+    Barrier,
+}
+
+/// An open transaction is committed once the writer thread has been idle this long.
+const IDLE_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// An open transaction is committed after this many writes.
+const MAX_OPEN_WRITES: u64 = 1_024;
 
 /// `ESIM402_SQLITE_SYNC`: `barrier` (the default) or `commit`.
 pub const SYNC_ENV: &str = "ESIM402_SQLITE_SYNC";
@@ -122,7 +165,18 @@ impl Progress {
             checkpoint_asked: std::sync::atomic::AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
             checkpoint_pages: CHECKPOINT_PAGES,
+            lazy: false,
+            open: std::sync::atomic::AtomicBool::new(false),
+            open_writes: AtomicU64::new(0),
+            idle_commit: IDLE_COMMIT,
         }
+    }
+
+    /// True when the WAL has grown to `checkpoint_pages` at this thread's last commit and no checkpoint is
+    /// asked for yet: the caller asks the writer thread for one.
+    fn wal_grown(&self) -> bool {
+        WAL_PAGES.replace(0) >= self.checkpoint_pages
+            && !self.checkpoint_asked.swap(true, Ordering::SeqCst)
     }
 
     /// Count a commit made on this thread (before its writes are acknowledged). True when the WAL has grown to
@@ -132,8 +186,7 @@ impl Progress {
         if self.each_commit {
             self.synced.fetch_max(n, Ordering::SeqCst);
         }
-        WAL_PAGES.replace(0) >= self.checkpoint_pages
-            && !self.checkpoint_asked.swap(true, Ordering::SeqCst)
+        self.wal_grown()
     }
 
     fn all_synced(&self) -> bool {
@@ -143,12 +196,17 @@ impl Progress {
 
     /// Sync the WAL if anything was committed since the last sync (on the writer thread: one at a time).
     fn sync(&self) -> KvResult<()> {
+        self.sync_to(self.committed.load(Ordering::SeqCst))
+    }
+
+    /// Sync the WAL, which holds the first `target` counted writes (or commits), unless they are synced.
+    fn sync_to(&self, target: u64) -> KvResult<()> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(KvError(
-                "an earlier disk sync of the SQLite store failed; restart the host".into(),
+                "an earlier disk sync or commit of the SQLite store failed; restart the host"
+                    .into(),
             ));
         }
-        let target = self.committed.load(Ordering::SeqCst);
         if self.synced.load(Ordering::SeqCst) >= target {
             return Ok(());
         }
@@ -190,6 +248,16 @@ enum Write {
     Sync,
     /// Not a write: copy the WAL's pages into the database file (SQLite's automatic checkpoint is off).
     Checkpoint,
+    /// Not a write: a transaction was opened on a caller's thread (lazy mode); the writer thread starts
+    /// watching it for idleness.
+    Tick,
+}
+
+impl Write {
+    /// Whether this job is a request to the writer thread rather than a write.
+    fn is_request(&self) -> bool {
+        matches!(self, Write::Sync | Write::Checkpoint | Write::Tick)
+    }
 }
 
 enum Done {
@@ -253,10 +321,30 @@ fn in_use(e: rusqlite::Error, path: &Path, vfs: &str) -> anyhow::Error {
 impl SqliteStore {
     /// Open (creating if needed) the database file and its table, and start the writer.
     pub fn open(path: &Path, label: &str) -> anyhow::Result<Self> {
-        Self::open_with(path, label, CHECKPOINT_PAGES)
+        let at = if switch(COMMIT_ENV, "barrier", "write")? {
+            CommitAt::Write
+        } else {
+            CommitAt::Barrier
+        };
+        Self::open_with(path, label, CHECKPOINT_PAGES, at)
     }
 
-    fn open_with(path: &Path, label: &str, checkpoint_pages: i32) -> anyhow::Result<Self> {
+    fn open_with(
+        path: &Path,
+        label: &str,
+        checkpoint_pages: i32,
+        at: CommitAt,
+    ) -> anyhow::Result<Self> {
+        Self::open_tuned(path, label, checkpoint_pages, at, IDLE_COMMIT)
+    }
+
+    fn open_tuned(
+        path: &Path,
+        label: &str,
+        checkpoint_pages: i32,
+        at: CommitAt,
+        idle_commit: std::time::Duration,
+    ) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -287,8 +375,19 @@ impl SqliteStore {
         let label: Arc<str> = label.into();
         let (writer, jobs) = mpsc::channel();
         let thread_label = label.clone();
+        let inline = inline()?;
+        // Commits at barriers need the caller's-thread paths (reads must see the open transaction) and the
+        // file to themselves (an open transaction holds SQLite's write lock); a sync at every commit asks for
+        // the opposite.
+        let lazy = at == CommitAt::Barrier
+            && inline
+            && !each_commit
+            && vfs == "unix-excl"
+            && LazyFile::claim(path);
         let progress = Arc::new(Progress {
             checkpoint_pages,
+            lazy,
+            idle_commit,
             ..Progress::new(path, each_commit)
         });
         let thread_progress = progress.clone();
@@ -304,7 +403,7 @@ impl SqliteStore {
             label,
             conn,
             writer,
-            inline: inline()?,
+            inline,
             readers: Arc::new(Readers {
                 path: path.to_owned(),
                 vfs,
@@ -333,12 +432,45 @@ impl SqliteStore {
     fn write_inline(&self, write: &Write) -> Option<KvResult<Done>> {
         // While a checkpoint is asked for, writes queue behind it, so the WAL cannot outgrow it.
         if !self.inline
-            || matches!(write, Write::Sync | Write::Checkpoint)
+            || write.is_request()
             || self.progress.checkpoint_asked.load(Ordering::SeqCst)
         {
             return None;
         }
         let mut conn = self.conn.try_lock().ok()?;
+        if self.progress.lazy {
+            let opened = !self.progress.open.load(Ordering::SeqCst);
+            let result = match apply_open(&conn, &self.label, &self.progress, write) {
+                Ok(result) => result,
+                // Another process holds the write lock (not in lazy mode's exclusive locking; kept safe).
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if opened && e.code == rusqlite::ErrorCode::DatabaseBusy =>
+                {
+                    return None;
+                }
+                Err(e) => Err(KvError::from_display(e)),
+            };
+            let mut checkpoint = false;
+            if self.progress.open_writes.load(Ordering::SeqCst) >= MAX_OPEN_WRITES {
+                if let Err(e) = commit_open(&conn, &self.progress) {
+                    return Some(Err(e));
+                }
+                checkpoint = self.progress.wal_grown();
+            }
+            drop(conn);
+            let tell = if checkpoint {
+                Some(Write::Checkpoint)
+            } else if opened && self.progress.open.load(Ordering::SeqCst) {
+                Some(Write::Tick)
+            } else {
+                None
+            };
+            if let Some(write) = tell {
+                let (reply, _) = oneshot::channel();
+                let _ = self.writer.send(Job { write, reply });
+            }
+            return Some(result);
+        }
         match commit(&mut conn, &self.label, std::iter::once(write)) {
             Ok(mut results) => {
                 if self.progress.committed() {
@@ -365,6 +497,16 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &str) -> rusqlite::Result<R> + Send + 'static,
     ) -> KvResult<R> {
+        if self.progress.lazy {
+            // The write connection sees the open transaction (and its page cache is never invalidated).
+            if let Ok(conn) = self.conn.try_lock() {
+                return f(&conn, &self.label).map_err(KvError::from_display);
+            }
+            // Without an open transaction every acknowledged write is committed: any connection sees it.
+            if self.progress.open.load(Ordering::SeqCst) {
+                return self.read_blocking(f).await;
+            }
+        }
         if self.inline {
             let conn = self.readers.take()?;
             let r = f(&conn, &self.label).map_err(KvError::from_display);
@@ -378,6 +520,19 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &str) -> rusqlite::Result<R> + Send + 'static,
     ) -> KvResult<R> {
+        if self.progress.lazy {
+            // On the write connection, which alone sees the open transaction: waits for it off the runtime.
+            let conn = self.conn.clone();
+            let label = self.label.clone();
+            return tokio::task::spawn_blocking(move || {
+                let conn = conn
+                    .lock()
+                    .map_err(|_| KvError("the SQLite write connection is poisoned".into()))?;
+                f(&conn, &label).map_err(KvError::from_display)
+            })
+            .await
+            .map_err(KvError::from_display)?;
+        }
         let readers = self.readers.clone();
         let label = self.label.clone();
         tokio::task::spawn_blocking(move || {
@@ -388,6 +543,51 @@ impl SqliteStore {
         })
         .await
         .map_err(KvError::from_display)?
+    }
+}
+
+impl Drop for SqliteStore {
+    /// What the store acknowledged is committed when it closes (lazy mode).
+    fn drop(&mut self) {
+        if self.progress.lazy {
+            if let Ok(conn) = self.conn.lock() {
+                let _ = commit_open(&conn, &self.progress);
+            }
+            LazyFile::release(&self.progress.db);
+        }
+    }
+}
+
+/// Files whose store commits at barriers, in this process. An open transaction holds the file's write lock,
+/// so a second store (another label) on the same file would wait for the first one's commits; it commits
+/// each write instead.
+struct LazyFile;
+
+static LAZY_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+impl LazyFile {
+    fn id(path: &Path) -> PathBuf {
+        std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+    }
+
+    /// Whether the store being opened on `path` may commit at barriers (the first on its file).
+    fn claim(path: &Path) -> bool {
+        let id = Self::id(path);
+        let Ok(mut files) = LAZY_FILES.lock() else {
+            return false;
+        };
+        if files.contains(&id) {
+            return false;
+        }
+        files.push(id);
+        true
+    }
+
+    fn release(path: &Path) {
+        let id = Self::id(path);
+        if let Ok(mut files) = LAZY_FILES.lock() {
+            files.retain(|f| *f != id);
+        }
     }
 }
 
@@ -419,6 +619,135 @@ impl Readers {
     }
 }
 
+/// Apply `write` in the write connection's open transaction, opening one if there is none (lazy mode); the
+/// write counts as acknowledged once applied. If SQLite rolled the whole transaction back (an I/O error, a full
+/// disk), writes acknowledged before are gone: the store fails every later barrier, as after a failed sync.
+fn apply_open(
+    conn: &Connection,
+    label: &str,
+    progress: &Progress,
+    write: &Write,
+) -> rusqlite::Result<KvResult<Done>> {
+    if !progress.open.load(Ordering::SeqCst) {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        progress.open.store(true, Ordering::SeqCst);
+    }
+    match apply(conn, label, write) {
+        Ok(result) => {
+            if result.is_ok() {
+                progress.committed.fetch_add(1, Ordering::SeqCst);
+                progress.open_writes.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(result)
+        }
+        Err(e) => {
+            if conn.is_autocommit() {
+                progress.open.store(false, Ordering::SeqCst);
+                if progress.open_writes.swap(0, Ordering::SeqCst) > 0 {
+                    progress.failed.store(true, Ordering::SeqCst);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Commit the write connection's open transaction, if any (lazy mode, holding the connection); returns how
+/// many writes have been acknowledged up to it (all of them now committed: the target of the next sync). A
+/// failed commit may have lost acknowledged writes: every later barrier fails.
+fn commit_open(conn: &Connection, progress: &Progress) -> KvResult<u64> {
+    let target = progress.committed.load(Ordering::SeqCst);
+    if !progress.open.load(Ordering::SeqCst) {
+        return Ok(target);
+    }
+    let committed = conn.execute_batch("COMMIT");
+    if committed.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    progress.open.store(false, Ordering::SeqCst);
+    progress.open_writes.store(0, Ordering::SeqCst);
+    committed.map_err(|e| {
+        progress.failed.store(true, Ordering::SeqCst);
+        KvError(format!("cannot commit the SQLite store: {e}"))
+    })?;
+    Ok(target)
+}
+
+/// The writer thread's work in lazy mode, for one batch of jobs in arrival order: writes are applied in the
+/// open transaction and answered at once; a barrier commits the transaction at its place in the batch (so
+/// it covers every write acknowledged before it was asked for), and the batch's barriers share one sync;
+/// a checkpoint runs last. Returns the commits made.
+fn lazy_batch(conn: &Mutex<Connection>, label: &str, batch: Vec<Job>, progress: &Progress) -> u64 {
+    let Ok(guard) = conn.lock() else {
+        return 0;
+    };
+    let mut commits = 0;
+    let mut barriers = Vec::new();
+    let mut target = None;
+    let mut asked = false;
+    let _ = guard.busy_timeout(BUSY_TIMEOUT);
+    for job in batch {
+        match job.write {
+            Write::Sync => {
+                let open = progress.open.load(Ordering::SeqCst);
+                match commit_open(&guard, progress) {
+                    Ok(t) => {
+                        commits += u64::from(open);
+                        target = Some(target.map_or(t, |m: u64| m.max(t)));
+                        barriers.push(job);
+                    }
+                    Err(e) => {
+                        let _ = job.reply.send(Err(e));
+                    }
+                }
+            }
+            Write::Checkpoint => {
+                asked = true;
+                let _ = job.reply.send(Ok(Done::Unit));
+            }
+            Write::Tick => {}
+            write => {
+                let result = apply_open(&guard, label, progress, &write)
+                    .unwrap_or_else(|e| Err(KvError::from_display(e)));
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+    if progress.open_writes.load(Ordering::SeqCst) >= MAX_OPEN_WRITES {
+        commits += u64::from(commit_open(&guard, progress).is_ok());
+    }
+    asked |= progress.wal_grown();
+    let _ = guard.busy_timeout(std::time::Duration::ZERO);
+    drop(guard);
+    if let Some(target) = target {
+        let synced = progress.sync_to(target);
+        for job in barriers {
+            let _ = job.reply.send(match &synced {
+                Ok(()) => Ok(Done::Unit),
+                Err(e) => Err(KvError(e.0.clone())),
+            });
+        }
+    }
+    if asked {
+        commits += lazy_checkpoint(conn, progress);
+    }
+    commits
+}
+
+/// Commit what is open, then checkpoint (lazy mode). Returns the commits made.
+fn lazy_checkpoint(conn: &Mutex<Connection>, progress: &Progress) -> u64 {
+    let mut commits = 0;
+    if let Ok(guard) = conn.lock() {
+        let open = progress.open.load(Ordering::SeqCst);
+        commits += u64::from(open && commit_open(&guard, progress).is_ok());
+        let _ = progress.wal_grown();
+    }
+    progress.checkpoint_asked.store(false, Ordering::SeqCst);
+    checkpoint(conn);
+    progress.checkpoints.fetch_add(1, Ordering::SeqCst);
+    commits
+}
+
 /// The writer: take every queued job (up to [`MAX_BATCH`]), apply the writes in arrival order inside one
 /// `BEGIN IMMEDIATE` transaction, commit once, count the commit, then answer each; then, if the batch held
 /// barriers, sync the WAL once (if anything was committed since the last sync) and answer them. A write's
@@ -432,7 +761,30 @@ fn write_loop(
     progress: &Progress,
 ) -> u64 {
     let mut commits = 0;
-    while let Ok(first) = jobs.recv() {
+    loop {
+        // Lazy mode: an open transaction is committed once nothing has come for a while.
+        let first = if progress.lazy && progress.open.load(Ordering::SeqCst) {
+            match jobs.recv_timeout(progress.idle_commit) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(guard) = conn.lock() {
+                        let open = progress.open.load(Ordering::SeqCst);
+                        commits += u64::from(open && commit_open(&guard, progress).is_ok());
+                        if progress.wal_grown() {
+                            drop(guard);
+                            commits += lazy_checkpoint(conn, progress);
+                        }
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -440,9 +792,14 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        if progress.lazy {
+            commits += lazy_batch(conn, label, batch, progress);
+            continue;
+        }
         let (requests, writes): (Vec<Job>, Vec<Job>) = batch
             .into_iter()
-            .partition(|j| matches!(j.write, Write::Sync | Write::Checkpoint));
+            .filter(|j| !matches!(j.write, Write::Tick))
+            .partition(|j| j.write.is_request());
         let (barriers, checkpoints): (Vec<Job>, Vec<Job>) = requests
             .into_iter()
             .partition(|j| matches!(j.write, Write::Sync));
@@ -488,6 +845,12 @@ fn write_loop(
             checkpoint(conn);
             progress.checkpoints.fetch_add(1, Ordering::SeqCst);
         }
+    }
+    // The store is gone: what it acknowledged is committed before the thread ends.
+    if progress.lazy
+        && let Ok(guard) = conn.lock()
+    {
+        let _ = commit_open(&guard, progress);
     }
     commits
 }
@@ -536,11 +899,7 @@ fn commit<'a>(
 
 /// One write inside the batch's transaction. `Ok(Err(..))` is the write's own refusal (not a counter, overflow),
 /// which changes nothing and does not abort the batch.
-fn apply(
-    tx: &rusqlite::Transaction<'_>,
-    s: &str,
-    write: &Write,
-) -> rusqlite::Result<KvResult<Done>> {
+fn apply(tx: &Connection, s: &str, write: &Write) -> rusqlite::Result<KvResult<Done>> {
     Ok(Ok(match write {
         Write::Set(key, value) => {
             tx.prepare_cached(UPSERT)?.execute(params![s, key, value])?;
@@ -599,7 +958,7 @@ fn apply(
             }
         }
         // Never in a transaction's batch (the writer takes them apart).
-        Write::Sync | Write::Checkpoint => Done::Unit,
+        Write::Sync | Write::Checkpoint | Write::Tick => Done::Unit,
     }))
 }
 
@@ -642,13 +1001,18 @@ impl Backend for SqliteStore {
         let keys = keys.to_vec();
         // One read transaction: the values are one snapshot.
         self.read(move |c, s| {
-            let tx = c.unchecked_transaction()?;
-            let values = {
-                let mut get = tx.prepare_cached(GET)?;
+            let read = |c: &Connection| -> rusqlite::Result<Vec<Option<Vec<u8>>>> {
+                let mut get = c.prepare_cached(GET)?;
                 keys.iter()
                     .map(|key| get.query_row(params![s, key], |r| r.get(0)).optional())
-                    .collect::<rusqlite::Result<_>>()?
+                    .collect()
             };
+            // Inside the write connection's open transaction the view is one snapshot already.
+            if !c.is_autocommit() {
+                return read(c);
+            }
+            let tx = c.unchecked_transaction()?;
+            let values = read(&tx)?;
             tx.finish()?;
             Ok(values)
         })
@@ -719,12 +1083,156 @@ mod tests {
         fresh_with(CHECKPOINT_PAGES)
     }
 
-    /// [`fresh`] with its own checkpoint threshold.
+    /// [`fresh`] with its own checkpoint threshold, committing every write.
     fn fresh_with(checkpoint_pages: i32) -> (tempfile::TempDir, PathBuf, SqliteStore) {
+        fresh_at(checkpoint_pages, CommitAt::Write)
+    }
+
+    fn fresh_at(checkpoint_pages: i32, at: CommitAt) -> (tempfile::TempDir, PathBuf, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.db");
-        let store = SqliteStore::open_with(&path, "default", checkpoint_pages).unwrap();
+        let store = SqliteStore::open_with(&path, "default", checkpoint_pages, at).unwrap();
         (dir, path, store)
+    }
+
+    /// A store committing at barriers (and after `idle` without writer-thread work).
+    fn fresh_lazy(idle: std::time::Duration) -> (tempfile::TempDir, PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        let store =
+            SqliteStore::open_tuned(&path, "default", CHECKPOINT_PAGES, CommitAt::Barrier, idle)
+                .unwrap();
+        assert!(store.progress.lazy);
+        (dir, path, store)
+    }
+
+    const NEVER_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    /// What another connection (another process, after a crash) finds at `key`: committed data only.
+    fn committed_value(path: &Path, key: &str) -> Option<Vec<u8>> {
+        let conn = connect(path, vfs().unwrap()).unwrap();
+        conn.query_row(GET, params!["default", key], |r| r.get(0))
+            .optional()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn conformance_when_committing_every_write() {
+        let (_dir, _path, store) = fresh();
+        assert!(!store.progress.lazy);
+        super::super::conformance::check(Arc::new(store)).await;
+    }
+
+    /// Writes go into one open transaction: the store reads them back at once, nothing outside sees them
+    /// until a barrier commits and syncs them all (one commit, one sync); a barrier with nothing new does
+    /// nothing. A second store on the same file commits each write instead.
+    #[tokio::test]
+    async fn writes_commit_at_the_next_barrier() {
+        let (_dir, path, store) = fresh_lazy(NEVER_IDLE);
+        let syncs = || store.progress.syncs.load(Ordering::SeqCst);
+        store.set("a", b"1").await.unwrap();
+        assert_eq!(store.increment("n", 5).await.unwrap(), 5);
+        store
+            .set_many(vec![("b".into(), b"2".to_vec())])
+            .await
+            .unwrap();
+        assert!(store.progress.open.load(Ordering::SeqCst));
+        assert_eq!(store.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            store
+                .get_many(&["b".into(), "a".into(), "x".into()])
+                .await
+                .unwrap(),
+            vec![Some(b"2".to_vec()), Some(b"1".to_vec()), None]
+        );
+        let mut keys = store.keys().await.unwrap();
+        keys.sort();
+        assert_eq!(keys, ["a", "b", "n"]);
+        assert_eq!(committed_value(&path, "a"), None, "not committed yet");
+        store.barrier().await.unwrap();
+        assert_eq!(committed_value(&path, "a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            committed_value(&path, "n"),
+            Some(5i64.to_le_bytes().to_vec())
+        );
+        assert_eq!(syncs(), 1);
+        assert!(!store.progress.open.load(Ordering::SeqCst));
+        store.barrier().await.unwrap();
+        assert_eq!(syncs(), 1, "nothing written since");
+        assert!(store.increment("a", 1).await.is_err(), "not a counter");
+        store.barrier().await.unwrap();
+        assert_eq!(syncs(), 1, "a refused write is nothing to sync");
+
+        let second =
+            SqliteStore::open_with(&path, "other", CHECKPOINT_PAGES, CommitAt::Barrier).unwrap();
+        assert!(!second.progress.lazy, "one store per file commits lazily");
+        drop(second);
+    }
+
+    /// An open transaction is committed by itself once the writer has been idle a moment (not synced: a
+    /// barrier still syncs it), and when the store closes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_or_closing_store_commits() {
+        let (_dir, path, store) = fresh_lazy(IDLE_COMMIT);
+        store.set("a", b"1").await.unwrap();
+        let mut waited = 0;
+        while committed_value(&path, "a").is_none() {
+            assert!(waited < 5_000, "not committed after 5 s");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            waited += 5;
+        }
+        assert_eq!(store.progress.syncs.load(Ordering::SeqCst), 0);
+        assert!(!store.progress.all_synced());
+        store.barrier().await.unwrap();
+        assert_eq!(store.progress.syncs.load(Ordering::SeqCst), 1);
+
+        store.set("b", b"2").await.unwrap();
+        drop(store);
+        assert_eq!(committed_value(&path, "b").as_deref(), Some(&b"2"[..]));
+        let again =
+            SqliteStore::open_with(&path, "default", CHECKPOINT_PAGES, CommitAt::Barrier).unwrap();
+        assert!(again.progress.lazy, "the closed store gave the file back");
+    }
+
+    /// While another thread holds the write connection, a read waits for it (it alone sees the open
+    /// transaction) and a write queues for the writer thread; both see every acknowledged write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_and_writes_behind_a_held_connection_see_the_open_transaction() {
+        let (_dir, _path, store) = fresh_lazy(NEVER_IDLE);
+        let store = Arc::new(store);
+        store.set("a", b"1").await.unwrap();
+        let (taken, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        let (taken, release) = (Arc::new(taken), Arc::new(release));
+        let holder = std::thread::spawn({
+            let store = store.clone();
+            let (taken, release) = (taken.clone(), release.clone());
+            move || {
+                let _held = store.conn.lock().unwrap();
+                taken.wait();
+                release.wait();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        taken.wait();
+        assert!(store.progress.open.load(Ordering::SeqCst));
+        let read = tokio::spawn({
+            let store = store.clone();
+            async move { store.get("a").await }
+        });
+        let write = tokio::spawn({
+            let store = store.clone();
+            async move { store.increment("n", 1).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(!read.is_finished() && !write.is_finished());
+        release.wait();
+        assert_eq!(read.await.unwrap().unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(write.await.unwrap().unwrap(), 1);
+        holder.join().unwrap();
+        assert_eq!(
+            store.get("n").await.unwrap(),
+            Some(1i64.to_le_bytes().to_vec())
+        );
     }
 
     #[tokio::test]
