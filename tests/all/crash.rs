@@ -8,9 +8,9 @@
 //! The crash points, in the order a paid `exact` activation reaches them (key map: crates/core/src/store/keys.rs):
 //! - `ledger/`: after verification, the first ledger entry of the attempt is written (`invoice_issued`; the
 //!   shard head not yet advanced, `payment_verified` not yet appended);
-//! - `order/#3`: the carrier allocated a profile (DownloadOrder) and the order journal holds the step, not yet
+//! - `order/#2`: the carrier allocated a profile (DownloadOrder) and the order journal holds the step, not yet
 //!   confirmed;
-//! - `order/#4`: the order is complete (SIM stored with its activation code), nothing settled;
+//! - `order/#3`: the order is complete (SIM stored with its activation code), nothing settled;
 //! - `x402/nonce/#2`: the settlement transaction is signed and its hash recorded on the authorization's record,
 //!   not yet broadcast;
 //! - `x402/nonce/#3`: after the broadcast, its confirmed outcome recorded; the invoice not yet marked paid.
@@ -185,7 +185,7 @@ async fn killed_after_verification_the_same_payment_completes_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_with_a_profile_allocated_the_same_payment_confirms_it_once() {
     crash_and_pay_again(Crash {
-        failpoint: "order/#3",
+        failpoint: "order/#2",
         store: Store::Sqlite,
         verified: 2,
     })
@@ -195,7 +195,7 @@ async fn killed_with_a_profile_allocated_the_same_payment_confirms_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_after_the_carrier_order_the_same_payment_settles_once() {
     crash_and_pay_again(Crash {
-        failpoint: "order/#4",
+        failpoint: "order/#3",
         store: Store::Redis,
         verified: 2,
     })

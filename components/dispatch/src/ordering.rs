@@ -120,6 +120,7 @@ async fn try_carrier(
     driver: &Driver,
     spec: &OrderSpec,
     carrier: &Carrier,
+    failovers: &[String],
     deadline: Deadline,
     now: u64,
 ) -> Result<StoredSim, Skip> {
@@ -165,6 +166,9 @@ async fn try_carrier(
         return Err(Skip::Next(format!("{id}: DownloadOrder returned no ICCID")));
     };
     let mut sim = spec.pending_sim(cfg, &driver.order.invoice_id, &id, iccid.as_str(), now);
+    // The carriers that failed before this one, as the delivered SIM will name them: its next write (active)
+    // is then its last.
+    sim.failovers = failovers.to_vec();
     let step = Step {
         carrier: id.clone(),
         iccid: sim.iccid.clone(),
@@ -287,14 +291,19 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         }
     }
 
+    let mut journaled = driver.order.failovers.clone();
     for id in plan.after(tried.as_deref()) {
         let carrier = cfg.carrier(&id)?;
         if deadline.next_call().is_none() {
             failovers.push(format!("{id}: retry budget exhausted"));
             break;
         }
-        let _ = journal(&driver, |o| o.failovers = failovers.clone()).await;
-        match try_carrier(&cfg, &driver, &spec, carrier, deadline, now).await {
+        // The failovers so far, if the journal does not hold them yet (the first carrier: nothing to add).
+        if failovers != journaled {
+            let _ = journal(&driver, |o| o.failovers = failovers.clone()).await;
+            journaled = failovers.clone();
+        }
+        match try_carrier(&cfg, &driver, &spec, carrier, &failovers, deadline, now).await {
             Ok(sim) => return complete(&driver, sim, failovers).await,
             Err(Skip::Next(why)) => failovers.push(why),
             Err(Skip::Pending(sim)) => return Ok(*sim),
@@ -314,8 +323,11 @@ async fn complete(
     mut sim: StoredSim,
     failovers: Vec<String>,
 ) -> Result<StoredSim, wit::Error> {
-    sim.failovers = failovers.clone();
-    sim_store::put(&sim).await?;
+    // A SIM delivered by `try_carrier` was stored with these failovers already.
+    if sim.failovers != failovers {
+        sim.failovers = failovers.clone();
+        sim_store::put(&sim).await?;
+    }
     if let Some(owner) = sim.access.owner {
         sim_store::index_owner(owner, &sim.iccid).await?;
     }
