@@ -254,8 +254,18 @@ impl Host {
             }
             last = line;
         };
-        // Keep draining stderr so the host never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stderr so the host never blocks on a full pipe (into `ESIM402_BENCH_HOST_LOG`, if set).
+        let keep = std::env::var_os("ESIM402_BENCH_HOST_LOG")
+            .and_then(|path| std::fs::File::create(path).ok());
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut keep = keep;
+            for line in lines.map_while(Result::ok) {
+                if let Some(f) = keep.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
         let dev_children = children_of(child.id());
         Ok((
             Self {

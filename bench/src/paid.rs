@@ -343,6 +343,21 @@ pub async fn run(
     for f in run.failures.iter().take(5) {
         println!("  failure: {f}");
     }
+    if !run.failures.is_empty() {
+        // What the node holds for the facilitator: a gap below queued transactions stalls every later one.
+        let pending = rpc(
+            &http,
+            rpc_url,
+            "eth_getTransactionCount",
+            json!([esim402_host::devstack::chain::FACILITATOR, "pending"]),
+        )
+        .await
+        .unwrap_or_default();
+        let pool = rpc(&http, rpc_url, "txpool_inspect", json!([]))
+            .await
+            .unwrap_or_default();
+        println!("  facilitator pending count {pending}; node pool {pool}");
+    }
     if run.ok != count {
         bail!("{} of {count} activations answered 200", run.ok);
     }
