@@ -714,7 +714,7 @@ fn lazy_batch(conn: &Mutex<Connection>, label: &str, batch: Vec<Job>, progress: 
         }
     }
     if progress.open_writes.load(Ordering::SeqCst) >= MAX_OPEN_WRITES {
-        commits += u64::from(commit_open(&guard, progress).is_ok());
+        commits += commit_if_open(&guard, progress);
     }
     asked |= progress.wal_grown();
     let _ = guard.busy_timeout(std::time::Duration::ZERO);
@@ -734,13 +734,19 @@ fn lazy_batch(conn: &Mutex<Connection>, label: &str, batch: Vec<Job>, progress: 
     commits
 }
 
+/// [`commit_open`] on the writer thread, for its count: 1 if a transaction was open and is now committed.
+fn commit_if_open(conn: &Connection, progress: &Progress) -> u64 {
+    let open = progress.open.load(Ordering::SeqCst);
+    u64::from(open && commit_open(conn, progress).is_ok())
+}
+
 /// Commit what is open, then checkpoint (lazy mode). Returns the commits made.
 fn lazy_checkpoint(conn: &Mutex<Connection>, progress: &Progress) -> u64 {
     let mut commits = 0;
     if let Ok(guard) = conn.lock() {
-        let open = progress.open.load(Ordering::SeqCst);
-        commits += u64::from(open && commit_open(&guard, progress).is_ok());
-        let _ = progress.wal_grown();
+        commits += commit_if_open(&guard, progress);
+        // The checkpoint below covers the pages this commit added.
+        WAL_PAGES.set(0);
     }
     progress.checkpoint_asked.store(false, Ordering::SeqCst);
     checkpoint(conn);
@@ -753,7 +759,9 @@ fn lazy_checkpoint(conn: &Mutex<Connection>, progress: &Progress) -> u64 {
 /// barriers, sync the WAL once (if anything was committed since the last sync) and answer them. A write's
 /// result is only sent after its commit, so an acknowledged write is visible to every reader, and a barrier
 /// answered after it finds it counted. Last, if a checkpoint was asked for (by this batch's commit or by a
-/// caller's), run it. Writes committed on callers' threads meanwhile are counted the same way.
+/// caller's), run it. Writes committed on callers' threads meanwhile are counted the same way. In lazy mode
+/// ([`CommitAt::Barrier`]) each batch goes to [`lazy_batch`] instead, an open transaction is committed once
+/// no job has come for `idle_commit`, and the last one when the store is gone.
 fn write_loop(
     conn: &Mutex<Connection>,
     label: &str,
@@ -768,8 +776,7 @@ fn write_loop(
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(guard) = conn.lock() {
-                        let open = progress.open.load(Ordering::SeqCst);
-                        commits += u64::from(open && commit_open(&guard, progress).is_ok());
+                        commits += commit_if_open(&guard, progress);
                         if progress.wal_grown() {
                             drop(guard);
                             commits += lazy_checkpoint(conn, progress);
