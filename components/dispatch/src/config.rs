@@ -55,6 +55,11 @@ pub async fn get() -> Result<Rc<Config>, wit::Error> {
     CONFIG.get_or_load(load).await
 }
 
+/// The configuration if this instance has parsed it already (for the synchronous exports).
+pub fn loaded() -> Option<Rc<Config>> {
+    CONFIG.loaded()
+}
+
 async fn load() -> Result<Config, wit::Error> {
     let catalog = match optional_var("carrier_catalog").await {
         Some(toml) => Catalog::from_toml(&toml).map_err(|e| config_error("carrier_catalog", e))?,

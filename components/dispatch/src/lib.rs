@@ -54,24 +54,34 @@ use esim402_guest::wit;
 
 struct Component;
 
+/// `price` and `try-price`: the region's default carrier (or the one named) at the price book's rate.
+fn price(cfg: &config::Config, request: &wit::ActivationRequest) -> Result<wit::Quote, wit::Error> {
+    let spec = spec::OrderSpec::parse(request)?;
+    let carrier = spec::candidates(cfg, &spec)?
+        .first()
+        .map(|c| c.id.clone())
+        .ok_or_else(|| invalid("region", "no carrier serves this region"))?;
+    let amount = cfg
+        .price_book
+        .quote(&carrier, spec.data_mb)
+        .ok_or_else(|| wit::Error::Internal(format!("no rate for carrier {carrier}")))?;
+    Ok(wit::Quote {
+        carrier: carrier.to_string(),
+        region: spec.region.to_string(),
+        data_mb: request.data_mb,
+        amount: amount.micros(),
+    })
+}
+
 impl Guest for Component {
     async fn price(request: wit::ActivationRequest) -> Result<wit::Quote, wit::Error> {
-        let spec = spec::OrderSpec::parse(&request)?;
         let cfg = config::get().await?;
-        let carrier = spec::candidates(&cfg, &spec)?
-            .first()
-            .map(|c| c.id.clone())
-            .ok_or_else(|| invalid("region", "no carrier serves this region"))?;
-        let amount = cfg
-            .price_book
-            .quote(&carrier, spec.data_mb)
-            .ok_or_else(|| wit::Error::Internal(format!("no rate for carrier {carrier}")))?;
-        Ok(wit::Quote {
-            carrier: carrier.to_string(),
-            region: spec.region.to_string(),
-            data_mb: request.data_mb,
-            amount: amount.micros(),
-        })
+        price(&cfg, &request)
+    }
+
+    fn try_price(request: wit::ActivationRequest) -> Option<Result<wit::Quote, wit::Error>> {
+        let cfg = config::loaded()?;
+        Some(price(&cfg, &request))
     }
 
     async fn order_profile(

@@ -45,6 +45,7 @@ use bindings::esim402::metering::metering;
 use bindings::esim402::verifier::verifier;
 use esim402_guest::convert::api_error as from_wit;
 use esim402_guest::util::now_secs as now;
+use esim402_guest::wit;
 
 type Reply = spin_sdk::http::Response<String>;
 
@@ -79,6 +80,28 @@ async fn read_body_up_to(req: Request, limit: usize) -> Result<Bytes, ApiError> 
             format!("could not read body: {e}"),
         )),
     }
+}
+
+/// Price an activation: the synchronous `try-price` once the dispatch instance has its configuration (no
+/// task, no wait: the 402 path), else `price`, which loads it.
+async fn price(
+    request: &bindings::esim402::dispatch::dispatch::ActivationRequest,
+) -> Result<wit::Quote, ApiError> {
+    match dispatch::try_price(request) {
+        Some(quote) => quote,
+        None => dispatch::price(request.clone()).await,
+    }
+    .map_err(from_wit)
+}
+
+/// Seal an invoice for `purchase` at `amount` (every enabled network, issued now): `try-issue`, else `issue`.
+async fn issue(purchase: wit::Purchase, amount: u64) -> Result<wit::Invoice, ApiError> {
+    let now = now();
+    match invoices::try_issue(&purchase, amount, &[], now) {
+        Some(invoice) => invoice,
+        None => invoices::issue(purchase, amount, Vec::new(), now).await,
+    }
+    .map_err(from_wit)
 }
 
 fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {

@@ -12,7 +12,7 @@ use spin_sdk::http::Request;
 
 use crate::pay::{self, Order, Proof};
 use crate::purchase::{payment_required, render, request_fingerprint};
-use crate::{Reply, dispatch, from_wit, invoices, json, metering, now, read_body, resource_url};
+use crate::{Reply, dispatch, from_wit, json, metering, now, read_body, resource_url};
 
 /// `POST /v1/usage`: a batch of signed receipts (`{"receipts": [...]}`, at most 1 000). 200 with a result per
 /// receipt; SIMs the batch ran dry are suspended.
@@ -63,11 +63,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             payer: payer.clone(),
         });
         let amount = quote.amount;
-        async move {
-            invoices::issue(purchase, amount, Vec::new(), now())
-                .await
-                .map_err(from_wit)
-        }
+        crate::issue(purchase, amount)
     };
 
     if let Some(proof) = proof {

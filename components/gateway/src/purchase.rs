@@ -14,7 +14,7 @@ use serde_json::Value;
 use spin_sdk::http::{Method, Request, Response};
 
 use crate::pay::{self, Order, Proof};
-use crate::{Reply, dispatch, from_wit, invoices, now, read_body, resource_url};
+use crate::{Reply, dispatch, from_wit, read_body, resource_url};
 
 /// `POST /v1/esim/activate` (JSON body) or `GET /v1/esim/activate?region=…&data_mb=…`.
 pub async fn activate(req: Request) -> Result<Reply, ApiError> {
@@ -86,15 +86,8 @@ async fn with_token(mut stored: StoredResponse) -> StoredResponse {
 async fn issue_activation(
     request: &wit::ActivationRequest,
 ) -> Result<(wit::Invoice, wit::Quote), ApiError> {
-    let quote = dispatch::price(request.clone()).await.map_err(from_wit)?;
-    let invoice = invoices::issue(
-        wit::Purchase::Activation(request.clone()),
-        quote.amount,
-        Vec::new(),
-        now(),
-    )
-    .await
-    .map_err(from_wit)?;
+    let quote = crate::price(request).await?;
+    let invoice = crate::issue(wit::Purchase::Activation(request.clone()), quote.amount).await?;
     Ok((invoice, quote))
 }
 
@@ -114,9 +107,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             iccid: iccid.to_owned(),
             target: target.clone(),
         });
-        let invoice = invoices::issue(purchase, quote.amount, Vec::new(), now())
-            .await
-            .map_err(from_wit)?;
+        let invoice = crate::issue(purchase, quote.amount).await?;
         Ok::<_, ApiError>((invoice, quote))
     };
     let Some(proof) = proof else {

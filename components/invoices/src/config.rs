@@ -42,6 +42,11 @@ pub async fn get() -> Result<Rc<Config>, wit::Error> {
     CONFIG.get_or_load(load).await
 }
 
+/// The configuration if this instance has loaded it already (for the synchronous exports).
+pub fn loaded() -> Option<Rc<Config>> {
+    CONFIG.loaded()
+}
+
 async fn load() -> Result<Config, wit::Error> {
     let networks = esim402_guest::config::enabled_networks()
         .await

@@ -48,6 +48,16 @@ impl Guest for Component {
         terms::issue(&purchase, amount, &networks, now).await
     }
 
+    fn try_issue(
+        purchase: wit::Purchase,
+        amount: u64,
+        networks: Vec<String>,
+        now: u64,
+    ) -> Option<Result<wit::Invoice, wit::Error>> {
+        let cfg = config::loaded()?;
+        Some(terms::issue_with(&cfg, &purchase, amount, &networks, now))
+    }
+
     async fn get(id: String, now: u64) -> Result<Option<wit::Invoice>, wit::Error> {
         terms::get(&id, now).await
     }

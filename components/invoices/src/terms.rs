@@ -79,16 +79,30 @@ pub async fn issue(
     networks: &[String],
     now: u64,
 ) -> Result<wit::Invoice, wit::Error> {
+    if amount == 0 {
+        return Err(invalid("amount", "must be positive"));
+    }
+    let cfg = config::get().await?;
+    issue_with(&cfg, purchase, amount, networks, now)
+}
+
+/// `issue` with the configuration at hand (`try-issue` when the instance has it, `issue` after loading it).
+pub fn issue_with(
+    cfg: &Config,
+    purchase: &wit::Purchase,
+    amount: u64,
+    networks: &[String],
+    now: u64,
+) -> Result<wit::Invoice, wit::Error> {
     let amount = UsdcAmount::from_micros(amount);
     if amount == UsdcAmount::ZERO {
         return Err(invalid("amount", "must be positive"));
     }
-    let cfg = config::get().await?;
     let preference = match purchase {
         wit::Purchase::Activation(a) if networks.is_empty() => a.networks.as_slice(),
         _ => networks,
     };
-    let offered = offered(&cfg, preference)?;
+    let offered = offered(cfg, preference)?;
     let terms = Terms {
         purchase: convert::purchase(purchase),
         amount,
@@ -99,7 +113,7 @@ pub async fn issue(
         nonce: util::random_u64().map_err(internal)?,
     };
     let id = token::seal(&terms, &cfg.key).map_err(internal)?;
-    let invoice = Invoice::from_terms(id, &terms, options(&cfg, &terms))
+    let invoice = Invoice::from_terms(id, &terms, options(cfg, &terms))
         .ok_or_else(|| internal("no payment option configured"))?;
     Ok(convert::invoice_to_wit(&invoice))
 }

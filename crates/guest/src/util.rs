@@ -41,13 +41,18 @@ impl<T: 'static> InstanceCache<T> {
         Self { cell }
     }
 
+    /// The cached value, if an earlier call loaded it (for synchronous exports, which must not wait).
+    pub fn loaded(&self) -> Option<Rc<T>> {
+        self.cell.with(|c| c.borrow().clone())
+    }
+
     /// The cached value, computing it with `load` the first time.
     pub async fn get_or_load<E, F, Fut>(&self, load: F) -> Result<Rc<T>, E>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        if let Some(v) = self.cell.with(|c| c.borrow().clone()) {
+        if let Some(v) = self.loaded() {
             return Ok(v);
         }
         let v = Rc::new(load().await?);

@@ -204,6 +204,45 @@ async fn price_uses_the_regions_default_carrier() {
     assert!(kit.requests().is_empty(), "pricing never calls a carrier");
 }
 
+/// `try-price` (the 402 path's synchronous call) has no answer until the instance has loaded its
+/// configuration, then answers exactly as `price` does, errors included.
+#[tokio::test]
+async fn try_price_answers_like_price_once_the_configuration_is_loaded() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let try_price = async |kit: &mut Kit, region: &'static str, mb: u32| {
+        kit.call(async move |a, g| {
+            g.dispatch()
+                .call_try_price(a, crate::activation(region, mb))
+                .await
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        try_price(&mut kit, "us-west", 100).await.is_none(),
+        "no configuration loaded yet"
+    );
+    for mb in [100, 200, 5_000] {
+        let priced = kit
+            .call(async move |a, g| {
+                g.dispatch()
+                    .call_price(a, crate::activation("us-west", mb))
+                    .await
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let tried = try_price(&mut kit, "us-west", mb).await.unwrap().unwrap();
+        assert_eq!(
+            (tried.carrier, tried.region, tried.data_mb, tried.amount),
+            (priced.carrier, priced.region, priced.data_mb, priced.amount)
+        );
+    }
+    let unknown = try_price(&mut kit, "mars-north", 1).await.unwrap();
+    assert!(matches!(unknown, Err(types::Error::InvalidInput(f)) if f.field == "region"));
+    assert!(kit.requests().is_empty(), "pricing never calls a carrier");
+}
+
 #[tokio::test]
 async fn happy_path_orders_confirms_and_returns_an_activation_code() {
     let mut kit = kit_with(Arc::default(), &[]).await;

@@ -259,6 +259,42 @@ async fn another_payment_never_takes_an_invoice_held_or_settled_by_one() {
     ));
 }
 
+/// `try-issue` (the 402 path's synchronous call) has no answer until the instance has loaded its
+/// configuration and key, then seals invoices `get` opens, as `issue` does; its errors are `issue`'s.
+#[tokio::test]
+async fn try_issue_seals_like_issue_once_the_configuration_is_loaded() {
+    let mut kit = kit().await;
+    let try_issue = async |kit: &mut Kit, amount: u64, now: u64| {
+        kit.call(async move |a, g| {
+            g.invoices()
+                .call_try_issue(a, purchase(), amount, Vec::new(), now)
+                .await
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        try_issue(&mut kit, 420_000, 1_000).await.is_none(),
+        "no configuration loaded yet"
+    );
+    let issued = issue(&mut kit, 420_000, 1_000).await;
+    let tried = try_issue(&mut kit, 420_000, 1_000).await.unwrap().unwrap();
+    assert_ne!(tried.id, issued.id, "every invoice has its own nonce");
+    assert_eq!(tried.amount, issued.amount);
+    assert_eq!(tried.expires_at, issued.expires_at);
+    assert_eq!(tried.options.len(), issued.options.len());
+    let opened = get(&mut kit, &tried.id, 1_001).await.unwrap().unwrap();
+    assert_eq!(
+        (opened.id.as_str(), opened.amount),
+        (tried.id.as_str(), 420_000)
+    );
+    assert!(matches!(opened.status, types::InvoiceStatus::Open));
+
+    let zero = try_issue(&mut kit, 0, 1_000).await.unwrap();
+    assert!(matches!(zero, Err(types::Error::InvalidInput(f)) if f.field == "amount"));
+    assert!(kit.requests().is_empty(), "issuing calls nobody");
+}
+
 #[tokio::test]
 async fn bad_input_and_bad_configuration_are_typed_errors() {
     let mut kit = kit().await;
