@@ -434,6 +434,7 @@ struct Outcome {
     errors: u64,
 }
 
+mod client;
 mod compare;
 mod dispatch;
 mod kvstore;
@@ -442,25 +443,24 @@ mod paid;
 mod usage;
 mod verify;
 
-async fn one(
-    client: &reqwest::Client,
-    url: &str,
-    scenario: Scenario,
-    i: u64,
-) -> anyhow::Result<()> {
+async fn one(conn: &mut client::Conn, scenario: Scenario, i: u64) -> anyhow::Result<()> {
     match scenario {
         Scenario::Issue402 => {
             let mb = 1 + i % 500;
-            let res = client
-                .post(format!("{url}/v1/esim/activate"))
-                .header("content-type", "application/json")
-                .body(format!(r#"{{"region":"us-west","data_mb":{mb}}}"#))
-                .send()
+            let res = conn
+                .send(
+                    http::Method::POST,
+                    "/v1/esim/activate",
+                    &[("content-type", "application/json")],
+                    format!(r#"{{"region":"us-west","data_mb":{mb}}}"#).into(),
+                )
                 .await?;
-            if res.status().as_u16() != 402 || res.headers().get("payment-required").is_none() {
-                bail!("unexpected {}", res.status());
+            if res.status != 402
+                || res.headers.get("payment-required").is_none()
+                || res.body.is_empty()
+            {
+                bail!("unexpected {}", res.status);
             }
-            res.bytes().await?;
         }
         Scenario::Dispatch
         | Scenario::Verify
@@ -472,11 +472,12 @@ async fn one(
             unreachable!("this scenario has its own driver")
         }
         Scenario::Health => {
-            let res = client.get(format!("{url}/health")).send().await?;
-            if !res.status().is_success() {
-                bail!("unexpected {}", res.status());
+            let res = conn
+                .send(http::Method::GET, "/health", &[], bytes::Bytes::new())
+                .await?;
+            if !(200..300).contains(&res.status) {
+                bail!("unexpected {}", res.status);
             }
-            res.bytes().await?;
         }
     }
     Ok(())
@@ -496,20 +497,18 @@ async fn drive(
         let url = url.to_owned();
         let counter = counter.clone();
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap_or_default();
             let mut lat = Vec::new();
             let mut errors = 0;
+            let Ok(mut conn) = client::Conn::new(&url) else {
+                return (lat, 1);
+            };
             while Instant::now() < deadline {
                 let i = counter.fetch_add(1, Ordering::Relaxed);
                 if i >= max {
                     break;
                 }
                 let t = Instant::now();
-                match one(&client, &url, scenario, i).await {
+                match one(&mut conn, scenario, i).await {
                     Ok(()) => lat.push(t.elapsed()),
                     Err(_) => errors += 1,
                 }
