@@ -30,7 +30,6 @@ use esim402_core::usage::receipt::{
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, store_err};
 use esim402_guest::kv;
 use esim402_guest::wit;
-use spin_sdk::key_value::Store;
 
 use crate::accounts;
 use crate::bindings::exports::esim402::metering::metering::Ingested;
@@ -58,7 +57,7 @@ struct SimBatch {
 pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     let items = parse_batch(body).map_err(|e| invalid("receipts", e.to_string()))?;
     let config = crate::config::get().await?;
-    let store = Store::open_default().await.map_err(store_err)?;
+    let store = kv::default_store().await.map_err(kv_err)?;
     // The batch's ledger events (a charge per SIM, disputes) share this id and so one ledger shard: one
     // append run per batch, rather than one per SIM contending with every other batch naming that SIM.
     let batch_id = format!(

@@ -7,7 +7,6 @@ use esim402_core::usage::report::{Granularity, aggregate};
 use esim402_guest::convert::{internal, invalid, kv_err, store_err};
 use esim402_guest::kv;
 use esim402_guest::wit;
-use spin_sdk::key_value::Store;
 
 use crate::accounts::parse_iccid;
 
@@ -26,7 +25,7 @@ async fn read_log(iccid: &str, from: u64, limit: u64) -> Result<Vec<LogEntry>, w
     }
     let chunks = kv::increment::<wit::Error>(&keys::meter_chunks(iccid), 0).map_err(kv_err)?;
     let chunks = u64::try_from(chunks).unwrap_or(0);
-    let store = Store::open_default().await.map_err(store_err)?;
+    let store = kv::default_store().await.map_err(kv_err)?;
     let mut out = Vec::new();
     let mut next = chunk_of(from);
     while next <= chunks && (out.len() as u64) < limit {

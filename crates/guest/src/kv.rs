@@ -83,10 +83,36 @@ fn seed() -> u64 {
     u64::from_le_bytes(b)
 }
 
+crate::instance_cache!(STORE: Store);
+
+std::thread_local! {
+    static BUCKET: std::cell::RefCell<Option<std::rc::Rc<wasi_store::Bucket>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The `default` store, opened on the instance's first use and kept: an open is a host call and a handle to
+/// drop again, and one handle serves every request the instance runs (Spin scopes handles to the instance).
+/// A failed open is not kept.
+pub async fn default_store<E>() -> Result<std::rc::Rc<Store>, KvError<E>> {
+    STORE
+        .get_or_load(|| async { Store::open_default().await.map_err(spin_err) })
+        .await
+}
+
+/// The `default` store's `wasi:keyvalue` bucket (for the atomics and the batch calls), kept like
+/// [`default_store`].
+fn bucket<E>() -> Result<std::rc::Rc<wasi_store::Bucket>, KvError<E>> {
+    if let Some(b) = BUCKET.with(|c| c.borrow().clone()) {
+        return Ok(b);
+    }
+    let b = std::rc::Rc::new(wasi_store::open(DEFAULT_STORE).map_err(wasi_err)?);
+    BUCKET.with(|c| *c.borrow_mut() = Some(b.clone()));
+    Ok(b)
+}
+
 /// Atomically add `delta` to the counter at `key` (absent = 0); the new value.
 pub fn increment<E>(key: &str, delta: i64) -> Result<i64, KvError<E>> {
-    let bucket = wasi_store::open(DEFAULT_STORE).map_err(wasi_err)?;
-    atomics::increment(&bucket, key, delta).map_err(wasi_err)
+    atomics::increment(&*bucket()?, key, delta).map_err(wasi_err)
 }
 
 /// Overwrite plain values in one call (`wasi:keyvalue/batch` `set-many`: one commit on SQLite, one `MSET` on
@@ -95,8 +121,7 @@ pub fn set_many<E>(entries: &[(String, Vec<u8>)]) -> Result<(), KvError<E>> {
     if entries.is_empty() {
         return Ok(());
     }
-    let bucket = wasi_store::open(DEFAULT_STORE).map_err(wasi_err)?;
-    batch::set_many(&bucket, entries).map_err(wasi_err)
+    batch::set_many(&*bucket()?, entries).map_err(wasi_err)
 }
 
 /// Claim `key` once: `true` for exactly one caller ever (an atomic `increment`; correct on every backend).
@@ -109,7 +134,7 @@ async fn drive<F, R, E>(key: &str, mut machine: Update<F, R, E>) -> Result<Commi
 where
     F: FnMut(Option<&[u8]>) -> Result<(Next, R), E>,
 {
-    let store = Store::open_default().await.map_err(spin_err)?;
+    let store = default_store().await?;
     let mut reply = None;
     loop {
         match machine.resume(reply.take()) {
@@ -258,7 +283,7 @@ pub async fn remove<E>(key: &str) -> Result<(), KvError<E>> {
 
 /// Read the latest published value of the cell at `key` as raw bytes.
 pub async fn get_bytes<E>(key: &str) -> Result<Option<Vec<u8>>, KvError<E>> {
-    let store = Store::open_default().await.map_err(spin_err)?;
+    let store = default_store().await?;
     let head = store.get(key).await.map_err(spin_err)?;
     Stored::from_head(head.as_deref())
         .map(|s| s.data)
