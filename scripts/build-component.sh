@@ -5,8 +5,8 @@ set -eu
 name="$1"
 cd "$(dirname "$0")/.."
 rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-cargo build --quiet --release --target wasm32-wasip2 -p "esim402-$name"
+cargo build --quiet --profile component --target wasm32-wasip2 -p "esim402-$name"
 mkdir -p build/wasm
-src="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/esim402_$(echo "$name" | tr - _).wasm"
+src="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/component/esim402_$(echo "$name" | tr - _).wasm"
 cp "$src" "build/wasm/$name.wasm.tmp"
 mv "build/wasm/$name.wasm.tmp" "build/wasm/$name.wasm"
