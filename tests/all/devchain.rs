@@ -530,3 +530,56 @@ async fn the_token_settles_eip3009_authorizations_like_usdc() {
     assert!(err.contains("caller is not the owner"), "{err}");
     rpc.view_from(chain::DEPLOYER, &mint).await.unwrap();
 }
+
+/// anvil 1.7.1 can keep a sender's next transaction in its *queued* pool for good (an automine race with
+/// transactions arriving out of nonce order; mining does not release it), which left settlements pending in
+/// benchmark runs. The same pool state made on purpose — a transaction one nonce ahead, then the account's nonce
+/// moved up to it with `anvil_setNonce` — is released by the dev stack's pool watch.
+#[tokio::test]
+async fn the_pool_watch_releases_a_transaction_anvil_holds_queued_at_the_next_nonce() {
+    let stack = start(&[]).await;
+    let rpc = Rpc::for_stack(&stack);
+    let from = chain::DEPLOYER;
+    let nonce_of = async |rpc: &Rpc| {
+        let n = rpc
+            .call("eth_getTransactionCount", json!([from, "latest"]))
+            .await
+            .unwrap();
+        u64::from_str_radix(n.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    let nonce = nonce_of(&rpc).await;
+    let ahead = format!("{:#x}", nonce + 1);
+    let tx = json!({"from": from, "to": from, "value": "0x1", "nonce": ahead});
+    let hash = rpc.call("eth_sendTransaction", json!([tx])).await.unwrap();
+    rpc.call("anvil_setNonce", json!([from, ahead]))
+        .await
+        .unwrap();
+    rpc.call("evm_mine", json!([])).await.unwrap();
+    let pool = rpc.call("txpool_inspect", json!([])).await.unwrap();
+    let sender = format!("{from:#x}");
+    assert!(
+        pool["queued"][&sender][(nonce + 1).to_string()].is_string(),
+        "the transaction at the account's nonce is held queued, mined block or not: {pool}"
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let receipt = loop {
+        let receipt = rpc
+            .call("eth_getTransactionReceipt", json!([hash]))
+            .await
+            .unwrap();
+        if !receipt.is_null() {
+            break receipt;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not released within 15 s; pool: {}",
+            rpc.call("txpool_inspect", json!([])).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(receipt["status"], "0x1");
+    assert_eq!(nonce_of(&rpc).await, nonce + 2);
+    let pool = rpc.call("txpool_inspect", json!([])).await.unwrap();
+    assert_eq!(pool["queued"], json!({}), "{pool}");
+}

@@ -29,6 +29,8 @@ pub mod chain;
 #[derive(Default)]
 pub struct DevStack {
     children: Vec<(String, Child)>,
+    /// The dev chain's pool watch ([`chain::watch_pool`]), aborted on drop.
+    pool_watch: Option<tokio::task::JoinHandle<()>>,
     /// `SPIN_VARIABLE_*` settings that point the app at the stack.
     pub env: Vec<(String, String)>,
     /// What to print and write to `.spin/devstack.json`.
@@ -173,6 +175,7 @@ impl DevStack {
             children.push(("anvil".into(), child));
         })
         .await?;
+        self.pool_watch = Some(chain::watch_pool(dev.rpc_url.clone()));
         let network = format!("eip155:{}", chain::CHAIN_ID);
         let settings = [
             ("RPC_URL", dev.rpc_url.clone()),
@@ -401,6 +404,9 @@ pub fn spawn_announcing(cmd: &mut Command, prefix: &str) -> anyhow::Result<(Chil
 
 impl Drop for DevStack {
     fn drop(&mut self) {
+        if let Some(watch) = self.pool_watch.take() {
+            watch.abort();
+        }
         for (name, child) in &mut self.children {
             // SIGTERM first so children shut down cleanly, then make sure.
             let _ = Command::new("kill")

@@ -10,8 +10,14 @@
 //!   to `.spin/devstack.json`);
 //! - #2 is the recipient (`payTo`) and the treasury that pays refunds (`treasury_private_key`, env only);
 //! - #9 is the demo agent: its key is written to `.spin/devstack.json` so demos can sign payments with it.
+//!
+//! [`watch_pool`] works around an anvil 1.7.1 pool race: when a sender's transactions arrive out of nonce order
+//! while automine is mining their predecessor, anvil can keep the one at the sender's next nonce in its *queued*
+//! pool for good (and every later one behind it); mining does not release it (foundry-rs/foundry#10122). The
+//! facilitator's settlements would then stay `settlement_pending` until the chain restarts. The watch takes
+//! such a sender's queued transactions out of the pool and sends them again, in nonce order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -160,6 +166,111 @@ pub async fn start(
     })
 }
 
+/// How often [`watch_pool`] reads anvil's pool; a transaction must be seen stuck twice in a row.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Watch the dev chain's pool for the anvil race described in the module docs and release what it holds; runs
+/// until the task is aborted (the dev stack does when it stops).
+pub fn watch_pool(rpc_url: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(rpc) = Rpc::new(rpc_url) else {
+            return;
+        };
+        let mut seen = HashSet::new();
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            match release_stuck(&rpc, &mut seen).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    resent = n,
+                    "dev chain: anvil held transactions queued at their sender's next nonce (an anvil pool race); \
+                     sent them again"
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "dev chain: pool check failed")
+                }
+            }
+        }
+    })
+}
+
+/// Senders with queued transactions and none pending, each with its queued transactions (nonce → hash), from
+/// a `txpool_content` answer. Only these can be stuck: a sender with a pending transaction is being mined.
+fn queued_only(content: &Value) -> Vec<(String, BTreeMap<u64, String>)> {
+    let pending = |sender: &str| {
+        content["pending"]
+            .as_object()
+            .is_some_and(|p| p.keys().any(|k| k.eq_ignore_ascii_case(sender)))
+    };
+    let Some(queued) = content["queued"].as_object() else {
+        return Vec::new();
+    };
+    queued
+        .iter()
+        .filter(|(sender, _)| !pending(sender))
+        .map(|(sender, txs)| {
+            let txs = txs
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(nonce, tx)| {
+                    Some((nonce.parse().ok()?, tx["hash"].as_str()?.to_owned()))
+                })
+                .collect();
+            (sender.clone(), txs)
+        })
+        .filter(|(_, txs): &(String, BTreeMap<u64, String>)| !txs.is_empty())
+        .collect()
+}
+
+/// One check: a sender whose queued transactions include the one at its account nonce, seen so at the previous
+/// check too (`seen`), has them taken out of the pool and sent again in nonce order. The number sent again.
+/// (A transaction that reaches the pool between the read and the removal is removed unsent; the facilitator
+/// re-sends a transaction the node no longer knows.)
+async fn release_stuck(rpc: &Rpc, seen: &mut HashSet<(String, u64)>) -> anyhow::Result<usize> {
+    let content = rpc.call("txpool_content", json!([])).await?;
+    let mut stuck_now = HashSet::new();
+    let mut resent = 0;
+    for (sender, queued) in queued_only(&content) {
+        let nonce = rpc
+            .call("eth_getTransactionCount", json!([sender, "latest"]))
+            .await?;
+        let nonce = nonce
+            .as_str()
+            .and_then(|n| u64::from_str_radix(n.trim_start_matches("0x"), 16).ok())
+            .with_context(|| format!("eth_getTransactionCount answered {nonce}"))?;
+        if !queued.contains_key(&nonce) {
+            continue;
+        }
+        let key = (sender.to_ascii_lowercase(), nonce);
+        if !seen.contains(&key) {
+            stuck_now.insert(key);
+            continue;
+        }
+        let mut raws = Vec::with_capacity(queued.len());
+        for hash in queued.values() {
+            let raw = rpc
+                .call("eth_getRawTransactionByHash", json!([hash]))
+                .await?;
+            if raw.is_string() {
+                raws.push(raw);
+            }
+        }
+        rpc.call("anvil_removePoolTransactions", json!([sender]))
+            .await?;
+        for raw in raws {
+            match rpc.call("eth_sendRawTransaction", json!([raw])).await {
+                Ok(_) => resent += 1,
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "dev chain: a queued transaction was not accepted again")
+                }
+            }
+        }
+    }
+    *seen = stuck_now;
+    Ok(resent)
+}
+
 /// The facilitator's key for the app's environment (never log it).
 pub fn facilitator_key() -> &'static str {
     FACILITATOR_KEY
@@ -279,5 +390,35 @@ impl Rpc {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_senders_with_nothing_pending_are_candidates() {
+        let content = json!({
+            "pending": {"0xAAAA": {"7": {"hash": "0xp7"}}},
+            "queued": {
+                "0xaaaa": {"9": {"hash": "0xa9"}},
+                "0xbbbb": {"53": {"hash": "0xb53"}, "54": {"hash": "0xb54"}, "x": {"hash": "0xbad"}},
+                "0xcccc": {},
+            }
+        });
+        let got = queued_only(&content);
+        assert_eq!(got.len(), 1, "{got:?}");
+        let (sender, txs) = &got[0];
+        assert_eq!(sender, "0xbbbb");
+        assert_eq!(
+            txs.iter()
+                .map(|(n, h)| (*n, h.as_str()))
+                .collect::<Vec<_>>(),
+            [(53, "0xb53"), (54, "0xb54")],
+            "in nonce order, unparseable nonces skipped"
+        );
+        assert!(queued_only(&json!({"pending": {}, "queued": {}})).is_empty());
+        assert!(queued_only(&json!(null)).is_empty());
     }
 }
