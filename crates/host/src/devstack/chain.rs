@@ -166,8 +166,9 @@ pub async fn start(
     })
 }
 
-/// How often [`watch_pool`] reads anvil's pool; a transaction must be seen stuck twice in a row.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How often [`watch_pool`] reads anvil's pool; a transaction must be seen stuck twice in a row (a transaction
+/// at its sender's nonce is otherwise mined within milliseconds under automine).
+const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// Watch the dev chain's pool for the anvil race described in the module docs and release what it holds; runs
 /// until the task is aborted (the dev stack does when it stops).
@@ -181,7 +182,7 @@ pub fn watch_pool(rpc_url: String) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(WATCH_EVERY).await;
             match release_stuck(&rpc, &mut seen).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(
+                Ok(n) => tracing::warn!(
                     resent = n,
                     "dev chain: anvil held transactions queued at their sender's next nonce (an anvil pool race); \
                      sent them again"
