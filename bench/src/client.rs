@@ -3,9 +3,9 @@
 //! only when the server closed the old one (as werkzeug's HTTP/1.0 server does after every answer).
 //!
 //! Why not a pooled client: reqwest (hyper-util's pool) under this load opened a new connection for about one
-//! request in ten — its checkout raced the previous answer's return to the pool, and the surplus connection
+//! request in eight — its checkout raced the previous answer's return to the pool, and the surplus connection
 //! was then dropped — so every server measured paid for accepts and closes that a keep-alive client does not
-//! cause (seen as `accept4`/`shutdown`/`close` per ~8 answers in an `strace -c` of the host).
+//! cause (seen as an `accept4`, a `shutdown` and a `close` per ~8 answers in an `strace -c` of the host).
 
 use std::net::SocketAddr;
 

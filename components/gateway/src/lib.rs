@@ -84,9 +84,7 @@ async fn read_body_up_to(req: Request, limit: usize) -> Result<Bytes, ApiError> 
 
 /// Price an activation: the synchronous `try-price` once the dispatch instance has its configuration (no
 /// task, no wait: the 402 path), else `price`, which loads it.
-async fn price(
-    request: &bindings::esim402::dispatch::dispatch::ActivationRequest,
-) -> Result<wit::Quote, ApiError> {
+async fn price(request: &wit::ActivationRequest) -> Result<wit::Quote, ApiError> {
     match dispatch::try_price(request) {
         Some(quote) => quote,
         None => dispatch::price(request.clone()).await,

@@ -79,6 +79,7 @@ pub async fn issue(
     networks: &[String],
     now: u64,
 ) -> Result<wit::Invoice, wit::Error> {
+    // Refused before the configuration is loaded, as `issue_with` would after.
     if amount == 0 {
         return Err(invalid("amount", "must be positive"));
     }
