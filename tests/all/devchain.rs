@@ -545,7 +545,7 @@ async fn the_pool_watch_releases_a_transaction_anvil_holds_queued_at_the_next_no
             .call("eth_getTransactionCount", json!([from, "latest"]))
             .await
             .unwrap();
-        u64::from_str_radix(n.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+        esim402_core::evm::quantity::parse_u64(n.as_str().unwrap()).unwrap()
     };
     let nonce = nonce_of(&rpc).await;
     let ahead = format!("{:#x}", nonce + 1);

@@ -84,11 +84,7 @@ fn seed() -> u64 {
 }
 
 crate::instance_cache!(STORE: Store);
-
-std::thread_local! {
-    static BUCKET: std::cell::RefCell<Option<std::rc::Rc<wasi_store::Bucket>>> =
-        const { std::cell::RefCell::new(None) };
-}
+crate::instance_cache!(BUCKET: wasi_store::Bucket);
 
 /// The `default` store, opened on the instance's first use and kept: an open is a host call and a handle to
 /// drop again, and one handle serves every request the instance runs (Spin scopes handles to the instance).
@@ -102,12 +98,7 @@ pub async fn default_store<E>() -> Result<std::rc::Rc<Store>, KvError<E>> {
 /// The `default` store's `wasi:keyvalue` bucket (for the atomics and the batch calls), kept like
 /// [`default_store`].
 fn bucket<E>() -> Result<std::rc::Rc<wasi_store::Bucket>, KvError<E>> {
-    if let Some(b) = BUCKET.with(|c| c.borrow().clone()) {
-        return Ok(b);
-    }
-    let b = std::rc::Rc::new(wasi_store::open(DEFAULT_STORE).map_err(wasi_err)?);
-    BUCKET.with(|c| *c.borrow_mut() = Some(b.clone()));
-    Ok(b)
+    BUCKET.get_or_load_now(|| wasi_store::open(DEFAULT_STORE).map_err(wasi_err))
 }
 
 /// Atomically add `delta` to the counter at `key` (absent = 0); the new value.

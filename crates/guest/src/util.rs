@@ -55,9 +55,21 @@ impl<T: 'static> InstanceCache<T> {
         if let Some(v) = self.loaded() {
             return Ok(v);
         }
-        let v = Rc::new(load().await?);
+        Ok(self.keep(load().await?))
+    }
+
+    /// [`get_or_load`](Self::get_or_load) for a value a synchronous call produces.
+    pub fn get_or_load_now<E>(&self, load: impl FnOnce() -> Result<T, E>) -> Result<Rc<T>, E> {
+        if let Some(v) = self.loaded() {
+            return Ok(v);
+        }
+        Ok(self.keep(load()?))
+    }
+
+    fn keep(&self, v: T) -> Rc<T> {
+        let v = Rc::new(v);
         self.cell.with(|c| *c.borrow_mut() = Some(v.clone()));
-        Ok(v)
+        v
     }
 }
 

@@ -238,8 +238,9 @@ async fn release_stuck(rpc: &Rpc, seen: &mut HashSet<(String, u64)>) -> anyhow::
             .await?;
         let nonce = nonce
             .as_str()
-            .and_then(|n| u64::from_str_radix(n.trim_start_matches("0x"), 16).ok())
-            .with_context(|| format!("eth_getTransactionCount answered {nonce}"))?;
+            .and_then(|n| n.parse::<alloy_primitives::U64>().ok())
+            .with_context(|| format!("eth_getTransactionCount answered {nonce}"))?
+            .to::<u64>();
         if !queued.contains_key(&nonce) {
             continue;
         }
