@@ -56,8 +56,9 @@ pub async fn head(shard: u16) -> Result<ChainHead, KvError<()>> {
         .unwrap_or(ChainHead::genesis_of(shard)))
 }
 
-/// Move the head from `from` to `to` if it still is `from` (someone else may have done it: fine).
-async fn advance(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
+/// Move the head from `from` to `to` if it still is `from`; whether this call moved it (someone else may
+/// have: fine).
+async fn advance(from: ChainHead, to: ChainHead) -> Result<bool, KvError<()>> {
     match kv::update_json::<ChainHead, ()>(&keys::ledger_head(from.shard), |current| {
         if current.unwrap_or(ChainHead::genesis_of(from.shard)) == from {
             Ok(to)
@@ -67,7 +68,8 @@ async fn advance(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
     })
     .await
     {
-        Ok(_) | Err(KvError::Refused(())) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(KvError::Refused(())) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -76,7 +78,9 @@ async fn advance(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
 /// the way meanwhile; then it is walked forward entry by entry, so the head never stays behind a finished run
 /// (a verifier would read the run as entries past the head).
 async fn catch_up(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
-    advance(from, to).await?;
+    if advance(from, to).await? {
+        return Ok(());
+    }
     let mut current = head(to.shard).await?;
     while current.count < to.count {
         let Some(entry) = read_entry(to.shard, current.count).await? else {
@@ -131,11 +135,6 @@ async fn append_run(
             back_off(attempt).await;
         }
         let start = head(shard).await?;
-        if let Some(existing) = read_entry(shard, start.count).await? {
-            // Written by an appender that has not advanced the head yet: help it along.
-            advance(start, ChainHead::after(&existing)).await?;
-            continue;
-        }
         let mut cursor = start;
         while let Some((kind, fields)) = pending.front() {
             let entry = LedgerEntry::new(&cursor, at, *kind, fields.clone());
@@ -146,7 +145,15 @@ async fn append_run(
                     written.push(entry);
                     pending.pop_front();
                 }
-                // Someone chained onto our run (or took the slot first): re-read the head and go on.
+                // The head's next entry is written but the head not advanced past it (its appender is between
+                // the two writes, or crashed there): help it along, then start again from the head.
+                Err(KvError::Exists) if cursor == start => {
+                    if let Some(existing) = read_entry(shard, start.count).await? {
+                        advance(start, ChainHead::after(&existing)).await?;
+                    }
+                    break;
+                }
+                // Someone chained onto our run: re-read the head and go on.
                 Err(KvError::Exists) => break,
                 Err(e) => return Err(e),
             }
