@@ -24,6 +24,7 @@ use esim402_core::Network;
 use esim402_core::x402::exact::{TokenDomain, TransferAuthorization, sign_authorization};
 use esim402_core::x402::header::{decode_payment_required_header, encode_payment_payload_header};
 use esim402_core::x402::wire::{ExactEvmPayload, PaymentPayload, PaymentPayloadV2};
+use esim402_host::devstack::chain;
 use serde_json::{Value, json};
 
 use crate::{Host, cpu_time, pct, rss_kib};
@@ -237,6 +238,30 @@ pub async fn run(
     let (rpc_url, smdp_url) = (&printed["rpc_url"], &printed["smdp_url"]);
     let http = reqwest::Client::new();
     let warmup = concurrency.max(1) as u64;
+    // The dev stack funds the demo agent with 1 000 test USDC (~2 400 activations at the default price): a
+    // longer run gets the rest minted first.
+    let challenge: Value = http
+        .post(format!("{url}/v1/esim/activate"))
+        .header("content-type", "application/json")
+        .body(ACTIVATION)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let price: u64 = challenge["amount_atomic"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("the 402 names no amount_atomic: {challenge}"))?;
+    let minted = chain::fund(
+        rpc_url,
+        printed["token_address"].parse()?,
+        esim402_core::x402::exact::address_of(key.verifying_key()),
+        U256::from(price) * U256::from(count + warmup),
+    )
+    .await?;
+    if !minted.is_zero() {
+        println!("minted {minted} test USDC (atomic units) to the demo agent for this run");
+    }
     // Each activation consumes one profile: make sure the pool outlasts the run (default 1000 per type).
     http.put(format!("{smdp_url}/admin/operators/{POOL}"))
         .json(&json!({"available": count + warmup + 100}))

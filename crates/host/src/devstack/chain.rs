@@ -54,6 +54,7 @@ const ARTIFACT: &str = include_str!("../../../../contracts/EIP3009Token.json");
 
 sol! {
     function mint(address to, uint256 value);
+    function balanceOf(address owner) external view returns (uint256);
 }
 
 /// The token's EIP-712 domain and symbol.
@@ -145,12 +146,7 @@ pub async fn start(
     let rpc = Rpc::new(format!("http://{listening}"))?;
     rpc.wait_ready().await?;
     let token = deploy(&rpc, domain).await?;
-    let data = mintCall {
-        to: DEMO_AGENT,
-        value: U256::from(DEMO_AGENT_FUNDS),
-    }
-    .abi_encode();
-    rpc.transact(DEPLOYER, Some(token), &data)
+    mint(&rpc, token, DEMO_AGENT, U256::from(DEMO_AGENT_FUNDS))
         .await
         .context("minting test USDC to the demo agent")?;
     tracing::info!(
@@ -281,6 +277,40 @@ pub fn facilitator_key() -> &'static str {
 /// The treasury's key (refunds) for the app's environment (never log it).
 pub fn treasury_key() -> &'static str {
     RECIPIENT_KEY
+}
+
+/// Mint `value` of the test token at `token` to `to` (the deployer, account #0, may).
+async fn mint(rpc: &Rpc, token: Address, to: Address, value: U256) -> anyhow::Result<()> {
+    rpc.transact(DEPLOYER, Some(token), &mintCall { to, value }.abi_encode())
+        .await
+        .map(drop)
+}
+
+/// Make `owner` hold at least `at_least` of the test token on a dev chain this module started (`rpc_url` and
+/// `token` as `.spin/devstack.json` has them): mints the shortfall. For load runs that spend more than the
+/// demo agent's [`DEMO_AGENT_FUNDS`]. Returns what was minted.
+pub async fn fund(
+    rpc_url: &str,
+    token: Address,
+    owner: Address,
+    at_least: U256,
+) -> anyhow::Result<U256> {
+    let rpc = Rpc::new(rpc_url.to_owned())?;
+    let call = json!({"to": token, "data": format!("0x{}", hex::encode(balanceOfCall { owner }.abi_encode()))});
+    let result = rpc.call("eth_call", json!([call, "latest"])).await?;
+    let bytes = result
+        .as_str()
+        .and_then(|r| hex::decode(r.trim_start_matches("0x")).ok())
+        .context("eth_call balanceOf: no hex result")?;
+    let balance = balanceOfCall::abi_decode_returns(&bytes).context("eth_call balanceOf")?;
+    if balance >= at_least {
+        return Ok(U256::ZERO);
+    }
+    let shortfall = at_least - balance;
+    mint(&rpc, token, owner, shortfall)
+        .await
+        .context("minting test USDC")?;
+    Ok(shortfall)
 }
 
 /// Deploy the token from account #0; returns its address.
