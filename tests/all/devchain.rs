@@ -372,6 +372,14 @@ async fn dev_stack_deploys_and_funds_the_token_and_stops_anvil() {
     assert_eq!(facts["demo_agent_private_key"], chain::DEMO_AGENT_KEY);
     assert_eq!(facts["demo_agent_balance"], "1000000000");
 
+    // `fund` (the paid bench's top-up) mints only the shortfall.
+    let fund = |at_least: U256| chain::fund(&rpc.url, rpc.token, chain::DEMO_AGENT, at_least);
+    assert_eq!(fund(funds).await.unwrap(), U256::ZERO);
+    let more = funds + U256::from(250_000_000u64);
+    assert_eq!(fund(more).await.unwrap(), U256::from(250_000_000u64));
+    assert_eq!(rpc.balance(chain::DEMO_AGENT).await, more);
+    assert_eq!(fund(funds).await.unwrap(), U256::ZERO);
+
     // Dropping the stack stops anvil by its PID.
     let pid = stack.pid("anvil").unwrap();
     assert!(process_exists(pid));

@@ -298,10 +298,8 @@ pub async fn fund(
     let rpc = Rpc::new(rpc_url.to_owned())?;
     let call = json!({"to": token, "data": format!("0x{}", hex::encode(balanceOfCall { owner }.abi_encode()))});
     let result = rpc.call("eth_call", json!([call, "latest"])).await?;
-    let bytes = result
-        .as_str()
-        .and_then(|r| hex::decode(r.trim_start_matches("0x")).ok())
-        .context("eth_call balanceOf: no hex result")?;
+    let bytes: alloy_primitives::Bytes =
+        serde_json::from_value(result).context("eth_call balanceOf: no hex result")?;
     let balance = balanceOfCall::abi_decode_returns(&bytes).context("eth_call balanceOf")?;
     if balance >= at_least {
         return Ok(U256::ZERO);
