@@ -55,7 +55,10 @@ impl Guest for Component {
         now: u64,
     ) -> Option<Result<wit::Invoice, wit::Error>> {
         let cfg = config::loaded()?;
-        Some(terms::issue_with(&cfg, &purchase, amount, &networks, now))
+        Some(
+            terms::parse_amount(amount)
+                .and_then(|amount| terms::issue_with(&cfg, &purchase, amount, &networks, now)),
+        )
     }
 
     async fn get(id: String, now: u64) -> Result<Option<wit::Invoice>, wit::Error> {

@@ -72,17 +72,23 @@ fn options(cfg: &Config, terms: &Terms) -> Vec<PaymentOption> {
         .collect()
 }
 
-/// `issue`: seal a new invoice; nothing is written.
+/// An invoice's amount: positive (`invalid-input` on `amount`).
+pub fn parse_amount(amount: u64) -> Result<UsdcAmount, wit::Error> {
+    let amount = UsdcAmount::from_micros(amount);
+    if amount == UsdcAmount::ZERO {
+        return Err(invalid("amount", "must be positive"));
+    }
+    Ok(amount)
+}
+
+/// `issue`: seal a new invoice; nothing is written. A bad amount is refused before the configuration is loaded.
 pub async fn issue(
     purchase: &wit::Purchase,
     amount: u64,
     networks: &[String],
     now: u64,
 ) -> Result<wit::Invoice, wit::Error> {
-    // Refused before the configuration is loaded, as `issue_with` would after.
-    if amount == 0 {
-        return Err(invalid("amount", "must be positive"));
-    }
+    let amount = parse_amount(amount)?;
     let cfg = config::get().await?;
     issue_with(&cfg, purchase, amount, networks, now)
 }
@@ -91,14 +97,10 @@ pub async fn issue(
 pub fn issue_with(
     cfg: &Config,
     purchase: &wit::Purchase,
-    amount: u64,
+    amount: UsdcAmount,
     networks: &[String],
     now: u64,
 ) -> Result<wit::Invoice, wit::Error> {
-    let amount = UsdcAmount::from_micros(amount);
-    if amount == UsdcAmount::ZERO {
-        return Err(invalid("amount", "must be positive"));
-    }
     let preference = match purchase {
         wit::Purchase::Activation(a) if networks.is_empty() => a.networks.as_slice(),
         _ => networks,
