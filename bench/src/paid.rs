@@ -23,7 +23,9 @@ use anyhow::{Context, bail};
 use esim402_core::Network;
 use esim402_core::x402::exact::{TokenDomain, TransferAuthorization, sign_authorization};
 use esim402_core::x402::header::{decode_payment_required_header, encode_payment_payload_header};
-use esim402_core::x402::wire::{ExactEvmPayload, PaymentPayload, PaymentPayloadV2};
+use esim402_core::x402::wire::{
+    ExactEvmPayload, PaymentPayload, PaymentPayloadV2, PaymentRequirements,
+};
 use esim402_host::devstack::chain;
 use serde_json::{Value, json};
 
@@ -50,14 +52,8 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// One activation: 402, sign, pay. The two latencies and the answer, or why it failed.
-pub(crate) async fn activate(
-    http: &reqwest::Client,
-    url: &str,
-    key: &k256::ecdsa::SigningKey,
-    from: alloy_primitives::Address,
-) -> anyhow::Result<(Duration, Duration, Value)> {
-    let t = Instant::now();
+/// `POST /v1/esim/activate` without payment: the 402's `PAYMENT-REQUIRED` header (the answer read to its end).
+async fn payment_required(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
     let r = http
         .post(format!("{url}/v1/esim/activate"))
         .header("content-type", "application/json")
@@ -74,9 +70,30 @@ pub(crate) async fn activate(
         .to_str()?
         .to_owned();
     r.bytes().await?;
+    Ok(header)
+}
+
+/// The first payment requirement of a `PAYMENT-REQUIRED` header.
+fn first_requirement(header: &str) -> anyhow::Result<PaymentRequirements> {
+    let required = decode_payment_required_header(header)?;
+    required
+        .accepts
+        .into_iter()
+        .next()
+        .context("no requirement")
+}
+
+/// One activation: 402, sign, pay. The two latencies and the answer, or why it failed.
+pub(crate) async fn activate(
+    http: &reqwest::Client,
+    url: &str,
+    key: &k256::ecdsa::SigningKey,
+    from: alloy_primitives::Address,
+) -> anyhow::Result<(Duration, Duration, Value)> {
+    let t = Instant::now();
+    let header = payment_required(http, url).await?;
     let challenge = t.elapsed();
-    let required = decode_payment_required_header(&header)?;
-    let req = required.accepts.first().context("no requirement")?.clone();
+    let req = first_requirement(&header)?;
     let network = Network::parse(&req.network).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
@@ -240,23 +257,14 @@ pub async fn run(
     let warmup = concurrency.max(1) as u64;
     // The dev stack funds the demo agent with 1 000 test USDC (~2 400 activations at the default price): a
     // longer run gets the rest minted first.
-    let challenge: Value = http
-        .post(format!("{url}/v1/esim/activate"))
-        .header("content-type", "application/json")
-        .body(ACTIVATION)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let price: u64 = challenge["amount_atomic"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("the 402 names no amount_atomic: {challenge}"))?;
+    let price: U256 = first_requirement(&payment_required(&http, url).await?)?
+        .amount
+        .parse()?;
     let minted = chain::fund(
         rpc_url,
         printed["token_address"].parse()?,
         esim402_core::x402::exact::address_of(key.verifying_key()),
-        U256::from(price) * U256::from(count + warmup),
+        price * U256::from(count + warmup),
     )
     .await?;
     if !minted.is_zero() {
