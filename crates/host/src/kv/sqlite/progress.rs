@@ -1,0 +1,149 @@
+//! How far a SQLite store has committed and synced, and how far its WAL has grown: the bookkeeping behind
+//! [`super::SqliteStore`]'s durability barrier (a barrier passes once every write acknowledged before it is
+//! on disk; one `fdatasync` serves every barrier waiting for it) and its checkpoint schedule.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::kv::{KvError, KvResult};
+
+/// An open transaction is committed once the writer thread has been idle this long.
+pub(super) const IDLE_COMMIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How far the writer has committed and how far the WAL is synced, in commits.
+#[derive(Debug)]
+pub(super) struct Progress {
+    /// The WAL file (synced on demand).
+    pub(super) wal: PathBuf,
+    /// The database file (synced instead if there is no WAL file).
+    pub(super) db: PathBuf,
+    /// Commits so far; counted before their writes are acknowledged.
+    pub(super) committed: AtomicU64,
+    /// Every commit up to this one is on disk.
+    pub(super) synced: AtomicU64,
+    /// Disk syncs made (for tests and measurements).
+    pub(super) syncs: AtomicU64,
+    /// Every commit is synced by SQLite itself (`ESIM402_SQLITE_SYNC=commit`).
+    pub(super) each_commit: bool,
+    /// A sync failed. The kernel may have dropped the pages it could not write and a later sync would then
+    /// report success without them, so no barrier passes again until the host restarts (and SQLite recovers
+    /// from what is really on disk).
+    pub(super) failed: std::sync::atomic::AtomicBool,
+    /// A checkpoint is asked for and not yet run.
+    pub(super) checkpoint_asked: std::sync::atomic::AtomicBool,
+    /// Checkpoints run (for tests and measurements).
+    pub(super) checkpoints: AtomicU64,
+    /// WAL pages that call for a checkpoint ([`CHECKPOINT_PAGES`]; smaller in tests).
+    pub(super) checkpoint_pages: i32,
+    /// Writes are committed at barriers, not one by one ([`super::CommitAt::Barrier`]); `committed` then counts
+    /// acknowledged writes, and a sync covers those its commit held.
+    pub(super) lazy: bool,
+    /// The write connection holds an open transaction (lazy mode; changed only under its lock).
+    pub(super) open: std::sync::atomic::AtomicBool,
+    /// Writes in the open transaction.
+    pub(super) open_writes: AtomicU64,
+    /// The writer thread commits an open transaction after this long without a job ([`IDLE_COMMIT`]).
+    pub(super) idle_commit: std::time::Duration,
+}
+
+impl Progress {
+    pub(super) fn new(db: &Path, each_commit: bool) -> Self {
+        let mut wal = OsString::from(db.as_os_str());
+        wal.push("-wal");
+        Self {
+            wal: wal.into(),
+            db: db.to_owned(),
+            committed: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            each_commit,
+            failed: std::sync::atomic::AtomicBool::new(false),
+            checkpoint_asked: std::sync::atomic::AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_pages: CHECKPOINT_PAGES,
+            lazy: false,
+            open: std::sync::atomic::AtomicBool::new(false),
+            open_writes: AtomicU64::new(0),
+            idle_commit: IDLE_COMMIT,
+        }
+    }
+
+    /// True when the WAL has grown to `checkpoint_pages` at this thread's last commit and no checkpoint is
+    /// asked for yet: the caller asks the writer thread for one.
+    pub(super) fn wal_grown(&self) -> bool {
+        WAL_PAGES.replace(0) >= self.checkpoint_pages
+            && !self.checkpoint_asked.swap(true, Ordering::SeqCst)
+    }
+
+    /// Count a commit made on this thread (before its writes are acknowledged). True when the WAL has grown to
+    /// `checkpoint_pages` and no checkpoint is asked for yet: the caller asks the writer thread for one.
+    pub(super) fn committed(&self) -> bool {
+        let n = self.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.each_commit {
+            self.synced.fetch_max(n, Ordering::SeqCst);
+        }
+        self.wal_grown()
+    }
+
+    pub(super) fn all_synced(&self) -> bool {
+        !self.failed.load(Ordering::SeqCst)
+            && self.synced.load(Ordering::SeqCst) >= self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Sync the WAL if anything was committed since the last sync (on the writer thread: one at a time).
+    pub(super) fn sync(&self) -> KvResult<()> {
+        self.sync_to(self.committed.load(Ordering::SeqCst))
+    }
+
+    /// Sync the WAL, which holds the first `target` counted writes (or commits), unless they are synced.
+    pub(super) fn sync_to(&self, target: u64) -> KvResult<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(KvError(
+                "an earlier disk sync or commit of the SQLite store failed; restart the host"
+                    .into(),
+            ));
+        }
+        if self.synced.load(Ordering::SeqCst) >= target {
+            return Ok(());
+        }
+        let synced = match std::fs::File::open(&self.wal) {
+            Ok(f) => f.sync_data(),
+            // No WAL file: everything is in the database file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::File::open(&self.db).and_then(|f| f.sync_data())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = synced {
+            self.failed.store(true, Ordering::SeqCst);
+            return Err(KvError(format!(
+                "cannot sync the SQLite store to disk: {e}"
+            )));
+        }
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        self.synced.fetch_max(target, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// WAL pages that call for a checkpoint (32 MiB of 4 KiB pages). SQLite's own threshold is 1 000, but the
+/// pages a checkpoint copies are the distinct ones the WAL holds, and a store's hot pages (counters, cell
+/// heads, the table's index) are rewritten by nearly every commit: a larger WAL copies each of them once for
+/// many more commits, and stalls the queued writes less often (ingest of 100 SIMs per batch on SQLite: +5 to
+/// +28% against 1 000 in alternating runs, BENCHMARKS.md). The price: up to 32 MiB of WAL on disk, and
+/// as much to replay after a crash.
+pub(super) const CHECKPOINT_PAGES: i32 = 8_000;
+
+thread_local! {
+    /// Pages in the WAL after this thread's last commit (SQLite's WAL hook runs inside the commit).
+    pub(super) static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+pub(super) fn note_wal_pages(
+    _: &rusqlite::hooks::Wal,
+    pages: std::ffi::c_int,
+) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
