@@ -50,21 +50,7 @@ async fn transition(
     key: &str,
     f: impl Fn(&mut Record) -> bool,
 ) -> Result<Option<(Record, bool)>, wit::Error> {
-    let (after, changed) = kv::change_json::<Record, bool, wit::Error>(key, |cur| {
-        Ok(match cur {
-            None => (Change::Keep, false),
-            Some(mut r) => {
-                if f(&mut r) {
-                    (Change::Put(r), true)
-                } else {
-                    (Change::Keep, false)
-                }
-            }
-        })
-    })
-    .await
-    .map_err(kv_err)?;
-    Ok(after.map(|r| (r, changed)))
+    kv::transition_json(key, f).await.map_err(kv_err)
 }
 
 /// Record `tx` on the claim before its broadcast; `false` if `holder` no longer holds it.

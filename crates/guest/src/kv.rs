@@ -235,6 +235,32 @@ where
     }
 }
 
+/// Apply `transition` (a kernel state machine's step, which says whether it changed the value) to the value at
+/// `key`, writing only when it did: the value after the committed attempt and that answer; `None` if there is
+/// no value (nothing is written then).
+pub async fn transition_json<T, E>(
+    key: &str,
+    transition: impl Fn(&mut T) -> bool,
+) -> Result<Option<(T, bool)>, KvError<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let (after, changed) = change_json::<T, bool, E>(key, |cur| {
+        Ok(match cur {
+            Some(mut v) => {
+                if transition(&mut v) {
+                    (Change::Put(v), true)
+                } else {
+                    (Change::Keep, false)
+                }
+            }
+            None => (Change::Keep, false),
+        })
+    })
+    .await?;
+    Ok(after.map(|v| (v, changed)))
+}
+
 /// [`update_json_with`] without a by-product.
 pub async fn update_json<T, E>(
     key: &str,

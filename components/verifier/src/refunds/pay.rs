@@ -16,7 +16,7 @@ use esim402_core::settlement::OurTx;
 use esim402_core::store::keys;
 use esim402_core::x402::exact::parse_decimal_u256;
 use esim402_guest::convert::{event_to_wit, kv_err, message};
-use esim402_guest::kv::{self, Change};
+use esim402_guest::kv;
 use esim402_guest::{util, wit};
 
 use super::Step;
@@ -31,21 +31,7 @@ async fn update(
     key: &str,
     f: impl Fn(&mut Refund) -> bool,
 ) -> Result<Option<(Refund, bool)>, wit::Error> {
-    let (after, changed) = kv::change_json::<Refund, bool, wit::Error>(key, |cur| {
-        Ok(match cur {
-            None => (Change::Keep, false),
-            Some(mut r) => {
-                if f(&mut r) {
-                    (Change::Put(r), true)
-                } else {
-                    (Change::Keep, false)
-                }
-            }
-        })
-    })
-    .await
-    .map_err(kv_err)?;
-    Ok(after.map(|r| (r, changed)))
+    kv::transition_json(key, f).await.map_err(kv_err)
 }
 
 /// What a refund transfer needs, checked before it is claimed.
