@@ -7,7 +7,9 @@
 //!   werkzeug's threaded server; its start-up `GET /supported` goes to the host's facilitator API), and
 //!   (c) the native baseline (`crate::native402`: the same kernel code on axum, a subprocess of this binary).
 //!   `--concurrency` keep-alive clients, `--warmup` then `--duration` seconds per peer, every answer checked (402
-//!   and the header present; one probe per peer also decodes the header as x402 v2).
+//!   and the header present; one probe per peer also decodes the header as x402 v2). `--rounds N` measures the
+//!   three in turn N times against the same processes and ends with the min, median and max of each ratio
+//!   (this VM's speed, and the Python server's own rate, drift between runs).
 //! - `compare-verify`: the x402 facilitator `POST /verify` of valid v2 `exact` payments through the host (with
 //!   its dev stack: anvil + the EIP-3009 token) and through the official Python facilitator (x402 2.25
 //!   `x402FacilitatorSync`, `tests/peers/py_facilitator.py`) pointed at the same anvil with its own dev account
@@ -356,65 +358,146 @@ pub fn compare402(args: &Args, duration: Duration) -> anyhow::Result<()> {
         duration.as_secs()
     );
     let kv = format!("{:?}", args.kv).to_lowercase();
-    let (ours, ours_probe) = rt.block_on(measure402(
-        &format!("esim402 host ({kv} store)"),
-        &url,
-        host.pid(),
-        args,
-        duration,
-    ))?;
-    let (theirs, _) = rt
-        .block_on(measure402(
-            "python x402 2.25 Flask middleware",
-            &flask_url,
-            flask.pid(),
+    let mut failed = 0;
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("round {round} of {}", args.rounds);
+        }
+        let (ours, ours_probe) = rt.block_on(measure402(
+            &format!("esim402 host ({kv} store)"),
+            &url,
+            host.pid(),
             args,
             duration,
-        ))
-        .with_context(|| format!("its stderr:\n{}", flask.stderr_tail()))?;
-    let (nat, nat_probe) = rt
-        .block_on(measure402(
-            "native: axum + esim402_core",
-            &native_url,
-            native.pid(),
-            args,
-            duration,
-        ))
-        .with_context(|| format!("its stderr:\n{}", native.stderr_tail()))?;
+        ))?;
+        let (theirs, _) = rt
+            .block_on(measure402(
+                "python x402 2.25 Flask middleware",
+                &flask_url,
+                flask.pid(),
+                args,
+                duration,
+            ))
+            .with_context(|| format!("its stderr:\n{}", flask.stderr_tail()))?;
+        let (nat, nat_probe) = rt
+            .block_on(measure402(
+                "native: axum + esim402_core",
+                &native_url,
+                native.pid(),
+                args,
+                duration,
+            ))
+            .with_context(|| format!("its stderr:\n{}", native.stderr_tail()))?;
+        let rows = [ours, theirs, nat];
+        print_rows("req", &rows);
+        if ours_probe.fields != nat_probe.fields {
+            println!(
+                "  warning: the native 402 body's fields differ from the host's: host {:?}, native {:?}",
+                ours_probe.fields, nat_probe.fields
+            );
+        }
+        let round = Ratios::of(&rows);
+        round.print(args.concurrency);
+        ratios.push(round);
+        failed += rows.iter().map(|r| r.failed).sum::<usize>();
+    }
     drop(native);
     drop(flask);
     drop(host);
-
-    let rows = [ours, theirs, nat];
-    print_rows("req", &rows);
-    if ours_probe.fields != nat_probe.fields {
-        println!(
-            "  warning: the native 402 body's fields differ from the host's: host {:?}, native {:?}",
-            ours_probe.fields, nat_probe.fields
-        );
+    if args.rounds > 1 {
+        Ratios::summarise(&ratios, args.concurrency);
     }
-    let (o, p, n) = (rows[0].rate(), rows[1].rate(), rows[2].rate());
-    let p99 = ms(pct(&rows[0].lat, 0.99));
-    println!(
-        "ratios: ours/python = {:.2}x (target >= 10x: {}); ours/native = {:.3} (target >= 0.5: {}); ours p99 = {p99:.2} ms \
-         at {} clients (target < 10 ms: {})",
-        o / p,
-        target(o / p >= 10.0),
-        o / n,
-        target(o / n >= 0.5),
-        args.concurrency,
-        target(p99 < 10.0)
-    );
-    println!(
-        "server CPU per request (robust on a shared machine): python / ours = {:.2}x, ours / native = {:.2}x",
-        rows[1].server_cpu() / rows[0].server_cpu(),
-        rows[0].server_cpu() / rows[2].server_cpu()
-    );
-    let failed: usize = rows.iter().map(|r| r.failed).sum();
     if failed > 0 {
         bail!("{failed} requests failed");
     }
     Ok(())
+}
+
+/// The smallest, median and largest of `v` (the mean of the middle two for an even count); NaN for none.
+fn min_median_max(mut v: Vec<f64>) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (v[0], median, v[v.len() - 1])
+}
+
+/// One round of compare402: ours against Python and native, by throughput and by server CPU per request.
+struct Ratios {
+    /// Our req/s over Python's.
+    python: f64,
+    /// Our req/s over native's.
+    native: f64,
+    /// Our p99, ms.
+    p99: f64,
+    /// Python's server CPU per request over ours.
+    python_cpu: f64,
+    /// Our server CPU per request over native's.
+    native_cpu: f64,
+}
+
+impl Ratios {
+    /// From the rows of one round: ours, Python, native.
+    fn of(rows: &[Row; 3]) -> Self {
+        let (o, p, n) = (rows[0].rate(), rows[1].rate(), rows[2].rate());
+        Self {
+            python: o / p,
+            native: o / n,
+            p99: ms(pct(&rows[0].lat, 0.99)),
+            python_cpu: rows[1].server_cpu() / rows[0].server_cpu(),
+            native_cpu: rows[0].server_cpu() / rows[2].server_cpu(),
+        }
+    }
+
+    fn print(&self, clients: usize) {
+        println!(
+            "ratios: ours/python = {:.2}x (target >= 10x: {}); ours/native = {:.3} (target >= 0.5: {}); ours p99 = \
+             {:.2} ms at {clients} clients (target < 10 ms: {})",
+            self.python,
+            target(self.python >= 10.0),
+            self.native,
+            target(self.native >= 0.5),
+            self.p99,
+            target(self.p99 < 10.0)
+        );
+        println!(
+            "server CPU per request (robust on a shared machine): python / ours = {:.2}x, ours / native = {:.2}x",
+            self.python_cpu, self.native_cpu
+        );
+    }
+
+    /// Min, median and max of each ratio over the rounds, and in how many rounds each target was met.
+    fn summarise(rounds: &[Self], clients: usize) {
+        let spread = |f: fn(&Self) -> f64| min_median_max(rounds.iter().map(f).collect());
+        let met = |ok: fn(&Self) -> bool| rounds.iter().filter(|r| ok(r)).count();
+        let n = rounds.len();
+        let (lo, med, hi) = spread(|r| r.python);
+        println!(
+            "over {n} rounds: ours/python min {lo:.2}x, median {med:.2}x, max {hi:.2}x (>= 10x in {} of {n})",
+            met(|r| r.python >= 10.0)
+        );
+        let (lo, med, hi) = spread(|r| r.native);
+        println!(
+            "over {n} rounds: ours/native min {lo:.3}, median {med:.3}, max {hi:.3} (>= 0.5 in {} of {n})",
+            met(|r| r.native >= 0.5)
+        );
+        let (lo, med, hi) = spread(|r| r.p99);
+        println!(
+            "over {n} rounds: ours p99 at {clients} clients min {lo:.2}, median {med:.2}, max {hi:.2} ms (< 10 ms in {} of {n})",
+            met(|r| r.p99 < 10.0)
+        );
+        let (lo, med, hi) = spread(|r| r.python_cpu);
+        println!(
+            "over {n} rounds: server CPU per request python / ours min {lo:.2}x, median {med:.2}x, max {hi:.2}x"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -712,4 +795,21 @@ pub fn compare_verify(args: &Args, duration: Duration) -> anyhow::Result<()> {
         bail!("{failed} verifies did not answer isValid: true");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::min_median_max;
+
+    #[test]
+    fn spread_over_rounds() {
+        assert_eq!(min_median_max(vec![10.2]), (10.2, 10.2, 10.2));
+        assert_eq!(min_median_max(vec![9.5, 11.0, 10.0]), (9.5, 10.0, 11.0));
+        assert_eq!(
+            min_median_max(vec![12.0, 9.0, 10.0, 11.0]),
+            (9.0, 10.5, 12.0)
+        );
+        let (lo, med, hi) = min_median_max(Vec::new());
+        assert!(lo.is_nan() && med.is_nan() && hi.is_nan());
+    }
 }

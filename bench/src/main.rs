@@ -102,6 +102,10 @@ struct Args {
     /// warm-up of one per worker. `--duration` bounds the paid run, and each peer of compare-verify, in time.
     #[arg(long)]
     count: Option<u64>,
+    /// compare402: measure the three peers this many times in turn (ours, Python, native, ours, …) against the
+    /// same processes, and summarise the ratios over the rounds (min, median, max).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    rounds: u32,
     /// compare402, compare-verify: the Python with the official x402 SDK (`x402[evm,requests,flask]==2.25.0`).
     #[arg(long, default_value = "tools/.venv/bin/python")]
     python: PathBuf,
