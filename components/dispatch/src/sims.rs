@@ -12,7 +12,8 @@ use esim402_core::order::{StoredSim, SwitchTarget, check_switch};
 use esim402_core::store::keys;
 use esim402_core::{CarrierId, DataMb, Region};
 use esim402_guest::convert::{internal, invalid, kv_err, sim_to_wit};
-use esim402_guest::{kv, util, wit};
+use esim402_guest::kv::{self, Change};
+use esim402_guest::{util, wit};
 
 use crate::config::Config;
 use crate::ordering;
@@ -247,21 +248,32 @@ pub async fn download_progress(body: &str, credential: Option<&str>) -> Result<(
         )
     })?;
     let status = info.notification_point_status.status;
-    let sim =
-        kv::update_json::<StoredSim, wit::Error>(&keys::sim(info.iccid.as_str()), |current| {
+    // A notification that moves nothing (an earlier point, a repeat of a delivered one) writes nothing.
+    let (sim, ()) =
+        kv::change_json::<StoredSim, (), wit::Error>(&keys::sim(info.iccid.as_str()), |current| {
             let mut sim = current
                 .ok_or_else(|| wit::Error::NotFound(format!("no SIM {}", info.iccid.as_str())))?;
             check_issuer(&carrier, &sim.carrier, &sim.iccid)
                 .map_err(|e| wit::Error::Forbidden(e.to_string()))?;
-            if let Some(current) = sim.profile_state
-                && let Some(next) = profile_state_after(current, info.notification_point_id, status)
-            {
-                sim.profile_state = Some(next);
-            }
-            Ok(sim)
+            let next = sim.profile_state.and_then(|current| {
+                profile_state_after(current, info.notification_point_id, status)
+            });
+            Ok(match next {
+                Some(next) => {
+                    sim.profile_state = Some(next);
+                    (Change::Put(sim), ())
+                }
+                None => (Change::Keep, ()),
+            })
         })
         .await
         .map_err(kv_err)?;
+    let Some(sim) = sim else {
+        return Err(wit::Error::NotFound(format!(
+            "no SIM {}",
+            info.iccid.as_str()
+        )));
+    };
     if sim.profile_state == Some(ProfileState::Installed)
         && let Some(old) = &sim.replaces
         && let Ok(old) = Iccid::parse(old)

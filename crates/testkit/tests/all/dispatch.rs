@@ -555,11 +555,20 @@ async fn lifecycle_and_download_progress() {
             .unwrap();
         assert_eq!(s.profile_state, want);
     }
-    // A late failure report cannot undo an installation.
-    let body = progress(3, "Failed");
-    download_progress(&mut kit, body, Some(TMOBILE_CB))
-        .await
-        .unwrap();
+    // A late failure report cannot undo an installation, and neither it nor a repeat of a delivered point
+    // writes anything (a write would give the SIM's cell a new version).
+    let key = esim402_core::store::keys::sim(&iccid);
+    let stored = kit.kv().get(&key).await.unwrap();
+    for body in [progress(3, "Failed"), progress(4, "Executed-Success")] {
+        download_progress(&mut kit, body, Some(TMOBILE_CB))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        kit.kv().get(&key).await.unwrap(),
+        stored,
+        "a notification that moves nothing rewrote the SIM"
+    );
 
     let s = kit
         .call(act(types::LifecycleAction::Terminate))
