@@ -248,11 +248,11 @@ pub async fn download_progress(body: &str, credential: Option<&str>) -> Result<(
         )
     })?;
     let status = info.notification_point_status.status;
+    let no_sim = || wit::Error::NotFound(format!("no SIM {}", info.iccid.as_str()));
     // A notification that moves nothing (an earlier point, a repeat of a delivered one) writes nothing.
     let (sim, ()) =
         kv::change_json::<StoredSim, (), wit::Error>(&keys::sim(info.iccid.as_str()), |current| {
-            let mut sim = current
-                .ok_or_else(|| wit::Error::NotFound(format!("no SIM {}", info.iccid.as_str())))?;
+            let mut sim = current.ok_or_else(no_sim)?;
             check_issuer(&carrier, &sim.carrier, &sim.iccid)
                 .map_err(|e| wit::Error::Forbidden(e.to_string()))?;
             let next = sim.profile_state.and_then(|current| {
@@ -268,12 +268,7 @@ pub async fn download_progress(body: &str, credential: Option<&str>) -> Result<(
         })
         .await
         .map_err(kv_err)?;
-    let Some(sim) = sim else {
-        return Err(wit::Error::NotFound(format!(
-            "no SIM {}",
-            info.iccid.as_str()
-        )));
-    };
+    let sim = sim.ok_or_else(no_sim)?;
     if sim.profile_state == Some(ProfileState::Installed)
         && let Some(old) = &sim.replaces
         && let Ok(old) = Iccid::parse(old)

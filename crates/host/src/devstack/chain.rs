@@ -228,17 +228,8 @@ fn queued_only(content: &Value) -> Vec<(String, BTreeMap<u64, String>)> {
 /// re-sends a transaction the node no longer knows.)
 async fn release_stuck(rpc: &Rpc, seen: &mut HashSet<(String, u64)>) -> anyhow::Result<usize> {
     let status = rpc.call("txpool_status", json!([])).await?;
-    // A quantity (`"0x…"`) as geth answers, or a plain number.
-    let queued = status["queued"]
-        .as_u64()
-        .or_else(|| {
-            let n = status["queued"]
-                .as_str()?
-                .parse::<alloy_primitives::U64>()
-                .ok()?;
-            Some(n.to::<u64>())
-        })
-        .with_context(|| format!("txpool_status answered {status}"))?;
+    let queued =
+        quantity(&status["queued"]).with_context(|| format!("txpool_status answered {status}"))?;
     if queued == 0 {
         seen.clear();
         return Ok(0);
@@ -250,11 +241,8 @@ async fn release_stuck(rpc: &Rpc, seen: &mut HashSet<(String, u64)>) -> anyhow::
         let nonce = rpc
             .call("eth_getTransactionCount", json!([sender, "latest"]))
             .await?;
-        let nonce = nonce
-            .as_str()
-            .and_then(|n| n.parse::<alloy_primitives::U64>().ok())
-            .with_context(|| format!("eth_getTransactionCount answered {nonce}"))?
-            .to::<u64>();
+        let nonce = quantity(&nonce)
+            .with_context(|| format!("eth_getTransactionCount answered {nonce}"))?;
         if !queued.contains_key(&nonce) {
             continue;
         }
@@ -285,6 +273,16 @@ async fn release_stuck(rpc: &Rpc, seen: &mut HashSet<(String, u64)>) -> anyhow::
     }
     *seen = stuck_now;
     Ok(resent)
+}
+
+/// A JSON-RPC quantity (`"0x…"`) as a `u64`.
+fn quantity(v: &Value) -> Option<u64> {
+    Some(
+        v.as_str()?
+            .parse::<alloy_primitives::U64>()
+            .ok()?
+            .to::<u64>(),
+    )
 }
 
 /// The facilitator's key for the app's environment (never log it).
