@@ -29,9 +29,90 @@ fn spin(test: &str) -> Option<Runner> {
     }
 }
 
+/// Send `requests` (method, path, JSON body) one after another on one keep-alive connection to `url` and
+/// return each answer's status and headers (names lower-cased), reading each body by its `Content-Length`:
+/// an answer without one (chunked, or closed-delimited) fails here.
+async fn framed_answers(
+    url: &str,
+    requests: &[(&str, &str, &str)],
+) -> Vec<(u16, Vec<(String, String)>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut answers = Vec::new();
+    let mut buf = Vec::new();
+    for (method, path, body) in requests {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut chunk))
+                .await
+                .expect("an answer within 30 s")
+                .unwrap();
+            assert!(n > 0, "{method} {path}: the connection closed mid-answer");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("{method} {path}: no Content-Length in\n{head}"));
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "{method} {path}: the connection closed mid-body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..head_end + length);
+        answers.push((status, headers));
+    }
+    answers
+}
+
 async fn scenario(runner: Runner, store: Store) {
     let s = PayStack::start_with(Some((&runner, store)), &[]).await;
     let what = format!("{runner:?} on {store:?}");
+
+    // Every answer is framed by its length, not chunked: a chunked answer ends with a separate terminator
+    // write, which `spin up` (no TCP_NODELAY) held for the client's delayed ACK, ~40 ms on every other
+    // answer of a keep-alive connection.
+    let unpaid = activation().to_string();
+    let answers = framed_answers(
+        &s.url,
+        &[
+            ("POST", "/v1/esim/activate", &unpaid),
+            ("POST", "/v1/esim/activate", &unpaid),
+            ("GET", "/health", ""),
+            ("GET", "/v1/no-such-route", ""),
+        ],
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(statuses, [402, 402, 200, 404], "{what}");
+    for (status, headers) in &answers {
+        assert!(
+            !headers.iter().any(|(k, _)| k == "transfer-encoding"),
+            "{what}: a {status} is chunked: {headers:?}"
+        );
+    }
 
     // 402: an invoice, persisted, readable back.
     let (invoice, req) = s.invoice(&activation()).await;

@@ -166,8 +166,25 @@ async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, Api
     }
 }
 
+/// Every answer carries its `Content-Length`: the body is known whole, and without it the server frames it as
+/// chunked, ending with a separate 5-byte terminator once the body stream closes. Under `spin up` (4.1, which
+/// does not set `TCP_NODELAY`) that terminator waited for the client's delayed ACK: a keep-alive client saw
+/// every other answer ~40 ms late (BENCHMARKS.md, "under spin up").
 #[http_service]
 async fn handle(req: Request) -> impl IntoResponse {
+    let mut reply = answer(req).await;
+    // Not on a 204 (the SM-DP+ callback's answer), which has no body and must not say it has one.
+    if reply.status() != spin_sdk::http::StatusCode::NO_CONTENT {
+        let length = spin_sdk::http::HeaderValue::from(reply.body().len());
+        reply.headers_mut().insert(
+            spin_sdk::http::HeaderName::from_static("content-length"),
+            length,
+        );
+    }
+    reply
+}
+
+async fn answer(req: Request) -> Reply {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if let Some(allow) = esim402_core::routes::allowed(&segments)
