@@ -6,6 +6,8 @@
 //!   (b) the official x402 Python resource server (x402 2.25 Flask middleware, `bench/peers/flask_402.py`, on
 //!   werkzeug's threaded server; its start-up `GET /supported` goes to the host's facilitator API), and
 //!   (c) the native baseline (`crate::native402`: the same kernel code on axum, a subprocess of this binary).
+//!   With `--spin-peer`, also (d) the same app under the real `spin up` (Spin 4.1) on Spin's SQLite store: what
+//!   a user deploying to Spin gets, and where the wasm host's own floor lies next to the native server.
 //!   `--concurrency` keep-alive clients, `--warmup` then `--duration` seconds per peer, every answer checked (402
 //!   and the header present; one probe per peer also decodes the header as x402 v2). `--rounds N` measures the
 //!   three in turn N times against the same processes and ends with the min, median and max of each ratio
@@ -273,10 +275,12 @@ async fn probe402(url: &str) -> anyhow::Result<Probe> {
     })
 }
 
+/// Measure one peer's 402; `pids` are its server processes (their CPU and resident memory are summed: `spin up`
+/// serves from a child process).
 async fn measure402(
     name: &str,
     url: &str,
-    pid: u32,
+    pids: &[u32],
     args: &Args,
     duration: Duration,
 ) -> anyhow::Result<(Row, Probe)> {
@@ -297,7 +301,8 @@ async fn measure402(
             warm.errors
         );
     }
-    let cpu_before = cpu_time(Some(pid));
+    let cpu_of = || -> Duration { pids.iter().map(|p| cpu_time(Some(*p))).sum() };
+    let cpu_before = cpu_of();
     let start = Instant::now();
     let mut run = drive(
         url,
@@ -308,8 +313,8 @@ async fn measure402(
     )
     .await;
     let elapsed = start.elapsed();
-    let cpu = cpu_time(Some(pid)).saturating_sub(cpu_before);
-    let (rss, _) = rss_kib(pid);
+    let cpu = cpu_of().saturating_sub(cpu_before);
+    let rss = pids.iter().map(|p| rss_kib(*p).0).sum();
     run.latencies.sort_unstable();
     let ok = run.latencies.len();
     let row = Row {
@@ -326,6 +331,44 @@ async fn measure402(
         ),
     };
     Ok((row, probe))
+}
+
+/// The same app under the real `spin up` (Spin 4.1, `esim402_tests::spin_binary`), on Spin's SQLite store in a
+/// temporary directory, with no dev stack (as the host's peer runs): stopped by its PID when dropped.
+struct SpinPeer {
+    app: esim402_tests::AppProcess,
+}
+
+impl SpinPeer {
+    fn start(rt: &tokio::runtime::Runtime) -> anyhow::Result<Self> {
+        let bin = esim402_tests::spin_binary().map_err(|e| anyhow::anyhow!("--spin-peer: {e}"))?;
+        let port = esim402_tests::free_port();
+        let app = rt.block_on(esim402_tests::AppProcess::start(
+            &esim402_tests::Runner::Spin(bin),
+            port,
+            "[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\n",
+            &[],
+        ))?;
+        crate::track(app.pid(), "TERM");
+        Ok(Self { app })
+    }
+
+    /// `spin up` and the process that serves (its child, `spin trigger http`).
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.app.pid()];
+        pids.extend(
+            crate::children_of(self.app.pid())
+                .into_iter()
+                .map(|(p, _)| p),
+        );
+        pids
+    }
+}
+
+impl Drop for SpinPeer {
+    fn drop(&mut self) {
+        crate::untrack(self.app.pid());
+    }
 }
 
 /// The `compare402` scenario (see the module docs).
@@ -349,6 +392,11 @@ pub fn compare402(args: &Args, duration: Duration) -> anyhow::Result<()> {
     let (native, native_port) = Proc::start("native402", cmd, Duration::from_secs(30))?;
     let flask_url = format!("http://127.0.0.1:{flask_port}");
     let native_url = format!("http://127.0.0.1:{native_port}");
+    let spin = if args.spin_peer {
+        Some(SpinPeer::start(&rt)?)
+    } else {
+        None
+    };
 
     println!(
         "compare402: POST /v1/esim/activate without payment, {} keep-alive clients, {}s warm-up + {}s measured per \
@@ -367,7 +415,7 @@ pub fn compare402(args: &Args, duration: Duration) -> anyhow::Result<()> {
         let (ours, ours_probe) = rt.block_on(measure402(
             &format!("esim402 host ({kv} store)"),
             &url,
-            host.pid(),
+            &[host.pid()],
             args,
             duration,
         ))?;
@@ -375,7 +423,7 @@ pub fn compare402(args: &Args, duration: Duration) -> anyhow::Result<()> {
             .block_on(measure402(
                 "python x402 2.25 Flask middleware",
                 &flask_url,
-                flask.pid(),
+                &[flask.pid()],
                 args,
                 duration,
             ))
@@ -384,12 +432,24 @@ pub fn compare402(args: &Args, duration: Duration) -> anyhow::Result<()> {
             .block_on(measure402(
                 "native: axum + esim402_core",
                 &native_url,
-                native.pid(),
+                &[native.pid()],
                 args,
                 duration,
             ))
             .with_context(|| format!("its stderr:\n{}", native.stderr_tail()))?;
-        let rows = [ours, theirs, nat];
+        let mut rows = vec![ours, theirs, nat];
+        if let Some(spin) = &spin {
+            let (row, _) = rt
+                .block_on(measure402(
+                    "the same app under spin up 4.1 (sqlite store)",
+                    &spin.app.url,
+                    &spin.pids(),
+                    args,
+                    duration,
+                ))
+                .with_context(|| format!("spin up's log:\n{}", spin.app.log_text()))?;
+            rows.push(row);
+        }
         print_rows("req", &rows);
         if ours_probe.fields != nat_probe.fields {
             println!(
@@ -402,6 +462,7 @@ pub fn compare402(args: &Args, duration: Duration) -> anyhow::Result<()> {
         ratios.push(round);
         failed += rows.iter().map(|r| r.failed).sum::<usize>();
     }
+    drop(spin);
     drop(native);
     drop(flask);
     drop(host);
@@ -441,11 +502,13 @@ struct Ratios {
     python_cpu: f64,
     /// Our server CPU per request over native's.
     native_cpu: f64,
+    /// With `--spin-peer`: our req/s over the same app's under `spin up`, and that over native's.
+    spin: Option<(f64, f64)>,
 }
 
 impl Ratios {
-    /// From the rows of one round: ours, Python, native.
-    fn of(rows: &[Row; 3]) -> Self {
+    /// From the rows of one round: ours, Python, native (and `spin up`, if measured).
+    fn of(rows: &[Row]) -> Self {
         let (o, p, n) = (rows[0].rate(), rows[1].rate(), rows[2].rate());
         Self {
             python: o / p,
@@ -453,6 +516,7 @@ impl Ratios {
             p99: ms(pct(&rows[0].lat, 0.99)),
             python_cpu: rows[1].server_cpu() / rows[0].server_cpu(),
             native_cpu: rows[0].server_cpu() / rows[2].server_cpu(),
+            spin: rows.get(3).map(|s| (o / s.rate(), s.rate() / n)),
         }
     }
 
@@ -471,6 +535,11 @@ impl Ratios {
             "server CPU per request (robust on a shared machine): python / ours = {:.2}x, ours / native = {:.2}x",
             self.python_cpu, self.native_cpu
         );
+        if let Some((ours, native)) = self.spin {
+            println!(
+                "the same app under spin up: ours / spin = {ours:.2}x; spin / native = {native:.3}"
+            );
+        }
     }
 
     /// Min, median and max of each ratio over the rounds, and in how many rounds each target was met.
@@ -497,6 +566,15 @@ impl Ratios {
         println!(
             "over {n} rounds: server CPU per request python / ours min {lo:.2}x, median {med:.2}x, max {hi:.2}x"
         );
+        let spin: Vec<(f64, f64)> = rounds.iter().filter_map(|r| r.spin).collect();
+        if !spin.is_empty() {
+            let (lo, med, hi) = min_median_max(spin.iter().map(|s| s.0).collect());
+            println!(
+                "over {n} rounds: ours / spin up min {lo:.2}x, median {med:.2}x, max {hi:.2}x"
+            );
+            let (lo, med, hi) = min_median_max(spin.iter().map(|s| s.1).collect());
+            println!("over {n} rounds: spin up / native min {lo:.3}, median {med:.3}, max {hi:.3}");
+        }
     }
 }
 

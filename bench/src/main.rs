@@ -106,6 +106,10 @@ struct Args {
     /// same processes, and summarise the ratios over the rounds (min, median, max).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
     rounds: u32,
+    /// compare402: also measure the same app under the real `spin up` (Spin 4.1: `SPIN_BIN`, `spin` on `PATH`, or
+    /// the archive in `../shared/tools/`, unpacked beside this binary) on Spin's SQLite store.
+    #[arg(long)]
+    spin_peer: bool,
     /// compare402, compare-verify: the Python with the official x402 SDK (`x402[evm,requests,flask]==2.25.0`).
     #[arg(long, default_value = "tools/.venv/bin/python")]
     python: PathBuf,
