@@ -51,6 +51,8 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         .header("content-type", "application/json")
         .header("accept", "application/json")
         .header(ADMIN_PROTOCOL_HEADER, ADMIN_PROTOCOL)
+        // The body's size is known: sent with its length rather than chunked.
+        .header("content-length", json.len())
         .body(Full::new(Bytes::from(json)))
         .map_err(|e| Transport::Unreachable(e.to_string()))?;
     let exchange = async {

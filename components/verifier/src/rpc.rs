@@ -157,11 +157,13 @@ impl Rpc {
 
     /// POST `body`: the status and, for a 200, the answer.
     async fn exchange(&self, body: String) -> Result<(u16, Bytes), String> {
+        // The body's size is known: sent with its length rather than chunked.
         let request = spin_sdk::http::Request::builder()
             .method("POST")
             .uri(&self.url)
             .header("content-type", "application/json")
             .header("accept", "application/json")
+            .header("content-length", body.len())
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| "the RPC endpoint is not a valid URI".to_owned())?;
         let response = spin_sdk::http::send(request)

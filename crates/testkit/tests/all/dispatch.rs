@@ -284,6 +284,11 @@ async fn happy_path_orders_confirms_and_returns_an_activation_code() {
     for r in &reqs {
         assert_eq!(r.header("x-admin-protocol"), Some("gsma/rsp/v2.5.0"));
         assert_eq!(r.header("content-type"), Some("application/json"));
+        // Sent with its length, not chunked.
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
     }
     let stored: Value =
         serde_json::from_slice(&kit.kv_get(&format!("sim/{}", sim.iccid)).await.unwrap()).unwrap();

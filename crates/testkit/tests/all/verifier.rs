@@ -715,10 +715,20 @@ pub(crate) fn decode_tx(raw: &[u8]) -> Signed<TxEip1559> {
     tx
 }
 
-/// Every JSON-RPC call the component made, in order, batches unpacked.
+/// Every JSON-RPC call the component made, in order, batches unpacked (each request checked to carry its
+/// `Content-Length`: sent with its length, not chunked).
 pub(crate) fn rpc_calls(kit: &Kit) -> Vec<Value> {
     kit.requests()
         .iter()
+        .inspect(|r| {
+            assert_eq!(
+                r.header("content-length"),
+                Some(r.body.len().to_string().as_str()),
+                "{} {}",
+                r.method,
+                r.uri
+            );
+        })
         .flat_map(|r| match r.json().unwrap() {
             Value::Array(calls) => calls,
             call => vec![call],
