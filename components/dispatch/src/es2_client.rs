@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use esim402_core::esim::es2::{ADMIN_PROTOCOL, ADMIN_PROTOCOL_HEADER, is_supported_admin_protocol};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -45,20 +44,19 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<Resp, Transport> {
     let json = serde_json::to_vec(body).map_err(|e| Transport::Malformed(e.to_string()))?;
-    let request = spin_sdk::http::Request::builder()
-        .method("POST")
-        .uri(format!("{}{path}", base.trim_end_matches('/')))
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .header(ADMIN_PROTOCOL_HEADER, ADMIN_PROTOCOL)
-        // The body's size is known: sent with its length rather than chunked.
-        .header("content-length", json.len())
-        .body(Full::new(Bytes::from(json)))
-        .map_err(|e| Transport::Unreachable(e.to_string()))?;
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let exchange = async {
-        let response = spin_sdk::http::send(request)
-            .await
-            .map_err(|e| Transport::Unreachable(format!("{e:?}")))?;
+        let response = esim402_guest::outbound::post(
+            &url,
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+                (ADMIN_PROTOCOL_HEADER, ADMIN_PROTOCOL),
+            ],
+            json,
+        )
+        .await
+        .map_err(|e| Transport::Unreachable(e.to_string()))?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(Transport::Status(status));

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use esim402_core::evm::rpc::{BatchReply, batch_body, read_batch_reply};
 use esim402_core::evm::{Method, RpcError, RpcRequest};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 
 /// One call's timeout unless the caller's deadline is nearer.
@@ -157,18 +157,21 @@ impl Rpc {
 
     /// POST `body`: the status and, for a 200, the answer.
     async fn exchange(&self, body: String) -> Result<(u16, Bytes), String> {
-        // The body's size is known: sent with its length rather than chunked.
-        let request = spin_sdk::http::Request::builder()
-            .method("POST")
-            .uri(&self.url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .header("content-length", body.len())
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|_| "the RPC endpoint is not a valid URI".to_owned())?;
-        let response = spin_sdk::http::send(request)
-            .await
-            .map_err(|e| format!("unreachable ({})", truncate(&format!("{e:?}"))))?;
+        let response = esim402_guest::outbound::post(
+            &self.url,
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+            ],
+            body.into_bytes(),
+        )
+        .await
+        .map_err(|e| match e {
+            esim402_guest::outbound::PostError::Invalid(_) => {
+                "the RPC endpoint is not a valid URI".to_owned()
+            }
+            e => format!("unreachable ({})", truncate(&e.to_string())),
+        })?;
         let status = response.status().as_u16();
         if status != 200 {
             return Ok((status, Bytes::new()));

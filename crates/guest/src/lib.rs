@@ -3,13 +3,15 @@
 //! [`kv`] drives the kernel's versioned cells over the key-value store: linearizable read-modify-write and
 //! insert-if-absent that stay correct on Spin's SQLite and Redis stores. [`ledger`] appends to and reads the
 //! sharded, hash-chained money ledger on top of them (the invoices component's). [`config`] reads the Spin
-//! variables several components share; [`util`] holds the clock, random tokens and the per-instance cache.
+//! variables several components share; [`util`] holds the clock, random tokens and the per-instance cache;
+//! [`outbound`] POSTs a body held in memory (JSON-RPC, ES2+) with the body ready before the request leaves.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod convert;
 pub mod kv;
 pub mod ledger;
+pub mod outbound;
 pub mod util;
 
 /// The WIT types every component shares (`esim402:types/types`), generated once here.
