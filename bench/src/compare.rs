@@ -441,7 +441,7 @@ pub fn compare402(args: &Args, duration: Duration) -> anyhow::Result<()> {
         if let Some(spin) = &spin {
             let (row, _) = rt
                 .block_on(measure402(
-                    "the same app under spin up 4.1 (sqlite store)",
+                    "spin up 4.1, the same app (sqlite store)",
                     &spin.app.url,
                     &spin.pids(),
                     args,

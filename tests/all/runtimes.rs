@@ -77,7 +77,10 @@ async fn framed_answers(
             .unwrap_or_else(|| panic!("{method} {path}: no Content-Length in\n{head}"));
         while buf.len() < head_end + length {
             let mut chunk = [0u8; 4096];
-            let n = conn.read(&mut chunk).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut chunk))
+                .await
+                .expect("the body within 30 s")
+                .unwrap();
             assert!(n > 0, "{method} {path}: the connection closed mid-body");
             buf.extend_from_slice(&chunk[..n]);
         }

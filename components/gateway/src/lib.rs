@@ -169,7 +169,7 @@ async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, Api
 /// Every answer carries its `Content-Length`: the body is known whole, and without it the server frames it as
 /// chunked, ending with a separate 5-byte terminator once the body stream closes. Under `spin up` (4.1, which
 /// does not set `TCP_NODELAY`) that terminator waited for the client's delayed ACK: a keep-alive client saw
-/// every other answer ~40 ms late (BENCHMARKS.md, "under spin up").
+/// every other answer ~40 ms late (BENCHMARKS.md, "Answers framed by their length").
 #[http_service]
 async fn handle(req: Request) -> impl IntoResponse {
     let mut reply = answer(req).await;
