@@ -68,6 +68,14 @@ enum Kv {
     Redis,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Runtime {
+    /// `esim402 up` (the host this repository builds).
+    Esim402,
+    /// The real `spin up` (Spin 4.1) under `esim402 devstack`, on Spin's SQLite store.
+    Spin,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     about = "Load generator for the esim402 host and its peers (loopback only, bounded in time)"
@@ -106,6 +114,9 @@ struct Args {
     /// same processes, and summarise the ratios over the rounds (min, median, max).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
     rounds: u32,
+    /// paid: what serves the app.
+    #[arg(long, value_enum, default_value = "esim402")]
+    runtime: Runtime,
     /// compare402: also measure the same app under the real `spin up` (Spin 4.1: `SPIN_BIN`, `spin` on `PATH`, or
     /// the archive in `../shared/tools/`, unpacked beside this binary) on Spin's SQLite store.
     #[arg(long)]
@@ -448,6 +459,7 @@ mod dispatch;
 mod kvstore;
 mod native402;
 mod paid;
+mod spin;
 mod usage;
 mod verify;
 
@@ -612,10 +624,26 @@ fn main() -> anyhow::Result<()> {
         return rt.block_on(verify::run(count, args.concurrency));
     }
     if let Scenario::Paid = args.scenario {
-        let (host, url, printed) = Host::start(&args, true)?;
         let kv = format!("{:?}", args.kv);
+        if let Runtime::Spin = args.runtime {
+            let stack = spin::SpinStack::start(&args)?;
+            let result = rt.block_on(paid::run(
+                stack.server_pid(),
+                &stack.processes(),
+                &stack.url,
+                &stack.printed,
+                args.count.unwrap_or(200),
+                args.concurrency,
+                duration,
+                &format!("{kv}, under spin up"),
+            ));
+            drop(stack);
+            return result;
+        }
+        let (host, url, printed) = Host::start(&args, true)?;
         let result = rt.block_on(paid::run(
-            &host,
+            host.pid(),
+            &host.processes(),
             &url,
             &printed,
             args.count.unwrap_or(200),

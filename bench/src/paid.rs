@@ -29,7 +29,7 @@ use esim402_core::x402::wire::{
 use esim402_host::devstack::chain;
 use serde_json::{Value, json};
 
-use crate::{Host, cpu_time, pct, rss_kib};
+use crate::{cpu_time, pct, rss_kib};
 
 const ACTIVATION: &str = r#"{"region":"us-west","data_mb":100}"#;
 /// us-west's default carrier and the profile type it orders (crates/core/catalog/carriers.toml).
@@ -241,9 +241,15 @@ pub fn demo_agent_key(
     )?)?)
 }
 
-/// Run the scenario against a host started with its dev stack.
+/// Run the scenario against the app at `url` served with its dev stack: `server` is the process that serves it
+/// (its memory is reported), `procs` every process whose CPU time counts, by name.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per runtime, each argument named there"
+)]
 pub async fn run(
-    host: &Host,
+    server: u32,
+    procs: &[(String, u32)],
     url: &str,
     printed: &HashMap<String, String>,
     count: u64,
@@ -277,18 +283,17 @@ pub async fn run(
         .await?
         .error_for_status()
         .context("refill the simulator's pool")?;
-    let (rss_idle, _) = rss_kib(host.pid());
+    let (rss_idle, _) = rss_kib(server);
     let warm = drive(url, &key, warmup, concurrency, Instant::now() + limit).await;
     if !warm.failures.is_empty() {
         bail!("warm-up failed: {}", warm.failures[0]);
     }
-    let procs = host.processes();
     let cpu_before: Vec<Duration> = procs.iter().map(|(_, p)| cpu_time(Some(*p))).collect();
     let bench_before = cpu_time(None);
     let start = Instant::now();
     let mut run = drive(url, &key, count, concurrency, start + limit).await;
     let elapsed = start.elapsed();
-    let (rss, hwm) = rss_kib(host.pid());
+    let (rss, hwm) = rss_kib(server);
     let cpu: Vec<(String, Duration)> = procs
         .iter()
         .zip(&cpu_before)
@@ -335,7 +340,7 @@ pub async fn run(
         ms(&run.challenge, 0.99)
     );
     println!(
-        "host rss idle={:.1}MiB after={:.1}MiB peak={:.1}MiB (host only; anvil and smdp-sim are separate processes)",
+        "server rss idle={:.1}MiB after={:.1}MiB peak={:.1}MiB (the serving process only; anvil and smdp-sim are separate processes)",
         rss_idle as f64 / 1024.0,
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
