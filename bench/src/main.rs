@@ -318,27 +318,36 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        untrack(self.child.id());
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for (pid, cmd) in &self.dev_children {
-            if !cmd.is_empty() && cmdline(*pid) == *cmd {
-                eprintln!("stopping leftover dev-stack child {pid} ({cmd})");
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-            }
-        }
+        stop_child(&mut self.child, Duration::from_secs(5), &self.dev_children);
         if let Some(d) = &self._dir {
             let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Stop a server this bench started (and untrack it): SIGINT to its PID (a host stops its dev stack, `esim402
+/// devstack` its command, then its stack), up to `grace` for it to exit, else SIGKILL; then any of `leftovers`
+/// (PID, command line, read while it ran) still running as it was is killed by its PID.
+fn stop_child(child: &mut Child, grace: Duration, leftovers: &[(u32, String)]) {
+    untrack(child.id());
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for (pid, cmd) in leftovers {
+        if !cmd.is_empty() && cmdline(*pid) == *cmd {
+            eprintln!("stopping leftover process {pid} ({cmd})");
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{Args, Kv, children_of, cmdline};
+use crate::{Args, Kv, children_of};
 
 /// `esim402 devstack -- spin up …`, running.
 pub struct SpinStack {
@@ -151,27 +151,8 @@ impl SpinStack {
 
 impl Drop for SpinStack {
     fn drop(&mut self) {
-        crate::untrack(self.child.id());
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for (pid, cmd) in &self.tree {
-            if !cmd.is_empty() && cmdline(*pid) == *cmd {
-                eprintln!("stopping leftover process {pid} ({cmd})");
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-        }
+        // `esim402 devstack` stops `spin up` (which stops its trigger process), then its stack.
+        crate::stop_child(&mut self.child, Duration::from_secs(15), &self.tree);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
