@@ -9,6 +9,7 @@
 //! target/release/esim402-bench --scenario dispatch --sim-bin target/release/smdp-sim --concurrency 8
 //! target/release/esim402-bench --scenario verify --count 2000 --concurrency 4
 //! target/release/esim402-bench --scenario paid --kv memory --count 200 --concurrency 4 --duration 60
+//! target/release/esim402-bench --scenario paid --runtime spin --count 200 --concurrency 4 --duration 60
 //! target/release/esim402-bench --host-bin target/release/esim402 --scenario compare402 --duration 10
 //! target/release/esim402-bench --host-bin target/release/esim402 --scenario compare-verify --count 2000 --duration 30
 //! ```
@@ -16,7 +17,7 @@
 //! The two `compare*` scenarios measure several peers in one run, one after the other under the same load, and
 //! print a table and the ratios ([`compare`]): `compare402` the host's 402 issuance against the official x402
 //! Python resource server (Flask middleware, `bench/peers/flask_402.py`) and a native axum server running the same
-//! kernel code ([`native402`]); `compare-verify` the host's facilitator `/verify` against the official Python
+//! kernel code ([`native402`]), and with `--spin-peer` the same app under the real `spin up`; `compare-verify` the host's facilitator `/verify` against the official Python
 //! facilitator (`tests/peers/py_facilitator.py`) on the host's dev-stack anvil. The Python peers run with
 //! `--python` (default `tools/.venv/bin/python`, installed by `scripts/setup.sh`).
 
@@ -42,7 +43,8 @@ enum Scenario {
     Dispatch,
     /// x402 `exact` verifications/s: the kernel natively vs `facilitator-verify` in the verifier component.
     Verify,
-    /// Paid activations end to end (402 → sign → PAYMENT-SIGNATURE → 200) on the host's dev stack (anvil).
+    /// Paid activations end to end (402 → sign → PAYMENT-SIGNATURE → 200) on the host's dev stack (anvil);
+    /// `--runtime spin`: the app under the real `spin up` with `esim402 devstack`.
     Paid,
     /// 402 issuance through the host (SQLite), the official x402 Python Flask middleware and a native axum server
     /// with the same kernel code: one table, ratios ours/python and ours/native.
