@@ -534,40 +534,61 @@ impl RedisServer {
         self.child.id()
     }
 
-    /// Start one; fails with a clear message if `redis-server` is not installed.
+    /// Start one; fails with a clear message if `redis-server` is not installed. Ready once it answers `PING`
+    /// on its port while still running: a port that another process took between [`free_port`]'s check and
+    /// Redis binding it (Redis then exits) is not mistaken for Redis, and the next port is tried.
     pub fn start() -> anyhow::Result<Self> {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!("cannot start redis-server (scripts/setup.sh installs it): {e}")
-            })?;
-        let server = Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(server);
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot start redis-server (scripts/setup.sh installs it): {e}")
+                })?;
+            let mut server = Self {
+                child,
+                url: format!("redis://127.0.0.1:{port}"),
+            };
+            for _ in 0..250 {
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break;
+                }
+                if pong(port) {
+                    return Ok(server);
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Dropped: stopped by its PID if it still runs.
         }
-        anyhow::bail!("redis-server did not open port {port}")
+        anyhow::bail!("redis-server did not answer PING on any of 5 ports")
     }
+}
+
+/// Whether a Redis answers `PING` on `port`.
+fn pong(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut answer = [0u8; 7];
+    conn.write_all(b"PING\r\n").is_ok()
+        && conn.read_exact(&mut answer).is_ok()
+        && &answer == b"+PONG\r\n"
 }
 
 impl Drop for RedisServer {
