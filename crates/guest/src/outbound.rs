@@ -32,7 +32,7 @@ pub async fn post(
 ) -> Result<Response, PostError> {
     let uri: Uri = url
         .parse()
-        .map_err(|_| PostError::Invalid(format!("{url} is not a valid URI")))?;
+        .map_err(|_| PostError::Invalid("not a valid URI".into()))?;
     let length = body.len().to_string();
     let list: Vec<(String, Vec<u8>)> = headers
         .iter()
@@ -46,7 +46,8 @@ pub async fn post(
     let (mut contents, contents_rx) = wit_stream::new::<u8>();
     let (trailers, trailers_rx) = wit_future::new(|| Ok(None));
     let (request, _) = Request::new(fields, Some(contents_rx), trailers_rx, None);
-    let invalid = |what: &str| PostError::Invalid(format!("{url}: invalid {what}"));
+    // The URL is not repeated in errors: an RPC URL can carry an API key.
+    let invalid = |what: &str| PostError::Invalid(format!("invalid {what} in the URL"));
     request
         .set_method(&(&Method::POST).into())
         .map_err(|()| invalid("method"))?;
