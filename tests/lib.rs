@@ -216,6 +216,43 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {LOW}..{high}");
 }
 
+/// `esim402 devstack -- spin up` as the README writes it: `<host> devstack -f <manifest> --app-url
+/// http://127.0.0.1:<port> --out-dir <dir> -- <spin> up -f <manifest> --listen 127.0.0.1:<port>
+/// --runtime-config-file <rc> --state-dir <dir>/state`. Arguments added to the command go to `spin up`.
+pub fn devstack_spin_up(
+    host: &Path,
+    spin: &Path,
+    manifest: &Path,
+    port: u16,
+    dir: &Path,
+    rc: &Path,
+) -> Command {
+    let mut cmd = Command::new(host);
+    cmd.arg("devstack")
+        .arg("-f")
+        .arg(manifest)
+        .args([
+            "--app-url",
+            &format!("http://127.0.0.1:{port}"),
+            "--out-dir",
+        ])
+        .arg(dir)
+        .arg("--")
+        .arg(spin)
+        .arg("up")
+        .arg("-f")
+        .arg(manifest)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--runtime-config-file",
+        ])
+        .arg(rc)
+        .arg("--state-dir")
+        .arg(dir.join("state"));
+    cmd
+}
+
 /// Which server runs the app in a child process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Runner {

@@ -233,15 +233,7 @@ impl Host {
             }
             Kv::Sqlite => {
                 let d = std::env::temp_dir().join(format!("esim402-bench-{}", std::process::id()));
-                std::fs::create_dir_all(&d)?;
-                let rc = d.join("runtime-config.toml");
-                std::fs::write(
-                    &rc,
-                    format!(
-                        "[key_value_store.default]\ntype = \"spin\"\npath = \"{}\"\n",
-                        d.join("kv.db").display()
-                    ),
-                )?;
+                let rc = sqlite_runtime_config(&d)?;
                 cmd.arg("--runtime-config-file").arg(&rc);
                 dir = Some(d);
             }
@@ -325,6 +317,20 @@ impl Drop for Host {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// A runtime config in `dir` (created) whose `default` store is Spin's SQLite file `dir/kv.db`; its path.
+fn sqlite_runtime_config(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let rc = dir.join("runtime-config.toml");
+    std::fs::write(
+        &rc,
+        format!(
+            "[key_value_store.default]\ntype = \"spin\"\npath = \"{}\"\n",
+            dir.join("kv.db").display()
+        ),
+    )?;
+    Ok(rc)
 }
 
 /// Stop a server this bench started (and untrack it): SIGINT to its PID (a host stops its dev stack, `esim402

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -36,43 +36,18 @@ impl SpinStack {
         let port = esim402_tests::free_port();
         let url = format!("http://127.0.0.1:{port}");
         let dir = std::env::temp_dir().join(format!("esim402-bench-spin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let rc = dir.join("runtime-config.toml");
-        std::fs::write(
-            &rc,
-            format!(
-                "[key_value_store.default]\ntype = \"spin\"\npath = \"{}\"\n",
-                dir.join("kv.db").display()
-            ),
-        )?;
+        let rc = crate::sqlite_runtime_config(&dir)?;
         let log = std::fs::File::create(dir.join("log"))?;
-        let child = Command::new(&args.host_bin)
-            .arg("devstack")
-            .arg("-f")
-            .arg(&args.manifest)
-            .args(["--app-url", &url, "--out-dir"])
-            .arg(&dir)
-            .arg("--")
-            .arg(&spin)
-            .arg("up")
-            .arg("-f")
-            .arg(&args.manifest)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--runtime-config-file",
-            ])
-            .arg(&rc)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(&args.host_args)
-            .env("ESIM402_LOG", "warn")
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start esim402 devstack -- spin up")?;
+        let child =
+            esim402_tests::devstack_spin_up(&args.host_bin, &spin, &args.manifest, port, &dir, &rc)
+                .args(&args.host_args)
+                .env("ESIM402_LOG", "warn")
+                .env_remove("RUST_BACKTRACE")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("start esim402 devstack -- spin up")?;
         crate::track(child.id(), "INT");
         let mut stack = Self {
             child,

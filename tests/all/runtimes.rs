@@ -420,30 +420,19 @@ async fn esim402_devstack_serves_the_demo_through_spin_up() {
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = std::process::Command::new(esim402_tests::bin_dir().join("esim402"))
-        .arg("devstack")
-        .arg("-f")
-        .arg(repo_root().join("spin.toml"))
-        .args(["--app-url", &app_url, "--out-dir"])
-        .arg(dir.path())
-        .arg("--")
-        .arg(&spin)
-        .arg("up")
-        .arg("-f")
-        .arg(repo_root().join("spin.toml"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--runtime-config-file",
-        ])
-        .arg(&rc)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env("RUST_BACKTRACE", "0")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = esim402_tests::devstack_spin_up(
+        &esim402_tests::bin_dir().join("esim402"),
+        &spin,
+        &repo_root().join("spin.toml"),
+        port,
+        dir.path(),
+        &rc,
+    )
+    .env("RUST_BACKTRACE", "0")
+    .stdout(log.try_clone().unwrap())
+    .stderr(log)
+    .spawn()
+    .unwrap();
     let stop = |child: &mut std::process::Child| {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
