@@ -1,10 +1,12 @@
 //! SIM records (`sim/<iccid>`, kernel `order::StoredSim`): read and written here, by orders and by the
-//! lifecycle alike; and the owner index (`owner/<address>`: the ICCIDs a wallet paid for, oldest first).
+//! lifecycle alike; and the owner index (the ICCIDs a wallet paid for, oldest first: kernel
+//! `order::owner_index`), one write-once slot per SIM, so that indexing never rewrites what is already there.
 
 use esim402_core::esim::Iccid;
+use esim402_core::join::join_all;
 use esim402_core::order::StoredSim;
 use esim402_core::store::keys;
-use esim402_guest::convert::{invalid, kv_err};
+use esim402_guest::convert::{internal, invalid, kv_err, store_err};
 use esim402_guest::{kv, wit};
 
 /// Parse an ICCID (`invalid-input` on `iccid`).
@@ -27,27 +29,47 @@ pub async fn put(sim: &StoredSim) -> Result<(), wit::Error> {
         .map_err(kv_err)
 }
 
-/// Add `iccid` to `owner`'s index (once).
+/// Add `iccid` to `owner`'s index: one `increment` reserves the next slot, one write fills it. A crash in
+/// between leaves an empty slot (skipped); indexing the same SIM again adds a slot that listing ignores.
 pub async fn index_owner(
     owner: esim402_core::chain::Address,
     iccid: &str,
 ) -> Result<(), wit::Error> {
-    kv::update_json::<Vec<String>, wit::Error>(&keys::owner_sims(owner), |current| {
-        let mut list = current.unwrap_or_default();
-        if !list.iter().any(|i| i == iccid) {
-            list.push(iccid.to_owned());
-        }
-        Ok(list)
-    })
-    .await
-    .map(drop)
-    .map_err(kv_err)
+    let slot = kv::increment::<wit::Error>(&keys::owner_slots(owner), 1).map_err(kv_err)?;
+    let slot = u64::try_from(slot).map_err(|_| internal("the owner index counter is negative"))?;
+    kv::default_store::<wit::Error>()
+        .await
+        .map_err(kv_err)?
+        .set(&keys::owner_slot(owner, slot), iccid.as_bytes())
+        .await
+        .map_err(store_err)
 }
 
-/// The ICCIDs `owner` paid for.
+/// Slots read at once when listing.
+const READ_AHEAD: u64 = 32;
+
+/// The ICCIDs `owner` paid for, oldest first.
 pub async fn owned(owner: esim402_core::chain::Address) -> Result<Vec<String>, wit::Error> {
-    kv::get_json::<Vec<String>, wit::Error>(&keys::owner_sims(owner))
+    let legacy = kv::get_json::<Vec<String>, wit::Error>(&keys::owner_sims(owner))
         .await
-        .map(Option::unwrap_or_default)
-        .map_err(kv_err)
+        .map_err(kv_err)?
+        .unwrap_or_default();
+    let slots = kv::increment::<wit::Error>(&keys::owner_slots(owner), 0).map_err(kv_err)?;
+    let slots = u64::try_from(slots).unwrap_or(0);
+    let store = kv::default_store::<wit::Error>().await.map_err(kv_err)?;
+    let mut filled = Vec::new();
+    let mut next = 1;
+    while next <= slots {
+        let last = slots.min(next + READ_AHEAD - 1);
+        let read = join_all((next..=last).map(|n| store.get(keys::owner_slot(owner, n)))).await;
+        for bytes in read {
+            filled.push(
+                bytes
+                    .map_err(store_err)?
+                    .and_then(|b| String::from_utf8(b).ok()),
+            );
+        }
+        next = last + 1;
+    }
+    Ok(esim402_core::order::owner_index(legacy, filled))
 }

@@ -1,6 +1,6 @@
 //! Carrier orders, as dispatch keeps them: the journal of one paid order (`order/<invoice id>`), the SIM it
-//! produced (`sim/<iccid>`), the failover plan across a region's carriers, the rules of switching a SIM, and the
-//! carrier-side cleanups still owed. Dispatch loads, calls a function here, and writes the result with a
+//! produced (`sim/<iccid>`), the failover plan across a region's carriers, the rules of switching a SIM, the
+//! carrier-side cleanups still owed, and the owner index (the SIMs a wallet paid for, [`owner_index`]). Dispatch loads, calls a function here, and writes the result with a
 //! versioned-cell update; every rule is here and tested natively.
 //!
 //! An order is driven by one caller at a time: [`claim`] hands the journal to a new driver (a random token,
@@ -343,6 +343,25 @@ pub fn take(mut queue: Vec<Cleanup>, max: usize) -> (Vec<Cleanup>, Vec<Cleanup>)
     (queue, taken)
 }
 
+/// A wallet's SIMs, oldest first, from its owner index: the list kept under `owner/<address>` before the index
+/// had slots (read, never written again), then the ICCID of each slot in slot order.
+///
+/// Each SIM a wallet pays for takes the next slot of its index: one `increment` reserves it, one write fills
+/// it, so indexing costs the same for a wallet's first SIM and its ten-thousandth, and two of its orders never
+/// wait for each other. A slot reserved by an order that crashed before filling it is `None` and skipped; an
+/// order resumed after a crash may index its SIM again, so an ICCID counts once, at its first place.
+pub fn owner_index(
+    legacy: Vec<String>,
+    slots: impl IntoIterator<Item = Option<String>>,
+) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    legacy
+        .into_iter()
+        .chain(slots.into_iter().flatten())
+        .filter(|iccid| seen.insert(iccid.clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,5 +558,30 @@ mod tests {
         })
         .unwrap();
         assert_eq!(json["kind"], "cancel");
+    }
+
+    #[test]
+    fn the_owner_index_keeps_first_places_and_skips_empty_slots() {
+        let s = |v: &str| v.to_owned();
+        assert_eq!(owner_index(vec![], []), Vec::<String>::new());
+        assert_eq!(
+            owner_index(
+                vec![s("8901"), s("8902")],
+                [
+                    Some(s("8903")),
+                    None,
+                    Some(s("8902")),
+                    Some(s("8904")),
+                    Some(s("8903"))
+                ],
+            ),
+            vec![s("8901"), s("8902"), s("8903"), s("8904")],
+            "legacy list first; an unfilled slot skipped; a re-indexed SIM at its first place"
+        );
+        assert_eq!(
+            owner_index(vec![], [Some(s("b")), Some(s("a"))]),
+            vec![s("b"), s("a")],
+            "slot order, not sorted"
+        );
     }
 }

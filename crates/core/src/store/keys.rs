@@ -14,7 +14,8 @@
 //! | `refund/<invoice id>`, `refund/queue` | verifier | refunds owed and paid (`crate::refund`), and the ids not paid yet |
 //! | `order/<invoice id>` | dispatch | the journal of one paid carrier order (`crate::order`) |
 //! | `sim/<iccid>` | dispatch | a SIM, with its owner and access-token hash (`crate::auth::SimAccess`) |
-//! | `owner/<address>` | dispatch | the ICCIDs a wallet paid for (listing) |
+//! | `owner/<address>/n`, `owner/<address>/s/<slot>` | dispatch | the owner index (listing, `crate::order::owner_index`): counter of slots reserved, and one slot per SIM a wallet paid for (its ICCID, a plain value) |
+//! | `owner/<address>` | dispatch | the same index as one list, from before it had slots: read, never written |
 //! | `auth/nonce/<address>/<nonce>` | dispatch | claim counter: a sign-in nonce used (once per wallet) |
 //! | `secret/sim-token-key` | dispatch | the access-token key generated on first use when `access_token_secret` is not set |
 //! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
@@ -24,8 +25,9 @@
 //! | `meter/<iccid>/chunks`, `meter/<iccid>/c/<chunk>` | metering | counter and chunks of the SIM's receipt log: one chunk per batch per SIM (`crate::usage::ingest::LogEntry`, `log_position`) |
 //! | `rcpt/<carrier>/<session>/<seq>`, `rcpt/x/<digest>` | metering | claim counters: a receipt charged, a dispute kept (once each) |
 //!
-//! Every value is a versioned cell (`super::cell`), so each key also has `<key>@v<n>` claim counters and
-//! `<key>@v<n>.<token>` proposals beside it.
+//! Every value but the counters and the write-once slots (an owner index's slots, a receipt log's chunks: each
+//! written once, by the `increment` that reserved it) is a versioned cell (`super::cell`), so each such key
+//! also has `<key>@v<n>` claim counters and `<key>@v<n>.<token>` proposals beside it.
 
 use crate::chain::Address;
 use crate::ids::InvoiceId;
@@ -114,9 +116,19 @@ pub fn auth_nonce(address: Address, nonce: &str) -> String {
 /// The generated access-token key.
 pub const SIM_TOKEN_KEY: &str = "secret/sim-token-key";
 
-/// The ICCIDs a wallet paid for, oldest first.
+/// The ICCIDs a wallet paid for, oldest first, as one list: the owner index before it had slots (read only).
 pub fn owner_sims(address: Address) -> String {
     format!("owner/{address:#x}")
+}
+
+/// The counter of a wallet's owner index: slots reserved so far.
+pub fn owner_slots(address: Address) -> String {
+    format!("owner/{address:#x}/n")
+}
+
+/// One slot of a wallet's owner index: the ICCID of one SIM it paid for.
+pub fn owner_slot(address: Address, slot: u64) -> String {
+    format!("owner/{address:#x}/s/{slot}")
 }
 
 /// Carrier cleanups still owed.

@@ -923,3 +923,99 @@ async fn callbacks_need_the_issuing_carriers_credential() {
         "{r:?}"
     );
 }
+
+async fn list_sims(kit: &mut Kit, nonce: &str) -> Vec<String> {
+    let wallet = types::WalletProof {
+        address: OWNER.to_owned(),
+        nonce: nonce.to_owned(),
+    };
+    kit.call(async move |a, g| g.dispatch().call_list_sims(a, wallet, None).await)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.iccid)
+        .collect()
+}
+
+/// Each SIM a wallet pays for takes one write-once slot of its owner index: nothing already indexed is
+/// rewritten (no growing list, no cell versions), listing reads the list kept before slots existed first, and
+/// skips a slot an order reserved but never filled or a SIM indexed twice.
+#[tokio::test]
+async fn the_owner_index_takes_one_slot_per_sim_and_never_rewrites_one() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let mut iccids = Vec::new();
+    for i in 0..3 {
+        let sim = order(
+            &mut kit,
+            request("us-west", None),
+            &format!("inv-owner-{i}"),
+        )
+        .await
+        .unwrap();
+        iccids.push(sim.iccid);
+    }
+    let owner = OWNER.to_lowercase();
+    let kv = kit.kv().clone();
+    let raw = |key: String| {
+        let kv = kv.clone();
+        async move { kv.get(&key).await.unwrap() }
+    };
+    for (slot, iccid) in iccids.iter().enumerate() {
+        assert_eq!(
+            raw(format!("owner/{owner}/s/{}", slot + 1))
+                .await
+                .as_deref(),
+            Some(iccid.as_bytes()),
+            "slot {} holds the SIM's ICCID as it is",
+            slot + 1
+        );
+    }
+    assert_eq!(
+        kit.kv()
+            .increment(&format!("owner/{owner}/n"), 0)
+            .await
+            .unwrap(),
+        3
+    );
+    let keys = kit.kv().keys().await.unwrap();
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k == &format!("owner/{owner}") || k.contains("/s/") && k.contains('@')),
+        "no list and no cell versions under the owner index: {keys:?}"
+    );
+    assert_eq!(list_sims(&mut kit, "list0001").await, iccids);
+
+    // The list of an index from before slots (oldest first), a reserved slot never filled (a crash between
+    // the increment and the write), and a SIM indexed again (an order resumed after a crash).
+    let legacy = serde_json::to_vec(&[&iccids[1], &iccids[0]]).unwrap();
+    kit.kv_put(&format!("owner/{owner}"), &legacy).await;
+    assert_eq!(
+        kit.kv()
+            .increment(&format!("owner/{owner}/n"), 2)
+            .await
+            .unwrap(),
+        5
+    );
+    kit.kv()
+        .set(&format!("owner/{owner}/s/5"), iccids[0].as_bytes())
+        .await
+        .unwrap();
+    let later = order(&mut kit, request("us-west", None), "inv-owner-3")
+        .await
+        .unwrap();
+    assert_eq!(
+        raw(format!("owner/{owner}/s/6")).await.as_deref(),
+        Some(later.iccid.as_bytes())
+    );
+    assert_eq!(
+        list_sims(&mut kit, "list0002").await,
+        vec![
+            iccids[1].clone(),
+            iccids[0].clone(),
+            iccids[2].clone(),
+            later.iccid.clone()
+        ]
+    );
+}
