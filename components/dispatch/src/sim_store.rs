@@ -45,8 +45,8 @@ pub async fn index_owner(
         .map_err(store_err)
 }
 
-/// Slots read at once when listing.
-const READ_AHEAD: u64 = 32;
+/// Slots (and SIMs) read at once when listing.
+pub const READ_AHEAD: usize = 32;
 
 /// The ICCIDs `owner` paid for, oldest first.
 pub async fn owned(owner: esim402_core::chain::Address) -> Result<Vec<String>, wit::Error> {
@@ -60,7 +60,7 @@ pub async fn owned(owner: esim402_core::chain::Address) -> Result<Vec<String>, w
     let mut filled = Vec::new();
     let mut next = 1;
     while next <= slots {
-        let last = slots.min(next + READ_AHEAD - 1);
+        let last = slots.min(next + READ_AHEAD as u64 - 1);
         let read = join_all((next..=last).map(|n| store.get(keys::owner_slot(owner, n)))).await;
         for bytes in read {
             filled.push(

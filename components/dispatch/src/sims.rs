@@ -8,6 +8,7 @@
 use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
 use esim402_core::esim::{Eid, Iccid, ProfileState, SimAction, SimState, profile_state_after};
+use esim402_core::join::join_all;
 use esim402_core::order::{StoredSim, SwitchTarget, check_switch};
 use esim402_core::store::keys;
 use esim402_core::{CarrierId, DataMb, Region};
@@ -36,12 +37,19 @@ pub async fn list(
     owner: esim402_core::chain::Address,
     label: Option<&str>,
 ) -> Result<Vec<wit::Sim>, wit::Error> {
+    let owned = crate::sim_store::owned(owner).await?;
     let mut out = Vec::new();
-    for iccid in crate::sim_store::owned(owner).await? {
-        if let Some(sim) = load(&parse_iccid(&iccid)?).await?
-            && label.is_none_or(|l| sim.label.as_deref() == Some(l))
-        {
-            out.push(sim_to_wit(&sim));
+    for chunk in owned.chunks(crate::sim_store::READ_AHEAD) {
+        let iccids = chunk
+            .iter()
+            .map(|i| parse_iccid(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        for sim in join_all(iccids.iter().map(load)).await {
+            if let Some(sim) = sim?
+                && label.is_none_or(|l| sim.label.as_deref() == Some(l))
+            {
+                out.push(sim_to_wit(&sim));
+            }
         }
     }
     Ok(out)
