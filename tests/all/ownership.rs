@@ -260,6 +260,37 @@ async fn the_payer_lists_its_sims_by_agent_label() {
     let (status, all) = list("", Some(("sign-in-with-x", s.sign_in("/v1/esim")))).await;
     assert_eq!(status, 200, "{all}");
     assert_eq!(all["sims"].as_array().unwrap().len(), 2, "{all}");
+    assert_eq!(all["next"], Value::Null, "{all}");
+    // A page at a time, oldest first: `next` is the following page's `after`.
+    let (status, first) = list(
+        "?limit=1",
+        Some(("sign-in-with-x", s.sign_in("/v1/esim?limit=1"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["sims"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(first["sims"][0]["agent_id"], "pump-1", "{first}");
+    assert_eq!(first["next"], 1, "{first}");
+    let (status, second) = list(
+        "?after=1&limit=1",
+        Some(("sign-in-with-x", s.sign_in("/v1/esim?after=1&limit=1"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["sims"][0]["agent_id"], "pump-2", "{second}");
+    assert_eq!(second["next"], Value::Null, "{second}");
+    for (query, field) in [
+        ("?limit=0", "limit"),
+        ("?limit=1001", "limit"),
+        ("?after=-1", "after"),
+    ] {
+        let (status, e) = list(query, None).await;
+        assert_eq!(
+            (status, e["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {e}"
+        );
+    }
     let (status, one) = list(
         "?agent_id=pump-2",
         Some(("sign-in-with-x", s.sign_in("/v1/esim?agent_id=pump-2"))),

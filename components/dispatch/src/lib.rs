@@ -12,7 +12,7 @@
 //! - [`sims`]: SIM records, lifecycle, switches and download-progress callbacks;
 //! - [`access`]: who may manage a SIM (owner, access tokens, sign-in nonces).
 //!
-//! Keys it writes: `order/`, `sim/`, `cleanup/queue`, `auth/`, `secret/sim-token-key`. Matching IDs (inside activation codes) are secrets:
+//! Keys it writes: `order/`, `sim/`, `owner/`, `cleanup/queue`, `auth/`, `secret/sim-token-key`. Matching IDs (inside activation codes) are secrets:
 //! stored and returned, never logged.
 
 mod bindings {
@@ -48,7 +48,7 @@ mod sim_store;
 mod sims;
 mod spec;
 
-use bindings::exports::esim402::dispatch::dispatch::Guest;
+use bindings::exports::esim402::dispatch::dispatch::{Guest, SimPage};
 use esim402_guest::convert::{invalid, sim_to_wit};
 use esim402_guest::wit;
 
@@ -114,9 +114,10 @@ impl Guest for Component {
     async fn list_sims(
         wallet: wit::WalletProof,
         label: Option<String>,
-    ) -> Result<Vec<wit::Sim>, wit::Error> {
-        let owner = access::claim_wallet(&wallet)?;
-        sims::list(owner, label.as_deref()).await
+        after: u64,
+        limit: u32,
+    ) -> Result<SimPage, wit::Error> {
+        sims::list(&wallet, label.as_deref(), after, limit).await
     }
 
     async fn authorize(iccid: String, credential: wit::Credential) -> Result<wit::Sim, wit::Error> {

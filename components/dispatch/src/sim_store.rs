@@ -4,7 +4,7 @@
 
 use esim402_core::esim::Iccid;
 use esim402_core::join::join_all;
-use esim402_core::order::StoredSim;
+use esim402_core::order::{self, StoredSim};
 use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid, kv_err, store_err};
 use esim402_guest::{kv, wit};
@@ -48,20 +48,29 @@ pub async fn index_owner(
 /// Slots (and SIMs) read at once when listing.
 pub const READ_AHEAD: usize = 32;
 
-/// The ICCIDs `owner` paid for, oldest first.
-pub async fn owned(owner: esim402_core::chain::Address) -> Result<Vec<String>, wit::Error> {
+/// One page of the ICCIDs `owner` paid for, oldest first (kernel `order::owner_page`), and the next page's
+/// cursor.
+pub async fn owned(
+    owner: esim402_core::chain::Address,
+    after: u64,
+    limit: u32,
+) -> Result<(Vec<String>, Option<u64>), wit::Error> {
     let legacy = kv::get_json::<Vec<String>, wit::Error>(&keys::owner_sims(owner))
         .await
         .map_err(kv_err)?
         .unwrap_or_default();
     let slots = kv::increment::<wit::Error>(&keys::owner_slots(owner), 0).map_err(kv_err)?;
-    let slots = u64::try_from(slots).unwrap_or(0);
+    let page = order::owner_page(
+        legacy.len(),
+        u64::try_from(slots).unwrap_or(0),
+        after,
+        limit,
+    );
     let store = kv::default_store::<wit::Error>().await.map_err(kv_err)?;
-    let mut filled = Vec::new();
-    let mut next = 1;
-    while next <= slots {
-        let last = slots.min(next + READ_AHEAD as u64 - 1);
-        let read = join_all((next..=last).map(|n| store.get(keys::owner_slot(owner, n)))).await;
+    let wanted: Vec<u64> = page.slots.clone().collect();
+    let mut filled = Vec::with_capacity(wanted.len());
+    for chunk in wanted.chunks(READ_AHEAD) {
+        let read = join_all(chunk.iter().map(|&n| store.get(keys::owner_slot(owner, n)))).await;
         for bytes in read {
             filled.push(
                 bytes
@@ -69,7 +78,6 @@ pub async fn owned(owner: esim402_core::chain::Address) -> Result<Vec<String>, w
                     .and_then(|b| String::from_utf8(b).ok()),
             );
         }
-        next = last + 1;
     }
-    Ok(esim402_core::order::owner_index(legacy, filled))
+    Ok((order::owner_index(&legacy, &page, filled), page.next))
 }

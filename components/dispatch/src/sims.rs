@@ -16,6 +16,7 @@ use esim402_guest::convert::{internal, invalid, kv_err, sim_to_wit};
 use esim402_guest::kv::{self, Change};
 use esim402_guest::{util, wit};
 
+use crate::bindings::exports::esim402::dispatch::dispatch::SimPage;
 use crate::config::Config;
 use crate::ordering;
 use crate::sim_store::{load, parse_iccid};
@@ -32,13 +33,23 @@ pub async fn get(iccid: &str) -> Result<Option<wit::Sim>, wit::Error> {
     Ok(load(&parse_iccid(iccid)?).await?.map(|s| sim_to_wit(&s)))
 }
 
-/// `list-sims`: the SIMs `owner` paid for (the owner index, `owner/<address>`), only `label`'s if given.
+/// `list-sims`: one page of the SIMs the signed-in wallet paid for (its owner index,
+/// [`crate::sim_store::owned`]), only `label`'s if given. The page is checked before the wallet's nonce is used.
 pub async fn list(
-    owner: esim402_core::chain::Address,
+    wallet: &wit::WalletProof,
     label: Option<&str>,
-) -> Result<Vec<wit::Sim>, wit::Error> {
-    let owned = crate::sim_store::owned(owner).await?;
-    let mut out = Vec::new();
+    after: u64,
+    limit: u32,
+) -> Result<SimPage, wit::Error> {
+    if !(1..=esim402_core::order::MAX_PAGE).contains(&limit) {
+        return Err(invalid(
+            "limit",
+            format!("limit must be 1-{}", esim402_core::order::MAX_PAGE),
+        ));
+    }
+    let owner = crate::access::claim_wallet(wallet)?;
+    let (owned, next) = crate::sim_store::owned(owner, after, limit).await?;
+    let mut sims = Vec::new();
     for chunk in owned.chunks(crate::sim_store::READ_AHEAD) {
         let iccids = chunk
             .iter()
@@ -48,11 +59,11 @@ pub async fn list(
             if let Some(sim) = sim?
                 && label.is_none_or(|l| sim.label.as_deref() == Some(l))
             {
-                out.push(sim_to_wit(&sim));
+                sims.push(sim_to_wit(&sim));
             }
         }
     }
-    Ok(out)
+    Ok(SimPage { sims, next })
 }
 
 /// `resume-order`: finish the order that left the SIM pending (same invoice, same carrier, same confirm call

@@ -23,18 +23,27 @@ pub async fn get_sim(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     Ok(json(200, crate::convert::sim_value(&sim).to_string()))
 }
 
-/// `GET /v1/esim[?agent_id=…]`: the SIMs the signed-in wallet paid for (a wallet sign-in: access tokens are
-/// per SIM), optionally only one agent's (`X-Agent-ID` at activation).
+/// SIMs on one listing page unless `limit` says otherwise.
+const DEFAULT_PAGE: u32 = 100;
+
+/// `GET /v1/esim[?agent_id=…][&after=…][&limit=…]`: the SIMs the signed-in wallet paid for, oldest first, a
+/// page at a time (a wallet sign-in: access tokens are per SIM), optionally only one agent's (`X-Agent-ID` at
+/// activation). `next` is the `after` of the next page (`null` after the last); with `agent_id`, a page may
+/// hold fewer than `limit` SIMs while more follow.
 pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
-    let mut label = None;
-    crate::query::params(req.uri().query(), "agent_id", |k, v| {
-        if k != "agent_id" {
-            return Ok(false);
+    let (mut label, mut after, mut limit) = (None, 0, DEFAULT_PAGE);
+    crate::query::params(req.uri().query(), "agent_id, after or limit", |k, v| {
+        match k {
+            "agent_id" => {
+                label = Some(
+                    esim402_core::order::parse_agent_label(v)
+                        .map_err(|e| ApiError::invalid("agent_id", e))?,
+                );
+            }
+            "after" => after = crate::query::uint(k, v)?,
+            "limit" => limit = crate::query::limit(v, esim402_core::order::MAX_PAGE)?,
+            _ => return Ok(false),
         }
-        label = Some(
-            esim402_core::order::parse_agent_label(v)
-                .map_err(|e| ApiError::invalid("agent_id", e))?,
-        );
         Ok(true)
     })?;
     let wit::Credential::Wallet(wallet) = crate::auth::credential(req, false)? else {
@@ -43,9 +52,14 @@ pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
             "listing SIMs needs the payer's SIGN-IN-WITH-X wallet sign-in (access tokens open one SIM each)",
         ));
     };
-    let sims = dispatch::list_sims(wallet, label).await.map_err(from_wit)?;
-    let list: Vec<serde_json::Value> = sims.iter().map(crate::convert::sim_value).collect();
-    Ok(json(200, serde_json::json!({ "sims": list }).to_string()))
+    let page = dispatch::list_sims(wallet, label, after, limit)
+        .await
+        .map_err(from_wit)?;
+    let list: Vec<serde_json::Value> = page.sims.iter().map(crate::convert::sim_value).collect();
+    Ok(json(
+        200,
+        serde_json::json!({ "sims": list, "next": page.next }).to_string(),
+    ))
 }
 
 /// `POST /v1/esim/{iccid}/refresh`: finish an order that outlived its request (the carrier is asked again).

@@ -343,21 +343,63 @@ pub fn take(mut queue: Vec<Cleanup>, max: usize) -> (Vec<Cleanup>, Vec<Cleanup>)
     (queue, taken)
 }
 
-/// A wallet's SIMs, oldest first, from its owner index: the list kept under `owner/<address>` before the index
-/// had slots (read, never written again), then the ICCID of each slot in slot order.
+/// The most SIMs one listing page covers.
+pub const MAX_PAGE: u32 = 1_000;
+
+/// Which positions of a wallet's owner index one listing page covers ([`owner_page`]).
 ///
-/// Each SIM a wallet pays for takes the next slot of its index: one `increment` reserves it, one write fills
-/// it, so indexing costs the same for a wallet's first SIM and its ten-thousandth, and two of its orders never
-/// wait for each other. A slot reserved by an order that crashed before filling it is `None` and skipped; an
-/// order resumed after a crash may index its SIM again, so an ICCID counts once, at its first place.
+/// The owner index lists a wallet's SIMs oldest first: the list kept under `owner/<address>` before the index
+/// had slots (read, never written again), then one slot per SIM. Each SIM a wallet pays for takes the next
+/// slot: one `increment` reserves it, one write fills it, so indexing costs the same for a wallet's first SIM
+/// and its ten-thousandth, and two of its orders never wait for each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerPage {
+    /// Positions in the old list.
+    pub legacy: std::ops::Range<usize>,
+    /// Slots (numbered from 1; empty when the page ends inside the old list).
+    pub slots: std::ops::Range<u64>,
+    /// The `after` of the next page; `None` after the last.
+    pub next: Option<u64>,
+}
+
+/// The page of `limit` positions after the first `after` (1 to [`MAX_PAGE`]; the caller validates), of an
+/// index holding `legacy_len` old entries and `slots` reserved slots.
+pub fn owner_page(legacy_len: usize, slots: u64, after: u64, limit: u32) -> OwnerPage {
+    let legacy_len = u64::try_from(legacy_len).unwrap_or(u64::MAX);
+    let total = legacy_len.saturating_add(slots);
+    let start = after.min(total);
+    let end = start.saturating_add(u64::from(limit)).min(total);
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let legacy = to_usize(start.min(legacy_len))..to_usize(end.min(legacy_len));
+    // Position p >= legacy_len is slot p - legacy_len + 1 (slot counters are `increment`s: below 2^63).
+    let slot = |p: u64| {
+        p.max(legacy_len)
+            .saturating_sub(legacy_len)
+            .saturating_add(1)
+    };
+    let slots = slot(start)..slot(end);
+    OwnerPage {
+        legacy,
+        slots,
+        next: (end < total).then_some(end),
+    }
+}
+
+/// The ICCIDs of one page, in index order: `legacy` is the whole old list, `page` the page, `slots` what its
+/// slots hold (`None`: reserved by an order that crashed before filling it, skipped). An order resumed after a
+/// crash may index its SIM again; a SIM is listed at its first place on the page and never again after the
+/// old list lists it (a slot on a later page than the SIM's first slot can still repeat it).
 pub fn owner_index(
-    legacy: Vec<String>,
+    legacy: &[String],
+    page: &OwnerPage,
     slots: impl IntoIterator<Item = Option<String>>,
 ) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    legacy
-        .into_iter()
-        .chain(slots.into_iter().flatten())
+    let in_legacy = |iccid: &String| legacy.contains(iccid);
+    legacy[page.legacy.clone()]
+        .iter()
+        .cloned()
+        .chain(slots.into_iter().flatten().filter(|i| !in_legacy(i)))
         .filter(|iccid| seen.insert(iccid.clone()))
         .collect()
 }
@@ -561,12 +603,44 @@ mod tests {
     }
 
     #[test]
+    fn owner_pages_cover_the_old_list_then_the_slots() {
+        let page = |legacy, slots, after, limit| owner_page(legacy, slots, after, limit);
+        let p = |legacy: std::ops::Range<usize>, slots: std::ops::Range<u64>, next| OwnerPage {
+            legacy,
+            slots,
+            next,
+        };
+        // Slots only: 5 slots, pages of 2.
+        assert_eq!(page(0, 5, 0, 2), p(0..0, 1..3, Some(2)));
+        assert_eq!(page(0, 5, 2, 2), p(0..0, 3..5, Some(4)));
+        assert_eq!(page(0, 5, 4, 2), p(0..0, 5..6, None));
+        // Past the end, or nothing at all: an empty page, the last.
+        assert!(page(0, 5, 9, 2).slots.is_empty());
+        assert_eq!(page(0, 5, 9, 2).next, None);
+        assert!(page(0, 0, 0, 100).slots.is_empty());
+        // An old list of 3, then 4 slots: a page inside the list, one across the boundary, one in the slots.
+        assert_eq!(page(3, 4, 0, 2), p(0..2, 1..1, Some(2)));
+        assert_eq!(page(3, 4, 2, 3), p(2..3, 1..3, Some(5)));
+        assert_eq!(page(3, 4, 5, 100), p(3..3, 3..5, None));
+        // Huge cursors and limits do not overflow.
+        assert_eq!(page(3, 4, u64::MAX, MAX_PAGE).next, None);
+        assert_eq!(
+            page(usize::MAX, u64::MAX, u64::MAX - 1, MAX_PAGE).next,
+            None
+        );
+        let top = u64::try_from(i64::MAX).unwrap();
+        assert_eq!(page(0, top, top - 1, MAX_PAGE), p(0..0, top..top + 1, None));
+    }
+
+    #[test]
     fn the_owner_index_keeps_first_places_and_skips_empty_slots() {
         let s = |v: &str| v.to_owned();
-        assert_eq!(owner_index(vec![], []), Vec::<String>::new());
+        let legacy = vec![s("8901"), s("8902")];
+        let whole = owner_page(2, 5, 0, MAX_PAGE);
         assert_eq!(
             owner_index(
-                vec![s("8901"), s("8902")],
+                &legacy,
+                &whole,
                 [
                     Some(s("8903")),
                     None,
@@ -576,10 +650,16 @@ mod tests {
                 ],
             ),
             vec![s("8901"), s("8902"), s("8903"), s("8904")],
-            "legacy list first; an unfilled slot skipped; a re-indexed SIM at its first place"
+            "old list first; an unfilled slot skipped; a re-indexed SIM at its first place"
+        );
+        let second = owner_page(2, 5, 3, 2);
+        assert_eq!(
+            owner_index(&legacy, &second, [None, Some(s("8902"))]),
+            Vec::<String>::new(),
+            "a slot repeating the old list is skipped on any page"
         );
         assert_eq!(
-            owner_index(vec![], [Some(s("b")), Some(s("a"))]),
+            owner_index(&[], &owner_page(0, 2, 0, 10), [Some(s("b")), Some(s("a"))]),
             vec![s("b"), s("a")],
             "slot order, not sorted"
         );

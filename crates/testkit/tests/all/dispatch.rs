@@ -924,18 +924,26 @@ async fn callbacks_need_the_issuing_carriers_credential() {
     );
 }
 
-async fn list_sims(kit: &mut Kit, nonce: &str) -> Vec<String> {
+/// One page of the owner's SIMs: their ICCIDs and the next page's cursor.
+async fn list_sims(
+    kit: &mut Kit,
+    nonce: &str,
+    after: u64,
+    limit: u32,
+) -> Result<(Vec<String>, Option<u64>), types::Error> {
     let wallet = types::WalletProof {
         address: OWNER.to_owned(),
         nonce: nonce.to_owned(),
     };
-    kit.call(async move |a, g| g.dispatch().call_list_sims(a, wallet, None).await)
+    let page = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_list_sims(a, wallet, None, after, limit)
+                .await
+        })
         .await
-        .unwrap()
-        .unwrap()
-        .into_iter()
-        .map(|s| s.iccid)
-        .collect()
+        .unwrap()?;
+    Ok((page.sims.into_iter().map(|s| s.iccid).collect(), page.next))
 }
 
 /// Each SIM a wallet pays for takes one write-once slot of its owner index: nothing already indexed is
@@ -985,7 +993,28 @@ async fn the_owner_index_takes_one_slot_per_sim_and_never_rewrites_one() {
             .any(|k| k == &format!("owner/{owner}") || k.contains("/s/") && k.contains('@')),
         "no list and no cell versions under the owner index: {keys:?}"
     );
-    assert_eq!(list_sims(&mut kit, "list0001").await, iccids);
+    assert_eq!(
+        list_sims(&mut kit, "list0001", 0, 1_000).await.unwrap(),
+        (iccids.clone(), None)
+    );
+    // Pages of two: the cursor is the next position.
+    assert_eq!(
+        list_sims(&mut kit, "list0002", 0, 2).await.unwrap(),
+        (iccids[..2].to_vec(), Some(2))
+    );
+    assert_eq!(
+        list_sims(&mut kit, "list0003", 2, 2).await.unwrap(),
+        (iccids[2..].to_vec(), None)
+    );
+    for limit in [0, 1_001] {
+        let r = list_sims(&mut kit, "list-limit", 0, limit).await;
+        assert!(
+            matches!(&r, Err(types::Error::InvalidInput(f)) if f.field == "limit"),
+            "{r:?}"
+        );
+    }
+    // Refused before the sign-in's nonce was used: it still opens a page.
+    assert!(list_sims(&mut kit, "list-limit", 0, 1).await.is_ok());
 
     // The list of an index from before slots (oldest first), a reserved slot never filled (a crash between
     // the increment and the write), and a SIM indexed again (an order resumed after a crash).
@@ -1009,13 +1038,22 @@ async fn the_owner_index_takes_one_slot_per_sim_and_never_rewrites_one() {
         raw(format!("owner/{owner}/s/6")).await.as_deref(),
         Some(later.iccid.as_bytes())
     );
+    // The old list's 2, then slots 1..=6: 3, the empty slot 4 and the repeat in slot 5 skipped, then 6.
     assert_eq!(
-        list_sims(&mut kit, "list0002").await,
-        vec![
-            iccids[1].clone(),
-            iccids[0].clone(),
-            iccids[2].clone(),
-            later.iccid.clone()
-        ]
+        list_sims(&mut kit, "list0004", 0, 1_000).await.unwrap(),
+        (
+            vec![
+                iccids[1].clone(),
+                iccids[0].clone(),
+                iccids[2].clone(),
+                later.iccid.clone()
+            ],
+            None
+        )
+    );
+    assert_eq!(
+        list_sims(&mut kit, "list0005", 3, 3).await.unwrap(),
+        (vec![iccids[2].clone()], Some(6)),
+        "positions 3-5 are slots 2-4: one SIM, one repeat of the old list, one empty slot"
     );
 }
