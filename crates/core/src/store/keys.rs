@@ -19,7 +19,7 @@
 //! | `auth/nonce/<address>/<nonce>` | dispatch | claim counter: a sign-in nonce used (once per wallet) |
 //! | `secret/sim-token-key` | dispatch | the access-token key generated on first use when `access_token_secret` is not set |
 //! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
-//! | `balance/<iccid>` | metering | a SIM's account: credits, suspension flag, closing refunds (`crate::usage::account`) |
+//! | `balance/<iccid>` | metering | a SIM's account: credits with data left, used-up credits folded, suspension flag, closing refunds (`crate::usage::account`) |
 //! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |
 //! | `meter/<iccid>/unsigned` | metering | counter: disputes kept without a valid carrier signature (capped) |
 //! | `meter/<iccid>/chunks`, `meter/<iccid>/c/<chunk>` | metering | counter and chunks of the SIM's receipt log: one chunk per batch per SIM (`crate::usage::ingest::LogEntry`, `log_position`) |

@@ -11,6 +11,10 @@
 //!   money in micro-USDC.
 //! - **Unused data is refunded at the rate it was bought**: used bytes are taken from the oldest credit first,
 //!   so what is left sits in the newest credits, and each is refunded `paid × unused ÷ bytes`, rounded down.
+//! - **The record stays small however often a SIM tops up**: a credit used up entirely has nothing left to
+//!   refund or move, so [`Account::credit`] folds such credits out of `credits` into [`Spent`] (their bytes,
+//!   and a 128-bit digest of each invoice, which is all "once per invoice" needs). Every receipt batch reads
+//!   the account; without folding it would grow by a full credit record (~300 bytes) per top-up.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +88,28 @@ pub struct RefundShare {
     pub network: String,
 }
 
+/// Credits used up entirely, folded out of an account's `credits` (oldest first: usage takes the oldest credit
+/// first, so only a prefix of the credits can be used up).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    /// Their bytes.
+    pub bytes: u64,
+    /// The digest of each one's invoice ([`invoice_digest`]): an invoice credits an account once, even after
+    /// its credit was folded.
+    pub invoices: Vec<String>,
+}
+
+impl Spent {
+    fn is_empty(&self) -> bool {
+        self.bytes == 0 && self.invoices.is_empty()
+    }
+}
+
+/// The first 128 bits of `keccak256(invoice)`, hex: how a folded credit's invoice is remembered.
+pub fn invoice_digest(invoice: &str) -> String {
+    alloy_primitives::hex::encode(&alloy_primitives::keccak256(invoice.as_bytes())[..16])
+}
+
 /// A SIM's account record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
@@ -93,8 +119,11 @@ pub struct Account {
     pub carrier: CarrierId,
     /// Its roaming policy (receipts from other networks are disputed).
     pub roaming: RoamingPolicy,
-    /// Credits, oldest first.
+    /// Credits not used up yet, oldest first.
     pub credits: Vec<Credit>,
+    /// Credits used up, folded out of `credits`.
+    #[serde(default, skip_serializing_if = "Spent::is_empty")]
+    pub spent: Spent,
     /// Suspended by metering because the balance ran out (resumed by the next credit).
     #[serde(default)]
     pub suspended_for_balance: bool,
@@ -136,6 +165,7 @@ impl Account {
             carrier,
             roaming,
             credits: vec![first],
+            spent: Spent::default(),
             suspended_for_balance: false,
             closed: None,
             moved_to: None,
@@ -154,6 +184,7 @@ impl Account {
             carrier,
             roaming,
             credits,
+            spent: Spent::default(),
             suspended_for_balance: false,
             closed: None,
             moved_to: None,
@@ -181,7 +212,7 @@ impl Account {
         if self.closed.is_some() {
             return Err(AccountError::Closed(self.iccid.to_string()));
         }
-        let moved: Vec<Credit> = unused_parts(&self.credits, used)
+        let moved: Vec<Credit> = unused_parts(&self.credits, self.unspent_use(used))
             .into_iter()
             .map(|(c, left, value)| Credit {
                 bytes: left,
@@ -199,7 +230,32 @@ impl Account {
     pub fn credited(&self) -> u64 {
         self.credits
             .iter()
-            .fold(0u64, |sum, c| sum.saturating_add(c.bytes))
+            .fold(self.spent.bytes, |sum, c| sum.saturating_add(c.bytes))
+    }
+
+    /// The part of `used` taken from `credits` (the rest used up the folded ones).
+    fn unspent_use(&self, used: u64) -> u64 {
+        used.saturating_sub(self.spent.bytes)
+    }
+
+    /// Fold the credits `used` has used up entirely into [`Spent`].
+    fn fold_spent(&mut self, used: u64) {
+        let mut left = self.unspent_use(used);
+        let spent = self
+            .credits
+            .iter()
+            .take_while(|c| {
+                let used_up = c.bytes <= left;
+                if used_up {
+                    left -= c.bytes;
+                }
+                used_up
+            })
+            .count();
+        for c in self.credits.drain(..spent) {
+            self.spent.bytes = self.spent.bytes.saturating_add(c.bytes);
+            self.spent.invoices.push(invoice_digest(&c.invoice));
+        }
     }
 
     /// Bytes left after `used` (negative: usage reported beyond the credit, which the carrier cap prevents
@@ -211,10 +267,13 @@ impl Account {
     /// Whether `invoice` already credited this account.
     pub fn has_credit(&self, invoice: &str) -> bool {
         self.credits.iter().any(|c| c.invoice == invoice)
+            || (!self.spent.invoices.is_empty()
+                && self.spent.invoices.contains(&invoice_digest(invoice)))
     }
 
-    /// Add `credit` (once per invoice). With `used` (the counter's current value): `true` if the SIM was
-    /// suspended for want of balance and now has some, so it should be resumed (the flag is cleared).
+    /// Add `credit` (once per invoice), folding the credits already used up. With `used` (the counter's
+    /// current value, or any earlier one: it only grows): `true` if the SIM was suspended for want of balance
+    /// and now has some, so it should be resumed (the flag is cleared).
     pub fn credit(&mut self, credit: Credit, used: u64) -> Result<bool, AccountError> {
         if self.closed.is_some() {
             return Err(AccountError::Closed(self.iccid.to_string()));
@@ -222,6 +281,7 @@ impl Account {
         if self.has_credit(&credit.invoice) {
             return Err(AccountError::AlreadyCredited(credit.invoice));
         }
+        self.fold_spent(used);
         self.credits.push(credit);
         let resume = self.suspended_for_balance && self.remaining(used) > 0;
         if resume {
@@ -246,7 +306,7 @@ impl Account {
         if let Some(done) = &self.closed {
             return done.clone();
         }
-        let shares = unused_shares(&self.credits, used);
+        let shares = unused_shares(&self.credits, self.unspent_use(used));
         self.closed = Some(shares.clone());
         shares
     }
@@ -479,5 +539,105 @@ mod tests {
             }
         );
         assert_eq!(decide_quota(-7, None), Quota::Low { remaining: 0 });
+    }
+
+    #[test]
+    fn used_up_credits_fold_and_their_invoices_still_credit_once() {
+        let mut a = account(); // inv_a: 10 MB
+        assert_eq!(a.credit(credit("inv_b", 5, 15_000), 0), Ok(false));
+        let used = 12 * BYTES_PER_MB; // inv_a used up, 2 MB of inv_b used
+        assert_eq!(a.credit(credit("inv_c", 10, 30_000), used), Ok(false));
+        assert_eq!(
+            a.credits
+                .iter()
+                .map(|c| c.invoice.as_str())
+                .collect::<Vec<_>>(),
+            ["inv_b", "inv_c"]
+        );
+        assert_eq!(
+            a.spent,
+            Spent {
+                bytes: 10 * BYTES_PER_MB,
+                invoices: vec![invoice_digest("inv_a")],
+            }
+        );
+        assert_eq!(invoice_digest("inv_a").len(), 32);
+        assert_eq!(a.credited(), 25 * BYTES_PER_MB);
+        assert_eq!(a.remaining(used), i128::from(13 * BYTES_PER_MB));
+        assert!(a.has_credit("inv_a"));
+        assert_eq!(
+            a.credit(credit("inv_a", 10, 30_000), used),
+            Err(AccountError::AlreadyCredited("inv_a".into()))
+        );
+        assert_eq!(a.credited(), 25 * BYTES_PER_MB, "nothing credited twice");
+        // The unused 3 MB of inv_b and all of inv_c are refunded at their own rates.
+        let shares = a.clone().close(used);
+        assert_eq!(
+            shares
+                .iter()
+                .map(|s| (s.invoice.as_str(), s.bytes, s.amount.micros()))
+                .collect::<Vec<_>>(),
+            [
+                ("inv_b", 3 * BYTES_PER_MB, 9_000),
+                ("inv_c", 10 * BYTES_PER_MB, 30_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_account_without_folded_credits_is_stored_as_before() {
+        let a = account();
+        let json = serde_json::to_value(&a).unwrap();
+        assert!(json.get("spent").is_none(), "{json}");
+        let back: Account = serde_json::from_value(json).unwrap();
+        assert_eq!(back, a);
+        let mut folded = account();
+        folded
+            .credit(credit("inv_b", 1, 1), 10 * BYTES_PER_MB)
+            .unwrap();
+        let json = serde_json::to_value(&folded).unwrap();
+        assert_eq!(json["spent"]["bytes"], 10 * BYTES_PER_MB, "{json}");
+        assert_eq!(serde_json::from_value::<Account>(json).unwrap(), folded);
+    }
+
+    proptest::proptest! {
+        /// Folding changes nothing a caller sees: against the same credits kept unfolded, the balance, the
+        /// refunds on closing, the credits a switch moves, and which invoices are taken stay the same.
+        #[test]
+        fn folding_is_invisible(
+            steps in proptest::collection::vec((0u64..40, 1u64..20, 0u64..50_000, 0u8..6), 1..40),
+        ) {
+            let mut a = account();
+            let mut all = a.credits.clone();
+            let mut used = 0u64;
+            for (i, (use_mb, mb, paid, repeat)) in steps.into_iter().enumerate() {
+                used += use_mb * BYTES_PER_MB / 4;
+                // Now and then the same invoice again (a retried top-up).
+                let invoice = if repeat == 0 && i > 0 { format!("inv_{}", i - 1) } else { format!("inv_{i}") };
+                let fresh = !all.iter().any(|c| c.invoice == invoice);
+                let r = a.credit(credit(&invoice, mb, paid), used);
+                proptest::prop_assert_eq!(r.is_ok(), fresh, "{:?}", r);
+                if fresh {
+                    all.push(credit(&invoice, mb, paid));
+                }
+                let credited: u64 = all.iter().map(|c| c.bytes).sum();
+                proptest::prop_assert_eq!(a.credited(), credited);
+                proptest::prop_assert_eq!(a.remaining(used), i128::from(credited) - i128::from(used));
+                proptest::prop_assert_eq!(a.clone().close(used), unused_shares(&all, used));
+                let to = Iccid::with_check_digit("894401000000000002").unwrap();
+                let moved = a.clone().transfer_out(&to, used, 9).unwrap();
+                let expected: Vec<(String, u64)> = unused_parts(&all, used)
+                    .into_iter()
+                    .map(|(c, left, _)| (c.invoice.clone(), left))
+                    .collect();
+                proptest::prop_assert_eq!(
+                    moved.into_iter().map(|c| (c.invoice, c.bytes)).collect::<Vec<_>>(),
+                    expected
+                );
+                for c in &all {
+                    proptest::prop_assert!(a.has_credit(&c.invoice));
+                }
+            }
+        }
     }
 }

@@ -382,6 +382,58 @@ async fn exhaustion_is_reported_once_then_a_top_up_resumes() {
     assert!(!top.balance.suspended_for_balance);
 }
 
+async fn top_up_1mb(
+    kit: &mut Kit,
+    iccid: &str,
+    invoice: &str,
+) -> esim402_testkit::metering::Credited {
+    let (s, c) = (sim(iccid, "tmobile"), credit(invoice, 1, 3_000));
+    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A SIM that keeps topping up keeps a small account: each top-up folds the credits used up entirely (their
+/// bytes and a digest of each invoice), and a folded invoice still credits nothing twice.
+#[tokio::test]
+async fn top_ups_fold_used_up_credits_and_the_account_stays_small() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(7);
+    open(&mut kit, &id, 1).await;
+    for n in 1..=20u64 {
+        // Use the whole balance, then top up 1 MB.
+        ingest(
+            &mut kit,
+            vec![receipt(&id, "tmobile", "s", n, MB, "310-260")],
+        )
+        .await;
+        let r = top_up_1mb(&mut kit, &id, &format!("inv_top_{n}")).await;
+        assert!(r.new);
+        assert_eq!(
+            (r.balance.credited_bytes, r.balance.used_bytes),
+            ((n + 1) * MB, n * MB)
+        );
+    }
+    let stored: Value =
+        serde_json::from_slice(&kit.kv_get(&format!("balance/{id}")).await.unwrap()).unwrap();
+    assert_eq!(
+        stored["credits"].as_array().unwrap().len(),
+        1,
+        "only the unused top-up: {stored}"
+    );
+    assert_eq!(
+        stored["spent"]["invoices"].as_array().unwrap().len(),
+        20,
+        "{stored}"
+    );
+    assert_eq!(stored["spent"]["bytes"], 20 * MB);
+    // A folded invoice again (a retried payment): nothing credited.
+    let again = top_up_1mb(&mut kit, &id, "inv_top_3").await;
+    assert!(!again.new);
+    assert_eq!(again.balance.credited_bytes, 21 * MB);
+}
+
 #[tokio::test]
 async fn closing_refunds_unused_data_once_and_refuses_credit() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
