@@ -155,7 +155,8 @@ struct Args {
 /// PID recorded at start.
 struct Host {
     child: Child,
-    _dir: Option<PathBuf>,
+    stopped: bool,
+    dir: Option<PathBuf>,
     /// The host's own children (dev stack) at start: PID and command line.
     dev_children: Vec<(u32, String)>,
 }
@@ -185,6 +186,21 @@ fn cmdline(pid: u32) -> String {
 }
 
 impl Host {
+    /// Stop the host and its dev stack (once); its files stay until it is dropped.
+    fn stop(&mut self) {
+        if !std::mem::replace(&mut self.stopped, true) {
+            stop_child(&mut self.child, Duration::from_secs(5), &self.dev_children);
+        }
+    }
+
+    /// The SQLite file of the host's store (`--kv sqlite`).
+    fn store_file(&self) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|d| d.join("kv.db"))
+            .filter(|f| f.exists())
+    }
+
     /// Start the host; returns it, its URL and what it printed about its dev stack (`key: value` lines, and
     /// `devstack_json`: the facts file's path).
     fn start(
@@ -283,7 +299,8 @@ impl Host {
         Ok((
             Self {
                 child,
-                _dir: dir,
+                stopped: false,
+                dir,
                 dev_children,
             },
             url,
@@ -312,8 +329,8 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        stop_child(&mut self.child, Duration::from_secs(5), &self.dev_children);
-        if let Some(d) = &self._dir {
+        self.stop();
+        if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d);
         }
     }
@@ -654,8 +671,13 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 &format!("{kv}, under spin up"),
             ));
+            let mut stack = stack;
+            stack.stop();
+            if let Ok(n) = result {
+                paid::report_store(&stack.store_file(), n);
+            }
             drop(stack);
-            return result;
+            return result.map(drop);
         }
         let (host, url, printed) = Host::start(&args, true)?;
         let result = rt.block_on(paid::run(
@@ -668,8 +690,13 @@ fn main() -> anyhow::Result<()> {
             duration,
             &kv,
         ));
+        let mut host = host;
+        host.stop();
+        if let (Ok(n), Some(db)) = (&result, host.store_file()) {
+            paid::report_store(&db, *n);
+        }
         drop(host);
-        return result;
+        return result.map(drop);
     }
     let (host, url, _) = Host::start(&args, false)?;
     let (rss_idle, _) = rss_kib(host.pid());

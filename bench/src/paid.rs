@@ -256,7 +256,7 @@ pub async fn run(
     concurrency: usize,
     limit: Duration,
     kv: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let key = demo_agent_key(printed)?;
     let (rpc_url, smdp_url) = (&printed["rpc_url"], &printed["smdp_url"]);
     let http = reqwest::Client::new();
@@ -408,5 +408,38 @@ pub async fn run(
             run.ok + warm.ok
         );
     }
-    Ok(())
+    Ok(run.ok + warm.ok)
+}
+
+/// What `activations` paid activations left in the SQLite store at `db` (read once the server has stopped: it
+/// holds the file while it runs).
+pub fn report_store(db: &std::path::Path, activations: u64) {
+    match stored_bytes(db) {
+        Ok((rows, bytes)) => println!(
+            "store: {rows} keys, {:.1} MiB of keys and values after {activations} activations ({:.1} KiB per activation); file {:.1} MiB",
+            bytes as f64 / 1_048_576.0,
+            bytes as f64 / 1024.0 / activations.max(1) as f64,
+            file_mib(db),
+        ),
+        Err(e) => println!("store: not read ({e:#})"),
+    }
+}
+
+/// Keys, and bytes of keys and values, in the SQLite store at `db` (read-only).
+fn stored_bytes(db: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let (rows, bytes): (i64, Option<i64>) = conn.query_row(
+        "SELECT count(*), sum(length(key) + length(value)) FROM spin_key_value",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((
+        u64::try_from(rows).unwrap_or(0),
+        u64::try_from(bytes.unwrap_or(0)).unwrap_or(0),
+    ))
+}
+
+fn file_mib(path: &std::path::Path) -> f64 {
+    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / 1_048_576.0)
 }

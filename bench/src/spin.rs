@@ -16,6 +16,7 @@ use crate::{Args, Kv, children_of};
 /// `esim402 devstack -- spin up …`, running.
 pub struct SpinStack {
     child: Child,
+    stopped: bool,
     dir: PathBuf,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
@@ -26,6 +27,19 @@ pub struct SpinStack {
 }
 
 impl SpinStack {
+    /// Stop the stack (once): `esim402 devstack` stops `spin up` (which stops its trigger process), then its
+    /// stack. Its files stay until it is dropped.
+    pub fn stop(&mut self) {
+        if !std::mem::replace(&mut self.stopped, true) {
+            crate::stop_child(&mut self.child, Duration::from_secs(15), &self.tree);
+        }
+    }
+
+    /// The SQLite file of Spin's store.
+    pub fn store_file(&self) -> PathBuf {
+        self.dir.join("kv.db")
+    }
+
     /// Start it and wait (at most 180 s: Spin compiles the components on its first start) until it serves.
     pub fn start(args: &Args) -> anyhow::Result<Self> {
         if !matches!(args.kv, Kv::Sqlite) {
@@ -51,6 +65,7 @@ impl SpinStack {
         crate::track(child.id(), "INT");
         let mut stack = Self {
             child,
+            stopped: false,
             dir,
             url,
             printed: HashMap::new(),
@@ -126,8 +141,7 @@ impl SpinStack {
 
 impl Drop for SpinStack {
     fn drop(&mut self) {
-        // `esim402 devstack` stops `spin up` (which stops its trigger process), then its stack.
-        crate::stop_child(&mut self.child, Duration::from_secs(15), &self.tree);
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
