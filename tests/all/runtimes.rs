@@ -247,6 +247,28 @@ async fn scenario(runner: Runner, store: Store) {
         401,
         "{what}: a sign-in nonce is single-use"
     );
+    // The payer lists its SIMs, oldest first, a page at a time (the owner index: slots reserved by
+    // `increment` in this runtime's store).
+    let list = |query: &str| {
+        let path = format!("/v1/esim{query}");
+        let h = s.sign_in(&path);
+        let req = s
+            .http
+            .get(format!("{}{path}", s.url))
+            .header("sign-in-with-x", h);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let first = list("?limit=1").await;
+    assert_eq!(first["sims"][0]["iccid"], iccid.as_str(), "{what}: {first}");
+    assert_eq!(first["next"], 1, "{what}: {first}");
+    let rest = list("?after=1").await;
+    assert!(
+        rest["sims"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|sim| sim["iccid"] == paid["iccid"])),
+        "{what}: the SIM paid by transaction hash: {rest}"
+    );
+    assert_eq!(rest["next"], Value::Null, "{what}: {rest}");
 
     // The SIM's lifecycle: every transition once, invalid ones refused.
     let (status, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
