@@ -324,6 +324,21 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
     assert_eq!(status.code, 0, "{}", status.stderr);
     assert_eq!(state_of(&status), "active", "{}", status.stdout);
 
+    // The wallet lists every SIM it paid for (a sign-in, page after page); a malformed agent id is a usage
+    // error, refused before anything is sent.
+    let sims = cli(&proxy.url, dir.path(), &["sims", "--json"]).await;
+    assert_eq!(sims.code, 0, "{}", sims.stderr);
+    let sims: Value = serde_json::from_str(&sims.stdout).unwrap();
+    let listed: Vec<&str> = sims["sims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["iccid"].as_str())
+        .collect();
+    assert_eq!(listed, [iccid.as_str()], "{sims}");
+    let bad = cli(&proxy.url, dir.path(), &["sims", "--agent-id", "no spaces"]).await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+
     let ended = cli(&proxy.url, dir.path(), &["terminate", "--json"]).await;
     assert_eq!(ended.code, 0, "{}", ended.stderr);
     assert_eq!(
@@ -337,6 +352,7 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
     let covered = check_against_openapi(&proxy.sent());
     for op in [
         "POST /v1/esim/activate",
+        "GET /v1/esim",
         "GET /v1/esim/{iccid}",
         "GET /v1/esim/{iccid}/balance",
         "POST /v1/esim/{iccid}/data",

@@ -69,6 +69,12 @@ enum Command {
         #[arg(long)]
         eid: Option<String>,
     },
+    /// Every SIM this wallet paid for, oldest first (a wallet sign-in; all pages).
+    Sims {
+        /// Only this agent's (its `X-Agent-ID` at activation).
+        #[arg(long)]
+        agent_id: Option<String>,
+    },
     /// The SIM: carrier, region, state.
     Status(Sim),
     /// The SIM's data balance.
@@ -338,6 +344,10 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             let a = agent.switch(sim.iccid.as_deref(), &target).await?;
             print_sim(&cli, &agent, &a);
         }
+        Command::Sims { agent_id } => print(
+            cli.json,
+            &json!({ "sims": agent.list_sims(agent_id.as_deref()).await? }),
+        ),
         Command::Status(s) => print(cli.json, &agent.sim_get(s.iccid.as_deref(), "").await?),
         Command::Balance(s) => print(
             cli.json,

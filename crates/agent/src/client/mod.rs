@@ -259,6 +259,11 @@ impl Agent {
             .as_deref()
             .and_then(|n| esim402_core::Network::parse(n).ok())
             .map_or(1, |n| n.chain_id().0);
+        self.sign_in(path, chain_id)
+    }
+
+    /// A wallet sign-in (`SIGN-IN-WITH-X`, single-use nonce) for `path`.
+    fn sign_in(&self, path: &str, chain_id: u64) -> Result<(&'static str, String), AgentError> {
         let Some((_, domain)) = siwx::origin_of(&self.config.url) else {
             return Err(AgentError::Local(format!("bad URL {}", self.config.url)));
         };
@@ -334,6 +339,36 @@ impl Agent {
         self.send(method, &path, body, &[(name, value)])
             .await
             .map_err(|e| self.unreachable(&e, false))
+    }
+
+    /// Every SIM this wallet paid for, oldest first, only `agent_id`'s if given: `GET /v1/esim` page after
+    /// page (1 000 positions each), each page with a fresh wallet sign-in.
+    pub async fn list_sims(&self, agent_id: Option<&str>) -> Result<Vec<Value>, AgentError> {
+        let filter = match agent_id {
+            Some(a) => {
+                let a = esim402_core::order::parse_agent_label(a).map_err(AgentError::Usage)?;
+                format!("&agent_id={a}")
+            }
+            None => String::new(),
+        };
+        let mut sims = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let path = format!("/v1/esim?limit=1000&after={after}{filter}");
+            let credential = self.sign_in("/v1/esim", 1)?;
+            let answer = self
+                .send(reqwest::Method::GET, &path, None, &[credential])
+                .await
+                .map_err(|e| self.unreachable(&e, false))?;
+            if !(200..300).contains(&answer.status) {
+                return Err(unexpected(&answer));
+            }
+            sims.extend(answer.body["sims"].as_array().cloned().unwrap_or_default());
+            match answer.body["next"].as_u64() {
+                Some(next) if next > after => after = next,
+                _ => return Ok(sims),
+            }
+        }
     }
 
     /// What was spent since 00:00 UTC.
