@@ -120,26 +120,13 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         crate::untrack(self.child.id());
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+        let pid = self.child.id();
+        if !esim402_host::devstack::stop_child(&mut self.child, "TERM", Duration::from_secs(3)) {
+            eprintln!(
+                "{} ({pid}) still running 3 s after SIGTERM: SIGKILL",
+                self.name
+            );
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!(
-            "{} ({}) still running 3 s after SIGTERM: SIGKILL",
-            self.name,
-            self.child.id()
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -355,18 +355,7 @@ fn sqlite_runtime_config(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 /// (PID, command line, read while it ran) still running as it was is killed by its PID.
 fn stop_child(child: &mut Child, grace: Duration, leftovers: &[(u32, String)]) {
     untrack(child.id());
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    esim402_host::devstack::stop_child(child, "INT", grace);
     for (pid, cmd) in leftovers {
         if !cmd.is_empty() && cmdline(*pid) == *cmd {
             eprintln!("stopping leftover process {pid} ({cmd})");

@@ -363,6 +363,28 @@ fn dev_callback_credentials() -> anyhow::Result<String> {
     Ok(items.join(","))
 }
 
+/// Stop `child`: `signal` (`"TERM"`, `"INT"`) to its PID, up to `grace` for it to exit, then SIGKILL; reaped
+/// either way. `true` if it exited within the grace. A child already reaped is left alone: its PID may belong
+/// to another process by now. Also used by the benchmarks to stop the servers they start.
+pub fn stop_child(child: &mut Child, signal: &str, grace: Duration) -> bool {
+    if let Ok(Some(_)) = child.try_wait() {
+        return true;
+    }
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
 /// Spawn `cmd`, wait (up to 10 s) for the stdout line starting with `prefix` and return the rest of it (e.g.
 /// the address a server bound on port 0). Stdout keeps being drained so the child never blocks on a full pipe;
 /// stderr is whatever `cmd` sets (inherited by default). Also used by the tests and benchmarks to start peers.
@@ -409,18 +431,7 @@ impl Drop for DevStack {
         }
         for (name, child) in &mut self.children {
             // SIGTERM first so children shut down cleanly, then make sure.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_child(child, "TERM", Duration::from_secs(5));
             tracing::debug!(%name, "dev stack: stopped");
         }
     }
