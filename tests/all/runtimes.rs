@@ -36,7 +36,7 @@ async fn framed_answers(
     url: &str,
     requests: &[(&str, &str, &str)],
 ) -> Vec<(u16, Vec<(String, String)>)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let addr = url.trim_start_matches("http://");
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut answers = Vec::new();
@@ -51,13 +51,7 @@ async fn framed_answers(
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut chunk))
-                .await
-                .expect("an answer within 30 s")
-                .unwrap();
-            assert!(n > 0, "{method} {path}: the connection closed mid-answer");
-            buf.extend_from_slice(&chunk[..n]);
+            read_more(&mut conn, &mut buf, &format!("{method} {path}: the answer")).await;
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
@@ -76,18 +70,24 @@ async fn framed_answers(
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or_else(|| panic!("{method} {path}: no Content-Length in\n{head}"));
         while buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut chunk))
-                .await
-                .expect("the body within 30 s")
-                .unwrap();
-            assert!(n > 0, "{method} {path}: the connection closed mid-body");
-            buf.extend_from_slice(&chunk[..n]);
+            read_more(&mut conn, &mut buf, &format!("{method} {path}: the body")).await;
         }
         buf.drain(..head_end + length);
         answers.push((status, headers));
     }
     answers
+}
+
+/// Read what `conn` has next (within 30 s) onto `buf`; `what` is being read (a closed connection fails).
+async fn read_more(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, what: &str) {
+    use tokio::io::AsyncReadExt as _;
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut chunk))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within 30 s"))
+        .unwrap();
+    assert!(n > 0, "{what}: the connection closed before its end");
+    buf.extend_from_slice(&chunk[..n]);
 }
 
 async fn scenario(runner: Runner, store: Store) {
