@@ -16,6 +16,11 @@ pub(super) const IDLE_COMMIT: std::time::Duration = std::time::Duration::from_mi
 pub(super) struct Progress {
     /// The WAL file (synced on demand).
     pub(super) wal: PathBuf,
+    /// The WAL file, opened at the first sync that finds it and kept: a sync is then one system call, not an
+    /// open, a sync and a close. The file is never replaced while the store runs: SQLite deletes a WAL only
+    /// when the last connection to the database closes, and the write connection stays open until the store
+    /// closes (a checkpoint rewinds the WAL in place).
+    pub(super) wal_file: std::sync::Mutex<Option<std::fs::File>>,
     /// The database file (synced instead if there is no WAL file).
     pub(super) db: PathBuf,
     /// Commits so far; counted before their writes are acknowledged.
@@ -53,6 +58,7 @@ impl Progress {
         wal.push("-wal");
         Self {
             wal: wal.into(),
+            wal_file: std::sync::Mutex::new(None),
             db: db.to_owned(),
             committed: AtomicU64::new(0),
             synced: AtomicU64::new(0),
@@ -107,14 +113,7 @@ impl Progress {
         if self.synced.load(Ordering::SeqCst) >= target {
             return Ok(());
         }
-        let synced = match std::fs::File::open(&self.wal) {
-            Ok(f) => f.sync_data(),
-            // No WAL file: everything is in the database file.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::File::open(&self.db).and_then(|f| f.sync_data())
-            }
-            Err(e) => Err(e),
-        };
+        let synced = self.sync_wal();
         if let Err(e) = synced {
             self.failed.store(true, Ordering::SeqCst);
             return Err(KvError(format!(
@@ -124,6 +123,24 @@ impl Progress {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         self.synced.fetch_max(target, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// `fdatasync` the WAL file (or, while there is none, the database file, which then holds everything).
+    fn sync_wal(&self) -> std::io::Result<()> {
+        let mut kept = self
+            .wal_file
+            .lock()
+            .map_err(|_| std::io::Error::other("the WAL file handle is poisoned"))?;
+        if kept.is_none() {
+            match std::fs::File::open(&self.wal) {
+                Ok(f) => *kept = Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return std::fs::File::open(&self.db).and_then(|f| f.sync_data());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        kept.as_ref().map_or(Ok(()), std::fs::File::sync_data)
     }
 }
 

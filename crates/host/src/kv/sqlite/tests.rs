@@ -459,3 +459,38 @@ async fn a_grown_wal_is_checkpointed_by_the_writer_thread() {
         .unwrap();
     assert_eq!(n, 1200);
 }
+
+/// A barrier syncs through the WAL handle it keeps, and that handle stays the WAL file: through checkpoints
+/// (which rewind the WAL in place) and other connections opening and closing (none is the last to close
+/// while the store runs, so none deletes the WAL).
+#[tokio::test]
+async fn the_kept_wal_handle_stays_the_wal_file() {
+    use std::os::unix::fs::MetadataExt as _;
+    const PAGES: i32 = 200;
+    let (dir, path, store) = fresh_with(PAGES);
+    let wal_path = dir.path().join("kv.db-wal");
+    let kept_inode = || {
+        let kept = store.progress.wal_file.lock().unwrap();
+        kept.as_ref().map(|f| f.metadata().unwrap().ino())
+    };
+    assert_eq!(kept_inode(), None, "nothing synced yet");
+    store.set("a", b"1").await.unwrap();
+    store.barrier().await.unwrap();
+    let first = kept_inode().expect("the first sync keeps the WAL handle");
+    assert_eq!(first, std::fs::metadata(&wal_path).unwrap().ino());
+
+    let page = vec![7u8; 4096];
+    for i in 0..600 {
+        store.set(&format!("k{i}"), &page).await.unwrap();
+        if i % 100 == 0 {
+            drop(connect(&path, vfs().unwrap()).unwrap());
+            store.barrier().await.unwrap();
+        }
+    }
+    store.barrier().await.unwrap();
+    assert!(store.progress.checkpoints.load(Ordering::SeqCst) >= 1);
+    assert_eq!(kept_inode(), Some(first));
+    assert_eq!(std::fs::metadata(&wal_path).unwrap().ino(), first);
+    assert!(store.progress.syncs.load(Ordering::SeqCst) >= 8);
+    assert_eq!(committed_value(&path, "k599"), Some(page));
+}
