@@ -133,14 +133,19 @@ impl Stored {
         })
     }
 
+    /// The head of a key that was never written (version 0, no data): a start for [`Update::after`].
+    pub fn absent() -> Self {
+        Self {
+            version: 0,
+            token: 0,
+            data: None,
+        }
+    }
+
     /// Decode a head read: absent is version 0 without data.
     pub fn from_head(bytes: Option<&[u8]>) -> Result<Self, CellError> {
         match bytes {
-            None => Ok(Self {
-                version: 0,
-                token: 0,
-                data: None,
-            }),
+            None => Ok(Self::absent()),
             Some(b) => Self::decode(b),
         }
     }
@@ -298,6 +303,10 @@ pub struct Update<F, R, E> {
     paused_us: u64,
     /// The head version that has been losing (and since when, in summed pauses) — for adoption.
     stuck_at: Option<(u64, u64)>,
+    /// A version the caller already holds, to start the first attempt from instead of reading ([`Self::after`]).
+    start: Option<Stored>,
+    /// This attempt started from `start`, not from a read.
+    assumed: bool,
     _error: std::marker::PhantomData<E>,
 }
 
@@ -320,7 +329,26 @@ where
             attempt: 0,
             paused_us: 0,
             stuck_at: None,
+            start: None,
+            assumed: false,
             _error: std::marker::PhantomData,
+        }
+    }
+
+    /// [`Self::new`], whose first attempt starts from `head` — a version of the cell the caller already holds
+    /// (read earlier, or the result of its own last update) — instead of reading the cell: one `get` fewer.
+    ///
+    /// Any version the cell ever held is a correct start: each version's data is fixed once it is claimed, and
+    /// the claim on the version after `head` is won only if no one has claimed it, that is, only if `head` is
+    /// still the newest. A start that is no longer the newest costs a lost claim (its undo and withdrawal), and
+    /// the next attempt reads the cell at once, without a pause. Only a write is decided on the start: if the
+    /// update function refuses it or leaves it as it is, the cell is read and the function asked again. [`Stored::absent`] claims version 1 without a
+    /// read: only for a key that cannot hold a value written before cells existed (version 0 with data),
+    /// which such a claim would overwrite.
+    pub fn after(key: impl Into<String>, seed: u64, update: F, head: Stored) -> Self {
+        Self {
+            start: Some(head),
+            ..Self::new(key, seed, update)
         }
     }
 
@@ -368,8 +396,18 @@ where
     /// Advance with the reply to the last [`Step::Op`] (`None` to start and after a [`Step::Pause`]).
     pub fn resume(&mut self, reply: Option<Reply>) -> Step<R, E> {
         match (std::mem::replace(&mut self.state, State::Finished), reply) {
-            (State::Reading, None) | (State::Pausing, None) => self.read_head(),
-            (State::Reading, Some(Reply::Value(head))) => self.on_head(head.as_deref()),
+            (State::Reading, None) => match self.start.take() {
+                Some(head) => {
+                    self.assumed = true;
+                    self.on_stored(head)
+                }
+                None => self.read_head(),
+            },
+            (State::Pausing, None) => self.read_head(),
+            (State::Reading, Some(Reply::Value(head))) => {
+                self.assumed = false;
+                self.on_head(head.as_deref())
+            }
             (State::Proposing, Some(Reply::Done)) => {
                 self.state = State::Claiming;
                 let token = self.token_i64();
@@ -410,6 +448,13 @@ where
                     self.read + 1,
                     self.token,
                 )))
+            }
+            // A start the caller assumed was stale: read the cell now (no contention is shown by that).
+            (State::Withdrawing, Some(Reply::Done)) if self.assumed => {
+                self.assumed = false;
+                self.result = None;
+                self.proposal.clear();
+                self.read_head()
             }
             (State::Withdrawing, Some(Reply::Done)) => self.on_lost(),
             (State::Checking, Some(Reply::Value(head))) => {
@@ -459,14 +504,26 @@ where
     }
 
     fn on_head(&mut self, head: Option<&[u8]>) -> Step<R, E> {
-        let stored = match Stored::from_head(head) {
-            Ok(s) => s,
-            Err(e) => return self.finish(Err(widen(e))),
-        };
+        match Stored::from_head(head) {
+            Ok(s) => self.on_stored(s),
+            Err(e) => self.finish(Err(widen(e))),
+        }
+    }
+
+    fn on_stored(&mut self, stored: Stored) -> Step<R, E> {
         if self.stuck_at.is_some_and(|(v, _)| v != stored.version) {
             self.stuck_at = None;
         }
-        let (next, by_product) = match (self.update)(stored.data.as_deref()) {
+        let outcome = (self.update)(stored.data.as_deref());
+        // Only a write is checked by its claim; a refusal or a no-op decided on an assumed start could be
+        // decided on a stale version, so it is decided again on the cell as read.
+        let writes = matches!(&outcome, Ok((Next::Put(_), _)))
+            || matches!(&outcome, Ok((Next::Remove, _)) if stored.data.is_some());
+        if self.assumed && !writes {
+            self.assumed = false;
+            return self.read_head();
+        }
+        let (next, by_product) = match outcome {
             Ok(x) => x,
             Err(e) => return self.finish(Err(CellError::Refused(e))),
         };

@@ -52,6 +52,49 @@ fn add_one(key: &str, seed: u64) -> AddOne {
     )
 }
 
+/// [`add_one`] whose first attempt starts from `head` instead of reading the cell.
+fn add_one_after(key: &str, seed: u64, head: Stored) -> AddOne {
+    Update::after(
+        key,
+        seed,
+        Box::new(|cur: Option<&[u8]>| {
+            let n: u64 = cur.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
+            Ok((Next::Put((n + 1).to_string().into_bytes()), n))
+        }),
+        head,
+    )
+}
+
+/// Run `m` to completion alone, recording every operation and pause.
+fn run_logged<R, E, F>(
+    sim: &mut Sim,
+    m: &mut Update<F, R, E>,
+) -> (Result<Committed<R>, CellError<E>>, Vec<String>)
+where
+    F: FnMut(Option<&[u8]>) -> Result<(Next, R), E>,
+{
+    let mut reply = None;
+    let mut log = Vec::new();
+    loop {
+        match m.resume(reply.take()) {
+            Step::Op(op) => {
+                log.push(
+                    match &op {
+                        Op::Get(_) => "get",
+                        Op::Set(..) => "set",
+                        Op::Delete(_) => "delete",
+                        Op::Increment(..) => "increment",
+                    }
+                    .to_owned(),
+                );
+                reply = Some(sim.apply(op));
+            }
+            Step::Pause(_) => log.push("pause".to_owned()),
+            Step::Done(r) => return (r, log),
+        }
+    }
+}
+
 /// Run `m` to completion alone.
 fn run<R, E, F>(sim: &mut Sim, m: &mut Update<F, R, E>) -> Result<Committed<R>, CellError<E>>
 where
@@ -90,12 +133,27 @@ fn next(seed: &mut u64) -> u64 {
 
 /// `writers` concurrent add-ones, interleaved by `seed`; each writer crashes at a random step with
 /// probability `crash_per_mille`/1000 per step. Returns (committed by survivors, committed by the dead).
-fn race(seed: u64, writers: usize, crash_per_mille: u64) -> (Sim, u64, u64, Vec<u64>) {
+/// With `assume_absent`, every writer's first attempt starts from [`Stored::absent`] (stale for all
+/// but the first to claim version 1) instead of reading the cell.
+fn race(
+    seed: u64,
+    writers: usize,
+    crash_per_mille: u64,
+    assume_absent: bool,
+) -> (Sim, u64, u64, Vec<u64>) {
     let mut sim = Sim::default();
     let mut rng = seed | 1;
     let mut live: Vec<Writer> = (0..writers)
         .map(|i| Writer {
-            m: add_one("cell", seed.wrapping_mul(31).wrapping_add(i as u64)),
+            m: if assume_absent {
+                add_one_after(
+                    "cell",
+                    seed.wrapping_mul(31).wrapping_add(i as u64),
+                    Stored::absent(),
+                )
+            } else {
+                add_one("cell", seed.wrapping_mul(31).wrapping_add(i as u64))
+            },
             reply: None,
             won: false,
         })
@@ -236,9 +294,10 @@ fn removal_is_a_tombstone_and_the_key_can_be_taken_again() {
 
 #[test]
 fn concurrent_updates_are_never_lost() {
-    for seed in 1..300u64 {
+    for seed in 1..600u64 {
         let writers = 2 + (seed % 9) as usize;
-        let (sim, ok, dead, mut seen) = race(seed, writers, 0);
+        // Half the runs start every writer from an assumed (mostly stale) version instead of a read.
+        let (sim, ok, dead, mut seen) = race(seed, writers, 0, seed % 2 == 0);
         assert_eq!((ok, dead), (writers as u64, 0));
         let head = sim.head("cell");
         assert_eq!(head.version, ok, "seed {seed}");
@@ -270,7 +329,7 @@ fn crashes_at_any_step_lose_nothing_and_block_nobody() {
     let mut stuck = 0;
     for seed in 1..600u64 {
         let writers = 2 + (seed % 7) as usize;
-        let (mut sim, ok, dead_winners, _) = race(seed, writers, 15);
+        let (mut sim, ok, dead_winners, _) = race(seed, writers, 15, seed % 3 == 0);
         // A fresh writer after the dust settles commits on top of every claimed version: the winners that
         // died after claiming are adopted, not lost.
         match run(&mut sim, &mut add_one("cell", seed ^ 0xdead)) {
@@ -360,4 +419,105 @@ fn tokens_fit_the_counter_and_differ() {
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), tokens.len());
+}
+
+#[test]
+fn a_current_start_skips_the_read() {
+    let mut sim = Sim::default();
+    run(&mut sim, &mut add_one("k", 1)).unwrap();
+    let head = sim.head("k");
+    let (c, log) = run_logged(&mut sim, &mut add_one_after("k", 2, head));
+    let c = c.unwrap();
+    assert_eq!((c.version, c.by_product), (2, 1));
+    assert_eq!(
+        log,
+        ["set", "increment", "set"],
+        "proposal, claim, head: no read"
+    );
+    // An absent key claims version 1 without a read, and tidies its proposal as a read update does.
+    let (c, log) = run_logged(&mut sim, &mut add_one_after("fresh", 3, Stored::absent()));
+    assert_eq!(c.unwrap().version, 1);
+    assert_eq!(log, ["set", "increment", "set", "delete"]);
+    assert_eq!(value(&sim.head("fresh")), 1);
+}
+
+#[test]
+fn a_stale_start_loses_its_claim_and_reads_at_once() {
+    let mut sim = Sim::default();
+    run(&mut sim, &mut add_one("k", 1)).unwrap();
+    let old = sim.head("k");
+    run(&mut sim, &mut add_one("k", 2)).unwrap();
+    run(&mut sim, &mut add_one("k", 3)).unwrap();
+    let (c, log) = run_logged(&mut sim, &mut add_one_after("k", 4, old));
+    let c = c.unwrap();
+    // Built on version 3, not on the stale version 1.
+    assert_eq!((c.version, c.by_product), (4, 3));
+    assert_eq!(value(&sim.head("k")), 4);
+    assert_eq!(
+        log,
+        [
+            "set",
+            "increment",
+            "increment",
+            "delete", // lost version 2: undo, withdraw
+            "get",
+            "set",
+            "increment",
+            "set", // read, then version 4
+        ]
+    );
+    // The lost proposal is gone: only the winners' proposals of versions 2 to 4 remain.
+    let proposals = sim.values.keys().filter(|k| k.contains("@v")).count();
+    assert_eq!(proposals, 3);
+}
+
+#[test]
+fn a_refusal_or_a_keep_on_an_assumed_start_is_decided_again_on_the_cell() {
+    let mut sim = Sim::default();
+    run(&mut sim, &mut add_one("k", 1)).unwrap();
+    let old = sim.head("k");
+    run(&mut sim, &mut add_one("k", 2)).unwrap();
+    // Accepts only the current value "2": the stale start ("1") would refuse.
+    let mut only_two = Update::after(
+        "k",
+        5,
+        |cur: Option<&[u8]>| -> Result<(Next, ()), &str> {
+            match cur {
+                Some(b"2") => Ok((Next::Put(b"3".to_vec()), ())),
+                _ => Err("not 2"),
+            }
+        },
+        old.clone(),
+    );
+    let c = run(&mut sim, &mut only_two).unwrap();
+    assert_eq!((c.version, c.data.as_deref()), (3, Some(&b"3"[..])));
+    // Keeps on the stale start, writes on the current value: the write wins.
+    let mut keep_unless_three = Update::after(
+        "k",
+        6,
+        |cur: Option<&[u8]>| -> Result<(Next, ()), ()> {
+            Ok(match cur {
+                Some(b"3") => (Next::Put(b"4".to_vec()), ()),
+                _ => (Next::Keep, ()),
+            })
+        },
+        old,
+    );
+    assert_eq!(run(&mut sim, &mut keep_unless_three).unwrap().version, 4);
+    // An insert-if-absent that assumes the key absent finds the value and refuses, having written nothing.
+    let before = (sim.values.len(), sim.counters.clone());
+    let mut insert = Update::after(
+        "k",
+        7,
+        |cur: Option<&[u8]>| -> Result<(Next, ()), ()> {
+            match cur {
+                Some(_) => Err(()),
+                None => Ok((Next::Put(b"new".to_vec()), ())),
+            }
+        },
+        Stored::absent(),
+    );
+    assert_eq!(run(&mut sim, &mut insert), Err(CellError::Refused(())));
+    assert_eq!((sim.values.len(), sim.counters.clone()), before);
+    assert_eq!(value(&sim.head("k")), 4);
 }
