@@ -16,9 +16,7 @@
 //! as many async `set`s cost one each. (Its `get-many` is not used: Spin's Redis store answers it with a
 //! `KEYS` command taking the keys as patterns, which fails for more than one key.)
 
-use esim402_core::store::cell::{
-    self, CellError, Committed, Next, Op, Reply, Step, Stored, Update,
-};
+use esim402_core::store::cell::{self, CellError, Committed, Next, Op, Reply, Step, Update};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use spin_sdk::experimental::wasi::keyvalue::{atomics, batch, store as wasi_store};
@@ -168,6 +166,35 @@ pub async fn update_json_with<T, R, E>(
 where
     T: Serialize + DeserializeOwned,
 {
+    update_json_inner(key, None, update)
+        .await
+        .map(|(next, r, _)| (next, r))
+}
+
+/// [`update_json`] starting from `start`, a version of the cell the caller holds (from [`read_json`] or an
+/// earlier update), instead of reading it: one store call fewer when `start` is still the newest, three more
+/// when it is not (kernel `Update::after`). Returns the value written and the version now holding it.
+pub async fn update_json_from<T, E>(
+    key: &str,
+    start: Stored,
+    update: impl Fn(Option<T>) -> Result<T, E>,
+) -> Result<(T, Stored), KvError<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
+    update_json_inner(key, Some(start), |cur| update(cur).map(|next| (next, ())))
+        .await
+        .map(|(next, (), version)| (next, version))
+}
+
+async fn update_json_inner<T, R, E>(
+    key: &str,
+    start: Option<Stored>,
+    update: impl Fn(Option<T>) -> Result<(T, R), E>,
+) -> Result<(T, R, Stored), KvError<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
     let step = |cur: Option<&[u8]>| -> Result<(Next, (T, R)), Stop<E>> {
         let current = cur
             .map(serde_json::from_slice::<T>)
@@ -177,8 +204,20 @@ where
         let bytes = serde_json::to_vec(&next).map_err(|e| Stop::Corrupt(e.to_string()))?;
         Ok((Next::Put(bytes), (next, r)))
     };
-    match drive(key, Update::new(key, seed(), step)).await {
-        Ok(c) => Ok(c.by_product),
+    let machine = match start {
+        Some(head) => Update::after(key, seed(), step, head),
+        None => Update::new(key, seed(), step),
+    };
+    match drive(key, machine).await {
+        Ok(c) => {
+            let version = Stored {
+                version: c.version,
+                token: 0,
+                data: c.data,
+            };
+            let (next, r) = c.by_product;
+            Ok((next, r, version))
+        }
         Err(KvError::Refused(Stop::Refused(e))) => Err(KvError::Refused(e)),
         Err(KvError::Refused(Stop::Corrupt(m))) => Err(corrupt(key, m)),
         Err(e) => Err(rewrap(e)),
@@ -276,13 +315,29 @@ where
 
 /// Store `value` (JSON bytes) under `key` only if the key holds nothing; exactly one concurrent caller wins.
 pub async fn insert_if_absent<E>(key: &str, value: &[u8]) -> Result<(), KvError<E>> {
+    insert_inner(key, value, false).await
+}
+
+/// [`insert_if_absent`] that claims the key's first version without reading it first: one store call fewer
+/// when the key is new, three more when it is not. Only for a key that cannot hold a value written before
+/// cells existed (an unversioned value has no claim counter, so the claim would win and overwrite it).
+pub async fn insert_new<E>(key: &str, value: &[u8]) -> Result<(), KvError<E>> {
+    insert_inner(key, value, true).await
+}
+
+async fn insert_inner<E>(key: &str, value: &[u8], assume_new: bool) -> Result<(), KvError<E>> {
     let step = |cur: Option<&[u8]>| -> Result<(Next, ()), ()> {
         match cur {
             Some(_) => Err(()),
             None => Ok((Next::Put(value.to_vec()), ())),
         }
     };
-    match drive(key, Update::new(key, seed(), step)).await {
+    let machine = if assume_new {
+        Update::after(key, seed(), step, Stored::absent())
+    } else {
+        Update::new(key, seed(), step)
+    };
+    match drive(key, machine).await {
         Ok(_) => Ok(()),
         Err(KvError::Refused(())) => Err(KvError::Exists),
         Err(e) => Err(rewrap(e)),
@@ -300,11 +355,28 @@ pub async fn remove<E>(key: &str) -> Result<(), KvError<E>> {
 
 /// Read the latest published value of the cell at `key` as raw bytes.
 pub async fn get_bytes<E>(key: &str) -> Result<Option<Vec<u8>>, KvError<E>> {
+    read_version(key).await.map(|s| s.data)
+}
+
+/// Read the latest published version of the cell at `key` (its data, and the version to start a later
+/// [`update_json_from`] from).
+pub async fn read_version<E>(key: &str) -> Result<Stored, KvError<E>> {
     let store = default_store().await?;
     let head = store.get(key).await.map_err(spin_err)?;
-    Stored::from_head(head.as_deref())
-        .map(|s| s.data)
-        .map_err(|e| corrupt(key, e))
+    Stored::from_head(head.as_deref()).map_err(|e| corrupt(key, e))
+}
+
+/// [`get_json`], with the version read (to start a later [`update_json_from`] from).
+pub async fn read_json<T: DeserializeOwned, E>(
+    key: &str,
+) -> Result<(Option<T>, Stored), KvError<E>> {
+    let version = read_version(key).await?;
+    let value = version
+        .data
+        .as_deref()
+        .map(|bytes| serde_json::from_slice(bytes).map_err(|e| corrupt(key, e)))
+        .transpose()?;
+    Ok((value, version))
 }
 
 /// Read and decode the JSON cell at `key`.
@@ -325,8 +397,8 @@ fn rewrap<A, B>(e: KvError<A>) -> KvError<B> {
     }
 }
 
-/// The cell protocol's key names, for components that document their key map.
-pub use cell::{claim_key, proposal_key};
+/// The cell protocol's key names, for components that document their key map; a cell's version.
+pub use cell::{Stored, claim_key, proposal_key};
 
 /// A random 32-byte server key kept at `key`: inserted once by whichever instance gets there first, read by
 /// all (for secrets the operator did not set as variables; the error names the key, never the value).

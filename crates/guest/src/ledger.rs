@@ -6,7 +6,8 @@
 //!
 //! Appends never lose or reorder entries: an appender builds entry `n` of its shard from the head it read and
 //! claims the entry key with insert-if-absent; exactly one appender wins each `n`. The head is then advanced
-//! with a cell update; an appender that finds entry `n` already written but the head still at `n` advances
+//! with a cell update (started from the version read, not read again; and past a head this protocol wrote,
+//! the entry keys are claimed without a read: kernel `cell::Update::after`); an appender that finds entry `n` already written but the head still at `n` advances
 //! the head itself before retrying ("helping"), so a crash between the two writes stalls nobody. Both are
 //! versioned cells ([`crate::kv`]), so this holds on Spin's SQLite and Redis stores too.
 
@@ -51,34 +52,46 @@ async fn read_entry(shard: u16, seq: u64) -> Result<Option<LedgerEntry>, KvError
 
 /// The stored head of `shard` (its genesis if nothing was ever appended).
 pub async fn head(shard: u16) -> Result<ChainHead, KvError<()>> {
-    Ok(kv::get_json::<ChainHead, ()>(&keys::ledger_head(shard))
-        .await?
-        .unwrap_or(ChainHead::genesis_of(shard)))
+    head_version(shard).await.map(|(head, _)| head)
+}
+
+/// [`head`], with the cell version holding it (to advance it from without reading it again).
+async fn head_version(shard: u16) -> Result<(ChainHead, kv::Stored), KvError<()>> {
+    let (head, version) = kv::read_json::<ChainHead, ()>(&keys::ledger_head(shard)).await?;
+    Ok((head.unwrap_or(ChainHead::genesis_of(shard)), version))
 }
 
 /// Move the head from `from` to `to` if it still is `from`; whether this call moved it (someone else may
-/// have: fine).
-async fn advance(from: ChainHead, to: ChainHead) -> Result<bool, KvError<()>> {
-    match kv::update_json::<ChainHead, ()>(&keys::ledger_head(from.shard), |current| {
+/// have: fine). `read`: the head's cell version as the caller read it, holding `from`.
+async fn advance(
+    from: ChainHead,
+    to: ChainHead,
+    read: Option<kv::Stored>,
+) -> Result<bool, KvError<()>> {
+    let key = keys::ledger_head(from.shard);
+    let step = |current: Option<ChainHead>| {
         if current.unwrap_or(ChainHead::genesis_of(from.shard)) == from {
             Ok(to)
         } else {
             Err(())
         }
-    })
-    .await
-    {
-        Ok(_) => Ok(true),
+    };
+    let moved = match read {
+        Some(version) => kv::update_json_from(&key, version, step).await.map(drop),
+        None => kv::update_json(&key, step).await.map(drop),
+    };
+    match moved {
+        Ok(()) => Ok(true),
         Err(KvError::Refused(())) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Move the head from `from` to `to` (past entries this appender wrote). A helper may have moved it part of
-/// the way meanwhile; then it is walked forward entry by entry, so the head never stays behind a finished run
-/// (a verifier would read the run as entries past the head).
-async fn catch_up(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
-    if advance(from, to).await? {
+/// Move the head from `from` (read as cell version `read`) to `to` (past entries this appender wrote). A
+/// helper may have moved it part of the way meanwhile; then it is walked forward entry by entry, so the head
+/// never stays behind a finished run (a verifier would read the run as entries past the head).
+async fn catch_up(from: ChainHead, to: ChainHead, read: kv::Stored) -> Result<(), KvError<()>> {
+    if advance(from, to, Some(read)).await? {
         return Ok(());
     }
     let mut current = head(to.shard).await?;
@@ -86,7 +99,7 @@ async fn catch_up(from: ChainHead, to: ChainHead) -> Result<(), KvError<()>> {
         let Some(entry) = read_entry(to.shard, current.count).await? else {
             break;
         };
-        advance(current, ChainHead::after(&entry)).await?;
+        advance(current, ChainHead::after(&entry), None).await?;
         current = head(to.shard).await?;
     }
     Ok(())
@@ -134,12 +147,22 @@ async fn append_run(
         if attempt > 0 {
             back_off(attempt).await;
         }
-        let start = head(shard).await?;
+        let (start, read) = head_version(shard).await?;
+        // Past a head this protocol wrote (cell version 1 or later), no entry can be one written before cells
+        // existed: every entry there was claimed through a cell, so it is claimed without being read first.
+        // (Past an older head, the first append reads and helps past such an entry, and advances the head.)
+        let assume_new = read.version >= 1;
         let mut cursor = start;
         while let Some((kind, fields)) = pending.front() {
             let entry = LedgerEntry::new(&cursor, at, *kind, fields.clone());
             let key = keys::ledger_entry(shard, entry.seq);
-            match kv::insert_if_absent::<()>(&key, to_json_line(&entry).as_bytes()).await {
+            let line = to_json_line(&entry);
+            let inserted = if assume_new {
+                kv::insert_new::<()>(&key, line.as_bytes()).await
+            } else {
+                kv::insert_if_absent::<()>(&key, line.as_bytes()).await
+            };
+            match inserted {
                 Ok(()) => {
                     cursor = ChainHead::after(&entry);
                     written.push(entry);
@@ -149,7 +172,7 @@ async fn append_run(
                 // the two writes, or crashed there): help it along, then start again from the head.
                 Err(KvError::Exists) if cursor == start => {
                     if let Some(existing) = read_entry(shard, start.count).await? {
-                        advance(start, ChainHead::after(&existing)).await?;
+                        advance(start, ChainHead::after(&existing), Some(read.clone())).await?;
                     }
                     break;
                 }
@@ -159,7 +182,7 @@ async fn append_run(
             }
         }
         if cursor != start {
-            catch_up(start, cursor).await?;
+            catch_up(start, cursor, read).await?;
         }
     }
     if pending.is_empty() {
