@@ -7,7 +7,9 @@
 //!   pays two invoices.
 //!
 //! Every update is a versioned-cell update whose decision is a kernel method, so racing callers never both
-//! win. Releasing a claim (only ever for a transaction that was certainly not broadcast) removes it.
+//! win. A settlement's updates after its claim start from the cell version it last wrote (`Claim::version`)
+//! instead of reading the record again; a version someone else has moved past only costs that read. Releasing
+//! a claim (only ever for a transaction that was certainly not broadcast) removes it.
 
 use alloy_primitives::B256;
 use esim402_core::evm::SignedTx;
@@ -33,63 +35,83 @@ pub async fn load(key: &str) -> Result<Option<Record>, wit::Error> {
 
 /// Insert `record` at `key` unless the key holds one: `None` if we won, the existing record if not.
 pub async fn insert(key: &str, record: &Record) -> Result<Option<Record>, wit::Error> {
-    let (_, existing) = kv::change_json::<Record, Option<Record>, wit::Error>(key, |cur| {
-        Ok(match cur {
-            None => (Change::Put(record.clone()), None),
-            Some(r) => (Change::Keep, Some(r)),
-        })
-    })
-    .await
-    .map_err(kv_err)?;
-    Ok(existing)
+    Ok(claim(key, record).await?.err())
 }
 
-/// Apply `f` (a kernel transition returning whether it changed the record); the record after the attempt and
-/// that answer. `None` if there is no record.
+/// [`insert`]: `Ok` with the cell version now holding our record (to start its next update from) if we won,
+/// `Err` with the existing record if not.
+pub async fn claim(key: &str, record: &Record) -> Result<Result<kv::Stored, Record>, wit::Error> {
+    let (_, existing, version) =
+        kv::change_json_from::<Record, Option<Record>, wit::Error>(key, None, |cur| {
+            Ok(match cur {
+                None => (Change::Put(record.clone()), None),
+                Some(r) => (Change::Keep, Some(r)),
+            })
+        })
+        .await
+        .map_err(kv_err)?;
+    Ok(existing.map_or(Ok(version), Err))
+}
+
+/// Apply `f` (a kernel transition returning whether it changed the record), starting from the record's cell
+/// version `start` when the caller holds it; the record after the attempt, that answer and the version now
+/// holding it. `None` if there is no record.
 async fn transition(
     key: &str,
+    start: Option<kv::Stored>,
     f: impl Fn(&mut Record) -> bool,
-) -> Result<Option<(Record, bool)>, wit::Error> {
-    kv::transition_json(key, f).await.map_err(kv_err)
+) -> Result<Option<(Record, bool, kv::Stored)>, wit::Error> {
+    kv::transition_json_from(key, start, f)
+        .await
+        .map_err(kv_err)
 }
 
-/// Record `tx` on the claim before its broadcast; `false` if `holder` no longer holds it.
+/// Record `tx` on the claim before its broadcast: the record and its cell version if this call recorded it,
+/// `None` if `holder` no longer holds the claim.
 pub async fn record_submitted(
     key: &str,
+    start: Option<kv::Stored>,
     claim: &str,
     holder: &str,
     tx: &SignedTx,
     now: u64,
-) -> Result<bool, wit::Error> {
+) -> Result<Option<(Record, kv::Stored)>, wit::Error> {
     Ok(
-        transition(key, |r| r.record_submitted(claim, holder, tx, now))
+        transition(key, start, |r| r.record_submitted(claim, holder, tx, now))
             .await?
-            .is_some_and(|(_, changed)| changed),
+            .and_then(|(record, changed, version)| changed.then_some((record, version))),
     )
 }
 
 /// Record a terminal outcome; the record after the attempt and whether this call recorded it.
 pub async fn finish(
     key: &str,
+    start: Option<kv::Stored>,
     claim: &str,
     outcome: Outcome,
     now: u64,
 ) -> Result<Option<(Record, bool)>, wit::Error> {
-    transition(key, |r| r.finish(claim, outcome, now)).await
-}
-
-/// Take over the abandoned claim at `key` for `holder`: `true` if this call took it.
-pub async fn take_over(key: &str, claim: &str, holder: &str, now: u64) -> Result<bool, wit::Error> {
-    Ok(transition(key, |r| r.take_over(claim, holder, now))
+    Ok(transition(key, start, |r| r.finish(claim, outcome, now))
         .await?
-        .is_some_and(|(_, changed)| changed))
+        .map(|(record, changed, _)| (record, changed)))
 }
 
-/// Also claim `txhash/<hash>` for a transaction we signed, so no proof can present it for another invoice.
-pub async fn claim_txhash(record_key: &str, hash: B256) {
-    if let Ok(Some(r)) = load(record_key).await
-        && let Err(e) = insert(&esim402_core::store::keys::txhash(hash), &r).await
-    {
+/// Take over the abandoned claim at `key` for `holder`: the record's cell version if this call took it.
+pub async fn take_over(
+    key: &str,
+    claim: &str,
+    holder: &str,
+    now: u64,
+) -> Result<Option<kv::Stored>, wit::Error> {
+    Ok(transition(key, None, |r| r.take_over(claim, holder, now))
+        .await?
+        .and_then(|(_, changed, version)| changed.then_some(version)))
+}
+
+/// Also claim `txhash/<hash>` for a transaction we signed (its settlement `record`), so no proof can present
+/// it for another invoice.
+pub async fn claim_txhash(record: &Record, hash: B256) {
+    if let Err(e) = insert(&esim402_core::store::keys::txhash(hash), record).await {
         eprintln!("verifier: cannot claim our transaction {hash}: {e:?}");
     }
 }

@@ -197,14 +197,16 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
         None,
         now,
     );
-    if let Some(existing) = claims::insert(&key, &record).await? {
-        return replay(r, existing, now).await;
-    }
+    let version = match claims::claim(&key, &record).await? {
+        Ok(version) => version,
+        Err(existing) => return replay(r, existing, now).await,
+    };
     let claim = Claim {
         record_key: key.clone(),
         claim: key.clone(),
         holder,
         keys: vec![key],
+        version: std::cell::Cell::new(Some(version)),
     };
     drive(r, &checked, &claim).await
 }
@@ -278,6 +280,7 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
                 claim: record.claim,
                 holder: record.holder,
                 keys: Vec::new(),
+                version: std::cell::Cell::new(None),
             };
             let deadline = Instant::now() + r.cfg.settlement_timeout;
             let (outcome, first) = receipts::reconcile(&r.chain, &claim, hash, deadline).await;

@@ -244,6 +244,21 @@ pub async fn change_json<T, R, E>(
 where
     T: Serialize + DeserializeOwned,
 {
+    change_json_from(key, None, update)
+        .await
+        .map(|(value, r, _)| (value, r))
+}
+
+/// [`change_json`], starting from `start` when given (a version the caller holds: see [`update_json_from`]);
+/// also returns the version now holding the value.
+pub async fn change_json_from<T, R, E>(
+    key: &str,
+    start: Option<Stored>,
+    update: impl Fn(Option<T>) -> Result<(Change<T>, R), E>,
+) -> Result<(Option<T>, R, Stored), KvError<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
     let step = |cur: Option<&[u8]>| -> Result<(Next, R), Stop<E>> {
         let current = cur
             .map(serde_json::from_slice::<T>)
@@ -259,14 +274,24 @@ where
         };
         Ok((next, r))
     };
-    match drive(key, Update::new(key, seed(), step)).await {
+    let machine = match start {
+        Some(head) => Update::after(key, seed(), step, head),
+        None => Update::new(key, seed(), step),
+    };
+    match drive(key, machine).await {
         Ok(c) => {
             let value = c
                 .data
-                .map(|b| serde_json::from_slice::<T>(&b))
+                .as_deref()
+                .map(serde_json::from_slice::<T>)
                 .transpose()
                 .map_err(|e| corrupt(key, e))?;
-            Ok((value, c.by_product))
+            let version = Stored {
+                version: c.version,
+                token: 0,
+                data: c.data,
+            };
+            Ok((value, c.by_product, version))
         }
         Err(KvError::Refused(Stop::Refused(e))) => Err(KvError::Refused(e)),
         Err(KvError::Refused(Stop::Corrupt(m))) => Err(corrupt(key, m)),
@@ -284,7 +309,22 @@ pub async fn transition_json<T, E>(
 where
     T: Serialize + DeserializeOwned,
 {
-    let (after, changed) = change_json::<T, bool, E>(key, |cur| {
+    transition_json_from(key, None, transition)
+        .await
+        .map(|r| r.map(|(value, changed, _)| (value, changed)))
+}
+
+/// [`transition_json`], starting from `start` when given (see [`update_json_from`]); also returns the version
+/// now holding the value.
+pub async fn transition_json_from<T, E>(
+    key: &str,
+    start: Option<Stored>,
+    transition: impl Fn(&mut T) -> bool,
+) -> Result<Option<(T, bool, Stored)>, KvError<E>>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let (after, changed, version) = change_json_from::<T, bool, E>(key, start, |cur| {
         Ok(match cur {
             Some(mut v) => {
                 if transition(&mut v) {
@@ -297,7 +337,7 @@ where
         })
     })
     .await?;
-    Ok(after.map(|v| (v, changed)))
+    Ok(after.map(|v| (v, changed, version)))
 }
 
 /// [`update_json_with`] without a by-product.

@@ -169,17 +169,18 @@ impl Scheme for Exact {
             Some(&p.id),
             p.now,
         );
-        if crate::claims::insert(&key, &record).await?.is_some() {
+        let Ok(version) = crate::claims::claim(&key, &record).await? else {
             return match p.existing().await? {
                 Existing::Same(record, _) => replay(&p, record).await,
                 _ => Err(already_settled()),
             };
-        }
+        };
         let claim = Claim {
             record_key: key.clone(),
             claim: key.clone(),
             holder,
             keys: vec![key],
+            version: std::cell::Cell::new(Some(version)),
         };
         drive(&p, &checked, &claim).await
     }
@@ -230,6 +231,7 @@ async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Err
                 claim: record.claim,
                 holder: record.holder,
                 keys: Vec::new(),
+                version: std::cell::Cell::new(None),
             };
             let deadline = Instant::now() + p.cfg.settlement_timeout;
             answer(

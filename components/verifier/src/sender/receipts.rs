@@ -35,6 +35,9 @@ pub struct Claim {
     pub holder: String,
     /// Every key this settlement inserted, released if nothing was broadcast.
     pub keys: Vec<String>,
+    /// The record's cell version as this settlement last wrote it, if it did: the next update starts from it
+    /// instead of reading the record (kernel `cell::Update::after`; a stale one costs a read, nothing more).
+    pub version: std::cell::Cell<Option<esim402_guest::kv::Stored>>,
 }
 
 /// Why a settlement did not broadcast: a verdict on the payment or a fault. Claims are already released.
@@ -55,14 +58,15 @@ impl Claim {
         now: u64,
     ) -> Result<Option<Self>, wit::Error> {
         let holder = util::holder_token().map_err(esim402_guest::convert::internal)?;
-        if !claims::take_over(record_key, claim, &holder, now).await? {
+        let Some(version) = claims::take_over(record_key, claim, &holder, now).await? else {
             return Ok(None);
-        }
+        };
         Ok(Some(Self {
             record_key: record_key.to_owned(),
             claim: claim.to_owned(),
             holder,
             keys,
+            version: std::cell::Cell::new(Some(version)),
         }))
     }
 
@@ -73,21 +77,23 @@ impl Claim {
 
     /// Record `tx` on the settlement record (`submitted`) while we still hold it, and claim its hash.
     async fn record_submitted(&self, tx: &SignedTx) -> Result<(), wit::Error> {
-        let held = claims::record_submitted(
+        let recorded = claims::record_submitted(
             &self.record_key,
+            self.version.take(),
             &self.claim,
             &self.holder,
             tx,
             util::now_secs(),
         )
         .await?;
-        if !held {
+        let Some((record, version)) = recorded else {
             return Err(wit::Error::Conflict(
                 "already settled: the claim was taken over".into(),
             ));
-        }
+        };
+        self.version.set(Some(version));
         // Our own settlement transactions can never be presented again as a tx-hash proof.
-        claims::claim_txhash(&self.record_key, tx.hash).await;
+        claims::claim_txhash(&record, tx.hash).await;
         Ok(())
     }
 }
@@ -229,7 +235,16 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> bool {
 
 /// Record `outcome` (not pending) on the claim's record; the flag says whether this call recorded it.
 async fn finish(claim: &Claim, hash: B256, outcome: Outcome) -> (Outcome, bool) {
-    match claims::finish(&claim.record_key, &claim.claim, outcome, util::now_secs()).await {
+    let start = claim.version.take();
+    match claims::finish(
+        &claim.record_key,
+        start,
+        &claim.claim,
+        outcome,
+        util::now_secs(),
+    )
+    .await
+    {
         Ok(Some((_, true))) => (outcome, true),
         // Someone else recorded the receipt first: never report a drop over it.
         Ok(Some((r, false))) if matches!(outcome, Outcome::Dropped(_)) => {
