@@ -12,7 +12,9 @@ use esim402_core::esim::{ActivationCode, Carrier, Eid, Iccid, ProfileState, SimS
 use esim402_core::order::{self, Claim, Order, Plan, Step, StoredSim};
 use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid, kv_err, message};
-use esim402_guest::kv::{self, Change};
+use std::cell::Cell;
+
+use esim402_guest::kv::{self, Change, Stored};
 use esim402_guest::{util, wit};
 
 use crate::calls::{self, Deadline, call_twice, fci, header};
@@ -44,6 +46,9 @@ fn reason_of(code: &es2::StatusCode) -> String {
 /// The driver of one order: its journal as claimed.
 struct Driver {
     order: Order,
+    /// The journal's cell version as this driver last wrote it: its next journal update starts there instead
+    /// of reading the journal (kernel `cell::Update::after`; a stale one costs a read, nothing more).
+    version: Cell<Option<Stored>>,
 }
 
 /// Claim the order journal for `invoice_id` (kernel `order::claim`); a refusal writes nothing.
@@ -53,19 +58,25 @@ async fn claim(
     lease: u64,
 ) -> Result<Result<Driver, Claim>, wit::Error> {
     let token = util::holder_token().map_err(internal)?;
-    let (_, claimed) =
-        kv::change_json::<Order, Claim, wit::Error>(&keys::order(invoice_id), |current| {
+    let (_, claimed, version) = kv::change_json_from::<Order, Claim, wit::Error>(
+        &keys::order(invoice_id),
+        None,
+        |current| {
             Ok(
                 match order::claim(current.as_ref(), invoice_id, &token, now, lease) {
                     Claim::Drive(next) => (Change::Put(next.clone()), Claim::Drive(next)),
                     other => (Change::Keep, other),
                 },
             )
-        })
-        .await
-        .map_err(kv_err)?;
+        },
+    )
+    .await
+    .map_err(kv_err)?;
     Ok(match claimed {
-        Claim::Drive(order) => Ok(Driver { order }),
+        Claim::Drive(order) => Ok(Driver {
+            order,
+            version: Cell::new(Some(version)),
+        }),
         other => Err(other),
     })
 }
@@ -73,11 +84,19 @@ async fn claim(
 /// Update the journal if this driver still holds it.
 async fn journal(driver: &Driver, f: impl Fn(&mut Order)) -> Result<Order, wit::Error> {
     let token = driver.order.token.clone();
-    kv::update_json::<Order, wit::Error>(&keys::order(&driver.order.invoice_id), |current| {
-        Order::journal(current, &token, &f).map_err(|e| wit::Error::Conflict(e.to_string()))
-    })
+    let (_, order, version) = kv::change_json_from::<Order, Order, wit::Error>(
+        &keys::order(&driver.order.invoice_id),
+        driver.version.take(),
+        |current| {
+            Order::journal(current, &token, &f)
+                .map(|next| (Change::Put(next.clone()), next))
+                .map_err(|e| wit::Error::Conflict(e.to_string()))
+        },
+    )
     .await
-    .map_err(kv_err)
+    .map_err(kv_err)?;
+    driver.version.set(Some(version));
+    Ok(order)
 }
 
 /// Confirm and release an allocated profile; returns the activation code.
@@ -179,17 +198,31 @@ async fn try_carrier(
         calls::cancel(cfg, carrier, &iccid, false).await;
         return Err(Skip::Reject(e));
     }
-    sim_store::put(&sim).await.map_err(Skip::Reject)?;
-    finish(cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await?;
+    // A SIM just allocated has no record yet: store it without reading first (a put ignores what is there).
+    let at = sim_store::put(&sim, Some(Stored::absent()))
+        .await
+        .map_err(Skip::Reject)?;
+    finish(
+        cfg,
+        carrier,
+        &step,
+        &mut sim,
+        Some(at),
+        spec.eid.as_ref(),
+        deadline,
+    )
+    .await?;
     Ok(sim)
 }
 
-/// Confirm an allocated profile and store the result; on failure give the profile back to the pool.
+/// Confirm an allocated profile and store the result (from the SIM record's version `at`, if the caller holds
+/// it); on failure give the profile back to the pool.
 async fn finish(
     cfg: &Config,
     carrier: &Carrier,
     step: &Step,
     sim: &mut StoredSim,
+    at: Option<Stored>,
     eid: Option<&Eid>,
     deadline: Deadline,
 ) -> Result<(), Skip> {
@@ -198,7 +231,7 @@ async fn finish(
             sim.state = SimState::Active;
             sim.profile_state = Some(ProfileState::Released);
             sim.activation_code = Some(code.to_string());
-            sim_store::put(sim).await.map_err(Skip::Reject)?;
+            sim_store::put(sim, at).await.map_err(Skip::Reject)?;
             Ok(())
         }
         Err(Err(Transport::Timeout)) if deadline.next_call().is_none() => {
@@ -215,7 +248,7 @@ async fn finish(
                 calls::cancel(cfg, carrier, &iccid, false).await;
             }
             sim.state = SimState::Failed;
-            let _ = sim_store::put(sim).await;
+            let _ = sim_store::put(sim, at).await;
             Err(Skip::Next(format!("{}: {why}", carrier.id)))
         }
     }
@@ -276,11 +309,21 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
                     &step.iccid,
                     now,
                 );
-                sim_store::put(&sim).await?;
+                sim_store::put(&sim, None).await?;
                 sim
             }
         };
-        match finish(&cfg, carrier, &step, &mut sim, spec.eid.as_ref(), deadline).await {
+        match finish(
+            &cfg,
+            carrier,
+            &step,
+            &mut sim,
+            None,
+            spec.eid.as_ref(),
+            deadline,
+        )
+        .await
+        {
             Ok(()) => return complete(&driver, sim, failovers).await,
             Err(Skip::Next(why)) => {
                 failovers.push(why);
@@ -326,7 +369,7 @@ async fn complete(
     // A SIM delivered by `try_carrier` was stored with these failovers already.
     if sim.failovers != failovers {
         sim.failovers = failovers.clone();
-        sim_store::put(&sim).await?;
+        sim_store::put(&sim, None).await?;
     }
     if let Some(owner) = sim.access.owner {
         sim_store::index_owner(owner, &sim.iccid).await?;

@@ -7,7 +7,8 @@ use esim402_core::join::join_all;
 use esim402_core::order::{self, StoredSim};
 use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid, kv_err, store_err};
-use esim402_guest::{kv, wit};
+use esim402_guest::kv::{self, Change};
+use esim402_guest::wit;
 
 /// Parse an ICCID (`invalid-input` on `iccid`).
 pub fn parse_iccid(iccid: &str) -> Result<Iccid, wit::Error> {
@@ -21,12 +22,16 @@ pub async fn load(iccid: &Iccid) -> Result<Option<StoredSim>, wit::Error> {
         .map_err(kv_err)
 }
 
-/// Store `sim`.
-pub async fn put(sim: &StoredSim) -> Result<(), wit::Error> {
-    kv::update_json::<StoredSim, wit::Error>(&keys::sim(&sim.iccid), |_| Ok(sim.clone()))
-        .await
-        .map(drop)
-        .map_err(kv_err)
+/// Store `sim`, starting from the record's cell version `start` when the caller holds one (a put ignores what
+/// the record holds, so any version is a correct start, [`kv::Stored::absent`] included); the version now
+/// holding it.
+pub async fn put(sim: &StoredSim, start: Option<kv::Stored>) -> Result<kv::Stored, wit::Error> {
+    kv::change_json_from::<StoredSim, (), wit::Error>(&keys::sim(&sim.iccid), start, |_| {
+        Ok((Change::Put(sim.clone()), ()))
+    })
+    .await
+    .map(|(_, (), version)| version)
+    .map_err(kv_err)
 }
 
 /// Add `iccid` to `owner`'s index: one `increment` reserves the next slot, one write fills it. A crash in
