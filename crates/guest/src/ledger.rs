@@ -7,9 +7,10 @@
 //! Appends never lose or reorder entries: an appender builds entry `n` of its shard from the head it read and
 //! claims the entry key with insert-if-absent; exactly one appender wins each `n`. The head is then advanced
 //! with a cell update (started from the version read, not read again; and past a head this protocol wrote,
-//! the entry keys are claimed without a read: kernel `cell::Update::after`); an appender that finds entry `n` already written but the head still at `n` advances
-//! the head itself before retrying ("helping"), so a crash between the two writes stalls nobody. Both are
-//! versioned cells ([`crate::kv`]), so this holds on Spin's SQLite and Redis stores too.
+//! the entry keys are claimed without a read: kernel `cell::Update::after`); an appender that finds entry `n`
+//! already written but the head still at `n` advances the head itself before retrying ("helping"), so a crash
+//! between the two writes stalls nobody. Both are versioned cells ([`crate::kv`]), so this holds on Spin's
+//! SQLite and Redis stores too.
 
 use esim402_core::ledger::{
     ChainHead, EntryFields, EntryKind, LedgerEntry, SHARDS, from_json_line, shard_of, to_json_line,

@@ -342,9 +342,10 @@ where
     /// the claim on the version after `head` is won only if no one has claimed it, that is, only if `head` is
     /// still the newest. A start that is no longer the newest costs a lost claim (its undo and withdrawal), and
     /// the next attempt reads the cell at once, without a pause. Only a write is decided on the start: if the
-    /// update function refuses it or leaves it as it is, the cell is read and the function asked again. [`Stored::absent`] claims version 1 without a
-    /// read: only for a key that cannot hold a value written before cells existed (version 0 with data),
-    /// which such a claim would overwrite.
+    /// update function refuses it or leaves it as it is, the cell is read and the function asked again.
+    /// [`Stored::absent`] claims version 1 without a read: only for a key that cannot hold a value written
+    /// before cells existed (version 0 with data), which such a claim would overwrite, or for a write that
+    /// ignores what the key holds.
     pub fn after(key: impl Into<String>, seed: u64, update: F, head: Stored) -> Self {
         Self {
             start: Some(head),
