@@ -394,12 +394,18 @@ pub fn owner_index(
     page: &OwnerPage,
     slots: impl IntoIterator<Item = Option<String>>,
 ) -> Vec<String> {
+    // One set of the old list per page, not a scan of it per slot: a fleet wallet's old list may be long.
+    let in_legacy: std::collections::HashSet<&str> = legacy.iter().map(String::as_str).collect();
     let mut seen = std::collections::HashSet::new();
-    let in_legacy = |iccid: &String| legacy.contains(iccid);
     legacy[page.legacy.clone()]
         .iter()
         .cloned()
-        .chain(slots.into_iter().flatten().filter(|i| !in_legacy(i)))
+        .chain(
+            slots
+                .into_iter()
+                .flatten()
+                .filter(|i| !in_legacy.contains(i.as_str())),
+        )
         .filter(|iccid| seen.insert(iccid.clone()))
         .collect()
 }
