@@ -118,6 +118,29 @@ pub fn claim<E>(key: &str) -> Result<bool, KvError<E>> {
     Ok(increment::<E>(key, 1)? == 1)
 }
 
+/// The update machine for `key`: from the caller's version `start` if it holds one (kernel `Update::after`),
+/// else from a read.
+fn machine<F, R, E>(key: &str, update: F, start: Option<Stored>) -> Update<F, R, E>
+where
+    F: FnMut(Option<&[u8]>) -> Result<(Next, R), E>,
+{
+    match start {
+        Some(head) => Update::after(key, seed(), update, head),
+        None => Update::new(key, seed(), update),
+    }
+}
+
+/// A committed update as the version now holding its result (a start for a later update: only its version
+/// and data count, so the claimant's token is not kept) and its by-product.
+fn split<R>(c: Committed<R>) -> (Stored, R) {
+    let version = Stored {
+        version: c.version,
+        token: 0,
+        data: c.data,
+    };
+    (version, c.by_product)
+}
+
 /// Drive a cell protocol machine against the default store.
 async fn drive<F, R, E>(key: &str, mut machine: Update<F, R, E>) -> Result<Committed<R>, KvError<E>>
 where
@@ -171,18 +194,19 @@ where
         .map(|(next, r, _)| (next, r))
 }
 
-/// [`update_json`] starting from `start`, a version of the cell the caller holds (from [`read_json`] or an
-/// earlier update), instead of reading it: one store call fewer when `start` is still the newest, three more
-/// when it is not (kernel `Update::after`). Returns the value written and the version now holding it.
+/// [`update_json`] starting from `start` when given, a version of the cell the caller holds (from
+/// [`read_json`] or an earlier update), instead of reading it: one store call fewer when `start` is still the
+/// newest, three more when it is not (kernel `Update::after`). Returns the value written and the version now
+/// holding it.
 pub async fn update_json_from<T, E>(
     key: &str,
-    start: Stored,
+    start: Option<Stored>,
     update: impl Fn(Option<T>) -> Result<T, E>,
 ) -> Result<(T, Stored), KvError<E>>
 where
     T: Serialize + DeserializeOwned,
 {
-    update_json_inner(key, Some(start), |cur| update(cur).map(|next| (next, ())))
+    update_json_inner(key, start, |cur| update(cur).map(|next| (next, ())))
         .await
         .map(|(next, (), version)| (next, version))
 }
@@ -204,18 +228,9 @@ where
         let bytes = serde_json::to_vec(&next).map_err(|e| Stop::Corrupt(e.to_string()))?;
         Ok((Next::Put(bytes), (next, r)))
     };
-    let machine = match start {
-        Some(head) => Update::after(key, seed(), step, head),
-        None => Update::new(key, seed(), step),
-    };
-    match drive(key, machine).await {
+    match drive(key, machine(key, step, start)).await {
         Ok(c) => {
-            let version = Stored {
-                version: c.version,
-                token: 0,
-                data: c.data,
-            };
-            let (next, r) = c.by_product;
+            let (version, (next, r)) = split(c);
             Ok((next, r, version))
         }
         Err(KvError::Refused(Stop::Refused(e))) => Err(KvError::Refused(e)),
@@ -274,24 +289,11 @@ where
         };
         Ok((next, r))
     };
-    let machine = match start {
-        Some(head) => Update::after(key, seed(), step, head),
-        None => Update::new(key, seed(), step),
-    };
-    match drive(key, machine).await {
+    match drive(key, machine(key, step, start)).await {
         Ok(c) => {
-            let value = c
-                .data
-                .as_deref()
-                .map(serde_json::from_slice::<T>)
-                .transpose()
-                .map_err(|e| corrupt(key, e))?;
-            let version = Stored {
-                version: c.version,
-                token: 0,
-                data: c.data,
-            };
-            Ok((value, c.by_product, version))
+            let (version, r) = split(c);
+            let value = decode(key, &version)?;
+            Ok((value, r, version))
         }
         Err(KvError::Refused(Stop::Refused(e))) => Err(KvError::Refused(e)),
         Err(KvError::Refused(Stop::Corrupt(m))) => Err(corrupt(key, m)),
@@ -355,29 +357,24 @@ where
 
 /// Store `value` (JSON bytes) under `key` only if the key holds nothing; exactly one concurrent caller wins.
 pub async fn insert_if_absent<E>(key: &str, value: &[u8]) -> Result<(), KvError<E>> {
-    insert_inner(key, value, false).await
+    insert_inner(key, value, None).await
 }
 
 /// [`insert_if_absent`] that claims the key's first version without reading it first: one store call fewer
 /// when the key is new, three more when it is not. Only for a key that cannot hold a value written before
 /// cells existed (an unversioned value has no claim counter, so the claim would win and overwrite it).
 pub async fn insert_new<E>(key: &str, value: &[u8]) -> Result<(), KvError<E>> {
-    insert_inner(key, value, true).await
+    insert_inner(key, value, Some(Stored::absent())).await
 }
 
-async fn insert_inner<E>(key: &str, value: &[u8], assume_new: bool) -> Result<(), KvError<E>> {
+async fn insert_inner<E>(key: &str, value: &[u8], start: Option<Stored>) -> Result<(), KvError<E>> {
     let step = |cur: Option<&[u8]>| -> Result<(Next, ()), ()> {
         match cur {
             Some(_) => Err(()),
             None => Ok((Next::Put(value.to_vec()), ())),
         }
     };
-    let machine = if assume_new {
-        Update::after(key, seed(), step, Stored::absent())
-    } else {
-        Update::new(key, seed(), step)
-    };
-    match drive(key, machine).await {
+    match drive(key, machine(key, step, start)).await {
         Ok(_) => Ok(()),
         Err(KvError::Refused(())) => Err(KvError::Exists),
         Err(e) => Err(rewrap(e)),
@@ -387,7 +384,7 @@ async fn insert_inner<E>(key: &str, value: &[u8], assume_new: bool) -> Result<()
 /// Remove the value at `key` (a tombstone version; a later [`insert_if_absent`] may take the key again).
 pub async fn remove<E>(key: &str) -> Result<(), KvError<E>> {
     let step = |_: Option<&[u8]>| -> Result<(Next, ()), ()> { Ok((Next::Remove, ())) };
-    drive(key, Update::new(key, seed(), step))
+    drive(key, machine(key, step, None))
         .await
         .map(drop)
         .map_err(rewrap)
@@ -411,19 +408,20 @@ pub async fn read_json<T: DeserializeOwned, E>(
     key: &str,
 ) -> Result<(Option<T>, Stored), KvError<E>> {
     let version = read_version(key).await?;
-    let value = version
-        .data
-        .as_deref()
-        .map(|bytes| serde_json::from_slice(bytes).map_err(|e| corrupt(key, e)))
-        .transpose()?;
-    Ok((value, version))
+    Ok((decode(key, &version)?, version))
 }
 
 /// Read and decode the JSON cell at `key`.
 pub async fn get_json<T: DeserializeOwned, E>(key: &str) -> Result<Option<T>, KvError<E>> {
-    get_bytes(key)
-        .await?
-        .map(|bytes| serde_json::from_slice(&bytes).map_err(|e| corrupt(key, e)))
+    read_json(key).await.map(|(value, _)| value)
+}
+
+/// The JSON value a cell version holds (`None`: absent or removed).
+fn decode<T: DeserializeOwned, E>(key: &str, version: &Stored) -> Result<Option<T>, KvError<E>> {
+    version
+        .data
+        .as_deref()
+        .map(|bytes| serde_json::from_slice(bytes).map_err(|e| corrupt(key, e)))
         .transpose()
 }
 

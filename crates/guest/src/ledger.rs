@@ -77,12 +77,8 @@ async fn advance(
             Err(())
         }
     };
-    let moved = match read {
-        Some(version) => kv::update_json_from(&key, version, step).await.map(drop),
-        None => kv::update_json(&key, step).await.map(drop),
-    };
-    match moved {
-        Ok(()) => Ok(true),
+    match kv::update_json_from(&key, read, step).await {
+        Ok(_) => Ok(true),
         Err(KvError::Refused(())) => Ok(false),
         Err(e) => Err(e),
     }
