@@ -130,12 +130,12 @@ where
     }
 }
 
-/// A committed update as the version now holding its result (a start for a later update: only its version
-/// and data count, so the claimant's token is not kept) and its by-product.
+/// A committed update as the version now holding its result (a start for a later update, whose owner deletes
+/// this version's proposal once it publishes the next) and its by-product.
 fn split<R>(c: Committed<R>) -> (Stored, R) {
     let version = Stored {
         version: c.version,
-        token: 0,
+        token: c.token,
         data: c.data,
     };
     (version, c.by_product)

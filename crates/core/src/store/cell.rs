@@ -31,17 +31,21 @@
 //!   made inside an update, never on a plain read.
 //!
 //! A head write can go back only if a process stalls for longer than [`ADOPT_AFTER_US`] between two store
-//! calls (a frozen VM): an adopter then copies version `n+1` after someone else already published `n+2`.
-//! Nothing is lost even then — every version stays in its proposal, and the next update finds the newer claim,
-//! adopts it and moves on — but a read may briefly see the older value.
+//! calls (a frozen VM): an adopter (or a winner publishing late) then copies version `n+1` after someone else
+//! already published `n+2`, or later ones. Nothing is lost even then: the newest claimed version always has its
+//! proposal, and a writer stuck behind the set-back head walks the claim counters forward (`increment` by 0,
+//! which changes nothing) to the last claimed version, adopts that proposal and moves on. A read may briefly
+//! see the older value.
 //!
 //! Stored format: the head and the proposals hold `@kv1 <version> <token>\n<data>`; a head without the prefix
 //! (written before cells existed) reads as version 0. Counters are only ever touched through `increment`, so
 //! the backends' counter encodings (little-endian on SQLite, decimal on Redis) never matter. Counters are kept
-//! (a few bytes per version: deleting one would let a stale writer claim its version again). Proposals of
-//! version 2 and up are kept too, because a stalled writer can set the head back by one version and the next
-//! writer then needs them to move forward again; the proposal of version 1 is deleted once published, since
-//! no head can ever go back to version 0. So a key written once costs its head and one counter.
+//! (a few bytes per version: deleting one would let a stale writer claim its version again). Proposals are
+//! not: the owner of version `n+1`, once it has published, deletes the proposal of version `n` (named by the
+//! head it read), and the owner of version 1 deletes its own, since no head can ever go back to version 0.
+//! Only the newest version's proposal stays, which is what a writer behind a set-back head needs. So a key
+//! costs its head, one counter per version and one proposal; a writer that dies between its publication and
+//! that delete leaves one proposal behind.
 //!
 //! The protocol is sans-IO: [`Update`] yields [`Op`]s and pauses; a driver (the guest's `esim402_guest::kv`,
 //! or the simulated store in the tests) performs them and feeds back each [`Reply`].
@@ -60,6 +64,9 @@ pub const GIVE_UP_AFTER_US: u64 = 3_000_000;
 
 /// The longest single back-off pause.
 const MAX_PAUSE_US: u64 = 8_000;
+
+/// The most claim counters a writer behind a set-back head reads in one go before it pauses.
+const MAX_PROBE: u64 = 4_096;
 
 const MAGIC: &[u8] = b"@kv1 ";
 
@@ -202,6 +209,8 @@ pub enum Next {
 pub struct Committed<R> {
     /// The version now holding the result (the one read, for [`Next::Keep`]).
     pub version: u64,
+    /// That version's token (a start for [`Update::after`] names its proposal with it).
+    pub token: u64,
     /// The data after the update.
     pub data: Option<Vec<u8>>,
     /// The update function's by-product from the attempt that was committed.
@@ -239,7 +248,8 @@ enum State {
     Claiming,
     /// Won; waiting for the head write.
     Publishing,
-    /// Published version 1; waiting for its proposal's delete.
+    /// Published; waiting for the delete of a proposal no longer needed (version 1's own, or the one of the
+    /// version read).
     Tidying,
     /// Lost; waiting for the undo increment.
     Undoing,
@@ -249,8 +259,15 @@ enum State {
     Checking,
     /// Stuck: reading the claim counter (increment by 0) to learn the winner's token.
     FindingWinner,
-    /// Stuck: reading the winner's proposal.
-    Adopting(u64),
+    /// Stuck: reading the proposal of `version` by `token`.
+    Adopting { version: u64, token: u64 },
+    /// Stuck and the claimed version's proposal is gone (a later version was published over a set-back
+    /// head): reading the counter of `version` (increment by 0); `last` is the last claimed version found and
+    /// its counter.
+    Probing {
+        version: u64,
+        last: Option<(u64, i64)>,
+    },
     /// Stuck: waiting for the adopted head write.
     Republishing,
     /// Pausing before the next attempt.
@@ -291,8 +308,9 @@ pub struct Update<F, R, E> {
     update: F,
     rng: u64,
     state: State,
-    /// The head version this attempt read.
+    /// The head version this attempt read, and its token.
     read: u64,
+    read_token: u64,
     /// This attempt's token and proposal bytes.
     token: u64,
     proposal: Vec<u8>,
@@ -323,6 +341,7 @@ where
             rng: seed,
             state: State::Reading,
             read: 0,
+            read_token: 0,
             token: 0,
             proposal: Vec::new(),
             result: None,
@@ -427,9 +446,19 @@ where
                     Step::Op(Op::Increment(claim_key(&self.key, self.read + 1), -token))
                 }
             }
+            // Once published, version 1's own proposal is not needed (no head goes back to version 0), nor is
+            // the version read's (this one's is the newest now). Version 1's was deleted by its owner.
             (State::Publishing, Some(Reply::Done)) if self.read == 0 => {
                 self.state = State::Tidying;
                 Step::Op(Op::Delete(proposal_key(&self.key, 1, self.token)))
+            }
+            (State::Publishing, Some(Reply::Done)) if self.read >= 2 && self.read_token != 0 => {
+                self.state = State::Tidying;
+                Step::Op(Op::Delete(proposal_key(
+                    &self.key,
+                    self.read,
+                    self.read_token,
+                )))
             }
             (State::Publishing | State::Tidying, Some(Reply::Done)) => {
                 let Some((data, by_product)) = self.result.take() else {
@@ -438,6 +467,7 @@ where
                 let version = self.read + 1;
                 self.finish(Ok(Committed {
                     version,
+                    token: self.token,
                     data,
                     by_product,
                 }))
@@ -468,27 +498,43 @@ where
                     Err(e) => self.finish(Err(widen(e))),
                 }
             }
-            (State::FindingWinner, Some(Reply::Counter(c))) => match u64::try_from(c) {
-                Ok(t) if t > 0 && t < (1 << TOKEN_BITS) => {
-                    self.state = State::Adopting(t);
-                    Step::Op(Op::Get(proposal_key(&self.key, self.read + 1, t)))
-                }
+            (State::FindingWinner, Some(Reply::Counter(c))) => match token_of(c) {
+                Some(token) => self.adopt(self.read + 1, token),
                 // A loser's increment is in flight (or the claim's winner is hidden): try again later.
-                _ => self.retry(),
+                None => self.retry(),
             },
-            (State::Adopting(t), Some(Reply::Value(Some(bytes)))) => match Stored::decode(&bytes) {
-                Ok(s) if s.version == self.read + 1 && s.token == t => {
-                    self.state = State::Republishing;
-                    Step::Op(Op::Set(self.key.clone(), bytes))
+            (State::Adopting { version, token }, Some(Reply::Value(Some(bytes)))) => {
+                match Stored::decode(&bytes) {
+                    Ok(s) if s.version == version && s.token == token => {
+                        self.state = State::Republishing;
+                        Step::Op(Op::Set(self.key.clone(), bytes))
+                    }
+                    Ok(_) => self.finish(Err(CellError::Corrupt(format!(
+                        "proposal {} does not hold version {version}",
+                        proposal_key(&self.key, version, token),
+                    )))),
+                    Err(e) => self.finish(Err(widen(e))),
                 }
-                Ok(_) => self.finish(Err(CellError::Corrupt(format!(
-                    "proposal {} does not hold version {}",
-                    proposal_key(&self.key, self.read + 1, t),
-                    self.read + 1
-                )))),
-                Err(e) => self.finish(Err(widen(e))),
+            }
+            // The version claimed after the head has no proposal: it was deleted when a later version was
+            // published (the head has been set back since), or the counter did not name the winner yet. Find
+            // the last claimed version.
+            (State::Adopting { version, .. }, Some(Reply::Value(None)))
+                if version == self.read + 1 =>
+            {
+                self.probe(version + 1, None)
+            }
+            (State::Adopting { .. }, Some(Reply::Value(None))) => self.retry(),
+            (State::Probing { version, last }, Some(Reply::Counter(c))) => match (c, last) {
+                (0, Some((claimed, c))) => match token_of(c) {
+                    Some(token) => self.adopt(claimed, token),
+                    None => self.retry(),
+                },
+                // Nothing claimed after the version whose proposal was missing: a loser's increment was in
+                // flight when its counter was read. Try again later.
+                (0, None) => self.retry(),
+                (c, _) => self.probe(version + 1, Some((version, c))),
             },
-            (State::Adopting(_), Some(Reply::Value(None))) => self.retry(),
             (State::Republishing, Some(Reply::Done)) => {
                 self.stuck_at = None;
                 self.read_head()
@@ -497,6 +543,21 @@ where
                 "cell driver protocol error: {reply:?} in state {state:?}"
             )))),
         }
+    }
+
+    /// Read `version`'s proposal by `token`, to adopt it.
+    fn adopt(&mut self, version: u64, token: u64) -> Step<R, E> {
+        self.state = State::Adopting { version, token };
+        Step::Op(Op::Get(proposal_key(&self.key, version, token)))
+    }
+
+    /// Read the claim counter of `version` without changing it; `last`: the last claimed version so far.
+    fn probe(&mut self, version: u64, last: Option<(u64, i64)>) -> Step<R, E> {
+        if version - self.read > MAX_PROBE {
+            return self.retry();
+        }
+        self.state = State::Probing { version, last };
+        Step::Op(Op::Increment(claim_key(&self.key, version), 0))
     }
 
     fn token_i64(&self) -> i64 {
@@ -532,6 +593,7 @@ where
             Next::Keep => {
                 return self.finish(Ok(Committed {
                     version: stored.version,
+                    token: stored.token,
                     data: stored.data,
                     by_product,
                 }));
@@ -541,6 +603,7 @@ where
                 // Already absent: nothing to write.
                 return self.finish(Ok(Committed {
                     version: stored.version,
+                    token: stored.token,
                     data: None,
                     by_product,
                 }));
@@ -548,6 +611,7 @@ where
             Next::Remove => None,
         };
         self.read = stored.version;
+        self.read_token = stored.token;
         self.token = self.token();
         let proposal = Stored {
             version: self.read + 1,
@@ -581,6 +645,14 @@ where
         }
         self.retry()
     }
+}
+
+/// The winner's token a claim counter holds, if it holds exactly one (not while a loser's increment is in
+/// flight).
+fn token_of(counter: i64) -> Option<u64> {
+    u64::try_from(counter)
+        .ok()
+        .filter(|&t| t > 0 && t < (1 << TOKEN_BITS))
 }
 
 fn widen<E>(e: CellError) -> CellError<E> {
