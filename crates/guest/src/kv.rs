@@ -146,22 +146,10 @@ async fn drive<F, R, E>(key: &str, mut machine: Update<F, R, E>) -> Result<Commi
 where
     F: FnMut(Option<&[u8]>) -> Result<(Next, R), E>,
 {
-    let store = default_store().await?;
     let mut reply = None;
     loop {
         match machine.resume(reply.take()) {
-            Step::Op(Op::Get(k)) => {
-                reply = Some(Reply::Value(store.get(&k).await.map_err(spin_err)?))
-            }
-            Step::Op(Op::Set(k, v)) => {
-                store.set(&k, &v).await.map_err(spin_err)?;
-                reply = Some(Reply::Done);
-            }
-            Step::Op(Op::Delete(k)) => {
-                store.delete(&k).await.map_err(spin_err)?;
-                reply = Some(Reply::Done);
-            }
-            Step::Op(Op::Increment(k, d)) => reply = Some(Reply::Counter(increment(&k, d)?)),
+            Step::Op(op) => reply = Some(perform(op).await.map_err(widen)?),
             Step::Pause(us) => spin_sdk::time::sleep(std::time::Duration::from_micros(us)).await,
             Step::Done(Ok(c)) => return Ok(c),
             Step::Done(Err(CellError::Refused(e))) => return Err(KvError::Refused(e)),
@@ -171,6 +159,34 @@ where
             Step::Done(Err(CellError::Corrupt(m))) => return Err(corrupt(key, m)),
         }
     }
+}
+
+/// A store failure of [`perform`] as the caller's error type.
+fn widen<E>(e: KvError<()>) -> KvError<E> {
+    match e {
+        KvError::Exists => KvError::Exists,
+        KvError::Contended(k) => KvError::Contended(k),
+        KvError::Store(m) => KvError::Store(m),
+        KvError::Corrupt { key, message } => KvError::Corrupt { key, message },
+        KvError::Refused(()) => KvError::Store("update refused".into()),
+    }
+}
+
+/// One store operation of a cell update (not generic: one copy for every update).
+async fn perform(op: Op) -> Result<Reply, KvError<()>> {
+    let store = default_store().await?;
+    Ok(match op {
+        Op::Get(k) => Reply::Value(store.get(&k).await.map_err(spin_err)?),
+        Op::Set(k, v) => {
+            store.set(&k, &v).await.map_err(spin_err)?;
+            Reply::Done
+        }
+        Op::Delete(k) => {
+            store.delete(&k).await.map_err(spin_err)?;
+            Reply::Done
+        }
+        Op::Increment(k, d) => Reply::Counter(increment(&k, d)?),
+    })
 }
 
 /// Why an update closure stopped: the caller's refusal, or a value that did not (de)serialise.

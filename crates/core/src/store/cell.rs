@@ -304,8 +304,39 @@ enum State {
 /// assert_eq!((done.version, done.data.as_deref()), (1, Some(&b"1"[..])));
 /// ```
 pub struct Update<F, R, E> {
-    key: String,
+    core: Core,
     update: F,
+    /// What the update function returned with its last decision: the by-product of a write, or its refusal.
+    outcome: Option<Result<R, E>>,
+}
+
+/// What an update function decided, without its by-product or error (kept by the [`Update`]): the protocol
+/// runs in [`Core`], one copy of the code for every update function.
+enum Decision {
+    /// Write this data (`None`: a tombstone).
+    Write(Option<Vec<u8>>),
+    Keep,
+    Refused,
+}
+
+/// A finished [`Core`]: the version now holding the result.
+struct Done {
+    version: u64,
+    token: u64,
+    data: Option<Vec<u8>>,
+}
+
+/// What [`Core::resume`] asks for next.
+enum CoreStep {
+    Op(Op),
+    Pause(u64),
+    /// Finished; a refusal is `CellError::Refused(())`, its error kept by the [`Update`].
+    Done(Result<Done, CellError>),
+}
+
+/// The protocol of an [`Update`], apart from its update function.
+struct Core {
+    key: String,
     rng: u64,
     state: State,
     /// The head version this attempt read, and its token.
@@ -314,18 +345,17 @@ pub struct Update<F, R, E> {
     /// This attempt's token and proposal bytes.
     token: u64,
     proposal: Vec<u8>,
-    /// The attempt's result, kept until it is committed.
-    result: Option<(Option<Vec<u8>>, R)>,
+    /// The attempt's data, kept until it is committed.
+    result: Option<Option<Vec<u8>>>,
     /// Attempts so far and summed pauses.
     attempt: u32,
     paused_us: u64,
     /// The head version that has been losing (and since when, in summed pauses) — for adoption.
     stuck_at: Option<(u64, u64)>,
-    /// A version the caller already holds, to start the first attempt from instead of reading ([`Self::after`]).
+    /// A version the caller already holds, to start the first attempt from instead of reading ([`Update::after`]).
     start: Option<Stored>,
     /// This attempt started from `start`, not from a read.
     assumed: bool,
-    _error: std::marker::PhantomData<E>,
 }
 
 impl<F, R, E> Update<F, R, E>
@@ -336,21 +366,23 @@ where
     /// two claimants with one token would share a proposal key).
     pub fn new(key: impl Into<String>, seed: u64, update: F) -> Self {
         Self {
-            key: key.into(),
+            core: Core {
+                key: key.into(),
+                rng: seed,
+                state: State::Reading,
+                read: 0,
+                read_token: 0,
+                token: 0,
+                proposal: Vec::new(),
+                result: None,
+                attempt: 0,
+                paused_us: 0,
+                stuck_at: None,
+                start: None,
+                assumed: false,
+            },
             update,
-            rng: seed,
-            state: State::Reading,
-            read: 0,
-            read_token: 0,
-            token: 0,
-            proposal: Vec::new(),
-            result: None,
-            attempt: 0,
-            paused_us: 0,
-            stuck_at: None,
-            start: None,
-            assumed: false,
-            _error: std::marker::PhantomData,
+            outcome: None,
         }
     }
 
@@ -366,12 +398,57 @@ where
     /// before cells existed (version 0 with data), which such a claim would overwrite, or for a write that
     /// ignores what the key holds.
     pub fn after(key: impl Into<String>, seed: u64, update: F, head: Stored) -> Self {
-        Self {
-            start: Some(head),
-            ..Self::new(key, seed, update)
-        }
+        let mut u = Self::new(key, seed, update);
+        u.core.start = Some(head);
+        u
     }
 
+    /// Advance with the reply to the last [`Step::Op`] (`None` to start and after a [`Step::Pause`]).
+    pub fn resume(&mut self, reply: Option<Reply>) -> Step<R, E> {
+        let Self {
+            core,
+            update,
+            outcome,
+        } = self;
+        let mut decide = |current: Option<&[u8]>| match update(current) {
+            Ok((next, by_product)) => {
+                *outcome = Some(Ok(by_product));
+                match next {
+                    Next::Put(data) => Decision::Write(Some(data)),
+                    Next::Remove => Decision::Write(None),
+                    Next::Keep => Decision::Keep,
+                }
+            }
+            Err(e) => {
+                *outcome = Some(Err(e));
+                Decision::Refused
+            }
+        };
+        match core.resume(reply, &mut decide) {
+            CoreStep::Op(op) => Step::Op(op),
+            CoreStep::Pause(us) => Step::Pause(us),
+            CoreStep::Done(Ok(done)) => Step::Done(match self.outcome.take() {
+                Some(Ok(by_product)) => Ok(Committed {
+                    version: done.version,
+                    token: done.token,
+                    data: done.data,
+                    by_product,
+                }),
+                _ => Err(CellError::Corrupt("update lost its result".into())),
+            }),
+            CoreStep::Done(Err(CellError::Refused(()))) => Step::Done(match self.outcome.take() {
+                Some(Err(e)) => Err(CellError::Refused(e)),
+                _ => Err(CellError::Corrupt("update lost its refusal".into())),
+            }),
+            CoreStep::Done(Err(e)) => Step::Done(Err(widen(e))),
+        }
+    }
+}
+
+/// The update function as [`Core`] calls it.
+type Decide<'a> = dyn FnMut(Option<&[u8]>) -> Decision + 'a;
+
+impl Core {
     /// splitmix64.
     fn random(&mut self) -> u64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -390,18 +467,18 @@ where
         }
     }
 
-    fn finish(&mut self, r: Result<Committed<R>, CellError<E>>) -> Step<R, E> {
+    fn finish(&mut self, r: Result<Done, CellError>) -> CoreStep {
         self.state = State::Finished;
-        Step::Done(r)
+        CoreStep::Done(r)
     }
 
-    fn read_head(&mut self) -> Step<R, E> {
+    fn read_head(&mut self) -> CoreStep {
         self.state = State::Reading;
-        Step::Op(Op::Get(self.key.clone()))
+        CoreStep::Op(Op::Get(self.key.clone()))
     }
 
     /// Back off before the next attempt, or give up.
-    fn retry(&mut self) -> Step<R, E> {
+    fn retry(&mut self) -> CoreStep {
         if self.paused_us >= GIVE_UP_AFTER_US {
             return self.finish(Err(CellError::Contended));
         }
@@ -410,71 +487,70 @@ where
         let pause = self.random() % cap;
         self.paused_us += pause;
         self.state = State::Pausing;
-        Step::Pause(pause)
+        CoreStep::Pause(pause)
     }
 
-    /// Advance with the reply to the last [`Step::Op`] (`None` to start and after a [`Step::Pause`]).
-    pub fn resume(&mut self, reply: Option<Reply>) -> Step<R, E> {
+    /// [`Update::resume`], asking `decide` for the update function's decision on each version it starts from.
+    fn resume(&mut self, reply: Option<Reply>, decide: &mut Decide<'_>) -> CoreStep {
         match (std::mem::replace(&mut self.state, State::Finished), reply) {
             (State::Reading, None) => match self.start.take() {
                 Some(head) => {
                     self.assumed = true;
-                    self.on_stored(head)
+                    self.on_stored(head, decide)
                 }
                 None => self.read_head(),
             },
             (State::Pausing, None) => self.read_head(),
             (State::Reading, Some(Reply::Value(head))) => {
                 self.assumed = false;
-                self.on_head(head.as_deref())
+                self.on_head(head.as_deref(), decide)
             }
             (State::Proposing, Some(Reply::Done)) => {
                 self.state = State::Claiming;
                 let token = self.token_i64();
-                Step::Op(Op::Increment(claim_key(&self.key, self.read + 1), token))
+                CoreStep::Op(Op::Increment(claim_key(&self.key, self.read + 1), token))
             }
             (State::Claiming, Some(Reply::Counter(c))) => {
                 if c == self.token_i64() {
                     self.state = State::Publishing;
-                    Step::Op(Op::Set(
+                    CoreStep::Op(Op::Set(
                         self.key.clone(),
                         std::mem::take(&mut self.proposal),
                     ))
                 } else {
                     self.state = State::Undoing;
                     let token = self.token_i64();
-                    Step::Op(Op::Increment(claim_key(&self.key, self.read + 1), -token))
+                    CoreStep::Op(Op::Increment(claim_key(&self.key, self.read + 1), -token))
                 }
             }
             // Once published, version 1's own proposal is not needed (no head goes back to version 0), nor is
             // the version read's (this one's is the newest now). Version 1's was deleted by its owner.
             (State::Publishing, Some(Reply::Done)) if self.read == 0 => {
                 self.state = State::Tidying;
-                Step::Op(Op::Delete(proposal_key(&self.key, 1, self.token)))
+                CoreStep::Op(Op::Delete(proposal_key(&self.key, 1, self.token)))
             }
             (State::Publishing, Some(Reply::Done)) if self.read >= 2 && self.read_token != 0 => {
                 self.state = State::Tidying;
-                Step::Op(Op::Delete(proposal_key(
+                CoreStep::Op(Op::Delete(proposal_key(
                     &self.key,
                     self.read,
                     self.read_token,
                 )))
             }
             (State::Publishing | State::Tidying, Some(Reply::Done)) => {
-                let Some((data, by_product)) = self.result.take() else {
+                let Some(data) = self.result.take() else {
                     return self.finish(Err(CellError::Corrupt("update lost its result".into())));
                 };
                 let version = self.read + 1;
-                self.finish(Ok(Committed {
+                self.finish(Ok(Done {
                     version,
                     token: self.token,
                     data,
-                    by_product,
                 }))
             }
             (State::Undoing, Some(Reply::Counter(_))) => {
                 self.state = State::Withdrawing;
-                Step::Op(Op::Delete(proposal_key(
+                CoreStep::Op(Op::Delete(proposal_key(
                     &self.key,
                     self.read + 1,
                     self.token,
@@ -492,10 +568,10 @@ where
                 match Stored::from_head(head.as_deref()) {
                     Ok(s) if s.version == self.read => {
                         self.state = State::FindingWinner;
-                        Step::Op(Op::Increment(claim_key(&self.key, self.read + 1), 0))
+                        CoreStep::Op(Op::Increment(claim_key(&self.key, self.read + 1), 0))
                     }
                     Ok(_) => self.retry(),
-                    Err(e) => self.finish(Err(widen(e))),
+                    Err(e) => self.finish(Err(e)),
                 }
             }
             (State::FindingWinner, Some(Reply::Counter(c))) => match token_of(c) {
@@ -507,13 +583,13 @@ where
                 match Stored::decode(&bytes) {
                     Ok(s) if s.version == version && s.token == token => {
                         self.state = State::Republishing;
-                        Step::Op(Op::Set(self.key.clone(), bytes))
+                        CoreStep::Op(Op::Set(self.key.clone(), bytes))
                     }
                     Ok(_) => self.finish(Err(CellError::Corrupt(format!(
                         "proposal {} does not hold version {version}",
                         proposal_key(&self.key, version, token),
                     )))),
-                    Err(e) => self.finish(Err(widen(e))),
+                    Err(e) => self.finish(Err(e)),
                 }
             }
             // The version claimed after the head has no proposal: it was deleted when a later version was
@@ -546,18 +622,18 @@ where
     }
 
     /// Read `version`'s proposal by `token`, to adopt it.
-    fn adopt(&mut self, version: u64, token: u64) -> Step<R, E> {
+    fn adopt(&mut self, version: u64, token: u64) -> CoreStep {
         self.state = State::Adopting { version, token };
-        Step::Op(Op::Get(proposal_key(&self.key, version, token)))
+        CoreStep::Op(Op::Get(proposal_key(&self.key, version, token)))
     }
 
     /// Read the claim counter of `version` without changing it; `last`: the last claimed version so far.
-    fn probe(&mut self, version: u64, last: Option<(u64, i64)>) -> Step<R, E> {
+    fn probe(&mut self, version: u64, last: Option<(u64, i64)>) -> CoreStep {
         if version - self.read > MAX_PROBE {
             return self.retry();
         }
         self.state = State::Probing { version, last };
-        Step::Op(Op::Increment(claim_key(&self.key, version), 0))
+        CoreStep::Op(Op::Increment(claim_key(&self.key, version), 0))
     }
 
     fn token_i64(&self) -> i64 {
@@ -565,50 +641,39 @@ where
         i64::try_from(self.token).unwrap_or(i64::MAX)
     }
 
-    fn on_head(&mut self, head: Option<&[u8]>) -> Step<R, E> {
+    fn on_head(&mut self, head: Option<&[u8]>, decide: &mut Decide<'_>) -> CoreStep {
         match Stored::from_head(head) {
-            Ok(s) => self.on_stored(s),
-            Err(e) => self.finish(Err(widen(e))),
+            Ok(s) => self.on_stored(s, decide),
+            Err(e) => self.finish(Err(e)),
         }
     }
 
-    fn on_stored(&mut self, stored: Stored) -> Step<R, E> {
+    fn on_stored(&mut self, stored: Stored, decide: &mut Decide<'_>) -> CoreStep {
         if self.stuck_at.is_some_and(|(v, _)| v != stored.version) {
             self.stuck_at = None;
         }
-        let outcome = (self.update)(stored.data.as_deref());
+        let decision = decide(stored.data.as_deref());
         // Only a write is checked by its claim; a refusal or a no-op decided on an assumed start could be
         // decided on a stale version, so it is decided again on the cell as read.
-        let writes = matches!(&outcome, Ok((Next::Put(_), _)))
-            || matches!(&outcome, Ok((Next::Remove, _)) if stored.data.is_some());
+        let writes = match &decision {
+            Decision::Write(data) => data.is_some() || stored.data.is_some(),
+            Decision::Keep | Decision::Refused => false,
+        };
         if self.assumed && !writes {
             self.assumed = false;
             return self.read_head();
         }
-        let (next, by_product) = match outcome {
-            Ok(x) => x,
-            Err(e) => return self.finish(Err(CellError::Refused(e))),
-        };
-        let data = match next {
-            Next::Keep => {
-                return self.finish(Ok(Committed {
+        let data = match decision {
+            Decision::Refused => return self.finish(Err(CellError::Refused(()))),
+            Decision::Write(data) if writes => data,
+            // Keep, or remove what is already absent: nothing to write.
+            Decision::Keep | Decision::Write(_) => {
+                return self.finish(Ok(Done {
                     version: stored.version,
                     token: stored.token,
                     data: stored.data,
-                    by_product,
                 }));
             }
-            Next::Put(d) => Some(d),
-            Next::Remove if stored.data.is_none() => {
-                // Already absent: nothing to write.
-                return self.finish(Ok(Committed {
-                    version: stored.version,
-                    token: stored.token,
-                    data: None,
-                    by_product,
-                }));
-            }
-            Next::Remove => None,
         };
         self.read = stored.version;
         self.read_token = stored.token;
@@ -620,16 +685,16 @@ where
         }
         .encode();
         self.proposal = proposal.clone();
-        self.result = Some((data, by_product));
+        self.result = Some(data);
         self.state = State::Proposing;
-        Step::Op(Op::Set(
+        CoreStep::Op(Op::Set(
             proposal_key(&self.key, self.read + 1, self.token),
             proposal,
         ))
     }
 
     /// Lost the claim on `read + 1`: back off, and once the head has stayed at `read` long enough, adopt.
-    fn on_lost(&mut self) -> Step<R, E> {
+    fn on_lost(&mut self) -> CoreStep {
         self.result = None;
         self.proposal.clear();
         let since = match self.stuck_at {
@@ -641,7 +706,7 @@ where
         };
         if self.paused_us.saturating_sub(since) >= ADOPT_AFTER_US {
             self.state = State::Checking;
-            return Step::Op(Op::Get(self.key.clone()));
+            return CoreStep::Op(Op::Get(self.key.clone()));
         }
         self.retry()
     }

@@ -175,7 +175,7 @@ fn race(
                 let r = sim.apply(op);
                 if is_claim && let Reply::Counter(c) = r {
                     // A positive increment is a claim; the winner sees its own token back.
-                    w.won = c == w.m.token_i64();
+                    w.won = c == w.m.core.token_i64();
                 }
                 w.reply = Some(r);
             }
@@ -472,7 +472,7 @@ fn a_winner_that_dies_before_publishing_is_adopted() {
     let mut reply = None;
     loop {
         match a.resume(reply.take()) {
-            Step::Op(op @ Op::Set(..)) if matches!(a.state, State::Publishing) => {
+            Step::Op(op @ Op::Set(..)) if matches!(a.core.state, State::Publishing) => {
                 let _ = op;
                 break;
             }
@@ -494,7 +494,7 @@ fn a_stalled_winner_that_publishes_late_only_delays_readers() {
     let mut reply = None;
     let late_publish = loop {
         match a.resume(reply.take()) {
-            Step::Op(op @ Op::Set(..)) if matches!(a.state, State::Publishing) => break op,
+            Step::Op(op @ Op::Set(..)) if matches!(a.core.state, State::Publishing) => break op,
             Step::Op(op) => reply = Some(sim.apply(op)),
             other => panic!("{other:?}"),
         }
@@ -557,7 +557,7 @@ fn a_head_set_back_past_deleted_proposals_moves_forward_to_the_newest() {
     let mut reply = None;
     let late_publish = loop {
         match a.resume(reply.take()) {
-            Step::Op(op @ Op::Set(..)) if matches!(a.state, State::Publishing) => break op,
+            Step::Op(op @ Op::Set(..)) if matches!(a.core.state, State::Publishing) => break op,
             Step::Op(op) => reply = Some(sim.apply(op)),
             other => panic!("{other:?}"),
         }
@@ -607,7 +607,7 @@ fn a_head_set_back_past_deleted_proposals_moves_forward_to_the_newest() {
 #[test]
 fn tokens_fit_the_counter_and_differ() {
     let mut u = add_one("k", 99);
-    let tokens: Vec<u64> = (0..1000).map(|_| u.token()).collect();
+    let tokens: Vec<u64> = (0..1000).map(|_| u.core.token()).collect();
     assert!(tokens.iter().all(|&t| t > 0 && t < 1 << TOKEN_BITS));
     let mut sorted = tokens.clone();
     sorted.sort_unstable();
