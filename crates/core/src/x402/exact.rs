@@ -254,7 +254,8 @@ fn recover_key(hash: B256, sig: &EcdsaSignature, odd: bool) -> Option<VerifyingK
         &r.to_bytes(),
         Choice::from(u8::from(odd)),
     ))?;
-    let r_inv = *r.invert();
+    // `r` is public (it is in the signature), so a variable-time inversion leaks nothing.
+    let r_inv: Scalar = Option::from(Invert::invert_vartime(&*r))?;
     let u1 = -(r_inv * z);
     let u2 = r_inv * *s;
     let q = ProjectivePoint::lincomb(
