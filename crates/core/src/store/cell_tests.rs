@@ -464,22 +464,24 @@ fn slow_writers_that_set_the_head_back_lose_nothing() {
     );
 }
 
-#[test]
-fn a_winner_that_dies_before_publishing_is_adopted() {
-    let mut sim = Sim::default();
-    // A claims version 1 and dies before writing the head.
-    let mut a = add_one("k", 11);
+/// A writer (seeded `seed`) that claims version 1 of `k` and stalls before publishing: its head write, held.
+fn win_and_stall(sim: &mut Sim, seed: u64) -> Op {
+    let mut a = add_one("k", seed);
     let mut reply = None;
     loop {
         match a.resume(reply.take()) {
-            Step::Op(op @ Op::Set(..)) if matches!(a.core.state, State::Publishing) => {
-                let _ = op;
-                break;
-            }
+            Step::Op(op @ Op::Set(..)) if matches!(a.core.state, State::Publishing) => return op,
             Step::Op(op) => reply = Some(sim.apply(op)),
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn a_winner_that_dies_before_publishing_is_adopted() {
+    let mut sim = Sim::default();
+    // A claims version 1 and dies before writing the head (its head write is never made).
+    let _never = win_and_stall(&mut sim, 11);
     assert!(!sim.values.contains_key("k"), "A never published");
     // B loses version 1 until it adopts A's proposal, then commits version 2 on top of it.
     let c = run(&mut sim, &mut add_one("k", 12)).unwrap();
@@ -490,15 +492,7 @@ fn a_winner_that_dies_before_publishing_is_adopted() {
 fn a_stalled_winner_that_publishes_late_only_delays_readers() {
     let mut sim = Sim::default();
     // A wins version 1 and stalls before publishing.
-    let mut a = add_one("k", 21);
-    let mut reply = None;
-    let late_publish = loop {
-        match a.resume(reply.take()) {
-            Step::Op(op @ Op::Set(..)) if matches!(a.core.state, State::Publishing) => break op,
-            Step::Op(op) => reply = Some(sim.apply(op)),
-            other => panic!("{other:?}"),
-        }
-    };
+    let late_publish = win_and_stall(&mut sim, 21);
     // B adopts version 1 and writes 2; C writes 3.
     assert_eq!(run(&mut sim, &mut add_one("k", 22)).unwrap().version, 2);
     assert_eq!(run(&mut sim, &mut add_one("k", 23)).unwrap().version, 3);
@@ -553,15 +547,7 @@ fn only_the_newest_version_keeps_its_proposal() {
 fn a_head_set_back_past_deleted_proposals_moves_forward_to_the_newest() {
     let mut sim = Sim::default();
     // A wins version 1 and stalls before publishing.
-    let mut a = add_one("k", 31);
-    let mut reply = None;
-    let late_publish = loop {
-        match a.resume(reply.take()) {
-            Step::Op(op @ Op::Set(..)) if matches!(a.core.state, State::Publishing) => break op,
-            Step::Op(op) => reply = Some(sim.apply(op)),
-            other => panic!("{other:?}"),
-        }
-    };
+    let late_publish = win_and_stall(&mut sim, 31);
     // B adopts version 1 and writes 2; others write 3 to 5, each deleting its predecessor's proposal.
     for seed in 32..36 {
         run(&mut sim, &mut add_one("k", seed)).unwrap();
