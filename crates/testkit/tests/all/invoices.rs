@@ -239,6 +239,21 @@ async fn another_payment_never_takes_an_invoice_held_or_settled_by_one() {
         let b = begin(&mut kit, &inv.id, fp, 1_004).await;
         assert!(conflict(&b), "{fp}: {b:?}");
     }
+    // Four versions of the record (begin, resume, begin, done): each kept its claim counter, and each owner
+    // deleted the proposal it no longer needed, so only the newest version's is left.
+    let record = format!("invoice/{}@v", inv.id);
+    let mut bookkeeping: Vec<String> = kit
+        .kv()
+        .keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(&record).map(str::to_owned))
+        .collect();
+    bookkeeping.sort();
+    assert_eq!(bookkeeping.len(), 5, "{bookkeeping:?}");
+    assert_eq!(bookkeeping[..4], ["1", "2", "3", "4"], "counters");
+    assert!(bookkeeping[4].starts_with("4."), "{bookkeeping:?}");
 
     // A payment refused before any effect leaves the invoice free for another.
     let inv2 = issue(&mut kit, 420_000, 1_000).await;
