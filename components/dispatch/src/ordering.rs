@@ -4,6 +4,8 @@
 //! delivered is cancelled; a confirm whose outcome is unknown when the budget ends leaves the order pending,
 //! and a repeat resumes it with the same call id.
 
+use std::cell::Cell;
+
 use esim402_core::esim::es2::{
     self, ConfirmOrderRequest, ConfirmOrderResponse, DispatchAction, DownloadOrderRequest,
     DownloadOrderResponse, RejectReason,
@@ -12,8 +14,6 @@ use esim402_core::esim::{ActivationCode, Carrier, Eid, Iccid, ProfileState, SimS
 use esim402_core::order::{self, Claim, Order, Plan, Step, StoredSim};
 use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid, kv_err, message};
-use std::cell::Cell;
-
 use esim402_guest::kv::{self, Change, Stored};
 use esim402_guest::{util, wit};
 

@@ -149,7 +149,7 @@ where
     let mut reply = None;
     loop {
         match machine.resume(reply.take()) {
-            Step::Op(op) => reply = Some(perform(op).await.map_err(widen)?),
+            Step::Op(op) => reply = Some(perform(op).await.map_err(rewrap)?),
             Step::Pause(us) => spin_sdk::time::sleep(std::time::Duration::from_micros(us)).await,
             Step::Done(Ok(c)) => return Ok(c),
             Step::Done(Err(CellError::Refused(e))) => return Err(KvError::Refused(e)),
@@ -161,18 +161,8 @@ where
     }
 }
 
-/// A store failure of [`perform`] as the caller's error type.
-fn widen<E>(e: KvError<()>) -> KvError<E> {
-    match e {
-        KvError::Exists => KvError::Exists,
-        KvError::Contended(k) => KvError::Contended(k),
-        KvError::Store(m) => KvError::Store(m),
-        KvError::Corrupt { key, message } => KvError::Corrupt { key, message },
-        KvError::Refused(()) => KvError::Store("update refused".into()),
-    }
-}
-
-/// One store operation of a cell update (not generic: one copy for every update).
+/// One store operation of a cell update (not generic: one copy for every update, the store lookup included:
+/// the instance keeps it open, so each lookup is a clone of a pointer).
 async fn perform(op: Op) -> Result<Reply, KvError<()>> {
     let store = default_store().await?;
     Ok(match op {
