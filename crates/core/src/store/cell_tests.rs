@@ -38,31 +38,26 @@ impl Sim {
     }
 }
 
+/// An update function that adds 1 to a decimal counter and returns the value it saw.
+type PlusOne = Box<dyn FnMut(Option<&[u8]>) -> Result<(Next, u64), ()>>;
+
 /// An update that adds 1 to a decimal counter and records the value it saw.
-type AddOne = Update<Box<dyn FnMut(Option<&[u8]>) -> Result<(Next, u64), ()>>, u64, ()>;
+type AddOne = Update<PlusOne, u64, ()>;
+
+fn plus_one() -> PlusOne {
+    Box::new(|cur: Option<&[u8]>| {
+        let n: u64 = cur.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
+        Ok((Next::Put((n + 1).to_string().into_bytes()), n))
+    })
+}
 
 fn add_one(key: &str, seed: u64) -> AddOne {
-    Update::new(
-        key,
-        seed,
-        Box::new(|cur: Option<&[u8]>| {
-            let n: u64 = cur.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
-            Ok((Next::Put((n + 1).to_string().into_bytes()), n))
-        }),
-    )
+    Update::new(key, seed, plus_one())
 }
 
 /// [`add_one`] whose first attempt starts from `head` instead of reading the cell.
 fn add_one_after(key: &str, seed: u64, head: Stored) -> AddOne {
-    Update::after(
-        key,
-        seed,
-        Box::new(|cur: Option<&[u8]>| {
-            let n: u64 = cur.map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap());
-            Ok((Next::Put((n + 1).to_string().into_bytes()), n))
-        }),
-        head,
-    )
+    Update::after(key, seed, plus_one(), head)
 }
 
 /// Run `m` to completion alone, recording every operation and pause.

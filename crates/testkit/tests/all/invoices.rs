@@ -67,17 +67,17 @@ async fn finish(kit: &mut Kit, id: &str, holder: &str, end: types::PaymentEnd, s
     .unwrap();
 }
 
+/// Every key in the store, sorted.
+async fn all_keys(kit: &Kit) -> Vec<String> {
+    let mut keys = kit.kv().keys().await.unwrap();
+    keys.sort();
+    keys
+}
+
 /// Every key in the store that is not a versioned cell's bookkeeping (`<key>@v<n>…`).
 async fn cell_keys(kit: &Kit) -> Vec<String> {
-    let mut keys: Vec<String> = kit
-        .kv()
-        .keys()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|k| !k.contains('@'))
-        .collect();
-    keys.sort();
+    let mut keys = all_keys(kit).await;
+    keys.retain(|k| !k.contains('@'));
     keys
 }
 
@@ -242,15 +242,11 @@ async fn another_payment_never_takes_an_invoice_held_or_settled_by_one() {
     // Four versions of the record (begin, resume, begin, done): each kept its claim counter, and each owner
     // deleted the proposal it no longer needed, so only the newest version's is left.
     let record = format!("invoice/{}@v", inv.id);
-    let mut bookkeeping: Vec<String> = kit
-        .kv()
-        .keys()
+    let bookkeeping: Vec<String> = all_keys(&kit)
         .await
-        .unwrap()
         .into_iter()
         .filter_map(|k| k.strip_prefix(&record).map(str::to_owned))
         .collect();
-    bookkeeping.sort();
     assert_eq!(bookkeeping.len(), 5, "{bookkeeping:?}");
     assert_eq!(bookkeeping[..4], ["1", "2", "3", "4"], "counters");
     assert!(bookkeeping[4].starts_with("4."), "{bookkeeping:?}");
