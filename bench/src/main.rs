@@ -156,7 +156,9 @@ struct Args {
 struct Host {
     child: Child,
     stopped: bool,
-    dir: Option<PathBuf>,
+    /// The store's directory (runtime config, SQLite file), removed when the host is dropped, and by a start
+    /// that fails.
+    dir: Option<tempfile::TempDir>,
     /// The host's own children (dev stack) at start: PID and command line.
     dev_children: Vec<(u32, String)>,
 }
@@ -197,7 +199,7 @@ impl Host {
     fn store_file(&self) -> Option<PathBuf> {
         self.dir
             .as_ref()
-            .map(|d| d.join("kv.db"))
+            .map(|d| d.path().join("kv.db"))
             .filter(|f| f.exists())
     }
 
@@ -236,9 +238,8 @@ impl Host {
                 cmd.arg("--memory-kv");
             }
             Kv::Redis => {
-                let d = std::env::temp_dir().join(format!("esim402-bench-{}", std::process::id()));
-                std::fs::create_dir_all(&d)?;
-                let rc = d.join("runtime-config.toml");
+                let d = bench_dir()?;
+                let rc = d.path().join("runtime-config.toml");
                 let url = redis_url.context("--kv redis needs the bench's redis-server")?;
                 std::fs::write(
                     &rc,
@@ -248,8 +249,8 @@ impl Host {
                 dir = Some(d);
             }
             Kv::Sqlite => {
-                let d = std::env::temp_dir().join(format!("esim402-bench-{}", std::process::id()));
-                let rc = sqlite_runtime_config(&d)?;
+                let d = bench_dir()?;
+                let rc = sqlite_runtime_config(d.path())?;
                 cmd.arg("--runtime-config-file").arg(&rc);
                 dir = Some(d);
             }
@@ -329,11 +330,16 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // Stopped before its directory goes (the field is dropped after this).
         self.stop();
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
+}
+
+/// A fresh `esim402-bench-*` directory under the system's temp dir.
+fn bench_dir() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("esim402-bench-")
+        .tempdir()?)
 }
 
 /// A runtime config in `dir` (created) whose `default` store is Spin's SQLite file `dir/kv.db`; its path.

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, U256, address};
@@ -118,33 +118,24 @@ pub fn find_anvil(app_dir: &Path, env: &HashMap<String, String>) -> anyhow::Resu
     }
 }
 
-/// Start anvil on a loopback port chosen by the OS, deploy the token and fund the demo agent.
+/// How many loopback ports [`start`] tries: a port picked free can be taken by another process before anvil
+/// binds it, and anvil then exits.
+const PORT_TRIES: usize = 3;
+
+/// Start anvil on a free loopback port, deploy the token and fund the demo agent.
 ///
-/// `on_spawn` receives the child as soon as it runs, so the caller can stop it even if a later step fails.
+/// anvil runs with `--quiet`: it would otherwise print a line per RPC call, which the host had to read and throw
+/// away for as long as the chain runs (a thread woken per line; about 2% of the host's CPU under paid load).
+/// So the port is picked here (bound and released) rather than read from anvil's banner.
+/// `on_spawn` receives the child as soon as it answers, so the caller can stop it if a later step fails.
 pub async fn start(
     anvil: &Path,
     domain: &TokenDomain,
     on_spawn: impl FnOnce(Child),
 ) -> anyhow::Result<DevChain> {
     let started = Instant::now();
-    let (child, listening) = super::spawn_announcing(
-        Command::new(anvil).args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--chain-id",
-            &CHAIN_ID.to_string(),
-            "--mnemonic",
-            MNEMONIC,
-            "--accounts",
-            "10",
-        ]),
-        "Listening on ",
-    )?;
+    let (child, rpc) = spawn_quiet(anvil).await?;
     on_spawn(child);
-    let rpc = Rpc::new(format!("http://{listening}"))?;
-    rpc.wait_ready().await?;
     let token = deploy(&rpc, domain).await?;
     mint(&rpc, token, DEMO_AGENT, U256::from(DEMO_AGENT_FUNDS))
         .await
@@ -160,6 +151,36 @@ pub async fn start(
         rpc_url: rpc.url,
         token,
     })
+}
+
+/// Spawn anvil quietly on a free loopback port and wait until it answers with the dev chain's id; another port
+/// if anvil exits first (the one picked was taken meanwhile).
+async fn spawn_quiet(anvil: &Path) -> anyhow::Result<(Child, Rpc)> {
+    let mut last = None;
+    for _ in 0..PORT_TRIES {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .context("picking a loopback port for anvil")?
+            .port();
+        let mut child = Command::new(anvil)
+            .args(["--quiet", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--chain-id", &CHAIN_ID.to_string(), "--mnemonic", MNEMONIC])
+            .args(["--accounts", "10"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", anvil.display()))?;
+        let rpc = Rpc::new(format!("http://127.0.0.1:{port}"))?;
+        match rpc.wait_ready(&mut child).await {
+            Ok(()) => return Ok((child, rpc)),
+            Err(e) => {
+                super::stop_child(&mut child, "TERM", Duration::from_secs(5));
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("anvil did not start")))
 }
 
 /// How often [`watch_pool`] reads anvil's pool counts (`txpool_status`, a few bytes); the pool's content is read
@@ -383,10 +404,17 @@ impl Rpc {
         Ok(reply["result"].take())
     }
 
-    /// Poll `eth_chainId` until anvil answers (it opens its port in about 0.1 s) and check the id.
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    /// Poll `eth_chainId` until the anvil `child` answers here (it opens its port in about 0.1 s; up to 10 s)
+    /// and check the id; an error at once if the child exits.
+    async fn wait_ready(&self, child: &mut Child) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "anvil exited with {status} before answering at {}",
+                    self.url
+                );
+            }
             match self.call("eth_chainId", json!([])).await {
                 Ok(id) => {
                     let want = format!("{CHAIN_ID:#x}");
@@ -442,6 +470,21 @@ impl Rpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child that exits before answering (an anvil whose port was taken) fails the wait by its exit, not by
+    /// the 10 s deadline (whose error says "did not answer").
+    #[tokio::test]
+    async fn a_chain_that_exits_fails_the_wait_at_once() {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let rpc = Rpc::new(format!("http://127.0.0.1:{port}")).unwrap();
+        let mut child = Command::new("false").spawn().unwrap();
+        let err = rpc.wait_ready(&mut child).await.unwrap_err().to_string();
+        assert!(err.contains("anvil exited with"), "{err}");
+    }
 
     #[test]
     fn only_senders_with_nothing_pending_are_candidates() {
