@@ -49,15 +49,15 @@ async fn measure(
 
 /// Run the `kv` scenario: `count` increments per writer, 1 and `concurrency` writers, per store.
 pub async fn run(count: usize, concurrency: usize) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("esim402-bench-kv-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let sqlite: Arc<dyn Backend> = Arc::new(SqliteStore::open(&dir.join("kv.db"), "default")?);
+    let dir = crate::bench_dir()?;
+    let sqlite: Arc<dyn Backend> =
+        Arc::new(SqliteStore::open(&dir.path().join("kv.db"), "default")?);
     let result = async {
         measure("sqlite", sqlite.clone(), 1, count).await?;
         measure("sqlite", sqlite, concurrency, count).await
     }
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     result?;
     let Ok(redis) = esim402_tests::RedisServer::start() else {
         println!("kv redis: skipped (no redis-server on PATH)");

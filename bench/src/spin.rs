@@ -17,7 +17,8 @@ use crate::{Args, Kv, children_of};
 pub struct SpinStack {
     child: Child,
     stopped: bool,
-    dir: PathBuf,
+    /// Spin's store and the stack's log; removed on drop, and by a start that fails.
+    dir: tempfile::TempDir,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     /// The dev stack's facts, as [`crate::Host::start`] reports them (`devstack_json`, `rpc_url`, …).
@@ -37,7 +38,7 @@ impl SpinStack {
 
     /// The SQLite file of Spin's store.
     pub fn store_file(&self) -> PathBuf {
-        self.dir.join("kv.db")
+        self.dir.path().join("kv.db")
     }
 
     /// Start it and wait (at most 180 s: Spin compiles the components on its first start) until it serves.
@@ -49,19 +50,25 @@ impl SpinStack {
             esim402_tests::spin_binary().map_err(|e| anyhow::anyhow!("--runtime spin: {e}"))?;
         let port = esim402_tests::free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let dir = std::env::temp_dir().join(format!("esim402-bench-spin-{}", std::process::id()));
-        let rc = crate::sqlite_runtime_config(&dir)?;
-        let log = std::fs::File::create(dir.join("log"))?;
-        let child =
-            esim402_tests::devstack_spin_up(&args.host_bin, &spin, &args.manifest, port, &dir, &rc)
-                .args(&args.host_args)
-                .env("ESIM402_LOG", "warn")
-                .env_remove("RUST_BACKTRACE")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("start esim402 devstack -- spin up")?;
+        let dir = crate::bench_dir()?;
+        let rc = crate::sqlite_runtime_config(dir.path())?;
+        let log = std::fs::File::create(dir.path().join("log"))?;
+        let child = esim402_tests::devstack_spin_up(
+            &args.host_bin,
+            &spin,
+            &args.manifest,
+            port,
+            dir.path(),
+            &rc,
+        )
+        .args(&args.host_args)
+        .env("ESIM402_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start esim402 devstack -- spin up")?;
         crate::track(child.id(), "INT");
         let mut stack = Self {
             child,
@@ -87,7 +94,7 @@ impl SpinStack {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let facts = stack.dir.join("devstack.json");
+        let facts = stack.dir.path().join("devstack.json");
         let file: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(&facts)
                 .with_context(|| format!("read {}", facts.display()))?,
@@ -135,14 +142,14 @@ impl SpinStack {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 }
 
 impl Drop for SpinStack {
     fn drop(&mut self) {
+        // Stopped before its directory goes (the field is dropped after this).
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
