@@ -84,7 +84,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         let r = match item {
             Ok(r) => r,
             Err(e) => {
-                lines.push(line(index, None, Outcome::rejected(&e)));
+                lines.push(line(index, None, Outcome::rejected(&e, false)));
                 continue;
             }
         };
@@ -95,13 +95,17 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         });
         let outcome = match verify_cached(&r, |c| config.signer(c), terms, now, &mut recoveries) {
             Err(e) => {
-                if e.is_dispute()
-                    && kv::claim::<wit::Error>(&keys::dispute_claim(r.id_hash())).map_err(kv_err)?
+                // Kept for a SIM metered here, once per receipt, unsigned ones up to the SIM's cap.
+                let candidate = e.is_dispute_for(account.is_some());
+                let first = candidate
+                    && kv::claim::<wit::Error>(&keys::dispute_claim(r.id_hash()))
+                        .map_err(kv_err)?;
+                let stored = first
                     && (!e.is_unsigned()
                         || kv::increment::<wit::Error>(&keys::meter_unsigned(r.iccid.as_str()), 1)
                             .map_err(kv_err)?
-                            <= MAX_UNSIGNED_DISPUTES_PER_SIM)
-                {
+                            <= MAX_UNSIGNED_DISPUTES_PER_SIM);
+                if stored {
                     let sim = sims.entry(r.iccid.to_string()).or_default();
                     sim.entries
                         .push(entry(&r, now, LogState::Disputed, Some(e.reason()), false));
@@ -115,7 +119,8 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                         .detail("reason", e.reason());
                     events.push(event_to_wit(EntryKind::UsageDisputed, &fields));
                 }
-                Outcome::rejected(&e)
+                // Kept by this batch, or by the earlier one that took its claim.
+                Outcome::rejected(&e, stored || (candidate && !first))
             }
             Ok(()) => {
                 let (carrier, session, seq) = r.claim_id();

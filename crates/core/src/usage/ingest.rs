@@ -89,12 +89,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The outcome of a refused receipt.
-    pub fn rejected(e: &ReceiptError) -> Self {
+    /// The outcome of a refused receipt; `kept`: whether it was kept as disputed (a dispute for a SIM metered
+    /// here, within the per-SIM cap if unsigned: [`ReceiptError::is_dispute_for`]).
+    pub fn rejected(e: &ReceiptError, kept: bool) -> Self {
         Self::Rejected {
             reason: e.reason().to_owned(),
             message: e.to_string(),
-            disputed: e.is_dispute(),
+            disputed: kept,
         }
     }
 }
@@ -359,8 +360,11 @@ mod tests {
                 gap: false,
             }),
             line(Outcome::Duplicate),
-            line(Outcome::rejected(&ReceiptError::ZeroSeq)),
-            line(Outcome::rejected(&ReceiptError::UnknownSim("1".into()))),
+            line(Outcome::rejected(&ReceiptError::ZeroSeq, true)),
+            line(Outcome::rejected(
+                &ReceiptError::UnknownSim("1".into()),
+                false,
+            )),
         ]);
         assert_eq!(
             t,

@@ -216,10 +216,24 @@ impl ReceiptError {
         !matches!(self, Self::Malformed { .. } | Self::UnknownSim(_))
     }
 
-    /// Whether anyone could have produced this refusal (no valid carrier signature): such disputes are kept
-    /// only up to [`MAX_UNSIGNED_DISPUTES_PER_SIM`] per SIM, so an anonymous flood cannot grow the store.
+    /// Whether anyone could have produced this refusal: it was raised before a valid carrier signature was
+    /// established (every field check, an unknown carrier, a bad signature; [`verify`] checks the signature
+    /// after the fields and before the SIM). Such disputes are kept only up to [`MAX_UNSIGNED_DISPUTES_PER_SIM`]
+    /// per SIM, so an anonymous flood cannot grow the store. Only a refusal that names the SIM's own terms
+    /// (its carrier, its roaming) comes with the carrier's signature behind it.
     pub fn is_unsigned(&self) -> bool {
-        matches!(self, Self::BadSignature(_) | Self::UnknownCarrier(_))
+        !matches!(
+            self,
+            Self::IccidNotOnCarrier { .. } | Self::PlmnNotAllowed(_) | Self::UnknownSim(_)
+        )
+    }
+
+    /// Whether the refusal may be kept as disputed where `sim_known` says whether a SIM with the receipt's
+    /// ICCID is metered here: a dispute ([`Self::is_dispute`]) for a known SIM. A refusal raised before the
+    /// SIM is looked at (an unsigned one) names whatever ICCID it likes; kept for unknown ones, a flood of
+    /// made-up ICCIDs would grow the store without bound.
+    pub fn is_dispute_for(&self, sim_known: bool) -> bool {
+        self.is_dispute() && sim_known
     }
 }
 

@@ -200,6 +200,54 @@ fn unknown_sim_is_not_a_dispute() {
     assert!(!e.is_dispute(), "nobody owns it: nothing to keep");
 }
 
+/// Only refusals of the SIM's own terms carry the carrier's signature; every other dispute is one anyone can
+/// produce (so it is capped per SIM), and none is kept for a SIM not metered here.
+#[test]
+fn only_refusals_of_the_sims_terms_are_signed_disputes() {
+    let mut zero = signed();
+    zero.seq = 0;
+    let mut inverted = signed();
+    inverted.window_start = NOW;
+    inverted.window_end = NOW - 10;
+    let mut future = signed();
+    future.window_end = NOW + 3_600;
+    let mut long = signed();
+    long.window_start = NOW - 10 * MAX_WINDOW_SECS;
+    let mut huge = signed();
+    huge.bytes_down = u64::MAX;
+    let mut forged = signed();
+    forged.bytes_down += 1;
+    let mut nobody = unsigned();
+    nobody.carrier = carrier("nobody");
+    let anyones = [zero, inverted, future, long, huge, forged, nobody];
+    for r in &anyones {
+        let e = check(r, "tmobile", &us_only()).unwrap_err();
+        assert!(e.is_dispute(), "{e}");
+        assert!(
+            e.is_unsigned(),
+            "{e}: raised before the signature is known good"
+        );
+        assert!(e.is_dispute_for(true), "{e}");
+        assert!(
+            !e.is_dispute_for(false),
+            "{e}: not for a SIM not metered here"
+        );
+    }
+    let mut roaming = unsigned();
+    roaming.plmn = Plmn::parse("262-01").unwrap();
+    let roaming = roaming.sign(&dev_signing_key(&carrier("tmobile"))).unwrap();
+    for e in [
+        check(&roaming, "tmobile", &us_only()).unwrap_err(),
+        check(&signed(), "att", &us_only()).unwrap_err(),
+    ] {
+        assert!(
+            e.is_dispute() && !e.is_unsigned(),
+            "{e}: the carrier signed it"
+        );
+        assert!(e.is_dispute_for(true), "{e}");
+    }
+}
+
 #[test]
 fn wire_parse_refusals() {
     let good = signed().to_wire();

@@ -528,6 +528,65 @@ async fn malformed_batches_and_iccids() {
     assert!(matches!(unknown, Err(types::Error::NotFound(_))));
 }
 
+/// Receipts anyone can make up without a signature — a seq of 0, a window in the future — count against the
+/// SIM's cap of unsigned disputes like forged signatures do; receipts naming a SIM not metered here keep
+/// nothing, however many ICCIDs a flood makes up.
+#[tokio::test]
+async fn unsigned_field_refusals_are_capped_and_unknown_sims_keep_nothing() {
+    use esim402_core::usage::receipt::MAX_UNSIGNED_DISPUTES_PER_SIM;
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(5);
+    open(&mut kit, &id, 10).await;
+    let cap = usize::try_from(MAX_UNSIGNED_DISPUTES_PER_SIM).unwrap();
+    let made_up: Vec<Value> = (0..cap + 20)
+        .map(|n| {
+            let mut r = receipt(&id, "tmobile", &format!("junk-{n}"), 1, 1_000, "310-260");
+            if n % 2 == 0 {
+                r["seq"] = json!(0);
+            } else {
+                r["window_end"] = json!(now() + 86_400);
+            }
+            r
+        })
+        .collect();
+    let (report, kinds, _) = ingest(&mut kit, made_up).await;
+    let reasons: std::collections::BTreeSet<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["window_in_future", "zero_seq"].into_iter().collect(),
+        "{report}"
+    );
+    assert_eq!(
+        kinds.len(),
+        cap,
+        "one dispute event per kept receipt, no more"
+    );
+    assert_eq!(report["totals"]["disputed"], cap, "{report}");
+
+    // A flood naming SIMs nobody metered here: refused, nothing kept, no ledger events, no key written.
+    let mut before = kit.kv().keys().await.unwrap();
+    before.sort();
+    let strangers: Vec<Value> = (100..150)
+        .map(|n| {
+            let mut r = receipt(&iccid(n), "tmobile", "junk", 1, 1_000, "310-260");
+            r["seq"] = json!(0);
+            r
+        })
+        .collect();
+    let (report, kinds, _) = ingest(&mut kit, strangers).await;
+    assert!(kinds.is_empty(), "{kinds:?}");
+    assert_eq!(report["totals"]["disputed"], 0, "{report}");
+    assert_eq!(report["totals"]["rejected"], 50, "{report}");
+    let mut after = kit.kv().keys().await.unwrap();
+    after.sort();
+    assert_eq!(after, before, "nothing stored");
+}
+
 async fn close(kit: &mut Kit, iccid: &str) -> Value {
     let id = iccid.to_owned();
     let s = kit
