@@ -1,7 +1,7 @@
 //! SIMs (`sim/<iccid>`, stored by [`crate::sim_store`]): reading them (no side effects; an order left pending is
 //! finished by [`resume_order`], a POST), the lifecycle state machine
 //! (kernel `SimState::apply`: an invalid transition is a conflict), switching to another carrier or region
-//! (kernel `order::check_switch`, priced with the catalog), and the SM-DP+'s download-progress callbacks
+//! (kernel `order::start_switch`, priced with the catalog), and the SM-DP+'s download-progress callbacks
 //! (kernel `profile_state_after`; only from the carrier that issued the SIM, kernel `auth::callback`), which
 //! also retire a replaced SIM once its replacement is installed. Terminating revokes the SIM's access token.
 
@@ -9,7 +9,7 @@ use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
 use esim402_core::esim::{Eid, Iccid, ProfileState, SimAction, SimState, profile_state_after};
 use esim402_core::join::join_all;
-use esim402_core::order::{StoredSim, SwitchTarget, check_switch};
+use esim402_core::order::{StoredSim, SwitchError, SwitchTarget, start_switch};
 use esim402_core::store::keys;
 use esim402_core::{CarrierId, DataMb, Region};
 use esim402_guest::convert::{internal, invalid, kv_err, sim_to_wit};
@@ -95,16 +95,28 @@ fn target(t: &wit::SwitchTarget) -> SwitchTarget {
     }
 }
 
-/// Where a switch goes: (region, carrier, may fail over), checked by the kernel's rules and the catalog.
-fn destination(
+/// A switch the kernel's rules refuse: a bad target is the request's fault, a SIM's state a conflict.
+fn refused(e: SwitchError) -> wit::Error {
+    match e.field() {
+        Some(field) => invalid(field, e.to_string()),
+        None => wit::Error::Conflict(e.to_string()),
+    }
+}
+
+/// The SIM that `sim`'s `replaced_by` names, as stored.
+async fn replacement(sim: &StoredSim) -> Result<Option<StoredSim>, wit::Error> {
+    match &sim.replaced_by {
+        Some(next) => load(&parse_iccid(next)?).await,
+        None => Ok(None),
+    }
+}
+
+/// Where a switch of `sim` to `t` goes in the catalog (the kernel's rules already applied).
+fn route(
     cfg: &Config,
     sim: &StoredSim,
     t: &wit::SwitchTarget,
 ) -> Result<(Region, CarrierId, bool), wit::Error> {
-    check_switch(sim, &target(t)).map_err(|e| match e.field() {
-        Some(field) => invalid(field, e.to_string()),
-        None => wit::Error::Conflict(e.to_string()),
-    })?;
     let here = Region::parse(&sim.region).map_err(|e| internal(e.0))?;
     match t {
         wit::SwitchTarget::Carrier(c) => {
@@ -162,7 +174,9 @@ pub async fn data_value(carrier: &str, data_mb: u32) -> Result<u64, wit::Error> 
 pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quote, wit::Error> {
     let cfg = crate::config::get().await?;
     let sim = existing(iccid).await?;
-    let (region, carrier, _) = destination(&cfg, &sim, t)?;
+    // Quoted as a new switch (no invoice yet): a replacement that never took over does not block it.
+    start_switch(&sim, replacement(&sim).await?.as_ref(), &target(t), "").map_err(refused)?;
+    let (region, carrier, _) = route(&cfg, &sim, t)?;
     let from = CarrierId::parse(&sim.carrier).map_err(|e| internal(e.0))?;
     let data_mb = DataMb::new(sim.data_mb.into()).map_err(|e| internal(e.0))?;
     let amount = cfg
@@ -178,7 +192,8 @@ pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quo
 }
 
 /// `perform-switch`: order the new profile (paid by `invoice_id`); the old one stays in service until the new
-/// one is installed (a failed switch must not leave the device without connectivity).
+/// one is installed (a failed switch must not leave the device without connectivity). The same invoice again
+/// (a payment sent again, an order left pending) drives its own order again (kernel `order::start_switch`).
 pub async fn perform_switch(
     iccid: &str,
     t: &wit::SwitchTarget,
@@ -187,7 +202,14 @@ pub async fn perform_switch(
 ) -> Result<wit::Sim, wit::Error> {
     let cfg = crate::config::get().await?;
     let old = existing(iccid).await?;
-    let (region, carrier, failover) = destination(&cfg, &old, t)?;
+    start_switch(
+        &old,
+        replacement(&old).await?.as_ref(),
+        &target(t),
+        invoice_id,
+    )
+    .map_err(refused)?;
+    let (region, carrier, failover) = route(&cfg, &old, t)?;
     let spec = OrderSpec {
         region,
         data_mb: DataMb::new(old.data_mb.into()).map_err(|e| internal(e.0))?,

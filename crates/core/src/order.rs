@@ -303,6 +303,40 @@ pub fn check_switch(sim: &StoredSim, target: &SwitchTarget) -> Result<(), Switch
     }
 }
 
+/// How a paid switch of a SIM starts ([`start_switch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchStart {
+    /// Order the replacement.
+    Order,
+    /// The same invoice already ordered the replacement (the same payment sent again, or an order left
+    /// pending): drive that order again, which answers with the SIM it delivered or resumes it.
+    Replay,
+}
+
+/// Whether a switch of `sim` to `target`, paid by `invoice_id`, may start, given `replacement`: the SIM its
+/// `replaced_by` names, as stored (`None` if it has none, or the record is gone). A replacement this invoice
+/// ordered is replayed, so a retried payment meets its own switch instead of a conflict; one that never took
+/// over (terminated or failed: a withdrawn or failed switch) does not block a new switch; any other is
+/// [`SwitchError::AlreadyReplaced`].
+pub fn start_switch(
+    sim: &StoredSim,
+    replacement: Option<&StoredSim>,
+    target: &SwitchTarget,
+    invoice_id: &str,
+) -> Result<SwitchStart, SwitchError> {
+    match replacement {
+        Some(next) if next.invoice_id == invoice_id => Ok(SwitchStart::Replay),
+        Some(next) if matches!(next.state, SimState::Terminated | SimState::Failed) => {
+            let free = StoredSim {
+                replaced_by: None,
+                ..sim.clone()
+            };
+            check_switch(&free, target).map(|()| SwitchStart::Order)
+        }
+        _ => check_switch(sim, target).map(|()| SwitchStart::Order),
+    }
+}
+
 /// Carrier-side work still owed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -579,6 +613,47 @@ mod tests {
             check_switch(&replaced, &to_verizon),
             Err(SwitchError::AlreadyReplaced { .. })
         ));
+    }
+
+    #[test]
+    fn a_switch_paid_again_replays_and_a_dead_replacement_frees_the_sim() {
+        let to_verizon = SwitchTarget::Carrier("verizon".into());
+        let mut old = sim(SimState::Active);
+        old.replaced_by = Some("8902".into());
+        let mut next = sim(SimState::Pending);
+        next.iccid = "8902".into();
+        next.invoice_id = "inv_switch".into();
+        // The payment that ordered the replacement, sent again: its order is driven again.
+        assert_eq!(
+            start_switch(&old, Some(&next), &to_verizon, "inv_switch"),
+            Ok(SwitchStart::Replay)
+        );
+        // The same, even if the old SIM has since been taken out of service by the new one's installation.
+        let mut retired = old.clone();
+        retired.state = SimState::Terminated;
+        assert_eq!(
+            start_switch(&retired, Some(&next), &to_verizon, "inv_switch"),
+            Ok(SwitchStart::Replay)
+        );
+        // Another invoice meets a replacement on its way.
+        assert!(matches!(
+            start_switch(&old, Some(&next), &to_verizon, "inv_other"),
+            Err(SwitchError::AlreadyReplaced { .. })
+        ));
+        // A replacement that never took over does not block the SIM for good.
+        for dead in [SimState::Terminated, SimState::Failed] {
+            next.state = dead;
+            assert_eq!(
+                start_switch(&old, Some(&next), &to_verizon, "inv_other"),
+                Ok(SwitchStart::Order)
+            );
+        }
+        // Without a replacement, the usual rules.
+        assert_eq!(
+            start_switch(&sim(SimState::Active), None, &to_verizon, "inv_x"),
+            Ok(SwitchStart::Order)
+        );
+        assert!(start_switch(&sim(SimState::Pending), None, &to_verizon, "inv_x").is_err());
     }
 
     #[test]

@@ -616,6 +616,29 @@ async fn terminating_a_never_downloaded_profile_retires_it_at_the_carrier() {
     assert_eq!(cancel["finalProfileStatusIndicator"], "Unavailable");
 }
 
+/// `perform-switch` of `iccid` to `carrier`, paid by `invoice`.
+async fn switch_to(
+    kit: &mut Kit,
+    iccid: &str,
+    carrier: &str,
+    invoice: &str,
+) -> Result<types::Sim, types::Error> {
+    let (id, carrier, invoice) = (iccid.to_owned(), carrier.to_owned(), invoice.to_owned());
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_perform_switch(
+                a,
+                id,
+                types::SwitchTarget::Carrier(carrier),
+                invoice,
+                1_764_000_200,
+            )
+            .await
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn switch_quotes_the_difference_and_replaces_after_installation() {
     let mut kit = kit_with(Arc::default(), &[]).await;
@@ -664,6 +687,15 @@ async fn switch_quotes_the_difference_and_replaces_after_installation() {
         .unwrap();
     assert_eq!(new.carrier, "verizon");
     assert_eq!(new.replaces.as_deref(), Some(old.iccid.as_str()));
+
+    // The same payment sent again meets its own switch: the same SIM, no second order at the carrier.
+    let before = kit.requests().len();
+    let again = switch_to(&mut kit, &old.iccid, "verizon", "inv-16").await;
+    assert_eq!(again.unwrap().iccid, new.iccid);
+    assert_eq!(kit.requests().len(), before, "nothing sent to the carrier");
+    // Another invoice meets a replacement on its way.
+    let other = switch_to(&mut kit, &old.iccid, "verizon", "inv-17").await;
+    assert!(matches!(other, Err(types::Error::Conflict(_))), "{other:?}");
 
     // Installing the new profile takes the old one out of service.
     let body = json!({"iccid": new.iccid, "profileType": "vzw-iot-data", "timestamp": "2026-11-24T10:00:00Z",
