@@ -60,6 +60,26 @@ pub async fn give_back(chain: &Chain, signer: &SigningKey, nonce: u64, owner: &s
     }
 }
 
+/// Release `signer`'s orphan `nonce` if it is still the reservation read (held by `owner` since `reserved_at`;
+/// kernel `NonceState::release_orphan`): a sender working from an older read releases nothing handed out again.
+pub async fn release_orphan(
+    chain: &Chain,
+    signer: alloy_primitives::Address,
+    nonce: u64,
+    owner: &str,
+    reserved_at: Option<u64>,
+) {
+    let r = kv::update_json::<NonceState, ()>(&key(chain, signer), |s| {
+        let mut s = s.unwrap_or_default();
+        s.release_orphan(nonce, owner, reserved_at);
+        Ok(s)
+    })
+    .await;
+    if let Err(e) = r {
+        eprintln!("verifier: cannot release orphan nonce {nonce}: {e}");
+    }
+}
+
 /// Give back an account nonce whose transaction was certainly not broadcast.
 pub async fn release(chain: &Chain, signer: &SigningKey, nonce: u64) {
     release_for(chain, signer.address(), nonce).await;

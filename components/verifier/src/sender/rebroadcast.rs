@@ -147,7 +147,8 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
         eprintln!(
             "verifier: nonce {nonce} of {signer} was reserved for {owner} but no transaction was ever recorded for it (a cancelled request); releasing it"
         );
-        super::nonces::release_for(chain, signer, nonce).await;
+        let reserved_at = state.reserved_at.get(&nonce).copied();
+        super::nonces::release_orphan(chain, signer, nonce, &owner, reserved_at).await;
     }
     for (nonce, owner) in state.unsent(pending_count, MAX_RESENDS_PER_SEND) {
         // Released, settled, or not recorded yet: nothing of ours to offer.

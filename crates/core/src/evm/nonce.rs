@@ -189,6 +189,16 @@ impl NonceState {
         true
     }
 
+    /// Release the orphan `nonce` (from [`orphans`](Self::orphans), read earlier) only if it is still the same
+    /// reservation: held by `owner` since `reserved_at`. A sender working from an older read must not release a
+    /// nonce that was released and handed out again meanwhile: its new owner would share it with the next.
+    /// Returns whether it released it.
+    pub fn release_orphan(&mut self, nonce: u64, owner: &str, reserved_at: Option<u64>) -> bool {
+        let same = self.owners.get(&nonce).map(String::as_str) == Some(owner)
+            && self.reserved_at.get(&nonce).copied() == reserved_at;
+        same && self.release_on_failure(nonce)
+    }
+
     /// Drop all bookkeeping and reseed from the chain.
     pub fn reset(&mut self, chain_pending_count: u64) {
         *self = Self::new(chain_pending_count);
@@ -277,9 +287,17 @@ mod tests {
         assert!(!s.reserved_at.contains_key(&1));
         assert_eq!(s.orphans(1, 1_000, 60), vec![(2, "refund/c".to_owned())]);
         assert_eq!(s.reserve_for(1, "settlement/d", 300), 1);
+        // A second sender that read the orphan before it was released and handed out again releases nothing.
+        assert!(!s.release_orphan(1, "settlement/b", Some(150)));
+        assert_eq!(s.owners.get(&1).map(String::as_str), Some("settlement/d"));
+        assert!(s.pending.contains(&1));
+        // The same reservation as read is released.
+        assert!(s.release_orphan(2, "refund/c", Some(190)));
+        assert!(!s.pending.contains(&2) && !s.owners.contains_key(&2));
+        assert!(!s.release_orphan(2, "refund/c", Some(190)), "released once");
         // Mined nonces leave both maps.
         s.observe_mined(2);
-        assert_eq!(s.reserved_at.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert!(s.reserved_at.is_empty(), "{:?}", s.reserved_at);
     }
 
     #[test]
