@@ -109,11 +109,13 @@ pub async fn take_over(
 }
 
 /// Also claim `txhash/<hash>` for a transaction we signed (its settlement `record`), so no proof can present
-/// it for another invoice.
-pub async fn claim_txhash(record: &Record, hash: B256) {
-    if let Err(e) = insert(&esim402_core::store::keys::txhash(hash), record).await {
-        eprintln!("verifier: cannot claim our transaction {hash}: {e:?}");
-    }
+/// it for another invoice and a refund can find what it paid. A store failure here fails the send before
+/// its broadcast (the caller gives everything back): a transaction out without this claim could be
+/// presented again as a tx-hash proof.
+pub async fn claim_txhash(record: &Record, hash: B256) -> Result<(), wit::Error> {
+    insert(&esim402_core::store::keys::txhash(hash), record)
+        .await
+        .map(drop)
 }
 
 /// Remove the claims at `keys` (those of a payment that was certainly not broadcast), each only while it is

@@ -93,8 +93,7 @@ impl Claim {
         };
         self.version.set(Some(version));
         // Our own settlement transactions can never be presented again as a tx-hash proof.
-        claims::claim_txhash(&record, tx.hash).await;
-        Ok(())
+        claims::claim_txhash(&record, tx.hash).await
     }
 }
 
