@@ -51,8 +51,11 @@ pub fn unavailable(e: &CallError) -> wit::Error {
 pub enum Mined {
     /// Status 1, buried deeply enough.
     Succeeded,
-    /// Status 0.
-    Reverted,
+    /// Status 0, in this block.
+    Reverted {
+        /// The receipt's block.
+        block: u64,
+    },
     /// Status 1, but the receipt does not show what the transaction was for (see [`Chain::wait_for`]).
     Unproven,
 }
@@ -284,7 +287,9 @@ impl Chain {
             let (receipt, head) = self.receipt_and_head(hash, need > 1, timeout).await;
             if let Ok(Some(receipt)) = receipt {
                 if !receipt.status {
-                    return Some(Mined::Reverted);
+                    return Some(Mined::Reverted {
+                        block: receipt.block_number,
+                    });
                 }
                 if !shows(&receipt) {
                     return Some(Mined::Unproven);

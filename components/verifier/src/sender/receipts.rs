@@ -154,7 +154,12 @@ pub async fn wait(
     };
     let outcome = match chain.wait_for(hash, deadline, shows).await {
         Some(Mined::Succeeded) => Outcome::Confirmed(hash),
-        Some(Mined::Reverted) => Outcome::Reverted(hash),
+        Some(Mined::Reverted { block }) => {
+            if !unused_by_block(chain, claim, hash, block).await {
+                return (Outcome::Pending(hash), true);
+            }
+            Outcome::Reverted(hash)
+        }
         Some(Mined::Unproven) => {
             eprintln!(
                 "verifier: OPERATOR: settlement {hash} succeeded without the token's Transfer event for its authorization; recorded as failed ({})",
@@ -226,6 +231,33 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> bool {
         Err(e) => {
             eprintln!(
                 "verifier: settlement {hash} can never be mined, but authorizationState is unreadable ({e}); left pending"
+            );
+            false
+        }
+    }
+}
+
+/// Whether the claim's reverted settlement `hash` moved no money: the authorization it carries was still
+/// unused at the receipt's `block`. A revert leaves the authorization unused, so one used there was executed
+/// by another transaction carrying the same signed authorization (the payer's own, another facilitator's):
+/// the money may have reached `payTo`, and the settlement must not end as a failure that withdraws the
+/// order. Such a settlement is left pending for an operator, as a never-mined one is ([`lost_for_good`]).
+/// A claim without an authorization (a refund) moved nothing when it reverted.
+async fn unused_by_block(chain: &Chain, claim: &Claim, hash: B256, block: u64) -> bool {
+    let Some((from, nonce)) = keys::parse_authorization(&claim.claim) else {
+        return true;
+    };
+    match chain.authorization_used_at(from, nonce, block).await {
+        Ok(false) => true,
+        Ok(true) => {
+            eprintln!(
+                "verifier: OPERATOR: settlement {hash} reverted in block {block}, but the authorization {nonce} of {from} was executed by then: the money moved by another transaction. Left pending; find that transaction and settle the record by hand"
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!(
+                "verifier: settlement {hash} reverted, but authorizationState is unreadable ({e}); left pending"
             );
             false
         }

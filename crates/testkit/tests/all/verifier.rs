@@ -1411,6 +1411,35 @@ async fn a_reverted_settlement_fails_and_leaves_the_invoice_open_to_another_paym
     assert_eq!(decode_tx(&sent[1]).tx().nonce, TX_COUNT + 1);
 }
 
+/// Our settlement reverts because another transaction executed the same signed authorization first (the
+/// payer's own, another facilitator's): the money may have reached `payTo`, so it is never recorded as a
+/// failure (which would withdraw the order); it stays pending for an operator, and nothing is sent again.
+#[tokio::test]
+async fn a_reverted_settlement_whose_authorization_was_executed_meanwhile_stays_pending() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(28, None);
+    let p = pay(&inv);
+    node.set(|c| c.mining = Mining::Never);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(got, Ok(S::Pending(hash.clone())));
+
+    node.set(|c| {
+        c.mining = Mining::Revert;
+        c.nonce_used = true;
+    });
+    for _ in 0..2 {
+        assert_eq!(
+            settle(&mut kit, &inv, p.v2()).await,
+            Ok(S::Pending(hash.clone()))
+        );
+    }
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "submitted");
+    assert_eq!(node.sent().len(), 1);
+}
+
 #[tokio::test]
 async fn a_refused_broadcast_releases_every_claim_so_a_retry_works() {
     let node = Arc::new(Node::default());
