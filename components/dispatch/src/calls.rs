@@ -84,9 +84,32 @@ pub async fn call_twice<Req: serde::Serialize, Resp: serde::de::DeserializeOwned
 
 /// CancelOrder (`retire`: the profile may never be downloaded again); if it cannot be done now it is queued.
 pub async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool) {
+    cancel_as(cfg, carrier, iccid, retire, None).await;
+}
+
+/// [`cancel`] under the call id `call` of an earlier try (a new one if `None`); queued with the call id used,
+/// so a try whose answer was lost is sent again as the same call (the SM-DP+ replays it instead of cancelling
+/// whatever that ICCID is by then).
+pub async fn cancel_as(
+    cfg: &Config,
+    carrier: &Carrier,
+    iccid: &Iccid,
+    retire: bool,
+    call: Option<String>,
+) {
+    let Some(call) = call.or_else(|| fci().ok()) else {
+        crate::queue::enqueue(Cleanup::Cancel {
+            carrier: carrier.id.to_string(),
+            iccid: iccid.as_str().to_owned(),
+            retire,
+            fci: None,
+        })
+        .await;
+        return;
+    };
     let done = async {
         let body = CancelOrderRequest {
-            header: header(carrier, &fci().ok()?),
+            header: header(carrier, &call),
             iccid: iccid.clone(),
             eid: None,
             matching_id: None,
@@ -108,6 +131,7 @@ pub async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool
             carrier: carrier.id.to_string(),
             iccid: iccid.as_str().to_owned(),
             retire,
+            fci: Some(call),
         })
         .await;
     }

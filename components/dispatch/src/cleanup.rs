@@ -20,9 +20,10 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 carrier,
                 iccid,
                 retire,
+                fci,
             } => {
                 if let (Ok(c), Ok(i)) = (cfg.carrier(carrier), Iccid::parse(iccid)) {
-                    calls::cancel(cfg, c, &i, *retire).await;
+                    calls::cancel_as(cfg, c, &i, *retire, fci.clone()).await;
                 }
             }
             Cleanup::LostDownload {

@@ -349,6 +349,11 @@ pub enum Cleanup {
         iccid: String,
         /// Retire it (`Unavailable`) instead of returning it to the pool.
         retire: bool,
+        /// The call id of the CancelOrder already tried: sent again with it, the SM-DP+ replays its answer
+        /// if it did execute it (a new call id would cancel again whatever the ICCID is by then, e.g. the
+        /// same profile handed to another order). Absent in items queued by earlier builds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fci: Option<String>,
     },
     /// A DownloadOrder whose answer was lost: replay its call id to learn the ICCID, then cancel it.
     LostDownload {
@@ -662,6 +667,7 @@ mod tests {
             carrier: "att".into(),
             iccid: "1".into(),
             retire: false,
+            fci: Some("FCI-1".into()),
         };
         let b = Cleanup::LostDownload {
             carrier: "att".into(),
@@ -678,9 +684,17 @@ mod tests {
             carrier: "c".into(),
             iccid: "i".into(),
             retire: true,
+            fci: Some("FCI-7".into()),
         })
         .unwrap();
         assert_eq!(json["kind"], "cancel");
+        assert_eq!(json["fci"], "FCI-7");
+        // An item queued before call ids were kept still reads (and is sent with a new one).
+        let old: Cleanup = serde_json::from_value(
+            serde_json::json!({"kind": "cancel", "carrier": "c", "iccid": "i", "retire": false}),
+        )
+        .unwrap();
+        assert!(matches!(old, Cleanup::Cancel { fci: None, .. }));
     }
 
     #[test]

@@ -23,6 +23,8 @@ enum Behaves {
     ConfirmFails,
     ConfirmTimeout,
     EidMismatch,
+    /// ConfirmOrder fails; CancelOrder is carried out but every answer to it is lost.
+    ConfirmFailsCancelLost,
 }
 
 #[derive(Default)]
@@ -62,9 +64,6 @@ impl FakeSmdp {
             .as_str()
             .unwrap()
             .to_owned();
-        if let Some(v) = self.answered.lock().unwrap().get(&fci) {
-            return es2(v.clone());
-        }
         let b = self
             .behaviour
             .lock()
@@ -72,6 +71,18 @@ impl FakeSmdp {
             .get(&carrier)
             .copied()
             .unwrap_or(Behaves::Ok);
+        if (b, function.as_str()) == (Behaves::ConfirmFailsCancelLost, "cancelOrder") {
+            self.answered
+                .lock()
+                .unwrap()
+                .insert(fci, json!({"header": ok_header()}));
+            return Scripted::Timeout {
+                after: Duration::from_secs(5),
+            };
+        }
+        if let Some(v) = self.answered.lock().unwrap().get(&fci) {
+            return es2(v.clone());
+        }
         let v = match (b, function.as_str()) {
             (Behaves::Http503, _) => return Scripted::status(503),
             (Behaves::Timeout, _) => {
@@ -86,7 +97,9 @@ impl FakeSmdp {
                 let iccid = Iccid::with_check_digit(&format!("890126{n:012}")).unwrap();
                 json!({"header": ok_header(), "iccid": iccid.as_str()})
             }
-            (Behaves::ConfirmFails, "confirmOrder") => failed("8.2.1", "3.5"),
+            (Behaves::ConfirmFails | Behaves::ConfirmFailsCancelLost, "confirmOrder") => {
+                failed("8.2.1", "3.5")
+            }
             (Behaves::ConfirmTimeout, "confirmOrder") => {
                 return Scripted::Timeout {
                     after: Duration::from_secs(5),
@@ -372,6 +385,49 @@ async fn a_5xx_is_retried_with_the_same_call_id_then_failed_over_and_swept_later
         cancel.json().unwrap()["finalProfileStatusIndicator"],
         "Available"
     );
+    let queued: Value =
+        serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(queued, json!([]));
+}
+
+/// A CancelOrder the SM-DP+ carried out but whose answers were lost is queued with its call id and sent again
+/// as the same call, which the SM-DP+ replays: a new call id would cancel whatever the ICCID is by then (the
+/// profile back in the pool may have gone to another order).
+#[tokio::test]
+async fn a_cancel_whose_answers_were_lost_is_sent_again_as_the_same_call() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmFailsCancelLost);
+    let mut kit = kit_with(smdp.clone(), &[("es2_timeout_ms", "200")]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-30")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    let fci_of = |r: &Recorded| r.json().unwrap()["header"]["functionCallIdentifier"].clone();
+    let tried: Vec<Value> = kit
+        .requests()
+        .iter()
+        .filter(|r| r.uri.ends_with("/cancelOrder"))
+        .map(fci_of)
+        .collect();
+    assert!(!tried.is_empty());
+    assert!(tried.iter().all(|f| *f == tried[0]), "one call: {tried:?}");
+    let queued: Value =
+        serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(queued[0]["kind"], "cancel");
+    assert_eq!(queued[0]["fci"], tried[0]);
+
+    // The next order sweeps it: the same call again, answered by the SM-DP+'s replay.
+    smdp.set("tmobile", Behaves::Ok);
+    let before = kit.requests().len();
+    order(&mut kit, request("us-west", None), "inv-31")
+        .await
+        .unwrap();
+    let swept: Vec<Value> = kit.requests()[before..]
+        .iter()
+        .filter(|r| r.uri.ends_with("/cancelOrder"))
+        .map(fci_of)
+        .collect();
+    assert_eq!(swept, [tried[0].clone()]);
     let queued: Value =
         serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
     assert_eq!(queued, json!([]));
