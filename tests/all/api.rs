@@ -6,18 +6,22 @@ use esim402_host::runtime_config::StoreConfig;
 use esim402_tests::{options, spawn_app};
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_described_operation_is_served() {
-    let app = spawn_app(options(StoreConfig::Memory)).await.unwrap();
-    let http = reqwest::Client::new();
-    let doc: Value = http
-        .get(format!("{}/openapi.json", app.url))
+/// `GET /openapi.json` of the app at `url`.
+async fn served_description(http: &reqwest::Client, url: &str) -> Value {
+    http.get(format!("{url}/openapi.json"))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_described_operation_is_served() {
+    let app = spawn_app(options(StoreConfig::Memory)).await.unwrap();
+    let http = reqwest::Client::new();
+    let doc = served_description(&http, &app.url).await;
     assert_eq!(doc["openapi"], "3.1.0");
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -58,14 +62,7 @@ async fn every_described_operation_is_served() {
 async fn hostile_input_gets_a_typed_4xx_on_every_operation() {
     let app = spawn_app(options(StoreConfig::Memory)).await.unwrap();
     let http = reqwest::Client::new();
-    let doc: Value = http
-        .get(format!("{}/openapi.json", app.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = served_description(&http, &app.url).await;
     let bodies: Vec<Vec<u8>> = vec![
         b"".to_vec(),
         b"null".to_vec(),
