@@ -528,16 +528,25 @@ async fn malformed_batches_and_iccids() {
     assert!(matches!(unknown, Err(types::Error::NotFound(_))));
 }
 
+/// A metering kit with SIM `n`'s account open (10 MB), its ICCID, and the per-SIM cap of unsigned disputes.
+async fn capped_sim(n: u32) -> (Kit, String, usize) {
+    use esim402_core::usage::receipt::MAX_UNSIGNED_DISPUTES_PER_SIM;
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(n);
+    open(&mut kit, &id, 10).await;
+    (
+        kit,
+        id,
+        usize::try_from(MAX_UNSIGNED_DISPUTES_PER_SIM).unwrap(),
+    )
+}
+
 /// Receipts anyone can make up without a signature — a seq of 0, a window in the future — count against the
 /// SIM's cap of unsigned disputes like forged signatures do; receipts naming a SIM not metered here keep
 /// nothing, however many ICCIDs a flood makes up.
 #[tokio::test]
 async fn unsigned_field_refusals_are_capped_and_unknown_sims_keep_nothing() {
-    use esim402_core::usage::receipt::MAX_UNSIGNED_DISPUTES_PER_SIM;
-    let mut kit = Kit::builder("metering").build().await.unwrap();
-    let id = iccid(5);
-    open(&mut kit, &id, 10).await;
-    let cap = usize::try_from(MAX_UNSIGNED_DISPUTES_PER_SIM).unwrap();
+    let (mut kit, id, cap) = capped_sim(5).await;
     let made_up: Vec<Value> = (0..cap + 20)
         .map(|n| {
             let mut r = receipt(&id, "tmobile", &format!("junk-{n}"), 1, 1_000, "310-260");
@@ -599,11 +608,7 @@ async fn close(kit: &mut Kit, iccid: &str) -> Value {
 
 #[tokio::test]
 async fn a_flood_of_forged_receipts_keeps_a_bounded_number_of_disputes() {
-    use esim402_core::usage::receipt::MAX_UNSIGNED_DISPUTES_PER_SIM;
-    let mut kit = Kit::builder("metering").build().await.unwrap();
-    let id = iccid(4);
-    open(&mut kit, &id, 10).await;
-    let cap = usize::try_from(MAX_UNSIGNED_DISPUTES_PER_SIM).unwrap();
+    let (mut kit, id, cap) = capped_sim(4).await;
     // Anyone can post receipts whose signature does not verify: 30 more than the cap, in two batches.
     let forged: Vec<Value> = (1..=u64::try_from(cap + 30).unwrap())
         .map(|seq| {

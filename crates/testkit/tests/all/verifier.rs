@@ -1411,6 +1411,20 @@ async fn a_reverted_settlement_fails_and_leaves_the_invoice_open_to_another_paym
     assert_eq!(decode_tx(&sent[1]).tx().nonce, TX_COUNT + 1);
 }
 
+/// Settled twice more, `p`'s settlement `hash` stays pending: its record still `submitted`, nothing sent again
+/// (money may have moved by a transaction we do not know: never a failure, never a second attempt).
+async fn stays_pending(kit: &mut Kit, node: &Node, inv: &Invoice, p: &Pay, hash: &str) {
+    for _ in 0..2 {
+        assert_eq!(
+            settle(kit, inv, p.v2()).await,
+            Ok(S::Pending(hash.to_owned()))
+        );
+    }
+    let record = kv_json(kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "submitted");
+    assert_eq!(node.sent().len(), 1);
+}
+
 /// Our settlement reverts because another transaction executed the same signed authorization first (the
 /// payer's own, another facilitator's): the money may have reached `payTo`, so it is never recorded as a
 /// failure (which would withdraw the order); it stays pending for an operator, and nothing is sent again.
@@ -1429,15 +1443,7 @@ async fn a_reverted_settlement_whose_authorization_was_executed_meanwhile_stays_
         c.mining = Mining::Revert;
         c.nonce_used = true;
     });
-    for _ in 0..2 {
-        assert_eq!(
-            settle(&mut kit, &inv, p.v2()).await,
-            Ok(S::Pending(hash.clone()))
-        );
-    }
-    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
-    assert_eq!(record["status"], "submitted");
-    assert_eq!(node.sent().len(), 1);
+    stays_pending(&mut kit, &node, &inv, &p, &hash).await;
 }
 
 #[tokio::test]
@@ -1789,18 +1795,10 @@ async fn a_settlement_whose_nonce_another_transaction_used_stays_pending_if_its_
 
     // The money moved, by a transaction we do not know: never a failure, never a second attempt.
     node.set(|c| c.nonce_used = true);
-    for _ in 0..2 {
-        assert_eq!(
-            settle(&mut kit, &inv, p.v2()).await,
-            Ok(S::Pending(hash.clone()))
-        );
-    }
-    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
-    assert_eq!(record["status"], "submitted");
     // Another payment cannot take the invoice meanwhile: its payment record stays held by this (resumable)
     // payment (`invoices::another_payment_never_takes_an_invoice_held_or_settled_by_one`); the verifier keeps
     // no per-invoice settlement of its own.
-    assert_eq!(node.sent().len(), 1);
+    stays_pending(&mut kit, &node, &inv, &p, &hash).await;
 }
 
 #[tokio::test]
