@@ -115,6 +115,16 @@ async fn ingest(kit: &mut Kit, receipts: Vec<Value>) -> (Value, Vec<String>, Vec
     )
 }
 
+/// Each report line's refusal reason, in order.
+fn reasons(report: &Value) -> Vec<&str> {
+    report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect()
+}
+
 async fn balance(kit: &mut Kit, iccid: &str) -> types::Balance {
     let id = iccid.to_owned();
     kit.call(async move |a, g| g.metering().call_get_balance(a, id).await)
@@ -315,12 +325,7 @@ async fn bad_receipts_are_disputed_never_charged() {
         ],
     )
     .await;
-    let reasons: Vec<&str> = report["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["reason"].as_str().unwrap())
-        .collect();
+    let reasons = reasons(&report);
     assert_eq!(
         reasons,
         [
@@ -559,12 +564,7 @@ async fn unsigned_field_refusals_are_capped_and_unknown_sims_keep_nothing() {
         })
         .collect();
     let (report, kinds, _) = ingest(&mut kit, made_up).await;
-    let reasons: std::collections::BTreeSet<&str> = report["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["reason"].as_str().unwrap())
-        .collect();
+    let reasons: std::collections::BTreeSet<&str> = reasons(&report).into_iter().collect();
     assert_eq!(
         reasons,
         ["window_in_future", "zero_seq"].into_iter().collect(),
