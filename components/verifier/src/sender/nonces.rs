@@ -69,27 +69,30 @@ pub async fn release_orphan(
     owner: &str,
     reserved_at: Option<u64>,
 ) {
-    let r = kv::update_json::<NonceState, ()>(&key(chain, signer), |s| {
-        let mut s = s.unwrap_or_default();
+    update(chain, signer, nonce, |s| {
         s.release_orphan(nonce, owner, reserved_at);
-        Ok(s)
     })
     .await;
-    if let Err(e) = r {
-        eprintln!("verifier: cannot release orphan nonce {nonce}: {e}");
-    }
 }
 
 /// Give back an account nonce whose transaction was certainly not broadcast.
 pub async fn release(chain: &Chain, signer: &SigningKey, nonce: u64) {
-    release_for(chain, signer.address(), nonce).await;
+    update(chain, signer.address(), nonce, |s| {
+        s.release_on_failure(nonce);
+    })
+    .await;
 }
 
-/// [`release`] by address.
-pub async fn release_for(chain: &Chain, signer: alloy_primitives::Address, nonce: u64) {
+/// Apply `f` to `signer`'s nonce state (best effort: a failure to release `nonce` is logged).
+async fn update(
+    chain: &Chain,
+    signer: alloy_primitives::Address,
+    nonce: u64,
+    f: impl Fn(&mut NonceState),
+) {
     let r = kv::update_json::<NonceState, ()>(&key(chain, signer), |s| {
         let mut s = s.unwrap_or_default();
-        s.release_on_failure(nonce);
+        f(&mut s);
         Ok(s)
     })
     .await;
