@@ -45,6 +45,16 @@ impl Deadline {
         }
     }
 
+    /// The time an order sweeps queued cleanups in (kernel `order::SWEEP_CALL_TIMEOUTS`, counted in the
+    /// order's lease): every call of the sweep shares it.
+    pub fn sweep(cfg: &Config) -> Self {
+        let calls = u32::try_from(esim402_core::order::SWEEP_CALL_TIMEOUTS).unwrap_or(1);
+        Self {
+            end: Instant::now() + cfg.call_timeout.saturating_mul(calls),
+            per_call: cfg.call_timeout,
+        }
+    }
+
     /// Time for the next call, or `None` once the budget is spent.
     pub fn next_call(&self) -> Option<Duration> {
         let left = self.end.checked_duration_since(Instant::now())?;
@@ -82,20 +92,30 @@ pub async fn call_twice<Req: serde::Serialize, Resp: serde::de::DeserializeOwned
     Err(last)
 }
 
-/// CancelOrder (`retire`: the profile may never be downloaded again); if it cannot be done now it is queued.
+/// CancelOrder (`retire`: the profile may never be downloaded again) within one call timeout; if it cannot be
+/// done now it is queued.
 pub async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool) {
-    cancel_as(cfg, carrier, iccid, retire, None).await;
+    cancel_as(
+        cfg,
+        carrier,
+        iccid,
+        retire,
+        None,
+        Deadline::single_call(cfg),
+    )
+    .await;
 }
 
-/// [`cancel`] under the call id `call` of an earlier try (a new one if `None`); queued with the call id used,
-/// so a try whose answer was lost is sent again as the same call (the SM-DP+ replays it instead of cancelling
-/// whatever that ICCID is by then).
+/// [`cancel`] under the call id `call` of an earlier try (a new one if `None`), within `deadline`; queued with
+/// the call id used, so a try whose answer was lost is sent again as the same call (the SM-DP+ replays it
+/// instead of cancelling whatever that ICCID is by then).
 pub async fn cancel_as(
     cfg: &Config,
     carrier: &Carrier,
     iccid: &Iccid,
     retire: bool,
     call: Option<String>,
+    deadline: Deadline,
 ) {
     let Some(call) = call.or_else(|| fci().ok()) else {
         crate::queue::enqueue(Cleanup::Cancel {
@@ -119,7 +139,6 @@ pub async fn cancel_as(
                 FinalProfileStatus::Available
             },
         };
-        let deadline = Deadline::single_call(cfg);
         // A functional refusal (e.g. already downloaded) means there is nothing left to return to the pool.
         call_twice::<_, HeaderOnlyResponse>(cfg, carrier, es2::CANCEL_ORDER_PATH, &body, deadline)
             .await

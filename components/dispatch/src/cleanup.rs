@@ -1,6 +1,7 @@
 //! Carrier-side work that must still happen so no profile leaks (`cleanup/queue`): cancels that could not be
 //! sent, and DownloadOrders whose answer was lost (replayed with the same call id to learn the ICCID, then
-//! cancelled). Orders sweep a few items before they start.
+//! cancelled). Orders sweep a few items before they start, within one shared deadline (`Deadline::sweep`,
+//! part of the order's lease): an item the sweep does not reach in time goes back on the queue.
 
 use esim402_core::esim::Eid;
 use esim402_core::esim::Iccid;
@@ -12,8 +13,9 @@ use crate::config::Config;
 use crate::queue::{self, enqueue};
 
 /// Work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
-/// item), try each once, and re-queue what still fails.
+/// item), try each once within the sweep's deadline, and re-queue what still fails or was not reached.
 pub async fn sweep(cfg: &Config, max: usize) {
+    let deadline = Deadline::sweep(cfg);
     for item in queue::take(max).await {
         match &item {
             Cleanup::Cancel {
@@ -23,7 +25,7 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 fci,
             } => {
                 if let (Ok(c), Ok(i)) = (cfg.carrier(carrier), Iccid::parse(iccid)) {
-                    calls::cancel_as(cfg, c, &i, *retire, fci.clone()).await;
+                    calls::cancel_as(cfg, c, &i, *retire, fci.clone(), deadline).await;
                 }
             }
             Cleanup::LostDownload {
@@ -41,7 +43,6 @@ pub async fn sweep(cfg: &Config, max: usize) {
                     iccid: None,
                     profile_type: Some(profile_type.clone()),
                 };
-                let deadline = Deadline::single_call(cfg);
                 let answer = calls::call_twice::<_, DownloadOrderResponse>(
                     cfg,
                     c,
@@ -53,7 +54,7 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 match answer {
                     Ok(r) => {
                         if let (None, Some(iccid)) = (r.header.failure(), r.iccid) {
-                            calls::cancel(cfg, c, &iccid, false).await;
+                            calls::cancel_as(cfg, c, &iccid, false, None, deadline).await;
                         }
                     }
                     Err(_) => enqueue(item.clone()).await,

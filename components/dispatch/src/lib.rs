@@ -9,6 +9,7 @@
 //! - [`cleanup`]: carrier-side work queued for later;
 //! - [`spec`]: what an order asks for and which carriers may serve it;
 //! - [`ordering`]: one paid order, journaled, across carriers;
+//! - [`confirming`]: the ConfirmOrder that ends a carrier's attempt, and what it does to the SIM record;
 //! - [`sims`]: SIM records, lifecycle, switches and download-progress callbacks;
 //! - [`access`]: who may manage a SIM (owner, access tokens, sign-in nonces).
 //!
@@ -41,6 +42,7 @@ mod access;
 mod calls;
 mod cleanup;
 mod config;
+mod confirming;
 mod es2_client;
 mod ordering;
 mod queue;

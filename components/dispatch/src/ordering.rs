@@ -6,11 +6,8 @@
 
 use std::cell::Cell;
 
-use esim402_core::esim::es2::{
-    self, ConfirmOrderRequest, ConfirmOrderResponse, DispatchAction, DownloadOrderRequest,
-    DownloadOrderResponse, RejectReason,
-};
-use esim402_core::esim::{ActivationCode, Carrier, Eid, Iccid, ProfileState, SimState};
+use esim402_core::esim::Carrier;
+use esim402_core::esim::es2::{self, DownloadOrderRequest, DownloadOrderResponse};
 use esim402_core::order::{self, Claim, Order, Plan, Step, StoredSim};
 use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid, kv_err, message};
@@ -19,29 +16,9 @@ use esim402_guest::{util, wit};
 
 use crate::calls::{self, Deadline, call_twice, fci, header};
 use crate::config::Config;
-use crate::es2_client::Transport;
+use crate::confirming::{Skip, conclude, finish, give_back};
 use crate::spec::{OrderSpec, candidates};
 use crate::{cleanup, queue, sim_store};
-
-/// Why one carrier did not deliver.
-enum Skip {
-    /// Try the next carrier; the reason goes into the SIM's `failovers`.
-    Next(String),
-    /// Stop: the request itself is wrong (e.g. the EID), no carrier will do better.
-    Reject(wit::Error),
-    /// The budget ran out with a profile allocated: the order stays pending.
-    Pending(Box<StoredSim>),
-}
-
-fn reason_of(code: &es2::StatusCode) -> String {
-    let what = match es2::action(code) {
-        DispatchAction::FailOver if *code == es2::StatusCode::POOL_EMPTY => "pool empty",
-        DispatchAction::FailOverAndAlert => "carrier configuration error",
-        DispatchAction::RetryLaterOrFailOver => "SM-DS unreachable",
-        _ => "refused",
-    };
-    format!("{what} ({}/{})", code.subject, code.reason)
-}
 
 /// The driver of one order: its journal as claimed.
 struct Driver {
@@ -99,40 +76,6 @@ async fn journal(driver: &Driver, f: impl Fn(&mut Order)) -> Result<Order, wit::
     Ok(order)
 }
 
-/// Confirm and release an allocated profile; returns the activation code.
-async fn confirm(
-    cfg: &Config,
-    carrier: &Carrier,
-    step: &Step,
-    eid: Option<&Eid>,
-    deadline: Deadline,
-) -> Result<ActivationCode, Result<String, Transport>> {
-    let iccid = Iccid::parse(&step.iccid).map_err(|e| Ok(e.to_string()))?;
-    let body = ConfirmOrderRequest {
-        header: header(carrier, &step.confirm_fci),
-        iccid,
-        eid: eid.cloned(),
-        matching_id: None,
-        confirmation_code: None,
-        smds_address: None,
-        release_flag: true,
-    };
-    let r: ConfirmOrderResponse =
-        call_twice(cfg, carrier, es2::CONFIRM_ORDER_PATH, &body, deadline)
-            .await
-            .map_err(Err)?;
-    if let Some(code) = r.header.failure() {
-        return Err(Ok(reason_of(&code)));
-    }
-    let (Some(smdp), Some(mid)) = (r.smdp_address, r.matching_id) else {
-        return Err(Err(Transport::Malformed(
-            "ConfirmOrder succeeded without smdpAddress and matchingId".into(),
-        )));
-    };
-    ActivationCode::new(smdp, mid, None, false)
-        .map_err(|e| Ok(format!("invalid activation code: {e}")))
-}
-
 /// Try one carrier: DownloadOrder → (pending SIM) → ConfirmOrder(release) → active SIM.
 async fn try_carrier(
     cfg: &Config,
@@ -167,19 +110,7 @@ async fn try_carrier(
             }
         };
     if let Some(code) = r.header.failure() {
-        return Err(match es2::action(&code) {
-            DispatchAction::RejectRequest(RejectReason::WrongDevice) => {
-                Skip::Reject(invalid("eid", RejectReason::WrongDevice.to_string()))
-            }
-            DispatchAction::RejectRequest(RejectReason::EidOutOfRange) => {
-                Skip::Reject(invalid("eid", RejectReason::EidOutOfRange.to_string()))
-            }
-            DispatchAction::AskForEid => Skip::Reject(invalid(
-                "eid",
-                format!("carrier {id} needs the device's EID for this order"),
-            )),
-            _ => Skip::Next(format!("{id}: {}", reason_of(&code))),
-        });
+        return Err(Skip::refused(carrier, &code));
     }
     let Some(iccid) = r.iccid else {
         return Err(Skip::Next(format!("{id}: DownloadOrder returned no ICCID")));
@@ -199,59 +130,24 @@ async fn try_carrier(
         return Err(Skip::Reject(e));
     }
     // A SIM just allocated has no record yet: store it without reading first (a put ignores what is there).
-    let at = sim_store::put(&sim, Some(Stored::absent()))
-        .await
-        .map_err(Skip::Reject)?;
+    let at = match sim_store::put(&sim, Some(Stored::absent())).await {
+        Ok(at) => at,
+        Err(e) => {
+            // The order fails on this error: the profile must not stay allocated with nobody to confirm it.
+            give_back(cfg, carrier, &step).await;
+            return Err(Skip::Reject(e));
+        }
+    };
     finish(
         cfg,
         carrier,
         &step,
-        &mut sim,
+        &sim,
         Some(at),
         spec.eid.as_ref(),
         deadline,
     )
-    .await?;
-    Ok(sim)
-}
-
-/// Confirm an allocated profile and store the result (from the SIM record's version `at`, if the caller holds
-/// it); on failure give the profile back to the pool.
-async fn finish(
-    cfg: &Config,
-    carrier: &Carrier,
-    step: &Step,
-    sim: &mut StoredSim,
-    at: Option<Stored>,
-    eid: Option<&Eid>,
-    deadline: Deadline,
-) -> Result<(), Skip> {
-    match confirm(cfg, carrier, step, eid, deadline).await {
-        Ok(code) => {
-            sim.state = SimState::Active;
-            sim.profile_state = Some(ProfileState::Released);
-            sim.activation_code = Some(code.to_string());
-            sim_store::put(sim, at).await.map_err(Skip::Reject)?;
-            Ok(())
-        }
-        Err(Err(Transport::Timeout)) if deadline.next_call().is_none() => {
-            // Out of budget with the outcome unknown: leave the order pending; a repeat call resumes it with
-            // the same call id.
-            Err(Skip::Pending(Box::new(sim.clone())))
-        }
-        Err(why) => {
-            let why = match why {
-                Ok(reason) => reason,
-                Err(t) => format!("ConfirmOrder {t}"),
-            };
-            if let Ok(iccid) = Iccid::parse(&step.iccid) {
-                calls::cancel(cfg, carrier, &iccid, false).await;
-            }
-            sim.state = SimState::Failed;
-            let _ = sim_store::put(sim, at).await;
-            Err(Skip::Next(format!("{}: {why}", carrier.id)))
-        }
-    }
+    .await
 }
 
 /// Order a profile for `spec`, paid by `invoice_id`, with failover; idempotent per invoice.
@@ -299,7 +195,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         let carrier = cfg.carrier(&step.carrier)?;
         // A crash between journaling the step and storing the pending SIM leaves only the journal: the SIM
         // record is rebuilt from it, so the allocated profile is confirmed (or given back), never stranded.
-        let mut sim = match sim_store::load(&sim_store::parse_iccid(&step.iccid)?).await? {
+        let sim = match sim_store::load(&sim_store::parse_iccid(&step.iccid)?).await? {
             Some(sim) => sim,
             None => {
                 let sim = spec.pending_sim(
@@ -313,18 +209,24 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
                 sim
             }
         };
-        match finish(
-            &cfg,
-            carrier,
-            &step,
-            &mut sim,
-            None,
-            spec.eid.as_ref(),
-            deadline,
-        )
-        .await
-        {
-            Ok(()) => return complete(&driver, sim, failovers).await,
+        // A SIM no longer pending (terminated by its owner, delivered, given up) is not confirmed again.
+        let outcome = match order::settled_before_confirm(&sim) {
+            Some(after) => conclude(&cfg, carrier, &step, after, None).await,
+            None => {
+                finish(
+                    &cfg,
+                    carrier,
+                    &step,
+                    &sim,
+                    None,
+                    spec.eid.as_ref(),
+                    deadline,
+                )
+                .await
+            }
+        };
+        match outcome {
+            Ok(sim) => return complete(&driver, sim, failovers).await,
             Err(Skip::Next(why)) => {
                 failovers.push(why);
                 tried = Some(step.carrier.clone());

@@ -4,7 +4,7 @@
 
 use esim402_core::esim::Iccid;
 use esim402_core::join::join_all;
-use esim402_core::order::{self, StoredSim};
+use esim402_core::order::{self, AfterConfirm, Confirmation, StoredSim};
 use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid, kv_err, store_err};
 use esim402_guest::kv::{self, Change};
@@ -31,6 +31,29 @@ pub async fn put(sim: &StoredSim, start: Option<kv::Stored>) -> Result<kv::Store
     })
     .await
     .map(|(_, (), version)| version)
+    .map_err(kv_err)
+}
+
+/// Record the outcome of the ConfirmOrder of `pending`'s profile (kernel `order::after_confirm`, inside the
+/// record's cell update from `start`, so an owner's terminate racing the confirm is never written over).
+pub async fn after_confirm(
+    pending: &StoredSim,
+    start: Option<kv::Stored>,
+    outcome: Confirmation<'_>,
+) -> Result<AfterConfirm, wit::Error> {
+    kv::change_json_from::<StoredSim, AfterConfirm, wit::Error>(
+        &keys::sim(&pending.iccid),
+        start,
+        |current| {
+            let after = order::after_confirm(current.as_ref(), pending, outcome);
+            Ok(match &after {
+                AfterConfirm::Store(sim) => (Change::Put(sim.clone()), after),
+                _ => (Change::Keep, after),
+            })
+        },
+    )
+    .await
+    .map(|(_, after, _)| after)
     .map_err(kv_err)
 }
 

@@ -72,12 +72,17 @@ pub enum Claim {
     Busy(Option<String>),
 }
 
-/// The lease of one driver: the dispatch budget, two call timeouts and slack.
+/// The lease of one driver: the cleanup sweep before the order (one call timeout, [`SWEEP_CALL_TIMEOUTS`]),
+/// the dispatch budget, two call timeouts (a cancel after the budget, with its same-id retry) and slack.
 pub fn lease_secs(budget_secs: u64, call_timeout_secs: u64) -> u64 {
     budget_secs
-        .saturating_add(call_timeout_secs.saturating_mul(2))
+        .saturating_add(call_timeout_secs.saturating_mul(2 + SWEEP_CALL_TIMEOUTS))
         .saturating_add(5)
 }
+
+/// The time an order spends sweeping queued cleanups before it starts, in call timeouts: the whole sweep
+/// shares it, and what it does not reach stays queued, so a slow carrier cannot take an order past its lease.
+pub const SWEEP_CALL_TIMEOUTS: u64 = 1;
 
 /// Decide, at `now`, whether a new driver `token` takes the order of `invoice_id` (`current`: its journal).
 pub fn claim(
@@ -221,6 +226,77 @@ pub struct StoredSim {
     /// The agent's label (`X-Agent-ID`, [`parse_agent_label`]).
     #[serde(default)]
     pub label: Option<String>,
+}
+
+/// What a driver's ConfirmOrder came to ([`after_confirm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation<'a> {
+    /// The profile is released for download under this activation code.
+    Released(&'a str),
+    /// The carrier refused, or the call failed: nothing was released.
+    Refused,
+}
+
+/// What becomes of a SIM record once its profile's ConfirmOrder is answered ([`after_confirm`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterConfirm {
+    /// Store this record: the SIM delivered (active, with its code) or, the confirm refused, failed (the driver
+    /// gives its profile back to the pool and tries the next carrier).
+    Store(StoredSim),
+    /// The SIM was delivered before (by a driver whose journal write was lost): the order ends with it.
+    Delivered(StoredSim),
+    /// The owner terminated the SIM before it was delivered: the record stays terminated, the order ends
+    /// without a SIM (nothing was delivered, so no payment is kept), and a profile this confirm released is
+    /// retired at the carrier (nobody ever gets its code).
+    Withdrawn {
+        /// The record as it stays.
+        sim: StoredSim,
+        /// Retire the profile at the carrier.
+        retire: bool,
+    },
+    /// An earlier driver gave the SIM up (and queued its profile's cancel): try the next carrier.
+    GivenUp,
+}
+
+/// Decide what a driver that confirmed `pending`'s profile writes, from the record as stored now
+/// (`current`): only a SIM still pending (or not stored yet) takes the outcome; one terminated, delivered or
+/// given up meanwhile keeps its state. Run inside the record's cell update, so a terminate racing the
+/// confirm is never written over.
+pub fn after_confirm(
+    current: Option<&StoredSim>,
+    pending: &StoredSim,
+    outcome: Confirmation<'_>,
+) -> AfterConfirm {
+    match current.map(|c| c.state) {
+        None | Some(SimState::Pending) => {
+            let mut sim = pending.clone();
+            match outcome {
+                Confirmation::Released(code) => {
+                    sim.state = SimState::Active;
+                    sim.profile_state = Some(ProfileState::Released);
+                    sim.activation_code = Some(code.to_owned());
+                }
+                Confirmation::Refused => sim.state = SimState::Failed,
+            }
+            AfterConfirm::Store(sim)
+        }
+        Some(SimState::Terminated) => AfterConfirm::Withdrawn {
+            sim: current.cloned().unwrap_or_else(|| pending.clone()),
+            retire: matches!(outcome, Confirmation::Released(_)),
+        },
+        Some(SimState::Active | SimState::Suspended) => {
+            AfterConfirm::Delivered(current.cloned().unwrap_or_else(|| pending.clone()))
+        }
+        Some(SimState::Failed) => AfterConfirm::GivenUp,
+    }
+}
+
+/// Whether a resumed order still confirms its SIM, stored as `current`: `None` if it is pending (confirm it
+/// with the journal's call id), else what the order comes to without calling the carrier (a terminate has
+/// already retired the profile).
+pub fn settled_before_confirm(current: &StoredSim) -> Option<AfterConfirm> {
+    (current.state != SimState::Pending)
+        .then(|| after_confirm(Some(current), current, Confirmation::Refused))
 }
 
 /// An agent label (`X-Agent-ID`): 1–64 letters, digits and `._:-`.
@@ -483,7 +559,7 @@ mod tests {
             claim(Some(&order(OrderStatus::Failed, 0)), "inv_1", "t2", 1, 85),
             Claim::Failed("no carrier".into())
         );
-        assert_eq!(lease_secs(60, 10), 85);
+        assert_eq!(lease_secs(60, 10), 95, "sweep, budget, two calls, slack");
     }
 
     #[test]
@@ -566,6 +642,100 @@ mod tests {
             access: crate::auth::SimAccess::default(),
             label: None,
         }
+    }
+
+    #[test]
+    fn a_confirm_outcome_lands_only_on_a_sim_still_pending() {
+        let pending = sim(SimState::Pending);
+        for current in [None, Some(&pending)] {
+            let AfterConfirm::Store(active) =
+                after_confirm(current, &pending, Confirmation::Released("1$smdp$MID"))
+            else {
+                panic!()
+            };
+            assert_eq!(
+                (
+                    active.state,
+                    active.profile_state,
+                    active.activation_code.as_deref()
+                ),
+                (
+                    SimState::Active,
+                    Some(ProfileState::Released),
+                    Some("1$smdp$MID")
+                )
+            );
+            let AfterConfirm::Store(failed) =
+                after_confirm(current, &pending, Confirmation::Refused)
+            else {
+                panic!()
+            };
+            assert_eq!(
+                (failed.state, failed.activation_code),
+                (SimState::Failed, None)
+            );
+        }
+
+        // The owner terminated it while it was being confirmed: it stays terminated, and a profile the confirm
+        // released is retired.
+        let mut terminated = sim(SimState::Terminated);
+        terminated.label = Some("kept".into());
+        assert_eq!(
+            after_confirm(Some(&terminated), &pending, Confirmation::Released("c")),
+            AfterConfirm::Withdrawn {
+                sim: terminated.clone(),
+                retire: true
+            }
+        );
+        assert_eq!(
+            after_confirm(Some(&terminated), &pending, Confirmation::Refused),
+            AfterConfirm::Withdrawn {
+                sim: terminated.clone(),
+                retire: false
+            }
+        );
+
+        // Delivered by an earlier driver (and maybe suspended since): never written over.
+        for state in [SimState::Active, SimState::Suspended] {
+            let mut delivered = sim(state);
+            delivered.activation_code = Some("first".into());
+            for outcome in [Confirmation::Released("second"), Confirmation::Refused] {
+                assert_eq!(
+                    after_confirm(Some(&delivered), &pending, outcome),
+                    AfterConfirm::Delivered(delivered.clone())
+                );
+            }
+        }
+        assert_eq!(
+            after_confirm(
+                Some(&sim(SimState::Failed)),
+                &pending,
+                Confirmation::Released("c")
+            ),
+            AfterConfirm::GivenUp
+        );
+    }
+
+    #[test]
+    fn a_resumed_order_confirms_only_a_pending_sim() {
+        assert_eq!(settled_before_confirm(&sim(SimState::Pending)), None);
+        let terminated = sim(SimState::Terminated);
+        assert_eq!(
+            settled_before_confirm(&terminated),
+            Some(AfterConfirm::Withdrawn {
+                sim: terminated,
+                retire: false
+            })
+        );
+        assert_eq!(
+            settled_before_confirm(&sim(SimState::Failed)),
+            Some(AfterConfirm::GivenUp)
+        );
+        let active = sim(SimState::Active);
+        assert_eq!(
+            settled_before_confirm(&active),
+            Some(AfterConfirm::Delivered(active))
+        );
     }
 
     #[test]

@@ -438,6 +438,20 @@ pub fn action(code: &StatusCode) -> DispatchAction {
         .map_or(A::FailOverAndAlert, |(_, a)| a)
 }
 
+/// The request field at fault, and why, when a carrier refuses a call (DownloadOrder or ConfirmOrder alike)
+/// because of the client's input: the EID. No other carrier would do better, so the order is refused with a
+/// 400 on that field instead of failing over.
+pub fn client_fault(code: &StatusCode, carrier: &str) -> Option<(&'static str, String)> {
+    match action(code) {
+        DispatchAction::RejectRequest(reason) => Some(("eid", reason.to_string())),
+        DispatchAction::AskForEid => Some((
+            "eid",
+            format!("carrier {carrier} needs the device's EID for this order"),
+        )),
+        _ => None,
+    }
+}
+
 /// A `functionCallIdentifier`: `<prefix>-<unix seconds>-<hex>`, e.g. `FCI-1764000000-1`. Pure: the caller
 /// supplies the time and a counter or random number, and keeps the combination unique.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -637,6 +651,29 @@ mod tests {
         assert_eq!(action(&owned.code()), A::RetryNewMatchingId);
         assert_eq!(DispatchAction::ON_TRANSPORT_ERROR, A::FailOver);
         assert_eq!(StatusCode::EID_MISSING, StatusCode::new("8.1.1", "2.2"));
+    }
+
+    #[test]
+    fn only_eid_refusals_are_the_clients_fault() {
+        assert_eq!(
+            client_fault(&StatusCode::EID_MISMATCH, "tmobile"),
+            Some(("eid", RejectReason::WrongDevice.to_string()))
+        );
+        assert_eq!(
+            client_fault(&StatusCode::EID_OUT_OF_RANGE, "tmobile"),
+            Some(("eid", RejectReason::EidOutOfRange.to_string()))
+        );
+        let (field, why) = client_fault(&StatusCode::EID_MISSING, "verizon").unwrap();
+        assert_eq!(field, "eid");
+        assert!(why.contains("verizon"), "{why}");
+        for code in [
+            StatusCode::POOL_EMPTY,
+            StatusCode::INVALID_TRANSITION,
+            StatusCode::SMDS_UNREACHABLE,
+            StatusCode::new("9.9", "9.9"),
+        ] {
+            assert_eq!(client_fault(&code, "tmobile"), None, "{code}");
+        }
     }
 
     #[test]

@@ -25,6 +25,8 @@ enum Behaves {
     EidMismatch,
     /// ConfirmOrder fails; CancelOrder is carried out but every answer to it is lost.
     ConfirmFailsCancelLost,
+    /// ConfirmOrder refuses the EID (`8.1.4/6.1`, outside the range the SM-DP+ accepts).
+    ConfirmEidOutOfRange,
 }
 
 #[derive(Default)]
@@ -100,6 +102,7 @@ impl FakeSmdp {
             (Behaves::ConfirmFails | Behaves::ConfirmFailsCancelLost, "confirmOrder") => {
                 failed("8.2.1", "3.5")
             }
+            (Behaves::ConfirmEidOutOfRange, "confirmOrder") => failed("8.1.4", "6.1"),
             (Behaves::ConfirmTimeout, "confirmOrder") => {
                 return Scripted::Timeout {
                     after: Duration::from_secs(5),
@@ -124,6 +127,15 @@ const TMOBILE_CB: &str = "tmobile-callback-secret";
 const VERIZON_CB: &str = "verizon-callback-secret";
 
 async fn kit_with(smdp: Arc<FakeSmdp>, vars: &[(&str, &str)]) -> Kit {
+    kit_on(smdp, vars, None).await
+}
+
+/// [`kit_with`] on `store` (the in-memory store if `None`).
+async fn kit_on(
+    smdp: Arc<FakeSmdp>,
+    vars: &[(&str, &str)],
+    store: Option<esim402_host::kv::SharedBackend>,
+) -> Kit {
     let mut b = Kit::builder("dispatch")
         .var("smdp_url", SMDP)
         .var("carrier_callback_credentials", CALLBACKS)
@@ -131,6 +143,9 @@ async fn kit_with(smdp: Arc<FakeSmdp>, vars: &[(&str, &str)]) -> Kit {
         .respond(move |r| smdp.answer(r));
     for (k, v) in vars {
         b = b.var(k, v);
+    }
+    if let Some(store) = store {
+        b = b.store(store);
     }
     b.build().await.unwrap()
 }
@@ -541,6 +556,104 @@ async fn an_eid_is_sent_and_a_wrong_device_is_rejected_without_failover() {
     assert!(matches!(&err, types::Error::InvalidInput(f) if f.field == "eid"));
 }
 
+/// An EID the carrier refuses at ConfirmOrder (after DownloadOrder took it) is the client's fault like one
+/// refused at DownloadOrder: a 400 on `eid`, no other carrier tried, and the allocated profile given back.
+#[tokio::test]
+async fn an_eid_refused_at_confirm_is_rejected_and_the_profile_given_back() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmEidOutOfRange);
+    let mut kit = kit_with(smdp, &[]).await;
+    let with_eid = types::ActivationRequest {
+        eid: Some(EID.into()),
+        ..request("us-west", None)
+    };
+    let err = order(&mut kit, with_eid, "inv-eid-confirm")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, types::Error::InvalidInput(f) if f.field == "eid" && f.message.contains("range")),
+        "{err:?}"
+    );
+    assert_eq!(
+        calls(&kit),
+        [
+            call("tmobile", "downloadOrder"),
+            call("tmobile", "confirmOrder"),
+            call("tmobile", "cancelOrder"),
+        ]
+    );
+    let reqs = kit.requests();
+    let iccid = reqs[1].json().unwrap()["iccid"].clone();
+    assert_eq!(reqs[2].json().unwrap()["iccid"], iccid);
+    assert_eq!(
+        reqs[2].json().unwrap()["finalProfileStatusIndicator"],
+        "Available"
+    );
+    let stored: Value = serde_json::from_slice(
+        &kit.kv_get(&format!("sim/{}", iccid.as_str().unwrap()))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored["state"], "failed");
+}
+
+/// The SIM record of an allocated profile cannot be written: the order fails, and the profile goes back to
+/// the carrier's pool instead of staying allocated with nobody to confirm it.
+#[tokio::test]
+async fn a_sim_record_that_cannot_be_written_gives_the_profile_back() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store = Arc::new(crate::FailingWrites::new("sim/", &failing));
+    let mut kit = kit_on(Arc::default(), &[], Some(store)).await;
+    let err = order(&mut kit, request("us-west", None), "inv-no-sim")
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, types::Error::Unavailable(_)), "{err:?}");
+    assert_eq!(
+        calls(&kit),
+        [
+            call("tmobile", "downloadOrder"),
+            call("tmobile", "cancelOrder"),
+        ]
+    );
+    let cancel = kit.requests()[1].json().unwrap();
+    assert_eq!(cancel["finalProfileStatusIndicator"], "Available");
+    assert!(
+        cancel["iccid"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("890126"))
+    );
+}
+
+/// Orders sweep queued cleanups within one call timeout in all (counted in the order's lease): a carrier that
+/// stopped answering cannot hold an order up for a call timeout per queued item, and what the sweep did not
+/// reach stays queued.
+#[tokio::test]
+async fn the_sweep_before_an_order_stays_within_one_call_timeout() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::Timeout);
+    let mut kit = kit_with(smdp, &[("es2_timeout_ms", "200")]).await;
+    let queued: Vec<Value> = (1..=4)
+        .map(|n| {
+            let iccid = Iccid::with_check_digit(&format!("890126{n:012}")).unwrap();
+            json!({"kind": "cancel", "carrier": "tmobile", "iccid": iccid.as_str(), "retire": false})
+        })
+        .collect();
+    kit.kv_put("cleanup/queue", Value::from(queued).to_string().as_bytes())
+        .await;
+    let sim = order(&mut kit, request("us-west", Some("verizon")), "inv-sweep")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    let cancels = calls(&kit)
+        .iter()
+        .filter(|c| **c == call("tmobile", "cancelOrder"))
+        .count();
+    assert_eq!(cancels, 1, "{:?}", calls(&kit));
+    let left: Value = serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(left.as_array().map(Vec::len), Some(4), "{left}");
+}
+
 #[tokio::test]
 async fn a_denied_smdp_host_fails_in_the_guest_and_nothing_is_sent() {
     // The SM-DP+ host is not in allowed_outbound_hosts: every call fails inside the component.
@@ -833,6 +946,65 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
         .map(|r| r.json().unwrap()["header"]["functionCallIdentifier"].clone())
         .unwrap();
     assert_eq!(last_confirm, confirms[0]);
+}
+
+/// A pending SIM its owner terminated is withdrawn: the resumed order does not confirm it (the terminate
+/// retired its profile), the record stays terminated, and the order ends without a SIM (so no payment is
+/// kept for it) instead of writing it back as active.
+#[tokio::test]
+async fn a_pending_sim_its_owner_terminated_is_not_confirmed_again() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(
+        smdp.clone(),
+        &[("dispatch_budget_secs", "1"), ("es2_timeout_ms", "600")],
+    )
+    .await;
+    let pending = order(&mut kit, request("us-west", None), "inv-withdrawn")
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    let id = pending.iccid.clone();
+    let terminated = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_lifecycle(a, id, types::LifecycleAction::Terminate)
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(terminated.state, types::SimState::Terminated);
+    let retire = kit.requests().last().unwrap().json().unwrap();
+    assert_eq!(retire["finalProfileStatusIndicator"], "Unavailable");
+
+    // The carrier answers again and the lease ran out: a repeat would have confirmed the profile.
+    smdp.set("tmobile", Behaves::Ok);
+    let before = kit.requests().len();
+    let resume = |at: u64| {
+        let req = request("us-west", None);
+        async move |a: &esim402_testkit::Accessor<esim402_testkit::KitState>,
+                    g: &esim402_testkit::Exports| {
+            g.dispatch()
+                .call_order_profile(a, req, "inv-withdrawn".into(), OWNER.into(), None, at)
+                .await
+        }
+    };
+    let got = kit.call(resume(1_764_000_000 + 3_600)).await.unwrap();
+    assert!(
+        matches!(&got, Err(types::Error::Conflict(m)) if m.contains("terminated")),
+        "{got:?}"
+    );
+    assert_eq!(kit.requests().len(), before, "no carrier was called");
+    let stored: Value =
+        serde_json::from_slice(&kit.kv_get(&format!("sim/{}", pending.iccid)).await.unwrap())
+            .unwrap();
+    assert_eq!(stored["state"], "terminated");
+    assert!(stored["activation_code"].is_null(), "{stored}");
+    // The order ended: a repeat replays its failure.
+    let again = kit.call(resume(1_764_000_000 + 7_200)).await.unwrap();
+    assert!(again.is_err(), "{again:?}");
+    assert_eq!(kit.requests().len(), before);
 }
 
 fn credential_token(t: &str) -> types::Credential {

@@ -1542,56 +1542,6 @@ async fn a_nonce_given_back_below_one_still_out_is_filled_with_a_no_op() {
     }
 }
 
-/// The in-memory store, except that writes to keys under `prefix` fail while `failing` is set.
-struct FailingWrites {
-    inner: esim402_host::kv::MemoryStore,
-    prefix: &'static str,
-    failing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl FailingWrites {
-    fn check(&self, key: &str) -> esim402_host::kv::KvResult<()> {
-        if key.starts_with(self.prefix) && self.failing.load(Ordering::SeqCst) {
-            return Err(esim402_host::kv::KvError(format!("injected: {key}")));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl esim402_host::kv::Backend for FailingWrites {
-    async fn get(&self, key: &str) -> esim402_host::kv::KvResult<Option<Vec<u8>>> {
-        self.inner.get(key).await
-    }
-    async fn set(&self, key: &str, value: &[u8]) -> esim402_host::kv::KvResult<()> {
-        self.check(key)?;
-        self.inner.set(key, value).await
-    }
-    async fn delete(&self, key: &str) -> esim402_host::kv::KvResult<()> {
-        self.check(key)?;
-        self.inner.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> esim402_host::kv::KvResult<bool> {
-        self.inner.exists(key).await
-    }
-    async fn keys(&self) -> esim402_host::kv::KvResult<Vec<String>> {
-        self.inner.keys().await
-    }
-    async fn increment(&self, key: &str, delta: i64) -> esim402_host::kv::KvResult<i64> {
-        self.check(key)?;
-        self.inner.increment(key, delta).await
-    }
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-    ) -> esim402_host::kv::KvResult<bool> {
-        self.check(key)?;
-        self.inner.compare_and_swap(key, expected, value).await
-    }
-}
-
 /// The claim on our own settlement's hash cannot be written: the send stops before its broadcast and gives
 /// everything back (a transaction out without that claim could be presented again as a tx-hash proof for
 /// another invoice); once the store works, a retry settles once.
@@ -1600,11 +1550,7 @@ async fn a_settlement_whose_hash_cannot_be_claimed_is_not_broadcast() {
     let node = Arc::new(Node::default());
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut kit = builder(&node)
-        .store(Arc::new(FailingWrites {
-            inner: esim402_host::kv::MemoryStore::default(),
-            prefix: "txhash/",
-            failing: failing.clone(),
-        }))
+        .store(Arc::new(crate::FailingWrites::new("txhash/", &failing)))
         .build()
         .await
         .unwrap();

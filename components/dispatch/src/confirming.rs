@@ -1,0 +1,175 @@
+//! The last step of one carrier's attempt: ConfirmOrder(release) on an allocated profile, then the SIM record
+//! updated by the kernel's rule (`order::after_confirm`) inside the record's cell update. Only a SIM still
+//! pending takes the outcome: one its owner terminated meanwhile stays terminated (and a profile released
+//! for it is retired), one delivered before is never written over. Whatever is not delivered is given back to
+//! the carrier's pool.
+
+use esim402_core::esim::es2::{
+    self, ConfirmOrderRequest, ConfirmOrderResponse, DispatchAction, StatusCode,
+};
+use esim402_core::esim::{ActivationCode, Carrier, Eid, Iccid, SimState};
+use esim402_core::order::{AfterConfirm, Confirmation, Step, StoredSim};
+use esim402_guest::convert::invalid;
+use esim402_guest::kv::Stored;
+use esim402_guest::wit;
+
+use crate::calls::{self, Deadline, call_twice, header};
+use crate::config::Config;
+use crate::es2_client::Transport;
+use crate::sim_store;
+
+/// Why one carrier did not deliver.
+pub enum Skip {
+    /// Try the next carrier; the reason goes into the SIM's `failovers`.
+    Next(String),
+    /// Stop: the request itself is wrong (e.g. the EID), no carrier will do better.
+    Reject(wit::Error),
+    /// The budget ran out with a profile allocated: the order stays pending.
+    Pending(Box<StoredSim>),
+}
+
+impl Skip {
+    /// The skip for a carrier's refusal `code` of `carrier`'s call: a refusal of the client's input (the
+    /// EID, kernel `es2::client_fault`) stops the order with a 400 on that field; any other fails over.
+    pub fn refused(carrier: &Carrier, code: &StatusCode) -> Self {
+        match es2::client_fault(code, carrier.id.as_str()) {
+            Some((field, why)) => Self::Reject(invalid(field, why)),
+            None => Self::Next(format!("{}: {}", carrier.id, reason_of(code))),
+        }
+    }
+}
+
+fn reason_of(code: &StatusCode) -> String {
+    let what = match es2::action(code) {
+        DispatchAction::FailOver if *code == StatusCode::POOL_EMPTY => "pool empty",
+        DispatchAction::FailOverAndAlert => "carrier configuration error",
+        DispatchAction::RetryLaterOrFailOver => "SM-DS unreachable",
+        _ => "refused",
+    };
+    format!("{what} ({}/{})", code.subject, code.reason)
+}
+
+/// Why a ConfirmOrder released nothing.
+pub enum Refusal {
+    /// The carrier refused with this code.
+    Code(StatusCode),
+    /// The call failed.
+    Transport(Transport),
+    /// The answer cannot be used.
+    Unusable(String),
+}
+
+/// Confirm and release an allocated profile; returns the activation code.
+async fn confirm(
+    cfg: &Config,
+    carrier: &Carrier,
+    step: &Step,
+    eid: Option<&Eid>,
+    deadline: Deadline,
+) -> Result<ActivationCode, Refusal> {
+    let iccid = Iccid::parse(&step.iccid).map_err(|e| Refusal::Unusable(e.to_string()))?;
+    let body = ConfirmOrderRequest {
+        header: header(carrier, &step.confirm_fci),
+        iccid,
+        eid: eid.cloned(),
+        matching_id: None,
+        confirmation_code: None,
+        smds_address: None,
+        release_flag: true,
+    };
+    let r: ConfirmOrderResponse =
+        call_twice(cfg, carrier, es2::CONFIRM_ORDER_PATH, &body, deadline)
+            .await
+            .map_err(Refusal::Transport)?;
+    if let Some(code) = r.header.failure() {
+        return Err(Refusal::Code(code));
+    }
+    let (Some(smdp), Some(mid)) = (r.smdp_address, r.matching_id) else {
+        return Err(Refusal::Transport(Transport::Malformed(
+            "ConfirmOrder succeeded without smdpAddress and matchingId".into(),
+        )));
+    };
+    ActivationCode::new(smdp, mid, None, false)
+        .map_err(|e| Refusal::Unusable(format!("invalid activation code: {e}")))
+}
+
+/// Confirm `sim`'s allocated profile (the journal's `step`) and record the outcome, starting from the record's
+/// version `at` if the caller holds it: the SIM the order ends with, or why this carrier did not deliver.
+pub async fn finish(
+    cfg: &Config,
+    carrier: &Carrier,
+    step: &Step,
+    sim: &StoredSim,
+    at: Option<Stored>,
+    eid: Option<&Eid>,
+    deadline: Deadline,
+) -> Result<StoredSim, Skip> {
+    let answer = confirm(cfg, carrier, step, eid, deadline).await;
+    let code = match &answer {
+        Ok(code) => Some(code.to_string()),
+        // Out of budget with the outcome unknown: leave the order pending; a repeat call resumes it with the
+        // same call id.
+        Err(Refusal::Transport(Transport::Timeout)) if deadline.next_call().is_none() => {
+            return Err(Skip::Pending(Box::new(sim.clone())));
+        }
+        Err(_) => None,
+    };
+    let outcome = code
+        .as_deref()
+        .map_or(Confirmation::Refused, Confirmation::Released);
+    let after = match sim_store::after_confirm(sim, at, outcome).await {
+        Ok(after) => after,
+        Err(e) => {
+            // The outcome cannot be recorded, and the order fails: give the profile back rather than leave it
+            // allocated (or released under a code nobody will get).
+            give_back(cfg, carrier, step).await;
+            return Err(Skip::Reject(e));
+        }
+    };
+    conclude(cfg, carrier, step, after, answer.err()).await
+}
+
+/// Carry out what the kernel decided for the SIM of `step` (`refusal`: why its confirm released nothing).
+pub async fn conclude(
+    cfg: &Config,
+    carrier: &Carrier,
+    step: &Step,
+    after: AfterConfirm,
+    refusal: Option<Refusal>,
+) -> Result<StoredSim, Skip> {
+    match after {
+        AfterConfirm::Store(sim) if sim.state != SimState::Failed => Ok(sim),
+        AfterConfirm::Delivered(sim) => Ok(sim),
+        AfterConfirm::Store(_) => {
+            give_back(cfg, carrier, step).await;
+            Err(match refusal {
+                Some(Refusal::Code(code)) => Skip::refused(carrier, &code),
+                Some(Refusal::Transport(t)) => {
+                    Skip::Next(format!("{}: ConfirmOrder {t}", carrier.id))
+                }
+                Some(Refusal::Unusable(why)) => Skip::Next(format!("{}: {why}", carrier.id)),
+                None => Skip::Next(format!("{}: ConfirmOrder failed", carrier.id)),
+            })
+        }
+        AfterConfirm::Withdrawn { sim, retire } => {
+            if retire && let Ok(iccid) = Iccid::parse(&step.iccid) {
+                calls::cancel(cfg, carrier, &iccid, true).await;
+            }
+            Err(Skip::Reject(wit::Error::Conflict(format!(
+                "SIM {} was terminated by its owner before its order finished; nothing was delivered",
+                sim.iccid
+            ))))
+        }
+        AfterConfirm::GivenUp => Err(Skip::Next(format!(
+            "{}: the profile was given up by an earlier attempt",
+            carrier.id
+        ))),
+    }
+}
+
+/// CancelOrder(`Available`) the profile of `step`: it goes back to the carrier's pool.
+pub async fn give_back(cfg: &Config, carrier: &Carrier, step: &Step) {
+    if let Ok(iccid) = Iccid::parse(&step.iccid) {
+        calls::cancel(cfg, carrier, &iccid, false).await;
+    }
+}
