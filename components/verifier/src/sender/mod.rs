@@ -27,7 +27,8 @@ pub mod receipts;
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::evm::rpc::{
     BlockSummary, BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber,
-    EthGetTransactionCount, EthMaxPriorityFeePerGas, EthSendRawTransaction,
+    EthGetTransactionCount, EthMaxPriorityFeePerGas, EthSendRawTransaction, SendRefusal,
+    send_refusal,
 };
 use esim402_core::evm::{Eip1559Tx, GiveBack, SignedTx, SigningKey, sign_eip1559};
 use esim402_guest::{util, wit};
@@ -92,12 +93,6 @@ pub struct Counts {
     pub pending: u64,
     /// Mined (`latest`); only used to forget old bookkeeping, so a failed read is no reason not to send.
     pub mined: Option<u64>,
-}
-
-/// Whether a node's refusal of `eth_sendRawTransaction` means our transaction is in its pool anyway.
-fn already_known(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("already known") || m.contains("known transaction") || m.contains("alreadyknown")
 }
 
 /// `(tip, fee cap)` in wei, from the latest block's base fee and the node's suggested tip (node errors: the
@@ -220,18 +215,28 @@ pub async fn send(
         .await
     {
         Ok(_) => {}
-        Err(CallError::Node { message, .. }) if already_known(&message) => {}
-        Err(CallError::Node { code, message }) => {
-            // The node refused it outright: nothing was broadcast, so everything can be given back.
-            give_back(chain, signer, &tx, &call.owner).await;
-            return Err(NotBroadcast {
-                why: Unsent::Fault(wit::Error::Unavailable(format!(
-                    "the node refused the {} transaction ({code}: {message})",
+        Err(CallError::Node { code, message }) => match send_refusal(code, &message) {
+            SendRefusal::Known => {}
+            SendRefusal::Refused => {
+                // The node refused it, naming why: nothing was broadcast, so everything can be given back.
+                give_back(chain, signer, &tx, &call.owner).await;
+                return Err(NotBroadcast {
+                    why: Unsent::Fault(wit::Error::Unavailable(format!(
+                        "the node refused the {} transaction ({code}: {message})",
+                        call.what
+                    ))),
+                    recorded: Some(hash),
+                });
+            }
+            SendRefusal::Unknown => {
+                // An error that names no refusal (a provider may have forwarded the transaction before
+                // failing): kept like a lost answer.
+                eprintln!(
+                    "verifier: broadcast of {} {hash} answered {code}: {message}; outcome unknown, reconciling",
                     call.what
-                ))),
-                recorded: Some(hash),
-            });
-        }
+                );
+            }
+        },
         Err(CallError::Transport(m)) => {
             // Outcome unknown: the transaction may be out there. Keep every claim; poll like a sent one.
             eprintln!(
@@ -276,13 +281,18 @@ async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &s
         .await
     {
         Ok(_) => eprintln!("verifier: nonce {nonce} filled with the no-op {hash}"),
-        Err(CallError::Node { message, .. }) if already_known(&message) => {}
-        Err(CallError::Node { code, message }) => {
-            eprintln!(
-                "verifier: no-op at nonce {nonce} refused ({code}: {message}); nonce given back"
-            );
-            nonces::release(chain, signer, nonce).await;
-        }
+        Err(CallError::Node { code, message }) => match send_refusal(code, &message) {
+            SendRefusal::Known => {}
+            SendRefusal::Refused => {
+                eprintln!(
+                    "verifier: no-op at nonce {nonce} refused ({code}: {message}); nonce given back"
+                );
+                nonces::release(chain, signer, nonce).await;
+            }
+            SendRefusal::Unknown => eprintln!(
+                "verifier: no-op {hash} at nonce {nonce} answered {code}: {message}; outcome unknown, kept"
+            ),
+        },
         Err(CallError::Transport(m)) => {
             eprintln!(
                 "verifier: no-op {hash} at nonce {nonce} ended without an answer ({m}); kept"

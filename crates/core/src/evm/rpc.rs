@@ -606,6 +606,72 @@ impl Method for EthSendRawTransaction {
     }
 }
 
+/// What a node's error answer to [`EthSendRawTransaction`] says about the transaction ([`send_refusal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendRefusal {
+    /// The node already has it ("already known"): the transaction is out.
+    Known,
+    /// The node refused it for a reason it names (a transaction-pool or validation rule, a malformed
+    /// request, a rate limit): nothing was broadcast.
+    Refused,
+    /// Anything else, e.g. an internal or upstream error of a provider that may have forwarded the
+    /// transaction before failing: the outcome is unknown, as when the answer is lost.
+    Unknown,
+}
+
+/// Refusals that name what is wrong with the transaction, as geth, reth, anvil, erigon, Nethermind and Besu
+/// word them, compared with spaces, underscores and case ignored (Besu's `NONCE_TOO_LOW`, Nethermind's
+/// `OldNonce`).
+const REFUSALS: &[&str] = &[
+    "noncetoolow",
+    "noncetoohigh",
+    "oldnonce",
+    "insufficientfunds",
+    "intrinsicgastoolow",
+    "exceedsblockgaslimit",
+    "underpriced",
+    "feetoolow",
+    "lessthanblockbasefee",
+    "higherthanmaxfeepergas",
+    "tiphigherthanfeecap",
+    "tipabovefeecap",
+    "invalidsender",
+    "invalidsignature",
+    "onlyreplayprotected",
+    "invalidchainid",
+    "txpoolisfull",
+    "oversizeddata",
+    "exceedstheconfiguredcap",
+    "typenotsupported",
+    "gasuint64overflow",
+];
+
+/// Answers meaning the node has the transaction already.
+const KNOWN: &[&str] = &["alreadyknown", "knowntransaction", "alreadyimported"];
+
+/// JSON-RPC codes of a request refused before it was acted on: parse error, invalid request, method not
+/// found, invalid params (JSON-RPC 2.0), transaction rejected and limit exceeded (EIP-1474).
+const REFUSAL_CODES: &[i64] = &[-32700, -32600, -32601, -32602, -32003, -32005];
+
+/// Classify a node's error answer (`code`, `message`) to `eth_sendRawTransaction`. Only a refusal the node
+/// names is [`SendRefusal::Refused`]: the caller gives the nonce back on it, and a transaction that went out
+/// after all would then share its nonce with the next one. Whatever is not recognised is
+/// [`SendRefusal::Unknown`] and kept like a lost answer.
+pub fn send_refusal(code: i64, message: &str) -> SendRefusal {
+    let compact: String = message
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect();
+    if KNOWN.iter().any(|k| compact.contains(k)) {
+        SendRefusal::Known
+    } else if REFUSAL_CODES.contains(&code) || REFUSALS.iter().any(|r| compact.contains(r)) {
+        SendRefusal::Refused
+    } else {
+        SendRefusal::Unknown
+    }
+}
+
 /// `eth_getTransactionReceipt(hash)` → the receipt, or `None` while the transaction is not mined.
 /// A receipt for a different hash than the one asked for is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1042,5 +1108,61 @@ mod tests {
             read_batch_reply(200, b"<html>", &ids),
             BatchReply::Failed(m) if m.contains("malformed")
         ));
+    }
+
+    #[test]
+    fn send_refusals_are_classified_by_what_the_node_names() {
+        use SendRefusal as R;
+        for (code, message, expected) in [
+            (-32000, "already known", R::Known),
+            (
+                -32010,
+                "Transaction with the same hash was already imported.",
+                R::Known,
+            ),
+            (-32000, "TRANSACTION_ALREADY_KNOWN", R::Known),
+            (
+                -32000,
+                "nonce too low: next nonce 7, tx nonce 6",
+                R::Refused,
+            ),
+            (-32000, "NONCE_TOO_LOW", R::Refused),
+            (-32000, "OldNonce", R::Refused),
+            (
+                -32000,
+                "insufficient funds for gas * price + value",
+                R::Refused,
+            ),
+            (-32000, "replacement transaction underpriced", R::Refused),
+            (
+                -32000,
+                "max fee per gas less than block base fee",
+                R::Refused,
+            ),
+            (-32000, "intrinsic gas too low", R::Refused),
+            (-32000, "invalid sender", R::Refused),
+            (-32000, "txpool is full", R::Refused),
+            (
+                -32602,
+                "invalid argument 0: hex string has odd length",
+                R::Refused,
+            ),
+            (
+                -32005,
+                "daily request count exceeded, request rate limited",
+                R::Refused,
+            ),
+            (
+                -32601,
+                "the method eth_sendRawTransaction does not exist",
+                R::Refused,
+            ),
+            (-32000, "upstream request timeout", R::Unknown),
+            (-32603, "internal error", R::Unknown),
+            (-32000, "", R::Unknown),
+            (1, "header not found", R::Unknown),
+        ] {
+            assert_eq!(send_refusal(code, message), expected, "{code} {message}");
+        }
     }
 }

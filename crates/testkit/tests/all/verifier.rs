@@ -138,6 +138,9 @@ pub(crate) struct ChainState {
     pub(crate) refuse_token_calls: bool,
     /// Take the raw transaction but lose the answer (HTTP 502): the sender cannot know it went out.
     pub(crate) lose_send_answer: bool,
+    /// Take the raw transaction, then answer with this JSON-RPC error (a provider that forwarded it and
+    /// failed afterwards).
+    pub(crate) send_error_after_taking: Option<(i64, &'static str)>,
     /// Lose the raw transaction on its way (HTTP 502, nothing kept): what a send cancelled after its
     /// transaction was recorded leaves behind.
     pub(crate) drop_send: bool,
@@ -174,6 +177,7 @@ impl Default for ChainState {
             refuse_send: false,
             refuse_token_calls: false,
             lose_send_answer: false,
+            send_error_after_taking: None,
             drop_send: false,
             mined_count: None,
             pending_count: None,
@@ -366,7 +370,10 @@ impl Node {
                     if c.lose_send_answer {
                         return Err(Scripted::status(502));
                     }
-                    Ok(json!(hash.to_string()))
+                    match c.send_error_after_taking {
+                        Some(error) => Err(error),
+                        None => Ok(json!(hash.to_string())),
+                    }
                 }
             }
             "eth_getTransactionReceipt" => {
@@ -1576,39 +1583,62 @@ async fn a_settlement_whose_hash_cannot_be_claimed_is_not_broadcast() {
     );
 }
 
+/// A broadcast whose outcome is unknown keeps every claim and its nonce, and reconciles by its hash: its answer
+/// was lost, or the node answered an error that names no refusal (a provider may have forwarded the
+/// transaction first). Giving the nonce back there would let the next send share it.
 #[tokio::test]
 async fn a_lost_broadcast_answer_keeps_the_claims_and_reconciles() {
-    let node = Arc::new(Node::default());
-    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
-    let inv = invoice(19, None);
-    let p = pay(&inv);
-    node.set(|c| {
-        c.lose_send_answer = true;
-        c.mining = Mining::Never;
-    });
-    let got = settle(&mut kit, &inv, p.v2()).await;
-    let hash = keccak256(&node.sent()[0]).to_string();
-    assert_eq!(
-        got,
-        Ok(S::Pending(hash.clone())),
-        "money may have moved: never a failure"
-    );
-    assert!(kit.kv_get(&p.nonce_key()).await.is_some());
-    let state = kv_json(
-        &kit,
-        &format!("signer/eip155:31337/{:#x}/nonce", facilitator()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        state["pending"],
-        json!([TX_COUNT]),
-        "a possibly broadcast nonce stays held"
-    );
+    let lost = |c: &mut ChainState| c.lose_send_answer = true;
+    let upstream = |c: &mut ChainState| {
+        c.send_error_after_taking = Some((-32603, "upstream request failed: connection reset"));
+    };
+    for (n, (how, lose)) in [
+        ("lost answer", &lost as &dyn Fn(&mut ChainState)),
+        ("upstream error", &upstream),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let node = Arc::new(Node::default());
+        let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+        let inv = invoice([19, 119][n], None);
+        let p = pay(&inv);
+        node.set(|c| {
+            lose(c);
+            c.mining = Mining::Never;
+        });
+        let got = settle(&mut kit, &inv, p.v2()).await;
+        let hash = keccak256(&node.sent()[0]).to_string();
+        assert_eq!(
+            got,
+            Ok(S::Pending(hash.clone())),
+            "{how}: money may have moved: never a failure"
+        );
+        assert!(kit.kv_get(&p.nonce_key()).await.is_some(), "{how}");
+        let state = kv_json(
+            &kit,
+            &format!("signer/eip155:31337/{:#x}/nonce", facilitator()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            state["pending"],
+            json!([TX_COUNT]),
+            "{how}: a possibly broadcast nonce stays held"
+        );
 
-    node.set(|c| c.mining = Mining::Succeed);
-    assert_eq!(settle(&mut kit, &inv, p.v2()).await, Ok(S::Settled(hash)));
-    assert_eq!(node.sent().len(), 1);
+        node.set(|c| {
+            c.lose_send_answer = false;
+            c.send_error_after_taking = None;
+            c.mining = Mining::Succeed;
+        });
+        assert_eq!(
+            settle(&mut kit, &inv, p.v2()).await,
+            Ok(S::Settled(hash)),
+            "{how}"
+        );
+        assert_eq!(node.sent().len(), 1, "{how}");
+    }
 }
 
 #[tokio::test]
