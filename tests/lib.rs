@@ -642,6 +642,16 @@ pub const OWNER_ADDRESS: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
 
 /// A `SIGN-IN-WITH-X` header value for a request to `base` + `path`, signed by `key` (hex) now, with a fresh
 /// nonce (as an agent signs each request).
+/// The `X-Payment-Proof-Signature` of a tx-hash proof of `tx` for `invoice_id`, signed with the hex `key`.
+pub fn sign_proof(key: &str, invoice_id: &str, tx: &str) -> String {
+    let key =
+        k256::ecdsa::SigningKey::from_slice(&hex::decode(key.trim_start_matches("0x")).unwrap())
+            .unwrap();
+    let digest = esim402_core::evm::proof_signature::digest(invoice_id, tx.parse().unwrap());
+    let sig = esim402_core::x402::exact::sign_prehash(&key, digest).unwrap();
+    format!("0x{}", hex::encode(sig))
+}
+
 pub fn sign_in(key: &str, base: &str, path: &str) -> String {
     use esim402_core::auth::siwx;
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

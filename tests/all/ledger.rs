@@ -67,10 +67,17 @@ async fn concurrent_payments_chain_per_shard_and_tampering_is_detected() {
                     .as_str()
                     .unwrap()
                     .to_owned();
+                let tx = format!("0x{:064x}", i + 1);
+                let signature = esim402_tests::sign_proof(
+                    esim402_host::devstack::chain::DEMO_AGENT_KEY,
+                    &id,
+                    &tx,
+                );
                 let paid = http
                     .post(format!("{url}/v1/esim/activate"))
                     .header("x-invoice-id", &id)
-                    .header("x-payment-proof", format!("0x{:064x}", i + 1))
+                    .header("x-payment-proof", tx)
+                    .header("x-payment-proof-signature", signature)
                     .body(body)
                     .send()
                     .await

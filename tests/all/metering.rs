@@ -538,7 +538,9 @@ async fn a_top_up_paid_by_transaction_hash_credits_once() {
     let (_, _, plain) = s.post(&data, &json!({}), &[]).await;
     let bogus = format!("0x{}", "ab".repeat(32));
     let body = json!({"invoice_id": plain["invoice_id"]});
-    let (status, _, e) = s.post(&data, &body, &[("x-payment-proof", bogus)]).await;
+    let mut proof = crate::payments::proof_headers(&bogus, plain["invoice_id"].as_str().unwrap());
+    proof.pop(); // the invoice id is in the body
+    let (status, _, e) = s.post(&data, &body, &proof).await;
     assert_eq!(
         (status, e["error"]["field"].as_str()),
         (400, Some("payer")),
@@ -555,12 +557,12 @@ async fn a_top_up_paid_by_transaction_hash_credits_once() {
         crate::payments::pay_directly(&s, esim402_host::devstack::chain::RECIPIENT, amount).await;
     let mut body = ask.clone();
     body["invoice_id"] = json!(id);
-    let (status, _, paid) = s
-        .post(&data, &body, &[("x-payment-proof", tx.clone())])
-        .await;
+    let mut proof = crate::payments::proof_headers(&tx, &id);
+    proof.pop(); // the invoice id is in the body
+    let (status, _, paid) = s.post(&data, &body, &proof).await;
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["topped_up_mb"], 50);
-    let (status, _, again) = s.post(&data, &body, &[("x-payment-proof", tx)]).await;
+    let (status, _, again) = s.post(&data, &body, &proof).await;
     assert_eq!(status, 409, "{again}");
     assert_eq!(
         balance(&s, &iccid).await["credited_bytes"],

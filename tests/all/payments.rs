@@ -352,13 +352,9 @@ impl PayStack {
         tx: String,
         invoice: &Value,
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let id = invoice["invoice_id"].as_str().unwrap().to_owned();
-        self.post(
-            "/v1/esim/activate",
-            body,
-            &[("x-payment-proof", tx), ("x-invoice-id", id)],
-        )
-        .await
+        let id = invoice["invoice_id"].as_str().unwrap();
+        self.post("/v1/esim/activate", body, &proof_headers(&tx, id))
+            .await
     }
 
     /// Wait (at most 2 s) until anvil shows `tx` mined: it answers `eth_sendTransaction` before its automined
@@ -482,6 +478,19 @@ impl PayStack {
 
 pub fn agent() -> Address {
     chain::DEMO_AGENT
+}
+
+/// The headers of a tx-hash proof of `tx` for the invoice `id`, signed by [`agent`]: `X-Payment-Proof`,
+/// `X-Payment-Proof-Signature`, `X-Invoice-Id`.
+pub fn proof_headers(tx: &str, id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-payment-proof", tx.to_owned()),
+        (
+            "x-payment-proof-signature",
+            esim402_tests::sign_proof(chain::DEMO_AGENT_KEY, id, tx),
+        ),
+        ("x-invoice-id", id.to_owned()),
+    ]
 }
 
 fn agent_key() -> k256::ecdsa::SigningKey {
@@ -1007,7 +1016,30 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
     let (invoice, req) = s.invoice(&body).await;
     let id = invoice["invoice_id"].as_str().unwrap().to_owned();
     let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
-    let (status, _, paid) = s
+    // Someone who saw the transfer (in the pool or mined) and names its sender as the payer of their own
+    // invoice cannot present it: the proof must be signed by the payer, for that invoice.
+    let (stolen, _) = s.invoice(&body).await;
+    let stolen_id = stolen["invoice_id"].as_str().unwrap();
+    for signature in [
+        esim402_tests::sign_proof(&"11".repeat(32), stolen_id, &tx),
+        esim402_tests::sign_proof(chain::DEMO_AGENT_KEY, &id, &tx),
+    ] {
+        let (status, _, refused) = s
+            .post(
+                "/v1/esim/activate",
+                &body,
+                &[
+                    ("x-payment-proof", tx.clone()),
+                    ("x-payment-proof-signature", signature),
+                    ("x-invoice-id", stolen_id.to_owned()),
+                ],
+            )
+            .await;
+        assert_eq!(status, 402, "{refused}");
+        assert_eq!(refused["error"]["reason"], "invalid_exact_evm_signature");
+    }
+    // Unsigned: a 400 naming the missing header.
+    let (status, _, unsigned) = s
         .post(
             "/v1/esim/activate",
             &body,
@@ -1016,6 +1048,12 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
                 ("x-invoice-id", id.clone()),
             ],
         )
+        .await;
+    assert_eq!(status, 400, "{unsigned}");
+    assert_eq!(unsigned["error"]["field"], "X-Payment-Proof-Signature");
+    // The payer's own proof pays.
+    let (status, _, paid) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
         .await;
     assert_eq!(status, 200, "{paid}");
     assert!(
@@ -1029,13 +1067,10 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
     let (invoice2, _) = s.invoice(&body).await;
     let mut with_id = body.clone();
     with_id["invoice_id"] = invoice2["invoice_id"].clone();
-    let (status, _, again) = s
-        .post(
-            "/v1/esim/activate",
-            &with_id,
-            &[("x-payment-proof", tx.clone())],
-        )
-        .await;
+    let invoice2_id = invoice2["invoice_id"].as_str().unwrap();
+    let mut signed_for_2 = proof_headers(&tx, invoice2_id);
+    signed_for_2.pop(); // the invoice id travels in the body
+    let (status, _, again) = s.post("/v1/esim/activate", &with_id, &signed_for_2).await;
     assert_eq!(status, 409, "{again}");
     // Someone who watched the chain cannot claim the agent's transfer for their own invoice.
     let thief = json!({"region": "us-west", "data_mb": 100, "payer": chain::DEPLOYER.to_string()});
@@ -1079,9 +1114,9 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
         "invalid_exact_evm_transaction_failed"
     );
     // Without the invoice id the proof is a 400 naming it.
-    let (status, _, missing) = s
-        .post("/v1/esim/activate", &body, &[("x-payment-proof", tx2)])
-        .await;
+    let mut unnamed = proof_headers(&tx2, &id);
+    unnamed.pop();
+    let (status, _, missing) = s.post("/v1/esim/activate", &body, &unnamed).await;
     assert_eq!(status, 400, "{missing}");
     assert_eq!(missing["error"]["field"], "invoice_id");
     let (_, verify) = s.get("/v1/ledger/verify").await;
@@ -1099,11 +1134,7 @@ async fn a_paid_tx_hash_whose_activation_fails_is_refunded_by_the_refund_job() {
     assert_eq!(s.balance(agent()).await, start - price(&req));
     s.break_us_west().await;
     let (status, _, failed) = s
-        .post(
-            "/v1/esim/activate",
-            &body,
-            &[("x-payment-proof", tx), ("x-invoice-id", id.clone())],
-        )
+        .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
         .await;
     assert_eq!(status, 503, "{failed}");
     assert_eq!(failed["charged"], true);
@@ -1319,10 +1350,7 @@ async fn a_tx_hash_proof_waits_for_its_confirmations() {
     let (invoice, req) = s.invoice(&body).await;
     let id = invoice["invoice_id"].as_str().unwrap().to_owned();
     let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
-    let proof = [
-        ("x-payment-proof", tx.clone()),
-        ("x-invoice-id", id.clone()),
-    ];
+    let proof = proof_headers(&tx, &id);
     // Mined in one block, buried by none: too few confirmations, and nothing is claimed.
     let (status, _, early) = s.post("/v1/esim/activate", &body, &proof).await;
     assert_eq!(status, 402, "{early}");

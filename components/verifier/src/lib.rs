@@ -64,7 +64,7 @@ impl Guest for Component {
     ) -> Result<wit::Verified, wit::Error> {
         match &proof {
             wit::PaymentProof::X402(payload) => schemes::Exact.verify(&invoice, payload).await,
-            wit::PaymentProof::TxHash(hash) => schemes::TxHash.verify(&invoice, hash).await,
+            wit::PaymentProof::TxHash(proof) => schemes::TxHash.verify(&invoice, proof).await,
         }
     }
 
@@ -77,8 +77,8 @@ impl Guest for Component {
             wit::PaymentProof::X402(payload) => {
                 schemes::Exact.settle(&invoice, payload, &verified).await
             }
-            wit::PaymentProof::TxHash(hash) => {
-                schemes::TxHash.settle(&invoice, hash, &verified).await
+            wit::PaymentProof::TxHash(proof) => {
+                schemes::TxHash.settle(&invoice, proof, &verified).await
             }
         }
     }

@@ -15,6 +15,7 @@ paid_params = [
     {"name": "PAYMENT-SIGNATURE", "in": "header", "schema": {"type": "string"}, "description": "x402 v2 payment (base64 JSON PaymentPayload)"},
     {"name": "X-PAYMENT", "in": "header", "schema": {"type": "string"}, "description": "x402 v1 payment"},
     {"name": "X-Payment-Proof", "in": "header", "schema": {"type": "string"}, "description": "0x-prefixed hash of a USDC transfer that paid the invoice"},
+    {"name": "X-Payment-Proof-Signature", "in": "header", "schema": {"type": "string"}, "description": "with X-Payment-Proof: the payer's EIP-191 personal_sign (0x + 130 hex) of `esim402 payment proof\ninvoice: <invoice id>\ntransaction: <tx hash, lower-case>`"},
     {"name": "X-Invoice-Id", "in": "header", "schema": {"type": "string"}, "description": "the invoice a tx-hash proof pays"},
 ]
 paid_headers = {"PAYMENT-RESPONSE": {"description": "x402 settlement response (base64 JSON)", "schema": {"type": "string"}}}
@@ -39,7 +40,11 @@ paths = {
    "post": {"operationId": "activate", "summary": "buy an eSIM: 402 with an invoice, or pay it and get the activation code", "parameters": paid_params + [{"name": "X-Agent-ID", "in": "header", "schema": {"type": "string"}, "description": "the agent's label, kept with the SIM"}],
      "requestBody": {"required": True, "content": js("ActivationRequest")},
      "responses": {"200": act_ok, "402": r402, "409": err("the payment was used already"), "413": err("body too large"), **pick("400")}}},
- "/v1/esim": {"get": {"operationId": "listSims", "summary": "the SIMs the signed-in wallet paid for (a wallet sign-in: tokens open one SIM each)", "security": [{"signInWithX": []}], "parameters": [{"name": "agent_id", "in": "query", "schema": {"type": "string"}, "description": "only this agent's (its X-Agent-ID at activation)"}], "responses": {"200": {"description": "`{sims: [...]}`"}, **pick("400", "401")}}},
+ "/v1/esim": {"get": {"operationId": "listSims", "summary": "the SIMs the signed-in wallet paid for, oldest first, a page at a time (a wallet sign-in: tokens open one SIM each)", "security": [{"signInWithX": []}], "parameters": [
+     {"name": "agent_id", "in": "query", "schema": {"type": "string"}, "description": "only this agent's (its X-Agent-ID at activation); a page may then hold fewer than `limit` while more follow"},
+     {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "the previous page's `next` (0: the first page)"},
+     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "description": "positions of the wallet's index per page (default 100)"}],
+   "responses": {"200": {"description": "`{sims: [...], next}`: `next` is the following page's `after`, `null` after the last"}, **pick("400", "401")}}},
  "/v1/invoices/{id}": {"get": {"operationId": "getInvoice", "summary": "an invoice read back from its sealed id", "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}], "responses": {"200": {"description": "the invoice"}, **pick("400", "404")}}},
  "/v1/esim/{iccid}": {"get": {"operationId": "getSim", "summary": "the SIM (no carrier calls)", "security": owner, "parameters": [iccid], "responses": {"200": {"description": "the SIM", "content": js("Sim")}, **pick("400", "401", "404")}}},
 }
@@ -58,7 +63,7 @@ for sub, opid, summ in [("balance", "balance", "the data balance"), ("usage", "u
     if sub == "usage":
         params += [{"name": "granularity", "in": "query", "schema": {"enum": ["hour", "day"]}}, {"name": "group_by", "in": "query", "schema": {"enum": ["plmn"]}}]
     if sub == "receipts":
-        params += [{"name": "from", "in": "query", "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]
+        params += [{"name": "from", "in": "query", "schema": {"type": "integer"}, "description": "log position to start at (default 1). Entries carry their position `n`: increasing, not dense (one chunk of positions per batch); page on with the last `n` + 1"}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]
     paths[f"/v1/esim/{{iccid}}/{sub}"] = {"get": {"operationId": opid, "summary": summ, "security": owner, "parameters": params, "responses": {"200": {"description": summ, **({"content": js("Balance")} if sub == "balance" else {})}, **pick("400", "401", "404")}}}
 paths["/v1/balance/{iccid}"] = {"get": {"operationId": "balanceLegacy", "summary": "the data balance (older path)", "deprecated": True, "security": owner, "parameters": [iccid], "responses": {"200": {"description": "the balance", "content": js("Balance")}, **pick("400", "401", "404")}}}
 paths["/v1/usage"] = {"post": {"operationId": "ingestUsage", "summary": "carrier-signed usage receipts (at most 1 000): each accepted, duplicate or rejected with a reason", "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["receipts"], "properties": {"receipts": {"type": "array", "maxItems": 1000, "items": {"$ref": "#/components/schemas/UsageReceipt"}}}}}}}, "responses": {"200": {"description": "a result per receipt and totals"}, "413": err("body over 1 MiB"), **pick("400")}}}

@@ -1,5 +1,6 @@
 //! Paid requests: an invoice paid with an x402 `exact` payment (`PAYMENT-SIGNATURE` v2, `X-PAYMENT` v1) or a
-//! tx-hash proof (`X-Payment-Proof`), and the purchase it buys delivered.
+//! tx-hash proof (`X-Payment-Proof`, signed by the payer in `X-Payment-Proof-Signature`), and the purchase it
+//! buys delivered.
 //!
 //! Order of effects (`reference/x402.md` §7, settle-before-execution is not used):
 //! - `exact`: verify → claim → order the profile → settle → 200 with the activation code and
@@ -55,9 +56,14 @@ pub struct Proof {
     value: String,
     /// The decoded x402 payload (`None` for tx-hash proofs).
     payload: Option<PaymentPayload>,
+    /// A tx-hash proof's `X-Payment-Proof-Signature` (checked by the verifier).
+    signature: Option<String>,
     /// Its identity (kernel [`paid::fingerprint`]).
     fingerprint: String,
 }
+
+/// The payer's signature that goes with `X-Payment-Proof`.
+const PROOF_SIGNATURE: &str = "x-payment-proof-signature";
 
 const HEADERS: [(&str, Kind); 3] = [
     ("payment-signature", Kind::V2),
@@ -109,10 +115,27 @@ impl Proof {
                 (None, fp)
             }
         };
+        let signature = match kind {
+            Kind::TxHash => Some(
+                headers
+                    .get(PROOF_SIGNATURE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().to_owned())
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "X-Payment-Proof-Signature",
+                            "a tx-hash proof needs X-Payment-Proof-Signature: the payer's personal_sign (EIP-191) of the three lines \"esim402 payment proof\", \"invoice: <invoice id>\", \"transaction: <tx hash>\"",
+                        )
+                    })?,
+            ),
+            Kind::V2 | Kind::V1 => None,
+        };
         Ok(Some(Self {
             kind,
             value,
             payload,
+            signature,
             fingerprint,
         }))
     }
@@ -126,7 +149,10 @@ impl Proof {
     fn wit(&self) -> wit::PaymentProof {
         match &self.payload {
             Some(p) => wit::PaymentProof::X402(p.to_json()),
-            None => wit::PaymentProof::TxHash(self.value.clone()),
+            None => wit::PaymentProof::TxHash(wit::TxHashProof {
+                hash: self.value.clone(),
+                signature: self.signature.clone().unwrap_or_default(),
+            }),
         }
     }
 

@@ -84,7 +84,7 @@ impl Payment {
                 None,
             )
         {
-            return Ok(Existing::Same(record, Box::new(checked)));
+            return Ok(Existing::Same(Box::new(record), Box::new(checked)));
         }
         Ok(Existing::Other)
     }
@@ -92,7 +92,7 @@ impl Payment {
 
 enum Existing {
     None,
-    Same(Record, Box<Checked>),
+    Same(Box<Record>, Box<Checked>),
     Other,
 }
 
@@ -113,6 +113,8 @@ fn signer_known(verified: &wit::Verified, p: &Payment) -> Option<alloy_primitive
 }
 
 impl Scheme for Exact {
+    type Proof = str;
+
     async fn verify(&self, inv: &wit::Invoice, payload: &str) -> Result<wit::Verified, wit::Error> {
         let p = Payment::load(inv, payload).await?;
         // A payment already being settled for this invoice verifies as of its claim: the chain now shows its
@@ -146,7 +148,7 @@ impl Scheme for Exact {
     ) -> Result<wit::Settlement, wit::Error> {
         let p = Payment::load(inv, payload).await?;
         match p.existing().await? {
-            Existing::Same(record, _) => return replay(&p, record).await,
+            Existing::Same(record, _) => return replay(&p, *record).await,
             Existing::Other => return Err(already_settled()),
             Existing::None => {}
         }
@@ -171,7 +173,7 @@ impl Scheme for Exact {
         );
         let Ok(version) = crate::claims::claim(&key, &record).await? else {
             return match p.existing().await? {
-                Existing::Same(record, _) => replay(&p, record).await,
+                Existing::Same(record, _) => replay(&p, *record).await,
                 _ => Err(already_settled()),
             };
         };

@@ -18,19 +18,21 @@ use esim402_guest::wit;
 pub use exact::Exact;
 pub use txhash::TxHash;
 
-/// One way to pay an invoice. `P` is what the payment arrives as (the payload JSON, a transaction hash).
+/// One way to pay an invoice.
 pub trait Scheme {
+    /// What the payment arrives as (the payload JSON, a signed transaction hash).
+    type Proof: ?Sized;
     /// Check `proof` pays `invoice`, on chain, without moving money.
     async fn verify(
         &self,
         invoice: &wit::Invoice,
-        proof: &str,
+        proof: &Self::Proof,
     ) -> Result<wit::Verified, wit::Error>;
     /// Settle a proof `verify` accepted, at most once.
     async fn settle(
         &self,
         invoice: &wit::Invoice,
-        proof: &str,
+        proof: &Self::Proof,
         verified: &wit::Verified,
     ) -> Result<wit::Settlement, wit::Error>;
 }

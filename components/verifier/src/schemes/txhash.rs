@@ -1,11 +1,13 @@
-//! `tx-hash` proofs (the seed flow): the payer already sent USDC and presents the transaction hash. The kernel's
-//! `check_tx_hash_proof` decides from the receipt's token `Transfer` logs, bound to the invoice's `payer`,
-//! `payTo`, price and the network's confirmations; the transaction must also be mined after the invoice was
-//! issued. A transaction pays at most one thing: `txhash/<hash>` is claimed with insert-if-absent (our own
+//! `tx-hash` proofs (the seed flow): the payer already sent USDC and presents the transaction hash, signed
+//! (kernel `evm::proof_signature`: the invoice's `payer` signs the invoice id and the hash, so nobody who merely
+//! saw the transfer can present it first). The kernel's `check_tx_hash_proof` decides from the receipt's token
+//! `Transfer` logs, bound to that `payer`, `payTo`, price and the network's confirmations; the transaction
+//! must also be mined after the invoice was issued. A transaction pays at most one thing: `txhash/<hash>` is claimed with insert-if-absent (our own
 //! settlement transactions are claimed there too). Nothing is broadcast, so nothing is ever released.
 
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::chain::parse_address;
+use esim402_core::evm::proof_signature::{self, ProofSignatureError};
 use esim402_core::evm::quantity::parse_b256;
 use esim402_core::evm::receipt::mined_after_invoice;
 use esim402_core::evm::rpc::{BlockTag, EthGetBlockByNumber};
@@ -76,11 +78,21 @@ struct Context {
 }
 
 impl Context {
-    async fn load(inv: &wit::Invoice, hash: &str) -> Result<Self, wit::Error> {
+    async fn load(inv: &wit::Invoice, proof: &wit::TxHashProof) -> Result<Self, wit::Error> {
         let (id, invoice) = invoice(inv)?;
-        let hash = parse_b256(hash.trim()).map_err(|e| invalid("tx_hash", e.to_string()))?;
-        let cfg = crate::config::get().await?;
+        let hash = parse_b256(proof.hash.trim()).map_err(|e| invalid("tx_hash", e.to_string()))?;
         let payer = payer_of(&invoice)?;
+        match proof_signature::check(id.as_str(), hash, &proof.signature, payer) {
+            Ok(()) => {}
+            Err(e @ ProofSignatureError::Hex(_)) => {
+                return Err(invalid("X-Payment-Proof-Signature", e.to_string()));
+            }
+            Err(e) => {
+                eprintln!("verifier: tx-hash proof {hash:#x} for invoice {id} refused: {e}");
+                return Err(rejected(InvalidReason::Signature));
+            }
+        }
+        let cfg = crate::config::get().await?;
         // The transfer is looked for on the invoice's preferred network (its first option).
         let network = invoice
             .accepts
@@ -104,7 +116,7 @@ impl Context {
         Ok(match crate::claims::load(&key).await? {
             None => Existing::None,
             Some(r) if r.invoice.as_deref() == Some(self.id.as_str()) && r.claim == key => {
-                Existing::Own(r)
+                Existing::Own(Box::new(r))
             }
             Some(_) => Existing::Elsewhere,
         })
@@ -173,7 +185,7 @@ impl Context {
 
 enum Existing {
     None,
-    Own(Record),
+    Own(Box<Record>),
     Elsewhere,
 }
 
@@ -189,9 +201,16 @@ impl Context {
 }
 
 impl Scheme for TxHash {
-    /// The transfer pays the invoice: from its payer, to its recipient, enough, mined after the invoice.
-    async fn verify(&self, inv: &wit::Invoice, hash: &str) -> Result<wit::Verified, wit::Error> {
-        let c = Context::load(inv, hash).await?;
+    type Proof = wit::TxHashProof;
+
+    /// The transfer pays the invoice: signed for it by its payer, from that payer, to its recipient, enough,
+    /// mined after the invoice.
+    async fn verify(
+        &self,
+        inv: &wit::Invoice,
+        proof: &wit::TxHashProof,
+    ) -> Result<wit::Verified, wit::Error> {
+        let c = Context::load(inv, proof).await?;
         match c.existing().await? {
             Existing::Own(r) if r.status == Status::Confirmed => return Ok(c.verified()),
             Existing::Own(_) | Existing::None => {}
@@ -209,10 +228,10 @@ impl Scheme for TxHash {
     async fn settle(
         &self,
         inv: &wit::Invoice,
-        hash: &str,
+        proof: &wit::TxHashProof,
         _verified: &wit::Verified,
     ) -> Result<wit::Settlement, wit::Error> {
-        let c = Context::load(inv, hash).await?;
+        let c = Context::load(inv, proof).await?;
         let tx = c.hash.to_string();
         match c.existing().await? {
             Existing::Own(r) if r.status == Status::Confirmed => {

@@ -4,6 +4,7 @@
 //! - [`tx`]: build and sign EIP-1559 transactions with the facilitator's key.
 //! - [`erc20`]: ERC-20 `transfer` calldata (refunds paid from the treasury).
 //! - [`receipt`]: transaction receipts, ERC-20 `Transfer` logs and the checks behind a tx-hash payment proof.
+//! - [`proof_signature`]: the payer's signature binding a tx-hash proof to its invoice.
 //! - [`nonce`]: the per-signer nonce bookkeeping kept in key-value storage.
 //! - [`rebroadcast`]: what to do about a transaction of ours that no node knows (lost before or after sending).
 //! - [`quantity`]: the hex encodings of JSON-RPC quantities, data, hashes and addresses.
@@ -14,6 +15,7 @@
 
 pub mod erc20;
 pub mod nonce;
+pub mod proof_signature;
 pub mod quantity;
 pub mod rebroadcast;
 pub mod receipt;

@@ -2333,7 +2333,8 @@ async fn tx_hash_proofs_pay_one_invoice_once() {
             ),
         );
     });
-    let proof = |h: B256| types::PaymentProof::TxHash(h.to_string());
+    let proof_for = |inv: &Invoice, h: B256| signed_proof(inv, h, &payer_key());
+    let proof = |h: B256| proof_for(&inv, h);
 
     assert_eq!(
         verify(&mut kit, &inv, proof(paid)).await,
@@ -2364,23 +2365,95 @@ async fn tx_hash_proofs_pay_one_invoice_once() {
     );
     let other = invoice(31, Some(payer()));
     assert!(matches!(
-        verify(&mut kit, &other, proof(paid)).await,
+        verify(&mut kit, &other, proof_for(&other, paid)).await,
         Err(E::Conflict(m)) if m.starts_with("already settled")
     ));
     assert!(matches!(
-        settle(&mut kit, &other, proof(paid)).await,
+        settle(&mut kit, &other, proof_for(&other, paid)).await,
         Err(E::Conflict(m)) if m.starts_with("already settled")
     ));
     let anonymous = invoice(32, None);
     assert!(matches!(
-        verify(&mut kit, &anonymous, proof(paid)).await,
+        verify(&mut kit, &anonymous, proof_for(&anonymous, paid)).await,
         Err(E::InvalidInput { field, .. }) if field == "payer"
     ));
+    let unsigned = |hash: &str, signature: &str| {
+        types::PaymentProof::TxHash(types::TxHashProof {
+            hash: hash.into(),
+            signature: signature.into(),
+        })
+    };
+    let good = match proof(paid) {
+        types::PaymentProof::TxHash(p) => p.signature,
+        other => panic!("{other:?}"),
+    };
     assert!(matches!(
-        verify(&mut kit, &inv, types::PaymentProof::TxHash("0x1234".into())).await,
+        verify(&mut kit, &inv, unsigned("0x1234", &good)).await,
         Err(E::InvalidInput { field, .. }) if field == "tx_hash"
     ));
+    assert!(matches!(
+        verify(&mut kit, &inv, unsigned(&paid.to_string(), "not hex")).await,
+        Err(E::InvalidInput { field, .. }) if field == "X-Payment-Proof-Signature"
+    ));
     assert!(node.sent().is_empty());
+}
+
+/// A tx-hash proof is the payer's to present: someone who saw the transfer (and names its sender as the
+/// payer of their own invoice) cannot sign for it, and the payer's signature for one invoice does not carry
+/// over to another. Refused before the chain is asked.
+#[tokio::test]
+async fn a_tx_hash_proof_needs_the_payers_signature_for_this_invoice() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let transfer = keccak256("the payer's transfer, seen in the mempool");
+    node.set(|c| {
+        c.receipts.insert(
+            transfer,
+            receipt(
+                transfer,
+                true,
+                vec![transfer_log(payer(), addr(PAY_TO), PRICE)],
+            ),
+        );
+    });
+    let thiefs = invoice(33, Some(payer()));
+    let thief_key = SigningKey::from_slice(&[9; 32]).unwrap();
+    let someone_elses = invoice(34, Some(payer()));
+    for (how, proof) in [
+        ("another key", signed_proof(&thiefs, transfer, &thief_key)),
+        (
+            "the payer's signature for another invoice",
+            signed_proof(&someone_elses, transfer, &payer_key()),
+        ),
+    ] {
+        for got in [
+            verify(&mut kit, &thiefs, proof.clone()).await.map(|_| ()),
+            settle(&mut kit, &thiefs, proof).await.map(|_| ()),
+        ] {
+            assert_eq!(
+                got,
+                Err(E::PaymentRequired("invalid_exact_evm_signature".into())),
+                "{how}"
+            );
+        }
+    }
+    assert!(kit.kv_get(&format!("txhash/{transfer}")).await.is_none());
+    // The payer's own proof still pays its invoice.
+    let own = invoice(35, Some(payer()));
+    assert_eq!(
+        settle(&mut kit, &own, signed_proof(&own, transfer, &payer_key())).await,
+        Ok(S::Settled(transfer.to_string()))
+    );
+}
+
+/// A tx-hash proof of `hash` for `inv`, signed with `key` (kernel `evm::proof_signature`).
+fn signed_proof(inv: &Invoice, hash: B256, key: &SigningKey) -> types::PaymentProof {
+    let digest = esim402_core::evm::proof_signature::digest(inv.invoice_id.as_str(), hash);
+    let sig = esim402_core::x402::exact::sign_prehash(key, digest).unwrap();
+    types::PaymentProof::TxHash(types::TxHashProof {
+        hash: hash.to_string(),
+        signature: format!("0x{}", hex::encode(sig)),
+    })
 }
 
 /// `settle` given what `verify` returned for the same payload settles it without recovering the signature
