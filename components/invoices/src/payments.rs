@@ -26,20 +26,19 @@ pub async fn begin(
             let first = current.is_none();
             match paid::decide(current.as_ref(), fingerprint, &holder, replay_allowed, now) {
                 Decision::Drive(next) => Ok((next, first)),
-                other => Err(other),
+                // Boxed: a stored answer is large, and the error travels through every retry of the update.
+                other => Err(Box::new(other)),
             }
         },
     )
     .await;
     match decided {
         Ok((_, first)) => Ok(wit::Begin::Drive(wit::Driver { holder, first })),
-        Err(KvError::Refused(Decision::Replay(stored))) => {
-            Ok(wit::Begin::Replay(convert::response_to_wit(&stored)))
-        }
-        Err(KvError::Refused(Decision::AlreadySettled(msg))) => {
-            Ok(wit::Begin::Conflict(msg.to_owned()))
-        }
-        Err(KvError::Refused(Decision::Drive(_))) => Err(internal("payment claim refused itself")),
+        Err(KvError::Refused(refused)) => match *refused {
+            Decision::Replay(stored) => Ok(wit::Begin::Replay(convert::response_to_wit(&stored))),
+            Decision::AlreadySettled(msg) => Ok(wit::Begin::Conflict(msg.to_owned())),
+            Decision::Drive(_) => Err(internal("payment claim refused itself")),
+        },
         Err(e) => Err(kv_fault("payment record", e)),
     }
 }
