@@ -98,7 +98,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                 // Kept for a SIM metered here, once per receipt, unsigned ones up to the SIM's cap.
                 let candidate = e.is_dispute_for(account.is_some());
                 let first = candidate
-                    && kv::claim::<wit::Error>(&keys::dispute_claim(r.id_hash()))
+                    && kv::claim::<wit::Error>(&keys::dispute_claim(r.id_hash(), !e.is_unsigned()))
                         .map_err(kv_err)?;
                 let stored = first
                     && (!e.is_unsigned()

@@ -165,9 +165,15 @@ pub fn receipt_claim(carrier: &str, session: &str, seq: u64) -> String {
     format!("rcpt/{carrier}/{session}/{seq}")
 }
 
-/// The claim of one disputed receipt, by its EIP-712 digest.
-pub fn dispute_claim(digest: alloy_primitives::B256) -> String {
-    format!("rcpt/x/{digest}")
+/// The claim of one disputed receipt, by its EIP-712 digest. A dispute refused before its signature was known
+/// good (`signed == false`) claims apart from carrier-signed ones: a forged copy of a receipt (same fields, any
+/// signature) must not take the claim of the carrier's own disputed receipt.
+pub fn dispute_claim(digest: alloy_primitives::B256, signed: bool) -> String {
+    if signed {
+        format!("rcpt/x/{digest}")
+    } else {
+        format!("rcpt/xu/{digest}")
+    }
 }
 
 #[cfg(test)]

@@ -642,8 +642,17 @@ async fn a_flood_of_forged_receipts_keeps_a_bounded_number_of_disputes() {
         0,
         "nothing charged"
     );
-    // A carrier-signed dispute is still kept past the cap (the carrier is accountable for those).
+    // A carrier-signed dispute is still kept past the cap (the carrier is accountable for those), even when a
+    // forged copy of it (same fields, another signature) came first and took nothing.
     let roaming = receipt(&id, "tmobile", "s9", 1, 1_000, "262-01");
-    let (_, kinds, _) = ingest(&mut kit, vec![roaming]).await;
+    let mut forged_copy = roaming.clone();
+    let sig = forged_copy["signature"].as_str().unwrap().to_owned();
+    let flipped = if sig.ends_with('0') { '1' } else { '0' };
+    forged_copy["signature"] = json!(format!("{}{flipped}", &sig[..sig.len() - 1]));
+    let (copy, kinds, _) = ingest(&mut kit, vec![forged_copy]).await;
+    assert_eq!(reasons(&copy), ["bad_signature"]);
+    assert!(kinds.is_empty(), "past the cap: {kinds:?}");
+    let (real, kinds, _) = ingest(&mut kit, vec![roaming]).await;
+    assert_eq!(reasons(&real), ["plmn_not_allowed"], "{real}");
     assert_eq!(kinds, ["usage_disputed"]);
 }
