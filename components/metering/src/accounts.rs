@@ -10,7 +10,7 @@ use esim402_core::usage::account::{
 };
 use esim402_core::{CarrierId, UsdcAmount};
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, kv_fault};
-use esim402_guest::kv;
+use esim402_guest::kv::{self, Change};
 use esim402_guest::wit;
 
 use crate::bindings::exports::esim402::metering::metering as api;
@@ -177,6 +177,12 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
         })
         .await
         .map_err(kv_err)?;
+    // What the old SIM charged between the read above and the move is handed on now; what it reports later,
+    // by the batches that charge it.
+    let used_new = match forward(from.as_str(), used(from.as_str())?).await? {
+        Some((_, used_new)) => used_new,
+        None => used_new,
+    };
     let balance = to_wit(&account, used_new);
     let bytes: u64 = moved.iter().map(|c| c.bytes).sum();
     let value: u64 = moved.iter().map(|c| c.paid.micros()).sum();
@@ -203,11 +209,66 @@ pub async fn balance(iccid: &str) -> Result<wit::Balance, wit::Error> {
     Ok(to_wit(&account, used(iccid.as_str())?))
 }
 
-/// Close the account at the current usage: the unused-data refund shares (JSON), fixed by the first close.
+/// Usage of the moved SIM `from` reached `used`: hand what is beyond its mark on to the SIM it moved to (kernel
+/// `Account::forward`: the mark advances in the old account's cell, then the new SIM's counter grows, so each
+/// byte is handed on once; a crash in between loses it, in the payer's favour). The new SIM and its used
+/// counter after, if anything was handed on.
+pub async fn forward(from: &str, used: u64) -> Result<Option<(Iccid, u64)>, wit::Error> {
+    let (_, handed) =
+        kv::change_json::<Account, Option<(Iccid, u64)>, wit::Error>(&keys::balance(from), |cur| {
+            let Some(mut a) = cur else {
+                return Ok((Change::Keep, None));
+            };
+            Ok(match a.forward(used) {
+                Some(handed) => (Change::Put(a), Some(handed)),
+                None => (Change::Keep, None),
+            })
+        })
+        .await
+        .map_err(kv_err)?;
+    let Some((to, bytes)) = handed else {
+        return Ok(None);
+    };
+    let delta = i64::try_from(bytes).map_err(internal)?;
+    let used_to =
+        kv::increment::<wit::Error>(&keys::meter_used(to.as_str()), delta).map_err(kv_err)?;
+    Ok(Some((to, u64::try_from(used_to).unwrap_or(0))))
+}
+
+/// Usage of `iccid` reached `used`: whether its balance just ran out (kernel `Account::exhausted`: the flag is
+/// set so exactly one caller suspends the SIM); nothing is written otherwise.
+pub async fn exhaust(iccid: &str, used: u64) -> Result<bool, wit::Error> {
+    kv::change_json::<Account, bool, wit::Error>(&keys::balance(iccid), |cur| {
+        let Some(mut a) = cur else {
+            return Ok((Change::Keep, false));
+        };
+        Ok(if a.exhausted(used) {
+            (Change::Put(a), true)
+        } else {
+            (Change::Keep, false)
+        })
+    })
+    .await
+    .map(|(_, now_exhausted)| now_exhausted)
+    .map_err(kv_err)
+}
+
+/// Close the account: the unused-data refund shares (JSON), fixed by the first close. The account is marked
+/// closing first and the used counter read after that, so every charge made before the close is in the shares.
 pub async fn close(iccid: &str) -> Result<String, wit::Error> {
     let iccid = parse_iccid(iccid)?;
-    let used = used(iccid.as_str())?;
     let key = keys::balance(iccid.as_str());
+    kv::change_json::<Account, (), wit::Error>(&key, |cur| match cur {
+        None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
+        Some(mut a) => Ok(if a.begin_close() {
+            (Change::Put(a), ())
+        } else {
+            (Change::Keep, ())
+        }),
+    })
+    .await
+    .map_err(kv_err)?;
+    let used = used(iccid.as_str())?;
     let (_, shares) = kv::update_json_with(&key, |cur: Option<Account>| match cur {
         None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
         Some(mut a) => {

@@ -204,19 +204,24 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         let Some(account) = accounts.get(iccid).and_then(Option::as_ref) else {
             continue;
         };
-        let remaining = account.remaining(used);
-        if remaining <= 0 && !account.suspended_for_balance && account.closed.is_none() {
-            let (_, now_exhausted) =
-                kv::update_json_with(&keys::balance(iccid), |cur: Option<Account>| {
-                    let mut a = cur.ok_or_else(|| internal("account vanished"))?;
-                    let e = a.exhausted(used);
-                    Ok::<_, wit::Error>((a, e))
-                })
-                .await
-                .map_err(kv_err)?;
-            if now_exhausted {
+        if account.moved_to.is_some() {
+            // Switched away: its data moved to the new SIM, and so does what it still uses. If that runs the
+            // new SIM's balance out, both are suspended (the old one draws on it until it is replaced).
+            if let Some((to, used_to)) = accounts::forward(iccid, used).await?
+                && accounts::exhaust(to.as_str(), used_to).await?
+            {
+                exhausted.push(to.to_string());
                 exhausted.push(iccid.clone());
             }
+            continue;
+        }
+        let remaining = account.remaining(used);
+        if remaining <= 0
+            && !account.suspended_for_balance
+            && account.closed.is_none()
+            && accounts::exhaust(iccid, used).await?
+        {
+            exhausted.push(iccid.clone());
         }
     }
 

@@ -134,6 +134,15 @@ pub struct Account {
     /// account is also closed, with no refunds (the refund value moved with the data).
     #[serde(default)]
     pub moved_to: Option<(Iccid, Vec<Credit>)>,
+    /// Being closed ([`Account::begin_close`]): takes no credit and suspends nothing while the close reads the
+    /// used counter, so every charge made before that read is in the refunds, none after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closing: bool,
+    /// A moved account: the used-counter value up to which its usage is settled. Usage the old SIM reports
+    /// after the move draws on the new SIM's balance: [`Account::forward`] hands each byte beyond this mark to
+    /// the new SIM once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_up_to: Option<u64>,
 }
 
 /// Why an account refused a change.
@@ -169,6 +178,8 @@ impl Account {
             suspended_for_balance: false,
             closed: None,
             moved_to: None,
+            closing: false,
+            forwarded_up_to: None,
         }
     }
 
@@ -188,6 +199,8 @@ impl Account {
             suspended_for_balance: false,
             closed: None,
             moved_to: None,
+            closing: false,
+            forwarded_up_to: None,
         }
     }
 
@@ -223,7 +236,30 @@ impl Account {
             .collect();
         self.moved_to = Some((to.clone(), moved.clone()));
         self.closed = Some(Vec::new());
+        self.forwarded_up_to = Some(used);
         Ok(moved)
+    }
+
+    /// Usage reached `used` on a moved account: the bytes beyond what was already handed on, and the SIM they
+    /// draw on now (the mark advances, so each byte is handed on once, whoever calls first: the batch that
+    /// charged it, a later batch, or the switch itself right after the move). `None` when there is nothing to
+    /// hand on, or the account was not moved (or moved before the mark existed).
+    pub fn forward(&mut self, used: u64) -> Option<(Iccid, u64)> {
+        let (to, _) = self.moved_to.as_ref()?;
+        let mark = self.forwarded_up_to.as_mut()?;
+        let bytes = used.checked_sub(*mark).filter(|b| *b > 0)?;
+        *mark = used;
+        Some((to.clone(), bytes))
+    }
+
+    /// Start closing (a terminate): from now on no credit lands and nothing is suspended for balance; the
+    /// caller then reads the used counter and [`Account::close`]s at it. `false` if it was closing or closed.
+    pub fn begin_close(&mut self) -> bool {
+        if self.closing || self.closed.is_some() {
+            return false;
+        }
+        self.closing = true;
+        true
     }
 
     /// Bytes credited in all.
@@ -275,7 +311,7 @@ impl Account {
     /// current value, or any earlier one: it only grows): `true` if the SIM was suspended for want of balance
     /// and now has some, so it should be resumed (the flag is cleared).
     pub fn credit(&mut self, credit: Credit, used: u64) -> Result<bool, AccountError> {
-        if self.closed.is_some() {
+        if self.closed.is_some() || self.closing {
             return Err(AccountError::Closed(self.iccid.to_string()));
         }
         if self.has_credit(&credit.invoice) {
@@ -293,7 +329,11 @@ impl Account {
     /// Usage reached `used`: `true` if the SIM must now be suspended (balance exhausted, not suspended by us
     /// already, not closed); the flag is set so exactly one caller suspends it.
     pub fn exhausted(&mut self, used: u64) -> bool {
-        if self.closed.is_some() || self.suspended_for_balance || self.remaining(used) > 0 {
+        if self.closed.is_some()
+            || self.closing
+            || self.suspended_for_balance
+            || self.remaining(used) > 0
+        {
             return false;
         }
         self.suspended_for_balance = true;
@@ -308,6 +348,7 @@ impl Account {
         }
         let shares = unused_shares(&self.credits, self.unspent_use(used));
         self.closed = Some(shares.clone());
+        self.closing = false;
         shares
     }
 }
@@ -465,6 +506,43 @@ mod tests {
             Err(AccountError::Closed(_))
         ));
         assert!(!a.exhausted(u64::MAX), "a closed SIM is not suspended");
+    }
+
+    #[test]
+    fn a_closing_account_takes_no_credit_and_suspends_nothing_until_it_closes() {
+        let mut a = account();
+        assert!(a.begin_close());
+        assert!(!a.begin_close(), "once");
+        assert!(matches!(
+            a.credit(credit("inv_b", 1, 1), 0),
+            Err(AccountError::Closed(_))
+        ));
+        assert!(!a.exhausted(u64::MAX));
+        // Closed at the used counter read after `begin_close`: 4 MB of 10 used, 6 MB (18 000) owed back.
+        let shares = a.close(4 * BYTES_PER_MB);
+        assert_eq!(shares[0].amount, UsdcAmount::from_micros(18_000));
+        assert!(!a.closing);
+        assert!(!a.begin_close(), "closed");
+        assert_eq!(a.close(9 * BYTES_PER_MB), shares);
+    }
+
+    #[test]
+    fn usage_after_a_switch_draws_on_the_new_sim_once_per_byte() {
+        let mut a = account();
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        a.transfer_out(&to, 3 * BYTES_PER_MB, 9).unwrap();
+        assert_eq!(a.forwarded_up_to, Some(3 * BYTES_PER_MB));
+        assert_eq!(a.forward(3 * BYTES_PER_MB), None, "nothing after the move");
+        // Two batches after the move, seen in any order: each byte is handed on once.
+        assert_eq!(a.forward(3 * BYTES_PER_MB + 700), Some((to.clone(), 700)));
+        assert_eq!(a.forward(3 * BYTES_PER_MB + 500), None, "an older reading");
+        assert_eq!(a.forward(3 * BYTES_PER_MB + 1_000), Some((to.clone(), 300)));
+        // The mark survives a round trip; an account moved before the mark existed hands on nothing.
+        let mut back: Account = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back.forward(3 * BYTES_PER_MB + 1_001), Some((to, 1)));
+        back.forwarded_up_to = None;
+        assert_eq!(back.forward(u64::MAX), None);
+        assert_eq!(account().forward(u64::MAX), None, "not moved");
     }
 
     #[test]

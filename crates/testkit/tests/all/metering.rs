@@ -387,6 +387,49 @@ async fn exhaustion_is_reported_once_then_a_top_up_resumes() {
     assert!(!top.balance.suspended_for_balance);
 }
 
+/// After a switch the old SIM's data lives on the new SIM, and so does what the old SIM still reports (it is
+/// in service until the new one is installed): each such byte is charged to the new SIM once, and when that
+/// runs the new balance out, both SIMs are suspended.
+#[tokio::test]
+async fn usage_the_old_sim_reports_after_a_switch_draws_on_the_new_sim() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(21), iccid(22));
+    open(&mut kit, &old, 10).await;
+    ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 1, 3 * MB, "310-260")],
+    )
+    .await;
+    let (from, to) = (old.clone(), sim(&new, "tmobile"));
+    let moved = kit
+        .call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.balance.remaining_bytes, 7_000_000);
+
+    let late = vec![receipt(&old, "tmobile", "s", 2, 2 * MB, "310-260")];
+    let (report, _, exhausted) = ingest(&mut kit, late.clone()).await;
+    assert_eq!(report["totals"]["accepted"], 1, "{report}");
+    assert!(exhausted.is_empty());
+    let b = balance(&mut kit, &new).await;
+    assert_eq!((b.used_bytes, b.remaining_bytes), (2 * MB, 5_000_000));
+    assert_eq!(balance(&mut kit, &old).await.used_bytes, 5 * MB);
+    // A replay is a duplicate: nothing more is handed on.
+    ingest(&mut kit, late).await;
+    assert_eq!(balance(&mut kit, &new).await.used_bytes, 2 * MB);
+
+    let (_, _, exhausted) = ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 3, 6 * MB, "310-260")],
+    )
+    .await;
+    assert_eq!(exhausted, vec![new.clone(), old.clone()]);
+    let b = balance(&mut kit, &new).await;
+    assert_eq!(b.remaining_bytes, -1_000_000);
+    assert!(b.suspended_for_balance);
+}
+
 async fn top_up_1mb(
     kit: &mut Kit,
     iccid: &str,
