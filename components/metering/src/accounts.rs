@@ -45,7 +45,7 @@ pub fn to_wit(a: &Account, used: u64) -> wit::Balance {
         }),
         low: a.suspended_for_balance || matches!(decide_quota(remaining, None), Quota::Low { .. }),
         suspended_for_balance: a.suspended_for_balance,
-        closed: a.closed.is_some(),
+        closed: a.closed.is_some() || a.closing,
     }
 }
 
