@@ -169,6 +169,10 @@ impl Guest for Component {
         sims::lifecycle(&iccid, action).await
     }
 
+    async fn set_balance_hold(hold: wit::BalanceHold) -> Result<wit::Sim, wit::Error> {
+        sims::balance_hold(&hold).await
+    }
+
     async fn download_progress(body: String, credential: Option<String>) -> Result<(), wit::Error> {
         sims::download_progress(&body, credential.as_deref()).await
     }

@@ -1,13 +1,15 @@
 //! SIMs (`sim/<iccid>`, stored by [`crate::sim_store`]): reading them (no side effects; an order left pending is
-//! finished by [`resume_order`], a POST), the lifecycle state machine
-//! (kernel `SimState::apply`: an invalid transition is a conflict), switching to another carrier or region
+//! finished by [`resume_order`], a POST), the lifecycle state machine (kernel `esim::owner_action` for the
+//! owner, `esim::balance_hold` for metering: each lifts only its own hold; an invalid transition is a conflict), switching to another carrier or region
 //! (kernel `order::start_switch`, priced with the catalog), and the SM-DP+'s download-progress callbacks
 //! (kernel `profile_state_after`; only from the carrier that issued the SIM, kernel `auth::callback`), which
 //! also retire a replaced SIM once its replacement is installed. Terminating revokes the SIM's access token.
 
 use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
-use esim402_core::esim::{Eid, Iccid, ProfileState, SimAction, SimState, profile_state_after};
+use esim402_core::esim::{
+    Eid, Iccid, ProfileState, SimAction, SimState, owner_action, profile_state_after,
+};
 use esim402_core::join::join_all;
 use esim402_core::order::{StoredSim, SwitchError, SwitchTarget, start_switch};
 use esim402_core::store::keys;
@@ -236,14 +238,13 @@ pub async fn perform_switch(
     Ok(sim_to_wit(&new))
 }
 
-/// Apply a lifecycle action (a cell update); an invalid transition is a conflict.
+/// Apply the owner's lifecycle action (kernel `esim::owner_action`, a cell update); an invalid transition, or
+/// resuming a SIM its balance holds, is a conflict.
 async fn transition(iccid: &Iccid, action: SimAction) -> Result<StoredSim, wit::Error> {
     kv::update_json::<StoredSim, wit::Error>(&keys::sim(iccid.as_str()), |current| {
         let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
-        sim.state = sim
-            .state
-            .apply(action)
-            .map_err(|e| wit::Error::Conflict(e.to_string()))?;
+        (sim.state, sim.holds) = owner_action(sim.state, sim.holds, action)
+            .map_err(|e| wit::Error::Conflict(format!("SIM {iccid}: {e}")))?;
         if sim.state == SimState::Terminated {
             sim.access.token = None;
         }
@@ -251,6 +252,30 @@ async fn transition(iccid: &Iccid, action: SimAction) -> Result<StoredSim, wit::
     })
     .await
     .map_err(kv_err)
+}
+
+/// `balance-hold`: metering's hold (kernel `esim::balance_hold`: in epoch order; a stale or repeated one writes
+/// nothing).
+pub async fn balance_hold(hold: &wit::BalanceHold) -> Result<wit::Sim, wit::Error> {
+    let iccid = parse_iccid(&hold.iccid)?;
+    let (sim, ()) =
+        kv::change_json::<StoredSim, (), wit::Error>(&keys::sim(iccid.as_str()), |current| {
+            let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
+            Ok(
+                match esim402_core::esim::balance_hold(sim.state, sim.holds, hold.hold, hold.epoch)
+                {
+                    Some((state, holds)) => {
+                        (sim.state, sim.holds) = (state, holds);
+                        (Change::Put(sim), ())
+                    }
+                    None => (Change::Keep, ()),
+                },
+            )
+        })
+        .await
+        .map_err(kv_err)?;
+    sim.map(|s| sim_to_wit(&s))
+        .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))
 }
 
 /// `lifecycle`: suspend, resume or terminate; a terminated profile that was never downloaded is retired at

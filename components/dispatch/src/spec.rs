@@ -105,6 +105,7 @@ impl OrderSpec {
                 token: Some(crate::access::initial_state(&cfg.token_key, iccid)),
             },
             label: self.label.clone(),
+            holds: Default::default(),
         }
     }
 }

@@ -15,16 +15,19 @@ use crate::purchase::{payment_required, render, request_fingerprint};
 use crate::{Reply, dispatch, from_wit, json, metering, now, read_body, resource_url};
 
 /// `POST /v1/usage`: a batch of signed receipts (`{"receipts": [...]}`, at most 1 000). 200 with a result per
-/// receipt; SIMs the batch ran dry are suspended.
+/// receipt; SIMs out of balance are held (suspended) by metering's balance hold, in its epoch order.
 pub async fn ingest(req: Request) -> Result<Reply, ApiError> {
     let body = crate::read_body_up_to(req, MAX_BATCH_BODY_BYTES).await?;
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
     let out = metering::ingest(body, now()).await.map_err(from_wit)?;
     crate::pay::log_events(out.events).await;
-    for iccid in out.exhausted {
-        if let Err(e) = dispatch::lifecycle(iccid.clone(), wit::LifecycleAction::Suspend).await {
-            eprintln!("gateway: suspending {iccid} (balance exhausted) failed: {e:?}");
+    for hold in out.holds {
+        let iccid = hold.iccid.clone();
+        if let Err(e) = dispatch::set_balance_hold(hold).await {
+            eprintln!(
+                "gateway: holding {iccid} (balance exhausted) failed: {e:?}; the next batch retries"
+            );
         }
     }
     Ok(json(200, out.report))

@@ -88,7 +88,7 @@ pub async fn credit(
     let policy = roaming(&sim)?;
     let used = used(iccid.as_str())?;
     let key = keys::balance(iccid.as_str());
-    let (account, (new, resume)) = kv::update_json_with(&key, |cur: Option<Account>| {
+    let (account, new) = kv::update_json_with(&key, |cur: Option<Account>| {
         let Some(mut a) = cur else {
             let a = Account::open(
                 iccid.clone(),
@@ -96,7 +96,7 @@ pub async fn credit(
                 policy.clone(),
                 credit.clone(),
             );
-            return Ok((a, (true, false)));
+            return Ok((a, true));
         };
         if a.carrier != carrier {
             return Err(AccountError::CarrierMismatch {
@@ -105,9 +105,10 @@ pub async fn credit(
                 actual: a.carrier.to_string(),
             });
         }
+        // A credit that refills a balance that ran out lifts the hold (the account's next hold epoch).
         match a.credit(credit.clone(), used) {
-            Ok(resume) => Ok((a, (true, resume))),
-            Err(AccountError::AlreadyCredited(_)) => Ok((a, (false, false))),
+            Ok(_) => Ok((a, true)),
+            Err(AccountError::AlreadyCredited(_)) => Ok((a, false)),
             Err(e) => Err(e),
         }
     })
@@ -128,10 +129,17 @@ pub async fn credit(
         .detail("kind", c.kind)
         .detail("bytes", c.bytes.to_string())
         .detail("remaining_bytes", balance.remaining_bytes.to_string());
+    // The hold as it stands (a release if this credit lifted it): applied idempotently by dispatch, so a
+    // release that was not applied is applied when the same payment is sent again.
+    let hold = account.hold().map(|(hold, epoch)| wit::BalanceHold {
+        iccid: iccid.to_string(),
+        hold,
+        epoch,
+    });
     Ok(api::Credited {
         balance,
         new,
-        resume,
+        hold,
         event: event_to_wit(EntryKind::DataCredited, &fields),
     })
 }
@@ -196,7 +204,7 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
     Ok(api::Credited {
         balance,
         new,
-        resume: false,
+        hold: None,
         event: event_to_wit(EntryKind::DataCredited, &fields),
     })
 }
@@ -235,22 +243,27 @@ pub async fn forward(from: &str, used: u64) -> Result<Option<(Iccid, u64)>, wit:
     Ok(Some((to, u64::try_from(used_to).unwrap_or(0))))
 }
 
-/// Usage of `iccid` reached `used`: whether its balance just ran out (kernel `Account::exhausted`: the flag is
-/// set so exactly one caller suspends the SIM); nothing is written otherwise.
-pub async fn exhaust(iccid: &str, used: u64) -> Result<bool, wit::Error> {
-    kv::change_json::<Account, bool, wit::Error>(&keys::balance(iccid), |cur| {
-        let Some(mut a) = cur else {
-            return Ok((Change::Keep, false));
-        };
-        Ok(if a.exhausted(used) {
-            (Change::Put(a), true)
-        } else {
-            (Change::Keep, false)
+/// Usage of `iccid` reached `used`: its balance hold if the balance is out (kernel `Account::exhausted` sets it
+/// the first time, with a new epoch; later it is the same hold again); nothing is written otherwise.
+pub async fn exhaust(iccid: &str, used: u64) -> Result<Option<wit::BalanceHold>, wit::Error> {
+    let (_, hold) =
+        kv::change_json::<Account, Option<(bool, u64)>, wit::Error>(&keys::balance(iccid), |cur| {
+            let Some(mut a) = cur else {
+                return Ok((Change::Keep, None));
+            };
+            if a.exhausted(used) {
+                let hold = a.hold();
+                return Ok((Change::Put(a), hold));
+            }
+            Ok((Change::Keep, a.hold().filter(|(held, _)| *held)))
         })
-    })
-    .await
-    .map(|(_, now_exhausted)| now_exhausted)
-    .map_err(kv_err)
+        .await
+        .map_err(kv_err)?;
+    Ok(hold.map(|(hold, epoch)| wit::BalanceHold {
+        iccid: iccid.to_owned(),
+        hold,
+        epoch,
+    }))
 }
 
 /// Close the account: the unused-data refund shares (JSON), fixed by the first close. The account is marked

@@ -182,7 +182,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         writes.extend(place_log(iccid, std::mem::take(&mut batch.entries))?);
     }
     kv::set_many::<wit::Error>(&writes).map_err(kv_err)?;
-    let mut exhausted = Vec::new();
+    let mut holds = Vec::new();
     let charges: Vec<SimCharge<'_>> = sims
         .iter()
         .map(|(iccid, b)| SimCharge {
@@ -205,23 +205,26 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
             continue;
         };
         if account.moved_to.is_some() {
-            // Switched away: its data moved to the new SIM, and so does what it still uses. If that runs the
-            // new SIM's balance out, both are suspended (the old one draws on it until it is replaced).
+            // Switched away: its data moved to the new SIM, and so does what it still uses. If the new SIM's
+            // balance is out, both are held (the old one draws on it until it is replaced).
             if let Some((to, used_to)) = accounts::forward(iccid, used).await?
-                && accounts::exhaust(to.as_str(), used_to).await?
+                && let Some(hold) = accounts::exhaust(to.as_str(), used_to).await?
             {
-                exhausted.push(to.to_string());
-                exhausted.push(iccid.clone());
+                holds.push(wit::BalanceHold {
+                    iccid: iccid.clone(),
+                    ..hold.clone()
+                });
+                holds.push(hold);
             }
             continue;
         }
-        let remaining = account.remaining(used);
-        if remaining <= 0
-            && !account.suspended_for_balance
-            && account.closed.is_none()
-            && accounts::exhaust(iccid, used).await?
+        // Out of balance: the hold, every batch (a hold that was not applied is applied by a later batch).
+        if account.closed.is_none()
+            && !account.closing
+            && account.remaining(used) <= 0
+            && let Some(hold) = accounts::exhaust(iccid, used).await?
         {
-            exhausted.push(iccid.clone());
+            holds.push(hold);
         }
     }
 
@@ -229,7 +232,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     Ok(Ingested {
         report: report.to_string(),
         events,
-        exhausted,
+        holds,
     })
 }
 

@@ -226,6 +226,9 @@ pub struct StoredSim {
     /// The agent's label (`X-Agent-ID`, [`parse_agent_label`]).
     #[serde(default)]
     pub label: Option<String>,
+    /// Why it is suspended, if it is (`crate::esim::Holds`).
+    #[serde(default, skip_serializing_if = "crate::esim::Holds::is_none")]
+    pub holds: crate::esim::Holds,
 }
 
 /// What a driver's ConfirmOrder came to ([`after_confirm`]).
@@ -641,6 +644,7 @@ mod tests {
             replaced_by: None,
             access: crate::auth::SimAccess::default(),
             label: None,
+            holds: Default::default(),
         }
     }
 

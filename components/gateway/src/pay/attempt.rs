@@ -348,12 +348,11 @@ impl Attempt<'_> {
         if credited.new {
             self.pending.borrow_mut().push(credited.event);
         }
-        if credited.resume
-            && let Err(e) =
-                dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Resume).await
+        if let Some(hold) = credited.hold
+            && let Err(e) = dispatch::set_balance_hold(hold).await
         {
             eprintln!(
-                "gateway: resuming {} after a top-up failed: {e:?}",
+                "gateway: the balance hold of {} after a top-up was not applied: {e:?}",
                 sim.iccid
             );
         }

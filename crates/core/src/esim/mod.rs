@@ -18,4 +18,7 @@ pub use catalog::{Carrier, Catalog, CatalogError, RegionEntry};
 pub use eid::{Eid, EidError};
 pub use iccid::{Iccid, IccidError};
 pub use plmn::{Plmn, PlmnError, RoamingPolicy, mcc_country};
-pub use sim::{InvalidTransition, ProfileState, SimAction, SimState, profile_state_after};
+pub use sim::{
+    HoldError, Holds, InvalidTransition, ProfileState, SimAction, SimState, balance_hold,
+    owner_action, profile_state_after,
+};

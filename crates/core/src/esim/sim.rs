@@ -59,6 +59,115 @@ impl SimState {
     }
 }
 
+/// Why a SIM is suspended: its owner's word, metering's (the balance ran out), or both. Each party lifts only
+/// its own hold, and the SIM is in service when neither holds it ([`owner_action`], [`balance_hold`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holds {
+    /// The owner suspended it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner: bool,
+    /// Metering suspended it: the balance ran out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub balance: bool,
+    /// The epoch of the last balance hold applied (metering's account counts its hold changes): a change
+    /// with an older epoch, arriving late, changes nothing, so the order in which they arrive does not matter.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub balance_epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Holds {
+    /// No hold, nothing applied yet.
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The holds of a SIM in `state`: a SIM stored suspended before holds were kept is held by its owner.
+    fn effective(self, state: SimState) -> Self {
+        if state == SimState::Suspended && !self.owner && !self.balance {
+            Self {
+                owner: true,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
+    fn state(self) -> SimState {
+        if self.owner || self.balance {
+            SimState::Suspended
+        } else {
+            SimState::Active
+        }
+    }
+}
+
+/// Why an owner's action was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HoldError {
+    /// Not a transition the state allows.
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
+    /// Suspended because the balance ran out: a top-up resumes it, the owner cannot.
+    #[error("the SIM is suspended until its balance is topped up")]
+    BalanceHeld,
+}
+
+/// The owner's `action` on a SIM in `state` with `holds`: the state and holds after. Suspending puts the
+/// owner's hold on (also on a SIM already suspended for balance), resuming lifts it (the SIM stays suspended
+/// while the balance holds it); terminating is [`SimState::apply`].
+pub fn owner_action(
+    state: SimState,
+    holds: Holds,
+    action: SimAction,
+) -> Result<(SimState, Holds), HoldError> {
+    let h = holds.effective(state);
+    let refused = || {
+        HoldError::Transition(InvalidTransition {
+            from: state,
+            action,
+        })
+    };
+    match (state, action) {
+        (SimState::Active, SimAction::Suspend) | (SimState::Suspended, SimAction::Suspend)
+            if !h.owner =>
+        {
+            let h = Holds { owner: true, ..h };
+            Ok((h.state(), h))
+        }
+        (SimState::Suspended, SimAction::Resume) if h.owner => {
+            let h = Holds { owner: false, ..h };
+            Ok((h.state(), h))
+        }
+        (SimState::Suspended, SimAction::Resume) => Err(HoldError::BalanceHeld),
+        (_, SimAction::Terminate) => Ok((state.apply(action)?, h)),
+        _ => Err(refused()),
+    }
+}
+
+/// Metering's balance hold (`hold`: on or off) of `epoch` on a SIM in `state` with `holds`: the state and holds
+/// after, or `None` when it changes nothing (an epoch already applied or older, or a SIM not in service).
+pub fn balance_hold(
+    state: SimState,
+    holds: Holds,
+    hold: bool,
+    epoch: u64,
+) -> Option<(SimState, Holds)> {
+    if epoch <= holds.balance_epoch || !matches!(state, SimState::Active | SimState::Suspended) {
+        return None;
+    }
+    let h = Holds {
+        balance: hold,
+        balance_epoch: epoch,
+        ..holds.effective(state)
+    };
+    Some((h.state(), h))
+}
+
 /// A profile's state at the SM-DP+ and on the device, as far as we learn it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -161,6 +270,73 @@ mod tests {
             S::Terminated.apply(A::Resume).unwrap_err().to_string(),
             "cannot Resume a SIM that is Terminated"
         );
+    }
+
+    #[test]
+    fn owner_and_balance_holds_are_lifted_each_by_its_own_party() {
+        let none = Holds::default();
+        // The balance runs out: suspended; the owner cannot resume it, a top-up (a later epoch) does.
+        let (s, h) = balance_hold(S::Active, none, true, 1).unwrap();
+        assert_eq!((s, h.balance, h.owner), (S::Suspended, true, false));
+        assert_eq!(owner_action(s, h, A::Resume), Err(HoldError::BalanceHeld));
+        // The owner suspends it too; the top-up then leaves it suspended until the owner resumes.
+        let (s, h) = owner_action(s, h, A::Suspend).unwrap();
+        assert!(h.owner && h.balance && s == S::Suspended);
+        assert_eq!(
+            owner_action(s, h, A::Suspend),
+            Err(HoldError::Transition(InvalidTransition {
+                from: S::Suspended,
+                action: A::Suspend
+            }))
+        );
+        let (s, h) = balance_hold(s, h, false, 2).unwrap();
+        assert_eq!((s, h.balance_epoch), (S::Suspended, 2));
+        let (s, h) = owner_action(s, h, A::Resume).unwrap();
+        assert_eq!(
+            (s, h),
+            (
+                S::Active,
+                Holds {
+                    balance_epoch: 2,
+                    ..none
+                }
+            )
+        );
+        assert!(
+            owner_action(s, h, A::Resume).is_err(),
+            "resume an active SIM"
+        );
+        let (s, _) = owner_action(s, h, A::Terminate).unwrap();
+        assert_eq!(s, S::Terminated);
+    }
+
+    #[test]
+    fn balance_holds_apply_in_epoch_order_whatever_order_they_arrive_in() {
+        let none = Holds::default();
+        // Exhausted at epoch 1, topped up at epoch 2; the top-up's release arrives first.
+        let (s, h) = balance_hold(S::Active, none, false, 2).unwrap();
+        assert_eq!(s, S::Active);
+        assert_eq!(balance_hold(s, h, true, 1), None, "older: changes nothing");
+        assert_eq!(balance_hold(s, h, false, 2), None, "applied already");
+        // Not in service: nothing to hold.
+        for state in [S::Pending, S::Terminated, S::Failed] {
+            assert_eq!(balance_hold(state, none, true, 1), None);
+        }
+    }
+
+    #[test]
+    fn a_sim_suspended_before_holds_were_kept_is_held_by_its_owner() {
+        let none = Holds::default();
+        let (s, h) = owner_action(S::Suspended, none, A::Resume).unwrap();
+        assert_eq!((s, h), (S::Active, none));
+        let (s, h) = balance_hold(S::Suspended, none, false, 1).unwrap();
+        assert!(
+            h.owner && s == S::Suspended,
+            "a release does not lift the owner's hold"
+        );
+        let h: Holds = serde_json::from_str("{}").unwrap();
+        assert!(h.is_none());
+        assert_eq!(serde_json::to_string(&Holds::default()).unwrap(), "{}");
     }
 
     #[test]

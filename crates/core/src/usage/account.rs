@@ -23,6 +23,10 @@ use crate::esim::plmn::RoamingPolicy;
 use crate::ids::{CarrierId, DataMb};
 use crate::money::UsdcAmount;
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Bytes in a megabyte.
 pub const BYTES_PER_MB: u64 = 1_000_000;
 /// Bytes in a kilobyte.
@@ -127,6 +131,10 @@ pub struct Account {
     /// Suspended by metering because the balance ran out (resumed by the next credit).
     #[serde(default)]
     pub suspended_for_balance: bool,
+    /// How often `suspended_for_balance` changed: the epoch of the balance hold dispatch applies
+    /// ([`Account::hold`]), so a suspension and a resumption arriving out of order still end as the last one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hold_epoch: u64,
     /// Closed (the SIM was terminated): the refunds of unused data, fixed once.
     #[serde(default)]
     pub closed: Option<Vec<RefundShare>>,
@@ -176,6 +184,7 @@ impl Account {
             credits: vec![first],
             spent: Spent::default(),
             suspended_for_balance: false,
+            hold_epoch: 0,
             closed: None,
             moved_to: None,
             closing: false,
@@ -197,6 +206,7 @@ impl Account {
             credits,
             spent: Spent::default(),
             suspended_for_balance: false,
+            hold_epoch: 0,
             closed: None,
             moved_to: None,
             closing: false,
@@ -322,6 +332,7 @@ impl Account {
         let resume = self.suspended_for_balance && self.remaining(used) > 0;
         if resume {
             self.suspended_for_balance = false;
+            self.hold_epoch += 1;
         }
         Ok(resume)
     }
@@ -337,7 +348,14 @@ impl Account {
             return false;
         }
         self.suspended_for_balance = true;
+        self.hold_epoch += 1;
         true
+    }
+
+    /// The balance hold as metering last decided it: `(suspended, epoch)` for dispatch (kernel
+    /// `esim::balance_hold`), or `None` before the first decision.
+    pub fn hold(&self) -> Option<(bool, u64)> {
+        (self.hold_epoch > 0).then_some((self.suspended_for_balance, self.hold_epoch))
     }
 
     /// Close the account at `used`: the refunds of unused data (fixed by the first close; a repeat returns
@@ -506,6 +524,20 @@ mod tests {
             Err(AccountError::Closed(_))
         ));
         assert!(!a.exhausted(u64::MAX), "a closed SIM is not suspended");
+    }
+
+    #[test]
+    fn every_hold_change_has_its_own_epoch() {
+        let mut a = account();
+        assert_eq!(a.hold(), None);
+        assert!(a.exhausted(10 * BYTES_PER_MB));
+        assert_eq!(a.hold(), Some((true, 1)));
+        assert!(!a.exhausted(11 * BYTES_PER_MB), "once");
+        assert_eq!(a.hold(), Some((true, 1)));
+        assert_eq!(a.credit(credit("inv_b", 5, 1), 11 * BYTES_PER_MB), Ok(true));
+        assert_eq!(a.hold(), Some((false, 2)));
+        assert!(a.exhausted(15 * BYTES_PER_MB));
+        assert_eq!(a.hold(), Some((true, 3)));
     }
 
     #[test]

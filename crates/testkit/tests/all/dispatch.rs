@@ -765,6 +765,85 @@ async fn lifecycle_and_download_progress() {
     assert!(matches!(r, Err(types::Error::InvalidInput(f)) if f.field == "body"));
 }
 
+/// Metering's balance hold and the owner's suspension are separate holds: each party lifts only its own, and
+/// balance holds apply in epoch order, so a suspension arriving after the top-up's release changes nothing.
+#[tokio::test]
+async fn balance_holds_apply_in_epoch_order_and_only_a_top_up_lifts_them() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-holds")
+        .await
+        .unwrap();
+    let iccid = sim.iccid.clone();
+    let hold = |hold: bool, epoch: u64| {
+        let h = types::BalanceHold {
+            iccid: iccid.clone(),
+            hold,
+            epoch,
+        };
+        async move |a: &esim402_testkit::Accessor<esim402_testkit::KitState>,
+                    g: &esim402_testkit::Exports| {
+            g.dispatch().call_set_balance_hold(a, h).await
+        }
+    };
+    let act = |action: types::LifecycleAction| {
+        let iccid = iccid.clone();
+        async move |a: &esim402_testkit::Accessor<esim402_testkit::KitState>,
+                    g: &esim402_testkit::Exports| {
+            g.dispatch().call_lifecycle(a, iccid, action).await
+        }
+    };
+    let state = |r: Result<types::Sim, types::Error>| r.unwrap().state;
+
+    assert_eq!(
+        state(kit.call(hold(true, 1)).await.unwrap()),
+        types::SimState::Suspended
+    );
+    let r = kit.call(act(types::LifecycleAction::Resume)).await.unwrap();
+    assert!(
+        matches!(&r, Err(types::Error::Conflict(m)) if m.contains("topped up")),
+        "{r:?}"
+    );
+    // The owner suspends it too: the top-up's release leaves it suspended until the owner resumes.
+    assert_eq!(
+        state(
+            kit.call(act(types::LifecycleAction::Suspend))
+                .await
+                .unwrap()
+        ),
+        types::SimState::Suspended
+    );
+    assert_eq!(
+        state(kit.call(hold(false, 2)).await.unwrap()),
+        types::SimState::Suspended
+    );
+    assert_eq!(
+        state(kit.call(act(types::LifecycleAction::Resume)).await.unwrap()),
+        types::SimState::Active
+    );
+    // The exhaustion's hold arriving late (epoch 1 < 2), or again, changes nothing.
+    assert_eq!(
+        state(kit.call(hold(true, 1)).await.unwrap()),
+        types::SimState::Active
+    );
+    assert_eq!(
+        state(kit.call(hold(false, 2)).await.unwrap()),
+        types::SimState::Active
+    );
+    let unknown = types::BalanceHold {
+        iccid: Iccid::with_check_digit("890126999999999999")
+            .unwrap()
+            .as_str()
+            .to_owned(),
+        hold: true,
+        epoch: 1,
+    };
+    let r = kit
+        .call(async move |a, g| g.dispatch().call_set_balance_hold(a, unknown).await)
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(types::Error::NotFound(_))), "{r:?}");
+}
+
 #[tokio::test]
 async fn terminating_a_never_downloaded_profile_retires_it_at_the_carrier() {
     let mut kit = kit_with(Arc::default(), &[]).await;

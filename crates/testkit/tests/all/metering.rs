@@ -104,14 +104,15 @@ async fn ingested(kit: &mut Kit, receipts: Vec<Value>) -> esim402_testkit::meter
         .unwrap()
 }
 
-/// Ingest a batch: its report, the kinds of its ledger events and the SIMs it ran dry.
+/// Ingest a batch: its report, the kinds of its ledger events and the SIMs it holds for want of balance.
 async fn ingest(kit: &mut Kit, receipts: Vec<Value>) -> (Value, Vec<String>, Vec<String>) {
     let out = ingested(kit, receipts).await;
     let kinds = out.events.iter().map(|e| e.kind.clone()).collect();
+    assert!(out.holds.iter().all(|h| h.hold), "a batch only holds");
     (
         serde_json::from_str(&out.report).unwrap(),
         kinds,
-        out.exhausted,
+        out.holds.into_iter().map(|h| h.iccid).collect(),
     )
 }
 
@@ -357,34 +358,59 @@ async fn bad_receipts_are_disputed_never_charged() {
     assert_eq!(log[1]["reason"], "plmn_not_allowed");
 }
 
+/// A balance that runs out puts metering's hold on the SIM with a new epoch; every later batch reports the same
+/// hold again (so a hold that was not applied is applied then); the top-up that refills it releases the hold
+/// with the next epoch, and sending the same payment again reports that release again.
 #[tokio::test]
-async fn exhaustion_is_reported_once_then_a_top_up_resumes() {
+async fn exhaustion_holds_the_sim_then_a_top_up_releases_it() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
     let id = iccid(4);
     open(&mut kit, &id, 1).await;
-    let (_, _, exhausted) = ingest(
+    let out = ingested(
         &mut kit,
         vec![receipt(&id, "tmobile", "s", 1, 1_200_000, "310-260")],
     )
     .await;
-    assert_eq!(exhausted, vec![id.clone()]);
+    let held = |iccid: &str, hold: bool, epoch: u64| (iccid.to_owned(), hold, epoch);
+    let holds = |l: &[types::BalanceHold]| -> Vec<(String, bool, u64)> {
+        l.iter()
+            .map(|h| (h.iccid.clone(), h.hold, h.epoch))
+            .collect()
+    };
+    assert_eq!(holds(&out.holds), vec![held(&id, true, 1)]);
     let b = balance(&mut kit, &id).await;
     assert_eq!(b.remaining_bytes, -200_000);
     assert!(b.low && b.suspended_for_balance);
-    let (_, _, exhausted) = ingest(
+    let again = ingested(
         &mut kit,
         vec![receipt(&id, "tmobile", "s", 2, 1_000, "310-260")],
     )
     .await;
-    assert!(exhausted.is_empty(), "suspended once");
-    let (s, c) = (sim(&id, "tmobile"), credit("inv_top", 10, 30_000));
-    let top = kit
-        .call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(top.resume, "the top-up leaves data: resume the SIM");
-    assert!(!top.balance.suspended_for_balance);
+    assert_eq!(
+        holds(&again.holds),
+        vec![held(&id, true, 1)],
+        "the same hold again"
+    );
+    for _ in 0..2 {
+        let (s, c) = (sim(&id, "tmobile"), credit("inv_top", 10, 30_000));
+        let top = kit
+            .call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            holds(top.hold.as_slice()),
+            vec![held(&id, false, 2)],
+            "released, at epoch 2"
+        );
+        assert!(!top.balance.suspended_for_balance);
+    }
+    let after = ingested(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 3, 1_000, "310-260")],
+    )
+    .await;
+    assert!(after.holds.is_empty());
 }
 
 /// After a switch the old SIM's data lives on the new SIM, and so does what the old SIM still reports (it is
@@ -424,7 +450,7 @@ async fn usage_the_old_sim_reports_after_a_switch_draws_on_the_new_sim() {
         vec![receipt(&old, "tmobile", "s", 3, 6 * MB, "310-260")],
     )
     .await;
-    assert_eq!(exhausted, vec![new.clone(), old.clone()]);
+    assert_eq!(exhausted, vec![old.clone(), new.clone()]);
     let b = balance(&mut kit, &new).await;
     assert_eq!(b.remaining_bytes, -1_000_000);
     assert!(b.suspended_for_balance);
