@@ -971,6 +971,48 @@ async fn an_unconfirmed_settlement_is_pending_then_reconciled_without_a_second_b
     assert_eq!(nonce, "0x1", "the facilitator sent exactly one transaction");
 }
 
+/// The invoice expires while its profile is being ordered: settling is refused before anything is claimed or
+/// sent, so no money moves, and the profile is withdrawn (retired at the carrier) instead of staying active
+/// and unpaid with the payer. The same payment sent again gets the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invoice_that_expires_during_its_order_settles_nothing_and_keeps_no_sim() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_INVOICE_TTL_SECS", "2")]).await;
+    let start = s.balance(agent()).await;
+    let (_, req) = s.invoice(&activation()).await;
+    // T-Mobile (us-west's first carrier) answers each call after 1.5 s: the order outlasts the invoice.
+    let r = s
+        .http
+        .put(format!("{}/admin/operators/tmobile/faults", s.sim.url))
+        .json(&json!({"latency_ms": 1500}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let pay = Payment::for_requirement(&req);
+    let headers = [("payment-signature", pay.header())];
+    for _ in 0..2 {
+        let (status, _, body) = s.post("/v1/esim/activate", &activation(), &headers).await;
+        assert_eq!(status, 410, "{body}");
+        assert!(body["activation_code"].is_null(), "{body}");
+    }
+    assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+    assert_eq!(s.balance(agent()).await, start);
+    // The payer's one SIM, as its owner lists it: terminated, not in service unpaid.
+    let list: Value = s
+        .http
+        .get(format!("{}/v1/esim", s.url))
+        .header("sign-in-with-x", s.sign_in("/v1/esim"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sims = list["sims"].as_array().unwrap();
+    assert_eq!(sims.len(), 1, "{list}");
+    assert_eq!(sims[0]["state"], "terminated", "{list}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_activation_settles_nothing() {
     let s = PayStack::start(&[("SPIN_VARIABLE_ES2_TIMEOUT_MS", "2000")]).await;

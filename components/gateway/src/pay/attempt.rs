@@ -91,6 +91,13 @@ impl Attempt<'_> {
                 let e = ApiError::new(ErrorKind::Conflict, msg);
                 (wit::PaymentEnd::Done, stored_error(&e))
             }
+            // The invoice expired while the profile was being ordered (the verifier refuses before it claims or
+            // sends anything): no money moves, so the profile does not stay with the payer either.
+            Err(wit::Error::Expired(msg)) => {
+                self.withdraw(order, &sim, &payer, &msg).await;
+                let e = ApiError::new(ErrorKind::Expired, msg);
+                (wit::PaymentEnd::Done, stored_error(&e))
+            }
             Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
         }
     }
