@@ -642,6 +642,34 @@ async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
     assert_eq!(status, 409, "{other}");
 }
 
+/// After a failover the delivering carrier can be dearer than the one the invoice was priced at: the data's
+/// refund value is capped at what was paid, so terminating it unused owes the whole payment back (a refund
+/// above the invoice would be refused, and nothing owed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_over_activation_refunds_its_unused_data_up_to_what_was_paid() {
+    let s = PayStack::start(&[]).await;
+    let r = s
+        .http
+        .put(format!("{}/admin/operators/tmobile/faults", s.sim.url))
+        .json(&json!({"http_503": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let body = json!({"region": "us-west", "data_mb": 1000});
+    let (_, req) = s.invoice(&body).await;
+    let act = s.activate_paid(&body, &[]).await;
+    assert_eq!(act["carrier"], "verizon", "{act}");
+    let iccid = act["iccid"].as_str().unwrap().to_owned();
+    let (status, _, term) = s
+        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
+        .await;
+    assert_eq!(status, 200, "{term}");
+    let refunds = term["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 1, "{term}");
+    assert_eq!(refunds[0]["amount"], req.amount.as_str(), "{term}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_switch_moves_the_unused_balance_to_the_new_sim() {
     let s = PayStack::start(&[]).await;

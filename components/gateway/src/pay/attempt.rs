@@ -331,10 +331,15 @@ impl Attempt<'_> {
         payer: &str,
     ) -> Result<Option<wit::Balance>, wit::Error> {
         let (kind, data_mb, paid) = match order {
+            // Valued at the delivering carrier's rate, but never above what was paid: after a failover the
+            // delivering carrier can be dearer than the one the invoice was priced at, and a refund of more than
+            // the invoice is refused.
             Order::Activation { .. } => (
                 "activation",
                 sim.data_mb,
-                dispatch::data_value(sim.carrier.clone(), sim.data_mb).await?,
+                dispatch::data_value(sim.carrier.clone(), sim.data_mb)
+                    .await?
+                    .min(self.invoice.amount),
             ),
             Order::TopUp { data_mb, .. } => ("top-up", *data_mb, self.invoice.amount),
             Order::Switch { .. } => {

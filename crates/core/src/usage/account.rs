@@ -321,11 +321,13 @@ impl Account {
     /// current value, or any earlier one: it only grows): `true` if the SIM was suspended for want of balance
     /// and now has some, so it should be resumed (the flag is cleared).
     pub fn credit(&mut self, credit: Credit, used: u64) -> Result<bool, AccountError> {
-        if self.closed.is_some() || self.closing {
-            return Err(AccountError::Closed(self.iccid.to_string()));
-        }
+        // An invoice that credited the account before it closed is a repeat, not a credit refused (which would
+        // owe its whole payment back although its data was credited).
         if self.has_credit(&credit.invoice) {
             return Err(AccountError::AlreadyCredited(credit.invoice));
+        }
+        if self.closed.is_some() || self.closing {
+            return Err(AccountError::Closed(self.iccid.to_string()));
         }
         self.fold_spent(used);
         self.credits.push(credit);
@@ -524,6 +526,11 @@ mod tests {
             Err(AccountError::Closed(_))
         ));
         assert!(!a.exhausted(u64::MAX), "a closed SIM is not suspended");
+        assert_eq!(
+            a.credit(credit("inv_b", 10, 40_000), 0),
+            Err(AccountError::AlreadyCredited("inv_b".into())),
+            "a repeat of a credit made before the close is a repeat"
+        );
     }
 
     #[test]
