@@ -279,6 +279,18 @@ async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
     let refunds = term["refunds"].as_array().unwrap();
     assert_eq!(refunds.len(), 1, "{term}");
     assert_eq!(refunds[0]["amount"], "49500", "atomic units: {term}");
+    // Terminating again (the owner's wallet: the token is revoked) answers the same refunds, owing any the
+    // first terminate could not record, and nothing twice.
+    let terminate = format!("/v1/esim/{iccid}/terminate");
+    let (status, _, again) = s
+        .post(
+            &terminate,
+            &json!({}),
+            &[("sign-in-with-x", s.sign_in(&terminate))],
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["refunds"], term["refunds"]);
     let r = s
         .http
         .post(format!("{}/admin/refunds/run", s.url))

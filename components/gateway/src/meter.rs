@@ -214,7 +214,17 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
     let mut events = Vec::new();
     for share in shares {
-        let invoice = pay::load_invoice(&share.invoice).await?;
+        // One share that cannot be owed now does not stop the others; terminating again retries it.
+        let invoice = match pay::load_invoice(&share.invoice).await {
+            Ok(invoice) => invoice,
+            Err(e) => {
+                eprintln!(
+                    "gateway: REFUND OF UNUSED DATA NOT RECORDED for {} (terminate the SIM again to retry): {e:?}",
+                    share.invoice
+                );
+                continue;
+            }
+        };
         let reason = format!("unused data: {} bytes of SIM {iccid}", share.bytes);
         match crate::verifier::owe_refund(
             invoice,
@@ -232,7 +242,7 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
                 out.push(serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund)));
             }
             Err(e) => eprintln!(
-                "gateway: REFUND OF UNUSED DATA NOT RECORDED for {}: {e:?}",
+                "gateway: REFUND OF UNUSED DATA NOT RECORDED for {} (terminate the SIM again to retry): {e:?}",
                 share.invoice
             ),
         }

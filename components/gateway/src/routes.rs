@@ -84,7 +84,8 @@ pub async fn rotate_token(req: &Request, iccid: &str) -> Result<Reply, ApiError>
 }
 
 /// `POST /v1/esim/{iccid}/{suspend|resume|terminate}`: the SIM state machine; an invalid transition is 409.
-/// Terminating revokes the access token (the owner's wallet still reads the SIM, its refunds and receipts).
+/// Terminating revokes the access token (the owner's wallet still reads the SIM, its refunds and receipts);
+/// terminating a terminated SIM answers it again with its refunds, owing any the first terminate did not.
 pub async fn lifecycle(req: &Request, iccid: &str, action: &str) -> Result<Reply, ApiError> {
     crate::auth::owner(req, iccid).await?;
     let action = match action {
@@ -93,9 +94,21 @@ pub async fn lifecycle(req: &Request, iccid: &str, action: &str) -> Result<Reply
         _ => wit::LifecycleAction::Terminate,
     };
     let terminate = matches!(action, wit::LifecycleAction::Terminate);
-    let sim = dispatch::lifecycle(iccid.to_owned(), action)
-        .await
-        .map_err(from_wit)?;
+    let sim = match dispatch::lifecycle(iccid.to_owned(), action).await {
+        Ok(sim) => sim,
+        // Terminating a terminated SIM again finishes what the first terminate may not have (it failed or was
+        // cut off after the transition): the refunds of its unused data.
+        Err(wit::Error::Conflict(msg)) if terminate => {
+            match dispatch::get_sim(iccid.to_owned())
+                .await
+                .map_err(from_wit)?
+            {
+                Some(sim) if sim.state == wit::SimState::Terminated => sim,
+                _ => return Err(from_wit(wit::Error::Conflict(msg))),
+            }
+        }
+        Err(e) => return Err(from_wit(e)),
+    };
     let mut body = crate::convert::sim_value(&sim);
     if terminate {
         // Repeats are safe: the account's first close fixes the shares and refunds are once per invoice.
