@@ -151,3 +151,70 @@ async fn hostile_input_gets_a_typed_4xx_on_every_operation() {
     assert!(checked > 400, "{checked} requests");
     app.stop().await;
 }
+
+/// Raw HTTP/1.1 on a fresh connection: what the server answers (its bytes up to `limit`), or `None` if it
+/// closed the connection without answering.
+async fn raw(url: &str, request: &[u8], limit: std::time::Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(limit, stream.read(&mut buf))
+        .await
+        .expect("the server neither answered nor closed the connection")
+        .unwrap_or(0);
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// A Host header that is not `host[:port]` is refused (spliced into the URL the component sees, a `/` or `?` in
+/// it would rewrite the path it routes on); a connection that sends nothing, or idles after a request, is
+/// closed after the header timeout instead of holding a descriptor for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_hosts_are_refused_and_silent_connections_are_closed() {
+    use std::time::Duration;
+    let mut opts = options(StoreConfig::Memory);
+    opts.header_timeout = Duration::from_millis(300);
+    let app = spawn_app(opts).await.unwrap();
+    for host in ["x/v1/ledger?", "x?y", "user@x", "x y"] {
+        let req = format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = raw(&app.url, req.as_bytes(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{host}: {answer}");
+    }
+    let ok = raw(
+        &app.url,
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // A keep-alive connection left idle after its request is closed too.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let eof = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+        assert!(matches!(eof, Ok(Ok(0)) | Ok(Err(_))), "{eof:?}");
+    }
+    // Nothing sent, or half a request line: closed well within the 10 s the test waits.
+    for partial in [&b"GET /health HTT"[..], b""] {
+        let answer = raw(&app.url, partial, Duration::from_secs(10)).await;
+        assert!(
+            answer
+                .as_deref()
+                .is_none_or(|a| a.starts_with("HTTP/1.1 408")),
+            "{answer:?}"
+        );
+    }
+}

@@ -50,6 +50,9 @@ pub struct LoadOptions {
     pub max_concurrent_per_instance: Option<usize>,
     /// Requests one instance may serve in total before it is retired.
     pub max_requests_per_instance: usize,
+    /// How long a connection may take to send a request's headers, or stay idle between requests, before it is
+    /// closed (default 30 s; `ESIM402_HEADER_TIMEOUT_MS` in the environment overrides it).
+    pub header_timeout: Duration,
 }
 
 impl LoadOptions {
@@ -68,6 +71,10 @@ impl LoadOptions {
             cache_dir: Some(dir.join(".spin").join("cache")),
             max_concurrent_per_instance: None,
             max_requests_per_instance: 128,
+            header_timeout: std::env::var("ESIM402_HEADER_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::from_secs(30), Duration::from_millis),
         }
     }
 }
@@ -138,6 +145,8 @@ pub struct App {
     pub stores: Arc<HashMap<String, SharedBackend>>,
     /// The barrier every answer waits on (writes durable before anyone outside sees them).
     pub durability: kv::Durability,
+    /// [`LoadOptions::header_timeout`].
+    pub header_timeout: Duration,
     engine: Engine,
 }
 
@@ -374,6 +383,7 @@ impl App {
             handlers,
             stores,
             durability,
+            header_timeout: opts.header_timeout,
             engine,
         })
     }

@@ -114,11 +114,22 @@ pub async fn handle(
         return json_response(500, "internal", "route has no loaded component");
     };
     let (mut parts, body) = req.into_parts();
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map_or_else(|| local.to_string(), str::to_owned);
+    // The Host header must be an authority (host[:port]), as Spin requires: spliced raw into the URL, a `/` or
+    // `?` in it would rewrite the path the component sees.
+    let host = match parts.headers.get(http::header::HOST) {
+        None => local.to_string(),
+        Some(h) => match h
+            .to_str()
+            .ok()
+            .and_then(|h| http::uri::Authority::try_from(h).ok())
+            .filter(|a| !a.as_str().contains('@'))
+        {
+            Some(authority) => authority.as_str().to_owned(),
+            None => {
+                return json_response(400, "invalid_input", "the Host header is not a host[:port]");
+            }
+        },
+    };
     let full_url = format!(
         "http://{host}{}",
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
@@ -184,6 +195,10 @@ pub async fn handle(
     }
 }
 
+/// Connections served at once; the next waits to be accepted until one closes (file descriptors are finite,
+/// and every connection holds one).
+pub const MAX_CONNECTIONS: usize = 4096;
+
 /// Serve `app` on `listener` until `shutdown` resolves, then drain in-flight connections.
 pub async fn serve(
     app: Arc<App>,
@@ -192,13 +207,30 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // HTTP/1.1 only (the host serves no HTTP/2): no protocol sniffing, which would wait for bytes with no
+    // timeout before hyper's own timers run.
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    // Without a timer hyper drops its header timeout: a client that sends nothing would hold its connection
+    // (and descriptor) forever.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(app.header_timeout);
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot?,
+            () = &mut shutdown => break,
+        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
+                    // E.g. out of descriptors: retrying at once would spin a core and flood the log.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -210,7 +242,6 @@ pub async fn serve(
             let app = app.clone();
             async move { Ok::<_, Infallible>(handle(app, local, client, req).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
@@ -219,6 +250,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     tracing::info!("shutting down: waiting for in-flight requests");
