@@ -576,7 +576,30 @@ impl RedisServer {
     /// Redis binding it (Redis then exits) is not mistaken for Redis, and the next port is tried.
     pub fn start() -> anyhow::Result<Self> {
         for _ in 0..5 {
-            let port = free_port();
+            if let Some(server) = Self::try_on(free_port())? {
+                return Ok(server);
+            }
+        }
+        anyhow::bail!("redis-server did not answer PING on any of 5 ports")
+    }
+
+    /// Start one on `port` (a restart of a server stopped there): `None` if it did not come up there.
+    pub fn start_on(port: u16) -> anyhow::Result<Self> {
+        Self::try_on(port)?
+            .ok_or_else(|| anyhow::anyhow!("redis-server did not answer PING on port {port}"))
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn try_on(port: u16) -> anyhow::Result<Option<Self>> {
+        {
             let child = Command::new("redis-server")
                 .args([
                     "--bind",
@@ -605,13 +628,13 @@ impl RedisServer {
                     break;
                 }
                 if pong(port) {
-                    return Ok(server);
+                    return Ok(Some(server));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             // Dropped: stopped by its PID if it still runs.
         }
-        anyhow::bail!("redis-server did not answer PING on any of 5 ports")
+        Ok(None)
     }
 }
 

@@ -119,10 +119,11 @@ async fn redis_atomics_have_exactly_one_winner() {
 
 /// A store that stops answering is `503 unavailable` with a JSON body naming the store, never a 500: the
 /// redis-server under a host that has served is stopped, then an invoice read, the ledger check and a receipt
-/// batch are asked for.
+/// batch are asked for. Once Redis is back (restarted on its port), the host serves again without a restart.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_store_that_went_away_is_503_unavailable_not_500() {
+async fn a_store_that_went_away_is_503_unavailable_not_500_and_served_again_when_back() {
     let redis = RedisServer::start().unwrap();
+    let port = redis.port();
     let app = spawn_app(options(StoreConfig::Redis(redis.url.clone())))
         .await
         .unwrap();
@@ -154,5 +155,25 @@ async fn a_store_that_went_away_is_503_unavailable_not_500() {
             "{body}"
         );
     }
+
+    let _back = RedisServer::start_on(port).unwrap();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = http.get(&ledger).send().await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the store reconnected");
+    assert_eq!(
+        http.get(format!("{}/v1/invoices/{id}", app.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "a sealed invoice reads back from its id"
+    );
     app.stop().await;
 }

@@ -3,16 +3,20 @@
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Backend, KvError, KvResult};
 
 /// How long one command may wait for its reply.
 const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long one (re)connection attempt may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A store on one Redis server (all labels pointing at the same URL share its keyspace, as in Spin).
 pub struct RedisStore {
-    conn: MultiplexedConnection,
+    /// One multiplexed connection that is replaced when it breaks (Redis restarted, the connection dropped):
+    /// the command that meets the break fails, later ones go to the new connection.
+    conn: ConnectionManager,
     cas: redis::Script,
 }
 
@@ -32,10 +36,11 @@ impl RedisStore {
         // The client's default response timeout (500 ms) would fail a store call, a money step, whenever the
         // host or the server pauses for half a second; it waits up to 10 s before giving up. (The `redis: timed
         // out` 500s first blamed on that default were the send-slot stall that `spawned` below removes.)
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT));
         let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
+            .get_connection_manager_with_config(config)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to Redis key-value store: {e}"))?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
