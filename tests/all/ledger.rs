@@ -230,6 +230,39 @@ async fn concurrent_payments_chain_per_shard_and_tampering_is_detected() {
     assert_eq!(other_head.is_some(), per_shard.contains_key(&other));
     assert_eq!(verify(&http, &app.url).await["ok"], true);
 
+    // An append in flight (its entry written past the head, the head not advanced yet) is not tampering: the
+    // entry continues the chain, and is reported as pending.
+    let head_cell = store
+        .get(&format!("ledger/{busiest:02}/head"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut head: esim402_core::ledger::ChainHead =
+        serde_json::from_str(&line(&head_cell)).unwrap();
+    let in_flight = head.append(
+        1_800_000_000,
+        esim402_core::ledger::EntryKind::RefundOwed,
+        esim402_core::ledger::EntryFields::default(),
+    );
+    let next = esim402_core::ledger::to_json_line(&in_flight);
+    store.set(&key(n), &cell(&original, &next)).await.unwrap();
+    let ok = verify(&http, &app.url).await;
+    assert_eq!(
+        (ok["ok"].as_bool(), ok["pending"].as_u64()),
+        (Some(true), Some(1)),
+        "{ok}"
+    );
+    store.delete(&key(n)).await.unwrap();
+    // An entry edited into something that is not an entry at all: a verdict, not a failure of the check.
+    store
+        .set(&key(1), &cell(&original, "not a ledger line"))
+        .await
+        .unwrap();
+    let bad = verify(&http, &app.url).await;
+    assert_eq!(bad["ok"], false, "{bad}");
+    store.set(&key(1), &original).await.unwrap();
+    assert_eq!(verify(&http, &app.url).await["ok"], true);
+
     // Drop the newest entry (a removed tail): only the separately kept head reveals it.
     store.delete(&key(n - 1)).await.unwrap();
     let bad = verify(&http, &app.url).await;

@@ -24,10 +24,21 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent]) -> Result<(), wit::Error
 
 /// `ledger-verify`: `{ok, count, head}` (the head is the root over every shard), or the first problem.
 pub async fn verify() -> Result<String, wit::Error> {
-    let shards = store::read_all().await.map_err(|e| kv_fault("ledger", e))?;
+    let shards = match store::read_all().await {
+        Ok(shards) => shards,
+        // An entry edited into something that does not parse is a verdict, not a failure of the check.
+        Err(esim402_guest::kv::KvError::Corrupt { key, message }) => {
+            let body = serde_json::json!({
+                "ok": false, "error": format!("{key}: not a ledger entry: {message}"),
+            });
+            return Ok(body.to_string());
+        }
+        Err(e) => return Err(kv_fault("ledger", e)),
+    };
     let body = match verify_shards(&shards) {
-        Ok(root) => serde_json::json!({
-            "ok": true, "count": root.count, "head": root.hash.to_string(),
+        // `pending`: entries of appends in flight, past their shard's head, continuing its chain.
+        Ok((root, pending)) => serde_json::json!({
+            "ok": true, "count": root.count, "head": root.hash.to_string(), "pending": pending,
         }),
         Err((shard, e)) => {
             let heads: Vec<_> = shards.iter().map(|(h, _)| *h).collect();

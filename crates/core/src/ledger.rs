@@ -440,7 +440,15 @@ pub fn verify_shard_chain<'a>(
     shard: u16,
     entries: impl IntoIterator<Item = &'a LedgerEntry>,
 ) -> Result<ChainHead, LedgerError> {
-    let mut head = ChainHead::genesis_of(shard);
+    continue_chain(ChainHead::genesis_of(shard), entries)
+}
+
+/// Replay `entries` as the continuation of a chain at `head`, and return where they end.
+fn continue_chain<'a>(
+    mut head: ChainHead,
+    entries: impl IntoIterator<Item = &'a LedgerEntry>,
+) -> Result<ChainHead, LedgerError> {
+    let shard = head.shard;
     let mut iter = entries.into_iter();
     while let Some(entry) = iter.next() {
         if entry.shard != shard {
@@ -486,21 +494,25 @@ pub fn verify_shard_chain<'a>(
     Ok(head)
 }
 
-/// Replay the chain of `expected.shard`, then check it ends exactly at `expected` (a head kept apart from the
-/// entries).
+/// Replay the chain of `expected.shard` and check it passes exactly through `expected` (a head kept apart from
+/// the entries, so a removed tail is caught). Entries past the head must continue the chain from it: an append
+/// in flight writes its entries before it advances the head (and one cut off in between is completed by the
+/// next append), so a scan that meets them is not a tampered ledger. Returns how many there are.
 pub fn verify_against<'a>(
     entries: impl IntoIterator<Item = &'a LedgerEntry>,
     expected: &ChainHead,
-) -> Result<(), LedgerError> {
-    let found = verify_shard_chain(expected.shard, entries)?;
-    if found == *expected {
-        Ok(())
-    } else {
-        Err(LedgerError::HeadMismatch {
+) -> Result<u64, LedgerError> {
+    let mut iter = entries.into_iter();
+    let within = usize::try_from(expected.count).unwrap_or(usize::MAX);
+    let found = verify_shard_chain(expected.shard, iter.by_ref().take(within))?;
+    if found != *expected {
+        return Err(LedgerError::HeadMismatch {
             expected: *expected,
             found,
-        })
+        });
     }
+    let end = continue_chain(found, iter)?;
+    Ok(end.count - found.count)
 }
 
 /// The whole ledger in two numbers: how many entries all shards hold, and `keccak256` over every shard's
@@ -538,12 +550,13 @@ pub fn root(heads: &[ChainHead]) -> LedgerRoot {
 /// root, or the first shard that fails with why.
 pub fn verify_shards(
     shards: &[(ChainHead, Vec<LedgerEntry>)],
-) -> Result<LedgerRoot, (u16, LedgerError)> {
+) -> Result<(LedgerRoot, u64), (u16, LedgerError)> {
+    let mut pending = 0u64;
     for (head, entries) in shards {
-        verify_against(entries, head).map_err(|e| (head.shard, e))?;
+        pending += verify_against(entries, head).map_err(|e| (head.shard, e))?;
     }
     let heads: Vec<ChainHead> = shards.iter().map(|(h, _)| *h).collect();
-    Ok(root(&heads))
+    Ok((root(&heads), pending))
 }
 
 #[cfg(test)]
@@ -582,7 +595,7 @@ mod tests {
         assert_eq!(head.hash, entries[99].hash);
         assert_eq!(entries[0].prev_hash, B256::ZERO);
         assert_eq!(verify_chain(&entries), Ok(head));
-        assert_eq!(verify_against(&entries, &head), Ok(()));
+        assert_eq!(verify_against(&entries, &head), Ok(0));
         assert_eq!(verify_chain([]), Ok(ChainHead::genesis()));
     }
 
@@ -757,7 +770,8 @@ mod tests {
     #[test]
     fn shards_verify_to_a_root_that_every_change_moves() {
         let good = shards(5);
-        let r = verify_shards(&good).unwrap();
+        let (r, pending) = verify_shards(&good).unwrap();
+        assert_eq!(pending, 0);
         assert_eq!(r.count, 15);
         assert_eq!(r, root(&good.iter().map(|(h, _)| *h).collect::<Vec<_>>()));
         assert_ne!(r.hash, root(&[]).hash);
@@ -766,7 +780,28 @@ mod tests {
         let mut more = shards(5);
         let (head, entries) = &mut more[1];
         entries.push(head.append(T0, EntryKind::RefundOwed, EntryFields::default()));
-        assert_ne!(verify_shards(&more).unwrap().hash, r.hash);
+        assert_ne!(verify_shards(&more).unwrap().0.hash, r.hash);
+    }
+
+    #[test]
+    fn entries_past_the_head_are_an_append_in_flight_if_they_continue_the_chain() {
+        let (mut entries, head) = chain(10);
+        let mut ahead = head;
+        entries.push(ahead.append(T0 + 10, EntryKind::RefundOwed, EntryFields::default()));
+        entries.push(ahead.append(T0 + 11, EntryKind::RefundPaid, EntryFields::default()));
+        assert_eq!(verify_against(&entries, &head), Ok(2));
+        // One that does not continue the chain is not.
+        let mut forged = entries.clone();
+        forged[11].prev_hash = B256::repeat_byte(7);
+        forged[11].hash = forged[11].compute_hash();
+        assert!(matches!(
+            verify_against(&forged, &head),
+            Err(LedgerError::BrokenLink { seq: 11, .. })
+        ));
+        // And the head still pins the entries before it: one removed below it is caught.
+        let mut cut = entries.clone();
+        cut.remove(9);
+        assert!(verify_against(&cut, &head).is_err());
     }
 
     #[test]

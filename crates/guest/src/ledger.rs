@@ -216,13 +216,15 @@ pub async fn read_shard(shard: u16) -> Result<(ChainHead, Vec<LedgerEntry>), KvE
                 let mut next = None;
                 for s in seq + 1..head.count {
                     if let Ok(Some(e)) = read_entry(shard, s).await {
-                        next = Some(e);
+                        next = Some((s, e));
                         break;
                     }
                 }
                 match next {
-                    Some(next) => {
-                        seq = next.seq;
+                    // Continue from the key found, never from the seq the entry claims: a tampered one
+                    // claiming an earlier seq would send the scan back for ever.
+                    Some((s, next)) => {
+                        seq = s;
                         out.push(next);
                     }
                     None => break,
