@@ -143,6 +143,31 @@ async fn get_activate_is_a_payable_challenge_and_methods_are_announced() {
         e["error"]["message"].as_str().unwrap().contains("domain"),
         "{e}"
     );
+    // Sent with that site's name as Host: still not this service (the Host header is the client's own, so it
+    // says nothing about which site the wallet signed for; only a loopback request, or the configured
+    // public_origins, name an origin a sign-in may be for).
+    let replayed = esim402_tests::sign_in(
+        esim402_host::devstack::chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
+        "http://evil.test",
+        &path,
+    );
+    let r = s
+        .http
+        .get(&sim_url)
+        .header("host", "evil.test")
+        .header("sign-in-with-x", replayed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("public_origins"),
+        "{e}"
+    );
     let r = s
         .http
         .get(&sim_url)

@@ -1,6 +1,6 @@
 //! Proof of ownership on the SIM routes (rules: kernel `esim402_core::auth`). The credential is read and
 //! checked for form here — an access token's shape, or a `sign-in-with-x` proof verified against this
-//! request's host and the clock — before anything is looked up, so a missing or bad credential is 401 whatever
+//! service's public origins (kernel `siwx::expected_origins`) and the clock — before anything is looked up, so a missing or bad credential is 401 whatever
 //! the ICCID; dispatch then decides whether it opens the SIM (404 if not, exactly like a SIM that does not
 //! exist) and claims a wallet's nonce once.
 
@@ -18,7 +18,7 @@ fn unauthorized(e: &AuthError) -> ApiError {
 
 /// The credential the request presents (checked for form, a wallet proof fully verified). A bearer value
 /// that is not an access token is a carrier's credential where `carrier_too` (the quota route), else 401.
-pub fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credential, ApiError> {
+pub async fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credential, ApiError> {
     if let Some(presented) = bearer(req) {
         return match presented {
             t if token::looks_like_token(t) => Ok(wit::Credential::Token(t.to_owned())),
@@ -32,17 +32,28 @@ pub fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credential, A
         return Err(unauthorized(&AuthError::Missing));
     };
     let url = resource_url(req);
-    let (origin, domain) =
-        siwx::origin_of(&url).ok_or_else(|| ApiError::internal("request URL has no host"))?;
-    let verified = SiwxProof::from_header(value)
-        .and_then(|p| {
-            p.verify(&Expect {
-                domain,
-                origin,
-                now: now(),
-            })
-        })
-        .map_err(|e| unauthorized(&e))?;
+    let configured = esim402_guest::config::optional_var("public_origins").await;
+    let origins =
+        siwx::expected_origins(configured.as_deref(), &url).map_err(|e| unauthorized(&e))?;
+    let proof = SiwxProof::from_header(value).map_err(|e| unauthorized(&e))?;
+    let now = now();
+    // Signed for one of this service's origins (usually one): the first that verifies, else the first's refusal.
+    let mut verified = Err(AuthError::Missing);
+    for (i, (origin, domain)) in origins.into_iter().enumerate() {
+        match proof.verify(&Expect {
+            domain,
+            origin,
+            now,
+        }) {
+            Ok(v) => {
+                verified = Ok(v);
+                break;
+            }
+            Err(e) if i == 0 => verified = Err(e),
+            Err(_) => {}
+        }
+    }
+    let verified = verified.map_err(|e| unauthorized(&e))?;
     Ok(wit::Credential::Wallet(wit::WalletProof {
         address: verified.address.to_checksum(None),
         nonce: verified.nonce,
@@ -60,7 +71,7 @@ pub async fn owner_or_carrier(req: &Request, iccid: &str) -> Result<wit::Sim, Ap
 }
 
 async fn authorize(req: &Request, iccid: &str, carrier_too: bool) -> Result<wit::Sim, ApiError> {
-    let credential = credential(req, carrier_too)?;
+    let credential = credential(req, carrier_too).await?;
     dispatch::authorize(iccid.to_owned(), credential)
         .await
         .map_err(from_wit)

@@ -46,7 +46,7 @@ pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
         }
         Ok(true)
     })?;
-    let wit::Credential::Wallet(wallet) = crate::auth::credential(req, false)? else {
+    let wit::Credential::Wallet(wallet) = crate::auth::credential(req, false).await? else {
         return Err(ApiError::new(
             ErrorKind::Unauthorized,
             "listing SIMs needs the payer's SIGN-IN-WITH-X wallet sign-in (access tokens open one SIM each)",

@@ -127,6 +127,49 @@ pub fn origin_of(url: &str) -> Option<(&str, &str)> {
     Some((&url[..scheme.len() + 3 + host.len()], host))
 }
 
+/// The `(origin, domain)` pairs a wallet sign-in may name on this service. With `configured` (the
+/// `public_origins` variable: comma-separated `scheme://host[:port]`), exactly those: the request's own Host
+/// header is the client's to choose, so it cannot say which site a signature was made for (a signature a
+/// wallet gave another site would open SIMs here). Without it, only a request to a loopback host may use its
+/// own origin (development); anywhere else sign-ins are refused until the variable is set.
+pub fn expected_origins<'a>(
+    configured: Option<&'a str>,
+    request_url: &'a str,
+) -> Result<Vec<(&'a str, &'a str)>, AuthError> {
+    if let Some(list) = configured {
+        let origins: Vec<_> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .filter_map(origin_of)
+            .collect();
+        if origins.is_empty() {
+            return Err(invalid(
+                "public_origins names no origin (scheme://host[:port], comma-separated)",
+            ));
+        }
+        return Ok(origins);
+    }
+    match origin_of(request_url) {
+        Some((origin, domain)) if is_loopback(domain) => Ok(vec![(origin, domain)]),
+        _ => Err(invalid(
+            "wallet sign-in needs this service's public origin: set the public_origins variable",
+        )),
+    }
+}
+
+/// Whether `authority` (`host[:port]`) names this machine: `localhost`, 127.0.0.0/8 or `[::1]`.
+fn is_loopback(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn chain_number(chain_id: &str) -> Result<u64, AuthError> {
     chain_id
         .strip_prefix("eip155:")

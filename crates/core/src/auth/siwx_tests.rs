@@ -255,3 +255,39 @@ fn extreme_clocks_refuse_without_overflow() {
     );
     refused(&p, &Expect { now: 0, ..expect() }, "future");
 }
+
+#[test]
+fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
+    assert_eq!(
+        expected_origins(
+            Some("https://esim.example.com, http://10.0.0.5:3000"),
+            "http://evil.com/v1/esim"
+        ),
+        Ok(vec![
+            ("https://esim.example.com", "esim.example.com"),
+            ("http://10.0.0.5:3000", "10.0.0.5:3000")
+        ]),
+        "the configured origins, whatever the request's Host says"
+    );
+    assert!(expected_origins(Some(" , "), "http://127.0.0.1/").is_err());
+    for local in [
+        "http://127.0.0.1:3000/v1/esim",
+        "http://localhost/x",
+        "http://[::1]:8080/",
+    ] {
+        let (origin, _) = origin_of(local).unwrap();
+        assert_eq!(
+            expected_origins(None, local).unwrap()[0].0,
+            origin,
+            "{local}"
+        );
+    }
+    for remote in [
+        "http://evil.com/v1/esim",
+        "http://10.0.0.5:3000/",
+        "http://127.0.0.1.evil.com/",
+    ] {
+        let e = expected_origins(None, remote).unwrap_err();
+        assert!(e.to_string().contains("public_origins"), "{remote}: {e}");
+    }
+}
