@@ -218,3 +218,37 @@ async fn hostile_hosts_are_refused_and_silent_connections_are_closed() {
         );
     }
 }
+
+/// A body without a length (chunked) or above the buffered size is read under the same deadline as a small
+/// one: a client that trickles it is answered once the deadline passes, instead of holding the instance
+/// reading it until the request timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickled_chunked_body_is_cut_off_at_the_body_deadline() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut opts = options(StoreConfig::Memory);
+    opts.body_timeout = Duration::from_millis(500);
+    let app = spawn_app(opts).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /v1/usage HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+        .await
+        .expect("answered, or closed, at the body deadline")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 4"),
+        "{answer} after {:?}",
+        started.elapsed()
+    );
+}

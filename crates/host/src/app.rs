@@ -53,6 +53,8 @@ pub struct LoadOptions {
     /// How long a connection may take to send a request's headers, or stay idle between requests, before it is
     /// closed (default 30 s; `ESIM402_HEADER_TIMEOUT_MS` in the environment overrides it).
     pub header_timeout: Duration,
+    /// How long a client may take to send a request's body, however it is framed (default 30 s).
+    pub body_timeout: Duration,
 }
 
 impl LoadOptions {
@@ -75,6 +77,7 @@ impl LoadOptions {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map_or(Duration::from_secs(30), Duration::from_millis),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -147,6 +150,8 @@ pub struct App {
     pub durability: kv::Durability,
     /// [`LoadOptions::header_timeout`].
     pub header_timeout: Duration,
+    /// [`LoadOptions::body_timeout`].
+    pub body_timeout: Duration,
     engine: Engine,
 }
 
@@ -384,6 +389,7 @@ impl App {
             stores,
             durability,
             header_timeout: opts.header_timeout,
+            body_timeout: opts.body_timeout,
             engine,
         })
     }

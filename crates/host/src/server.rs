@@ -45,15 +45,13 @@ fn set(headers: &mut http::HeaderMap, name: &str, value: &str) {
 /// Request bodies up to this size (by `Content-Length`) are read whole before the component sees the request.
 pub const BUFFERED_BODY_BYTES: u64 = 64 * 1024;
 
-/// How long a client may take to send a buffered body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The request body as the component will read it. One with a `Content-Length` of at most
 /// [`BUFFERED_BODY_BYTES`] (every API request but large receipt batches) is read here first, on the
 /// connection's own task: the guest's reads then complete at once instead of each one suspending the instance's
 /// task until the connection task has delivered the bytes (a cross-task round trip per read, ~30% of a 402's
 /// host CPU; BENCHMARKS.md, "The 402 path"). A client that has not sent it
-/// within [`BODY_TIMEOUT`] gets 408 without having held an instance. Larger or chunked bodies stream as before.
+/// within `timeout` gets 408 without having held an instance. Larger or chunked bodies stream, under the same
+/// deadline ([`Deadline`]): a client trickling one never holds an instance past it.
 async fn buffered<B>(
     headers: &http::HeaderMap,
     body: B,
@@ -69,7 +67,11 @@ where
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n <= BUFFERED_BODY_BYTES);
     if !small {
-        return Ok(body.map_err(Into::into).boxed_unsync());
+        return Ok(Deadline {
+            inner: Box::pin(body),
+            expires: Box::pin(tokio::time::sleep(timeout)),
+        }
+        .boxed_unsync());
     }
     match tokio::time::timeout(timeout, body.collect()).await {
         Ok(Ok(collected)) => {
@@ -96,6 +98,46 @@ where
                 timeout.as_secs()
             ),
         )),
+    }
+}
+
+/// A streamed request body that fails with a read timeout once its deadline passes, so a client trickling
+/// a large or chunked body cannot hold the instance reading it for longer than a buffered one may take.
+struct Deadline<B> {
+    inner: std::pin::Pin<Box<B>>,
+    expires: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> http_body::Body for Deadline<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let std::task::Poll::Ready(frame) = this.inner.as_mut().poll_frame(cx) {
+            return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.expires.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(
+                wasmtime_wasi_http::Error::ConnectionReadTimeout,
+            )));
+        }
+        std::task::Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -167,7 +209,7 @@ pub async fn handle(
         parts.uri = uri;
     }
     let component = m.route.component.clone();
-    let body = match buffered(&parts.headers, body, BODY_TIMEOUT).await {
+    let body = match buffered(&parts.headers, body, app.body_timeout).await {
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
