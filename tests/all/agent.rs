@@ -621,6 +621,21 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
     let s = PayStack::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
+    // The wallet's own daily cap (the policy file) allows two of these activations in all, whichever devices
+    // ask: each device's budget is on top of it, not instead of it.
+    let (_, offer) = s
+        .invoice(&json!({"region": "us-west", "data_mb": 10}))
+        .await;
+    let one: u64 = offer.amount.parse().unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::write(
+        dir.path().join("state").join("policy.toml"),
+        format!(
+            "max_per_day_usdc = \"{}\"\n",
+            esim402_core::UsdcAmount::from_micros(2 * one)
+        ),
+    )
+    .unwrap();
     let mut cmd = std::process::Command::new(agent_bin());
     cmd.args(["--url", &s.url, "--state-dir"])
         .arg(dir.path().join("state"))
@@ -676,6 +691,11 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
     assert_eq!(s.balance(agent()).await, start - U256::from(price.micros()));
     // Another device has its own budget.
     assert_eq!(activate("pump-2").await.unwrap().status(), 200);
+    // A third device is within its own budget, but the wallet's cap is spent: 403, nothing paid.
+    let r = activate("pump-3").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "over_budget", "{e}");
     // Requests that need no payment pass through; a device without an id is refused.
     let health = http
         .get(format!("{}/health", proxy.url))

@@ -22,6 +22,7 @@
 //! sends the very same payment (same nonce, same identifier), so nothing is paid twice.
 #![deny(missing_docs)]
 
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod cost;

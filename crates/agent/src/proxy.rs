@@ -46,6 +46,8 @@ pub struct ProxySettings {
 struct Shared {
     config: Config,
     policy: SpendPolicy,
+    /// The wallet's `max_per_day_usdc`, shared by every device (each also has its own, smaller budget).
+    budget: Arc<crate::budget::Budget>,
     settings: ProxySettings,
     http: reqwest::Client,
     devices: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -94,6 +96,7 @@ impl Shared {
             .min(self.settings.device_max_per_day);
         let dir = self.settings.state_dir.join("devices").join(device);
         Agent::new(self.config.clone(), policy, StateDir::new(dir), false)
+            .with_budget(self.budget.clone())
     }
 
     fn audit(&self, entry: &Value) -> std::io::Result<()> {
@@ -189,7 +192,9 @@ impl Shared {
             Err(AgentError::Policy(refusal)) => error_reply(
                 403,
                 "over_budget",
-                &format!("device {device}: {refusal}; nothing was paid"),
+                &format!(
+                    "device {device} (or the wallet all devices share): {refusal}; nothing was paid"
+                ),
             ),
             Err(AgentError::Refused { status, message }) => {
                 error_reply(status, "refused", &message)
@@ -222,6 +227,10 @@ pub async fn serve(
             .timeout(std::time::Duration::from_secs(120))
             .build()
             .map_err(std::io::Error::other)?,
+        budget: Arc::new(crate::budget::Budget::new(
+            policy.max_per_day_usdc,
+            StateDir::new(settings.state_dir.join("wallet")),
+        )),
         config,
         policy,
         settings,

@@ -65,6 +65,8 @@ pub struct Agent {
     state: StateDir,
     http: reqwest::Client,
     progress: bool,
+    /// A daily cap shared with other agents of this wallet (the proxy's devices), on top of this one's policy.
+    budget: Option<std::sync::Arc<crate::budget::Budget>>,
 }
 
 fn now() -> u64 {
@@ -96,7 +98,15 @@ impl Agent {
             state,
             http,
             progress,
+            budget: None,
         }
+    }
+
+    /// This agent, also within `budget`, a daily cap it shares with other agents of the same wallet.
+    #[must_use]
+    pub fn with_budget(mut self, budget: std::sync::Arc<crate::budget::Budget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The configuration (facilitator URL, wallet).

@@ -109,6 +109,11 @@ impl Agent {
                     status: SpendStatus::Pending,
                     transaction: None,
                 };
+                // Within the wallet's shared cap too (the proxy's devices): reserved with the record, so two
+                // devices paying at once cannot both pass the last of it.
+                if let Some(budget) = &self.budget {
+                    budget.reserve(&spend, now).map_err(local)??;
+                }
                 self.state
                     .update(|s| s.begin(&key, pending, spend))
                     .map_err(local)?;
@@ -153,6 +158,7 @@ impl Agent {
                     self.state
                         .update(|s| s.refused(&key, &payment_id))
                         .map_err(local)?;
+                    self.release(&payment_id)?;
                     return Err(AgentError::Refused {
                         status: 402,
                         message: format!("payment refused: {}", answer.message()),
@@ -164,6 +170,7 @@ impl Agent {
                     self.state
                         .update(|s| s.refused(&key, &payment_id))
                         .map_err(local)?;
+                    self.release(&payment_id)?;
                     return Err(AgentError::Unavailable {
                         message: format!(
                             "facilitator failed ({}), nothing was charged: {}",
@@ -196,5 +203,13 @@ impl Agent {
             message: format!("settlement still pending after {PENDING_RETRIES} tries"),
             pending: true,
         })
+    }
+
+    /// Give the shared budget's reservation of `payment_id` back (nothing was charged).
+    fn release(&self, payment_id: &str) -> Result<(), AgentError> {
+        match &self.budget {
+            Some(budget) => budget.release(payment_id).map_err(local),
+            None => Ok(()),
+        }
     }
 }

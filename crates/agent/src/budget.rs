@@ -1,0 +1,104 @@
+//! A daily cap shared by several agents of one process: the paying proxy signs for many devices with one
+//! wallet, each device within its own budget, and all of them together within the wallet's
+//! `max_per_day_usdc`. Every signed payment is reserved here before it is sent (a check and a record under
+//! one lock, so two devices paying at once cannot both pass the last of the cap) and released only if the
+//! facilitator says nothing was charged.
+
+use std::sync::Mutex;
+
+use esim402_core::UsdcAmount;
+
+use crate::policy::PolicyRefusal;
+use crate::state::{Spend, StateDir};
+
+/// What one wallet may sign in a day across every agent sharing it, and what it signed.
+pub struct Budget {
+    max_per_day: UsdcAmount,
+    state: StateDir,
+    lock: Mutex<()>,
+}
+
+impl Budget {
+    /// A budget of `max_per_day`, its spends kept in `state`.
+    pub fn new(max_per_day: UsdcAmount, state: StateDir) -> Self {
+        Self {
+            max_per_day,
+            state,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Reserve `spend` at `now`: recorded, or refused when it would take today's total past the cap.
+    pub fn reserve(&self, spend: &Spend, now: u64) -> Result<Result<(), PolicyRefusal>, String> {
+        let _one = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.state.update(|s| {
+            let spent = s.spent_today(now);
+            match spent.checked_add(spend.amount_usdc) {
+                Some(total) if total <= self.max_per_day => {
+                    s.spends.push(spend.clone());
+                    Ok(())
+                }
+                _ => Err(PolicyRefusal::MaxPerDay {
+                    spent,
+                    price: spend.amount_usdc,
+                    max: self.max_per_day,
+                }),
+            }
+        })
+    }
+
+    /// Give back the reservation of `payment_id` (nothing was charged).
+    pub fn release(&self, payment_id: &str) -> Result<(), String> {
+        let _one = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.state
+            .update(|s| s.spends.retain(|x| x.payment_id != payment_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::state::SpendStatus;
+
+    fn spend(id: &str, micros: u64) -> Spend {
+        Spend {
+            payment_id: id.into(),
+            purpose: "device".into(),
+            at: 1_000_000,
+            amount_usdc: UsdcAmount::from_micros(micros),
+            network: "eip155:31337".into(),
+            pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
+            status: SpendStatus::Pending,
+            transaction: None,
+        }
+    }
+
+    #[test]
+    fn devices_share_the_wallets_daily_cap_and_a_release_gives_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Budget::new(
+            UsdcAmount::from_micros(100_000),
+            StateDir::new(dir.path().join("wallet")),
+        );
+        assert_eq!(budget.reserve(&spend("a", 50_000), 1_000_000), Ok(Ok(())));
+        assert_eq!(budget.reserve(&spend("b", 50_000), 1_000_000), Ok(Ok(())));
+        assert!(matches!(
+            budget.reserve(&spend("c", 50_000), 1_000_000),
+            Ok(Err(PolicyRefusal::MaxPerDay { .. }))
+        ));
+        budget.release("b").unwrap();
+        assert_eq!(budget.reserve(&spend("c", 50_000), 1_000_000), Ok(Ok(())));
+        // The next day starts afresh.
+        assert_eq!(
+            budget.reserve(&spend("d", 100_000), 1_000_000 + 86_400),
+            Ok(Ok(()))
+        );
+    }
+}
