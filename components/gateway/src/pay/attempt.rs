@@ -170,19 +170,19 @@ impl Attempt<'_> {
                     self.fields().detail("reason", &err.message),
                 );
                 let refund = self.owe_refund(&tx, &err.message).await;
+                let end = refund_end(&refund);
                 let mut body = json!({ "error": err, "charged": true, "refund": refund });
                 body["error"]["message"] = Value::String(format!(
                     "{}; the payment is owed back to {payer}",
                     err.message
                 ));
-                (
-                    wit::PaymentEnd::Done,
-                    stored(err.status(), vec![], body.to_string()),
-                )
+                (end, stored(err.status(), vec![], body.to_string()))
             }
         }
     }
 
+    /// Owe the payment back (idempotent per invoice): the refund as the verifier recorded it, or
+    /// `{"status": "unrecorded", ...}` (see [`refund_end`]).
     async fn owe_refund(&self, tx: &str, reason: &str) -> Value {
         let owed = verifier::owe_refund(
             self.invoice.clone(),
@@ -305,16 +305,14 @@ impl Attempt<'_> {
             },
             Err(wit::Error::Conflict(msg)) if matches!(order, Order::TopUp { .. }) => {
                 let refund = self.owe_refund(tx, &msg).await;
+                let end = refund_end(&refund);
                 let err = ApiError::new(ErrorKind::Conflict, msg);
                 let mut body = json!({ "error": err, "charged": true, "refund": refund });
                 body["error"]["message"] = Value::String(format!(
                     "{}; the payment is owed back to {payer}",
                     err.message
                 ));
-                (
-                    wit::PaymentEnd::Done,
-                    stored(err.status(), vec![], body.to_string()),
-                )
+                (end, stored(err.status(), vec![], body.to_string()))
             }
             // Money moved and the SIM exists: the same payment sent again credits it (nothing twice).
             Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
@@ -395,5 +393,16 @@ impl Attempt<'_> {
                 .detail("iccid", &sim.iccid)
                 .detail("carrier", &sim.carrier),
         );
+    }
+}
+
+/// How a payment whose money is owed back ends: done once the refund is recorded (and queued); if it could not
+/// be, the payment stays open, so the same payment sent again owes it again (owing is once per invoice, and a
+/// recorded refund missing from the queue is queued then).
+fn refund_end(refund: &Value) -> wit::PaymentEnd {
+    if refund["status"] == "unrecorded" {
+        wit::PaymentEnd::Resume
+    } else {
+        wit::PaymentEnd::Done
     }
 }
