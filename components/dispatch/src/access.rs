@@ -47,12 +47,16 @@ pub async fn authorize(iccid: &str, credential: &wit::Credential) -> Result<wit:
     Ok(sim_to_wit(&sim))
 }
 
+/// A verified wallet's address.
+pub fn wallet_address(w: &wit::WalletProof) -> Result<Address, wit::Error> {
+    w.address
+        .parse()
+        .map_err(|_| wit::Error::Unauthorized("not an EVM address".into()))
+}
+
 /// Claim a verified wallet's sign-in nonce (once per wallet): its address, or `unauthorized` for a reused one.
 pub fn claim_wallet(w: &wit::WalletProof) -> Result<Address, wit::Error> {
-    let address: Address = w
-        .address
-        .parse()
-        .map_err(|_| wit::Error::Unauthorized("not an EVM address".into()))?;
+    let address = wallet_address(w)?;
     if !kv::claim::<wit::Error>(&keys::auth_nonce(address, &w.nonce)).map_err(kv_err)? {
         return Err(refused(AuthError::NonceReused));
     }

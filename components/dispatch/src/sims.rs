@@ -36,7 +36,9 @@ pub async fn get(iccid: &str) -> Result<Option<wit::Sim>, wit::Error> {
 }
 
 /// `list-sims`: one page of the SIMs the signed-in wallet paid for (its owner index,
-/// [`crate::sim_store::owned`]), only `label`'s if given. The page is checked before the wallet's nonce is used.
+/// [`crate::sim_store::owned`]), only `label`'s if given. The page is checked before the wallet's nonce is used,
+/// and the nonce is claimed only when the page lists something: any wallet may ask, and one that paid for
+/// nothing must not make the store keep its nonces.
 pub async fn list(
     wallet: &wit::WalletProof,
     label: Option<&str>,
@@ -49,8 +51,15 @@ pub async fn list(
             format!("limit must be 1-{}", esim402_core::order::MAX_PAGE),
         ));
     }
-    let owner = crate::access::claim_wallet(wallet)?;
+    let owner = crate::access::wallet_address(wallet)?;
     let (owned, next) = crate::sim_store::owned(owner, after, limit).await?;
+    if owned.is_empty() {
+        return Ok(SimPage {
+            sims: Vec::new(),
+            next,
+        });
+    }
+    crate::access::claim_wallet(wallet)?;
     let mut sims = Vec::new();
     for chunk in owned.chunks(crate::sim_store::READ_AHEAD) {
         let iccids = chunk

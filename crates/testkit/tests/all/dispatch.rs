@@ -1285,6 +1285,40 @@ async fn list_sims(
     Ok((page.sims.into_iter().map(|s| s.iccid).collect(), page.next))
 }
 
+/// Any wallet may list its SIMs; one that paid for nothing gets an empty page and the store keeps nothing for
+/// it (its sign-in nonce is claimed only when the page lists a SIM); the owner's nonce is still used once.
+#[tokio::test]
+async fn listing_stores_no_nonce_for_a_wallet_without_sims() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let stranger = types::WalletProof {
+        address: "0x0000000000000000000000000000000000000b0b".into(),
+        nonce: "stranger1".into(),
+    };
+    for _ in 0..2 {
+        let w = stranger.clone();
+        let page = kit
+            .call(async move |a, g| g.dispatch().call_list_sims(a, w, None, 0, 10).await)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(page.sims.is_empty());
+    }
+    let keys = kit.kv().keys().await.unwrap();
+    assert!(
+        !keys.iter().any(|k| k.starts_with("auth/")),
+        "nothing stored: {keys:?}"
+    );
+    order(&mut kit, request("us-west", None), "inv-listed")
+        .await
+        .unwrap();
+    let (sims, _) = list_sims(&mut kit, "owner1", 0, 10).await.unwrap();
+    assert_eq!(sims.len(), 1);
+    assert!(matches!(
+        list_sims(&mut kit, "owner1", 0, 10).await,
+        Err(types::Error::Unauthorized(_))
+    ));
+}
+
 /// Each SIM a wallet pays for takes one write-once slot of its owner index: nothing already indexed is
 /// rewritten (no growing list, no cell versions), listing reads the list kept before slots existed first, and
 /// skips a slot an order reserved but never filled or a SIM indexed twice.
