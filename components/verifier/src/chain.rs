@@ -271,7 +271,7 @@ impl Chain {
     }
 
     /// Poll for `hash`'s receipt until `deadline` (at least once): `None` if it is not mined (or not buried
-    /// under the network's confirmations) by then. RPC failures while polling only mean "not yet". A receipt
+    /// under the network's confirmations, whatever its outcome) by then. RPC failures while polling only mean "not yet". A receipt
     /// with status 1 that `shows` refuses is [`Mined::Unproven`].
     pub async fn wait_for(
         &self,
@@ -286,21 +286,20 @@ impl Chain {
             let timeout = left.clamp(Duration::from_millis(500), CALL_TIMEOUT);
             let (receipt, head) = self.receipt_and_head(hash, need > 1, timeout).await;
             if let Ok(Some(receipt)) = receipt {
-                if !receipt.status {
-                    return Some(Mined::Reverted {
-                        block: receipt.block_number,
+                // Any outcome counts only once buried: a revert at depth 0 can be reorganised into a success
+                // (after which a refund, say, owed again would be paid twice).
+                let buried = need <= 1
+                    || matches!(head, Some(Ok(head)) if receipt.confirmations(head) >= need);
+                if buried {
+                    return Some(if !receipt.status {
+                        Mined::Reverted {
+                            block: receipt.block_number,
+                        }
+                    } else if !shows(&receipt) {
+                        Mined::Unproven
+                    } else {
+                        Mined::Succeeded
                     });
-                }
-                if !shows(&receipt) {
-                    return Some(Mined::Unproven);
-                }
-                if need <= 1 {
-                    return Some(Mined::Succeeded);
-                }
-                if let Some(Ok(head)) = head
-                    && receipt.confirmations(head) >= need
-                {
-                    return Some(Mined::Succeeded);
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());

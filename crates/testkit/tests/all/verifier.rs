@@ -1389,6 +1389,24 @@ async fn a_settlement_waits_for_its_confirmations_reading_receipt_and_head_toget
     node.set(|c| c.head = 0x13);
     assert_eq!(settle(&mut kit, &inv, p.v2()).await, Ok(S::Settled(hash)));
     assert_eq!(node.sent().len(), 1);
+
+    // A revert counts only once buried too (a reorganisation could still turn it into a success).
+    node.set(|c| {
+        c.head = 0x12;
+        c.mining = Mining::Revert;
+    });
+    let inv = invoice(41, None);
+    let p = pay(&inv);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    let hash = keccak256(&node.sent()[1]).to_string();
+    assert_eq!(got, Ok(S::Pending(hash)), "not buried yet");
+    node.set(|c| c.head = 0x13);
+    assert_eq!(
+        settle(&mut kit, &inv, p.v2()).await,
+        Err(E::PaymentRequired(
+            "invalid_exact_evm_transaction_failed".into()
+        ))
+    );
 }
 
 #[tokio::test]
