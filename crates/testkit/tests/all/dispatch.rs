@@ -479,12 +479,17 @@ async fn a_failed_confirm_cancels_the_allocated_profile_before_failing_over() {
             call("verizon", "confirmOrder"),
         ]
     );
+    given_back(&kit, 1).await;
+}
+
+/// The profile whose ConfirmOrder is request `confirm` went back to the pool (the next request cancels it,
+/// `Available`), and its record says it failed.
+async fn given_back(kit: &Kit, confirm: usize) {
     let reqs = kit.requests();
-    let abandoned = reqs[1].json().unwrap()["iccid"].clone();
-    let cancel = reqs[2].json().unwrap();
+    let abandoned = reqs[confirm].json().unwrap()["iccid"].clone();
+    let cancel = reqs[confirm + 1].json().unwrap();
     assert_eq!(cancel["iccid"], abandoned);
     assert_eq!(cancel["finalProfileStatusIndicator"], "Available");
-    // The abandoned profile's record says what happened to it.
     let old: Value = serde_json::from_slice(
         &kit.kv_get(&format!("sim/{}", abandoned.as_str().unwrap()))
             .await
@@ -582,20 +587,7 @@ async fn an_eid_refused_at_confirm_is_rejected_and_the_profile_given_back() {
             call("tmobile", "cancelOrder"),
         ]
     );
-    let reqs = kit.requests();
-    let iccid = reqs[1].json().unwrap()["iccid"].clone();
-    assert_eq!(reqs[2].json().unwrap()["iccid"], iccid);
-    assert_eq!(
-        reqs[2].json().unwrap()["finalProfileStatusIndicator"],
-        "Available"
-    );
-    let stored: Value = serde_json::from_slice(
-        &kit.kv_get(&format!("sim/{}", iccid.as_str().unwrap()))
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(stored["state"], "failed");
+    given_back(&kit, 1).await;
 }
 
 /// The SIM record of an allocated profile cannot be written: the order fails, and the profile goes back to
