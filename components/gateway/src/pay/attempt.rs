@@ -85,17 +85,11 @@ impl Attempt<'_> {
                 (wit::PaymentEnd::Done, self.settle_failed(&reason, &payer))
             }
             // The authorization settled something else meanwhile (a v1 payment replayed with another
-            // request): this invoice gets nothing, and neither does its profile.
-            Err(wit::Error::Conflict(msg)) => {
-                self.withdraw(order, &sim, &payer, &msg).await;
-                let e = ApiError::new(ErrorKind::Conflict, msg);
-                (wit::PaymentEnd::Done, stored_error(&e))
-            }
-            // The invoice expired while the profile was being ordered (the verifier refuses before it claims or
-            // sends anything): no money moves, so the profile does not stay with the payer either.
-            Err(wit::Error::Expired(msg)) => {
-                self.withdraw(order, &sim, &payer, &msg).await;
-                let e = ApiError::new(ErrorKind::Expired, msg);
+            // request), or the invoice expired while the profile was being ordered (refused before anything
+            // was claimed or sent): no money moves, so this invoice gets nothing, and neither does its profile.
+            Err(e @ (wit::Error::Conflict(_) | wit::Error::Expired(_))) => {
+                let e = from_wit(e);
+                self.withdraw(order, &sim, &payer, &e.message).await;
                 (wit::PaymentEnd::Done, stored_error(&e))
             }
             Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
@@ -169,21 +163,33 @@ impl Attempt<'_> {
                     EntryKind::ActivationFailed,
                     self.fields().detail("reason", &err.message),
                 );
-                let refund = self.owe_refund(&tx, &err.message).await;
-                let end = refund_end(&refund);
-                let mut body = json!({ "error": err, "charged": true, "refund": refund });
-                body["error"]["message"] = Value::String(format!(
-                    "{}; the payment is owed back to {payer}",
-                    err.message
-                ));
-                (end, stored(err.status(), vec![], body.to_string()))
+                self.owed_back(&tx, err, &payer).await
             }
         }
     }
 
-    /// Owe the payment back (idempotent per invoice): the refund as the verifier recorded it, or
-    /// `{"status": "unrecorded", ...}` (see [`refund_end`]).
-    async fn owe_refund(&self, tx: &str, reason: &str) -> Value {
+    /// The payment (settled in `tx`) is owed back to `payer` because of `err`: owe it and answer with the error,
+    /// `charged: true` and the refund. Done once the refund is recorded (and queued); if it could not be, the
+    /// payment stays open, so the same payment sent again owes it again (owing is once per invoice, and a
+    /// recorded refund missing from the queue is queued then).
+    async fn owed_back(
+        &self,
+        tx: &str,
+        err: ApiError,
+        payer: &str,
+    ) -> (wit::PaymentEnd, StoredResponse) {
+        let (refund, end) = self.owe_refund(tx, &err.message).await;
+        let mut body = json!({ "error": err, "charged": true, "refund": refund });
+        body["error"]["message"] = Value::String(format!(
+            "{}; the payment is owed back to {payer}",
+            err.message
+        ));
+        (end, stored(err.status(), vec![], body.to_string()))
+    }
+
+    /// Owe the payment back (idempotent per invoice): the refund as the verifier recorded it and `Done`, or
+    /// `{"status": "unrecorded", ...}` and `Resume`.
+    async fn owe_refund(&self, tx: &str, reason: &str) -> (Value, wit::PaymentEnd) {
         let owed = verifier::owe_refund(
             self.invoice.clone(),
             tx.to_owned(),
@@ -203,14 +209,17 @@ impl Attempt<'_> {
                 if owed.new {
                     self.pending.borrow_mut().push(owed.event);
                 }
-                serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund))
+                let refund =
+                    serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund));
+                (refund, wit::PaymentEnd::Done)
             }
             Err(e) => {
                 eprintln!(
                     "gateway: REFUND NOT RECORDED for {}: {e:?}",
                     self.invoice.id
                 );
-                json!({ "status": "unrecorded", "error": from_wit(e).message })
+                let refund = json!({ "status": "unrecorded", "error": from_wit(e).message });
+                (refund, wit::PaymentEnd::Resume)
             }
         }
     }
@@ -304,15 +313,8 @@ impl Attempt<'_> {
                 _ => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
             },
             Err(wit::Error::Conflict(msg)) if matches!(order, Order::TopUp { .. }) => {
-                let refund = self.owe_refund(tx, &msg).await;
-                let end = refund_end(&refund);
-                let err = ApiError::new(ErrorKind::Conflict, msg);
-                let mut body = json!({ "error": err, "charged": true, "refund": refund });
-                body["error"]["message"] = Value::String(format!(
-                    "{}; the payment is owed back to {payer}",
-                    err.message
-                ));
-                (end, stored(err.status(), vec![], body.to_string()))
+                self.owed_back(tx, ApiError::new(ErrorKind::Conflict, msg), payer)
+                    .await
             }
             // Money moved and the SIM exists: the same payment sent again credits it (nothing twice).
             Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
@@ -393,16 +395,5 @@ impl Attempt<'_> {
                 .detail("iccid", &sim.iccid)
                 .detail("carrier", &sim.carrier),
         );
-    }
-}
-
-/// How a payment whose money is owed back ends: done once the refund is recorded (and queued); if it could not
-/// be, the payment stays open, so the same payment sent again owes it again (owing is once per invoice, and a
-/// recorded refund missing from the queue is queued then).
-fn refund_end(refund: &Value) -> wit::PaymentEnd {
-    if refund["status"] == "unrecorded" {
-        wit::PaymentEnd::Resume
-    } else {
-        wit::PaymentEnd::Done
     }
 }
