@@ -1,0 +1,168 @@
+//! A payment presented with a request, decoded once: an x402 `exact` payload (`PAYMENT-SIGNATURE` v2,
+//! `X-PAYMENT` v1) or a tx-hash proof (`X-Payment-Proof` with the payer's `X-Payment-Proof-Signature`). The
+//! components get the payload JSON or the signed hash; the payment's identity is its fingerprint.
+
+use esim402_core::paid;
+use esim402_core::x402::payment_id::{PaymentId, payment_id_of};
+use esim402_core::x402::requirements::invoice_id_of;
+use esim402_core::x402::{
+    PaymentPayload, decode_payment_signature_header, decode_x_payment_header,
+};
+use esim402_core::{ApiError, InvoiceId};
+use esim402_guest::wit;
+
+/// How a payment came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `PAYMENT-SIGNATURE`.
+    V2,
+    /// `X-PAYMENT`.
+    V1,
+    /// `X-Payment-Proof`.
+    TxHash,
+}
+
+/// A payment presented with a request, decoded.
+pub struct Proof {
+    pub(super) kind: Kind,
+    /// The header value as sent (the transaction hash, for tx-hash proofs).
+    value: String,
+    /// The decoded x402 payload (`None` for tx-hash proofs).
+    payload: Option<PaymentPayload>,
+    /// A tx-hash proof's `X-Payment-Proof-Signature` (checked by the verifier).
+    signature: Option<String>,
+    /// Its identity (kernel [`paid::fingerprint`]).
+    pub(super) fingerprint: String,
+}
+
+/// The payer's signature that goes with `X-Payment-Proof`.
+const PROOF_SIGNATURE: &str = "x-payment-proof-signature";
+
+const HEADERS: [(&str, Kind); 3] = [
+    ("payment-signature", Kind::V2),
+    ("x-payment", Kind::V1),
+    ("x-payment-proof", Kind::TxHash),
+];
+
+impl Proof {
+    /// The payment on a request: `None` without one; 400 naming the header when it is malformed or when
+    /// more than one kind is sent.
+    pub fn from_headers(headers: &spin_sdk::http::HeaderMap) -> Result<Option<Self>, ApiError> {
+        let mut found = HEADERS.iter().filter(|(h, _)| headers.contains_key(*h));
+        let Some(&(name, kind)) = found.next() else {
+            return Ok(None);
+        };
+        if let Some((other, _)) = found.next() {
+            return Err(ApiError::invalid(
+                *other,
+                format!("send one payment: both {name} and {other} are present"),
+            ));
+        }
+        let value = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::invalid(name, format!("{name} is not ASCII")))?
+            .trim()
+            .to_owned();
+        let (payload, fingerprint) = match kind {
+            Kind::V2 | Kind::V1 => {
+                let payload = if kind == Kind::V2 {
+                    decode_payment_signature_header(&value)?
+                } else {
+                    decode_x_payment_header(&value)?
+                };
+                let fp = paid::fingerprint(payload.to_json().as_bytes());
+                (Some(payload), fp)
+            }
+            Kind::TxHash => {
+                let ok = value.len() == 66
+                    && value.starts_with("0x")
+                    && value[2..].bytes().all(|b| b.is_ascii_hexdigit());
+                if !ok {
+                    return Err(ApiError::invalid(
+                        "X-Payment-Proof",
+                        "X-Payment-Proof must be a 0x-prefixed 32-byte transaction hash",
+                    ));
+                }
+                let fp = paid::fingerprint(value.to_ascii_lowercase().as_bytes());
+                (None, fp)
+            }
+        };
+        let signature = match kind {
+            Kind::TxHash => Some(
+                headers
+                    .get(PROOF_SIGNATURE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim().to_owned())
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "X-Payment-Proof-Signature",
+                            "a tx-hash proof needs X-Payment-Proof-Signature: the payer's personal_sign (EIP-191) of the three lines \"esim402 payment proof\", \"invoice: <invoice id>\", \"transaction: <tx hash>\"",
+                        )
+                    })?,
+            ),
+            Kind::V2 | Kind::V1 => None,
+        };
+        Ok(Some(Self {
+            kind,
+            value,
+            payload,
+            signature,
+            fingerprint,
+        }))
+    }
+
+    /// The payment's identity (kernel [`paid::fingerprint`]).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// As the components take it: the payload's JSON, or the transaction hash.
+    pub(super) fn wit(&self) -> wit::PaymentProof {
+        match &self.payload {
+            Some(p) => wit::PaymentProof::X402(p.to_json()),
+            None => wit::PaymentProof::TxHash(wit::TxHashProof {
+                hash: self.value.clone(),
+                signature: self.signature.clone().unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// The invoice the payment names (v2: inside `accepted`; tx-hash: the body's `invoice_id` or the
+    /// `X-Invoice-Id` header). v1 payments name none: see [`super::invoice_for`].
+    pub(super) fn invoice_id(
+        &self,
+        named: Option<&InvoiceId>,
+    ) -> Result<Option<InvoiceId>, ApiError> {
+        match (self.kind, &self.payload) {
+            (Kind::TxHash, _) => named.cloned().map(Some).ok_or_else(|| {
+                ApiError::invalid(
+                    "invoice_id",
+                    "a tx-hash proof must name its invoice: body field invoice_id or header X-Invoice-Id",
+                )
+            }),
+            (_, Some(payload)) => Ok(invoice_id_of(payload)),
+            (_, None) => Ok(None),
+        }
+    }
+
+    pub(super) fn payment_id(&self) -> Result<Option<PaymentId>, ApiError> {
+        match &self.payload {
+            Some(p) => payment_id_of(p).map_err(|m| ApiError::invalid("payment-identifier", m)),
+            None => Ok(None),
+        }
+    }
+
+    /// The network the payment names, as the client spelled it (v1 names stay v1 names).
+    pub(super) fn network(&self, invoice: &wit::Invoice) -> String {
+        match &self.payload {
+            Some(p) => p.network().to_owned(),
+            None => invoice
+                .options
+                .first()
+                .map(|o| o.network.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
