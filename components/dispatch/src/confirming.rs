@@ -122,7 +122,7 @@ pub async fn finish(
         Err(e) => {
             // The outcome cannot be recorded, and the order fails: give the profile back rather than leave it
             // allocated (or released under a code nobody will get).
-            give_back(cfg, carrier, step).await;
+            cancel_profile(cfg, carrier, step, false).await;
             return Err(Skip::Reject(e));
         }
     };
@@ -141,7 +141,7 @@ pub async fn conclude(
         AfterConfirm::Store(sim) if sim.state != SimState::Failed => Ok(sim),
         AfterConfirm::Delivered(sim) => Ok(sim),
         AfterConfirm::Store(_) => {
-            give_back(cfg, carrier, step).await;
+            cancel_profile(cfg, carrier, step, false).await;
             Err(match refusal {
                 Some(Refusal::Code(code)) => Skip::refused(carrier, &code),
                 Some(Refusal::Transport(t)) => {
@@ -152,8 +152,8 @@ pub async fn conclude(
             })
         }
         AfterConfirm::Withdrawn { sim, retire } => {
-            if retire && let Ok(iccid) = Iccid::parse(&step.iccid) {
-                calls::cancel(cfg, carrier, &iccid, true).await;
+            if retire {
+                cancel_profile(cfg, carrier, step, true).await;
             }
             Err(Skip::Reject(wit::Error::Conflict(format!(
                 "SIM {} was terminated by its owner before its order finished; nothing was delivered",
@@ -167,9 +167,10 @@ pub async fn conclude(
     }
 }
 
-/// CancelOrder(`Available`) the profile of `step`: it goes back to the carrier's pool.
-pub async fn give_back(cfg: &Config, carrier: &Carrier, step: &Step) {
+/// CancelOrder the profile of `step`: back to the carrier's pool, or `retire`d (`Unavailable`: nobody may
+/// download it).
+pub async fn cancel_profile(cfg: &Config, carrier: &Carrier, step: &Step, retire: bool) {
     if let Ok(iccid) = Iccid::parse(&step.iccid) {
-        calls::cancel(cfg, carrier, &iccid, false).await;
+        calls::cancel(cfg, carrier, &iccid, retire).await;
     }
 }

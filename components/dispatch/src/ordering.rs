@@ -14,9 +14,9 @@ use esim402_guest::convert::{internal, invalid, kv_err, message};
 use esim402_guest::kv::{self, Change, Stored};
 use esim402_guest::{util, wit};
 
-use crate::calls::{self, Deadline, call_twice, fci, header};
+use crate::calls::{Deadline, call_twice, fci, header};
 use crate::config::Config;
-use crate::confirming::{Skip, conclude, finish, give_back};
+use crate::confirming::{Skip, cancel_profile, conclude, finish};
 use crate::spec::{OrderSpec, candidates};
 use crate::{cleanup, queue, sim_store};
 
@@ -126,7 +126,7 @@ async fn try_carrier(
     };
     // Journal first, then the pending SIM: a crash after this point is resumable and visible.
     if let Err(e) = journal(driver, |o| o.step = Some(step.clone())).await {
-        calls::cancel(cfg, carrier, &iccid, false).await;
+        cancel_profile(cfg, carrier, &step, false).await;
         return Err(Skip::Reject(e));
     }
     // A SIM just allocated has no record yet: store it without reading first (a put ignores what is there).
@@ -134,7 +134,7 @@ async fn try_carrier(
         Ok(at) => at,
         Err(e) => {
             // The order fails on this error: the profile must not stay allocated with nobody to confirm it.
-            give_back(cfg, carrier, &step).await;
+            cancel_profile(cfg, carrier, &step, false).await;
             return Err(Skip::Reject(e));
         }
     };
