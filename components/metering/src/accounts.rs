@@ -131,11 +131,7 @@ pub async fn credit(
         .detail("remaining_bytes", balance.remaining_bytes.to_string());
     // The hold as it stands (a release if this credit lifted it): applied idempotently by dispatch, so a
     // release that was not applied is applied when the same payment is sent again.
-    let hold = account.hold().map(|(hold, epoch)| wit::BalanceHold {
-        iccid: iccid.to_string(),
-        hold,
-        epoch,
-    });
+    let hold = account.hold().map(|h| balance_hold(iccid.as_str(), h));
     Ok(api::Credited {
         balance,
         new,
@@ -187,10 +183,9 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
         .map_err(kv_err)?;
     // What the old SIM charged between the read above and the move is handed on now; what it reports later,
     // by the batches that charge it.
-    let used_new = match forward(from.as_str(), used(from.as_str())?).await? {
-        Some((_, used_new)) => used_new,
-        None => used_new,
-    };
+    let used_new = forward(from.as_str(), used(from.as_str())?)
+        .await?
+        .map_or(used_new, |(_, after)| after);
     let balance = to_wit(&account, used_new);
     let bytes: u64 = moved.iter().map(|c| c.bytes).sum();
     let value: u64 = moved.iter().map(|c| c.paid.micros()).sum();
@@ -259,11 +254,16 @@ pub async fn exhaust(iccid: &str, used: u64) -> Result<Option<wit::BalanceHold>,
         })
         .await
         .map_err(kv_err)?;
-    Ok(hold.map(|(hold, epoch)| wit::BalanceHold {
+    Ok(hold.map(|h| balance_hold(iccid, h)))
+}
+
+/// `iccid`'s balance hold for dispatch, from the account's `(held, epoch)` (kernel `Account::hold`).
+pub fn balance_hold(iccid: &str, (hold, epoch): (bool, u64)) -> wit::BalanceHold {
+    wit::BalanceHold {
         iccid: iccid.to_owned(),
         hold,
         epoch,
-    }))
+    }
 }
 
 /// Close the account: the unused-data refund shares (JSON), fixed by the first close. The account is marked

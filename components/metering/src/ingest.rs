@@ -218,13 +218,14 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
             }
             continue;
         }
-        // Out of balance: the hold, every batch (a hold that was not applied is applied by a later batch).
-        if account.closed.is_none()
-            && !account.closing
-            && account.remaining(used) <= 0
-            && let Some(hold) = accounts::exhaust(iccid, used).await?
-        {
-            holds.push(hold);
+        // Out of balance: the hold, every batch (a hold that was not applied is applied by a later batch). One
+        // the account held already when the batch read it is sent again as read, without another store read.
+        if account.closed.is_none() && !account.closing && account.remaining(used) <= 0 {
+            let held = account.hold().filter(|(held, _)| *held);
+            match held {
+                Some(h) => holds.push(accounts::balance_hold(iccid, h)),
+                None => holds.extend(accounts::exhaust(iccid, used).await?),
+            }
         }
     }
 
