@@ -4,7 +4,7 @@
 //! the ICCID; dispatch then decides whether it opens the SIM (404 if not, exactly like a SIM that does not
 //! exist) and claims a wallet's nonce once.
 
-use esim402_core::auth::siwx::{self, Expect, SiwxProof};
+use esim402_core::auth::siwx::{self, SiwxProof};
 use esim402_core::auth::{AuthError, token};
 use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
@@ -35,25 +35,9 @@ pub async fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credent
     let configured = esim402_guest::config::optional_var("public_origins").await;
     let origins =
         siwx::expected_origins(configured.as_deref(), &url).map_err(|e| unauthorized(&e))?;
-    let proof = SiwxProof::from_header(value).map_err(|e| unauthorized(&e))?;
-    let now = now();
-    // Signed for one of this service's origins (usually one): the first that verifies, else the first's refusal.
-    let mut verified = Err(AuthError::Missing);
-    for (i, (origin, domain)) in origins.into_iter().enumerate() {
-        match proof.verify(&Expect {
-            domain,
-            origin,
-            now,
-        }) {
-            Ok(v) => {
-                verified = Ok(v);
-                break;
-            }
-            Err(e) if i == 0 => verified = Err(e),
-            Err(_) => {}
-        }
-    }
-    let verified = verified.map_err(|e| unauthorized(&e))?;
+    let verified = SiwxProof::from_header(value)
+        .and_then(|p| p.verify_for(&origins, now()))
+        .map_err(|e| unauthorized(&e))?;
     Ok(wit::Credential::Wallet(wit::WalletProof {
         address: verified.address.to_checksum(None),
         nonce: verified.nonce,

@@ -233,6 +233,25 @@ impl SiwxProof {
         Ok(lines.join("\n"))
     }
 
+    /// [`Self::verify`] for a service reached at any of `origins` (`(origin, domain)` pairs,
+    /// [`expected_origins`]) at `now`: the signer for the first that passes, else the first's refusal.
+    pub fn verify_for(&self, origins: &[(&str, &str)], now: u64) -> Result<Verified, AuthError> {
+        let mut first_refusal = None;
+        for &(origin, domain) in origins {
+            match self.verify(&Expect {
+                domain,
+                origin,
+                now,
+            }) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    first_refusal.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_refusal.unwrap_or(AuthError::Missing))
+    }
+
     /// Every check of the module docs; the signer if all pass.
     pub fn verify(&self, expect: &Expect<'_>) -> Result<Verified, AuthError> {
         if self.version != "1" {

@@ -291,3 +291,14 @@ fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
         assert!(e.to_string().contains("public_origins"), "{remote}: {e}");
     }
 }
+
+#[test]
+fn a_proof_verifies_for_any_of_the_service_s_origins_else_names_the_first_refusal() {
+    let p = signed();
+    let ours = ("http://127.0.0.1:3000", "127.0.0.1:3000");
+    let other = ("https://esim.example.com", "esim.example.com");
+    assert_eq!(p.verify_for(&[other, ours], NOW), p.verify(&expect()));
+    let refused = p.verify_for(&[other], NOW).unwrap_err();
+    assert!(refused.to_string().contains("domain"), "{refused}");
+    assert_eq!(p.verify_for(&[], NOW), Err(AuthError::Missing));
+}
