@@ -660,14 +660,7 @@ async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_over_activation_refunds_its_unused_data_up_to_what_was_paid() {
     let s = PayStack::start(&[]).await;
-    let r = s
-        .http
-        .put(format!("{}/admin/operators/tmobile/faults", s.sim.url))
-        .json(&json!({"http_503": true}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    s.set_faults("tmobile", json!({"http_503": true})).await;
     let body = json!({"region": "us-west", "data_mb": 1000});
     let (_, req) = s.invoice(&body).await;
     let act = s.activate_paid(&body, &[]).await;

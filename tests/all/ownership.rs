@@ -132,7 +132,7 @@ async fn get_activate_is_a_payable_challenge_and_methods_are_announced() {
     let r = s
         .http
         .get(&sim_url)
-        .header("sign-in-with-x", wrong_host)
+        .header("sign-in-with-x", wrong_host.clone())
         .send()
         .await
         .unwrap();
@@ -143,19 +143,14 @@ async fn get_activate_is_a_payable_challenge_and_methods_are_announced() {
         e["error"]["message"].as_str().unwrap().contains("domain"),
         "{e}"
     );
-    // Sent with that site's name as Host: still not this service (the Host header is the client's own, so it
+    // The same proof sent with that site's name as Host: still not this service (the Host header is the client's own, so it
     // says nothing about which site the wallet signed for; only a loopback request, or the configured
     // public_origins, name an origin a sign-in may be for).
-    let replayed = esim402_tests::sign_in(
-        esim402_host::devstack::chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
-        "http://evil.test",
-        &path,
-    );
     let r = s
         .http
         .get(&sim_url)
         .header("host", "evil.test")
-        .header("sign-in-with-x", replayed)
+        .header("sign-in-with-x", wrong_host)
         .send()
         .await
         .unwrap();

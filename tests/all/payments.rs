@@ -464,15 +464,20 @@ impl PayStack {
     /// Make every us-west carrier answer 503, so activations there fail.
     pub async fn break_us_west(&self) {
         for op in ["tmobile", "verizon", "att"] {
-            let r = self
-                .http
-                .put(format!("{}/admin/operators/{op}/faults", self.sim.url))
-                .json(&json!({"http_503": true}))
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
+            self.set_faults(op, json!({"http_503": true})).await;
         }
+    }
+
+    /// Inject `faults` into the SM-DP+ simulator's operator `op` (`PUT /admin/operators/<op>/faults`).
+    pub async fn set_faults(&self, op: &str, faults: Value) {
+        let r = self
+            .http
+            .put(format!("{}/admin/operators/{op}/faults", self.sim.url))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
     }
 }
 
@@ -980,14 +985,7 @@ async fn an_invoice_that_expires_during_its_order_settles_nothing_and_keeps_no_s
     let start = s.balance(agent()).await;
     let (_, req) = s.invoice(&activation()).await;
     // T-Mobile (us-west's first carrier) answers each call after 1.5 s: the order outlasts the invoice.
-    let r = s
-        .http
-        .put(format!("{}/admin/operators/tmobile/faults", s.sim.url))
-        .json(&json!({"latency_ms": 1500}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    s.set_faults("tmobile", json!({"latency_ms": 1500})).await;
     let pay = Payment::for_requirement(&req);
     let headers = [("payment-signature", pay.header())];
     for _ in 0..2 {
