@@ -153,11 +153,28 @@ pub async fn start(
     })
 }
 
-/// Spawn anvil quietly on a free loopback port and wait until it answers with the dev chain's id; another port
-/// if anvil exits first (the one picked was taken meanwhile).
+/// The block gas limit anvil gets when none is asked for; [`spawn_quiet`] adds up to [`MARKER_SPAN`] - 1 to it.
+const BASE_GAS_LIMIT: u64 = 30_000_000;
+/// How many marker values there are: two chains started together pick the same one with odds of 1 in this.
+const MARKER_SPAN: u64 = 1 << 20;
+
+/// A per-spawn identity for anvil: its block gas limit, 30M plus a random offset (no transaction here comes near
+/// 30M gas, so it changes nothing else). The port is picked by binding and releasing it, so another process can
+/// take it before our anvil binds; if that process is another dev stack's anvil, it answers `eth_chainId` with the
+/// same id while ours is still on its way to exiting, and the chain id alone would accept it.
+fn gas_limit_marker() -> anyhow::Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(BASE_GAS_LIMIT + u64::from_le_bytes(b) % MARKER_SPAN)
+}
+
+/// Spawn anvil quietly on a free loopback port and wait until *it* answers (the dev chain's id and this spawn's
+/// gas-limit marker); another port if anvil exits first or another chain answers there (the port picked was
+/// taken meanwhile).
 async fn spawn_quiet(anvil: &Path) -> anyhow::Result<(Child, Rpc)> {
     let mut last = None;
     for _ in 0..PORT_TRIES {
+        let marker = gas_limit_marker()?;
         let port = std::net::TcpListener::bind(("127.0.0.1", 0))
             .and_then(|l| l.local_addr())
             .context("picking a loopback port for anvil")?
@@ -166,13 +183,14 @@ async fn spawn_quiet(anvil: &Path) -> anyhow::Result<(Child, Rpc)> {
             .args(["--quiet", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--chain-id", &CHAIN_ID.to_string(), "--mnemonic", MNEMONIC])
-            .args(["--accounts", "10"])
+            .args(["--accounts", "10", "--gas-limit"])
+            .arg(marker.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", anvil.display()))?;
         let rpc = Rpc::new(format!("http://127.0.0.1:{port}"))?;
-        match rpc.wait_ready(&mut child).await {
+        match rpc.wait_ready(&mut child, marker).await {
             Ok(()) => return Ok((child, rpc)),
             Err(e) => {
                 super::stop_child(&mut child, "TERM", Duration::from_secs(5));
@@ -404,9 +422,10 @@ impl Rpc {
         Ok(reply["result"].take())
     }
 
-    /// Poll `eth_chainId` until the anvil `child` answers here (it opens its port in about 0.1 s; up to 10 s)
-    /// and check the id; an error at once if the child exits.
-    async fn wait_ready(&self, child: &mut Child) -> anyhow::Result<()> {
+    /// Poll `eth_chainId` until the anvil `child` answers here (it opens its port in about 0.1 s; up to 10 s),
+    /// then check that the chain answering is the child's: the dev chain's id and the genesis block's gas limit
+    /// `marker` (see [`gas_limit_marker`]). An error at once if the child exits.
+    async fn wait_ready(&self, child: &mut Child, marker: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait()? {
@@ -418,13 +437,13 @@ impl Rpc {
             match self.call("eth_chainId", json!([])).await {
                 Ok(id) => {
                     let want = format!("{CHAIN_ID:#x}");
-                    if id.as_str() == Some(want.as_str()) {
-                        return Ok(());
+                    if id.as_str() != Some(want.as_str()) {
+                        bail!(
+                            "anvil at {} reports chain id {id}, expected {want}",
+                            self.url
+                        );
                     }
-                    bail!(
-                        "anvil at {} reports chain id {id}, expected {want}",
-                        self.url
-                    );
+                    return self.check_marker(marker).await;
                 }
                 Err(e) if Instant::now() > deadline => {
                     return Err(
@@ -434,6 +453,22 @@ impl Rpc {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
+    }
+
+    /// Whether the chain here is the one started with `marker` as its gas limit.
+    async fn check_marker(&self, marker: u64) -> anyhow::Result<()> {
+        let genesis = self
+            .call("eth_getBlockByNumber", json!(["0x0", false]))
+            .await?;
+        let want = format!("{marker:#x}");
+        let got = genesis["gasLimit"].as_str().unwrap_or_default();
+        if got != want {
+            bail!(
+                "another chain answers at {} (genesis gas limit {got}, ours is {want}): its port was taken",
+                self.url
+            );
+        }
+        Ok(())
     }
 
     /// Send a transaction from an unlocked dev account and wait for a successful receipt.
@@ -482,8 +517,55 @@ mod tests {
             .port();
         let rpc = Rpc::new(format!("http://127.0.0.1:{port}")).unwrap();
         let mut child = Command::new("false").spawn().unwrap();
-        let err = rpc.wait_ready(&mut child).await.unwrap_err().to_string();
+        let err = rpc
+            .wait_ready(&mut child, BASE_GAS_LIMIT)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("anvil exited with"), "{err}");
+    }
+
+    /// Another stack's anvil answering on the port our child was meant to bind is refused: same chain id, but
+    /// not our marker. (Before, the chain id alone accepted it, and the stack ran against a chain that went away
+    /// when the other stack stopped.)
+    #[tokio::test]
+    async fn another_chain_on_our_port_is_not_taken_for_ours() {
+        let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let anvil = find_anvil(&app_dir, &std::env::vars().collect()).expect("anvil installed");
+        let (mut theirs, rpc) = spawn_quiet(&anvil).await.expect("another stack's anvil");
+        let their_marker = {
+            let genesis = rpc
+                .call("eth_getBlockByNumber", json!(["0x0", false]))
+                .await
+                .unwrap();
+            u64::from_str_radix(
+                genesis["gasLimit"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("0x"),
+                16,
+            )
+            .unwrap()
+        };
+        assert!((BASE_GAS_LIMIT..BASE_GAS_LIMIT + MARKER_SPAN).contains(&their_marker));
+        // Our child: still alive (on its way to exiting after failing to bind), with another marker.
+        let mut ours = Command::new("sleep").arg("5").spawn().unwrap();
+        let other = if their_marker == BASE_GAS_LIMIT {
+            BASE_GAS_LIMIT + 1
+        } else {
+            BASE_GAS_LIMIT
+        };
+        let err = rpc
+            .wait_ready(&mut ours, other)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("another chain answers"), "{err}");
+        rpc.wait_ready(&mut ours, their_marker)
+            .await
+            .expect("the marker it was started with is accepted");
+        super::super::stop_child(&mut ours, "KILL", Duration::from_secs(5));
+        super::super::stop_child(&mut theirs, "TERM", Duration::from_secs(5));
     }
 
     #[test]
