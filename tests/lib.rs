@@ -676,6 +676,12 @@ pub fn sign_proof(key: &str, invoice_id: &str, tx: &str) -> String {
 }
 
 pub fn sign_in(key: &str, base: &str, path: &str) -> String {
+    sign_in_ahead(key, base, path, 0)
+}
+
+/// [`sign_in`], issued `ahead` seconds in the future: for a host whose clock runs ahead
+/// (`ESIM402_CLOCK_SKEW_SECS`).
+pub fn sign_in_ahead(key: &str, base: &str, path: &str, ahead: u64) -> String {
     use esim402_core::auth::siwx;
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let key = k256::ecdsa::SigningKey::from_slice(&hex::decode(key).unwrap()).unwrap();
@@ -693,7 +699,7 @@ pub fn sign_in(key: &str, base: &str, path: &str) -> String {
             uri: &uri,
             chain_id: 31337,
             nonce: &nonce,
-            issued_at: now.as_secs(),
+            issued_at: now.as_secs() + ahead,
             expires_in: 120,
             statement: Some("Manage my SIM"),
         },

@@ -50,29 +50,19 @@ async fn send_payment(
     .await
 }
 
-async fn crash_and_pay_again(c: Crash) {
-    let mut s = PayStack::start_with(
-        Some((&Runner::Host, c.store)),
-        &[("ESIM402_FAILPOINT", c.failpoint)],
-    )
-    .await;
-    let start = s.balance(agent()).await;
-    let (invoice, req) = s.invoice(&activation()).await;
-    let pay = Payment::for_requirement(&req);
-    let header = pay.header();
-
-    // The paying request stalls at the failpoint; the host is killed under it.
+/// Send the payment `header`; the paying request stalls at `failpoint` and the host is killed under it.
+async fn stall_and_kill(s: &mut PayStack, header: &str, failpoint: &str) {
     let stalled = {
         let req = s
             .http
             .post(format!("{}/v1/esim/activate", s.url))
-            .header("payment-signature", header.clone())
+            .header("payment-signature", header.to_owned())
             .json(&activation());
         tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
     };
     s.process()
         .wait_for_log(
-            &format!("failpoint hit: {}", c.failpoint),
+            &format!("failpoint hit: {}", failpoint),
             Duration::from_secs(120),
         )
         .await
@@ -83,6 +73,19 @@ async fn crash_and_pay_again(c: Crash) {
         lost.is_err(),
         "the stalled request never answered: {lost:?}"
     );
+}
+
+async fn crash_and_pay_again(c: Crash) {
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, c.store)),
+        &[("ESIM402_FAILPOINT", c.failpoint)],
+    )
+    .await;
+    let start = s.balance(agent()).await;
+    let (invoice, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let header = pay.header();
+    stall_and_kill(&mut s, &header, c.failpoint).await;
 
     // Restarted on the same store, after the lease, without the failpoint: the same payment again.
     let skew = (LEASE_SECS + 1).to_string();
@@ -295,4 +298,86 @@ async fn a_failed_disk_sync_stops_the_carrier_order_and_the_settlement() {
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
     let sent = s.facilitator_transactions().await;
     assert_eq!(sent, "0x0", "no facilitator transaction");
+}
+
+/// An `exact` payment interrupted after its profile was ordered (killed at `order/#3`: the SIM stored with its
+/// code, nothing settled) and sent again only once its authorization has expired can no longer settle. The
+/// profile it ordered is withdrawn (the SIM terminated), nothing is charged, and the invoice ends with a
+/// 410; the next payment of it gets that ending, not the profile. (Before, the expired payment released the
+/// invoice, and the next payment of it was answered with the SIM the first one had ordered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_that_expires_after_its_order_withdraws_the_profile() {
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", "order/#3")],
+    )
+    .await;
+    let start = s.balance(agent()).await;
+    let (invoice, req) = s.invoice(&activation()).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let pay = Payment::for_requirement(&req);
+    let header = pay.header();
+    stall_and_kill(&mut s, &header, "order/#3").await;
+    let ordered = s.handed_out().await;
+    assert_eq!(ordered.len(), 1, "the order completed: {ordered:?}");
+
+    // Past the authorization's `validBefore` (and the payment record's lease), before the invoice's expiry.
+    let skew = (req.max_timeout_seconds + 60).to_string();
+    let env = s.env_with(
+        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
+        &["ESIM402_FAILPOINT"],
+    );
+    s.restart(&env).await;
+    let (status, _, body) = send_payment(&s, &header).await;
+    assert_eq!(status, 410, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("withdrawn") && message.contains(&id),
+        "{body}"
+    );
+    assert!(body.get("activation_code").is_none(), "{body}");
+    assert_eq!(s.balance(agent()).await, start, "nothing charged");
+    assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+    // The profile was downloaded meanwhile (the simulator's device does so once it is released), so the
+    // SM-DP+ keeps it; the SIM here is terminated, and its owner's credential no longer opens it.
+    let iccid = ordered.into_iter().next().unwrap();
+    let path = format!("/v1/esim/{iccid}");
+    let sim: serde_json::Value = s
+        .http
+        .get(format!("{}{path}", s.url))
+        .header(
+            "sign-in-with-x",
+            esim402_tests::sign_in_ahead(
+                esim402_host::devstack::chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
+                &s.url,
+                &path,
+                skew.parse().unwrap(),
+            ),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sim["state"], "terminated", "{sim}");
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_ne!(inv["status"], "paid", "{inv}");
+
+    // Another payment of the invoice (a fresh authorization) gets the ending: no SIM, nothing charged.
+    let next = Payment::for_requirement(&req);
+    let (status, headers, body) = send_payment(&s, &next.header()).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["invoice_ended"], true, "{body}");
+    assert!(body.get("iccid").is_none(), "{body}");
+    assert!(headers.get("payment-response").is_none(), "{headers:?}");
+    assert_eq!(s.balance(agent()).await, start);
+    assert!(!s.nonce_used(agent(), next.auth.nonce).await);
+
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    assert_eq!(count("settlement_confirmed"), 0, "{kinds:?}");
+    assert_eq!(count("settlement_failed"), 1, "{kinds:?}");
+    assert_eq!(count("activation_failed"), 1, "{kinds:?}");
 }

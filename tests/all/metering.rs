@@ -571,9 +571,30 @@ async fn a_top_up_paid_by_transaction_hash_credits_once() {
     body["invoice_id"] = json!(id);
     let mut proof = crate::payments::proof_headers(&tx, &id);
     proof.pop(); // the invoice id is in the body
-    let (status, _, paid) = s.post(&data, &body, &proof).await;
+    // Paid without the SIM's credential (anyone may pay for a top-up): the answer says what was bought, not
+    // the SIM's balance or usage.
+    let mut stranger = s.http.post(format!("{}{data}", s.url)).json(&body);
+    for (k, v) in &proof {
+        stranger = stranger.header(*k, v);
+    }
+    let answer = stranger.send().await.unwrap();
+    let status = answer.status().as_u16();
+    let paid: Value = answer.json().await.unwrap();
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["topped_up_mb"], 50);
+    assert_eq!(paid["status"], "topped_up", "{paid}");
+    for private in [
+        "remaining_bytes",
+        "credited_bytes",
+        "used_bytes",
+        "granted_bytes",
+        "low",
+    ] {
+        assert!(
+            paid.get(private).is_none(),
+            "{private} shown to a stranger: {paid}"
+        );
+    }
     let (status, _, again) = s.post(&data, &body, &proof).await;
     assert_eq!(status, 409, "{again}");
     assert_eq!(

@@ -166,13 +166,16 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
     let driver = match claim(invoice_id, now, lease).await? {
         Ok(d) => d,
         Err(Claim::Done(iccid)) => {
-            return sim_store::load(&sim_store::parse_iccid(&iccid)?)
+            let sim = sim_store::load(&sim_store::parse_iccid(&iccid)?)
                 .await?
-                .ok_or_else(|| internal(format!("SIM {iccid} vanished")));
+                .ok_or_else(|| internal(format!("SIM {iccid} vanished")))?;
+            order::replay_for(&sim, spec.owner.as_ref()).map_err(wit::Error::Conflict)?;
+            return Ok(sim);
         }
         Err(Claim::Failed(e)) => return Err(wit::Error::Unavailable(e)),
         Err(Claim::Busy(Some(iccid))) => {
             if let Some(sim) = sim_store::load(&sim_store::parse_iccid(&iccid)?).await? {
+                order::replay_for(&sim, spec.owner.as_ref()).map_err(wit::Error::Conflict)?;
                 return Ok(sim);
             }
             return Err(wit::Error::Conflict(format!(

@@ -91,6 +91,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             data_mb,
             payer,
             quota,
+            show_balance: owner.is_ok(),
         };
         let fingerprint = request_fingerprint(&format!("data/{iccid}"), &body, &proof);
         let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;

@@ -24,8 +24,9 @@ pub async fn begin(
         &keys::invoice(invoice_id),
         |current: Option<PaymentRecord>| {
             let first = current.is_none();
+            let resumed = paid::resumes(current.as_ref());
             match paid::decide(current.as_ref(), fingerprint, &holder, replay_allowed, now) {
-                Decision::Drive(next) => Ok((next, first)),
+                Decision::Drive(next) => Ok((next, (first, resumed))),
                 // Boxed: a stored answer is large, and the error travels through every retry of the update.
                 other => Err(Box::new(other)),
             }
@@ -33,7 +34,11 @@ pub async fn begin(
     )
     .await;
     match decided {
-        Ok((_, first)) => Ok(wit::Begin::Drive(wit::Driver { holder, first })),
+        Ok((_, (first, resumed))) => Ok(wit::Begin::Drive(wit::Driver {
+            holder,
+            first,
+            resumed,
+        })),
         Err(KvError::Refused(refused)) => match *refused {
             Decision::Replay(stored) => Ok(wit::Begin::Replay(convert::response_to_wit(&stored))),
             Decision::AlreadySettled(msg) => Ok(wit::Begin::Conflict(msg.to_owned())),

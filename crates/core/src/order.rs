@@ -302,6 +302,22 @@ pub fn settled_before_confirm(current: &StoredSim) -> Option<AfterConfirm> {
         .then(|| after_confirm(Some(current), current, Confirmation::Refused))
 }
 
+/// Whether an order placed earlier for an invoice (its SIM `ordered`) answers a repeat that orders for `owner`:
+/// only if the SIM is that owner's. An invoice is paid by one payer, but should its payment record ever free it
+/// for another payment, the order journal would otherwise hand that payer the first one's SIM.
+pub fn replay_for(
+    ordered: &StoredSim,
+    owner: Option<&crate::chain::Address>,
+) -> Result<(), String> {
+    match (ordered.access.owner.as_ref(), owner) {
+        (Some(had), Some(asks)) if had != asks => Err(format!(
+            "invoice {}'s profile was ordered for another payer; request a new invoice",
+            ordered.invoice_id
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// An agent label (`X-Agent-ID`): 1–64 letters, digits and `._:-`.
 pub fn parse_agent_label(s: &str) -> Result<String, String> {
     if (1..=64).contains(&s.len())
@@ -646,6 +662,28 @@ mod tests {
             label: None,
             holds: Default::default(),
         }
+    }
+
+    #[test]
+    fn an_order_replays_only_to_its_own_payer() {
+        let first: crate::chain::Address = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
+            .parse()
+            .unwrap();
+        let second: crate::chain::Address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+            .parse()
+            .unwrap();
+        let mut ordered = sim(SimState::Active);
+        ordered.access.owner = Some(first);
+        assert_eq!(replay_for(&ordered, Some(&first)), Ok(()));
+        let err = replay_for(&ordered, Some(&second)).unwrap_err();
+        assert!(
+            err.contains("another payer") && err.contains("inv_1"),
+            "{err}"
+        );
+        // A switch orders for the old SIM's owner, which may be none (a SIM bought before owners were kept).
+        assert_eq!(replay_for(&ordered, None), Ok(()));
+        ordered.access.owner = None;
+        assert_eq!(replay_for(&ordered, Some(&second)), Ok(()));
     }
 
     #[test]

@@ -235,8 +235,10 @@ pub fn decide(
     match rec.state {
         PaymentState::Released => drive(),
         PaymentState::Done => match &rec.response {
-            // A failure that ended the invoice (nothing was paid) is everyone's answer.
-            Some(r) if !r.is_success() => Decision::Replay(r.clone()),
+            // A failure that ended the invoice (nothing was paid) is everyone's answer: the payment's own, as
+            // stored; another payment's without what the first one's answer says about its payer.
+            Some(r) if !r.is_success() && same => Decision::Replay(r.clone()),
+            Some(r) if !r.is_success() => Decision::Replay(ended_for_others(r)),
             Some(r) if same && replay_allowed => Decision::Replay(r.clone()),
             _ => Decision::AlreadySettled("already settled"),
         },
@@ -248,6 +250,37 @@ pub fn decide(
         PaymentState::Resumable | PaymentState::Working => {
             Decision::AlreadySettled("already settled: another payment holds this invoice")
         }
+    }
+}
+
+/// Whether a payment that `decide`s to drive over `current` continues an attempt that may have had effects
+/// (an order placed, a transaction sent): the record was resumable, or its driver's lease ran out. Such an
+/// attempt cannot simply be released when its payment no longer verifies (an authorization expired since):
+/// what the earlier attempt delivered must be withdrawn first.
+pub fn resumes(current: Option<&PaymentRecord>) -> bool {
+    current.is_some_and(|r| matches!(r.state, PaymentState::Resumable | PaymentState::Working))
+}
+
+/// The answer another payment of an invoice gets after a failure ended it: the same status, error code and
+/// reason, but not the failed payment's message or headers (they can name its payer, its transaction, its
+/// settlement).
+fn ended_for_others(r: &StoredResponse) -> StoredResponse {
+    let stored: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    let error = &stored["error"];
+    let mut out = serde_json::json!({
+        "error": {
+            "code": error["code"].as_str().unwrap_or("conflict"),
+            "message": "an earlier payment of this invoice failed and ended it; request a new invoice",
+        },
+        "invoice_ended": true,
+    });
+    if let Some(reason) = error["reason"].as_str() {
+        out["error"]["reason"] = reason.into();
+    }
+    StoredResponse {
+        status: r.status,
+        headers: Vec::new(),
+        body: out.to_string(),
     }
 }
 
@@ -349,6 +382,56 @@ mod tests {
         assert!(
             matches!(decide(Some(&failed), "b", "h1", false, 1), Decision::Replay(r) if r.status == 503)
         );
+    }
+
+    /// Another payment of an invoice a failure ended learns that it ended and why (code, reason), not who paid
+    /// or what was sent: the stored answer's message and headers stay with its own payment.
+    #[test]
+    fn a_failure_replayed_to_another_payment_names_no_payer() {
+        let payer = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720";
+        let mut failed = rec(PaymentState::Done, "a", 0, None);
+        failed.response = Some(StoredResponse {
+            status: 402,
+            headers: vec![("payment-response".into(), format!("{{\"payer\":\"{payer}\"}}"))],
+            body: serde_json::json!({"error": {"code": "payment_required", "reason": "invalid_transaction_state",
+                "message": format!("settlement failed; {payer} was not charged")}})
+            .to_string(),
+        });
+        let Decision::Replay(own) = decide(Some(&failed), "a", "h1", false, 1) else {
+            panic!("the payment's own failure is replayed");
+        };
+        assert_eq!(
+            Some(&own),
+            failed.response.as_ref(),
+            "its own payment gets it as stored"
+        );
+        let Decision::Replay(other) = decide(Some(&failed), "b", "h1", false, 1) else {
+            panic!("another payment gets the failure too");
+        };
+        assert_eq!(other.status, 402);
+        assert!(other.headers.is_empty(), "{other:?}");
+        assert!(!other.body.contains(payer), "{}", other.body);
+        let body: serde_json::Value = serde_json::from_str(&other.body).unwrap();
+        assert_eq!(body["error"]["code"], "payment_required");
+        assert_eq!(body["error"]["reason"], "invalid_transaction_state");
+        assert_eq!(body["invoice_ended"], true);
+        // A stored body that is not JSON still gives a typed answer.
+        failed.response.as_mut().unwrap().body = "oops".into();
+        let Decision::Replay(other) = decide(Some(&failed), "b", "h1", false, 1) else {
+            panic!("replayed");
+        };
+        let body: serde_json::Value = serde_json::from_str(&other.body).unwrap();
+        assert_eq!(body["error"]["code"], "conflict");
+    }
+
+    /// Only a record an earlier attempt may have acted on (resumable, or a lapsed lease) is a resume.
+    #[test]
+    fn a_resume_is_a_drive_over_a_resumable_or_lapsed_record() {
+        assert!(!resumes(None));
+        assert!(!resumes(Some(&rec(PaymentState::Released, "a", 0, None))));
+        assert!(!resumes(Some(&rec(PaymentState::Done, "a", 0, Some(402)))));
+        assert!(resumes(Some(&rec(PaymentState::Resumable, "a", 0, None))));
+        assert!(resumes(Some(&rec(PaymentState::Working, "a", 0, None))));
     }
 
     #[test]

@@ -103,16 +103,21 @@ impl Answers<'_> {
         )
     }
 
-    /// A paid top-up: the quota grant the retried request asked for (never the SIM's activation code: anyone
-    /// may pay for anyone's top-up).
+    /// A paid top-up: with the SIM's `balance` (only given when the owner or carrier asked), the quota grant
+    /// the retried request asked for; without it, only what was bought. Never the SIM's activation code: anyone
+    /// may pay for anyone's top-up.
     pub fn topped_up(
         &self,
-        balance: &wit::Balance,
+        balance: Option<&wit::Balance>,
         quota: Option<u64>,
         tx: &str,
         payer: &str,
     ) -> StoredResponse {
-        let mut body = crate::convert::quota_value(balance, quota);
+        let mut body = match (balance, &self.invoice.purchase) {
+            (Some(balance), _) => crate::convert::quota_value(balance, quota),
+            (None, wit::Purchase::TopUp(t)) => json!({ "iccid": t.iccid, "status": "topped_up" }),
+            (None, _) => json!({ "status": "topped_up" }),
+        };
         body["topped_up_mb"] = json!(match &self.invoice.purchase {
             wit::Purchase::TopUp(t) => t.data_mb,
             _ => 0,

@@ -21,6 +21,8 @@ use esim402_core::usage::account::BYTES_PER_MB;
 pub struct Attempt<'a> {
     answers: Answers<'a>,
     pending: RefCell<Vec<wit::LedgerEvent>>,
+    /// An earlier attempt of this payment may have acted (kernel `paid::resumes`).
+    pub(super) resumed: bool,
 }
 
 impl<'a> std::ops::Deref for Attempt<'a> {
@@ -31,10 +33,11 @@ impl<'a> std::ops::Deref for Attempt<'a> {
 }
 
 impl<'a> Attempt<'a> {
-    pub fn new(answers: Answers<'a>) -> Self {
+    pub fn new(answers: Answers<'a>, resumed: bool) -> Self {
         Self {
             answers,
             pending: RefCell::new(Vec::new()),
+            resumed,
         }
     }
 
@@ -62,7 +65,8 @@ impl Attempt<'_> {
     pub async fn exact(&self, order: &Order) -> (wit::PaymentEnd, StoredResponse) {
         let verified = match self.verify().await {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(refused) if self.resumed => return self.unverifiable_resume(order, refused).await,
+            Err(refused) => return refused,
         };
         let payer = verified.payer.clone();
         let sim = match self.deliver(order, &payer).await {
@@ -94,40 +98,6 @@ impl Attempt<'_> {
             }
             Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
         }
-    }
-
-    /// Settlement failed after the order: no money moved, so the profile must not stay with the payer.
-    /// A top-up delivered nothing yet (its data is credited only after settlement): the SIM stays as it was.
-    async fn withdraw(&self, order: &Order, sim: &wit::Sim, payer: &str, reason: &str) {
-        if matches!(order, Order::TopUp { .. }) {
-            self.note(
-                EntryKind::SettlementFailed,
-                self.fields()
-                    .payer(payer.to_owned())
-                    .detail("reason", reason),
-            );
-            return;
-        }
-        if let Err(e) =
-            dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Terminate).await
-        {
-            eprintln!(
-                "gateway: settlement failed and terminating {} failed: {e:?}",
-                sim.iccid
-            );
-        }
-        self.note(
-            EntryKind::SettlementFailed,
-            self.fields()
-                .payer(payer.to_owned())
-                .detail("reason", reason),
-        );
-        self.note(
-            EntryKind::ActivationFailed,
-            self.fields()
-                .detail("iccid", &sim.iccid)
-                .detail("reason", "settlement failed; profile terminated"),
-        );
     }
 
     /// tx-hash proofs: verify, claim the transaction, order; a failed order owes a refund.
@@ -226,7 +196,7 @@ impl Attempt<'_> {
 
     /// Verify; on refusal the attempt ends here with the answer to send.
     /// The invoice's first events (issued, verified) are appended here, before anything moves.
-    async fn verify(&self) -> Result<wit::Verified, (wit::PaymentEnd, StoredResponse)> {
+    pub(super) async fn verify(&self) -> Result<wit::Verified, (wit::PaymentEnd, StoredResponse)> {
         let verified = verifier::verify(self.invoice.clone(), self.proof.wit()).await;
         if let Ok(v) = &verified {
             self.note(
@@ -306,9 +276,13 @@ impl Attempt<'_> {
         match self.credit(order, sim, tx, payer).await {
             Ok(None) => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
             Ok(Some(balance)) => match order {
-                Order::TopUp { quota, .. } => (
+                Order::TopUp {
+                    quota,
+                    show_balance,
+                    ..
+                } => (
                     wit::PaymentEnd::Done,
-                    self.topped_up(&balance, *quota, tx, payer),
+                    self.topped_up((*show_balance).then_some(&balance), *quota, tx, payer),
                 ),
                 _ => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
             },

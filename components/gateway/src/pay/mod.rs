@@ -5,7 +5,8 @@
 //! Order of effects (`reference/x402.md` §7, settle-before-execution is not used):
 //! - `exact`: verify → claim → order the profile → settle → 200 with the activation code and
 //!   `PAYMENT-RESPONSE`. If the order fails, the authorization is never settled: no money moves. If the
-//!   settlement fails, the profile is terminated.
+//!   settlement fails, or a resumed payment no longer verifies (its authorization expired after its order),
+//!   the profile is withdrawn ([`withdraw`]) and the invoice ends.
 //! - tx-hash: the money already moved, so verify → claim the transaction (settle) → order → 200; if the order
 //!   fails, a refund is owed (`verifier.owe-refund`, paid by `POST /admin/refunds/run`).
 //!
@@ -23,6 +24,7 @@
 mod answers;
 mod attempt;
 mod proof;
+mod withdraw;
 
 use esim402_core::ledger::EntryKind;
 use esim402_core::paid::StoredResponse;
@@ -104,6 +106,9 @@ pub enum Order {
         data_mb: u32,
         payer: Option<String>,
         quota: Option<u64>,
+        /// The request carried the SIM owner's or carrier's credential: the answer may show the balance and
+        /// the grant. Anyone may pay for a top-up; a stranger's answer says what was bought, nothing more.
+        show_balance: bool,
     },
 }
 
@@ -211,11 +216,14 @@ pub async fn pay(
         wit::Begin::Replay(stored) => return Ok(convert::response(&stored)),
         wit::Begin::Conflict(msg) => return Err(ApiError::new(ErrorKind::Conflict, msg)),
     };
-    let attempt = Attempt::new(Answers {
-        invoice: &invoice,
-        proof: &proof,
-        url: resource_url,
-    });
+    let attempt = Attempt::new(
+        Answers {
+            invoice: &invoice,
+            proof: &proof,
+            url: resource_url,
+        },
+        driver.resumed,
+    );
     if driver.first {
         // The invoice becomes a money event when its first payment arrives (an unpaid one is stored nowhere).
         attempt.note(EntryKind::InvoiceIssued, attempt.fields());

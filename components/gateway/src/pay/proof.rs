@@ -118,6 +118,14 @@ impl Proof {
         &self.fingerprint
     }
 
+    /// The payer an x402 payload names (`authorization.from`), unverified: the same for every resend of one
+    /// payment, since it is part of its fingerprint. `None` for tx-hash proofs.
+    pub(super) fn claimed_payer(&self) -> Option<String> {
+        self.payload
+            .as_ref()
+            .map(|p| p.exact().authorization.from.clone())
+    }
+
     /// As the components take it: the payload's JSON, or the transaction hash.
     pub(super) fn wit(&self) -> wit::PaymentProof {
         match &self.payload {

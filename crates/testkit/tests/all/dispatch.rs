@@ -336,6 +336,23 @@ async fn the_same_invoice_orders_once() {
     assert_eq!(first.iccid, again.iccid);
     assert_eq!(first.activation_code, again.activation_code);
     assert_eq!(calls(&kit).len(), 2, "the repeat made no ES2+ call");
+
+    // Ordering for another payer with the same invoice gets no SIM: the order was the first payer's.
+    let other = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720";
+    let req = request("us-west", None);
+    let refused = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_order_profile(a, req, "inv-dup".into(), other.into(), None, 1_764_000_000)
+                .await
+        })
+        .await
+        .unwrap();
+    match refused {
+        Err(types::Error::Conflict(m)) => assert!(m.contains("another payer"), "{m}"),
+        other => panic!("another payer got {other:?}"),
+    }
+    assert_eq!(calls(&kit).len(), 2, "and no ES2+ call");
 }
 
 #[tokio::test]

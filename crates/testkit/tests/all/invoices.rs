@@ -205,7 +205,7 @@ async fn another_payment_never_takes_an_invoice_held_or_settled_by_one() {
     let types::Begin::Drive(first) = begin(&mut kit, &inv.id, "0xa", 1_001).await else {
         panic!("the first payment drives");
     };
-    assert!(first.first);
+    assert!(first.first && !first.resumed);
     let conflict = |b: &types::Begin| matches!(b, types::Begin::Conflict(m) if m.starts_with("already settled"));
     let live = begin(&mut kit, &inv.id, "0xb", 1_002).await;
     assert!(conflict(&live), "{live:?}");
@@ -225,6 +225,10 @@ async fn another_payment_never_takes_an_invoice_held_or_settled_by_one() {
         panic!("the same payment resumes");
     };
     assert!(!again.first);
+    assert!(
+        again.resumed,
+        "an earlier attempt may have acted: a refusal must withdraw, not release"
+    );
 
     // Settled: every other payment is refused, and so is a repeat without a payment-identifier.
     finish(

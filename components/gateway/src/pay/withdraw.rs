@@ -1,0 +1,98 @@
+//! Taking back what an `exact` payment's order delivered when the payment will not settle: a settlement that
+//! failed after the order, and a resumed payment that no longer verifies (its authorization expired since an
+//! earlier attempt of it ordered the profile). No money moved in either case, so the profile must not stay with
+//! the payer, and the invoice must not be released either: its order journal holds that profile, and the next
+//! payment of it would be answered with it.
+
+use esim402_core::ledger::EntryKind;
+use esim402_core::paid::StoredResponse;
+use esim402_core::{ApiError, ErrorKind};
+use esim402_guest::wit;
+
+use super::Order;
+use super::answers::{order_pending, stored_error};
+use super::attempt::Attempt;
+use crate::dispatch;
+
+impl Attempt<'_> {
+    /// Settlement failed after the order: no money moved, so the profile must not stay with the payer.
+    /// A top-up delivered nothing yet (its data is credited only after settlement): the SIM stays as it was.
+    pub(super) async fn withdraw(&self, order: &Order, sim: &wit::Sim, payer: &str, reason: &str) {
+        if matches!(order, Order::TopUp { .. }) {
+            self.note(
+                EntryKind::SettlementFailed,
+                self.fields()
+                    .payer(payer.to_owned())
+                    .detail("reason", reason),
+            );
+            return;
+        }
+        if let Err(e) =
+            dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Terminate).await
+        {
+            eprintln!(
+                "gateway: settlement failed and terminating {} failed: {e:?}",
+                sim.iccid
+            );
+        }
+        self.note(
+            EntryKind::SettlementFailed,
+            self.fields()
+                .payer(payer.to_owned())
+                .detail("reason", reason),
+        );
+        self.note(
+            EntryKind::ActivationFailed,
+            self.fields()
+                .detail("iccid", &sim.iccid)
+                .detail("reason", "settlement failed; profile terminated"),
+        );
+    }
+
+    /// A resumed payment refused by verification (`refused`: the answer a fresh payment would get). An activation
+    /// or switch the earlier attempt ordered is found through its order journal (ordering again with the same
+    /// invoice and payer replays it, or finishes it) and withdrawn, and the invoice ends with a 410. Nothing
+    /// ordered (the order failed), or a top-up (which delivers nothing before settlement): refused as any
+    /// payment is. An order still running elsewhere: the same payment sent again decides.
+    pub(super) async fn unverifiable_resume(
+        &self,
+        order: &Order,
+        refused: (wit::PaymentEnd, StoredResponse),
+    ) -> (wit::PaymentEnd, StoredResponse) {
+        if matches!(order, Order::TopUp { .. }) {
+            return refused;
+        }
+        let Some(payer) = self.proof.claimed_payer() else {
+            return refused;
+        };
+        let reason = reason_of(&refused.1);
+        match order.deliver(&self.invoice.id, &payer).await {
+            Ok(sim) => {
+                self.withdraw(order, &sim, &payer, &reason).await;
+                let e = ApiError::new(
+                    ErrorKind::Expired,
+                    format!(
+                        "invoice {} can no longer be paid ({reason}): the payment stopped verifying after its \
+                         profile was ordered, so nothing was charged and the profile was withdrawn; request a new \
+                         invoice",
+                        self.invoice.id
+                    ),
+                );
+                (wit::PaymentEnd::Done, stored_error(&e))
+            }
+            Err(wit::Error::Conflict(_)) => (wit::PaymentEnd::Resume, order_pending()),
+            Err(_) => refused,
+        }
+    }
+}
+
+/// What a refusal says: its x402 reason, else its message.
+fn reason_of(refused: &StoredResponse) -> String {
+    let body: serde_json::Value = serde_json::from_str(&refused.body).unwrap_or_default();
+    let error = &body["error"];
+    error["reason"]
+        .as_str()
+        .or_else(|| error["message"].as_str())
+        .unwrap_or("the payment no longer verifies")
+        .to_owned()
+}
