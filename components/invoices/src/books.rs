@@ -7,7 +7,9 @@ use esim402_guest::convert::{self, invalid, kv_fault};
 use esim402_guest::{ledger as store, wit};
 
 /// `log-events`: append the events in order (one invoice's run with one head advance); a malformed one is an
-/// input error (nothing is appended), a store failure `unavailable`.
+/// input error (nothing is appended). Events an append could not write are parked in the outbox (the next
+/// `ledger-verify` drains it), which counts as logged; only if they cannot be parked either is the store failure
+/// returned (`unavailable`).
 pub async fn log(now: u64, events: &[wit::LedgerEvent]) -> Result<(), wit::Error> {
     let events = events
         .iter()
@@ -16,14 +18,36 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent]) -> Result<(), wit::Error
                 .ok_or_else(|| invalid("kind", format!("unknown ledger event kind {:?}", e.kind)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    store::append_all(now, events)
-        .await
-        .map(drop)
-        .map_err(|e| kv_fault("ledger", e))
+    let failed = match store::append_all(now, events).await {
+        Ok(_) => return Ok(()),
+        Err(failed) => failed,
+    };
+    let count = failed.events.len();
+    match store::park(now, failed.events).await {
+        Ok(()) => {
+            eprintln!(
+                "invoices: ledger append failed ({:?}); {count} events parked in the outbox for the next drain",
+                failed.error
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("invoices: parking {count} ledger events failed too: {e:?}");
+            Err(kv_fault("ledger", failed.error))
+        }
+    }
 }
 
-/// `ledger-verify`: `{ok, count, head}` (the head is the root over every shard), or the first problem.
+/// `ledger-verify`: first drains the outbox (events whose append failed), then `{ok, count, head}` (the head
+/// is the root over every shard; `parked`: events still waiting, if any), or the first problem.
 pub async fn verify() -> Result<String, wit::Error> {
+    let parked = match store::drain(esim402_guest::util::now_secs()).await {
+        Ok(d) => d.left,
+        Err(e) => {
+            eprintln!("invoices: draining the ledger outbox failed: {e:?}");
+            store::parked().await.map_err(|e| kv_fault("ledger", e))?
+        }
+    };
     let shards = match store::read_all().await {
         Ok(shards) => shards,
         // An entry edited into something that does not parse is a verdict, not a failure of the check.
@@ -43,6 +67,9 @@ pub async fn verify() -> Result<String, wit::Error> {
             });
             if pending > 0 {
                 body["pending"] = pending.into();
+            }
+            if parked > 0 {
+                body["parked"] = parked.into();
             }
             body
         }

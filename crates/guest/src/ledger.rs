@@ -11,9 +11,15 @@
 //! already written but the head still at `n` advances the head itself before retrying ("helping"), so a crash
 //! between the two writes stalls nobody. Both are versioned cells ([`crate::kv`]), so this holds on Spin's
 //! SQLite and Redis stores too.
+//!
+//! An append that fails at the store hands back the events it did not write ([`Unwritten`]); the caller
+//! [`park`]s them in `ledger/outbox` (kernel `ledger::outbox`), and a [`drain`] appends them later, once each.
 
+use std::collections::VecDeque;
+
+use esim402_core::ledger::outbox::{Outbox, OutboxFull};
 use esim402_core::ledger::{
-    ChainHead, EntryFields, EntryKind, LedgerEntry, SHARDS, from_json_line, shard_of, to_json_line,
+    ChainHead, EntryFields, EntryKind, LedgerEntry, SHARDS, from_json_line, shard_for, to_json_line,
 };
 use esim402_core::store::keys;
 
@@ -21,18 +27,6 @@ use crate::kv::{self, KvError};
 
 /// How many times an append retries under contention.
 const MAX_ATTEMPTS: usize = 256;
-
-/// The shard an event belongs to: its invoice's, else its batch's (details: all events of one receipt batch
-/// make one run in one chain, whatever SIMs they name), else its SIM's, else its kind's.
-pub fn shard_for(kind: EntryKind, fields: &EntryFields) -> u16 {
-    let key = fields
-        .invoice_id
-        .as_deref()
-        .or_else(|| fields.details.get("batch").map(String::as_str))
-        .or_else(|| fields.details.get("iccid").map(String::as_str))
-        .unwrap_or(kind.as_str());
-    shard_of(key)
-}
 
 async fn read_entry(shard: u16, seq: u64) -> Result<Option<LedgerEntry>, KvError<()>> {
     let key = keys::ledger_entry(shard, seq);
@@ -109,32 +103,63 @@ async fn back_off(attempt: usize) {
     spin_sdk::time::sleep(std::time::Duration::from_micros(jitter % cap_us)).await;
 }
 
+/// An append that stopped at a store failure: the error, and the events it did not write, in order.
+#[derive(Debug)]
+pub struct Unwritten {
+    /// Why it stopped.
+    pub error: KvError<()>,
+    /// What it did not write.
+    pub events: Vec<(EntryKind, EntryFields)>,
+}
+
 /// Append events in order, each to its shard; returns the entries written. Consecutive events of one shard
 /// (one invoice's events of one request) are written as a run: entry by entry, each claimed with
-/// insert-if-absent, and the head advanced once past all of them.
+/// insert-if-absent, and the head advanced once past all of them. On a store failure, the events not written
+/// (for [`park`]).
 pub async fn append_all(
     at: u64,
     events: Vec<(EntryKind, EntryFields)>,
-) -> Result<Vec<LedgerEntry>, KvError<()>> {
-    let mut runs: Vec<(u16, std::collections::VecDeque<(EntryKind, EntryFields)>)> = Vec::new();
+) -> Result<Vec<LedgerEntry>, Unwritten> {
+    let mut runs: VecDeque<(u16, VecDeque<(EntryKind, EntryFields)>)> = VecDeque::new();
     for (kind, fields) in events {
         let shard = shard_for(kind, &fields);
-        match runs.last_mut() {
+        match runs.back_mut() {
             Some((s, run)) if *s == shard => run.push_back((kind, fields)),
-            _ => runs.push((shard, [(kind, fields)].into())),
+            _ => runs.push_back((shard, [(kind, fields)].into())),
         }
     }
     let mut written = Vec::new();
-    for (shard, run) in runs {
-        written.extend(append_run(at, shard, run).await?);
+    while let Some((shard, run)) = runs.pop_front() {
+        match append_run(at, shard, run).await {
+            Ok(entries) => written.extend(entries),
+            Err((error, left)) => {
+                let events = left
+                    .into_iter()
+                    .chain(runs.into_iter().flat_map(|(_, run)| run))
+                    .collect();
+                return Err(Unwritten { error, events });
+            }
+        }
     }
     Ok(written)
 }
 
+/// One shard's run; on a store failure, the error and the events not written.
 async fn append_run(
     at: u64,
     shard: u16,
-    mut pending: std::collections::VecDeque<(EntryKind, EntryFields)>,
+    mut pending: VecDeque<(EntryKind, EntryFields)>,
+) -> Result<Vec<LedgerEntry>, (KvError<()>, VecDeque<(EntryKind, EntryFields)>)> {
+    match append_run_inner(at, shard, &mut pending).await {
+        Ok(written) => Ok(written),
+        Err(e) => Err((e, pending)),
+    }
+}
+
+async fn append_run_inner(
+    at: u64,
+    shard: u16,
+    pending: &mut VecDeque<(EntryKind, EntryFields)>,
 ) -> Result<Vec<LedgerEntry>, KvError<()>> {
     let mut written = Vec::with_capacity(pending.len());
     for attempt in 0..MAX_ATTEMPTS {
@@ -186,6 +211,93 @@ async fn append_run(
         return Ok(written);
     }
     Err(KvError::Contended(keys::ledger_head(shard)))
+}
+
+/// Park the events an append did not write (`ledger/outbox`, kernel `ledger::outbox`) until a [`drain`].
+pub async fn park(
+    at: u64,
+    events: Vec<(EntryKind, EntryFields)>,
+) -> Result<(), KvError<OutboxFull>> {
+    let id = crate::util::holder_token().map_err(KvError::Store)?;
+    kv::update_json(&keys::ledger_outbox(), |current: Option<Outbox>| {
+        let mut outbox = current.unwrap_or_default();
+        outbox.park(&id, at, events.clone())?;
+        Ok(outbox)
+    })
+    .await
+    .map(drop)
+}
+
+/// What a [`drain`] did.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Entries appended.
+    pub appended: usize,
+    /// Events still parked (held by another drain, or their append failed again).
+    pub left: usize,
+}
+
+/// Append what the outbox holds, at `now`: claim the batches nobody drains, append each (after a lapsed drain,
+/// only what it did not append), then remove them. A store failure stops the drain; what it claimed is drained
+/// by the next one once its lease ends.
+pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
+    let key = keys::ledger_outbox();
+    let (outbox, _) = kv::read_json::<Outbox, ()>(&key).await?;
+    let Some(outbox) = outbox.filter(|o| !o.batches.is_empty()) else {
+        return Ok(Drained::default());
+    };
+    let mut heads = std::collections::BTreeMap::new();
+    for shard in outbox.shards_to_claim(now) {
+        heads.insert(shard, head(shard).await?.count);
+    }
+    let token = crate::util::holder_token().map_err(KvError::Store)?;
+    let (_, claimed) = kv::update_json_with(&key, |current: Option<Outbox>| {
+        let mut outbox = current.unwrap_or_default();
+        let claimed = outbox.claim(&token, now, &heads);
+        Ok::<_, ()>((outbox, claimed))
+    })
+    .await?;
+    let mut drained = Drained::default();
+    let mut done = Vec::new();
+    for c in claimed {
+        let events = match &c.scan_from {
+            None => c.batch.events.clone(),
+            Some(since) => {
+                let mut found = Vec::new();
+                for (shard, from) in since {
+                    found.extend(read_from(*shard, *from, u64::MAX).await?);
+                }
+                c.batch.unwritten(&found)
+            }
+        };
+        match append_all(c.batch.at, events).await {
+            Ok(entries) => {
+                drained.appended += entries.len();
+                done.push(c.batch.id.clone());
+            }
+            Err(e) => {
+                eprintln!(
+                    "ledger: draining parked batch {} failed: {:?}",
+                    c.batch.id, e.error
+                );
+                break;
+            }
+        }
+    }
+    let (left, ()) = kv::update_json_with(&key, |current: Option<Outbox>| {
+        let mut outbox = current.unwrap_or_default();
+        outbox.release(&token, &done);
+        Ok::<_, ()>((outbox, ()))
+    })
+    .await?;
+    drained.left = left.parked_events();
+    Ok(drained)
+}
+
+/// How many events the outbox holds.
+pub async fn parked() -> Result<usize, KvError<()>> {
+    let (outbox, _) = kv::read_json::<Outbox, ()>(&keys::ledger_outbox()).await?;
+    Ok(outbox.map_or(0, |o| o.parked_events()))
 }
 
 /// Entries of `shard` from `from` (inclusive), at most `limit`, in order; stops at the first missing seq.

@@ -6,7 +6,7 @@
 //! | `invoice/<invoice id>` | invoices | the payment record of an invoice a payment arrived for (`crate::paid`): the single truth of "paid" |
 //! | `payid/<id>` | invoices | a `payment-identifier` id bound to one request |
 //! | `x402/v1/<payment fingerprint>` | invoices | the invoice a v1 payment (which names none) was first presented for |
-//! | `ledger/<shard>/head`, `ledger/<shard>/entry/<seq>` | invoices | the hash-chained ledger (`crate::ledger`), one chain per shard |
+//! | `ledger/<shard>/head`, `ledger/<shard>/entry/<seq>`, `ledger/outbox` | invoices | the hash-chained ledger (`crate::ledger`), one chain per shard; events whose append failed (`crate::ledger::outbox`) |
 //! | `secret/invoice-key` | invoices | the invoice MAC key generated on first use when `invoice_secret` is not set |
 //! | `x402/nonce/<caip2>/<from>/<nonce>` | verifier | the settlement of one EIP-3009 authorization (`crate::settlement`) |
 //! | `txhash/<hash>` | verifier | a transaction that paid something: a tx-hash proof's claim, or our settlement |
@@ -50,6 +50,11 @@ pub fn v1_payment(fingerprint: &str) -> String {
 /// A ledger shard's head.
 pub fn ledger_head(shard: u16) -> String {
     format!("ledger/{shard:02}/head")
+}
+
+/// The ledger's outbox: events whose append failed, until a drain appends them (`crate::ledger::outbox`).
+pub fn ledger_outbox() -> String {
+    "ledger/outbox".to_owned()
 }
 
 /// A ledger shard's entry `seq`.

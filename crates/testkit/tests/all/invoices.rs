@@ -1,4 +1,5 @@
 use esim402_testkit::{Kit, types};
+use serde_json::json;
 
 const RECIPIENT: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 
@@ -340,4 +341,158 @@ async fn bad_input_and_bad_configuration_are_typed_errors() {
         .await
         .unwrap();
     assert!(matches!(err, Err(types::Error::Internal(m)) if m.contains("recipient_address")));
+}
+
+fn ledger_event(kind: &str, invoice: &str) -> types::LedgerEvent {
+    types::LedgerEvent {
+        kind: kind.into(),
+        invoice: Some(invoice.into()),
+        amount: Some(420_000),
+        network: None,
+        tx_hash: None,
+        payer: None,
+        details: Vec::new(),
+    }
+}
+
+async fn log(kit: &mut Kit, now: u64, events: Vec<types::LedgerEvent>) -> Result<(), types::Error> {
+    kit.call(async move |a, g| g.invoices().call_log_events(a, now, events).await)
+        .await
+        .unwrap()
+}
+
+async fn ledger_check(kit: &mut Kit) -> serde_json::Value {
+    let body = kit
+        .call(async move |a, g| g.invoices().call_ledger_verify(a).await)
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// An append that fails at the store parks the events it did not write in the outbox: the call succeeds
+/// (they are logged, just not yet chained), the ledger check says how many wait, and once the store takes
+/// writes again the check appends them, once, in order and with their original time. Before, the events
+/// were lost and the caller only printed "LEDGER APPEND FAILED".
+#[tokio::test]
+async fn events_whose_append_fails_are_parked_and_drained_once() {
+    let shard = esim402_core::ledger::shard_of("inv_parked");
+    let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/").into_boxed_str());
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut kit = builder()
+        .store(std::sync::Arc::new(crate::FailingWrites::new(
+            prefix, &failing,
+        )))
+        .build()
+        .await
+        .unwrap();
+    let events = vec![
+        ledger_event("invoice_issued", "inv_parked"),
+        ledger_event("payment_verified", "inv_parked"),
+    ];
+    log(&mut kit, 1_000, events)
+        .await
+        .expect("parked is logged");
+
+    // The shard still refuses writes: the drain appends nothing and the check says what waits.
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"], &check["parked"]),
+        (&json!(true), &json!(0), &json!(2)),
+        "{check}"
+    );
+
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"]),
+        (&json!(true), &json!(2)),
+        "{check}"
+    );
+    assert!(check.get("parked").is_none(), "{check}");
+    let again = ledger_check(&mut kit).await;
+    assert_eq!(again["count"], 2, "drained once: {again}");
+    assert_eq!(again["head"], check["head"]);
+
+    let lines = kit
+        .call(async move |a, g| g.invoices().call_ledger_export(a, Some(shard), 0, 10).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let entries: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<_> = entries
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["at"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [("invoice_issued", 1_000), ("payment_verified", 1_000)]
+    );
+    assert!(
+        entries[0]["details"]["outbox"]
+            .as_str()
+            .unwrap()
+            .ends_with("/0"),
+        "{}",
+        entries[0]
+    );
+}
+
+/// A drain that appended part of a parked batch and then stopped (its lease lapsed) is taken over by the next
+/// one, which appends only what the first did not: found by the events' outbox tags, scanning the shard from the
+/// head count the first claim recorded.
+#[tokio::test]
+async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
+    use esim402_core::ledger::outbox::Outbox;
+    use esim402_core::ledger::{EntryFields, EntryKind, shard_of};
+    let mut kit = kit().await;
+    let shard = shard_of("inv_half");
+    let fields = || EntryFields::default().invoice("inv_half");
+    let mut outbox = Outbox::default();
+    outbox
+        .park(
+            "b1",
+            1_000,
+            vec![
+                (EntryKind::RefundOwed, fields()),
+                (EntryKind::RefundPaid, fields()),
+            ],
+        )
+        .unwrap();
+    // Claimed long ago (its lease is over) with the shard empty.
+    outbox.claim("gone", 1_000, &[(shard, 0)].into());
+    kit.kv()
+        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
+        .await
+        .unwrap();
+    // What the lapsed drain appended before it stopped: the first event, with its tag.
+    let (kind, first) = outbox.batches[0].events[0].clone();
+    let appended = types::LedgerEvent {
+        details: first.details.clone().into_iter().collect(),
+        ..ledger_event(kind.as_str(), "inv_half")
+    };
+    log(&mut kit, 1_000, vec![appended]).await.unwrap();
+
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"]),
+        (&json!(true), &json!(2)),
+        "{check}"
+    );
+    assert!(check.get("parked").is_none(), "{check}");
+    let lines = kit
+        .call(async move |a, g| g.invoices().call_ledger_export(a, Some(shard), 0, 10).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let tags: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["details"]["outbox"].to_string()
+        })
+        .collect();
+    assert_eq!(tags, ["\"b1/0\"", "\"b1/1\""], "each event once, in order");
 }

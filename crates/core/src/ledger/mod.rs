@@ -22,6 +22,8 @@
 //! assert_eq!(verify_chain([&issued, &paid]).unwrap(), head);
 //! ```
 
+pub mod outbox;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -104,7 +106,8 @@ impl fmt::Display for EntryKind {
 }
 
 /// The optional payload of an entry, built up with the chained setters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EntryFields {
     /// The invoice the event belongs to.
     pub invoice_id: Option<String>,
@@ -167,6 +170,18 @@ pub const SHARDS: u16 = 16;
 pub fn shard_of(key: &str) -> u16 {
     let h = keccak256(key.as_bytes());
     u16::from_be_bytes([h[0], h[1]]) % SHARDS
+}
+
+/// The shard an event belongs to: its invoice's, else its batch's (details: all events of one receipt batch
+/// make one run in one chain, whatever SIMs they name), else its SIM's, else its kind's.
+pub fn shard_for(kind: EntryKind, fields: &EntryFields) -> u16 {
+    let key = fields
+        .invoice_id
+        .as_deref()
+        .or_else(|| fields.details.get("batch").map(String::as_str))
+        .or_else(|| fields.details.get("iccid").map(String::as_str))
+        .unwrap_or(kind.as_str());
+    shard_of(key)
 }
 
 /// Where a chain ends: its shard, how many entries it has and the hash of the last one (zero for an empty

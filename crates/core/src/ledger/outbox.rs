@@ -1,0 +1,338 @@
+//! Events whose append failed, parked until a drain appends them: one record (`ledger/outbox`, kept by the
+//! invoices component), written only when an append fails and by drains, so a request whose append succeeds
+//! never touches it.
+//!
+//! Rules a reader must not break:
+//! - A batch is parked with exactly the events its append did not write, in order, each tagged
+//!   [`OUTBOX_TAG`]` = "<batch id>/<index>"` and keeping its original time.
+//! - A drain claims the batches nobody drains ([`Outbox::claim`]: a token and a lease), recording per shard the
+//!   head count it read *before* claiming (`since`): every entry it appends for a batch lands at or after it.
+//! - A claim whose lease ran out may be taken over. The new claim keeps the older `since`, and the new drainer
+//!   scans the batch's shards from there for the tags the lapsed one appended ([`Parked::unwritten`]): an event
+//!   is appended once, whoever drains it.
+//! - Only the claimer removes its batches, once appended ([`Outbox::release`]); what it claimed but did not
+//!   append it lets go at once (the next drain takes it over as above).
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use esim402_core::ledger::outbox::Outbox;
+//! use esim402_core::ledger::{EntryFields, EntryKind};
+//!
+//! let mut outbox = Outbox::default();
+//! outbox.park("b1", 1_700_000_000, vec![(EntryKind::RefundPaid, EntryFields::default().invoice("inv_1"))])
+//!     .unwrap();
+//! let heads: BTreeMap<u16, u64> = outbox.shards_to_claim(1_700_000_001).into_iter().map(|s| (s, 0)).collect();
+//! let claimed = outbox.claim("drainer", 1_700_000_001, &heads);
+//! assert_eq!(claimed.len(), 1);
+//! assert!(claimed[0].scan_from.is_none(), "nobody drained it before: nothing to look for");
+//! outbox.release("drainer", &["b1".to_owned()]);
+//! assert_eq!(outbox.parked_events(), 0);
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{EntryFields, EntryKind, LedgerEntry, shard_for};
+
+/// The detail naming a parked event: `<batch id>/<index in the batch>`.
+pub const OUTBOX_TAG: &str = "outbox";
+/// At most this many events wait in the outbox; past it a failed append is reported, not parked.
+pub const MAX_PARKED_EVENTS: usize = 10_000;
+/// How long a drain holds the batches it claimed.
+pub const DRAIN_LEASE_SECS: u64 = 60;
+
+/// The outbox record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbox {
+    /// Parked batches, oldest first.
+    pub batches: Vec<Parked>,
+}
+
+/// The events of one failed append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    /// Random, unique among batches.
+    pub id: String,
+    /// When the events happened (the time their append was given).
+    pub at: u64,
+    /// In order, each tagged [`OUTBOX_TAG`].
+    pub events: Vec<(EntryKind, EntryFields)>,
+    /// The drain holding it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<DrainClaim>,
+}
+
+/// A drain's hold on a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainClaim {
+    /// The drainer's random token.
+    pub token: String,
+    /// Until when (unix seconds).
+    pub until: u64,
+    /// Per shard of the batch: the head count read before the first claim; the batch's entries are at or past it.
+    pub since: BTreeMap<u16, u64>,
+}
+
+/// A batch a drain now holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The batch.
+    pub batch: Parked,
+    /// Taken over from a lapsed drain: scan these shards from these seqs for entries it appended.
+    pub scan_from: Option<BTreeMap<u16, u64>>,
+}
+
+/// The outbox holds [`MAX_PARKED_EVENTS`] already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the ledger outbox is full ({MAX_PARKED_EVENTS} events wait for a drain)")]
+pub struct OutboxFull;
+
+impl Outbox {
+    /// Park `events` (those an append did not write) as batch `id`, time `at`.
+    pub fn park(
+        &mut self,
+        id: &str,
+        at: u64,
+        events: Vec<(EntryKind, EntryFields)>,
+    ) -> Result<(), OutboxFull> {
+        if self.parked_events() + events.len() > MAX_PARKED_EVENTS {
+            return Err(OutboxFull);
+        }
+        let events = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, fields))| (kind, fields.detail(OUTBOX_TAG, format!("{id}/{i}"))))
+            .collect();
+        self.batches.push(Parked {
+            id: id.to_owned(),
+            at,
+            events,
+            claim: None,
+        });
+        Ok(())
+    }
+
+    /// How many events wait.
+    pub fn parked_events(&self) -> usize {
+        self.batches.iter().map(|b| b.events.len()).sum()
+    }
+
+    fn claimable(b: &Parked, now: u64) -> bool {
+        b.claim.as_ref().is_none_or(|c| c.until <= now)
+    }
+
+    /// The shards whose heads a drain reads before [`Outbox::claim`]: those of the batches it may claim at `now`.
+    pub fn shards_to_claim(&self, now: u64) -> BTreeSet<u16> {
+        self.batches
+            .iter()
+            .filter(|b| Self::claimable(b, now))
+            .flat_map(Parked::shards)
+            .collect()
+    }
+
+    /// Claim, for `token` until `now` + [`DRAIN_LEASE_SECS`], every batch nobody holds at `now`; `heads`: the
+    /// head counts read before this claim (a batch whose shard is missing from it is left alone). A batch taken
+    /// over keeps the `since` of its first claim.
+    pub fn claim(&mut self, token: &str, now: u64, heads: &BTreeMap<u16, u64>) -> Vec<Claimed> {
+        let mut out = Vec::new();
+        for b in self.batches.iter_mut() {
+            if !Self::claimable(b, now) || !b.shards().iter().all(|s| heads.contains_key(s)) {
+                continue;
+            }
+            let earlier = b.claim.take().map(|c| c.since);
+            let since = earlier
+                .clone()
+                .unwrap_or_else(|| b.shards().into_iter().map(|s| (s, heads[&s])).collect());
+            b.claim = Some(DrainClaim {
+                token: token.to_owned(),
+                until: now.saturating_add(DRAIN_LEASE_SECS),
+                since,
+            });
+            out.push(Claimed {
+                batch: b.clone(),
+                scan_from: earlier,
+            });
+        }
+        out
+    }
+
+    /// End `token`'s drain: remove the batches `done` it holds (appended by it), and let the others it holds go
+    /// at once (their claim lapses, keeping its `since`, so the next drain takes them over and scans for what
+    /// this one appended). Batches others hold are left as they are.
+    pub fn release(&mut self, token: &str, done: &[String]) {
+        let mine = |b: &Parked| b.claim.as_ref().is_some_and(|c| c.token == token);
+        self.batches.retain(|b| !(mine(b) && done.contains(&b.id)));
+        for b in self.batches.iter_mut() {
+            if let Some(c) = b.claim.as_mut().filter(|c| c.token == token) {
+                c.until = 0;
+            }
+        }
+    }
+}
+
+impl Parked {
+    /// The shards its events go to.
+    pub fn shards(&self) -> BTreeSet<u16> {
+        self.events
+            .iter()
+            .map(|(kind, fields)| shard_for(*kind, fields))
+            .collect()
+    }
+
+    /// Its events not among `found` (entries of its shards, read from a lapsed drain's `since`), in order.
+    pub fn unwritten(&self, found: &[LedgerEntry]) -> Vec<(EntryKind, EntryFields)> {
+        let written: BTreeSet<&str> = found
+            .iter()
+            .filter_map(|e| e.details.get(OUTBOX_TAG).map(String::as_str))
+            .collect();
+        self.events
+            .iter()
+            .filter(|(_, f)| {
+                f.details
+                    .get(OUTBOX_TAG)
+                    .is_none_or(|tag| !written.contains(tag.as_str()))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{ChainHead, shard_of};
+
+    fn event(invoice: &str) -> (EntryKind, EntryFields) {
+        (
+            EntryKind::RefundPaid,
+            EntryFields::default().invoice(invoice),
+        )
+    }
+
+    fn heads(outbox: &Outbox, now: u64, count: u64) -> BTreeMap<u16, u64> {
+        outbox
+            .shards_to_claim(now)
+            .into_iter()
+            .map(|s| (s, count))
+            .collect()
+    }
+
+    #[test]
+    fn parked_events_are_tagged_in_order_and_bounded() {
+        let mut o = Outbox::default();
+        o.park("b1", 7, vec![event("inv_a"), event("inv_b")])
+            .unwrap();
+        let tags: Vec<_> = o.batches[0]
+            .events
+            .iter()
+            .map(|(_, f)| f.details[OUTBOX_TAG].clone())
+            .collect();
+        assert_eq!(tags, ["b1/0", "b1/1"]);
+        assert_eq!(o.batches[0].at, 7, "the events keep their time");
+        assert_eq!(
+            o.batches[0].shards(),
+            [shard_of("inv_a"), shard_of("inv_b")].into()
+        );
+        let many = vec![event("inv_c"); MAX_PARKED_EVENTS - 1];
+        assert_eq!(o.park("b2", 8, many), Err(OutboxFull));
+        assert_eq!(o.parked_events(), 2, "a refused batch parks nothing");
+        o.park("b2", 8, vec![event("inv_c"); MAX_PARKED_EVENTS - 2])
+            .unwrap();
+        assert_eq!(o.parked_events(), MAX_PARKED_EVENTS);
+    }
+
+    #[test]
+    fn a_claim_holds_until_its_lease_ends_and_a_takeover_keeps_the_first_since() {
+        let mut o = Outbox::default();
+        o.park("b1", 7, vec![event("inv_a")]).unwrap();
+        let first = o.claim("d1", 100, &heads(&o, 100, 5));
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].scan_from, None);
+        // Held: another drain claims nothing and reads no heads for it.
+        assert!(o.shards_to_claim(100 + DRAIN_LEASE_SECS - 1).is_empty());
+        assert!(o.claim("d2", 101, &heads(&o, 101, 9)).is_empty());
+        // A release by anyone but the holder removes nothing.
+        o.release("d2", &["b1".into()]);
+        assert_eq!(o.parked_events(), 1);
+        // Lapsed: taken over, scanning from the first claim's head count (5), which the claim keeps.
+        let later = 100 + DRAIN_LEASE_SECS;
+        let taken = o.claim("d2", later, &heads(&o, later, 9));
+        assert_eq!(taken.len(), 1);
+        let shard = shard_of("inv_a");
+        assert_eq!(taken[0].scan_from, Some([(shard, 5)].into()));
+        assert_eq!(
+            o.batches[0].claim.as_ref().unwrap().since,
+            [(shard, 5)].into()
+        );
+        // The lapsed drainer can no longer remove it; the holder can.
+        o.release("d1", &["b1".into()]);
+        assert_eq!(o.parked_events(), 1);
+        assert_eq!(o.batches[0].claim.as_ref().unwrap().token, "d2");
+        o.release("d2", &["b1".into()]);
+        assert_eq!(o.parked_events(), 0);
+    }
+
+    /// A drain that could not append a batch lets it go when it ends: the next drain, at once, takes it over
+    /// and scans from the first claim's head count.
+    #[test]
+    fn a_drain_lets_go_of_what_it_did_not_append() {
+        let mut o = Outbox::default();
+        o.park("b1", 7, vec![event("inv_a")]).unwrap();
+        o.park("b2", 7, vec![event("inv_b")]).unwrap();
+        o.claim("d1", 100, &heads(&o, 100, 5));
+        o.release("d1", &["b1".into()]);
+        assert_eq!(o.batches.len(), 1);
+        let next = o.claim("d2", 100, &heads(&o, 100, 9));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].batch.id, "b2");
+        assert_eq!(next[0].scan_from, Some([(shard_of("inv_b"), 5)].into()));
+    }
+
+    #[test]
+    fn a_batch_whose_head_was_not_read_is_not_claimed() {
+        let mut o = Outbox::default();
+        o.park("b1", 7, vec![event("inv_a")]).unwrap();
+        assert!(o.claim("d1", 100, &BTreeMap::new()).is_empty());
+        assert!(o.batches[0].claim.is_none());
+    }
+
+    #[test]
+    fn what_a_lapsed_drain_appended_is_not_appended_again() {
+        let mut o = Outbox::default();
+        o.park(
+            "b1",
+            7,
+            vec![event("inv_a"), event("inv_a"), event("inv_a")],
+        )
+        .unwrap();
+        let batch = &o.batches[0];
+        // The lapsed drain appended the first event; an unrelated entry (another batch's) sits between.
+        let mut head = ChainHead::genesis_of(shard_of("inv_a"));
+        let (k, f) = batch.events[0].clone();
+        let mine = head.append(7, k, f);
+        let other = head.append(
+            8,
+            EntryKind::RefundPaid,
+            EntryFields::default()
+                .invoice("inv_a")
+                .detail(OUTBOX_TAG, "b0/1"),
+        );
+        let left = batch.unwritten(&[mine, other]);
+        let tags: Vec<_> = left
+            .iter()
+            .map(|(_, f)| f.details[OUTBOX_TAG].as_str())
+            .collect();
+        assert_eq!(tags, ["b1/1", "b1/2"]);
+        assert_eq!(batch.unwritten(&[]).len(), 3);
+    }
+
+    #[test]
+    fn the_record_round_trips() {
+        let mut o = Outbox::default();
+        o.park("b1", 7, vec![event("inv_a")]).unwrap();
+        o.claim("d1", 100, &heads(&o, 100, 5));
+        let json = serde_json::to_string(&o).unwrap();
+        assert_eq!(serde_json::from_str::<Outbox>(&json).unwrap(), o);
+    }
+}
