@@ -161,15 +161,17 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
     let (account, new) =
         kv::update_json_with(&keys::balance(to_iccid.as_str()), |cur: Option<Account>| {
             let Some(mut a) = cur else {
-                let a = Account::opened_with(
+                let mut a = Account::opened_with(
                     to_iccid.clone(),
                     carrier.clone(),
                     policy.clone(),
                     moved.clone(),
                 );
+                a.replaces = Some(from.clone());
                 return Ok((a, true));
             };
             let mut added = false;
+            a.replaces = Some(from.clone());
             for c in &moved {
                 match a.credit(c.clone(), used_new) {
                     Ok(_) => added = true,
@@ -209,7 +211,22 @@ pub async fn balance(iccid: &str) -> Result<wit::Balance, wit::Error> {
     let account = load(iccid.as_str())
         .await?
         .ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {iccid}")))?;
-    Ok(to_wit(&account, used(iccid.as_str())?))
+    let used = collect(&account, used(iccid.as_str())?).await?;
+    Ok(to_wit(&account, used))
+}
+
+/// `account`'s used counter, `used` as read, after what the SIM it replaced still has to hand on (kernel
+/// `Account::collects_from`): usage a batch charged to the old SIM while the switch moved its data, which no
+/// later batch of the old SIM may come to forward.
+pub async fn collect(account: &Account, used: u64) -> Result<u64, wit::Error> {
+    let Some(old) = account.collects_from() else {
+        return Ok(used);
+    };
+    let old_used = self::used(old.as_str())?;
+    Ok(match forward(old.as_str(), old_used).await? {
+        Some((to, after)) if to == account.iccid => after,
+        _ => used,
+    })
 }
 
 /// Usage of the moved SIM `from` reached `used`: hand what is beyond its mark on to the SIM it moved to (kernel

@@ -204,6 +204,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         let Some(account) = accounts.get(iccid).and_then(Option::as_ref) else {
             continue;
         };
+        let used = accounts::collect(account, used).await?;
         if account.moved_to.is_some() {
             // Switched away: its data moved to the new SIM, and so does what it still uses. If the new SIM's
             // balance is out, both are held (the old one draws on it until it is replaced).

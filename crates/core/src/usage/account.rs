@@ -151,6 +151,12 @@ pub struct Account {
     /// the new SIM once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded_up_to: Option<u64>,
+    /// The SIM whose data moved here (a switch). What it still reports is handed on here by the batches that
+    /// charge it; a batch that was charging it while the switch moved its data charged after the move's own
+    /// hand-on, so a charge or balance read of *this* account hands on what is pending too
+    /// ([`Account::collects_from`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Iccid>,
 }
 
 /// Why an account refused a change.
@@ -189,6 +195,7 @@ impl Account {
             moved_to: None,
             closing: false,
             forwarded_up_to: None,
+            replaces: None,
         }
     }
 
@@ -211,6 +218,7 @@ impl Account {
             moved_to: None,
             closing: false,
             forwarded_up_to: None,
+            replaces: None,
         }
     }
 
@@ -248,6 +256,12 @@ impl Account {
         self.closed = Some(Vec::new());
         self.forwarded_up_to = Some(used);
         Ok(moved)
+    }
+
+    /// The SIM whose pending usage a charge or balance read of this account hands on first: the one it
+    /// replaced, unless this account moved on itself (then its own batches forward to its successor).
+    pub fn collects_from(&self) -> Option<&Iccid> {
+        self.replaces.as_ref().filter(|_| self.moved_to.is_none())
     }
 
     /// Usage reached `used` on a moved account: the bytes beyond what was already handed on, and the SIM they
@@ -582,6 +596,21 @@ mod tests {
         back.forwarded_up_to = None;
         assert_eq!(back.forward(u64::MAX), None);
         assert_eq!(account().forward(u64::MAX), None, "not moved");
+    }
+
+    /// The new SIM collects what the one it replaced still owes it, until it moves on itself.
+    #[test]
+    fn a_replacing_account_collects_from_the_sim_it_replaced() {
+        let old = Iccid::with_check_digit("894401000000000001").unwrap();
+        let mut a = account();
+        assert_eq!(a.collects_from(), None);
+        a.replaces = Some(old.clone());
+        assert_eq!(a.collects_from(), Some(&old));
+        let back: Account = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back.collects_from(), Some(&old));
+        let next = Iccid::with_check_digit("894401000000000003").unwrap();
+        a.transfer_out(&next, 0, 9).unwrap();
+        assert_eq!(a.collects_from(), None, "moved on: its own batches forward");
     }
 
     #[test]

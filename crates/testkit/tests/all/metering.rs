@@ -456,6 +456,46 @@ async fn usage_the_old_sim_reports_after_a_switch_draws_on_the_new_sim() {
     assert!(b.suspended_for_balance);
 }
 
+/// A batch that was charging the old SIM while the switch moved its data increments the old SIM's counter
+/// after the move's own hand-on, and no later batch of the old SIM may come to forward it. The new SIM's next
+/// batch and its balance read hand it on, once. (Before, those bytes were never charged.)
+#[tokio::test]
+async fn usage_charged_to_the_old_sim_during_the_switch_reaches_the_new_sim() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(23), iccid(24));
+    open(&mut kit, &old, 10).await;
+    let (from, to) = (old.clone(), sim(&new, "tmobile"));
+    kit.call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    // The in-flight batch's charge: the old SIM's used counter grows after the move (it read the account
+    // before the move, so it forwards nothing itself).
+    kit.kv()
+        .increment(&format!("meter/{old}/used"), 2 * MB as i64)
+        .await
+        .unwrap();
+    let b = balance(&mut kit, &new).await;
+    assert_eq!(
+        (b.used_bytes, b.remaining_bytes),
+        (2 * MB, 8_000_000),
+        "the balance read hands it on"
+    );
+    assert_eq!(balance(&mut kit, &new).await.used_bytes, 2 * MB, "once");
+    // Another in-flight charge, handed on by the new SIM's own next batch.
+    kit.kv()
+        .increment(&format!("meter/{old}/used"), MB as i64)
+        .await
+        .unwrap();
+    ingest(
+        &mut kit,
+        vec![receipt(&new, "tmobile", "n", 1, MB, "310-260")],
+    )
+    .await;
+    let b = balance(&mut kit, &new).await;
+    assert_eq!((b.used_bytes, b.remaining_bytes), (4 * MB, 6_000_000));
+}
+
 async fn top_up_1mb(
     kit: &mut Kit,
     iccid: &str,
