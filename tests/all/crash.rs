@@ -13,7 +13,12 @@
 //! - `order/#3`: the order is complete (SIM stored with its activation code), nothing settled;
 //! - `x402/nonce/#2`: the settlement transaction is signed and its hash recorded on the authorization's record,
 //!   not yet broadcast;
-//! - `x402/nonce/#3`: after the broadcast, its confirmed outcome recorded; the invoice not yet marked paid.
+//! - `x402/nonce/#3`: after the broadcast, its confirmed outcome recorded; the invoice not yet marked paid;
+//! - `invoice/#2`: the invoice marked paid, the settlement and activation not yet logged;
+//! - `balance/`: the SIM's data credited, not yet logged.
+//!
+//! The last two lose the attempt's ledger events with it: the same payment sent again logs them again, and the
+//! ledger keeps each once (kernel `ledger::not_yet_logged`).
 //!
 //! The restart runs with `ESIM402_CLOCK_SKEW_SECS` past the payment record's lease (`paid::LEASE_SECS`): a
 //! restart "after the lease", without waiting for it.
@@ -380,4 +385,24 @@ async fn a_payment_that_expires_after_its_order_withdraws_the_profile() {
     assert_eq!(count("settlement_confirmed"), 0, "{kinds:?}");
     assert_eq!(count("settlement_failed"), 1, "{kinds:?}");
     assert_eq!(count("activation_failed"), 1, "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_the_invoice_is_marked_paid_the_same_payment_logs_it_once() {
+    crash_and_pay_again(Crash {
+        failpoint: "invoice/#2",
+        store: Store::Sqlite,
+        verified: 2,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_the_data_is_credited_the_same_payment_logs_it_once() {
+    crash_and_pay_again(Crash {
+        failpoint: "balance/",
+        store: Store::Redis,
+        verified: 2,
+    })
+    .await;
 }

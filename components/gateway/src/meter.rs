@@ -21,7 +21,7 @@ pub async fn ingest(req: Request) -> Result<Reply, ApiError> {
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
     let out = metering::ingest(body, now()).await.map_err(from_wit)?;
-    crate::pay::log_events(out.events).await;
+    crate::pay::log_events(out.events, false).await;
     for hold in out.holds {
         let iccid = hold.iccid.clone();
         if let Err(e) = dispatch::set_balance_hold(hold).await {
@@ -248,6 +248,6 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
             ),
         }
     }
-    crate::pay::log_events(events).await;
+    crate::pay::log_events(events, false).await;
     Ok(out)
 }

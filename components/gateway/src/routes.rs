@@ -208,7 +208,7 @@ pub async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
     let run = verifier::run_refunds(now(), limit)
         .await
         .map_err(from_wit)?;
-    crate::pay::log_events(run.events).await;
+    crate::pay::log_events(run.events, false).await;
     Ok(json(200, run.summary))
 }
 

@@ -2,22 +2,35 @@
 //! invoice's shard; `verify` replays every shard against its stored head and reports the root; `export` pages
 //! through one shard or merges all of them by time.
 
-use esim402_core::ledger::{self, LedgerEntry, SHARDS, to_json_line, verify_shards};
-use esim402_guest::convert::{self, invalid, kv_fault};
-use esim402_guest::{ledger as store, wit};
+use esim402_core::ledger::{
+    self, EntryFields, EntryKind, LedgerEntry, SHARDS, to_json_line, verify_shards,
+};
+use esim402_core::paid::PaymentRecord;
+use esim402_core::store::keys;
+use esim402_guest::convert::{self, invalid, kv_err, kv_fault};
+use esim402_guest::{kv, ledger as store, wit};
+
+/// An event as the ledger takes it.
+type LedgerEvent = (EntryKind, EntryFields);
 
 /// `log-events`: append the events in order (one invoice's run with one head advance); a malformed one is an
 /// input error (nothing is appended). Events an append could not write are parked in the outbox (the next
 /// `ledger-verify` drains it), which counts as logged; only if they cannot be parked either is the store failure
 /// returned (`unavailable`).
-pub async fn log(now: u64, events: &[wit::LedgerEvent]) -> Result<(), wit::Error> {
-    let events = events
+pub async fn log(now: u64, events: &[wit::LedgerEvent], resumed: bool) -> Result<(), wit::Error> {
+    let mut events = events
         .iter()
         .map(|e| {
             convert::event(e)
                 .ok_or_else(|| invalid("kind", format!("unknown ledger event kind {:?}", e.kind)))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if resumed {
+        events = not_yet_logged(events).await?;
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
     let failed = match store::append_all(now, events).await {
         Ok(_) => return Ok(()),
         Err(failed) => failed,
@@ -36,6 +49,34 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent]) -> Result<(), wit::Error
             Err(kv_fault("ledger", failed.error))
         }
     }
+}
+
+/// A resumed attempt's `events` less the once-per-invoice ones its invoice already has in the ledger (kernel
+/// `ledger::not_yet_logged`), found by reading each invoice's shard from where its entries start (its payment
+/// record's `ledger_since`; an invoice without one is not filtered).
+async fn not_yet_logged(events: Vec<LedgerEvent>) -> Result<Vec<LedgerEvent>, wit::Error> {
+    let mut invoices: Vec<&str> = events
+        .iter()
+        .filter(|(kind, _)| ledger::once_per_invoice(*kind))
+        .filter_map(|(_, f)| f.invoice_id.as_deref())
+        .collect();
+    invoices.sort_unstable();
+    invoices.dedup();
+    let mut found = Vec::new();
+    for id in invoices {
+        let record = kv::get_json::<PaymentRecord, wit::Error>(&keys::invoice(id))
+            .await
+            .map_err(kv_err)?;
+        let Some(since) = record.and_then(|r| r.ledger_since) else {
+            continue;
+        };
+        found.extend(
+            store::read_from(ledger::shard_of(id), since, u64::MAX)
+                .await
+                .map_err(|e| kv_fault("ledger", e))?,
+        );
+    }
+    Ok(ledger::not_yet_logged(events, &found))
 }
 
 /// `ledger-verify`: first drains the outbox (events whose append failed), then `{ok, count, head}` (the head

@@ -110,8 +110,12 @@ impl Guest for Component {
         payments::v1_invoice(&payment_fingerprint, &candidate).await
     }
 
-    async fn log_events(now: u64, events: Vec<wit::LedgerEvent>) -> Result<(), wit::Error> {
-        books::log(now, &events).await
+    async fn log_events(
+        now: u64,
+        events: Vec<wit::LedgerEvent>,
+        resumed: bool,
+    ) -> Result<(), wit::Error> {
+        books::log(now, &events, resumed).await
     }
 
     async fn ledger_verify() -> Result<String, wit::Error> {

@@ -20,13 +20,18 @@ pub async fn begin(
 ) -> Result<wit::Begin, wit::Error> {
     terms::parse_id(invoice_id)?;
     let holder = util::holder_token().map_err(internal)?;
+    // Where the invoice's ledger entries will start, kept by the first claim (kernel `PaymentRecord::since`).
+    let shard_count = esim402_guest::ledger::head(esim402_core::ledger::shard_of(invoice_id))
+        .await
+        .map_err(|e| kv_fault("ledger", e))?
+        .count;
     let decided = kv::update_json_with(
         &keys::invoice(invoice_id),
         |current: Option<PaymentRecord>| {
             let first = current.is_none();
             let resumed = paid::resumes(current.as_ref());
             match paid::decide(current.as_ref(), fingerprint, &holder, replay_allowed, now) {
-                Decision::Drive(next) => Ok((next, (first, resumed))),
+                Decision::Drive(next) => Ok((next.since(shard_count), (first, resumed))),
                 // Boxed: a stored answer is large, and the error travels through every retry of the update.
                 other => Err(Box::new(other)),
             }

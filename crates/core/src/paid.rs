@@ -92,6 +92,11 @@ pub struct PaymentRecord {
     /// The payment is owed back (the purchase failed after the money moved).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refunded: bool,
+    /// The count of the invoice's ledger shard when the first payment arrived: every ledger entry of the
+    /// invoice is at or past it, so a resumed attempt finds what earlier attempts logged by scanning from here
+    /// ([`crate::ledger::not_yet_logged`]). Set by the first [`decide`] that drives ([`PaymentRecord::since`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_since: Option<u64>,
 }
 
 /// The money of a paid invoice.
@@ -152,6 +157,13 @@ impl PaymentRecord {
             }
         }
         Ok(rec)
+    }
+
+    /// Keep `head_count` (the invoice's ledger shard's count, read before this record was claimed) as where
+    /// its ledger entries start, unless an earlier claim kept one.
+    pub fn since(mut self, head_count: u64) -> Self {
+        self.ledger_since.get_or_insert(head_count);
+        self
     }
 
     /// Record that money moved (`transaction` from `payer`); once only.
@@ -226,6 +238,7 @@ pub fn decide(
             response: None,
             paid: current.and_then(|r| r.paid.clone()),
             refunded: current.is_some_and(|r| r.refunded),
+            ledger_since: current.and_then(|r| r.ledger_since),
         })
     };
     let Some(rec) = current else {
@@ -310,6 +323,7 @@ mod tests {
             }),
             paid: None,
             refunded: false,
+            ledger_since: None,
         }
     }
 

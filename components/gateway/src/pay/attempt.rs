@@ -46,10 +46,17 @@ impl<'a> Attempt<'a> {
         self.pending.borrow_mut().push(event_to_wit(kind, &fields));
     }
 
-    /// Append the recorded events.
+    /// Append the recorded events (a resumed attempt's may repeat an interrupted one's: the ledger keeps each
+    /// once-per-invoice event once).
     pub async fn flush(&self) {
         let events = std::mem::take(&mut *self.pending.borrow_mut());
-        log_events(events).await;
+        log_events(events, self.resumed).await;
+    }
+
+    /// Whether an effect's event is logged: the effect is new, or this attempt resumes one that may have been
+    /// interrupted between that effect and its append (the ledger leaves out a repeat).
+    fn logs(&self, new: bool) -> bool {
+        new || self.resumed
     }
 }
 
@@ -75,7 +82,8 @@ impl Attempt<'_> {
         };
         match verifier::settle(self.invoice.clone(), self.proof.wit(), verified).await {
             Ok(wit::Settlement::Settled(tx)) => {
-                // Logged once: a repeat that finds the invoice paid already logged nothing new.
+                // Logged once: a repeat that finds the invoice paid already logs nothing new, unless it resumes
+                // an interrupted attempt (then the ledger leaves out what that one logged).
                 if self.paid(&tx, &payer).await {
                     self.activated(order, &sim).await;
                 }
@@ -176,7 +184,7 @@ impl Attempt<'_> {
         }
         match owed {
             Ok(owed) => {
-                if owed.new {
+                if self.logs(owed.new) {
                     self.pending.borrow_mut().push(owed.event);
                 }
                 let refund =
@@ -245,15 +253,18 @@ impl Attempt<'_> {
         }
     }
 
-    /// Mark the invoice paid and log the settlement; `false` if it was already paid (a repeat).
+    /// Mark the invoice paid and log the settlement; `false` if it was already paid (a repeat) and this attempt
+    /// resumes nothing.
     async fn paid(&self, tx: &str, payer: &str) -> bool {
-        if let Err(e) =
-            invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned()).await
-        {
+        let marked =
+            invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned()).await;
+        if let Err(e) = &marked {
             // A repeat after an interruption finds it paid already.
             if !matches!(e, wit::Error::Conflict(_)) {
                 eprintln!("gateway: marking {} paid failed: {e:?}", self.invoice.id);
             }
+        }
+        if !self.logs(marked.is_ok()) {
             return false;
         }
         self.note(
@@ -331,7 +342,7 @@ impl Attempt<'_> {
             network: self.proof.network(self.invoice),
         };
         let credited = metering::credit(sim.clone(), credit, now()).await?;
-        if credited.new {
+        if self.logs(credited.new) {
             self.pending.borrow_mut().push(credited.event);
         }
         if let Some(hold) = credited.hold

@@ -224,8 +224,9 @@ pub async fn pay(
         },
         driver.resumed,
     );
-    if driver.first {
+    if driver.first || driver.resumed {
         // The invoice becomes a money event when its first payment arrives (an unpaid one is stored nowhere).
+        // A resumed attempt logs it again in case the interrupted one never did (a repeat is left out).
         attempt.note(EntryKind::InvoiceIssued, attempt.fields());
     }
     let (end, response) = match proof.kind {
@@ -249,14 +250,15 @@ pub async fn pay(
     Ok(response)
 }
 
-/// Append events (a payment attempt's, refunds owed or paid). Money already moved must not be un-answered
-/// because a log write failed, so a failure is logged loudly, not returned.
-pub async fn log_events(events: Vec<wit::LedgerEvent>) {
+/// Append events (a payment attempt's, refunds owed or paid); `resumed`: a resumed attempt's, which may repeat
+/// what an interrupted one logged (the invoices component leaves those out). Money already moved must not be
+/// un-answered because a log write failed, so a failure is logged loudly, not returned.
+pub async fn log_events(events: Vec<wit::LedgerEvent>, resumed: bool) {
     if events.is_empty() {
         return;
     }
     let kinds: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
-    if let Err(e) = invoices::log_events(now(), events).await {
+    if let Err(e) = invoices::log_events(now(), events, resumed).await {
         eprintln!("gateway: LEDGER APPEND FAILED ({kinds:?}): {e:?}");
     }
 }

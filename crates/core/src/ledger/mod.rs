@@ -184,6 +184,37 @@ pub fn shard_for(kind: EntryKind, fields: &EntryFields) -> u16 {
     shard_of(key)
 }
 
+/// Whether an invoice has at most one event of `kind` (everything but a payment's verification, which each
+/// attempt logs): such an event can be logged again by a resumed attempt and recognised as a repeat.
+pub fn once_per_invoice(kind: EntryKind) -> bool {
+    kind != EntryKind::PaymentVerified
+}
+
+/// The events a resumed payment attempt logs, less those an earlier attempt of the same invoice logged
+/// already: a once-per-invoice event ([`once_per_invoice`]) whose invoice has an entry of that kind among
+/// `found` (the invoice's shard read from where its entries start, `crate::paid::PaymentRecord::ledger_since`).
+/// An attempt interrupted between an effect and its append (a crash) leaves the event unlogged; the resumed
+/// attempt logs every such event again, and this keeps each once.
+pub fn not_yet_logged(
+    events: Vec<(EntryKind, EntryFields)>,
+    found: &[LedgerEntry],
+) -> Vec<(EntryKind, EntryFields)> {
+    let logged: std::collections::BTreeSet<(&str, EntryKind)> = found
+        .iter()
+        .filter_map(|e| Some((e.invoice_id.as_deref()?, e.kind)))
+        .collect();
+    events
+        .into_iter()
+        .filter(|(kind, fields)| {
+            !once_per_invoice(*kind)
+                || fields
+                    .invoice_id
+                    .as_deref()
+                    .is_none_or(|id| !logged.contains(&(id, *kind)))
+        })
+        .collect()
+}
+
 /// Where a chain ends: its shard, how many entries it has and the hash of the last one (zero for an empty
 /// chain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -868,5 +899,41 @@ mod tests {
             found: 7,
         };
         assert_eq!(err.to_string(), "entries missing: expected seq 5, found 7");
+    }
+
+    #[test]
+    fn a_resumed_attempt_logs_only_what_no_earlier_attempt_of_the_invoice_did() {
+        let inv = |id: &str| EntryFields::default().invoice(id);
+        let mut head = ChainHead::genesis_of(shard_of("inv_a"));
+        let found = [
+            head.append(1, EntryKind::InvoiceIssued, inv("inv_a")),
+            head.append(1, EntryKind::PaymentVerified, inv("inv_a")),
+            head.append(2, EntryKind::SettlementConfirmed, inv("inv_other")),
+        ];
+        let events = vec![
+            (EntryKind::InvoiceIssued, inv("inv_a")),
+            (EntryKind::PaymentVerified, inv("inv_a")),
+            (EntryKind::SettlementConfirmed, inv("inv_a")),
+            (EntryKind::ActivationCompleted, inv("inv_a")),
+            (
+                EntryKind::DataCredited,
+                EntryFields::default().detail("iccid", "8901"),
+            ),
+        ];
+        let kinds: Vec<EntryKind> = not_yet_logged(events, &found)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                EntryKind::PaymentVerified,
+                EntryKind::SettlementConfirmed,
+                EntryKind::ActivationCompleted,
+                EntryKind::DataCredited,
+            ],
+            "the issue is a repeat; each attempt's verification is its own; another invoice's settlement is not \
+             this one's; an event naming no invoice is kept"
+        );
     }
 }

@@ -356,7 +356,7 @@ fn ledger_event(kind: &str, invoice: &str) -> types::LedgerEvent {
 }
 
 async fn log(kit: &mut Kit, now: u64, events: Vec<types::LedgerEvent>) -> Result<(), types::Error> {
-    kit.call(async move |a, g| g.invoices().call_log_events(a, now, events).await)
+    kit.call(async move |a, g| g.invoices().call_log_events(a, now, events, false).await)
         .await
         .unwrap()
 }
