@@ -160,7 +160,8 @@ impl PaymentRecord {
     }
 
     /// Keep `head_count` (the invoice's ledger shard's count, read before this record was claimed) as where
-    /// its ledger entries start, unless an earlier claim kept one.
+    /// its ledger entries start, unless the record existed before this claim ([`decide`] carries its start:
+    /// the one kept, or 0 for a record older than the field).
     pub fn since(mut self, head_count: u64) -> Self {
         self.ledger_since.get_or_insert(head_count);
         self
@@ -238,7 +239,8 @@ pub fn decide(
             response: None,
             paid: current.and_then(|r| r.paid.clone()),
             refunded: current.is_some_and(|r| r.refunded),
-            ledger_since: current.and_then(|r| r.ledger_since),
+            // A record from before `ledger_since` existed: its entries may start anywhere in the shard.
+            ledger_since: current.map(|r| r.ledger_since.unwrap_or(0)),
         })
     };
     let Some(rec) = current else {
@@ -436,6 +438,28 @@ mod tests {
         };
         let body: serde_json::Value = serde_json::from_str(&other.body).unwrap();
         assert_eq!(body["error"]["code"], "conflict");
+    }
+
+    /// Where an invoice's ledger entries start is read once, at its first claim, and carried by every later
+    /// one; a record from before the field scans its whole shard.
+    #[test]
+    fn the_ledger_start_is_kept_from_the_first_claim() {
+        let Decision::Drive(first) = decide(None, "a", "h1", false, 100) else {
+            panic!()
+        };
+        let first = first.since(7);
+        assert_eq!(first.ledger_since, Some(7));
+        let mut resumable = first.clone();
+        resumable.state = PaymentState::Resumable;
+        let Decision::Drive(again) = decide(Some(&resumable), "a", "h2", false, 101) else {
+            panic!()
+        };
+        assert_eq!(again.since(9).ledger_since, Some(7));
+        resumable.ledger_since = None;
+        let Decision::Drive(old) = decide(Some(&resumable), "a", "h3", false, 102) else {
+            panic!()
+        };
+        assert_eq!(old.since(9).ledger_since, Some(0));
     }
 
     /// Only a record an earlier attempt may have acted on (resumable, or a lapsed lease) is a resume.

@@ -53,7 +53,8 @@ impl Attempt<'_> {
     /// or switch the earlier attempt ordered is found through its order journal (ordering again with the same
     /// invoice and payer replays it, or finishes it) and withdrawn, and the invoice ends with a 410. Nothing
     /// ordered (the order failed), or a top-up (which delivers nothing before settlement): refused as any
-    /// payment is. An order still running elsewhere: the same payment sent again decides.
+    /// payment is. A verification that could not run (a 5xx: the chain or the store unavailable) or an order
+    /// still running elsewhere decides nothing: the same payment sent again does.
     pub(super) async fn unverifiable_resume(
         &self,
         order: &Order,
@@ -61,6 +62,9 @@ impl Attempt<'_> {
     ) -> (wit::PaymentEnd, StoredResponse) {
         if matches!(order, Order::TopUp { .. }) {
             return refused;
+        }
+        if refused.1.status >= 500 {
+            return (wit::PaymentEnd::Resume, refused.1);
         }
         let Some(payer) = self.proof.claimed_payer() else {
             return refused;
