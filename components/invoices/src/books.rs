@@ -51,9 +51,9 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent], resumed: bool) -> Result
     }
 }
 
-/// A resumed attempt's `events` less the once-per-invoice ones its invoice already has in the ledger (kernel
-/// `ledger::not_yet_logged`), found by reading each invoice's shard from where its entries start (its payment
-/// record's `ledger_since`; an invoice without one is not filtered).
+/// A resumed attempt's `events` less the once-per-invoice ones its invoice already has in the ledger or the
+/// outbox (kernel `ledger::not_yet_logged`), found by reading each invoice's shard from where its entries start
+/// (its payment record's `ledger_since`; an invoice without one is not filtered) and the outbox record.
 async fn not_yet_logged(events: Vec<LedgerEvent>) -> Result<Vec<LedgerEvent>, wit::Error> {
     let mut invoices: Vec<&str> = events
         .iter()
@@ -76,7 +76,10 @@ async fn not_yet_logged(events: Vec<LedgerEvent>) -> Result<Vec<LedgerEvent>, wi
                 .map_err(|e| kv_fault("ledger", e))?,
         );
     }
-    Ok(ledger::not_yet_logged(events, &found))
+    let parked = store::parked_events()
+        .await
+        .map_err(|e| kv_fault("ledger", e))?;
+    Ok(ledger::not_yet_logged(events, &found, &parked))
 }
 
 /// `ledger-verify`: first drains the outbox (events whose append failed), then `{ok, count, head}` (the head

@@ -296,8 +296,15 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
 
 /// How many events the outbox holds.
 pub async fn parked() -> Result<usize, KvError<()>> {
+    Ok(parked_events().await?.len())
+}
+
+/// The events the outbox holds, every batch's, in order.
+pub async fn parked_events() -> Result<Vec<(EntryKind, EntryFields)>, KvError<()>> {
     let (outbox, _) = kv::read_json::<Outbox, ()>(&keys::ledger_outbox()).await?;
-    Ok(outbox.map_or(0, |o| o.parked_events()))
+    Ok(outbox
+        .map(|o| o.batches.into_iter().flat_map(|b| b.events).collect())
+        .unwrap_or_default())
 }
 
 /// Entries of `shard` from `from` (inclusive), at most `limit`, in order; stops at the first missing seq.

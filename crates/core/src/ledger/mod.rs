@@ -191,17 +191,23 @@ pub fn once_per_invoice(kind: EntryKind) -> bool {
 }
 
 /// The events a resumed payment attempt logs, less those an earlier attempt of the same invoice logged
-/// already: a once-per-invoice event ([`once_per_invoice`]) whose invoice has an entry of that kind among
-/// `found` (the invoice's shard read from where its entries start, `crate::paid::PaymentRecord::ledger_since`).
-/// An attempt interrupted between an effect and its append (a crash) leaves the event unlogged; the resumed
-/// attempt logs every such event again, and this keeps each once.
+/// already: a once-per-invoice event ([`once_per_invoice`]) whose invoice has an event of that kind among
+/// `found` (the invoice's shard read from where its entries start, `crate::paid::PaymentRecord::ledger_since`)
+/// or `parked` (in the outbox, waiting for a drain). An attempt interrupted between an effect and its append (a
+/// crash) leaves the event unlogged; the resumed attempt logs every such event again, and this keeps each once.
 pub fn not_yet_logged(
     events: Vec<(EntryKind, EntryFields)>,
     found: &[LedgerEntry],
+    parked: &[(EntryKind, EntryFields)],
 ) -> Vec<(EntryKind, EntryFields)> {
     let logged: std::collections::BTreeSet<(&str, EntryKind)> = found
         .iter()
         .filter_map(|e| Some((e.invoice_id.as_deref()?, e.kind)))
+        .chain(
+            parked
+                .iter()
+                .filter_map(|(k, f)| Some((f.invoice_id.as_deref()?, *k))),
+        )
         .collect();
     events
         .into_iter()
@@ -920,7 +926,11 @@ mod tests {
                 EntryFields::default().detail("iccid", "8901"),
             ),
         ];
-        let kinds: Vec<EntryKind> = not_yet_logged(events, &found)
+        // An event waiting in the outbox is logged already too.
+        let owed = vec![(EntryKind::RefundOwed, inv("inv_a"))];
+        assert_eq!(not_yet_logged(owed.clone(), &found, &[]), owed);
+        assert!(not_yet_logged(owed.clone(), &found, &owed).is_empty());
+        let kinds: Vec<EntryKind> = not_yet_logged(events, &found, &[])
             .into_iter()
             .map(|(k, _)| k)
             .collect();
