@@ -406,3 +406,159 @@ async fn killed_after_the_data_is_credited_the_same_payment_logs_it_once() {
     })
     .await;
 }
+
+/// The refund job killed right after a refund's transfer was recorded paid (`refund/inv_#4`: owed, claimed,
+/// submitted, paid), before its `refund_paid` reached the ledger: a run once the killed one is surely over
+/// sends nothing again and hands the event back as a repeat, which the ledger keeps once. (Before, the paid refund was gone from the queue at
+/// the next run, and its event with the killed run.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_a_refund_is_paid_the_next_run_logs_it_once() {
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[
+            ("ESIM402_FAILPOINT", "refund/inv_#4"),
+            ("SPIN_VARIABLE_ES2_TIMEOUT_MS", "2000"),
+        ],
+    )
+    .await;
+    let body =
+        serde_json::json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let start = s.balance(agent()).await;
+    let tx =
+        crate::payments::pay_directly(&s, esim402_host::devstack::chain::RECIPIENT, price(&req))
+            .await;
+    s.break_us_west().await;
+    let (status, _, failed) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &crate::payments::proof_headers(&tx, &id),
+        )
+        .await;
+    assert_eq!(status, 503, "{failed}");
+    assert_eq!(failed["refund"]["status"], "owed", "{failed}");
+
+    let run = {
+        let req = s
+            .http
+            .post(format!("{}/admin/refunds/run", s.url))
+            .bearer_auth(s.admin_token.clone());
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    s.process()
+        .wait_for_log("failpoint hit: refund/inv_#4", Duration::from_secs(120))
+        .await
+        .unwrap();
+    s.process().kill();
+    assert!(run.await.unwrap().is_err(), "the killed run never answered");
+    assert_eq!(s.balance(agent()).await, start, "the refund was paid");
+
+    // Restarted once the killed run is surely over (kernel `refund::RELOG_AFTER_SECS`).
+    let skew = (esim402_core::refund::RELOG_AFTER_SECS + 1).to_string();
+    let env = s.env_with(
+        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
+        &["ESIM402_FAILPOINT"],
+    );
+    s.restart(&env).await;
+    let (status, summary) = {
+        let r = s
+            .http
+            .post(format!("{}/admin/refunds/run", s.url))
+            .bearer_auth(s.admin_token.clone())
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["paid"], serde_json::json!([]), "{summary}");
+    assert_eq!(summary["remaining"], 0, "{summary}");
+    assert_eq!(s.balance(agent()).await, start, "paid once");
+
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    for k in ["refund_owed", "refund_paid"] {
+        assert_eq!(
+            kinds.iter().filter(|x| *x == k).count(),
+            1,
+            "{k}: {kinds:?}"
+        );
+    }
+}
+
+/// A terminate killed right after it recorded the refund of the SIM's unused data (`refund/inv_`: its first
+/// write), before `refund_owed` reached the ledger: terminating again once the first is surely over owes
+/// nothing new and logs the event as a repeat, which the ledger keeps once. (Before, the repeat logged
+/// nothing, and the owed refund never reached the ledger.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_a_terminate_owes_its_refund_terminating_again_logs_it_once() {
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", "refund/inv_")],
+    )
+    .await;
+    let act = s.activate_paid(&activation(), &[]).await;
+    let iccid = act["iccid"].as_str().unwrap().to_owned();
+    let terminate = format!("/v1/esim/{iccid}/terminate");
+    let killed = {
+        let req = s
+            .http
+            .post(format!("{}{terminate}", s.url))
+            .header("sign-in-with-x", s.sign_in(&terminate))
+            .json(&serde_json::json!({}));
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    s.process()
+        .wait_for_log("failpoint hit: refund/inv_", Duration::from_secs(120))
+        .await
+        .unwrap();
+    s.process().kill();
+    assert!(
+        killed.await.unwrap().is_err(),
+        "the killed terminate never answered"
+    );
+
+    let skew = esim402_core::refund::RELOG_AFTER_SECS + 1;
+    let env = s.env_with(
+        &[("ESIM402_CLOCK_SKEW_SECS", &skew.to_string())],
+        &["ESIM402_FAILPOINT"],
+    );
+    s.restart(&env).await;
+    let r = s
+        .http
+        .post(format!("{}{terminate}", s.url))
+        .header(
+            "sign-in-with-x",
+            esim402_tests::sign_in_ahead(
+                esim402_host::devstack::chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
+                &s.url,
+                &terminate,
+                skew,
+            ),
+        )
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let again: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["refunds"].as_array().map(Vec::len),
+        Some(1),
+        "{again}"
+    );
+
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "refund_owed").count(),
+        1,
+        "{kinds:?}"
+    );
+}

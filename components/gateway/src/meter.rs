@@ -214,6 +214,9 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
         serde_json::from_str(&shares).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut out = Vec::new();
     let mut events = Vec::new();
+    // Shares owed before (a terminate repeated) long enough ago that their first terminate is done: their events
+    // again, which the ledger keeps once, in case that terminate stopped before logging them.
+    let mut repeats = Vec::new();
     for share in shares {
         // One share that cannot be owed now does not stop the others; terminating again retries it.
         let invoice = match pay::load_invoice(&share.invoice).await {
@@ -239,6 +242,8 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
             Ok(owed) => {
                 if owed.new {
                     events.push(owed.event);
+                } else if owed.relog {
+                    repeats.push(owed.event);
                 }
                 out.push(serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund)));
             }
@@ -249,5 +254,6 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
         }
     }
     crate::pay::log_events(events, false).await;
+    crate::pay::log_events(repeats, true).await;
     Ok(out)
 }

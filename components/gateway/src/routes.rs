@@ -208,7 +208,16 @@ pub async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
     let run = verifier::run_refunds(now(), limit)
         .await
         .map_err(from_wit)?;
-    crate::pay::log_events(run.events, false).await;
+    // Paid refunds leave the queue only once their events are logged (or parked); a run that stops before
+    // sees them again next time, as repeats the ledger keeps once.
+    let logged = crate::pay::log_events(run.events, false).await
+        & crate::pay::log_events(run.repeats, true).await;
+    if logged
+        && !run.settled.is_empty()
+        && let Err(e) = verifier::ack_refunds(run.settled).await
+    {
+        eprintln!("gateway: acknowledging paid refunds failed (the next run repeats them): {e:?}");
+    }
     Ok(json(200, run.summary))
 }
 

@@ -53,7 +53,7 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent], resumed: bool) -> Result
 
 /// A resumed attempt's `events` less the once-per-invoice ones its invoice already has in the ledger or the
 /// outbox (kernel `ledger::not_yet_logged`), found by reading each invoice's shard from where its entries start
-/// (its payment record's `ledger_since`; an invoice without one is not filtered) and the outbox record.
+/// (its payment record's `ledger_since`; from the shard's start without one) and the outbox record.
 async fn not_yet_logged(events: Vec<LedgerEvent>) -> Result<Vec<LedgerEvent>, wit::Error> {
     let mut invoices: Vec<&str> = events
         .iter()
@@ -67,9 +67,8 @@ async fn not_yet_logged(events: Vec<LedgerEvent>) -> Result<Vec<LedgerEvent>, wi
         let record = kv::get_json::<PaymentRecord, wit::Error>(&keys::invoice(id))
             .await
             .map_err(kv_err)?;
-        let Some(since) = record.and_then(|r| r.ledger_since) else {
-            continue;
-        };
+        // No record, or one from before `ledger_since`: the invoice's entries may start anywhere.
+        let since = record.and_then(|r| r.ledger_since).unwrap_or(0);
         found.extend(
             store::read_from(ledger::shard_of(id), since, u64::MAX)
                 .await

@@ -108,4 +108,8 @@ impl Guest for Component {
     async fn run_refunds(now: u64, limit: u32) -> Result<wit::RefundRun, wit::Error> {
         refunds::run(now, limit).await
     }
+
+    async fn ack_refunds(invoice_ids: Vec<String>) -> Result<u32, wit::Error> {
+        refunds::ack(&invoice_ids).await
+    }
 }

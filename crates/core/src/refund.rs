@@ -82,6 +82,25 @@ pub struct Refund {
     pub updated_at: u64,
 }
 
+/// How long after a refund's event (owed: its `created_at`; paid: its `updated_at`) a repeat of that event
+/// may be logged: by then the request that recorded it has logged it or stopped for good (a payment's whole
+/// drive fits in [`crate::paid::LEASE_SECS`], a refund run in its settlement wait), so a repeat never races the
+/// original append and the ledger's repeat check (`crate::ledger::not_yet_logged`) sees what that one logged.
+pub const RELOG_AFTER_SECS: u64 = crate::paid::LEASE_SECS;
+
+impl Refund {
+    /// Whether a repeat of this refund's latest event (`refund_paid` once paid, else `refund_owed`) may be
+    /// logged at `now` ([`RELOG_AFTER_SECS`]).
+    pub fn relog_due(&self, now: u64) -> bool {
+        let at = if self.status == RefundStatus::Paid {
+            self.updated_at
+        } else {
+            self.created_at
+        };
+        now >= at.saturating_add(RELOG_AFTER_SECS)
+    }
+}
+
 /// What a run may do with a refund it found on the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -468,5 +487,20 @@ mod tests {
         let f = r.ledger_fields();
         assert_eq!(f.amount, Some(UsdcAmount::from_micros(1)));
         assert_eq!(f.invoice_id.as_deref(), Some("i"));
+    }
+
+    #[test]
+    fn a_repeat_of_a_refund_event_waits_until_its_recorder_is_done() {
+        let mut r = refund();
+        r.created_at = 1_000;
+        assert!(!r.relog_due(1_000 + RELOG_AFTER_SECS - 1));
+        assert!(r.relog_due(1_000 + RELOG_AFTER_SECS));
+        r.status = RefundStatus::Paid;
+        r.updated_at = 5_000;
+        assert!(
+            !r.relog_due(1_000 + RELOG_AFTER_SECS),
+            "paid later: counted from then"
+        );
+        assert!(r.relog_due(5_000 + RELOG_AFTER_SECS));
     }
 }

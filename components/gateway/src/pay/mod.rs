@@ -252,13 +252,18 @@ pub async fn pay(
 
 /// Append events (a payment attempt's, refunds owed or paid); `resumed`: a resumed attempt's, which may repeat
 /// what an interrupted one logged (the invoices component leaves those out). Money already moved must not be
-/// un-answered because a log write failed, so a failure is logged loudly, not returned.
-pub async fn log_events(events: Vec<wit::LedgerEvent>, resumed: bool) {
+/// un-answered because a log write failed, so a failure is logged loudly, not returned; whether they were
+/// logged (appended, or parked for the next drain).
+pub async fn log_events(events: Vec<wit::LedgerEvent>, resumed: bool) -> bool {
     if events.is_empty() {
-        return;
+        return true;
     }
     let kinds: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
-    if let Err(e) = invoices::log_events(now(), events, resumed).await {
-        eprintln!("gateway: LEDGER APPEND FAILED ({kinds:?}): {e:?}");
+    match invoices::log_events(now(), events, resumed).await {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("gateway: LEDGER APPEND FAILED ({kinds:?}): {e:?}");
+            false
+        }
     }
 }

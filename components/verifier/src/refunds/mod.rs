@@ -6,7 +6,10 @@
 //!   `refund/queue`. A repeat answers the stored record. The gateway logs `refund_owed` for a new one.
 //! - [`run`] (`run-refunds`) pays up to `limit` queued refunds through the one send path
 //!   (`crate::sender::send`), all of the batch at once, within `settlement_timeout_ms` ([`pay`]); the refunds
-//!   it paid come back as ledger events.
+//!   it paid come back as ledger events, and stay queued until the caller, having logged them, acknowledges
+//!   them ([`ack`], `ack-refunds`). A paid refund still queued at a later run (its run stopped before the
+//!   acknowledgement) comes back as a repeat of its event, for the ledger to keep once: no `refund_paid` is lost
+//!   to a crash between the transfer and the ledger.
 
 mod pay;
 
@@ -51,12 +54,13 @@ async fn enqueue(id: &str) -> Result<(), wit::Error> {
     Ok(())
 }
 
-fn owed(refund: &Refund, new: bool) -> Result<wit::RefundOwed, wit::Error> {
+fn owed(refund: &Refund, new: bool, now: u64) -> Result<wit::RefundOwed, wit::Error> {
     let fields = refund.ledger_fields().detail("reason", &refund.reason);
     Ok(wit::RefundOwed {
         refund: to_json(refund)?,
         new,
         event: event_to_wit(EntryKind::RefundOwed, &fields),
+        relog: !new && refund.relog_due(now),
     })
 }
 
@@ -80,7 +84,7 @@ pub async fn owe(
         if existing.status != RefundStatus::Paid {
             enqueue(id.as_str()).await?;
         }
-        return owed(&existing, false);
+        return owed(&existing, false, now);
     }
     let nothing = || wit::Error::Conflict(format!("nothing was paid for invoice {id}"));
     let hash = transaction
@@ -143,18 +147,21 @@ pub async fn owe(
             let existing = load(&key)
                 .await?
                 .ok_or_else(|| internal(format!("refund record {key} vanished")))?;
-            return owed(&existing, false);
+            return owed(&existing, false, now);
         }
         Err(e) => return Err(kv_err(e)),
     }
     enqueue(id.as_str()).await?;
-    owed(&refund, true)
+    owed(&refund, true, now)
 }
 
 /// What one run did with one queued refund.
 pub enum Step {
-    /// This run saw its transfer confirmed; its ledger event.
+    /// This run saw its transfer confirmed; its ledger event. It stays queued until acknowledged.
     Paid(alloy_primitives::B256, wit::LedgerEvent),
+    /// Paid by an earlier run that was never acknowledged (stopped before its events were logged): its event
+    /// again, for the ledger to keep once. It stays queued until acknowledged.
+    Unacked(wit::LedgerEvent),
     /// In flight: its transaction (if recorded) is not mined yet, or another run is sending it.
     Pending(Option<alloy_primitives::B256>),
     /// Not paid this time; it stays owed (or could not be tried).
@@ -178,6 +185,8 @@ pub async fn run(now: u64, limit: u32) -> Result<wit::RefundRun, wit::Error> {
         return Ok(wit::RefundRun {
             summary: to_json(&summary(&[], queue.len()))?,
             events: Vec::new(),
+            repeats: Vec::new(),
+            settled: Vec::new(),
         });
     }
     let deadline = Instant::now() + cfg.settlement_timeout;
@@ -192,17 +201,48 @@ pub async fn run(now: u64, limit: u32) -> Result<wit::RefundRun, wit::Error> {
         eprintln!("verifier: cannot update the refund queue: {e:?}");
         queue.len()
     });
-    let events = results
-        .iter()
-        .filter_map(|(_, s)| match s {
-            Step::Paid(_, e) => Some(e.clone()),
-            _ => None,
-        })
-        .collect();
+    let mut events = Vec::new();
+    let mut repeats = Vec::new();
+    let mut settled = Vec::new();
+    for (id, step) in &results {
+        match step {
+            Step::Paid(_, e) => events.push(e.clone()),
+            Step::Unacked(e) => repeats.push(e.clone()),
+            _ => continue,
+        }
+        settled.push(id.clone());
+    }
+    // What the caller acknowledges leaves the queue: not counted as remaining.
+    let remaining = remaining.saturating_sub(settled.len());
     Ok(wit::RefundRun {
         summary: to_json(&summary(&results, remaining))?,
         events,
+        repeats,
+        settled,
     })
+}
+
+/// `ack-refunds`: the events of these paid refunds are logged; they leave the queue (an id whose refund is not
+/// paid stays). The queue's length after.
+pub async fn ack(ids: &[String]) -> Result<u32, wit::Error> {
+    let mut gone = Vec::new();
+    for id in ids {
+        let Ok(invoice) = InvoiceId::parse(id) else {
+            continue;
+        };
+        let refund = kv::get_json::<Refund, wit::Error>(&keys::refund(&invoice))
+            .await
+            .map_err(kv_err)?;
+        if refund.is_some_and(|r| r.status == RefundStatus::Paid) {
+            gone.push(id.clone());
+        }
+    }
+    let queue = kv::update_json::<Vec<String>, wit::Error>(keys::REFUND_QUEUE, |q| {
+        Ok(refund::requeue(&q.unwrap_or_default(), &[], &gone))
+    })
+    .await
+    .map_err(kv_err)?;
+    Ok(u32::try_from(queue.len()).unwrap_or(u32::MAX))
 }
 
 /// Drop the refunds that left the queue and move the rest of the batch to its tail (kernel
@@ -210,7 +250,7 @@ pub async fn run(now: u64, limit: u32) -> Result<wit::RefundRun, wit::Error> {
 async fn requeue(results: &[(String, Step)]) -> Result<usize, wit::Error> {
     let gone: Vec<String> = results
         .iter()
-        .filter(|(_, s)| matches!(s, Step::Paid(..) | Step::Gone))
+        .filter(|(_, s)| matches!(s, Step::Gone))
         .map(|(id, _)| id.clone())
         .collect();
     let tried: Vec<String> = results.iter().map(|(id, _)| id.clone()).collect();
@@ -235,7 +275,7 @@ fn summary(results: &[(String, Step)], remaining: usize) -> serde_json::Value {
                 pending.push(json!({"invoice": invoice, "transaction": tx.map(|t| t.to_string())}))
             }
             Step::Failed(error) => failed.push(json!({"invoice": invoice, "error": error})),
-            Step::Quiet | Step::Gone => {}
+            Step::Unacked(_) | Step::Quiet | Step::Gone => {}
         }
     }
     json!({"paid": paid, "pending": pending, "failed": failed, "remaining": remaining})

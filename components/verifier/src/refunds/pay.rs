@@ -81,8 +81,18 @@ pub async fn pay_one(
         Ok(None) => return Step::Gone,
         Err(e) => return Step::Failed(message(&e)),
     };
+    // Paid by an earlier run whose acknowledgement (the gateway logged its event) never came: its event again,
+    // for the ledger to keep once, once that run is surely done (kernel `Refund::relog_due`); until then it
+    // stays queued for that run to acknowledge.
+    if refund.status == RefundStatus::Paid && !refund.relog_due(now) {
+        return Step::Quiet;
+    }
     if refund.status == RefundStatus::Paid {
-        return Step::Gone;
+        let mut fields = refund.ledger_fields();
+        if let Some(hash) = refund.tx_hash() {
+            fields = fields.tx_hash(hash.to_string());
+        }
+        return Step::Unacked(event_to_wit(EntryKind::RefundPaid, &fields));
     }
     // The refund is paid on the network that was paid; a wrong endpoint must not change its state.
     let chain = match cfg.chain(&refund.network) {
@@ -112,7 +122,8 @@ pub async fn pay_one(
         // Someone else claimed it first (or it vanished): theirs to report.
         Ok(Some((r, false))) => {
             return match (r.status, r.tx_hash()) {
-                (RefundStatus::Paid, _) => Step::Gone,
+                // Paid by the run that claimed it, which reports it and acknowledges it.
+                (RefundStatus::Paid, _) => Step::Quiet,
                 (RefundStatus::Submitted, tx) => Step::Pending(tx),
                 (RefundStatus::Owed, _) => Step::Quiet,
             };
@@ -199,7 +210,7 @@ async fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
     })
     .await;
     match (r, verdict.get()) {
-        (Ok(Some((r, _))), _) if r.status == RefundStatus::Paid => Step::Gone,
+        (Ok(Some((r, _))), _) if r.status == RefundStatus::Paid => Step::Quiet,
         (Ok(Some((r, true))), Unmineable::OwedAgain) if r.status == RefundStatus::Owed => {
             eprintln!("verifier: {error}: refund {key} is owed again");
             Step::Failed(error)
@@ -234,7 +245,6 @@ async fn reconcile(chain: &Chain, key: &str, hash: B256, now: u64, deadline: Ins
     let succeeded = mined == Mined::Succeeded;
     let refund = match update(key, |r| r.settle(&tx, succeeded, &error, now)).await {
         Ok(Some((r, true))) => r,
-        Ok(Some((r, false))) if r.status == RefundStatus::Paid => return Step::Gone,
         Ok(_) => return Step::Quiet,
         Err(e) => {
             // The chain is the truth; a later run reads it again.

@@ -99,15 +99,29 @@ async fn run(kit: &mut Kit, limit: u32) -> Result<Value, E> {
     run_at(kit, now(), limit).await
 }
 
-/// A run as of `at` (unix seconds): its summary. The ledger events it returns (for the gateway to log) are
-/// checked here against the summary: exactly one `refund_paid` per refund it reports paid.
+/// A run as of `at` (unix seconds), acknowledged as the gateway does once it logged the events: its summary.
+/// The ledger events it returns are checked here against the summary: exactly one `refund_paid` per refund it
+/// reports paid, and no repeats (nothing was left unacknowledged).
 async fn run_at(kit: &mut Kit, at: u64, limit: u32) -> Result<Value, E> {
-    let r = kit
-        .call(async move |a, g| g.verifier().call_run_refunds(a, at, limit).await)
+    let r = run_unacked(kit, at, limit).await?;
+    assert!(r.repeats.is_empty(), "{:?}", r.repeats);
+    ack(kit, r.settled.clone()).await;
+    Ok(summary(r))
+}
+
+/// A run whose caller stops before acknowledging it (the gateway killed before its events were logged).
+async fn run_unacked(kit: &mut Kit, at: u64, limit: u32) -> Result<types::RefundRun, E> {
+    kit.call(async move |a, g| g.verifier().call_run_refunds(a, at, limit).await)
         .await
         .unwrap()
-        .map_err(E::from)?;
-    Ok(summary(r))
+        .map_err(E::from)
+}
+
+async fn ack(kit: &mut Kit, ids: Vec<String>) -> u32 {
+    kit.call(async move |a, g| g.verifier().call_ack_refunds(a, ids).await)
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn summary(r: types::RefundRun) -> Value {
@@ -400,6 +414,63 @@ async fn run_refunds_sends_one_transfer_to_the_payer_and_marks_it_paid() {
     assert_eq!(sends, 2, "the settlement and the one refund");
 }
 
+/// A run that paid a refund but was never acknowledged (its caller stopped before logging the event): the
+/// refund stays queued, and a run once that one is surely over hands its `refund_paid` back as a repeat (no
+/// second transfer) until it is acknowledged. Before, the paid refund left the queue with the run, and its event was lost with the caller.
+#[tokio::test]
+async fn a_paid_refund_stays_queued_until_its_event_is_acknowledged() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[]).await;
+    let p = paid(&mut kit, 125).await;
+    let id = p.id.clone();
+    owe(&mut kit, &p, "activation failed").await.unwrap();
+
+    let first = run_unacked(&mut kit, now(), 10).await.unwrap();
+    assert_eq!(first.events.len(), 1);
+    assert_eq!(first.settled, std::slice::from_ref(&id));
+    let summary: Value = serde_json::from_str(&first.summary).unwrap();
+    assert_eq!(
+        summary["remaining"], 0,
+        "acknowledged, it leaves: {summary}"
+    );
+    assert_eq!(queue(&kit).await, json!([id]), "not acknowledged yet");
+
+    // Right after, the run that paid it may still be logging: left alone, still queued.
+    let soon = run_unacked(&mut kit, now(), 10).await.unwrap();
+    assert!(soon.events.is_empty() && soon.repeats.is_empty() && soon.settled.is_empty());
+    assert_eq!(queue(&kit).await, json!([id]));
+
+    // Once that run is surely done, a run repeats the event.
+    let later = now() + esim402_core::refund::RELOG_AFTER_SECS;
+    let again = run_unacked(&mut kit, later, 10).await.unwrap();
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    let key = |e: &types::LedgerEvent| {
+        (
+            e.kind.clone(),
+            e.invoice.clone(),
+            e.tx_hash.clone(),
+            e.amount,
+            e.payer.clone(),
+        )
+    };
+    assert_eq!(
+        again.repeats.iter().map(key).collect::<Vec<_>>(),
+        first.events.iter().map(key).collect::<Vec<_>>(),
+        "the same event, for the ledger to keep once"
+    );
+    assert_eq!(again.settled, std::slice::from_ref(&id));
+    assert_eq!(refund_txs(&node).len(), 1, "no second transfer");
+
+    // An id whose refund is not paid is not acknowledged away.
+    assert_eq!(
+        ack(&mut kit, vec![id.clone(), "inv_unknown".into()]).await,
+        0
+    );
+    assert_eq!(queue(&kit).await, json!([]));
+    let last = run_unacked(&mut kit, later, 10).await.unwrap();
+    assert!(last.events.is_empty() && last.repeats.is_empty() && last.settled.is_empty());
+}
+
 #[tokio::test]
 async fn a_refund_without_a_receipt_stays_submitted_and_is_reconciled_without_a_second_send() {
     let node = Arc::new(Node::default());
@@ -635,7 +706,11 @@ async fn concurrent_runs_send_exactly_one_transfer_per_refund() {
     assert_eq!(nonces, (TX_COUNT..TX_COUNT + 3).collect::<Vec<_>>());
     let mut reported = Vec::new();
     for r in results {
-        let summary = summary(r.unwrap());
+        let r = r.unwrap();
+        // Each caller acknowledges what it logged, as the gateway does (a refund another run paid first may
+        // come back to a later run as a repeat: the ledger keeps its event once).
+        ack(&mut kit, r.settled.clone()).await;
+        let summary = summary(r);
         assert_eq!(summary["failed"], json!([]), "{summary}");
         for p in summary["paid"].as_array().unwrap() {
             reported.push(p["invoice"].as_str().unwrap().to_owned());
