@@ -41,7 +41,8 @@ use esim402_core::x402::wire::{
 };
 use esim402_core::x402::{ChainFacts, NetworkConfig, Networks, VerifyRequest, VerifyResponse};
 use esim402_host::devstack::chain;
-use esim402_host::kv::{Backend, KvResult, MemoryStore, SharedBackend};
+use esim402_host::kv::wrapped::{Hook, Op, Wrapped};
+use esim402_host::kv::{KvResult, MemoryStore, SharedBackend};
 use esim402_testkit::{Kit, Recorded, Scripted, types};
 use serde_json::{Value, json};
 
@@ -249,54 +250,22 @@ impl Node {
     }
 }
 
-/// The in-memory store, counting every operation the component makes.
+/// What the benchmark adds to the in-memory store: a count of every operation the component makes.
 #[derive(Default)]
-struct CountingKv {
-    inner: MemoryStore,
-    ops: AtomicU64,
+struct Counting(AtomicU64);
+
+impl Hook for Counting {
+    fn before(&self, _op: Op, _key: &str) -> KvResult<()> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
-impl CountingKv {
-    fn count(&self) {
-        self.ops.fetch_add(1, Ordering::Relaxed);
-    }
-}
+/// The in-memory store, counting every operation the component makes.
+type CountingKv = Wrapped<Counting>;
 
-#[async_trait::async_trait]
-impl Backend for CountingKv {
-    async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>> {
-        self.count();
-        self.inner.get(key).await
-    }
-    async fn set(&self, key: &str, value: &[u8]) -> KvResult<()> {
-        self.count();
-        self.inner.set(key, value).await
-    }
-    async fn delete(&self, key: &str) -> KvResult<()> {
-        self.count();
-        self.inner.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> KvResult<bool> {
-        self.count();
-        self.inner.exists(key).await
-    }
-    async fn keys(&self) -> KvResult<Vec<String>> {
-        self.count();
-        self.inner.keys().await
-    }
-    async fn increment(&self, key: &str, delta: i64) -> KvResult<i64> {
-        self.count();
-        self.inner.increment(key, delta).await
-    }
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-    ) -> KvResult<bool> {
-        self.count();
-        self.inner.compare_and_swap(key, expected, value).await
-    }
+fn counting_kv() -> CountingKv {
+    Wrapped::new(Arc::new(MemoryStore::default()), Counting::default())
 }
 
 async fn kit(node: &Arc<Node>, kv: &Arc<CountingKv>) -> anyhow::Result<Kit> {
@@ -499,7 +468,7 @@ pub async fn run(count: usize, concurrency: usize) -> anyhow::Result<()> {
 
     // The component: one instance, compiled once (cached on disk), warmed up, then measured.
     let node = Arc::new(Node::default());
-    let kv = Arc::new(CountingKv::default());
+    let kv = Arc::new(counting_kv());
     let t = Instant::now();
     let mut kit = kit(&node, &kv).await?;
     println!(
@@ -508,7 +477,7 @@ pub async fn run(count: usize, concurrency: usize) -> anyhow::Result<()> {
     );
     component_phase(&mut kit, warm, Kind::Valid, 1).await?;
     let posts_before = node.posts.load(Ordering::Relaxed);
-    let kv_before = kv.ops.load(Ordering::Relaxed);
+    let kv_before = kv.hook.0.load(Ordering::Relaxed);
     if let Ok(mut m) = node.by_method.lock() {
         m.clear();
     }
@@ -521,7 +490,7 @@ pub async fn run(count: usize, concurrency: usize) -> anyhow::Result<()> {
         .lock()
         .map(|m| m.values().sum())
         .unwrap_or_default();
-    let kv_ops = kv.ops.load(Ordering::Relaxed) - kv_before;
+    let kv_ops = kv.hook.0.load(Ordering::Relaxed) - kv_before;
     let by_method = node.by_method.lock().map(|m| m.clone()).unwrap_or_default();
 
     let start = Instant::now();

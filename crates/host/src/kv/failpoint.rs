@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
+use super::wrapped::{Hook, Wrapped};
 use super::{Backend, KvResult, SharedBackend};
 
 /// The environment variable that arms the failpoint.
@@ -106,28 +107,31 @@ pub fn wrap(backend: SharedBackend) -> anyhow::Result<SharedBackend> {
     if spec.is_none() && sync_after.is_none() {
         return Ok(backend);
     }
-    Ok(Arc::new(Failpoint {
-        inner: backend,
-        spec,
-        seen: AtomicU64::new(0),
-        sync_after,
-        sync_failed: AtomicBool::new(false),
-    }))
+    Ok(Arc::new(Wrapped::new(
+        backend,
+        Failpoint {
+            spec,
+            seen: AtomicU64::new(0),
+            sync_after,
+            sync_failed: AtomicBool::new(false),
+        },
+    )))
 }
 
-/// A backend that stalls the request whose write reaches the failpoint, or fails barriers after one.
+/// What the failpoint adds to a store ([`Wrapped`]): it stalls the request whose write reaches the failpoint,
+/// or fails barriers after one.
 struct Failpoint {
-    inner: SharedBackend,
     spec: Option<Spec>,
     seen: AtomicU64,
     sync_after: Option<String>,
     sync_failed: AtomicBool,
 }
 
-impl Failpoint {
+#[async_trait]
+impl Hook for Failpoint {
     /// After a completed published write of `key`: break the disk sync if it is the sync failpoint's; stall
     /// forever if it is the failpoint's.
-    async fn after_write(&self, key: &str) {
+    async fn after_write(&self, inner: &dyn Backend, key: &str) {
         if is_cell_bookkeeping(key) {
             return;
         }
@@ -148,60 +152,18 @@ impl Failpoint {
         }
         // The write is committed and on disk before the crash comes: a store that commits at barriers
         // (`sqlite::CommitAt::Barrier`) would otherwise still hold it in its open transaction.
-        let _ = self.inner.barrier().await;
+        let _ = inner.barrier().await;
         eprintln!("failpoint hit: {}", spec.label());
         std::future::pending::<()>().await;
     }
-}
 
-#[async_trait]
-impl Backend for Failpoint {
-    async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>> {
-        self.inner.get(key).await
-    }
-
-    async fn set(&self, key: &str, value: &[u8]) -> KvResult<()> {
-        self.inner.set(key, value).await?;
-        self.after_write(key).await;
-        Ok(())
-    }
-
-    async fn delete(&self, key: &str) -> KvResult<()> {
-        self.inner.delete(key).await
-    }
-
-    async fn exists(&self, key: &str) -> KvResult<bool> {
-        self.inner.exists(key).await
-    }
-
-    async fn keys(&self) -> KvResult<Vec<String>> {
-        self.inner.keys().await
-    }
-
-    async fn increment(&self, key: &str, delta: i64) -> KvResult<i64> {
-        self.inner.increment(key, delta).await
-    }
-
-    async fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-    ) -> KvResult<bool> {
-        let swapped = self.inner.compare_and_swap(key, expected, value).await?;
-        if swapped {
-            self.after_write(key).await;
-        }
-        Ok(swapped)
-    }
-
-    async fn barrier(&self) -> KvResult<()> {
+    async fn barrier(&self, inner: &dyn Backend) -> KvResult<()> {
         if self.sync_failed.load(Ordering::SeqCst) {
             // A store that commits at barriers commits before it syncs; only the sync fails.
-            let _ = self.inner.barrier().await;
+            let _ = inner.barrier().await;
             return Err(super::KvError("failpoint: the disk sync failed".into()));
         }
-        self.inner.barrier().await
+        inner.barrier().await
     }
 }
 
@@ -240,13 +202,15 @@ mod tests {
 
     #[tokio::test]
     async fn the_nth_published_write_completes_then_stalls_and_the_rest_pass() {
-        let fp = Failpoint {
-            inner: Arc::new(MemoryStore::default()),
-            spec: Spec::parse("sim/#2"),
-            seen: AtomicU64::new(0),
-            sync_after: None,
-            sync_failed: AtomicBool::new(false),
-        };
+        let fp = Wrapped::new(
+            Arc::new(MemoryStore::default()),
+            Failpoint {
+                spec: Spec::parse("sim/#2"),
+                seen: AtomicU64::new(0),
+                sync_after: None,
+                sync_failed: AtomicBool::new(false),
+            },
+        );
         fp.set("sim/1@v1.77", b"proposal").await.unwrap();
         fp.set("other/1", b"x").await.unwrap();
         fp.set("sim/1", b"first").await.unwrap();
@@ -269,13 +233,15 @@ mod tests {
 
     #[tokio::test]
     async fn after_the_sync_failpoints_write_every_barrier_fails() {
-        let fp = Failpoint {
-            inner: Arc::new(MemoryStore::default()),
-            spec: None,
-            seen: AtomicU64::new(0),
-            sync_after: Some("balance/".into()),
-            sync_failed: AtomicBool::new(false),
-        };
+        let fp = Wrapped::new(
+            Arc::new(MemoryStore::default()),
+            Failpoint {
+                spec: None,
+                seen: AtomicU64::new(0),
+                sync_after: Some("balance/".into()),
+                sync_failed: AtomicBool::new(false),
+            },
+        );
         fp.set("balance/1@v1.5", b"proposal").await.unwrap();
         fp.set("other/1", b"x").await.unwrap();
         fp.barrier().await.unwrap();

@@ -17,6 +17,7 @@ pub mod failpoint;
 mod memory;
 mod redis_store;
 mod sqlite;
+pub mod wrapped;
 
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;

@@ -612,7 +612,7 @@ async fn an_eid_refused_at_confirm_is_rejected_and_the_profile_given_back() {
 #[tokio::test]
 async fn a_sim_record_that_cannot_be_written_gives_the_profile_back() {
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let store = Arc::new(crate::FailingWrites::new("sim/", &failing));
+    let store = Arc::new(crate::failing_writes("sim/", &failing));
     let mut kit = kit_on(Arc::default(), &[], Some(store)).await;
     let err = order(&mut kit, request("us-west", None), "inv-no-sim")
         .await

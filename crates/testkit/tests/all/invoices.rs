@@ -380,9 +380,7 @@ async fn events_whose_append_fails_are_parked_and_drained_once() {
     let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/").into_boxed_str());
     let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut kit = builder()
-        .store(std::sync::Arc::new(crate::FailingWrites::new(
-            prefix, &failing,
-        )))
+        .store(std::sync::Arc::new(crate::failing_writes(prefix, &failing)))
         .build()
         .await
         .unwrap();

@@ -1575,7 +1575,7 @@ async fn a_settlement_whose_hash_cannot_be_claimed_is_not_broadcast() {
     let node = Arc::new(Node::default());
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut kit = builder(&node)
-        .store(Arc::new(crate::FailingWrites::new("txhash/", &failing)))
+        .store(Arc::new(crate::failing_writes("txhash/", &failing)))
         .build()
         .await
         .unwrap();
