@@ -562,3 +562,56 @@ async fn killed_after_a_terminate_owes_its_refund_terminating_again_logs_it_once
         "{kinds:?}"
     );
 }
+
+/// A payment interrupted after its order (`order/#3`) and sent again while the chain cannot be reached: the
+/// verification cannot run (503), which decides nothing: the ordered profile is not withdrawn, and the same
+/// payment sent again once the chain is back completes, charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resumed_payment_that_cannot_reach_the_chain_keeps_its_order() {
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", "order/#3")],
+    )
+    .await;
+    let start = s.balance(agent()).await;
+    let (_, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let header = pay.header();
+    stall_and_kill(&mut s, &header, "order/#3").await;
+    let ordered = s.handed_out().await;
+
+    let skew = (LEASE_SECS + 1).to_string();
+    let dead = {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let env = s.env_with(
+        &[
+            ("ESIM402_CLOCK_SKEW_SECS", &skew),
+            ("SPIN_VARIABLE_RPC_URL", &dead),
+        ],
+        &["ESIM402_FAILPOINT"],
+    );
+    s.restart(&env).await;
+    let (status, _, body) = send_payment(&s, &header).await;
+    assert!(status >= 500, "{status}: {body}");
+    assert_eq!(s.handed_out().await, ordered, "the order stands");
+
+    let env = s.env_with(
+        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
+        &["ESIM402_FAILPOINT"],
+    );
+    s.restart(&env).await;
+    let (status, _, body) = send_payment(&s, &header).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        Some(body["iccid"].as_str().unwrap().to_owned()),
+        ordered.into_iter().next(),
+        "the profile ordered before"
+    );
+    assert_eq!(
+        s.balance(agent()).await,
+        start - price(&req),
+        "charged once"
+    );
+}

@@ -72,7 +72,15 @@ async fn load() -> Result<Config, wit::Error> {
         price_book: catalog.price_book(),
         catalog,
         smdp_base,
-        budget: Duration::from_secs(int_var("dispatch_budget_secs", 60, 600).await?),
+        // Bounded so a payment's whole drive fits its lease (kernel `paid::LEASE_SECS`).
+        budget: Duration::from_secs(
+            int_var(
+                "dispatch_budget_secs",
+                60,
+                esim402_core::paid::MAX_DISPATCH_BUDGET_SECS,
+            )
+            .await?,
+        ),
         call_timeout: Duration::from_millis(int_var("es2_timeout_ms", 10_000, 120_000).await?),
         token_key: token_key().await?,
         callbacks: CallbackCredentials::parse(

@@ -109,6 +109,12 @@ impl Guest for Component {
             .map(|s| sim_to_wit(&s))
     }
 
+    async fn ordered_sim(invoice_id: String, now: u64) -> Result<Option<wit::Sim>, wit::Error> {
+        ordering::ordered_sim(&invoice_id, now)
+            .await
+            .map(|s| s.as_ref().map(sim_to_wit))
+    }
+
     async fn get_sim(iccid: String) -> Result<Option<wit::Sim>, wit::Error> {
         sims::get(&iccid).await
     }

@@ -150,6 +150,26 @@ async fn try_carrier(
     .await
 }
 
+/// `ordered-sim`: the SIM the order of `invoice_id` delivered or is confirming (kernel `order::ordered`),
+/// without ordering anything; `conflict` while a live order has not allocated one yet.
+pub async fn ordered_sim(invoice_id: &str, now: u64) -> Result<Option<StoredSim>, wit::Error> {
+    let journal = kv::get_json::<Order, wit::Error>(&keys::order(invoice_id))
+        .await
+        .map_err(kv_err)?;
+    let in_progress =
+        || wit::Error::Conflict(format!("an order for invoice {invoice_id} is in progress"));
+    match order::ordered(journal.as_ref(), now) {
+        order::Ordered::Nothing => Ok(None),
+        order::Ordered::InProgress => Err(in_progress()),
+        // Allocated but its SIM record not stored yet (a crash between the two): the order's next driver
+        // stores it; until then it is in progress.
+        order::Ordered::Sim(iccid) => sim_store::load(&sim_store::parse_iccid(&iccid)?)
+            .await?
+            .map(Some)
+            .ok_or_else(in_progress),
+    }
+}
+
 /// Order a profile for `spec`, paid by `invoice_id`, with failover; idempotent per invoice.
 pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim, wit::Error> {
     if invoice_id.is_empty() || invoice_id.len() > esim402_core::InvoiceId::MAX_LEN {

@@ -62,6 +62,11 @@ async fn not_yet_logged(events: Vec<LedgerEvent>) -> Result<Vec<LedgerEvent>, wi
         .collect();
     invoices.sort_unstable();
     invoices.dedup();
+    // The outbox before the shards: a drain appends an event and then removes it from the outbox, so read in
+    // this order the event is seen in one or the other.
+    let parked = store::parked_events()
+        .await
+        .map_err(|e| kv_fault("ledger", e))?;
     let mut found = Vec::new();
     for id in invoices {
         let record = kv::get_json::<PaymentRecord, wit::Error>(&keys::invoice(id))
@@ -75,9 +80,6 @@ async fn not_yet_logged(events: Vec<LedgerEvent>) -> Result<Vec<LedgerEvent>, wi
                 .map_err(|e| kv_fault("ledger", e))?,
         );
     }
-    let parked = store::parked_events()
-        .await
-        .map_err(|e| kv_fault("ledger", e))?;
     Ok(ledger::not_yet_logged(events, &found, &parked))
 }
 

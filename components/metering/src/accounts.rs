@@ -147,7 +147,11 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
     let to_iccid = parse_iccid(&to.iccid)?;
     let carrier = CarrierId::parse(&to.carrier).map_err(|e| invalid("carrier", e.to_string()))?;
     let policy = roaming(&to)?;
-    let used_old = used(from.as_str())?;
+    // With what the SIM `from` replaced still owes it (a second switch), so none of it is stranded.
+    let used_old = match load(from.as_str()).await? {
+        Some(a) => collect(&a, used(from.as_str())?).await?,
+        None => used(from.as_str())?,
+    };
     let (_, moved) = kv::update_json_with(&keys::balance(from.as_str()), |cur: Option<Account>| {
         let mut a = cur.ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {from}")))?;
         let moved = a
@@ -288,7 +292,7 @@ pub fn balance_hold(iccid: &str, (hold, epoch): (bool, u64)) -> wit::BalanceHold
 pub async fn close(iccid: &str) -> Result<String, wit::Error> {
     let iccid = parse_iccid(iccid)?;
     let key = keys::balance(iccid.as_str());
-    kv::change_json::<Account, (), wit::Error>(&key, |cur| match cur {
+    let (closing, ()) = kv::change_json::<Account, (), wit::Error>(&key, |cur| match cur {
         None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
         Some(mut a) => Ok(if a.begin_close() {
             (Change::Put(a), ())
@@ -298,7 +302,11 @@ pub async fn close(iccid: &str) -> Result<String, wit::Error> {
     })
     .await
     .map_err(kv_err)?;
-    let used = used(iccid.as_str())?;
+    // With what the SIM it replaced still owes it, so the refunds leave those bytes out.
+    let used = match closing {
+        Some(a) => collect(&a, used(iccid.as_str())?).await?,
+        None => used(iccid.as_str())?,
+    };
     let (_, shares) = kv::update_json_with(&key, |cur: Option<Account>| match cur {
         None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
         Some(mut a) => {

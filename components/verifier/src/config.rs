@@ -30,8 +30,10 @@ use crate::rejected;
 
 /// Default of `settlement_timeout_ms`.
 const DEFAULT_SETTLEMENT_TIMEOUT_MS: u64 = 15_000;
-/// Largest accepted `settlement_timeout_ms` (a request should not outlive ten minutes).
-const MAX_SETTLEMENT_TIMEOUT_MS: u64 = 600_000;
+/// Largest accepted `settlement_timeout_ms`: a payment's whole drive must fit its lease (kernel
+/// `paid::LEASE_SECS`), and a refund run must be over before its events may be repeated
+/// (`refund::RELOG_AFTER_SECS`).
+const MAX_SETTLEMENT_TIMEOUT_MS: u64 = esim402_core::paid::MAX_SETTLEMENT_WAIT_SECS * 1_000;
 
 /// The deployment's verifier configuration.
 pub struct Config {

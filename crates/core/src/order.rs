@@ -302,6 +302,31 @@ pub fn settled_before_confirm(current: &StoredSim) -> Option<AfterConfirm> {
         .then(|| after_confirm(Some(current), current, Confirmation::Refused))
 }
 
+/// What an invoice's order journal holds for someone who must not order anything (a payment that will not
+/// settle, withdrawing what an earlier attempt of it ordered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ordered {
+    /// Nothing was allocated: no journal, a failed order, or one whose driver stopped before allocating.
+    Nothing,
+    /// The SIM of this ICCID was delivered, or is being confirmed.
+    Sim(String),
+    /// A live driver has not allocated a profile yet: ask again later.
+    InProgress,
+}
+
+/// [`Ordered`] from the journal `current` at `now`.
+pub fn ordered(current: Option<&Order>, now: u64) -> Ordered {
+    let Some(o) = current else {
+        return Ordered::Nothing;
+    };
+    match (o.status, &o.iccid, &o.step) {
+        (OrderStatus::Done, Some(iccid), _) => Ordered::Sim(iccid.clone()),
+        (OrderStatus::Ordering, _, Some(step)) => Ordered::Sim(step.iccid.clone()),
+        (OrderStatus::Ordering, _, None) if o.lease_until > now => Ordered::InProgress,
+        _ => Ordered::Nothing,
+    }
+}
+
 /// Whether an order placed earlier for an invoice (its SIM `ordered`) answers a repeat that orders for `owner`:
 /// only if the SIM is that owner's. An invoice is paid by one payer, but should its payment record ever free it
 /// for another payment, the order journal would otherwise hand that payer the first one's SIM.
@@ -662,6 +687,37 @@ mod tests {
             label: None,
             holds: Default::default(),
         }
+    }
+
+    #[test]
+    fn what_an_order_holds_is_read_without_ordering() {
+        assert_eq!(ordered(None, 0), Ordered::Nothing);
+        assert_eq!(
+            ordered(Some(&order(OrderStatus::Done, 0)), 0),
+            Ordered::Sim("8901".into())
+        );
+        assert_eq!(
+            ordered(Some(&order(OrderStatus::Failed, 0)), 0),
+            Ordered::Nothing
+        );
+        let mut o = order(OrderStatus::Ordering, 100);
+        o.iccid = None;
+        assert_eq!(ordered(Some(&o), 99), Ordered::InProgress, "a live driver");
+        assert_eq!(
+            ordered(Some(&o), 100),
+            Ordered::Nothing,
+            "its lease is over"
+        );
+        o.step = Some(Step {
+            carrier: "tmobile".into(),
+            iccid: "8902".into(),
+            confirm_fci: "f".into(),
+        });
+        assert_eq!(
+            ordered(Some(&o), 100),
+            Ordered::Sim("8902".into()),
+            "allocated"
+        );
     }
 
     #[test]

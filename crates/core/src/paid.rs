@@ -21,8 +21,15 @@ use serde::{Deserialize, Serialize};
 use crate::invoice::InvoiceStatus;
 
 /// How long a driver may hold a payment before a duplicate may take it over: longer than the dispatch
-/// budget (60 s) plus the settlement wait (15 s) plus slack.
+/// budget (60 s by default, at most [`MAX_DISPATCH_BUDGET_SECS`]) plus the settlement wait (15 s by default,
+/// at most [`MAX_SETTLEMENT_WAIT_SECS`]) plus slack. A resumed attempt relies on it: it may log again what an
+/// earlier attempt logged, and the ledger's repeat check only sees appends that finished.
 pub const LEASE_SECS: u64 = 180;
+/// The largest `dispatch_budget_secs` (one order's time across carriers) a payment's lease allows.
+pub const MAX_DISPATCH_BUDGET_SECS: u64 = 100;
+/// The largest `settlement_timeout_ms`, in seconds (the wait for a settlement's receipt), a lease allows.
+pub const MAX_SETTLEMENT_WAIT_SECS: u64 = 60;
+const _: () = assert!(MAX_DISPATCH_BUDGET_SECS + MAX_SETTLEMENT_WAIT_SECS + 20 <= LEASE_SECS);
 
 /// The record key of an invoice's payment.
 pub fn payment_key(invoice: &str) -> String {

@@ -72,7 +72,9 @@ impl Attempt<'_> {
     pub async fn exact(&self, order: &Order) -> (wit::PaymentEnd, StoredResponse) {
         let verified = match self.verify().await {
             Ok(v) => v,
-            Err(refused) if self.resumed => return self.unverifiable_resume(order, refused).await,
+            Err(refused) if self.resumed && matches!(refused.0, wit::PaymentEnd::Release) => {
+                return self.unverifiable_resume(order, refused).await;
+            }
             Err(refused) => return refused,
         };
         let payer = verified.payer.clone();
@@ -218,7 +220,18 @@ impl Attempt<'_> {
             Err(wit::Error::PaymentRequired(reason)) => {
                 Err((wit::PaymentEnd::Release, self.challenge(&reason)))
             }
-            Err(e) => Err((wit::PaymentEnd::Release, stored_error(&from_wit(e)))),
+            Err(e) => {
+                let e = from_wit(e);
+                // A resumed payment whose verification could not run (the chain or the store unavailable)
+                // decides nothing: an earlier attempt may have ordered or settled; the same payment sent again
+                // decides.
+                let end = if self.resumed && e.status() >= 500 {
+                    wit::PaymentEnd::Resume
+                } else {
+                    wit::PaymentEnd::Release
+                };
+                Err((end, stored_error(&e)))
+            }
         }
     }
 

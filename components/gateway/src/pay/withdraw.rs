@@ -10,9 +10,9 @@ use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
 
 use super::Order;
-use super::answers::{order_pending, stored_error};
+use super::answers::{order_pending, stored_error, unsettled};
 use super::attempt::Attempt;
-use crate::dispatch;
+use crate::{dispatch, from_wit, invoices, now};
 
 impl Attempt<'_> {
     /// Settlement failed after the order: no money moved, so the profile must not stay with the payer.
@@ -49,12 +49,12 @@ impl Attempt<'_> {
         );
     }
 
-    /// A resumed payment refused by verification (`refused`: the answer a fresh payment would get). An activation
-    /// or switch the earlier attempt ordered is found through its order journal (ordering again with the same
-    /// invoice and payer replays it, or finishes it) and withdrawn, and the invoice ends with a 410. Nothing
-    /// ordered (the order failed), or a top-up (which delivers nothing before settlement): refused as any
-    /// payment is. A verification that could not run (a 5xx: the chain or the store unavailable) or an order
-    /// still running elsewhere decides nothing: the same payment sent again does.
+    /// A resumed payment refused by verification (`refused`: the answer a fresh payment would get, a 4xx). An
+    /// activation or switch the earlier attempt ordered is found through its order journal (dispatch
+    /// `ordered-sim`, which orders nothing) and withdrawn, and the invoice ends with a 410. Nothing ordered (or a
+    /// top-up, which delivers nothing before settlement): refused as any payment is. An order still being
+    /// allocated, a lookup that fails, or an invoice whose payment did settle (its network disabled since, say)
+    /// decides nothing: the same payment sent again does.
     pub(super) async fn unverifiable_resume(
         &self,
         order: &Order,
@@ -63,30 +63,39 @@ impl Attempt<'_> {
         if matches!(order, Order::TopUp { .. }) {
             return refused;
         }
-        if refused.1.status >= 500 {
-            return (wit::PaymentEnd::Resume, refused.1);
-        }
-        let Some(payer) = self.proof.claimed_payer() else {
-            return refused;
-        };
         let reason = reason_of(&refused.1);
-        match order.deliver(&self.invoice.id, &payer).await {
-            Ok(sim) => {
-                self.withdraw(order, &sim, &payer, &reason).await;
+        let sim = match dispatch::ordered_sim(self.invoice.id.clone(), now()).await {
+            Ok(Some(sim)) => sim,
+            Ok(None) => return refused,
+            Err(wit::Error::Conflict(_)) => return (wit::PaymentEnd::Resume, order_pending()),
+            Err(e) => return (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
+        };
+        match invoices::get(self.invoice.id.clone(), now()).await {
+            Ok(Some(inv))
+                if !matches!(
+                    inv.status,
+                    wit::InvoiceStatus::Paid | wit::InvoiceStatus::Refunded
+                ) => {}
+            Ok(_) => {
                 let e = ApiError::new(
-                    ErrorKind::Expired,
-                    format!(
-                        "invoice {} can no longer be paid ({reason}): the payment stopped verifying after its \
-                         profile was ordered, so nothing was charged and the profile was withdrawn; request a new \
-                         invoice",
-                        self.invoice.id
-                    ),
+                    ErrorKind::Unavailable,
+                    format!("the payment settled but no longer verifies ({reason})"),
                 );
-                (wit::PaymentEnd::Done, stored_error(&e))
+                return (wit::PaymentEnd::Resume, unsettled(e));
             }
-            Err(wit::Error::Conflict(_)) => (wit::PaymentEnd::Resume, order_pending()),
-            Err(_) => refused,
+            Err(e) => return (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
         }
+        let payer = self.proof.claimed_payer().unwrap_or_default();
+        self.withdraw(order, &sim, &payer, &reason).await;
+        let e = ApiError::new(
+            ErrorKind::Expired,
+            format!(
+                "invoice {} can no longer be paid ({reason}): the payment stopped verifying after its profile \
+                 was ordered, so nothing was charged and the profile was withdrawn; request a new invoice",
+                self.invoice.id
+            ),
+        );
+        (wit::PaymentEnd::Done, stored_error(&e))
     }
 }
 

@@ -41,6 +41,9 @@ pub const OUTBOX_TAG: &str = "outbox";
 pub const MAX_PARKED_EVENTS: usize = 10_000;
 /// How long a drain holds the batches it claimed.
 pub const DRAIN_LEASE_SECS: u64 = 60;
+/// At most this many events are claimed by one drain (but at least one batch), so a drain ends well within its
+/// lease even on a slow store; the rest waits for the next.
+pub const MAX_DRAIN_EVENTS: usize = 500;
 
 /// The outbox record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,15 +134,21 @@ impl Outbox {
             .collect()
     }
 
-    /// Claim, for `token` until `now` + [`DRAIN_LEASE_SECS`], every batch nobody holds at `now`; `heads`: the
+    /// Claim, for `token` until `now` + [`DRAIN_LEASE_SECS`], the batches nobody holds at `now`, oldest first, up
+    /// to [`MAX_DRAIN_EVENTS`] events (at least one batch); `heads`: the
     /// head counts read before this claim (a batch whose shard is missing from it is left alone). A batch taken
     /// over keeps the `since` of its first claim.
     pub fn claim(&mut self, token: &str, now: u64, heads: &BTreeMap<u16, u64>) -> Vec<Claimed> {
         let mut out = Vec::new();
+        let mut claimed = 0;
         for b in self.batches.iter_mut() {
             if !Self::claimable(b, now) || !b.shards().iter().all(|s| heads.contains_key(s)) {
                 continue;
             }
+            if claimed > 0 && claimed + b.events.len() > MAX_DRAIN_EVENTS {
+                break;
+            }
+            claimed += b.events.len();
             let earlier = b.claim.take().map(|c| c.since);
             let since = earlier
                 .clone()
@@ -287,6 +296,24 @@ mod tests {
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].batch.id, "b2");
         assert_eq!(next[0].scan_from, Some([(shard_of("inv_b"), 5)].into()));
+    }
+
+    #[test]
+    fn a_drain_claims_a_bounded_share_oldest_first() {
+        let mut o = Outbox::default();
+        o.park("b1", 7, vec![event("inv_a"); MAX_DRAIN_EVENTS - 1])
+            .unwrap();
+        o.park("b2", 7, vec![event("inv_a"); 2]).unwrap();
+        o.park("b3", 7, vec![event("inv_a"); MAX_DRAIN_EVENTS + 1])
+            .unwrap();
+        let ids = |c: Vec<Claimed>| c.into_iter().map(|c| c.batch.id).collect::<Vec<_>>();
+        assert_eq!(ids(o.claim("d1", 100, &heads(&o, 100, 0))), ["b1"]);
+        assert_eq!(ids(o.claim("d2", 100, &heads(&o, 100, 0))), ["b2"]);
+        assert_eq!(
+            ids(o.claim("d3", 100, &heads(&o, 100, 0))),
+            ["b3"],
+            "a batch larger than the bound is still drained, alone"
+        );
     }
 
     #[test]

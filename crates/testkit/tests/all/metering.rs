@@ -494,6 +494,22 @@ async fn usage_charged_to_the_old_sim_during_the_switch_reaches_the_new_sim() {
     .await;
     let b = balance(&mut kit, &new).await;
     assert_eq!((b.used_bytes, b.remaining_bytes), (4 * MB, 6_000_000));
+
+    // One more in-flight charge, then the new SIM is terminated before anything else reads it: the refund
+    // leaves those bytes out too (5 of the 10 MB unused, not 6).
+    kit.kv()
+        .increment(&format!("meter/{old}/used"), MB as i64)
+        .await
+        .unwrap();
+    let id = new.clone();
+    let shares = kit
+        .call(async move |a, g| g.metering().call_close(a, id).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let shares: Vec<Value> = serde_json::from_str(&shares).unwrap();
+    let unused: u64 = shares.iter().map(|s| s["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(unused, 5 * MB, "{shares:?}");
 }
 
 async fn top_up_1mb(
