@@ -36,7 +36,7 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent], resumed: bool) -> Result
         Err(failed) => failed,
     };
     let count = failed.events.len();
-    match store::park(now, failed.events).await {
+    match store::park(now, failed.events, failed.landed_since).await {
         Ok(()) => {
             eprintln!(
                 "invoices: ledger append failed ({:?}); {count} events parked in the outbox for the next drain",

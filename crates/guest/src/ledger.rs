@@ -110,6 +110,8 @@ pub struct Unwritten {
     pub error: KvError<()>,
     /// What it did not write.
     pub events: Vec<(EntryKind, EntryFields)>,
+    /// Per shard, where the failing write may have landed after all (the head count its attempt started from).
+    pub landed_since: std::collections::BTreeMap<u16, u64>,
 }
 
 /// Append events in order, each to its shard; returns the entries written. Consecutive events of one shard
@@ -132,27 +134,37 @@ pub async fn append_all(
     while let Some((shard, run)) = runs.pop_front() {
         match append_run(at, shard, run).await {
             Ok(entries) => written.extend(entries),
-            Err((error, left)) => {
+            Err((error, left, from)) => {
                 let events = left
                     .into_iter()
                     .chain(runs.into_iter().flat_map(|(_, run)| run))
                     .collect();
-                return Err(Unwritten { error, events });
+                let landed_since = from.map(|n| (shard, n)).into_iter().collect();
+                return Err(Unwritten {
+                    error,
+                    events,
+                    landed_since,
+                });
             }
         }
     }
     Ok(written)
 }
 
-/// One shard's run; on a store failure, the error and the events not written.
+/// A run that stopped at a store failure: the error, the events not written, and the head count its last
+/// attempt started from (where its failing write may have landed), if it got that far.
+type RunFailure = (KvError<()>, VecDeque<(EntryKind, EntryFields)>, Option<u64>);
+
+/// One shard's run; on a store failure, what [`RunFailure`] says.
 async fn append_run(
     at: u64,
     shard: u16,
     mut pending: VecDeque<(EntryKind, EntryFields)>,
-) -> Result<Vec<LedgerEntry>, (KvError<()>, VecDeque<(EntryKind, EntryFields)>)> {
-    match append_run_inner(at, shard, &mut pending).await {
+) -> Result<Vec<LedgerEntry>, RunFailure> {
+    let mut from = None;
+    match append_run_inner(at, shard, &mut pending, &mut from).await {
         Ok(written) => Ok(written),
-        Err(e) => Err((e, pending)),
+        Err(e) => Err((e, pending, from)),
     }
 }
 
@@ -160,6 +172,7 @@ async fn append_run_inner(
     at: u64,
     shard: u16,
     pending: &mut VecDeque<(EntryKind, EntryFields)>,
+    from: &mut Option<u64>,
 ) -> Result<Vec<LedgerEntry>, KvError<()>> {
     let mut written = Vec::with_capacity(pending.len());
     for attempt in 0..MAX_ATTEMPTS {
@@ -170,6 +183,7 @@ async fn append_run_inner(
             back_off(attempt).await;
         }
         let (start, read) = head_version(shard).await?;
+        *from = Some(start.count);
         // Past a head this protocol wrote (cell version 1 or later), no entry can be one written before cells
         // existed: every entry there was claimed through a cell, so it is claimed without being read first.
         // (Past an older head, the first append reads and helps past such an entry, and advances the head.)
@@ -213,15 +227,17 @@ async fn append_run_inner(
     Err(KvError::Contended(keys::ledger_head(shard)))
 }
 
-/// Park the events an append did not write (`ledger/outbox`, kernel `ledger::outbox`) until a [`drain`].
+/// Park the events an append did not write (`ledger/outbox`, kernel `ledger::outbox`) until a [`drain`];
+/// `landed_since`: where its failing write may have landed after all ([`Unwritten::landed_since`]).
 pub async fn park(
     at: u64,
     events: Vec<(EntryKind, EntryFields)>,
+    landed_since: std::collections::BTreeMap<u16, u64>,
 ) -> Result<(), KvError<OutboxFull>> {
     let id = crate::util::holder_token().map_err(KvError::Store)?;
     kv::update_json(&keys::ledger_outbox(), |current: Option<Outbox>| {
         let mut outbox = current.unwrap_or_default();
-        outbox.park(&id, at, events.clone())?;
+        outbox.park(&id, at, events.clone(), landed_since.clone())?;
         Ok(outbox)
     })
     .await

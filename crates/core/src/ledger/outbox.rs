@@ -19,8 +19,8 @@
 //! use esim402_core::ledger::{EntryFields, EntryKind};
 //!
 //! let mut outbox = Outbox::default();
-//! outbox.park("b1", 1_700_000_000, vec![(EntryKind::RefundPaid, EntryFields::default().invoice("inv_1"))])
-//!     .unwrap();
+//! let events = vec![(EntryKind::RefundPaid, EntryFields::default().invoice("inv_1"))];
+//! outbox.park("b1", 1_700_000_000, events, BTreeMap::new()).unwrap();
 //! let heads: BTreeMap<u16, u64> = outbox.shards_to_claim(1_700_000_001).into_iter().map(|s| (s, 0)).collect();
 //! let claimed = outbox.claim("drainer", 1_700_000_001, &heads);
 //! assert_eq!(claimed.len(), 1);
@@ -64,6 +64,11 @@ pub struct Parked {
     /// The drain holding it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<DrainClaim>,
+    /// Per shard: the seq from which the failed append may have written one of these events after all (a store
+    /// call that failed after its write took effect, e.g. a timeout). The first drain looks there for an entry
+    /// equal to an event (before its tag) and does not append that event again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub landed_since: BTreeMap<u16, u64>,
 }
 
 /// A drain's hold on a batch.
@@ -98,6 +103,7 @@ impl Outbox {
         id: &str,
         at: u64,
         events: Vec<(EntryKind, EntryFields)>,
+        landed_since: BTreeMap<u16, u64>,
     ) -> Result<(), OutboxFull> {
         if self.parked_events() + events.len() > MAX_PARKED_EVENTS {
             return Err(OutboxFull);
@@ -112,6 +118,7 @@ impl Outbox {
             at,
             events,
             claim: None,
+            landed_since,
         });
         Ok(())
     }
@@ -158,9 +165,17 @@ impl Outbox {
                 until: now.saturating_add(DRAIN_LEASE_SECS),
                 since,
             });
+            // Where to look for what was appended already: from a lapsed drain's claim, and where the failed
+            // append may have landed.
+            let mut scan = earlier.unwrap_or_default();
+            for (shard, from) in &b.landed_since {
+                scan.entry(*shard)
+                    .and_modify(|n| *n = (*n).min(*from))
+                    .or_insert(*from);
+            }
             out.push(Claimed {
                 batch: b.clone(),
-                scan_from: earlier,
+                scan_from: (!scan.is_empty()).then_some(scan),
             });
         }
         out
@@ -189,21 +204,52 @@ impl Parked {
             .collect()
     }
 
-    /// Its events not among `found` (entries of its shards, read from a lapsed drain's `since`), in order.
+    /// Its events not among `found` (entries of its shards, read from [`Claimed::scan_from`]), in order: an
+    /// event is among them if an entry carries its tag (a lapsed drain appended it) or, untagged, equals it
+    /// (its failed append landed after all; each such entry stands for one event).
     pub fn unwritten(&self, found: &[LedgerEntry]) -> Vec<(EntryKind, EntryFields)> {
         let written: BTreeSet<&str> = found
             .iter()
             .filter_map(|e| e.details.get(OUTBOX_TAG).map(String::as_str))
             .collect();
+        let mut landed: Vec<(EntryKind, EntryFields)> = found
+            .iter()
+            .filter(|e| !e.details.contains_key(OUTBOX_TAG) && e.at == self.at)
+            .map(|e| (e.kind, fields_of(e)))
+            .collect();
         self.events
             .iter()
-            .filter(|(_, f)| {
-                f.details
+            .filter(|(kind, f)| {
+                if f.details
                     .get(OUTBOX_TAG)
-                    .is_none_or(|tag| !written.contains(tag.as_str()))
+                    .is_some_and(|tag| written.contains(tag.as_str()))
+                {
+                    return false;
+                }
+                let mut untagged = f.clone();
+                untagged.details.remove(OUTBOX_TAG);
+                match landed.iter().position(|(k, g)| k == kind && *g == untagged) {
+                    Some(i) => {
+                        landed.swap_remove(i);
+                        false
+                    }
+                    None => true,
+                }
             })
             .cloned()
             .collect()
+    }
+}
+
+/// An entry's payload, as the event it was appended from.
+fn fields_of(e: &LedgerEntry) -> EntryFields {
+    EntryFields {
+        invoice_id: e.invoice_id.clone(),
+        amount: e.amount,
+        network: e.network.clone(),
+        tx_hash: e.tx_hash.clone(),
+        payer: e.payer.clone(),
+        details: e.details.clone(),
     }
 }
 
@@ -230,8 +276,13 @@ mod tests {
     #[test]
     fn parked_events_are_tagged_in_order_and_bounded() {
         let mut o = Outbox::default();
-        o.park("b1", 7, vec![event("inv_a"), event("inv_b")])
-            .unwrap();
+        o.park(
+            "b1",
+            7,
+            vec![event("inv_a"), event("inv_b")],
+            BTreeMap::new(),
+        )
+        .unwrap();
         let tags: Vec<_> = o.batches[0]
             .events
             .iter()
@@ -244,17 +295,23 @@ mod tests {
             [shard_of("inv_a"), shard_of("inv_b")].into()
         );
         let many = vec![event("inv_c"); MAX_PARKED_EVENTS - 1];
-        assert_eq!(o.park("b2", 8, many), Err(OutboxFull));
+        assert_eq!(o.park("b2", 8, many, BTreeMap::new()), Err(OutboxFull));
         assert_eq!(o.parked_events(), 2, "a refused batch parks nothing");
-        o.park("b2", 8, vec![event("inv_c"); MAX_PARKED_EVENTS - 2])
-            .unwrap();
+        o.park(
+            "b2",
+            8,
+            vec![event("inv_c"); MAX_PARKED_EVENTS - 2],
+            BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(o.parked_events(), MAX_PARKED_EVENTS);
     }
 
     #[test]
     fn a_claim_holds_until_its_lease_ends_and_a_takeover_keeps_the_first_since() {
         let mut o = Outbox::default();
-        o.park("b1", 7, vec![event("inv_a")]).unwrap();
+        o.park("b1", 7, vec![event("inv_a")], BTreeMap::new())
+            .unwrap();
         let first = o.claim("d1", 100, &heads(&o, 100, 5));
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].scan_from, None);
@@ -287,8 +344,10 @@ mod tests {
     #[test]
     fn a_drain_lets_go_of_what_it_did_not_append() {
         let mut o = Outbox::default();
-        o.park("b1", 7, vec![event("inv_a")]).unwrap();
-        o.park("b2", 7, vec![event("inv_b")]).unwrap();
+        o.park("b1", 7, vec![event("inv_a")], BTreeMap::new())
+            .unwrap();
+        o.park("b2", 7, vec![event("inv_b")], BTreeMap::new())
+            .unwrap();
         o.claim("d1", 100, &heads(&o, 100, 5));
         o.release("d1", &["b1".into()]);
         assert_eq!(o.batches.len(), 1);
@@ -301,11 +360,22 @@ mod tests {
     #[test]
     fn a_drain_claims_a_bounded_share_oldest_first() {
         let mut o = Outbox::default();
-        o.park("b1", 7, vec![event("inv_a"); MAX_DRAIN_EVENTS - 1])
+        o.park(
+            "b1",
+            7,
+            vec![event("inv_a"); MAX_DRAIN_EVENTS - 1],
+            BTreeMap::new(),
+        )
+        .unwrap();
+        o.park("b2", 7, vec![event("inv_a"); 2], BTreeMap::new())
             .unwrap();
-        o.park("b2", 7, vec![event("inv_a"); 2]).unwrap();
-        o.park("b3", 7, vec![event("inv_a"); MAX_DRAIN_EVENTS + 1])
-            .unwrap();
+        o.park(
+            "b3",
+            7,
+            vec![event("inv_a"); MAX_DRAIN_EVENTS + 1],
+            BTreeMap::new(),
+        )
+        .unwrap();
         let ids = |c: Vec<Claimed>| c.into_iter().map(|c| c.batch.id).collect::<Vec<_>>();
         assert_eq!(ids(o.claim("d1", 100, &heads(&o, 100, 0))), ["b1"]);
         assert_eq!(ids(o.claim("d2", 100, &heads(&o, 100, 0))), ["b2"]);
@@ -319,7 +389,8 @@ mod tests {
     #[test]
     fn a_batch_whose_head_was_not_read_is_not_claimed() {
         let mut o = Outbox::default();
-        o.park("b1", 7, vec![event("inv_a")]).unwrap();
+        o.park("b1", 7, vec![event("inv_a")], BTreeMap::new())
+            .unwrap();
         assert!(o.claim("d1", 100, &BTreeMap::new()).is_empty());
         assert!(o.batches[0].claim.is_none());
     }
@@ -331,6 +402,7 @@ mod tests {
             "b1",
             7,
             vec![event("inv_a"), event("inv_a"), event("inv_a")],
+            BTreeMap::new(),
         )
         .unwrap();
         let batch = &o.batches[0];
@@ -354,10 +426,46 @@ mod tests {
         assert_eq!(batch.unwritten(&[]).len(), 3);
     }
 
+    /// An append that failed may have written an event after all (its store call failed after the write took
+    /// effect): the first drain looks where it could have landed, and an equal untagged entry there stands for
+    /// one event, which is not appended again.
+    #[test]
+    fn an_event_whose_failed_append_landed_is_not_appended_again() {
+        let shard = shard_of("inv_a");
+        let mut o = Outbox::default();
+        o.park(
+            "b1",
+            7,
+            vec![event("inv_a"), event("inv_a")],
+            [(shard, 4)].into(),
+        )
+        .unwrap();
+        let claimed = o.claim("d1", 100, &heads(&o, 100, 9));
+        assert_eq!(
+            claimed[0].scan_from,
+            Some([(shard, 4)].into()),
+            "from where it may have landed"
+        );
+        let batch = &claimed[0].batch;
+        let mut head = ChainHead::genesis_of(shard);
+        let (k, f) = event("inv_a");
+        let landed = head.append(7, k, f.clone());
+        // Same kind and fields but another time: another event.
+        let other = head.append(8, k, f);
+        assert_eq!(
+            batch.unwritten(&[landed.clone(), other]).len(),
+            1,
+            "one of the two landed"
+        );
+        assert_eq!(batch.unwritten(&[landed.clone(), landed]).len(), 0);
+        assert_eq!(batch.unwritten(&[]).len(), 2);
+    }
+
     #[test]
     fn the_record_round_trips() {
         let mut o = Outbox::default();
-        o.park("b1", 7, vec![event("inv_a")]).unwrap();
+        o.park("b1", 7, vec![event("inv_a")], BTreeMap::new())
+            .unwrap();
         o.claim("d1", 100, &heads(&o, 100, 5));
         let json = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<Outbox>(&json).unwrap(), o);

@@ -458,6 +458,7 @@ async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
                 (EntryKind::RefundOwed, fields()),
                 (EntryKind::RefundPaid, fields()),
             ],
+            Default::default(),
         )
         .unwrap();
     // Claimed long ago (its lease is over) with the shard empty.
