@@ -352,12 +352,7 @@ async fn a_payment_that_expires_after_its_order_withdraws_the_profile() {
         .get(format!("{}{path}", s.url))
         .header(
             "sign-in-with-x",
-            esim402_tests::sign_in_ahead(
-                esim402_host::devstack::chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
-                &s.url,
-                &path,
-                skew.parse().unwrap(),
-            ),
+            s.sign_in_ahead(&path, skew.parse().unwrap()),
         )
         .send()
         .await
@@ -532,15 +527,7 @@ async fn killed_after_a_terminate_owes_its_refund_terminating_again_logs_it_once
     let r = s
         .http
         .post(format!("{}{terminate}", s.url))
-        .header(
-            "sign-in-with-x",
-            esim402_tests::sign_in_ahead(
-                esim402_host::devstack::chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
-                &s.url,
-                &terminate,
-                skew,
-            ),
-        )
+        .header("sign-in-with-x", s.sign_in_ahead(&terminate, skew))
         .json(&serde_json::json!({}))
         .send()
         .await

@@ -180,10 +180,17 @@ impl PayStack {
 
     /// A `SIGN-IN-WITH-X` value for `path`, signed by the agent that pays in these tests (the SIMs' owner).
     pub fn sign_in(&self, path: &str) -> String {
-        esim402_tests::sign_in(
+        self.sign_in_ahead(path, 0)
+    }
+
+    /// [`PayStack::sign_in`], issued `ahead` seconds in the future, for a host whose clock runs ahead
+    /// (`ESIM402_CLOCK_SKEW_SECS`).
+    pub fn sign_in_ahead(&self, path: &str, ahead: u64) -> String {
+        esim402_tests::sign_in_ahead(
             chain::DEMO_AGENT_KEY.trim_start_matches("0x"),
             &self.url,
             path,
+            ahead,
         )
     }
 

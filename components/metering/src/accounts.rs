@@ -147,17 +147,23 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
     let to_iccid = parse_iccid(&to.iccid)?;
     let carrier = CarrierId::parse(&to.carrier).map_err(|e| invalid("carrier", e.to_string()))?;
     let policy = roaming(&to)?;
-    // With what the SIM `from` replaced still owes it (a second switch), so none of it is stranded.
-    let used_old = match load(from.as_str()).await? {
-        Some(a) => collect(&a, used(from.as_str())?).await?,
-        None => used(from.as_str())?,
+    // With what the SIM `from` replaced still owes it (a second switch), so none of it is stranded. The
+    // account as read here is where the move starts (no second read).
+    let key = keys::balance(from.as_str());
+    let (read, version) = kv::read_json::<Account, wit::Error>(&key)
+        .await
+        .map_err(kv_err)?;
+    let used_old = used(from.as_str())?;
+    let used_old = match &read {
+        Some(a) => collect(a, used_old).await?,
+        None => used_old,
     };
-    let (_, moved) = kv::update_json_with(&keys::balance(from.as_str()), |cur: Option<Account>| {
+    let (_, moved, _) = kv::change_json_from(&key, Some(version), |cur: Option<Account>| {
         let mut a = cur.ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {from}")))?;
         let moved = a
             .transfer_out(&to_iccid, used_old, now)
             .map_err(|e| wit::Error::Conflict(e.to_string()))?;
-        Ok((a, moved))
+        Ok((Change::Put(a), moved))
     })
     .await
     .map_err(kv_err)?;
@@ -303,9 +309,10 @@ pub async fn close(iccid: &str) -> Result<String, wit::Error> {
     .await
     .map_err(kv_err)?;
     // With what the SIM it replaced still owes it, so the refunds leave those bytes out.
-    let used = match closing {
-        Some(a) => collect(&a, used(iccid.as_str())?).await?,
-        None => used(iccid.as_str())?,
+    let used = used(iccid.as_str())?;
+    let used = match &closing {
+        Some(a) => collect(a, used).await?,
+        None => used,
     };
     let (_, shares) = kv::update_json_with(&key, |cur: Option<Account>| match cur {
         None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),

@@ -345,6 +345,18 @@ impl LedgerEntry {
         entry
     }
 
+    /// Its payload, as the event it was appended from (the inverse of [`LedgerEntry::new`]'s).
+    pub fn fields(&self) -> EntryFields {
+        EntryFields {
+            invoice_id: self.invoice_id.clone(),
+            amount: self.amount,
+            network: self.network.clone(),
+            tx_hash: self.tx_hash.clone(),
+            payer: self.payer.clone(),
+            details: self.details.clone(),
+        }
+    }
+
     /// The canonical encoding: JSON of every field but `hash`, keys sorted, no whitespace. `None` is `null`,
     /// amounts are decimal USDC strings, hashes `0x`-prefixed lowercase hex.
     pub fn canonical_bytes(&self) -> Vec<u8> {

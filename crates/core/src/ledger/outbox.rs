@@ -215,7 +215,7 @@ impl Parked {
         let mut landed: Vec<(EntryKind, EntryFields)> = found
             .iter()
             .filter(|e| !e.details.contains_key(OUTBOX_TAG) && e.at == self.at)
-            .map(|e| (e.kind, fields_of(e)))
+            .map(|e| (e.kind, e.fields()))
             .collect();
         self.events
             .iter()
@@ -238,18 +238,6 @@ impl Parked {
             })
             .cloned()
             .collect()
-    }
-}
-
-/// An entry's payload, as the event it was appended from.
-fn fields_of(e: &LedgerEntry) -> EntryFields {
-    EntryFields {
-        invoice_id: e.invoice_id.clone(),
-        amount: e.amount,
-        network: e.network.clone(),
-        tx_hash: e.tx_hash.clone(),
-        payer: e.payer.clone(),
-        details: e.details.clone(),
     }
 }
 
