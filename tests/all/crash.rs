@@ -602,3 +602,96 @@ async fn a_resumed_payment_that_cannot_reach_the_chain_keeps_its_order() {
         "charged once"
     );
 }
+
+/// Receipt ingest killed right after the batch was charged and its ledger events held (`meter/held/`: the
+/// write that holds them), before they reached the ledger: the next ledger verify, once the batch's request is
+/// surely over (kernel `usage::held::RELOG_AFTER_SECS`), logs them once, naming what was charged; a second
+/// verify adds nothing, and the batch sent again charges and logs nothing. (Before, the events were lost for
+/// good: a replayed batch charges nothing and logs nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_a_usage_batch_is_charged_the_next_verify_logs_its_events_once() {
+    use crate::metering::receipt;
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", "meter/held/")],
+    )
+    .await;
+    let act = s.activate_paid(&activation(), &[]).await;
+    let iccid = act["iccid"].as_str().unwrap().to_owned();
+    let batch = serde_json::json!({"receipts": [
+        receipt(&iccid, "crash", 1, 10_000, "310-260"),
+        receipt(&iccid, "crash", 2, 5_000, "310-260"),
+    ]});
+    let killed = {
+        let req = s.http.post(format!("{}/v1/usage", s.url)).json(&batch);
+        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
+    };
+    s.process()
+        .wait_for_log("failpoint hit: meter/held/", Duration::from_secs(120))
+        .await
+        .unwrap();
+    s.process().kill();
+    assert!(
+        killed.await.unwrap().is_err(),
+        "the killed ingest never answered"
+    );
+
+    let skew = (esim402_core::usage::held::RELOG_AFTER_SECS + 1).to_string();
+    let env = s.env_with(
+        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
+        &["ESIM402_FAILPOINT"],
+    );
+    s.restart(&env).await;
+    let used = |b: serde_json::Value| b["used_bytes"].clone();
+    let (_, b) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
+    assert_eq!(used(b), 15_000, "charged before the crash");
+
+    // Verify first (it logs what the crash left held), then read the ledger, twice.
+    for round in 0..2 {
+        let (status, verify) = s.get("/v1/ledger/verify").await;
+        assert_eq!(
+            (status, &verify["ok"]),
+            (200, &serde_json::json!(true)),
+            "{verify}"
+        );
+        let (_, entries) = ledger_lines(&s).await;
+        let charged: Vec<_> = entries
+            .iter()
+            .filter(|e| e["kind"] == "usage_charged")
+            .collect();
+        assert_eq!(charged.len(), 1, "round {round}: {charged:?}");
+        assert_eq!(charged[0]["details"]["bytes"], "15000", "{}", charged[0]);
+        assert_eq!(charged[0]["details"]["iccid"], iccid.as_str());
+    }
+
+    let (status, _, again) = s.post("/v1/usage", &batch, &[]).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["totals"]["duplicate"], 2, "{again}");
+    let (_, b) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
+    assert_eq!(used(b), 15_000, "charged once");
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "usage_charged").count(),
+        1,
+        "{kinds:?}"
+    );
+}
+
+/// Every ledger entry (admin export), as JSON.
+async fn ledger_lines(s: &PayStack) -> (u16, Vec<serde_json::Value>) {
+    let r = s
+        .http
+        .get(format!("{}/v1/ledger?limit=10000", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let entries = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (status, entries)
+}

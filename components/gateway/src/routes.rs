@@ -222,8 +222,10 @@ pub async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
 }
 
 /// `GET /v1/ledger/verify`: every shard's chain recomputed and compared with its stored head. 200 either
-/// way; `ok: false` names the first problem (edited, removed, reordered or forged entry).
+/// way; `ok: false` names the first problem (edited, removed, reordered or forged entry). First, usage events a
+/// crash left held are parked (`meter::recover_held`), and the outbox is drained.
 pub async fn ledger_verify() -> Result<Reply, ApiError> {
+    crate::meter::recover_held().await;
     let body = invoices::ledger_verify().await.map_err(from_wit)?;
     Ok(json(200, body))
 }

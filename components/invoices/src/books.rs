@@ -7,6 +7,7 @@ use esim402_core::ledger::{
 };
 use esim402_core::paid::PaymentRecord;
 use esim402_core::store::keys;
+use esim402_core::usage::held::Held;
 use esim402_guest::convert::{self, invalid, kv_err, kv_fault};
 use esim402_guest::{kv, ledger as store, wit};
 
@@ -49,6 +50,34 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent], resumed: bool) -> Result
             Err(kv_fault("ledger", failed.error))
         }
     }
+}
+
+/// `park-held`: held usage events (metering `held-due`) into the outbox, each batch under its own id
+/// (`usage::held::Held::outbox_id`), so the next drain appends what its first append did not.
+pub async fn park_held(batches: &[wit::HeldEvents]) -> Result<(), wit::Error> {
+    let batches = batches
+        .iter()
+        .map(|b| {
+            let events = b
+                .events
+                .iter()
+                .map(|e| {
+                    convert::event(e).ok_or_else(|| {
+                        invalid("kind", format!("unknown ledger event kind {:?}", e.kind))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Held {
+                batch: b.batch.clone(),
+                at: b.at,
+                events,
+            })
+        })
+        .collect::<Result<Vec<_>, wit::Error>>()?;
+    store::park_recovered(&batches).await.map_err(|e| match e {
+        kv::KvError::Refused(full) => wit::Error::Unavailable(full.to_string()),
+        e => kv_fault("ledger", e),
+    })
 }
 
 /// A resumed attempt's `events` less the once-per-invoice ones its invoice already has in the ledger or the

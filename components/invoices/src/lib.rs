@@ -118,6 +118,10 @@ impl Guest for Component {
         books::log(now, &events, resumed).await
     }
 
+    async fn park_held(batches: Vec<wit::HeldEvents>) -> Result<(), wit::Error> {
+        books::park_held(&batches).await
+    }
+
     async fn ledger_verify() -> Result<String, wit::Error> {
         books::verify().await
     }

@@ -12,7 +12,9 @@
 //! the claim, log and charge stay per receipt, so a page and single receipts dedupe against each other.
 //!
 //! Never charged twice: the charge follows a won claim, and a claim is won once. A crash between a claim and
-//! the charge leaves the receipt uncharged (at most once, in the payer's favour).
+//! the charge leaves the receipt uncharged (at most once, in the payer's favour). Once charged, the batch's
+//! ledger events are held (kernel `usage::held`) until the gateway has logged them and releases them; a crash
+//! in between leaves them for `GET /v1/ledger/verify` to log (`held-due`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -117,7 +119,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                         .detail("seq", r.seq.to_string())
                         .detail("bytes", r.total_bytes().to_string())
                         .detail("reason", e.reason());
-                    events.push(event_to_wit(EntryKind::UsageDisputed, &fields));
+                    events.push((EntryKind::UsageDisputed, fields));
                 }
                 // Kept by this batch, or by the earlier one that took its claim.
                 Outcome::rejected(&e, stored || (candidate && !first))
@@ -192,15 +194,30 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         })
         .collect();
     if let Some(fields) = charge_entry(&batch_id, &charges) {
-        events.push(event_to_wit(EntryKind::UsageCharged, &fields));
+        events.push((EntryKind::UsageCharged, fields));
     }
+    // The charges, then the batch's events held until the ledger has them (nothing is lost to a crash from
+    // here to the append), then what the charges do to the accounts.
+    let mut charged = Vec::new();
     for (iccid, batch) in &sims {
         if batch.accepted == 0 {
             continue;
         }
         let delta = i64::try_from(batch.bytes).map_err(internal)?;
         let used = kv::increment::<wit::Error>(&keys::meter_used(iccid), delta).map_err(kv_err)?;
-        let used = u64::try_from(used).unwrap_or(0);
+        charged.push((iccid, u64::try_from(used).unwrap_or(0)));
+    }
+    let held = match events.is_empty() {
+        true => None,
+        false => match crate::held::hold(&batch_id, now, &events) {
+            Ok(id) => Some(id.to_string()),
+            Err(e) => {
+                eprintln!("metering: holding batch {batch_id}'s ledger events failed: {e:?}");
+                None
+            }
+        },
+    };
+    for (iccid, used) in charged {
         let Some(account) = accounts.get(iccid).and_then(Option::as_ref) else {
             continue;
         };
@@ -233,8 +250,9 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     let report = serde_json::json!({ "totals": totals(&lines), "results": lines });
     Ok(Ingested {
         report: report.to_string(),
-        events,
+        events: events.iter().map(|(k, f)| event_to_wit(*k, f)).collect(),
         holds,
+        held,
     })
 }
 

@@ -5,10 +5,12 @@
 //!
 //! - [`accounts`]: credits (activation, top-ups; once per invoice), balances, closing (unused-data refunds).
 //! - [`ingest`]: `POST /v1/usage` batches: verify, claim, log, charge.
+//! - [`held`]: a charged batch's ledger events, held until logged (and logged again after a crash).
 //! - [`queries`]: usage rows and the receipt log.
 
 mod accounts;
 mod config;
+mod held;
 mod ingest;
 mod queries;
 
@@ -50,6 +52,14 @@ impl Guest for Component {
 
     async fn ingest(batch: String, now: u64) -> Result<Ingested, wit::Error> {
         ingest::ingest(&batch, now).await
+    }
+
+    async fn held_due(now: u64) -> Result<Vec<wit::HeldEvents>, wit::Error> {
+        held::due(now).await
+    }
+
+    async fn release_held(ids: Vec<String>) -> Result<u32, wit::Error> {
+        held::release(&ids).await
     }
 
     async fn get_balance(iccid: String) -> Result<wit::Balance, wit::Error> {

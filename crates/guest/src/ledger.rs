@@ -22,6 +22,7 @@ use esim402_core::ledger::{
     ChainHead, EntryFields, EntryKind, LedgerEntry, SHARDS, from_json_line, shard_for, to_json_line,
 };
 use esim402_core::store::keys;
+use esim402_core::usage::held::Held;
 
 use crate::kv::{self, KvError};
 
@@ -238,6 +239,23 @@ pub async fn park(
     kv::update_json(&keys::ledger_outbox(), |current: Option<Outbox>| {
         let mut outbox = current.unwrap_or_default();
         outbox.park(&id, at, events.clone(), landed_since.clone())?;
+        Ok(outbox)
+    })
+    .await
+    .map(drop)
+}
+
+/// Park held usage events logged again after a crash (kernel `Outbox::park_recovered`), each batch under its
+/// own id (`Held::outbox_id`), once: one update of the outbox for all of them.
+pub async fn park_recovered(batches: &[Held]) -> Result<(), KvError<OutboxFull>> {
+    if batches.is_empty() {
+        return Ok(());
+    }
+    kv::update_json(&keys::ledger_outbox(), |current: Option<Outbox>| {
+        let mut outbox = current.unwrap_or_default();
+        for held in batches {
+            outbox.park_recovered(&held.outbox_id(), held.at, held.events.clone())?;
+        }
         Ok(outbox)
     })
     .await

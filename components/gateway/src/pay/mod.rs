@@ -255,11 +255,16 @@ pub async fn pay(
 /// un-answered because a log write failed, so a failure is logged loudly, not returned; whether they were
 /// logged (appended, or parked for the next drain).
 pub async fn log_events(events: Vec<wit::LedgerEvent>, resumed: bool) -> bool {
+    log_events_at(now(), events, resumed).await
+}
+
+/// [`log_events`] with the time the events happened at.
+pub async fn log_events_at(at: u64, events: Vec<wit::LedgerEvent>, resumed: bool) -> bool {
     if events.is_empty() {
         return true;
     }
     let kinds: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
-    match invoices::log_events(now(), events, resumed).await {
+    match invoices::log_events(at, events, resumed).await {
         Ok(()) => true,
         Err(e) => {
             eprintln!("gateway: LEDGER APPEND FAILED ({kinds:?}): {e:?}");

@@ -69,6 +69,11 @@ pub struct Parked {
     /// equal to an event (before its tag) and does not append that event again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub landed_since: BTreeMap<u16, u64>,
+    /// Events logged again after a crash (`crate::usage::held`), whose first append may have landed, been
+    /// parked or drained under another id: the first drain scans their shards from the start and skips an event
+    /// equal to any entry there of the same time, tagged or not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 /// A drain's hold on a batch.
@@ -119,8 +124,32 @@ impl Outbox {
             events,
             claim: None,
             landed_since,
+            recovered: false,
         });
         Ok(())
+    }
+
+    /// Park `events` logged again after a crash as batch `id` (the same id for every recovery of them,
+    /// `crate::usage::held::Held::outbox_id`), time `at`: `false` if a batch `id` is parked already (another
+    /// recovery's). Its first drain scans its shards from the start ([`Parked::recovered`]).
+    pub fn park_recovered(
+        &mut self,
+        id: &str,
+        at: u64,
+        events: Vec<(EntryKind, EntryFields)>,
+    ) -> Result<bool, OutboxFull> {
+        if self.batches.iter().any(|b| b.id == id) {
+            return Ok(false);
+        }
+        let landed_since = events
+            .iter()
+            .map(|(kind, fields)| (shard_for(*kind, fields), 0))
+            .collect();
+        self.park(id, at, events, landed_since)?;
+        if let Some(b) = self.batches.last_mut() {
+            b.recovered = true;
+        }
+        Ok(true)
     }
 
     /// How many events wait.
@@ -206,7 +235,9 @@ impl Parked {
 
     /// Its events not among `found` (entries of its shards, read from [`Claimed::scan_from`]), in order: an
     /// event is among them if an entry carries its tag (a lapsed drain appended it) or, untagged, equals it
-    /// (its failed append landed after all; each such entry stands for one event).
+    /// (its failed append landed after all; each such entry stands for one event). For a [`Parked::recovered`]
+    /// batch, an entry equal to an event but for its tag (the first append, drained under another id) counts
+    /// too.
     pub fn unwritten(&self, found: &[LedgerEntry]) -> Vec<(EntryKind, EntryFields)> {
         let written: BTreeSet<&str> = found
             .iter()
@@ -214,8 +245,12 @@ impl Parked {
             .collect();
         let mut landed: Vec<(EntryKind, EntryFields)> = found
             .iter()
-            .filter(|e| !e.details.contains_key(OUTBOX_TAG) && e.at == self.at)
-            .map(|e| (e.kind, e.fields()))
+            .filter(|e| (self.recovered || !e.details.contains_key(OUTBOX_TAG)) && e.at == self.at)
+            .map(|e| {
+                let mut fields = e.fields();
+                fields.details.remove(OUTBOX_TAG);
+                (e.kind, fields)
+            })
             .collect();
         self.events
             .iter()
@@ -447,6 +482,59 @@ mod tests {
         );
         assert_eq!(batch.unwritten(&[landed.clone(), landed]).len(), 0);
         assert_eq!(batch.unwritten(&[]).len(), 2);
+    }
+
+    /// A charged batch's events logged again after a crash (`crate::usage::held`): one copy parked per batch
+    /// whatever the number of recoveries, and not appended again if its first append landed, was drained
+    /// under another id, or a drain of an earlier recovery appended it.
+    #[test]
+    fn recovered_events_are_parked_once_and_never_appended_twice() {
+        let usage = |batch: &str| {
+            (
+                EntryKind::UsageCharged,
+                EntryFields::default()
+                    .detail("batch", batch)
+                    .detail("bytes", "10"),
+            )
+        };
+        let shard = shard_for(usage("b1").0, &usage("b1").1);
+        let mut o = Outbox::default();
+        assert_eq!(o.park_recovered("usage/b1", 7, vec![usage("b1")]), Ok(true));
+        assert_eq!(
+            o.park_recovered("usage/b1", 7, vec![usage("b1")]),
+            Ok(false),
+            "a second recovery finds the first's"
+        );
+        assert_eq!(o.parked_events(), 1);
+        let claimed = o.claim("d1", 100, &heads(&o, 100, 9));
+        assert_eq!(
+            claimed[0].scan_from,
+            Some([(shard, 0)].into()),
+            "the whole shard"
+        );
+        let batch = &claimed[0].batch;
+        assert!(batch.recovered);
+        let mut head = ChainHead::genesis_of(shard);
+        let (k, f) = usage("b1");
+        // Landed by the batch's own append.
+        let first = head.append(7, k, f.clone());
+        assert!(batch.unwritten(std::slice::from_ref(&first)).is_empty());
+        // Parked by a failed append and drained under that batch's id.
+        let drained = head.append(7, k, f.clone().detail(OUTBOX_TAG, "x9/0"));
+        assert!(batch.unwritten(std::slice::from_ref(&drained)).is_empty());
+        // Appended by an earlier recovery's drain (its tag).
+        let again = head.append(7, k, batch.events[0].1.clone());
+        assert!(batch.unwritten(std::slice::from_ref(&again)).is_empty());
+        // Another batch's, or another time: not this event.
+        let other = head.append(7, k, usage("b2").1);
+        let later = head.append(8, k, f);
+        assert_eq!(batch.unwritten(&[other, later]).len(), 1);
+        // An ordinary parked batch still ignores tagged entries of other batches.
+        let mut plain = Outbox::default();
+        plain
+            .park("b3", 7, vec![usage("b1")], [(shard, 0)].into())
+            .unwrap();
+        assert_eq!(plain.batches[0].unwritten(&[drained]).len(), 1);
     }
 
     #[test]

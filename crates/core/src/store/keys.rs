@@ -24,9 +24,10 @@
 //! | `meter/<iccid>/unsigned` | metering | counter: disputes kept without a valid carrier signature (capped) |
 //! | `meter/<iccid>/chunks`, `meter/<iccid>/c/<chunk>` | metering | counter and chunks of the SIM's receipt log: one chunk per batch per SIM (`crate::usage::ingest::LogEntry`, `log_position`) |
 //! | `rcpt/<carrier>/<session>/<seq>`, `rcpt/x/<digest>` | metering | claim counters: a receipt charged, a dispute kept (once each) |
+//! | `meter/held/<shard>/n`, `meter/held/<shard>/<slot>`, `meter/held/<shard>/low` | metering | a charged receipt batch's ledger events until the ledger has them (`crate::usage::held`): the ring's counter, one write-once slot per batch (deleted once logged), and the recovery's low-water mark |
 //!
-//! Every value but the counters and the write-once slots (an owner index's slots, a receipt log's chunks: each
-//! written once, by the `increment` that reserved it) is a versioned cell (`super::cell`), so each such key
+//! Every value but the counters and the write-once slots (an owner index's slots, a receipt log's chunks, held
+//! batch events: each written once, by the `increment` that reserved it) is a versioned cell (`super::cell`), so each such key
 //! also has `<key>@v<n>` claim counters and `<key>@v<n>.<token>` proposals beside it.
 
 use crate::chain::Address;
@@ -163,6 +164,22 @@ pub fn meter_unsigned(iccid: &str) -> String {
 /// Chunk `chunk` (from 1) of a SIM's receipt log: the entries one batch added, as a JSON array.
 pub fn meter_chunk(iccid: &str, chunk: u64) -> String {
     format!("meter/{iccid}/c/{chunk:012}")
+}
+
+/// The counter of a ring of held batch events (`crate::usage::held`): slots reserved so far.
+pub fn meter_held_slots(shard: u16) -> String {
+    format!("meter/held/{shard:02}/n")
+}
+
+/// One held slot: a charged batch's ledger events (`crate::usage::held::Held`), written once, deleted once
+/// logged.
+pub fn meter_held(slot: crate::usage::held::SlotId) -> String {
+    format!("meter/held/{:02}/{:012}", slot.shard, slot.slot)
+}
+
+/// A ring's recovery record (`crate::usage::held::Recovery`).
+pub fn meter_held_low(shard: u16) -> String {
+    format!("meter/held/{shard:02}/low")
 }
 
 /// The claim of one receipt, by its dedup identity `(carrier, session, seq)`.

@@ -3,7 +3,7 @@ use serde_json::json;
 
 const RECIPIENT: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 
-fn builder() -> esim402_testkit::Builder {
+pub(crate) fn builder() -> esim402_testkit::Builder {
     Kit::builder("invoices")
         .var("payment_network", "eip155:31337")
         .var("usdc_address", "0x5FbDB2315678afecb367f032d93F642f64180aa3")

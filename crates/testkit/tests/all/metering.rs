@@ -781,3 +781,130 @@ async fn a_flood_of_forged_receipts_keeps_a_bounded_number_of_disputes() {
     assert_eq!(reasons(&real), ["plmn_not_allowed"], "{real}");
     assert_eq!(kinds, ["usage_disputed"]);
 }
+
+/// A charged batch's ledger events stay held (kernel `usage::held`) until released, and a recovery logs them
+/// once whatever became of the first append: landed with only the release lost, or never made (a crash right
+/// after the charges). A held batch is handed back only once due, parked once however many recoveries run,
+/// and appended once; a released one is never handed back. (The metering and invoices components on one store,
+/// called as the gateway calls them.)
+#[tokio::test]
+async fn held_usage_events_are_logged_once_after_a_crash_whatever_landed() {
+    use esim402_core::store::keys;
+    use esim402_core::usage::held::{RELOG_AFTER_SECS, SlotId};
+    let store: esim402_host::kv::SharedBackend =
+        std::sync::Arc::new(esim402_host::kv::MemoryStore::default());
+    let mut meter = Kit::builder("metering")
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut books = crate::invoices::builder()
+        .store(store)
+        .build()
+        .await
+        .unwrap();
+    let id = iccid(40);
+    open(&mut meter, &id, 10).await;
+    let t = now();
+    let slot =
+        |held: &Option<String>| keys::meter_held(SlotId::parse(held.as_deref().unwrap()).unwrap());
+    let log = async |books: &mut Kit, events: Vec<types::LedgerEvent>| {
+        books
+            .call(async move |a, g| g.invoices().call_log_events(a, t, events, false).await)
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    let release = async |meter: &mut Kit, ids: Vec<String>| {
+        meter
+            .call(async move |a, g| g.metering().call_release_held(a, ids).await)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let due = async |meter: &mut Kit, at: u64| {
+        meter
+            .call(async move |a, g| g.metering().call_held_due(a, at).await)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+
+    // A: appended, its release lost. B: a crash right after its charges, nothing appended. C: appended and
+    // released, as the gateway does.
+    let a = ingested(
+        &mut meter,
+        vec![receipt(&id, "tmobile", "h", 1, 100_000, "310-260")],
+    )
+    .await;
+    assert!(meter.kv_get(&slot(&a.held)).await.is_some(), "held");
+    log(&mut books, a.events.clone()).await;
+    let b = ingested(
+        &mut meter,
+        vec![receipt(&id, "tmobile", "h", 2, 50_000, "310-260")],
+    )
+    .await;
+    let c = ingested(
+        &mut meter,
+        vec![receipt(&id, "tmobile", "h", 3, 25_000, "310-260")],
+    )
+    .await;
+    log(&mut books, c.events.clone()).await;
+    assert_eq!(release(&mut meter, vec![c.held.clone().unwrap()]).await, 1);
+    assert!(meter.kv_get(&slot(&c.held)).await.is_none(), "released");
+
+    assert!(
+        due(&mut meter, t).await.is_empty(),
+        "its request may still be running"
+    );
+    assert!(due(&mut meter, t + RELOG_AFTER_SECS - 1).await.is_empty());
+    let found = due(&mut meter, t + RELOG_AFTER_SECS).await;
+    let mut ids: Vec<String> = found.iter().map(|h| h.id.clone()).collect();
+    ids.sort();
+    let mut expected = vec![a.held.clone().unwrap(), b.held.clone().unwrap()];
+    expected.sort();
+    assert_eq!(ids, expected, "A and B, not C");
+    assert!(found.iter().all(|h| h.at == t));
+
+    // Two recoveries park the same batches; the check drains them.
+    for _ in 0..2 {
+        let batches = found.clone();
+        books
+            .call(async move |a, g| g.invoices().call_park_held(a, batches).await)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let check = async |books: &mut Kit| -> Value {
+        let body = books
+            .call(async move |a, g| g.invoices().call_ledger_verify(a).await)
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    };
+    let first = check(&mut books).await;
+    assert_eq!(
+        (&first["ok"], &first["count"]),
+        (&json!(true), &json!(3)),
+        "{first}"
+    );
+    assert!(first.get("parked").is_none(), "{first}");
+    let lines = books
+        .call(async move |a, g| g.invoices().call_ledger_export(a, None, 0, 100).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut bytes: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == "usage_charged")
+        .map(|e| e["details"]["bytes"].as_str().unwrap().to_owned())
+        .collect();
+    bytes.sort();
+    assert_eq!(bytes, ["100000", "25000", "50000"], "each batch once");
+
+    assert_eq!(release(&mut meter, ids).await, 2);
+    assert!(due(&mut meter, t + RELOG_AFTER_SECS).await.is_empty());
+    assert_eq!(check(&mut books).await["count"], 3, "nothing more");
+}
