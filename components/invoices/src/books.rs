@@ -16,7 +16,8 @@ type LedgerEvent = (EntryKind, EntryFields);
 
 /// `log-events`: append the events in order (one invoice's run with one head advance); a malformed one is an
 /// input error (nothing is appended). Events an append could not write are parked in the outbox (the next
-/// `ledger-verify` drains it), which counts as logged; only if they cannot be parked either is the store failure
+/// `ledger-verify` drains it), which counts as logged, and so are a resumed attempt's events whose repeat check
+/// could not read the store (the drain checks them); only if they cannot be parked either is the store failure
 /// returned (`unavailable`).
 pub async fn log(now: u64, events: &[wit::LedgerEvent], resumed: bool) -> Result<(), wit::Error> {
     let mut events = events
@@ -27,7 +28,25 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent], resumed: bool) -> Result
         })
         .collect::<Result<Vec<_>, _>>()?;
     if resumed {
-        events = not_yet_logged(events).await?;
+        events = match not_yet_logged(events.clone()).await {
+            Ok(events) => events,
+            // The repeat check could not read the store: the drain runs it (from the shards' start).
+            Err(e) => {
+                let count = events.len();
+                return match store::park_repeats(now, events).await {
+                    Ok(()) => {
+                        eprintln!(
+                            "invoices: repeat check failed ({e:?}); {count} events parked for the drain to check"
+                        );
+                        Ok(())
+                    }
+                    Err(park) => {
+                        eprintln!("invoices: parking {count} events failed too: {park:?}");
+                        Err(e)
+                    }
+                };
+            }
+        };
     }
     if events.is_empty() {
         return Ok(());

@@ -245,6 +245,22 @@ pub async fn park(
     .map(drop)
 }
 
+/// Park a resumed payment attempt's events whose repeat check could not run (kernel `Outbox::park_repeats`):
+/// the drain leaves out the repeats.
+pub async fn park_repeats(
+    at: u64,
+    events: Vec<(EntryKind, EntryFields)>,
+) -> Result<(), KvError<OutboxFull>> {
+    let id = crate::util::holder_token().map_err(KvError::Store)?;
+    kv::update_json(&keys::ledger_outbox(), |current: Option<Outbox>| {
+        let mut outbox = current.unwrap_or_default();
+        outbox.park_repeats(&id, at, events.clone())?;
+        Ok(outbox)
+    })
+    .await
+    .map(drop)
+}
+
 /// Park held usage events logged again after a crash (kernel `Outbox::park_recovered`), each batch under its
 /// own id (`Held::outbox_id`), once: one update of the outbox for all of them.
 pub async fn park_recovered(batches: &[Held]) -> Result<(), KvError<OutboxFull>> {

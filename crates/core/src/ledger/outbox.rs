@@ -74,6 +74,11 @@ pub struct Parked {
     /// equal to any entry there of the same time, tagged or not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recovered: bool,
+    /// A resumed payment attempt's events whose repeat check could not run (`crate::ledger::not_yet_logged`):
+    /// the first drain scans their shards from the start and leaves out a once-per-invoice event its invoice
+    /// has there already.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repeats: bool,
 }
 
 /// A drain's hold on a batch.
@@ -125,7 +130,27 @@ impl Outbox {
             claim: None,
             landed_since,
             recovered: false,
+            repeats: false,
         });
+        Ok(())
+    }
+
+    /// Park a resumed payment attempt's `events` as batch `id`, time `at`, when their repeat check could not
+    /// run: its first drain leaves out the repeats ([`Parked::repeats`]).
+    pub fn park_repeats(
+        &mut self,
+        id: &str,
+        at: u64,
+        events: Vec<(EntryKind, EntryFields)>,
+    ) -> Result<(), OutboxFull> {
+        let whole_shards = events
+            .iter()
+            .map(|(kind, fields)| (shard_for(*kind, fields), 0))
+            .collect();
+        self.park(id, at, events, whole_shards)?;
+        if let Some(b) = self.batches.last_mut() {
+            b.repeats = true;
+        }
         Ok(())
     }
 
@@ -237,7 +262,8 @@ impl Parked {
     /// event is among them if an entry carries its tag (a lapsed drain appended it) or, untagged, equals it
     /// (its failed append landed after all; each such entry stands for one event). For a [`Parked::recovered`]
     /// batch, an entry equal to an event but for its tag (the first append, drained under another id) counts
-    /// too.
+    /// too; of a [`Parked::repeats`] batch, a once-per-invoice event whose invoice has one of its kind among
+    /// `found` is left out.
     pub fn unwritten(&self, found: &[LedgerEntry]) -> Vec<(EntryKind, EntryFields)> {
         let written: BTreeSet<&str> = found
             .iter()
@@ -252,7 +278,8 @@ impl Parked {
                 (e.kind, fields)
             })
             .collect();
-        self.events
+        let left: Vec<(EntryKind, EntryFields)> = self
+            .events
             .iter()
             .filter(|(kind, f)| {
                 if f.details
@@ -272,7 +299,11 @@ impl Parked {
                 }
             })
             .cloned()
-            .collect()
+            .collect();
+        if self.repeats {
+            return super::not_yet_logged(left, found, &[]);
+        }
+        left
     }
 }
 
@@ -535,6 +566,52 @@ mod tests {
             .park("b3", 7, vec![usage("b1")], [(shard, 0)].into())
             .unwrap();
         assert_eq!(plain.batches[0].unwritten(&[drained]).len(), 1);
+    }
+
+    /// A resumed attempt's events parked because their repeat check could not read the store: the drain
+    /// scans the whole shard and leaves out what the invoice has logged already.
+    #[test]
+    fn parked_repeats_leave_out_what_the_invoice_has() {
+        let shard = shard_of("inv_a");
+        let confirmed = (
+            EntryKind::SettlementConfirmed,
+            EntryFields::default().invoice("inv_a"),
+        );
+        let completed = (
+            EntryKind::ActivationCompleted,
+            EntryFields::default().invoice("inv_a"),
+        );
+        let verified = (
+            EntryKind::PaymentVerified,
+            EntryFields::default().invoice("inv_a"),
+        );
+        let mut o = Outbox::default();
+        o.park_repeats(
+            "r1",
+            20,
+            vec![verified.clone(), confirmed.clone(), completed.clone()],
+        )
+        .unwrap();
+        let claimed = o.claim("d1", 100, &heads(&o, 100, 9));
+        assert_eq!(claimed[0].scan_from, Some([(shard, 0)].into()));
+        let batch = &claimed[0].batch;
+        assert!(batch.repeats);
+        let mut head = ChainHead::genesis_of(shard);
+        let earlier = [
+            head.append(10, verified.0, verified.1),
+            head.append(10, confirmed.0, confirmed.1),
+        ];
+        let kinds: Vec<EntryKind> = batch
+            .unwritten(&earlier)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            kinds,
+            [EntryKind::PaymentVerified, EntryKind::ActivationCompleted],
+            "each attempt's verification, and what the first attempt did not log"
+        );
+        assert_eq!(batch.unwritten(&[]).len(), 3);
     }
 
     #[test]

@@ -495,3 +495,72 @@ async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
         .collect();
     assert_eq!(tags, ["\"b1/0\"", "\"b1/1\""], "each event once, in order");
 }
+
+/// A resumed attempt's events whose repeat check cannot read the store (here: the payment record) are parked,
+/// not lost: the call succeeds, and the next check appends them, less what the invoice has logged already.
+/// (Before, the call returned the store failure, and the attempt's first-time events were lost.)
+#[tokio::test]
+async fn a_resumed_attempt_whose_repeat_check_fails_parks_its_events_for_the_drain_to_check() {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut kit = builder()
+        .store(std::sync::Arc::new(crate::failing_calls(
+            "invoice/", &failing,
+        )))
+        .build()
+        .await
+        .unwrap();
+    log(
+        &mut kit,
+        1_000,
+        vec![
+            ledger_event("payment_verified", "inv_rs"),
+            ledger_event("settlement_confirmed", "inv_rs"),
+        ],
+    )
+    .await
+    .unwrap();
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let resumed = vec![
+        ledger_event("payment_verified", "inv_rs"),
+        ledger_event("settlement_confirmed", "inv_rs"),
+        ledger_event("activation_completed", "inv_rs"),
+    ];
+    let logged = kit
+        .call(async move |a, g| g.invoices().call_log_events(a, 2_000, resumed, true).await)
+        .await
+        .unwrap();
+    assert!(logged.is_ok(), "parked is logged: {logged:?}");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"]),
+        (&json!(true), &json!(4)),
+        "{check}"
+    );
+    assert!(check.get("parked").is_none(), "{check}");
+    let shard = esim402_core::ledger::shard_of("inv_rs");
+    let lines = kit
+        .call(async move |a, g| g.invoices().call_ledger_export(a, Some(shard), 0, 10).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let kinds: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "payment_verified",
+            "settlement_confirmed",
+            "payment_verified",
+            "activation_completed"
+        ],
+        "the repeat left out"
+    );
+}

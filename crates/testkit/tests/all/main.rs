@@ -30,10 +30,11 @@ pub use esim402_core::join::join_all;
 /// The in-memory store, except that writes to keys under `prefix` fail while `failing` is set.
 pub type FailingWrites = esim402_host::kv::wrapped::Wrapped<Failing>;
 
-/// What [`FailingWrites`] adds: writes under `prefix` fail while `failing` is set.
+/// What [`FailingWrites`] adds: writes (`reads`: every call) under `prefix` fail while `failing` is set.
 pub struct Failing {
     prefix: &'static str,
     failing: Arc<AtomicBool>,
+    reads: bool,
 }
 
 impl esim402_host::kv::wrapped::Hook for Failing {
@@ -42,7 +43,10 @@ impl esim402_host::kv::wrapped::Hook for Failing {
         op: esim402_host::kv::wrapped::Op,
         key: &str,
     ) -> esim402_host::kv::KvResult<()> {
-        if op.writes() && key.starts_with(self.prefix) && self.failing.load(Ordering::SeqCst) {
+        if (self.reads || op.writes())
+            && key.starts_with(self.prefix)
+            && self.failing.load(Ordering::SeqCst)
+        {
             return Err(esim402_host::kv::KvError(format!("injected: {key}")));
         }
         Ok(())
@@ -56,6 +60,19 @@ pub fn failing_writes(prefix: &'static str, failing: &Arc<AtomicBool>) -> Failin
         Failing {
             prefix,
             failing: failing.clone(),
+            reads: false,
+        },
+    )
+}
+
+/// An empty store whose calls of any kind under `prefix` fail while `failing` is set.
+pub fn failing_calls(prefix: &'static str, failing: &Arc<AtomicBool>) -> FailingWrites {
+    esim402_host::kv::wrapped::Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        Failing {
+            prefix,
+            failing: failing.clone(),
+            reads: true,
         },
     )
 }
