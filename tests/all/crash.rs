@@ -695,3 +695,55 @@ async fn ledger_lines(s: &PayStack) -> (u16, Vec<serde_json::Value>) {
         .collect();
     (status, entries)
 }
+
+/// A payment killed right after its invoice was marked paid (`invoice/#2`) and sent again only once its
+/// authorization has expired: the settlement is ours and confirmed, so the resumed attempt still verifies and
+/// completes with the SIM the first attempt ordered, charged once, each event logged once; the SIM is never
+/// withdrawn. (The other crash tests send the payment again within its validity.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paid_invoice_resumed_after_its_authorization_expired_completes_with_its_sim() {
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", "invoice/#2")],
+    )
+    .await;
+    let start = s.balance(agent()).await;
+    let (_, req) = s.invoice(&activation()).await;
+    let header = Payment::for_requirement(&req).header();
+    stall_and_kill(&mut s, &header, "invoice/#2").await;
+
+    let skew = (req.max_timeout_seconds + LEASE_SECS + 1).to_string();
+    let env = s.env_with(
+        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
+        &["ESIM402_FAILPOINT"],
+    );
+    s.restart(&env).await;
+    let (status, _, body) = send_payment(&s, &header).await;
+    assert_eq!(status, 200, "{body}");
+    let profiles = s.handed_out().await;
+    assert_eq!(
+        profiles.into_iter().collect::<Vec<_>>(),
+        [body["iccid"].as_str().unwrap()],
+        "the profile the first attempt ordered"
+    );
+    let (_, sim) = s
+        .get(&format!("/v1/esim/{}", body["iccid"].as_str().unwrap()))
+        .await;
+    assert_eq!(sim["state"], "active", "{sim}");
+    assert_eq!(
+        s.balance(agent()).await,
+        start - price(&req),
+        "charged once"
+    );
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    for k in [
+        "settlement_confirmed",
+        "activation_completed",
+        "data_credited",
+    ] {
+        assert_eq!(count(k), 1, "{k}: {kinds:?}");
+    }
+    assert_eq!(count("activation_failed"), 0, "{kinds:?}");
+}
