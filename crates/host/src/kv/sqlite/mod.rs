@@ -16,12 +16,16 @@
 //! blocking thread, as before.
 //!
 //! Durability: the writer commits with `synchronous = NORMAL` (the commit is in the WAL, in order, but not
-//! yet synced to disk) and syncs the WAL file on demand: [`Backend::barrier`] returns once every write
+//! yet synced to disk; counted before it is made, so a request that reads it finds something to sync) and
+//! syncs the WAL file on demand: [`Backend::barrier`] returns once every write
 //! acknowledged before it is on disk, sharing one `fdatasync` among all concurrent barriers and skipping it when
 //! nothing was committed since the last one. The host calls the barrier before anything leaves it (an HTTP
 //! answer, an outbound request: [`super::Durability`]), so nobody outside ever sees a write that a power loss
 //! could take back; a request making 20 sequential writes pays for one disk sync instead of 20.
 //! `ESIM402_SQLITE_SYNC=commit` (for measurements) syncs at every commit instead, as SQLite's default does.
+//! On a file shared with other processes (`ESIM402_SQLITE_LOCKING=shared`) a read may see another process's
+//! commit that is not yet synced, so a read counts too: the barrier after it syncs the WAL file, which makes
+//! every commit in it durable, whoever wrote it.
 //!
 //! Commits at barriers ([`CommitAt::Barrier`], the default; `ESIM402_SQLITE_COMMIT=write` for measurements
 //! commits each write as above): the write connection keeps one transaction open across writes, from every
@@ -103,11 +107,34 @@ impl SqliteStore {
         at: CommitAt,
         idle_commit: std::time::Duration,
     ) -> anyhow::Result<Self> {
+        let vfs = vfs()?;
+        let sync_each = sync_each_commit()?;
+        Self::open_on(
+            path,
+            label,
+            checkpoint_pages,
+            at,
+            idle_commit,
+            vfs,
+            sync_each,
+        )
+    }
+
+    /// [`SqliteStore::open_tuned`] with the VFS (`unix-excl` or `unix`: [`switches::LOCKING_ENV`]) and the sync
+    /// at every commit ([`switches::SYNC_ENV`]) given.
+    fn open_on(
+        path: &Path,
+        label: &str,
+        checkpoint_pages: i32,
+        at: CommitAt,
+        idle_commit: std::time::Duration,
+        vfs: &'static str,
+        sync_each: bool,
+    ) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let vfs = vfs()?;
         let conn = connect(path, vfs)
             .with_context(|| format!("cannot open SQLite store {}", path.display()))?;
         // The first statement takes the file's lock (for good, with `unix-excl`).
@@ -117,7 +144,7 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.wal_hook(Some(note_wal_pages));
         // Commits are synced on demand, by `barrier` (module docs).
-        let each_commit = sync_each_commit()?;
+        let each_commit = sync_each;
         conn.pragma_update(
             None,
             "synchronous",
@@ -145,6 +172,7 @@ impl SqliteStore {
         let progress = Arc::new(Progress {
             checkpoint_pages,
             lazy,
+            shared: vfs == "unix",
             idle_commit,
             ..Progress::new(path, each_commit)
         });
@@ -229,9 +257,12 @@ impl SqliteStore {
             }
             return Some(result);
         }
+        // Counted before it commits (and the lock held until it has): a read connection may see the commit at
+        // once, and the reader's barrier must then find something to sync (`Progress::committed`).
+        self.progress.count_commit();
         match commit(&mut conn, &self.label, std::iter::once(write)) {
             Ok(mut results) => {
-                if self.progress.committed() {
+                if self.progress.wal_grown() {
                     let (reply, _) = oneshot::channel();
                     let _ = self.writer.send(Job {
                         write: Write::Checkpoint,
@@ -255,6 +286,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &str) -> rusqlite::Result<R> + Send + 'static,
     ) -> KvResult<R> {
+        self.progress.note_read();
         if self.progress.lazy {
             // The write connection sees the open transaction (and its page cache is never invalidated).
             if let Ok(conn) = self.conn.try_lock() {

@@ -23,7 +23,7 @@ pub(super) struct Progress {
     pub(super) wal_file: std::sync::Mutex<Option<std::fs::File>>,
     /// The database file (synced instead if there is no WAL file).
     pub(super) db: PathBuf,
-    /// Commits so far; counted before their writes are acknowledged.
+    /// Commits so far; counted before they are made (a failed or retried one too: a sync more, nothing lost).
     pub(super) committed: AtomicU64,
     /// Every commit up to this one is on disk.
     pub(super) synced: AtomicU64,
@@ -44,6 +44,9 @@ pub(super) struct Progress {
     /// Writes are committed at barriers, not one by one ([`super::CommitAt::Barrier`]); `committed` then counts
     /// acknowledged writes, and a sync covers those its commit held.
     pub(super) lazy: bool,
+    /// Other processes share the file (`ESIM402_SQLITE_LOCKING=shared`): a read may see their commits, which
+    /// they may not have synced yet ([`Progress::note_read`]).
+    pub(super) shared: bool,
     /// The write connection holds an open transaction (lazy mode; changed only under its lock).
     pub(super) open: std::sync::atomic::AtomicBool,
     /// Writes in the open transaction.
@@ -69,6 +72,7 @@ impl Progress {
             checkpoints: AtomicU64::new(0),
             checkpoint_pages: CHECKPOINT_PAGES,
             lazy: false,
+            shared: false,
             open: std::sync::atomic::AtomicBool::new(false),
             open_writes: AtomicU64::new(0),
             idle_commit: IDLE_COMMIT,
@@ -82,14 +86,25 @@ impl Progress {
             && !self.checkpoint_asked.swap(true, Ordering::SeqCst)
     }
 
-    /// Count a commit made on this thread (before its writes are acknowledged). True when the WAL has grown to
-    /// `checkpoint_pages` and no checkpoint is asked for yet: the caller asks the writer thread for one.
-    pub(super) fn committed(&self) -> bool {
+    /// Count a commit this thread is about to make, under the write connection's lock (held until the commit
+    /// has finished): counted before a reader can see it, so the reader's barrier syncs it, and finished before
+    /// a sync reads its target under that lock (`writer::write_loop`). After the commit, [`Progress::wal_grown`]
+    /// says whether to ask for a checkpoint.
+    pub(super) fn count_commit(&self) {
         let n = self.committed.fetch_add(1, Ordering::SeqCst) + 1;
         if self.each_commit {
+            // SQLite syncs the WAL before it publishes the commit: nobody sees it unsynced.
             self.synced.fetch_max(n, Ordering::SeqCst);
         }
-        self.wal_grown()
+    }
+
+    /// A read is about to run. On a shared file it may see another process's commit that is not synced yet:
+    /// it counts as a commit of ours, so the next barrier syncs the WAL file (an `fdatasync` of the file makes
+    /// every commit in it durable, whichever process wrote it). Elsewhere a read changes nothing.
+    pub(super) fn note_read(&self) {
+        if self.shared && !self.each_commit {
+            self.committed.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     pub(super) fn all_synced(&self) -> bool {
@@ -97,12 +112,14 @@ impl Progress {
             && self.synced.load(Ordering::SeqCst) >= self.committed.load(Ordering::SeqCst)
     }
 
-    /// Sync the WAL if anything was committed since the last sync (on the writer thread: one at a time).
+    /// Sync the WAL if anything was committed since the last sync.
+    #[cfg(test)]
     pub(super) fn sync(&self) -> KvResult<()> {
         self.sync_to(self.committed.load(Ordering::SeqCst))
     }
 
-    /// Sync the WAL, which holds the first `target` counted writes (or commits), unless they are synced.
+    /// Sync the WAL, which holds the first `target` counted writes (or commits), unless they are synced (on the
+    /// writer thread: one at a time).
     pub(super) fn sync_to(&self, target: u64) -> KvResult<()> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(KvError(

@@ -295,7 +295,7 @@ async fn the_hosts_barrier_syncs_the_sqlite_store() {
 #[test]
 fn syncing_at_every_commit_leaves_barriers_nothing_to_do() {
     let progress = Progress::new(Path::new("/nonexistent/kv.db"), true);
-    progress.committed();
+    progress.count_commit();
     assert!(progress.all_synced());
     progress.sync().unwrap();
     assert_eq!(progress.syncs.load(Ordering::SeqCst), 0);
@@ -305,7 +305,7 @@ fn syncing_at_every_commit_leaves_barriers_nothing_to_do() {
 #[test]
 fn a_failed_sync_fails_every_later_barrier() {
     let progress = Progress::new(Path::new("/nonexistent/kv.db"), false);
-    progress.committed();
+    progress.count_commit();
     assert!(!progress.all_synced());
     assert!(progress.sync().is_err(), "no such file to sync");
     let again = progress.sync().unwrap_err();
@@ -493,4 +493,77 @@ async fn the_kept_wal_handle_stays_the_wal_file() {
     assert_eq!(std::fs::metadata(&wal_path).unwrap().ino(), first);
     assert!(store.progress.syncs.load(Ordering::SeqCst) >= 8);
     assert_eq!(committed_value(&path, "k599"), Some(page));
+}
+
+/// A commit is counted before SQLite makes it, on either path (inline on the caller's thread, or queued for
+/// the writer thread): a read connection sees a commit at once, and a barrier after that read must find it
+/// to sync. (Before, the count followed the commit, and a barrier in between passed without a sync.)
+#[tokio::test]
+async fn a_commit_is_counted_before_readers_can_see_it() {
+    for inline in [true, false] {
+        let (_dir, _path, mut store) = fresh();
+        store.inline = inline;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        {
+            let conn = store.conn.lock().unwrap();
+            let (progress, seen) = (store.progress.clone(), seen.clone());
+            conn.commit_hook(Some(move || {
+                seen.lock()
+                    .unwrap()
+                    .push(progress.committed.load(Ordering::SeqCst));
+                false
+            }));
+        }
+        store.set("a", b"1").await.unwrap();
+        store.set("b", b"2").await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [1, 2],
+            "inline {inline}: each commit counted before it is made"
+        );
+        store.barrier().await.unwrap();
+        assert!(store.progress.all_synced());
+    }
+}
+
+/// Processes sharing the file (`ESIM402_SQLITE_LOCKING=shared`) read each other's commits, which their writers
+/// may not have synced yet: on a shared file a read makes the next barrier sync the WAL (which makes every commit
+/// in it durable, whoever wrote it). On a file of its own, a read alone leaves a barrier nothing to do. (Before,
+/// a process could answer from another's commit that a power loss could take back.)
+#[tokio::test]
+async fn on_a_shared_file_a_read_makes_the_next_barrier_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.db");
+    let open = |vfs| {
+        SqliteStore::open_on(
+            &path,
+            "default",
+            CHECKPOINT_PAGES,
+            CommitAt::Barrier,
+            IDLE_COMMIT,
+            vfs,
+            false,
+        )
+        .unwrap()
+    };
+    let writer = open("unix");
+    let reader = open("unix");
+    assert!(!writer.progress.lazy, "shared files commit each write");
+    writer.set("a", b"1").await.unwrap();
+    let before = reader.progress.syncs.load(Ordering::SeqCst);
+    assert_eq!(reader.get("a").await.unwrap(), Some(b"1".to_vec()));
+    assert!(!reader.progress.all_synced());
+    reader.barrier().await.unwrap();
+    assert_eq!(reader.progress.syncs.load(Ordering::SeqCst), before + 1);
+    assert!(reader.progress.all_synced());
+
+    let (_dir, _path, own) = fresh();
+    own.set("b", b"2").await.unwrap();
+    own.barrier().await.unwrap();
+    let synced = own.progress.syncs.load(Ordering::SeqCst);
+    assert_eq!(own.get("b").await.unwrap(), Some(b"2".to_vec()));
+    assert!(own.progress.all_synced(), "a read of our own synced write");
+    own.barrier().await.unwrap();
+    assert_eq!(own.progress.syncs.load(Ordering::SeqCst), synced);
 }

@@ -264,6 +264,9 @@ pub(super) fn write_loop(
             };
             // `sqlite3_busy_timeout` cannot fail. The connection rests without one (`SqliteStore::open`).
             let _ = conn.busy_timeout(BUSY_TIMEOUT);
+            // Counted before it commits: a read connection may see the commit at once, and the reader's barrier
+            // must then find something to sync (`Progress::committed`).
+            progress.count_commit();
             let results = match commit(&mut conn, label, writes.iter().map(|j| &j.write)) {
                 Ok(results) => results,
                 // A failed statement or commit: retry each write in its own transaction, so one bad write
@@ -277,7 +280,7 @@ pub(super) fn write_loop(
                     })
                     .collect(),
             };
-            asked |= progress.committed();
+            asked |= progress.wal_grown();
             let _ = conn.busy_timeout(std::time::Duration::ZERO);
             drop(conn);
             for (job, result) in writes.into_iter().zip(results) {
@@ -285,7 +288,15 @@ pub(super) fn write_loop(
             }
         }
         if !barriers.is_empty() {
-            let synced = progress.sync();
+            // The target read under the write connection's lock: every commit counted by then has finished
+            // (an inline commit holds the lock from its count to its end), so the sync covers it.
+            let target = conn
+                .lock()
+                .map(|_held| progress.committed.load(Ordering::SeqCst));
+            let synced = match target {
+                Ok(target) => progress.sync_to(target),
+                Err(_) => Err(KvError("the SQLite write connection is poisoned".into())),
+            };
             for job in barriers {
                 let _ = job.reply.send(match &synced {
                     Ok(()) => Ok(Done::Unit),
