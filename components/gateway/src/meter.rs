@@ -56,13 +56,17 @@ pub async fn recover_held() {
             return;
         }
     };
-    let ids: Vec<String> = due.iter().map(|h| h.id.clone()).collect();
-    if let Err(e) = crate::invoices::park_held(due).await {
-        eprintln!(
-            "gateway: parking {} held usage batches failed: {e:?}",
-            ids.len()
-        );
-        return;
+    let mut ids: Vec<String> = due.iter().map(|h| h.id.clone()).collect();
+    match crate::invoices::park_held(due).await {
+        // The rest did not fit the outbox: the next verify, once the drain has made room.
+        Ok(parked) => ids.truncate(usize::try_from(parked).unwrap_or(usize::MAX)),
+        Err(e) => {
+            eprintln!(
+                "gateway: parking {} held usage batches failed: {e:?}",
+                ids.len()
+            );
+            return;
+        }
     }
     if let Err(e) = metering::release_held(ids.clone()).await {
         eprintln!(

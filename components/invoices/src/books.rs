@@ -72,8 +72,9 @@ pub async fn log(now: u64, events: &[wit::LedgerEvent], resumed: bool) -> Result
 }
 
 /// `park-held`: held usage events (metering `held-due`) into the outbox, each batch under its own id
-/// (`usage::held::Held::outbox_id`), so the next drain appends what its first append did not.
-pub async fn park_held(batches: &[wit::HeldEvents]) -> Result<(), wit::Error> {
+/// (`usage::held::Held::outbox_id`), so the next drain appends what its first append did not; how many of
+/// them (from the first) wait there now.
+pub async fn park_held(batches: &[wit::HeldEvents]) -> Result<u32, wit::Error> {
     let batches = batches
         .iter()
         .map(|b| {
@@ -93,10 +94,11 @@ pub async fn park_held(batches: &[wit::HeldEvents]) -> Result<(), wit::Error> {
             })
         })
         .collect::<Result<Vec<_>, wit::Error>>()?;
-    store::park_recovered(&batches).await.map_err(|e| match e {
+    let parked = store::park_recovered(&batches).await.map_err(|e| match e {
         kv::KvError::Refused(full) => wit::Error::Unavailable(full.to_string()),
         e => kv_fault("ledger", e),
-    })
+    })?;
+    u32::try_from(parked).map_err(convert::internal)
 }
 
 /// A resumed attempt's `events` less the once-per-invoice ones its invoice already has in the ledger or the

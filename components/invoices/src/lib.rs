@@ -118,7 +118,7 @@ impl Guest for Component {
         books::log(now, &events, resumed).await
     }
 
-    async fn park_held(batches: Vec<wit::HeldEvents>) -> Result<(), wit::Error> {
+    async fn park_held(batches: Vec<wit::HeldEvents>) -> Result<u32, wit::Error> {
         books::park_held(&batches).await
     }
 

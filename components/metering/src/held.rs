@@ -5,7 +5,9 @@
 use esim402_core::join::join_windows;
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
-use esim402_core::usage::held::{self, Held, MAX_DUE, Recovery, SHARDS, Slot, SlotId};
+use esim402_core::usage::held::{
+    self, Held, MAX_DUE, MAX_DUE_EVENTS, Recovery, SHARDS, Slot, SlotId,
+};
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, store_err};
 use esim402_guest::kv;
 use esim402_guest::wit;
@@ -51,13 +53,18 @@ pub async fn release(ids: &[String]) -> Result<u32, wit::Error> {
     u32::try_from(ids.len()).map_err(internal)
 }
 
-/// `held-due`: every ring scanned from its low-water mark; the held batches due at `now` (at most
-/// [`MAX_DUE`]), and each ring's mark moved past what is done with (kernel `Recovery::after`).
+/// `held-due`: every ring scanned from its low-water mark; the held batches due at `now` (at most [`MAX_DUE`]
+/// batches and [`MAX_DUE_EVENTS`] events, at least one batch), and each ring's mark moved past what is done
+/// with (kernel `Recovery::after`).
 pub async fn due(now: u64) -> Result<Vec<wit::HeldEvents>, wit::Error> {
     let store = kv::default_store().await.map_err(kv_err)?;
-    let mut out = Vec::new();
+    let mut out: Vec<wit::HeldEvents> = Vec::new();
+    let mut events = 0;
+    let full = |out: &Vec<wit::HeldEvents>, events: usize, more: usize| {
+        out.len() >= MAX_DUE || (!out.is_empty() && events + more > MAX_DUE_EVENTS)
+    };
     for shard in 0..SHARDS {
-        if out.len() >= MAX_DUE {
+        if full(&out, events, 1) {
             break;
         }
         let read = kv::get_json::<Recovery, wit::Error>(&keys::meter_held_low(shard))
@@ -80,7 +87,8 @@ pub async fn due(now: u64) -> Result<Vec<wit::HeldEvents>, wit::Error> {
             let found = match bytes.map_err(store_err)? {
                 None => Slot::Empty,
                 Some(b) => match serde_json::from_slice::<Held>(&b) {
-                    Ok(h) if h.due(now) && out.len() < MAX_DUE => {
+                    Ok(h) if h.due(now) && !full(&out, events, h.events.len()) => {
+                        events += h.events.len();
                         out.push(wit::HeldEvents {
                             id: id.to_string(),
                             batch: h.batch.clone(),
@@ -92,9 +100,9 @@ pub async fn due(now: u64) -> Result<Vec<wit::HeldEvents>, wit::Error> {
                     Ok(_) => Slot::Waiting,
                     Err(e) => {
                         eprintln!(
-                            "metering: held slot {id} does not parse ({e}); left for an operator"
+                            "metering: held slot {id} does not parse ({e}); left in place for an operator"
                         );
-                        Slot::Waiting
+                        Slot::Unreadable
                     }
                 },
             };

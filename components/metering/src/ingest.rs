@@ -185,27 +185,37 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     }
     kv::set_many::<wit::Error>(&writes).map_err(kv_err)?;
     let mut holds = Vec::new();
-    let charges: Vec<SimCharge<'_>> = sims
-        .iter()
-        .map(|(iccid, b)| SimCharge {
-            iccid,
-            bytes: b.bytes,
-            receipts: b.accepted,
-        })
-        .collect();
-    if let Some(fields) = charge_entry(&batch_id, &charges) {
-        events.push((EntryKind::UsageCharged, fields));
-    }
     // The charges, then the batch's events held until the ledger has them (nothing is lost to a crash from
-    // here to the append), then what the charges do to the accounts.
+    // here to the append), then what the charges do to the accounts. A charge that fails stops the batch, and
+    // the event names only the SIMs charged before it (still held, so logged later).
     let mut charged = Vec::new();
+    let mut failed = None;
     for (iccid, batch) in &sims {
         if batch.accepted == 0 {
             continue;
         }
         let delta = i64::try_from(batch.bytes).map_err(internal)?;
-        let used = kv::increment::<wit::Error>(&keys::meter_used(iccid), delta).map_err(kv_err)?;
-        charged.push((iccid, u64::try_from(used).unwrap_or(0)));
+        match kv::increment::<wit::Error>(&keys::meter_used(iccid), delta) {
+            Ok(used) => charged.push((iccid, u64::try_from(used).unwrap_or(0))),
+            Err(e) => {
+                failed = Some(kv_err(e));
+                break;
+            }
+        }
+    }
+    let charges: Vec<SimCharge<'_>> = charged
+        .iter()
+        .filter_map(|(iccid, _)| {
+            let b = sims.get(*iccid)?;
+            Some(SimCharge {
+                iccid,
+                bytes: b.bytes,
+                receipts: b.accepted,
+            })
+        })
+        .collect();
+    if let Some(fields) = charge_entry(&batch_id, &charges) {
+        events.push((EntryKind::UsageCharged, fields));
     }
     let held = match events.is_empty() {
         true => None,
@@ -217,6 +227,9 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
             }
         },
     };
+    if let Some(e) = failed {
+        return Err(e);
+    }
     for (iccid, used) in charged {
         let Some(account) = accounts.get(iccid).and_then(Option::as_ref) else {
             continue;

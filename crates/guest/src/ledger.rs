@@ -262,20 +262,26 @@ pub async fn park_repeats(
 }
 
 /// Park held usage events logged again after a crash (kernel `Outbox::park_recovered`), each batch under its
-/// own id (`Held::outbox_id`), once: one update of the outbox for all of them.
-pub async fn park_recovered(batches: &[Held]) -> Result<(), KvError<OutboxFull>> {
+/// own id (`Held::outbox_id`), once: one update of the outbox for all of them. How many of `batches`, from the
+/// first, now wait there (the rest did not fit; the outbox is full only if none did).
+pub async fn park_recovered(batches: &[Held]) -> Result<usize, KvError<OutboxFull>> {
     if batches.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    kv::update_json(&keys::ledger_outbox(), |current: Option<Outbox>| {
+    let (_, parked) = kv::update_json_with(&keys::ledger_outbox(), |current: Option<Outbox>| {
         let mut outbox = current.unwrap_or_default();
+        let mut parked = 0;
         for held in batches {
-            outbox.park_recovered(&held.outbox_id(), held.at, held.events.clone())?;
+            match outbox.park_recovered(&held.outbox_id(), held.at, held.events.clone()) {
+                Ok(_) => parked += 1,
+                Err(full) if parked == 0 => return Err(full),
+                Err(_) => break,
+            }
         }
-        Ok(outbox)
+        Ok((outbox, parked))
     })
-    .await
-    .map(drop)
+    .await?;
+    Ok(parked)
 }
 
 /// What a [`drain`] did.
@@ -301,28 +307,71 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
         heads.insert(shard, head(shard).await?.count);
     }
     let token = crate::util::holder_token().map_err(KvError::Store)?;
-    let (_, claimed) = kv::update_json_with(&key, |current: Option<Outbox>| {
+    let (after, claimed) = kv::update_json_with(&key, |current: Option<Outbox>| {
         let mut outbox = current.unwrap_or_default();
         let claimed = outbox.claim(&token, now, &heads);
         Ok::<_, ()>((outbox, claimed))
     })
     .await?;
+    // Each shard a claimed batch must scan is read once, from the lowest seq any of them needs, and what this
+    // drain appends is added to it: a whole-shard scan (recovered events) costs one read of the shard per drain,
+    // not one per batch.
+    let mut scanned: std::collections::BTreeMap<u16, (u64, Vec<LedgerEntry>)> =
+        std::collections::BTreeMap::new();
+    for c in &claimed {
+        for (shard, from) in c.scan_from.iter().flatten() {
+            let low = scanned.entry(*shard).or_insert((*from, Vec::new()));
+            low.0 = low.0.min(*from);
+        }
+    }
+    for (shard, (from, entries)) in scanned.iter_mut() {
+        *entries = read_from(*shard, *from, u64::MAX).await?;
+    }
     let mut drained = Drained::default();
     let mut done = Vec::new();
     for c in claimed {
         let events = match &c.scan_from {
             None => c.batch.events.clone(),
             Some(since) => {
-                let mut found = Vec::new();
-                for (shard, from) in since {
-                    found.extend(read_from(*shard, *from, u64::MAX).await?);
-                }
-                c.batch.unwritten(&found)
+                let found: Vec<LedgerEntry> = since
+                    .iter()
+                    .flat_map(|(shard, from)| {
+                        scanned
+                            .get(shard)
+                            .into_iter()
+                            .flat_map(|(_, entries)| entries.iter())
+                            .filter(move |e| e.seq >= *from)
+                            .cloned()
+                    })
+                    .collect();
+                let elsewhere: Vec<(EntryKind, EntryFields)> = after
+                    .batches
+                    .iter()
+                    .filter(|b| b.id != c.batch.id)
+                    .flat_map(|b| b.events.iter().cloned())
+                    .collect();
+                c.batch.unwritten(&found, &elsewhere)
             }
         };
+        // Still ours? A long scan may outlast the lease, and a drain that took the batch over appends it.
+        let id = c.batch.id.clone();
+        let (_, ours) = kv::update_json_with(&key, |current: Option<Outbox>| {
+            let mut outbox = current.unwrap_or_default();
+            let ours = outbox.renew(&token, &id, crate::util::now_secs());
+            Ok::<_, ()>((outbox, ours))
+        })
+        .await?;
+        if !ours {
+            continue;
+        }
         match append_all(c.batch.at, events).await {
             Ok(entries) => {
                 drained.appended += entries.len();
+                for e in &entries {
+                    if let Some((_, cached)) = scanned.get_mut(&e.shard) {
+                        cached.push(e.clone());
+                    }
+                }
                 done.push(c.batch.id.clone());
             }
             Err(e) => {

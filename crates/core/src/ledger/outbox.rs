@@ -155,8 +155,9 @@ impl Outbox {
     }
 
     /// Park `events` logged again after a crash as batch `id` (the same id for every recovery of them,
-    /// `crate::usage::held::Held::outbox_id`), time `at`: `false` if a batch `id` is parked already (another
-    /// recovery's). Its first drain scans its shards from the start ([`Parked::recovered`]).
+    /// `crate::usage::held::Held::outbox_id`), time `at`: `false` if they wait here already, as batch `id`
+    /// (another recovery's) or in the batch their own failed append parked. Its first drain scans its shards from
+    /// the start ([`Parked::recovered`]).
     pub fn park_recovered(
         &mut self,
         id: &str,
@@ -164,6 +165,24 @@ impl Outbox {
         events: Vec<(EntryKind, EntryFields)>,
     ) -> Result<bool, OutboxFull> {
         if self.batches.iter().any(|b| b.id == id) {
+            return Ok(false);
+        }
+        // Parked already by its own failed append (under another id, maybe held by a drain right now): that
+        // batch logs them. Their ids are random per batch, so equal content at the same time is the same event.
+        let untag = |f: &EntryFields| {
+            let mut f = f.clone();
+            f.details.remove(OUTBOX_TAG);
+            f
+        };
+        let waiting = |(kind, fields): &(EntryKind, EntryFields)| {
+            self.batches.iter().any(|b| {
+                b.at == at
+                    && b.events
+                        .iter()
+                        .any(|(k, f)| k == kind && untag(f) == untag(fields))
+            })
+        };
+        if !events.is_empty() && events.iter().all(waiting) {
             return Ok(false);
         }
         let landed_since = events
@@ -235,6 +254,24 @@ impl Outbox {
         out
     }
 
+    /// Before appending batch `id`: whether `token` still holds it, its lease then renewed from `now`. `false`
+    /// if another drain took it over (its lease ran out during a long scan): that one appends it.
+    pub fn renew(&mut self, token: &str, id: &str, now: u64) -> bool {
+        match self
+            .batches
+            .iter_mut()
+            .find(|b| b.id == id)
+            .and_then(|b| b.claim.as_mut())
+            .filter(|c| c.token == token)
+        {
+            Some(c) => {
+                c.until = now.saturating_add(DRAIN_LEASE_SECS);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// End `token`'s drain: remove the batches `done` it holds (appended by it), and let the others it holds go
     /// at once (their claim lapses, keeping its `since`, so the next drain takes them over and scans for what
     /// this one appended). Batches others hold are left as they are.
@@ -263,8 +300,12 @@ impl Parked {
     /// (its failed append landed after all; each such entry stands for one event). For a [`Parked::recovered`]
     /// batch, an entry equal to an event but for its tag (the first append, drained under another id) counts
     /// too; of a [`Parked::repeats`] batch, a once-per-invoice event whose invoice has one of its kind among
-    /// `found` is left out.
-    pub fn unwritten(&self, found: &[LedgerEntry]) -> Vec<(EntryKind, EntryFields)> {
+    /// `found` or `parked_elsewhere` (the other batches' events, which their own drains append) is left out.
+    pub fn unwritten(
+        &self,
+        found: &[LedgerEntry],
+        parked_elsewhere: &[(EntryKind, EntryFields)],
+    ) -> Vec<(EntryKind, EntryFields)> {
         let written: BTreeSet<&str> = found
             .iter()
             .filter_map(|e| e.details.get(OUTBOX_TAG).map(String::as_str))
@@ -301,7 +342,7 @@ impl Parked {
             .cloned()
             .collect();
         if self.repeats {
-            return super::not_yet_logged(left, found, &[]);
+            return super::not_yet_logged(left, found, parked_elsewhere);
         }
         left
     }
@@ -471,13 +512,13 @@ mod tests {
                 .invoice("inv_a")
                 .detail(OUTBOX_TAG, "b0/1"),
         );
-        let left = batch.unwritten(&[mine, other]);
+        let left = batch.unwritten(&[mine, other], &[]);
         let tags: Vec<_> = left
             .iter()
             .map(|(_, f)| f.details[OUTBOX_TAG].as_str())
             .collect();
         assert_eq!(tags, ["b1/1", "b1/2"]);
-        assert_eq!(batch.unwritten(&[]).len(), 3);
+        assert_eq!(batch.unwritten(&[], &[]).len(), 3);
     }
 
     /// An append that failed may have written an event after all (its store call failed after the write took
@@ -507,12 +548,12 @@ mod tests {
         // Same kind and fields but another time: another event.
         let other = head.append(8, k, f);
         assert_eq!(
-            batch.unwritten(&[landed.clone(), other]).len(),
+            batch.unwritten(&[landed.clone(), other], &[]).len(),
             1,
             "one of the two landed"
         );
-        assert_eq!(batch.unwritten(&[landed.clone(), landed]).len(), 0);
-        assert_eq!(batch.unwritten(&[]).len(), 2);
+        assert_eq!(batch.unwritten(&[landed.clone(), landed], &[]).len(), 0);
+        assert_eq!(batch.unwritten(&[], &[]).len(), 2);
     }
 
     /// A charged batch's events logged again after a crash (`crate::usage::held`): one copy parked per batch
@@ -549,23 +590,35 @@ mod tests {
         let (k, f) = usage("b1");
         // Landed by the batch's own append.
         let first = head.append(7, k, f.clone());
-        assert!(batch.unwritten(std::slice::from_ref(&first)).is_empty());
+        assert!(
+            batch
+                .unwritten(std::slice::from_ref(&first), &[])
+                .is_empty()
+        );
         // Parked by a failed append and drained under that batch's id.
         let drained = head.append(7, k, f.clone().detail(OUTBOX_TAG, "x9/0"));
-        assert!(batch.unwritten(std::slice::from_ref(&drained)).is_empty());
+        assert!(
+            batch
+                .unwritten(std::slice::from_ref(&drained), &[])
+                .is_empty()
+        );
         // Appended by an earlier recovery's drain (its tag).
         let again = head.append(7, k, batch.events[0].1.clone());
-        assert!(batch.unwritten(std::slice::from_ref(&again)).is_empty());
+        assert!(
+            batch
+                .unwritten(std::slice::from_ref(&again), &[])
+                .is_empty()
+        );
         // Another batch's, or another time: not this event.
         let other = head.append(7, k, usage("b2").1);
         let later = head.append(8, k, f);
-        assert_eq!(batch.unwritten(&[other, later]).len(), 1);
+        assert_eq!(batch.unwritten(&[other, later], &[]).len(), 1);
         // An ordinary parked batch still ignores tagged entries of other batches.
         let mut plain = Outbox::default();
         plain
             .park("b3", 7, vec![usage("b1")], [(shard, 0)].into())
             .unwrap();
-        assert_eq!(plain.batches[0].unwritten(&[drained]).len(), 1);
+        assert_eq!(plain.batches[0].unwritten(&[drained], &[]).len(), 1);
     }
 
     /// A resumed attempt's events parked because their repeat check could not read the store: the drain
@@ -602,7 +655,7 @@ mod tests {
             head.append(10, confirmed.0, confirmed.1),
         ];
         let kinds: Vec<EntryKind> = batch
-            .unwritten(&earlier)
+            .unwritten(&earlier, &[])
             .into_iter()
             .map(|(k, _)| k)
             .collect();
@@ -611,7 +664,74 @@ mod tests {
             [EntryKind::PaymentVerified, EntryKind::ActivationCompleted],
             "each attempt's verification, and what the first attempt did not log"
         );
-        assert_eq!(batch.unwritten(&[]).len(), 3);
+        assert_eq!(batch.unwritten(&[], &[]).len(), 3);
+    }
+
+    /// Recovered events their own failed append parked already (another id, maybe held by a drain): not parked
+    /// again, so the two copies cannot both land.
+    #[test]
+    fn recovered_events_waiting_under_their_own_append_are_not_parked_again() {
+        let usage = (
+            EntryKind::UsageCharged,
+            EntryFields::default().detail("batch", "b1"),
+        );
+        let mut o = Outbox::default();
+        o.park("x9", 7, vec![usage.clone()], BTreeMap::new())
+            .unwrap();
+        o.claim("d1", 100, &heads(&o, 100, 3));
+        assert_eq!(
+            o.park_recovered("usage/b1", 7, vec![usage.clone()]),
+            Ok(false)
+        );
+        assert_eq!(o.parked_events(), 1);
+        // Another time: another event.
+        assert_eq!(o.park_recovered("usage/b1", 8, vec![usage]), Ok(true));
+    }
+
+    /// A drain renews its claim before each append, and finds out when another took it over.
+    #[test]
+    fn a_drain_appends_only_what_it_still_holds() {
+        let mut o = Outbox::default();
+        o.park("b1", 7, vec![event("inv_a")], BTreeMap::new())
+            .unwrap();
+        o.claim("d1", 100, &heads(&o, 100, 0));
+        assert!(o.renew("d1", "b1", 150));
+        assert_eq!(
+            o.batches[0].claim.as_ref().unwrap().until,
+            150 + DRAIN_LEASE_SECS
+        );
+        // d1 stalls past its lease; d2 takes the batch over.
+        let later = 150 + DRAIN_LEASE_SECS;
+        assert_eq!(o.claim("d2", later, &heads(&o, later, 0)).len(), 1);
+        assert!(
+            !o.renew("d1", "b1", later + 1),
+            "taken over: d1 must not append"
+        );
+        assert!(o.renew("d2", "b1", later + 1));
+        assert!(!o.renew("d2", "gone", later + 1));
+    }
+
+    /// A resumed attempt's events parked for the drain to check leave out what another parked batch (the
+    /// earlier attempt's, held by another drain) will log.
+    #[test]
+    fn parked_repeats_leave_out_what_waits_elsewhere() {
+        let confirmed = (
+            EntryKind::SettlementConfirmed,
+            EntryFields::default().invoice("inv_b"),
+        );
+        let completed = (
+            EntryKind::ActivationCompleted,
+            EntryFields::default().invoice("inv_b"),
+        );
+        let mut o = Outbox::default();
+        o.park_repeats("r1", 20, vec![confirmed.clone(), completed])
+            .unwrap();
+        let batch = &o.batches[0];
+        let left = batch.unwritten(&[], &[confirmed]);
+        assert_eq!(
+            left.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            [EntryKind::ActivationCompleted]
+        );
     }
 
     #[test]

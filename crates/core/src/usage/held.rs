@@ -27,10 +27,17 @@ pub const SHARDS: u16 = crate::ledger::SHARDS;
 /// How long after its batch a held slot may be logged again: the batch's request is over by then (a request's
 /// store calls time out well within it), as for a refund's repeat (`crate::refund::RELOG_AFTER_SECS`).
 pub const RELOG_AFTER_SECS: u64 = crate::refund::RELOG_AFTER_SECS;
-/// Slots one recovery reads per ring at most; the rest waits for the next.
-pub const MAX_SCAN: u64 = 10_000;
-/// Held batches one recovery hands back at most (each is parked in the ledger's outbox, which is bounded).
+/// Slots one recovery reads per ring at most; the rest waits for the next. The low mark moves at most this far
+/// per ring per recovery (and once per [`RELOG_AFTER_SECS`]), so recovery keeps up with 16 × this many batches
+/// between two verifies at least that far apart: ~8 900 batches/s with a verify every 3 minutes, ~440/s with one
+/// an hour. A scan reads about as many keys as the ledger gained entries meanwhile (each batch is one), and a
+/// verify reads the whole ledger anyway.
+pub const MAX_SCAN: u64 = 100_000;
+/// Held batches one recovery hands back at most, and their events at most (at least one batch): each is
+/// parked in the ledger's outbox (`crate::ledger::outbox::MAX_PARKED_EVENTS`).
 pub const MAX_DUE: usize = 100;
+/// See [`MAX_DUE`].
+pub const MAX_DUE_EVENTS: usize = 2_000;
 
 /// One batch's events, as held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +111,9 @@ pub enum Slot {
     Waiting,
     /// Held and due: log its events again, then empty it.
     Due(Held),
+    /// Holds something that is not a held batch: reported, left for an operator, and passed (it would hold the
+    /// low mark for good).
+    Unreadable,
 }
 
 /// A ring's recovery record (`meter/held/<shard>/low`): where the next scan starts, and the mark that bounds
@@ -135,14 +145,17 @@ impl Recovery {
     /// The record after a scan at `now` of the ring with counter `top` that read `slots` (those of
     /// [`Recovery::scan`], in order): the low mark moves past the leading empty slots, but not past the mark's
     /// `top` unless the mark is [`RELOG_AFTER_SECS`] old (before that, an empty slot may still be written by
-    /// its batch), nor past a slot that is waiting or due (a due one is emptied first, and passed next time).
+    /// its batch), nor past a slot that is waiting or due (an unreadable one counts as empty) (a due one is emptied first, and passed next time).
     /// A mark that old is used up, and `top` at `now` becomes the next.
     pub fn after(&self, now: u64, top: u64, slots: &[Slot]) -> Self {
         let settled = self
             .mark
             .filter(|m| now >= m.at.saturating_add(RELOG_AFTER_SECS));
         let limit = settled.map_or(self.low, |m| m.top.max(self.low));
-        let empty = slots.iter().take_while(|s| **s == Slot::Empty).count() as u64;
+        let empty = slots
+            .iter()
+            .take_while(|s| matches!(s, Slot::Empty | Slot::Unreadable))
+            .count() as u64;
         let low = self.low.saturating_add(empty).min(limit).max(self.low);
         let mark = match self.mark {
             Some(m) if settled.is_none() => Some(m),
@@ -237,6 +250,12 @@ mod tests {
         };
         let slots = [Slot::Empty, Slot::Waiting, Slot::Empty];
         assert_eq!(r.after(RELOG_AFTER_SECS, 13, &slots).low, 11);
+        let slots = [Slot::Unreadable, Slot::Empty, Slot::Waiting];
+        assert_eq!(
+            r.after(RELOG_AFTER_SECS, 13, &slots).low,
+            12,
+            "an unreadable slot does not hold the mark"
+        );
         let slots = [Slot::Due(held(0)), Slot::Empty];
         assert_eq!(
             r.after(RELOG_AFTER_SECS, 12, &slots).low,

@@ -908,3 +908,59 @@ async fn held_usage_events_are_logged_once_after_a_crash_whatever_landed() {
     assert!(due(&mut meter, t + RELOG_AFTER_SECS).await.is_empty());
     assert_eq!(check(&mut books).await["count"], 3, "nothing more");
 }
+
+/// A charge that fails at the store stops the batch, and the SIMs charged before it are not lost to the ledger:
+/// the batch's event, naming only those, stays held and is handed back once due. (Before, the call failed and
+/// the charges that landed never reached the ledger.)
+#[tokio::test]
+async fn a_batch_whose_charge_fails_holds_the_charges_that_landed() {
+    use esim402_core::usage::held::RELOG_AFTER_SECS;
+    let (first, second) = (iccid(51), iccid(52));
+    assert!(first < second, "charged in ICCID order");
+    let prefix: &'static str = Box::leak(format!("meter/{second}/used").into_boxed_str());
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut kit = Kit::builder("metering")
+        .store(std::sync::Arc::new(crate::failing_writes(prefix, &failing)))
+        .build()
+        .await
+        .unwrap();
+    open(&mut kit, &first, 10).await;
+    open(&mut kit, &second, 10).await;
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let body = json!({ "receipts": [
+        receipt(&first, "tmobile", "f", 1, 100_000, "310-260"),
+        receipt(&second, "tmobile", "g", 1, 70_000, "310-260"),
+    ]})
+    .to_string();
+    let t = now();
+    let out = kit
+        .call(async move |a, g| g.metering().call_ingest(a, body, t).await)
+        .await
+        .unwrap();
+    assert!(out.is_err(), "the failed charge fails the batch");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(balance(&mut kit, &first).await.used_bytes, 100_000);
+    assert_eq!(balance(&mut kit, &second).await.used_bytes, 0);
+
+    let due = kit
+        .call(async move |a, g| g.metering().call_held_due(a, t + RELOG_AFTER_SECS).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(due.len(), 1, "{due:?}");
+    let charged: Vec<_> = due[0]
+        .events
+        .iter()
+        .filter(|e| e.kind == "usage_charged")
+        .collect();
+    assert_eq!(charged.len(), 1);
+    let detail = |k: &str| {
+        charged[0]
+            .details
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(detail("bytes").as_deref(), Some("100000"));
+    assert_eq!(detail("iccid").as_deref(), Some(first.as_str()));
+}
