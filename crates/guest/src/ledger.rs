@@ -344,13 +344,7 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
                             .cloned()
                     })
                     .collect();
-                let elsewhere: Vec<(EntryKind, EntryFields)> = after
-                    .batches
-                    .iter()
-                    .filter(|b| b.id != c.batch.id)
-                    .flat_map(|b| b.events.iter().cloned())
-                    .collect();
-                c.batch.unwritten(&found, &elsewhere)
+                c.batch.unwritten(&found, &after.deferred_to(&c.batch.id))
             }
         };
         // Still ours? A long scan may outlast the lease, and a drain that took the batch over appends it.

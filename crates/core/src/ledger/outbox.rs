@@ -254,6 +254,22 @@ impl Outbox {
         out
     }
 
+    /// The batches batch `id` defers to ([`Parked::unwritten`]'s `others`): every other batch, but for a
+    /// [`Parked::repeats`] batch only the batches parked before it and those that are not `repeats` (two
+    /// `repeats` batches of one invoice must not each leave an event to the other: the earlier one logs it).
+    pub fn deferred_to(&self, id: &str) -> Vec<Parked> {
+        let Some(at) = self.batches.iter().position(|b| b.id == id) else {
+            return Vec::new();
+        };
+        let repeats = self.batches[at].repeats;
+        self.batches
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| *i != at && (!repeats || *i < at || !b.repeats))
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
     /// Before appending batch `id`: whether `token` still holds it, its lease then renewed from `now`. `false`
     /// if another drain took it over (its lease ran out during a long scan): that one appends it.
     pub fn renew(&mut self, token: &str, id: &str, now: u64) -> bool {
@@ -299,26 +315,37 @@ impl Parked {
     /// event is among them if an entry carries its tag (a lapsed drain appended it) or, untagged, equals it
     /// (its failed append landed after all; each such entry stands for one event). For a [`Parked::recovered`]
     /// batch, an entry equal to an event but for its tag (the first append, drained under another id) counts
-    /// too; of a [`Parked::repeats`] batch, a once-per-invoice event whose invoice has one of its kind among
-    /// `found` or `parked_elsewhere` (the other batches' events, which their own drains append) is left out.
+    /// too, and so does an event another batch of `others` holds (its first append's events, parked under
+    /// another id); of a [`Parked::repeats`] batch, a once-per-invoice event whose invoice has one of its kind
+    /// among `found` or the events of `others` is left out. `others`: the batches it defers to, which their own
+    /// drains append ([`Outbox::deferred_to`]).
     pub fn unwritten(
         &self,
         found: &[LedgerEntry],
-        parked_elsewhere: &[(EntryKind, EntryFields)],
+        others: &[Parked],
     ) -> Vec<(EntryKind, EntryFields)> {
         let written: BTreeSet<&str> = found
             .iter()
             .filter_map(|e| e.details.get(OUTBOX_TAG).map(String::as_str))
             .collect();
+        let untag = |f: &EntryFields| {
+            let mut f = f.clone();
+            f.details.remove(OUTBOX_TAG);
+            f
+        };
         let mut landed: Vec<(EntryKind, EntryFields)> = found
             .iter()
             .filter(|e| (self.recovered || !e.details.contains_key(OUTBOX_TAG)) && e.at == self.at)
-            .map(|e| {
-                let mut fields = e.fields();
-                fields.details.remove(OUTBOX_TAG);
-                (e.kind, fields)
-            })
+            .map(|e| (e.kind, untag(&e.fields())))
             .collect();
+        if self.recovered {
+            landed.extend(
+                others
+                    .iter()
+                    .filter(|b| b.at == self.at)
+                    .flat_map(|b| b.events.iter().map(|(k, f)| (*k, untag(f)))),
+            );
+        }
         let left: Vec<(EntryKind, EntryFields)> = self
             .events
             .iter()
@@ -342,7 +369,11 @@ impl Parked {
             .cloned()
             .collect();
         if self.repeats {
-            return super::not_yet_logged(left, found, parked_elsewhere);
+            let waiting: Vec<(EntryKind, EntryFields)> = others
+                .iter()
+                .flat_map(|b| b.events.iter().cloned())
+                .collect();
+            return super::not_yet_logged(left, found, &waiting);
         }
         left
     }
@@ -724,14 +755,62 @@ mod tests {
             EntryFields::default().invoice("inv_b"),
         );
         let mut o = Outbox::default();
-        o.park_repeats("r1", 20, vec![confirmed.clone(), completed])
+        o.park("x1", 10, vec![confirmed.clone()], BTreeMap::new())
             .unwrap();
-        let batch = &o.batches[0];
-        let left = batch.unwritten(&[], &[confirmed]);
+        o.park_repeats("r1", 20, vec![confirmed.clone(), completed.clone()])
+            .unwrap();
+        o.park_repeats("r2", 30, vec![confirmed.clone(), completed])
+            .unwrap();
+        let kinds = |o: &Outbox, id: &str| -> Vec<EntryKind> {
+            let b = o.batches.iter().find(|b| b.id == id).unwrap();
+            b.unwritten(&[], &o.deferred_to(id))
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
         assert_eq!(
-            left.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-            [EntryKind::ActivationCompleted]
+            kinds(&o, "r1"),
+            [EntryKind::ActivationCompleted],
+            "x1 logs it"
         );
+        assert!(kinds(&o, "r2").is_empty(), "x1 and r1 log them");
+        // Without x1: r1, the earlier, logs the settlement; r2 defers to it (and not the other way round).
+        o.batches.remove(0);
+        assert_eq!(
+            kinds(&o, "r1"),
+            [
+                EntryKind::SettlementConfirmed,
+                EntryKind::ActivationCompleted
+            ]
+        );
+        assert!(kinds(&o, "r2").is_empty());
+        assert_eq!(o.deferred_to("r1").len(), 0);
+        assert_eq!(o.deferred_to("gone").len(), 0);
+    }
+
+    /// A recovered batch leaves out what its own failed append parked (part of it, under another id).
+    #[test]
+    fn a_recovered_batch_defers_to_its_own_parked_part() {
+        let usage = |bytes: &str| {
+            (
+                EntryKind::UsageDisputed,
+                EntryFields::default()
+                    .detail("batch", "b1")
+                    .detail("bytes", bytes),
+            )
+        };
+        let mut o = Outbox::default();
+        o.park("p1", 7, vec![usage("1")], BTreeMap::new()).unwrap();
+        assert_eq!(
+            o.park_recovered("usage/b1", 7, vec![usage("1"), usage("2")]),
+            Ok(true),
+            "not all of it waits"
+        );
+        let r = o.batches.iter().find(|b| b.id == "usage/b1").unwrap();
+        let left = r.unwritten(&[], &o.deferred_to("usage/b1"));
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.details["bytes"], "2");
+        assert_eq!(r.unwritten(&[], &[]).len(), 2);
     }
 
     #[test]

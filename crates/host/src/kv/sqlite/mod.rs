@@ -423,6 +423,7 @@ impl Backend for SqliteStore {
         }
     }
     async fn keys(&self) -> KvResult<Vec<String>> {
+        self.progress.note_read();
         // Every key of the store: too long a scan for the caller's thread.
         self.read_blocking(|c, s| {
             let mut stmt = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
