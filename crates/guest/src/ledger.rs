@@ -313,9 +313,10 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
         Ok::<_, ()>((outbox, claimed))
     })
     .await?;
-    // Each shard a claimed batch must scan is read once, from the lowest seq any of them needs, and what this
-    // drain appends is added to it: a whole-shard scan (recovered events) costs one read of the shard per drain,
-    // not one per batch.
+    // Each shard a claimed batch must scan is read once, from the lowest seq any of them needs, and caught up
+    // before each batch (only what was appended since, its own appends included): a whole-shard scan (recovered
+    // events) costs one read of the shard per drain, not one per batch, and each batch sees the shard as fresh
+    // as just before its append.
     let mut scanned: std::collections::BTreeMap<u16, (u64, Vec<LedgerEntry>)> =
         std::collections::BTreeMap::new();
     for c in &claimed {
@@ -324,15 +325,19 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
             low.0 = low.0.min(*from);
         }
     }
-    for (shard, (from, entries)) in scanned.iter_mut() {
-        *entries = read_from(*shard, *from, u64::MAX).await?;
-    }
     let mut drained = Drained::default();
     let mut done = Vec::new();
     for c in claimed {
         let events = match &c.scan_from {
             None => c.batch.events.clone(),
             Some(since) => {
+                for shard in since.keys() {
+                    if let Some((next, entries)) = scanned.get_mut(shard) {
+                        let more = read_from(*shard, *next, u64::MAX).await?;
+                        *next += more.len() as u64;
+                        entries.extend(more);
+                    }
+                }
                 let found: Vec<LedgerEntry> = since
                     .iter()
                     .flat_map(|(shard, from)| {
@@ -361,11 +366,6 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
         match append_all(c.batch.at, events).await {
             Ok(entries) => {
                 drained.appended += entries.len();
-                for e in &entries {
-                    if let Some((_, cached)) = scanned.get_mut(&e.shard) {
-                        cached.push(e.clone());
-                    }
-                }
                 done.push(c.batch.id.clone());
             }
             Err(e) => {
