@@ -55,19 +55,13 @@ async fn send_payment(
     .await
 }
 
-/// Send the payment `header`; the paying request stalls at `failpoint` and the host is killed under it.
-async fn stall_and_kill(s: &mut PayStack, header: &str, failpoint: &str) {
-    let stalled = {
-        let req = s
-            .http
-            .post(format!("{}/v1/esim/activate", s.url))
-            .header("payment-signature", header.to_owned())
-            .json(&activation());
-        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
-    };
+/// Send `req`; it stalls at `failpoint` (the host prints that it was hit), the host is killed under it, and the
+/// request never gets an answer.
+async fn kill_during(s: &mut PayStack, req: reqwest::RequestBuilder, failpoint: &str) {
+    let stalled = tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
     s.process()
         .wait_for_log(
-            &format!("failpoint hit: {}", failpoint),
+            &format!("failpoint hit: {failpoint}"),
             Duration::from_secs(120),
         )
         .await
@@ -78,6 +72,16 @@ async fn stall_and_kill(s: &mut PayStack, header: &str, failpoint: &str) {
         lost.is_err(),
         "the stalled request never answered: {lost:?}"
     );
+}
+
+/// Send the payment `header`; the paying request stalls at `failpoint` and the host is killed under it.
+async fn stall_and_kill(s: &mut PayStack, header: &str, failpoint: &str) {
+    let req = s
+        .http
+        .post(format!("{}/v1/esim/activate", s.url))
+        .header("payment-signature", header.to_owned())
+        .json(&activation());
+    kill_during(s, req, failpoint).await;
 }
 
 async fn crash_and_pay_again(c: Crash) {
@@ -435,19 +439,11 @@ async fn killed_after_a_refund_is_paid_the_next_run_logs_it_once() {
     assert_eq!(status, 503, "{failed}");
     assert_eq!(failed["refund"]["status"], "owed", "{failed}");
 
-    let run = {
-        let req = s
-            .http
-            .post(format!("{}/admin/refunds/run", s.url))
-            .bearer_auth(s.admin_token.clone());
-        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
-    };
-    s.process()
-        .wait_for_log("failpoint hit: refund/inv_#4", Duration::from_secs(120))
-        .await
-        .unwrap();
-    s.process().kill();
-    assert!(run.await.unwrap().is_err(), "the killed run never answered");
+    let run = s
+        .http
+        .post(format!("{}/admin/refunds/run", s.url))
+        .bearer_auth(s.admin_token.clone());
+    kill_during(&mut s, run, "refund/inv_#4").await;
     assert_eq!(s.balance(agent()).await, start, "the refund was paid");
 
     // Restarted once the killed run is surely over (kernel `refund::RELOG_AFTER_SECS`).
@@ -500,23 +496,12 @@ async fn killed_after_a_terminate_owes_its_refund_terminating_again_logs_it_once
     let act = s.activate_paid(&activation(), &[]).await;
     let iccid = act["iccid"].as_str().unwrap().to_owned();
     let terminate = format!("/v1/esim/{iccid}/terminate");
-    let killed = {
-        let req = s
-            .http
-            .post(format!("{}{terminate}", s.url))
-            .header("sign-in-with-x", s.sign_in(&terminate))
-            .json(&serde_json::json!({}));
-        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
-    };
-    s.process()
-        .wait_for_log("failpoint hit: refund/inv_", Duration::from_secs(120))
-        .await
-        .unwrap();
-    s.process().kill();
-    assert!(
-        killed.await.unwrap().is_err(),
-        "the killed terminate never answered"
-    );
+    let req = s
+        .http
+        .post(format!("{}{terminate}", s.url))
+        .header("sign-in-with-x", s.sign_in(&terminate))
+        .json(&serde_json::json!({}));
+    kill_during(&mut s, req, "refund/inv_").await;
 
     let skew = esim402_core::refund::RELOG_AFTER_SECS + 1;
     let env = s.env_with(
@@ -622,19 +607,8 @@ async fn killed_after_a_usage_batch_is_charged_the_next_verify_logs_its_events_o
         receipt(&iccid, "crash", 1, 10_000, "310-260"),
         receipt(&iccid, "crash", 2, 5_000, "310-260"),
     ]});
-    let killed = {
-        let req = s.http.post(format!("{}/v1/usage", s.url)).json(&batch);
-        tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
-    };
-    s.process()
-        .wait_for_log("failpoint hit: meter/held/", Duration::from_secs(120))
-        .await
-        .unwrap();
-    s.process().kill();
-    assert!(
-        killed.await.unwrap().is_err(),
-        "the killed ingest never answered"
-    );
+    let req = s.http.post(format!("{}/v1/usage", s.url)).json(&batch);
+    kill_during(&mut s, req, "meter/held/").await;
 
     let skew = (esim402_core::usage::held::RELOG_AFTER_SECS + 1).to_string();
     let env = s.env_with(
@@ -654,7 +628,7 @@ async fn killed_after_a_usage_batch_is_charged_the_next_verify_logs_its_events_o
             (200, &serde_json::json!(true)),
             "{verify}"
         );
-        let (_, entries) = ledger_lines(&s).await;
+        let entries = s.ledger_entries().await;
         let charged: Vec<_> = entries
             .iter()
             .filter(|e| e["kind"] == "usage_charged")
@@ -676,24 +650,6 @@ async fn killed_after_a_usage_batch_is_charged_the_next_verify_logs_its_events_o
         1,
         "{kinds:?}"
     );
-}
-
-/// Every ledger entry (admin export), as JSON.
-async fn ledger_lines(s: &PayStack) -> (u16, Vec<serde_json::Value>) {
-    let r = s
-        .http
-        .get(format!("{}/v1/ledger?limit=10000", s.url))
-        .bearer_auth(&s.admin_token)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let entries = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (status, entries)
 }
 
 /// A payment killed right after its invoice was marked paid (`invoice/#2`) and sent again only once its

@@ -443,8 +443,8 @@ impl PayStack {
         (body, required.accepts[0].clone())
     }
 
-    /// The ledger's kinds, in order, and whether it verifies.
-    pub async fn ledger(&self) -> (Vec<String>, Value) {
+    /// Every ledger entry (the admin export, all shards merged by time), as JSON.
+    pub async fn ledger_entries(&self) -> Vec<Value> {
         let r = self
             .http
             .get(format!("{}/v1/ledger?limit=10000", self.url))
@@ -455,14 +455,18 @@ impl PayStack {
             .text()
             .await
             .unwrap();
-        let kinds = r
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(l).unwrap()["kind"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
+        r.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The ledger's kinds, in order, and whether it verifies.
+    pub async fn ledger(&self) -> (Vec<String>, Value) {
+        let kinds = self
+            .ledger_entries()
+            .await
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
             .collect();
         let (_, verify) = self.get("/v1/ledger/verify").await;
         (kinds, verify)

@@ -55,24 +55,21 @@ impl esim402_host::kv::wrapped::Hook for Failing {
 
 /// An empty store whose writes under `prefix` fail while `failing` is set.
 pub fn failing_writes(prefix: &'static str, failing: &Arc<AtomicBool>) -> FailingWrites {
-    esim402_host::kv::wrapped::Wrapped::new(
-        Arc::new(esim402_host::kv::MemoryStore::default()),
-        Failing {
-            prefix,
-            failing: failing.clone(),
-            reads: false,
-        },
-    )
+    failing_store(prefix, failing, false)
 }
 
 /// An empty store whose calls of any kind under `prefix` fail while `failing` is set.
 pub fn failing_calls(prefix: &'static str, failing: &Arc<AtomicBool>) -> FailingWrites {
+    failing_store(prefix, failing, true)
+}
+
+fn failing_store(prefix: &'static str, failing: &Arc<AtomicBool>, reads: bool) -> FailingWrites {
     esim402_host::kv::wrapped::Wrapped::new(
         Arc::new(esim402_host::kv::MemoryStore::default()),
         Failing {
             prefix,
             failing: failing.clone(),
-            reads: true,
+            reads,
         },
     )
 }
