@@ -27,7 +27,7 @@ pub fn activation(region: &str, data_mb: u32) -> types::ActivationRequest {
 
 pub use esim402_core::join::join_all;
 
-/// The in-memory store, except that writes to keys under `prefix` fail while `failing` is set.
+/// The in-memory store, except that writes (or every call) to keys under `prefix` fail while `failing` is set.
 pub type FailingWrites = esim402_host::kv::wrapped::Wrapped<Failing>;
 
 /// What [`FailingWrites`] adds: writes (`reads`: every call) under `prefix` fail while `failing` is set.
