@@ -628,6 +628,8 @@ async fn killed_after_a_usage_batch_is_charged_the_next_verify_logs_its_events_o
             (200, &serde_json::json!(true)),
             "{verify}"
         );
+        let recovered = (round == 0).then_some(1);
+        assert_eq!(verify["recovered"].as_u64(), recovered, "{verify}");
         let entries = s.ledger_entries().await;
         let charged: Vec<_> = entries
             .iter()

@@ -46,14 +46,15 @@ pub async fn ingest(req: Request) -> Result<Reply, ApiError> {
 
 /// Log the events of charged batches whose append a crash (or a failed release) left held, once their requests
 /// are surely over (metering `held-due`): parked in the ledger's outbox, which the verify that follows drains,
-/// appending only what did not land; then released. A failure is reported and left for the next verify.
-pub async fn recover_held() {
+/// appending only what did not land; then released. How many batches were parked. A failure is reported and
+/// left for the next verify.
+pub async fn recover_held() -> usize {
     let due = match metering::held_due(now()).await {
-        Ok(due) if due.is_empty() => return,
+        Ok(due) if due.is_empty() => return 0,
         Ok(due) => due,
         Err(e) => {
             eprintln!("gateway: reading held usage events failed: {e:?}");
-            return;
+            return 0;
         }
     };
     let mut ids: Vec<String> = due.iter().map(|h| h.id.clone()).collect();
@@ -65,7 +66,7 @@ pub async fn recover_held() {
                 "gateway: parking {} held usage batches failed: {e:?}",
                 ids.len()
             );
-            return;
+            return 0;
         }
     }
     if let Err(e) = metering::release_held(ids.clone()).await {
@@ -74,6 +75,7 @@ pub async fn recover_held() {
             ids.len()
         );
     }
+    ids.len()
 }
 
 /// `POST /v1/esim/{iccid}/data`: the next quota (asked by the owner, or by the SIM's carrier with its

@@ -223,11 +223,18 @@ pub async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
 
 /// `GET /v1/ledger/verify`: every shard's chain recomputed and compared with its stored head. 200 either
 /// way; `ok: false` names the first problem (edited, removed, reordered or forged entry). First, usage events a
-/// crash left held are parked (`meter::recover_held`), and the outbox is drained.
+/// crash left held are parked (`meter::recover_held`; `recovered`: how many batches), and the outbox is drained.
 pub async fn ledger_verify() -> Result<Reply, ApiError> {
-    crate::meter::recover_held().await;
+    let recovered = crate::meter::recover_held().await;
     let body = invoices::ledger_verify().await.map_err(from_wit)?;
-    Ok(json(200, body))
+    if recovered == 0 {
+        return Ok(json(200, body));
+    }
+    // `recovered`: usage batches whose events a crash left held, handed to the ledger by this check.
+    let mut report: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    report["recovered"] = recovered.into();
+    Ok(json(200, report.to_string()))
 }
 
 /// `GET /v1/ledger?from=N&limit=M[&shard=S]` (admin token: entries name payers and amounts): entries as JSON
