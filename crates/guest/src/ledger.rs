@@ -349,7 +349,13 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
                             .cloned()
                     })
                     .collect();
-                c.batch.unwritten(&found, &after.deferred_to(&c.batch.id))
+                // Only recovered and repeats batches look at the other batches.
+                let others = if c.batch.recovered || c.batch.repeats {
+                    after.deferred_to(&c.batch.id)
+                } else {
+                    Vec::new()
+                };
+                c.batch.unwritten(&found, &others)
             }
         };
         // Still ours? A long scan may outlast the lease, and a drain that took the batch over appends it.

@@ -286,7 +286,17 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &str) -> rusqlite::Result<R> + Send + 'static,
     ) -> KvResult<R> {
+        let read = self.read_now(f).await;
+        // Counted once the read has run: a sync whose target includes it starts after the read, so it covers
+        // whatever commit of another process the read saw (`Progress::note_read`).
         self.progress.note_read();
+        read
+    }
+
+    async fn read_now<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &str) -> rusqlite::Result<R> + Send + 'static,
+    ) -> KvResult<R> {
         if self.progress.lazy {
             // The write connection sees the open transaction (and its page cache is never invalidated).
             if let Ok(conn) = self.conn.try_lock() {
@@ -423,13 +433,15 @@ impl Backend for SqliteStore {
         }
     }
     async fn keys(&self) -> KvResult<Vec<String>> {
-        self.progress.note_read();
         // Every key of the store: too long a scan for the caller's thread.
-        self.read_blocking(|c, s| {
-            let mut stmt = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
-            stmt.query_map(params![s], |r| r.get(0))?.collect()
-        })
-        .await
+        let keys = self
+            .read_blocking(|c, s| {
+                let mut stmt = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
+                stmt.query_map(params![s], |r| r.get(0))?.collect()
+            })
+            .await;
+        self.progress.note_read();
+        keys
     }
     async fn increment(&self, key: &str, delta: i64) -> KvResult<i64> {
         match self.write(Write::Increment(key.to_owned(), delta)).await? {

@@ -98,9 +98,11 @@ impl Progress {
         }
     }
 
-    /// A read is about to run. On a shared file it may see another process's commit that is not synced yet:
-    /// it counts as a commit of ours, so the next barrier syncs the WAL file (an `fdatasync` of the file makes
-    /// every commit in it durable, whichever process wrote it). Elsewhere a read changes nothing.
+    /// A read has run. On a shared file it may have seen another process's commit that is not synced yet: it
+    /// counts as a commit of ours, so the next barrier syncs the WAL file (an `fdatasync` of the file makes every
+    /// commit in it durable, whichever process wrote it), with a sync that starts after the read (counted
+    /// before it, a sync already under way could have missed what the read saw). Elsewhere a read changes
+    /// nothing.
     pub(super) fn note_read(&self) {
         if self.shared && !self.each_commit {
             self.committed.fetch_add(1, Ordering::SeqCst);
