@@ -84,6 +84,16 @@ async fn stall_and_kill(s: &mut PayStack, header: &str, failpoint: &str) {
     kill_during(s, req, failpoint).await;
 }
 
+/// Restart the host on the same store without the failpoint, its clock `secs` ahead (a restart that long
+/// after the crash, without waiting for it), with `extra` variables set.
+async fn restart_later(s: &mut PayStack, secs: u64, extra: &[(&str, &str)]) {
+    let skew = secs.to_string();
+    let mut set = vec![("ESIM402_CLOCK_SKEW_SECS", skew.as_str())];
+    set.extend_from_slice(extra);
+    let env = s.env_with(&set, &["ESIM402_FAILPOINT"]);
+    s.restart(&env).await;
+}
+
 async fn crash_and_pay_again(c: Crash) {
     let mut s = PayStack::start_with(
         Some((&Runner::Host, c.store)),
@@ -97,12 +107,7 @@ async fn crash_and_pay_again(c: Crash) {
     stall_and_kill(&mut s, &header, c.failpoint).await;
 
     // Restarted on the same store, after the lease, without the failpoint: the same payment again.
-    let skew = (LEASE_SECS + 1).to_string();
-    let env = s.env_with(
-        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
-        &["ESIM402_FAILPOINT"],
-    );
-    s.restart(&env).await;
+    restart_later(&mut s, LEASE_SECS + 1, &[]).await;
     let (status, _, body) = send_payment(&s, &header).await;
     let sent = s.facilitator_transactions().await;
     let id = invoice["invoice_id"].as_str().unwrap();
@@ -331,12 +336,8 @@ async fn a_payment_that_expires_after_its_order_withdraws_the_profile() {
     assert_eq!(ordered.len(), 1, "the order completed: {ordered:?}");
 
     // Past the authorization's `validBefore` (and the payment record's lease), before the invoice's expiry.
-    let skew = (req.max_timeout_seconds + 60).to_string();
-    let env = s.env_with(
-        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
-        &["ESIM402_FAILPOINT"],
-    );
-    s.restart(&env).await;
+    let skew = req.max_timeout_seconds + 60;
+    restart_later(&mut s, skew, &[]).await;
     let (status, _, body) = send_payment(&s, &header).await;
     assert_eq!(status, 410, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
@@ -354,10 +355,7 @@ async fn a_payment_that_expires_after_its_order_withdraws_the_profile() {
     let sim: serde_json::Value = s
         .http
         .get(format!("{}{path}", s.url))
-        .header(
-            "sign-in-with-x",
-            s.sign_in_ahead(&path, skew.parse().unwrap()),
-        )
+        .header("sign-in-with-x", s.sign_in_ahead(&path, skew))
         .send()
         .await
         .unwrap()
@@ -447,12 +445,7 @@ async fn killed_after_a_refund_is_paid_the_next_run_logs_it_once() {
     assert_eq!(s.balance(agent()).await, start, "the refund was paid");
 
     // Restarted once the killed run is surely over (kernel `refund::RELOG_AFTER_SECS`).
-    let skew = (esim402_core::refund::RELOG_AFTER_SECS + 1).to_string();
-    let env = s.env_with(
-        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
-        &["ESIM402_FAILPOINT"],
-    );
-    s.restart(&env).await;
+    restart_later(&mut s, esim402_core::refund::RELOG_AFTER_SECS + 1, &[]).await;
     let (status, summary) = {
         let r = s
             .http
@@ -504,11 +497,7 @@ async fn killed_after_a_terminate_owes_its_refund_terminating_again_logs_it_once
     kill_during(&mut s, req, "refund/inv_").await;
 
     let skew = esim402_core::refund::RELOG_AFTER_SECS + 1;
-    let env = s.env_with(
-        &[("ESIM402_CLOCK_SKEW_SECS", &skew.to_string())],
-        &["ESIM402_FAILPOINT"],
-    );
-    s.restart(&env).await;
+    restart_later(&mut s, skew, &[]).await;
     let r = s
         .http
         .post(format!("{}{terminate}", s.url))
@@ -552,28 +541,16 @@ async fn a_resumed_payment_that_cannot_reach_the_chain_keeps_its_order() {
     stall_and_kill(&mut s, &header, "order/#3").await;
     let ordered = s.handed_out().await;
 
-    let skew = (LEASE_SECS + 1).to_string();
     let dead = {
         let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
         format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
     };
-    let env = s.env_with(
-        &[
-            ("ESIM402_CLOCK_SKEW_SECS", &skew),
-            ("SPIN_VARIABLE_RPC_URL", &dead),
-        ],
-        &["ESIM402_FAILPOINT"],
-    );
-    s.restart(&env).await;
+    restart_later(&mut s, LEASE_SECS + 1, &[("SPIN_VARIABLE_RPC_URL", &dead)]).await;
     let (status, _, body) = send_payment(&s, &header).await;
     assert!(status >= 500, "{status}: {body}");
     assert_eq!(s.handed_out().await, ordered, "the order stands");
 
-    let env = s.env_with(
-        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
-        &["ESIM402_FAILPOINT"],
-    );
-    s.restart(&env).await;
+    restart_later(&mut s, LEASE_SECS + 1, &[]).await;
     let (status, _, body) = send_payment(&s, &header).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -610,12 +587,7 @@ async fn killed_after_a_usage_batch_is_charged_the_next_verify_logs_its_events_o
     let req = s.http.post(format!("{}/v1/usage", s.url)).json(&batch);
     kill_during(&mut s, req, "meter/held/").await;
 
-    let skew = (esim402_core::usage::held::RELOG_AFTER_SECS + 1).to_string();
-    let env = s.env_with(
-        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
-        &["ESIM402_FAILPOINT"],
-    );
-    s.restart(&env).await;
+    restart_later(&mut s, esim402_core::usage::held::RELOG_AFTER_SECS + 1, &[]).await;
     let used = |b: serde_json::Value| b["used_bytes"].clone();
     let (_, b) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
     assert_eq!(used(b), 15_000, "charged before the crash");
@@ -670,12 +642,7 @@ async fn a_paid_invoice_resumed_after_its_authorization_expired_completes_with_i
     let header = Payment::for_requirement(&req).header();
     stall_and_kill(&mut s, &header, "invoice/#2").await;
 
-    let skew = (req.max_timeout_seconds + LEASE_SECS + 1).to_string();
-    let env = s.env_with(
-        &[("ESIM402_CLOCK_SKEW_SECS", &skew)],
-        &["ESIM402_FAILPOINT"],
-    );
-    s.restart(&env).await;
+    restart_later(&mut s, req.max_timeout_seconds + LEASE_SECS + 1, &[]).await;
     let (status, _, body) = send_payment(&s, &header).await;
     assert_eq!(status, 200, "{body}");
     let profiles = s.handed_out().await;

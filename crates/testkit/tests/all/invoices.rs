@@ -361,13 +361,26 @@ async fn log(kit: &mut Kit, now: u64, events: Vec<types::LedgerEvent>) -> Result
         .unwrap()
 }
 
-async fn ledger_check(kit: &mut Kit) -> serde_json::Value {
+pub(crate) async fn ledger_check(kit: &mut Kit) -> serde_json::Value {
     let body = kit
         .call(async move |a, g| g.invoices().call_ledger_verify(a).await)
         .await
         .unwrap()
         .unwrap();
     serde_json::from_str(&body).unwrap()
+}
+
+/// The ledger's entries (`ledger-export`): one shard's, or (no shard) every shard's merged by time.
+pub(crate) async fn ledger_entries(kit: &mut Kit, shard: Option<u16>) -> Vec<serde_json::Value> {
+    let lines = kit
+        .call(async move |a, g| g.invoices().call_ledger_export(a, shard, 0, 100).await)
+        .await
+        .unwrap()
+        .unwrap();
+    lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// An append that fails at the store parks the events it did not write in the outbox: the call succeeds
@@ -412,15 +425,7 @@ async fn events_whose_append_fails_are_parked_and_drained_once() {
     assert_eq!(again["count"], 2, "drained once: {again}");
     assert_eq!(again["head"], check["head"]);
 
-    let lines = kit
-        .call(async move |a, g| g.invoices().call_ledger_export(a, Some(shard), 0, 10).await)
-        .await
-        .unwrap()
-        .unwrap();
-    let entries: Vec<serde_json::Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = ledger_entries(&mut kit, Some(shard)).await;
     let got: Vec<_> = entries
         .iter()
         .map(|e| (e["kind"].as_str().unwrap(), e["at"].as_u64().unwrap()))
@@ -482,16 +487,10 @@ async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
         "{check}"
     );
     assert!(check.get("parked").is_none(), "{check}");
-    let lines = kit
-        .call(async move |a, g| g.invoices().call_ledger_export(a, Some(shard), 0, 10).await)
+    let tags: Vec<String> = ledger_entries(&mut kit, Some(shard))
         .await
-        .unwrap()
-        .unwrap();
-    let tags: Vec<String> = lines
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["details"]["outbox"].to_string()
-        })
+        .iter()
+        .map(|e| e["details"]["outbox"].to_string())
         .collect();
     assert_eq!(tags, ["\"b1/0\"", "\"b1/1\""], "each event once, in order");
 }
@@ -539,19 +538,10 @@ async fn a_resumed_attempt_whose_repeat_check_fails_parks_its_events_for_the_dra
     );
     assert!(check.get("parked").is_none(), "{check}");
     let shard = esim402_core::ledger::shard_of("inv_rs");
-    let lines = kit
-        .call(async move |a, g| g.invoices().call_ledger_export(a, Some(shard), 0, 10).await)
+    let kinds: Vec<String> = ledger_entries(&mut kit, Some(shard))
         .await
-        .unwrap()
-        .unwrap();
-    let kinds: Vec<String> = lines
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(
         kinds,

@@ -875,29 +875,16 @@ async fn held_usage_events_are_logged_once_after_a_crash_whatever_landed() {
             .unwrap()
             .unwrap();
     }
-    let check = async |books: &mut Kit| -> Value {
-        let body = books
-            .call(async move |a, g| g.invoices().call_ledger_verify(a).await)
-            .await
-            .unwrap()
-            .unwrap();
-        serde_json::from_str(&body).unwrap()
-    };
-    let first = check(&mut books).await;
+    let first = crate::invoices::ledger_check(&mut books).await;
     assert_eq!(
         (&first["ok"], &first["count"]),
         (&json!(true), &json!(3)),
         "{first}"
     );
     assert!(first.get("parked").is_none(), "{first}");
-    let lines = books
-        .call(async move |a, g| g.invoices().call_ledger_export(a, None, 0, 100).await)
+    let mut bytes: Vec<String> = crate::invoices::ledger_entries(&mut books, None)
         .await
-        .unwrap()
-        .unwrap();
-    let mut bytes: Vec<String> = lines
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .into_iter()
         .filter(|e| e["kind"] == "usage_charged")
         .map(|e| e["details"]["bytes"].as_str().unwrap().to_owned())
         .collect();
@@ -906,7 +893,11 @@ async fn held_usage_events_are_logged_once_after_a_crash_whatever_landed() {
 
     assert_eq!(release(&mut meter, ids).await, 2);
     assert!(due(&mut meter, t + RELOG_AFTER_SECS).await.is_empty());
-    assert_eq!(check(&mut books).await["count"], 3, "nothing more");
+    assert_eq!(
+        crate::invoices::ledger_check(&mut books).await["count"],
+        3,
+        "nothing more"
+    );
 }
 
 /// A charge that fails at the store stops the batch, and the SIMs charged before it are not lost to the ledger:
