@@ -143,14 +143,7 @@ impl Outbox {
         at: u64,
         events: Vec<(EntryKind, EntryFields)>,
     ) -> Result<(), OutboxFull> {
-        let whole_shards = events
-            .iter()
-            .map(|(kind, fields)| (shard_for(*kind, fields), 0))
-            .collect();
-        self.park(id, at, events, whole_shards)?;
-        if let Some(b) = self.batches.last_mut() {
-            b.repeats = true;
-        }
+        self.park_scanning_whole_shards(id, at, events)?.repeats = true;
         Ok(())
     }
 
@@ -169,31 +162,35 @@ impl Outbox {
         }
         // Parked already by its own failed append (under another id, maybe held by a drain right now): that
         // batch logs them. Their ids are random per batch, so equal content at the same time is the same event.
-        let untag = |f: &EntryFields| {
-            let mut f = f.clone();
-            f.details.remove(OUTBOX_TAG);
-            f
-        };
         let waiting = |(kind, fields): &(EntryKind, EntryFields)| {
             self.batches.iter().any(|b| {
                 b.at == at
                     && b.events
                         .iter()
-                        .any(|(k, f)| k == kind && untag(f) == untag(fields))
+                        .any(|(k, f)| k == kind && untagged(f) == untagged(fields))
             })
         };
         if !events.is_empty() && events.iter().all(waiting) {
             return Ok(false);
         }
-        let landed_since = events
+        self.park_scanning_whole_shards(id, at, events)?.recovered = true;
+        Ok(true)
+    }
+
+    /// [`Outbox::park`] with the whole of each event's shard to scan at the first drain; the batch parked.
+    fn park_scanning_whole_shards(
+        &mut self,
+        id: &str,
+        at: u64,
+        events: Vec<(EntryKind, EntryFields)>,
+    ) -> Result<&mut Parked, OutboxFull> {
+        let whole_shards = events
             .iter()
             .map(|(kind, fields)| (shard_for(*kind, fields), 0))
             .collect();
-        self.park(id, at, events, landed_since)?;
-        if let Some(b) = self.batches.last_mut() {
-            b.recovered = true;
-        }
-        Ok(true)
+        self.park(id, at, events, whole_shards)?;
+        // `park` pushed it (it refuses before pushing, never after).
+        self.batches.last_mut().ok_or(OutboxFull)
     }
 
     /// How many events wait.
@@ -328,22 +325,17 @@ impl Parked {
             .iter()
             .filter_map(|e| e.details.get(OUTBOX_TAG).map(String::as_str))
             .collect();
-        let untag = |f: &EntryFields| {
-            let mut f = f.clone();
-            f.details.remove(OUTBOX_TAG);
-            f
-        };
         let mut landed: Vec<(EntryKind, EntryFields)> = found
             .iter()
             .filter(|e| (self.recovered || !e.details.contains_key(OUTBOX_TAG)) && e.at == self.at)
-            .map(|e| (e.kind, untag(&e.fields())))
+            .map(|e| (e.kind, untagged(&e.fields())))
             .collect();
         if self.recovered {
             landed.extend(
                 others
                     .iter()
                     .filter(|b| b.at == self.at)
-                    .flat_map(|b| b.events.iter().map(|(k, f)| (*k, untag(f)))),
+                    .flat_map(|b| b.events.iter().map(|(k, f)| (*k, untagged(f)))),
             );
         }
         let left: Vec<(EntryKind, EntryFields)> = self
@@ -356,9 +348,8 @@ impl Parked {
                 {
                     return false;
                 }
-                let mut untagged = f.clone();
-                untagged.details.remove(OUTBOX_TAG);
-                match landed.iter().position(|(k, g)| k == kind && *g == untagged) {
+                let plain = untagged(f);
+                match landed.iter().position(|(k, g)| k == kind && *g == plain) {
                     Some(i) => {
                         landed.swap_remove(i);
                         false
@@ -377,6 +368,13 @@ impl Parked {
         }
         left
     }
+}
+
+/// `fields` without their [`OUTBOX_TAG`].
+fn untagged(fields: &EntryFields) -> EntryFields {
+    let mut fields = fields.clone();
+    fields.details.remove(OUTBOX_TAG);
+    fields
 }
 
 #[cfg(test)]
