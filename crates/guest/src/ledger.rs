@@ -123,6 +123,18 @@ pub async fn append_all(
     at: u64,
     events: Vec<(EntryKind, EntryFields)>,
 ) -> Result<Vec<LedgerEntry>, Unwritten> {
+    append_fenced(at, events, None).await
+}
+
+/// [`append_all`]; with `checked` (a drain appending parked events: per shard, the seq up to which it has
+/// looked for their tags), every attempt first reads the entries its shard gained since and drops the events
+/// another drain appended there (kernel `outbox::drop_appended`), so an append that outlasts the drain lease
+/// and one by the drain that took the batch over do not both land.
+async fn append_fenced(
+    at: u64,
+    events: Vec<(EntryKind, EntryFields)>,
+    mut checked: Option<std::collections::BTreeMap<u16, u64>>,
+) -> Result<Vec<LedgerEntry>, Unwritten> {
     let mut runs: VecDeque<(u16, VecDeque<(EntryKind, EntryFields)>)> = VecDeque::new();
     for (kind, fields) in events {
         let shard = shard_for(kind, &fields);
@@ -133,7 +145,8 @@ pub async fn append_all(
     }
     let mut written = Vec::new();
     while let Some((shard, run)) = runs.pop_front() {
-        match append_run(at, shard, run).await {
+        let fence = checked.as_mut().and_then(|c| c.get_mut(&shard));
+        match append_run(at, shard, run, fence).await {
             Ok(entries) => written.extend(entries),
             Err((error, left, from)) => {
                 let events = left
@@ -161,9 +174,10 @@ async fn append_run(
     at: u64,
     shard: u16,
     mut pending: VecDeque<(EntryKind, EntryFields)>,
+    checked: Option<&mut u64>,
 ) -> Result<Vec<LedgerEntry>, RunFailure> {
     let mut from = None;
-    match append_run_inner(at, shard, &mut pending, &mut from).await {
+    match append_run_inner(at, shard, &mut pending, &mut from, checked).await {
         Ok(written) => Ok(written),
         Err(e) => Err((e, pending, from)),
     }
@@ -174,6 +188,7 @@ async fn append_run_inner(
     shard: u16,
     pending: &mut VecDeque<(EntryKind, EntryFields)>,
     from: &mut Option<u64>,
+    mut checked: Option<&mut u64>,
 ) -> Result<Vec<LedgerEntry>, KvError<()>> {
     let mut written = Vec::with_capacity(pending.len());
     for attempt in 0..MAX_ATTEMPTS {
@@ -185,6 +200,19 @@ async fn append_run_inner(
         }
         let (start, read) = head_version(shard).await?;
         *from = Some(start.count);
+        // A drain: what another drain appended below this head is dropped, and every insert below goes at or
+        // past the head, so an entry of another drain's that this one's insert runs into is looked at on the
+        // next attempt (entries this run wrote carry tags no longer pending).
+        if let Some(seen) = checked.as_deref_mut() {
+            if *seen < start.count {
+                let gained = read_from(shard, *seen, start.count - *seen).await?;
+                esim402_core::ledger::outbox::drop_appended(pending, &gained);
+                *seen = start.count;
+            }
+            if pending.is_empty() {
+                return Ok(written);
+            }
+        }
         // Past a head this protocol wrote (cell version 1 or later), no entry can be one written before cells
         // existed: every entry there was claimed through a cell, so it is claimed without being read first.
         // (Past an older head, the first append reads and helps past such an entry, and advances the head.)
@@ -369,7 +397,24 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
         if !ours {
             continue;
         }
-        match append_all(c.batch.at, events).await {
+        // Where this drain's look for the batch's tags ends: the scanned shards as far as they were read, the
+        // others at the head counts read before the batch's first claim.
+        let checked = c
+            .batch
+            .claim
+            .iter()
+            .flat_map(|claim| claim.since.iter())
+            .map(|(shard, since)| {
+                let scanned_to = c
+                    .scan_from
+                    .as_ref()
+                    .filter(|s| s.contains_key(shard))
+                    .and_then(|_| scanned.get(shard))
+                    .map(|(next, _)| *next);
+                (*shard, scanned_to.unwrap_or(*since))
+            })
+            .collect();
+        match append_fenced(c.batch.at, events, Some(checked)).await {
             Ok(entries) => {
                 drained.appended += entries.len();
                 done.push(c.batch.id.clone());

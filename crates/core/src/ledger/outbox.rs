@@ -10,6 +10,10 @@
 //! - A claim whose lease ran out may be taken over. The new claim keeps the older `since`, and the new drainer
 //!   scans the batch's shards from there for the tags the lapsed one appended ([`Parked::unwritten`]): an event
 //!   is appended once, whoever drains it.
+//! - Two drains may hold a batch at once (an append that outlasts the lease, and the drain that took it over):
+//!   each attempt of a drain's append first drops the events whose tags the shard gained since it last looked
+//!   ([`drop_appended`]); inserts are decided per seq, so whichever of two equal events is inserted second is
+//!   dropped by its drain.
 //! - Only the claimer removes its batches, once appended ([`Outbox::release`]); what it claimed but did not
 //!   append it lets go at once (the next drain takes it over as above).
 //!
@@ -368,6 +372,31 @@ impl Parked {
         }
         left
     }
+}
+
+/// Remove from `pending` the parked events an entry of `entries` carries the tag of (another drain appended
+/// them: one that took the batch over while this one's append was slow, or the one this drain took it over
+/// from); how many were removed. A drain calls it before every attempt of an append with the entries its shard
+/// gained since it last looked, so whichever drain's insert comes second sees the first one's entry, whatever
+/// the timing: an event is appended once even if an append outlasts the drain lease.
+pub fn drop_appended(
+    pending: &mut std::collections::VecDeque<(EntryKind, EntryFields)>,
+    entries: &[LedgerEntry],
+) -> usize {
+    let written: BTreeSet<&str> = entries
+        .iter()
+        .filter_map(|e| e.details.get(OUTBOX_TAG).map(String::as_str))
+        .collect();
+    if written.is_empty() {
+        return 0;
+    }
+    let before = pending.len();
+    pending.retain(|(_, f)| {
+        f.details
+            .get(OUTBOX_TAG)
+            .is_none_or(|tag| !written.contains(tag.as_str()))
+    });
+    before - pending.len()
 }
 
 /// `fields` without their [`OUTBOX_TAG`].
@@ -809,6 +838,48 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].1.details["bytes"], "2");
         assert_eq!(r.unwritten(&[], &[]).len(), 2);
+    }
+
+    /// Two drains hold one batch (the first one's append outlasted its lease and a second took the batch over):
+    /// whichever inserts second drops what the entries it has not looked at yet show the other appended, by tag
+    /// alone (an untagged entry equal to an event is another event, and another batch's tags are not this one's).
+    #[test]
+    fn a_drain_drops_what_another_drain_appended_meanwhile() {
+        let mut o = Outbox::default();
+        o.park(
+            "b1",
+            7,
+            vec![event("inv_a"), event("inv_a")],
+            BTreeMap::new(),
+        )
+        .unwrap();
+        o.park("b2", 7, vec![event("inv_a")], BTreeMap::new())
+            .unwrap();
+        let shard = shard_of("inv_a");
+        let mut first: std::collections::VecDeque<_> = o.batches[0].events.clone().into();
+        let mut second = first.clone();
+        // The second drain appended the batch's first event; the shard also holds an untagged equal event and
+        // the other batch's.
+        let mut head = ChainHead::genesis_of(shard);
+        let mut entries = Vec::new();
+        for (kind, fields) in [
+            second.pop_front().unwrap(),
+            event("inv_a"),
+            o.batches[1].events[0].clone(),
+        ] {
+            let entry = LedgerEntry::new(&head, 7, kind, fields);
+            head = ChainHead::after(&entry);
+            entries.push(entry);
+        }
+        assert_eq!(drop_appended(&mut first, &entries), 1);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].1.details[OUTBOX_TAG], "b1/1", "order kept");
+        assert_eq!(drop_appended(&mut first, &entries), 0, "idempotent");
+        assert_eq!(drop_appended(&mut first, &[]), 0);
+        // The first drain now appends "b1/1"; the second, looking again, drops it.
+        let entry = LedgerEntry::new(&head, 7, first[0].0, first[0].1.clone());
+        assert_eq!(drop_appended(&mut second, &[entry]), 1);
+        assert!(second.is_empty());
     }
 
     #[test]

@@ -495,6 +495,144 @@ async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
     assert_eq!(tags, ["\"b1/0\"", "\"b1/1\""], "each event once, in order");
 }
 
+/// Runs a second actor once, right after the store call numbered `fire_at` (a write) of the component under
+/// test, which it numbers from 0; the second actor uses the store underneath, so only the first is counted.
+struct Interleave {
+    calls: std::sync::Mutex<Vec<(esim402_host::kv::wrapped::Op, String)>>,
+    fire_at: Option<usize>,
+    action: tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>>,
+}
+
+#[async_trait::async_trait]
+impl esim402_host::kv::wrapped::Hook for Interleave {
+    fn before(
+        &self,
+        op: esim402_host::kv::wrapped::Op,
+        key: &str,
+    ) -> esim402_host::kv::KvResult<()> {
+        self.calls.lock().unwrap().push((op, key.to_owned()));
+        Ok(())
+    }
+
+    async fn after_write(&self, _inner: &dyn esim402_host::kv::Backend, _key: &str) {
+        let now = self.calls.lock().unwrap().len() - 1;
+        if Some(now) != self.fire_at {
+            return;
+        }
+        if let Some(action) = self.action.lock().await.take() {
+            tokio::spawn(action).await.unwrap();
+        }
+    }
+}
+
+/// A parked batch of two events in the outbox of a fresh store, and the invoices component on it wrapped by
+/// [`Interleave`]; the second actor, at `fire_at`, is another invoices component on the same store appending the
+/// batch's first event as a drain that took the batch over would: with its tag.
+async fn drain_race(
+    fire_at: Option<usize>,
+) -> (
+    Kit,
+    std::sync::Arc<esim402_host::kv::wrapped::Wrapped<Interleave>>,
+) {
+    use esim402_core::ledger::outbox::Outbox;
+    use esim402_core::ledger::{EntryFields, EntryKind};
+    let inner: esim402_host::kv::SharedBackend =
+        std::sync::Arc::new(esim402_host::kv::MemoryStore::default());
+    let fields = || EntryFields::default().invoice("inv_race");
+    let mut outbox = Outbox::default();
+    outbox
+        .park(
+            "b1",
+            1_000,
+            vec![
+                (EntryKind::RefundOwed, fields()),
+                (EntryKind::RefundPaid, fields()),
+            ],
+            Default::default(),
+        )
+        .unwrap();
+    inner
+        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
+        .await
+        .unwrap();
+    let (kind, first) = outbox.batches[0].events[0].clone();
+    let appended = types::LedgerEvent {
+        details: first.details.clone().into_iter().collect(),
+        ..ledger_event(kind.as_str(), "inv_race")
+    };
+    let mut other = builder().store(inner.clone()).build().await.unwrap();
+    let second = async move { log(&mut other, 1_000, vec![appended]).await.unwrap() };
+    let store = std::sync::Arc::new(esim402_host::kv::wrapped::Wrapped::new(
+        inner,
+        Interleave {
+            calls: Default::default(),
+            fire_at,
+            action: tokio::sync::Mutex::new(Some(Box::pin(second))),
+        },
+    ));
+    let kit = builder().store(store.clone()).build().await.unwrap();
+    (kit, store)
+}
+
+/// A drain whose append outlasts its lease, while another drain takes the batch over and appends part of it:
+/// the first drain's append, resumed, leaves out what the other appended (by its outbox tags, looked for in
+/// what the shard gained since the first drain's claim), so each event is in the ledger once. The other drain
+/// is played by a second component appending the first event with its tag right after the first drain renewed
+/// its claim (its last write before its first ledger entry), so the first drain finds it below the head it
+/// reads. Before, the first drain appended both events after it: three entries.
+#[tokio::test]
+async fn a_drain_whose_append_outlasts_its_lease_does_not_append_twice() {
+    let shard = esim402_core::ledger::shard_of("inv_race");
+    let entries = format!("ledger/{shard:02}/entry/");
+    // A dry run, nobody interleaving: find the first drain's last write before its first entry.
+    let (mut dry, store) = drain_race(None).await;
+    assert_eq!(ledger_check(&mut dry).await["count"], 2);
+    let calls = store.hook.calls.lock().unwrap().clone();
+    let first_entry = calls
+        .iter()
+        .position(|(_, k)| k.starts_with(&entries))
+        .expect("the drain appends");
+    let plain_write = |(op, _): &(esim402_host::kv::wrapped::Op, String)| {
+        op.writes() && *op != esim402_host::kv::wrapped::Op::Increment
+    };
+    // Before the drain reads the head it appends at: its renewal's last write.
+    let renewed = calls[..first_entry]
+        .iter()
+        .rposition(plain_write)
+        .expect("the drain claims and renews before appending");
+    assert!(
+        calls[renewed].1.starts_with("ledger/outbox"),
+        "{:?}",
+        calls[renewed]
+    );
+    // After it read the head, before its first insert is decided: the insert's proposal, so the other drain
+    // takes that seq and the first drain's insert runs into it.
+    let proposed = first_entry
+        + calls[first_entry..]
+            .iter()
+            .position(plain_write)
+            .expect("the insert writes");
+    assert!(calls[proposed].1.contains('@'), "{:?}", calls[proposed]);
+
+    for fire_at in [renewed, proposed] {
+        let (mut kit, _) = drain_race(Some(fire_at)).await;
+        let check = ledger_check(&mut kit).await;
+        assert_eq!(
+            (&check["ok"], &check["count"]),
+            (&json!(true), &json!(2)),
+            "interleaved after {:?}: {check}",
+            calls[fire_at]
+        );
+        assert!(check.get("parked").is_none(), "{check}");
+        let tags: Vec<String> = ledger_entries(&mut kit, Some(shard))
+            .await
+            .iter()
+            .map(|e| e["details"]["outbox"].to_string())
+            .collect();
+        assert_eq!(tags, ["\"b1/0\"", "\"b1/1\""], "each event once, in order");
+    }
+}
+
 /// A resumed attempt's events whose repeat check cannot read the store (here: the payment record) are parked,
 /// not lost: the call succeeds, and the next check appends them, less what the invoice has logged already.
 /// (Before, the call returned the store failure, and the attempt's first-time events were lost.)
