@@ -89,9 +89,12 @@ pub(crate) struct Sent {
 
 /// A loopback HTTP/1.1 proxy to the app that records every request, and (if told) loses the reply to the next
 /// paid request: the app gets the request and answers it, the client sees the connection close (a lost reply).
+/// With `abandon_next_paid` set, the client sees the connection close at once, while the app still works on the
+/// request.
 pub(crate) struct LossyProxy {
     pub url: String,
     lose_next_paid: Arc<AtomicBool>,
+    abandon_next_paid: Arc<AtomicBool>,
     sent: Arc<std::sync::Mutex<Vec<Sent>>>,
 }
 
@@ -100,8 +103,14 @@ impl LossyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let lose_next_paid = Arc::new(AtomicBool::new(lose_first_paid));
+        let abandon_next_paid = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (upstream, lose, log) = (upstream.to_owned(), lose_next_paid.clone(), sent.clone());
+        let upstream = upstream.to_owned();
+        let (lose, abandon, log) = (
+            lose_next_paid.clone(),
+            abandon_next_paid.clone(),
+            sent.clone(),
+        );
         tokio::spawn(async move {
             let http = reqwest::Client::new();
             while let Ok((conn, _)) = listener.accept().await {
@@ -109,7 +118,7 @@ impl LossyProxy {
                     conn,
                     http.clone(),
                     upstream.clone(),
-                    lose.clone(),
+                    (lose.clone(), abandon.clone()),
                     log.clone(),
                 ));
             }
@@ -117,6 +126,7 @@ impl LossyProxy {
         Self {
             url,
             lose_next_paid,
+            abandon_next_paid,
             sent,
         }
     }
@@ -130,7 +140,7 @@ impl LossyProxy {
         mut conn: TcpStream,
         http: reqwest::Client,
         upstream: String,
-        lose: Arc<AtomicBool>,
+        (lose, abandon): (Arc<AtomicBool>, Arc<AtomicBool>),
         log: Arc<std::sync::Mutex<Vec<Sent>>>,
     ) {
         let mut buf = Vec::new();
@@ -182,11 +192,16 @@ impl LossyProxy {
                     req = req.header(k, v);
                 }
             }
-            let r = req.body(body).send().await.unwrap();
+            let req = req.body(body);
+            let paid = headers.iter().any(|(k, _)| k == "payment-signature");
+            if paid && abandon.swap(false, Ordering::SeqCst) {
+                tokio::spawn(req.send()); // The app works on it; the client's connection closes now.
+                return;
+            }
+            let r = req.send().await.unwrap();
             let status = r.status();
             let answer_headers = r.headers().clone();
             let answer = r.bytes().await.unwrap();
-            let paid = headers.iter().any(|(k, _)| k == "payment-signature");
             if paid && lose.swap(false, Ordering::SeqCst) {
                 return; // The app answered; the client never hears it.
             }
@@ -364,6 +379,56 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
     ] {
         assert!(covered.contains(op), "{op} not exercised: {covered:?}");
     }
+}
+
+/// The paid request's connection closes while the app still works on it (the carrier is slow), and the same
+/// command run again at once sends the same payment into the app's lease on it: a 409 "being processed". The
+/// CLI keeps the payment (exit 5) and, run once more after the app finished, collects the answer: paid once.
+/// Before, the 409 made the CLI forget the payment, and the third run paid a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_sent_again_while_the_app_still_works_on_it_is_kept_and_paid_once() {
+    let s = PayStack::start(&[]).await;
+    s.set_faults("tmobile", json!({"latency_ms": 3000})).await;
+    let proxy = LossyProxy::start(&s.url, false).await;
+    proxy.abandon_next_paid.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let start = s.balance(agent()).await;
+    let price = U256::from(420_000);
+
+    let abandoned = cli(&proxy.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(abandoned.code, 5, "{}", abandoned.stderr);
+    let busy = cli(&proxy.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(busy.code, 5, "kept for the next run: {}", busy.stderr);
+    assert!(
+        busy.stderr.contains("still processing this payment"),
+        "{}",
+        busy.stderr
+    );
+    let kept = state(dir.path());
+    assert_eq!(kept["pending"].as_object().unwrap().len(), 1, "{kept}");
+
+    // Once the app has finished the first sending, the same command collects its answer (until then, it keeps
+    // the payment again).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let collected = loop {
+        let run = cli(&proxy.url, dir.path(), &ACTIVATE).await;
+        if run.code == 0 {
+            break run;
+        }
+        assert_eq!(run.code, 5, "{}", run.stderr);
+        assert!(std::time::Instant::now() < deadline, "{}", run.stderr);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    assert!(
+        collected.stdout.trim().starts_with("LPA:1$"),
+        "{}",
+        collected.stdout
+    );
+    assert_eq!(s.balance(agent()).await, start - price, "paid once");
+    let st = state(dir.path());
+    assert!(st["pending"].as_object().unwrap().is_empty(), "{st}");
+    assert_eq!(st["spends"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(st["spends"][0]["status"], "settled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

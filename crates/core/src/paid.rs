@@ -31,6 +31,10 @@ pub const MAX_DISPATCH_BUDGET_SECS: u64 = 100;
 pub const MAX_SETTLEMENT_WAIT_SECS: u64 = 60;
 const _: () = assert!(MAX_DISPATCH_BUDGET_SECS + MAX_SETTLEMENT_WAIT_SECS + 20 <= LEASE_SECS);
 
+/// The conflict (409) a payment gets when it is sent again while its first sending is still being driven
+/// (within [`LEASE_SECS`]): it may still be settled, so a client keeps it and sends it again later.
+pub const IN_PROGRESS: &str = "already settled: this payment is being processed";
+
 /// The record key of an invoice's payment.
 pub fn payment_key(invoice: &str) -> String {
     format!("invoice/{invoice}")
@@ -266,9 +270,7 @@ pub fn decide(
         },
         PaymentState::Resumable if same => drive(),
         PaymentState::Working if same && now >= rec.lease_until => drive(),
-        PaymentState::Working if same => {
-            Decision::AlreadySettled("already settled: this payment is being processed")
-        }
+        PaymentState::Working if same => Decision::AlreadySettled(IN_PROGRESS),
         PaymentState::Resumable | PaymentState::Working => {
             Decision::AlreadySettled("already settled: another payment holds this invoice")
         }
@@ -357,7 +359,7 @@ mod tests {
         let working = rec(PaymentState::Working, "a", 200, None);
         assert_eq!(
             decide(Some(&working), "a", "h1", true, 100),
-            Decision::AlreadySettled("already settled: this payment is being processed")
+            Decision::AlreadySettled(IN_PROGRESS)
         );
         assert!(matches!(
             decide(Some(&working), "b", "h1", false, 100),

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use esim402_core::paid::IN_PROGRESS;
 use esim402_core::x402::header::{
     PAYMENT_REQUIRED, PAYMENT_SIGNATURE, decode_payment_required_header,
 };
@@ -39,13 +40,13 @@ impl Agent {
         };
         let key = format!("POST {path} {body}");
         let state = self.state.load().map_err(local)?;
-        let (payment_id, header, valid_before) = match state.pending.get(&key) {
+        let (payment_id, header) = match state.pending.get(&key) {
             Some(p) => {
                 self.say(&format!(
                     "sending again the payment {} still pending for this request (never paid twice)",
                     p.payment_id
                 ));
-                (p.payment_id.clone(), p.header.clone(), p.valid_before)
+                (p.payment_id.clone(), p.header.clone())
             }
             None => {
                 let first = self
@@ -117,11 +118,10 @@ impl Agent {
                 self.state
                     .update(|s| s.begin(&key, pending, spend))
                     .map_err(local)?;
-                (id.as_str().to_owned(), signed.header, signed.valid_before)
+                (id.as_str().to_owned(), signed.header)
             }
         };
         for _ in 0..PENDING_RETRIES {
-            let expired = now() >= valid_before;
             let answer = self
                 .send(
                     reqwest::Method::POST,
@@ -180,7 +180,20 @@ impl Agent {
                         pending: false,
                     });
                 }
-                500.. if !expired => {
+                // Sent again while the facilitator still drives its first sending: it may yet be settled, and
+                // only this payment collects its answer then.
+                409 if answer.message().contains(IN_PROGRESS) => {
+                    return Err(AgentError::Unavailable {
+                        message: format!(
+                            "the facilitator is still processing this payment ({})",
+                            answer.message()
+                        ),
+                        pending: true,
+                    });
+                }
+                // Kept even once the authorization has expired: an attempt that got as far as an order is
+                // resumed and completed by the facilitator, and the same payment collects its answer.
+                500.. => {
                     return Err(AgentError::Unavailable {
                         message: format!(
                             "facilitator failed ({}): {}",
@@ -191,7 +204,8 @@ impl Agent {
                     });
                 }
                 _ => {
-                    // A conflict, or a failure after the payment expired: stop sending it, keep its spend.
+                    // Another conflict (the invoice settled or held by another payment): stop sending it, keep
+                    // its spend.
                     self.state
                         .update(|s| s.unknown(&key, &payment_id))
                         .map_err(local)?;
