@@ -723,6 +723,33 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
         esim402_host::devstack::spawn_announcing(&mut cmd, "esim402-agent proxy listening on ")
             .unwrap();
     let proxy = Proxy { child, url };
+    // A second proxy on the same state directory would share the wallet's cap record: refused by name.
+    let mut second = Proxy {
+        child: cmd
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        url: String::new(),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second proxy on the same state directory kept serving"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let mut said = String::new();
+    std::io::Read::read_to_string(second.child.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert!(
+        said.contains("another esim402-agent is using the state directory"),
+        "{said}"
+    );
     let http = reqwest::Client::new();
     let activate = |device: &'static str| {
         http.post(format!("{}/v1/esim/activate", proxy.url))

@@ -356,8 +356,14 @@ async fn a_weak_signal_switches_carrier_and_a_refused_attach_abroad_switches_reg
         (switched["region"].as_str(), switched["carrier"].as_str()),
         (Some("eu-central"), Some("telekom-de"))
     );
-    std::fs::write(&radio, "+CEREG: 0,1\n").unwrap();
     let third = switched["iccid"].as_str().unwrap().to_owned();
+    // The modem has not rewritten its status yet: the same refused attach, tick after tick, moves nothing more
+    // (before, each tick paid for another switch).
+    for _ in 0..2 {
+        while w.next("granted").await["iccid"] != third.as_str() {}
+    }
+    assert_eq!(w.events("moving").len(), 2, "{:#?}", w.seen);
+    std::fs::write(&radio, "+CEREG: 0,1\n").unwrap();
     know_token(&s, dir.path(), &third);
     let (status, sim) = s.get(&format!("/v1/esim/{third}")).await;
     assert_eq!(status, 200, "{sim}");

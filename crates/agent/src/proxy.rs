@@ -222,15 +222,16 @@ pub async fn serve(
     policy: SpendPolicy,
     settings: ProxySettings,
 ) -> std::io::Result<()> {
+    // One proxy per wallet record for as long as it serves: the daily cap's record is read and rewritten by this
+    // process alone (another proxy on it would lose reservations and pass the cap).
+    let wallet = StateDir::new(settings.state_dir.join("wallet"));
+    let _held = wallet.lock().map_err(std::io::Error::other)?;
     let shared = Arc::new(Shared {
         http: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
             .build()
             .map_err(std::io::Error::other)?,
-        budget: Arc::new(crate::budget::Budget::new(
-            policy.max_per_day_usdc,
-            StateDir::new(settings.state_dir.join("wallet")),
-        )),
+        budget: Arc::new(crate::budget::Budget::new(policy.max_per_day_usdc, wallet)),
         config,
         policy,
         settings,

@@ -274,7 +274,14 @@ impl StateDir {
             .and_then(|()| f.sync_all())
             .map_err(|e| err("write the state", e))?;
         drop(f);
-        std::fs::rename(&tmp, self.dir.join(FILE)).map_err(|e| err("replace the state", e))
+        std::fs::rename(&tmp, self.dir.join(FILE)).map_err(|e| err("replace the state", e))?;
+        // The rename is durable only once the directory is synced: a power loss right after a payment is sent
+        // must not bring back a state without it.
+        #[cfg(unix)]
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err("sync the state's directory", e))?;
+        Ok(())
     }
 
     /// Load, change and save.

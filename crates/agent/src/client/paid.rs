@@ -76,18 +76,39 @@ impl Agent {
                     .policy
                     .choose(&required.accepts, state.spent_today(now))?;
                 let id = new_payment_id(random()?);
-                let signed = sign_exact(
+                let nonce = random()?;
+                let spend = Spend {
+                    payment_id: id.as_str().to_owned(),
+                    purpose: purpose.to_owned(),
+                    at: now,
+                    amount_usdc: price,
+                    network: req.network.clone(),
+                    pay_to: req.pay_to.clone(),
+                    status: SpendStatus::Pending,
+                    transaction: None,
+                };
+                // Within the wallet's shared cap too (the proxy's devices), before anything is signed: reserved
+                // with the record, so two devices paying at once cannot both pass the last of it.
+                if let Some(budget) = &self.budget {
+                    budget.reserve(&spend, now).map_err(local)??;
+                }
+                let signed = match sign_exact(
                     &self.config.key,
                     req,
                     Some(&required.resource),
                     now,
-                    random()?,
+                    nonce,
                     &id,
-                )
-                .map_err(|e| AgentError::Refused {
-                    status: 402,
-                    message: e.to_string(),
-                })?;
+                ) {
+                    Ok(signed) => signed,
+                    Err(e) => {
+                        self.release(id.as_str())?;
+                        return Err(AgentError::Refused {
+                            status: 402,
+                            message: e.to_string(),
+                        });
+                    }
+                };
                 self.say(&format!(
                     "paying {price} USDC on {} to {} (payment {})",
                     req.network,
@@ -100,21 +121,6 @@ impl Agent {
                     header: signed.header.clone(),
                     valid_before: signed.valid_before,
                 };
-                let spend = Spend {
-                    payment_id: id.as_str().to_owned(),
-                    purpose: purpose.to_owned(),
-                    at: now,
-                    amount_usdc: price,
-                    network: req.network.clone(),
-                    pay_to: req.pay_to.clone(),
-                    status: SpendStatus::Pending,
-                    transaction: None,
-                };
-                // Within the wallet's shared cap too (the proxy's devices): reserved with the record, so two
-                // devices paying at once cannot both pass the last of it.
-                if let Some(budget) = &self.budget {
-                    budget.reserve(&spend, now).map_err(local)??;
-                }
                 self.state
                     .update(|s| s.begin(&key, pending, spend))
                     .map_err(local)?;

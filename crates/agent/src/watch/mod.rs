@@ -292,12 +292,7 @@ impl Readings {
                 Ok(out)
             }
             Self::Command(c) => {
-                let run = tokio::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(&*c)
-                    .stdin(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .output();
+                let run = signal_command(c).output();
                 match tokio::time::timeout(Duration::from_secs(10), run).await {
                     Ok(Ok(out)) => Ok(String::from_utf8_lossy(&out.stdout)
                         .lines()
@@ -322,6 +317,8 @@ pub struct Watcher<'a> {
     agent: &'a Agent,
     settings: WatchSettings,
     tracker: Tracker,
+    /// The readings of the tick that last moved the SIM, until the source says something else.
+    moved_on: Option<Vec<String>>,
     sim: SimRecord,
     emit: Box<dyn FnMut(&Event) + 'a>,
 }
@@ -337,6 +334,7 @@ impl<'a> Watcher<'a> {
         Ok(Self {
             agent,
             tracker: Tracker::new(settings.thresholds),
+            moved_on: None,
             settings,
             sim,
             emit: Box::new(emit),
@@ -419,6 +417,16 @@ impl<'a> Watcher<'a> {
             self.say(Event::Warning { message: e });
             Vec::new()
         });
+        // The very readings that moved the SIM, unchanged (a status file the modem has not rewritten since, on
+        // the old profile still): they say nothing about the new SIM, and must not pay for another move.
+        if lines.is_empty() {
+            return Ok(());
+        }
+        if self.moved_on.as_ref() == Some(&lines) {
+            return Ok(());
+        }
+        self.moved_on = None;
+        let read = lines.clone();
         let mut trigger = None;
         for line in lines {
             match parse_line(&line) {
@@ -488,6 +496,7 @@ impl<'a> Watcher<'a> {
         let moved = self.agent.switch(Some(&from), &to.body()).await?;
         self.sim = self.agent.sim(Some(&moved.iccid))?;
         self.tracker.reset();
+        self.moved_on = Some(read);
         self.say(Event::Switched {
             from,
             iccid: moved.iccid,
@@ -615,7 +624,14 @@ impl<'a> Watcher<'a> {
         if balance.status != 200 {
             return Err(unexpected(&balance));
         }
-        let credited = balance.body["credited_bytes"].as_u64().unwrap_or(0);
+        // Without the figure there is nothing to check the verified usage against: no top-up (read as 0 it
+        // would pass every check).
+        let Some(credited) = balance.body["credited_bytes"].as_u64() else {
+            self.say(Event::Warning {
+                message: "the balance answer has no credited_bytes: top-up withheld".into(),
+            });
+            return Ok(());
+        };
         if let LowBalance::Withhold { own_remaining } = on_low_balance(credited, &audit) {
             self.say(Event::TopUpWithheld {
                 iccid: self.sim.iccid.clone(),
@@ -657,6 +673,42 @@ impl<'a> Watcher<'a> {
 
 /// Errors that end the watch: the policy refused a payment, the facilitator refused the SIM, or a local
 /// problem (state, usage). An unreachable or failing facilitator is retried next tick.
+/// The `--signal-command` to run for a tick's readings: `sh -c`, without stdin and without the wallet key in
+/// its environment (a modem tool never needs it, nor gets to log it).
+fn signal_command(command: &str) -> tokio::process::Command {
+    let mut run = tokio::process::Command::new("sh");
+    run.arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .env_remove(crate::config::KEY_ENV)
+        .kill_on_drop(true);
+    run
+}
+
 fn stops(e: &AgentError) -> bool {
     !matches!(e, AgentError::Unavailable { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    /// The signal command runs without the wallet key in its environment (it inherited the agent's whole
+    /// environment before, key included).
+    #[tokio::test]
+    async fn the_signal_command_never_sees_the_wallet_key() {
+        let run = super::signal_command("echo \"key=${ESIM402_WALLET_KEY-unset}\"");
+        let removed: Vec<_> = run
+            .as_std()
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_owned())
+            .collect();
+        assert_eq!(removed, [crate::config::KEY_ENV]);
+        let out = super::signal_command("echo \"key=${ESIM402_WALLET_KEY-unset}\"")
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "key=unset");
+    }
 }
