@@ -234,7 +234,7 @@ async fn drive(
     )
     .await;
     Ok(match sent {
-        Ok(outcome) => answer(r, checked.payer, outcome, true),
+        Ok((outcome, first)) => answer(r, checked.payer, outcome, first),
         Err(NotSent::Rejected(reason)) => r.failure(reason, None),
         Err(NotSent::Fault(e)) => return Err(e),
     })
@@ -274,6 +274,19 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
             let Some(hash) = tx else {
                 return Ok(r.failure(InvalidReason::InvalidTransactionState, None));
             };
+            // Only the payment this record settles may have its outcome: checked as of the claim (a repeat after
+            // the window closed still is that payment) and executed by the recorded transaction.
+            let same = payment::check(
+                &r.chain,
+                &r.request.payment_payload,
+                &r.requirements,
+                record.claimed_at,
+                None,
+            )
+            .is_ok_and(|checked| record.settles(&checked.signed.authorization));
+            if !same {
+                return Ok(r.failure(InvalidReason::NonceAlreadyUsed, Some(hash)));
+            }
             let payer = record.payer.parse().ok().or(r.payer);
             let claim = Claim {
                 record_key: record.claim.clone(),

@@ -217,6 +217,20 @@ impl Record {
         self.sent.our_tx(self.updated_at)
     }
 
+    /// Whether a settle request whose payload checks out as `authorization` (its payer signed it) may have this
+    /// `submitted` record's outcome: the recorded transaction executes that very authorization. Another
+    /// authorization with the same nonce (signed for another recipient or amount) must not be told it was paid
+    /// by this one's transaction. A record from before the transaction's bytes were kept cannot tell: `true`.
+    pub fn settles(&self, authorization: &crate::x402::exact::TransferAuthorization) -> bool {
+        if self.status != Status::Submitted {
+            return false;
+        }
+        match self.submitted_tx() {
+            Some(tx) => crate::x402::exact::settled_authorization(&tx.raw) == Some(*authorization),
+            None => true,
+        }
+    }
+
     /// A `claimed` record whose holder went quiet for longer than [`CLAIM_LEASE_SECS`].
     pub fn is_abandoned(&self, now: u64) -> bool {
         self.status == Status::Claimed && self.updated_at.saturating_add(CLAIM_LEASE_SECS) <= now
@@ -339,6 +353,47 @@ mod tests {
             Some("inv_1"),
             now,
         )
+    }
+
+    /// A settle request may have a submitted record's outcome only if the recorded transaction executes its very
+    /// authorization: the same nonce signed for another recipient or amount does not (before, any request
+    /// naming the nonce was answered from the record, a success included).
+    #[test]
+    fn only_the_authorization_a_record_executes_has_its_outcome() {
+        use crate::x402::exact::{TransferAuthorization, transfer_with_authorization_calldata};
+        let auth = TransferAuthorization {
+            from: Address::repeat_byte(9),
+            to: Address::repeat_byte(7),
+            value: U256::from(420_000),
+            valid_after: U256::ZERO,
+            valid_before: U256::from(1_000),
+            nonce: B256::repeat_byte(5),
+        };
+        let tx = Eip1559Tx {
+            chain_id: crate::chain::ChainId(31337),
+            nonce: 0,
+            max_priority_fee_per_gas: 1,
+            max_fee_per_gas: 2,
+            gas_limit: 100_000,
+            to: Address::repeat_byte(1),
+            value: U256::ZERO,
+            input: transfer_with_authorization_calldata(&auth, &[1; 65]).into(),
+        };
+        let tx = sign_eip1559(&tx, &SigningKey::from_hex(KEY).unwrap()).unwrap();
+        let mut r = claimed(100);
+        assert!(!r.settles(&auth), "nothing submitted yet");
+        assert!(r.record_submitted("x402/nonce/a", "h1", &tx, 101));
+        assert!(r.settles(&auth));
+        let other = TransferAuthorization {
+            to: Address::repeat_byte(8),
+            value: U256::from(1_000_000),
+            ..auth
+        };
+        assert!(!r.settles(&other));
+        // A record whose transaction is not a settlement settles nothing.
+        let mut r = claimed(100);
+        assert!(r.record_submitted("x402/nonce/a", "h1", &signed(3), 101));
+        assert!(!r.settles(&auth));
     }
 
     #[test]

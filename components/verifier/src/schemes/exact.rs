@@ -203,7 +203,8 @@ async fn drive(
     )
     .await;
     match sent {
-        Ok(outcome) => answer(outcome),
+        // Whoever records the outcome, the invoice's payment record answers once.
+        Ok((outcome, _)) => answer(outcome),
         Err(NotSent::Rejected(reason)) => Err(rejected(reason)),
         Err(NotSent::Fault(e)) => Err(e),
     }

@@ -470,6 +470,11 @@ pub fn check_exact(
     let asset = parse_address(&requirements.asset).map_err(|_| R::InvalidPaymentRequirements)?;
     let pay_to = parse_address(&requirements.pay_to).map_err(|_| R::InvalidPaymentRequirements)?;
     let amount = parse_decimal_u256(&requirements.amount).ok_or(R::InvalidPaymentRequirements)?;
+    // Nothing to pay: a settlement would move no money and only spend the facilitator's gas (anyone could ask
+    // for as many as they like, with a fresh unfunded key each time).
+    if amount.is_zero() {
+        return Err(R::InvalidPaymentRequirements);
+    }
 
     let (Some(name), Some(version)) = (requirements.eip712_name(), requirements.eip712_version())
     else {
@@ -493,6 +498,10 @@ pub fn check_exact(
     // `to` and the numbers parsed above: what is left to fail here is `from`, `nonce` or the signature.
     let signed = SignedAuthorization::parse(payload.exact()).map_err(|_| R::Signature)?;
     let auth = &signed.authorization;
+    // A payer paying itself moves no money either (gas only, as above).
+    if auth.from == pay_to {
+        return Err(R::InvalidPaymentRequirements);
+    }
     if signer_known != Some(auth.from) {
         let domain = TokenDomain {
             name: name.to_owned(),

@@ -1111,3 +1111,42 @@ fn a_known_signer_skips_only_the_recovery() {
         Err(InvalidReason::NonceAlreadyUsed)
     );
 }
+
+/// Payments that move no money are refused before anything reaches the chain, however well signed: a zero
+/// amount, and a payer paying itself (each settlement would only spend the facilitator's gas; before, both
+/// verified and settled).
+#[test]
+fn payments_that_move_no_money_are_refused() {
+    let domain = base_sepolia().token_domain();
+    let zero = TransferAuthorization {
+        value: U256::ZERO,
+        ..authorization()
+    };
+    let mut r = requirements();
+    r.amount = "0".into();
+    let mut p = v2(signed(&zero, &domain));
+    if let PaymentPayload::V2(v) = &mut p {
+        v.accepted = r.clone();
+    }
+    assert_eq!(
+        verify(&p, &r),
+        Err(InvalidReason::InvalidPaymentRequirements)
+    );
+
+    let to_self = TransferAuthorization {
+        to: payer(),
+        ..authorization()
+    };
+    let mut r = requirements();
+    r.pay_to = payer().to_checksum(None);
+    let mut p = v2(signed(&to_self, &domain));
+    if let PaymentPayload::V2(v) = &mut p {
+        v.accepted = r.clone();
+    }
+    assert_eq!(
+        verify(&p, &r),
+        Err(InvalidReason::InvalidPaymentRequirements)
+    );
+    // The same payment to someone else verifies.
+    assert_eq!(verify(&good(), &requirements()), Ok(payer()));
+}

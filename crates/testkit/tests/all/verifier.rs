@@ -2517,3 +2517,128 @@ async fn settle_takes_what_verify_established_only_for_the_same_payload() {
     assert_eq!(node.sent().len(), 1);
     assert_eq!(got, S::Settled(keccak256(&node.sent()[0]).to_string()));
 }
+
+/// A facilitator settlement left pending answers only its own authorization. Another authorization with the
+/// same nonce (signed by the payer for another recipient and amount) and a copy of the nonce with a forged
+/// signature are refused with `nonce_already_used`, and nothing more is sent; the pending payment itself, sent
+/// again, gets its success. Before, both were answered from the record: `success:true` with the first
+/// payment's transaction, for a payment that paid nobody.
+#[tokio::test]
+async fn a_pending_facilitator_settlement_answers_only_its_own_authorization() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(90, None);
+    node.set(|c| c.mining = Mining::Never);
+    let a = pay(&inv);
+    let pending = facilitator_settle(&mut kit, a.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(pending["errorReason"], "settlement_pending", "{pending}");
+    let hash_a = keccak256(&node.sent()[0]).to_string();
+    node.set(|c| c.mining = Mining::Succeed);
+
+    let mut b = pay(&inv);
+    b.auth.nonce = a.auth.nonce;
+    b.auth.to = addr(STRANGER);
+    b.auth.value = U256::from(1_000_000u64);
+    b.accepted.pay_to = STRANGER.into();
+    b.accepted.amount = "1000000".into();
+    let s = facilitator_settle(&mut kit, b.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(
+        (&s["success"], &s["errorReason"]),
+        (
+            &json!(false),
+            &json!("invalid_exact_evm_nonce_already_used")
+        ),
+        "{s}"
+    );
+
+    let mut forged = pay(&inv);
+    forged.auth.nonce = a.auth.nonce;
+    forged.auth.to = addr(STRANGER);
+    forged.accepted.pay_to = STRANGER.into();
+    let mut body: Value = serde_json::from_str(&forged.facilitator_body()).unwrap();
+    body["paymentPayload"]["payload"]["signature"] = json!(format!("0x{}", "11".repeat(65)));
+    let s = facilitator_settle(&mut kit, body.to_string())
+        .await
+        .unwrap();
+    assert_eq!(s["success"], false, "{s}");
+
+    let own = facilitator_settle(&mut kit, a.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(
+        (&own["success"], &own["transaction"]),
+        (&json!(true), &json!(hash_a)),
+        "{own}"
+    );
+    assert_eq!(node.sent().len(), 1, "nothing else sent");
+}
+
+/// Two settles of one payment at once (a client's retry, or a second resource-server instance): the first
+/// broadcasts and waits, the second reconciles the same transaction and records its receipt first. One of them
+/// reports `success:true`, the other `nonce_already_used`. Before, the broadcasting one answered a success
+/// whoever recorded it: two successes for one settlement (3 of 3 rounds in the review).
+#[tokio::test]
+async fn two_settles_of_one_payment_report_one_success() {
+    for round in 0..2u8 {
+        let node = Arc::new(Node::default());
+        let mut kit = kit(&node, &[("settlement_timeout_ms", "6000")]).await;
+        let p = pay(&invoice(100 + round, None));
+        node.set(|c| c.mining = Mining::Never);
+        let body = p.facilitator_body();
+        let n = node.clone();
+        let (x, y) = kit
+            .call(async move |a, g| {
+                let one = g.verifier().call_facilitator_settle(a, body.clone());
+                let two = async {
+                    while n.sent().is_empty() {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    // Past the broadcaster's first polls, so that the second settle's receipt read comes first.
+                    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                    n.set(|c| c.mining = Mining::Succeed);
+                    g.verifier().call_facilitator_settle(a, body.clone()).await
+                };
+                let (x, y) = esim402_core::join::join2(one, two).await;
+                Ok((x?, y?))
+            })
+            .await
+            .unwrap();
+        let answers: Vec<Value> = [x.unwrap(), y.unwrap()]
+            .iter()
+            .map(|s| serde_json::from_str(s).unwrap())
+            .collect();
+        let successes = answers.iter().filter(|a| a["success"] == true).count();
+        assert_eq!(successes, 1, "round {round}: {answers:?}");
+        assert_eq!(node.sent().len(), 1);
+    }
+}
+
+/// A zero-value payment to oneself, signed by a fresh unfunded key, costs the attacker nothing; it is refused
+/// before the chain, and the facilitator sends nothing (before, each one was broadcast at the facilitator's gas).
+#[tokio::test]
+async fn payments_that_move_no_money_are_never_broadcast() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(92, None);
+    let me = payer().to_checksum(None);
+    for (value, pay_to) in [(0u64, STRANGER.to_owned()), (420_000, me.clone()), (0, me)] {
+        let mut z = pay(&inv);
+        z.auth.to = addr(&pay_to);
+        z.auth.value = U256::from(value);
+        z.accepted.pay_to = pay_to;
+        z.accepted.amount = value.to_string();
+        let v = facilitator_verify(&mut kit, z.facilitator_body())
+            .await
+            .unwrap();
+        assert_eq!(v["invalidReason"], "invalid_payment_requirements", "{v}");
+        let s = facilitator_settle(&mut kit, z.facilitator_body())
+            .await
+            .unwrap();
+        assert_eq!(s["errorReason"], "invalid_payment_requirements", "{s}");
+    }
+    assert!(node.sent().is_empty());
+}
