@@ -22,8 +22,9 @@ use esim402_core::x402::{
 use serde::Serialize;
 
 use esim402_core::settlement::{Outcome, Record, Status};
+use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid};
-use esim402_guest::{util, wit};
+use esim402_guest::{kv, util, wit};
 
 use crate::chain::Chain;
 use crate::claims;
@@ -233,18 +234,28 @@ async fn drive(
         r.cfg.settlement_timeout,
     )
     .await;
-    Ok(match sent {
-        Ok((outcome, first)) => answer(r, checked.payer, outcome, first),
-        Err(NotSent::Rejected(reason)) => r.failure(reason, None),
-        Err(NotSent::Fault(e)) => return Err(e),
-    })
+    match sent {
+        Ok(outcome) => Ok(answer(r, checked.payer, outcome, &claim.record_key)),
+        Err(NotSent::Rejected(reason)) => Ok(r.failure(reason, None)),
+        Err(NotSent::Fault(e)) => Err(e),
+    }
 }
 
-fn answer(r: &Request, payer: Address, outcome: Outcome, first: bool) -> SettleResponse {
+/// The answer for `outcome` of the settlement recorded under `record_key`. A confirmed one is a success for one
+/// answer only, whichever call sees it confirmed first (the broadcaster, or a repeat that reconciled or
+/// replayed it: a claim decides); a claim that cannot be made answers "pending", and the next repeat tries
+/// again.
+fn answer(r: &Request, payer: Address, outcome: Outcome, record_key: &str) -> SettleResponse {
     let network = r.requirements.network.clone();
     match outcome {
-        Outcome::Confirmed(tx) if first => SettleResponse::success(payer, tx, network),
-        Outcome::Confirmed(tx) => r.failure(InvalidReason::NonceAlreadyUsed, Some(tx)),
+        Outcome::Confirmed(tx) => match kv::claim::<()>(&keys::settlement_reported(record_key)) {
+            Ok(true) => SettleResponse::success(payer, tx, network),
+            Ok(false) => r.failure(InvalidReason::NonceAlreadyUsed, Some(tx)),
+            Err(e) => {
+                eprintln!("verifier: cannot claim the success of {tx}: {e}");
+                r.failure(InvalidReason::SettlementPending, Some(tx))
+            }
+        },
         Outcome::Reverted(tx) | Outcome::Dropped(tx) => {
             r.failure(InvalidReason::TransactionFailed, Some(tx))
         }
@@ -260,8 +271,26 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
         // Claimed by an invoice settlement: never a second broadcast, never a second success.
         return Ok(r.failure(InvalidReason::NonceAlreadyUsed, tx));
     }
+    // Only the payment this record settles may have its outcome: checked as of the claim (a repeat after the
+    // window closed still is that payment) and executed by the recorded transaction.
+    let same = || {
+        payment::check(
+            &r.chain,
+            &r.request.payment_payload,
+            &r.requirements,
+            record.claimed_at,
+            None,
+        )
+        .ok()
+        .filter(|checked| record.settles(&checked.signed.authorization))
+        .map(|checked| checked.payer)
+    };
     match record.status {
-        Status::Confirmed => Ok(r.failure(InvalidReason::NonceAlreadyUsed, tx)),
+        // Its success not reported yet (the call that saw it confirmed could not claim it): this one may.
+        Status::Confirmed => Ok(match (tx, same()) {
+            (Some(hash), Some(payer)) => answer(r, payer, Outcome::Confirmed(hash), &record.claim),
+            _ => r.failure(InvalidReason::NonceAlreadyUsed, tx),
+        }),
         Status::Failed => {
             let reason = record
                 .reason
@@ -274,20 +303,9 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
             let Some(hash) = tx else {
                 return Ok(r.failure(InvalidReason::InvalidTransactionState, None));
             };
-            // Only the payment this record settles may have its outcome: checked as of the claim (a repeat after
-            // the window closed still is that payment) and executed by the recorded transaction.
-            let same = payment::check(
-                &r.chain,
-                &r.request.payment_payload,
-                &r.requirements,
-                record.claimed_at,
-                None,
-            )
-            .is_ok_and(|checked| record.settles(&checked.signed.authorization));
-            if !same {
+            let Some(payer) = same() else {
                 return Ok(r.failure(InvalidReason::NonceAlreadyUsed, Some(hash)));
-            }
-            let payer = record.payer.parse().ok().or(r.payer);
+            };
             let claim = Claim {
                 record_key: record.claim.clone(),
                 claim: record.claim,
@@ -296,11 +314,8 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
                 version: std::cell::Cell::new(None),
             };
             let deadline = Instant::now() + r.cfg.settlement_timeout;
-            let (outcome, first) = receipts::reconcile(&r.chain, &claim, hash, deadline).await;
-            Ok(match payer {
-                Some(payer) => answer(r, payer, outcome, first),
-                None => r.failure(InvalidReason::InvalidTransactionState, Some(hash)),
-            })
+            let (outcome, _) = receipts::reconcile(&r.chain, &claim, hash, deadline).await;
+            Ok(answer(r, payer, outcome, &claim.record_key))
         }
         Status::Claimed if record.is_abandoned(now) => {
             let signer = r.cfg.signer()?;

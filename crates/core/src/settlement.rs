@@ -218,14 +218,15 @@ impl Record {
     }
 
     /// Whether a settle request whose payload checks out as `authorization` (its payer signed it) may have this
-    /// `submitted` record's outcome: the recorded transaction executes that very authorization. Another
-    /// authorization with the same nonce (signed for another recipient or amount) must not be told it was paid
-    /// by this one's transaction. A record from before the transaction's bytes were kept cannot tell: `true`.
+    /// `submitted` or `confirmed` record's outcome: the recorded transaction executes that very authorization.
+    /// Another authorization with the same nonce (signed for another recipient or amount) must not be told it
+    /// was paid by this one's transaction. A record from before the transaction's bytes were kept cannot tell:
+    /// `true`.
     pub fn settles(&self, authorization: &crate::x402::exact::TransferAuthorization) -> bool {
-        if self.status != Status::Submitted {
+        if !matches!(self.status, Status::Submitted | Status::Confirmed) {
             return false;
         }
-        match self.submitted_tx() {
+        match self.sent.our_tx(self.updated_at) {
             Some(tx) => crate::x402::exact::settled_authorization(&tx.raw) == Some(*authorization),
             None => true,
         }
@@ -390,6 +391,13 @@ mod tests {
             ..auth
         };
         assert!(!r.settles(&other));
+        // Confirmed, it still names what it settled; failed, it settles nothing.
+        let mut confirmed = r.clone();
+        assert!(confirmed.finish("x402/nonce/a", Outcome::Confirmed(tx.hash), 102));
+        assert!(confirmed.settles(&auth) && !confirmed.settles(&other));
+        let mut failed = r.clone();
+        assert!(failed.finish("x402/nonce/a", Outcome::Reverted(tx.hash), 102));
+        assert!(!failed.settles(&auth));
         // A record whose transaction is not a settlement settles nothing.
         let mut r = claimed(100);
         assert!(r.record_submitted("x402/nonce/a", "h1", &signed(3), 101));

@@ -203,8 +203,7 @@ async fn drive(
     )
     .await;
     match sent {
-        // Whoever records the outcome, the invoice's payment record answers once.
-        Ok((outcome, _)) => answer(outcome),
+        Ok(outcome) => answer(outcome),
         Err(NotSent::Rejected(reason)) => Err(rejected(reason)),
         Err(NotSent::Fault(e)) => Err(e),
     }

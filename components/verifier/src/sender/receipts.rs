@@ -97,16 +97,15 @@ impl Claim {
     }
 }
 
-/// Broadcast the settlement of `signed` for the holder of `claim`, then wait up to `timeout` for the receipt;
-/// the outcome, and whether this call recorded it first (a repeat reconciling the same transaction meanwhile
-/// may have: then only that one reports a success). Whatever did not broadcast releases the claims.
+/// Broadcast the settlement of `signed` for the holder of `claim`, then wait up to `timeout` for the receipt.
+/// Whatever did not broadcast releases the claims.
 pub async fn broadcast(
     chain: &Chain,
     signer: &SigningKey,
     signed: &SignedAuthorization,
     claim: &Claim,
     timeout: Duration,
-) -> Result<(Outcome, bool), NotSent> {
+) -> Result<Outcome, NotSent> {
     let call = Call {
         to: chain.network.usdc,
         input: transfer_with_authorization_calldata(&signed.authorization, &signed.signature),
@@ -120,7 +119,11 @@ pub async fn broadcast(
     {
         Ok(hash) => {
             let deadline = Instant::now() + timeout;
-            Ok(wait(chain, claim, hash, Some(&signed.authorization), deadline).await)
+            Ok(
+                wait(chain, claim, hash, Some(&signed.authorization), deadline)
+                    .await
+                    .0,
+            )
         }
         Err(NotBroadcast { why, recorded }) => {
             let mut keys = claim.keys.clone();
@@ -281,10 +284,9 @@ async fn finish(claim: &Claim, hash: B256, outcome: Outcome) -> (Outcome, bool) 
         Ok(Some((_, false))) => (outcome, false),
         Ok(None) => (outcome, false),
         Err(e) => {
-            // Not recorded, so not final: the answer is "pending", and a later call reads the chain again and
-            // records it (a success reported here could be reported again by that call).
+            // The chain is the truth; a later call reads it again.
             eprintln!("verifier: cannot record the outcome of {hash}: {e:?}");
-            (Outcome::Pending(hash), false)
+            (outcome, true)
         }
     }
 }

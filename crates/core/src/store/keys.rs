@@ -9,6 +9,7 @@
 //! | `ledger/<shard>/head`, `ledger/<shard>/entry/<seq>`, `ledger/outbox` | invoices | the hash-chained ledger (`crate::ledger`), one chain per shard; events whose append failed (`crate::ledger::outbox`) |
 //! | `secret/invoice-key` | invoices | the invoice MAC key generated on first use when `invoice_secret` is not set |
 //! | `x402/nonce/<caip2>/<from>/<nonce>` | verifier | the settlement of one EIP-3009 authorization (`crate::settlement`) |
+//! | `x402/reported/<caip2>/<from>/<nonce>` | verifier | claim counter: the one `success:true` the facilitator API reports for that authorization's settlement |
 //! | `txhash/<hash>` | verifier | a transaction that paid something: a tx-hash proof's claim, or our settlement |
 //! | `signer/<caip2>/<address>/nonce` | verifier | the account nonces of a key we sign with (`crate::evm::NonceState`) |
 //! | `refund/<invoice id>`, `refund/queue` | verifier | refunds owed and paid (`crate::refund`), and the ids not paid yet |
@@ -69,6 +70,15 @@ pub const INVOICE_KEY: &str = "secret/invoice-key";
 /// The settlement of one authorization on `caip2`.
 pub fn authorization(caip2: &str, from: Address, nonce: alloy_primitives::B256) -> String {
     format!("x402/nonce/{caip2}/{from:#x}/{nonce}")
+}
+
+/// The claim of the one success reported for the settlement recorded under `authorization_key` (an
+/// [`authorization`] key).
+pub fn settlement_reported(authorization_key: &str) -> String {
+    let named = authorization_key
+        .strip_prefix("x402/nonce/")
+        .unwrap_or(authorization_key);
+    format!("x402/reported/{named}")
 }
 
 /// The authorizer and nonce an [`authorization`] key names, if `key` is one.
