@@ -274,6 +274,18 @@ impl Readings {
         }
     }
 
+    /// What this tick's readings are, to tell a source that has not caught up with a move: a file's
+    /// modification time (read before its content), a command's output; stdin lines are always new.
+    async fn stamp(&self, lines: &Result<Vec<String>, String>) -> Seen {
+        match self {
+            Self::File(p) => {
+                Seen::File(tokio::fs::metadata(p).await.and_then(|m| m.modified()).ok())
+            }
+            Self::Command(_) => Seen::Output(lines.clone().unwrap_or_default()),
+            Self::None | Self::Stdin(_) => Seen::Fresh,
+        }
+    }
+
     /// This tick's lines.
     async fn take(&mut self) -> Result<Vec<String>, String> {
         match self {
@@ -318,7 +330,7 @@ pub struct Watcher<'a> {
     settings: WatchSettings,
     tracker: Tracker,
     /// The readings of the tick that last moved the SIM, until the source says something else.
-    moved_on: Option<Vec<String>>,
+    moved_on: Option<(Seen, u32)>,
     sim: SimRecord,
     emit: Box<dyn FnMut(&Event) + 'a>,
 }
@@ -355,9 +367,14 @@ impl<'a> Watcher<'a> {
         });
         let mut tick = 0u64;
         loop {
+            let before = readings.stamp(&Ok(Vec::new())).await;
             let lines = readings.take().await;
+            let seen = match before {
+                Seen::File(_) => before,
+                _ => readings.stamp(&lines).await,
+            };
             let outcome = match self.agent.state().lock() {
-                Ok(_lock) => self.tick(lines).await,
+                Ok(_lock) => self.tick(lines, seen).await,
                 // Another command holds the directory: this tick is skipped, the next one tries again.
                 Err(e) => {
                     self.say(Event::Warning { message: e });
@@ -383,8 +400,8 @@ impl<'a> Watcher<'a> {
         }
     }
 
-    async fn tick(&mut self, lines: Result<Vec<String>, String>) -> Next {
-        match self.radio(lines).await {
+    async fn tick(&mut self, lines: Result<Vec<String>, String>, seen: Seen) -> Next {
+        match self.radio(lines, seen).await {
             Ok(()) => {}
             Err(e) if stops(&e) => return Next::Stop(e),
             Err(e) => self.say(Event::Warning {
@@ -411,22 +428,29 @@ impl<'a> Watcher<'a> {
     }
 
     /// Feed the readings; move the SIM if they say so.
-    async fn radio(&mut self, lines: Result<Vec<String>, String>) -> Result<(), AgentError> {
+    async fn radio(
+        &mut self,
+        lines: Result<Vec<String>, String>,
+        seen: Seen,
+    ) -> Result<(), AgentError> {
         let lines = lines.unwrap_or_else(|e| {
             // An unreadable source is reported; the SIM is still kept alive.
             self.say(Event::Warning { message: e });
             Vec::new()
         });
-        // The very readings that moved the SIM, unchanged (a status file the modem has not rewritten since, on
-        // the old profile still): they say nothing about the new SIM, and must not pay for another move.
         if lines.is_empty() {
             return Ok(());
         }
-        if self.moved_on.as_ref() == Some(&lines) {
-            return Ok(());
+        // A source that has not caught up with the last move (a status file not rewritten since, on the old
+        // profile still) says nothing about the new SIM, and must not pay for another move.
+        if let Some((at_move, ticks)) = &mut self.moved_on {
+            let stale = stale(at_move, *ticks, &seen);
+            *ticks += 1;
+            if stale {
+                return Ok(());
+            }
+            self.moved_on = None;
         }
-        self.moved_on = None;
-        let read = lines.clone();
         let mut trigger = None;
         for line in lines {
             match parse_line(&line) {
@@ -496,7 +520,7 @@ impl<'a> Watcher<'a> {
         let moved = self.agent.switch(Some(&from), &to.body()).await?;
         self.sim = self.agent.sim(Some(&moved.iccid))?;
         self.tracker.reset();
-        self.moved_on = Some(read);
+        self.moved_on = (seen != Seen::Fresh).then_some((seen, 0));
         self.say(Event::Switched {
             from,
             iccid: moved.iccid,
@@ -673,6 +697,32 @@ impl<'a> Watcher<'a> {
 
 /// Errors that end the watch: the policy refused a payment, the facilitator refused the SIM, or a local
 /// problem (state, usage). An unreachable or failing facilitator is retried next tick.
+/// A tick's readings as [`Readings::stamp`] tells them apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// A status file, as of its modification time (`None`: unknown).
+    File(Option<std::time::SystemTime>),
+    /// A command's output.
+    Output(Vec<String>),
+    /// New lines (stdin), or no source.
+    Fresh,
+}
+
+/// How many ticks after a move a command's unchanged output is still taken for the old SIM's.
+const MOVE_GRACE_TICKS: u32 = 3;
+
+/// Whether readings `now`, `ticks` ticks after the move that `at_move`'s readings caused, are those same readings
+/// from a source that has not caught up yet: a status file not rewritten since (for as long as it is not), a
+/// command's identical output within [`MOVE_GRACE_TICKS`] (the new profile refused alike prints alike: after
+/// that it counts again). New stdin lines never are.
+fn stale(at_move: &Seen, ticks: u32, now: &Seen) -> bool {
+    match (at_move, now) {
+        (Seen::File(Some(a)), Seen::File(Some(b))) => a == b,
+        (Seen::Output(a), Seen::Output(b)) => a == b && ticks < MOVE_GRACE_TICKS,
+        _ => false,
+    }
+}
+
 /// The `--signal-command` to run for a tick's readings: `sh -c`, without stdin and without the wallet key in
 /// its environment (a modem tool never needs it, nor gets to log it).
 fn signal_command(command: &str) -> tokio::process::Command {
@@ -692,6 +742,25 @@ fn stops(e: &AgentError) -> bool {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
+
+    /// Readings that moved the SIM are not taken again for the new SIM while their source has not caught up:
+    /// a file until it is rewritten (even with the same content: that is a new reading), a command's identical
+    /// output for a few ticks only; stdin lines always count.
+    #[test]
+    fn a_source_that_has_not_caught_up_with_a_move_is_stale() {
+        use super::{MOVE_GRACE_TICKS, Seen, stale};
+        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100);
+        let later = t + std::time::Duration::from_millis(1);
+        assert!(stale(&Seen::File(Some(t)), 50, &Seen::File(Some(t))));
+        assert!(!stale(&Seen::File(Some(t)), 0, &Seen::File(Some(later))));
+        assert!(!stale(&Seen::File(None), 0, &Seen::File(None)));
+        let out = Seen::Output(vec!["+CEREG: 0,3".into()]);
+        assert!(stale(&out, 0, &out));
+        assert!(stale(&out, MOVE_GRACE_TICKS - 1, &out));
+        assert!(!stale(&out, MOVE_GRACE_TICKS, &out));
+        assert!(!stale(&out, 0, &Seen::Output(vec!["+CEREG: 0,1".into()])));
+        assert!(!stale(&Seen::Fresh, 0, &Seen::Fresh));
+    }
 
     /// The signal command runs without the wallet key in its environment (it inherited the agent's whole
     /// environment before, key included).
