@@ -15,7 +15,7 @@
 //! An append that fails at the store hands back the events it did not write ([`Unwritten`]); the caller
 //! [`park`]s them in `ledger/outbox` (kernel `ledger::outbox`), and a [`drain`] appends them later, once each.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use esim402_core::ledger::outbox::{Outbox, OutboxFull};
 use esim402_core::ledger::{
@@ -206,6 +206,14 @@ async fn append_run_inner(
         if let Some(seen) = checked.as_deref_mut() {
             if *seen < start.count {
                 let gained = read_from(shard, *seen, start.count - *seen).await?;
+                // An entry missing below the head: what lies past it cannot be looked at, so nothing is appended
+                // (the batch stays parked; the ledger check reports the gap).
+                if (gained.len() as u64) < start.count - *seen {
+                    return Err(KvError::Corrupt {
+                        key: keys::ledger_entry(shard, *seen + gained.len() as u64),
+                        message: "missing below the shard's head".into(),
+                    });
+                }
                 esim402_core::ledger::outbox::drop_appended(pending, &gained);
                 *seen = start.count;
             }
@@ -341,51 +349,70 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
         Ok::<_, ()>((outbox, claimed))
     })
     .await?;
-    // Each shard a claimed batch must scan is read once, from the lowest seq any of them needs, and caught up
-    // before each batch (only what was appended since, its own appends included): a whole-shard scan (recovered
-    // events) costs one read of the shard per drain, not one per batch, and each batch sees the shard as fresh
-    // as just before its append.
-    let mut scanned: std::collections::BTreeMap<u16, (u64, Vec<LedgerEntry>)> =
-        std::collections::BTreeMap::new();
-    for c in &claimed {
-        for (shard, from) in c.scan_from.iter().flatten() {
-            let low = scanned.entry(*shard).or_insert((*from, Vec::new()));
-            low.0 = low.0.min(*from);
-        }
+    // Where each claimed batch looks for what another drain appended, per shard: from a lapsed drain's claim or
+    // where a failed append may have landed (`scan_from`), else from the head count read before its first claim.
+    // Each shard is read once, from the lowest of them, and caught up before each batch (only what was appended
+    // since, its own appends included): a drain reads each entry once, however many batches it appends, and
+    // each batch sees the shard as fresh as just before its append.
+    let looks: Vec<BTreeMap<u16, u64>> = claimed
+        .iter()
+        .map(|c| {
+            let mut look: BTreeMap<u16, u64> = c
+                .batch
+                .claim
+                .iter()
+                .flat_map(|claim| claim.since.clone())
+                .collect();
+            for (shard, from) in c.scan_from.iter().flatten() {
+                look.entry(*shard)
+                    .and_modify(|n| *n = (*n).min(*from))
+                    .or_insert(*from);
+            }
+            look
+        })
+        .collect();
+    let mut scanned: BTreeMap<u16, (u64, Vec<LedgerEntry>)> = BTreeMap::new();
+    for (shard, from) in looks.iter().flatten() {
+        let low = scanned.entry(*shard).or_insert((*from, Vec::new()));
+        low.0 = low.0.min(*from);
     }
     let mut drained = Drained::default();
     let mut done = Vec::new();
-    for c in claimed {
-        let events = match &c.scan_from {
-            None => c.batch.events.clone(),
+    for (c, look) in claimed.into_iter().zip(looks) {
+        for shard in look.keys() {
+            if let Some((next, entries)) = scanned.get_mut(shard) {
+                let more = read_from(*shard, *next, u64::MAX).await?;
+                *next += more.len() as u64;
+                entries.extend(more);
+            }
+        }
+        let seen = |from: &BTreeMap<u16, u64>| -> Vec<&LedgerEntry> {
+            from.iter()
+                .flat_map(|(shard, from)| {
+                    scanned
+                        .get(shard)
+                        .into_iter()
+                        .flat_map(|(_, entries)| entries.iter())
+                        .filter(move |e| e.seq >= *from)
+                })
+                .collect()
+        };
+        let mut events: VecDeque<(EntryKind, EntryFields)> = match &c.scan_from {
+            None => c.batch.events.clone().into(),
             Some(since) => {
-                for shard in since.keys() {
-                    if let Some((next, entries)) = scanned.get_mut(shard) {
-                        let more = read_from(*shard, *next, u64::MAX).await?;
-                        *next += more.len() as u64;
-                        entries.extend(more);
-                    }
-                }
-                let found: Vec<LedgerEntry> = since
-                    .iter()
-                    .flat_map(|(shard, from)| {
-                        scanned
-                            .get(shard)
-                            .into_iter()
-                            .flat_map(|(_, entries)| entries.iter())
-                            .filter(move |e| e.seq >= *from)
-                            .cloned()
-                    })
-                    .collect();
+                let found: Vec<LedgerEntry> = seen(since).into_iter().cloned().collect();
                 // Only recovered and repeats batches look at the other batches.
                 let others = if c.batch.recovered || c.batch.repeats {
                     after.deferred_to(&c.batch.id)
                 } else {
                     Vec::new()
                 };
-                c.batch.unwritten(&found, &others)
+                c.batch.unwritten(&found, &others).into()
             }
         };
+        // What another drain appended since the batch's first claim (its append outlasted the lease, or this
+        // drain's did): by its tags.
+        esim402_core::ledger::outbox::drop_appended(&mut events, seen(&look));
         // Still ours? A long scan may outlast the lease, and a drain that took the batch over appends it.
         let id = c.batch.id.clone();
         let (_, ours) = kv::update_json_with(&key, |current: Option<Outbox>| {
@@ -397,23 +424,12 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
         if !ours {
             continue;
         }
-        // Where this drain's look for the batch's tags ends: the scanned shards as far as they were read, the
-        // others at the head counts read before the batch's first claim.
-        let checked = c
-            .batch
-            .claim
-            .iter()
-            .flat_map(|claim| claim.since.iter())
-            .map(|(shard, since)| {
-                let scanned_to = c
-                    .scan_from
-                    .as_ref()
-                    .filter(|s| s.contains_key(shard))
-                    .and_then(|_| scanned.get(shard))
-                    .map(|(next, _)| *next);
-                (*shard, scanned_to.unwrap_or(*since))
-            })
+        // The append looks past what was read here.
+        let checked = look
+            .keys()
+            .filter_map(|shard| scanned.get(shard).map(|(next, _)| (*shard, *next)))
             .collect();
+        let events: Vec<_> = events.into();
         match append_fenced(c.batch.at, events, Some(checked)).await {
             Ok(entries) => {
                 drained.appended += entries.len();

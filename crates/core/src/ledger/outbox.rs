@@ -379,12 +379,12 @@ impl Parked {
 /// from); how many were removed. A drain calls it before every attempt of an append with the entries its shard
 /// gained since it last looked, so whichever drain's insert comes second sees the first one's entry, whatever
 /// the timing: an event is appended once even if an append outlasts the drain lease.
-pub fn drop_appended(
+pub fn drop_appended<'a>(
     pending: &mut std::collections::VecDeque<(EntryKind, EntryFields)>,
-    entries: &[LedgerEntry],
+    entries: impl IntoIterator<Item = &'a LedgerEntry>,
 ) -> usize {
     let written: BTreeSet<&str> = entries
-        .iter()
+        .into_iter()
         .filter_map(|e| e.details.get(OUTBOX_TAG).map(String::as_str))
         .collect();
     if written.is_empty() {

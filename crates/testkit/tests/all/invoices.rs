@@ -527,9 +527,11 @@ impl esim402_host::kv::wrapped::Hook for Interleave {
 
 /// A parked batch of two events in the outbox of a fresh store, and the invoices component on it wrapped by
 /// [`Interleave`]; the second actor, at `fire_at`, is another invoices component on the same store appending the
-/// batch's first event as a drain that took the batch over would: with its tag.
+/// batch's first event as a drain that took the batch over would: with its tag. With `gap`, it appends another
+/// event before it and then removes that one's entry (a hole below the head).
 async fn drain_race(
     fire_at: Option<usize>,
+    gap: bool,
 ) -> (
     Kit,
     std::sync::Arc<esim402_host::kv::wrapped::Wrapped<Interleave>>,
@@ -561,7 +563,20 @@ async fn drain_race(
         ..ledger_event(kind.as_str(), "inv_race")
     };
     let mut other = builder().store(inner.clone()).build().await.unwrap();
-    let second = async move { log(&mut other, 1_000, vec![appended]).await.unwrap() };
+    let (store_below, hole) = (
+        inner.clone(),
+        esim402_core::store::keys::ledger_entry(esim402_core::ledger::shard_of("inv_race"), 0),
+    );
+    let second = async move {
+        if gap {
+            let before = ledger_event("refund_owed", "inv_race");
+            log(&mut other, 1_000, vec![before]).await.unwrap();
+        }
+        log(&mut other, 1_000, vec![appended]).await.unwrap();
+        if gap {
+            store_below.delete(&hole).await.unwrap();
+        }
+    };
     let store = std::sync::Arc::new(esim402_host::kv::wrapped::Wrapped::new(
         inner,
         Interleave {
@@ -585,38 +600,36 @@ async fn a_drain_whose_append_outlasts_its_lease_does_not_append_twice() {
     let shard = esim402_core::ledger::shard_of("inv_race");
     let entries = format!("ledger/{shard:02}/entry/");
     // A dry run, nobody interleaving: find the first drain's last write before its first entry.
-    let (mut dry, store) = drain_race(None).await;
+    let (mut dry, store) = drain_race(None, false).await;
     assert_eq!(ledger_check(&mut dry).await["count"], 2);
     let calls = store.hook.calls.lock().unwrap().clone();
-    let first_entry = calls
-        .iter()
-        .position(|(_, k)| k.starts_with(&entries))
-        .expect("the drain appends");
-    let plain_write = |(op, _): &(esim402_host::kv::wrapped::Op, String)| {
-        op.writes() && *op != esim402_host::kv::wrapped::Op::Increment
+    // The interleaving runs after a `set` (a write the hook is told of once it took effect).
+    let set = |(op, _): &(esim402_host::kv::wrapped::Op, String)| {
+        *op == esim402_host::kv::wrapped::Op::Set
     };
-    // Before the drain reads the head it appends at: its renewal's last write.
-    let renewed = calls[..first_entry]
+    // The drain's first insert: the proposal for its first entry.
+    let proposed = calls
         .iter()
-        .rposition(plain_write)
+        .position(|c| set(c) && c.1.starts_with(&entries))
+        .expect("the drain appends");
+    assert!(calls[proposed].1.contains('@'), "{:?}", calls[proposed]);
+    // Before the drain reads the head it appends at: its renewal's last write.
+    let renewed = calls[..proposed]
+        .iter()
+        .rposition(set)
         .expect("the drain claims and renews before appending");
     assert!(
         calls[renewed].1.starts_with("ledger/outbox"),
         "{:?}",
         calls[renewed]
     );
-    // After it read the head, before its first insert is decided: the insert's proposal, so the other drain
+    // After it read the head, before its first insert is decided (at the insert's proposal), the other drain
     // takes that seq and the first drain's insert runs into it.
-    let proposed = first_entry
-        + calls[first_entry..]
-            .iter()
-            .position(plain_write)
-            .expect("the insert writes");
-    assert!(calls[proposed].1.contains('@'), "{:?}", calls[proposed]);
 
     for fire_at in [renewed, proposed] {
-        let (mut kit, _) = drain_race(Some(fire_at)).await;
+        let (mut kit, store) = drain_race(Some(fire_at), false).await;
         let check = ledger_check(&mut kit).await;
+        assert!(store.hook.action.lock().await.is_none(), "interleaved");
         assert_eq!(
             (&check["ok"], &check["count"]),
             (&json!(true), &json!(2)),
@@ -631,6 +644,23 @@ async fn a_drain_whose_append_outlasts_its_lease_does_not_append_twice() {
             .collect();
         assert_eq!(tags, ["\"b1/0\"", "\"b1/1\""], "each event once, in order");
     }
+
+    // An entry missing below the head where the drain looks for tags: what lies past the hole cannot be looked
+    // at, so the drain appends nothing (the batch stays parked) and the check reports the hole. Before, the
+    // drain looked past it as if read and appended the batch's first event a second time.
+    let (mut kit, store) = drain_race(Some(renewed), true).await;
+    let check = ledger_check(&mut kit).await;
+    assert!(store.hook.action.lock().await.is_none(), "interleaved");
+    assert_eq!(check["ok"], false, "{check}");
+    let outbox: esim402_core::ledger::outbox::Outbox =
+        serde_json::from_slice(&kit.kv_get("ledger/outbox").await.unwrap()).unwrap();
+    assert_eq!(outbox.parked_events(), 2, "still parked: {outbox:?}");
+    assert!(
+        kit.kv_get(&esim402_core::store::keys::ledger_entry(shard, 2))
+            .await
+            .is_none(),
+        "nothing appended past the hole"
+    );
 }
 
 /// A resumed attempt's events whose repeat check cannot read the store (here: the payment record) are parked,
