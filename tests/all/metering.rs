@@ -675,11 +675,12 @@ async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
     assert_eq!(status, 409, "{other}");
 }
 
-/// After a failover the delivering carrier can be dearer than the one the invoice was priced at: the data's
-/// refund value is capped at what was paid, so terminating it unused owes the whole payment back (a refund
-/// above the invoice would be refused, and nothing owed).
+/// After a failover the delivering carrier can be dearer than the one the invoice was priced at: the data is
+/// valued at the quoted carrier's rate, so terminating it unused owes back the data part of the payment, not the
+/// activation fee (before, it was valued at Verizon's dearer rate, capped at the invoice: the whole payment,
+/// fee included, came back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failed_over_activation_refunds_its_unused_data_up_to_what_was_paid() {
+async fn a_failed_over_activation_refunds_its_unused_data_at_the_quoted_rate() {
     let s = PayStack::start(&[]).await;
     s.set_faults("tmobile", json!({"http_503": true})).await;
     let body = json!({"region": "us-west", "data_mb": 1000});
@@ -693,7 +694,9 @@ async fn a_failed_over_activation_refunds_its_unused_data_up_to_what_was_paid() 
     assert_eq!(status, 200, "{term}");
     let refunds = term["refunds"].as_array().unwrap();
     assert_eq!(refunds.len(), 1, "{term}");
-    assert_eq!(refunds[0]["amount"], req.amount.as_str(), "{term}");
+    // 1 000 MB at T-Mobile's $0.003 per MB; the invoice is that plus the $0.12 activation fee.
+    assert_eq!(req.amount, "3120000");
+    assert_eq!(refunds[0]["amount"], "3000000", "{term}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,8 +13,9 @@ use std::cell::RefCell;
 use esim402_guest::convert::event_to_wit;
 
 use super::{Order, log_events};
-use crate::{dispatch, from_wit, invoices, metering, now, verifier};
-use esim402_core::usage::account::BYTES_PER_MB;
+use crate::{from_wit, invoices, now, verifier};
+
+mod credit;
 
 /// An attempt answers with its [`Answers`] and collects its ledger events: they are appended together (one
 /// run in the invoice's shard, one head advance) after verification and at the end ([`Attempt::flush`]).
@@ -316,70 +317,6 @@ impl Attempt<'_> {
             }
             // Money moved and the SIM exists: the same payment sent again credits it (nothing twice).
             Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
-        }
-    }
-
-    /// Credit what `order` bought: an activation's data (refund rate: its value at the carrier's rate) or a
-    /// top-up's (the whole invoice). `None` for a switch (its bundle is not metered again).
-    async fn credit(
-        &self,
-        order: &Order,
-        sim: &wit::Sim,
-        tx: &str,
-        payer: &str,
-    ) -> Result<Option<wit::Balance>, wit::Error> {
-        let (kind, data_mb, paid) = match order {
-            // Valued at the delivering carrier's rate, but never above what was paid: after a failover the
-            // delivering carrier can be dearer than the one the invoice was priced at, and a refund of more than
-            // the invoice is refused.
-            Order::Activation { .. } => (
-                "activation",
-                sim.data_mb,
-                dispatch::data_value(sim.carrier.clone(), sim.data_mb)
-                    .await?
-                    .min(self.invoice.amount),
-            ),
-            Order::TopUp { data_mb, .. } => ("top-up", *data_mb, self.invoice.amount),
-            Order::Switch { .. } => {
-                self.move_balance(sim).await;
-                return Ok(None);
-            }
-        };
-        let credit = metering::DataCredit {
-            invoice_id: self.invoice.id.clone(),
-            kind: kind.into(),
-            bytes: u64::from(data_mb) * BYTES_PER_MB,
-            paid,
-            payer: payer.to_owned(),
-            transaction: tx.to_owned(),
-            network: self.proof.network(self.invoice),
-        };
-        let credited = metering::credit(sim.clone(), credit, now()).await?;
-        if self.logs(credited.new) {
-            self.pending.borrow_mut().push(credited.event);
-        }
-        if let Some(hold) = credited.hold
-            && let Err(e) = dispatch::set_balance_hold(hold).await
-        {
-            eprintln!(
-                "gateway: the balance hold of {} after a top-up was not applied: {e:?}",
-                sim.iccid
-            );
-        }
-        Ok(Some(credited.balance))
-    }
-
-    /// A switch delivered a new SIM: what is left of the old one's balance moves to it (idempotent). A failure
-    /// does not undo the switch; it is logged, and the same payment sent again moves it.
-    async fn move_balance(&self, sim: &wit::Sim) {
-        let Some(old) = &sim.replaces else { return };
-        match metering::transfer(old.clone(), sim.clone(), now()).await {
-            Ok(moved) if moved.new => self.pending.borrow_mut().push(moved.event),
-            Ok(_) | Err(wit::Error::NotFound(_)) => {}
-            Err(e) => eprintln!(
-                "gateway: moving the balance of {old} to {} failed: {e:?}",
-                sim.iccid
-            ),
         }
     }
 

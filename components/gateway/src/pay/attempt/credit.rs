@@ -1,0 +1,103 @@
+//! What a delivered purchase credits: an activation's or a top-up's data (metering), or, for a switch, the old
+//! SIM's balance moved to the new one.
+
+use esim402_core::usage::account::BYTES_PER_MB;
+use esim402_guest::wit;
+
+use super::super::Order;
+use super::Attempt;
+use crate::{dispatch, metering, now};
+
+impl Attempt<'_> {
+    /// Credit what `order` bought: an activation's data (refund rate: its value at the rate it was bought at) or
+    /// a top-up's (the whole invoice). `None` for a switch (its bundle is not metered again; the old SIM's
+    /// balance moves to it).
+    pub(super) async fn credit(
+        &self,
+        order: &Order,
+        sim: &wit::Sim,
+        tx: &str,
+        payer: &str,
+    ) -> Result<Option<wit::Balance>, wit::Error> {
+        let (kind, data_mb, paid) = match order {
+            Order::Activation { request, .. } => (
+                "activation",
+                sim.data_mb,
+                self.bought_at(request, sim).await?,
+            ),
+            Order::TopUp { data_mb, .. } => ("top-up", *data_mb, self.invoice.amount),
+            Order::Switch { .. } => {
+                self.move_balance(sim).await?;
+                return Ok(None);
+            }
+        };
+        let credit = metering::DataCredit {
+            invoice_id: self.invoice.id.clone(),
+            kind: kind.into(),
+            bytes: u64::from(data_mb) * BYTES_PER_MB,
+            paid,
+            payer: payer.to_owned(),
+            transaction: tx.to_owned(),
+            network: self.proof.network(self.invoice),
+        };
+        let credited = metering::credit(sim.clone(), credit, now()).await?;
+        if self.logs(credited.new) {
+            self.pending.borrow_mut().push(credited.event);
+        }
+        if let Some(hold) = credited.hold
+            && let Err(e) = dispatch::set_balance_hold(hold).await
+        {
+            eprintln!(
+                "gateway: the balance hold of {} after a top-up was not applied: {e:?}",
+                sim.iccid
+            );
+        }
+        Ok(Some(credited.balance))
+    }
+
+    /// The value of an activation's data: at the delivering carrier's rate, but never above the rate of the
+    /// carrier the invoice was priced at (a failover may deliver from a dearer one: the data was bought at the
+    /// quoted rate, the activation fee is not data) nor above what was paid.
+    async fn bought_at(
+        &self,
+        request: &wit::ActivationRequest,
+        sim: &wit::Sim,
+    ) -> Result<u64, wit::Error> {
+        let delivered = dispatch::data_value(sim.carrier.clone(), sim.data_mb).await?;
+        let quoted = match &request.carrier {
+            Some(carrier) => carrier.clone(),
+            None => dispatch::price(request.clone()).await?.carrier,
+        };
+        let value = if quoted == sim.carrier {
+            delivered
+        } else {
+            delivered.min(dispatch::data_value(quoted, sim.data_mb).await?)
+        };
+        Ok(value.min(self.invoice.amount))
+    }
+
+    /// A switch delivered a new SIM: what is left of the old one's balance moves to it (idempotent). A failure
+    /// does not undo the switch, nor end the payment: the attempt stays resumable, and the same payment sent
+    /// again moves it (the old SIM's account gone, or closed or moved already, is final).
+    async fn move_balance(&self, sim: &wit::Sim) -> Result<(), wit::Error> {
+        let Some(old) = &sim.replaces else {
+            return Ok(());
+        };
+        match metering::transfer(old.clone(), sim.clone(), now()).await {
+            Ok(moved) => {
+                if moved.new {
+                    self.pending.borrow_mut().push(moved.event);
+                }
+                Ok(())
+            }
+            Err(wit::Error::NotFound(_) | wit::Error::Conflict(_)) => Ok(()),
+            Err(e) => {
+                eprintln!(
+                    "gateway: moving the balance of {old} to {} failed: {e:?}",
+                    sim.iccid
+                );
+                Err(e)
+            }
+        }
+    }
+}
