@@ -19,6 +19,10 @@
 //! does (`tests/all/crash.rs`: the answer is withheld): the store still commits what it holds, only the sync
 //! fails.
 //!
+//! `ESIM402_FAILPOINT_ERROR=<key prefix>[#<n>]`: the `n`-th (default: first) update of a versioned cell whose
+//! key starts with the prefix fails at its first write (its proposal), with a store error, once: nothing of
+//! it lands, and the caller sees the failure a real store gives (`tests/all/metering.rs`).
+//!
 //! Unset (always, outside tests), [`wrap`] returns the backend unchanged: the failpoints cost nothing and
 //! cannot fire. Never set them in a deployment.
 
@@ -35,6 +39,9 @@ pub const ENV: &str = "ESIM402_FAILPOINT";
 
 /// The environment variable that arms the failing disk sync.
 pub const SYNC_ENV: &str = "ESIM402_FAILPOINT_SYNC";
+
+/// The environment variable that arms the failing cell update.
+pub const ERROR_ENV: &str = "ESIM402_FAILPOINT_ERROR";
 
 /// A parsed `ESIM402_FAILPOINT` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +72,14 @@ impl Spec {
             format!("{}#{}", self.prefix, self.nth)
         }
     }
+}
+
+/// The key a versioned cell's proposal (`<key>@v<n>.<token>`) is for, if `key` is one.
+fn proposal_for(key: &str) -> Option<&str> {
+    let (base, tail) = key.rsplit_once("@v")?;
+    let (version, token) = tail.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(version) && digits(token)).then_some(base)
 }
 
 /// Whether `key` is a versioned cell's claim counter (`…@v<n>`) or proposal (`…@v<n>.<token>`).
@@ -104,7 +119,18 @@ pub fn wrap(backend: SharedBackend) -> anyhow::Result<SharedBackend> {
             Some(prefix)
         }
     };
-    if spec.is_none() && sync_after.is_none() {
+    let error = match std::env::var_os(ERROR_ENV) {
+        None => None,
+        Some(value) => {
+            let value = value.to_string_lossy();
+            let spec = Spec::parse(&value).ok_or_else(|| {
+                anyhow::anyhow!("{ERROR_ENV}={value:?}: expected <key prefix>[#<n>]")
+            })?;
+            tracing::warn!(failpoint = %spec.label(), "test-only failing cell update armed");
+            Some(spec)
+        }
+    };
+    if spec.is_none() && sync_after.is_none() && error.is_none() {
         return Ok(backend);
     }
     Ok(Arc::new(Wrapped::new(
@@ -114,6 +140,8 @@ pub fn wrap(backend: SharedBackend) -> anyhow::Result<SharedBackend> {
             seen: AtomicU64::new(0),
             sync_after,
             sync_failed: AtomicBool::new(false),
+            error,
+            updates: AtomicU64::new(0),
         },
     )))
 }
@@ -125,10 +153,32 @@ struct Failpoint {
     seen: AtomicU64,
     sync_after: Option<String>,
     sync_failed: AtomicBool,
+    error: Option<Spec>,
+    updates: AtomicU64,
 }
 
 #[async_trait]
 impl Hook for Failpoint {
+    /// Before a proposal of a cell update under the error failpoint's prefix: fail the `n`-th, once.
+    fn before(&self, op: super::wrapped::Op, key: &str) -> KvResult<()> {
+        let Some(spec) = &self.error else {
+            return Ok(());
+        };
+        if op != super::wrapped::Op::Set
+            || !proposal_for(key).is_some_and(|k| k.starts_with(&spec.prefix))
+        {
+            return Ok(());
+        }
+        if self.updates.fetch_add(1, Ordering::SeqCst) + 1 == spec.nth {
+            eprintln!("failpoint error: {}", spec.label());
+            return Err(super::KvError(format!(
+                "failpoint: the update of {} failed",
+                proposal_for(key).unwrap_or(key)
+            )));
+        }
+        Ok(())
+    }
+
     /// After a completed published write of `key`: break the disk sync if it is the sync failpoint's; stall
     /// forever if it is the failpoint's.
     async fn after_write(&self, inner: &dyn Backend, key: &str) {
@@ -209,6 +259,8 @@ mod tests {
                 seen: AtomicU64::new(0),
                 sync_after: None,
                 sync_failed: AtomicBool::new(false),
+                error: None,
+                updates: AtomicU64::new(0),
             },
         );
         fp.set("sim/1@v1.77", b"proposal").await.unwrap();
@@ -231,6 +283,34 @@ mod tests {
         );
     }
 
+    /// The error failpoint fails the `n`-th cell update under its prefix at its proposal, once; other writes
+    /// (published values, counters, other prefixes) pass.
+    #[tokio::test]
+    async fn the_nth_cell_update_fails_at_its_proposal_once() {
+        let fp = Wrapped::new(
+            Arc::new(MemoryStore::default()),
+            Failpoint {
+                spec: None,
+                seen: AtomicU64::new(0),
+                sync_after: None,
+                sync_failed: AtomicBool::new(false),
+                error: Spec::parse("balance/#2"),
+                updates: AtomicU64::new(0),
+            },
+        );
+        fp.set("balance/1@v1.5", b"first").await.unwrap();
+        fp.set("balance/1", b"published").await.unwrap();
+        fp.set("other/1@v1.5", b"x").await.unwrap();
+        fp.increment("balance/1@v2", 1).await.unwrap();
+        assert!(fp.set("balance/1@v2.9", b"second").await.is_err());
+        assert_eq!(
+            fp.get("balance/1@v2.9").await.unwrap(),
+            None,
+            "nothing landed"
+        );
+        fp.set("balance/1@v2.10", b"again").await.unwrap();
+    }
+
     #[tokio::test]
     async fn after_the_sync_failpoints_write_every_barrier_fails() {
         let fp = Wrapped::new(
@@ -240,6 +320,8 @@ mod tests {
                 seen: AtomicU64::new(0),
                 sync_after: Some("balance/".into()),
                 sync_failed: AtomicBool::new(false),
+                error: None,
+                updates: AtomicU64::new(0),
             },
         );
         fp.set("balance/1@v1.5", b"proposal").await.unwrap();
