@@ -64,6 +64,10 @@ impl Attempt<'_> {
         sim: &wit::Sim,
     ) -> Result<u64, wit::Error> {
         let delivered = dispatch::data_value(sim.carrier.clone(), sim.data_mb).await?;
+        // Without a failover the first carrier of the plan delivered: the one the invoice was priced at.
+        if sim.failovers.is_empty() {
+            return Ok(delivered.min(self.invoice.amount));
+        }
         let quoted = match &request.carrier {
             Some(carrier) => carrier.clone(),
             None => dispatch::price(request.clone()).await?.carrier,
