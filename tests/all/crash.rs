@@ -672,3 +672,53 @@ async fn a_paid_invoice_resumed_after_its_authorization_expired_completes_with_i
     }
     assert_eq!(count("activation_failed"), 0, "{kinds:?}");
 }
+
+/// A paid switch killed right after its balance move reached the new SIM's account (`balance/#3`: the old
+/// SIM's activation credit, its move out, the new SIM's credit): the same payment sent again after the lease
+/// completes the switch and logs the move once, under the switch's invoice. (Before, the resumed move found the
+/// credit landed, `new` was false, and its `data_credited` event was never logged.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_a_switch_moved_the_balance_the_same_payment_logs_the_move_once() {
+    let failpoint = "balance/#3";
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", failpoint)],
+    )
+    .await;
+    let act = s.activate_paid(&activation(), &[]).await;
+    let old = act["iccid"].as_str().unwrap().to_owned();
+    let path = format!("/v1/esim/{old}/switch");
+    let target = serde_json::json!({"carrier": "verizon"});
+    let (status, headers, _) = s.post(&path, &target, &[]).await;
+    assert_eq!(status, 402);
+    let req = esim402_core::x402::header::decode_payment_required_header(
+        headers["payment-required"].to_str().unwrap(),
+    )
+    .unwrap()
+    .accepts[0]
+        .clone();
+    let header = Payment::for_requirement(&req).header();
+    let paid = s
+        .http
+        .post(format!("{}{path}", s.url))
+        .header("payment-signature", header.clone())
+        .bearer_auth(act["access_token"].as_str().unwrap())
+        .json(&target);
+    kill_during(&mut s, paid, failpoint).await;
+
+    restart_later(&mut s, LEASE_SECS + 1, &[]).await;
+    let (status, _, new_sim) = s
+        .post(&path, &target, &[("payment-signature", header)])
+        .await;
+    assert_eq!(status, 200, "{new_sim}");
+    let moves: Vec<_> = s
+        .ledger_entries()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "data_credited" && e["details"]["kind"] == "transfer")
+        .collect();
+    assert_eq!(moves.len(), 1, "the move logged once: {moves:?}");
+    assert_eq!(moves[0]["invoice_id"], new_sim["invoice_id"], "{moves:?}");
+    let (_, verify) = s.get("/v1/ledger/verify").await;
+    assert_eq!(verify["ok"], true, "{verify}");
+}

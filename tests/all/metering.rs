@@ -699,50 +699,60 @@ async fn a_failed_over_activation_refunds_its_unused_data_at_the_quoted_rate() {
     assert_eq!(refunds[0]["amount"], "3000000", "{term}");
 }
 
-/// A switch whose balance move fails at the store (the old account's update refused once, by the test-only
+/// A switch whose balance move fails at the store (an account update refused once, by the test-only
 /// `ESIM402_FAILPOINT_ERROR`) does not end the payment: it answers 503, and the same payment sent again moves the
-/// unused data. Before, the switch answered 200 with the move logged as failed, and a repeat replayed that
+/// unused data, with its ledger event logged once. Refused: the old account's move out (its second update; the
+/// activation credit is its first), or the new account's credit after the move out landed (the third update
+/// under `balance/`). Before, the switch answered 200 with the move logged as failed, and a repeat replayed that
 /// answer: the 6 MB left were never moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_switch_whose_balance_move_fails_moves_it_when_sent_again() {
-    // The old SIM's account: its activation credit is its first update, the switch's move its second.
-    let s = PayStack::start_with(
-        Some((&esim402_tests::Runner::Host, crate::payments::Store::Sqlite)),
-        &[("ESIM402_FAILPOINT_ERROR", "balance/#2")],
-    )
-    .await;
-    let old = activate(&s, 10).await;
-    s.post(
-        "/v1/usage",
-        &json!({"receipts": [receipt(&old, "s", 1, 4_000_000, "310-260")]}),
-        &[],
-    )
-    .await;
-    let path = format!("/v1/esim/{old}/switch");
-    let target = json!({"carrier": "verizon"});
-    let (status, headers, _) = s.post(&path, &target, &[]).await;
-    assert_eq!(status, 402);
-    let req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
-        .unwrap()
-        .accepts[0]
-        .clone();
-    let pay = Payment::for_requirement(&req);
-    let (status, _, failed) = s
-        .post(&path, &target, &[("payment-signature", pay.header())])
+    for failing in ["balance/#2", "balance/#3"] {
+        let s = PayStack::start_with(
+            Some((&esim402_tests::Runner::Host, crate::payments::Store::Sqlite)),
+            &[("ESIM402_FAILPOINT_ERROR", failing)],
+        )
         .await;
-    assert_eq!(status, 503, "{failed}");
-    let (status, _, new_sim) = s
-        .post(&path, &target, &[("payment-signature", pay.header())])
+        let old = activate(&s, 10).await;
+        s.post(
+            "/v1/usage",
+            &json!({"receipts": [receipt(&old, "s", 1, 4_000_000, "310-260")]}),
+            &[],
+        )
         .await;
-    assert_eq!(status, 200, "{new_sim}");
-    let new = new_sim["iccid"].as_str().unwrap();
-    let b = balance(&s, new).await;
-    assert_eq!(
-        (b["credited_bytes"].as_u64(), b["used_bytes"].as_u64()),
-        (Some(6_000_000), Some(0)),
-        "{b}"
-    );
-    assert_eq!(balance(&s, &old).await["closed"], true);
+        let path = format!("/v1/esim/{old}/switch");
+        let target = json!({"carrier": "verizon"});
+        let (status, headers, _) = s.post(&path, &target, &[]).await;
+        assert_eq!(status, 402);
+        let req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
+            .unwrap()
+            .accepts[0]
+            .clone();
+        let pay = Payment::for_requirement(&req);
+        let (status, _, failed) = s
+            .post(&path, &target, &[("payment-signature", pay.header())])
+            .await;
+        assert_eq!(status, 503, "{failing}: {failed}");
+        let (status, _, new_sim) = s
+            .post(&path, &target, &[("payment-signature", pay.header())])
+            .await;
+        assert_eq!(status, 200, "{failing}: {new_sim}");
+        let new = new_sim["iccid"].as_str().unwrap();
+        let b = balance(&s, new).await;
+        assert_eq!(
+            (b["credited_bytes"].as_u64(), b["used_bytes"].as_u64()),
+            (Some(6_000_000), Some(0)),
+            "{failing}: {b}"
+        );
+        assert_eq!(balance(&s, &old).await["closed"], true);
+        let moves = s
+            .ledger_entries()
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "data_credited" && e["details"]["kind"] == "transfer")
+            .count();
+        assert_eq!(moves, 1, "{failing}: the move logged once");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -286,9 +286,12 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
         .map(|checked| checked.payer)
     };
     match record.status {
-        // Its success not reported yet (the call that saw it confirmed could not claim it): this one may.
+        // Its success not reported yet (the call that saw it confirmed could not claim it): this one may. A
+        // record from before successes were claimed apart reported its own when it was confirmed.
         Status::Confirmed => Ok(match (tx, same()) {
-            (Some(hash), Some(payer)) => answer(r, payer, Outcome::Confirmed(hash), &record.claim),
+            (Some(hash), Some(payer)) if record.success_claimed_apart => {
+                answer(r, payer, Outcome::Confirmed(hash), &record.claim)
+            }
             _ => r.failure(InvalidReason::NonceAlreadyUsed, tx),
         }),
         Status::Failed => {

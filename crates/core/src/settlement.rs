@@ -143,6 +143,11 @@ pub struct Record {
     pub reason: Option<String>,
     /// Last change (unix seconds).
     pub updated_at: u64,
+    /// Claimed by a build whose facilitator API reports a confirmed settlement's one success through a claim
+    /// (`x402/reported/…`): a repeat may report it if nobody has. Records from before (`false`) reported
+    /// theirs when they were confirmed, so a repeat of them never does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub success_claimed_apart: bool,
 }
 
 /// How a settlement ended, as far as the chain showed.
@@ -200,6 +205,7 @@ impl Record {
             sent: SentTx::default(),
             reason: None,
             updated_at: now,
+            success_claimed_apart: true,
         }
     }
 
@@ -402,6 +408,23 @@ mod tests {
         let mut r = claimed(100);
         assert!(r.record_submitted("x402/nonce/a", "h1", &signed(3), 101));
         assert!(!r.settles(&auth));
+    }
+
+    /// A record stored before successes were claimed apart reads as such (its success was reported when it was
+    /// confirmed); one claimed now says it is, and round-trips.
+    #[test]
+    fn records_say_whether_their_success_is_claimed_apart() {
+        let r = claimed(100);
+        assert!(r.success_claimed_apart);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(serde_json::from_value::<Record>(json.clone()).unwrap(), r);
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("success_claimed_apart");
+        assert!(
+            !serde_json::from_value::<Record>(old)
+                .unwrap()
+                .success_claimed_apart
+        );
     }
 
     #[test]

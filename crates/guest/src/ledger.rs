@@ -435,6 +435,10 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
                 drained.appended += entries.len();
                 done.push(c.batch.id.clone());
             }
+            // A hole in one of its shards: this batch waits (the check reports the hole); the others go on.
+            Err(e) if matches!(e.error, KvError::Corrupt { .. }) => {
+                eprintln!("ledger: parked batch {} waits: {:?}", c.batch.id, e.error);
+            }
             Err(e) => {
                 eprintln!(
                     "ledger: draining parked batch {} failed: {:?}",

@@ -330,7 +330,7 @@ pub struct Watcher<'a> {
     settings: WatchSettings,
     tracker: Tracker,
     /// The readings of the tick that last moved the SIM, until the source says something else.
-    moved_on: Option<(Seen, u32)>,
+    moved_on: Option<Moved>,
     sim: SimRecord,
     emit: Box<dyn FnMut(&Event) + 'a>,
 }
@@ -441,12 +441,19 @@ impl<'a> Watcher<'a> {
         if lines.is_empty() {
             return Ok(());
         }
-        // A source that has not caught up with the last move (a status file not rewritten since, on the old
-        // profile still) says nothing about the new SIM, and must not pay for another move.
-        if let Some((at_move, ticks)) = &mut self.moved_on {
-            let stale = stale(at_move, *ticks, &seen);
-            *ticks += 1;
-            if stale {
+        // After a move, the readings say nothing about the new SIM until its profile is on the device (the modem
+        // still reports the old one), nor while their source has not caught up: they must not pay for another
+        // move.
+        if self.moved_on.as_ref().is_some_and(|m| !m.settled)
+            && self.profile_settled().await
+            && let Some(m) = &mut self.moved_on
+        {
+            m.settled = true;
+        }
+        if let Some(m) = &mut self.moved_on {
+            let held = held(m, &seen);
+            m.ticks += 1;
+            if held {
                 return Ok(());
             }
             self.moved_on = None;
@@ -520,7 +527,12 @@ impl<'a> Watcher<'a> {
         let moved = self.agent.switch(Some(&from), &to.body()).await?;
         self.sim = self.agent.sim(Some(&moved.iccid))?;
         self.tracker.reset();
-        self.moved_on = (seen != Seen::Fresh).then_some((seen, 0));
+        self.moved_on = Some(Moved {
+            seen,
+            ticks: 0,
+            at: std::time::Instant::now(),
+            settled: false,
+        });
         self.say(Event::Switched {
             from,
             iccid: moved.iccid,
@@ -529,6 +541,22 @@ impl<'a> Watcher<'a> {
             activation_code: moved.activation_code,
         });
         Ok(())
+    }
+
+    /// Whether the SIM's profile is on the device (installed or enabled) or will never be (failed, deleted), as
+    /// the facilitator last heard from the carrier; `false` if it cannot tell now.
+    async fn profile_settled(&self) -> bool {
+        match self
+            .agent
+            .sim_request(reqwest::Method::GET, &self.sim, "", None)
+            .await
+        {
+            Ok(a) if a.status == 200 => matches!(
+                a.body["profile_state"].as_str(),
+                Some("installed" | "enabled" | "error" | "deleted")
+            ),
+            _ => false,
+        }
     }
 
     /// Audit the SIM's log from the cursor to its end; the audit after it.
@@ -708,6 +736,31 @@ enum Seen {
     Fresh,
 }
 
+/// A move the watch made, until the readings count again.
+#[derive(Debug, Clone)]
+struct Moved {
+    /// The readings that caused it.
+    seen: Seen,
+    /// Ticks since.
+    ticks: u32,
+    /// When.
+    at: std::time::Instant,
+    /// The new profile is on the device (installed or enabled), or will never be (failed, deleted).
+    settled: bool,
+}
+
+/// The longest wait after a move for the new profile to be on the device before readings count again.
+const MOVE_WAIT: Duration = Duration::from_secs(600);
+
+/// Whether readings `now` are held back after the move `m`: until its profile settled (at most
+/// [`MOVE_WAIT`]), then while their source has not caught up ([`stale`]).
+fn held(m: &Moved, now: &Seen) -> bool {
+    if !m.settled && m.at.elapsed() < MOVE_WAIT {
+        return true;
+    }
+    stale(&m.seen, m.ticks, now)
+}
+
 /// How many ticks after a move a command's unchanged output is still taken for the old SIM's.
 const MOVE_GRACE_TICKS: u32 = 3;
 
@@ -760,6 +813,39 @@ mod tests {
         assert!(!stale(&out, MOVE_GRACE_TICKS, &out));
         assert!(!stale(&out, 0, &Seen::Output(vec!["+CEREG: 0,1".into()])));
         assert!(!stale(&Seen::Fresh, 0, &Seen::Fresh));
+    }
+
+    /// After a move, readings wait for the new profile to be on the device (at most [`MOVE_WAIT`]), then for
+    /// their source to catch up: a poller rewriting the old profile's refused attach every few seconds moves
+    /// nothing until the new profile is installed.
+    #[test]
+    fn readings_wait_for_the_new_profile_then_for_their_source() {
+        use super::{MOVE_WAIT, Moved, Seen, held};
+        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100);
+        let rewritten = Seen::File(Some(t + std::time::Duration::from_secs(3)));
+        let mut m = Moved {
+            seen: Seen::File(Some(t)),
+            ticks: 0,
+            at: std::time::Instant::now(),
+            settled: false,
+        };
+        assert!(held(&m, &rewritten), "not installed yet");
+        assert!(held(&m, &Seen::Fresh), "stdin too");
+        m.settled = true;
+        assert!(
+            !held(&m, &rewritten),
+            "installed, and the file rewritten since"
+        );
+        assert!(
+            held(&m, &Seen::File(Some(t))),
+            "installed, the file as it was"
+        );
+        let waited = Moved {
+            at: std::time::Instant::now() - MOVE_WAIT,
+            settled: false,
+            ..m
+        };
+        assert!(!held(&waited, &rewritten), "waited long enough");
     }
 
     /// The signal command runs without the wallet key in its environment (it inherited the agent's whole

@@ -88,9 +88,13 @@ impl Attempt<'_> {
             return Ok(());
         };
         match metering::transfer(old.clone(), sim.clone(), now()).await {
+            // Logged under the switch's invoice, so a resumed attempt logs it again (the move may have landed
+            // before an earlier attempt failed: `new` is then false) and the repeat check keeps it once.
             Ok(moved) => {
-                if moved.new {
-                    self.pending.borrow_mut().push(moved.event);
+                if self.logs(moved.new) {
+                    let mut event = moved.event;
+                    event.invoice = Some(self.invoice.id.clone());
+                    self.pending.borrow_mut().push(event);
                 }
                 Ok(())
             }
