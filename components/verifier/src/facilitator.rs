@@ -309,6 +309,7 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
             let Some(payer) = same() else {
                 return Ok(r.failure(InvalidReason::NonceAlreadyUsed, Some(hash)));
             };
+            let record_claimed_apart = record.success_claimed_apart;
             let claim = Claim {
                 record_key: record.claim.clone(),
                 claim: record.claim,
@@ -317,7 +318,12 @@ async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse,
                 version: std::cell::Cell::new(None),
             };
             let deadline = Instant::now() + r.cfg.settlement_timeout;
-            let (outcome, _) = receipts::reconcile(&r.chain, &claim, hash, deadline).await;
+            let (outcome, first) = receipts::reconcile(&r.chain, &claim, hash, deadline).await;
+            // A record from before successes were claimed apart: its other callers (an earlier build) report
+            // the one that records the receipt first, so this one does too.
+            if !record_claimed_apart && matches!(outcome, Outcome::Confirmed(_)) && !first {
+                return Ok(r.failure(InvalidReason::NonceAlreadyUsed, Some(hash)));
+            }
             Ok(answer(r, payer, outcome, &claim.record_key))
         }
         Status::Claimed if record.is_abandoned(now) => {
