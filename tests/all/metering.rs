@@ -699,21 +699,17 @@ async fn a_failed_over_activation_refunds_its_unused_data_at_the_quoted_rate() {
     assert_eq!(refunds[0]["amount"], "3000000", "{term}");
 }
 
-/// A switch whose balance move fails at the store (an account update refused once, by the test-only
-/// `ESIM402_FAILPOINT_ERROR`) does not end the payment: it answers 503, and the same payment sent again moves the
-/// unused data, with its ledger event logged once. Refused: the old account's move out (its second update; the
-/// activation credit is its first), or the new account's credit after the move out landed (the third update
-/// under `balance/`). Before, the switch answered 200 with the move logged as failed, and a repeat replayed that
-/// answer: the 6 MB left were never moved.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_switch_whose_balance_move_fails_moves_it_when_sent_again() {
-    for failing in ["balance/#2", "balance/#3"] {
-        let s = PayStack::start_with(
-            Some((&esim402_tests::Runner::Host, crate::payments::Store::Sqlite)),
-            &[("ESIM402_FAILPOINT_ERROR", failing)],
-        )
-        .await;
-        let old = activate(&s, 10).await;
+/// A paid switch to Verizon of a 10 MB SIM with 4 MB used, its 402 asked for and signed.
+struct Switching {
+    old: String,
+    path: String,
+    target: Value,
+    header: String,
+}
+
+impl Switching {
+    async fn start(s: &PayStack) -> Self {
+        let old = activate(s, 10).await;
         s.post(
             "/v1/usage",
             &json!({"receipts": [receipt(&old, "s", 1, 4_000_000, "310-260")]}),
@@ -728,14 +724,45 @@ async fn a_switch_whose_balance_move_fails_moves_it_when_sent_again() {
             .unwrap()
             .accepts[0]
             .clone();
-        let pay = Payment::for_requirement(&req);
-        let (status, _, failed) = s
-            .post(&path, &target, &[("payment-signature", pay.header())])
-            .await;
+        let header = Payment::for_requirement(&req).header();
+        Self {
+            old,
+            path,
+            target,
+            header,
+        }
+    }
+
+    /// Send the (same) payment.
+    async fn send(&self, s: &PayStack) -> (u16, reqwest::header::HeaderMap, Value) {
+        s.post(
+            &self.path,
+            &self.target,
+            &[("payment-signature", self.header.clone())],
+        )
+        .await
+    }
+}
+
+/// A switch whose balance move fails at the store (an account update refused once, by the test-only
+/// `ESIM402_FAILPOINT_ERROR`) does not end the payment: it answers 503, and the same payment sent again moves the
+/// unused data, with its ledger event logged once. Refused: the old account's move out (its second update; the
+/// activation credit is its first), or the new account's credit after the move out landed (the third update
+/// under `balance/`). Before, the switch answered 200 with the move logged as failed, and a repeat replayed that
+/// answer: the 6 MB left were never moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switch_whose_balance_move_fails_moves_it_when_sent_again() {
+    for failing in ["balance/#2", "balance/#3"] {
+        let s = PayStack::start_with(
+            Some((&esim402_tests::Runner::Host, crate::payments::Store::Sqlite)),
+            &[("ESIM402_FAILPOINT_ERROR", failing)],
+        )
+        .await;
+        let switching = Switching::start(&s).await;
+        let old = &switching.old;
+        let (status, _, failed) = switching.send(&s).await;
         assert_eq!(status, 503, "{failing}: {failed}");
-        let (status, _, new_sim) = s
-            .post(&path, &target, &[("payment-signature", pay.header())])
-            .await;
+        let (status, _, new_sim) = switching.send(&s).await;
         assert_eq!(status, 200, "{failing}: {new_sim}");
         let new = new_sim["iccid"].as_str().unwrap();
         let b = balance(&s, new).await;
@@ -744,7 +771,7 @@ async fn a_switch_whose_balance_move_fails_moves_it_when_sent_again() {
             (Some(6_000_000), Some(0)),
             "{failing}: {b}"
         );
-        assert_eq!(balance(&s, &old).await["closed"], true);
+        assert_eq!(balance(&s, old).await["closed"], true);
         let moves = s
             .ledger_entries()
             .await
@@ -758,25 +785,9 @@ async fn a_switch_whose_balance_move_fails_moves_it_when_sent_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_switch_moves_the_unused_balance_to_the_new_sim() {
     let s = PayStack::start(&[]).await;
-    let old = activate(&s, 10).await;
-    s.post(
-        "/v1/usage",
-        &json!({"receipts": [receipt(&old, "s", 1, 4_000_000, "310-260")]}),
-        &[],
-    )
-    .await;
-    let path = format!("/v1/esim/{old}/switch");
-    let target = json!({"carrier": "verizon"});
-    let (status, headers, _) = s.post(&path, &target, &[]).await;
-    assert_eq!(status, 402);
-    let req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
-        .unwrap()
-        .accepts[0]
-        .clone();
-    let pay = Payment::for_requirement(&req);
-    let (status, _, new_sim) = s
-        .post(&path, &target, &[("payment-signature", pay.header())])
-        .await;
+    let switching = Switching::start(&s).await;
+    let old = switching.old.clone();
+    let (status, _, new_sim) = switching.send(&s).await;
     assert_eq!(status, 200, "{new_sim}");
     let new = new_sim["iccid"].as_str().unwrap();
     assert_ne!(new, old);
