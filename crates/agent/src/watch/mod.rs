@@ -274,20 +274,29 @@ impl Readings {
         }
     }
 
-    /// What this tick's readings are, to tell a source that has not caught up with a move: a file's
+    /// This tick's lines, and what they are to tell a source that has not caught up with a move: a file's
     /// modification time (read before its content), a command's output; stdin lines are always new.
-    async fn stamp(&self, lines: &Result<Vec<String>, String>) -> Seen {
-        match self {
-            Self::File(p) => {
-                Seen::File(tokio::fs::metadata(p).await.and_then(|m| m.modified()).ok())
-            }
-            Self::Command(_) => Seen::Output(lines.clone().unwrap_or_default()),
-            Self::None | Self::Stdin(_) => Seen::Fresh,
-        }
+    async fn take(&mut self) -> (Result<Vec<String>, String>, Seen) {
+        let modified = match self {
+            Self::File(p) => Some(
+                tokio::fs::metadata(&*p)
+                    .await
+                    .and_then(|m| m.modified())
+                    .ok(),
+            ),
+            _ => None,
+        };
+        let lines = self.lines().await;
+        let seen = match (&*self, modified) {
+            (_, Some(modified)) => Seen::File(modified),
+            (Self::Command(_), None) => Seen::Output(lines.clone().unwrap_or_default()),
+            _ => Seen::Fresh,
+        };
+        (lines, seen)
     }
 
     /// This tick's lines.
-    async fn take(&mut self) -> Result<Vec<String>, String> {
+    async fn lines(&mut self) -> Result<Vec<String>, String> {
         match self {
             Self::None => Ok(Vec::new()),
             Self::File(p) => match tokio::fs::read_to_string(&*p).await {
@@ -367,12 +376,7 @@ impl<'a> Watcher<'a> {
         });
         let mut tick = 0u64;
         loop {
-            let before = readings.stamp(&Ok(Vec::new())).await;
-            let lines = readings.take().await;
-            let seen = match before {
-                Seen::File(_) => before,
-                _ => readings.stamp(&lines).await,
-            };
+            let (lines, seen) = readings.take().await;
             let outcome = match self.agent.state().lock() {
                 Ok(_lock) => self.tick(lines, seen).await,
                 // Another command holds the directory: this tick is skipped, the next one tries again.
