@@ -42,6 +42,18 @@ struct Crash {
     verified: usize,
 }
 
+/// The ledger's event kinds and its check's answer, the check asserted to verify.
+async fn verified_ledger(s: &PayStack) -> (Vec<String>, serde_json::Value) {
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    (kinds, verify)
+}
+
+/// How many events of `kind` are among `kinds`.
+fn count(kinds: &[String], kind: &str) -> usize {
+    kinds.iter().filter(|k| *k == kind).count()
+}
+
 /// `POST /v1/esim/activate` carrying the payment `header`.
 async fn send_payment(
     s: &PayStack,
@@ -172,21 +184,19 @@ async fn crash_and_pay_again(c: Crash) {
     }
 
     // The ledger verifies, each money event exactly once (verification once per attempt that reached it).
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
+    let (kinds, verify) = verified_ledger(&s).await;
     assert_eq!(verify["count"].as_u64(), Some(kinds.len() as u64));
-    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
-    assert_eq!(count("invoice_issued"), 1, "{kinds:?}");
-    assert_eq!(count("payment_verified"), c.verified, "{kinds:?}");
+    assert_eq!(count(&kinds, "invoice_issued"), 1, "{kinds:?}");
+    assert_eq!(count(&kinds, "payment_verified"), c.verified, "{kinds:?}");
     let once = usize::from(completed);
     for k in [
         "settlement_confirmed",
         "activation_completed",
         "data_credited",
     ] {
-        assert_eq!(count(k), once, "{k}: {kinds:?}");
+        assert_eq!(count(&kinds, k), once, "{k}: {kinds:?}");
     }
-    assert_eq!(count("settlement_failed"), 0, "{kinds:?}");
+    assert_eq!(count(&kinds, "settlement_failed"), 0, "{kinds:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -279,15 +289,13 @@ async fn a_failed_disk_sync_withholds_the_answers_and_the_payment_stays_settled_
     let (again, _, b) = send_payment(&s, &header).await;
     assert_eq!(again, 409, "{b}");
     assert_eq!(s.balance(agent()).await, start - price(&req));
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
-    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    let (kinds, _) = verified_ledger(&s).await;
     for k in [
         "settlement_confirmed",
         "activation_completed",
         "data_credited",
     ] {
-        assert_eq!(count(k), 1, "{k}: {kinds:?}");
+        assert_eq!(count(&kinds, k), 1, "{k}: {kinds:?}");
     }
 }
 
@@ -376,12 +384,10 @@ async fn a_payment_that_expires_after_its_order_withdraws_the_profile() {
     assert_eq!(s.balance(agent()).await, start);
     assert!(!s.nonce_used(agent(), next.auth.nonce).await);
 
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
-    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
-    assert_eq!(count("settlement_confirmed"), 0, "{kinds:?}");
-    assert_eq!(count("settlement_failed"), 1, "{kinds:?}");
-    assert_eq!(count("activation_failed"), 1, "{kinds:?}");
+    let (kinds, _) = verified_ledger(&s).await;
+    assert_eq!(count(&kinds, "settlement_confirmed"), 0, "{kinds:?}");
+    assert_eq!(count(&kinds, "settlement_failed"), 1, "{kinds:?}");
+    assert_eq!(count(&kinds, "activation_failed"), 1, "{kinds:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -464,14 +470,9 @@ async fn killed_after_a_refund_is_paid_the_next_run_logs_it_once() {
     assert_eq!(summary["remaining"], 0, "{summary}");
     assert_eq!(s.balance(agent()).await, start, "paid once");
 
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
+    let (kinds, _) = verified_ledger(&s).await;
     for k in ["refund_owed", "refund_paid"] {
-        assert_eq!(
-            kinds.iter().filter(|x| *x == k).count(),
-            1,
-            "{k}: {kinds:?}"
-        );
+        assert_eq!(count(&kinds, k), 1, "{k}: {kinds:?}");
     }
 }
 
@@ -515,13 +516,8 @@ async fn killed_after_a_terminate_owes_its_refund_terminating_again_logs_it_once
         "{again}"
     );
 
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "refund_owed").count(),
-        1,
-        "{kinds:?}"
-    );
+    let (kinds, _) = verified_ledger(&s).await;
+    assert_eq!(count(&kinds, "refund_owed"), 1, "{kinds:?}");
 }
 
 /// A payment interrupted after its order (`order/#3`) and sent again while the chain cannot be reached: the
@@ -617,13 +613,8 @@ async fn killed_after_a_usage_batch_is_charged_the_next_verify_logs_its_events_o
     assert_eq!(again["totals"]["duplicate"], 2, "{again}");
     let (_, b) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
     assert_eq!(used(b), 15_000, "charged once");
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "usage_charged").count(),
-        1,
-        "{kinds:?}"
-    );
+    let (kinds, _) = verified_ledger(&s).await;
+    assert_eq!(count(&kinds, "usage_charged"), 1, "{kinds:?}");
 }
 
 /// A payment killed right after its invoice was marked paid (`invoice/#2`) and sent again only once its
@@ -660,17 +651,15 @@ async fn a_paid_invoice_resumed_after_its_authorization_expired_completes_with_i
         start - price(&req),
         "charged once"
     );
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
-    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    let (kinds, _) = verified_ledger(&s).await;
     for k in [
         "settlement_confirmed",
         "activation_completed",
         "data_credited",
     ] {
-        assert_eq!(count(k), 1, "{k}: {kinds:?}");
+        assert_eq!(count(&kinds, k), 1, "{k}: {kinds:?}");
     }
-    assert_eq!(count("activation_failed"), 0, "{kinds:?}");
+    assert_eq!(count(&kinds, "activation_failed"), 0, "{kinds:?}");
 }
 
 /// A paid switch killed right after its balance move reached the new SIM's account (`balance/#3`: the old

@@ -224,6 +224,25 @@ mod tests {
     use super::*;
     use crate::kv::MemoryStore;
 
+    /// A memory store behind the failpoints given.
+    fn failpoint(
+        spec: Option<Spec>,
+        sync_after: Option<String>,
+        error: Option<Spec>,
+    ) -> Wrapped<Failpoint> {
+        Wrapped::new(
+            Arc::new(MemoryStore::default()),
+            Failpoint {
+                spec,
+                seen: AtomicU64::new(0),
+                sync_after,
+                sync_failed: AtomicBool::new(false),
+                error,
+                updates: AtomicU64::new(0),
+            },
+        )
+    }
+
     #[test]
     fn specs_parse_with_an_optional_count() {
         let spec = |p: &str, nth| {
@@ -252,17 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_nth_published_write_completes_then_stalls_and_the_rest_pass() {
-        let fp = Wrapped::new(
-            Arc::new(MemoryStore::default()),
-            Failpoint {
-                spec: Spec::parse("sim/#2"),
-                seen: AtomicU64::new(0),
-                sync_after: None,
-                sync_failed: AtomicBool::new(false),
-                error: None,
-                updates: AtomicU64::new(0),
-            },
-        );
+        let fp = failpoint(Spec::parse("sim/#2"), None, None);
         fp.set("sim/1@v1.77", b"proposal").await.unwrap();
         fp.set("other/1", b"x").await.unwrap();
         fp.set("sim/1", b"first").await.unwrap();
@@ -287,17 +296,7 @@ mod tests {
     /// (published values, counters, other prefixes) pass.
     #[tokio::test]
     async fn the_nth_cell_update_fails_at_its_proposal_once() {
-        let fp = Wrapped::new(
-            Arc::new(MemoryStore::default()),
-            Failpoint {
-                spec: None,
-                seen: AtomicU64::new(0),
-                sync_after: None,
-                sync_failed: AtomicBool::new(false),
-                error: Spec::parse("balance/#2"),
-                updates: AtomicU64::new(0),
-            },
-        );
+        let fp = failpoint(None, None, Spec::parse("balance/#2"));
         fp.set("balance/1@v1.5", b"first").await.unwrap();
         fp.set("balance/1", b"published").await.unwrap();
         fp.set("other/1@v1.5", b"x").await.unwrap();
@@ -313,17 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_the_sync_failpoints_write_every_barrier_fails() {
-        let fp = Wrapped::new(
-            Arc::new(MemoryStore::default()),
-            Failpoint {
-                spec: None,
-                seen: AtomicU64::new(0),
-                sync_after: Some("balance/".into()),
-                sync_failed: AtomicBool::new(false),
-                error: None,
-                updates: AtomicU64::new(0),
-            },
-        );
+        let fp = failpoint(None, Some("balance/".into()), None);
         fp.set("balance/1@v1.5", b"proposal").await.unwrap();
         fp.set("other/1", b"x").await.unwrap();
         fp.barrier().await.unwrap();

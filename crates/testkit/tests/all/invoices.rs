@@ -444,17 +444,12 @@ async fn events_whose_append_fails_are_parked_and_drained_once() {
     );
 }
 
-/// A drain that appended part of a parked batch and then stopped (its lease lapsed) is taken over by the next
-/// one, which appends only what the first did not: found by the events' outbox tags, scanning the shard from the
-/// head count the first claim recorded.
-#[tokio::test]
-async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
-    use esim402_core::ledger::outbox::Outbox;
-    use esim402_core::ledger::{EntryFields, EntryKind, shard_of};
-    let mut kit = kit().await;
-    let shard = shard_of("inv_half");
-    let fields = || EntryFields::default().invoice("inv_half");
-    let mut outbox = Outbox::default();
+/// An outbox with batch `b1` of `invoice` parked (`refund_owed`, `refund_paid`, at 1 000), and its first event
+/// as a drain appends it: with its outbox tag.
+fn parked_pair(invoice: &str) -> (esim402_core::ledger::outbox::Outbox, types::LedgerEvent) {
+    use esim402_core::ledger::{EntryFields, EntryKind};
+    let fields = || EntryFields::default().invoice(invoice);
+    let mut outbox = esim402_core::ledger::outbox::Outbox::default();
     outbox
         .park(
             "b1",
@@ -466,18 +461,29 @@ async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
             Default::default(),
         )
         .unwrap();
+    let (kind, first) = outbox.batches[0].events[0].clone();
+    let appended = types::LedgerEvent {
+        details: first.details.clone().into_iter().collect(),
+        ..ledger_event(kind.as_str(), invoice)
+    };
+    (outbox, appended)
+}
+
+/// A drain that appended part of a parked batch and then stopped (its lease lapsed) is taken over by the next
+/// one, which appends only what the first did not: found by the events' outbox tags, scanning the shard from the
+/// head count the first claim recorded.
+#[tokio::test]
+async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
+    let mut kit = kit().await;
+    let shard = esim402_core::ledger::shard_of("inv_half");
+    let (mut outbox, appended) = parked_pair("inv_half");
     // Claimed long ago (its lease is over) with the shard empty.
     outbox.claim("gone", 1_000, &[(shard, 0)].into());
     kit.kv()
         .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
         .await
         .unwrap();
-    // What the lapsed drain appended before it stopped: the first event, with its tag.
-    let (kind, first) = outbox.batches[0].events[0].clone();
-    let appended = types::LedgerEvent {
-        details: first.details.clone().into_iter().collect(),
-        ..ledger_event(kind.as_str(), "inv_half")
-    };
+    // What the lapsed drain appended before it stopped.
     log(&mut kit, 1_000, vec![appended]).await.unwrap();
 
     let check = ledger_check(&mut kit).await;
@@ -536,32 +542,13 @@ async fn drain_race(
     Kit,
     std::sync::Arc<esim402_host::kv::wrapped::Wrapped<Interleave>>,
 ) {
-    use esim402_core::ledger::outbox::Outbox;
-    use esim402_core::ledger::{EntryFields, EntryKind};
     let inner: esim402_host::kv::SharedBackend =
         std::sync::Arc::new(esim402_host::kv::MemoryStore::default());
-    let fields = || EntryFields::default().invoice("inv_race");
-    let mut outbox = Outbox::default();
-    outbox
-        .park(
-            "b1",
-            1_000,
-            vec![
-                (EntryKind::RefundOwed, fields()),
-                (EntryKind::RefundPaid, fields()),
-            ],
-            Default::default(),
-        )
-        .unwrap();
+    let (outbox, appended) = parked_pair("inv_race");
     inner
         .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
         .await
         .unwrap();
-    let (kind, first) = outbox.batches[0].events[0].clone();
-    let appended = types::LedgerEvent {
-        details: first.details.clone().into_iter().collect(),
-        ..ledger_event(kind.as_str(), "inv_race")
-    };
     let mut other = builder().store(inner.clone()).build().await.unwrap();
     let (store_below, hole) = (
         inner.clone(),
