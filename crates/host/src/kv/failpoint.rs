@@ -94,20 +94,23 @@ fn is_cell_bookkeeping(key: &str) -> bool {
     }
 }
 
-/// `backend` behind the failpoints `ESIM402_FAILPOINT` and `ESIM402_FAILPOINT_SYNC` name, or unchanged when
-/// both are unset. A set but malformed value fails start-up (a crash test must not silently run without its
-/// crash).
-pub fn wrap(backend: SharedBackend) -> anyhow::Result<SharedBackend> {
-    let spec = match std::env::var_os(ENV) {
-        None => None,
-        Some(value) => {
-            let value = value.to_string_lossy();
-            let spec = Spec::parse(&value)
-                .ok_or_else(|| anyhow::anyhow!("{ENV}={value:?}: expected <key prefix>[#<n>]"))?;
-            tracing::warn!(failpoint = %spec.label(), "test-only key-value failpoint armed");
-            Some(spec)
-        }
+/// The [`Spec`] the variable `name` sets, if set (`what` names it in the warning that it is armed).
+fn armed(name: &str, what: &str) -> anyhow::Result<Option<Spec>> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
     };
+    let value = value.to_string_lossy();
+    let spec = Spec::parse(&value)
+        .ok_or_else(|| anyhow::anyhow!("{name}={value:?}: expected <key prefix>[#<n>]"))?;
+    tracing::warn!(failpoint = %spec.label(), "test-only {what} armed");
+    Ok(Some(spec))
+}
+
+/// `backend` behind the failpoints `ESIM402_FAILPOINT`, `ESIM402_FAILPOINT_SYNC` and `ESIM402_FAILPOINT_ERROR`
+/// name, or unchanged when all are unset. A set but malformed value fails start-up (a crash test must not
+/// silently run without its crash).
+pub fn wrap(backend: SharedBackend) -> anyhow::Result<SharedBackend> {
+    let spec = armed(ENV, "key-value failpoint")?;
     let sync_after = match std::env::var_os(SYNC_ENV) {
         None => None,
         Some(value) if value.is_empty() => {
@@ -119,30 +122,13 @@ pub fn wrap(backend: SharedBackend) -> anyhow::Result<SharedBackend> {
             Some(prefix)
         }
     };
-    let error = match std::env::var_os(ERROR_ENV) {
-        None => None,
-        Some(value) => {
-            let value = value.to_string_lossy();
-            let spec = Spec::parse(&value).ok_or_else(|| {
-                anyhow::anyhow!("{ERROR_ENV}={value:?}: expected <key prefix>[#<n>]")
-            })?;
-            tracing::warn!(failpoint = %spec.label(), "test-only failing cell update armed");
-            Some(spec)
-        }
-    };
+    let error = armed(ERROR_ENV, "failing cell update")?;
     if spec.is_none() && sync_after.is_none() && error.is_none() {
         return Ok(backend);
     }
     Ok(Arc::new(Wrapped::new(
         backend,
-        Failpoint {
-            spec,
-            seen: AtomicU64::new(0),
-            sync_after,
-            sync_failed: AtomicBool::new(false),
-            error,
-            updates: AtomicU64::new(0),
-        },
+        Failpoint::new(spec, sync_after, error),
     )))
 }
 
@@ -155,6 +141,19 @@ struct Failpoint {
     sync_failed: AtomicBool,
     error: Option<Spec>,
     updates: AtomicU64,
+}
+
+impl Failpoint {
+    fn new(spec: Option<Spec>, sync_after: Option<String>, error: Option<Spec>) -> Self {
+        Self {
+            spec,
+            seen: AtomicU64::new(0),
+            sync_after,
+            sync_failed: AtomicBool::new(false),
+            error,
+            updates: AtomicU64::new(0),
+        }
+    }
 }
 
 #[async_trait]
@@ -232,14 +231,7 @@ mod tests {
     ) -> Wrapped<Failpoint> {
         Wrapped::new(
             Arc::new(MemoryStore::default()),
-            Failpoint {
-                spec,
-                seen: AtomicU64::new(0),
-                sync_after,
-                sync_failed: AtomicBool::new(false),
-                error,
-                updates: AtomicU64::new(0),
-            },
+            Failpoint::new(spec, sync_after, error),
         )
     }
 
