@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use esim402_core::ledger::outbox::{Outbox, OutboxFull};
+use esim402_core::ledger::outbox::{Claimed, Outbox, OutboxFull};
 use esim402_core::ledger::{
     ChainHead, EntryFields, EntryKind, LedgerEntry, SHARDS, from_json_line, shard_for, to_json_line,
 };
@@ -349,28 +349,11 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
         Ok::<_, ()>((outbox, claimed))
     })
     .await?;
-    // Where each claimed batch looks for what another drain appended, per shard: from a lapsed drain's claim or
-    // where a failed append may have landed (`scan_from`), else from the head count read before its first claim.
+    // Where each claimed batch looks for what another drain appended, per shard (kernel `Claimed::look_from`).
     // Each shard is read once, from the lowest of them, and caught up before each batch (only what was appended
     // since, its own appends included): a drain reads each entry once, however many batches it appends, and
     // each batch sees the shard as fresh as just before its append.
-    let looks: Vec<BTreeMap<u16, u64>> = claimed
-        .iter()
-        .map(|c| {
-            let mut look: BTreeMap<u16, u64> = c
-                .batch
-                .claim
-                .iter()
-                .flat_map(|claim| claim.since.clone())
-                .collect();
-            for (shard, from) in c.scan_from.iter().flatten() {
-                look.entry(*shard)
-                    .and_modify(|n| *n = (*n).min(*from))
-                    .or_insert(*from);
-            }
-            look
-        })
-        .collect();
+    let looks: Vec<BTreeMap<u16, u64>> = claimed.iter().map(Claimed::look_from).collect();
     let mut scanned: BTreeMap<u16, (u64, Vec<LedgerEntry>)> = BTreeMap::new();
     for (shard, from) in looks.iter().flatten() {
         let low = scanned.entry(*shard).or_insert((*from, Vec::new()));

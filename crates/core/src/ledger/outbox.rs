@@ -303,6 +303,26 @@ impl Outbox {
     }
 }
 
+impl Claimed {
+    /// Per shard of the batch, the seq from which a drain looks for what another drain appended (by tags,
+    /// [`drop_appended`]): the lowest of the head count read before the batch's first claim and
+    /// [`Claimed::scan_from`].
+    pub fn look_from(&self) -> BTreeMap<u16, u64> {
+        let mut look: BTreeMap<u16, u64> = self
+            .batch
+            .claim
+            .iter()
+            .flat_map(|claim| claim.since.clone())
+            .collect();
+        for (shard, from) in self.scan_from.iter().flatten() {
+            look.entry(*shard)
+                .and_modify(|n| *n = (*n).min(*from))
+                .or_insert(*from);
+        }
+        look
+    }
+}
+
 impl Parked {
     /// The shards its events go to.
     pub fn shards(&self) -> BTreeSet<u16> {
@@ -880,6 +900,35 @@ mod tests {
         let entry = LedgerEntry::new(&head, 7, first[0].0, first[0].1.clone());
         assert_eq!(drop_appended(&mut second, &[entry]), 1);
         assert!(second.is_empty());
+    }
+
+    /// A first claim looks from the heads read before it; a takeover from its first claim's, lowered where the
+    /// failed append may have landed.
+    #[test]
+    fn a_drain_looks_from_the_first_claim_or_lower() {
+        let shard = shard_of("inv_a");
+        let mut o = Outbox::default();
+        o.park("b1", 7, vec![event("inv_a")], [(shard, 2)].into())
+            .unwrap();
+        let first = o.claim("d1", 100, &heads(&o, 100, 5));
+        assert_eq!(
+            first[0].look_from(),
+            [(shard, 2)].into(),
+            "where it may have landed"
+        );
+        o.release("d1", &[]);
+        let again = o.claim("d2", 101, &heads(&o, 101, 9));
+        assert_eq!(
+            again[0].look_from(),
+            [(shard, 2)].into(),
+            "the first claim's, kept"
+        );
+        let mut plain = Outbox::default();
+        plain
+            .park("b2", 7, vec![event("inv_a")], BTreeMap::new())
+            .unwrap();
+        let claimed = plain.claim("d1", 100, &heads(&plain, 100, 5));
+        assert_eq!(claimed[0].look_from(), [(shard, 5)].into());
     }
 
     #[test]
