@@ -96,13 +96,13 @@ async fn stall_and_kill(s: &mut PayStack, header: &str, failpoint: &str) {
     kill_during(s, req, failpoint).await;
 }
 
-/// Restart the host on the same store without the failpoint, its clock `secs` ahead (a restart that long
+/// Restart the host on the same store without the failpoints (stall and error), its clock `secs` ahead (a restart that long
 /// after the crash, without waiting for it), with `extra` variables set.
 async fn restart_later(s: &mut PayStack, secs: u64, extra: &[(&str, &str)]) {
     let skew = secs.to_string();
     let mut set = vec![("ESIM402_CLOCK_SKEW_SECS", skew.as_str())];
     set.extend_from_slice(extra);
-    let env = s.env_with(&set, &["ESIM402_FAILPOINT"]);
+    let env = s.env_with(&set, &["ESIM402_FAILPOINT", "ESIM402_FAILPOINT_ERROR"]);
     s.restart(&env).await;
 }
 
@@ -710,4 +710,47 @@ async fn killed_after_a_switch_moved_the_balance_the_same_payment_logs_the_move_
     assert_eq!(moves[0]["invoice_id"], new_sim["invoice_id"], "{moves:?}");
     let (_, verify) = s.get("/v1/ledger/verify").await;
     assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// Killed with a failed-over order's second profile allocated (T-Mobile refused, Verizon's step journaled, its
+/// SIM not yet stored): the resumed order still names the failover, and the data is valued at the quoted
+/// carrier's rate, so terminating the SIM unused owes back the data part, not the fee. The step's journal write
+/// carries the failovers; before, a separate write did, and a resumed order whose separate write had failed
+/// reported none and refunded at Verizon's rate, capped at the whole invoice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_after_a_failover_the_resumed_order_keeps_the_quoted_rate() {
+    let failpoint = "order/#2";
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", failpoint)],
+    )
+    .await;
+    s.set_faults("tmobile", serde_json::json!({"http_503": true}))
+        .await;
+    let (_, req) = s.invoice(&activation()).await;
+    // 100 MB at T-Mobile's $0.003 per MB and the $0.12 activation fee.
+    assert_eq!(req.amount, "420000");
+    let header = Payment::for_requirement(&req).header();
+    stall_and_kill(&mut s, &header, failpoint).await;
+
+    restart_later(&mut s, LEASE_SECS + 1, &[]).await;
+    let (status, _, act) = send_payment(&s, &header).await;
+    assert_eq!(status, 200, "{act}");
+    assert_eq!(act["carrier"], "verizon", "{act}");
+    let failovers = act["failovers"].as_array().unwrap();
+    assert_eq!(failovers.len(), 1, "{act}");
+    assert!(failovers[0].as_str().unwrap().contains("tmobile"), "{act}");
+    let iccid = act["iccid"].as_str().unwrap();
+    let (status, _, term) = s
+        .post(
+            &format!("/v1/esim/{iccid}/terminate"),
+            &serde_json::json!({}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{term}");
+    let refunds = term["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 1, "{term}");
+    assert_eq!(refunds[0]["amount"], "300000", "{term}");
+    verified_ledger(&s).await;
 }

@@ -124,8 +124,15 @@ async fn try_carrier(
         iccid: sim.iccid.clone(),
         confirm_fci: fci().map_err(Skip::Reject)?,
     };
-    // Journal first, then the pending SIM: a crash after this point is resumable and visible.
-    if let Err(e) = journal(driver, |o| o.step = Some(step.clone())).await {
+    // Journal first, then the pending SIM: a crash after this point is resumable and visible. The step carries
+    // the failovers before it, in the same write: a resumed order values the data at the quoted carrier's rate
+    // even if the journal missed them (their own write's failure is ignored).
+    if let Err(e) = journal(driver, |o| {
+        o.step = Some(step.clone());
+        o.failovers = failovers.to_vec();
+    })
+    .await
+    {
         cancel_profile(cfg, carrier, &step, false).await;
         return Err(Skip::Reject(e));
     }
@@ -259,17 +266,12 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         }
     }
 
-    let mut journaled = driver.order.failovers.clone();
+    // Each carrier's step is journaled with the failovers before it (`try_carrier`).
     for id in plan.after(tried.as_deref()) {
         let carrier = cfg.carrier(&id)?;
         if deadline.next_call().is_none() {
             failovers.push(format!("{id}: retry budget exhausted"));
             break;
-        }
-        // The failovers so far, if the journal does not hold them yet (the first carrier: nothing to add).
-        if failovers != journaled {
-            let _ = journal(&driver, |o| o.failovers = failovers.clone()).await;
-            journaled = failovers.clone();
         }
         match try_carrier(&cfg, &driver, &spec, carrier, &failovers, deadline, now).await {
             Ok(sim) => return complete(&driver, sim, failovers).await,
