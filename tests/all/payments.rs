@@ -1412,3 +1412,53 @@ async fn a_tx_hash_proof_waits_for_its_confirmations() {
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["transaction"], tx.as_str());
 }
+
+/// A tx-hash proof's deadline is judged by the transfer's block: a transfer mined while the invoice was open pays
+/// it even when its proof comes after the deadline (it waited for its confirmations; before, the answer was 410
+/// and the money stayed at `payTo` with nothing delivered and no refund); one mined after the deadline is refused
+/// as expired. A proof that comes too early is told so, as not final, with when to send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
+    let s = PayStack::start(&[
+        ("SPIN_VARIABLE_PAYMENT_CONFIRMATIONS", "3"),
+        ("SPIN_VARIABLE_INVOICE_TTL_SECS", "3"),
+    ])
+    .await;
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    let proof = proof_headers(&tx, &id);
+    let (status, headers, early) = s.post("/v1/esim/activate", &body, &proof).await;
+    assert_eq!(status, 402, "{early}");
+    assert_eq!(early["error"]["reason"], "settlement_pending", "{early}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    // The deadline passes while the transfer is buried.
+    let expires_at = invoice["expires_at"].as_u64().unwrap();
+    while now() <= expires_at {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    s.rpc("anvil_mine", json!([2])).await;
+    let (status, _, paid) = s.post("/v1/esim/activate", &body, &proof).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["transaction"], tx.as_str());
+
+    // Mined a minute after its invoice's deadline: refused as expired, and nothing is delivered.
+    let (late, req) = s.invoice(&body).await;
+    let late_id = late["invoice_id"].as_str().unwrap().to_owned();
+    let after = late["expires_at"].as_u64().unwrap() + 60;
+    s.rpc("anvil_setNextBlockTimestamp", json!([after])).await;
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    s.rpc("anvil_mine", json!([2])).await;
+    let (status, _, refused) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&tx, &late_id))
+        .await;
+    assert_eq!(status, 410, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired before transaction"),
+        "{refused}"
+    );
+}

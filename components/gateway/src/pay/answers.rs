@@ -166,11 +166,18 @@ impl Answers<'_> {
         stored(402, vec![settle], body.to_string())
     }
 
-    /// 402 for a refused payment: the invoice's challenge again, with the reason as its `error`.
+    /// 402 for a refused payment: the invoice's challenge again, with the reason as its `error`. A
+    /// `settlement_pending` one (a tx-hash proof's transfer not mined or not buried yet) is not final: it says
+    /// so, and when to send the same proof again.
     pub fn challenge(&self, reason: &str) -> StoredResponse {
+        let pending = reason == InvalidReason::SettlementPending.as_str();
+        let message = if pending {
+            "the transfer is not mined or not confirmed enough yet; send the same proof again shortly".to_owned()
+        } else {
+            format!("payment refused: {reason}")
+        };
         let mut body = json!({
-            "error": {"code": "payment_required", "reason": reason,
-                      "message": format!("payment refused: {reason}")},
+            "error": {"code": "payment_required", "reason": reason, "message": message},
             "invoice_id": self.invoice.id,
         });
         if let (Kind::V1, Some(inv)) = (self.proof.kind, convert::invoice(self.invoice)) {
@@ -181,7 +188,11 @@ impl Answers<'_> {
                 b.extend(v);
             }
         }
-        stored(402, self.challenge_headers(reason), body.to_string())
+        let mut headers = self.challenge_headers(reason);
+        if pending {
+            headers.push(retry_after());
+        }
+        stored(402, headers, body.to_string())
     }
 
     fn challenge_headers(&self, reason: &str) -> Vec<(String, String)> {

@@ -57,6 +57,17 @@ pub fn check_open(invoice: &Invoice, now: u64) -> Result<(), wit::Error> {
     }
 }
 
+/// Only an invoice not yet paid (or owed back) takes a payment already made; its deadline is judged by when
+/// the money moved (a tx-hash proof's block, kernel `evm::receipt::mined`), not here.
+pub fn check_not_ended(invoice: &Invoice) -> Result<(), wit::Error> {
+    match invoice.status {
+        InvoiceStatus::Paid | InvoiceStatus::Refunded => Err(wit::Error::Conflict(
+            format!("invoice {} is {:?}", invoice.invoice_id, invoice.status).to_lowercase(),
+        )),
+        InvoiceStatus::Open | InvoiceStatus::Pending | InvoiceStatus::Expired => Ok(()),
+    }
+}
+
 /// `already settled` (409).
 pub fn already_settled() -> wit::Error {
     wit::Error::Conflict("already settled".into())

@@ -2,14 +2,15 @@
 //! (kernel `evm::proof_signature`: the invoice's `payer` signs the invoice id and the hash, so nobody who merely
 //! saw the transfer can present it first). The kernel's `check_tx_hash_proof` decides from the receipt's token
 //! `Transfer` logs, bound to that `payer`, `payTo`, price and the network's confirmations; the transaction
-//! must also be mined after the invoice was issued. A transaction pays at most one thing: `txhash/<hash>` is claimed with insert-if-absent (our own
+//! must also be mined while the invoice was open: after it was issued and by its deadline, judged by the block,
+//! so a transfer made in time pays even if its proof arrives after the deadline. A transaction pays at most one thing: `txhash/<hash>` is claimed with insert-if-absent (our own
 //! settlement transactions are claimed there too). Nothing is broadcast, so nothing is ever released.
 
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::chain::parse_address;
 use esim402_core::evm::proof_signature::{self, ProofSignatureError};
 use esim402_core::evm::quantity::parse_b256;
-use esim402_core::evm::receipt::mined_after_invoice;
+use esim402_core::evm::receipt::{self, Mined};
 use esim402_core::evm::rpc::{BlockTag, EthGetBlockByNumber};
 use esim402_core::evm::{ProofError, ProofRequirements, check_tx_hash_proof};
 use esim402_core::invoice::{Invoice, Purchase};
@@ -20,7 +21,7 @@ use esim402_core::x402::exact::parse_decimal_u256;
 use esim402_guest::convert::{internal, invalid};
 use esim402_guest::{util, wit};
 
-use super::{Scheme, already_settled, check_open, invoice};
+use super::{Scheme, already_settled, check_not_ended, invoice};
 use crate::chain::{Chain, unavailable};
 use crate::rejected;
 use crate::rpc::CALL_TIMEOUT;
@@ -34,6 +35,8 @@ enum Proof {
     Paid,
     /// Not mined yet, or not buried deeply enough: ask again later.
     NotYet,
+    /// Mined after the invoice's deadline, or not mined by it.
+    Late,
     /// It does not pay the invoice.
     Refused(InvalidReason),
 }
@@ -147,7 +150,10 @@ impl Context {
             .await;
         let receipt = match receipt {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(Proof::NotYet),
+            Ok(None) if receipt::can_still_be_mined_in_time(self.now, self.invoice.expires_at) => {
+                return Ok(Proof::NotYet);
+            }
+            Ok(None) => return Ok(Proof::Late),
             Err(e) => return Err(unavailable(&e)),
         };
         let head = match head {
@@ -166,7 +172,8 @@ impl Context {
             Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
             Err(e) => return Ok(Proof::Refused(reason(&e))),
         }
-        // A transfer made before the invoice existed pays for something else.
+        // A transfer made before the invoice existed pays for something else; one made after its deadline,
+        // nothing.
         let block = self
             .chain
             .rpc
@@ -175,11 +182,20 @@ impl Context {
             })
             .await
             .map_err(|e| unavailable(&e))?;
-        match block {
-            Some(b) if mined_after_invoice(b.timestamp, self.invoice.created_at) => Ok(Proof::Paid),
-            Some(_) => Ok(Proof::Refused(InvalidReason::InvalidTransactionState)),
-            None => Ok(Proof::NotYet),
-        }
+        let Some(b) = block else {
+            return Ok(Proof::NotYet);
+        };
+        Ok(
+            match receipt::mined(
+                b.timestamp,
+                self.invoice.created_at,
+                self.invoice.expires_at,
+            ) {
+                Mined::InTime => Proof::Paid,
+                Mined::BeforeInvoice => Proof::Refused(InvalidReason::InvalidTransactionState),
+                Mined::Late => Proof::Late,
+            },
+        )
     }
 }
 
@@ -190,6 +206,14 @@ enum Existing {
 }
 
 impl Context {
+    /// 410: the transfer was not mined while the invoice was open.
+    fn late(&self) -> wit::Error {
+        wit::Error::Expired(format!(
+            "invoice {} expired before transaction {:#x} was mined",
+            self.id, self.hash
+        ))
+    }
+
     fn verified(&self) -> wit::Verified {
         wit::Verified {
             payer: self.payer.to_checksum(None),
@@ -216,10 +240,12 @@ impl Scheme for TxHash {
             Existing::Own(_) | Existing::None => {}
             Existing::Elsewhere => return Err(already_settled()),
         }
-        check_open(&c.invoice, c.now)?;
+        check_not_ended(&c.invoice)?;
         match c.prove().await? {
             Proof::Paid => Ok(c.verified()),
-            Proof::NotYet => Err(rejected(InvalidReason::InvalidTransactionState)),
+            // Not final: the same proof sent again once the transfer is mined and buried pays.
+            Proof::NotYet => Err(rejected(InvalidReason::SettlementPending)),
+            Proof::Late => Err(c.late()),
             Proof::Refused(reason) => Err(rejected(reason)),
         }
     }
@@ -240,11 +266,12 @@ impl Scheme for TxHash {
             Existing::Own(_) | Existing::None => {}
             Existing::Elsewhere => return Err(already_settled()),
         }
-        check_open(&c.invoice, c.now)?;
+        check_not_ended(&c.invoice)?;
         match c.prove().await? {
             Proof::Paid => {}
             // Money already moved (or is moving); nothing is claimed until it is final.
             Proof::NotYet => return Ok(wit::Settlement::Pending(tx)),
+            Proof::Late => return Err(c.late()),
             Proof::Refused(reason) => return Err(rejected(reason)),
         }
         let key = keys::txhash(c.hash);

@@ -221,6 +221,38 @@ pub fn mined_after_invoice(block_timestamp: u64, invoice_created_at: u64) -> boo
     block_timestamp.saturating_add(BLOCK_CLOCK_SKEW_SECS) >= invoice_created_at
 }
 
+/// When a transfer was mined, against its invoice's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mined {
+    /// Before the invoice existed: it paid for something else.
+    BeforeInvoice,
+    /// While the invoice was open: it pays it, whenever its proof arrives.
+    InTime,
+    /// After the invoice's deadline.
+    Late,
+}
+
+/// When a transfer in a block dated `block_timestamp` was mined for an invoice open from `created_at` until
+/// `expires_at` (unix seconds), allowing [`BLOCK_CLOCK_SKEW_SECS`] at both ends. The deadline is judged by the
+/// block, not by when the proof arrives: a payer whose transfer made it in time has paid, even if its proof
+/// comes later (the transfer waited for its confirmations, or the client retried late), and the money already
+/// moved, so refusing it would keep it for nothing.
+pub fn mined(block_timestamp: u64, created_at: u64, expires_at: u64) -> Mined {
+    if !mined_after_invoice(block_timestamp, created_at) {
+        Mined::BeforeInvoice
+    } else if block_timestamp > expires_at.saturating_add(BLOCK_CLOCK_SKEW_SECS) {
+        Mined::Late
+    } else {
+        Mined::InTime
+    }
+}
+
+/// Whether a transfer not mined by `now` can still pay an invoice expiring at `expires_at`: once past the
+/// deadline (and the skew), any block it lands in is dated after it.
+pub fn can_still_be_mined_in_time(now: u64, expires_at: u64) -> bool {
+    now <= expires_at.saturating_add(BLOCK_CLOCK_SKEW_SECS)
+}
+
 /// What a tx-hash payment proof must show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProofRequirements {
@@ -375,6 +407,39 @@ mod tests {
             1_000
         ));
         assert!(mined_after_invoice(0, 0));
+    }
+
+    #[test]
+    fn a_transfer_pays_an_invoice_if_mined_while_it_was_open() {
+        let (created, expires) = (1_000, 1_900);
+        assert_eq!(mined(1_000, created, expires), Mined::InTime);
+        assert_eq!(mined(1_900, created, expires), Mined::InTime);
+        // A block dated within the skew of either end still counts.
+        assert_eq!(
+            mined(1_000 - BLOCK_CLOCK_SKEW_SECS, created, expires),
+            Mined::InTime
+        );
+        assert_eq!(
+            mined(1_900 + BLOCK_CLOCK_SKEW_SECS, created, expires),
+            Mined::InTime
+        );
+        assert_eq!(
+            mined(1_000 - BLOCK_CLOCK_SKEW_SECS - 1, created, expires),
+            Mined::BeforeInvoice
+        );
+        assert_eq!(
+            mined(1_900 + BLOCK_CLOCK_SKEW_SECS + 1, created, expires),
+            Mined::Late
+        );
+        assert!(can_still_be_mined_in_time(
+            1_900 + BLOCK_CLOCK_SKEW_SECS,
+            expires
+        ));
+        assert!(!can_still_be_mined_in_time(
+            1_900 + BLOCK_CLOCK_SKEW_SECS + 1,
+            expires
+        ));
+        assert!(can_still_be_mined_in_time(u64::MAX, u64::MAX));
     }
 
     use super::*;
