@@ -220,6 +220,21 @@ pub fn status(record: Option<&PaymentRecord>, expires_at: u64, now: u64) -> Invo
     }
 }
 
+/// The status of an invoice to the request that just claimed its payment record, from the status it `read`
+/// before the claim. A fresh claim (not a resume, [`resumes`]) took an invoice no payment held: a `Pending` read
+/// then (another attempt held it, and released it since) is `Open` to it, so the invoice's deadline applies to
+/// it; without this, a payment of an expired invoice that read it while a refused attempt held it was taken.
+/// A resume continues a payment that held the invoice: `Pending`, whatever it read. Paid or owed back stays.
+pub fn held_status(read: InvoiceStatus, resumed: bool) -> InvoiceStatus {
+    match read {
+        InvoiceStatus::Paid | InvoiceStatus::Refunded => read,
+        _ if resumed => InvoiceStatus::Pending,
+        InvoiceStatus::Pending | InvoiceStatus::Open | InvoiceStatus::Expired => {
+            InvoiceStatus::Open
+        }
+    }
+}
+
 /// What a request holding payment `fingerprint` may do, given the invoice's record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -320,6 +335,23 @@ pub struct PaymentIdBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_claim_sees_the_invoice_open_and_a_resume_pending() {
+        use InvoiceStatus::*;
+        // Read while another attempt held it, claimed after that attempt let go: open, its deadline applies.
+        assert_eq!(held_status(Pending, false), Open);
+        assert_eq!(held_status(Expired, false), Open);
+        assert_eq!(held_status(Open, false), Open);
+        // Read before the record appeared, claimed as a resume: the payment that held it continues.
+        assert_eq!(held_status(Open, true), Pending);
+        assert_eq!(held_status(Expired, true), Pending);
+        assert_eq!(held_status(Pending, true), Pending);
+        for resumed in [false, true] {
+            assert_eq!(held_status(Paid, resumed), Paid);
+            assert_eq!(held_status(Refunded, resumed), Refunded);
+        }
+    }
 
     fn rec(state: PaymentState, fp: &str, lease_until: u64, status: Option<u16>) -> PaymentRecord {
         PaymentRecord {

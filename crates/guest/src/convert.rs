@@ -171,6 +171,14 @@ fn status_from_wit(s: wit::InvoiceStatus) -> InvoiceStatus {
     }
 }
 
+/// `invoice` as the request that just claimed its payment record sees it (kernel `paid::held_status`).
+pub fn held_by_driver(invoice: &mut wit::Invoice, resumed: bool) {
+    invoice.status = status_to_wit(esim402_core::paid::held_status(
+        status_from_wit(invoice.status),
+        resumed,
+    ));
+}
+
 /// The WIT view of an invoice (its status as the caller decided it).
 pub fn invoice_to_wit(inv: &Invoice) -> wit::Invoice {
     wit::Invoice {

@@ -216,6 +216,9 @@ pub async fn pay(
         wit::Begin::Replay(stored) => return Ok(convert::response(&stored)),
         wit::Begin::Conflict(msg) => return Err(ApiError::new(ErrorKind::Conflict, msg)),
     };
+    // The invoice was read before the claim; what the claim found decides its status from here on.
+    let mut invoice = invoice;
+    convert::held_by_driver(&mut invoice, driver.resumed);
     let attempt = Attempt::new(
         Answers {
             invoice: &invoice,
