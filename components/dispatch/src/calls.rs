@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use esim402_core::esim::es2::{
-    self, CancelOrderRequest, FinalProfileStatus, FunctionCallId, HeaderOnlyResponse, RequestHeader,
+    self, CancelOrderRequest, CancelOutcome, FinalProfileStatus, FunctionCallId,
+    HeaderOnlyResponse, RequestHeader,
 };
 use esim402_core::esim::{Carrier, Iccid};
 use esim402_core::order::Cleanup;
@@ -127,7 +128,7 @@ pub async fn cancel_as(
         .await;
         return;
     };
-    let done = async {
+    let next_call = async {
         let body = CancelOrderRequest {
             header: header(carrier, &call),
             iccid: iccid.clone(),
@@ -139,18 +140,37 @@ pub async fn cancel_as(
                 FinalProfileStatus::Available
             },
         };
-        // A functional refusal (e.g. already downloaded) means there is nothing left to return to the pool.
-        call_twice::<_, HeaderOnlyResponse>(cfg, carrier, es2::CANCEL_ORDER_PATH, &body, deadline)
-            .await
-            .ok()
+        let answer =
+            call_twice::<_, HeaderOnlyResponse>(cfg, carrier, es2::CANCEL_ORDER_PATH, &body, deadline)
+                .await;
+        match answer.map(|r| r.header.cancel_outcome()) {
+            Ok(CancelOutcome::Done) => None,
+            // Not executed: the next try is a new call (this call id would replay the failure).
+            Ok(CancelOutcome::Retry(code)) => {
+                eprintln!(
+                    "dispatch: {} could not cancel profile {iccid} now ({code}); queued",
+                    carrier.id
+                );
+                Some(None)
+            }
+            Ok(CancelOutcome::Refused(code)) => {
+                eprintln!(
+                    "dispatch: {} refused to cancel profile {iccid} ({code}); an operator must return it",
+                    carrier.id
+                );
+                None
+            }
+            // The answer was lost: the same call again, which the SM-DP+ replays if it executed it.
+            Err(_) => Some(Some(call)),
+        }
     }
     .await;
-    if done.is_none() {
+    if let Some(fci) = next_call {
         crate::queue::enqueue(Cleanup::Cancel {
             carrier: carrier.id.to_string(),
             iccid: iccid.as_str().to_owned(),
             retire,
-            fci: Some(call),
+            fci,
         })
         .await;
     }

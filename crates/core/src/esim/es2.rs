@@ -143,14 +143,56 @@ impl ResponseHeader {
         }
     }
 
-    /// The failure code, if the call failed with one.
+    /// The failure code, if the call failed. `statusCodeData` is optional on the wire: a `Failed` without one
+    /// is an execution error at the SM-DP+ ([`StatusCode::EXECUTION_ERROR`]), an `Expired` one a function that
+    /// timed out there ([`StatusCode::FUNCTION_EXPIRED`]); either way the function did not execute (before,
+    /// both read as a success).
     pub fn failure(&self) -> Option<StatusCode> {
         let s = &self.function_execution_status;
         if s.status.is_success() {
             return None;
         }
-        s.status_code_data.as_ref().map(StatusCodeData::code)
+        Some(match (&s.status_code_data, s.status) {
+            (Some(data), _) => data.code(),
+            (None, ExecutionStatus::Expired) => StatusCode::FUNCTION_EXPIRED,
+            (None, _) => StatusCode::EXECUTION_ERROR,
+        })
     }
+
+    /// What a CancelOrder's answer means for the profile it named.
+    pub fn cancel_outcome(&self) -> CancelOutcome {
+        let Some(code) = self.failure() else {
+            return CancelOutcome::Done;
+        };
+        if code.subject == StatusCode::EXECUTION_ERROR.subject {
+            // The function provider could not execute it now (an execution error, a timeout): try again.
+            CancelOutcome::Retry(code)
+        } else if [
+            StatusCode::UNKNOWN_ICCID,
+            StatusCode::ICCID_IN_USE,
+            StatusCode::INVALID_TRANSITION,
+        ]
+        .contains(&code)
+        {
+            // Nothing left to return: unknown, downloaded, or no longer in a state a cancel applies to.
+            CancelOutcome::Done
+        } else {
+            CancelOutcome::Refused(code)
+        }
+    }
+}
+
+/// What a CancelOrder's answer means ([`ResponseHeader::cancel_outcome`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Cancelled, or nothing is left to cancel.
+    Done,
+    /// Not executed, for a reason that may pass: send it again later, as a new call (a failed call's id
+    /// replays its failure).
+    Retry(StatusCode),
+    /// Refused for good (the request or the requester is wrong): sending it again cannot help; an operator must
+    /// look.
+    Refused(StatusCode),
 }
 
 /// DownloadOrder (§5.3.1): reserve a profile by `iccid` or by `profile_type`.
@@ -364,6 +406,8 @@ impl StatusCode {
     pub const REQUESTER_NOT_ALLOWED: Self = Self::new("1.1", "1.2");
     /// `1.2/4.2`: execution error at the function provider.
     pub const EXECUTION_ERROR: Self = Self::new("1.2", "4.2");
+    /// `1.2/4.10`: the function's time to live expired at the function provider (status `Expired`).
+    pub const FUNCTION_EXPIRED: Self = Self::new("1.2", "4.10");
 }
 
 impl fmt::Display for StatusCode {
@@ -546,6 +590,53 @@ mod tests {
         assert!(serde_json::from_str::<ExecutionStatus>("\"Success\"").is_err());
         assert!(ExecutionStatus::ExecutedWithWarning.is_success());
         assert!(!ExecutionStatus::Expired.is_success());
+    }
+
+    #[test]
+    fn a_failure_without_a_code_is_still_a_failure_and_a_cancel_says_whether_to_retry() {
+        let header = |status: &str, code: Option<(&str, &str)>| -> ResponseHeader {
+            let mut v = serde_json::json!({"functionExecutionStatus": {"status": status}});
+            if let Some((subject, reason)) = code {
+                v["functionExecutionStatus"]["statusCodeData"] =
+                    serde_json::json!({"subjectCode": subject, "reasonCode": reason});
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        assert_eq!(
+            header("Failed", None).failure(),
+            Some(StatusCode::EXECUTION_ERROR)
+        );
+        assert_eq!(
+            header("Expired", None).failure(),
+            Some(StatusCode::FUNCTION_EXPIRED)
+        );
+        assert_eq!(header("Executed-WithWarning", None).failure(), None);
+        assert_eq!(
+            header("Executed-Success", None).cancel_outcome(),
+            CancelOutcome::Done
+        );
+        for done in [("8.2.1", "3.9"), ("8.2.1", "3.3"), ("8.2.1", "3.5")] {
+            assert_eq!(
+                header("Failed", Some(done)).cancel_outcome(),
+                CancelOutcome::Done
+            );
+        }
+        assert_eq!(
+            header("Failed", Some(("1.2", "4.2"))).cancel_outcome(),
+            CancelOutcome::Retry(StatusCode::EXECUTION_ERROR)
+        );
+        assert_eq!(
+            header("Expired", None).cancel_outcome(),
+            CancelOutcome::Retry(StatusCode::FUNCTION_EXPIRED)
+        );
+        assert_eq!(
+            header("Failed", None).cancel_outcome(),
+            CancelOutcome::Retry(StatusCode::EXECUTION_ERROR)
+        );
+        assert_eq!(
+            header("Failed", Some(("1.1", "1.2"))).cancel_outcome(),
+            CancelOutcome::Refused(StatusCode::REQUESTER_NOT_ALLOWED)
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ enum Behaves {
     ConfirmFailsCancelLost,
     /// ConfirmOrder refuses the EID (`8.1.4/6.1`, outside the range the SM-DP+ accepts).
     ConfirmEidOutOfRange,
+    /// ConfirmOrder fails; CancelOrder answers `Failed` without a status code (not executed).
+    ConfirmFailsCancelErrs,
+    /// ConfirmOrder fails; CancelOrder answers `Expired` without a status code (not executed).
+    ConfirmFailsCancelExpires,
 }
 
 #[derive(Default)]
@@ -99,8 +103,18 @@ impl FakeSmdp {
                 let iccid = Iccid::with_check_digit(&format!("890126{n:012}")).unwrap();
                 json!({"header": ok_header(), "iccid": iccid.as_str()})
             }
-            (Behaves::ConfirmFails | Behaves::ConfirmFailsCancelLost, "confirmOrder") => {
-                failed("8.2.1", "3.5")
+            (
+                Behaves::ConfirmFails
+                | Behaves::ConfirmFailsCancelLost
+                | Behaves::ConfirmFailsCancelErrs
+                | Behaves::ConfirmFailsCancelExpires,
+                "confirmOrder",
+            ) => failed("8.2.1", "3.5"),
+            (Behaves::ConfirmFailsCancelErrs, "cancelOrder") => {
+                json!({"header": {"functionExecutionStatus": {"status": "Failed"}}})
+            }
+            (Behaves::ConfirmFailsCancelExpires, "cancelOrder") => {
+                json!({"header": {"functionExecutionStatus": {"status": "Expired"}}})
             }
             (Behaves::ConfirmEidOutOfRange, "confirmOrder") => failed("8.1.4", "6.1"),
             (Behaves::ConfirmTimeout, "confirmOrder") => {
@@ -463,6 +477,57 @@ async fn a_cancel_whose_answers_were_lost_is_sent_again_as_the_same_call() {
     let queued: Value =
         serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
     assert_eq!(queued, json!([]));
+}
+
+/// A CancelOrder the SM-DP+ did not execute (`Failed` or `Expired`, with no status code: optional on the wire)
+/// is queued and sent again by the next sweep as a new call (its own call id would replay the failure). Before,
+/// any answer that parsed counted as done: the profile stayed allocated at the carrier.
+#[tokio::test]
+async fn a_cancel_the_smdp_did_not_execute_is_queued_and_sent_again_as_a_new_call() {
+    for (n, behaves) in [
+        Behaves::ConfirmFailsCancelErrs,
+        Behaves::ConfirmFailsCancelExpires,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let smdp = Arc::new(FakeSmdp::default());
+        smdp.set("tmobile", behaves);
+        let mut kit = kit_with(smdp.clone(), &[]).await;
+        let sim = order(&mut kit, request("us-west", None), &format!("inv-40{n}"))
+            .await
+            .unwrap();
+        assert_eq!(sim.carrier, "verizon", "{behaves:?}");
+        let cancels = |kit: &Kit| -> Vec<Value> {
+            kit.requests()
+                .iter()
+                .filter(|r| r.uri.ends_with("/cancelOrder"))
+                .map(|r| r.json().unwrap())
+                .collect()
+        };
+        let tried = cancels(&kit);
+        assert_eq!(tried.len(), 1, "{behaves:?}");
+        let queued: Value =
+            serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+        assert_eq!(queued[0]["kind"], "cancel", "{behaves:?}: {queued}");
+        assert_eq!(queued[0]["iccid"], tried[0]["iccid"]);
+
+        // The next order's sweep sends it again, as a new call; carried out, it leaves the queue.
+        smdp.set("tmobile", Behaves::Ok);
+        order(&mut kit, request("us-west", None), &format!("inv-41{n}"))
+            .await
+            .unwrap();
+        let again = cancels(&kit);
+        assert_eq!(again.len(), 2, "{behaves:?}");
+        assert_eq!(again[1]["iccid"], tried[0]["iccid"]);
+        assert_ne!(
+            again[1]["header"]["functionCallIdentifier"],
+            tried[0]["header"]["functionCallIdentifier"]
+        );
+        let queued: Value =
+            serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+        assert_eq!(queued, json!([]), "{behaves:?}");
+    }
 }
 
 #[tokio::test]
