@@ -84,10 +84,17 @@ async fn confirm(
     if let Some(code) = r.header.failure() {
         return Err(Refusal::Code(code));
     }
-    let (Some(smdp), Some(mid)) = (r.smdp_address, r.matching_id) else {
+    // `smdpAddress` is optional in ES2+ (the SM-DP+'s default address applies): the catalog names it.
+    let Some(mid) = r.matching_id else {
         return Err(Refusal::Transport(Transport::Malformed(
-            "ConfirmOrder succeeded without smdpAddress and matchingId".into(),
+            "ConfirmOrder succeeded without matchingId".into(),
         )));
+    };
+    let Some(smdp) = r.smdp_address.or_else(|| carrier.smdp_address.clone()) else {
+        return Err(Refusal::Transport(Transport::Malformed(format!(
+            "ConfirmOrder succeeded without smdpAddress, and the catalog names no smdp_address for {}",
+            carrier.id
+        ))));
     };
     ActivationCode::new(smdp, mid, None, false)
         .map_err(|e| Refusal::Unusable(format!("invalid activation code: {e}")))

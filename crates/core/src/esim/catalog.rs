@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
+use super::activation_code::Fqdn;
 use super::plmn::{Plmn, PlmnError, RoamingPolicy};
 use crate::chain::Address;
 use crate::ids::{CarrierId, Region};
@@ -40,6 +41,16 @@ pub enum CatalogError {
     /// A `receipt_signer` that is not a 0x-prefixed 20-byte address.
     #[error("carrier {carrier}: receipt_signer {value:?} must be a 0x-prefixed 20-byte address")]
     Signer {
+        /// The carrier.
+        carrier: CarrierId,
+        /// The refused text.
+        value: String,
+    },
+    /// An `smdp_address` that is not a bare host name.
+    #[error(
+        "carrier {carrier}: smdp_address {value:?} must be a bare host name (no scheme, port or path)"
+    )]
+    SmdpAddress {
         /// The carrier.
         carrier: CarrierId,
         /// The refused text.
@@ -134,6 +145,9 @@ pub struct Carrier {
     /// The address whose key signs this carrier's usage receipts (`crate::usage::receipt`); `None`: the
     /// carrier's receipts are refused as from an unknown carrier.
     pub receipt_signer: Option<Address>,
+    /// The SM-DP+ address activation codes name when a ConfirmOrder answer leaves out its `smdpAddress`
+    /// (optional in ES2+: the SM-DP+'s default address applies); `None`: such an answer cannot be used.
+    pub smdp_address: Option<Fqdn>,
 }
 
 impl Carrier {
@@ -194,6 +208,8 @@ struct RawCarrier {
     home_plmns: Vec<Plmn>,
     #[serde(default)]
     receipt_signer: Option<String>,
+    #[serde(default)]
+    smdp_address: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +404,13 @@ fn carrier(id: CarrierId, c: RawCarrier) -> Result<Carrier, CatalogError> {
             value: text.clone(),
         })?),
     };
+    let smdp_address = match &c.smdp_address {
+        None => None,
+        Some(text) => Some(Fqdn::parse(text).map_err(|_| CatalogError::SmdpAddress {
+            carrier: id.clone(),
+            value: text.clone(),
+        })?),
+    };
     Ok(Carrier {
         id,
         name: c.name,
@@ -397,6 +420,7 @@ fn carrier(id: CarrierId, c: RawCarrier) -> Result<Carrier, CatalogError> {
         profile_type: c.profile_type,
         home_plmns: c.home_plmns,
         receipt_signer,
+        smdp_address,
     })
 }
 
@@ -477,6 +501,23 @@ mod tests {
         [regions.us-west]
         carriers = ["tmobile"]
     "#;
+
+    #[test]
+    fn a_carrier_may_name_its_default_smdp_address_as_a_bare_host_name() {
+        let tmo = |cat: &Catalog| cat.carrier(&c("tmobile")).unwrap().smdp_address.clone();
+        assert_eq!(tmo(&Catalog::from_toml(MINIMAL).unwrap()), None);
+        let with = MINIMAL.replace(
+            "home_plmns = [\"310-260\"]",
+            "home_plmns = [\"310-260\"]\n smdp_address = \"smdp.tmo.example\"",
+        );
+        assert_eq!(
+            tmo(&Catalog::from_toml(&with).unwrap()).unwrap().as_str(),
+            "smdp.tmo.example"
+        );
+        let bad = with.replace("smdp.tmo.example", "https://smdp.tmo.example/");
+        let e = Catalog::from_toml(&bad).unwrap_err();
+        assert!(matches!(e, CatalogError::SmdpAddress { .. }), "{e}");
+    }
 
     #[test]
     fn the_builtin_catalog_is_valid() {

@@ -27,6 +27,8 @@ enum Behaves {
     ConfirmFailsCancelLost,
     /// ConfirmOrder refuses the EID (`8.1.4/6.1`, outside the range the SM-DP+ accepts).
     ConfirmEidOutOfRange,
+    /// ConfirmOrder succeeds without `smdpAddress` (optional in ES2+).
+    ConfirmWithoutAddress,
     /// ConfirmOrder fails; CancelOrder answers `Failed` without a status code (not executed).
     ConfirmFailsCancelErrs,
     /// ConfirmOrder fails; CancelOrder answers `Expired` without a status code (not executed).
@@ -122,6 +124,8 @@ impl FakeSmdp {
                     after: Duration::from_secs(5),
                 };
             }
+            (Behaves::ConfirmWithoutAddress, "confirmOrder") => json!({"header": ok_header(),
+                "matchingId": format!("MID-{}", fci.len())}),
             (_, "confirmOrder") => json!({"header": ok_header(),
                 "matchingId": format!("MID-{}", fci.len()),
                 "smdpAddress": format!("smdp.{carrier}.esim402.test")}),
@@ -477,6 +481,25 @@ async fn a_cancel_whose_answers_were_lost_is_sent_again_as_the_same_call() {
     let queued: Value =
         serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
     assert_eq!(queued, json!([]));
+}
+
+/// A ConfirmOrder answer without `smdpAddress` (optional in ES2+) is used with the catalog's `smdp_address`
+/// for the carrier; before, it counted as malformed: the profile was given back and the order failed over.
+#[tokio::test]
+async fn a_confirm_without_an_smdp_address_uses_the_catalogs() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmWithoutAddress);
+    let mut kit = kit_with(smdp, &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-42")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "tmobile");
+    assert!(sim.failovers.is_empty(), "{:?}", sim.failovers);
+    let code = sim.activation_code.unwrap();
+    assert!(
+        code.starts_with("LPA:1$smdp.tmobile.esim402.test$MID-"),
+        "{code}"
+    );
 }
 
 /// A CancelOrder the SM-DP+ did not execute (`Failed` or `Expired`, with no status code: optional on the wire)
