@@ -24,7 +24,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::compose::{Dependency, compose};
+use crate::compose::{Dependency, Dependent, compose};
 use crate::interfaces::{self, KvCtx, SpinView, VarsCtx};
 use crate::kv::{self, SharedBackend};
 use crate::manifest::{Inherit, Manifest, RouteSpec, expand};
@@ -69,7 +69,7 @@ impl LoadOptions {
             manifest,
             runtime_config: None,
             kv_override: None,
-            env: std::env::vars().collect(),
+            env: variables::process_env(),
             cache_dir: Some(dir.join(".spin").join("cache")),
             max_concurrent_per_instance: None,
             max_requests_per_instance: 128,
@@ -155,7 +155,14 @@ pub struct App {
     engine: Engine,
 }
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The backstop for one request. A paid activation may legally run until its payment lease ends
+/// (`esim402_core::paid::LEASE_SECS`: the largest dispatch budget and settlement wait fit inside it); cut sooner,
+/// a payment still being honoured would be answered 500, its outcome unknown to the client. The slack covers the
+/// host's own work around the guest (reading the body, the durability barrier).
+const REQUEST_TIMEOUT: Duration =
+    Duration::from_secs(esim402_core::paid::LEASE_SECS + REQUEST_TIMEOUT_SLACK_SECS);
+/// What [`REQUEST_TIMEOUT`] allows beyond the lease.
+const REQUEST_TIMEOUT_SLACK_SECS: u64 = 30;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The engine every component shares.
@@ -249,7 +256,14 @@ pub fn component_bytes(manifest: &Manifest, id: &str) -> anyhow::Result<Vec<u8>>
             inherit,
         });
     }
-    compose(id, &main, deps)
+    compose(
+        Dependent {
+            name: id,
+            bytes: &main,
+            sets_environment: !decl.environment.is_empty(),
+        },
+        deps,
+    )
 }
 
 impl App {
@@ -539,6 +553,48 @@ impl HandlerState for ComponentRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The half of [`a_non_unicode_environment_does_not_stop_the_host`] run in its child process; inert elsewhere.
+    #[test]
+    fn load_options_in_a_child_process() {
+        if std::env::var_os("ESIM402_TEST_CHILD").is_none() {
+            return;
+        }
+        let opts = LoadOptions::new("spin.toml");
+        assert!(opts.env.contains_key("ESIM402_TEST_CHILD"));
+        assert!(!opts.env.contains_key("ESIM402_TEST_NOT_UTF8"));
+    }
+
+    #[test]
+    fn a_non_unicode_environment_does_not_stop_the_host() {
+        use std::os::unix::ffi::OsStringExt;
+        // A process's environment cannot be changed safely while other tests run: the check runs in a child.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "app::tests::load_options_in_a_child_process"])
+            .env("ESIM402_TEST_CHILD", "1")
+            .env(
+                "ESIM402_TEST_NOT_UTF8",
+                std::ffi::OsString::from_vec(vec![b'x', 0xff]),
+            )
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn a_request_may_outlive_its_payment_lease() {
+        // A request cut before its lease ends answers 500 for a payment that is still being honoured.
+        assert!(
+            REQUEST_TIMEOUT >= Duration::from_secs(esim402_core::paid::LEASE_SECS + 30),
+            "REQUEST_TIMEOUT {REQUEST_TIMEOUT:?} leaves no slack after the {} s payment lease",
+            esim402_core::paid::LEASE_SECS
+        );
+    }
 
     #[test]
     fn one_request_per_instance_by_default_only_on_a_network_store() {

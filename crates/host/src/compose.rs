@@ -6,6 +6,11 @@
 //! its `inherit_configuration` grants the corresponding configuration key. Spin enforces this by plugging a
 //! deny-all adapter into such imports; this host refuses to load the application instead, naming the
 //! dependency, the import and the key to grant — the same guarantee, reported before the first request.
+//!
+//! `environment` is the one key whose interface (`wasi:cli/environment`) nearly every component imports, and
+//! Spin withholds the variables rather than the interface. Here a composite has one WASI environment, the
+//! dependent's: a dependency that does not inherit `environment` is refused only when that environment is not
+//! empty, since otherwise it sees no variables anyway.
 
 use std::collections::BTreeMap;
 
@@ -33,12 +38,24 @@ pub struct Dependency<'a> {
 /// Spin's wording for a failure while registering dependencies.
 const PREPARE_ERROR: &str = "an error occurred when preparing dependencies";
 
-/// Compose `main` (component `main_name`) with its dependencies; returns the composite's bytes. Refuses what
-/// Spin refuses, with Spin's messages (`spin_compose::ComposeError`), under Spin's heading:
-/// `failed to resolve dependencies for component "<id>"`.
-pub fn compose(main_name: &str, main: &[u8], deps: Vec<Dependency<'_>>) -> anyhow::Result<Vec<u8>> {
-    compose_inner(main_name, main, deps)
-        .with_context(|| format!("failed to resolve dependencies for component {main_name:?}"))
+/// The component whose imports the dependencies satisfy.
+pub struct Dependent<'a> {
+    /// Its component id.
+    pub name: &'a str,
+    /// Its wasm bytes.
+    pub bytes: &'a [u8],
+    /// Whether its manifest entry sets `environment` variables (which a dependency sees only if it inherits
+    /// `environment`).
+    pub sets_environment: bool,
+}
+
+/// Compose `main` with its dependencies; returns the composite's bytes. Refuses what Spin refuses, with Spin's
+/// messages (`spin_compose::ComposeError`), under Spin's heading: `failed to resolve dependencies for component
+/// "<id>"`.
+pub fn compose(main: Dependent<'_>, deps: Vec<Dependency<'_>>) -> anyhow::Result<Vec<u8>> {
+    let name = main.name;
+    compose_inner(main, deps)
+        .with_context(|| format!("failed to resolve dependencies for component {name:?}"))
 }
 
 struct Registered {
@@ -48,13 +65,10 @@ struct Registered {
     export: Option<String>,
 }
 
-fn compose_inner(
-    main_name: &str,
-    main: &[u8],
-    deps: Vec<Dependency<'_>>,
-) -> anyhow::Result<Vec<u8>> {
+fn compose_inner(main: Dependent<'_>, deps: Vec<Dependency<'_>>) -> anyhow::Result<Vec<u8>> {
+    let main_name = main.name;
     let mut graph = CompositionGraph::new();
-    let main_pkg = Package::from_bytes(main_name, None, main.to_vec(), graph.types_mut())
+    let main_pkg = Package::from_bytes(main_name, None, main.bytes.to_vec(), graph.types_mut())
         .with_context(|| format!("component {main_name} is not a valid component"))
         .context(PREPARE_ERROR)?;
     let main_world_id = main_pkg.ty();
@@ -89,9 +103,26 @@ fn compose_inner(
         // Least privilege, checked at load: Spin would plug a deny-all adapter into such an import; this host
         // refuses to start instead, naming what to grant.
         for import in graph.types()[world].imports.keys() {
-            if let Some(key) = capability_key(import)
-                && !dep.inherit.grants(key)
-            {
+            let Some(key) = capability_key(import) else {
+                continue;
+            };
+            if dep.inherit.grants(key) {
+                continue;
+            }
+            if key == "environment" {
+                // Nothing to withhold from an empty environment.
+                if main.sets_environment {
+                    bail!(
+                        "dependency {} ({}) imports {import:?} but does not inherit `environment`: Spin hides \
+                         component {main_name:?}'s environment variables from it, which esim402 cannot (a composed \
+                         instance has one environment); add \"environment\" to inherit_configuration of {:?}, or \
+                         remove the component's `environment`",
+                        dep.name,
+                        dep.source,
+                        dep.name
+                    );
+                }
+            } else {
                 bail!(
                     "dependency {} ({}) imports {import:?}, which needs `{key}`: add it to inherit_configuration of {:?}",
                     dep.name,
@@ -169,4 +200,81 @@ fn compose_inner(
             ..Default::default()
         })
         .map_err(|e| anyhow!("failed to encode composition graph: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use wit_component::{ComponentEncoder, StringEncoding, dummy_module, embed_component_metadata};
+    use wit_parser::{ManglingAndAbi, Resolve};
+
+    use super::*;
+
+    /// A dependency that reads its environment, and a component that imports the dependency's interface.
+    const WIT: &str = r#"
+package demo:app@0.1.0;
+
+interface api { f: func() -> u32; }
+
+world dep {
+    import wasi:cli/environment@0.2.0;
+    export api;
+}
+world main { import api; }
+"#;
+    const CLI: &str = r#"
+package wasi:cli@0.2.0;
+
+interface environment { get-environment: func() -> list<tuple<string, string>>; }
+"#;
+
+    fn component(world: &str) -> Vec<u8> {
+        let mut resolve = Resolve::default();
+        resolve.push_str("cli.wit", CLI).unwrap();
+        let pkg = resolve.push_str("app.wit", WIT).unwrap();
+        let world = resolve.select_world(&[pkg], Some(world)).unwrap();
+        let mut module = dummy_module(&resolve, world, ManglingAndAbi::Standard32);
+        embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8).unwrap();
+        ComponentEncoder::default()
+            .module(&module)
+            .unwrap()
+            .validate(true)
+            .encode()
+            .unwrap()
+    }
+
+    fn compose_with(sets_environment: bool, inherit: Inherit) -> anyhow::Result<Vec<u8>> {
+        let main = component("main");
+        compose(
+            Dependent {
+                name: "main",
+                bytes: &main,
+                sets_environment,
+            },
+            vec![Dependency {
+                name: "demo:app/api@0.1.0",
+                export: None,
+                bytes: component("dep"),
+                source: "dep".into(),
+                inherit,
+            }],
+        )
+    }
+
+    #[test]
+    fn a_dependency_sees_the_environment_only_if_it_inherits_it() {
+        let some = |keys: &[&str]| Inherit::Some(keys.iter().map(|k| (*k).to_owned()).collect());
+        // The dependent sets variables the dependency may not see: refused, naming the key.
+        for withheld in [some(&[]), some(&["key_value_stores"]), Inherit::All(false)] {
+            let err = format!("{:#}", compose_with(true, withheld).unwrap_err());
+            assert!(
+                err.contains("does not inherit `environment`")
+                    && err.contains("wasi:cli/environment@0.2.0"),
+                "{err}"
+            );
+        }
+        // Inherited, or nothing to withhold: composed.
+        compose_with(true, some(&["environment"])).unwrap();
+        compose_with(true, Inherit::All(true)).unwrap();
+        compose_with(false, some(&[])).unwrap();
+    }
 }

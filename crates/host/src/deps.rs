@@ -201,7 +201,11 @@ pub const INHERITABLE: &[(&str, &[&str])] = &[
     ),
     ("sqlite_databases", &["spin:sqlite/", "fermyon:spin/sqlite"]),
     ("ai_models", &["fermyon:spin/llm"]),
-    ("environment", &[]),
+    // The dependent's `environment` variables. This host gives a composed instance one environment, so it can
+    // only withhold them by refusing the composition ([`crate::compose`]), and does so only when the dependent
+    // sets any.
+    ("environment", &["wasi:cli/environment"]),
+    // Refused by the manifest loader wherever it appears: nothing to inherit.
     ("files", &[]),
 ];
 
@@ -301,6 +305,10 @@ mod tests {
             Some("allowed_outbound_hosts")
         );
         assert_eq!(capability_key("wasi:cli/stdout@0.3.0"), None);
+        assert_eq!(
+            capability_key("wasi:cli/environment@0.2.6"),
+            Some("environment")
+        );
         assert_eq!(capability_key("wasi:http/types@0.3.0"), None);
     }
 }

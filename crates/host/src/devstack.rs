@@ -47,7 +47,8 @@ fn sibling(name: &str) -> Option<PathBuf> {
 impl DevStack {
     /// Start what the environment does not already provide. `app_dir` holds the manifest (and `tools/`, where
     /// `scripts/setup.sh` installs anvil); `listen` is the host's bound address; `env` is the app's environment.
-    /// Variables set in `<app_dir>/.env` count as configured too, as they do for the app.
+    /// Variables set in `<app_dir>/.env` count as configured too: the file the app reads when it runs from its
+    /// own folder ([`start_with_dotenv`](Self::start_with_dotenv) names another).
     pub async fn start(
         app_dir: &Path,
         listen: SocketAddr,
@@ -63,8 +64,20 @@ impl DevStack {
         app_url: &str,
         env: &HashMap<String, String>,
     ) -> anyhow::Result<Self> {
-        let mut configured = read_dotenv(&app_dir.join(".env"))?;
-        configured.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Self::start_with_dotenv(app_dir, app_dir, app_url, env).await
+    }
+
+    /// [`start_for`](Self::start_for), counting as configured the variables of `dotenv_dir`'s `.env`: it must be
+    /// the file the app reads, or the stack could start a simulator or chain the app was told not to use, and
+    /// its settings, passed in the environment, would outrank the app's `.env`. `esim402 up` and `esim402
+    /// devstack` pass the current directory, whose `.env` the app reads under both hosts ([`crate::variables`]).
+    pub async fn start_with_dotenv(
+        app_dir: &Path,
+        dotenv_dir: &Path,
+        app_url: &str,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        let configured = configured(dotenv_dir, env)?;
         let env = &configured;
         let mut stack = Self::default();
         if env.contains_key("SPIN_VARIABLE_SMDP_URL") {
@@ -308,15 +321,14 @@ fn dev_token() -> String {
     format!("dev_{a:016x}{b:016x}")
 }
 
-/// `KEY=value` pairs of a `.env` file; none if it does not exist.
-fn read_dotenv(path: &Path) -> anyhow::Result<HashMap<String, String>> {
-    if !path.exists() {
-        return Ok(HashMap::new());
-    }
-    dotenvy::from_path_iter(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .map(|item| item.with_context(|| format!("malformed line in {}", path.display())))
-        .collect()
+/// What the app is configured with: `env` over the `.env` of `dotenv_dir` (the app's own order).
+fn configured(
+    dotenv_dir: &Path,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut configured = crate::variables::dotenv_in(dotenv_dir)?;
+    configured.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(configured)
 }
 
 /// The key-value file `esim402 up` uses while its dev stack runs a fresh chain: emptied at every start, because
@@ -440,6 +452,25 @@ impl Drop for DevStack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stack_counts_the_dotenv_it_is_given_under_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "SPIN_VARIABLE_RPC_URL=http://from-dotenv:1\nSPIN_VARIABLE_SMDP_URL=http://from-dotenv:2\n",
+        )
+        .unwrap();
+        let env = HashMap::from([(
+            "SPIN_VARIABLE_SMDP_URL".to_owned(),
+            "http://from-env:3".to_owned(),
+        )]);
+        let c = configured(dir.path(), &env).unwrap();
+        assert_eq!(c["SPIN_VARIABLE_RPC_URL"], "http://from-dotenv:1");
+        assert_eq!(c["SPIN_VARIABLE_SMDP_URL"], "http://from-env:3");
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(configured(empty.path(), &env).unwrap(), env);
+    }
 
     #[test]
     fn a_fresh_chain_store_starts_empty_every_time() {

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod compose;
 pub mod deps;
 pub mod devstack;
+pub mod ids;
 pub mod interfaces;
 pub mod kv;
 pub mod manifest;

@@ -1,7 +1,7 @@
 //! `esim402`: build, check and serve the esim402 Spin application (or any Spin app this host supports).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -187,10 +187,12 @@ async fn devstack(
     command: &[String],
 ) -> anyhow::Result<i32> {
     let app_dir = Manifest::load(manifest)?.dir;
-    let env: std::collections::HashMap<String, String> = std::env::vars()
+    let env: std::collections::HashMap<String, String> = esim402_host::variables::process_env()
+        .into_iter()
         .filter(|(k, _)| k.starts_with("SPIN_VARIABLE_"))
         .collect();
-    let stack = DevStack::start_for(&app_dir, app_url, &env).await?;
+    // The `.env` that counts is the one `spin up` (or `esim402 up`) reads: the current directory's.
+    let stack = DevStack::start_with_dotenv(&app_dir, Path::new("."), app_url, &env).await?;
     let dir = out_dir.unwrap_or_else(|| app_dir.join(".spin"));
     let facts = stack.write_facts_to(&dir)?;
     let env_file = stack.write_env(&dir)?;
@@ -258,7 +260,14 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
         DevStack::default()
     } else {
         let app_dir = Manifest::load(manifest)?.dir;
-        let stack = DevStack::start(&app_dir, addr, &opts.env).await?;
+        // The current directory's `.env`: the one `App::load` reads, as Spin does.
+        let stack = DevStack::start_with_dotenv(
+            &app_dir,
+            Path::new("."),
+            &format!("http://{addr}"),
+            &opts.env,
+        )
+        .await?;
         opts.env.extend(stack.env.iter().cloned());
         // A fresh dev chain gets a fresh store (unless the store was chosen explicitly): the app's state is
         // bound to the chain it was made on.

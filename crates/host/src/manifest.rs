@@ -1,8 +1,9 @@
 //! `spin.toml` (manifest v2): the subset this host runs, read with the same field names and rules as Spin.
 //!
 //! Unknown keys are refused (Spin refuses them too), and known Spin features this host does not implement
-//! (`files`, `sqlite_databases`, `ai_models`, non-HTTP triggers, registry/URL dependencies, …) fail with an error
-//! naming the key, rather than being silently ignored.
+//! (`files`, `sqlite_databases`, `ai_models`, non-HTTP triggers, the Wagi executor, registry/URL dependencies,
+//! …) fail with an error naming the key, rather than being silently ignored. Names follow Spin's rules
+//! ([`crate::ids`]), so a manifest this host accepts is one `spin up` accepts too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,7 +82,8 @@ pub struct HttpTrigger {
     pub route: RouteSpec,
     /// Component id.
     pub component: String,
-    /// Free-form executor (only `spin`/absent is supported).
+    /// `{ type = "spin" }` (or Spin's newer name, `"http"`) or absent: the component exports `wasi:http`. Spin's
+    /// other executor, `wagi`, is refused ([`check_executor`]).
     #[serde(default)]
     pub executor: Option<toml::Table>,
 }
@@ -210,25 +212,30 @@ pub struct DependencyDecl {
     pub inherit_configuration: Option<Inherit>,
 }
 
-fn check_route(route: &str) -> anyhow::Result<()> {
-    ensure!(
-        route.starts_with('/'),
-        "route {route:?} must start with '/'"
-    );
-    for (i, seg) in route.trim_start_matches('/').split('/').enumerate() {
-        let last = i + 1 == route.trim_start_matches('/').split('/').count();
-        ensure!(
-            seg != "..." || last,
-            "route {route:?}: '...' may only be the last segment"
-        );
-        if let Some(name) = seg.strip_prefix(':') {
-            ensure!(
-                !name.is_empty(),
-                "route {route:?}: ':' must be followed by a parameter name"
-            );
-        }
+/// A route is checked with the router's own parser, so a manifest that loads is one the router serves as written.
+fn check_route(route: &str, component: &str) -> anyhow::Result<()> {
+    crate::router::Route::parse(route, component).map(drop)
+}
+
+/// An HTTP trigger's `executor`, read as Spin reads it (`spin_http::config::HttpExecutorType`: a table tagged by
+/// `type`, `"http"` with the alias `"spin"`, or `"wagi"`). Only the `wasi:http` one is served here; serving a Wagi
+/// (CGI) component as `wasi:http` would fail on its first request, so it is refused when the manifest loads.
+fn check_executor(component: &str, executor: &toml::Table) -> anyhow::Result<()> {
+    match executor.get("type") {
+        // Spin reads this variant as a unit: any other key in the table is ignored there, and so here.
+        Some(toml::Value::String(t)) if t == "spin" || t == "http" => Ok(()),
+        Some(toml::Value::String(t)) if t == "wagi" => bail!(
+            "the trigger for component {component} has executor \"wagi\" (CGI), which is not supported by \
+             esim402: it serves components exporting wasi:http (leave `executor` out, or {{ type = \"spin\" }})"
+        ),
+        Some(toml::Value::String(t)) => bail!(
+            "the trigger for component {component} has unknown executor type {t:?} (Spin knows \"spin\", \
+             \"http\" and \"wagi\")"
+        ),
+        _ => bail!(
+            "the trigger for component {component} has an executor without a string `type` (e.g. {{ type = \"spin\" }})"
+        ),
     }
-    Ok(())
 }
 
 impl Manifest {
@@ -259,6 +266,16 @@ impl Manifest {
             &raw.application.authors,
             &raw.application.trigger,
         );
+        // Spin's manifest types refuse these names as it reads them; here they are checked before anything
+        // refers to them, naming the rule broken.
+        for id in raw.component.keys() {
+            crate::ids::kebab(id)
+                .with_context(|| format!("component id {id:?} is not kebab-case"))?;
+        }
+        for name in raw.variables.keys() {
+            crate::ids::lower_snake(name)
+                .with_context(|| format!("variable name {name:?} is not lower_snake_case"))?;
+        }
         let mut http_triggers = Vec::new();
         for (kind, entries) in raw.trigger {
             ensure!(
@@ -268,7 +285,7 @@ impl Manifest {
             for entry in entries {
                 let t: HttpTrigger = entry.try_into().context("invalid [[trigger.http]] entry")?;
                 if let RouteSpec::Path(r) = &t.route {
-                    check_route(r)?;
+                    check_route(r, &t.component)?;
                 }
                 if let RouteSpec::Private { private } = &t.route {
                     ensure!(
@@ -281,6 +298,9 @@ impl Manifest {
                     "trigger names unknown component {:?}",
                     t.component
                 );
+                if let Some(executor) = &t.executor {
+                    check_executor(&t.component, executor)?;
+                }
                 http_triggers.push(t);
             }
         }
@@ -297,7 +317,29 @@ impl Manifest {
                 c.ai_models.is_empty(),
                 "component {id}: `ai_models` is not supported by this host"
             );
+            // Entries without `{{ variables }}` are checked now (templated ones once their values are known, when
+            // the app loads): a Spin-only host such as `self` or `*.spin.internal` fails before anything runs.
+            for entry in c
+                .allowed_outbound_hosts
+                .iter()
+                .filter(|e| !e.contains("{{"))
+            {
+                crate::outbound::AllowedHost::parse(entry)
+                    .with_context(|| format!("component {id}: allowed_outbound_hosts"))?;
+            }
+            for label in &c.key_value_stores {
+                // Spin's `key_value_stores` takes either kind of id.
+                if crate::ids::kebab(label).is_err() && crate::ids::snake(label).is_err() {
+                    bail!(
+                        "component {id}: key-value store label {label:?} must be kebab-case or snake_case \
+                         (ASCII letters and digits, words joined by '-' or '_')"
+                    );
+                }
+            }
             for (name, template) in &c.variables {
+                crate::ids::lower_snake(name).with_context(|| {
+                    format!("component {id}: variable name {name:?} is not lower_snake_case")
+                })?;
                 for var in template_vars(template)? {
                     ensure!(
                         raw.variables.contains_key(&var),
@@ -341,10 +383,6 @@ impl Manifest {
         }
         for (name, v) in &raw.variables {
             ensure!(
-                is_variable_name(name),
-                "variable name {name:?} must be lower_snake_case"
-            );
-            ensure!(
                 !(v.required && v.default.is_some()),
                 "variable {name}: `required` and `default` are mutually exclusive"
             );
@@ -364,7 +402,8 @@ impl Manifest {
     }
 }
 
-/// Spin variable names: lower snake case starting with a letter.
+/// A name a guest may ask `spin:variables` for, or a `{{ name }}` reference: lower snake case starting with a
+/// letter. (Declared names are held to Spin's stricter manifest rule, [`crate::ids::lower_snake`].)
 pub fn is_variable_name(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_lowercase())
         && s.bytes()
@@ -476,6 +515,10 @@ source = "b.wasm"
                 "must start with",
             ),
             (
+                APP.replace("route = \"/a/...\"", "route = \"/a/*/b\""),
+                "'*' (a wildcard) may only be the last segment",
+            ),
+            (
                 APP.replace(
                     "component = \"b\", inherit",
                     "component = \"nope\", inherit",
@@ -509,6 +552,146 @@ source = "b.wasm"
             let err = format!("{:#}", Manifest::parse(&text, PathBuf::new()).unwrap_err());
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    fn refusal(text: &str) -> String {
+        format!("{:#}", Manifest::parse(text, PathBuf::new()).unwrap_err())
+    }
+
+    #[test]
+    fn refuses_names_spin_refuses() {
+        let cases = [
+            // Component ids: Spin's KebabId (the trigger's reference renamed with it).
+            (
+                APP.replace("component.b", "component.b_c")
+                    .replace("component = \"b\"", "component = \"b_c\""),
+                "component id \"b_c\" is not kebab-case",
+            ),
+            (
+                APP.replace("component.b", "component.b-1")
+                    .replace("component = \"b\"", "component = \"b-1\""),
+                "must start with an ASCII letter",
+            ),
+            (
+                APP.replace("component.b", "component.Bee")
+                    .replace("component = \"b\"", "component = \"Bee\""),
+                "all lowercase or all UPPERCASE",
+            ),
+            // Application variables: LowerSnakeId.
+            (
+                APP.replace("[variables]", "[variables]\na__b = { default = \"x\" }"),
+                "variable name \"a__b\" is not lower_snake_case",
+            ),
+            (
+                APP.replace("[variables]", "[variables]\na_ = { default = \"x\" }"),
+                "must not be empty",
+            ),
+            (
+                APP.replace("[variables]", "[variables]\na_1 = { default = \"x\" }"),
+                "must start with an ASCII letter",
+            ),
+            // Component variables: LowerSnakeId too.
+            (
+                APP.replace("variables = { k =", "variables = { k__v ="),
+                "component a: variable name \"k__v\" is not lower_snake_case",
+            ),
+            // Key-value store labels: kebab or snake.
+            (
+                APP.replace(
+                    "source = \"b.wasm\"",
+                    "source = \"b.wasm\"\nkey_value_stores = [\"my store\"]",
+                ),
+                "key-value store label \"my store\" must be kebab-case or snake_case",
+            ),
+            (
+                APP.replace(
+                    "source = \"b.wasm\"",
+                    "source = \"b.wasm\"\nkey_value_stores = [\"a-1\"]",
+                ),
+                "must be kebab-case or snake_case",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = refusal(&text);
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        // What Spin accepts still loads.
+        let fine = APP
+            .replace("[variables]", "[variables]\nes2_timeout_ms = { default = \"x\" }")
+            .replace(
+                "source = \"b.wasm\"",
+                "source = \"b.wasm\"\nkey_value_stores = [\"default\", \"my-store\", \"my_store\", \"MY-STORE\"]",
+            );
+        Manifest::parse(&fine, PathBuf::new()).unwrap();
+    }
+
+    #[test]
+    fn executors_as_spin_reads_them() {
+        let with = |executor: &str| {
+            APP.replace(
+                "route = \"/a/...\"\ncomponent = \"a\"",
+                &format!("route = \"/a/...\"\ncomponent = \"a\"\nexecutor = {executor}"),
+            )
+        };
+        for ok in [
+            "{ type = \"spin\" }",
+            "{ type = \"http\" }",
+            // Spin reads this variant as a unit and ignores the rest of the table.
+            "{ type = \"spin\", note = 1 }",
+        ] {
+            let m = Manifest::parse(&with(ok), PathBuf::new()).unwrap();
+            assert!(m.http_triggers[0].executor.is_some(), "{ok}");
+        }
+        for (bad, needle) in [
+            (
+                "{ type = \"wagi\" }",
+                "executor \"wagi\" (CGI), which is not supported by esim402",
+            ),
+            ("{ type = \"wagi\", argv = \"${SCRIPT_NAME}\" }", "\"wagi\""),
+            ("{ type = \"wasm\" }", "unknown executor type \"wasm\""),
+            ("{ entrypoint = \"x\" }", "without a string `type`"),
+        ] {
+            let err = refusal(&with(bad));
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_spin_in_process_hosts_before_loading() {
+        for (entry, needle) in [
+            ("http://self", "self requests are not supported by esim402"),
+            (
+                "http://self.alt",
+                "self requests are not supported by esim402",
+            ),
+            (
+                "http://*.spin.internal",
+                "service chaining is not supported by esim402",
+            ),
+            (
+                "http://a.spin.internal",
+                "service chaining is not supported by esim402",
+            ),
+        ] {
+            // Refused from the manifest alone, before any component is read or composed.
+            let text = APP.replace(
+                "source = \"b.wasm\"",
+                &format!("source = \"b.wasm\"\nallowed_outbound_hosts = [\"{entry}\"]"),
+            );
+            let err = refusal(&text);
+            assert!(
+                err.contains("component b: allowed_outbound_hosts") && err.contains(needle),
+                "{entry}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shipped_manifest_loads() {
+        // The rules above must not refuse the app this repository ships.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spin.toml");
+        let m = Manifest::load(&path).unwrap();
+        assert!(m.components.contains_key("gateway"));
     }
 
     #[test]

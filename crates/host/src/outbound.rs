@@ -2,6 +2,10 @@
 //! outgoing `wasi:http` request. Syntax as in Spin: `scheme://host[:port]`, where scheme, host and port may be
 //! `*`, a host may be `*.example.com`, and an omitted port means the scheme's default. A denied request fails in
 //! the guest with `HttpRequestDenied` and is logged by the host (without query strings).
+//!
+//! Spin also gives some hosts a meaning of its own, routed in-process rather than over the network: `self` and
+//! `self.alt` (requests to the app itself) and `*.spin.internal` (service chaining to a component). This host
+//! would send those to DNS, so an entry naming one is refused when the app loads ([`AllowedHost::parse`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +58,8 @@ impl AllowedHost {
             _ => (rest, None),
         };
         ensure!(!host.is_empty(), "allowed host {entry:?} has no host");
+        // First: whatever else is wrong with such an entry, the feature it asks for is the news.
+        refuse_in_process(entry, &host.to_ascii_lowercase())?;
         let scheme = (scheme != "*").then(|| scheme.to_ascii_lowercase());
         let port = match port {
             Some("*") => None,
@@ -93,6 +99,24 @@ impl AllowedHost {
                 HostPattern::Subdomains(suffix) => host.ends_with(&format!(".{suffix}")),
             }
     }
+}
+
+/// Refuse the hosts Spin routes inside the app instead of over the network: served here, a request to them would
+/// go to DNS and fail (or, worse, reach whoever answers for that name).
+fn refuse_in_process(entry: &str, host: &str) -> anyhow::Result<()> {
+    if host == "self" || host == "self.alt" {
+        bail!(
+            "allowed host {entry:?}: self requests are not supported by esim402 (Spin routes `{host}` to the app \
+             itself, in-process); allow the address the app is served at instead (e.g. http://127.0.0.1:3000)"
+        );
+    }
+    if host.ends_with(".spin.internal") {
+        bail!(
+            "allowed host {entry:?}: service chaining is not supported by esim402 (Spin routes `*.spin.internal` \
+             to a component of the app, in-process); use a component dependency or the component's public route"
+        );
+    }
+    Ok(())
 }
 
 /// A component's outbound policy; also the `WasiHttpHooks` the store uses for every send: an allowed request
@@ -217,6 +241,34 @@ mod tests {
             !OutboundPolicy::default().allows_uri(&"http://127.0.0.1/".parse().unwrap()),
             "no entries deny all"
         );
+    }
+
+    #[test]
+    fn spin_in_process_hosts_are_refused_naming_the_feature() {
+        for (entry, feature) in [
+            ("http://self", "self requests"),
+            ("https://self", "self requests"),
+            ("*://self.alt", "self requests"),
+            ("http://SELF.alt:8080", "self requests"),
+            ("http://*.spin.internal", "service chaining"),
+            ("http://gateway.spin.internal", "service chaining"),
+            ("https://Gateway.Spin.Internal:443", "service chaining"),
+        ] {
+            let err = format!("{:#}", AllowedHost::parse(entry).unwrap_err());
+            assert!(
+                err.contains(feature) && err.contains("not supported by esim402"),
+                "{entry}: {err}"
+            );
+        }
+        // Names that merely look alike are ordinary hosts.
+        for entry in [
+            "https://self.example.com",
+            "https://myself",
+            "https://spin.internal",
+            "https://spin.internal.example.com",
+        ] {
+            AllowedHost::parse(entry).unwrap();
+        }
     }
 
     #[test]

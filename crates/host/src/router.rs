@@ -1,6 +1,10 @@
 //! Spin's HTTP routing: exact routes (`/health`), trailing wildcards (`/v1/...`, matching `/v1` and anything
-//! below it), named parameters (`/users/:id`) and private routes (never matched from outside). The most specific
-//! match wins: more literal segments beat parameters, parameters beat wildcards, longer beats shorter.
+//! below it; Spin's `parse_route` reads a trailing `/*` the same way), named parameters (`/users/:id`) and
+//! private routes (never matched from outside). The most specific match wins: more literal segments beat
+//! parameters, parameters beat wildcards, longer beats shorter.
+//!
+//! `spin-path-info` is what a wildcard matched, keeping a trailing slash as Spin does (`/test/...` gives `/` for
+//! `/test/` and `/hello/` for `/test/hello/`): a component may answer `/dir/` and `/dir` differently.
 
 use anyhow::{bail, ensure};
 
@@ -44,7 +48,9 @@ impl Route {
             .split('/')
             .filter(|s| !s.is_empty())
             .collect();
-        let wildcard = parts.last() == Some(&"...");
+        // Spin's `parse_route` takes a trailing `/...` or `/*` as the wildcard (its router, routefinder, spells
+        // it `*`). A `*` anywhere else is refused: served as a literal, it would match only a literal `*`.
+        let wildcard = matches!(parts.last(), Some(&"..." | &"*"));
         if wildcard {
             parts.pop();
         }
@@ -53,8 +59,8 @@ impl Route {
             .map(|p| match p.strip_prefix(':') {
                 Some(name) if !name.is_empty() => Ok(Segment::Param(name.to_owned())),
                 Some(_) => bail!("route {pattern:?} has an unnamed parameter"),
-                None if p == "..." => {
-                    bail!("route {pattern:?}: '...' may only be the last segment")
+                None if p == "..." || p == "*" => {
+                    bail!("route {pattern:?}: '{p}' (a wildcard) may only be the last segment")
                 }
                 None => Ok(Segment::Literal(p.to_owned())),
             })
@@ -67,7 +73,7 @@ impl Route {
         })
     }
 
-    /// The route without its trailing `/...` (Spin's `spin-component-route`).
+    /// The route without its trailing `/...` (Spin's `spin-component-route`; like Spin, a trailing `/*` is kept).
     pub fn base(&self) -> String {
         self.pattern
             .strip_suffix("/...")
@@ -75,7 +81,12 @@ impl Route {
             .to_owned()
     }
 
-    fn matches(&self, path: &[&str]) -> Option<(String, Vec<(String, String)>)> {
+    /// `path`: the request path's non-empty segments; `trailing_slash`: whether the path ends with `/`.
+    fn matches(
+        &self,
+        path: &[&str],
+        trailing_slash: bool,
+    ) -> Option<(String, Vec<(String, String)>)> {
         if path.len() < self.segments.len() || (!self.wildcard && path.len() != self.segments.len())
         {
             return None;
@@ -89,10 +100,13 @@ impl Route {
             }
         }
         let rest = &path[self.segments.len()..];
-        let info = if rest.is_empty() {
-            String::new()
-        } else {
-            format!("/{}", rest.join("/"))
+        // Spin's `trailing_wildcard`: an exact route has no path info; a wildcard's keeps the request's trailing
+        // slash (`/test/...`: `/test` → "", `/test/` → "/", `/test/a` → "/a", `/test/a/` → "/a/").
+        let info = match (self.wildcard, rest.is_empty(), trailing_slash) {
+            (false, ..) | (true, true, false) => String::new(),
+            (true, true, true) => "/".to_owned(),
+            (true, false, false) => format!("/{}", rest.join("/")),
+            (true, false, true) => format!("/{}/", rest.join("/")),
         };
         Some((info, params))
     }
@@ -139,12 +153,14 @@ impl Router {
     /// The best route for a request path.
     pub fn find(&self, path: &str) -> Option<Match<'_>> {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let trailing_slash = path.ends_with('/');
         self.routes.iter().find_map(|r| {
-            r.matches(&parts).map(|(path_info, params)| Match {
-                route: r,
-                path_info,
-                params,
-            })
+            r.matches(&parts, trailing_slash)
+                .map(|(path_info, params)| Match {
+                    route: r,
+                    path_info,
+                    params,
+                })
         })
     }
 
@@ -207,6 +223,53 @@ mod tests {
         assert!(r.find("/health/more").is_none());
         assert!(r.find("/").is_none());
         assert!(r.find("/health/").is_some());
+    }
+
+    #[test]
+    fn path_info_keeps_a_trailing_slash_as_spin_does() {
+        // Spin's `trailing_wildcard_respects_trailing_slash` and `trailing_wildcard_is_captured`.
+        let r = Router::new([("/test/...".to_owned(), "c".to_owned())]).unwrap();
+        for (path, info) in [
+            ("/test", ""),
+            ("/test/", "/"),
+            ("/test/hello", "/hello"),
+            ("/test/hello/", "/hello/"),
+            ("/test/a/b/", "/a/b/"),
+        ] {
+            assert_eq!(r.find(path).unwrap().path_info, info, "{path}");
+        }
+        let all = Router::new([("/...".to_owned(), "c".to_owned())]).unwrap();
+        assert_eq!(all.find("/").unwrap().path_info, "/");
+        assert_eq!(all.find("/1/2/3").unwrap().path_info, "/1/2/3");
+        // An exact route has no path info, slash or not.
+        let exact = Router::new([("/health".to_owned(), "h".to_owned())]).unwrap();
+        assert_eq!(exact.find("/health/").unwrap().path_info, "");
+    }
+
+    #[test]
+    fn a_trailing_star_is_a_wildcard_and_a_star_elsewhere_is_refused() {
+        // Spin's `parse_route`: `/files/*` routes like `/files/...`.
+        let r = Router::new([("/files/*".to_owned(), "f".to_owned())]).unwrap();
+        let m = r.find("/files/a/b").unwrap();
+        assert_eq!(
+            (m.route.component.as_str(), m.path_info.as_str()),
+            ("f", "/a/b")
+        );
+        assert_eq!(r.find("/files").unwrap().path_info, "");
+        // Spin's `spin-component-route` strips only `/...`.
+        assert_eq!(m.route.base(), "/files/*");
+        // One wildcard spelled two ways is one route twice.
+        assert!(
+            Router::new([
+                ("/files/*".to_owned(), "f".to_owned()),
+                ("/files/...".to_owned(), "g".to_owned())
+            ])
+            .is_err()
+        );
+        for bad in ["/a/*/b", "/*/x"] {
+            let e = Route::parse(bad, "x").unwrap_err().to_string();
+            assert!(e.contains("may only be the last segment"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! Application variables: resolved once at start-up from `SPIN_VARIABLE_<NAME>` in the environment, then the
-//! `.env` file beside the manifest (same names), then `[variables]` defaults. A required variable without a
-//! value fails start-up naming the variable (never a value). Secret values are never printed: `Debug` of the
+//! `.env` file in the current directory (same names), then `[variables]` defaults. A required variable without
+//! a value fails start-up naming the variable (never a value). Secret values are never printed: `Debug` of the
 //! resolved set redacts them.
+//!
+//! The `.env` is the current directory's, not the manifest's, because that is the one Spin reads (its default
+//! environment provider opens the relative path `.env`): `spin up -f app/spin.toml` and `esim402 up -f
+//! app/spin.toml` then see the same values. Run from the app's folder, as usual, the two are one file.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -44,14 +49,51 @@ impl fmt::Debug for Resolved {
     }
 }
 
+/// The process environment, as the `env` of [`resolve`] takes it.
+pub fn process_env() -> HashMap<String, String> {
+    unicode_env(std::env::vars_os())
+}
+
+/// The entries of `vars` whose name and value are Unicode. `std::env::vars` panics on any other, and a host
+/// must not fail to start over, say, a file name in some unrelated variable; no Spin variable can be read from
+/// such an entry, so a `SPIN_VARIABLE_*` one is skipped with a warning (its default, if any, applies instead).
+pub fn unicode_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> HashMap<String, String> {
+    vars.into_iter()
+        .filter_map(|(name, value)| match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => Some((name, value)),
+            (name, _) => {
+                let name = match &name {
+                    Ok(n) => n.clone(),
+                    Err(raw) => raw.to_string_lossy().into_owned(),
+                };
+                if name.starts_with("SPIN_VARIABLE_") {
+                    tracing::warn!(%name, "environment variable ignored: it is not valid UTF-8");
+                }
+                None
+            }
+        })
+        .collect()
+}
+
 /// The environment variable Spin reads for `name`.
 pub fn env_name(name: &str) -> String {
     format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())
 }
 
-/// Resolve every variable of `manifest` from `env` (the process environment in production).
+/// Resolve every variable of `manifest` from `env` (the process environment in production) and `./.env`.
 pub fn resolve(manifest: &Manifest, env: &HashMap<String, String>) -> anyhow::Result<Resolved> {
-    let dotenv = read_dotenv(&manifest.dir.join(".env"))?;
+    resolve_in(manifest, env, Path::new("."))
+}
+
+/// [`resolve`] with the `.env` of `dotenv_dir` instead of the current directory's.
+pub fn resolve_in(
+    manifest: &Manifest,
+    env: &HashMap<String, String>,
+    dotenv_dir: &Path,
+) -> anyhow::Result<Resolved> {
+    let dotenv = dotenv_in(dotenv_dir)?;
     let mut app = BTreeMap::new();
     let mut secret_names = Vec::new();
     for (name, decl) in &manifest.variables {
@@ -91,11 +133,13 @@ pub fn resolve(manifest: &Manifest, env: &HashMap<String, String>) -> anyhow::Re
     })
 }
 
-fn read_dotenv(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+/// The `KEY=value` pairs of `dir`'s `.env` file; none if it has none.
+pub fn dotenv_in(dir: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let path = dir.join(".env");
     if !path.exists() {
         return Ok(HashMap::new());
     }
-    dotenvy::from_path_iter(path)
+    dotenvy::from_path_iter(&path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .map(|item| item.with_context(|| format!("malformed line in {}", path.display())))
         .collect()
@@ -140,9 +184,77 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
             "SPIN_VARIABLE_TOKEN=fromfile\nSPIN_VARIABLE_REGION=eu-central\n",
         )
         .unwrap();
-        let r = resolve(&m, &HashMap::new()).unwrap();
+        let r = resolve_in(&m, &HashMap::new(), dir.path()).unwrap();
         assert_eq!(r.per_component["a"]["token"], "fromfile");
         assert_eq!(r.per_component["a"]["where"], "in eu-central");
+        // The environment still wins over the file.
+        let r = resolve_in(&m, &env, dir.path()).unwrap();
+        assert_eq!(r.per_component["a"]["token"], "s3cret");
+    }
+
+    /// The half of [`dotenv_is_the_current_directorys_as_in_spin`] run in its child process; inert elsewhere.
+    #[test]
+    fn resolve_in_a_child_process() {
+        let Some(app) = std::env::var_os("ESIM402_TEST_APP_DIR") else {
+            return;
+        };
+        let r = resolve(&manifest(Path::new(&app)), &HashMap::new()).unwrap();
+        assert_eq!(r.per_component["a"]["token"], "from-the-current-dir");
+    }
+
+    #[test]
+    fn dotenv_is_the_current_directorys_as_in_spin() {
+        let app = tempfile::tempdir().unwrap();
+        std::fs::write(
+            app.path().join(".env"),
+            "SPIN_VARIABLE_TOKEN=beside-the-manifest\n",
+        )
+        .unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        std::fs::write(
+            cwd.path().join(".env"),
+            "SPIN_VARIABLE_TOKEN=from-the-current-dir\n",
+        )
+        .unwrap();
+        // The current directory is the process's: the check runs in a child started in `cwd`.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "variables::tests::resolve_in_a_child_process"])
+            .current_dir(cwd.path())
+            .env("ESIM402_TEST_APP_DIR", app.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn non_unicode_environment_entries_are_skipped_not_fatal() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'x', 0xff, b'y']);
+        let env = unicode_env([
+            (
+                OsString::from("SPIN_VARIABLE_TOKEN"),
+                OsString::from("s3cret"),
+            ),
+            (OsString::from("SPIN_VARIABLE_REGION"), bad()),
+            (bad(), OsString::from("value")),
+            (OsString::from("PATH"), OsString::from("/bin")),
+        ]);
+        assert_eq!(
+            env,
+            HashMap::from([
+                ("SPIN_VARIABLE_TOKEN".to_owned(), "s3cret".to_owned()),
+                ("PATH".to_owned(), "/bin".to_owned()),
+            ])
+        );
+        // The skipped variable's default applies.
+        let dir = tempfile::tempdir().unwrap();
+        let r = resolve(&manifest(dir.path()), &env).unwrap();
+        assert_eq!(r.per_component["a"]["where"], "in us-west");
     }
 
     #[test]

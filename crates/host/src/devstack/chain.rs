@@ -531,7 +531,8 @@ mod tests {
     #[tokio::test]
     async fn another_chain_on_our_port_is_not_taken_for_ours() {
         let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let anvil = find_anvil(&app_dir, &std::env::vars().collect()).expect("anvil installed");
+        let anvil =
+            find_anvil(&app_dir, &crate::variables::process_env()).expect("anvil installed");
         let (mut theirs, rpc) = spawn_quiet(&anvil).await.expect("another stack's anvil");
         let their_marker = {
             let genesis = rpc
