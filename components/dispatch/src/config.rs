@@ -10,6 +10,7 @@ use std::time::Duration;
 use esim402_core::CarrierId;
 use esim402_core::auth::callback::CallbackCredentials;
 use esim402_core::esim::{Carrier, Catalog};
+use esim402_core::order;
 use esim402_core::pricing::PriceBook;
 use esim402_core::store::keys;
 use esim402_guest::config::optional_var;
@@ -68,20 +69,31 @@ async fn load() -> Result<Config, wit::Error> {
     let smdp_base = optional_var("smdp_url")
         .await
         .ok_or_else(|| internal("variable smdp_url is not set"))?;
+    let budget = int_var(
+        "dispatch_budget_secs",
+        60,
+        esim402_core::paid::MAX_DISPATCH_BUDGET_SECS,
+    )
+    .await?;
+    let call_timeout_ms = int_var("es2_timeout_ms", 10_000, 120_000).await?;
+    // Bounded so a payment's whole drive fits its lease (kernel `paid::LEASE_SECS`).
+    if !order::fits_payment_lease(budget, call_timeout_ms) {
+        return Err(config_error(
+            "dispatch_budget_secs",
+            format!(
+                "{budget} s plus three ES2+ calls of es2_timeout_ms ({call_timeout_ms} ms: the cleanup sweep before an \
+                 order, a cancel after it and its retry) and 5 s must fit in {} s, the part of a payment's lease an \
+                 order may take; lower either",
+                esim402_core::paid::MAX_DISPATCH_BUDGET_SECS
+            ),
+        ));
+    }
     Ok(Config {
         price_book: catalog.price_book(),
         catalog,
         smdp_base,
-        // Bounded so a payment's whole drive fits its lease (kernel `paid::LEASE_SECS`).
-        budget: Duration::from_secs(
-            int_var(
-                "dispatch_budget_secs",
-                60,
-                esim402_core::paid::MAX_DISPATCH_BUDGET_SECS,
-            )
-            .await?,
-        ),
-        call_timeout: Duration::from_millis(int_var("es2_timeout_ms", 10_000, 120_000).await?),
+        budget: Duration::from_secs(budget),
+        call_timeout: Duration::from_millis(call_timeout_ms),
         token_key: token_key().await?,
         callbacks: CallbackCredentials::parse(
             &optional_var("carrier_callback_credentials")

@@ -80,6 +80,14 @@ pub fn lease_secs(budget_secs: u64, call_timeout_secs: u64) -> u64 {
         .saturating_add(5)
 }
 
+/// Whether an order configured with `budget_secs` and ES2+ calls of `call_timeout_ms` fits the part of a
+/// payment's lease an order may take ([`crate::paid::MAX_DISPATCH_BUDGET_SECS`]): its whole time is its
+/// [`lease_secs`] (the sweep and a cancel after the budget come on top of the budget). Otherwise a payment
+/// sent again after the payment lease takes it over while the first attempt is still ordering.
+pub fn fits_payment_lease(budget_secs: u64, call_timeout_ms: u64) -> bool {
+    lease_secs(budget_secs, call_timeout_ms.div_ceil(1000)) <= crate::paid::MAX_DISPATCH_BUDGET_SECS
+}
+
 /// The time an order spends sweeping queued cleanups before it starts, in call timeouts: the whole sweep
 /// shares it, and what it does not reach stays queued, so a slow carrier cannot take an order past its lease.
 pub const SWEEP_CALL_TIMEOUTS: u64 = 1;
@@ -572,6 +580,20 @@ pub fn owner_index(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_order_with_its_sweep_and_last_cancel_fits_the_payment_lease() {
+        // The defaults: 60 s and 10 s calls take at most 95 s.
+        assert!(fits_payment_lease(60, 10_000));
+        assert!(fits_payment_lease(1, 600));
+        assert!(fits_payment_lease(65, 10_000));
+        // The largest budget leaves no room for the calls around it; long calls eat the budget's room.
+        assert!(!fits_payment_lease(100, 10_000));
+        assert!(!fits_payment_lease(60, 120_000));
+        assert!(!fits_payment_lease(66, 10_000));
+        // Part of a second counts as one.
+        assert!(!fits_payment_lease(65, 10_001));
+    }
 
     fn order(status: OrderStatus, lease_until: u64) -> Order {
         Order {

@@ -483,6 +483,25 @@ async fn a_cancel_whose_answers_were_lost_is_sent_again_as_the_same_call() {
     assert_eq!(queued, json!([]));
 }
 
+/// An order's whole time (the sweep before it, its budget, a cancel after it) must fit the part of a payment's
+/// lease an order may take: a budget of 100 s with 10 s calls is refused at load, naming the setting (before, it
+/// was taken, and a payment sent again after its lease could take over one still ordering).
+#[tokio::test]
+async fn a_budget_whose_order_outlasts_the_payment_lease_is_refused() {
+    let mut kit = kit_with(
+        Arc::new(FakeSmdp::default()),
+        &[("dispatch_budget_secs", "100")],
+    )
+    .await;
+    let e = order(&mut kit, request("us-west", None), "inv-43")
+        .await
+        .unwrap_err();
+    let text = format!("{e:?}");
+    assert!(text.contains("dispatch_budget_secs"), "{text}");
+    assert!(text.contains("es2_timeout_ms"), "{text}");
+    assert!(kit.requests().is_empty(), "nothing was ordered");
+}
+
 /// A ConfirmOrder answer without `smdpAddress` (optional in ES2+) is used with the catalog's `smdp_address`
 /// for the carrier; before, it counted as malformed: the profile was given back and the order failed over.
 #[tokio::test]
