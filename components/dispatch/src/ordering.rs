@@ -170,10 +170,14 @@ pub async fn ordered_sim(invoice_id: &str, now: u64) -> Result<Option<StoredSim>
         order::Ordered::InProgress => Err(in_progress()),
         // Allocated but its SIM record not stored yet (a crash between the two): the order's next driver
         // stores it; until then it is in progress.
-        order::Ordered::Sim(iccid) => sim_store::load(&sim_store::parse_iccid(&iccid)?)
-            .await?
-            .map(Some)
-            .ok_or_else(in_progress),
+        order::Ordered::Sim(iccid) => {
+            match sim_store::load(&sim_store::parse_iccid(&iccid)?).await? {
+                Some(sim) if order::belongs_to(&sim, invoice_id) => Ok(Some(sim)),
+                // The profile went back to the pool and is another order's now: nothing of this one's is left.
+                Some(_) => Ok(None),
+                None => Err(in_progress()),
+            }
+        }
     }
 }
 
@@ -195,13 +199,17 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         Err(Claim::Done(iccid)) => {
             let sim = sim_store::load(&sim_store::parse_iccid(&iccid)?)
                 .await?
-                .ok_or_else(|| internal(format!("SIM {iccid} vanished")))?;
+                .filter(|sim| order::belongs_to(sim, invoice_id))
+                .ok_or_else(|| internal(format!("SIM {iccid} of invoice {invoice_id} vanished")))?;
             order::replay_for(&sim, spec.owner.as_ref()).map_err(wit::Error::Conflict)?;
             return Ok(sim);
         }
         Err(Claim::Failed(e)) => return Err(wit::Error::Unavailable(e)),
         Err(Claim::Busy(Some(iccid))) => {
-            if let Some(sim) = sim_store::load(&sim_store::parse_iccid(&iccid)?).await? {
+            if let Some(sim) = sim_store::load(&sim_store::parse_iccid(&iccid)?)
+                .await?
+                .filter(|sim| order::belongs_to(sim, invoice_id))
+            {
                 order::replay_for(&sim, spec.owner.as_ref()).map_err(wit::Error::Conflict)?;
                 return Ok(sim);
             }
@@ -226,7 +234,10 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         // A crash between journaling the step and storing the pending SIM leaves only the journal: the SIM
         // record is rebuilt from it, so the allocated profile is confirmed (or given back), never stranded.
         let sim = match sim_store::load(&sim_store::parse_iccid(&step.iccid)?).await? {
-            Some(sim) => sim,
+            Some(sim) if order::belongs_to(&sim, &driver.order.invoice_id) => Some(sim),
+            // Given back to the pool by an earlier attempt and handed to another order since: not ours to
+            // confirm, deliver or give back; the order goes on with the next carrier.
+            Some(_) => None,
             None => {
                 let sim = spec.pending_sim(
                     &cfg,
@@ -236,23 +247,21 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
                     now,
                 );
                 sim_store::put(&sim, None).await?;
-                sim
+                Some(sim)
             }
         };
         // A SIM no longer pending (terminated by its owner, delivered, given up) is not confirmed again.
-        let outcome = match order::settled_before_confirm(&sim) {
-            Some(after) => conclude(&cfg, carrier, &step, after, None).await,
-            None => {
-                finish(
-                    &cfg,
-                    carrier,
-                    &step,
-                    &sim,
-                    None,
-                    spec.eid.as_ref(),
-                    deadline,
-                )
-                .await
+        let outcome = match sim
+            .as_ref()
+            .map(|sim| (sim, order::settled_before_confirm(sim)))
+        {
+            None => Err(Skip::Next(format!(
+                "{}: profile {} went back to the pool",
+                step.carrier, step.iccid
+            ))),
+            Some((_, Some(after))) => conclude(&cfg, carrier, &step, after, None).await,
+            Some((sim, None)) => {
+                finish(&cfg, carrier, &step, sim, None, spec.eid.as_ref(), deadline).await
             }
         };
         match outcome {

@@ -335,6 +335,14 @@ pub fn ordered(current: Option<&Order>, now: u64) -> Ordered {
     }
 }
 
+/// Whether the SIM record the journal's ICCID names is the order's (`invoice_id`'s): a profile given back to
+/// the carrier's pool (its confirm failed, or the order moved on) keeps its ICCID, and the carrier may hand it
+/// to another order, whose record then sits under the same key. A journal step or a delivered ICCID whose
+/// record names another invoice is not this order's SIM: never confirmed, delivered or withdrawn on its behalf.
+pub fn belongs_to(sim: &StoredSim, invoice_id: &str) -> bool {
+    sim.invoice_id == invoice_id
+}
+
 /// Whether an order placed earlier for an invoice (its SIM `ordered`) answers a repeat that orders for `owner`:
 /// only if the SIM is that owner's. An invoice is paid by one payer, but should its payment record ever free it
 /// for another payment, the order journal would otherwise hand that payer the first one's SIM.

@@ -41,6 +41,8 @@ struct FakeSmdp {
     serial: AtomicU64,
     /// FCI → the answer given (the real SM-DP+ is idempotent on it).
     answered: Mutex<HashMap<String, Value>>,
+    /// The ICCID the next DownloadOrder hands out (a profile given back to the pool, handed out again).
+    reissue: Mutex<Option<String>>,
 }
 
 fn es2(body: Value) -> Scripted {
@@ -100,6 +102,10 @@ impl FakeSmdp {
             }
             (Behaves::PoolEmpty, "downloadOrder") => failed("8.2.5", "3.7"),
             (Behaves::EidMismatch, "downloadOrder") => failed("8.1.1", "3.10"),
+            (_, "downloadOrder") if self.reissue.lock().unwrap().is_some() => {
+                let iccid = self.reissue.lock().unwrap().take().unwrap();
+                json!({"header": ok_header(), "iccid": iccid})
+            }
             (_, "downloadOrder") => {
                 let n = self.serial.fetch_add(1, Ordering::SeqCst);
                 let iccid = Iccid::with_check_digit(&format!("890126{n:012}")).unwrap();
@@ -1141,6 +1147,72 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
         .map(|r| r.json().unwrap()["header"]["functionCallIdentifier"].clone())
         .unwrap();
     assert_eq!(last_confirm, confirms[0]);
+}
+
+/// A profile given back to the carrier's pool keeps its ICCID, and the carrier may hand it to another order. An
+/// order resumed with that profile as its journal's step does not take the other order's SIM (before, it was
+/// delivered to both invoices: two payers on one SIM), and goes on with the next carrier.
+#[tokio::test]
+async fn a_resumed_order_never_takes_a_profile_another_order_got_since() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(
+        smdp.clone(),
+        &[("dispatch_budget_secs", "1"), ("es2_timeout_ms", "600")],
+    )
+    .await;
+    let pending = order(&mut kit, request("us-west", None), "inv-a")
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    // The carrier hands the same profile to another order, which gets it.
+    smdp.set("tmobile", Behaves::Ok);
+    *smdp.reissue.lock().unwrap() = Some(pending.iccid.clone());
+    let other = order(&mut kit, request("us-west", None), "inv-b")
+        .await
+        .unwrap();
+    assert_eq!(
+        (other.iccid.as_str(), other.state),
+        (pending.iccid.as_str(), types::SimState::Active)
+    );
+    // The first order, resumed after its lease, orders anew.
+    let req = request("us-west", None);
+    let resumed = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_order_profile(
+                    a,
+                    req,
+                    "inv-a".into(),
+                    OWNER.into(),
+                    None,
+                    1_764_000_000 + 3_600,
+                )
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(resumed.iccid, pending.iccid);
+    assert_eq!(resumed.state, types::SimState::Active);
+    assert!(
+        resumed
+            .failovers
+            .iter()
+            .any(|f| f.contains("went back to the pool")),
+        "{:?}",
+        resumed.failovers
+    );
+    // The other order's SIM is as it was.
+    let id = pending.iccid.clone();
+    let theirs = kit
+        .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(theirs.invoice_id, "inv-b");
+    assert_eq!(theirs.state, types::SimState::Active);
 }
 
 /// A pending SIM its owner terminated is withdrawn: the resumed order does not confirm it (the terminate
