@@ -31,7 +31,7 @@ use std::time::Duration;
 use esim402_core::paid::LEASE_SECS;
 use esim402_tests::Runner;
 
-use crate::payments::{PayStack, Payment, Store, activation, agent, price};
+use crate::payments::{PayStack, Payment, Store, activation, agent, price, proof_headers};
 
 /// One crash point.
 struct Crash {
@@ -753,4 +753,43 @@ async fn killed_after_a_failover_the_resumed_order_keeps_the_quoted_rate() {
     assert_eq!(refunds.len(), 1, "{term}");
     assert_eq!(refunds[0]["amount"], "300000", "{term}");
     verified_ledger(&s).await;
+}
+
+/// A settlement front-run: the facilitator holds a payment's authorization (its record claimed; killed before
+/// it broadcast), and the payer sends that same authorization itself. That transaction is the payment's money:
+/// presented as a tx-hash proof of another invoice of the same payer, it is refused (before, it paid that
+/// invoice too, one transfer behind two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_executing_a_held_authorization_pays_no_tx_hash_invoice() {
+    let failpoint = "x402/nonce/";
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", failpoint)],
+    )
+    .await;
+    let (_, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    stall_and_kill(&mut s, &pay.header(), failpoint).await;
+    let tx = s.send_token(agent(), pay.calldata()).await;
+    s.mined(&tx).await;
+
+    restart_later(&mut s, 0, &[]).await;
+    let body =
+        serde_json::json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (other, other_req) = s.invoice(&body).await;
+    assert_eq!(other_req.amount, req.amount);
+    let id = other["invoice_id"].as_str().unwrap();
+    let (status, _, refused) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&tx, id))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("executes an authorization"),
+        "{refused}"
+    );
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(inv["status"], "open", "{inv}");
 }

@@ -27,6 +27,8 @@ sol! {
     function balanceOf(address account) returns (uint256);
     function authorizationState(address authorizer, bytes32 nonce) returns (bool);
     function transfer(address to, uint256 value) returns (bool);
+    function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter,
+        uint256 validBefore, bytes32 nonce, bytes signature);
 }
 
 /// Where a [`PayStack`] serves the app.
@@ -574,6 +576,21 @@ impl Payment {
     }
 
     /// The `PAYMENT-SIGNATURE` header value.
+    /// Calldata of the token's `transferWithAuthorization` executing this payment's authorization, as anyone
+    /// holding it (its payer, another facilitator) may send it.
+    pub fn calldata(&self) -> Vec<u8> {
+        transferWithAuthorizationCall {
+            from: self.auth.from,
+            to: self.auth.to,
+            value: self.auth.value,
+            validAfter: self.auth.valid_after,
+            validBefore: self.auth.valid_before,
+            nonce: self.auth.nonce,
+            signature: self.signature().into(),
+        }
+        .abi_encode()
+    }
+
     pub fn header(&self) -> String {
         encode_payment_payload_header(&PaymentPayload::V2(PaymentPayloadV2 {
             resource: None,

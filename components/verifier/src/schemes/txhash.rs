@@ -3,8 +3,12 @@
 //! saw the transfer can present it first). The kernel's `check_tx_hash_proof` decides from the receipt's token
 //! `Transfer` logs, bound to that `payer`, `payTo`, price and the network's confirmations; the transaction
 //! must also be mined while the invoice was open: after it was issued and by its deadline, judged by the block,
-//! so a transfer made in time pays even if its proof arrives after the deadline. A transaction pays at most one thing: `txhash/<hash>` is claimed with insert-if-absent (our own
-//! settlement transactions are claimed there too). Nothing is broadcast, so nothing is ever released.
+//! so a transfer made in time pays even if its proof arrives after the deadline.
+//!
+//! A transaction pays at most one thing: `txhash/<hash>` is claimed with insert-if-absent (our own settlement
+//! transactions are claimed there too), and a transaction that executes an EIP-3009 authorization presented
+//! here as an `exact` payment (`x402/nonce/…`) is that payment's, whoever sent it. Nothing is broadcast, so
+//! nothing is ever released.
 
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::chain::parse_address;
@@ -171,6 +175,18 @@ impl Context {
             Ok(_) => {}
             Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
             Err(e) => return Ok(Proof::Refused(reason(&e))),
+        }
+        // A transfer made by an authorization presented here as an x402 payment is that payment's money (the
+        // payer, or anyone, may have sent it before our settlement did): it pays no tx-hash invoice as well.
+        for (authorizer, nonce) in receipt::authorizations_used(&receipt, token) {
+            let key = keys::authorization(&network.caip2(), authorizer, nonce);
+            if crate::claims::load(&key).await?.is_some() {
+                return Err(wit::Error::Conflict(format!(
+                    "already settled: transaction {:#x} executes an authorization presented here as an x402 \
+                     payment; it pays that payment only",
+                    self.hash
+                )));
+            }
         }
         // A transfer made before the invoice existed pays for something else; one made after its deadline,
         // nothing.

@@ -17,6 +17,31 @@ use super::quantity::{self, HexError};
 pub const TRANSFER_TOPIC: B256 =
     b256!("0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef");
 
+/// `keccak256("AuthorizationUsed(address,bytes32)")`, topic 0 of the log an EIP-3009 token emits when it executes
+/// an authorization (`transferWithAuthorization`, `receiveWithAuthorization`).
+pub const AUTHORIZATION_USED_TOPIC: B256 =
+    b256!("0x98de503528ee59b575ef0c0a2576a82497bfc029a5685b209e9ec333479b10a5");
+
+/// The EIP-3009 authorizations (`authorizer`, `nonce`) `token` executed in this receipt, in log order; removed
+/// and misshapen logs are skipped. A transfer made by an authorization is an x402 `exact` payment's money if
+/// that authorization was presented to us: it pays that payment, never a tx-hash proof too.
+pub fn authorizations_used(receipt: &TransactionReceipt, token: Address) -> Vec<(Address, B256)> {
+    receipt
+        .logs
+        .iter()
+        .filter(|l| l.address == token && !l.removed)
+        .filter_map(|l| match l.topics.as_slice() {
+            [topic, authorizer, nonce]
+                if *topic == AUTHORIZATION_USED_TOPIC
+                    && authorizer[..12].iter().all(|&b| b == 0) =>
+            {
+                Some((Address::from_word(*authorizer), *nonce))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// A receipt that does not have the shape of an `eth_getTransactionReceipt` result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed receipt: {0}")]
@@ -407,6 +432,42 @@ mod tests {
             1_000
         ));
         assert!(mined_after_invoice(0, 0));
+    }
+
+    #[test]
+    fn the_authorizations_a_token_executed_are_read_from_its_logs() {
+        assert_eq!(
+            AUTHORIZATION_USED_TOPIC,
+            alloy_primitives::keccak256(b"AuthorizationUsed(address,bytes32)")
+        );
+        let token = Address::repeat_byte(0x11);
+        let authorizer = Address::repeat_byte(0x22);
+        let nonce = B256::repeat_byte(0x33);
+        let log = |address: Address, topics: Vec<B256>, removed: bool| Log {
+            address,
+            topics,
+            data: Bytes::new(),
+            removed,
+        };
+        let used = vec![AUTHORIZATION_USED_TOPIC, authorizer.into_word(), nonce];
+        let mut receipt = receipt("0x1", vec![]);
+        receipt.logs = vec![
+            log(token, used.clone(), false),
+            // Another contract's, a removed one, a misshapen one: none count.
+            log(Address::repeat_byte(0x44), used.clone(), false),
+            log(token, used.clone(), true),
+            log(
+                token,
+                vec![AUTHORIZATION_USED_TOPIC, B256::repeat_byte(0xff), nonce],
+                false,
+            ),
+            log(
+                token,
+                vec![TRANSFER_TOPIC, authorizer.into_word(), nonce],
+                false,
+            ),
+        ];
+        assert_eq!(authorizations_used(&receipt, token), [(authorizer, nonce)]);
     }
 
     #[test]
