@@ -3,6 +3,9 @@
 //! compiled (cached on disk by wasmtime, keyed by the wasm's hash), pre-instantiated, and served through a
 //! `ProxyHandler` that reuses instances like Spin 4 (up to 16 concurrent and 128 total requests per instance;
 //! one concurrent request for a component on Redis unless the command line says otherwise: [`concurrent_reuse`]).
+//! Instances come from a fixed pool; an instance is created only with a slot from the app's
+//! [`Gate`](crate::admission::Gate), sized at load from what one instance was measured to take, so a full pool
+//! makes a request wait (then answer 503) instead of failing it and every request queued behind it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -19,11 +22,12 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::handler::{
-    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState,
-    WorkerStatus,
+    HandlerState, Instance, Proxy, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration,
+    WorkerState, WorkerStatus,
 };
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::admission::{self, Demand, Gate, InstanceCost, PoolTotals, Slot};
 use crate::compose::{Dependency, Dependent, compose};
 use crate::interfaces::{self, KvCtx, SpinView, VarsCtx};
 use crate::kv::{self, SharedBackend};
@@ -55,6 +59,8 @@ pub struct LoadOptions {
     pub header_timeout: Duration,
     /// How long a client may take to send a request's body, however it is framed (default 30 s).
     pub body_timeout: Duration,
+    /// How long a request may wait for room in the instance pool before it is answered 503 (default 10 s).
+    pub instance_wait: Duration,
 }
 
 impl LoadOptions {
@@ -78,9 +84,15 @@ impl LoadOptions {
                 .and_then(|v| v.parse().ok())
                 .map_or(Duration::from_secs(30), Duration::from_millis),
             body_timeout: Duration::from_secs(30),
+            instance_wait: INSTANCE_WAIT,
         }
     }
 }
+
+/// [`LoadOptions::instance_wait`]'s default: long enough to ride out a burst (a slot frees as soon as some
+/// instance ends or goes idle), short enough that a client learns the server is saturated well before its own
+/// timeout, and is told when to retry.
+pub const INSTANCE_WAIT: Duration = Duration::from_secs(10);
 
 /// Store data of one instance.
 pub struct HostState {
@@ -134,6 +146,8 @@ pub struct ComponentRuntime {
     clock_skew: Option<Duration>,
     max_concurrent: usize,
     max_requests: usize,
+    /// Room in the instance pool, shared by every component.
+    gate: Arc<Gate>,
 }
 
 /// A loaded application.
@@ -153,6 +167,7 @@ pub struct App {
     /// [`LoadOptions::body_timeout`].
     pub body_timeout: Duration,
     engine: Engine,
+    gate: Arc<Gate>,
 }
 
 /// The backstop for one request. A paid activation may legally run until its payment lease ends
@@ -165,18 +180,23 @@ const REQUEST_TIMEOUT: Duration =
 const REQUEST_TIMEOUT_SLACK_SECS: u64 = 30;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The engine every component shares.
+/// The engine every component shares, with the host's pool ([`admission::POOL`]).
 pub fn engine(cache_dir: Option<&Path>) -> anyhow::Result<Engine> {
+    engine_with_pool(cache_dir, &admission::POOL)
+}
+
+/// [`engine`] with other pool totals (tests: a pool small enough to fill).
+pub fn engine_with_pool(cache_dir: Option<&Path>, totals: &PoolTotals) -> anyhow::Result<Engine> {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);
     cfg.wasm_component_model_async(true);
     cfg.epoch_interruption(true);
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(256)
-        .total_core_instances(4096)
-        .total_memories(1024)
-        .total_tables(2048)
-        .total_stacks(2048)
+    pool.total_component_instances(totals.component_instances)
+        .total_core_instances(totals.core_instances)
+        .total_memories(totals.memories)
+        .total_tables(totals.tables)
+        .total_stacks(totals.stacks)
         .max_memory_size(256 << 20)
         .max_core_instances_per_component(64)
         .max_memories_per_component(16)
@@ -313,6 +333,9 @@ impl App {
 
         let clock_skew = crate::clock::skew()?;
         let engine = engine(opts.cache_dir.as_deref())?;
+        // Closed until every component's instance cost is known (below).
+        let gate = Gate::new(opts.instance_wait);
+        let mut worst = InstanceCost::default();
         let linker = linker(&engine)?;
         let router = Router::new(
             manifest
@@ -384,9 +407,24 @@ impl App {
                     decl.key_value_stores.iter().any(|l| networked.contains(l)),
                 ),
                 max_requests: opts.max_requests_per_instance.max(1),
+                gate: gate.clone(),
             };
+            // One instance, made and dropped before serving, shows what each takes from the pool (and that the
+            // component can be instantiated at all: a failure here would otherwise be every request's 500).
+            let probe = async { runtime.new_instance().await.map_err(anyhow::Error::from) };
+            let cost = InstanceCost::measure(&engine, probe)
+                .await
+                .with_context(|| format!("component {id}: instantiate"))?;
+            tracing::debug!(component = %id, ?cost, "instance cost");
+            worst = worst.max(cost);
             handlers.insert((*id).to_owned(), ProxyHandler::new(runtime));
         }
+        let capacity = admission::POOL.instances_of(&worst);
+        if capacity == 0 {
+            bail!("the instance pool cannot hold one instance ({worst:?})");
+        }
+        tracing::info!(instances = capacity, per_instance = ?worst, "instance pool");
+        gate.open(capacity);
         // Wasm execution is interruptible: a ticker advances the epoch so guests yield regularly.
         let ticker = engine.weak();
         std::thread::spawn(move || {
@@ -405,12 +443,18 @@ impl App {
             header_timeout: opts.header_timeout,
             body_timeout: opts.body_timeout,
             engine,
+            gate,
         })
     }
 
     /// The shared engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Room in the instance pool.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 }
 
@@ -432,9 +476,11 @@ pub fn concurrent_reuse(chosen: Option<usize>, uses_network_store: bool) -> usiz
     }
 }
 
-/// Retires idle workers and is the backstop for requests that run too long.
+/// Retires idle workers (at once when an instantiation waits for their slot) and is the backstop for requests
+/// that run too long.
 pub struct Expiry {
     sleep: Pin<Box<tokio::time::Sleep>>,
+    demand: Demand,
 }
 
 impl WorkerExpiration for Expiry {
@@ -445,7 +491,12 @@ impl WorkerExpiration for Expiry {
         start: Instant,
     ) -> Poll<()> {
         let limit = match status {
-            WorkerStatus::Idle => IDLE_TIMEOUT,
+            WorkerStatus::Idle => {
+                if self.demand.poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                IDLE_TIMEOUT
+            }
             WorkerStatus::Requests | WorkerStatus::PostReturn => REQUEST_TIMEOUT,
         };
         let Some(deadline) = start.checked_add(limit) else {
@@ -463,6 +514,9 @@ impl WorkerExpiration for Expiry {
 pub struct Worker {
     max_concurrent: usize,
     max_requests: usize,
+    /// Returned when the worker is dropped, which wasmtime-wasi-http does after [`WorkerState::drop`] has
+    /// dropped the store.
+    _slot: Slot,
 }
 
 impl WorkerState for Worker {
@@ -503,12 +557,9 @@ impl WorkerState for Worker {
     }
 }
 
-impl HandlerState for ComponentRuntime {
-    type StoreData = HostState;
-    type WorkerExpiration = Expiry;
-    type WorkerState = Worker;
-
-    async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, Expiry, Worker>> {
+impl ComponentRuntime {
+    /// A new store and instance, without a slot: [`HandlerState::instantiate`] takes one first.
+    async fn new_instance(&self) -> wasmtime::Result<(Store<HostState>, Proxy)> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr();
         for (k, v) in &self.env {
@@ -534,6 +585,18 @@ impl HandlerState for ComponentRuntime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         let proxy = self.pre.instantiate_async(&mut store).await?;
+        Ok((store, proxy))
+    }
+}
+
+impl HandlerState for ComponentRuntime {
+    type StoreData = HostState;
+    type WorkerExpiration = Expiry;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, Expiry, Worker>> {
+        // Room first: the pool refusing an instantiation would fail every request queued for this component.
+        let (slot, (store, proxy)) = self.gate.instantiate(self.new_instance()).await?;
         tracing::debug!(component = %self.id, "new instance");
         Ok(Instance {
             store,
@@ -541,10 +604,12 @@ impl HandlerState for ComponentRuntime {
             view: <HostState as WasiHttpView>::http,
             expiration: Expiry {
                 sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400 * 365))),
+                demand: slot.demand(),
             },
             state: Worker {
                 max_concurrent: self.max_concurrent,
                 max_requests: self.max_requests,
+                _slot: slot,
             },
         })
     }

@@ -10,6 +10,7 @@
 //! restart a killed host "after" a lease). Never set them in a deployment.
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod app;
 pub mod build;
 pub mod clock;

@@ -1,6 +1,8 @@
 //! The HTTP trigger: accepts connections (HTTP/1.1 keep-alive), routes each request with Spin's rules, adds
 //! the `spin-*` headers Spin sets, and hands it to the component's `ProxyHandler`. Shuts down gracefully: on
-//! the shutdown signal it stops accepting and lets in-flight requests finish.
+//! the shutdown signal it stops accepting and lets in-flight requests finish. A request that finds no room in
+//! the instance pool within its wait ([`crate::admission`]) is answered 503 with `Retry-After`: the server is
+//! saturated, not broken, and a client should come back rather than give up.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,7 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
+use wasmtime_wasi_http::handler::InstantiationError;
 
+use crate::admission::Busy;
 use crate::app::App;
 
 fn json_response(status: u16, code: &str, message: &str) -> http::Response<WasiBody> {
@@ -42,16 +46,19 @@ fn set(headers: &mut http::HeaderMap, name: &str, value: &str) {
     }
 }
 
-/// Request bodies up to this size (by `Content-Length`) are read whole before the component sees the request.
+/// Request bodies up to this size are read whole before the component sees the request: by `Content-Length`,
+/// or, for a chunked one, by reading it until it ends or proves larger.
 pub const BUFFERED_BODY_BYTES: u64 = 64 * 1024;
 
-/// The request body as the component will read it. One with a `Content-Length` of at most
-/// [`BUFFERED_BODY_BYTES`] (every API request but large receipt batches) is read here first, on the
-/// connection's own task: the guest's reads then complete at once instead of each one suspending the instance's
-/// task until the connection task has delivered the bytes (a cross-task round trip per read, ~30% of a 402's
-/// host CPU; BENCHMARKS.md, "The 402 path"). A client that has not sent it
-/// within `timeout` gets 408 without having held an instance. Larger or chunked bodies stream, under the same
-/// deadline ([`Deadline`]): a client trickling one never holds an instance past it.
+/// The request body as the component will read it. One of at most [`BUFFERED_BODY_BYTES`] (every API request
+/// but large receipt batches) is read here first, on the connection's own task: the guest's reads then complete
+/// at once instead of each one suspending the instance's task until the connection task has delivered the bytes
+/// (a cross-task round trip per read, ~30% of a 402's host CPU; BENCHMARKS.md, "The 402 path"), and a client
+/// trickling it holds no instance (nor a slot of the instance pool) meanwhile. A client that has not sent it
+/// within `timeout` gets 408. A chunked body is read the same way until it passes [`BUFFERED_BODY_BYTES`]: a
+/// small one never reaches an instance before it is complete. Larger bodies stream (a chunked one after the
+/// bytes already read), under the same deadline ([`Deadline`]): a client trickling one never holds an instance
+/// past it.
 async fn buffered<B>(
     headers: &http::HeaderMap,
     body: B,
@@ -61,43 +68,125 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error> + std::fmt::Display,
 {
-    let small = headers
+    let expires = tokio::time::Instant::now() + timeout;
+    let mut body = Box::pin(body);
+    let large = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n <= BUFFERED_BODY_BYTES);
-    if !small {
+        .is_some_and(|n| n > BUFFERED_BODY_BYTES);
+    if large {
         return Ok(Deadline {
-            inner: Box::pin(body),
-            expires: Box::pin(tokio::time::sleep(timeout)),
+            inner: body,
+            expires: Box::pin(tokio::time::sleep_until(expires)),
         }
         .boxed_unsync());
     }
-    match tokio::time::timeout(timeout, body.collect()).await {
-        Ok(Ok(collected)) => {
-            let trailers = collected.trailers().cloned();
-            let data = collected.to_bytes();
-            let full = Full::new(data).map_err(|e| match e {});
-            Ok(match trailers {
-                None => full.boxed_unsync(),
-                Some(t) => full
-                    .with_trailers(std::future::ready(Some(Ok(t))))
-                    .boxed_unsync(),
-            })
+    // Kept as received: one frame (the usual small request) then becomes the body without a copy.
+    let mut head: Vec<Bytes> = Vec::new();
+    let mut read: u64 = 0;
+    let mut trailers: Option<http::HeaderMap> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(expires, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(json_response(
+                    400,
+                    "invalid_input",
+                    &format!("could not read the request body: {e}"),
+                ));
+            }
+            Err(_) => {
+                return Err(json_response(
+                    408,
+                    "request_timeout",
+                    &format!(
+                        "the request body was not received within {} s",
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                read = read.saturating_add(data.len() as u64);
+                head.push(data);
+                // Only a chunked body gets here: hyper ends a sized one at its length.
+                if read > BUFFERED_BODY_BYTES {
+                    return Ok(ReadAhead {
+                        head: Some(joined(head)),
+                        rest: Deadline {
+                            inner: body,
+                            expires: Box::pin(tokio::time::sleep_until(expires)),
+                        },
+                    }
+                    .boxed_unsync());
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers.get_or_insert_default().extend(t);
+                }
+            }
         }
-        Ok(Err(e)) => Err(json_response(
-            400,
-            "invalid_input",
-            &format!("could not read the request body: {e}"),
-        )),
-        Err(_) => Err(json_response(
-            408,
-            "request_timeout",
-            &format!(
-                "the request body was not received within {} s",
-                timeout.as_secs()
-            ),
-        )),
+    }
+    let full = Full::new(joined(head)).map_err(|e| match e {});
+    Ok(match trailers {
+        None => full.boxed_unsync(),
+        Some(t) => full
+            .with_trailers(std::future::ready(Some(Ok(t))))
+            .boxed_unsync(),
+    })
+}
+
+/// The frames' bytes as one buffer.
+fn joined(mut chunks: Vec<Bytes>) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    chunks.concat().into()
+}
+
+/// A chunked body that proved larger than [`BUFFERED_BODY_BYTES`]: the bytes read to find that out, then the rest
+/// as it arrives.
+struct ReadAhead<B> {
+    head: Option<Bytes>,
+    rest: Deadline<B>,
+}
+
+impl<B> http_body::Body for ReadAhead<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(head) = this.head.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        std::pin::Pin::new(&mut this.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let read = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(read));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(read));
+        }
+        hint
     }
 }
 
@@ -139,6 +228,44 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// `Retry-After` when the instance pool is full: the request already waited [`crate::app::INSTANCE_WAIT`] for
+/// room, so room is not coming at once; a few seconds spreads the retries of a burst without making a client
+/// wait for the slowest request (up to the body timeout) to end.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 5;
+
+/// The answer for a request the component did not answer. No room in the instance pool is 503: the gate
+/// refused it ([`Busy`]), or, should the gate ever admit more than the pool holds, the pool did.
+fn failed(component: &str, e: &wasmtime::Error) -> http::Response<WasiBody> {
+    let pool_full = e.downcast_ref::<InstantiationError<()>>().is_some_and(|i| {
+        i.error.downcast_ref::<Busy>().is_some()
+            || i.error
+                .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+    });
+    if pool_full {
+        tracing::warn!(component = %component, error = %format!("{e:#}"), "request refused: the instance pool is full");
+        let mut resp = json_response(
+            503,
+            "unavailable",
+            &format!(
+                "the server is busy: no room for this request now; retry in {BUSY_RETRY_AFTER_SECS} s"
+            ),
+        );
+        set(
+            resp.headers_mut(),
+            "retry-after",
+            &BUSY_RETRY_AFTER_SECS.to_string(),
+        );
+        return resp;
+    }
+    tracing::error!(component = %component, error = %format!("{e:#}"), "request failed in the component");
+    json_response(
+        500,
+        "internal",
+        "the component failed to handle the request",
+    )
 }
 
 /// Route and run one request.
@@ -226,14 +353,7 @@ pub async fn handle(
     }
     match handled {
         Ok(resp) => resp,
-        Err(e) => {
-            tracing::error!(component = %component, error = %format!("{e:#}"), "request failed in the component");
-            json_response(
-                500,
-                "internal",
-                "the component failed to handle the request",
-            )
-        }
+        Err(e) => failed(&component, &e),
     }
 }
 
@@ -310,6 +430,7 @@ mod tests {
     use std::task::{Context, Poll};
 
     use super::*;
+    use crate::admission::testing;
     use http_body::{Body as _, Frame};
 
     #[derive(Debug)]
@@ -400,18 +521,137 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn large_or_unsized_bodies_stream_unread() {
-        for headers in [length(BUFFERED_BODY_BYTES + 1), http::HeaderMap::new()] {
-            let client = frames(vec![Ok(Frame::data(Bytes::from_static(b"xy")))]);
-            let Ok(body) = buffered(&headers, client, Duration::from_secs(5)).await else {
-                panic!("a streamed body was refused");
-            };
-            // Not read here: its size is unknown until the guest reads it.
-            assert_eq!(body.size_hint().exact(), None);
-            let Ok(collected) = body.collect().await else {
-                panic!("the streamed body failed");
-            };
-            assert_eq!(collected.to_bytes(), Bytes::from_static(b"xy"));
+    async fn a_large_body_streams_unread() {
+        let client = frames(vec![Ok(Frame::data(Bytes::from_static(b"xy")))]);
+        let headers = length(BUFFERED_BODY_BYTES + 1);
+        let Ok(body) = buffered(&headers, client, Duration::from_secs(5)).await else {
+            panic!("a streamed body was refused");
+        };
+        // Not read here: its size is unknown until the guest reads it.
+        assert_eq!(body.size_hint().exact(), None);
+        let Ok(collected) = body.collect().await else {
+            panic!("the streamed body failed");
+        };
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"xy"));
+    }
+
+    #[tokio::test]
+    async fn a_small_chunked_body_is_read_whole_before_the_component_sees_it() {
+        let client = frames(vec![
+            Ok(Frame::data(Bytes::from_static(b"x"))),
+            Ok(Frame::data(Bytes::from_static(b"y"))),
+        ]);
+        let Ok(body) = buffered(&http::HeaderMap::new(), client, Duration::from_secs(5)).await
+        else {
+            panic!("a small chunked body was refused");
+        };
+        assert_eq!(body.size_hint().exact(), Some(2));
+        // Trickled and never finished: refused here, having held no instance.
+        let stalled = Frames {
+            frames: VecDeque::from([Ok(Frame::data(Bytes::from_static(b"{")))]),
+            stalls: true,
+        };
+        let (status, _) =
+            refusal(buffered(&http::HeaderMap::new(), stalled, Duration::from_millis(50)).await)
+                .await;
+        assert_eq!(status, 408);
+    }
+
+    #[tokio::test]
+    async fn a_large_chunked_body_streams_on_from_what_was_read() {
+        let half = usize::try_from(BUFFERED_BODY_BYTES / 2 + 1).unwrap();
+        let client = Frames {
+            frames: VecDeque::from([
+                Ok(Frame::data(Bytes::from(vec![b'a'; half]))),
+                Ok(Frame::data(Bytes::from(vec![b'b'; half]))),
+            ]),
+            stalls: true,
+        };
+        let timeout = Duration::from_millis(200);
+        let start = tokio::time::Instant::now();
+        let Ok(mut body) = buffered(&http::HeaderMap::new(), client, timeout).await else {
+            panic!("a large chunked body was refused");
+        };
+        // Handed on without waiting for the rest, the bytes read so far first.
+        assert!(start.elapsed() < timeout);
+        let Some(Ok(first)) = body.frame().await else {
+            panic!("the bytes read ahead were lost");
+        };
+        let first = first.into_data().unwrap_or_default();
+        assert_eq!(first.len(), 2 * half);
+        assert!(first.starts_with(b"aa") && first.ends_with(b"bb"));
+        // The rest never comes: the deadline, counted from the start, still holds.
+        assert!(matches!(
+            body.frame().await,
+            Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout))
+        ));
+        assert!(start.elapsed() < timeout * 2);
+    }
+
+    fn instantiation_failed(error: wasmtime::Error) -> wasmtime::Error {
+        InstantiationError {
+            request_data: (),
+            request: std::sync::Mutex::new(http::Request::new(
+                Full::new(Bytes::new())
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )),
+            error: Arc::new(error),
+        }
+        .into()
+    }
+
+    async fn answer(resp: http::Response<WasiBody>) -> (u16, Option<String>, serde_json::Value) {
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        (
+            status,
+            retry,
+            serde_json::from_slice(&bytes).unwrap_or_default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn no_room_in_the_instance_pool_is_503_with_retry_after() {
+        let busy = Busy {
+            capacity: 204,
+            waited: Duration::from_secs(10),
+        };
+        // The pool itself refusing (were the gate ever to admit too many): an instantiation past a tiny pool.
+        let (engine, component) = crate::admission::testing::tiny();
+        let _full = [
+            testing::instance(&engine, &component).await.unwrap(),
+            testing::instance(&engine, &component).await.unwrap(),
+        ];
+        let Err(refused) = testing::instance(&engine, &component).await else {
+            panic!("the tiny pool held a third instance");
+        };
+        for cause in [wasmtime::Error::new(busy), refused] {
+            let (status, retry, body) = answer(failed("c", &instantiation_failed(cause))).await;
+            assert_eq!(status, 503);
+            assert_eq!(retry.as_deref(), Some("5"));
+            assert_eq!(body["error"]["code"], "unavailable", "{body}");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("busy"), "{message}");
+        }
+        // Anything else stays a failure of the component.
+        for other in [
+            instantiation_failed(wasmtime::format_err!("bad import")),
+            wasmtime::format_err!("trap"),
+        ] {
+            let (status, retry, body) = answer(failed("c", &other)).await;
+            assert_eq!((status, retry), (500, None));
+            assert_eq!(body["error"]["code"], "internal", "{body}");
         }
     }
 
