@@ -96,7 +96,7 @@ pub async fn call_twice<Req: serde::Serialize, Resp: serde::de::DeserializeOwned
 /// CancelOrder (`retire`: the profile may never be downloaded again) within one call timeout; if it cannot be
 /// done now it is queued.
 pub async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool) {
-    cancel_as(
+    let left = cancel_as(
         cfg,
         carrier,
         iccid,
@@ -105,11 +105,14 @@ pub async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool
         Deadline::single_call(cfg),
     )
     .await;
+    if let Some(item) = left {
+        crate::queue::enqueue(item).await;
+    }
 }
 
-/// [`cancel`] under the call id `call` of an earlier try (a new one if `None`), within `deadline`; queued with
-/// the call id used, so a try whose answer was lost is sent again as the same call (the SM-DP+ replays it
-/// instead of cancelling whatever that ICCID is by then).
+/// [`cancel`] under the call id `call` of an earlier try (a new one if `None`), within `deadline`; what is left
+/// to queue, if it could not be done now: with the call id used, so a try whose answer was lost is sent again
+/// as the same call (the SM-DP+ replays it instead of cancelling whatever that ICCID is by then).
 pub async fn cancel_as(
     cfg: &Config,
     carrier: &Carrier,
@@ -117,16 +120,14 @@ pub async fn cancel_as(
     retire: bool,
     call: Option<String>,
     deadline: Deadline,
-) {
+) -> Option<Cleanup> {
     let Some(call) = call.or_else(|| fci().ok()) else {
-        crate::queue::enqueue(Cleanup::Cancel {
+        return Some(Cleanup::Cancel {
             carrier: carrier.id.to_string(),
             iccid: iccid.as_str().to_owned(),
             retire,
             fci: None,
-        })
-        .await;
-        return;
+        });
     };
     let next_call = async {
         let body = CancelOrderRequest {
@@ -165,13 +166,10 @@ pub async fn cancel_as(
         }
     }
     .await;
-    if let Some(fci) = next_call {
-        crate::queue::enqueue(Cleanup::Cancel {
-            carrier: carrier.id.to_string(),
-            iccid: iccid.as_str().to_owned(),
-            retire,
-            fci,
-        })
-        .await;
-    }
+    next_call.map(|fci| Cleanup::Cancel {
+        carrier: carrier.id.to_string(),
+        iccid: iccid.as_str().to_owned(),
+        retire,
+        fci,
+    })
 }

@@ -6,17 +6,22 @@
 use esim402_core::esim::Eid;
 use esim402_core::esim::Iccid;
 use esim402_core::esim::es2::{self, DownloadOrderRequest, DownloadOrderResponse};
-use esim402_core::order::Cleanup;
+use esim402_core::order::{Cleanup, Queued};
 
 use crate::calls::{self, Deadline};
 use crate::config::Config;
-use crate::queue::{self, enqueue};
+use crate::queue;
 
 /// Work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
 /// item), try each once within the sweep's deadline, and re-queue what still fails or was not reached.
 pub async fn sweep(cfg: &Config, max: usize) {
     let deadline = Deadline::sweep(cfg);
-    for item in queue::take(max).await {
+    for Queued { item, tries } in queue::take(max).await {
+        // Not reached in the sweep's time: back on the queue, not counted as a try.
+        if deadline.next_call().is_none() {
+            queue::requeue(item, tries).await;
+            continue;
+        }
         match &item {
             Cleanup::Cancel {
                 carrier,
@@ -25,7 +30,10 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 fci,
             } => {
                 if let (Ok(c), Ok(i)) = (cfg.carrier(carrier), Iccid::parse(iccid)) {
-                    calls::cancel_as(cfg, c, &i, *retire, fci.clone(), deadline).await;
+                    let left = calls::cancel_as(cfg, c, &i, *retire, fci.clone(), deadline).await;
+                    if let Some(left) = left {
+                        queue::requeue(left, tries.saturating_add(1)).await;
+                    }
                 }
             }
             Cleanup::LostDownload {
@@ -54,10 +62,14 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 match answer {
                     Ok(r) => {
                         if let (None, Some(iccid)) = (r.header.failure(), r.iccid) {
-                            calls::cancel_as(cfg, c, &iccid, false, None, deadline).await;
+                            let left =
+                                calls::cancel_as(cfg, c, &iccid, false, None, deadline).await;
+                            if let Some(left) = left {
+                                queue::requeue(left, tries.saturating_add(1)).await;
+                            }
                         }
                     }
-                    Err(_) => enqueue(item.clone()).await,
+                    Err(_) => queue::requeue(item.clone(), tries.saturating_add(1)).await,
                 }
             }
         }

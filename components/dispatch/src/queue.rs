@@ -1,14 +1,26 @@
 //! The cleanup queue (`cleanup/queue`, kernel `order::enqueue`/`take`): carrier work still owed so no profile
 //! leaks. Filled by [`crate::calls::cancel`] and the order journal, worked off by [`crate::cleanup::sweep`].
 
-use esim402_core::order::{self, Cleanup};
+use esim402_core::order::{self, Cleanup, Queued};
 use esim402_core::store::keys;
 use esim402_guest::kv;
 
-/// Queue `item` (once).
+/// Queue `item` (once), new.
 pub async fn enqueue(item: Cleanup) {
-    let r = kv::update_json::<Vec<Cleanup>, ()>(keys::CLEANUP_QUEUE, |q| {
-        Ok(order::enqueue(q.unwrap_or_default(), &item))
+    requeue(item, 0).await;
+}
+
+/// Queue `item` (once) after `tries` failed tries; one tried [`order::MAX_CLEANUP_TRIES`] times is given up,
+/// logged for an operator (the carrier may still hold the profile it names).
+pub async fn requeue(item: Cleanup, tries: u32) {
+    if order::gives_up(tries) {
+        eprintln!(
+            "dispatch: giving up carrier cleanup after {tries} tries: {item:?}; an operator must return the profile"
+        );
+        return;
+    }
+    let r = kv::update_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
+        Ok(order::enqueue(q.unwrap_or_default(), &item, tries))
     })
     .await;
     if let Err(e) = r {
@@ -17,13 +29,13 @@ pub async fn enqueue(item: Cleanup) {
 }
 
 /// Take up to `max` items off the queue atomically, so two sweeps never do the same item.
-pub async fn take(max: usize) -> Vec<Cleanup> {
+pub async fn take(max: usize) -> Vec<Queued> {
     // The common case is an empty queue: a plain read, so concurrent orders do not contend on a write.
-    match kv::get_json::<Vec<Cleanup>, ()>(keys::CLEANUP_QUEUE).await {
+    match kv::get_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE).await {
         Ok(Some(q)) if !q.is_empty() => {}
         _ => return Vec::new(),
     }
-    let taken = kv::update_json_with::<Vec<Cleanup>, Vec<Cleanup>, ()>(keys::CLEANUP_QUEUE, |q| {
+    let taken = kv::update_json_with::<Vec<Queued>, Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
         Ok(order::take(q.unwrap_or_default(), max))
     })
     .await;

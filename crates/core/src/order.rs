@@ -504,17 +504,46 @@ pub enum Cleanup {
     },
 }
 
-/// The cleanup queue with `item` at its end (unchanged if it is there).
-pub fn enqueue(mut queue: Vec<Cleanup>, item: &Cleanup) -> Vec<Cleanup> {
-    if !queue.contains(item) {
-        queue.push(item.clone());
+/// A queued cleanup and how many sweeps have tried it and failed. Stored flat (`{"kind": …, …, "tries": n}`),
+/// so items queued before the count was kept read with none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// The work.
+    #[serde(flatten)]
+    pub item: Cleanup,
+    /// Sweeps that tried it and failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How many sweeps may try one cleanup before it is given up (logged for an operator): a carrier that answers
+/// nothing usable for it (a permanent 4xx, a reply the client cannot read) would otherwise keep it in the queue,
+/// and in every order's sweep, for good. At one sweep per order that is hours of retries at a few orders an hour.
+pub const MAX_CLEANUP_TRIES: u32 = 50;
+
+/// Whether a cleanup that failed `tries` times is given up instead of queued again.
+pub fn gives_up(tries: u32) -> bool {
+    tries >= MAX_CLEANUP_TRIES
+}
+
+/// The cleanup queue with `item` at its end after `tries` failed tries (unchanged if it is there).
+pub fn enqueue(mut queue: Vec<Queued>, item: &Cleanup, tries: u32) -> Vec<Queued> {
+    if !queue.iter().any(|q| q.item == *item) {
+        queue.push(Queued {
+            item: item.clone(),
+            tries,
+        });
     }
     queue
 }
 
 /// Take up to `max` items off the front of the queue: `(rest, taken)`.
-pub fn take(mut queue: Vec<Cleanup>, max: usize) -> (Vec<Cleanup>, Vec<Cleanup>) {
-    let taken: Vec<Cleanup> = queue.drain(..queue.len().min(max)).collect();
+pub fn take(mut queue: Vec<Queued>, max: usize) -> (Vec<Queued>, Vec<Queued>) {
+    let taken: Vec<Queued> = queue.drain(..queue.len().min(max)).collect();
     (queue, taken)
 }
 
@@ -973,11 +1002,32 @@ mod tests {
             profile_type: "p".into(),
             eid: None,
         };
-        let q = enqueue(enqueue(enqueue(vec![], &a), &b), &a);
+        let add = |q: Vec<Queued>, item: &Cleanup, tries| enqueue(q, item, tries);
+        let q = add(add(add(vec![], &a, 0), &b, 3), &a, 1);
         assert_eq!(q.len(), 2);
         let (rest, taken) = take(q, 1);
-        assert_eq!((rest, taken), (vec![b], vec![a]));
+        let queued = |item: &Cleanup, tries| Queued {
+            item: item.clone(),
+            tries,
+        };
+        assert_eq!((rest, taken), (vec![queued(&b, 3)], vec![queued(&a, 0)]));
         assert_eq!(take(vec![], 4), (vec![], vec![]));
+        // Tried too often: given up.
+        assert!(!gives_up(MAX_CLEANUP_TRIES - 1));
+        assert!(gives_up(MAX_CLEANUP_TRIES));
+        // Stored flat; the count is left out at zero and read as zero from items queued before it was kept.
+        let flat = serde_json::to_value(queued(&b, 3)).unwrap();
+        assert_eq!(
+            (flat["kind"].as_str(), flat["tries"].as_u64()),
+            (Some("lost_download"), Some(3))
+        );
+        let fresh = serde_json::to_value(queued(&a, 0)).unwrap();
+        assert!(fresh.get("tries").is_none(), "{fresh}");
+        let before: Queued = serde_json::from_value(serde_json::json!(
+            {"kind": "cancel", "carrier": "c", "iccid": "i", "retire": false, "fci": "F"}
+        ))
+        .unwrap();
+        assert_eq!(before.tries, 0);
         let json = serde_json::to_value(Cleanup::Cancel {
             carrier: "c".into(),
             iccid: "i".into(),

@@ -776,6 +776,37 @@ async fn the_sweep_before_an_order_stays_within_one_call_timeout() {
     assert_eq!(left.as_array().map(Vec::len), Some(4), "{left}");
 }
 
+/// A cleanup the carrier keeps failing is tried by at most `MAX_CLEANUP_TRIES` sweeps, then given up (logged for
+/// an operator); each failed try counts. Before, it stayed in the queue, and in every order's sweep, for good.
+#[tokio::test]
+async fn a_cleanup_that_keeps_failing_is_given_up_after_its_tries() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("att", Behaves::Http503);
+    let mut kit = kit_with(smdp, &[]).await;
+    let iccid = |n: u32| Iccid::with_check_digit(&format!("890141{n:012}")).unwrap();
+    let (last, young) = (iccid(1), iccid(2));
+    let item = |iccid: &Iccid, tries: u32| json!({"kind": "cancel", "carrier": "att", "iccid": iccid.as_str(), "retire": false, "tries": tries});
+    let queued = json!([
+        item(&last, esim402_core::order::MAX_CLEANUP_TRIES - 1),
+        item(&young, 3)
+    ]);
+    kit.kv_put("cleanup/queue", queued.to_string().as_bytes())
+        .await;
+    let sim = order(&mut kit, request("us-west", None), "inv-44")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "tmobile");
+    let tried = calls(&kit)
+        .iter()
+        .filter(|c| **c == call("att", "cancelOrder"))
+        .count();
+    assert!(tried >= 2, "both were tried: {:?}", calls(&kit));
+    let left: Value = serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left[0]["iccid"], young.as_str());
+    assert_eq!(left[0]["tries"], 4);
+}
+
 #[tokio::test]
 async fn a_denied_smdp_host_fails_in_the_guest_and_nothing_is_sent() {
     // The SM-DP+ host is not in allowed_outbound_hosts: every call fails inside the component.
