@@ -755,13 +755,13 @@ async fn killed_after_a_failover_the_resumed_order_keeps_the_quoted_rate() {
     verified_ledger(&s).await;
 }
 
-/// A settlement front-run: the facilitator holds a payment's authorization (its record claimed; killed before
-/// it broadcast), and the payer sends that same authorization itself. That transaction is the payment's money:
-/// presented as a tx-hash proof of another invoice of the same payer, it is refused (before, it paid that
-/// invoice too, one transfer behind two).
+/// A settlement front-run: the facilitator signed a payment's settlement (its hash recorded; killed before the
+/// broadcast), and the payer sends that same authorization itself. That transaction is the payment's money (the
+/// payment is left for an operator to settle with it): presented as a tx-hash proof of another invoice of the
+/// same payer, it is refused (before, it paid that invoice too, one transfer behind two).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transaction_executing_a_held_authorization_pays_no_tx_hash_invoice() {
-    let failpoint = "x402/nonce/";
+    let failpoint = "x402/nonce/#2";
     let mut s = PayStack::start_with(
         Some((&Runner::Host, Store::Sqlite)),
         &[("ESIM402_FAILPOINT", failpoint)],

@@ -185,6 +185,16 @@ pub enum Replay {
 }
 
 impl Record {
+    /// Whether a transaction that executes this record's authorization is this record's payment's money, and
+    /// pays nothing else (a tx-hash proof presenting it is refused): the record names an invoice and its own
+    /// settlement was sent (or confirmed), so another transaction that executed the authorization front-ran
+    /// it, and the invoice is left for an operator to settle with that transaction. A claim never sent or a
+    /// failed one moved nothing of ours: whoever executed the authorization may present it. Records of the
+    /// facilitator API (no invoice) never block: anyone may post an authorization to `/settle`.
+    pub fn owns_executions(&self) -> bool {
+        self.invoice.is_some() && matches!(self.status, Status::Submitted | Status::Confirmed)
+    }
+
     /// A fresh claim on `claim`, held by `holder`.
     pub fn claimed(
         network: impl Into<String>,
@@ -349,6 +359,20 @@ mod tests {
             input: vec![1, 2, 3].into(),
         };
         sign_eip1559(&tx, &SigningKey::from_hex(KEY).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn only_a_sent_settlement_of_an_invoice_owns_what_executes_its_authorization() {
+        let of = |invoice: Option<&str>, status| Record {
+            invoice: invoice.map(str::to_owned),
+            status,
+            ..claimed(1)
+        };
+        assert!(of(Some("inv"), Status::Submitted).owns_executions());
+        assert!(of(Some("inv"), Status::Confirmed).owns_executions());
+        assert!(!of(Some("inv"), Status::Claimed).owns_executions());
+        assert!(!of(Some("inv"), Status::Failed).owns_executions());
+        assert!(!of(None, Status::Submitted).owns_executions());
     }
 
     fn claimed(now: u64) -> Record {

@@ -6,8 +6,8 @@
 //! so a transfer made in time pays even if its proof arrives after the deadline.
 //!
 //! A transaction pays at most one thing: `txhash/<hash>` is claimed with insert-if-absent (our own settlement
-//! transactions are claimed there too), and a transaction that executes an EIP-3009 authorization presented
-//! here as an `exact` payment (`x402/nonce/…`) is that payment's, whoever sent it. Nothing is broadcast, so
+//! transactions are claimed there too), and a transaction that executes an EIP-3009 authorization whose `exact`
+//! payment we sent a settlement for (`x402/nonce/…`) is that payment's, whoever sent it. Nothing is broadcast, so
 //! nothing is ever released.
 
 use alloy_primitives::{Address, B256, U256};
@@ -176,11 +176,15 @@ impl Context {
             Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
             Err(e) => return Ok(Proof::Refused(reason(&e))),
         }
-        // A transfer made by an authorization presented here as an x402 payment is that payment's money (the
-        // payer, or anyone, may have sent it before our settlement did): it pays no tx-hash invoice as well.
+        // A transfer made by an authorization whose x402 payment we sent a settlement for is that payment's
+        // money (the payer, or anyone, sent it before our settlement did): it pays no tx-hash invoice as well
+        // (kernel `Record::owns_executions`).
         for (authorizer, nonce) in receipt::authorizations_used(&receipt, token) {
             let key = keys::authorization(&network.caip2(), authorizer, nonce);
-            if crate::claims::load(&key).await?.is_some() {
+            if crate::claims::load(&key)
+                .await?
+                .is_some_and(|r| r.owns_executions())
+            {
                 return Err(wit::Error::Conflict(format!(
                     "already settled: transaction {:#x} executes an authorization presented here as an x402 \
                      payment; it pays that payment only",
