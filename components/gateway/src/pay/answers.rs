@@ -176,8 +176,14 @@ impl Answers<'_> {
         } else {
             format!("payment refused: {reason}")
         };
+        // The same code as the exact flow's `pending` answer: clients key on it to keep the payment and retry.
+        let code = if pending {
+            "settlement_pending"
+        } else {
+            "payment_required"
+        };
         let mut body = json!({
-            "error": {"code": "payment_required", "reason": reason, "message": message},
+            "error": {"code": code, "reason": reason, "message": message},
             "invoice_id": self.invoice.id,
         });
         if let (Kind::V1, Some(inv)) = (self.proof.kind, convert::invoice(self.invoice)) {

@@ -272,10 +272,17 @@ pub fn mined(block_timestamp: u64, created_at: u64, expires_at: u64) -> Mined {
     }
 }
 
-/// Whether a transfer not mined by `now` can still pay an invoice expiring at `expires_at`: once past the
-/// deadline (and the skew), any block it lands in is dated after it.
+/// How long after an invoice's deadline a transfer its node does not know yet may still turn out to have been
+/// mined in time: a node lagging the chain, a load-balanced endpoint whose backend is behind, a chain clock
+/// behind ours. Past it, a transaction the node does not know is taken as not mined by the deadline.
+pub const UNSEEN_GRACE_SECS: u64 = 600;
+
+/// Whether a transfer the node does not know at `now` can still have paid an invoice expiring at `expires_at`
+/// ([`UNSEEN_GRACE_SECS`] after the deadline and the skew).
 pub fn can_still_be_mined_in_time(now: u64, expires_at: u64) -> bool {
-    now <= expires_at.saturating_add(BLOCK_CLOCK_SKEW_SECS)
+    now <= expires_at
+        .saturating_add(BLOCK_CLOCK_SKEW_SECS)
+        .saturating_add(UNSEEN_GRACE_SECS)
 }
 
 /// What a tx-hash payment proof must show.
@@ -492,14 +499,13 @@ mod tests {
             mined(1_900 + BLOCK_CLOCK_SKEW_SECS + 1, created, expires),
             Mined::Late
         );
+        let last = 1_900 + BLOCK_CLOCK_SKEW_SECS + UNSEEN_GRACE_SECS;
         assert!(can_still_be_mined_in_time(
-            1_900 + BLOCK_CLOCK_SKEW_SECS,
-            expires
-        ));
-        assert!(!can_still_be_mined_in_time(
             1_900 + BLOCK_CLOCK_SKEW_SECS + 1,
             expires
         ));
+        assert!(can_still_be_mined_in_time(last, expires));
+        assert!(!can_still_be_mined_in_time(last + 1, expires));
         assert!(can_still_be_mined_in_time(u64::MAX, u64::MAX));
     }
 
