@@ -164,8 +164,9 @@ impl ResponseHeader {
         let Some(code) = self.failure() else {
             return CancelOutcome::Done;
         };
-        if code.subject == StatusCode::EXECUTION_ERROR.subject {
-            // The function provider could not execute it now (an execution error, a timeout): try again.
+        let expired = self.function_execution_status.status == ExecutionStatus::Expired;
+        if expired || code.subject == StatusCode::EXECUTION_ERROR.subject {
+            // Not executed now (it expired, or the function provider had an execution error): try again.
             CancelOutcome::Retry(code)
         } else if [
             StatusCode::UNKNOWN_ICCID,
@@ -636,6 +637,11 @@ mod tests {
         assert_eq!(
             header("Failed", Some(("1.1", "1.2"))).cancel_outcome(),
             CancelOutcome::Refused(StatusCode::REQUESTER_NOT_ALLOWED)
+        );
+        // `Expired` is never executed, whatever its code.
+        assert_eq!(
+            header("Expired", Some(("8.8.5", "4.10"))).cancel_outcome(),
+            CancelOutcome::Retry(StatusCode::ORDER_EXPIRED)
         );
     }
 
