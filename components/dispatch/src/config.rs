@@ -76,18 +76,17 @@ async fn load() -> Result<Config, wit::Error> {
     )
     .await?;
     let call_timeout_ms = int_var("es2_timeout_ms", 10_000, 120_000).await?;
-    // Bounded so a payment's whole drive fits its lease (kernel `paid::LEASE_SECS`).
-    if !order::fits_payment_lease(budget, call_timeout_ms) {
-        return Err(config_error(
-            "dispatch_budget_secs",
-            format!(
-                "{budget} s plus three ES2+ calls of es2_timeout_ms ({call_timeout_ms} ms: the cleanup sweep before an \
-                 order, a cancel after it and its retry) and 5 s must fit in {} s, the part of a payment's lease an \
-                 order may take; lower either",
-                esim402_core::paid::MAX_DISPATCH_BUDGET_SECS
-            ),
-        ));
+    // Bounded so a payment's whole drive fits its lease (kernel `paid::LEASE_SECS`): lowered, not refused.
+    let (fit_budget, fit_call_ms) = order::fit_to_payment_lease(budget, call_timeout_ms);
+    if (fit_budget, fit_call_ms) != (budget, call_timeout_ms) {
+        eprintln!(
+            "dispatch: dispatch_budget_secs {budget} and es2_timeout_ms {call_timeout_ms} lowered to {fit_budget} and \
+             {fit_call_ms}: an order with its cleanup sweep and a last cancel (three ES2+ calls) must fit in {} s of a \
+             payment's lease",
+            esim402_core::paid::MAX_DISPATCH_BUDGET_SECS
+        );
     }
+    let (budget, call_timeout_ms) = (fit_budget, fit_call_ms);
     Ok(Config {
         price_book: catalog.price_book(),
         catalog,

@@ -88,6 +88,27 @@ pub fn fits_payment_lease(budget_secs: u64, call_timeout_ms: u64) -> bool {
     lease_secs(budget_secs, call_timeout_ms.div_ceil(1000)) <= crate::paid::MAX_DISPATCH_BUDGET_SECS
 }
 
+/// `(budget_secs, call_timeout_ms)` lowered to fit the payment lease ([`fits_payment_lease`]), unchanged if they
+/// do: the call timeout first to what leaves a budget of at least one second, then the budget to what is left.
+/// A configuration that did not fit is served lowered (with a warning), not refused: deployments set within the
+/// old limits keep working.
+pub fn fit_to_payment_lease(budget_secs: u64, call_timeout_ms: u64) -> (u64, u64) {
+    if fits_payment_lease(budget_secs, call_timeout_ms) {
+        return (budget_secs, call_timeout_ms);
+    }
+    let calls = 2 + SWEEP_CALL_TIMEOUTS;
+    let room = crate::paid::MAX_DISPATCH_BUDGET_SECS.saturating_sub(5);
+    let call_secs = call_timeout_ms
+        .div_ceil(1000)
+        .min(room.saturating_sub(1) / calls)
+        .max(1);
+    let call_ms = call_timeout_ms.min(call_secs * 1000);
+    let budget = budget_secs
+        .min(room.saturating_sub(call_secs * calls))
+        .max(1);
+    (budget, call_ms)
+}
+
 /// The time an order spends sweeping queued cleanups before it starts, in call timeouts: the whole sweep
 /// shares it, and what it does not reach stays queued, so a slow carrier cannot take an order past its lease.
 pub const SWEEP_CALL_TIMEOUTS: u64 = 1;
@@ -630,6 +651,15 @@ mod tests {
         assert!(!fits_payment_lease(66, 10_000));
         // Part of a second counts as one.
         assert!(!fits_payment_lease(65, 10_001));
+        // What does not fit is lowered: the budget first, long calls too.
+        assert_eq!(fit_to_payment_lease(60, 10_000), (60, 10_000));
+        assert_eq!(fit_to_payment_lease(100, 10_000), (65, 10_000));
+        assert_eq!(fit_to_payment_lease(60, 12_000), (59, 12_000));
+        assert_eq!(fit_to_payment_lease(60, 120_000), (2, 31_000));
+        for (budget, call) in [(100, 10_000), (60, 120_000), (100, 10_001), (1, 120_000)] {
+            let (b, c) = fit_to_payment_lease(budget, call);
+            assert!(fits_payment_lease(b, c), "{budget} {call} -> {b} {c}");
+        }
     }
 
     fn order(status: OrderStatus, lease_until: u64) -> Order {
