@@ -228,7 +228,7 @@ pub async fn serve(
     let _held = wallet.lock().map_err(std::io::Error::other)?;
     let shared = Arc::new(Shared {
         http: reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(120))
+            .timeout(crate::client::REQUEST_TIMEOUT)
             .build()
             .map_err(std::io::Error::other)?,
         budget: Arc::new(crate::budget::Budget::new(policy.max_per_day_usdc, wallet)),

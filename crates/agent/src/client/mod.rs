@@ -85,11 +85,16 @@ fn local(e: String) -> AgentError {
     AgentError::Local(e)
 }
 
+/// How long one request to the facilitator may take: a paid activation may legally run until its payment's
+/// lease ends (dispatch budget and settlement wait, kernel `paid::LEASE_SECS`); a shorter timeout would report
+/// a payment that is still being completed as unreachable. The host's own backstop is the lease plus 30 s.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(esim402_core::paid::LEASE_SECS + 30);
+
 impl Agent {
     /// An agent; `progress` prints what it does on stderr.
     pub fn new(config: Config, policy: SpendPolicy, state: StateDir, progress: bool) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
+            .timeout(REQUEST_TIMEOUT)
             .build()
             .unwrap_or_default();
         Self {
