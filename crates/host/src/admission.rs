@@ -8,10 +8,24 @@
 //! So an instance is created only with a [`Slot`] from the [`Gate`], which holds as many slots as the pool can
 //! hold instances ([`PoolTotals::instances_of`], from what one instance was measured to take:
 //! [`InstanceCost::measure`]). Without a free slot the instantiation waits, up to [`Gate::wait`], then fails
-//! with [`Busy`], which the server answers 503 with `Retry-After`. The slot is held as long as the instance's
+//! with [`Busy`], which the server answers 503 with `Retry-After`; so does one that finds [`WAITERS_PER_SLOT`]
+//! waiters per slot already waiting, at once. The slot is held as long as the instance's
 //! store lives and returned after the store (and so its pool slots) is gone. An idle instance keeps its slot
 //! for its idle timeout unless someone is waiting for one: then it gives it up ([`Demand`]), so a request never
 //! waits for an instance that has nothing to do.
+//!
+//! Fiber stacks are left out of the gate's count, as they hold far more than the gate lets live: a guest call
+//! runs on its store's one worker fiber, which goes back to the store when the call returns or suspends through
+//! the component model's callback ABI, and is kept by a task only while it suspends stackfully. This app's
+//! guests never do: their exports and the calls between the composed components are WIT `async func`s (lifted
+//! with a callback, lowered async), and a call to a synchronous host function, even one that awaits I/O (the
+//! `wasi:keyvalue` ones: [`crate::interfaces`]), holds the whole store (nothing else in that instance runs, so no
+//! second fiber is taken meanwhile). So each live instance
+//! holds about one stack whatever its 16 concurrent requests do, and an instantiation one while it runs: about
+//! 204 of the pool's 2048. Were a stackful guest ever to exhaust them, the error would surface as its instance
+//! failing (each of its requests sees wasmtime-wasi-http's `TrapOrPanicError`, the pool's error reaching only
+//! `WorkerState::drop`), not where responses are built, so it could not be answered 503 there; during
+//! instantiation it is (`InstantiationError` with a `PoolConcurrencyLimitError`, whatever the resource).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,8 +49,8 @@ pub struct PoolTotals {
     pub memories: u32,
     /// Tables.
     pub tables: u32,
-    /// Fiber stacks. Not part of an instance's cost: a guest call holds one while it runs or is suspended, and
-    /// `instantiate_async` only while it runs.
+    /// Fiber stacks. Not part of an instance's cost: a guest call holds one while it runs or is suspended
+    /// stackfully, and `instantiate_async` only while it runs (see the module docs).
     pub stacks: u32,
 }
 
@@ -126,15 +140,34 @@ impl PoolTotals {
     }
 }
 
-/// No instance slot became free in time.
+/// No instance slot for this instantiation: the server is saturated (the server answers 503 with `Retry-After`).
 #[derive(Debug, thiserror::Error)]
-#[error("all {capacity} instance slots stayed in use for {} ms", waited.as_millis())]
-pub struct Busy {
-    /// The gate's capacity.
-    pub capacity: usize,
-    /// How long the instantiation waited.
-    pub waited: Duration,
+pub enum Busy {
+    /// No slot became free within the wait.
+    #[error("all {capacity} instance slots stayed in use for {} ms", waited.as_millis())]
+    Waited {
+        /// The gate's capacity.
+        capacity: usize,
+        /// How long the instantiation waited.
+        waited: Duration,
+    },
+    /// Refused without waiting: as many instantiations as may wait already do ([`WAITERS_PER_SLOT`]).
+    #[error("all {capacity} instance slots are in use and {waiting} requests already wait for one")]
+    Crowded {
+        /// The gate's capacity.
+        capacity: usize,
+        /// The instantiations waiting.
+        waiting: usize,
+    },
 }
+
+/// Instantiations that may wait at once, per slot of the gate; past them a request is [`Busy`] at once. Each
+/// waiter holds its request, body included (up to the 64 KiB read before the component runs), and a task, for up
+/// to [`Gate::wait`]; unbounded, every connection the server accepts (4 096) could be one. Four per slot still
+/// rides out a burst, since slots turn over within the wait (an idle instance gives its slot up at once, a busy
+/// one retires after its 128th request), while the gateway's 204 slots bound the waiters to 816 and what they
+/// hold to about 51 MiB. More would mostly wait the whole 10 s to be told the same 503.
+pub const WAITERS_PER_SLOT: usize = 4;
 
 /// Hands out the pool's instance slots (see the module docs).
 #[derive(Debug)]
@@ -185,19 +218,36 @@ impl Gate {
     }
 
     /// A slot for one instance: at once if one is free, else the first one freed within [`Gate::wait`]
-    /// (first come, first served).
+    /// (first come, first served), unless [`WAITERS_PER_SLOT`] per slot already wait: then [`Busy`] at once.
+    ///
+    /// A waiter whose client has gone keeps its place until it is served or times out: the wait runs in
+    /// wasmtime-wasi-http's worker task, not in the connection's, and `HandlerState::instantiate` is not told
+    /// which request (if any) it is for, so nothing here can see the client leave. The bound on waiters bounds
+    /// what such waits hold.
     pub async fn admit(self: &Arc<Self>) -> Result<Slot, Busy> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(self.slot(permit));
         }
-        // Counted before idle instances are woken, so each one that looks sees this waiter.
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let most = self.capacity().saturating_mul(WAITERS_PER_SLOT);
+        // Counted before idle instances are woken, so each one that looks sees this waiter; and only when there is
+        // room, so a refused instantiation never counts (an idle instance would give its slot up for nobody).
+        if let Err(waiting) =
+            self.waiting
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |waiting| {
+                    (waiting < most).then_some(waiting + 1)
+                })
+        {
+            return Err(Busy::Crowded {
+                capacity: self.capacity(),
+                waiting,
+            });
+        }
         let _waiting = Waiting(self);
         self.pressure.notify_waiters();
         match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(self.slot(permit)),
             // The semaphore is never closed; were it, no slot would ever come.
-            Ok(Err(_)) | Err(_) => Err(Busy {
+            Ok(Err(_)) | Err(_) => Err(Busy::Waited {
                 capacity: self.capacity(),
                 waited: self.wait,
             }),
@@ -411,9 +461,48 @@ mod tests {
             "gave up early: {:?}",
             start.elapsed()
         );
-        assert_eq!(busy.capacity, 2);
+        assert!(matches!(busy, Busy::Waited { capacity: 2, .. }), "{busy:?}");
         assert!(busy.to_string().contains("all 2 instance slots"), "{busy}");
         assert_eq!(gate.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn past_so_many_waiters_a_request_is_busy_at_once() {
+        let gate = Gate::new(Duration::from_secs(10));
+        gate.open(1);
+        let held = gate.admit().await.unwrap();
+        // As many waiters as the gate lets wait for its one slot.
+        let waiters: Vec<_> = (0..WAITERS_PER_SLOT)
+            .map(|_| {
+                let gate = gate.clone();
+                tokio::spawn(async move { gate.admit().await })
+            })
+            .collect();
+        while gate.waiting.load(Ordering::SeqCst) < WAITERS_PER_SLOT {
+            tokio::task::yield_now().await;
+        }
+        // One more is refused without waiting, and not counted as a waiter.
+        let start = std::time::Instant::now();
+        let Err(busy) = gate.admit().await else {
+            panic!("admitted beyond the gate's capacity");
+        };
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            matches!(busy, Busy::Crowded { capacity: 1, waiting } if waiting == WAITERS_PER_SLOT),
+            "{busy:?}"
+        );
+        assert!(busy.to_string().contains("already wait"), "{busy}");
+        assert_eq!(gate.waiting.load(Ordering::SeqCst), WAITERS_PER_SLOT);
+        // The waiters still get the slot in turn.
+        drop(held);
+        for waiter in waiters {
+            let slot = waiter.await.unwrap();
+            assert!(slot.is_ok(), "a waiter within the bound was refused");
+        }
     }
 
     #[tokio::test]

@@ -286,6 +286,63 @@ pub fn component_bytes(manifest: &Manifest, id: &str) -> anyhow::Result<Vec<u8>>
     )
 }
 
+/// How long a component's start-up probe instance may take to instantiate. Instantiation runs the guest's
+/// start functions and initialisers, normally in milliseconds; one that does not return would otherwise hold
+/// start-up forever, the server never listening and nothing said why.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A component's probe instance did not finish instantiating within [`PROBE_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "component {component}: its start-up instance was not ready within {} s (a start function or initialiser \
+     that does not return?)",
+    limit.as_secs_f64()
+)]
+pub struct ProbeTimedOut {
+    /// The component's id.
+    pub component: String,
+    /// The time it had.
+    pub limit: Duration,
+}
+
+/// An engine whose epoch a thread advances every 10 ms, for as long as the engine lives. Every store yields at
+/// each tick ([`ComponentRuntime::new_instance`]), so wasm execution is interruptible: a guest that runs too long
+/// gives the runtime the chance to time it out. Guests run only once this exists: [`Ticking::probe_cost`] is
+/// where start-up runs them first.
+struct Ticking(Engine);
+
+impl Ticking {
+    fn start(engine: &Engine) -> Self {
+        let ticker = engine.weak();
+        std::thread::spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self(engine.clone())
+    }
+
+    /// What the instance `probe` makes of component `id` takes from the pool ([`InstanceCost::measure`]);
+    /// [`ProbeTimedOut`] if it is not made within `limit`.
+    async fn probe_cost<T>(
+        &self,
+        id: &str,
+        probe: impl Future<Output = anyhow::Result<T>>,
+        limit: Duration,
+    ) -> anyhow::Result<InstanceCost> {
+        match tokio::time::timeout(limit, InstanceCost::measure(&self.0, probe)).await {
+            Ok(cost) => cost,
+            Err(_) => Err(ProbeTimedOut {
+                component: id.to_owned(),
+                limit,
+            }
+            .into()),
+        }
+    }
+}
+
 impl App {
     /// Load, compose, compile and pre-instantiate every triggered component.
     pub async fn load(opts: &LoadOptions) -> anyhow::Result<Self> {
@@ -333,6 +390,8 @@ impl App {
 
         let clock_skew = crate::clock::skew()?;
         let engine = engine(opts.cache_dir.as_deref())?;
+        // Before any guest runs, the probes below included: a guest yields only when the epoch moves.
+        let ticking = Ticking::start(&engine);
         // Closed until every component's instance cost is known (below).
         let gate = Gate::new(opts.instance_wait);
         let mut worst = InstanceCost::default();
@@ -412,7 +471,8 @@ impl App {
             // One instance, made and dropped before serving, shows what each takes from the pool (and that the
             // component can be instantiated at all: a failure here would otherwise be every request's 500).
             let probe = async { runtime.new_instance().await.map_err(anyhow::Error::from) };
-            let cost = InstanceCost::measure(&engine, probe)
+            let cost = ticking
+                .probe_cost(id, probe, PROBE_TIMEOUT)
                 .await
                 .with_context(|| format!("component {id}: instantiate"))?;
             tracing::debug!(component = %id, ?cost, "instance cost");
@@ -425,15 +485,6 @@ impl App {
         }
         tracing::info!(instances = capacity, per_instance = ?worst, "instance pool");
         gate.open(capacity);
-        // Wasm execution is interruptible: a ticker advances the epoch so guests yield regularly.
-        let ticker = engine.weak();
-        std::thread::spawn(move || {
-            while let Some(engine) = ticker.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
         Ok(Self {
             manifest,
             router,
@@ -649,6 +700,51 @@ mod tests {
             "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    #[test]
+    fn a_probe_instance_that_never_finishes_fails_start_up_naming_its_component() {
+        use crate::admission::testing::TINY;
+        // A start function that never returns.
+        const SPINS: &str = r#"(component
+            (core module $m (func $spin (loop $l (br $l))) (start $spin))
+            (core instance (instantiate $m)))"#;
+        // On a thread of its own: a guest that never yields would hold it for good, and this test must fail then,
+        // not hang.
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let result = runtime.block_on(async {
+                let engine = engine_with_pool(None, &TINY)?;
+                let component = Component::new(&engine, SPINS)?;
+                let ticking = Ticking::start(&engine);
+                let probe = async {
+                    // As every instance's store is set up ([`ComponentRuntime::new_instance`]).
+                    let mut store = Store::new(&engine, ());
+                    store.set_epoch_deadline(1);
+                    store.epoch_deadline_async_yield_and_update(1);
+                    Linker::new(&engine)
+                        .instantiate_async(&mut store, &component)
+                        .await?;
+                    anyhow::Ok(store)
+                };
+                ticking
+                    .probe_cost("spinner", probe, Duration::from_millis(200))
+                    .await
+            });
+            let _ = done.send(result.map_err(|e| format!("{e:#}")));
+        });
+        let Ok(result) = outcome.recv_timeout(Duration::from_secs(20)) else {
+            panic!("the probe instance was never given up");
+        };
+        let Err(err) = result else {
+            panic!("a start function that never returns was instantiated");
+        };
+        assert!(err.contains("component spinner"), "{err}");
+        assert!(err.contains("not ready within 0.2 s"), "{err}");
     }
 
     #[test]

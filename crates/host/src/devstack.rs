@@ -47,8 +47,13 @@ fn sibling(name: &str) -> Option<PathBuf> {
 impl DevStack {
     /// Start what the environment does not already provide. `app_dir` holds the manifest (and `tools/`, where
     /// `scripts/setup.sh` installs anvil); `listen` is the host's bound address; `env` is the app's environment.
-    /// Variables set in `<app_dir>/.env` count as configured too: the file the app reads when it runs from its
-    /// own folder ([`start_with_dotenv`](Self::start_with_dotenv) names another).
+    ///
+    /// Variables set in `<app_dir>/.env` count as configured too. That is the file the app reads only when it
+    /// runs from `app_dir`: the app reads the current directory's `.env`, as Spin does ([`crate::variables`]).
+    /// This one stays with `app_dir` because its callers (the integration tests) start a stack for an app folder
+    /// they name, `.env` included, without changing the process's directory. A caller whose app runs elsewhere
+    /// must name the file the app reads: [`start_with_dotenv`](Self::start_with_dotenv), as `esim402 up` and
+    /// `esim402 devstack` do with the current directory.
     pub async fn start(
         app_dir: &Path,
         listen: SocketAddr,
@@ -58,7 +63,8 @@ impl DevStack {
     }
 
     /// [`start`](Self::start) for an app served elsewhere (e.g. by `spin up`) at `app_url`
-    /// (`http://host:port`), where the simulator sends its callbacks.
+    /// (`http://host:port`), where the simulator sends its callbacks. Counts `<app_dir>/.env`, as `start` does
+    /// (the same caveat applies).
     pub async fn start_for(
         app_dir: &Path,
         app_url: &str,

@@ -220,6 +220,9 @@ fn check_route(route: &str, component: &str) -> anyhow::Result<()> {
 /// An HTTP trigger's `executor`, read as Spin reads it (`spin_http::config::HttpExecutorType`: a table tagged by
 /// `type`, `"http"` with the alias `"spin"`, or `"wagi"`). Only the `wasi:http` one is served here; serving a Wagi
 /// (CGI) component as `wasi:http` would fail on its first request, so it is refused when the manifest loads.
+/// Spin 3's `"wasip3-unstable"` (its executor for `wasi:http` 0.3 components) is refused as the Spin 4.1 binary
+/// refuses it (tried on it: "unknown variant `wasip3-unstable`"), but naming the fix, since a manifest written
+/// for Spin 3 is the likeliest to carry it.
 fn check_executor(component: &str, executor: &toml::Table) -> anyhow::Result<()> {
     match executor.get("type") {
         // Spin reads this variant as a unit: any other key in the table is ignored there, and so here.
@@ -227,6 +230,11 @@ fn check_executor(component: &str, executor: &toml::Table) -> anyhow::Result<()>
         Some(toml::Value::String(t)) if t == "wagi" => bail!(
             "the trigger for component {component} has executor \"wagi\" (CGI), which is not supported by \
              esim402: it serves components exporting wasi:http (leave `executor` out, or {{ type = \"spin\" }})"
+        ),
+        Some(toml::Value::String(t)) if t == "wasip3-unstable" => bail!(
+            "the trigger for component {component} has executor \"wasip3-unstable\", Spin 3's for wasi:http 0.3, \
+             which Spin 4.1 refuses as unknown; Spin 4.1 serves wasi:http 0.3 components without it: leave \
+             `executor` out (or {{ type = \"spin\" }})"
         ),
         Some(toml::Value::String(t)) => bail!(
             "the trigger for component {component} has unknown executor type {t:?} (Spin knows \"spin\", \
@@ -649,6 +657,12 @@ source = "b.wasm"
             ),
             ("{ type = \"wagi\", argv = \"${SCRIPT_NAME}\" }", "\"wagi\""),
             ("{ type = \"wasm\" }", "unknown executor type \"wasm\""),
+            // Spin 3's for wasi:http 0.3: the Spin 4.1 binary refuses it too (tried: "unknown variant
+            // `wasip3-unstable`, expected one of `http`, `spin`, `wagi`"), so it is refused, naming the fix.
+            (
+                "{ type = \"wasip3-unstable\" }",
+                "Spin 4.1 serves wasi:http 0.3 components without it: leave `executor` out",
+            ),
             ("{ entrypoint = \"x\" }", "without a string `type`"),
         ] {
             let err = refusal(&with(bad));

@@ -1,15 +1,16 @@
 //! The HTTP trigger: accepts connections (HTTP/1.1 keep-alive), routes each request with Spin's rules, adds
 //! the `spin-*` headers Spin sets, and hands it to the component's `ProxyHandler`. Shuts down gracefully: on
 //! the shutdown signal it stops accepting and lets in-flight requests finish. A request that finds no room in
-//! the instance pool within its wait ([`crate::admission`]) is answered 503 with `Retry-After`: the server is
-//! saturated, not broken, and a client should come back rather than give up.
+//! the instance pool within its wait, or too many waiting for room already ([`crate::admission`]), is answered
+//! 503 with `Retry-After`: the server is saturated, not broken, and a client should come back rather than give
+//! up.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -55,8 +56,9 @@ pub const BUFFERED_BODY_BYTES: u64 = 64 * 1024;
 /// at once instead of each one suspending the instance's task until the connection task has delivered the bytes
 /// (a cross-task round trip per read, ~30% of a 402's host CPU; BENCHMARKS.md, "The 402 path"), and a client
 /// trickling it holds no instance (nor a slot of the instance pool) meanwhile. A client that has not sent it
-/// within `timeout` gets 408. A chunked body is read the same way until it passes [`BUFFERED_BODY_BYTES`]: a
-/// small one never reaches an instance before it is complete. Larger bodies stream (a chunked one after the
+/// within `timeout` gets 408; meanwhile it holds what it sent, not a read buffer per frame ([`Head`]). A chunked
+/// body is read the same way until it passes [`BUFFERED_BODY_BYTES`]: a small one never reaches an instance
+/// before it is complete. Larger bodies stream (a chunked one after the
 /// bytes already read), under the same deadline ([`Deadline`]): a client trickling one never holds an instance
 /// past it.
 async fn buffered<B>(
@@ -70,21 +72,18 @@ where
 {
     let expires = tokio::time::Instant::now() + timeout;
     let mut body = Box::pin(body);
-    let large = headers
+    let length = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > BUFFERED_BODY_BYTES);
-    if large {
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n > BUFFERED_BODY_BYTES) {
         return Ok(Deadline {
             inner: body,
             expires: Box::pin(tokio::time::sleep_until(expires)),
         }
         .boxed_unsync());
     }
-    // Kept as received: one frame (the usual small request) then becomes the body without a copy.
-    let mut head: Vec<Bytes> = Vec::new();
-    let mut read: u64 = 0;
+    let mut head = Head::new(length);
     let mut trailers: Option<http::HeaderMap> = None;
     loop {
         let frame = match tokio::time::timeout_at(expires, body.frame()).await {
@@ -110,12 +109,11 @@ where
         };
         match frame.into_data() {
             Ok(data) => {
-                read = read.saturating_add(data.len() as u64);
-                head.push(data);
-                // Only a chunked body gets here: hyper ends a sized one at its length.
-                if read > BUFFERED_BODY_BYTES {
+                // Only a chunked body can pass the buffered size: hyper ends a sized one at its length.
+                if let Err(beyond) = head.push(data) {
                     return Ok(ReadAhead {
-                        head: Some(joined(head)),
+                        head: Some(head.into_bytes()),
+                        beyond: Some(beyond),
                         rest: Deadline {
                             inner: body,
                             expires: Box::pin(tokio::time::sleep_until(expires)),
@@ -131,7 +129,7 @@ where
             }
         }
     }
-    let full = Full::new(joined(head)).map_err(|e| match e {});
+    let full = Full::new(head.into_bytes()).map_err(|e| match e {});
     Ok(match trailers {
         None => full.boxed_unsync(),
         Some(t) => full
@@ -140,18 +138,84 @@ where
     })
 }
 
-/// The frames' bytes as one buffer.
-fn joined(mut chunks: Vec<Bytes>) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.pop().unwrap_or_default();
+/// [`BUFFERED_BODY_BYTES`] as a buffer size.
+const BUFFERED_BODY_LEN: usize = BUFFERED_BODY_BYTES as usize;
+
+/// The bytes of a request body read before the component runs, at most [`BUFFERED_BODY_BYTES`], held so that
+/// their memory follows their count. A frame from hyper is a slice of its connection's read buffer and keeps
+/// that whole buffer alive: kept frame by frame, a body trickled one byte per chunk would hold tens of thousands
+/// of them (a buffer per read, many MiB per connection) for the whole body timeout. So frames are copied into one
+/// buffer as they arrive, and dropped.
+#[derive(Debug)]
+struct Head {
+    /// The `Content-Length`, if the body has one.
+    length: Option<u64>,
+    /// The body's one frame as received, when it is all of the body by its `Content-Length` (the usual small
+    /// request: it goes to the component at once, so nothing is held waiting, and is not copied).
+    whole: Option<Bytes>,
+    /// Otherwise every frame's bytes. Never larger than [`BUFFERED_BODY_BYTES`] (see [`Head::push`]).
+    copied: BytesMut,
+}
+
+impl Head {
+    /// The smallest buffer allocated: most trickled bodies are small, and growth by doubling starts here.
+    const MIN_CAPACITY: usize = 1024;
+
+    fn new(length: Option<u64>) -> Self {
+        Self {
+            length,
+            whole: None,
+            copied: BytesMut::new(),
+        }
     }
-    chunks.concat().into()
+
+    /// Add a frame's bytes, or give them back if they would take the head past [`BUFFERED_BODY_BYTES`] (the
+    /// body then streams, beginning with what was read, then those bytes).
+    fn push(&mut self, data: Bytes) -> Result<(), Bytes> {
+        let read = self.whole.as_ref().map_or(0, Bytes::len) + self.copied.len();
+        let total = read.saturating_add(data.len());
+        if total > BUFFERED_BODY_LEN {
+            return Err(data);
+        }
+        if read == 0 && self.length == Some(data.len() as u64) {
+            self.whole = Some(data);
+            return Ok(());
+        }
+        if total > self.copied.capacity() {
+            // Doubling, as a `Vec` grows, but never past what a head may hold: a fresh buffer of exactly that
+            // size, as `BytesMut::reserve` may double past it.
+            let capacity = total
+                .max(self.copied.capacity().saturating_mul(2))
+                .clamp(Self::MIN_CAPACITY, BUFFERED_BODY_LEN);
+            let mut grown = BytesMut::with_capacity(capacity);
+            if let Some(whole) = self.whole.take() {
+                // A sized body sends nothing past its length; kept in order should it ever.
+                grown.extend_from_slice(&whole);
+            }
+            grown.extend_from_slice(&self.copied);
+            self.copied = grown;
+        }
+        self.copied.extend_from_slice(&data);
+        Ok(())
+    }
+
+    /// Every byte read, as one buffer.
+    fn into_bytes(self) -> Bytes {
+        match self.whole {
+            Some(whole) => whole,
+            None => self.copied.freeze(),
+        }
+    }
 }
 
 /// A chunked body that proved larger than [`BUFFERED_BODY_BYTES`]: the bytes read to find that out, then the rest
 /// as it arrives.
 struct ReadAhead<B> {
+    /// The bytes read before.
     head: Option<Bytes>,
+    /// The frame that took the body past the buffered size, as received (it is passed on at once, so copying it
+    /// into the head would save no memory).
+    beyond: Option<Bytes>,
     rest: Deadline<B>,
 }
 
@@ -168,18 +232,22 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if let Some(head) = this.head.take() {
-            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        if let Some(read) = this.head.take().or_else(|| this.beyond.take()) {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(read))));
         }
         std::pin::Pin::new(&mut this.rest).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.head.is_none() && self.rest.is_end_stream()
+        self.head.is_none() && self.beyond.is_none() && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let read = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let read = [&self.head, &self.beyond]
+            .into_iter()
+            .flatten()
+            .map(|b| b.len() as u64)
+            .sum::<u64>();
         let rest = self.rest.size_hint();
         let mut hint = http_body::SizeHint::new();
         hint.set_lower(rest.lower().saturating_add(read));
@@ -231,7 +299,8 @@ where
 }
 
 /// `Retry-After` when the instance pool is full: the request already waited [`crate::app::INSTANCE_WAIT`] for
-/// room, so room is not coming at once; a few seconds spreads the retries of a burst without making a client
+/// room, or found so many waiting that it could not expect any within that wait, so room is not coming at once;
+/// a few seconds spreads the retries of a burst without making a client
 /// wait for the slowest request (up to the body timeout) to end.
 pub const BUSY_RETRY_AFTER_SECS: u64 = 5;
 
@@ -520,6 +589,94 @@ mod tests {
         assert_eq!(collected.to_bytes(), Bytes::from_static(b"{\"a\":1}"));
     }
 
+    /// A frame whose bytes belong to `token`: while the frame (or any slice of it) lives, `token` has one more
+    /// owner, as a frame from hyper keeps its connection's read buffer.
+    fn pinning(token: &Arc<()>, bytes: &'static [u8]) -> Bytes {
+        struct Owner {
+            _token: Arc<()>,
+            bytes: &'static [u8],
+        }
+        impl AsRef<[u8]> for Owner {
+            fn as_ref(&self) -> &[u8] {
+                self.bytes
+            }
+        }
+        Bytes::from_owner(Owner {
+            _token: token.clone(),
+            bytes,
+        })
+    }
+
+    #[test]
+    fn the_read_ahead_buffer_grows_with_the_bytes_and_never_past_the_buffered_size() {
+        let mut head = Head::new(None);
+        for read in 1..=BUFFERED_BODY_LEN {
+            assert!(head.push(Bytes::from_static(b"x")).is_ok());
+            // At most twice what was read (or the smallest buffer), and never more than a head may hold.
+            let capacity = head.copied.capacity();
+            assert!(
+                capacity <= (2 * read).max(Head::MIN_CAPACITY),
+                "{capacity} for {read}"
+            );
+            assert!(capacity <= BUFFERED_BODY_LEN, "{capacity}");
+        }
+        // One byte more streams instead, handed back as it came.
+        assert_eq!(
+            head.push(Bytes::from_static(b"y")),
+            Err(Bytes::from_static(b"y"))
+        );
+        assert_eq!(head.into_bytes().len(), BUFFERED_BODY_LEN);
+        // The usual small request, all of it in one frame: passed on as received.
+        let frame = Bytes::from(vec![b'z'; 300]);
+        let mut head = Head::new(Some(300));
+        assert!(head.push(frame.clone()).is_ok());
+        assert_eq!(head.copied.capacity(), 0);
+        assert_eq!(head.into_bytes().as_ptr(), frame.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn a_trickled_body_is_copied_as_it_arrives_not_kept_frame_by_frame() {
+        let n = usize::try_from(BUFFERED_BODY_BYTES).unwrap();
+        // Chunked, and sized: both are read here while they are at most the buffered size.
+        for headers in [http::HeaderMap::new(), length(BUFFERED_BODY_BYTES)] {
+            let token = Arc::new(());
+            let client = Frames {
+                frames: (0..n)
+                    .map(|_| Ok(Frame::data(pinning(&token, b"x"))))
+                    .collect(),
+                stalls: true,
+            };
+            let reading = buffered(&headers, client, Duration::from_secs(60));
+            tokio::pin!(reading);
+            // Every one-byte frame read, the end not yet come: still reading.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(100), &mut reading)
+                    .await
+                    .is_err()
+            );
+            assert_eq!(
+                Arc::strong_count(&token) - 1,
+                0,
+                "frames kept while the body is read (each would pin a read buffer)"
+            );
+        }
+        // Ended: one buffer, of every byte.
+        let client = frames(
+            (0..n)
+                .map(|_| Ok(Frame::data(Bytes::from_static(b"x"))))
+                .collect(),
+        );
+        let Ok(mut body) = buffered(&http::HeaderMap::new(), client, Duration::from_secs(5)).await
+        else {
+            panic!("a small trickled body was refused");
+        };
+        let Some(Ok(frame)) = body.frame().await else {
+            panic!("the buffered body is empty");
+        };
+        assert_eq!(frame.into_data().map(|d| d.len()).ok(), Some(n));
+        assert!(body.frame().await.is_none());
+    }
+
     #[tokio::test]
     async fn a_large_body_streams_unread() {
         let client = frames(vec![Ok(Frame::data(Bytes::from_static(b"xy")))]);
@@ -574,12 +731,15 @@ mod tests {
         };
         // Handed on without waiting for the rest, the bytes read so far first.
         assert!(start.elapsed() < timeout);
-        let Some(Ok(first)) = body.frame().await else {
-            panic!("the bytes read ahead were lost");
-        };
-        let first = first.into_data().unwrap_or_default();
-        assert_eq!(first.len(), 2 * half);
-        assert!(first.starts_with(b"aa") && first.ends_with(b"bb"));
+        let mut read = Vec::new();
+        for _ in 0..2 {
+            let Some(Ok(frame)) = body.frame().await else {
+                panic!("the bytes read ahead were lost");
+            };
+            read.extend_from_slice(&frame.into_data().unwrap_or_default());
+        }
+        assert_eq!(read.len(), 2 * half);
+        assert!(read.starts_with(b"aa") && read.ends_with(b"bb"));
         // The rest never comes: the deadline, counted from the start, still holds.
         assert!(matches!(
             body.frame().await,
@@ -623,10 +783,16 @@ mod tests {
 
     #[tokio::test]
     async fn no_room_in_the_instance_pool_is_503_with_retry_after() {
-        let busy = Busy {
-            capacity: 204,
-            waited: Duration::from_secs(10),
-        };
+        let busy = [
+            Busy::Waited {
+                capacity: 204,
+                waited: Duration::from_secs(10),
+            },
+            Busy::Crowded {
+                capacity: 204,
+                waiting: 816,
+            },
+        ];
         // The pool itself refusing (were the gate ever to admit too many): an instantiation past a tiny pool.
         let (engine, component) = crate::admission::testing::tiny();
         let _full = [
@@ -636,7 +802,8 @@ mod tests {
         let Err(refused) = testing::instance(&engine, &component).await else {
             panic!("the tiny pool held a third instance");
         };
-        for cause in [wasmtime::Error::new(busy), refused] {
+        let [waited, crowded] = busy.map(wasmtime::Error::new);
+        for cause in [waited, crowded, refused] {
             let (status, retry, body) = answer(failed("c", &instantiation_failed(cause))).await;
             assert_eq!(status, 503);
             assert_eq!(retry.as_deref(), Some("5"));

@@ -171,7 +171,8 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
         let dir = tempfile::tempdir().unwrap();
         let m = manifest(dir.path());
         let env = HashMap::from([("SPIN_VARIABLE_TOKEN".to_string(), "s3cret".to_string())]);
-        let r = resolve(&m, &env).unwrap();
+        // A `.env` of the test's own, not its current directory's (which may hold one).
+        let r = resolve_in(&m, &env, dir.path()).unwrap();
         assert_eq!(r.per_component["a"]["token"], "s3cret");
         assert_eq!(r.per_component["a"]["where"], "in us-west");
         assert!(
@@ -251,9 +252,9 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
                 ("PATH".to_owned(), "/bin".to_owned()),
             ])
         );
-        // The skipped variable's default applies.
+        // The skipped variable's default applies (whatever `.env` the test's own directory may hold).
         let dir = tempfile::tempdir().unwrap();
-        let r = resolve(&manifest(dir.path()), &env).unwrap();
+        let r = resolve_in(&manifest(dir.path()), &env, dir.path()).unwrap();
         assert_eq!(r.per_component["a"]["where"], "in us-west");
     }
 
@@ -262,7 +263,7 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
         let dir = tempfile::tempdir().unwrap();
         let err = format!(
             "{:#}",
-            resolve(&manifest(dir.path()), &HashMap::new()).unwrap_err()
+            resolve_in(&manifest(dir.path()), &HashMap::new(), dir.path()).unwrap_err()
         );
         assert!(
             err.contains("\"token\"") && err.contains("SPIN_VARIABLE_TOKEN"),
