@@ -16,26 +16,30 @@ use crate::queue;
 /// item), try each once within the sweep's deadline, and re-queue what still fails or was not reached.
 pub async fn sweep(cfg: &Config, max: usize) {
     let deadline = Deadline::sweep(cfg);
-    for Queued { item, tries } in queue::take(max).await {
+    for Queued { item, tries, since } in queue::take(max).await {
         // Not reached in the sweep's time: back on the queue, not counted as a try.
         if deadline.next_call().is_none() {
-            queue::requeue(item, tries).await;
+            queue::requeue(item, tries, since).await;
             continue;
         }
+        let failed = |left: Cleanup| queue::requeue(left, tries.saturating_add(1), since);
         match &item {
             Cleanup::Cancel {
                 carrier,
                 iccid,
                 retire,
                 fci,
-            } => {
-                if let (Ok(c), Ok(i)) = (cfg.carrier(carrier), Iccid::parse(iccid)) {
+            } => match (cfg.carrier(carrier), Iccid::parse(iccid)) {
+                (Ok(c), Ok(i)) => {
                     let left = calls::cancel_as(cfg, c, &i, *retire, fci.clone(), deadline).await;
                     if let Some(left) = left {
-                        queue::requeue(left, tries.saturating_add(1)).await;
+                        failed(left).await;
                     }
                 }
-            }
+                _ => eprintln!(
+                    "dispatch: dropping queued cancel of {iccid} at {carrier}: the carrier left the catalog or the ICCID does not parse; an operator must return the profile"
+                ),
+            },
             Cleanup::LostDownload {
                 carrier,
                 fci,
@@ -43,6 +47,9 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 eid,
             } => {
                 let Ok(c) = cfg.carrier(carrier) else {
+                    eprintln!(
+                        "dispatch: dropping lost DownloadOrder {fci} at {carrier}: the carrier left the catalog; an operator must return the profile"
+                    );
                     continue;
                 };
                 let body = DownloadOrderRequest {
@@ -60,18 +67,30 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 )
                 .await;
                 match answer {
-                    Ok(r) => {
-                        if let (None, Some(iccid)) = (r.header.failure(), r.iccid) {
+                    Ok(r) => match (r.header.failure(), r.iccid) {
+                        (None, Some(iccid)) => {
                             let left =
                                 calls::cancel_as(cfg, c, &iccid, false, None, deadline).await;
                             if let Some(left) = left {
-                                queue::requeue(left, tries.saturating_add(1)).await;
+                                failed(left).await;
                             }
                         }
-                    }
-                    Err(_) => queue::requeue(item.clone(), tries.saturating_add(1)).await,
+                        // The replay could not be executed now: again later (kernel `cancel_outcome`'s rule).
+                        (Some(_), _) if retryable(&r.header) => failed(item.clone()).await,
+                        (code, _) => eprintln!(
+                            "dispatch: lost DownloadOrder {fci} at {carrier} replayed with {}: nothing to cancel, or an operator must look",
+                            code.map_or_else(|| "no ICCID".to_owned(), |c| c.to_string())
+                        ),
+                    },
+                    Err(_) => failed(item.clone()).await,
                 }
             }
         }
     }
+}
+
+/// Whether a failed ES2+ answer may succeed if sent again later (it expired, or the provider had an execution
+/// error): the rule of kernel `ResponseHeader::cancel_outcome`.
+fn retryable(header: &es2::ResponseHeader) -> bool {
+    matches!(header.cancel_outcome(), es2::CancelOutcome::Retry(_))
 }

@@ -3,24 +3,27 @@
 
 use esim402_core::order::{self, Cleanup, Queued};
 use esim402_core::store::keys;
-use esim402_guest::kv;
+use esim402_guest::{kv, util};
 
 /// Queue `item` (once), new.
 pub async fn enqueue(item: Cleanup) {
-    requeue(item, 0).await;
+    requeue(item, 0, 0).await;
 }
 
-/// Queue `item` (once) after `tries` failed tries; one tried [`order::MAX_CLEANUP_TRIES`] times is given up,
-/// logged for an operator (the carrier may still hold the profile it names).
-pub async fn requeue(item: Cleanup, tries: u32) {
-    if order::gives_up(tries) {
+/// Queue `item` (once) after `tries` failed tries, failing since `since` (0: from now). One tried
+/// [`order::MAX_CLEANUP_TRIES`] times over at least [`order::MIN_CLEANUP_AGE_SECS`] is given up, logged for an
+/// operator (the carrier may still hold the profile it names).
+pub async fn requeue(item: Cleanup, tries: u32, since: u64) {
+    let now = util::now_secs();
+    let since = if since == 0 && tries > 0 { now } else { since };
+    if order::gives_up(tries, since, now) {
         eprintln!(
-            "dispatch: giving up carrier cleanup after {tries} tries: {item:?}; an operator must return the profile"
+            "dispatch: giving up carrier cleanup after {tries} tries since {since}: {item:?}; an operator must return the profile"
         );
         return;
     }
     let r = kv::update_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
-        Ok(order::enqueue(q.unwrap_or_default(), &item, tries))
+        Ok(order::enqueue(q.unwrap_or_default(), &item, tries, since))
     })
     .await;
     if let Err(e) = r {

@@ -89,7 +89,7 @@ pub fn fits_payment_lease(budget_secs: u64, call_timeout_ms: u64) -> bool {
 }
 
 /// `(budget_secs, call_timeout_ms)` lowered to fit the payment lease ([`fits_payment_lease`]), unchanged if they
-/// do: the call timeout first to what leaves a budget of at least one second, then the budget to what is left.
+/// do: the call timeout first to at most a fifth of the room, then the budget to what is left.
 /// A configuration that did not fit is served lowered (with a warning), not refused: deployments set within the
 /// old limits keep working.
 pub fn fit_to_payment_lease(budget_secs: u64, call_timeout_ms: u64) -> (u64, u64) {
@@ -98,10 +98,8 @@ pub fn fit_to_payment_lease(budget_secs: u64, call_timeout_ms: u64) -> (u64, u64
     }
     let calls = 2 + SWEEP_CALL_TIMEOUTS;
     let room = crate::paid::MAX_DISPATCH_BUDGET_SECS.saturating_sub(5);
-    let call_secs = call_timeout_ms
-        .div_ceil(1000)
-        .min(room.saturating_sub(1) / calls)
-        .max(1);
+    // Calls of at most a fifth of the room leave the budget at least two of them (a try and a failover).
+    let call_secs = call_timeout_ms.div_ceil(1000).min(room / 5).max(1);
     let call_ms = call_timeout_ms.min(call_secs * 1000);
     let budget = budget_secs
         .min(room.saturating_sub(call_secs * calls))
@@ -525,8 +523,8 @@ pub enum Cleanup {
     },
 }
 
-/// A queued cleanup and how many sweeps have tried it and failed. Stored flat (`{"kind": …, …, "tries": n}`),
-/// so items queued before the count was kept read with none.
+/// A queued cleanup, how many sweeps have tried it and failed, and since when. Stored flat
+/// (`{"kind": …, …, "tries": n, "since": t}`), so items queued before these were kept read with none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Queued {
     /// The work.
@@ -535,28 +533,42 @@ pub struct Queued {
     /// Sweeps that tried it and failed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tries: u32,
+    /// When it first failed (unix seconds; 0: unknown, an item queued before this was kept).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub since: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// How many sweeps may try one cleanup before it is given up (logged for an operator): a carrier that answers
-/// nothing usable for it (a permanent 4xx, a reply the client cannot read) would otherwise keep it in the queue,
-/// and in every order's sweep, for good. At one sweep per order that is hours of retries at a few orders an hour.
-pub const MAX_CLEANUP_TRIES: u32 = 50;
-
-/// Whether a cleanup that failed `tries` times is given up instead of queued again.
-pub fn gives_up(tries: u32) -> bool {
-    tries >= MAX_CLEANUP_TRIES
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
-/// The cleanup queue with `item` at its end after `tries` failed tries (unchanged if it is there).
-pub fn enqueue(mut queue: Vec<Queued>, item: &Cleanup, tries: u32) -> Vec<Queued> {
+/// How many sweeps must have tried a cleanup, and failed, before it may be given up (logged for an operator).
+pub const MAX_CLEANUP_TRIES: u32 = 50;
+
+/// How long a cleanup must have been failing before it may be given up: a carrier down for maintenance fails
+/// every sweep of a busy hour, and its profiles must still be returned once it is back.
+pub const MIN_CLEANUP_AGE_SECS: u64 = 24 * 3600;
+
+/// Whether a cleanup that failed `tries` times, the first at `since`, is given up at `now` instead of queued
+/// again: a carrier that answers nothing usable for it (a permanent 4xx, a reply the client cannot read)
+/// would otherwise keep it in the queue, and in every order's sweep, for good. Both bounds must be passed: many
+/// tries, over a day.
+pub fn gives_up(tries: u32, since: u64, now: u64) -> bool {
+    tries >= MAX_CLEANUP_TRIES && since != 0 && now >= since.saturating_add(MIN_CLEANUP_AGE_SECS)
+}
+
+/// The cleanup queue with `item` at its end after `tries` failed tries, failing since `since` (unchanged if it
+/// is there).
+pub fn enqueue(mut queue: Vec<Queued>, item: &Cleanup, tries: u32, since: u64) -> Vec<Queued> {
     if !queue.iter().any(|q| q.item == *item) {
         queue.push(Queued {
             item: item.clone(),
             tries,
+            since,
         });
     }
     queue
@@ -655,8 +667,17 @@ mod tests {
         assert_eq!(fit_to_payment_lease(60, 10_000), (60, 10_000));
         assert_eq!(fit_to_payment_lease(100, 10_000), (65, 10_000));
         assert_eq!(fit_to_payment_lease(60, 12_000), (59, 12_000));
-        assert_eq!(fit_to_payment_lease(60, 120_000), (2, 31_000));
-        for (budget, call) in [(100, 10_000), (60, 120_000), (100, 10_001), (1, 120_000)] {
+        // Long calls are cut to a fifth of the room, leaving the budget two of them.
+        assert_eq!(fit_to_payment_lease(60, 120_000), (38, 19_000));
+        assert_eq!(fit_to_payment_lease(60, 30_000), (38, 19_000));
+        assert_eq!(fit_to_payment_lease(1, 120_000), (1, 19_000));
+        for (budget, call) in [
+            (100, 10_000),
+            (60, 120_000),
+            (100, 10_001),
+            (1, 120_000),
+            (100, 1),
+        ] {
             let (b, c) = fit_to_payment_lease(budget, call);
             assert!(fits_payment_lease(b, c), "{budget} {call} -> {b} {c}");
         }
@@ -1032,31 +1053,47 @@ mod tests {
             profile_type: "p".into(),
             eid: None,
         };
-        let add = |q: Vec<Queued>, item: &Cleanup, tries| enqueue(q, item, tries);
+        let add = |q: Vec<Queued>, item: &Cleanup, tries| enqueue(q, item, tries, 0);
         let q = add(add(add(vec![], &a, 0), &b, 3), &a, 1);
         assert_eq!(q.len(), 2);
         let (rest, taken) = take(q, 1);
         let queued = |item: &Cleanup, tries| Queued {
             item: item.clone(),
             tries,
+            since: 0,
         };
         assert_eq!((rest, taken), (vec![queued(&b, 3)], vec![queued(&a, 0)]));
         assert_eq!(take(vec![], 4), (vec![], vec![]));
-        // Tried too often: given up.
-        assert!(!gives_up(MAX_CLEANUP_TRIES - 1));
-        assert!(gives_up(MAX_CLEANUP_TRIES));
-        // Stored flat; the count is left out at zero and read as zero from items queued before it was kept.
-        let flat = serde_json::to_value(queued(&b, 3)).unwrap();
+        // Given up only after many tries over a day (a carrier down for an hour fails every sweep of it).
+        let day = MIN_CLEANUP_AGE_SECS;
+        assert!(gives_up(MAX_CLEANUP_TRIES, 1_000, 1_000 + day));
+        assert!(!gives_up(MAX_CLEANUP_TRIES - 1, 1_000, 1_000 + day));
+        assert!(!gives_up(MAX_CLEANUP_TRIES, 1_000, 1_000 + day - 1));
+        assert!(!gives_up(u32::MAX, 0, u64::MAX), "since unknown: not yet");
+        // Stored flat; the counts are left out at zero and read as zero from items queued before they were kept.
+        let flat = serde_json::to_value(Queued {
+            since: 7,
+            ..queued(&b, 3)
+        })
+        .unwrap();
         assert_eq!(
-            (flat["kind"].as_str(), flat["tries"].as_u64()),
-            (Some("lost_download"), Some(3))
+            (
+                flat["kind"].as_str(),
+                flat["tries"].as_u64(),
+                flat["since"].as_u64()
+            ),
+            (Some("lost_download"), Some(3), Some(7))
         );
         let fresh = serde_json::to_value(queued(&a, 0)).unwrap();
-        assert!(fresh.get("tries").is_none(), "{fresh}");
+        assert!(
+            fresh.get("tries").is_none() && fresh.get("since").is_none(),
+            "{fresh}"
+        );
         let before: Queued = serde_json::from_value(serde_json::json!(
             {"kind": "cancel", "carrier": "c", "iccid": "i", "retire": false, "fci": "F"}
         ))
         .unwrap();
+        assert_eq!(before.since, 0);
         assert_eq!(before.tries, 0);
         let json = serde_json::to_value(Cleanup::Cancel {
             carrier: "c".into(),

@@ -784,19 +784,30 @@ async fn the_sweep_before_an_order_stays_within_one_call_timeout() {
     assert_eq!(left.as_array().map(Vec::len), Some(4), "{left}");
 }
 
-/// A cleanup the carrier keeps failing is tried by at most `MAX_CLEANUP_TRIES` sweeps, then given up (logged for
-/// an operator); each failed try counts. Before, it stayed in the queue, and in every order's sweep, for good.
+/// A cleanup the carrier keeps failing is given up (logged for an operator) once `MAX_CLEANUP_TRIES` sweeps tried
+/// it over at least a day; each failed try counts, and one failing for less than a day stays however often it
+/// was tried (a carrier down for maintenance). Before, every item stayed in the queue, and in every order's
+/// sweep, for good.
 #[tokio::test]
 async fn a_cleanup_that_keeps_failing_is_given_up_after_its_tries() {
     let smdp = Arc::new(FakeSmdp::default());
     smdp.set("att", Behaves::Http503);
     let mut kit = kit_with(smdp, &[]).await;
     let iccid = |n: u32| Iccid::with_check_digit(&format!("890141{n:012}")).unwrap();
-    let (last, young) = (iccid(1), iccid(2));
-    let item = |iccid: &Iccid, tries: u32| json!({"kind": "cancel", "carrier": "att", "iccid": iccid.as_str(), "retire": false, "tries": tries});
+    let (last, young, recent) = (iccid(1), iccid(2), iccid(3));
+    let item = |iccid: &Iccid, tries: u32, since: u64| {
+        json!({"kind": "cancel", "carrier": "att", "iccid": iccid.as_str(), "retire": false,
+               "tries": tries, "since": since})
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (max, at) = (esim402_core::order::MAX_CLEANUP_TRIES, 1_764_000_000u64);
     let queued = json!([
-        item(&last, esim402_core::order::MAX_CLEANUP_TRIES - 1),
-        item(&young, 3)
+        item(&last, max - 1, at),
+        item(&young, 3, at),
+        item(&recent, max + 10, now - 3600)
     ]);
     kit.kv_put("cleanup/queue", queued.to_string().as_bytes())
         .await;
@@ -808,11 +819,16 @@ async fn a_cleanup_that_keeps_failing_is_given_up_after_its_tries() {
         .iter()
         .filter(|c| **c == call("att", "cancelOrder"))
         .count();
-    assert!(tried >= 2, "both were tried: {:?}", calls(&kit));
+    assert!(tried >= 3, "all were tried: {:?}", calls(&kit));
     let left: Value = serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
-    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left.as_array().map(Vec::len), Some(2), "{left}");
     assert_eq!(left[0]["iccid"], young.as_str());
-    assert_eq!(left[0]["tries"], 4);
+    assert_eq!(
+        (left[0]["tries"].as_u64(), left[0]["since"].as_u64()),
+        (Some(4), Some(at))
+    );
+    assert_eq!(left[1]["iccid"], recent.as_str());
+    assert_eq!(left[1]["tries"].as_u64(), Some(u64::from(max) + 11));
 }
 
 #[tokio::test]
