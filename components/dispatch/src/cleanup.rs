@@ -13,16 +13,19 @@ use crate::config::Config;
 use crate::queue;
 
 /// Work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
-/// item), try each once within the sweep's deadline, and re-queue what still fails or was not reached.
+/// item), try each once within the sweep's deadline, and re-queue what still fails or was not reached. What
+/// failed goes back behind what was not reached, so a carrier that takes the whole deadline cannot keep the
+/// items behind it from ever being tried.
 pub async fn sweep(cfg: &Config, max: usize) {
     let deadline = Deadline::sweep(cfg);
+    let mut failed: Vec<(Cleanup, u32, u64)> = Vec::new();
     for Queued { item, tries, since } in queue::take(max).await {
         // Not reached in the sweep's time: back on the queue, not counted as a try.
         if deadline.next_call().is_none() {
             queue::requeue(item, tries, since).await;
             continue;
         }
-        let failed = |left: Cleanup| queue::requeue(left, tries.saturating_add(1), since);
+        let mut fail = |left: Cleanup| failed.push((left, tries.saturating_add(1), since));
         match &item {
             Cleanup::Cancel {
                 carrier,
@@ -33,7 +36,7 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 (Ok(c), Ok(i)) => {
                     let left = calls::cancel_as(cfg, c, &i, *retire, fci.clone(), deadline).await;
                     if let Some(left) = left {
-                        failed(left).await;
+                        fail(left);
                     }
                 }
                 _ => eprintln!(
@@ -69,23 +72,27 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 match answer {
                     Ok(r) => match (r.header.failure(), r.iccid) {
                         (None, Some(iccid)) => {
+                            // A cancel just learned of is new work: counted from its own first failure.
                             let left =
                                 calls::cancel_as(cfg, c, &iccid, false, None, deadline).await;
                             if let Some(left) = left {
-                                failed(left).await;
+                                failed.push((left, 1, 0));
                             }
                         }
                         // The replay could not be executed now: again later (kernel `cancel_outcome`'s rule).
-                        (Some(_), _) if retryable(&r.header) => failed(item.clone()).await,
+                        (Some(_), _) if retryable(&r.header) => fail(item.clone()),
                         (code, _) => eprintln!(
                             "dispatch: lost DownloadOrder {fci} at {carrier} replayed with {}: nothing to cancel, or an operator must look",
                             code.map_or_else(|| "no ICCID".to_owned(), |c| c.to_string())
                         ),
                     },
-                    Err(_) => failed(item.clone()).await,
+                    Err(_) => fail(item.clone()),
                 }
             }
         }
+    }
+    for (item, tries, since) in failed {
+        queue::requeue(item, tries, since).await;
     }
 }
 

@@ -784,6 +784,34 @@ async fn the_sweep_before_an_order_stays_within_one_call_timeout() {
     assert_eq!(left.as_array().map(Vec::len), Some(4), "{left}");
 }
 
+/// A carrier that takes a whole sweep's deadline does not keep the items behind it from ever being tried: what
+/// failed goes back behind what the sweep did not reach (before, the queue came back in the same order every
+/// sweep, and the items behind the slow one were never tried).
+#[tokio::test]
+async fn a_slow_carrier_at_the_head_of_the_queue_does_not_block_the_rest() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("att", Behaves::Timeout);
+    let mut kit = kit_with(smdp, &[("es2_timeout_ms", "200")]).await;
+    let iccid = |n: u32| Iccid::with_check_digit(&format!("890141{n:012}")).unwrap();
+    let cancel = |carrier: &str, iccid: &Iccid| json!({"kind": "cancel", "carrier": carrier, "iccid": iccid.as_str(), "retire": false});
+    let queued = json!([cancel("att", &iccid(1)), cancel("verizon", &iccid(2))]);
+    kit.kv_put("cleanup/queue", queued.to_string().as_bytes())
+        .await;
+    for invoice in ["inv-45", "inv-46"] {
+        order(&mut kit, request("us-west", Some("tmobile")), invoice)
+            .await
+            .unwrap();
+    }
+    let verizon = calls(&kit)
+        .iter()
+        .filter(|c| **c == call("verizon", "cancelOrder"))
+        .count();
+    assert_eq!(verizon, 1, "{:?}", calls(&kit));
+    let left: Value = serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left[0]["carrier"], "att");
+}
+
 /// A cleanup the carrier keeps failing is given up (logged for an operator) once `MAX_CLEANUP_TRIES` sweeps tried
 /// it over at least a day; each failed try counts, and one failing for less than a day stays however often it
 /// was tried (a carrier down for maintenance). Before, every item stayed in the queue, and in every order's
