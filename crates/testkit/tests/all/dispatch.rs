@@ -181,19 +181,46 @@ fn request(region: &str, carrier: Option<&str>) -> types::ActivationRequest {
     }
 }
 
+/// The clock every test order is placed at; [`AFTER_LEASE`] is an hour later, past any order's lease.
+const NOW: u64 = 1_764_000_000;
+const AFTER_LEASE: u64 = NOW + 3_600;
+
+/// A short order budget and ES2+ call timeout: a confirm that times out leaves the order pending.
+const SHORT_BUDGET: &[(&str, &str)] = &[("dispatch_budget_secs", "1"), ("es2_timeout_ms", "600")];
+
 async fn order(
     kit: &mut Kit,
     req: types::ActivationRequest,
     invoice: &str,
 ) -> Result<types::Sim, types::Error> {
+    order_at(kit, req, invoice, NOW).await
+}
+
+/// [`order`] placed (or repeated) at `now`.
+async fn order_at(
+    kit: &mut Kit,
+    req: types::ActivationRequest,
+    invoice: &str,
+    now: u64,
+) -> Result<types::Sim, types::Error> {
     let invoice = invoice.to_owned();
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_order_profile(a, req, invoice, OWNER.into(), None, 1_764_000_000)
+            .call_order_profile(a, req, invoice, OWNER.into(), None, now)
             .await
     })
     .await
     .unwrap()
+}
+
+/// The SIM record of `iccid`, which must exist.
+async fn get_sim(kit: &mut Kit, iccid: &str) -> types::Sim {
+    let id = iccid.to_owned();
+    kit.call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
 }
 
 /// A HandleDownloadProgressInfo `body` presented with `credential`.
@@ -367,7 +394,7 @@ async fn the_same_invoice_orders_once() {
     let refused = kit
         .call(async move |a, g| {
             g.dispatch()
-                .call_order_profile(a, req, "inv-dup".into(), other.into(), None, 1_764_000_000)
+                .call_order_profile(a, req, "inv-dup".into(), other.into(), None, NOW)
                 .await
         })
         .await
@@ -831,7 +858,7 @@ async fn a_cleanup_that_keeps_failing_is_given_up_after_its_tries() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let (max, at) = (esim402_core::order::MAX_CLEANUP_TRIES, 1_764_000_000u64);
+    let (max, at) = (esim402_core::order::MAX_CLEANUP_TRIES, NOW);
     let queued = json!([
         item(&last, max - 1, at),
         item(&young, 3, at),
@@ -925,13 +952,7 @@ async fn lifecycle_and_download_progress() {
         download_progress(&mut kit, body, Some(TMOBILE_CB))
             .await
             .unwrap();
-        let id = iccid.clone();
-        let s = kit
-            .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let s = get_sim(&mut kit, &iccid).await;
         assert_eq!(s.profile_state, want);
     }
     // A late failure report cannot undo an installation, and neither it nor a repeat of a delivered point
@@ -1157,13 +1178,7 @@ async fn switch_quotes_the_difference_and_replaces_after_installation() {
     download_progress(&mut kit, body, Some(VERIZON_CB))
         .await
         .unwrap();
-    let id = old.iccid.clone();
-    let old_now = kit
-        .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let old_now = get_sim(&mut kit, &old.iccid).await;
     assert_eq!(old_now.state, types::SimState::Terminated);
     assert_eq!(old_now.replaced_by.as_deref(), Some(new.iccid.as_str()));
 }
@@ -1172,11 +1187,7 @@ async fn switch_quotes_the_difference_and_replaces_after_installation() {
 async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
     let smdp = Arc::new(FakeSmdp::default());
     smdp.set("tmobile", Behaves::ConfirmTimeout);
-    let mut kit = kit_with(
-        smdp.clone(),
-        &[("dispatch_budget_secs", "1"), ("es2_timeout_ms", "600")],
-    )
-    .await;
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
     let pending = order(&mut kit, request("us-west", None), "inv-slow")
         .await
         .unwrap();
@@ -1208,16 +1219,8 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
     // The carrier recovers; once the lease expired, a repeat finishes the same order with the same confirm
     // call id (a confirm that succeeded unseen would be replayed, not refused).
     smdp.set("tmobile", Behaves::Ok);
-    let invoice = "inv-slow".to_owned();
-    let req = request("us-west", None);
-    let done = kit
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_order_profile(a, req, invoice, OWNER.into(), None, 1_764_000_000 + 3_600)
-                .await
-        })
+    let done = order_at(&mut kit, request("us-west", None), "inv-slow", AFTER_LEASE)
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(done.iccid, pending.iccid);
     assert_eq!(done.state, types::SimState::Active);
@@ -1239,11 +1242,7 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
 async fn a_resumed_order_never_takes_a_profile_another_order_got_since() {
     let smdp = Arc::new(FakeSmdp::default());
     smdp.set("tmobile", Behaves::ConfirmTimeout);
-    let mut kit = kit_with(
-        smdp.clone(),
-        &[("dispatch_budget_secs", "1"), ("es2_timeout_ms", "600")],
-    )
-    .await;
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
     let pending = order(&mut kit, request("us-west", None), "inv-a")
         .await
         .unwrap();
@@ -1259,22 +1258,8 @@ async fn a_resumed_order_never_takes_a_profile_another_order_got_since() {
         (pending.iccid.as_str(), types::SimState::Active)
     );
     // The first order, resumed after its lease, orders anew.
-    let req = request("us-west", None);
-    let resumed = kit
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_order_profile(
-                    a,
-                    req,
-                    "inv-a".into(),
-                    OWNER.into(),
-                    None,
-                    1_764_000_000 + 3_600,
-                )
-                .await
-        })
+    let resumed = order_at(&mut kit, request("us-west", None), "inv-a", AFTER_LEASE)
         .await
-        .unwrap()
         .unwrap();
     assert_ne!(resumed.iccid, pending.iccid);
     assert_eq!(resumed.state, types::SimState::Active);
@@ -1287,13 +1272,7 @@ async fn a_resumed_order_never_takes_a_profile_another_order_got_since() {
         resumed.failovers
     );
     // The other order's SIM is as it was.
-    let id = pending.iccid.clone();
-    let theirs = kit
-        .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let theirs = get_sim(&mut kit, &pending.iccid).await;
     assert_eq!(theirs.invoice_id, "inv-b");
     assert_eq!(theirs.state, types::SimState::Active);
 }
@@ -1305,11 +1284,7 @@ async fn a_resumed_order_never_takes_a_profile_another_order_got_since() {
 async fn a_pending_sim_its_owner_terminated_is_not_confirmed_again() {
     let smdp = Arc::new(FakeSmdp::default());
     smdp.set("tmobile", Behaves::ConfirmTimeout);
-    let mut kit = kit_with(
-        smdp.clone(),
-        &[("dispatch_budget_secs", "1"), ("es2_timeout_ms", "600")],
-    )
-    .await;
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
     let pending = order(&mut kit, request("us-west", None), "inv-withdrawn")
         .await
         .unwrap();
@@ -1331,16 +1306,13 @@ async fn a_pending_sim_its_owner_terminated_is_not_confirmed_again() {
     // The carrier answers again and the lease ran out: a repeat would have confirmed the profile.
     smdp.set("tmobile", Behaves::Ok);
     let before = kit.requests().len();
-    let resume = |at: u64| {
-        let req = request("us-west", None);
-        async move |a: &esim402_testkit::Accessor<esim402_testkit::KitState>,
-                    g: &esim402_testkit::Exports| {
-            g.dispatch()
-                .call_order_profile(a, req, "inv-withdrawn".into(), OWNER.into(), None, at)
-                .await
-        }
-    };
-    let got = kit.call(resume(1_764_000_000 + 3_600)).await.unwrap();
+    let got = order_at(
+        &mut kit,
+        request("us-west", None),
+        "inv-withdrawn",
+        AFTER_LEASE,
+    )
+    .await;
     assert!(
         matches!(&got, Err(types::Error::Conflict(m)) if m.contains("terminated")),
         "{got:?}"
@@ -1352,7 +1324,13 @@ async fn a_pending_sim_its_owner_terminated_is_not_confirmed_again() {
     assert_eq!(stored["state"], "terminated");
     assert!(stored["activation_code"].is_null(), "{stored}");
     // The order ended: a repeat replays its failure.
-    let again = kit.call(resume(1_764_000_000 + 7_200)).await.unwrap();
+    let again = order_at(
+        &mut kit,
+        request("us-west", None),
+        "inv-withdrawn",
+        AFTER_LEASE + 3_600,
+    )
+    .await;
     assert!(again.is_err(), "{again:?}");
     assert_eq!(kit.requests().len(), before);
 }
@@ -1505,13 +1483,7 @@ async fn callbacks_need_the_issuing_carriers_credential() {
             );
         }
     }
-    let id = sim.iccid.clone();
-    let still = kit
-        .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let still = get_sim(&mut kit, &sim.iccid).await;
     assert_eq!(
         still.profile_state,
         types::ProfileState::Released,
