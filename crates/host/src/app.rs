@@ -685,21 +685,12 @@ mod tests {
     fn a_non_unicode_environment_does_not_stop_the_host() {
         use std::os::unix::ffi::OsStringExt;
         // A process's environment cannot be changed safely while other tests run: the check runs in a child.
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "app::tests::load_options_in_a_child_process"])
-            .env("ESIM402_TEST_CHILD", "1")
-            .env(
+        crate::child_test::passes("app::tests::load_options_in_a_child_process", |child| {
+            child.env("ESIM402_TEST_CHILD", "1").env(
                 "ESIM402_TEST_NOT_UTF8",
                 std::ffi::OsString::from_vec(vec![b'x', 0xff]),
-            )
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            );
+        });
     }
 
     #[test]

@@ -27,3 +27,23 @@ pub mod router;
 pub mod runtime_config;
 pub mod server;
 pub mod variables;
+
+/// Test support shared by the modules' unit tests.
+#[cfg(test)]
+pub(crate) mod child_test {
+    /// Run the unit test `name` alone in a child process of this test binary, set up by `configure` (the
+    /// environment or working directory of a process cannot be changed safely while other tests run), and
+    /// assert it ran and passed.
+    pub(crate) fn passes(name: &str, configure: impl FnOnce(&mut std::process::Command)) {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args(["--exact", name]);
+        configure(&mut child);
+        let out = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -218,18 +218,11 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
         )
         .unwrap();
         // The current directory is the process's: the check runs in a child started in `cwd`.
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "variables::tests::resolve_in_a_child_process"])
-            .current_dir(cwd.path())
-            .env("ESIM402_TEST_APP_DIR", app.path())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::child_test::passes("variables::tests::resolve_in_a_child_process", |child| {
+            child
+                .current_dir(cwd.path())
+                .env("ESIM402_TEST_APP_DIR", app.path());
+        });
     }
 
     #[test]
