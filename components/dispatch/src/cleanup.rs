@@ -79,8 +79,8 @@ pub async fn sweep(cfg: &Config, max: usize) {
                                 failed.push((left, 1, 0));
                             }
                         }
-                        // The replay could not be executed now: again later (kernel `cancel_outcome`'s rule).
-                        (Some(_), _) if retryable(&r.header) => fail(item.clone()),
+                        // The replay could not be executed now: again later.
+                        (Some(_), _) if r.header.failed_for_now() => fail(item.clone()),
                         (code, _) => eprintln!(
                             "dispatch: lost DownloadOrder {fci} at {carrier} replayed with {}: nothing to cancel, or an operator must look",
                             code.map_or_else(|| "no ICCID".to_owned(), |c| c.to_string())
@@ -94,10 +94,4 @@ pub async fn sweep(cfg: &Config, max: usize) {
     for (item, tries, since) in failed {
         queue::requeue(item, tries, since).await;
     }
-}
-
-/// Whether a failed ES2+ answer may succeed if sent again later (it expired, or the provider had an execution
-/// error): the rule of kernel `ResponseHeader::cancel_outcome`.
-fn retryable(header: &es2::ResponseHeader) -> bool {
-    matches!(header.cancel_outcome(), es2::CancelOutcome::Retry(_))
 }

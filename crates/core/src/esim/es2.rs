@@ -159,14 +159,23 @@ impl ResponseHeader {
         })
     }
 
+    /// Whether the call failed for a reason that may pass (it expired, or the function provider had an
+    /// execution error): the function did not execute, and may if sent again later.
+    pub fn failed_for_now(&self) -> bool {
+        let status = self.function_execution_status.status;
+        !status.is_success()
+            && (status == ExecutionStatus::Expired
+                || self
+                    .failure()
+                    .is_some_and(|code| code.subject == StatusCode::EXECUTION_ERROR.subject))
+    }
+
     /// What a CancelOrder's answer means for the profile it named.
     pub fn cancel_outcome(&self) -> CancelOutcome {
         let Some(code) = self.failure() else {
             return CancelOutcome::Done;
         };
-        let expired = self.function_execution_status.status == ExecutionStatus::Expired;
-        if expired || code.subject == StatusCode::EXECUTION_ERROR.subject {
-            // Not executed now (it expired, or the function provider had an execution error): try again.
+        if self.failed_for_now() {
             CancelOutcome::Retry(code)
         } else if [
             StatusCode::UNKNOWN_ICCID,
