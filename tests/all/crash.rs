@@ -793,3 +793,127 @@ async fn a_transaction_executing_a_held_authorization_pays_no_tx_hash_invoice() 
     let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
     assert_eq!(inv["status"], "open", "{inv}");
 }
+
+/// Held, then front-run: the facilitator recorded a payment's settlement and died before the broadcast; the
+/// payer then executed the same authorization itself. Sent again, the payment's own transaction reverts, the
+/// token's `AuthorizationUsed` log names the payer's, whose transfer is this payment's money: the payment is
+/// settled by that transaction and the SIM delivered (before, it stayed pending for an operator). A refund
+/// finds it, and the payer's transaction pays no other invoice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settlement_front_run_by_its_payer_is_settled_by_the_payers_transaction() {
+    let failpoint = "x402/nonce/#2";
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", failpoint)],
+    )
+    .await;
+    let start = s.balance(agent()).await;
+    let (invoice, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let header = pay.header();
+    stall_and_kill(&mut s, &header, failpoint).await;
+    let tx = s.send_token(agent(), pay.calldata()).await;
+    s.mined(&tx).await;
+
+    restart_later(&mut s, LEASE_SECS + 1, &[]).await;
+    let (status, headers, body) = send_payment(&s, &header).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["activation_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("LPA:1$"),
+        "{body}"
+    );
+    assert_eq!(body["transaction"], tx.as_str(), "{body}");
+    assert!(headers.contains_key("payment-response"));
+    assert_eq!(
+        s.balance(agent()).await,
+        start - price(&req),
+        "charged once"
+    );
+    let id = invoice["invoice_id"].as_str().unwrap();
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(inv["status"], "paid", "{inv}");
+    assert_eq!(inv["transaction"], tx.as_str(), "{inv}");
+    // Sent again: the same answer's transaction, nothing moves.
+    let (again, _, b) = send_payment(&s, &header).await;
+    assert_eq!(again, 409, "{b}");
+
+    // The payer's transaction pays no other invoice.
+    let body2 =
+        serde_json::json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (other, _) = s.invoice(&body2).await;
+    let other_id = other["invoice_id"].as_str().unwrap();
+    let (refused, _, why) = s
+        .post("/v1/esim/activate", &body2, &proof_headers(&tx, other_id))
+        .await;
+    assert_eq!(refused, 409, "{why}");
+
+    // Terminated at once: the refund of the unused data is owed against the payer's transaction, and paid.
+    let iccid = body["iccid"].as_str().unwrap();
+    let (st, _, term) = s
+        .post(
+            &format!("/v1/esim/{iccid}/terminate"),
+            &serde_json::json!({}),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 200, "{term}");
+    assert_eq!(term["refunds"].as_array().unwrap().len(), 1, "{term}");
+    let (kinds, _) = verified_ledger(&s).await;
+    assert_eq!(count(&kinds, "settlement_confirmed"), 1, "{kinds:?}");
+    assert_eq!(count(&kinds, "settlement_failed"), 0, "{kinds:?}");
+    assert_eq!(count(&kinds, "activation_completed"), 1, "{kinds:?}");
+}
+
+/// Held, then canceled: the facilitator recorded a payment's settlement and died before the broadcast; the
+/// payer then canceled the authorization (`cancelAuthorization`). Sent again, the payment's own transaction
+/// reverts and the token's `AuthorizationCanceled` log shows no money moved: the settlement fails and the
+/// profile is withdrawn (before, it stayed pending for an operator).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_settlement_whose_authorization_was_canceled_fails() {
+    let failpoint = "x402/nonce/#2";
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", failpoint)],
+    )
+    .await;
+    let start = s.balance(agent()).await;
+    let (invoice, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let header = pay.header();
+    stall_and_kill(&mut s, &header, failpoint).await;
+    let tx = s.send_token(agent(), pay.cancel_calldata()).await;
+    s.mined(&tx).await;
+    assert!(s.nonce_used(agent(), pay.auth.nonce).await, "canceled");
+
+    restart_later(&mut s, LEASE_SECS + 1, &[]).await;
+    let (status, _, body) = send_payment(&s, &header).await;
+    assert_eq!(status, 402, "{body}");
+    assert!(body.to_string().contains("transaction_failed"), "{body}");
+    assert_eq!(s.balance(agent()).await, start, "nothing moved");
+    let id = invoice["invoice_id"].as_str().unwrap();
+    let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_ne!(inv["status"], "paid", "{inv}");
+    // The profile ordered for it was withdrawn: the payer's one SIM, as its owner lists it, is terminated.
+    let list: serde_json::Value = s
+        .http
+        .get(format!("{}/v1/esim", s.url))
+        .header(
+            "sign-in-with-x",
+            s.sign_in_ahead("/v1/esim", LEASE_SECS + 1),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sims = list["sims"].as_array().unwrap();
+    assert_eq!(sims.len(), 1, "{list}");
+    assert_eq!(sims[0]["state"], "terminated", "{list}");
+    let (kinds, _) = verified_ledger(&s).await;
+    assert_eq!(count(&kinds, "settlement_confirmed"), 0, "{kinds:?}");
+    assert_eq!(count(&kinds, "activation_completed"), 0, "{kinds:?}");
+}

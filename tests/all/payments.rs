@@ -29,6 +29,7 @@ sol! {
     function transfer(address to, uint256 value) returns (bool);
     function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter,
         uint256 validBefore, bytes32 nonce, bytes signature);
+    function cancelAuthorization(address authorizer, bytes32 nonce, uint8 v, bytes32 r, bytes32 s);
 }
 
 /// Where a [`PayStack`] serves the app.
@@ -575,7 +576,6 @@ impl Payment {
         sig
     }
 
-    /// The `PAYMENT-SIGNATURE` header value.
     /// Calldata of the token's `transferWithAuthorization` executing this payment's authorization, as anyone
     /// holding it (its payer, another facilitator) may send it.
     pub fn calldata(&self) -> Vec<u8> {
@@ -591,6 +591,30 @@ impl Payment {
         .abi_encode()
     }
 
+    /// Calldata of the token's `cancelAuthorization` burning this payment's nonce, signed by its payer
+    /// (EIP-3009 `CancelAuthorization(address authorizer,bytes32 nonce)` under the token's domain).
+    pub fn cancel_calldata(&self) -> Vec<u8> {
+        let typehash = keccak256("CancelAuthorization(address authorizer,bytes32 nonce)");
+        let mut encoded = Vec::with_capacity(96);
+        encoded.extend_from_slice(typehash.as_slice());
+        encoded.extend_from_slice(self.auth.from.into_word().as_slice());
+        encoded.extend_from_slice(self.auth.nonce.as_slice());
+        let mut digest = vec![0x19, 0x01];
+        digest.extend_from_slice(self.domain.separator().as_slice());
+        digest.extend_from_slice(keccak256(&encoded).as_slice());
+        let sig =
+            esim402_core::x402::exact::sign_prehash(&agent_key(), keccak256(&digest)).unwrap();
+        cancelAuthorizationCall {
+            authorizer: self.auth.from,
+            nonce: self.auth.nonce,
+            v: sig[64],
+            r: B256::from_slice(&sig[..32]),
+            s: B256::from_slice(&sig[32..64]),
+        }
+        .abi_encode()
+    }
+
+    /// The `PAYMENT-SIGNATURE` header value.
     pub fn header(&self) -> String {
         encode_payment_payload_header(&PaymentPayload::V2(PaymentPayloadV2 {
             resource: None,

@@ -266,7 +266,7 @@ fn answer(r: &Request, payer: Address, outcome: Outcome, record_key: &str) -> Se
 
 /// A settle for an authorization that is already claimed.
 async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse, wit::Error> {
-    let tx = record.tx_hash();
+    let tx = record.settled_hash();
     if record.invoice.is_some() {
         // Claimed by an invoice settlement: never a second broadcast, never a second success.
         return Ok(r.failure(InvalidReason::NonceAlreadyUsed, tx));

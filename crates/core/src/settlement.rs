@@ -138,6 +138,10 @@ pub struct Record {
     /// The settlement transaction, once signed by the facilitator (for a tx-hash proof: the proof's hash).
     #[serde(flatten)]
     pub sent: SentTx,
+    /// The transaction that executed the authorization when it was not `sent` (a front-run: [`front_run`]),
+    /// once this record was confirmed by it; what the payment reports as its settlement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_by: Option<String>,
     /// The x402 reason of a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -213,6 +217,7 @@ impl Record {
             invoice: invoice.map(str::to_owned),
             claimed_at: now,
             sent: SentTx::default(),
+            executed_by: None,
             reason: None,
             updated_at: now,
             success_claimed_apart: true,
@@ -222,6 +227,15 @@ impl Record {
     /// The recorded transaction hash, if any.
     pub fn tx_hash(&self) -> Option<B256> {
         self.sent.hash()
+    }
+
+    /// The transaction that settled this payment: the one that executed its authorization if another than
+    /// ours did ([`front_run`]), else the recorded one.
+    pub fn settled_hash(&self) -> Option<B256> {
+        match &self.executed_by {
+            Some(by) => by.parse().ok(),
+            None => self.tx_hash(),
+        }
     }
 
     /// The transaction of a `submitted` record, as signed (for rebroadcasting). A `submitted` record's
@@ -284,15 +298,19 @@ impl Record {
 
     /// Record a terminal `outcome` (not `Pending`) for the claim `claim`; `false` (unchanged) if the record is
     /// terminal already or not `claim`'s. A failure carries `transaction_failed`, an unproven transfer
-    /// `invalid_exact_evm_transfer_event_mismatch`.
+    /// `invalid_exact_evm_transfer_event_mismatch`. A confirmation by another transaction than the recorded
+    /// one (a front-run, [`front_run`]) records it as [`Record::executed_by`].
     pub fn finish(&mut self, claim: &str, outcome: Outcome, now: u64) -> bool {
         if self.claim != claim || self.is_terminal() || matches!(outcome, Outcome::Pending(_)) {
             return false;
         }
         self.updated_at = now;
         let reason = match outcome {
-            Outcome::Confirmed(_) => {
+            Outcome::Confirmed(by) => {
                 self.status = Status::Confirmed;
+                if self.tx_hash() != Some(by) {
+                    self.executed_by = Some(by.to_string());
+                }
                 return true;
             }
             Outcome::Unproven(_) => InvalidReason::TransferEventMismatch,
@@ -307,7 +325,7 @@ impl Record {
     /// confirmation.
     pub fn settled_outcome(&self, ours: Outcome, hash: B256) -> Outcome {
         match (self.status, ours) {
-            (Status::Confirmed, _) => Outcome::Confirmed(hash),
+            (Status::Confirmed, _) => Outcome::Confirmed(self.settled_hash().unwrap_or(hash)),
             (Status::Failed, o) => o,
             _ => Outcome::Pending(hash),
         }
@@ -317,7 +335,12 @@ impl Record {
 /// What a repeat of the payment that holds `record` gets, at `now`.
 pub fn replay(record: &Record, now: u64) -> Replay {
     match record.status {
-        Status::Confirmed => Replay::Settled(record.sent.transaction.clone().unwrap_or_default()),
+        Status::Confirmed => Replay::Settled(
+            record
+                .settled_hash()
+                .map(|h| h.to_string())
+                .unwrap_or_default(),
+        ),
         Status::Failed => Replay::Failed(
             record
                 .reason
@@ -330,6 +353,55 @@ pub fn replay(record: &Record, now: u64) -> Replay {
         },
         Status::Claimed if record.is_abandoned(now) => Replay::TakeOver,
         Status::Claimed => Replay::InProgress,
+    }
+}
+
+/// What the chain shows of a settlement's authorization after the settlement's own transaction can no longer
+/// execute it (it reverted, or it can never be mined) although the authorization reads as used: another
+/// transaction used it first (a front-run: the payer's own, another facilitator's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsedElsewhere {
+    /// Executed by `tx`; `pays`: its receipt shows the token's `Transfer(from, to, value)` of this payment's
+    /// authorization (a payer who signed another authorization with the same nonce moved other money).
+    Executed {
+        /// The transaction that executed it.
+        tx: B256,
+        /// Whether it moved this payment's money.
+        pays: bool,
+    },
+    /// Canceled by its authorizer (`cancelAuthorization`): nothing moved.
+    Canceled,
+    /// Nothing found (outside the searched blocks, or the node could not say).
+    Unknown,
+}
+
+/// How many blocks before the one that showed the authorization used are searched for the transaction that
+/// used it ([`UsedElsewhere`]): a front-run lands between our verification and our transaction's block, which
+/// is minutes, not the half hour (2 s blocks) to three hours (12 s blocks) this reaches back.
+pub const FRONT_RUN_LOOKBACK_BLOCKS: u64 = 1_000;
+
+/// What a settlement whose own transaction ended as `failed` (reverted or dropped) becomes, when the
+/// authorization it carries reads as used: `used` says by what.
+/// - Executed by a transaction that moved this payment's money: an invoice's settlement is confirmed by that
+///   transaction (the money reached `payTo` under the authorization presented to us, which pays that one
+///   invoice only: its claim decides, and the caller must also claim the transaction's `txhash/` key so no
+///   proof presents it again). A facilitator API settlement stays pending: another facilitator may have
+///   settled the same authorization for another resource server with the same `payTo`, and reporting it
+///   here too would let one transfer buy two resources.
+/// - Executed by a transaction that moved other money, or canceled: this payment's money can never move, so
+///   the settlement ends as `failed`.
+/// - Unknown: pending, for an operator.
+pub fn front_run(record: &Record, failed: Outcome, used: UsedElsewhere) -> Outcome {
+    let ours = match failed {
+        Outcome::Reverted(h) | Outcome::Dropped(h) => h,
+        other => return other,
+    };
+    match used {
+        UsedElsewhere::Executed { tx, pays: true } if record.invoice.is_some() => {
+            Outcome::Confirmed(tx)
+        }
+        UsedElsewhere::Executed { pays: false, .. } | UsedElsewhere::Canceled => failed,
+        UsedElsewhere::Executed { .. } | UsedElsewhere::Unknown => Outcome::Pending(ours),
     }
 }
 
@@ -523,6 +595,68 @@ mod tests {
             live.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
             Outcome::Pending(tx.hash)
         );
+    }
+
+    #[test]
+    fn a_front_run_that_moved_the_money_confirms_an_invoice_by_its_transaction() {
+        let mut r = claimed(0);
+        let tx = signed(0);
+        r.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        let other = B256::repeat_byte(0xf1);
+        let executed = |pays| UsedElsewhere::Executed { tx: other, pays };
+        for failed in [Outcome::Reverted(tx.hash), Outcome::Dropped(tx.hash)] {
+            assert_eq!(
+                front_run(&r, failed, executed(true)),
+                Outcome::Confirmed(other)
+            );
+            // Other money under the same nonce, or a cancel: this payment's money can never move.
+            assert_eq!(front_run(&r, failed, executed(false)), failed);
+            assert_eq!(front_run(&r, failed, UsedElsewhere::Canceled), failed);
+            assert_eq!(
+                front_run(&r, failed, UsedElsewhere::Unknown),
+                Outcome::Pending(tx.hash)
+            );
+        }
+        // Only failures are looked at again.
+        assert_eq!(
+            front_run(&r, Outcome::Confirmed(tx.hash), executed(true)),
+            Outcome::Confirmed(tx.hash)
+        );
+        // The facilitator API's settlement: another facilitator's success is not ours to report.
+        let api = Record {
+            invoice: None,
+            ..r.clone()
+        };
+        assert_eq!(
+            front_run(&api, Outcome::Reverted(tx.hash), executed(true)),
+            Outcome::Pending(tx.hash)
+        );
+        assert_eq!(
+            front_run(&api, Outcome::Reverted(tx.hash), UsedElsewhere::Canceled),
+            Outcome::Reverted(tx.hash)
+        );
+
+        // Confirmed by the other transaction: it is what the payment reports, ours stays recorded.
+        assert!(r.finish("x402/nonce/a", Outcome::Confirmed(other), 2));
+        assert_eq!(r.status, Status::Confirmed);
+        assert_eq!(r.executed_by.as_deref(), Some(other.to_string().as_str()));
+        assert_eq!(r.tx_hash(), Some(tx.hash));
+        assert_eq!(r.settled_hash(), Some(other));
+        assert_eq!(replay(&r, 3), Replay::Settled(other.to_string()));
+        assert_eq!(
+            r.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
+            Outcome::Confirmed(other)
+        );
+        assert!(r.owns_executions());
+        // Stored and read back.
+        let back: Record = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        // Confirmed by our own transaction: nothing else recorded.
+        let mut own = claimed(0);
+        own.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        assert!(own.finish("x402/nonce/a", Outcome::Confirmed(tx.hash), 2));
+        assert_eq!(own.executed_by, None);
+        assert_eq!(own.settled_hash(), Some(tx.hash));
     }
 
     #[test]

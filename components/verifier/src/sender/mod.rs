@@ -20,6 +20,7 @@
 //! - between the record and the node, the transaction is recorded but was never sent; the next send offers
 //!   it to the node first.
 
+pub mod front_run;
 pub mod nonces;
 pub mod rebroadcast;
 pub mod receipts;

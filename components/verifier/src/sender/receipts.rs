@@ -2,9 +2,9 @@
 //! `transferWithAuthorization` through [`super::send`], wait for the receipt, and record the outcome once.
 //! A later call for a `submitted` settlement ([`reconcile`]) first makes sure the transaction is still out
 //! there (`rebroadcast::look`: the identical bytes are sent again if the node lost it); one that can never be
-//! mined fails the settlement only if its authorization is unused as of the block that showed its nonce used
-//! (then no money moved). If the authorization was used, another transaction executed it: the money moved but
-//! not by the transaction on record, so the settlement stays pending for an operator.
+//! mined fails the settlement if its authorization is unused as of the block that showed its nonce used (then
+//! no money moved). If the authorization was used (ours reverted, or can never be mined), another transaction
+//! used it first: [`super::front_run`] finds which and what it moved.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use esim402_core::x402::exact::{
 };
 use esim402_guest::{util, wit};
 
+use super::front_run;
 use super::rebroadcast::{self, Look};
 use super::{Call, NotBroadcast, Unsent, send};
 use crate::chain::{Chain, Mined};
@@ -154,12 +155,25 @@ pub async fn wait(
     };
     let outcome = match chain.wait_for(hash, deadline, shows).await {
         Some(Mined::Succeeded) => Outcome::Confirmed(hash),
-        Some(Mined::Reverted { block }) => {
-            if !unused_by_block(chain, claim, hash, block).await {
-                return (Outcome::Pending(hash), true);
+        Some(Mined::Reverted { block }) => match used_by_block(chain, claim, hash, block).await {
+            Some(false) => Outcome::Reverted(hash),
+            Some(true) => {
+                let Some((from, nonce)) = keys::parse_authorization(&claim.claim) else {
+                    return (Outcome::Pending(hash), true);
+                };
+                let used = front_run::Used {
+                    from,
+                    nonce,
+                    executes,
+                    by_block: block,
+                };
+                match front_run::settle(chain, claim, Outcome::Reverted(hash), &used).await {
+                    Outcome::Pending(_) => return (Outcome::Pending(hash), true),
+                    outcome => outcome,
+                }
             }
-            Outcome::Reverted(hash)
-        }
+            None => return (Outcome::Pending(hash), true),
+        },
         Some(Mined::Unproven) => {
             eprintln!(
                 "verifier: OPERATOR: settlement {hash} succeeded without the token's Transfer event for its authorization; recorded as failed ({})",
@@ -179,8 +193,8 @@ pub async fn reconcile(
     hash: B256,
     deadline: Instant,
 ) -> (Outcome, bool) {
-    if lost_for_good(chain, claim, hash).await {
-        return finish(claim, hash, Outcome::Dropped(hash)).await;
+    if let Some(outcome) = lost_for_good(chain, claim, hash).await {
+        return finish(claim, hash, outcome).await;
     }
     // What the recorded transaction executes, from its own bytes (records from before they were kept: unknown).
     let executes = match claims::load(&claim.record_key).await {
@@ -192,26 +206,26 @@ pub async fn reconcile(
     wait(chain, claim, hash, executes.as_ref(), deadline).await
 }
 
-/// Whether the claim's transaction `hash` can never be mined and moved no money.
-async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> bool {
+/// How the claim's transaction `hash` ended if it can never be mined: dropped (its authorization unused: no
+/// money moved), or what the transaction that used the authorization first decides ([`front_run::settle`]);
+/// `None` while it may still be mined or nothing is settled yet.
+async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> Option<Outcome> {
     let record = match claims::load(&claim.record_key).await {
         Ok(Some(r)) if r.claim == claim.claim && r.tx_hash() == Some(hash) => r,
-        _ => return false,
+        _ => return None,
     };
     // Records from before the signed bytes were kept cannot be sent again; they only wait.
-    let Some(tx) = record.submitted_tx() else {
-        return false;
-    };
+    let tx = record.submitted_tx()?;
     let Look::Unmineable { at } =
         rebroadcast::look(chain, &tx, "settlement", util::now_secs()).await
     else {
-        return false;
+        return None;
     };
     let Some((from, nonce)) = keys::parse_authorization(&record.claim) else {
         eprintln!(
             "verifier: settlement {hash} can never be mined, but its record names no authorization; left pending"
         );
-        return false;
+        return None;
     };
     match chain.authorization_used_at(from, nonce, at).await {
         Ok(false) => {
@@ -219,47 +233,46 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> bool {
                 "verifier: settlement {hash} can never be mined (nonce {} of {} was used by another transaction by block {at}) and the authorization is unused: failed, no money moved",
                 tx.nonce, tx.signer
             );
-            true
+            Some(Outcome::Dropped(hash))
         }
         Ok(true) => {
-            eprintln!(
-                "verifier: OPERATOR: settlement {hash} can never be mined (nonce {} of {} was used by another transaction by block {at}), yet the authorization {nonce} of {from} was executed: the money moved by another transaction. Left pending; find that transaction and settle the record by hand",
-                tx.nonce, tx.signer
-            );
-            false
+            let executes = settled_authorization(&tx.raw);
+            let used = front_run::Used {
+                from,
+                nonce,
+                executes: executes.as_ref(),
+                by_block: at,
+            };
+            match front_run::settle(chain, claim, Outcome::Dropped(hash), &used).await {
+                Outcome::Pending(_) => None,
+                outcome => Some(outcome),
+            }
         }
         Err(e) => {
             eprintln!(
                 "verifier: settlement {hash} can never be mined, but authorizationState is unreadable ({e}); left pending"
             );
-            false
+            None
         }
     }
 }
 
-/// Whether the claim's reverted settlement `hash` moved no money: the authorization it carries was still
-/// unused at the receipt's `block`. A revert leaves the authorization unused, so one used there was executed
-/// by another transaction carrying the same signed authorization (the payer's own, another facilitator's):
-/// the money may have reached `payTo`, and the settlement must not end as a failure that withdraws the
-/// order. Such a settlement is left pending for an operator, as a never-mined one is ([`lost_for_good`]).
-/// A claim without an authorization (a refund) moved nothing when it reverted.
-async fn unused_by_block(chain: &Chain, claim: &Claim, hash: B256, block: u64) -> bool {
+/// Whether the authorization the claim's reverted settlement `hash` carries was used at the receipt's
+/// `block`: `Some(false)` if unused (no money moved), `Some(true)` if another transaction carrying it (the
+/// payer's own, another facilitator's) used it first, which must not end as a failure that withdraws the
+/// order before [`front_run::settle`] has looked; `None` if unreadable (left pending). A claim without an
+/// authorization (a refund) moved nothing when it reverted.
+async fn used_by_block(chain: &Chain, claim: &Claim, hash: B256, block: u64) -> Option<bool> {
     let Some((from, nonce)) = keys::parse_authorization(&claim.claim) else {
-        return true;
+        return Some(false);
     };
     match chain.authorization_used_at(from, nonce, block).await {
-        Ok(false) => true,
-        Ok(true) => {
-            eprintln!(
-                "verifier: OPERATOR: settlement {hash} reverted in block {block}, but the authorization {nonce} of {from} was executed by then: the money moved by another transaction. Left pending; find that transaction and settle the record by hand"
-            );
-            false
-        }
+        Ok(used) => Some(used),
         Err(e) => {
             eprintln!(
                 "verifier: settlement {hash} reverted, but authorizationState is unreadable ({e}); left pending"
             );
-            false
+            None
         }
     }
 }

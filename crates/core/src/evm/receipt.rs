@@ -42,6 +42,82 @@ pub fn authorizations_used(receipt: &TransactionReceipt, token: Address) -> Vec<
         .collect()
 }
 
+/// `keccak256("AuthorizationCanceled(address,bytes32)")`, topic 0 of the log an EIP-3009 token emits when its
+/// authorizer burns an unused nonce (`cancelAuthorization`): the nonce reads as used, and nothing moved.
+pub const AUTHORIZATION_CANCELED_TOPIC: B256 =
+    b256!("0x1cdd46ff242716cdaa72d159d339a485b3438398348d68f09d7c8c0a59353d81");
+
+/// What the chain's logs say became of an EIP-3009 authorization that reads as used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationFate {
+    /// Executed by this transaction (its `AuthorizationUsed` log): what it moved is in its receipt.
+    Executed(B256),
+    /// Canceled by its authorizer in this transaction: no money moved.
+    Canceled(B256),
+    /// No log of either in what was searched.
+    Unknown,
+}
+
+/// The fate of the authorization (`authorizer`, `nonce`) of `token`, from `logs` (an `eth_getLogs` answer for
+/// its topics; anything else in it is ignored, as are removed logs). A nonce is used once, so at most one log
+/// can be genuine; should a node answer both, the execution wins (it is the one that may have moved money).
+pub fn authorization_fate(
+    logs: &[ChainLog],
+    token: Address,
+    authorizer: Address,
+    nonce: B256,
+) -> AuthorizationFate {
+    let of = |topic: B256| {
+        logs.iter()
+            .find(|l| {
+                l.log.address == token
+                    && !l.log.removed
+                    && l.log.topics.as_slice() == [topic, authorizer.into_word(), nonce]
+            })
+            .map(|l| l.transaction_hash)
+    };
+    match (
+        of(AUTHORIZATION_USED_TOPIC),
+        of(AUTHORIZATION_CANCELED_TOPIC),
+    ) {
+        (Some(tx), _) => AuthorizationFate::Executed(tx),
+        (None, Some(tx)) => AuthorizationFate::Canceled(tx),
+        (None, None) => AuthorizationFate::Unknown,
+    }
+}
+
+/// One log of an `eth_getLogs` answer: the log and the transaction that emitted it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawChainLog")]
+pub struct ChainLog {
+    /// The log.
+    pub log: Log,
+    /// The transaction that emitted it.
+    pub transaction_hash: B256,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawChainLog {
+    #[serde(flatten)]
+    log: RawLog,
+    transaction_hash: String,
+}
+
+impl TryFrom<RawChainLog> for ChainLog {
+    type Error = ReceiptError;
+    fn try_from(raw: RawChainLog) -> Result<Self, ReceiptError> {
+        Ok(Self {
+            log: Log::try_from(raw.log)?,
+            transaction_hash: field(
+                "transactionHash",
+                &raw.transaction_hash,
+                quantity::parse_b256,
+            )?,
+        })
+    }
+}
+
 /// A receipt that does not have the shape of an `eth_getTransactionReceipt` result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed receipt: {0}")]
@@ -475,6 +551,64 @@ mod tests {
             ),
         ];
         assert_eq!(authorizations_used(&receipt, token), [(authorizer, nonce)]);
+    }
+
+    #[test]
+    fn an_authorizations_fate_is_read_from_the_logs_of_its_topics() {
+        assert_eq!(
+            AUTHORIZATION_CANCELED_TOPIC,
+            alloy_primitives::keccak256(b"AuthorizationCanceled(address,bytes32)")
+        );
+        let token = Address::repeat_byte(0x11);
+        let authorizer = Address::repeat_byte(0x22);
+        let nonce = B256::repeat_byte(0x33);
+        let entry = |topic: B256, address: Address, nonce: B256, removed: bool, tx: u8| {
+            serde_json::json!({
+                "address": address.to_string(),
+                "topics": [topic.to_string(), authorizer.into_word().to_string(), nonce.to_string()],
+                "data": "0x",
+                "removed": removed,
+                "blockNumber": "0x7",
+                "transactionHash": B256::repeat_byte(tx).to_string(),
+                "logIndex": "0x0",
+            })
+        };
+        let parse = |entries: Vec<serde_json::Value>| -> Vec<ChainLog> {
+            serde_json::from_value(serde_json::Value::Array(entries)).unwrap()
+        };
+        let fate = |entries| authorization_fate(&parse(entries), token, authorizer, nonce);
+        let used = AUTHORIZATION_USED_TOPIC;
+        let canceled = AUTHORIZATION_CANCELED_TOPIC;
+        assert_eq!(
+            fate(vec![entry(used, token, nonce, false, 0xa1)]),
+            AuthorizationFate::Executed(B256::repeat_byte(0xa1))
+        );
+        assert_eq!(
+            fate(vec![entry(canceled, token, nonce, false, 0xa2)]),
+            AuthorizationFate::Canceled(B256::repeat_byte(0xa2))
+        );
+        // Another token's, another nonce's, a removed one, none at all: nothing known.
+        assert_eq!(
+            fate(vec![
+                entry(used, Address::repeat_byte(0x44), nonce, false, 1),
+                entry(used, token, B256::repeat_byte(0x55), false, 2),
+                entry(used, token, nonce, true, 3),
+            ]),
+            AuthorizationFate::Unknown
+        );
+        assert_eq!(fate(vec![]), AuthorizationFate::Unknown);
+        // Both answered (a node cannot genuinely have both): the execution, which may have moved money.
+        assert_eq!(
+            fate(vec![
+                entry(canceled, token, nonce, false, 0xa2),
+                entry(used, token, nonce, false, 0xa1),
+            ]),
+            AuthorizationFate::Executed(B256::repeat_byte(0xa1))
+        );
+        // A log without its transaction hash does not parse.
+        let mut bad = entry(used, token, nonce, false, 1);
+        bad.as_object_mut().unwrap().remove("transactionHash");
+        assert!(serde_json::from_value::<ChainLog>(bad).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::quantity::{self, HexError, encode_data, encode_quantity, encode_u64};
-use super::receipt::TransactionReceipt;
+use super::receipt::{ChainLog, TransactionReceipt};
 use crate::chain::ChainId;
 
 /// One JSON-RPC 2.0 request.
@@ -672,6 +672,47 @@ pub fn send_refusal(code: i64, message: &str) -> SendRefusal {
     }
 }
 
+/// `eth_getLogs` for the logs of one contract whose topics match, between two blocks (both included). Each
+/// entry of `topics` matches one position: `None` anything, otherwise any of the listed values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EthGetLogs {
+    /// The contract.
+    pub address: Address,
+    /// The topic filter, by position.
+    pub topics: Vec<Option<Vec<B256>>>,
+    /// The first block searched.
+    pub from_block: u64,
+    /// The last block searched.
+    pub to_block: u64,
+}
+
+impl Method for EthGetLogs {
+    type Output = Vec<ChainLog>;
+    const NAME: &'static str = "eth_getLogs";
+    fn params(&self) -> Value {
+        let topics: Vec<Value> = self
+            .topics
+            .iter()
+            .map(|t| match t {
+                None => Value::Null,
+                Some(any) => any.iter().map(|b| json!(b.to_string())).collect(),
+            })
+            .collect();
+        json!([{
+            "address": self.address.to_string(),
+            "topics": topics,
+            "fromBlock": encode_u64(self.from_block),
+            "toBlock": encode_u64(self.to_block),
+        }])
+    }
+    fn decode(&self, result: Value) -> Result<Vec<ChainLog>, RpcError> {
+        serde_json::from_value(result).map_err(|e| RpcError::UnexpectedResult {
+            method: Self::NAME,
+            reason: e.to_string(),
+        })
+    }
+}
+
 /// `eth_getTransactionReceipt(hash)` → the receipt, or `None` while the transaction is not mined.
 /// A receipt for a different hash than the one asked for is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1164,5 +1205,56 @@ mod tests {
         ] {
             assert_eq!(send_refusal(code, message), expected, "{code} {message}");
         }
+    }
+
+    #[test]
+    fn get_logs_filters_by_contract_topics_and_blocks() {
+        let method = EthGetLogs {
+            address: Address::repeat_byte(0x11),
+            topics: vec![
+                Some(vec![B256::repeat_byte(1), B256::repeat_byte(2)]),
+                None,
+                Some(vec![B256::repeat_byte(3)]),
+            ],
+            from_block: 16,
+            to_block: 255,
+        };
+        assert_eq!(
+            method.params(),
+            json!([{
+                "address": Address::repeat_byte(0x11).to_string(),
+                "topics": [
+                    [B256::repeat_byte(1).to_string(), B256::repeat_byte(2).to_string()],
+                    null,
+                    [B256::repeat_byte(3).to_string()],
+                ],
+                "fromBlock": "0x10",
+                "toBlock": "0xff",
+            }])
+        );
+        let answer = json!([{
+            "address": Address::repeat_byte(0x11).to_string(),
+            "topics": [B256::repeat_byte(1).to_string()],
+            "data": "0x",
+            "blockNumber": "0x20",
+            "transactionHash": B256::repeat_byte(9).to_string(),
+            "logIndex": "0x0",
+            "removed": false,
+        }]);
+        let logs = method
+            .parse_response(1, &ok(1, &answer.to_string()))
+            .unwrap();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].transaction_hash, B256::repeat_byte(9));
+        assert_eq!(method.parse_response(1, &ok(1, "[]")).unwrap(), vec![]);
+        // Not a list of logs: a typed error, never an empty answer.
+        assert!(matches!(
+            method.parse_response(1, &ok(1, "null")),
+            Err(RpcError::UnexpectedResult { .. })
+        ));
+        assert!(matches!(
+            method.parse_response(1, &ok(1, r#"[{"address":"0x11"}]"#)),
+            Err(RpcError::UnexpectedResult { .. })
+        ));
     }
 }

@@ -163,6 +163,10 @@ pub(crate) struct ChainState {
     forgotten: HashSet<B256>,
     /// Canned receipts (tx-hash proofs), by hash.
     receipts: HashMap<B256, Value>,
+    /// The token's logs `eth_getLogs` searches (an authorization's `AuthorizationUsed`/`Canceled`).
+    pub(crate) logs: Vec<Value>,
+    /// Refuse `eth_getLogs` (a node that limits log queries).
+    pub(crate) refuse_logs: bool,
 }
 
 impl Default for ChainState {
@@ -189,6 +193,8 @@ impl Default for ChainState {
             sent: Vec::new(),
             forgotten: HashSet::new(),
             receipts: HashMap::new(),
+            logs: Vec::new(),
+            refuse_logs: false,
         }
     }
 }
@@ -394,6 +400,28 @@ impl Node {
                 } else {
                     Ok(Value::Null)
                 }
+            }
+            "eth_getLogs" if c.refuse_logs => {
+                Err((-32005, "query returned more than 10000 results"))
+            }
+            "eth_getLogs" => {
+                let filter = &params[0];
+                assert_eq!(
+                    filter["address"].as_str().unwrap().to_lowercase(),
+                    USDC.to_lowercase()
+                );
+                let topics = filter["topics"].as_array().unwrap();
+                let matches = |log: &&Value| {
+                    log["topics"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .zip(topics)
+                        .all(|(t, want)| want.is_null() || want.as_array().unwrap().contains(t))
+                };
+                Ok(Value::Array(
+                    c.logs.iter().filter(matches).cloned().collect(),
+                ))
             }
             "eth_getTransactionByHash" => {
                 let hash: B256 = params[0].as_str().unwrap().parse().unwrap();
@@ -1451,8 +1479,9 @@ async fn stays_pending(kit: &mut Kit, node: &Node, inv: &Invoice, p: &Pay, hash:
 }
 
 /// Our settlement reverts because another transaction executed the same signed authorization first (the
-/// payer's own, another facilitator's): the money may have reached `payTo`, so it is never recorded as a
-/// failure (which would withdraw the order); it stays pending for an operator, and nothing is sent again.
+/// payer's own, another facilitator's), and no log names that transaction (outside the blocks searched): the
+/// money may have reached `payTo`, so it is never recorded as a failure (which would withdraw the order); it
+/// stays pending for an operator, and nothing is sent again.
 #[tokio::test]
 async fn a_reverted_settlement_whose_authorization_was_executed_meanwhile_stays_pending() {
     let node = Arc::new(Node::default());
@@ -1469,6 +1498,186 @@ async fn a_reverted_settlement_whose_authorization_was_executed_meanwhile_stays_
         c.nonce_used = true;
     });
     stays_pending(&mut kit, &node, &inv, &p, &hash).await;
+}
+
+/// The transaction `tx` executed (`event`: `AuthorizationUsed`) or canceled (`AuthorizationCanceled`) `p`'s
+/// authorization in block 0x11, moving `moved` (a Transfer log) if it executed: its log and receipt, on `node`.
+fn used_by(node: &Node, p: &Pay, tx: B256, event: &str, moved: Option<Value>) {
+    let topic = keccak256(format!("{event}(address,bytes32)"));
+    node.set(|c| {
+        c.logs.push(json!({"address": USDC,
+            "topics": [topic.to_string(), p.auth.from.into_word().to_string(), p.auth.nonce.to_string()],
+            "data": "0x", "blockNumber": "0x11", "transactionHash": tx.to_string(), "logIndex": "0x0",
+            "removed": false}));
+        c.receipts.insert(tx, receipt(tx, true, moved.into_iter().collect()));
+    });
+}
+
+/// Reverted because the payer executed the authorization first, with the same transfer: the invoice's
+/// settlement is confirmed by the payer's transaction, found through the token's `AuthorizationUsed` log, and
+/// that transaction's `txhash/` key is claimed for it (before, it stayed pending for an operator).
+#[tokio::test]
+async fn a_settlement_front_run_by_a_transaction_moving_its_money_is_settled_by_it() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(29, None);
+    let p = pay(&inv);
+    node.set(|c| c.mining = Mining::Never);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    let ours = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(got, Ok(S::Pending(ours.clone())));
+
+    let theirs = B256::repeat_byte(0xf1);
+    used_by(
+        &node,
+        &p,
+        theirs,
+        "AuthorizationUsed",
+        Some(transfer_log(p.auth.from, p.auth.to, PRICE)),
+    );
+    node.set(|c| {
+        c.mining = Mining::Revert;
+        c.nonce_used = true;
+    });
+    for _ in 0..2 {
+        assert_eq!(
+            settle(&mut kit, &inv, p.v2()).await,
+            Ok(S::Settled(theirs.to_string()))
+        );
+    }
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_eq!(record["transaction"], ours);
+    assert_eq!(record["executed_by"], theirs.to_string());
+    let claim = kv_json(&kit, &format!("txhash/{theirs}")).await.unwrap();
+    assert_eq!(claim["claim"], p.nonce_key());
+    assert_eq!(node.sent().len(), 1, "nothing sent again");
+}
+
+/// The facilitator API's settlement, front-run by a transaction moving its money: another facilitator may have
+/// reported that transaction to another resource server with the same `payTo`, so it stays pending here.
+#[tokio::test]
+async fn a_facilitator_api_settlement_front_run_stays_pending() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let p = pay(&invoice(32, None));
+    node.set(|c| c.mining = Mining::Never);
+    facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    let theirs = B256::repeat_byte(0xf4);
+    used_by(
+        &node,
+        &p,
+        theirs,
+        "AuthorizationUsed",
+        Some(transfer_log(p.auth.from, p.auth.to, PRICE)),
+    );
+    node.set(|c| {
+        c.mining = Mining::Revert;
+        c.nonce_used = true;
+    });
+    let again = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(again["success"], false, "{again}");
+    assert_eq!(again["errorReason"], "settlement_pending", "{again}");
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "submitted");
+    assert!(kit.kv_get(&format!("txhash/{theirs}")).await.is_none());
+}
+
+/// The front-running transaction was already presented (and claimed) as a tx-hash proof of another invoice:
+/// it pays that one, so this settlement stays pending for an operator rather than a transfer paying twice.
+#[tokio::test]
+async fn a_front_run_transaction_that_already_pays_another_invoice_leaves_the_settlement_pending() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(30, None);
+    let p = pay(&inv);
+    node.set(|c| c.mining = Mining::Never);
+    settle(&mut kit, &inv, p.v2()).await.unwrap();
+    let ours = keccak256(&node.sent()[0]).to_string();
+
+    let theirs = B256::repeat_byte(0xf2);
+    used_by(
+        &node,
+        &p,
+        theirs,
+        "AuthorizationUsed",
+        Some(transfer_log(p.auth.from, p.auth.to, PRICE)),
+    );
+    let key = format!("txhash/{theirs}");
+    let other = json!({"status": "confirmed", "network": "eip155:31337", "payer": p.auth.from.to_string(),
+        "claim": key, "holder": "h", "invoice": "inv_other.1", "claimed_at": 1, "transaction": theirs.to_string(),
+        "updated_at": 1});
+    kit.kv_put(&key, other.to_string().as_bytes()).await;
+    node.set(|c| {
+        c.mining = Mining::Revert;
+        c.nonce_used = true;
+    });
+    stays_pending(&mut kit, &node, &inv, &p, &ours).await;
+    assert_eq!(kv_json(&kit, &key).await.unwrap()["invoice"], "inv_other.1");
+}
+
+/// The nonce was used by a transaction that moved other money (another authorization signed with the same
+/// nonce), or canceled by the payer: this payment's money can never move, so the settlement fails (the
+/// gateway withdraws the order). A node that refuses the log query decides nothing: pending.
+#[tokio::test]
+async fn a_settlement_whose_nonce_was_used_without_its_transfer_or_canceled_fails() {
+    for case in ["other transfer", "canceled", "logs refused"] {
+        let node = Arc::new(Node::default());
+        let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+        let inv = invoice(31, None);
+        let p = pay(&inv);
+        node.set(|c| c.mining = Mining::Never);
+        settle(&mut kit, &inv, p.v2()).await.unwrap();
+        let ours = keccak256(&node.sent()[0]).to_string();
+        let theirs = B256::repeat_byte(0xf3);
+        match case {
+            "other transfer" => used_by(
+                &node,
+                &p,
+                theirs,
+                "AuthorizationUsed",
+                Some(transfer_log(p.auth.from, Address::repeat_byte(0x77), PRICE)),
+            ),
+            "canceled" => used_by(&node, &p, theirs, "AuthorizationCanceled", None),
+            _ => {
+                used_by(
+                    &node,
+                    &p,
+                    theirs,
+                    "AuthorizationUsed",
+                    Some(transfer_log(p.auth.from, p.auth.to, PRICE)),
+                );
+                node.set(|c| c.refuse_logs = true);
+            }
+        }
+        node.set(|c| {
+            c.mining = Mining::Revert;
+            c.nonce_used = true;
+        });
+        if case == "logs refused" {
+            stays_pending(&mut kit, &node, &inv, &p, &ours).await;
+            continue;
+        }
+        for _ in 0..2 {
+            assert_eq!(
+                settle(&mut kit, &inv, p.v2()).await,
+                Err(E::PaymentRequired(
+                    "invalid_exact_evm_transaction_failed".into()
+                )),
+                "{case}"
+            );
+        }
+        let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+        assert_eq!(record["status"], "failed", "{case}");
+        assert!(
+            kit.kv_get(&format!("txhash/{theirs}")).await.is_none(),
+            "{case}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1787,7 +1996,7 @@ async fn a_settlement_whose_nonce_another_transaction_used_stays_pending_if_its_
     unmineable_settlement(&mut kit, &node, &inv, &p).await;
     let hash = keccak256(&node.sent()[0]).to_string();
 
-    // The money moved, by a transaction we do not know: never a failure, never a second attempt.
+    // The money moved, by a transaction no log names: never a failure, never a second attempt.
     node.set(|c| c.nonce_used = true);
     // Another payment cannot take the invoice meanwhile: its payment record stays held by this (resumable)
     // payment (`invoices::another_payment_never_takes_an_invoice_held_or_settled_by_one`); the verifier keeps

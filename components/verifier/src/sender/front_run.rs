@@ -1,0 +1,140 @@
+//! A settlement whose own transaction can no longer execute its authorization (it reverted, or it can never be
+//! mined) while the chain reads the authorization as used: another transaction used it first (the payer's own,
+//! another facilitator's). Which one did, and what it moved, decides the settlement (kernel
+//! `settlement::front_run`): the token's `AuthorizationUsed` / `AuthorizationCanceled` logs name the
+//! transaction, and its receipt shows whether it moved this payment's money.
+//!
+//! Rule a reader must not break: an invoice's settlement is confirmed by another transaction only once that
+//! transaction's `txhash/` key is claimed for it (insert-if-absent), so a transfer never pays two invoices:
+//! a tx-hash proof that claimed it first keeps it, and this settlement stays pending for an operator.
+
+use alloy_primitives::{Address, B256};
+use esim402_core::evm::receipt::{
+    AUTHORIZATION_CANCELED_TOPIC, AUTHORIZATION_USED_TOPIC, AuthorizationFate, authorization_fate,
+};
+use esim402_core::evm::rpc::EthGetLogs;
+use esim402_core::settlement::{FRONT_RUN_LOOKBACK_BLOCKS, Outcome, UsedElsewhere, front_run};
+use esim402_core::store::keys;
+use esim402_core::x402::exact::{TransferAuthorization, transfer_event_matches};
+
+use super::receipts::Claim;
+use crate::chain::Chain;
+use crate::claims;
+use crate::rpc::CALL_TIMEOUT;
+
+/// The authorization a settlement carries, and what its own transaction came to.
+pub struct Used<'a> {
+    /// Its authorizer.
+    pub from: Address,
+    /// Its nonce.
+    pub nonce: B256,
+    /// The authorization as our transaction carries it, if known (records from before the signed bytes were
+    /// kept do not say; their front-runs stay with an operator).
+    pub executes: Option<&'a TransferAuthorization>,
+    /// A block by which the chain showed the authorization used.
+    pub by_block: u64,
+}
+
+/// What the claim's `failed` settlement (reverted or dropped, its authorization used by then) becomes:
+/// confirmed by the transaction that executed it, failed, or still pending (see the module docs).
+pub async fn settle(chain: &Chain, claim: &Claim, failed: Outcome, used: &Used<'_>) -> Outcome {
+    let ours = match failed {
+        Outcome::Reverted(h) | Outcome::Dropped(h) => h,
+        other => return other,
+    };
+    let record = match claims::load(&claim.record_key).await {
+        Ok(Some(r)) if r.claim == claim.claim => r,
+        _ => return Outcome::Pending(ours),
+    };
+    let found = used_by(chain, used).await;
+    let outcome = front_run(&record, failed, found);
+    match outcome {
+        Outcome::Confirmed(by) => match claims::insert(&keys::txhash(by), &record).await {
+            Ok(None) => {
+                eprintln!(
+                    "verifier: settlement {ours} was front-run: the authorization {} of {} was executed by {by}, which moved this payment's money; confirmed by it",
+                    used.nonce, used.from
+                );
+                outcome
+            }
+            Ok(Some(existing)) if existing.claim == record.claim => outcome,
+            Ok(Some(existing)) => {
+                eprintln!(
+                    "verifier: OPERATOR: settlement {ours} was front-run by {by}, which moved this payment's money but already pays {}; left pending",
+                    existing
+                        .invoice
+                        .as_deref()
+                        .unwrap_or("a facilitator API settlement")
+                );
+                Outcome::Pending(ours)
+            }
+            Err(e) => {
+                eprintln!(
+                    "verifier: settlement {ours} was front-run by {by}; cannot claim it ({e:?}); left pending"
+                );
+                Outcome::Pending(ours)
+            }
+        },
+        Outcome::Pending(_) => {
+            eprintln!(
+                "verifier: OPERATOR: settlement {ours} can no longer execute the authorization {} of {}, which was used by another transaction ({found:?}); left pending: settle the record by hand",
+                used.nonce, used.from
+            );
+            outcome
+        }
+        _ => {
+            eprintln!(
+                "verifier: settlement {ours}: the authorization {} of {} was used by another transaction that moved none of this payment's money ({found:?}): failed",
+                used.nonce, used.from
+            );
+            outcome
+        }
+    }
+}
+
+/// What used the authorization, from the token's logs of the [`FRONT_RUN_LOOKBACK_BLOCKS`] up to
+/// `used.by_block` and the executing transaction's receipt. Whatever cannot be read is `Unknown`.
+async fn used_by(chain: &Chain, used: &Used<'_>) -> UsedElsewhere {
+    let token = chain.network.usdc;
+    let query = EthGetLogs {
+        address: token,
+        topics: vec![
+            Some(vec![AUTHORIZATION_USED_TOPIC, AUTHORIZATION_CANCELED_TOPIC]),
+            Some(vec![used.from.into_word()]),
+            Some(vec![used.nonce]),
+        ],
+        from_block: used.by_block.saturating_sub(FRONT_RUN_LOOKBACK_BLOCKS),
+        to_block: used.by_block,
+    };
+    let logs = match chain.rpc.call(&query).await {
+        Ok(logs) => logs,
+        Err(e) => {
+            eprintln!("verifier: cannot read the authorization's logs: {e}");
+            return UsedElsewhere::Unknown;
+        }
+    };
+    match authorization_fate(&logs, token, used.from, used.nonce) {
+        AuthorizationFate::Canceled(_) => UsedElsewhere::Canceled,
+        AuthorizationFate::Unknown => UsedElsewhere::Unknown,
+        AuthorizationFate::Executed(tx) => {
+            let Some(auth) = used.executes else {
+                return UsedElsewhere::Unknown;
+            };
+            // Buried as deeply as the network asks of any outcome, or not known yet.
+            let need = u64::from(chain.network.confirmations);
+            match chain.receipt_and_head(tx, need > 1, CALL_TIMEOUT).await {
+                (Ok(Some(receipt)), head)
+                    if receipt.status
+                        && (need <= 1
+                            || matches!(head, Some(Ok(h)) if receipt.confirmations(h) >= need)) =>
+                {
+                    UsedElsewhere::Executed {
+                        tx,
+                        pays: transfer_event_matches(&receipt, token, auth),
+                    }
+                }
+                _ => UsedElsewhere::Unknown,
+            }
+        }
+    }
+}
