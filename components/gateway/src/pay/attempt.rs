@@ -22,6 +22,8 @@ mod credit;
 pub struct Attempt<'a> {
     answers: Answers<'a>,
     pending: RefCell<Vec<wit::LedgerEvent>>,
+    /// The network a tx-hash proof's transfer was found on, once verified (an `exact` payload names its own).
+    found_on: RefCell<Option<String>>,
     /// An earlier attempt of this payment may have acted (kernel `paid::resumes`).
     pub(super) resumed: bool,
 }
@@ -38,6 +40,7 @@ impl<'a> Attempt<'a> {
         Self {
             answers,
             pending: RefCell::new(Vec::new()),
+            found_on: RefCell::new(None),
             resumed,
         }
     }
@@ -63,10 +66,14 @@ impl<'a> Attempt<'a> {
 
 impl Attempt<'_> {
     pub fn fields(&self) -> EntryFields {
+        let network = match &*self.found_on.borrow() {
+            Some(found) => found.clone(),
+            None => self.proof.network(self.invoice),
+        };
         EntryFields::default()
             .invoice(self.invoice.id.clone())
             .amount(UsdcAmount::from_micros(self.invoice.amount))
-            .network(self.proof.network(self.invoice))
+            .network(network)
     }
 
     /// `exact`: verify, order, settle.
@@ -210,6 +217,9 @@ impl Attempt<'_> {
     pub(super) async fn verify(&self) -> Result<wit::Verified, (wit::PaymentEnd, StoredResponse)> {
         let verified = verifier::verify(self.invoice.clone(), self.proof.wit()).await;
         if let Ok(v) = &verified {
+            if self.proof.kind == super::Kind::TxHash {
+                *self.found_on.borrow_mut() = Some(v.network.clone());
+            }
             self.note(
                 EntryKind::PaymentVerified,
                 self.fields().payer(v.payer.clone()),

@@ -162,7 +162,8 @@ impl Proof {
         }
     }
 
-    /// The network the payment names, as the client spelled it (v1 names stay v1 names).
+    /// The network the payment names, as the client spelled it (v1 names stay v1 names); for a tx-hash proof,
+    /// before the verifier found its transfer, the invoice's preferred one.
     pub(super) fn network(&self, invoice: &wit::Invoice) -> String {
         match &self.payload {
             Some(p) => p.network().to_owned(),

@@ -5,6 +5,9 @@
 //! must also be mined while the invoice was open: after it was issued and by its deadline, judged by the block,
 //! so a transfer made in time pays even if its proof arrives after the deadline.
 //!
+//! The transfer is looked for on every network the invoice offers that is still enabled, preferred first (a
+//! transaction hash names one transaction on one chain), or on the one `verify` found it on.
+//!
 //! A transaction pays at most one thing: `txhash/<hash>` is claimed with insert-if-absent (our own settlement
 //! transactions are claimed there too), and a transaction that executes an EIP-3009 authorization whose `exact`
 //! payment we sent a settlement for (`x402/nonce/…`) is that payment's, whoever sent it. Nothing is broadcast, so
@@ -76,7 +79,8 @@ fn payer_of(invoice: &Invoice) -> Result<Address, wit::Error> {
 }
 
 struct Context {
-    chain: Chain,
+    /// The chains the transfer may be on: the invoice's networks that are enabled, preferred first.
+    chains: Vec<Chain>,
     id: String,
     invoice: Invoice,
     hash: B256,
@@ -85,7 +89,12 @@ struct Context {
 }
 
 impl Context {
-    async fn load(inv: &wit::Invoice, proof: &wit::TxHashProof) -> Result<Self, wit::Error> {
+    /// The proof's context; `on`: the one network to look on (where `verify` found the transfer), if known.
+    async fn load(
+        inv: &wit::Invoice,
+        proof: &wit::TxHashProof,
+        on: Option<&str>,
+    ) -> Result<Self, wit::Error> {
         let (id, invoice) = invoice(inv)?;
         let hash = parse_b256(proof.hash.trim()).map_err(|e| invalid("tx_hash", e.to_string()))?;
         let payer = payer_of(&invoice)?;
@@ -100,14 +109,21 @@ impl Context {
             }
         }
         let cfg = crate::config::get().await?;
-        // The transfer is looked for on the invoice's preferred network (its first option).
-        let network = invoice
-            .accepts
-            .first()
-            .map(|o| o.network.to_string())
-            .ok_or_else(|| internal(format!("invoice {id} has no payment option")))?;
+        let mut chains = Vec::with_capacity(invoice.accepts.len());
+        for option in &invoice.accepts {
+            match cfg.chain(&option.network.to_string()) {
+                Ok(chain) if on.is_none_or(|n| n == chain.network.caip2()) => chains.push(chain),
+                Ok(_) => {}
+                // Disabled since the invoice was issued: the transfer is not looked for there.
+                Err(wit::Error::PaymentRequired(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if chains.is_empty() {
+            return Err(rejected(InvalidReason::InvalidNetwork));
+        }
         Ok(Self {
-            chain: cfg.chain(&network)?,
+            chains,
             id: id.to_string(),
             invoice,
             hash,
@@ -129,15 +145,40 @@ impl Context {
         })
     }
 
-    async fn prove(&self) -> Result<Proof, wit::Error> {
-        let network = &self.chain.network;
+    /// Whether the transaction pays the invoice, and on which chain it was found (the preferred one if none).
+    async fn prove(&self) -> Result<(Proof, &Chain), wit::Error> {
+        let mut unreachable = None;
+        for chain in &self.chains {
+            match self.prove_on(chain).await {
+                Ok(Some(proof)) => return Ok((proof, chain)),
+                Ok(None) => {}
+                Err(e) => {
+                    unreachable.get_or_insert(e);
+                }
+            }
+        }
+        // Not mined anywhere we could ask; a chain that did not answer may still hold it.
+        if let Some(e) = unreachable {
+            return Err(e);
+        }
+        let proof = if receipt::can_still_be_mined_in_time(self.now, self.invoice.expires_at) {
+            Proof::NotYet
+        } else {
+            Proof::Late
+        };
+        Ok((proof, &self.chains[0]))
+    }
+
+    /// Whether the transaction pays the invoice on `chain`; `None` if the chain does not know it.
+    async fn prove_on(&self, chain: &Chain) -> Result<Option<Proof>, wit::Error> {
+        let network = &chain.network;
         let Some(option) = self
             .invoice
             .accepts
             .iter()
             .find(|o| o.network == network.network)
         else {
-            return Ok(Proof::Refused(InvalidReason::InvalidNetwork));
+            return Ok(Some(Proof::Refused(InvalidReason::InvalidNetwork)));
         };
         let token = parse_address(&option.asset)
             .ok()
@@ -145,24 +186,18 @@ impl Context {
         let recipient = parse_address(&option.pay_to).ok();
         let amount = parse_decimal_u256(&option.amount_atomic).filter(|a| *a > U256::ZERO);
         let (Some(token), Some(recipient), Some(min_amount)) = (token, recipient, amount) else {
-            return Ok(Proof::Refused(InvalidReason::InvalidPaymentRequirements));
+            return Ok(Some(Proof::Refused(
+                InvalidReason::InvalidPaymentRequirements,
+            )));
         };
-        self.chain.check_chain_id().await?;
-        let (receipt, head) = self
-            .chain
+        chain.check_chain_id().await?;
+        let (receipt, head) = chain
             .receipt_and_head(self.hash, network.confirmations > 1, CALL_TIMEOUT)
             .await;
         let receipt = match receipt {
             Ok(Some(r)) => r,
-            Ok(None) if receipt::can_still_be_mined_in_time(self.now, self.invoice.expires_at) => {
-                return Ok(Proof::NotYet);
-            }
-            Ok(None) => return Ok(Proof::Late),
+            Ok(None) => return Ok(None),
             Err(e) => return Err(unavailable(&e)),
-        };
-        let head = match head {
-            Some(head) => head.map_err(|e| unavailable(&e))?,
-            None => receipt.block_number,
         };
         let requirements = ProofRequirements {
             token,
@@ -171,7 +206,25 @@ impl Context {
             payer: self.payer,
             min_confirmations: u64::from(network.confirmations),
         };
-        match check_tx_hash_proof(&receipt, &requirements, head) {
+        self.judge(chain, &requirements, receipt, head)
+            .await
+            .map(Some)
+    }
+
+    /// Whether the mined transaction `receipt` on `chain` pays the invoice as `requirements` say.
+    async fn judge(
+        &self,
+        chain: &Chain,
+        requirements: &ProofRequirements,
+        receipt: esim402_core::evm::TransactionReceipt,
+        head: Option<Result<u64, crate::rpc::CallError>>,
+    ) -> Result<Proof, wit::Error> {
+        let network = &chain.network;
+        let head = match head {
+            Some(head) => head.map_err(|e| unavailable(&e))?,
+            None => receipt.block_number,
+        };
+        match check_tx_hash_proof(&receipt, requirements, head) {
             Ok(_) => {}
             Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
             Err(e) => return Ok(Proof::Refused(reason(&e))),
@@ -179,7 +232,7 @@ impl Context {
         // A transfer made by an authorization whose x402 payment we sent a settlement for is that payment's
         // money (the payer, or anyone, sent it before our settlement did): it pays no tx-hash invoice as well
         // (kernel `Record::owns_executions`).
-        for (authorizer, nonce) in receipt::authorizations_used(&receipt, token) {
+        for (authorizer, nonce) in receipt::authorizations_used(&receipt, requirements.token) {
             let key = keys::authorization(&network.caip2(), authorizer, nonce);
             if crate::claims::load(&key)
                 .await?
@@ -194,8 +247,7 @@ impl Context {
         }
         // A transfer made before the invoice existed pays for something else; one made after its deadline,
         // nothing.
-        let block = self
-            .chain
+        let block = chain
             .rpc
             .call(&EthGetBlockByNumber {
                 block: BlockTag::Number(receipt.block_number),
@@ -234,14 +286,26 @@ impl Context {
         ))
     }
 
-    fn verified(&self) -> wit::Verified {
+    /// What `verify` established: the transfer pays the invoice on `network`.
+    fn verified(&self, network: String) -> wit::Verified {
         wit::Verified {
             payer: self.payer.to_checksum(None),
-            network: self.chain.network.caip2(),
+            network,
             at: self.now,
-            proof: esim402_core::paid::fingerprint(format!("{:#x}", self.hash).as_bytes()),
+            proof: fingerprint(self.hash),
         }
     }
+}
+
+/// What a [`wit::Verified`] of a tx-hash proof carries as its proof: the hash's fingerprint.
+fn fingerprint(hash: B256) -> String {
+    esim402_core::paid::fingerprint(format!("{hash:#x}").as_bytes())
+}
+
+/// The network `verified` found the transfer on, if it is about this very transaction.
+fn found_on(verified: &wit::Verified, proof: &wit::TxHashProof) -> Option<String> {
+    let hash = parse_b256(proof.hash.trim()).ok()?;
+    (verified.proof == fingerprint(hash)).then(|| verified.network.clone())
 }
 
 impl Scheme for TxHash {
@@ -254,19 +318,19 @@ impl Scheme for TxHash {
         inv: &wit::Invoice,
         proof: &wit::TxHashProof,
     ) -> Result<wit::Verified, wit::Error> {
-        let c = Context::load(inv, proof).await?;
+        let c = Context::load(inv, proof, None).await?;
         match c.existing().await? {
-            Existing::Own(r) if r.status == Status::Confirmed => return Ok(c.verified()),
+            Existing::Own(r) if r.status == Status::Confirmed => return Ok(c.verified(r.network)),
             Existing::Own(_) | Existing::None => {}
             Existing::Elsewhere => return Err(already_settled()),
         }
         check_not_ended(&c.invoice)?;
         match c.prove().await? {
-            Proof::Paid => Ok(c.verified()),
+            (Proof::Paid, chain) => Ok(c.verified(chain.network.caip2())),
             // Not final: the same proof sent again once the transfer is mined and buried pays.
-            Proof::NotYet => Err(rejected(InvalidReason::SettlementPending)),
-            Proof::Late => Err(c.late()),
-            Proof::Refused(reason) => Err(rejected(reason)),
+            (Proof::NotYet, _) => Err(rejected(InvalidReason::SettlementPending)),
+            (Proof::Late, _) => Err(c.late()),
+            (Proof::Refused(reason), _) => Err(rejected(reason)),
         }
     }
 
@@ -275,9 +339,9 @@ impl Scheme for TxHash {
         &self,
         inv: &wit::Invoice,
         proof: &wit::TxHashProof,
-        _verified: &wit::Verified,
+        verified: &wit::Verified,
     ) -> Result<wit::Settlement, wit::Error> {
-        let c = Context::load(inv, proof).await?;
+        let c = Context::load(inv, proof, found_on(verified, proof).as_deref()).await?;
         let tx = c.hash.to_string();
         match c.existing().await? {
             Existing::Own(r) if r.status == Status::Confirmed => {
@@ -287,16 +351,16 @@ impl Scheme for TxHash {
             Existing::Elsewhere => return Err(already_settled()),
         }
         check_not_ended(&c.invoice)?;
-        match c.prove().await? {
-            Proof::Paid => {}
+        let chain = match c.prove().await? {
+            (Proof::Paid, chain) => chain,
             // Money already moved (or is moving); nothing is claimed until it is final.
-            Proof::NotYet => return Ok(wit::Settlement::Pending(tx)),
-            Proof::Late => return Err(c.late()),
-            Proof::Refused(reason) => return Err(rejected(reason)),
-        }
+            (Proof::NotYet, _) => return Ok(wit::Settlement::Pending(tx)),
+            (Proof::Late, _) => return Err(c.late()),
+            (Proof::Refused(reason), _) => return Err(rejected(reason)),
+        };
         let key = keys::txhash(c.hash);
         let mut record = Record::claimed(
-            c.chain.network.caip2(),
+            chain.network.caip2(),
             c.payer,
             key.clone(),
             util::holder_token().map_err(internal)?,

@@ -2673,6 +2673,98 @@ async fn a_tx_hash_proof_needs_the_payers_signature_for_this_invoice() {
     );
 }
 
+/// With two networks enabled, a transfer on the second (the invoice offers both) is found there: it pays the
+/// invoice, is recorded on that network, and `settle` given what `verify` found asks only that chain. A
+/// transfer on neither is `settlement_pending`; a chain that does not answer decides nothing (503), whatever
+/// the other says. Before, only the invoice's first network was asked, and such a transfer was never found.
+#[tokio::test]
+async fn a_tx_hash_proof_is_found_on_any_network_the_invoice_offers() {
+    const RPC2: &str = "http://rpc2.test";
+    const USDC2: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+    let first = Arc::new(Node::default());
+    let second = Arc::new(Node::default());
+    second.set(|c| c.chain_id = 84532);
+    let (n1, n2) = (first.clone(), second.clone());
+    let mut kit = builder(&first)
+        .var("payment_network", "eip155:31337,base-sepolia")
+        .var("rpc_url_base_sepolia", RPC2)
+        .allow(RPC2)
+        .respond(move |r| {
+            if r.uri.starts_with(RPC2) {
+                n2.answer(r)
+            } else {
+                n1.answer(r)
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    let mut inv = invoice(36, Some(payer()));
+    inv.accepts.push(PaymentOption {
+        network: Network::parse("eip155:84532").unwrap(),
+        asset: USDC2.into(),
+        pay_to: PAY_TO.into(),
+        amount_atomic: PRICE.to_string(),
+        eip712_name: "USDC".into(),
+        eip712_version: "2".into(),
+    });
+    let transfer = keccak256("a transfer on base-sepolia");
+    let mut log = transfer_log(payer(), addr(PAY_TO), PRICE);
+    log["address"] = json!(USDC2);
+    second.set(|c| {
+        c.receipts
+            .insert(transfer, receipt(transfer, true, vec![log]));
+    });
+    let proof = signed_proof(&inv, transfer, &payer_key());
+
+    let (w, p) = (wit_invoice(&inv), proof.clone());
+    let verified = kit
+        .call(async move |a, g| g.verifier().call_verify(a, w, p).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(verified.network, "eip155:84532");
+    // Settled on what verify found, with the first chain down: it is not asked.
+    first.set(|c| c.down = true);
+    let (w, p) = (wit_invoice(&inv), proof.clone());
+    let settled = kit
+        .call(async move |a, g| g.verifier().call_settle(a, w, p, verified).await)
+        .await
+        .unwrap()
+        .map(S::from)
+        .map_err(E::from);
+    assert_eq!(settled, Ok(S::Settled(transfer.to_string())));
+    let record = kv_json(&kit, &format!("txhash/{transfer}")).await.unwrap();
+    assert_eq!(record["network"], "eip155:84532");
+    assert_eq!(record["status"], "confirmed");
+
+    // Not mined on either: pending. One chain down and the transfer on neither that answers: 503.
+    first.set(|c| c.down = false);
+    let unmined = keccak256("not mined anywhere yet");
+    let other = invoice(37, Some(payer()));
+    let mut other_inv = other.clone();
+    other_inv.accepts = inv.accepts.clone();
+    assert_eq!(
+        verify(
+            &mut kit,
+            &other_inv,
+            signed_proof(&other_inv, unmined, &payer_key())
+        )
+        .await,
+        Err(E::PaymentRequired("settlement_pending".into()))
+    );
+    second.set(|c| c.down = true);
+    assert!(matches!(
+        verify(
+            &mut kit,
+            &other_inv,
+            signed_proof(&other_inv, unmined, &payer_key())
+        )
+        .await,
+        Err(E::Unavailable(_))
+    ));
+}
+
 /// A tx-hash proof of `hash` for `inv`, signed with `key` (kernel `evm::proof_signature`).
 fn signed_proof(inv: &Invoice, hash: B256, key: &SigningKey) -> types::PaymentProof {
     let digest = esim402_core::evm::proof_signature::digest(inv.invoice_id.as_str(), hash);
