@@ -798,7 +798,7 @@ async fn a_transaction_executing_a_held_authorization_pays_no_tx_hash_invoice() 
 /// payer then executed the same authorization itself. Sent again, the payment's own transaction reverts, the
 /// token's `AuthorizationUsed` log names the payer's, whose transfer is this payment's money: the payment is
 /// settled by that transaction and the SIM delivered (before, it stayed pending for an operator). A refund
-/// finds it, and the payer's transaction pays no other invoice.
+/// is owed against it, and the payer's transaction pays no other invoice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_settlement_front_run_by_its_payer_is_settled_by_the_payers_transaction() {
     let failpoint = "x402/nonce/#2";
@@ -836,7 +836,7 @@ async fn a_settlement_front_run_by_its_payer_is_settled_by_the_payers_transactio
     let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
     assert_eq!(inv["status"], "paid", "{inv}");
     assert_eq!(inv["transaction"], tx.as_str(), "{inv}");
-    // Sent again: the same answer's transaction, nothing moves.
+    // Sent again: a terminal 409, nothing moves.
     let (again, _, b) = send_payment(&s, &header).await;
     assert_eq!(again, 409, "{b}");
 
@@ -850,7 +850,8 @@ async fn a_settlement_front_run_by_its_payer_is_settled_by_the_payers_transactio
         .await;
     assert_eq!(refused, 409, "{why}");
 
-    // Terminated at once: the refund of the unused data is owed against the payer's transaction, and paid.
+    // Terminated at once: the refund of the unused data is owed against the payer's transaction (its
+    // `txhash/` claim leads to this payment's settlement).
     let iccid = body["iccid"].as_str().unwrap();
     let (st, _, term) = s
         .post(

@@ -74,13 +74,14 @@ pub async fn record_submitted(
     claim: &str,
     holder: &str,
     tx: &SignedTx,
+    at_block: Option<u64>,
     now: u64,
 ) -> Result<Option<(Record, kv::Stored)>, wit::Error> {
-    Ok(
-        transition(key, start, |r| r.record_submitted(claim, holder, tx, now))
-            .await?
-            .and_then(|(record, changed, version)| changed.then_some((record, version))),
-    )
+    Ok(transition(key, start, |r| {
+        r.record_submitted(claim, holder, tx, at_block, now)
+    })
+    .await?
+    .and_then(|(record, changed, version)| changed.then_some((record, version))))
 }
 
 /// Record a terminal outcome; the record after the attempt and whether this call recorded it.

@@ -138,6 +138,10 @@ pub struct Record {
     /// The settlement transaction, once signed by the facilitator (for a tx-hash proof: the proof's hash).
     #[serde(flatten)]
     pub sent: SentTx,
+    /// The chain's head block when the settlement transaction was prepared (its gas estimate ran there): a
+    /// transaction that front-ran it was mined after it ([`front_run_search`]). Absent on records from before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_block: Option<u64>,
     /// The transaction that executed the authorization when it was not `sent` (a front-run: [`front_run`]),
     /// once this record was confirmed by it; what the payment reports as its settlement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +221,7 @@ impl Record {
             invoice: invoice.map(str::to_owned),
             claimed_at: now,
             sent: SentTx::default(),
+            sent_at_block: None,
             executed_by: None,
             reason: None,
             updated_at: now,
@@ -284,14 +289,23 @@ impl Record {
         true
     }
 
-    /// Record the signed transaction, before its broadcast, if `holder` still holds the claim; `false`
-    /// (unchanged) otherwise: the caller must not broadcast.
-    pub fn record_submitted(&mut self, claim: &str, holder: &str, tx: &SignedTx, now: u64) -> bool {
+    /// Record the signed transaction, prepared at the chain's head block `at_block` (if read), before its
+    /// broadcast, if `holder` still holds the claim; `false` (unchanged) otherwise: the caller must not
+    /// broadcast.
+    pub fn record_submitted(
+        &mut self,
+        claim: &str,
+        holder: &str,
+        tx: &SignedTx,
+        at_block: Option<u64>,
+        now: u64,
+    ) -> bool {
         if self.claim != claim || self.holder != holder || self.status != Status::Claimed {
             return false;
         }
         self.status = Status::Submitted;
         self.sent = SentTx::signed(tx);
+        self.sent_at_block = at_block;
         self.updated_at = now;
         true
     }
@@ -321,13 +335,19 @@ impl Record {
         true
     }
 
-    /// The outcome to report when a terminal result was recorded by someone else first: never a drop over a
-    /// confirmation.
-    pub fn settled_outcome(&self, ours: Outcome, hash: B256) -> Outcome {
-        match (self.status, ours) {
-            (Status::Confirmed, _) => Outcome::Confirmed(self.settled_hash().unwrap_or(hash)),
-            (Status::Failed, o) => o,
-            _ => Outcome::Pending(hash),
+    /// The outcome to report when a terminal result was recorded by someone else first, as recorded: never a
+    /// drop over a confirmation, nor a confirmation over a failure. `hash` is the caller's transaction.
+    pub fn settled_outcome(&self, hash: B256) -> Outcome {
+        match self.status {
+            Status::Confirmed => Outcome::Confirmed(self.settled_hash().unwrap_or(hash)),
+            Status::Failed
+                if self.reason.as_deref()
+                    == Some(InvalidReason::TransferEventMismatch.as_str()) =>
+            {
+                Outcome::Unproven(hash)
+            }
+            Status::Failed => Outcome::Reverted(hash),
+            Status::Claimed | Status::Submitted => Outcome::Pending(hash),
         }
     }
 }
@@ -376,9 +396,25 @@ pub enum UsedElsewhere {
 }
 
 /// How many blocks before the one that showed the authorization used are searched for the transaction that
-/// used it ([`UsedElsewhere`]): a front-run lands between our verification and our transaction's block, which
-/// is minutes, not the half hour (2 s blocks) to three hours (12 s blocks) this reaches back.
+/// used it ([`UsedElsewhere`]) when the record does not say at which block its transaction was prepared
+/// (records from before [`Record::sent_at_block`]).
 pub const FRONT_RUN_LOOKBACK_BLOCKS: u64 = 1_000;
+
+/// How many blocks before [`Record::sent_at_block`] the search starts: a front-run mined before the block our
+/// gas estimate ran at would have failed the estimate, so this only covers a node whose `latest` lagged.
+pub const FRONT_RUN_MARGIN_BLOCKS: u64 = 64;
+
+/// The blocks `(from, to)` (both included) to search for the transaction that used `record`'s authorization,
+/// which the chain showed used by `by_block`: from just before our transaction was prepared (or
+/// [`FRONT_RUN_LOOKBACK_BLOCKS`] back for a record that does not say) up to `by_block`, however long that is
+/// (a filter on one contract and three topics matches at most two logs, which nodes serve over any range).
+pub fn front_run_search(record: &Record, by_block: u64) -> (u64, u64) {
+    let from = match record.sent_at_block {
+        Some(at) => at.saturating_sub(FRONT_RUN_MARGIN_BLOCKS),
+        None => by_block.saturating_sub(FRONT_RUN_LOOKBACK_BLOCKS),
+    };
+    (from.min(by_block), by_block)
+}
 
 /// What a settlement whose own transaction ended as `failed` (reverted or dropped) becomes, when the
 /// authorization it carries reads as used: `used` says by what.
@@ -485,7 +521,7 @@ mod tests {
         let tx = sign_eip1559(&tx, &SigningKey::from_hex(KEY).unwrap()).unwrap();
         let mut r = claimed(100);
         assert!(!r.settles(&auth), "nothing submitted yet");
-        assert!(r.record_submitted("x402/nonce/a", "h1", &tx, 101));
+        assert!(r.record_submitted("x402/nonce/a", "h1", &tx, None, 101));
         assert!(r.settles(&auth));
         let other = TransferAuthorization {
             to: Address::repeat_byte(8),
@@ -502,7 +538,7 @@ mod tests {
         assert!(!failed.settles(&auth));
         // A record whose transaction is not a settlement settles nothing.
         let mut r = claimed(100);
-        assert!(r.record_submitted("x402/nonce/a", "h1", &signed(3), 101));
+        assert!(r.record_submitted("x402/nonce/a", "h1", &signed(3), None, 101));
         assert!(!r.settles(&auth));
     }
 
@@ -527,12 +563,12 @@ mod tests {
     fn a_claim_is_signed_once_by_its_holder_then_finished_once() {
         let mut r = claimed(100);
         let tx = signed(4);
-        assert!(!r.record_submitted("x402/nonce/a", "intruder", &tx, 101));
-        assert!(!r.record_submitted("x402/nonce/b", "h1", &tx, 101));
-        assert!(r.record_submitted("x402/nonce/a", "h1", &tx, 101));
+        assert!(!r.record_submitted("x402/nonce/a", "intruder", &tx, None, 101));
+        assert!(!r.record_submitted("x402/nonce/b", "h1", &tx, None, 101));
+        assert!(r.record_submitted("x402/nonce/a", "h1", &tx, None, 101));
         assert_eq!(r.status, Status::Submitted);
         assert!(
-            !r.record_submitted("x402/nonce/a", "h1", &signed(5), 102),
+            !r.record_submitted("x402/nonce/a", "h1", &signed(5), None, 102),
             "never a second transaction"
         );
         let ours = r.submitted_tx().unwrap();
@@ -550,24 +586,22 @@ mod tests {
     fn a_pending_outcome_is_not_an_ending_and_failures_say_why() {
         let mut r = claimed(0);
         let tx = signed(0);
-        r.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        r.record_submitted("x402/nonce/a", "h1", &tx, None, 1);
         assert!(!r.finish("x402/nonce/a", Outcome::Pending(tx.hash), 2));
         assert!(r.finish("x402/nonce/a", Outcome::Dropped(tx.hash), 3));
         assert_eq!(
             replay(&r, 4),
             Replay::Failed(InvalidReason::TransactionFailed.as_str().into())
         );
-        assert_eq!(
-            r.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
-            Outcome::Dropped(tx.hash)
-        );
+        // Reported as recorded: a failure (another caller's drop or revert alike).
+        assert_eq!(r.settled_outcome(tx.hash), Outcome::Reverted(tx.hash));
     }
 
     #[test]
     fn an_unproven_transfer_fails_with_the_references_reason() {
         let mut r = claimed(0);
         let tx = signed(0);
-        r.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        r.record_submitted("x402/nonce/a", "h1", &tx, None, 1);
         assert!(r.finish("x402/nonce/a", Outcome::Unproven(tx.hash), 2));
         assert_eq!(r.status, Status::Failed);
         assert_eq!(
@@ -584,24 +618,18 @@ mod tests {
     fn someone_elses_confirmation_wins_over_a_drop() {
         let mut r = claimed(0);
         let tx = signed(0);
-        r.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        r.record_submitted("x402/nonce/a", "h1", &tx, None, 1);
         r.finish("x402/nonce/a", Outcome::Confirmed(tx.hash), 2);
-        assert_eq!(
-            r.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
-            Outcome::Confirmed(tx.hash)
-        );
+        assert_eq!(r.settled_outcome(tx.hash), Outcome::Confirmed(tx.hash));
         let live = claimed(0);
-        assert_eq!(
-            live.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
-            Outcome::Pending(tx.hash)
-        );
+        assert_eq!(live.settled_outcome(tx.hash), Outcome::Pending(tx.hash));
     }
 
     #[test]
     fn a_front_run_that_moved_the_money_confirms_an_invoice_by_its_transaction() {
         let mut r = claimed(0);
         let tx = signed(0);
-        r.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        r.record_submitted("x402/nonce/a", "h1", &tx, None, 1);
         let other = B256::repeat_byte(0xf1);
         let executed = |pays| UsedElsewhere::Executed { tx: other, pays };
         for failed in [Outcome::Reverted(tx.hash), Outcome::Dropped(tx.hash)] {
@@ -643,20 +671,73 @@ mod tests {
         assert_eq!(r.tx_hash(), Some(tx.hash));
         assert_eq!(r.settled_hash(), Some(other));
         assert_eq!(replay(&r, 3), Replay::Settled(other.to_string()));
-        assert_eq!(
-            r.settled_outcome(Outcome::Dropped(tx.hash), tx.hash),
-            Outcome::Confirmed(other)
-        );
+        assert_eq!(r.settled_outcome(tx.hash), Outcome::Confirmed(other));
         assert!(r.owns_executions());
         // Stored and read back.
         let back: Record = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         // Confirmed by our own transaction: nothing else recorded.
         let mut own = claimed(0);
-        own.record_submitted("x402/nonce/a", "h1", &tx, 1);
+        own.record_submitted("x402/nonce/a", "h1", &tx, None, 1);
         assert!(own.finish("x402/nonce/a", Outcome::Confirmed(tx.hash), 2));
         assert_eq!(own.executed_by, None);
         assert_eq!(own.settled_hash(), Some(tx.hash));
+    }
+
+    #[test]
+    fn a_front_run_is_searched_for_from_just_before_our_transaction_was_prepared() {
+        let mut r = claimed(0);
+        r.record_submitted("x402/nonce/a", "h1", &signed(0), Some(5_000), 1);
+        assert_eq!(r.sent_at_block, Some(5_000));
+        // However long ago: a replay days later still reaches back to our transaction.
+        assert_eq!(
+            front_run_search(&r, 900_000),
+            (5_000 - FRONT_RUN_MARGIN_BLOCKS, 900_000)
+        );
+        assert_eq!(
+            front_run_search(&r, 5_000),
+            (5_000 - FRONT_RUN_MARGIN_BLOCKS, 5_000)
+        );
+        // A node behind the block we prepared at: never an inverted range.
+        assert_eq!(front_run_search(&r, 10), (10, 10));
+        // Records from before the block was kept: a fixed window.
+        r.sent_at_block = None;
+        assert_eq!(
+            front_run_search(&r, 5_000),
+            (5_000 - FRONT_RUN_LOOKBACK_BLOCKS, 5_000)
+        );
+        assert_eq!(front_run_search(&r, 3), (0, 3));
+        // Stored, and absent from records without it.
+        let v = serde_json::to_value(claimed(0)).unwrap();
+        assert!(v.get("sent_at_block").is_none());
+    }
+
+    #[test]
+    fn someone_elses_outcome_is_reported_as_recorded() {
+        let tx = signed(0);
+        let finished = |outcome| {
+            let mut r = claimed(0);
+            r.record_submitted("x402/nonce/a", "h1", &tx, None, 1);
+            assert!(r.finish("x402/nonce/a", outcome, 2));
+            r.settled_outcome(tx.hash)
+        };
+        assert_eq!(
+            finished(Outcome::Confirmed(tx.hash)),
+            Outcome::Confirmed(tx.hash)
+        );
+        assert_eq!(
+            finished(Outcome::Dropped(tx.hash)),
+            Outcome::Reverted(tx.hash)
+        );
+        assert_eq!(
+            finished(Outcome::Unproven(tx.hash)),
+            Outcome::Unproven(tx.hash)
+        );
+        let other = B256::repeat_byte(0xf1);
+        assert_eq!(
+            finished(Outcome::Confirmed(other)),
+            Outcome::Confirmed(other)
+        );
     }
 
     #[test]
@@ -672,8 +753,8 @@ mod tests {
         assert!(r.take_over("x402/nonce/a", "h2", 1_000 + CLAIM_LEASE_SECS));
         assert_eq!(r.holder, "h2");
         // The old holder can no longer sign.
-        assert!(!r.record_submitted("x402/nonce/a", "h1", &signed(0), 2_000));
-        assert!(r.record_submitted("x402/nonce/a", "h2", &signed(0), 2_000));
+        assert!(!r.record_submitted("x402/nonce/a", "h1", &signed(0), None, 2_000));
+        assert!(r.record_submitted("x402/nonce/a", "h2", &signed(0), None, 2_000));
         // A submitted record is never taken over, however old.
         assert!(!r.take_over("x402/nonce/a", "h3", 1_000_000));
     }
@@ -698,7 +779,7 @@ mod tests {
     fn stored_shape_is_flat_and_stable() {
         let mut r = claimed(7);
         let tx = signed(3);
-        r.record_submitted("x402/nonce/a", "h1", &tx, 8);
+        r.record_submitted("x402/nonce/a", "h1", &tx, None, 8);
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["status"], "submitted");
         assert_eq!(v["transaction"], tx.hash.to_string());

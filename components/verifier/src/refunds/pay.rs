@@ -137,7 +137,8 @@ pub async fn pay_one(
         what: "refund",
         owner: key.clone(),
     };
-    let record = async |tx: &SignedTx| record_submitted(&key, &holder, tx, now).await;
+    let record =
+        async |tx: &SignedTx, _: Option<u64>| record_submitted(&key, &holder, tx, now).await;
     match sender::send(chain, treasury, &call, record).await {
         Ok(hash) => reconcile(chain, &key, hash, now, deadline).await,
         Err(NotBroadcast { why, .. }) => {

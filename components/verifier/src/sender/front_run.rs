@@ -2,7 +2,8 @@
 //! mined) while the chain reads the authorization as used: another transaction used it first (the payer's own,
 //! another facilitator's). Which one did, and what it moved, decides the settlement (kernel
 //! `settlement::front_run`): the token's `AuthorizationUsed` / `AuthorizationCanceled` logs name the
-//! transaction, and its receipt shows whether it moved this payment's money.
+//! transaction, whose own receipt must show the same event, buried as deeply as the network asks of any
+//! outcome, and whether it moved this payment's money.
 //!
 //! Rule a reader must not break: an invoice's settlement is confirmed by another transaction only once that
 //! transaction's `txhash/` key is claimed for it (insert-if-absent), so a transfer never pays two invoices:
@@ -11,9 +12,12 @@
 use alloy_primitives::{Address, B256};
 use esim402_core::evm::receipt::{
     AUTHORIZATION_CANCELED_TOPIC, AUTHORIZATION_USED_TOPIC, AuthorizationFate, authorization_fate,
+    authorization_fate_in,
 };
 use esim402_core::evm::rpc::EthGetLogs;
-use esim402_core::settlement::{FRONT_RUN_LOOKBACK_BLOCKS, Outcome, UsedElsewhere, front_run};
+use esim402_core::settlement::{
+    Outcome, Record, Status, UsedElsewhere, front_run, front_run_search,
+};
 use esim402_core::store::keys;
 use esim402_core::x402::exact::{TransferAuthorization, transfer_event_matches};
 
@@ -36,7 +40,9 @@ pub struct Used<'a> {
 }
 
 /// What the claim's `failed` settlement (reverted or dropped, its authorization used by then) becomes:
-/// confirmed by the transaction that executed it, failed, or still pending (see the module docs).
+/// confirmed by the transaction that executed it, failed, or still pending (see the module docs). A record
+/// someone else finished meanwhile is left as it is (`failed` goes to the caller's finish, which then reports
+/// what was recorded).
 pub async fn settle(chain: &Chain, claim: &Claim, failed: Outcome, used: &Used<'_>) -> Outcome {
     let ours = match failed {
         Outcome::Reverted(h) | Outcome::Dropped(h) => h,
@@ -46,7 +52,13 @@ pub async fn settle(chain: &Chain, claim: &Claim, failed: Outcome, used: &Used<'
         Ok(Some(r)) if r.claim == claim.claim => r,
         _ => return Outcome::Pending(ours),
     };
-    let found = used_by(chain, used).await;
+    if record.is_terminal() {
+        return failed;
+    }
+    if record.status != Status::Submitted || record.tx_hash() != Some(ours) {
+        return Outcome::Pending(ours);
+    }
+    let found = used_by(chain, &record, used).await;
     let outcome = front_run(&record, failed, found);
     match outcome {
         Outcome::Confirmed(by) => match claims::insert(&keys::txhash(by), &record).await {
@@ -92,10 +104,11 @@ pub async fn settle(chain: &Chain, claim: &Claim, failed: Outcome, used: &Used<'
     }
 }
 
-/// What used the authorization, from the token's logs of the [`FRONT_RUN_LOOKBACK_BLOCKS`] up to
-/// `used.by_block` and the executing transaction's receipt. Whatever cannot be read is `Unknown`.
-async fn used_by(chain: &Chain, used: &Used<'_>) -> UsedElsewhere {
+/// What used `record`'s authorization, from the token's logs over the kernel's `front_run_search` blocks and
+/// the using transaction's receipt. Whatever cannot be read or does not agree is `Unknown`.
+async fn used_by(chain: &Chain, record: &Record, used: &Used<'_>) -> UsedElsewhere {
     let token = chain.network.usdc;
+    let (from_block, to_block) = front_run_search(record, used.by_block);
     let query = EthGetLogs {
         address: token,
         topics: vec![
@@ -103,8 +116,8 @@ async fn used_by(chain: &Chain, used: &Used<'_>) -> UsedElsewhere {
             Some(vec![used.from.into_word()]),
             Some(vec![used.nonce]),
         ],
-        from_block: used.by_block.saturating_sub(FRONT_RUN_LOOKBACK_BLOCKS),
-        to_block: used.by_block,
+        from_block,
+        to_block,
     };
     let logs = match chain.rpc.call(&query).await {
         Ok(logs) => logs,
@@ -113,28 +126,36 @@ async fn used_by(chain: &Chain, used: &Used<'_>) -> UsedElsewhere {
             return UsedElsewhere::Unknown;
         }
     };
-    match authorization_fate(&logs, token, used.from, used.nonce) {
-        AuthorizationFate::Canceled(_) => UsedElsewhere::Canceled,
-        AuthorizationFate::Unknown => UsedElsewhere::Unknown,
-        AuthorizationFate::Executed(tx) => {
-            let Some(auth) = used.executes else {
-                return UsedElsewhere::Unknown;
-            };
-            // Buried as deeply as the network asks of any outcome, or not known yet.
-            let need = u64::from(chain.network.confirmations);
-            match chain.receipt_and_head(tx, need > 1, CALL_TIMEOUT).await {
-                (Ok(Some(receipt)), head)
-                    if receipt.status
-                        && (need <= 1
-                            || matches!(head, Some(Ok(h)) if receipt.confirmations(h) >= need)) =>
-                {
-                    UsedElsewhere::Executed {
-                        tx,
-                        pays: transfer_event_matches(&receipt, token, auth),
-                    }
-                }
-                _ => UsedElsewhere::Unknown,
-            }
+    let fate = authorization_fate(&logs, token, used.from, used.nonce);
+    let tx = match fate {
+        AuthorizationFate::Executed(tx) | AuthorizationFate::Canceled(tx) => tx,
+        AuthorizationFate::Unknown => return UsedElsewhere::Unknown,
+    };
+    // The transaction itself must show the same event, buried as deeply as the network asks of any outcome.
+    let need = u64::from(chain.network.confirmations);
+    let receipt = match chain.receipt_and_head(tx, need > 1, CALL_TIMEOUT).await {
+        (Ok(Some(receipt)), head)
+            if receipt.status
+                && (need <= 1
+                    || matches!(head, Some(Ok(h)) if receipt.confirmations(h) >= need)) =>
+        {
+            receipt
         }
+        _ => return UsedElsewhere::Unknown,
+    };
+    if authorization_fate_in(&receipt, token, used.from, used.nonce) != fate {
+        eprintln!(
+            "verifier: the token's logs name {tx} for the authorization {} of {}, but its receipt does not show it",
+            used.nonce, used.from
+        );
+        return UsedElsewhere::Unknown;
+    }
+    match (fate, used.executes) {
+        (AuthorizationFate::Canceled(_), _) => UsedElsewhere::Canceled,
+        (_, Some(auth)) => UsedElsewhere::Executed {
+            tx,
+            pays: transfer_event_matches(&receipt, token, auth),
+        },
+        (_, None) => UsedElsewhere::Unknown,
     }
 }

@@ -94,6 +94,8 @@ pub struct Counts {
     pub pending: u64,
     /// Mined (`latest`); only used to forget old bookkeeping, so a failed read is no reason not to send.
     pub mined: Option<u64>,
+    /// The head block the gas estimate ran at (`latest`), if the node said.
+    pub head: Option<u64>,
 }
 
 /// `(tip, fee cap)` in wei, from the latest block's base fee and the node's suggested tip (node errors: the
@@ -158,16 +160,20 @@ async fn prepare(
             call.what
         ))));
     }
-    let (tip, max_fee) = fees(
-        answers.take(slots.1, &block),
-        answers.take(slots.2, &EthMaxPriorityFeePerGas),
-    )
-    .map_err(Unsent::Fault)?;
+    let block = answers.take(slots.1, &block);
+    let head = block
+        .as_ref()
+        .ok()
+        .and_then(|b| b.as_ref())
+        .map(|b| b.number);
+    let (tip, max_fee) =
+        fees(block, answers.take(slots.2, &EthMaxPriorityFeePerGas)).map_err(Unsent::Fault)?;
     let counts = Counts {
         pending: answers
             .take(slots.3, &pending)
             .map_err(|e| Unsent::Fault(unavailable(&e)))?,
         mined: answers.take(slots.4, &mined).ok(),
+        head,
     };
     let tx = Eip1559Tx {
         chain_id: chain.network.chain_id(),
@@ -189,7 +195,7 @@ pub async fn send(
     chain: &Chain,
     signer: &SigningKey,
     call: &Call,
-    record: impl AsyncFnOnce(&SignedTx) -> Result<(), wit::Error>,
+    record: impl AsyncFnOnce(&SignedTx, Option<u64>) -> Result<(), wit::Error>,
 ) -> Result<B256, NotBroadcast> {
     let (mut tx, counts) = prepare(chain, signer, call).await?;
     rebroadcast::fill_gaps(chain, signer.address(), counts.pending, util::now_secs()).await;
@@ -206,7 +212,7 @@ pub async fn send(
     let hash = signed.hash;
     // Recorded before the broadcast: from here on a lost request leaves a hash to reconcile against, never a
     // transaction nobody knows about.
-    if let Err(e) = record(&signed).await {
+    if let Err(e) = record(&signed, counts.head).await {
         give_back(chain, signer, &tx, &call.owner).await;
         return Err(Unsent::Fault(e).into());
     }

@@ -76,14 +76,20 @@ impl Claim {
         claims::release(&self.record_key, &self.holder, &self.keys).await;
     }
 
-    /// Record `tx` on the settlement record (`submitted`) while we still hold it, and claim its hash.
-    async fn record_submitted(&self, tx: &SignedTx) -> Result<(), wit::Error> {
+    /// Record `tx`, prepared at head block `at_block`, on the settlement record (`submitted`) while we still
+    /// hold it, and claim its hash.
+    async fn record_submitted(
+        &self,
+        tx: &SignedTx,
+        at_block: Option<u64>,
+    ) -> Result<(), wit::Error> {
         let recorded = claims::record_submitted(
             &self.record_key,
             self.version.take(),
             &self.claim,
             &self.holder,
             tx,
+            at_block,
             util::now_secs(),
         )
         .await?;
@@ -113,8 +119,8 @@ pub async fn broadcast(
         what: "settlement",
         owner: claim.record_key.clone(),
     };
-    match send(chain, signer, &call, async |tx: &SignedTx| {
-        claim.record_submitted(tx).await
+    match send(chain, signer, &call, async |tx: &SignedTx, at_block| {
+        claim.record_submitted(tx, at_block).await
     })
     .await
     {
@@ -290,10 +296,8 @@ async fn finish(claim: &Claim, hash: B256, outcome: Outcome) -> (Outcome, bool) 
     .await
     {
         Ok(Some((_, true))) => (outcome, true),
-        // Someone else recorded the receipt first: never report a drop over it.
-        Ok(Some((r, false))) if matches!(outcome, Outcome::Dropped(_)) => {
-            (r.settled_outcome(outcome, hash), false)
-        }
+        // Someone else recorded an outcome first: report theirs, as recorded.
+        Ok(Some((r, false))) if r.is_terminal() => (r.settled_outcome(hash), false),
         Ok(Some((_, false))) => (outcome, false),
         Ok(None) => (outcome, false),
         Err(e) => {

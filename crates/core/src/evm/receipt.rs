@@ -67,14 +67,44 @@ pub fn authorization_fate(
     authorizer: Address,
     nonce: B256,
 ) -> AuthorizationFate {
+    fate_of(
+        logs.iter().map(|l| (&l.log, l.transaction_hash)),
+        token,
+        authorizer,
+        nonce,
+    )
+}
+
+/// [`authorization_fate`] as `receipt`'s own logs show it: what a log query named, checked against the
+/// transaction itself (a node may answer a query from a stale or reorganised view).
+pub fn authorization_fate_in(
+    receipt: &TransactionReceipt,
+    token: Address,
+    authorizer: Address,
+    nonce: B256,
+) -> AuthorizationFate {
+    fate_of(
+        receipt.logs.iter().map(|l| (l, receipt.transaction_hash)),
+        token,
+        authorizer,
+        nonce,
+    )
+}
+
+fn fate_of<'a>(
+    logs: impl Iterator<Item = (&'a Log, B256)> + Clone,
+    token: Address,
+    authorizer: Address,
+    nonce: B256,
+) -> AuthorizationFate {
     let of = |topic: B256| {
-        logs.iter()
-            .find(|l| {
-                l.log.address == token
-                    && !l.log.removed
-                    && l.log.topics.as_slice() == [topic, authorizer.into_word(), nonce]
+        logs.clone()
+            .find(|(log, _)| {
+                log.address == token
+                    && !log.removed
+                    && log.topics.as_slice() == [topic, authorizer.into_word(), nonce]
             })
-            .map(|l| l.transaction_hash)
+            .map(|(_, tx)| tx)
     };
     match (
         of(AUTHORIZATION_USED_TOPIC),
@@ -604,6 +634,19 @@ mod tests {
                 entry(used, token, nonce, false, 0xa1),
             ]),
             AuthorizationFate::Executed(B256::repeat_byte(0xa1))
+        );
+        // The same, read from a receipt's own logs.
+        let logs = parse(vec![entry(canceled, token, nonce, false, 0xa2)]);
+        let mut receipt = receipt("0x1", vec![]);
+        receipt.transaction_hash = B256::repeat_byte(0xa2);
+        receipt.logs = logs.into_iter().map(|l| l.log).collect();
+        assert_eq!(
+            authorization_fate_in(&receipt, token, authorizer, nonce),
+            AuthorizationFate::Canceled(B256::repeat_byte(0xa2))
+        );
+        assert_eq!(
+            authorization_fate_in(&receipt, token, authorizer, B256::ZERO),
+            AuthorizationFate::Unknown
         );
         // A log without its transaction hash does not parse.
         let mut bad = entry(used, token, nonce, false, 1);

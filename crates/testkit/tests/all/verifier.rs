@@ -411,14 +411,15 @@ impl Node {
                     USDC.to_lowercase()
                 );
                 let topics = filter["topics"].as_array().unwrap();
-                let matches = |log: &&Value| {
-                    log["topics"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .zip(topics)
-                        .all(|(t, want)| want.is_null() || want.as_array().unwrap().contains(t))
-                };
+                let block = |v: &Value| u64::from_str_radix(&v.as_str().unwrap()[2..], 16).unwrap();
+                let (from, to) = (block(&filter["fromBlock"]), block(&filter["toBlock"]));
+                let matches =
+                    |log: &&Value| {
+                        (from..=to).contains(&block(&log["blockNumber"]))
+                            && log["topics"].as_array().unwrap().iter().zip(topics).all(
+                                |(t, want)| want.is_null() || want.as_array().unwrap().contains(t),
+                            )
+                    };
                 Ok(Value::Array(
                     c.logs.iter().filter(matches).cloned().collect(),
                 ))
@@ -1501,15 +1502,20 @@ async fn a_reverted_settlement_whose_authorization_was_executed_meanwhile_stays_
 }
 
 /// The transaction `tx` executed (`event`: `AuthorizationUsed`) or canceled (`AuthorizationCanceled`) `p`'s
-/// authorization in block 0x11, moving `moved` (a Transfer log) if it executed: its log and receipt, on `node`.
+/// authorization in block 0x11, moving `moved` (a Transfer log) if it executed: the token's log, and the
+/// receipt showing it, on `node`.
 fn used_by(node: &Node, p: &Pay, tx: B256, event: &str, moved: Option<Value>) {
     let topic = keccak256(format!("{event}(address,bytes32)"));
+    let log = json!({"address": USDC,
+        "topics": [topic.to_string(), p.auth.from.into_word().to_string(), p.auth.nonce.to_string()],
+        "data": "0x", "removed": false});
+    let mut entry = log.clone();
+    entry["blockNumber"] = json!("0x11");
+    entry["transactionHash"] = json!(tx.to_string());
     node.set(|c| {
-        c.logs.push(json!({"address": USDC,
-            "topics": [topic.to_string(), p.auth.from.into_word().to_string(), p.auth.nonce.to_string()],
-            "data": "0x", "blockNumber": "0x11", "transactionHash": tx.to_string(), "logIndex": "0x0",
-            "removed": false}));
-        c.receipts.insert(tx, receipt(tx, true, moved.into_iter().collect()));
+        c.logs.push(entry);
+        let logs = std::iter::once(log).chain(moved).collect();
+        c.receipts.insert(tx, receipt(tx, true, logs));
     });
 }
 
@@ -1622,10 +1628,17 @@ async fn a_front_run_transaction_that_already_pays_another_invoice_leaves_the_se
 
 /// The nonce was used by a transaction that moved other money (another authorization signed with the same
 /// nonce), or canceled by the payer: this payment's money can never move, so the settlement fails (the
-/// gateway withdraws the order). A node that refuses the log query decides nothing: pending.
+/// gateway withdraws the order). What cannot be checked decides nothing (pending): a node that refuses the
+/// log query, a log whose transaction's own receipt does not show it, a log outside the blocks searched.
 #[tokio::test]
 async fn a_settlement_whose_nonce_was_used_without_its_transfer_or_canceled_fails() {
-    for case in ["other transfer", "canceled", "logs refused"] {
+    for case in [
+        "other transfer",
+        "canceled",
+        "logs refused",
+        "receipt without the log",
+        "log after the block",
+    ] {
         let node = Arc::new(Node::default());
         let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
         let inv = invoice(31, None);
@@ -1644,21 +1657,25 @@ async fn a_settlement_whose_nonce_was_used_without_its_transfer_or_canceled_fail
             ),
             "canceled" => used_by(&node, &p, theirs, "AuthorizationCanceled", None),
             _ => {
-                used_by(
-                    &node,
-                    &p,
-                    theirs,
-                    "AuthorizationUsed",
-                    Some(transfer_log(p.auth.from, p.auth.to, PRICE)),
-                );
-                node.set(|c| c.refuse_logs = true);
+                let moved = transfer_log(p.auth.from, p.auth.to, PRICE);
+                used_by(&node, &p, theirs, "AuthorizationUsed", Some(moved.clone()));
+                node.set(|c| match case {
+                    "logs refused" => c.refuse_logs = true,
+                    // The node's log query names a transaction whose own receipt shows no such event.
+                    "receipt without the log" => {
+                        c.receipts
+                            .insert(theirs, receipt(theirs, true, vec![moved]));
+                    }
+                    // Mined after the block that showed the authorization used: not what used it.
+                    _ => c.logs[0]["blockNumber"] = json!("0x12"),
+                });
             }
         }
         node.set(|c| {
             c.mining = Mining::Revert;
             c.nonce_used = true;
         });
-        if case == "logs refused" {
+        if !matches!(case, "other transfer" | "canceled") {
             stays_pending(&mut kit, &node, &inv, &p, &ours).await;
             continue;
         }
@@ -2002,6 +2019,39 @@ async fn a_settlement_whose_nonce_another_transaction_used_stays_pending_if_its_
     // payment (`invoices::another_payment_never_takes_an_invoice_held_or_settled_by_one`); the verifier keeps
     // no per-invoice settlement of its own.
     stays_pending(&mut kit, &node, &inv, &p, &hash).await;
+}
+
+/// Our settlement can never be mined (its account nonce went to another of our transactions) and its
+/// authorization was executed meanwhile by the payer's transaction, found through the token's log between the
+/// block our transaction was prepared at and the head: settled by it.
+#[tokio::test]
+async fn an_unmineable_settlement_front_run_by_its_payer_is_settled_by_the_payers_transaction() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(38, None);
+    let p = pay(&inv);
+    unmineable_settlement(&mut kit, &node, &inv, &p).await;
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["sent_at_block"], 0x11, "{record}");
+    let theirs = B256::repeat_byte(0xf5);
+    used_by(
+        &node,
+        &p,
+        theirs,
+        "AuthorizationUsed",
+        Some(transfer_log(p.auth.from, p.auth.to, PRICE)),
+    );
+    node.set(|c| c.nonce_used = true);
+    for _ in 0..2 {
+        assert_eq!(
+            settle(&mut kit, &inv, p.v2()).await,
+            Ok(S::Settled(theirs.to_string()))
+        );
+    }
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_eq!(record["executed_by"], theirs.to_string());
+    assert_eq!(node.sent().len(), 1, "nothing signed again");
 }
 
 #[tokio::test]
