@@ -20,6 +20,8 @@ pub struct Answers<'a> {
     pub proof: &'a Proof,
     /// The resource URL the challenge names.
     pub url: &'a str,
+    /// The network a tx-hash proof's transfer was found on, once verified (an `exact` payload names its own).
+    pub found_on: std::cell::RefCell<Option<String>>,
 }
 
 pub fn retry_after() -> (String, String) {
@@ -56,6 +58,15 @@ pub fn unsettled(e: ApiError) -> StoredResponse {
 }
 
 impl Answers<'_> {
+    /// The payment's network: where a tx-hash proof's transfer was found once verified, else as the payment
+    /// names it (for a tx-hash proof before verification, the invoice's preferred one).
+    pub fn network(&self) -> String {
+        match &*self.found_on.borrow() {
+            Some(found) => found.clone(),
+            None => self.proof.network(self.invoice),
+        }
+    }
+
     fn response_header(&self) -> &'static str {
         match self.proof.kind {
             Kind::V1 => "x-payment-response",
@@ -76,7 +87,7 @@ impl Answers<'_> {
             error_message: failure.and_then(|(_, message)| message.map(str::to_owned)),
             payer: Some(payer.to_owned()),
             transaction: tx.to_owned(),
-            network: self.proof.network(self.invoice),
+            network: self.network(),
             amount: None,
             extensions: None,
         };
@@ -87,7 +98,7 @@ impl Answers<'_> {
     }
 
     pub fn success(&self, sim: &wit::Sim, tx: &str, payer: &str) -> StoredResponse {
-        let network = self.proof.network(self.invoice);
+        let network = self.network();
         let mut body = crate::convert::sim_value(sim);
         body["activation_code"] = json!(sim.activation_code);
         // The seed article's field name for the same `LPA:1$…` string (what a QR code encodes).
@@ -124,7 +135,7 @@ impl Answers<'_> {
         });
         body["transaction"] = json!(tx);
         body["payer"] = json!(payer);
-        body["network"] = json!(self.proof.network(self.invoice));
+        body["network"] = json!(self.network());
         body["amount_usdc"] = json!(UsdcAmount::from_micros(self.invoice.amount));
         stored(
             200,

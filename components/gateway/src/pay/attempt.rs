@@ -22,8 +22,6 @@ mod credit;
 pub struct Attempt<'a> {
     answers: Answers<'a>,
     pending: RefCell<Vec<wit::LedgerEvent>>,
-    /// The network a tx-hash proof's transfer was found on, once verified (an `exact` payload names its own).
-    found_on: RefCell<Option<String>>,
     /// An earlier attempt of this payment may have acted (kernel `paid::resumes`).
     pub(super) resumed: bool,
 }
@@ -40,7 +38,6 @@ impl<'a> Attempt<'a> {
         Self {
             answers,
             pending: RefCell::new(Vec::new()),
-            found_on: RefCell::new(None),
             resumed,
         }
     }
@@ -66,14 +63,10 @@ impl<'a> Attempt<'a> {
 
 impl Attempt<'_> {
     pub fn fields(&self) -> EntryFields {
-        let network = match &*self.found_on.borrow() {
-            Some(found) => found.clone(),
-            None => self.proof.network(self.invoice),
-        };
         EntryFields::default()
             .invoice(self.invoice.id.clone())
             .amount(UsdcAmount::from_micros(self.invoice.amount))
-            .network(network)
+            .network(self.network())
     }
 
     /// `exact`: verify, order, settle.

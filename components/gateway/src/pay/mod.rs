@@ -224,6 +224,7 @@ pub async fn pay(
             invoice: &invoice,
             proof: &proof,
             url: resource_url,
+            found_on: std::cell::RefCell::new(None),
         },
         driver.resumed,
     );

@@ -38,7 +38,7 @@ impl Attempt<'_> {
             paid,
             payer: payer.to_owned(),
             transaction: tx.to_owned(),
-            network: self.proof.network(self.invoice),
+            network: self.network(),
         };
         let credited = metering::credit(sim.clone(), credit, now()).await?;
         if self.logs(credited.new) {

@@ -13,54 +13,27 @@
 //! payment we sent a settlement for (`x402/nonce/…`) is that payment's, whoever sent it. Nothing is broadcast, so
 //! nothing is ever released.
 
-use alloy_primitives::{Address, B256, U256};
+use alloy_primitives::{Address, B256};
 use esim402_core::chain::parse_address;
 use esim402_core::evm::proof_signature::{self, ProofSignatureError};
 use esim402_core::evm::quantity::parse_b256;
-use esim402_core::evm::receipt::{self, Mined};
-use esim402_core::evm::rpc::{BlockTag, EthGetBlockByNumber};
-use esim402_core::evm::{ProofError, ProofRequirements, check_tx_hash_proof};
 use esim402_core::invoice::{Invoice, Purchase};
 use esim402_core::settlement::{Record, SentTx, Status};
 use esim402_core::store::keys;
 use esim402_core::x402::InvalidReason;
-use esim402_core::x402::exact::parse_decimal_u256;
 use esim402_guest::convert::{internal, invalid};
 use esim402_guest::{util, wit};
 
+mod prove;
+
+use prove::Proof;
+
 use super::{Scheme, already_settled, check_not_ended, invoice};
-use crate::chain::{Chain, unavailable};
+use crate::chain::Chain;
 use crate::rejected;
-use crate::rpc::CALL_TIMEOUT;
 
 /// The tx-hash scheme.
 pub struct TxHash;
-
-/// What the chain says about a presented transaction.
-enum Proof {
-    /// It pays the invoice.
-    Paid,
-    /// Not mined yet, or not buried deeply enough: ask again later.
-    NotYet,
-    /// Mined after the invoice's deadline, or not mined by it.
-    Late,
-    /// It does not pay the invoice.
-    Refused(InvalidReason),
-}
-
-fn reason(e: &ProofError) -> InvalidReason {
-    match e {
-        ProofError::Malformed(_) | ProofError::NoTokenTransfer { .. } => {
-            InvalidReason::InvalidPayload
-        }
-        ProofError::Reverted { .. } => InvalidReason::TransactionFailed,
-        ProofError::WrongRecipient { .. } => InvalidReason::RecipientMismatch,
-        ProofError::PayerMismatch { .. } => InvalidReason::InvalidTransactionState,
-        ProofError::Underpaid { .. } => InvalidReason::InsufficientFunds,
-        // Retryable; mapped to `Proof::NotYet` before this is reached.
-        ProofError::NotEnoughConfirmations { .. } => InvalidReason::SettlementPending,
-    }
-}
 
 /// The wallet that must have paid: the activation request's `payer`, else the invoice's.
 fn payer_of(invoice: &Invoice) -> Result<Address, wit::Error> {
@@ -116,11 +89,13 @@ impl Context {
                 Ok(_) => {}
                 // Disabled since the invoice was issued: the transfer is not looked for there.
                 Err(wit::Error::PaymentRequired(_)) => {}
-                Err(e) => return Err(e),
+                // Enabled without an endpoint (configuration allows it for networks other than the first):
+                // it cannot be asked, and must not keep the others from being asked.
+                Err(e) => eprintln!(
+                    "verifier: tx-hash proofs are not looked for on {}: {e:?}",
+                    option.network
+                ),
             }
-        }
-        if chains.is_empty() {
-            return Err(rejected(InvalidReason::InvalidNetwork));
         }
         Ok(Self {
             chains,
@@ -143,131 +118,6 @@ impl Context {
             }
             Some(_) => Existing::Elsewhere,
         })
-    }
-
-    /// Whether the transaction pays the invoice, and on which chain it was found (the preferred one if none).
-    async fn prove(&self) -> Result<(Proof, &Chain), wit::Error> {
-        let mut unreachable = None;
-        for chain in &self.chains {
-            match self.prove_on(chain).await {
-                Ok(Some(proof)) => return Ok((proof, chain)),
-                Ok(None) => {}
-                Err(e) => {
-                    unreachable.get_or_insert(e);
-                }
-            }
-        }
-        // Not mined anywhere we could ask; a chain that did not answer may still hold it.
-        if let Some(e) = unreachable {
-            return Err(e);
-        }
-        let proof = if receipt::can_still_be_mined_in_time(self.now, self.invoice.expires_at) {
-            Proof::NotYet
-        } else {
-            Proof::Late
-        };
-        Ok((proof, &self.chains[0]))
-    }
-
-    /// Whether the transaction pays the invoice on `chain`; `None` if the chain does not know it.
-    async fn prove_on(&self, chain: &Chain) -> Result<Option<Proof>, wit::Error> {
-        let network = &chain.network;
-        let Some(option) = self
-            .invoice
-            .accepts
-            .iter()
-            .find(|o| o.network == network.network)
-        else {
-            return Ok(Some(Proof::Refused(InvalidReason::InvalidNetwork)));
-        };
-        let token = parse_address(&option.asset)
-            .ok()
-            .filter(|a| *a == network.usdc);
-        let recipient = parse_address(&option.pay_to).ok();
-        let amount = parse_decimal_u256(&option.amount_atomic).filter(|a| *a > U256::ZERO);
-        let (Some(token), Some(recipient), Some(min_amount)) = (token, recipient, amount) else {
-            return Ok(Some(Proof::Refused(
-                InvalidReason::InvalidPaymentRequirements,
-            )));
-        };
-        chain.check_chain_id().await?;
-        let (receipt, head) = chain
-            .receipt_and_head(self.hash, network.confirmations > 1, CALL_TIMEOUT)
-            .await;
-        let receipt = match receipt {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(unavailable(&e)),
-        };
-        let requirements = ProofRequirements {
-            token,
-            recipient,
-            min_amount,
-            payer: self.payer,
-            min_confirmations: u64::from(network.confirmations),
-        };
-        self.judge(chain, &requirements, receipt, head)
-            .await
-            .map(Some)
-    }
-
-    /// Whether the mined transaction `receipt` on `chain` pays the invoice as `requirements` say.
-    async fn judge(
-        &self,
-        chain: &Chain,
-        requirements: &ProofRequirements,
-        receipt: esim402_core::evm::TransactionReceipt,
-        head: Option<Result<u64, crate::rpc::CallError>>,
-    ) -> Result<Proof, wit::Error> {
-        let network = &chain.network;
-        let head = match head {
-            Some(head) => head.map_err(|e| unavailable(&e))?,
-            None => receipt.block_number,
-        };
-        match check_tx_hash_proof(&receipt, requirements, head) {
-            Ok(_) => {}
-            Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
-            Err(e) => return Ok(Proof::Refused(reason(&e))),
-        }
-        // A transfer made by an authorization whose x402 payment we sent a settlement for is that payment's
-        // money (the payer, or anyone, sent it before our settlement did): it pays no tx-hash invoice as well
-        // (kernel `Record::owns_executions`).
-        for (authorizer, nonce) in receipt::authorizations_used(&receipt, requirements.token) {
-            let key = keys::authorization(&network.caip2(), authorizer, nonce);
-            if crate::claims::load(&key)
-                .await?
-                .is_some_and(|r| r.owns_executions())
-            {
-                return Err(wit::Error::Conflict(format!(
-                    "already settled: transaction {:#x} executes an authorization presented here as an x402 \
-                     payment; it pays that payment only",
-                    self.hash
-                )));
-            }
-        }
-        // A transfer made before the invoice existed pays for something else; one made after its deadline,
-        // nothing.
-        let block = chain
-            .rpc
-            .call(&EthGetBlockByNumber {
-                block: BlockTag::Number(receipt.block_number),
-            })
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let Some(b) = block else {
-            return Ok(Proof::NotYet);
-        };
-        Ok(
-            match receipt::mined(
-                b.timestamp,
-                self.invoice.created_at,
-                self.invoice.expires_at,
-            ) {
-                Mined::InTime => Proof::Paid,
-                Mined::BeforeInvoice => Proof::Refused(InvalidReason::InvalidTransactionState),
-                Mined::Late => Proof::Late,
-            },
-        )
     }
 }
 
@@ -326,11 +176,11 @@ impl Scheme for TxHash {
         }
         check_not_ended(&c.invoice)?;
         match c.prove().await? {
-            (Proof::Paid, chain) => Ok(c.verified(chain.network.caip2())),
+            Proof::Paid(network) => Ok(c.verified(network)),
             // Not final: the same proof sent again once the transfer is mined and buried pays.
-            (Proof::NotYet, _) => Err(rejected(InvalidReason::SettlementPending)),
-            (Proof::Late, _) => Err(c.late()),
-            (Proof::Refused(reason), _) => Err(rejected(reason)),
+            Proof::NotYet => Err(rejected(InvalidReason::SettlementPending)),
+            Proof::Late => Err(c.late()),
+            Proof::Refused(reason) => Err(rejected(reason)),
         }
     }
 
@@ -351,16 +201,16 @@ impl Scheme for TxHash {
             Existing::Elsewhere => return Err(already_settled()),
         }
         check_not_ended(&c.invoice)?;
-        let chain = match c.prove().await? {
-            (Proof::Paid, chain) => chain,
+        let network = match c.prove().await? {
+            Proof::Paid(network) => network,
             // Money already moved (or is moving); nothing is claimed until it is final.
-            (Proof::NotYet, _) => return Ok(wit::Settlement::Pending(tx)),
-            (Proof::Late, _) => return Err(c.late()),
-            (Proof::Refused(reason), _) => return Err(rejected(reason)),
+            Proof::NotYet => return Ok(wit::Settlement::Pending(tx)),
+            Proof::Late => return Err(c.late()),
+            Proof::Refused(reason) => return Err(rejected(reason)),
         };
         let key = keys::txhash(c.hash);
         let mut record = Record::claimed(
-            chain.network.caip2(),
+            network,
             c.payer,
             key.clone(),
             util::holder_token().map_err(internal)?,

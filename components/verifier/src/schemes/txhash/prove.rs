@@ -1,0 +1,200 @@
+//! Whether a presented transaction pays its invoice: asked of each chain the invoice offers, judged from the
+//! receipt's token `Transfer` logs (kernel `check_tx_hash_proof`) and the block it was mined in.
+
+use alloy_primitives::U256;
+use esim402_core::chain::parse_address;
+use esim402_core::evm::receipt::{self, Mined};
+use esim402_core::evm::rpc::{BlockTag, EthGetBlockByNumber};
+use esim402_core::evm::{ProofError, ProofRequirements, check_tx_hash_proof};
+use esim402_core::store::keys;
+use esim402_core::x402::InvalidReason;
+use esim402_core::x402::exact::parse_decimal_u256;
+use esim402_guest::wit;
+
+use super::Context;
+use crate::chain::{Chain, unavailable};
+use crate::rpc::CALL_TIMEOUT;
+
+/// What the chain says about a presented transaction.
+pub(super) enum Proof {
+    /// It pays the invoice, on this network (CAIP-2).
+    Paid(String),
+    /// Not mined yet, or not buried deeply enough: ask again later.
+    NotYet,
+    /// Mined after the invoice's deadline, or not mined by it.
+    Late,
+    /// It does not pay the invoice.
+    Refused(InvalidReason),
+}
+
+fn reason(e: &ProofError) -> InvalidReason {
+    match e {
+        ProofError::Malformed(_) | ProofError::NoTokenTransfer { .. } => {
+            InvalidReason::InvalidPayload
+        }
+        ProofError::Reverted { .. } => InvalidReason::TransactionFailed,
+        ProofError::WrongRecipient { .. } => InvalidReason::RecipientMismatch,
+        ProofError::PayerMismatch { .. } => InvalidReason::InvalidTransactionState,
+        ProofError::Underpaid { .. } => InvalidReason::InsufficientFunds,
+        // Retryable; mapped to `Proof::NotYet` before this is reached.
+        ProofError::NotEnoughConfirmations { .. } => InvalidReason::SettlementPending,
+    }
+}
+
+/// What one chain says about a presented transaction.
+enum Found {
+    /// It knows the transaction: this is the answer.
+    Decided(Proof),
+    /// It knows the transaction, and the answer is this error (a transfer that belongs to another payment).
+    Final(wit::Error),
+    /// It does not know the transaction.
+    Unknown,
+    /// The invoice's terms for this chain do not match the deployment's token: not asked.
+    TermsMismatch,
+    /// It could not be asked, or could not say.
+    Unreachable(wit::Error),
+}
+
+impl Context {
+    /// Whether the transaction pays the invoice, and on which chain it was found: the first chain that knows
+    /// it decides (a transaction hash names one transaction on one chain). Found nowhere: a chain that could
+    /// not be asked may still hold it (its error), else not yet or late by the clock; with no chain to ask (or
+    /// only chains whose invoice terms no longer match the deployment's token), refused.
+    pub(super) async fn prove(&self) -> Result<Proof, wit::Error> {
+        let mut unreachable = None;
+        let mut asked = false;
+        for chain in &self.chains {
+            match self.prove_on(chain).await {
+                Found::Decided(proof) => return Ok(proof),
+                Found::Final(e) => return Err(e),
+                Found::Unknown => asked = true,
+                Found::TermsMismatch => {}
+                Found::Unreachable(e) => {
+                    unreachable.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = unreachable {
+            return Err(e);
+        }
+        let proof = if !asked && self.chains.is_empty() {
+            Proof::Refused(InvalidReason::InvalidNetwork)
+        } else if !asked {
+            Proof::Refused(InvalidReason::InvalidPaymentRequirements)
+        } else if receipt::can_still_be_mined_in_time(self.now, self.invoice.expires_at) {
+            Proof::NotYet
+        } else {
+            Proof::Late
+        };
+        Ok(proof)
+    }
+
+    /// What `chain` says about the transaction.
+    async fn prove_on(&self, chain: &Chain) -> Found {
+        let network = &chain.network;
+        let Some(option) = self
+            .invoice
+            .accepts
+            .iter()
+            .find(|o| o.network == network.network)
+        else {
+            return Found::TermsMismatch;
+        };
+        let token = parse_address(&option.asset)
+            .ok()
+            .filter(|a| *a == network.usdc);
+        let recipient = parse_address(&option.pay_to).ok();
+        let amount = parse_decimal_u256(&option.amount_atomic).filter(|a| *a > U256::ZERO);
+        let (Some(token), Some(recipient), Some(min_amount)) = (token, recipient, amount) else {
+            eprintln!(
+                "verifier: invoice {} offers {} in terms the deployment's token no longer matches; not looked for there",
+                self.id,
+                network.caip2()
+            );
+            return Found::TermsMismatch;
+        };
+        if let Err(e) = chain.check_chain_id().await {
+            return Found::Unreachable(e);
+        }
+        let (receipt, head) = chain
+            .receipt_and_head(self.hash, network.confirmations > 1, CALL_TIMEOUT)
+            .await;
+        let receipt = match receipt {
+            Ok(Some(r)) => r,
+            Ok(None) => return Found::Unknown,
+            Err(e) => return Found::Unreachable(unavailable(&e)),
+        };
+        let requirements = ProofRequirements {
+            token,
+            recipient,
+            min_amount,
+            payer: self.payer,
+            min_confirmations: u64::from(network.confirmations),
+        };
+        match self.judge(chain, &requirements, receipt, head).await {
+            Ok(proof) => Found::Decided(proof),
+            // The transaction is known here: what could not be read about it keeps the question open.
+            Err(e @ wit::Error::Unavailable(_)) => Found::Unreachable(e),
+            Err(e) => Found::Final(e),
+        }
+    }
+
+    /// Whether the mined transaction `receipt` on `chain` pays the invoice as `requirements` say.
+    async fn judge(
+        &self,
+        chain: &Chain,
+        requirements: &ProofRequirements,
+        receipt: esim402_core::evm::TransactionReceipt,
+        head: Option<Result<u64, crate::rpc::CallError>>,
+    ) -> Result<Proof, wit::Error> {
+        let network = &chain.network;
+        let head = match head {
+            Some(head) => head.map_err(|e| unavailable(&e))?,
+            None => receipt.block_number,
+        };
+        match check_tx_hash_proof(&receipt, requirements, head) {
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
+            Err(e) => return Ok(Proof::Refused(reason(&e))),
+        }
+        // A transfer made by an authorization whose x402 payment we sent a settlement for is that payment's
+        // money (the payer, or anyone, sent it before our settlement did): it pays no tx-hash invoice as well
+        // (kernel `Record::owns_executions`).
+        for (authorizer, nonce) in receipt::authorizations_used(&receipt, requirements.token) {
+            let key = keys::authorization(&network.caip2(), authorizer, nonce);
+            if crate::claims::load(&key)
+                .await?
+                .is_some_and(|r| r.owns_executions())
+            {
+                return Err(wit::Error::Conflict(format!(
+                    "already settled: transaction {:#x} executes an authorization presented here as an x402 \
+                     payment; it pays that payment only",
+                    self.hash
+                )));
+            }
+        }
+        // A transfer made before the invoice existed pays for something else; one made after its deadline,
+        // nothing.
+        let block = chain
+            .rpc
+            .call(&EthGetBlockByNumber {
+                block: BlockTag::Number(receipt.block_number),
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let Some(b) = block else {
+            return Ok(Proof::NotYet);
+        };
+        Ok(
+            match receipt::mined(
+                b.timestamp,
+                self.invoice.created_at,
+                self.invoice.expires_at,
+            ) {
+                Mined::InTime => Proof::Paid(network.caip2()),
+                Mined::BeforeInvoice => Proof::Refused(InvalidReason::InvalidTransactionState),
+                Mined::Late => Proof::Late,
+            },
+        )
+    }
+}
