@@ -404,16 +404,25 @@ pub const FRONT_RUN_LOOKBACK_BLOCKS: u64 = 1_000;
 /// gas estimate ran at would have failed the estimate, so this only covers a node whose `latest` lagged.
 pub const FRONT_RUN_MARGIN_BLOCKS: u64 = 64;
 
+/// The most blocks after the search's start that are searched: an authorization is executable only until its
+/// `validBefore` (minutes after our transaction was prepared), which this covers on chains of 0.25 s blocks,
+/// and node providers that cap `eth_getLogs` ranges commonly allow 10 000 blocks.
+pub const FRONT_RUN_MAX_SPAN_BLOCKS: u64 = 9_999;
+
 /// The blocks `(from, to)` (both included) to search for the transaction that used `record`'s authorization,
 /// which the chain showed used by `by_block`: from just before our transaction was prepared (or
-/// [`FRONT_RUN_LOOKBACK_BLOCKS`] back for a record that does not say) up to `by_block`, however long that is
-/// (a filter on one contract and three topics matches at most two logs, which nodes serve over any range).
+/// [`FRONT_RUN_LOOKBACK_BLOCKS`] back for a record that does not say) up to `by_block`, at most
+/// [`FRONT_RUN_MAX_SPAN_BLOCKS`] past the start however late the replay comes.
 pub fn front_run_search(record: &Record, by_block: u64) -> (u64, u64) {
     let from = match record.sent_at_block {
         Some(at) => at.saturating_sub(FRONT_RUN_MARGIN_BLOCKS),
         None => by_block.saturating_sub(FRONT_RUN_LOOKBACK_BLOCKS),
-    };
-    (from.min(by_block), by_block)
+    }
+    .min(by_block);
+    (
+        from,
+        by_block.min(from.saturating_add(FRONT_RUN_MAX_SPAN_BLOCKS)),
+    )
 }
 
 /// What a settlement whose own transaction ended as `failed` (reverted or dropped) becomes, when the
@@ -689,10 +698,11 @@ mod tests {
         let mut r = claimed(0);
         r.record_submitted("x402/nonce/a", "h1", &signed(0), Some(5_000), 1);
         assert_eq!(r.sent_at_block, Some(5_000));
-        // However long ago: a replay days later still reaches back to our transaction.
+        // However late the replay: from our transaction, over at most the span.
+        let from = 5_000 - FRONT_RUN_MARGIN_BLOCKS;
         assert_eq!(
             front_run_search(&r, 900_000),
-            (5_000 - FRONT_RUN_MARGIN_BLOCKS, 900_000)
+            (from, from + FRONT_RUN_MAX_SPAN_BLOCKS)
         );
         assert_eq!(
             front_run_search(&r, 5_000),
