@@ -835,3 +835,50 @@ async fn a_switch_moves_the_unused_balance_to_the_new_sim() {
     );
     assert_eq!(verify["ok"], true);
 }
+
+/// Suspend is recorded here only (ES2+ cannot push it to the network), so the quota grant is where it stops
+/// data: a suspended SIM is granted nothing (409) until it is resumed; a top-up may still be bought for it.
+/// Before, the grant looked at the balance alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_suspended_sim_is_granted_no_quota_until_resumed() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 1).await;
+    let data = format!("/v1/esim/{iccid}/data");
+    let (status, _, q) = s.post(&data, &json!({"quota_kb": 100}), &[]).await;
+    assert_eq!(status, 200, "{q}");
+
+    let (status, _, sim) = s
+        .post(&format!("/v1/esim/{iccid}/suspend"), &json!({}), &[])
+        .await;
+    assert_eq!(
+        (status, sim["state"].as_str()),
+        (200, Some("suspended")),
+        "{sim}"
+    );
+    let (status, _, refused) = s.post(&data, &json!({"quota_kb": 100}), &[]).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("suspended"),
+        "{refused}"
+    );
+    // A top-up can still be bought for it.
+    let (status, _, offer) = s
+        .post(&data, &json!({"quota_kb": 100, "top_up_mb": 10}), &[])
+        .await;
+    assert_eq!(status, 402, "{offer}");
+
+    let (status, _, sim) = s
+        .post(&format!("/v1/esim/{iccid}/resume"), &json!({}), &[])
+        .await;
+    assert_eq!(
+        (status, sim["state"].as_str()),
+        (200, Some("active")),
+        "{sim}"
+    );
+    let (status, _, q) = s.post(&data, &json!({"quota_kb": 100}), &[]).await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(q["granted_kb"], 100);
+}

@@ -52,15 +52,20 @@ pub fn invoice_value(inv: &wit::Invoice) -> Value {
     serde_json::to_value(&core).unwrap_or(Value::Null)
 }
 
-/// A SIM as JSON (the activation code is not included: it is only ever shown to the payer, once paid).
-pub fn sim_value(s: &wit::Sim) -> Value {
-    let state = match s.state {
+/// A SIM state's name on the wire.
+pub fn sim_state(state: wit::SimState) -> &'static str {
+    match state {
         wit::SimState::Pending => "pending",
         wit::SimState::Active => "active",
         wit::SimState::Suspended => "suspended",
         wit::SimState::Terminated => "terminated",
         wit::SimState::Failed => "failed",
-    };
+    }
+}
+
+/// A SIM as JSON (the activation code is not included: it is only ever shown to the payer, once paid).
+pub fn sim_value(s: &wit::Sim) -> Value {
+    let state = sim_state(s.state);
     let profile = match s.profile_state {
         wit::ProfileState::Ordered => "ordered",
         wit::ProfileState::Enabled => "enabled",

@@ -136,26 +136,31 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             data_mb,
             payer,
             quota,
-            show_balance: owner.is_ok(),
+            // The balance and the grant the retried request asked for, for its owner or carrier while the SIM
+            // is in service (no grant for a suspended one).
+            show_balance: owner.as_ref().is_ok_and(|sim| in_service(sim.state)),
         };
         let fingerprint = request_fingerprint(&format!("data/{iccid}"), &body, &proof);
         let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
         return Ok(render(&stored));
     }
 
-    if let Err(e) = owner {
-        let Some(mb) = top_up_mb else {
-            return Err(e);
-        };
-        let q = quote(mb).await?;
-        let invoice = seal(&q).await?;
-        let extra = json!({
-            "iccid": iccid, "status": "top_up",
-            "top_up_options": [{ "data_mb": q.data_mb, "amount_usdc": UsdcAmount::from_micros(q.amount) }],
-            "invoice_id": invoice.id,
-        });
-        return payment_required(&invoice, &q, &url, Some(extra));
-    }
+    let sim = match owner {
+        Ok(sim) => sim,
+        Err(e) => {
+            let Some(mb) = top_up_mb else {
+                return Err(e);
+            };
+            let q = quote(mb).await?;
+            let invoice = seal(&q).await?;
+            let extra = json!({
+                "iccid": iccid, "status": "top_up",
+                "top_up_options": [{ "data_mb": q.data_mb, "amount_usdc": UsdcAmount::from_micros(q.amount) }],
+                "invoice_id": invoice.id,
+            });
+            return payment_required(&invoice, &q, &url, Some(extra));
+        }
+    };
     let balance = metering::get_balance(iccid.to_owned())
         .await
         .map_err(from_wit)?;
@@ -168,6 +173,17 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     // `low` is the kernel's decision (`decide_quota` below the low-water mark, or suspended for balance). A
     // request that names `top_up_mb` buys that top-up whatever the balance (a proactive purchase).
     if !balance.low && top_up_mb.is_none() {
+        // Suspend and terminate are recorded here only (ES2+ cannot push them to the network), so the grant
+        // is where they stop data: none for a SIM not in service (a top-up may still be bought).
+        if !in_service(sim.state) {
+            return Err(ApiError::new(
+                esim402_core::ErrorKind::Conflict,
+                format!(
+                    "SIM {iccid} is {}: no quota is granted",
+                    crate::convert::sim_state(sim.state)
+                ),
+            ));
+        }
         return Ok(json(
             200,
             crate::convert::quota_value(&balance, quota).to_string(),
@@ -301,4 +317,9 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
     crate::pay::log_events(events, false).await;
     crate::pay::log_events(repeats, true).await;
     Ok(out)
+}
+
+/// Whether a SIM in `state` may be granted quota: only an active one (a pending one has no profile in use yet).
+fn in_service(state: wit::SimState) -> bool {
+    matches!(state, wit::SimState::Active)
 }
