@@ -23,18 +23,26 @@ fn refused(e: AuthError) -> wit::Error {
 pub async fn authorize(iccid: &str, credential: &wit::Credential) -> Result<wit::Sim, wit::Error> {
     let id = parse_iccid(iccid)?;
     let not_yours = || refused(AuthError::NotYours(iccid.to_owned()));
+    // A carrier credential is checked before the SIM is looked up: a wrong one is refused alike for every
+    // ICCID, so it cannot tell which exist.
+    let carrier = match credential {
+        wit::Credential::Carrier(secret) => Some(
+            crate::config::get()
+                .await?
+                .callbacks
+                .carrier_of(Some(secret))
+                .map_err(|e| wit::Error::Unauthorized(e.to_string()))?
+                .to_string(),
+        ),
+        _ => None,
+    };
     let sim = load(&id).await?.ok_or_else(not_yours)?;
     match credential {
         wit::Credential::Token(t) => {
             auth::decide(iccid, &sim.access, &Presented::Token(t)).map_err(refused)?;
         }
-        wit::Credential::Carrier(secret) => {
-            let cfg = crate::config::get().await?;
-            let carrier = cfg
-                .callbacks
-                .carrier_of(Some(secret))
-                .map_err(|e| wit::Error::Unauthorized(e.to_string()))?;
-            if carrier.as_str() != sim.carrier {
+        wit::Credential::Carrier(_) => {
+            if carrier.as_deref() != Some(sim.carrier.as_str()) {
                 return Err(not_yours());
             }
         }

@@ -1357,6 +1357,43 @@ async fn authorize(
         .unwrap()
 }
 
+/// A carrier credential is checked before the SIM is looked up: a wrong one is refused alike (401) for a SIM
+/// that exists and one that does not, so it cannot tell which ICCIDs are sold here (before, an unknown ICCID
+/// answered 404 and a known one 401). The right carrier's credential opens its SIM; another carrier's
+/// credential is "no SIM".
+#[tokio::test]
+async fn a_wrong_carrier_credential_cannot_tell_which_sims_exist() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-carrier-auth")
+        .await
+        .unwrap();
+    let carrier = |s: &str| types::Credential::Carrier(s.to_owned());
+    for target in [sim.iccid.clone(), "8901260000000099990".to_owned()] {
+        let r = authorize(&mut kit, &target, carrier("not a credential at all")).await;
+        assert!(
+            matches!(r, Err(types::Error::Unauthorized(_))),
+            "{target}: {r:?}"
+        );
+    }
+    let (own, other) = credentials_of(&sim.carrier);
+    authorize(&mut kit, &sim.iccid, carrier(&own))
+        .await
+        .unwrap();
+    let r = authorize(&mut kit, &sim.iccid, carrier(&other)).await;
+    assert!(matches!(r, Err(types::Error::NotFound(_))), "{r:?}");
+}
+
+/// The callback credential of `carrier` and of another carrier, from [`CALLBACKS`].
+fn credentials_of(carrier: &str) -> (String, String) {
+    let pairs: Vec<(&str, &str)> = CALLBACKS
+        .split(',')
+        .map(|p| p.split_once('=').unwrap())
+        .collect();
+    let own = pairs.iter().find(|(c, _)| *c == carrier).unwrap().1;
+    let other = pairs.iter().find(|(c, _)| *c != carrier).unwrap().1;
+    (own.to_owned(), other.to_owned())
+}
+
 #[tokio::test]
 async fn only_the_payer_and_the_current_token_open_a_sim() {
     let mut kit = kit_with(
