@@ -13,7 +13,7 @@ use esim402_core::esim::{
 use esim402_core::join::join_all;
 use esim402_core::order::{StoredSim, SwitchError, SwitchTarget, start_switch};
 use esim402_core::store::keys;
-use esim402_core::{CarrierId, DataMb, Region};
+use esim402_core::{CarrierId, DataMb, Region, UsdcAmount};
 use esim402_guest::convert::{internal, invalid, kv_err, sim_to_wit};
 use esim402_guest::kv::{self, Change};
 use esim402_guest::{util, wit};
@@ -188,12 +188,15 @@ pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quo
     // Quoted as a new switch (no invoice yet): a replacement that never took over does not block it.
     start_switch(&sim, replacement(&sim).await?.as_ref(), &target(t), "").map_err(refused)?;
     let (region, carrier, _) = route(&cfg, &sim, t)?;
-    let from = CarrierId::parse(&sim.carrier).map_err(|e| internal(e.0))?;
-    let data_mb = DataMb::new(sim.data_mb.into()).map_err(|e| internal(e.0))?;
-    let amount = cfg
+    // The fee: the unused balance moves by its value (metering revalues it at the new carrier's rate).
+    if cfg
         .price_book
-        .switch_charge(&from, &carrier, data_mb)
-        .ok_or_else(|| internal(format!("no rate for {from} or {carrier}")))?;
+        .bytes_for(&carrier, UsdcAmount::ZERO)
+        .is_none()
+    {
+        return Err(internal(format!("no rate for {carrier}")));
+    }
+    let amount = cfg.price_book.switch_charge();
     Ok(wit::Quote {
         carrier: carrier.to_string(),
         region: region.to_string(),

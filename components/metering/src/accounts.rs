@@ -6,7 +6,7 @@ use esim402_core::esim::plmn::{Plmn, RoamingPolicy};
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
 use esim402_core::usage::account::{
-    Account, AccountError, Credit, CreditKind, Quota, decide_quota,
+    Account, AccountError, Credit, CreditKind, Quota, decide_quota, revalue,
 };
 use esim402_core::{CarrierId, UsdcAmount};
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, kv_fault};
@@ -158,15 +158,25 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
         Some(a) => collect(a, used_old).await?,
         None => used_old,
     };
-    let (_, moved, _) = kv::change_json_from(&key, Some(version), |cur: Option<Account>| {
-        let mut a = cur.ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {from}")))?;
-        let moved = a
-            .transfer_out(&to_iccid, used_old, now)
-            .map_err(|e| wit::Error::Conflict(e.to_string()))?;
-        Ok((Change::Put(a), moved))
+    let (_, (moved, from_carrier), _) =
+        kv::change_json_from(&key, Some(version), |cur: Option<Account>| {
+            let mut a =
+                cur.ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {from}")))?;
+            let moved = a
+                .transfer_out(&to_iccid, used_old, now)
+                .map_err(|e| wit::Error::Conflict(e.to_string()))?;
+            let carrier = a.carrier.clone();
+            Ok((Change::Put(a), (moved, carrier)))
+        })
+        .await
+        .map_err(kv_err)?;
+    // The balance moves by its value: on another carrier each credit gets the bytes its value buys there
+    // (kernel `account::revalue`; the switch itself is charged its fee only).
+    let book = &crate::config::get().await?.price_book;
+    let moved = revalue(moved, from_carrier == carrier, |value| {
+        book.bytes_for(&carrier, value)
     })
-    .await
-    .map_err(kv_err)?;
+    .ok_or_else(|| internal(format!("no rate for {carrier} or {from_carrier}")))?;
     let used_new = used(to_iccid.as_str())?;
     let (account, new) =
         kv::update_json_with(&keys::balance(to_iccid.as_str()), |cur: Option<Account>| {

@@ -1,10 +1,12 @@
-//! The receipt-signer registry: each carrier's signing address from the carrier catalog (the
-//! `carrier_catalog` variable, else the shipped one), parsed once per instance.
+//! The receipt-signer registry (each carrier's signing address) and the price book (each carrier's rate, by
+//! which a switch's moved balance is revalued), from the carrier catalog (the `carrier_catalog` variable,
+//! else the shipped one), parsed once per instance.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use esim402_core::esim::catalog::Catalog;
+use esim402_core::pricing::PriceBook;
 use esim402_core::{Address, CarrierId};
 use esim402_guest::config::optional_var;
 use esim402_guest::convert::internal;
@@ -12,6 +14,8 @@ use esim402_guest::{instance_cache, wit};
 
 pub struct Config {
     signers: HashMap<CarrierId, Address>,
+    /// The carriers' rates.
+    pub price_book: PriceBook,
 }
 
 impl Config {
@@ -36,7 +40,10 @@ pub async fn get() -> Result<Rc<Config>, wit::Error> {
                 .iter()
                 .filter_map(|c| Some((c.id.clone(), c.receipt_signer?)))
                 .collect();
-            Ok(Config { signers })
+            Ok(Config {
+                signers,
+                price_book: catalog.price_book(),
+            })
         })
         .await
 }

@@ -35,19 +35,24 @@ impl PriceBook {
             .map(UsdcAmount::from_micros)
     }
 
-    /// What moving a `data_mb` bundle from `from` to `to` costs: a new profile is ordered, so the activation
-    /// fee, plus the bundle's price difference when the new carrier is dearer (a cheaper carrier is no
-    /// refund: the old bundle is not metered back). Never below the minimum invoice.
-    pub fn switch_charge(
-        &self,
-        from: &CarrierId,
-        to: &CarrierId,
-        data_mb: DataMb,
-    ) -> Option<UsdcAmount> {
-        let old = self.usage(from, data_mb)?;
-        let new = self.usage(to, data_mb)?;
-        let extra = new.checked_sub(old).unwrap_or(UsdcAmount::ZERO);
-        Some(self.activation_fee.checked_add(extra)?.max(self.minimum))
+    /// What a switch to another carrier or region costs: a new profile is ordered, so the activation fee,
+    /// never below the minimum invoice. The unused balance moves by its value, not its bytes (see
+    /// [`PriceBook::bytes_for`]): on a dearer carrier it buys fewer bytes, on a cheaper one more, so nothing
+    /// is priced on a bundle size that top-ups and earlier use have long changed.
+    pub fn switch_charge(&self) -> UsdcAmount {
+        self.activation_fee.max(self.minimum)
+    }
+
+    /// The bytes `value` buys on `carrier` (rounded down), or `None` for an unknown carrier or a zero rate.
+    pub fn bytes_for(&self, carrier: &CarrierId, value: UsdcAmount) -> Option<u64> {
+        let rate = self.rates.iter().find(|r| &r.carrier == carrier)?;
+        if rate.milli_micros_per_mb == 0 {
+            return None;
+        }
+        // micro-USDC × 1000 = milli-micros; ÷ rate = MB; × 10^6 = bytes.
+        let bytes =
+            u128::from(value.micros()) * 1_000_000_000 / u128::from(rate.milli_micros_per_mb);
+        Some(u64::try_from(bytes).unwrap_or(u64::MAX))
     }
 
     /// A data top-up of `data_mb` on `carrier`: the data at the carrier's rate (no activation fee), never below
@@ -113,24 +118,30 @@ mod tests {
     }
 
     #[test]
-    fn switching_to_a_dearer_carrier_pays_fee_plus_difference() {
-        let book = seed();
-        let mb = DataMb::new(100).unwrap();
-        // 100 MB: tmobile $0.30, verizon $0.35 → $0.12 fee + $0.05.
-        assert_eq!(
-            book.switch_charge(&c("tmobile"), &c("verizon"), mb)
+    fn a_switch_costs_the_fee_and_the_balance_moves_by_its_value() {
+        let mut book = seed();
+        assert_eq!(book.switch_charge().micros(), 120_000);
+        // 100 MB of T-Mobile data cost $0.30: on Verizon ($0.0035/MB) that buys 85.71 MB, on T-Mobile 100.
+        let paid = book
+            .usage(&c("tmobile"), DataMb::new(100).unwrap())
+            .unwrap();
+        assert_eq!(book.bytes_for(&c("verizon"), paid), Some(85_714_285));
+        assert_eq!(book.bytes_for(&c("tmobile"), paid), Some(100_000_000));
+        assert_eq!(book.bytes_for(&c("tmobile"), UsdcAmount::ZERO), Some(0));
+        assert_eq!(book.bytes_for(&c("nope"), paid), None);
+        // The arbitrage this closes: 1 MB activated, 100 000 MB topped up cheaply, switched to a dearer
+        // carrier. The switch costs the fee; the balance keeps its value, not its bytes.
+        let topped = book
+            .usage(&c("tmobile"), DataMb::new(100_000).unwrap())
+            .unwrap();
+        let moved = book.bytes_for(&c("verizon"), topped).unwrap();
+        assert!(
+            book.usage(&c("verizon"), DataMb::new(moved / 1_000_000).unwrap())
                 .unwrap()
-                .micros(),
-            170_000
+                <= topped
         );
-        // Cheaper: the fee only.
-        assert_eq!(
-            book.switch_charge(&c("verizon"), &c("tmobile"), mb)
-                .unwrap()
-                .micros(),
-            120_000
-        );
-        assert!(book.switch_charge(&c("nope"), &c("tmobile"), mb).is_none());
+        book.activation_fee = UsdcAmount::ZERO;
+        assert_eq!(book.switch_charge(), book.minimum);
     }
 
     #[test]

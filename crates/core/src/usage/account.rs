@@ -409,6 +409,28 @@ fn unused_parts(credits: &[Credit], used: u64) -> Vec<(&Credit, u64, UsdcAmount)
     out
 }
 
+/// The credits a switch moved ([`Account::transfer_out`]) as the new SIM holds them when its carrier is another:
+/// each keeps its value (`paid`, the refund rate) and gets the bytes that value buys there (`bytes_for`,
+/// rounded down; one that buys none is dropped). `None` if a rate is unknown. On the same carrier they move as
+/// they are.
+pub fn revalue(
+    moved: Vec<Credit>,
+    same_carrier: bool,
+    bytes_for: impl Fn(UsdcAmount) -> Option<u64>,
+) -> Option<Vec<Credit>> {
+    if same_carrier {
+        return Some(moved);
+    }
+    let mut out = Vec::with_capacity(moved.len());
+    for c in moved {
+        let bytes = bytes_for(c.paid)?;
+        if bytes > 0 {
+            out.push(Credit { bytes, ..c });
+        }
+    }
+    Some(out)
+}
+
 /// Take `used` bytes from the oldest credits first; refund what each credit has left at its own rate.
 pub fn unused_shares(credits: &[Credit], used: u64) -> Vec<RefundShare> {
     let mut out = Vec::new();
@@ -484,6 +506,22 @@ mod tests {
             RoamingPolicy::default(),
             credit("inv_a", 10, 30_000),
         )
+    }
+
+    #[test]
+    fn moved_credits_keep_their_value_on_another_carrier() {
+        let moved = vec![credit("inv_a", 10, 30_000), credit("inv_b", 1, 0)];
+        // $0.0035/MB on the new carrier: 30 000 micro-USDC buy 8.571428 MB; a credit worth nothing is dropped.
+        let rate = 3_500_000u128;
+        let bytes_for =
+            |v: UsdcAmount| Some((u128::from(v.micros()) * 1_000_000_000 / rate) as u64);
+        let got = revalue(moved.clone(), false, bytes_for).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].bytes, got[0].paid), (8_571_428, moved[0].paid));
+        assert_eq!(got[0].invoice, "inv_a");
+        // Same carrier: as they are. Unknown rate: no move.
+        assert_eq!(revalue(moved.clone(), true, |_| None), Some(moved.clone()));
+        assert_eq!(revalue(moved, false, |_| None), None);
     }
 
     #[test]

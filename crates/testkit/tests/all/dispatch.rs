@@ -1114,7 +1114,7 @@ async fn switch_to(
 }
 
 #[tokio::test]
-async fn switch_quotes_the_difference_and_replaces_after_installation() {
+async fn switch_quotes_the_fee_and_replaces_after_installation() {
     let mut kit = kit_with(Arc::default(), &[]).await;
     let old = order(&mut kit, request("us-west", None), "inv-15")
         .await
@@ -1129,8 +1129,8 @@ async fn switch_quotes_the_difference_and_replaces_after_installation() {
         .await
         .unwrap()
         .unwrap();
-    // 100 MB: tmobile $0.30 → verizon $0.35: fee $0.12 + $0.05.
-    assert_eq!((q.carrier.as_str(), q.amount), ("verizon", 170_000));
+    // The fee: the unused balance moves by its value (metering revalues it at Verizon's rate).
+    assert_eq!((q.carrier.as_str(), q.amount), ("verizon", 120_000));
 
     let id = old.iccid.clone();
     let same = kit

@@ -456,6 +456,44 @@ async fn usage_the_old_sim_reports_after_a_switch_draws_on_the_new_sim() {
     assert!(b.suspended_for_balance);
 }
 
+/// A switch to another carrier moves the unused balance by its value, not its bytes: 7 of 10 MB bought for
+/// $0.03 on T-Mobile are worth $0.021, which buys 6 MB on Verizon ($0.0035/MB); the refund of the new SIM is
+/// that value. Before, the bytes moved as they were, so a large balance bought cheaply moved to a dearer
+/// carrier for the switch fee (which priced the difference on the activation bundle only).
+#[tokio::test]
+async fn a_switch_to_another_carrier_moves_the_balance_by_its_value() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(25), iccid(26));
+    open(&mut kit, &old, 10).await;
+    ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 1, 3 * MB, "310-260")],
+    )
+    .await;
+    for _ in 0..2 {
+        let (from, to) = (old.clone(), sim(&new, "verizon"));
+        let moved = kit
+            .call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved.balance.remaining_bytes, 6_000_000, "once, by value");
+    }
+    let id = new.clone();
+    let shares = kit
+        .call(async move |a, g| g.metering().call_close(a, id).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let shares: Vec<Value> = serde_json::from_str(&shares).unwrap();
+    assert_eq!(shares.len(), 1, "{shares:?}");
+    assert_eq!(
+        (shares[0]["bytes"].as_u64(), shares[0]["amount"].as_str()),
+        (Some(6 * MB), Some("0.021")),
+        "{shares:?}"
+    );
+}
+
 /// A batch that was charging the old SIM while the switch moved its data increments the old SIM's counter
 /// after the move's own hand-on, and no later batch of the old SIM may come to forward it. The new SIM's next
 /// batch and its balance read hand it on, once. (Before, those bytes were never charged.)
