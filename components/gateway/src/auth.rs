@@ -33,8 +33,9 @@ pub async fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credent
     };
     let url = resource_url(req);
     let configured = esim402_guest::config::optional_var("public_origins").await;
-    let origins =
-        siwx::expected_origins(configured.as_deref(), &url).map_err(|e| unauthorized(&e))?;
+    let client = header(req, "spin-client-addr");
+    let origins = siwx::expected_origins(configured.as_deref(), &url, client)
+        .map_err(|e| unauthorized(&e))?;
     let verified = SiwxProof::from_header(value)
         .and_then(|p| p.verify_for(&origins, now()))
         .map_err(|e| unauthorized(&e))?;

@@ -130,11 +130,14 @@ pub fn origin_of(url: &str) -> Option<(&str, &str)> {
 /// The `(origin, domain)` pairs a wallet sign-in may name on this service. With `configured` (the
 /// `public_origins` variable: comma-separated `scheme://host[:port]`), exactly those: the request's own Host
 /// header is the client's to choose, so it cannot say which site a signature was made for (a signature a
-/// wallet gave another site would open SIMs here). Without it, only a request to a loopback host may use its
-/// own origin (development); anywhere else sign-ins are refused until the variable is set.
+/// wallet gave another site would open SIMs here). Without it, only a request to a loopback host *from* a
+/// loopback address (`client`: the peer's `ip:port`, Spin's `spin-client-addr`) may use its own origin
+/// (development): the Host header alone is the client's to choose, so a public deployment would otherwise take
+/// a signature its owner gave a local app. Anywhere else sign-ins are refused until the variable is set.
 pub fn expected_origins<'a>(
     configured: Option<&'a str>,
     request_url: &'a str,
+    client: Option<&str>,
 ) -> Result<Vec<(&'a str, &'a str)>, AuthError> {
     if let Some(list) = configured {
         let origins: Vec<_> = list
@@ -150,8 +153,13 @@ pub fn expected_origins<'a>(
         }
         return Ok(origins);
     }
+    let from_loopback = client
+        .and_then(|c| c.parse::<std::net::SocketAddr>().ok())
+        .is_some_and(|a| a.ip().is_loopback());
     match origin_of(request_url) {
-        Some((origin, domain)) if is_loopback(domain) => Ok(vec![(origin, domain)]),
+        Some((origin, domain)) if from_loopback && is_loopback(domain) => {
+            Ok(vec![(origin, domain)])
+        }
         _ => Err(invalid(
             "wallet sign-in needs this service's public origin: set the public_origins variable",
         )),

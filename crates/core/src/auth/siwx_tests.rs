@@ -261,7 +261,8 @@ fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
     assert_eq!(
         expected_origins(
             Some("https://esim.example.com, http://10.0.0.5:3000"),
-            "http://evil.com/v1/esim"
+            "http://evil.com/v1/esim",
+            Some("203.0.113.9:5000"),
         ),
         Ok(vec![
             ("https://esim.example.com", "esim.example.com"),
@@ -269,25 +270,35 @@ fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
         ]),
         "the configured origins, whatever the request's Host says"
     );
-    assert!(expected_origins(Some(" , "), "http://127.0.0.1/").is_err());
+    assert!(expected_origins(Some(" , "), "http://127.0.0.1/", Some("127.0.0.1:1")).is_err());
     for local in [
         "http://127.0.0.1:3000/v1/esim",
         "http://localhost/x",
         "http://[::1]:8080/",
     ] {
         let (origin, _) = origin_of(local).unwrap();
-        assert_eq!(
-            expected_origins(None, local).unwrap()[0].0,
-            origin,
-            "{local}"
-        );
+        for client in ["127.0.0.1:40000", "[::1]:40000"] {
+            assert_eq!(
+                expected_origins(None, local, Some(client)).unwrap()[0].0,
+                origin,
+                "{local}"
+            );
+        }
+        // A loopback Host from a remote peer, or from a peer nobody named: the Host header is the client's.
+        for client in [Some("203.0.113.9:5000"), Some("not an address"), None] {
+            let e = expected_origins(None, local, client).unwrap_err();
+            assert!(
+                e.to_string().contains("public_origins"),
+                "{local} {client:?}: {e}"
+            );
+        }
     }
     for remote in [
         "http://evil.com/v1/esim",
         "http://10.0.0.5:3000/",
         "http://127.0.0.1.evil.com/",
     ] {
-        let e = expected_origins(None, remote).unwrap_err();
+        let e = expected_origins(None, remote, Some("127.0.0.1:40000")).unwrap_err();
         assert!(e.to_string().contains("public_origins"), "{remote}: {e}");
     }
 }
