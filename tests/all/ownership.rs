@@ -320,6 +320,14 @@ async fn the_payer_lists_its_sims_by_agent_label() {
     let sims = one["sims"].as_array().unwrap();
     assert_eq!(sims.len(), 1, "{one}");
     assert_eq!(sims[0]["agent_id"], "pump-2");
+    // Percent-encoded as clients encode queries (before, `%2D` was taken literally: a 400).
+    let (status, encoded) = list(
+        "?agent_id=pump%2D2",
+        Some(("sign-in-with-x", s.sign_in("/v1/esim?agent_id=pump%2D2"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{encoded}");
+    assert_eq!(encoded["sims"], one["sims"], "{encoded}");
     // Anonymous, or with one SIM's token: 401 (listing is the wallet's).
     assert_eq!(list("", None).await.0, 401);
     assert_eq!(

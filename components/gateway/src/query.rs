@@ -1,4 +1,5 @@
-//! Query strings: `name=value` pairs, each handed to the route's parser; unknown names are a 400.
+//! Query strings: `name=value` pairs, percent-decoded (and `+` as a space) as clients encode them, each
+//! handed to the route's parser; unknown names are a 400.
 
 use esim402_core::ApiError;
 
@@ -8,13 +9,8 @@ pub fn params(
     expected: &str,
     mut set: impl FnMut(&str, &str) -> Result<bool, ApiError>,
 ) -> Result<(), ApiError> {
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if !set(k, v)? {
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if !set(&k, &v)? {
             return Err(ApiError::invalid(
                 k.to_owned(),
                 format!("unknown query parameter {k:?}; expected {expected}"),
