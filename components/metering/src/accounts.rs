@@ -158,6 +158,19 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
         Some(a) => collect(a, used_old).await?,
         None => used_old,
     };
+    // A new SIM whose account is closed or closing (terminated before the move ran) cannot take the credits:
+    // refused before the old account gives them up, so they stay where they are (the old SIM keeps them).
+    let to_key = keys::balance(to_iccid.as_str());
+    if let Some(dest) = kv::get_json::<Account, wit::Error>(&to_key)
+        .await
+        .map_err(kv_err)?
+        .filter(|a| a.closing || a.closed.is_some())
+    {
+        return Err(wit::Error::Conflict(format!(
+            "SIM {} is terminated: the balance of {from} stays there",
+            dest.iccid
+        )));
+    }
     let (_, (moved, from_carrier), _) =
         kv::change_json_from(&key, Some(version), |cur: Option<Account>| {
             let mut a =

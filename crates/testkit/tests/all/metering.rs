@@ -494,6 +494,38 @@ async fn a_switch_to_another_carrier_moves_the_balance_by_its_value() {
     );
 }
 
+/// A switch whose move runs after the new SIM was terminated (someone topped it up, which opened its account,
+/// and its owner terminated it) is refused before the old account gives its credits up: they stay on the old
+/// SIM (before, the old account closed and the new one refused them: the balance was lost).
+#[tokio::test]
+async fn a_move_to_a_terminated_sim_leaves_the_balance_where_it_was() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(27), iccid(28));
+    open(&mut kit, &old, 10).await;
+    let (s, c) = (sim(&new, "tmobile"), credit("inv_gift", 1, 3_000));
+    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let id = new.clone();
+    kit.call(async move |a, g| g.metering().call_close(a, id).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let (from, to) = (old.clone(), sim(&new, "tmobile"));
+    let refused = kit
+        .call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, Err(types::Error::Conflict(_))),
+        "{refused:?}"
+    );
+    let b = balance(&mut kit, &old).await;
+    assert!(!b.closed, "the old SIM keeps its balance");
+    assert_eq!(b.remaining_bytes, 10_000_000);
+}
+
 /// A batch that was charging the old SIM while the switch moved its data increments the old SIM's counter
 /// after the move's own hand-on, and no later batch of the old SIM may come to forward it. The new SIM's next
 /// batch and its balance read hand it on, once. (Before, those bytes were never charged.)
