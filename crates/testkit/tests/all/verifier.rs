@@ -2798,6 +2798,29 @@ async fn a_tx_hash_proof_is_found_on_any_network_the_invoice_offers() {
     assert_eq!(record["network"], "eip155:84532");
     assert_eq!(record["status"], "confirmed");
 
+    // An invoice whose terms for the first network no longer match the deployment's token (its address
+    // changed since): that network is skipped, not a final refusal, and the transfer on the second pays.
+    let mut stale = invoice(38, Some(payer()));
+    stale.accepts = inv.accepts.clone();
+    stale.accepts[0].asset = "0x0000000000000000000000000000000000000001".into();
+    let transfer2 = keccak256("another transfer on base-sepolia");
+    let mut log2 = transfer_log(payer(), addr(PAY_TO), PRICE);
+    log2["address"] = json!(USDC2);
+    second.set(|c| {
+        c.receipts
+            .insert(transfer2, receipt(transfer2, true, vec![log2]));
+    });
+    let (w, p) = (
+        wit_invoice(&stale),
+        signed_proof(&stale, transfer2, &payer_key()),
+    );
+    let found = kit
+        .call(async move |a, g| g.verifier().call_verify(a, w, p).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.network, "eip155:84532");
+
     // Not mined on either: pending. One chain down and the transfer on neither that answers: 503.
     first.set(|c| c.down = false);
     let unmined = keccak256("not mined anywhere yet");
