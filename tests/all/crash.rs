@@ -918,3 +918,61 @@ async fn a_held_settlement_whose_authorization_was_canceled_fails() {
     assert_eq!(count(&kinds, "settlement_confirmed"), 0, "{kinds:?}");
     assert_eq!(count(&kinds, "activation_completed"), 0, "{kinds:?}");
 }
+
+/// A tx-hash payment held by a crash (its transfer claimed for the invoice, the invoice not marked paid) is its
+/// payer's: someone who resends the public hash with a signature that does not verify gets a 402 and does not
+/// end it, so no other payment can take the invoice meanwhile, and the payer's own proof sent again completes
+/// it. (Before, the bad signature released the payment: another payment took the invoice, and the payer's
+/// transfer was refused with nothing delivered and nothing owed back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_signature_does_not_end_a_held_tx_hash_payment() {
+    let failpoint = "txhash/";
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("ESIM402_FAILPOINT", failpoint)],
+    )
+    .await;
+    let body =
+        serde_json::json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let start = s.balance(agent()).await;
+    let tx =
+        crate::payments::pay_directly(&s, esim402_host::devstack::chain::RECIPIENT, price(&req))
+            .await;
+    let proof = proof_headers(&tx, &id);
+    let mut held = s
+        .http
+        .post(format!("{}/v1/esim/activate", s.url))
+        .json(&body);
+    for (k, v) in &proof {
+        held = held.header(*k, v);
+    }
+    kill_during(&mut s, held, failpoint).await;
+    restart_later(&mut s, LEASE_SECS + 1, &[]).await;
+
+    let mut forged = proof.clone();
+    forged[1].1 = esim402_tests::sign_proof(
+        "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+        &id,
+        &tx,
+    );
+    let (status, _, refused) = s.post("/v1/esim/activate", &body, &forged).await;
+    assert_eq!(status, 402, "{refused}");
+    // Another payment cannot take the invoice meanwhile.
+    let other = Payment::for_requirement(&req);
+    let (status, _, taken) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &[("payment-signature", other.header())],
+        )
+        .await;
+    assert_ne!(status, 200, "{taken}");
+    assert!(!s.nonce_used(agent(), other.auth.nonce).await);
+    // The payer's own proof completes it.
+    let (status, _, done) = s.post("/v1/esim/activate", &body, &proof).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["transaction"], tx.as_str(), "{done}");
+    assert_eq!(s.balance(agent()).await, start - price(&req), "paid once");
+}

@@ -12,7 +12,7 @@ pub fn params(
     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         if !set(&k, &v)? {
             return Err(ApiError::invalid(
-                k.to_owned(),
+                k.to_string(),
                 format!("unknown query parameter {k:?}; expected {expected}"),
             ));
         }

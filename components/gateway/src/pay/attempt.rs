@@ -221,6 +221,15 @@ impl Attempt<'_> {
         self.flush().await;
         match verified {
             Ok(v) => Ok(v),
+            // A tx-hash payment is the transaction hash alone (its record's key): a resumed one presented with a
+            // signature that does not verify is someone else's attempt at it, which must not end the payer's.
+            Err(wit::Error::PaymentRequired(reason))
+                if self.resumed
+                    && self.proof.kind == super::Kind::TxHash
+                    && reason == esim402_core::x402::InvalidReason::Signature.as_str() =>
+            {
+                Err((wit::PaymentEnd::Resume, self.challenge(&reason)))
+            }
             Err(wit::Error::PaymentRequired(reason)) => {
                 Err((wit::PaymentEnd::Release, self.challenge(&reason)))
             }
