@@ -259,6 +259,8 @@ async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
         .post(&data, &json!({}), &[("payment-signature", pay.header())])
         .await;
     assert_eq!(status, 200, "{paid}");
+    // Suspended for balance only, not by its owner: the owner's paid top-up gets its grant.
+    assert_eq!(paid["status"], "granted", "{paid}");
     // The same payment again moves nothing and credits nothing.
     let (status, _, _) = s
         .post(&data, &json!({}), &[("payment-signature", pay.header())])

@@ -138,7 +138,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             quota,
             // The balance and the grant the retried request asked for, for its owner or carrier while the SIM
             // is in service (no grant for a suspended one).
-            show_balance: owner.as_ref().is_ok_and(|sim| in_service(sim.state)),
+            show_balance: owner.as_ref().is_ok_and(in_service),
         };
         let fingerprint = request_fingerprint(&format!("data/{iccid}"), &body, &proof);
         let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
@@ -175,13 +175,15 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     if !balance.low && top_up_mb.is_none() {
         // Suspend and terminate are recorded here only (ES2+ cannot push them to the network), so the grant
         // is where they stop data: none for a SIM not in service (a top-up may still be bought).
-        if !in_service(sim.state) {
+        if !in_service(&sim) {
+            let why = if sim.held_by_owner {
+                "suspended by its owner"
+            } else {
+                crate::convert::sim_state(sim.state)
+            };
             return Err(ApiError::new(
                 esim402_core::ErrorKind::Conflict,
-                format!(
-                    "SIM {iccid} is {}: no quota is granted",
-                    crate::convert::sim_state(sim.state)
-                ),
+                format!("SIM {iccid} is {why}: no quota is granted"),
             ));
         }
         return Ok(json(
@@ -319,7 +321,13 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
-/// Whether a SIM in `state` may be granted quota: only an active one (a pending one has no profile in use yet).
-fn in_service(state: wit::SimState) -> bool {
-    matches!(state, wit::SimState::Active)
+/// Whether `sim` may be granted quota: an active one, or one suspended for balance alone (its balance decides:
+/// a top-up whose release has not reached the SIM yet must not leave it refused). Not one its owner suspended,
+/// a terminated or failed one, or a pending one (no profile in use yet).
+fn in_service(sim: &wit::Sim) -> bool {
+    match sim.state {
+        wit::SimState::Active => true,
+        wit::SimState::Suspended => !sim.held_by_owner,
+        wit::SimState::Pending | wit::SimState::Terminated | wit::SimState::Failed => false,
+    }
 }

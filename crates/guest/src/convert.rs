@@ -330,5 +330,6 @@ pub fn sim_to_wit(s: &StoredSim) -> wit::Sim {
         replaced_by: s.replaced_by.clone(),
         owner: s.access.owner.map(|a| a.to_checksum(None)),
         label: s.label.clone(),
+        held_by_owner: s.holds.by_owner(s.state),
     }
 }

@@ -97,6 +97,11 @@ impl Holds {
         }
     }
 
+    /// Whether the SIM's owner holds it (suspended by its owner, whatever the balance says).
+    pub fn by_owner(self, state: SimState) -> bool {
+        self.effective(state).owner
+    }
+
     fn state(self) -> SimState {
         if self.owner || self.balance {
             SimState::Suspended
@@ -278,10 +283,15 @@ mod tests {
         // The balance runs out: suspended; the owner cannot resume it, a top-up (a later epoch) does.
         let (s, h) = balance_hold(S::Active, none, true, 1).unwrap();
         assert_eq!((s, h.balance, h.owner), (S::Suspended, true, false));
+        assert!(!h.by_owner(s), "held for balance only");
         assert_eq!(owner_action(s, h, A::Resume), Err(HoldError::BalanceHeld));
         // The owner suspends it too; the top-up then leaves it suspended until the owner resumes.
         let (s, h) = owner_action(s, h, A::Suspend).unwrap();
         assert!(h.owner && h.balance && s == S::Suspended);
+        assert!(h.by_owner(s));
+        // A SIM stored suspended before holds were kept is its owner's.
+        assert!(none.by_owner(S::Suspended));
+        assert!(!none.by_owner(S::Active));
         assert_eq!(
             owner_action(s, h, A::Suspend),
             Err(HoldError::Transition(InvalidTransition {

@@ -39,6 +39,7 @@ fn sim(iccid: &str, carrier: &str) -> types::Sim {
         replaced_by: None,
         owner: None,
         label: None,
+        held_by_owner: false,
     }
 }
 
