@@ -158,6 +158,14 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
         Some(a) => collect(a, used_old).await?,
         None => used_old,
     };
+    // The credits are revalued at the new carrier's rate after the old account gave them up: a carrier without
+    // a usable rate is refused before (the move then fails, and the balance stays on the old SIM).
+    let book = &crate::config::get().await?.price_book;
+    if book.bytes_for(&carrier, UsdcAmount::ZERO).is_none() {
+        return Err(internal(format!(
+            "no usable rate for {carrier}: the balance of {from} stays there"
+        )));
+    }
     // A new SIM whose account is closed or closing (terminated before the move ran) cannot take the credits:
     // refused before the old account gives them up, so they stay where they are (the old SIM keeps them).
     let to_key = keys::balance(to_iccid.as_str());
@@ -185,7 +193,6 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
         .map_err(kv_err)?;
     // The balance moves by its value: on another carrier each credit gets the bytes its value buys there
     // (kernel `account::revalue`; the switch itself is charged its fee only).
-    let book = &crate::config::get().await?.price_book;
     let moved = revalue(moved, from_carrier == carrier, |value| {
         book.bytes_for(&carrier, value)
     })
