@@ -98,8 +98,17 @@ async fn open(kit: &mut Kit, iccid: &str, mb: u64) -> types::Balance {
 
 /// Ingest a batch: what the component answers (report, ledger events, SIMs run dry).
 async fn ingested(kit: &mut Kit, receipts: Vec<Value>) -> esim402_testkit::metering::Ingested {
+    ingested_at(kit, receipts, now()).await
+}
+
+/// [`ingested`] at the clock `at` (unix seconds).
+async fn ingested_at(
+    kit: &mut Kit,
+    receipts: Vec<Value>,
+    at: u64,
+) -> esim402_testkit::metering::Ingested {
     let body = json!({ "receipts": receipts }).to_string();
-    kit.call(async move |a, g| g.metering().call_ingest(a, body, now()).await)
+    kit.call(async move |a, g| g.metering().call_ingest(a, body, at).await)
         .await
         .unwrap()
         .unwrap()
@@ -903,21 +912,25 @@ async fn held_usage_events_are_logged_once_after_a_crash_whatever_landed() {
 
     // A: appended, its release lost. B: a crash right after its charges, nothing appended. C: appended and
     // released, as the gateway does.
-    let a = ingested(
+    // At the test's clock `t`: a second boundary between `t` and the batches must not move them.
+    let a = ingested_at(
         &mut meter,
         vec![receipt(&id, "tmobile", "h", 1, 100_000, "310-260")],
+        t,
     )
     .await;
     assert!(meter.kv_get(&slot(&a.held)).await.is_some(), "held");
     log(&mut books, a.events.clone()).await;
-    let b = ingested(
+    let b = ingested_at(
         &mut meter,
         vec![receipt(&id, "tmobile", "h", 2, 50_000, "310-260")],
+        t,
     )
     .await;
-    let c = ingested(
+    let c = ingested_at(
         &mut meter,
         vec![receipt(&id, "tmobile", "h", 3, 25_000, "310-260")],
+        t,
     )
     .await;
     log(&mut books, c.events.clone()).await;
