@@ -794,13 +794,19 @@ async fn a_transaction_executing_a_held_authorization_pays_no_tx_hash_invoice() 
     assert_eq!(inv["status"], "open", "{inv}");
 }
 
-/// Held, then front-run: the facilitator recorded a payment's settlement and died before the broadcast; the
-/// payer then executed the same authorization itself. Sent again, the payment's own transaction reverts, the
-/// token's `AuthorizationUsed` log names the payer's, whose transfer is this payment's money: the payment is
-/// settled by that transaction and the SIM delivered (before, it stayed pending for an operator). A refund
-/// is owed against it, and the payer's transaction pays no other invoice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_settlement_front_run_by_its_payer_is_settled_by_the_payers_transaction() {
+/// A payment whose settlement the facilitator recorded and died before broadcasting (`x402/nonce/#2`), after
+/// which its payer sent `call` (its authorization executed or canceled), mined; the host restarted past the
+/// payment's lease.
+struct Held {
+    s: PayStack,
+    invoice: serde_json::Value,
+    req: esim402_core::x402::wire::PaymentRequirements,
+    header: String,
+    tx: String,
+    start: alloy_primitives::U256,
+}
+
+async fn held_then(call: impl Fn(&Payment) -> Vec<u8>) -> Held {
     let failpoint = "x402/nonce/#2";
     let mut s = PayStack::start_with(
         Some((&Runner::Host, Store::Sqlite)),
@@ -812,10 +818,35 @@ async fn a_settlement_front_run_by_its_payer_is_settled_by_the_payers_transactio
     let pay = Payment::for_requirement(&req);
     let header = pay.header();
     stall_and_kill(&mut s, &header, failpoint).await;
-    let tx = s.send_token(agent(), pay.calldata()).await;
+    let tx = s.send_token(agent(), call(&pay)).await;
     s.mined(&tx).await;
-
+    assert!(s.nonce_used(agent(), pay.auth.nonce).await);
     restart_later(&mut s, LEASE_SECS + 1, &[]).await;
+    Held {
+        s,
+        invoice,
+        req,
+        header,
+        tx,
+        start,
+    }
+}
+
+/// Held, then front-run: the facilitator recorded a payment's settlement and died before the broadcast; the
+/// payer then executed the same authorization itself. Sent again, the payment's own transaction reverts, the
+/// token's `AuthorizationUsed` log names the payer's, whose transfer is this payment's money: the payment is
+/// settled by that transaction and the SIM delivered (before, it stayed pending for an operator). A refund
+/// is owed against it, and the payer's transaction pays no other invoice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settlement_front_run_by_its_payer_is_settled_by_the_payers_transaction() {
+    let Held {
+        s,
+        invoice,
+        req,
+        header,
+        tx,
+        start,
+    } = held_then(Payment::calldata).await;
     let (status, headers, body) = send_payment(&s, &header).await;
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -874,22 +905,13 @@ async fn a_settlement_front_run_by_its_payer_is_settled_by_the_payers_transactio
 /// profile is withdrawn (before, it stayed pending for an operator).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_settlement_whose_authorization_was_canceled_fails() {
-    let failpoint = "x402/nonce/#2";
-    let mut s = PayStack::start_with(
-        Some((&Runner::Host, Store::Sqlite)),
-        &[("ESIM402_FAILPOINT", failpoint)],
-    )
-    .await;
-    let start = s.balance(agent()).await;
-    let (invoice, req) = s.invoice(&activation()).await;
-    let pay = Payment::for_requirement(&req);
-    let header = pay.header();
-    stall_and_kill(&mut s, &header, failpoint).await;
-    let tx = s.send_token(agent(), pay.cancel_calldata()).await;
-    s.mined(&tx).await;
-    assert!(s.nonce_used(agent(), pay.auth.nonce).await, "canceled");
-
-    restart_later(&mut s, LEASE_SECS + 1, &[]).await;
+    let Held {
+        s,
+        invoice,
+        header,
+        start,
+        ..
+    } = held_then(Payment::cancel_calldata).await;
     let (status, _, body) = send_payment(&s, &header).await;
     assert_eq!(status, 402, "{body}");
     assert!(body.to_string().contains("transaction_failed"), "{body}");
