@@ -21,7 +21,6 @@ use esim402_core::settlement::{
 use esim402_core::store::keys;
 use esim402_core::x402::exact::{TransferAuthorization, transfer_event_matches};
 
-use super::receipts::Claim;
 use crate::chain::Chain;
 use crate::claims;
 use crate::rpc::CALL_TIMEOUT;
@@ -39,17 +38,24 @@ pub struct Used<'a> {
     pub by_block: u64,
 }
 
-/// What the claim's `failed` settlement (reverted or dropped, its authorization used by then) becomes:
+/// What the `failed` settlement of the record at `record_key` (claim `claim`; reverted or dropped, its
+/// authorization used by then) becomes:
 /// confirmed by the transaction that executed it, failed, or still pending (see the module docs). A record
 /// someone else finished meanwhile is left as it is (`failed` goes to the caller's finish, which then reports
 /// what was recorded).
-pub async fn settle(chain: &Chain, claim: &Claim, failed: Outcome, used: &Used<'_>) -> Outcome {
+pub async fn settle(
+    chain: &Chain,
+    record_key: &str,
+    claim: &str,
+    failed: Outcome,
+    used: &Used<'_>,
+) -> Outcome {
     let ours = match failed {
         Outcome::Reverted(h) | Outcome::Dropped(h) => h,
         other => return other,
     };
-    let record = match claims::load(&claim.record_key).await {
-        Ok(Some(r)) if r.claim == claim.claim => r,
+    let record = match claims::load(record_key).await {
+        Ok(Some(r)) if r.claim == claim => r,
         _ => return Outcome::Pending(ours),
     };
     if record.is_terminal() {

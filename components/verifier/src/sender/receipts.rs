@@ -173,7 +173,15 @@ pub async fn wait(
                     executes,
                     by_block: block,
                 };
-                match front_run::settle(chain, claim, Outcome::Reverted(hash), &used).await {
+                match front_run::settle(
+                    chain,
+                    &claim.record_key,
+                    &claim.claim,
+                    Outcome::Reverted(hash),
+                    &used,
+                )
+                .await
+                {
                     Outcome::Pending(_) => return (Outcome::Pending(hash), true),
                     outcome => outcome,
                 }
@@ -249,7 +257,15 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> Option<Outco
                 executes: executes.as_ref(),
                 by_block: at,
             };
-            match front_run::settle(chain, claim, Outcome::Dropped(hash), &used).await {
+            match front_run::settle(
+                chain,
+                &claim.record_key,
+                &claim.claim,
+                Outcome::Dropped(hash),
+                &used,
+            )
+            .await
+            {
                 Outcome::Pending(_) => None,
                 outcome => Some(outcome),
             }
