@@ -37,7 +37,7 @@ pub async fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credent
     let origins = siwx::expected_origins(configured.as_deref(), &url, client)
         .map_err(|e| unauthorized(&e))?;
     let verified = SiwxProof::from_header(value)
-        .and_then(|p| p.verify_for(&origins, now()))
+        .and_then(|p| p.verify_for(&origins, siwx::path_of(&url), now()))
         .map_err(|e| unauthorized(&e))?;
     Ok(wit::Credential::Wallet(wit::WalletProof {
         address: verified.address.to_checksum(None),

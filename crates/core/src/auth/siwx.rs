@@ -72,6 +72,9 @@ pub struct Expect<'a> {
     pub domain: &'a str,
     /// `scheme://host[:port]`, which `uri` must start with.
     pub origin: &'a str,
+    /// The request's path (its query and fragment aside), which `uri`'s path must equal when given: a
+    /// sign-in opens the route it was made for, not the same SIM's other routes.
+    pub path: Option<&'a str>,
     /// Unix seconds.
     pub now: u64,
 }
@@ -115,6 +118,15 @@ pub fn format_time(secs: u64) -> String {
             )
         })
         .unwrap_or_default()
+}
+
+/// The path of an absolute URL, without its query or fragment (`/` for none): the route a sign-in is used on.
+pub fn path_of(url: &str) -> &str {
+    let rest = origin_of(url).map_or(url, |(origin, _)| &url[origin.len()..]);
+    match rest.split(['?', '#']).next() {
+        Some(p) if !p.is_empty() => p,
+        _ => "/",
+    }
 }
 
 /// `scheme://host[:port]` and `host[:port]` of an absolute URL (what a proof's `uri` and `domain` must match).
@@ -242,13 +254,20 @@ impl SiwxProof {
     }
 
     /// [`Self::verify`] for a service reached at any of `origins` (`(origin, domain)` pairs,
-    /// [`expected_origins`]) at `now`: the signer for the first that passes, else the first's refusal.
-    pub fn verify_for(&self, origins: &[(&str, &str)], now: u64) -> Result<Verified, AuthError> {
+    /// [`expected_origins`]) on the route `path` at `now`: the signer for the first that passes, else the
+    /// first's refusal.
+    pub fn verify_for(
+        &self,
+        origins: &[(&str, &str)],
+        path: &str,
+        now: u64,
+    ) -> Result<Verified, AuthError> {
         let mut first_refusal = None;
         for &(origin, domain) in origins {
             match self.verify(&Expect {
                 domain,
                 origin,
+                path: Some(path),
                 now,
             }) {
                 Ok(v) => return Ok(v),
@@ -298,6 +317,15 @@ impl SiwxProof {
         let rest = self.uri.strip_prefix(origin);
         if !rest.is_some_and(|r| r.is_empty() || r.starts_with('/')) {
             return Err(invalid(format!("uri must start with {origin}")));
+        }
+        if let (Some(want), Some(rest)) = (expect.path, rest) {
+            let signed = rest.split(['?', '#']).next().unwrap_or_default();
+            let signed = if signed.is_empty() { "/" } else { signed };
+            if signed != want {
+                return Err(invalid(format!(
+                    "uri must name the route it is used on, {origin}{want}"
+                )));
+            }
         }
         let issued = parse_time("issuedAt", &self.issued_at)?;
         if issued > expect.now.saturating_add(CLOCK_SKEW_SECS) {

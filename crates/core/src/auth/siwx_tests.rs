@@ -11,6 +11,7 @@ fn expect() -> Expect<'static> {
     Expect {
         domain: "127.0.0.1:3000",
         origin: "http://127.0.0.1:3000",
+        path: None,
         now: NOW,
     }
 }
@@ -308,8 +309,19 @@ fn a_proof_verifies_for_any_of_the_service_s_origins_else_names_the_first_refusa
     let p = signed();
     let ours = ("http://127.0.0.1:3000", "127.0.0.1:3000");
     let other = ("https://esim.example.com", "esim.example.com");
-    assert_eq!(p.verify_for(&[other, ours], NOW), p.verify(&expect()));
-    let refused = p.verify_for(&[other], NOW).unwrap_err();
+    let path = "/v1/esim/8901260000000000019";
+    assert_eq!(p.verify_for(&[other, ours], path, NOW), p.verify(&expect()));
+    let refused = p.verify_for(&[other], path, NOW).unwrap_err();
     assert!(refused.to_string().contains("domain"), "{refused}");
-    assert_eq!(p.verify_for(&[], NOW), Err(AuthError::Missing));
+    assert_eq!(p.verify_for(&[], path, NOW), Err(AuthError::Missing));
+    // Made for the SIM's page: it does not open the SIM's other routes.
+    let other_route = p
+        .verify_for(&[ours], "/v1/esim/8901260000000000019/terminate", NOW)
+        .unwrap_err();
+    assert!(other_route.to_string().contains("route"), "{other_route}");
+    assert!(p.verify_for(&[ours], "/v1/esim", NOW).is_err());
+    // The request's query is not part of the route.
+    assert_eq!(path_of("http://h:1/v1/esim?limit=5#x"), "/v1/esim");
+    assert_eq!(path_of("http://h:1"), "/");
+    assert_eq!(path_of("http://h:1/?a=b"), "/");
 }
