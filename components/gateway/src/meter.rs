@@ -137,7 +137,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             payer,
             quota,
             // The balance and the grant the retried request asked for, for its owner or carrier while the SIM
-            // is in service (no grant for a suspended one).
+            // is in service (no grant for one its owner suspended).
             show_balance: owner.as_ref().is_ok_and(in_service),
         };
         let fingerprint = request_fingerprint(&format!("data/{iccid}"), &body, &proof);
