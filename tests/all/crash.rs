@@ -973,6 +973,11 @@ async fn a_bad_signature_does_not_end_a_held_tx_hash_payment() {
     kill_during(&mut s, held, failpoint).await;
     restart_later(&mut s, LEASE_SECS + 1, &[]).await;
 
+    // Malformed: refused (400) before the payment it names is touched.
+    let mut malformed = proof.clone();
+    malformed[1].1 = "0xzz".into();
+    let (status, _, refused) = s.post("/v1/esim/activate", &body, &malformed).await;
+    assert_eq!(status, 400, "{refused}");
     let mut forged = proof.clone();
     forged[1].1 = esim402_tests::sign_proof(
         "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",

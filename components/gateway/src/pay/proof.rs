@@ -94,11 +94,17 @@ impl Proof {
                     .get(PROOF_SIGNATURE)
                     .and_then(|v| v.to_str().ok())
                     .map(|v| v.trim().to_owned())
-                    .filter(|v| !v.is_empty())
+                    // An EIP-191 signature, r‖s‖v: checked here so a malformed one is refused before the
+                    // payment it names is touched (the verifier checks what it signs).
+                    .filter(|v| {
+                        v.len() == 132
+                            && v.starts_with("0x")
+                            && v[2..].bytes().all(|b| b.is_ascii_hexdigit())
+                    })
                     .ok_or_else(|| {
                         ApiError::invalid(
                             "X-Payment-Proof-Signature",
-                            "a tx-hash proof needs X-Payment-Proof-Signature: the payer's personal_sign (EIP-191) of the three lines \"esim402 payment proof\", \"invoice: <invoice id>\", \"transaction: <tx hash>\"",
+                            "a tx-hash proof needs X-Payment-Proof-Signature (0x and 130 hex digits): the payer's personal_sign (EIP-191) of the three lines \"esim402 payment proof\", \"invoice: <invoice id>\", \"transaction: <tx hash>\"",
                         )
                     })?,
             ),
