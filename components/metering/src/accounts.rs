@@ -158,10 +158,12 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
         Some(a) => collect(a, used_old).await?,
         None => used_old,
     };
-    // The credits are revalued at the new carrier's rate after the old account gave them up: a carrier without
-    // a usable rate is refused before (the move then fails, and the balance stays on the old SIM).
+    // Credits moving to another carrier are revalued at its rate after the old account gave them up: a carrier
+    // without a usable rate is refused before (the move then fails, and the balance stays on the old SIM).
     let book = &crate::config::get().await?.price_book;
-    if book.bytes_for(&carrier, UsdcAmount::ZERO).is_none() {
+    if read.as_ref().is_some_and(|a| a.carrier != carrier)
+        && book.bytes_for(&carrier, UsdcAmount::ZERO).is_none()
+    {
         return Err(internal(format!(
             "no usable rate for {carrier}: the balance of {from} stays there"
         )));
