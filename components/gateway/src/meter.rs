@@ -176,10 +176,9 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         // Suspend and terminate are recorded here only (ES2+ cannot push them to the network), so the grant
         // is where they stop data: none for a SIM not in service (a top-up may still be bought).
         if !in_service(&sim) {
-            let why = if sim.held_by_owner {
-                "suspended by its owner"
-            } else {
-                crate::convert::sim_state(sim.state)
+            let why = match sim.state {
+                wit::SimState::Suspended if sim.held_by_owner => "suspended by its owner",
+                state => crate::convert::sim_state(state),
             };
             return Err(ApiError::new(
                 esim402_core::ErrorKind::Conflict,

@@ -165,9 +165,10 @@ pub fn expected_origins<'a>(
         }
         return Ok(origins);
     }
+    // An IPv4 client of a dual-stack (`[::]`) listener is seen as `::ffff:127.0.0.1`: the same machine.
     let from_loopback = client
         .and_then(|c| c.parse::<std::net::SocketAddr>().ok())
-        .is_some_and(|a| a.ip().is_loopback());
+        .is_some_and(|a| a.ip().to_canonical().is_loopback());
     match origin_of(request_url) {
         Some((origin, domain)) if from_loopback && is_loopback(domain) => {
             Ok(vec![(origin, domain)])

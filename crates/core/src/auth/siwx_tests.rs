@@ -278,7 +278,7 @@ fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
         "http://[::1]:8080/",
     ] {
         let (origin, _) = origin_of(local).unwrap();
-        for client in ["127.0.0.1:40000", "[::1]:40000"] {
+        for client in ["127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000"] {
             assert_eq!(
                 expected_origins(None, local, Some(client)).unwrap()[0].0,
                 origin,
