@@ -2846,6 +2846,40 @@ async fn a_tx_hash_proof_is_found_on_any_network_the_invoice_offers() {
         .await,
         Err(E::Unavailable(_))
     ));
+
+    // The first chain down, and the transfer on the second executes an authorization whose `exact` settlement
+    // we sent: that chain's final 409 decides, not the other chain's 503.
+    first.set(|c| c.down = true);
+    second.set(|c| c.down = false);
+    let nonce = B256::repeat_byte(0x5a);
+    let executing = keccak256("a transfer executing a held authorization");
+    let used = json!({"address": USDC2,
+        "topics": [keccak256("AuthorizationUsed(address,bytes32)").to_string(),
+                   payer().into_word().to_string(), nonce.to_string()],
+        "data": "0x", "removed": false});
+    let mut moved = transfer_log(payer(), addr(PAY_TO), PRICE);
+    moved["address"] = json!(USDC2);
+    second.set(|c| {
+        c.receipts
+            .insert(executing, receipt(executing, true, vec![used, moved]));
+    });
+    let held = format!("x402/nonce/eip155:84532/{:#x}/{nonce}", payer());
+    let record = json!({"status": "submitted", "network": "eip155:84532", "payer": payer().to_string(),
+        "claim": held, "holder": "h", "invoice": "inv_test.99", "claimed_at": 1, "transaction": null,
+        "updated_at": 1});
+    kit.kv_put(&held, record.to_string().as_bytes()).await;
+    let mut third = invoice(39, Some(payer()));
+    third.accepts = inv.accepts.clone();
+    let got = verify(
+        &mut kit,
+        &third,
+        signed_proof(&third, executing, &payer_key()),
+    )
+    .await;
+    assert!(
+        matches!(&got, Err(E::Conflict(m)) if m.contains("executes an authorization")),
+        "{got:?}"
+    );
 }
 
 /// A tx-hash proof of `hash` for `inv`, signed with `key` (kernel `evm::proof_signature`).
