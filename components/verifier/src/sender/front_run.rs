@@ -39,30 +39,29 @@ pub struct Used<'a> {
 }
 
 /// What the `failed` settlement of the record at `record_key` (claim `claim`; reverted or dropped, its
-/// authorization used by then) becomes:
-/// confirmed by the transaction that executed it, failed, or still pending (see the module docs). A record
-/// someone else finished meanwhile is left as it is (`failed` goes to the caller's finish, which then reports
-/// what was recorded).
+/// authorization used by then) becomes: confirmed by the transaction that executed it, or failed; `None` while
+/// it stays pending (see the module docs). A record someone else finished meanwhile is left as it is (`failed`
+/// goes to the caller's finish, which then reports what was recorded).
 pub async fn settle(
     chain: &Chain,
     record_key: &str,
     claim: &str,
     failed: Outcome,
     used: &Used<'_>,
-) -> Outcome {
+) -> Option<Outcome> {
     let ours = match failed {
         Outcome::Reverted(h) | Outcome::Dropped(h) => h,
-        other => return other,
+        other => return Some(other),
     };
     let record = match claims::load(record_key).await {
         Ok(Some(r)) if r.claim == claim => r,
-        _ => return Outcome::Pending(ours),
+        _ => return None,
     };
     if record.is_terminal() {
-        return failed;
+        return Some(failed);
     }
     if record.status != Status::Submitted || record.tx_hash() != Some(ours) {
-        return Outcome::Pending(ours);
+        return None;
     }
     let found = used_by(chain, &record, used).await;
     let outcome = front_run(&record, failed, found);
@@ -73,9 +72,9 @@ pub async fn settle(
                     "verifier: settlement {ours} was front-run: the authorization {} of {} was executed by {by}, which moved this payment's money; confirmed by it",
                     used.nonce, used.from
                 );
-                outcome
+                Some(outcome)
             }
-            Ok(Some(existing)) if existing.claim == record.claim => outcome,
+            Ok(Some(existing)) if existing.claim == record.claim => Some(outcome),
             Ok(Some(existing)) => {
                 eprintln!(
                     "verifier: OPERATOR: settlement {ours} was front-run by {by}, which moved this payment's money but already pays {}; left pending",
@@ -84,13 +83,13 @@ pub async fn settle(
                         .as_deref()
                         .unwrap_or("a facilitator API settlement")
                 );
-                Outcome::Pending(ours)
+                None
             }
             Err(e) => {
                 eprintln!(
                     "verifier: settlement {ours} was front-run by {by}; cannot claim it ({e:?}); left pending"
                 );
-                Outcome::Pending(ours)
+                None
             }
         },
         Outcome::Pending(_) => {
@@ -98,14 +97,14 @@ pub async fn settle(
                 "verifier: OPERATOR: settlement {ours} can no longer execute the authorization {} of {}, which was used by another transaction ({found:?}); left pending: settle the record by hand",
                 used.nonce, used.from
             );
-            outcome
+            None
         }
         _ => {
             eprintln!(
                 "verifier: settlement {ours}: the authorization {} of {} was used by another transaction that moved none of this payment's money ({found:?}): failed",
                 used.nonce, used.from
             );
-            outcome
+            Some(outcome)
         }
     }
 }

@@ -161,32 +161,36 @@ pub async fn wait(
     };
     let outcome = match chain.wait_for(hash, deadline, shows).await {
         Some(Mined::Succeeded) => Outcome::Confirmed(hash),
-        Some(Mined::Reverted { block }) => match used_by_block(chain, claim, hash, block).await {
-            Some(false) => Outcome::Reverted(hash),
-            Some(true) => {
-                let Some((from, nonce)) = keys::parse_authorization(&claim.claim) else {
-                    return (Outcome::Pending(hash), true);
-                };
-                let used = front_run::Used {
-                    from,
-                    nonce,
-                    executes,
-                    by_block: block,
-                };
-                match front_run::settle(
-                    chain,
-                    &claim.record_key,
-                    &claim.claim,
-                    Outcome::Reverted(hash),
-                    &used,
-                )
-                .await
-                {
-                    Outcome::Pending(_) => return (Outcome::Pending(hash), true),
-                    outcome => outcome,
+        // A revert leaves the authorization unused: one used by the receipt's block was executed by another
+        // transaction carrying it (the payer's own, another facilitator's), which decides ([`front_run`]) before
+        // anything ends as a failure that withdraws the order. A claim without an authorization (a refund)
+        // moved nothing when it reverted.
+        Some(Mined::Reverted { block }) => match keys::parse_authorization(&claim.claim) {
+            None => Outcome::Reverted(hash),
+            Some((from, nonce)) => match chain.authorization_used_at(from, nonce, block).await {
+                Ok(false) => Outcome::Reverted(hash),
+                Ok(true) => {
+                    let used = front_run::Used {
+                        from,
+                        nonce,
+                        executes,
+                        by_block: block,
+                    };
+                    let failed = Outcome::Reverted(hash);
+                    match front_run::settle(chain, &claim.record_key, &claim.claim, failed, &used)
+                        .await
+                    {
+                        Some(outcome) => outcome,
+                        None => return (Outcome::Pending(hash), true),
+                    }
                 }
-            }
-            None => return (Outcome::Pending(hash), true),
+                Err(e) => {
+                    eprintln!(
+                        "verifier: settlement {hash} reverted, but authorizationState is unreadable ({e}); left pending"
+                    );
+                    return (Outcome::Pending(hash), true);
+                }
+            },
         },
         Some(Mined::Unproven) => {
             eprintln!(
@@ -257,42 +261,12 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> Option<Outco
                 executes: executes.as_ref(),
                 by_block: at,
             };
-            match front_run::settle(
-                chain,
-                &claim.record_key,
-                &claim.claim,
-                Outcome::Dropped(hash),
-                &used,
-            )
-            .await
-            {
-                Outcome::Pending(_) => None,
-                outcome => Some(outcome),
-            }
+            let failed = Outcome::Dropped(hash);
+            front_run::settle(chain, &claim.record_key, &claim.claim, failed, &used).await
         }
         Err(e) => {
             eprintln!(
                 "verifier: settlement {hash} can never be mined, but authorizationState is unreadable ({e}); left pending"
-            );
-            None
-        }
-    }
-}
-
-/// Whether the authorization the claim's reverted settlement `hash` carries was used at the receipt's
-/// `block`: `Some(false)` if unused (no money moved), `Some(true)` if another transaction carrying it (the
-/// payer's own, another facilitator's) used it first, which must not end as a failure that withdraws the
-/// order before [`front_run::settle`] has looked; `None` if unreadable (left pending). A claim without an
-/// authorization (a refund) moved nothing when it reverted.
-async fn used_by_block(chain: &Chain, claim: &Claim, hash: B256, block: u64) -> Option<bool> {
-    let Some((from, nonce)) = keys::parse_authorization(&claim.claim) else {
-        return Some(false);
-    };
-    match chain.authorization_used_at(from, nonce, block).await {
-        Ok(used) => Some(used),
-        Err(e) => {
-            eprintln!(
-                "verifier: settlement {hash} reverted, but authorizationState is unreadable ({e}); left pending"
             );
             None
         }
