@@ -164,8 +164,8 @@ impl Guest for Component {
         sims::quote_top_up(&iccid, data_mb).await
     }
 
-    async fn data_value(carrier: String, data_mb: u32) -> Result<u64, wit::Error> {
-        sims::data_value(&carrier, data_mb).await
+    async fn data_value(carrier: String, data_mb: u32, paid: u64) -> Result<u64, wit::Error> {
+        sims::data_value(&carrier, data_mb, paid).await
     }
 
     async fn lifecycle(

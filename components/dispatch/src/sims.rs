@@ -170,15 +170,13 @@ pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::
     })
 }
 
-/// `data-value`: `data_mb` at `carrier`'s rate, no fee, no floor.
-pub async fn data_value(carrier: &str, data_mb: u32) -> Result<u64, wit::Error> {
+/// `data-value`: the data of an activation paid `paid` (kernel `PriceBook::paid_data_value`).
+pub async fn data_value(carrier: &str, data_mb: u32, paid: u64) -> Result<u64, wit::Error> {
     let cfg = crate::config::get().await?;
     let mb = DataMb::new(data_mb.into()).map_err(|e| invalid("data_mb", e.0))?;
     let carrier = CarrierId::parse(carrier).map_err(|e| invalid("carrier", e.0))?;
-    cfg.price_book
-        .usage(&carrier, mb)
-        .map(|a| a.micros())
-        .ok_or_else(|| invalid("carrier", format!("no rate for {carrier}")))
+    let paid = UsdcAmount::from_micros(paid);
+    Ok(cfg.price_book.paid_data_value(&carrier, mb, paid).micros())
 }
 
 /// `quote-switch`: the switch charge (kernel pricing).
@@ -189,11 +187,7 @@ pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quo
     start_switch(&sim, replacement(&sim).await?.as_ref(), &target(t), "").map_err(refused)?;
     let (region, carrier, _) = route(&cfg, &sim, t)?;
     // The fee: the unused balance moves by its value (metering revalues it at the new carrier's rate).
-    if cfg
-        .price_book
-        .bytes_for(&carrier, UsdcAmount::ZERO)
-        .is_none()
-    {
+    if cfg.price_book.rate(&carrier).is_none() {
         return Err(internal(format!("no rate for {carrier}")));
     }
     let amount = cfg.price_book.switch_charge();

@@ -28,7 +28,7 @@ pub struct PriceBook {
 impl PriceBook {
     /// The data part alone: `data_mb` at `carrier`'s rate, rounded up to whole micro-USDC.
     pub fn usage(&self, carrier: &CarrierId, data_mb: DataMb) -> Option<UsdcAmount> {
-        let rate = self.rates.iter().find(|r| &r.carrier == carrier)?;
+        let rate = self.rate(carrier)?;
         let milli = u128::from(rate.milli_micros_per_mb) * u128::from(data_mb.get());
         u64::try_from(milli.div_ceil(1000))
             .ok()
@@ -43,9 +43,15 @@ impl PriceBook {
         self.activation_fee.max(self.minimum)
     }
 
-    /// The bytes `value` buys on `carrier` (rounded down), or `None` for an unknown carrier or a zero rate.
+    /// `carrier`'s rate, or `None` for a carrier the book does not price.
+    pub fn rate(&self, carrier: &CarrierId) -> Option<&Rate> {
+        self.rates.iter().find(|r| &r.carrier == carrier)
+    }
+
+    /// The bytes `value` buys on `carrier` (rounded down), or `None` for an unknown carrier or a zero rate
+    /// (the catalog refuses zero rates; a book built by hand may hold one).
     pub fn bytes_for(&self, carrier: &CarrierId, value: UsdcAmount) -> Option<u64> {
-        let rate = self.rates.iter().find(|r| &r.carrier == carrier)?;
+        let rate = self.rate(carrier)?;
         if rate.milli_micros_per_mb == 0 {
             return None;
         }
@@ -53,6 +59,23 @@ impl PriceBook {
         let bytes =
             u128::from(value.micros()) * 1_000_000_000 / u128::from(rate.milli_micros_per_mb);
         Some(u64::try_from(bytes).unwrap_or(u64::MAX))
+    }
+
+    /// What the data of an activation bought for `paid` (fee included) is worth: `data_mb` at `carrier`'s rate,
+    /// never above the data part of the payment (`paid` less the activation fee), and that data part when the
+    /// book no longer prices `carrier` (dropped from the catalog since the invoice was quoted). This is the
+    /// refund rate of the activation's data: a refund never returns the fee, whatever carrier delivered.
+    pub fn paid_data_value(
+        &self,
+        carrier: &CarrierId,
+        data_mb: DataMb,
+        paid: UsdcAmount,
+    ) -> UsdcAmount {
+        let data_part = paid
+            .checked_sub(self.activation_fee)
+            .unwrap_or(UsdcAmount::ZERO);
+        self.usage(carrier, data_mb)
+            .map_or(data_part, |v| v.min(data_part))
     }
 
     /// A data top-up of `data_mb` on `carrier`: the data at the carrier's rate (no activation fee), never below
@@ -63,7 +86,7 @@ impl PriceBook {
 
     /// The price of `data_mb` on `carrier`, or `None` for an unknown carrier.
     pub fn quote(&self, carrier: &CarrierId, data_mb: DataMb) -> Option<UsdcAmount> {
-        let rate = self.rates.iter().find(|r| &r.carrier == carrier)?;
+        let rate = self.rate(carrier)?;
         // u64 cannot overflow: rate ≤ 2^40 in practice and data_mb ≤ 100_000; use u128 anyway.
         let milli = u128::from(rate.milli_micros_per_mb) * u128::from(data_mb.get());
         let usage = u64::try_from(milli.div_ceil(1000)).ok()?;
@@ -142,6 +165,44 @@ mod tests {
         );
         book.activation_fee = UsdcAmount::ZERO;
         assert_eq!(book.switch_charge(), book.minimum);
+    }
+
+    #[test]
+    fn paid_data_is_worth_its_rate_capped_at_what_was_paid_beyond_the_fee() {
+        let book = seed();
+        let mb = DataMb::new(100).unwrap();
+        let micros = UsdcAmount::from_micros;
+        // Quoted on T-Mobile ($0.42 = $0.12 fee + $0.30 data) and delivered there: its rate.
+        assert_eq!(
+            book.paid_data_value(&c("tmobile"), mb, micros(420_000)),
+            micros(300_000)
+        );
+        // Delivered by a dearer carrier than quoted (the catalog changed, or a failover): never above the
+        // $0.30 paid for data, so a refund never returns the fee.
+        assert_eq!(
+            book.paid_data_value(&c("verizon"), mb, micros(420_000)),
+            micros(300_000)
+        );
+        // A carrier the book no longer prices: the data part of the payment.
+        assert_eq!(
+            book.paid_data_value(&c("gone"), mb, micros(420_000)),
+            micros(300_000)
+        );
+        // The minimum invoice paid for 1 MB: the data is worth its rate, not the floor.
+        let one = DataMb::new(1).unwrap();
+        assert_eq!(
+            book.paid_data_value(&c("tmobile"), one, micros(120_000 + 50_000)),
+            micros(3_000)
+        );
+        // Paid less than the fee (the fee raised since): nothing.
+        assert_eq!(
+            book.paid_data_value(&c("gone"), mb, micros(100_000)),
+            UsdcAmount::ZERO
+        );
+        assert_eq!(
+            book.paid_data_value(&c("tmobile"), mb, micros(100_000)),
+            UsdcAmount::ZERO
+        );
     }
 
     #[test]

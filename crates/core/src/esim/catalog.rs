@@ -58,7 +58,7 @@ pub enum CatalogError {
     },
     /// A `price_per_mb` that is not a non-negative decimal with at most 9 decimals.
     #[error(
-        "carrier {carrier}: price_per_mb {value:?} must be a decimal USDC string with at most 9 decimals"
+        "carrier {carrier}: price_per_mb {value:?} must be a decimal USDC string above zero with at most 9 decimals"
     )]
     Price {
         /// The carrier.
@@ -391,7 +391,9 @@ fn carrier(id: CarrierId, c: RawCarrier) -> Result<Carrier, CatalogError> {
             "must start with {smdp_base} or an http(s):// URL",
         ));
     }
-    let Some(milli_micros_per_mb) = parse_milli_micros(&c.price_per_mb) else {
+    // A free carrier cannot be metered: a balance's value would buy unbounded bytes on it (a switch revalues
+    // balances at the new carrier's rate).
+    let Some(milli_micros_per_mb) = parse_milli_micros(&c.price_per_mb).filter(|&m| m > 0) else {
         return Err(CatalogError::Price {
             carrier: id,
             value: c.price_per_mb,
@@ -655,6 +657,12 @@ mod tests {
             broken(r#""0.003""#, r#""0.0000000001""#),
             CatalogError::Price { .. }
         ));
+        for zero in [r#""0""#, r#""0.000""#] {
+            assert!(
+                matches!(broken(r#""0.003""#, zero), CatalogError::Price { .. }),
+                "{zero}: a zero rate is refused"
+            );
+        }
         assert!(matches!(
             broken(r#""esim402-tmo""#, r#""""#),
             CatalogError::Empty {

@@ -57,27 +57,33 @@ impl Attempt<'_> {
 
     /// The value of an activation's data: at the delivering carrier's rate, but never above the rate of the
     /// carrier the invoice was priced at (a failover may deliver from a dearer one: the data was bought at the
-    /// quoted rate, the activation fee is not data) nor above what was paid.
+    /// quoted rate) nor above what was paid beyond the activation fee; a carrier no longer priced is valued at
+    /// the latter (dispatch `data-value`), so an activation settled after its carrier left the catalog is still
+    /// credited.
     async fn bought_at(
         &self,
         request: &wit::ActivationRequest,
         sim: &wit::Sim,
     ) -> Result<u64, wit::Error> {
-        let delivered = dispatch::data_value(sim.carrier.clone(), sim.data_mb).await?;
+        let paid = self.invoice.amount;
+        let delivered = dispatch::data_value(sim.carrier.clone(), sim.data_mb, paid).await?;
         // Without a failover the first carrier of the plan delivered: the one the invoice was priced at.
         if sim.failovers.is_empty() {
-            return Ok(delivered.min(self.invoice.amount));
+            return Ok(delivered);
         }
         let quoted = match &request.carrier {
             Some(carrier) => carrier.clone(),
-            None => dispatch::price(request.clone()).await?.carrier,
+            None => match dispatch::price(request.clone()).await {
+                Ok(quote) => quote.carrier,
+                // The region is no longer priced: the delivering carrier's value, capped as above.
+                Err(wit::Error::InvalidInput(_) | wit::Error::NotFound(_)) => return Ok(delivered),
+                Err(e) => return Err(e),
+            },
         };
-        let value = if quoted == sim.carrier {
-            delivered
-        } else {
-            delivered.min(dispatch::data_value(quoted, sim.data_mb).await?)
-        };
-        Ok(value.min(self.invoice.amount))
+        if quoted == sim.carrier {
+            return Ok(delivered);
+        }
+        Ok(delivered.min(dispatch::data_value(quoted, sim.data_mb, paid).await?))
     }
 
     /// A switch delivered a new SIM: what is left of the old one's balance moves to it (idempotent). A failure
