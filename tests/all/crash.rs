@@ -920,6 +920,16 @@ async fn a_held_settlement_whose_authorization_was_canceled_fails() {
     let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
     assert_ne!(inv["status"], "paid", "{inv}");
     // The profile ordered for it was withdrawn: the payer's one SIM, as its owner lists it, is terminated.
+    let sims = owners_sims(&s).await;
+    assert_eq!(sims.len(), 1, "{sims:?}");
+    assert_eq!(sims[0]["state"], "terminated", "{sims:?}");
+    let (kinds, _) = verified_ledger(&s).await;
+    assert_eq!(count(&kinds, "settlement_confirmed"), 0, "{kinds:?}");
+    assert_eq!(count(&kinds, "activation_completed"), 0, "{kinds:?}");
+}
+
+/// The SIMs of the demo agent's wallet, as its owner lists them (signed in ahead of the restarted host's clock).
+async fn owners_sims(s: &PayStack) -> Vec<serde_json::Value> {
     let list: serde_json::Value = s
         .http
         .get(format!("{}/v1/esim", s.url))
@@ -933,12 +943,60 @@ async fn a_held_settlement_whose_authorization_was_canceled_fails() {
         .json()
         .await
         .unwrap();
-    let sims = list["sims"].as_array().unwrap();
-    assert_eq!(sims.len(), 1, "{list}");
-    assert_eq!(sims[0]["state"], "terminated", "{list}");
+    list["sims"].as_array().unwrap().clone()
+}
+
+/// Held, then canceled, with a top-up paid for the held SIM in between (anyone may pay a SIM's top-up): when
+/// the settlement fails and the profile is withdrawn, the SIM's metering account is closed as a terminate
+/// closes it, so the top-up is owed back at once (before, only when its owner terminated the SIM again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_top_up_of_a_withdrawn_sim_is_owed_back() {
+    let Held {
+        s, header, start, ..
+    } = held_then(Payment::cancel_calldata).await;
+    let sims = owners_sims(&s).await;
+    let iccid = sims[0]["iccid"].as_str().unwrap().to_owned();
+    let data = format!("/v1/esim/{iccid}/data");
+    let ask = serde_json::json!({"top_up_mb": 10});
+    let (status, headers, low) = s.post(&data, &ask, &[]).await;
+    assert_eq!(status, 402, "{low}");
+    let req = esim402_core::x402::header::decode_payment_required_header(
+        headers["payment-required"].to_str().unwrap(),
+    )
+    .unwrap()
+    .accepts[0]
+        .clone();
+    let top_up = Payment::for_requirement(&req).header();
+    let (status, _, paid) = s.post(&data, &ask, &[("payment-signature", top_up)]).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["topped_up_mb"], 10, "{paid}");
+
+    let (status, _, body) = send_payment(&s, &header).await;
+    assert_eq!(status, 402, "{body}");
+    assert!(body.to_string().contains("transaction_failed"), "{body}");
+    let sims = owners_sims(&s).await;
+    assert_eq!(sims[0]["state"], "terminated", "{sims:?}");
+    let owed: Vec<_> = s
+        .ledger_entries()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "refund_owed")
+        .collect();
+    assert_eq!(owed.len(), 1, "the top-up is owed back: {owed:?}");
+    assert_eq!(owed[0]["invoice_id"], low["invoice_id"], "{owed:?}");
+    // The refund job pays it: the payer has every cent back (the activation never settled).
+    let r = s
+        .http
+        .post(format!("{}/admin/refunds/run", s.url))
+        .bearer_auth(s.admin_token.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(s.balance(agent()).await, start, "the top-up was refunded");
     let (kinds, _) = verified_ledger(&s).await;
-    assert_eq!(count(&kinds, "settlement_confirmed"), 0, "{kinds:?}");
-    assert_eq!(count(&kinds, "activation_completed"), 0, "{kinds:?}");
+    assert_eq!(count(&kinds, "refund_owed"), 1, "{kinds:?}");
+    assert_eq!(count(&kinds, "refund_paid"), 1, "{kinds:?}");
 }
 
 /// A tx-hash payment held by a crash (its transfer claimed for the invoice, the invoice not marked paid) is its

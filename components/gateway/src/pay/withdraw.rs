@@ -17,6 +17,8 @@ use crate::{dispatch, from_wit, invoices, now};
 impl Attempt<'_> {
     /// Settlement failed after the order: no money moved, so the profile must not stay with the payer.
     /// A top-up delivered nothing yet (its data is credited only after settlement): the SIM stays as it was.
+    /// The terminated SIM's metering account is closed as its owner's terminate closes it: a top-up someone
+    /// paid for the SIM meanwhile is owed back now (the activation's own data was never credited).
     pub(super) async fn withdraw(&self, order: &Order, sim: &wit::Sim, payer: &str, reason: &str) {
         if matches!(order, Order::TopUp { .. }) {
             self.note(
@@ -27,11 +29,25 @@ impl Attempt<'_> {
             );
             return;
         }
-        if let Err(e) =
-            dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Terminate).await
-        {
+        let terminated =
+            match dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Terminate).await {
+                Ok(_) => true,
+                // Terminated before (a repeat of this withdrawal): its refunds are once per invoice.
+                Err(wit::Error::Conflict(_)) => matches!(
+                    dispatch::get_sim(sim.iccid.clone()).await,
+                    Ok(Some(s)) if s.state == wit::SimState::Terminated
+                ),
+                Err(e) => {
+                    eprintln!(
+                        "gateway: settlement failed and terminating {} failed: {e:?}",
+                        sim.iccid
+                    );
+                    false
+                }
+            };
+        if terminated && let Err(e) = crate::meter::refund_unused(&sim.iccid).await {
             eprintln!(
-                "gateway: settlement failed and terminating {} failed: {e:?}",
+                "gateway: settlement failed; closing the account of {} failed (terminate it again to retry): {e:?}",
                 sim.iccid
             );
         }
