@@ -62,20 +62,23 @@ impl PriceBook {
     }
 
     /// What the data of an activation bought for `paid` (fee included) is worth: `data_mb` at `carrier`'s rate,
-    /// never above the data part of the payment (`paid` less the activation fee), and that data part when the
-    /// book no longer prices `carrier` (dropped from the catalog since the invoice was quoted). This is the
-    /// refund rate of the activation's data: a refund never returns the fee, whatever carrier delivered.
+    /// never above `paid`. A carrier the book no longer prices (dropped from the catalog since the invoice was
+    /// quoted) gets an estimate of what was paid for data: `paid` less the activation fee as configured now
+    /// (the invoice does not seal its fee), or `paid` when that leaves nothing (a credit worth nothing would
+    /// buy no bytes when a switch revalues it). This is the refund rate of the activation's data.
     pub fn paid_data_value(
         &self,
         carrier: &CarrierId,
         data_mb: DataMb,
         paid: UsdcAmount,
     ) -> UsdcAmount {
-        let data_part = paid
-            .checked_sub(self.activation_fee)
-            .unwrap_or(UsdcAmount::ZERO);
-        self.usage(carrier, data_mb)
-            .map_or(data_part, |v| v.min(data_part))
+        match self.usage(carrier, data_mb) {
+            Some(value) => value.min(paid),
+            None => paid
+                .checked_sub(self.activation_fee)
+                .filter(|v| *v != UsdcAmount::ZERO)
+                .unwrap_or(paid),
+        }
     }
 
     /// A data top-up of `data_mb` on `carrier`: the data at the carrier's rate (no activation fee), never below
@@ -168,8 +171,8 @@ mod tests {
     }
 
     #[test]
-    fn paid_data_is_worth_its_rate_capped_at_what_was_paid_beyond_the_fee() {
-        let book = seed();
+    fn paid_data_is_worth_its_rate_and_an_estimate_once_its_carrier_is_gone() {
+        let mut book = seed();
         let mb = DataMb::new(100).unwrap();
         let micros = UsdcAmount::from_micros;
         // Quoted on T-Mobile ($0.42 = $0.12 fee + $0.30 data) and delivered there: its rate.
@@ -177,31 +180,31 @@ mod tests {
             book.paid_data_value(&c("tmobile"), mb, micros(420_000)),
             micros(300_000)
         );
-        // Delivered by a dearer carrier than quoted (the catalog changed, or a failover): never above the
-        // $0.30 paid for data, so a refund never returns the fee.
+        // A priced carrier: its rate, never above what was paid (the fee is not sealed in the invoice, so a
+        // dearer carrier put first since the quote is capped at the invoice, not below it).
         assert_eq!(
             book.paid_data_value(&c("verizon"), mb, micros(420_000)),
-            micros(300_000)
+            micros(350_000)
         );
-        // A carrier the book no longer prices: the data part of the payment.
+        assert_eq!(
+            book.paid_data_value(&c("verizon"), mb, micros(200_000)),
+            micros(200_000)
+        );
+        // A carrier the book no longer prices: what was paid beyond today's fee.
         assert_eq!(
             book.paid_data_value(&c("gone"), mb, micros(420_000)),
             micros(300_000)
         );
-        // The minimum invoice paid for 1 MB: the data is worth its rate, not the floor.
-        let one = DataMb::new(1).unwrap();
+        // ... or all of it when today's fee leaves nothing (a credit must keep some value).
+        book.activation_fee = micros(500_000);
         assert_eq!(
-            book.paid_data_value(&c("tmobile"), one, micros(120_000 + 50_000)),
-            micros(3_000)
-        );
-        // Paid less than the fee (the fee raised since): nothing.
-        assert_eq!(
-            book.paid_data_value(&c("gone"), mb, micros(100_000)),
-            UsdcAmount::ZERO
+            book.paid_data_value(&c("gone"), mb, micros(420_000)),
+            micros(420_000)
         );
         assert_eq!(
-            book.paid_data_value(&c("tmobile"), mb, micros(100_000)),
-            UsdcAmount::ZERO
+            book.paid_data_value(&c("tmobile"), mb, micros(420_000)),
+            micros(300_000),
+            "a priced carrier does not depend on the fee"
         );
     }
 

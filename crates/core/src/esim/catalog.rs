@@ -56,7 +56,7 @@ pub enum CatalogError {
         /// The refused text.
         value: String,
     },
-    /// A `price_per_mb` that is not a non-negative decimal with at most 9 decimals.
+    /// A `price_per_mb` that is not a decimal above zero with at most 9 decimals.
     #[error(
         "carrier {carrier}: price_per_mb {value:?} must be a decimal USDC string above zero with at most 9 decimals"
     )]

@@ -57,8 +57,8 @@ impl Attempt<'_> {
 
     /// The value of an activation's data: at the delivering carrier's rate, but never above the rate of the
     /// carrier the invoice was priced at (a failover may deliver from a dearer one: the data was bought at the
-    /// quoted rate) nor above what was paid beyond the activation fee; a carrier no longer priced is valued at
-    /// the latter (dispatch `data-value`), so an activation settled after its carrier left the catalog is still
+    /// quoted rate) nor above what was paid; a carrier no longer priced gets an estimate of what was paid for
+    /// data (dispatch `data-value`), so an activation settled after its carrier left the catalog is still
     /// credited.
     async fn bought_at(
         &self,
@@ -67,7 +67,8 @@ impl Attempt<'_> {
     ) -> Result<u64, wit::Error> {
         let paid = self.invoice.amount;
         let delivered = dispatch::data_value(sim.carrier.clone(), sim.data_mb, paid).await?;
-        // Without a failover the first carrier of the plan delivered: the one the invoice was priced at.
+        // Without a failover the first carrier of the plan delivered: the one the invoice was priced at, unless
+        // the catalog changed since the quote (the invoice does not seal its carrier: README, Known gaps).
         if sim.failovers.is_empty() {
             return Ok(delivered);
         }
@@ -75,7 +76,7 @@ impl Attempt<'_> {
             Some(carrier) => carrier.clone(),
             None => match dispatch::price(request.clone()).await {
                 Ok(quote) => quote.carrier,
-                // The region is no longer priced: the delivering carrier's value, capped as above.
+                // The region is no longer priced: the delivering carrier's value.
                 Err(wit::Error::InvalidInput(_) | wit::Error::NotFound(_)) => return Ok(delivered),
                 Err(e) => return Err(e),
             },
