@@ -1484,16 +1484,17 @@ async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["transaction"], tx.as_str());
 
-    // Mined a minute after its invoice's deadline: refused as expired, and nothing is delivered.
+    // Mined a minute after its invoice's deadline: refused as expired, nothing is delivered, and the transfer
+    // is owed back (before, the money stayed at `payTo`).
     let (late, req) = s.invoice(&body).await;
     let late_id = late["invoice_id"].as_str().unwrap().to_owned();
     let after = late["expires_at"].as_u64().unwrap() + 60;
+    let start = s.balance(agent()).await;
     s.rpc("anvil_setNextBlockTimestamp", json!([after])).await;
     let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
     s.rpc("anvil_mine", json!([2])).await;
-    let (status, _, refused) = s
-        .post("/v1/esim/activate", &body, &proof_headers(&tx, &late_id))
-        .await;
+    let late_proof = proof_headers(&tx, &late_id);
+    let (status, _, refused) = s.post("/v1/esim/activate", &body, &late_proof).await;
     assert_eq!(status, 410, "{refused}");
     assert!(
         refused["error"]["message"]
@@ -1502,4 +1503,42 @@ async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
             .contains("expired before transaction"),
         "{refused}"
     );
+    assert_eq!(refused["charged"], true, "{refused}");
+    assert_eq!(
+        refused["refund"]["amount"],
+        price(&req).to_string(),
+        "{refused}"
+    );
+    // Sent again: the same answer, nothing owed twice.
+    let (again, _, same) = s.post("/v1/esim/activate", &body, &late_proof).await;
+    assert_eq!((again, &same), (410, &refused));
+    // The late transfer pays no other invoice either, though it was mined after that one was issued.
+    let (other, _) = s.invoice(&body).await;
+    let other_id = other["invoice_id"].as_str().unwrap();
+    let (status, _, e) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&tx, other_id))
+        .await;
+    assert_eq!(status, 409, "{e}");
+    // The refund job returns it (a second run once its transfer has the network's 3 confirmations).
+    for _ in 0..2 {
+        let r = s
+            .http
+            .post(format!("{}/admin/refunds/run", s.url))
+            .bearer_auth(s.admin_token.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        s.rpc("anvil_mine", json!([2])).await;
+    }
+    assert_eq!(
+        s.balance(agent()).await,
+        start,
+        "the late transfer came back"
+    );
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    for (kind, n) in [("refund_owed", 1), ("refund_paid", 1)] {
+        assert_eq!(kinds.iter().filter(|k| *k == kind).count(), n, "{kinds:?}");
+    }
 }

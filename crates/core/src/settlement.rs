@@ -156,6 +156,11 @@ pub struct Record {
     /// theirs when they were confirmed, so a repeat of them never does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub success_claimed_apart: bool,
+    /// A tx-hash transfer for the invoice, from its payer, mined after the invoice's deadline: confirmed (the
+    /// money arrived, and is owed back: a refund may be recorded against it) but it pays nothing, and a proof
+    /// presenting it again never delivers ([`Record::pays_invoice`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late_transfer: bool,
 }
 
 /// How a settlement ended, as far as the chain showed.
@@ -203,6 +208,11 @@ impl Record {
         self.invoice.is_some() && matches!(self.status, Status::Submitted | Status::Confirmed)
     }
 
+    /// Whether this confirmed record pays its invoice: confirmed and not a [`Record::late_transfer`].
+    pub fn pays_invoice(&self) -> bool {
+        self.status == Status::Confirmed && !self.late_transfer
+    }
+
     /// A fresh claim on `claim`, held by `holder`.
     pub fn claimed(
         network: impl Into<String>,
@@ -226,6 +236,7 @@ impl Record {
             reason: None,
             updated_at: now,
             success_claimed_apart: true,
+            late_transfer: false,
         }
     }
 
@@ -566,6 +577,22 @@ mod tests {
                 .unwrap()
                 .success_claimed_apart
         );
+    }
+
+    /// A late transfer's record is confirmed (a refund may be owed against it) but pays no invoice; records from
+    /// before read as not late.
+    #[test]
+    fn a_late_transfer_is_confirmed_but_pays_nothing() {
+        let mut r = claimed(100);
+        assert!(!r.pays_invoice(), "claimed");
+        r.status = Status::Confirmed;
+        assert!(r.pays_invoice());
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json.get("late_transfer").is_none(), "{json}");
+        r.late_transfer = true;
+        assert!(!r.pays_invoice());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(serde_json::from_value::<Record>(json).unwrap(), r);
     }
 
     #[test]

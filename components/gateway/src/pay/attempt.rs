@@ -16,6 +16,7 @@ use super::{Order, log_events};
 use crate::{from_wit, invoices, now, verifier};
 
 mod credit;
+mod late;
 
 /// An attempt answers with its [`Answers`] and collects its ledger events: they are appended together (one
 /// run in the invoice's shard, one head advance) after verification and at the end ([`Attempt::flush`]).
@@ -232,6 +233,9 @@ impl Attempt<'_> {
             }
             Err(wit::Error::PaymentRequired(reason)) => {
                 Err((wit::PaymentEnd::Release, self.challenge(&reason)))
+            }
+            Err(wit::Error::Expired(msg)) if self.proof.kind == super::Kind::TxHash => {
+                Err(self.late_transfer(msg).await)
             }
             Err(e) => {
                 let e = from_wit(e);

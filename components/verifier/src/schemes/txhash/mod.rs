@@ -8,6 +8,10 @@
 //! The transfer is looked for on every network the invoice offers that is still enabled, preferred first (a
 //! transaction hash names one transaction on one chain), or on the one `verify` found it on.
 //!
+//! A transfer that would pay the invoice but was mined after its deadline pays nothing: it is claimed for the
+//! invoice as a late transfer (kernel `Record::late_transfer`: confirmed, so the gateway can owe it back, but
+//! never delivering), and refused with a 410.
+//!
 //! A transaction pays at most one thing: `txhash/<hash>` is claimed with insert-if-absent (our own settlement
 //! transactions are claimed there too), and a transaction that executes an EIP-3009 authorization whose `exact`
 //! payment we sent a settlement for (`x402/nonce/…`) is that payment's, whoever sent it. Nothing is broadcast, so
@@ -136,6 +140,45 @@ impl Context {
         ))
     }
 
+    /// A transfer mined late on `network`: claim it for the invoice as a late transfer (confirmed, paying
+    /// nothing), so it pays no other invoice and its money can be owed back; the answer is the 410 (or the
+    /// error that kept it from being claimed).
+    async fn claim_late(&self, network: String) -> wit::Error {
+        let key = keys::txhash(self.hash);
+        let holder = match util::holder_token() {
+            Ok(h) => h,
+            Err(e) => return internal(e),
+        };
+        let mut record = Record::claimed(
+            network,
+            self.payer,
+            key.clone(),
+            holder,
+            Some(&self.id),
+            self.now,
+        );
+        record.status = Status::Confirmed;
+        record.sent = SentTx::hash_only(self.hash);
+        record.late_transfer = true;
+        match crate::claims::insert(&key, &record).await {
+            Ok(None) => {
+                eprintln!(
+                    "verifier: transaction {:#x} pays invoice {} but was mined after its deadline: claimed as a late transfer, to be owed back",
+                    self.hash, self.id
+                );
+                self.late()
+            }
+            Ok(Some(existing))
+                if existing.invoice.as_deref() == Some(self.id.as_str())
+                    && existing.claim == key =>
+            {
+                self.late()
+            }
+            Ok(Some(_)) => already_settled(),
+            Err(e) => e,
+        }
+    }
+
     /// What `verify` established: the transfer pays the invoice on `network`.
     fn verified(&self, network: String) -> wit::Verified {
         wit::Verified {
@@ -170,7 +213,8 @@ impl Scheme for TxHash {
     ) -> Result<wit::Verified, wit::Error> {
         let c = Context::load(inv, proof, None).await?;
         match c.existing().await? {
-            Existing::Own(r) if r.status == Status::Confirmed => return Ok(c.verified(r.network)),
+            Existing::Own(r) if r.pays_invoice() => return Ok(c.verified(r.network)),
+            Existing::Own(r) if r.late_transfer => return Err(c.late()),
             Existing::Own(_) | Existing::None => {}
             Existing::Elsewhere => return Err(already_settled()),
         }
@@ -180,6 +224,7 @@ impl Scheme for TxHash {
             // Not final: the same proof sent again once the transfer is mined and buried pays.
             Proof::NotYet => Err(rejected(InvalidReason::SettlementPending)),
             Proof::Late => Err(c.late()),
+            Proof::LateMined(network) => Err(c.claim_late(network).await),
             Proof::Refused(reason) => Err(rejected(reason)),
         }
     }
@@ -194,9 +239,10 @@ impl Scheme for TxHash {
         let c = Context::load(inv, proof, found_on(verified, proof).as_deref()).await?;
         let tx = c.hash.to_string();
         match c.existing().await? {
-            Existing::Own(r) if r.status == Status::Confirmed => {
+            Existing::Own(r) if r.pays_invoice() => {
                 return Ok(wit::Settlement::Settled(tx));
             }
+            Existing::Own(r) if r.late_transfer => return Err(c.late()),
             Existing::Own(_) | Existing::None => {}
             Existing::Elsewhere => return Err(already_settled()),
         }
@@ -206,6 +252,7 @@ impl Scheme for TxHash {
             // Money already moved (or is moving); nothing is claimed until it is final.
             Proof::NotYet => return Ok(wit::Settlement::Pending(tx)),
             Proof::Late => return Err(c.late()),
+            Proof::LateMined(network) => return Err(c.claim_late(network).await),
             Proof::Refused(reason) => return Err(rejected(reason)),
         };
         let key = keys::txhash(c.hash);

@@ -21,8 +21,11 @@ pub(super) enum Proof {
     Paid(String),
     /// Not mined yet, or not buried deeply enough: ask again later.
     NotYet,
-    /// Mined after the invoice's deadline, or not mined by it.
+    /// Not mined by the invoice's deadline (no chain knows it ten minutes past it).
     Late,
+    /// A transfer that would pay the invoice, mined after its deadline on this network (CAIP-2): it pays
+    /// nothing, and is owed back.
+    LateMined(String),
     /// It does not pay the invoice.
     Refused(InvalidReason),
 }
@@ -193,7 +196,7 @@ impl Context {
             ) {
                 Mined::InTime => Proof::Paid(network.caip2()),
                 Mined::BeforeInvoice => Proof::Refused(InvalidReason::InvalidTransactionState),
-                Mined::Late => Proof::Late,
+                Mined::Late => Proof::LateMined(network.caip2()),
             },
         )
     }

@@ -1,0 +1,67 @@
+//! A tx-hash transfer mined after its invoice's deadline: it pays nothing (the verifier claimed it as a late
+//! transfer) and is owed back to its payer.
+
+use esim402_core::paid::StoredResponse;
+use esim402_core::{ApiError, ErrorKind};
+use esim402_guest::wit;
+use serde_json::{Value, json};
+
+use super::super::answers::{stored, stored_error, unsettled};
+use super::Attempt;
+use crate::{from_wit, now, verifier};
+
+impl Attempt<'_> {
+    /// A tx-hash proof refused as late (410, `msg`). A transfer the verifier claimed as mined after the deadline
+    /// is owed back (the refund job returns it; `refund_owed` is logged once) and the answer says so, `charged:
+    /// true` with the refund; one not mined in time at all (nothing claimed: `conflict`) gets the plain 410. A
+    /// refund that could not be recorded leaves the payment open: the same proof sent again owes it.
+    pub(super) async fn late_transfer(&self, msg: String) -> (wit::PaymentEnd, StoredResponse) {
+        let err = ApiError::new(ErrorKind::Expired, msg);
+        let wit::PaymentProof::TxHash(proof) = self.proof.wit() else {
+            return (wit::PaymentEnd::Release, stored_error(&err));
+        };
+        let hash = proof.hash.trim().to_lowercase();
+        let reason = format!("transfer {hash} mined after the invoice's deadline");
+        let owed =
+            verifier::owe_refund(self.invoice.clone(), hash.clone(), None, reason, now()).await;
+        let owed = match owed {
+            Ok(owed) => owed,
+            Err(wit::Error::Conflict(_) | wit::Error::NotFound(_)) => {
+                return (wit::PaymentEnd::Release, stored_error(&err));
+            }
+            Err(e) => {
+                eprintln!(
+                    "gateway: REFUND NOT RECORDED for the late transfer {hash} of {}: {e:?}",
+                    self.invoice.id
+                );
+                return (wit::PaymentEnd::Resume, unsettled(from_wit(e)));
+            }
+        };
+        if self.logs(owed.new) {
+            self.pending.borrow_mut().push(owed.event);
+        }
+        let refund: Value =
+            serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund));
+        // Refunds are once per invoice: another late transfer's may be the one recorded.
+        let ours = refund["reason"]
+            .as_str()
+            .is_some_and(|r| r.to_lowercase().contains(&hash));
+        let message = if ours {
+            format!("{}; the transfer is owed back to its payer", err.message)
+        } else {
+            format!(
+                "{}; another late transfer is already owed back for this invoice, this one is not: ask the operator",
+                err.message
+            )
+        };
+        let mut body = json!({ "error": err, "charged": ours });
+        body["error"]["message"] = Value::String(message);
+        if ours {
+            body["refund"] = refund;
+        }
+        (
+            wit::PaymentEnd::Done,
+            stored(err.status(), vec![], body.to_string()),
+        )
+    }
+}
