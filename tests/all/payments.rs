@@ -1490,6 +1490,8 @@ async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
     let late_id = late["invoice_id"].as_str().unwrap().to_owned();
     let after = late["expires_at"].as_u64().unwrap() + 60;
     let start = s.balance(agent()).await;
+    // The payer also sent a transfer that was mined in time (a retried send), and presents it last.
+    let in_time = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
     s.rpc("anvil_setNextBlockTimestamp", json!([after])).await;
     let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
     s.rpc("anvil_mine", json!([2])).await;
@@ -1519,6 +1521,16 @@ async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
         .post("/v1/esim/activate", &body, &proof_headers(&tx, other_id))
         .await;
     assert_eq!(status, 409, "{e}");
+    // The transfer mined in time still pays the invoice: the late one's answer did not end it.
+    let (status, _, paid) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &proof_headers(&in_time, &late_id),
+        )
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["transaction"], in_time.as_str(), "{paid}");
     // The refund job returns it (a second run once its transfer has the network's 3 confirmations).
     for _ in 0..2 {
         let r = s
@@ -1533,8 +1545,8 @@ async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
     }
     assert_eq!(
         s.balance(agent()).await,
-        start,
-        "the late transfer came back"
+        start - price(&req),
+        "the late transfer came back; the one in time paid"
     );
     let (kinds, verify) = s.ledger().await;
     assert_eq!(verify["ok"], true, "{verify}");

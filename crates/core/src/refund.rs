@@ -80,6 +80,11 @@ pub struct Refund {
     /// Last change of status or transaction (unix seconds): for a `submitted` refund with a transaction, when
     /// it was recorded.
     pub updated_at: u64,
+    /// The payment's transaction this refund returns (`0x…`, lowercase): refunds are once per invoice, and an
+    /// invoice paid twice (a late transfer, then one in time) must not answer one payment with the other's
+    /// refund ([`Refund::returns_other`]). Absent on records from before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<String>,
 }
 
 /// How long after a refund's event (owed: its `created_at`; paid: its `updated_at`) a repeat of that event
@@ -157,7 +162,21 @@ impl Refund {
             holder: None,
             unmineable_since: None,
             updated_at: now,
+            payment: None,
         }
+    }
+
+    /// The same refund, returning the payment made in `transaction`.
+    pub fn for_payment(mut self, transaction: alloy_primitives::B256) -> Self {
+        self.payment = Some(format!("{transaction:#x}"));
+        self
+    }
+
+    /// Whether this refund returns a payment other than `transaction` (records from before name none: no).
+    pub fn returns_other(&self, transaction: alloy_primitives::B256) -> bool {
+        self.payment
+            .as_deref()
+            .is_some_and(|p| p.parse::<alloy_primitives::B256>().ok() != Some(transaction))
     }
 
     /// The recorded transaction hash.
@@ -344,6 +363,27 @@ mod tests {
     use alloy_primitives::{Address, U256};
 
     use super::*;
+
+    #[test]
+    fn a_refund_names_the_payment_it_returns() {
+        let t = |b: u8| alloy_primitives::B256::repeat_byte(b);
+        let r = Refund::owed(
+            "inv_a",
+            "0xp",
+            UsdcAmount::from_micros(5),
+            "eip155:1",
+            "0xu",
+            "why",
+            1,
+        );
+        assert!(!r.returns_other(t(1)), "records from before name none");
+        let r = r.for_payment(t(1));
+        assert!(!r.returns_other(t(1)));
+        assert!(r.returns_other(t(2)));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["payment"], format!("{:#x}", t(1)));
+        assert_eq!(serde_json::from_value::<Refund>(json).unwrap(), r);
+    }
     use crate::evm::{Eip1559Tx, SigningKey, sign_eip1559};
 
     fn refund() -> Refund {

@@ -78,8 +78,19 @@ pub async fn owe(
     if reason.is_empty() {
         return Err(invalid("reason", "say why the refund is owed"));
     }
+    let hash = transaction
+        .trim()
+        .parse::<alloy_primitives::B256>()
+        .map_err(|_| invalid("transaction", "not a transaction hash"))?;
     let key = keys::refund(&id);
     if let Some(existing) = load(&key).await? {
+        // Once per invoice: an invoice paid twice (a late transfer, then one in time) owes one of them.
+        if existing.returns_other(hash) {
+            return Err(wit::Error::Conflict(format!(
+                "invoice {id} already owes back transaction {}; {hash:#x} is not refunded: ask the operator",
+                existing.payment.as_deref().unwrap_or_default()
+            )));
+        }
         // A repeat; also heals a first call that stopped between the record and the queue.
         if existing.status != RefundStatus::Paid {
             enqueue(id.as_str()).await?;
@@ -87,10 +98,6 @@ pub async fn owe(
         return owed(&existing, false, now);
     }
     let nothing = || wit::Error::Conflict(format!("nothing was paid for invoice {id}"));
-    let hash = transaction
-        .trim()
-        .parse::<alloy_primitives::B256>()
-        .map_err(|_| invalid("transaction", "not a transaction hash"))?;
     let claim = claims::load(&keys::txhash(hash))
         .await?
         .ok_or_else(nothing)?;
@@ -138,7 +145,8 @@ pub async fn owe(
         &network.usdc.to_checksum(None),
         &reason,
         now,
-    );
+    )
+    .for_payment(hash);
     let bytes = serde_json::to_vec(&refund).map_err(internal)?;
     match kv::insert_if_absent::<wit::Error>(&key, &bytes).await {
         Ok(()) => {}

@@ -13,8 +13,11 @@ use crate::{from_wit, now, verifier};
 impl Attempt<'_> {
     /// A tx-hash proof refused as late (410, `msg`). A transfer the verifier claimed as mined after the deadline
     /// is owed back (the refund job returns it; `refund_owed` is logged once) and the answer says so, `charged:
-    /// true` with the refund; one not mined in time at all (nothing claimed: `conflict`) gets the plain 410. A
-    /// refund that could not be recorded leaves the payment open: the same proof sent again owes it.
+    /// true` with the refund. A `conflict` from owing (nothing claimed: not mined in time at all; the invoice
+    /// already owes back another payment; its network disabled since) is added to the 410. The payment is
+    /// released either way, so another payment of the invoice (a transfer mined in time) may still pay it, and
+    /// the same proof sent again gets the same answer (owing is idempotent). A refund that could not be
+    /// recorded leaves the payment open: the same proof sent again owes it.
     pub(super) async fn late_transfer(&self, msg: String) -> (wit::PaymentEnd, StoredResponse) {
         let err = ApiError::new(ErrorKind::Expired, msg);
         let wit::PaymentProof::TxHash(proof) = self.proof.wit() else {
@@ -26,7 +29,8 @@ impl Attempt<'_> {
             verifier::owe_refund(self.invoice.clone(), hash.clone(), None, reason, now()).await;
         let owed = match owed {
             Ok(owed) => owed,
-            Err(wit::Error::Conflict(_) | wit::Error::NotFound(_)) => {
+            Err(wit::Error::Conflict(why) | wit::Error::NotFound(why)) => {
+                let err = ApiError::new(ErrorKind::Expired, format!("{}; {why}", err.message));
                 return (wit::PaymentEnd::Release, stored_error(&err));
             }
             Err(e) => {
@@ -42,25 +46,13 @@ impl Attempt<'_> {
         }
         let refund: Value =
             serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund));
-        // Refunds are once per invoice: another late transfer's may be the one recorded.
-        let ours = refund["reason"]
-            .as_str()
-            .is_some_and(|r| r.to_lowercase().contains(&hash));
-        let message = if ours {
-            format!("{}; the transfer is owed back to its payer", err.message)
-        } else {
-            format!(
-                "{}; another late transfer is already owed back for this invoice, this one is not: ask the operator",
-                err.message
-            )
-        };
-        let mut body = json!({ "error": err, "charged": ours });
-        body["error"]["message"] = Value::String(message);
-        if ours {
-            body["refund"] = refund;
-        }
+        let mut body = json!({ "error": err, "charged": true, "refund": refund });
+        body["error"]["message"] = Value::String(format!(
+            "{}; the transfer is owed back to its payer",
+            err.message
+        ));
         (
-            wit::PaymentEnd::Done,
+            wit::PaymentEnd::Release,
             stored(err.status(), vec![], body.to_string()),
         )
     }
