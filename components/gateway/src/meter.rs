@@ -309,6 +309,11 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
                 }
                 out.push(serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund)));
             }
+            // The invoice's one refund returns another payment of it (a late transfer): an operator's case.
+            Err(wit::Error::Conflict(why)) => eprintln!(
+                "gateway: OPERATOR: REFUND OF UNUSED DATA NOT RECORDED for {}: {why}",
+                share.invoice
+            ),
             Err(e) => eprintln!(
                 "gateway: REFUND OF UNUSED DATA NOT RECORDED for {} (terminate the SIM again to retry): {e:?}",
                 share.invoice

@@ -180,14 +180,16 @@ impl Attempt<'_> {
             now(),
         )
         .await;
-        if let Err(e) = invoices::mark_refunded(self.invoice.id.clone(), reason.to_owned()).await {
-            eprintln!(
-                "gateway: marking {} refunded failed: {e:?}",
-                self.invoice.id
-            );
-        }
         match owed {
             Ok(owed) => {
+                if let Err(e) =
+                    invoices::mark_refunded(self.invoice.id.clone(), reason.to_owned()).await
+                {
+                    eprintln!(
+                        "gateway: marking {} refunded failed: {e:?}",
+                        self.invoice.id
+                    );
+                }
                 if self.logs(owed.new) {
                     self.pending.borrow_mut().push(owed.event);
                 }

@@ -83,19 +83,15 @@ pub async fn owe(
         .parse::<alloy_primitives::B256>()
         .map_err(|_| invalid("transaction", "not a transaction hash"))?;
     let key = keys::refund(&id);
-    if let Some(existing) = load(&key).await? {
-        // Once per invoice: an invoice paid twice (a late transfer, then one in time) owes one of them.
-        if existing.returns_other(hash) {
-            return Err(wit::Error::Conflict(format!(
-                "invoice {id} already owes back transaction {}; {hash:#x} is not refunded: ask the operator",
-                existing.payment.as_deref().unwrap_or_default()
-            )));
-        }
+    // Once per invoice: an invoice paid twice (a late transfer, then one in time) owes one of them. Another
+    // payment's refund is refused below, once this payment is known to have paid (else: nothing was paid).
+    let existing = load(&key).await?;
+    if let Some(existing) = existing.as_ref().filter(|r| !r.returns_other(hash)) {
         // A repeat; also heals a first call that stopped between the record and the queue.
         if existing.status != RefundStatus::Paid {
             enqueue(id.as_str()).await?;
         }
-        return owed(&existing, false, now);
+        return owed(existing, false, now);
     }
     let nothing = || wit::Error::Conflict(format!("nothing was paid for invoice {id}"));
     let claim = claims::load(&keys::txhash(hash))
@@ -115,6 +111,9 @@ pub async fn owe(
         return Err(wit::Error::Conflict(format!(
             "nothing was paid for invoice {id}: its settlement is {status}, not confirmed"
         )));
+    }
+    if let Some(other) = existing {
+        return Err(returns_other(&id, &other, hash));
     }
     let cfg = crate::config::get().await?;
     let network = match cfg.chain(&settlement.network) {
@@ -155,12 +154,23 @@ pub async fn owe(
             let existing = load(&key)
                 .await?
                 .ok_or_else(|| internal(format!("refund record {key} vanished")))?;
+            if existing.returns_other(hash) {
+                return Err(returns_other(&id, &existing, hash));
+            }
             return owed(&existing, false, now);
         }
         Err(e) => return Err(kv_err(e)),
     }
     enqueue(id.as_str()).await?;
     owed(&refund, true, now)
+}
+
+/// `conflict`: the invoice's one refund returns another payment than `hash`, which is not refunded.
+fn returns_other(id: &InvoiceId, refund: &Refund, hash: alloy_primitives::B256) -> wit::Error {
+    wit::Error::Conflict(format!(
+        "invoice {id} already owes back transaction {}; {hash:#x} is not refunded: ask the operator",
+        refund.payment.as_deref().unwrap_or_default()
+    ))
 }
 
 /// What one run did with one queued refund.

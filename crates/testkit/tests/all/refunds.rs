@@ -313,6 +313,34 @@ async fn owe_refund_is_idempotent_and_logs_once() {
     assert_eq!(again.refund, refund);
     assert!(!again.new);
     assert_eq!(queue(&kit).await, json!([id]));
+    assert_eq!(refund["payment"], p.tx.to_lowercase(), "{refund}");
+
+    // Another confirmed payment of the same invoice (a tx-hash transfer claimed for it, as a late one is) is
+    // not answered with this payment's refund: refused, naming the one owed back; a transaction that paid
+    // nothing is still told so.
+    let second = keccak256("a second payment of the invoice").to_string();
+    let mut claim = kv_json(&kit, &format!("txhash/{}", p.tx)).await.unwrap();
+    claim["claim"] = json!(format!("txhash/{second}"));
+    claim["transaction"] = json!(second);
+    claim["status"] = json!("confirmed");
+    kit.kv_put(&format!("txhash/{second}"), claim.to_string().as_bytes())
+        .await;
+    let got = owe_raw(&mut kit, wit_invoice(&p.inv), &second, None, "late").await;
+    assert!(
+        matches!(&got, Err(E::Conflict(m)) if m.contains("already owes back") && m.contains(&p.tx.to_lowercase())),
+        "{got:?}"
+    );
+    let never = keccak256("never mined").to_string();
+    let got = owe_raw(&mut kit, wit_invoice(&p.inv), &never, None, "late").await;
+    assert!(
+        matches!(&got, Err(E::Conflict(m)) if m.starts_with("nothing was paid")),
+        "{got:?}"
+    );
+    assert_eq!(
+        kv_json(&kit, &format!("refund/{id}")).await.unwrap(),
+        refund,
+        "the refund is unchanged"
+    );
 
     // Eight first calls at once: one record, one queue entry, one new (logged) answer.
     let p2 = paid(&mut kit, 111).await;
