@@ -452,19 +452,7 @@ async fn killed_after_a_refund_is_paid_the_next_run_logs_it_once() {
 
     // Restarted once the killed run is surely over (kernel `refund::RELOG_AFTER_SECS`).
     restart_later(&mut s, esim402_core::refund::RELOG_AFTER_SECS + 1, &[]).await;
-    let (status, summary) = {
-        let r = s
-            .http
-            .post(format!("{}/admin/refunds/run", s.url))
-            .bearer_auth(s.admin_token.clone())
-            .send()
-            .await
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.json::<serde_json::Value>().await.unwrap(),
-        )
-    };
+    let (status, summary) = s.run_refunds().await;
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["paid"], serde_json::json!([]), "{summary}");
     assert_eq!(summary["remaining"], 0, "{summary}");
@@ -678,14 +666,7 @@ async fn killed_after_a_switch_moved_the_balance_the_same_payment_logs_the_move_
     let old = act["iccid"].as_str().unwrap().to_owned();
     let path = format!("/v1/esim/{old}/switch");
     let target = serde_json::json!({"carrier": "verizon"});
-    let (status, headers, _) = s.post(&path, &target, &[]).await;
-    assert_eq!(status, 402);
-    let req = esim402_core::x402::header::decode_payment_required_header(
-        headers["payment-required"].to_str().unwrap(),
-    )
-    .unwrap()
-    .accepts[0]
-        .clone();
+    let (_, req) = s.challenge(&path, &target).await;
     let header = Payment::for_requirement(&req).header();
     let paid = s
         .http
@@ -958,14 +939,7 @@ async fn a_top_up_of_a_withdrawn_sim_is_owed_back() {
     let iccid = sims[0]["iccid"].as_str().unwrap().to_owned();
     let data = format!("/v1/esim/{iccid}/data");
     let ask = serde_json::json!({"top_up_mb": 10});
-    let (status, headers, low) = s.post(&data, &ask, &[]).await;
-    assert_eq!(status, 402, "{low}");
-    let req = esim402_core::x402::header::decode_payment_required_header(
-        headers["payment-required"].to_str().unwrap(),
-    )
-    .unwrap()
-    .accepts[0]
-        .clone();
+    let (low, req) = s.challenge(&data, &ask).await;
     let top_up = Payment::for_requirement(&req).header();
     let (status, _, paid) = s.post(&data, &ask, &[("payment-signature", top_up)]).await;
     assert_eq!(status, 200, "{paid}");
@@ -985,14 +959,8 @@ async fn a_top_up_of_a_withdrawn_sim_is_owed_back() {
     assert_eq!(owed.len(), 1, "the top-up is owed back: {owed:?}");
     assert_eq!(owed[0]["invoice_id"], low["invoice_id"], "{owed:?}");
     // The refund job pays it: the payer has every cent back (the activation never settled).
-    let r = s
-        .http
-        .post(format!("{}/admin/refunds/run", s.url))
-        .bearer_auth(s.admin_token.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (status, summary) = s.run_refunds().await;
+    assert_eq!(status, 200, "{summary}");
     assert_eq!(s.balance(agent()).await, start, "the top-up was refunded");
     let (kinds, _) = verified_ledger(&s).await;
     assert_eq!(count(&kinds, "refund_owed"), 1, "{kinds:?}");

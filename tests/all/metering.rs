@@ -293,14 +293,8 @@ async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
         .await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["refunds"], term["refunds"]);
-    let r = s
-        .http
-        .post(format!("{}/admin/refunds/run", s.url))
-        .bearer_auth(&s.admin_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, summary) = s.run_refunds().await;
+    assert_eq!(status, 200, "{summary}");
     assert_eq!(
         s.balance(agent()).await,
         start - U256::from(50_000u64) + U256::from(49_500u64)

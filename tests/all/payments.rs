@@ -439,11 +439,28 @@ impl PayStack {
 
     /// Ask for an activation: the 402's body and its first v2 requirement.
     pub async fn invoice(&self, body: &Value) -> (Value, PaymentRequirements) {
-        let (status, headers, body) = self.post("/v1/esim/activate", body, &[]).await;
+        self.challenge("/v1/esim/activate", body).await
+    }
+
+    /// The 402 that `POST path` with `body` answers: its body and its first offered requirement.
+    pub async fn challenge(&self, path: &str, body: &Value) -> (Value, PaymentRequirements) {
+        let (status, headers, body) = self.post(path, body, &[]).await;
         assert_eq!(status, 402, "{body}");
         let header = headers["payment-required"].to_str().unwrap();
         let required = decode_payment_required_header(header).unwrap();
         (body, required.accepts[0].clone())
+    }
+
+    /// `POST /admin/refunds/run` with the admin token: its status and summary.
+    pub async fn run_refunds(&self) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/admin/refunds/run", self.url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
     }
 
     /// Every ledger entry (the admin export, all shards merged by time), as JSON.
@@ -1533,14 +1550,8 @@ async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
     assert_eq!(paid["transaction"], in_time.as_str(), "{paid}");
     // The refund job returns it (a second run once its transfer has the network's 3 confirmations).
     for _ in 0..2 {
-        let r = s
-            .http
-            .post(format!("{}/admin/refunds/run", s.url))
-            .bearer_auth(s.admin_token.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
+        let (status, summary) = s.run_refunds().await;
+        assert_eq!(status, 200, "{summary}");
         s.rpc("anvil_mine", json!([2])).await;
     }
     assert_eq!(
