@@ -127,6 +127,8 @@ impl Attempt<'_> {
             Err(wit::Error::PaymentRequired(reason)) => {
                 return (wit::PaymentEnd::Release, self.challenge(&reason));
             }
+            // Found late only now (a reorg moved it since `verify`): claimed as a late transfer, owed back.
+            Err(wit::Error::Expired(msg)) => return self.late_transfer(msg).await,
             Err(e @ (wit::Error::Conflict(_) | wit::Error::InvalidInput(_))) => {
                 return (wit::PaymentEnd::Release, stored_error(&from_wit(e)));
             }
