@@ -1479,20 +1479,47 @@ async fn stays_pending(kit: &mut Kit, node: &Node, inv: &Invoice, p: &Pay, hash:
     assert_eq!(node.sent().len(), 1);
 }
 
+/// A verifier (receipt waits of 300 ms) on a node that never mines, with invoice `seed` paid: its settlement
+/// answered pending with the one transaction it sent, `hash`.
+struct PendingSettlement {
+    node: Arc<Node>,
+    kit: Kit,
+    inv: Invoice,
+    p: Pay,
+    hash: String,
+}
+
+async fn pending_settlement(seed: u8) -> PendingSettlement {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(seed, None);
+    let p = pay(&inv);
+    node.set(|c| c.mining = Mining::Never);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(got, Ok(S::Pending(hash.clone())));
+    PendingSettlement {
+        node,
+        kit,
+        inv,
+        p,
+        hash,
+    }
+}
+
 /// Our settlement reverts because another transaction executed the same signed authorization first (the
 /// payer's own, another facilitator's), and no log names that transaction (outside the blocks searched): the
 /// money may have reached `payTo`, so it is never recorded as a failure (which would withdraw the order); it
 /// stays pending for an operator, and nothing is sent again.
 #[tokio::test]
 async fn a_reverted_settlement_whose_authorization_was_executed_meanwhile_stays_pending() {
-    let node = Arc::new(Node::default());
-    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
-    let inv = invoice(28, None);
-    let p = pay(&inv);
-    node.set(|c| c.mining = Mining::Never);
-    let got = settle(&mut kit, &inv, p.v2()).await;
-    let hash = keccak256(&node.sent()[0]).to_string();
-    assert_eq!(got, Ok(S::Pending(hash.clone())));
+    let PendingSettlement {
+        node,
+        mut kit,
+        inv,
+        p,
+        hash,
+    } = pending_settlement(28).await;
 
     node.set(|c| {
         c.mining = Mining::Revert;
@@ -1524,14 +1551,13 @@ fn used_by(node: &Node, p: &Pay, tx: B256, event: &str, moved: Option<Value>) {
 /// that transaction's `txhash/` key is claimed for it (before, it stayed pending for an operator).
 #[tokio::test]
 async fn a_settlement_front_run_by_a_transaction_moving_its_money_is_settled_by_it() {
-    let node = Arc::new(Node::default());
-    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
-    let inv = invoice(29, None);
-    let p = pay(&inv);
-    node.set(|c| c.mining = Mining::Never);
-    let got = settle(&mut kit, &inv, p.v2()).await;
-    let ours = keccak256(&node.sent()[0]).to_string();
-    assert_eq!(got, Ok(S::Pending(ours.clone())));
+    let PendingSettlement {
+        node,
+        mut kit,
+        inv,
+        p,
+        hash: ours,
+    } = pending_settlement(29).await;
 
     let theirs = B256::repeat_byte(0xf1);
     used_by(
@@ -1597,13 +1623,13 @@ async fn a_facilitator_api_settlement_front_run_stays_pending() {
 /// it pays that one, so this settlement stays pending for an operator rather than a transfer paying twice.
 #[tokio::test]
 async fn a_front_run_transaction_that_already_pays_another_invoice_leaves_the_settlement_pending() {
-    let node = Arc::new(Node::default());
-    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
-    let inv = invoice(30, None);
-    let p = pay(&inv);
-    node.set(|c| c.mining = Mining::Never);
-    settle(&mut kit, &inv, p.v2()).await.unwrap();
-    let ours = keccak256(&node.sent()[0]).to_string();
+    let PendingSettlement {
+        node,
+        mut kit,
+        inv,
+        p,
+        hash: ours,
+    } = pending_settlement(30).await;
 
     let theirs = B256::repeat_byte(0xf2);
     used_by(
@@ -1639,13 +1665,13 @@ async fn a_settlement_whose_nonce_was_used_without_its_transfer_or_canceled_fail
         "receipt without the log",
         "log after the block",
     ] {
-        let node = Arc::new(Node::default());
-        let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
-        let inv = invoice(31, None);
-        let p = pay(&inv);
-        node.set(|c| c.mining = Mining::Never);
-        settle(&mut kit, &inv, p.v2()).await.unwrap();
-        let ours = keccak256(&node.sent()[0]).to_string();
+        let PendingSettlement {
+            node,
+            mut kit,
+            inv,
+            p,
+            hash: ours,
+        } = pending_settlement(31).await;
         let theirs = B256::repeat_byte(0xf3);
         match case {
             "other transfer" => used_by(
