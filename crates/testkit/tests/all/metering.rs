@@ -136,6 +136,19 @@ fn reasons(report: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// `transfer`: move `from`'s balance to `to` (a SIM on `carrier`).
+async fn transfer(
+    kit: &mut Kit,
+    from: &str,
+    to: &str,
+    carrier: &str,
+) -> Result<esim402_testkit::metering::Credited, types::Error> {
+    let (from, to) = (from.to_owned(), sim(to, carrier));
+    kit.call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
+        .await
+        .unwrap()
+}
+
 async fn balance(kit: &mut Kit, iccid: &str) -> types::Balance {
     let id = iccid.to_owned();
     kit.call(async move |a, g| g.metering().call_get_balance(a, id).await)
@@ -436,12 +449,7 @@ async fn usage_the_old_sim_reports_after_a_switch_draws_on_the_new_sim() {
         vec![receipt(&old, "tmobile", "s", 1, 3 * MB, "310-260")],
     )
     .await;
-    let (from, to) = (old.clone(), sim(&new, "tmobile"));
-    let moved = kit
-        .call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
-        .await
-        .unwrap()
-        .unwrap();
+    let moved = transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
     assert_eq!(moved.balance.remaining_bytes, 7_000_000);
 
     let late = vec![receipt(&old, "tmobile", "s", 2, 2 * MB, "310-260")];
@@ -481,12 +489,7 @@ async fn a_switch_to_another_carrier_moves_the_balance_by_its_value() {
     )
     .await;
     for _ in 0..2 {
-        let (from, to) = (old.clone(), sim(&new, "verizon"));
-        let moved = kit
-            .call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
-            .await
-            .unwrap()
-            .unwrap();
+        let moved = transfer(&mut kit, &old, &new, "verizon").await.unwrap();
         assert_eq!(moved.balance.remaining_bytes, 6_000_000, "once, by value");
     }
     let id = new.clone();
@@ -522,11 +525,7 @@ async fn a_move_to_a_terminated_sim_leaves_the_balance_where_it_was() {
         .await
         .unwrap()
         .unwrap();
-    let (from, to) = (old.clone(), sim(&new, "tmobile"));
-    let refused = kit
-        .call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
-        .await
-        .unwrap();
+    let refused = transfer(&mut kit, &old, &new, "tmobile").await;
     assert!(
         matches!(refused, Err(types::Error::Conflict(_))),
         "{refused:?}"
@@ -544,11 +543,7 @@ async fn usage_charged_to_the_old_sim_during_the_switch_reaches_the_new_sim() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
     let (old, new) = (iccid(23), iccid(24));
     open(&mut kit, &old, 10).await;
-    let (from, to) = (old.clone(), sim(&new, "tmobile"));
-    kit.call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
-        .await
-        .unwrap()
-        .unwrap();
+    transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
     // The in-flight batch's charge: the old SIM's used counter grows after the move (it read the account
     // before the move, so it forwards nothing itself).
     kit.kv()
