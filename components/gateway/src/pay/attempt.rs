@@ -174,16 +174,8 @@ impl Attempt<'_> {
     /// Owe the payment back (idempotent per invoice): the refund as the verifier recorded it and `Done`, or
     /// `{"status": "unrecorded", ...}` and `Resume`.
     async fn owe_refund(&self, tx: &str, reason: &str) -> (Value, wit::PaymentEnd) {
-        let owed = verifier::owe_refund(
-            self.invoice.clone(),
-            tx.to_owned(),
-            None,
-            reason.to_owned(),
-            now(),
-        )
-        .await;
-        match owed {
-            Ok(owed) => {
+        match self.record_refund(tx, reason).await {
+            Ok(refund) => {
                 if let Err(e) =
                     invoices::mark_refunded(self.invoice.id.clone(), reason.to_owned()).await
                 {
@@ -192,11 +184,6 @@ impl Attempt<'_> {
                         self.invoice.id
                     );
                 }
-                if self.logs(owed.new) {
-                    self.pending.borrow_mut().push(owed.event);
-                }
-                let refund =
-                    serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund));
                 (refund, wit::PaymentEnd::Done)
             }
             Err(e) => {
@@ -208,6 +195,23 @@ impl Attempt<'_> {
                 (refund, wit::PaymentEnd::Resume)
             }
         }
+    }
+
+    /// Owe the payment made in `tx` back (verifier `owe-refund`, idempotent per invoice) and queue its
+    /// `refund_owed` for the ledger when this call recorded it: the refund as recorded.
+    pub(super) async fn record_refund(&self, tx: &str, reason: &str) -> Result<Value, wit::Error> {
+        let owed = verifier::owe_refund(
+            self.invoice.clone(),
+            tx.to_owned(),
+            None,
+            reason.to_owned(),
+            now(),
+        )
+        .await?;
+        if self.logs(owed.new) {
+            self.pending.borrow_mut().push(owed.event);
+        }
+        Ok(serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund)))
     }
 
     /// Verify; on refusal the attempt ends here with the answer to send.

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::super::answers::{stored, stored_error, unsettled};
 use super::Attempt;
-use crate::{from_wit, now, verifier};
+use crate::from_wit;
 
 impl Attempt<'_> {
     /// A tx-hash proof refused as late (410, `msg`). A transfer the verifier claimed as mined after the deadline
@@ -25,10 +25,8 @@ impl Attempt<'_> {
         };
         let hash = proof.hash.trim().to_lowercase();
         let reason = format!("transfer {hash} mined after the invoice's deadline");
-        let owed =
-            verifier::owe_refund(self.invoice.clone(), hash.clone(), None, reason, now()).await;
-        let owed = match owed {
-            Ok(owed) => owed,
+        let refund = match self.record_refund(&hash, &reason).await {
+            Ok(refund) => refund,
             Err(wit::Error::Conflict(why) | wit::Error::NotFound(why)) => {
                 let err = ApiError::new(ErrorKind::Expired, format!("{}; {why}", err.message));
                 return (wit::PaymentEnd::Release, stored_error(&err));
@@ -41,11 +39,6 @@ impl Attempt<'_> {
                 return (wit::PaymentEnd::Resume, unsettled(from_wit(e)));
             }
         };
-        if self.logs(owed.new) {
-            self.pending.borrow_mut().push(owed.event);
-        }
-        let refund: Value =
-            serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund));
         let mut body = json!({ "error": err, "charged": true, "refund": refund });
         body["error"]["message"] = Value::String(format!(
             "{}; the transfer is owed back to its payer",
