@@ -140,41 +140,48 @@ impl Context {
         ))
     }
 
-    /// A transfer mined late on `network`: claim it for the invoice as a late transfer (confirmed, paying
-    /// nothing), so it pays no other invoice and its money can be owed back; the answer is the 410 (or the
-    /// error that kept it from being claimed).
-    async fn claim_late(&self, network: String) -> wit::Error {
+    /// Claim the transaction for the invoice (insert-if-absent at `txhash/<hash>`): confirmed on `network`, as a
+    /// [`Record::late_transfer`] if `late`. `true` if this call claimed it, `false` if it already was, for this
+    /// invoice by a proof; `already settled` if it pays something else.
+    async fn claim(&self, network: String, late: bool) -> Result<bool, wit::Error> {
         let key = keys::txhash(self.hash);
-        let holder = match util::holder_token() {
-            Ok(h) => h,
-            Err(e) => return internal(e),
-        };
         let mut record = Record::claimed(
             network,
             self.payer,
             key.clone(),
-            holder,
+            util::holder_token().map_err(internal)?,
             Some(&self.id),
             self.now,
         );
         record.status = Status::Confirmed;
         record.sent = SentTx::hash_only(self.hash);
-        record.late_transfer = true;
-        match crate::claims::insert(&key, &record).await {
-            Ok(None) => {
-                eprintln!(
-                    "verifier: transaction {:#x} pays invoice {} but was mined after its deadline: claimed as a late transfer, to be owed back",
-                    self.hash, self.id
-                );
-                self.late()
-            }
-            Ok(Some(existing))
+        record.late_transfer = late;
+        match crate::claims::insert(&key, &record).await? {
+            None => Ok(true),
+            Some(existing)
                 if existing.invoice.as_deref() == Some(self.id.as_str())
                     && existing.claim == key =>
             {
+                Ok(false)
+            }
+            Some(_) => Err(already_settled()),
+        }
+    }
+
+    /// A transfer mined late on `network`: claim it for the invoice as a late transfer (confirmed, paying
+    /// nothing), so it pays no other invoice and its money can be owed back; the answer is the 410 (or the
+    /// error that kept it from being claimed).
+    async fn claim_late(&self, network: String) -> wit::Error {
+        match self.claim(network, true).await {
+            Ok(new) => {
+                if new {
+                    eprintln!(
+                        "verifier: transaction {:#x} pays invoice {} but was mined after its deadline: claimed as a late transfer, to be owed back",
+                        self.hash, self.id
+                    );
+                }
                 self.late()
             }
-            Ok(Some(_)) => already_settled(),
             Err(e) => e,
         }
     }
@@ -255,25 +262,7 @@ impl Scheme for TxHash {
             Proof::LateMined(network) => return Err(c.claim_late(network).await),
             Proof::Refused(reason) => return Err(rejected(reason)),
         };
-        let key = keys::txhash(c.hash);
-        let mut record = Record::claimed(
-            network,
-            c.payer,
-            key.clone(),
-            util::holder_token().map_err(internal)?,
-            Some(&c.id),
-            c.now,
-        );
-        record.status = Status::Confirmed;
-        record.sent = SentTx::hash_only(c.hash);
-        match crate::claims::insert(&key, &record).await? {
-            None => Ok(wit::Settlement::Settled(tx)),
-            Some(existing)
-                if existing.invoice.as_deref() == Some(c.id.as_str()) && existing.claim == key =>
-            {
-                Ok(wit::Settlement::Settled(tx))
-            }
-            Some(_) => Err(already_settled()),
-        }
+        c.claim(network, false).await?;
+        Ok(wit::Settlement::Settled(tx))
     }
 }
