@@ -1,5 +1,5 @@
-//! Dispatch settings, read once per instance: the carrier catalog (the built-in one, or the whole catalog as
-//! the `carrier_catalog` variable), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
+//! Dispatch settings, read once per instance: the carrier catalog (the whole catalog as the `carrier_catalog`
+//! variable, else the built-in one, which a public deployment refuses: kernel `Catalog::for_deployment`), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
 //! (`dispatch_budget_secs`, 60) and one ES2+ call's timeout (`es2_timeout_ms`, 10 000); the access-token key
 //! (`access_token_secret`, secret; else a random key kept at `secret/sim-token-key`) and the carriers' callback
 //! credentials (`carrier_callback_credentials`, secret; empty refuses every callback).
@@ -62,10 +62,10 @@ pub fn loaded() -> Option<Rc<Config>> {
 }
 
 async fn load() -> Result<Config, wit::Error> {
-    let catalog = match optional_var("carrier_catalog").await {
-        Some(toml) => Catalog::from_toml(&toml).map_err(|e| config_error("carrier_catalog", e))?,
-        None => Catalog::builtin().clone(),
-    };
+    let custom = optional_var("carrier_catalog").await;
+    let public = optional_var("public_origins").await.is_some();
+    let catalog = Catalog::for_deployment(custom.as_deref(), public)
+        .map_err(|e| internal(format!("variable carrier_catalog: {e}")))?;
     let smdp_base = optional_var("smdp_url")
         .await
         .ok_or_else(|| internal("variable smdp_url is not set"))?;

@@ -1,6 +1,7 @@
 //! The receipt-signer registry (each carrier's signing address) and the price book (each carrier's rate, by
 //! which a switch's moved balance is revalued), from the carrier catalog (the `carrier_catalog` variable,
-//! else the shipped one), parsed once per instance.
+//! else the shipped one, which a public deployment — `public_origins` set — refuses: kernel
+//! `Catalog::for_deployment`), parsed once per instance.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -30,11 +31,10 @@ instance_cache!(CONFIG: Config);
 pub async fn get() -> Result<Rc<Config>, wit::Error> {
     CONFIG
         .get_or_load(|| async {
-            let catalog = match optional_var("carrier_catalog").await {
-                Some(toml) => Catalog::from_toml(&toml)
-                    .map_err(|e| internal(format!("variable carrier_catalog is invalid: {e}")))?,
-                None => Catalog::builtin().clone(),
-            };
+            let custom = optional_var("carrier_catalog").await;
+            let public = optional_var("public_origins").await.is_some();
+            let catalog = Catalog::for_deployment(custom.as_deref(), public)
+                .map_err(|e| internal(format!("variable carrier_catalog: {e}")))?;
             let signers = catalog
                 .carriers()
                 .iter()

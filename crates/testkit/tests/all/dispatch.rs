@@ -283,6 +283,50 @@ async fn price_uses_the_regions_default_carrier() {
     assert!(kit.requests().is_empty(), "pricing never calls a carrier");
 }
 
+/// A public deployment (`public_origins` set) without a catalog of its own is refused: the built-in carriers'
+/// receipt-signing keys are public. Nothing is priced or ordered, and the error names the variable; the same
+/// deployment with a catalog set (here the built-in text, set on purpose) prices as before.
+#[tokio::test]
+async fn a_public_deployment_without_a_carrier_catalog_prices_and_orders_nothing() {
+    let smdp = Arc::new(FakeSmdp::default());
+    let public = [("public_origins", "https://esim402.example")];
+    let mut kit = kit_with(smdp.clone(), &public).await;
+    let priced = kit
+        .call(async |a, g| {
+            g.dispatch()
+                .call_price(a, crate::activation("us-west", 100))
+                .await
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&priced, Err(types::Error::Internal(m)) if m.contains("carrier_catalog") && m.contains("public deployment")),
+        "{priced:?}"
+    );
+    let ordered = order(&mut kit, request("us-west", None), "inv-public").await;
+    assert!(
+        matches!(&ordered, Err(types::Error::Internal(m)) if m.contains("carrier_catalog")),
+        "{ordered:?}"
+    );
+    assert!(kit.requests().is_empty(), "no carrier was called");
+
+    let builtin = std::fs::read_to_string(
+        esim402_testkit::repo_root().join("crates/core/catalog/carriers.toml"),
+    )
+    .unwrap();
+    let mut kit = kit_with(smdp, &[public[0], ("carrier_catalog", &builtin)]).await;
+    let q = kit
+        .call(async |a, g| {
+            g.dispatch()
+                .call_price(a, crate::activation("us-west", 100))
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((q.carrier.as_str(), q.amount), ("tmobile", 420_000));
+}
+
 /// `try-price` (the 402 path's synchronous call) has no answer until the instance has loaded its
 /// configuration, then answers exactly as `price` does, errors included.
 #[tokio::test]

@@ -187,6 +187,31 @@ async fn credits_land_once_per_invoice() {
     assert!(kit.kv_get(&format!("balance/{id}")).await.is_some());
 }
 
+/// On a public deployment (`public_origins` set) without a catalog of its own, receipts signed with the
+/// built-in carriers' public dev keys charge nothing: the batch is refused with an error naming the variable.
+#[tokio::test]
+async fn a_public_deployment_without_a_carrier_catalog_charges_no_dev_signed_receipt() {
+    let mut kit = Kit::builder("metering")
+        .var("public_origins", "https://esim402.example")
+        .build()
+        .await
+        .unwrap();
+    let id = iccid(60);
+    open(&mut kit, &id, 10).await;
+    let body =
+        json!({ "receipts": [receipt(&id, "tmobile", "s1", 1, 300_000, "310-260")] }).to_string();
+    let refused = kit
+        .call(async move |a, g| g.metering().call_ingest(a, body, now()).await)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Err(types::Error::Internal(m)) if m.contains("carrier_catalog")),
+        "{refused:?}"
+    );
+    let b = balance(&mut kit, &id).await;
+    assert_eq!((b.used_bytes, b.remaining_bytes), (0, 10_000_000), "{b:?}");
+}
+
 #[tokio::test]
 async fn receipts_are_charged_once_and_replays_are_duplicates() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
