@@ -27,7 +27,7 @@ use axum::routing::post;
 use esim402_core::esim::{Catalog, CatalogError};
 use esim402_core::invoice::token::{self, InvoiceKey, Terms};
 use esim402_core::invoice::{Invoice, PaymentOption, Purchase};
-use esim402_core::pricing::PriceBook;
+use esim402_core::pricing::{PriceBook, SealedQuote};
 use esim402_core::x402::networks::{TokenOverrides, narrow};
 use esim402_core::x402::requirements::challenge_body;
 use esim402_core::x402::{NetworkConfig, Networks};
@@ -78,8 +78,8 @@ impl Issuer {
         })
     }
 
-    /// `dispatch.price`: the first candidate carrier and its price (micro-USDC).
-    fn price(&self, r: &ActivationRequest) -> Result<(String, UsdcAmount), ApiError> {
+    /// `dispatch.price`: the first candidate carrier, its price (micro-USDC) and the quote an invoice seals.
+    fn price(&self, r: &ActivationRequest) -> Result<(String, UsdcAmount, SealedQuote), ApiError> {
         let allow_failover = r.carrier.is_none() || r.allow_failover;
         let candidates = self
             .catalog
@@ -99,7 +99,11 @@ impl Issuer {
             .price_book
             .quote(&carrier, r.data_mb)
             .ok_or_else(|| ApiError::internal(format!("no rate for carrier {carrier}")))?;
-        Ok((carrier.to_string(), amount))
+        let sealed = self
+            .price_book
+            .seal_quote(&carrier, r.data_mb, amount)
+            .ok_or_else(|| ApiError::internal(format!("no rate for carrier {carrier}")))?;
+        Ok((carrier.to_string(), amount, sealed))
     }
 
     /// `invoices.issue`: seal the terms, nothing written.
@@ -107,6 +111,7 @@ impl Issuer {
         &self,
         r: &ActivationRequest,
         amount: UsdcAmount,
+        quoted: SealedQuote,
         now: u64,
     ) -> Result<Invoice, ApiError> {
         if amount == UsdcAmount::ZERO {
@@ -136,6 +141,7 @@ impl Issuer {
             created_at: now,
             expires_at: now.saturating_add(self.ttl),
             nonce: u64::from_le_bytes(nonce),
+            quoted: Some(quoted),
         };
         let id = token::seal(&terms, &self.key).map_err(|e| ApiError::internal(e.to_string()))?;
         let options = offered
@@ -161,8 +167,8 @@ impl Issuer {
         now: u64,
     ) -> Result<(String, String), ApiError> {
         let request = ActivationRequest::parse(body)?;
-        let (carrier, amount) = self.price(&request)?;
-        let invoice = self.issue(&request, amount, now)?;
+        let (carrier, amount, quoted) = self.price(&request)?;
+        let invoice = self.issue(&request, amount, quoted, now)?;
         let header = esim402_core::x402::payment_required_header(&invoice, url);
         Ok((header, challenge_body(&invoice, Some(&carrier), url)))
     }

@@ -695,6 +695,50 @@ async fn a_failed_over_activation_refunds_its_unused_data_at_the_quoted_rate() {
     assert_eq!(refunds[0]["amount"], "3000000", "{term}");
 }
 
+/// An invoice seals the quote it was priced at: T-Mobile's rate raised after the 402 (the host restarted with
+/// a new catalog, on the same store and invoice key) does not change what the data was bought at, so
+/// terminating the SIM unused owes back the quoted data part, not today's value of it. Before, the data was
+/// valued at today's rate capped at the invoice: the whole payment, activation fee included, came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_activation_paid_after_a_rate_change_refunds_its_data_at_the_quoted_rate() {
+    let mut s = PayStack::start_with(
+        Some((&esim402_tests::Runner::Host, crate::payments::Store::Sqlite)),
+        &[],
+    )
+    .await;
+    let body = json!({"region": "us-west", "data_mb": 1000});
+    let (_, req) = s.invoice(&body).await;
+    // 1 000 MB at T-Mobile's $0.003 per MB, plus the $0.12 activation fee.
+    assert_eq!(req.amount, "3120000");
+
+    let builtin = std::fs::read_to_string(
+        esim402_tests::repo_root().join("crates/core/catalog/carriers.toml"),
+    )
+    .unwrap();
+    let (old_rate, new_rate) = ("price_per_mb = \"0.003\"", "price_per_mb = \"0.004\"");
+    assert_eq!(builtin.matches(old_rate).count(), 1);
+    let raised = builtin.replace(old_rate, new_rate);
+    let env = s.env_with(&[("SPIN_VARIABLE_CARRIER_CATALOG", &raised)], &[]);
+    s.restart(&env).await;
+    let (_, fresh) = s.invoice(&body).await;
+    assert_eq!(fresh.amount, "4120000", "the new rate prices new invoices");
+
+    let header = Payment::for_requirement(&req).header();
+    let (status, _, act) = s
+        .post("/v1/esim/activate", &body, &[("payment-signature", header)])
+        .await;
+    assert_eq!(status, 200, "{act}");
+    assert_eq!(act["carrier"], "tmobile", "{act}");
+    let iccid = act["iccid"].as_str().unwrap().to_owned();
+    let (status, _, term) = s
+        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
+        .await;
+    assert_eq!(status, 200, "{term}");
+    let refunds = term["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 1, "{term}");
+    assert_eq!(refunds[0]["amount"], "3000000", "{term}");
+}
+
 /// A paid switch to Verizon of a 10 MB SIM with 4 MB used, its 402 asked for and signed.
 struct Switching {
     old: String,

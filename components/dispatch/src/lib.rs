@@ -51,7 +51,7 @@ mod sims;
 mod spec;
 
 use bindings::exports::esim402::dispatch::dispatch::{Guest, SimPage};
-use esim402_guest::convert::{invalid, sim_to_wit};
+use esim402_guest::convert::{self, invalid, sim_to_wit};
 use esim402_guest::wit;
 
 struct Component;
@@ -63,15 +63,21 @@ fn price(cfg: &config::Config, request: &wit::ActivationRequest) -> Result<wit::
         .first()
         .map(|c| c.id.clone())
         .ok_or_else(|| invalid("region", "no carrier serves this region"))?;
+    let no_rate = || wit::Error::Internal(format!("no rate for carrier {carrier}"));
     let amount = cfg
         .price_book
         .quote(&carrier, spec.data_mb)
-        .ok_or_else(|| wit::Error::Internal(format!("no rate for carrier {carrier}")))?;
+        .ok_or_else(no_rate)?;
+    let sealed = cfg
+        .price_book
+        .seal_quote(&carrier, spec.data_mb, amount)
+        .ok_or_else(no_rate)?;
     Ok(wit::Quote {
         carrier: carrier.to_string(),
         region: spec.region.to_string(),
         data_mb: request.data_mb,
         amount: amount.micros(),
+        sealed: Some(convert::quote_to_wit(&sealed)),
     })
 }
 
@@ -164,8 +170,13 @@ impl Guest for Component {
         sims::quote_top_up(&iccid, data_mb).await
     }
 
-    async fn data_value(carrier: String, data_mb: u32, paid: u64) -> Result<u64, wit::Error> {
-        sims::data_value(&carrier, data_mb, paid).await
+    async fn data_value(
+        carrier: String,
+        data_mb: u32,
+        paid: u64,
+        quoted: Option<wit::SealedQuote>,
+    ) -> Result<u64, wit::Error> {
+        sims::data_value(&carrier, data_mb, paid, quoted.as_ref()).await
     }
 
     async fn lifecycle(

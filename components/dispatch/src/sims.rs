@@ -14,7 +14,7 @@ use esim402_core::join::join_all;
 use esim402_core::order::{StoredSim, SwitchError, SwitchTarget, start_switch};
 use esim402_core::store::keys;
 use esim402_core::{CarrierId, DataMb, Region, UsdcAmount};
-use esim402_guest::convert::{internal, invalid, kv_err, sim_to_wit};
+use esim402_guest::convert::{self, internal, invalid, kv_err, sim_to_wit};
 use esim402_guest::kv::{self, Change};
 use esim402_guest::{util, wit};
 
@@ -167,16 +167,31 @@ pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::
         region: sim.region.clone(),
         data_mb,
         amount: amount.micros(),
+        sealed: None,
     })
 }
 
-/// `data-value`: the data of an activation paid `paid` (kernel `PriceBook::paid_data_value`).
-pub async fn data_value(carrier: &str, data_mb: u32, paid: u64) -> Result<u64, wit::Error> {
+/// `data-value`: the data of an activation paid `paid` (kernel `PriceBook::sealed_data_value` with the
+/// invoice's quote, `PriceBook::paid_data_value` for an invoice sealed without one).
+pub async fn data_value(
+    carrier: &str,
+    data_mb: u32,
+    paid: u64,
+    quoted: Option<&wit::SealedQuote>,
+) -> Result<u64, wit::Error> {
     let cfg = crate::config::get().await?;
     let mb = DataMb::new(data_mb.into()).map_err(|e| invalid("data_mb", e.0))?;
     let carrier = CarrierId::parse(carrier).map_err(|e| invalid("carrier", e.0))?;
     let paid = UsdcAmount::from_micros(paid);
-    Ok(cfg.price_book.paid_data_value(&carrier, mb, paid).micros())
+    let book = &cfg.price_book;
+    Ok(match quoted {
+        Some(q) => {
+            let q = convert::quote(q).ok_or_else(|| invalid("quoted", "not a carrier id"))?;
+            book.sealed_data_value(&carrier, mb, paid, &q)
+        }
+        None => book.paid_data_value(&carrier, mb, paid),
+    }
+    .micros())
 }
 
 /// `quote-switch`: the switch charge (kernel pricing).
@@ -196,6 +211,7 @@ pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quo
         region: region.to_string(),
         data_mb: sim.data_mb,
         amount: amount.micros(),
+        sealed: None,
     })
 }
 

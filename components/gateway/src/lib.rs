@@ -93,11 +93,15 @@ async fn price(request: &wit::ActivationRequest) -> Result<wit::Quote, ApiError>
 }
 
 /// Seal an invoice for `purchase` at `amount` (every enabled network, issued now): `try-issue`, else `issue`.
-async fn issue(purchase: wit::Purchase, amount: u64) -> Result<wit::Invoice, ApiError> {
+async fn issue(
+    purchase: wit::Purchase,
+    amount: u64,
+    quoted: Option<wit::SealedQuote>,
+) -> Result<wit::Invoice, ApiError> {
     let now = now();
-    match invoices::try_issue(&purchase, amount, &[], now) {
+    match invoices::try_issue(&purchase, amount, quoted.as_ref(), &[], now) {
         Some(invoice) => invoice,
-        None => invoices::issue(purchase, amount, Vec::new(), now).await,
+        None => invoices::issue(purchase, amount, quoted, Vec::new(), now).await,
     }
     .map_err(from_wit)
 }

@@ -111,7 +111,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             payer: payer.clone(),
         });
         let amount = quote.amount;
-        crate::issue(purchase, amount)
+        crate::issue(purchase, amount, None)
     };
 
     if let Some(proof) = proof {

@@ -87,7 +87,8 @@ async fn issue_activation(
     request: &wit::ActivationRequest,
 ) -> Result<(wit::Invoice, wit::Quote), ApiError> {
     let quote = crate::price(request).await?;
-    let invoice = crate::issue(wit::Purchase::Activation(request.clone()), quote.amount).await?;
+    let purchase = wit::Purchase::Activation(request.clone());
+    let invoice = crate::issue(purchase, quote.amount, quote.sealed.clone()).await?;
     Ok((invoice, quote))
 }
 
@@ -107,7 +108,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             iccid: iccid.to_owned(),
             target: target.clone(),
         });
-        let invoice = crate::issue(purchase, quote.amount).await?;
+        let invoice = crate::issue(purchase, quote.amount, None).await?;
         Ok::<_, ApiError>((invoice, quote))
     };
     let Some(proof) = proof else {

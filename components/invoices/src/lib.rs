@@ -42,23 +42,24 @@ impl Guest for Component {
     async fn issue(
         purchase: wit::Purchase,
         amount: u64,
+        quoted: Option<wit::SealedQuote>,
         networks: Vec<String>,
         now: u64,
     ) -> Result<wit::Invoice, wit::Error> {
-        terms::issue(&purchase, amount, &networks, now).await
+        terms::issue(&purchase, amount, quoted.as_ref(), &networks, now).await
     }
 
     fn try_issue(
         purchase: wit::Purchase,
         amount: u64,
+        quoted: Option<wit::SealedQuote>,
         networks: Vec<String>,
         now: u64,
     ) -> Option<Result<wit::Invoice, wit::Error>> {
         let cfg = config::loaded()?;
-        Some(
-            terms::parse_amount(amount)
-                .and_then(|amount| terms::issue_with(&cfg, &purchase, amount, &networks, now)),
-        )
+        Some(terms::parse_amount(amount).and_then(|amount| {
+            terms::issue_with(&cfg, &purchase, amount, quoted.as_ref(), &networks, now)
+        }))
     }
 
     async fn get(id: String, now: u64) -> Result<Option<wit::Invoice>, wit::Error> {

@@ -1,5 +1,5 @@
-//! Issuing and opening invoices. `issue` seals the terms into the id (kernel `invoice::token`) and writes
-//! nothing; `get` opens an id under the same key, rebuilds its payment options from the enabled networks and
+//! Issuing and opening invoices. `issue` seals the terms (with an activation's quote) into the id (kernel
+//! `invoice::token`) and writes nothing; `get` opens an id under the same key, rebuilds its payment options from the enabled networks and
 //! reads the status from the payment record (one `get`, if a payment ever arrived).
 
 use esim402_core::invoice::token::{self, Terms};
@@ -85,12 +85,13 @@ pub fn parse_amount(amount: u64) -> Result<UsdcAmount, wit::Error> {
 pub async fn issue(
     purchase: &wit::Purchase,
     amount: u64,
+    quoted: Option<&wit::SealedQuote>,
     networks: &[String],
     now: u64,
 ) -> Result<wit::Invoice, wit::Error> {
     let amount = parse_amount(amount)?;
     let cfg = config::get().await?;
-    issue_with(&cfg, purchase, amount, networks, now)
+    issue_with(&cfg, purchase, amount, quoted, networks, now)
 }
 
 /// `issue` with the configuration at hand (`try-issue` when the instance has it, `issue` after loading it).
@@ -98,9 +99,13 @@ pub fn issue_with(
     cfg: &Config,
     purchase: &wit::Purchase,
     amount: UsdcAmount,
+    quoted: Option<&wit::SealedQuote>,
     networks: &[String],
     now: u64,
 ) -> Result<wit::Invoice, wit::Error> {
+    let quoted = quoted
+        .map(|q| convert::quote(q).ok_or_else(|| invalid("quoted", "not a carrier id")))
+        .transpose()?;
     let preference = match purchase {
         wit::Purchase::Activation(a) if networks.is_empty() => a.networks.as_slice(),
         _ => networks,
@@ -114,6 +119,7 @@ pub fn issue_with(
         created_at: now,
         expires_at: now.saturating_add(cfg.ttl),
         nonce: util::random_u64().map_err(internal)?,
+        quoted,
     };
     let id = token::seal(&terms, &cfg.key).map_err(internal)?;
     let invoice = Invoice::from_terms(id, &terms, options(cfg, &terms))

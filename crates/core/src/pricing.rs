@@ -14,6 +14,18 @@ pub struct Rate {
     pub milli_micros_per_mb: u64,
 }
 
+/// The quote an activation's invoice was issued at, sealed into its id (`invoice::token`): the carrier that
+/// priced it and the data part of its amount (the amount less the activation fee, before the minimum invoice
+/// lifts it). A catalog changed between the quote and the settlement does not change what the data was
+/// bought at ([`PriceBook::sealed_data_value`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedQuote {
+    /// The carrier the quote was priced at (the request's, else the region's default at the time).
+    pub carrier: CarrierId,
+    /// The data's value at that carrier's rate then; never above the invoice's amount.
+    pub data_value: UsdcAmount,
+}
+
 /// The price book.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriceBook {
@@ -64,8 +76,9 @@ impl PriceBook {
     /// What the data of an activation bought for `paid` (fee included) is worth: `data_mb` at `carrier`'s rate,
     /// never above `paid`. A carrier the book no longer prices (dropped from the catalog since the invoice was
     /// quoted) gets an estimate of what was paid for data: `paid` less the activation fee as configured now
-    /// (the invoice does not seal its fee), or `paid` when that leaves nothing (a credit worth nothing would
-    /// buy no bytes when a switch revalues it). This is the refund rate of the activation's data.
+    /// (an invoice without a sealed quote says nothing of its fee), or `paid` when that leaves nothing (a
+    /// credit worth nothing would buy no bytes when a switch revalues it). This is the refund rate of the data
+    /// of an activation whose invoice was sealed before quotes were ([`PriceBook::sealed_data_value`]).
     pub fn paid_data_value(
         &self,
         carrier: &CarrierId,
@@ -79,6 +92,42 @@ impl PriceBook {
                 .filter(|v| *v != UsdcAmount::ZERO)
                 .unwrap_or(paid),
         }
+    }
+
+    /// What the data of an activation whose invoice sealed `quoted` is worth, delivered by `delivering`:
+    /// what the quote valued it at (never above `paid`); a failover to another carrier is valued at that
+    /// carrier's rate today when that is less (the data was bought at the quoted rate, not a dearer one's).
+    /// A carrier the book no longer prices changes nothing: the sealed value stands. This is the refund rate
+    /// of the activation's data; invoices without a sealed quote (issued by an earlier build) are valued by
+    /// [`PriceBook::paid_data_value`].
+    pub fn sealed_data_value(
+        &self,
+        delivering: &CarrierId,
+        data_mb: DataMb,
+        paid: UsdcAmount,
+        quoted: &SealedQuote,
+    ) -> UsdcAmount {
+        let bought = quoted.data_value.min(paid);
+        if delivering == &quoted.carrier {
+            return bought;
+        }
+        self.usage(delivering, data_mb)
+            .map_or(bought, |today| today.min(bought))
+    }
+
+    /// The quote an activation of `data_mb` on `carrier` is sealed with: the data part of
+    /// [`PriceBook::quote`] (never above `amount`, the invoice it was quoted at). `None` for a carrier the book
+    /// does not price.
+    pub fn seal_quote(
+        &self,
+        carrier: &CarrierId,
+        data_mb: DataMb,
+        amount: UsdcAmount,
+    ) -> Option<SealedQuote> {
+        Some(SealedQuote {
+            carrier: carrier.clone(),
+            data_value: self.usage(carrier, data_mb)?.min(amount),
+        })
     }
 
     /// A data top-up of `data_mb` on `carrier`: the data at the carrier's rate (no activation fee), never below
@@ -180,7 +229,7 @@ mod tests {
             book.paid_data_value(&c("tmobile"), mb, micros(420_000)),
             micros(300_000)
         );
-        // A priced carrier: its rate, never above what was paid (the fee is not sealed in the invoice, so a
+        // A priced carrier: its rate, never above what was paid (an invoice without a sealed quote, so a
         // dearer carrier put first since the quote is capped at the invoice, not below it).
         assert_eq!(
             book.paid_data_value(&c("verizon"), mb, micros(420_000)),
@@ -205,6 +254,68 @@ mod tests {
             book.paid_data_value(&c("tmobile"), mb, micros(420_000)),
             micros(300_000),
             "a priced carrier does not depend on the fee"
+        );
+    }
+
+    #[test]
+    fn sealed_data_is_worth_its_quote_whatever_the_catalog_says_since() {
+        let mut book = seed();
+        let mb = DataMb::new(100).unwrap();
+        let micros = UsdcAmount::from_micros;
+        let paid = book.quote(&c("tmobile"), mb).unwrap();
+        assert_eq!(paid, micros(420_000));
+        let quoted = book.seal_quote(&c("tmobile"), mb, paid).unwrap();
+        assert_eq!(quoted.data_value, micros(300_000));
+        assert_eq!(book.seal_quote(&c("nope"), mb, paid), None);
+        // Delivered where it was quoted: the quote's value, whatever the rate or the fee is now.
+        book.rates[0].milli_micros_per_mb = 4_000_000;
+        book.activation_fee = micros(10_000);
+        assert_eq!(
+            book.sealed_data_value(&c("tmobile"), mb, paid, &quoted),
+            micros(300_000)
+        );
+        book.rates[0].milli_micros_per_mb = 1_000_000;
+        assert_eq!(
+            book.sealed_data_value(&c("tmobile"), mb, paid, &quoted),
+            micros(300_000),
+            "a rate cut since the quote does not shrink a refund of data bought before it"
+        );
+        // Failed over: the delivering carrier's rate when less, never above the quote.
+        assert_eq!(
+            book.sealed_data_value(&c("verizon"), mb, paid, &quoted),
+            micros(300_000)
+        );
+        book.rates[1].milli_micros_per_mb = 2_000_000;
+        assert_eq!(
+            book.sealed_data_value(&c("verizon"), mb, paid, &quoted),
+            micros(200_000)
+        );
+        // The quoted carrier gone from the book: the sealed value stands (no estimate from today's fee).
+        book.rates.clear();
+        assert_eq!(
+            book.sealed_data_value(&c("tmobile"), mb, paid, &quoted),
+            micros(300_000)
+        );
+        assert_eq!(
+            book.sealed_data_value(&c("verizon"), mb, paid, &quoted),
+            micros(300_000)
+        );
+        // Never above what was paid.
+        assert_eq!(
+            book.sealed_data_value(&c("tmobile"), mb, micros(250_000), &quoted),
+            micros(250_000)
+        );
+        // The minimum invoice lifts the amount, not the data's value.
+        let mut book = seed();
+        book.activation_fee = UsdcAmount::ZERO;
+        let one = DataMb::new(1).unwrap();
+        let paid = book.quote(&c("tmobile"), one).unwrap();
+        assert_eq!(paid, micros(50_000));
+        assert_eq!(
+            book.seal_quote(&c("tmobile"), one, paid)
+                .unwrap()
+                .data_value,
+            micros(3_000)
         );
     }
 

@@ -5,7 +5,8 @@ use esim402_core::invoice::{Invoice, InvoiceStatus, PaymentOption, Purchase};
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::order::StoredSim;
 use esim402_core::paid::StoredResponse;
-use esim402_core::{ApiError, ErrorKind, Network, UsdcAmount};
+use esim402_core::pricing::SealedQuote;
+use esim402_core::{ApiError, CarrierId, ErrorKind, Network, UsdcAmount};
 
 use crate::kv::KvError;
 use crate::wit;
@@ -202,7 +203,24 @@ pub fn invoice_to_wit(inv: &Invoice) -> wit::Invoice {
         status: status_to_wit(inv.status),
         transaction: inv.transaction.clone(),
         payer: inv.payer.clone(),
+        quoted: inv.quoted.as_ref().map(quote_to_wit),
     }
+}
+
+/// The WIT view of a sealed quote.
+pub fn quote_to_wit(q: &SealedQuote) -> wit::SealedQuote {
+    wit::SealedQuote {
+        carrier: q.carrier.to_string(),
+        data_value: q.data_value.micros(),
+    }
+}
+
+/// A sealed quote from its WIT view; `None` if its carrier is not a carrier id.
+pub fn quote(q: &wit::SealedQuote) -> Option<SealedQuote> {
+    Some(SealedQuote {
+        carrier: CarrierId::parse(&q.carrier).ok()?,
+        data_value: UsdcAmount::from_micros(q.data_value),
+    })
 }
 
 /// The kernel's invoice from its WIT view; `None` if a field does not parse (it came from the invoices
@@ -234,6 +252,10 @@ pub fn invoice(inv: &wit::Invoice) -> Option<Invoice> {
     out.status = status_from_wit(inv.status);
     out.transaction = inv.transaction.clone();
     out.payer = inv.payer.clone();
+    out.quoted = match &inv.quoted {
+        Some(q) => Some(quote(q)?),
+        None => None,
+    };
     Some(out)
 }
 

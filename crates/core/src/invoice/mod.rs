@@ -116,6 +116,10 @@ pub struct Invoice {
     /// Who paid.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub payer: Option<String>,
+    /// An activation's sealed quote (token [`token::Terms::quoted`]): what its data was bought at. Internal:
+    /// not part of the invoice's JSON.
+    #[serde(skip)]
+    pub quoted: Option<crate::pricing::SealedQuote>,
 }
 
 impl Invoice {
@@ -143,6 +147,7 @@ impl Invoice {
             expires_at: now.saturating_add(ttl_secs),
             transaction: None,
             payer: None,
+            quoted: None,
         })
     }
 
@@ -161,6 +166,7 @@ impl Invoice {
             terms.created_at,
             terms.expires_at.saturating_sub(terms.created_at),
         )?;
+        inv.quoted = terms.quoted.clone();
         // The options spell the same address checksummed already (a checksum costs a keccak): reuse it.
         let lower = format!("{:#x}", terms.pay_to);
         inv.recipient = inv

@@ -4,12 +4,16 @@
 //! `inv_<terms>.<mac>`: `<terms>` is the [`Terms`] in postcard (a compact, stable binary encoding), `<mac>`
 //! the first 16 bytes of `keccak256("esim402/invoice/v1" ‖ key ‖ terms)`, both URL-safe base64 without
 //! padding. Keccak-256 is a sponge, so a keyed prefix is a sound MAC (no length extension). An activation's
-//! id is about 110 characters.
+//! id is about 130 characters.
+//!
+//! Encoding versions: 1 is the terms alone; 2 (an activation's) appends the quote it was priced at (the
+//! carrier and the data's value, [`SealedQuote`]). Both open; only version 2 carries a quote.
 //!
 //! Rules a reader must not break:
 //! - Only [`open`] turns an id into terms, and it checks the MAC first (in constant time): a forged or edited
 //!   id is [`TokenError::BadMac`], never a cheaper invoice.
-//! - The terms are everything the payment is checked against (amount, recipient, networks, purchase, expiry);
+//! - The terms are everything the payment is checked against (amount, recipient, networks, purchase, expiry)
+//!   and what its data is worth (the sealed quote);
 //!   the asset and EIP-712 domain of each network come from the deployment's network registry when the
 //!   invoice is opened, so an id cannot name a token of its own.
 //! - Each id carries a random `nonce`: two identical requests in one second get two invoices.
@@ -28,6 +32,7 @@
 //!     created_at: 1_700_000_000,
 //!     expires_at: 1_700_000_900,
 //!     nonce: 42,
+//!     quoted: None,
 //! };
 //! let id = seal(&terms, &key).unwrap();
 //! assert_eq!(open(&id, &key).unwrap(), terms);
@@ -43,11 +48,15 @@ use serde::{Deserialize, Serialize};
 
 use super::Purchase;
 use crate::chain::{ChainId, Network};
+use crate::ids::CarrierId;
 use crate::ids::InvoiceId;
 use crate::money::UsdcAmount;
+use crate::pricing::SealedQuote;
 
-/// Version byte of the encoding; a different one is refused, not guessed at.
+/// Version byte of the encoding without a quote; any version but these two is refused, not guessed at.
 const VERSION: u8 = 1;
+/// Version byte of the encoding with a quote (a [`WireQuote`] after the terms).
+const VERSION_QUOTED: u8 = 2;
 /// Domain separation of the MAC.
 const DOMAIN: &[u8] = b"esim402/invoice/v1";
 /// MAC bytes kept (128 bits).
@@ -106,6 +115,9 @@ pub struct Terms {
     pub expires_at: u64,
     /// Random, so identical requests get distinct invoices.
     pub nonce: u64,
+    /// An activation's quote: the carrier that priced it and its data's value then (`None` for other
+    /// purchases, and for activations sealed by a build before quotes were sealed).
+    pub quoted: Option<SealedQuote>,
 }
 
 /// Why an id does not open.
@@ -136,6 +148,13 @@ struct Wire {
     pay_to: [u8; 20],
     networks: Vec<u64>,
     purchase: WirePurchase,
+}
+
+/// What version 2 appends: the quote.
+#[derive(Serialize, Deserialize)]
+struct WireQuote {
+    carrier: String,
+    data_value: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -239,8 +258,22 @@ pub fn seal(terms: &Terms, key: &InvoiceKey) -> Result<InvoiceId, TokenError> {
     if terms.networks.is_empty() {
         return Err(TokenError::InvalidTerms("no network to pay on"));
     }
+    if let Some(q) = &terms.quoted {
+        if !matches!(terms.purchase, Purchase::Activation { .. }) {
+            return Err(TokenError::InvalidTerms("only an activation seals a quote"));
+        }
+        if q.data_value > terms.amount {
+            return Err(TokenError::InvalidTerms(
+                "the data is worth more than the invoice",
+            ));
+        }
+    }
     let wire = Wire {
-        version: VERSION,
+        version: if terms.quoted.is_some() {
+            VERSION_QUOTED
+        } else {
+            VERSION
+        },
         nonce: terms.nonce,
         created_at: terms.created_at,
         ttl: terms.expires_at.saturating_sub(terms.created_at),
@@ -249,7 +282,14 @@ pub fn seal(terms: &Terms, key: &InvoiceKey) -> Result<InvoiceId, TokenError> {
         networks: terms.networks.iter().map(|n| n.chain_id().0).collect(),
         purchase: WirePurchase::from_purchase(&terms.purchase)?,
     };
-    let payload = postcard::to_allocvec(&wire).map_err(|_| TokenError::Malformed)?;
+    let mut payload = postcard::to_allocvec(&wire).map_err(|_| TokenError::Malformed)?;
+    if let Some(q) = &terms.quoted {
+        let quote = WireQuote {
+            carrier: q.carrier.to_string(),
+            data_value: q.data_value.micros(),
+        };
+        payload = postcard::to_extend(&quote, payload).map_err(|_| TokenError::Malformed)?;
+    }
     let mac = key.mac(&payload);
     Ok(InvoiceId::from_token(format!(
         "{}.{}",
@@ -280,9 +320,19 @@ pub fn open(id: &InvoiceId, key: &InvoiceKey) -> Result<Terms, TokenError> {
     }
     let (wire, rest): (Wire, &[u8]) =
         postcard::take_from_bytes(&payload).map_err(|_| TokenError::Malformed)?;
-    if wire.version != VERSION {
-        return Err(TokenError::UnsupportedVersion(wire.version));
-    }
+    let (quoted, rest) = match wire.version {
+        VERSION => (None, rest),
+        VERSION_QUOTED => {
+            let (q, rest): (WireQuote, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| TokenError::Malformed)?;
+            let quote = SealedQuote {
+                carrier: CarrierId::parse(&q.carrier).map_err(|_| TokenError::Malformed)?,
+                data_value: UsdcAmount::from_micros(q.data_value),
+            };
+            (Some(quote), rest)
+        }
+        v => return Err(TokenError::UnsupportedVersion(v)),
+    };
     if !rest.is_empty() || wire.networks.is_empty() {
         return Err(TokenError::Malformed);
     }
@@ -298,6 +348,7 @@ pub fn open(id: &InvoiceId, key: &InvoiceKey) -> Result<Terms, TokenError> {
         created_at: wire.created_at,
         expires_at: wire.created_at.saturating_add(wire.ttl),
         nonce: wire.nonce,
+        quoted,
     })
 }
 
@@ -329,13 +380,24 @@ mod tests {
             created_at: 1_796_206_021,
             expires_at: 1_796_206_921,
             nonce: 0x0123_4567_89ab_cdef,
+            quoted: Some(SealedQuote {
+                carrier: CarrierId::parse("tmobile").unwrap(),
+                data_value: UsdcAmount::from_micros(300_000),
+            }),
         }
+    }
+
+    /// The first byte of an id's terms: its encoding version.
+    fn version(id: &InvoiceId) -> u8 {
+        let (payload, _) = id.token().split_once('.').unwrap();
+        URL_SAFE_NO_PAD.decode(payload).unwrap()[0]
     }
 
     #[test]
     fn an_activation_id_is_short_url_safe_and_opens_to_its_terms() {
         let id = seal(&activation(), &key()).unwrap();
-        assert!(id.as_str().len() < 120, "{} chars: {id}", id.as_str().len());
+        assert_eq!(version(&id), VERSION_QUOTED);
+        assert!(id.as_str().len() < 140, "{} chars: {id}", id.as_str().len());
         assert!(InvoiceId::parse(id.as_str()).is_ok());
         assert_eq!(open(&id, &key()).unwrap(), activation());
     }
@@ -372,6 +434,7 @@ mod tests {
         ] {
             let t = Terms {
                 purchase,
+                quoted: None,
                 ..activation()
             };
             assert_eq!(open(&seal(&t, &key()).unwrap(), &key()).unwrap(), t);
@@ -388,6 +451,7 @@ mod tests {
         // A cheaper invoice: same MAC over edited terms.
         let mut cheap = activation();
         cheap.amount = UsdcAmount::from_micros(1);
+        cheap.quoted.as_mut().unwrap().data_value = cheap.amount;
         let cheap = seal(&cheap, &key()).unwrap();
         let (payload, _) = cheap.token().split_once('.').unwrap();
         let (_, mac) = id.token().split_once('.').unwrap();
@@ -402,6 +466,62 @@ mod tests {
             let id = InvoiceId::parse(bad).unwrap();
             assert!(open(&id, &key()).is_err(), "{bad}");
         }
+    }
+
+    /// Terms without a quote keep the first encoding, byte for byte: ids sealed by a build before quotes were
+    /// sealed still open (with no quote), and top-ups and switches are sealed as they were.
+    #[test]
+    fn terms_without_a_quote_keep_the_first_encoding() {
+        let t = Terms {
+            quoted: None,
+            ..activation()
+        };
+        let id = seal(&t, &key()).unwrap();
+        assert_eq!(version(&id), VERSION);
+        assert_eq!(open(&id, &key()).unwrap(), t);
+        // An id sealed by the build before this one (the same terms, nonce and key).
+        let earlier = InvoiceId::parse(
+            "inv_Ae-br834rNGRAcXbv9gGhAeg0Rk8RM3dtqkA-itYXdKZ4D0S-kKTvAHp9AEAB3VzLXdlc3RkAAAAAA.KRdTviyksS-EIiRNsQzT6A",
+        )
+        .unwrap();
+        assert_eq!(open(&earlier, &key()).unwrap(), t);
+        // A quote is an activation's alone, and never worth more than the invoice.
+        let mut switch = activation();
+        switch.purchase = Purchase::Switch {
+            iccid: "8901260000000000014".into(),
+            target: "carrier:verizon".into(),
+        };
+        assert!(matches!(
+            seal(&switch, &key()),
+            Err(TokenError::InvalidTerms(_))
+        ));
+        let mut dear = activation();
+        dear.quoted.as_mut().unwrap().data_value = UsdcAmount::from_micros(420_001);
+        assert!(matches!(
+            seal(&dear, &key()),
+            Err(TokenError::InvalidTerms(_))
+        ));
+        // A version-2 payload without its quote, or with trailing bytes after it, does not open (sealed here
+        // with the right MAC, so only the decoding can refuse it).
+        let quoted = seal(&activation(), &key()).unwrap();
+        let (payload, _) = quoted.token().split_once('.').unwrap();
+        let payload = URL_SAFE_NO_PAD.decode(payload).unwrap();
+        let (plain, _) = id.token().split_once('.').unwrap();
+        let mut cut = URL_SAFE_NO_PAD.decode(plain).unwrap();
+        cut[0] = VERSION_QUOTED;
+        let mut long = payload.clone();
+        long.push(0);
+        for bytes in [cut, long] {
+            let mac = URL_SAFE_NO_PAD.encode(key().mac(&bytes));
+            let id =
+                InvoiceId::parse(&format!("inv_{}.{mac}", URL_SAFE_NO_PAD.encode(&bytes))).unwrap();
+            assert_eq!(open(&id, &key()), Err(TokenError::Malformed));
+        }
+        let mut v3 = payload;
+        v3[0] = 3;
+        let mac = URL_SAFE_NO_PAD.encode(key().mac(&v3));
+        let id = InvoiceId::parse(&format!("inv_{}.{mac}", URL_SAFE_NO_PAD.encode(&v3))).unwrap();
+        assert_eq!(open(&id, &key()), Err(TokenError::UnsupportedVersion(3)));
     }
 
     #[test]
@@ -445,7 +565,12 @@ mod tests {
             chain in 1u64..u64::MAX / 2,
             data_mb in 1u32..1_000_000,
             region in "[a-z]{2,8}-[a-z]{2,8}",
+            quote in proptest::option::of(("[a-z][a-z0-9]{1,15}", 0u64..u64::MAX / 2)),
         ) {
+            let quoted = quote.map(|(carrier, value)| SealedQuote {
+                carrier: CarrierId::parse(&carrier).unwrap(),
+                data_value: UsdcAmount::from_micros(value.min(amount)),
+            });
             let t = Terms {
                 purchase: Purchase::Activation {
                     region, data_mb, carrier: None, eid: None, payer: None, allow_failover: false,
@@ -456,6 +581,7 @@ mod tests {
                 created_at: created,
                 expires_at: created + ttl,
                 nonce,
+                quoted,
             };
             let id = seal(&t, &key()).unwrap();
             prop_assert!(InvoiceId::parse(id.as_str()).is_ok());

@@ -283,6 +283,63 @@ async fn price_uses_the_regions_default_carrier() {
     assert!(kit.requests().is_empty(), "pricing never calls a carrier");
 }
 
+/// An activation's quote carries what its invoice seals (T-Mobile's 100 MB: $0.30 of data in $0.42), and
+/// `data-value` values a settled activation by that seal whatever the catalog says since: T-Mobile's rate
+/// raised meanwhile changes nothing, a failover to a carrier cheaper today is valued at its rate, and an
+/// invoice sealed without a quote (by an earlier build) is valued at today's rate, as before.
+#[tokio::test]
+async fn an_activation_is_worth_its_sealed_quote_whatever_the_catalog_says_since() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let q = kit
+        .call(async |a, g| {
+            g.dispatch()
+                .call_price(a, crate::activation("us-west", 100))
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let sealed = q.sealed.clone().unwrap();
+    assert_eq!(
+        (sealed.carrier.as_str(), sealed.data_value, q.amount),
+        ("tmobile", 300_000, 420_000)
+    );
+
+    let builtin = std::fs::read_to_string(
+        esim402_testkit::repo_root().join("crates/core/catalog/carriers.toml"),
+    )
+    .unwrap();
+    let (old_rate, new_rate) = ("price_per_mb = \"0.003\"", "price_per_mb = \"0.004\"");
+    assert_eq!(builtin.matches(old_rate).count(), 1);
+    let raised = builtin.replace(old_rate, new_rate);
+    let mut kit = kit_with(Arc::default(), &[("carrier_catalog", &raised)]).await;
+    let value = async |kit: &mut Kit, carrier: &'static str, quoted: Option<types::SealedQuote>| {
+        kit.call(async move |a, g| {
+            g.dispatch()
+                .call_data_value(a, carrier.into(), 100, 420_000, quoted)
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    assert_eq!(
+        value(&mut kit, "tmobile", Some(sealed.clone())).await,
+        300_000
+    );
+    // Without the seal, today's (raised) rate: $0.40 of the $0.42 paid, fee included.
+    assert_eq!(value(&mut kit, "tmobile", None).await, 400_000);
+    // A failover to AT&T ($0.0032 per MB): its $0.32 is above the quote, so the quote's $0.30.
+    assert_eq!(value(&mut kit, "att", Some(sealed.clone())).await, 300_000);
+    let cheap = types::SealedQuote {
+        data_value: 330_000,
+        ..sealed.clone()
+    };
+    assert_eq!(value(&mut kit, "att", Some(cheap)).await, 320_000);
+    // A carrier the catalog no longer prices: the seal stands.
+    assert_eq!(value(&mut kit, "gone", Some(sealed)).await, 300_000);
+}
+
 /// A public deployment (`public_origins` set) without a catalog of its own is refused: the built-in carriers'
 /// receipt-signing keys are public. Nothing is priced or ordered, and the error names the variable; the same
 /// deployment with a catalog set (here the built-in text, set on purpose) prices as before.

@@ -21,10 +21,19 @@ fn purchase() -> types::Purchase {
     types::Purchase::Activation(crate::activation("us-west", 100))
 }
 
+/// The quote `purchase()` is sealed with at `amount`: T-Mobile's, data worth 5/7 of it (100 MB at $0.003 per MB
+/// of $0.42).
+fn quoted(amount: u64) -> Option<types::SealedQuote> {
+    Some(types::SealedQuote {
+        carrier: "tmobile".into(),
+        data_value: amount / 7 * 5,
+    })
+}
+
 async fn issue(kit: &mut Kit, amount: u64, now: u64) -> types::Invoice {
     kit.call(async move |a, g| {
         g.invoices()
-            .call_issue(a, purchase(), amount, Vec::new(), now)
+            .call_issue(a, purchase(), amount, quoted(amount), Vec::new(), now)
             .await
     })
     .await
@@ -283,7 +292,7 @@ async fn try_issue_seals_like_issue_once_the_configuration_is_loaded() {
     let try_issue = async |kit: &mut Kit, amount: u64, now: u64| {
         kit.call(async move |a, g| {
             g.invoices()
-                .call_try_issue(a, purchase(), amount, Vec::new(), now)
+                .call_try_issue(a, purchase(), amount, quoted(amount), Vec::new(), now)
                 .await
         })
         .await
@@ -311,13 +320,63 @@ async fn try_issue_seals_like_issue_once_the_configuration_is_loaded() {
     assert!(kit.requests().is_empty(), "issuing calls nobody");
 }
 
+/// An activation's quote travels inside its id: the invoice opened later still says what its data was bought
+/// at, and a quote that is not an activation's, or worth more than the invoice, is not sealed.
+#[tokio::test]
+async fn an_activations_quote_is_sealed_into_its_id() {
+    let mut kit = kit().await;
+    let issued = issue(&mut kit, 420_000, 1_000).await;
+    let q = issued.quoted.clone().unwrap();
+    assert_eq!((q.carrier.as_str(), q.data_value), ("tmobile", 300_000));
+    let opened = get(&mut kit, &issued.id, 1_001).await.unwrap().unwrap();
+    let q = opened.quoted.unwrap();
+    assert_eq!((q.carrier.as_str(), q.data_value), ("tmobile", 300_000));
+
+    let refused = async |kit: &mut Kit, purchase: types::Purchase, q: types::SealedQuote| {
+        kit.call(async move |a, g| {
+            g.invoices()
+                .call_issue(a, purchase, 420_000, Some(q), Vec::new(), 1_000)
+                .await
+        })
+        .await
+        .unwrap()
+    };
+    let dear = types::SealedQuote {
+        carrier: "tmobile".into(),
+        data_value: 420_001,
+    };
+    let e = refused(&mut kit, purchase(), dear).await;
+    assert!(
+        matches!(&e, Err(types::Error::Internal(m)) if m.contains("worth more")),
+        "{e:?}"
+    );
+    let switch = types::Purchase::Switch(types::SwitchRequest {
+        iccid: "8901260000000000014".into(),
+        target: types::SwitchTarget::Carrier("verizon".into()),
+    });
+    let e = refused(&mut kit, switch, quoted(420_000).unwrap()).await;
+    assert!(
+        matches!(&e, Err(types::Error::Internal(m)) if m.contains("activation")),
+        "{e:?}"
+    );
+    let bad = types::SealedQuote {
+        carrier: "Not A Carrier".into(),
+        data_value: 1,
+    };
+    let e = refused(&mut kit, purchase(), bad).await;
+    assert!(
+        matches!(&e, Err(types::Error::InvalidInput(f)) if f.field == "quoted"),
+        "{e:?}"
+    );
+}
+
 #[tokio::test]
 async fn bad_input_and_bad_configuration_are_typed_errors() {
     let mut kit = kit().await;
     let zero = kit
         .call(async |a, g| {
             g.invoices()
-                .call_issue(a, purchase(), 0, Vec::new(), 1_000)
+                .call_issue(a, purchase(), 0, None, Vec::new(), 1_000)
                 .await
         })
         .await
@@ -335,7 +394,7 @@ async fn bad_input_and_bad_configuration_are_typed_errors() {
     let err = misconfigured
         .call(async |a, g| {
             g.invoices()
-                .call_issue(a, purchase(), 1, Vec::new(), 1)
+                .call_issue(a, purchase(), 1, None, Vec::new(), 1)
                 .await
         })
         .await

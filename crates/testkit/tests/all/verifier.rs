@@ -557,6 +557,7 @@ pub(crate) fn wit_invoice(inv: &Invoice) -> types::Invoice {
         status: status_to_wit(inv.status),
         transaction: inv.transaction.clone(),
         payer: inv.payer.clone(),
+        quoted: None,
     }
 }
 

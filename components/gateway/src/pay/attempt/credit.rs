@@ -55,20 +55,27 @@ impl Attempt<'_> {
         Ok(Some(credited.balance))
     }
 
-    /// The value of an activation's data: at the delivering carrier's rate, but never above the rate of the
-    /// carrier the invoice was priced at (a failover may deliver from a dearer one: the data was bought at the
+    /// The value of an activation's data: what the quote its invoice sealed valued it at, or the delivering
+    /// carrier's rate today when a failover makes that less (dispatch `data-value`). An invoice sealed by an
+    /// earlier build has no quote: at the delivering carrier's rate, but never above the rate of the carrier
+    /// the invoice is priced at today (a failover may deliver from a dearer one: the data was bought at the
     /// quoted rate) nor above what was paid; a carrier no longer priced gets an estimate of what was paid for
-    /// data (dispatch `data-value`), so an activation settled after its carrier left the catalog is still
-    /// credited.
+    /// data, so an activation settled after its carrier left the catalog is still credited.
     async fn bought_at(
         &self,
         request: &wit::ActivationRequest,
         sim: &wit::Sim,
     ) -> Result<u64, wit::Error> {
         let paid = self.invoice.amount;
-        let delivered = dispatch::data_value(sim.carrier.clone(), sim.data_mb, paid).await?;
+        let quoted = self.invoice.quoted.clone();
+        let sealed = quoted.is_some();
+        let delivered =
+            dispatch::data_value(sim.carrier.clone(), sim.data_mb, paid, quoted).await?;
+        if sealed {
+            return Ok(delivered);
+        }
         // Without a failover the first carrier of the plan delivered: the one the invoice was priced at, unless
-        // the catalog changed since the quote (the invoice does not seal its carrier: README, Known gaps).
+        // the catalog changed since the quote (this invoice, sealed by an earlier build, has no quote).
         if sim.failovers.is_empty() {
             return Ok(delivered);
         }
@@ -84,7 +91,7 @@ impl Attempt<'_> {
         if quoted == sim.carrier {
             return Ok(delivered);
         }
-        Ok(delivered.min(dispatch::data_value(quoted, sim.data_mb, paid).await?))
+        Ok(delivered.min(dispatch::data_value(quoted, sim.data_mb, paid, None).await?))
     }
 
     /// A switch delivered a new SIM: what is left of the old one's balance moves to it (idempotent). A failure
