@@ -192,6 +192,8 @@ pub async fn run(
                 Some(SimTerms {
                     carrier: &carrier,
                     roaming: &roaming,
+                    opened_at: None,
+                    retired_at: None,
                 }),
                 now(),
                 &mut recoveries,

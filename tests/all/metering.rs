@@ -483,6 +483,8 @@ async fn a_page_signed_batch_is_charged_once_and_each_receipt_stays_verifiable()
         let terms = SimTerms {
             carrier: &r.carrier,
             roaming: &roaming,
+            opened_at: None,
+            retired_at: None,
         };
         verify(&r, signer, Some(terms), now()).unwrap();
         verified += 1;

@@ -27,7 +27,7 @@ use esim402_core::usage::ingest::{
     parse_batch, totals,
 };
 use esim402_core::usage::receipt::{
-    MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, SimTerms, verify_cached,
+    MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, verify_cached,
 };
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, store_err};
 use esim402_guest::kv;
@@ -91,10 +91,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
             }
         };
         let account = accounts.get(r.iccid.as_str()).and_then(Option::as_ref);
-        let terms = account.map(|a| SimTerms {
-            carrier: &a.carrier,
-            roaming: &a.roaming,
-        });
+        let terms = account.map(Account::terms);
         let outcome = match verify_cached(&r, |c| config.signer(c), terms, now, &mut recoveries) {
             Err(e) => {
                 // Kept for a SIM metered here, once per receipt, unsigned ones up to the SIM's cap.

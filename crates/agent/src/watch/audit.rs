@@ -113,6 +113,10 @@ impl Audit {
         let terms = SimTerms {
             carrier: sim.carrier,
             roaming: sim.roaming,
+            // What the facilitator checks of the SIM's time on it (its account's opening, a switch's
+            // retirement) is not in the agent's records.
+            opened_at: None,
+            retired_at: None,
         };
         if let Err(e) = verify(&receipt, signer_of, Some(terms), now) {
             return self.dispute(entry, true, format!("charged, but it does not verify: {e}"));

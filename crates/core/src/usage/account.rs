@@ -22,6 +22,7 @@ use crate::esim::iccid::Iccid;
 use crate::esim::plmn::RoamingPolicy;
 use crate::ids::{CarrierId, DataMb};
 use crate::money::UsdcAmount;
+use crate::usage::receipt::SimTerms;
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
@@ -157,6 +158,10 @@ pub struct Account {
     /// ([`Account::collects_from`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<Iccid>,
+    /// When [`Account::transfer_out`] moved the data (unix seconds): the SIM is retired from then on
+    /// ([`Account::terms`]). Accounts moved before this field existed take it from the moved credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_at: Option<u64>,
 }
 
 /// Why an account refused a change.
@@ -196,6 +201,7 @@ impl Account {
             closing: false,
             forwarded_up_to: None,
             replaces: None,
+            moved_at: None,
         }
     }
 
@@ -219,6 +225,21 @@ impl Account {
             closing: false,
             forwarded_up_to: None,
             replaces: None,
+            moved_at: None,
+        }
+    }
+
+    /// What receipts for this SIM are checked against (kernel `usage::receipt::verify`): its carrier and
+    /// roaming, when it opened (its earliest credit) and when a switch retired it.
+    pub fn terms(&self) -> SimTerms<'_> {
+        SimTerms {
+            carrier: &self.carrier,
+            roaming: &self.roaming,
+            opened_at: self.credits.iter().map(|c| c.at).min(),
+            retired_at: self
+                .moved_to
+                .as_ref()
+                .and_then(|(_, moved)| self.moved_at.or_else(|| moved.iter().map(|c| c.at).max())),
         }
     }
 
@@ -253,6 +274,7 @@ impl Account {
             })
             .collect();
         self.moved_to = Some((to.clone(), moved.clone()));
+        self.moved_at = Some(now);
         self.closed = Some(Vec::new());
         self.forwarded_up_to = Some(used);
         Ok(moved)
@@ -666,10 +688,31 @@ mod tests {
     #[test]
     fn a_switch_moves_the_unused_data_once() {
         let mut a = account();
-        a.credit(credit("inv_b", 10, 40_000), 0).unwrap();
+        a.credit(
+            Credit {
+                at: 5,
+                ..credit("inv_b", 10, 40_000)
+            },
+            0,
+        )
+        .unwrap();
         let to = Iccid::with_check_digit("894401000000000002").unwrap();
         // 12 MB used: inv_a gone, 8 MB of inv_b (worth 32 000) moves.
+        assert_eq!(
+            a.terms().opened_at,
+            Some(1),
+            "its first credit, not its latest"
+        );
+        assert_eq!(a.terms().retired_at, None, "not switched away");
         let moved = a.transfer_out(&to, 12 * BYTES_PER_MB, 9).unwrap();
+        assert_eq!(a.terms().retired_at, Some(9), "retired when its data moved");
+        let mut before_the_field = a.clone();
+        before_the_field.moved_at = None;
+        assert_eq!(
+            before_the_field.terms().retired_at,
+            Some(9),
+            "an account moved before the field existed: from its moved credits"
+        );
         assert_eq!(moved.len(), 1);
         assert_eq!(
             (moved[0].invoice.as_str(), moved[0].bytes),

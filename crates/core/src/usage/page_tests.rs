@@ -51,6 +51,8 @@ fn check(r: &Receipt) -> Result<(), ReceiptError> {
         Some(SimTerms {
             carrier: &c,
             roaming: &roaming,
+            opened_at: None,
+            retired_at: None,
         }),
         NOW,
     )
@@ -229,6 +231,8 @@ fn recoveries_are_shared_within_a_page() {
         Some(SimTerms {
             carrier: &c,
             roaming: &roaming,
+            opened_at: None,
+            retired_at: None,
         })
     };
     let mut cache = Recoveries::default();

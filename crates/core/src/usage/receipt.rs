@@ -36,6 +36,16 @@ pub const CLOCK_SKEW_SECS: u64 = 300;
 pub const MAX_WINDOW_SECS: u64 = 86_400;
 /// At most this many bytes in one receipt (1 TB): a larger count is a corrupt or hostile record.
 pub const MAX_RECEIPT_BYTES: u64 = 1_000_000_000_000;
+/// A SIM's receipt window may end at most this long (an hour) before its account opened: its profile is
+/// ordered within the paying request, but the credit that opens the account can land later (a payment
+/// resumed after a crash, an EID-pushed profile in use before its order's answer), and clocks drift. A window
+/// that ended earlier is not this SIM's usage (an ICCID a carrier recycled, a made-up backlog).
+pub const OPEN_GRACE_SECS: u64 = 3_600;
+/// A SIM a switch retired may report windows starting up to this long (a day) after the switch moved its data:
+/// it stays in service until its successor is installed, and sessions begun before the move report late.
+/// Those bytes draw on the successor's balance; a window starting later is refused, so the old carrier's
+/// reach into a SIM on another carrier ends.
+pub const RETIREMENT_GRACE_SECS: u64 = MAX_WINDOW_SECS;
 
 /// The type as `alloy_sol_types` declares it: the tests hold [`hashes`] to its EIP-712 encoding.
 #[cfg(test)]
@@ -190,6 +200,27 @@ pub enum ReceiptError {
     /// `seq` 0 (sequences start at 1).
     #[error("seq must start at 1")]
     ZeroSeq,
+    /// The window ended more than [`OPEN_GRACE_SECS`] before the SIM's account opened.
+    #[error("window ends at {end}, before SIM {iccid} was activated here (at {opened})")]
+    BeforeActivation {
+        /// The SIM.
+        iccid: String,
+        /// End.
+        end: u64,
+        /// When its account opened.
+        opened: u64,
+    },
+    /// The window starts more than [`RETIREMENT_GRACE_SECS`] after a switch retired the SIM (its data moved
+    /// to another SIM, which its carrier may no longer charge).
+    #[error("window starts at {start}, after SIM {iccid} was switched away (at {retired})")]
+    AfterRetirement {
+        /// The SIM.
+        iccid: String,
+        /// Start.
+        start: u64,
+        /// When the switch moved its data.
+        retired: u64,
+    },
 }
 
 impl ReceiptError {
@@ -207,6 +238,8 @@ impl ReceiptError {
             Self::IccidNotOnCarrier { .. } => "iccid_not_on_carrier",
             Self::PlmnNotAllowed(_) => "plmn_not_allowed",
             Self::ZeroSeq => "zero_seq",
+            Self::BeforeActivation { .. } => "before_activation",
+            Self::AfterRetirement { .. } => "after_retirement",
         }
     }
 
@@ -220,11 +253,15 @@ impl ReceiptError {
     /// established (every field check, an unknown carrier, a bad signature; [`verify`] checks the signature
     /// after the fields and before the SIM). Such disputes are kept only up to [`MAX_UNSIGNED_DISPUTES_PER_SIM`]
     /// per SIM, so an anonymous flood cannot grow the store. Only a refusal that names the SIM's own terms
-    /// (its carrier, its roaming) comes with the carrier's signature behind it.
+    /// (its carrier, its roaming, its time on this service) comes with the carrier's signature behind it.
     pub fn is_unsigned(&self) -> bool {
         !matches!(
             self,
-            Self::IccidNotOnCarrier { .. } | Self::PlmnNotAllowed(_) | Self::UnknownSim(_)
+            Self::IccidNotOnCarrier { .. }
+                | Self::PlmnNotAllowed(_)
+                | Self::UnknownSim(_)
+                | Self::BeforeActivation { .. }
+                | Self::AfterRetirement { .. }
         )
     }
 
@@ -401,6 +438,13 @@ pub struct SimTerms<'a> {
     pub carrier: &'a CarrierId,
     /// Its roaming policy.
     pub roaming: &'a RoamingPolicy,
+    /// When its account opened (its first credit), if known: a window that ended more than
+    /// [`OPEN_GRACE_SECS`] before is refused.
+    pub opened_at: Option<u64>,
+    /// When a switch moved its data to another SIM, if it did: a window that starts more than
+    /// [`RETIREMENT_GRACE_SECS`] after is refused (what it reports until then is charged to the SIM the data
+    /// moved to).
+    pub retired_at: Option<u64>,
 }
 
 /// Check `receipt`: the field rules, the carrier's signature (`signer_of` is the registry: the carrier's
@@ -521,6 +565,24 @@ pub fn verify_cached(
     }
     if !sim.roaming.permits(&receipt.plmn) {
         return Err(ReceiptError::PlmnNotAllowed(receipt.plmn.to_string()));
+    }
+    if let Some(opened) = sim.opened_at
+        && receipt.window_end.saturating_add(OPEN_GRACE_SECS) < opened
+    {
+        return Err(ReceiptError::BeforeActivation {
+            iccid: receipt.iccid.to_string(),
+            end: receipt.window_end,
+            opened,
+        });
+    }
+    if let Some(retired) = sim.retired_at
+        && receipt.window_start > retired.saturating_add(RETIREMENT_GRACE_SECS)
+    {
+        return Err(ReceiptError::AfterRetirement {
+            iccid: receipt.iccid.to_string(),
+            start: receipt.window_start,
+            retired,
+        });
     }
     Ok(())
 }

@@ -51,6 +51,8 @@ fn check(r: &Receipt, sim_carrier: &str, roaming: &RoamingPolicy) -> Result<(), 
         Some(SimTerms {
             carrier: &c,
             roaming,
+            opened_at: None,
+            retired_at: None,
         }),
         NOW,
     )
@@ -246,6 +248,58 @@ fn only_refusals_of_the_sims_terms_are_signed_disputes() {
         );
         assert!(e.is_dispute_for(true), "{e}");
     }
+}
+
+/// A SIM's time here bounds its receipts: a window that ended over an hour before its account opened (an ICCID
+/// the carrier recycled), or that starts after a switch retired it (its data moved to a SIM on another
+/// carrier, which this carrier may no longer charge) by more than a day, is refused, as a signed dispute.
+/// Within those margins it is charged.
+#[test]
+fn a_window_outside_the_sims_time_here_is_refused() {
+    let roaming = us_only();
+    let c = carrier("tmobile");
+    let at = |r: &Receipt, opened_at, retired_at| {
+        verify(
+            r,
+            registry,
+            Some(SimTerms {
+                carrier: &c,
+                roaming: &roaming,
+                opened_at,
+                retired_at,
+            }),
+            NOW,
+        )
+    };
+    // The window is [NOW - 900, NOW - 1].
+    let r = signed();
+    assert_eq!(at(&r, Some(NOW - 1 + OPEN_GRACE_SECS), None), Ok(()));
+    let e = at(&r, Some(NOW + OPEN_GRACE_SECS), None).unwrap_err();
+    assert_eq!(e.reason(), "before_activation");
+    assert!(
+        e.is_dispute() && !e.is_unsigned(),
+        "{e}: the carrier signed it"
+    );
+    assert_eq!(
+        at(&r, None, Some(NOW - 900 - RETIREMENT_GRACE_SECS)),
+        Ok(())
+    );
+    let retired = NOW - 901 - RETIREMENT_GRACE_SECS;
+    let e = at(&r, Some(NOW - 2 * 86_400), Some(retired)).unwrap_err();
+    assert!(
+        matches!(&e, ReceiptError::AfterRetirement { start, retired: at, .. }
+            if *start == NOW - 900 && *at == retired),
+        "{e}"
+    );
+    assert_eq!(e.reason(), "after_retirement");
+    assert!(e.is_dispute() && !e.is_unsigned(), "{e}");
+    // A forged receipt is refused for its signature first, whatever the SIM's dates.
+    let mut forged = signed();
+    forged.bytes_up += 1;
+    assert_eq!(
+        at(&forged, Some(NOW + OPEN_GRACE_SECS), None).map_err(|e| e.reason()),
+        Err("bad_signature")
+    );
 }
 
 #[test]

@@ -68,7 +68,19 @@ fn now() -> u64 {
 }
 
 fn receipt(iccid: &str, carrier: &str, session: &str, seq: u64, bytes: u64, plmn: &str) -> Value {
-    let t = now();
+    receipt_at(iccid, carrier, session, seq, bytes, plmn, now())
+}
+
+/// [`receipt`] for the window `[t - 900, t - 60]`.
+fn receipt_at(
+    iccid: &str,
+    carrier: &str,
+    session: &str,
+    seq: u64,
+    bytes: u64,
+    plmn: &str,
+    t: u64,
+) -> Value {
     let r = Receipt {
         carrier: CarrierId::parse(carrier).unwrap(),
         iccid: Iccid::parse(iccid).unwrap(),
@@ -497,6 +509,33 @@ async fn usage_the_old_sim_reports_after_a_switch_draws_on_the_new_sim() {
     let b = balance(&mut kit, &new).await;
     assert_eq!(b.remaining_bytes, -1_000_000);
     assert!(b.suspended_for_balance);
+}
+
+/// A switch retires the old SIM: what its carrier reports for windows starting within a day of the move draws
+/// on the new SIM, a window starting later is refused and kept as a dispute, charged to neither SIM. A window
+/// that ended over an hour before a SIM's account opened is refused the same way. Before, the old carrier
+/// could charge the new SIM, on another carrier, for as long as it liked.
+#[tokio::test]
+async fn a_retired_sims_late_windows_and_a_sims_windows_before_it_opened_are_refused() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(61), iccid(62));
+    open(&mut kit, &old, 10).await;
+    transfer(&mut kit, &old, &new, "verizon").await.unwrap();
+    let day = 86_400;
+    let in_grace = receipt_at(&old, "tmobile", "s", 1, MB, "310-260", now() + day);
+    let after = receipt_at(&old, "tmobile", "s", 2, MB, "310-260", now() + day + 1_000);
+    let before = receipt_at(&new, "verizon", "n", 1, MB, "310-410", now() - 3_600);
+    let out = ingested_at(&mut kit, vec![in_grace, after, before], now() + day + 1_000).await;
+    let report: Value = serde_json::from_str(&out.report).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "accepted", "{report}");
+    for (line, reason) in [(1, "after_retirement"), (2, "before_activation")] {
+        assert_eq!(results[line]["status"], "rejected", "{report}");
+        assert_eq!(results[line]["reason"], reason, "{report}");
+        assert_eq!(results[line]["disputed"], true, "{report}");
+    }
+    let b = balance(&mut kit, &new).await;
+    assert_eq!(b.used_bytes, MB, "only the window within the day: {b:?}");
 }
 
 /// A switch to another carrier moves the unused balance by its value, not its bytes: 7 of 10 MB bought for
