@@ -267,6 +267,19 @@ async fn every_enabled_network_is_offered_and_the_chain_preference_narrows_them(
         "SPIN_VARIABLE_PAYMENT_NETWORK".into(),
         "eip155:31337, base, polygon".into(),
     );
+    // Mainnets enabled: the built-in catalog's development receipt signers are refused (kernel `deployment`),
+    // so the deployment names its carriers, here the built-in ones signing no receipts.
+    let builtin = std::fs::read_to_string(
+        esim402_tests::repo_root().join("crates/core/catalog/carriers.toml"),
+    )
+    .unwrap();
+    let unsigned: String = builtin
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("receipt_signer"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    opts.env
+        .insert("SPIN_VARIABLE_CARRIER_CATALOG".into(), unsigned);
     let app = spawn_app(opts).await.unwrap();
     let (status, all, body) =
         offered(activate(&app.url, r#"{"region":"us-west","data_mb":100}"#).await).await;

@@ -1,5 +1,5 @@
 //! Dispatch settings, read once per instance: the carrier catalog (the whole catalog as the `carrier_catalog`
-//! variable, else the built-in one, which a public deployment refuses: kernel `Catalog::for_deployment`), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
+//! variable, else the built-in one, which only a development deployment may use: kernel `deployment::catalog`), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
 //! (`dispatch_budget_secs`, 60) and one ES2+ call's timeout (`es2_timeout_ms`, 10 000); the access-token key
 //! (`access_token_secret`, secret; else a random key kept at `secret/sim-token-key`) and the carriers' callback
 //! credentials (`carrier_callback_credentials`, secret; empty refuses every callback).
@@ -62,10 +62,9 @@ pub fn loaded() -> Option<Rc<Config>> {
 }
 
 async fn load() -> Result<Config, wit::Error> {
-    let custom = optional_var("carrier_catalog").await;
-    let public = optional_var("public_origins").await.is_some();
-    let catalog = Catalog::for_deployment(custom.as_deref(), public)
-        .map_err(|e| internal(format!("variable carrier_catalog: {e}")))?;
+    let catalog = esim402_guest::config::carrier_catalog()
+        .await
+        .map_err(internal)?;
     let smdp_base = optional_var("smdp_url")
         .await
         .ok_or_else(|| internal("variable smdp_url is not set"))?;

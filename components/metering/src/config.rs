@@ -1,15 +1,14 @@
 //! The receipt-signer registry (each carrier's signing address) and the price book (each carrier's rate, by
 //! which a switch's moved balance is revalued), from the carrier catalog (the `carrier_catalog` variable,
-//! else the shipped one, which a public deployment — `public_origins` set — refuses: kernel
-//! `Catalog::for_deployment`), parsed once per instance.
+//! else the shipped one, which only a development deployment may use: kernel `deployment::catalog`), parsed
+//! once per instance.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use esim402_core::esim::catalog::Catalog;
 use esim402_core::pricing::PriceBook;
 use esim402_core::{Address, CarrierId};
-use esim402_guest::config::optional_var;
+use esim402_guest::config::carrier_catalog;
 use esim402_guest::convert::internal;
 use esim402_guest::{instance_cache, wit};
 
@@ -31,10 +30,7 @@ instance_cache!(CONFIG: Config);
 pub async fn get() -> Result<Rc<Config>, wit::Error> {
     CONFIG
         .get_or_load(|| async {
-            let custom = optional_var("carrier_catalog").await;
-            let public = optional_var("public_origins").await.is_some();
-            let catalog = Catalog::for_deployment(custom.as_deref(), public)
-                .map_err(|e| internal(format!("variable carrier_catalog: {e}")))?;
+            let catalog = carrier_catalog().await.map_err(internal)?;
             let signers = catalog
                 .carriers()
                 .iter()

@@ -10,6 +10,7 @@ pub mod api_error;
 pub mod auth;
 pub mod chain;
 pub mod cost;
+pub mod deployment;
 pub mod esim;
 pub mod evm;
 pub mod ids;

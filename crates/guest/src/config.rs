@@ -35,6 +35,28 @@ fn invalid(name: &'static str, message: impl std::fmt::Display) -> VarError {
     }
 }
 
+/// Whether this is a development deployment (kernel `deployment::is_development`): `public_origins` unset and
+/// the local dev chain as the only enabled network.
+pub async fn is_development() -> Result<bool, VarError> {
+    let public = optional_var("public_origins").await.is_some();
+    let networks: Vec<_> = enabled_networks()
+        .await?
+        .into_iter()
+        .map(|n| n.network)
+        .collect();
+    Ok(esim402_core::deployment::is_development(public, &networks))
+}
+
+/// The carrier catalog this deployment runs with (kernel `deployment::catalog`): `carrier_catalog` when set,
+/// else the built-in one, which only a development deployment may use; outside development no carrier may
+/// sign receipts with its public development key. The error names the variable, never its value.
+pub async fn carrier_catalog() -> Result<esim402_core::esim::Catalog, VarError> {
+    let custom = optional_var("carrier_catalog").await;
+    let development = is_development().await?;
+    esim402_core::deployment::catalog(custom.as_deref(), development)
+        .map_err(|e| invalid("carrier_catalog", e))
+}
+
 /// The deployment's enabled networks, preferred first: `payment_network` (comma-separated CAIP-2 ids or
 /// registry names) resolved in the kernel's registry, with `usdc_address`, `usdc_eip712_name`,
 /// `usdc_eip712_version` and `payment_confirmations` overriding the first network's settings when set.

@@ -460,12 +460,14 @@ pub struct Kit {
 }
 
 impl Kit {
-    /// Start configuring a kit for `build/wasm/<name>.wasm`.
+    /// Start configuring a kit for `build/wasm/<name>.wasm`. Its variables start with `payment_network` at
+    /// `spin.toml`'s default, the local dev chain (every component inherits it there; dispatch and metering
+    /// read it to tell a development deployment from another: kernel `deployment`).
     pub fn builder(name: &str) -> Builder {
         Builder {
             name: name.to_owned(),
             wasm: None,
-            vars: HashMap::new(),
+            vars: HashMap::from([("payment_network".to_owned(), "eip155:31337".to_owned())]),
             allowed: Vec::new(),
             responder: Arc::new(|r: &Recorded| {
                 panic!("unscripted outbound request: {} {}", r.method, r.uri)

@@ -82,13 +82,18 @@ pub enum CatalogError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// No catalog configured on a public deployment: the built-in one's carriers are development carriers whose
-    /// receipt signers' private keys are public ([`crate::usage::receipt::dev_signing_key`]), so anyone could
-    /// sign usage that spends every SIM's balance.
+    /// No catalog configured outside development (`crate::deployment`): the built-in one's carriers are
+    /// development carriers whose receipt signers' private keys are public, so anyone could sign usage that
+    /// spends every SIM's balance.
     #[error(
-        "no carrier catalog is configured: the built-in one (development carriers whose receipt-signing keys are public) is refused on a public deployment"
+        "no carrier catalog is configured: the built-in one (development carriers whose receipt-signing keys are public) is refused outside development (public_origins set, or a payment network other than the local dev chain)"
     )]
-    BuiltinOnPublic,
+    BuiltinOutsideDevelopment,
+    /// Outside development, a carrier whose `receipt_signer` is its public development key.
+    #[error(
+        "carrier {0}: receipt_signer is the public development key (anyone can sign its receipts), refused outside development"
+    )]
+    DevSigner(CarrierId),
     /// A region without carriers.
     #[error("region {region} lists no carriers")]
     EmptyRegion {
@@ -284,19 +289,6 @@ impl Catalog {
         })
     }
 
-    /// The catalog a deployment runs with: `custom` (the deployment's own TOML) when given; otherwise the
-    /// built-in one, but only on a development deployment (`public` false). Its receipt signers are dev keys
-    /// anyone can sign with, so a public deployment that forgot its catalog is refused
-    /// ([`CatalogError::BuiltinOnPublic`]) rather than metered against them. A custom catalog is the
-    /// operator's own choice, whatever its signers.
-    pub fn for_deployment(custom: Option<&str>, public: bool) -> Result<Catalog, CatalogError> {
-        match custom {
-            Some(toml) => Self::from_toml(toml),
-            None if public => Err(CatalogError::BuiltinOnPublic),
-            None => Ok(Self::builtin().clone()),
-        }
-    }
-
     /// Charged once per activation.
     pub fn activation_fee(&self) -> UsdcAmount {
         self.activation_fee
@@ -464,25 +456,6 @@ fn parse_milli_micros(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_builtin_catalog_is_only_for_development_deployments() {
-        let dev = Catalog::for_deployment(None, false).unwrap();
-        assert_eq!(&dev, Catalog::builtin());
-        assert_eq!(
-            Catalog::for_deployment(None, true),
-            Err(CatalogError::BuiltinOnPublic)
-        );
-        // A catalog of the operator's own is used either way, even with the built-in text.
-        assert_eq!(
-            &Catalog::for_deployment(Some(BUILTIN_TOML), true).unwrap(),
-            Catalog::builtin()
-        );
-        assert!(matches!(
-            Catalog::for_deployment(Some("nonsense = 1"), false),
-            Err(CatalogError::Syntax(_))
-        ));
-    }
 
     #[test]
     fn the_builtin_price_book_is_the_seeds() {

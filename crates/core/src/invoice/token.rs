@@ -253,21 +253,29 @@ impl WirePurchase {
     }
 }
 
+/// A quote is an activation's alone, and never worth more than its invoice: [`seal`] refuses other terms, and
+/// [`open`] refuses an id that carries them (only a key holder could have made one, but the rule holds both ways).
+fn check_quote(terms: &Terms) -> Result<(), TokenError> {
+    let Some(q) = &terms.quoted else {
+        return Ok(());
+    };
+    if !matches!(terms.purchase, Purchase::Activation { .. }) {
+        return Err(TokenError::InvalidTerms("only an activation seals a quote"));
+    }
+    if q.data_value > terms.amount {
+        return Err(TokenError::InvalidTerms(
+            "the data is worth more than the invoice",
+        ));
+    }
+    Ok(())
+}
+
 /// Seal `terms` into an invoice id under `key`.
 pub fn seal(terms: &Terms, key: &InvoiceKey) -> Result<InvoiceId, TokenError> {
     if terms.networks.is_empty() {
         return Err(TokenError::InvalidTerms("no network to pay on"));
     }
-    if let Some(q) = &terms.quoted {
-        if !matches!(terms.purchase, Purchase::Activation { .. }) {
-            return Err(TokenError::InvalidTerms("only an activation seals a quote"));
-        }
-        if q.data_value > terms.amount {
-            return Err(TokenError::InvalidTerms(
-                "the data is worth more than the invoice",
-            ));
-        }
-    }
+    check_quote(terms)?;
     let wire = Wire {
         version: if terms.quoted.is_some() {
             VERSION_QUOTED
@@ -336,7 +344,7 @@ pub fn open(id: &InvoiceId, key: &InvoiceKey) -> Result<Terms, TokenError> {
     if !rest.is_empty() || wire.networks.is_empty() {
         return Err(TokenError::Malformed);
     }
-    Ok(Terms {
+    let terms = Terms {
         purchase: wire.purchase.into_purchase(),
         amount: UsdcAmount::from_micros(wire.amount),
         networks: wire
@@ -349,7 +357,9 @@ pub fn open(id: &InvoiceId, key: &InvoiceKey) -> Result<Terms, TokenError> {
         expires_at: wire.created_at.saturating_add(wire.ttl),
         nonce: wire.nonce,
         quoted,
-    })
+    };
+    check_quote(&terms).map_err(|_| TokenError::Malformed)?;
+    Ok(terms)
 }
 
 #[cfg(test)]
@@ -517,6 +527,35 @@ mod tests {
                 InvoiceId::parse(&format!("inv_{}.{mac}", URL_SAFE_NO_PAD.encode(&bytes))).unwrap();
             assert_eq!(open(&id, &key()), Err(TokenError::Malformed));
         }
+        // Terms `seal` refuses do not open either: a switch's payload with a quote appended, under the right MAC.
+        let switch = Terms {
+            purchase: Purchase::Switch {
+                iccid: "8901260000000000014".into(),
+                target: "carrier:verizon".into(),
+            },
+            quoted: None,
+            ..activation()
+        };
+        let (plain, _) = seal(&switch, &key())
+            .unwrap()
+            .token()
+            .split_once('.')
+            .map(|(p, m)| (p.to_owned(), m.to_owned()))
+            .unwrap();
+        let mut quoted_switch = URL_SAFE_NO_PAD.decode(plain).unwrap();
+        quoted_switch[0] = VERSION_QUOTED;
+        let quote = WireQuote {
+            carrier: "tmobile".into(),
+            data_value: 1,
+        };
+        let quoted_switch = postcard::to_extend(&quote, quoted_switch).unwrap();
+        let mac = URL_SAFE_NO_PAD.encode(key().mac(&quoted_switch));
+        let id = InvoiceId::parse(&format!(
+            "inv_{}.{mac}",
+            URL_SAFE_NO_PAD.encode(&quoted_switch)
+        ))
+        .unwrap();
+        assert_eq!(open(&id, &key()), Err(TokenError::Malformed));
         let mut v3 = payload;
         v3[0] = 3;
         let mac = URL_SAFE_NO_PAD.encode(key().mac(&v3));

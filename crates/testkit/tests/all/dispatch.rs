@@ -340,47 +340,61 @@ async fn an_activation_is_worth_its_sealed_quote_whatever_the_catalog_says_since
     assert_eq!(value(&mut kit, "gone", Some(sealed)).await, 300_000);
 }
 
-/// A public deployment (`public_origins` set) without a catalog of its own is refused: the built-in carriers'
-/// receipt-signing keys are public. Nothing is priced or ordered, and the error names the variable; the same
-/// deployment with a catalog set (here the built-in text, set on purpose) prices as before.
+/// Outside development (`public_origins` set, or a payment network other than the local dev chain) the built-in
+/// catalog is refused, and so is a catalog whose carriers sign receipts with their public development keys
+/// (the built-in text set on purpose): nothing is priced or ordered, and the error names the variable. A
+/// catalog whose carriers sign with keys of their own (here: none) prices as before.
 #[tokio::test]
-async fn a_public_deployment_without_a_carrier_catalog_prices_and_orders_nothing() {
-    let smdp = Arc::new(FakeSmdp::default());
-    let public = [("public_origins", "https://esim402.example")];
-    let mut kit = kit_with(smdp.clone(), &public).await;
-    let priced = kit
-        .call(async |a, g| {
-            g.dispatch()
-                .call_price(a, crate::activation("us-west", 100))
-                .await
-        })
-        .await
-        .unwrap();
-    assert!(
-        matches!(&priced, Err(types::Error::Internal(m)) if m.contains("carrier_catalog") && m.contains("public deployment")),
-        "{priced:?}"
-    );
-    let ordered = order(&mut kit, request("us-west", None), "inv-public").await;
-    assert!(
-        matches!(&ordered, Err(types::Error::Internal(m)) if m.contains("carrier_catalog")),
-        "{ordered:?}"
-    );
-    assert!(kit.requests().is_empty(), "no carrier was called");
-
+async fn outside_development_the_dev_catalog_and_dev_signers_price_and_order_nothing() {
     let builtin = std::fs::read_to_string(
         esim402_testkit::repo_root().join("crates/core/catalog/carriers.toml"),
     )
     .unwrap();
-    let mut kit = kit_with(smdp, &[public[0], ("carrier_catalog", &builtin)]).await;
-    let q = kit
-        .call(async |a, g| {
+    let unsigned: String = builtin
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("receipt_signer"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let price = async |kit: &mut Kit| {
+        kit.call(async |a, g| {
             g.dispatch()
                 .call_price(a, crate::activation("us-west", 100))
                 .await
         })
         .await
         .unwrap()
-        .unwrap();
+    };
+    let public = ("public_origins", "https://esim402.example");
+    let mainnet = ("payment_network", "eip155:31337,base");
+    for (outside, catalog, refusal) in [
+        (public, None, "outside development"),
+        (mainnet, None, "outside development"),
+        (public, Some(&builtin), "development key"),
+    ] {
+        let smdp = Arc::new(FakeSmdp::default());
+        let mut vars = vec![outside];
+        if let Some(c) = catalog {
+            vars.push(("carrier_catalog", c));
+        }
+        let mut kit = kit_with(smdp, &vars).await;
+        let priced = price(&mut kit).await;
+        assert!(
+            matches!(&priced, Err(types::Error::Internal(m)) if m.contains("carrier_catalog") && m.contains(refusal)),
+            "{vars:?}: {priced:?}"
+        );
+        let ordered = order(&mut kit, request("us-west", None), "inv-public").await;
+        assert!(
+            matches!(&ordered, Err(types::Error::Internal(m)) if m.contains("carrier_catalog")),
+            "{ordered:?}"
+        );
+        assert!(kit.requests().is_empty(), "no carrier was called");
+    }
+    let mut kit = kit_with(
+        Arc::default(),
+        &[public, mainnet, ("carrier_catalog", &unsigned)],
+    )
+    .await;
+    let q = price(&mut kit).await.unwrap();
     assert_eq!((q.carrier.as_str(), q.amount), ("tmobile", 420_000));
 }
 

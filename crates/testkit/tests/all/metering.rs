@@ -199,12 +199,13 @@ async fn credits_land_once_per_invoice() {
     assert!(kit.kv_get(&format!("balance/{id}")).await.is_some());
 }
 
-/// On a public deployment (`public_origins` set) without a catalog of its own, receipts signed with the
-/// built-in carriers' public dev keys charge nothing: the batch is refused with an error naming the variable.
+/// Outside development (here a payment network other than the local dev chain) without a catalog of its own,
+/// receipts signed with the built-in carriers' public dev keys charge nothing: the batch is refused with an
+/// error naming the variable.
 #[tokio::test]
-async fn a_public_deployment_without_a_carrier_catalog_charges_no_dev_signed_receipt() {
+async fn outside_development_no_dev_signed_receipt_is_charged() {
     let mut kit = Kit::builder("metering")
-        .var("public_origins", "https://esim402.example")
+        .var("payment_network", "eip155:31337,base")
         .build()
         .await
         .unwrap();

@@ -1,0 +1,97 @@
+//! What a deployment may run with. A **development** deployment (no `public_origins`, and the local dev chain,
+//! `eip155:31337`, as its only payment network: `esim402 up`, `spin up` with the shipped defaults) may use the
+//! built-in carrier catalog, whose receipt signers are public development keys
+//! ([`crate::usage::receipt::dev_signing_key`]). Any other deployment takes real money or real users, so it
+//! must configure its own catalog, and no carrier in it may sign with its development key: anyone could sign
+//! receipts that spend every SIM's balance.
+
+use crate::chain::{ChainId, Network};
+use crate::esim::catalog::{Catalog, CatalogError};
+use crate::usage::receipt::dev_signing_key;
+use crate::x402::exact::address_of;
+
+/// The local development chain (anvil's default chain id).
+pub const DEV_CHAIN: ChainId = ChainId(31337);
+
+/// Whether a deployment is a development one: `public_origins` unset and only the dev chain enabled.
+pub fn is_development(public_origins_set: bool, networks: &[Network]) -> bool {
+    !public_origins_set && networks.iter().all(|n| n.chain_id() == DEV_CHAIN)
+}
+
+/// The carrier catalog a deployment runs with: `custom` (its `carrier_catalog` TOML) when set, else the
+/// built-in one, which only a development deployment may use. Outside development a carrier that signs
+/// receipts with its development key is refused too (a catalog copied from the built-in one).
+pub fn catalog(custom: Option<&str>, development: bool) -> Result<Catalog, CatalogError> {
+    let catalog = match custom {
+        Some(toml) => Catalog::from_toml(toml)?,
+        None if development => return Ok(Catalog::builtin().clone()),
+        None => return Err(CatalogError::BuiltinOutsideDevelopment),
+    };
+    if !development {
+        for c in catalog.carriers() {
+            if c.receipt_signer == Some(address_of(dev_signing_key(&c.id).verifying_key())) {
+                return Err(CatalogError::DevSigner(c.id.clone()));
+            }
+        }
+    }
+    Ok(catalog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::esim::catalog::BUILTIN_TOML;
+
+    /// The built-in catalog's text without its receipt signers (carriers that sign nothing).
+    fn unsigned_builtin() -> String {
+        BUILTIN_TOML
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("receipt_signer"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn development_is_no_public_origin_and_only_the_dev_chain() {
+        let dev = Network::parse("eip155:31337").unwrap();
+        let base = Network::parse("eip155:8453").unwrap();
+        assert!(is_development(false, &[dev]));
+        assert!(!is_development(true, &[dev]));
+        assert!(!is_development(false, &[dev, base]));
+        assert!(!is_development(false, &[base]));
+    }
+
+    #[test]
+    fn the_builtin_catalog_and_its_dev_signers_are_for_development_only() {
+        assert_eq!(&catalog(None, true).unwrap(), Catalog::builtin());
+        assert_eq!(
+            catalog(None, false),
+            Err(CatalogError::BuiltinOutsideDevelopment)
+        );
+        // The built-in text set as the deployment's own: its dev signers are still refused outside development.
+        assert_eq!(
+            &catalog(Some(BUILTIN_TOML), true).unwrap(),
+            Catalog::builtin()
+        );
+        assert!(matches!(
+            catalog(Some(BUILTIN_TOML), false),
+            Err(CatalogError::DevSigner(_))
+        ));
+        // One edited carrier is not enough: every dev signer is refused.
+        let tmobile = crate::CarrierId::parse("tmobile").unwrap();
+        let dev = address_of(dev_signing_key(&tmobile).verifying_key()).to_checksum(None);
+        assert_eq!(BUILTIN_TOML.matches(&dev).count(), 1);
+        let one_real = BUILTIN_TOML.replacen(&dev, "0x1111111111111111111111111111111111111111", 1);
+        assert!(matches!(
+            catalog(Some(&one_real), false),
+            Err(CatalogError::DevSigner(c)) if c.as_str() != "tmobile"
+        ));
+        // Carriers that sign nothing, or with keys of their own, are fine.
+        let unsigned = unsigned_builtin();
+        assert!(catalog(Some(&unsigned), false).is_ok());
+        assert!(matches!(
+            catalog(Some("nonsense = 1"), true),
+            Err(CatalogError::Syntax(_))
+        ));
+    }
+}
