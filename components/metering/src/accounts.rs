@@ -95,6 +95,7 @@ pub async fn credit(
                 carrier.clone(),
                 policy.clone(),
                 credit.clone(),
+                sim.created_at.min(now),
             );
             return Ok((a, true));
         };
@@ -208,6 +209,7 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
                     carrier.clone(),
                     policy.clone(),
                     moved.clone(),
+                    to.created_at.min(now),
                 );
                 a.replaces = Some(from.clone());
                 return Ok((a, true));

@@ -416,7 +416,14 @@ fn watch_settings(w: &WatchArgs) -> Result<esim402_agent::watch::WatchSettings, 
             esim402_core::esim::Catalog::from_toml(&text)
                 .map_err(|e| AgentError::Local(format!("{}: {e}", p.display())))?
         }
-        None => esim402_core::esim::Catalog::builtin().clone(),
+        None => {
+            // The pins a development facilitator uses; a real one's carriers sign with keys of their own, so
+            // without `--catalog` every charge there would be disputed as not verifying.
+            eprintln!(
+                "esim402-agent watch: no --catalog given: pinning the built-in development carriers' receipt signers (a facilitator outside development uses its own; pass its catalog)"
+            );
+            esim402_core::esim::Catalog::builtin().clone()
+        }
     };
     let carriers = w
         .carriers

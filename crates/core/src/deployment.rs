@@ -5,7 +5,9 @@
 //! must configure its own catalog, and no carrier in it may sign with its development key: anyone could sign
 //! receipts that spend every SIM's balance.
 
-use crate::chain::{ChainId, Network};
+use std::collections::HashSet;
+
+use crate::chain::{Address, ChainId, Network};
 use crate::esim::catalog::{Catalog, CatalogError};
 use crate::usage::receipt::dev_signing_key;
 use crate::x402::exact::address_of;
@@ -20,7 +22,8 @@ pub fn is_development(public_origins_set: bool, networks: &[Network]) -> bool {
 
 /// The carrier catalog a deployment runs with: `custom` (its `carrier_catalog` TOML) when set, else the
 /// built-in one, which only a development deployment may use. Outside development a carrier that signs
-/// receipts with its development key is refused too (a catalog copied from the built-in one).
+/// receipts with a development key is refused too: the key of any carrier id the built-in catalog or this one
+/// names (a catalog copied from the built-in one, a carrier renamed but keeping its signer line).
 pub fn catalog(custom: Option<&str>, development: bool) -> Result<Catalog, CatalogError> {
     let catalog = match custom {
         Some(toml) => Catalog::from_toml(toml)?,
@@ -28,10 +31,19 @@ pub fn catalog(custom: Option<&str>, development: bool) -> Result<Catalog, Catal
         None => return Err(CatalogError::BuiltinOutsideDevelopment),
     };
     if !development {
-        for c in catalog.carriers() {
-            if c.receipt_signer == Some(address_of(dev_signing_key(&c.id).verifying_key())) {
-                return Err(CatalogError::DevSigner(c.id.clone()));
-            }
+        let ids = Catalog::builtin()
+            .carriers()
+            .iter()
+            .chain(catalog.carriers());
+        let dev: HashSet<Address> = ids
+            .map(|c| address_of(dev_signing_key(&c.id).verifying_key()))
+            .collect();
+        if let Some(c) = catalog
+            .carriers()
+            .iter()
+            .find(|c| c.receipt_signer.is_some_and(|a| dev.contains(&a)))
+        {
+            return Err(CatalogError::DevSigner(c.id.clone()));
         }
     }
     Ok(catalog)
@@ -85,6 +97,28 @@ mod tests {
         assert!(matches!(
             catalog(Some(&one_real), false),
             Err(CatalogError::DevSigner(c)) if c.as_str() != "tmobile"
+        ));
+        // A carrier renamed in a copy, keeping another's dev signer: refused all the same.
+        let renamed = BUILTIN_TOML.replacen("[carriers.tmobile]", "[carriers.tmobile-us]", 1);
+        let renamed = renamed.replace("\"tmobile\"", "\"tmobile-us\"");
+        let parsed = Catalog::from_toml(&renamed).expect("the renamed copy parses");
+        assert!(
+            parsed
+                .carrier(&crate::CarrierId::parse("tmobile-us").unwrap())
+                .is_some()
+        );
+        assert!(matches!(
+            catalog(Some(&renamed), false),
+            Err(CatalogError::DevSigner(_))
+        ));
+        let only_renamed: String = renamed
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("receipt_signer") || l.contains(&dev))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(matches!(
+            catalog(Some(&only_renamed), false),
+            Err(CatalogError::DevSigner(c)) if c.as_str() == "tmobile-us"
         ));
         // Carriers that sign nothing, or with keys of their own, are fine.
         let unsigned = unsigned_builtin();

@@ -162,6 +162,12 @@ pub struct Account {
     /// ([`Account::terms`]). Accounts moved before this field existed take it from the moved credits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_at: Option<u64>,
+    /// When the SIM was ordered (its record's `created_at`, unix seconds), fixed at opening: its receipts
+    /// may not end long before it ([`Account::terms`]). Not the first credit's time: a credit can land long
+    /// after delivery (a resumed payment), and spent credits are folded away. `None` for accounts opened
+    /// before this field existed (not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<u64>,
 }
 
 /// Why an account refused a change.
@@ -186,8 +192,14 @@ pub enum AccountError {
 }
 
 impl Account {
-    /// A new account with its first credit.
-    pub fn open(iccid: Iccid, carrier: CarrierId, roaming: RoamingPolicy, first: Credit) -> Self {
+    /// A new account with its first credit, for a SIM ordered at `ordered_at`.
+    pub fn open(
+        iccid: Iccid,
+        carrier: CarrierId,
+        roaming: RoamingPolicy,
+        first: Credit,
+        ordered_at: u64,
+    ) -> Self {
         Self {
             iccid,
             carrier,
@@ -202,15 +214,18 @@ impl Account {
             forwarded_up_to: None,
             replaces: None,
             moved_at: None,
+            opened_at: Some(ordered_at),
         }
     }
 
-    /// A new account opened with credits moved from another SIM ([`Account::transfer_out`]).
+    /// A new account opened with credits moved from another SIM ([`Account::transfer_out`]), for a SIM
+    /// ordered at `ordered_at`.
     pub fn opened_with(
         iccid: Iccid,
         carrier: CarrierId,
         roaming: RoamingPolicy,
         credits: Vec<Credit>,
+        ordered_at: u64,
     ) -> Self {
         Self {
             iccid,
@@ -226,16 +241,17 @@ impl Account {
             forwarded_up_to: None,
             replaces: None,
             moved_at: None,
+            opened_at: Some(ordered_at),
         }
     }
 
     /// What receipts for this SIM are checked against (kernel `usage::receipt::verify`): its carrier and
-    /// roaming, when it opened (its earliest credit) and when a switch retired it.
+    /// roaming, when it was ordered and when a switch retired it.
     pub fn terms(&self) -> SimTerms<'_> {
         SimTerms {
             carrier: &self.carrier,
             roaming: &self.roaming,
-            opened_at: self.credits.iter().map(|c| c.at).min(),
+            opened_at: self.opened_at,
             retired_at: self
                 .moved_to
                 .as_ref()
@@ -527,6 +543,7 @@ mod tests {
             CarrierId::parse("tmobile").unwrap(),
             RoamingPolicy::default(),
             credit("inv_a", 10, 30_000),
+            0,
         )
     }
 
@@ -700,9 +717,12 @@ mod tests {
         // 12 MB used: inv_a gone, 8 MB of inv_b (worth 32 000) moves.
         assert_eq!(
             a.terms().opened_at,
-            Some(1),
-            "its first credit, not its latest"
+            Some(0),
+            "when the SIM was ordered, not a credit"
         );
+        let mut before_the_field = a.clone();
+        before_the_field.opened_at = None;
+        assert_eq!(before_the_field.terms().opened_at, None, "not guessed");
         assert_eq!(a.terms().retired_at, None, "not switched away");
         let moved = a.transfer_out(&to, 12 * BYTES_PER_MB, 9).unwrap();
         assert_eq!(a.terms().retired_at, Some(9), "retired when its data moved");
@@ -733,7 +753,8 @@ mod tests {
             a.close(0).is_empty(),
             "no refund: the value moved with the data"
         );
-        let b = Account::opened_with(to, a.carrier.clone(), RoamingPolicy::default(), moved);
+        let b = Account::opened_with(to, a.carrier.clone(), RoamingPolicy::default(), moved, 9);
+        assert_eq!(b.terms().opened_at, Some(9));
         assert_eq!(b.remaining(0), 8_000_000);
         let mut closed = account();
         closed.close(0);

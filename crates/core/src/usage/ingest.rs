@@ -77,25 +77,29 @@ pub enum Outcome {
     },
     /// Already charged (same carrier, session and seq): not charged again.
     Duplicate,
-    /// Refused: never charged. `disputed`: kept in the SIM's receipt log for its owner.
+    /// Refused: never charged. `disputed`: kept in the SIM's receipt log for its owner, as told to whoever
+    /// posted the batch ([`Outcome::rejected`]).
     Rejected {
         /// Stable reason ([`ReceiptError::reason`]).
         reason: String,
         /// Human-readable detail.
         message: String,
-        /// Kept as disputed.
+        /// Kept as a dispute the carrier signed.
         disputed: bool,
     },
 }
 
 impl Outcome {
     /// The outcome of a refused receipt; `kept`: whether it was kept as disputed (a dispute for a SIM metered
-    /// here, within the per-SIM cap if unsigned: [`ReceiptError::is_dispute_for`]).
+    /// here, within the per-SIM cap if unsigned: [`ReceiptError::is_dispute_for`]). The answer says `disputed`
+    /// only for a refusal the carrier signed: an unsigned one (anyone can post it) is kept for a SIM metered
+    /// here and not for another, so telling its poster would tell which ICCIDs are metered here. The owner
+    /// still sees every kept one in the SIM's receipt log.
     pub fn rejected(e: &ReceiptError, kept: bool) -> Self {
         Self::Rejected {
             reason: e.reason().to_owned(),
             message: e.to_string(),
-            disputed: kept,
+            disputed: kept && !e.is_unsigned(),
         }
     }
 }
@@ -360,6 +364,11 @@ mod tests {
                 gap: false,
             }),
             line(Outcome::Duplicate),
+            line(Outcome::rejected(
+                &ReceiptError::PlmnNotAllowed("262-01".into()),
+                true,
+            )),
+            // Kept, but unsigned: not told (it would tell a stranger the SIM is metered here).
             line(Outcome::rejected(&ReceiptError::ZeroSeq, true)),
             line(Outcome::rejected(
                 &ReceiptError::UnknownSim("1".into()),
@@ -371,7 +380,7 @@ mod tests {
             Totals {
                 accepted: 2,
                 duplicate: 1,
-                rejected: 2,
+                rejected: 3,
                 disputed: 1,
                 gaps: 1,
                 bytes_charged: 15

@@ -398,7 +398,9 @@ async fn bad_receipts_are_disputed_never_charged() {
             "malformed_receipt"
         ]
     );
-    assert_eq!(report["totals"]["disputed"], 3, "{report}");
+    // Three kept, two told: the forged one is unsigned, so its poster is not told it was kept.
+    assert_eq!(report["totals"]["disputed"], 2, "{report}");
+    assert_eq!(report["results"][0]["disputed"], false, "{report}");
     assert_eq!(kinds, vec!["usage_disputed"; 3]);
     assert_eq!(balance(&mut kit, &id).await.used_bytes, 0);
 
@@ -514,14 +516,23 @@ async fn usage_the_old_sim_reports_after_a_switch_draws_on_the_new_sim() {
 
 /// A switch retires the old SIM: what its carrier reports for windows starting within a day of the move draws
 /// on the new SIM, a window starting later is refused and kept as a dispute, charged to neither SIM. A window
-/// that ended over an hour before a SIM's account opened is refused the same way. Before, the old carrier
+/// that ended over an hour before a SIM was ordered is refused the same way. Before, the old carrier
 /// could charge the new SIM, on another carrier, for as long as it liked.
 #[tokio::test]
 async fn a_retired_sims_late_windows_and_a_sims_windows_before_it_opened_are_refused() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
     let (old, new) = (iccid(61), iccid(62));
     open(&mut kit, &old, 10).await;
-    transfer(&mut kit, &old, &new, "verizon").await.unwrap();
+    // The new SIM ordered now (the test SIMs' records otherwise date from 1970).
+    let to = types::Sim {
+        created_at: now(),
+        ..sim(&new, "verizon")
+    };
+    let from = old.clone();
+    kit.call(async move |a, g| g.metering().call_transfer(a, from, to, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
     let day = 86_400;
     let in_grace = receipt_at(&old, "tmobile", "s", 1, MB, "310-260", now() + day);
     let after = receipt_at(&old, "tmobile", "s", 2, MB, "310-260", now() + day + 1_000);
@@ -840,7 +851,8 @@ async fn unsigned_field_refusals_are_capped_and_unknown_sims_keep_nothing() {
         cap,
         "one dispute event per kept receipt, no more"
     );
-    assert_eq!(report["totals"]["disputed"], cap, "{report}");
+    // Kept, but not told: a stranger's answer must not differ from one for a SIM not metered here (below).
+    assert_eq!(report["totals"]["disputed"], 0, "{report}");
 
     // A flood naming SIMs nobody metered here: refused, nothing kept, no ledger events, no key written.
     let mut before = kit.kv().keys().await.unwrap();
