@@ -106,6 +106,9 @@ pub async fn credit(
                 actual: a.carrier.to_string(),
             });
         }
+        // An account opened before the SIM's order time was kept learns it now (its receipts are checked
+        // against it from here on).
+        a.opened_at.get_or_insert(sim.created_at.min(now));
         // A credit that refills a balance that ran out lifts the hold (the account's next hold epoch).
         match a.credit(credit.clone(), used) {
             Ok(_) => Ok((a, true)),

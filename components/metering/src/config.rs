@@ -30,7 +30,7 @@ instance_cache!(CONFIG: Config);
 pub async fn get() -> Result<Rc<Config>, wit::Error> {
     CONFIG
         .get_or_load(|| async {
-            let catalog = carrier_catalog().await.map_err(internal)?;
+            let catalog = carrier_catalog(true).await.map_err(internal)?;
             let signers = catalog
                 .carriers()
                 .iter()

@@ -108,6 +108,11 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                     let sim = sims.entry(r.iccid.to_string()).or_default();
                     sim.entries
                         .push(entry(&r, now, LogState::Disputed, Some(e.reason()), false));
+                }
+                // The ledger (whose count anyone can read) logs a dispute the carrier signed; an unsigned one,
+                // kept only for a SIM metered here, would tell a stranger which ICCIDs are (the owner's log
+                // holds it).
+                if stored && !e.is_unsigned() {
                     let fields = EntryFields::default()
                         .detail("batch", &batch_id)
                         .detail("iccid", r.iccid.as_str())

@@ -5,8 +5,6 @@
 //! must configure its own catalog, and no carrier in it may sign with its development key: anyone could sign
 //! receipts that spend every SIM's balance.
 
-use std::collections::HashSet;
-
 use crate::chain::{Address, ChainId, Network};
 use crate::esim::catalog::{Catalog, CatalogError};
 use crate::usage::receipt::dev_signing_key;
@@ -20,33 +18,62 @@ pub fn is_development(public_origins_set: bool, networks: &[Network]) -> bool {
     !public_origins_set && networks.iter().all(|n| n.chain_id() == DEV_CHAIN)
 }
 
+/// The built-in carriers' development receipt signers (`dev_signing_key` of `tmobile`, `verizon`, `att`,
+/// `telekom-de`, `vodafone-de`: the built-in catalog's `receipt_signer`s, held to both by a test), as
+/// constants, so a deployment checks a catalog against them without deriving a key per instance.
+pub const BUILTIN_DEV_SIGNERS: [Address; 5] = [
+    alloy_primitives::address!("0xA9De341e526Be47F2eB5E47B9a85D26D65538809"),
+    alloy_primitives::address!("0xEF561F12df7deDa78a6D871305251E69FA5Db502"),
+    alloy_primitives::address!("0xf172C61Ec6dA1625ffA99fB9443b35685AdAFC80"),
+    alloy_primitives::address!("0x04ED8Cbfc580Ae0292fdee42eD024C418463c1D7"),
+    alloy_primitives::address!("0x5e009C72b64284D91569cf6b73176c81FF5356a8"),
+];
+
 /// The carrier catalog a deployment runs with: `custom` (its `carrier_catalog` TOML) when set, else the
 /// built-in one, which only a development deployment may use. Outside development a carrier that signs
-/// receipts with a development key is refused too: the key of any carrier id the built-in catalog or this one
-/// names (a catalog copied from the built-in one, a carrier renamed but keeping its signer line).
+/// receipts with a built-in carrier's development key is refused too (a catalog copied from the built-in one,
+/// a carrier renamed but keeping its signer line): a comparison with [`BUILTIN_DEV_SIGNERS`], cheap enough
+/// for every instance's configuration load. [`refuse_derived_dev_signers`] also checks the development keys
+/// of the catalog's own carrier ids (a key derivation each), for the component that verifies receipts.
 pub fn catalog(custom: Option<&str>, development: bool) -> Result<Catalog, CatalogError> {
     let catalog = match custom {
         Some(toml) => Catalog::from_toml(toml)?,
         None if development => return Ok(Catalog::builtin().clone()),
         None => return Err(CatalogError::BuiltinOutsideDevelopment),
     };
-    if !development {
-        let ids = Catalog::builtin()
-            .carriers()
-            .iter()
-            .chain(catalog.carriers());
-        let dev: HashSet<Address> = ids
-            .map(|c| address_of(dev_signing_key(&c.id).verifying_key()))
-            .collect();
-        if let Some(c) = catalog
-            .carriers()
-            .iter()
-            .find(|c| c.receipt_signer.is_some_and(|a| dev.contains(&a)))
+    if !development
+        && let Some(c) = catalog.carriers().iter().find(|c| {
+            c.receipt_signer
+                .is_some_and(|a| BUILTIN_DEV_SIGNERS.contains(&a))
+        })
+    {
+        return Err(CatalogError::DevSigner(c.id.clone()));
+    }
+    Ok(catalog)
+}
+
+/// Outside development, refuse a carrier of `catalog` that signs receipts with the development key of its own
+/// id (e.g. one the traffic simulator signed for while testing): one key derivation per carrier that has a
+/// signer and is not a built-in id (those are [`BUILTIN_DEV_SIGNERS`], which [`catalog`] checks).
+pub fn refuse_derived_dev_signers(
+    catalog: &Catalog,
+    development: bool,
+) -> Result<(), CatalogError> {
+    if development {
+        return Ok(());
+    }
+    let builtin = Catalog::builtin();
+    for c in catalog.carriers() {
+        let Some(signer) = c.receipt_signer else {
+            continue;
+        };
+        if builtin.carrier(&c.id).is_none()
+            && signer == address_of(dev_signing_key(&c.id).verifying_key())
         {
             return Err(CatalogError::DevSigner(c.id.clone()));
         }
     }
-    Ok(catalog)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -71,6 +98,46 @@ mod tests {
         assert!(!is_development(true, &[dev]));
         assert!(!is_development(false, &[dev, base]));
         assert!(!is_development(false, &[base]));
+    }
+
+    #[test]
+    fn the_builtin_dev_signers_are_the_builtin_catalogs_and_the_dev_keys() {
+        let signers: Vec<Address> = Catalog::builtin()
+            .carriers()
+            .iter()
+            .map(|c| {
+                let dev = address_of(dev_signing_key(&c.id).verifying_key());
+                assert_eq!(c.receipt_signer, Some(dev), "{}", c.id);
+                dev
+            })
+            .collect();
+        let mut expected = BUILTIN_DEV_SIGNERS.to_vec();
+        expected.sort();
+        let mut signers = signers;
+        signers.sort();
+        assert_eq!(signers, expected);
+    }
+
+    /// A carrier of the catalog's own signing with its own id's development key (one the traffic simulator
+    /// signs for): refused by the receipt-verifying check, not by the cheap one.
+    #[test]
+    fn a_carrier_signing_with_its_own_ids_dev_key_is_refused_where_receipts_are_verified() {
+        let id = crate::CarrierId::parse("acme-iot").unwrap();
+        let dev = address_of(dev_signing_key(&id).verifying_key()).to_checksum(None);
+        let own = unsigned_builtin().replacen(
+            "[carriers.tmobile]",
+            &format!("[carriers.acme-iot]\nreceipt_signer = \"{dev}\""),
+            1,
+        );
+        let own = own.replace("\"tmobile\"", "\"acme-iot\"");
+        let parsed = catalog(Some(&own), false).expect("the cheap check passes it");
+        assert_eq!(
+            refuse_derived_dev_signers(&parsed, false),
+            Err(CatalogError::DevSigner(id))
+        );
+        assert_eq!(refuse_derived_dev_signers(&parsed, true), Ok(()));
+        let unsigned = catalog(Some(&unsigned_builtin()), false).unwrap();
+        assert_eq!(refuse_derived_dev_signers(&unsigned, false), Ok(()));
     }
 
     #[test]

@@ -49,12 +49,21 @@ pub async fn is_development() -> Result<bool, VarError> {
 
 /// The carrier catalog this deployment runs with (kernel `deployment::catalog`): `carrier_catalog` when set,
 /// else the built-in one, which only a development deployment may use; outside development no carrier may
-/// sign receipts with its public development key. The error names the variable, never its value.
-pub async fn carrier_catalog() -> Result<esim402_core::esim::Catalog, VarError> {
+/// sign receipts with a public development key. `verifies_receipts`: also the development keys of the
+/// catalog's own carrier ids (a key derivation per such carrier, for the component that verifies receipts;
+/// `deployment::refuse_derived_dev_signers`). The error names the variable.
+pub async fn carrier_catalog(
+    verifies_receipts: bool,
+) -> Result<esim402_core::esim::Catalog, VarError> {
     let custom = optional_var("carrier_catalog").await;
     let development = is_development().await?;
-    esim402_core::deployment::catalog(custom.as_deref(), development)
-        .map_err(|e| invalid("carrier_catalog", e))
+    let catalog = esim402_core::deployment::catalog(custom.as_deref(), development)
+        .map_err(|e| invalid("carrier_catalog", e))?;
+    if verifies_receipts {
+        esim402_core::deployment::refuse_derived_dev_signers(&catalog, development)
+            .map_err(|e| invalid("carrier_catalog", e))?;
+    }
+    Ok(catalog)
 }
 
 /// The deployment's enabled networks, preferred first: `payment_network` (comma-separated CAIP-2 ids or

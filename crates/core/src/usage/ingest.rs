@@ -132,7 +132,7 @@ pub struct Totals {
     pub duplicate: usize,
     /// Rejected receipts.
     pub rejected: usize,
-    /// Of those, kept as disputed.
+    /// Of those, kept as disputes the carrier signed (unsigned ones kept are not counted: [`Outcome::rejected`]).
     pub disputed: usize,
     /// Accepted with a gap before them.
     pub gaps: usize,

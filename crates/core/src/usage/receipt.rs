@@ -36,10 +36,10 @@ pub const CLOCK_SKEW_SECS: u64 = 300;
 pub const MAX_WINDOW_SECS: u64 = 86_400;
 /// At most this many bytes in one receipt (1 TB): a larger count is a corrupt or hostile record.
 pub const MAX_RECEIPT_BYTES: u64 = 1_000_000_000_000;
-/// A SIM's receipt window may end at most this long (an hour) before its account opened: its profile is
-/// ordered within the paying request, but the credit that opens the account can land later (a payment
-/// resumed after a crash, an EID-pushed profile in use before its order's answer), and clocks drift. A window
-/// that ended earlier is not this SIM's usage (an ICCID a carrier recycled, a made-up backlog).
+/// A SIM's receipt window may end at most this long (an hour) before the SIM was ordered (its record's
+/// `created_at`, kept by its account: the profile cannot be in use before it), for clocks that drift between
+/// the carrier and us. A window that ended earlier is not this SIM's usage (an ICCID a carrier recycled, a
+/// made-up backlog).
 pub const OPEN_GRACE_SECS: u64 = 3_600;
 /// A SIM a switch retired may report windows starting up to this long (a day) after the switch moved its data:
 /// it stays in service until its successor is installed, and sessions begun before the move report late.
@@ -200,14 +200,14 @@ pub enum ReceiptError {
     /// `seq` 0 (sequences start at 1).
     #[error("seq must start at 1")]
     ZeroSeq,
-    /// The window ended more than [`OPEN_GRACE_SECS`] before the SIM's account opened.
-    #[error("window ends at {end}, before SIM {iccid} was activated here (at {opened})")]
+    /// The window ended more than [`OPEN_GRACE_SECS`] before the SIM was ordered.
+    #[error("window ends at {end}, before SIM {iccid} was ordered here (at {opened})")]
     BeforeActivation {
         /// The SIM.
         iccid: String,
         /// End.
         end: u64,
-        /// When its account opened.
+        /// When the SIM was ordered.
         opened: u64,
     },
     /// The window starts more than [`RETIREMENT_GRACE_SECS`] after a switch retired the SIM (its data moved
@@ -438,8 +438,8 @@ pub struct SimTerms<'a> {
     pub carrier: &'a CarrierId,
     /// Its roaming policy.
     pub roaming: &'a RoamingPolicy,
-    /// When its account opened (its first credit), if known: a window that ended more than
-    /// [`OPEN_GRACE_SECS`] before is refused.
+    /// When the SIM was ordered, if its account knows: a window that ended more than [`OPEN_GRACE_SECS`]
+    /// before is refused.
     pub opened_at: Option<u64>,
     /// When a switch moved its data to another SIM, if it did: a window that starts more than
     /// [`RETIREMENT_GRACE_SECS`] after is refused (what it reports until then is charged to the SIM the data
