@@ -62,7 +62,7 @@ pub fn loaded() -> Option<Rc<Config>> {
 }
 
 async fn load() -> Result<Config, wit::Error> {
-    let catalog = esim402_guest::config::carrier_catalog(false)
+    let catalog = esim402_guest::config::carrier_catalog()
         .await
         .map_err(internal)?;
     let smdp_base = optional_var("smdp_url")

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use esim402_core::pricing::PriceBook;
 use esim402_core::{Address, CarrierId};
-use esim402_guest::config::carrier_catalog;
+use esim402_guest::config::receipt_catalog;
 use esim402_guest::convert::internal;
 use esim402_guest::{instance_cache, wit};
 
@@ -30,7 +30,7 @@ instance_cache!(CONFIG: Config);
 pub async fn get() -> Result<Rc<Config>, wit::Error> {
     CONFIG
         .get_or_load(|| async {
-            let catalog = carrier_catalog(true).await.map_err(internal)?;
+            let catalog = receipt_catalog().await.map_err(internal)?;
             let signers = catalog
                 .carriers()
                 .iter()

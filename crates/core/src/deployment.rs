@@ -13,9 +13,22 @@ use crate::x402::exact::address_of;
 /// The local development chain (anvil's default chain id).
 pub const DEV_CHAIN: ChainId = ChainId(31337);
 
-/// Whether a deployment is a development one: `public_origins` unset and only the dev chain enabled.
-pub fn is_development(public_origins_set: bool, networks: &[Network]) -> bool {
-    !public_origins_set && networks.iter().all(|n| n.chain_id() == DEV_CHAIN)
+/// Whether a deployment is a development one: `public_origins` unset and `payment_network` (its comma-separated
+/// CAIP-2 ids or names) naming the dev chain only. Fails closed: an unset or empty list, or an entry that is
+/// not a network this module knows by id or name (a registry alias, a typo), is not development. Reads the
+/// variable itself rather than the network registry, which the components that ask need nothing else of.
+pub fn is_development(public_origins_set: bool, payment_network: Option<&str>) -> bool {
+    let Some(spec) = payment_network else {
+        return false;
+    };
+    let mut entries = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .peekable();
+    !public_origins_set
+        && entries.peek().is_some()
+        && entries.all(|e| Network::parse(e).is_ok_and(|n| n.chain_id() == DEV_CHAIN))
 }
 
 /// The built-in carriers' development receipt signers (`dev_signing_key` of `tmobile`, `verizon`, `att`,
@@ -92,12 +105,15 @@ mod tests {
 
     #[test]
     fn development_is_no_public_origin_and_only_the_dev_chain() {
-        let dev = Network::parse("eip155:31337").unwrap();
-        let base = Network::parse("eip155:8453").unwrap();
-        assert!(is_development(false, &[dev]));
-        assert!(!is_development(true, &[dev]));
-        assert!(!is_development(false, &[dev, base]));
-        assert!(!is_development(false, &[base]));
+        assert!(is_development(false, Some("eip155:31337")));
+        assert!(is_development(false, Some(" anvil , eip155:31337 ")));
+        assert!(!is_development(true, Some("eip155:31337")));
+        assert!(!is_development(false, Some("eip155:31337, base")));
+        assert!(!is_development(false, Some("eip155:8453")));
+        // Fails closed.
+        assert!(!is_development(false, None));
+        assert!(!is_development(false, Some(" , ")));
+        assert!(!is_development(false, Some("eip155:31337,not-a-chain")));
     }
 
     #[test]

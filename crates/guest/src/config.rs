@@ -37,33 +37,35 @@ fn invalid(name: &'static str, message: impl std::fmt::Display) -> VarError {
 
 /// Whether this is a development deployment (kernel `deployment::is_development`): `public_origins` unset and
 /// the local dev chain as the only enabled network.
-pub async fn is_development() -> Result<bool, VarError> {
+pub async fn is_development() -> bool {
     let public = optional_var("public_origins").await.is_some();
-    let networks: Vec<_> = enabled_networks()
-        .await?
-        .into_iter()
-        .map(|n| n.network)
-        .collect();
-    Ok(esim402_core::deployment::is_development(public, &networks))
+    let networks = optional_var("payment_network").await;
+    esim402_core::deployment::is_development(public, networks.as_deref())
 }
 
 /// The carrier catalog this deployment runs with (kernel `deployment::catalog`): `carrier_catalog` when set,
 /// else the built-in one, which only a development deployment may use; outside development no carrier may
-/// sign receipts with a public development key. `verifies_receipts`: also the development keys of the
-/// catalog's own carrier ids (a key derivation per such carrier, for the component that verifies receipts;
-/// `deployment::refuse_derived_dev_signers`). The error names the variable.
-pub async fn carrier_catalog(
-    verifies_receipts: bool,
-) -> Result<esim402_core::esim::Catalog, VarError> {
+/// sign receipts with a built-in carrier's public development key. The error names the variable.
+pub async fn carrier_catalog() -> Result<esim402_core::esim::Catalog, VarError> {
+    Ok(deployment_catalog().await?.0)
+}
+
+/// [`carrier_catalog`] for the component that verifies receipts: also refused outside development, a carrier
+/// signing with the development key of its own id (a key derivation per such carrier:
+/// `deployment::refuse_derived_dev_signers`).
+pub async fn receipt_catalog() -> Result<esim402_core::esim::Catalog, VarError> {
+    let (catalog, development) = deployment_catalog().await?;
+    esim402_core::deployment::refuse_derived_dev_signers(&catalog, development)
+        .map_err(|e| invalid("carrier_catalog", e))?;
+    Ok(catalog)
+}
+
+async fn deployment_catalog() -> Result<(esim402_core::esim::Catalog, bool), VarError> {
     let custom = optional_var("carrier_catalog").await;
-    let development = is_development().await?;
+    let development = is_development().await;
     let catalog = esim402_core::deployment::catalog(custom.as_deref(), development)
         .map_err(|e| invalid("carrier_catalog", e))?;
-    if verifies_receipts {
-        esim402_core::deployment::refuse_derived_dev_signers(&catalog, development)
-            .map_err(|e| invalid("carrier_catalog", e))?;
-    }
-    Ok(catalog)
+    Ok((catalog, development))
 }
 
 /// The deployment's enabled networks, preferred first: `payment_network` (comma-separated CAIP-2 ids or
