@@ -4,7 +4,7 @@
 //! `inv_<terms>.<mac>`: `<terms>` is the [`Terms`] in postcard (a compact, stable binary encoding), `<mac>`
 //! the first 16 bytes of `keccak256("esim402/invoice/v1" ‖ key ‖ terms)`, both URL-safe base64 without
 //! padding. Keccak-256 is a sponge, so a keyed prefix is a sound MAC (no length extension). An activation's
-//! id is about 130 characters.
+//! id is about 120 characters (about 150 with a payer).
 //!
 //! Encoding versions: 1 is the terms alone; 2 (an activation's) appends the quote it was priced at (the
 //! carrier and the data's value, [`SealedQuote`]). Both open; only version 2 carries a quote.
