@@ -4,6 +4,7 @@
 //! (`access_token_secret`, secret; else a random key kept at `secret/sim-token-key`) and the carriers' callback
 //! credentials (`carrier_callback_credentials`, secret; empty refuses every callback).
 
+use std::cell::OnceCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,6 +20,11 @@ use esim402_guest::{instance_cache, wit};
 
 pub struct Config {
     pub catalog: Catalog,
+    /// A development deployment (kernel `deployment::is_development`).
+    development: bool,
+    /// Whether no carrier signs receipts with a key derived from a catalog carrier id: worked out by the first
+    /// order of the instance ([`Config::signers_usable`]), not on the 402 path.
+    signers: OnceCell<Result<(), String>>,
     /// The catalog's price book (built once).
     pub price_book: PriceBook,
     pub smdp_base: String,
@@ -30,6 +36,22 @@ pub struct Config {
     pub token_key: [u8; 32],
     /// Who may send download-progress callbacks.
     pub callbacks: CallbackCredentials,
+}
+
+impl Config {
+    /// Outside development, refuse to order when a carrier signs receipts with a key derived from a catalog
+    /// carrier id (the traffic simulator's): metering would refuse every receipt batch, so a SIM sold would
+    /// never be charged. Checked before the order, so no payment is taken (key derivations: once per
+    /// instance, on the paid path only).
+    pub fn signers_usable(&self) -> Result<(), wit::Error> {
+        self.signers
+            .get_or_init(|| {
+                esim402_guest::config::derived_dev_signers(&self.catalog, self.development)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(internal)
+    }
 }
 
 instance_cache!(CONFIG: Config);
@@ -62,7 +84,7 @@ pub fn loaded() -> Option<Rc<Config>> {
 }
 
 async fn load() -> Result<Config, wit::Error> {
-    let catalog = esim402_guest::config::carrier_catalog()
+    let (catalog, development) = esim402_guest::config::carrier_catalog()
         .await
         .map_err(internal)?;
     let smdp_base = optional_var("smdp_url")
@@ -89,6 +111,8 @@ async fn load() -> Result<Config, wit::Error> {
     Ok(Config {
         price_book: catalog.price_book(),
         catalog,
+        development,
+        signers: OnceCell::new(),
         smdp_base,
         budget: Duration::from_secs(budget),
         call_timeout: Duration::from_millis(call_timeout_ms),

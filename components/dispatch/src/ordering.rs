@@ -187,6 +187,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         return Err(invalid("invoice_id", "invoice_id must be 1-400 characters"));
     }
     let cfg = crate::config::get().await?;
+    cfg.signers_usable()?;
     let plan = Plan::new(
         candidates(&cfg, &spec)?
             .iter()

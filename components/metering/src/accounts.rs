@@ -219,6 +219,7 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
             };
             let mut added = false;
             a.replaces = Some(from.clone());
+            a.opened_at.get_or_insert(to.created_at.min(now));
             for c in &moved {
                 match a.credit(c.clone(), used_new) {
                     Ok(_) => added = true,

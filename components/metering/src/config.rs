@@ -1,6 +1,7 @@
 //! The receipt-signer registry (each carrier's signing address) and the price book (each carrier's rate, by
 //! which a switch's moved balance is revalued), from the carrier catalog (the `carrier_catalog` variable,
-//! else the shipped one, which only a development deployment may use: kernel `deployment::catalog`), parsed
+//! else the shipped one, which only a development deployment may use; outside development no carrier may
+//! sign with a development key, built-in or derived from a catalog carrier id: kernel `deployment`), parsed
 //! once per instance.
 
 use std::collections::HashMap;

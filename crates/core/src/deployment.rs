@@ -14,8 +14,8 @@ use crate::x402::exact::address_of;
 pub const DEV_CHAIN: ChainId = ChainId(31337);
 
 /// Whether a deployment is a development one: `public_origins` unset and `payment_network` (its comma-separated
-/// CAIP-2 ids or names) naming the dev chain only. Fails closed: an unset or empty list, or an entry that is
-/// not a network this module knows by id or name (a registry alias, a typo), is not development. Reads the
+/// CAIP-2 ids or names) naming the dev chain only, as `eip155:31337` or `anvil`. Fails closed: an unset or
+/// empty list, or any other entry (a registry alias such as `localhost`, a typo), is not development. Reads the
 /// variable itself rather than the network registry, which the components that ask need nothing else of.
 pub fn is_development(public_origins_set: bool, payment_network: Option<&str>) -> bool {
     let Some(spec) = payment_network else {
@@ -65,28 +65,37 @@ pub fn catalog(custom: Option<&str>, development: bool) -> Result<Catalog, Catal
     Ok(catalog)
 }
 
-/// Outside development, refuse a carrier of `catalog` that signs receipts with the development key of its own
-/// id (e.g. one the traffic simulator signed for while testing): one key derivation per carrier that has a
-/// signer and is not a built-in id (those are [`BUILTIN_DEV_SIGNERS`], which [`catalog`] checks).
+/// Outside development, refuse a carrier of `catalog` that signs receipts with a development key derived from
+/// any of the catalog's own carrier ids (e.g. one the traffic simulator signed for while testing): one key
+/// derivation per carrier id that is not a built-in one (those are [`BUILTIN_DEV_SIGNERS`], which [`catalog`]
+/// checks), and none when no such carrier signs anything.
 pub fn refuse_derived_dev_signers(
     catalog: &Catalog,
     development: bool,
 ) -> Result<(), CatalogError> {
-    if development {
+    if development
+        || catalog
+            .carriers()
+            .iter()
+            .all(|c| c.receipt_signer.is_none())
+    {
         return Ok(());
     }
     let builtin = Catalog::builtin();
-    for c in catalog.carriers() {
-        let Some(signer) = c.receipt_signer else {
-            continue;
-        };
-        if builtin.carrier(&c.id).is_none()
-            && signer == address_of(dev_signing_key(&c.id).verifying_key())
-        {
-            return Err(CatalogError::DevSigner(c.id.clone()));
-        }
+    let derived: Vec<Address> = catalog
+        .carriers()
+        .iter()
+        .filter(|c| builtin.carrier(&c.id).is_none())
+        .map(|c| address_of(dev_signing_key(&c.id).verifying_key()))
+        .collect();
+    match catalog
+        .carriers()
+        .iter()
+        .find(|c| c.receipt_signer.is_some_and(|a| derived.contains(&a)))
+    {
+        Some(c) => Err(CatalogError::DevSigner(c.id.clone())),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -152,6 +161,24 @@ mod tests {
             Err(CatalogError::DevSigner(id))
         );
         assert_eq!(refuse_derived_dev_signers(&parsed, true), Ok(()));
+        // Another carrier of the catalog signing with acme-iot's derived key: refused too.
+        let other = own.replacen(
+            &format!("[carriers.acme-iot]\nreceipt_signer = \"{dev}\""),
+            "[carriers.acme-iot]",
+            1,
+        );
+        let other = other.replacen(
+            "[carriers.verizon]",
+            &format!("[carriers.verizon]\nreceipt_signer = \"{dev}\""),
+            1,
+        );
+        let parsed = catalog(Some(&other), false).expect("the cheap check passes it");
+        assert_eq!(
+            refuse_derived_dev_signers(&parsed, false),
+            Err(CatalogError::DevSigner(
+                crate::CarrierId::parse("verizon").unwrap()
+            ))
+        );
         let unsigned = catalog(Some(&unsigned_builtin()), false).unwrap();
         assert_eq!(refuse_derived_dev_signers(&unsigned, false), Ok(()));
     }

@@ -43,29 +43,34 @@ pub async fn is_development() -> bool {
     esim402_core::deployment::is_development(public, networks.as_deref())
 }
 
-/// The carrier catalog this deployment runs with (kernel `deployment::catalog`): `carrier_catalog` when set,
-/// else the built-in one, which only a development deployment may use; outside development no carrier may
-/// sign receipts with a built-in carrier's public development key. The error names the variable.
-pub async fn carrier_catalog() -> Result<esim402_core::esim::Catalog, VarError> {
-    Ok(deployment_catalog().await?.0)
-}
-
-/// [`carrier_catalog`] for the component that verifies receipts: also refused outside development, a carrier
-/// signing with the development key of its own id (a key derivation per such carrier:
-/// `deployment::refuse_derived_dev_signers`).
-pub async fn receipt_catalog() -> Result<esim402_core::esim::Catalog, VarError> {
-    let (catalog, development) = deployment_catalog().await?;
-    esim402_core::deployment::refuse_derived_dev_signers(&catalog, development)
-        .map_err(|e| invalid("carrier_catalog", e))?;
-    Ok(catalog)
-}
-
-async fn deployment_catalog() -> Result<(esim402_core::esim::Catalog, bool), VarError> {
+/// The carrier catalog this deployment runs with (kernel `deployment::catalog`), and whether this is a
+/// development deployment: `carrier_catalog` when set, else the built-in one, which only a development
+/// deployment may use; outside development no carrier may sign receipts with a built-in carrier's public
+/// development key. The error names the variable.
+pub async fn carrier_catalog() -> Result<(esim402_core::esim::Catalog, bool), VarError> {
     let custom = optional_var("carrier_catalog").await;
     let development = is_development().await;
     let catalog = esim402_core::deployment::catalog(custom.as_deref(), development)
         .map_err(|e| invalid("carrier_catalog", e))?;
     Ok((catalog, development))
+}
+
+/// [`carrier_catalog`] for the component that verifies receipts: also refused outside development, a carrier
+/// signing with a key derived from one of the catalog's own carrier ids (a key derivation per such id:
+/// `deployment::refuse_derived_dev_signers`).
+pub async fn receipt_catalog() -> Result<esim402_core::esim::Catalog, VarError> {
+    let (catalog, development) = carrier_catalog().await?;
+    derived_dev_signers(&catalog, development)?;
+    Ok(catalog)
+}
+
+/// `deployment::refuse_derived_dev_signers` with the error naming the variable.
+pub fn derived_dev_signers(
+    catalog: &esim402_core::esim::Catalog,
+    development: bool,
+) -> Result<(), VarError> {
+    esim402_core::deployment::refuse_derived_dev_signers(catalog, development)
+        .map_err(|e| invalid("carrier_catalog", e))
 }
 
 /// The deployment's enabled networks, preferred first: `payment_network` (comma-separated CAIP-2 ids or

@@ -165,7 +165,7 @@ pub struct Account {
     /// When the SIM was ordered (its record's `created_at`, unix seconds), fixed at opening: its receipts
     /// may not end long before it ([`Account::terms`]). Not the first credit's time: a credit can land long
     /// after delivery (a resumed payment), and spent credits are folded away. `None` for accounts opened
-    /// before this field existed (not checked).
+    /// before this field existed, until their next credit or move fills it in (not checked meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_at: Option<u64>,
 }

@@ -250,7 +250,7 @@ fn only_refusals_of_the_sims_terms_are_signed_disputes() {
     }
 }
 
-/// A SIM's time here bounds its receipts: a window that ended over an hour before its account opened (an ICCID
+/// A SIM's time here bounds its receipts: a window that ended over an hour before it was ordered (an ICCID
 /// the carrier recycled), or that starts after a switch retired it (its data moved to a SIM on another
 /// carrier, which this carrier may no longer charge) by more than a day, is refused, as a signed dispute.
 /// Within those margins it is charged.

@@ -396,6 +396,32 @@ async fn outside_development_the_dev_catalog_and_dev_signers_price_and_order_not
     .await;
     let q = price(&mut kit).await.unwrap();
     assert_eq!((q.carrier.as_str(), q.amount), ("tmobile", 420_000));
+
+    // A carrier signing with the key derived from its own id (the traffic simulator's): the 402 is priced (no
+    // key derivation on that path), but no order is placed, so no payment is taken for a SIM whose receipts
+    // metering would refuse.
+    let id = esim402_core::CarrierId::parse("acme-iot").unwrap();
+    let dev = esim402_core::x402::exact::address_of(
+        esim402_core::usage::receipt::dev_signing_key(&id).verifying_key(),
+    )
+    .to_checksum(None);
+    let acme = unsigned
+        .replacen(
+            "[carriers.tmobile]",
+            &format!("[carriers.acme-iot]\nreceipt_signer = \"{dev}\""),
+            1,
+        )
+        .replace("\"tmobile\"", "\"acme-iot\"");
+    let smdp = Arc::new(FakeSmdp::default());
+    let mut kit = kit_with(smdp, &[public, ("carrier_catalog", &acme)]).await;
+    let q = price(&mut kit).await.unwrap();
+    assert_eq!(q.carrier, "acme-iot");
+    let ordered = order(&mut kit, request("us-west", None), "inv-acme").await;
+    assert!(
+        matches!(&ordered, Err(types::Error::Internal(m)) if m.contains("carrier_catalog") && m.contains("acme-iot")),
+        "{ordered:?}"
+    );
+    assert!(kit.requests().is_empty(), "no carrier was called");
 }
 
 /// `try-price` (the 402 path's synchronous call) has no answer until the instance has loaded its
