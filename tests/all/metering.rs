@@ -673,6 +673,18 @@ async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
     assert_eq!(status, 409, "{other}");
 }
 
+/// Terminate the SIM an activation answered `act` with: its one refund and the whole answer.
+async fn terminated_unused(s: &PayStack, act: &Value) -> (Value, Value) {
+    let iccid = act["iccid"].as_str().unwrap();
+    let (status, _, term) = s
+        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
+        .await;
+    assert_eq!(status, 200, "{term}");
+    let refunds = term["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 1, "{term}");
+    (refunds[0].clone(), term)
+}
+
 /// After a failover the delivering carrier can be dearer than the one the invoice was priced at: the data is
 /// valued at the quoted carrier's rate, so terminating it unused owes back the data part of the payment, not the
 /// activation fee (before, it was valued at Verizon's dearer rate, capped at the invoice: the whole payment,
@@ -685,16 +697,10 @@ async fn a_failed_over_activation_refunds_its_unused_data_at_the_quoted_rate() {
     let (_, req) = s.invoice(&body).await;
     let act = s.activate_paid(&body, &[]).await;
     assert_eq!(act["carrier"], "verizon", "{act}");
-    let iccid = act["iccid"].as_str().unwrap().to_owned();
-    let (status, _, term) = s
-        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
-        .await;
-    assert_eq!(status, 200, "{term}");
-    let refunds = term["refunds"].as_array().unwrap();
-    assert_eq!(refunds.len(), 1, "{term}");
+    let (refund, term) = terminated_unused(&s, &act).await;
     // 1 000 MB at T-Mobile's $0.003 per MB; the invoice is that plus the $0.12 activation fee.
     assert_eq!(req.amount, "3120000");
-    assert_eq!(refunds[0]["amount"], "3000000", "{term}");
+    assert_eq!(refund["amount"], "3000000", "{term}");
 }
 
 /// An invoice seals the quote it was priced at: T-Mobile's rate raised after the 402 (the host restarted with
@@ -731,14 +737,8 @@ async fn an_activation_paid_after_a_rate_change_refunds_its_data_at_the_quoted_r
         .await;
     assert_eq!(status, 200, "{act}");
     assert_eq!(act["carrier"], "tmobile", "{act}");
-    let iccid = act["iccid"].as_str().unwrap().to_owned();
-    let (status, _, term) = s
-        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
-        .await;
-    assert_eq!(status, 200, "{term}");
-    let refunds = term["refunds"].as_array().unwrap();
-    assert_eq!(refunds.len(), 1, "{term}");
-    assert_eq!(refunds[0]["amount"], "3000000", "{term}");
+    let (refund, term) = terminated_unused(&s, &act).await;
+    assert_eq!(refund["amount"], "3000000", "{term}");
 }
 
 /// A paid switch to Verizon of a 10 MB SIM with 4 MB used, its 402 asked for and signed.

@@ -257,28 +257,28 @@ fn call(c: &str, f: &str) -> (String, String) {
     (c.to_owned(), f.to_owned())
 }
 
+/// `price` of `data_mb` in `region` (no carrier named).
+async fn price(
+    kit: &mut Kit,
+    region: &'static str,
+    data_mb: u32,
+) -> Result<types::Quote, types::Error> {
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_price(a, crate::activation(region, data_mb))
+            .await
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn price_uses_the_regions_default_carrier() {
     let mut kit = kit_with(Arc::default(), &[]).await;
-    let q = kit
-        .call(async |a, g| {
-            g.dispatch()
-                .call_price(a, crate::activation("us-west", 100))
-                .await
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let q = price(&mut kit, "us-west", 100).await.unwrap();
     assert_eq!((q.carrier.as_str(), q.amount), ("tmobile", 420_000));
 
-    let unknown = kit
-        .call(async |a, g| {
-            g.dispatch()
-                .call_price(a, crate::activation("mars-north", 1))
-                .await
-        })
-        .await
-        .unwrap();
+    let unknown = price(&mut kit, "mars-north", 1).await;
     assert!(matches!(unknown, Err(types::Error::InvalidInput(f)) if f.field == "region"));
     assert!(kit.requests().is_empty(), "pricing never calls a carrier");
 }
@@ -290,15 +290,7 @@ async fn price_uses_the_regions_default_carrier() {
 #[tokio::test]
 async fn an_activation_is_worth_its_sealed_quote_whatever_the_catalog_says_since() {
     let mut kit = kit_with(Arc::default(), &[]).await;
-    let q = kit
-        .call(async |a, g| {
-            g.dispatch()
-                .call_price(a, crate::activation("us-west", 100))
-                .await
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let q = price(&mut kit, "us-west", 100).await.unwrap();
     let sealed = q.sealed.clone().unwrap();
     assert_eq!(
         (sealed.carrier.as_str(), sealed.data_value, q.amount),
@@ -355,15 +347,6 @@ async fn outside_development_the_dev_catalog_and_dev_signers_price_and_order_not
         .filter(|l| !l.trim_start().starts_with("receipt_signer"))
         .map(|l| format!("{l}\n"))
         .collect();
-    let price = async |kit: &mut Kit| {
-        kit.call(async |a, g| {
-            g.dispatch()
-                .call_price(a, crate::activation("us-west", 100))
-                .await
-        })
-        .await
-        .unwrap()
-    };
     let public = ("public_origins", "https://esim402.example");
     let mainnet = ("payment_network", "eip155:31337,base");
     for (outside, catalog, refusal) in [
@@ -377,7 +360,7 @@ async fn outside_development_the_dev_catalog_and_dev_signers_price_and_order_not
             vars.push(("carrier_catalog", c));
         }
         let mut kit = kit_with(smdp, &vars).await;
-        let priced = price(&mut kit).await;
+        let priced = price(&mut kit, "us-west", 100).await;
         assert!(
             matches!(&priced, Err(types::Error::Internal(m)) if m.contains("carrier_catalog") && m.contains(refusal)),
             "{vars:?}: {priced:?}"
@@ -394,7 +377,7 @@ async fn outside_development_the_dev_catalog_and_dev_signers_price_and_order_not
         &[public, mainnet, ("carrier_catalog", &unsigned)],
     )
     .await;
-    let q = price(&mut kit).await.unwrap();
+    let q = price(&mut kit, "us-west", 100).await.unwrap();
     assert_eq!((q.carrier.as_str(), q.amount), ("tmobile", 420_000));
 
     // A carrier signing with the key derived from its own id (the traffic simulator's): the 402 is priced (no
@@ -414,7 +397,7 @@ async fn outside_development_the_dev_catalog_and_dev_signers_price_and_order_not
         .replace("\"tmobile\"", "\"acme-iot\"");
     let smdp = Arc::new(FakeSmdp::default());
     let mut kit = kit_with(smdp, &[public, ("carrier_catalog", &acme)]).await;
-    let q = price(&mut kit).await.unwrap();
+    let q = price(&mut kit, "us-west", 100).await.unwrap();
     assert_eq!(q.carrier, "acme-iot");
     let ordered = order(&mut kit, request("us-west", None), "inv-acme").await;
     assert!(

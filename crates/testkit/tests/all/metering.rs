@@ -161,6 +161,17 @@ async fn transfer(
         .unwrap()
 }
 
+/// The SIM's receipt log, from entry 1, at most `limit` entries.
+async fn receipt_log(kit: &mut Kit, iccid: &str, limit: u32) -> Vec<Value> {
+    let id = iccid.to_owned();
+    let log = kit
+        .call(async move |a, g| g.metering().call_receipts(a, id, 1, limit).await)
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&log).unwrap()
+}
+
 async fn balance(kit: &mut Kit, iccid: &str) -> types::Balance {
     let id = iccid.to_owned();
     kit.call(async move |a, g| g.metering().call_get_balance(a, id).await)
@@ -408,14 +419,7 @@ async fn bad_receipts_are_disputed_never_charged() {
     // The owner sees them; a resubmitted dispute is not kept twice.
     let (_, kinds, _) = ingest(&mut kit, vec![forged]).await;
     assert!(kinds.is_empty());
-    let id2 = id.clone();
-    let log: Value = serde_json::from_str(
-        &kit.call(async move |a, g| g.metering().call_receipts(a, id2, 1, 100).await)
-            .await
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let log = Value::from(receipt_log(&mut kit, &id, 100).await);
     let log = log.as_array().unwrap();
     assert_eq!(log.len(), 3);
     assert!(log.iter().all(|e| e["state"] == "disputed"));
@@ -850,14 +854,7 @@ async fn unsigned_field_refusals_are_capped_and_unknown_sims_keep_nothing() {
     // Kept in the owner's log, up to the cap, but neither told nor put in the ledger: a stranger's answer and
     // the ledger's count must not differ from a batch naming a SIM not metered here (below).
     assert!(kinds.is_empty(), "{kinds:?}");
-    let id2 = id.clone();
-    let log: Value = serde_json::from_str(
-        &kit.call(async move |a, g| g.metering().call_receipts(a, id2, 1, 1_000).await)
-            .await
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let log = Value::from(receipt_log(&mut kit, &id, 1_000).await);
     assert_eq!(
         log.as_array().unwrap().len(),
         cap,
@@ -918,14 +915,7 @@ async fn a_flood_of_forged_receipts_keeps_a_bounded_number_of_disputes() {
         kinds_a.is_empty() && kinds_b.is_empty(),
         "unsigned disputes stay out of the ledger"
     );
-    let id2 = id.clone();
-    let log: Value = serde_json::from_str(
-        &kit.call(async move |a, g| g.metering().call_receipts(a, id2, 1, 1_000).await)
-            .await
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let log = Value::from(receipt_log(&mut kit, &id, 1_000).await);
     assert_eq!(log.as_array().unwrap().len(), cap);
     assert_eq!(
         balance(&mut kit, &id).await.used_bytes,
