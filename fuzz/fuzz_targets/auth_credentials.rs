@@ -19,11 +19,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, proof);
         let _ = proof.message();
         for now in [0, 1_790_000_000, u64::MAX] {
-            let _ = proof.verify(&Expect {
-                domain: "127.0.0.1:3000",
-                origin: "http://127.0.0.1:3000",
-                now,
-            });
+            for path in [None, Some("/v1/esim/8901260000000000014")] {
+                let _ = proof.verify(&Expect {
+                    domain: "127.0.0.1:3000",
+                    origin: "http://127.0.0.1:3000",
+                    path,
+                    now,
+                });
+            }
         }
     }
     let _ = origin_of(text);
