@@ -1,5 +1,6 @@
 //! Dispatch settings, read once per instance: the carrier catalog (the whole catalog as the `carrier_catalog`
-//! variable, else the built-in one, which only a development deployment may use: kernel `deployment::catalog`), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
+//! variable, else the built-in one, which only a development deployment may use: kernel
+//! `deployment::catalog`), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
 //! (`dispatch_budget_secs`, 60) and one ES2+ call's timeout (`es2_timeout_ms`, 10 000); the access-token key
 //! (`access_token_secret`, secret; else a random key kept at `secret/sim-token-key`) and the carriers' callback
 //! credentials (`carrier_callback_credentials`, secret; empty refuses every callback).

@@ -1,6 +1,7 @@
 //! Issuing and opening invoices. `issue` seals the terms (with an activation's quote) into the id (kernel
-//! `invoice::token`) and writes nothing; `get` opens an id under the same key, rebuilds its payment options from the enabled networks and
-//! reads the status from the payment record (one `get`, if a payment ever arrived).
+//! `invoice::token`) and writes nothing; `get` opens an id under the same key, rebuilds its payment options
+//! from the enabled networks and reads the status from the payment record (one `get`, if a payment ever
+//! arrived).
 
 use esim402_core::invoice::token::{self, Terms};
 use esim402_core::invoice::{Invoice, PaymentOption};
