@@ -260,6 +260,49 @@ async fn offered(resp: reqwest::Response) -> (u16, Vec<String>, Value) {
     (status, networks, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET /health/ready` loads every component's configuration: ready on the dev stack's defaults; outside
+/// development without a carrier catalog, 503 naming the components that cannot load theirs and the variable,
+/// while `GET /health` (liveness) still answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_names_the_components_whose_configuration_does_not_load() {
+    let app = spawn_app(options(StoreConfig::Memory)).await.unwrap();
+    let r = reqwest::get(format!("{}/health/ready", app.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ready", "{body}");
+    drop(app);
+
+    let mut opts = options(StoreConfig::Memory);
+    opts.env.insert(
+        "SPIN_VARIABLE_PAYMENT_NETWORK".into(),
+        "eip155:31337, base".into(),
+    );
+    let app = spawn_app(opts).await.unwrap();
+    let r = reqwest::get(format!("{}/health/ready", app.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready", "{body}");
+    let failing: Vec<&str> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert!(
+                p["message"].as_str().unwrap().contains("carrier_catalog"),
+                "{p}"
+            );
+            p["component"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(failing, ["dispatch", "metering"], "{body}");
+    let live = reqwest::get(format!("{}/health", app.url)).await.unwrap();
+    assert_eq!(live.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_enabled_network_is_offered_and_the_chain_preference_narrows_them() {
     let mut opts = options(StoreConfig::Memory);

@@ -41,17 +41,19 @@ fn the_spinapp_runs_replicas_on_the_spin_shim() {
         image.rsplit('/').next().unwrap().contains(':'),
         "a tagged image: {image}"
     );
-    for check in ["liveness", "readiness"] {
-        assert_eq!(spec["checks"][check]["httpGet"]["path"], "/health");
+    // Liveness: the app answers; readiness: every component loads its configuration.
+    for (check, path) in [("liveness", "/health"), ("readiness", "/health/ready")] {
+        assert_eq!(spec["checks"][check]["httpGet"]["path"], path);
+        // A route the app serves.
+        let manifest = Manifest::load(&repo_root().join("spin.toml")).unwrap();
+        assert!(
+            manifest
+                .http_triggers
+                .iter()
+                .any(|t| matches!(&t.route, RouteSpec::Path(p) if p == path)),
+            "{path}"
+        );
     }
-    // The health route is one the app serves.
-    let manifest = Manifest::load(&repo_root().join("spin.toml")).unwrap();
-    assert!(
-        manifest
-            .http_triggers
-            .iter()
-            .any(|t| matches!(&t.route, RouteSpec::Path(p) if p == "/health"))
-    );
 }
 
 #[test]

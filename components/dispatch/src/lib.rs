@@ -82,6 +82,11 @@ fn price(cfg: &config::Config, request: &wit::ActivationRequest) -> Result<wit::
 }
 
 impl Guest for Component {
+    async fn ready() -> Result<(), wit::Error> {
+        // As an order would: the configuration, and the catalog's receipt signers.
+        config::get().await?.signers_usable()
+    }
+
     async fn price(request: wit::ActivationRequest) -> Result<wit::Quote, wit::Error> {
         let cfg = config::get().await?;
         price(&cfg, &request)

@@ -130,6 +130,7 @@ fn resource_url(req: &Request) -> String {
 async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, ApiError> {
     match (req.method().clone(), segments) {
         (Method::GET, ["health"]) => Ok(json(200, r#"{"status":"ok"}"#.into())),
+        (Method::GET, ["health", "ready"]) => routes::ready().await,
         (Method::GET, ["openapi.json"]) => Ok(json(200, esim402_core::routes::OPENAPI_JSON.into())),
         (Method::GET | Method::POST, ["v1", "esim", "activate"]) => purchase::activate(req).await,
         (Method::GET, ["v1", "invoices", id]) => routes::get_invoice(id).await,

@@ -8,6 +8,37 @@ use spin_sdk::http::{Request, Response};
 
 use crate::{Reply, dispatch, from_wit, header, invoices, json, now, read_body, verifier};
 
+/// `GET /health/ready`: every component loads its configuration as a request would (variables, the carrier
+/// catalog and its receipt signers, keys). 200 `{"status":"ready"}`, else 503 with each failing component and
+/// its error (which names the variable, never a secret's value): a readiness probe keeps a misconfigured
+/// replica out of service rather than answering 500 to every request.
+pub async fn ready() -> Result<Reply, ApiError> {
+    let checks = [
+        ("dispatch", dispatch::ready().await),
+        ("metering", crate::metering::ready().await),
+        ("verifier", verifier::ready().await),
+        ("invoices", invoices::ready().await),
+    ];
+    let problems: Vec<serde_json::Value> = checks
+        .iter()
+        .filter_map(|(component, r)| {
+            let e = r.as_ref().err()?;
+            Some(serde_json::json!({
+                "component": component,
+                "message": esim402_guest::convert::message(e),
+            }))
+        })
+        .collect();
+    Ok(if problems.is_empty() {
+        json(200, r#"{"status":"ready"}"#.into())
+    } else {
+        json(
+            503,
+            serde_json::json!({ "status": "not_ready", "problems": problems }).to_string(),
+        )
+    })
+}
+
 pub async fn get_invoice(id: &str) -> Result<Reply, ApiError> {
     let invoice = crate::pay::load_invoice(id).await?;
     Ok(json(

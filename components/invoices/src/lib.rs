@@ -39,6 +39,10 @@ use esim402_guest::wit;
 struct Component;
 
 impl Guest for Component {
+    async fn ready() -> Result<(), wit::Error> {
+        config::get().await.map(|_| ())
+    }
+
     async fn issue(
         purchase: wit::Purchase,
         amount: u64,

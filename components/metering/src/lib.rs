@@ -42,6 +42,10 @@ use esim402_guest::wit;
 struct Component;
 
 impl Guest for Component {
+    async fn ready() -> Result<(), wit::Error> {
+        config::get().await.map(|_| ())
+    }
+
     async fn credit(sim: wit::Sim, credit: DataCredit, now: u64) -> Result<Credited, wit::Error> {
         accounts::credit(sim, credit, now).await
     }

@@ -58,6 +58,10 @@ fn rejected(reason: esim402_core::x402::InvalidReason) -> wit::Error {
 }
 
 impl Guest for Component {
+    async fn ready() -> Result<(), wit::Error> {
+        config::get().await.map(|_| ())
+    }
+
     async fn verify(
         invoice: wit::Invoice,
         proof: wit::PaymentProof,

@@ -22,6 +22,7 @@ paid_headers = {"PAYMENT-RESPONSE": {"description": "x402 settlement response (b
 act_ok = {"description": "paid: the SIM, its activation code (`activation_code`, `qr_code`) and its `access_token`", "headers": paid_headers, "content": js("PaidActivation")}
 paths = {
  "/health": {"get": {"operationId": "health", "summary": "liveness", "responses": {"200": {"description": "ok"}}}},
+ "/health/ready": {"get": {"operationId": "ready", "summary": "readiness: every component loads its configuration (variables, carrier catalog, keys)", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready: `problems` names each component whose configuration does not load and why (the variable, never its value)"}}}},
  "/openapi.json": {"get": {"operationId": "openapi", "summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
  "/supported": {"get": {"operationId": "supported", "summary": "x402 facilitator: supported schemes and networks", "responses": {"200": {"description": "SupportedResponse"}}}},
  "/verify": {"post": {"operationId": "facilitatorVerify", "summary": "x402 facilitator: verify a payment for a third-party resource server", "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["paymentPayload", "paymentRequirements"]}}}}, "responses": {"200": {"description": "VerifyResponse (`isValid`, `invalidReason`)"}, **pick("400")}}},

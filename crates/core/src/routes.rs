@@ -19,6 +19,7 @@ const fn r(path: &'static str, allow: &'static str) -> Route {
 /// Every route, literal ones first.
 pub const ROUTES: &[Route] = &[
     r("/health", "GET"),
+    r("/health/ready", "GET"),
     r("/openapi.json", "GET"),
     r("/supported", "GET"),
     r("/verify", "POST"),
