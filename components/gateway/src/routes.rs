@@ -13,11 +13,18 @@ use crate::{Reply, dispatch, from_wit, header, invoices, json, now, read_body, v
 /// its error (which names the variable, never a secret's value): a readiness probe keeps a misconfigured
 /// replica out of service rather than answering 500 to every request.
 pub async fn ready() -> Result<Reply, ApiError> {
+    // Together: a cold probe loads four configurations, and probes time out (Kubernetes: 1 s by default).
+    use esim402_core::join::join2;
+    let ((d, m), (v, i)) = join2(
+        join2(dispatch::ready(), crate::metering::ready()),
+        join2(verifier::ready(), invoices::ready()),
+    )
+    .await;
     let checks = [
-        ("dispatch", dispatch::ready().await),
-        ("metering", crate::metering::ready().await),
-        ("verifier", verifier::ready().await),
-        ("invoices", invoices::ready().await),
+        ("dispatch", d),
+        ("metering", m),
+        ("verifier", v),
+        ("invoices", i),
     ];
     let problems: Vec<serde_json::Value> = checks
         .iter()

@@ -132,6 +132,28 @@ async fn load() -> Result<Config, wit::Error> {
 }
 
 impl Config {
+    /// What readiness reports beyond a configuration that loads (`ready`): a signing key that is set but
+    /// malformed (every settlement or refund run would answer 500; an unset key is a feature turned off, not a
+    /// fault), and an enabled network without its JSON-RPC endpoint (payments on it would answer 500). The
+    /// messages name the variable, never its value.
+    pub fn problems(&self) -> Vec<String> {
+        let keys = [&self.signer, &self.treasury]
+            .into_iter()
+            .filter_map(|k| k.as_ref()?.as_ref().err().cloned());
+        let endpoints = self
+            .enabled
+            .iter()
+            .filter(|(_, url)| url.is_none())
+            .map(|(n, _)| {
+                format!(
+                    "variable {} is not set (network {} is enabled)",
+                    n.rpc_variable,
+                    n.caip2()
+                )
+            });
+        keys.chain(endpoints).collect()
+    }
+
     /// The enabled networks as a registry, for `/supported` and request resolution.
     pub fn networks(&self) -> Networks {
         Networks::builtin()

@@ -59,7 +59,11 @@ fn rejected(reason: esim402_core::x402::InvalidReason) -> wit::Error {
 
 impl Guest for Component {
     async fn ready() -> Result<(), wit::Error> {
-        config::get().await.map(|_| ())
+        let problems = config::get().await?.problems();
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(wit::Error::Internal(problems.join("; "))),
+        }
     }
 
     async fn verify(

@@ -450,6 +450,42 @@ impl Node {
     }
 }
 
+/// Readiness: a configuration that loads is ready; a signing key that is set but malformed, or an enabled
+/// network without its endpoint, is not, named by its variable and never by its value. An unset key is a
+/// feature turned off, not a fault.
+#[tokio::test]
+async fn readiness_names_a_malformed_key_and_a_network_without_an_endpoint() {
+    let node = Arc::new(Node::default());
+    let ready = async |kit: &mut Kit| {
+        kit.call(async |a, g| g.verifier().call_ready(a).await)
+            .await
+            .unwrap()
+    };
+    let ok = ready(&mut kit(&node, &[]).await).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let off = ready(&mut kit(&node, &[("treasury_private_key", "")]).await).await;
+    assert!(off.is_ok(), "an unset key turns refunds off: {off:?}");
+    let bad_key = "0x1234567890abcdef";
+    let mut k = kit(
+        &node,
+        &[
+            ("facilitator_private_key", bad_key),
+            ("payment_network", "eip155:31337,base"),
+        ],
+    )
+    .await;
+    let e = ready(&mut k).await;
+    let Err(types::Error::Internal(m)) = &e else {
+        panic!("{e:?}");
+    };
+    assert!(m.contains("facilitator_private_key"), "{m}");
+    assert!(m.contains("rpc_url_base"), "{m}");
+    assert!(
+        !m.contains("1234567890abcdef"),
+        "the key's value never shows: {m}"
+    );
+}
+
 pub(crate) async fn kit(node: &Arc<Node>, vars: &[(&str, &str)]) -> Kit {
     let mut b = builder(node);
     for (k, v) in vars {
