@@ -301,6 +301,34 @@ async fn readiness_names_the_components_whose_configuration_does_not_load() {
     assert_eq!(failing, ["dispatch", "metering"], "{body}");
     let live = reqwest::get(format!("{}/health", app.url)).await.unwrap();
     assert_eq!(live.status(), 200);
+    drop(app);
+
+    // The gateway's own: a public_origins entry that is not an origin (its sign-ins would be refused).
+    let mut opts = options(StoreConfig::Memory);
+    opts.env.insert(
+        "SPIN_VARIABLE_PUBLIC_ORIGINS".into(),
+        "http://127.0.0.1, esim402.example".into(),
+    );
+    let app = spawn_app(opts).await.unwrap();
+    let r = reqwest::get(format!("{}/health/ready", app.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    let gateway: Vec<&Value> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["component"] == "gateway")
+        .collect();
+    assert_eq!(gateway.len(), 1, "{body}");
+    assert!(
+        gateway[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("esim402.example"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

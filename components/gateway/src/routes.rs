@@ -26,7 +26,7 @@ pub async fn ready() -> Result<Reply, ApiError> {
         ("verifier", v),
         ("invoices", i),
     ];
-    let problems: Vec<serde_json::Value> = checks
+    let mut problems: Vec<serde_json::Value> = checks
         .iter()
         .filter_map(|(component, r)| {
             let e = r.as_ref().err()?;
@@ -36,6 +36,16 @@ pub async fn ready() -> Result<Reply, ApiError> {
             }))
         })
         .collect();
+    // The gateway's own: wallet sign-ins' origins (an entry that is not one is skipped, refusing its sign-ins).
+    if let Some(list) = esim402_guest::config::optional_var("public_origins").await {
+        let origins = esim402_core::auth::siwx::origin_problems(&list);
+        if !origins.is_empty() {
+            problems.push(serde_json::json!({
+                "component": "gateway",
+                "message": origins.join("; "),
+            }));
+        }
+    }
     Ok(if problems.is_empty() {
         json(200, r#"{"status":"ready"}"#.into())
     } else {

@@ -139,6 +139,26 @@ pub fn origin_of(url: &str) -> Option<(&str, &str)> {
     Some((&url[..scheme.len() + 3 + host.len()], host))
 }
 
+/// What is wrong with a `public_origins` value, for readiness: every entry that is not a bare origin
+/// (`scheme://host[:port]`, no path), which [`expected_origins`] skips (so a typo silently refuses the
+/// sign-ins made for it), and a list naming no origin at all (every sign-in refused). Empty when usable.
+pub fn origin_problems(list: &str) -> Vec<String> {
+    let entries: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .collect();
+    let mut problems: Vec<String> = entries
+        .iter()
+        .filter(|e| origin_of(e).is_none_or(|(origin, _)| origin.len() != e.len()))
+        .map(|e| format!("public_origins entry {e:?} is not scheme://host[:port]"))
+        .collect();
+    if entries.iter().all(|e| origin_of(e).is_none()) {
+        problems.push("public_origins names no origin: every wallet sign-in is refused".into());
+    }
+    problems
+}
+
 /// The `(origin, domain)` pairs a wallet sign-in may name on this service. With `configured` (the
 /// `public_origins` variable: comma-separated `scheme://host[:port]`), exactly those: the request's own Host
 /// header is the client's to choose, so it cannot say which site a signature was made for (a signature a

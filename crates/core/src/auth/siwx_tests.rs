@@ -325,3 +325,24 @@ fn a_proof_verifies_for_any_of_the_service_s_origins_else_names_the_first_refusa
     assert_eq!(path_of("http://h:1"), "/");
     assert_eq!(path_of("http://h:1/?a=b"), "/");
 }
+
+#[test]
+fn public_origins_problems_name_every_entry_that_is_not_a_bare_origin() {
+    assert!(origin_problems("https://esim402.example, http://127.0.0.1:3000").is_empty());
+    // A path (its origin is still taken) and a bare host (skipped): both named.
+    let p = origin_problems("https://esim402.example/v1, esim402.example");
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].contains("https://esim402.example/v1"), "{p:?}");
+    assert!(p[1].contains("\"esim402.example\""), "{p:?}");
+    // Nothing usable: every sign-in refused, said once more.
+    let p = origin_problems("esim402.example");
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[1].contains("names no origin"), "{p:?}");
+    // Two bad entries beside a good one: both named, the list still names an origin.
+    let p = origin_problems("https://ok.example, ftp:/x, https://x.example/p");
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!(
+        origin_problems(" , "),
+        ["public_origins names no origin: every wallet sign-in is refused"]
+    );
+}
