@@ -2,8 +2,8 @@
 //! `eip155:31337`, as its only payment network: `esim402 up`, `spin up` with the shipped defaults) may use the
 //! built-in carrier catalog, whose receipt signers are public development keys
 //! ([`crate::usage::receipt::dev_signing_key`]). Any other deployment takes real money or real users, so it
-//! must configure its own catalog, and no carrier in it may sign with its development key: anyone could sign
-//! receipts that spend every SIM's balance.
+//! must configure its own catalog, and no carrier in it may sign with a development key (a built-in carrier's,
+//! or one derived from a catalog carrier id): anyone could sign receipts that spend every SIM's balance.
 
 use crate::chain::{Address, ChainId, Network};
 use crate::esim::catalog::{Catalog, CatalogError};
@@ -47,7 +47,8 @@ pub const BUILTIN_DEV_SIGNERS: [Address; 5] = [
 /// receipts with a built-in carrier's development key is refused too (a catalog copied from the built-in one,
 /// a carrier renamed but keeping its signer line): a comparison with [`BUILTIN_DEV_SIGNERS`], cheap enough
 /// for every instance's configuration load. [`refuse_derived_dev_signers`] also checks the development keys
-/// of the catalog's own carrier ids (a key derivation each), for the component that verifies receipts.
+/// of the catalog's own carrier ids (a key derivation each): metering at its configuration load, dispatch at
+/// an instance's first order.
 pub fn catalog(custom: Option<&str>, development: bool) -> Result<Catalog, CatalogError> {
     let catalog = match custom {
         Some(toml) => Catalog::from_toml(toml)?,
