@@ -95,13 +95,9 @@ impl Issuer {
             .first()
             .map(|c| c.id.clone())
             .ok_or_else(|| ApiError::invalid("region", "no carrier serves this region"))?;
-        let amount = self
+        let (amount, sealed) = self
             .price_book
-            .quote(&carrier, r.data_mb)
-            .ok_or_else(|| ApiError::internal(format!("no rate for carrier {carrier}")))?;
-        let sealed = self
-            .price_book
-            .seal_quote(&carrier, r.data_mb, amount)
+            .priced(&carrier, r.data_mb)
             .ok_or_else(|| ApiError::internal(format!("no rate for carrier {carrier}")))?;
         Ok((carrier.to_string(), amount, sealed))
     }

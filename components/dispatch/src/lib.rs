@@ -63,15 +63,10 @@ fn price(cfg: &config::Config, request: &wit::ActivationRequest) -> Result<wit::
         .first()
         .map(|c| c.id.clone())
         .ok_or_else(|| invalid("region", "no carrier serves this region"))?;
-    let no_rate = || wit::Error::Internal(format!("no rate for carrier {carrier}"));
-    let amount = cfg
+    let (amount, sealed) = cfg
         .price_book
-        .quote(&carrier, spec.data_mb)
-        .ok_or_else(no_rate)?;
-    let sealed = cfg
-        .price_book
-        .seal_quote(&carrier, spec.data_mb, amount)
-        .ok_or_else(no_rate)?;
+        .priced(&carrier, spec.data_mb)
+        .ok_or_else(|| wit::Error::Internal(format!("no rate for carrier {carrier}")))?;
     Ok(wit::Quote {
         carrier: carrier.to_string(),
         region: spec.region.to_string(),

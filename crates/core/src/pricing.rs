@@ -115,19 +115,21 @@ impl PriceBook {
             .map_or(bought, |today| today.min(bought))
     }
 
-    /// The quote an activation of `data_mb` on `carrier` is sealed with: the data part of
-    /// [`PriceBook::quote`] (never above `amount`, the invoice it was quoted at). `None` for a carrier the book
-    /// does not price.
-    pub fn seal_quote(
+    /// An activation's price ([`PriceBook::quote`]) and the quote its invoice seals: the data part of that
+    /// price (never above it), from one computation of the data's value. `None` for a carrier the book does
+    /// not price.
+    pub fn priced(
         &self,
         carrier: &CarrierId,
         data_mb: DataMb,
-        amount: UsdcAmount,
-    ) -> Option<SealedQuote> {
-        Some(SealedQuote {
+    ) -> Option<(UsdcAmount, SealedQuote)> {
+        let usage = self.usage(carrier, data_mb)?;
+        let amount = self.with_fee(usage)?;
+        let sealed = SealedQuote {
             carrier: carrier.clone(),
-            data_value: self.usage(carrier, data_mb)?.min(amount),
-        })
+            data_value: usage.min(amount),
+        };
+        Some((amount, sealed))
     }
 
     /// A data top-up of `data_mb` on `carrier`: the data at the carrier's rate (no activation fee), never below
@@ -138,14 +140,12 @@ impl PriceBook {
 
     /// The price of `data_mb` on `carrier`, or `None` for an unknown carrier.
     pub fn quote(&self, carrier: &CarrierId, data_mb: DataMb) -> Option<UsdcAmount> {
-        let rate = self.rate(carrier)?;
-        // u64 cannot overflow: rate ≤ 2^40 in practice and data_mb ≤ 100_000; use u128 anyway.
-        let milli = u128::from(rate.milli_micros_per_mb) * u128::from(data_mb.get());
-        let usage = u64::try_from(milli.div_ceil(1000)).ok()?;
-        let total = self
-            .activation_fee
-            .checked_add(UsdcAmount::from_micros(usage))?;
-        Some(total.max(self.minimum))
+        self.with_fee(self.usage(carrier, data_mb)?)
+    }
+
+    /// An activation's price for data worth `usage`: the activation fee added, never below the minimum.
+    fn with_fee(&self, usage: UsdcAmount) -> Option<UsdcAmount> {
+        Some(self.activation_fee.checked_add(usage)?.max(self.minimum))
     }
 }
 
@@ -264,9 +264,10 @@ mod tests {
         let micros = UsdcAmount::from_micros;
         let paid = book.quote(&c("tmobile"), mb).unwrap();
         assert_eq!(paid, micros(420_000));
-        let quoted = book.seal_quote(&c("tmobile"), mb, paid).unwrap();
+        let (amount, quoted) = book.priced(&c("tmobile"), mb).unwrap();
+        assert_eq!(amount, paid);
         assert_eq!(quoted.data_value, micros(300_000));
-        assert_eq!(book.seal_quote(&c("nope"), mb, paid), None);
+        assert_eq!(book.priced(&c("nope"), mb), None);
         // Delivered where it was quoted: the quote's value, whatever the rate or the fee is now.
         book.rates[0].milli_micros_per_mb = 4_000_000;
         book.activation_fee = micros(10_000);
@@ -311,12 +312,9 @@ mod tests {
         let one = DataMb::new(1).unwrap();
         let paid = book.quote(&c("tmobile"), one).unwrap();
         assert_eq!(paid, micros(50_000));
-        assert_eq!(
-            book.seal_quote(&c("tmobile"), one, paid)
-                .unwrap()
-                .data_value,
-            micros(3_000)
-        );
+        let (amount, quoted) = book.priced(&c("tmobile"), one).unwrap();
+        assert_eq!(amount, paid);
+        assert_eq!(quoted.data_value, micros(3_000));
     }
 
     #[test]
