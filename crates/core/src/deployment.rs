@@ -31,16 +31,36 @@ pub fn is_development(public_origins_set: bool, payment_network: Option<&str>) -
         && entries.all(|e| Network::parse(e).is_ok_and(|n| n.chain_id() == DEV_CHAIN))
 }
 
-/// The built-in carriers' development receipt signers (`dev_signing_key` of `tmobile`, `verizon`, `att`,
-/// `telekom-de`, `vodafone-de`: the built-in catalog's `receipt_signer`s, held to both by a test), as
-/// constants, so a deployment checks a catalog against them without deriving a key per instance.
-pub const BUILTIN_DEV_SIGNERS: [Address; 5] = [
-    alloy_primitives::address!("0xA9De341e526Be47F2eB5E47B9a85D26D65538809"),
-    alloy_primitives::address!("0xEF561F12df7deDa78a6D871305251E69FA5Db502"),
-    alloy_primitives::address!("0xf172C61Ec6dA1625ffA99fB9443b35685AdAFC80"),
-    alloy_primitives::address!("0x04ED8Cbfc580Ae0292fdee42eD024C418463c1D7"),
-    alloy_primitives::address!("0x5e009C72b64284D91569cf6b73176c81FF5356a8"),
+/// The built-in carriers and their development receipt signers (`dev_signing_key` of each id: the built-in
+/// catalog's `receipt_signer`s, held to both by a test), as constants, so a deployment checks a catalog
+/// against them without parsing the built-in catalog or deriving a key per instance.
+pub const BUILTIN_DEV_SIGNERS: [(&str, Address); 5] = [
+    (
+        "tmobile",
+        alloy_primitives::address!("0xA9De341e526Be47F2eB5E47B9a85D26D65538809"),
+    ),
+    (
+        "verizon",
+        alloy_primitives::address!("0xEF561F12df7deDa78a6D871305251E69FA5Db502"),
+    ),
+    (
+        "att",
+        alloy_primitives::address!("0xf172C61Ec6dA1625ffA99fB9443b35685AdAFC80"),
+    ),
+    (
+        "telekom-de",
+        alloy_primitives::address!("0x04ED8Cbfc580Ae0292fdee42eD024C418463c1D7"),
+    ),
+    (
+        "vodafone-de",
+        alloy_primitives::address!("0x5e009C72b64284D91569cf6b73176c81FF5356a8"),
+    ),
 ];
+
+/// Whether `signer` is one of the built-in carriers' development keys.
+fn is_builtin_dev_signer(signer: Address) -> bool {
+    BUILTIN_DEV_SIGNERS.iter().any(|(_, a)| *a == signer)
+}
 
 /// The carrier catalog a deployment runs with: `custom` (its `carrier_catalog` TOML) when set, else the
 /// built-in one, which only a development deployment may use. Outside development a carrier that signs
@@ -56,10 +76,10 @@ pub fn catalog(custom: Option<&str>, development: bool) -> Result<Catalog, Catal
         None => return Err(CatalogError::BuiltinOutsideDevelopment),
     };
     if !development
-        && let Some(c) = catalog.carriers().iter().find(|c| {
-            c.receipt_signer
-                .is_some_and(|a| BUILTIN_DEV_SIGNERS.contains(&a))
-        })
+        && let Some(c) = catalog
+            .carriers()
+            .iter()
+            .find(|c| c.receipt_signer.is_some_and(is_builtin_dev_signer))
     {
         return Err(CatalogError::DevSigner(c.id.clone()));
     }
@@ -82,11 +102,14 @@ pub fn refuse_derived_dev_signers(
     {
         return Ok(());
     }
-    let builtin = Catalog::builtin();
     let derived: Vec<Address> = catalog
         .carriers()
         .iter()
-        .filter(|c| builtin.carrier(&c.id).is_none())
+        .filter(|c| {
+            !BUILTIN_DEV_SIGNERS
+                .iter()
+                .any(|(id, _)| c.id.as_str() == *id)
+        })
         .map(|c| address_of(dev_signing_key(&c.id).verifying_key()))
         .collect();
     match catalog
@@ -128,18 +151,17 @@ mod tests {
 
     #[test]
     fn the_builtin_dev_signers_are_the_builtin_catalogs_and_the_dev_keys() {
-        let signers: Vec<Address> = Catalog::builtin()
+        let mut signers: Vec<(&str, Address)> = Catalog::builtin()
             .carriers()
             .iter()
             .map(|c| {
                 let dev = address_of(dev_signing_key(&c.id).verifying_key());
                 assert_eq!(c.receipt_signer, Some(dev), "{}", c.id);
-                dev
+                (c.id.as_str(), dev)
             })
             .collect();
         let mut expected = BUILTIN_DEV_SIGNERS.to_vec();
         expected.sort();
-        let mut signers = signers;
         signers.sort();
         assert_eq!(signers, expected);
     }
