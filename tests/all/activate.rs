@@ -260,75 +260,70 @@ async fn offered(resp: reqwest::Response) -> (u16, Vec<String>, Value) {
     (status, networks, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// `GET /health/ready` loads every component's configuration: ready on the dev stack's defaults; outside
-/// development without a carrier catalog, 503 naming the components that cannot load theirs and the variable,
-/// while `GET /health` (liveness) still answers.
-#[tokio::test(flavor = "multi_thread")]
-async fn readiness_names_the_components_whose_configuration_does_not_load() {
-    let app = spawn_app(options(StoreConfig::Memory)).await.unwrap();
-    let r = reqwest::get(format!("{}/health/ready", app.url))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["status"], "ready", "{body}");
-    drop(app);
-
+/// `GET /health/ready` of an app started with `env` set: its status and body (liveness, `GET /health`, answers
+/// 200 whatever readiness says).
+async fn readiness(env: &[(&str, &str)]) -> (u16, Value) {
     let mut opts = options(StoreConfig::Memory);
-    opts.env.insert(
-        "SPIN_VARIABLE_PAYMENT_NETWORK".into(),
-        "eip155:31337, base".into(),
-    );
+    for (k, v) in env {
+        opts.env.insert((*k).into(), (*v).into());
+    }
     let app = spawn_app(opts).await.unwrap();
     let r = reqwest::get(format!("{}/health/ready", app.url))
         .await
         .unwrap();
-    assert_eq!(r.status(), 503);
+    let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["status"], "not_ready", "{body}");
-    let failing: Vec<&str> = body["problems"]
+    let live = reqwest::get(format!("{}/health", app.url)).await.unwrap();
+    assert_eq!(live.status(), 200);
+    (status, body)
+}
+
+/// The problems a readiness answer names, as `(component, message)`.
+fn problems(body: &Value) -> Vec<(&str, &str)> {
+    body["problems"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| {
-            assert!(
-                p["message"].as_str().unwrap().contains("carrier_catalog"),
-                "{p}"
-            );
-            p["component"].as_str().unwrap()
+            (
+                p["component"].as_str().unwrap(),
+                p["message"].as_str().unwrap(),
+            )
         })
-        .collect();
-    assert_eq!(failing, ["dispatch", "metering"], "{body}");
-    let live = reqwest::get(format!("{}/health", app.url)).await.unwrap();
-    assert_eq!(live.status(), 200);
-    drop(app);
+        .collect()
+}
 
-    // The gateway's own: a public_origins entry that is not an origin (its sign-ins would be refused).
-    let mut opts = options(StoreConfig::Memory);
-    opts.env.insert(
-        "SPIN_VARIABLE_PUBLIC_ORIGINS".into(),
-        "http://127.0.0.1, esim402.example".into(),
-    );
-    let app = spawn_app(opts).await.unwrap();
-    let r = reqwest::get(format!("{}/health/ready", app.url))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let body: Value = r.json().await.unwrap();
-    let gateway: Vec<&Value> = body["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["component"] == "gateway")
+/// `GET /health/ready` loads every component's configuration: ready on the dev stack's defaults; outside
+/// development without a carrier catalog, 503 naming the components that cannot load theirs and the variable,
+/// while `GET /health` (liveness) still answers; the gateway names a `public_origins` entry that is not an
+/// origin (its sign-ins would be refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_names_the_components_whose_configuration_does_not_load() {
+    let (status, body) = readiness(&[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ready", "{body}");
+
+    let (status, body) =
+        readiness(&[("SPIN_VARIABLE_PAYMENT_NETWORK", "eip155:31337, base")]).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "not_ready", "{body}");
+    let failing = problems(&body);
+    for (_, message) in &failing {
+        assert!(message.contains("carrier_catalog"), "{body}");
+    }
+    let components: Vec<&str> = failing.iter().map(|(c, _)| *c).collect();
+    assert_eq!(components, ["dispatch", "metering"], "{body}");
+
+    let origins = "http://127.0.0.1, esim402.example";
+    let (status, body) = readiness(&[("SPIN_VARIABLE_PUBLIC_ORIGINS", origins)]).await;
+    assert_eq!(status, 503);
+    let gateway: Vec<&str> = problems(&body)
+        .into_iter()
+        .filter(|(c, _)| *c == "gateway")
+        .map(|(_, m)| m)
         .collect();
     assert_eq!(gateway.len(), 1, "{body}");
-    assert!(
-        gateway[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("esim402.example"),
-        "{body}"
-    );
+    assert!(gateway[0].contains("esim402.example"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -340,15 +335,7 @@ async fn every_enabled_network_is_offered_and_the_chain_preference_narrows_them(
     );
     // Mainnets enabled: the built-in catalog's development receipt signers are refused (kernel `deployment`),
     // so the deployment names its carriers, here the built-in ones signing no receipts.
-    let builtin = std::fs::read_to_string(
-        esim402_tests::repo_root().join("crates/core/catalog/carriers.toml"),
-    )
-    .unwrap();
-    let unsigned: String = builtin
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("receipt_signer"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let unsigned = esim402_testkit::catalog_without_signers();
     opts.env
         .insert("SPIN_VARIABLE_CARRIER_CATALOG".into(), unsigned);
     let app = spawn_app(opts).await.unwrap();

@@ -274,13 +274,8 @@ async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
     assert_eq!(s.balance(agent()).await, start - U256::from(50_000u64));
 
     // Terminate: 9.9 MB of the 10 MB top-up unused → 0.0495 USDC (49 500 atomic) owed back; once.
-    let (status, _, term) = s
-        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
-        .await;
-    assert_eq!(status, 200, "{term}");
-    let refunds = term["refunds"].as_array().unwrap();
-    assert_eq!(refunds.len(), 1, "{term}");
-    assert_eq!(refunds[0]["amount"], "49500", "atomic units: {term}");
+    let (refund, term) = terminated_unused(&s, &iccid).await;
+    assert_eq!(refund["amount"], "49500", "atomic units: {term}");
     // Terminating again (the owner's wallet: the token is revoked) answers the same refunds, owing any the
     // first terminate could not record, and nothing twice.
     let terminate = format!("/v1/esim/{iccid}/terminate");
@@ -673,9 +668,8 @@ async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
     assert_eq!(status, 409, "{other}");
 }
 
-/// Terminate the SIM an activation answered `act` with: its one refund and the whole answer.
-async fn terminated_unused(s: &PayStack, act: &Value) -> (Value, Value) {
-    let iccid = act["iccid"].as_str().unwrap();
+/// Terminate SIM `iccid` (its access token): its one refund and the whole answer.
+async fn terminated_unused(s: &PayStack, iccid: &str) -> (Value, Value) {
     let (status, _, term) = s
         .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
         .await;
@@ -697,7 +691,7 @@ async fn a_failed_over_activation_refunds_its_unused_data_at_the_quoted_rate() {
     let (_, req) = s.invoice(&body).await;
     let act = s.activate_paid(&body, &[]).await;
     assert_eq!(act["carrier"], "verizon", "{act}");
-    let (refund, term) = terminated_unused(&s, &act).await;
+    let (refund, term) = terminated_unused(&s, act["iccid"].as_str().unwrap()).await;
     // 1 000 MB at T-Mobile's $0.003 per MB; the invoice is that plus the $0.12 activation fee.
     assert_eq!(req.amount, "3120000");
     assert_eq!(refund["amount"], "3000000", "{term}");
@@ -719,10 +713,7 @@ async fn an_activation_paid_after_a_rate_change_refunds_its_data_at_the_quoted_r
     // 1 000 MB at T-Mobile's $0.003 per MB, plus the $0.12 activation fee.
     assert_eq!(req.amount, "3120000");
 
-    let builtin = std::fs::read_to_string(
-        esim402_tests::repo_root().join("crates/core/catalog/carriers.toml"),
-    )
-    .unwrap();
+    let builtin = esim402_core::esim::catalog::BUILTIN_TOML.to_owned();
     let (old_rate, new_rate) = ("price_per_mb = \"0.003\"", "price_per_mb = \"0.004\"");
     assert_eq!(builtin.matches(old_rate).count(), 1);
     let raised = builtin.replace(old_rate, new_rate);
@@ -737,7 +728,7 @@ async fn an_activation_paid_after_a_rate_change_refunds_its_data_at_the_quoted_r
         .await;
     assert_eq!(status, 200, "{act}");
     assert_eq!(act["carrier"], "tmobile", "{act}");
-    let (refund, term) = terminated_unused(&s, &act).await;
+    let (refund, term) = terminated_unused(&s, act["iccid"].as_str().unwrap()).await;
     assert_eq!(refund["amount"], "3000000", "{term}");
 }
 

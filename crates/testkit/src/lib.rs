@@ -529,6 +529,17 @@ impl Kit {
     }
 }
 
+/// The built-in carrier catalog with no carrier signing receipts (its `receipt_signer` lines dropped): a
+/// `carrier_catalog` a deployment outside development may run with (the built-in signers' keys are public,
+/// and refused there: kernel `deployment`).
+pub fn catalog_without_signers() -> String {
+    esim402_core::esim::catalog::BUILTIN_TOML
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("receipt_signer"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// The repository root (holds `build/wasm`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

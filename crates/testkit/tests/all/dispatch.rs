@@ -297,10 +297,7 @@ async fn an_activation_is_worth_its_sealed_quote_whatever_the_catalog_says_since
         ("tmobile", 300_000, 420_000)
     );
 
-    let builtin = std::fs::read_to_string(
-        esim402_testkit::repo_root().join("crates/core/catalog/carriers.toml"),
-    )
-    .unwrap();
+    let builtin = esim402_core::esim::catalog::BUILTIN_TOML.to_owned();
     let (old_rate, new_rate) = ("price_per_mb = \"0.003\"", "price_per_mb = \"0.004\"");
     assert_eq!(builtin.matches(old_rate).count(), 1);
     let raised = builtin.replace(old_rate, new_rate);
@@ -338,15 +335,8 @@ async fn an_activation_is_worth_its_sealed_quote_whatever_the_catalog_says_since
 /// catalog whose carriers sign with keys of their own (here: none) prices as before.
 #[tokio::test]
 async fn outside_development_the_dev_catalog_and_dev_signers_price_and_order_nothing() {
-    let builtin = std::fs::read_to_string(
-        esim402_testkit::repo_root().join("crates/core/catalog/carriers.toml"),
-    )
-    .unwrap();
-    let unsigned: String = builtin
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("receipt_signer"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let builtin = esim402_core::esim::catalog::BUILTIN_TOML.to_owned();
+    let unsigned = esim402_testkit::catalog_without_signers();
     let public = ("public_origins", "https://esim402.example");
     let mainnet = ("payment_network", "eip155:31337,base");
     for (outside, catalog, refusal) in [
@@ -663,10 +653,7 @@ async fn a_confirm_without_an_smdp_address_uses_the_catalogs() {
     let smdp = Arc::new(FakeSmdp::default());
     smdp.set("tmobile", Behaves::ConfirmWithoutAddress);
     // The built-in catalog with T-Mobile's address (it names none: the simulator always sends its own).
-    let builtin = std::fs::read_to_string(
-        esim402_testkit::repo_root().join("crates/core/catalog/carriers.toml"),
-    )
-    .unwrap();
+    let builtin = esim402_core::esim::catalog::BUILTIN_TOML.to_owned();
     let anchor = "profile_type = \"tmo-iot-data\"";
     assert!(builtin.contains(anchor));
     let catalog = builtin.replace(
