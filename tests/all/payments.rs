@@ -1239,8 +1239,11 @@ async fn a_paid_tx_hash_whose_activation_fails_is_refunded_by_the_refund_job() {
     let (invoice, req) = s.invoice(&body).await;
     let id = invoice["invoice_id"].as_str().unwrap().to_owned();
     let start = s.balance(agent()).await;
-    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
-    assert_eq!(s.balance(agent()).await, start - price(&req));
+    // Overpaid by a dollar: the whole transfer is owed back, not the invoice's amount (before, the dollar was
+    // kept).
+    let sent = price(&req) + U256::from(1_000_000u64);
+    let tx = pay_directly(&s, chain::RECIPIENT, sent).await;
+    assert_eq!(s.balance(agent()).await, start - sent);
     s.break_us_west().await;
     let (status, _, failed) = s
         .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
@@ -1248,6 +1251,7 @@ async fn a_paid_tx_hash_whose_activation_fails_is_refunded_by_the_refund_job() {
     assert_eq!(status, 503, "{failed}");
     assert_eq!(failed["charged"], true);
     assert_eq!(failed["refund"]["status"], "owed", "{failed}");
+    assert_eq!(failed["refund"]["amount"], sent.to_string(), "{failed}");
     let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
     assert_eq!(inv["status"], "refunded");
     // The admin endpoint needs its token.
@@ -1289,6 +1293,59 @@ async fn a_paid_tx_hash_whose_activation_fails_is_refunded_by_the_refund_job() {
         );
     }
     assert_eq!(verify["ok"], true);
+}
+
+/// A refund's payment that a reorganisation took after the refund was owed is not paid back while it is off
+/// the chain (before, the refund job paid without looking: the treasury returned money that never stayed);
+/// once the same transaction is mined again, the next run pays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_waits_while_a_reorganisation_has_taken_its_payment() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_ES2_TIMEOUT_MS", "2000")]).await;
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let start = s.balance(agent()).await;
+    let snapshot = s.rpc("evm_snapshot", json!([])).await;
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    let raw = s.rpc("eth_getRawTransactionByHash", json!([tx])).await;
+    assert!(raw.as_str().is_some_and(|r| r.len() > 2), "{raw}");
+    s.break_us_west().await;
+    let (status, _, failed) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
+        .await;
+    assert_eq!(status, 503, "{failed}");
+    assert_eq!(failed["refund"]["status"], "owed", "{failed}");
+    // The chain reorganises: the transfer is gone, and the agent has its money without any refund.
+    assert_eq!(s.rpc("evm_revert", json!([snapshot])).await, true);
+    assert_eq!(s.balance(agent()).await, start);
+    let (status, summary) = s.run_refunds().await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["paid"].as_array().unwrap().len(), 0, "{summary}");
+    let failures = summary["failed"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{summary}");
+    assert_eq!(failures[0]["invoice"], id.as_str(), "{summary}");
+    assert!(
+        failures[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not on chain now"),
+        "{summary}"
+    );
+    assert_eq!(s.balance(agent()).await, start, "nothing was paid back");
+    // The same transaction mined again: the refund stands, and the next run pays it, once.
+    let again = s.rpc("eth_sendRawTransaction", json!([raw])).await;
+    assert_eq!(again.as_str(), Some(tx.as_str()));
+    s.mined(&tx).await;
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    let (status, summary) = s.run_refunds().await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["paid"].as_array().unwrap().len(), 1, "{summary}");
+    assert_eq!(s.balance(agent()).await, start);
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    for (kind, n) in [("refund_owed", 1), ("refund_paid", 1)] {
+        assert_eq!(kinds.iter().filter(|k| *k == kind).count(), n, "{kinds:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1510,7 +1567,9 @@ async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
     // The payer also sent a transfer that was mined in time (a retried send), and presents it last.
     let in_time = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
     s.rpc("anvil_setNextBlockTimestamp", json!([after])).await;
-    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    // Overpaid: the whole late transfer comes back.
+    let late_sent = price(&req) + U256::from(250_000u64);
+    let tx = pay_directly(&s, chain::RECIPIENT, late_sent).await;
     s.rpc("anvil_mine", json!([2])).await;
     let late_proof = proof_headers(&tx, &late_id);
     let (status, _, refused) = s.post("/v1/esim/activate", &body, &late_proof).await;
@@ -1525,7 +1584,7 @@ async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
     assert_eq!(refused["charged"], true, "{refused}");
     assert_eq!(
         refused["refund"]["amount"],
-        price(&req).to_string(),
+        late_sent.to_string(),
         "{refused}"
     );
     // Sent again: the same answer, nothing owed twice.

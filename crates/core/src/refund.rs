@@ -18,7 +18,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::evm::SignedTx;
+use crate::evm::{SignedTx, TransactionReceipt};
 use crate::ledger::EntryFields;
 use crate::money::UsdcAmount;
 pub use crate::settlement::CLAIM_LEASE_SECS;
@@ -316,6 +316,66 @@ impl Refund {
     }
 }
 
+/// The most a refund of a payment may return: what the payment moved (`paid`: a tx-hash transfer's amount,
+/// which may exceed the invoice's) or, when that was not recorded (an `exact` authorization moves the
+/// invoice's amount exactly; records from before), the invoice's `amount`.
+pub fn amount_owed(paid: Option<UsdcAmount>, invoice: UsdcAmount) -> UsdcAmount {
+    paid.unwrap_or(invoice)
+}
+
+/// The refund `requested` in atomic units (`None`: the whole payment, [`amount_owed`]), if it is 1 to the
+/// whole payment; else what the bounds are.
+pub fn amount_of(
+    requested: Option<u64>,
+    paid: Option<UsdcAmount>,
+    invoice: UsdcAmount,
+) -> Result<UsdcAmount, String> {
+    let most = amount_owed(paid, invoice);
+    let amount = requested.map_or(most, UsdcAmount::from_micros);
+    if amount == UsdcAmount::ZERO || amount > most {
+        let what = if paid.is_some() {
+            "what the payment moved"
+        } else {
+            "the invoice's amount"
+        };
+        return Err(format!(
+            "a refund is 1 to {} micro-USDC ({what})",
+            most.micros()
+        ));
+    }
+    Ok(amount)
+}
+
+/// Whether the payment a refund returns (its transaction `payment`) still stands when the refund is about to
+/// be sent: mined with status 1 and buried under `min_confirmations` at `head` (`receipt`: its receipt, if the
+/// node knows it). A reorganisation since the refund was owed may have taken the payment or left it reverted
+/// (then nothing came in and nothing goes back), or made it shallower (then the refund waits for it): the
+/// refund stays owed, and a later run asks again. Else why not.
+pub fn payment_stands(
+    payment: alloy_primitives::B256,
+    receipt: Option<&TransactionReceipt>,
+    head: u64,
+    min_confirmations: u64,
+) -> Result<(), String> {
+    let Some(receipt) = receipt else {
+        return Err(format!(
+            "the payment {payment:#x} is not on chain now (a reorganisation took it?): the refund waits for it"
+        ));
+    };
+    if !receipt.status {
+        return Err(format!(
+            "the payment {payment:#x} is reverted now (a reorganisation?): nothing came in, the refund waits"
+        ));
+    }
+    let have = receipt.confirmations(head);
+    if have < min_confirmations {
+        return Err(format!(
+            "the payment {payment:#x} has {have} of its {min_confirmations} confirmations now: the refund waits for them"
+        ));
+    }
+    Ok(())
+}
+
 /// A reason as kept: trimmed, at most [`MAX_REASON_CHARS`] characters.
 pub fn clean_reason(reason: &str) -> String {
     reason.trim().chars().take(MAX_REASON_CHARS).collect()
@@ -363,6 +423,73 @@ mod tests {
     use alloy_primitives::{Address, U256};
 
     use super::*;
+
+    /// A transfer above the invoice's amount is owed back whole, not the invoice's amount (before, the excess
+    /// of an overpaid invoice whose order failed, or of a late transfer, was kept).
+    #[test]
+    fn a_refund_returns_what_the_payment_moved() {
+        let usdc = UsdcAmount::from_micros;
+        assert_eq!(
+            amount_owed(Some(usdc(7_000_000)), usdc(3_000_000)),
+            usdc(7_000_000)
+        );
+        assert_eq!(amount_owed(None, usdc(3_000_000)), usdc(3_000_000));
+        assert_eq!(
+            amount_of(None, Some(usdc(7_000_000)), usdc(3_000_000)),
+            Ok(usdc(7_000_000))
+        );
+        assert_eq!(amount_of(None, None, usdc(3_000_000)), Ok(usdc(3_000_000)));
+        // A part: a terminated SIM's unused data.
+        assert_eq!(
+            amount_of(Some(2_500_000), None, usdc(3_000_000)),
+            Ok(usdc(2_500_000))
+        );
+        assert_eq!(
+            amount_of(Some(6_000_000), Some(usdc(7_000_000)), usdc(3_000_000)),
+            Ok(usdc(6_000_000))
+        );
+        let too_much = amount_of(Some(3_000_001), None, usdc(3_000_000)).unwrap_err();
+        assert!(
+            too_much.contains("1 to 3000000 micro-USDC (the invoice's amount)"),
+            "{too_much}"
+        );
+        let too_much =
+            amount_of(Some(7_000_001), Some(usdc(7_000_000)), usdc(3_000_000)).unwrap_err();
+        assert!(
+            too_much.contains("1 to 7000000 micro-USDC (what the payment moved)"),
+            "{too_much}"
+        );
+        assert!(amount_of(Some(0), None, usdc(3_000_000)).is_err());
+    }
+
+    /// A payment a reorganisation took, reverted or made shallower since its refund was owed is not refunded
+    /// until it stands again (before, the refund job paid without looking).
+    #[test]
+    fn a_refund_waits_for_its_payment_to_stand() {
+        let hash = alloy_primitives::B256::repeat_byte(3);
+        let mined = |status| TransactionReceipt {
+            status,
+            block_number: 100,
+            transaction_hash: hash,
+            from: Address::repeat_byte(1),
+            to: None,
+            logs: Vec::new(),
+        };
+        assert_eq!(payment_stands(hash, Some(&mined(true)), 102, 3), Ok(()));
+        assert_eq!(payment_stands(hash, Some(&mined(true)), 100, 1), Ok(()));
+        let gone = payment_stands(hash, None, 102, 1).unwrap_err();
+        assert!(gone.contains("not on chain now"), "{gone}");
+        assert!(gone.contains(&format!("{hash:#x}")), "{gone}");
+        let reverted = payment_stands(hash, Some(&mined(false)), 102, 1).unwrap_err();
+        assert!(reverted.contains("reverted now"), "{reverted}");
+        let shallow = payment_stands(hash, Some(&mined(true)), 101, 3).unwrap_err();
+        assert!(
+            shallow.contains("has 2 of its 3 confirmations"),
+            "{shallow}"
+        );
+        // A node whose head lags the receipt's block counts none.
+        assert!(payment_stands(hash, Some(&mined(true)), 99, 1).is_err());
+    }
 
     #[test]
     fn a_refund_names_the_payment_it_returns() {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::evm::SignedTx;
 use crate::evm::quantity;
+use crate::money::UsdcAmount;
 use crate::x402::InvalidReason;
 
 /// How long a `claimed` record may go without progress before another call may take it over. Its holder does
@@ -161,6 +162,12 @@ pub struct Record {
     /// presenting it again never delivers ([`Record::pays_invoice`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late_transfer: bool,
+    /// What a tx-hash transfer moved from the payer to the recipient, which may be more than the invoice asked:
+    /// what a refund of the whole payment returns ([`crate::refund::amount_owed`]). Absent on our own
+    /// settlements (an `exact` authorization moves exactly the invoice's amount), on records from before, and
+    /// for a transfer above `u64::MAX` atomic units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_amount: Option<UsdcAmount>,
 }
 
 /// How a settlement ended, as far as the chain showed.
@@ -208,6 +215,13 @@ impl Record {
         self.invoice.is_some() && matches!(self.status, Status::Submitted | Status::Confirmed)
     }
 
+    /// The same record, noting that the transfer moved `value` atomic units ([`Record::paid_amount`]; not
+    /// noted above `u64::MAX`).
+    pub fn with_paid_amount(mut self, value: alloy_primitives::U256) -> Self {
+        self.paid_amount = u64::try_from(value).ok().map(UsdcAmount::from_micros);
+        self
+    }
+
     /// Whether this confirmed record pays its invoice: confirmed and not a [`Record::late_transfer`].
     pub fn pays_invoice(&self) -> bool {
         self.status == Status::Confirmed && !self.late_transfer
@@ -237,6 +251,7 @@ impl Record {
             updated_at: now,
             success_claimed_apart: true,
             late_transfer: false,
+            paid_amount: None,
         }
     }
 
@@ -581,6 +596,19 @@ mod tests {
 
     /// A late transfer's record is confirmed (a refund may be owed against it) but pays no invoice; records from
     /// before read as not late.
+    #[test]
+    fn a_transfer_notes_what_it_moved_when_it_fits() {
+        let r = claimed(1).with_paid_amount(U256::from(5_250_000u64));
+        assert_eq!(r.paid_amount, Some(UsdcAmount::from_micros(5_250_000)));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["paid_amount"], "5.25");
+        let back: Record = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(claimed(1).with_paid_amount(U256::MAX).paid_amount, None);
+        let old = serde_json::to_value(claimed(1)).unwrap();
+        assert!(old.get("paid_amount").is_none(), "{old}");
+    }
+
     #[test]
     fn a_late_transfer_is_confirmed_but_pays_nothing() {
         let mut r = claimed(100);

@@ -64,7 +64,8 @@ fn owed(refund: &Refund, new: bool, now: u64) -> Result<wit::RefundOwed, wit::Er
     })
 }
 
-/// `owe-refund`: record that `amount` (default: the invoice's) of the confirmed payment `transaction` of
+/// `owe-refund`: record that `amount` (default: the whole payment, kernel `refund::amount_owed`, which for a
+/// tx-hash transfer above the invoice's amount is the transfer's) of the confirmed payment `transaction` of
 /// `invoice` is owed back; idempotent per invoice.
 pub async fn owe(
     invoice: &wit::Invoice,
@@ -126,20 +127,16 @@ pub async fn owe(
         }
         Err(e) => return Err(e),
     };
-    let amount = amount.unwrap_or(invoice.amount);
-    if amount == 0 || amount > invoice.amount {
-        return Err(invalid(
-            "amount",
-            format!(
-                "a refund is 1 to {} micro-USDC (the invoice's amount)",
-                invoice.amount
-            ),
-        ));
-    }
+    let amount = refund::amount_of(
+        amount,
+        settlement.paid_amount,
+        UsdcAmount::from_micros(invoice.amount),
+    )
+    .map_err(|e| invalid("amount", e))?;
     let refund = Refund::owed(
         id.as_str(),
         &settlement.payer,
-        UsdcAmount::from_micros(amount),
+        amount,
         &settlement.network,
         &network.usdc.to_checksum(None),
         &reason,

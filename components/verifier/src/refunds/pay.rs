@@ -20,8 +20,9 @@ use esim402_guest::kv;
 use esim402_guest::{util, wit};
 
 use super::Step;
-use crate::chain::{Chain, Mined};
+use crate::chain::{Chain, Mined, unavailable};
 use crate::config::Config;
+use crate::rpc::CALL_TIMEOUT;
 use crate::sender::rebroadcast::{self, Look};
 use crate::sender::{self, Call, NotBroadcast, Unsent};
 
@@ -58,6 +59,31 @@ fn transfer_of(refund: &Refund, chain: &Chain) -> Result<Transfer, String> {
         .filter(|a| *a > U256::ZERO)
         .ok_or_else(|| format!("bad amount {:?}", refund.amount))?;
     Ok(Transfer { to, amount })
+}
+
+/// Whether the payment `refund` returns still stands on `chain` (kernel `refund::payment_stands`): read again
+/// before every send, so a reorganisation since the refund was owed cannot have it pay back money that never
+/// stayed. Refunds from before that name no payment are not checked.
+async fn payment_stands(chain: &Chain, refund: &Refund) -> Result<(), String> {
+    let Some(payment) = refund.payment.as_deref() else {
+        return Ok(());
+    };
+    let hash = payment
+        .parse::<B256>()
+        .map_err(|_| format!("bad payment hash {payment:?}"))?;
+    let (receipt, head) = chain.receipt_and_head(hash, true, CALL_TIMEOUT).await;
+    let receipt = receipt.map_err(|e| message(&unavailable(&e)))?;
+    let head = match head {
+        Some(Ok(head)) => head,
+        Some(Err(e)) => return Err(message(&unavailable(&e))),
+        None => receipt.as_ref().map_or(0, |r| r.block_number),
+    };
+    esim402_core::refund::payment_stands(
+        hash,
+        receipt.as_ref(),
+        head,
+        u64::from(chain.network.confirmations),
+    )
 }
 
 /// Drive one queued refund as far as this run can.
@@ -113,6 +139,9 @@ pub async fn pay_one(
         Ok(t) => t,
         Err(e) => return Step::Failed(e),
     };
+    if let Err(e) = payment_stands(chain, &refund).await {
+        return Step::Failed(e);
+    }
     let holder = match util::holder_token() {
         Ok(h) => h,
         Err(e) => return Step::Failed(e),

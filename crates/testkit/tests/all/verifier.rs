@@ -161,7 +161,7 @@ pub(crate) struct ChainState {
     sent: Vec<Vec<u8>>,
     /// Hashes of sent transactions the node no longer knows (see [`Node::forget`]).
     forgotten: HashSet<B256>,
-    /// Canned receipts (tx-hash proofs), by hash.
+    /// Canned receipts (tx-hash proofs, and transactions once mined with status 1), by hash.
     receipts: HashMap<B256, Value>,
     /// The token's logs `eth_getLogs` searches (an authorization's `AuthorizationUsed`/`Canceled`).
     pub(crate) logs: Vec<Value>,
@@ -396,7 +396,13 @@ impl Node {
                     } else {
                         vec![]
                     };
-                    Ok(receipt(hash, ok, logs))
+                    let mined = receipt(hash, ok, logs);
+                    // Mined with status 1, it stays mined, as on a chain: a later `mining` setting is about
+                    // transactions sent after it (a refund run reads its payment's receipt again).
+                    if ok {
+                        c.receipts.insert(hash, mined.clone());
+                    }
+                    Ok(mined)
                 } else {
                     Ok(Value::Null)
                 }

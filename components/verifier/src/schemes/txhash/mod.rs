@@ -17,7 +17,7 @@
 //! payment we sent a settlement for (`x402/nonce/…`) is that payment's, whoever sent it. Nothing is broadcast, so
 //! nothing is ever released.
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::{Address, B256, U256};
 use esim402_core::chain::parse_address;
 use esim402_core::evm::proof_signature::{self, ProofSignatureError};
 use esim402_core::evm::quantity::parse_b256;
@@ -140,10 +140,10 @@ impl Context {
         ))
     }
 
-    /// Claim the transaction for the invoice (insert-if-absent at `txhash/<hash>`): confirmed on `network`, as a
-    /// [`Record::late_transfer`] if `late`. `true` if this call claimed it, `false` if it already was, for this
-    /// invoice by a proof; `already settled` if it pays something else.
-    async fn claim(&self, network: String, late: bool) -> Result<bool, wit::Error> {
+    /// Claim the transaction for the invoice (insert-if-absent at `txhash/<hash>`): confirmed on `network`,
+    /// having moved `paid`, as a [`Record::late_transfer`] if `late`. `true` if this call claimed it, `false` if
+    /// it already was, for this invoice by a proof; `already settled` if it pays something else.
+    async fn claim(&self, network: String, paid: U256, late: bool) -> Result<bool, wit::Error> {
         let key = keys::txhash(self.hash);
         let mut record = Record::claimed(
             network,
@@ -152,7 +152,8 @@ impl Context {
             util::holder_token().map_err(internal)?,
             Some(&self.id),
             self.now,
-        );
+        )
+        .with_paid_amount(paid);
         record.status = Status::Confirmed;
         record.sent = SentTx::hash_only(self.hash);
         record.late_transfer = late;
@@ -168,11 +169,11 @@ impl Context {
         }
     }
 
-    /// A transfer mined late on `network`: claim it for the invoice as a late transfer (confirmed, paying
-    /// nothing), so it pays no other invoice and its money can be owed back; the answer is the 410 (or the
-    /// error that kept it from being claimed).
-    async fn claim_late(&self, network: String) -> wit::Error {
-        match self.claim(network, true).await {
+    /// A transfer of `paid` mined late on `network`: claim it for the invoice as a late transfer (confirmed,
+    /// paying nothing), so it pays no other invoice and its money can be owed back; the answer is the 410 (or
+    /// the error that kept it from being claimed).
+    async fn claim_late(&self, network: String, paid: U256) -> wit::Error {
+        match self.claim(network, paid, true).await {
             Ok(new) => {
                 if new {
                     eprintln!(
@@ -227,11 +228,11 @@ impl Scheme for TxHash {
         }
         check_not_ended(&c.invoice)?;
         match c.prove().await? {
-            Proof::Paid(network) => Ok(c.verified(network)),
+            Proof::Paid(network, _) => Ok(c.verified(network)),
             // Not final: the same proof sent again once the transfer is mined and buried pays.
             Proof::NotYet => Err(rejected(InvalidReason::SettlementPending)),
             Proof::Late => Err(c.late()),
-            Proof::LateMined(network) => Err(c.claim_late(network).await),
+            Proof::LateMined(network, paid) => Err(c.claim_late(network, paid).await),
             Proof::Refused(reason) => Err(rejected(reason)),
         }
     }
@@ -254,15 +255,15 @@ impl Scheme for TxHash {
             Existing::Elsewhere => return Err(already_settled()),
         }
         check_not_ended(&c.invoice)?;
-        let network = match c.prove().await? {
-            Proof::Paid(network) => network,
+        let (network, paid) = match c.prove().await? {
+            Proof::Paid(network, paid) => (network, paid),
             // Money already moved (or is moving); nothing is claimed until it is final.
             Proof::NotYet => return Ok(wit::Settlement::Pending(tx)),
             Proof::Late => return Err(c.late()),
-            Proof::LateMined(network) => return Err(c.claim_late(network).await),
+            Proof::LateMined(network, paid) => return Err(c.claim_late(network, paid).await),
             Proof::Refused(reason) => return Err(rejected(reason)),
         };
-        c.claim(network, false).await?;
+        c.claim(network, paid, false).await?;
         Ok(wit::Settlement::Settled(tx))
     }
 }

@@ -17,15 +17,15 @@ use crate::rpc::CALL_TIMEOUT;
 
 /// What the chain says about a presented transaction.
 pub(super) enum Proof {
-    /// It pays the invoice, on this network (CAIP-2).
-    Paid(String),
+    /// It pays the invoice, on this network (CAIP-2), moving this much (at least the invoice's amount).
+    Paid(String, U256),
     /// Not mined yet, or not buried deeply enough: ask again later.
     NotYet,
     /// Not mined by the invoice's deadline (no chain knows it ten minutes past it).
     Late,
-    /// A transfer that would pay the invoice, mined after its deadline on this network (CAIP-2): it pays
-    /// nothing, and is owed back.
-    LateMined(String),
+    /// A transfer that would pay the invoice, mined after its deadline on this network (CAIP-2), moving this
+    /// much: it pays nothing, and is owed back.
+    LateMined(String, U256),
     /// It does not pay the invoice.
     Refused(InvalidReason),
 }
@@ -155,11 +155,11 @@ impl Context {
             Some(head) => head.map_err(|e| unavailable(&e))?,
             None => receipt.block_number,
         };
-        match check_tx_hash_proof(&receipt, requirements, head) {
-            Ok(_) => {}
+        let paid = match check_tx_hash_proof(&receipt, requirements, head) {
+            Ok(transfer) => transfer.value,
             Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
             Err(e) => return Ok(Proof::Refused(reason(&e))),
-        }
+        };
         // A transfer made by an authorization whose x402 payment we sent a settlement for is that payment's
         // money (the payer, or anyone, sent it before our settlement did): it pays no tx-hash invoice as well
         // (kernel `Record::owns_executions`).
@@ -194,9 +194,9 @@ impl Context {
                 self.invoice.created_at,
                 self.invoice.expires_at,
             ) {
-                Mined::InTime => Proof::Paid(network.caip2()),
+                Mined::InTime => Proof::Paid(network.caip2(), paid),
                 Mined::BeforeInvoice => Proof::Refused(InvalidReason::InvalidTransactionState),
-                Mined::Late => Proof::LateMined(network.caip2()),
+                Mined::Late => Proof::LateMined(network.caip2(), paid),
             },
         )
     }
