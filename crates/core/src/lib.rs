@@ -25,6 +25,7 @@ pub mod refund;
 pub mod routes;
 pub mod settlement;
 pub mod store;
+pub mod toml_text;
 pub mod usage;
 pub mod x402;
 

@@ -235,8 +235,8 @@ struct RawRegion {
 impl Catalog {
     /// Parse and validate a catalog (see `crates/core/catalog/carriers.toml` for the documented shape).
     pub fn from_toml(text: &str) -> Result<Self, CatalogError> {
-        let raw: RawCatalog =
-            toml::from_str(text).map_err(|e| CatalogError::Syntax(e.to_string()))?;
+        let raw: RawCatalog = toml::from_str(text)
+            .map_err(|e| CatalogError::Syntax(crate::toml_text::syntax_error(text, &e)))?;
         let amount = |field, s: &str| {
             UsdcAmount::parse_usdc(s).map_err(|source| CatalogError::Amount { field, source })
         };

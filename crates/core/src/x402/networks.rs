@@ -161,8 +161,8 @@ struct RawNetwork {
 impl Networks {
     /// Parse and validate a registry (see `crates/core/catalog/networks.toml` for the documented shape).
     pub fn from_toml(text: &str) -> Result<Self, NetworksError> {
-        let raw: RawRegistry =
-            toml::from_str(text).map_err(|e| NetworksError::Syntax(e.to_string()))?;
+        let raw: RawRegistry = toml::from_str(text)
+            .map_err(|e| NetworksError::Syntax(crate::toml_text::syntax_error(text, &e)))?;
         let mut networks = Vec::with_capacity(raw.networks.len());
         for (key, n) in raw.networks {
             networks.push(network(&key, n)?);
