@@ -79,6 +79,14 @@ impl Guest for Component {
         payments::begin(&invoice_id, &fingerprint, replay_allowed, now).await
     }
 
+    async fn renew_payment(
+        invoice_id: String,
+        holder: String,
+        now: u64,
+    ) -> Result<u64, wit::Error> {
+        payments::renew(&invoice_id, &holder, now).await
+    }
+
     async fn finish_payment(
         invoice_id: String,
         holder: String,

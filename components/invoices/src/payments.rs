@@ -39,10 +39,11 @@ pub async fn begin(
     )
     .await;
     match decided {
-        Ok((_, (first, resumed))) => Ok(wit::Begin::Drive(wit::Driver {
+        Ok((record, (first, resumed))) => Ok(wit::Begin::Drive(wit::Driver {
             holder,
             first,
             resumed,
+            lease_until: record.lease_until,
         })),
         Err(KvError::Refused(refused)) => match *refused {
             Decision::Replay(stored) => Ok(wit::Begin::Replay(convert::response_to_wit(&stored))),
@@ -50,6 +51,22 @@ pub async fn begin(
             Decision::Drive(_) => Err(internal("payment claim refused itself")),
         },
         Err(e) => Err(kv_fault("payment record", e)),
+    }
+}
+
+/// `renew-payment`: extend `holder`'s lease (kernel `PaymentRecord::renew`); until when it holds it now.
+pub async fn renew(invoice_id: &str, holder: &str, now: u64) -> Result<u64, wit::Error> {
+    terms::parse_id(invoice_id)?;
+    let r = kv::update_json(&keys::invoice(invoice_id), |current| {
+        PaymentRecord::renew(current, holder, now)
+    })
+    .await;
+    match r {
+        Ok(record) => Ok(record.lease_until),
+        Err(KvError::Refused(RecordError::NotHolder)) => {
+            Err(wit::Error::Conflict(paid::IN_PROGRESS.to_owned()))
+        }
+        Err(e) => Err(record_error(invoice_id, e)),
     }
 }
 

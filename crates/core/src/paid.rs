@@ -30,6 +30,22 @@ pub const MAX_DISPATCH_BUDGET_SECS: u64 = 100;
 /// The largest `settlement_timeout_ms`, in seconds (the wait for a settlement's receipt), a lease allows.
 pub const MAX_SETTLEMENT_WAIT_SECS: u64 = 60;
 const _: () = assert!(MAX_DISPATCH_BUDGET_SECS + MAX_SETTLEMENT_WAIT_SECS + 20 <= LEASE_SECS);
+/// The most an order may take once it starts (the dispatch budget, and the calls around it): a driver whose
+/// lease would end sooner renews it first ([`lease_covers`], [`PaymentRecord::renew`]).
+pub const ORDER_PHASE_SECS: u64 = MAX_DISPATCH_BUDGET_SECS + 10;
+/// The most a settlement may take once it starts: the chain reads of a tx-hash proof or an `exact`
+/// settlement's send (one batch, our lost transactions offered again, the broadcast: 10 s per call) and the
+/// wait for its receipt.
+pub const SETTLE_PHASE_SECS: u64 = MAX_SETTLEMENT_WAIT_SECS + 40;
+const _: () = assert!(ORDER_PHASE_SECS < LEASE_SECS && SETTLE_PHASE_SECS < LEASE_SECS);
+
+/// Whether a lease ending at `lease_until` still covers a phase of `phase_secs` starting at `now`. Each phase
+/// fits a lease, but verification, the order and the settlement together may not (a slow node's calls take
+/// 10 s each): a driver renews before a phase its lease no longer covers, so a duplicate of its payment cannot
+/// take over while it still works.
+pub fn lease_covers(lease_until: u64, now: u64, phase_secs: u64) -> bool {
+    now.saturating_add(phase_secs) <= lease_until
+}
 
 /// The conflict (409) a payment gets when it is sent again while its first sending is still being driven
 /// (within [`LEASE_SECS`]): it may still be settled, so a client keeps it and sends it again later.
@@ -176,6 +192,18 @@ impl PaymentRecord {
     pub fn since(mut self, head_count: u64) -> Self {
         self.ledger_since.get_or_insert(head_count);
         self
+    }
+
+    /// Extend `holder`'s lease to `now` + [`LEASE_SECS`] (never shorten it): only while it holds the record
+    /// and works. A holder whose lease ran out and whose payment a duplicate has taken over since gets
+    /// [`RecordError::NotHolder`], and must stop before its next effect.
+    pub fn renew(current: Option<Self>, holder: &str, now: u64) -> Result<Self, RecordError> {
+        let mut rec = current.ok_or(RecordError::NoRecord)?;
+        if rec.holder != holder || rec.state != PaymentState::Working {
+            return Err(RecordError::NotHolder);
+        }
+        rec.lease_until = rec.lease_until.max(now.saturating_add(LEASE_SECS));
+        Ok(rec)
     }
 
     /// Record that money moved (`transaction` from `payer`); once only.
@@ -384,6 +412,55 @@ mod tests {
             decide(Some(&released), "a", "h1", false, 100),
             Decision::Drive(_)
         ));
+    }
+
+    /// A driver renews its lease before a phase the lease no longer covers; one that lost its payment to a
+    /// duplicate (its lease ran out, and the same payment was sent again) cannot, and stops.
+    #[test]
+    fn a_holder_renews_its_lease_and_a_taken_over_one_cannot() {
+        assert!(lease_covers(300, 100, 200));
+        assert!(!lease_covers(300, 101, 200));
+        assert!(!lease_covers(300, u64::MAX, 1));
+        let working = rec(PaymentState::Working, "a", 200, None);
+        let renewed = PaymentRecord::renew(Some(working.clone()), "h0", 150).unwrap();
+        assert_eq!(renewed.lease_until, 150 + LEASE_SECS);
+        assert_eq!(
+            PaymentRecord {
+                lease_until: renewed.lease_until,
+                ..working.clone()
+            },
+            renewed
+        );
+        // Never shortened.
+        let later = PaymentRecord::renew(Some(renewed.clone()), "h0", 10).unwrap();
+        assert_eq!(later.lease_until, renewed.lease_until);
+        // Renewed after the lease ran out, while nobody took it over: still the holder's.
+        assert!(PaymentRecord::renew(Some(working.clone()), "h0", 10_000).is_ok());
+        // Taken over by a duplicate after the lease: the old holder stops.
+        let Decision::Drive(taken) = decide(Some(&working), "a", "h1", false, 201) else {
+            panic!("the same payment takes over a lapsed lease");
+        };
+        assert_eq!(
+            PaymentRecord::renew(Some(taken.clone()), "h0", 202),
+            Err(RecordError::NotHolder)
+        );
+        assert!(PaymentRecord::renew(Some(taken), "h1", 202).is_ok());
+        for state in [
+            PaymentState::Resumable,
+            PaymentState::Done,
+            PaymentState::Released,
+        ] {
+            let ended = rec(state, "a", 200, Some(200));
+            assert_eq!(
+                PaymentRecord::renew(Some(ended), "h0", 150),
+                Err(RecordError::NotHolder),
+                "{state:?}"
+            );
+        }
+        assert_eq!(
+            PaymentRecord::renew(None, "h0", 150),
+            Err(RecordError::NoRecord)
+        );
     }
 
     #[test]

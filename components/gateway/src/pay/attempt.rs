@@ -2,7 +2,7 @@
 //! needs, and the record's end with the answer to store.
 
 use esim402_core::ledger::{EntryFields, EntryKind};
-use esim402_core::paid::StoredResponse;
+use esim402_core::paid::{self, StoredResponse};
 use esim402_core::{ApiError, ErrorKind, UsdcAmount};
 use esim402_guest::wit;
 use serde_json::{Value, json};
@@ -25,6 +25,9 @@ pub struct Attempt<'a> {
     pending: RefCell<Vec<wit::LedgerEvent>>,
     /// An earlier attempt of this payment may have acted (kernel `paid::resumes`).
     pub(super) resumed: bool,
+    /// This attempt's hold on the payment record, and until when (kernel `paid::lease_covers`).
+    holder: String,
+    lease_until: std::cell::Cell<u64>,
 }
 
 impl<'a> std::ops::Deref for Attempt<'a> {
@@ -35,11 +38,31 @@ impl<'a> std::ops::Deref for Attempt<'a> {
 }
 
 impl<'a> Attempt<'a> {
-    pub fn new(answers: Answers<'a>, resumed: bool) -> Self {
+    pub fn new(answers: Answers<'a>, driver: &wit::Driver) -> Self {
         Self {
             answers,
             pending: RefCell::new(Vec::new()),
-            resumed,
+            resumed: driver.resumed,
+            holder: driver.holder.clone(),
+            lease_until: std::cell::Cell::new(driver.lease_until),
+        }
+    }
+
+    /// Before a phase of up to `phase_secs` (an order, a settlement): renew the lease on the payment record if
+    /// it no longer covers the phase, so no duplicate of this payment takes it over meanwhile. An attempt that
+    /// lost it (a duplicate took over after the lease ran out) stops here, before the phase's effects: the
+    /// duplicate drives the payment, and this request gets its 409.
+    async fn keep_lease(&self, phase_secs: u64) -> Result<(), (wit::PaymentEnd, StoredResponse)> {
+        let at = now();
+        if paid::lease_covers(self.lease_until.get(), at, phase_secs) {
+            return Ok(());
+        }
+        match invoices::renew_payment(self.invoice.id.clone(), self.holder.clone(), at).await {
+            Ok(until) => {
+                self.lease_until.set(until);
+                Ok(())
+            }
+            Err(e) => Err((wit::PaymentEnd::Resume, stored_error(&from_wit(e)))),
         }
     }
 
@@ -80,10 +103,16 @@ impl Attempt<'_> {
             Err(refused) => return refused,
         };
         let payer = verified.payer.clone();
+        if let Err(stop) = self.keep_lease(paid::ORDER_PHASE_SECS).await {
+            return stop;
+        }
         let sim = match self.deliver(order, &payer).await {
             Ok(sim) => sim,
             Err(end) => return end,
         };
+        if let Err(stop) = self.keep_lease(paid::SETTLE_PHASE_SECS).await {
+            return stop;
+        }
         match verifier::settle(self.invoice.clone(), self.proof.wit(), verified).await {
             Ok(wit::Settlement::Settled(tx)) => {
                 // Logged once: a repeat that finds the invoice paid already logs nothing new, unless it resumes
@@ -119,6 +148,9 @@ impl Attempt<'_> {
             Err(r) => return r,
         };
         let payer = verified.payer.clone();
+        if let Err(stop) = self.keep_lease(paid::SETTLE_PHASE_SECS).await {
+            return stop;
+        }
         let tx = match verifier::settle(self.invoice.clone(), self.proof.wit(), verified).await {
             Ok(wit::Settlement::Settled(tx)) => tx,
             Ok(wit::Settlement::Pending(tx)) => {
@@ -135,6 +167,9 @@ impl Attempt<'_> {
             Err(e) => return (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
         };
         self.paid(&tx, &payer).await;
+        if let Err(stop) = self.keep_lease(paid::ORDER_PHASE_SECS).await {
+            return stop;
+        }
         match order.deliver(&self.invoice.id, &payer).await {
             Ok(sim) if sim.activation_code.is_some() => {
                 self.activated(order, &sim).await;

@@ -226,7 +226,7 @@ pub async fn pay(
             url: resource_url,
             found_on: std::cell::RefCell::new(None),
         },
-        driver.resumed,
+        &driver,
     );
     if driver.first || driver.resumed {
         // The invoice becomes a money event when its first payment arrives (an unpaid one is stored nowhere).

@@ -284,6 +284,78 @@ async fn another_payment_never_takes_an_invoice_held_or_settled_by_one() {
     ));
 }
 
+async fn renew(kit: &mut Kit, id: &str, holder: &str, now: u64) -> Result<u64, types::Error> {
+    let (id, holder) = (id.to_owned(), holder.to_owned());
+    kit.call(async move |a, g| g.invoices().call_renew_payment(a, id, holder, now).await)
+        .await
+        .unwrap()
+}
+
+/// A driver's lease (its end comes with the claim) is renewed by its holder before a long phase; once the
+/// lease ran out and the same payment was sent again, the new driver holds the record and the old one's
+/// renewal is a conflict, so it stops before its next effect (before, nothing renewed a lease: verification,
+/// an order and a settlement at their slowest could outlast it, and a duplicate drove the payment alongside).
+#[tokio::test]
+async fn a_driver_renews_its_lease_and_one_taken_over_cannot() {
+    let lease = esim402_core::paid::LEASE_SECS;
+    let mut kit = kit().await;
+    let inv = issue(&mut kit, 420_000, 1_000).await;
+    let types::Begin::Drive(first) = begin(&mut kit, &inv.id, "0xa", 1_001).await else {
+        panic!("the first payment drives");
+    };
+    assert_eq!(first.lease_until, 1_001 + lease);
+    assert_eq!(
+        renew(&mut kit, &inv.id, &first.holder, 1_100)
+            .await
+            .unwrap(),
+        1_100 + lease
+    );
+    // Still held: the same payment sent again before the renewed lease ends is refused.
+    let live = begin(&mut kit, &inv.id, "0xa", 1_001 + lease).await;
+    assert!(
+        matches!(&live, types::Begin::Conflict(m) if m == esim402_core::paid::IN_PROGRESS),
+        "{live:?}"
+    );
+    // Past the renewed lease, a duplicate takes over; the first driver can no longer renew.
+    let types::Begin::Drive(second) = begin(&mut kit, &inv.id, "0xa", 1_100 + lease).await else {
+        panic!("the same payment takes over a lapsed lease");
+    };
+    assert_eq!(second.lease_until, 1_100 + lease + lease);
+    let stale = renew(&mut kit, &inv.id, &first.holder, 1_101 + lease).await;
+    assert!(
+        matches!(&stale, Err(types::Error::Conflict(m)) if m == esim402_core::paid::IN_PROGRESS),
+        "{stale:?}"
+    );
+    assert!(
+        renew(&mut kit, &inv.id, &second.holder, 1_102 + lease)
+            .await
+            .is_ok()
+    );
+    // Ended: nothing to renew.
+    finish(
+        &mut kit,
+        &inv.id,
+        &second.holder,
+        types::PaymentEnd::Done,
+        200,
+    )
+    .await;
+    assert!(matches!(
+        renew(&mut kit, &inv.id, &second.holder, 1_103 + lease).await,
+        Err(types::Error::Conflict(_))
+    ));
+    // No record at all, and an id that is not an invoice.
+    let never = issue(&mut kit, 420_000, 1_000).await;
+    assert!(matches!(
+        renew(&mut kit, &never.id, "h", 1_001).await,
+        Err(types::Error::Conflict(_))
+    ));
+    assert!(matches!(
+        renew(&mut kit, "not an invoice id", "h", 1_001).await,
+        Err(types::Error::InvalidInput(_))
+    ));
+}
+
 /// `try-issue` (the 402 path's synchronous call) has no answer until the instance has loaded its
 /// configuration and key, then seals invoices `get` opens, as `issue` does; its errors are `issue`'s.
 #[tokio::test]
