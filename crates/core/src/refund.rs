@@ -85,7 +85,20 @@ pub struct Refund {
     /// refund ([`Refund::returns_other`]). Absent on records from before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<String>,
+    /// The transaction that moved the payment's money when it is not `payment` (an `exact` settlement
+    /// front-run, named by its own transaction by an earlier build): what [`Refund::to_check`] reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_by: Option<String>,
+    /// When the payment was claimed here (unix seconds): a refund sent more than [`REORG_HORIZON_SECS`] later
+    /// does not read its payment again. Absent on records from before (then it is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_at: Option<u64>,
 }
+
+/// How long after a payment was claimed a reorganisation may still take it: a refund sent later does not read
+/// the payment's receipt again (a node may have pruned the lookup of old transactions, and would then hold
+/// the refund forever).
+pub const REORG_HORIZON_SECS: u64 = 86_400;
 
 /// How long after a refund's event (owed: its `created_at`; paid: its `updated_at`) a repeat of that event
 /// may be logged: by then the request that recorded it has logged it or stopped for good (a payment's whole
@@ -163,6 +176,8 @@ impl Refund {
             unmineable_since: None,
             updated_at: now,
             payment: None,
+            moved_by: None,
+            paid_at: None,
         }
     }
 
@@ -170,6 +185,33 @@ impl Refund {
     pub fn for_payment(mut self, transaction: alloy_primitives::B256) -> Self {
         self.payment = Some(format!("{transaction:#x}"));
         self
+    }
+
+    /// The same refund, noting the payment's settlement: the transaction that moved its money (`moved_by`, when
+    /// it is not the named payment) and when the payment was claimed.
+    pub fn settled_by(mut self, moved_by: Option<alloy_primitives::B256>, paid_at: u64) -> Self {
+        let named = self.payment.as_deref();
+        self.moved_by = moved_by
+            .map(|h| format!("{h:#x}"))
+            .filter(|h| Some(h.as_str()) != named);
+        self.paid_at = Some(paid_at);
+        self
+    }
+
+    /// The transaction whose receipt must still stand before this refund is sent at `now`
+    /// ([`payment_stands`]): the one that moved the payment's money; none when the refund names no payment
+    /// (records from before), or when the payment was claimed more than [`REORG_HORIZON_SECS`] ago.
+    pub fn to_check(&self, now: u64) -> Option<alloy_primitives::B256> {
+        if self
+            .paid_at
+            .is_some_and(|at| now >= at.saturating_add(REORG_HORIZON_SECS))
+        {
+            return None;
+        }
+        self.moved_by
+            .as_deref()
+            .or(self.payment.as_deref())
+            .and_then(|h| h.parse().ok())
     }
 
     /// Whether this refund returns a payment other than `transaction` (records from before name none: no).
@@ -489,6 +531,46 @@ mod tests {
         );
         // A node whose head lags the receipt's block counts none.
         assert!(payment_stands(hash, Some(&mined(true)), 99, 1).is_err());
+    }
+
+    /// The receipt read again is the one that moved the money (an earlier build named a front-run settlement
+    /// by its own reverted transaction), and only while a reorganisation could still take it: a node that
+    /// pruned old lookups must not hold a terminate's refund forever.
+    #[test]
+    fn a_refund_reads_the_transaction_that_moved_its_money_while_a_reorg_could_take_it() {
+        let t = |b: u8| alloy_primitives::B256::repeat_byte(b);
+        let owed = || {
+            Refund::owed(
+                "inv_a",
+                "0xp",
+                UsdcAmount::from_micros(5),
+                "eip155:1",
+                "0xa",
+                "why",
+                10,
+            )
+            .for_payment(t(1))
+        };
+        // Records from before: the named payment, whenever.
+        assert_eq!(owed().to_check(1_000_000), Some(t(1)));
+        let ours = owed().settled_by(Some(t(1)), 100);
+        assert_eq!(ours.moved_by, None);
+        assert_eq!(ours.to_check(100), Some(t(1)));
+        assert_eq!(ours.to_check(100 + REORG_HORIZON_SECS - 1), Some(t(1)));
+        assert_eq!(ours.to_check(100 + REORG_HORIZON_SECS), None);
+        let front_run = owed().settled_by(Some(t(2)), 100);
+        assert_eq!(front_run.moved_by, Some(format!("{:#x}", t(2))));
+        assert_eq!(front_run.to_check(150), Some(t(2)));
+        // What `returns_other` compares is still the named payment.
+        assert!(!front_run.returns_other(t(1)));
+        let json = serde_json::to_value(&front_run).unwrap();
+        let back: Refund = serde_json::from_value(json).unwrap();
+        assert_eq!(back, front_run);
+        let old = serde_json::to_value(owed()).unwrap();
+        assert!(
+            old.get("moved_by").is_none() && old.get("paid_at").is_none(),
+            "{old}"
+        );
     }
 
     #[test]

@@ -215,10 +215,12 @@ impl Record {
         self.invoice.is_some() && matches!(self.status, Status::Submitted | Status::Confirmed)
     }
 
-    /// The same record, noting that the transfer moved `value` atomic units ([`Record::paid_amount`]; not
-    /// noted above `u64::MAX`).
-    pub fn with_paid_amount(mut self, value: alloy_primitives::U256) -> Self {
-        self.paid_amount = u64::try_from(value).ok().map(UsdcAmount::from_micros);
+    /// The same record, noting that the transfer moved `value` atomic units, when known
+    /// ([`Record::paid_amount`]; not noted above `u64::MAX`).
+    pub fn with_paid_amount(mut self, value: Option<alloy_primitives::U256>) -> Self {
+        self.paid_amount = value
+            .and_then(|v| u64::try_from(v).ok())
+            .map(UsdcAmount::from_micros);
         self
     }
 
@@ -598,13 +600,17 @@ mod tests {
     /// before read as not late.
     #[test]
     fn a_transfer_notes_what_it_moved_when_it_fits() {
-        let r = claimed(1).with_paid_amount(U256::from(5_250_000u64));
+        let r = claimed(1).with_paid_amount(Some(U256::from(5_250_000u64)));
         assert_eq!(r.paid_amount, Some(UsdcAmount::from_micros(5_250_000)));
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["paid_amount"], "5.25");
         let back: Record = serde_json::from_value(json).unwrap();
         assert_eq!(back, r);
-        assert_eq!(claimed(1).with_paid_amount(U256::MAX).paid_amount, None);
+        assert_eq!(
+            claimed(1).with_paid_amount(Some(U256::MAX)).paid_amount,
+            None
+        );
+        assert_eq!(claimed(1).with_paid_amount(None).paid_amount, None);
         let old = serde_json::to_value(claimed(1)).unwrap();
         assert!(old.get("paid_amount").is_none(), "{old}");
     }

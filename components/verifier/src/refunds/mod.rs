@@ -142,7 +142,8 @@ pub async fn owe(
         &reason,
         now,
     )
-    .for_payment(hash);
+    .for_payment(hash)
+    .settled_by(settlement.settled_hash(), settlement.claimed_at);
     let bytes = serde_json::to_vec(&refund).map_err(internal)?;
     match kv::insert_if_absent::<wit::Error>(&key, &bytes).await {
         Ok(()) => {}

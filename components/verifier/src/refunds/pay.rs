@@ -62,21 +62,18 @@ fn transfer_of(refund: &Refund, chain: &Chain) -> Result<Transfer, String> {
 }
 
 /// Whether the payment `refund` returns still stands on `chain` (kernel `refund::payment_stands`): read again
-/// before every send, so a reorganisation since the refund was owed cannot have it pay back money that never
-/// stayed. Refunds from before that name no payment are not checked.
-async fn payment_stands(chain: &Chain, refund: &Refund) -> Result<(), String> {
-    let Some(payment) = refund.payment.as_deref() else {
+/// before every send while a reorganisation could still take it (kernel `Refund::to_check`), so one since the
+/// refund was owed cannot have it pay back money that never stayed.
+async fn payment_stands(chain: &Chain, refund: &Refund, now: u64) -> Result<(), String> {
+    let Some(hash) = refund.to_check(now) else {
         return Ok(());
     };
-    let hash = payment
-        .parse::<B256>()
-        .map_err(|_| format!("bad payment hash {payment:?}"))?;
     let (receipt, head) = chain.receipt_and_head(hash, true, CALL_TIMEOUT).await;
     let receipt = receipt.map_err(|e| message(&unavailable(&e)))?;
     let head = match head {
         Some(Ok(head)) => head,
         Some(Err(e)) => return Err(message(&unavailable(&e))),
-        None => receipt.as_ref().map_or(0, |r| r.block_number),
+        None => return Err("the node did not say its head block".to_owned()),
     };
     esim402_core::refund::payment_stands(
         hash,
@@ -139,7 +136,7 @@ pub async fn pay_one(
         Ok(t) => t,
         Err(e) => return Step::Failed(e),
     };
-    if let Err(e) = payment_stands(chain, &refund).await {
+    if let Err(e) = payment_stands(chain, &refund, now).await {
         return Step::Failed(e);
     }
     let holder = match util::holder_token() {

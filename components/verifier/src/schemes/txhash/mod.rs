@@ -143,7 +143,12 @@ impl Context {
     /// Claim the transaction for the invoice (insert-if-absent at `txhash/<hash>`): confirmed on `network`,
     /// having moved `paid`, as a [`Record::late_transfer`] if `late`. `true` if this call claimed it, `false` if
     /// it already was, for this invoice by a proof; `already settled` if it pays something else.
-    async fn claim(&self, network: String, paid: U256, late: bool) -> Result<bool, wit::Error> {
+    async fn claim(
+        &self,
+        network: String,
+        paid: Option<U256>,
+        late: bool,
+    ) -> Result<bool, wit::Error> {
         let key = keys::txhash(self.hash);
         let mut record = Record::claimed(
             network,
@@ -172,7 +177,7 @@ impl Context {
     /// A transfer of `paid` mined late on `network`: claim it for the invoice as a late transfer (confirmed,
     /// paying nothing), so it pays no other invoice and its money can be owed back; the answer is the 410 (or
     /// the error that kept it from being claimed).
-    async fn claim_late(&self, network: String, paid: U256) -> wit::Error {
+    async fn claim_late(&self, network: String, paid: Option<U256>) -> wit::Error {
         match self.claim(network, paid, true).await {
             Ok(new) => {
                 if new {

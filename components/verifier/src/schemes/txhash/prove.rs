@@ -17,15 +17,16 @@ use crate::rpc::CALL_TIMEOUT;
 
 /// What the chain says about a presented transaction.
 pub(super) enum Proof {
-    /// It pays the invoice, on this network (CAIP-2), moving this much (at least the invoice's amount).
-    Paid(String, U256),
+    /// It pays the invoice, on this network (CAIP-2), moving this much (at least the invoice's amount; `None`
+    /// when the transaction also executes EIP-3009 authorizations, whose transfers may be other payments').
+    Paid(String, Option<U256>),
     /// Not mined yet, or not buried deeply enough: ask again later.
     NotYet,
     /// Not mined by the invoice's deadline (no chain knows it ten minutes past it).
     Late,
     /// A transfer that would pay the invoice, mined after its deadline on this network (CAIP-2), moving this
-    /// much: it pays nothing, and is owed back.
-    LateMined(String, U256),
+    /// much (as for `Paid`): it pays nothing, and is owed back.
+    LateMined(String, Option<U256>),
     /// It does not pay the invoice.
     Refused(InvalidReason),
 }
@@ -163,7 +164,11 @@ impl Context {
         // A transfer made by an authorization whose x402 payment we sent a settlement for is that payment's
         // money (the payer, or anyone, sent it before our settlement did): it pays no tx-hash invoice as well
         // (kernel `Record::owns_executions`).
-        for (authorizer, nonce) in receipt::authorizations_used(&receipt, requirements.token) {
+        let authorizations = receipt::authorizations_used(&receipt, requirements.token);
+        // What the transaction moved is this payment's only if it executes no authorization: one it executes
+        // may be another invoice's `exact` payment (claimed, not yet sent), whose transfer the sum includes.
+        let paid = authorizations.is_empty().then_some(paid);
+        for (authorizer, nonce) in authorizations {
             let key = keys::authorization(&network.caip2(), authorizer, nonce);
             if crate::claims::load(&key)
                 .await?
