@@ -94,8 +94,14 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         let terms = account.map(Account::terms);
         let outcome = match verify_cached(&r, |c| config.signer(c), terms, now, &mut recoveries) {
             Err(e) => {
-                // Kept for a SIM metered here, once per receipt, unsigned ones up to the SIM's cap.
-                let candidate = e.is_dispute_for(account.is_some());
+                // Kept for a SIM metered here, once per receipt, unsigned ones up to the SIM's cap. An unsigned
+                // one past the cap claims nothing either (anyone can make those, so each claim key would be
+                // storage a stranger adds at will): the count is read first (an increment by 0).
+                let candidate = e.is_dispute_for(account.is_some())
+                    && (!e.is_unsigned()
+                        || kv::increment::<wit::Error>(&keys::meter_unsigned(r.iccid.as_str()), 0)
+                            .map_err(kv_err)?
+                            < MAX_UNSIGNED_DISPUTES_PER_SIM);
                 let first = candidate
                     && kv::claim::<wit::Error>(&keys::dispute_claim(r.id_hash(), !e.is_unsigned()))
                         .map_err(kv_err)?;

@@ -862,6 +862,24 @@ async fn unsigned_field_refusals_are_capped_and_unknown_sims_keep_nothing() {
     );
     assert_eq!(report["totals"]["disputed"], 0, "{report}");
 
+    // Past the cap, more made-up receipts for the metered SIM write no key either (before, each still left a
+    // claim key behind: storage anyone could add without bound).
+    let mut before = kit.kv().keys().await.unwrap();
+    before.sort();
+    let more: Vec<Value> = (0..30)
+        .map(|n| {
+            let mut r = receipt(&id, "tmobile", &format!("more-{n}"), 1, 1_000, "310-260");
+            r["seq"] = json!(0);
+            r
+        })
+        .collect();
+    let (report, kinds, _) = ingest(&mut kit, more).await;
+    assert!(kinds.is_empty(), "{kinds:?}");
+    assert_eq!(report["totals"]["rejected"], 30, "{report}");
+    let mut after = kit.kv().keys().await.unwrap();
+    after.sort();
+    assert_eq!(after, before, "no claim key past the cap");
+
     // A flood naming SIMs nobody metered here: refused, nothing kept, no ledger events, no key written.
     let mut before = kit.kv().keys().await.unwrap();
     before.sort();
