@@ -50,6 +50,9 @@ const FIELDS: &[&str] = &[
 
 /// Largest body accepted on this route.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// The most networks a request may prefer (`chain`): each becomes a payment option of the 402, and the
+/// invoice id seals them all.
+pub const MAX_CHAINS: usize = 8;
 
 impl ActivationRequest {
     /// Parse a query string (`region=us-west&data_mb=100&chain=base&chain=polygon`), as the `GET` form of the
@@ -148,6 +151,22 @@ impl ActivationRequest {
                 ));
             }
         };
+        if networks.len() > MAX_CHAINS {
+            return Err(ApiError::invalid(
+                "chain",
+                format!("at most {MAX_CHAINS} chains may be preferred"),
+            ));
+        }
+        if let Some(twice) = networks
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| networks[..i].contains(n).then_some(n))
+        {
+            return Err(ApiError::invalid(
+                "chain",
+                format!("chain {twice} is given twice"),
+            ));
+        }
         let allow_failover = match obj.get("allow_failover") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -230,6 +249,37 @@ mod tests {
                 .allow_failover
         );
         assert!(ActivationRequest::from_query("region=us-west&data_mb=1&bogus=1").is_err());
+    }
+
+    /// A chain given twice (by any of its names), or too many chains, is a 400: before, each repeat became
+    /// another payment option and grew the sealed invoice id until it no longer parsed (a 500).
+    #[test]
+    fn chains_are_given_once_each_and_a_few_at_most() {
+        let twice = ActivationRequest::parse(
+            br#"{"region":"us-west","data_mb":1,"chain":["base","eip155:31337","base"]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(twice.field.as_deref(), Some("chain"));
+        assert!(twice.message.contains("given twice"), "{}", twice.message);
+        let q = ActivationRequest::from_query("region=us-west&data_mb=1&chain=base&chain=base")
+            .unwrap_err();
+        assert_eq!(q.field.as_deref(), Some("chain"));
+        let many: Vec<String> = (1..=MAX_CHAINS + 1)
+            .map(|i| format!("eip155:{i}"))
+            .collect();
+        let body = serde_json::json!({"region": "us-west", "data_mb": 1, "chain": many});
+        let e = ActivationRequest::parse(body.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("chain"));
+        assert!(e.message.contains("at most"), "{}", e.message);
+        let body =
+            serde_json::json!({"region": "us-west", "data_mb": 1, "chain": many[..MAX_CHAINS]});
+        assert_eq!(
+            ActivationRequest::parse(body.to_string().as_bytes())
+                .unwrap()
+                .networks
+                .len(),
+            MAX_CHAINS
+        );
     }
 
     #[test]

@@ -299,11 +299,18 @@ pub fn seal(terms: &Terms, key: &InvoiceKey) -> Result<InvoiceId, TokenError> {
         payload = postcard::to_extend(&quote, payload).map_err(|_| TokenError::Malformed)?;
     }
     let mac = key.mac(&payload);
-    Ok(InvoiceId::from_token(format!(
+    let id = InvoiceId::from_token(format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(&payload),
         URL_SAFE_NO_PAD.encode(mac)
-    )))
+    ));
+    // An id nobody could send back (`InvoiceId::parse` refuses it) must not be issued.
+    if id.as_str().len() > InvoiceId::MAX_LEN {
+        return Err(TokenError::InvalidTerms(
+            "the terms do not fit an invoice id",
+        ));
+    }
+    Ok(id)
 }
 
 /// Open an invoice id: its terms, if and only if it was sealed under `key`.
@@ -410,6 +417,40 @@ mod tests {
         assert!(id.as_str().len() < 140, "{} chars: {id}", id.as_str().len());
         assert!(InvoiceId::parse(id.as_str()).is_ok());
         assert_eq!(open(&id, &key()).unwrap(), activation());
+    }
+
+    /// The largest request a client can make (every field at its longest, the most chains, with chain ids
+    /// as long as Sepolia's) seals an id that parses back; terms that do not fit one are refused, never
+    /// issued (before, such an id was issued and answered 500 when it came back).
+    #[test]
+    fn the_largest_request_fits_an_id_and_larger_terms_are_refused() {
+        let mut t = activation();
+        t.purchase = Purchase::Activation {
+            region: "a".repeat(32),
+            data_mb: u32::MAX,
+            carrier: Some("c".repeat(32)),
+            eid: Some("89049032123451234512345678901235".into()),
+            payer: Some("0xa0Ee7A142d267C1f36714E4a8F75612F20a79720".into()),
+            allow_failover: true,
+        };
+        t.quoted = Some(SealedQuote {
+            carrier: CarrierId::parse(&"c".repeat(32)).unwrap(),
+            data_value: UsdcAmount::from_micros(u64::MAX),
+        });
+        t.amount = UsdcAmount::from_micros(u64::MAX);
+        t.networks = (0..crate::activation::MAX_CHAINS as u64)
+            .map(|i| Network::parse(&format!("eip155:{}", 11_155_111 + i)).unwrap())
+            .collect();
+        let id = seal(&t, &key()).unwrap();
+        assert!(
+            InvoiceId::parse(id.as_str()).is_ok(),
+            "{}",
+            id.as_str().len()
+        );
+        t.networks = (0..60u64)
+            .map(|i| Network::parse(&format!("eip155:{}", u64::MAX - i)).unwrap())
+            .collect();
+        assert!(matches!(seal(&t, &key()), Err(TokenError::InvalidTerms(_))));
     }
 
     #[test]

@@ -363,16 +363,22 @@ impl Networks {
 }
 
 /// The networks to offer a payer who prefers `preference` (empty: all of `enabled`, in their order;
-/// otherwise the enabled ones among them, in the payer's order). Empty result: nothing the payer wants is
-/// enabled.
+/// otherwise the enabled ones among them, in the payer's order, each once). Empty result: nothing the payer
+/// wants is enabled.
 pub fn narrow(enabled: &[NetworkConfig], preference: &[Network]) -> Vec<NetworkConfig> {
     if preference.is_empty() {
         return enabled.to_vec();
     }
-    preference
-        .iter()
-        .filter_map(|p| enabled.iter().find(|n| n.network == *p).cloned())
-        .collect()
+    let mut offered: Vec<NetworkConfig> = Vec::with_capacity(preference.len());
+    for p in preference {
+        if offered.iter().any(|n| n.network == *p) {
+            continue;
+        }
+        if let Some(n) = enabled.iter().find(|n| n.network == *p) {
+            offered.push(n.clone());
+        }
+    }
+    offered
 }
 
 #[cfg(test)]
@@ -634,5 +640,7 @@ mod tests {
         assert_eq!(picked[0].network, base);
         assert_eq!(narrow(&en, &[]), en);
         assert!(narrow(&en, &[eth]).is_empty());
+        // Each network is offered once, whatever the preference repeats.
+        assert_eq!(narrow(&en, &[base, eth, base]), picked);
     }
 }
