@@ -221,13 +221,8 @@ async fn check_admin(req: &Request) -> Result<(), ApiError> {
             )
         })?;
     let presented = crate::bearer(req);
-    let ok = presented.is_some_and(|p| {
-        p.len() == token.len()
-            && p.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    let ok =
+        presented.is_some_and(|p| esim402_core::auth::secret_eq(p.as_bytes(), token.as_bytes()));
     if ok {
         Ok(())
     } else {

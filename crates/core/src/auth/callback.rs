@@ -74,7 +74,7 @@ impl CallbackCredentials {
         let presented = credential.unwrap_or("").as_bytes();
         let mut found = None;
         for (c, secret) in &self.0 {
-            if ct_eq(secret.as_bytes(), presented) {
+            if super::secret_eq(presented, secret.as_bytes()) {
                 found = Some(c);
             }
         }
@@ -105,10 +105,6 @@ pub fn check_issuer(carrier: &CarrierId, issuer: &str, iccid: &str) -> Result<()
             iccid: iccid.to_owned(),
         })
     }
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

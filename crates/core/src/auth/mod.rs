@@ -21,6 +21,20 @@ use serde::{Deserialize, Serialize};
 
 pub use token::SimToken;
 
+/// Whether a `presented` credential is the `secret` (the admin token, a carrier's callback credential), in
+/// time that tells nothing about the secret: the keccak-256 digests of both are compared in constant time, so
+/// neither how many leading bytes matched nor the secret's length shows (a length check first would).
+pub fn secret_eq(presented: &[u8], secret: &[u8]) -> bool {
+    let (a, b) = (
+        alloy_primitives::keccak256(presented),
+        alloy_primitives::keccak256(secret),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 /// What a stored SIM says about who may manage it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimAccess {
@@ -94,6 +108,15 @@ pub fn decide(iccid: &str, access: &SimAccess, presented: &Presented<'_>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_matches_itself_only() {
+        assert!(secret_eq(b"s3cret-token-0123", b"s3cret-token-0123"));
+        assert!(!secret_eq(b"s3cret-token-0124", b"s3cret-token-0123"));
+        assert!(!secret_eq(b"s3cret-token-012", b"s3cret-token-0123"));
+        assert!(!secret_eq(b"", b"s3cret-token-0123"));
+        assert!(!secret_eq(b"s3cret-token-0123\0", b"s3cret-token-0123"));
+    }
 
     fn access(owner: Address, token: &SimToken) -> SimAccess {
         SimAccess {
