@@ -732,6 +732,53 @@ async fn an_activation_paid_after_a_rate_change_refunds_its_data_at_the_quoted_r
     assert_eq!(refund["amount"], "3000000", "{term}");
 }
 
+/// A SIM whose carrier left the catalog since it was bought: a top-up of it is a 409 naming the carrier, not
+/// a 500, and terminating it answers 200 with its refund (before, the termination was recorded and then
+/// answered 500, as the carrier could not be found to cancel the profile at).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sim_whose_carrier_left_the_catalog_is_refused_top_ups_and_terminates() {
+    let mut s = PayStack::start_with(
+        Some((&esim402_tests::Runner::Host, crate::payments::Store::Sqlite)),
+        &[],
+    )
+    .await;
+    let iccid = activate(&s, 10).await;
+    let mut catalog: toml::Table = esim402_core::esim::catalog::BUILTIN_TOML.parse().unwrap();
+    catalog["carriers"]
+        .as_table_mut()
+        .unwrap()
+        .remove("tmobile")
+        .unwrap();
+    for (_, region) in catalog["regions"].as_table_mut().unwrap().iter_mut() {
+        region["carriers"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|c| c.as_str() != Some("tmobile"));
+    }
+    let without = toml::to_string(&catalog).unwrap();
+    let env = s.env_with(&[("SPIN_VARIABLE_CARRIER_CATALOG", &without)], &[]);
+    s.restart(&env).await;
+
+    let (status, _, top_up) = s
+        .post(
+            &format!("/v1/esim/{iccid}/data"),
+            &json!({"top_up_mb": 100}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 409, "{top_up}");
+    assert!(
+        top_up["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("carrier tmobile is no longer sold here"),
+        "{top_up}"
+    );
+    let (refund, term) = terminated_unused(&s, &iccid).await;
+    assert_eq!(term["state"], "terminated", "{term}");
+    assert_eq!(refund["status"], "owed", "{term}");
+}
+
 /// A paid switch to Verizon of a 10 MB SIM with 4 MB used, its 402 asked for and signed.
 struct Switching {
     old: String,

@@ -161,7 +161,7 @@ pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::
     let amount = cfg
         .price_book
         .top_up(&carrier, mb)
-        .ok_or_else(|| internal(format!("no rate for {carrier}")))?;
+        .ok_or_else(|| not_sold(&carrier))?;
     Ok(wit::Quote {
         carrier: sim.carrier.clone(),
         region: sim.region.clone(),
@@ -203,7 +203,7 @@ pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quo
     let (region, carrier, _) = route(&cfg, &sim, t)?;
     // The fee: the unused balance moves by its value (metering revalues it at the new carrier's rate).
     if cfg.price_book.rate(&carrier).is_none() {
-        return Err(internal(format!("no rate for {carrier}")));
+        return Err(not_sold(&carrier));
     }
     let amount = cfg.price_book.switch_charge();
     Ok(wit::Quote {
@@ -314,10 +314,23 @@ pub async fn lifecycle(iccid: &str, action: wit::LifecycleAction) -> Result<wit:
         && matches!(sim.profile_state, None | Some(ProfileState::Released))
     {
         let cfg = crate::config::get().await?;
-        let carrier = cfg.carrier(&sim.carrier)?;
-        crate::calls::cancel(&cfg, carrier, &iccid, true).await;
+        // The SIM is terminated either way; a carrier gone from the catalog since cannot be called.
+        match cfg.carrier(&sim.carrier) {
+            Ok(carrier) => crate::calls::cancel(&cfg, carrier, &iccid, true).await,
+            Err(e) => eprintln!(
+                "dispatch: SIM {iccid} is terminated, but its profile is not cancelled at the SM-DP+ (cancel it there by hand): {e:?}"
+            ),
+        }
     }
     Ok(sim_to_wit(&sim))
+}
+
+/// 409: the SIM's carrier (or the one asked for) is no longer sold here (gone from the catalog since, or
+/// without a rate): a configuration change, not a fault of the store or of the request's form.
+fn not_sold(carrier: &CarrierId) -> wit::Error {
+    wit::Error::Conflict(format!(
+        "carrier {carrier} is no longer sold here (not priced in the catalog)"
+    ))
 }
 
 /// `download-progress`: a HandleDownloadProgressInfo body from an SM-DP+, authenticated by `credential` (checked
