@@ -68,22 +68,36 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
+/// The longest `message` an error carries, in characters: messages may quote what the client sent (a path, a
+/// parameter's name), which must not make an error answer as large as the request.
+pub const MAX_MESSAGE_CHARS: usize = 1_000;
+/// The longest `field`, in characters (an unknown parameter's name is the client's).
+pub const MAX_FIELD_CHARS: usize = 100;
+
+/// `s` cut to `max` characters, marked with `…` when cut.
+fn bounded(s: String, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s,
+    }
+}
+
 impl ApiError {
-    /// An error of `kind` with `message`.
+    /// An error of `kind` with `message` (at most [`MAX_MESSAGE_CHARS`]).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
-            message: message.into(),
+            message: bounded(message.into(), MAX_MESSAGE_CHARS),
             field: None,
         }
     }
 
-    /// Bad input in `field`.
+    /// Bad input in `field` (at most [`MAX_FIELD_CHARS`]), with `message`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             kind: ErrorKind::InvalidInput,
-            message: message.into(),
-            field: Some(field.into()),
+            message: bounded(message.into(), MAX_MESSAGE_CHARS),
+            field: Some(bounded(field.into(), MAX_FIELD_CHARS)),
         }
     }
 
@@ -111,6 +125,23 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message or field quoting the client (a 60 KB path, an unknown parameter's name) is cut: before, the
+    /// error answer was as large as the request.
+    #[test]
+    fn messages_and_fields_are_bounded() {
+        let long = "é".repeat(5_000);
+        let e = ApiError::new(ErrorKind::NotFound, format!("no route for {long}"));
+        assert_eq!(e.message.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(e.message.ends_with('…') && e.message.starts_with("no route for é"));
+        let e = ApiError::invalid(long.clone(), "unknown parameter");
+        assert_eq!(e.field.unwrap().chars().count(), MAX_FIELD_CHARS + 1);
+        let short = ApiError::invalid("data_mb", "data_mb is required");
+        assert_eq!(
+            (short.field.as_deref(), short.message.as_str()),
+            (Some("data_mb"), "data_mb is required")
+        );
+    }
 
     #[test]
     fn json_names_code_message_and_field() {
