@@ -20,7 +20,7 @@ pub fn activation_to_wit(r: &ActivationRequest) -> wit::ActivationRequest {
 
 /// A switch body: exactly one of `{"carrier": "…"}` or `{"region": "…"}`.
 pub fn switch_target(body: &[u8]) -> Result<wit::SwitchTarget, ApiError> {
-    let value: Value = serde_json::from_slice(body)
+    let value = esim402_core::json_body::parse(body)
         .map_err(|e| ApiError::invalid("body", format!("body is not valid JSON: {e}")))?;
     let Value::Object(obj) = value else {
         return Err(ApiError::invalid("body", "body must be a JSON object"));

@@ -103,7 +103,7 @@ impl ActivationRequest {
                 format!("body exceeds {MAX_BODY_BYTES} bytes"),
             ));
         }
-        let value: Value = serde_json::from_slice(body)
+        let value = crate::json_body::parse(body)
             .map_err(|e| ApiError::invalid("body", format!("body is not valid JSON: {e}")))?;
         let Value::Object(obj) = value else {
             return Err(ApiError::invalid("body", "body must be a JSON object"));
@@ -264,6 +264,11 @@ mod tests {
         let q = ActivationRequest::from_query("region=us-west&data_mb=1&chain=base&chain=base")
             .unwrap_err();
         assert_eq!(q.field.as_deref(), Some("chain"));
+        // A key given twice is ambiguous, not "the last one wins" (before, this bought 100 000 MB).
+        let e = ActivationRequest::parse(br#"{"region":"us-west","data_mb":1,"data_mb":100000}"#)
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("body"));
+        assert!(e.message.contains("given twice"), "{}", e.message);
         let many: Vec<String> = (1..=MAX_CHAINS + 1)
             .map(|i| format!("eip155:{i}"))
             .collect();

@@ -16,6 +16,7 @@ pub mod evm;
 pub mod ids;
 pub mod invoice;
 pub mod join;
+pub mod json_body;
 pub mod ledger;
 pub mod money;
 pub mod order;

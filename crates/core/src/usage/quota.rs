@@ -27,7 +27,7 @@ impl QuotaRequest {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let value: Value = serde_json::from_slice(body)
+        let value = crate::json_body::parse(body)
             .map_err(|e| ApiError::invalid("body", format!("body is not valid JSON: {e}")))?;
         let Value::Object(obj) = value else {
             return Err(ApiError::invalid("body", "body must be a JSON object"));

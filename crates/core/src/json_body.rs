@@ -1,0 +1,117 @@
+//! Request bodies as JSON values, with one rule `serde_json::Value` does not keep: a key given twice in an
+//! object is an error, not "the last one wins" (`{"data_mb":1,"data_mb":100000}` is ambiguous, and a proxy
+//! or a log that reads the first would see another request than we price).
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Parse `body` as JSON, refusing a key given twice in any object: the parser's or this rule's message.
+pub fn parse(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice::<Unique>(body)
+        .map(|u| u.0)
+        .map_err(|e| e.to_string())
+}
+
+/// A JSON value whose objects have distinct keys.
+struct Unique(Value);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Unique(v) = map.next_value()?;
+            if obj.contains_key(&key) {
+                let shown: String = key.chars().take(100).collect();
+                return Err(de::Error::custom(format!("key {shown:?} is given twice")));
+            }
+            obj.insert(key, v);
+        }
+        Ok(Value::Object(obj))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_given_twice_is_refused_at_any_depth() {
+        let e = parse(br#"{"data_mb":1,"data_mb":100000}"#).unwrap_err();
+        assert!(e.contains("key \"data_mb\" is given twice"), "{e}");
+        let e = parse(br#"{"a":[{"b":1,"b":2}]}"#).unwrap_err();
+        assert!(e.contains("\"b\" is given twice"), "{e}");
+        let e = parse(br#"{"a":{"c":{"d":1,"d":1}}}"#).unwrap_err();
+        assert!(e.contains("\"d\""), "{e}");
+    }
+
+    /// Everything else parses as `serde_json` parses it.
+    #[test]
+    fn distinct_keys_parse_as_serde_json_does() {
+        for body in [
+            r#"{"region":"us-west","data_mb":100,"chain":["base",null],"x":{"y":[1,-2,3.5,true]}}"#,
+            r#"[]"#,
+            r#""s""#,
+            r#"18446744073709551615"#,
+            r#"-9223372036854775808"#,
+            r#"{"a":"\u00e9\n","b":{}}"#,
+        ] {
+            assert_eq!(
+                parse(body.as_bytes()).unwrap(),
+                serde_json::from_str::<Value>(body).unwrap(),
+                "{body}"
+            );
+        }
+        assert!(parse(b"{").is_err());
+        assert!(parse(b"{} x").is_err());
+    }
+}
