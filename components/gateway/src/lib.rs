@@ -55,7 +55,19 @@ fn json(status: u16, body: String) -> Reply {
         .header("content-type", "application/json")
         .header("cache-control", "no-store")
         .body(body)
-        .unwrap_or_else(|_| Response::new(String::new()))
+        .unwrap_or_else(|_| unbuildable())
+}
+
+/// The answer when an answer could not be built (a status or header the HTTP types refuse): a 500 naming
+/// that, never a 200 with an empty body.
+fn unbuildable() -> Reply {
+    let mut reply = Response::new(ApiError::internal("the answer could not be built").to_json());
+    *reply.status_mut() = spin_sdk::http::StatusCode::INTERNAL_SERVER_ERROR;
+    reply.headers_mut().insert(
+        spin_sdk::http::HeaderName::from_static("content-type"),
+        spin_sdk::http::HeaderValue::from_static("application/json"),
+    );
+    reply
 }
 
 fn error_reply(e: &ApiError) -> Reply {

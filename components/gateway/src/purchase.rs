@@ -153,7 +153,7 @@ pub fn render(r: &StoredResponse) -> Reply {
         b = b.header(k.as_str(), v.as_str());
     }
     b.body(r.body.clone())
-        .unwrap_or_else(|_| Response::new(String::new()))
+        .unwrap_or_else(|_| crate::unbuildable())
 }
 
 /// HTTP 402 with the seed's invoice body and the x402 v2 `PAYMENT-REQUIRED` header (built here, by the
