@@ -238,6 +238,49 @@ async fn anyone_may_pay_a_top_up_but_only_the_owner_reads_the_sim() {
     assert_eq!(b["credited_bytes"], 11_000_000, "{b}");
 }
 
+/// A switch whose body is malformed is a 400 that leaves the wallet's sign-in unused: the same sign-in with a
+/// good body still opens the SIM (its 402). Before, the sign-in's nonce was claimed before the body was read,
+/// so the retry was refused 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_malformed_switch_does_not_use_up_the_sign_in() {
+    let s = PayStack::start(&[]).await;
+    let act = s
+        .activate_paid(&json!({"region": "us-west", "data_mb": 1}), &[])
+        .await;
+    let iccid = act["iccid"].as_str().unwrap();
+    let path = format!("/v1/esim/{iccid}/switch");
+    let signed = s.sign_in(&path);
+    let (status, _, e) = s
+        .post(
+            &path,
+            &json!({"carrier": 7}),
+            &[("sign-in-with-x", signed.clone())],
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("carrier")),
+        "{e}"
+    );
+    let (status, _, challenge) = s
+        .post(
+            &path,
+            &json!({"carrier": "verizon"}),
+            &[("sign-in-with-x", signed.clone())],
+        )
+        .await;
+    assert_eq!(status, 402, "{challenge}");
+    // Used now: a third request with it is refused.
+    let (status, _, e) = s
+        .post(
+            &path,
+            &json!({"carrier": "verizon"}),
+            &[("sign-in-with-x", signed)],
+        )
+        .await;
+    assert_eq!(status, 401, "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_payer_lists_its_sims_by_agent_label() {
     let s = PayStack::start(&[]).await;

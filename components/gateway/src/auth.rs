@@ -57,6 +57,13 @@ pub async fn owner_or_carrier(req: &Request, iccid: &str) -> Result<wit::Sim, Ap
 
 async fn authorize(req: &Request, iccid: &str, carrier_too: bool) -> Result<wit::Sim, ApiError> {
     let credential = credential(req, carrier_too).await?;
+    open(iccid, credential).await
+}
+
+/// The SIM, if `credential` (from [`credential`]) opens it: dispatch decides, and claims a wallet's nonce. A
+/// route that reads a body calls this once the body is known good, so a malformed request does not use up
+/// the caller's sign-in.
+pub async fn open(iccid: &str, credential: wit::Credential) -> Result<wit::Sim, ApiError> {
     dispatch::authorize(iccid.to_owned(), credential)
         .await
         .map_err(from_wit)

@@ -94,12 +94,15 @@ async fn issue_activation(
 
 /// `POST /v1/esim/{iccid}/switch` with `{"carrier": …}` or `{"region": …}`.
 pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
-    crate::auth::owner(&req, iccid).await?;
+    // The credential is checked for form first (401 whatever the body), but used (a sign-in's nonce claimed)
+    // only once the body is known good.
+    let credential = crate::auth::credential(&req, false).await?;
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
     let body = read_body(req).await?;
     let target = crate::convert::switch_target(&body)?;
+    crate::auth::open(iccid, credential).await?;
     let issue = || async {
         let quote = dispatch::quote_switch(iccid.to_owned(), target.clone())
             .await
