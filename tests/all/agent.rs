@@ -668,6 +668,29 @@ fn the_cost_command_reproduces_the_seed_fleet_without_a_wallet() {
     assert_eq!(bad.status.code(), Some(2), "bad input is a usage error");
 }
 
+/// Plain http:// to a facilitator on another machine is refused before anything is sent (a 402's `payTo` and
+/// the bearer tokens would cross the network in clear), naming the opt-in; with `--insecure-http` the URL is
+/// accepted (here the command then stops at "no SIM yet", before any request).
+#[tokio::test]
+async fn plain_http_to_another_machine_needs_the_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = cli("http://esim.example", dir.path(), &["status"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--insecure-http"),
+        "{}",
+        refused.stderr
+    );
+    let opted = cli(
+        "http://esim.example",
+        dir.path(),
+        &["--insecure-http", "status"],
+    )
+    .await;
+    assert_eq!(opted.code, 2, "{}", opted.stderr);
+    assert!(opted.stderr.contains("no SIM"), "{}", opted.stderr);
+}
+
 /// The proxy process, stopped by its PID on drop.
 struct Proxy {
     child: std::process::Child,

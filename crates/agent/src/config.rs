@@ -34,6 +34,11 @@ pub enum ConfigError {
     /// The facilitator URL is not `http(s)://host[:port]`.
     #[error("facilitator URL {0:?} must look like http://host:port")]
     BadUrl(String),
+    /// Plain `http://` to a facilitator off this machine, without the opt-in.
+    #[error(
+        "refusing plain http:// to {0}: anyone on the path could rewrite what a payment pays for and read the SIMs' access tokens; use https://, or pass --insecure-http (ESIM402_INSECURE_HTTP=1) for a network you trust"
+    )]
+    PlainHttp(String),
 }
 
 /// The wallet's signing key. `Debug` shows its address only.
@@ -95,20 +100,53 @@ pub struct Config {
 }
 
 impl Config {
-    /// A config for `url` (checked) and `key`.
+    /// A config for `url` (checked) and `key`: `https://`, or plain `http://` to this machine only (loopback).
     pub fn new(url: &str, key: WalletKey) -> Result<Self, ConfigError> {
+        Self::build(url, key, false)
+    }
+
+    /// [`Config::new`], also accepting plain `http://` to another machine (`--insecure-http`: a network the
+    /// operator trusts, e.g. a gateway on a private link).
+    pub fn new_insecure_http(url: &str, key: WalletKey) -> Result<Self, ConfigError> {
+        Self::build(url, key, true)
+    }
+
+    fn build(url: &str, key: WalletKey, insecure_http: bool) -> Result<Self, ConfigError> {
         let url = url.trim_end_matches('/');
         let ok = esim402_core::auth::siwx::origin_of(url).is_some_and(|(origin, _)| {
             origin == url && (url.starts_with("http://") || url.starts_with("https://"))
         });
-        if !ok {
+        let parsed = reqwest::Url::parse(url).ok().filter(|_| ok);
+        let Some(parsed) = parsed else {
             return Err(ConfigError::BadUrl(url.to_owned()));
+        };
+        // In clear text anyone on the path can rewrite a 402's `payTo` and read the bearer tokens; only a
+        // connection that never leaves this machine is safe without TLS.
+        if parsed.scheme() == "http" && !insecure_http && !is_loopback(&parsed) {
+            return Err(ConfigError::PlainHttp(url.to_owned()));
         }
         Ok(Self {
             url: url.to_owned(),
             key,
         })
     }
+
+    /// The facilitator's origin (`scheme://host[:port]`, lower case): what SIM tokens and pending payments are
+    /// bound to, so that they are never sent to another facilitator.
+    pub fn origin(&self) -> String {
+        self.url.to_ascii_lowercase()
+    }
+}
+
+/// Whether `url` names this machine: `localhost`, 127.0.0.0/8 or `::1`.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    // The URL parser has already normalised the host (lower case, `127.1` → `127.0.0.1`, `[::1]`).
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -148,5 +186,40 @@ mod tests {
         assert!(Config::new("http://127.0.0.1:3000/", k.clone()).is_ok());
         assert!(Config::new("127.0.0.1:3000", k.clone()).is_err());
         assert!(Config::new("http://127.0.0.1:3000/v1", k).is_err());
+    }
+
+    /// Plain http:// only to this machine, unless opted in: on the path to another machine a 402's `payTo`
+    /// could be rewritten and the bearer tokens read.
+    #[test]
+    fn plain_http_is_refused_off_this_machine_unless_opted_in() {
+        let k = WalletKey::load(Some(KEY), None).unwrap();
+        for local in [
+            "http://127.0.0.1:3000",
+            "http://127.0.0.9:3000",
+            "http://localhost:3000",
+            "http://LocalHost",
+            "http://[::1]:3000",
+        ] {
+            assert!(Config::new(local, k.clone()).is_ok(), "{local}");
+        }
+        assert!(Config::new("https://esim.example.com", k.clone()).is_ok());
+        for remote in [
+            "http://esim.example.com",
+            "http://10.0.0.5:3000",
+            "http://localhost.example.com:3000",
+            "http://[::2]:3000",
+        ] {
+            let e = Config::new(remote, k.clone()).unwrap_err();
+            assert!(matches!(e, ConfigError::PlainHttp(_)), "{remote}: {e}");
+            assert!(e.to_string().contains("--insecure-http"), "{e}");
+            assert!(
+                Config::new_insecure_http(remote, k.clone()).is_ok(),
+                "{remote}"
+            );
+        }
+        assert!(
+            Config::new_insecure_http("ftp://example.com", k).is_err(),
+            "the opt-in is for http:// only"
+        );
     }
 }

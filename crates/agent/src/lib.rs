@@ -33,6 +33,9 @@ pub mod proxy;
 pub mod state;
 pub mod watch;
 
+#[cfg(test)]
+mod testing;
+
 pub use client::Agent;
 pub use config::{Config, WalletKey};
 pub use error::{AgentError, ExitCode};

@@ -22,9 +22,18 @@ Exit codes:
 #[derive(Parser)]
 #[command(name = "esim402-agent", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// The facilitator's base URL.
+    /// The facilitator's base URL: https://, or plain http:// to this machine (localhost, 127.0.0.0/8, ::1).
     #[arg(long, global = true, env = "ESIM402_URL", default_value = DEFAULT_URL)]
     url: String,
+    /// Also allow plain http:// to a facilitator on another machine. Unsafe outside a network you trust:
+    /// anyone on the path can rewrite what a payment pays for and read the SIMs' access tokens.
+    #[arg(
+        long,
+        global = true,
+        env = "ESIM402_INSECURE_HTTP",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure_http: bool,
     /// A file holding the wallet's hex private key (else the ESIM402_WALLET_KEY variable).
     #[arg(long, global = true)]
     key_file: Option<PathBuf>,
@@ -163,9 +172,13 @@ struct WatchArgs {
     /// ... for this many readings in a row.
     #[arg(long, default_value_t = 3)]
     switch_after: u32,
-    /// Carriers to move between, in order (default: the region's order in the catalog).
+    /// Carriers to move between, in order (default: the region's order in the catalog). A carrier left less
+    /// than 6 hours ago is skipped.
     #[arg(long, value_delimiter = ',')]
     carriers: Vec<String>,
+    /// The most switches per UTC day (each one is paid), however the radio stays.
+    #[arg(long, default_value_t = esim402_agent::watch::plan::MAX_SWITCHES_PER_DAY)]
+    max_switches_per_day: u32,
     /// The carrier catalog this agent trusts (TOML, the facilitator's format): receipt signers, regions,
     /// roaming. Default: the catalog built in.
     #[arg(long)]
@@ -180,7 +193,8 @@ struct ProxyArgs {
     /// Where devices connect (loopback unless --allow-public).
     #[arg(long, default_value = "127.0.0.1:8480")]
     listen: std::net::SocketAddr,
-    /// Allow a non-loopback listen address.
+    /// Allow a non-loopback listen address. Devices must then name the proxy by its IP address (Host header):
+    /// a host name is refused, as are browser requests (Origin, Sec-Fetch-*) and non-JSON bodies.
     #[arg(long)]
     allow_public: bool,
     /// The header naming the device (default: its source address).
@@ -241,7 +255,11 @@ struct Sim {
 fn agent(cli: &Cli) -> Result<Agent, AgentError> {
     let env_key = std::env::var(KEY_ENV).ok();
     let key = WalletKey::load(env_key.as_deref(), cli.key_file.as_deref())?;
-    let config = Config::new(&cli.url, key)?;
+    let config = if cli.insecure_http {
+        Config::new_insecure_http(&cli.url, key)?
+    } else {
+        Config::new(&cli.url, key)?
+    };
     let default_policy = cli.state_dir.join("policy.toml");
     let policy = match &cli.policy {
         Some(p) => SpendPolicy::load(p),
@@ -449,6 +467,7 @@ fn watch_settings(w: &WatchArgs) -> Result<esim402_agent::watch::WatchSettings, 
         carriers,
         catalog,
         ticks: w.ticks,
+        max_switches_per_day: w.max_switches_per_day,
     })
 }
 
@@ -493,8 +512,10 @@ async fn proxy(cli: &Cli, p: &ProxyArgs) -> Result<(), AgentError> {
             .unwrap_or_else(|| cli.state_dir.join("proxy-audit.jsonl")),
         state_dir: cli.state_dir.clone(),
     };
-    std::fs::create_dir_all(&cli.state_dir)
-        .map_err(|e| AgentError::Local(format!("{}: {e}", cli.state_dir.display())))?;
+    // Private (0700) when created here: it will hold every device's signed payments and the audit log.
+    StateDir::new(&cli.state_dir)
+        .create()
+        .map_err(AgentError::Local)?;
     let listener = tokio::net::TcpListener::bind(p.listen)
         .await
         .map_err(|e| AgentError::Local(format!("cannot listen on {}: {e}", p.listen)))?;

@@ -8,12 +8,19 @@
 //! pending payment are its own. Over budget: 403 with a JSON error naming the rule, nothing paid. Every payment
 //! made for a device is appended to an audit log (JSON lines: time, device, path, invoice, amount, tx hash).
 //! One request at a time per device (a payment and its retry must not race); devices run in parallel.
+//!
+//! Devices are not browsers: a request a browser sent (it carries `Origin` or `Sec-Fetch-*`), one with a body
+//! that is not `application/json`, or one naming a host other than this proxy's address (DNS rebinding: a web
+//! page whose name now points at this machine) is refused before anything is forwarded or paid. Otherwise any
+//! page open on the host could have this wallet pay, and read the answer (activation code, access token).
+//! Devices therefore address the proxy by IP address (or `localhost`), never by a host name.
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use esim402_core::UsdcAmount;
@@ -27,6 +34,28 @@ use crate::{Agent, AgentError, Config, SpendPolicy, StateDir};
 
 /// Largest request body forwarded.
 const MAX_BODY: usize = 64 * 1024;
+
+/// What a connection may hold of the proxy.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// The longest a client may take to send a request's headers, and to stay idle between two requests (a
+    /// connection that sends nothing holds a slot until then).
+    header_read: Duration,
+    /// The longest a client may take to send a request's body.
+    body_read: Duration,
+    /// Connections served at once; past it, new ones wait in the listen backlog.
+    max_connections: usize,
+}
+
+const LIMITS: Limits = Limits {
+    header_read: Duration::from_secs(30),
+    body_read: Duration::from_secs(30),
+    max_connections: 256,
+};
+
+/// The pause after a failed `accept` (e.g. out of file descriptors) before the next one, so the loop does not
+/// spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]
@@ -52,6 +81,8 @@ struct Shared {
     http: reqwest::Client,
     devices: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     audit: std::sync::Mutex<()>,
+    /// The address the proxy listens on (the `Host` a request may name).
+    listen: SocketAddr,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -104,10 +135,12 @@ impl Shared {
             .audit
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.settings.audit_log)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        // Who was paid for, when and how much: the operator's only (the mode applies when it is created).
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&self.settings.audit_log)?;
         f.write_all(format!("{entry}\n").as_bytes())?;
         f.sync_data()
     }
@@ -222,39 +255,162 @@ pub async fn serve(
     policy: SpendPolicy,
     settings: ProxySettings,
 ) -> std::io::Result<()> {
+    serve_with(listener, config, policy, settings, LIMITS).await
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    policy: SpendPolicy,
+    settings: ProxySettings,
+    limits: Limits,
+) -> std::io::Result<()> {
+    // The gateway's state (every device's pending payments, the audit log by default) is private: created
+    // 0700 like any state directory, before anything below creates it with the default mode.
+    StateDir::new(&settings.state_dir)
+        .create()
+        .map_err(std::io::Error::other)?;
     // One proxy per wallet record for as long as it serves: the daily cap's record is read and rewritten by this
     // process alone (another proxy on it would lose reservations and pass the cap).
     let wallet = StateDir::new(settings.state_dir.join("wallet"));
     let _held = wallet.lock().map_err(std::io::Error::other)?;
     let shared = Arc::new(Shared {
-        http: reqwest::Client::builder()
-            .timeout(crate::client::REQUEST_TIMEOUT)
-            .build()
-            .map_err(std::io::Error::other)?,
+        http: crate::client::http_client().map_err(std::io::Error::other)?,
         budget: Arc::new(crate::budget::Budget::new(policy.max_per_day_usdc, wallet)),
         config,
         policy,
         settings,
         devices: Mutex::default(),
         audit: std::sync::Mutex::new(()),
+        listen: listener.local_addr()?,
     });
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
-        let (stream, peer) = listener.accept().await?;
+        // At the cap, stop accepting: further connections wait in the listen backlog, not in this process.
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, a connection reset before it was accepted, …: passing, and no reason
+                // to stop serving every device.
+                eprintln!("esim402-agent proxy: accepting a connection failed ({e}); going on");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&shared, req, peer).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        respond(&shared, req, peer, limits.body_read).await,
+                    )
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read)
                 .serve_connection(io, service)
                 .await;
         });
     }
 }
 
-async fn respond(shared: &Shared, req: Request<hyper::body::Incoming>, peer: SocketAddr) -> Reply {
+/// The refusal of a request a device would not send (see the module docs): a browser's (`Origin`,
+/// `Sec-Fetch-*`), one naming another host than the proxy's address (DNS rebinding), a body that is not JSON
+/// (a browser's "simple" cross-origin POST is `text/plain`). `None`: it may go on.
+fn refuse_non_device(
+    headers: &hyper::HeaderMap,
+    has_body: bool,
+    listen: SocketAddr,
+) -> Option<Reply> {
+    let browser = headers.contains_key(hyper::header::ORIGIN)
+        || headers.keys().any(|k| k.as_str().starts_with("sec-fetch-"));
+    if browser {
+        return Some(error_reply(
+            403,
+            "forbidden",
+            "requests from a web browser are refused (Origin or Sec-Fetch-* header): the proxy pays for devices",
+        ));
+    }
+    // A browser always names the host; a device speaking HTTP/1.0 may not, and cannot be rebound.
+    if let Some(host) = headers.get(hyper::header::HOST)
+        && !host.to_str().is_ok_and(|h| host_is_this_proxy(h, listen))
+    {
+        return Some(error_reply(
+            403,
+            "forbidden",
+            &format!(
+                "the Host header must name this proxy by address (e.g. 127.0.0.1:{}) or localhost",
+                listen.port()
+            ),
+        ));
+    }
+    let json = headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if has_body && !json {
+        return Some(error_reply(
+            415,
+            "unsupported_media_type",
+            "a request body must be JSON, sent as Content-Type: application/json",
+        ));
+    }
+    None
+}
+
+/// Whether `host` (a `Host` header: `name[:port]`, `[v6][:port]`) names the proxy listening on `listen`: its
+/// port, and `localhost`, a loopback address, the listen address itself or, when listening on every address
+/// (`--allow-public` on `0.0.0.0`), any IP address. An IP address cannot be rebound to another machine; a host
+/// name can (DNS rebinding), so no other name is accepted.
+fn host_is_this_proxy(host: &str, listen: SocketAddr) -> bool {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, "")) => (ip, None),
+            Some((ip, rest)) => match rest.strip_prefix(':') {
+                Some(port) => (ip, Some(port)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok(),
+        None => Some(80),
+    };
+    if port != Some(listen.port()) {
+        return false;
+    }
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback() || ip == listen.ip() || listen.ip().is_unspecified())
+}
+
+async fn respond(
+    shared: &Shared,
+    req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    body_read: Duration,
+) -> Reply {
+    let has_body = !hyper::body::Body::is_end_stream(req.body());
+    if let Some(refusal) = refuse_non_device(req.headers(), has_body, shared.listen) {
+        return refusal;
+    }
     let raw = match &shared.settings.device_header {
         Some(h) => match req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()) {
             Some(v) => v.to_owned(),
@@ -282,9 +438,11 @@ async fn respond(shared: &Shared, req: Request<hyper::body::Incoming>, peer: Soc
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error_reply(413, "payload_too_large", "body over 64 KiB"),
+    let body = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(body_read, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return error_reply(413, "payload_too_large", "body over 64 KiB"),
+        Err(_) => return error_reply(408, "timeout", "the request body took too long"),
     };
     shared
         .handle(
@@ -301,7 +459,221 @@ async fn respond(shared: &Shared, req: Request<hyper::body::Incoming>, peer: Soc
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+    use crate::WalletKey;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A proxy in front of `upstream`, its state in `state_dir`; its address.
+    async fn proxy(upstream: &str, state_dir: &std::path::Path, limits: Limits) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
+        let settings = ProxySettings {
+            device_header: None,
+            device_max_per_payment: "1".parse().unwrap(),
+            device_max_per_day: "1".parse().unwrap(),
+            audit_log: state_dir.join("audit.jsonl"),
+            state_dir: state_dir.to_owned(),
+        };
+        let config = Config::new(upstream, key).unwrap();
+        tokio::spawn(serve_with(
+            listener,
+            config,
+            SpendPolicy::default(),
+            settings,
+            limits,
+        ));
+        addr
+    }
+
+    /// Send `request` (raw HTTP/1.1) to `addr`; the answer's status (0: closed without one).
+    async fn raw(addr: SocketAddr, request: &str) -> u16 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        match conn.read_exact(&mut head).await {
+            Ok(_) => String::from_utf8_lossy(&head[9..12]).parse().unwrap(),
+            Err(_) => 0,
+        }
+    }
+
+    /// A browser on the host (any page: a cross-origin "simple" POST, a DNS-rebound name) must not get this
+    /// wallet to pay, nor read an answer: what a device would not send is refused before anything is
+    /// forwarded. Before, all of these were forwarded (and a 402 paid).
+    #[tokio::test]
+    async fn browser_requests_rebound_hosts_and_non_json_bodies_are_refused() {
+        let upstream = crate::testing::facilitator(vec![(200, json!({"paid": true}))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+        let port = addr.port();
+        let get = |host: &str, extra: &str| {
+            format!("GET /health HTTP/1.1\r\nhost: {host}\r\n{extra}connection: close\r\n\r\n")
+        };
+        let post = |ct: &str| {
+            let body = r#"{"region":"us-west","data_mb":1}"#;
+            format!(
+                "POST /v1/esim/activate HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n{ct}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let here = format!("127.0.0.1:{port}");
+        for (request, status, why) in [
+            (get(&here, "origin: http://evil.example\r\n"), 403, "Origin"),
+            (get(&here, "origin: null\r\n"), 403, "an opaque Origin"),
+            (
+                get(&here, "sec-fetch-site: cross-site\r\n"),
+                403,
+                "Sec-Fetch-Site",
+            ),
+            (
+                get(&here, "sec-fetch-mode: no-cors\r\n"),
+                403,
+                "Sec-Fetch-Mode",
+            ),
+            (
+                get(&format!("evil.example:{port}"), ""),
+                403,
+                "a rebound host name",
+            ),
+            (
+                get(&format!("127.0.0.1:{}", port ^ 1), ""),
+                403,
+                "another port",
+            ),
+            (get("127.0.0.1", ""), 403, "no port: 80"),
+            (get(&format!("[::1]:{port}:1"), ""), 403, "junk"),
+            (
+                post("content-type: text/plain\r\n"),
+                415,
+                "a simple cross-origin POST",
+            ),
+            (post(""), 415, "a body without a type"),
+        ] {
+            assert_eq!(raw(addr, &request).await, status, "{why}");
+        }
+        assert!(
+            upstream.seen().is_empty(),
+            "nothing forwarded: {:?}",
+            upstream.seen()
+        );
+
+        // What devices send goes through (and is paid).
+        for host in [
+            here.clone(),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ] {
+            assert_eq!(raw(addr, &get(&host, "")).await, 200, "{host}");
+        }
+        assert_eq!(
+            raw(
+                addr,
+                &post("content-type: application/json; charset=utf-8\r\n")
+            )
+            .await,
+            200
+        );
+        let seen = upstream.seen();
+        assert_eq!(
+            seen.len(),
+            3 + 3,
+            "three GETs; the device's POST, the agent's, the paid one"
+        );
+        assert!(seen[5].header("payment-signature").is_some());
+        assert_eq!(
+            serde_json::from_slice::<Value>(&seen[5].body).unwrap(),
+            json!({"region": "us-west", "data_mb": 1})
+        );
+    }
+
+    #[test]
+    fn the_host_must_be_this_proxys_address() {
+        let lo: SocketAddr = "127.0.0.1:8480".parse().unwrap();
+        assert!(host_is_this_proxy("127.0.0.1:8480", lo));
+        assert!(host_is_this_proxy("LOCALHOST:8480", lo));
+        assert!(host_is_this_proxy("[::1]:8480", lo));
+        assert!(!host_is_this_proxy("192.168.1.5:8480", lo));
+        assert!(!host_is_this_proxy("rebind.example:8480", lo));
+        assert!(!host_is_this_proxy("127.0.0.1", lo));
+        let public: SocketAddr = "192.168.1.5:80".parse().unwrap();
+        assert!(host_is_this_proxy("192.168.1.5", public), "port 80 implied");
+        assert!(!host_is_this_proxy("192.168.1.6", public));
+        assert!(!host_is_this_proxy("gateway.lan", public));
+        let any: SocketAddr = "0.0.0.0:8480".parse().unwrap();
+        assert!(
+            host_is_this_proxy("10.1.2.3:8480", any),
+            "any address, not a name"
+        );
+        assert!(host_is_this_proxy("[fe80::1]:8480", any));
+        assert!(!host_is_this_proxy("gateway.lan:8480", any));
+    }
+
+    /// A client that never finishes its headers is disconnected, and past the connection cap new connections
+    /// wait until one ends. Before, the first held its task forever and nothing capped the connections.
+    #[tokio::test]
+    async fn slow_clients_are_cut_off_and_connections_are_capped() {
+        let upstream = crate::testing::facilitator(vec![]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let quick = Limits {
+            header_read: Duration::from_millis(200),
+            ..LIMITS
+        };
+        let addr = proxy(&upstream.url, dir.path(), quick).await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let end = tokio::time::timeout(Duration::from_secs(20), slow.read(&mut buf)).await;
+        assert!(
+            matches!(end, Ok(Ok(0) | Err(_))),
+            "disconnected without an answer: {end:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let one = Limits {
+            max_connections: 1,
+            header_read: Duration::from_secs(600),
+            ..LIMITS
+        };
+        let addr = proxy(&upstream.url, dir.path(), one).await;
+        let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Served at once when alone (refused: no upstream needed)...
+        let refused = "GET / HTTP/1.1\r\norigin: x\r\nconnection: close\r\n\r\n";
+        let waiting = tokio::spawn(raw(addr, refused));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "served beside the idle connection");
+        drop(idle);
+        let status = tokio::time::timeout(Duration::from_secs(20), waiting).await;
+        assert_eq!(
+            status.unwrap().unwrap(),
+            403,
+            "served once the slot was free"
+        );
+    }
+
+    /// The gateway's state directory is private (0700) when the proxy creates it, and so is its audit log
+    /// (0600). Before, both had the default mode.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_state_directory_and_audit_log_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let upstream = crate::testing::facilitator(vec![(200, json!({"paid": true}))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("gateway");
+        let addr = proxy(&upstream.url, &state, LIMITS).await;
+        let body = r#"{"region":"us-west","data_mb":1}"#;
+        let paid = format!(
+            "POST /v1/esim/activate HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            addr.port(),
+            body.len()
+        );
+        assert_eq!(raw(addr, &paid).await, 200);
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("audit.jsonl")), 0o600);
+    }
 
     #[test]
     fn device_ids() {

@@ -46,6 +46,20 @@ pub struct SimRecord {
     /// The agent terminated it.
     #[serde(default)]
     pub terminated: bool,
+    /// The facilitator that issued it (`scheme://host[:port]`, lower case): its access token is sent to that
+    /// origin only. `None` for a SIM recorded before origins were kept: its issuer is unknown, so its token is
+    /// never sent (a wallet sign-in is used instead, which names the origin it is for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+impl SimRecord {
+    /// The SIM's access token, if `origin` (the facilitator about to be called) is the one that issued it.
+    pub fn token_for(&self, origin: &str) -> Option<&str> {
+        self.access_token
+            .as_deref()
+            .filter(|_| self.origin.as_deref() == Some(origin))
+    }
 }
 
 /// Where a spend stands.
@@ -172,6 +186,7 @@ impl State {
                 network: None,
                 activated_at: 0,
                 terminated: false,
+                origin: None,
             }));
         }
         self.sims
@@ -192,12 +207,29 @@ pub struct StateLock {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
+    /// Tests: how many more saves succeed before each one fails (a full disk, a crash between two saves).
+    #[cfg(test)]
+    saves_left: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl StateDir {
     /// The directory (created on first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            #[cfg(test)]
+            saves_left: None,
+        }
+    }
+
+    /// Tests: this directory, where only the next `n` saves succeed (the counter may be changed meanwhile).
+    #[cfg(test)]
+    pub(crate) fn failing_after(
+        mut self,
+        n: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
+        self.saves_left = Some(n);
+        self
     }
 
     /// The directory.
@@ -228,7 +260,8 @@ impl StateDir {
         }
     }
 
-    fn create(&self) -> Result<(), String> {
+    /// Create the directory if it does not exist yet (private, 0700, on unix; an existing one is left as is).
+    pub fn create(&self) -> Result<(), String> {
         if !self.dir.exists() {
             std::fs::create_dir_all(&self.dir).map_err(|e| {
                 format!(
@@ -262,6 +295,16 @@ impl StateDir {
     pub fn save(&self, state: &State) -> Result<(), String> {
         let err =
             |what: &str, e: std::io::Error| format!("cannot {what} in {}: {e}", self.dir.display());
+        #[cfg(test)]
+        if let Some(left) = &self.saves_left {
+            use std::sync::atomic::Ordering;
+            if left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+            {
+                return Err(format!("injected save failure in {}", self.dir.display()));
+            }
+        }
         self.create()?;
         let tmp = self.dir.join(format!(".{FILE}.{}.tmp", std::process::id()));
         let mut opts = std::fs::OpenOptions::new();
@@ -329,6 +372,7 @@ mod tests {
             network: None,
             activated_at: at,
             terminated: false,
+            origin: Some("http://127.0.0.1:3000".into()),
         }
     }
 
@@ -416,5 +460,21 @@ mod tests {
             Some("sim_2")
         );
         assert_eq!(s.pick_sim(Some("9")).unwrap().access_token, None);
+    }
+
+    /// A SIM's token goes to the facilitator that issued it only; one recorded before origins were kept (its
+    /// issuer unknown) never goes anywhere.
+    #[test]
+    fn a_token_is_for_its_issuer_only() {
+        let s = sim("1", 10);
+        assert_eq!(s.token_for("http://127.0.0.1:3000"), Some("sim_1"));
+        assert_eq!(s.token_for("http://127.0.0.1:3001"), None);
+        assert_eq!(s.token_for("https://evil.example"), None);
+        let old: SimRecord = serde_json::from_value(serde_json::json!({
+            "iccid": "1", "access_token": "sim_1", "activated_at": 10
+        }))
+        .unwrap();
+        assert_eq!(old.origin, None, "an old state file still loads");
+        assert_eq!(old.token_for("http://127.0.0.1:3000"), None);
     }
 }

@@ -18,7 +18,7 @@ pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};
 use crate::config::Config;
 use crate::error::AgentError;
 use crate::policy::SpendPolicy;
-use crate::state::{SimRecord, StateDir};
+use crate::state::{SimRecord, State, StateDir};
 
 /// An HTTP answer.
 #[derive(Debug, Clone)]
@@ -32,12 +32,12 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The answer's error message (or its body).
+    /// The answer's error message (or its body, without any access token: error texts are printed).
     pub fn message(&self) -> String {
         self.body["error"]["message"]
             .as_str()
             .map(str::to_owned)
-            .or_else(|| (!self.body.is_null()).then(|| self.body.to_string()))
+            .or_else(|| (!self.body.is_null()).then(|| redacted(&self.body).to_string()))
             .unwrap_or_else(|| format!("HTTP {}", self.status))
     }
 
@@ -69,6 +69,20 @@ pub struct Agent {
     budget: Option<std::sync::Arc<crate::budget::Budget>>,
 }
 
+/// `v` without its `access_token` fields (at any depth): for text that is printed or logged.
+pub(crate) fn redacted(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(k, _)| k.as_str() != "access_token")
+                .map(|(k, v)| (k.clone(), redacted(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(redacted).collect()),
+        other => other.clone(),
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -90,13 +104,20 @@ fn local(e: String) -> AgentError {
 /// a payment that is still being completed as unreachable. The host's own backstop is the lease plus 30 s.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(esim402_core::paid::LEASE_SECS + 30);
 
+/// The HTTP client the agent talks to the facilitator with. Redirects are not followed: one would carry a paid
+/// request's `PAYMENT-SIGNATURE` or a wallet sign-in to wherever it points (a 307 even re-sends the POST); a
+/// redirect is an answer like any other (a refusal).
+pub(crate) fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
 impl Agent {
     /// An agent; `progress` prints what it does on stderr.
     pub fn new(config: Config, policy: SpendPolicy, state: StateDir, progress: bool) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .unwrap_or_default();
+        let http = http_client().unwrap_or_default();
         Self {
             config,
             policy,
@@ -173,11 +194,11 @@ impl Agent {
     /// Buy a SIM: `request` is the activation body (`region`, `data_mb`, optional `carrier`, `chain`, `eid`).
     pub async fn activate(&self, request: &Value) -> Result<Activation, AgentError> {
         let purpose = format!("activate {request}");
-        let answer = self
-            .pay("/v1/esim/activate", request, &purpose, None)
-            .await?
-            .body;
-        self.record_sim(answer, None)
+        let origin = self.config.origin();
+        self.pay_and_keep("/v1/esim/activate", request, &purpose, None, |s, a| {
+            record_sim(s, a.body, None, &origin)
+        })
+        .await
     }
 
     /// Move a SIM to another carrier or region (`{"carrier": …}` or `{"region": …}`): a paid new SIM that takes
@@ -190,52 +211,11 @@ impl Agent {
         let sim = self.sim(iccid)?;
         let path = format!("/v1/esim/{}/switch", sim.iccid);
         let purpose = format!("switch {} {target}", sim.iccid);
-        let answer = self.pay(&path, target, &purpose, Some(&sim)).await?.body;
-        self.record_sim(answer, Some(&sim.iccid))
-    }
-
-    /// Keep the SIM a paid answer bought (its token out of the answer), retiring `replaces`.
-    fn record_sim(
-        &self,
-        mut answer: Value,
-        replaces: Option<&str>,
-    ) -> Result<Activation, AgentError> {
-        let (Some(iccid), Some(code)) = (
-            answer["iccid"].as_str().map(str::to_owned),
-            answer["activation_code"].as_str().map(str::to_owned),
-        ) else {
-            return Err(AgentError::Refused {
-                status: 200,
-                message: format!("paid answer without iccid/activation_code: {answer}"),
-            });
-        };
-        let token = answer
-            .as_object_mut()
-            .and_then(|o| o.remove("access_token"))
-            .and_then(|t| t.as_str().map(str::to_owned));
-        let record = SimRecord {
-            iccid: iccid.clone(),
-            access_token: token,
-            activation_code: Some(code.clone()),
-            region: answer["region"].as_str().map(str::to_owned),
-            carrier: answer["carrier"].as_str().map(str::to_owned),
-            network: answer["network"].as_str().map(str::to_owned),
-            activated_at: now(),
-            terminated: false,
-        };
-        self.state
-            .update(|s| {
-                s.sims.insert(iccid.clone(), record);
-                if let Some(old) = replaces.and_then(|id| s.sims.get_mut(id)) {
-                    old.terminated = true;
-                }
-            })
-            .map_err(local)?;
-        Ok(Activation {
-            iccid,
-            activation_code: code,
-            answer,
+        let origin = self.config.origin();
+        self.pay_and_keep(&path, target, &purpose, Some(&sim), |s, a| {
+            record_sim(s, a.body, Some(&sim.iccid), &origin)
         })
+        .await
     }
 
     /// Buy `data_mb` more for a SIM (anyone may pay a top-up: no credential is sent).
@@ -260,13 +240,14 @@ impl Agent {
             })
     }
 
-    /// The credential for a SIM route: its access token, else a wallet sign-in for `path`.
+    /// The credential for a SIM route: its access token if this facilitator issued it (a token never goes to
+    /// another one, see [`SimRecord::token_for`]), else a wallet sign-in for `path` (bound to this origin).
     fn credential(
         &self,
         sim: &SimRecord,
         path: &str,
     ) -> Result<(&'static str, String), AgentError> {
-        if let Some(t) = &sim.access_token {
+        if let Some(t) = sim.token_for(&self.config.origin()) {
             return Ok(("authorization", format!("Bearer {t}")));
         }
         let chain_id = sim
@@ -392,6 +373,52 @@ impl Agent {
     }
 }
 
+/// Keep in `state` the SIM a paid answer bought (its token out of the answer, bound to the facilitator `origin`
+/// that issued it), retiring `replaces`. Changes nothing when the answer names no SIM.
+fn record_sim(
+    state: &mut State,
+    mut answer: Value,
+    replaces: Option<&str>,
+    origin: &str,
+) -> Result<Activation, AgentError> {
+    let (Some(iccid), Some(code)) = (
+        answer["iccid"].as_str().map(str::to_owned),
+        answer["activation_code"].as_str().map(str::to_owned),
+    ) else {
+        return Err(AgentError::Refused {
+            status: 200,
+            message: format!(
+                "paid answer without iccid/activation_code (the payment is kept: run the same command again to collect it): {}",
+                redacted(&answer)
+            ),
+        });
+    };
+    let token = answer
+        .as_object_mut()
+        .and_then(|o| o.remove("access_token"))
+        .and_then(|t| t.as_str().map(str::to_owned));
+    let record = SimRecord {
+        iccid: iccid.clone(),
+        access_token: token,
+        activation_code: Some(code.clone()),
+        region: answer["region"].as_str().map(str::to_owned),
+        carrier: answer["carrier"].as_str().map(str::to_owned),
+        network: answer["network"].as_str().map(str::to_owned),
+        activated_at: now(),
+        terminated: false,
+        origin: Some(origin.to_owned()),
+    };
+    state.sims.insert(iccid.clone(), record);
+    if let Some(old) = replaces.and_then(|id| state.sims.get_mut(id)) {
+        old.terminated = true;
+    }
+    Ok(Activation {
+        iccid,
+        activation_code: code,
+        answer,
+    })
+}
+
 /// The error a non-2xx answer stands for (5xx: unavailable; else refused).
 pub fn unexpected(answer: &Answer) -> AgentError {
     if answer.status >= 500 {
@@ -468,5 +495,253 @@ mod tests {
         let e = a.sim_get(None, "/balance").await.unwrap_err();
         assert_eq!(e.exit_code(), crate::ExitCode::Usage, "no SIM yet: {e}");
         drop(socket);
+    }
+
+    fn agent_in(url: &str, state: StateDir) -> Agent {
+        let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
+        Agent::new(
+            Config::new(url, key).unwrap(),
+            SpendPolicy::default(),
+            state,
+            false,
+        )
+    }
+
+    const BUY: &str = r#"{"region": "us-west", "data_mb": 1}"#;
+
+    fn buy() -> Value {
+        serde_json::from_str(BUY).unwrap()
+    }
+
+    /// The SIM a paid answer bought is kept in the very save that ends its payment. Before, the payment was
+    /// settled (pending entry gone) in one save and the SIM recorded in a second: a failure in between lost the
+    /// activation code and token, and a re-run paid again. Here only two saves succeed (the payment recorded,
+    /// then the answer): the old code failed its third. And when the second fails, the payment stays pending and
+    /// a re-run collects the answer with the very same payment.
+    #[tokio::test]
+    async fn a_paid_sim_is_kept_in_the_same_save_that_ends_its_payment() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let f = crate::testing::facilitator(vec![(200, crate::testing::sim_answer("8901"))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let saves = std::sync::Arc::new(AtomicUsize::new(2));
+        let a = agent_in(
+            &f.url,
+            StateDir::new(dir.path()).failing_after(saves.clone()),
+        );
+        let got = a.activate(&buy()).await.unwrap();
+        assert_eq!(got.iccid, "8901");
+        assert!(got.answer.get("access_token").is_none(), "{}", got.answer);
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty(), "{st:?}");
+        assert_eq!(
+            st.sims["8901"].access_token.as_deref(),
+            Some("sim_secret_8901")
+        );
+        assert_eq!(st.spends[0].status, crate::state::SpendStatus::Settled);
+
+        // The save that ends the payment fails: it stays pending, nothing is lost.
+        let dir = tempfile::tempdir().unwrap();
+        saves.store(1, Ordering::SeqCst);
+        let a = agent_in(
+            &f.url,
+            StateDir::new(dir.path()).failing_after(saves.clone()),
+        );
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+        let st = a.state().load().unwrap();
+        assert_eq!(st.pending.len(), 1, "{st:?}");
+        assert!(st.sims.is_empty());
+        saves.store(usize::MAX, Ordering::SeqCst);
+        let got = a.activate(&buy()).await.unwrap();
+        assert_eq!(got.iccid, "8901");
+        let st = a.state().load().unwrap();
+        assert!(
+            st.pending.is_empty() && st.sims.contains_key("8901"),
+            "{st:?}"
+        );
+        let paid = f.payments();
+        assert_eq!(paid.len(), 3);
+        assert_eq!(
+            paid[1], paid[2],
+            "the same payment sent again, none signed anew"
+        );
+        assert_eq!(st.spends.len(), 1);
+    }
+
+    /// A 2xx answer naming no SIM (money moved): exit 4, the payment kept for a re-run, and the error text
+    /// without the answer's access token (it printed the whole answer before).
+    #[tokio::test]
+    async fn a_paid_answer_without_a_sim_keeps_the_payment_and_prints_no_token() {
+        let f = crate::testing::facilitator(vec![(
+            200,
+            json!({"access_token": "sim_secret_9", "nested": {"access_token": "sim_secret_9"}}),
+        )])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{e}");
+        assert!(!e.to_string().contains("sim_secret"), "{e}");
+        assert!(e.to_string().contains("without iccid"), "{e}");
+        let st = a.state().load().unwrap();
+        assert_eq!(st.pending.len(), 1, "{st:?}");
+        assert!(st.sims.is_empty());
+    }
+
+    /// A SIM's token is sent to the facilitator that issued it only, and a pending payment to the one it was
+    /// signed for: switching `--url` sent both to the new server before.
+    #[tokio::test]
+    async fn tokens_and_pending_payments_stay_with_their_facilitator() {
+        let first = crate::testing::facilitator(vec![
+            (200, crate::testing::sim_answer("8901")),
+            (500, json!({"error": {"message": "down"}})),
+        ])
+        .await;
+        let other =
+            crate::testing::facilitator(vec![(200, crate::testing::sim_answer("8902"))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&first.url, dir.path());
+        a.activate(&buy()).await.unwrap();
+        assert_eq!(
+            a.state().load().unwrap().sims["8901"].origin.as_deref(),
+            Some(first.url.as_str())
+        );
+        let b = agent(&other.url, dir.path());
+        b.sim_get(Some("8901"), "/balance").await.unwrap();
+        let asked = other.seen().pop().unwrap();
+        assert_eq!(
+            asked.header("authorization"),
+            None,
+            "no token to another server"
+        );
+        assert!(
+            asked.header("sign-in-with-x").is_some(),
+            "a wallet sign-in instead"
+        );
+        a.sim_get(Some("8901"), "/balance").await.unwrap();
+        let asked = first.seen().pop().unwrap();
+        assert_eq!(
+            asked.header("authorization"),
+            Some("Bearer sim_secret_8901"),
+            "its issuer gets it"
+        );
+
+        // A payment left pending with the first server is not sent to the other one, which is paid afresh.
+        let top_up = json!({"region": "eu-central", "data_mb": 1});
+        let e = a.activate(&top_up).await.unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: true, .. }),
+            "{e}"
+        );
+        let held = first.payments().pop().unwrap();
+        b.activate(&top_up).await.unwrap();
+        assert!(
+            !other.payments().contains(&held),
+            "the first server's payment stays there"
+        );
+        let st = a.state().load().unwrap();
+        assert_eq!(
+            st.pending.len(),
+            1,
+            "the first server's is still pending: {st:?}"
+        );
+
+        // A pending entry of an earlier agent (no origin in its key) goes to the server it was signed for only.
+        let (key, p) = st.pending.iter().next().unwrap();
+        assert!(key.starts_with(&format!("POST {}", first.url)), "{key}");
+        let legacy = format!("POST /v1/esim/activate {top_up}");
+        a.state()
+            .update(|s| {
+                s.pending.clear();
+                s.pending.insert(legacy.clone(), p.clone());
+            })
+            .unwrap();
+        let before = other.seen().len();
+        let e = b.activate(&top_up).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+        assert!(
+            e.to_string()
+                .contains(first.url.trim_start_matches("http://")),
+            "{e}"
+        );
+        assert_eq!(other.seen().len(), before, "nothing sent, nothing signed");
+        let e = a.activate(&top_up).await.unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: true, .. }),
+            "{e}"
+        );
+        assert_eq!(
+            first.payments().pop().unwrap(),
+            held,
+            "sent again to its server"
+        );
+        assert!(a.state().load().unwrap().pending.contains_key(&legacy));
+    }
+
+    /// Answers that may hide a charge keep the payment: a charge whose refund is not recorded yet (sending it
+    /// again records it), and an intermediary's 408/429/499. Before, each dropped the pending entry. A refund
+    /// that is recorded ends it.
+    #[tokio::test]
+    async fn answers_that_may_hide_a_charge_keep_the_payment() {
+        let unrecorded = json!({"error": {"message": "carrier failed; owed back"}, "charged": true,
+            "refund": {"status": "unrecorded", "error": "store down"}});
+        let f = crate::testing::facilitator(vec![
+            (409, unrecorded.clone()),
+            (502, unrecorded),
+            (408, Value::Null),
+            (429, Value::Null),
+            (499, Value::Null),
+            (
+                409,
+                json!({"error": {"message": "owed back"}, "charged": true,
+                "refund": {"status": "owed"}}),
+            ),
+        ])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        for _ in 0..5 {
+            let e = a.activate(&buy()).await.unwrap_err();
+            assert!(
+                matches!(e, AgentError::Unavailable { pending: true, .. }),
+                "{e}"
+            );
+            assert_eq!(a.state().load().unwrap().pending.len(), 1);
+        }
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{e}");
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty(), "{st:?}");
+        assert_eq!(st.spends[0].status, crate::state::SpendStatus::Unknown);
+        let paid = f.payments();
+        assert_eq!(paid.len(), 6);
+        assert!(
+            paid.iter().all(|p| *p == paid[0]),
+            "one payment, sent again"
+        );
+    }
+
+    /// Redirects are answers, not followed: a 307 would re-send the paid POST (its PAYMENT-SIGNATURE) or a
+    /// sign-in to wherever it points.
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let elsewhere =
+            crate::testing::facilitator(vec![(200, crate::testing::sim_answer("1"))]).await;
+        let to = format!("{}/v1/esim/activate", elsewhere.url);
+        let redirecting = crate::testing::Server::start(move |seen| {
+            if seen.method == "POST" && seen.header("payment-signature").is_none() {
+                return crate::testing::challenge(seen);
+            }
+            (307, vec![("location", to.clone())], Value::Null)
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&redirecting.url, dir.path());
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert!(matches!(e, AgentError::Refused { status: 307, .. }), "{e}");
+        let e = a.sim_get(Some("8901"), "/balance").await.unwrap_err();
+        assert!(matches!(e, AgentError::Refused { status: 307, .. }), "{e}");
+        assert!(elsewhere.seen().is_empty(), "{:?}", elsewhere.seen());
+        assert_eq!(redirecting.payments().len(), 1);
     }
 }

@@ -3,16 +3,19 @@
 
 use std::time::Duration;
 
+use esim402_core::auth::siwx;
 use esim402_core::paid::IN_PROGRESS;
 use esim402_core::x402::header::{
     PAYMENT_REQUIRED, PAYMENT_SIGNATURE, decode_payment_required_header,
+    decode_payment_signature_header,
 };
+use esim402_core::x402::wire::PaymentPayload;
 use serde_json::{Value, json};
 
 use super::{Agent, Answer, local, now, random, unexpected};
 use crate::error::AgentError;
 use crate::pay::{new_payment_id, sign_exact};
-use crate::state::{PendingPayment, SimRecord, Spend, SpendStatus};
+use crate::state::{PendingPayment, SimRecord, Spend, SpendStatus, State};
 
 /// How often a `settlement_pending` answer is retried with the same payment before giving up (exit 5, the
 /// payment kept for the next run).
@@ -30,6 +33,22 @@ impl Agent {
         purpose: &str,
         owner: Option<&SimRecord>,
     ) -> Result<Answer, AgentError> {
+        self.pay_and_keep(path, body, purpose, owner, |_, answer| Ok(answer))
+            .await
+    }
+
+    /// [`Agent::pay`], with `keep` recording in the state what the paid answer bought (a SIM), in the very save
+    /// that ends the payment: a failed save or a crash leaves the payment pending, so the same command run again
+    /// collects the answer again (the facilitator replays it), never a paid answer that was not kept. `keep`
+    /// changes the state only when it succeeds; when it fails the payment stays pending too.
+    pub(crate) async fn pay_and_keep<T>(
+        &self,
+        path: &str,
+        body: &Value,
+        purpose: &str,
+        owner: Option<&SimRecord>,
+        keep: impl FnOnce(&mut State, Answer) -> Result<T, AgentError>,
+    ) -> Result<T, AgentError> {
         let credential = |extra: Option<(&'static str, String)>| {
             let mut headers = Vec::new();
             if let Some(sim) = owner {
@@ -38,9 +57,12 @@ impl Agent {
             headers.extend(extra);
             Ok::<_, AgentError>(headers)
         };
-        let key = format!("POST {path} {body}");
+        let origin = self.config.origin();
         let state = self.state.load().map_err(local)?;
-        let (payment_id, header) = match state.pending.get(&key) {
+        // Keyed by the facilitator too: a payment signed for one facilitator is sent again to that one only
+        // (another could use the authorization without delivering anything).
+        let (key, pending) = pending_for(&state, &origin, path, body)?;
+        let (payment_id, header) = match pending {
             Some(p) => {
                 self.say(&format!(
                     "sending again the payment {} still pending for this request (never paid twice)",
@@ -141,10 +163,15 @@ impl Agent {
             match answer.status {
                 200..=299 => {
                     let tx = answer.body["transaction"].as_str().map(str::to_owned);
-                    self.state
-                        .update(|s| s.settled(&key, &payment_id, tx))
+                    // One save: what was bought, and the payment settled (see `pay_and_keep`).
+                    return self
+                        .state
+                        .update(|s| {
+                            let kept = keep(s, answer)?;
+                            s.settled(&key, &payment_id, tx);
+                            Ok(kept)
+                        })
                         .map_err(local)?;
-                    return Ok(answer);
                 }
                 402 if code == "settlement_pending" => {
                     let wait = answer
@@ -197,6 +224,32 @@ impl Agent {
                         pending: true,
                     });
                 }
+                // Charged, and the refund it is owed not recorded yet: sending the same payment again records it
+                // (the facilitator resumes the attempt), so it is kept.
+                _ if answer.body["charged"] == json!(true)
+                    && answer.body["refund"]["status"] == json!("unrecorded") =>
+                {
+                    return Err(AgentError::Unavailable {
+                        message: format!(
+                            "the facilitator charged this payment and has not recorded its refund yet ({}): {}",
+                            answer.status,
+                            answer.message()
+                        ),
+                        pending: true,
+                    });
+                }
+                // A timeout or throttling, most likely from something between us and the facilitator (408, 429,
+                // nginx's 499): the payment may have landed, and only it collects the answer then.
+                408 | 429 | 499 => {
+                    return Err(AgentError::Unavailable {
+                        message: format!(
+                            "the request timed out or was throttled ({}): {}",
+                            answer.status,
+                            answer.message()
+                        ),
+                        pending: true,
+                    });
+                }
                 // Kept even once the authorization has expired: an attempt that got as far as an order is
                 // resumed and completed by the facilitator, and the same payment collects its answer.
                 500.. => {
@@ -231,5 +284,42 @@ impl Agent {
             Some(budget) => budget.release(payment_id).map_err(local),
             None => Ok(()),
         }
+    }
+}
+
+/// The pending-payment key of `POST <path> <body>` on the facilitator `origin`, and the payment pending for it.
+///
+/// A key written before keys named the facilitator (`POST <path> <body>`) has no origin of its own; its signed
+/// payment does name the resource it pays for (the URL the facilitator saw). It is sent again only to that
+/// resource's host: to any other facilitator this is an error, and no new payment is signed for the request
+/// either (it could pay twice); running the command with the facilitator it was made for collects it.
+fn pending_for(
+    state: &State,
+    origin: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(String, Option<PendingPayment>), AgentError> {
+    let key = format!("POST {origin}{path} {body}");
+    if let Some(p) = state.pending.get(&key) {
+        return Ok((key, Some(p.clone())));
+    }
+    let legacy = format!("POST {path} {body}");
+    let Some(p) = state.pending.get(&legacy) else {
+        return Ok((key, None));
+    };
+    let signed_for = decode_payment_signature_header(&p.header)
+        .ok()
+        .and_then(|payload| match payload {
+            PaymentPayload::V2(v2) => v2.resource.map(|r| r.url),
+            PaymentPayload::V1(_) => None,
+        });
+    let host = |url: &str| siwx::origin_of(url).map(|(_, host)| host.to_ascii_lowercase());
+    match signed_for.as_deref().and_then(host) {
+        Some(h) if Some(&h) == host(origin).as_ref() => Ok((legacy, Some(p.clone()))),
+        other => Err(AgentError::Local(format!(
+            "the payment {} for this request, signed by an earlier esim402-agent, is still pending for {}; it is not sent to {origin}, and no new one is signed (it could pay twice): run the command with --url of that facilitator to collect it",
+            p.payment_id,
+            other.as_deref().unwrap_or("an unknown facilitator")
+        ))),
     }
 }

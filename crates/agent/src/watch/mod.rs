@@ -30,7 +30,7 @@ use crate::client::{Agent, unexpected};
 use crate::error::AgentError;
 use crate::state::SimRecord;
 use audit::{Audit, Finding, LowBalance, SimView, on_low_balance};
-use plan::next_move;
+use plan::{Switches, next_move};
 use signal::{Thresholds, Tracker, parse_line};
 
 /// Receipts per log page (the facilitator's maximum).
@@ -70,6 +70,8 @@ pub struct WatchSettings {
     pub catalog: Catalog,
     /// Stop after this many ticks.
     pub ticks: Option<u64>,
+    /// The most switches per UTC day (each is paid), default [`plan::MAX_SWITCHES_PER_DAY`].
+    pub max_switches_per_day: u32,
 }
 
 /// Something worth telling: one line of output each.
@@ -340,6 +342,8 @@ pub struct Watcher<'a> {
     tracker: Tracker,
     /// The readings of the tick that last moved the SIM, until the source says something else.
     moved_on: Option<Moved>,
+    /// The switches made so far (their daily limit, the carriers not to go back to yet).
+    switches: Switches,
     sim: SimRecord,
     emit: Box<dyn FnMut(&Event) + 'a>,
 }
@@ -356,6 +360,7 @@ impl<'a> Watcher<'a> {
             agent,
             tracker: Tracker::new(settings.thresholds),
             moved_on: None,
+            switches: Switches::default(),
             settings,
             sim,
             emit: Box::new(emit),
@@ -501,17 +506,24 @@ impl<'a> Watcher<'a> {
                     .unwrap_or_default()
             ),
         };
-        let to = next_move(
-            &trigger,
-            &carrier,
-            &region,
-            &self.settings.catalog,
-            &self.settings.carriers,
-        )
-        .map_err(|e| AgentError::Refused {
-            status: 0,
-            message: format!("{reason}, but {e}"),
-        });
+        let at = now();
+        let to = self
+            .switches
+            .check(at, self.settings.max_switches_per_day)
+            .and_then(|()| {
+                next_move(
+                    &trigger,
+                    &carrier,
+                    &region,
+                    &self.settings.catalog,
+                    &self.settings.carriers,
+                    &self.switches.avoided(at),
+                )
+            })
+            .map_err(|e| AgentError::Refused {
+                status: 0,
+                message: format!("{reason}, but {e}"),
+            });
         let to = match to {
             Ok(m) => m,
             Err(e) => {
@@ -529,6 +541,7 @@ impl<'a> Watcher<'a> {
         });
         let from = self.sim.iccid.clone();
         let moved = self.agent.switch(Some(&from), &to.body()).await?;
+        self.switches.record(at, carrier);
         self.sim = self.agent.sim(Some(&moved.iccid))?;
         self.tracker.reset();
         self.moved_on = Some(Moved {
