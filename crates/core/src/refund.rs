@@ -89,21 +89,23 @@ pub struct Refund {
     /// front-run, named by its own transaction by an earlier build): what [`Refund::to_check`] reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_by: Option<String>,
-    /// When the payment was claimed here (unix seconds): a refund sent more than [`REORG_HORIZON_SECS`] later
-    /// does not read its payment again. Absent on records from before (then it is read).
+    /// When the payment was claimed here (unix seconds): a refund owed more than [`REORG_HORIZON_SECS`] later
+    /// does not read its payment again. Absent on records from before (then it is not read, as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paid_at: Option<u64>,
 }
 
-/// How long after a payment was claimed a reorganisation may still take it: a refund sent later does not read
-/// the payment's receipt again (a node may have pruned the lookup of old transactions, and would then hold
-/// the refund forever).
+/// How long after a payment was claimed a reorganisation may still take it: a refund owed later (a terminate's
+/// unused data, months on) does not read the payment's receipt again, which a node may have pruned the lookup
+/// of (and would then hold the refund forever). One owed sooner is read before every send, however long it
+/// waits: a payment a reorganisation took is never paid back.
 pub const REORG_HORIZON_SECS: u64 = 86_400;
 
 /// How long after a refund's event (owed: its `created_at`; paid: its `updated_at`) a repeat of that event
-/// may be logged: by then the request that recorded it has logged it or stopped for good (a payment's whole
-/// drive fits in [`crate::paid::LEASE_SECS`], a refund run in its settlement wait), so a repeat never races the
-/// original append and the ledger's repeat check (`crate::ledger::not_yet_logged`) sees what that one logged.
+/// may be logged: by then the request that recorded it has logged it or stopped for good (a payment logs a
+/// refund it owes right after owing it, well within a [`crate::paid::LEASE_SECS`] lease of its own; a refund run
+/// within its settlement wait), so a repeat never races the original append and the ledger's repeat check
+/// (`crate::ledger::not_yet_logged`) sees what that one logged.
 pub const RELOG_AFTER_SECS: u64 = crate::paid::LEASE_SECS;
 
 impl Refund {
@@ -198,14 +200,12 @@ impl Refund {
         self
     }
 
-    /// The transaction whose receipt must still stand before this refund is sent at `now`
-    /// ([`payment_stands`]): the one that moved the payment's money; none when the refund names no payment
-    /// (records from before), or when the payment was claimed more than [`REORG_HORIZON_SECS`] ago.
-    pub fn to_check(&self, now: u64) -> Option<alloy_primitives::B256> {
-        if self
-            .paid_at
-            .is_some_and(|at| now >= at.saturating_add(REORG_HORIZON_SECS))
-        {
+    /// The transaction whose receipt must still stand before this refund is sent ([`payment_stands`]): the one
+    /// that moved the payment's money; none when the refund was owed more than [`REORG_HORIZON_SECS`] after
+    /// the payment was claimed, or for records from before that say neither when nor which.
+    pub fn to_check(&self) -> Option<alloy_primitives::B256> {
+        let at = self.paid_at?;
+        if self.created_at >= at.saturating_add(REORG_HORIZON_SECS) {
             return None;
         }
         self.moved_by
@@ -539,7 +539,7 @@ mod tests {
     #[test]
     fn a_refund_reads_the_transaction_that_moved_its_money_while_a_reorg_could_take_it() {
         let t = |b: u8| alloy_primitives::B256::repeat_byte(b);
-        let owed = || {
+        let owed_at = |created_at: u64| {
             Refund::owed(
                 "inv_a",
                 "0xp",
@@ -547,26 +547,31 @@ mod tests {
                 "eip155:1",
                 "0xa",
                 "why",
-                10,
+                created_at,
             )
             .for_payment(t(1))
         };
-        // Records from before: the named payment, whenever.
-        assert_eq!(owed().to_check(1_000_000), Some(t(1)));
-        let ours = owed().settled_by(Some(t(1)), 100);
-        assert_eq!(ours.moved_by, None);
-        assert_eq!(ours.to_check(100), Some(t(1)));
-        assert_eq!(ours.to_check(100 + REORG_HORIZON_SECS - 1), Some(t(1)));
-        assert_eq!(ours.to_check(100 + REORG_HORIZON_SECS), None);
-        let front_run = owed().settled_by(Some(t(2)), 100);
+        // Records from before: not read, as before.
+        assert_eq!(owed_at(10).to_check(), None);
+        // Owed soon after the payment: read before every send, however long the refund waits (a review found
+        // that skipping the read a day on paid back a payment a reorganisation took).
+        let soon = owed_at(150).settled_by(Some(t(1)), 100);
+        assert_eq!(soon.moved_by, None);
+        assert_eq!(soon.to_check(), Some(t(1)));
+        let edge = owed_at(100 + REORG_HORIZON_SECS - 1).settled_by(Some(t(1)), 100);
+        assert_eq!(edge.to_check(), Some(t(1)));
+        // Owed long after it (a terminate's unused data): a node may have pruned the lookup; not read.
+        let late = owed_at(100 + REORG_HORIZON_SECS).settled_by(Some(t(1)), 100);
+        assert_eq!(late.to_check(), None);
+        let front_run = owed_at(150).settled_by(Some(t(2)), 100);
         assert_eq!(front_run.moved_by, Some(format!("{:#x}", t(2))));
-        assert_eq!(front_run.to_check(150), Some(t(2)));
+        assert_eq!(front_run.to_check(), Some(t(2)));
         // What `returns_other` compares is still the named payment.
         assert!(!front_run.returns_other(t(1)));
         let json = serde_json::to_value(&front_run).unwrap();
         let back: Refund = serde_json::from_value(json).unwrap();
         assert_eq!(back, front_run);
-        let old = serde_json::to_value(owed()).unwrap();
+        let old = serde_json::to_value(owed_at(10)).unwrap();
         assert!(
             old.get("moved_by").is_none() && old.get("paid_at").is_none(),
             "{old}"

@@ -62,10 +62,10 @@ fn transfer_of(refund: &Refund, chain: &Chain) -> Result<Transfer, String> {
 }
 
 /// Whether the payment `refund` returns still stands on `chain` (kernel `refund::payment_stands`): read again
-/// before every send while a reorganisation could still take it (kernel `Refund::to_check`), so one since the
-/// refund was owed cannot have it pay back money that never stayed.
-async fn payment_stands(chain: &Chain, refund: &Refund, now: u64) -> Result<(), String> {
-    let Some(hash) = refund.to_check(now) else {
+/// before every send of a refund owed while a reorganisation could still take it (kernel `Refund::to_check`),
+/// so one since the refund was owed cannot have it pay back money that never stayed.
+async fn payment_stands(chain: &Chain, refund: &Refund) -> Result<(), String> {
+    let Some(hash) = refund.to_check() else {
         return Ok(());
     };
     let (receipt, head) = chain.receipt_and_head(hash, true, CALL_TIMEOUT).await;
@@ -136,7 +136,7 @@ pub async fn pay_one(
         Ok(t) => t,
         Err(e) => return Step::Failed(e),
     };
-    if let Err(e) = payment_stands(chain, &refund, now).await {
+    if let Err(e) = payment_stands(chain, &refund).await {
         return Step::Failed(e);
     }
     let holder = match util::holder_token() {
