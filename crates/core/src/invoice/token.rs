@@ -447,6 +447,13 @@ mod tests {
             "{}",
             id.as_str().len()
         );
+        // Every built-in network at once (what an invoice offers when they are all enabled and the client
+        // names none), and a client may name them all.
+        let builtin = crate::x402::networks::Networks::builtin();
+        assert!(builtin.iter().count() <= crate::activation::MAX_CHAINS);
+        t.networks = builtin.iter().map(|n| n.network).collect();
+        let id = seal(&t, &key()).unwrap();
+        assert!(InvoiceId::parse(id.as_str()).is_ok());
         t.networks = (0..60u64)
             .map(|i| Network::parse(&format!("eip155:{}", u64::MAX - i)).unwrap())
             .collect();
