@@ -4,8 +4,10 @@
 //! (verify → dispatch → settle), so racing duplicates of one payment get a terminal "already settled" while
 //! the winner works, and the winner's answer is stored for replay (`payment-identifier`).
 //!
-//! One lease rule for the whole drive: [`LEASE_SECS`], after which the *same* payment may take over; a
-//! different payment never may while this one is working or resumable.
+//! One lease rule: a driver holds the record for [`LEASE_SECS`] and renews it before an order or a settlement
+//! the lease no longer covers ([`lease_covers`], [`PaymentRecord::renew`]); past the lease the *same* payment
+//! may take over, and the old driver stops at its next renewal. A different payment never may take over while
+//! this one is working or resumable.
 //!
 //! A payment is identified by its [`fingerprint`]: keccak-256 over the decoded payload's canonical JSON (or
 //! the lower-case transaction hash of a tx-hash proof), so two encodings of one payment are the same payment.
@@ -33,9 +35,10 @@ const _: () = assert!(MAX_DISPATCH_BUDGET_SECS + MAX_SETTLEMENT_WAIT_SECS + 20 <
 /// The most an order may take once it starts (the dispatch budget, and the calls around it): a driver whose
 /// lease would end sooner renews it first ([`lease_covers`], [`PaymentRecord::renew`]).
 pub const ORDER_PHASE_SECS: u64 = MAX_DISPATCH_BUDGET_SECS + 10;
-/// The most a settlement may take once it starts: the chain reads of a tx-hash proof or an `exact`
-/// settlement's send (one batch, our lost transactions offered again, the broadcast: 10 s per call) and the
-/// wait for its receipt.
+/// The most a settlement may take once it starts, as estimated: the chain reads of a tx-hash proof or an
+/// `exact` settlement's send (one batch, our lost transactions offered again, the broadcast: 10 s per call)
+/// and the wait for its receipt. An estimate, not a deadline: a send that offers many lost transactions
+/// again to a slow node can take longer.
 pub const SETTLE_PHASE_SECS: u64 = MAX_SETTLEMENT_WAIT_SECS + 40;
 const _: () = assert!(ORDER_PHASE_SECS < LEASE_SECS && SETTLE_PHASE_SECS < LEASE_SECS);
 

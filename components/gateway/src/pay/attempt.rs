@@ -126,6 +126,10 @@ impl Attempt<'_> {
                 (wit::PaymentEnd::Resume, self.pending(&tx, &payer))
             }
             Err(wit::Error::PaymentRequired(reason)) => {
+                // The settlement may have taken long: the withdrawal is this driver's only while it holds.
+                if let Err(stop) = self.keep_lease(paid::ORDER_PHASE_SECS).await {
+                    return stop;
+                }
                 self.withdraw(order, &sim, &payer, &reason).await;
                 (wit::PaymentEnd::Done, self.settle_failed(&reason, &payer))
             }
@@ -134,6 +138,9 @@ impl Attempt<'_> {
             // was claimed or sent): no money moves, so this invoice gets nothing, and neither does its profile.
             Err(e @ (wit::Error::Conflict(_) | wit::Error::Expired(_))) => {
                 let e = from_wit(e);
+                if let Err(stop) = self.keep_lease(paid::ORDER_PHASE_SECS).await {
+                    return stop;
+                }
                 self.withdraw(order, &sim, &payer, &e.message).await;
                 (wit::PaymentEnd::Done, stored_error(&e))
             }
