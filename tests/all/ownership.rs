@@ -279,6 +279,34 @@ async fn a_malformed_switch_does_not_use_up_the_sign_in() {
         )
         .await;
     assert_eq!(status, 401, "{e}");
+    // The quota route likewise: a malformed body leaves the sign-in for the corrected request.
+    let path = format!("/v1/esim/{iccid}/data");
+    let signed = s.sign_in(&path);
+    let (status, _, e) = s
+        .post(
+            &path,
+            &json!({"quota_kb": "lots"}),
+            &[("sign-in-with-x", signed.clone())],
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("quota_kb")),
+        "{e}"
+    );
+    let (status, _, grant) = s
+        .post(
+            &path,
+            &json!({"quota_kb": 100}),
+            &[("sign-in-with-x", signed)],
+        )
+        .await;
+    assert_eq!(status, 200, "{grant}");
+    assert_eq!(
+        (grant["status"].as_str(), grant["granted_kb"].as_u64()),
+        (Some("granted"), Some(100)),
+        "{grant}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

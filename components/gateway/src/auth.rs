@@ -47,16 +47,7 @@ pub async fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credent
 
 /// The SIM, if the request proves it manages it.
 pub async fn owner(req: &Request, iccid: &str) -> Result<wit::Sim, ApiError> {
-    authorize(req, iccid, false).await
-}
-
-/// The SIM, if the request comes from its owner or its carrier (online charging asks for quota).
-pub async fn owner_or_carrier(req: &Request, iccid: &str) -> Result<wit::Sim, ApiError> {
-    authorize(req, iccid, true).await
-}
-
-async fn authorize(req: &Request, iccid: &str, carrier_too: bool) -> Result<wit::Sim, ApiError> {
-    let credential = credential(req, carrier_too).await?;
+    let credential = credential(req, false).await?;
     open(iccid, credential).await
 }
 

@@ -85,7 +85,9 @@ pub async fn recover_held() -> usize {
 /// it once and gets its grant. Paying is never gated: a request with a payment, or one without a credential
 /// that names `top_up_mb`, is a top-up anyone may buy for any SIM (its 402 shows the price, not the balance).
 pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
-    let owner = crate::auth::owner_or_carrier(&req, iccid).await;
+    // The credential is read now, but used (a wallet sign-in's nonce claimed) only once the body is known
+    // good: a malformed request must not use up the caller's sign-in.
+    let credential = crate::auth::credential(&req, true).await;
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
@@ -96,6 +98,10 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         invoice_id: body_invoice,
         payer,
     } = QuotaRequest::parse(&body)?;
+    let owner = match credential {
+        Ok(c) => crate::auth::open(iccid, c).await,
+        Err(e) => Err(e),
+    };
     let offered = top_up_mb.unwrap_or(TOP_UP_SIZES_MB[0]);
     let payer = &payer;
     let quote = |mb: u32| async move {
