@@ -1252,6 +1252,19 @@ async fn a_paid_tx_hash_whose_activation_fails_is_refunded_by_the_refund_job() {
     assert_eq!(failed["charged"], true);
     assert_eq!(failed["refund"]["status"], "owed", "{failed}");
     assert_eq!(failed["refund"]["amount"], sent.to_string(), "{failed}");
+    // The ledger says what came in, as well as the invoice's amount.
+    let verified: Vec<Value> = s
+        .ledger_entries()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "payment_verified" && e["invoice_id"] == id.as_str())
+        .collect();
+    assert_eq!(verified.len(), 1, "{verified:?}");
+    assert_eq!(
+        verified[0]["details"]["transferred"], "1.42",
+        "{}",
+        verified[0]
+    );
     let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
     assert_eq!(inv["status"], "refunded");
     // The admin endpoint needs its token.

@@ -218,10 +218,15 @@ impl Record {
     /// The same record, noting that the transfer moved `value` atomic units, when known
     /// ([`Record::paid_amount`]; not noted above `u64::MAX`).
     pub fn with_paid_amount(mut self, value: Option<alloy_primitives::U256>) -> Self {
-        self.paid_amount = value
-            .and_then(|v| u64::try_from(v).ok())
-            .map(UsdcAmount::from_micros);
+        self.paid_amount = Self::default_paid_amount(value);
         self
+    }
+
+    /// `value` atomic units as [`Record::paid_amount`] notes them: none above `u64::MAX`.
+    pub fn default_paid_amount(value: Option<alloy_primitives::U256>) -> Option<UsdcAmount> {
+        value
+            .and_then(|v| u64::try_from(v).ok())
+            .map(UsdcAmount::from_micros)
     }
 
     /// Whether this confirmed record pays its invoice: confirmed and not a [`Record::late_transfer`].

@@ -17,6 +17,7 @@ use crate::{from_wit, invoices, now, verifier};
 
 mod credit;
 mod late;
+mod lease;
 
 /// An attempt answers with its [`Answers`] and collects its ledger events: they are appended together (one
 /// run in the invoice's shard, one head advance) after verification and at the end ([`Attempt::flush`]).
@@ -45,24 +46,6 @@ impl<'a> Attempt<'a> {
             resumed: driver.resumed,
             holder: driver.holder.clone(),
             lease_until: std::cell::Cell::new(driver.lease_until),
-        }
-    }
-
-    /// Before a phase of up to `phase_secs` (an order, a settlement): renew the lease on the payment record if
-    /// it no longer covers the phase, so no duplicate of this payment takes it over meanwhile. An attempt that
-    /// lost it (a duplicate took over after the lease ran out) stops here, before the phase's effects: the
-    /// duplicate drives the payment, and this request gets its 409.
-    async fn keep_lease(&self, phase_secs: u64) -> Result<(), (wit::PaymentEnd, StoredResponse)> {
-        let at = now();
-        if paid::lease_covers(self.lease_until.get(), at, phase_secs) {
-            return Ok(());
-        }
-        match invoices::renew_payment(self.invoice.id.clone(), self.holder.clone(), at).await {
-            Ok(until) => {
-                self.lease_until.set(until);
-                Ok(())
-            }
-            Err(e) => Err((wit::PaymentEnd::Resume, stored_error(&from_wit(e)))),
         }
     }
 
@@ -264,10 +247,12 @@ impl Attempt<'_> {
             if self.proof.kind == super::Kind::TxHash {
                 *self.found_on.borrow_mut() = Some(v.network.clone());
             }
-            self.note(
-                EntryKind::PaymentVerified,
-                self.fields().payer(v.payer.clone()),
-            );
+            let mut fields = self.fields().payer(v.payer.clone());
+            // A transfer above the invoice's amount: the ledger says what came in (a refund returns it whole).
+            if let Some(moved) = v.transferred.filter(|t| *t > self.invoice.amount) {
+                fields = fields.detail("transferred", UsdcAmount::from_micros(moved).to_string());
+            }
+            self.note(EntryKind::PaymentVerified, fields);
         }
         self.flush().await;
         match verified {

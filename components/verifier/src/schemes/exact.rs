@@ -102,6 +102,7 @@ fn verified(payer: alloy_primitives::Address, p: &Payment) -> wit::Verified {
         network: p.chain.network.caip2(),
         at: p.now,
         proof: p.fingerprint.clone(),
+        transferred: None,
     }
 }
 

@@ -734,6 +734,7 @@ pub(crate) fn verified() -> types::Verified {
         at: now(),
         // Not the proof's fingerprint: settle recovers the signature itself.
         proof: String::new(),
+        transferred: None,
     }
 }
 

@@ -18,6 +18,7 @@
 //! nothing is ever released.
 
 use alloy_primitives::{Address, B256, U256};
+use esim402_core::UsdcAmount;
 use esim402_core::chain::parse_address;
 use esim402_core::evm::proof_signature::{self, ProofSignatureError};
 use esim402_core::evm::quantity::parse_b256;
@@ -192,13 +193,14 @@ impl Context {
         }
     }
 
-    /// What `verify` established: the transfer pays the invoice on `network`.
-    fn verified(&self, network: String) -> wit::Verified {
+    /// What `verify` established: the transfer pays the invoice on `network`, moving `transferred` (when known).
+    fn verified(&self, network: String, transferred: Option<UsdcAmount>) -> wit::Verified {
         wit::Verified {
             payer: self.payer.to_checksum(None),
             network,
             at: self.now,
             proof: fingerprint(self.hash),
+            transferred: transferred.map(UsdcAmount::micros),
         }
     }
 }
@@ -226,14 +228,19 @@ impl Scheme for TxHash {
     ) -> Result<wit::Verified, wit::Error> {
         let c = Context::load(inv, proof, None).await?;
         match c.existing().await? {
-            Existing::Own(r) if r.pays_invoice() => return Ok(c.verified(r.network)),
+            Existing::Own(r) if r.pays_invoice() => {
+                return Ok(c.verified(r.network, r.paid_amount));
+            }
             Existing::Own(r) if r.late_transfer => return Err(c.late()),
             Existing::Own(_) | Existing::None => {}
             Existing::Elsewhere => return Err(already_settled()),
         }
         check_not_ended(&c.invoice)?;
         match c.prove().await? {
-            Proof::Paid(network, _) => Ok(c.verified(network)),
+            Proof::Paid(network, paid) => {
+                let transferred = Record::default_paid_amount(paid);
+                Ok(c.verified(network, transferred))
+            }
             // Not final: the same proof sent again once the transfer is mined and buried pays.
             Proof::NotYet => Err(rejected(InvalidReason::SettlementPending)),
             Proof::Late => Err(c.late()),
