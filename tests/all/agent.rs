@@ -804,8 +804,43 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
         "{e}"
     );
     assert_eq!(s.balance(agent()).await, start - U256::from(price.micros()));
-    // Another device has its own budget.
-    assert_eq!(activate("pump-2").await.unwrap().status(), 200);
+    // Another device has its own budget. It buys with the query form, labelled with its own X-Agent-ID, and
+    // reads its SIM back through the proxy with the SIM's own token: the device's headers reach the app.
+    let r = http
+        .get(format!(
+            "{}/v1/esim/activate?region=us-west&data_mb=10",
+            proxy.url
+        ))
+        .header("x-device-id", "pump-2")
+        .header("x-agent-id", "pump-2-label")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bought: Value = r.json().await.unwrap();
+    let iccid = bought["iccid"].as_str().unwrap();
+    let token = bought["access_token"].as_str().unwrap();
+    let sim: Value = http
+        .get(format!("{}/v1/esim/{iccid}", proxy.url))
+        .header("x-device-id", "pump-2")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sim["agent_id"], "pump-2-label", "{sim}");
+    // A device never pays itself through the proxy: its payment header is refused, nothing forwarded or paid.
+    let r = http
+        .post(format!("{}/v1/esim/activate", proxy.url))
+        .header("x-device-id", "pump-4")
+        .header("payment-signature", "eyJ4IjoxfQ==")
+        .json(&json!({"region": "us-west", "data_mb": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     // A third device is within its own budget, but the wallet's cap is spent: 403, nothing paid.
     let r = activate("pump-3").await.unwrap();
     assert_eq!(r.status(), 403);

@@ -39,10 +39,13 @@ pub fn new_payment_id(random: [u8; 16]) -> PaymentId {
     PaymentId::parse(&format!("pay_{}", hex::encode(random))).expect("valid payment id")
 }
 
-/// Sign `req` (one entry of a 402's `accepts`) for `resource`.
+/// Sign `req` (one entry of a 402's `accepts`) for `resource`, under `domain`: the one the spend policy approved
+/// ([`crate::policy::Approval`]), never the offer's `extra` as such, which a facilitator chooses. It must name
+/// the offer's token and chain.
 pub fn sign_exact(
     key: &WalletKey,
     req: &PaymentRequirements,
+    domain: &TokenDomain,
     resource: Option<&Resource>,
     now: u64,
     nonce: [u8; 32],
@@ -58,11 +61,13 @@ pub fn sign_exact(
         .asset
         .parse()
         .map_err(|_| bad("asset is not an address"))?;
+    if domain.verifying_contract != asset || domain.chain_id != network.chain_id().0 {
+        return Err(bad(
+            "the approved EIP-712 domain is not the offer's token and chain",
+        ));
+    }
     let value = esim402_core::x402::exact::parse_decimal_u256(&req.amount)
         .ok_or_else(|| bad("amount is not a decimal integer"))?;
-    let (Some(name), Some(version)) = (req.eip712_name(), req.eip712_version()) else {
-        return Err(bad("no EIP-712 domain in `extra`"));
-    };
     let timeout = req
         .max_timeout_seconds
         .min(esim402_core::x402::MAX_TIMEOUT_SECONDS);
@@ -75,13 +80,7 @@ pub fn sign_exact(
         valid_before: U256::from(valid_before),
         nonce: B256::from(nonce),
     };
-    let domain = TokenDomain {
-        name: name.to_owned(),
-        version: version.to_owned(),
-        chain_id: network.chain_id().0,
-        verifying_contract: asset,
-    };
-    let signature = sign_authorization(key.signing_key(), &auth, &domain)
+    let signature = sign_authorization(key.signing_key(), &auth, domain)
         .map_err(|e| SignError(e.to_string()))?;
     let mut extensions = Map::new();
     extensions.insert(
@@ -128,9 +127,15 @@ mod tests {
             max_timeout_seconds: 3_600,
             extra: Some(Extra::eip712("USD Coin", "2")),
         };
+        let domain = TokenDomain {
+            name: "USD Coin".into(),
+            version: "2".into(),
+            chain_id: 31337,
+            verifying_contract: req.asset.parse().unwrap(),
+        };
         let id = new_payment_id([7; 16]);
         assert_eq!(id.as_str(), format!("pay_{}", "07".repeat(16)));
-        let signed = sign_exact(&key, &req, None, 1_000, [9; 32], &id).unwrap();
+        let signed = sign_exact(&key, &req, &domain, None, 1_000, [9; 32], &id).unwrap();
         assert_eq!(
             signed.valid_before, 1_300,
             "capped at the x402 maximum timeout"
@@ -142,12 +147,6 @@ mod tests {
         };
         assert_eq!(v2.accepted, req);
         let signed_auth = SignedAuthorization::parse(&v2.payload).unwrap();
-        let domain = TokenDomain {
-            name: "USD Coin".into(),
-            version: "2".into(),
-            chain_id: 31337,
-            verifying_contract: req.asset.parse().unwrap(),
-        };
         let hash = signed_auth.authorization.signing_hash(&domain);
         assert_eq!(
             recover_signer(hash, &signed_auth.signature).unwrap(),
@@ -157,11 +156,54 @@ mod tests {
         // The same inputs sign the same payment (what a retry relies on is the stored header, but
         // determinism keeps tests honest).
         assert_eq!(
-            sign_exact(&key, &req, None, 1_000, [9; 32], &id).unwrap(),
+            sign_exact(&key, &req, &domain, None, 1_000, [9; 32], &id).unwrap(),
             signed
         );
-        let mut no_domain = req;
-        no_domain.extra = None;
-        assert!(sign_exact(&key, &no_domain, None, 1_000, [9; 32], &id).is_err());
+    }
+
+    /// The payment is signed under the domain the policy approved, whatever the offer's `extra` says; a domain
+    /// of another token or chain is refused. Before, the domain's name and version were the offer's own.
+    #[test]
+    fn the_approved_domain_is_signed_under_not_the_offers() {
+        let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
+        let usdc = esim402_core::x402::networks::Networks::builtin()
+            .lookup("base")
+            .unwrap();
+        let req = PaymentRequirements {
+            scheme: "exact".into(),
+            network: "eip155:8453".into(),
+            amount: "1".into(),
+            asset: usdc.usdc.to_string(),
+            pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
+            max_timeout_seconds: 60,
+            extra: Some(Extra::eip712("Not USD Coin", "9")),
+        };
+        let id = new_payment_id([1; 16]);
+        let domain = usdc.token_domain();
+        let signed = sign_exact(&key, &req, &domain, None, 0, [2; 32], &id).unwrap();
+        let PaymentPayload::V2(v2) = decode_payment_signature_header(&signed.header).unwrap()
+        else {
+            panic!("v2")
+        };
+        let auth = SignedAuthorization::parse(&v2.payload).unwrap();
+        assert_eq!(
+            recover_signer(auth.authorization.signing_hash(&domain), &auth.signature).unwrap(),
+            key.address(),
+            "signed under the registry's domain"
+        );
+        for other in [
+            TokenDomain {
+                verifying_contract: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+                    .parse()
+                    .unwrap(),
+                ..domain.clone()
+            },
+            TokenDomain {
+                chain_id: 1,
+                ..domain.clone()
+            },
+        ] {
+            assert!(sign_exact(&key, &req, &other, None, 0, [2; 32], &id).is_err());
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The spend policy: what the agent may pay, checked against every offer before anything is signed.
 //!
-//! A TOML file (all keys optional; an absent list allows anything):
+//! A TOML file (all keys optional):
 //!
 //! ```toml
 //! max_per_payment_usdc = "1.00"     # one payment at most this much
@@ -11,11 +11,21 @@
 //! ```
 //!
 //! Without a file the defaults apply: at most [`DEFAULT_MAX_PER_PAYMENT`] per payment and
-//! [`DEFAULT_MAX_PER_DAY`] per day, any network, asset and recipient. A refusal names the rule it broke.
+//! [`DEFAULT_MAX_PER_DAY`] per day, any recipient. A refusal names the rule it broke.
+//!
+//! Every amount is read as micro-USDC, so which token is paid matters as much as how much: without an
+//! `assets` list, only the USDC contract the kernel's network registry ([`Networks::builtin`]) names for the
+//! offer's network is paid, signed under the registry's EIP-712 domain (an offer naming another domain is
+//! refused). Otherwise a facilitator could ask for `amount` units of any EIP-3009 token the wallet holds, one
+//! with fewer decimals or a higher unit value. A network the registry does not know is refused unless
+//! `networks` lists it (and then, having no registry USDC, only a token `assets` lists is paid there). A token
+//! `assets` lists is the operator's word: it is paid on any allowed network, under the domain the offer names.
 
 use std::path::Path;
 
 use alloy_primitives::Address;
+use esim402_core::x402::domain::TokenDomain;
+use esim402_core::x402::networks::Networks;
 use esim402_core::x402::wire::PaymentRequirements;
 use esim402_core::{Network, UsdcAmount};
 use serde::Deserialize;
@@ -35,10 +45,10 @@ pub struct SpendPolicy {
     /// The most all payments signed since 00:00 UTC may cost together.
     #[serde(default = "default_per_day")]
     pub max_per_day_usdc: UsdcAmount,
-    /// Allowed networks (`None`: any).
+    /// Allowed networks (`None`: any the kernel's network registry knows).
     #[serde(default)]
     pub networks: Option<Vec<String>>,
-    /// Allowed token contracts (`None`: any).
+    /// Allowed token contracts (`None`: the registry's USDC of the offer's network, under its EIP-712 domain).
     #[serde(default)]
     pub assets: Option<Vec<String>>,
     /// Allowed recipients (`None`: any).
@@ -100,9 +110,50 @@ pub enum PolicyRefusal {
     /// The asset is not in `assets`.
     #[error("assets: {0} is not an allowed asset")]
     Asset(String),
+    /// A network the kernel's registry does not know, and `networks` does not list.
+    #[error(
+        "networks: {0} is not in the network registry; list it in `networks` (and its token in `assets`) to allow it"
+    )]
+    UnknownNetwork(String),
+    /// Without an `assets` list: not the USDC contract the registry names for the network (`usdc`: that
+    /// contract, `None` when the registry does not know the network).
+    #[error(
+        "assets: {asset} is not the USDC contract the network registry names for {network} ({}); list it in `assets` to allow it",
+        usdc.as_deref().unwrap_or("none known")
+    )]
+    NotRegistryUsdc {
+        /// The offered token.
+        asset: String,
+        /// The offer's network.
+        network: String,
+        /// The registry's USDC on that network.
+        usdc: Option<String>,
+    },
+    /// Without an `assets` list: the offer names another EIP-712 domain than the registry's for its USDC.
+    #[error(
+        "assets: the offer signs for USDC on {network} under the EIP-712 domain {offered}, the network registry's is {registry}; list the asset in `assets` to trust the offer's"
+    )]
+    Domain {
+        /// The offer's network.
+        network: String,
+        /// The offer's `name`/`version`.
+        offered: String,
+        /// The registry's.
+        registry: String,
+    },
     /// The recipient is not in `recipients`.
     #[error("recipients: {0} is not an allowed recipient")]
     Recipient(String),
+}
+
+/// An offer the policy allows: what it costs, and the token domain its payment is signed under (the
+/// registry's unless the policy lists the asset: see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The price.
+    pub price: UsdcAmount,
+    /// The EIP-712 domain to sign under.
+    pub domain: TokenDomain,
 }
 
 /// Why a policy file is unusable.
@@ -141,12 +192,12 @@ impl SpendPolicy {
         Ok(p)
     }
 
-    /// Check one offer given what was spent today; its price if allowed.
+    /// Check one offer given what was spent today; its price and signing domain if allowed.
     pub fn check(
         &self,
         req: &PaymentRequirements,
         spent_today: UsdcAmount,
-    ) -> Result<UsdcAmount, PolicyRefusal> {
+    ) -> Result<Approval, PolicyRefusal> {
         if req.scheme != "exact" {
             return Err(PolicyRefusal::Unpayable(format!("scheme {}", req.scheme)));
         }
@@ -162,23 +213,55 @@ impl SpendPolicy {
             .pay_to
             .parse()
             .map_err(|_| PolicyRefusal::Unpayable(format!("payTo {:?}", req.pay_to)))?;
-        if req.eip712_name().is_none() || req.eip712_version().is_none() {
+        let (Some(name), Some(version)) = (req.eip712_name(), req.eip712_version()) else {
             return Err(PolicyRefusal::Unpayable(
                 "no EIP-712 domain name/version in `extra`".into(),
             ));
-        }
-        if let Some(allowed) = &self.networks
-            && !allowed
+        };
+        let listed = self.networks.as_ref().map(|allowed| {
+            allowed
                 .iter()
                 .any(|n| Network::parse(n).is_ok_and(|n| n == network))
-        {
+        });
+        if listed == Some(false) {
             return Err(PolicyRefusal::Network(network.to_string()));
         }
-        if let Some(allowed) = &self.assets
-            && !allowed.iter().any(|a| a.parse::<Address>() == Ok(asset))
-        {
-            return Err(PolicyRefusal::Asset(asset.to_string()));
+        let registry = Networks::builtin().get(network);
+        if registry.is_none() && listed.is_none() {
+            return Err(PolicyRefusal::UnknownNetwork(network.to_string()));
         }
+        let domain = match (&self.assets, registry) {
+            (Some(allowed), _) => {
+                if !allowed.iter().any(|a| a.parse::<Address>() == Ok(asset)) {
+                    return Err(PolicyRefusal::Asset(asset.to_string()));
+                }
+                // The operator named this token: its domain is as the offer says (a wrong one only makes a
+                // signature the token refuses; which contract is paid is pinned by `verifyingContract`).
+                TokenDomain {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                    chain_id: network.chain_id().0,
+                    verifying_contract: asset,
+                }
+            }
+            (None, Some(known)) if known.usdc == asset => {
+                if (name, version) != (known.eip712_name.as_str(), known.eip712_version.as_str()) {
+                    return Err(PolicyRefusal::Domain {
+                        network: network.to_string(),
+                        offered: format!("{name:?}/{version:?}"),
+                        registry: format!("{:?}/{:?}", known.eip712_name, known.eip712_version),
+                    });
+                }
+                known.token_domain()
+            }
+            (None, known) => {
+                return Err(PolicyRefusal::NotRegistryUsdc {
+                    asset: asset.to_string(),
+                    network: network.to_string(),
+                    usdc: known.map(|k| k.usdc.to_string()),
+                });
+            }
+        };
         if let Some(allowed) = &self.recipients
             && !allowed.iter().any(|a| a.parse::<Address>() == Ok(pay_to))
         {
@@ -200,7 +283,7 @@ impl SpendPolicy {
                 max: self.max_per_day_usdc,
             });
         }
-        Ok(price)
+        Ok(Approval { price, domain })
     }
 
     /// The first offer of a 402 this policy allows (offers come in the server's order of preference), or the
@@ -209,11 +292,11 @@ impl SpendPolicy {
         &self,
         accepts: &'a [PaymentRequirements],
         spent_today: UsdcAmount,
-    ) -> Result<(&'a PaymentRequirements, UsdcAmount), PolicyRefusal> {
+    ) -> Result<(&'a PaymentRequirements, Approval), PolicyRefusal> {
         let mut first = None;
         for req in accepts {
             match self.check(req, spent_today) {
-                Ok(price) => return Ok((req, price)),
+                Ok(approval) => return Ok((req, approval)),
                 Err(e) => {
                     first.get_or_insert(e);
                 }
@@ -283,7 +366,8 @@ mod tests {
             recipients: Some(vec![RECIPIENT.into()]),
         };
         let ok = offer("eip155:31337", "420000");
-        assert_eq!(p.check(&ok, UsdcAmount::ZERO), Ok(usdc("0.42")));
+        let price = |r: Result<Approval, PolicyRefusal>| r.map(|a| a.price);
+        assert_eq!(price(p.check(&ok, UsdcAmount::ZERO)), Ok(usdc("0.42")));
         let e = p
             .check(&offer("eip155:31337", "1000001"), UsdcAmount::ZERO)
             .unwrap_err();
@@ -293,7 +377,7 @@ mod tests {
         let e = p.check(&ok, usdc("1.6")).unwrap_err();
         assert!(e.to_string().starts_with("max_per_day_usdc: "), "{e}");
         assert_eq!(
-            p.check(&ok, usdc("1.58")),
+            price(p.check(&ok, usdc("1.58"))),
             Ok(usdc("0.42")),
             "exactly the cap"
         );
@@ -327,16 +411,29 @@ mod tests {
         ));
     }
 
+    /// The registry's USDC offer on `network`, under its domain.
+    fn usdc_offer(network: &str, amount: &str) -> PaymentRequirements {
+        let known = Networks::builtin().lookup(network).unwrap();
+        PaymentRequirements {
+            asset: known.usdc.to_string(),
+            extra: Some(Extra::eip712(&known.eip712_name, &known.eip712_version)),
+            ..offer(network, amount)
+        }
+    }
+
     #[test]
     fn the_first_allowed_offer_is_chosen() {
         let p = SpendPolicy {
             networks: Some(vec!["base".into()]),
             ..SpendPolicy::default()
         };
-        let offers = [offer("eip155:31337", "1"), offer("eip155:8453", "2")];
-        let (chosen, price) = p.choose(&offers, UsdcAmount::ZERO).unwrap();
+        let offers = [
+            usdc_offer("eip155:31337", "1"),
+            usdc_offer("eip155:8453", "2"),
+        ];
+        let (chosen, approval) = p.choose(&offers, UsdcAmount::ZERO).unwrap();
         assert_eq!(
-            (chosen.network.as_str(), price.micros()),
+            (chosen.network.as_str(), approval.price.micros()),
             ("eip155:8453", 2)
         );
         let e = p.choose(&offers[..1], UsdcAmount::ZERO).unwrap_err();
@@ -345,5 +442,89 @@ mod tests {
             p.choose(&[], UsdcAmount::ZERO),
             Err(PolicyRefusal::Unpayable(_))
         ));
+    }
+
+    /// Without an `assets` list only the registry's USDC of the offer's network is paid, under the registry's
+    /// EIP-712 domain, and a network the registry does not know only when `networks` lists it. Before, any
+    /// token on any network was paid, its amount read as micro-USDC, under whatever domain the offer named.
+    #[test]
+    fn without_an_assets_list_only_the_registrys_usdc_is_paid_under_its_domain() {
+        let any = SpendPolicy::default();
+        let base = Networks::builtin().lookup("base").unwrap();
+        let ok = any
+            .check(&usdc_offer("eip155:8453", "1"), UsdcAmount::ZERO)
+            .unwrap();
+        assert_eq!(ok.domain, base.token_domain());
+        let sepolia = any
+            .check(&usdc_offer("base-sepolia", "1"), UsdcAmount::ZERO)
+            .unwrap();
+        assert_eq!(sepolia.domain.name, "USDC", "the registry's, per network");
+
+        // Another token the wallet may hold (fewer decimals, a higher unit value): refused by name.
+        let e = any
+            .check(&offer("eip155:8453", "1"), UsdcAmount::ZERO)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            PolicyRefusal::NotRegistryUsdc {
+                asset: TOKEN.into(),
+                network: "eip155:8453".into(),
+                usdc: Some(base.usdc.to_string()),
+            }
+        );
+        assert!(e.to_string().starts_with("assets: "), "{e}");
+        assert!(e.to_string().contains("list it in `assets`"), "{e}");
+
+        // The registry's USDC under another domain than the registry's: refused, never signed as offered.
+        let mut renamed = usdc_offer("eip155:8453", "1");
+        renamed.extra = Some(Extra::eip712("USD Coin", "3"));
+        let e = any.check(&renamed, UsdcAmount::ZERO).unwrap_err();
+        assert!(matches!(e, PolicyRefusal::Domain { .. }), "{e}");
+        assert!(e.to_string().contains("\"3\""), "{e}");
+
+        // A network the registry does not know: refused unless listed, and then only a listed token is paid.
+        let unknown = offer("eip155:999", "1");
+        assert_eq!(
+            any.check(&unknown, UsdcAmount::ZERO),
+            Err(PolicyRefusal::UnknownNetwork("eip155:999".into()))
+        );
+        let only_assets = SpendPolicy {
+            assets: Some(vec![TOKEN.into()]),
+            ..SpendPolicy::default()
+        };
+        assert_eq!(
+            only_assets.check(&unknown, UsdcAmount::ZERO),
+            Err(PolicyRefusal::UnknownNetwork("eip155:999".into()))
+        );
+        let listed = SpendPolicy {
+            networks: Some(vec!["eip155:999".into()]),
+            ..SpendPolicy::default()
+        };
+        assert!(matches!(
+            listed.check(&unknown, UsdcAmount::ZERO),
+            Err(PolicyRefusal::NotRegistryUsdc { usdc: None, .. })
+        ));
+        let both = SpendPolicy {
+            assets: Some(vec![TOKEN.into()]),
+            ..listed
+        };
+        assert_eq!(
+            both.check(&unknown, UsdcAmount::ZERO).unwrap().domain,
+            TokenDomain {
+                name: "USD Coin".into(),
+                version: "2".into(),
+                chain_id: 999,
+                verifying_contract: TOKEN.parse().unwrap(),
+            }
+        );
+
+        // A listed token is the operator's word, as before: paid on a known network, under the offer's domain.
+        let mut own = offer("eip155:8453", "1");
+        own.extra = Some(Extra::eip712("Our Token", "1"));
+        let approved = only_assets.check(&own, UsdcAmount::ZERO).unwrap();
+        assert_eq!(
+            (approved.domain.name.as_str(), approved.domain.chain_id),
+            ("Our Token", 8453)
+        );
     }
 }

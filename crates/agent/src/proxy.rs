@@ -1,6 +1,10 @@
 //! `esim402-agent proxy`: the paying proxy for devices that cannot pay (no x402, no wallet). A device sends plain
-//! HTTP to it; it forwards the request to the facilitator unchanged and, when the answer is a 402, pays it from
-//! the gateway's wallet on the device's behalf and answers with the paid result.
+//! HTTP to it; it forwards the request to the facilitator (method, path and query, body, `Content-Type`, and the
+//! device's own `Authorization`, `X-Agent-ID` and `Sign-In-With-X`: its SIM token or wallet sign-in, its label;
+//! no other header, so no hop-by-hop one) and, when the answer is a 402 on a route a device buys connectivity
+//! with ([`PAID_ROUTES`]), pays it from the gateway's wallet on the device's behalf and answers with the paid
+//! result. Another route's 402 is answered with a 402 of the proxy's own, unpaid. The proxy pays, not the
+//! device: a request carrying a payment (`PAYMENT-SIGNATURE`, `X-PAYMENT*`, `payment-identifier`) is refused.
 //!
 //! Each device is identified by a header (e.g. `X-Device-ID`) or, without one configured, by its source
 //! address, and has a budget: the gateway's spend policy narrowed to the device's per-payment and per-day
@@ -34,6 +38,19 @@ use crate::{Agent, AgentError, Config, SpendPolicy, StateDir};
 
 /// Largest request body forwarded.
 const MAX_BODY: usize = 64 * 1024;
+
+/// The routes whose 402 the proxy pays, as the kernel's route table (`esim402_core::routes`) names them: what a
+/// device buys connectivity with. Any other 402 is not the proxy's to pay.
+pub const PAID_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/esim/activate"),
+    ("GET", "/v1/esim/activate"),
+    ("POST", "/v1/esim/{iccid}/data"),
+    ("POST", "/v1/esim/{iccid}/switch"),
+];
+
+/// The device's headers forwarded (and sent with the proxy's paid requests): its SIM's access token or wallet
+/// sign-in, and its label. Lower case, as `http` names headers.
+const FORWARDED: &[&str] = &["authorization", "x-agent-id", "sign-in-with-x"];
 
 /// What a connection may hold of the proxy.
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +133,7 @@ pub fn device_id(raw: &str) -> Option<String> {
 
 impl Shared {
     /// The device's agent: the gateway's wallet and policy, narrowed to the device's budget, with the device's
-    /// own state directory.
+    /// own state directory, talking through the proxy's one HTTP client.
     fn agent_for(&self, device: &str) -> Agent {
         let mut policy = self.policy.clone();
         policy.max_per_payment_usdc = policy
@@ -126,8 +143,14 @@ impl Shared {
             .max_per_day_usdc
             .min(self.settings.device_max_per_day);
         let dir = self.settings.state_dir.join("devices").join(device);
-        Agent::new(self.config.clone(), policy, StateDir::new(dir), false)
-            .with_budget(self.budget.clone())
+        Agent::with_http(
+            self.config.clone(),
+            policy,
+            StateDir::new(dir),
+            false,
+            self.http.clone(),
+        )
+        .with_budget(self.budget.clone())
     }
 
     fn audit(&self, entry: &Value) -> std::io::Result<()> {
@@ -159,6 +182,9 @@ impl Shared {
         if let Some(ct) = &req.content_type {
             r = r.header(reqwest::header::CONTENT_TYPE, ct);
         }
+        for (name, value) in &req.headers {
+            r = r.header(*name, value);
+        }
         let r = r.send().await?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
@@ -188,15 +214,30 @@ impl Shared {
             }
             return r;
         }
-        if req.method != reqwest::Method::POST {
+        if !is_paid_route(req.method.as_str(), &req.path) {
             return error_reply(
-                400,
-                "unsupported",
-                "the proxy pays POST requests with a JSON body; send the request as a POST",
+                402,
+                "payment_required",
+                "the facilitator asks for a payment the proxy does not make: it pays only to activate a SIM (POST \
+                 /v1/esim/activate, or GET with the fields as a query), top it up (POST /v1/esim/{iccid}/data) or \
+                 switch it (POST /v1/esim/{iccid}/switch); nothing was paid",
             );
         }
-        let Ok(json_body) = serde_json::from_slice::<Value>(&req.body) else {
-            return error_reply(400, "invalid_input", "the body must be JSON to be paid for");
+        let json_body = if req.method == reqwest::Method::GET {
+            // The query form: its fields are the query, sent again as they came.
+            if !req.body.is_empty() {
+                return error_reply(
+                    400,
+                    "invalid_input",
+                    "a paid GET carries its fields in the query, not in a body",
+                );
+            }
+            None
+        } else {
+            let Ok(json_body) = serde_json::from_slice::<Value>(&req.body) else {
+                return error_reply(400, "invalid_input", "the body must be JSON to be paid for");
+            };
+            Some(json_body)
         };
         let agent = self.agent_for(&device);
         let _state = match agent.state().lock() {
@@ -204,7 +245,12 @@ impl Shared {
             Err(e) => return error_reply(500, "internal", &e),
         };
         match agent
-            .pay(&req.path, &json_body, &format!("device {device}"), None)
+            .pay_for_device(
+                &req.path,
+                json_body.as_ref(),
+                &req.headers,
+                &format!("device {device}"),
+            )
             .await
         {
             Ok(paid) => {
@@ -245,7 +291,67 @@ struct Parts {
     method: reqwest::Method,
     path: String,
     content_type: Option<String>,
+    /// The device's [`FORWARDED`] headers it sent.
+    headers: Vec<(&'static str, String)>,
     body: Bytes,
+}
+
+/// Whether `method` on `path` (with its query) is one of [`PAID_ROUTES`], matched as the gateway matches its
+/// routes (the kernel's table, on the path split at `/` without empty ends).
+fn is_paid_route(method: &str, path: &str) -> bool {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    esim402_core::routes::route(&segments).is_some_and(|route| {
+        PAID_ROUTES
+            .iter()
+            .any(|&(m, p)| m == method && p == route.path)
+    })
+}
+
+/// The refusal of a request that carries a payment of its own: the proxy pays, and a device's payment (or
+/// payment id) sent on would be another payer's, or make the proxy's own payment ambiguous.
+fn refuse_payments(headers: &hyper::HeaderMap) -> Option<Reply> {
+    let payment = headers.keys().find(|k| {
+        let k = k.as_str();
+        k == "payment-signature" || k == "payment-identifier" || k.starts_with("x-payment")
+    })?;
+    Some(error_reply(
+        400,
+        "invalid_input",
+        &format!(
+            "the proxy pays for the device: a request must not carry a payment ({payment}); send it without"
+        ),
+    ))
+}
+
+/// The device's [`FORWARDED`] headers, or why one is refused (sent twice, not text). One the `Connection`
+/// header names is hop-by-hop (RFC 9110, 7.6.1) and stays here.
+fn forwarded_headers(headers: &hyper::HeaderMap) -> Result<Vec<(&'static str, String)>, String> {
+    let hop_by_hop: Vec<String> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = Vec::new();
+    for &name in FORWARDED {
+        if hop_by_hop.iter().any(|h| h == name) {
+            continue;
+        }
+        let mut values = headers.get_all(name).iter();
+        let Some(value) = values.next() else {
+            continue;
+        };
+        if values.next().is_some() {
+            return Err(format!("the {name} header is sent twice"));
+        }
+        let Ok(value) = value.to_str() else {
+            return Err(format!("the {name} header is not text"));
+        };
+        out.push((name, value.to_owned()));
+    }
+    Ok(out)
 }
 
 /// Serve on `listener` until the process ends.
@@ -408,9 +514,15 @@ async fn respond(
     body_read: Duration,
 ) -> Reply {
     let has_body = !hyper::body::Body::is_end_stream(req.body());
-    if let Some(refusal) = refuse_non_device(req.headers(), has_body, shared.listen) {
+    if let Some(refusal) = refuse_non_device(req.headers(), has_body, shared.listen)
+        .or_else(|| refuse_payments(req.headers()))
+    {
         return refusal;
     }
+    let headers = match forwarded_headers(req.headers()) {
+        Ok(h) => h,
+        Err(why) => return error_reply(400, "invalid_input", &why),
+    };
     let raw = match &shared.settings.device_header {
         Some(h) => match req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()) {
             Some(v) => v.to_owned(),
@@ -450,6 +562,7 @@ async fn respond(
                 method,
                 path,
                 content_type,
+                headers,
                 body,
             },
             device,
@@ -472,7 +585,7 @@ mod tests {
         let settings = ProxySettings {
             device_header: None,
             device_max_per_payment: "1".parse().unwrap(),
-            device_max_per_day: "1".parse().unwrap(),
+            device_max_per_day: "5".parse().unwrap(),
             audit_log: state_dir.join("audit.jsonl"),
             state_dir: state_dir.to_owned(),
         };
@@ -585,6 +698,176 @@ mod tests {
             serde_json::from_slice::<Value>(&seen[5].body).unwrap(),
             json!({"region": "us-west", "data_mb": 1})
         );
+    }
+
+    /// Send `request` (raw HTTP/1.1, `connection: close`) to `addr`; the answer's status and body.
+    async fn exchange(addr: SocketAddr, request: &str) -> (u16, Value) {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        let status = answer[9..12].parse().unwrap();
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    /// `method target` with `headers` (each line ending `\r\n`) and a JSON `body` if any, to the proxy at `addr`.
+    fn request(addr: SocketAddr, method: &str, target: &str, headers: &str, body: &str) -> String {
+        let typed = if body.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                body.len()
+            )
+        };
+        format!(
+            "{method} {target} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\n{headers}{typed}connection: close\r\n\r\n{body}",
+            addr.port()
+        )
+    }
+
+    /// A facilitator asking a payment for every unpaid request, whatever its route, and selling a SIM to every
+    /// paid one.
+    async fn asks_everywhere() -> crate::testing::Server {
+        crate::testing::Server::start(|seen| {
+            if seen.header("payment-signature").is_none() {
+                return crate::testing::challenge(seen);
+            }
+            (200, vec![], crate::testing::sim_answer("8902"))
+        })
+        .await
+    }
+
+    /// The proxy pays only what a device buys connectivity with: an activation (its JSON or its query form), a
+    /// top-up and a switch. Another route's 402 comes back as the proxy's own 402, nothing paid. Before, every
+    /// POST's 402 was paid, whatever the route (and the query form was refused).
+    #[tokio::test]
+    async fn only_connectivity_routes_are_paid() {
+        let upstream = asks_everywhere().await;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+        let buy = r#"{"region":"us-west","data_mb":1}"#;
+        for (method, target, body) in [
+            ("POST", "/v1/esim/activate", buy),
+            ("GET", "/v1/esim/activate?region=us-west&data_mb=1", ""),
+            ("POST", "/v1/esim/8901/data", r#"{"top_up_mb":100}"#),
+            ("POST", "/v1/esim/8901/switch", r#"{"carrier":"verizon"}"#),
+        ] {
+            let before = upstream.payments().len();
+            let (status, answer) = exchange(addr, &request(addr, method, target, "", body)).await;
+            assert_eq!(status, 200, "{method} {target}: {answer}");
+            assert_eq!(answer["iccid"], "8902");
+            assert_eq!(upstream.payments().len(), before + 1, "{method} {target}");
+            let paid = upstream.seen().pop().unwrap();
+            assert_eq!(
+                (paid.method.as_str(), paid.target.as_str()),
+                (method, target)
+            );
+            let json = |b: &[u8]| serde_json::from_slice::<Value>(b).ok();
+            assert_eq!(json(&paid.body), json(body.as_bytes()), "sent as it came");
+        }
+        for (method, target, body) in [
+            ("POST", "/v1/esim/8901/suspend", ""),
+            ("POST", "/v1/esim/8901/token", ""),
+            ("POST", "/v1/usage", "[]"),
+            ("POST", "/settle", "{}"),
+            ("GET", "/v1/invoices/inv_1", ""),
+            ("GET", "/v1/esim/8901/balance", ""),
+            ("POST", "/v1/esim/activate/more", buy),
+            ("POST", "/v1/esim//activate", buy),
+            ("POST", "/v2/esim/activate", buy),
+        ] {
+            let (status, answer) = exchange(addr, &request(addr, method, target, "", body)).await;
+            assert_eq!(status, 402, "{method} {target}: {answer}");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains("nothing was paid"), "{message}");
+        }
+        assert_eq!(upstream.payments().len(), 4, "only the four purchases");
+        let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), 4, "{log}");
+    }
+
+    /// A device's own credential, sign-in and label reach the facilitator, on the forwarded request and on the
+    /// proxy's paid ones; nothing else it sends does (hop-by-hop headers, cookies, those its `Connection` names).
+    /// A request carrying a payment is refused, nothing forwarded. Before, only `Content-Type` was forwarded and
+    /// a device's payment headers were silently dropped (and its request paid by the proxy).
+    #[tokio::test]
+    async fn a_devices_credentials_are_forwarded_and_its_payments_refused() {
+        let upstream = asks_everywhere().await;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+        let own =
+            "authorization: Bearer sim_tok\r\nx-agent-id: pump-7\r\nsign-in-with-x: siwx-proof\r\n";
+        let others = "proxy-authorization: Basic eA==\r\nkeep-alive: timeout=5\r\nte: trailers\r\n\
+                      cookie: a=b\r\nx-custom: 1\r\nx-invoice-id: inv_1\r\n";
+        let body = r#"{"carrier":"verizon"}"#;
+        let switch = request(
+            addr,
+            "POST",
+            "/v1/esim/8901/switch",
+            &format!("{own}{others}"),
+            body,
+        );
+        assert_eq!(exchange(addr, &switch).await.0, 200);
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 3, "the device's, the agent's, the paid one");
+        for s in &seen {
+            assert_eq!(s.header("authorization"), Some("Bearer sim_tok"));
+            assert_eq!(s.header("x-agent-id"), Some("pump-7"));
+            assert_eq!(s.header("sign-in-with-x"), Some("siwx-proof"));
+            for name in [
+                "proxy-authorization",
+                "keep-alive",
+                "te",
+                "cookie",
+                "x-custom",
+                "x-invoice-id",
+            ] {
+                assert_eq!(s.header(name), None, "{name}");
+            }
+        }
+        assert!(seen[2].header("payment-signature").is_some());
+
+        // A header the device's `Connection` names is hop-by-hop: not forwarded.
+        let hop = request(
+            addr,
+            "GET",
+            "/v1/esim/8901",
+            "x-agent-id: pump-7\r\nconnection: x-agent-id\r\n",
+            "",
+        );
+        exchange(addr, &hop).await;
+        assert_eq!(upstream.seen().pop().unwrap().header("x-agent-id"), None);
+
+        let before = upstream.seen().len();
+        for (header, why) in [
+            ("payment-signature: eyJ4\r\n", "PAYMENT-SIGNATURE"),
+            ("x-payment: eyJ4\r\n", "X-PAYMENT"),
+            (
+                "x-payment-proof: 0x0000000000000000000000000000000000000000000000000000000000000001\r\n",
+                "X-Payment-Proof",
+            ),
+            (
+                "x-payment-proof-signature: 0x01\r\n",
+                "X-Payment-Proof-Signature",
+            ),
+            (
+                "payment-identifier: pay_0123456789abcdef\r\n",
+                "payment-identifier",
+            ),
+            (
+                "authorization: Bearer a\r\nauthorization: Bearer b\r\n",
+                "a credential sent twice",
+            ),
+        ] {
+            let paid = request(addr, "POST", "/v1/esim/8901/switch", header, body);
+            let (status, answer) = exchange(addr, &paid).await;
+            assert_eq!(status, 400, "{why}: {answer}");
+        }
+        assert_eq!(upstream.seen().len(), before, "nothing forwarded");
+        assert_eq!(upstream.payments().len(), 1);
     }
 
     #[test]

@@ -118,6 +118,18 @@ impl Agent {
     /// An agent; `progress` prints what it does on stderr.
     pub fn new(config: Config, policy: SpendPolicy, state: StateDir, progress: bool) -> Self {
         let http = http_client().unwrap_or_default();
+        Self::with_http(config, policy, state, progress, http)
+    }
+
+    /// An agent talking through `http` (one of [`http_client`]'s, shared: the proxy's devices reuse its
+    /// connections and TLS sessions instead of opening new ones for every payment).
+    pub(crate) fn with_http(
+        config: Config,
+        policy: SpendPolicy,
+        state: StateDir,
+        progress: bool,
+        http: reqwest::Client,
+    ) -> Self {
         Self {
             config,
             policy,
@@ -195,9 +207,14 @@ impl Agent {
     pub async fn activate(&self, request: &Value) -> Result<Activation, AgentError> {
         let purpose = format!("activate {request}");
         let origin = self.config.origin();
-        self.pay_and_keep("/v1/esim/activate", request, &purpose, None, |s, a| {
-            record_sim(s, a.body, None, &origin)
-        })
+        self.pay_and_keep(
+            "/v1/esim/activate",
+            Some(request),
+            &purpose,
+            None,
+            &[],
+            |s, a| record_sim(s, a.body, None, &origin),
+        )
         .await
     }
 
@@ -212,7 +229,7 @@ impl Agent {
         let path = format!("/v1/esim/{}/switch", sim.iccid);
         let purpose = format!("switch {} {target}", sim.iccid);
         let origin = self.config.origin();
-        self.pay_and_keep(&path, target, &purpose, Some(&sim), |s, a| {
+        self.pay_and_keep(&path, Some(target), &purpose, Some(&sim), &[], |s, a| {
             record_sim(s, a.body, Some(&sim.iccid), &origin)
         })
         .await
@@ -719,6 +736,49 @@ mod tests {
             paid.iter().all(|p| *p == paid[0]),
             "one payment, sent again"
         );
+    }
+
+    /// A 410 saying the payment was withdrawn and nothing was charged (the facilitator's answer to a payment
+    /// that stopped verifying after its profile was ordered, `pay/withdraw.rs`) frees its spend, here and in the
+    /// wallet's shared cap: exit 4, nothing pending. Before, it was kept as unknown, counted toward the day's cap.
+    /// A 410 that does not say so keeps its spend.
+    #[tokio::test]
+    async fn a_withdrawn_payment_frees_its_spend() {
+        let withdrawn = json!({"error": {"code": "expired", "message": "invoice inv_1 can no longer be paid \
+            (authorization expired): the payment stopped verifying after its profile was ordered, so nothing was \
+            charged and the profile was withdrawn; request a new invoice"}});
+        let f = crate::testing::facilitator(vec![
+            (410, withdrawn),
+            (
+                410,
+                json!({"error": {"code": "expired", "message": "invoice inv_1 expired"}}),
+            ),
+        ])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let wallet = tempfile::tempdir().unwrap();
+        let budget = std::sync::Arc::new(crate::budget::Budget::new(
+            "20".parse().unwrap(),
+            StateDir::new(wallet.path()),
+        ));
+        let a = agent(&f.url, dir.path()).with_budget(budget);
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert!(matches!(e, AgentError::Refused { status: 410, .. }), "{e}");
+        assert!(e.to_string().contains("nothing was charged"), "{e}");
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty() && st.spends.is_empty(), "{st:?}");
+        assert_eq!(a.spent_today().unwrap(), UsdcAmount::ZERO);
+        let shared = StateDir::new(wallet.path()).load().unwrap();
+        assert!(shared.spends.is_empty(), "released: {shared:?}");
+
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert!(matches!(e, AgentError::Refused { status: 410, .. }), "{e}");
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty(), "{st:?}");
+        assert_eq!(st.spends.len(), 1);
+        assert_eq!(st.spends[0].status, crate::state::SpendStatus::Unknown);
+        assert_eq!(a.spent_today().unwrap(), "0.42".parse().unwrap());
+        assert_eq!(StateDir::new(wallet.path()).load().unwrap().spends.len(), 1);
     }
 
     /// Redirects are answers, not followed: a 307 would re-send the paid POST (its PAYMENT-SIGNATURE) or a

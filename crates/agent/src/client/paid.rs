@@ -33,29 +33,52 @@ impl Agent {
         purpose: &str,
         owner: Option<&SimRecord>,
     ) -> Result<Answer, AgentError> {
-        self.pay_and_keep(path, body, purpose, owner, |_, answer| Ok(answer))
+        self.pay_and_keep(path, Some(body), purpose, owner, &[], |_, answer| {
+            Ok(answer)
+        })
+        .await
+    }
+
+    /// The paying proxy's walk for a device: `POST path` with the JSON `body`, or `GET path` (`body` `None`: the
+    /// fields are the path's query, as `GET /v1/esim/activate?…` takes them), every request carrying the
+    /// device's own `headers` (its SIM token or sign-in, its label), paid as [`Agent::pay`] pays.
+    pub async fn pay_for_device(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&'static str, String)],
+        purpose: &str,
+    ) -> Result<Answer, AgentError> {
+        self.pay_and_keep(path, body, purpose, None, headers, |_, answer| Ok(answer))
             .await
     }
 
     /// [`Agent::pay`], with `keep` recording in the state what the paid answer bought (a SIM), in the very save
     /// that ends the payment: a failed save or a crash leaves the payment pending, so the same command run again
     /// collects the answer again (the facilitator replays it), never a paid answer that was not kept. `keep`
-    /// changes the state only when it succeeds; when it fails the payment stays pending too.
+    /// changes the state only when it succeeds; when it fails the payment stays pending too. `body` `None`: a
+    /// GET (see [`Agent::pay_for_device`]); `headers` go with every request.
     pub(crate) async fn pay_and_keep<T>(
         &self,
         path: &str,
-        body: &Value,
+        body: Option<&Value>,
         purpose: &str,
         owner: Option<&SimRecord>,
+        headers: &[(&'static str, String)],
         keep: impl FnOnce(&mut State, Answer) -> Result<T, AgentError>,
     ) -> Result<T, AgentError> {
+        let method = match body {
+            Some(_) => reqwest::Method::POST,
+            None => reqwest::Method::GET,
+        };
         let credential = |extra: Option<(&'static str, String)>| {
-            let mut headers = Vec::new();
+            let mut all = Vec::new();
             if let Some(sim) = owner {
-                headers.push(self.credential(sim, path)?);
+                all.push(self.credential(sim, path)?);
             }
-            headers.extend(extra);
-            Ok::<_, AgentError>(headers)
+            all.extend(headers.iter().cloned());
+            all.extend(extra);
+            Ok::<_, AgentError>(all)
         };
         let origin = self.config.origin();
         let state = self.state.load().map_err(local)?;
@@ -72,7 +95,7 @@ impl Agent {
             }
             None => {
                 let first = self
-                    .send(reqwest::Method::POST, path, Some(body), &credential(None)?)
+                    .send(method.clone(), path, body, &credential(None)?)
                     .await
                     .map_err(|e| self.unreachable(&e, false))?;
                 if first.status != 402 {
@@ -94,9 +117,10 @@ impl Agent {
                         })
                     })?;
                 let now = now();
-                let (req, price) = self
+                let (req, approval) = self
                     .policy
                     .choose(&required.accepts, state.spent_today(now))?;
+                let price = approval.price;
                 let id = new_payment_id(random()?);
                 let nonce = random()?;
                 let spend = Spend {
@@ -117,6 +141,7 @@ impl Agent {
                 let signed = match sign_exact(
                     &self.config.key,
                     req,
+                    &approval.domain,
                     Some(&required.resource),
                     now,
                     nonce,
@@ -152,9 +177,9 @@ impl Agent {
         for _ in 0..PENDING_RETRIES {
             let answer = self
                 .send(
-                    reqwest::Method::POST,
+                    method.clone(),
                     path,
-                    Some(body),
+                    body,
                     &credential(Some((PAYMENT_SIGNATURE, header.clone())))?,
                 )
                 .await
@@ -195,6 +220,21 @@ impl Agent {
                     return Err(AgentError::Refused {
                         status: 402,
                         message: format!("payment refused: {}", answer.message()),
+                    });
+                }
+                // The payment stopped verifying after its profile was ordered (its authorization expired while
+                // the order ran): the facilitator withdrew the profile and took nothing (`pay/withdraw.rs`).
+                410 if withdrawn_uncharged(&answer) => {
+                    self.state
+                        .update(|s| s.refused(&key, &payment_id))
+                        .map_err(local)?;
+                    self.release(&payment_id)?;
+                    return Err(AgentError::Refused {
+                        status: 410,
+                        message: format!(
+                            "payment withdrawn, nothing was charged (run the command again to pay afresh): {}",
+                            answer.message()
+                        ),
                     });
                 }
                 _ if answer.body["charged"] == json!(false) => {
@@ -287,7 +327,19 @@ impl Agent {
     }
 }
 
-/// The pending-payment key of `POST <path> <body>` on the facilitator `origin`, and the payment pending for it.
+/// Whether a 410 says its payment was withdrawn without a charge: the facilitator's `expired` answer to a
+/// payment that stopped verifying ("… so nothing was charged and the profile was withdrawn …"). One that says
+/// `charged: true` (a late transfer owed back) or does not say nothing was charged keeps its spend.
+fn withdrawn_uncharged(answer: &Answer) -> bool {
+    answer.status == 410
+        && answer.body["charged"] != json!(true)
+        && answer.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing was charged"))
+}
+
+/// The pending-payment key of `POST <path> <body>` (or, `body` `None`, `GET <path>`, its query included) on the
+/// facilitator `origin`, and the payment pending for it.
 ///
 /// A key written before keys named the facilitator (`POST <path> <body>`) has no origin of its own; its signed
 /// payment does name the resource it pays for (the URL the facilitator saw). It is sent again only to that
@@ -297,8 +349,14 @@ fn pending_for(
     state: &State,
     origin: &str,
     path: &str,
-    body: &Value,
+    body: Option<&Value>,
 ) -> Result<(String, Option<PendingPayment>), AgentError> {
+    let Some(body) = body else {
+        // Paid GETs came with the proxy's query form, after keys named the facilitator: no legacy key.
+        let key = format!("GET {origin}{path}");
+        let pending = state.pending.get(&key).cloned();
+        return Ok((key, pending));
+    };
     let key = format!("POST {origin}{path} {body}");
     if let Some(p) = state.pending.get(&key) {
         return Ok((key, Some(p.clone())));
