@@ -354,6 +354,7 @@ async fn a_payment_that_expires_after_its_order_withdraws_the_profile() {
         "{body}"
     );
     assert!(body.get("activation_code").is_none(), "{body}");
+    assert_eq!(body["charged"], false, "said to the client too: {body}");
     assert_eq!(s.balance(agent()).await, start, "nothing charged");
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
     // The profile was downloaded meanwhile (the simulator's device does so once it is released), so the

@@ -10,7 +10,7 @@ use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
 
 use super::Order;
-use super::answers::{order_pending, stored_error, unsettled};
+use super::answers::{order_pending, stored, unsettled};
 use super::attempt::Attempt;
 use crate::{dispatch, from_wit, invoices, now};
 
@@ -111,7 +111,10 @@ impl Attempt<'_> {
                 self.invoice.id
             ),
         );
-        (wit::PaymentEnd::Done, stored_error(&e))
+        // `charged: false` says so to clients (an agent frees the spend it counted), as other answers that
+        // moved no money do.
+        let body = serde_json::json!({ "error": e, "charged": false });
+        (wit::PaymentEnd::Done, stored(e.status(), vec![], body.to_string()))
     }
 }
 
