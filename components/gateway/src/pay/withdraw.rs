@@ -114,7 +114,10 @@ impl Attempt<'_> {
         // `charged: false` says so to clients (an agent frees the spend it counted), as other answers that
         // moved no money do.
         let body = serde_json::json!({ "error": e, "charged": false });
-        (wit::PaymentEnd::Done, stored(e.status(), vec![], body.to_string()))
+        (
+            wit::PaymentEnd::Done,
+            stored(e.status(), vec![], body.to_string()),
+        )
     }
 }
 
