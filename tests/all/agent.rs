@@ -45,7 +45,19 @@ pub(crate) async fn cli(url: &str, dir: &Path, args: &[&str]) -> Run {
 }
 
 async fn cli_with_key(url: &str, dir: &Path, args: &[&str], key: Option<&str>) -> Run {
+    cli_with_env(url, dir, args, key, &[]).await
+}
+
+/// [`cli_with_key`], with `env` set for the CLI (its process only).
+async fn cli_with_env(
+    url: &str,
+    dir: &Path,
+    args: &[&str],
+    key: Option<&str>,
+    env: &[(&str, &str)],
+) -> Run {
     let mut cmd = tokio::process::Command::new(agent_bin());
+    cmd.envs(env.iter().copied());
     cmd.arg("--url")
         .arg(url)
         .arg("--state-dir")
@@ -689,6 +701,60 @@ async fn plain_http_to_another_machine_needs_the_opt_in() {
     .await;
     assert_eq!(opted.code, 2, "{}", opted.stderr);
     assert!(opted.stderr.contains("no SIM"), "{}", opted.stderr);
+}
+
+/// A system proxy in the environment (`HTTP_PROXY`, `ALL_PROXY`, …) is not used: the CLI talks to the
+/// facilitator it is given, directly. Before, a plain-http request meant for this machine (a wallet sign-in
+/// here; payments and tokens alike) went to whatever proxy the environment named.
+#[tokio::test]
+async fn system_proxies_are_not_used() {
+    // A facilitator answering any request with an empty SIM list, and a proxy counting its connections.
+    let facilitator = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", facilitator.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = facilitator.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n")
+                    && conn.read(&mut byte).await.is_ok_and(|n| n == 1)
+                {
+                    head.push(byte[0]);
+                }
+                let body = r#"{"sims":[]}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let proxied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = proxied.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = proxy.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = conn
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, &str)> = ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .into_iter()
+        .map(|name| (name, proxy_url.as_str()))
+        .chain([("NO_PROXY", ""), ("no_proxy", "")])
+        .collect();
+    let run = cli_with_env(&url, dir.path(), &["sims"], Some(DEMO_AGENT_KEY), &env).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        proxied.load(Ordering::SeqCst),
+        0,
+        "nothing went to the proxy"
+    );
 }
 
 /// The proxy process, stopped by its PID on drop.

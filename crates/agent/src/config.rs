@@ -34,6 +34,12 @@ pub enum ConfigError {
     /// The facilitator URL is not `http(s)://host[:port]`.
     #[error("facilitator URL {0:?} must look like http://host:port")]
     BadUrl(String),
+    /// A user name or password in the URL: it would go to the facilitator as a `Basic` credential with every
+    /// request. The URL is shown without them.
+    #[error(
+        "facilitator URL {0:?} must not carry a user name or password (user@host): the agent sends none; drop it"
+    )]
+    UserInfo(String),
     /// Plain `http://` to a facilitator off this machine, without the opt-in.
     #[error(
         "refusing plain http:// to {0}: anyone on the path could rewrite what a payment pays for and read the SIMs' access tokens; use https://, or pass --insecure-http (ESIM402_INSECURE_HTTP=1) for a network you trust"
@@ -93,7 +99,7 @@ impl fmt::Debug for WalletKey {
 /// Everything the agent needs, read once at start-up.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The facilitator's base URL, without a trailing slash.
+    /// The facilitator's base URL: its origin as [`Config::origin`] spells it (no trailing slash).
     pub url: String,
     /// The wallet that pays and signs in.
     pub key: WalletKey,
@@ -113,11 +119,26 @@ impl Config {
 
     fn build(url: &str, key: WalletKey, insecure_http: bool) -> Result<Self, ConfigError> {
         let url = url.trim_end_matches('/');
-        let ok = esim402_core::auth::siwx::origin_of(url).is_some_and(|(origin, _)| {
-            origin == url && (url.starts_with("http://") || url.starts_with("https://"))
-        });
-        let parsed = reqwest::Url::parse(url).ok().filter(|_| ok);
-        let Some(parsed) = parsed else {
+        let parsed = reqwest::Url::parse(url).ok();
+        // Checked first, and the URL shown without it: it may hold a password.
+        let authority = esim402_core::auth::siwx::origin_of(url).map(|(_, a)| a);
+        if let Some(p) = &parsed
+            && (!p.username().is_empty() || p.password().is_some())
+        {
+            let mut shown = p.clone();
+            let cleared = shown.set_username("").is_ok() && shown.set_password(None).is_ok();
+            return Err(ConfigError::UserInfo(if cleared {
+                shown.to_string()
+            } else {
+                "…".into()
+            }));
+        }
+        if parsed.is_none()
+            && let Some((_, host)) = authority.and_then(|a| a.rsplit_once('@'))
+        {
+            return Err(ConfigError::UserInfo(format!("…@{host}")));
+        }
+        let Some((parsed, origin)) = parsed.zip(bare_origin(url)) else {
             return Err(ConfigError::BadUrl(url.to_owned()));
         };
         // In clear text anyone on the path can rewrite a 402's `payTo` and read the bearer tokens; only a
@@ -125,28 +146,48 @@ impl Config {
         if parsed.scheme() == "http" && !insecure_http && !is_loopback(&parsed) {
             return Err(ConfigError::PlainHttp(url.to_owned()));
         }
-        Ok(Self {
-            url: url.to_owned(),
-            key,
-        })
+        // The URL as its origin spells it (`HTTP://LocalHost:80` → `http://localhost`): what requests go to and
+        // what a wallet sign-in names is then the very origin tokens and pending payments are bound to.
+        Ok(Self { url: origin, key })
     }
 
-    /// The facilitator's origin (`scheme://host[:port]`, lower case): what SIM tokens and pending payments are
-    /// bound to, so that they are never sent to another facilitator.
+    /// The facilitator's origin (`scheme://host[:port]` as the URL standard serialises it: lower case, no
+    /// default port, IP addresses in their canonical form): what SIM tokens and pending payments are bound to,
+    /// so that they are never sent to another facilitator, whatever spelling of `--url` a command was given.
     pub fn origin(&self) -> String {
-        self.url.to_ascii_lowercase()
+        // `url` comes normalised from `Config::new`; one built by hand is normalised here.
+        bare_origin(&self.url).unwrap_or_else(|| self.url.to_ascii_lowercase())
     }
 }
 
-/// Whether `url` names this machine: `localhost`, 127.0.0.0/8 or `::1`.
+/// `url`'s origin, normalised as [`Config::origin`], if `url` is a bare `http(s)://host[:port]` (no path,
+/// query, fragment or user name); else `None`.
+pub(crate) fn bare_origin(url: &str) -> Option<String> {
+    let bare = esim402_core::auth::siwx::origin_of(url).is_some_and(|(origin, _)| origin == url);
+    let parsed = reqwest::Url::parse(url).ok().filter(|p| {
+        bare && matches!(p.scheme(), "http" | "https")
+            && p.username().is_empty()
+            && p.password().is_none()
+            && p.host().is_some()
+    })?;
+    Some(parsed.origin().ascii_serialization())
+}
+
+/// Whether `url` names this machine: `localhost` (`localhost.` too), 127.0.0.0/8, `::1` or an IPv4-mapped
+/// loopback address (`::ffff:127.0.0.1`).
 fn is_loopback(url: &reqwest::Url) -> bool {
     // The URL parser has already normalised the host (lower case, `127.1` → `127.0.0.1`, `[::1]`).
-    let host = url.host_str().unwrap_or_default();
+    is_loopback_host(url.host_str().unwrap_or_default())
+}
+
+/// Whether `host` (an URL's normalised host: lower case, IPv6 in brackets) names this machine, as
+/// [`is_loopback`] says.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
+    matches!(host, "localhost" | "localhost.")
         || host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 #[cfg(test)]
@@ -199,6 +240,10 @@ mod tests {
             "http://localhost:3000",
             "http://LocalHost",
             "http://[::1]:3000",
+            // Accepted since: an upper-case scheme, the absolute `localhost.`, IPv4-mapped loopback.
+            "HTTP://127.0.0.1:3000",
+            "http://localhost.:3000",
+            "http://[::ffff:127.0.0.1]:3000",
         ] {
             assert!(Config::new(local, k.clone()).is_ok(), "{local}");
         }
@@ -208,6 +253,8 @@ mod tests {
             "http://10.0.0.5:3000",
             "http://localhost.example.com:3000",
             "http://[::2]:3000",
+            "http://[::ffff:10.0.0.5]:3000",
+            "http://localhost..:3000",
         ] {
             let e = Config::new(remote, k.clone()).unwrap_err();
             assert!(matches!(e, ConfigError::PlainHttp(_)), "{remote}: {e}");
@@ -221,5 +268,53 @@ mod tests {
             Config::new_insecure_http("ftp://example.com", k).is_err(),
             "the opt-in is for http:// only"
         );
+    }
+
+    /// Tokens and pending payments are bound to the origin, whatever its spelling: the origin is the URL
+    /// standard's serialisation (before, the lower-cased string: `https://h:443` and `https://h`, `127.1` and
+    /// `127.0.0.1` were different facilitators, and a pending payment was signed again under the other one).
+    #[test]
+    fn the_origin_is_normalised() {
+        let k = WalletKey::load(Some(KEY), None).unwrap();
+        for (url, origin) in [
+            ("https://ESIM.example.com:443/", "https://esim.example.com"),
+            ("https://esim.example.com", "https://esim.example.com"),
+            ("HTTP://LocalHost:80", "http://localhost"),
+            ("http://127.1:3000", "http://127.0.0.1:3000"),
+            ("http://[0:0:0:0:0:0:0:1]:3000", "http://[::1]:3000"),
+        ] {
+            let c = Config::new(url, k.clone()).unwrap();
+            assert_eq!(c.origin(), origin, "{url}");
+            assert_eq!(c.url, origin, "requests and sign-ins name it too: {url}");
+        }
+        let by_hand = Config {
+            url: "https://ESIM.example.com:443".into(),
+            key: k,
+        };
+        assert_eq!(by_hand.origin(), "https://esim.example.com");
+    }
+
+    /// A user name or password in the URL is refused, and the error does not show them (before, it was taken
+    /// and sent to the facilitator as a `Basic` credential).
+    #[test]
+    fn a_url_with_a_user_name_or_password_is_refused_without_showing_them() {
+        let k = WalletKey::load(Some(KEY), None).unwrap();
+        for url in [
+            "http://user@127.0.0.1:3000",
+            "https://user:hunter2@esim.example.com",
+            "https://:hunter2@esim.example.com/v1",
+            "https://user:hunter 2@esim.example.com",
+        ] {
+            let e = Config::new_insecure_http(url, k.clone()).unwrap_err();
+            let ConfigError::UserInfo(shown) = &e else {
+                panic!("{url}: {e}");
+            };
+            assert!(
+                !shown.contains("hunter") && !shown.contains("user"),
+                "{shown}"
+            );
+            assert!(!e.to_string().contains("hunter"), "{e}");
+            assert!(e.to_string().contains("user name or password"), "{e}");
+        }
     }
 }

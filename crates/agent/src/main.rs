@@ -15,14 +15,16 @@ Exit codes:
   2  usage: bad arguments, no SIM to act on
   3  refused by the spend policy: nothing was signed or paid
   4  refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, ...)
-  5  facilitator unreachable, 5xx, or settlement still pending: a signed payment is kept in the
-     state directory; run the same command again to collect it (it is never paid twice)";
+  5  facilitator unreachable, 5xx, settlement still pending, or a paid answer that could not be saved:
+     a signed payment is kept in the state directory; run the same command again to collect it (it is
+     never paid twice)";
 
 /// Buy and manage pay-per-use eSIMs over x402 (USDC, EIP-3009), within a spend policy.
 #[derive(Parser)]
 #[command(name = "esim402-agent", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// The facilitator's base URL: https://, or plain http:// to this machine (localhost, 127.0.0.0/8, ::1).
+    /// The facilitator's base URL: https://, or plain http:// to this machine (localhost, 127.0.0.0/8, ::1);
+    /// no user name or password in it. System proxies (HTTP_PROXY, ALL_PROXY, ...) are not used.
     #[arg(long, global = true, env = "ESIM402_URL", default_value = DEFAULT_URL)]
     url: String,
     /// Also allow plain http:// to a facilitator on another machine. Unsafe outside a network you trust:
@@ -267,12 +269,7 @@ fn agent(cli: &Cli) -> Result<Agent, AgentError> {
         None => Ok(SpendPolicy::default()),
     }
     .map_err(|e| AgentError::Local(e.to_string()))?;
-    Ok(Agent::new(
-        config,
-        policy,
-        StateDir::new(&cli.state_dir),
-        !cli.quiet,
-    ))
+    Agent::new(config, policy, StateDir::new(&cli.state_dir), !cli.quiet)
 }
 
 fn print(json_out: bool, v: &Value) {

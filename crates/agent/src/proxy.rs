@@ -164,6 +164,16 @@ impl Shared {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&self.settings.audit_log)?;
+        // One that existed before (another tool's, an older proxy's) is made private too, through the open
+        // file: the very file written to.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = f.metadata()?.permissions().mode();
+            if mode & 0o077 != 0 {
+                f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))?;
+            }
+        }
         f.write_all(format!("{entry}\n").as_bytes())?;
         f.sync_data()
     }
@@ -278,6 +288,18 @@ impl Shared {
             Err(AgentError::Refused { status, message }) => {
                 error_reply(status, "refused", &message)
             }
+            // A payment kept pending (the facilitator unreachable, or its paid answer not saved here): the
+            // device's same request sends that very payment again and collects what it bought.
+            Err(AgentError::Unavailable {
+                message,
+                pending: true,
+            }) => error_reply(
+                503,
+                "unavailable",
+                &format!(
+                    "{message}; the payment is kept: send the same request again to collect what it paid for (it is never paid twice)"
+                ),
+            ),
             Err(e @ AgentError::Unavailable { .. }) => {
                 error_reply(503, "unavailable", &e.to_string())
             }
@@ -474,37 +496,36 @@ fn refuse_non_device(
     None
 }
 
-/// Whether `host` (a `Host` header: `name[:port]`, `[v6][:port]`) names the proxy listening on `listen`: its
-/// port, and `localhost`, a loopback address, the listen address itself or, when listening on every address
-/// (`--allow-public` on `0.0.0.0`), any IP address. An IP address cannot be rebound to another machine; a host
-/// name can (DNS rebinding), so no other name is accepted.
+/// Whether `host` (a `Host` header: `name[:port]`, `[v6][:port]`) names the proxy listening on `listen`:
+/// `localhost` (`localhost.`), a loopback address (an IPv4-mapped one too), the listen address itself or, when
+/// listening on every address (`--allow-public` on `0.0.0.0`), any IP address. An IP address cannot be rebound
+/// to another machine; a host name can (DNS rebinding), so no other name is accepted. The port is not compared:
+/// a device reaching the proxy through a port mapping (docker, ssh, NAT) names another one, and a rebinding
+/// page needs a host name whatever the port. Parsed as the URL standard parses a host (`127.1`, an empty port);
+/// an IPv6 zone (`[fe80::1%eth0]`) does not parse and is refused.
 fn host_is_this_proxy(host: &str, listen: SocketAddr) -> bool {
-    let (name, port) = match host.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((ip, "")) => (ip, None),
-            Some((ip, rest)) => match rest.strip_prefix(':') {
-                Some(port) => (ip, Some(port)),
-                None => return false,
-            },
-            None => return false,
-        },
-        None => match host.split_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (host, None),
-        },
+    let Ok(url) = reqwest::Url::parse(&format!("http://{host}/")) else {
+        return false;
     };
-    let port = match port {
-        Some(p) => p.parse::<u16>().ok(),
-        None => Some(80),
-    };
-    if port != Some(listen.port()) {
+    // Nothing but a host and a port: not `user@host`, nor `host/path` (the URL's host would be another part).
+    let bare = url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    let name = url.host_str().unwrap_or_default();
+    if !bare || name.is_empty() {
         return false;
     }
-    if name.eq_ignore_ascii_case("localhost") {
+    if crate::config::is_loopback_host(name) {
         return true;
     }
-    name.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback() || ip == listen.ip() || listen.ip().is_unspecified())
+    name.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| {
+            ip.to_canonical() == listen.ip().to_canonical() || listen.ip().is_unspecified()
+        })
 }
 
 async fn respond(
@@ -649,13 +670,17 @@ mod tests {
                 403,
                 "a rebound host name",
             ),
-            (
-                get(&format!("127.0.0.1:{}", port ^ 1), ""),
-                403,
-                "another port",
-            ),
-            (get("127.0.0.1", ""), 403, "no port: 80"),
             (get(&format!("[::1]:{port}:1"), ""), 403, "junk"),
+            (
+                get(&format!("127.0.0.1@evil.example:{port}"), ""),
+                403,
+                "a user name",
+            ),
+            (
+                get(&format!("[fe80::1%25eth0]:{port}"), ""),
+                403,
+                "an IPv6 zone",
+            ),
             (
                 post("content-type: text/plain\r\n"),
                 415,
@@ -671,13 +696,20 @@ mod tests {
             upstream.seen()
         );
 
-        // What devices send goes through (and is paid).
-        for host in [
+        // What devices send goes through (and is paid): any port (a device behind a port mapping names its own),
+        // none, an empty one, `localhost.`, an IPv4-mapped loopback address.
+        let hosts = [
             here.clone(),
             format!("localhost:{port}"),
             format!("[::1]:{port}"),
-        ] {
-            assert_eq!(raw(addr, &get(&host, "")).await, 200, "{host}");
+            format!("127.0.0.1:{}", port ^ 1),
+            "127.0.0.1".into(),
+            "127.0.0.1:".into(),
+            format!("localhost.:{port}"),
+            format!("[::ffff:127.0.0.1]:{port}"),
+        ];
+        for host in &hosts {
+            assert_eq!(raw(addr, &get(host, "")).await, 200, "{host}");
         }
         assert_eq!(
             raw(
@@ -690,12 +722,13 @@ mod tests {
         let seen = upstream.seen();
         assert_eq!(
             seen.len(),
-            3 + 3,
-            "three GETs; the device's POST, the agent's, the paid one"
+            hosts.len() + 3,
+            "the GETs; the device's POST, the agent's, the paid one"
         );
-        assert!(seen[5].header("payment-signature").is_some());
+        let paid = &seen[hosts.len() + 2];
+        assert!(paid.header("payment-signature").is_some());
         assert_eq!(
-            serde_json::from_slice::<Value>(&seen[5].body).unwrap(),
+            serde_json::from_slice::<Value>(&paid.body).unwrap(),
             json!({"region": "us-west", "data_mb": 1})
         );
     }
@@ -870,17 +903,48 @@ mod tests {
         assert_eq!(upstream.payments().len(), 1);
     }
 
+    /// The Host names this proxy by address or `localhost`, whatever the port. Before, the port had to be the
+    /// listening one (a device behind a port mapping was refused, an empty port too), and `localhost.` and an
+    /// IPv4-mapped loopback address were refused.
     #[test]
     fn the_host_must_be_this_proxys_address() {
         let lo: SocketAddr = "127.0.0.1:8480".parse().unwrap();
-        assert!(host_is_this_proxy("127.0.0.1:8480", lo));
-        assert!(host_is_this_proxy("LOCALHOST:8480", lo));
-        assert!(host_is_this_proxy("[::1]:8480", lo));
-        assert!(!host_is_this_proxy("192.168.1.5:8480", lo));
-        assert!(!host_is_this_proxy("rebind.example:8480", lo));
-        assert!(!host_is_this_proxy("127.0.0.1", lo));
+        for host in [
+            "127.0.0.1:8480",
+            "LOCALHOST:8480",
+            "[::1]:8480",
+            "127.0.0.1",
+            "127.0.0.1:",
+            "127.0.0.1:9000",
+            "localhost.:8480",
+            "[::ffff:127.0.0.1]:8480",
+            "127.1:8480",
+        ] {
+            assert!(host_is_this_proxy(host, lo), "{host}");
+        }
+        for host in [
+            "192.168.1.5:8480",
+            "rebind.example:8480",
+            "localhost.example:8480",
+            "localhost..",
+            "[fe80::1%25eth0]:8480",
+            "[fe80::1%eth0]:8480",
+            "user@127.0.0.1:8480",
+            "127.0.0.1/x",
+            "127.0.0.1?x",
+            "127.0.0.1#x",
+            "[::1]:8480:1",
+            "",
+        ] {
+            assert!(!host_is_this_proxy(host, lo), "{host}");
+        }
         let public: SocketAddr = "192.168.1.5:80".parse().unwrap();
-        assert!(host_is_this_proxy("192.168.1.5", public), "port 80 implied");
+        assert!(host_is_this_proxy("192.168.1.5", public));
+        assert!(
+            host_is_this_proxy("192.168.1.5:8080", public),
+            "a mapped port"
+        );
+        assert!(host_is_this_proxy("[::ffff:192.168.1.5]", public));
         assert!(!host_is_this_proxy("192.168.1.6", public));
         assert!(!host_is_this_proxy("gateway.lan", public));
         let any: SocketAddr = "0.0.0.0:8480".parse().unwrap();
@@ -956,6 +1020,81 @@ mod tests {
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&state), 0o700);
         assert_eq!(mode(&state.join("audit.jsonl")), 0o600);
+    }
+
+    /// A state directory and an audit log that existed before the proxy, readable by others, are made private
+    /// (0700, 0600). Before, only ones the proxy created were.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn an_existing_state_directory_and_audit_log_are_made_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let upstream = crate::testing::facilitator(vec![(200, json!({"paid": true}))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("gateway");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let log = state.join("audit.jsonl");
+        std::fs::write(&log, "").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let addr = proxy(&upstream.url, &state, LIMITS).await;
+        let buy = request(
+            addr,
+            "POST",
+            "/v1/esim/activate",
+            "",
+            r#"{"region":"us-west","data_mb":1}"#,
+        );
+        assert_eq!(exchange(addr, &buy).await.0, 200);
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&log), 0o600);
+    }
+
+    /// A paid answer the proxy cannot save (the device's state unwritable) keeps the payment pending, and the
+    /// device is told that it was paid and that the same request collects it: a 503, and the same request
+    /// sent again sends the very same payment and answers with the SIM. Before, a bare 500 "internal".
+    #[tokio::test]
+    async fn a_paid_answer_that_cannot_be_saved_is_collected_by_the_same_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("devices/127.0.0.1/state.json");
+        let aside = file.with_extension("aside");
+        let sabotaged = std::sync::atomic::AtomicBool::new(false);
+        let (path, moved) = (file.clone(), aside.clone());
+        let upstream = crate::testing::Server::start(move |seen| {
+            if seen.header("payment-signature").is_none() {
+                return crate::testing::challenge(seen);
+            }
+            // The payment is recorded; its answer's save will fail (a directory where the file goes).
+            if !sabotaged.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::fs::rename(&path, &moved).unwrap();
+                std::fs::create_dir_all(path.join("x")).unwrap();
+            }
+            (200, vec![], crate::testing::sim_answer("8903"))
+        })
+        .await;
+        let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+        let buy = request(
+            addr,
+            "POST",
+            "/v1/esim/activate",
+            "",
+            r#"{"region":"us-west","data_mb":1}"#,
+        );
+        let (status, answer) = exchange(addr, &buy).await;
+        assert_eq!(status, 503, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("paid for") && message.contains("send the same request again"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&file).unwrap();
+        std::fs::rename(&aside, &file).unwrap();
+        let (status, answer) = exchange(addr, &buy).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["iccid"], "8903");
+        let paid = upstream.payments();
+        assert_eq!(paid.len(), 2);
+        assert_eq!(paid[0], paid[1], "the same payment, collected");
     }
 
     #[test]

@@ -3,9 +3,8 @@
 //!
 //! Invariants:
 //! - Every change rewrites the file atomically: a temporary file in the same directory (mode 0600: it holds
-//!   access tokens and signed payments; a directory we create is 0700), flushed to disk, then renamed over
-//!   `state.json`. A crash leaves the old
-//!   or the new state, never half of one.
+//!   access tokens and signed payments; the directory is made 0700), flushed to disk, then renamed over
+//!   `state.json`. A crash leaves the old or the new state, never half of one.
 //! - A payment is recorded as pending (with its spend entry, which counts against the daily cap) *before* it is
 //!   sent; only an answer removes it.
 //! - One command at a time per state directory: [`StateDir::lock`] takes an exclusive `flock` on `<dir>/lock`
@@ -51,14 +50,20 @@ pub struct SimRecord {
     /// never sent (a wallet sign-in is used instead, which names the origin it is for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The SIM this one replaced (a paid switch): `watch` follows the line back to count its switches and the
+    /// carriers it left (see [`crate::watch::plan::Switches::of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 impl SimRecord {
     /// The SIM's access token, if `origin` (the facilitator about to be called) is the one that issued it.
     pub fn token_for(&self, origin: &str) -> Option<&str> {
+        // Compared normalised: a record of an earlier agent kept the origin as `--url` spelled it.
+        let issuer = self.origin.as_deref().and_then(crate::config::bare_origin);
         self.access_token
             .as_deref()
-            .filter(|_| self.origin.as_deref() == Some(origin))
+            .filter(|_| issuer.as_deref() == Some(origin))
     }
 }
 
@@ -122,6 +127,11 @@ pub struct State {
     /// `watch`'s audit of each SIM's receipt log, by ICCID (see [`crate::watch::audit`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub audits: BTreeMap<String, crate::watch::audit::Audit>,
+    /// Paid answers the agent could not record (a 2xx naming no SIM), whole, by payment id: the payment went
+    /// through and is settled, so the answer is kept here for its owner (access token included: the file is
+    /// private) instead of being asked for again on every run.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unrecorded_answers: BTreeMap<String, serde_json::Value>,
 }
 
 impl State {
@@ -187,6 +197,7 @@ impl State {
                 activated_at: 0,
                 terminated: false,
                 origin: None,
+                replaces: None,
             }));
         }
         self.sims
@@ -260,22 +271,35 @@ impl StateDir {
         }
     }
 
-    /// Create the directory if it does not exist yet (private, 0700, on unix; an existing one is left as is).
+    /// Create the directory if it does not exist yet, private (0700, on unix, with any parent it creates); an
+    /// existing one that others may read or enter is made private too. It holds access tokens and signed
+    /// payments: one that cannot be made private (not ours) is an error.
     pub fn create(&self) -> Result<(), String> {
-        if !self.dir.exists() {
-            std::fs::create_dir_all(&self.dir).map_err(|e| {
-                format!(
-                    "cannot create the state directory {}: {e}",
-                    self.dir.display()
-                )
-            })?;
-            // Only a directory we create is made private: the caller may point us at one of theirs.
-            #[cfg(unix)]
-            std::fs::set_permissions(
-                &self.dir,
-                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        let mut dirs = std::fs::DirBuilder::new();
+        dirs.recursive(true);
+        // Created private, not chmod-ed after: no moment in which another user may open it.
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dirs, 0o700);
+        dirs.create(&self.dir).map_err(|e| {
+            format!(
+                "cannot create the state directory {}: {e}",
+                self.dir.display()
             )
-            .map_err(|e| format!("cannot make {} private: {e}", self.dir.display()))?;
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let private = |e: std::io::Error| {
+                format!("cannot make {} private (0700): {e}", self.dir.display())
+            };
+            let mode = std::fs::metadata(&self.dir)
+                .map_err(private)?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(mode & 0o7700))
+                    .map_err(private)?;
+            }
         }
         Ok(())
     }
@@ -373,6 +397,7 @@ mod tests {
             activated_at: at,
             terminated: false,
             origin: Some("http://127.0.0.1:3000".into()),
+            replaces: None,
         }
     }
 
@@ -409,6 +434,26 @@ mod tests {
         assert_eq!(s.spends[0].status, SpendStatus::Settled);
         std::fs::write(sd.path().join(FILE), "{not json").unwrap();
         assert!(sd.load().unwrap_err().contains("corrupt"));
+    }
+
+    /// A state directory that others may read is made private when the agent uses it, and every directory the
+    /// agent creates on the way to it is private from the start. Before, only the last directory, and only
+    /// when the agent created it, was (chmod-ed after `create_dir_all`).
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_state_directory_and_new_parents_are_made_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        StateDir::new(&open).save(&State::default()).unwrap();
+        assert_eq!(mode(&open), 0o700);
+        let deep = dir.path().join("a").join("b");
+        StateDir::new(&deep).create().unwrap();
+        assert_eq!(mode(&dir.path().join("a")), 0o700, "a parent it created");
+        assert_eq!(mode(&deep), 0o700);
     }
 
     #[test]
@@ -476,5 +521,11 @@ mod tests {
         .unwrap();
         assert_eq!(old.origin, None, "an old state file still loads");
         assert_eq!(old.token_for("http://127.0.0.1:3000"), None);
+        // An origin an earlier agent kept as `--url` spelled it is compared normalised.
+        let spelled = SimRecord {
+            origin: Some("https://esim.example:443".into()),
+            ..sim("1", 10)
+        };
+        assert_eq!(spelled.token_for("https://esim.example"), Some("sim_1"));
     }
 }

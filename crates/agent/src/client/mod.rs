@@ -106,19 +106,53 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(esim402_core::paid::LE
 
 /// The HTTP client the agent talks to the facilitator with. Redirects are not followed: one would carry a paid
 /// request's `PAYMENT-SIGNATURE` or a wallet sign-in to wherever it points (a 307 even re-sends the POST); a
-/// redirect is an answer like any other (a refusal).
+/// redirect is an answer like any other (a refusal). No system proxy (`HTTP_PROXY`, `HTTPS_PROXY`,
+/// `ALL_PROXY`) is used: the agent talks to the one facilitator URL it is given, and a proxy would carry plain
+/// `http://` meant for this machine (payments, tokens) off it.
 pub(crate) fn http_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
         .build()
 }
 
+/// The route that switches the SIM `iccid`.
+fn switch_path(iccid: &str) -> String {
+    format!("/v1/esim/{iccid}/switch")
+}
+
+/// The body of a switch of `iccid` whose payment is pending, if any: sent again as is, it is the same pending
+/// request (see [`Agent::switch`]). Under any facilitator: with another one than the payment's, sending it is
+/// refused, naming the one it is pending with.
+pub(crate) fn pending_switch(state: &State, iccid: &str) -> Option<Value> {
+    let route = format!("{} ", switch_path(iccid));
+    state.pending.keys().find_map(|key| {
+        // `POST <origin><route> <body>`, or without the origin (an earlier agent's key).
+        let (origin, body) = key.strip_prefix("POST ")?.split_once(route.as_str())?;
+        let ours = origin.is_empty() || crate::config::bare_origin(origin).is_some();
+        ours.then(|| serde_json::from_str(body).ok()).flatten()
+    })
+}
+
+/// The start of a switch's spend purpose (`switch <iccid> <target>`): how `watch` finds a SIM's switches in
+/// the spend history.
+pub(crate) fn switch_purpose_prefix(iccid: &str) -> String {
+    format!("switch {iccid} ")
+}
+
 impl Agent {
-    /// An agent; `progress` prints what it does on stderr.
-    pub fn new(config: Config, policy: SpendPolicy, state: StateDir, progress: bool) -> Self {
-        let http = http_client().unwrap_or_default();
-        Self::with_http(config, policy, state, progress, http)
+    /// An agent; `progress` prints what it does on stderr. An error if the HTTP client cannot be built (a
+    /// default client instead would follow redirects).
+    pub fn new(
+        config: Config,
+        policy: SpendPolicy,
+        state: StateDir,
+        progress: bool,
+    ) -> Result<Self, AgentError> {
+        let http = http_client()
+            .map_err(|e| AgentError::Local(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self::with_http(config, policy, state, progress, http))
     }
 
     /// An agent talking through `http` (one of [`http_client`]'s, shared: the proxy's devices reuse its
@@ -226,8 +260,8 @@ impl Agent {
         target: &Value,
     ) -> Result<Activation, AgentError> {
         let sim = self.sim(iccid)?;
-        let path = format!("/v1/esim/{}/switch", sim.iccid);
-        let purpose = format!("switch {} {target}", sim.iccid);
+        let path = switch_path(&sim.iccid);
+        let purpose = format!("{}{target}", switch_purpose_prefix(&sim.iccid));
         let origin = self.config.origin();
         self.pay_and_keep(&path, Some(target), &purpose, Some(&sim), &[], |s, a| {
             record_sim(s, a.body, Some(&sim.iccid), &origin)
@@ -405,7 +439,7 @@ fn record_sim(
         return Err(AgentError::Refused {
             status: 200,
             message: format!(
-                "paid answer without iccid/activation_code (the payment is kept: run the same command again to collect it): {}",
+                "the paid answer names no SIM (no iccid/activation_code): {}",
                 redacted(&answer)
             ),
         });
@@ -424,6 +458,7 @@ fn record_sim(
         activated_at: now(),
         terminated: false,
         origin: Some(origin.to_owned()),
+        replaces: replaces.map(str::to_owned),
     };
     state.sims.insert(iccid.clone(), record);
     if let Some(old) = replaces.and_then(|id| state.sims.get_mut(id)) {
@@ -470,6 +505,7 @@ mod tests {
             StateDir::new(dir),
             false,
         )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -522,6 +558,7 @@ mod tests {
             state,
             false,
         )
+        .unwrap()
     }
 
     const BUY: &str = r#"{"region": "us-west", "data_mb": 1}"#;
@@ -556,7 +593,8 @@ mod tests {
         );
         assert_eq!(st.spends[0].status, crate::state::SpendStatus::Settled);
 
-        // The save that ends the payment fails: it stays pending, nothing is lost.
+        // The save that ends the payment fails: it stays pending, nothing is lost, and the error says that the
+        // payment went through and that running the command again collects it (exit 5: a payment is kept).
         let dir = tempfile::tempdir().unwrap();
         saves.store(1, Ordering::SeqCst);
         let a = agent_in(
@@ -564,7 +602,15 @@ mod tests {
             StateDir::new(dir.path()).failing_after(saves.clone()),
         );
         let e = a.activate(&buy()).await.unwrap_err();
-        assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: true, .. }),
+            "{e}"
+        );
+        let said = e.to_string();
+        assert!(
+            said.contains("paid for") && said.contains("run the same command again"),
+            "{said}"
+        );
         let st = a.state().load().unwrap();
         assert_eq!(st.pending.len(), 1, "{st:?}");
         assert!(st.sims.is_empty());
@@ -585,24 +631,34 @@ mod tests {
         assert_eq!(st.spends.len(), 1);
     }
 
-    /// A 2xx answer naming no SIM (money moved): exit 4, the payment kept for a re-run, and the error text
-    /// without the answer's access token (it printed the whole answer before).
+    /// A 2xx answer naming no SIM (money moved, and a re-run would be answered the same): exit 4, the payment
+    /// settled and the whole answer kept in the state (its token too: the file is private), the error text
+    /// saying so, without the token. Before, the payment was kept pending and every re-run failed alike while
+    /// the text said to run the command again.
     #[tokio::test]
-    async fn a_paid_answer_without_a_sim_keeps_the_payment_and_prints_no_token() {
-        let f = crate::testing::facilitator(vec![(
-            200,
-            json!({"access_token": "sim_secret_9", "nested": {"access_token": "sim_secret_9"}}),
-        )])
-        .await;
+    async fn a_paid_answer_without_a_sim_is_settled_and_kept_and_prints_no_token() {
+        let answer =
+            json!({"access_token": "sim_secret_9", "nested": {"access_token": "sim_secret_9"}});
+        let f = crate::testing::facilitator(vec![(200, answer.clone())]).await;
         let dir = tempfile::tempdir().unwrap();
         let a = agent(&f.url, dir.path());
         let e = a.activate(&buy()).await.unwrap_err();
         assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{e}");
-        assert!(!e.to_string().contains("sim_secret"), "{e}");
-        assert!(e.to_string().contains("without iccid"), "{e}");
+        let said = e.to_string();
+        assert!(!said.contains("sim_secret"), "{said}");
+        assert!(
+            said.contains("no iccid") && said.contains("went through"),
+            "{said}"
+        );
+        assert!(
+            said.contains(&dir.path().join("state.json").display().to_string()),
+            "{said}"
+        );
         let st = a.state().load().unwrap();
-        assert_eq!(st.pending.len(), 1, "{st:?}");
-        assert!(st.sims.is_empty());
+        assert!(st.pending.is_empty() && st.sims.is_empty(), "{st:?}");
+        assert_eq!(st.spends[0].status, crate::state::SpendStatus::Settled);
+        assert_eq!(st.unrecorded_answers[&st.spends[0].payment_id], answer);
+        assert!(said.contains(&st.spends[0].payment_id), "{said}");
     }
 
     /// A SIM's token is sent to the facilitator that issued it only, and a pending payment to the one it was
@@ -643,7 +699,10 @@ mod tests {
             "its issuer gets it"
         );
 
-        // A payment left pending with the first server is not sent to the other one, which is paid afresh.
+        // A payment left pending with the first server is not sent to the other one, and the other one is not
+        // paid afresh either: another origin may be the same facilitator (`localhost` and `127.0.0.1`), where
+        // the first payment may have been charged. The error names the first one's origin. (Before, the other
+        // was paid afresh.)
         let top_up = json!({"region": "eu-central", "data_mb": 1});
         let e = a.activate(&top_up).await.unwrap_err();
         assert!(
@@ -651,7 +710,11 @@ mod tests {
             "{e}"
         );
         let held = first.payments().pop().unwrap();
-        b.activate(&top_up).await.unwrap();
+        let before = other.seen().len();
+        let e = b.activate(&top_up).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+        assert!(e.to_string().contains(&first.url), "{e}");
+        assert_eq!(other.seen().len(), before, "nothing sent, nothing signed");
         assert!(
             !other.payments().contains(&held),
             "the first server's payment stays there"
@@ -693,6 +756,85 @@ mod tests {
             "sent again to its server"
         );
         assert!(a.state().load().unwrap().pending.contains_key(&legacy));
+    }
+
+    /// A payment pending under one spelling of the facilitator's URL is sent again under another spelling of
+    /// the same origin (`127.1`, `127.0.0.1`, and a key an earlier agent wrote as `--url` was spelled), and
+    /// refused under another origin that may be the same server (`localhost`): never a second payment. The
+    /// proxy's walk (a paid GET) too. Before, each of these signed a new payment.
+    #[tokio::test]
+    async fn a_pending_payment_is_found_whatever_the_urls_spelling() {
+        let f =
+            crate::testing::facilitator(vec![(500, json!({"error": {"message": "down"}}))]).await;
+        let port = f.url.rsplit(':').next().unwrap().to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let short = agent(&format!("http://127.1:{port}"), dir.path());
+        let e = short.activate(&buy()).await.unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: true, .. }),
+            "{e}"
+        );
+        let held = f.payments().pop().unwrap();
+        let long = agent(&format!("http://127.0.0.1:{port}/"), dir.path());
+        long.activate(&buy()).await.unwrap_err();
+        assert_eq!(f.payments().pop().unwrap(), held, "the same payment");
+
+        // A key as an earlier agent wrote it, with the origin spelled as given.
+        let st = long.state().load().unwrap();
+        let (key, p) = st.pending.iter().next().unwrap();
+        let spelled = key.replace("127.0.0.1", "127.1");
+        long.state()
+            .update(|s| {
+                s.pending.clear();
+                s.pending.insert(spelled.clone(), p.clone());
+            })
+            .unwrap();
+        long.activate(&buy()).await.unwrap_err();
+        assert_eq!(f.payments().pop().unwrap(), held, "the same payment");
+        assert!(long.state().load().unwrap().pending.contains_key(&spelled));
+
+        let before = f.seen().len();
+        let named = agent(&format!("http://localhost:{port}"), dir.path());
+        let e = named.activate(&buy()).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("with the facilitator http://127.1:{port}")),
+            "{e}"
+        );
+        assert_eq!(f.seen().len(), before, "nothing sent, nothing signed");
+        assert_eq!(named.state().load().unwrap().spends.len(), 1);
+
+        // The proxy's paid GET: pending under one spelling, sent again under another, refused under `localhost`.
+        let query = "/v1/esim/activate?region=us-west&data_mb=1";
+        let g = crate::testing::Server::start(|seen| {
+            if seen.header("payment-signature").is_none() {
+                return crate::testing::challenge(seen);
+            }
+            (500, vec![], json!({"error": {"message": "down"}}))
+        })
+        .await;
+        let port = g.url.rsplit(':').next().unwrap().to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let short = agent(&format!("http://127.1:{port}"), dir.path());
+        short
+            .pay_for_device(query, None, &[], "device d")
+            .await
+            .unwrap_err();
+        let held = g.payments().pop().unwrap();
+        let long = agent(&format!("http://127.0.0.1:{port}"), dir.path());
+        long.pay_for_device(query, None, &[], "device d")
+            .await
+            .unwrap_err();
+        assert_eq!(g.payments().pop().unwrap(), held, "the same payment");
+        let before = g.seen().len();
+        let named = agent(&format!("http://localhost:{port}"), dir.path());
+        let e = named
+            .pay_for_device(query, None, &[], "device d")
+            .await
+            .unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+        assert_eq!(g.seen().len(), before, "nothing sent, nothing signed");
     }
 
     /// Answers that may hide a charge keep the payment: a charge whose refund is not recorded yet (sending it

@@ -55,9 +55,11 @@ impl Agent {
 
     /// [`Agent::pay`], with `keep` recording in the state what the paid answer bought (a SIM), in the very save
     /// that ends the payment: a failed save or a crash leaves the payment pending, so the same command run again
-    /// collects the answer again (the facilitator replays it), never a paid answer that was not kept. `keep`
-    /// changes the state only when it succeeds; when it fails the payment stays pending too. `body` `None`: a
-    /// GET (see [`Agent::pay_for_device`]); `headers` go with every request.
+    /// collects the answer again (the facilitator replays it), never a paid answer that was not kept (a failed
+    /// save is [`AgentError::Unavailable`] with `pending`: run the same command again). `keep` changes the state
+    /// only when it succeeds; when it fails (the answer names nothing to keep, and a replay would name nothing
+    /// either) the payment is settled, the answer kept whole in [`State::unrecorded_answers`], and the error says
+    /// where. `body` `None`: a GET (see [`Agent::pay_for_device`]); `headers` go with every request.
     pub(crate) async fn pay_and_keep<T>(
         &self,
         path: &str,
@@ -188,15 +190,44 @@ impl Agent {
             match answer.status {
                 200..=299 => {
                     let tx = answer.body["transaction"].as_str().map(str::to_owned);
+                    let (status, raw) = (answer.status, answer.body.clone());
                     // One save: what was bought, and the payment settled (see `pay_and_keep`).
-                    return self
-                        .state
-                        .update(|s| {
-                            let kept = keep(s, answer)?;
-                            s.settled(&key, &payment_id, tx);
-                            Ok(kept)
-                        })
-                        .map_err(local)?;
+                    let saved = self.state.update(|s| {
+                        let kept = keep(s, answer);
+                        s.settled(&key, &payment_id, tx);
+                        if kept.is_err() {
+                            // The answer itself cannot be kept (it names no SIM): the facilitator replays that
+                            // same answer to every re-run, so keeping the payment pending would fail the same
+                            // way forever. Money moved: the payment is settled and the answer kept whole.
+                            s.unrecorded_answers.insert(payment_id.clone(), raw);
+                        }
+                        kept
+                    });
+                    return match saved {
+                        Ok(Ok(kept)) => Ok(kept),
+                        Ok(Err(e)) => Err(AgentError::Refused {
+                            status,
+                            message: format!(
+                                "the payment {payment_id} went through, but {}; the whole answer is kept in {} \
+                                 (unrecorded_answers.{payment_id}); nothing is pending: running the command again \
+                                 pays again",
+                                match &e {
+                                    AgentError::Refused { message, .. } => message.clone(),
+                                    other => other.to_string(),
+                                },
+                                self.state.path().join(crate::state::FILE).display()
+                            ),
+                        }),
+                        // Nothing saved: the payment is still pending as recorded before it was sent, and the
+                        // facilitator replays its answer to it.
+                        Err(e) => Err(AgentError::Unavailable {
+                            message: format!(
+                                "the facilitator answered the payment {payment_id} ({status}: paid for), but the \
+                                 answer could not be saved: {e}"
+                            ),
+                            pending: true,
+                        }),
+                    };
                 }
                 402 if code == "settlement_pending" => {
                     let wait = answer
@@ -339,28 +370,64 @@ fn withdrawn_uncharged(answer: &Answer) -> bool {
 }
 
 /// The pending-payment key of `POST <path> <body>` (or, `body` `None`, `GET <path>`, its query included) on the
-/// facilitator `origin`, and the payment pending for it.
+/// facilitator `origin` (normalised, [`crate::Config::origin`]), and the payment pending for it.
+///
+/// The same request may be pending under another origin: one that normalises to this one (an earlier agent
+/// kept the origin as `--url` spelled it: `https://h:443`, `127.1`) is this facilitator's, and collected. Any
+/// other is an error: the payment is not sent to this facilitator (it could use the authorization without
+/// delivering anything), and no new one is signed either: the first may have been charged, and `localhost`
+/// and `127.0.0.1` are one facilitator under two origins (a new payment would pay twice). Running the command
+/// with `--url` of the origin it names collects it.
 ///
 /// A key written before keys named the facilitator (`POST <path> <body>`) has no origin of its own; its signed
 /// payment does name the resource it pays for (the URL the facilitator saw). It is sent again only to that
-/// resource's host: to any other facilitator this is an error, and no new payment is signed for the request
-/// either (it could pay twice); running the command with the facilitator it was made for collects it.
+/// resource's host; to any other facilitator it is refused the same way.
 fn pending_for(
     state: &State,
     origin: &str,
     path: &str,
     body: Option<&Value>,
 ) -> Result<(String, Option<PendingPayment>), AgentError> {
-    let Some(body) = body else {
-        // Paid GETs came with the proxy's query form, after keys named the facilitator: no legacy key.
-        let key = format!("GET {origin}{path}");
-        let pending = state.pending.get(&key).cloned();
-        return Ok((key, pending));
+    // Paid GETs came with the proxy's query form, after keys named the facilitator: no legacy key for them.
+    let (method, request) = match body {
+        Some(body) => ("POST", format!("{path} {body}")),
+        None => ("GET", path.to_owned()),
     };
-    let key = format!("POST {origin}{path} {body}");
+    let key = format!("{method} {origin}{request}");
     if let Some(p) = state.pending.get(&key) {
         return Ok((key, Some(p.clone())));
     }
+    let mut elsewhere = None;
+    for (k, p) in &state.pending {
+        // `<method> <origin><request>` with another spelling of the origin, or another origin.
+        let Some(other) = k
+            .strip_prefix(method)
+            .and_then(|k| k.strip_prefix(' '))
+            .and_then(|k| k.strip_suffix(request.as_str()))
+            .filter(|o| !o.is_empty())
+        else {
+            continue;
+        };
+        match crate::config::bare_origin(other) {
+            Some(o) if o == origin => return Ok((k.clone(), Some(p.clone()))),
+            Some(_) => {
+                elsewhere.get_or_insert((other, p));
+            }
+            // Not an origin: another request whose key ends like this one's.
+            None => {}
+        }
+    }
+    if let Some((other, p)) = elsewhere {
+        return Err(AgentError::Local(format!(
+            "the payment {} for this request is still pending with the facilitator {other}; it is not sent to \
+             {origin}, and no new one is signed (the first may have been charged: it could pay twice): run the \
+             command with --url {other} to collect it",
+            p.payment_id
+        )));
+    }
+    let Some(body) = body else {
+        return Ok((key, None));
+    };
     let legacy = format!("POST {path} {body}");
     let Some(p) = state.pending.get(&legacy) else {
         return Ok((key, None));

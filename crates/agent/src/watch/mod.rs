@@ -342,8 +342,6 @@ pub struct Watcher<'a> {
     tracker: Tracker,
     /// The readings of the tick that last moved the SIM, until the source says something else.
     moved_on: Option<Moved>,
-    /// The switches made so far (their daily limit, the carriers not to go back to yet).
-    switches: Switches,
     sim: SimRecord,
     emit: Box<dyn FnMut(&Event) + 'a>,
 }
@@ -360,7 +358,6 @@ impl<'a> Watcher<'a> {
             agent,
             tracker: Tracker::new(settings.thresholds),
             moved_on: None,
-            switches: Switches::default(),
             settings,
             sim,
             emit: Box::new(emit),
@@ -447,6 +444,19 @@ impl<'a> Watcher<'a> {
             self.say(Event::Warning { message: e });
             Vec::new()
         });
+        // A switch of this SIM whose answer never came (lost reply, facilitator down) is finished first, with
+        // the very same payment (the same body is the same pending request): choosing a target anew would sign
+        // a second switch of the same SIM.
+        let state = self.agent.state().load().map_err(AgentError::Local)?;
+        if let Some(to) = crate::client::pending_switch(&state, &self.sim.iccid) {
+            self.say(Event::Moving {
+                iccid: self.sim.iccid.clone(),
+                reason: "a switch paid earlier is still pending: sending the same payment again"
+                    .into(),
+                to: to.clone(),
+            });
+            return self.switch_to(&to, seen).await;
+        }
         if lines.is_empty() {
             return Ok(());
         }
@@ -507,8 +517,10 @@ impl<'a> Watcher<'a> {
             ),
         };
         let at = now();
-        let to = self
-            .switches
+        // From the state directory, not this watch's memory: the switches of an earlier run (or of `switch`)
+        // count, and so do those still pending.
+        let switches = Switches::of(&state, &self.sim.iccid);
+        let to = switches
             .check(at, self.settings.max_switches_per_day)
             .and_then(|()| {
                 next_move(
@@ -517,7 +529,7 @@ impl<'a> Watcher<'a> {
                     &region,
                     &self.settings.catalog,
                     &self.settings.carriers,
-                    &self.switches.avoided(at),
+                    &switches.avoided(at),
                 )
             })
             .map_err(|e| AgentError::Refused {
@@ -539,9 +551,14 @@ impl<'a> Watcher<'a> {
             reason,
             to: to.body(),
         });
+        self.switch_to(&to.body(), seen).await
+    }
+
+    /// Switch the SIM to `to` (a switch body), paid (or a pending payment for that same body sent again), and
+    /// watch the new SIM; `seen`: the readings of this tick, held back until the new profile counts.
+    async fn switch_to(&mut self, to: &Value, seen: Seen) -> Result<(), AgentError> {
         let from = self.sim.iccid.clone();
-        let moved = self.agent.switch(Some(&from), &to.body()).await?;
-        self.switches.record(at, carrier);
+        let moved = self.agent.switch(Some(&from), to).await?;
         self.sim = self.agent.sim(Some(&moved.iccid))?;
         self.tracker.reset();
         self.moved_on = Some(Moved {
@@ -812,6 +829,10 @@ fn stops(e: &AgentError) -> bool {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
+    use serde_json::{Value, json};
+
+    use crate::state::{SimRecord, SpendStatus, StateDir};
+    use crate::{Agent, AgentError, Config, SpendPolicy, WalletKey};
 
     /// Readings that moved the SIM are not taken again for the new SIM while their source has not caught up:
     /// a file until it is rewritten (even with the same content: that is a new reading), a command's identical
@@ -863,6 +884,203 @@ mod tests {
             ..m
         };
         assert!(!held(&waited, &rewritten), "waited long enough");
+    }
+
+    fn iccid(body: &str) -> String {
+        esim402_core::esim::Iccid::with_check_digit(body)
+            .unwrap()
+            .to_string()
+    }
+
+    /// A facilitator for a watch: receipts (none), quota (granted), the profile installed, and a switch paid
+    /// with `switched` (its answers in turn, as [`crate::testing::facilitator`]).
+    async fn facilitator(switched: Vec<(u16, Value)>) -> crate::testing::Server {
+        let switched = std::sync::Mutex::new((switched, 0usize));
+        crate::testing::Server::start(move |seen| {
+            if seen.method == "GET" {
+                return (
+                    200,
+                    vec![],
+                    json!({"receipts": [], "profile_state": "installed"}),
+                );
+            }
+            if seen.target.ends_with("/data") {
+                return (200, vec![], json!({"granted_kb": 1, "remaining_kb": 1}));
+            }
+            if seen.header("payment-signature").is_none() {
+                return crate::testing::challenge(seen);
+            }
+            let mut s = switched.lock().unwrap();
+            let (answers, next) = &mut *s;
+            let answer = answers[(*next).min(answers.len() - 1)].clone();
+            *next += 1;
+            (answer.0, vec![], answer.1)
+        })
+        .await
+    }
+
+    /// An agent on `url` whose state holds the SIM `iccid` (tmobile in us-west, its token from `url`).
+    fn agent_with_sim(url: &str, dir: &std::path::Path, iccid: &str) -> Agent {
+        let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
+        let config = Config::new(url, key).unwrap();
+        let state = StateDir::new(dir);
+        let origin = config.origin();
+        state
+            .update(|s| {
+                s.sims.insert(
+                    iccid.to_owned(),
+                    SimRecord {
+                        iccid: iccid.to_owned(),
+                        access_token: Some("sim_secret".into()),
+                        activation_code: None,
+                        region: Some("us-west".into()),
+                        carrier: Some("tmobile".into()),
+                        network: Some("eip155:31337".into()),
+                        activated_at: 1,
+                        terminated: false,
+                        origin: Some(origin),
+                        replaces: None,
+                    },
+                );
+            })
+            .unwrap();
+        Agent::new(config, SpendPolicy::default(), state, false).unwrap()
+    }
+
+    fn settings(iccid: &str, signal: Option<super::SignalSource>) -> super::WatchSettings {
+        super::WatchSettings {
+            iccid: Some(iccid.to_owned()),
+            interval: std::time::Duration::from_millis(10),
+            quota_kb: 1,
+            top_up_mb: None,
+            signal,
+            thresholds: super::Thresholds {
+                below_dbm: -100,
+                after: 1,
+            },
+            carriers: Vec::new(),
+            catalog: esim402_core::esim::Catalog::builtin().clone(),
+            ticks: Some(1),
+            max_switches_per_day: super::plan::MAX_SWITCHES_PER_DAY,
+        }
+    }
+
+    /// Run one tick of a watch over `iccid`; its events.
+    async fn one_tick(agent: &Agent, settings: super::WatchSettings) -> Vec<super::Event> {
+        let mut events = Vec::new();
+        let watcher = super::Watcher::new(agent, settings, |e| events.push(e.clone())).unwrap();
+        watcher.run().await.unwrap();
+        events
+    }
+
+    /// A switch whose reply was lost is finished by the next watch, with the very same payment, before any
+    /// reading is looked at (there are none here). Before, it was left pending, and the next weak signal chose
+    /// a target anew: a second switch of the same SIM, paid again.
+    #[tokio::test]
+    async fn a_pending_switch_is_sent_again_not_chosen_anew() {
+        let (old, new) = (iccid("890126000000000001"), iccid("890126000000000002"));
+        let f = facilitator(vec![
+            (500, json!({"error": {"message": "down"}})),
+            (200, crate::testing::sim_answer(&new)),
+        ])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_sim(&f.url, dir.path(), &old);
+        let e = agent
+            .switch(Some(&old), &json!({"carrier": "att"}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: true, .. }),
+            "{e}"
+        );
+        let events = one_tick(&agent, settings(&old, None)).await;
+        assert!(
+            events.iter().any(
+                |e| matches!(e, super::Event::Moving { to, .. } if *to == json!({"carrier": "att"}))
+            ),
+            "{events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, super::Event::Switched { iccid, .. } if *iccid == new)),
+            "{events:?}"
+        );
+        let paid = f.payments();
+        assert_eq!(paid.len(), 2, "{paid:?}");
+        assert_eq!(paid[0], paid[1], "the same payment, sent again");
+        let st = agent.state().load().unwrap();
+        assert!(st.pending.is_empty(), "{st:?}");
+        assert_eq!(st.spends.len(), 1);
+        assert_eq!(st.sims[&new].replaces.as_deref(), Some(old.as_str()));
+        assert!(st.sims[&old].terminated);
+    }
+
+    /// A watch started again counts the switches made before it (by an earlier watch, `switch`, or still
+    /// pending): with the day's three made, a weak signal moves nothing and pays nothing. Before, each watch
+    /// started with three fresh switches.
+    #[tokio::test]
+    async fn a_restarted_watch_counts_the_days_switches_from_the_state() {
+        let (first, second) = (iccid("890126000000000001"), iccid("890126000000000002"));
+        let f = facilitator(vec![(
+            200,
+            crate::testing::sim_answer(&iccid("890126000000000003")),
+        )])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_sim(&f.url, dir.path(), &second);
+        let now = super::now();
+        agent
+            .state()
+            .update(|s| {
+                let mut older = s.sims[&second].clone();
+                older.iccid.clone_from(&first);
+                older.terminated = true;
+                s.sims.insert(first.clone(), older);
+                s.sims.get_mut(&second).unwrap().replaces = Some(first.clone());
+                for (n, (id, status)) in [
+                    (&first, SpendStatus::Settled),
+                    (&first, SpendStatus::Unknown),
+                    (&second, SpendStatus::Settled),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    s.spends.push(crate::state::Spend {
+                        payment_id: format!("pay_{n}"),
+                        purpose: format!(
+                            "{}{}",
+                            crate::client::switch_purpose_prefix(id),
+                            json!({"carrier": "verizon"})
+                        ),
+                        at: now - now % 86_400,
+                        amount_usdc: "0.42".parse().unwrap(),
+                        network: "eip155:31337".into(),
+                        pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
+                        status,
+                        transaction: None,
+                    });
+                }
+            })
+            .unwrap();
+        let readings = dir.path().join("signal");
+        std::fs::write(&readings, "-120\n").unwrap();
+        let events = one_tick(
+            &agent,
+            settings(&second, Some(super::SignalSource::File(readings))),
+        )
+        .await;
+        assert!(
+            events.iter().any(|e| matches!(e, super::Event::Warning { message } if message.contains("3 switches today"))),
+            "{events:?}"
+        );
+        assert!(f.payments().is_empty(), "nothing paid");
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, super::Event::Moving { .. }))
+        );
     }
 
     /// The signal command runs without the wallet key in its environment (it inherited the agent's whole

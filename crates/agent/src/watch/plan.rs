@@ -3,7 +3,7 @@
 //! list); a refused attach on a network the region's roaming policy does not cover is a border crossed, so
 //! the SIM moves to a region whose policy covers that network. Every move is paid, so a radio that is weak on
 //! every carrier must not buy switch after switch: [`Switches`] caps them per UTC day and keeps the walk off a
-//! carrier the SIM left within [`AVOID_SECS`]. Pure.
+//! carrier the SIM left within [`AVOID_SECS`], both read from the state directory. Pure.
 
 use esim402_core::esim::Catalog;
 use esim402_core::{CarrierId, Region};
@@ -51,25 +51,57 @@ pub const MAX_SWITCHES_PER_DAY: u32 = 3;
 /// How long a carrier the SIM left is not gone back to: it was weak (or refused the attach) then.
 pub const AVOID_SECS: u64 = 6 * 3_600;
 
-/// The switches a watch made: when (Unix seconds), and the carrier each one left.
+/// The switches of a SIM's line (the SIM, the one it replaced, that one's predecessor, …), as the state
+/// directory records them: so a watch started again (or run by cron with `--ticks`) counts the switches made
+/// before it, and a switch still pending (its reply lost) counts too.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Switches {
-    made: Vec<(u64, CarrierId)>,
+    /// When each switch payment of the line was signed (Unix seconds), whatever became of it (settled,
+    /// pending, unknown; one refused before any charge is dropped from the spends).
+    signed: Vec<u64>,
+    /// The carriers the line left, and when (the new SIM's activation).
+    left: Vec<(u64, CarrierId)>,
 }
 
 impl Switches {
-    /// A switch away from `left`, made at `at`.
-    pub fn record(&mut self, at: u64, left: CarrierId) {
-        // Older ones count for nothing any more (neither today's count nor the avoided carriers).
-        self.made
-            .retain(|(t, _)| t.saturating_add(86_400.max(AVOID_SECS)) > at);
-        self.made.push((at, left));
+    /// The switches of `iccid`'s line in `state`: its switch spends (purpose `switch <iccid> …`, see
+    /// [`crate::client`]) and those of the SIMs it replaced ([`crate::state::SimRecord::replaces`]), and the
+    /// carrier each replaced SIM was on.
+    pub fn of(state: &crate::state::State, iccid: &str) -> Self {
+        let mut line = vec![iccid];
+        let mut left = Vec::new();
+        let mut sim = state.sims.get(iccid);
+        while let Some(newer) = sim {
+            // A cycle (a hand-edited state) ends the walk.
+            let Some(older) = newer.replaces.as_deref().filter(|id| !line.contains(id)) else {
+                break;
+            };
+            line.push(older);
+            sim = state.sims.get(older);
+            if let Some(carrier) = sim
+                .and_then(|s| s.carrier.as_deref())
+                .and_then(|c| CarrierId::parse(c).ok())
+            {
+                left.push((newer.activated_at, carrier));
+            }
+        }
+        let prefixes: Vec<String> = line
+            .iter()
+            .map(|id| crate::client::switch_purpose_prefix(id))
+            .collect();
+        let signed = state
+            .spends
+            .iter()
+            .filter(|s| prefixes.iter().any(|p| s.purpose.starts_with(p.as_str())))
+            .map(|s| s.at)
+            .collect();
+        Self { signed, left }
     }
 
     /// Whether another switch may be made at `now`: fewer than `max_per_day` since 00:00 UTC.
     pub fn check(&self, now: u64, max_per_day: u32) -> Result<(), NoMove> {
         let day_start = now - now % 86_400;
-        let today = self.made.iter().filter(|(t, _)| *t >= day_start).count();
+        let today = self.signed.iter().filter(|t| **t >= day_start).count();
         let today = u32::try_from(today).unwrap_or(u32::MAX);
         if today >= max_per_day {
             return Err(NoMove::DailyLimit(today));
@@ -79,7 +111,7 @@ impl Switches {
 
     /// The carriers left within [`AVOID_SECS`] of `now` (the walk skips them).
     pub fn avoided(&self, now: u64) -> Vec<CarrierId> {
-        self.made
+        self.left
             .iter()
             .filter(|(t, _)| t.saturating_add(AVOID_SECS) > now)
             .map(|(_, c)| c.clone())
@@ -218,19 +250,67 @@ mod tests {
         );
     }
 
+    /// A SIM of `carrier`, activated at `at`, replacing `replaces`.
+    fn sim(iccid: &str, carrier: &str, at: u64, replaces: Option<&str>) -> crate::state::SimRecord {
+        crate::state::SimRecord {
+            iccid: iccid.into(),
+            access_token: None,
+            activation_code: None,
+            region: Some("us-west".into()),
+            carrier: Some(carrier.into()),
+            network: None,
+            activated_at: at,
+            terminated: replaces.is_none(),
+            origin: None,
+            replaces: replaces.map(str::to_owned),
+        }
+    }
+
+    /// A switch of `iccid` signed at `at`, as the client records it.
+    fn switch(iccid: &str, at: u64, status: crate::state::SpendStatus) -> crate::state::Spend {
+        crate::state::Spend {
+            payment_id: format!("pay_{iccid}_{at}"),
+            purpose: format!(
+                "{}{}",
+                crate::client::switch_purpose_prefix(iccid),
+                serde_json::json!({"carrier": "x"})
+            ),
+            at,
+            amount_usdc: esim402_core::UsdcAmount::from_micros(420_000),
+            network: "eip155:31337".into(),
+            pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
+            status,
+            transaction: None,
+        }
+    }
+
     /// A radio weak on every carrier does not buy switch after switch: the walk skips carriers left within six
-    /// hours, and a day allows three switches. (Before, it went round the region's carriers every few ticks,
-    /// each switch paid.)
+    /// hours, and a day allows three switches. Both are read from the state directory, so a watch started
+    /// again counts what was switched before it, and a switch whose reply was lost (still pending) counts too.
+    /// (Before, they were the running watch's memory only: a restart had three fresh switches and no carrier
+    /// to avoid, and a pending switch was not counted.)
     #[test]
     fn switches_skip_carriers_just_left_and_stop_at_the_days_limit() {
+        use crate::state::SpendStatus;
         let cat = Catalog::builtin();
         let weak = Trigger::Weak { dbm: -110 };
         let us = r("us-west");
         let day = 20_000 * 86_400;
-        let mut made = Switches::default();
+        let mut state = crate::state::State::default();
+        state
+            .sims
+            .insert("1".into(), sim("1", "tmobile", day - 86_400, None));
+        let made = Switches::of(&state, "1");
         assert_eq!(made.check(day, MAX_SWITCHES_PER_DAY), Ok(()));
+        assert!(made.avoided(day).is_empty());
         // tmobile → verizon → att; from att the walk would wrap to tmobile, left an hour ago.
-        made.record(day + 3_600, c("tmobile"));
+        state
+            .spends
+            .push(switch("1", day + 3_500, SpendStatus::Settled));
+        state
+            .sims
+            .insert("2".into(), sim("2", "verizon", day + 3_600, Some("1")));
+        let made = Switches::of(&state, "2");
         assert_eq!(
             next_move(
                 &weak,
@@ -242,9 +322,15 @@ mod tests {
             ),
             Ok(Move::Carrier(c("att")))
         );
-        made.record(day + 7_200, c("verizon"));
+        state
+            .spends
+            .push(switch("2", day + 7_100, SpendStatus::Settled));
+        state
+            .sims
+            .insert("3".into(), sim("3", "att", day + 7_200, Some("2")));
+        let made = Switches::of(&state, "3");
         let avoided = made.avoided(day + 7_300);
-        assert_eq!(avoided, [c("tmobile"), c("verizon")]);
+        assert_eq!(avoided, [c("verizon"), c("tmobile")]);
         assert_eq!(
             next_move(&weak, &c("att"), &us, cat, &[], &avoided),
             Err(NoMove::TriedRecently("att".into())),
@@ -262,7 +348,12 @@ mod tests {
             Ok(Move::Carrier(c("tmobile"))),
             "six hours on, tmobile may be tried again"
         );
-        made.record(day + 30_000, c("att"));
+        assert_eq!(made.check(day + 30_001, MAX_SWITCHES_PER_DAY), Ok(()));
+        // A third switch whose reply was lost: no new SIM yet, but it counts.
+        state
+            .spends
+            .push(switch("3", day + 30_000, SpendStatus::Pending));
+        let made = Switches::of(&state, "3");
         assert_eq!(
             made.check(day + 30_001, MAX_SWITCHES_PER_DAY),
             Err(NoMove::DailyLimit(3))
@@ -273,6 +364,11 @@ mod tests {
             Ok(()),
             "a new UTC day"
         );
+        // Another line's switches (another SIM of the state directory) are its own.
+        assert_eq!(
+            Switches::of(&state, "9").check(day + 30_001, MAX_SWITCHES_PER_DAY),
+            Ok(())
+        );
         // A border crossed still moves region (the daily limit applies to it as to any switch).
         let abroad = Trigger::Denied {
             seen: Some(Plmn::parse("262-01").unwrap()),
@@ -281,5 +377,19 @@ mod tests {
             next_move(&abroad, &c("tmobile"), &us, cat, &[], &[c("telekom-de")]),
             Ok(Move::Region(r("eu-central")))
         );
+    }
+
+    /// A line that loops back on itself (a hand-edited state) ends the walk instead of looping forever.
+    #[test]
+    fn a_cycle_in_the_line_ends_the_walk() {
+        let mut state = crate::state::State::default();
+        state
+            .sims
+            .insert("1".into(), sim("1", "tmobile", 10, Some("2")));
+        state
+            .sims
+            .insert("2".into(), sim("2", "verizon", 20, Some("1")));
+        let made = Switches::of(&state, "1");
+        assert_eq!(made.avoided(30), [c("verizon")]);
     }
 }
