@@ -388,16 +388,31 @@ pub fn amount_of(
     Ok(amount)
 }
 
+/// What a refund's payment must still show when the refund is about to be sent: the token it moved, who paid
+/// it (the refund's payer), and at least how much (the refund's amount).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaymentShows {
+    /// The token contract (the refund's asset).
+    pub token: alloy_primitives::Address,
+    /// The payer the refund goes back to.
+    pub payer: alloy_primitives::Address,
+    /// The refund's amount: the payment moved at least this from the payer.
+    pub amount: alloy_primitives::U256,
+}
+
 /// Whether the payment a refund returns (its transaction `payment`) still stands when the refund is about to
-/// be sent: mined with status 1 and buried under `min_confirmations` at `head` (`receipt`: its receipt, if the
-/// node knows it). A reorganisation since the refund was owed may have taken the payment or left it reverted
-/// (then nothing came in and nothing goes back), or made it shallower (then the refund waits for it): the
-/// refund stays owed, and a later run asks again. Else why not.
+/// be sent: mined with status 1, buried under `min_confirmations` at `head`, and its receipt's token
+/// `Transfer` logs still moving at least the refund's amount from its payer (`receipt`: its receipt, if the
+/// node knows it). A reorganisation since the refund was owed may have taken the payment or left it reverted,
+/// re-mined it with its transfer failing inside a contract that swallows the failure (then nothing came in and
+/// nothing goes back), or made it shallower (then the refund waits for it): the refund stays owed, and a later
+/// run asks again. Else why not.
 pub fn payment_stands(
     payment: alloy_primitives::B256,
     receipt: Option<&TransactionReceipt>,
     head: u64,
     min_confirmations: u64,
+    shows: &PaymentShows,
 ) -> Result<(), String> {
     let Some(receipt) = receipt else {
         return Err(format!(
@@ -407,6 +422,18 @@ pub fn payment_stands(
     if !receipt.status {
         return Err(format!(
             "the payment {payment:#x} is reverted now (a reorganisation?): nothing came in, the refund waits"
+        ));
+    }
+    let moved = crate::evm::receipt::find_erc20_transfers(receipt, shows.token)
+        .iter()
+        .filter(|t| t.from == shows.payer)
+        .fold(alloy_primitives::U256::ZERO, |sum, t| {
+            sum.saturating_add(t.value)
+        });
+    if moved < shows.amount {
+        return Err(format!(
+            "the payment {payment:#x} moves {moved} of the token from the payer now, less than the refund's {}: the refund waits",
+            shows.amount
         ));
     }
     let have = receipt.confirmations(head);
@@ -508,29 +535,65 @@ mod tests {
     /// until it stands again (before, the refund job paid without looking).
     #[test]
     fn a_refund_waits_for_its_payment_to_stand() {
+        use crate::evm::receipt::{Log, TRANSFER_TOPIC};
         let hash = alloy_primitives::B256::repeat_byte(3);
-        let mined = |status| TransactionReceipt {
+        let (token, payer, pay_to) = (
+            Address::repeat_byte(0xaa),
+            Address::repeat_byte(0xbb),
+            Address::repeat_byte(0xcc),
+        );
+        let transfer = |from: Address, value: u64| Log {
+            address: token,
+            topics: vec![TRANSFER_TOPIC, from.into_word(), pay_to.into_word()],
+            data: U256::from(value).to_be_bytes::<32>().to_vec().into(),
+            removed: false,
+        };
+        let mined = |status, logs| TransactionReceipt {
             status,
             block_number: 100,
             transaction_hash: hash,
-            from: Address::repeat_byte(1),
-            to: None,
-            logs: Vec::new(),
+            from: payer,
+            to: Some(token),
+            logs,
         };
-        assert_eq!(payment_stands(hash, Some(&mined(true)), 102, 3), Ok(()));
-        assert_eq!(payment_stands(hash, Some(&mined(true)), 100, 1), Ok(()));
-        let gone = payment_stands(hash, None, 102, 1).unwrap_err();
+        let shows = PaymentShows {
+            token,
+            payer,
+            amount: U256::from(5_000u64),
+        };
+        let paid = mined(true, vec![transfer(payer, 5_000)]);
+        assert_eq!(payment_stands(hash, Some(&paid), 102, 3, &shows), Ok(()));
+        assert_eq!(payment_stands(hash, Some(&paid), 100, 1, &shows), Ok(()));
+        let gone = payment_stands(hash, None, 102, 1, &shows).unwrap_err();
         assert!(gone.contains("not on chain now"), "{gone}");
         assert!(gone.contains(&format!("{hash:#x}")), "{gone}");
-        let reverted = payment_stands(hash, Some(&mined(false)), 102, 1).unwrap_err();
+        let reverted =
+            payment_stands(hash, Some(&mined(false, vec![])), 102, 1, &shows).unwrap_err();
         assert!(reverted.contains("reverted now"), "{reverted}");
-        let shallow = payment_stands(hash, Some(&mined(true)), 101, 3).unwrap_err();
+        let shallow = payment_stands(hash, Some(&paid), 101, 3, &shows).unwrap_err();
         assert!(
             shallow.contains("has 2 of its 3 confirmations"),
             "{shallow}"
         );
         // A node whose head lags the receipt's block counts none.
-        assert!(payment_stands(hash, Some(&mined(true)), 99, 1).is_err());
+        assert!(payment_stands(hash, Some(&paid), 99, 1, &shows).is_err());
+        // Mined again with status 1 but no transfer from the payer (a contract swallowed it), or less than the
+        // refund, or from someone else, or of another token: nothing to give back.
+        for logs in [
+            vec![],
+            vec![transfer(payer, 4_999)],
+            vec![transfer(pay_to, 5_000)],
+            vec![Log {
+                address: Address::repeat_byte(0xdd),
+                ..transfer(payer, 5_000)
+            }],
+        ] {
+            let e = payment_stands(hash, Some(&mined(true, logs)), 102, 1, &shows).unwrap_err();
+            assert!(e.contains("less than the refund's 5000"), "{e}");
+        }
+        // Two transfers from the payer add up.
+        let split = mined(true, vec![transfer(payer, 2_000), transfer(payer, 3_000)]);
+        assert_eq!(payment_stands(hash, Some(&split), 102, 1, &shows), Ok(()));
     }
 
     /// The receipt read again is the one that moved the money (an earlier build named a front-run settlement

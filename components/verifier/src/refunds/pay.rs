@@ -11,7 +11,7 @@ use esim402_core::chain::parse_address;
 use esim402_core::evm::erc20::transfer_calldata;
 use esim402_core::evm::{SignedTx, SigningKey};
 use esim402_core::ledger::EntryKind;
-use esim402_core::refund::{Next, Refund, RefundStatus, Unmineable};
+use esim402_core::refund::{Next, PaymentShows, Refund, RefundStatus, Unmineable};
 use esim402_core::settlement::OurTx;
 use esim402_core::store::keys;
 use esim402_core::x402::exact::parse_decimal_u256;
@@ -37,6 +37,8 @@ async fn update(
 
 /// What a refund transfer needs, checked before it is claimed.
 struct Transfer {
+    /// The network's USDC (the refund's asset).
+    token: Address,
     to: Address,
     amount: U256,
 }
@@ -58,13 +60,17 @@ fn transfer_of(refund: &Refund, chain: &Chain) -> Result<Transfer, String> {
     let amount = parse_decimal_u256(&refund.amount)
         .filter(|a| *a > U256::ZERO)
         .ok_or_else(|| format!("bad amount {:?}", refund.amount))?;
-    Ok(Transfer { to, amount })
+    Ok(Transfer {
+        token: chain.network.usdc,
+        to,
+        amount,
+    })
 }
 
 /// Whether the payment `refund` returns still stands on `chain` (kernel `refund::payment_stands`): read again
 /// before every send of a refund owed while a reorganisation could still take it (kernel `Refund::to_check`),
 /// so one since the refund was owed cannot have it pay back money that never stayed.
-async fn payment_stands(chain: &Chain, refund: &Refund) -> Result<(), String> {
+async fn payment_stands(chain: &Chain, refund: &Refund, transfer: &Transfer) -> Result<(), String> {
     let Some(hash) = refund.to_check() else {
         return Ok(());
     };
@@ -80,6 +86,11 @@ async fn payment_stands(chain: &Chain, refund: &Refund) -> Result<(), String> {
         receipt.as_ref(),
         head,
         u64::from(chain.network.confirmations),
+        &PaymentShows {
+            token: transfer.token,
+            payer: transfer.to,
+            amount: transfer.amount,
+        },
     )
 }
 
@@ -136,7 +147,7 @@ pub async fn pay_one(
         Ok(t) => t,
         Err(e) => return Step::Failed(e),
     };
-    if let Err(e) = payment_stands(chain, &refund).await {
+    if let Err(e) = payment_stands(chain, &refund, &transfer).await {
         return Step::Failed(e);
     }
     let holder = match util::holder_token() {
