@@ -25,14 +25,12 @@ pub use token::SimToken;
 /// time that tells nothing about the secret: the keccak-256 digests of both are compared in constant time, so
 /// neither how many leading bytes matched nor the secret's length shows (a length check first would).
 pub fn secret_eq(presented: &[u8], secret: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
     let (a, b) = (
         alloy_primitives::keccak256(presented),
         alloy_primitives::keccak256(secret),
     );
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    a.as_slice().ct_eq(b.as_slice()).into()
 }
 
 /// What a stored SIM says about who may manage it.

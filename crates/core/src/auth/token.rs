@@ -53,11 +53,8 @@ fn hash(token: &str) -> B256 {
 
 /// Whether `presented` is the token whose hash is `stored` (compared in constant time).
 pub fn matches(stored: &B256, presented: &str) -> bool {
-    let h = hash(presented);
-    h.iter()
-        .zip(stored.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    use subtle::ConstantTimeEq as _;
+    hash(presented).as_slice().ct_eq(stored.as_slice()).into()
 }
 
 /// Whether `s` has a token's form (prefix and length); the cheap check before any lookup.
