@@ -923,6 +923,22 @@ mod tests {
         assert_eq!(StateDir::new(wallet.path()).load().unwrap().spends.len(), 1);
     }
 
+    /// The facilitator's own word for it: a 410 with `charged: false` (what the gateway answers since
+    /// `8bb2046`) frees its spend whatever its message says.
+    #[tokio::test]
+    async fn a_410_that_says_charged_false_frees_its_spend() {
+        let withdrawn = json!({"error": {"code": "expired", "message": "invoice inv_1 can no longer be paid"},
+                               "charged": false});
+        let f = crate::testing::facilitator(vec![(410, withdrawn)]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert!(matches!(e, AgentError::Refused { status: 410, .. }), "{e}");
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty() && st.spends.is_empty(), "{st:?}");
+        assert_eq!(a.spent_today().unwrap(), UsdcAmount::ZERO);
+    }
+
     /// Redirects are answers, not followed: a 307 would re-send the paid POST (its PAYMENT-SIGNATURE) or a
     /// sign-in to wherever it points.
     #[tokio::test]

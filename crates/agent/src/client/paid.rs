@@ -359,14 +359,16 @@ impl Agent {
 }
 
 /// Whether a 410 says its payment was withdrawn without a charge: the facilitator's `expired` answer to a
-/// payment that stopped verifying ("… so nothing was charged and the profile was withdrawn …"). One that says
-/// `charged: true` (a late transfer owed back) or does not say nothing was charged keeps its spend.
+/// payment that stopped verifying, which says `charged: false` (facilitators from before `8bb2046` say it in
+/// the message only: "… so nothing was charged and the profile was withdrawn …"). One that says
+/// `charged: true` (a late transfer owed back) or says neither keeps its spend.
 fn withdrawn_uncharged(answer: &Answer) -> bool {
     answer.status == 410
-        && answer.body["charged"] != json!(true)
-        && answer.body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("nothing was charged"))
+        && (answer.body["charged"] == json!(false)
+            || answer.body["charged"] != json!(true)
+                && answer.body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("nothing was charged")))
 }
 
 /// The pending-payment key of `POST <path> <body>` (or, `body` `None`, `GET <path>`, its query included) on the
