@@ -13,6 +13,7 @@ pub mod cost;
 pub mod deployment;
 pub mod esim;
 pub mod evm;
+pub mod hold;
 pub mod ids;
 pub mod invoice;
 pub mod join;

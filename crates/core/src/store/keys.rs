@@ -9,6 +9,7 @@
 //! | `ledger/<shard>/head`, `ledger/<shard>/entry/<seq>`, `ledger/outbox` | invoices | the hash-chained ledger (`crate::ledger`), one chain per shard; events whose append failed (`crate::ledger::outbox`) |
 //! | `secret/invoice-key` | invoices | the invoice MAC key generated on first use when `invoice_secret` is not set |
 //! | `x402/nonce/<caip2>/<from>/<nonce>` | verifier | the settlement of one EIP-3009 authorization (`crate::settlement`) |
+//! | `x402/hold/<caip2>/<asset>/<payer>` | verifier | the holds on a payer's balance while its `exact` payments are driven (`crate::hold`) |
 //! | `x402/reported/<caip2>/<from>/<nonce>` | verifier | claim counter: the one `success:true` the facilitator API reports for that authorization's settlement |
 //! | `txhash/<hash>` | verifier | a transaction that paid something: a tx-hash proof's claim, or our settlement |
 //! | `signer/<caip2>/<address>/nonce` | verifier | the account nonces of a key we sign with (`crate::evm::NonceState`) |
@@ -89,6 +90,12 @@ pub fn parse_authorization(key: &str) -> Option<(Address, alloy_primitives::B256
         return None;
     }
     Some((from.parse().ok()?, nonce.parse().ok()?))
+}
+
+/// The holds on `payer`'s balance of `asset` on `caip2` while its `exact` payments are driven
+/// (`crate::hold`).
+pub fn holds(caip2: &str, asset: Address, payer: Address) -> String {
+    format!("x402/hold/{caip2}/{asset:#x}/{payer:#x}")
 }
 
 /// A transaction that paid something.
