@@ -11,6 +11,7 @@ mod deploy;
 mod devchain;
 mod dispatch;
 mod facilitator;
+mod holds;
 mod ledger;
 mod metering;
 mod ownership;

@@ -41,6 +41,10 @@ const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// How often a settlement asks for its receipt once it is waiting for a block.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The most `authorizationState` reads in one JSON-RPC batch ([`Chain::used_nonces`]): providers cap
+/// batches (some at 50 requests).
+const NONCES_PER_BATCH: usize = 40;
+
 /// `unavailable`, naming what failed (the message never carries the endpoint).
 pub fn unavailable(e: &CallError) -> wit::Error {
     wit::Error::Unavailable(format!("the payment network's RPC failed: {e}"))
@@ -225,6 +229,52 @@ impl Chain {
             facts.token_version = reads.next().flatten();
         }
         Ok(facts)
+    }
+
+    /// `from`'s USDC balance and which of `nonces` its EIP-3009 authorizations have used, read together
+    /// (batches of at most [`NONCES_PER_BATCH`] calls, the balance in the first). A nonce whose answer does
+    /// not say "used" counts as unused: the caller then holds more, never less.
+    pub async fn used_nonces(
+        &self,
+        from: Address,
+        nonces: &[B256],
+    ) -> Result<(U256, Vec<B256>), wit::Error> {
+        let balance_call = self.usdc_call(balance_of_calldata(from), None);
+        let mut balance = U256::ZERO;
+        let mut used = Vec::new();
+        let mut chunks: Vec<&[B256]> = nonces.chunks(NONCES_PER_BATCH).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut batch = Batch::new();
+            let balance_slot = (i == 0).then(|| batch.add(&balance_call));
+            let calls: Vec<_> = chunk
+                .iter()
+                .map(|n| self.usdc_call(authorization_state_calldata(from, *n), None))
+                .collect();
+            let slots: Vec<_> = calls.iter().map(|c| batch.add(c)).collect();
+            let mut answers = self.rpc.batch(batch).await;
+            // As in `facts`: a node error is an answer (no balance, not used), a transport error none.
+            if let Some(slot) = balance_slot {
+                balance = match answers.take(slot, &balance_call) {
+                    Ok(data) => decode_balance_of_return(&data).unwrap_or(U256::ZERO),
+                    Err(e) if e.is_node() => U256::ZERO,
+                    Err(e) => return Err(unavailable(&e)),
+                };
+            }
+            for ((slot, call), nonce) in slots.into_iter().zip(&calls).zip(chunk) {
+                match answers.take(slot, call) {
+                    Ok(data) if decode_authorization_state_return(&data).unwrap_or(false) => {
+                        used.push(*nonce);
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.is_node() => {}
+                    Err(e) => return Err(unavailable(&e)),
+                }
+            }
+        }
+        Ok((balance, used))
     }
 
     /// Whether the EIP-3009 authorization `(from, nonce)` was used as of `block` (`authorizationState`).

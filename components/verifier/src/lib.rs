@@ -8,11 +8,12 @@
 //! - [`schemes`]: one `verify`/`settle` interface, implemented by [`schemes::exact`] and [`schemes::txhash`];
 //! - [`sender`]: our transactions: nonce reservation, signing, broadcast, re-broadcast, receipts;
 //! - [`claims`]: the settlement records (`x402/nonce/…`, `txhash/…`), updated through the kernel's rules;
+//! - [`holds`]: the holds on a payer's balance while its `exact` payments are driven (`x402/hold/…`);
 //! - [`refunds`]: refunds owed and paid from the treasury key;
 //! - [`facilitator`]: the facilitator API's JSON in and out;
 //! - [`config`], [`chain`], [`rpc`]: settings parsed once per instance, chain reads, JSON-RPC.
 //!
-//! Keys it writes: `x402/nonce/`, `txhash/`, `signer/`, `refund/`. The facilitator and treasury keys are
+//! Keys it writes: `x402/nonce/`, `x402/hold/`, `txhash/`, `signer/`, `refund/`. The facilitator and treasury keys are
 //! secrets: each is parsed once from its variable and used to sign, nothing else.
 
 mod bindings {
@@ -41,6 +42,7 @@ mod chain;
 mod claims;
 mod config;
 mod facilitator;
+mod holds;
 mod refunds;
 mod rpc;
 mod schemes;
@@ -88,6 +90,19 @@ impl Guest for Component {
             wit::PaymentProof::TxHash(proof) => {
                 schemes::TxHash.settle(&invoice, proof, &verified).await
             }
+        }
+    }
+
+    async fn release_hold(
+        invoice: wit::Invoice,
+        proof: wit::PaymentProof,
+    ) -> Result<(), wit::Error> {
+        match &proof {
+            wit::PaymentProof::X402(payload) => {
+                schemes::Exact.release_hold(&invoice, payload).await
+            }
+            // A transfer already made holds nothing.
+            wit::PaymentProof::TxHash(_) => Ok(()),
         }
     }
 

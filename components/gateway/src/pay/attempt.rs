@@ -299,6 +299,7 @@ impl Attempt<'_> {
             Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
             Err(e) => {
                 let err = from_wit(e);
+                self.release_hold().await;
                 self.note(
                     EntryKind::ActivationFailed,
                     self.fields()

@@ -12,7 +12,7 @@ use esim402_guest::wit;
 use super::Order;
 use super::answers::{order_pending, stored, unsettled};
 use super::attempt::Attempt;
-use crate::{dispatch, from_wit, invoices, now};
+use crate::{dispatch, from_wit, invoices, now, verifier};
 
 impl Attempt<'_> {
     /// Settlement failed after the order: no money moved, so the profile must not stay with the payer.
@@ -20,6 +20,7 @@ impl Attempt<'_> {
     /// The terminated SIM's metering account is closed as its owner's terminate closes it: a top-up someone
     /// paid for the SIM meanwhile is owed back now (the activation's own data was never credited).
     pub(super) async fn withdraw(&self, order: &Order, sim: &wit::Sim, payer: &str, reason: &str) {
+        self.release_hold().await;
         if matches!(order, Order::TopUp { .. }) {
             self.note(
                 EntryKind::SettlementFailed,
@@ -63,6 +64,18 @@ impl Attempt<'_> {
                 .detail("iccid", &sim.iccid)
                 .detail("reason", "settlement failed; profile terminated"),
         );
+    }
+
+    /// The payment ended without moving money: the hold its verification placed on the payer's balance ends
+    /// too (kernel `hold`), so the payer may pay another invoice with that balance, or that authorization, at
+    /// once. A failure only logs: the hold lapses by itself.
+    pub(super) async fn release_hold(&self) {
+        if let Err(e) = verifier::release_hold(self.invoice.clone(), self.proof.wit()).await {
+            eprintln!(
+                "gateway: releasing the balance hold of {} failed (it lapses by itself): {e:?}",
+                self.invoice.id
+            );
+        }
     }
 
     /// A resumed payment refused by verification (`refused`: the answer a fresh payment would get, a 4xx). An

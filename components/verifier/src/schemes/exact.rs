@@ -13,6 +13,7 @@
 use std::time::Instant;
 
 use esim402_core::settlement::{self, Outcome, Record, Replay};
+use esim402_core::x402::exact::{SignedAuthorization, requirement_asset};
 use esim402_core::x402::requirements::{requirements_v2, select_requirements};
 use esim402_core::x402::{InvalidReason, PaymentPayload, PaymentRequirements};
 use esim402_guest::convert::{internal, invalid};
@@ -42,6 +43,11 @@ struct Payment {
 }
 
 impl Payment {
+    /// The token the selected requirement pays in.
+    fn asset(&self) -> alloy_primitives::Address {
+        requirement_asset(&self.requirements).unwrap_or(self.chain.network.usdc)
+    }
+
     async fn load(inv: &wit::Invoice, payload: &str) -> Result<Self, wit::Error> {
         let (id, invoice) = invoice(inv)?;
         let fingerprint = esim402_core::paid::fingerprint(payload.as_bytes());
@@ -136,7 +142,14 @@ impl Scheme for Exact {
         // used), and as `already settled` while that settlement is still on its way.
         match payment::verify(&p.chain, signer, &p.payload, &p.requirements, p.now).await? {
             Ok(_) if other => Err(already_settled()),
-            Ok(checked) => Ok(verified(checked.payer, &p)),
+            Ok(checked) => {
+                // Before the gateway orders anything: the authorization is this invoice's alone, and the
+                // payer's balance covers it on top of its other payments in flight (kernel `hold`).
+                let auth = &checked.signed.authorization;
+                crate::holds::place(&p.chain, p.asset(), auth, checked.balance, &p.id, p.now)
+                    .await?;
+                Ok(verified(checked.payer, &p))
+            }
             Err(reason) => Err(rejected(reason)),
         }
     }
@@ -186,6 +199,19 @@ impl Scheme for Exact {
             version: std::cell::Cell::new(Some(version)),
         };
         drive(&p, &checked, &claim).await
+    }
+}
+
+impl Exact {
+    /// End the hold `verify` placed for this payload and invoice: the gateway's payment of it ended without
+    /// moving money (its order failed, its settlement was refused). A payload that does not parse holds
+    /// nothing.
+    pub async fn release_hold(&self, inv: &wit::Invoice, payload: &str) -> Result<(), wit::Error> {
+        let p = Payment::load(inv, payload).await?;
+        let Ok(signed) = SignedAuthorization::parse(p.payload.exact()) else {
+            return Ok(());
+        };
+        crate::holds::release(&p.chain, p.asset(), &signed.authorization, &p.id, p.now).await
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! [`ChainFacts`]: esim402_core::x402::ChainFacts
 
-use alloy_primitives::Address;
+use alloy_primitives::{Address, U256};
 use esim402_core::store::keys;
 use esim402_core::x402::exact::{SignedAuthorization, requirement_asset};
 use esim402_core::x402::{
@@ -16,12 +16,17 @@ use esim402_guest::wit;
 use crate::chain::Chain;
 
 /// A payment that passed the checks so far (its `payer` and `signed` authorization).
-pub struct Checked(ExactChecked);
+pub struct Checked {
+    checked: ExactChecked,
+    /// The payer's balance of the network's USDC as the chain checks read it (none before them, and for
+    /// another asset, whose balance is not read).
+    pub balance: Option<U256>,
+}
 
 impl std::ops::Deref for Checked {
     type Target = ExactChecked;
     fn deref(&self) -> &ExactChecked {
-        &self.0
+        &self.checked
     }
 }
 
@@ -52,7 +57,10 @@ pub fn check(
     now: u64,
     signer_known: Option<Address>,
 ) -> Result<Checked, InvalidReason> {
-    check_exact(payload, requirements, &chain.network, now, signer_known).map(Checked)
+    check_exact(payload, requirements, &chain.network, now, signer_known).map(|checked| Checked {
+        checked,
+        balance: None,
+    })
 }
 
 /// Every check, the chain's included: the outer error is a fault (RPC down), the inner one a verdict.
@@ -78,7 +86,7 @@ pub async fn verify_explained(
     requirements: &PaymentRequirements,
     now: u64,
 ) -> Result<Result<Checked, (InvalidReason, Option<String>)>, wit::Error> {
-    let checked = match check(chain, payload, requirements, now, None) {
+    let mut checked = match check(chain, payload, requirements, now, None) {
         Ok(c) => c,
         Err(reason) => return Ok(Err((reason, None))),
     };
@@ -87,7 +95,11 @@ pub async fn verify_explained(
     // it exists (the references' `asset_not_deployed_contract`), and nothing else is asked of it.
     let facts = match requirement_asset(requirements) {
         Some(asset) if asset != chain.network.usdc => chain.foreign_asset_facts(asset).await?,
-        _ => chain.facts(&checked.signed, facilitator).await?,
+        _ => {
+            let facts = chain.facts(&checked.signed, facilitator).await?;
+            checked.balance = Some(facts.balance);
+            facts
+        }
     };
     Ok(match checked.check_chain(&facts) {
         Ok(()) => Ok(checked),
