@@ -393,6 +393,86 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
     }
 }
 
+/// A paid reply lost, then *another* command: `status` first sends the pending payment again (the same payment:
+/// paid once on chain), records the SIM and its token, says so on stderr, then answers for that SIM; `balance`
+/// likewise collects a top-up whose reply was lost before answering. Before, `status` found no SIM (exit 2), the
+/// SIM paid for never reached the state, and a top-up was collected by that very top-up command only. A top-up
+/// printed as text says that the answer carries no balance (the facilitator shows it to the SIM's owner only,
+/// and a top-up is paid without credential) instead of `null KB left`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_command_collects_a_lost_payment_first_and_a_top_up_never_prints_a_null_balance() {
+    let s = PayStack::start(&[]).await;
+    let proxy = LossyProxy::start(&s.url, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = s.balance(agent()).await;
+    let price = U256::from(420_000);
+
+    let lost = cli(&proxy.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(lost.code, 5, "{}", lost.stderr);
+    assert_eq!(state(dir.path())["pending"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        s.balance(agent()).await,
+        start - price,
+        "the app settled it"
+    );
+
+    let status = cli(&proxy.url, dir.path(), &["status", "--json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(
+        status.stderr.contains("collected an activation"),
+        "{}",
+        status.stderr
+    );
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let st = state(dir.path());
+    assert!(st["pending"].as_object().unwrap().is_empty(), "{st}");
+    assert_eq!(st["spends"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(st["spends"][0]["status"], "settled", "{st}");
+    let (iccid, sim) = st["sims"].as_object().unwrap().iter().next().unwrap();
+    assert!(
+        sim["access_token"].as_str().unwrap().starts_with("sim_"),
+        "{sim}"
+    );
+    assert_eq!(status["iccid"], iccid.as_str(), "{status}");
+    assert_eq!(s.balance(agent()).await, start - price, "paid once");
+
+    // A top-up whose reply is lost is collected by the next command, whatever it is: paid once, credited once.
+    proxy.lose_next_paid.store(true, Ordering::SeqCst);
+    let before = s.balance(agent()).await;
+    let lost = cli(&proxy.url, dir.path(), &["top-up", "--data-mb", "10"]).await;
+    assert_eq!(lost.code, 5, "{}", lost.stderr);
+    let paid = before - s.balance(agent()).await;
+    assert!(paid > U256::ZERO, "the app settled it");
+    let balance = cli(&proxy.url, dir.path(), &["balance", "--json"]).await;
+    assert_eq!(balance.code, 0, "{}", balance.stderr);
+    assert!(
+        balance
+            .stderr
+            .contains(&format!("collected a top-up of SIM {iccid}"))
+            && balance.stderr.contains("topped up 10 MB"),
+        "{}",
+        balance.stderr
+    );
+    let balance: Value = serde_json::from_str(&balance.stdout).unwrap();
+    assert_eq!(balance["credited_bytes"], 110_000_000, "{balance}");
+    let st = state(dir.path());
+    assert!(st["pending"].as_object().unwrap().is_empty(), "{st}");
+    assert_eq!(st["spends"][1]["status"], "settled", "{st}");
+    assert_eq!(s.balance(agent()).await, before - paid, "paid once");
+
+    // A top-up printed as text: what was bought, and no `null` for the balance the answer does not carry.
+    let top = cli(&proxy.url, dir.path(), &["top-up", "--data-mb", "10"]).await;
+    assert_eq!(top.code, 0, "{}", top.stderr);
+    assert!(!top.stdout.contains("null"), "{}", top.stdout);
+    assert!(
+        top.stdout.starts_with("topped up 10 MB for ")
+            && top.stdout.contains("carries no balance")
+            && top.stdout.contains("esim402-agent balance"),
+        "{}",
+        top.stdout
+    );
+}
+
 /// The paid request's connection closes while the app still works on it (the carrier is slow), and the same
 /// command run again at once sends the same payment into the app's lease on it: a 409 "being processed". The
 /// CLI keeps the payment (exit 5) and, run once more after the app finished, collects the answer: paid once.

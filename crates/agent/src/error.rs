@@ -7,7 +7,7 @@
 //! | 2 | usage: bad arguments (clap), no SIM to act on |
 //! | 3 | refused by the spend policy: nothing was signed or paid |
 //! | 4 | refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, …) |
-//! | 5 | facilitator unreachable, 5xx, settlement still pending, or a paid answer that could not be saved: a payment in flight is kept; run the same command again |
+//! | 5 | facilitator unreachable, 5xx, settlement still pending, a paid answer that could not be saved, or a new payment refused while one for the same purchase is pending: a payment in flight is kept; run the same command (or any command) again |
 
 use crate::policy::PolicyRefusal;
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use esim402_agent::client::Purchase;
 use esim402_agent::config::{DEFAULT_URL, KEY_ENV};
 use esim402_agent::{Agent, AgentError, Config, ExitCode, SpendPolicy, StateDir, WalletKey};
 use serde_json::{Value, json};
@@ -15,9 +16,14 @@ Exit codes:
   2  usage: bad arguments, no SIM to act on
   3  refused by the spend policy: nothing was signed or paid
   4  refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, ...)
-  5  facilitator unreachable, 5xx, settlement still pending, or a paid answer that could not be saved:
-     a signed payment is kept in the state directory; run the same command again to collect it (it is
-     never paid twice)";
+  5  facilitator unreachable, 5xx, settlement still pending, a paid answer that could not be saved, or a
+     new payment refused while one for the same purchase is pending: a signed payment is kept in the
+     state directory; run the same command (or any command) again to collect it (it is never paid twice)
+
+Pending payments: before every command that talks to the facilitator, each payment still pending with it
+(a lost reply) is sent again, the same payment, and what it bought is recorded (a SIM and its token, a
+top-up); what became of each is said on stderr. While one stays pending, no new payment is signed for the
+same purchase (an activation; a top-up or a switch of the same SIM).";
 
 /// Buy and manage pay-per-use eSIMs over x402 (USDC, EIP-3009), within a spend policy.
 #[derive(Parser)]
@@ -326,6 +332,19 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
         return watch(&cli, &agent, w).await;
     }
     let _lock = agent.state().lock().map_err(AgentError::Local)?;
+    // Every payment still pending with this facilitator is collected first (the same payments, sent again: a
+    // SIM paid for reaches the state whatever command runs next), except those of the command's own kind: the
+    // paying command collects those itself, its own request last (sent again, never paid twice), and pays
+    // nothing new while one for the same target stays pending.
+    let own_kind: Option<Purchase> = match &cli.command {
+        Command::Activate { .. } => Some(Purchase::Activation),
+        Command::TopUp { .. } => Some(Purchase::TopUp(String::new())),
+        Command::Switch { .. } => Some(Purchase::Switch(String::new())),
+        _ => None,
+    };
+    agent
+        .collect_pending(|p| !own_kind.as_ref().is_some_and(|k| k.same_kind(p)))
+        .await?;
     match &cli.command {
         Command::Activate {
             region,
@@ -387,13 +406,7 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             if cli.json {
                 println!("{out}");
             } else {
-                println!(
-                    "topped up {} MB for {} USDC (tx {}); {} KB left",
-                    out["topped_up_mb"],
-                    out["amount_usdc"].as_str().unwrap_or("?"),
-                    out["transaction"].as_str().unwrap_or("?"),
-                    out["remaining_kb"]
-                );
+                println!("{}", esim402_agent::client::top_up_line(&out));
             }
         }
         Command::Suspend(s) => print(
@@ -482,9 +495,27 @@ async fn watch(cli: &Cli, agent: &Agent, w: &WatchArgs) -> Result<(), AgentError
         // A closed stdout (the reader went away) must not stop the watch.
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());
     };
-    esim402_agent::watch::Watcher::new(agent, settings, emit)?
-        .run()
-        .await
+    // Payments still pending are collected before the watch starts (the watch takes the lock per tick; if
+    // another command holds it now, that command collects them). A pending switch of the SIM watched is left to
+    // the watch: its first tick sends it again and follows the SIM to its new one.
+    let watcher = match agent.state().lock() {
+        Ok(_lock) => {
+            agent
+                .collect_pending(|p| !matches!(p, Purchase::Switch(_)))
+                .await?;
+            let watcher = esim402_agent::watch::Watcher::new(agent, settings, emit)?;
+            let watched = watcher.iccid().to_owned();
+            agent
+                .collect_pending(|p| matches!(p, Purchase::Switch(old) if *old != watched))
+                .await?;
+            watcher
+        }
+        Err(e) => {
+            eprintln!("esim402-agent: pending payments not collected now: {e}");
+            esim402_agent::watch::Watcher::new(agent, settings, emit)?
+        }
+    };
+    watcher.run().await
 }
 
 async fn proxy(cli: &Cli, p: &ProxyArgs) -> Result<(), AgentError> {

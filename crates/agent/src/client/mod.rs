@@ -3,7 +3,8 @@
 //!
 //! Paid requests are keyed by what they buy (`POST <path> <body>`): a payment still pending for the same key is
 //! sent again as is, never re-signed, so a command run again after a lost reply collects the first answer
-//! (the facilitator replays it for the same `payment-identifier`) instead of paying twice.
+//! (the facilitator replays it for the same `payment-identifier`) instead of paying twice. Any other command
+//! collects it too, first ([`Agent::collect_pending`], `collect.rs`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,8 +12,10 @@ use esim402_core::UsdcAmount;
 use esim402_core::auth::siwx;
 use serde_json::{Value, json};
 
+mod collect;
 mod paid;
 
+pub use collect::{Collection, Outcome, Purchase};
 pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};
 
 use crate::config::Config;
@@ -202,6 +205,12 @@ impl Agent {
         }
     }
 
+    /// A line on stderr whatever `progress` says: what became of a payment collected before a command (a SIM
+    /// delivered, a payment still pending) is a result, not progress.
+    fn notice(&self, line: &str) {
+        eprintln!("esim402-agent: {line}");
+    }
+
     async fn send(
         &self,
         method: reqwest::Method,
@@ -238,22 +247,24 @@ impl Agent {
     }
 
     /// Buy a SIM: `request` is the activation body (`region`, `data_mb`, optional `carrier`, `chain`, `eid`).
+    ///
+    /// Every other activation pending with this facilitator is collected first (its SIM recorded); while one
+    /// stays pending, no new activation is paid (see [`Agent::collect_pending`]).
     pub async fn activate(&self, request: &Value) -> Result<Activation, AgentError> {
+        const PATH: &str = "/v1/esim/activate";
+        self.clear_way(&Purchase::Activation, PATH, request).await?;
         let purpose = format!("activate {request}");
         let origin = self.config.origin();
-        self.pay_and_keep(
-            "/v1/esim/activate",
-            Some(request),
-            &purpose,
-            None,
-            &[],
-            |s, a| record_sim(s, a.body, None, &origin),
-        )
+        self.pay_and_keep(PATH, Some(request), &purpose, None, &[], |s, a| {
+            record_sim(s, a.body, None, &origin)
+        })
         .await
     }
 
     /// Move a SIM to another carrier or region (`{"carrier": …}` or `{"region": …}`): a paid new SIM that takes
     /// over the old one's unused data; the old one is retired by the facilitator once the new one is installed.
+    /// Every other switch pending with this facilitator is collected first; while one of this SIM stays pending,
+    /// no new one is paid, and if one of this SIM is collected (the SIM moved) nothing new is paid either.
     pub async fn switch(
         &self,
         iccid: Option<&str>,
@@ -261,6 +272,29 @@ impl Agent {
     ) -> Result<Activation, AgentError> {
         let sim = self.sim(iccid)?;
         let path = switch_path(&sim.iccid);
+        let collected = self
+            .clear_way(&Purchase::Switch(sim.iccid.clone()), &path, target)
+            .await?;
+        // Another switch of this SIM, paid earlier and collected now, has moved it: this one would pay to move a
+        // SIM that is being retired.
+        if let Some((id, moved)) = collected
+            .iter()
+            .find_map(|c| match (&c.purchase, &c.outcome) {
+                (Purchase::Switch(old), Outcome::Sim(moved)) if *old == sim.iccid => {
+                    Some((&c.payment_id, moved))
+                }
+                _ => None,
+            })
+        {
+            return Err(AgentError::Usage(format!(
+                "SIM {} has just moved to SIM {} ({}) by the switch paid earlier (payment {id}), collected now; \
+                 nothing new was paid: run the command again (with --iccid {}) if that SIM should move too",
+                sim.iccid,
+                moved.iccid,
+                moved.answer["carrier"].as_str().unwrap_or("?"),
+                moved.iccid
+            )));
+        }
         let purpose = format!("{}{target}", switch_purpose_prefix(&sim.iccid));
         let origin = self.config.origin();
         self.pay_and_keep(&path, Some(target), &purpose, Some(&sim), &[], |s, a| {
@@ -269,11 +303,14 @@ impl Agent {
         .await
     }
 
-    /// Buy `data_mb` more for a SIM (anyone may pay a top-up: no credential is sent).
+    /// Buy `data_mb` more for a SIM (anyone may pay a top-up: no credential is sent). Every other top-up
+    /// pending with this facilitator is collected first; while one of this SIM stays pending, no new one is paid.
     pub async fn top_up(&self, iccid: Option<&str>, data_mb: u64) -> Result<Value, AgentError> {
         let sim = self.sim(iccid)?;
         let path = format!("/v1/esim/{}/data", sim.iccid);
         let body = json!({"top_up_mb": data_mb});
+        self.clear_way(&Purchase::TopUp(sim.iccid.clone()), &path, &body)
+            .await?;
         let purpose = format!("top-up {} {data_mb} MB", sim.iccid);
         Ok(self.pay(&path, &body, &purpose, None).await?.body)
     }
@@ -469,6 +506,26 @@ fn record_sim(
         activation_code: code,
         answer,
     })
+}
+
+/// The line a paid top-up's answer is told by: what was bought, and the SIM's balance when the answer carries
+/// one. The facilitator puts the balance only in an answer to the SIM's owner (a top-up anyone may pay for shows
+/// only what was bought), so without one the line says so instead of printing a missing figure.
+pub fn top_up_line(answer: &Value) -> String {
+    let bought = answer["topped_up_mb"]
+        .as_u64()
+        .map_or_else(|| "data".to_owned(), |mb| format!("{mb} MB"));
+    let balance = match answer["remaining_kb"].as_u64() {
+        Some(kb) => format!("{kb} KB left"),
+        None => "the facilitator's answer carries no balance (it shows one to the SIM's owner only): run \
+                 `esim402-agent balance` to see it"
+            .to_owned(),
+    };
+    format!(
+        "topped up {bought} for {} USDC (tx {}); {balance}",
+        answer["amount_usdc"].as_str().unwrap_or("?"),
+        answer["transaction"].as_str().unwrap_or("?"),
+    )
 }
 
 /// The error a non-2xx answer stands for (5xx: unavailable; else refused).
@@ -937,6 +994,32 @@ mod tests {
         let st = a.state().load().unwrap();
         assert!(st.pending.is_empty() && st.spends.is_empty(), "{st:?}");
         assert_eq!(a.spent_today().unwrap(), UsdcAmount::ZERO);
+    }
+
+    /// A paid top-up's line prints the balance when the answer carries one, and says so when it does not: the
+    /// facilitator's answer to a top-up sent without the owner's credential (the agent's) has no `remaining_kb`,
+    /// which the CLI printed as "null KB left".
+    #[test]
+    fn a_top_up_line_never_prints_a_missing_balance() {
+        let bought = json!({"iccid": "8901", "status": "topped_up", "topped_up_mb": 10,
+            "amount_usdc": "0.03", "transaction": "0xab"});
+        let line = top_up_line(&bought);
+        assert!(!line.contains("null"), "{line}");
+        assert!(
+            line.starts_with("topped up 10 MB for 0.03 USDC (tx 0xab); ")
+                && line.contains("carries no balance")
+                && line.contains("esim402-agent balance"),
+            "{line}"
+        );
+        let mut owners = bought.clone();
+        owners["remaining_kb"] = json!(110_000);
+        assert_eq!(
+            top_up_line(&owners),
+            "topped up 10 MB for 0.03 USDC (tx 0xab); 110000 KB left"
+        );
+        let line = top_up_line(&json!({"remaining_kb": null}));
+        assert!(!line.contains("null"), "{line}");
+        assert!(line.contains("carries no balance"), "{line}");
     }
 
     /// Redirects are answers, not followed: a 307 would re-send the paid POST (its PAYMENT-SIGNATURE) or a

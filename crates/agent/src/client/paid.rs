@@ -23,6 +23,31 @@ pub const PENDING_RETRIES: u32 = 10;
 /// The longest wait between two of those retries, whatever `Retry-After` says.
 pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 
+/// A paid request: `POST path` with `body`, or `GET path` (`body` `None`), carrying `owner`'s credential (routes
+/// only a SIM's owner may pay for, such as a switch) and `headers` (a proxied device's own) on every sending.
+pub(super) struct PaidRequest<'a> {
+    pub path: &'a str,
+    pub body: Option<&'a Value>,
+    pub owner: Option<&'a SimRecord>,
+    pub headers: &'a [(&'static str, String)],
+}
+
+impl PaidRequest<'_> {
+    fn method(&self) -> reqwest::Method {
+        match self.body {
+            Some(_) => reqwest::Method::POST,
+            None => reqwest::Method::GET,
+        }
+    }
+}
+
+/// A signed payment recorded as pending under `key`: what [`Agent::deliver`] sends, as is.
+pub(super) struct Held {
+    pub key: String,
+    pub payment_id: String,
+    pub header: String,
+}
+
 impl Agent {
     /// POST `body` to `path`, paying the 402 it answers within the policy; the paid answer. With `owner`, every
     /// request carries that SIM's credential (routes only its owner may pay for, such as a switch).
@@ -69,35 +94,37 @@ impl Agent {
         headers: &[(&'static str, String)],
         keep: impl FnOnce(&mut State, Answer) -> Result<T, AgentError>,
     ) -> Result<T, AgentError> {
-        let method = match body {
-            Some(_) => reqwest::Method::POST,
-            None => reqwest::Method::GET,
-        };
-        let credential = |extra: Option<(&'static str, String)>| {
-            let mut all = Vec::new();
-            if let Some(sim) = owner {
-                all.push(self.credential(sim, path)?);
-            }
-            all.extend(headers.iter().cloned());
-            all.extend(extra);
-            Ok::<_, AgentError>(all)
+        let request = PaidRequest {
+            path,
+            body,
+            owner,
+            headers,
         };
         let origin = self.config.origin();
         let state = self.state.load().map_err(local)?;
         // Keyed by the facilitator too: a payment signed for one facilitator is sent again to that one only
         // (another could use the authorization without delivering anything).
         let (key, pending) = pending_for(&state, &origin, path, body)?;
-        let (payment_id, header) = match pending {
+        let held = match pending {
             Some(p) => {
                 self.say(&format!(
                     "sending again the payment {} still pending for this request (never paid twice)",
                     p.payment_id
                 ));
-                (p.payment_id.clone(), p.header.clone())
+                Held {
+                    key,
+                    payment_id: p.payment_id,
+                    header: p.header,
+                }
             }
             None => {
                 let first = self
-                    .send(method.clone(), path, body, &credential(None)?)
+                    .send(
+                        request.method(),
+                        path,
+                        body,
+                        &self.credentials(&request, None)?,
+                    )
                     .await
                     .map_err(|e| self.unreachable(&e, false))?;
                 if first.status != 402 {
@@ -173,16 +200,55 @@ impl Agent {
                 self.state
                     .update(|s| s.begin(&key, pending, spend))
                     .map_err(local)?;
-                (id.as_str().to_owned(), signed.header)
+                Held {
+                    key,
+                    payment_id: id.as_str().to_owned(),
+                    header: signed.header,
+                }
             }
         };
+        self.deliver(&request, &held, keep).await
+    }
+
+    /// The headers of one sending of `request`: its owner's credential (a fresh wallet sign-in each time when
+    /// there is no token: a sign-in is single-use), the caller's headers, and `extra`.
+    fn credentials(
+        &self,
+        request: &PaidRequest<'_>,
+        extra: Option<(&'static str, String)>,
+    ) -> Result<Vec<(&'static str, String)>, AgentError> {
+        let mut all = Vec::new();
+        if let Some(sim) = request.owner {
+            all.push(self.credential(sim, request.path)?);
+        }
+        all.extend(request.headers.iter().cloned());
+        all.extend(extra);
+        Ok(all)
+    }
+
+    /// Send the payment `held` (already recorded as pending under `held.key`) with `request`, again while its
+    /// settlement is pending, and end it as its answer says (see [`Agent::pay_and_keep`] for `keep`). Never
+    /// signs anything: what is sent is `held.header` as recorded.
+    pub(super) async fn deliver<T>(
+        &self,
+        request: &PaidRequest<'_>,
+        held: &Held,
+        keep: impl FnOnce(&mut State, Answer) -> Result<T, AgentError>,
+    ) -> Result<T, AgentError> {
+        let Held {
+            key,
+            payment_id,
+            header,
+        } = held;
+        let (path, body) = (request.path, request.body);
+        let method = request.method();
         for _ in 0..PENDING_RETRIES {
             let answer = self
                 .send(
                     method.clone(),
                     path,
                     body,
-                    &credential(Some((PAYMENT_SIGNATURE, header.clone())))?,
+                    &self.credentials(request, Some((PAYMENT_SIGNATURE, header.clone())))?,
                 )
                 .await
                 .map_err(|e| self.unreachable(&e, true))?;
@@ -194,7 +260,7 @@ impl Agent {
                     // One save: what was bought, and the payment settled (see `pay_and_keep`).
                     let saved = self.state.update(|s| {
                         let kept = keep(s, answer);
-                        s.settled(&key, &payment_id, tx);
+                        s.settled(key, payment_id, tx);
                         if kept.is_err() {
                             // The answer itself cannot be kept (it names no SIM): the facilitator replays that
                             // same answer to every re-run, so keeping the payment pending would fail the same
@@ -245,9 +311,9 @@ impl Agent {
                 402 => {
                     // Refused before settlement: nothing was charged.
                     self.state
-                        .update(|s| s.refused(&key, &payment_id))
+                        .update(|s| s.refused(key, payment_id))
                         .map_err(local)?;
-                    self.release(&payment_id)?;
+                    self.release(payment_id)?;
                     return Err(AgentError::Refused {
                         status: 402,
                         message: format!("payment refused: {}", answer.message()),
@@ -257,9 +323,9 @@ impl Agent {
                 // the order ran): the facilitator withdrew the profile and took nothing (`pay/withdraw.rs`).
                 410 if withdrawn_uncharged(&answer) => {
                     self.state
-                        .update(|s| s.refused(&key, &payment_id))
+                        .update(|s| s.refused(key, payment_id))
                         .map_err(local)?;
-                    self.release(&payment_id)?;
+                    self.release(payment_id)?;
                     return Err(AgentError::Refused {
                         status: 410,
                         message: format!(
@@ -272,9 +338,9 @@ impl Agent {
                     // The facilitator says nothing was charged (e.g. the carrier failed the order): forget it;
                     // running the command again pays afresh.
                     self.state
-                        .update(|s| s.refused(&key, &payment_id))
+                        .update(|s| s.refused(key, payment_id))
                         .map_err(local)?;
-                    self.release(&payment_id)?;
+                    self.release(payment_id)?;
                     return Err(AgentError::Unavailable {
                         message: format!(
                             "facilitator failed ({}), nothing was charged: {}",
@@ -337,7 +403,7 @@ impl Agent {
                     // Another conflict (the invoice settled or held by another payment): stop sending it, keep
                     // its spend.
                     self.state
-                        .update(|s| s.unknown(&key, &payment_id))
+                        .update(|s| s.unknown(key, payment_id))
                         .map_err(local)?;
                     return Err(unexpected(&answer));
                 }
@@ -384,7 +450,7 @@ fn withdrawn_uncharged(answer: &Answer) -> bool {
 /// A key written before keys named the facilitator (`POST <path> <body>`) has no origin of its own; its signed
 /// payment does name the resource it pays for (the URL the facilitator saw). It is sent again only to that
 /// resource's host; to any other facilitator it is refused the same way.
-fn pending_for(
+pub(super) fn pending_for(
     state: &State,
     origin: &str,
     path: &str,
@@ -434,19 +500,29 @@ fn pending_for(
     let Some(p) = state.pending.get(&legacy) else {
         return Ok((key, None));
     };
-    let signed_for = decode_payment_signature_header(&p.header)
-        .ok()
-        .and_then(|payload| match payload {
-            PaymentPayload::V2(v2) => v2.resource.map(|r| r.url),
-            PaymentPayload::V1(_) => None,
-        });
-    let host = |url: &str| siwx::origin_of(url).map(|(_, host)| host.to_ascii_lowercase());
-    match signed_for.as_deref().and_then(host) {
-        Some(h) if Some(&h) == host(origin).as_ref() => Ok((legacy, Some(p.clone()))),
+    match legacy_host(p) {
+        Some(h) if Some(&h) == host_of(origin).as_ref() => Ok((legacy, Some(p.clone()))),
         other => Err(AgentError::Local(format!(
             "the payment {} for this request, signed by an earlier esim402-agent, is still pending for {}; it is not sent to {origin}, and no new one is signed (it could pay twice): run the command with --url of that facilitator to collect it",
             p.payment_id,
             other.as_deref().unwrap_or("an unknown facilitator")
         ))),
     }
+}
+
+/// `host[:port]` of `url`, lower case.
+pub(super) fn host_of(url: &str) -> Option<String> {
+    siwx::origin_of(url).map(|(_, host)| host.to_ascii_lowercase())
+}
+
+/// The host (`host[:port]`, lower case) a payment of an earlier agent, kept under a key without an origin, was
+/// signed for: the resource its signature names. `None` if it names none.
+pub(super) fn legacy_host(p: &PendingPayment) -> Option<String> {
+    let signed_for = decode_payment_signature_header(&p.header)
+        .ok()
+        .and_then(|payload| match payload {
+            PaymentPayload::V2(v2) => v2.resource.map(|r| r.url),
+            PaymentPayload::V1(_) => None,
+        });
+    signed_for.as_deref().and_then(host_of)
 }

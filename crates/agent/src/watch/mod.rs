@@ -364,6 +364,11 @@ impl<'a> Watcher<'a> {
         })
     }
 
+    /// The SIM watched (until a switch moves the watch to its new SIM).
+    pub fn iccid(&self) -> &str {
+        &self.sim.iccid
+    }
+
     fn say(&mut self, e: Event) {
         (self.emit)(&e);
     }
