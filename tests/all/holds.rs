@@ -24,13 +24,15 @@ async fn leave_payer(s: &PayStack, keep: alloy_primitives::U256) {
     assert_eq!(s.balance(agent()).await, keep);
 }
 
-/// `first` is sent at once and `second` 700 ms later, while the first's order is held up by the carrier's
-/// 1.5 s latency: both answers.
+/// `first` is sent at once and `second` once the simulator has handed out the first's profile, while the
+/// first's order is still held up by the carrier's 1.5 s latency per call (its settlement not begun): both
+/// answers.
 async fn overlapping(
     s: &PayStack,
     first: &Payment,
     second: &Payment,
 ) -> ((u16, Value), (u16, Value)) {
+    let before = s.handed_out().await.len();
     s.set_faults("tmobile", json!({"latency_ms": 1500})).await;
     let a = async {
         let (status, _, body) = s
@@ -43,7 +45,12 @@ async fn overlapping(
         (status, body)
     };
     let b = async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        for _ in 0..200 {
+            if s.handed_out().await.len() > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         let (status, _, body) = s
             .post(
                 "/v1/esim/activate",

@@ -1045,6 +1045,60 @@ async fn an_unconfirmed_settlement_is_pending_then_reconciled_without_a_second_b
     assert_eq!(nonce, "0x1", "the facilitator sent exactly one transaction");
 }
 
+/// A top-up whose settlement is still pending when its SIM is terminated, sent again once mined: the order's
+/// replay refuses (the SIM is gone) but the money moved, so it is owed back (charged: true, refunded by the
+/// refund job). Before, the replay's refusal answered "nothing was charged" and ended the payment while its
+/// settlement confirmed: the top-up's money was kept for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settled_top_up_whose_sim_was_terminated_meanwhile_is_owed_back() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_SETTLEMENT_TIMEOUT_MS", "1500")]).await;
+    let act = s.activate_paid(&activation(), &[]).await;
+    let iccid = act["iccid"].as_str().unwrap().to_owned();
+    let path = format!("/v1/esim/{iccid}/data");
+    let ask = json!({"top_up_mb": 10});
+    let (_, req) = s.challenge(&path, &ask).await;
+    let pay = Payment::for_requirement(&req);
+    let before = s.balance(agent()).await;
+    s.rpc("evm_setAutomine", json!([false])).await;
+    let (status, _, body) = s
+        .post(&path, &ask, &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "settlement_pending", "{body}");
+    let terminate = format!("/v1/esim/{iccid}/terminate");
+    let r = s
+        .http
+        .post(format!("{}{terminate}", s.url))
+        .header("sign-in-with-x", s.sign_in(&terminate))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    s.rpc("anvil_mine", json!([1])).await;
+    s.rpc("evm_setAutomine", json!([true])).await;
+    assert_eq!(s.balance(agent()).await, before - price(&req));
+    let (status, _, body) = s
+        .post(&path, &ask, &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["charged"], true, "{body}");
+    assert_eq!(body["refund"]["status"], "owed", "{body}");
+    let (status, run) = s.run_refunds().await;
+    assert_eq!(status, 200, "{run}");
+    // The top-up's refund is paid (beside the terminate's refund of the activation's unused data).
+    let top_up_invoice = &req.extra.as_ref().unwrap().other["invoiceId"];
+    assert!(
+        run["paid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| &r["invoice"] == top_up_invoice),
+        "{run}"
+    );
+    assert!(s.balance(agent()).await > before, "{run}");
+}
+
 /// The invoice expires while its profile is being ordered: settling is refused before anything is claimed or
 /// sent, so no money moves, and the profile is withdrawn (retired at the carrier) instead of staying active
 /// and unpaid with the payer. The same payment sent again gets the same answer.

@@ -239,7 +239,18 @@ impl Chain {
         from: Address,
         nonces: &[B256],
     ) -> Result<(U256, Vec<B256>), wit::Error> {
-        let balance_call = self.usdc_call(balance_of_calldata(from), None);
+        // Every read at one block: a balance read before a payment was mined beside its nonce read after it
+        // would drop that payment's hold while the balance still counts its money.
+        let block = self
+            .rpc
+            .call(&EthBlockNumber)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let at = |data: Vec<u8>| EthCall {
+            call: CallRequest::new(self.network.usdc, data.into()),
+            block: BlockTag::Number(block),
+        };
+        let balance_call = at(balance_of_calldata(from));
         let mut balance = U256::ZERO;
         let mut used = Vec::new();
         let mut chunks: Vec<&[B256]> = nonces.chunks(NONCES_PER_BATCH).collect();
@@ -251,17 +262,20 @@ impl Chain {
             let balance_slot = (i == 0).then(|| batch.add(&balance_call));
             let calls: Vec<_> = chunk
                 .iter()
-                .map(|n| self.usdc_call(authorization_state_calldata(from, *n), None))
+                .map(|n| at(authorization_state_calldata(from, *n)))
                 .collect();
             let slots: Vec<_> = calls.iter().map(|c| batch.add(c)).collect();
             let mut answers = self.rpc.batch(batch).await;
-            // As in `facts`: a node error is an answer (no balance, not used), a transport error none.
+            // The balance must be read (a node error, such as a provider's rate limit inside the batch, is not
+            // a zero balance: the payment would be refused as final); a nonce whose answer is a node error
+            // counts as unused (more held, never less).
             if let Some(slot) = balance_slot {
-                balance = match answers.take(slot, &balance_call) {
-                    Ok(data) => decode_balance_of_return(&data).unwrap_or(U256::ZERO),
-                    Err(e) if e.is_node() => U256::ZERO,
-                    Err(e) => return Err(unavailable(&e)),
-                };
+                let data = answers
+                    .take(slot, &balance_call)
+                    .map_err(|e| unavailable(&e))?;
+                balance = decode_balance_of_return(&data).map_err(|e| {
+                    wit::Error::Unavailable(format!("the payment network's balanceOf answer: {e}"))
+                })?;
             }
             for ((slot, call), nonce) in slots.into_iter().zip(&calls).zip(chunk) {
                 match answers.take(slot, call) {

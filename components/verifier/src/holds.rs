@@ -19,7 +19,9 @@ use crate::rejected;
 fn refused(r: Refusal) -> wit::Error {
     match r {
         Refusal::Insufficient(_) => rejected(InvalidReason::InsufficientFunds),
-        Refusal::OtherInvoice | Refusal::TooMany => wit::Error::Conflict(r.to_string()),
+        Refusal::OtherInvoice => wit::Error::Conflict(r.to_string()),
+        // Passing: the same payment sent again shortly is held.
+        Refusal::TooMany => wit::Error::Unavailable(r.to_string()),
     }
 }
 
@@ -39,13 +41,20 @@ type Step<'a> = dyn Fn(&mut Holds) -> Result<(bool, Next), Refusal> + 'a;
 /// Apply `f` to the holds at `key` (none: empty), writing them when it says they changed (removing the record
 /// once empty); `f`'s answer. (`dyn`: one copy of the cell protocol's driver for every caller.)
 async fn update(key: &str, f: &Step<'_>) -> Result<Next, wit::Error> {
-    let (_, r) = kv::change_json::<Holds, Next, Refusal>(key, |cur| {
-        let mut holds = cur.unwrap_or_default();
+    // Holds are soft state: a record that does not read as one (corrupt, or written by a later build) counts
+    // as none and is overwritten, rather than refusing that payer every payment.
+    let (_, r) = kv::change_json::<serde_json::Value, Next, Refusal>(key, |cur| {
+        let mut holds: Holds = cur
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
         let (changed, r) = f(&mut holds)?;
         let change = match (changed, holds.is_empty()) {
             (false, _) => Change::Keep,
             (true, true) => Change::Remove,
-            (true, false) => Change::Put(holds),
+            (true, false) => match serde_json::to_value(&holds) {
+                Ok(v) => Change::Put(v),
+                Err(_) => Change::Keep,
+            },
         };
         Ok((change, r))
     })
@@ -55,9 +64,10 @@ async fn update(key: &str, f: &Step<'_>) -> Result<Next, wit::Error> {
 }
 
 /// Hold `authorization` (paying `invoice` in `asset`) against `balance`, the payer's balance as `verify` read
-/// it (none for an asset other than the network's USDC, whose balance is not read: only the authorization is
-/// then held to one invoice). Refused: `insufficient_funds` when the balance does not cover the payer's other
-/// payments in flight too, 409 when the authorization is paying another invoice or the payer has too many.
+/// it (none for an asset other than the network's USDC, whose balance is not read, and for a payment whose
+/// settlement was claimed already: only the authorization is then held to one invoice). Refused:
+/// `insufficient_funds` when the balance does not cover the payer's other payments in flight too, 409 when the
+/// authorization is paying another invoice, 503 while the payer has too many in flight.
 pub async fn place(
     chain: &Chain,
     asset: Address,

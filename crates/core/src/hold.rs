@@ -17,9 +17,11 @@
 //!   without moving money ([`Holds::release`]: a failed order, a refused settlement).
 //!
 //! Holds bound the orders a balance buys; they are not a guarantee: a hold lapses while a payment is driven
-//! for longer than [`HOLD_SECS`], and a balance read before another payment of the same payer confirmed and
-//! released can let one more payment through to its order (its settlement then fails and it is withdrawn, as
-//! before). Both need a payment in flight at the same time, from the same payer.
+//! for longer than [`HOLD_SECS`] (a resumed payment whose settlement is still on its way renews it), a balance
+//! read before another payment of the same payer confirmed, and whose hold a chain check then dropped, can let
+//! one more payment through to its order (its settlement then fails and it is withdrawn, as before), and money
+//! the payer moves otherwise (a facilitator API settlement, a plain transfer) is seen only through the balance.
+//! Each needs a payment in flight at the same time, from the same payer.
 
 use alloy_primitives::{B256, U256};
 use serde::{Deserialize, Serialize};
@@ -29,6 +31,12 @@ use crate::x402::exact::TransferAuthorization;
 /// The longest a hold lasts from its placement (unix seconds): a payment's verification, order and settlement
 /// at their slowest (kernel `paid::ORDER_PHASE_SECS` and `SETTLE_PHASE_SECS`, with room to spare).
 pub const HOLD_SECS: u64 = 300;
+
+const _: () = assert!(crate::paid::ORDER_PHASE_SECS + crate::paid::SETTLE_PHASE_SECS < HOLD_SECS);
+
+/// A hold placed again for the same invoice (a resumed attempt) is written only if this moves its end by at
+/// least this much (seconds): a payment sent again every second does not rewrite the record each time.
+pub const RENEW_AFTER_SECS: u64 = 30;
 
 /// The most live holds one payer may have (payments driven at the same time, from one wallet, on one token).
 pub const MAX_HELD: usize = 128;
@@ -52,8 +60,8 @@ pub struct Hold {
     pub nonce: String,
     /// The invoice it pays, as [`invoice_tag`].
     pub invoice: String,
-    /// What it moves (token atomic units; a value above `u64::MAX` is held as `u64::MAX`, which no balance
-    /// covers beside another hold).
+    /// What it moves (token atomic units; USDC amounts fit; a value above `u64::MAX`, possible only in a token
+    /// whose balance is not read, is held as `u64::MAX`).
     pub value: u64,
     /// When it lapses (unix seconds).
     pub until: u64,
@@ -184,7 +192,7 @@ impl Holds {
         if h.invoice != hold.invoice {
             return Err(Refusal::OtherInvoice);
         }
-        if hold.until > h.until {
+        if hold.until >= h.until.saturating_add(RENEW_AFTER_SECS) {
             h.until = hold.until;
             changed = true;
         }
@@ -283,14 +291,75 @@ mod tests {
             placed(&mut holds, &a, 100),
             Ok(Placement::Held { changed: false })
         );
-        // ...unless it is placed later: its end moves on.
-        let later = Hold::new(nonce(1), "inv-a", U256::from(5), NOW + 3_600, NOW + 10);
+        // Placed a little later: not worth a write.
+        let soon = Hold::new(nonce(1), "inv-a", U256::from(5), NOW + 3_600, NOW + 10);
         assert_eq!(
-            holds.place(&later, U256::from(100), NOW + 10),
+            holds.place(&soon, U256::from(100), NOW + 10),
+            Ok(Placement::Held { changed: false })
+        );
+        assert_eq!(holds.held[0].until, NOW + HOLD_SECS);
+        // Placed later still: its end moves on.
+        let at = NOW + RENEW_AFTER_SECS;
+        let later = Hold::new(nonce(1), "inv-a", U256::from(5), NOW + 3_600, at);
+        assert_eq!(
+            holds.place(&later, U256::from(100), at),
             Ok(Placement::Held { changed: true })
         );
         assert_eq!(holds.held.len(), 1);
-        assert_eq!(holds.held[0].until, NOW + 10 + HOLD_SECS);
+        assert_eq!(holds.held[0].until, at + HOLD_SECS);
+        // An earlier end (a shorter `validBefore`) never shortens it.
+        let shorter = Hold::new(nonce(1), "inv-a", U256::from(5), at + 60, at);
+        assert_eq!(
+            holds.place(&shorter, U256::from(100), at),
+            Ok(Placement::Held { changed: false })
+        );
+        assert_eq!(holds.held[0].until, at + HOLD_SECS);
+    }
+
+    #[test]
+    fn a_placement_between_the_two_updates_is_decided_again_after_the_check() {
+        // Between `place` (asked to check) and `place_checked`, another request held the same authorization for
+        // another invoice, and another lapsed.
+        let mut holds = Holds::default();
+        assert!(placed(&mut holds, &hold(1, "inv-a", 60), 100).is_ok());
+        let c = hold(3, "inv-c", 50);
+        assert!(matches!(
+            placed(&mut holds, &c, 100),
+            Ok(Placement::Check(_))
+        ));
+        let stolen = hold(3, "inv-x", 50);
+        let mut now_held = holds.clone();
+        assert!(
+            now_held
+                .place_checked(&stolen, U256::from(100), &[nonce(1)], NOW)
+                .is_ok()
+        );
+        assert_eq!(
+            now_held.place_checked(&c, U256::from(100), &[nonce(1)], NOW),
+            Err(Refusal::OtherInvoice)
+        );
+        // Lapsed holds go in the checked placement and in a release, which then says the record changed.
+        let later = NOW + HOLD_SECS;
+        let d = Hold::new(nonce(4), "inv-d", U256::from(100), later + 600, later);
+        assert_eq!(
+            holds.clone().place_checked(&d, U256::from(100), &[], later),
+            Ok(true)
+        );
+        let mut lapsed = holds.clone();
+        assert!(lapsed.release(nonce(9), "inv-z", later));
+        assert!(lapsed.is_empty());
+        assert!(!holds.release(nonce(9), "inv-z", NOW));
+    }
+
+    #[test]
+    fn a_value_beyond_u64_is_held_as_u64_max() {
+        let h = Hold::new(nonce(1), "inv-a", U256::MAX, NOW + 60, NOW);
+        assert_eq!(h.value, u64::MAX);
+        let mut holds = Holds::default();
+        assert_eq!(
+            holds.place(&h, U256::from(u64::MAX), NOW),
+            Ok(Placement::Held { changed: true })
+        );
     }
 
     #[test]

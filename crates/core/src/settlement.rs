@@ -170,6 +170,10 @@ pub struct Record {
     pub paid_amount: Option<UsdcAmount>,
 }
 
+/// The conflict a settlement answers while another attempt of the same payment drives it (its claim is live):
+/// that attempt decides, so a caller waits and sends the same payment again rather than ending it.
+pub const IN_PROGRESS: &str = "already settled: settlement in progress";
+
 /// How a settlement ended, as far as the chain showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -40,6 +40,12 @@ pub fn stored_error(e: &ApiError) -> StoredResponse {
     stored(e.status(), vec![], e.to_json())
 }
 
+/// A refusal before anything moved: the error, and `charged: false` for clients (an agent frees its spend).
+pub fn uncharged(e: &ApiError) -> StoredResponse {
+    let body = json!({ "error": e, "charged": false });
+    stored(e.status(), vec![], body.to_string())
+}
+
 /// The order is still running at the carrier (it outlived the dispatch budget): nothing is settled yet.
 pub fn order_pending() -> StoredResponse {
     let body = json!({"error": {"code": "unavailable",

@@ -7,7 +7,7 @@ use esim402_core::{ApiError, ErrorKind, UsdcAmount};
 use esim402_guest::wit;
 use serde_json::{Value, json};
 
-use super::answers::{Answers, order_pending, stored, stored_error, unsettled};
+use super::answers::{Answers, order_pending, stored, stored_error, uncharged, unsettled};
 use std::cell::RefCell;
 
 use esim402_guest::convert::event_to_wit;
@@ -15,6 +15,7 @@ use esim402_guest::convert::event_to_wit;
 use super::{Order, log_events};
 use crate::{from_wit, invoices, now, verifier};
 
+mod claimed;
 mod credit;
 mod late;
 mod lease;
@@ -89,7 +90,7 @@ impl Attempt<'_> {
         if let Err(stop) = self.keep_lease(paid::ORDER_PHASE_SECS).await {
             return stop;
         }
-        let sim = match self.deliver(order, &payer).await {
+        let sim = match self.deliver(order, &verified).await {
             Ok(sim) => sim,
             Err(end) => return end,
         };
@@ -108,6 +109,12 @@ impl Attempt<'_> {
             Ok(wit::Settlement::Pending(tx)) => {
                 (wit::PaymentEnd::Resume, self.pending(&tx, &payer))
             }
+            // Another attempt of this payment drives its settlement (a duplicate took over a lapsed lease):
+            // that attempt decides; nothing is withdrawn under it.
+            Err(wit::Error::Conflict(m)) if m == esim402_core::settlement::IN_PROGRESS => (
+                wit::PaymentEnd::Resume,
+                unsettled(ApiError::new(ErrorKind::Unavailable, m)),
+            ),
             Err(wit::Error::PaymentRequired(reason)) => {
                 // The settlement may have taken long: the withdrawal is this driver's only while it holds.
                 if let Err(stop) = self.keep_lease(paid::ORDER_PHASE_SECS).await {
@@ -277,12 +284,11 @@ impl Attempt<'_> {
                 // A resumed payment whose verification could not run (the chain or the store unavailable)
                 // decides nothing: an earlier attempt may have ordered or settled; the same payment sent again
                 // decides.
-                let end = if self.resumed && e.status() >= 500 {
-                    wit::PaymentEnd::Resume
-                } else {
-                    wit::PaymentEnd::Release
-                };
-                Err((end, stored_error(&e)))
+                match (self.resumed, e.status() >= 500) {
+                    (true, true) => Err((wit::PaymentEnd::Resume, stored_error(&e))),
+                    (_, true) => Err((wit::PaymentEnd::Release, stored_error(&e))),
+                    (_, false) => Err((wit::PaymentEnd::Release, uncharged(&e))),
+                }
             }
         }
     }
@@ -292,11 +298,15 @@ impl Attempt<'_> {
     async fn deliver(
         &self,
         order: &Order,
-        payer: &str,
+        verified: &wit::Verified,
     ) -> Result<wit::Sim, (wit::PaymentEnd, StoredResponse)> {
+        let payer = verified.payer.as_str();
         match order.deliver(&self.invoice.id, payer).await {
             Ok(sim) if sim.activation_code.is_some() => Ok(sim),
             Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
+            Err(e) if verified.claimed => {
+                Err(self.undelivered_after_claim(from_wit(e), verified).await)
+            }
             Err(e) => {
                 let err = from_wit(e);
                 self.release_hold().await;

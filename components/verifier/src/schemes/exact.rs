@@ -102,13 +102,15 @@ enum Existing {
     Other,
 }
 
-fn verified(payer: alloy_primitives::Address, p: &Payment) -> wit::Verified {
+/// What `verify` established; `claimed`: the settlement of this payment for this invoice was claimed already.
+fn verified(payer: alloy_primitives::Address, p: &Payment, claimed: bool) -> wit::Verified {
     wit::Verified {
         payer: payer.to_checksum(None),
         network: p.chain.network.caip2(),
         at: p.now,
         proof: p.fingerprint.clone(),
         transferred: None,
+        claimed,
     }
 }
 
@@ -130,7 +132,16 @@ impl Scheme for Exact {
             Existing::Same(record, checked) => {
                 return match settlement::replay(&record, p.now) {
                     Replay::Failed(reason) => Err(wit::Error::PaymentRequired(reason)),
-                    _ => Ok(verified(checked.payer, &p)),
+                    Replay::Settled(_) => Ok(verified(checked.payer, &p, true)),
+                    // Still being settled: its hold is kept on (a slow settlement's would lapse), whatever the
+                    // balance now (its money is part of it until mined). A refusal (lapsed, and the authorization
+                    // held for another invoice since) changes nothing: this invoice's settlement is claimed.
+                    _ => {
+                        let auth = &checked.signed.authorization;
+                        let _ = crate::holds::place(&p.chain, p.asset(), auth, None, &p.id, p.now)
+                            .await;
+                        Ok(verified(checked.payer, &p, true))
+                    }
                 };
             }
             Existing::Other => true,
@@ -148,7 +159,7 @@ impl Scheme for Exact {
                 let auth = &checked.signed.authorization;
                 crate::holds::place(&p.chain, p.asset(), auth, checked.balance, &p.id, p.now)
                     .await?;
-                Ok(verified(checked.payer, &p))
+                Ok(verified(checked.payer, &p, false))
             }
             Err(reason) => Err(rejected(reason)),
         }
@@ -269,17 +280,13 @@ async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Err
                     .0,
             )
         }
-        Replay::InProgress => Err(wit::Error::Conflict(
-            "already settled: settlement in progress".into(),
-        )),
+        Replay::InProgress => Err(wit::Error::Conflict(settlement::IN_PROGRESS.into())),
         Replay::TakeOver => {
             let signer = p.cfg.signer()?;
             let keys = vec![record.claim.clone()];
             let Some(claim) = Claim::take_over(&record.claim, &record.claim, keys, p.now).await?
             else {
-                return Err(wit::Error::Conflict(
-                    "already settled: settlement in progress".into(),
-                ));
+                return Err(wit::Error::Conflict(settlement::IN_PROGRESS.into()));
             };
             // Taken over after a long pause: check it all again, the chain included.
             let verified = payment::verify(

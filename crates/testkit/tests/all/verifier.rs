@@ -735,6 +735,7 @@ pub(crate) fn verified() -> types::Verified {
         // Not the proof's fingerprint: settle recovers the signature itself.
         proof: String::new(),
         transferred: None,
+        claimed: false,
     }
 }
 

@@ -201,6 +201,7 @@ impl Context {
             at: self.now,
             proof: fingerprint(self.hash),
             transferred: transferred.map(UsdcAmount::micros),
+            claimed: false,
         }
     }
 }
