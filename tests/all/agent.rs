@@ -473,6 +473,136 @@ async fn any_command_collects_a_lost_payment_first_and_a_top_up_never_prints_a_n
     );
 }
 
+/// The CLI's wiring of the pass before a command (`main.rs`): a command without `--iccid` acts on the SIM the
+/// state held before, not on the one it has just collected (here `suspend`: SIM A is suspended, the SIM B
+/// collected stays active; before, B was suspended); with no SIM before, a command that changes or pays stops
+/// (exit 2, naming the SIM collected) instead of acting on it. The line announcing a collected SIM does not print
+/// its activation code; `status --iccid` shows it. `pending` lists a payment still pending (never its signed
+/// payment), and `pending --forget` gives up on it: no longer sent, its spend kept, recorded as abandoned, and a
+/// new payment for the same purchase is then made when asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_acts_on_the_sim_it_had_and_a_pending_payment_can_be_listed_and_forgotten() {
+    let s = PayStack::start(&[]).await;
+    let proxy = LossyProxy::start(&s.url, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sims = |dir: &Path| -> Vec<String> {
+        state(dir)["sims"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let bought = cli(&proxy.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(bought.code, 0, "{}", bought.stderr);
+    let a = sims(dir.path()).pop().unwrap();
+
+    // Another activation whose reply is lost: pending, listed without its signed payment.
+    proxy.lose_next_paid.store(true, Ordering::SeqCst);
+    let lost = cli(&proxy.url, dir.path(), &ACTIVATE).await;
+    assert_eq!(lost.code, 5, "{}", lost.stderr);
+    let st = state(dir.path());
+    let (_, held) = st["pending"].as_object().unwrap().iter().next().unwrap();
+    let (id, header) = (
+        held["payment_id"].as_str().unwrap(),
+        held["header"].as_str().unwrap(),
+    );
+    let listed = cli(&proxy.url, dir.path(), &["pending"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains(id)
+            && listed.stdout.contains("an activation")
+            && listed.stdout.contains(&proxy.url)
+            && listed.stdout.contains("0.42 USDC"),
+        "{}",
+        listed.stdout
+    );
+    let listed = cli(&proxy.url, dir.path(), &["pending", "--json"]).await;
+    assert!(!listed.stdout.contains(header), "{}", listed.stdout);
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed["pending"][0]["payment_id"], id, "{listed}");
+    assert_eq!(listed["pending"][0]["amount_usdc"], "0.42", "{listed}");
+
+    // `suspend` without --iccid: B is collected, A (the SIM it had) suspended.
+    let suspended = cli(&proxy.url, dir.path(), &["suspend", "--json"]).await;
+    assert_eq!(suspended.code, 0, "{}", suspended.stderr);
+    assert!(
+        suspended.stderr.contains("collected an activation"),
+        "{}",
+        suspended.stderr
+    );
+    assert!(!suspended.stderr.contains("LPA:1$"), "{}", suspended.stderr);
+    let b = sims(dir.path()).into_iter().find(|i| *i != a).unwrap();
+    assert!(
+        suspended.stderr.contains(&format!("status --iccid {b}")),
+        "{}",
+        suspended.stderr
+    );
+    let status_of = |out: &Run| serde_json::from_str::<Value>(&out.stdout).unwrap();
+    let of_a = cli(&proxy.url, dir.path(), &["status", "--iccid", &a, "--json"]).await;
+    assert_eq!(status_of(&of_a)["state"], "suspended", "{}", of_a.stdout);
+    let of_b = cli(&proxy.url, dir.path(), &["status", "--iccid", &b, "--json"]).await;
+    let of_b = status_of(&of_b);
+    assert_eq!(of_b["state"], "active", "{of_b}");
+    assert_eq!(
+        of_b["activation_code"],
+        state(dir.path())["sims"][b.as_str()]["activation_code"],
+        "{of_b}"
+    );
+    let none = cli(&proxy.url, dir.path(), &["pending"]).await;
+    assert_eq!(none.stdout.trim(), "no payment pending", "{}", none.stdout);
+
+    // No SIM before: a top-up without --iccid collects the lost activation and stops, naming its SIM.
+    let dir = tempfile::tempdir().unwrap();
+    proxy.lose_next_paid.store(true, Ordering::SeqCst);
+    assert_eq!(cli(&proxy.url, dir.path(), &ACTIVATE).await.code, 5);
+    let before = s.balance(agent()).await;
+    let top = cli(&proxy.url, dir.path(), &["top-up", "--data-mb", "10"]).await;
+    assert_eq!(top.code, 2, "{}", top.stderr);
+    let c = sims(dir.path()).pop().unwrap();
+    assert!(
+        top.stderr.contains(&format!("--iccid {c}")),
+        "{}",
+        top.stderr
+    );
+    let st = state(dir.path());
+    assert!(st["pending"].as_object().unwrap().is_empty(), "{st}");
+    assert_eq!(st["spends"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(s.balance(agent()).await, before, "nothing paid");
+
+    // A top-up whose reply is lost, given up on: its spend kept, and a new one paid when asked for.
+    proxy.lose_next_paid.store(true, Ordering::SeqCst);
+    let args = ["top-up", "--iccid", &c, "--data-mb", "10"];
+    assert_eq!(cli(&proxy.url, dir.path(), &args).await.code, 5);
+    let paid = before - s.balance(agent()).await;
+    let id = state(dir.path())["spends"][1]["payment_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let nope = cli(&proxy.url, dir.path(), &["pending", "--forget", "pay_nope"]).await;
+    assert_eq!(nope.code, 2, "{}", nope.stderr);
+    let forgot = cli(&proxy.url, dir.path(), &["pending", "--forget", &id]).await;
+    assert_eq!(forgot.code, 0, "{}", forgot.stderr);
+    assert!(
+        forgot.stdout.contains(&format!("abandoned.{id}")),
+        "{}",
+        forgot.stdout
+    );
+    let st = state(dir.path());
+    assert!(st["pending"].as_object().unwrap().is_empty(), "{st}");
+    assert_eq!(st["spends"][1]["status"], "unknown", "kept: {st}");
+    assert!(st["abandoned"][id.as_str()]["request"].is_string(), "{st}");
+    let again = cli(&proxy.url, dir.path(), &args).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        !again.stderr.contains(&id),
+        "not sent again: {}",
+        again.stderr
+    );
+    assert_eq!(s.balance(agent()).await, before - paid - paid, "paid anew");
+    assert_eq!(state(dir.path())["spends"].as_array().unwrap().len(), 3);
+}
+
 /// The paid request's connection closes while the app still works on it (the carrier is slow), and the same
 /// command run again at once sends the same payment into the app's lease on it: a 409 "being processed". The
 /// CLI keeps the payment (exit 5) and, run once more after the app finished, collects the answer: paid once.

@@ -20,8 +20,10 @@
 //! The rule a reader must not break: a payment is written to the state directory as *pending* before it is
 //! sent, and removed only once the facilitator answered it. A command run again after a lost reply finds it and
 //! sends the very same payment (same nonce, same identifier), so nothing is paid twice; and so does any other
-//! command, before it runs ([`Agent::collect_pending`]): no new payment is signed for a purchase (an activation,
-//! a top-up or a switch of the same SIM) while one for it is still pending.
+//! command, before it runs ([`Agent::before_command`]; a switch only `switch` and `watch`): no new payment is
+//! signed for a purchase (an activation, a top-up or a switch of the same SIM) while one for it is still pending
+//! with the same facilitator, unless it is given up on (`pending --forget`, its spend kept:
+//! [`client::forget_pending`]).
 #![deny(missing_docs)]
 
 pub mod budget;

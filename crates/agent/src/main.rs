@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use esim402_agent::client::Purchase;
+use esim402_agent::client::CommandKind;
 use esim402_agent::config::{DEFAULT_URL, KEY_ENV};
 use esim402_agent::{Agent, AgentError, Config, ExitCode, SpendPolicy, StateDir, WalletKey};
 use serde_json::{Value, json};
@@ -12,18 +12,23 @@ use serde_json::{Value, json};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done
-  1  local problem: no or bad wallet key, unreadable state or policy file
-  2  usage: bad arguments, no SIM to act on
+  1  local problem: no or bad wallet key, unreadable state or policy file, this request's payment pending
+     with another facilitator
+  2  usage: bad arguments, no SIM to act on, a SIM just collected that a command without --iccid would
+     change or pay for (pass --iccid)
   3  refused by the spend policy: nothing was signed or paid
   4  refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, ...)
   5  facilitator unreachable, 5xx, settlement still pending, a paid answer that could not be saved, or a
      new payment refused while one for the same purchase is pending: a signed payment is kept in the
-     state directory; run the same command (or any command) again to collect it (it is never paid twice)
+     state directory; run the same command (or any command) again to collect it (it is never paid twice).
+     One that can never be collected: `esim402-agent pending --forget <payment-id>` (its spend stays counted)
 
 Pending payments: before every command that talks to the facilitator, each payment still pending with it
-(a lost reply) is sent again, the same payment, and what it bought is recorded (a SIM and its token, a
-top-up); what became of each is said on stderr. While one stays pending, no new payment is signed for the
-same purchase (an activation; a top-up or a switch of the same SIM).";
+(a lost reply) is sent again once, the same payment, and what it bought is recorded (a SIM and its token, a
+top-up); what became of each is said on stderr. Switches are left to `switch` and `watch`. Without --iccid, a
+command acts on the SIM it would have picked before this (never one just collected). While a payment stays
+pending, no new payment is signed for the same purchase (an activation; a top-up or a switch of the same SIM).
+`esim402-agent pending` lists them.";
 
 /// Buy and manage pay-per-use eSIMs over x402 (USDC, EIP-3009), within a spend policy.
 #[derive(Parser)]
@@ -148,6 +153,15 @@ enum Command {
     /// The paying proxy: devices send plain HTTP; 402s are paid from this wallet within each device's budget,
     /// every payment appended to an audit log (JSON lines).
     Proxy(ProxyArgs),
+    /// The payments still pending (signed, no answer yet): id, purchase, facilitator, when signed, amount. No
+    /// wallet, no network.
+    Pending {
+        /// Stop sending this payment (one that can never be collected): it no longer holds back a new payment
+        /// for the same purchase; its spend stays counted (it may have been charged), and it is kept in the
+        /// state as abandoned.
+        #[arg(long, value_name = "PAYMENT_ID")]
+        forget: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -326,25 +340,39 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
     if let Command::Proxy(p) = &cli.command {
         return proxy(&cli, p).await;
     }
+    if let Command::Pending { forget } = &cli.command {
+        return pending(&cli, forget.as_deref());
+    }
     let agent = agent(&cli)?;
     if let Command::Watch(w) = &cli.command {
         // The watch takes the state directory's lock per tick, not for its whole run.
         return watch(&cli, &agent, w).await;
     }
     let _lock = agent.state().lock().map_err(AgentError::Local)?;
-    // Every payment still pending with this facilitator is collected first (the same payments, sent again: a
-    // SIM paid for reaches the state whatever command runs next), except those of the command's own kind: the
-    // paying command collects those itself, its own request last (sent again, never paid twice), and pays
-    // nothing new while one for the same target stays pending.
-    let own_kind: Option<Purchase> = match &cli.command {
-        Command::Activate { .. } => Some(Purchase::Activation),
-        Command::TopUp { .. } => Some(Purchase::TopUp(String::new())),
-        Command::Switch { .. } => Some(Purchase::Switch(String::new())),
-        _ => None,
+    // Every payment still pending with this facilitator is collected first (the same payments, sent again once: a
+    // SIM paid for reaches the state whatever command runs next), except switches (`switch` and `watch` only) and
+    // those of the command's own kind (the paying command collects those itself, its own request last). The SIM
+    // the command acts on is resolved before that: a SIM just collected is never the target of a command that
+    // did not name it.
+    let (sim, kind) = match &cli.command {
+        Command::Activate { .. } => (None, CommandKind::Activates),
+        Command::Sims { .. } => (None, CommandKind::Reads),
+        Command::Status(s) | Command::Balance(s) => (s.iccid.as_deref(), CommandKind::Reads),
+        Command::Usage { sim, .. } | Command::Receipts { sim, .. } => {
+            (sim.iccid.as_deref(), CommandKind::Reads)
+        }
+        Command::TopUp { sim, .. } => (sim.iccid.as_deref(), CommandKind::TopsUp),
+        Command::Switch { sim, .. } => (sim.iccid.as_deref(), CommandKind::Switches),
+        Command::Suspend(s) | Command::Resume(s) | Command::Terminate(s) => {
+            (s.iccid.as_deref(), CommandKind::Changes)
+        }
+        // Answered above.
+        Command::Cost(_) | Command::Proxy(_) | Command::Watch(_) | Command::Pending { .. } => {
+            (None, CommandKind::Reads)
+        }
     };
-    agent
-        .collect_pending(|p| !own_kind.as_ref().is_some_and(|k| k.same_kind(p)))
-        .await?;
+    let iccid = agent.before_command(sim, kind).await?;
+    let iccid = iccid.as_deref();
     match &cli.command {
         Command::Activate {
             region,
@@ -367,62 +395,42 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             print_sim(&cli, &agent, &a);
         }
         Command::Switch {
-            sim,
-            carrier,
-            region,
+            carrier, region, ..
         } => {
             let target = match (carrier, region) {
                 (Some(c), _) => json!({"carrier": c}),
                 (None, r) => json!({"region": r}),
             };
-            let a = agent.switch(sim.iccid.as_deref(), &target).await?;
+            let a = agent.switch(iccid, &target).await?;
             print_sim(&cli, &agent, &a);
         }
         Command::Sims { agent_id } => print(
             cli.json,
             &json!({ "sims": agent.list_sims(agent_id.as_deref()).await? }),
         ),
-        Command::Status(s) => print(cli.json, &agent.sim_get(s.iccid.as_deref(), "").await?),
-        Command::Balance(s) => print(
-            cli.json,
-            &agent.sim_get(s.iccid.as_deref(), "/balance").await?,
-        ),
-        Command::Usage { sim, granularity } => {
+        Command::Status(_) => print(cli.json, &agent.status(iccid).await?),
+        Command::Balance(_) => print(cli.json, &agent.sim_get(iccid, "/balance").await?),
+        Command::Usage { granularity, .. } => {
             let route = format!("/usage?granularity={granularity}&group_by=plmn");
-            print(
-                cli.json,
-                &agent.sim_get(sim.iccid.as_deref(), &route).await?,
-            );
+            print(cli.json, &agent.sim_get(iccid, &route).await?);
         }
-        Command::Receipts { sim, from } => {
+        Command::Receipts { from, .. } => {
             let route = format!("/receipts?from={from}");
-            print(
-                cli.json,
-                &agent.sim_get(sim.iccid.as_deref(), &route).await?,
-            );
+            print(cli.json, &agent.sim_get(iccid, &route).await?);
         }
-        Command::TopUp { sim, data_mb } => {
-            let out = agent.top_up(sim.iccid.as_deref(), *data_mb).await?;
+        Command::TopUp { data_mb, .. } => {
+            let out = agent.top_up(iccid, *data_mb).await?;
             if cli.json {
                 println!("{out}");
             } else {
                 println!("{}", esim402_agent::client::top_up_line(&out));
             }
         }
-        Command::Suspend(s) => print(
-            cli.json,
-            &agent.sim_post(s.iccid.as_deref(), "/suspend").await?,
-        ),
-        Command::Resume(s) => print(
-            cli.json,
-            &agent.sim_post(s.iccid.as_deref(), "/resume").await?,
-        ),
-        Command::Terminate(s) => print(
-            cli.json,
-            &agent.sim_post(s.iccid.as_deref(), "/terminate").await?,
-        ),
+        Command::Suspend(_) => print(cli.json, &agent.sim_post(iccid, "/suspend").await?),
+        Command::Resume(_) => print(cli.json, &agent.sim_post(iccid, "/resume").await?),
+        Command::Terminate(_) => print(cli.json, &agent.sim_post(iccid, "/terminate").await?),
         // Answered above.
-        Command::Cost(_) | Command::Proxy(_) | Command::Watch(_) => {}
+        Command::Cost(_) | Command::Proxy(_) | Command::Watch(_) | Command::Pending { .. } => {}
     }
     Ok(())
 }
@@ -483,7 +491,7 @@ fn watch_settings(w: &WatchArgs) -> Result<esim402_agent::watch::WatchSettings, 
 
 async fn watch(cli: &Cli, agent: &Agent, w: &WatchArgs) -> Result<(), AgentError> {
     use std::io::Write as _;
-    let settings = watch_settings(w)?;
+    let mut settings = watch_settings(w)?;
     let json_out = cli.json;
     let emit = move |e: &esim402_agent::watch::Event| {
         let line = if json_out {
@@ -495,27 +503,67 @@ async fn watch(cli: &Cli, agent: &Agent, w: &WatchArgs) -> Result<(), AgentError
         // A closed stdout (the reader went away) must not stop the watch.
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());
     };
-    // Payments still pending are collected before the watch starts (the watch takes the lock per tick; if
-    // another command holds it now, that command collects them). A pending switch of the SIM watched is left to
-    // the watch: its first tick sends it again and follows the SIM to its new one.
-    let watcher = match agent.state().lock() {
-        Ok(_lock) => {
-            agent
-                .collect_pending(|p| !matches!(p, Purchase::Switch(_)))
-                .await?;
-            let watcher = esim402_agent::watch::Watcher::new(agent, settings, emit)?;
-            let watched = watcher.iccid().to_owned();
-            agent
-                .collect_pending(|p| matches!(p, Purchase::Switch(old) if *old != watched))
-                .await?;
-            watcher
+    // The SIM watched is resolved before anything is collected (never one just collected, unless named), and
+    // payments still pending are collected before the watch starts, switches excepted: a pending switch of the
+    // SIM watched is the watch's first tick's (it follows the SIM to its new one), another SIM's may be another
+    // watch's. The watch takes the lock per tick; if another command holds it now, that command collects them.
+    {
+        let lock = agent.state().lock();
+        settings.iccid = match &lock {
+            Ok(_) => {
+                agent
+                    .before_command(w.sim.iccid.as_deref(), CommandKind::Changes)
+                    .await?
+            }
+            Err(e) => {
+                eprintln!("esim402-agent: pending payments not collected now: {e}");
+                w.sim.iccid.clone()
+            }
+        };
+    }
+    esim402_agent::watch::Watcher::new(agent, settings, emit)?
+        .run()
+        .await
+}
+
+/// `pending`: list the payments still pending, or give up on one (`--forget`). No wallet, no network.
+fn pending(cli: &Cli, forget: Option<&str>) -> Result<(), AgentError> {
+    use esim402_agent::client::{forget_pending, pending_payments};
+    let dir = StateDir::new(&cli.state_dir);
+    let Some(id) = forget else {
+        let all = pending_payments(&dir.load().map_err(AgentError::Local)?);
+        if cli.json {
+            println!("{}", json!({ "pending": all }));
+        } else if all.is_empty() {
+            println!("no payment pending");
+        } else {
+            for p in &all {
+                println!("{p}");
+            }
         }
-        Err(e) => {
-            eprintln!("esim402-agent: pending payments not collected now: {e}");
-            esim402_agent::watch::Watcher::new(agent, settings, emit)?
-        }
+        return Ok(());
     };
-    watcher.run().await
+    let _lock = dir.lock().map_err(AgentError::Local)?;
+    let gone = forget_pending(&dir, id)?;
+    if cli.json {
+        println!("{}", json!({ "forgotten": gone }));
+    } else {
+        println!(
+            "forgot the payment {id} for {}, pending with {}: it is no longer sent, and no longer holds back a new \
+             payment for the same purchase. Its spend{} stays counted against the daily cap (it may have been \
+             charged; a facilitator that received it may settle it until its authorization expires, {}); it is \
+             kept in {} under abandoned.{id}",
+            gone.purchase,
+            gone.origin.as_deref().unwrap_or("an unknown facilitator"),
+            gone.amount_usdc
+                .as_deref()
+                .map(|a| format!(" ({a} USDC)"))
+                .unwrap_or_default(),
+            esim402_agent::client::utc_time(gone.valid_before),
+            dir.path().join(esim402_agent::state::FILE).display()
+        );
+    }
+    Ok(())
 }
 
 async fn proxy(cli: &Cli, p: &ProxyArgs) -> Result<(), AgentError> {

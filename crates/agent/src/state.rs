@@ -75,7 +75,8 @@ pub enum SpendStatus {
     Pending,
     /// Settled on chain.
     Settled,
-    /// Answered with something that does not say whether money moved (kept, counts against the cap).
+    /// Answered with something that does not say whether money moved, or given up on without an answer
+    /// (`pending --forget`, see [`State::abandon`]): kept, counts against the cap.
     Unknown,
 }
 
@@ -112,6 +113,21 @@ pub struct PendingPayment {
     pub valid_before: u64,
 }
 
+/// A pending payment the agent was told to stop sending (`esim402-agent pending --forget`): it may have been
+/// charged (its spend stays counted), and no answer ended it. Kept for its owner, with the signed payment (never
+/// printed): sent by hand to the facilitator it names, it still collects what it bought, if it bought anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbandonedPayment {
+    /// The request it paid for (its key in [`State::pending`]: `<method> <origin><path>[ <body>]`).
+    pub request: String,
+    /// The `PAYMENT-SIGNATURE` value it was sent with.
+    pub header: String,
+    /// Unix seconds after which its authorization is no longer valid.
+    pub valid_before: u64,
+    /// Unix seconds when it was given up on.
+    pub abandoned_at: u64,
+}
+
 /// Everything in `state.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -132,6 +148,9 @@ pub struct State {
     /// private) instead of being asked for again on every run.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub unrecorded_answers: BTreeMap<String, serde_json::Value>,
+    /// Pending payments given up on (`pending --forget`), by payment id: no longer sent, their spends kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub abandoned: BTreeMap<String, AbandonedPayment>,
 }
 
 impl State {
@@ -182,6 +201,31 @@ impl State {
         if let Some(s) = self.spend_mut(payment_id) {
             s.status = SpendStatus::Unknown;
         }
+    }
+
+    /// Stop sending the pending payment `payment_id` (`pending --forget`): it leaves [`State::pending`] for
+    /// [`State::abandoned`], and its spend stays counted (it may have been charged), marked unknown. The request
+    /// it was pending for, or `None` if no payment of that id is pending (nothing changes).
+    pub fn abandon(&mut self, payment_id: &str, now: u64) -> Option<String> {
+        let key = self
+            .pending
+            .iter()
+            .find(|(_, p)| p.payment_id == payment_id)
+            .map(|(k, _)| k.clone())?;
+        let p = self.pending.remove(&key)?;
+        if let Some(s) = self.spend_mut(payment_id) {
+            s.status = SpendStatus::Unknown;
+        }
+        self.abandoned.insert(
+            p.payment_id,
+            AbandonedPayment {
+                request: key.clone(),
+                header: p.header,
+                valid_before: p.valid_before,
+                abandoned_at: now,
+            },
+        );
+        Some(key)
     }
 
     /// The SIM to act on: `iccid` if given (it need not be known), else the newest live one.
@@ -505,6 +549,54 @@ mod tests {
             Some("sim_2")
         );
         assert_eq!(s.pick_sim(Some("9")).unwrap().access_token, None);
+    }
+
+    /// `pending --forget`: the payment leaves `pending` (nothing sends it again) for `abandoned`, with the
+    /// request it paid for and its signed payment; its spend stays counted against the day's cap (it may have
+    /// been charged), marked unknown. An id that is not pending changes nothing. A state file without
+    /// `abandoned` (an earlier agent's) still loads, and one with it is read back.
+    #[test]
+    fn a_forgotten_payment_keeps_its_spend_and_is_kept_as_abandoned() {
+        let day = 20_000 * 86_400;
+        let mut s = State::default();
+        s.begin(
+            "POST http://h/v1/esim/activate {}",
+            pending("pay_1"),
+            spend("pay_1", day, 420_000),
+        );
+        s.begin(
+            "POST http://h/v1/esim/8901/data {}",
+            pending("pay_2"),
+            spend("pay_2", day, 50_000),
+        );
+        assert_eq!(s.abandon("pay_nope", day + 5), None);
+        assert_eq!(s.pending.len(), 2);
+        assert_eq!(
+            s.abandon("pay_1", day + 5).as_deref(),
+            Some("POST http://h/v1/esim/activate {}")
+        );
+        assert_eq!(
+            s.pending.keys().collect::<Vec<_>>(),
+            ["POST http://h/v1/esim/8901/data {}"]
+        );
+        assert_eq!(s.spent_today(day + 10).micros(), 470_000, "still counted");
+        assert_eq!(s.spends[0].status, SpendStatus::Unknown);
+        assert_eq!(
+            s.abandoned["pay_1"],
+            AbandonedPayment {
+                request: "POST http://h/v1/esim/activate {}".into(),
+                header: pending("pay_1").header,
+                valid_before: 1_000,
+                abandoned_at: day + 5,
+            }
+        );
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<State>(&text).unwrap(), s);
+        let old: State =
+            serde_json::from_value(serde_json::json!({"sims": {}, "spends": [], "pending": {}}))
+                .unwrap();
+        assert!(old.abandoned.is_empty());
+        assert!(!serde_json::to_string(&old).unwrap().contains("abandoned"));
     }
 
     /// A SIM's token goes to the facilitator that issued it only; one recorded before origins were kept (its

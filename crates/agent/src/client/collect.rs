@@ -11,15 +11,23 @@
 //! What is kept from before: a payment is sent only to the facilitator it is pending with (the origin in its key,
 //! compared normalised; for a key of an earlier agent without one, the host its signature names), never signed
 //! anew, and ended by its answer in one atomic state save with what it bought ([`Agent::deliver`]).
+//!
+//! What a command may not do with them: act, without `--iccid`, on a SIM it has just collected (the SIM it acts
+//! on is the one it would have picked before collecting: [`Agent::before_command`]); take over a pending switch
+//! (a `watch` follows its SIM through it: only `switch` and `watch` send a switch again, each its own SIM's); or
+//! send a request the CLI does not make itself (the paying proxy's, for its devices). And a payment that can
+//! never be collected can be given up on ([`forget_pending`]), its spend kept.
 
 use std::fmt;
 
 use serde_json::Value;
 
-use super::paid::{Held, PaidRequest, host_of, legacy_host, pending_for};
-use super::{Activation, Agent, local, record_sim, redacted, top_up_line};
+use super::paid::{
+    Held, PENDING_RETRIES, PaidRequest, Undelivered, host_of, legacy_host, pending_for,
+};
+use super::{Activation, Agent, local, now, record_sim, redacted, top_up_line};
 use crate::error::AgentError;
-use crate::state::{PendingPayment, State};
+use crate::state::{PendingPayment, State, StateDir};
 
 /// What a payment pays for: the kind of purchase and its target, read from its request's path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +70,59 @@ impl fmt::Display for Purchase {
             Self::TopUp(iccid) => write!(f, "a top-up of SIM {iccid}"),
             Self::Switch(iccid) => write!(f, "a switch of SIM {iccid}"),
             Self::Other(path) => write!(f, "a payment for {path}"),
+        }
+    }
+}
+
+/// The facilitator a payment is pending with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Facilitator {
+    /// The origin its key names (`scheme://host[:port]`, spelled as the agent that signed it kept it).
+    Origin(String),
+    /// The host (`host[:port]`) the signature of an earlier agent's payment names (its key names no origin).
+    Host(String),
+    /// An earlier agent's payment whose signature names no facilitator: it can be sent nowhere.
+    Unknown,
+}
+
+impl Facilitator {
+    /// The origin or host, if known.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Origin(s) | Self::Host(s) => Some(s),
+            Self::Unknown => None,
+        }
+    }
+
+    /// What to do about the payment `id` pending there, when it is not this agent's facilitator: how to collect
+    /// it, or to give up on it.
+    pub fn advice(&self, id: &str) -> String {
+        let forget = format!(
+            "`esim402-agent pending --forget {id}` stops sending it (its spend stays counted: it may have been \
+             charged)"
+        );
+        match self {
+            Self::Origin(o) => format!("run a command with --url {o} to collect it, or {forget}"),
+            Self::Host(h) => format!(
+                "run a command with --url https://{h} (http://{h} if it is this machine) to collect it, or {forget}"
+            ),
+            Self::Unknown => format!("it cannot be sent anywhere: {forget}"),
+        }
+    }
+}
+
+impl fmt::Display for Facilitator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Origin(o) => write!(f, "the facilitator {o}"),
+            Self::Host(h) => write!(
+                f,
+                "the facilitator at {h} (a payment of an earlier esim402-agent)"
+            ),
+            Self::Unknown => write!(
+                f,
+                "an unknown facilitator (a payment of an earlier esim402-agent whose signature names none)"
+            ),
         }
     }
 }
@@ -112,19 +173,39 @@ impl PendingRequest {
         self.path == path && self.body.as_ref() == Some(body)
     }
 
+    /// Whether the CLI makes this request itself, and so collects it: a POST activation, top-up (`top_up_mb`)
+    /// or switch. A paid GET, a quota request or another route is the paying proxy's, made for a device (a
+    /// state directory of `<state-dir>/devices/`): that device's same request sent again collects it.
+    fn is_the_clis(&self) -> bool {
+        let Some(body) = &self.body else {
+            return false;
+        };
+        match &self.purchase {
+            Purchase::Activation | Purchase::Switch(_) => true,
+            Purchase::TopUp(_) => body.get("top_up_mb").is_some(),
+            Purchase::Other(_) => false,
+        }
+    }
+
+    /// The facilitator this payment is pending with: the origin in its key, or for a key without one the host
+    /// its signature names.
+    fn facilitator(&self, payment: &PendingPayment) -> Facilitator {
+        if self.origin.is_empty() {
+            legacy_host(payment).map_or(Facilitator::Unknown, Facilitator::Host)
+        } else {
+            Facilitator::Origin(self.origin.clone())
+        }
+    }
+
     /// The facilitator this payment is pending with, if not `origin` (this agent's, normalised): the origin in
     /// its key (it need not be spelled as `origin` is), or for a key without one the host its signature names.
-    fn elsewhere(&self, payment: &PendingPayment, origin: &str) -> Option<String> {
-        if self.origin.is_empty() {
-            return match legacy_host(payment) {
-                Some(h) if Some(&h) == host_of(origin).as_ref() => None,
-                other => Some(other.unwrap_or_else(|| "an unknown facilitator".into())),
-            };
-        }
-        match crate::config::bare_origin(&self.origin) {
-            Some(o) if o == origin => None,
-            _ => Some(self.origin.clone()),
-        }
+    fn elsewhere(&self, payment: &PendingPayment, origin: &str) -> Option<Facilitator> {
+        let ours = match self.facilitator(payment) {
+            Facilitator::Origin(o) => crate::config::bare_origin(&o).is_some_and(|o| o == origin),
+            Facilitator::Host(h) => Some(&h) == host_of(origin).as_ref(),
+            Facilitator::Unknown => false,
+        };
+        (!ours).then(|| self.facilitator(payment))
     }
 }
 
@@ -150,11 +231,14 @@ pub enum Outcome {
     Answer(Value),
     /// Not collected, and still pending (sent again before the next command): why.
     StillPending(AgentError),
+    /// Not sent this time, and still pending: the facilitator did not answer a payment sent before it in the
+    /// same pass (unreachable, or timed out), so nothing more was sent to it. Why.
+    NotTried(String),
     /// Not collected, and no longer pending: the answer ended it as the error says (nothing charged; or kept as
     /// an unknown spend; or paid, its answer naming no SIM and kept whole in the state).
     Ended(AgentError),
-    /// Pending with another facilitator (the origin, or host, named): not sent to this one.
-    Elsewhere(String),
+    /// Pending with another facilitator: not sent to this one.
+    Elsewhere(Facilitator),
 }
 
 impl Collection {
@@ -162,7 +246,7 @@ impl Collection {
     pub fn is_pending(&self) -> bool {
         matches!(
             self.outcome,
-            Outcome::StillPending(_) | Outcome::Elsewhere(_)
+            Outcome::StillPending(_) | Outcome::NotTried(_) | Outcome::Elsewhere(_)
         )
     }
 }
@@ -171,13 +255,13 @@ impl fmt::Display for Collection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (id, what) = (&self.payment_id, &self.purchase);
         match &self.outcome {
+            // Not the activation code: a stderr line ends up in logs, and the code is what installs the profile.
             Outcome::Sim(a) => write!(
                 f,
-                "collected {what} paid earlier (payment {id}): SIM {} on {}, {}; its access token is kept in the \
-                 state directory",
-                a.iccid,
+                "collected {what} paid earlier (payment {id}): SIM {iccid} on {}; its access token and activation \
+                 code are kept in the state directory (`esim402-agent status --iccid {iccid}` shows the code)",
                 a.answer["carrier"].as_str().unwrap_or("?"),
-                a.activation_code
+                iccid = a.iccid,
             ),
             Outcome::Answer(answer) => match what {
                 Purchase::TopUp(iccid) => write!(
@@ -195,23 +279,175 @@ impl fmt::Display for Collection {
                 f,
                 "the payment {id} for {what} is still pending, not collected: {e}"
             ),
+            Outcome::NotTried(why) => write!(
+                f,
+                "the payment {id} for {what} was not sent this time ({why}): it stays pending, sent again before \
+                 the next command"
+            ),
             Outcome::Ended(e) => write!(f, "the payment {id} for {what} is no longer pending: {e}"),
             Outcome::Elsewhere(other) => write!(
                 f,
-                "the payment {id} for {what} is still pending with the facilitator {other}: it is not sent here; \
-                 run a command with --url {other} to collect it"
+                "the payment {id} for {what} is still pending with {other}: it is not sent here; {}",
+                other.advice(id)
             ),
         }
     }
 }
 
+/// What a command does, for the collection before it ([`Agent::before_command`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Reads only (`status`, `balance`, `usage`, `receipts`, `sims`): without `--iccid` and without a SIM before,
+    /// it may read the one just collected.
+    Reads,
+    /// Changes a SIM without paying (`suspend`, `resume`, `terminate`), or keeps one alive, paying (`watch`).
+    Changes,
+    /// Pays for a new SIM (`activate`): pending activations are its own to collect ([`Agent::activate`]).
+    Activates,
+    /// Pays for a top-up (`top-up`): pending top-ups are its own to collect ([`Agent::top_up`]).
+    TopsUp,
+    /// Pays for a switch (`switch`): its SIM's pending switches are its own to collect ([`Agent::switch`]).
+    Switches,
+}
+
+/// A payment still pending, as `esim402-agent pending` lists it: never its signed payment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingInfo {
+    /// Its `payment-identifier`.
+    pub payment_id: String,
+    /// What it pays for.
+    pub purchase: String,
+    /// The facilitator it is pending with: its origin, or (a payment of an earlier agent) the host its
+    /// signature names; `None` if unknown.
+    pub origin: Option<String>,
+    /// Unix seconds when it was signed, if its spend is recorded.
+    pub signed_at: Option<u64>,
+    /// Its amount in USDC, if its spend is recorded.
+    pub amount_usdc: Option<String>,
+    /// Unix seconds after which its authorization is no longer valid.
+    pub valid_before: u64,
+    /// Whether commands send it again (the CLI's own requests, with their facilitator); else it is the paying
+    /// proxy's, for a device, collected by that device's same request.
+    pub collected_by_commands: bool,
+}
+
+impl fmt::Display for PendingInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}  {}  with {}  signed {}  {}",
+            self.payment_id,
+            self.purchase,
+            self.origin.as_deref().unwrap_or("an unknown facilitator"),
+            self.signed_at
+                .map_or_else(|| "at an unknown time".to_owned(), utc_time),
+            self.amount_usdc
+                .as_deref()
+                .map_or_else(|| "amount unknown".to_owned(), |a| format!("{a} USDC")),
+        )?;
+        if !self.collected_by_commands {
+            write!(
+                f,
+                "  (a proxied device's request: its own request collects it)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD hh:mm:ss UTC`.
+pub fn utc_time(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (H. Hinnant's `civil_from_days`), in unsigned arithmetic: the era
+    // starts on 0000-03-01, 719 468 days before the epoch.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+/// Every payment still pending in `state` (`esim402-agent pending`), without its signed payment.
+pub fn pending_payments(state: &State) -> Vec<PendingInfo> {
+    state
+        .pending
+        .iter()
+        .map(|(key, p)| {
+            let request = PendingRequest::parse(key);
+            let spend = state
+                .spends
+                .iter()
+                .rev()
+                .find(|s| s.payment_id == p.payment_id);
+            PendingInfo {
+                payment_id: p.payment_id.clone(),
+                purchase: request.as_ref().map_or_else(
+                    || {
+                        format!(
+                            "an unrecognised request ({})",
+                            key.split(' ').next().unwrap_or("?")
+                        )
+                    },
+                    |r| r.purchase.to_string(),
+                ),
+                origin: request
+                    .as_ref()
+                    .and_then(|r| r.facilitator(p).name().map(str::to_owned)),
+                signed_at: spend.map(|s| s.at),
+                amount_usdc: spend.map(|s| s.amount_usdc.to_string()),
+                valid_before: p.valid_before,
+                collected_by_commands: request.as_ref().is_some_and(PendingRequest::is_the_clis),
+            }
+        })
+        .collect()
+}
+
+/// Give up on the pending payment `payment_id` (`esim402-agent pending --forget`): it is no longer sent again,
+/// and no longer holds back a new payment for what it paid for; its spend stays counted (it may have been
+/// charged), and it is kept in the state under `abandoned` ([`State::abandon`]). What it was. A usage error if
+/// no payment of that id is pending. The caller holds the state directory's lock.
+pub fn forget_pending(dir: &StateDir, payment_id: &str) -> Result<PendingInfo, AgentError> {
+    let state = dir.load().map_err(local)?;
+    let Some(info) = pending_payments(&state)
+        .into_iter()
+        .find(|p| p.payment_id == payment_id)
+    else {
+        return Err(AgentError::Usage(format!(
+            "no payment {payment_id} is pending (`esim402-agent pending` lists those that are)"
+        )));
+    };
+    dir.update(|s| s.abandon(payment_id, now()))
+        .map_err(local)?;
+    Ok(info)
+}
+
+/// The text of an error without the advice [`AgentError::Unavailable`] appends (for an error quoted in another).
+fn reason(e: &AgentError) -> String {
+    match e {
+        AgentError::Unavailable { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
 impl Agent {
-    /// Send again every payment pending with this facilitator for a purchase `which` accepts (the very same
-    /// payments: nothing is signed), record what each bought (a SIM and its token, in the save that ends its
-    /// payment), and say on stderr what became of each (always: it is about money, not progress). A payment
-    /// pending with another facilitator is not sent, and reported. The CLI runs this before every command that
-    /// talks to the facilitator, leaving the payments of the command's own kind to the command
-    /// ([`Agent::activate`], [`Agent::top_up`] and [`Agent::switch`] collect those first themselves).
+    /// Send again, once each, every payment pending with this facilitator for a purchase `which` accepts (the
+    /// very same payments: nothing is signed), record what each bought (a SIM and its token, in the save that
+    /// ends its payment), and say on stderr what became of each (always: it is about money, not progress). Only
+    /// the requests the CLI makes itself are sent (not the paying proxy's, for its devices); one pending with
+    /// another facilitator is not sent, and reported; a settlement still pending stays pending (not waited
+    /// for); once the facilitator gives no answer (unreachable, timed out), nothing more is sent to it in this
+    /// pass, and the rest are reported as not tried. The CLI runs this before every command that talks to the
+    /// facilitator ([`Agent::before_command`]).
     ///
     /// An error only for a local problem (the state cannot be read or saved); a payment that cannot be
     /// collected is an [`Outcome`], and stays pending when it may have been charged.
@@ -219,16 +455,68 @@ impl Agent {
         &self,
         which: impl Fn(&Purchase) -> bool,
     ) -> Result<Vec<Collection>, AgentError> {
-        self.collect_where(|r| which(&r.purchase)).await
+        self.collect_where(|r| which(&r.purchase), 1).await
     }
 
+    /// What the CLI runs before a command of `kind` on the SIM `iccid` (`None`: the default, the newest live
+    /// SIM): the SIM it acts on, which is `iccid`, else the SIM it would have acted on before anything was
+    /// collected — so a SIM collected now never becomes the target of a command that did not name it. Then
+    /// every payment pending with this facilitator is collected ([`Agent::collect_pending`]), except those of
+    /// the command's own kind (the paying command collects those itself, its own request last) and every
+    /// switch (only `switch` and `watch` send a switch again, each of its own SIM: a `watch` follows its SIM
+    /// through it).
+    ///
+    /// `None` when there was no SIM before: a command that only reads then acts on the newest live SIM after
+    /// the collection (one just collected), and `activate` needs none; any other command is refused (a usage
+    /// error naming the SIM collected: pass `--iccid`), or, when nothing was collected either, left to say
+    /// that there is no SIM.
+    pub async fn before_command(
+        &self,
+        iccid: Option<&str>,
+        kind: CommandKind,
+    ) -> Result<Option<String>, AgentError> {
+        let before = match iccid {
+            Some(id) => Some(id.to_owned()),
+            None => self
+                .state
+                .load()
+                .map_err(local)?
+                .pick_sim(None)
+                .map(|s| s.iccid),
+        };
+        self.collect_pending(|p| match p {
+            Purchase::Activation => kind != CommandKind::Activates,
+            Purchase::TopUp(_) => kind != CommandKind::TopsUp,
+            Purchase::Switch(_) | Purchase::Other(_) => false,
+        })
+        .await?;
+        if before.is_some() || matches!(kind, CommandKind::Reads | CommandKind::Activates) {
+            return Ok(before);
+        }
+        match self.state.load().map_err(local)?.pick_sim(None) {
+            Some(sim) => Err(AgentError::Usage(format!(
+                "no --iccid given, and the state directory held no live SIM before this command: SIM {iccid} \
+                 ({carrier}), paid earlier, was collected just now; nothing was done to it: run the command \
+                 again with --iccid {iccid} to act on it",
+                iccid = sim.iccid,
+                carrier = sim.carrier.as_deref().unwrap_or("carrier unknown"),
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Agent::collect_pending`] for the pending requests `which` accepts (the CLI's own only), each sent up to
+    /// `tries` times while its settlement is pending.
     async fn collect_where(
         &self,
         which: impl Fn(&PendingRequest) -> bool,
+        tries: u32,
     ) -> Result<Vec<Collection>, AgentError> {
         let origin = self.config.origin();
         let state = self.state.load().map_err(local)?;
         let mut out = Vec::new();
+        // Set once the facilitator gave no answer: the rest is not sent this time.
+        let mut down: Option<String> = None;
         for (key, payment) in &state.pending {
             let Some(request) = PendingRequest::parse(key) else {
                 self.notice(&format!(
@@ -237,12 +525,24 @@ impl Agent {
                 ));
                 continue;
             };
-            if !which(&request) {
+            if !request.is_the_clis() || !which(&request) {
                 continue;
             }
-            let outcome = match request.elsewhere(payment, &origin) {
-                Some(other) => Outcome::Elsewhere(other),
-                None => self.collect_one(&state, &request, payment, &origin).await?,
+            let outcome = match (request.elsewhere(payment, &origin), &down) {
+                (Some(other), _) => Outcome::Elsewhere(other),
+                (None, Some(why)) => Outcome::NotTried(why.clone()),
+                (None, None) => {
+                    let (outcome, unreachable) = self
+                        .collect_one(&state, &request, payment, &origin, tries)
+                        .await?;
+                    if unreachable {
+                        down = Some(format!(
+                            "the facilitator {} did not answer the payment sent before it",
+                            self.config.url
+                        ));
+                    }
+                    outcome
+                }
             };
             let collection = Collection {
                 payment_id: payment.payment_id.clone(),
@@ -256,14 +556,15 @@ impl Agent {
     }
 
     /// Send the pending `payment` for `request` again (with the owner's credential for a switch, as the switch
-    /// was sent) and keep what it bought.
+    /// was sent) and keep what it bought; and whether the facilitator gave no answer at all.
     async fn collect_one(
         &self,
         state: &State,
         request: &PendingRequest,
         payment: &PendingPayment,
         origin: &str,
-    ) -> Result<Outcome, AgentError> {
+        tries: u32,
+    ) -> Result<(Outcome, bool), AgentError> {
         self.say(&format!(
             "sending again the payment {} still pending for {} (never paid twice)",
             payment.payment_id, request.purchase
@@ -285,42 +586,45 @@ impl Agent {
         };
         let got = match &request.purchase {
             Purchase::Activation => {
-                self.deliver(&paid, &held, |s, a| {
+                self.deliver(&paid, &held, tries, |s, a| {
                     record_sim(s, a.body, None, origin).map(Outcome::Sim)
                 })
                 .await
             }
             Purchase::Switch(old) => {
-                self.deliver(&paid, &held, |s, a| {
+                self.deliver(&paid, &held, tries, |s, a| {
                     record_sim(s, a.body, Some(old), origin).map(Outcome::Sim)
                 })
                 .await
             }
             Purchase::TopUp(_) | Purchase::Other(_) => {
-                self.deliver(&paid, &held, |_, a| Ok(Outcome::Answer(a.body)))
+                self.deliver(&paid, &held, tries, |_, a| Ok(Outcome::Answer(a.body)))
                     .await
             }
         };
         match got {
-            Ok(outcome) => Ok(outcome),
-            Err(e) => {
+            Ok(outcome) => Ok((outcome, false)),
+            Err(Undelivered { error, unreachable }) => {
                 // Whatever the error, the state says whether the payment is still pending.
                 let state = self.state.load().map_err(local)?;
-                Ok(if state.pending.contains_key(&request.key) {
-                    Outcome::StillPending(e)
+                let outcome = if state.pending.contains_key(&request.key) {
+                    Outcome::StillPending(error)
                 } else {
-                    Outcome::Ended(e)
-                })
+                    Outcome::Ended(error)
+                };
+                Ok((outcome, unreachable))
             }
         }
     }
 
     /// Before a payment for `purchase` (the request `path` with `body`): every other payment pending with this
-    /// facilitator for the same kind of purchase (any target) is collected first, and then, unless this very
-    /// request has a payment pending (the paid walk sends that one again), a new payment is refused while one
-    /// for the same purchase (kind and target) is still pending: it may have been charged, and may already have
-    /// bought what this one would. With another facilitator too: `localhost` and `127.0.0.1` are one facilitator
-    /// under two origins. The collections made.
+    /// facilitator for the same kind of purchase (any target; for a switch, of the same SIM only: another SIM's
+    /// may be a `watch`'s to follow) is collected first, and then, unless this very request has a payment
+    /// pending (the paid walk sends that one again), a new payment is refused while one for the same purchase
+    /// (kind and target) is still pending with this facilitator: it may have been charged, and may already have
+    /// bought what this one would. One pending with another facilitator is reported, and does not hold this
+    /// one back (it may never be collected); nor does one given up on (`pending --forget`). The collections
+    /// made.
     pub(super) async fn clear_way(
         &self,
         purchase: &Purchase,
@@ -328,7 +632,16 @@ impl Agent {
         body: &Value,
     ) -> Result<Vec<Collection>, AgentError> {
         let collected = self
-            .collect_where(|r| r.purchase.same_kind(purchase) && !r.is(path, body))
+            .collect_where(
+                |r| {
+                    let same = match purchase {
+                        Purchase::Switch(_) => r.purchase == *purchase,
+                        _ => r.purchase.same_kind(purchase),
+                    };
+                    same && !r.is(path, body)
+                },
+                PENDING_RETRIES,
+            )
             .await?;
         let state = self.state.load().map_err(local)?;
         if !matches!(
@@ -340,372 +653,27 @@ impl Agent {
             return Ok(collected);
         }
         for c in collected.iter().filter(|c| c.purchase == *purchase) {
-            match &c.outcome {
-                Outcome::StillPending(e) => {
-                    return Err(AgentError::Unavailable {
-                        message: format!(
-                            "the payment {} for {purchase}, signed earlier for another request, is still pending \
-                             ({e}); no new payment for {purchase} is signed while it is (it may have been charged)",
-                            c.payment_id
-                        ),
-                        pending: true,
-                    });
-                }
-                Outcome::Elsewhere(other) => {
-                    return Err(AgentError::Local(format!(
-                        "the payment {} for {purchase}, signed earlier for another request, is still pending with \
-                         the facilitator {other}; no new payment for {purchase} is signed while it is (it may \
-                         have been charged): run a command with --url {other} to collect it",
-                        c.payment_id
-                    )));
-                }
-                _ => {}
-            }
+            let why = match &c.outcome {
+                Outcome::StillPending(e) => reason(e),
+                Outcome::NotTried(why) => why.clone(),
+                // Reported as it was collected; it may never be: it holds nothing back.
+                _ => continue,
+            };
+            return Err(AgentError::Unavailable {
+                message: format!(
+                    "the payment {id} for {purchase}, signed earlier for another request, is still pending ({why}); \
+                     no new payment for {purchase} is signed while it is (it may have been charged). If it can \
+                     never be collected, `esim402-agent pending --forget {id}` stops sending it (its spend stays \
+                     counted) and lets a new one be paid",
+                    id = c.payment_id
+                ),
+                pending: true,
+            });
         }
         Ok(collected)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use super::*;
-    use crate::testing::{Seen, Server, challenge, facilitator, sim_answer};
-    use crate::{Config, SpendPolicy, StateDir, WalletKey};
-    use serde_json::json;
-
-    fn agent(url: &str, dir: &std::path::Path) -> Agent {
-        let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
-        Agent::new(
-            Config::new(url, key).unwrap(),
-            SpendPolicy::default(),
-            StateDir::new(dir),
-            false,
-        )
-        .unwrap()
-    }
-
-    fn buy(region: &str) -> Value {
-        json!({"region": region, "data_mb": 1})
-    }
-
-    fn pending_error(e: &AgentError) -> bool {
-        matches!(e, AgentError::Unavailable { pending: true, .. })
-    }
-
-    /// A facilitator whose paid answers fail (500) while `down` is set; else a paid activation or switch gets a
-    /// new SIM (`89` and the number of paid answers so far), a paid top-up what it bought, without the balance
-    /// (as the facilitator answers a top-up sent without the owner's credential). A GET gets the balance.
-    async fn flaky(down: Arc<AtomicBool>) -> Server {
-        let served = std::sync::Mutex::new(0u32);
-        Server::start(move |seen: &Seen| {
-            if seen.method == "GET" {
-                return (200, vec![], json!({"remaining_kb": 1000}));
-            }
-            if seen.header("payment-signature").is_none() {
-                return challenge(seen);
-            }
-            if down.load(Ordering::SeqCst) {
-                return (500, vec![], json!({"error": {"message": "down"}}));
-            }
-            let mut n = served.lock().unwrap();
-            *n += 1;
-            let body: Value = serde_json::from_slice(&seen.body).unwrap();
-            if seen.target.ends_with("/data") {
-                let answer = json!({"iccid": seen.target.split('/').nth(3), "status": "topped_up",
-                    "topped_up_mb": body["top_up_mb"], "amount_usdc": "0.42", "transaction": format!("0x{n}")});
-                return (200, vec![], answer);
-            }
-            (200, vec![], sim_answer(&format!("89{n}")))
-        })
-        .await
-    }
-
-    /// A different activation, run after an activation's reply was lost, first sends the pending one again (the
-    /// same payment) and records its SIM, and only then pays its own; while the pending one cannot be collected,
-    /// it pays nothing (exit 5). Before, it signed a second payment at once and the first SIM was never
-    /// recorded.
-    #[tokio::test]
-    async fn another_activation_collects_the_pending_one_first_and_pays_nothing_new_while_it_is_pending()
-     {
-        let down = Arc::new(AtomicBool::new(true));
-        let f = flaky(down.clone()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let a = agent(&f.url, dir.path());
-        let e = a.activate(&buy("us-west")).await.unwrap_err();
-        assert!(pending_error(&e), "{e}");
-        let first = f.payments();
-        assert_eq!(first.len(), 1);
-
-        // Still down: the pending one is sent again, not collected, and no new payment is signed.
-        let e = a.activate(&buy("eu-central")).await.unwrap_err();
-        assert!(pending_error(&e), "{e}");
-        let held = &a.state().load().unwrap().spends[0].payment_id;
-        assert!(e.to_string().contains(held.as_str()), "names it: {e}");
-        assert_eq!(
-            f.payments(),
-            [first[0].clone(), first[0].clone()],
-            "nothing signed anew"
-        );
-        let st = a.state().load().unwrap();
-        assert_eq!((st.spends.len(), st.pending.len()), (1, 1), "{st:?}");
-
-        // Up again: the pending one is collected (its SIM recorded, with its token), then the new one is paid.
-        down.store(false, Ordering::SeqCst);
-        let got = a.activate(&buy("eu-central")).await.unwrap();
-        let paid = f.payments();
-        assert_eq!(paid.len(), 4);
-        assert_eq!(
-            paid[2], first[0],
-            "the same payment collected the first SIM"
-        );
-        assert_ne!(paid[3], first[0], "then the new activation's own payment");
-        let st = a.state().load().unwrap();
-        assert!(st.pending.is_empty(), "{st:?}");
-        assert_eq!(st.sims.len(), 2, "{st:?}");
-        assert_eq!(
-            st.sims[&got.iccid].access_token.as_deref(),
-            Some("sim_secret_892")
-        );
-        assert_eq!(
-            st.sims["891"].access_token.as_deref(),
-            Some("sim_secret_891")
-        );
-        assert!(
-            st.spends
-                .iter()
-                .all(|s| s.status == crate::state::SpendStatus::Settled)
-        );
-    }
-
-    /// A top-up of another size for a SIM whose top-up is pending sends the pending one again first: collected,
-    /// it is settled and the new one paid; not collected, nothing new is paid for that SIM, while another SIM's
-    /// top-up is not held back by it. Before, each signed a new payment beside the pending one.
-    #[tokio::test]
-    async fn a_top_up_is_not_paid_again_while_one_of_the_same_sim_is_pending() {
-        let down = Arc::new(AtomicBool::new(true));
-        let f = flaky(down.clone()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let a = agent(&f.url, dir.path());
-        let e = a.top_up(Some("8901"), 10).await.unwrap_err();
-        assert!(pending_error(&e), "{e}");
-        let e = a.top_up(Some("8901"), 20).await.unwrap_err();
-        assert!(pending_error(&e), "{e}");
-        assert_eq!(
-            f.payments().len(),
-            2,
-            "the pending one sent again, nothing new"
-        );
-        assert_eq!(a.state().load().unwrap().spends.len(), 1);
-
-        down.store(false, Ordering::SeqCst);
-        let other = a.top_up(Some("8902"), 5).await.unwrap();
-        assert_eq!(other["topped_up_mb"], 5, "another SIM's top-up is paid");
-        let st = a.state().load().unwrap();
-        assert!(st.pending.is_empty(), "collected first: {st:?}");
-        let paid = f.payments();
-        assert_eq!(paid[2], paid[0], "with the same payment");
-
-        // Once nothing is pending, a top-up of the first SIM pays (one new payment).
-        let got = a.top_up(Some("8901"), 20).await.unwrap();
-        assert_eq!(got["topped_up_mb"], 20);
-        assert_eq!(f.payments().len(), 5);
-        let st = a.state().load().unwrap();
-        assert_eq!(st.spends.len(), 3, "{st:?}");
-        assert!(
-            st.spends
-                .iter()
-                .all(|s| s.status == crate::state::SpendStatus::Settled)
-        );
-    }
-
-    /// What the CLI runs before `status`, `sims`, `balance`, …: every payment pending with this facilitator is
-    /// sent again and what it bought recorded (the activation's SIM and token; the switch's new SIM, retiring
-    /// the old one, sent with the old SIM's token as the switch was), a top-up settled; one pending with another
-    /// facilitator is not sent there, and stays. Nothing is signed.
-    #[tokio::test]
-    async fn every_pending_payment_is_collected_before_a_command() {
-        let down = Arc::new(AtomicBool::new(true));
-        let f = flaky(down.clone()).await;
-        let other = facilitator(vec![(200, sim_answer("7777"))]).await;
-        let dir = tempfile::tempdir().unwrap();
-        let a = agent(&f.url, dir.path());
-        // A SIM to switch and top up, with its token from this facilitator.
-        a.state()
-            .update(|s| {
-                record_sim(s, sim_answer("8900"), None, &a.config().origin()).unwrap();
-            })
-            .unwrap();
-        a.activate(&buy("us-west")).await.unwrap_err();
-        a.top_up(Some("8900"), 10).await.unwrap_err();
-        a.switch(Some("8900"), &json!({"carrier": "att"}))
-            .await
-            .unwrap_err();
-        // And one pending with another facilitator.
-        agent(&other.url, dir.path())
-            .state()
-            .update(|s| {
-                let (k, p) = s.pending.iter().next().unwrap();
-                let key = k
-                    .replace(&f.url, &other.url)
-                    .replace("us-west", "eu-central");
-                let p = PendingPayment {
-                    payment_id: "pay_elsewhere".into(),
-                    ..p.clone()
-                };
-                s.pending.insert(key, p);
-            })
-            .unwrap();
-        let signed = f.payments();
-        assert_eq!(signed.len(), 3);
-
-        // Still down: nothing collected, everything stays pending, and says so.
-        let got = a.collect_pending(|_| true).await.unwrap();
-        assert_eq!(got.len(), 4);
-        assert!(got.iter().all(Collection::is_pending), "{got:?}");
-        assert!(
-            got.iter()
-                .any(|c| matches!(&c.outcome, Outcome::Elsewhere(o) if *o == other.url))
-        );
-        assert_eq!(a.state().load().unwrap().pending.len(), 4);
-
-        down.store(false, Ordering::SeqCst);
-        let got = a.collect_pending(|_| true).await.unwrap();
-        let said: Vec<String> = got.iter().map(ToString::to_string).collect();
-        let st = a.state().load().unwrap();
-        assert_eq!(
-            st.pending.len(),
-            1,
-            "the other facilitator's stays: {said:?}"
-        );
-        assert_eq!(
-            st.pending.values().next().unwrap().payment_id,
-            "pay_elsewhere"
-        );
-        assert!(
-            other.seen().is_empty(),
-            "nothing sent to the other facilitator"
-        );
-        let resent = &f.payments()[6..];
-        assert_eq!(resent.len(), 3);
-        assert!(
-            resent.iter().all(|p| signed.contains(p)),
-            "the same payments, nothing signed"
-        );
-        assert_eq!(st.spends.len(), 3);
-        assert!(
-            st.spends
-                .iter()
-                .all(|s| s.status == crate::state::SpendStatus::Settled)
-        );
-        // The activation's SIM and the switch's new one are recorded, the switched SIM retired.
-        let new: Vec<&crate::state::SimRecord> =
-            st.sims.values().filter(|s| s.iccid != "8900").collect();
-        assert_eq!(new.len(), 2, "{st:?}");
-        assert!(new.iter().all(|s| s.access_token.is_some()));
-        assert!(new.iter().any(|s| s.replaces.as_deref() == Some("8900")));
-        assert!(st.sims["8900"].terminated);
-        let switch = f
-            .seen()
-            .into_iter()
-            .rfind(|s| s.target.ends_with("/switch"))
-            .unwrap();
-        assert_eq!(
-            switch.header("authorization"),
-            Some("Bearer sim_secret_8900")
-        );
-        assert!(
-            said.iter()
-                .any(|l| l.contains("a top-up of SIM 8900") && l.contains("topped up 10 MB")),
-            "{said:?}"
-        );
-        assert!(said.iter().all(|l| !l.contains("null")), "{said:?}");
-    }
-
-    /// A switch of a SIM whose other switch is pending collects that one first: the SIM has moved, so nothing
-    /// new is paid (exit 2, naming the new SIM). Before, a second switch of the same SIM was paid.
-    #[tokio::test]
-    async fn a_switch_collects_a_pending_switch_of_the_same_sim_and_pays_nothing_new() {
-        let down = Arc::new(AtomicBool::new(true));
-        let f = flaky(down.clone()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let a = agent(&f.url, dir.path());
-        a.state()
-            .update(|s| {
-                record_sim(s, sim_answer("8900"), None, &a.config().origin()).unwrap();
-            })
-            .unwrap();
-        a.switch(None, &json!({"carrier": "att"}))
-            .await
-            .unwrap_err();
-        let e = a
-            .switch(None, &json!({"carrier": "verizon"}))
-            .await
-            .unwrap_err();
-        assert!(pending_error(&e), "{e}");
-        assert_eq!(f.payments().len(), 2, "nothing new signed");
-        down.store(false, Ordering::SeqCst);
-        let e = a
-            .switch(None, &json!({"carrier": "verizon"}))
-            .await
-            .unwrap_err();
-        assert_eq!(e.exit_code(), crate::ExitCode::Usage, "{e}");
-        assert!(e.to_string().contains("moved to SIM 891"), "{e}");
-        let paid = f.payments();
-        assert_eq!(paid.len(), 3);
-        assert!(paid.iter().all(|p| *p == paid[0]), "one payment");
-        let st = a.state().load().unwrap();
-        assert!(
-            st.pending.is_empty() && st.sims["8900"].terminated,
-            "{st:?}"
-        );
-        assert_eq!(st.spends.len(), 1);
-    }
-
-    #[test]
-    fn keys_are_read_back() {
-        let r = PendingRequest::parse(
-            r#"POST http://127.0.0.1:3000/v1/esim/activate {"data_mb":1,"region":"us-west"}"#,
-        )
-        .unwrap();
-        assert_eq!(r.origin, "http://127.0.0.1:3000");
-        assert_eq!(r.path, "/v1/esim/activate");
-        assert_eq!(r.body, Some(json!({"region": "us-west", "data_mb": 1})));
-        assert_eq!(r.purchase, Purchase::Activation);
-        let r =
-            PendingRequest::parse(r#"POST https://[::1]:8443/v1/esim/8901/data {"top_up_mb":10}"#)
-                .unwrap();
-        assert_eq!(
-            (r.origin.as_str(), r.purchase),
-            ("https://[::1]:8443", Purchase::TopUp("8901".into()))
-        );
-        let r = PendingRequest::parse(r#"POST /v1/esim/8901/switch {"carrier":"att"}"#).unwrap();
-        assert_eq!(
-            (r.origin.as_str(), r.purchase),
-            ("", Purchase::Switch("8901".into()))
-        );
-        let r = PendingRequest::parse("GET http://h:1/v1/esim/activate?region=us-west&data_mb=1")
-            .unwrap();
-        assert_eq!(
-            (r.body, r.purchase),
-            (None, Purchase::Activation),
-            "the proxy's paid GET"
-        );
-        for bad in [
-            "activate x",
-            "POST http://h:1/v1/esim/activate not-json",
-            "GET /v1/esim/activate",
-            "PUT http://h:1/v1/esim/activate {}",
-            "POST http://h:1",
-        ] {
-            assert_eq!(PendingRequest::parse(bad), None, "{bad}");
-        }
-        assert_eq!(
-            Purchase::of("/v1/esim/8901/suspend"),
-            Purchase::Other("/v1/esim/8901/suspend".into())
-        );
-    }
-}
+#[path = "collect_tests.rs"]
+mod tests;

@@ -15,7 +15,10 @@ use serde_json::{Value, json};
 mod collect;
 mod paid;
 
-pub use collect::{Collection, Outcome, Purchase};
+pub use collect::{
+    Collection, CommandKind, Facilitator, Outcome, PendingInfo, Purchase, forget_pending,
+    pending_payments, utc_time,
+};
 pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};
 
 use crate::config::Config;
@@ -107,14 +110,25 @@ fn local(e: String) -> AgentError {
 /// a payment that is still being completed as unreachable. The host's own backstop is the lease plus 30 s.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(esim402_core::paid::LEASE_SECS + 30);
 
+/// How long opening a connection to the facilitator may take. Much shorter than [`REQUEST_TIMEOUT`] (which
+/// bounds a paid request the facilitator is working on): a facilitator that does not even accept the
+/// connection is down, and every command says so in seconds instead of minutes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The HTTP client the agent talks to the facilitator with. Redirects are not followed: one would carry a paid
 /// request's `PAYMENT-SIGNATURE` or a wallet sign-in to wherever it points (a 307 even re-sends the POST); a
 /// redirect is an answer like any other (a refusal). No system proxy (`HTTP_PROXY`, `HTTPS_PROXY`,
 /// `ALL_PROXY`) is used: the agent talks to the one facilitator URL it is given, and a proxy would carry plain
 /// `http://` meant for this machine (payments, tokens) off it.
 pub(crate) fn http_client() -> reqwest::Result<reqwest::Client> {
+    http_client_with(CONNECT_TIMEOUT)
+}
+
+/// [`http_client`], giving up on a connection not open within `connect`.
+fn http_client_with(connect: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(connect)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
@@ -263,8 +277,9 @@ impl Agent {
 
     /// Move a SIM to another carrier or region (`{"carrier": …}` or `{"region": …}`): a paid new SIM that takes
     /// over the old one's unused data; the old one is retired by the facilitator once the new one is installed.
-    /// Every other switch pending with this facilitator is collected first; while one of this SIM stays pending,
-    /// no new one is paid, and if one of this SIM is collected (the SIM moved) nothing new is paid either.
+    /// Every other switch of this SIM pending with this facilitator is collected first (another SIM's is left to
+    /// its own `switch` or `watch`); while one stays pending, no new one is paid, and if one is collected (the
+    /// SIM moved) nothing new is paid either.
     pub async fn switch(
         &self,
         iccid: Option<&str>,
@@ -367,6 +382,21 @@ impl Agent {
         )
         .map_err(|e| AgentError::Local(format!("cannot sign in: {e}")))?;
         Ok(("sign-in-with-x", proof.to_header()))
+    }
+
+    /// The SIM's status (`GET /v1/esim/{iccid}`), with its `activation_code` from the state directory when the
+    /// answer has none: the facilitator shows the code only in the paid answer that bought the SIM, and the
+    /// agent keeps it (a SIM collected before another command is announced without it, see
+    /// [`Agent::collect_pending`]).
+    pub async fn status(&self, iccid: Option<&str>) -> Result<Value, AgentError> {
+        let sim = self.sim(iccid)?;
+        let mut out = self.sim_get(Some(&sim.iccid), "").await?;
+        if let (Some(o), Some(code)) = (out.as_object_mut(), sim.activation_code)
+            && o.get("activation_code").is_none_or(Value::is_null)
+        {
+            o.insert("activation_code".into(), Value::String(code));
+        }
+        Ok(out)
     }
 
     /// GET a SIM route (`""`, `/balance`, `/usage?…`, `/receipts?…`) with the SIM's credential.
@@ -517,9 +547,14 @@ pub fn top_up_line(answer: &Value) -> String {
         .map_or_else(|| "data".to_owned(), |mb| format!("{mb} MB"));
     let balance = match answer["remaining_kb"].as_u64() {
         Some(kb) => format!("{kb} KB left"),
-        None => "the facilitator's answer carries no balance (it shows one to the SIM's owner only): run \
-                 `esim402-agent balance` to see it"
-            .to_owned(),
+        None => format!(
+            "the facilitator's answer carries no balance (it shows one to the SIM's owner only): run \
+             `esim402-agent balance{}` to see it",
+            answer["iccid"]
+                .as_str()
+                .map(|iccid| format!(" --iccid {iccid}"))
+                .unwrap_or_default()
+        ),
     };
     format!(
         "topped up {bought} for {} USDC (tx {}); {balance}",
@@ -1008,7 +1043,7 @@ mod tests {
         assert!(
             line.starts_with("topped up 10 MB for 0.03 USDC (tx 0xab); ")
                 && line.contains("carries no balance")
-                && line.contains("esim402-agent balance"),
+                && line.contains("`esim402-agent balance --iccid 8901`"),
             "{line}"
         );
         let mut owners = bought.clone();
@@ -1020,6 +1055,65 @@ mod tests {
         let line = top_up_line(&json!({"remaining_kb": null}));
         assert!(!line.contains("null"), "{line}");
         assert!(line.contains("carries no balance"), "{line}");
+        assert!(
+            line.contains("`esim402-agent balance`"),
+            "no ICCID to name: {line}"
+        );
+    }
+
+    /// `status` shows the SIM's activation code kept in the state directory (the facilitator's status answer
+    /// carries none: it shows the code only in the paid answer that bought the SIM), which is where the line
+    /// announcing a SIM collected before a command points to. Before, no command showed it again.
+    #[tokio::test]
+    async fn status_shows_the_activation_code_kept() {
+        let f = crate::testing::facilitator(vec![(200, crate::testing::sim_answer("8901"))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        let got = a.activate(&buy()).await.unwrap();
+        let status = a.status(None).await.unwrap();
+        assert_eq!(status["ok"], true, "the facilitator's answer: {status}");
+        assert_eq!(status["activation_code"], got.activation_code.as_str());
+        assert_eq!(
+            a.status(Some("8901")).await.unwrap()["activation_code"],
+            got.activation_code.as_str()
+        );
+        let unknown = a.status(Some("8999")).await.unwrap();
+        assert!(unknown.get("activation_code").is_none(), "{unknown}");
+    }
+
+    /// A facilitator that does not even accept the connection (here: its listen queue full, so the handshake
+    /// is never answered) fails within the connect timeout, not the long request timeout a paid request may
+    /// need. Before, the client had no connect timeout: such a facilitator held every command for minutes.
+    #[tokio::test]
+    async fn a_connection_never_accepted_fails_within_the_connect_timeout() {
+        const { assert!(CONNECT_TIMEOUT.as_secs() <= 10) };
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let _listener = socket.listen(0).unwrap();
+        // Fill the queue (never accepted): the next handshakes are dropped.
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            match tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                Ok(Ok(c)) => fillers.push(c),
+                _ => break,
+            }
+        }
+        let client = http_client_with(Duration::from_millis(300)).unwrap();
+        let e = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get(format!("http://{addr}/v1/esim")).send(),
+        )
+        .await
+        .expect("gave up within the connect timeout")
+        .unwrap_err();
+        assert!(e.is_connect() || e.is_timeout(), "{e}");
+        http_client().unwrap();
     }
 
     /// Redirects are answers, not followed: a 307 would re-send the paid POST (its PAYMENT-SIGNATURE) or a

@@ -12,6 +12,7 @@ use esim402_core::x402::header::{
 use esim402_core::x402::wire::PaymentPayload;
 use serde_json::{Value, json};
 
+use super::collect::Facilitator;
 use super::{Agent, Answer, local, now, random, unexpected};
 use crate::error::AgentError;
 use crate::pay::{new_payment_id, sign_exact};
@@ -46,6 +47,23 @@ pub(super) struct Held {
     pub key: String,
     pub payment_id: String,
     pub header: String,
+}
+
+/// Why [`Agent::deliver`] did not deliver a payment: the error, and whether the facilitator gave no answer at
+/// all (unreachable: a connection refused, cut or timed out), which tells a collection pass to send nothing
+/// more to it this time.
+pub(super) struct Undelivered {
+    pub error: AgentError,
+    pub unreachable: bool,
+}
+
+impl From<AgentError> for Undelivered {
+    fn from(error: AgentError) -> Self {
+        Self {
+            error,
+            unreachable: false,
+        }
+    }
 }
 
 impl Agent {
@@ -207,7 +225,9 @@ impl Agent {
                 }
             }
         };
-        self.deliver(&request, &held, keep).await
+        self.deliver(&request, &held, PENDING_RETRIES, keep)
+            .await
+            .map_err(|u| u.error)
     }
 
     /// The headers of one sending of `request`: its owner's credential (a fresh wallet sign-in each time when
@@ -226,15 +246,16 @@ impl Agent {
         Ok(all)
     }
 
-    /// Send the payment `held` (already recorded as pending under `held.key`) with `request`, again while its
-    /// settlement is pending, and end it as its answer says (see [`Agent::pay_and_keep`] for `keep`). Never
-    /// signs anything: what is sent is `held.header` as recorded.
+    /// Send the payment `held` (already recorded as pending under `held.key`) with `request`, up to `tries`
+    /// times in all while its settlement is pending, and end it as its answer says (see [`Agent::pay_and_keep`]
+    /// for `keep`). Never signs anything: what is sent is `held.header` as recorded.
     pub(super) async fn deliver<T>(
         &self,
         request: &PaidRequest<'_>,
         held: &Held,
+        tries: u32,
         keep: impl FnOnce(&mut State, Answer) -> Result<T, AgentError>,
-    ) -> Result<T, AgentError> {
+    ) -> Result<T, Undelivered> {
         let Held {
             key,
             payment_id,
@@ -242,7 +263,9 @@ impl Agent {
         } = held;
         let (path, body) = (request.path, request.body);
         let method = request.method();
-        for _ in 0..PENDING_RETRIES {
+        let tries = tries.max(1);
+        let mut settling = String::new();
+        for sent in 1..=tries {
             let answer = self
                 .send(
                     method.clone(),
@@ -251,7 +274,10 @@ impl Agent {
                     &self.credentials(request, Some((PAYMENT_SIGNATURE, header.clone())))?,
                 )
                 .await
-                .map_err(|e| self.unreachable(&e, true))?;
+                .map_err(|e| Undelivered {
+                    error: self.unreachable(&e, true),
+                    unreachable: true,
+                })?;
             let code = answer.body["error"]["code"].as_str().unwrap_or_default();
             match answer.status {
                 200..=299 => {
@@ -271,7 +297,7 @@ impl Agent {
                     });
                     return match saved {
                         Ok(Ok(kept)) => Ok(kept),
-                        Ok(Err(e)) => Err(AgentError::Refused {
+                        Ok(Err(e)) => Err(Undelivered::from(AgentError::Refused {
                             status,
                             message: format!(
                                 "the payment {payment_id} went through, but {}; the whole answer is kept in {} \
@@ -283,19 +309,27 @@ impl Agent {
                                 },
                                 self.state.path().join(crate::state::FILE).display()
                             ),
-                        }),
+                        })),
                         // Nothing saved: the payment is still pending as recorded before it was sent, and the
                         // facilitator replays its answer to it.
-                        Err(e) => Err(AgentError::Unavailable {
+                        Err(e) => Err(Undelivered::from(AgentError::Unavailable {
                             message: format!(
                                 "the facilitator answered the payment {payment_id} ({status}: paid for), but the \
                                  answer could not be saved: {e}"
                             ),
                             pending: true,
-                        }),
+                        })),
                     };
                 }
                 402 if code == "settlement_pending" => {
+                    settling = answer.body["transaction"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned();
+                    if sent == tries {
+                        // Sent as often as allowed: it stays pending, sent again next time.
+                        break;
+                    }
                     let wait = answer
                         .header("retry-after")
                         .and_then(|s| s.parse().ok())
@@ -317,7 +351,8 @@ impl Agent {
                     return Err(AgentError::Refused {
                         status: 402,
                         message: format!("payment refused: {}", answer.message()),
-                    });
+                    }
+                    .into());
                 }
                 // The payment stopped verifying after its profile was ordered (its authorization expired while
                 // the order ran): the facilitator withdrew the profile and took nothing (`pay/withdraw.rs`).
@@ -332,7 +367,8 @@ impl Agent {
                             "payment withdrawn, nothing was charged (run the command again to pay afresh): {}",
                             answer.message()
                         ),
-                    });
+                    }
+                    .into());
                 }
                 _ if answer.body["charged"] == json!(false) => {
                     // The facilitator says nothing was charged (e.g. the carrier failed the order): forget it;
@@ -348,7 +384,8 @@ impl Agent {
                             answer.message()
                         ),
                         pending: false,
-                    });
+                    }
+                    .into());
                 }
                 // Sent again while the facilitator still drives its first sending: it may yet be settled, and
                 // only this payment collects its answer then.
@@ -359,7 +396,8 @@ impl Agent {
                             answer.message()
                         ),
                         pending: true,
-                    });
+                    }
+                    .into());
                 }
                 // Charged, and the refund it is owed not recorded yet: sending the same payment again records it
                 // (the facilitator resumes the attempt), so it is kept.
@@ -373,7 +411,8 @@ impl Agent {
                             answer.message()
                         ),
                         pending: true,
-                    });
+                    }
+                    .into());
                 }
                 // A timeout or throttling, most likely from something between us and the facilitator (408, 429,
                 // nginx's 499): the payment may have landed, and only it collects the answer then.
@@ -385,7 +424,8 @@ impl Agent {
                             answer.message()
                         ),
                         pending: true,
-                    });
+                    }
+                    .into());
                 }
                 // Kept even once the authorization has expired: an attempt that got as far as an order is
                 // resumed and completed by the facilitator, and the same payment collects its answer.
@@ -397,7 +437,8 @@ impl Agent {
                             answer.message()
                         ),
                         pending: true,
-                    });
+                    }
+                    .into());
                 }
                 _ => {
                     // Another conflict (the invoice settled or held by another payment): stop sending it, keep
@@ -405,14 +446,18 @@ impl Agent {
                     self.state
                         .update(|s| s.unknown(key, payment_id))
                         .map_err(local)?;
-                    return Err(unexpected(&answer));
+                    return Err(unexpected(&answer).into());
                 }
             }
         }
         Err(AgentError::Unavailable {
-            message: format!("settlement still pending after {PENDING_RETRIES} tries"),
+            message: format!(
+                "settlement still pending (tx {settling}) after {tries} {}",
+                if tries == 1 { "try" } else { "tries" }
+            ),
             pending: true,
-        })
+        }
+        .into())
     }
 
     /// Give the shared budget's reservation of `payment_id` back (nothing was charged).
@@ -487,10 +532,10 @@ pub(super) fn pending_for(
     }
     if let Some((other, p)) = elsewhere {
         return Err(AgentError::Local(format!(
-            "the payment {} for this request is still pending with the facilitator {other}; it is not sent to \
-             {origin}, and no new one is signed (the first may have been charged: it could pay twice): run the \
-             command with --url {other} to collect it",
-            p.payment_id
+            "the payment {id} for this request is still pending with the facilitator {other}; it is not sent to \
+             {origin}, and no new one is signed (the first may have been charged: it could pay twice): {}",
+            Facilitator::Origin(other.to_owned()).advice(&p.payment_id),
+            id = p.payment_id
         )));
     }
     let Some(body) = body else {
@@ -502,11 +547,15 @@ pub(super) fn pending_for(
     };
     match legacy_host(p) {
         Some(h) if Some(&h) == host_of(origin).as_ref() => Ok((legacy, Some(p.clone()))),
-        other => Err(AgentError::Local(format!(
-            "the payment {} for this request, signed by an earlier esim402-agent, is still pending for {}; it is not sent to {origin}, and no new one is signed (it could pay twice): run the command with --url of that facilitator to collect it",
-            p.payment_id,
-            other.as_deref().unwrap_or("an unknown facilitator")
-        ))),
+        other => {
+            let other = other.map_or(Facilitator::Unknown, Facilitator::Host);
+            Err(AgentError::Local(format!(
+                "the payment {id} for this request is still pending with {other}; it is not sent to {origin}, and \
+                 no new one is signed (it could pay twice): {}",
+                other.advice(&p.payment_id),
+                id = p.payment_id
+            )))
+        }
     }
 }
 
