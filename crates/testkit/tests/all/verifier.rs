@@ -130,6 +130,8 @@ pub(crate) struct ChainState {
     chain_id: u64,
     balance: U256,
     nonce_used: bool,
+    /// Nonces `authorizationState` answers used (besides every nonce while `nonce_used`).
+    used: HashSet<B256>,
     simulation_ok: bool,
     token_name: &'static str,
     pub(crate) mining: Mining,
@@ -175,6 +177,7 @@ impl Default for ChainState {
             chain_id: CHAIN_ID,
             balance: U256::from(10 * PRICE),
             nonce_used: false,
+            used: HashSet::new(),
             simulation_ok: true,
             token_name: "USD Coin",
             mining: Mining::Succeed,
@@ -345,7 +348,12 @@ impl Node {
                 assert_eq!(params[0]["to"].as_str().unwrap(), USDC.to_lowercase());
                 let data = params[0]["data"].as_str().unwrap();
                 match &data[2..10] {
-                    "e94a0102" => Ok(json!(word(U256::from(u8::from(c.nonce_used))))),
+                    "e94a0102" => {
+                        // authorizationState(address, bytes32): the nonce is the second word.
+                        let nonce: B256 = format!("0x{}", &data[74..138]).parse().unwrap();
+                        let used = c.nonce_used || c.used.contains(&nonce);
+                        Ok(json!(word(U256::from(u8::from(used)))))
+                    }
                     "70a08231" => Ok(json!(word(c.balance))),
                     "e3ee160e" if c.simulation_ok => Ok(json!("0x")),
                     "e3ee160e" => Err((3, "execution reverted: FiatTokenV2: invalid signature")),
@@ -3130,4 +3138,85 @@ async fn payments_that_move_no_money_are_never_broadcast() {
         assert_eq!(s["errorReason"], "invalid_payment_requirements", "{s}");
     }
     assert!(node.sent().is_empty());
+}
+
+async fn release_hold(kit: &mut Kit, inv: &Invoice, proof: types::PaymentProof) -> Result<(), E> {
+    let inv = wit_invoice(inv);
+    kit.call(async move |a, g| g.verifier().call_release_hold(a, inv, proof).await)
+        .await
+        .unwrap()
+        .map_err(E::from)
+}
+
+/// Balance holds (kernel `hold`) through the component: a balance of two payments verifies two at once and
+/// refuses a third; a settled payment's hold is dropped once the chain (read at one block) shows its nonce
+/// used; a released hold frees its share at once; one authorization pays one invoice at a time.
+#[tokio::test]
+async fn holds_bound_what_one_balance_verifies_at_once() {
+    let node = Arc::new(Node::default());
+    node.set(|c| c.balance = U256::from(2 * PRICE));
+    let mut kit = kit(&node, &[]).await;
+    let invoices: Vec<Invoice> = (60..65).map(|seed| invoice(seed, None)).collect();
+    let pays: Vec<Pay> = invoices.iter().map(pay).collect();
+    let want = payer().to_checksum(None);
+    for i in 0..2 {
+        assert_eq!(
+            verify(&mut kit, &invoices[i], pays[i].v2()).await,
+            Ok(want.clone())
+        );
+    }
+    let before = kit.requests().len();
+    assert_eq!(
+        verify(&mut kit, &invoices[2], pays[2].v2()).await,
+        Err(E::PaymentRequired("insufficient_funds".into()))
+    );
+    // The held nonces were read, with the balance, at one block, not at `latest`.
+    let checks: Vec<Value> = kit.requests()[before..]
+        .iter()
+        .flat_map(|r| match r.json().unwrap() {
+            Value::Array(calls) => calls,
+            call => vec![call],
+        })
+        .filter(|c| c["method"] == "eth_call" && c["params"][1] != "latest")
+        .collect();
+    assert_eq!(checks.len(), 3, "balance and two nonces: {checks:?}");
+    assert!(
+        checks.iter().all(|c| c["params"][1] == qty(0x20)),
+        "{checks:?}"
+    );
+
+    // The first settled (its nonce used) and the payer topped up by its price: the third fits once the
+    // first's hold is dropped (with it, three prices would be held against two).
+    node.set(|c| {
+        c.used.insert(pays[0].auth.nonce);
+    });
+    assert_eq!(
+        verify(&mut kit, &invoices[2], pays[2].v2()).await,
+        Ok(want.clone())
+    );
+    // Held now: the second and the third; a check finds no room for a fourth.
+    assert_eq!(
+        verify(&mut kit, &invoices[3], pays[3].v2()).await,
+        Err(E::PaymentRequired("insufficient_funds".into()))
+    );
+    // The second's order failed: released, its share is free at once.
+    assert_eq!(
+        release_hold(&mut kit, &invoices[1], pays[1].v2()).await,
+        Ok(())
+    );
+    assert_eq!(
+        verify(&mut kit, &invoices[3], pays[3].v2()).await,
+        Ok(want.clone())
+    );
+
+    // The third's authorization, presented for another invoice while held.
+    let mut stolen = pay(&invoices[4]);
+    stolen.auth = pays[2].auth;
+    assert_eq!(
+        verify(&mut kit, &invoices[4], stolen.v2()).await,
+        Err(E::Conflict(
+            "the authorization is being used to pay another invoice".into()
+        ))
+    );
+    assert!(node.sent().is_empty(), "verify never broadcasts");
 }
