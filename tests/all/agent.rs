@@ -477,9 +477,11 @@ async fn any_command_collects_a_lost_payment_first_and_a_top_up_never_prints_a_n
 /// state held before, not on the one it has just collected (here `suspend`: SIM A is suspended, the SIM B
 /// collected stays active; before, B was suspended); with no SIM before, a command that changes or pays stops
 /// (exit 2, naming the SIM collected) instead of acting on it. The line announcing a collected SIM does not print
-/// its activation code; `status --iccid` shows it. `pending` lists a payment still pending (never its signed
-/// payment), and `pending --forget` gives up on it: no longer sent, its spend kept, recorded as abandoned, and a
-/// new payment for the same purchase is then made when asked for.
+/// its activation code; `status --iccid --activation-code` shows it (a plain `status` does not). `pending` lists
+/// a payment still pending (never its signed payment), and `pending --forget` gives up on it only with
+/// `--force` while its authorization is valid, saying that this may pay twice: no longer sent, its spend kept,
+/// recorded as abandoned without its signed payment, and a new payment for the same purchase is then made when
+/// asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_command_acts_on_the_sim_it_had_and_a_pending_payment_can_be_listed_and_forgotten() {
     let s = PayStack::start(&[]).await;
@@ -544,6 +546,17 @@ async fn a_command_acts_on_the_sim_it_had_and_a_pending_payment_can_be_listed_an
     let of_b = cli(&proxy.url, dir.path(), &["status", "--iccid", &b, "--json"]).await;
     let of_b = status_of(&of_b);
     assert_eq!(of_b["state"], "active", "{of_b}");
+    assert!(
+        of_b.get("activation_code").is_none(),
+        "not asked for: {of_b}"
+    );
+    let of_b = cli(
+        &proxy.url,
+        dir.path(),
+        &["status", "--iccid", &b, "--activation-code", "--json"],
+    )
+    .await;
+    let of_b = status_of(&of_b);
     assert_eq!(
         of_b["activation_code"],
         state(dir.path())["sims"][b.as_str()]["activation_code"],
@@ -581,10 +594,39 @@ async fn a_command_acts_on_the_sim_it_had_and_a_pending_payment_can_be_listed_an
         .to_owned();
     let nope = cli(&proxy.url, dir.path(), &["pending", "--forget", "pay_nope"]).await;
     assert_eq!(nope.code, 2, "{}", nope.stderr);
-    let forgot = cli(&proxy.url, dir.path(), &["pending", "--forget", &id]).await;
+    let header = state(dir.path())["pending"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["header"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Its authorization is still valid: not without --force, and the refusal says why.
+    let refused = cli(&proxy.url, dir.path(), &["pending", "--forget", &id]).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--force")
+            && refused
+                .stderr
+                .contains("may pay twice for the same purchase"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(state(dir.path())["pending"].as_object().unwrap().len(), 1);
+    let forgot = cli(
+        &proxy.url,
+        dir.path(),
+        &["pending", "--forget", &id, "--force"],
+    )
+    .await;
     assert_eq!(forgot.code, 0, "{}", forgot.stderr);
     assert!(
-        forgot.stdout.contains(&format!("abandoned.{id}")),
+        forgot.stdout.contains(&format!("abandoned.{id}"))
+            && forgot
+                .stdout
+                .contains("may pay twice for the same purchase if it was charged"),
         "{}",
         forgot.stdout
     );
@@ -592,6 +634,10 @@ async fn a_command_acts_on_the_sim_it_had_and_a_pending_payment_can_be_listed_an
     assert!(st["pending"].as_object().unwrap().is_empty(), "{st}");
     assert_eq!(st["spends"][1]["status"], "unknown", "kept: {st}");
     assert!(st["abandoned"][id.as_str()]["request"].is_string(), "{st}");
+    assert!(
+        !st.to_string().contains(&header),
+        "not its signed payment: {st}"
+    );
     let again = cli(&proxy.url, dir.path(), &args).await;
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(

@@ -162,7 +162,7 @@ impl Config {
 
 /// `url`'s origin, normalised as [`Config::origin`], if `url` is a bare `http(s)://host[:port]` (no path,
 /// query, fragment or user name); else `None`.
-pub(crate) fn bare_origin(url: &str) -> Option<String> {
+pub fn bare_origin(url: &str) -> Option<String> {
     let bare = esim402_core::auth::siwx::origin_of(url).is_some_and(|(origin, _)| origin == url);
     let parsed = reqwest::Url::parse(url).ok().filter(|p| {
         bare && matches!(p.scheme(), "http" | "https")

@@ -12,23 +12,25 @@ use serde_json::{Value, json};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done
-  1  local problem: no or bad wallet key, unreadable state or policy file, this request's payment pending
-     with another facilitator
+  1  local problem: no or bad wallet key, unreadable state or policy file, a payment for the same purchase
+     pending with another facilitator (run a command with --url of the origin named to collect it)
   2  usage: bad arguments, no SIM to act on, a SIM just collected that a command without --iccid would
      change or pay for (pass --iccid)
   3  refused by the spend policy: nothing was signed or paid
   4  refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, ...)
   5  facilitator unreachable, 5xx, settlement still pending, a paid answer that could not be saved, or a
-     new payment refused while one for the same purchase is pending: a signed payment is kept in the
-     state directory; run the same command (or any command) again to collect it (it is never paid twice).
-     One that can never be collected: `esim402-agent pending --forget <payment-id>` (its spend stays counted)
+     new payment refused while one for the same purchase is pending with this facilitator: a signed
+     payment is kept in the state directory; run the same command (or any command) again later to collect
+     it (it is never paid twice). Only as a last resort, for one that can never be collected:
+     `esim402-agent pending --forget <payment-id>` (--force while its authorization is valid; its spend
+     stays counted): forgetting it may pay twice for the same purchase if it was charged
 
 Pending payments: before every command that talks to the facilitator, each payment still pending with it
 (a lost reply) is sent again once, the same payment, and what it bought is recorded (a SIM and its token, a
 top-up); what became of each is said on stderr. Switches are left to `switch` and `watch`. Without --iccid, a
 command acts on the SIM it would have picked before this (never one just collected). While a payment stays
-pending, no new payment is signed for the same purchase (an activation; a top-up or a switch of the same SIM).
-`esim402-agent pending` lists them.";
+pending, with this facilitator or another, no new payment is signed for the same purchase (an activation; a
+top-up or a switch of the same SIM). `esim402-agent pending` lists them.";
 
 /// Buy and manage pay-per-use eSIMs over x402 (USDC, EIP-3009), within a spend policy.
 #[derive(Parser)]
@@ -98,7 +100,14 @@ enum Command {
         agent_id: Option<String>,
     },
     /// The SIM: carrier, region, state.
-    Status(Sim),
+    Status {
+        #[command(flatten)]
+        sim: Sim,
+        /// Also print the SIM's LPA:1$ activation code kept in the state directory (it installs the profile:
+        /// keep it out of logs). Never for a terminated SIM.
+        #[arg(long)]
+        activation_code: bool,
+    },
     /// The SIM's data balance.
     Balance(Sim),
     /// Data used, per hour or day and network.
@@ -156,11 +165,16 @@ enum Command {
     /// The payments still pending (signed, no answer yet): id, purchase, facilitator, when signed, amount. No
     /// wallet, no network.
     Pending {
-        /// Stop sending this payment (one that can never be collected): it no longer holds back a new payment
-        /// for the same purchase; its spend stays counted (it may have been charged), and it is kept in the
-        /// state as abandoned.
+        /// Last resort: stop sending this payment (one that can never be collected). It no longer holds back a
+        /// new payment for the same purchase, so forgetting it may pay twice for the same purchase if it was
+        /// charged; its spend stays counted, and a record of it (never its signed payment) is kept in the state
+        /// as abandoned. A passing outage needs nothing: run the command again later.
         #[arg(long, value_name = "PAYMENT_ID")]
         forget: Option<String>,
+        /// With --forget: forget a payment pending with this facilitator (--url) whose authorization is still
+        /// valid (it may still be collected, or charged).
+        #[arg(long, requires = "forget")]
+        force: bool,
     },
 }
 
@@ -340,8 +354,8 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
     if let Command::Proxy(p) = &cli.command {
         return proxy(&cli, p).await;
     }
-    if let Command::Pending { forget } = &cli.command {
-        return pending(&cli, forget.as_deref());
+    if let Command::Pending { forget, force } = &cli.command {
+        return pending(&cli, forget.as_deref(), *force);
     }
     let agent = agent(&cli)?;
     if let Command::Watch(w) = &cli.command {
@@ -357,7 +371,9 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
     let (sim, kind) = match &cli.command {
         Command::Activate { .. } => (None, CommandKind::Activates),
         Command::Sims { .. } => (None, CommandKind::Reads),
-        Command::Status(s) | Command::Balance(s) => (s.iccid.as_deref(), CommandKind::Reads),
+        Command::Status { sim: s, .. } | Command::Balance(s) => {
+            (s.iccid.as_deref(), CommandKind::Reads)
+        }
         Command::Usage { sim, .. } | Command::Receipts { sim, .. } => {
             (sim.iccid.as_deref(), CommandKind::Reads)
         }
@@ -408,7 +424,9 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             cli.json,
             &json!({ "sims": agent.list_sims(agent_id.as_deref()).await? }),
         ),
-        Command::Status(_) => print(cli.json, &agent.status(iccid).await?),
+        Command::Status {
+            activation_code, ..
+        } => print(cli.json, &agent.status(iccid, *activation_code).await?),
         Command::Balance(_) => print(cli.json, &agent.sim_get(iccid, "/balance").await?),
         Command::Usage { granularity, .. } => {
             let route = format!("/usage?granularity={granularity}&group_by=plmn");
@@ -506,29 +524,18 @@ async fn watch(cli: &Cli, agent: &Agent, w: &WatchArgs) -> Result<(), AgentError
     // The SIM watched is resolved before anything is collected (never one just collected, unless named), and
     // payments still pending are collected before the watch starts, switches excepted: a pending switch of the
     // SIM watched is the watch's first tick's (it follows the SIM to its new one), another SIM's may be another
-    // watch's. The watch takes the lock per tick; if another command holds it now, that command collects them.
-    {
-        let lock = agent.state().lock();
-        settings.iccid = match &lock {
-            Ok(_) => {
-                agent
-                    .before_command(w.sim.iccid.as_deref(), CommandKind::Changes)
-                    .await?
-            }
-            Err(e) => {
-                eprintln!("esim402-agent: pending payments not collected now: {e}");
-                w.sim.iccid.clone()
-            }
-        };
-    }
+    // watch's. The watch takes the lock per tick; if another command holds it now, that command collects them;
+    // any other lock error stops the watch (exit 1).
+    settings.iccid = agent.before_watch(w.sim.iccid.as_deref()).await?;
     esim402_agent::watch::Watcher::new(agent, settings, emit)?
         .run()
         .await
 }
 
-/// `pending`: list the payments still pending, or give up on one (`--forget`). No wallet, no network.
-fn pending(cli: &Cli, forget: Option<&str>) -> Result<(), AgentError> {
-    use esim402_agent::client::{forget_pending, pending_payments};
+/// `pending`: list the payments still pending, or give up on one (`--forget`, `--force` for one this
+/// facilitator may still collect). No wallet, no network.
+fn pending(cli: &Cli, forget: Option<&str>, force: bool) -> Result<(), AgentError> {
+    use esim402_agent::client::{FORGET_WARNING, forget_pending, pending_payments};
     let dir = StateDir::new(&cli.state_dir);
     let Some(id) = forget else {
         let all = pending_payments(&dir.load().map_err(AgentError::Local)?);
@@ -544,15 +551,19 @@ fn pending(cli: &Cli, forget: Option<&str>) -> Result<(), AgentError> {
         return Ok(());
     };
     let _lock = dir.lock().map_err(AgentError::Local)?;
-    let gone = forget_pending(&dir, id)?;
+    let origin = esim402_agent::config::bare_origin(cli.url.trim_end_matches('/'));
+    let gone = forget_pending(&dir, id, origin.as_deref(), force)?;
     if cli.json {
-        println!("{}", json!({ "forgotten": gone }));
+        println!(
+            "{}",
+            json!({ "forgotten": gone, "warning": FORGET_WARNING })
+        );
     } else {
         println!(
             "forgot the payment {id} for {}, pending with {}: it is no longer sent, and no longer holds back a new \
-             payment for the same purchase. Its spend{} stays counted against the daily cap (it may have been \
-             charged; a facilitator that received it may settle it until its authorization expires, {}); it is \
-             kept in {} under abandoned.{id}",
+             payment for the same purchase: {FORGET_WARNING}. Its spend{} stays counted against the daily cap (a \
+             facilitator that received it may settle it until its authorization expires, {}); a record of it \
+             (not its signed payment) is kept in {} under abandoned.{id}",
             gone.purchase,
             gone.origin.as_deref().unwrap_or("an unknown facilitator"),
             gone.amount_usdc

@@ -114,14 +114,27 @@ pub struct PendingPayment {
 }
 
 /// A pending payment the agent was told to stop sending (`esim402-agent pending --forget`): it may have been
-/// charged (its spend stays counted), and no answer ended it. Kept for its owner, with the signed payment (never
-/// printed): sent by hand to the facilitator it names, it still collects what it bought, if it bought anything.
+/// charged (its spend stays counted), and no answer ended it. Kept for its owner as a record only: never its
+/// signed payment (a live EIP-3009 authorization until it expires, which anyone holding it could send), which
+/// leaves the state with it. An earlier agent's record with a `header` still loads; the header is dropped at the
+/// next save.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AbandonedPayment {
     /// The request it paid for (its key in [`State::pending`]: `<method> <origin><path>[ <body>]`).
     pub request: String,
-    /// The `PAYMENT-SIGNATURE` value it was sent with.
-    pub header: String,
+    /// What it paid for, as `esim402-agent pending` told it (`an activation (a new SIM)`, …).
+    #[serde(default)]
+    pub purchase: String,
+    /// The facilitator it was pending with (its origin, or the host an earlier agent's signature named), if
+    /// known.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// Its amount, if its spend is recorded.
+    #[serde(default)]
+    pub amount_usdc: Option<UsdcAmount>,
+    /// Unix seconds when it was signed, if its spend is recorded.
+    #[serde(default)]
+    pub signed_at: Option<u64>,
     /// Unix seconds after which its authorization is no longer valid.
     pub valid_before: u64,
     /// Unix seconds when it was given up on.
@@ -204,23 +217,38 @@ impl State {
     }
 
     /// Stop sending the pending payment `payment_id` (`pending --forget`): it leaves [`State::pending`] for
-    /// [`State::abandoned`], and its spend stays counted (it may have been charged), marked unknown. The request
-    /// it was pending for, or `None` if no payment of that id is pending (nothing changes).
-    pub fn abandon(&mut self, payment_id: &str, now: u64) -> Option<String> {
+    /// [`State::abandoned`] without its signed payment (kept there: `purchase` and `origin`, as the caller
+    /// tells them, its amount, when it was signed and given up on), and its spend stays counted (it may have
+    /// been charged), marked unknown. The request it was pending for, or `None` if no payment of that id is
+    /// pending (nothing changes).
+    pub fn abandon(
+        &mut self,
+        payment_id: &str,
+        purchase: &str,
+        origin: Option<&str>,
+        now: u64,
+    ) -> Option<String> {
         let key = self
             .pending
             .iter()
             .find(|(_, p)| p.payment_id == payment_id)
             .map(|(k, _)| k.clone())?;
         let p = self.pending.remove(&key)?;
-        if let Some(s) = self.spend_mut(payment_id) {
-            s.status = SpendStatus::Unknown;
-        }
+        let (amount_usdc, signed_at) = match self.spend_mut(payment_id) {
+            Some(s) => {
+                s.status = SpendStatus::Unknown;
+                (Some(s.amount_usdc), Some(s.at))
+            }
+            None => (None, None),
+        };
         self.abandoned.insert(
             p.payment_id,
             AbandonedPayment {
                 request: key.clone(),
-                header: p.header,
+                purchase: purchase.to_owned(),
+                origin: origin.map(str::to_owned),
+                amount_usdc,
+                signed_at,
                 valid_before: p.valid_before,
                 abandoned_at: now,
             },
@@ -295,6 +323,17 @@ impl StateDir {
     /// Take the directory for this process (an exclusive, non-blocking `flock` on `<dir>/lock`), held until the
     /// returned guard is dropped. Another command using the directory is an error naming it.
     pub fn lock(&self) -> Result<StateLock, String> {
+        self.try_lock()?.ok_or_else(|| {
+            format!(
+                "another esim402-agent is using the state directory {}; wait for it to finish",
+                self.dir.display()
+            )
+        })
+    }
+
+    /// [`StateDir::lock`], telling a lock another command holds (`Ok(None)`) from any other failure (the
+    /// directory or its lock file cannot be made or locked: an error).
+    pub fn try_lock(&self) -> Result<Option<StateLock>, String> {
         self.create()?;
         let path = self.dir.join("lock");
         let file = std::fs::OpenOptions::new()
@@ -304,11 +343,8 @@ impl StateDir {
             .open(&path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(StateLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-                "another esim402-agent is using the state directory {}; wait for it to finish",
-                self.dir.display()
-            )),
+            Ok(()) => Ok(Some(StateLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(format!("cannot lock {}: {e}", path.display()))
             }
@@ -552,7 +588,8 @@ mod tests {
     }
 
     /// `pending --forget`: the payment leaves `pending` (nothing sends it again) for `abandoned`, with the
-    /// request it paid for and its signed payment; its spend stays counted against the day's cap (it may have
+    /// request it paid for, what and where, its amount and times, never its signed payment (before, the header,
+    /// a live authorization, stayed in the state and its backups for good); its spend stays counted against the day's cap (it may have
     /// been charged), marked unknown. An id that is not pending changes nothing. A state file without
     /// `abandoned` (an earlier agent's) still loads, and one with it is read back.
     #[test]
@@ -569,10 +606,16 @@ mod tests {
             pending("pay_2"),
             spend("pay_2", day, 50_000),
         );
-        assert_eq!(s.abandon("pay_nope", day + 5), None);
+        assert_eq!(s.abandon("pay_nope", "x", None, day + 5), None);
         assert_eq!(s.pending.len(), 2);
         assert_eq!(
-            s.abandon("pay_1", day + 5).as_deref(),
+            s.abandon(
+                "pay_1",
+                "an activation (a new SIM)",
+                Some("http://h"),
+                day + 5
+            )
+            .as_deref(),
             Some("POST http://h/v1/esim/activate {}")
         );
         assert_eq!(
@@ -585,13 +628,33 @@ mod tests {
             s.abandoned["pay_1"],
             AbandonedPayment {
                 request: "POST http://h/v1/esim/activate {}".into(),
-                header: pending("pay_1").header,
+                purchase: "an activation (a new SIM)".into(),
+                origin: Some("http://h".into()),
+                amount_usdc: Some(UsdcAmount::from_micros(420_000)),
+                signed_at: Some(day),
                 valid_before: 1_000,
                 abandoned_at: day + 5,
             }
         );
+        let kept = serde_json::to_string(&s.abandoned).unwrap();
+        assert!(
+            !kept.contains(&pending("pay_1").header) && !kept.contains("header"),
+            "never the signed payment: {kept}"
+        );
         let text = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<State>(&text).unwrap(), s);
+        // An earlier agent's record, with the signed payment: it loads, and the next save drops the header.
+        let mut earlier = serde_json::to_value(&s).unwrap();
+        earlier["abandoned"]["pay_1"] = serde_json::json!({
+            "request": "POST http://h/v1/esim/activate {}",
+            "header": "eyJzaWduZWQiOnRydWV9",
+            "valid_before": 1_000,
+            "abandoned_at": day + 5,
+        });
+        let earlier: State = serde_json::from_value(earlier).unwrap();
+        assert_eq!(earlier.abandoned["pay_1"].purchase, "");
+        let text = serde_json::to_string(&earlier).unwrap();
+        assert!(!text.contains("eyJzaWduZWQiOnRydWV9"), "{text}");
         let old: State =
             serde_json::from_value(serde_json::json!({"sims": {}, "spends": [], "pending": {}}))
                 .unwrap();

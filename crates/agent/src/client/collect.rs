@@ -22,6 +22,7 @@ use std::fmt;
 
 use serde_json::Value;
 
+use super::facilitator::{FORGET_WARNING, Facilitator};
 use super::paid::{
     Held, PENDING_RETRIES, PaidRequest, Undelivered, host_of, legacy_host, pending_for,
 };
@@ -70,59 +71,6 @@ impl fmt::Display for Purchase {
             Self::TopUp(iccid) => write!(f, "a top-up of SIM {iccid}"),
             Self::Switch(iccid) => write!(f, "a switch of SIM {iccid}"),
             Self::Other(path) => write!(f, "a payment for {path}"),
-        }
-    }
-}
-
-/// The facilitator a payment is pending with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Facilitator {
-    /// The origin its key names (`scheme://host[:port]`, spelled as the agent that signed it kept it).
-    Origin(String),
-    /// The host (`host[:port]`) the signature of an earlier agent's payment names (its key names no origin).
-    Host(String),
-    /// An earlier agent's payment whose signature names no facilitator: it can be sent nowhere.
-    Unknown,
-}
-
-impl Facilitator {
-    /// The origin or host, if known.
-    pub fn name(&self) -> Option<&str> {
-        match self {
-            Self::Origin(s) | Self::Host(s) => Some(s),
-            Self::Unknown => None,
-        }
-    }
-
-    /// What to do about the payment `id` pending there, when it is not this agent's facilitator: how to collect
-    /// it, or to give up on it.
-    pub fn advice(&self, id: &str) -> String {
-        let forget = format!(
-            "`esim402-agent pending --forget {id}` stops sending it (its spend stays counted: it may have been \
-             charged)"
-        );
-        match self {
-            Self::Origin(o) => format!("run a command with --url {o} to collect it, or {forget}"),
-            Self::Host(h) => format!(
-                "run a command with --url https://{h} (http://{h} if it is this machine) to collect it, or {forget}"
-            ),
-            Self::Unknown => format!("it cannot be sent anywhere: {forget}"),
-        }
-    }
-}
-
-impl fmt::Display for Facilitator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Origin(o) => write!(f, "the facilitator {o}"),
-            Self::Host(h) => write!(
-                f,
-                "the facilitator at {h} (a payment of an earlier esim402-agent)"
-            ),
-            Self::Unknown => write!(
-                f,
-                "an unknown facilitator (a payment of an earlier esim402-agent whose signature names none)"
-            ),
         }
     }
 }
@@ -259,7 +207,8 @@ impl fmt::Display for Collection {
             Outcome::Sim(a) => write!(
                 f,
                 "collected {what} paid earlier (payment {id}): SIM {iccid} on {}; its access token and activation \
-                 code are kept in the state directory (`esim402-agent status --iccid {iccid}` shows the code)",
+                 code are kept in the state directory (`esim402-agent status --iccid {iccid} --activation-code` shows the \
+                 code)",
                 a.answer["carrier"].as_str().unwrap_or("?"),
                 iccid = a.iccid,
             ),
@@ -414,9 +363,21 @@ pub fn pending_payments(state: &State) -> Vec<PendingInfo> {
 
 /// Give up on the pending payment `payment_id` (`esim402-agent pending --forget`): it is no longer sent again,
 /// and no longer holds back a new payment for what it paid for; its spend stays counted (it may have been
-/// charged), and it is kept in the state under `abandoned` ([`State::abandon`]). What it was. A usage error if
-/// no payment of that id is pending. The caller holds the state directory's lock.
-pub fn forget_pending(dir: &StateDir, payment_id: &str) -> Result<PendingInfo, AgentError> {
+/// charged), and a record of it (never its signed payment) is kept in the state under `abandoned`
+/// ([`State::abandon`]). What it was. The caller holds the state directory's lock.
+///
+/// `origin` is this agent's facilitator (normalised; `None` if `--url` names none): a payment pending with it
+/// whose authorization is still valid (`now` before its `validBefore`) is one a command run again later may
+/// still collect, so forgetting it, which may pay twice for the same purchase if it was charged, takes `force`
+/// (else a usage error saying so). One pending with another facilitator (or an unknown one) can never be sent
+/// from here, and one whose authorization has expired can no longer be charged anew: no `force` needed. A
+/// usage error if no payment of that id is pending.
+pub fn forget_pending(
+    dir: &StateDir,
+    payment_id: &str,
+    origin: Option<&str>,
+    force: bool,
+) -> Result<PendingInfo, AgentError> {
     let state = dir.load().map_err(local)?;
     let Some(info) = pending_payments(&state)
         .into_iter()
@@ -426,7 +387,27 @@ pub fn forget_pending(dir: &StateDir, payment_id: &str) -> Result<PendingInfo, A
             "no payment {payment_id} is pending (`esim402-agent pending` lists those that are)"
         )));
     };
-    dir.update(|s| s.abandon(payment_id, now()))
+    let here = state
+        .pending
+        .iter()
+        .find(|(_, p)| p.payment_id == payment_id)
+        .is_some_and(|(key, p)| match (PendingRequest::parse(key), origin) {
+            (Some(r), Some(o)) => r.elsewhere(p, o).is_none(),
+            // Not known to be elsewhere: it may be this facilitator's.
+            _ => true,
+        });
+    let now = now();
+    if here && now < info.valid_before && !force {
+        return Err(AgentError::Usage(format!(
+            "the payment {payment_id} for {what} is pending with this facilitator{with} and its authorization is \
+             valid until {until}: run the command again later (any command sends it again; a passing outage \
+             needs nothing more). Forgetting it now needs --force: {FORGET_WARNING}",
+            what = info.purchase,
+            with = origin.map(|o| format!(" ({o})")).unwrap_or_default(),
+            until = utc_time(info.valid_before),
+        )));
+    }
+    dir.update(|s| s.abandon(payment_id, &info.purchase, info.origin.as_deref(), now))
         .map_err(local)?;
     Ok(info)
 }
@@ -446,7 +427,8 @@ impl Agent {
     /// the requests the CLI makes itself are sent (not the paying proxy's, for its devices); one pending with
     /// another facilitator is not sent, and reported; a settlement still pending stays pending (not waited
     /// for); once the facilitator gives no answer (unreachable, timed out), nothing more is sent to it in this
-    /// pass, and the rest are reported as not tried. The CLI runs this before every command that talks to the
+    /// pass (nor in a later stage of the same command, until it answers again: [`Agent::silent`]), and the rest
+    /// are reported as not tried. The CLI runs this before every command that talks to the
     /// facilitator ([`Agent::before_command`]).
     ///
     /// An error only for a local problem (the state cannot be read or saved); a payment that cannot be
@@ -505,6 +487,24 @@ impl Agent {
         }
     }
 
+    /// What `watch` runs before it starts, on the SIM `iccid` (`None`: the default): with the state directory's
+    /// lock, [`Agent::before_command`] for a command that changes a SIM (switches excepted: a pending switch of
+    /// the SIM watched is the watch's first tick's), and the SIM to watch. When another command holds the lock,
+    /// that command collects them: the watch starts without the pass (saying so on stderr), on `iccid`. Any other
+    /// failure to take the lock (the directory cannot be made, its lock file opened or locked) is an error
+    /// ([`AgentError::Local`]): before, it was taken for a busy lock and the watch went on without it. The watch
+    /// takes the lock per tick, not for its whole run.
+    pub async fn before_watch(&self, iccid: Option<&str>) -> Result<Option<String>, AgentError> {
+        let Some(_lock) = self.state.try_lock().map_err(local)? else {
+            self.notice(&format!(
+                "pending payments not collected now: another esim402-agent is using the state directory {}",
+                self.state.path().display()
+            ));
+            return Ok(iccid.map(str::to_owned));
+        };
+        self.before_command(iccid, CommandKind::Changes).await
+    }
+
     /// [`Agent::collect_pending`] for the pending requests `which` accepts (the CLI's own only), each sent up to
     /// `tries` times while its settlement is pending.
     async fn collect_where(
@@ -515,8 +515,6 @@ impl Agent {
         let origin = self.config.origin();
         let state = self.state.load().map_err(local)?;
         let mut out = Vec::new();
-        // Set once the facilitator gave no answer: the rest is not sent this time.
-        let mut down: Option<String> = None;
         for (key, payment) in &state.pending {
             let Some(request) = PendingRequest::parse(key) else {
                 self.notice(&format!(
@@ -528,18 +526,17 @@ impl Agent {
             if !request.is_the_clis() || !which(&request) {
                 continue;
             }
-            let outcome = match (request.elsewhere(payment, &origin), &down) {
+            // Once the facilitator gave no answer (in this pass or an earlier stage of this command), nothing more
+            // is sent to it until it answers again (`Agent::silent`).
+            let outcome = match (request.elsewhere(payment, &origin), self.silent()) {
                 (Some(other), _) => Outcome::Elsewhere(other),
-                (None, Some(why)) => Outcome::NotTried(why.clone()),
+                (None, Some(why)) => Outcome::NotTried(why),
                 (None, None) => {
                     let (outcome, unreachable) = self
                         .collect_one(&state, &request, payment, &origin, tries)
                         .await?;
                     if unreachable {
-                        down = Some(format!(
-                            "the facilitator {} did not answer the payment sent before it",
-                            self.config.url
-                        ));
+                        self.mark_silent();
                     }
                     outcome
                 }
@@ -621,9 +618,11 @@ impl Agent {
     /// facilitator for the same kind of purchase (any target; for a switch, of the same SIM only: another SIM's
     /// may be a `watch`'s to follow) is collected first, and then, unless this very request has a payment
     /// pending (the paid walk sends that one again), a new payment is refused while one for the same purchase
-    /// (kind and target) is still pending with this facilitator: it may have been charged, and may already have
-    /// bought what this one would. One pending with another facilitator is reported, and does not hold this
-    /// one back (it may never be collected); nor does one given up on (`pending --forget`). The collections
+    /// (kind and target) is still pending: it may have been charged, and may already have bought what this one
+    /// would. Pending with this facilitator, the refusal is [`AgentError::Unavailable`] (exit 5: run the command
+    /// again later); pending with another facilitator (or an unknown one), [`AgentError::Local`] (exit 1,
+    /// naming it and how to collect it: `localhost` and `127.0.0.1` may be one facilitator, so a new payment
+    /// here could pay twice). Only one given up on (`pending --forget`) holds nothing back. The collections
     /// made.
     pub(super) async fn clear_way(
         &self,
@@ -653,19 +652,30 @@ impl Agent {
             return Ok(collected);
         }
         for c in collected.iter().filter(|c| c.purchase == *purchase) {
+            let id = &c.payment_id;
             let why = match &c.outcome {
                 Outcome::StillPending(e) => reason(e),
                 Outcome::NotTried(why) => why.clone(),
-                // Reported as it was collected; it may never be: it holds nothing back.
-                _ => continue,
+                Outcome::Elsewhere(other) => {
+                    return Err(AgentError::Local(format!(
+                        "the payment {id} for {purchase}, signed earlier for another request, is still pending \
+                         with {other}; no new payment for {purchase} is signed here while it is (it may have been \
+                         charged, and it may be the same facilitator under another name: this one could pay \
+                         twice): {}",
+                        other.advice(id)
+                    )));
+                }
+                // Collected, or ended by its answer: it holds nothing back.
+                Outcome::Sim(_) | Outcome::Answer(_) | Outcome::Ended(_) => continue,
             };
             return Err(AgentError::Unavailable {
                 message: format!(
-                    "the payment {id} for {purchase}, signed earlier for another request, is still pending ({why}); \
-                     no new payment for {purchase} is signed while it is (it may have been charged). If it can \
-                     never be collected, `esim402-agent pending --forget {id}` stops sending it (its spend stays \
-                     counted) and lets a new one be paid",
-                    id = c.payment_id
+                    "the payment {id} for {purchase}, signed earlier for another request, is still pending with \
+                     this facilitator ({why}); no new payment for {purchase} is signed while it is (it may have \
+                     been charged). Run the command again later: the pending payment is sent again first, and \
+                     once it is answered this one is paid. Only as a last resort, if it can never be collected: \
+                     `esim402-agent pending --forget {id}` stops sending it (its spend stays counted); \
+                     {FORGET_WARNING}"
                 ),
                 pending: true,
             });

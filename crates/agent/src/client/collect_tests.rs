@@ -494,11 +494,13 @@ async fn only_a_switch_of_the_same_sim_collects_a_pending_switch() {
     assert!(a.state().load().unwrap().pending.is_empty());
 }
 
-/// Fix: a payment for the same purchase pending with another facilitator is reported and does not hold a new
-/// one back (it may never be collected: before, every activation was refused while it stayed). The very same
-/// request pending there is still refused (it could be charged twice for one request).
+/// Fix: a payment for the same purchase pending with another facilitator origin holds a new one back (exit 1,
+/// naming that origin and how to collect it, and `pending --forget` as a last resort, with its warning):
+/// `localhost` and `127.0.0.1` can be one facilitator, so a new payment could pay twice. Before, a new
+/// activation was paid at once. Forgetting it needs no `--force` (it can never be sent from here), keeps its
+/// spend, and only then is a new one paid.
 #[tokio::test]
-async fn a_payment_pending_elsewhere_does_not_hold_back_a_new_one() {
+async fn a_payment_pending_elsewhere_holds_back_a_new_one() {
     let first = facilitator(vec![(500, json!({"error": {"message": "down"}}))]).await;
     let other = facilitator(vec![(200, sim_answer("7777"))]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -506,26 +508,46 @@ async fn a_payment_pending_elsewhere_does_not_hold_back_a_new_one() {
         .activate(&buy("us-west"))
         .await
         .unwrap_err();
+    let id = agent(&first.url, dir.path()).state().load().unwrap().spends[0]
+        .payment_id
+        .clone();
     let b = agent(&other.url, dir.path());
+    for body in [buy("eu-central"), buy("us-west")] {
+        let e = b.activate(&body).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+        let said = e.to_string();
+        assert!(
+            said.contains(&id)
+                && said.contains(&format!("--url {}", first.url))
+                && said.contains(&format!("pending --forget {id}"))
+                && said.contains(FORGET_WARNING),
+            "{said}"
+        );
+    }
+    assert!(
+        other.payments().is_empty(),
+        "nothing signed: {:?}",
+        other.seen()
+    );
+    assert_eq!(b.state().load().unwrap().spends.len(), 1);
+
+    // Given up on (no --force: it is pending elsewhere), its spend kept: a new activation is paid.
+    let spent = b.spent_today().unwrap();
+    let origin = b.config().origin();
+    forget_pending(b.state(), &id, Some(&origin), false).unwrap();
+    assert_eq!(b.spent_today().unwrap(), spent, "its spend stays counted");
     let got = b.activate(&buy("eu-central")).await.unwrap();
     assert_eq!(got.iccid, "7777");
     assert_eq!(other.payments().len(), 1);
-    let st = b.state().load().unwrap();
-    assert_eq!(
-        st.pending.len(),
-        1,
-        "the first one stays pending there: {st:?}"
-    );
-    let e = b.activate(&buy("us-west")).await.unwrap_err();
-    assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
-    assert!(e.to_string().contains("pending --forget"), "{e}");
-    assert_eq!(other.payments().len(), 1, "nothing more signed");
 }
 
 /// Fix: a payment that is never collected (the facilitator keeps failing it) holds back new ones of the same
-/// purchase, and the refusal (exit 5) names the way out, `esim402-agent pending --forget <id>`: listed
-/// (without its signed payment), forgotten, it is no longer sent, its spend stays counted (it may have been
-/// charged) and it is kept as abandoned; a new payment can then be made. Before, nothing could end it.
+/// purchase, and the refusal (exit 5) says to run the command again later, and names
+/// `esim402-agent pending --forget <id>` only as a last resort, warning that it may pay twice. Listed (without
+/// its signed payment); while its authorization is valid, forgetting it needs `--force` (before, a bare
+/// `--forget` during a passing outage let the purchase be paid twice); forgotten, it is no longer sent, its
+/// spend stays counted and a record of it, without its signed payment, is kept as abandoned; a new payment can
+/// then be made.
 #[tokio::test]
 async fn a_payment_never_collected_can_be_forgotten_its_spend_kept() {
     let down = Arc::new(AtomicBool::new(true));
@@ -536,10 +558,17 @@ async fn a_payment_never_collected_can_be_forgotten_its_spend_kept() {
     let id = a.state().load().unwrap().spends[0].payment_id.clone();
     let e = a.activate(&buy("eu-central")).await.unwrap_err();
     assert!(pending_error(&e), "{e}");
+    let said = e.to_string();
+    let (again, last) = (
+        said.find("Run the command again later")
+            .unwrap_or(usize::MAX),
+        said.find("as a last resort").unwrap_or(0),
+    );
+    assert!(again < last, "run again first, forget last: {said}");
     assert!(
-        e.to_string()
-            .contains(&format!("`esim402-agent pending --forget {id}`")),
-        "{e}"
+        said.contains(&format!("`esim402-agent pending --forget {id}`"))
+            && said.contains(FORGET_WARNING),
+        "{said}"
     );
 
     let st = a.state().load().unwrap();
@@ -570,17 +599,64 @@ async fn a_payment_never_collected_can_be_forgotten_its_spend_kept() {
         assert!(shown.contains(&id) && shown.contains("0.42"), "{shown}");
     }
 
-    let e = forget_pending(a.state(), "pay_nope").unwrap_err();
+    let origin = a.config().origin();
+    let e = forget_pending(a.state(), "pay_nope", Some(&origin), true).unwrap_err();
     assert_eq!(e.exit_code(), crate::ExitCode::Usage, "{e}");
+    // Pending with this facilitator, its authorization valid: not without --force.
+    for o in [Some(origin.as_str()), None] {
+        let e = forget_pending(a.state(), &id, o, false).unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Usage, "{e}");
+        let said = e.to_string();
+        assert!(
+            said.contains("--force")
+                && said.contains(FORGET_WARNING)
+                && said.contains("again later"),
+            "{said}"
+        );
+        assert_eq!(a.state().load().unwrap().pending.len(), 1, "still pending");
+    }
     let spent = a.spent_today().unwrap();
-    let gone = forget_pending(a.state(), &id).unwrap();
+    let gone = forget_pending(a.state(), &id, Some(&origin), true).unwrap();
     assert_eq!(gone, *p);
     let st = a.state().load().unwrap();
     assert!(st.pending.is_empty(), "{st:?}");
     assert_eq!(a.spent_today().unwrap(), spent, "its spend stays counted");
     assert_eq!(st.spends[0].status, crate::state::SpendStatus::Unknown);
-    assert_eq!(st.abandoned[&id].header, *header);
-    assert!(st.abandoned[&id].request.contains("/v1/esim/activate"));
+    let kept = &st.abandoned[&id];
+    assert!(kept.request.contains("/v1/esim/activate"));
+    assert_eq!(
+        (
+            kept.purchase.as_str(),
+            kept.origin.as_deref(),
+            kept.signed_at
+        ),
+        (
+            "an activation (a new SIM)",
+            Some(f.url.as_str()),
+            p.signed_at
+        )
+    );
+    assert_eq!(
+        kept.amount_usdc.map(|a| a.to_string()).as_deref(),
+        Some("0.42")
+    );
+    let text = std::fs::read_to_string(a.state().path().join(crate::state::FILE)).unwrap();
+    assert!(
+        !text.contains(header.as_str()),
+        "never the signed payment: {text}"
+    );
+
+    // One whose authorization has expired needs no --force.
+    hold(
+        &a,
+        &format!(
+            "POST {}/v1/esim/8901/data {}",
+            f.url,
+            json!({"top_up_mb": 10})
+        ),
+        "pay_expired",
+    );
+    forget_pending(a.state(), "pay_expired", Some(&origin), false).unwrap();
 
     // Nothing sends it again, and a new activation is paid (deliberately).
     down.store(false, Ordering::SeqCst);
@@ -597,7 +673,8 @@ async fn a_payment_never_collected_can_be_forgotten_its_spend_kept() {
 /// Fix: a payment an earlier agent kept without an origin, whose signature names no facilitator, is pending
 /// with no facilitator anyone could name: what is printed about it says so and how to give up on it, never
 /// "--url an unknown facilitator" (before, both the pass before a command and the refusal said that, and
-/// nothing could end it). It holds no other activation back.
+/// nothing could end it). It holds every other activation back too (exit 1: it may have been charged
+/// anywhere, this facilitator included), until it is forgotten, which needs no `--force`.
 #[tokio::test]
 async fn a_legacy_payment_of_an_unknown_facilitator_says_what_can_be_done() {
     let f = facilitator(vec![(200, sim_answer("8905"))]).await;
@@ -633,6 +710,11 @@ async fn a_legacy_payment_of_an_unknown_facilitator_says_what_can_be_done() {
         );
     }
     assert!(f.payments().is_empty(), "sent nowhere");
+    let e = a.activate(&buy("eu-central")).await.unwrap_err();
+    assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+    assert!(e.to_string().contains("pending --forget pay_legacy"), "{e}");
+    assert!(f.seen().is_empty(), "nothing asked: {:?}", f.seen());
+    forget_pending(a.state(), "pay_legacy", Some(&a.config().origin()), false).unwrap();
     let other = a.activate(&buy("eu-central")).await.unwrap();
     assert_eq!(other.iccid, "8905");
 }
@@ -721,15 +803,93 @@ async fn the_pass_before_a_command_stops_at_an_unreachable_facilitator() {
         assert!(c.to_string().contains("was not sent this time"), "{c}");
     }
     assert_eq!(a.state().load().unwrap().pending.len(), 3);
+
+    // Fix: later stages of the same command (here the same agent's pass again, and a top-up's own pass) know
+    // it is silent and report every payment not tried at once; only the command's own request tries once.
+    // Before, each stage sent again and waited out the same silence.
+    let again = a.collect_pending(|_| true).await.unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|c| matches!(c.outcome, Outcome::NotTried(_))),
+        "{again:?}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "nothing sent again");
+    let e = a.top_up(Some("8901"), 20).await.unwrap_err();
+    assert!(
+        pending_error(&e) && e.to_string().contains("did not answer"),
+        "{e}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "refused before sending");
+    let e = a.top_up(Some("8903"), 20).await.unwrap_err();
+    assert_eq!(e.exit_code(), crate::ExitCode::Unavailable, "{e}");
     assert_eq!(
-        a.before_command(None, CommandKind::Reads).await.unwrap(),
+        accepted.load(Ordering::SeqCst),
+        2,
+        "its own request tries once"
+    );
+
+    // The next command (a new process) tries again.
+    let b = agent(&url, dir.path());
+    assert_eq!(
+        b.before_command(None, CommandKind::Reads).await.unwrap(),
         None
     );
     assert_eq!(
         accepted.load(Ordering::SeqCst),
-        2,
+        3,
         "one more, for the next command"
     );
+}
+
+/// Fix: a facilitator taken for silent is tried again once it answers anything (a `watch` runs for days: a
+/// passing outage must not keep its collections from ever being sent again).
+#[tokio::test]
+async fn a_facilitator_that_answers_again_is_no_longer_taken_for_silent() {
+    let f = facilitator(vec![(200, sim_answer("8905"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&f.url, dir.path());
+    a.mark_silent();
+    hold(
+        &a,
+        &format!("POST {}/v1/esim/activate {}", f.url, buy("us-west")),
+        "pay_1",
+    );
+    let got = a.collect_pending(|_| true).await.unwrap();
+    assert!(matches!(got[0].outcome, Outcome::NotTried(_)), "{got:?}");
+    assert!(f.payments().is_empty());
+    // Any answer (here a SIM route's 200) clears it.
+    let sim = a.state().load().unwrap().pick_sim(Some("8901")).unwrap();
+    a.sim_request(reqwest::Method::GET, &sim, "", None)
+        .await
+        .unwrap();
+    assert_eq!(a.silent(), None);
+    let got = a.collect_pending(|_| true).await.unwrap();
+    assert!(matches!(got[0].outcome, Outcome::Sim(_)), "{got:?}");
+}
+
+/// Fix: `watch` starts without its collection pass only when another command holds the state directory's
+/// lock (that command collects them); any other failure to take the lock is an error (exit 1). Before, every
+/// lock error was taken for a busy lock and the watch went on.
+#[tokio::test]
+async fn the_watch_start_up_continues_only_past_a_busy_lock() {
+    let f = facilitator(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(&f.url, dir.path());
+    let held = a.state().lock().unwrap();
+    assert_eq!(
+        a.before_watch(Some("8901")).await.unwrap().as_deref(),
+        Some("8901"),
+        "busy: started without the pass"
+    );
+    drop(held);
+    // A state "directory" that is a file: the lock cannot be taken at all.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let b = agent(&f.url, &file);
+    let e = b.before_watch(Some("8901")).await.unwrap_err();
+    assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+    assert!(f.seen().is_empty(), "{:?}", f.seen());
 }
 
 /// Fix: the pass before a command sends only the requests the CLI makes (a POST activation, top-up or
@@ -798,7 +958,7 @@ fn a_collected_sim_is_announced_without_its_activation_code() {
     );
     assert!(
         said.contains("SIM 8901 on tmobile")
-            && said.contains("`esim402-agent status --iccid 8901`"),
+            && said.contains("`esim402-agent status --iccid 8901 --activation-code`"),
         "{said}"
     );
 }

@@ -13,12 +13,14 @@ use esim402_core::auth::siwx;
 use serde_json::{Value, json};
 
 mod collect;
+mod facilitator;
 mod paid;
 
 pub use collect::{
-    Collection, CommandKind, Facilitator, Outcome, PendingInfo, Purchase, forget_pending,
-    pending_payments, utc_time,
+    Collection, CommandKind, Outcome, PendingInfo, Purchase, forget_pending, pending_payments,
+    utc_time,
 };
+pub use facilitator::{FORGET_WARNING, Facilitator};
 pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};
 
 use crate::config::Config;
@@ -73,6 +75,9 @@ pub struct Agent {
     progress: bool,
     /// A daily cap shared with other agents of this wallet (the proxy's devices), on top of this one's policy.
     budget: Option<std::sync::Arc<crate::budget::Budget>>,
+    /// Why the facilitator is taken for silent: set when a request to it got no answer (refused, cut, timed
+    /// out), cleared by its next answer. While set, collection passes send nothing to it ([`Agent::silent`]).
+    silent: std::sync::Mutex<Option<String>>,
 }
 
 /// `v` without its `access_token` fields (at any depth): for text that is printed or logged.
@@ -121,17 +126,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `ALL_PROXY`) is used: the agent talks to the one facilitator URL it is given, and a proxy would carry plain
 /// `http://` meant for this machine (payments, tokens) off it.
 pub(crate) fn http_client() -> reqwest::Result<reqwest::Client> {
-    http_client_with(CONNECT_TIMEOUT)
+    client_builder().build()
 }
 
-/// [`http_client`], giving up on a connection not open within `connect`.
-fn http_client_with(connect: Duration) -> reqwest::Result<reqwest::Client> {
+/// Everything [`http_client`] is built with (its timeouts [`REQUEST_TIMEOUT`] and [`CONNECT_TIMEOUT`]), and
+/// nothing else: the tests check the very builder the agent's client comes from.
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(connect)
+        .connect_timeout(CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        .build()
 }
 
 /// The route that switches the SIM `iccid`.
@@ -188,6 +193,7 @@ impl Agent {
             http,
             progress,
             budget: None,
+            silent: std::sync::Mutex::new(None),
         }
     }
 
@@ -241,16 +247,52 @@ impl Agent {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let r = req.send().await?;
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let bytes = r.bytes().await?;
+        let answered = async {
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let bytes = r.bytes().await?;
+            Ok::<_, reqwest::Error>((status, headers, bytes))
+        }
+        .await;
+        let (status, headers, bytes) = match answered {
+            Ok(got) => {
+                self.set_silent(None);
+                got
+            }
+            Err(e) => {
+                self.mark_silent();
+                return Err(e);
+            }
+        };
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Answer {
             status,
             headers,
             body,
         })
+    }
+
+    /// Why the facilitator is taken for silent, if it is: a request to it in this process got no answer, and
+    /// none has answered since. A collection pass then sends nothing to it and reports its payments as not
+    /// tried at once (a command's own request still tries once): before, each stage of one command (the pass
+    /// before it, the paying command's own pass, its request) waited out the same silence again.
+    pub(super) fn silent(&self) -> Option<String> {
+        self.silent.lock().map_or(None, |s| s.clone())
+    }
+
+    /// Take the facilitator for silent (see [`Agent::silent`]).
+    pub(super) fn mark_silent(&self) {
+        self.set_silent(Some(format!(
+            "the facilitator {} did not answer a request sent earlier by this command",
+            self.config.url
+        )));
+    }
+
+    fn set_silent(&self, why: Option<String>) {
+        if let Ok(mut s) = self.silent.lock() {
+            *s = why;
+        }
     }
 
     fn unreachable(&self, e: &reqwest::Error, pending: bool) -> AgentError {
@@ -384,15 +426,26 @@ impl Agent {
         Ok(("sign-in-with-x", proof.to_header()))
     }
 
-    /// The SIM's status (`GET /v1/esim/{iccid}`), with its `activation_code` from the state directory when the
-    /// answer has none: the facilitator shows the code only in the paid answer that bought the SIM, and the
-    /// agent keeps it (a SIM collected before another command is announced without it, see
-    /// [`Agent::collect_pending`]).
-    pub async fn status(&self, iccid: Option<&str>) -> Result<Value, AgentError> {
+    /// The SIM's status (`GET /v1/esim/{iccid}`); with `activation_code` (`status --activation-code`), also its
+    /// `activation_code` from the state directory when the answer has none: the facilitator shows the code only
+    /// in the paid answer that bought the SIM, and the agent keeps it (a SIM collected before another command is
+    /// announced without it, see [`Agent::collect_pending`]). Only when asked for: `status` is a routine command
+    /// whose output ends up in logs, and the code installs the profile. Never for a SIM terminated (by the
+    /// state, or by the answer).
+    pub async fn status(
+        &self,
+        iccid: Option<&str>,
+        activation_code: bool,
+    ) -> Result<Value, AgentError> {
         let sim = self.sim(iccid)?;
         let mut out = self.sim_get(Some(&sim.iccid), "").await?;
-        if let (Some(o), Some(code)) = (out.as_object_mut(), sim.activation_code)
-            && o.get("activation_code").is_none_or(Value::is_null)
+        let live = !sim.terminated && out["state"].as_str() != Some("terminated");
+        if let (true, true, Some(o), Some(code)) = (
+            activation_code,
+            live,
+            out.as_object_mut(),
+            sim.activation_code,
+        ) && o.get("activation_code").is_none_or(Value::is_null)
         {
             o.insert("activation_code".into(), Value::String(code));
         }
@@ -1061,32 +1114,60 @@ mod tests {
         );
     }
 
-    /// `status` shows the SIM's activation code kept in the state directory (the facilitator's status answer
-    /// carries none: it shows the code only in the paid answer that bought the SIM), which is where the line
-    /// announcing a SIM collected before a command points to. Before, no command showed it again.
+    /// `status --activation-code` shows the SIM's activation code kept in the state directory (the
+    /// facilitator's status answer carries none: it shows the code only in the paid answer that bought the
+    /// SIM), which is where the line announcing a SIM collected before a command points to; a plain `status`
+    /// does not, nor does any `status` of a terminated SIM.
     #[tokio::test]
     async fn status_shows_the_activation_code_kept() {
         let f = crate::testing::facilitator(vec![(200, crate::testing::sim_answer("8901"))]).await;
         let dir = tempfile::tempdir().unwrap();
         let a = agent(&f.url, dir.path());
         let got = a.activate(&buy()).await.unwrap();
-        let status = a.status(None).await.unwrap();
+        let status = a.status(None, true).await.unwrap();
         assert_eq!(status["ok"], true, "the facilitator's answer: {status}");
         assert_eq!(status["activation_code"], got.activation_code.as_str());
         assert_eq!(
-            a.status(Some("8901")).await.unwrap()["activation_code"],
+            a.status(Some("8901"), true).await.unwrap()["activation_code"],
             got.activation_code.as_str()
         );
-        let unknown = a.status(Some("8999")).await.unwrap();
+        let unknown = a.status(Some("8999"), true).await.unwrap();
         assert!(unknown.get("activation_code").is_none(), "{unknown}");
+        // Fix: only when asked for (a routine `status` ends up in logs), never for a terminated SIM. Before,
+        // every `status` printed it.
+        let routine = a.status(Some("8901"), false).await.unwrap();
+        assert!(routine.get("activation_code").is_none(), "{routine}");
+        a.state()
+            .update(|s| s.sims.get_mut("8901").unwrap().terminated = true)
+            .unwrap();
+        let ended = a.status(Some("8901"), true).await.unwrap();
+        assert!(ended.get("activation_code").is_none(), "{ended}");
     }
 
-    /// A facilitator that does not even accept the connection (here: its listen queue full, so the handshake
-    /// is never answered) fails within the connect timeout, not the long request timeout a paid request may
-    /// need. Before, the client had no connect timeout: such a facilitator held every command for minutes.
+    /// Fix: the agent's own client (the builder [`http_client`] builds, and nothing else) gives up on a
+    /// connection within [`CONNECT_TIMEOUT`], not only the request timeout a paid request may need. Before, the
+    /// test checked a helper given 300 ms, and the real client's connect timeout was never looked at.
+    #[test]
+    fn the_agents_client_gives_up_on_a_connection_within_the_connect_timeout() {
+        const { assert!(CONNECT_TIMEOUT.as_secs() <= 10) };
+        const { assert!(CONNECT_TIMEOUT.as_secs() < REQUEST_TIMEOUT.as_secs()) };
+        let built = format!("{:?}", client_builder());
+        assert!(
+            built.contains(&format!("connect_timeout: {CONNECT_TIMEOUT:?}")),
+            "{built}"
+        );
+        assert!(
+            built.contains(&format!("timeout: {REQUEST_TIMEOUT:?}")),
+            "{built}"
+        );
+        http_client().unwrap();
+    }
+
+    /// A connect timeout, as [`client_builder`] sets it, applies to a facilitator that does not accept the
+    /// connection (here: its listen queue full, so the handshake is never answered; where the system answers
+    /// it anyway, the request fails another way, as fast). Shortened so the test does not wait 10 s.
     #[tokio::test]
     async fn a_connection_never_accepted_fails_within_the_connect_timeout() {
-        const { assert!(CONNECT_TIMEOUT.as_secs() <= 10) };
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = socket.local_addr().unwrap();
@@ -1104,7 +1185,10 @@ mod tests {
                 _ => break,
             }
         }
-        let client = http_client_with(Duration::from_millis(300)).unwrap();
+        let client = client_builder()
+            .connect_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
         let e = tokio::time::timeout(
             Duration::from_secs(5),
             client.get(format!("http://{addr}/v1/esim")).send(),
@@ -1113,7 +1197,6 @@ mod tests {
         .expect("gave up within the connect timeout")
         .unwrap_err();
         assert!(e.is_connect() || e.is_timeout(), "{e}");
-        http_client().unwrap();
     }
 
     /// Redirects are answers, not followed: a 307 would re-send the paid POST (its PAYMENT-SIGNATURE) or a

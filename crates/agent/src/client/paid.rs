@@ -12,7 +12,7 @@ use esim402_core::x402::header::{
 use esim402_core::x402::wire::PaymentPayload;
 use serde_json::{Value, json};
 
-use super::collect::Facilitator;
+use super::facilitator::Facilitator;
 use super::{Agent, Answer, local, now, random, unexpected};
 use crate::error::AgentError;
 use crate::pay::{new_payment_id, sign_exact};
