@@ -308,7 +308,7 @@ impl Attempt<'_> {
                 Err(self.undelivered_after_claim(from_wit(e), verified).await)
             }
             Err(e) => {
-                let err = from_wit(e);
+                let mut err = from_wit(e);
                 self.release_hold().await;
                 self.note(
                     EntryKind::ActivationFailed,
@@ -316,15 +316,11 @@ impl Attempt<'_> {
                         .payer(payer.to_owned())
                         .detail("reason", &err.message),
                 );
-                let mut body = json!({ "error": err, "charged": false });
-                body["error"]["message"] = Value::String(format!(
+                err.message = format!(
                     "{}; no payment was taken (the authorization was not settled); request a new invoice",
                     err.message
-                ));
-                Err((
-                    wit::PaymentEnd::Done,
-                    stored(err.status(), vec![], body.to_string()),
-                ))
+                );
+                Err((wit::PaymentEnd::Done, uncharged(&err)))
             }
         }
     }

@@ -10,7 +10,7 @@ use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
 
 use super::Order;
-use super::answers::{order_pending, stored, unsettled};
+use super::answers::{order_pending, uncharged, unsettled};
 use super::attempt::Attempt;
 use crate::{dispatch, from_wit, invoices, now, verifier};
 
@@ -126,11 +126,7 @@ impl Attempt<'_> {
         );
         // `charged: false` says so to clients (an agent frees the spend it counted), as other answers that
         // moved no money do.
-        let body = serde_json::json!({ "error": e, "charged": false });
-        (
-            wit::PaymentEnd::Done,
-            stored(e.status(), vec![], body.to_string()),
-        )
+        (wit::PaymentEnd::Done, uncharged(&e))
     }
 }
 
