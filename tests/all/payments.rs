@@ -1099,6 +1099,54 @@ async fn a_settled_top_up_whose_sim_was_terminated_meanwhile_is_owed_back() {
     assert!(s.balance(agent()).await > before, "{run}");
 }
 
+/// An activation whose settlement is still pending when its region leaves the catalog (a restart with a new
+/// catalog), sent again once mined: its order is not placed again (the catalog would refuse it) but found in
+/// its journal, and the settled payment delivers that SIM. Before, the refused re-order owed the payment back
+/// while the SIM stayed active with its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settling_activation_is_delivered_though_its_region_left_the_catalog() {
+    let mut s = PayStack::start_with(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("SPIN_VARIABLE_SETTLEMENT_TIMEOUT_MS", "1500")],
+    )
+    .await;
+    let (_, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let headers = [("payment-signature", pay.header())];
+    s.rpc("evm_setAutomine", json!([false])).await;
+    let (status, _, body) = s.post("/v1/esim/activate", &activation(), &headers).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "settlement_pending", "{body}");
+    let mut catalog: toml::Table = esim402_core::esim::catalog::BUILTIN_TOML.parse().unwrap();
+    catalog["regions"]
+        .as_table_mut()
+        .unwrap()
+        .remove("us-west")
+        .unwrap();
+    let without = toml::to_string(&catalog).unwrap();
+    let env = s.env_with(&[("SPIN_VARIABLE_CARRIER_CATALOG", &without)], &[]);
+    s.restart(&env).await;
+    s.rpc("anvil_mine", json!([1])).await;
+    s.rpc("evm_setAutomine", json!([true])).await;
+    let (status, _, body) = s.post("/v1/esim/activate", &activation(), &headers).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["activation_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("LPA:1$"),
+        "{body}"
+    );
+    assert!(body["refund"].is_null(), "{body}");
+    let (status, run) = s.run_refunds().await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(
+        run["paid"].as_array().unwrap().len(),
+        0,
+        "nothing owed back: {run}"
+    );
+}
+
 /// The invoice expires while its profile is being ordered: settling is refused before anything is claimed or
 /// sent, so no money moves, and the profile is withdrawn (retired at the carrier) instead of staying active
 /// and unpaid with the payer. The same payment sent again gets the same answer.

@@ -231,9 +231,9 @@ impl Chain {
         Ok(facts)
     }
 
-    /// `from`'s USDC balance and which of `nonces` its EIP-3009 authorizations have used, read together
-    /// (batches of at most [`NONCES_PER_BATCH`] calls, the balance in the first). A nonce whose answer does
-    /// not say "used" counts as unused: the caller then holds more, never less.
+    /// `from`'s USDC balance and which of `nonces` its EIP-3009 authorizations have used, read together at one
+    /// block (batches of at most [`NONCES_PER_BATCH`] calls, the balance in the first). A nonce whose answer
+    /// does not say "used" counts as unused: the caller then holds more, never less.
     pub async fn used_nonces(
         &self,
         from: Address,
@@ -246,6 +246,25 @@ impl Chain {
             .call(&EthBlockNumber)
             .await
             .map_err(|e| unavailable(&e))?;
+        // Behind a load balancer the node asked for the head may be ahead of the one answering the reads,
+        // which then refuses that block: once more, one block back.
+        let read = match self.used_nonces_at(from, nonces, block).await {
+            Err(e) if e.is_node() && block > 0 => {
+                self.used_nonces_at(from, nonces, block - 1).await
+            }
+            other => other,
+        };
+        read.map_err(|e| unavailable(&e))
+    }
+
+    /// [`Chain::used_nonces`] at `block`. The balance must be read (a node error, such as a provider's rate
+    /// limit inside the batch, is not a zero balance: the payment would be refused as final).
+    async fn used_nonces_at(
+        &self,
+        from: Address,
+        nonces: &[B256],
+        block: u64,
+    ) -> Result<(U256, Vec<B256>), CallError> {
         let at = |data: Vec<u8>| EthCall {
             call: CallRequest::new(self.network.usdc, data.into()),
             block: BlockTag::Number(block),
@@ -266,16 +285,10 @@ impl Chain {
                 .collect();
             let slots: Vec<_> = calls.iter().map(|c| batch.add(c)).collect();
             let mut answers = self.rpc.batch(batch).await;
-            // The balance must be read (a node error, such as a provider's rate limit inside the batch, is not
-            // a zero balance: the payment would be refused as final); a nonce whose answer is a node error
-            // counts as unused (more held, never less).
             if let Some(slot) = balance_slot {
-                let data = answers
-                    .take(slot, &balance_call)
-                    .map_err(|e| unavailable(&e))?;
-                balance = decode_balance_of_return(&data).map_err(|e| {
-                    wit::Error::Unavailable(format!("the payment network's balanceOf answer: {e}"))
-                })?;
+                let data = answers.take(slot, &balance_call)?;
+                balance = decode_balance_of_return(&data)
+                    .map_err(|e| CallError::Transport(format!("balanceOf: {e}")))?;
             }
             for ((slot, call), nonce) in slots.into_iter().zip(&calls).zip(chunk) {
                 match answers.take(slot, call) {
@@ -283,8 +296,9 @@ impl Chain {
                         used.push(*nonce);
                     }
                     Ok(_) => {}
+                    // Not known to be used: held on.
                     Err(e) if e.is_node() => {}
-                    Err(e) => return Err(unavailable(&e)),
+                    Err(e) => return Err(e),
                 }
             }
         }

@@ -15,10 +15,10 @@ use esim402_guest::convert::event_to_wit;
 use super::{Order, log_events};
 use crate::{from_wit, invoices, now, verifier};
 
-mod claimed;
 mod credit;
 mod late;
 mod lease;
+mod order;
 
 /// An attempt answers with its [`Answers`] and collects its ledger events: they are appended together (one
 /// run in the invoice's shard, one head advance) after verification and at the end ([`Attempt::flush`]).
@@ -283,44 +283,14 @@ impl Attempt<'_> {
                 let e = from_wit(e);
                 // A resumed payment whose verification could not run (the chain or the store unavailable)
                 // decides nothing: an earlier attempt may have ordered or settled; the same payment sent again
-                // decides.
+                // decides. An `exact` payment refused here moved nothing (`charged: false`); a tx-hash proof's
+                // transfer was made by the payer before it came.
+                let exact = self.proof.kind != super::Kind::TxHash;
                 match (self.resumed, e.status() >= 500) {
                     (true, true) => Err((wit::PaymentEnd::Resume, stored_error(&e))),
-                    (_, true) => Err((wit::PaymentEnd::Release, stored_error(&e))),
-                    (_, false) => Err((wit::PaymentEnd::Release, uncharged(&e))),
+                    (_, false) if exact => Err((wit::PaymentEnd::Release, uncharged(&e))),
+                    _ => Err((wit::PaymentEnd::Release, stored_error(&e))),
                 }
-            }
-        }
-    }
-
-    /// Order the profile for an `exact` payment; a failure ends the invoice (the order journal replays it)
-    /// with nothing charged.
-    async fn deliver(
-        &self,
-        order: &Order,
-        verified: &wit::Verified,
-    ) -> Result<wit::Sim, (wit::PaymentEnd, StoredResponse)> {
-        let payer = verified.payer.as_str();
-        match order.deliver(&self.invoice.id, payer).await {
-            Ok(sim) if sim.activation_code.is_some() => Ok(sim),
-            Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
-            Err(e) if verified.claimed => {
-                Err(self.undelivered_after_claim(from_wit(e), verified).await)
-            }
-            Err(e) => {
-                let mut err = from_wit(e);
-                self.release_hold().await;
-                self.note(
-                    EntryKind::ActivationFailed,
-                    self.fields()
-                        .payer(payer.to_owned())
-                        .detail("reason", &err.message),
-                );
-                err.message = format!(
-                    "{}; no payment was taken (the authorization was not settled); request a new invoice",
-                    err.message
-                );
-                Err((wit::PaymentEnd::Done, uncharged(&err)))
             }
         }
     }

@@ -137,6 +137,22 @@ impl Order {
         convert::purchase(&self.purchase()) == convert::purchase(purchase)
     }
 
+    /// What an earlier attempt's delivery of this purchase left, ordering nothing (for a payment whose
+    /// settlement that attempt claimed): the SIM an activation's or a switch's order journal holds (`None` if
+    /// it holds none), or the SIM a top-up is for, whatever its state now (the credit decides). `conflict`
+    /// while the order is still being allocated.
+    async fn delivered_before(&self, invoice_id: &str) -> Result<Option<wit::Sim>, wit::Error> {
+        match self {
+            Order::TopUp { iccid, .. } => dispatch::get_sim(iccid.clone())
+                .await?
+                .map(Some)
+                .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}"))),
+            Order::Activation { .. } | Order::Switch { .. } => {
+                dispatch::ordered_sim(invoice_id.to_owned(), now()).await
+            }
+        }
+    }
+
     /// Deliver the purchase. A top-up's data is credited once the money is final
     /// ([`attempt::Attempt::credit`]); here it only checks that the SIM can still take data. `payer` becomes
     /// a new SIM's owner (a switch's new SIM keeps the old one's owner).
