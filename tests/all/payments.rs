@@ -1147,6 +1147,54 @@ async fn a_settling_activation_is_delivered_though_its_region_left_the_catalog()
     );
 }
 
+/// An activation whose settlement is pending when its owner terminates the SIM (found in the wallet's list),
+/// sent again once mined: the SIM it paid for is gone, so the settled payment is owed back (409, charged:
+/// true, refunded by the job) and nothing is ordered again. Before, the terminated SIM was answered as a
+/// delivery (200 with its dead activation code) and the payment kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settling_activation_whose_sim_was_terminated_is_owed_back() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_SETTLEMENT_TIMEOUT_MS", "1500")]).await;
+    let (_, req) = s.invoice(&activation()).await;
+    let pay = Payment::for_requirement(&req);
+    let headers = [("payment-signature", pay.header())];
+    let before = s.balance(agent()).await;
+    s.rpc("evm_setAutomine", json!([false])).await;
+    let (status, _, body) = s.post("/v1/esim/activate", &activation(), &headers).await;
+    assert_eq!(status, 402, "{body}");
+    let list: Value = s
+        .http
+        .get(format!("{}/v1/esim", s.url))
+        .header("sign-in-with-x", s.sign_in("/v1/esim"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let iccid = list["sims"][0]["iccid"].as_str().unwrap().to_owned();
+    let terminate = format!("/v1/esim/{iccid}/terminate");
+    let r = s
+        .http
+        .post(format!("{}{terminate}", s.url))
+        .header("sign-in-with-x", s.sign_in(&terminate))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    s.rpc("anvil_mine", json!([1])).await;
+    s.rpc("evm_setAutomine", json!([true])).await;
+    let handed = s.handed_out().await.len();
+    let (status, _, body) = s.post("/v1/esim/activate", &activation(), &headers).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["charged"], true, "{body}");
+    assert_eq!(body["refund"]["status"], "owed", "{body}");
+    assert_eq!(s.handed_out().await.len(), handed, "nothing ordered again");
+    let (status, run) = s.run_refunds().await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(s.balance(agent()).await, before, "{run}");
+}
+
 /// The invoice expires while its profile is being ordered: settling is refused before anything is claimed or
 /// sent, so no money moves, and the profile is withdrawn (retired at the carrier) instead of staying active
 /// and unpaid with the payer. The same payment sent again gets the same answer.

@@ -232,8 +232,8 @@ impl Chain {
     }
 
     /// `from`'s USDC balance and which of `nonces` its EIP-3009 authorizations have used, read together at one
-    /// block (batches of at most [`NONCES_PER_BATCH`] calls, the balance in the first). A nonce whose answer
-    /// does not say "used" counts as unused: the caller then holds more, never less.
+    /// block (batches of at most [`NONCES_PER_BATCH`] calls, the balance in the first). Every read must
+    /// answer; an answer that does not decode as "used" counts as unused (the caller then holds more).
     pub async fn used_nonces(
         &self,
         from: Address,
@@ -247,7 +247,7 @@ impl Chain {
             .await
             .map_err(|e| unavailable(&e))?;
         // Behind a load balancer the node asked for the head may be ahead of the one answering the reads,
-        // which then refuses that block: once more, one block back.
+        // which then refuses that block (any of the reads): once more, one block back.
         let read = match self.used_nonces_at(from, nonces, block).await {
             Err(e) if e.is_node() && block > 0 => {
                 self.used_nonces_at(from, nonces, block - 1).await
@@ -296,8 +296,8 @@ impl Chain {
                         used.push(*nonce);
                     }
                     Ok(_) => {}
-                    // Not known to be used: held on.
-                    Err(e) if e.is_node() => {}
+                    // A refusal (a lagging node behind a load balancer) is no answer: taken for "unused" it
+                    // would count a mined payment twice, beside a balance that no longer holds its money.
                     Err(e) => return Err(e),
                 }
             }

@@ -3,37 +3,47 @@
 
 use esim402_core::ledger::EntryKind;
 use esim402_core::paid::StoredResponse;
+use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
 
 use super::super::Order;
 use super::super::answers::{order_pending, uncharged, unsettled};
 use super::Attempt;
-use crate::from_wit;
+use crate::{from_wit, verifier};
 
 impl Attempt<'_> {
     /// Order the profile for an `exact` payment; a failure ends the invoice (the order journal replays it)
     /// with nothing charged. A payment whose settlement an earlier attempt claimed (after its order delivered)
     /// is not ordered again: what that order delivered is fetched ([`Order::delivered_before`]), and the
-    /// settlement then decides as for any payment (settled: credited, or owed back if it can no longer be;
-    /// failed: withdrawn). A fault there never ends it.
+    /// settlement then decides as for any payment (settled: credited, or a top-up owed back if it can no
+    /// longer be; failed: withdrawn). A fault there never ends it; a claimed activation or switch whose SIM is
+    /// gone (no longer in its journal, or terminated by its owner meanwhile) is [`Attempt::undelivered`].
     pub(super) async fn deliver(
         &self,
         order: &Order,
         verified: &wit::Verified,
     ) -> Result<wit::Sim, (wit::PaymentEnd, StoredResponse)> {
         let payer = verified.payer.as_str();
-        let delivered = match verified.claimed {
-            true => match order.delivered_before(&self.invoice.id).await {
-                Ok(Some(sim)) => Ok(sim),
-                Ok(None) => order.deliver(&self.invoice.id, payer).await,
-                Err(e) => Err(e),
-            },
-            false => order.deliver(&self.invoice.id, payer).await,
-        };
-        match delivered {
-            Ok(sim) if sim.activation_code.is_some() || verified.claimed => Ok(sim),
+        if verified.claimed {
+            let top_up = matches!(order, Order::TopUp { .. });
+            return match order.delivered_before(&self.invoice.id).await {
+                Ok(Some(sim)) if top_up => Ok(sim),
+                Ok(Some(sim))
+                    if sim.activation_code.is_some()
+                        && !matches!(
+                            sim.state,
+                            wit::SimState::Terminated | wit::SimState::Failed
+                        ) =>
+                {
+                    Ok(sim)
+                }
+                Ok(_) => Err(self.undelivered(verified).await),
+                Err(e) => Err((wit::PaymentEnd::Resume, unsettled(from_wit(e)))),
+            };
+        }
+        match order.deliver(&self.invoice.id, payer).await {
+            Ok(sim) if sim.activation_code.is_some() => Ok(sim),
             Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
-            Err(e) if verified.claimed => Err((wit::PaymentEnd::Resume, unsettled(from_wit(e)))),
             Err(e) => {
                 let mut err = from_wit(e);
                 self.release_hold().await;
@@ -49,6 +59,39 @@ impl Attempt<'_> {
                 );
                 Err((wit::PaymentEnd::Done, uncharged(&err)))
             }
+        }
+    }
+
+    /// A claimed activation or switch whose SIM is gone: nothing is ordered again (that would be a second
+    /// profile for one payment); the settlement decides. Settled: owed back (409, `charged: true`); pending:
+    /// the same payment sent again decides; failed: nothing was charged.
+    async fn undelivered(&self, verified: &wit::Verified) -> (wit::PaymentEnd, StoredResponse) {
+        let payer = verified.payer.as_str();
+        let err = ApiError::new(
+            ErrorKind::Conflict,
+            "the profile this payment ordered is gone (terminated, or no longer in its order journal)",
+        );
+        match verifier::settle(self.invoice.clone(), self.proof.wit(), verified.clone()).await {
+            Ok(wit::Settlement::Settled(tx)) => {
+                self.paid(&tx, payer).await;
+                self.note(
+                    EntryKind::ActivationFailed,
+                    self.fields().detail("reason", &err.message),
+                );
+                self.owed_back(&tx, err, payer).await
+            }
+            Ok(wit::Settlement::Pending(tx)) => (wit::PaymentEnd::Resume, self.pending(&tx, payer)),
+            Err(wit::Error::PaymentRequired(reason)) => {
+                self.release_hold().await;
+                self.note(
+                    EntryKind::SettlementFailed,
+                    self.fields()
+                        .payer(payer.to_owned())
+                        .detail("reason", &reason),
+                );
+                (wit::PaymentEnd::Done, self.settle_failed(&reason, payer))
+            }
+            Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
         }
     }
 }
