@@ -492,6 +492,33 @@ impl PayStack {
         (kinds, verify)
     }
 
+    /// The paying wallet's SIMs (`GET /v1/esim`, signed in as the wallet).
+    pub async fn wallet_sims(&self) -> Value {
+        self.http
+            .get(format!("{}/v1/esim", self.url))
+            .header("sign-in-with-x", self.sign_in("/v1/esim"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Terminate `iccid` as its owner (a wallet sign-in): the status.
+    pub async fn terminate(&self, iccid: &str) -> u16 {
+        let path = format!("/v1/esim/{iccid}/terminate");
+        self.http
+            .post(format!("{}{path}", self.url))
+            .header("sign-in-with-x", self.sign_in(&path))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Make every us-west carrier answer 503, so activations there fail.
     pub async fn break_us_west(&self) {
         for op in ["tmobile", "verizon", "att"] {
@@ -1065,16 +1092,7 @@ async fn a_settled_top_up_whose_sim_was_terminated_meanwhile_is_owed_back() {
         .await;
     assert_eq!(status, 402, "{body}");
     assert_eq!(body["error"]["code"], "settlement_pending", "{body}");
-    let terminate = format!("/v1/esim/{iccid}/terminate");
-    let r = s
-        .http
-        .post(format!("{}{terminate}", s.url))
-        .header("sign-in-with-x", s.sign_in(&terminate))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(s.terminate(&iccid).await, 200);
     s.rpc("anvil_mine", json!([1])).await;
     s.rpc("evm_setAutomine", json!([true])).await;
     assert_eq!(s.balance(agent()).await, before - price(&req));
@@ -1161,27 +1179,9 @@ async fn a_settling_activation_whose_sim_was_terminated_is_owed_back() {
     s.rpc("evm_setAutomine", json!([false])).await;
     let (status, _, body) = s.post("/v1/esim/activate", &activation(), &headers).await;
     assert_eq!(status, 402, "{body}");
-    let list: Value = s
-        .http
-        .get(format!("{}/v1/esim", s.url))
-        .header("sign-in-with-x", s.sign_in("/v1/esim"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = s.wallet_sims().await;
     let iccid = list["sims"][0]["iccid"].as_str().unwrap().to_owned();
-    let terminate = format!("/v1/esim/{iccid}/terminate");
-    let r = s
-        .http
-        .post(format!("{}{terminate}", s.url))
-        .header("sign-in-with-x", s.sign_in(&terminate))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(s.terminate(&iccid).await, 200);
     s.rpc("anvil_mine", json!([1])).await;
     s.rpc("evm_setAutomine", json!([true])).await;
     let handed = s.handed_out().await.len();
@@ -1215,16 +1215,7 @@ async fn an_invoice_that_expires_during_its_order_settles_nothing_and_keeps_no_s
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
     assert_eq!(s.balance(agent()).await, start);
     // The payer's one SIM, as its owner lists it: terminated, not in service unpaid.
-    let list: Value = s
-        .http
-        .get(format!("{}/v1/esim", s.url))
-        .header("sign-in-with-x", s.sign_in("/v1/esim"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = s.wallet_sims().await;
     let sims = list["sims"].as_array().unwrap();
     assert_eq!(sims.len(), 1, "{list}");
     assert_eq!(sims[0]["state"], "terminated", "{list}");
