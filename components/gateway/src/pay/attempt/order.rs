@@ -9,7 +9,7 @@ use esim402_guest::wit;
 use super::super::Order;
 use super::super::answers::{order_pending, uncharged, unsettled};
 use super::Attempt;
-use crate::{from_wit, verifier};
+use crate::{from_wit, invoices, now, verifier};
 
 impl Attempt<'_> {
     /// Order the profile for an `exact` payment; a failure ends the invoice (the order journal replays it)
@@ -28,13 +28,15 @@ impl Attempt<'_> {
             let top_up = matches!(order, Order::TopUp { .. });
             return match order.delivered_before(&self.invoice.id).await {
                 Ok(Some(sim)) if top_up => Ok(sim),
-                Ok(Some(sim))
-                    if sim.activation_code.is_some()
-                        && !matches!(
-                            sim.state,
-                            wit::SimState::Terminated | wit::SimState::Failed
-                        ) =>
-                {
+                Ok(Some(sim)) if sim.activation_code.is_some() => {
+                    let ended =
+                        matches!(sim.state, wit::SimState::Terminated | wit::SimState::Failed);
+                    // Terminated after the payment was marked paid (its answer was sent, and only the record's
+                    // end was lost): delivered, and used as its owner pleased; its terminate refunded what was
+                    // unused. Terminated while its settlement was still on its way: it was never delivered.
+                    if ended && !self.marked_paid().await {
+                        return Err(self.undelivered(verified).await);
+                    }
                     Ok(sim)
                 }
                 Ok(_) => Err(self.undelivered(verified).await),
@@ -89,9 +91,22 @@ impl Attempt<'_> {
                         .payer(payer.to_owned())
                         .detail("reason", &reason),
                 );
+                self.note(
+                    EntryKind::ActivationFailed,
+                    self.fields().detail("reason", &err.message),
+                );
                 (wit::PaymentEnd::Done, self.settle_failed(&reason, payer))
             }
             Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
         }
+    }
+
+    /// Whether the invoice is marked paid (or owed back) now: an earlier attempt of this payment then settled
+    /// it and went on to deliver. A failed read counts as paid (the delivered answer, never a refund).
+    async fn marked_paid(&self) -> bool {
+        !matches!(
+            invoices::get(self.invoice.id.clone(), now()).await,
+            Ok(Some(inv)) if !matches!(inv.status, wit::InvoiceStatus::Paid | wit::InvoiceStatus::Refunded)
+        )
     }
 }
