@@ -250,8 +250,17 @@ impl Shared {
             Some(json_body)
         };
         let agent = self.agent_for(&device);
-        let _state = match agent.state().lock() {
-            Ok(l) => l,
+        // Another command (the CLI run by hand on this device's directory) holds it: passing, so 503 (the device
+        // sends again); a directory that cannot be locked at all is the proxy's own fault.
+        let _state = match agent.state().try_lock() {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                return error_reply(
+                    503,
+                    "unavailable",
+                    "this device's payment state is in use by another esim402-agent; send the request again shortly",
+                );
+            }
             Err(e) => return error_reply(500, "internal", &e),
         };
         match agent
@@ -630,6 +639,29 @@ mod tests {
             Ok(_) => String::from_utf8_lossy(&head[9..12]).parse().unwrap(),
             Err(_) => 0,
         }
+    }
+
+    /// A device whose state directory another esim402-agent holds is told to send again (503), not that the
+    /// proxy failed (500, before), and nothing is paid.
+    #[tokio::test]
+    async fn a_device_whose_state_is_in_use_is_told_to_send_again() {
+        let upstream = crate::testing::facilitator(vec![(200, json!({"paid": true}))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+        let held = StateDir::new(dir.path().join("devices").join("127.0.0.1"))
+            .lock()
+            .unwrap();
+        let body = r#"{"region":"us-west","data_mb":1}"#;
+        let request = format!(
+            "POST /v1/esim/activate HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(raw(addr, &request).await, 503);
+        // Only the unpaid request that drew the 402 went out: nothing was signed or paid.
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].header("payment-signature").is_none(), "{seen:?}");
+        drop(held);
     }
 
     /// A browser on the host (any page: a cross-origin "simple" POST, a DNS-rebound name) must not get this

@@ -384,13 +384,20 @@ impl<'a> Watcher<'a> {
         let mut tick = 0u64;
         loop {
             let (lines, seen) = readings.take().await;
-            let outcome = match self.agent.state().lock() {
-                Ok(_lock) => self.tick(lines, seen).await,
+            let outcome = match self.agent.state().try_lock() {
+                Ok(Some(_lock)) => self.tick(lines, seen).await,
                 // Another command holds the directory: this tick is skipped, the next one tries again.
-                Err(e) => {
-                    self.say(Event::Warning { message: e });
+                Ok(None) => {
+                    self.say(Event::Warning {
+                        message: format!(
+                            "another esim402-agent is using the state directory {}; this tick is skipped",
+                            self.agent.state().path().display()
+                        ),
+                    });
                     Next::Continue
                 }
+                // The directory cannot be locked at all: no tick could ever run.
+                Err(e) => Next::Stop(AgentError::Local(e)),
             };
             if let Next::Stop(e) = outcome {
                 self.say(Event::Stopped {
