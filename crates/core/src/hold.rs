@@ -9,9 +9,9 @@
 //!   [`Refusal::OtherInvoice`] while held; for the same invoice (a resumed attempt) it is held again.
 //! - **The balance covers every live hold.** The balance read on chain must cover the value of every live hold
 //!   and the new one. A settled payment's hold is not removed on the success path (that would cost a second
-//!   update per payment): its money has left the balance, so when the holds do not fit the component asks the
-//!   chain which of their nonces are used ([`Placement::Check`]) and places again with that answer
-//!   ([`Holds::place_checked`]), which drops them.
+//!   update per payment): its money has left the balance, so when the holds do not fit, or the record holds
+//!   [`CHECK_AT`] or more, the component asks the chain which of their nonces are used ([`Placement::Check`])
+//!   and places again with that answer ([`Holds::place_checked`]), which drops them.
 //! - **A hold ends** at its `until` (the authorization's `validBefore`, at most [`HOLD_SECS`] from its
 //!   placement: a crashed driver's hold lapses), when the chain shows its nonce used, or when its payment fails
 //!   without moving money ([`Holds::release`]: a failed order, a refused settlement).
