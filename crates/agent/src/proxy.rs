@@ -651,12 +651,14 @@ mod tests {
         let held = StateDir::new(dir.path().join("devices").join("127.0.0.1"))
             .lock()
             .unwrap();
-        let body = r#"{"region":"us-west","data_mb":1}"#;
-        let request = format!(
-            "POST /v1/esim/activate HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
+        let buy = request(
+            addr,
+            "POST",
+            "/v1/esim/activate",
+            "",
+            r#"{"region":"us-west","data_mb":1}"#,
         );
-        assert_eq!(raw(addr, &request).await, 503);
+        assert_eq!(raw(addr, &buy).await, 503);
         // Only the unpaid request that drew the 402 went out: nothing was signed or paid.
         let seen = upstream.seen();
         assert_eq!(seen.len(), 1, "{seen:?}");
@@ -1042,11 +1044,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("gateway");
         let addr = proxy(&upstream.url, &state, LIMITS).await;
-        let body = r#"{"region":"us-west","data_mb":1}"#;
-        let paid = format!(
-            "POST /v1/esim/activate HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            addr.port(),
-            body.len()
+        let paid = request(
+            addr,
+            "POST",
+            "/v1/esim/activate",
+            "",
+            r#"{"region":"us-west","data_mb":1}"#,
         );
         assert_eq!(raw(addr, &paid).await, 200);
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

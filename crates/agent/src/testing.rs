@@ -161,3 +161,15 @@ pub(crate) fn sim_answer(iccid: &str) -> Value {
         "transaction": "0xab",
     })
 }
+
+/// An agent paying `url` from a fixed test wallet, the default policy and its state in `dir`, quiet.
+pub(crate) fn agent(url: &str, dir: &std::path::Path) -> crate::Agent {
+    let key = crate::WalletKey::parse(&"11".repeat(32), "test").unwrap();
+    crate::Agent::new(
+        crate::Config::new(url, key).unwrap(),
+        crate::SpendPolicy::default(),
+        crate::StateDir::new(dir),
+        false,
+    )
+    .unwrap()
+}

@@ -4,20 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
-use crate::testing::{Seen, Server, challenge, facilitator, sim_answer};
-use crate::{Config, SpendPolicy, StateDir, WalletKey};
+use crate::testing::{Seen, Server, agent, challenge, facilitator, sim_answer};
 use serde_json::json;
-
-fn agent(url: &str, dir: &std::path::Path) -> Agent {
-    let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
-    Agent::new(
-        Config::new(url, key).unwrap(),
-        SpendPolicy::default(),
-        StateDir::new(dir),
-        false,
-    )
-    .unwrap()
-}
 
 fn buy(region: &str) -> Value {
     json!({"region": region, "data_mb": 1})

@@ -642,16 +642,7 @@ mod tests {
     use crate::config::WalletKey;
     use tokio::io::AsyncReadExt as _;
 
-    fn agent(url: &str, dir: &std::path::Path) -> Agent {
-        let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
-        Agent::new(
-            Config::new(url, key).unwrap(),
-            SpendPolicy::default(),
-            StateDir::new(dir),
-            false,
-        )
-        .unwrap()
-    }
+    use crate::testing::agent;
 
     #[tokio::test]
     async fn https_facilitators_are_spoken_to_in_tls() {
