@@ -78,6 +78,18 @@ impl Attempt<'_> {
         }
     }
 
+    /// Whether the invoice is marked paid (or owed back) now, as the invoices component reads it (one it does not
+    /// know counts as paid): an earlier attempt of this payment then settled it and went on to deliver.
+    pub(super) async fn marked_paid(&self) -> Result<bool, wit::Error> {
+        Ok(match invoices::get(self.invoice.id.clone(), now()).await? {
+            Some(inv) => matches!(
+                inv.status,
+                wit::InvoiceStatus::Paid | wit::InvoiceStatus::Refunded
+            ),
+            None => true,
+        })
+    }
+
     /// A resumed payment refused by verification (`refused`: the answer a fresh payment would get, a 4xx). An
     /// activation or switch the earlier attempt ordered is found through its order journal (dispatch
     /// `ordered-sim`, which orders nothing) and withdrawn, and the invoice ends with a 410. Nothing ordered (or a
@@ -99,13 +111,9 @@ impl Attempt<'_> {
             Err(wit::Error::Conflict(_)) => return (wit::PaymentEnd::Resume, order_pending()),
             Err(e) => return (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
         };
-        match invoices::get(self.invoice.id.clone(), now()).await {
-            Ok(Some(inv))
-                if !matches!(
-                    inv.status,
-                    wit::InvoiceStatus::Paid | wit::InvoiceStatus::Refunded
-                ) => {}
-            Ok(_) => {
+        match self.marked_paid().await {
+            Ok(false) => {}
+            Ok(true) => {
                 let e = ApiError::new(
                     ErrorKind::Unavailable,
                     format!("the payment settled but no longer verifies ({reason})"),

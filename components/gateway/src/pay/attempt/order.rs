@@ -9,7 +9,7 @@ use esim402_guest::wit;
 use super::super::Order;
 use super::super::answers::{order_pending, uncharged, unsettled};
 use super::Attempt;
-use crate::{from_wit, invoices, now, verifier};
+use crate::{from_wit, verifier};
 
 impl Attempt<'_> {
     /// Order the profile for an `exact` payment; a failure ends the invoice (the order journal replays it)
@@ -34,7 +34,8 @@ impl Attempt<'_> {
                     // Terminated after the payment was marked paid (its answer was sent, and only the record's
                     // end was lost): delivered, and used as its owner pleased; its terminate refunded what was
                     // unused. Terminated while its settlement was still on its way: it was never delivered.
-                    if ended && !self.marked_paid().await {
+                    // A failed read counts as paid: the delivered answer, never a refund.
+                    if ended && matches!(self.marked_paid().await, Ok(false)) {
                         return Err(self.undelivered(verified).await);
                     }
                     Ok(sim)
@@ -99,14 +100,5 @@ impl Attempt<'_> {
             }
             Err(e) => (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
         }
-    }
-
-    /// Whether the invoice is marked paid (or owed back) now: an earlier attempt of this payment then settled
-    /// it and went on to deliver. A failed read counts as paid (the delivered answer, never a refund).
-    async fn marked_paid(&self) -> bool {
-        !matches!(
-            invoices::get(self.invoice.id.clone(), now()).await,
-            Ok(Some(inv)) if !matches!(inv.status, wit::InvoiceStatus::Paid | wit::InvoiceStatus::Refunded)
-        )
     }
 }
