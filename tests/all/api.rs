@@ -219,6 +219,70 @@ async fn hostile_hosts_are_refused_and_silent_connections_are_closed() {
     }
 }
 
+/// A client that stops reading is cut off at the write deadline: pipelined requests whose answers fill every
+/// socket buffer between it and the server, then nothing read for longer than the deadline, and the rest of
+/// the answers never come (before, the server waited for ever, its connection slot taken). A request head
+/// still unfinished past what the server buffers is answered 431 (before, hyper buffered ~400 KiB of head per
+/// connection until the header deadline).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_off_and_long_heads_are_refused() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut opts = options(StoreConfig::Memory);
+    opts.write_timeout = Duration::from_millis(500);
+    let app = spawn_app(opts).await.unwrap();
+    let addr = app.url.trim_start_matches("http://").to_owned();
+
+    let one = "GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let first = raw(
+        &app.url,
+        one.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let requests = 400;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    stream
+        .write_all(one.repeat(requests).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    let answers = got.windows(9).filter(|w| *w == b"HTTP/1.1 ").count();
+    // What the socket buffers held may arrive, or be lost to the reset; never every answer.
+    assert!(answers < requests, "{answers} of {requests} answered");
+
+    // A head still unfinished at 40 KiB: refused at once, not held until the 30 s header deadline.
+    let long = format!(
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: {}",
+        "a".repeat(40 * 1024)
+    );
+    let answer = raw(&app.url, long.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        answer
+            .as_deref()
+            .is_none_or(|a| a.starts_with("HTTP/1.1 431")),
+        "{answer:?}"
+    );
+    app.stop().await;
+}
+
 /// A body without a length (chunked) or above the buffered size is read under the same deadline as a small
 /// one: a client that trickles it is answered once the deadline passes, instead of holding the instance
 /// reading it until the request timeout.

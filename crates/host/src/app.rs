@@ -59,6 +59,9 @@ pub struct LoadOptions {
     pub header_timeout: Duration,
     /// How long a client may take to send a request's body, however it is framed (default 30 s).
     pub body_timeout: Duration,
+    /// How long a write to a client may stay blocked (the client reads nothing, so its socket buffers stay
+    /// full) before the connection is closed (default 30 s).
+    pub write_timeout: Duration,
     /// How long a request may wait for room in the instance pool before it is answered 503 (default 10 s).
     pub instance_wait: Duration,
 }
@@ -84,6 +87,7 @@ impl LoadOptions {
                 .and_then(|v| v.parse().ok())
                 .map_or(Duration::from_secs(30), Duration::from_millis),
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             instance_wait: INSTANCE_WAIT,
         }
     }
@@ -166,6 +170,8 @@ pub struct App {
     pub header_timeout: Duration,
     /// [`LoadOptions::body_timeout`].
     pub body_timeout: Duration,
+    /// [`LoadOptions::write_timeout`].
+    pub write_timeout: Duration,
     engine: Engine,
     gate: Arc<Gate>,
 }
@@ -493,6 +499,7 @@ impl App {
             durability,
             header_timeout: opts.header_timeout,
             body_timeout: opts.body_timeout,
+            write_timeout: opts.write_timeout,
             engine,
             gate,
         })

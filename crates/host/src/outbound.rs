@@ -192,7 +192,8 @@ impl WasiHttpHooks for OutboundPolicy {
                 let uri = request.uri();
                 tracing::warn!(
                     component = %component,
-                    destination = %format!("{}://{}", uri.scheme_str().unwrap_or("https"), uri.authority().map_or("", |a| a.as_str())),
+                    // Host and port only: a URL's userinfo may hold a credential.
+                    destination = %format!("{}://{}{}", uri.scheme_str().unwrap_or("https"), uri.host().unwrap_or(""), uri.port().map_or(String::new(), |p| format!(":{p}"))),
                     "outbound request denied: destination is not in allowed_outbound_hosts"
                 );
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);

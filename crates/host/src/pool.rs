@@ -44,6 +44,20 @@ impl Default for PoolLimits {
     }
 }
 
+/// Origins whose bounds are kept before those not in use are forgotten.
+const MAX_ORIGINS: usize = 1024;
+
+/// The origin `uri` is bounded under: `scheme://host:port`, lower-cased, the scheme's default port filled in
+/// and any userinfo left out, so every spelling of one origin shares its bounds.
+fn origin(uri: &http::Uri) -> Option<String> {
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let host = uri.host()?.to_ascii_lowercase();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Some(format!("{scheme}://{host}:{port}"))
+}
+
 /// Wasmtime's defaults when the guest sets no `request-options`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -92,6 +106,11 @@ impl Pool {
             .slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Origins nobody is using are forgotten once there are many (a wildcard in `allowed_outbound_hosts`
+        // lets a component reach any number of hosts); a slot in use stays, so no bound is ever reset early.
+        if slots.len() >= MAX_ORIGINS && !slots.contains_key(origin) {
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
+        }
         slots
             .entry(origin.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_in_flight)))
@@ -104,10 +123,7 @@ impl Pool {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> Result<http::Response<WasiBody>, Error> {
-        let uri = request.uri();
-        let scheme = uri.scheme_str().ok_or(Error::HttpRequestUriInvalid)?;
-        let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
-        let origin = format!("{scheme}://{authority}");
+        let origin = origin(request.uri()).ok_or(Error::HttpRequestUriInvalid)?;
         let connect = options
             .and_then(|o| o.connect_timeout)
             .unwrap_or(DEFAULT_TIMEOUT);
@@ -347,5 +363,36 @@ mod tests {
             .send(get(&format!("http://127.0.0.1:{port}/")), None)
             .await;
         assert!(matches!(r, Err(Error::ConnectionRefused)), "{r:?}");
+    }
+
+    /// Every spelling of one origin shares its bounds: case, the default port and userinfo change nothing.
+    #[test]
+    fn origins_are_normalised() {
+        let key = |u: &str| origin(&u.parse().unwrap()).unwrap();
+        let same = [
+            "https://rpc.example.com/a",
+            "https://RPC.Example.COM/b",
+            "https://rpc.example.com:443/c",
+            "HTTPS://user:secret@rpc.example.com/d",
+        ];
+        for u in same {
+            assert_eq!(key(u), "https://rpc.example.com:443", "{u}");
+        }
+        assert_eq!(key("http://h/x"), "http://h:80");
+        assert_ne!(key("http://h:8545/"), key("http://h/"));
+        assert_ne!(key("http://h/"), key("https://h/"));
+    }
+
+    /// The bounds of origins nobody uses are forgotten once there are many; one in use keeps its slots.
+    #[tokio::test]
+    async fn unused_origins_are_forgotten() {
+        let pool = Pool::new(PoolLimits::default());
+        let held = pool.slots_for("http://kept:80");
+        for i in 0..(MAX_ORIGINS * 2) {
+            pool.slots_for(&format!("http://h{i}:80"));
+        }
+        let slots = pool.slots.lock().unwrap();
+        assert!(slots.len() <= MAX_ORIGINS, "{}", slots.len());
+        assert!(Arc::ptr_eq(&slots["http://kept:80"], &held));
     }
 }

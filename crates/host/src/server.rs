@@ -430,6 +430,11 @@ pub async fn handle(
 /// and every connection holds one).
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// The most a connection buffers of a request's head (request line and headers) or of its output, in bytes: a
+/// head still unfinished past it is answered 431 (hyper checks between reads, so one read may overshoot it). The largest heads this app reads carry a payment and a wallet sign-in (a few
+/// KiB each); hyper's default (~400 KiB) would let [`MAX_CONNECTIONS`] half-sent heads hold 1.6 GiB.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
 /// Serve `app` on `listener` until `shutdown` resolves, then drain in-flight connections.
 pub async fn serve(
     app: Arc<App>,
@@ -448,7 +453,8 @@ pub async fn serve(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(app.header_timeout);
+        .header_read_timeout(app.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -468,13 +474,18 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // hyper times out reading a request's head, never writing its answer: a client that stops reading
+        // would hold the connection for ever once its socket buffers are full. A write that makes no
+        // progress for the write timeout ends the connection.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(app.write_timeout));
         let app = app.clone();
         let service = hyper::service::service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(handle(app, local, client, req).await) }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(Box::pin(stream)), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
