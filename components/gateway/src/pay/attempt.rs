@@ -30,6 +30,11 @@ pub struct Attempt<'a> {
     /// This attempt's hold on the payment record, and until when (kernel `paid::lease_covers`).
     holder: String,
     lease_until: std::cell::Cell<u64>,
+    /// The payment's money is final (settled): its invoice was marked paid, or marking it was tried.
+    settled: std::cell::Cell<bool>,
+    /// Something this attempt did may be missing from the store: marking the invoice paid failed (a store
+    /// fault, not a repeat), or its ledger events were neither appended nor parked ([`Attempt::end`]).
+    unrecorded: std::cell::Cell<bool>,
 }
 
 impl<'a> std::ops::Deref for Attempt<'a> {
@@ -47,6 +52,20 @@ impl<'a> Attempt<'a> {
             resumed: driver.resumed,
             holder: driver.holder.clone(),
             lease_until: std::cell::Cell::new(driver.lease_until),
+            settled: std::cell::Cell::new(false),
+            unrecorded: std::cell::Cell::new(false),
+        }
+    }
+
+    /// The payment record's end for `end`: a settled payment whose paid mark or ledger events this attempt
+    /// could not record stays resumable (its answer stands), so the same payment sent again records them (the
+    /// ledger leaves out what landed); ended, nothing would record them again.
+    pub fn end(&self, end: wit::PaymentEnd) -> wit::PaymentEnd {
+        match end {
+            wit::PaymentEnd::Done if self.settled.get() && self.unrecorded.get() => {
+                wit::PaymentEnd::Resume
+            }
+            end => end,
         }
     }
 
@@ -59,7 +78,9 @@ impl<'a> Attempt<'a> {
     /// once-per-invoice event once).
     pub async fn flush(&self) {
         let events = std::mem::take(&mut *self.pending.borrow_mut());
-        log_events(events, self.resumed).await;
+        if !log_events(events, self.resumed).await {
+            self.unrecorded.set(true);
+        }
     }
 
     /// Whether an effect's event is logged: the effect is new, or this attempt resumes one that may have been
@@ -296,17 +317,23 @@ impl Attempt<'_> {
     }
 
     /// Mark the invoice paid and log the settlement; `false` if it was already paid (a repeat) and this attempt
-    /// resumes nothing.
+    /// resumes nothing. A mark that fails otherwise (a store fault) still logs: the money moved, and this
+    /// attempt is the first to see it; the payment then stays resumable ([`Attempt::end`]) to mark it.
     async fn paid(&self, tx: &str, payer: &str) -> bool {
+        self.settled.set(true);
         let marked =
             invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned()).await;
-        if let Err(e) = &marked {
+        let new = match &marked {
+            Ok(_) => true,
             // A repeat after an interruption finds it paid already.
-            if !matches!(e, wit::Error::Conflict(_)) {
+            Err(wit::Error::Conflict(_)) => false,
+            Err(e) => {
                 eprintln!("gateway: marking {} paid failed: {e:?}", self.invoice.id);
+                self.unrecorded.set(true);
+                true
             }
-        }
-        if !self.logs(marked.is_ok()) {
+        };
+        if !self.logs(new) {
             return false;
         }
         self.note(

@@ -254,6 +254,7 @@ pub async fn pay(
         Kind::V2 | Kind::V1 => attempt.exact(&order).await,
     };
     attempt.flush().await;
+    let end = attempt.end(end);
     if let Err(e) = invoices::finish_payment(
         invoice.id.clone(),
         driver.holder,
