@@ -386,8 +386,18 @@ impl atomics::Host for KvView<'_> {
                 self.table.delete(cas)?;
                 Ok(Ok(()))
             }
-            // The snapshot is stale: ownership of the cas handle goes back to the guest.
-            Ok(false) => Ok(Err(atomics::CasError::CasFailed(cas))),
+            // The snapshot is stale: the handle goes back to the guest updated to the key's latest value (the
+            // interface's contract), so a retry with it can succeed.
+            Ok(false) => match store.get(&key).await {
+                Ok(latest) => {
+                    self.table.get_mut(&cas)?.current = latest;
+                    Ok(Err(atomics::CasError::CasFailed(cas)))
+                }
+                Err(e) => {
+                    self.table.delete(cas)?;
+                    Ok(Err(atomics::CasError::StoreError(wasi_err(e))))
+                }
+            },
             Err(e) => {
                 self.table.delete(cas)?;
                 Ok(Err(atomics::CasError::StoreError(wasi_err(e))))
@@ -425,5 +435,65 @@ impl batch::Host for KvView<'_> {
     ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
         let store = self.bucket(&bucket)?;
         Ok(store.delete_many(&keys).await.map_err(wasi_err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::MemoryStore;
+
+    /// A swap that fails because another writer changed the key hands back a CAS handle updated to the
+    /// latest value (`wasi:keyvalue/atomics`: "MUST return a CAS handle that has been updated to the latest
+    /// version"), so retrying with it succeeds. (Before, it kept the stale snapshot and every retry failed.)
+    #[tokio::test]
+    async fn a_failed_swap_returns_a_handle_with_the_latest_value() {
+        let store: SharedBackend = Arc::new(MemoryStore::default());
+        store.set("k", b"1").await.unwrap();
+        let ctx = KvCtx::default();
+        let mut table = ResourceTable::new();
+        let mut view = KvView {
+            ctx: &ctx,
+            table: &mut table,
+        };
+        let bucket = view.table.push(WasiBucket(store.clone())).unwrap();
+        let borrow = || Resource::<WasiBucket>::new_borrow(bucket.rep());
+        let cas = atomics::HostCas::new(&mut view, borrow(), "k".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            view.table.get(&cas).unwrap().current.as_deref(),
+            Some(&b"1"[..])
+        );
+
+        // Another writer changes the key between the snapshot and the swap.
+        store.set("k", b"2").await.unwrap();
+        let Err(atomics::CasError::CasFailed(cas)) =
+            atomics::Host::swap(&mut view, cas, b"3".to_vec())
+                .await
+                .unwrap()
+        else {
+            panic!("the swap of a stale snapshot must fail with a handle to retry");
+        };
+        let current = atomics::HostCas::current(&mut view, Resource::new_borrow(cas.rep()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            current.as_deref(),
+            Some(&b"2"[..]),
+            "the other writer's value"
+        );
+        assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"2"[..]));
+
+        // The retry with the returned handle succeeds.
+        assert!(matches!(
+            atomics::Host::swap(&mut view, cas, b"3".to_vec())
+                .await
+                .unwrap(),
+            Ok(())
+        ));
+        assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"3"[..]));
     }
 }

@@ -1,6 +1,8 @@
 //! Redis backend. Insert-if-absent is `SET NX`; compare-and-swap on a present value is a server-side script
 //! (Redis runs a script atomically, so no WATCH/MULTI race can lose a write); increment is `INCRBY`.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -48,6 +50,16 @@ impl RedisStore {
             conn,
             cas: redis::Script::new(CAS_SCRIPT),
         })
+    }
+}
+
+/// Append the keys of one `SCAN` reply not seen before, in their order: `SCAN` may return a key more than once
+/// (one that was in a rehashed bucket), and `keys` lists each once.
+fn append_new(keys: &mut Vec<String>, seen: &mut HashSet<String>, batch: Vec<String>) {
+    for key in batch {
+        if seen.insert(key.clone()) {
+            keys.push(key);
+        }
     }
 }
 
@@ -130,6 +142,7 @@ impl Backend for RedisStore {
         let mut conn = self.conn.clone();
         spawned(async move {
             let mut keys = Vec::new();
+            let mut seen = HashSet::new();
             let mut cursor: u64 = 0;
             loop {
                 let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -138,7 +151,7 @@ impl Backend for RedisStore {
                     .arg(1000)
                     .query_async(&mut conn)
                     .await?;
-                keys.extend(batch);
+                append_new(&mut keys, &mut seen, batch);
                 if next == 0 {
                     return Ok(keys);
                 }
@@ -185,5 +198,20 @@ impl Backend for RedisStore {
                 .await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key that `SCAN` returns twice (in one reply or in two) is listed once, in first-seen order.
+    #[test]
+    fn scan_replies_are_deduplicated_in_order() {
+        let (mut keys, mut seen) = (Vec::new(), HashSet::new());
+        let batch = |k: &[&str]| k.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        append_new(&mut keys, &mut seen, batch(&["b", "a", "b"]));
+        append_new(&mut keys, &mut seen, batch(&["c", "a"]));
+        assert_eq!(keys, ["b", "a", "c"]);
     }
 }

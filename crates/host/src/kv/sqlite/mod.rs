@@ -22,6 +22,11 @@
 //! nothing was committed since the last one. The host calls the barrier before anything leaves it (an HTTP
 //! answer, an outbound request: [`super::Durability`]), so nobody outside ever sees a write that a power loss
 //! could take back; a request making 20 sequential writes pays for one disk sync instead of 20.
+//! The first sync also syncs the directory that holds the file (and, for each directory the store created,
+//! the one that holds it): SQLite creates the WAL file at every start, and under `synchronous = NORMAL` would
+//! sync its directory entry only at the first checkpoint, so a power loss could take back the file itself.
+//! A failed sync, of the file or of a directory, fails that barrier and every later one, and every later
+//! write, until the host restarts.
 //! `ESIM402_SQLITE_SYNC=commit` (for measurements) syncs at every commit instead, as SQLite's default does.
 //! On a file shared with other processes (`ESIM402_SQLITE_LOCKING=shared`) a read may see another process's
 //! commit that is not yet synced, so a read counts too: the barrier after it syncs the WAL file, which makes
@@ -37,10 +42,14 @@
 //! power loss already could: writes nobody outside has seen (the store is as it was at an earlier moment,
 //! which every flow recovers from). The writer thread also commits a transaction once it has had nothing to
 //! do for [`IDLE_COMMIT`], after [`MAX_OPEN_WRITES`] writes, before a checkpoint, and when the store closes.
-//! A transaction SQLite rolls back by itself (an I/O error, a full disk) may take acknowledged writes with it:
-//! then, as after a failed sync, no barrier passes again until the host restarts. Only the first store opened
-//! on a file commits at barriers (an open transaction holds the file's write lock; another label on the same
-//! file commits each write), and only with the default locking, inline calls and barrier syncs.
+//! A transaction SQLite rolls back by itself (an I/O error or a full disk, during a write, or during a read
+//! that ran on the write connection: found before the next write, which would otherwise commit alone) may
+//! take acknowledged writes with it: then, as after a failed sync, no barrier passes again and every later
+//! write is refused, naming the reason, until the host restarts (applied on top of a state that lost earlier
+//! writes, a later one could survive a restart without them: the tail of a request without its beginning).
+//! Only the first store opened on a file commits at barriers (an open transaction holds the file's write
+//! lock; another label on the same file commits each write), and only with the default locking, inline calls
+//! and barrier syncs.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -61,7 +70,7 @@ mod tests;
 mod writer;
 
 use files::{LazyFile, Readers, connect, in_use};
-use progress::{CHECKPOINT_PAGES, IDLE_COMMIT, Progress, note_wal_pages};
+use progress::{CHECKPOINT_PAGES, IDLE_COMMIT, Progress, create_dirs, note_wal_pages};
 use switches::{COMMIT_ENV, CommitAt, inline, switch, sync_each_commit, vfs};
 use writer::{Done, GET, Job, MAX_OPEN_WRITES, Write, apply_open, commit, commit_open, write_loop};
 
@@ -131,10 +140,9 @@ impl SqliteStore {
         vfs: &'static str,
         sync_each: bool,
     ) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+        // The directories whose entries the first barrier syncs (with those the store creates here).
+        let dirs = create_dirs(path)
+            .with_context(|| format!("cannot create the directory of {}", path.display()))?;
         let conn = connect(path, vfs)
             .with_context(|| format!("cannot open SQLite store {}", path.display()))?;
         // The first statement takes the file's lock (for good, with `unix-excl`).
@@ -174,6 +182,7 @@ impl SqliteStore {
             lazy,
             shared: vfs == "unix",
             idle_commit,
+            dirs,
             ..Progress::new(path, each_commit)
         });
         let thread_progress = progress.clone();
@@ -256,6 +265,9 @@ impl SqliteStore {
                 let _ = self.writer.send(Job { write, reply });
             }
             return Some(result);
+        }
+        if let Err(e) = self.progress.refuse_if_failed() {
+            return Some(Err(e));
         }
         // Counted before it commits (and the lock held until it has): a read connection may see the commit at
         // once, and the reader's barrier must then find something to sync (`Progress::committed`).

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::files::BUSY_TIMEOUT;
 use crate::kv::{KvError, KvResult};
 
 /// An open transaction is committed once the writer thread has been idle this long.
@@ -23,17 +24,34 @@ pub(super) struct Progress {
     pub(super) wal_file: std::sync::Mutex<Option<std::fs::File>>,
     /// The database file (synced instead if there is no WAL file).
     pub(super) db: PathBuf,
+    /// The directories whose entries the first sync makes durable, innermost first: the database's (which
+    /// holds the `-wal` file SQLite creates at every start, and the database file at the first), then each
+    /// one the store created on its way there and the directory that holds it ([`dirs_to_sync`]). Under
+    /// `synchronous = NORMAL` SQLite syncs the WAL's directory only at its first checkpoint, thousands of
+    /// pages later, and a barrier syncs the WAL through a handle of its own: without this a power loss could
+    /// take the new WAL file's entry back, with every commit a barrier had passed.
+    pub(super) dirs: Vec<PathBuf>,
+    /// The database file's directory entries are synced (by a sync that found no WAL file; the WAL's are
+    /// synced by the sync that keeps its handle, once).
+    pub(super) db_dirs_synced: std::sync::atomic::AtomicBool,
+    /// Syncs of [`Progress::dirs`] made (for tests).
+    pub(super) dir_syncs: AtomicU64,
     /// Commits so far; counted before they are made (a failed or retried one too: a sync more, nothing lost).
     pub(super) committed: AtomicU64,
     /// Every commit up to this one is on disk.
     pub(super) synced: AtomicU64,
     /// Disk syncs made (for tests and measurements).
     pub(super) syncs: AtomicU64,
+    /// How long the writer thread waits for SQLite's write lock around a batch ([`BUSY_TIMEOUT`]).
+    pub(super) busy_timeout: std::time::Duration,
     /// Every commit is synced by SQLite itself (`ESIM402_SQLITE_SYNC=commit`).
     pub(super) each_commit: bool,
-    /// A sync failed. The kernel may have dropped the pages it could not write and a later sync would then
-    /// report success without them, so no barrier passes again until the host restarts (and SQLite recovers
-    /// from what is really on disk).
+    /// A sync failed, or SQLite rolled back an open transaction that held acknowledged writes (lazy mode). The
+    /// kernel may have dropped the pages it could not write and a later sync would then report success
+    /// without them; a rolled-back transaction took writes with it. So no barrier passes again and every
+    /// later write is refused until the host restarts (and SQLite recovers from what is really on disk): a
+    /// write applied on top of a state that lost earlier ones could leave, after a restart, the tail of a
+    /// request without its beginning.
     pub(super) failed: std::sync::atomic::AtomicBool,
     /// A checkpoint is asked for and not yet run.
     pub(super) checkpoint_asked: std::sync::atomic::AtomicBool,
@@ -63,6 +81,10 @@ impl Progress {
             wal: wal.into(),
             wal_file: std::sync::Mutex::new(None),
             db: db.to_owned(),
+            dirs: vec![parent_dir(db)],
+            db_dirs_synced: std::sync::atomic::AtomicBool::new(false),
+            dir_syncs: AtomicU64::new(0),
+            busy_timeout: BUSY_TIMEOUT,
             committed: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -114,6 +136,23 @@ impl Progress {
             && self.synced.load(Ordering::SeqCst) >= self.committed.load(Ordering::SeqCst)
     }
 
+    /// The error of every barrier and write once [`Progress::failed`] is set.
+    pub(super) fn failed_error() -> KvError {
+        KvError(
+            "an earlier disk sync or commit of the SQLite store failed, or SQLite rolled back acknowledged \
+             writes; the store refuses every write and barrier: restart the host"
+                .into(),
+        )
+    }
+
+    /// Refuse a write once the store has failed ([`Progress::failed`]).
+    pub(super) fn refuse_if_failed(&self) -> KvResult<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Self::failed_error());
+        }
+        Ok(())
+    }
+
     /// Sync the WAL if anything was committed since the last sync.
     #[cfg(test)]
     pub(super) fn sync(&self) -> KvResult<()> {
@@ -123,12 +162,7 @@ impl Progress {
     /// Sync the WAL, which holds the first `target` counted writes (or commits), unless they are synced (on the
     /// writer thread: one at a time).
     pub(super) fn sync_to(&self, target: u64) -> KvResult<()> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(KvError(
-                "an earlier disk sync or commit of the SQLite store failed; restart the host"
-                    .into(),
-            ));
-        }
+        self.refuse_if_failed()?;
         if self.synced.load(Ordering::SeqCst) >= target {
             return Ok(());
         }
@@ -144,7 +178,10 @@ impl Progress {
         Ok(())
     }
 
-    /// `fdatasync` the WAL file (or, while there is none, the database file, which then holds everything).
+    /// `fdatasync` the WAL file (or, while there is none, the database file, which then holds everything). The
+    /// first sync of each also syncs the directories that hold it ([`Progress::dirs`]), once per process (for
+    /// the WAL, the sync that keeps its handle); a failure there fails the sync, and sets
+    /// [`Progress::failed`], like any.
     fn sync_wal(&self) -> std::io::Result<()> {
         let mut kept = self
             .wal_file
@@ -152,15 +189,66 @@ impl Progress {
             .map_err(|_| std::io::Error::other("the WAL file handle is poisoned"))?;
         if kept.is_none() {
             match std::fs::File::open(&self.wal) {
-                Ok(f) => *kept = Some(f),
+                Ok(f) => {
+                    f.sync_data()?;
+                    // Kept only once its directories are synced: the next sync of a handle not kept does it.
+                    self.sync_dirs()?;
+                    *kept = Some(f);
+                    return Ok(());
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return std::fs::File::open(&self.db).and_then(|f| f.sync_data());
+                    std::fs::File::open(&self.db).and_then(|f| f.sync_data())?;
+                    if !self.db_dirs_synced.load(Ordering::SeqCst) {
+                        self.sync_dirs()?;
+                        self.db_dirs_synced.store(true, Ordering::SeqCst);
+                    }
+                    return Ok(());
                 }
                 Err(e) => return Err(e),
             }
         }
         kept.as_ref().map_or(Ok(()), std::fs::File::sync_data)
     }
+
+    /// `fsync` each of [`Progress::dirs`], making the entries of the files and directories in them durable.
+    fn sync_dirs(&self) -> std::io::Result<()> {
+        for dir in &self.dirs {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("directory {}: {e}", dir.display()))
+                })?;
+        }
+        self.dir_syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The directory that holds `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Create the directory that holds `db` if need be; returns the directories whose entries make the database
+/// durable, innermost first ([`Progress::dirs`]): the database's, and, for each directory this call created,
+/// the one that holds it.
+pub(super) fn create_dirs(db: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = parent_dir(db);
+    let mut dirs = vec![dir.clone()];
+    let mut missing = dir.clone();
+    while !missing.exists() {
+        let up = parent_dir(&missing);
+        if up == missing {
+            break;
+        }
+        dirs.push(up.clone());
+        missing = up;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dirs)
 }
 
 /// WAL pages that call for a checkpoint (32 MiB of 4 KiB pages). SQLite's own threshold is 1 000, but the

@@ -567,3 +567,149 @@ async fn on_a_shared_file_a_read_makes_the_next_barrier_sync() {
     own.barrier().await.unwrap();
     assert_eq!(own.progress.syncs.load(Ordering::SeqCst), synced);
 }
+
+/// The first barrier that syncs also syncs the directory that holds the database (whose new `-wal` file, and
+/// on a first start the database file, SQLite itself would sync only at its first checkpoint) and, for each
+/// directory the store created, the one that holds it; once per process, not at every barrier.
+#[tokio::test]
+async fn the_first_sync_syncs_the_directories_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spin = dir.path().join(".spin");
+    let path = spin.join("kv").join("kv.db");
+    for (at, created) in [(CommitAt::Barrier, true), (CommitAt::Write, false)] {
+        let store = SqliteStore::open_with(&path, "default", CHECKPOINT_PAGES, at).unwrap();
+        let want: Vec<PathBuf> = if created {
+            vec![spin.join("kv"), spin.clone(), dir.path().to_owned()]
+        } else {
+            vec![spin.join("kv")]
+        };
+        assert_eq!(store.progress.dirs, want, "created: {created}");
+        let dir_syncs = || store.progress.dir_syncs.load(Ordering::SeqCst);
+        assert_eq!(dir_syncs(), 0, "nothing synced yet");
+        for i in 0..3 {
+            store.set(&format!("k{i}"), b"v").await.unwrap();
+            store.barrier().await.unwrap();
+        }
+        assert_eq!(store.progress.syncs.load(Ordering::SeqCst), 3);
+        assert_eq!(dir_syncs(), 1, "once, with the first sync");
+    }
+
+    // A directory that cannot be synced fails the sync like the file would: no barrier passes after it.
+    let wal = dir.path().join("lone.db-wal");
+    std::fs::write(&wal, b"").unwrap();
+    let progress = Progress {
+        dirs: vec![dir.path().join("gone")],
+        ..Progress::new(&dir.path().join("lone.db"), false)
+    };
+    progress.count_commit();
+    let failed = progress.sync().unwrap_err();
+    assert!(failed.0.contains("gone"), "{failed}");
+    assert!(
+        progress.wal_file.lock().unwrap().is_none(),
+        "no handle kept"
+    );
+    assert!(progress.sync().unwrap_err().0.contains("restart the host"));
+}
+
+/// A queued batch that cannot begin (SQLite's write lock held elsewhere past the busy timeout) fails as a
+/// whole at once: each write alone would wait the busy timeout again (64 writes, 64 timeouts, with every
+/// barrier of the host waiting behind them).
+#[tokio::test]
+async fn a_busy_write_lock_fails_a_queued_batch_at_once() {
+    let (_dir, path, store) = fresh();
+    store.set("a", b"1").await.unwrap();
+    let other = connect(&path, vfs().unwrap()).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut replies = Vec::new();
+    for i in 0..MAX_BATCH {
+        let (reply, done) = oneshot::channel();
+        let write = Write::Set(format!("k{i}"), b"v".to_vec());
+        tx.send(Job { write, reply }).unwrap();
+        replies.push(done);
+    }
+    drop(tx);
+    let timeout = std::time::Duration::from_millis(100);
+    let progress = Progress {
+        busy_timeout: timeout,
+        ..Progress::new(&path, false)
+    };
+    let conn = connect(&path, vfs().unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(write_loop(&Mutex::new(conn), "default", &rx, &progress), 1);
+    let took = started.elapsed();
+    assert!(
+        took < timeout * 10,
+        "{took:?}: the batch waited more than one busy timeout"
+    );
+    for r in replies {
+        let Err(e) = r.await.unwrap() else {
+            panic!("a write went through a held write lock")
+        };
+        assert!(e.0.contains("locked"), "{e}");
+    }
+    other.execute_batch("COMMIT").unwrap();
+    assert_eq!(committed_value(&path, "k0"), None);
+}
+
+/// Once the store has failed (a failed sync, or acknowledged writes lost), every later write is refused,
+/// naming the reason, on every path: a write applied on top of a state that lost earlier ones could leave
+/// the file, after a restart, with the tail of a request without its beginning.
+#[tokio::test]
+async fn a_failed_store_refuses_every_later_write() {
+    let (_dir, _path, lazy) = fresh_lazy(NEVER_IDLE);
+    let (_dir2, each_path, each) = fresh();
+    for store in [&lazy, &each] {
+        store.set("a", b"1").await.unwrap();
+        store.progress.failed.store(true, Ordering::SeqCst);
+        let refused = store.set("b", b"2").await.unwrap_err();
+        assert!(refused.0.contains("restart the host"), "{refused}");
+        assert!(store.increment("n", 1).await.is_err());
+        assert!(store.compare_and_swap("c", None, b"x").await.is_err());
+        assert!(store.barrier().await.is_err());
+        assert_eq!(store.get("b").await.unwrap(), None);
+    }
+    // Queued for the writer thread too.
+    {
+        let _taken = each.conn.lock().unwrap();
+        assert!(each.write_inline(&Write::Delete("a".into())).is_none());
+    }
+    let (tx, rx) = mpsc::channel();
+    let (reply, done) = oneshot::channel();
+    tx.send(Job {
+        write: Write::Delete("a".into()),
+        reply,
+    })
+    .unwrap();
+    drop(tx);
+    let conn = connect(&each_path, vfs().unwrap()).unwrap();
+    let progress = Progress::new(&each_path, false);
+    progress.failed.store(true, Ordering::SeqCst);
+    write_loop(&Mutex::new(conn), "default", &rx, &progress);
+    assert!(done.await.unwrap().is_err());
+    assert_eq!(each.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+}
+
+/// A transaction SQLite rolled back by itself between two writes (an error on a read that ran on the write
+/// connection) took acknowledged writes with it: the next write finds it gone and is refused (it would
+/// otherwise commit alone, on top of the lost ones), and no barrier passes again.
+#[tokio::test]
+async fn a_transaction_rolled_back_behind_the_store_fails_it() {
+    let (_dir, path, store) = fresh_lazy(NEVER_IDLE);
+    store.set("a", b"1").await.unwrap();
+    assert!(store.progress.open.load(Ordering::SeqCst));
+    // What SQLite does by itself on an I/O error or a full disk.
+    store
+        .conn
+        .lock()
+        .unwrap()
+        .execute_batch("ROLLBACK")
+        .unwrap();
+    let refused = store.set("b", b"2").await.unwrap_err();
+    assert!(refused.0.contains("restart the host"), "{refused}");
+    assert!(store.progress.failed.load(Ordering::SeqCst));
+    assert!(store.barrier().await.is_err());
+    drop(store);
+    assert_eq!(committed_value(&path, "a"), None, "lost");
+    assert_eq!(committed_value(&path, "b"), None, "never committed alone");
+}

@@ -10,7 +10,6 @@ use std::sync::{Mutex, mpsc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::files::BUSY_TIMEOUT;
 use super::progress::{Progress, WAL_PAGES};
 use crate::kv::{KvError, KvResult};
 
@@ -62,13 +61,22 @@ pub(super) const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) 
 
 /// Apply `write` in the write connection's open transaction, opening one if there is none (lazy mode); the
 /// write counts as acknowledged once applied. If SQLite rolled the whole transaction back (an I/O error, a full
-/// disk), writes acknowledged before are gone: the store fails every later barrier, as after a failed sync.
+/// disk; during this write, or before it, on a read that ran on the write connection), writes acknowledged
+/// before are gone: the store fails every later barrier, as after a failed sync, and refuses every later
+/// write (applied on top of a state that lost earlier ones, it could survive a restart without them).
 pub(super) fn apply_open(
     conn: &Connection,
     label: &str,
     progress: &Progress,
     write: &Write,
 ) -> rusqlite::Result<KvResult<Done>> {
+    if progress.open.load(Ordering::SeqCst) && conn.is_autocommit() {
+        // Rolled back by SQLite since the last write: without this check the write would commit by itself.
+        lost_open(progress);
+    }
+    if let Err(e) = progress.refuse_if_failed() {
+        return Ok(Err(e));
+    }
     if !progress.open.load(Ordering::SeqCst) {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         progress.open.store(true, Ordering::SeqCst);
@@ -83,22 +91,35 @@ pub(super) fn apply_open(
         }
         Err(e) => {
             if conn.is_autocommit() {
-                progress.open.store(false, Ordering::SeqCst);
-                if progress.open_writes.swap(0, Ordering::SeqCst) > 0 {
-                    progress.failed.store(true, Ordering::SeqCst);
-                }
+                lost_open(progress);
             }
             Err(e)
         }
     }
 }
 
+/// The open transaction is gone without a commit (SQLite rolled it back): if it held acknowledged writes,
+/// the store has failed ([`Progress::failed`]).
+fn lost_open(progress: &Progress) {
+    progress.open.store(false, Ordering::SeqCst);
+    if progress.open_writes.swap(0, Ordering::SeqCst) > 0 {
+        progress.failed.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Commit the write connection's open transaction, if any (lazy mode, holding the connection); returns how
 /// many writes have been acknowledged up to it (all of them now committed: the target of the next sync). A
-/// failed commit may have lost acknowledged writes: every later barrier fails.
+/// failed commit, or a transaction SQLite rolled back by itself, may have lost acknowledged writes: every
+/// later barrier and write fails ([`Progress::failed`]).
 pub(super) fn commit_open(conn: &Connection, progress: &Progress) -> KvResult<u64> {
     let target = progress.committed.load(Ordering::SeqCst);
     if !progress.open.load(Ordering::SeqCst) {
+        return Ok(target);
+    }
+    if conn.is_autocommit() {
+        // Rolled back by SQLite since the last write (module docs): failed if it held acknowledged writes.
+        lost_open(progress);
+        progress.refuse_if_failed()?;
         return Ok(target);
     }
     let committed = conn.execute_batch("COMMIT");
@@ -131,7 +152,7 @@ pub(super) fn lazy_batch(
     let mut barriers = Vec::new();
     let mut target = None;
     let mut asked = false;
-    let _ = guard.busy_timeout(BUSY_TIMEOUT);
+    let _ = guard.busy_timeout(progress.busy_timeout);
     for job in batch {
         match job.write {
             Write::Sync => {
@@ -263,22 +284,35 @@ pub(super) fn write_loop(
                 return commits;
             };
             // `sqlite3_busy_timeout` cannot fail. The connection rests without one (`SqliteStore::open`).
-            let _ = conn.busy_timeout(BUSY_TIMEOUT);
+            let _ = conn.busy_timeout(progress.busy_timeout);
             // Counted before it commits: a read connection may see the commit at once, and the reader's barrier
             // must then find something to sync (`Progress::committed`).
             progress.count_commit();
-            let results = match commit(&mut conn, label, writes.iter().map(|j| &j.write)) {
-                Ok(results) => results,
-                // A failed statement or commit: retry each write in its own transaction, so one bad write
-                // does not fail the others.
-                Err(_) => writes
-                    .iter()
-                    .map(|job| {
-                        commit(&mut conn, label, std::iter::once(&job.write))
-                            .map_err(KvError::from_display)
-                            .and_then(|mut r| r.pop().unwrap_or(Err(KvError("no result".into()))))
-                    })
-                    .collect(),
+            let results = if let Err(e) = progress.refuse_if_failed() {
+                writes.iter().map(|_| Err(KvError(e.0.clone()))).collect()
+            } else {
+                match commit_staged(&mut conn, label, writes.iter().map(|j| &j.write)) {
+                    Ok(results) => results,
+                    // SQLite's write lock busy or locked past the busy timeout, or no transaction begun: each
+                    // write alone would wait (the busy timeout again, each) or fail the same way, so the batch
+                    // fails at once.
+                    Err(Failed::Whole(e)) => {
+                        let e = KvError::from_display(e);
+                        writes.iter().map(|_| Err(KvError(e.0.clone()))).collect()
+                    }
+                    // A failed statement or commit: retry each write in its own transaction, so one bad write
+                    // does not fail the others.
+                    Err(Failed::Statement(_)) => writes
+                        .iter()
+                        .map(|job| {
+                            commit(&mut conn, label, std::iter::once(&job.write))
+                                .map_err(KvError::from_display)
+                                .and_then(|mut r| {
+                                    r.pop().unwrap_or(Err(KvError("no result".into())))
+                                })
+                        })
+                        .collect(),
+                }
             };
             asked |= progress.wal_grown();
             let _ = conn.busy_timeout(std::time::Duration::ZERO);
@@ -329,17 +363,43 @@ pub(super) fn checkpoint(conn: &Mutex<Connection>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
+/// Apply `batch` in one `BEGIN IMMEDIATE` transaction and commit it; each write's result.
 pub(super) fn commit<'a>(
     conn: &mut Connection,
     label: &str,
     batch: impl Iterator<Item = &'a Write>,
 ) -> rusqlite::Result<Vec<KvResult<Done>>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    commit_staged(conn, label, batch).map_err(|(Failed::Whole(e) | Failed::Statement(e))| e)
+}
+
+/// Why a batch's transaction failed.
+pub(super) enum Failed {
+    /// It never began, or SQLite's write lock was busy or locked: every write would fail alone the same way.
+    Whole(rusqlite::Error),
+    /// A statement or the commit failed: one write may be to blame.
+    Statement(rusqlite::Error),
+}
+
+/// [`commit`], telling a failure of the whole batch from one a write may cause.
+pub(super) fn commit_staged<'a>(
+    conn: &mut Connection,
+    label: &str,
+    batch: impl Iterator<Item = &'a Write>,
+) -> Result<Vec<KvResult<Done>>, Failed> {
+    let staged = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            Failed::Whole(e)
+        }
+        _ => Failed::Statement(e),
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Failed::Whole)?;
     let mut results = Vec::new();
     for write in batch {
-        results.push(apply(&tx, label, write)?);
+        results.push(apply(&tx, label, write).map_err(staged)?);
     }
-    tx.commit()?;
+    tx.commit().map_err(staged)?;
     Ok(results)
 }
 
