@@ -125,7 +125,7 @@ async fn not_yet_logged(events: Vec<LedgerEvent>) -> Result<Vec<LedgerEvent>, wi
         // No record, or one from before `ledger_since`: the invoice's entries may start anywhere.
         let since = record.and_then(|r| r.ledger_since).unwrap_or(0);
         found.extend(
-            store::read_from(ledger::shard_of(id), since, u64::MAX)
+            store::read_landed(ledger::shard_of(id), since)
                 .await
                 .map_err(|e| kv_fault("ledger", e))?,
         );

@@ -243,9 +243,18 @@ async fn append_run_inner(
                 }
                 // The head's next entry is written but the head not advanced past it (its appender is between
                 // the two writes, or crashed there): help it along, then start again from the head.
+                // Only past an entry that is that next link: a head moved past anything else (an edited or
+                // forged entry; a seq far ahead) would seal it into the chain.
                 Err(KvError::Exists) if cursor == start => {
                     if let Some(existing) = read_entry(shard, start.count).await? {
-                        advance(start, ChainHead::after(&existing), Some(read.clone())).await?;
+                        let next =
+                            esim402_core::ledger::continues(&start, &existing).map_err(|e| {
+                                KvError::Corrupt {
+                                    key: key.clone(),
+                                    message: format!("not the next entry of its shard: {e}"),
+                                }
+                            })?;
+                        advance(start, next, Some(read.clone())).await?;
                     }
                     break;
                 }
@@ -362,12 +371,28 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
     let mut drained = Drained::default();
     let mut done = Vec::new();
     for (c, look) in claimed.into_iter().zip(looks) {
+        // A scan the store fails stops the drain like a failed append: what it holds goes at once.
+        let mut scan_failed = false;
         for shard in look.keys() {
             if let Some((next, entries)) = scanned.get_mut(shard) {
-                let more = read_from(*shard, *next, u64::MAX).await?;
-                *next += more.len() as u64;
-                entries.extend(more);
+                match read_landed(*shard, *next).await {
+                    Ok(more) => {
+                        *next += more.len() as u64;
+                        entries.extend(more);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "ledger: scanning shard {shard} for parked batch {} failed: {e:?}",
+                            c.batch.id
+                        );
+                        scan_failed = true;
+                        break;
+                    }
+                }
             }
+        }
+        if scan_failed {
+            break;
         }
         let seen = |from: &BTreeMap<u16, u64>| -> Vec<&LedgerEntry> {
             from.iter()
@@ -466,6 +491,41 @@ pub async fn read_from(shard: u16, from: u64, limit: u64) -> Result<Vec<LedgerEn
         seq += 1;
     }
     Ok(out)
+}
+
+/// [`read_from`] for deciding which events already landed (a drain's scan, a resumed payment's repeat check):
+/// every entry of `shard` from `from` on, with the first absent one settled first. An entry key whose first
+/// version was claimed but never published (its appender's write failed, or it crashed, between the claim and
+/// the write: kernel `store::cell`) reads as absent, and the next append there adopts the claimant's entry
+/// (`cell::ADOPT_AFTER_US` later): decided on the plain read, its event would be appended a second time. So a
+/// claimed first version is adopted here (a claim of it can only lose, and losing long enough publishes the
+/// winner's proposal), and the scan goes on past it. One counter read more per scan; the pause only where a
+/// claim is left.
+pub async fn read_landed(shard: u16, from: u64) -> Result<Vec<LedgerEntry>, KvError<()>> {
+    let mut out = read_from(shard, from, u64::MAX).await?;
+    loop {
+        let seq = from + out.len() as u64;
+        let key = keys::ledger_entry(shard, seq);
+        if kv::increment::<()>(&esim402_core::store::cell::claim_key(&key, 1), 0)? == 0 {
+            return Ok(out);
+        }
+        match kv::insert_new::<()>(&key, b"").await {
+            Err(KvError::Exists) => {}
+            Ok(()) => {
+                return Err(KvError::Corrupt {
+                    key,
+                    message: "claimed, yet a later claim of it won".into(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        let more = read_from(shard, seq, u64::MAX).await?;
+        if more.is_empty() {
+            // Adopted, yet not there (a tombstone): nothing more to read.
+            return Ok(out);
+        }
+        out.extend(more);
+    }
 }
 
 /// Every stored entry of `shard` up to its head (and any written past it), in seq order, for verification.

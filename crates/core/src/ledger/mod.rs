@@ -507,6 +507,13 @@ pub fn verify_shard_chain<'a>(
     continue_chain(ChainHead::genesis_of(shard), entries)
 }
 
+/// The head after `entry` if `entry` is the next link of the chain at `head` (its shard, the head's count as
+/// its seq, the head's hash as its previous hash, its own hash right), else what is wrong with it: what an
+/// appender checks before it moves a head past an entry another appender wrote.
+pub fn continues(head: &ChainHead, entry: &LedgerEntry) -> Result<ChainHead, LedgerError> {
+    continue_chain(*head, std::iter::once(entry))
+}
+
 /// Replay `entries` as the continuation of a chain at `head`, and return where they end.
 fn continue_chain<'a>(
     mut head: ChainHead,
@@ -650,6 +657,34 @@ mod tests {
             })
             .collect();
         (entries, head)
+    }
+
+    /// An appender moves a head only past the next link: the entry at the head's count, chained to its hash,
+    /// in its shard, its hash right. A seq far ahead, an edited entry or another shard's is refused.
+    #[test]
+    fn only_the_next_link_continues_a_head() {
+        let (entries, head) = chain(3);
+        let at_two = ChainHead::after(&entries[1]);
+        assert_eq!(continues(&at_two, &entries[2]), Ok(head));
+        assert!(continues(&head, &entries[2]).is_err(), "already past it");
+        let mut far = entries[2].clone();
+        far.seq = 1_000_000;
+        far.hash = far.compute_hash();
+        assert!(matches!(
+            continues(&at_two, &far),
+            Err(LedgerError::Missing { .. })
+        ));
+        let mut edited = entries[2].clone();
+        edited.amount = Some(UsdcAmount::from_micros(1));
+        assert!(matches!(
+            continues(&at_two, &edited),
+            Err(LedgerError::HashMismatch { .. })
+        ));
+        let other = ChainHead::genesis_of(1);
+        assert!(matches!(
+            continues(&other, &entries[0]),
+            Err(LedgerError::WrongShard { .. })
+        ));
     }
 
     #[test]

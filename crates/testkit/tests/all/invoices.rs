@@ -632,6 +632,121 @@ async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
     assert_eq!(tags, ["\"b1/0\"", "\"b1/1\""], "each event once, in order");
 }
 
+/// A parked batch whose failed append won its first entry key's claim but never wrote the entry (a store fault,
+/// or a crash, between the cell's claim and its publication: kernel `store::cell`) is drained once: the drain's
+/// scan settles the claimed key (adopting the claimant's entry) before it decides what landed. Before, the scan
+/// read the key as absent, the drain's own append then adopted that entry and appended the event once more.
+#[tokio::test]
+async fn an_entry_claimed_but_never_written_is_not_appended_again() {
+    use esim402_core::ledger::{ChainHead, EntryFields, EntryKind, LedgerEntry, to_json_line};
+    use esim402_core::store::cell::{Stored, claim_key, proposal_key};
+    let mut kit = kit().await;
+    let invoice = "inv_claimed";
+    let shard = esim402_core::ledger::shard_of(invoice);
+    let fields = || EntryFields::default().invoice(invoice);
+    let mut outbox = esim402_core::ledger::outbox::Outbox::default();
+    outbox
+        .park(
+            "b1",
+            1_000,
+            vec![
+                (EntryKind::RefundOwed, fields()),
+                (EntryKind::RefundPaid, fields()),
+            ],
+            [(shard, 0)].into(),
+        )
+        .unwrap();
+    kit.kv()
+        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
+        .await
+        .unwrap();
+    // The failed append's first entry: version 1 of its key claimed and proposed, never published.
+    let entry = LedgerEntry::new(
+        &ChainHead::genesis_of(shard),
+        1_000,
+        EntryKind::RefundOwed,
+        fields(),
+    );
+    let key = esim402_core::store::keys::ledger_entry(shard, 0);
+    let token = 12_345;
+    let proposal = Stored {
+        version: 1,
+        token,
+        data: Some(to_json_line(&entry).into_bytes()),
+    };
+    kit.kv()
+        .set(&proposal_key(&key, 1, token), &proposal.encode())
+        .await
+        .unwrap();
+    kit.kv()
+        .increment(&claim_key(&key, 1), i64::try_from(token).unwrap())
+        .await
+        .unwrap();
+    assert!(kit.kv().get(&key).await.unwrap().is_none());
+
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"]),
+        (&json!(true), &json!(2)),
+        "{check}"
+    );
+    assert!(check.get("parked").is_none(), "{check}");
+    let kinds: Vec<String> = ledger_entries(&mut kit, Some(shard))
+        .await
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["refund_owed", "refund_paid"], "each event once");
+}
+
+/// An entry at a shard's next key that is not the next link (here one claiming seq 50, hashed right) is not
+/// sealed in: an appender that finds it refuses to move the head past it, and the event waits in the outbox.
+/// Before, the head jumped to 51 and the event was chained onto the forged entry.
+#[tokio::test]
+async fn an_append_does_not_move_a_head_past_a_forged_entry() {
+    use esim402_core::ledger::{ChainHead, EntryFields, EntryKind, LedgerEntry, to_json_line};
+    let mut kit = kit().await;
+    let invoice = "inv_forged";
+    let shard = esim402_core::ledger::shard_of(invoice);
+    let mut forged = LedgerEntry::new(
+        &ChainHead::genesis_of(shard),
+        1_000,
+        EntryKind::RefundPaid,
+        EntryFields::default().invoice(invoice),
+    );
+    forged.seq = 50;
+    forged.hash = forged.compute_hash();
+    let key = esim402_core::store::keys::ledger_entry(shard, 0);
+    kit.kv()
+        .set(&key, to_json_line(&forged).as_bytes())
+        .await
+        .unwrap();
+    log(
+        &mut kit,
+        1_000,
+        vec![ledger_event("invoice_issued", invoice)],
+    )
+    .await
+    .expect("parked is logged");
+    let head = kit
+        .kv()
+        .get(&esim402_core::store::keys::ledger_head(shard))
+        .await
+        .unwrap();
+    let count = head.map(|bytes| {
+        let stored = esim402_core::store::cell::Stored::decode(&bytes).unwrap();
+        serde_json::from_slice::<ChainHead>(&stored.data.unwrap())
+            .unwrap()
+            .count
+    });
+    assert!(count.unwrap_or(0) == 0, "the head moved: {count:?}");
+    let outbox = kit.kv().get("ledger/outbox").await.unwrap().unwrap();
+    let outbox = esim402_core::store::cell::Stored::decode(&outbox).unwrap();
+    let outbox: esim402_core::ledger::outbox::Outbox =
+        serde_json::from_slice(&outbox.data.unwrap()).unwrap();
+    assert_eq!(outbox.parked_events(), 1, "the event waits");
+}
+
 /// Runs a second actor once, right after the store call numbered `fire_at` (a write) of the component under
 /// test, which it numbers from 0; the second actor uses the store underneath, so only the first is counted.
 struct Interleave {
