@@ -6,7 +6,7 @@ use esim402_core::esim::plmn::{Plmn, RoamingPolicy};
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
 use esim402_core::usage::account::{
-    Account, AccountError, Credit, CreditKind, Quota, decide_quota, revalue,
+    Account, AccountError, Credit, CreditKind, Quota, decide_quota,
 };
 use esim402_core::{CarrierId, UsdcAmount};
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, kv_fault};
@@ -49,7 +49,7 @@ pub fn to_wit(a: &Account, used: u64) -> wit::Balance {
     }
 }
 
-fn roaming(sim: &wit::Sim) -> Result<RoamingPolicy, wit::Error> {
+pub fn roaming(sim: &wit::Sim) -> Result<RoamingPolicy, wit::Error> {
     let plmns = |l: &[String]| {
         l.iter()
             .map(|p| Plmn::parse(p).map_err(|e| internal(format!("SIM roaming policy: {e}"))))
@@ -99,11 +99,12 @@ pub async fn credit(
             );
             return Ok((a, true));
         };
-        if a.carrier != carrier {
+        // (An account closed before it opened has no carrier: the credit below refuses it as closed.)
+        if let Some(actual) = a.carrier.as_ref().filter(|c| **c != carrier) {
             return Err(AccountError::CarrierMismatch {
                 iccid: a.iccid.to_string(),
                 claimed: carrier.to_string(),
-                actual: a.carrier.to_string(),
+                actual: actual.to_string(),
             });
         }
         // An account opened before the SIM's order time was kept learns it now (its receipts are checked
@@ -122,6 +123,11 @@ pub async fn credit(
         kv::KvError::Refused(e) => internal(e),
         other => kv_fault("", other),
     })?;
+    // Usage a batch charged between the read above and the credit may have used the balance up again (the batch
+    // read the account before the credit, so its hold is older than this credit's release): read again, and
+    // hold the SIM with the next epoch if nothing is left, as the batch would have.
+    let used = self::used(iccid.as_str())?;
+    let hold = settle_hold(&account, used).await?;
     let balance = to_wit(&account, used);
     let fields = EntryFields::default()
         .invoice(c.invoice_id)
@@ -133,9 +139,6 @@ pub async fn credit(
         .detail("kind", c.kind)
         .detail("bytes", c.bytes.to_string())
         .detail("remaining_bytes", balance.remaining_bytes.to_string());
-    // The hold as it stands (a release if this credit lifted it): applied idempotently by dispatch, so a
-    // release that was not applied is applied when the same payment is sent again.
-    let hold = account.hold().map(|h| balance_hold(iccid.as_str(), h));
     Ok(api::Credited {
         balance,
         new,
@@ -144,120 +147,12 @@ pub async fn credit(
     })
 }
 
-/// Move the old SIM's unused data to `to` (a switch): close the old account (fixed once), then open or top up
-/// the new one with the moved credits (each invoice once, so a repeat adds nothing).
-pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credited, wit::Error> {
-    let from = parse_iccid(from)?;
-    let to_iccid = parse_iccid(&to.iccid)?;
-    let carrier = CarrierId::parse(&to.carrier).map_err(|e| invalid("carrier", e.to_string()))?;
-    let policy = roaming(&to)?;
-    // With what the SIM `from` replaced still owes it (a second switch), so none of it is stranded. The
-    // account as read here is where the move starts (no second read).
-    let key = keys::balance(from.as_str());
-    let (read, version) = kv::read_json::<Account, wit::Error>(&key)
-        .await
-        .map_err(kv_err)?;
-    let used_old = used(from.as_str())?;
-    let used_old = match &read {
-        Some(a) => collect(a, used_old).await?,
-        None => used_old,
-    };
-    // Credits moving to another carrier are revalued at its rate after the old account gave them up: a carrier
-    // without a usable rate is refused before (the move then fails, and the balance stays on the old SIM).
-    let book = &crate::config::get().await?.price_book;
-    if read.as_ref().is_some_and(|a| a.carrier != carrier)
-        && book.bytes_for(&carrier, UsdcAmount::ZERO).is_none()
-    {
-        return Err(internal(format!(
-            "no usable rate for {carrier}: the balance of {from} stays there"
-        )));
-    }
-    // A new SIM whose account is closed or closing (terminated before the move ran) cannot take the credits:
-    // refused before the old account gives them up, so they stay where they are (the old SIM keeps them).
-    let to_key = keys::balance(to_iccid.as_str());
-    if let Some(dest) = kv::get_json::<Account, wit::Error>(&to_key)
-        .await
-        .map_err(kv_err)?
-        .filter(|a| a.closing || a.closed.is_some())
-    {
-        return Err(wit::Error::Conflict(format!(
-            "SIM {} is terminated: the balance of {from} stays there",
-            dest.iccid
-        )));
-    }
-    let (_, (moved, from_carrier), _) =
-        kv::change_json_from(&key, Some(version), |cur: Option<Account>| {
-            let mut a =
-                cur.ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {from}")))?;
-            let moved = a
-                .transfer_out(&to_iccid, used_old, now)
-                .map_err(|e| wit::Error::Conflict(e.to_string()))?;
-            let carrier = a.carrier.clone();
-            Ok((Change::Put(a), (moved, carrier)))
-        })
-        .await
-        .map_err(kv_err)?;
-    // The balance moves by its value: on another carrier each credit gets the bytes its value buys there
-    // (kernel `account::revalue`; the switch itself is charged its fee only).
-    let moved = revalue(moved, from_carrier == carrier, |value| {
-        book.bytes_for(&carrier, value)
-    })
-    .ok_or_else(|| internal(format!("no rate for {carrier} or {from_carrier}")))?;
-    let used_new = used(to_iccid.as_str())?;
-    let (account, new) =
-        kv::update_json_with(&keys::balance(to_iccid.as_str()), |cur: Option<Account>| {
-            let Some(mut a) = cur else {
-                let mut a = Account::opened_with(
-                    to_iccid.clone(),
-                    carrier.clone(),
-                    policy.clone(),
-                    moved.clone(),
-                    to.created_at.min(now),
-                );
-                a.replaces = Some(from.clone());
-                return Ok((a, true));
-            };
-            let mut added = false;
-            a.replaces = Some(from.clone());
-            a.opened_at.get_or_insert(to.created_at.min(now));
-            for c in &moved {
-                match a.credit(c.clone(), used_new) {
-                    Ok(_) => added = true,
-                    Err(AccountError::AlreadyCredited(_)) => {}
-                    Err(e) => return Err(wit::Error::Conflict(e.to_string())),
-                }
-            }
-            Ok((a, added))
-        })
-        .await
-        .map_err(kv_err)?;
-    // What the old SIM charged between the read above and the move is handed on now; what it reports later,
-    // by the batches that charge it.
-    let used_new = forward(from.as_str(), used(from.as_str())?)
-        .await?
-        .map_or(used_new, |(_, after)| after);
-    let balance = to_wit(&account, used_new);
-    let bytes: u64 = moved.iter().map(|c| c.bytes).sum();
-    let value: u64 = moved.iter().map(|c| c.paid.micros()).sum();
-    let fields = EntryFields::default()
-        .amount(UsdcAmount::from_micros(value))
-        .detail("iccid", to_iccid.as_str())
-        .detail("kind", "transfer")
-        .detail("from_iccid", from.as_str())
-        .detail("bytes", bytes.to_string())
-        .detail("remaining_bytes", balance.remaining_bytes.to_string());
-    Ok(api::Credited {
-        balance,
-        new,
-        hold: None,
-        event: event_to_wit(EntryKind::DataCredited, &fields),
-    })
-}
-
 pub async fn balance(iccid: &str) -> Result<wit::Balance, wit::Error> {
     let iccid = parse_iccid(iccid)?;
+    // An account closed before it opened is no metered SIM (as before it existed).
     let account = load(iccid.as_str())
         .await?
+        .filter(|a| !a.is_unopened())
         .ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {iccid}")))?;
     let used = collect(&account, used(iccid.as_str())?).await?;
     Ok(to_wit(&account, used))
@@ -322,6 +217,21 @@ pub async fn exhaust(iccid: &str, used: u64) -> Result<Option<wit::BalanceHold>,
     Ok(hold.map(|h| balance_hold(iccid, h)))
 }
 
+/// The balance hold of `account` after a credit or a move landed on it, with its used counter read after that:
+/// the hold as it stands (a release if the credit lifted it: applied idempotently by dispatch, so a release that
+/// was not applied is applied when the same payment is sent again), or, if usage has used the balance up again
+/// meanwhile, the exhaustion's hold ([`exhaust`], a new epoch after the release).
+pub async fn settle_hold(
+    account: &Account,
+    used: u64,
+) -> Result<Option<wit::BalanceHold>, wit::Error> {
+    let iccid = account.iccid.as_str();
+    if account.closed.is_none() && !account.closing && account.remaining(used) <= 0 {
+        return exhaust(iccid, used).await;
+    }
+    Ok(account.hold().map(|h| balance_hold(iccid, h)))
+}
+
 /// `iccid`'s balance hold for dispatch, from the account's `(held, epoch)` (kernel `Account::hold`).
 pub fn balance_hold(iccid: &str, (hold, epoch): (bool, u64)) -> wit::BalanceHold {
     wit::BalanceHold {
@@ -333,11 +243,14 @@ pub fn balance_hold(iccid: &str, (hold, epoch): (bool, u64)) -> wit::BalanceHold
 
 /// Close the account: the unused-data refund shares (JSON), fixed by the first close. The account is marked
 /// closing first and the used counter read after that, so every charge made before the close is in the shares.
+/// A SIM without an account (terminated before its first credit) gets a closed one with no refunds (kernel
+/// `Account::closed_unopened`), so a top-up or a switch's move that lands after the terminate is refused rather
+/// than opening a live account on it.
 pub async fn close(iccid: &str) -> Result<String, wit::Error> {
     let iccid = parse_iccid(iccid)?;
     let key = keys::balance(iccid.as_str());
     let (closing, ()) = kv::change_json::<Account, (), wit::Error>(&key, |cur| match cur {
-        None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
+        None => Ok((Change::Put(Account::closed_unopened(iccid.clone())), ())),
         Some(mut a) => Ok(if a.begin_close() {
             (Change::Put(a), ())
         } else {
@@ -346,6 +259,9 @@ pub async fn close(iccid: &str) -> Result<String, wit::Error> {
     })
     .await
     .map_err(kv_err)?;
+    if closing.as_ref().is_none_or(Account::is_unopened) {
+        return Ok("[]".to_owned());
+    }
     // With what the SIM it replaced still owes it, so the refunds leave those bytes out.
     let used = used(iccid.as_str())?;
     let used = match &closing {

@@ -90,14 +90,16 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                 continue;
             }
         };
+        // An account closed before it opened meters nothing: no terms, as for a SIM without an account.
         let account = accounts.get(r.iccid.as_str()).and_then(Option::as_ref);
-        let terms = account.map(Account::terms);
+        let terms = account.and_then(Account::terms);
+        let metered = terms.is_some();
         let outcome = match verify_cached(&r, |c| config.signer(c), terms, now, &mut recoveries) {
             Err(e) => {
                 // Kept for a SIM metered here, once per receipt, unsigned ones up to the SIM's cap. An unsigned
                 // one past the cap claims nothing either (anyone can make those, so each claim key would be
                 // storage a stranger adds at will): the count is read first (an increment by 0).
-                let candidate = e.is_dispute_for(account.is_some())
+                let candidate = e.is_dispute_for(metered)
                     && (!e.is_unsigned()
                         || kv::increment::<wit::Error>(&keys::meter_unsigned(r.iccid.as_str()), 0)
                             .map_err(kv_err)?
@@ -257,14 +259,12 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
             }
             continue;
         }
-        // Out of balance: the hold, every batch (a hold that was not applied is applied by a later batch). One
-        // the account held already when the batch read it is sent again as read, without another store read.
+        // Out of balance: the hold, every batch (a hold that was not applied is applied by a later batch). Read
+        // again, not as the batch read it: a top-up that landed since released the hold with a later epoch, which
+        // the hold as read would not override (dispatch keeps the latest), leaving the SIM in service with
+        // nothing left. The account as read decides whether to look (credits only grow).
         if account.closed.is_none() && !account.closing && account.remaining(used) <= 0 {
-            let held = account.hold().filter(|(held, _)| *held);
-            match held {
-                Some(h) => holds.push(accounts::balance_hold(iccid, h)),
-                None => holds.extend(accounts::exhaust(iccid, used).await?),
-            }
+            holds.extend(accounts::exhaust(iccid, used).await?);
         }
     }
 

@@ -4,6 +4,7 @@
 //! (accounts, cells), `meter/` (used-bytes counters and receipt logs), `rcpt/` (receipt claims).
 //!
 //! - [`accounts`]: credits (activation, top-ups; once per invoice), balances, closing (unused-data refunds).
+//! - [`transfer`]: a switch's move of the old SIM's unused data to the new SIM.
 //! - [`ingest`]: `POST /v1/usage` batches: verify, claim, log, charge.
 //! - [`held`]: a charged batch's ledger events, held until logged (and logged again after a crash).
 //! - [`queries`]: usage rows and the receipt log.
@@ -13,6 +14,7 @@ mod config;
 mod held;
 mod ingest;
 mod queries;
+mod transfer;
 
 mod bindings {
     #![allow(
@@ -51,7 +53,7 @@ impl Guest for Component {
     }
 
     async fn transfer(from_iccid: String, to: wit::Sim, now: u64) -> Result<Credited, wit::Error> {
-        accounts::transfer(&from_iccid, to, now).await
+        transfer::transfer(&from_iccid, to, now).await
     }
 
     async fn ingest(batch: String, now: u64) -> Result<Ingested, wit::Error> {

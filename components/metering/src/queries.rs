@@ -20,7 +20,10 @@ const READ_AHEAD: u64 = 16;
 /// [`READ_AHEAD`] at a time; a reserved chunk whose write has not landed yet (or never will, after a crash)
 /// is skipped.
 async fn read_log(iccid: &str, from: u64, limit: u64) -> Result<Vec<LogEntry>, wit::Error> {
-    if crate::accounts::load(iccid).await?.is_none() {
+    if crate::accounts::load(iccid)
+        .await?
+        .is_none_or(|a| a.is_unopened())
+    {
         return Err(wit::Error::NotFound(format!("no metered SIM {iccid}")));
     }
     let chunks = kv::increment::<wit::Error>(&keys::meter_chunks(iccid), 0).map_err(kv_err)?;

@@ -6,7 +6,10 @@
 //!
 //! Invariants:
 //! - **A credit lands once per invoice** ([`Account::credit`] refuses a second one for the same invoice), and a
-//!   closed account takes none (a top-up racing a terminate is refused before money is kept).
+//!   closed account takes none (a top-up racing a terminate is refused before money is kept; a SIM terminated
+//!   before it had an account gets a closed one, [`Account::closed_unopened`], so this holds for it too). A
+//!   switch's credits the new SIM refuses after the old account gave them up are owed back by the old account
+//!   ([`Account::bounce`]).
 //! - **Units**: data in bytes, `1 MB = 1 000 000 bytes`, `1 KB = 1 000 bytes` (decimal, as carriers bill);
 //!   money in micro-USDC.
 //! - **Unused data is refunded at the rate it was bought**: used bytes are taken from the oldest credit first,
@@ -120,8 +123,10 @@ pub fn invoice_digest(invoice: &str) -> String {
 pub struct Account {
     /// The SIM.
     pub iccid: Iccid,
-    /// Its carrier (receipts must come from this carrier's signer).
-    pub carrier: CarrierId,
+    /// Its carrier (receipts must come from this carrier's signer). `None` for an account closed before anything
+    /// opened it ([`Account::closed_unopened`]): no receipt is metered against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<CarrierId>,
     /// Its roaming policy (receipts from other networks are disputed).
     pub roaming: RoamingPolicy,
     /// Credits not used up yet, oldest first.
@@ -202,7 +207,7 @@ impl Account {
     ) -> Self {
         Self {
             iccid,
-            carrier,
+            carrier: Some(carrier),
             roaming,
             credits: vec![first],
             spent: Spent::default(),
@@ -229,7 +234,7 @@ impl Account {
     ) -> Self {
         Self {
             iccid,
-            carrier,
+            carrier: Some(carrier),
             roaming,
             credits,
             spent: Spent::default(),
@@ -245,18 +250,47 @@ impl Account {
         }
     }
 
+    /// The account of a SIM terminated before any credit or move opened one (its close found nothing): closed,
+    /// with no refunds, so a credit or a switch's move that arrives later is refused (a top-up paid meanwhile is
+    /// owed back; a move leaves the balance on the old SIM) instead of opening a live account on a terminated
+    /// SIM. It has no carrier and meters nothing ([`Account::terms`] is `None`).
+    pub fn closed_unopened(iccid: Iccid) -> Self {
+        Self {
+            iccid,
+            carrier: None,
+            roaming: RoamingPolicy::default(),
+            credits: Vec::new(),
+            spent: Spent::default(),
+            suspended_for_balance: false,
+            hold_epoch: 0,
+            closed: Some(Vec::new()),
+            moved_to: None,
+            closing: false,
+            forwarded_up_to: None,
+            replaces: None,
+            moved_at: None,
+            opened_at: None,
+        }
+    }
+
+    /// Whether this is an account closed before it was opened ([`Account::closed_unopened`]).
+    pub fn is_unopened(&self) -> bool {
+        self.carrier.is_none()
+    }
+
     /// What receipts for this SIM are checked against (kernel `usage::receipt::verify`): its carrier and
-    /// roaming, when it was ordered and when a switch retired it.
-    pub fn terms(&self) -> SimTerms<'_> {
-        SimTerms {
-            carrier: &self.carrier,
+    /// roaming, when it was ordered and when a switch retired it. `None` for an account closed before it was
+    /// opened (no SIM metered here, as if there were no account).
+    pub fn terms(&self) -> Option<SimTerms<'_>> {
+        Some(SimTerms {
+            carrier: self.carrier.as_ref()?,
             roaming: &self.roaming,
             opened_at: self.opened_at,
             retired_at: self
                 .moved_to
                 .as_ref()
                 .and_then(|(_, moved)| self.moved_at.or_else(|| moved.iter().map(|c| c.at).max())),
-        }
+        })
     }
 
     /// Move what is left at `used` to the SIM `to` (a switch): closes this account with no refunds and
@@ -294,6 +328,55 @@ impl Account {
         self.closed = Some(Vec::new());
         self.forwarded_up_to = Some(used);
         Ok(moved)
+    }
+
+    /// Take the credits a switch moved here from the SIM `from` ([`Account::transfer_out`]), each invoice once,
+    /// with this account's used counter at `used`: `true` if any landed (a repeat adds nothing). A closed or
+    /// closing account refuses credits it does not hold yet ([`AccountError::Closed`]), and nothing changes.
+    /// The account remembers `from` ([`Account::collects_from`]).
+    pub fn take_moved(
+        &mut self,
+        from: &Iccid,
+        moved: &[Credit],
+        used: u64,
+    ) -> Result<bool, AccountError> {
+        let fresh: Vec<&Credit> = moved
+            .iter()
+            .filter(|c| !self.has_credit(&c.invoice))
+            .collect();
+        if !fresh.is_empty() && (self.closed.is_some() || self.closing) {
+            return Err(AccountError::Closed(self.iccid.to_string()));
+        }
+        self.replaces = Some(from.clone());
+        for c in &fresh {
+            self.credit((*c).clone(), used)?;
+        }
+        Ok(!fresh.is_empty())
+    }
+
+    /// The SIM `to` refused the credits this account moved to it ([`Account::transfer_out`]): it was terminated
+    /// after the move began. The moved credits are owed back instead, as this account's refunds (each at the
+    /// value it moved with), so their value is neither lost nor kept; the account stays closed (moved). Fixed by
+    /// the first call: a repeat returns the same shares. `None` if this account's data did not move to `to`.
+    pub fn bounce(&mut self, to: &Iccid) -> Option<Vec<RefundShare>> {
+        let (dest, moved) = self.moved_to.as_ref()?;
+        if dest != to {
+            return None;
+        }
+        let shares: Vec<RefundShare> = moved
+            .iter()
+            .filter(|c| c.paid != UsdcAmount::ZERO)
+            .map(|c| RefundShare {
+                invoice: c.invoice.clone(),
+                bytes: c.bytes,
+                amount: c.paid,
+                payer: c.payer.clone(),
+                tx: c.tx.clone(),
+                network: c.network.clone(),
+            })
+            .collect();
+        self.closed = Some(shares.clone());
+        Some(shares)
     }
 
     /// The SIM whose pending usage a charge or balance read of this account hands on first: the one it
@@ -716,20 +799,28 @@ mod tests {
         let to = Iccid::with_check_digit("894401000000000002").unwrap();
         // 12 MB used: inv_a gone, 8 MB of inv_b (worth 32 000) moves.
         assert_eq!(
-            a.terms().opened_at,
+            a.terms().unwrap().opened_at,
             Some(0),
             "when the SIM was ordered, not a credit"
         );
         let mut before_the_field = a.clone();
         before_the_field.opened_at = None;
-        assert_eq!(before_the_field.terms().opened_at, None, "not guessed");
-        assert_eq!(a.terms().retired_at, None, "not switched away");
+        assert_eq!(
+            before_the_field.terms().unwrap().opened_at,
+            None,
+            "not guessed"
+        );
+        assert_eq!(a.terms().unwrap().retired_at, None, "not switched away");
         let moved = a.transfer_out(&to, 12 * BYTES_PER_MB, 9).unwrap();
-        assert_eq!(a.terms().retired_at, Some(9), "retired when its data moved");
+        assert_eq!(
+            a.terms().unwrap().retired_at,
+            Some(9),
+            "retired when its data moved"
+        );
         let mut before_the_field = a.clone();
         before_the_field.moved_at = None;
         assert_eq!(
-            before_the_field.terms().retired_at,
+            before_the_field.terms().unwrap().retired_at,
             Some(9),
             "an account moved before the field existed: from its moved credits"
         );
@@ -753,8 +844,14 @@ mod tests {
             a.close(0).is_empty(),
             "no refund: the value moved with the data"
         );
-        let b = Account::opened_with(to, a.carrier.clone(), RoamingPolicy::default(), moved, 9);
-        assert_eq!(b.terms().opened_at, Some(9));
+        let b = Account::opened_with(
+            to,
+            a.carrier.clone().unwrap(),
+            RoamingPolicy::default(),
+            moved,
+            9,
+        );
+        assert_eq!(b.terms().unwrap().opened_at, Some(9));
         assert_eq!(b.remaining(0), 8_000_000);
         let mut closed = account();
         closed.close(0);
@@ -762,6 +859,79 @@ mod tests {
             closed.transfer_out(&elsewhere, 0, 1),
             Err(AccountError::Closed(_))
         ));
+    }
+
+    /// A SIM terminated before anything opened its account: a later credit or move finds it closed.
+    #[test]
+    fn an_account_closed_before_it_opened_takes_nothing_and_meters_nothing() {
+        let iccid = Iccid::with_check_digit("894401000000000009").unwrap();
+        let mut a = Account::closed_unopened(iccid.clone());
+        assert!(a.is_unopened() && !account().is_unopened());
+        assert_eq!(a.terms(), None, "no SIM metered");
+        assert!(matches!(
+            a.credit(credit("inv_t", 1, 1), 0),
+            Err(AccountError::Closed(_))
+        ));
+        let from = Iccid::with_check_digit("894401000000000001").unwrap();
+        assert!(matches!(
+            a.take_moved(&from, &[credit("inv_a", 1, 1)], 0),
+            Err(AccountError::Closed(_))
+        ));
+        assert_eq!(a.replaces, None, "unchanged");
+        assert!(a.close(0).is_empty() && !a.begin_close());
+        assert!(!a.exhausted(u64::MAX));
+        let json = serde_json::to_value(&a).unwrap();
+        assert!(json.get("carrier").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<Account>(json).unwrap(), a);
+    }
+
+    /// A move the new SIM refused after the old account gave its data up is owed back from the old account.
+    #[test]
+    fn a_move_the_new_sim_refused_is_owed_back_by_the_old_account() {
+        let mut a = account(); // 10 MB for 30 000
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        let moved = a.transfer_out(&to, 4 * BYTES_PER_MB, 9).unwrap();
+        let mut b = Account::opened_with(
+            to.clone(),
+            CarrierId::parse("tmobile").unwrap(),
+            RoamingPolicy::default(),
+            vec![credit("inv_b", 1, 1_000)],
+            0,
+        );
+        b.close(0);
+        let from = a.iccid.clone();
+        assert!(matches!(
+            b.take_moved(&from, &moved, 0),
+            Err(AccountError::Closed(_))
+        ));
+        let elsewhere = Iccid::with_check_digit("894401000000000003").unwrap();
+        assert_eq!(a.bounce(&elsewhere), None, "not moved there");
+        let shares = a.bounce(&to).unwrap();
+        assert_eq!(shares.len(), 1);
+        assert_eq!(
+            (
+                shares[0].invoice.as_str(),
+                shares[0].bytes,
+                shares[0].amount
+            ),
+            ("inv_a", 6 * BYTES_PER_MB, UsdcAmount::from_micros(18_000))
+        );
+        assert_eq!(a.close(0), shares, "owed back by the old SIM's close");
+        assert_eq!(a.bounce(&to).unwrap(), shares, "once");
+        assert_eq!(a.transfer_out(&to, 0, 10).unwrap(), moved, "still moved");
+        assert_eq!(account().bounce(&to), None);
+        // A live account takes them once; a closed one that holds them already is a repeat, not a refusal.
+        let mut d = Account::opened_with(
+            to,
+            CarrierId::parse("tmobile").unwrap(),
+            RoamingPolicy::default(),
+            vec![credit("inv_b", 1, 1_000)],
+            0,
+        );
+        assert_eq!(d.take_moved(&from, &moved, 0), Ok(true));
+        assert_eq!(d.replaces, Some(from.clone()));
+        d.close(0);
+        assert_eq!(d.take_moved(&from, &moved, 0), Ok(false));
     }
 
     #[test]

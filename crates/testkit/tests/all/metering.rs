@@ -616,6 +616,133 @@ async fn a_move_to_a_terminated_sim_leaves_the_balance_where_it_was() {
     assert_eq!(b.remaining_bytes, 10_000_000);
 }
 
+/// A switch whose new SIM was terminated before it had an account (the usual case: the move opens it) is refused
+/// before the old account gives its credits up, and so is a top-up (or an activation) for such a SIM: the
+/// terminate's close leaves a closed account with nothing to refund. Before, the close found nothing, and the
+/// move (or the credit) then opened a live account on the terminated SIM: the value stranded there.
+#[tokio::test]
+async fn a_sim_terminated_before_it_had_an_account_takes_no_move_and_no_credit() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(29), iccid(30));
+    open(&mut kit, &old, 10).await;
+    assert_eq!(close(&mut kit, &new).await, json!([]), "nothing to refund");
+    assert_eq!(close(&mut kit, &new).await, json!([]), "again");
+    let refused = transfer(&mut kit, &old, &new, "tmobile").await;
+    assert!(
+        matches!(refused, Err(types::Error::Conflict(_))),
+        "{refused:?}"
+    );
+    let b = balance(&mut kit, &old).await;
+    assert!(!b.closed, "the old SIM keeps its balance");
+    assert_eq!(b.remaining_bytes, 10_000_000);
+    for invoice in ["inv_top", "inv_act"] {
+        let (s, c) = (sim(&new, "tmobile"), credit(invoice, 10, 30_000));
+        let late = kit
+            .call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+            .await
+            .unwrap();
+        assert!(
+            matches!(late, Err(types::Error::Conflict(_))),
+            "{invoice}: {late:?}"
+        );
+    }
+    // Still no SIM metered here: its balance and receipts are not found, its receipts not kept.
+    let id = new.clone();
+    let unknown = kit
+        .call(async move |a, g| g.metering().call_get_balance(a, id).await)
+        .await
+        .unwrap();
+    assert!(
+        matches!(unknown, Err(types::Error::NotFound(_))),
+        "{unknown:?}"
+    );
+    let (report, kinds, _) = ingest(
+        &mut kit,
+        vec![receipt(&new, "tmobile", "n", 1, MB, "310-260")],
+    )
+    .await;
+    assert_eq!(reasons(&report), ["unknown_sim"], "{report}");
+    assert!(kinds.is_empty(), "{kinds:?}");
+}
+
+/// A new SIM terminated after the old account gave its data up and before the new one took it (the two are
+/// separate updates) refuses the credits: the move is not a success, and the old account owes their value back
+/// (its close returns them). Before, the old account kept "moved, nothing to refund" and the value was lost.
+#[tokio::test]
+async fn a_move_the_new_sim_refused_after_the_old_gave_it_up_is_owed_back() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(31), iccid(32));
+    open(&mut kit, &old, 10).await; // 10 MB for 30 000
+    ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 1, 4 * MB, "310-260")],
+    )
+    .await;
+    // The new SIM's account before the move (someone topped it up), put back after it: the state the move
+    // leaves when the new SIM is terminated between the two updates (or the move stopped there).
+    let (s, c) = (sim(&new, "tmobile"), credit("inv_gift", 1, 3_000));
+    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let key = format!("balance/{new}");
+    let before = kit.kv_get(&key).await.unwrap();
+    transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
+    kit.kv_put(&key, &before).await;
+    let gift = close(&mut kit, &new).await;
+    assert_eq!(gift.as_array().unwrap().len(), 1, "{gift}");
+    assert_eq!(gift[0]["invoice"], "inv_gift", "{gift}");
+
+    for _ in 0..2 {
+        let refused = transfer(&mut kit, &old, &new, "tmobile").await;
+        assert!(
+            matches!(refused, Err(types::Error::Conflict(_))),
+            "{refused:?}"
+        );
+        assert!(balance(&mut kit, &old).await.closed);
+        let owed = close(&mut kit, &old).await;
+        let owed = owed.as_array().unwrap();
+        assert_eq!(owed.len(), 1, "{owed:?}");
+        assert_eq!(
+            (&owed[0]["invoice"], &owed[0]["bytes"], &owed[0]["amount"]),
+            (&json!("inv_act"), &json!(6 * MB), &json!("0.018")),
+            "6 of 10 MB unused: {owed:?}"
+        );
+    }
+}
+
+/// A switch's move that refills a new SIM whose balance had run out lifts its hold with the next epoch, and
+/// says so (as a credit does), so dispatch resumes it. Before, the move answered no hold: the SIM stayed
+/// suspended with a balance.
+#[tokio::test]
+async fn a_move_that_refills_a_held_sim_releases_its_hold() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(33), iccid(34));
+    open(&mut kit, &old, 10).await;
+    let (s, c) = (sim(&new, "tmobile"), credit("inv_gift", 1, 3_000));
+    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let out = ingested(
+        &mut kit,
+        vec![receipt(&new, "tmobile", "n", 1, 1_200_000, "310-260")],
+    )
+    .await;
+    assert_eq!(out.holds.len(), 1);
+    assert_eq!((out.holds[0].hold, out.holds[0].epoch), (true, 1));
+    for _ in 0..2 {
+        let moved = transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
+        let hold = moved.hold.expect("the release");
+        assert_eq!(
+            (hold.iccid.as_str(), hold.hold, hold.epoch),
+            (new.as_str(), false, 2)
+        );
+        assert_eq!(moved.balance.remaining_bytes, 9_800_000);
+        assert!(!moved.balance.suspended_for_balance);
+    }
+}
+
 /// A batch that was charging the old SIM while the switch moved its data increments the old SIM's counter
 /// after the move's own hand-on, and no later batch of the old SIM may come to forward it. The new SIM's next
 /// batch and its balance read hand it on, once. (Before, those bytes were never charged.)

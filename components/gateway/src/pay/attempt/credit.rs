@@ -6,7 +6,7 @@ use esim402_guest::wit;
 
 use super::super::Order;
 use super::Attempt;
-use crate::{dispatch, metering, now};
+use crate::{dispatch, metering, now, verifier};
 
 impl Attempt<'_> {
     /// Credit what `order` bought: an activation's data (refund rate: its value at the rate it was bought at) or
@@ -40,7 +40,17 @@ impl Attempt<'_> {
             transaction: tx.to_owned(),
             network: self.network(),
         };
-        let credited = metering::credit(sim.clone(), credit, now()).await?;
+        let credited = match metering::credit(sim.clone(), credit, now()).await {
+            Ok(credited) => credited,
+            // The SIM was terminated before its activation's data was credited (its account closed first): the
+            // data's value is owed back, as that terminate would have owed it had the credit landed first. (A
+            // top-up refused so is owed back whole, by the caller.)
+            Err(wit::Error::Conflict(why)) if kind == "activation" => {
+                self.owe_uncredited(sim, tx, paid, &why).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         if self.logs(credited.new) {
             self.pending.borrow_mut().push(credited.event);
         }
@@ -94,9 +104,12 @@ impl Attempt<'_> {
         Ok(delivered.min(dispatch::data_value(quoted, sim.data_mb, paid, None).await?))
     }
 
-    /// A switch delivered a new SIM: what is left of the old one's balance moves to it (idempotent). A failure
-    /// does not undo the switch, nor end the payment: the attempt stays resumable, and the same payment sent
-    /// again moves it (the old SIM's account gone, or closed or moved already, is final).
+    /// A switch delivered a new SIM: what is left of the old one's balance moves to it (idempotent), and the new
+    /// SIM's balance hold as the move left it reaches dispatch (as a credit's does). A failure does not undo the
+    /// switch, nor end the payment: the attempt stays resumable, and the same payment sent again moves it (the
+    /// old SIM's account gone, or closed or moved already, is final). A move the new SIM refused (terminated
+    /// meanwhile) leaves the balance on the old SIM, or, if the old account had given it up already, leaves it
+    /// owed back there: owed now ([`Attempt::owe_bounced`]).
     async fn move_balance(&self, sim: &wit::Sim) -> Result<(), wit::Error> {
         let Some(old) = &sim.replaces else {
             return Ok(());
@@ -110,9 +123,18 @@ impl Attempt<'_> {
                     event.invoice = Some(self.invoice.id.clone());
                     self.pending.borrow_mut().push(event);
                 }
+                if let Some(hold) = moved.hold
+                    && let Err(e) = dispatch::set_balance_hold(hold).await
+                {
+                    eprintln!(
+                        "gateway: the balance hold of {} after a switch's move was not applied: {e:?}",
+                        sim.iccid
+                    );
+                }
                 Ok(())
             }
-            Err(wit::Error::NotFound(_) | wit::Error::Conflict(_)) => Ok(()),
+            Err(wit::Error::Conflict(why)) => self.owe_bounced(old, &why).await,
+            Err(wit::Error::NotFound(_)) => Ok(()),
             Err(e) => {
                 eprintln!(
                     "gateway: moving the balance of {old} to {} failed: {e:?}",
@@ -121,5 +143,69 @@ impl Attempt<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// Owe back `paid`, the value of an activation's data its SIM refused (`why`: terminated first), once per
+    /// invoice. A refund that could not be recorded fails the credit, so the same payment sent again owes it.
+    async fn owe_uncredited(
+        &self,
+        sim: &wit::Sim,
+        tx: &str,
+        paid: u64,
+        why: &str,
+    ) -> Result<(), wit::Error> {
+        if paid == 0 {
+            return Ok(());
+        }
+        let reason = format!(
+            "unused data: SIM {} was terminated before its data was credited ({why})",
+            sim.iccid
+        );
+        match verifier::owe_refund(
+            self.invoice.clone(),
+            tx.to_owned(),
+            Some(paid),
+            reason,
+            now(),
+        )
+        .await
+        {
+            Ok(owed) => {
+                if self.logs(owed.new) {
+                    self.pending.borrow_mut().push(owed.event);
+                }
+                Ok(())
+            }
+            // The invoice's one refund returns another payment of it (a late transfer): an operator's case.
+            Err(wit::Error::Conflict(why)) => {
+                eprintln!(
+                    "gateway: OPERATOR: REFUND OF UNUSED DATA NOT RECORDED for {}: {why}",
+                    self.invoice.id
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The move was refused (`why`). If the old account is closed, its refunds are owed now (gateway
+    /// `refund_unused`, idempotent per invoice): what a move the new SIM refused after the old account gave its
+    /// data up left there (otherwise nothing: a move to another SIM, or a terminate that owed them already).
+    /// An old account still open kept its balance: nothing to do. A close that fails fails the move, so the same
+    /// payment sent again owes them; a share that cannot be owed is reported as a terminate's is (terminating the
+    /// old SIM again retries it).
+    async fn owe_bounced(&self, old: &str, why: &str) -> Result<(), wit::Error> {
+        match metering::get_balance(old.to_owned()).await {
+            Ok(b) if b.closed => {}
+            Ok(_) | Err(wit::Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        eprintln!("gateway: the balance of {old} did not move ({why}); its refunds are owed");
+        crate::meter::refund_unused(old)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                wit::Error::Unavailable(format!("owing back the balance of {old}: {}", e.message))
+            })
     }
 }
