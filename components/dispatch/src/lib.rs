@@ -10,7 +10,8 @@
 //! - [`spec`]: what an order asks for and which carriers may serve it;
 //! - [`ordering`]: one paid order, journaled, across carriers;
 //! - [`confirming`]: the ConfirmOrder that ends a carrier's attempt, and what it does to the SIM record;
-//! - [`sims`]: SIM records, lifecycle, switches and download-progress callbacks;
+//! - [`sims`]: SIM records, lifecycle and download-progress callbacks;
+//! - [`switching`]: switches to another carrier or region, one at a time per SIM;
 //! - [`access`]: who may manage a SIM (owner, access tokens, sign-in nonces).
 //!
 //! Keys it writes: `order/`, `sim/`, `owner/`, `cleanup/queue`, `auth/`, `secret/sim-token-key`. Matching IDs (inside activation codes) are secrets:
@@ -49,6 +50,7 @@ mod queue;
 mod sim_store;
 mod sims;
 mod spec;
+mod switching;
 
 use bindings::exports::esim402::dispatch::dispatch::{Guest, SimPage};
 use esim402_guest::convert::{self, invalid, sim_to_wit};
@@ -116,7 +118,7 @@ impl Guest for Component {
     }
 
     async fn ordered_sim(invoice_id: String, now: u64) -> Result<Option<wit::Sim>, wit::Error> {
-        ordering::ordered_sim(&invoice_id, now)
+        sims::ordered_sim(&invoice_id, now)
             .await
             .map(|s| s.as_ref().map(sim_to_wit))
     }
@@ -154,7 +156,7 @@ impl Guest for Component {
         iccid: String,
         target: wit::SwitchTarget,
     ) -> Result<wit::Quote, wit::Error> {
-        sims::quote_switch(&iccid, &target).await
+        switching::quote_switch(&iccid, &target).await
     }
 
     async fn perform_switch(
@@ -163,7 +165,7 @@ impl Guest for Component {
         invoice_id: String,
         now: u64,
     ) -> Result<wit::Sim, wit::Error> {
-        sims::perform_switch(&iccid, &target, &invoice_id, now).await
+        switching::perform_switch(&iccid, &target, &invoice_id, now).await
     }
 
     async fn quote_top_up(iccid: String, data_mb: u32) -> Result<wit::Quote, wit::Error> {

@@ -2,13 +2,15 @@
 //! queued cleanups, then try the region's carriers in plan order — DownloadOrder → (journal the step, store the
 //! pending SIM) → ConfirmOrder(release) — until one delivers or the budget runs out. A profile allocated but not
 //! delivered is cancelled; a confirm whose outcome is unknown when the budget ends leaves the order pending,
-//! and a repeat resumes it with the same call id.
+//! and a repeat resumes it with the same call id (so does a resumed step whose SIM record cannot be read). A
+//! DownloadOrder naming another SIM's ICCID is a failed step: that SIM is never written over, confirmed or
+//! cancelled. Once a SIM is delivered, the writes after it (journal, owner index) are best effort.
 
 use std::cell::Cell;
 
 use esim402_core::esim::Carrier;
 use esim402_core::esim::es2::{self, DownloadOrderRequest, DownloadOrderResponse};
-use esim402_core::order::{self, Claim, Order, Plan, Step, StoredSim};
+use esim402_core::order::{self, AfterConfirm, Claim, Order, Plan, Step, StoredSim};
 use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid, kv_err, message};
 use esim402_guest::kv::{self, Change, Stored};
@@ -87,7 +89,9 @@ async fn try_carrier(
     now: u64,
 ) -> Result<StoredSim, Skip> {
     let id = carrier.id.to_string();
+    // Both call ids before anything is allocated: a profile is never left without the id to confirm it with.
     let download_fci = fci().map_err(Skip::Reject)?;
+    let confirm_fci = fci().map_err(Skip::Reject)?;
     let body = DownloadOrderRequest {
         header: header(carrier, &download_fci),
         eid: spec.eid.clone(),
@@ -122,7 +126,7 @@ async fn try_carrier(
     let step = Step {
         carrier: id.clone(),
         iccid: sim.iccid.clone(),
-        confirm_fci: fci().map_err(Skip::Reject)?,
+        confirm_fci,
     };
     // Journal first, then the pending SIM: a crash after this point is resumable and visible. The step carries
     // the failovers before it, in the same write: a resumed order values the data at the quoted carrier's rate
@@ -133,12 +137,29 @@ async fn try_carrier(
     })
     .await
     {
-        cancel_profile(cfg, carrier, &step, false).await;
+        // Given back, unless the carrier named another SIM's ICCID (that profile is not ours to cancel).
+        let theirs = matches!(sim_store::load(&iccid).await,
+            Ok(Some(c)) if !order::may_record_allocation(Some(&c), &sim));
+        if !theirs {
+            cancel_profile(cfg, carrier, &step, false).await;
+        }
         return Err(Skip::Reject(e));
     }
-    // A SIM just allocated has no record yet: store it without reading first (a put ignores what is there).
-    let at = match sim_store::put(&sim, Some(Stored::absent())).await {
-        Ok(at) => at,
+    // A SIM just allocated has no record yet, or a failed one of this carrier's (a profile given back and
+    // handed out again); the carrier naming someone else's SIM is a failed step (kernel
+    // `order::may_record_allocation`): that profile is not ours to confirm or cancel.
+    let at = match sim_store::record_allocation(&sim).await {
+        Ok(Some(at)) => at,
+        Ok(None) => {
+            eprintln!(
+                "dispatch: ALERT: {id} answered DownloadOrder (call {download_fci}) with ICCID {}, the ICCID of \
+                 another SIM on record: not recorded, confirmed or cancelled; the carrier must check its pool",
+                sim.iccid
+            );
+            return Err(Skip::Next(format!(
+                "{id}: DownloadOrder named a profile that is already another SIM's"
+            )));
+        }
         Err(e) => {
             // The order fails on this error: the profile must not stay allocated with nobody to confirm it.
             cancel_profile(cfg, carrier, &step, false).await;
@@ -157,28 +178,77 @@ async fn try_carrier(
     .await
 }
 
-/// `ordered-sim`: the SIM the order of `invoice_id` delivered or is confirming (kernel `order::ordered`),
-/// without ordering anything; `conflict` while a live order has not allocated one yet.
-pub async fn ordered_sim(invoice_id: &str, now: u64) -> Result<Option<StoredSim>, wit::Error> {
-    let journal = kv::get_json::<Order, wit::Error>(&keys::order(invoice_id))
-        .await
-        .map_err(kv_err)?;
-    let in_progress =
-        || wit::Error::Conflict(format!("an order for invoice {invoice_id} is in progress"));
-    match order::ordered(journal.as_ref(), now) {
-        order::Ordered::Nothing => Ok(None),
-        order::Ordered::InProgress => Err(in_progress()),
-        // Allocated but its SIM record not stored yet (a crash between the two): the order's next driver
-        // stores it; until then it is in progress.
-        order::Ordered::Sim(iccid) => {
-            match sim_store::load(&sim_store::parse_iccid(&iccid)?).await? {
-                Some(sim) if order::belongs_to(&sim, invoice_id) => Ok(Some(sim)),
-                // The profile went back to the pool and is another order's now: nothing of this one's is left.
-                Some(_) => Ok(None),
-                None => Err(in_progress()),
-            }
-        }
+/// Resume the journal's `step`, a profile an earlier attempt allocated: confirm it with the same call id,
+/// unless its record says how the order ends without calling the carrier (kernel `order::settled_before_confirm`).
+async fn resume(
+    cfg: &Config,
+    driver: &Driver,
+    spec: &OrderSpec,
+    step: &Step,
+    deadline: Deadline,
+    now: u64,
+) -> Result<StoredSim, Skip> {
+    let invoice_id = &driver.order.invoice_id;
+    let rebuilt = spec.pending_sim(cfg, invoice_id, &step.carrier, &step.iccid, now);
+    let went_back = || {
+        Skip::Next(format!(
+            "{}: profile {} went back to the pool",
+            step.carrier, step.iccid
+        ))
+    };
+    let iccid = sim_store::parse_iccid(&step.iccid).map_err(Skip::Reject)?;
+    let sim = match sim_store::load(&iccid).await {
+        Ok(Some(sim)) if order::belongs_to(&sim, invoice_id) => sim,
+        // Given back to the pool by an earlier attempt and handed to another order since: not ours to
+        // confirm, deliver or give back; the order goes on with the next carrier.
+        Ok(Some(_)) => return Err(went_back()),
+        // A crash between journaling the step and storing the pending SIM leaves only the journal: the SIM
+        // record is rebuilt from it, so the allocated profile is confirmed (or given back), never stranded.
+        Ok(None) => match sim_store::record_allocation(&rebuilt).await {
+            Ok(Some(_)) => rebuilt,
+            Ok(None) => return Err(went_back()),
+            Err(e) => return Err(hand_over(driver, step, rebuilt, e).await),
+        },
+        Err(e) => return Err(hand_over(driver, step, rebuilt, e).await),
+    };
+    // A SIM no longer pending (terminated by its owner, delivered, given up) is not confirmed again; one
+    // delivered needs no carrier (even one gone from the catalog since).
+    let settled = order::settled_before_confirm(&sim);
+    if let Some(AfterConfirm::Delivered(sim)) = settled {
+        return Ok(sim);
     }
+    let carrier = cfg.carrier(&step.carrier).map_err(|e| {
+        eprintln!(
+            "dispatch: ALERT: the order of invoice {invoice_id} holds profile {} of {}, which is no longer in \
+             the catalog: it is neither confirmed nor cancelled (cancel it at the carrier by hand)",
+            step.iccid, step.carrier
+        );
+        Skip::Reject(e)
+    })?;
+    match settled {
+        Some(after) => conclude(cfg, carrier, step, after, None).await,
+        None => finish(cfg, carrier, step, &sim, None, spec.eid.as_ref(), deadline).await,
+    }
+}
+
+/// The record of a resumed step cannot be read or rebuilt (`e`): its outcome is unknown, so the order is left
+/// pending, not failed (failing it would end the payment as if nothing were allocated, with the profile left
+/// at the carrier): the journal keeps the step and its lease is handed over (best effort), so the same payment
+/// sent again drives it at once instead of meeting a busy order without a SIM record.
+async fn hand_over(driver: &Driver, step: &Step, pending: StoredSim, e: wit::Error) -> Skip {
+    eprintln!(
+        "dispatch: the record of profile {} (invoice {}) cannot be read or stored: {}; the order stays pending",
+        step.iccid,
+        driver.order.invoice_id,
+        message(&e)
+    );
+    if let Err(e) = journal(driver, Order::hand_over).await {
+        eprintln!(
+            "dispatch: the order's lease is kept until it ends: {}",
+            message(&e)
+        );
+    }
+    Skip::Pending(Box::new(pending))
 }
 
 /// Order a profile for `spec`, paid by `invoice_id`, with failover; idempotent per invoice.
@@ -231,42 +301,8 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
     // Resume: a profile was allocated by an earlier attempt; confirm it with the same call id.
     let mut tried = None;
     if let Some(step) = Plan::resume(&driver.order).cloned() {
-        let carrier = cfg.carrier(&step.carrier)?;
-        // A crash between journaling the step and storing the pending SIM leaves only the journal: the SIM
-        // record is rebuilt from it, so the allocated profile is confirmed (or given back), never stranded.
-        let sim = match sim_store::load(&sim_store::parse_iccid(&step.iccid)?).await? {
-            Some(sim) if order::belongs_to(&sim, &driver.order.invoice_id) => Some(sim),
-            // Given back to the pool by an earlier attempt and handed to another order since: not ours to
-            // confirm, deliver or give back; the order goes on with the next carrier.
-            Some(_) => None,
-            None => {
-                let sim = spec.pending_sim(
-                    &cfg,
-                    &driver.order.invoice_id,
-                    &step.carrier,
-                    &step.iccid,
-                    now,
-                );
-                sim_store::put(&sim, None).await?;
-                Some(sim)
-            }
-        };
-        // A SIM no longer pending (terminated by its owner, delivered, given up) is not confirmed again.
-        let outcome = match sim
-            .as_ref()
-            .map(|sim| (sim, order::settled_before_confirm(sim)))
-        {
-            None => Err(Skip::Next(format!(
-                "{}: profile {} went back to the pool",
-                step.carrier, step.iccid
-            ))),
-            Some((_, Some(after))) => conclude(&cfg, carrier, &step, after, None).await,
-            Some((sim, None)) => {
-                finish(&cfg, carrier, &step, sim, None, spec.eid.as_ref(), deadline).await
-            }
-        };
-        match outcome {
-            Ok(sim) => return complete(&driver, sim, failovers).await,
+        match resume(&cfg, &driver, &spec, &step, deadline, now).await {
+            Ok(sim) => return Ok(complete(&driver, sim, failovers).await),
             Err(Skip::Next(why)) => {
                 failovers.push(why);
                 tried = Some(step.carrier.clone());
@@ -284,7 +320,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
             break;
         }
         match try_carrier(&cfg, &driver, &spec, carrier, &failovers, deadline, now).await {
-            Ok(sim) => return complete(&driver, sim, failovers).await,
+            Ok(sim) => return Ok(complete(&driver, sim, failovers).await),
             Err(Skip::Next(why)) => failovers.push(why),
             Err(Skip::Pending(sim)) => return Ok(*sim),
             Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
@@ -298,21 +334,42 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
     fail(&driver, e, failovers).await
 }
 
-async fn complete(
-    driver: &Driver,
-    mut sim: StoredSim,
-    failovers: Vec<String>,
-) -> Result<StoredSim, wit::Error> {
+/// The order delivered `sim` (stored active with its code, or delivered before): the rest is bookkeeping, done
+/// best effort. The SIM record is what delivers: failing the order here would end the payment as if nothing
+/// had been delivered while the profile stays released under a code nobody paid for. A journal not marked
+/// done still names the SIM in its step, so a repeat of the order finds it (a busy order's SIM, or a resumed
+/// driver's `AfterConfirm::Delivered`, which completes it again); a SIM missing from its owner's index is
+/// missing from the wallet's `list-sims` only (its owner still opens it by wallet or token).
+async fn complete(driver: &Driver, mut sim: StoredSim, failovers: Vec<String>) -> StoredSim {
     // A SIM delivered by `try_carrier` was stored with these failovers already.
     if sim.failovers != failovers {
         sim.failovers = failovers.clone();
-        sim_store::put(&sim, None).await?;
+        if let Err(e) = sim_store::set_failovers(&sim, &failovers).await {
+            eprintln!(
+                "dispatch: the failovers of SIM {} are not stored: {}",
+                sim.iccid,
+                message(&e)
+            );
+        }
     }
-    if let Some(owner) = sim.access.owner {
-        sim_store::index_owner(owner, &sim.iccid).await?;
+    if let Some(owner) = sim.access.owner
+        && let Err(e) = sim_store::index_owner(owner, &sim.iccid).await
+    {
+        eprintln!(
+            "dispatch: SIM {} is missing from its owner's index (list-sims will not show it): {}",
+            sim.iccid,
+            message(&e)
+        );
     }
-    journal(driver, |o| o.complete(&sim.iccid, failovers.clone())).await?;
-    Ok(sim)
+    if let Err(e) = journal(driver, |o| o.complete(&sim.iccid, failovers.clone())).await {
+        eprintln!(
+            "dispatch: the order of invoice {} delivered SIM {} but its journal says so only by its step: {}",
+            driver.order.invoice_id,
+            sim.iccid,
+            message(&e)
+        );
+    }
+    sim
 }
 
 async fn fail(

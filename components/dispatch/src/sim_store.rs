@@ -22,15 +22,37 @@ pub async fn load(iccid: &Iccid) -> Result<Option<StoredSim>, wit::Error> {
         .map_err(kv_err)
 }
 
-/// Store `sim`, starting from the record's cell version `start` when the caller holds one (a put ignores what
-/// the record holds, so any version is a correct start, [`kv::Stored::absent`] included); the version now
-/// holding it.
-pub async fn put(sim: &StoredSim, start: Option<kv::Stored>) -> Result<kv::Stored, wit::Error> {
-    kv::change_json_from::<StoredSim, (), wit::Error>(&keys::sim(&sim.iccid), start, |_| {
-        Ok((Change::Put(sim.clone()), ()))
+/// Record `sim`, the pending SIM of a profile its carrier just allocated, unless the record under its ICCID is
+/// another SIM's (kernel `order::may_record_allocation`, decided inside the record's cell update): the version
+/// now holding it, or `None` if nothing was written. The record is read first rather than assumed absent: a
+/// record written before versioned cells existed reads as absent to a write that does not read.
+pub async fn record_allocation(sim: &StoredSim) -> Result<Option<kv::Stored>, wit::Error> {
+    kv::change_json_from::<StoredSim, bool, wit::Error>(&keys::sim(&sim.iccid), None, |current| {
+        Ok(if order::may_record_allocation(current.as_ref(), sim) {
+            (Change::Put(sim.clone()), true)
+        } else {
+            (Change::Keep, false)
+        })
     })
     .await
-    .map(|(_, (), version)| version)
+    .map(|(_, recorded, version)| recorded.then_some(version))
+    .map_err(kv_err)
+}
+
+/// Set the `failovers` of `sim`'s record, if it is still that order's (a cell update: whatever else changed
+/// since, a terminate, a hold, a progress callback, is kept).
+pub async fn set_failovers(sim: &StoredSim, failovers: &[String]) -> Result<(), wit::Error> {
+    kv::change_json::<StoredSim, (), wit::Error>(&keys::sim(&sim.iccid), |current| {
+        Ok(match current {
+            Some(mut c) if order::belongs_to(&c, &sim.invoice_id) && c.failovers != failovers => {
+                c.failovers = failovers.to_vec();
+                (Change::Put(c), ())
+            }
+            _ => (Change::Keep, ()),
+        })
+    })
+    .await
+    .map(|_| ())
     .map_err(kv_err)
 }
 

@@ -1,17 +1,17 @@
-//! SIMs (`sim/<iccid>`, stored by [`crate::sim_store`]): reading them (no side effects; an order left pending is
-//! finished by [`resume_order`], a POST), the lifecycle state machine (kernel `esim::owner_action` for the
-//! owner, `esim::balance_hold` for metering: each lifts only its own hold; an invalid transition is a conflict), switching to another carrier or region
-//! (kernel `order::start_switch`, priced with the catalog), and the SM-DP+'s download-progress callbacks
-//! (kernel `profile_state_after`; only from the carrier that issued the SIM, kernel `auth::callback`), which
-//! also retire a replaced SIM once its replacement is installed. Terminating revokes the SIM's access token.
+//! SIMs (`sim/<iccid>`, stored by [`crate::sim_store`]): reading them, and an invoice's ordered SIM (no side
+//! effects; an order left pending is finished by [`resume_order`], a POST), the lifecycle state machine
+//! (kernel `esim::owner_action` for the owner, `esim::balance_hold` for metering: each lifts only its own
+//! hold; an invalid transition is a conflict), and the SM-DP+'s download-progress callbacks (kernel
+//! `order::progress_after`: none for a SIM terminated or failed; only from the carrier that issued the SIM,
+//! kernel `auth::callback`), which also retire the SIM a live replacement replaces once it is installed, if
+//! that SIM still names it (kernel `order::retire_replaced`). Switching is [`crate::switching`]'s.
+//! Terminating revokes the SIM's access token.
 
 use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
-use esim402_core::esim::{
-    Eid, Iccid, ProfileState, SimAction, SimState, owner_action, profile_state_after,
-};
+use esim402_core::esim::{Eid, Iccid, ProfileState, SimAction, SimState, owner_action};
 use esim402_core::join::join_all;
-use esim402_core::order::{StoredSim, SwitchError, SwitchTarget, start_switch};
+use esim402_core::order::{self, StoredSim, progress_after, retire_replaced};
 use esim402_core::store::keys;
 use esim402_core::{CarrierId, DataMb, Region, UsdcAmount};
 use esim402_guest::convert::{self, internal, invalid, kv_err, sim_to_wit};
@@ -19,12 +19,12 @@ use esim402_guest::kv::{self, Change};
 use esim402_guest::{util, wit};
 
 use crate::bindings::exports::esim402::dispatch::dispatch::SimPage;
-use crate::config::Config;
 use crate::ordering;
 use crate::sim_store::{load, parse_iccid};
-use crate::spec::{OrderSpec, serving};
+use crate::spec::OrderSpec;
 
-async fn existing(iccid: &str) -> Result<StoredSim, wit::Error> {
+/// The stored SIM, `not-found` if there is none.
+pub async fn existing(iccid: &str) -> Result<StoredSim, wit::Error> {
     load(&parse_iccid(iccid)?)
         .await?
         .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))
@@ -33,6 +33,30 @@ async fn existing(iccid: &str) -> Result<StoredSim, wit::Error> {
 /// `get-sim`: the SIM as stored.
 pub async fn get(iccid: &str) -> Result<Option<wit::Sim>, wit::Error> {
     Ok(load(&parse_iccid(iccid)?).await?.map(|s| sim_to_wit(&s)))
+}
+
+/// `ordered-sim`: the SIM the order of `invoice_id` delivered or is confirming (kernel `order::ordered`),
+/// without ordering anything; `conflict` while a live order has not allocated one yet.
+pub async fn ordered_sim(invoice_id: &str, now: u64) -> Result<Option<StoredSim>, wit::Error> {
+    let journal = kv::get_json::<order::Order, wit::Error>(&keys::order(invoice_id))
+        .await
+        .map_err(kv_err)?;
+    let in_progress =
+        || wit::Error::Conflict(format!("an order for invoice {invoice_id} is in progress"));
+    match order::ordered(journal.as_ref(), now) {
+        order::Ordered::Nothing => Ok(None),
+        order::Ordered::InProgress => Err(in_progress()),
+        // Allocated but its SIM record not stored yet (a crash between the two): the order's next driver
+        // stores it; until then it is in progress.
+        order::Ordered::Sim(iccid) => {
+            match load(&parse_iccid(&iccid)?).await? {
+                Some(sim) if order::belongs_to(&sim, invoice_id) => Ok(Some(sim)),
+                // The profile went back to the pool and is another order's now: nothing of this one's is left.
+                Some(_) => Ok(None),
+                None => Err(in_progress()),
+            }
+        }
+    }
 }
 
 /// `list-sims`: one page of the SIMs the signed-in wallet paid for (its owner index,
@@ -99,53 +123,6 @@ pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
         .map(|s| sim_to_wit(&s))
 }
 
-fn target(t: &wit::SwitchTarget) -> SwitchTarget {
-    match t {
-        wit::SwitchTarget::Carrier(c) => SwitchTarget::Carrier(c.clone()),
-        wit::SwitchTarget::Region(r) => SwitchTarget::Region(r.clone()),
-    }
-}
-
-/// A switch the kernel's rules refuse: a bad target is the request's fault, a SIM's state a conflict.
-fn refused(e: SwitchError) -> wit::Error {
-    match e.field() {
-        Some(field) => invalid(field, e.to_string()),
-        None => wit::Error::Conflict(e.to_string()),
-    }
-}
-
-/// The SIM that `sim`'s `replaced_by` names, as stored.
-async fn replacement(sim: &StoredSim) -> Result<Option<StoredSim>, wit::Error> {
-    match &sim.replaced_by {
-        Some(next) => load(&parse_iccid(next)?).await,
-        None => Ok(None),
-    }
-}
-
-/// Where a switch of `sim` to `t` goes in the catalog (the kernel's rules already applied).
-fn route(
-    cfg: &Config,
-    sim: &StoredSim,
-    t: &wit::SwitchTarget,
-) -> Result<(Region, CarrierId, bool), wit::Error> {
-    let here = Region::parse(&sim.region).map_err(|e| internal(e.0))?;
-    match t {
-        wit::SwitchTarget::Carrier(c) => {
-            let c = CarrierId::parse(c).map_err(|e| invalid("carrier", e.0))?;
-            serving(cfg, &here, Some(&c), false)?;
-            Ok((here, c, false))
-        }
-        wit::SwitchTarget::Region(r) => {
-            let r = Region::parse(r).map_err(|e| invalid("region", e.0))?;
-            let first = serving(cfg, &r, None, true)?
-                .first()
-                .map(|c| c.id.clone())
-                .ok_or_else(|| invalid("region", format!("no carrier serves {r}")))?;
-            Ok((r, first, true))
-        }
-    }
-}
-
 /// `quote-top-up`: more data for a live SIM at its carrier's rate (kernel pricing).
 pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::Error> {
     let cfg = crate::config::get().await?;
@@ -192,72 +169,6 @@ pub async fn data_value(
         None => book.paid_data_value(&carrier, mb, paid),
     }
     .micros())
-}
-
-/// `quote-switch`: the switch charge (kernel pricing).
-pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quote, wit::Error> {
-    let cfg = crate::config::get().await?;
-    let sim = existing(iccid).await?;
-    // Quoted as a new switch (no invoice yet): a replacement that never took over does not block it.
-    start_switch(&sim, replacement(&sim).await?.as_ref(), &target(t), "").map_err(refused)?;
-    let (region, carrier, _) = route(&cfg, &sim, t)?;
-    // The fee: the unused balance moves by its value (metering revalues it at the new carrier's rate).
-    if cfg.price_book.rate(&carrier).is_none() {
-        return Err(not_sold(&carrier));
-    }
-    let amount = cfg.price_book.switch_charge();
-    Ok(wit::Quote {
-        carrier: carrier.to_string(),
-        region: region.to_string(),
-        data_mb: sim.data_mb,
-        amount: amount.micros(),
-        sealed: None,
-    })
-}
-
-/// `perform-switch`: order the new profile (paid by `invoice_id`); the old one stays in service until the new
-/// one is installed (a failed switch must not leave the device without connectivity). The same invoice again
-/// (a payment sent again, an order left pending) drives its own order again (kernel `order::start_switch`).
-pub async fn perform_switch(
-    iccid: &str,
-    t: &wit::SwitchTarget,
-    invoice_id: &str,
-    now: u64,
-) -> Result<wit::Sim, wit::Error> {
-    let cfg = crate::config::get().await?;
-    let old = existing(iccid).await?;
-    start_switch(
-        &old,
-        replacement(&old).await?.as_ref(),
-        &target(t),
-        invoice_id,
-    )
-    .map_err(refused)?;
-    let (region, carrier, failover) = route(&cfg, &old, t)?;
-    let spec = OrderSpec {
-        region,
-        data_mb: DataMb::new(old.data_mb.into()).map_err(|e| internal(e.0))?,
-        carrier: Some(carrier),
-        eid: old
-            .eid
-            .as_deref()
-            .map(|e| Eid::parse(e).map_err(internal))
-            .transpose()?,
-        allow_failover: failover,
-        replaces: Some(old.iccid.clone()),
-        owner: old.access.owner,
-        label: old.label.clone(),
-    };
-    let new = ordering::order(spec, invoice_id, now).await?;
-    let new_iccid = new.iccid.clone();
-    kv::update_json::<StoredSim, wit::Error>(&keys::sim(&old.iccid), |current| {
-        let mut s = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
-        s.replaced_by = Some(new_iccid.clone());
-        Ok(s)
-    })
-    .await
-    .map_err(kv_err)?;
-    Ok(sim_to_wit(&new))
 }
 
 /// Apply the owner's lifecycle action (kernel `esim::owner_action`, a cell update); an invalid transition, or
@@ -327,7 +238,7 @@ pub async fn lifecycle(iccid: &str, action: wit::LifecycleAction) -> Result<wit:
 
 /// 409: the SIM's carrier (or the one asked for) is no longer sold here (gone from the catalog since, or
 /// without a rate): a configuration change, not a fault of the store or of the request's form.
-fn not_sold(carrier: &CarrierId) -> wit::Error {
+pub fn not_sold(carrier: &CarrierId) -> wit::Error {
     wit::Error::Conflict(format!(
         "carrier {carrier} is no longer sold here (not priced in the catalog)"
     ))
@@ -350,35 +261,48 @@ pub async fn download_progress(body: &str, credential: Option<&str>) -> Result<(
     })?;
     let status = info.notification_point_status.status;
     let no_sim = || wit::Error::NotFound(format!("no SIM {}", info.iccid.as_str()));
-    // A notification that moves nothing (an earlier point, a repeat of a delivered one) writes nothing.
+    // A notification that moves nothing (an earlier point, a repeat of a delivered one, any point for a SIM
+    // terminated or failed: kernel `order::progress_after`) writes nothing.
     let (sim, ()) =
         kv::change_json::<StoredSim, (), wit::Error>(&keys::sim(info.iccid.as_str()), |current| {
             let mut sim = current.ok_or_else(no_sim)?;
             check_issuer(&carrier, &sim.carrier, &sim.iccid)
                 .map_err(|e| wit::Error::Forbidden(e.to_string()))?;
-            let next = sim.profile_state.and_then(|current| {
-                profile_state_after(current, info.notification_point_id, status)
-            });
-            Ok(match next {
-                Some(next) => {
-                    sim.profile_state = Some(next);
-                    (Change::Put(sim), ())
-                }
-                None => (Change::Keep, ()),
-            })
+            Ok(
+                match progress_after(&sim, info.notification_point_id, status) {
+                    Some(next) => {
+                        sim.profile_state = Some(next);
+                        (Change::Put(sim), ())
+                    }
+                    None => (Change::Keep, ()),
+                },
+            )
         })
         .await
         .map_err(kv_err)?;
     let sim = sim.ok_or_else(no_sim)?;
+    // A repeat retries a retirement that failed (and finds nothing to do once it is done).
     if sim.profile_state == Some(ProfileState::Installed)
         && let Some(old) = &sim.replaces
-        && let Ok(old) = Iccid::parse(old)
     {
-        // The replacement is installed: the old SIM leaves service (already terminated is fine).
-        match transition(&old, SimAction::Terminate).await {
-            Ok(_) | Err(wit::Error::Conflict(_)) => {}
-            Err(e) => return Err(e),
-        }
+        retire_replaced_sim(old, &sim).await?;
     }
     Ok(())
+}
+
+/// The replacement `new` is installed: the SIM it replaces, `old`, leaves service if it still names `new` as
+/// its replacement and `new` is live (kernel `order::retire_replaced`, inside the old record's cell update).
+async fn retire_replaced_sim(old: &str, new: &StoredSim) -> Result<(), wit::Error> {
+    let Ok(old) = Iccid::parse(old) else {
+        return Ok(());
+    };
+    kv::change_json::<StoredSim, (), wit::Error>(&keys::sim(old.as_str()), |current| {
+        Ok(match current.and_then(|c| retire_replaced(&c, new)) {
+            Some(retired) => (Change::Put(retired), ()),
+            None => (Change::Keep, ()),
+        })
+    })
+    .await
+    .map(|_| ())
+    .map_err(kv_err)
 }

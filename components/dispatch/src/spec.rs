@@ -106,6 +106,7 @@ impl OrderSpec {
             },
             label: self.label.clone(),
             holds: Default::default(),
+            switching: None,
         }
     }
 }

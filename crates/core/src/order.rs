@@ -178,6 +178,13 @@ impl Order {
         self.failovers = failovers;
     }
 
+    /// The journal of a driver that stops without finishing, its step's outcome unknown (its SIM record could
+    /// not be read or stored): still ordering, with its step, but its lease over, so the next call drives it
+    /// at once ([`claim`]) instead of finding it busy.
+    pub fn hand_over(&mut self) {
+        self.lease_until = 0;
+    }
+
     /// The journal of an order that failed for good.
     pub fn fail(&mut self, error: &str, failovers: Vec<String>) {
         self.status = OrderStatus::Failed;
@@ -256,6 +263,18 @@ pub struct StoredSim {
     /// Why it is suspended, if it is (`crate::esim::Holds`).
     #[serde(default, skip_serializing_if = "crate::esim::Holds::is_none")]
     pub holds: crate::esim::Holds,
+    /// The switch ordering its replacement, until `replaced_by` names it ([`claim_switch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switching: Option<SwitchClaim>,
+}
+
+/// A switch's hold on the SIM it replaces while the replacement is ordered ([`claim_switch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchClaim {
+    /// The invoice paying for the switch.
+    pub invoice_id: String,
+    /// Unix seconds: a claim its switch never settled (its driver stopped) holds until then, an order's lease.
+    pub until: u64,
 }
 
 /// What a driver's ConfirmOrder came to ([`after_confirm`]).
@@ -327,6 +346,58 @@ pub fn after_confirm(
 pub fn settled_before_confirm(current: &StoredSim) -> Option<AfterConfirm> {
     (current.state != SimState::Pending)
         .then(|| after_confirm(Some(current), current, Confirmation::Refused))
+}
+
+/// Whether the profile a carrier just allocated (its DownloadOrder answer) may be recorded as `pending`, the
+/// record under its ICCID being `current`: only over no record, or over a failed one of the same carrier (a
+/// profile whose confirm was refused, given back to the pool and handed out again). Any other record is
+/// someone else's SIM, or was: a live one (pending, active, suspended) has an owner, and writing over it would
+/// hand this order its owner's SIM (owner, invoice, state, token); a terminated one was delivered (or
+/// withdrawn) and its profile retired, and its payer may still hold its access token, derived from the ICCID
+/// (`crate::auth`), which would open the new record. Refused, the carrier's answer is a failed step: the
+/// profile is neither confirmed nor cancelled (both would act on the other SIM), and the order fails over.
+/// Run inside the record's cell update.
+pub fn may_record_allocation(current: Option<&StoredSim>, pending: &StoredSim) -> bool {
+    current.is_none_or(|c| c.carrier == pending.carrier && c.state == SimState::Failed)
+}
+
+/// The profile state of `sim` after a download-progress notification (point `point`, `status`), or `None`
+/// when nothing changes: a SIM out of service for good (terminated, failed) takes no progress (a late or
+/// repeated notification for a withdrawn SIM must not move it, nor retire what it replaced), and a SIM whose
+/// profile was never released has no download to report on; otherwise `crate::esim::profile_state_after`.
+pub fn progress_after(
+    sim: &StoredSim,
+    point: u32,
+    status: crate::esim::es2::ExecutionStatus,
+) -> Option<ProfileState> {
+    if matches!(sim.state, SimState::Terminated | SimState::Failed) {
+        return None;
+    }
+    sim.profile_state
+        .and_then(|current| crate::esim::profile_state_after(current, point, status))
+}
+
+/// The old SIM of a switch, stored as `old`, once its replacement `new` reports its profile installed: taken
+/// out of service (terminated, its access token revoked), or `None` (nothing written) unless `new` is live
+/// (active or suspended) and is the replacement `old` names: its `replaced_by`, or, before that is written,
+/// its switch claim by `new`'s invoice ([`claim_switch`]; a device may install a released profile before the
+/// switch's last write). A withdrawn or failed replacement, or one a later switch of the old SIM replaced,
+/// reporting late, never takes a working SIM out of service. Run inside the old record's cell update.
+pub fn retire_replaced(old: &StoredSim, new: &StoredSim) -> Option<StoredSim> {
+    let names_it = old.replaced_by.as_deref() == Some(new.iccid.as_str())
+        || old
+            .switching
+            .as_ref()
+            .is_some_and(|c| c.invoice_id == new.invoice_id);
+    if !names_it || !matches!(new.state, SimState::Active | SimState::Suspended) {
+        return None;
+    }
+    let (state, holds) =
+        crate::esim::owner_action(old.state, old.holds, crate::esim::SimAction::Terminate).ok()?;
+    let mut retired = old.clone();
+    (retired.state, retired.holds) = (state, holds);
+    retired.access.token = None;
+    Some(retired)
 }
 
 /// What an invoice's order journal holds for someone who must not order anything (a payment that will not
@@ -490,6 +561,67 @@ pub fn start_switch(
         }
         _ => check_switch(sim, target).map(|()| SwitchStart::Order),
     }
+}
+
+/// Claim `sim`, as stored now (inside its cell update), for the switch paid by `invoice_id` at `now` for `lease`
+/// seconds, [`start_switch`] having allowed it with `seen` as the SIM's `replaced_by`: the record to write
+/// (`None`: this invoice holds the claim already, for long enough). Refused while another invoice's claim
+/// holds, if `replaced_by` changed since it was checked (a switch finished meanwhile), or if the SIM left
+/// service meanwhile: two payments checked at once cannot both order a replacement.
+pub fn claim_switch(
+    sim: &StoredSim,
+    seen: Option<&str>,
+    invoice_id: &str,
+    now: u64,
+    lease: u64,
+) -> Result<Option<StoredSim>, SwitchError> {
+    let busy = |next: String| SwitchError::AlreadyReplaced {
+        iccid: sim.iccid.clone(),
+        next,
+    };
+    if !matches!(sim.state, SimState::Active | SimState::Suspended) {
+        return Err(SwitchError::NotSwitchable {
+            iccid: sim.iccid.clone(),
+            state: format!("{:?}", sim.state).to_lowercase(),
+        });
+    }
+    if sim.replaced_by.as_deref() != seen {
+        return Err(busy(sim.replaced_by.clone().unwrap_or_default()));
+    }
+    let until = now.saturating_add(lease);
+    match &sim.switching {
+        Some(c) if c.invoice_id == invoice_id && c.until >= until => Ok(None),
+        Some(c) if c.invoice_id != invoice_id && c.until > now => {
+            Err(busy(format!("the switch paid by invoice {}", c.invoice_id)))
+        }
+        _ => Ok(Some(StoredSim {
+            switching: Some(SwitchClaim {
+                invoice_id: invoice_id.to_owned(),
+                until,
+            }),
+            ..sim.clone()
+        })),
+    }
+}
+
+/// The old SIM once the switch paid by `invoice_id` ended, with its replacement `new` (`None`: it ordered
+/// nothing): naming `new` and its claim released, if the switch still holds its claim; `None` (nothing to
+/// write) if `new` is named already (a payment sent again) or the claim is not this switch's (it ran out and
+/// another switch took the SIM over: this one's replacement never retires it).
+pub fn settle_switch(old: &StoredSim, invoice_id: &str, new: Option<&str>) -> Option<StoredSim> {
+    let ours = old
+        .switching
+        .as_ref()
+        .is_some_and(|c| c.invoice_id == invoice_id);
+    if !ours || (new.is_some() && old.replaced_by.as_deref() == new) {
+        return None;
+    }
+    let mut settled = old.clone();
+    settled.switching = None;
+    if let Some(new) = new {
+        settled.replaced_by = Some(new.to_owned());
+    }
+    Some(settled)
 }
 
 /// Carrier-side work still owed.
@@ -796,6 +928,7 @@ mod tests {
             access: crate::auth::SimAccess::default(),
             label: None,
             holds: Default::default(),
+            switching: None,
         }
     }
 
@@ -947,6 +1080,93 @@ mod tests {
     }
 
     #[test]
+    fn an_allocated_profile_is_recorded_only_over_nothing_or_a_failed_sim_of_its_carrier() {
+        let pending = sim(SimState::Pending);
+        assert!(may_record_allocation(None, &pending));
+        let mut given_back = sim(SimState::Failed);
+        given_back.invoice_id = "inv_0".into();
+        assert!(may_record_allocation(Some(&given_back), &pending));
+        // Someone else's SIM, live or once delivered (its payer may hold its token): never written over.
+        for state in [
+            SimState::Pending,
+            SimState::Active,
+            SimState::Suspended,
+            SimState::Terminated,
+        ] {
+            let mut theirs = sim(state);
+            theirs.invoice_id = "inv_0".into();
+            assert!(!may_record_allocation(Some(&theirs), &pending), "{state:?}");
+        }
+        // Another carrier's, even failed.
+        given_back.carrier = "verizon".into();
+        assert!(!may_record_allocation(Some(&given_back), &pending));
+    }
+
+    #[test]
+    fn progress_moves_only_a_sim_in_service_or_on_its_way() {
+        use crate::esim::es2::ExecutionStatus::ExecutedSuccess as Ok;
+        let mut s = sim(SimState::Active);
+        s.profile_state = Some(ProfileState::Released);
+        assert_eq!(progress_after(&s, 4, Ok), Some(ProfileState::Installed));
+        s.state = SimState::Suspended;
+        assert_eq!(progress_after(&s, 3, Ok), Some(ProfileState::Downloaded));
+        for dead in [SimState::Terminated, SimState::Failed] {
+            s.state = dead;
+            assert_eq!(progress_after(&s, 4, Ok), None, "{dead:?}");
+        }
+        // Never released: nothing to report on.
+        assert_eq!(progress_after(&sim(SimState::Pending), 4, Ok), None);
+    }
+
+    #[test]
+    fn an_installed_replacement_retires_only_the_sim_that_names_it() {
+        let mut old = sim(SimState::Active);
+        old.replaced_by = Some("8902".into());
+        old.access.token = Some(crate::auth::TokenState {
+            generation: 0,
+            hash: Default::default(),
+        });
+        old.holds.balance_epoch = 3;
+        let mut new = sim(SimState::Active);
+        new.iccid = "8902".into();
+        let retired = retire_replaced(&old, &new).unwrap();
+        assert_eq!(
+            (
+                retired.state,
+                retired.access.token,
+                retired.holds.balance_epoch
+            ),
+            (SimState::Terminated, None, 3)
+        );
+        new.state = SimState::Suspended;
+        assert!(retire_replaced(&old, &new).is_some());
+        // A withdrawn or failed replacement, or one that never took over, leaves the old SIM in service.
+        for state in [SimState::Terminated, SimState::Failed, SimState::Pending] {
+            new.state = state;
+            assert_eq!(retire_replaced(&old, &new), None, "{state:?}");
+        }
+        // A later switch names another replacement (or none): a late report of this one changes nothing.
+        new.state = SimState::Active;
+        for other in [Some("8903".to_owned()), None] {
+            old.replaced_by = other;
+            assert_eq!(retire_replaced(&old, &new), None);
+        }
+        // Installed before its switch named it: its invoice's claim names it (another invoice's does not).
+        for (invoice, retires) in [("inv_1", true), ("inv_other", false)] {
+            old.switching = Some(SwitchClaim {
+                invoice_id: invoice.into(),
+                until: 0,
+            });
+            assert_eq!(retire_replaced(&old, &new).is_some(), retires, "{invoice}");
+        }
+        old.switching = None;
+        // Already out of service: nothing to write.
+        old.replaced_by = Some("8902".into());
+        old.state = SimState::Terminated;
+        assert_eq!(retire_replaced(&old, &new), None);
+    }
+
+    #[test]
     fn agent_labels() {
         assert_eq!(
             parse_agent_label("pump-17:eu.west_2"),
@@ -1037,6 +1257,69 @@ mod tests {
             Ok(SwitchStart::Order)
         );
         assert!(start_switch(&sim(SimState::Pending), None, &to_verizon, "inv_x").is_err());
+    }
+
+    #[test]
+    fn one_switch_at_a_time_claims_a_sim_and_names_its_replacement() {
+        let old = sim(SimState::Active);
+        let claimed = claim_switch(&old, None, "inv_s1", 100, 95)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            claimed.switching,
+            Some(SwitchClaim {
+                invoice_id: "inv_s1".into(),
+                until: 195
+            })
+        );
+        // The same payment again holds it already (its claim renewed); another is refused while it holds.
+        assert_eq!(claim_switch(&claimed, None, "inv_s1", 100, 95), Ok(None));
+        let renewed = claim_switch(&claimed, None, "inv_s1", 150, 95)
+            .unwrap()
+            .unwrap();
+        assert_eq!(renewed.switching.unwrap().until, 245);
+        let e = claim_switch(&claimed, None, "inv_s2", 194, 95).unwrap_err();
+        assert!(
+            matches!(e, SwitchError::AlreadyReplaced { .. }) && e.to_string().contains("inv_s1"),
+            "{e}"
+        );
+        // A claim never settled (its driver stopped) runs out.
+        let taken = claim_switch(&claimed, None, "inv_s2", 195, 95)
+            .unwrap()
+            .unwrap();
+        assert_eq!(taken.switching.unwrap().invoice_id, "inv_s2");
+        // A switch that finished after the SIM was checked: refused.
+        let mut named = old.clone();
+        named.replaced_by = Some("8902".into());
+        assert!(claim_switch(&named, None, "inv_s2", 100, 95).is_err());
+        assert!(
+            claim_switch(&named, Some("8902"), "inv_s2", 100, 95)
+                .unwrap()
+                .is_some(),
+            "checked with its (dead) replacement"
+        );
+
+        // A SIM that left service since it was checked.
+        let mut gone = old.clone();
+        gone.state = SimState::Terminated;
+        assert!(matches!(
+            claim_switch(&gone, None, "inv_s2", 100, 95),
+            Err(SwitchError::NotSwitchable { .. })
+        ));
+
+        // Settled: the replacement named and the claim released; by its claim's holder only.
+        let done = settle_switch(&claimed, "inv_s1", Some("8903")).unwrap();
+        assert_eq!(
+            (done.replaced_by.as_deref(), done.switching.as_ref()),
+            (Some("8903"), None)
+        );
+        assert_eq!(settle_switch(&done, "inv_s1", Some("8903")), None);
+        assert_eq!(settle_switch(&claimed, "inv_s2", Some("8904")), None);
+        let released = settle_switch(&claimed, "inv_s1", None).unwrap();
+        assert_eq!((released.replaced_by, released.switching), (None, None));
+        // Stored without a claim, the record reads and writes as before.
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("switching").is_none(), "{json}");
     }
 
     #[test]

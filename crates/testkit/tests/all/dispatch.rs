@@ -43,6 +43,8 @@ struct FakeSmdp {
     answered: Mutex<HashMap<String, Value>>,
     /// The ICCID the next DownloadOrder hands out (a profile given back to the pool, handed out again).
     reissue: Mutex<Option<String>>,
+    /// Set once a ConfirmOrder is answered (e.g. a failing store's switch: the writes after the confirm fail).
+    on_confirm: Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 fn es2(body: Value) -> Scripted {
@@ -81,6 +83,11 @@ impl FakeSmdp {
             .get(&carrier)
             .copied()
             .unwrap_or(Behaves::Ok);
+        if let Some(flag) = self.on_confirm.lock().unwrap().as_ref()
+            && function == "confirmOrder"
+        {
+            flag.store(true, Ordering::SeqCst);
+        }
         if (b, function.as_str()) == (Behaves::ConfirmFailsCancelLost, "cancelOrder") {
             self.answered
                 .lock()
@@ -1358,6 +1365,12 @@ async fn a_resumed_order_never_takes_a_profile_another_order_got_since() {
         .await
         .unwrap();
     assert_eq!(pending.state, types::SimState::Pending);
+    // Given back as a driver does when its confirm is refused (the record failed, the profile cancelled),
+    // the journal still naming the step (the driver stopped before journaling its next carrier).
+    let key = format!("sim/{}", pending.iccid);
+    let mut record: Value = serde_json::from_slice(&kit.kv_get(&key).await.unwrap()).unwrap();
+    record["state"] = json!("failed");
+    kit.kv_put(&key, record.to_string().as_bytes()).await;
     // The carrier hands the same profile to another order, which gets it.
     smdp.set("tmobile", Behaves::Ok);
     *smdp.reissue.lock().unwrap() = Some(pending.iccid.clone());
@@ -1386,6 +1399,297 @@ async fn a_resumed_order_never_takes_a_profile_another_order_got_since() {
     let theirs = get_sim(&mut kit, &pending.iccid).await;
     assert_eq!(theirs.invoice_id, "inv-b");
     assert_eq!(theirs.state, types::SimState::Active);
+}
+
+/// Another payer than [`OWNER`].
+const OTHER_PAYER: &str = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720";
+
+/// A carrier answering DownloadOrder with the ICCID of a SIM already on record (another payer's, in service)
+/// cannot take it from its owner: the record stays as it was, that profile is neither confirmed nor cancelled
+/// (both would act on the other SIM), and the order fails over as for any failed DownloadOrder.
+#[tokio::test]
+async fn a_carrier_naming_a_live_sims_iccid_cannot_take_it_from_its_owner() {
+    let smdp = Arc::new(FakeSmdp::default());
+    let mut kit = kit_with(smdp.clone(), &[]).await;
+    let theirs = order(&mut kit, request("us-west", None), "inv-payer-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        (theirs.carrier.as_str(), theirs.state),
+        ("tmobile", types::SimState::Active)
+    );
+    let key = format!("sim/{}", theirs.iccid);
+    let before = kit.kv_get(&key).await.unwrap();
+
+    *smdp.reissue.lock().unwrap() = Some(theirs.iccid.clone());
+    let sent = kit.requests().len();
+    let req = request("us-west", None);
+    let other = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_order_profile(a, req, "inv-payer-b".into(), OTHER_PAYER.into(), None, NOW)
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.carrier, "verizon");
+    assert_ne!(other.iccid, theirs.iccid);
+    assert!(
+        other
+            .failovers
+            .iter()
+            .any(|f| f.contains("already another SIM's") && !f.contains(&theirs.iccid)),
+        "{:?}",
+        other.failovers
+    );
+    let after = calls(&kit)[sent..].to_vec();
+    assert_eq!(
+        after,
+        [
+            call("tmobile", "downloadOrder"),
+            call("verizon", "downloadOrder"),
+            call("verizon", "confirmOrder"),
+        ],
+        "nothing confirmed or cancelled for the named profile"
+    );
+    assert_eq!(
+        kit.kv_get(&key).await.unwrap(),
+        before,
+        "the owner's SIM was rewritten"
+    );
+    let still = get_sim(&mut kit, &theirs.iccid).await;
+    assert_eq!(
+        (
+            still.owner.as_deref(),
+            still.invoice_id.as_str(),
+            still.state
+        ),
+        (Some(OWNER), "inv-payer-a", types::SimState::Active)
+    );
+
+    // Another carrier naming it, with no carrier to fail over to: the order fails, nothing is cancelled.
+    *smdp.reissue.lock().unwrap() = Some(theirs.iccid.clone());
+    let sent = kit.requests().len();
+    let err = order(&mut kit, request("us-west", Some("verizon")), "inv-payer-c")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, types::Error::Unavailable(m) if m.contains("already another SIM's")),
+        "{err:?}"
+    );
+    assert_eq!(
+        calls(&kit)[sent..].to_vec(),
+        [call("verizon", "downloadOrder")]
+    );
+    assert_eq!(kit.kv_get(&key).await.unwrap(), before);
+}
+
+/// A replacement withdrawn by its owner (terminated before it took over) whose installation is reported late
+/// leaves the SIM it was to replace in service, even while a later switch of that SIM is on its way; its own
+/// record takes no progress either.
+#[tokio::test]
+async fn a_withdrawn_replacement_reporting_installed_leaves_the_old_sim_in_service() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let old = order(&mut kit, request("us-west", None), "inv-keep")
+        .await
+        .unwrap();
+    let withdrawn = switch_to(&mut kit, &old.iccid, "verizon", "inv-keep-b")
+        .await
+        .unwrap();
+    let id = withdrawn.iccid.clone();
+    let s = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_lifecycle(a, id, types::LifecycleAction::Terminate)
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.state, types::SimState::Terminated);
+    let later = switch_to(&mut kit, &old.iccid, "att", "inv-keep-d")
+        .await
+        .unwrap();
+
+    let installed = json!({"iccid": withdrawn.iccid, "profileType": "vzw-iot-data",
+        "timestamp": "2026-11-24T10:00:00Z", "notificationPointId": 4,
+        "notificationPointStatus": {"status": "Executed-Success"}})
+    .to_string();
+    download_progress(&mut kit, installed, Some(VERIZON_CB))
+        .await
+        .unwrap();
+    let old_now = get_sim(&mut kit, &old.iccid).await;
+    assert_eq!(old_now.state, types::SimState::Active);
+    assert_eq!(old_now.replaced_by.as_deref(), Some(later.iccid.as_str()));
+    let withdrawn_now = get_sim(&mut kit, &withdrawn.iccid).await;
+    assert_eq!(
+        (withdrawn_now.state, withdrawn_now.profile_state),
+        (types::SimState::Terminated, types::ProfileState::Released)
+    );
+}
+
+/// Two switch payments for the same SIM at once (different invoices): one claims the SIM and orders its
+/// replacement, the other is refused before ordering anything (before, both ordered, and the SIM named whichever
+/// wrote last). A switch that ordered nothing releases its claim at once.
+#[tokio::test]
+async fn two_switches_of_one_sim_at_once_order_one_replacement() {
+    let smdp = Arc::new(FakeSmdp::default());
+    let mut kit = kit_with(smdp.clone(), &[]).await;
+    let old = order(&mut kit, request("us-west", None), "inv-race")
+        .await
+        .unwrap();
+    smdp.set("att", Behaves::PoolEmpty);
+    let failed = switch_to(&mut kit, &old.iccid, "att", "inv-race-0").await;
+    assert!(
+        matches!(&failed, Err(types::Error::Unavailable(_))),
+        "{failed:?}"
+    );
+
+    let sent = kit.requests().len();
+    let id = old.iccid.clone();
+    let results = kit
+        .call(async move |a, g| {
+            let calls = ["inv-race-1", "inv-race-2"].map(|invoice| {
+                g.dispatch().call_perform_switch(
+                    a,
+                    id.clone(),
+                    types::SwitchTarget::Carrier("verizon".into()),
+                    invoice.into(),
+                    1_764_000_200,
+                )
+            });
+            let mut out = Vec::new();
+            for r in crate::join_all(calls).await {
+                out.push(r?);
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap();
+    let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, types::Error::Conflict(_))),
+        "{results:?}"
+    );
+    let downloads = calls(&kit)[sent..]
+        .iter()
+        .filter(|(_, f)| f == "downloadOrder")
+        .count();
+    assert_eq!(downloads, 1, "one replacement ordered");
+    let old_now = get_sim(&mut kit, &old.iccid).await;
+    assert_eq!(old_now.replaced_by.as_deref(), Some(won[0].iccid.as_str()));
+    let stored: Value =
+        serde_json::from_slice(&kit.kv_get(&format!("sim/{}", old.iccid)).await.unwrap()).unwrap();
+    assert!(
+        stored.get("switching").is_none(),
+        "claim released: {stored}"
+    );
+}
+
+/// Once the SIM is stored active with its code, the writes after it (the owner index, the journal) are
+/// bookkeeping: their failure does not fail the order (that would end the payment as if nothing had been
+/// delivered, with the profile released), and a repeat of the order finds the same SIM and records it.
+#[tokio::test]
+async fn a_delivered_sim_whose_journal_and_index_cannot_be_written_is_still_delivered() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // "o": the order journal (`order/`) and the owner index (`owner/`), failing from the ConfirmOrder on.
+    let store = Arc::new(crate::failing_writes("o", &failing));
+    let smdp = Arc::new(FakeSmdp::default());
+    *smdp.on_confirm.lock().unwrap() = Some(failing.clone());
+    let mut kit = kit_on(smdp.clone(), &[], Some(store)).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-late")
+        .await
+        .unwrap();
+    assert_eq!(sim.state, types::SimState::Active);
+    assert!(sim.activation_code.is_some());
+    assert!(!calls(&kit).iter().any(|(_, f)| f == "cancelOrder"));
+    let journal: Value =
+        serde_json::from_slice(&kit.kv_get("order/inv-late").await.unwrap()).unwrap();
+    assert_eq!(journal["status"], "ordering");
+    assert_eq!(journal["step"]["iccid"].as_str(), Some(sim.iccid.as_str()));
+
+    // The store recovers: a repeat after the lease finds the same SIM without calling the carrier.
+    failing.store(false, Ordering::SeqCst);
+    *smdp.on_confirm.lock().unwrap() = None;
+    let sent = kit.requests().len();
+    let again = order_at(&mut kit, request("us-west", None), "inv-late", AFTER_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.iccid.as_str(), again.activation_code.as_deref()),
+        (sim.iccid.as_str(), sim.activation_code.as_deref())
+    );
+    assert_eq!(kit.requests().len(), sent);
+    let journal: Value =
+        serde_json::from_slice(&kit.kv_get("order/inv-late").await.unwrap()).unwrap();
+    assert_eq!(journal["status"], "done");
+    assert_eq!(
+        list_sims(&mut kit, "late0001", 0, 10).await.unwrap().0,
+        [sim.iccid.as_str()]
+    );
+}
+
+/// A resumed order whose SIM record cannot be read does not fail (that would end the payment as if nothing
+/// were allocated): it answers pending, hands its lease over, and the same payment sent again finishes it.
+#[tokio::test]
+async fn a_resumed_order_whose_sim_record_cannot_be_read_stays_pending() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Arc::new(crate::failing_calls("sim/", &failing));
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_on(smdp.clone(), SHORT_BUDGET, Some(store)).await;
+    let pending = order(&mut kit, request("us-west", None), "inv-unread")
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+
+    smdp.set("tmobile", Behaves::Ok);
+    failing.store(true, Ordering::SeqCst);
+    let sent = kit.requests().len();
+    let again = order_at(
+        &mut kit,
+        request("us-west", None),
+        "inv-unread",
+        AFTER_LEASE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.iccid.as_str(), again.state),
+        (pending.iccid.as_str(), types::SimState::Pending)
+    );
+    assert!(again.activation_code.is_none());
+    assert_eq!(kit.requests().len(), sent, "nothing confirmed or cancelled");
+    let journal: Value =
+        serde_json::from_slice(&kit.kv_get("order/inv-unread").await.unwrap()).unwrap();
+    assert_eq!(
+        (
+            journal["status"].as_str(),
+            journal["step"]["iccid"].as_str(),
+            journal["lease_until"].as_u64()
+        ),
+        (Some("ordering"), Some(pending.iccid.as_str()), Some(0))
+    );
+
+    // The store recovers: the same payment sent again at once (the lease was handed over) finishes the order.
+    failing.store(false, Ordering::SeqCst);
+    let done = order_at(
+        &mut kit,
+        request("us-west", None),
+        "inv-unread",
+        AFTER_LEASE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (done.iccid.as_str(), done.state),
+        (pending.iccid.as_str(), types::SimState::Active)
+    );
 }
 
 /// A pending SIM its owner terminated is withdrawn: the resumed order does not confirm it (the terminate
