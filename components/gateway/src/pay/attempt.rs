@@ -30,11 +30,10 @@ pub struct Attempt<'a> {
     /// This attempt's hold on the payment record, and until when (kernel `paid::lease_covers`).
     holder: String,
     lease_until: std::cell::Cell<u64>,
-    /// The payment's money is final (settled): its invoice was marked paid, or marking it was tried.
-    settled: std::cell::Cell<bool>,
-    /// Something this attempt did may be missing from the store: marking the invoice paid failed (a store
-    /// fault, not a repeat), or its ledger events were neither appended nor parked ([`Attempt::end`]).
-    unrecorded: std::cell::Cell<bool>,
+    /// The payment's money is final and its invoice is marked paid (by this attempt, or found so).
+    marked: std::cell::Cell<bool>,
+    /// This attempt's ledger events were neither appended nor parked ([`Attempt::end`]).
+    unlogged: std::cell::Cell<bool>,
 }
 
 impl<'a> std::ops::Deref for Attempt<'a> {
@@ -52,17 +51,19 @@ impl<'a> Attempt<'a> {
             resumed: driver.resumed,
             holder: driver.holder.clone(),
             lease_until: std::cell::Cell::new(driver.lease_until),
-            settled: std::cell::Cell::new(false),
-            unrecorded: std::cell::Cell::new(false),
+            marked: std::cell::Cell::new(false),
+            unlogged: std::cell::Cell::new(false),
         }
     }
 
-    /// The payment record's end for `end`: a settled payment whose paid mark or ledger events this attempt
-    /// could not record stays resumable (its answer stands), so the same payment sent again records them (the
-    /// ledger leaves out what landed); ended, nothing would record them again.
+    /// The payment record's end for `end`: a payment marked paid whose ledger events this attempt could neither
+    /// append nor park stays resumable (its answer stands), so the same payment sent again logs them (the ledger
+    /// leaves out what landed); ended, nothing would log them again. Only once marked: a resumed payment whose
+    /// invoice is not marked paid is taken for one whose answer was never sent (a SIM its owner terminated is
+    /// then owed back whole, `Attempt::deliver`), which a delivered one's answer was.
     pub fn end(&self, end: wit::PaymentEnd) -> wit::PaymentEnd {
         match end {
-            wit::PaymentEnd::Done if self.settled.get() && self.unrecorded.get() => {
+            wit::PaymentEnd::Done if self.marked.get() && self.unlogged.get() => {
                 wit::PaymentEnd::Resume
             }
             end => end,
@@ -79,7 +80,7 @@ impl<'a> Attempt<'a> {
     pub async fn flush(&self) {
         let events = std::mem::take(&mut *self.pending.borrow_mut());
         if !log_events(events, self.resumed).await {
-            self.unrecorded.set(true);
+            self.unlogged.set(true);
         }
     }
 
@@ -317,22 +318,34 @@ impl Attempt<'_> {
     }
 
     /// Mark the invoice paid and log the settlement; `false` if it was already paid (a repeat) and this attempt
-    /// resumes nothing. A mark that fails otherwise (a store fault) still logs: the money moved, and this
-    /// attempt is the first to see it; the payment then stays resumable ([`Attempt::end`]) to mark it.
+    /// resumes nothing. A mark the store refuses is tried once more; one that still fails logs all the same (the
+    /// money moved, and this attempt is the first to see it), and the invoice stays unmarked (README, Known
+    /// gaps).
     async fn paid(&self, tx: &str, payer: &str) -> bool {
-        self.settled.set(true);
-        let marked =
-            invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned()).await;
+        let mark = || invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned());
+        let marked = match mark().await {
+            Err(e) if !matches!(e, wit::Error::Conflict(_)) => {
+                eprintln!(
+                    "gateway: marking {} paid failed, trying once more: {e:?}",
+                    self.invoice.id
+                );
+                mark().await
+            }
+            marked => marked,
+        };
         let new = match &marked {
             Ok(_) => true,
             // A repeat after an interruption finds it paid already.
             Err(wit::Error::Conflict(_)) => false,
             Err(e) => {
-                eprintln!("gateway: marking {} paid failed: {e:?}", self.invoice.id);
-                self.unrecorded.set(true);
+                eprintln!(
+                    "gateway: OPERATOR: {} is settled but could not be marked paid: {e:?}",
+                    self.invoice.id
+                );
                 true
             }
         };
+        self.marked.set(marked.is_ok() || !new);
         if !self.logs(new) {
             return false;
         }
