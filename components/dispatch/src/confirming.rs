@@ -9,7 +9,7 @@ use esim402_core::esim::es2::{
 };
 use esim402_core::esim::{ActivationCode, Carrier, Eid, Iccid, SimState};
 use esim402_core::order::{AfterConfirm, Confirmation, Step, StoredSim};
-use esim402_guest::convert::invalid;
+use esim402_guest::convert::{invalid, message};
 use esim402_guest::kv::Stored;
 use esim402_guest::wit;
 
@@ -128,7 +128,16 @@ pub async fn finish(
         Ok(after) => after,
         Err(e) => {
             // The outcome cannot be recorded, and the order fails: give the profile back rather than leave it
-            // allocated (or released under a code nobody will get).
+            // allocated (or released under a code nobody will get), its record marked failed first (best
+            // effort): one left pending would refuse that profile when the carrier hands it out again
+            // (kernel `order::may_record_allocation`).
+            if let Err(e) = sim_store::after_confirm(sim, None, Confirmation::Refused).await {
+                eprintln!(
+                    "dispatch: SIM {} stays pending although its profile is given back: {}",
+                    sim.iccid,
+                    message(&e)
+                );
+            }
             cancel_profile(cfg, carrier, step, false).await;
             return Err(Skip::Reject(e));
         }

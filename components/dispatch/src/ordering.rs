@@ -251,6 +251,18 @@ async fn hand_over(driver: &Driver, step: &Step, pending: StoredSim, e: wit::Err
     Skip::Pending(Box::new(pending))
 }
 
+fn in_progress(invoice_id: &str) -> wit::Error {
+    wit::Error::Conflict(format!("an order for invoice {invoice_id} is in progress"))
+}
+
+/// Whether `e`, an error of [`order`] for `invoice_id`, says another call drives that order (busy, or its
+/// journal taken over): unlike any other error, that order may still deliver.
+pub fn driven_elsewhere(e: &wit::Error, invoice_id: &str) -> bool {
+    let taken_over = order::JournalError::TakenOver(invoice_id.to_owned()).to_string();
+    let busy = message(&in_progress(invoice_id));
+    matches!(e, wit::Error::Conflict(m) if *m == taken_over || *m == busy)
+}
+
 /// Order a profile for `spec`, paid by `invoice_id`, with failover; idempotent per invoice.
 pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim, wit::Error> {
     if invoice_id.is_empty() || invoice_id.len() > esim402_core::InvoiceId::MAX_LEN {
@@ -284,15 +296,9 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
                 order::replay_for(&sim, spec.owner.as_ref()).map_err(wit::Error::Conflict)?;
                 return Ok(sim);
             }
-            return Err(wit::Error::Conflict(format!(
-                "an order for invoice {invoice_id} is in progress"
-            )));
+            return Err(in_progress(invoice_id));
         }
-        Err(Claim::Busy(None)) | Err(Claim::Drive(_)) => {
-            return Err(wit::Error::Conflict(format!(
-                "an order for invoice {invoice_id} is in progress"
-            )));
-        }
+        Err(Claim::Busy(None)) | Err(Claim::Drive(_)) => return Err(in_progress(invoice_id)),
     };
     cleanup::sweep(&cfg, 4).await;
     let deadline = Deadline::new(&cfg);

@@ -1,8 +1,9 @@
 //! Switching a SIM to another carrier or region (kernel `order::start_switch`, priced with the catalog): the
 //! replacement is ordered like any paid order, and the old SIM stays in service until the replacement is
 //! installed ([`crate::sims`]'s download-progress callbacks retire it). One switch at a time: the old record is
-//! claimed for the switch's invoice before its replacement is ordered, and names the replacement only while
-//! that claim holds (kernel `order::claim_switch`, `order::settle_switch`, each inside the record's cell update).
+//! claimed for the switch's invoice before its replacement is ordered (again by the same payment sent again),
+//! and names the replacement only while that claim holds (kernel `order::claim_switch`, `order::settle_switch`,
+//! each inside the record's cell update).
 
 use esim402_core::esim::Eid;
 use esim402_core::order::{
@@ -108,13 +109,22 @@ pub async fn perform_switch(
     )
     .map_err(refused)?;
     let (region, carrier, failover) = route(&cfg, &old, t)?;
-    if start == SwitchStart::Order {
-        let lease = order::lease_secs(cfg.budget.as_secs(), cfg.call_timeout.as_secs());
-        let seen = old.replaced_by.as_deref();
-        change_old(&old.iccid, |sim| {
-            claim_switch(sim, seen, invoice_id, now, lease).map_err(refused)
-        })
-        .await?;
+    // A replay claims the SIM too: its order may still fail over from the SIM it named (left pending, then
+    // refused), and the SIM it delivers instead is named only under the claim. Best effort for a replay: one
+    // refused (the SIM left service, e.g. retired by this switch's replacement) still answers its order.
+    let lease = order::lease_secs(cfg.budget.as_secs(), cfg.call_timeout.as_secs());
+    let seen = old.replaced_by.as_deref();
+    let claimed = change_old(&old.iccid, |sim| {
+        claim_switch(sim, seen, invoice_id, now, lease).map_err(refused)
+    })
+    .await;
+    match claimed {
+        Err(e) if start == SwitchStart::Order => return Err(e),
+        Err(e) => eprintln!(
+            "dispatch: the switch of SIM {iccid} (invoice {invoice_id}) is replayed without its claim: {}",
+            message(&e)
+        ),
+        Ok(_) => {}
     }
     let spec = OrderSpec {
         region,
@@ -133,9 +143,9 @@ pub async fn perform_switch(
     let new = match ordering::order(spec, invoice_id, now).await {
         Ok(new) => new,
         Err(e) => {
-            // Ordered nothing: the SIM is free for another switch at once. A conflict may be this invoice's
-            // order still driven by another call: its claim stays (it runs out with the order's lease).
-            if !matches!(e, wit::Error::Conflict(_))
+            // Ordered nothing: the SIM is free for another switch at once, unless this invoice's order is
+            // still driven by another call: its claim stays (it runs out with the order's lease).
+            if !ordering::driven_elsewhere(&e, invoice_id)
                 && let Err(e) =
                     change_old(&old.iccid, |sim| Ok(settle_switch(sim, invoice_id, None))).await
             {

@@ -606,14 +606,16 @@ pub fn claim_switch(
 
 /// The old SIM once the switch paid by `invoice_id` ended, with its replacement `new` (`None`: it ordered
 /// nothing): naming `new` and its claim released, if the switch still holds its claim; `None` (nothing to
-/// write) if `new` is named already (a payment sent again) or the claim is not this switch's (it ran out and
-/// another switch took the SIM over: this one's replacement never retires it).
+/// write) if the claim is not this switch's (it ran out and another switch took the SIM over: this one's
+/// replacement never retires it). A payment sent again claims the SIM anew ([`SwitchStart::Replay`]): its
+/// order may fail over from the SIM it named (left pending, then refused), and the SIM it delivers instead is
+/// named here.
 pub fn settle_switch(old: &StoredSim, invoice_id: &str, new: Option<&str>) -> Option<StoredSim> {
     let ours = old
         .switching
         .as_ref()
         .is_some_and(|c| c.invoice_id == invoice_id);
-    if !ours || (new.is_some() && old.replaced_by.as_deref() == new) {
+    if !ours {
         return None;
     }
     let mut settled = old.clone();
@@ -1317,6 +1319,22 @@ mod tests {
         assert_eq!(settle_switch(&claimed, "inv_s2", Some("8904")), None);
         let released = settle_switch(&claimed, "inv_s1", None).unwrap();
         assert_eq!((released.replaced_by, released.switching), (None, None));
+        // The same payment sent again claims the SIM anew: a replay answering the SIM already named releases
+        // its claim; one whose order failed over from the SIM it named (left pending, then refused) names the
+        // SIM it delivered instead.
+        let replayed = claim_switch(&done, Some("8903"), "inv_s1", 300, 95)
+            .unwrap()
+            .unwrap();
+        let same = settle_switch(&replayed, "inv_s1", Some("8903")).unwrap();
+        assert_eq!(
+            (same.replaced_by.as_deref(), same.switching.as_ref()),
+            (Some("8903"), None)
+        );
+        let failed_over = settle_switch(&replayed, "inv_s1", Some("8905")).unwrap();
+        assert_eq!(
+            (failed_over.replaced_by.as_deref(), failed_over.switching),
+            (Some("8905"), None)
+        );
         // Stored without a claim, the record reads and writes as before.
         let json = serde_json::to_value(&old).unwrap();
         assert!(json.get("switching").is_none(), "{json}");

@@ -1215,16 +1215,22 @@ async fn switch_to(
     carrier: &str,
     invoice: &str,
 ) -> Result<types::Sim, types::Error> {
-    let (id, carrier, invoice) = (iccid.to_owned(), carrier.to_owned(), invoice.to_owned());
+    let target = types::SwitchTarget::Carrier(carrier.to_owned());
+    switch_at(kit, iccid, target, invoice, 1_764_000_200).await
+}
+
+/// `perform-switch` of `iccid` to `target`, paid by `invoice`, at `now`.
+async fn switch_at(
+    kit: &mut Kit,
+    iccid: &str,
+    target: types::SwitchTarget,
+    invoice: &str,
+    now: u64,
+) -> Result<types::Sim, types::Error> {
+    let (id, invoice) = (iccid.to_owned(), invoice.to_owned());
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_perform_switch(
-                a,
-                id,
-                types::SwitchTarget::Carrier(carrier),
-                invoice,
-                1_764_000_200,
-            )
+            .call_perform_switch(a, id, target, invoice, now)
             .await
     })
     .await
@@ -1588,6 +1594,177 @@ async fn two_switches_of_one_sim_at_once_order_one_replacement() {
     assert!(
         stored.get("switching").is_none(),
         "claim released: {stored}"
+    );
+}
+
+/// A region switch left pending (its confirm timed out) names its pending SIM; the same payment sent again
+/// meets its confirm refused and fails over: the SIM it delivers instead is named (before, the old SIM kept
+/// naming the failed one, so that SIM's installation retired nothing and another switch was taken meanwhile).
+#[tokio::test]
+async fn a_resent_switch_that_fails_over_names_the_sim_it_delivers() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("telekom-de", Behaves::ConfirmTimeout);
+    let mut vars = SHORT_BUDGET.to_vec();
+    vars.push((
+        "carrier_callback_credentials",
+        "vodafone-de=vodafone-callback-secret",
+    ));
+    let mut kit = kit_with(smdp.clone(), &vars).await;
+    let old = order(&mut kit, request("us-west", None), "inv-move")
+        .await
+        .unwrap();
+    let to_eu = || types::SwitchTarget::Region("eu-central".into());
+    let pending = switch_at(&mut kit, &old.iccid, to_eu(), "inv-move-1", NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        (pending.carrier.as_str(), pending.state),
+        ("telekom-de", types::SimState::Pending)
+    );
+    let named = get_sim(&mut kit, &old.iccid).await;
+    assert_eq!(named.replaced_by.as_deref(), Some(pending.iccid.as_str()));
+
+    smdp.set("telekom-de", Behaves::ConfirmFails);
+    let new = switch_at(&mut kit, &old.iccid, to_eu(), "inv-move-1", AFTER_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        (new.carrier.as_str(), new.state),
+        ("vodafone-de", types::SimState::Active)
+    );
+    let failed = get_sim(&mut kit, &pending.iccid).await;
+    assert_eq!(failed.state, types::SimState::Failed);
+    let named = get_sim(&mut kit, &old.iccid).await;
+    assert_eq!(named.replaced_by.as_deref(), Some(new.iccid.as_str()));
+    let stored: Value =
+        serde_json::from_slice(&kit.kv_get(&format!("sim/{}", old.iccid)).await.unwrap()).unwrap();
+    assert!(
+        stored.get("switching").is_none(),
+        "claim released: {stored}"
+    );
+    // Another payment meets the replacement on its way.
+    let other = switch_at(&mut kit, &old.iccid, to_eu(), "inv-move-2", AFTER_LEASE).await;
+    assert!(matches!(other, Err(types::Error::Conflict(_))), "{other:?}");
+
+    // Installing it takes the old SIM out of service.
+    let body = json!({"iccid": new.iccid, "profileType": "vfde-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+        "notificationPointId": 4, "notificationPointStatus": {"status": "Executed-Success"}})
+    .to_string();
+    download_progress(&mut kit, body, Some("vodafone-callback-secret"))
+        .await
+        .unwrap();
+    let old_now = get_sim(&mut kit, &old.iccid).await;
+    assert_eq!(old_now.state, types::SimState::Terminated);
+}
+
+/// A switch whose order failed for good with a conflict (here its pending replacement withdrawn by its owner,
+/// the same payment then sent again) releases its claim: another switch of the SIM is taken at once, not only
+/// once the claim runs out.
+#[tokio::test]
+async fn a_switch_whose_order_failed_for_good_releases_its_claim() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("verizon", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let old = order(&mut kit, request("us-west", None), "inv-drop")
+        .await
+        .unwrap();
+    let to = |c: &str| types::SwitchTarget::Carrier(c.into());
+    let pending = switch_at(&mut kit, &old.iccid, to("verizon"), "inv-drop-1", NOW)
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    let id = pending.iccid.clone();
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_lifecycle(a, id, types::LifecycleAction::Terminate)
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    smdp.set("verizon", Behaves::Ok);
+    let again = switch_at(
+        &mut kit,
+        &old.iccid,
+        to("verizon"),
+        "inv-drop-1",
+        AFTER_LEASE,
+    )
+    .await;
+    assert!(
+        matches!(&again, Err(types::Error::Conflict(m)) if m.contains("terminated")),
+        "{again:?}"
+    );
+    let stored: Value =
+        serde_json::from_slice(&kit.kv_get(&format!("sim/{}", old.iccid)).await.unwrap()).unwrap();
+    assert!(
+        stored.get("switching").is_none(),
+        "claim released: {stored}"
+    );
+    let other = switch_at(
+        &mut kit,
+        &old.iccid,
+        to("att"),
+        "inv-drop-2",
+        AFTER_LEASE + 1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.carrier, "att");
+    let named = get_sim(&mut kit, &old.iccid).await;
+    assert_eq!(named.replaced_by.as_deref(), Some(other.iccid.as_str()));
+}
+
+/// Fails the first write under `sim/` once armed (and disarms).
+struct FailOnce(Arc<std::sync::atomic::AtomicBool>);
+
+impl esim402_host::kv::wrapped::Hook for FailOnce {
+    fn before(
+        &self,
+        op: esim402_host::kv::wrapped::Op,
+        key: &str,
+    ) -> esim402_host::kv::KvResult<()> {
+        if op.writes() && key.starts_with("sim/") && self.0.swap(false, Ordering::SeqCst) {
+            return Err(esim402_host::kv::KvError(format!("injected: {key}")));
+        }
+        Ok(())
+    }
+}
+
+/// A confirm whose outcome cannot be recorded gives the profile back with its record marked failed (best
+/// effort): when the carrier hands that profile out again, the next order records it (before, the record
+/// stayed pending and the profile was refused as another SIM's, and leaked).
+#[tokio::test]
+async fn a_profile_given_back_when_its_confirm_cannot_be_recorded_can_be_handed_out_again() {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Arc::new(esim402_host::kv::wrapped::Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        FailOnce(armed.clone()),
+    ));
+    let smdp = Arc::new(FakeSmdp::default());
+    *smdp.on_confirm.lock().unwrap() = Some(armed.clone());
+    let mut kit = kit_on(smdp.clone(), &[], Some(store)).await;
+    let err = order(&mut kit, request("us-west", Some("tmobile")), "inv-lost")
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, types::Error::Unavailable(_)), "{err:?}");
+    let cancel = kit.requests().last().unwrap().json().unwrap();
+    assert_eq!(cancel["finalProfileStatusIndicator"], "Available");
+    let iccid = cancel["iccid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get_sim(&mut kit, &iccid).await.state,
+        types::SimState::Failed
+    );
+
+    *smdp.on_confirm.lock().unwrap() = None;
+    *smdp.reissue.lock().unwrap() = Some(iccid.clone());
+    let again = order(&mut kit, request("us-west", None), "inv-found")
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.iccid.as_str(), again.carrier.as_str(), again.state),
+        (iccid.as_str(), "tmobile", types::SimState::Active)
     );
 }
 
