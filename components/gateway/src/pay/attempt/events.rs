@@ -1,0 +1,45 @@
+//! An attempt's ledger events: noted as it goes, appended together ([`Attempt::flush`]), and what the payment
+//! record's end becomes when they could not be ([`Attempt::end`]).
+
+use esim402_core::ledger::{EntryFields, EntryKind};
+use esim402_guest::convert::event_to_wit;
+use esim402_guest::wit;
+
+use super::super::log_events;
+use super::Attempt;
+
+impl Attempt<'_> {
+    /// The payment record's end for `end`: a payment marked paid whose ledger events this attempt could neither
+    /// append nor park stays resumable (its answer stands), so the same payment sent again logs them (the ledger
+    /// leaves out what landed); ended, nothing would log them again. Only once marked: a resumed payment whose
+    /// invoice is not marked paid is taken for one whose answer was never sent (a SIM its owner terminated is
+    /// then owed back whole, `Attempt::deliver`), which a delivered one's answer was.
+    pub fn end(&self, end: wit::PaymentEnd) -> wit::PaymentEnd {
+        match end {
+            wit::PaymentEnd::Done if self.marked.get() && self.unlogged.get() => {
+                wit::PaymentEnd::Resume
+            }
+            end => end,
+        }
+    }
+
+    /// Record a ledger event, appended at the next [`Attempt::flush`].
+    pub fn note(&self, kind: EntryKind, fields: EntryFields) {
+        self.pending.borrow_mut().push(event_to_wit(kind, &fields));
+    }
+
+    /// Append the recorded events (a resumed attempt's may repeat an interrupted one's: the ledger keeps each
+    /// once-per-invoice event once).
+    pub async fn flush(&self) {
+        let events = std::mem::take(&mut *self.pending.borrow_mut());
+        if !log_events(events, self.resumed).await {
+            self.unlogged.set(true);
+        }
+    }
+
+    /// Whether an effect's event is logged: the effect is new, or this attempt resumes one that may have been
+    /// interrupted between that effect and its append (the ledger leaves out a repeat).
+    pub(super) fn logs(&self, new: bool) -> bool {
+        new || self.resumed
+    }
+}
