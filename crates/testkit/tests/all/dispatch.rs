@@ -195,6 +195,19 @@ const AFTER_LEASE: u64 = NOW + 3_600;
 /// A short order budget and ES2+ call timeout: a confirm that times out leaves the order pending.
 const SHORT_BUDGET: &[(&str, &str)] = &[("dispatch_budget_secs", "1"), ("es2_timeout_ms", "600")];
 
+/// Terminate `iccid` as its owner would (`lifecycle`): the SIM after it.
+async fn terminate(kit: &mut Kit, iccid: &str) -> types::Sim {
+    let id = iccid.to_owned();
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_lifecycle(a, id, types::LifecycleAction::Terminate)
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 async fn order(
     kit: &mut Kit,
     req: types::ActivationRequest,
@@ -1194,15 +1207,7 @@ async fn terminating_a_never_downloaded_profile_retires_it_at_the_carrier() {
     let sim = order(&mut kit, request("us-west", None), "inv-14")
         .await
         .unwrap();
-    let id = sim.iccid.clone();
-    kit.call(async move |a, g| {
-        g.dispatch()
-            .call_lifecycle(a, id, types::LifecycleAction::Terminate)
-            .await
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    terminate(&mut kit, &sim.iccid).await;
     let cancel = kit.requests().last().unwrap().json().unwrap();
     assert_eq!(cancel["iccid"].as_str(), Some(sim.iccid.as_str()));
     assert_eq!(cancel["finalProfileStatusIndicator"], "Unavailable");
@@ -1503,16 +1508,7 @@ async fn a_withdrawn_replacement_reporting_installed_leaves_the_old_sim_in_servi
     let withdrawn = switch_to(&mut kit, &old.iccid, "verizon", "inv-keep-b")
         .await
         .unwrap();
-    let id = withdrawn.iccid.clone();
-    let s = kit
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_lifecycle(a, id, types::LifecycleAction::Terminate)
-                .await
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let s = terminate(&mut kit, &withdrawn.iccid).await;
     assert_eq!(s.state, types::SimState::Terminated);
     let later = switch_to(&mut kit, &old.iccid, "att", "inv-keep-d")
         .await
@@ -1673,15 +1669,7 @@ async fn a_switch_whose_order_failed_for_good_releases_its_claim() {
         .await
         .unwrap();
     assert_eq!(pending.state, types::SimState::Pending);
-    let id = pending.iccid.clone();
-    kit.call(async move |a, g| {
-        g.dispatch()
-            .call_lifecycle(a, id, types::LifecycleAction::Terminate)
-            .await
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    terminate(&mut kit, &pending.iccid).await;
 
     smdp.set("verizon", Behaves::Ok);
     let again = switch_at(
@@ -1881,16 +1869,7 @@ async fn a_pending_sim_its_owner_terminated_is_not_confirmed_again() {
         .await
         .unwrap();
     assert_eq!(pending.state, types::SimState::Pending);
-    let id = pending.iccid.clone();
-    let terminated = kit
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_lifecycle(a, id, types::LifecycleAction::Terminate)
-                .await
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let terminated = terminate(&mut kit, &pending.iccid).await;
     assert_eq!(terminated.state, types::SimState::Terminated);
     let retire = kit.requests().last().unwrap().json().unwrap();
     assert_eq!(retire["finalProfileStatusIndicator"], "Unavailable");
@@ -2059,15 +2038,7 @@ async fn only_the_payer_and_the_current_token_open_a_sim() {
         initial, None,
         "the first token is not handed out after a rotation"
     );
-    let id = iccid.clone();
-    kit.call(async move |a, g| {
-        g.dispatch()
-            .call_lifecycle(a, id, types::LifecycleAction::Terminate)
-            .await
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    terminate(&mut kit, &iccid).await;
     assert!(
         authorize(&mut kit, &iccid, credential_token(&rotated))
             .await
