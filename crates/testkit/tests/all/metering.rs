@@ -920,6 +920,66 @@ async fn usage_rows_per_network() {
     assert!(matches!(bad, Err(types::Error::InvalidInput(f)) if f.field == "granularity"));
 }
 
+/// A usage query sums the SIM's newest 10 000 log entries: with 10 002 logged, the newest (the only one on
+/// network 310-410) is in the rows. Before, the log was read from its first entry and cut at 10 000, leaving
+/// out the newest periods. The log is made by one real batch, its entry copied into chunks of 1 000.
+#[tokio::test]
+async fn usage_rows_come_from_the_newest_receipts() {
+    use esim402_core::store::keys;
+    use esim402_core::usage::ingest::log_position;
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(7);
+    open(&mut kit, &id, 10).await;
+    ingest(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 1, 1_000, "310-260")],
+    )
+    .await;
+    let first = kit
+        .kv()
+        .get(&keys::meter_chunk(&id, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let entry = serde_json::from_slice::<Vec<Value>>(&first).unwrap()[0].clone();
+    let copy = |chunk: u64, index: usize, plmn: &str| {
+        let mut e = entry.clone();
+        e["n"] = log_position(chunk, index).into();
+        e["receipt"]["plmn"] = plmn.into();
+        e
+    };
+    for chunk in 2..=11 {
+        let entries: Vec<Value> = (0..1_000).map(|i| copy(chunk, i, "310-260")).collect();
+        let bytes = serde_json::to_vec(&entries).unwrap();
+        kit.kv()
+            .set(&keys::meter_chunk(&id, chunk), &bytes)
+            .await
+            .unwrap();
+    }
+    let newest = serde_json::to_vec(&[copy(12, 0, "310-410")]).unwrap();
+    kit.kv()
+        .set(&keys::meter_chunk(&id, 12), &newest)
+        .await
+        .unwrap();
+    kit.kv()
+        .increment(&keys::meter_chunks(&id), 11)
+        .await
+        .unwrap();
+
+    let id2 = id.clone();
+    let rows: Value = serde_json::from_str(
+        &kit.call(async move |a, g| g.metering().call_usage(a, id2, "day".into(), true).await)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(rows.iter().any(|r| r["plmn"] == "310-410"), "{rows:?}");
+    let totals: u64 = rows.iter().map(|r| r["data_total"].as_u64().unwrap()).sum();
+    assert_eq!(totals, 10_000 * 1_000, "the newest 10 000");
+}
+
 #[tokio::test]
 async fn malformed_batches_and_iccids() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
