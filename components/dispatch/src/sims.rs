@@ -9,7 +9,9 @@
 
 use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
-use esim402_core::esim::{Eid, Iccid, ProfileState, SimAction, SimState, owner_action};
+use esim402_core::esim::{
+    Eid, Iccid, ProfileState, SimAction, SimState, owner_action, retire_on_terminate,
+};
 use esim402_core::join::join_all;
 use esim402_core::order::{self, StoredSim, progress_after, retire_replaced};
 use esim402_core::store::keys;
@@ -211,7 +213,7 @@ pub async fn balance_hold(hold: &wit::BalanceHold) -> Result<wit::Sim, wit::Erro
         .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))
 }
 
-/// `lifecycle`: suspend, resume or terminate; a terminated profile that was never downloaded is retired at
+/// `lifecycle`: suspend, resume or terminate; a terminated profile the device has not installed is retired at
 /// the SM-DP+ so nobody can download it.
 pub async fn lifecycle(iccid: &str, action: wit::LifecycleAction) -> Result<wit::Sim, wit::Error> {
     let iccid = parse_iccid(iccid)?;
@@ -221,19 +223,27 @@ pub async fn lifecycle(iccid: &str, action: wit::LifecycleAction) -> Result<wit:
         wit::LifecycleAction::Terminate => SimAction::Terminate,
     };
     let sim = transition(&iccid, action).await?;
-    if action == SimAction::Terminate
-        && matches!(sim.profile_state, None | Some(ProfileState::Released))
-    {
-        let cfg = crate::config::get().await?;
-        // The SIM is terminated either way; a carrier gone from the catalog since cannot be called.
-        match cfg.carrier(&sim.carrier) {
-            Ok(carrier) => crate::calls::cancel(&cfg, carrier, &iccid, true).await,
-            Err(e) => eprintln!(
-                "dispatch: SIM {iccid} is terminated, but its profile is not cancelled at the SM-DP+ (cancel it there by hand): {e:?}"
-            ),
-        }
+    if action == SimAction::Terminate {
+        retire_profile(&iccid, &sim).await?;
     }
     Ok(sim_to_wit(&sim))
+}
+
+/// The profile of `sim`, just terminated, retired at the SM-DP+ (CancelOrder `Unavailable`, queued if it
+/// cannot be sent now) unless the device installed it (kernel `esim::retire_on_terminate`).
+async fn retire_profile(iccid: &Iccid, sim: &StoredSim) -> Result<(), wit::Error> {
+    if !retire_on_terminate(sim.profile_state) {
+        return Ok(());
+    }
+    let cfg = crate::config::get().await?;
+    // The SIM is terminated either way; a carrier gone from the catalog since cannot be called.
+    match cfg.carrier(&sim.carrier) {
+        Ok(carrier) => crate::calls::cancel(&cfg, carrier, iccid, true).await,
+        Err(e) => eprintln!(
+            "dispatch: SIM {iccid} is terminated, but its profile is not cancelled at the SM-DP+ (cancel it there by hand): {e:?}"
+        ),
+    }
+    Ok(())
 }
 
 /// 409: the SIM's carrier (or the one asked for) is no longer sold here (gone from the catalog since, or
@@ -291,18 +301,24 @@ pub async fn download_progress(body: &str, credential: Option<&str>) -> Result<(
 }
 
 /// The replacement `new` is installed: the SIM it replaces, `old`, leaves service if it still names `new` as
-/// its replacement and `new` is live (kernel `order::retire_replaced`, inside the old record's cell update).
+/// its replacement and `new` is live (kernel `order::retire_replaced`, inside the old record's cell update),
+/// and its profile is retired at the SM-DP+ as a terminate's is.
 async fn retire_replaced_sim(old: &str, new: &StoredSim) -> Result<(), wit::Error> {
     let Ok(old) = Iccid::parse(old) else {
         return Ok(());
     };
-    kv::change_json::<StoredSim, (), wit::Error>(&keys::sim(old.as_str()), |current| {
-        Ok(match current.and_then(|c| retire_replaced(&c, new)) {
-            Some(retired) => (Change::Put(retired), ()),
-            None => (Change::Keep, ()),
+    let (_, retired) =
+        kv::change_json::<StoredSim, _, wit::Error>(&keys::sim(old.as_str()), |current| {
+            Ok(match current.and_then(|c| retire_replaced(&c, new)) {
+                Some(retired) => (Change::Put(retired.clone()), Some(retired)),
+                None => (Change::Keep, None),
+            })
         })
-    })
-    .await
-    .map(|_| ())
-    .map_err(kv_err)
+        .await
+        .map_err(kv_err)?;
+    // Terminated like an owner's terminate: a profile never installed (bought, then switched) is retired too.
+    match retired {
+        Some(retired) => retire_profile(&old, &retired).await,
+        None => Ok(()),
+    }
 }

@@ -205,6 +205,19 @@ impl ProfileState {
     }
 }
 
+/// Whether terminating a SIM whose profile is in `state` (`None`: never released) must retire the profile at
+/// the SM-DP+ (CancelOrder `Unavailable`), so nobody can download it after the owner gave it up. Only a profile
+/// the device installed (Installed, Enabled) or deleted is past that: the SM-DP+ cannot take it back. A
+/// Downloaded profile is not installed yet, and one we saw in Error may still be Released at the SM-DP+ (it
+/// reaches Error only at its retry limit, a single failure report does not): both are retired. A cancel the
+/// SM-DP+ answers with "in use" or "invalid transition" is done (`es2::ResponseHeader::cancel_outcome`).
+pub fn retire_on_terminate(state: Option<ProfileState>) -> bool {
+    !matches!(
+        state,
+        Some(ProfileState::Installed | ProfileState::Enabled | ProfileState::Deleted)
+    )
+}
+
 /// The profile state after a HandleDownloadProgressInfo notification, or `None` when the state does not change.
 ///
 /// - Success (`Executed-Success` or `-WithWarning`) at point 3 (BPP download) → Downloaded, at 4 (installation)
@@ -251,6 +264,21 @@ mod tests {
         S::Failed,
     ];
     const ALL_ACTIONS: [A; 3] = [A::Suspend, A::Resume, A::Terminate];
+
+    #[test]
+    fn terminate_sends_cancel_order_unless_the_device_installed_the_profile() {
+        for (state, retires) in [
+            (None, true),
+            (Some(P::Released), true),
+            (Some(P::Downloaded), true),
+            (Some(P::Error), true),
+            (Some(P::Installed), false),
+            (Some(P::Enabled), false),
+            (Some(P::Deleted), false),
+        ] {
+            assert_eq!(retire_on_terminate(state), retires, "{state:?}");
+        }
+    }
 
     #[test]
     fn sim_transitions() {

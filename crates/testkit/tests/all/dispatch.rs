@@ -1213,6 +1213,31 @@ async fn terminating_a_never_downloaded_profile_retires_it_at_the_carrier() {
     assert_eq!(cancel["finalProfileStatusIndicator"], "Unavailable");
 }
 
+/// A profile downloaded to the device but not installed (download-progress point 3) can still be installed
+/// there: terminating its SIM retires it at the carrier too.
+#[tokio::test]
+async fn terminating_a_downloaded_but_not_installed_profile_retires_it_at_the_carrier() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-downloaded")
+        .await
+        .unwrap();
+    let body = json!({"iccid": sim.iccid, "profileType": "tmo-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+        "notificationPointId": 3, "notificationPointStatus": {"status": "Executed-Success"}})
+    .to_string();
+    download_progress(&mut kit, body, Some(TMOBILE_CB))
+        .await
+        .unwrap();
+    let terminated = terminate(&mut kit, &sim.iccid).await;
+    assert_eq!(
+        (terminated.state, terminated.profile_state),
+        (types::SimState::Terminated, types::ProfileState::Downloaded)
+    );
+    assert_eq!(calls(&kit).last(), Some(&call("tmobile", "cancelOrder")));
+    let cancel = kit.requests().last().unwrap().json().unwrap();
+    assert_eq!(cancel["iccid"].as_str(), Some(sim.iccid.as_str()));
+    assert_eq!(cancel["finalProfileStatusIndicator"], "Unavailable");
+}
+
 /// `perform-switch` of `iccid` to `carrier`, paid by `invoice`.
 async fn switch_to(
     kit: &mut Kit,
@@ -1310,6 +1335,11 @@ async fn switch_quotes_the_fee_and_replaces_after_installation() {
     let old_now = get_sim(&mut kit, &old.iccid).await;
     assert_eq!(old_now.state, types::SimState::Terminated);
     assert_eq!(old_now.replaced_by.as_deref(), Some(new.iccid.as_str()));
+    // The old profile was never downloaded: it is retired at its carrier, so nobody can download it now.
+    assert_eq!(calls(&kit).last(), Some(&call("tmobile", "cancelOrder")));
+    let retire = kit.requests().last().unwrap().json().unwrap();
+    assert_eq!(retire["iccid"].as_str(), Some(old.iccid.as_str()));
+    assert_eq!(retire["finalProfileStatusIndicator"], "Unavailable");
 }
 
 #[tokio::test]
