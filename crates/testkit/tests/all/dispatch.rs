@@ -195,6 +195,15 @@ const AFTER_LEASE: u64 = NOW + 3_600;
 /// A short order budget and ES2+ call timeout: a confirm that times out leaves the order pending.
 const SHORT_BUDGET: &[(&str, &str)] = &[("dispatch_budget_secs", "1"), ("es2_timeout_ms", "600")];
 
+/// The last call sent to the SM-DP+ retired `iccid` at `carrier`: CancelOrder with `Unavailable`, so nobody
+/// can download that profile any more.
+fn assert_retired(kit: &Kit, carrier: &str, iccid: &str) {
+    assert_eq!(calls(kit).last(), Some(&call(carrier, "cancelOrder")));
+    let cancel = kit.requests().last().unwrap().json().unwrap();
+    assert_eq!(cancel["iccid"].as_str(), Some(iccid));
+    assert_eq!(cancel["finalProfileStatusIndicator"], "Unavailable");
+}
+
 /// Terminate `iccid` as its owner would (`lifecycle`): the SIM after it.
 async fn terminate(kit: &mut Kit, iccid: &str) -> types::Sim {
     let id = iccid.to_owned();
@@ -1208,9 +1217,7 @@ async fn terminating_a_never_downloaded_profile_retires_it_at_the_carrier() {
         .await
         .unwrap();
     terminate(&mut kit, &sim.iccid).await;
-    let cancel = kit.requests().last().unwrap().json().unwrap();
-    assert_eq!(cancel["iccid"].as_str(), Some(sim.iccid.as_str()));
-    assert_eq!(cancel["finalProfileStatusIndicator"], "Unavailable");
+    assert_retired(&kit, "tmobile", &sim.iccid);
 }
 
 /// A profile downloaded to the device but not installed (download-progress point 3) can still be installed
@@ -1232,10 +1239,7 @@ async fn terminating_a_downloaded_but_not_installed_profile_retires_it_at_the_ca
         (terminated.state, terminated.profile_state),
         (types::SimState::Terminated, types::ProfileState::Downloaded)
     );
-    assert_eq!(calls(&kit).last(), Some(&call("tmobile", "cancelOrder")));
-    let cancel = kit.requests().last().unwrap().json().unwrap();
-    assert_eq!(cancel["iccid"].as_str(), Some(sim.iccid.as_str()));
-    assert_eq!(cancel["finalProfileStatusIndicator"], "Unavailable");
+    assert_retired(&kit, "tmobile", &sim.iccid);
 }
 
 /// `perform-switch` of `iccid` to `carrier`, paid by `invoice`.
@@ -1336,10 +1340,7 @@ async fn switch_quotes_the_fee_and_replaces_after_installation() {
     assert_eq!(old_now.state, types::SimState::Terminated);
     assert_eq!(old_now.replaced_by.as_deref(), Some(new.iccid.as_str()));
     // The old profile was never downloaded: it is retired at its carrier, so nobody can download it now.
-    assert_eq!(calls(&kit).last(), Some(&call("tmobile", "cancelOrder")));
-    let retire = kit.requests().last().unwrap().json().unwrap();
-    assert_eq!(retire["iccid"].as_str(), Some(old.iccid.as_str()));
-    assert_eq!(retire["finalProfileStatusIndicator"], "Unavailable");
+    assert_retired(&kit, "tmobile", &old.iccid);
 }
 
 #[tokio::test]
@@ -1591,11 +1592,10 @@ async fn two_switches_of_one_sim_at_once_order_one_replacement() {
                     1_764_000_200,
                 )
             });
-            let mut out = Vec::new();
-            for r in crate::join_all(calls).await {
-                out.push(r?);
-            }
-            Ok(out)
+            crate::join_all(calls)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
         .unwrap();
@@ -1901,8 +1901,7 @@ async fn a_pending_sim_its_owner_terminated_is_not_confirmed_again() {
     assert_eq!(pending.state, types::SimState::Pending);
     let terminated = terminate(&mut kit, &pending.iccid).await;
     assert_eq!(terminated.state, types::SimState::Terminated);
-    let retire = kit.requests().last().unwrap().json().unwrap();
-    assert_eq!(retire["finalProfileStatusIndicator"], "Unavailable");
+    assert_retired(&kit, "tmobile", &pending.iccid);
 
     // The carrier answers again and the lease ran out: a repeat would have confirmed the profile.
     smdp.set("tmobile", Behaves::Ok);

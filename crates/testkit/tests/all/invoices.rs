@@ -177,11 +177,10 @@ async fn racing_mark_paid_calls_have_exactly_one_winner() {
                 g.invoices()
                     .call_mark_paid(a, id.clone(), format!("0x{i:064x}"), "0xpayer".into())
             });
-            let mut out = Vec::new();
-            for r in crate::join_all(calls).await {
-                out.push(r?);
-            }
-            Ok(out)
+            crate::join_all(calls)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
         .unwrap();
@@ -728,22 +727,13 @@ async fn an_append_does_not_move_a_head_past_a_forged_entry() {
     )
     .await
     .expect("parked is logged");
-    let head = kit
-        .kv()
-        .get(&esim402_core::store::keys::ledger_head(shard))
+    let count = kit
+        .kv_get(&esim402_core::store::keys::ledger_head(shard))
         .await
-        .unwrap();
-    let count = head.map(|bytes| {
-        let stored = esim402_core::store::cell::Stored::decode(&bytes).unwrap();
-        serde_json::from_slice::<ChainHead>(&stored.data.unwrap())
-            .unwrap()
-            .count
-    });
+        .map(|bytes| serde_json::from_slice::<ChainHead>(&bytes).unwrap().count);
     assert!(count.unwrap_or(0) == 0, "the head moved: {count:?}");
-    let outbox = kit.kv().get("ledger/outbox").await.unwrap().unwrap();
-    let outbox = esim402_core::store::cell::Stored::decode(&outbox).unwrap();
-    let outbox: esim402_core::ledger::outbox::Outbox =
-        serde_json::from_slice(&outbox.data.unwrap()).unwrap();
+    let outbox = kit.kv_get("ledger/outbox").await.unwrap();
+    let outbox: esim402_core::ledger::outbox::Outbox = serde_json::from_slice(&outbox).unwrap();
     assert_eq!(outbox.parked_events(), 1, "the event waits");
 }
 

@@ -358,11 +358,10 @@ async fn owe_refund_is_idempotent_and_logs_once() {
                     now(),
                 )
             });
-            let mut out = Vec::new();
-            for r in crate::join_all(calls).await {
-                out.push(r?);
-            }
-            Ok(out)
+            crate::join_all(calls)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
         .unwrap();
@@ -718,11 +717,10 @@ async fn concurrent_runs_send_exactly_one_transfer_per_refund() {
     let results = kit
         .call(async move |a, g| {
             let calls = (0..8).map(|_| g.verifier().call_run_refunds(a, now(), 10));
-            let mut out = Vec::new();
-            for r in crate::join_all(calls).await {
-                out.push(r?);
-            }
-            Ok(out)
+            crate::join_all(calls)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
         .unwrap();

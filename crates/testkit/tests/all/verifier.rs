@@ -1375,11 +1375,10 @@ async fn twenty_concurrent_settles_broadcast_exactly_once() {
                 g.verifier()
                     .call_settle(a, inv.clone(), proof.clone(), verified())
             });
-            let mut out = Vec::new();
-            for r in crate::join_all(calls).await {
-                out.push(r?);
-            }
-            Ok(out)
+            crate::join_all(calls)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
         .unwrap();
