@@ -573,13 +573,7 @@ async fn a_switch_to_another_carrier_moves_the_balance_by_its_value() {
         let moved = transfer(&mut kit, &old, &new, "verizon").await.unwrap();
         assert_eq!(moved.balance.remaining_bytes, 6_000_000, "once, by value");
     }
-    let id = new.clone();
-    let shares = kit
-        .call(async move |a, g| g.metering().call_close(a, id).await)
-        .await
-        .unwrap()
-        .unwrap();
-    let shares: Vec<Value> = serde_json::from_str(&shares).unwrap();
+    let shares: Vec<Value> = serde_json::from_value(close(&mut kit, &new).await).unwrap();
     assert_eq!(shares.len(), 1, "{shares:?}");
     assert_eq!(
         (shares[0]["bytes"].as_u64(), shares[0]["amount"].as_str()),
@@ -596,16 +590,8 @@ async fn a_move_to_a_terminated_sim_leaves_the_balance_where_it_was() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
     let (old, new) = (iccid(27), iccid(28));
     open(&mut kit, &old, 10).await;
-    let (s, c) = (sim(&new, "tmobile"), credit("inv_gift", 1, 3_000));
-    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
-        .await
-        .unwrap()
-        .unwrap();
-    let id = new.clone();
-    kit.call(async move |a, g| g.metering().call_close(a, id).await)
-        .await
-        .unwrap()
-        .unwrap();
+    top_up_1mb(&mut kit, &new, "inv_gift").await;
+    close(&mut kit, &new).await;
     let refused = transfer(&mut kit, &old, &new, "tmobile").await;
     assert!(
         matches!(refused, Err(types::Error::Conflict(_))),
@@ -680,11 +666,7 @@ async fn a_move_the_new_sim_refused_after_the_old_gave_it_up_is_owed_back() {
     .await;
     // The new SIM's account before the move (someone topped it up), put back after it: the state the move
     // leaves when the new SIM is terminated between the two updates (or the move stopped there).
-    let (s, c) = (sim(&new, "tmobile"), credit("inv_gift", 1, 3_000));
-    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
-        .await
-        .unwrap()
-        .unwrap();
+    top_up_1mb(&mut kit, &new, "inv_gift").await;
     let key = format!("balance/{new}");
     let before = kit.kv_get(&key).await.unwrap();
     transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
@@ -719,11 +701,7 @@ async fn a_move_that_refills_a_held_sim_releases_its_hold() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
     let (old, new) = (iccid(33), iccid(34));
     open(&mut kit, &old, 10).await;
-    let (s, c) = (sim(&new, "tmobile"), credit("inv_gift", 1, 3_000));
-    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
-        .await
-        .unwrap()
-        .unwrap();
+    top_up_1mb(&mut kit, &new, "inv_gift").await;
     let out = ingested(
         &mut kit,
         vec![receipt(&new, "tmobile", "n", 1, 1_200_000, "310-260")],
@@ -784,13 +762,7 @@ async fn usage_charged_to_the_old_sim_during_the_switch_reaches_the_new_sim() {
         .increment(&format!("meter/{old}/used"), MB as i64)
         .await
         .unwrap();
-    let id = new.clone();
-    let shares = kit
-        .call(async move |a, g| g.metering().call_close(a, id).await)
-        .await
-        .unwrap()
-        .unwrap();
-    let shares: Vec<Value> = serde_json::from_str(&shares).unwrap();
+    let shares: Vec<Value> = serde_json::from_value(close(&mut kit, &new).await).unwrap();
     let unused: u64 = shares.iter().map(|s| s["bytes"].as_u64().unwrap()).sum();
     assert_eq!(unused, 5 * MB, "{shares:?}");
 }
