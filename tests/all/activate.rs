@@ -108,7 +108,35 @@ async fn bad_input_gets_a_typed_4xx_naming_the_problem() {
     );
     assert_eq!(activate(&app.url, &big).await.status(), 413);
 
+    // A body declared as something other than JSON is a 415 naming the header (on the facilitator API too);
+    // JSON with parameters, and no declaration at all, are read.
     let client = reqwest::Client::new();
+    let body = r#"{"region":"us-west","data_mb":1}"#;
+    for (route, content_type, status) in [
+        (
+            "/v1/esim/activate",
+            "application/x-www-form-urlencoded",
+            415,
+        ),
+        ("/v1/esim/activate", "text/plain", 415),
+        ("/verify", "text/plain; charset=utf-8", 415),
+        ("/v1/esim/activate", "Application/JSON; charset=UTF-8", 402),
+    ] {
+        let resp = client
+            .post(format!("{}{route}", app.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{route} {content_type}");
+        if status == 415 {
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+            assert_eq!(v["error"]["field"], "Content-Type", "{v}");
+        }
+    }
+
     let unknown = reqwest::get(format!(
         "{}/v1/invoices/inv_00000000000000000000000000000000",
         app.url

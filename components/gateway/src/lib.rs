@@ -78,11 +78,25 @@ async fn read_body(req: Request) -> Result<Bytes, ApiError> {
     read_body_up_to(req, MAX_BODY_BYTES).await
 }
 
-/// The body, refused with 413 past `limit` bytes (receipt batches get a larger limit than other requests).
+/// The body, refused with 413 past `limit` bytes (receipt batches get a larger limit than other requests), and
+/// with 415 when it is not empty and its `Content-Type` says it is not JSON (kernel
+/// `json_body::media_type_is_json`).
 async fn read_body_up_to(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let media = esim402_core::json_body::media_type_is_json(
+        req.headers().get("content-type").map(|v| v.to_str().ok()),
+    );
     let body = req.into_body();
     match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => {
+            let bytes = collected.to_bytes();
+            match media {
+                Err(e) if !bytes.is_empty() => Err(ApiError {
+                    field: Some("Content-Type".to_owned()),
+                    ..ApiError::new(ErrorKind::UnsupportedMediaType, e)
+                }),
+                _ => Ok(bytes),
+            }
+        }
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
             ErrorKind::PayloadTooLarge,
             format!("body exceeds {limit} bytes"),

@@ -12,6 +12,35 @@ pub fn parse(body: &[u8]) -> Result<Value, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether a request body's declared media type (the `Content-Type` header's value, `None` when it is absent or
+/// not text) may be read as JSON: absent is accepted (a minimal device may send none), and so are
+/// `application/json` and any `application/*+json`, with parameters and in any case. Anything else (a form,
+/// `text/plain`, a header that is not text) is refused with the reason, for a 415.
+pub fn media_type_is_json(content_type: Option<Option<&str>>) -> Result<(), String> {
+    let value = match content_type {
+        None => return Ok(()),
+        Some(None) => return Err("Content-Type is not text; send application/json".to_owned()),
+        Some(Some(v)) => v,
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = match essence.split_once('/') {
+        Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
+        _ => false,
+    };
+    if json {
+        Ok(())
+    } else {
+        Err(format!(
+            "Content-Type {essence:?} is not JSON; send application/json"
+        ))
+    }
+}
+
 /// A JSON value whose objects have distinct keys.
 struct Unique(Value);
 
@@ -92,6 +121,34 @@ mod tests {
         assert!(e.contains("\"b\" is given twice"), "{e}");
         let e = parse(br#"{"a":{"c":{"d":1,"d":1}}}"#).unwrap_err();
         assert!(e.contains("\"d\""), "{e}");
+    }
+
+    /// Absent, `application/json` and `application/*+json` (with parameters, any case) are JSON; forms, text,
+    /// a bare `json` and a header that is not text are not.
+    #[test]
+    fn only_json_media_types_are_read() {
+        for ok in [
+            None,
+            Some(Some("application/json")),
+            Some(Some("Application/JSON; charset=UTF-8")),
+            Some(Some(" application/json ;charset=utf-8")),
+            Some(Some("application/merge-patch+json")),
+        ] {
+            assert_eq!(media_type_is_json(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            Some(Some("application/x-www-form-urlencoded")),
+            Some(Some("text/plain")),
+            Some(Some("text/json")),
+            Some(Some("json")),
+            Some(Some("")),
+            Some(Some("application/jsonx")),
+            Some(Some("multipart/form-data; boundary=x")),
+            Some(None),
+        ] {
+            let e = media_type_is_json(bad).unwrap_err();
+            assert!(e.contains("application/json"), "{bad:?}: {e}");
+        }
     }
 
     /// Everything else parses as `serde_json` parses it.
