@@ -6,11 +6,11 @@
 use esim402_core::esim::Eid;
 use esim402_core::esim::Iccid;
 use esim402_core::esim::es2::{self, DownloadOrderRequest, DownloadOrderResponse};
-use esim402_core::order::{Cleanup, Queued};
+use esim402_core::order::{self, Cleanup, Queued};
 
 use crate::calls::{self, Deadline};
 use crate::config::Config;
-use crate::queue;
+use crate::{queue, sim_store};
 
 /// Work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
 /// item), try each once within the sweep's deadline, and re-queue what still fails or was not reached. What
@@ -33,12 +33,17 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 retire,
                 fci,
             } => match (cfg.carrier(carrier), Iccid::parse(iccid)) {
-                (Ok(c), Ok(i)) => {
-                    let left = calls::cancel_as(cfg, c, &i, *retire, fci.clone(), deadline).await;
-                    if let Some(left) = left {
-                        fail(left);
+                (Ok(c), Ok(i)) => match held_now(&i).await {
+                    Err(()) => fail(item.clone()),
+                    Ok(Some(holder)) => dropped(&i, carrier, &holder),
+                    Ok(None) => {
+                        let left =
+                            calls::cancel_as(cfg, c, &i, *retire, fci.clone(), deadline).await;
+                        if let Some(left) = left {
+                            fail(left);
+                        }
                     }
-                }
+                },
                 _ => eprintln!(
                     "dispatch: dropping queued cancel of {iccid} at {carrier}: the carrier left the catalog or the ICCID does not parse; an operator must return the profile"
                 ),
@@ -71,14 +76,20 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 .await;
                 match answer {
                     Ok(r) => match (r.header.failure(), r.iccid) {
-                        (None, Some(iccid)) => {
-                            // A cancel just learned of is new work: counted from its own first failure.
-                            let left =
-                                calls::cancel_as(cfg, c, &iccid, false, None, deadline).await;
-                            if let Some(left) = left {
-                                failed.push((left, 1, 0));
+                        (None, Some(iccid)) => match held_now(&iccid).await {
+                            // The replay is answered again the same way: learn it again next time.
+                            Err(()) => fail(item.clone()),
+                            Ok(Some(holder)) => dropped(&iccid, carrier, &holder),
+                            Ok(None) => {
+                                // A cancel just learned of is new work: counted from its own first
+                                // failure.
+                                let left =
+                                    calls::cancel_as(cfg, c, &iccid, false, None, deadline).await;
+                                if let Some(left) = left {
+                                    failed.push((left, 1, 0));
+                                }
                             }
-                        }
+                        },
                         // The replay could not be executed now: again later.
                         (Some(_), _) if r.header.failed_for_now() => fail(item.clone()),
                         (code, _) => eprintln!(
@@ -94,4 +105,25 @@ pub async fn sweep(cfg: &Config, max: usize) {
     for (item, tries, since) in failed {
         queue::requeue(item, tries, since).await;
     }
+}
+
+/// The invoice of a live SIM of ours that holds `iccid` now (kernel `order::sweep_may_cancel`), `None` when the
+/// profile may be cancelled; `Err` when the record cannot be read (the item is tried again later).
+async fn held_now(iccid: &Iccid) -> Result<Option<String>, ()> {
+    match sim_store::load(iccid).await {
+        Ok(current) if order::sweep_may_cancel(current.as_ref()) => Ok(None),
+        Ok(current) => Ok(current.map(|c| c.invoice_id)),
+        Err(e) => {
+            eprintln!(
+                "dispatch: queued cancel of {iccid} waits: its SIM record cannot be read: {e:?}"
+            );
+            Err(())
+        }
+    }
+}
+
+fn dropped(iccid: &Iccid, carrier: &str, invoice: &str) {
+    eprintln!(
+        "dispatch: not cancelling profile {iccid} at {carrier}: the carrier has handed it to a live SIM of ours since (invoice {invoice}); dropped from the queue"
+    );
 }

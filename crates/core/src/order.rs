@@ -361,6 +361,16 @@ pub fn may_record_allocation(current: Option<&StoredSim>, pending: &StoredSim) -
     current.is_none_or(|c| c.carrier == pending.carrier && c.state == SimState::Failed)
 }
 
+/// Whether the cleanup sweep may send a queued CancelOrder (or the cancel a lost DownloadOrder's replay just
+/// learned of) for a profile whose SIM record is `current`, read just before. Every cancel is queued after its
+/// record was ended (failed, terminated) or for a profile never recorded; a *live* record (pending, active,
+/// suspended) under that ICCID means the carrier has since handed the profile to another of our orders (it
+/// expired the first and issued it again, and [`may_record_allocation`] took it over a failed record): the
+/// cancel would take that order's SIM, so it is dropped and logged instead.
+pub fn sweep_may_cancel(current: Option<&StoredSim>) -> bool {
+    current.is_none_or(|c| matches!(c.state, SimState::Failed | SimState::Terminated))
+}
+
 /// The profile state of `sim` after a download-progress notification (point `point`, `status`), or `None`
 /// when nothing changes: a SIM out of service for good (terminated, failed) takes no progress (a late or
 /// repeated notification for a withdrawn SIM must not move it, nor retire what it replaced), and a SIM whose
@@ -1102,6 +1112,17 @@ mod tests {
         // Another carrier's, even failed.
         given_back.carrier = "verizon".into();
         assert!(!may_record_allocation(Some(&given_back), &pending));
+    }
+
+    #[test]
+    fn the_sweep_cancels_only_profiles_no_live_sim_of_ours_holds() {
+        assert!(sweep_may_cancel(None));
+        for state in [SimState::Failed, SimState::Terminated] {
+            assert!(sweep_may_cancel(Some(&sim(state))), "{state:?}");
+        }
+        for state in [SimState::Pending, SimState::Active, SimState::Suspended] {
+            assert!(!sweep_may_cancel(Some(&sim(state))), "{state:?}");
+        }
     }
 
     #[test]

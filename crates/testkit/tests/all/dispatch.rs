@@ -951,6 +951,37 @@ async fn the_sweep_before_an_order_stays_within_one_call_timeout() {
     assert_eq!(left.as_array().map(Vec::len), Some(4), "{left}");
 }
 
+/// A queued cancel whose ICCID a live SIM of ours holds now (the carrier handed the profile to another order
+/// since) is dropped, not sent: it would cancel that SIM's profile. A cancel of a profile no live SIM holds is
+/// still sent. Before, the sweep cancelled whatever the ICCID was by then.
+#[tokio::test]
+async fn the_sweep_never_cancels_a_profile_a_live_sim_of_ours_holds() {
+    let smdp = Arc::new(FakeSmdp::default());
+    let mut kit = kit_with(smdp, &[]).await;
+    let live = order(&mut kit, request("us-west", Some("tmobile")), "inv-live")
+        .await
+        .unwrap();
+    let free = Iccid::with_check_digit("890126000000000077").unwrap();
+    let cancel = |iccid: &str| json!({"kind": "cancel", "carrier": "tmobile", "iccid": iccid, "retire": false});
+    let queued = json!([cancel(&live.iccid), cancel(free.as_str())]);
+    kit.kv_put("cleanup/queue", queued.to_string().as_bytes())
+        .await;
+    let before = kit.requests().len();
+    order(&mut kit, request("us-west", Some("verizon")), "inv-next")
+        .await
+        .unwrap();
+    let cancelled: Vec<Value> = kit.requests()[before..]
+        .iter()
+        .filter(|r| r.uri.ends_with("/cancelOrder"))
+        .map(|r| r.json().unwrap()["iccid"].clone())
+        .collect();
+    assert_eq!(cancelled, [json!(free.as_str())]);
+    let left: Value = serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
+    assert_eq!(left, json!([]));
+    let sim = get_sim(&mut kit, &live.iccid).await;
+    assert_eq!(sim.state, types::SimState::Active);
+}
+
 /// A carrier that takes a whole sweep's deadline does not keep the items behind it from ever being tried: what
 /// failed goes back behind what the sweep did not reach (before, the queue came back in the same order every
 /// sweep, and the items behind the slow one were never tried).
