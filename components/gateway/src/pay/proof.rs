@@ -71,7 +71,7 @@ impl Proof {
                 } else {
                     decode_x_payment_header(&value)?
                 };
-                let fp = paid::fingerprint(payload.to_json().as_bytes());
+                let fp = paid::fingerprint(payload.fingerprint_json().as_bytes());
                 (Some(payload), fp)
             }
             Kind::TxHash => {

@@ -386,6 +386,69 @@ impl PaymentPayload {
     pub fn to_json(&self) -> String {
         to_json(self)
     }
+
+    /// What identifies this payment (the input of `paid::fingerprint`): its JSON text ([`Self::to_json`]) with
+    /// the signed authorization written in one canonical spelling ([`ExactEvmPayload::canonical`]), so that
+    /// re-spelling an authorization (address case, leading zeros, hex case, `v` 0/1 or 27/28), which
+    /// verification accepts as the same payment, does not make it another payment. The canonical spelling is
+    /// what the reference clients send, so their payloads keep the identity of their plain JSON text.
+    pub fn fingerprint_json(&self) -> String {
+        let mut canonical = self.clone();
+        let exact = match &mut canonical {
+            Self::V1(p) => &mut p.payload,
+            Self::V2(p) => &mut p.payload,
+        };
+        *exact = exact.canonical();
+        canonical.to_json()
+    }
+}
+
+/// `0x`-prefixed hex, decoded (the `0x` is required, as verification requires it).
+fn decode_0x_hex(s: &str) -> Option<Vec<u8>> {
+    hex::decode(s.strip_prefix("0x")?).ok()
+}
+
+impl ExactEvmPayload {
+    /// The same payload with every field that parses as verification parses it written in one spelling, the
+    /// one the reference clients (TypeScript, Python) send: EIP-55 checksummed addresses, decimal numbers
+    /// without leading zeros, and lower-case `0x` hex for the nonce and the signature, whose recovery byte
+    /// `v` of a 65-byte signature is 27/28 (`0x1b`/`0x1c`; 0/1 are read as 27/28 by verification and
+    /// settlement alike). Fields that do not parse stay as sent (verification refuses them). Two payloads
+    /// with equal canonical forms verify and settle alike.
+    pub fn canonical(&self) -> Self {
+        let address = |s: &str| {
+            crate::chain::parse_address(s).map_or_else(|_| s.to_owned(), |a| a.to_checksum(None))
+        };
+        let number = |s: &str| {
+            super::exact::parse_decimal_u256(s).map_or_else(|| s.to_owned(), |n| n.to_string())
+        };
+        let a = &self.authorization;
+        let nonce = decode_0x_hex(&a.nonce)
+            .filter(|b| b.len() == 32)
+            .map_or_else(|| a.nonce.clone(), |b| format!("0x{}", hex::encode(b)));
+        let signature = decode_0x_hex(&self.signature)
+            .filter(|b| !b.is_empty())
+            .map_or_else(
+                || self.signature.clone(),
+                |mut b| {
+                    if b.len() == 65 && b[64] < 2 {
+                        b[64] += 27;
+                    }
+                    format!("0x{}", hex::encode(b))
+                },
+            );
+        Self {
+            signature,
+            authorization: Authorization {
+                from: address(&a.from),
+                to: address(&a.to),
+                value: number(&a.value),
+                valid_after: number(&a.valid_after),
+                valid_before: number(&a.valid_before),
+                nonce,
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -854,6 +917,163 @@ mod tests {
         assert!(v.get("accepted").is_none());
         assert_eq!(serde_json::from_value::<PaymentPayload>(v).unwrap(), v1);
         assert_eq!((v1.version(), v1.accepted()), (1, None));
+    }
+
+    /// A payload as the reference clients send it: the payer's account address and `payTo` EIP-55
+    /// checksummed (viem `account.address`/`getAddress`, eth_account), the challenge's decimal amount,
+    /// `String(n)`/`str(n)` times, lower-case hex from viem `toHex`/`signTypedData` and Python
+    /// `"0x" + bytes.hex()`, `v` = 27/28.
+    fn reference_payload() -> PaymentPayload {
+        let mut exact = exact_payload();
+        exact.signature = format!("0x{}{}1c", "3a".repeat(32), "0f".repeat(32));
+        exact.authorization.nonce = format!("0x{}", "0b87a875".repeat(8));
+        PaymentPayload::V2(PaymentPayloadV2 {
+            resource: None,
+            accepted: requirements(),
+            payload: exact,
+            extensions: None,
+        })
+    }
+
+    fn respelled(edit: impl Fn(&mut ExactEvmPayload)) -> PaymentPayload {
+        let mut p = reference_payload();
+        let PaymentPayload::V2(v2) = &mut p else {
+            unreachable!()
+        };
+        edit(&mut v2.payload);
+        p
+    }
+
+    #[test]
+    fn reference_payloads_keep_their_plain_json_as_identity() {
+        let p = reference_payload();
+        assert_eq!(p.fingerprint_json(), p.to_json());
+        let v1 = PaymentPayload::V1(PaymentPayloadV1 {
+            scheme: "exact".into(),
+            network: "base-sepolia".into(),
+            payload: p.exact().clone(),
+        });
+        assert_eq!(v1.fingerprint_json(), v1.to_json());
+        // A signed one, as our own client helpers write it; its re-spelling recovers the same signer.
+        use crate::x402::exact::{
+            SignedAuthorization, TokenDomain, TransferAuthorization, address_of, recover_signer,
+            sign_authorization,
+        };
+        let key = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+        let wire = exact_payload().authorization;
+        let auth = TransferAuthorization::parse(&Authorization {
+            from: address_of(key.verifying_key()).to_checksum(None),
+            ..wire
+        })
+        .unwrap();
+        let domain = TokenDomain {
+            name: "USDC".into(),
+            version: "2".into(),
+            chain_id: 84532,
+            verifying_contract: "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+                .parse()
+                .unwrap(),
+        };
+        let sig = sign_authorization(&key, &auth, &domain).unwrap();
+        let signed = ExactEvmPayload {
+            signature: format!("0x{}", hex::encode(sig)),
+            authorization: auth.to_wire(),
+        };
+        assert_eq!(signed.canonical(), signed);
+        let mut odd = signed.clone();
+        odd.authorization.from = odd.authorization.from.to_lowercase();
+        odd.authorization.value = format!("00{}", odd.authorization.value);
+        odd.signature = format!("{}{:02x}", &odd.signature[..130], sig[64] - 27)
+            .to_uppercase()
+            .replace("0X", "0x");
+        assert_eq!(odd.canonical(), signed);
+        let recovered = |p: &ExactEvmPayload| {
+            let s = SignedAuthorization::parse(p).unwrap();
+            recover_signer(s.authorization.signing_hash(&domain), &s.signature).unwrap()
+        };
+        assert_eq!(recovered(&odd), recovered(&signed));
+        assert_eq!(recovered(&signed), auth.from);
+    }
+
+    #[test]
+    fn respelled_authorizations_have_one_fingerprint_input() {
+        let reference = reference_payload().fingerprint_json();
+        let sig = |v: &str| format!("0x{}{}{v}", "3a".repeat(32), "0f".repeat(32));
+        let hex_upper = |s: &str| s.to_uppercase().replace("0X", "0x");
+        type Edit = fn(&mut ExactEvmPayload);
+        let edits: [(&str, Edit); 9] = [
+            ("value", |e| e.authorization.value = "010000".into()),
+            ("validAfter", |e| e.authorization.valid_after = "000".into()),
+            ("validBefore", |e| {
+                e.authorization.valid_before = "01740672154".into();
+            }),
+            ("from", |e| {
+                e.authorization.from = e.authorization.from.to_lowercase();
+            }),
+            ("to", |e| {
+                e.authorization.to = e.authorization.to.to_uppercase().replace("0X", "0x");
+            }),
+            ("nonce", |e| {
+                e.authorization.nonce = e.authorization.nonce.to_uppercase().replace("0X", "0x");
+            }),
+            ("signature case", |e| {
+                e.signature = e.signature.to_uppercase().replace("0X", "0x");
+            }),
+            ("v = 1", |e| {
+                e.signature = format!("{}01", &e.signature[..e.signature.len() - 2]);
+            }),
+            ("v = 0", |e| {
+                e.signature = format!("{}00", &e.signature[..e.signature.len() - 2]);
+            }),
+        ];
+        for (what, edit) in edits {
+            let p = respelled(edit);
+            assert_ne!(p.to_json(), reference_payload().to_json(), "{what}");
+            let want = if what == "v = 0" {
+                // v = 0 is v = 27: the reference spelling of the other parity.
+                respelled(|e| e.signature = sig("1b")).to_json()
+            } else {
+                reference.clone()
+            };
+            assert_eq!(p.fingerprint_json(), want, "{what}");
+        }
+        assert_eq!(
+            respelled(|e| e.signature = hex_upper(&sig("1C"))).fingerprint_json(),
+            reference
+        );
+        // "420000" and "0420000" are one payment.
+        assert_eq!(
+            respelled(|e| e.authorization.value = "420000".into()).fingerprint_json(),
+            respelled(|e| e.authorization.value = "0420000".into()).fingerprint_json()
+        );
+        // Different values, nonces or signatures stay different payments.
+        for edit in [
+            |e: &mut ExactEvmPayload| e.authorization.value = "10001".into(),
+            |e: &mut ExactEvmPayload| e.authorization.nonce = format!("0x{}", "cd".repeat(32)),
+            |e: &mut ExactEvmPayload| {
+                e.signature = format!("0x{}{}1b", "3a".repeat(32), "0f".repeat(32))
+            },
+        ] {
+            assert_ne!(respelled(edit).fingerprint_json(), reference);
+        }
+        // What does not parse stays as sent: no 0x, out of range, not 32 bytes, v of a longer signature.
+        for edit in [
+            |e: &mut ExactEvmPayload| e.authorization.from = e.authorization.from[2..].into(),
+            |e: &mut ExactEvmPayload| e.authorization.value = "+10000".into(),
+            |e: &mut ExactEvmPayload| e.authorization.value = "1".repeat(79),
+            |e: &mut ExactEvmPayload| e.authorization.nonce = "0xABCD".into(),
+            |e: &mut ExactEvmPayload| e.authorization.nonce = "AB".repeat(32),
+            |e: &mut ExactEvmPayload| e.signature = "0xZZ".into(),
+            |e: &mut ExactEvmPayload| e.signature = "0x".into(),
+        ] {
+            let p = respelled(edit);
+            assert_eq!(p.fingerprint_json(), p.to_json());
+        }
+        let long = respelled(|e| e.signature = format!("0x{}00", "AB".repeat(65)));
+        assert_eq!(
+            long.exact().canonical().signature,
+            format!("0x{}00", "ab".repeat(65))
+        );
     }
 
     #[test]
