@@ -187,20 +187,23 @@ pub enum ProfileState {
     Enabled,
     /// Deleted from the eUICC.
     Deleted,
-    /// Download or installation failed, or the order expired; terminal.
+    /// The last download or installation attempt failed, or the order expired. Not terminal here: the
+    /// SM-DP+ lets the device retry until its retry or confirmation-code limit (only then is its own profile
+    /// in Error), so a later success moves on from here.
     Error,
 }
 
 impl ProfileState {
-    /// Position on the forward path; `None` for the terminal [`ProfileState::Error`].
-    fn rank(self) -> Option<u8> {
+    /// Position on the forward path; [`ProfileState::Error`] (a failed attempt before installation) sits
+    /// below every success, so any later success report moves on from it.
+    const fn rank(self) -> u8 {
         match self {
-            Self::Released => Some(0),
-            Self::Downloaded => Some(1),
-            Self::Installed => Some(2),
-            Self::Enabled => Some(3),
-            Self::Deleted => Some(4),
-            Self::Error => None,
+            Self::Error => 0,
+            Self::Released => 1,
+            Self::Downloaded => 2,
+            Self::Installed => 3,
+            Self::Enabled => 4,
+            Self::Deleted => 5,
         }
     }
 }
@@ -224,13 +227,15 @@ pub fn retire_on_terminate(state: Option<ProfileState>) -> bool {
 ///   → Installed, at 5 (deleted; vendor-specific †) → Deleted; points 1 and 2 and unknown points change nothing.
 /// - `Failed` or `Expired` at any point → Error, unless the profile is already Installed or further: a late
 ///   failure report cannot undo a completed installation.
-/// - States never move backwards (a delayed point-3 report after Installed is ignored) and Error is terminal.
+/// - Error is not terminal (`reference/esim.md` §3: the SM-DP+ reaches Error only past its retry or
+///   confirmation-code limit, failed eligibility or an expired order; a failed attempt at points 1–3 below
+///   those limits may be retried): a later success (the retried download, the installation) moves on from it.
+/// - Otherwise states never move backwards (a delayed point-3 report after Installed is ignored).
 pub fn profile_state_after(
     current: ProfileState,
     notification_point_id: u32,
     status: ExecutionStatus,
 ) -> Option<ProfileState> {
-    let rank = current.rank()?;
     let next = if status.is_success() {
         match notification_point_id {
             3 => ProfileState::Downloaded,
@@ -238,12 +243,14 @@ pub fn profile_state_after(
             5 => ProfileState::Deleted,
             _ => return None,
         }
-    } else if rank < 2 {
-        return Some(ProfileState::Error);
     } else {
-        return None;
+        ProfileState::Error
     };
-    (next.rank()? > rank).then_some(next)
+    let moves = match next {
+        ProfileState::Error => current.rank() < ProfileState::Installed.rank(),
+        _ => next.rank() > current.rank(),
+    };
+    (moves && next != current).then_some(next)
 }
 
 #[cfg(test)]
@@ -430,7 +437,38 @@ mod tests {
         assert_eq!(profile_state_after(P::Installed, 3, Executed), None);
         assert_eq!(profile_state_after(P::Enabled, 4, Executed), None);
         assert_eq!(profile_state_after(P::Downloaded, 3, Executed), None);
-        assert_eq!(profile_state_after(P::Error, 4, Executed), None);
+        // Error is not terminal (reference/esim.md §3): a success after a failed attempt moves on.
+        assert_eq!(
+            profile_state_after(P::Error, 4, Executed),
+            Some(P::Installed)
+        );
         assert_eq!(profile_state_after(P::Error, 1, Failed), None);
+    }
+
+    #[test]
+    fn a_retried_download_after_a_failed_attempt_is_recorded() {
+        // A wrong confirmation code (point 2) or a failed BPP download (point 3) is an attempt the SM-DP+ lets
+        // the device retry until its limit: the retried download and the installation that follow count.
+        for point in [1, 2, 3] {
+            let after_failure = profile_state_after(P::Released, point, Failed).unwrap();
+            assert_eq!(after_failure, P::Error, "point {point}");
+            assert_eq!(
+                profile_state_after(after_failure, 3, Executed),
+                Some(P::Downloaded),
+                "point {point}"
+            );
+            assert_eq!(
+                profile_state_after(after_failure, 4, Warning),
+                Some(P::Installed),
+                "point {point}"
+            );
+        }
+        // A failed installation after a download, then a retried one that succeeds.
+        let failed = profile_state_after(P::Downloaded, 4, Failed).unwrap();
+        assert_eq!(profile_state_after(failed, 4, Executed), Some(P::Installed));
+        // Repeated failures change nothing more; an unknown point's success moves nothing.
+        assert_eq!(profile_state_after(P::Error, 3, Failed), None);
+        assert_eq!(profile_state_after(P::Error, 3, Expired), None);
+        assert_eq!(profile_state_after(P::Error, 2, Executed), None);
     }
 }
