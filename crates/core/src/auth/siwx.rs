@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::AuthError;
+use crate::chain::{Network, parse_address};
 use crate::x402::exact::{address_of, recover_signer, sign_prehash};
 
 /// The request header (HTTP header names are case-insensitive).
@@ -211,10 +212,14 @@ fn is_loopback(authority: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The chain id of `eip155:<chain id>`, by the network parser's rule (digits only, no sign, no leading zero),
+/// so that one chain has one spelling.
 fn chain_number(chain_id: &str) -> Result<u64, AuthError> {
     chain_id
-        .strip_prefix("eip155:")
-        .and_then(|n| n.parse::<u64>().ok())
+        .starts_with("eip155:")
+        .then(|| Network::parse(chain_id).ok())
+        .flatten()
+        .map(|n| n.chain_id().0)
         .filter(|n| *n > 0)
         .ok_or_else(|| invalid("chainId must be eip155:<chain id> (EVM wallets only)"))
 }
@@ -324,10 +329,8 @@ impl SiwxProof {
         {
             return Err(invalid("fields must be single lines"));
         }
-        let address: Address = self
-            .address
-            .parse()
-            .map_err(|_| invalid("address is not an EVM address"))?;
+        let address = parse_address(&self.address)
+            .map_err(|_| invalid("address must be a 0x-prefixed 20-byte EVM address"))?;
         if self.domain != expect.domain {
             return Err(invalid(format!(
                 "domain must be this server's host, {}",

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::activation_code::Fqdn;
 use super::plmn::{Plmn, PlmnError, RoamingPolicy};
-use crate::chain::Address;
+use crate::chain::{Address, parse_address};
 use crate::ids::{CarrierId, Region};
 use crate::money::{AmountError, UsdcAmount};
 use crate::pricing::{PriceBook, Rate};
@@ -413,7 +413,7 @@ fn carrier(id: CarrierId, c: RawCarrier) -> Result<Carrier, CatalogError> {
     };
     let receipt_signer = match &c.receipt_signer {
         None => None,
-        Some(text) => Some(text.parse::<Address>().map_err(|_| CatalogError::Signer {
+        Some(text) => Some(parse_address(text).map_err(|_| CatalogError::Signer {
             carrier: id.clone(),
             value: text.clone(),
         })?),
@@ -531,6 +531,21 @@ mod tests {
         let bad = with.replace("smdp.tmo.example", "https://smdp.tmo.example/");
         let e = Catalog::from_toml(&bad).unwrap_err();
         assert!(matches!(e, CatalogError::SmdpAddress { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_receipt_signer_without_0x_is_refused_naming_it() {
+        let with = |signer: &str| {
+            MINIMAL.replace(
+                "home_plmns = [\"310-260\"]",
+                &format!("home_plmns = [\"310-260\"]\n receipt_signer = \"{signer}\""),
+            )
+        };
+        let ok = Catalog::from_toml(&with("0xa0ee7a142d267c1f36714e4a8f75612f20a79720")).unwrap();
+        assert!(ok.carrier(&c("tmobile")).unwrap().receipt_signer.is_some());
+        let e = Catalog::from_toml(&with("a0ee7a142d267c1f36714e4a8f75612f20a79720")).unwrap_err();
+        assert!(matches!(e, CatalogError::Signer { .. }), "{e}");
+        assert!(e.to_string().contains("receipt_signer"), "{e}");
     }
 
     #[test]

@@ -181,9 +181,9 @@ enum WirePurchase {
 fn payer_bytes(payer: Option<&str>) -> Result<Option<[u8; 20]>, TokenError> {
     payer
         .map(|a| {
-            a.parse::<Address>()
+            crate::chain::parse_address(a)
                 .map(|a| a.0.0)
-                .map_err(|_| TokenError::InvalidTerms("payer is not an address"))
+                .map_err(|_| TokenError::InvalidTerms("payer is not a 0x-prefixed 20-byte address"))
         })
         .transpose()
 }
@@ -494,6 +494,37 @@ mod tests {
                 ..activation()
             };
             assert_eq!(open(&seal(&t, &key()).unwrap(), &key()).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn a_payer_without_0x_is_refused_naming_it() {
+        for purchase in [
+            Purchase::TopUp {
+                iccid: "8901260000000000014".into(),
+                data_mb: 1,
+                payer: Some("a0ee7a142d267c1f36714e4a8f75612f20a79720".into()),
+            },
+            Purchase::Activation {
+                region: "eu-central".into(),
+                data_mb: 1,
+                carrier: None,
+                eid: None,
+                payer: Some("a0ee7a142d267c1f36714e4a8f75612f20a79720".into()),
+                allow_failover: false,
+            },
+        ] {
+            let t = Terms {
+                purchase,
+                quoted: None,
+                ..activation()
+            };
+            match seal(&t, &key()) {
+                Err(TokenError::InvalidTerms(m)) => {
+                    assert!(m.contains("payer") && m.contains("0x"), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 

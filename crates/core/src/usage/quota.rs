@@ -56,7 +56,7 @@ impl QuotaRequest {
                 "payer" => {
                     let a = v
                         .as_str()
-                        .and_then(|s| s.parse::<crate::Address>().ok())
+                        .and_then(|s| crate::chain::parse_address(s).ok())
                         .ok_or_else(|| {
                             ApiError::invalid(
                                 "payer",
@@ -120,5 +120,13 @@ mod tests {
         );
         assert_eq!(field("[1]").as_deref(), Some("body"));
         assert_eq!(field("{").as_deref(), Some("body"));
+    }
+
+    #[test]
+    fn a_payer_without_0x_is_refused_naming_it() {
+        let err = QuotaRequest::parse(br#"{"payer": "a0ee7a142d267c1f36714e4a8f75612f20a79720"}"#)
+            .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("payer"));
+        assert!(err.message.contains("0x"), "{}", err.message);
     }
 }
