@@ -1663,6 +1663,107 @@ async fn a_v1_client_pays_with_x_payment_and_reads_x_payment_response() {
     assert_eq!(s.balance(agent()).await, start - price(&req));
 }
 
+/// An x402 v1 payment names no invoice, and once its settlement is sent every field of it is in the
+/// transaction's calldata: anyone can send it again. Sent again after its settlement was left pending, it
+/// completes, but its answer carries neither the activation code nor the access token (before, whoever resent
+/// it got both: the payer's profile); the payer reads the code with its wallet sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resumed_v1_payment_answers_without_the_activation_code() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_SETTLEMENT_TIMEOUT_MS", "1500")]).await;
+    let (_, challenge) = {
+        let (status, _, c) = s.post("/v1/esim/activate", &activation(), &[]).await;
+        (status, c)
+    };
+    let v1 = &challenge["accepts"][0];
+    let req: PaymentRequirements = serde_json::from_value(json!({
+        "scheme": "exact", "network": v1["network"], "amount": v1["maxAmountRequired"],
+        "asset": v1["asset"], "payTo": v1["payTo"], "maxTimeoutSeconds": v1["maxTimeoutSeconds"],
+        "extra": v1["extra"],
+    }))
+    .unwrap();
+    let mut pay = Payment::for_requirement(&req);
+    pay.auth.valid_after = U256::from(now() - 600);
+    let v2: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, pay.header()).unwrap(),
+    )
+    .unwrap();
+    let header = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        json!({"x402Version": 1, "scheme": "exact", "network": v1["network"], "payload": v2["payload"]})
+            .to_string(),
+    );
+    s.rpc("evm_setAutomine", json!([false])).await;
+    let (status, _, body) = s
+        .post(
+            "/v1/esim/activate",
+            &activation(),
+            &[("x-payment", header.clone())],
+        )
+        .await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "settlement_pending", "{body}");
+    // The payload is public now: its nonce and signature are in the pending transaction's calldata.
+    let pool = s.rpc("txpool_content", json!([])).await.to_string();
+    let signature = v2["payload"]["signature"].as_str().unwrap();
+    let nonce = v2["payload"]["authorization"]["nonce"].as_str().unwrap();
+    assert!(
+        pool.contains(&signature[2..66]) && pool.contains(&nonce[2..]),
+        "{pool}"
+    );
+    s.rpc("anvil_mine", json!([1])).await;
+    s.rpc("evm_setAutomine", json!([true])).await;
+
+    // Sent again (by anyone): delivered, without the codes.
+    let anyone = reqwest::Client::new();
+    let r = anyone
+        .post(format!("{}/v1/esim/activate", s.url))
+        .header("x-payment", header)
+        .json(&activation())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done: Value = r.json().await.unwrap();
+    assert!(done.get("activation_code").is_none(), "{done}");
+    assert!(done.get("qr_code").is_none(), "{done}");
+    assert!(done.get("access_token").is_none(), "{done}");
+    assert!(
+        done["activation_code_note"]
+            .as_str()
+            .unwrap()
+            .contains("SIGN-IN-WITH-X"),
+        "{done}"
+    );
+    // The payer reads it with its wallet sign-in (an access token would not do).
+    let path = format!("/v1/esim/{}/activation", done["iccid"].as_str().unwrap());
+    let sim: Value = anyone
+        .get(format!("{}{path}", s.url))
+        .header("sign-in-with-x", s.sign_in(&path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        sim["activation_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("LPA:1$"),
+        "{sim}"
+    );
+    // A first attempt answers with both; its access token does not open the activation route.
+    let other = s.activate_paid(&activation(), &[]).await;
+    assert!(other["access_token"].is_string(), "{other}");
+    let (status, body) = s
+        .get(&format!(
+            "/v1/esim/{}/activation",
+            other["iccid"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 401, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tx_hash_proof_waits_for_its_confirmations() {
     let s = PayStack::start(&[("SPIN_VARIABLE_PAYMENT_CONFIRMATIONS", "3")]).await;

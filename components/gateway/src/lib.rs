@@ -162,6 +162,9 @@ async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, Api
         (Method::GET, ["v1", "invoices", id]) => routes::get_invoice(id).await,
         (Method::GET, ["v1", "esim"]) => routes::list_sims(&req).await,
         (Method::GET, ["v1", "esim", iccid]) => routes::get_sim(&req, iccid).await,
+        (Method::GET, ["v1", "esim", iccid, "activation"]) => {
+            routes::activation_code(&req, iccid).await
+        }
         (Method::POST, ["v1", "esim", iccid, "switch"]) => purchase::switch(iccid, req).await,
         (
             Method::POST,

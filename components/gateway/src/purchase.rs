@@ -70,6 +70,10 @@ async fn with_token(mut stored: StoredResponse) -> StoredResponse {
     let Some(iccid) = body["iccid"].as_str().map(str::to_owned) else {
         return stored;
     };
+    // An answer that withholds the activation code withholds the token too (kernel `paid::hands_over_codes`).
+    if body.get("activation_code").is_none() {
+        return stored;
+    }
     match dispatch::initial_token(iccid.clone()).await {
         Ok(Some(token)) => body["access_token"] = Value::String(token),
         Ok(None) => {

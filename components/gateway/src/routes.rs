@@ -65,10 +65,33 @@ pub async fn get_invoice(id: &str) -> Result<Reply, ApiError> {
 }
 
 /// `GET /v1/esim/{iccid}`: the SIM as stored, for its owner (no carrier calls: `POST …/refresh` finishes an
-/// order left pending).
+/// order left pending), never its activation code.
 pub async fn get_sim(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     let sim = crate::auth::owner(req, iccid).await?;
     Ok(json(200, crate::convert::sim_value(&sim).to_string()))
+}
+
+/// `GET /v1/esim/{iccid}/activation`: the activation code, asked for on purpose and only with the payer's
+/// wallet sign-in (an access token travels with the device; the wallet's key does not): how a payer whose
+/// paid answer withheld the code (kernel `paid::hands_over_codes`) reads it.
+pub async fn activation_code(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
+    let credential = crate::auth::credential(req, false).await?;
+    if !matches!(credential, wit::Credential::Wallet(_)) {
+        return Err(ApiError::new(
+            ErrorKind::Unauthorized,
+            "the activation code is given only to the payer's wallet sign-in (SIGN-IN-WITH-X), not to an access token",
+        ));
+    }
+    let sim = crate::auth::open(iccid, credential).await?;
+    let profile = crate::convert::sim_value(&sim)["profile_state"].clone();
+    Ok(json(
+        200,
+        serde_json::json!({
+            "iccid": sim.iccid, "activation_code": sim.activation_code, "qr_code": sim.activation_code,
+            "profile_state": profile,
+        })
+        .to_string(),
+    ))
 }
 
 /// SIMs on one listing page unless `limit` says otherwise.

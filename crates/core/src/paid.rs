@@ -64,6 +64,17 @@ pub fn payment_id_key(id: &str) -> String {
     format!("payid/{id}")
 }
 
+/// Whether a paid activation's (or switch's) answer may carry the SIM's activation code and access token to
+/// whoever sent the payment. Not when the attempt `resumed` a payment whose payload anyone can rebuild from
+/// the chain (`public_payload`: an x402 v1 `X-PAYMENT` names no invoice, and every field of it is in the
+/// settlement transaction's calldata once that is sent): a resend then proves nothing about who sends it, and
+/// the code would download the payer's profile. The payer reads the code with its wallet sign-in
+/// (`GET /v1/esim/{iccid}/activation`). A first attempt answers within the request that sent the payload, and a v2
+/// payload names its invoice (no chain data gives that), a tx-hash proof carries the payer's signature.
+pub fn hands_over_codes(resumed: bool, public_payload: bool) -> bool {
+    !(resumed && public_payload)
+}
+
 /// The identity of one payment: keccak-256 of `bytes` (a payload's canonical JSON, a tx hash).
 pub fn fingerprint(bytes: &[u8]) -> String {
     let h: B256 = keccak256(bytes);
@@ -366,6 +377,14 @@ pub struct PaymentIdBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_are_withheld_only_from_a_resumed_payment_anyone_can_rebuild() {
+        assert!(hands_over_codes(false, true));
+        assert!(hands_over_codes(true, false));
+        assert!(hands_over_codes(false, false));
+        assert!(!hands_over_codes(true, true));
+    }
 
     #[test]
     fn a_fresh_claim_sees_the_invoice_open_and_a_resume_pending() {

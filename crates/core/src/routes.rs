@@ -28,6 +28,7 @@ pub const ROUTES: &[Route] = &[
     r("/v1/esim", "GET"),
     r("/v1/invoices/{id}", "GET"),
     r("/v1/esim/{iccid}", "GET"),
+    r("/v1/esim/{iccid}/activation", "GET"),
     r("/v1/esim/{iccid}/suspend", "POST"),
     r("/v1/esim/{iccid}/resume", "POST"),
     r("/v1/esim/{iccid}/terminate", "POST"),

@@ -103,12 +103,22 @@ impl Answers<'_> {
         )
     }
 
-    pub fn success(&self, sim: &wit::Sim, tx: &str, payer: &str) -> StoredResponse {
+    /// The delivered SIM, with its activation code unless `withhold` (kernel `paid::hands_over_codes`: the
+    /// payer then reads it with its wallet sign-in; the access token, added on the way out, needs the code in
+    /// the answer too).
+    pub fn success(&self, sim: &wit::Sim, tx: &str, payer: &str, withhold: bool) -> StoredResponse {
         let network = self.network();
         let mut body = crate::convert::sim_value(sim);
-        body["activation_code"] = json!(sim.activation_code);
-        // The seed article's field name for the same `LPA:1$…` string (what a QR code encodes).
-        body["qr_code"] = json!(sim.activation_code);
+        if withhold {
+            body["activation_code_note"] = json!(format!(
+                "this payment was sent again after its settlement made it public on chain, so its answer does not carry the activation code or access token: read them as the payer with a wallet sign-in (SIGN-IN-WITH-X) at GET /v1/esim/{}/activation",
+                sim.iccid
+            ));
+        } else {
+            body["activation_code"] = json!(sim.activation_code);
+            // The seed article's field name for the same `LPA:1$…` string (what a QR code encodes).
+            body["qr_code"] = json!(sim.activation_code);
+        }
         body["transaction"] = json!(tx);
         body["payer"] = json!(payer);
         body["network"] = json!(network);

@@ -331,8 +331,12 @@ impl Attempt<'_> {
         tx: &str,
         payer: &str,
     ) -> (wit::PaymentEnd, StoredResponse) {
+        let withhold = !paid::hands_over_codes(self.resumed, self.proof.kind == super::Kind::V1);
         match self.credit(order, sim, tx, payer).await {
-            Ok(None) => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
+            Ok(None) => (
+                wit::PaymentEnd::Done,
+                self.success(sim, tx, payer, withhold),
+            ),
             Ok(Some(balance)) => match order {
                 Order::TopUp {
                     quota,
@@ -342,7 +346,10 @@ impl Attempt<'_> {
                     wit::PaymentEnd::Done,
                     self.topped_up((*show_balance).then_some(&balance), *quota, tx, payer),
                 ),
-                _ => (wit::PaymentEnd::Done, self.success(sim, tx, payer)),
+                _ => (
+                    wit::PaymentEnd::Done,
+                    self.success(sim, tx, payer, withhold),
+                ),
             },
             Err(wit::Error::Conflict(msg)) if matches!(order, Order::TopUp { .. }) => {
                 self.owed_back(tx, ApiError::new(ErrorKind::Conflict, msg), payer)
