@@ -193,6 +193,47 @@ fn every_form_rule_refuses() {
     assert!(SiwxProof::from_header(&"A".repeat(MAX_HEADER_BYTES + 1)).is_err());
 }
 
+/// `p` edited by `f` and signed again by its key, as a client that sends those fields would.
+fn resigned(p: &SiwxProof, f: &dyn Fn(&mut SiwxProof)) -> SiwxProof {
+    let mut q = p.clone();
+    f(&mut q);
+    let sig = sign_prehash(&key(), eip191_hash_message(q.message().unwrap())).unwrap();
+    q.signature = format!("0x{}", hex::encode(sig));
+    q
+}
+
+#[test]
+fn an_address_without_0x_is_refused_naming_it() {
+    let p = signed();
+    let bare = resigned(&p, &|q| q.address = q.address[2..].to_lowercase());
+    assert_eq!(bare.address, "19e7e376e7c213b7e7e7e46cc70a5dd086daff2a");
+    refused(&bare, &expect(), "address must be a 0x-prefixed");
+    // The same signer with its 0x verifies.
+    let lower = resigned(&p, &|q| q.address = q.address.to_lowercase());
+    assert!(lower.verify(&expect()).is_ok());
+}
+
+#[test]
+fn a_chain_id_has_one_spelling() {
+    let p = signed();
+    // Other spellings of 8453 keep the signed message's `Chain ID: 8453`, so the signature still matches: only
+    // the spelling rule refuses them.
+    for odd in [
+        "eip155:+8453",
+        "eip155:08453",
+        "eip155:008453",
+        "eip155:0",
+        "eip155:",
+    ] {
+        let mut q = p.clone();
+        q.chain_id = odd.into();
+        refused(&q, &expect(), "chainId");
+        assert!(q.message().is_err(), "{odd}");
+    }
+    let one = resigned(&p, &|q| q.chain_id = "eip155:1".into());
+    assert!(one.verify(&expect()).is_ok());
+}
+
 #[test]
 fn a_signature_by_another_key_or_over_other_fields_is_refused() {
     let p = signed();
