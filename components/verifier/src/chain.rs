@@ -1,8 +1,8 @@
 //! What the verifier asks the chain: the answers behind the kernel's [`ChainFacts`] (reference checks 13–16),
 //! receipts, and that the endpoint really serves the configured chain.
 //!
-//! Transport failures are `unavailable` (never a verdict on the payment); node answers, reverts included,
-//! become facts.
+//! Transport failures are `unavailable` (never a verdict on the payment), and so are node errors other than a
+//! revert (kernel `rpc::is_revert`: a rate limit is no answer about the token); reverts become facts.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use alloy_primitives::{Address, B256, Bytes, U256};
 use esim402_core::evm::TransactionReceipt;
 use esim402_core::evm::rpc::{
-    BlockTag, CallRequest, EthBlockNumber, EthCall, EthChainId, EthGetTransactionReceipt,
+    BlockTag, CallRequest, EthBlockNumber, EthCall, EthChainId, EthGetTransactionReceipt, is_revert,
 };
 use esim402_core::x402::ChainFacts;
 use esim402_core::x402::NetworkConfig;
@@ -48,6 +48,12 @@ const NONCES_PER_BATCH: usize = 40;
 /// `unavailable`, naming what failed (the message never carries the endpoint).
 pub fn unavailable(e: &CallError) -> wit::Error {
     wit::Error::Unavailable(format!("the payment network's RPC failed: {e}"))
+}
+
+/// Whether `e` is the node saying the call reverts (kernel `rpc::is_revert`): an answer about the call, unlike
+/// every other error.
+pub fn reverted(e: &CallError) -> bool {
+    matches!(e, CallError::Node { code, message } if is_revert(*code, message))
 }
 
 /// A mined transaction, as far as settlement cares.
@@ -190,20 +196,24 @@ impl Chain {
         let state = answers.take(state_slot, &state_call);
         let balance = answers.take(balance_slot, &balance_call);
         let simulation = answers.take(simulation_slot, &simulation_call);
-        // A node error (revert, no such function) is an answer about the token; a transport error is none.
+        // A revert (of a missing function too) is an answer about the token; any other node error (a rate
+        // limit inside the batch, an internal error, a lagging node's "header not found") is no answer, like
+        // a transport error: a zero balance or "not EIP-3009" read from it would refuse the payment as final.
         let nonce_used = match state {
             Ok(data) => decode_authorization_state_return(&data).ok(),
-            Err(e) if e.is_node() => None,
+            Err(e) if reverted(&e) => None,
             Err(e) => return Err(unavailable(&e)),
         };
         let balance = match balance {
             Ok(data) => decode_balance_of_return(&data).unwrap_or(U256::ZERO),
-            Err(e) if e.is_node() => U256::ZERO,
+            Err(e) if reverted(&e) => U256::ZERO,
             Err(e) => return Err(unavailable(&e)),
         };
         let (simulation_ok, revert) = match simulation {
             Ok(_) => (true, None),
-            Err(CallError::Node { message, .. }) => (false, Some(message)),
+            Err(CallError::Node { code, message }) if is_revert(code, &message) => {
+                (false, Some(message))
+            }
             Err(e) => return Err(unavailable(&e)),
         };
         let mut facts = ChainFacts {

@@ -111,8 +111,11 @@ pub async fn take_over(
 
 /// Also claim `txhash/<hash>` for a transaction we signed (its settlement `record`), so no proof can present
 /// it for another invoice and a refund can find what it paid. A store failure here fails the send before
-/// its broadcast (the caller gives everything back): a transaction out without this claim could be
-/// presented again as a tx-hash proof.
+/// its broadcast: a transaction out without this claim could be presented again as a tx-hash proof. The
+/// record already names the transaction then, so its account nonce stays held until the caller's [`release`]
+/// has removed the record (the next send of the key gives it back only if no record names a transaction at it:
+/// `sender::give_back_recorded`); a release that fails keeps both, and the recorded transaction may still go
+/// out, to be reconciled like any other `submitted` one.
 pub async fn claim_txhash(record: &Record, hash: B256) -> Result<(), wit::Error> {
     insert(&esim402_core::store::keys::txhash(hash), record)
         .await

@@ -3,18 +3,20 @@
 //! refunds (`crate::refunds`: ERC-20 `transfer` from the treasury key) both use it.
 //!
 //! Order: the chain reads first, in one JSON-RPC batch (chain id once per instance, then `eth_estimateGas`
-//! plus a margin, fees from the latest base fee and `eth_maxPriorityFeePerGas`, the account's pending and
-//! mined transaction counts); then our recorded transactions the node never got are offered to it again and
-//! orphaned reservations released ([`rebroadcast::fill_gaps`]); then an account nonce is reserved ([`nonces`],
-//! kernel `NonceState`), the transaction signed in the component and recorded on the caller's claim; then
-//! `eth_sendRawTransaction`.
+//! plus a margin, fees from the latest base fee (unreadable: no send) and `eth_maxPriorityFeePerGas`, the
+//! account's pending and mined transaction counts); then our recorded transactions the node never got are
+//! offered to it again and orphaned reservations released ([`rebroadcast::fill_gaps`]); then an account nonce
+//! is reserved ([`nonces`], kernel `NonceState`), the transaction signed in the component and recorded on the
+//! caller's claim; then `eth_sendRawTransaction`.
 //!
 //! Before the broadcast every failure gives the nonce back and tells the caller, which releases its claim, so
 //! a retry can work; if later nonces of the key are already out, the nonce is filled with a no-op transaction
 //! instead ([`give_back`]), so their transactions do not wait behind a hole until some later send. Once the
-//! transaction may have left (sent, or the send's outcome is unknown) nothing is released: the claim keeps its
-//! hash, the answer is `pending`, and a later call reconciles against that hash and never signs another
-//! transaction for it. The host may cancel a request at any store call:
+//! signed transaction is on the caller's record, the nonce goes to no other transaction before that record
+//! is released: the next send releases it if the record by then names no transaction at it
+//! ([`give_back_recorded`]). Once the transaction may have left (sent, or the send's outcome is unknown)
+//! nothing is released: the claim keeps its hash, the answer is `pending`, and a later call reconciles against
+//! that hash and never signs another transaction for it. The host may cancel a request at any store call:
 //! - between the reservation and the record, the nonce is held but no transaction exists for it; the next
 //!   send of this key finds it orphaned and releases it (`NonceState::orphans`);
 //! - between the record and the node, the transaction is recorded but was never sent; the next send offers
@@ -27,12 +29,12 @@ pub mod receipts;
 
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::evm::rpc::{
-    BlockSummary, BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber,
+    self, BlockSummary, BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber,
     EthGetTransactionCount, EthMaxPriorityFeePerGas, EthSendRawTransaction, SendRefusal,
     send_refusal,
 };
-use esim402_core::evm::{Eip1559Tx, GiveBack, SignedTx, SigningKey, sign_eip1559};
-use esim402_guest::{util, wit};
+use esim402_core::evm::{Eip1559Tx, GiveBack, NonceState, SignedTx, SigningKey, sign_eip1559};
+use esim402_guest::{kv, util, wit};
 
 use crate::chain::{Chain, unavailable};
 use crate::rpc::{Batch, CallError};
@@ -42,9 +44,6 @@ const GAS_MARGIN_DIVISOR: u64 = 4;
 /// No transaction of ours may burn more gas than this (`transferWithAuthorization` needs ~60–100k, an ERC-20
 /// `transfer` ~35–65k).
 const MAX_GAS_LIMIT: u64 = 500_000;
-/// Reference fallbacks when the node gives no fee data: fee cap 1 gwei, tip 0.1 gwei.
-const FALLBACK_MAX_FEE: u128 = 1_000_000_000;
-const FALLBACK_TIP: u128 = 100_000_000;
 /// Gas of the no-op transaction that fills a nonce given back below later ones (a plain transfer).
 const PLUG_GAS: u64 = 21_000;
 
@@ -63,14 +62,16 @@ pub struct Call {
 
 /// Why [`send`] did not broadcast.
 pub enum Unsent {
-    /// The node's gas estimate failed with an answer: the call would revert. Carries the node's message.
+    /// The node's gas estimate reverted (kernel `rpc::is_revert`): the call would revert. Carries the node's
+    /// message. Any other node error is a [`Unsent::Fault`].
     WouldRevert(String),
     /// Anything else.
     Fault(wit::Error),
 }
 
-/// A [`send`] that certainly broadcast nothing. The account nonce is already given back; the caller's claim
-/// is not (the caller releases it).
+/// A [`send`] that certainly broadcast nothing. The account nonce is already given back (one whose transaction
+/// was `recorded` is left for the next send to release once the caller's record names it no more:
+/// [`give_back_recorded`]); the caller's claim is not (the caller releases it).
 pub struct NotBroadcast {
     /// Why.
     pub why: Unsent,
@@ -98,26 +99,29 @@ pub struct Counts {
     pub head: Option<u64>,
 }
 
-/// `(tip, fee cap)` in wei, from the latest block's base fee and the node's suggested tip (node errors: the
-/// reference fallbacks).
+/// `(tip, fee cap)` in wei, from the latest block's base fee and the node's suggested tip (kernel
+/// `rpc::fees`): a transport failure, or a block that could not be read (its base fee unknown), is a fault; a
+/// node error on the tip only means the node suggests none.
 fn fees(
     block: Result<Option<BlockSummary>, CallError>,
     tip: Result<u128, CallError>,
 ) -> Result<(u128, u128), wit::Error> {
     let block = match block {
         Ok(b) => b,
-        Err(e) if e.is_node() => None,
+        Err(e) if e.is_node() => {
+            return Err(wit::Error::Unavailable(format!(
+                "the latest block's base fee is unreadable ({e})"
+            )));
+        }
         Err(e) => return Err(unavailable(&e)),
     };
     let tip = match tip {
-        Ok(t) => t,
-        Err(e) if e.is_node() => FALLBACK_TIP,
+        Ok(t) => Some(t),
+        Err(e) if e.is_node() => None,
         Err(e) => return Err(unavailable(&e)),
     };
-    Ok(match block.and_then(|b| b.base_fee_per_gas) {
-        // Twice the base fee survives several full blocks of base-fee growth.
-        Some(base) => (tip, base.saturating_mul(2).saturating_add(tip)),
-        None => (tip.min(FALLBACK_MAX_FEE), FALLBACK_MAX_FEE.max(tip)),
+    rpc::fees(block.as_ref(), tip).ok_or_else(|| {
+        wit::Error::Unavailable("the node has no latest block to read the base fee of".into())
     })
 }
 
@@ -150,7 +154,10 @@ async fn prepare(
     let mut answers = chain.rpc.batch(batch).await;
     let estimate = match answers.take(slots.0, &estimate) {
         Ok(g) => g,
-        Err(CallError::Node { message, .. }) => return Err(Unsent::WouldRevert(message)),
+        // Only a revert is a verdict on the payment; a rate limit or an internal error of the node is not.
+        Err(CallError::Node { code, message }) if rpc::is_revert(code, &message) => {
+            return Err(Unsent::WouldRevert(message));
+        }
         Err(e) => return Err(Unsent::Fault(unavailable(&e))),
     };
     let gas_limit = estimate.saturating_add(estimate / GAS_MARGIN_DIVISOR);
@@ -213,7 +220,8 @@ pub async fn send(
     // Recorded before the broadcast: from here on a lost request leaves a hash to reconcile against, never a
     // transaction nobody knows about.
     if let Err(e) = record(&signed, counts.head).await {
-        give_back(chain, signer, &tx, &call.owner).await;
+        // The record may hold the transaction already (a later write failed): see [`give_back_recorded`].
+        give_back_recorded(chain, signer, &tx, &call.owner).await;
         return Err(Unsent::Fault(e).into());
     }
     match chain
@@ -225,8 +233,9 @@ pub async fn send(
         Err(CallError::Node { code, message }) => match send_refusal(code, &message) {
             SendRefusal::Known => {}
             SendRefusal::Refused => {
-                // The node refused it, naming why: nothing was broadcast, so everything can be given back.
-                give_back(chain, signer, &tx, &call.owner).await;
+                // The node refused it, naming why: nothing was broadcast, so everything can be given back, the
+                // nonce once the caller's record no longer names the transaction ([`give_back_recorded`]).
+                give_back_recorded(chain, signer, &tx, &call.owner).await;
                 return Err(NotBroadcast {
                     why: Unsent::Fault(wit::Error::Unavailable(format!(
                         "the node refused the {} transaction ({code}: {message})",
@@ -262,10 +271,41 @@ pub async fn send(
 /// the next send to reuse; if its fate is unknown, it stays held (a reservation whose owner's record names no
 /// transaction for it is released by a later send after `rebroadcast::ORPHAN_AFTER_SECS`).
 async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &str) {
-    let nonce = tx.nonce;
-    if nonces::give_back(chain, signer, nonce, owner).await != GiveBack::Plug {
-        return;
+    if nonces::give_back(chain, signer, tx.nonce, owner).await == GiveBack::Plug {
+        plug(chain, signer, tx, true).await;
     }
+}
+
+/// [`give_back`] once `tx` may be on `owner`'s record (recorded, then refused, or a later write of the record
+/// failed). The caller releases that record after this returns, and its release may fail; until it is gone a
+/// recorded transaction may be sent again, so its nonce must not go to another (kernel
+/// `NonceState::give_back_recorded`): it stays held, an orphan at once, and the next send of this key releases
+/// it if the record names no transaction at it by then (`rebroadcast::fill_gaps`). Below later nonces it is
+/// filled with the no-op now (which moves nothing, whatever the record says); a refused no-op leaves it held.
+async fn give_back_recorded(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &str) {
+    let r = kv::update_json_with::<NonceState, GiveBack, wit::Error>(
+        &nonces::key(chain, signer.address()),
+        |s| {
+            let mut s = s.unwrap_or_default();
+            let g = s.give_back_recorded(tx.nonce, owner);
+            Ok((s, g))
+        },
+    )
+    .await;
+    match r {
+        Ok((_, GiveBack::Plug)) => plug(chain, signer, tx, false).await,
+        Ok(_) => {}
+        Err(e) => eprintln!(
+            "verifier: cannot give back account nonce {}: {e}; a later send releases it",
+            tx.nonce
+        ),
+    }
+}
+
+/// Fill `tx`'s nonce, held, with the key's no-op transaction; if that is certainly not broadcast either, give
+/// the nonce back when `release` (else it stays held, for a later send's orphan check).
+async fn plug(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, release: bool) {
+    let nonce = tx.nonce;
     let plug = Eip1559Tx {
         to: signer.address(),
         value: U256::ZERO,
@@ -276,8 +316,10 @@ async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &s
     let signed = match sign_eip1559(&plug, signer) {
         Ok(signed) => signed,
         Err(e) => {
-            eprintln!("verifier: cannot sign a no-op at nonce {nonce} ({e}); nonce given back");
-            nonces::release(chain, signer, nonce).await;
+            eprintln!("verifier: cannot sign a no-op at nonce {nonce} ({e})");
+            if release {
+                nonces::release(chain, signer, nonce).await;
+            }
             return;
         }
     };
@@ -291,10 +333,10 @@ async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &s
         Err(CallError::Node { code, message }) => match send_refusal(code, &message) {
             SendRefusal::Known => {}
             SendRefusal::Refused => {
-                eprintln!(
-                    "verifier: no-op at nonce {nonce} refused ({code}: {message}); nonce given back"
-                );
-                nonces::release(chain, signer, nonce).await;
+                eprintln!("verifier: no-op at nonce {nonce} refused ({code}: {message})");
+                if release {
+                    nonces::release(chain, signer, nonce).await;
+                }
             }
             SendRefusal::Unknown => eprintln!(
                 "verifier: no-op {hash} at nonce {nonce} answered {code}: {message}; outcome unknown, kept"

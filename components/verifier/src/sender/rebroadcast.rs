@@ -13,7 +13,8 @@
 //!   transaction at or above that count that it does not know (at most `MAX_RESENDS_PER_SEND`).
 //! - **A reserved nonce never got a transaction** (the request was cancelled between reserving and recording):
 //!   [`fill_gaps`] also releases every nonce reserved more than `ORPHAN_AFTER_SECS` ago whose owner's record
-//!   names no transaction for it (kernel `NonceState::orphans`), so the next reservation fills the hole.
+//!   names no transaction for it, in any status (kernel `NonceState::orphans`, `rebroadcast::names_nonce`), so
+//!   the next reservation fills the hole.
 //!
 //! Sending the same bytes again is never a second transaction (same hash, same nonce), and no answer to a
 //! re-send changes any state: "already known" or "nonce too low" just mean the node has, or used, the nonce.
@@ -23,7 +24,7 @@
 use alloy_primitives::Address;
 use esim402_core::evm::NonceState;
 use esim402_core::evm::rebroadcast::{
-    EthGetTransactionByHash, Fate, MAX_RESENDS_PER_SEND, fate, may_resend,
+    EthGetTransactionByHash, Fate, MAX_RESENDS_PER_SEND, fate, may_resend, names_nonce,
 };
 use esim402_core::evm::rpc::{
     BlockTag, EthBlockNumber, EthGetTransactionCount, EthSendRawTransaction,
@@ -138,10 +139,7 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
         }
     };
     for (nonce, owner) in state.orphans(pending_count, now, ORPHAN_AFTER_SECS) {
-        if live_tx(&owner)
-            .await
-            .is_some_and(|tx| tx.signer == signer && tx.nonce == nonce)
-        {
+        if names(&owner, signer, nonce).await {
             continue;
         }
         eprintln!(
@@ -179,6 +177,30 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
             // The node is not answering; the send that follows will say so.
             Err(CallError::Transport(_)) => return,
             Err(e) => eprintln!("verifier: cannot ask for {what} {}: {e}", tx.hash),
+        }
+    }
+}
+
+/// Whether the record at `owner` (a settlement or a refund) names `signer`'s transaction at `nonce`, in any
+/// status (kernel `rebroadcast::names_nonce`): a confirmed one's nonce is used, not orphaned, even while a
+/// lagging node's pending count is at or below it. A record that cannot be read counts as naming it (the nonce
+/// stays held; a later send looks again).
+async fn names(owner: &str, signer: Address, nonce: u64) -> bool {
+    let sent = if keys::is_refund(owner) {
+        kv::get_json::<Refund, ()>(owner)
+            .await
+            .map(|r| r.map(|r| r.sent))
+    } else {
+        kv::get_json::<Record, ()>(owner)
+            .await
+            .map(|r| r.map(|r| r.sent))
+    };
+    match sent {
+        Ok(Some(sent)) => names_nonce(&sent, signer, nonce),
+        Ok(None) => false,
+        Err(e) => {
+            eprintln!("verifier: cannot read {owner}, which holds nonce {nonce} of {signer}: {e}");
+            true
         }
     }
 }

@@ -10,6 +10,9 @@
 //!   The next reservation reuses it first. But if later nonces are already out, their transactions wait
 //!   behind it until that next reservation comes, so [`give_back`](NonceState::give_back) keeps such a nonce
 //!   held and the sender fills it with a no-op transaction (releasing it only if that is refused too).
+//! - A nonce whose signed transaction is already on its owner's record (recorded, then refused) is not given
+//!   back before that record is released ([`give_back_recorded`](NonceState::give_back_recorded)): it stays
+//!   held as an orphan, and the next send releases it once no record names a transaction at it.
 //! - A nonce whose transaction was, or may have been, broadcast (sent, timed out, connection dropped) is never
 //!   released: reusing it would replace or race the first transaction. It leaves the state once the chain's
 //!   count passes it.
@@ -158,6 +161,29 @@ impl NonceState {
             GiveBack::NotHeld
         } else if nonce.saturating_add(1) == self.next {
             self.release_on_failure(nonce);
+            GiveBack::Released
+        } else {
+            GiveBack::Plug
+        }
+    }
+
+    /// [`give_back`](Self::give_back) for a nonce whose signed transaction `owner`'s record may already name
+    /// (the send failed after recording it: the node refused it, or a later write of the record failed). The
+    /// record is released only after this returns, and that may fail: a nonce handed out again while the record
+    /// still names its transaction would give two transactions one nonce (the recorded one can be sent again).
+    /// So the nonce is never released here: it stays held, marked as an orphan at once (reserved at time 0),
+    /// and the next send's orphan check releases it only once `owner`'s record names no transaction at it.
+    /// [`GiveBack::Plug`] if later nonces are out (a no-op transaction, which moves nothing, may fill it now),
+    /// else [`GiveBack::Released`] (left for the next send); [`GiveBack::NotHeld`] as for `give_back`, nothing
+    /// changed.
+    pub fn give_back_recorded(&mut self, nonce: u64, owner: &str) -> GiveBack {
+        let others = self.owners.get(&nonce).is_some_and(|o| o != owner);
+        if others || !self.pending.contains(&nonce) {
+            return GiveBack::NotHeld;
+        }
+        self.owners.insert(nonce, owner.to_owned());
+        self.reserved_at.insert(nonce, 0);
+        if nonce.saturating_add(1) == self.next {
             GiveBack::Released
         } else {
             GiveBack::Plug
@@ -419,5 +445,32 @@ mod tests {
         assert_eq!((s.next, s.pending.contains(&b)), (6, false));
         assert_eq!(s.give_back(b, "settlement/b"), GiveBack::NotHeld);
         assert_eq!(s.give_back(99, "settlement/b"), GiveBack::NotHeld);
+    }
+
+    #[test]
+    fn a_recorded_nonce_is_never_given_back_before_its_record_lets_go() {
+        let mut s = NonceState::default();
+        let a = s.reserve_for(5, "settlement/a", 1_000);
+        // a's transaction was recorded, then refused: the record still names it until its claim is released,
+        // so the nonce stays held (the next reservation does not get it) ...
+        assert_eq!(s.give_back_recorded(a, "settlement/b"), GiveBack::NotHeld);
+        assert_eq!(s.give_back_recorded(a, "settlement/a"), GiveBack::Released);
+        assert!(s.pending.contains(&a));
+        assert_eq!(s.next, a + 1);
+        // ... and is an orphan at once, for the next send to release once the record names nothing at it.
+        assert_eq!(
+            s.orphans(5, 1_000, 120),
+            vec![(a, "settlement/a".to_owned())]
+        );
+        assert!(s.release_orphan(a, "settlement/a", Some(0)));
+        assert_eq!(s.reserve_for(5, "settlement/c", 1_001), a);
+        // Below a nonce that is out: a no-op may fill it now; still held, still an orphan.
+        let b = s.reserve_for(5, "settlement/b", 1_001);
+        assert_eq!(s.give_back_recorded(a, "settlement/c"), GiveBack::Plug);
+        assert!(s.pending.contains(&a) && s.pending.contains(&b));
+        assert_eq!(
+            s.orphans(5, 1_001, 120),
+            vec![(a, "settlement/c".to_owned())]
+        );
     }
 }

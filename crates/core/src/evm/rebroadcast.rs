@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use super::quantity::{self, encode_data};
 use super::rpc::{Method, RpcError};
+use crate::settlement::SentTx;
 
 /// How long after recording a transaction we leave it to its own send before sending it again: that send
 /// takes at most one RPC timeout, and re-sending bytes whose first send the node is about to refuse could
@@ -131,6 +132,19 @@ pub fn may_resend(recorded_at: u64, now: u64) -> bool {
     recorded_at.saturating_add(RESEND_AFTER_SECS) <= now
 }
 
+/// Whether a record's transaction `sent` is `signer`'s transaction at account `nonce`, whatever the record's
+/// status: a confirmed or failed record names its transaction as much as a `submitted` one, so its nonce was
+/// used (or is about to be) and must never be released as an orphan and handed out again, even while a
+/// lagging node's pending count still sits at or below it.
+pub fn names_nonce(sent: &SentTx, signer: Address, nonce: u64) -> bool {
+    sent.signer_nonce == Some(nonce)
+        && sent
+            .signer
+            .as_deref()
+            .and_then(|s| s.parse::<Address>().ok())
+            == Some(signer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +210,25 @@ mod tests {
     fn a_used_nonce_is_unmineable_however_young_the_record() {
         assert_eq!(fate(8, 7, 1_000, 1_000), Fate::Unmineable);
         assert_eq!(fate(u64::MAX, 7, 0, 0), Fate::Unmineable);
+    }
+
+    #[test]
+    fn a_record_names_its_nonce_in_any_status() {
+        let sent = SentTx {
+            transaction: Some(B256::repeat_byte(1).to_string()),
+            signer: Some(FROM.to_checksum(None)),
+            signer_nonce: Some(5),
+            // Kept or not, the bytes do not matter: the nonce and signer do.
+            raw_transaction: None,
+        };
+        assert!(names_nonce(&sent, FROM, 5));
+        assert!(!names_nonce(&sent, FROM, 6));
+        assert!(!names_nonce(&sent, Address::repeat_byte(9), 5));
+        assert!(!names_nonce(&SentTx::default(), FROM, 5));
+        assert!(!names_nonce(
+            &SentTx::hash_only(B256::repeat_byte(1)),
+            FROM,
+            5
+        ));
     }
 }

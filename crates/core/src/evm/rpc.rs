@@ -672,6 +672,35 @@ pub fn send_refusal(code: i64, message: &str) -> SendRefusal {
     }
 }
 
+/// Whether a node's error answer (`code`, `message`) to `eth_call` or `eth_estimateGas` says the call itself
+/// reverts: code 3 (EIP-1474's execution error, the one that carries revert data) or a message naming a revert
+/// (geth's `execution reverted` without data, Besu's `Execution reverted`, Hardhat's `reverted with reason
+/// string`). Only that is an answer about the call; anything else (a rate limit, `-32603 internal error`,
+/// `header not found` from a lagging node behind a load balancer) is the node failing to answer, never a
+/// verdict on a payment.
+pub fn is_revert(code: i64, message: &str) -> bool {
+    code == 3 || message.to_ascii_lowercase().contains("revert")
+}
+
+/// EIP-1559 fee cap when the chain has no base fee (a block without `baseFeePerGas`): 1 gwei.
+pub const FALLBACK_MAX_FEE: u128 = 1_000_000_000;
+/// Tip when the node gives none (`eth_maxPriorityFeePerGas` unsupported): 0.1 gwei.
+pub const FALLBACK_TIP: u128 = 100_000_000;
+
+/// `(tip, fee cap)` in wei for a transaction sent now, from the latest block as read (`None`: the read failed
+/// or the node had no block) and the node's suggested tip (`None`: [`FALLBACK_TIP`]). The fee cap is twice the
+/// base fee plus the tip, which survives several full blocks of base-fee growth. `None` when the base fee is
+/// unknown because the block could not be read: a flat fallback cap may sit below the chain's base fee and
+/// leave the transaction unmineable in the pool, so the send fails as a fault instead. Only a block that shows
+/// no base fee (a chain without EIP-1559) gets the fallback cap.
+pub fn fees(block: Option<&BlockSummary>, tip: Option<u128>) -> Option<(u128, u128)> {
+    let tip = tip.unwrap_or(FALLBACK_TIP);
+    Some(match block?.base_fee_per_gas {
+        Some(base) => (tip, base.saturating_mul(2).saturating_add(tip)),
+        None => (tip.min(FALLBACK_MAX_FEE), FALLBACK_MAX_FEE.max(tip)),
+    })
+}
+
 /// `eth_getLogs` for the logs of one contract whose topics match, between two blocks (both included). Each
 /// entry of `topics` matches one position: `None` anything, otherwise any of the listed values.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1149,6 +1178,62 @@ mod tests {
             read_batch_reply(200, b"<html>", &ids),
             BatchReply::Failed(m) if m.contains("malformed")
         ));
+    }
+
+    #[test]
+    fn only_a_revert_is_a_verdict_on_a_call() {
+        for (code, message) in [
+            (
+                3,
+                "execution reverted: FiatTokenV2: authorization is used or canceled",
+            ),
+            (3, "execution reverted"),
+            (-32000, "execution reverted"),
+            (-32000, "Execution reverted"),
+            (
+                -32603,
+                "Error: VM Exception while processing transaction: reverted with reason string 'x'",
+            ),
+        ] {
+            assert!(is_revert(code, message), "{code} {message}");
+        }
+        for (code, message) in [
+            (-32005, "rate limited"),
+            (-32005, "limit exceeded"),
+            (-32603, "internal error"),
+            (-32000, "header not found"),
+            (-32000, "missing trie node"),
+            (429, "Too Many Requests"),
+        ] {
+            assert!(!is_revert(code, message), "{code} {message}");
+        }
+    }
+
+    #[test]
+    fn fees_need_the_base_fee_of_a_block_that_was_read() {
+        let block = |base| BlockSummary {
+            number: 1,
+            timestamp: 0,
+            base_fee_per_gas: base,
+        };
+        let gwei = 1_000_000_000;
+        assert_eq!(
+            fees(Some(&block(Some(30 * gwei))), Some(2 * gwei)),
+            Some((2 * gwei, 62 * gwei))
+        );
+        // No tip suggested: the fallback tip on the real base fee.
+        assert_eq!(
+            fees(Some(&block(Some(30 * gwei))), None),
+            Some((FALLBACK_TIP, 60 * gwei + FALLBACK_TIP))
+        );
+        // A block that shows no base fee: a chain without EIP-1559, the flat fallback.
+        assert_eq!(
+            fees(Some(&block(None)), None),
+            Some((FALLBACK_TIP, FALLBACK_MAX_FEE))
+        );
+        // The block could not be read: the base fee is unknown, not small. No fees, no send.
+        assert_eq!(fees(None, Some(2 * gwei)), None);
+        assert_eq!(fees(None, None), None);
     }
 
     #[test]
