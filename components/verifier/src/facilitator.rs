@@ -10,8 +10,6 @@
 //! except that a `settlement_pending` answer is reconciled against its recorded hash (the same signed bytes
 //! are sent again if the node lost them), never settled by a second transaction.
 
-use std::time::Instant;
-
 use alloy_primitives::{Address, B256};
 use esim402_core::x402::exact::{claimed_payer, resolve_network};
 use esim402_core::x402::wire::FacilitatorRequest;
@@ -21,7 +19,7 @@ use esim402_core::x402::{
 };
 use serde::Serialize;
 
-use esim402_core::settlement::{Outcome, Record, Status};
+use esim402_core::settlement::{Outcome, Record};
 use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid};
 use esim402_guest::{kv, util, wit};
@@ -31,6 +29,10 @@ use crate::claims;
 use crate::config::{self, Config};
 use crate::schemes::payment;
 use crate::sender::receipts::{self, Claim, NotSent};
+
+mod replay;
+
+use replay::replay;
 
 fn to_json(value: &impl Serialize) -> Result<String, wit::Error> {
     serde_json::to_string(value).map_err(internal)
@@ -209,7 +211,36 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
         keys: vec![key],
         version: std::cell::Cell::new(Some(version)),
     };
+    // Looked for once claimed (an invoice's `verify` looks for this claim once it holds): an authorization an
+    // invoice's payment holds is that invoice's to settle, or the invoice would be withdrawn as unpaid while
+    // its money moved.
+    if held_for_an_invoice(r, &checked.signed.authorization, now).await? {
+        claim.release().await;
+        return Ok(r.failure(InvalidReason::NonceAlreadyUsed, None));
+    }
     drive(r, &checked, &claim).await
+}
+
+/// Whether an invoice's payment holds `authorization` at `now` (kernel `settlement::api_may_settle`).
+async fn held_for_an_invoice(
+    r: &Request,
+    authorization: &esim402_core::x402::exact::TransferAuthorization,
+    now: u64,
+) -> Result<bool, wit::Error> {
+    let asset = esim402_core::x402::exact::requirement_asset(&r.requirements)
+        .unwrap_or(r.chain.network.usdc);
+    let key = keys::holds(&r.chain.network.caip2(), asset, authorization.from);
+    // Soft state (as `holds` reads it): a record that does not read as holds holds nothing.
+    let holds: esim402_core::hold::Holds = kv::get_json::<serde_json::Value, ()>(&key)
+        .await
+        .map_err(|e| esim402_guest::convert::kv_fault(&key, e))?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    Ok(!esim402_core::settlement::api_may_settle(
+        &holds,
+        authorization.nonce,
+        now,
+    ))
 }
 
 /// The record of this request's authorization, if the payload names one.
@@ -236,7 +267,15 @@ async fn drive(
     .await;
     match sent {
         Ok(outcome) => Ok(answer(r, checked.payer, outcome, &claim.record_key)),
+        Err(NotSent::WouldRevert) => {
+            claim.release().await;
+            Ok(r.failure(InvalidReason::SimulationFailed, None))
+        }
         Err(NotSent::Rejected(reason)) => Ok(r.failure(reason, None)),
+        // Our claim was taken over before we signed: its new holder drives the settlement.
+        Err(NotSent::Fault(wit::Error::Conflict(_))) => {
+            Ok(r.failure(InvalidReason::SettlementPending, None))
+        }
         Err(NotSent::Fault(e)) => Err(e),
     }
 }
@@ -261,98 +300,6 @@ fn answer(r: &Request, payer: Address, outcome: Outcome, record_key: &str) -> Se
         }
         Outcome::Unproven(tx) => r.failure(InvalidReason::TransferEventMismatch, Some(tx)),
         Outcome::Pending(tx) => r.failure(InvalidReason::SettlementPending, Some(tx)),
-    }
-}
-
-/// A settle for an authorization that is already claimed.
-async fn replay(r: &Request, record: Record, now: u64) -> Result<SettleResponse, wit::Error> {
-    let tx = record.settled_hash();
-    if record.invoice.is_some() {
-        // Claimed by an invoice settlement: never a second broadcast, never a second success.
-        return Ok(r.failure(InvalidReason::NonceAlreadyUsed, tx));
-    }
-    // Only the payment this record settles may have its outcome: checked as of the claim (a repeat after the
-    // window closed still is that payment) and executed by the recorded transaction.
-    let same = || {
-        payment::check(
-            &r.chain,
-            &r.request.payment_payload,
-            &r.requirements,
-            record.claimed_at,
-            None,
-        )
-        .ok()
-        .filter(|checked| record.settles(&checked.signed.authorization))
-        .map(|checked| checked.payer)
-    };
-    match record.status {
-        // Its success not reported yet (the call that saw it confirmed could not claim it): this one may. A
-        // record from before successes were claimed apart reported its own when it was confirmed.
-        Status::Confirmed => Ok(match (tx, same()) {
-            (Some(hash), Some(payer)) if record.success_claimed_apart => {
-                answer(r, payer, Outcome::Confirmed(hash), &record.claim)
-            }
-            _ => r.failure(InvalidReason::NonceAlreadyUsed, tx),
-        }),
-        Status::Failed => {
-            let reason = record
-                .reason
-                .as_deref()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(InvalidReason::TransactionFailed);
-            Ok(r.failure(reason, tx))
-        }
-        Status::Submitted => {
-            let Some(hash) = tx else {
-                return Ok(r.failure(InvalidReason::InvalidTransactionState, None));
-            };
-            let Some(payer) = same() else {
-                return Ok(r.failure(InvalidReason::NonceAlreadyUsed, Some(hash)));
-            };
-            let record_claimed_apart = record.success_claimed_apart;
-            let claim = Claim {
-                record_key: record.claim.clone(),
-                claim: record.claim,
-                holder: record.holder,
-                keys: Vec::new(),
-                version: std::cell::Cell::new(None),
-            };
-            let deadline = Instant::now() + r.cfg.settlement_timeout;
-            let (outcome, first) = receipts::reconcile(&r.chain, &claim, hash, deadline).await;
-            // A record from before successes were claimed apart: its other callers (an earlier build) report
-            // the one that records the receipt first, so this one does too.
-            if !record_claimed_apart && matches!(outcome, Outcome::Confirmed(_)) && !first {
-                return Ok(r.failure(InvalidReason::NonceAlreadyUsed, Some(hash)));
-            }
-            Ok(answer(r, payer, outcome, &claim.record_key))
-        }
-        Status::Claimed if record.is_abandoned(now) => {
-            let signer = r.cfg.signer()?;
-            let key = record.claim.clone();
-            let Some(claim) = Claim::take_over(&key, &key, vec![key.clone()], now).await? else {
-                return Ok(r.failure(InvalidReason::NonceAlreadyUsed, None));
-            };
-            let verified = payment::verify(
-                &r.chain,
-                Some(signer.address()),
-                &r.request.payment_payload,
-                &r.requirements,
-                now,
-            )
-            .await;
-            match verified {
-                Ok(Ok(checked)) => drive(r, &checked, &claim).await,
-                Ok(Err(reason)) => {
-                    claim.release().await;
-                    Ok(r.failure(reason, None))
-                }
-                Err(e) => {
-                    claim.release().await;
-                    Err(e)
-                }
-            }
-        }
-        Status::Claimed => Ok(r.failure(InvalidReason::NonceAlreadyUsed, None)),
     }
 }
 

@@ -487,6 +487,41 @@ pub fn front_run(record: &Record, failed: Outcome, used: UsedElsewhere) -> Outco
     }
 }
 
+/// What a settlement whose own transaction was never sent (its gas estimate reverted, or its claim was taken
+/// over and the authorization no longer verifies) becomes when the chain reads its authorization as used:
+/// another transaction executed it before ours was prepared (the payer's own, anyone holding the payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsedBeforeSent {
+    /// Settled by that transaction (it moved this invoice's money): the caller claims its `txhash/` key for
+    /// the record, then records it as [`Record::executed_by`] ([`Record::finish`]).
+    Confirmed(B256),
+    /// This payment's money can never move (other money under the same nonce, or a cancel): refused, as
+    /// before, and the claim released.
+    Refused,
+    /// Not known what used it, or a facilitator API settlement: the claim stays held (a later attempt that
+    /// takes it over decides again), and nothing is refused or withdrawn.
+    Pending,
+}
+
+/// [`UsedBeforeSent`] for `record` (a `claimed` record: nothing of ours was signed) from what `used` it; the
+/// rules of [`front_run`], without a transaction of ours.
+pub fn used_before_sent(record: &Record, used: UsedElsewhere) -> UsedBeforeSent {
+    match front_run(record, Outcome::Reverted(B256::ZERO), used) {
+        Outcome::Confirmed(tx) => UsedBeforeSent::Confirmed(tx),
+        Outcome::Pending(_) => UsedBeforeSent::Pending,
+        _ => UsedBeforeSent::Refused,
+    }
+}
+
+/// Whether the facilitator API may settle the authorization `nonce` of a payer whose holds are `holds`, at
+/// `now`: not while an invoice's payment holds it (`verify` passed for that invoice and its order may be on
+/// its way: the invoice's own settlement must be the one that executes it, or that invoice would be withdrawn
+/// while its money moved).
+pub fn api_may_settle(holds: &crate::hold::Holds, nonce: B256, now: u64) -> bool {
+    let nonce = nonce.to_string();
+    !holds.held.iter().any(|h| h.nonce == nonce && h.until > now)
+}
+
 /// Whether the payer of `record` may repeat it for `invoice`: a claim made for one invoice never pays another.
 pub fn same_invoice(record: &Record, invoice: Option<&str>) -> bool {
     record.invoice.as_deref() == invoice
@@ -761,6 +796,60 @@ mod tests {
         assert!(own.finish("x402/nonce/a", Outcome::Confirmed(tx.hash), 2));
         assert_eq!(own.executed_by, None);
         assert_eq!(own.settled_hash(), Some(tx.hash));
+    }
+
+    /// An authorization executed before our settlement was ever sent (its gas estimate reverted): decided like
+    /// a front-run while the claim is held, never refused while its money may have moved.
+    #[test]
+    fn an_authorization_used_before_our_settlement_was_sent_is_decided_like_a_front_run() {
+        let r = claimed(0);
+        let other = B256::repeat_byte(0xf1);
+        let executed = |pays| UsedElsewhere::Executed { tx: other, pays };
+        assert_eq!(
+            used_before_sent(&r, executed(true)),
+            UsedBeforeSent::Confirmed(other)
+        );
+        assert_eq!(
+            used_before_sent(&r, executed(false)),
+            UsedBeforeSent::Refused
+        );
+        assert_eq!(
+            used_before_sent(&r, UsedElsewhere::Canceled),
+            UsedBeforeSent::Refused
+        );
+        assert_eq!(
+            used_before_sent(&r, UsedElsewhere::Unknown),
+            UsedBeforeSent::Pending
+        );
+        let api = Record {
+            invoice: None,
+            ..r.clone()
+        };
+        assert_eq!(
+            used_before_sent(&api, executed(true)),
+            UsedBeforeSent::Pending
+        );
+        // Confirmed on the claimed record: the other transaction is what it reports.
+        let mut r = r;
+        assert!(r.finish("x402/nonce/a", Outcome::Confirmed(other), 1));
+        assert_eq!(r.status, Status::Confirmed);
+        assert_eq!(r.settled_hash(), Some(other));
+        assert_eq!(replay(&r, 2), Replay::Settled(other.to_string()));
+    }
+
+    #[test]
+    fn the_facilitator_api_may_not_settle_an_authorization_an_invoice_holds() {
+        use crate::hold::{Hold, Holds};
+        let nonce = B256::repeat_byte(3);
+        let mut holds = Holds::default();
+        assert!(api_may_settle(&holds, nonce, 100));
+        holds
+            .held
+            .push(Hold::new(nonce, "inv_1", U256::from(5), 1_000, 100));
+        assert!(!api_may_settle(&holds, nonce, 100));
+        assert!(api_may_settle(&holds, B256::repeat_byte(4), 100));
+        // A lapsed hold holds nothing.
+        assert!(api_may_settle(&holds, nonce, 400));
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub async fn pay_one(
         Ok(h) => h,
         Err(e) => return Step::Failed(e),
     };
-    match update(&key, |r| r.claim(&holder, now)).await {
+    // Each transition stamped with the time it happens (this run's `now` may be tens of seconds old by now).
+    match update(&key, |r| r.claim(&holder, util::now_secs())).await {
         Ok(Some((_, true))) => {}
         // Someone else claimed it first (or it vanished): theirs to report.
         Ok(Some((r, false))) => {
@@ -174,16 +175,18 @@ pub async fn pay_one(
         what: "refund",
         owner: key.clone(),
     };
-    let record =
-        async |tx: &SignedTx, _: Option<u64>| record_submitted(&key, &holder, tx, now).await;
+    let record = async |tx: &SignedTx, _: Option<u64>| {
+        record_submitted(&key, &holder, tx, util::now_secs()).await
+    };
     match sender::send(chain, treasury, &call, record).await {
-        Ok(hash) => reconcile(chain, &key, hash, now, deadline).await,
+        Ok(hash) => reconcile(chain, &key, hash, deadline).await,
         Err(NotBroadcast { why, .. }) => {
             let (error, attempted) = match why {
                 Unsent::WouldRevert(m) => (format!("the refund transfer would revert: {m}"), true),
                 Unsent::Fault(e) => (message(&e), false),
             };
             // Held by us and not broadcast: back to owed for a later run.
+            let now = util::now_secs();
             if let Err(e) = update(&key, |r| r.release(&holder, &error, attempted, now)).await {
                 eprintln!("verifier: cannot release refund {key}: {e:?}");
             }
@@ -230,7 +233,7 @@ async fn follow_up(
             Look::Known | Look::Resent | Look::Waiting => {}
         }
     }
-    reconcile(chain, key, hash, now, deadline).await
+    reconcile(chain, key, hash, deadline).await
 }
 
 /// The refund's transaction `tx` can never be mined (its nonce was used by block `at`).
@@ -272,7 +275,7 @@ async fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
 
 /// Wait for the refund transaction `hash` until `deadline` and record what the chain says; only the run that
 /// records the outcome reports it.
-async fn reconcile(chain: &Chain, key: &str, hash: B256, now: u64, deadline: Instant) -> Step {
+async fn reconcile(chain: &Chain, key: &str, hash: B256, deadline: Instant) -> Step {
     let tx = hash.to_string();
     let mined = match chain.wait_for(hash, deadline, |_| true).await {
         Some(mined) => mined,
@@ -281,6 +284,7 @@ async fn reconcile(chain: &Chain, key: &str, hash: B256, now: u64, deadline: Ins
     let error =
         format!("refund transaction {tx} reverted (does the treasury hold enough USDC and gas?)");
     let succeeded = mined == Mined::Succeeded;
+    let now = util::now_secs();
     let refund = match update(key, |r| r.settle(&tx, succeeded, &error, now)).await {
         Ok(Some((r, true))) => r,
         Ok(_) => return Step::Quiet,

@@ -20,7 +20,7 @@ use esim402_guest::convert::{internal, invalid};
 use esim402_guest::{util, wit};
 
 use super::payment::{self, Checked};
-use super::{Scheme, already_settled, check_open, invoice};
+use super::{Scheme, already_settled, check_open, invoice, used_first};
 use crate::chain::Chain;
 use crate::config::{self, Config};
 use crate::rejected;
@@ -159,6 +159,13 @@ impl Scheme for Exact {
                 let auth = &checked.signed.authorization;
                 crate::holds::place(&p.chain, p.asset(), auth, checked.balance, &p.id, p.now)
                     .await?;
+                // Looked at again once held: the facilitator API claims an authorization before it looks for
+                // a hold (`facilitator::settle_request`), so one of the two sees the other, and it is never
+                // settled there while this invoice's order is placed.
+                if let Existing::Other = p.existing().await? {
+                    crate::holds::release(&p.chain, p.asset(), auth, &p.id, p.now).await?;
+                    return Err(already_settled());
+                }
                 Ok(verified(checked.payer, &p, false))
             }
             Err(reason) => Err(rejected(reason)),
@@ -242,7 +249,16 @@ async fn drive(
     .await;
     match sent {
         Ok(outcome) => answer(outcome),
+        // Its authorization may have been executed by another transaction first: decided by what moved.
+        Err(NotSent::WouldRevert) => {
+            let auth = &checked.signed.authorization;
+            used_first::decide(&p.chain, claim, auth, InvalidReason::SimulationFailed).await
+        }
         Err(NotSent::Rejected(reason)) => Err(rejected(reason)),
+        // Our claim was taken over before we signed: its new holder drives the settlement.
+        Err(NotSent::Fault(wit::Error::Conflict(_))) => {
+            Err(wit::Error::Conflict(settlement::IN_PROGRESS.into()))
+        }
         Err(NotSent::Fault(e)) => Err(e),
     }
 }
@@ -299,10 +315,17 @@ async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Err
             .await;
             match verified {
                 Ok(Ok(checked)) => drive(p, &checked, &claim).await,
-                Ok(Err(reason)) => {
-                    claim.release().await;
-                    Err(rejected(reason))
-                }
+                // The authorization may have been executed meanwhile by another transaction: decided by
+                // what that moved, while the claim is held.
+                Ok(Err(reason)) => match SignedAuthorization::parse(p.payload.exact()) {
+                    Ok(signed) => {
+                        used_first::decide(&p.chain, &claim, &signed.authorization, reason).await
+                    }
+                    Err(_) => {
+                        claim.release().await;
+                        Err(rejected(reason))
+                    }
+                },
                 Err(e) => {
                     claim.release().await;
                     Err(e)

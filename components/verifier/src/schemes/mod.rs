@@ -9,6 +9,7 @@
 pub mod exact;
 pub mod payment;
 pub mod txhash;
+pub mod used_first;
 
 use esim402_core::InvoiceId;
 use esim402_core::invoice::{Invoice, InvoiceStatus};

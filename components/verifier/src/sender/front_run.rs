@@ -111,7 +111,7 @@ pub async fn settle(
 
 /// What used `record`'s authorization, from the token's logs over the kernel's `front_run_search` blocks and
 /// the using transaction's receipt. Whatever cannot be read or does not agree is `Unknown`.
-async fn used_by(chain: &Chain, record: &Record, used: &Used<'_>) -> UsedElsewhere {
+pub(crate) async fn used_by(chain: &Chain, record: &Record, used: &Used<'_>) -> UsedElsewhere {
     let token = chain.network.usdc;
     let (from_block, to_block) = front_run_search(record, used.by_block);
     let query = EthGetLogs {

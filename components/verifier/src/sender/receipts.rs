@@ -45,6 +45,10 @@ pub struct Claim {
 pub enum NotSent {
     /// The transfer would revert (gas estimation failed with a node answer).
     Rejected(InvalidReason),
+    /// The transfer would revert (gas estimation failed with a node answer) and nothing was signed: the claims
+    /// are still held, for the caller to decide why (its authorization may have been executed by another
+    /// transaction first) and release them if nothing moved.
+    WouldRevert,
     /// Anything else.
     Fault(wit::Error),
 }
@@ -105,7 +109,7 @@ impl Claim {
 }
 
 /// Broadcast the settlement of `signed` for the holder of `claim`, then wait up to `timeout` for the receipt.
-/// Whatever did not broadcast releases the claims.
+/// Whatever did not broadcast releases the claims, but a transfer that would revert ([`NotSent::WouldRevert`]).
 pub async fn broadcast(
     chain: &Chain,
     signer: &SigningKey,
@@ -131,6 +135,16 @@ pub async fn broadcast(
                     .await
                     .0,
             )
+        }
+        Err(NotBroadcast {
+            why: Unsent::WouldRevert(m),
+            recorded: None,
+        }) => {
+            eprintln!(
+                "verifier: the settlement of {} would revert ({m})",
+                claim.record_key
+            );
+            Err(NotSent::WouldRevert)
         }
         Err(NotBroadcast { why, recorded }) => {
             let mut keys = claim.keys.clone();

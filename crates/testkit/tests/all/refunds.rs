@@ -613,7 +613,14 @@ async fn a_send_refused_before_broadcast_releases_the_refund_and_its_nonce() {
     )
     .await
     .unwrap();
-    assert_eq!(nonces["next"], TX_COUNT, "the nonce was given back");
+    // Its transaction was on the record until the release: the nonce is held, an orphan at once, and the
+    // next send gives it back (below) now that the record names no transaction.
+    assert_eq!(nonces["pending"], json!([TX_COUNT]), "{nonces}");
+    assert_eq!(
+        nonces["reserved_at"][TX_COUNT.to_string()],
+        json!(0),
+        "{nonces}"
+    );
 
     node.set(|c| c.refuse_send = false);
     let summary = run(&mut kit, 10).await.unwrap();
@@ -901,4 +908,24 @@ async fn a_refund_whose_send_never_reached_the_node_goes_out_before_the_next_ref
         json!([{"invoice": first.id, "transaction": lost}])
     );
     assert_eq!(refund_txs(&node).len(), 2);
+}
+
+/// A run's transitions are stamped with the time they happen, not the `now` the run was started with (tens of
+/// seconds old by the time a refund is claimed, sent and settled behind slow chain calls): a stale stamp
+/// makes a live claim look abandoned sooner and a submitted transfer older than it is.
+#[tokio::test]
+async fn a_runs_transitions_are_stamped_when_they_happen() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[]).await;
+    let p = paid(&mut kit, 121).await;
+    owe(&mut kit, &p, "activation failed").await.unwrap();
+    let started = now();
+    node.set(|c| c.mining = Mining::Never);
+    run_unacked(&mut kit, started - 100, 10).await.unwrap();
+    let record = kv_json(&kit, &format!("refund/{}", p.id)).await.unwrap();
+    assert_eq!(record["status"], "submitted", "{record}");
+    assert!(
+        record["updated_at"].as_u64().unwrap() >= started,
+        "{record}"
+    );
 }

@@ -169,6 +169,9 @@ pub(crate) struct ChainState {
     pub(crate) logs: Vec<Value>,
     /// Refuse `eth_getLogs` (a node that limits log queries).
     pub(crate) refuse_logs: bool,
+    /// JSON-RPC errors to answer instead, by method (`eth_estimateGas`) or by `eth_call` and selector
+    /// (`eth_call 70a08231`): a provider's rate limit, a node's internal error.
+    pub(crate) errors: Vec<(&'static str, i64, &'static str)>,
 }
 
 impl Default for ChainState {
@@ -198,6 +201,7 @@ impl Default for ChainState {
             receipts: HashMap::new(),
             logs: Vec::new(),
             refuse_logs: false,
+            errors: Vec::new(),
         }
     }
 }
@@ -322,6 +326,16 @@ impl Node {
     fn answer_one(c: &mut ChainState, req: &Value) -> Result<Value, Scripted> {
         let id = req["id"].clone();
         let params = &req["params"];
+        let method = req["method"].as_str().unwrap();
+        let called = match params[0]["data"].as_str() {
+            Some(data) if method == "eth_call" => format!("{method} {}", &data[2..10]),
+            _ => method.to_owned(),
+        };
+        if let Some(&(_, code, message)) = c.errors.iter().find(|(m, ..)| *m == called) {
+            return Ok(
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}),
+            );
+        }
         let result: Result<Value, (i64, &str)> = match req["method"].as_str().unwrap() {
             "eth_chainId" => Ok(qty(c.chain_id.into())),
             "eth_blockNumber" => Ok(qty(c.head.into())),
@@ -1036,8 +1050,18 @@ async fn each_rejection_maps_to_its_exact_reason() {
         let asked = kit.requests().len() > before;
         assert_eq!(asked, case.reads_chain, "{}: chain asked", case.name);
         // Settling the same payment is refused (for the same reason when decided without the chain), and
-        // claims nothing: no settlement record, no claim on a transaction, nothing broadcast.
+        // claims nothing: no settlement record, no claim on a transaction, nothing broadcast. But for an
+        // authorization the chain reads as used: another transaction executed it, and none is found that says
+        // what it moved, so its money may have reached `payTo`: held for an operator, never refused (which
+        // withdraws the order).
         let got = settle(&mut kit, &inv, p.v2()).await;
+        if case.name == "nonce already used" {
+            assert!(matches!(&got, Err(E::Unavailable(_))), "{got:?}");
+            let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+            assert_eq!(record["status"], "claimed");
+            assert!(live_keys(&kit, "txhash/").await.is_empty());
+            continue;
+        }
         assert_eq!(
             got,
             Err(E::PaymentRequired(case.settle_reason().into())),
@@ -1793,8 +1817,11 @@ async fn a_refused_broadcast_releases_every_claim_so_a_retry_works() {
     assert!(kit.kv_get(&p.nonce_key()).await.is_none());
     assert_eq!(live_keys(&kit, "txhash/").await, Vec::<String>::new());
     assert_eq!(live_keys(&kit, "x402/").await, Vec::<String>::new());
+    // The nonce its recorded transaction had is held until the next send finds that record gone (an orphan
+    // at once), never handed out before the record is released.
     let state = kv_json(&kit, &nonce_state).await.unwrap();
-    assert_eq!(state["pending"], json!([]));
+    assert_eq!(state["pending"], json!([TX_COUNT]));
+    assert_eq!(state["reserved_at"], json!({TX_COUNT.to_string(): 0}));
 
     node.set(|c| {
         c.refuse_send = false;
@@ -1851,9 +1878,15 @@ async fn a_nonce_given_back_below_one_still_out_is_filled_with_a_no_op() {
         );
         let state = kv_json(&kit, &nonce_state).await.unwrap();
         if noop_refused {
+            // Held, an orphan at once: the next send gives it back once the settlement's record is gone.
             assert_eq!(node.sent().len(), 1, "nothing more went out");
-            assert_eq!(state["pending"], json!([other]), "{state}");
-            assert_eq!(state["released"], json!([TX_COUNT]), "given back: {state}");
+            assert_eq!(state["pending"], json!([TX_COUNT, other]), "{state}");
+            assert_eq!(state["released"], json!([]), "{state}");
+            assert_eq!(
+                state["reserved_at"][TX_COUNT.to_string()],
+                json!(0),
+                "{state}"
+            );
         } else {
             let sent = node.sent();
             assert_eq!(sent.len(), 1);
@@ -3218,4 +3251,334 @@ async fn holds_bound_what_one_balance_verifies_at_once() {
         ))
     );
     assert!(node.sent().is_empty(), "verify never broadcasts");
+}
+
+// ---- node errors, fees and nonces of the sender -------------------------------------------------------------
+
+/// A node error that is not a revert (a provider's rate limit, an internal error, a lagging node's missing
+/// header) on the settlement's gas estimate is a fault (503, the payment resumable), never
+/// `simulation_failed`: on that 402 the gateway would withdraw an order that was paid. Nothing is sent, every
+/// claim is released, and the same payment settles once the node answers.
+#[tokio::test]
+async fn a_rate_limited_gas_estimate_is_a_fault_not_a_failed_simulation() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(110, None);
+    let p = pay(&inv);
+    for (code, message) in [
+        (-32005, "rate limited"),
+        (-32603, "internal error"),
+        (-32000, "header not found"),
+    ] {
+        node.set(|c| c.errors = vec![("eth_estimateGas", code, message)]);
+        let got = settle(&mut kit, &inv, p.v2()).await;
+        assert!(
+            matches!(&got, Err(E::Unavailable(m)) if m.contains(message)),
+            "{code} {message}: {got:?}"
+        );
+        assert!(node.sent().is_empty());
+        assert!(
+            kit.kv_get(&p.nonce_key()).await.is_none(),
+            "claims released"
+        );
+    }
+    node.set(|c| c.errors.clear());
+    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
+    assert_eq!(got, S::Settled(keccak256(&node.sent()[0]).to_string()));
+}
+
+/// The same for the payment's chain reads: a node error on `balanceOf` is no zero balance, on
+/// `authorizationState` no "not an EIP-3009 token", on the simulation no failed simulation. A revert still is
+/// an answer about the token.
+#[tokio::test]
+async fn node_errors_on_the_payment_reads_are_faults_and_only_reverts_are_verdicts() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(111, None);
+    for (call, code, message) in [
+        ("eth_call 70a08231", -32005, "rate limited"),
+        ("eth_call e94a0102", -32603, "internal error"),
+        ("eth_call e3ee160e", -32000, "header not found"),
+    ] {
+        node.set(|c| c.errors = vec![(call, code, message)]);
+        let got = verify(&mut kit, &inv, pay(&inv).v2()).await;
+        assert!(
+            matches!(&got, Err(E::Unavailable(m)) if m.contains(message)),
+            "{call}: {got:?}"
+        );
+    }
+    node.set(|c| c.errors = vec![("eth_call e94a0102", 3, "execution reverted")]);
+    let got = verify(&mut kit, &inv, pay(&inv).v2()).await;
+    assert!(matches!(&got, Err(E::PaymentRequired(_))), "{got:?}");
+    node.set(|c| c.errors.clear());
+    assert_eq!(
+        verify(&mut kit, &inv, pay(&inv).v2()).await,
+        Ok(payer().to_checksum(None))
+    );
+}
+
+/// A latest block the node cannot read leaves the base fee unknown: the send fails as a fault instead of
+/// signing a flat 1 gwei fee cap that may sit below the chain's base fee (the transaction would wait unmined,
+/// holding its nonce and every later one). Once the block reads, the cap is twice its base fee plus the tip.
+#[tokio::test]
+async fn an_unreadable_base_fee_fails_the_send_as_a_fault() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(112, None);
+    let p = pay(&inv);
+    node.set(|c| c.errors = vec![("eth_getBlockByNumber", -32000, "header not found")]);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    assert!(
+        matches!(&got, Err(E::Unavailable(m)) if m.contains("base fee")),
+        "{got:?}"
+    );
+    assert!(node.sent().is_empty());
+    assert!(
+        kit.kv_get(&p.nonce_key()).await.is_none(),
+        "claims released"
+    );
+
+    node.set(|c| c.errors.clear());
+    settle(&mut kit, &inv, p.v2()).await.unwrap();
+    let sent = decode_tx(&node.sent()[0]);
+    assert_eq!(sent.tx().max_fee_per_gas, 2 * BASE_FEE + TIP);
+}
+
+/// A confirmed settlement's nonce is used, not orphaned: a lagging node whose pending count is still at it
+/// must not make the next send release it (its record names a transaction there, whatever its status) and
+/// hand it to another transaction.
+#[tokio::test]
+async fn a_confirmed_settlements_nonce_is_never_released_as_an_orphan() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let nonce_state = format!("signer/eip155:31337/{:#x}/nonce", facilitator());
+    let first_inv = invoice(113, None);
+    let first = pay(&first_inv);
+    let hash = keccak256(&{
+        settle(&mut kit, &first_inv, first.v2()).await.unwrap();
+        node.sent()[0].clone()
+    });
+    let record = kv_json(&kit, &first.nonce_key()).await.unwrap();
+    assert_eq!(
+        (record["status"].as_str(), record["transaction"].as_str()),
+        (Some("confirmed"), Some(hash.to_string().as_str()))
+    );
+    assert_eq!(record["signer_nonce"], json!(TX_COUNT));
+    // The node still counts TX_COUNT, mined and pending; the reservation is long past the orphan age.
+    let mut state = kv_json(&kit, &nonce_state).await.unwrap();
+    assert_eq!(
+        state["owners"],
+        json!({TX_COUNT.to_string(): first.nonce_key()})
+    );
+    state["reserved_at"] = json!({TX_COUNT.to_string(): now() - 1_000});
+    kit.kv_put(&nonce_state, state.to_string().as_bytes()).await;
+
+    let next_inv = invoice(114, None);
+    settle(&mut kit, &next_inv, pay(&next_inv).v2())
+        .await
+        .unwrap();
+    let sent = node.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        decode_tx(&sent[1]).tx().nonce,
+        TX_COUNT + 1,
+        "not the confirmed settlement's nonce"
+    );
+}
+
+/// Writes under `txhash/` fail, and once one has, writes under `x402/nonce/` too: a settlement whose hash
+/// cannot be claimed after its transaction was recorded, and whose record then cannot be released either.
+struct StuckRecord {
+    on: Arc<std::sync::atomic::AtomicBool>,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+impl esim402_host::kv::wrapped::Hook for StuckRecord {
+    fn before(
+        &self,
+        op: esim402_host::kv::wrapped::Op,
+        key: &str,
+    ) -> esim402_host::kv::KvResult<()> {
+        if !op.writes() || !self.on.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let txhash = key.starts_with("txhash/");
+        if txhash {
+            self.tripped.store(true, Ordering::SeqCst);
+        }
+        if txhash || (key.starts_with("x402/nonce/") && self.tripped.load(Ordering::SeqCst)) {
+            return Err(esim402_host::kv::KvError(format!("injected: {key}")));
+        }
+        Ok(())
+    }
+}
+
+/// A send that fails after its transaction was recorded keeps that transaction's nonce while the record still
+/// names it: here the record could not be released, so the transaction may yet be sent again (a resend, a
+/// reconcile), and the next settlement must take another nonce rather than share it.
+#[tokio::test]
+async fn a_recorded_transactions_nonce_is_not_reused_while_its_record_stays() {
+    let node = Arc::new(Node::default());
+    let on = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store = esim402_host::kv::wrapped::Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        StuckRecord {
+            on: on.clone(),
+            tripped: std::sync::atomic::AtomicBool::new(false),
+        },
+    );
+    let mut kit = builder(&node).store(Arc::new(store)).build().await.unwrap();
+    let nonce_state = format!("signer/eip155:31337/{:#x}/nonce", facilitator());
+    let inv = invoice(115, None);
+    let p = pay(&inv);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    assert!(matches!(&got, Err(E::Unavailable(_))), "{got:?}");
+    assert!(node.sent().is_empty(), "nothing broadcast");
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(
+        record["status"], "submitted",
+        "the release failed: {record}"
+    );
+    assert_eq!(record["signer_nonce"], json!(TX_COUNT));
+    let state = kv_json(&kit, &nonce_state).await.unwrap();
+    assert_eq!(state["pending"], json!([TX_COUNT]), "still held: {state}");
+
+    on.store(false, Ordering::SeqCst);
+    let next_inv = invoice(116, None);
+    settle(&mut kit, &next_inv, pay(&next_inv).v2())
+        .await
+        .unwrap();
+    let sent = node.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        decode_tx(&sent[0]).tx().nonce,
+        TX_COUNT + 1,
+        "not the nonce the stuck record's transaction has"
+    );
+}
+
+/// The payment's authorization was executed on chain after `verify` and before our settlement was prepared
+/// (the payer's wallet, or anyone holding the payload, called `transferWithAuthorization` itself): the gas
+/// estimate reverts, but the money reached `payTo`. The invoice is settled by that transaction (found through
+/// the token's `AuthorizationUsed` log, its `txhash/` key claimed for this payment), never refused as a failed
+/// simulation (the gateway withdraws the order and answers "nothing was charged"). A transaction that moved
+/// other money under the nonce leaves it refused, its claim released.
+#[tokio::test]
+async fn an_authorization_executed_before_our_settlement_was_sent_settles_the_invoice_by_it() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(41, None);
+    let p = pay(&inv);
+    assert_eq!(
+        verify(&mut kit, &inv, p.v2()).await,
+        Ok(payer().to_checksum(None))
+    );
+    let theirs = B256::repeat_byte(0xe1);
+    used_by(
+        &node,
+        &p,
+        theirs,
+        "AuthorizationUsed",
+        Some(transfer_log(p.auth.from, p.auth.to, PRICE)),
+    );
+    node.set(|c| c.nonce_used = true);
+    for _ in 0..2 {
+        assert_eq!(
+            settle(&mut kit, &inv, p.v2()).await,
+            Ok(S::Settled(theirs.to_string()))
+        );
+    }
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_eq!(record["executed_by"], theirs.to_string());
+    let claim = kv_json(&kit, &format!("txhash/{theirs}")).await.unwrap();
+    assert_eq!(claim["claim"], p.nonce_key());
+    assert!(node.sent().is_empty(), "nothing of ours was sent");
+
+    // Other money under the same nonce: this payment's money can never move; refused, nothing held.
+    let inv = invoice(42, None);
+    let p = pay(&inv);
+    node.set(|c| c.nonce_used = false);
+    verify(&mut kit, &inv, p.v2()).await.unwrap();
+    let other = B256::repeat_byte(0xe2);
+    used_by(
+        &node,
+        &p,
+        other,
+        "AuthorizationUsed",
+        Some(transfer_log(p.auth.from, Address::repeat_byte(0x77), PRICE)),
+    );
+    node.set(|c| c.nonce_used = true);
+    assert_eq!(
+        settle(&mut kit, &inv, p.v2()).await,
+        Err(E::PaymentRequired(
+            "invalid_exact_evm_nonce_already_used".into()
+        ))
+    );
+    assert!(kit.kv_get(&p.nonce_key()).await.is_none());
+    assert!(kit.kv_get(&format!("txhash/{other}")).await.is_none());
+}
+
+/// The same payload posted to the public `POST /settle` while its invoice's order is placed (`verify` passed,
+/// holding it for the invoice): refused there, so the invoice's own settlement executes it. Before, `/settle`
+/// broadcast it and the invoice's settlement was refused as "already settled" (the order withdrawn while its
+/// money moved).
+#[tokio::test]
+async fn the_facilitator_api_refuses_an_authorization_an_invoice_holds() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(43, None);
+    let p = pay(&inv);
+    verify(&mut kit, &inv, p.v2()).await.unwrap();
+    let got = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(got["success"], false, "{got}");
+    assert_eq!(
+        got["errorReason"], "invalid_exact_evm_nonce_already_used",
+        "{got}"
+    );
+    assert!(node.sent().is_empty());
+    assert!(kit.kv_get(&p.nonce_key()).await.is_none(), "claim released");
+    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
+    assert_eq!(got, S::Settled(keccak256(&node.sent()[0]).to_string()));
+}
+
+/// A `/settle` repeat while the first call's claim is live is `settlement_pending` (its outcome is still to
+/// come), not a terminal "nonce already used"; an invoice's failed settlement moved nothing and is answered as
+/// its failure, not as a used nonce.
+#[tokio::test]
+async fn facilitator_repeats_of_a_live_claim_are_pending_and_of_a_failed_invoice_settlement_its_failure()
+ {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let p = pay(&invoice(44, None));
+    let at = now();
+    let live = json!({"status": "claimed", "network": "eip155:31337", "payer": p.auth.from.to_string(),
+        "claim": p.nonce_key(), "holder": "h", "claimed_at": at, "transaction": null, "updated_at": at});
+    kit.kv_put(&p.nonce_key(), live.to_string().as_bytes())
+        .await;
+    let got = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(got["success"], false, "{got}");
+    assert_eq!(got["errorReason"], "settlement_pending", "{got}");
+    assert_eq!(got["transaction"], "", "{got}");
+
+    let p = pay(&invoice(45, None));
+    let failed = json!({"status": "failed", "network": "eip155:31337", "payer": p.auth.from.to_string(),
+        "claim": p.nonce_key(), "holder": "h", "invoice": "inv_45.1", "claimed_at": at,
+        "transaction": B256::repeat_byte(0xe3).to_string(), "reason": "invalid_exact_evm_transaction_failed",
+        "updated_at": at});
+    kit.kv_put(&p.nonce_key(), failed.to_string().as_bytes())
+        .await;
+    let got = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(got["success"], false, "{got}");
+    assert_eq!(
+        got["errorReason"], "invalid_exact_evm_transaction_failed",
+        "{got}"
+    );
+    assert!(node.sent().is_empty());
 }
