@@ -382,6 +382,20 @@ async fn a_payment_that_expires_after_its_order_withdraws_the_profile() {
     // Past the authorization's `validBefore` (and the payment record's lease), before the invoice's expiry.
     let skew = req.max_timeout_seconds + 60;
     restart_later(&mut s, skew, &[]).await;
+    // Ordered, nothing settled: the payer's wallet sign-in does not get the activation code (before, it did:
+    // a profile for nothing).
+    let code_path = format!("/v1/esim/{}/activation", ordered.iter().next().unwrap());
+    let r = s
+        .http
+        .get(format!("{}{code_path}", s.url))
+        .header("sign-in-with-x", s.sign_in_ahead(&code_path, skew))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let refused: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused.get("activation_code").is_none(), "{refused}");
     let (status, _, body) = send_payment(&s, &header).await;
     assert_eq!(status, 410, "{body}");
     let message = body["error"]["message"].as_str().unwrap();

@@ -1724,9 +1724,17 @@ async fn a_resumed_v1_payment_answers_without_the_activation_code() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let done: Value = r.json().await.unwrap();
-    assert!(done.get("activation_code").is_none(), "{done}");
-    assert!(done.get("qr_code").is_none(), "{done}");
-    assert!(done.get("access_token").is_none(), "{done}");
+    for field in [
+        "activation_code",
+        "qr_code",
+        "access_token",
+        "iccid",
+        "eid",
+        "owner",
+    ] {
+        assert!(done.get(field).is_none(), "{field}: {done}");
+    }
+    assert_eq!(done["status"], "paid", "{done}");
     assert!(
         done["activation_code_note"]
             .as_str()
@@ -1734,8 +1742,18 @@ async fn a_resumed_v1_payment_answers_without_the_activation_code() {
             .contains("SIGN-IN-WITH-X"),
         "{done}"
     );
-    // The payer reads it with its wallet sign-in (an access token would not do).
-    let path = format!("/v1/esim/{}/activation", done["iccid"].as_str().unwrap());
+    // The payer finds the SIM and reads its code with its wallet sign-in (an access token would not do).
+    let listed: Value = anyone
+        .get(format!("{}/v1/esim", s.url))
+        .header("sign-in-with-x", s.sign_in("/v1/esim"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let iccid = listed["sims"][0]["iccid"].as_str().unwrap().to_owned();
+    let path = format!("/v1/esim/{iccid}/activation");
     let sim: Value = anyone
         .get(format!("{}{path}", s.url))
         .header("sign-in-with-x", s.sign_in(&path))
@@ -1762,6 +1780,15 @@ async fn a_resumed_v1_payment_answers_without_the_activation_code() {
         ))
         .await;
     assert_eq!(status, 401, "{body}");
+    // Terminated, its code is given to nobody.
+    assert_eq!(s.terminate(&iccid).await, 200);
+    let r = anyone
+        .get(format!("{}{path}", s.url))
+        .header("sign-in-with-x", s.sign_in(&path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -83,6 +83,19 @@ pub async fn activation_code(req: &Request, iccid: &str) -> Result<Reply, ApiErr
         ));
     }
     let sim = crate::auth::open(iccid, credential).await?;
+    // Only a SIM in service whose purchase is paid: a profile ordered for a payment that has not settled (an
+    // order left pending, a crash before the settlement) or whose settlement failed is not the payer's yet.
+    let in_service = matches!(sim.state, wit::SimState::Active | wit::SimState::Suspended);
+    let paid = in_service
+        && crate::pay::load_invoice(&sim.invoice_id)
+            .await
+            .is_ok_and(|i| i.status == wit::InvoiceStatus::Paid);
+    if !paid {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "this SIM's activation code is given only while it is in service and its purchase is paid",
+        ));
+    }
     let profile = crate::convert::sim_value(&sim)["profile_state"].clone();
     Ok(json(
         200,

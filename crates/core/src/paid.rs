@@ -64,15 +64,17 @@ pub fn payment_id_key(id: &str) -> String {
     format!("payid/{id}")
 }
 
-/// Whether a paid activation's (or switch's) answer may carry the SIM's activation code and access token to
-/// whoever sent the payment. Not when the attempt `resumed` a payment whose payload anyone can rebuild from
-/// the chain (`public_payload`: an x402 v1 `X-PAYMENT` names no invoice, and every field of it is in the
-/// settlement transaction's calldata once that is sent): a resend then proves nothing about who sends it, and
-/// the code would download the payer's profile. The payer reads the code with its wallet sign-in
-/// (`GET /v1/esim/{iccid}/activation`). A first attempt answers within the request that sent the payload, and a v2
-/// payload names its invoice (no chain data gives that), a tx-hash proof carries the payer's signature.
-pub fn hands_over_codes(resumed: bool, public_payload: bool) -> bool {
-    !(resumed && public_payload)
+/// Whether a paid activation's answer may carry the SIM's activation code and access token to whoever sent the
+/// payment. Not when an earlier attempt had already claimed the payment's settlement (`claimed_before`: its
+/// transaction may be out, so its calldata public) and the payload is one anyone can rebuild from that calldata
+/// (`public_payload`: an x402 v1 `X-PAYMENT` names no invoice, and every field of it is in the settlement
+/// transaction), unless the request itself proved its sender the SIM's owner (`owner_signed_in`: a switch
+/// needs the owner's credential). Such a resend proves nothing about who sends it, and the code would download
+/// the payer's profile; the payer reads it with its wallet sign-in (`GET /v1/esim/{iccid}/activation`). A
+/// resend before anything was claimed (an order that outlived its budget) still gets the codes; a v2 payload
+/// names its invoice, which no chain data gives, and a tx-hash proof carries the payer's signature.
+pub fn hands_over_codes(claimed_before: bool, public_payload: bool, owner_signed_in: bool) -> bool {
+    !(claimed_before && public_payload && !owner_signed_in)
 }
 
 /// The identity of one payment: keccak-256 of `bytes` (a payload's canonical JSON, a tx hash).
@@ -379,11 +381,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_are_withheld_only_from_a_resumed_payment_anyone_can_rebuild() {
-        assert!(hands_over_codes(false, true));
-        assert!(hands_over_codes(true, false));
-        assert!(hands_over_codes(false, false));
-        assert!(!hands_over_codes(true, true));
+    fn codes_are_withheld_only_from_a_claimed_payment_anyone_can_rebuild_and_no_owner_sent() {
+        for claimed in [false, true] {
+            for public in [false, true] {
+                for owner in [false, true] {
+                    assert_eq!(
+                        hands_over_codes(claimed, public, owner),
+                        !(claimed && public && !owner),
+                        "{claimed} {public} {owner}"
+                    );
+                }
+            }
+        }
+        assert!(!hands_over_codes(true, true, false));
+        assert!(hands_over_codes(false, true, false));
+        assert!(hands_over_codes(true, true, true));
     }
 
     #[test]

@@ -103,22 +103,25 @@ impl Answers<'_> {
         )
     }
 
-    /// The delivered SIM, with its activation code unless `withhold` (kernel `paid::hands_over_codes`: the
-    /// payer then reads it with its wallet sign-in; the access token, added on the way out, needs the code in
-    /// the answer too).
+    /// The delivered SIM, with its activation code; if `withhold` (kernel `paid::hands_over_codes`), nothing
+    /// about the SIM (its ICCID, EID, carrier, owner) beyond that it is paid: whoever sent the payment again
+    /// learns nothing of the payer's device, and the payer finds its SIM with its wallet sign-in (the access
+    /// token, added on the way out, needs the code in the answer too).
     pub fn success(&self, sim: &wit::Sim, tx: &str, payer: &str, withhold: bool) -> StoredResponse {
         let network = self.network();
-        let mut body = crate::convert::sim_value(sim);
-        if withhold {
-            body["activation_code_note"] = json!(format!(
-                "this payment was sent again after its settlement made it public on chain, so its answer does not carry the activation code or access token: read them as the payer with a wallet sign-in (SIGN-IN-WITH-X) at GET /v1/esim/{}/activation",
-                sim.iccid
-            ));
+        let mut body = if withhold {
+            json!({
+                "status": "paid",
+                "invoice_id": self.invoice.id,
+                "activation_code_note": "this payment was sent again after its settlement was sent, when anyone could have rebuilt it from the chain, so its answer does not name the SIM or carry its activation code or access token: as the payer, find the SIM with a wallet sign-in (SIGN-IN-WITH-X) at GET /v1/esim and read its code at GET /v1/esim/{iccid}/activation",
+            })
         } else {
+            let mut body = crate::convert::sim_value(sim);
             body["activation_code"] = json!(sim.activation_code);
             // The seed article's field name for the same `LPA:1$…` string (what a QR code encodes).
             body["qr_code"] = json!(sim.activation_code);
-        }
+            body
+        };
         body["transaction"] = json!(tx);
         body["payer"] = json!(payer);
         body["network"] = json!(network);

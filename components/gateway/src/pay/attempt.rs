@@ -33,6 +33,9 @@ pub struct Attempt<'a> {
     marked: std::cell::Cell<bool>,
     /// This attempt's ledger events were neither appended nor parked ([`Attempt::end`]).
     unlogged: std::cell::Cell<bool>,
+    /// An earlier attempt had already claimed the payment's settlement (`verified.claimed`): its transaction
+    /// may be public (kernel `paid::hands_over_codes`).
+    claimed_before: std::cell::Cell<bool>,
 }
 
 impl<'a> std::ops::Deref for Attempt<'a> {
@@ -52,6 +55,7 @@ impl<'a> Attempt<'a> {
             lease_until: std::cell::Cell::new(driver.lease_until),
             marked: std::cell::Cell::new(false),
             unlogged: std::cell::Cell::new(false),
+            claimed_before: std::cell::Cell::new(false),
         }
     }
 }
@@ -74,6 +78,7 @@ impl Attempt<'_> {
             Err(refused) => return refused,
         };
         let payer = verified.payer.clone();
+        self.claimed_before.set(verified.claimed);
         if let Err(stop) = self.keep_lease(paid::ORDER_PHASE_SECS).await {
             return stop;
         }
@@ -331,7 +336,11 @@ impl Attempt<'_> {
         tx: &str,
         payer: &str,
     ) -> (wit::PaymentEnd, StoredResponse) {
-        let withhold = !paid::hands_over_codes(self.resumed, self.proof.kind == super::Kind::V1);
+        let withhold = !paid::hands_over_codes(
+            self.claimed_before.get(),
+            self.proof.kind == super::Kind::V1,
+            matches!(order, Order::Switch { .. }),
+        );
         match self.credit(order, sim, tx, payer).await {
             Ok(None) => (
                 wit::PaymentEnd::Done,
