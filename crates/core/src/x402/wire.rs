@@ -395,7 +395,17 @@ impl PaymentPayload {
     pub fn fingerprint_json(&self) -> String {
         let mut canonical = self.clone();
         let exact = match &mut canonical {
-            Self::V1(p) => &mut p.payload,
+            Self::V1(p) => {
+                // A v1 network is accepted by its v1 name and as CAIP-2: one spelling, the v1 name reference
+                // clients send (a network without one is kept as sent).
+                if let Some(name) = crate::chain::Network::parse(&p.network)
+                    .ok()
+                    .and_then(crate::chain::Network::v1_name)
+                {
+                    p.network = name.to_owned();
+                }
+                &mut p.payload
+            }
             Self::V2(p) => &mut p.payload,
         };
         *exact = exact.canonical();
@@ -954,6 +964,13 @@ mod tests {
             payload: p.exact().clone(),
         });
         assert_eq!(v1.fingerprint_json(), v1.to_json());
+        // Its network as CAIP-2 is the same payment.
+        let caip2 = PaymentPayload::V1(PaymentPayloadV1 {
+            scheme: "exact".into(),
+            network: "eip155:84532".into(),
+            payload: p.exact().clone(),
+        });
+        assert_eq!(caip2.fingerprint_json(), v1.to_json());
         // A signed one, as our own client helpers write it; its re-spelling recovers the same signer.
         use crate::x402::exact::{
             SignedAuthorization, TokenDomain, TransferAuthorization, address_of, recover_signer,
