@@ -136,6 +136,16 @@ async fn bad_input_gets_a_typed_4xx_naming_the_problem() {
             assert_eq!(v["error"]["field"], "Content-Type", "{v}");
         }
     }
+    // Declared twice (even both JSON): which one a proxy reads is anybody's guess.
+    let twice = client
+        .post(format!("{}/v1/esim/activate", app.url))
+        .header("content-type", "application/json")
+        .header("content-type", "text/plain")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 415);
 
     let unknown = reqwest::get(format!(
         "{}/v1/invoices/inv_00000000000000000000000000000000",

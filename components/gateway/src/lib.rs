@@ -82,9 +82,13 @@ async fn read_body(req: Request) -> Result<Bytes, ApiError> {
 /// with 415 when it is not empty and its `Content-Type` says it is not JSON (kernel
 /// `json_body::media_type_is_json`).
 async fn read_body_up_to(req: Request, limit: usize) -> Result<Bytes, ApiError> {
-    let media = esim402_core::json_body::media_type_is_json(
-        req.headers().get("content-type").map(|v| v.to_str().ok()),
-    );
+    let declared: Vec<Option<&str>> = req
+        .headers()
+        .get_all("content-type")
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect();
+    let media = esim402_core::json_body::media_type_is_json(&declared);
     let body = req.into_body();
     match Limited::new(body, limit).collect().await {
         Ok(collected) => {

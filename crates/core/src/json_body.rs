@@ -12,15 +12,20 @@ pub fn parse(body: &[u8]) -> Result<Value, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Whether a request body's declared media type (the `Content-Type` header's value, `None` when it is absent or
-/// not text) may be read as JSON: absent is accepted (a minimal device may send none), and so are
-/// `application/json` and any `application/*+json`, with parameters and in any case. Anything else (a form,
-/// `text/plain`, a header that is not text) is refused with the reason, for a 415.
-pub fn media_type_is_json(content_type: Option<Option<&str>>) -> Result<(), String> {
-    let value = match content_type {
-        None => return Ok(()),
-        Some(None) => return Err("Content-Type is not text; send application/json".to_owned()),
-        Some(Some(v)) => v,
+/// Whether a request body's declared media type (every `Content-Type` header's value, `None` for one that is
+/// not text) may be read as JSON: none is accepted (a minimal device may send none), and so is one
+/// `application/json` or `application/*+json`, with parameters and in any case. Anything else (a form,
+/// `text/plain`, a header that is not text, the header given twice) is refused with the reason, for a 415.
+pub fn media_type_is_json(content_types: &[Option<&str>]) -> Result<(), String> {
+    let value = match content_types {
+        [] => return Ok(()),
+        [Some(v)] => *v,
+        [None] => return Err("Content-Type is not text; send application/json".to_owned()),
+        _ => {
+            return Err(
+                "Content-Type is given more than once; send one, application/json".to_owned(),
+            );
+        }
     };
     let essence = value
         .split(';')
@@ -127,24 +132,27 @@ mod tests {
     /// a bare `json` and a header that is not text are not.
     #[test]
     fn only_json_media_types_are_read() {
+        let json = Some("application/json");
         for ok in [
-            None,
-            Some(Some("application/json")),
-            Some(Some("Application/JSON; charset=UTF-8")),
-            Some(Some(" application/json ;charset=utf-8")),
-            Some(Some("application/merge-patch+json")),
+            &[][..],
+            &[json],
+            &[Some("Application/JSON; charset=UTF-8")],
+            &[Some(" application/json ;charset=utf-8")],
+            &[Some("application/merge-patch+json")],
         ] {
             assert_eq!(media_type_is_json(ok), Ok(()), "{ok:?}");
         }
         for bad in [
-            Some(Some("application/x-www-form-urlencoded")),
-            Some(Some("text/plain")),
-            Some(Some("text/json")),
-            Some(Some("json")),
-            Some(Some("")),
-            Some(Some("application/jsonx")),
-            Some(Some("multipart/form-data; boundary=x")),
-            Some(None),
+            &[Some("application/x-www-form-urlencoded")][..],
+            &[Some("text/plain")],
+            &[Some("text/json")],
+            &[Some("json")],
+            &[Some("")],
+            &[Some("application/jsonx")],
+            &[Some("multipart/form-data; boundary=x")],
+            &[None],
+            &[json, json],
+            &[json, Some("text/plain")],
         ] {
             let e = media_type_is_json(bad).unwrap_err();
             assert!(e.contains("application/json"), "{bad:?}: {e}");
