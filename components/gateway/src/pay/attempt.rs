@@ -234,6 +234,10 @@ impl Attempt<'_> {
         .await?;
         if self.logs(owed.new) {
             self.pending.borrow_mut().push(owed.event);
+        } else if owed.relog {
+            // Recorded by an earlier call whose event may never have landed (its append and its parking
+            // failed): logged again as a repeat, which the ledger keeps once.
+            super::log_events(vec![owed.event], true).await;
         }
         Ok(serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund)))
     }

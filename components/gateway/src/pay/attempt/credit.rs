@@ -173,6 +173,9 @@ impl Attempt<'_> {
             Ok(owed) => {
                 if self.logs(owed.new) {
                     self.pending.borrow_mut().push(owed.event);
+                } else if owed.relog {
+                    // Recorded by an earlier call whose event may not have landed: a repeat, kept once.
+                    crate::pay::log_events(vec![owed.event], true).await;
                 }
                 Ok(())
             }
