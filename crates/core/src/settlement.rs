@@ -14,7 +14,7 @@
 //! - Terminal records never change again ([`Record::finish`] refuses them), and a record claimed for one
 //!   invoice never settles another ([`replay`]).
 
-use alloy_primitives::{Address, B256, Bytes, keccak256};
+use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use serde::{Deserialize, Serialize};
 
 use crate::evm::SignedTx;
@@ -221,13 +221,13 @@ impl Record {
 
     /// The same record, noting that the transfer moved `value` atomic units, when known
     /// ([`Record::paid_amount`]; not noted above `u64::MAX`).
-    pub fn with_paid_amount(mut self, value: Option<alloy_primitives::U256>) -> Self {
+    pub fn with_paid_amount(mut self, value: Option<U256>) -> Self {
         self.paid_amount = Self::default_paid_amount(value);
         self
     }
 
     /// `value` atomic units as [`Record::paid_amount`] notes them: none above `u64::MAX`.
-    pub fn default_paid_amount(value: Option<alloy_primitives::U256>) -> Option<UsdcAmount> {
+    pub fn default_paid_amount(value: Option<U256>) -> Option<UsdcAmount> {
         value
             .and_then(|v| u64::try_from(v).ok())
             .map(UsdcAmount::from_micros)
@@ -484,6 +484,43 @@ pub fn front_run(record: &Record, failed: Outcome, used: UsedElsewhere) -> Outco
         }
         UsedElsewhere::Executed { pays: false, .. } | UsedElsewhere::Canceled => failed,
         UsedElsewhere::Executed { .. } | UsedElsewhere::Unknown => Outcome::Pending(ours),
+    }
+}
+
+/// Where a settlement stands whose own transaction ended as failed (reverted, or can never be mined) while
+/// the chain read its authorization unused then. Our transaction put the signed authorization in public
+/// calldata: anyone may still execute it, moving the money to `payTo`, until its `validBefore`. So nothing is
+/// final before the chain can no longer execute it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unexecuted {
+    /// It may still be executed, or the chain could not be read: pending (nothing withdrawn, the payment may
+    /// be sent again).
+    Pending,
+    /// It can never be executed any more and reads unused past its `validBefore`: failed, no money moved.
+    Failed,
+    /// It was executed (or canceled) meanwhile: decided by what used it ([`front_run`]).
+    UsedMeanwhile,
+}
+
+/// Whether an authorization valid before `valid_before` may still be executed after a block with
+/// `block_timestamp`: EIP-3009 needs `block.timestamp < validBefore`, and every later block is later. `None`
+/// (a record from before the signed bytes were kept: the authorization is not known) counts as lapsed.
+pub fn may_still_execute(valid_before: Option<U256>, block_timestamp: u64) -> bool {
+    valid_before.is_some_and(|before| U256::from(block_timestamp) < before)
+}
+
+/// [`Unexecuted`] for an authorization valid before `valid_before`, from the latest block's timestamp and
+/// `authorizationState` read at that same block (`None`: unreadable): used there, decided by what used it;
+/// unused, failed only once that block is past `validBefore` ([`may_still_execute`]), else pending.
+pub fn unexecuted(
+    valid_before: Option<U256>,
+    latest_timestamp: Option<u64>,
+    used_at_latest: Option<bool>,
+) -> Unexecuted {
+    match (latest_timestamp, used_at_latest) {
+        (Some(_), Some(true)) => Unexecuted::UsedMeanwhile,
+        (Some(at), Some(false)) if !may_still_execute(valid_before, at) => Unexecuted::Failed,
+        _ => Unexecuted::Pending,
     }
 }
 
@@ -960,5 +997,43 @@ mod tests {
         bad.raw_transaction = Some("0x00".into());
         assert!(bad.our_tx(0).is_none());
         assert_eq!(SentTx::hash_only(tx.hash).hash(), Some(tx.hash));
+    }
+
+    #[test]
+    fn a_failed_settlements_unused_authorization_is_final_only_once_it_can_no_longer_execute() {
+        let before = Some(U256::from(1_000));
+        // Our reverted or dropped transaction published it: until validBefore anyone may still execute it.
+        assert!(may_still_execute(before, 999));
+        assert!(
+            !may_still_execute(before, 1_000),
+            "block.timestamp < validBefore"
+        );
+        assert_eq!(unexecuted(before, Some(999), None), Unexecuted::Pending);
+        assert_eq!(
+            unexecuted(before, Some(999), Some(false)),
+            Unexecuted::Pending
+        );
+        // Executed from our calldata meanwhile: decided by that, without waiting.
+        assert_eq!(
+            unexecuted(before, Some(999), Some(true)),
+            Unexecuted::UsedMeanwhile
+        );
+        // Past it, the latest block's authorizationState is final.
+        assert_eq!(
+            unexecuted(before, Some(1_000), Some(false)),
+            Unexecuted::Failed
+        );
+        assert_eq!(
+            unexecuted(before, Some(5_000), Some(true)),
+            Unexecuted::UsedMeanwhile
+        );
+        // Unreadable: pending.
+        assert_eq!(unexecuted(before, None, Some(false)), Unexecuted::Pending);
+        assert_eq!(unexecuted(before, Some(1_000), None), Unexecuted::Pending);
+        // A record from before the signed bytes were kept: its authorization unknown, read as lapsed.
+        assert!(!may_still_execute(None, 0));
+        assert_eq!(unexecuted(None, Some(0), Some(false)), Unexecuted::Failed);
+        // A huge validBefore never lapses.
+        assert!(may_still_execute(Some(U256::MAX), u64::MAX));
     }
 }

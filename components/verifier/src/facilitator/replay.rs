@@ -69,6 +69,10 @@ pub(super) async fn replay(
                 keys: Vec::new(),
                 version: std::cell::Cell::new(None),
             };
+            // A nonce gap our transaction may wait behind is filled here too (no send may come to fill it).
+            if let Ok(signer) = r.cfg.signer() {
+                crate::sender::heal_gaps(&r.chain, signer, now).await;
+            }
             let deadline = Instant::now() + r.cfg.settlement_timeout;
             let (outcome, first) = receipts::reconcile(&r.chain, &claim, hash, deadline).await;
             // A record from before successes were claimed apart: its other callers (an earlier build) report

@@ -289,6 +289,10 @@ async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Err
                 keys: Vec::new(),
                 version: std::cell::Cell::new(None),
             };
+            // A nonce gap our transaction may wait behind is filled here too (no send may come to fill it).
+            if let Ok(signer) = p.cfg.signer() {
+                crate::sender::heal_gaps(&p.chain, signer, p.now).await;
+            }
             let deadline = Instant::now() + p.cfg.settlement_timeout;
             answer(
                 receipts::reconcile(&p.chain, &claim, hash, deadline)

@@ -23,6 +23,7 @@
 //!   it to the node first.
 
 pub mod front_run;
+mod heal;
 pub mod nonces;
 pub mod rebroadcast;
 pub mod receipts;
@@ -33,11 +34,13 @@ use esim402_core::evm::rpc::{
     EthGetTransactionCount, EthMaxPriorityFeePerGas, EthSendRawTransaction, SendRefusal,
     send_refusal,
 };
-use esim402_core::evm::{Eip1559Tx, GiveBack, NonceState, SignedTx, SigningKey, sign_eip1559};
-use esim402_guest::{kv, util, wit};
+use esim402_core::evm::{Eip1559Tx, GiveBack, SignedTx, SigningKey, sign_eip1559};
+use esim402_guest::{util, wit};
 
 use crate::chain::{Chain, unavailable};
 use crate::rpc::{Batch, CallError};
+
+pub use heal::heal_gaps;
 
 /// Headroom over `eth_estimateGas` (25 %): state can change between estimate and inclusion.
 const GAS_MARGIN_DIVISOR: u64 = 4;
@@ -206,13 +209,15 @@ pub async fn send(
 ) -> Result<B256, NotBroadcast> {
     let (mut tx, counts) = prepare(chain, signer, call).await?;
     rebroadcast::fill_gaps(chain, signer.address(), counts.pending, util::now_secs()).await;
-    tx.nonce = nonces::reserve(chain, signer, counts, &call.owner)
+    let (nonce, holder) = nonces::reserve(chain, signer, counts, &call.owner)
         .await
         .map_err(Unsent::Fault)?;
+    tx.nonce = nonce;
+    let held = (call.owner.as_str(), holder.as_str());
     let signed = match sign_eip1559(&tx, signer) {
         Ok(tx) => tx,
         Err(e) => {
-            give_back(chain, signer, &tx, &call.owner).await;
+            give_back(chain, signer, &tx, held).await;
             return Err(Unsent::Fault(wit::Error::Internal(format!("cannot sign: {e}"))).into());
         }
     };
@@ -221,7 +226,7 @@ pub async fn send(
     // transaction nobody knows about.
     if let Err(e) = record(&signed, counts.head).await {
         // The record may hold the transaction already (a later write failed): see [`give_back_recorded`].
-        give_back_recorded(chain, signer, &tx, &call.owner).await;
+        give_back_recorded(chain, signer, &tx, held).await;
         return Err(Unsent::Fault(e).into());
     }
     match chain
@@ -235,7 +240,7 @@ pub async fn send(
             SendRefusal::Refused => {
                 // The node refused it, naming why: nothing was broadcast, so everything can be given back, the
                 // nonce once the caller's record no longer names the transaction ([`give_back_recorded`]).
-                give_back_recorded(chain, signer, &tx, &call.owner).await;
+                give_back_recorded(chain, signer, &tx, held).await;
                 return Err(NotBroadcast {
                     why: Unsent::Fault(wit::Error::Unavailable(format!(
                         "the node refused the {} transaction ({code}: {message})",
@@ -264,14 +269,15 @@ pub async fn send(
     Ok(hash)
 }
 
-/// Hand back `tx`'s nonce (reserved for the record `owner`) after a failure before broadcast, never leaving a
-/// hole: if later nonces of this key are out (their transactions may wait in the node's pool behind this one,
-/// and nothing else would fill it until the next send), the key's no-op transaction (nothing, to itself,
-/// 21 000 gas, `tx`'s fees) takes the nonce instead. If the node refuses that too, the nonce is given back for
+/// Hand back `tx`'s nonce (`held`: reserved for the record `owner` by the reservation `holder`) after a
+/// failure before broadcast, never leaving a hole: if later nonces of this key are out (their transactions
+/// may wait in the node's pool behind this one, and nothing else would fill it until the next send), the
+/// key's no-op transaction (nothing, to itself, 21 000 gas, `tx`'s fees) takes the nonce instead. If the node refuses that too, the nonce is given back for
 /// the next send to reuse; if its fate is unknown, it stays held (a reservation whose owner's record names no
 /// transaction for it is released by a later send after `rebroadcast::ORPHAN_AFTER_SECS`).
-async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &str) {
-    if nonces::give_back(chain, signer, tx.nonce, owner).await == GiveBack::Plug {
+async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, held: (&str, &str)) {
+    let (owner, holder) = held;
+    if nonces::give_back(chain, signer, tx.nonce, owner, holder, false).await == GiveBack::Plug {
         plug(chain, signer, tx, true).await;
     }
 }
@@ -282,23 +288,15 @@ async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &s
 /// `NonceState::give_back_recorded`): it stays held, an orphan at once, and the next send of this key releases
 /// it if the record names no transaction at it by then (`rebroadcast::fill_gaps`). Below later nonces it is
 /// filled with the no-op now (which moves nothing, whatever the record says); a refused no-op leaves it held.
-async fn give_back_recorded(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, owner: &str) {
-    let r = kv::update_json_with::<NonceState, GiveBack, wit::Error>(
-        &nonces::key(chain, signer.address()),
-        |s| {
-            let mut s = s.unwrap_or_default();
-            let g = s.give_back_recorded(tx.nonce, owner);
-            Ok((s, g))
-        },
-    )
-    .await;
-    match r {
-        Ok((_, GiveBack::Plug)) => plug(chain, signer, tx, false).await,
-        Ok(_) => {}
-        Err(e) => eprintln!(
-            "verifier: cannot give back account nonce {}: {e}; a later send releases it",
-            tx.nonce
-        ),
+async fn give_back_recorded(
+    chain: &Chain,
+    signer: &SigningKey,
+    tx: &Eip1559Tx,
+    held: (&str, &str),
+) {
+    let (owner, holder) = held;
+    if nonces::give_back(chain, signer, tx.nonce, owner, holder, true).await == GiveBack::Plug {
+        plug(chain, signer, tx, false).await;
     }
 }
 

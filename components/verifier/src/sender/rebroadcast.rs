@@ -14,7 +14,8 @@
 //! - **A reserved nonce never got a transaction** (the request was cancelled between reserving and recording):
 //!   [`fill_gaps`] also releases every nonce reserved more than `ORPHAN_AFTER_SECS` ago whose owner's record
 //!   names no transaction for it, in any status (kernel `NonceState::orphans`, `rebroadcast::names_nonce`), so
-//!   the next reservation fills the hole.
+//!   the next reservation fills the hole. A replay of a settlement, which sends nothing new, fills such a hole
+//!   below a later nonce with the key's no-op transaction instead (`heal::heal_gaps`).
 //!
 //! Sending the same bytes again is never a second transaction (same hash, same nonce), and no answer to a
 //! re-send changes any state: "already known" or "nonce too low" just mean the node has, or used, the nonce.
@@ -38,7 +39,7 @@ use crate::chain::Chain;
 
 /// A reservation this old without a recorded transaction belongs to a request that died: signing and recording
 /// take milliseconds.
-const ORPHAN_AFTER_SECS: u64 = 120;
+pub(super) const ORPHAN_AFTER_SECS: u64 = 120;
 use crate::rpc::CallError;
 
 /// What [`look`] found out about a transaction without a receipt.
@@ -185,7 +186,7 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
 /// status (kernel `rebroadcast::names_nonce`): a confirmed one's nonce is used, not orphaned, even while a
 /// lagging node's pending count is at or below it. A record that cannot be read counts as naming it (the nonce
 /// stays held; a later send looks again).
-async fn names(owner: &str, signer: Address, nonce: u64) -> bool {
+pub(super) async fn names(owner: &str, signer: Address, nonce: u64) -> bool {
     let sent = if keys::is_refund(owner) {
         kv::get_json::<Refund, ()>(owner)
             .await

@@ -1,17 +1,19 @@
 //! The settlement of one authorization on chain, for the holder of its claim (kernel `settlement`): broadcast
 //! `transferWithAuthorization` through [`super::send`], wait for the receipt, and record the outcome once.
 //! A later call for a `submitted` settlement ([`reconcile`]) first makes sure the transaction is still out
-//! there (`rebroadcast::look`: the identical bytes are sent again if the node lost it); one that can never be
-//! mined fails the settlement if its authorization is unused as of the block that showed its nonce used (then
-//! no money moved). If the authorization was used (ours reverted, or can never be mined), another transaction
-//! used it first: [`super::front_run`] finds which and what it moved.
+//! there (`rebroadcast::look`: the identical bytes are sent again if the node lost it). If the authorization
+//! was used when ours reverted, or was found never to be mined, another transaction used it first:
+//! [`super::front_run`] finds which and what it moved. If it was unused, our transaction still published it:
+//! the settlement stays pending until the latest block is past its `validBefore`, then fails if it is still
+//! unused at that block (no money moved, none can) and is decided like a front-run if not ([`unexecuted`]).
 
 use std::time::{Duration, Instant};
 
 use alloy_primitives::B256;
 use esim402_core::evm::TransactionReceipt;
+use esim402_core::evm::rpc::EthGetBlockByNumber;
 use esim402_core::evm::{SignedTx, SigningKey};
-use esim402_core::settlement::Outcome;
+use esim402_core::settlement::{self, Outcome, Unexecuted};
 use esim402_core::store::keys;
 use esim402_core::x402::InvalidReason;
 use esim402_core::x402::exact::{
@@ -182,7 +184,13 @@ pub async fn wait(
         Some(Mined::Reverted { block }) => match keys::parse_authorization(&claim.claim) {
             None => Outcome::Reverted(hash),
             Some((from, nonce)) => match chain.authorization_used_at(from, nonce, block).await {
-                Ok(false) => Outcome::Reverted(hash),
+                Ok(false) => {
+                    let failed = Outcome::Reverted(hash);
+                    match unexecuted(chain, claim, failed, executes, (from, nonce)).await {
+                        Some(outcome) => outcome,
+                        None => return (Outcome::Pending(hash), true),
+                    }
+                }
                 Ok(true) => {
                     let used = front_run::Used {
                         from,
@@ -225,8 +233,11 @@ pub async fn reconcile(
     hash: B256,
     deadline: Instant,
 ) -> (Outcome, bool) {
-    if let Some(outcome) = lost_for_good(chain, claim, hash).await {
-        return finish(claim, hash, outcome).await;
+    match lost_for_good(chain, claim, hash).await {
+        // Dropped, its published authorization still executable: nothing to wait for.
+        Some(Outcome::Pending(hash)) => return (Outcome::Pending(hash), true),
+        Some(outcome) => return finish(claim, hash, outcome).await,
+        None => {}
     }
     // What the recorded transaction executes, from its own bytes (records from before they were kept: unknown).
     let executes = match claims::load(&claim.record_key).await {
@@ -262,10 +273,13 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> Option<Outco
     match chain.authorization_used_at(from, nonce, at).await {
         Ok(false) => {
             eprintln!(
-                "verifier: settlement {hash} can never be mined (nonce {} of {} was used by another transaction by block {at}) and the authorization is unused: failed, no money moved",
+                "verifier: settlement {hash} can never be mined (nonce {} of {} was used by another transaction by block {at}) and the authorization is unused",
                 tx.nonce, tx.signer
             );
-            Some(Outcome::Dropped(hash))
+            let executes = settled_authorization(&tx.raw);
+            let failed = Outcome::Dropped(hash);
+            let decided = unexecuted(chain, claim, failed, executes.as_ref(), (from, nonce)).await;
+            Some(decided.unwrap_or(Outcome::Pending(hash)))
         }
         Ok(true) => {
             let executes = settled_authorization(&tx.raw);
@@ -283,6 +297,54 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> Option<Outco
                 "verifier: settlement {hash} can never be mined, but authorizationState is unreadable ({e}); left pending"
             );
             None
+        }
+    }
+}
+
+/// What the claim's settlement becomes whose transaction ended as `failed` (reverted, or can never be mined)
+/// while the authorization `auth` of `from` (`nonce`) read unused: our transaction published it, so anyone may
+/// still execute it until its `validBefore` (kernel `settlement::unexecuted`). `authorizationState` at the
+/// latest block decides: used, what used it ([`front_run::settle`]); unused, `failed` (no money moved, none
+/// can) once that block is past `validBefore`, else `None` (pending: nothing withdrawn).
+async fn unexecuted(
+    chain: &Chain,
+    claim: &Claim,
+    failed: Outcome,
+    auth: Option<&TransferAuthorization>,
+    (from, nonce): (alloy_primitives::Address, B256),
+) -> Option<Outcome> {
+    let valid_before = auth.map(|a| a.valid_before);
+    let latest = match chain.rpc.call(&EthGetBlockByNumber::latest()).await {
+        Ok(block) => block,
+        Err(e) => {
+            eprintln!("verifier: cannot read the latest block ({e}); {failed:?} left pending");
+            None
+        }
+    };
+    let used = match latest {
+        Some(b) => chain
+            .authorization_used_at(from, nonce, b.number)
+            .await
+            .inspect_err(|e| eprintln!("verifier: authorizationState is unreadable ({e})"))
+            .ok(),
+        None => None,
+    };
+    match settlement::unexecuted(valid_before, latest.map(|b| b.timestamp), used) {
+        Unexecuted::Pending => {
+            eprintln!(
+                "verifier: {failed:?}: the authorization {nonce} of {from}, published by our calldata, is not known to be unused past its validBefore; left pending"
+            );
+            None
+        }
+        Unexecuted::Failed => Some(failed),
+        Unexecuted::UsedMeanwhile => {
+            let used = front_run::Used {
+                from,
+                nonce,
+                executes: auth,
+                by_block: latest.map_or(0, |b| b.number),
+            };
+            front_run::settle(chain, &claim.record_key, &claim.claim, failed, &used).await
         }
     }
 }

@@ -33,6 +33,10 @@
 //! ([`reserved_at`](NonceState::reserved_at)); [`orphans`](NonceState::orphans) lists the ones older than a
 //! bound whose owner may have died, and a sender that finds the owner's record without that nonce's
 //! transaction [releases](NonceState::release_on_failure) it, so the gap is filled by the next reservation.
+//! When no send comes (a payment waiting behind the hole is only ever sent again, never re-signed), a replay
+//! fills it with a no-op transaction instead ([`heal_orphan`](NonceState::heal_orphan)). Each reservation
+//! also carries its sender's own token ([`holders`](NonceState::holders)): a send that stalled past its
+//! claim's lease gives back only its own reservation, never its successor's under the same record key.
 //! Should the owner turn out to be alive after all and broadcast late, its transaction competes for a reused
 //! nonce and is dropped — the case `evm::rebroadcast` already resolves (it fails only if its authorization is
 //! unused).
@@ -69,6 +73,12 @@ pub struct NonceState {
     /// When each nonce in [`owners`](Self::owners) was handed out (unix seconds).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reserved_at: BTreeMap<u64, u64>,
+    /// The token of the send that holds each nonce reserved with [`reserve_held`](Self::reserve_held): a
+    /// random value per reservation. The owner's key alone does not tell two sends apart (a claim taken over
+    /// keeps its record key), so a send gives back only the reservation it made. Absent (states from before,
+    /// or [`reserve_for`](Self::reserve_for)): the owner alone decides, as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub holders: BTreeMap<u64, String>,
 }
 
 impl NonceState {
@@ -111,6 +121,27 @@ impl NonceState {
         nonce
     }
 
+    /// [`reserve_for`](Self::reserve_for), remembering `holder` (the reserving send's own token) for it: only
+    /// that send may give it back ([`give_back`](Self::give_back), [`give_back_recorded`](Self::give_back_recorded)).
+    pub fn reserve_held(
+        &mut self,
+        chain_pending_count: u64,
+        owner: &str,
+        holder: &str,
+        now: u64,
+    ) -> u64 {
+        let nonce = self.reserve_for(chain_pending_count, owner, now);
+        self.holders.insert(nonce, holder.to_owned());
+        nonce
+    }
+
+    /// Whether `nonce` is held for another send than `owner`'s reservation `holder` (a reservation without a
+    /// holder token is compared on its owner only).
+    fn held_by_another(&self, nonce: u64, owner: &str, holder: &str) -> bool {
+        self.owners.get(&nonce).is_some_and(|o| o != owner)
+            || self.holders.get(&nonce).is_some_and(|h| h != holder)
+    }
+
     /// The owned nonces at or above the node's pending count that were handed out at least `min_age` seconds
     /// before `now` (with their owner): if the owner's record names no transaction for one of them, its request
     /// died between reserving and recording, and it should be released.
@@ -133,6 +164,7 @@ impl NonceState {
     pub fn observe_mined(&mut self, chain_mined_count: u64) {
         self.owners = self.owners.split_off(&chain_mined_count);
         self.reserved_at = self.reserved_at.split_off(&chain_mined_count);
+        self.holders = self.holders.split_off(&chain_mined_count);
     }
 
     /// The nonces at or above the node's pending count whose transactions are on record (with the record's
@@ -153,10 +185,11 @@ impl NonceState {
     /// wait in the node's pool behind this one, and a hole would stall them until some later send happens to
     /// reuse it. The caller then sends a no-op transaction at it, and gives it back with
     /// [`release_on_failure`](Self::release_on_failure) only if that fails too. [`GiveBack::NotHeld`] (nothing
-    /// changed) if the nonce is not held, or is held for another record than `owner` (released as an orphan
-    /// meanwhile and handed to another send, whose transaction it now is).
-    pub fn give_back(&mut self, nonce: u64, owner: &str) -> GiveBack {
-        let others = self.owners.get(&nonce).is_some_and(|o| o != owner);
+    /// changed) if the nonce is not held, or is held for another record than `owner` or another reservation
+    /// than `holder`'s (released as an orphan meanwhile and handed to another send, whose transaction it now
+    /// is, maybe the same record's after its claim was taken over).
+    pub fn give_back(&mut self, nonce: u64, owner: &str, holder: &str) -> GiveBack {
+        let others = self.held_by_another(nonce, owner, holder);
         if others || !self.pending.contains(&nonce) {
             GiveBack::NotHeld
         } else if nonce.saturating_add(1) == self.next {
@@ -176,8 +209,8 @@ impl NonceState {
     /// [`GiveBack::Plug`] if later nonces are out (a no-op transaction, which moves nothing, may fill it now),
     /// else [`GiveBack::Released`] (left for the next send); [`GiveBack::NotHeld`] as for `give_back`, nothing
     /// changed.
-    pub fn give_back_recorded(&mut self, nonce: u64, owner: &str) -> GiveBack {
-        let others = self.owners.get(&nonce).is_some_and(|o| o != owner);
+    pub fn give_back_recorded(&mut self, nonce: u64, owner: &str, holder: &str) -> GiveBack {
+        let others = self.held_by_another(nonce, owner, holder);
         if others || !self.pending.contains(&nonce) {
             return GiveBack::NotHeld;
         }
@@ -195,6 +228,7 @@ impl NonceState {
     pub fn release_on_failure(&mut self, nonce: u64) -> bool {
         self.owners.remove(&nonce);
         self.reserved_at.remove(&nonce);
+        self.holders.remove(&nonce);
         if !self.pending.remove(&nonce) {
             return false;
         }
@@ -223,6 +257,35 @@ impl NonceState {
         let same = self.owners.get(&nonce).map(String::as_str) == Some(owner)
             && self.reserved_at.get(&nonce).copied() == reserved_at;
         same && self.release_on_failure(nonce)
+    }
+
+    /// What to do with the orphan `nonce` (from [`orphans`](Self::orphans), read earlier: held by `owner` since
+    /// `reserved_at`, and its owner's record names no transaction at it) when no send may come to fill it: a
+    /// later transaction of this key waits behind it in the node's pool, and only a new send would reuse a
+    /// released nonce. If it is still that reservation: the newest handed out is released
+    /// ([`GiveBack::Released`], nothing waits behind it); an older one stays held for the key's no-op
+    /// transaction ([`GiveBack::Plug`]), its time set to `now`, so no other sender releases it, or fills it
+    /// again, before another orphan age (should the no-op be lost, it is an orphan again then). Else
+    /// [`GiveBack::NotHeld`], nothing changed.
+    pub fn heal_orphan(
+        &mut self,
+        nonce: u64,
+        owner: &str,
+        reserved_at: Option<u64>,
+        now: u64,
+    ) -> GiveBack {
+        let same = self.owners.get(&nonce).map(String::as_str) == Some(owner)
+            && self.reserved_at.get(&nonce).copied() == reserved_at
+            && self.pending.contains(&nonce);
+        if !same {
+            GiveBack::NotHeld
+        } else if nonce.saturating_add(1) == self.next {
+            self.release_on_failure(nonce);
+            GiveBack::Released
+        } else {
+            self.reserved_at.insert(nonce, now);
+            GiveBack::Plug
+        }
     }
 
     /// Drop all bookkeeping and reseed from the chain.
@@ -430,21 +493,21 @@ mod tests {
         // 5's send failed while 6 is out: giving 5 back would leave a hole 6 waits behind.
         let before = s.clone();
         assert_eq!(
-            s.give_back(a, "settlement/b"),
+            s.give_back(a, "settlement/b", "h"),
             GiveBack::NotHeld,
             "not b's nonce"
         );
         assert_eq!(s, before);
-        assert_eq!(s.give_back(a, "settlement/a"), GiveBack::Plug);
+        assert_eq!(s.give_back(a, "settlement/a", "h"), GiveBack::Plug);
         assert_eq!(s, before, "a plug keeps the nonce held, with its owner");
         // The plug failed too: now it is given back, and the next reservation fills it.
         assert!(s.release_on_failure(a));
         assert_eq!(s.reserve(5), 5);
         // The newest nonce goes straight back.
-        assert_eq!(s.give_back(b, "settlement/b"), GiveBack::Released);
+        assert_eq!(s.give_back(b, "settlement/b", "h"), GiveBack::Released);
         assert_eq!((s.next, s.pending.contains(&b)), (6, false));
-        assert_eq!(s.give_back(b, "settlement/b"), GiveBack::NotHeld);
-        assert_eq!(s.give_back(99, "settlement/b"), GiveBack::NotHeld);
+        assert_eq!(s.give_back(b, "settlement/b", "h"), GiveBack::NotHeld);
+        assert_eq!(s.give_back(99, "settlement/b", "h"), GiveBack::NotHeld);
     }
 
     #[test]
@@ -453,8 +516,14 @@ mod tests {
         let a = s.reserve_for(5, "settlement/a", 1_000);
         // a's transaction was recorded, then refused: the record still names it until its claim is released,
         // so the nonce stays held (the next reservation does not get it) ...
-        assert_eq!(s.give_back_recorded(a, "settlement/b"), GiveBack::NotHeld);
-        assert_eq!(s.give_back_recorded(a, "settlement/a"), GiveBack::Released);
+        assert_eq!(
+            s.give_back_recorded(a, "settlement/b", "h"),
+            GiveBack::NotHeld
+        );
+        assert_eq!(
+            s.give_back_recorded(a, "settlement/a", "h"),
+            GiveBack::Released
+        );
         assert!(s.pending.contains(&a));
         assert_eq!(s.next, a + 1);
         // ... and is an orphan at once, for the next send to release once the record names nothing at it.
@@ -466,11 +535,91 @@ mod tests {
         assert_eq!(s.reserve_for(5, "settlement/c", 1_001), a);
         // Below a nonce that is out: a no-op may fill it now; still held, still an orphan.
         let b = s.reserve_for(5, "settlement/b", 1_001);
-        assert_eq!(s.give_back_recorded(a, "settlement/c"), GiveBack::Plug);
+        assert_eq!(s.give_back_recorded(a, "settlement/c", "h"), GiveBack::Plug);
         assert!(s.pending.contains(&a) && s.pending.contains(&b));
         assert_eq!(
             s.orphans(5, 1_001, 120),
             vec![(a, "settlement/c".to_owned())]
         );
+    }
+
+    #[test]
+    fn a_send_gives_back_only_its_own_reservation_not_its_successors_on_the_same_record() {
+        let mut s = NonceState::default();
+        // A send reserves 5 for the record, stalls past the claim lease, and is taken for dead: its nonce is
+        // released as an orphan and the claim's new holder reserves it again, under the same record key.
+        let n = s.reserve_held(5, "x402/nonce/a", "first", 100);
+        assert!(s.release_orphan(n, "x402/nonce/a", Some(100)));
+        assert_eq!(s.reserve_held(5, "x402/nonce/a", "second", 300), n);
+        let later = s.reserve_held(5, "x402/nonce/b", "third", 300);
+        // The first send wakes up and fails: the nonce is the successor's, whose transaction may be out.
+        let before = s.clone();
+        assert_eq!(s.give_back(n, "x402/nonce/a", "first"), GiveBack::NotHeld);
+        assert_eq!(
+            s.give_back_recorded(n, "x402/nonce/a", "first"),
+            GiveBack::NotHeld
+        );
+        assert_eq!(s, before);
+        // Its own holder still may.
+        assert_eq!(s.give_back(n, "x402/nonce/a", "second"), GiveBack::Plug);
+        assert_eq!(
+            s.give_back(later, "x402/nonce/b", "third"),
+            GiveBack::Released
+        );
+        assert!(!s.holders.contains_key(&later));
+        // States from before holder tokens were kept: the owner alone decides.
+        let mut old: NonceState =
+            serde_json::from_str(r#"{"next":8,"pending":[7],"owners":{"7":"x402/nonce/a"}}"#)
+                .unwrap();
+        assert_eq!(old.give_back(7, "x402/nonce/a", "any"), GiveBack::Released);
+        // Kept as JSON beside the owner, absent when there are none.
+        let json = serde_json::to_value(&before).unwrap();
+        assert_eq!(json["holders"][n.to_string()], "second");
+        assert!(
+            serde_json::to_value(NonceState::default())
+                .unwrap()
+                .get("holders")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_orphan_below_a_waiting_nonce_is_kept_for_a_no_op_and_not_handed_out_again() {
+        let mut s = NonceState::default();
+        let a = s.reserve_for(7, "x402/nonce/a", 100);
+        // The newest: nothing waits behind it, so it is released for the next send.
+        assert_eq!(
+            s.heal_orphan(a, "x402/nonce/a", Some(100), 500),
+            GiveBack::Released
+        );
+        assert!(!s.pending.contains(&a));
+        let a = s.reserve_for(7, "x402/nonce/a", 100);
+        let b = s.reserve_for(7, "x402/nonce/b", 450);
+        // A read from before it was handed out again changes nothing.
+        assert_eq!(
+            s.heal_orphan(a, "x402/nonce/a", Some(90), 500),
+            GiveBack::NotHeld
+        );
+        // b waits behind it: held for the no-op, no longer an orphan for another orphan age.
+        assert_eq!(
+            s.heal_orphan(a, "x402/nonce/a", Some(100), 500),
+            GiveBack::Plug
+        );
+        assert!(s.pending.contains(&a) && s.pending.contains(&b));
+        assert!(s.orphans(7, 500, 120).is_empty());
+        assert_eq!(
+            s.reserve(7),
+            b + 1,
+            "never handed out while the no-op may fill it"
+        );
+        // Another sender's older read neither releases nor fills it again.
+        assert!(!s.release_orphan(a, "x402/nonce/a", Some(100)));
+        assert_eq!(
+            s.heal_orphan(a, "x402/nonce/a", Some(100), 600),
+            GiveBack::NotHeld
+        );
+        // The no-op was lost: an orphan again after the orphan age.
+        assert_eq!(s.orphans(7, 620, 120)[0], (a, "x402/nonce/a".to_owned()));
+        assert_eq!(s.orphans(7, 619, 120), vec![(b, "x402/nonce/b".to_owned())]);
     }
 }

@@ -159,6 +159,8 @@ pub(crate) struct ChainState {
     pub(crate) refuse_batches: bool,
     /// The head block number (receipts are in block 0x11).
     pub(crate) head: u64,
+    /// The latest block's timestamp (default: now), against an authorization's `validBefore`.
+    pub(crate) block_time: Option<u64>,
     /// Raw transactions accepted by `eth_sendRawTransaction`, in order (a forgotten one sent again twice).
     sent: Vec<Vec<u8>>,
     /// Hashes of sent transactions the node no longer knows (see [`Node::forget`]).
@@ -196,6 +198,7 @@ impl Default for ChainState {
             down: false,
             refuse_batches: false,
             head: 0x20,
+            block_time: None,
             sent: Vec::new(),
             forgotten: HashSet::new(),
             receipts: HashMap::new(),
@@ -344,7 +347,8 @@ impl Node {
             }
             "eth_getTransactionCount" => Ok(qty(c.mined_count.unwrap_or(TX_COUNT).into())),
             "eth_maxPriorityFeePerGas" => Ok(qty(TIP)),
-            "eth_getBlockByNumber" => Ok(json!({"number": "0x11", "timestamp": qty(now().into()),
+            "eth_getBlockByNumber" => Ok(json!({"number": "0x11",
+                                               "timestamp": qty(c.block_time.unwrap_or_else(now).into()),
                                                "baseFeePerGas": qty(BASE_FEE)})),
             "eth_estimateGas" if c.estimate_fails => Err((3, "execution reverted")),
             // Like a real node: estimating a `transferWithAuthorization` that the token would refuse reverts.
@@ -1505,7 +1509,12 @@ async fn a_settlement_waits_for_its_confirmations_reading_receipt_and_head_toget
     let got = settle(&mut kit, &inv, p.v2()).await;
     let hash = keccak256(&node.sent()[1]).to_string();
     assert_eq!(got, Ok(S::Pending(hash)), "not buried yet");
-    node.set(|c| c.head = 0x13);
+    // Buried, and its published authorization can no longer be executed (the latest block is past its
+    // validBefore) and reads unused there: failed.
+    node.set(|c| {
+        c.head = 0x13;
+        c.block_time = Some(now() + 1_000);
+    });
     assert_eq!(
         settle(&mut kit, &inv, p.v2()).await,
         Err(E::PaymentRequired(
@@ -1524,9 +1533,22 @@ async fn a_reverted_settlement_fails_and_leaves_the_invoice_open_to_another_paym
     let failed = Err(E::PaymentRequired(
         "invalid_exact_evm_transaction_failed".into(),
     ));
+    // Our transaction published the signed authorization: anyone may still execute it until its
+    // validBefore, so the revert is not final before then (nothing withdrawn, the payment resumable).
+    let hash = keccak256(&{
+        let got = settle(&mut kit, &inv, p.v2()).await;
+        let raw = node.sent()[0].clone();
+        assert_eq!(got, Ok(S::Pending(keccak256(&raw).to_string())));
+        raw
+    });
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "submitted");
+    // The latest block is past validBefore and the authorization still unused there: failed for good.
+    node.set(|c| c.block_time = Some(now() + 1_000));
     assert_eq!(settle(&mut kit, &inv, p.v2()).await, failed);
     let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "failed");
+    assert_eq!(record["transaction"], hash.to_string());
     assert_eq!(record["reason"], "invalid_exact_evm_transaction_failed");
     // Replayed, not re-sent.
     assert_eq!(settle(&mut kit, &inv, p.v2()).await, failed);
@@ -2073,17 +2095,28 @@ async fn a_settlement_whose_nonce_another_transaction_used_fails_if_its_authoriz
     unmineable_settlement(&mut kit, &node, &inv, &p).await;
     let hash = keccak256(&node.sent()[0]).to_string();
 
-    // No waiting period: a used nonce is final, and the authorization shows no money moved.
+    // A used nonce is final, and the authorization shows no money moved; but our transaction published the
+    // authorization, which anyone may still execute until its validBefore: pending until then.
     let failed = Err(E::PaymentRequired(
         "invalid_exact_evm_transaction_failed".into(),
     ));
+    assert_eq!(
+        settle(&mut kit, &inv, p.v2()).await,
+        Ok(S::Pending(hash.clone()))
+    );
+    assert_eq!(
+        kv_json(&kit, &p.nonce_key()).await.unwrap()["status"],
+        "submitted"
+    );
+    node.set(|c| c.block_time = Some(now() + 1_000));
     assert_eq!(settle(&mut kit, &inv, p.v2()).await, failed);
     let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
     assert_eq!(record["status"], "failed");
     assert_eq!(record["reason"], "invalid_exact_evm_transaction_failed");
     assert_eq!(record["transaction"], hash);
     assert_eq!(node.sent().len(), 1, "never sent again");
-    // authorizationState was read at the block whose count showed the nonce used, not at `latest`.
+    // authorizationState was read at the block whose count showed the nonce used (0x20), not at `latest`,
+    // then at the latest block past validBefore (0x11 on this node).
     let state_reads: Vec<Value> = rpc_calls(&kit)
         .into_iter()
         .filter(|r| {
@@ -2094,7 +2127,8 @@ async fn a_settlement_whose_nonce_another_transaction_used_fails_if_its_authoriz
                     .starts_with("0xe94a0102")
         })
         .collect();
-    assert_eq!(state_reads.last().unwrap()["params"][1], "0x20");
+    let at: Vec<&Value> = state_reads.iter().map(|r| &r["params"][1]).collect();
+    assert_eq!(at[at.len() - 2..], [&json!("0x20"), &json!("0x11")]);
     assert_eq!(settle(&mut kit, &inv, p.v2()).await, failed);
 
     // The invoice is open to a new payment, sent with the next account nonce.
@@ -2181,6 +2215,12 @@ async fn the_facilitator_api_reports_a_settlement_that_can_never_be_mined_as_fai
         c.mined_count = Some(TX_COUNT + 1);
         c.mining = Mining::Succeed;
     });
+    // Its published authorization may still be executed until validBefore: pending until then.
+    let still = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(still["errorReason"], "settlement_pending", "{still}");
+    node.set(|c| c.block_time = Some(now() + 1_000));
     for _ in 0..2 {
         let failed = facilitator_settle(&mut kit, p.facilitator_body())
             .await
@@ -3581,4 +3621,110 @@ async fn facilitator_repeats_of_a_live_claim_are_pending_and_of_a_failed_invoice
         "{got}"
     );
     assert!(node.sent().is_empty());
+}
+
+/// A request cancelled between reserving a nonce and recording its transaction leaves a hole that a later
+/// settlement's transaction waits behind in the node's pool. Sending that settlement again only reconciles it
+/// (never a new transaction), so before, nothing filled the hole until some other payment sent, and the
+/// authorization could expire meanwhile: now a replay fills an orphan past the orphan age with the key's no-op
+/// (once: the reservation is then the no-op's for another orphan age).
+#[tokio::test]
+async fn a_replay_fills_a_nonce_gap_its_transaction_waits_behind_with_a_no_op() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let nonce_state = format!("signer/eip155:31337/{:#x}/nonce", facilitator());
+    // Payment A reserved TX_COUNT moments ago, and its request died before recording a transaction.
+    let orphan = pay(&invoice(120, None)).nonce_key();
+    let claimed = json!({"status": "claimed", "network": "eip155:31337", "payer": payer().to_string(),
+        "claim": orphan, "holder": "h", "invoice": "inv_test.120", "claimed_at": now() - 10,
+        "transaction": null, "updated_at": now() - 10});
+    kit.kv_put(&orphan, claimed.to_string().as_bytes()).await;
+    let n = TX_COUNT;
+    let seeded = json!({"next": n + 1, "pending": [n], "released": [],
+        "owners": {n.to_string(): orphan}, "reserved_at": {n.to_string(): now() - 10}});
+    kit.kv_put(&nonce_state, seeded.to_string().as_bytes())
+        .await;
+    // Payment B sends: A's reservation is too young to be released, so B takes n + 1 and waits behind n.
+    node.set(|c| c.mining = Mining::Never);
+    let inv = invoice(121, None);
+    let p = pay(&inv);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    let hash = keccak256(&node.sent()[0]);
+    assert_eq!(got, Ok(S::Pending(hash.to_string())));
+    assert_eq!(decode_tx(&node.sent()[0]).tx().nonce, n + 1);
+    // Past the orphan age, B is sent again: the hole is filled with the no-op, B's transaction is kept.
+    let mut state = kv_json(&kit, &nonce_state).await.unwrap();
+    state["reserved_at"][n.to_string()] = json!(now() - 1_000);
+    kit.kv_put(&nonce_state, state.to_string().as_bytes()).await;
+    for _ in 0..2 {
+        assert_eq!(
+            settle(&mut kit, &inv, p.v2()).await,
+            Ok(S::Pending(hash.to_string()))
+        );
+    }
+    let sent = node.sent();
+    assert_eq!(sent.len(), 2, "one no-op, B's transaction never again");
+    let noop = decode_tx(&sent[1]);
+    let tx = noop.tx();
+    assert_eq!(
+        (tx.nonce, tx.to, tx.value, tx.input.len(), tx.gas_limit),
+        (n, TxKind::Call(facilitator()), U256::ZERO, 0, 21_000)
+    );
+    let state = kv_json(&kit, &nonce_state).await.unwrap();
+    assert_eq!(state["pending"], json!([n, n + 1]), "{state}");
+    assert_eq!(state["released"], json!([]), "{state}");
+    assert_eq!(
+        kv_json(&kit, &p.nonce_key()).await.unwrap()["status"],
+        "submitted"
+    );
+}
+
+/// Our settlement reverted with its authorization unused, but its calldata published the signed
+/// authorization: anyone may still execute it until its validBefore, sending the money to `payTo`. Before, the
+/// revert failed the settlement at once (the order withdrawn, "nothing charged") and such an execution went
+/// unnoticed; now it stays pending meanwhile, and the transaction that executed it settles the invoice.
+#[tokio::test]
+async fn a_reverted_settlement_stays_pending_while_its_published_authorization_may_still_execute() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let inv = invoice(122, None);
+    let p = pay(&inv);
+    node.set(|c| c.mining = Mining::Revert);
+    let ours = keccak256(&{
+        let got = settle(&mut kit, &inv, p.v2()).await;
+        let raw = node.sent()[0].clone();
+        assert_eq!(got, Ok(S::Pending(keccak256(&raw).to_string())));
+        raw
+    });
+    for _ in 0..2 {
+        assert_eq!(
+            settle(&mut kit, &inv, p.v2()).await,
+            Ok(S::Pending(ours.to_string()))
+        );
+    }
+    assert_eq!(
+        kv_json(&kit, &p.nonce_key()).await.unwrap()["status"],
+        "submitted"
+    );
+    // Someone executes it from our calldata, moving this payment's money, before its validBefore.
+    let theirs = B256::repeat_byte(0xf6);
+    used_by(
+        &node,
+        &p,
+        theirs,
+        "AuthorizationUsed",
+        Some(transfer_log(p.auth.from, p.auth.to, PRICE)),
+    );
+    node.set(|c| {
+        c.used.insert(p.auth.nonce);
+        c.block_time = Some(now() + 1_000);
+    });
+    assert_eq!(
+        settle(&mut kit, &inv, p.v2()).await,
+        Ok(S::Settled(theirs.to_string()))
+    );
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_eq!(record["executed_by"], theirs.to_string());
+    assert_eq!(node.sent().len(), 1, "nothing sent again");
 }
