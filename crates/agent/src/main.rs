@@ -599,10 +599,9 @@ async fn proxy(cli: &Cli, p: &ProxyArgs) -> Result<(), AgentError> {
             .unwrap_or_else(|| cli.state_dir.join("proxy-audit.jsonl")),
         state_dir: cli.state_dir.clone(),
     };
-    // Private (0700) when created here: it will hold every device's signed payments and the audit log.
-    StateDir::new(&cli.state_dir)
-        .create()
-        .map_err(AgentError::Local)?;
+    // The state directory private (0700) and the wallet record held before anything listens: a second proxy
+    // on the same directory is refused before it says it serves.
+    let held = esim402_agent::proxy::hold_wallet(&cli.state_dir).map_err(AgentError::Local)?;
     let listener = tokio::net::TcpListener::bind(p.listen)
         .await
         .map_err(|e| AgentError::Local(format!("cannot listen on {}: {e}", p.listen)))?;
@@ -613,6 +612,7 @@ async fn proxy(cli: &Cli, p: &ProxyArgs) -> Result<(), AgentError> {
     println!("esim402-agent proxy listening on http://{addr}");
     esim402_agent::proxy::serve(
         listener,
+        held,
         agent.config().clone(),
         agent.policy().clone(),
         settings,

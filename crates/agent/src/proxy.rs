@@ -385,32 +385,36 @@ fn forwarded_headers(headers: &hyper::HeaderMap) -> Result<Vec<(&'static str, St
     Ok(out)
 }
 
-/// Serve on `listener` until the process ends.
+/// The proxy's hold on the wallet record under `state_dir`, for as long as it serves: the daily cap's record is
+/// read and rewritten by one process alone (another proxy on it would lose reservations and pass the cap).
+/// Taken before the proxy binds and says it listens, so a second proxy on the same directory never announces
+/// itself, whichever of the two gets there first. The state directory (every device's pending payments, the
+/// audit log by default) is created private (0700) here, before anything creates it with the default mode.
+pub fn hold_wallet(state_dir: &std::path::Path) -> Result<crate::state::StateLock, String> {
+    StateDir::new(state_dir).create()?;
+    StateDir::new(state_dir.join("wallet")).lock()
+}
+
+/// Serve on `listener` until the process ends, holding the wallet record ([`hold_wallet`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    held: crate::state::StateLock,
     config: Config,
     policy: SpendPolicy,
     settings: ProxySettings,
 ) -> std::io::Result<()> {
-    serve_with(listener, config, policy, settings, LIMITS).await
+    serve_with(listener, held, config, policy, settings, LIMITS).await
 }
 
 async fn serve_with(
     listener: tokio::net::TcpListener,
+    _held: crate::state::StateLock,
     config: Config,
     policy: SpendPolicy,
     settings: ProxySettings,
     limits: Limits,
 ) -> std::io::Result<()> {
-    // The gateway's state (every device's pending payments, the audit log by default) is private: created
-    // 0700 like any state directory, before anything below creates it with the default mode.
-    StateDir::new(&settings.state_dir)
-        .create()
-        .map_err(std::io::Error::other)?;
-    // One proxy per wallet record for as long as it serves: the daily cap's record is read and rewritten by this
-    // process alone (another proxy on it would lose reservations and pass the cap).
     let wallet = StateDir::new(settings.state_dir.join("wallet"));
-    let _held = wallet.lock().map_err(std::io::Error::other)?;
     let shared = Arc::new(Shared {
         http: crate::client::http_client().map_err(std::io::Error::other)?,
         budget: Arc::new(crate::budget::Budget::new(policy.max_per_day_usdc, wallet)),
@@ -620,8 +624,10 @@ mod tests {
             state_dir: state_dir.to_owned(),
         };
         let config = Config::new(upstream, key).unwrap();
+        let held = hold_wallet(state_dir).unwrap();
         tokio::spawn(serve_with(
             listener,
+            held,
             config,
             SpendPolicy::default(),
             settings,
