@@ -94,8 +94,8 @@ pub async fn call_twice<Req: serde::Serialize, Resp: serde::de::DeserializeOwned
 }
 
 /// CancelOrder (`retire`: the profile may never be downloaded again) within one call timeout; if it cannot be
-/// done now it is queued.
-pub async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool) {
+/// done now it is queued, naming `invoice`, whose SIM the profile was (kernel `order::sweep_may_cancel`).
+pub async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool, invoice: &str) {
     let left = cancel_as(
         cfg,
         carrier,
@@ -103,6 +103,7 @@ pub async fn cancel(cfg: &Config, carrier: &Carrier, iccid: &Iccid, retire: bool
         retire,
         None,
         Deadline::single_call(cfg),
+        Some(invoice.to_owned()),
     )
     .await;
     if let Some(item) = left {
@@ -120,6 +121,7 @@ pub async fn cancel_as(
     retire: bool,
     call: Option<String>,
     deadline: Deadline,
+    invoice: Option<String>,
 ) -> Option<Cleanup> {
     let Some(call) = call.or_else(|| fci().ok()) else {
         return Some(Cleanup::Cancel {
@@ -127,6 +129,7 @@ pub async fn cancel_as(
             iccid: iccid.as_str().to_owned(),
             retire,
             fci: None,
+            invoice,
         });
     };
     let next_call = async {
@@ -171,5 +174,6 @@ pub async fn cancel_as(
         iccid: iccid.as_str().to_owned(),
         retire,
         fci,
+        invoice,
     })
 }

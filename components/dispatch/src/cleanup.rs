@@ -32,13 +32,15 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 iccid,
                 retire,
                 fci,
+                invoice,
             } => match (cfg.carrier(carrier), Iccid::parse(iccid)) {
-                (Ok(c), Ok(i)) => match held_now(&i).await {
+                (Ok(c), Ok(i)) => match held_now(&i, invoice.as_deref()).await {
                     Err(()) => fail(item.clone()),
                     Ok(Some(holder)) => dropped(&i, carrier, &holder),
                     Ok(None) => {
+                        let (call, owner) = (fci.clone(), invoice.clone());
                         let left =
-                            calls::cancel_as(cfg, c, &i, *retire, fci.clone(), deadline).await;
+                            calls::cancel_as(cfg, c, &i, *retire, call, deadline, owner).await;
                         if let Some(left) = left {
                             fail(left);
                         }
@@ -76,7 +78,7 @@ pub async fn sweep(cfg: &Config, max: usize) {
                 .await;
                 match answer {
                     Ok(r) => match (r.header.failure(), r.iccid) {
-                        (None, Some(iccid)) => match held_now(&iccid).await {
+                        (None, Some(iccid)) => match held_now(&iccid, None).await {
                             // The replay is answered again the same way: learn it again next time.
                             Err(()) => fail(item.clone()),
                             Ok(Some(holder)) => dropped(&iccid, carrier, &holder),
@@ -84,7 +86,8 @@ pub async fn sweep(cfg: &Config, max: usize) {
                                 // A cancel just learned of is new work: counted from its own first
                                 // failure.
                                 let left =
-                                    calls::cancel_as(cfg, c, &iccid, false, None, deadline).await;
+                                    calls::cancel_as(cfg, c, &iccid, false, None, deadline, None)
+                                        .await;
                                 if let Some(left) = left {
                                     failed.push((left, 1, 0));
                                 }
@@ -107,11 +110,12 @@ pub async fn sweep(cfg: &Config, max: usize) {
     }
 }
 
-/// The invoice of a live SIM of ours that holds `iccid` now (kernel `order::sweep_may_cancel`), `None` when the
-/// profile may be cancelled; `Err` when the record cannot be read (the item is tried again later).
-async fn held_now(iccid: &Iccid) -> Result<Option<String>, ()> {
+/// The invoice of a live SIM of another order that holds `iccid` now (kernel `order::sweep_may_cancel`; `invoice`:
+/// the item's own), `None` when the profile may be cancelled; `Err` when the record cannot be read (the item is
+/// tried again later).
+async fn held_now(iccid: &Iccid, invoice: Option<&str>) -> Result<Option<String>, ()> {
     match sim_store::load(iccid).await {
-        Ok(current) if order::sweep_may_cancel(current.as_ref()) => Ok(None),
+        Ok(current) if order::sweep_may_cancel(current.as_ref(), invoice) => Ok(None),
         Ok(current) => Ok(current.map(|c| c.invoice_id)),
         Err(e) => {
             eprintln!(

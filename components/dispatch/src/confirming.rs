@@ -138,7 +138,7 @@ pub async fn finish(
                     message(&e)
                 );
             }
-            cancel_profile(cfg, carrier, step, false).await;
+            cancel_profile(cfg, carrier, step, false, &sim.invoice_id).await;
             return Err(Skip::Reject(e));
         }
     };
@@ -156,8 +156,8 @@ pub async fn conclude(
     match after {
         AfterConfirm::Store(sim) if sim.state != SimState::Failed => Ok(sim),
         AfterConfirm::Delivered(sim) => Ok(sim),
-        AfterConfirm::Store(_) => {
-            cancel_profile(cfg, carrier, step, false).await;
+        AfterConfirm::Store(sim) => {
+            cancel_profile(cfg, carrier, step, false, &sim.invoice_id).await;
             Err(match refusal {
                 Some(Refusal::Code(code)) => Skip::refused(carrier, &code),
                 Some(Refusal::Transport(t)) => {
@@ -169,7 +169,7 @@ pub async fn conclude(
         }
         AfterConfirm::Withdrawn { sim, retire } => {
             if retire {
-                cancel_profile(cfg, carrier, step, true).await;
+                cancel_profile(cfg, carrier, step, true, &sim.invoice_id).await;
             }
             Err(Skip::Reject(wit::Error::Conflict(format!(
                 "SIM {} was terminated by its owner before its order finished; nothing was delivered",
@@ -185,8 +185,14 @@ pub async fn conclude(
 
 /// CancelOrder the profile of `step`: back to the carrier's pool, or `retire`d (`Unavailable`: nobody may
 /// download it).
-pub async fn cancel_profile(cfg: &Config, carrier: &Carrier, step: &Step, retire: bool) {
+pub async fn cancel_profile(
+    cfg: &Config,
+    carrier: &Carrier,
+    step: &Step,
+    retire: bool,
+    invoice: &str,
+) {
     if let Ok(iccid) = Iccid::parse(&step.iccid) {
-        calls::cancel(cfg, carrier, &iccid, retire).await;
+        calls::cancel(cfg, carrier, &iccid, retire, invoice).await;
     }
 }

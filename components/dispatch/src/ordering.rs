@@ -141,7 +141,7 @@ async fn try_carrier(
         let theirs = matches!(sim_store::load(&iccid).await,
             Ok(Some(c)) if !order::may_record_allocation(Some(&c), &sim));
         if !theirs {
-            cancel_profile(cfg, carrier, &step, false).await;
+            cancel_profile(cfg, carrier, &step, false, &sim.invoice_id).await;
         }
         return Err(Skip::Reject(e));
     }
@@ -162,7 +162,7 @@ async fn try_carrier(
         }
         Err(e) => {
             // The order fails on this error: the profile must not stay allocated with nobody to confirm it.
-            cancel_profile(cfg, carrier, &step, false).await;
+            cancel_profile(cfg, carrier, &step, false, &sim.invoice_id).await;
             return Err(Skip::Reject(e));
         }
     };

@@ -238,7 +238,7 @@ async fn retire_profile(iccid: &Iccid, sim: &StoredSim) -> Result<(), wit::Error
     let cfg = crate::config::get().await?;
     // The SIM is terminated either way; a carrier gone from the catalog since cannot be called.
     match cfg.carrier(&sim.carrier) {
-        Ok(carrier) => crate::calls::cancel(&cfg, carrier, iccid, true).await,
+        Ok(carrier) => crate::calls::cancel(&cfg, carrier, iccid, true, &sim.invoice_id).await,
         Err(e) => eprintln!(
             "dispatch: SIM {iccid} is terminated, but its profile is not cancelled at the SM-DP+ (cancel it there by hand): {e:?}"
         ),

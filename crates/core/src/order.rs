@@ -362,13 +362,18 @@ pub fn may_record_allocation(current: Option<&StoredSim>, pending: &StoredSim) -
 }
 
 /// Whether the cleanup sweep may send a queued CancelOrder (or the cancel a lost DownloadOrder's replay just
-/// learned of) for a profile whose SIM record is `current`, read just before. Every cancel is queued after its
-/// record was ended (failed, terminated) or for a profile never recorded; a *live* record (pending, active,
-/// suspended) under that ICCID means the carrier has since handed the profile to another of our orders (it
-/// expired the first and issued it again, and [`may_record_allocation`] took it over a failed record): the
-/// cancel would take that order's SIM, so it is dropped and logged instead.
-pub fn sweep_may_cancel(current: Option<&StoredSim>) -> bool {
-    current.is_none_or(|c| matches!(c.state, SimState::Failed | SimState::Terminated))
+/// learned of) for a profile whose SIM record is `current`, read just before; `invoice`: the invoice whose SIM
+/// the profile was, when the item names it. Every cancel is queued after its record was ended (failed,
+/// terminated) or for a profile never recorded, so a *live* record (pending, active, suspended) under that
+/// ICCID is another order's SIM (the carrier expired the first and issued the profile again, and
+/// [`may_record_allocation`] took it over a failed record): the cancel would take that order's SIM, so it is
+/// dropped and logged instead. A live record of the item's own invoice is that order's, whose failed mark did
+/// not land (best effort before a cancel): cancelled.
+pub fn sweep_may_cancel(current: Option<&StoredSim>, invoice: Option<&str>) -> bool {
+    current.is_none_or(|c| {
+        matches!(c.state, SimState::Failed | SimState::Terminated)
+            || invoice.is_some_and(|i| c.invoice_id == i)
+    })
 }
 
 /// The profile state of `sim` after a download-progress notification (point `point`, `status`), or `None`
@@ -653,6 +658,10 @@ pub enum Cleanup {
         /// same profile handed to another order). Absent in items queued by earlier builds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fci: Option<String>,
+        /// The invoice whose SIM the profile was ([`sweep_may_cancel`]: its own record may still read live
+        /// when marking it failed did not land). Absent in items queued by earlier builds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invoice: Option<String>,
     },
     /// A DownloadOrder whose answer was lost: replay its call id to learn the ICCID, then cancel it.
     LostDownload {
@@ -1115,13 +1124,23 @@ mod tests {
     }
 
     #[test]
-    fn the_sweep_cancels_only_profiles_no_live_sim_of_ours_holds() {
-        assert!(sweep_may_cancel(None));
+    fn the_sweep_cancels_only_profiles_no_live_sim_of_another_order_holds() {
+        assert!(sweep_may_cancel(None, None));
         for state in [SimState::Failed, SimState::Terminated] {
-            assert!(sweep_may_cancel(Some(&sim(state))), "{state:?}");
+            assert!(sweep_may_cancel(Some(&sim(state)), None), "{state:?}");
         }
         for state in [SimState::Pending, SimState::Active, SimState::Suspended] {
-            assert!(!sweep_may_cancel(Some(&sim(state))), "{state:?}");
+            let live = sim(state);
+            assert!(!sweep_may_cancel(Some(&live), None), "{state:?}");
+            assert!(
+                !sweep_may_cancel(Some(&live), Some("inv_other")),
+                "{state:?}"
+            );
+            // Its own order's record, whose failed mark did not land.
+            assert!(
+                sweep_may_cancel(Some(&live), Some(&live.invoice_id)),
+                "{state:?}"
+            );
         }
     }
 
@@ -1368,6 +1387,7 @@ mod tests {
             iccid: "1".into(),
             retire: false,
             fci: Some("FCI-1".into()),
+            invoice: None,
         };
         let b = Cleanup::LostDownload {
             carrier: "att".into(),
@@ -1422,16 +1442,25 @@ mod tests {
             iccid: "i".into(),
             retire: true,
             fci: Some("FCI-7".into()),
+            invoice: Some("inv_7".into()),
         })
         .unwrap();
         assert_eq!(json["kind"], "cancel");
         assert_eq!(json["fci"], "FCI-7");
+        assert_eq!(json["invoice"], "inv_7");
         // An item queued before call ids were kept still reads (and is sent with a new one).
         let old: Cleanup = serde_json::from_value(
             serde_json::json!({"kind": "cancel", "carrier": "c", "iccid": "i", "retire": false}),
         )
         .unwrap();
-        assert!(matches!(old, Cleanup::Cancel { fci: None, .. }));
+        assert!(matches!(
+            old,
+            Cleanup::Cancel {
+                fci: None,
+                invoice: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -951,19 +951,27 @@ async fn the_sweep_before_an_order_stays_within_one_call_timeout() {
     assert_eq!(left.as_array().map(Vec::len), Some(4), "{left}");
 }
 
-/// A queued cancel whose ICCID a live SIM of ours holds now (the carrier handed the profile to another order
+/// A queued cancel whose ICCID a live SIM of another order holds now (the carrier handed the profile to it
 /// since) is dropped, not sent: it would cancel that SIM's profile. A cancel of a profile no live SIM holds is
-/// still sent. Before, the sweep cancelled whatever the ICCID was by then.
+/// still sent, and so is one whose live record is its own order's (a failed mark that did not land). Before,
+/// the sweep cancelled whatever the ICCID was by then.
 #[tokio::test]
-async fn the_sweep_never_cancels_a_profile_a_live_sim_of_ours_holds() {
+async fn the_sweep_never_cancels_a_profile_a_live_sim_of_another_order_holds() {
     let smdp = Arc::new(FakeSmdp::default());
     let mut kit = kit_with(smdp, &[]).await;
     let live = order(&mut kit, request("us-west", Some("tmobile")), "inv-live")
         .await
         .unwrap();
+    let own = order(&mut kit, request("us-west", Some("tmobile")), "inv-own")
+        .await
+        .unwrap();
     let free = Iccid::with_check_digit("890126000000000077").unwrap();
     let cancel = |iccid: &str| json!({"kind": "cancel", "carrier": "tmobile", "iccid": iccid, "retire": false});
-    let queued = json!([cancel(&live.iccid), cancel(free.as_str())]);
+    let mut owned = cancel(&own.iccid);
+    owned["invoice"] = json!("inv-own");
+    let mut other = cancel(&live.iccid);
+    other["invoice"] = json!("inv-gone");
+    let queued = json!([cancel(&live.iccid), other, cancel(free.as_str()), owned]);
     kit.kv_put("cleanup/queue", queued.to_string().as_bytes())
         .await;
     let before = kit.requests().len();
@@ -975,7 +983,7 @@ async fn the_sweep_never_cancels_a_profile_a_live_sim_of_ours_holds() {
         .filter(|r| r.uri.ends_with("/cancelOrder"))
         .map(|r| r.json().unwrap()["iccid"].clone())
         .collect();
-    assert_eq!(cancelled, [json!(free.as_str())]);
+    assert_eq!(cancelled, [json!(free.as_str()), json!(own.iccid)]);
     let left: Value = serde_json::from_slice(&kit.kv_get("cleanup/queue").await.unwrap()).unwrap();
     assert_eq!(left, json!([]));
     let sim = get_sim(&mut kit, &live.iccid).await;
