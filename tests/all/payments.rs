@@ -1780,6 +1780,13 @@ async fn a_resumed_v1_payment_answers_without_the_activation_code() {
         ))
         .await;
     assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not to an access token"),
+        "refused for the token, not for a missing credential: {body}"
+    );
     // Terminated, its code is given to nobody.
     assert_eq!(s.terminate(&iccid).await, 200);
     let r = anyone
