@@ -211,14 +211,30 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
         keys: vec![key],
         version: std::cell::Cell::new(Some(version)),
     };
-    // Looked for once claimed (an invoice's `verify` looks for this claim once it holds): an authorization an
-    // invoice's payment holds is that invoice's to settle, or the invoice would be withdrawn as unpaid while
-    // its money moved.
-    if held_for_an_invoice(r, &checked.signed.authorization, now).await? {
-        claim.release().await;
-        return Ok(r.failure(InvalidReason::NonceAlreadyUsed, None));
+    drive_unless_held(r, &checked, &claim, now).await
+}
+
+/// [`drive`] the settlement of `claim`, unless an invoice's payment holds its authorization: looked for once
+/// claimed (an invoice's `verify` looks for this claim once it holds), by a fresh claim and a taken-over one
+/// alike. An authorization an invoice's payment holds is that invoice's to settle, or the invoice would be
+/// withdrawn as unpaid while its money moved. Refused, or the hold unreadable, the claim is released.
+async fn drive_unless_held(
+    r: &Request,
+    checked: &payment::Checked,
+    claim: &Claim,
+    now: u64,
+) -> Result<SettleResponse, wit::Error> {
+    match held_for_an_invoice(r, &checked.signed.authorization, now).await {
+        Ok(false) => drive(r, checked, claim).await,
+        Ok(true) => {
+            claim.release().await;
+            Ok(r.failure(InvalidReason::NonceAlreadyUsed, None))
+        }
+        Err(e) => {
+            claim.release().await;
+            Err(e)
+        }
     }
-    drive(r, &checked, &claim).await
 }
 
 /// Whether an invoice's payment holds `authorization` at `now` (kernel `settlement::api_may_settle`).

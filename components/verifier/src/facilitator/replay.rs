@@ -8,7 +8,7 @@ use esim402_core::settlement::{Outcome, Record, Status};
 use esim402_core::x402::{InvalidReason, SettleResponse};
 use esim402_guest::wit;
 
-use super::{Request, answer, drive};
+use super::{Request, answer, drive_unless_held};
 use crate::schemes::payment;
 use crate::sender::receipts::{self, Claim};
 
@@ -97,7 +97,7 @@ pub(super) async fn replay(
             )
             .await;
             match verified {
-                Ok(Ok(checked)) => drive(r, &checked, &claim).await,
+                Ok(Ok(checked)) => drive_unless_held(r, &checked, &claim, now).await,
                 Ok(Err(reason)) => {
                     claim.release().await;
                     Ok(r.failure(reason, None))

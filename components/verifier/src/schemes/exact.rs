@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use esim402_core::settlement::{self, Outcome, Record, Replay};
-use esim402_core::x402::exact::{SignedAuthorization, requirement_asset};
+use esim402_core::x402::exact::{SignedAuthorization, requirement_asset, valid_before_in_reach};
 use esim402_core::x402::requirements::{requirements_v2, select_requirements};
 use esim402_core::x402::{InvalidReason, PaymentPayload, PaymentRequirements};
 use esim402_guest::convert::{internal, invalid};
@@ -114,6 +114,18 @@ fn verified(payer: alloy_primitives::Address, p: &Payment, claimed: bool) -> wit
     }
 }
 
+/// A payment of our invoice expires within its requirement's `maxTimeoutSeconds` (kernel
+/// `valid_before_in_reach`): a failed settlement stays pending until its authorization expires, so one signed
+/// never to expire would keep the order pending for ever. The facilitator API keeps the references' answers.
+fn in_reach(p: &Payment, checked: &Checked) -> Result<(), wit::Error> {
+    let valid_before = checked.signed.authorization.valid_before;
+    if valid_before_in_reach(valid_before, p.requirements.max_timeout_seconds, p.now) {
+        Ok(())
+    } else {
+        Err(rejected(InvalidReason::ValidBefore))
+    }
+}
+
 /// The payer `verify` recovered for this very payload (same fingerprint, same network), if `verified` says so.
 fn signer_known(verified: &wit::Verified, p: &Payment) -> Option<alloy_primitives::Address> {
     (verified.proof == p.fingerprint && verified.network == p.chain.network.caip2())
@@ -154,6 +166,7 @@ impl Scheme for Exact {
         match payment::verify(&p.chain, signer, &p.payload, &p.requirements, p.now).await? {
             Ok(_) if other => Err(already_settled()),
             Ok(checked) => {
+                in_reach(&p, &checked)?;
                 // Before the gateway orders anything: the authorization is this invoice's alone, and the
                 // payer's balance covers it on top of its other payments in flight (kernel `hold`).
                 let auth = &checked.signed.authorization;
@@ -161,12 +174,20 @@ impl Scheme for Exact {
                     .await?;
                 // Looked at again once held: the facilitator API claims an authorization before it looks for
                 // a hold (`facilitator::settle_request`), so one of the two sees the other, and it is never
-                // settled there while this invoice's order is placed.
-                if let Existing::Other = p.existing().await? {
-                    crate::holds::release(&p.chain, p.asset(), auth, &p.id, p.now).await?;
-                    return Err(already_settled());
+                // settled there while this invoice's order is placed. Unreadable, the hold is ended too (else
+                // it would count against the payer's balance and refuse `/settle` until it lapses).
+                match p.existing().await {
+                    Ok(Existing::Other) => {
+                        crate::holds::release(&p.chain, p.asset(), auth, &p.id, p.now).await?;
+                        Err(already_settled())
+                    }
+                    Err(e) => {
+                        let _ =
+                            crate::holds::release(&p.chain, p.asset(), auth, &p.id, p.now).await;
+                        Err(e)
+                    }
+                    Ok(_) => Ok(verified(checked.payer, &p, false)),
                 }
-                Ok(verified(checked.payer, &p, false))
             }
             Err(reason) => Err(rejected(reason)),
         }
@@ -193,6 +214,7 @@ impl Scheme for Exact {
         let known = signer_known(verified, &p);
         let checked = payment::check(&p.chain, &p.payload, &p.requirements, p.now, known)
             .map_err(rejected)?;
+        in_reach(&p, &checked)?;
         let key = checked.nonce_key(&p.chain);
         let holder = util::holder_token().map_err(internal)?;
         let record = Record::claimed(

@@ -19,8 +19,12 @@ use super::{fees, nonces, plug};
 use crate::chain::Chain;
 use crate::rpc::Batch;
 
-/// At most this many of the oldest reservations are looked at per call (one store read each).
-const MAX_LOOKED_AT: usize = 8;
+/// At most this many of the oldest reservations are looked at per call (one store read each): the old ones
+/// whose transactions are recorded (still in the node's pool, below its pending count) are skipped on the way.
+const MAX_LOOKED_AT: usize = 32;
+
+/// At most this many orphans are filled per call.
+const MAX_FILLED: usize = 8;
 
 /// Fill the orphaned nonces of `signer` at or above the node's pending count (see the module docs). Best
 /// effort: nothing is read from the chain unless the store shows an orphan, and a failure only leaves the
@@ -41,6 +45,9 @@ pub async fn heal_gaps(chain: &Chain, signer: &SigningKey, now: u64) {
         .into_iter()
         .take(MAX_LOOKED_AT)
     {
+        if orphans.len() == MAX_FILLED {
+            break;
+        }
         if !rebroadcast::names(&owner, address, nonce).await {
             orphans.push((nonce, owner));
         }

@@ -61,6 +61,23 @@ mod abi {
 /// Seconds `validBefore` must lie beyond `now` (one block of buffer, reference check 9).
 pub const VALID_BEFORE_BUFFER_SECS: u64 = 6;
 
+/// Seconds of clock skew a payer's `validBefore` may lie beyond `now + maxTimeoutSeconds` in a payment of our
+/// own invoice ([`valid_before_in_reach`]).
+pub const VALID_BEFORE_SKEW_SECS: u64 = 60;
+
+/// Whether `valid_before` lies no later than `now + max_timeout_seconds +` [`VALID_BEFORE_SKEW_SECS`]: the
+/// bound on a payment of our own invoice (the public facilitator API answers as the references do, with no
+/// upper bound). A settlement whose transaction reverted or was dropped with its authorization unused stays
+/// pending while the authorization may still execute, up to its `validBefore`: unbounded, a payer could sign
+/// one that never expires, empty its wallet before our transaction, keep its order pending for ever and hold
+/// a free option to pay later. The reference clients sign `now + maxTimeoutSeconds`.
+pub fn valid_before_in_reach(valid_before: U256, max_timeout_seconds: u64, now: u64) -> bool {
+    let latest = U256::from(now)
+        .saturating_add(U256::from(max_timeout_seconds))
+        .saturating_add(U256::from(VALID_BEFORE_SKEW_SECS));
+    valid_before <= latest
+}
+
 /// A parsed EIP-3009 authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransferAuthorization {
@@ -105,6 +122,47 @@ pub fn parse_decimal_u256(s: &str) -> Option<U256> {
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
     hex::decode(s.strip_prefix("0x")?).ok()
+}
+
+impl ExactEvmPayload {
+    /// The same payload with every field that parses as verification parses it written in one spelling, the
+    /// one the reference clients (TypeScript, Python) send: EIP-55 checksummed addresses, decimal numbers
+    /// without leading zeros, and lower-case `0x` hex for the nonce and the signature, whose recovery byte
+    /// `v` of a 65-byte signature is 27/28 (`0x1b`/`0x1c`; 0/1 are read as 27/28 by verification and
+    /// settlement alike). Fields that do not parse stay as sent (verification refuses them). Two payloads
+    /// with equal canonical forms verify and settle alike.
+    pub fn canonical(&self) -> Self {
+        let address =
+            |s: &str| parse_address(s).map_or_else(|_| s.to_owned(), |a| a.to_checksum(None));
+        let number =
+            |s: &str| parse_decimal_u256(s).map_or_else(|| s.to_owned(), |n| n.to_string());
+        let a = &self.authorization;
+        let nonce = parse_hex(&a.nonce)
+            .filter(|b| b.len() == 32)
+            .map_or_else(|| a.nonce.clone(), |b| format!("0x{}", hex::encode(b)));
+        let signature = parse_hex(&self.signature)
+            .filter(|b| !b.is_empty())
+            .map_or_else(
+                || self.signature.clone(),
+                |mut b| {
+                    if b.len() == 65 && b[64] < 2 {
+                        b[64] += 27;
+                    }
+                    format!("0x{}", hex::encode(b))
+                },
+            );
+        Self {
+            signature,
+            authorization: Authorization {
+                from: address(&a.from),
+                to: address(&a.to),
+                value: number(&a.value),
+                valid_after: number(&a.valid_after),
+                valid_before: number(&a.valid_before),
+                nonce,
+            },
+        }
+    }
 }
 
 impl TransferAuthorization {

@@ -1150,3 +1150,21 @@ fn payments_that_move_no_money_are_refused() {
     // The same payment to someone else verifies.
     assert_eq!(verify(&good(), &requirements()), Ok(payer()));
 }
+
+#[test]
+fn valid_before_in_reach_bounds_an_invoice_payments_window() {
+    // `now + maxTimeoutSeconds` (what the reference clients sign) and up to a minute of skew beyond it pass.
+    assert!(valid_before_in_reach(U256::from(NOW + 300), 300, NOW));
+    assert!(valid_before_in_reach(U256::from(NOW + 360), 300, NOW));
+    assert!(valid_before_in_reach(U256::from(NOW), 300, NOW));
+    // One second more, or an authorization that never expires, does not.
+    assert!(!valid_before_in_reach(U256::from(NOW + 361), 300, NOW));
+    assert!(!valid_before_in_reach(U256::MAX, 300, NOW));
+    // No overflow at the ends of the ranges.
+    assert!(!valid_before_in_reach(U256::MAX, u64::MAX, u64::MAX));
+    assert!(valid_before_in_reach(
+        U256::from(u64::MAX),
+        u64::MAX,
+        u64::MAX
+    ));
+}

@@ -413,54 +413,6 @@ impl PaymentPayload {
     }
 }
 
-/// `0x`-prefixed hex, decoded (the `0x` is required, as verification requires it).
-fn decode_0x_hex(s: &str) -> Option<Vec<u8>> {
-    hex::decode(s.strip_prefix("0x")?).ok()
-}
-
-impl ExactEvmPayload {
-    /// The same payload with every field that parses as verification parses it written in one spelling, the
-    /// one the reference clients (TypeScript, Python) send: EIP-55 checksummed addresses, decimal numbers
-    /// without leading zeros, and lower-case `0x` hex for the nonce and the signature, whose recovery byte
-    /// `v` of a 65-byte signature is 27/28 (`0x1b`/`0x1c`; 0/1 are read as 27/28 by verification and
-    /// settlement alike). Fields that do not parse stay as sent (verification refuses them). Two payloads
-    /// with equal canonical forms verify and settle alike.
-    pub fn canonical(&self) -> Self {
-        let address = |s: &str| {
-            crate::chain::parse_address(s).map_or_else(|_| s.to_owned(), |a| a.to_checksum(None))
-        };
-        let number = |s: &str| {
-            super::exact::parse_decimal_u256(s).map_or_else(|| s.to_owned(), |n| n.to_string())
-        };
-        let a = &self.authorization;
-        let nonce = decode_0x_hex(&a.nonce)
-            .filter(|b| b.len() == 32)
-            .map_or_else(|| a.nonce.clone(), |b| format!("0x{}", hex::encode(b)));
-        let signature = decode_0x_hex(&self.signature)
-            .filter(|b| !b.is_empty())
-            .map_or_else(
-                || self.signature.clone(),
-                |mut b| {
-                    if b.len() == 65 && b[64] < 2 {
-                        b[64] += 27;
-                    }
-                    format!("0x{}", hex::encode(b))
-                },
-            );
-        Self {
-            signature,
-            authorization: Authorization {
-                from: address(&a.from),
-                to: address(&a.to),
-                value: number(&a.value),
-                valid_after: number(&a.valid_after),
-                valid_before: number(&a.valid_before),
-                nonce,
-            },
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct Versioned<'a, T> {
     #[serde(rename = "x402Version")]

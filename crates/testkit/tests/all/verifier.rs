@@ -3728,3 +3728,195 @@ async fn a_reverted_settlement_stays_pending_while_its_published_authorization_m
     assert_eq!(record["executed_by"], theirs.to_string());
     assert_eq!(node.sent().len(), 1, "nothing sent again");
 }
+
+/// A payment of our invoice whose authorization expires later than its requirement's `maxTimeoutSeconds`
+/// (plus a minute of clock skew) from now is refused: a settlement that reverts with its authorization unused
+/// stays pending until the authorization expires, so a payer signing one that never does (and moving its money
+/// out just before our transaction) kept its order pending for ever, with a free option to pay later. The
+/// public `/verify` still answers what the references answer.
+#[tokio::test]
+async fn an_invoice_payment_whose_authorization_outlives_its_timeout_is_refused() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(123, None);
+    let mut p = pay(&inv);
+    p.auth.valid_before = U256::MAX;
+    let refused = E::PaymentRequired("invalid_exact_evm_payload_authorization_valid_before".into());
+    assert_eq!(verify(&mut kit, &inv, p.v2()).await, Err(refused.clone()));
+    assert!(
+        live_keys(&kit, "x402/hold/").await.is_empty(),
+        "nothing held"
+    );
+    assert_eq!(settle(&mut kit, &inv, p.v2()).await, Err(refused));
+    assert!(
+        kit.kv_get(&p.nonce_key()).await.is_none(),
+        "nothing claimed"
+    );
+    assert!(node.sent().is_empty());
+    let got = facilitator_verify(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(got["isValid"], true, "{got}");
+    // What the reference clients sign (`now + maxTimeoutSeconds`), with a minute of skew, is paid.
+    p.auth.valid_before = U256::from(now() + p.accepted.max_timeout_seconds + 60);
+    verify(&mut kit, &inv, p.v2()).await.unwrap();
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    assert_eq!(got, Ok(S::Settled(keccak256(&node.sent()[0]).to_string())));
+}
+
+/// `/settle` taking over an API claim abandoned before it looked for a hold looks for one too: an
+/// authorization an invoice's payment holds is that invoice's to settle. Before, the takeover broadcast it, and
+/// the invoice's own settlement was refused as "already settled" while its money moved.
+#[tokio::test]
+async fn the_facilitator_api_refuses_a_held_authorization_after_taking_over_an_abandoned_claim() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    let inv = invoice(124, None);
+    let p = pay(&inv);
+    verify(&mut kit, &inv, p.v2()).await.unwrap();
+    let at = now() - 600;
+    let abandoned = json!({"status": "claimed", "network": "eip155:31337",
+        "payer": payer().to_checksum(None), "claim": p.nonce_key(), "holder": "gone", "claimed_at": at,
+        "transaction": null, "updated_at": at});
+    kit.kv_put(&p.nonce_key(), abandoned.to_string().as_bytes())
+        .await;
+    let got = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(got["success"], false, "{got}");
+    assert_eq!(
+        got["errorReason"], "invalid_exact_evm_nonce_already_used",
+        "{got}"
+    );
+    assert!(node.sent().is_empty());
+    assert!(kit.kv_get(&p.nonce_key()).await.is_none(), "claim released");
+    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
+    assert_eq!(got, S::Settled(keccak256(&node.sent()[0]).to_string()));
+}
+
+/// A `/settle` that cannot read the balance holds after claiming is a 503 that gives its claim back. Before, the
+/// claim stayed, and the same request sent again was `settlement_pending` until the claim's lease ran out.
+#[tokio::test]
+async fn a_facilitator_settle_that_cannot_read_the_holds_gives_its_claim_back() {
+    let node = Arc::new(Node::default());
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut kit = builder(&node)
+        .store(Arc::new(crate::failing_calls("x402/hold/", &failing)))
+        .build()
+        .await
+        .unwrap();
+    let p = pay(&invoice(125, None));
+    failing.store(true, Ordering::SeqCst);
+    let got = facilitator_settle(&mut kit, p.facilitator_body()).await;
+    assert!(matches!(got, Err(E::Unavailable(_))), "{got:?}");
+    assert!(node.sent().is_empty());
+    assert!(kit.kv_get(&p.nonce_key()).await.is_none(), "claim released");
+    failing.store(false, Ordering::SeqCst);
+    let got = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    assert_eq!(got["success"], true, "{got}");
+    assert_eq!(node.sent().len(), 1);
+}
+
+/// Reads of settlement records fail once a balance hold was written.
+struct RecordsUnreadableOnceHeld(Arc<std::sync::atomic::AtomicBool>);
+
+impl esim402_host::kv::wrapped::Hook for RecordsUnreadableOnceHeld {
+    fn before(
+        &self,
+        op: esim402_host::kv::wrapped::Op,
+        key: &str,
+    ) -> esim402_host::kv::KvResult<()> {
+        if op.writes() && key.starts_with("x402/hold/") {
+            self.0.store(true, Ordering::SeqCst);
+        } else if !op.writes() && key.starts_with("x402/nonce/") && self.0.load(Ordering::SeqCst) {
+            return Err(esim402_host::kv::KvError(format!("injected: {key}")));
+        }
+        Ok(())
+    }
+}
+
+/// `verify` looks for a claim again once it placed its hold; a store failure there ends the hold it placed.
+/// Before, the hold stayed (counted against the payer's balance, refusing `/settle`) until it lapsed.
+#[tokio::test]
+async fn a_verify_that_cannot_look_again_once_held_ends_its_hold() {
+    let node = Arc::new(Node::default());
+    let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = esim402_host::kv::wrapped::Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        RecordsUnreadableOnceHeld(held.clone()),
+    );
+    let mut kit = builder(&node).store(Arc::new(store)).build().await.unwrap();
+    let inv = invoice(128, None);
+    let p = pay(&inv);
+    let got = verify(&mut kit, &inv, p.v2()).await;
+    assert!(matches!(got, Err(E::Unavailable(_))), "{got:?}");
+    assert!(held.load(Ordering::SeqCst), "a hold was placed");
+    assert!(live_keys(&kit, "x402/hold/").await.is_empty(), "and ended");
+}
+
+/// A replay's gap filling looks past old reservations whose transactions are recorded (still in the node's
+/// pool, below its pending count) for the orphan a transaction waits behind. Before, it looked at the 8
+/// oldest reservations only, and 8 such in the pool hid the orphan.
+#[tokio::test]
+async fn a_replay_fills_a_nonce_gap_behind_eight_recorded_reservations() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let nonce_state = format!("signer/eip155:31337/{:#x}/nonce", facilitator());
+    // Eight of our transactions in the node's pool, reserved long ago and recorded.
+    let pool = TX_COUNT..TX_COUNT + 8;
+    let n = pool.end;
+    node.set(|c| c.pending_count = Some(n));
+    let mut owners = serde_json::Map::new();
+    let mut reserved_at = serde_json::Map::new();
+    for k in pool {
+        let key = format!(
+            "x402/nonce/eip155:31337/{:#x}/{}",
+            payer(),
+            B256::repeat_byte(k as u8)
+        );
+        let record = json!({"status": "submitted", "network": "eip155:31337",
+            "payer": payer().to_string(), "claim": key, "holder": "h", "claimed_at": now() - 1_000,
+            "transaction": B256::repeat_byte(0xa0 + k as u8).to_string(),
+            "signer": facilitator().to_checksum(None), "signer_nonce": k, "updated_at": now() - 1_000});
+        kit.kv_put(&key, record.to_string().as_bytes()).await;
+        owners.insert(k.to_string(), json!(key));
+        reserved_at.insert(k.to_string(), json!(now() - 1_000));
+    }
+    // Payment A reserved n moments ago, and its request died before recording a transaction.
+    let orphan = pay(&invoice(126, None)).nonce_key();
+    let claimed = json!({"status": "claimed", "network": "eip155:31337", "payer": payer().to_string(),
+        "claim": orphan, "holder": "h", "invoice": "inv_test.126", "claimed_at": now() - 10,
+        "transaction": null, "updated_at": now() - 10});
+    kit.kv_put(&orphan, claimed.to_string().as_bytes()).await;
+    owners.insert(n.to_string(), json!(orphan));
+    reserved_at.insert(n.to_string(), json!(now() - 10));
+    let seeded = json!({"next": n + 1, "pending": [n], "released": [],
+        "owners": owners, "reserved_at": reserved_at});
+    kit.kv_put(&nonce_state, seeded.to_string().as_bytes())
+        .await;
+    // Payment B sends and waits behind n.
+    node.set(|c| c.mining = Mining::Never);
+    let inv = invoice(127, None);
+    let p = pay(&inv);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    let hash = keccak256(&node.sent()[0]);
+    assert_eq!(got, Ok(S::Pending(hash.to_string())));
+    assert_eq!(decode_tx(&node.sent()[0]).tx().nonce, n + 1);
+    // Past the orphan age, B is sent again: the hole is filled with the no-op.
+    let mut state = kv_json(&kit, &nonce_state).await.unwrap();
+    state["reserved_at"][n.to_string()] = json!(now() - 1_000);
+    kit.kv_put(&nonce_state, state.to_string().as_bytes()).await;
+    assert_eq!(
+        settle(&mut kit, &inv, p.v2()).await,
+        Ok(S::Pending(hash.to_string()))
+    );
+    let sent = node.sent();
+    assert_eq!(sent.len(), 2, "one no-op");
+    let noop = decode_tx(&sent[1]);
+    assert_eq!(
+        (noop.tx().nonce, noop.tx().to),
+        (n, TxKind::Call(facilitator()))
+    );
+}
