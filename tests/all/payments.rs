@@ -344,6 +344,19 @@ impl PayStack {
         (status, headers, body)
     }
 
+    /// GET with the SIMs' owner's wallet sign-in.
+    pub async fn get_signed_in(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .header("sign-in-with-x", self.sign_in(path))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// GET with the SIM's remembered access token (if the path addresses one).
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let mut req = self.http.get(format!("{}{path}", self.url));
@@ -1593,15 +1606,10 @@ async fn the_facilitator_api_verifies_and_settles_a_third_party_payment_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_v1_client_pays_with_x_payment_and_reads_x_payment_response() {
-    let s = PayStack::start(&[]).await;
-    // v1 clients read the JSON body of the 402.
-    let (status, _, challenge) = s.post("/v1/esim/activate", &activation(), &[]).await;
-    assert_eq!(status, 402);
-    assert_eq!(challenge["x402Version"], 1);
+/// A payment of a 402 body's first v1 requirement as a v1 client sends it: the requirement, the payload's v2
+/// JSON (its `payload` is what the v1 header carries) and the `X-PAYMENT` value.
+fn v1_payment(challenge: &Value) -> (PaymentRequirements, Value, String) {
     let v1 = &challenge["accepts"][0];
-    assert_eq!(v1["maxAmountRequired"], "420000");
     let req: PaymentRequirements = serde_json::from_value(json!({
         "scheme": "exact", "network": v1["network"], "amount": v1["maxAmountRequired"],
         "asset": v1["asset"], "payTo": v1["payTo"], "maxTimeoutSeconds": v1["maxTimeoutSeconds"],
@@ -1614,12 +1622,23 @@ async fn a_v1_client_pays_with_x_payment_and_reads_x_payment_response() {
         &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, pay.header()).unwrap(),
     )
     .unwrap();
-    let v1_payload = json!({"x402Version": 1, "scheme": "exact", "network": v1["network"],
-                            "payload": v2["payload"]});
     let header = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
-        v1_payload.to_string(),
+        json!({"x402Version": 1, "scheme": "exact", "network": v1["network"], "payload": v2["payload"]})
+            .to_string(),
     );
+    (req, v2, header)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_v1_client_pays_with_x_payment_and_reads_x_payment_response() {
+    let s = PayStack::start(&[]).await;
+    // v1 clients read the JSON body of the 402.
+    let (status, _, challenge) = s.post("/v1/esim/activate", &activation(), &[]).await;
+    assert_eq!(status, 402);
+    assert_eq!(challenge["x402Version"], 1);
+    assert_eq!(challenge["accepts"][0]["maxAmountRequired"], "420000");
+    let (req, _, header) = v1_payment(&challenge);
     let start = s.balance(agent()).await;
     let (status, headers, body) = s
         .post(
@@ -1670,28 +1689,8 @@ async fn a_v1_client_pays_with_x_payment_and_reads_x_payment_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_resumed_v1_payment_answers_without_the_activation_code() {
     let s = PayStack::start(&[("SPIN_VARIABLE_SETTLEMENT_TIMEOUT_MS", "1500")]).await;
-    let (_, challenge) = {
-        let (status, _, c) = s.post("/v1/esim/activate", &activation(), &[]).await;
-        (status, c)
-    };
-    let v1 = &challenge["accepts"][0];
-    let req: PaymentRequirements = serde_json::from_value(json!({
-        "scheme": "exact", "network": v1["network"], "amount": v1["maxAmountRequired"],
-        "asset": v1["asset"], "payTo": v1["payTo"], "maxTimeoutSeconds": v1["maxTimeoutSeconds"],
-        "extra": v1["extra"],
-    }))
-    .unwrap();
-    let mut pay = Payment::for_requirement(&req);
-    pay.auth.valid_after = U256::from(now() - 600);
-    let v2: Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, pay.header()).unwrap(),
-    )
-    .unwrap();
-    let header = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        json!({"x402Version": 1, "scheme": "exact", "network": v1["network"], "payload": v2["payload"]})
-            .to_string(),
-    );
+    let (_, _, challenge) = s.post("/v1/esim/activate", &activation(), &[]).await;
+    let (_, v2, header) = v1_payment(&challenge);
     s.rpc("evm_setAutomine", json!([false])).await;
     let (status, _, body) = s
         .post(
@@ -1743,26 +1742,10 @@ async fn a_resumed_v1_payment_answers_without_the_activation_code() {
         "{done}"
     );
     // The payer finds the SIM and reads its code with its wallet sign-in (an access token would not do).
-    let listed: Value = anyone
-        .get(format!("{}/v1/esim", s.url))
-        .header("sign-in-with-x", s.sign_in("/v1/esim"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, listed) = s.get_signed_in("/v1/esim").await;
     let iccid = listed["sims"][0]["iccid"].as_str().unwrap().to_owned();
     let path = format!("/v1/esim/{iccid}/activation");
-    let sim: Value = anyone
-        .get(format!("{}{path}", s.url))
-        .header("sign-in-with-x", s.sign_in(&path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, sim) = s.get_signed_in(&path).await;
     assert!(
         sim["activation_code"]
             .as_str()
@@ -1789,13 +1772,7 @@ async fn a_resumed_v1_payment_answers_without_the_activation_code() {
     );
     // Terminated, its code is given to nobody.
     assert_eq!(s.terminate(&iccid).await, 200);
-    let r = anyone
-        .get(format!("{}{path}", s.url))
-        .header("sign-in-with-x", s.sign_in(&path))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
+    assert_eq!(s.get_signed_in(&path).await.0, 409);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

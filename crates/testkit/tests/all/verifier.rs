@@ -3570,18 +3570,7 @@ async fn the_facilitator_api_refuses_an_authorization_an_invoice_holds() {
     let inv = invoice(43, None);
     let p = pay(&inv);
     verify(&mut kit, &inv, p.v2()).await.unwrap();
-    let got = facilitator_settle(&mut kit, p.facilitator_body())
-        .await
-        .unwrap();
-    assert_eq!(got["success"], false, "{got}");
-    assert_eq!(
-        got["errorReason"], "invalid_exact_evm_nonce_already_used",
-        "{got}"
-    );
-    assert!(node.sent().is_empty());
-    assert!(kit.kv_get(&p.nonce_key()).await.is_none(), "claim released");
-    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
-    assert_eq!(got, S::Settled(keccak256(&node.sent()[0]).to_string()));
+    api_settle_refused_then_invoice_settles(&mut kit, &node, &inv, &p).await;
 }
 
 /// A `/settle` repeat while the first call's claim is live is `settlement_pending` (its outcome is still to
@@ -3780,9 +3769,18 @@ async fn the_facilitator_api_refuses_a_held_authorization_after_taking_over_an_a
         "transaction": null, "updated_at": at});
     kit.kv_put(&p.nonce_key(), abandoned.to_string().as_bytes())
         .await;
-    let got = facilitator_settle(&mut kit, p.facilitator_body())
-        .await
-        .unwrap();
+    api_settle_refused_then_invoice_settles(&mut kit, &node, &inv, &p).await;
+}
+
+/// `/settle` of `p`, which the invoice `inv` holds: refused as used, nothing sent, its claim released; then the
+/// invoice's own settlement executes it.
+async fn api_settle_refused_then_invoice_settles(
+    kit: &mut Kit,
+    node: &Node,
+    inv: &Invoice,
+    p: &Pay,
+) {
+    let got = facilitator_settle(kit, p.facilitator_body()).await.unwrap();
     assert_eq!(got["success"], false, "{got}");
     assert_eq!(
         got["errorReason"], "invalid_exact_evm_nonce_already_used",
@@ -3790,7 +3788,7 @@ async fn the_facilitator_api_refuses_a_held_authorization_after_taking_over_an_a
     );
     assert!(node.sent().is_empty());
     assert!(kit.kv_get(&p.nonce_key()).await.is_none(), "claim released");
-    let got = settle(&mut kit, &inv, p.v2()).await.unwrap();
+    let got = settle(kit, inv, p.v2()).await.unwrap();
     assert_eq!(got, S::Settled(keccak256(&node.sent()[0]).to_string()));
 }
 
