@@ -62,17 +62,7 @@ pub(super) async fn replay(
                 return Ok(r.failure(InvalidReason::NonceAlreadyUsed, Some(hash)));
             };
             let record_claimed_apart = record.success_claimed_apart;
-            let claim = Claim {
-                record_key: record.claim.clone(),
-                claim: record.claim,
-                holder: record.holder,
-                keys: Vec::new(),
-                version: std::cell::Cell::new(None),
-            };
-            // A nonce gap our transaction may wait behind is filled here too (no send may come to fill it).
-            if let Ok(signer) = r.cfg.signer() {
-                crate::sender::heal_gaps(&r.chain, signer, now).await;
-            }
+            let claim = Claim::reconciling(&r.chain, r.cfg.signer().ok(), record, now).await;
             let deadline = Instant::now() + r.cfg.settlement_timeout;
             let (outcome, first) = receipts::reconcile(&r.chain, &claim, hash, deadline).await;
             // A record from before successes were claimed apart: its other callers (an earlier build) report

@@ -304,17 +304,7 @@ async fn replay(p: &Payment, record: Record) -> Result<wit::Settlement, wit::Err
         Replay::Failed(reason) => Err(wit::Error::PaymentRequired(reason)),
         Replay::Corrupt => Err(internal("a submitted settlement has no transaction hash")),
         Replay::Reconcile(hash) => {
-            let claim = Claim {
-                record_key: record.claim.clone(),
-                claim: record.claim,
-                holder: record.holder,
-                keys: Vec::new(),
-                version: std::cell::Cell::new(None),
-            };
-            // A nonce gap our transaction may wait behind is filled here too (no send may come to fill it).
-            if let Ok(signer) = p.cfg.signer() {
-                crate::sender::heal_gaps(&p.chain, signer, p.now).await;
-            }
+            let claim = Claim::reconciling(&p.chain, p.cfg.signer().ok(), record, p.now).await;
             let deadline = Instant::now() + p.cfg.settlement_timeout;
             answer(
                 receipts::reconcile(&p.chain, &claim, hash, deadline)

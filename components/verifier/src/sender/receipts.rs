@@ -13,7 +13,7 @@ use alloy_primitives::B256;
 use esim402_core::evm::TransactionReceipt;
 use esim402_core::evm::rpc::EthGetBlockByNumber;
 use esim402_core::evm::{SignedTx, SigningKey};
-use esim402_core::settlement::{self, Outcome, Unexecuted};
+use esim402_core::settlement::{self, Outcome, Record, Unexecuted};
 use esim402_core::store::keys;
 use esim402_core::x402::InvalidReason;
 use esim402_core::x402::exact::{
@@ -56,6 +56,26 @@ pub enum NotSent {
 }
 
 impl Claim {
+    /// The claim a `submitted` record holds, to reconcile its transaction (nothing to release with it), once a
+    /// nonce gap that transaction may wait behind is filled ([`super::heal_gaps`]: no send may come to fill it).
+    pub async fn reconciling(
+        chain: &Chain,
+        signer: Option<&SigningKey>,
+        record: Record,
+        now: u64,
+    ) -> Self {
+        if let Some(signer) = signer {
+            super::heal_gaps(chain, signer, now).await;
+        }
+        Self {
+            record_key: record.claim.clone(),
+            claim: record.claim,
+            holder: record.holder,
+            keys: Vec::new(),
+            version: std::cell::Cell::new(None),
+        }
+    }
+
     /// Take over the abandoned claim `record_key` (kernel `Record::take_over`): `None` if it is live or someone
     /// else took it first. An abandoned claim never reserved an account nonce, so there is nothing to give back.
     pub async fn take_over(
