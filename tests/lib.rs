@@ -69,8 +69,9 @@ pub fn options(kv: StoreConfig) -> LoadOptions {
         CALLBACK_CREDENTIALS_VAR.to_owned(),
         TEST_CALLBACK_CREDENTIALS.to_owned(),
     )]);
-    // One cache for every test binary run, outside the repo's .spin/.
-    opts.cache_dir = Some(std::env::temp_dir().join("esim402-test-cache"));
+    // One cache for every test binary run, outside the repo's .spin/: in the target directory, which is ours
+    // (a fixed name under a shared /tmp could be made first by another user, and it holds compiled code).
+    opts.cache_dir = Some(bin_dir().join("esim402-test-cache"));
     opts
 }
 
@@ -402,9 +403,7 @@ impl AppProcess {
             // to 5 s) until it has reaped them, so their sockets are closed and no zombie is left behind.
             let children = children_of(self.child.id());
             for pid in &children {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
+                esim402_host::devstack::send_signal(*pid, "KILL");
             }
             for _ in 0..100 {
                 if !children.iter().any(|pid| process_exists(*pid)) {
@@ -457,9 +456,7 @@ impl Drop for AppProcess {
             // Already reaped: its PID may belong to someone else by now.
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        esim402_host::devstack::send_signal(self.child.id(), "TERM");
         for _ in 0..100 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;

@@ -365,9 +365,7 @@ fn stop_child(child: &mut Child, grace: Duration, leftovers: &[(u32, String)]) {
     for (pid, cmd) in leftovers {
         if !cmd.is_empty() && cmdline(*pid) == *cmd {
             eprintln!("stopping leftover process {pid} ({cmd})");
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+            esim402_host::devstack::send_signal(*pid, "KILL");
         }
     }
 }
@@ -428,18 +426,14 @@ fn stop_children_on_signal() {
         let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
         for (pid, sig) in &live {
             eprintln!("interrupted: stopping child {pid} (SIG{sig})");
-            let _ = Command::new("kill")
-                .args([format!("-{sig}"), pid.to_string()])
-                .status();
+            esim402_host::devstack::send_signal(*pid, sig);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && live.iter().any(|(p, _)| running(*p)) {
             std::thread::sleep(Duration::from_millis(50));
         }
         for (pid, _) in live.iter().filter(|(p, _)| running(*p)) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+            esim402_host::devstack::send_signal(*pid, "KILL");
         }
         std::process::exit(130);
     });

@@ -442,7 +442,7 @@ async fn esim402_devstack_serves_the_demo_through_spin_up() {
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = esim402_tests::devstack_spin_up(
+    let child = esim402_tests::devstack_spin_up(
         &esim402_tests::bin_dir().join("esim402"),
         &spin,
         &repo_root().join("spin.toml"),
@@ -455,20 +455,7 @@ async fn esim402_devstack_serves_the_demo_through_spin_up() {
     .stderr(log)
     .spawn()
     .unwrap();
-    let stop = |child: &mut std::process::Child| {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        for _ in 0..300 {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    };
+    let mut child = StopOnDrop(child);
     let http = reqwest::Client::new();
     let mut up = false;
     for _ in 0..1800 {
@@ -481,14 +468,14 @@ async fn esim402_devstack_serves_the_demo_through_spin_up() {
             up = true;
             break;
         }
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(_)) = child.0.try_wait() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log_text = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
     if !up {
-        stop(&mut child);
+        child.stop();
         panic!(
             "spin up under esim402 devstack did not serve:\n{}",
             log_text()
@@ -516,7 +503,7 @@ async fn esim402_devstack_serves_the_demo_through_spin_up() {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let status = stop(&mut child);
+    let status = child.stop();
     assert!(
         out.status.success() && stdout.contains("LPA:1$"),
         "demo: {stdout}\n{}\n{}",
@@ -695,4 +682,34 @@ async fn a_second_host_on_one_sqlite_file_is_refused_unless_both_share_it() {
         format!("{err:#}").contains("ESIM402_SQLITE_LOCKING"),
         "{err:#}"
     );
+}
+
+/// A child (`esim402 devstack -- spin up`) stopped when dropped, also when an assertion panics first: SIGTERM
+/// (which stops `spin up` and then the dev stack's servers), up to 15 s, then SIGKILL. Before, a failing
+/// assertion left the whole stack running after the test binary exited.
+struct StopOnDrop(std::process::Child);
+
+impl StopOnDrop {
+    /// Stop it now: its exit status, `None` if it had to be killed.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            return Some(status);
+        }
+        esim402_host::devstack::send_signal(self.0.id(), "TERM");
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        None
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -388,9 +388,7 @@ pub fn stop_child(child: &mut Child, signal: &str, grace: Duration) -> bool {
     if let Ok(Some(_)) = child.try_wait() {
         return true;
     }
-    let _ = Command::new("kill")
-        .args([format!("-{signal}"), child.id().to_string()])
-        .status();
+    send_signal(child.id(), signal);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -403,6 +401,21 @@ pub fn stop_child(child: &mut Child, signal: &str, grace: Duration) -> bool {
     false
 }
 
+/// Send `signal` (`"TERM"`, `"INT"`, `"KILL"`; anything else is TERM) to process `pid` through the kill system
+/// call, not a `kill` binary (a minimal image may lack procps, and then no stop was ever sent). A process that is
+/// gone already is no error. Also used by the tests and benchmarks to stop what they start.
+pub fn send_signal(pid: u32, signal: &str) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let signal = match signal {
+        "INT" => Signal::INT,
+        "KILL" => Signal::KILL,
+        _ => Signal::TERM,
+    };
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, signal);
+    }
+}
+
 /// Spawn `cmd`, wait (up to 10 s) for the stdout line starting with `prefix` and return the rest of it (e.g.
 /// the address a server bound on port 0). Stdout keeps being drained so the child never blocks on a full pipe;
 /// stderr is whatever `cmd` sets (inherited by default). Also used by the tests and benchmarks to start peers.
@@ -411,7 +424,7 @@ pub fn spawn_announcing(cmd: &mut Command, prefix: &str) -> anyhow::Result<(Chil
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
+        .with_context(|| format!("cannot start {}", described(cmd)))?;
     let stdout = child.stdout.take().context("child stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     let prefix = prefix.to_owned();
@@ -432,14 +445,28 @@ pub fn spawn_announcing(cmd: &mut Command, prefix: &str) -> anyhow::Result<(Chil
             return Ok((child, v));
         }
         if let Ok(Some(status)) = child.try_wait() {
-            bail!("{cmd:?} exited with {status} before it was ready");
+            bail!(
+                "{} exited with {status} before it was ready",
+                described(cmd)
+            );
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{cmd:?} did not become ready within 10 s");
+            bail!("{} did not become ready within 10 s", described(cmd));
         }
     }
+}
+
+/// `cmd` for an error message: its program and arguments, never its environment (a `Command`'s `Debug` shows
+/// the variables set on it, and the dev stack hands the simulators their callback credentials that way).
+fn described(cmd: &Command) -> String {
+    let mut out = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        out.push(' ');
+        out.push_str(&arg.to_string_lossy());
+    }
+    out
 }
 
 impl Drop for DevStack {
@@ -458,6 +485,28 @@ impl Drop for DevStack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child that fails to start is named by its program and arguments, never its environment, where the
+    /// dev stack hands the simulators their callback credentials (a `Command`'s `Debug` shows it).
+    #[test]
+    fn a_child_that_fails_is_named_without_its_environment() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 3"])
+            .env("SMDP_SIM_CALLBACK_CREDENTIALS", "tmobile=supersecretvalue");
+        let e = format!("{:#}", spawn_announcing(&mut cmd, "ready ").unwrap_err());
+        assert!(!e.contains("supersecretvalue"), "{e}");
+        assert!(
+            e.contains("sh -c exit 3") && e.contains("before it was ready"),
+            "{e}"
+        );
+        let mut missing = Command::new("/nonexistent/esim402-peer");
+        missing.env("KEY", "supersecretvalue");
+        let e = format!(
+            "{:#}",
+            spawn_announcing(&mut missing, "ready ").unwrap_err()
+        );
+        assert!(!e.contains("supersecretvalue"), "{e}");
+    }
 
     #[test]
     fn the_stack_counts_the_dotenv_it_is_given_under_the_environment() {

@@ -228,7 +228,7 @@ async fn devstack(
         () = shutdown_signal() => {
             // Pass the stop on (by PID) and give the command time to finish.
             if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+                esim402_host::devstack::send_signal(pid, "TERM");
             }
             match tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await {
                 Ok(status) => status?.code().unwrap_or(1),
@@ -305,7 +305,7 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
             eprintln!(
                 "Watch a balance move (activation, simulated usage, 402, paid top-up, quota again):\n  \
                  tools/.venv/bin/python scripts/demo_metering.py --url http://{addr}\n  \
-                 or: curl -X POST {traffic}/admin/usage -d '{{\"iccid\":\"<iccid>\",\"bytes\":500000}}'; \
+                 or: curl -X POST {traffic}/admin/usage --json '{{\"iccid\":\"<iccid>\",\"bytes\":500000}}'; \
                  curl -H 'Authorization: Bearer <access_token>' http://{addr}/v1/esim/<iccid>/balance"
             );
         }

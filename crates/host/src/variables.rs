@@ -141,8 +141,29 @@ pub fn dotenv_in(dir: &Path) -> anyhow::Result<HashMap<String, String>> {
     }
     dotenvy::from_path_iter(&path)
         .with_context(|| format!("cannot read {}", path.display()))?
-        .map(|item| item.with_context(|| format!("malformed line in {}", path.display())))
+        .map(|item| item.map_err(|e| dotenv_error(&path, e)))
         .collect()
+}
+
+/// A `.env` error that names the file and the line, never the line's text: dotenvy's own message quotes the
+/// whole line, which may hold a secret (`SPIN_VARIABLE_FACILITATOR_PRIVATE_KEY="0x…` without its closing quote).
+fn dotenv_error(path: &Path, e: dotenvy::Error) -> anyhow::Error {
+    match e {
+        dotenvy::Error::LineParse(text, at) => {
+            let line = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|all| {
+                    all.lines()
+                        .position(|l| text.starts_with(l) && !l.is_empty())
+                })
+                .map_or_else(String::new, |n| format!(" line {},", n + 1));
+            anyhow::anyhow!(
+                "malformed .env entry in {}:{line} at character {at} (its text is not shown: it may hold a secret)",
+                path.display()
+            )
+        }
+        other => anyhow::anyhow!("cannot read {}: {other}", path.display()),
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +212,21 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
         // The environment still wins over the file.
         let r = resolve_in(&m, &env, dir.path()).unwrap();
         assert_eq!(r.per_component["a"]["token"], "s3cret");
+    }
+
+    /// A malformed `.env` line is named by its number, never quoted: dotenvy's message quotes the whole line,
+    /// a secret's value with it.
+    #[test]
+    fn a_malformed_env_line_is_named_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "SPIN_VARIABLE_REGION=eu-central\nSPIN_VARIABLE_FACILITATOR_PRIVATE_KEY=\"0xdeadbeefsecret\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", dotenv_in(dir.path()).unwrap_err());
+        assert!(!e.contains("deadbeefsecret"), "{e}");
+        assert!(e.contains(".env") && e.contains("line 2"), "{e}");
     }
 
     /// The half of [`dotenv_is_the_current_directorys_as_in_spin`] run in its child process; inert elsewhere.
