@@ -778,7 +778,9 @@ async fn manual_download_and_failure_with_retried_callbacks() {
 
 #[test]
 fn refuses_public_address_without_flag() {
-    let mut child = command(&["--listen", "0.0.0.0:0"])
+    // A documentation address (RFC 5737) this machine cannot bind: were the refusal ever lost, the bind would
+    // fail at once instead of serving on every interface while this test waits for the child to exit.
+    let mut child = command(&["--listen", "192.0.2.1:0"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
