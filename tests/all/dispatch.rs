@@ -353,6 +353,61 @@ async fn a_lost_reply_is_recovered_and_returned_to_the_pool() {
     s.app.stop().await;
 }
 
+/// The simulator's device starts downloading as soon as ConfirmOrder executes, so with a slow reply its
+/// callbacks reach the host while our record is still pending. The SM-DP+ never resends a notification we
+/// answered 204: they must count (before, they were dropped, the SIM stayed `released`, and a switch's old SIM
+/// stayed in service for good).
+#[tokio::test]
+async fn callbacks_that_arrive_before_the_confirms_answer_are_kept() {
+    let s = stack("5000").await;
+    let mut kit = s.dispatch("5000").await;
+    let old = order(&mut kit, None, "inv-early-old").await.unwrap();
+    assert_eq!(old.carrier, "tmobile");
+    for op in ["tmobile", "att"] {
+        s.sim(
+            reqwest::Method::PUT,
+            &format!("/admin/operators/{op}/faults"),
+            Some(json!({"reply_delay_ms": 1500})),
+        )
+        .await;
+    }
+
+    // A plain order: delivered already installed, and it stays so.
+    let sim = order(&mut kit, None, "inv-early").await.unwrap();
+    assert_eq!(sim.carrier, "tmobile");
+    assert_eq!(sim.profile_state, types::ProfileState::Installed);
+    let (_, body) = s.get(&format!("/v1/esim/{}", sim.iccid)).await;
+    assert_eq!(
+        (body["state"].as_str(), body["profile_state"].as_str()),
+        (Some("active"), Some("installed")),
+        "{body}"
+    );
+
+    // A switch: its replacement installed before the switch delivered it, the old SIM leaves service.
+    let id = old.iccid.clone();
+    let new = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_perform_switch(
+                    a,
+                    id,
+                    types::SwitchTarget::Carrier("att".into()),
+                    "inv-early-switch".into(),
+                    1_764_000_100,
+                )
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.carrier, "att");
+    assert_eq!(new.profile_state, types::ProfileState::Installed);
+    let (_, body) = s.get(&format!("/v1/esim/{}", old.iccid)).await;
+    assert_eq!(body["state"], "terminated", "{body}");
+    assert_eq!(body["replaced_by"].as_str(), Some(new.iccid.as_str()));
+    s.app.stop().await;
+}
+
 #[tokio::test]
 async fn the_host_denies_a_carrier_endpoint_outside_allowed_outbound_hosts() {
     // The app's catalog points T-Mobile's ES2+ at a host that spin.toml does not allow; the order itself is

@@ -71,7 +71,9 @@ pub fn header(carrier: &Carrier, fci: &str) -> RequestHeader {
     }
 }
 
-/// Call, and on a transport failure repeat the same call id once.
+/// Call, and on a transport failure repeat the same call id once. The failure reported is the last, unless a
+/// retry that never reached the SM-DP+ follows a try that may have been executed: that one is reported
+/// (`Transport::may_have_executed`), so the caller still learns the call may have taken effect.
 pub async fn call_twice<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
     cfg: &Config,
     carrier: &Carrier,
@@ -80,17 +82,22 @@ pub async fn call_twice<Req: serde::Serialize, Resp: serde::de::DeserializeOwned
     deadline: Deadline,
 ) -> Result<Resp, Transport> {
     let base = carrier.es2_url(&cfg.smdp_base);
-    let mut last = Transport::Timeout;
+    let mut last: Option<Transport> = None;
     for _ in 0..2 {
         let Some(timeout) = deadline.next_call() else {
             break;
         };
         match es2_client::call(&base, path, body, timeout).await {
             Ok(r) => return Ok(r),
-            Err(e) => last = e,
+            Err(e) => {
+                last = Some(match last {
+                    Some(prev) if prev.may_have_executed() && !e.may_have_executed() => prev,
+                    _ => e,
+                });
+            }
         }
     }
-    Err(last)
+    Err(last.unwrap_or(Transport::Timeout))
 }
 
 /// CancelOrder (`retire`: the profile may never be downloaded again) within one call timeout; if it cannot be

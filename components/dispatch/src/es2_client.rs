@@ -17,8 +17,12 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 pub enum Transport {
     /// No answer within the deadline.
     Timeout,
-    /// Refused before sending (`allowed_outbound_hosts`) or a connection failure.
+    /// A connection failure that may come after the request was sent (lost or reset connection, a broken
+    /// response, an HTTP protocol error).
     Unreachable(String),
+    /// Refused before sending (`allowed_outbound_hosts`), or failed resolving or connecting: the SM-DP+ never
+    /// saw the request (`PostError::never_sent`).
+    NotSent(String),
     /// An HTTP status other than 200.
     Status(u16),
     /// A 200 whose body is not the function's response.
@@ -29,10 +33,19 @@ impl std::fmt::Display for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Timeout => f.write_str("timeout"),
-            Self::Unreachable(m) => write!(f, "unreachable ({m})"),
+            Self::Unreachable(m) | Self::NotSent(m) => write!(f, "unreachable ({m})"),
             Self::Status(s) => write!(f, "HTTP {s}"),
             Self::Malformed(m) => write!(f, "malformed response ({m})"),
         }
+    }
+}
+
+impl Transport {
+    /// Whether the SM-DP+ may have executed the call: all but [`Transport::NotSent`]. An HTTP error status
+    /// counts as may-have: a proxy in front of the SM-DP+ answers 5xx (503 too) after forwarding the request
+    /// when the SM-DP+'s connection breaks, so it does not prove that nothing was executed.
+    pub fn may_have_executed(&self) -> bool {
+        !matches!(self, Self::NotSent(_))
     }
 }
 
@@ -56,7 +69,10 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
             json,
         )
         .await
-        .map_err(|e| Transport::Unreachable(e.to_string()))?;
+        .map_err(|e| match e.never_sent() {
+            true => Transport::NotSent(e.to_string()),
+            false => Transport::Unreachable(e.to_string()),
+        })?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(Transport::Status(status));

@@ -102,14 +102,17 @@ async fn try_carrier(
         match call_twice(cfg, carrier, es2::DOWNLOAD_ORDER_PATH, &body, deadline).await {
             Ok(r) => r,
             Err(t) => {
-                // The carrier may have allocated a profile we never heard about: find out later and return it.
-                queue::enqueue(order::Cleanup::LostDownload {
-                    carrier: id.clone(),
-                    fci: download_fci,
-                    profile_type: carrier.profile_type.clone(),
-                    eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
-                })
-                .await;
+                // The carrier may have allocated a profile we never heard about: find out later and return it
+                // (not for a call that never reached it: a replay would allocate one only to cancel it).
+                if t.may_have_executed() {
+                    queue::enqueue(order::Cleanup::LostDownload {
+                        carrier: id.clone(),
+                        fci: download_fci,
+                        profile_type: carrier.profile_type.clone(),
+                        eid: spec.eid.as_ref().map(|e| e.as_str().to_owned()),
+                    })
+                    .await;
+                }
                 return Err(Skip::Next(format!("{id}: DownloadOrder {t}")));
             }
         };

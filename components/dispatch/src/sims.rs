@@ -303,7 +303,7 @@ pub async fn download_progress(body: &str, credential: Option<&str>) -> Result<(
 /// The replacement `new` is installed: the SIM it replaces, `old`, leaves service if it still names `new` as
 /// its replacement and `new` is live (kernel `order::retire_replaced`, inside the old record's cell update),
 /// and its profile is retired at the SM-DP+ as a terminate's is.
-async fn retire_replaced_sim(old: &str, new: &StoredSim) -> Result<(), wit::Error> {
+pub async fn retire_replaced_sim(old: &str, new: &StoredSim) -> Result<(), wit::Error> {
     let Ok(old) = Iccid::parse(old) else {
         return Ok(());
     };

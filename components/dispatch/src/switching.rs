@@ -5,7 +5,7 @@
 //! and names the replacement only while that claim holds (kernel `order::claim_switch`, `order::settle_switch`,
 //! each inside the record's cell update).
 
-use esim402_core::esim::Eid;
+use esim402_core::esim::{Eid, ProfileState};
 use esim402_core::order::{
     self, StoredSim, SwitchError, SwitchStart, SwitchTarget, claim_switch, settle_switch,
     start_switch,
@@ -19,7 +19,7 @@ use esim402_guest::wit;
 use crate::config::Config;
 use crate::ordering;
 use crate::sim_store::{load, parse_iccid};
-use crate::sims::{existing, not_sold};
+use crate::sims::{existing, not_sold, retire_replaced_sim};
 use crate::spec::{OrderSpec, serving};
 
 fn target(t: &wit::SwitchTarget) -> SwitchTarget {
@@ -171,6 +171,18 @@ pub async fn perform_switch(
             "dispatch: ALERT: SIM {} replaces SIM {iccid}, which does not name it ({why}): its installation \
              will not retire SIM {iccid}",
             new.iccid
+        );
+    }
+    // The device may have reported the installation before the switch named its SIM (the callback found the
+    // replacement still pending, kernel `order::progress_after`): the old SIM leaves service now. Best effort:
+    // the replacement is delivered either way.
+    if new.profile_state == Some(ProfileState::Installed)
+        && let Err(e) = retire_replaced_sim(&old.iccid, &new).await
+    {
+        eprintln!(
+            "dispatch: SIM {} is installed, but SIM {iccid} it replaces is not retired: {}",
+            new.iccid,
+            message(&e)
         );
     }
     Ok(sim_to_wit(&new))

@@ -327,6 +327,19 @@ pub fn after_confirm(
                 }
                 Confirmation::Refused => sim.state = SimState::Failed,
             }
+            // A progress callback may land before this write (the device downloads as soon as the SM-DP+
+            // releases the profile, [`progress_after`]): the state it recorded is further along, and kept.
+            if let Some(ahead) = current.and_then(|c| c.profile_state).filter(|p| {
+                matches!(
+                    p,
+                    ProfileState::Downloaded
+                        | ProfileState::Installed
+                        | ProfileState::Enabled
+                        | ProfileState::Deleted
+                )
+            }) {
+                sim.profile_state = Some(ahead);
+            }
             AfterConfirm::Store(sim)
         }
         Some(SimState::Terminated) => AfterConfirm::Withdrawn {
@@ -378,8 +391,11 @@ pub fn sweep_may_cancel(current: Option<&StoredSim>, invoice: Option<&str>) -> b
 
 /// The profile state of `sim` after a download-progress notification (point `point`, `status`), or `None`
 /// when nothing changes: a SIM out of service for good (terminated, failed) takes no progress (a late or
-/// repeated notification for a withdrawn SIM must not move it, nor retire what it replaced), and a SIM whose
-/// profile was never released has no download to report on; otherwise `crate::esim::profile_state_after`.
+/// repeated notification for a withdrawn SIM must not move it, nor retire what it replaced); otherwise
+/// `crate::esim::profile_state_after`. A live SIM without a profile state (its confirm not recorded yet: the
+/// device may report before the ConfirmOrder's answer is written, and the SM-DP+ never sends a 204'd
+/// notification again) moves as if from Released on a success at point 3 or later (only a released profile
+/// can be downloaded); anything else (a failure, points 1 and 2) changes nothing on it.
 pub fn progress_after(
     sim: &StoredSim,
     point: u32,
@@ -388,8 +404,12 @@ pub fn progress_after(
     if matches!(sim.state, SimState::Terminated | SimState::Failed) {
         return None;
     }
-    sim.profile_state
-        .and_then(|current| crate::esim::profile_state_after(current, point, status))
+    let current = match sim.profile_state {
+        Some(current) => current,
+        None if status.is_success() && point >= 3 => ProfileState::Released,
+        None => return None,
+    };
+    crate::esim::profile_state_after(current, point, status)
 }
 
 /// The old SIM of a switch, stored as `old`, once its replacement `new` reports its profile installed: taken
@@ -1156,8 +1176,69 @@ mod tests {
             s.state = dead;
             assert_eq!(progress_after(&s, 4, Ok), None, "{dead:?}");
         }
-        // Never released: nothing to report on.
-        assert_eq!(progress_after(&sim(SimState::Pending), 4, Ok), None);
+    }
+
+    /// A callback that arrives before the confirm is recorded (the record still pending, or live without a
+    /// profile state) is not thrown away: a success at point 3 or 4 moves it as if from Released (the SM-DP+
+    /// never resends a notification we answered 204). Failures and points 1, 2 change nothing on it.
+    #[test]
+    fn progress_before_the_confirm_is_recorded_moves_as_if_released() {
+        use crate::esim::es2::ExecutionStatus::{ExecutedSuccess as Ok, Failed};
+        for state in [SimState::Pending, SimState::Active, SimState::Suspended] {
+            let s = sim(state);
+            assert_eq!(s.profile_state, None);
+            assert_eq!(
+                progress_after(&s, 3, Ok),
+                Some(ProfileState::Downloaded),
+                "{state:?}"
+            );
+            assert_eq!(
+                progress_after(&s, 4, Ok),
+                Some(ProfileState::Installed),
+                "{state:?}"
+            );
+            for point in [1, 2] {
+                assert_eq!(progress_after(&s, point, Ok), None, "{state:?} {point}");
+            }
+            for point in [1, 3, 4] {
+                assert_eq!(progress_after(&s, point, Failed), None, "{state:?} {point}");
+            }
+        }
+        for dead in [SimState::Terminated, SimState::Failed] {
+            assert_eq!(progress_after(&sim(dead), 4, Ok), None, "{dead:?}");
+        }
+    }
+
+    /// The confirm's write keeps a profile state a callback recorded first: the driver's copy of the record
+    /// (pending, no profile state) must not put an installed profile back to Released.
+    #[test]
+    fn a_confirm_recorded_after_the_devices_callback_keeps_its_profile_state() {
+        let pending = sim(SimState::Pending);
+        for ahead in [ProfileState::Downloaded, ProfileState::Installed] {
+            let mut current = pending.clone();
+            current.profile_state = Some(ahead);
+            let AfterConfirm::Store(active) = after_confirm(
+                Some(&current),
+                &pending,
+                Confirmation::Released("1$smdp$MID"),
+            ) else {
+                panic!()
+            };
+            assert_eq!(
+                (active.state, active.profile_state),
+                (SimState::Active, Some(ahead))
+            );
+            assert_eq!(active.activation_code.as_deref(), Some("1$smdp$MID"));
+        }
+        // A failed attempt reported first is not "further along": the confirm's Released stands.
+        let mut current = pending.clone();
+        current.profile_state = Some(ProfileState::Error);
+        let AfterConfirm::Store(active) =
+            after_confirm(Some(&current), &pending, Confirmation::Released("c"))
+        else {
+            panic!()
+        };
+        assert_eq!(active.profile_state, Some(ProfileState::Released));
     }
 
     #[test]

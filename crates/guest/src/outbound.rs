@@ -23,6 +23,34 @@ pub enum PostError {
     Http(ErrorCode),
 }
 
+impl PostError {
+    /// Whether the request certainly never reached the peer: refused before sending (an invalid request, a
+    /// host not in `allowed_outbound_hosts`), or failed while resolving or connecting (DNS, connection refused,
+    /// the peer's certificate refused at the handshake). Every other failure may come after the request was
+    /// sent (a connection lost or timed out after sending, a broken response), so the peer may have acted on it.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            Self::Invalid(_)
+                | Self::Http(
+                    ErrorCode::HttpRequestDenied
+                        | ErrorCode::HttpRequestMethodInvalid
+                        | ErrorCode::HttpRequestUriInvalid
+                        | ErrorCode::HttpRequestUriTooLong
+                        | ErrorCode::DnsTimeout
+                        | ErrorCode::DnsError(_)
+                        | ErrorCode::DestinationNotFound
+                        | ErrorCode::DestinationUnavailable
+                        | ErrorCode::DestinationIpProhibited
+                        | ErrorCode::DestinationIpUnroutable
+                        | ErrorCode::ConnectionRefused
+                        | ErrorCode::ConnectionLimitReached
+                        | ErrorCode::TlsCertificateError
+                )
+        )
+    }
+}
+
 /// POST `body` to `url` with `headers` (and its `Content-Length`); the response as it arrives (its body still
 /// to be read).
 pub async fn post(

@@ -347,12 +347,39 @@ pub struct HandleDownloadProgressInfoRequest {
     /// When, as `YYYY-MM-DDThh:mm:ssTZD` (kept as text: the kernel has no clock).
     pub timestamp: String,
     /// 1 eligibility, 2 confirmation failure, 3 BPP download, 4 BPP installation; higher values vary by vendor.
+    /// Read from a JSON number or a decimal string (`"3"`: some SM-DP+s send one, and a refusal would make
+    /// them retry for ever); written as a number.
+    #[serde(deserialize_with = "number_or_decimal")]
     pub notification_point_id: u32,
     /// The outcome at that point.
     pub notification_point_status: NotificationPointStatus,
     /// Base64 DER ProfileInstallationResult.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_data: Option<String>,
+}
+
+/// A `u32` from a JSON number or a string of decimal digits (no sign, no spaces).
+fn number_or_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = u32;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative integer, as a number or a decimal string")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::custom("out of range"))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::custom("out of range"))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u32, E> {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(E::invalid_value(serde::de::Unexpected::Str(v), &self));
+            }
+            v.parse().map_err(|_| E::custom("out of range"))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// A subject/reason status code pair such as `8.2.5/3.7`.
@@ -721,6 +748,44 @@ mod tests {
         assert_eq!(serde_json::to_value(&info).unwrap(), body);
         let bad: Value = json!({"iccid": "8944478600003770170"});
         assert!(serde_json::from_value::<HandleDownloadProgressInfoRequest>(bad).is_err());
+    }
+
+    /// Some SM-DP+s send `notificationPointId` as a decimal string: read like the number (a 400 would make the
+    /// SM-DP+ retry for ever), written back as a number; anything else that is not a u32 is still refused.
+    #[test]
+    fn a_notification_point_id_sent_as_a_decimal_string_is_read() {
+        let body = |id: Value| {
+            json!({"iccid": "8944478600003770170", "profileType": "tmo-iot-data",
+                "timestamp": "2025-11-24T12:00:00Z", "notificationPointId": id,
+                "notificationPointStatus": {"status": "Executed-Success"}})
+        };
+        for (id, want) in [(json!("3"), 3), (json!("101"), 101), (json!(4), 4)] {
+            let info: HandleDownloadProgressInfoRequest =
+                serde_json::from_value(body(id.clone())).unwrap();
+            assert_eq!(info.notification_point_id, want, "{id}");
+            assert_eq!(
+                serde_json::to_value(&info).unwrap()["notificationPointId"],
+                json!(want)
+            );
+        }
+        for id in [
+            json!(""),
+            json!("-3"),
+            json!("+3"),
+            json!(" 3"),
+            json!("3.0"),
+            json!("x"),
+            json!("4294967296"),
+            json!(-1),
+            json!(3.5),
+            json!(null),
+        ] {
+            assert!(
+                serde_json::from_value::<HandleDownloadProgressInfoRequest>(body(id.clone()))
+                    .is_err(),
+                "{id}"
+            );
+        }
     }
 
     #[test]

@@ -225,8 +225,9 @@ pub fn retire_on_terminate(state: Option<ProfileState>) -> bool {
 ///
 /// - Success (`Executed-Success` or `-WithWarning`) at point 3 (BPP download) → Downloaded, at 4 (installation)
 ///   → Installed, at 5 (deleted; vendor-specific †) → Deleted; points 1 and 2 and unknown points change nothing.
-/// - `Failed` or `Expired` at any point → Error, unless the profile is already Installed or further: a late
-///   failure report cannot undo a completed installation.
+/// - `Failed` or `Expired` at points 1–4 → Error, unless the profile is already Installed or further: a late
+///   failure report cannot undo a completed installation. A failure at a vendor-specific point (5 and above,
+///   e.g. 101/102: `reference/esim.md` §3 †) or an unknown one (0) says nothing about the download: no change.
 /// - Error is not terminal (`reference/esim.md` §3: the SM-DP+ reaches Error only past its retry or
 ///   confirmation-code limit, failed eligibility or an expired order; a failed attempt at points 1–3 below
 ///   those limits may be retried): a later success (the retried download, the installation) moves on from it.
@@ -243,8 +244,10 @@ pub fn profile_state_after(
             5 => ProfileState::Deleted,
             _ => return None,
         }
-    } else {
+    } else if (1..=4).contains(&notification_point_id) {
         ProfileState::Error
+    } else {
+        return None;
     };
     let moves = match next {
         ProfileState::Error => current.rank() < ProfileState::Installed.rank(),
@@ -443,6 +446,30 @@ mod tests {
             Some(P::Installed)
         );
         assert_eq!(profile_state_after(P::Error, 1, Failed), None);
+    }
+
+    /// Points 5 and above are vendor-specific (`reference/esim.md` §3 †): a failure reported there (e.g. a
+    /// vendor's 101/102) is not a failed download or installation, and never puts the profile in Error.
+    #[test]
+    fn a_failure_at_a_vendor_specific_point_changes_nothing() {
+        for current in [P::Released, P::Downloaded, P::Error] {
+            for point in [0, 5, 6, 101, 102] {
+                for status in [Failed, Expired] {
+                    assert_eq!(
+                        profile_state_after(current, point, status),
+                        None,
+                        "{current:?} {point} {status:?}"
+                    );
+                }
+            }
+        }
+        for point in 1..=4 {
+            assert_eq!(
+                profile_state_after(P::Released, point, Failed),
+                Some(P::Error),
+                "{point}"
+            );
+        }
     }
 
     #[test]

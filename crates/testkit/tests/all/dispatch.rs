@@ -33,6 +33,10 @@ enum Behaves {
     ConfirmFailsCancelErrs,
     /// ConfirmOrder fails; CancelOrder answers `Expired` without a status code (not executed).
     ConfirmFailsCancelExpires,
+    /// Every connection is refused: no request reaches the SM-DP+.
+    Refused,
+    /// The first try of each call gets no answer (it may have been executed); the retry is refused.
+    TimeoutThenRefused,
 }
 
 #[derive(Default)]
@@ -45,6 +49,8 @@ struct FakeSmdp {
     reissue: Mutex<Option<String>>,
     /// Set once a ConfirmOrder is answered (e.g. a failing store's switch: the writes after the confirm fail).
     on_confirm: Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>,
+    /// FCIs tried once ([`Behaves::TimeoutThenRefused`]).
+    tried: Mutex<std::collections::HashSet<String>>,
 }
 
 fn es2(body: Value) -> Scripted {
@@ -102,7 +108,11 @@ impl FakeSmdp {
         }
         let v = match (b, function.as_str()) {
             (Behaves::Http503, _) => return Scripted::status(503),
-            (Behaves::Timeout, _) => {
+            (Behaves::Refused, _) => return Scripted::Refused,
+            (Behaves::TimeoutThenRefused, _) if !self.tried.lock().unwrap().insert(fci.clone()) => {
+                return Scripted::Refused;
+            }
+            (Behaves::Timeout | Behaves::TimeoutThenRefused, _) => {
                 return Scripted::Timeout {
                     after: Duration::from_secs(5),
                 };
@@ -765,6 +775,51 @@ async fn a_timeout_fails_over_within_the_budget() {
     assert!(sim.failovers[0].contains("timeout"), "{:?}", sim.failovers);
 }
 
+/// A DownloadOrder that never reached the SM-DP+ (connection refused) allocated nothing: it fails over without
+/// queueing a lost DownloadOrder (whose replay would allocate a profile only to cancel it). One whose first try
+/// may have been executed (no answer) is still queued, even when the same-id retry is then refused.
+#[tokio::test]
+async fn a_download_order_that_never_reached_the_carrier_is_not_queued_as_lost() {
+    let queued = async |kit: &Kit| -> Vec<Value> {
+        kit.kv_get("cleanup/queue")
+            .await
+            .map(|b| serde_json::from_slice::<Vec<Value>>(&b).unwrap())
+            .unwrap_or_default()
+    };
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::Refused);
+    let mut kit = kit_with(smdp, &[("es2_timeout_ms", "200")]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-refused")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    assert!(
+        sim.failovers[0].contains("unreachable"),
+        "{:?}",
+        sim.failovers
+    );
+    assert_eq!(
+        calls(&kit)[..2],
+        [
+            call("tmobile", "downloadOrder"),
+            call("tmobile", "downloadOrder")
+        ]
+    );
+    assert_eq!(queued(&kit).await, Vec::<Value>::new());
+
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::TimeoutThenRefused);
+    let mut kit = kit_with(smdp, &[("es2_timeout_ms", "200")]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-maybe")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    assert!(sim.failovers[0].contains("timeout"), "{:?}", sim.failovers);
+    let queued = queued(&kit).await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0]["kind"], "lost_download");
+}
+
 #[tokio::test]
 async fn a_failed_confirm_cancels_the_allocated_profile_before_failing_over() {
     let smdp = Arc::new(FakeSmdp::default());
@@ -1084,6 +1139,10 @@ async fn a_denied_smdp_host_fails_in_the_guest_and_nothing_is_sent() {
     );
     assert!(!kit.requests().is_empty());
     assert!(kit.requests().iter().all(|r| !r.allowed));
+    // Nothing reached a carrier, so nothing can have been allocated: no lost DownloadOrder to replay.
+    let queued = kit.kv_get("cleanup/queue").await;
+    let queued: Vec<Value> = queued.map_or_else(Vec::new, |b| serde_json::from_slice(&b).unwrap());
+    assert_eq!(queued, Vec::<Value>::new());
 }
 
 #[tokio::test]
@@ -1432,6 +1491,72 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
         .map(|r| r.json().unwrap()["header"]["functionCallIdentifier"].clone())
         .unwrap();
     assert_eq!(last_confirm, confirms[0]);
+}
+
+/// The device may report a switch's new profile downloaded and installed before the confirm is recorded (its
+/// answer lost, the order left pending; or merely slow): the SM-DP+ never sends a notification we answered 204
+/// again, so those reports move the pending record, the confirm's write keeps them, and the switch retires the
+/// old SIM once it delivers. Before, they were thrown away: the SIM stayed `released` and the old one in
+/// service for good.
+#[tokio::test]
+async fn progress_reported_before_the_confirm_is_recorded_is_kept_and_completes_the_switch() {
+    let smdp = Arc::new(FakeSmdp::default());
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let old = order(&mut kit, request("us-west", None), "inv-early-old")
+        .await
+        .unwrap();
+    assert_eq!(old.carrier, "tmobile");
+    smdp.set("verizon", Behaves::ConfirmTimeout);
+    let new = switch_to(&mut kit, &old.iccid, "verizon", "inv-early-switch")
+        .await
+        .unwrap();
+    assert_eq!(new.state, types::SimState::Pending);
+
+    let progress = |np: u32| {
+        json!({"iccid": new.iccid, "profileType": "vzw-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+            "notificationPointId": np, "notificationPointStatus": {"status": "Executed-Success"}})
+        .to_string()
+    };
+    for (np, want) in [
+        (3, types::ProfileState::Downloaded),
+        (4, types::ProfileState::Installed),
+    ] {
+        download_progress(&mut kit, progress(np), Some(VERIZON_CB))
+            .await
+            .unwrap();
+        let s = get_sim(&mut kit, &new.iccid).await;
+        assert_eq!((s.state, s.profile_state), (types::SimState::Pending, want));
+    }
+    // Not delivered yet: the old SIM stays in service.
+    assert_eq!(
+        get_sim(&mut kit, &old.iccid).await.state,
+        types::SimState::Active
+    );
+
+    // The confirm's answer arrives on the resumed switch: delivered, still installed, the old SIM retired.
+    smdp.set("verizon", Behaves::Ok);
+    let target = types::SwitchTarget::Carrier("verizon".into());
+    let done = switch_at(
+        &mut kit,
+        &old.iccid,
+        target,
+        "inv-early-switch",
+        AFTER_LEASE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.iccid, new.iccid);
+    assert_eq!(
+        (done.state, done.profile_state),
+        (types::SimState::Active, types::ProfileState::Installed)
+    );
+    assert!(done.activation_code.is_some());
+    let stored = get_sim(&mut kit, &new.iccid).await;
+    assert_eq!(stored.profile_state, types::ProfileState::Installed);
+    let old_now = get_sim(&mut kit, &old.iccid).await;
+    assert_eq!(old_now.state, types::SimState::Terminated);
+    assert_eq!(old_now.replaced_by.as_deref(), Some(new.iccid.as_str()));
+    assert_retired(&kit, "tmobile", &old.iccid);
 }
 
 /// A profile given back to the carrier's pool keeps its ICCID, and the carrier may hand it to another order. An
