@@ -176,8 +176,14 @@ pub async fn perform_switch(
     // The device may have reported the installation before the switch named its SIM (the callback found the
     // replacement still pending, kernel `order::progress_after`): the old SIM leaves service now. Best effort:
     // the replacement is delivered either way.
-    if new.profile_state == Some(ProfileState::Installed)
-        && let Err(e) = retire_replaced_sim(&old.iccid, &new).await
+    // The replacement as stored now, not this order's copy: its owner may have terminated it since.
+    let stored = parse_iccid(&new.iccid).ok();
+    let fresh = match &stored {
+        Some(i) => load(i).await.ok().flatten(),
+        None => None,
+    };
+    if let Some(fresh) = fresh.filter(|f| f.profile_state == Some(ProfileState::Installed))
+        && let Err(e) = retire_replaced_sim(&old.iccid, &fresh).await
     {
         eprintln!(
             "dispatch: SIM {} is installed, but SIM {iccid} it replaces is not retired: {}",

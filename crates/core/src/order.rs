@@ -380,12 +380,13 @@ pub fn may_record_allocation(current: Option<&StoredSim>, pending: &StoredSim) -
 /// terminated) or for a profile never recorded, so a *live* record (pending, active, suspended) under that
 /// ICCID is another order's SIM (the carrier expired the first and issued the profile again, and
 /// [`may_record_allocation`] took it over a failed record): the cancel would take that order's SIM, so it is
-/// dropped and logged instead. A live record of the item's own invoice is that order's, whose failed mark did
-/// not land (best effort before a cancel): cancelled.
+/// dropped and logged instead. A *pending* record of the item's own invoice is that order's, whose failed mark
+/// did not land (best effort before a cancel): cancelled. An active or suspended one of the same invoice was
+/// delivered since (a later attempt of the order got the profile again): never cancelled.
 pub fn sweep_may_cancel(current: Option<&StoredSim>, invoice: Option<&str>) -> bool {
     current.is_none_or(|c| {
         matches!(c.state, SimState::Failed | SimState::Terminated)
-            || invoice.is_some_and(|i| c.invoice_id == i)
+            || (c.state == SimState::Pending && invoice.is_some_and(|i| c.invoice_id == i))
     })
 }
 
@@ -394,8 +395,8 @@ pub fn sweep_may_cancel(current: Option<&StoredSim>, invoice: Option<&str>) -> b
 /// repeated notification for a withdrawn SIM must not move it, nor retire what it replaced); otherwise
 /// `crate::esim::profile_state_after`. A live SIM without a profile state (its confirm not recorded yet: the
 /// device may report before the ConfirmOrder's answer is written, and the SM-DP+ never sends a 204'd
-/// notification again) moves as if from Released on a success at point 3 or later (only a released profile
-/// can be downloaded); anything else (a failure, points 1 and 2) changes nothing on it.
+/// notification again) moves as if from Released on a success at point 3 or 4 (only a released profile
+/// can be downloaded); anything else (a failure, points 1 and 2, vendor points 5 and above) changes nothing on it.
 pub fn progress_after(
     sim: &StoredSim,
     point: u32,
@@ -406,7 +407,8 @@ pub fn progress_after(
     }
     let current = match sim.profile_state {
         Some(current) => current,
-        None if status.is_success() && point >= 3 => ProfileState::Released,
+        // Points 3 and 4 only: 5 and above are vendor-specific (`reference/esim.md` †).
+        None if status.is_success() && (3..=4).contains(&point) => ProfileState::Released,
         None => return None,
     };
     crate::esim::profile_state_after(current, point, status)
@@ -1156,9 +1158,11 @@ mod tests {
                 !sweep_may_cancel(Some(&live), Some("inv_other")),
                 "{state:?}"
             );
-            // Its own order's record, whose failed mark did not land.
-            assert!(
+            // Its own order's record: pending, its failed mark did not land (cancelled); delivered since by a
+            // later attempt of the same order (never cancelled).
+            assert_eq!(
                 sweep_may_cancel(Some(&live), Some(&live.invoice_id)),
+                state == SimState::Pending,
                 "{state:?}"
             );
         }
@@ -1197,7 +1201,7 @@ mod tests {
                 Some(ProfileState::Installed),
                 "{state:?}"
             );
-            for point in [1, 2] {
+            for point in [1, 2, 5, 101] {
                 assert_eq!(progress_after(&s, point, Ok), None, "{state:?} {point}");
             }
             for point in [1, 3, 4] {
