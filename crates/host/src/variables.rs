@@ -153,8 +153,12 @@ fn dotenv_error(path: &Path, e: dotenvy::Error) -> anyhow::Error {
             let line = std::fs::read_to_string(path)
                 .ok()
                 .and_then(|all| {
+                    // The longest line the failing text starts with: an earlier `KEY=` is a prefix too.
                     all.lines()
-                        .position(|l| text.starts_with(l) && !l.is_empty())
+                        .enumerate()
+                        .filter(|(_, l)| !l.is_empty() && text.starts_with(l))
+                        .max_by_key(|(_, l)| l.len())
+                        .map(|(n, _)| n)
                 })
                 .map_or_else(String::new, |n| format!(" line {},", n + 1));
             anyhow::anyhow!(
@@ -221,12 +225,12 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join(".env"),
-            "SPIN_VARIABLE_REGION=eu-central\nSPIN_VARIABLE_FACILITATOR_PRIVATE_KEY=\"0xdeadbeefsecret\n",
+            "SPIN_VARIABLE_REGION=eu-central\nSPIN_VARIABLE_FACILITATOR_PRIVATE_KEY=\nSPIN_VARIABLE_FACILITATOR_PRIVATE_KEY=\"0xdeadbeefsecret\n",
         )
         .unwrap();
         let e = format!("{:#}", dotenv_in(dir.path()).unwrap_err());
         assert!(!e.contains("deadbeefsecret"), "{e}");
-        assert!(e.contains(".env") && e.contains("line 2"), "{e}");
+        assert!(e.contains(".env") && e.contains("line 3"), "{e}");
     }
 
     /// The half of [`dotenv_is_the_current_directorys_as_in_spin`] run in its child process; inert elsewhere.
