@@ -246,7 +246,7 @@ impl DevStack {
         let admin = match env.get("SPIN_VARIABLE_ADMIN_TOKEN") {
             Some(t) => t.clone(),
             None => {
-                let token = dev_token();
+                let token = dev_token()?;
                 self.env
                     .push(("SPIN_VARIABLE_ADMIN_TOKEN".into(), token.clone()));
                 token
@@ -319,12 +319,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A random dev admin token (`dev_` + 32 hex digits) from the OS's random hash keys.
-fn dev_token() -> String {
-    use std::hash::BuildHasher;
-    let a = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-    let b = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
-    format!("dev_{a:016x}{b:016x}")
+/// A random dev admin token (`dev_` + 32 hex digits) from the OS's random source (as the callback credentials:
+/// hash keys are not documented as cryptographic randomness).
+fn dev_token() -> anyhow::Result<String> {
+    let mut secret = [0u8; 16];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!("dev_{}", hex::encode(secret)))
 }
 
 /// What the app is configured with: `env` over the `.env` of `dotenv_dir` (the app's own order).
@@ -488,6 +488,16 @@ mod tests {
 
     /// A child that fails to start is named by its program and arguments, never its environment, where the
     /// dev stack hands the simulators their callback credentials (a `Command`'s `Debug` shows it).
+    #[test]
+    fn dev_admin_tokens_are_random_and_of_one_shape() {
+        let (a, b) = (dev_token().unwrap(), dev_token().unwrap());
+        assert_ne!(a, b);
+        for t in [a, b] {
+            assert!(t.starts_with("dev_") && t.len() == 36, "{t}");
+            assert!(t[4..].bytes().all(|c| c.is_ascii_hexdigit()), "{t}");
+        }
+    }
+
     #[test]
     fn a_child_that_fails_is_named_without_its_environment() {
         let mut cmd = Command::new("sh");
