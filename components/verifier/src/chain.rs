@@ -50,12 +50,6 @@ pub fn unavailable(e: &CallError) -> wit::Error {
     wit::Error::Unavailable(format!("the payment network's RPC failed: {e}"))
 }
 
-/// Whether `e` is the node saying the call reverts (kernel `rpc::is_revert`): an answer about the call, unlike
-/// every other error.
-pub fn reverted(e: &CallError) -> bool {
-    matches!(e, CallError::Node { code, message } if is_revert(*code, message))
-}
-
 /// A mined transaction, as far as settlement cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mined {
@@ -201,12 +195,12 @@ impl Chain {
         // a transport error: a zero balance or "not EIP-3009" read from it would refuse the payment as final.
         let nonce_used = match state {
             Ok(data) => decode_authorization_state_return(&data).ok(),
-            Err(e) if reverted(&e) => None,
+            Err(e) if e.is_revert() => None,
             Err(e) => return Err(unavailable(&e)),
         };
         let balance = match balance {
             Ok(data) => decode_balance_of_return(&data).unwrap_or(U256::ZERO),
-            Err(e) if reverted(&e) => U256::ZERO,
+            Err(e) if e.is_revert() => U256::ZERO,
             Err(e) => return Err(unavailable(&e)),
         };
         let (simulation_ok, revert) = match simulation {

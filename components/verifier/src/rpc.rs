@@ -52,6 +52,12 @@ impl CallError {
     pub fn is_node(&self) -> bool {
         matches!(self, Self::Node { .. })
     }
+
+    /// Whether the node said the call reverts (kernel `rpc::is_revert`): an answer about the call, unlike every
+    /// other error (a rate limit, an internal error).
+    pub fn is_revert(&self) -> bool {
+        matches!(self, Self::Node { code, message } if esim402_core::evm::rpc::is_revert(*code, message))
+    }
 }
 
 impl std::fmt::Display for CallError {
