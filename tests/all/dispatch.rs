@@ -114,6 +114,25 @@ impl Stack {
     }
 }
 
+/// The paid switch of `iccid` to AT&T for `invoice` (the component call the payments flow makes): the new SIM.
+async fn switch_to_att(kit: &mut Kit, iccid: &str, invoice: &str) -> types::Sim {
+    let (id, invoice) = (iccid.to_owned(), invoice.to_owned());
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_perform_switch(
+                a,
+                id,
+                types::SwitchTarget::Carrier("att".into()),
+                invoice,
+                1_764_000_100,
+            )
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 async fn order(
     kit: &mut Kit,
     carrier: Option<&str>,
@@ -231,22 +250,7 @@ async fn activation_callbacks_failover_and_lifecycle_through_the_host() {
 
     // 6. A paid switch (the component call the payments flow will make): the new profile comes from AT&T,
     // and the old SIM leaves service only when the simulator reports the new one installed.
-    let old = second.iccid.clone();
-    let new = kit
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_perform_switch(
-                    a,
-                    old,
-                    types::SwitchTarget::Carrier("att".into()),
-                    "inv-switch".into(),
-                    1_764_000_100,
-                )
-                .await
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let new = switch_to_att(&mut kit, &second.iccid, "inv-switch").await;
     assert_eq!(new.carrier, "att");
     assert_eq!(new.replaces.as_deref(), Some(second.iccid.as_str()));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -384,22 +388,7 @@ async fn callbacks_that_arrive_before_the_confirms_answer_are_kept() {
     );
 
     // A switch: its replacement installed before the switch delivered it, the old SIM leaves service.
-    let id = old.iccid.clone();
-    let new = kit
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_perform_switch(
-                    a,
-                    id,
-                    types::SwitchTarget::Carrier("att".into()),
-                    "inv-early-switch".into(),
-                    1_764_000_100,
-                )
-                .await
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let new = switch_to_att(&mut kit, &old.iccid, "inv-early-switch").await;
     assert_eq!(new.carrier, "att");
     assert_eq!(new.profile_state, types::ProfileState::Installed);
     let (_, body) = s.get(&format!("/v1/esim/{}", old.iccid)).await;
