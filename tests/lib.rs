@@ -418,6 +418,36 @@ impl AppProcess {
     }
 }
 
+/// A child (`esim402 up`, `esim402 devstack -- spin up`) stopped when dropped, also when an assertion panics
+/// first: SIGTERM (which stops `spin up` and then the dev stack's servers), up to 15 s, then SIGKILL. Before, a
+/// failing assertion left the whole stack running after the test binary exited.
+pub struct StopOnDrop(pub Child);
+
+impl StopOnDrop {
+    /// Stop it now: its exit status, `None` if it had to be killed.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            return Some(status);
+        }
+        esim402_host::devstack::send_signal(self.0.id(), "TERM");
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        None
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Whether a process `pid` exists (Linux: `/proc/<pid>`; a zombie not yet reaped counts).
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -435,7 +465,7 @@ pub fn running_with(parts: &[&str]) -> bool {
 }
 
 /// The PIDs of `pid`'s children (Linux: `/proc/<pid>/task/<tid>/children`; none if it cannot be read).
-fn children_of(pid: u32) -> Vec<u32> {
+pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };

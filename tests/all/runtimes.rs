@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use esim402_host::devstack::chain;
-use esim402_tests::{Runner, free_port, repo_root, running_with, spin_binary};
+use esim402_tests::{Runner, StopOnDrop, free_port, repo_root, running_with, spin_binary};
 use serde_json::{Value, json};
 
 use crate::metering::receipt;
@@ -682,34 +682,4 @@ async fn a_second_host_on_one_sqlite_file_is_refused_unless_both_share_it() {
         format!("{err:#}").contains("ESIM402_SQLITE_LOCKING"),
         "{err:#}"
     );
-}
-
-/// A child (`esim402 devstack -- spin up`) stopped when dropped, also when an assertion panics first: SIGTERM
-/// (which stops `spin up` and then the dev stack's servers), up to 15 s, then SIGKILL. Before, a failing
-/// assertion left the whole stack running after the test binary exited.
-struct StopOnDrop(std::process::Child);
-
-impl StopOnDrop {
-    /// Stop it now: its exit status, `None` if it had to be killed.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        if let Ok(Some(status)) = self.0.try_wait() {
-            return Some(status);
-        }
-        esim402_host::devstack::send_signal(self.0.id(), "TERM");
-        for _ in 0..300 {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        None
-    }
-}
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

@@ -3,7 +3,9 @@
 //! pointed at this host; and a local chain ([`chain`]: anvil with the project's EIP-3009 test token deployed and
 //! a demo agent funded). Each piece is skipped when the user configured the real thing (`SPIN_VARIABLE_SMDP_URL`,
 //! `SPIN_VARIABLE_RPC_URL`), and every child process is stopped by its PID when the stack is dropped. What was
-//! started is written to `.spin/devstack.json` for scripts and demos.
+//! started is written to `.spin/devstack.json` for scripts and demos. The commands that start a stack for a
+//! directory hold [`lock::DirLock`] on it meanwhile, so a second one there is refused instead of emptying the
+//! first one's store.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -24,6 +26,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 pub mod chain;
+pub mod lock;
 
 /// Children started for development; stopped on drop.
 #[derive(Default)]

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use esim402_host::app::{App, LoadOptions};
 use esim402_host::devstack::DevStack;
+use esim402_host::devstack::lock::DirLock;
 use esim402_host::manifest::Manifest;
 use esim402_host::runtime_config::{RuntimeConfig, StoreConfig};
 
@@ -162,20 +163,44 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Ctrl-C locally; SIGTERM from process managers and Kubernetes (SpinKube).
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// A stop request: Ctrl-C locally, SIGTERM from process managers and Kubernetes (SpinKube). Listened for from
+/// the moment a command that starts children begins ([`Stop::listen`]), not only once it serves: until a
+/// handler is installed, SIGTERM ends the process at once, and a dev stack still starting (its simulators and
+/// anvil already running) was left behind. A stop during start-up now unwinds it, stopping each child.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// Install the handlers now (from here on SIGTERM and Ctrl-C no longer end the process by themselves) and
+    /// watch for either. Must run inside the runtime.
+    fn listen() -> anyhow::Result<Self> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot listen for Ctrl-C")?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
+            let _ = tx.send(true);
+        });
+        Ok(Self(rx))
     }
+
+    /// Resolves once a stop was requested (at once if it already was).
+    async fn requested(mut self) {
+        if self.0.wait_for(|stopped| *stopped).await.is_err() {
+            // The watcher is gone without a stop (cannot happen while the runtime runs): never resolve.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What a command does when it is stopped before it got going: say so and end without an error.
+fn stopped_during_start_up() {
+    eprintln!("esim402: stopped while starting (every process it had started is stopped)");
 }
 
 /// `esim402 devstack`: the stack alone, its settings in an env file, optionally a command run with them.
@@ -186,14 +211,23 @@ async fn devstack(
     out_dir: Option<PathBuf>,
     command: &[String],
 ) -> anyhow::Result<i32> {
+    let stop = Stop::listen()?;
     let app_dir = Manifest::load(manifest)?.dir;
     let env: std::collections::HashMap<String, String> = esim402_host::variables::process_env()
         .into_iter()
         .filter(|(k, _)| k.starts_with("SPIN_VARIABLE_"))
         .collect();
-    // The `.env` that counts is the one `spin up` (or `esim402 up`) reads: the current directory's.
-    let stack = DevStack::start_with_dotenv(&app_dir, Path::new("."), app_url, &env).await?;
     let dir = out_dir.unwrap_or_else(|| app_dir.join(".spin"));
+    // One stack per facts directory: another one's `devstack.json` and `devstack.env` stay its own.
+    let _lock = DirLock::acquire(&dir)?;
+    // The `.env` that counts is the one `spin up` (or `esim402 up`) reads: the current directory's.
+    let stack = tokio::select! {
+        stack = DevStack::start_with_dotenv(&app_dir, Path::new("."), app_url, &env) => stack?,
+        () = stop.clone().requested() => {
+            stopped_during_start_up();
+            return Ok(0);
+        }
+    };
     let facts = stack.write_facts_to(&dir)?;
     let env_file = stack.write_env(&dir)?;
     eprintln!("Dev stack for an app at {app_url} ({}):", facts.display());
@@ -214,7 +248,7 @@ async fn devstack(
             "Run the app with them, e.g.:\n  set -a; . {}; set +a; spin up\nor next time: esim402 devstack -- spin up\nCtrl-C stops the stack.",
             env_file.display()
         );
-        shutdown_signal().await;
+        stop.requested().await;
         drop(stack);
         return Ok(0);
     }
@@ -225,7 +259,7 @@ async fn devstack(
         .with_context(|| format!("cannot start {:?}", command[0]))?;
     let code = tokio::select! {
         status = child.wait() => status?.code().unwrap_or(1),
-        () = shutdown_signal() => {
+        () = stop.requested() => {
             // Pass the stop on (by PID) and give the command time to finish.
             if let Some(pid) = child.id() {
                 esim402_host::devstack::send_signal(pid, "TERM");
@@ -244,6 +278,7 @@ async fn devstack(
 }
 
 async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> {
+    let stop = Stop::listen()?;
     let mut opts = LoadOptions::new(manifest);
     opts.runtime_config = args.runtime_config_file;
     opts.max_requests_per_instance = args.max_instance_reuse_count as usize;
@@ -256,18 +291,23 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let stack = if args.no_dev_stack {
-        DevStack::default()
+    let (stack, _lock) = if args.no_dev_stack {
+        (DevStack::default(), None)
     } else {
         let app_dir = Manifest::load(manifest)?.dir;
+        // Before anything under `.spin` is touched: a second `esim402 up` here would empty the first one's
+        // store under it.
+        let lock = DirLock::acquire(&app_dir.join(".spin"))?;
         // The current directory's `.env`: the one `App::load` reads, as Spin does.
-        let stack = DevStack::start_with_dotenv(
-            &app_dir,
-            Path::new("."),
-            &format!("http://{addr}"),
-            &opts.env,
-        )
-        .await?;
+        let app_url = format!("http://{addr}");
+        let start = DevStack::start_with_dotenv(&app_dir, Path::new("."), &app_url, &opts.env);
+        let stack = tokio::select! {
+            stack = start => stack?,
+            () = stop.clone().requested() => {
+                stopped_during_start_up();
+                return Ok(());
+            }
+        };
         opts.env.extend(stack.env.iter().cloned());
         // A fresh dev chain gets a fresh store (unless the store was chosen explicitly): the app's state is
         // bound to the chain it was made on.
@@ -279,9 +319,17 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
             );
             opts.kv_override = Some(StoreConfig::Sqlite(path));
         }
-        stack
+        (stack, Some(lock))
     };
-    let app = Arc::new(App::load(&opts).await?);
+    // Loading compiles (or reads from the cache) every component: seconds, during which a stop unwinds the
+    // stack too.
+    let app = tokio::select! {
+        app = App::load(&opts) => Arc::new(app?),
+        () = stop.clone().requested() => {
+            stopped_during_start_up();
+            return Ok(());
+        }
+    };
     if !stack.facts.is_empty() {
         let path = stack.write_facts(&app.manifest.dir)?;
         eprintln!("Dev stack ({}):", path.display());
@@ -315,7 +363,7 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
     for route in app.router.routes() {
         eprintln!("  {}: http://{addr}{}", route.component, route.pattern);
     }
-    let served = esim402_host::server::serve(app, listener, shutdown_signal()).await;
+    let served = esim402_host::server::serve(app, listener, stop.requested()).await;
     drop(stack);
     served
 }

@@ -179,7 +179,7 @@ async fn spawn_quiet(anvil: &Path) -> anyhow::Result<(Child, Rpc)> {
             .and_then(|l| l.local_addr())
             .context("picking a loopback port for anvil")?
             .port();
-        let mut child = Command::new(anvil)
+        let child = Command::new(anvil)
             .args(["--quiet", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--chain-id", &CHAIN_ID.to_string(), "--mnemonic", MNEMONIC])
@@ -189,16 +189,37 @@ async fn spawn_quiet(anvil: &Path) -> anyhow::Result<(Child, Rpc)> {
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", anvil.display()))?;
+        // Stopped if this start is abandoned while anvil comes up: an error, or the caller's future dropped
+        // (`esim402 up` stopped during start-up).
+        let mut starting = Starting(Some(child));
         let rpc = Rpc::new(format!("http://127.0.0.1:{port}"))?;
-        match rpc.wait_ready(&mut child, marker).await {
-            Ok(()) => return Ok((child, rpc)),
-            Err(e) => {
-                super::stop_child(&mut child, "TERM", Duration::from_secs(5));
+        let ready = match starting.0.as_mut() {
+            Some(child) => rpc.wait_ready(child, marker).await,
+            None => Err(anyhow::anyhow!("anvil was not started")),
+        };
+        match (ready, starting.0.take()) {
+            (Ok(()), Some(child)) => return Ok((child, rpc)),
+            (Ok(()), None) => last = Some(anyhow::anyhow!("anvil was not started")),
+            (Err(e), child) => {
+                if let Some(mut child) = child {
+                    super::stop_child(&mut child, "TERM", Duration::from_secs(5));
+                }
                 last = Some(e);
             }
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("anvil did not start")))
+}
+
+/// A child process on its way up, stopped by its PID if dropped before it is handed on.
+struct Starting(Option<Child>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            super::stop_child(child, "TERM", Duration::from_secs(5));
+        }
+    }
 }
 
 /// How often [`watch_pool`] reads anvil's pool counts (`txpool_status`, a few bytes); the pool's content is read
