@@ -13,6 +13,7 @@ mod dispatch;
 mod download_failure;
 mod facilitator;
 mod holds;
+mod invoice_keys;
 mod ledger;
 mod metering;
 mod ownership;

@@ -1,11 +1,17 @@
 //! The invoices component's settings, read once per instance: the enabled networks (`payment_network` and the
-//! `usdc_*` overrides), `recipient_address`, `invoice_ttl_secs`, and the invoice key: `invoice_secret`
-//! (secret) when set, else a random key generated on first use and kept in the store (`secret/invoice-key`),
-//! so every instance on the same store seals and opens the same invoices. Nothing here ever prints a key.
+//! `usdc_*` overrides), `recipient_address`, `invoice_ttl_secs`, and the invoice keys (kernel
+//! `invoice::keyring`): `invoice_secret` (secret) when set, bound to this store by its salt
+//! (`secret/invoice-salt`, generated once), else a random key generated on first use and kept in the store
+//! (`secret/invoice-key`), so every instance on the same store seals and opens the same invoices. Ids sealed
+//! under `invoice_secret_previous` (secret, comma-separated), under a secret before ids were bound to a store,
+//! or under the generated key before `invoice_secret` was set still open. Nothing here ever prints a key.
 
 use std::rc::Rc;
 
+use alloy_primitives::B256;
+
 use esim402_core::chain::{Address, parse_address};
+use esim402_core::invoice::keyring::{Keyring, Secrets};
 use esim402_core::invoice::token::InvoiceKey;
 use esim402_core::store::keys;
 use esim402_core::x402::NetworkConfig;
@@ -27,8 +33,8 @@ pub struct Config {
     pub usdc_checksums: Vec<String>,
     /// How long an invoice may be paid.
     pub ttl: u64,
-    /// The invoice MAC key.
-    pub key: InvoiceKey,
+    /// The invoice MAC keys: the current one seals, all open.
+    pub keys: Keyring,
 }
 
 instance_cache!(CONFIG: Config);
@@ -63,27 +69,42 @@ async fn load() -> Result<Config, wit::Error> {
             .filter(|t| (1..=86_400 * 30).contains(t))
             .ok_or_else(|| config_error("invoice_ttl_secs", "expected seconds in 1..=2592000"))?,
     };
-    let key = match optional_var("invoice_secret").await {
-        Some(secret) if secret.len() < 16 => {
-            return Err(config_error("invoice_secret", "use at least 16 characters"));
-        }
-        Some(secret) => InvoiceKey::derive(secret.as_bytes()),
-        None => stored_key().await?,
-    };
+    let keys = keyring().await?;
     Ok(Config {
         pay_to_checksum: pay_to.to_checksum(None),
         usdc_checksums: networks.iter().map(|n| n.usdc.to_checksum(None)).collect(),
         networks,
         pay_to,
         ttl,
-        key,
+        keys,
     })
 }
 
-/// The generated key (shared by every instance on the store).
-async fn stored_key() -> Result<InvoiceKey, wit::Error> {
-    kv::shared_random_key(keys::INVOICE_KEY)
+/// The invoice keys. The store's generated key is created only when it seals (no `invoice_secret`); with a
+/// secret set it is read, and opens the ids it sealed, if it exists. The salt is made only with secrets.
+async fn keyring() -> Result<Keyring, wit::Error> {
+    let current = optional_var("invoice_secret").await;
+    let previous = optional_var("invoice_secret_previous").await;
+    let secrets = Secrets::parse(current.as_deref(), previous.as_deref())
+        .map_err(|e| config_error(e.variable, e.reason))?;
+    let generated = match secrets.current {
+        None => Some(shared_key(keys::INVOICE_KEY).await?),
+        Some(_) => kv::get_json::<B256, ()>(keys::INVOICE_KEY)
+            .await
+            .map_err(|e| kv_fault("invoice key", e))?
+            .map(|b| b.0),
+    };
+    let salt = if secrets.is_empty() {
+        None
+    } else {
+        Some(shared_key(keys::INVOICE_SALT).await?)
+    };
+    Keyring::configured(&secrets, salt.as_ref(), generated.map(InvoiceKey::new)).map_err(internal)
+}
+
+/// A random value kept at `key` (shared by every instance on the store).
+async fn shared_key(key: &str) -> Result<[u8; 32], wit::Error> {
+    kv::shared_random_key(key)
         .await
-        .map(InvoiceKey::new)
         .map_err(|e| kv_fault("invoice key", e))
 }

@@ -102,7 +102,7 @@ pub async fn finish(
 
 /// The invoice with `record` applied, for answers.
 async fn invoice_after(id: &str, record: &PaymentRecord) -> Result<wit::Invoice, wit::Error> {
-    let mut invoice = terms::open(id)
+    let mut invoice = terms::open_paid(id)
         .await?
         .ok_or_else(|| wit::Error::NotFound(format!("no invoice {id}")))?;
     terms::with_record(&mut invoice, Some(record), util::now_secs());

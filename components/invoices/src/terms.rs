@@ -1,10 +1,15 @@
 //! Issuing and opening invoices. `issue` seals the terms (with an activation's quote) into the id (kernel
-//! `invoice::token`) and writes nothing; `get` opens an id under the same key, rebuilds its payment options
-//! from the enabled networks and reads the status from the payment record (one `get`, if a payment ever
-//! arrived).
+//! `invoice::token`, under the current key of `invoice::keyring`) and writes nothing; `get` opens an id under
+//! any key of the ring, rebuilds its payment options from the enabled networks and reads the status from the
+//! payment record (one `get`, if a payment ever arrived).
+//!
+//! Only a new payment needs a network that is still enabled: an invoice a payment already arrived for
+//! (pending, paid or refunded: resumes, refunds, the activation-code route, status reads) opens even when
+//! none of its networks is enabled any more, its options then the networks it was sealed with as the
+//! built-in registry knows them. An invoice still open (or expired unpaid) on such networks is a 409.
 
-use esim402_core::invoice::token::{self, Terms};
-use esim402_core::invoice::{Invoice, PaymentOption};
+use esim402_core::invoice::token::Terms;
+use esim402_core::invoice::{Invoice, InvoiceStatus, PaymentOption};
 use esim402_core::paid::{self, PaymentRecord};
 use esim402_core::store::keys;
 use esim402_core::x402::networks::narrow;
@@ -122,7 +127,7 @@ pub fn issue_with(
         nonce: util::random_u64().map_err(internal)?,
         quoted,
     };
-    let id = token::seal(&terms, &cfg.key).map_err(internal)?;
+    let id = cfg.keys.seal(&terms).map_err(internal)?;
     let invoice = Invoice::from_terms(id, &terms, options(cfg, &terms))
         .ok_or_else(|| internal("no payment option configured"))?;
     Ok(convert::invoice_to_wit(&invoice))
@@ -133,30 +138,79 @@ pub fn parse_id(id: &str) -> Result<InvoiceId, wit::Error> {
     InvoiceId::parse(id).map_err(|e| invalid("invoice_id", e.0))
 }
 
-/// The invoice `id` seals, without its status; `None` if it was not issued here.
-pub async fn open(id: &str) -> Result<Option<Invoice>, wit::Error> {
+/// Every network the terms were sealed with, as the built-in registry knows it (no token where it does not):
+/// the options of an invoice whose networks are none of them enabled any more, shown, not payable.
+fn sealed_options(terms: &Terms) -> Vec<PaymentOption> {
+    let pay_to = terms.pay_to.to_checksum(None);
+    let amount_atomic = terms.amount.micros().to_string();
+    terms
+        .networks
+        .iter()
+        .map(|n| {
+            let known = Networks::builtin().get(*n);
+            PaymentOption {
+                network: *n,
+                asset: known.map(|k| k.usdc.to_checksum(None)).unwrap_or_default(),
+                pay_to: pay_to.clone(),
+                amount_atomic: amount_atomic.clone(),
+                eip712_name: known.map(|k| k.eip712_name.clone()).unwrap_or_default(),
+                eip712_version: known.map(|k| k.eip712_version.clone()).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The invoice `id` with `terms`, without its status. `paid_for`: a payment already arrived for it, so only
+/// a read, which networks no longer enabled do not refuse (module docs).
+fn invoice_of(
+    cfg: &Config,
+    id: InvoiceId,
+    terms: &Terms,
+    paid_for: bool,
+) -> Result<Invoice, wit::Error> {
+    let mut options = options(cfg, terms);
+    if options.is_empty() {
+        if !paid_for {
+            return Err(wit::Error::Conflict(format!(
+                "invoice {id} is payable only on networks that are no longer enabled"
+            )));
+        }
+        options = sealed_options(terms);
+    }
+    Invoice::from_terms(id, terms, options).ok_or_else(|| internal("invoice without a network"))
+}
+
+/// Whether a payment arrived for an invoice in `status` (what it is paid with is then settled).
+fn paid_for(status: InvoiceStatus) -> bool {
+    matches!(
+        status,
+        InvoiceStatus::Pending | InvoiceStatus::Paid | InvoiceStatus::Refunded
+    )
+}
+
+/// An invoice a payment arrived for (its record just written), without its status; `None` if it was not
+/// issued here.
+pub async fn open_paid(id: &str) -> Result<Option<Invoice>, wit::Error> {
     let id = parse_id(id)?;
     let cfg = config::get().await?;
-    let Ok(terms) = token::open(&id, &cfg.key) else {
+    let Ok(terms) = cfg.keys.open(&id) else {
         return Ok(None);
     };
-    let options = options(&cfg, &terms);
-    if options.is_empty() {
-        return Err(wit::Error::Conflict(format!(
-            "invoice {id} is payable only on networks that are no longer enabled"
-        )));
-    }
-    Ok(Invoice::from_terms(id, &terms, options))
+    invoice_of(&cfg, id, &terms, true).map(Some)
 }
 
 /// `get`: the invoice with its status at `now`.
 pub async fn get(id: &str, now: u64) -> Result<Option<wit::Invoice>, wit::Error> {
-    let Some(mut invoice) = open(id).await? else {
+    let parsed = parse_id(id)?;
+    let cfg = config::get().await?;
+    let Ok(terms) = cfg.keys.open(&parsed) else {
         return Ok(None);
     };
     let record = kv::get_json::<PaymentRecord, wit::Error>(&keys::invoice(id))
         .await
         .map_err(kv_err)?;
+    let status = paid::status(record.as_ref(), terms.expires_at, now);
+    let mut invoice = invoice_of(&cfg, parsed, &terms, paid_for(status))?;
     with_record(&mut invoice, record.as_ref(), now);
     Ok(Some(convert::invoice_to_wit(&invoice)))
 }

@@ -528,8 +528,15 @@ pub async fn read_landed(shard: u16, from: u64) -> Result<Vec<LedgerEntry>, KvEr
     }
 }
 
+/// How many absent keys in a row a scan of a shard crosses below its head before it gives up there: past
+/// that, the shard reads as ending at the hole (the verifier reports it short of its head). Bounded, so a head
+/// whose count was inflated (edited, corrupted) costs this many reads, not one per count.
+pub const MAX_HOLE: u64 = 256;
+
 /// Every stored entry of `shard` up to its head (and any written past it), in seq order, for verification.
-/// Entries are read by key, so an entry whose key is missing shows up as a gap the verifier reports.
+/// Entries are read by key, so an entry whose key is missing shows up as a gap the verifier reports (a gap of
+/// up to [`MAX_HOLE`] keys; a longer one ends the scan, and the verifier reports the shard short of its head).
+/// A read that fails is an error, never skipped.
 pub async fn read_shard(shard: u16) -> Result<(ChainHead, Vec<LedgerEntry>), KvError<()>> {
     let head = head(shard).await?;
     let mut out = Vec::new();
@@ -539,9 +546,12 @@ pub async fn read_shard(shard: u16) -> Result<(ChainHead, Vec<LedgerEntry>), KvE
             Some(e) => out.push(e),
             None if seq < head.count => {
                 // A hole below the head: keep scanning so the verifier sees the gap, not a short chain.
+                let end = head
+                    .count
+                    .min(seq.saturating_add(1).saturating_add(MAX_HOLE));
                 let mut next = None;
-                for s in seq + 1..head.count {
-                    if let Ok(Some(e)) = read_entry(shard, s).await {
+                for s in seq + 1..end {
+                    if let Some(e) = read_entry(shard, s).await? {
                         next = Some((s, e));
                         break;
                     }

@@ -2,6 +2,7 @@
 //! `expires_at`, plus every accepted payment option). An invoice is not stored: its terms travel sealed in its
 //! id ([`token`]), and only a payment creates state (the payment record, `crate::paid`).
 
+pub mod keyring;
 pub mod token;
 
 use serde::{Deserialize, Serialize};

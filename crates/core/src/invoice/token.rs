@@ -72,10 +72,21 @@ impl InvoiceKey {
         Self(bytes)
     }
 
-    /// A key derived from a secret of any length (e.g. the `invoice_secret` variable): keccak-256 of it,
-    /// domain-separated.
+    /// A key derived from a secret of any length alone: keccak-256 of it, domain-separated. How a configured
+    /// `invoice_secret` sealed ids before ids were bound to a store ([`InvoiceKey::derive_for_store`]): such
+    /// ids still open under it, no new one is sealed with it (`super::keyring`).
     pub fn derive(secret: &[u8]) -> Self {
         let mut input = b"esim402/invoice-key/v1".to_vec();
+        input.extend_from_slice(secret);
+        Self(keccak256(input).0)
+    }
+
+    /// A key derived from a secret and the store's random `salt`: deployments that share a secret but not a
+    /// store seal (and open) different ids, so a payment proved at one is never a payment at another (the
+    /// claims that make a payment count once live in the store).
+    pub fn derive_for_store(secret: &[u8], salt: &[u8; 32]) -> Self {
+        let mut input = b"esim402/invoice-key/v2".to_vec();
+        input.extend_from_slice(salt);
         input.extend_from_slice(secret);
         Self(keccak256(input).0)
     }
@@ -315,6 +326,12 @@ pub fn seal(terms: &Terms, key: &InvoiceKey) -> Result<InvoiceId, TokenError> {
 
 /// Open an invoice id: its terms, if and only if it was sealed under `key`.
 pub fn open(id: &InvoiceId, key: &InvoiceKey) -> Result<Terms, TokenError> {
+    open_any(id, std::slice::from_ref(key))
+}
+
+/// Open an invoice id sealed under any of `keys` (tried in order; each MAC compared in constant time): its
+/// terms, or [`TokenError::BadMac`] when none of them sealed it.
+pub fn open_any(id: &InvoiceId, keys: &[InvoiceKey]) -> Result<Terms, TokenError> {
     let (payload, mac) = id.token().split_once('.').ok_or(TokenError::Malformed)?;
     let payload = URL_SAFE_NO_PAD
         .decode(payload)
@@ -322,13 +339,16 @@ pub fn open(id: &InvoiceId, key: &InvoiceKey) -> Result<Terms, TokenError> {
     let mac = URL_SAFE_NO_PAD
         .decode(mac)
         .map_err(|_| TokenError::Malformed)?;
-    let expected = key.mac(&payload);
     // Constant time: the comparison must not tell a forger how many bytes were right (a length other than
-    // MAC_LEN is refused at once: the length is no secret).
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(
-        mac.as_slice(),
-        expected.as_slice(),
-    )) {
+    // MAC_LEN is refused at once: the length is no secret). Which key matched is no secret either.
+    let sealed = keys.iter().any(|key| {
+        let expected = key.mac(&payload);
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            mac.as_slice(),
+            expected.as_slice(),
+        ))
+    });
+    if !sealed {
         return Err(TokenError::BadMac);
     }
     let (wire, rest): (Wire, &[u8]) =

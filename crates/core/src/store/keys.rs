@@ -8,6 +8,7 @@
 //! | `x402/v1/<payment fingerprint>` | invoices | the invoice a v1 payment (which names none) was first presented for |
 //! | `ledger/<shard>/head`, `ledger/<shard>/entry/<seq>`, `ledger/outbox` | invoices | the hash-chained ledger (`crate::ledger`), one chain per shard; events whose append failed (`crate::ledger::outbox`) |
 //! | `secret/invoice-key` | invoices | the invoice MAC key generated on first use when `invoice_secret` is not set |
+//! | `secret/invoice-salt` | invoices | the store's random salt, generated on first use when an invoice secret is configured: binds the keys derived from `invoice_secret` to this store (`crate::invoice::keyring`) |
 //! | `x402/nonce/<caip2>/<from>/<nonce>` | verifier | the settlement of one EIP-3009 authorization (`crate::settlement`) |
 //! | `x402/hold/<caip2>/<asset>/<payer>` | verifier | the holds on a payer's balance while its `exact` payments are driven (`crate::hold`) |
 //! | `x402/reported/<caip2>/<from>/<nonce>` | verifier | claim counter: the one `success:true` the facilitator API reports for that authorization's settlement |
@@ -67,6 +68,9 @@ pub fn ledger_entry(shard: u16, seq: u64) -> String {
 
 /// The generated invoice MAC key.
 pub const INVOICE_KEY: &str = "secret/invoice-key";
+
+/// The store's invoice salt: the invoice keys derived from configured secrets are bound to it.
+pub const INVOICE_SALT: &str = "secret/invoice-salt";
 
 /// The settlement of one authorization on `caip2`.
 pub fn authorization(caip2: &str, from: Address, nonce: alloy_primitives::B256) -> String {

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 mod dispatch;
+mod invoice_keys;
 mod invoices;
 mod metering;
 mod refunds;

@@ -1,0 +1,200 @@
+//! Which keys open an invoice id, and which one seals it. An id lives long after its invoice is paid (payment
+//! resumes, refunds, the activation-code route, `GET /v1/invoices/{id}` re-open it), so changing the key must
+//! not orphan the ids sealed under the old one: a [`Keyring`] seals with its current key only and opens with
+//! every key it holds.
+//!
+//! Rules a reader must not break:
+//! - New ids are sealed with the current key alone: the configured `invoice_secret` bound to the store's salt
+//!   (`InvoiceKey::derive_for_store`), else the store's generated key (random per store already).
+//! - A configured secret is never used without the store's salt for sealing: two deployments with separate
+//!   stores that share a secret must not accept each other's ids (a payment is claimed once per store). The
+//!   un-salted key of each configured secret only opens ids sealed before ids were bound to a store.
+//! - Keys that only open: the un-salted forms, every `invoice_secret_previous` secret (salted and un-salted),
+//!   and the store's generated key when a secret is configured (so moving from the generated key to a
+//!   configured one orphans nothing).
+//!
+//! ```
+//! use esim402_core::invoice::keyring::{Keyring, Secrets};
+//!
+//! let salt = [9; 32];
+//! let old = Secrets::parse(Some("the first secret and long enough"), None).unwrap();
+//! let new = Secrets::parse(
+//!     Some("the second secret and long enough"),
+//!     Some("the first secret and long enough"),
+//! )
+//! .unwrap();
+//! let old = Keyring::configured(&old, Some(&salt), None).unwrap();
+//! let new = Keyring::configured(&new, Some(&salt), None).unwrap();
+//! assert!(new.opens_with(old.current()));
+//! assert!(!old.opens_with(new.current()));
+//! ```
+
+use super::token::{self, InvoiceKey, Terms, TokenError};
+use crate::ids::InvoiceId;
+
+/// The least length of a configured invoice secret (`invoice_secret` and each `invoice_secret_previous`).
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The configured invoice secrets, checked (never shown: `Debug` prints how many there are).
+#[derive(Clone, Default)]
+pub struct Secrets<'a> {
+    /// `invoice_secret`: seals new ids (bound to the store).
+    pub current: Option<&'a str>,
+    /// `invoice_secret_previous`: open only.
+    pub previous: Vec<&'a str>,
+}
+
+impl std::fmt::Debug for Secrets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secrets(current: {}, previous: {})",
+            self.current.is_some(),
+            self.previous.len()
+        )
+    }
+}
+
+/// A configured secret that cannot be used: the variable and why (never its value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("variable {variable} is invalid: {reason}")]
+pub struct SecretError {
+    /// The variable.
+    pub variable: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl<'a> Secrets<'a> {
+    /// `invoice_secret` and `invoice_secret_previous` (a comma-separated list; blank entries are skipped), as
+    /// read (`None`: unset or blank). Every secret needs [`MIN_SECRET_LEN`] characters.
+    pub fn parse(current: Option<&'a str>, previous: Option<&'a str>) -> Result<Self, SecretError> {
+        if current.is_some_and(|s| s.len() < MIN_SECRET_LEN) {
+            return Err(SecretError {
+                variable: "invoice_secret",
+                reason: format!("use at least {MIN_SECRET_LEN} characters"),
+            });
+        }
+        let mut listed = Vec::new();
+        for (i, entry) in previous.unwrap_or_default().split(',').enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            if entry.len() < MIN_SECRET_LEN {
+                return Err(SecretError {
+                    variable: "invoice_secret_previous",
+                    reason: format!(
+                        "entry {} is shorter than {MIN_SECRET_LEN} characters",
+                        i + 1
+                    ),
+                });
+            }
+            listed.push(entry);
+        }
+        Ok(Self {
+            current,
+            previous: listed,
+        })
+    }
+
+    /// No secret configured: the store's generated key alone, no salt needed.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_none() && self.previous.is_empty()
+    }
+}
+
+/// Why a keyring cannot be made (a bug of its caller, not a configuration error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyringError {
+    /// No `invoice_secret` and no generated key: nothing to seal with.
+    #[error("no invoice key: neither invoice_secret nor a generated key")]
+    NoKey,
+    /// Secrets configured, but the store's salt was not given.
+    #[error("the store's invoice salt is needed with configured invoice secrets")]
+    NoSalt,
+}
+
+/// The keys of a deployment: the first seals, all open. Its `Debug` shows only how many.
+#[derive(Clone)]
+pub struct Keyring {
+    /// Never empty; no key twice.
+    keys: Vec<InvoiceKey>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keyring({} keys)", self.keys.len())
+    }
+}
+
+impl Keyring {
+    /// A keyring of `current` alone.
+    pub fn new(current: InvoiceKey) -> Self {
+        Self {
+            keys: vec![current],
+        }
+    }
+
+    /// Also open ids sealed under `key` (once: a key already held is not added again).
+    pub fn accept(&mut self, key: InvoiceKey) {
+        if !self.keys.contains(&key) {
+            self.keys.push(key);
+        }
+    }
+
+    /// The deployment's keyring (module docs): `salt` is the store's (needed when any secret is configured),
+    /// `generated` the store's generated key if it exists (needed when `invoice_secret` is not set).
+    pub fn configured(
+        secrets: &Secrets<'_>,
+        salt: Option<&[u8; 32]>,
+        generated: Option<InvoiceKey>,
+    ) -> Result<Self, KeyringError> {
+        let salt = match salt {
+            Some(salt) => salt,
+            None if secrets.is_empty() => &[0; 32],
+            None => return Err(KeyringError::NoSalt),
+        };
+        let mut ring = match (secrets.current, &generated) {
+            (Some(secret), _) => {
+                let mut ring = Self::new(InvoiceKey::derive_for_store(secret.as_bytes(), salt));
+                ring.accept(InvoiceKey::derive(secret.as_bytes()));
+                ring
+            }
+            (None, Some(key)) => Self::new(key.clone()),
+            (None, None) => return Err(KeyringError::NoKey),
+        };
+        for secret in &secrets.previous {
+            ring.accept(InvoiceKey::derive_for_store(secret.as_bytes(), salt));
+            ring.accept(InvoiceKey::derive(secret.as_bytes()));
+        }
+        if let Some(key) = generated {
+            ring.accept(key);
+        }
+        Ok(ring)
+    }
+
+    /// The key new ids are sealed with.
+    pub fn current(&self) -> &InvoiceKey {
+        &self.keys[0]
+    }
+
+    /// Whether ids sealed under `key` open.
+    pub fn opens_with(&self, key: &InvoiceKey) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// Seal `terms` under the current key.
+    pub fn seal(&self, terms: &Terms) -> Result<InvoiceId, TokenError> {
+        token::seal(terms, self.current())
+    }
+
+    /// Open an id sealed under any key of the ring.
+    pub fn open(&self, id: &InvoiceId) -> Result<Terms, TokenError> {
+        token::open_any(id, &self.keys)
+    }
+}
+
+#[cfg(test)]
+#[path = "keyring_tests.rs"]
+mod tests;

@@ -1,0 +1,150 @@
+//! Tests of `keyring.rs`: rotation, store binding, the generated key, and the secrets' checks.
+
+use super::*;
+use crate::chain::Network;
+use crate::invoice::Purchase;
+use crate::money::UsdcAmount;
+
+const A: &str = "secret A and long enough";
+const B: &str = "secret B and long enough";
+const C: &str = "secret C and long enough";
+const SALT: [u8; 32] = [1; 32];
+
+fn terms() -> Terms {
+    Terms {
+        purchase: Purchase::TopUp {
+            iccid: "8901260000000000014".into(),
+            data_mb: 50,
+            payer: None,
+        },
+        amount: UsdcAmount::from_micros(210_000),
+        networks: vec![Network::parse("eip155:8453").unwrap()],
+        pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+            .parse()
+            .unwrap(),
+        created_at: 1_700_000_000,
+        expires_at: 1_700_000_900,
+        nonce: 42,
+        quoted: None,
+    }
+}
+
+fn ring(current: Option<&str>, previous: Option<&str>, generated: Option<InvoiceKey>) -> Keyring {
+    let secrets = Secrets::parse(current, previous).unwrap();
+    Keyring::configured(&secrets, Some(&SALT), generated).unwrap()
+}
+
+/// Rotating `invoice_secret` from A to B with A listed as previous: ids sealed under A still open, new ids
+/// are sealed under B only (A alone does not open them), and an id sealed under a key not listed does not.
+#[test]
+fn a_rotated_secret_still_opens_its_ids_and_seals_nothing_new() {
+    let old = ring(Some(A), None, None);
+    let paid = old.seal(&terms()).unwrap();
+    let rotated = ring(Some(B), Some(A), None);
+    assert_eq!(rotated.open(&paid).unwrap(), terms());
+
+    let fresh = rotated.seal(&terms()).unwrap();
+    assert_eq!(token::open(&fresh, rotated.current()).unwrap(), terms());
+    assert_eq!(old.open(&fresh), Err(TokenError::BadMac));
+    assert_eq!(ring(Some(B), None, None).open(&fresh).unwrap(), terms());
+
+    // Without A listed, the old id is not ours; nor is one under a secret never configured here.
+    assert_eq!(
+        ring(Some(B), None, None).open(&paid),
+        Err(TokenError::BadMac)
+    );
+    let foreign = ring(Some(C), None, None).seal(&terms()).unwrap();
+    assert_eq!(rotated.open(&foreign), Err(TokenError::BadMac));
+    // Several previous secrets, blanks and spaces around them ignored.
+    let many = ring(Some(C), Some(&format!(" {B} ,, {A} ,")), None);
+    assert_eq!(many.open(&paid).unwrap(), terms());
+    assert_eq!(many.open(&fresh).unwrap(), terms());
+}
+
+/// One secret, two stores: an id sealed by one does not open at the other (a payment proved there is
+/// claimed in that store only); two instances on one store (one salt) agree.
+#[test]
+fn ids_are_bound_to_the_store_that_sealed_them() {
+    let secrets = Secrets::parse(Some(A), None).unwrap();
+    let here = Keyring::configured(&secrets, Some(&SALT), None).unwrap();
+    let there = Keyring::configured(&secrets, Some(&[2; 32]), None).unwrap();
+    let id = here.seal(&terms()).unwrap();
+    assert_eq!(there.open(&id), Err(TokenError::BadMac));
+    let peer = Keyring::configured(&secrets, Some(&SALT), None).unwrap();
+    assert_eq!(peer.open(&id).unwrap(), terms());
+    // Not the un-salted key, and neither is a previous secret's salted one.
+    assert_ne!(here.current(), &InvoiceKey::derive(A.as_bytes()));
+    let rotated = ring(Some(B), Some(A), None);
+    assert!(rotated.opens_with(here.current()));
+    assert!(!rotated.opens_with(there.current()));
+}
+
+/// Ids sealed before ids were bound to a store (the secret's un-salted key) still open, for the current
+/// secret and for previous ones; none is sealed that way any more.
+#[test]
+fn ids_sealed_before_the_salt_still_open() {
+    let legacy_a = token::seal(&terms(), &InvoiceKey::derive(A.as_bytes())).unwrap();
+    let legacy_b = token::seal(&terms(), &InvoiceKey::derive(B.as_bytes())).unwrap();
+    let rotated = ring(Some(B), Some(A), None);
+    assert_eq!(rotated.open(&legacy_a).unwrap(), terms());
+    assert_eq!(rotated.open(&legacy_b).unwrap(), terms());
+    assert_ne!(rotated.seal(&terms()).unwrap(), legacy_b);
+}
+
+/// Without a secret the store's generated key seals; once a secret is set it only opens, so the switch from
+/// the generated key to a configured one orphans nothing.
+#[test]
+fn the_generated_key_seals_without_a_secret_and_opens_after_one_is_set() {
+    let generated = InvoiceKey::new([7; 32]);
+    let before = Keyring::configured(&Secrets::default(), None, Some(generated.clone())).unwrap();
+    assert_eq!(before.current(), &generated);
+    let id = before.seal(&terms()).unwrap();
+
+    let after = ring(Some(A), None, Some(generated.clone()));
+    assert_ne!(after.current(), &generated);
+    assert_eq!(after.open(&id).unwrap(), terms());
+    assert_eq!(
+        before.open(&after.seal(&terms()).unwrap()),
+        Err(TokenError::BadMac)
+    );
+    // A previous secret alone (back to the generated key): the generated key seals, the secret opens.
+    let back = ring(None, Some(A), Some(generated.clone()));
+    assert_eq!(back.current(), &generated);
+    assert!(back.opens_with(after.current()));
+}
+
+#[test]
+fn a_keyring_needs_a_key_to_seal_with_and_the_salt_with_secrets() {
+    assert_eq!(
+        Keyring::configured(&Secrets::default(), None, None).unwrap_err(),
+        KeyringError::NoKey
+    );
+    let secrets = Secrets::parse(None, Some(A)).unwrap();
+    assert_eq!(
+        Keyring::configured(&secrets, Some(&SALT), None).unwrap_err(),
+        KeyringError::NoKey
+    );
+    let secrets = Secrets::parse(Some(A), None).unwrap();
+    assert_eq!(
+        Keyring::configured(&secrets, None, None).unwrap_err(),
+        KeyringError::NoSalt
+    );
+    // The same key twice is held once.
+    let twice = ring(Some(A), Some(A), None);
+    assert_eq!(format!("{twice:?}"), "Keyring(2 keys)");
+}
+
+/// Secrets shorter than the minimum are refused naming the variable (and the entry), never showing a value.
+#[test]
+fn short_secrets_are_refused_without_showing_them() {
+    let e = Secrets::parse(Some("short-secret"), None).unwrap_err();
+    assert_eq!(e.variable, "invoice_secret");
+    assert!(!e.to_string().contains("short-secret"), "{e}");
+    let e = Secrets::parse(Some(A), Some(&format!("{B},tiny-secret"))).unwrap_err();
+    assert_eq!(e.variable, "invoice_secret_previous");
+    assert!(e.reason.contains("entry 2"), "{e}");
+    assert!(!e.to_string().contains("tiny") && !e.to_string().contains(B));
+    assert!(Secrets::parse(None, Some(" , ")).unwrap().is_empty());
+    let shown = format!("{:?}", Secrets::parse(Some(A), Some(B)).unwrap());
+    assert!(!shown.contains(A) && !shown.contains(B), "{shown}");
+}

@@ -1,0 +1,285 @@
+//! The invoices component across configuration changes: a rotated `invoice_secret`, a switch from the
+//! generated key to a configured one, ids bound to their store, networks disabled after a payment; and a
+//! ledger whose stored head was inflated or whose reads fail in a hole.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use esim402_core::invoice::token::{self, InvoiceKey};
+use esim402_testkit::{Kit, types};
+
+use crate::invoices::{begin, builder, get, issue, ledger_check, ledger_event, log};
+
+const A: &str = "the first invoice secret";
+const B: &str = "the second invoice secret";
+
+/// A kit on `store` (a fresh one if `None`) with the variables `vars`.
+async fn kit_on(store: Option<esim402_host::kv::SharedBackend>, vars: &[(&str, &str)]) -> Kit {
+    let mut b = builder();
+    if let Some(store) = store {
+        b = b.store(store);
+    }
+    for (k, v) in vars {
+        b = b.var(k, v);
+    }
+    b.build().await.unwrap()
+}
+
+/// An invoice issued at `kit` and paid there (its payment record claimed, then marked paid).
+async fn paid_invoice(kit: &mut Kit) -> types::Invoice {
+    let inv = issue(kit, 420_000, 1_000).await;
+    let types::Begin::Drive(_) = begin(kit, &inv.id, "0xfingerprint", 1_001).await else {
+        panic!("the first payment drives");
+    };
+    let id = inv.id.clone();
+    kit.call(async move |a, g| {
+        g.invoices()
+            .call_mark_paid(a, id, format!("0x{:064x}", 1), "0xpayer".into())
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    inv
+}
+
+async fn mark_refunded(kit: &mut Kit, id: &str) -> Result<types::Invoice, types::Error> {
+    let id = id.to_owned();
+    kit.call(async move |a, g| g.invoices().call_mark_refunded(a, id, "test".into()).await)
+        .await
+        .unwrap()
+}
+
+/// `invoice_secret` rotated from A to B with A in `invoice_secret_previous`: an invoice paid under A still
+/// reads (paid) and is still refundable; new invoices are sealed under B (a deployment on A alone does not
+/// open them); without A listed the old id is not ours (`None`: 404). Before, every id sealed under A was
+/// `None` after the rotation.
+#[tokio::test]
+async fn a_rotated_invoice_secret_keeps_opening_the_ids_sealed_under_the_old_one() {
+    let mut old = kit_on(None, &[("invoice_secret", A)]).await;
+    let store = old.kv().clone();
+    let inv = paid_invoice(&mut old).await;
+
+    let mut rotated = kit_on(
+        Some(store.clone()),
+        &[("invoice_secret", B), ("invoice_secret_previous", A)],
+    )
+    .await;
+    let read = get(&mut rotated, &inv.id, 1_002).await.unwrap().unwrap();
+    assert_eq!(read.status, types::InvoiceStatus::Paid);
+    let refunded = mark_refunded(&mut rotated, &inv.id).await.unwrap();
+    assert_eq!(refunded.status, types::InvoiceStatus::Refunded);
+
+    let fresh = issue(&mut rotated, 1_000, 1_000).await;
+    assert!(get(&mut rotated, &fresh.id, 1_001).await.unwrap().is_some());
+    assert!(get(&mut old, &fresh.id, 1_001).await.unwrap().is_none());
+    let mut only_b = kit_on(Some(store.clone()), &[("invoice_secret", B)]).await;
+    assert!(get(&mut only_b, &fresh.id, 1_001).await.unwrap().is_some());
+    assert!(get(&mut only_b, &inv.id, 1_002).await.unwrap().is_none());
+
+    // A previous secret too short is a configuration error naming the variable, never showing the value.
+    let mut short = kit_on(
+        Some(store),
+        &[
+            ("invoice_secret", B),
+            ("invoice_secret_previous", "tiny-key"),
+        ],
+    )
+    .await;
+    let err = get(&mut short, &fresh.id, 1_001).await.unwrap_err();
+    assert!(
+        matches!(&err, types::Error::Internal(m) if m.contains("invoice_secret_previous") && !m.contains("tiny")),
+        "{err:?}"
+    );
+}
+
+/// A deployment that ran on the generated key (`secret/invoice-key`) and then sets `invoice_secret` orphans
+/// nothing: the generated key still opens what it sealed (and is not created where it never was).
+#[tokio::test]
+async fn setting_invoice_secret_after_the_generated_key_orphans_nothing() {
+    let mut generated = kit_on(None, &[]).await;
+    let store = generated.kv().clone();
+    let inv = paid_invoice(&mut generated).await;
+    let mut keyed = kit_on(Some(store), &[("invoice_secret", A)]).await;
+    let read = get(&mut keyed, &inv.id, 1_002).await.unwrap().unwrap();
+    assert_eq!(read.status, types::InvoiceStatus::Paid);
+    let fresh = issue(&mut keyed, 1_000, 1_000).await;
+    assert!(
+        get(&mut generated, &fresh.id, 1_001)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let mut never = kit_on(None, &[("invoice_secret", A)]).await;
+    issue(&mut never, 1_000, 1_000).await;
+    assert!(never.kv_get("secret/invoice-key").await.is_none());
+}
+
+/// Two deployments with separate stores and one `invoice_secret` do not open each other's ids (each claims
+/// a payment once in its own store: one transfer must not buy at both); instances on one store agree. An id
+/// sealed before ids were bound to a store (under the secret alone) still opens.
+#[tokio::test]
+async fn invoice_ids_are_bound_to_their_store() {
+    let mut here = kit_on(None, &[("invoice_secret", A)]).await;
+    let mut there = kit_on(None, &[("invoice_secret", A)]).await;
+    let mut peer = kit_on(Some(here.kv().clone()), &[("invoice_secret", A)]).await;
+    let inv = issue(&mut here, 420_000, 1_000).await;
+    assert!(get(&mut there, &inv.id, 1_001).await.unwrap().is_none());
+    assert!(get(&mut peer, &inv.id, 1_001).await.unwrap().is_some());
+    assert!(here.kv_get("secret/invoice-salt").await.is_some());
+
+    // Sealed the way this component sealed before (the secret's key alone): still ours, at either store.
+    let terms = token::Terms {
+        purchase: esim402_core::invoice::Purchase::TopUp {
+            iccid: "8901260000000000014".into(),
+            data_mb: 50,
+            payer: None,
+        },
+        amount: esim402_core::UsdcAmount::from_micros(210_000),
+        networks: vec![esim402_core::Network::parse("eip155:31337").unwrap()],
+        pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+            .parse()
+            .unwrap(),
+        created_at: 1_000,
+        expires_at: 1_900,
+        nonce: 7,
+        quoted: None,
+    };
+    let legacy = token::seal(&terms, &InvoiceKey::derive(A.as_bytes())).unwrap();
+    let read = get(&mut here, legacy.as_str(), 1_001)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.amount, 210_000);
+}
+
+/// An invoice paid on a network that is no longer enabled still reads (status, refunds, the activation-code
+/// route all open it), showing the network it was sealed with; only an invoice still to be paid there is
+/// refused (409). Before, every open of it was a 409.
+#[tokio::test]
+async fn an_invoice_paid_on_a_network_no_longer_enabled_still_opens() {
+    let mut before = kit_on(None, &[("invoice_secret", A)]).await;
+    let store = before.kv().clone();
+    let inv = paid_invoice(&mut before).await;
+    let unpaid = issue(&mut before, 1_000, 1_000).await;
+
+    let mut after = kit_on(
+        Some(store),
+        &[("invoice_secret", A), ("payment_network", "base-sepolia")],
+    )
+    .await;
+    let read = get(&mut after, &inv.id, 1_002).await.unwrap().unwrap();
+    assert_eq!(read.status, types::InvoiceStatus::Paid);
+    assert_eq!(read.options.len(), 1);
+    assert_eq!(read.options[0].network, "eip155:31337");
+    let refunded = mark_refunded(&mut after, &inv.id).await.unwrap();
+    assert_eq!(refunded.status, types::InvoiceStatus::Refunded);
+    let err = get(&mut after, &unpaid.id, 1_001).await.unwrap_err();
+    assert!(
+        matches!(&err, types::Error::Conflict(m) if m.contains("no longer enabled")),
+        "{err:?}"
+    );
+}
+
+/// Counts the reads of keys under `prefix`.
+struct CountingReads {
+    prefix: &'static str,
+    reads: Arc<AtomicUsize>,
+}
+
+impl esim402_host::kv::wrapped::Hook for CountingReads {
+    fn before(
+        &self,
+        op: esim402_host::kv::wrapped::Op,
+        key: &str,
+    ) -> esim402_host::kv::KvResult<()> {
+        if matches!(op, esim402_host::kv::wrapped::Op::Get) && key.starts_with(self.prefix) {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// Two entries logged for `invoice`, then the stored head of its shard set to `count`.
+async fn ledger_with_head(kit: &mut Kit, invoice: &str, count: u64) {
+    let events = vec![
+        ledger_event("invoice_issued", invoice),
+        ledger_event("payment_verified", invoice),
+    ];
+    log(kit, 1_000, events).await.unwrap();
+    let shard = esim402_core::ledger::shard_of(invoice);
+    let key = format!("ledger/{shard:02}/head");
+    let mut head: serde_json::Value =
+        serde_json::from_slice(&kit.kv_get(&key).await.unwrap()).unwrap();
+    assert_eq!(head["count"], 2, "{head}");
+    head["count"] = count.into();
+    kit.kv_put(&key, head.to_string().as_bytes()).await;
+}
+
+/// A head whose count was inflated (edited, corrupted) is reported as not matching the entries, after a
+/// bounded number of reads: before, the check read every key up to the count (10^12: for ever).
+#[tokio::test]
+async fn an_inflated_ledger_head_is_reported_after_a_bounded_scan() {
+    let shard = esim402_core::ledger::shard_of("inv_inflated");
+    let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/entry/").into_boxed_str());
+    let reads = Arc::new(AtomicUsize::new(0));
+    let store = esim402_host::kv::wrapped::Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        CountingReads {
+            prefix,
+            reads: reads.clone(),
+        },
+    );
+    let mut kit = builder().store(Arc::new(store)).build().await.unwrap();
+    ledger_with_head(&mut kit, "inv_inflated", 20_002).await;
+    reads.store(0, Ordering::SeqCst);
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(check["ok"], false, "{check}");
+    assert!(
+        check["error"].as_str().unwrap().contains("stored head"),
+        "{check}"
+    );
+    let n = reads.load(Ordering::SeqCst);
+    assert!(n < 5_000, "{n} reads of the shard's entries");
+
+    kit.kv_put(
+        &format!("ledger/{shard:02}/head"),
+        serde_json::json!({"shard": shard, "count": 1_000_000_000_000u64,
+            "hash": format!("0x{}", "ab".repeat(32))})
+        .to_string()
+        .as_bytes(),
+    )
+    .await;
+    let check = tokio::time::timeout(std::time::Duration::from_secs(60), ledger_check(&mut kit))
+        .await
+        .expect("the check ends");
+    assert_eq!(check["ok"], false, "{check}");
+}
+
+/// A read that fails while the check crosses a hole below the head is the store failing (503), not a
+/// missing entry: before, it was skipped and the verdict blamed the ledger.
+#[tokio::test]
+async fn a_failing_read_in_a_ledger_hole_is_an_error_not_a_gap() {
+    let shard = esim402_core::ledger::shard_of("inv_hole");
+    let prefix: &'static str =
+        Box::leak(format!("ledger/{shard:02}/entry/{:020}", 3).into_boxed_str());
+    let failing = Arc::new(AtomicBool::new(false));
+    let mut kit = builder()
+        .store(Arc::new(crate::failing_calls(prefix, &failing)))
+        .build()
+        .await
+        .unwrap();
+    ledger_with_head(&mut kit, "inv_hole", 6).await;
+    failing.store(true, Ordering::SeqCst);
+    let verdict = kit
+        .call(async move |a, g| g.invoices().call_ledger_verify(a).await)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&verdict, Err(types::Error::Unavailable(_))),
+        "{verdict:?}"
+    );
+    failing.store(false, Ordering::SeqCst);
+    assert_eq!(ledger_check(&mut kit).await["ok"], false);
+}
