@@ -192,7 +192,10 @@ impl Guest for Component {
         sims::balance_hold(&hold).await
     }
 
-    async fn download_progress(body: String, credential: Option<String>) -> Result<(), wit::Error> {
+    async fn download_progress(
+        body: String,
+        credential: Option<String>,
+    ) -> Result<Option<wit::Sim>, wit::Error> {
         sims::download_progress(&body, credential.as_deref()).await
     }
 }

@@ -2,10 +2,13 @@
 //! effects; an order left pending is finished by [`resume_order`], a POST), the lifecycle state machine
 //! (kernel `esim::owner_action` for the owner, `esim::balance_hold` for metering: each lifts only its own
 //! hold; an invalid transition is a conflict), and the SM-DP+'s download-progress callbacks (kernel
-//! `order::progress_after`: none for a SIM terminated or failed; only from the carrier that issued the SIM,
+//! `order::after_progress`: none for a SIM terminated or failed; only from the carrier that issued the SIM,
 //! kernel `auth::callback`), which also retire the SIM a live replacement replaces once it is installed, if
-//! that SIM still names it (kernel `order::retire_replaced`). Switching is [`crate::switching`]'s.
-//! Terminating revokes the SIM's access token.
+//! that SIM still names it (kernel `order::retire_replaced`). A terminal download failure (kernel
+//! `esim::failure`) fails a SIM whose profile never installed and retires that profile at the SM-DP+ as a
+//! terminate does (queued if it cannot be sent now; the sweep cancels only while `order::sweep_may_cancel`
+//! allows); its money is the gateway's (kernel `usage::failed`). Switching is [`crate::switching`]'s.
+//! Terminating revokes the SIM's access token; failing keeps it, so the owner still reads the SIM.
 
 use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
@@ -13,7 +16,7 @@ use esim402_core::esim::{
     Eid, Iccid, ProfileState, SimAction, SimState, owner_action, retire_on_terminate,
 };
 use esim402_core::join::join_all;
-use esim402_core::order::{self, StoredSim, progress_after, retire_replaced};
+use esim402_core::order::{self, StoredSim, after_progress, retire_replaced};
 use esim402_core::store::keys;
 use esim402_core::{CarrierId, DataMb, Region, UsdcAmount};
 use esim402_guest::convert::{self, internal, invalid, kv_err, sim_to_wit};
@@ -255,8 +258,13 @@ pub fn not_sold(carrier: &CarrierId) -> wit::Error {
 }
 
 /// `download-progress`: a HandleDownloadProgressInfo body from an SM-DP+, authenticated by `credential` (checked
-/// before the body is even parsed: an unauthenticated caller gets no detail and changes nothing).
-pub async fn download_progress(body: &str, credential: Option<&str>) -> Result<(), wit::Error> {
+/// before the body is even parsed: an unauthenticated caller gets no detail and changes nothing). The SIM if
+/// the notification is a terminal failure and the SIM stands failed by one ([`StoredSim::owes_back`]): the
+/// gateway owes its money back.
+pub async fn download_progress(
+    body: &str,
+    credential: Option<&str>,
+) -> Result<Option<wit::Sim>, wit::Error> {
     let cfg = crate::config::get().await?;
     let carrier = cfg
         .callbacks
@@ -269,35 +277,48 @@ pub async fn download_progress(body: &str, credential: Option<&str>) -> Result<(
             format!("not a HandleDownloadProgressInfo request: {e}"),
         )
     })?;
-    let status = info.notification_point_status.status;
+    let status = &info.notification_point_status;
+    let point = info.notification_point_id;
     let no_sim = || wit::Error::NotFound(format!("no SIM {}", info.iccid.as_str()));
     // A notification that moves nothing (an earlier point, a repeat of a delivered one, any point for a SIM
-    // terminated or failed: kernel `order::progress_after`) writes nothing.
-    let (sim, ()) =
-        kv::change_json::<StoredSim, (), wit::Error>(&keys::sim(info.iccid.as_str()), |current| {
-            let mut sim = current.ok_or_else(no_sim)?;
+    // terminated or failed: kernel `order::after_progress`) writes nothing.
+    let (sim, failed_now) = kv::change_json::<StoredSim, bool, wit::Error>(
+        &keys::sim(info.iccid.as_str()),
+        |current| {
+            let sim = current.ok_or_else(no_sim)?;
             check_issuer(&carrier, &sim.carrier, &sim.iccid)
                 .map_err(|e| wit::Error::Forbidden(e.to_string()))?;
-            Ok(
-                match progress_after(&sim, info.notification_point_id, status) {
-                    Some(next) => {
-                        sim.profile_state = Some(next);
-                        (Change::Put(sim), ())
-                    }
-                    None => (Change::Keep, ()),
-                },
-            )
-        })
-        .await
-        .map_err(kv_err)?;
+            Ok(match after_progress(&sim, point, status) {
+                Some(next) => {
+                    let failed_now = next.owes_back() && !sim.owes_back();
+                    (Change::Put(next), failed_now)
+                }
+                None => (Change::Keep, false),
+            })
+        },
+    )
+    .await
+    .map_err(kv_err)?;
     let sim = sim.ok_or_else(no_sim)?;
+    if failed_now {
+        // Once, by the call that failed it (a terminate's retirement is once too): a cancel that cannot be sent
+        // now is queued, and the sweep sends it while the record is still this failed SIM's.
+        eprintln!(
+            "dispatch: SIM {} failed: its profile can never be installed ({}); retiring it at {}",
+            sim.iccid,
+            sim.download_failure.as_deref().unwrap_or_default(),
+            sim.carrier
+        );
+        retire_profile(&info.iccid, &sim).await?;
+    }
     // A repeat retries a retirement that failed (and finds nothing to do once it is done).
     if sim.profile_state == Some(ProfileState::Installed)
         && let Some(old) = &sim.replaces
     {
         retire_replaced_sim(old, &sim).await?;
     }
-    Ok(())
+    let terminal = esim402_core::esim::terminal_failure(point, status).is_some();
+    Ok((terminal && sim.owes_back()).then(|| sim_to_wit(&sim)))
 }
 
 /// The replacement `new` is installed: the SIM it replaces, `old`, leaves service if it still names `new` as

@@ -107,6 +107,7 @@ impl OrderSpec {
             label: self.label.clone(),
             holds: Default::default(),
             switching: None,
+            download_failure: None,
         }
     }
 }

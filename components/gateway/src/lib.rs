@@ -7,6 +7,7 @@
 //! - [`purchase`]: `POST /v1/esim/activate` and `/v1/esim/{iccid}/switch`: the 402 challenge, or a payment;
 //! - [`pay`]: paying an invoice and delivering what it buys, at most once;
 //! - [`routes`]: everything else (invoices, SIMs, callbacks, the facilitator API, the ledger, admin);
+//! - [`failed`]: the money of a SIM whose profile can never be installed (a download callback failed it);
 //! - [`auth`]: the SIM owner's credential (access token or wallet sign-in), checked before any SIM route acts.
 
 use bytes::Bytes;
@@ -33,6 +34,7 @@ mod bindings {
 
 mod auth;
 mod convert;
+mod failed;
 mod meter;
 mod pay;
 mod purchase;

@@ -2,7 +2,7 @@
 //! and paid top-up (`POST /v1/esim/{iccid}/data`), and the balance, usage and receipt queries. Rules are the
 //! kernel's (`esim402_core::usage`); the metering component keeps the balances.
 
-use esim402_core::usage::account::TOP_UP_SIZES_MB;
+use esim402_core::usage::account::{RefundShare, TOP_UP_SIZES_MB};
 use esim402_core::usage::ingest::MAX_BATCH_BODY_BYTES;
 use esim402_core::usage::quota::QuotaRequest;
 use esim402_core::{ApiError, InvoiceId, UsdcAmount};
@@ -278,35 +278,74 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
         Err(wit::Error::NotFound(_)) => return Ok(Vec::new()),
         Err(e) => return Err(from_wit(e)),
     };
-    let shares: Vec<esim402_core::usage::account::RefundShare> =
+    let shares: Vec<RefundShare> =
         serde_json::from_str(&shares).map_err(|e| ApiError::internal(e.to_string()))?;
+    let owing = shares.into_iter().map(|s| Owing::data(iccid, s)).collect();
+    Ok(owe(owing, "terminate the SIM again to retry")
+        .await
+        .recorded)
+}
+
+/// One refund to owe: of `invoice`'s payment, `amount` (`None`: all of it), returning the payment made in `tx`
+/// (`None`: the invoice's settlement transaction), for `reason`.
+pub struct Owing {
+    pub invoice: String,
+    pub tx: Option<String>,
+    pub amount: Option<u64>,
+    pub reason: String,
+}
+
+impl Owing {
+    /// The unused data of SIM `iccid` in `share`, at its value.
+    pub fn data(iccid: &str, share: RefundShare) -> Self {
+        Self {
+            reason: format!("unused data: {} bytes of SIM {iccid}", share.bytes),
+            invoice: share.invoice,
+            tx: Some(share.tx),
+            amount: Some(share.amount.micros()),
+        }
+    }
+}
+
+/// What [`owe`] did.
+pub struct Owed {
+    /// The refunds as recorded.
+    pub recorded: Vec<Value>,
+    /// How many could not be owed now and may be on a retry (a store or verifier fault; not an operator's
+    /// case, which no retry changes).
+    pub retry: usize,
+}
+
+/// Owe `owing` back (the verifier's `owe-refund`: once per invoice, so owing the same again records nothing
+/// new) and log the `refund_owed` events of the new ones. One that cannot be owed now does not stop the
+/// others: it is reported, with how to retry it (`retry`), and counted in [`Owed::retry`].
+pub async fn owe(owing: Vec<Owing>, retry: &str) -> Owed {
     let mut out = Vec::new();
+    let mut left = 0;
     let mut events = Vec::new();
-    // Shares owed before (a terminate repeated) long enough ago that their first terminate is done: their events
-    // again, which the ledger keeps once, in case that terminate stopped before logging them.
+    // Refunds owed before (a terminate repeated) long enough ago that their first owing is done: their events
+    // again, which the ledger keeps once, in case that call stopped before logging them.
     let mut repeats = Vec::new();
-    for share in shares {
-        // One share that cannot be owed now does not stop the others; terminating again retries it.
-        let invoice = match pay::load_invoice(&share.invoice).await {
+    for item in owing {
+        let invoice = match pay::load_invoice(&item.invoice).await {
             Ok(invoice) => invoice,
             Err(e) => {
                 eprintln!(
-                    "gateway: REFUND OF UNUSED DATA NOT RECORDED for {} (terminate the SIM again to retry): {e:?}",
-                    share.invoice
+                    "gateway: REFUND NOT RECORDED for {} ({retry}): {e:?}",
+                    item.invoice
                 );
+                left += 1;
                 continue;
             }
         };
-        let reason = format!("unused data: {} bytes of SIM {iccid}", share.bytes);
-        match crate::verifier::owe_refund(
-            invoice,
-            share.tx.clone(),
-            Some(share.amount.micros()),
-            reason,
-            now(),
-        )
-        .await
-        {
+        let Some(tx) = item.tx.or_else(|| invoice.transaction.clone()) else {
+            eprintln!(
+                "gateway: OPERATOR: REFUND NOT RECORDED for {}: the invoice names no settlement transaction",
+                item.invoice
+            );
+            continue;
+        };
+        match crate::verifier::owe_refund(invoice, tx, item.amount, item.reason, now()).await {
             Ok(owed) => {
                 if owed.new {
                     events.push(owed.event);
@@ -317,18 +356,24 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
             }
             // The invoice's one refund returns another payment of it (a late transfer): an operator's case.
             Err(wit::Error::Conflict(why)) => eprintln!(
-                "gateway: OPERATOR: REFUND OF UNUSED DATA NOT RECORDED for {}: {why}",
-                share.invoice
+                "gateway: OPERATOR: REFUND NOT RECORDED for {}: {why}",
+                item.invoice
             ),
-            Err(e) => eprintln!(
-                "gateway: REFUND OF UNUSED DATA NOT RECORDED for {} (terminate the SIM again to retry): {e:?}",
-                share.invoice
-            ),
+            Err(e) => {
+                eprintln!(
+                    "gateway: REFUND NOT RECORDED for {} ({retry}): {e:?}",
+                    item.invoice
+                );
+                left += 1;
+            }
         }
     }
     crate::pay::log_events(events, false).await;
     crate::pay::log_events(repeats, true).await;
-    Ok(out)
+    Owed {
+        recorded: out,
+        retry: left,
+    }
 }
 
 /// Whether `sim` may be granted quota: an active one, or one suspended for balance alone (its balance decides:

@@ -202,7 +202,9 @@ pub async fn lifecycle(req: &Request, iccid: &str, action: &str) -> Result<Reply
 }
 
 /// ES2+ `HandleDownloadProgressInfo` from an SM-DP+, authenticated by its carrier's callback credential
-/// (`Authorization: Bearer …`): record the profile's progress, answer 204.
+/// (`Authorization: Bearer …`): record the profile's progress, answer 204. A terminal failure that failed the
+/// SIM gives its money back first ([`crate::failed`]); if that cannot be done now the SM-DP+ is not answered
+/// 204, and sends the notification again.
 pub async fn download_progress(req: Request) -> Result<Reply, ApiError> {
     if let Some(p) = header(&req, "x-admin-protocol")
         && !esim402_core::esim::es2::is_supported_admin_protocol(p)
@@ -216,9 +218,12 @@ pub async fn download_progress(req: Request) -> Result<Reply, ApiError> {
     let body = read_body(req).await?;
     let body = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::invalid("body", "body must be UTF-8 JSON"))?;
-    dispatch::download_progress(body, credential)
+    if let Some(failed) = dispatch::download_progress(body, credential)
         .await
-        .map_err(from_wit)?;
+        .map_err(from_wit)?
+    {
+        crate::failed::give_back(&failed).await?;
+    }
     Response::builder()
         .status(204)
         .header(

@@ -6,7 +6,7 @@ use esim402_core::esim::plmn::{Plmn, RoamingPolicy};
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
 use esim402_core::usage::account::{
-    Account, AccountError, Credit, CreditKind, Quota, decide_quota,
+    Account, AccountError, Credit, CreditKind, Quota, RefundShare, decide_quota,
 };
 use esim402_core::{CarrierId, UsdcAmount};
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, kv_fault};
@@ -248,6 +248,16 @@ pub fn balance_hold(iccid: &str, (hold, epoch): (bool, u64)) -> wit::BalanceHold
 /// than opening a live account on it.
 pub async fn close(iccid: &str) -> Result<String, wit::Error> {
     let iccid = parse_iccid(iccid)?;
+    let shares = close_with(&iccid, Account::close).await?;
+    serde_json::to_string(&shares).map_err(internal)
+}
+
+/// [`close`]'s steps, the account closed at the used counter by `close` (kernel `Account::close`, or
+/// `Account::close_failed` for a SIM whose profile can never be installed).
+pub async fn close_with(
+    iccid: &Iccid,
+    close: impl Fn(&mut Account, u64) -> Vec<RefundShare>,
+) -> Result<Vec<RefundShare>, wit::Error> {
     let key = keys::balance(iccid.as_str());
     let (closing, ()) = kv::change_json::<Account, (), wit::Error>(&key, |cur| match cur {
         None => Ok((Change::Put(Account::closed_unopened(iccid.clone())), ())),
@@ -260,7 +270,7 @@ pub async fn close(iccid: &str) -> Result<String, wit::Error> {
     .await
     .map_err(kv_err)?;
     if closing.as_ref().is_none_or(Account::is_unopened) {
-        return Ok("[]".to_owned());
+        return Ok(Vec::new());
     }
     // With what the SIM it replaced still owes it, so the refunds leave those bytes out.
     let used = used(iccid.as_str())?;
@@ -271,11 +281,11 @@ pub async fn close(iccid: &str) -> Result<String, wit::Error> {
     let (_, shares) = kv::update_json_with(&key, |cur: Option<Account>| match cur {
         None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
         Some(mut a) => {
-            let shares = a.close(used);
+            let shares = close(&mut a, used);
             Ok((a, shares))
         }
     })
     .await
     .map_err(kv_err)?;
-    serde_json::to_string(&shares).map_err(internal)
+    Ok(shares)
 }

@@ -5,12 +5,14 @@
 //!
 //! - [`accounts`]: credits (activation, top-ups; once per invoice), balances, closing (unused-data refunds).
 //! - [`transfer`]: a switch's move of the old SIM's unused data to the new SIM.
+//! - [`failed`]: closing a SIM whose profile can never be installed (a switch's balance goes back).
 //! - [`ingest`]: `POST /v1/usage` batches: verify, claim, log, charge.
 //! - [`held`]: a charged batch's ledger events, held until logged (and logged again after a crash).
 //! - [`queries`]: usage rows and the receipt log.
 
 mod accounts;
 mod config;
+mod failed;
 mod held;
 mod ingest;
 mod queries;
@@ -38,7 +40,9 @@ mod export {
     crate::bindings::export!(Component with_types_in crate::bindings);
 }
 
-use bindings::exports::esim402::metering::metering::{Credited, DataCredit, Guest, Ingested};
+use bindings::exports::esim402::metering::metering::{
+    Credited, DataCredit, FailedAccount, Guest, Ingested,
+};
 use esim402_guest::wit;
 
 struct Component;
@@ -74,6 +78,10 @@ impl Guest for Component {
 
     async fn close(iccid: String) -> Result<String, wit::Error> {
         accounts::close(&iccid).await
+    }
+
+    async fn fail(iccid: String) -> Result<FailedAccount, wit::Error> {
+        failed::fail(&iccid).await
     }
 
     async fn usage(

@@ -266,6 +266,20 @@ pub struct StoredSim {
     /// The switch ordering its replacement, until `replaced_by` names it ([`claim_switch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switching: Option<SwitchClaim>,
+    /// The status code (`subject/reason`) of the download-progress notification that failed this SIM for good:
+    /// its profile can never be installed ([`after_progress`]), so its payment is owed back ([`owes_back`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_failure: Option<String>,
+}
+
+impl StoredSim {
+    /// Whether the SIM failed because its profile can never be installed (a terminal download failure,
+    /// [`after_progress`]): its account is closed and its payment owed back (kernel `usage::failed`). Only such a
+    /// record: a SIM failed by its order (the carrier refused the confirm) never delivered, and its invoice may
+    /// have paid for another carrier's SIM since.
+    pub fn owes_back(&self) -> bool {
+        self.state == SimState::Failed && self.download_failure.is_some()
+    }
 }
 
 /// A switch's hold on the SIM it replaces while the replacement is ordered ([`claim_switch`]).
@@ -412,6 +426,34 @@ pub fn progress_after(
         None => return None,
     };
     crate::esim::profile_state_after(current, point, status)
+}
+
+/// The SIM record after a download-progress notification (point `point`, `status`), or `None` when nothing
+/// changes. A terminal failure (`crate::esim::terminal_failure`: the SM-DP+'s retry, confirmation-code or
+/// order-time limit) on a SIM in service whose profile was never installed fails the SIM
+/// (`crate::esim::state_after_terminal`): failed, its profile in Error, the code kept in `download_failure`
+/// ([`StoredSim::owes_back`]); dispatch then retires the profile at the SM-DP+ and the gateway owes the money
+/// back. Anything else moves the profile only, as [`progress_after`] says (a failed SIM takes nothing more, so
+/// a repeated notification writes nothing).
+pub fn after_progress(
+    sim: &StoredSim,
+    point: u32,
+    status: &crate::esim::es2::NotificationPointStatus,
+) -> Option<StoredSim> {
+    if let Some(code) = crate::esim::terminal_failure(point, status)
+        && let Some(state) = crate::esim::state_after_terminal(sim.state, sim.profile_state)
+    {
+        return Some(StoredSim {
+            state,
+            profile_state: Some(ProfileState::Error),
+            download_failure: Some(code.to_string()),
+            ..sim.clone()
+        });
+    }
+    progress_after(sim, point, status.status).map(|next| StoredSim {
+        profile_state: Some(next),
+        ..sim.clone()
+    })
 }
 
 /// The old SIM of a switch, stored as `old`, once its replacement `new` reports its profile installed: taken
@@ -972,6 +1014,7 @@ mod tests {
             label: None,
             holds: Default::default(),
             switching: None,
+            download_failure: None,
         }
     }
 
@@ -1180,6 +1223,117 @@ mod tests {
             s.state = dead;
             assert_eq!(progress_after(&s, 4, Ok), None, "{dead:?}");
         }
+    }
+
+    fn notification(
+        status: crate::esim::es2::ExecutionStatus,
+        code: Option<&crate::esim::es2::StatusCode>,
+    ) -> crate::esim::es2::NotificationPointStatus {
+        crate::esim::es2::FunctionExecutionStatus {
+            status,
+            status_code_data: code.map(|c| crate::esim::es2::StatusCodeData {
+                subject_code: c.subject.to_string(),
+                reason_code: c.reason.to_string(),
+                subject_identifier: None,
+                message: None,
+            }),
+        }
+    }
+
+    /// A terminal download failure (the SM-DP+'s retry, confirmation-code or order-time limit) fails a SIM in
+    /// service whose profile never installed, and keeps its code; repeated, it writes nothing more.
+    #[test]
+    fn a_terminal_download_failure_fails_a_sim_whose_profile_never_installed() {
+        use crate::esim::es2::ExecutionStatus::Failed;
+        use crate::esim::es2::StatusCode as C;
+        for code in [
+            C::DOWNLOAD_ATTEMPTS_EXHAUSTED,
+            C::CC_ATTEMPTS_EXHAUSTED,
+            C::ORDER_EXPIRED,
+        ] {
+            for (state, profile) in [
+                (SimState::Active, Some(ProfileState::Released)),
+                (SimState::Active, Some(ProfileState::Error)),
+                (SimState::Suspended, Some(ProfileState::Downloaded)),
+                (SimState::Active, None),
+            ] {
+                let s = StoredSim {
+                    profile_state: profile,
+                    ..sim(state)
+                };
+                assert!(!s.owes_back());
+                let failed = after_progress(&s, 3, &notification(Failed, Some(&code)))
+                    .expect("a terminal failure changes the record");
+                assert_eq!(
+                    (failed.state, failed.profile_state),
+                    (SimState::Failed, Some(ProfileState::Error)),
+                    "{code} {state:?} {profile:?}"
+                );
+                assert_eq!(failed.download_failure.as_deref(), Some(&*code.to_string()));
+                assert!(failed.owes_back());
+                assert_eq!(
+                    StoredSim {
+                        download_failure: None,
+                        state,
+                        profile_state: profile,
+                        ..failed.clone()
+                    },
+                    s,
+                    "nothing else changes"
+                );
+                // Sent again (or any later report): a failed SIM takes nothing.
+                assert_eq!(
+                    after_progress(&failed, 3, &notification(Failed, Some(&code))),
+                    None
+                );
+                let ok = notification(crate::esim::es2::ExecutionStatus::ExecutedSuccess, None);
+                assert_eq!(after_progress(&failed, 4, &ok), None);
+            }
+        }
+    }
+
+    /// A terminal failure after the profile installed changes nothing; a pending SIM is left to its order; a
+    /// retryable failure keeps today's rule (Error, the SIM in service, a later success moves on).
+    #[test]
+    fn other_failures_keep_the_sim_in_service() {
+        use crate::esim::es2::ExecutionStatus::{ExecutedSuccess, Failed};
+        let exhausted = notification(
+            Failed,
+            Some(&crate::esim::es2::StatusCode::DOWNLOAD_ATTEMPTS_EXHAUSTED),
+        );
+        let installed = StoredSim {
+            profile_state: Some(ProfileState::Installed),
+            ..sim(SimState::Active)
+        };
+        assert_eq!(after_progress(&installed, 4, &exhausted), None);
+        let pending = sim(SimState::Pending);
+        assert_eq!(after_progress(&pending, 3, &exhausted), None);
+        let released = StoredSim {
+            profile_state: Some(ProfileState::Released),
+            ..sim(SimState::Active)
+        };
+        for retryable in [
+            notification(Failed, None),
+            notification(
+                Failed,
+                Some(&crate::esim::es2::StatusCode::EID_OUT_OF_RANGE),
+            ),
+        ] {
+            let after = after_progress(&released, 3, &retryable).unwrap();
+            assert_eq!(
+                (
+                    after.state,
+                    after.profile_state,
+                    after.download_failure.as_deref()
+                ),
+                (SimState::Active, Some(ProfileState::Error), None)
+            );
+            assert!(!after.owes_back());
+            let retried = after_progress(&after, 4, &notification(ExecutedSuccess, None)).unwrap();
+            assert_eq!(retried.profile_state, Some(ProfileState::Installed));
+        }
+        // A SIM its order failed owes nothing back here (its invoice may have paid for another SIM).
+        assert!(!sim(SimState::Failed).owes_back());
     }
 
     /// A callback that arrives before the confirm is recorded (the record still pending, or live without a

@@ -88,6 +88,9 @@ pub struct Faults {
     /// Execute the call, then hold the reply this many milliseconds: with a shorter client timeout this is a
     /// lost reply (the profile is allocated but the client never learns its ICCID).
     pub reply_delay_ms: u64,
+    /// The simulated device stays away: profiles released while set are not downloaded by themselves (as with
+    /// `auto_download = false`; the admin `download` and `fail` triggers still act on them).
+    pub no_device: bool,
 }
 
 impl Faults {

@@ -36,8 +36,8 @@
 //! - `POST /admin/operators/<op>/profiles/<iccid>/fail` — its download fails: → `Error`, callback point 3
 //!   `Failed` `8.8.5/6.4`
 //! - `PUT /admin/operators/<op>/pools/<profileType>` `{"available": N}` — drain (0) or mint up to N Available
-//! - `GET|PUT /admin/operators/<op>/faults` `{"latency_ms":0,"http_503":false,"hang":false,"fail_next":0,"reply_delay_ms":0}`
-//!   (PUT replaces all four; omitted fields reset)
+//! - `GET|PUT /admin/operators/<op>/faults` `{"latency_ms":0,"http_503":false,"hang":false,"fail_next":0,"reply_delay_ms":0,"no_device":false}`
+//!   (PUT replaces them all; omitted fields reset; `no_device`: released profiles are not downloaded by themselves)
 //!
 //! # Status codes chosen by the simulator
 //!

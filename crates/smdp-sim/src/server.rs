@@ -347,7 +347,7 @@ async fn es2(sim: Arc<Sim>, op_name: &str, function: &str, req: Request<Incoming
             return unknown_operator(op_name);
         };
         let outcome = op.handle(function, &body);
-        let auto = op.auto_download() && op.callback_url().is_some();
+        let auto = op.auto_download() && !op.faults.no_device && op.callback_url().is_some();
         (outcome, auto)
     };
     let fci = body

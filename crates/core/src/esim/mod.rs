@@ -9,6 +9,7 @@ pub mod activation_code;
 pub mod catalog;
 pub mod eid;
 pub mod es2;
+pub mod failure;
 pub mod iccid;
 pub mod plmn;
 pub mod sim;
@@ -16,6 +17,7 @@ pub mod sim;
 pub use activation_code::{ActivationCode, ActivationCodeError, Fqdn, FqdnError, MatchingId};
 pub use catalog::{Carrier, Catalog, CatalogError, RegionEntry};
 pub use eid::{Eid, EidError};
+pub use failure::{TERMINAL_DOWNLOAD_FAILURES, state_after_terminal, terminal_failure};
 pub use iccid::{Iccid, IccidError};
 pub use plmn::{Plmn, PlmnError, RoamingPolicy, mcc_country};
 pub use sim::{

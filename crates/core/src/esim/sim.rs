@@ -187,9 +187,10 @@ pub enum ProfileState {
     Enabled,
     /// Deleted from the eUICC.
     Deleted,
-    /// The last download or installation attempt failed, or the order expired. Not terminal here: the
+    /// The last download or installation attempt failed, or the order expired. Not terminal by itself: the
     /// SM-DP+ lets the device retry until its retry or confirmation-code limit (only then is its own profile
-    /// in Error), so a later success moves on from here.
+    /// in Error), so a later success moves on from here. A failure whose status code says that limit was
+    /// reached (`crate::esim::failure`) fails the SIM too: then nothing moves it any more.
     Error,
 }
 

@@ -94,6 +94,10 @@ pub struct RefundShare {
     pub tx: String,
     /// Its network.
     pub network: String,
+    /// None of the credit's bytes were used: the share is the credit whole (kernel `usage::failed` owes the
+    /// whole payment of a failed SIM's own invoice only then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untouched: bool,
 }
 
 /// Credits used up entirely, folded out of an account's `credits` (oldest first: usage takes the oldest credit
@@ -373,6 +377,7 @@ impl Account {
                 payer: c.payer.clone(),
                 tx: c.tx.clone(),
                 network: c.network.clone(),
+                untouched: false,
             })
             .collect();
         self.closed = Some(shares.clone());
@@ -566,6 +571,7 @@ pub fn unused_shares(credits: &[Credit], used: u64) -> Vec<RefundShare> {
             payer: c.payer.clone(),
             tx: c.tx.clone(),
             network: c.network.clone(),
+            untouched: left == c.bytes,
         });
     }
     out

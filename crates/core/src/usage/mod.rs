@@ -4,6 +4,7 @@
 //! Pure: the metering component loads, calls these and stores with atomics.
 
 pub mod account;
+pub mod failed;
 pub mod hashes;
 pub mod held;
 pub mod ingest;

@@ -267,7 +267,7 @@ async fn download_progress(
     kit: &mut Kit,
     body: String,
     credential: Option<&str>,
-) -> Result<(), types::Error> {
+) -> Result<Option<types::Sim>, types::Error> {
     let credential = credential.map(str::to_owned);
     kit.call(async move |a, g| {
         g.dispatch()
@@ -2469,4 +2469,101 @@ async fn the_owner_index_takes_one_slot_per_sim_and_never_rewrites_one() {
         (vec![iccids[2].clone()], Some(6)),
         "positions 3-5 are slots 2-4: one SIM, one repeat of the old list, one empty slot"
     );
+}
+
+/// A download-progress failure whose status code says the SM-DP+ gave up on the profile (`8.8.5/6.4` download
+/// attempts, `8.2.7/6.4` confirmation-code attempts, `8.8.5/4.10` order expired) fails a SIM whose profile never
+/// installed: recorded failed (profile in error), its profile retired at the SM-DP+ once (CancelOrder
+/// `Unavailable`), and the SIM handed to the gateway to give its money back, again on a repeat. Before, such
+/// a SIM stayed active with its profile in error, and nothing was cancelled. A retryable failure, and a terminal
+/// one after installation, keep the SIM in service.
+#[tokio::test]
+async fn a_terminal_download_failure_fails_the_sim_and_retires_its_profile() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let progress = |iccid: &str, np: u32, code: Option<(&str, &str)>| {
+        let mut status = json!({"status": "Failed"});
+        if let Some((s, r)) = code {
+            status["statusCodeData"] =
+                json!({"subjectCode": s, "reasonCode": r, "message": "limit"});
+        }
+        json!({"iccid": iccid, "profileType": "tmo-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+            "notificationPointId": np, "notificationPointStatus": status})
+        .to_string()
+    };
+    for (n, code) in [("8.8.5", "6.4"), ("8.2.7", "6.4"), ("8.8.5", "4.10")]
+        .into_iter()
+        .enumerate()
+    {
+        let sim = order(&mut kit, request("us-west", None), &format!("inv-tf-{n}"))
+            .await
+            .unwrap();
+        let iccid = sim.iccid.clone();
+        assert_eq!(sim.state, types::SimState::Active);
+        // A retryable failure first (no code): the profile is in error, the SIM stays in service.
+        let r = download_progress(&mut kit, progress(&iccid, 3, None), Some(TMOBILE_CB)).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        let s = get_sim(&mut kit, &iccid).await;
+        assert_eq!(
+            (s.state, s.profile_state),
+            (types::SimState::Active, types::ProfileState::Error)
+        );
+        // Then the SM-DP+'s limit.
+        let before = kit.requests().len();
+        let failed = download_progress(&mut kit, progress(&iccid, 3, Some(code)), Some(TMOBILE_CB))
+            .await
+            .unwrap()
+            .expect("the failed SIM is handed back for its refund");
+        assert_eq!(failed.iccid, iccid);
+        assert_eq!(failed.invoice_id, format!("inv-tf-{n}"));
+        let s = get_sim(&mut kit, &iccid).await;
+        assert_eq!(
+            (s.state, s.profile_state),
+            (types::SimState::Failed, types::ProfileState::Error),
+            "{code:?}"
+        );
+        assert_eq!(kit.requests().len(), before + 1, "one call: the cancel");
+        assert_retired(&kit, "tmobile", &iccid);
+        let stored: Value =
+            serde_json::from_slice(&kit.kv_get(&format!("sim/{iccid}")).await.unwrap()).unwrap();
+        assert_eq!(stored["download_failure"], format!("{}/{}", code.0, code.1));
+        // The owner still reads it (the access token is kept).
+        assert!(stored["access"]["token"].is_object(), "{stored}");
+        // Sent again: handed back again (the gateway's refunds are idempotent), nothing written or cancelled.
+        let key = esim402_core::store::keys::sim(&iccid);
+        let cell = kit.kv().get(&key).await.unwrap();
+        let again =
+            download_progress(&mut kit, progress(&iccid, 3, Some(code)), Some(TMOBILE_CB)).await;
+        assert!(
+            matches!(&again, Ok(Some(s)) if s.state == types::SimState::Failed),
+            "{again:?}"
+        );
+        assert_eq!(kit.kv().get(&key).await.unwrap(), cell);
+        assert_eq!(kit.requests().len(), before + 1, "no second cancel");
+        // Another report (a success, a retryable failure) for the failed SIM moves nothing and asks nothing.
+        let r = download_progress(&mut kit, progress(&iccid, 4, None), Some(TMOBILE_CB)).await;
+        assert!(matches!(r, Ok(None)), "{r:?}");
+    }
+    // After installation a terminal report changes nothing.
+    let sim = order(&mut kit, request("us-west", None), "inv-tf-installed")
+        .await
+        .unwrap();
+    let installed = json!({"iccid": sim.iccid, "profileType": "tmo-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+        "notificationPointId": 4, "notificationPointStatus": {"status": "Executed-Success"}});
+    download_progress(&mut kit, installed.to_string(), Some(TMOBILE_CB))
+        .await
+        .unwrap();
+    let before = kit.requests().len();
+    let r = download_progress(
+        &mut kit,
+        progress(&sim.iccid, 3, Some(("8.8.5", "6.4"))),
+        Some(TMOBILE_CB),
+    )
+    .await;
+    assert!(matches!(r, Ok(None)), "{r:?}");
+    let s = get_sim(&mut kit, &sim.iccid).await;
+    assert_eq!(
+        (s.state, s.profile_state),
+        (types::SimState::Active, types::ProfileState::Installed)
+    );
+    assert_eq!(kit.requests().len(), before);
 }

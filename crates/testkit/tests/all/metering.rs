@@ -1291,3 +1291,105 @@ async fn a_batch_whose_charge_fails_holds_the_charges_that_landed() {
     assert_eq!(detail("bytes").as_deref(), Some("100000"));
     assert_eq!(detail("iccid").as_deref(), Some(first.as_str()));
 }
+
+/// `fail`: close the account of a SIM whose profile can never be installed (the gateway owes what it returns).
+async fn fail(kit: &mut Kit, iccid: &str) -> (Value, Option<String>) {
+    let id = iccid.to_owned();
+    let out = kit
+        .call(async move |a, g| g.metering().call_fail(a, id).await)
+        .await
+        .unwrap()
+        .unwrap();
+    (serde_json::from_str(&out.refunds).unwrap(), out.restored)
+}
+
+/// A SIM whose profile can never be installed: its untouched activation is refunded whole (the share says
+/// `untouched`, so the gateway owes the whole payment, fee included), and its account takes no more credit.
+#[tokio::test]
+async fn a_failed_sims_account_closes_with_its_untouched_activation() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(71);
+    open(&mut kit, &id, 10).await;
+    let (refunds, restored) = fail(&mut kit, &id).await;
+    assert_eq!(restored, None);
+    assert_eq!(refunds.as_array().unwrap().len(), 1, "{refunds}");
+    assert_eq!(
+        (
+            &refunds[0]["invoice"],
+            &refunds[0]["amount"],
+            &refunds[0]["untouched"]
+        ),
+        (&json!("inv_act"), &json!("0.03"), &json!(true)),
+        "{refunds}"
+    );
+    assert_eq!(
+        fail(&mut kit, &id).await.0,
+        refunds,
+        "fixed by the first call"
+    );
+    assert!(balance(&mut kit, &id).await.closed);
+    // No account at all: a closed one, nothing owed.
+    let none = iccid(72);
+    assert_eq!(fail(&mut kit, &none).await, (json!([]), None));
+}
+
+/// A switch's replacement that can never be installed: the balance the switch moved to it goes back to the
+/// old SIM (still in service), as if it had never moved; only the replacement's own top-up is refunded. Sent
+/// again, nothing changes.
+#[tokio::test]
+async fn a_failed_replacement_gives_the_switched_balance_back_to_the_old_sim() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(73), iccid(74));
+    open(&mut kit, &old, 10).await;
+    ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 1, 3 * MB, "310-260")],
+    )
+    .await;
+    transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
+    assert!(balance(&mut kit, &old).await.closed);
+    // A top-up bought on the new SIM, and 1 MB the old SIM reports after the move.
+    let (s, c) = (sim(&new, "tmobile"), credit("inv_top", 10, 30_000));
+    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 2, MB, "310-260")],
+    )
+    .await;
+
+    let (refunds, restored) = fail(&mut kit, &new).await;
+    assert_eq!(restored.as_deref(), Some(old.as_str()));
+    assert_eq!(refunds.as_array().unwrap().len(), 1, "{refunds}");
+    assert_eq!(
+        (&refunds[0]["invoice"], &refunds[0]["amount"]),
+        (&json!("inv_top"), &json!("0.03")),
+        "only the new SIM's own credit: {refunds}"
+    );
+    let b = balance(&mut kit, &old).await;
+    assert_eq!(
+        (b.closed, b.credited_bytes, b.used_bytes, b.remaining_bytes),
+        (false, 10 * MB, 4 * MB, 6_000_000),
+        "the old SIM's balance as if it had never moved"
+    );
+    assert!(balance(&mut kit, &new).await.closed);
+    // Sent again: the same refunds, the balance stays back.
+    assert_eq!(fail(&mut kit, &new).await, (refunds, Some(old.clone())));
+    assert_eq!(balance(&mut kit, &old).await.remaining_bytes, 6_000_000);
+    // The old SIM is metered and topped up again; its usage no longer goes to the failed SIM.
+    ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 3, MB, "310-260")],
+    )
+    .await;
+    assert_eq!(balance(&mut kit, &old).await.remaining_bytes, 5_000_000);
+    let (s, c) = (sim(&old, "tmobile"), credit("inv_top2", 10, 30_000));
+    let topped = kit
+        .call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(topped.balance.remaining_bytes, 15_000_000);
+}
