@@ -12,6 +12,7 @@ mod devchain;
 mod dispatch;
 mod download_failure;
 mod facilitator;
+mod fee_bump;
 mod holds;
 mod invoice_keys;
 mod ledger;

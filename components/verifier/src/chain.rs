@@ -6,12 +6,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256, Bytes, U256};
-use esim402_core::evm::TransactionReceipt;
 use esim402_core::evm::rpc::{
-    BlockTag, CallRequest, EthBlockNumber, EthCall, EthChainId, EthGetTransactionReceipt, is_revert,
+    BlockTag, CallRequest, EthBlockNumber, EthCall, EthChainId, is_revert,
 };
 use esim402_core::x402::ChainFacts;
 use esim402_core::x402::NetworkConfig;
@@ -21,8 +19,12 @@ use esim402_core::x402::exact::{
     name_calldata, transfer_with_authorization_calldata, version_calldata,
 };
 
-use crate::rpc::{Batch, CALL_TIMEOUT, CallError, Rpc, join_all};
+use crate::rpc::{Batch, CallError, Rpc, join_all};
+
+mod mined;
+
 use esim402_guest::wit;
+pub use mined::Mined;
 
 std::thread_local! {
     /// The chain ids this instance has seen its endpoints serve: checked once per instance, not per request.
@@ -32,15 +34,6 @@ std::thread_local! {
     static DEPLOYED: RefCell<HashSet<(u64, Address)>> = RefCell::new(HashSet::new());
 }
 
-/// How soon a settlement asks again for a receipt that was not there yet: nodes often answer the broadcast
-/// before the transaction's block is visible (anvil's automine does, by a few milliseconds), so the first
-/// retry is quick; the interval then doubles up to [`POLL_INTERVAL`]. From 5 ms rather than 25 ms: the paid
-/// request's p90 and p99 fall by 10–30 ms on anvil (BENCHMARKS.md), for about three more receipt calls in a
-/// slow chain's first two seconds.
-const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(5);
-/// How often a settlement asks for its receipt once it is waiting for a block.
-const POLL_INTERVAL: Duration = Duration::from_millis(250);
-
 /// The most `authorizationState` reads in one JSON-RPC batch ([`Chain::used_nonces`]): providers cap
 /// batches (some at 50 requests).
 const NONCES_PER_BATCH: usize = 40;
@@ -48,20 +41,6 @@ const NONCES_PER_BATCH: usize = 40;
 /// `unavailable`, naming what failed (the message never carries the endpoint).
 pub fn unavailable(e: &CallError) -> wit::Error {
     wit::Error::Unavailable(format!("the payment network's RPC failed: {e}"))
-}
-
-/// A mined transaction, as far as settlement cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mined {
-    /// Status 1, buried deeply enough.
-    Succeeded,
-    /// Status 0, in this block.
-    Reverted {
-        /// The receipt's block.
-        block: u64,
-    },
-    /// Status 1, but the receipt does not show what the transaction was for (see [`Chain::wait_for`]).
-    Unproven,
 }
 
 /// The configured network, reached over JSON-RPC.
@@ -329,67 +308,5 @@ impl Chain {
             .await?;
         decode_authorization_state_return(&data)
             .map_err(|e| CallError::Transport(format!("authorizationState: {e}")))
-    }
-
-    /// The receipt of `hash`, if mined, and with `with_head` the chain's head block number, in one batch. The
-    /// node may answer the head from before the receipt's block: a receipt then counts fewer confirmations
-    /// than it has, never more.
-    pub async fn receipt_and_head(
-        &self,
-        hash: B256,
-        with_head: bool,
-        timeout: Duration,
-    ) -> (
-        Result<Option<TransactionReceipt>, CallError>,
-        Option<Result<u64, CallError>>,
-    ) {
-        let receipt = EthGetTransactionReceipt { hash };
-        let mut batch = Batch::new();
-        let receipt_slot = batch.add(&receipt);
-        let head_slot = with_head.then(|| batch.add(&EthBlockNumber));
-        let mut answers = self.rpc.batch_within(batch, timeout).await;
-        let head = head_slot.map(|slot| answers.take(slot, &EthBlockNumber));
-        (answers.take(receipt_slot, &receipt), head)
-    }
-
-    /// Poll for `hash`'s receipt until `deadline` (at least once): `None` if it is not mined (or not buried
-    /// under the network's confirmations, whatever its outcome) by then. RPC failures while polling only mean "not yet". A receipt
-    /// with status 1 that `shows` refuses is [`Mined::Unproven`].
-    pub async fn wait_for(
-        &self,
-        hash: B256,
-        deadline: Instant,
-        shows: impl Fn(&TransactionReceipt) -> bool,
-    ) -> Option<Mined> {
-        let need = u64::from(self.network.confirmations);
-        let mut interval = FIRST_POLL_INTERVAL;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = left.clamp(Duration::from_millis(500), CALL_TIMEOUT);
-            let (receipt, head) = self.receipt_and_head(hash, need > 1, timeout).await;
-            if let Ok(Some(receipt)) = receipt {
-                // Any outcome counts only once buried: a revert at depth 0 can be reorganised into a success
-                // (after which a refund, say, owed again would be paid twice).
-                let buried = need <= 1
-                    || matches!(head, Some(Ok(head)) if receipt.confirmations(head) >= need);
-                if buried {
-                    return Some(if !receipt.status {
-                        Mined::Reverted {
-                            block: receipt.block_number,
-                        }
-                    } else if !shows(&receipt) {
-                        Mined::Unproven
-                    } else {
-                        Mined::Succeeded
-                    });
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            spin_sdk::time::sleep(left.min(interval)).await;
-            interval = (interval * 2).min(POLL_INTERVAL);
-        }
     }
 }

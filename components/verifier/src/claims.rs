@@ -84,6 +84,23 @@ pub async fn record_submitted(
     .and_then(|(record, changed, version)| changed.then_some((record, version))))
 }
 
+/// Record `tx`, a replacement of the recorded `previous` with higher fees, before it is sent (kernel
+/// `Record::record_replacement`): whether this call recorded it.
+pub async fn record_replacement(
+    key: &str,
+    holder: &str,
+    previous: B256,
+    tx: &SignedTx,
+    now: u64,
+) -> Result<bool, wit::Error> {
+    let claim = key;
+    Ok(transition(key, None, |r| {
+        r.record_replacement(claim, holder, previous, tx, now)
+    })
+    .await?
+    .is_some_and(|(_, changed, _)| changed))
+}
+
 /// Record a terminal outcome; the record after the attempt and whether this call recorded it.
 pub async fn finish(
     key: &str,

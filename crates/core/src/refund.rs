@@ -6,8 +6,10 @@
 //! recorded before the broadcast) → `paid`. A reverted transfer (the treasury lacks USDC or gas) goes back to
 //! `owed` with `last_error` and `attempts + 1`: no money moved, so a later run may send a new transaction. A
 //! send that failed before the broadcast goes back to `owed` too. A `submitted` refund with a hash is only
-//! ever reconciled against that hash; one without a hash is a claim in flight, taken over once it went quiet
-//! for [`CLAIM_LEASE_SECS`] (such a claim never reserved a nonce).
+//! ever reconciled against that hash and the earlier ones of its nonce (a transfer the base fee outgrew is
+//! replaced with higher fees, recorded before it is sent: [`Refund::record_replacement`], kernel `evm::bump`;
+//! a receipt of any of them is the refund's); one without a hash is a claim in flight, taken over once it went
+//! quiet for [`CLAIM_LEASE_SECS`] (such a claim never reserved a nonce).
 //!
 //! A transaction the node lost whose treasury nonce was used by another one can never be mined; the refund goes
 //! back to `owed` only when a run at least [`CONFIRM_UNMINEABLE_SECS`] after the first sighting still sees it
@@ -292,13 +294,43 @@ impl Refund {
         true
     }
 
-    /// The chain's answer for the recorded transaction `tx`: paid, or (reverted) owed again. `false`
-    /// (unchanged) if the refund no longer waits for that transaction.
+    /// Record `tx`, a replacement of the recorded transfer `previous` with higher fees (kernel `evm::bump`),
+    /// before it is sent, if the refund is `submitted`, held by `holder` and still names `previous` (a
+    /// compare-and-swap on the hash); `false` (unchanged) otherwise, and the caller must not send `tx`.
+    pub fn record_replacement(
+        &mut self,
+        holder: Option<&str>,
+        previous: alloy_primitives::B256,
+        tx: &SignedTx,
+        now: u64,
+    ) -> bool {
+        if self.status != RefundStatus::Submitted
+            || self.holder.as_deref() != holder
+            || !self.sent.replace(previous, tx)
+        {
+            return false;
+        }
+        self.unmineable_since = None;
+        self.updated_at = now;
+        true
+    }
+
+    /// Whether `tx` is one of the refund's recorded hashes (the latest or one it replaced).
+    fn is_ours(&self, tx: &str) -> bool {
+        tx.parse().is_ok_and(|h| self.sent.is_ours(h))
+    }
+
+    /// The chain's answer for the recorded transaction `tx` (the latest or one it replaced: whichever was
+    /// mined): paid (by `tx`, which the record then names), or (reverted) owed again. `false` (unchanged) if
+    /// the refund no longer waits for that transaction.
     pub fn settle(&mut self, tx: &str, succeeded: bool, error: &str, now: u64) -> bool {
-        if self.status != RefundStatus::Submitted || self.sent.transaction.as_deref() != Some(tx) {
+        if self.status != RefundStatus::Submitted || !self.is_ours(tx) {
             return false;
         }
         if succeeded {
+            if let Ok(mined) = tx.parse() {
+                self.sent.mined_as(mined);
+            }
             self.status = RefundStatus::Paid;
             self.holder = None;
             self.last_error = None;
@@ -311,7 +343,7 @@ impl Refund {
 
     /// Its transaction `tx` looked unmineable at `now` (see the module docs).
     pub fn mark_unmineable(&mut self, tx: &str, error: &str, now: u64) -> Unmineable {
-        if self.status != RefundStatus::Submitted || self.sent.transaction.as_deref() != Some(tx) {
+        if self.status != RefundStatus::Submitted || !self.is_ours(tx) {
             return Unmineable::NotOurs;
         }
         match self.unmineable_since {
@@ -329,7 +361,7 @@ impl Refund {
 
     /// The node knows `tx` after all (it had not caught up): forget an earlier unmineable sighting.
     pub fn seen_again(&mut self, tx: &str) -> bool {
-        self.sent.transaction.as_deref() == Some(tx) && self.unmineable_since.take().is_some()
+        self.is_ours(tx) && self.unmineable_since.take().is_some()
     }
 
     /// Back to `owed` after an attempt that moved no money.
@@ -489,7 +521,7 @@ pub fn requeue(queue: &[String], tried: &[String], gone: &[String]) -> Vec<Strin
 
 #[cfg(test)]
 mod tests {
-    use alloy_primitives::{Address, U256};
+    use alloy_primitives::{Address, B256, U256};
 
     use super::*;
 
@@ -711,6 +743,62 @@ mod tests {
         assert_eq!(r.status, RefundStatus::Paid);
         assert!(!r.settle(&hash, false, "late revert", 106), "paid is final");
         assert_eq!(r.next(107), Next::Gone);
+    }
+
+    /// `signed(nonce)` again with a higher fee cap: a replacement of it.
+    fn bumped(nonce: u64) -> SignedTx {
+        let tx = Eip1559Tx {
+            chain_id: crate::chain::ChainId(31337),
+            nonce,
+            max_priority_fee_per_gas: 2,
+            max_fee_per_gas: 5,
+            gas_limit: 60_000,
+            to: Address::repeat_byte(5),
+            value: U256::ZERO,
+            input: vec![9].into(),
+        };
+        let key = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+        sign_eip1559(&tx, &SigningKey::from_hex(key).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_replaced_transfer_is_paid_by_whichever_of_its_hashes_is_mined() {
+        let (first, second) = (signed(0), bumped(0));
+        let mut r = refund();
+        r.claim("h1", 101);
+        assert!(
+            !r.record_replacement(Some("h1"), first.hash, &second, 102),
+            "nothing recorded yet"
+        );
+        assert!(r.record_submitted("h1", &first, 103));
+        assert!(!r.record_replacement(Some("h2"), first.hash, &second, 170));
+        assert!(!r.record_replacement(Some("h1"), second.hash, &second, 170));
+        r.unmineable_since = Some(150);
+        assert!(r.record_replacement(Some("h1"), first.hash, &second, 170));
+        assert_eq!((r.updated_at, r.unmineable_since), (170, None));
+        assert_eq!(r.next(171), Next::FollowUp(second.hash));
+        assert_eq!(r.submitted_tx().unwrap().earlier, vec![first.hash]);
+        // Not ours: unchanged.
+        assert!(!r.settle(&B256::repeat_byte(3).to_string(), true, "", 172));
+        // The original was mined: paid by it, and the record names it.
+        let mut paid_by_first = r.clone();
+        assert!(paid_by_first.settle(&first.hash.to_string(), true, "", 172));
+        assert_eq!(paid_by_first.status, RefundStatus::Paid);
+        assert_eq!(paid_by_first.tx_hash(), Some(first.hash));
+        assert!(paid_by_first.is_ours(&second.hash.to_string()));
+        // The replacement was mined.
+        assert!(r.settle(&second.hash.to_string(), true, "", 172));
+        assert_eq!(r.tx_hash(), Some(second.hash));
+        // An earlier hash counts for the unmineable sighting too.
+        let mut seen = refund();
+        seen.claim("h1", 1);
+        seen.record_submitted("h1", &first, 2);
+        seen.record_replacement(Some("h1"), first.hash, &second, 70);
+        assert_eq!(
+            seen.mark_unmineable(&first.hash.to_string(), "x", 80),
+            Unmineable::Noted
+        );
+        assert!(seen.seen_again(&first.hash.to_string()));
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //! - Only the holder of a `claimed` record may sign for it ([`Record::record_submitted`]); a claim that stays
 //!   quiet for [`CLAIM_LEASE_SECS`] may be taken over ([`Record::take_over`]): its holder never signed (it
 //!   records before it broadcasts), so nothing of it can be out there.
-//! - A `submitted` record is only ever reconciled against its recorded hash: a second transaction is never
-//!   signed for it.
+//! - A `submitted` record is only ever reconciled against its recorded hashes: a second transaction is never
+//!   signed for it, only a replacement of the same one (same nonce and call, higher fees: kernel `evm::bump`),
+//!   recorded before it is sent ([`Record::record_replacement`]) with every earlier hash kept
+//!   ([`SentTx::replaced`]); a receipt of any of them is the settlement's ([`SentTx::is_ours`]).
 //! - Terminal records never change again ([`Record::finish`] refuses them), and a record claimed for one
 //!   invoice never settles another ([`replay`]).
 
@@ -43,7 +45,7 @@ pub enum Status {
 
 /// A signed transaction as settlement and refund records keep it (flattened into them: the JSON fields are
 /// `transaction`, `signer`, `signer_nonce` and `raw_transaction`; `transaction` is `null` until signed, the
-/// others absent).
+/// others absent; `replaced` too while it is empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentTx {
     /// Its hash.
@@ -58,6 +60,11 @@ pub struct SentTx {
     /// The signed bytes (0x-hex), kept so that the identical bytes can be sent again if the node loses them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_transaction: Option<String>,
+    /// The hashes of the earlier transactions at the same nonce that `transaction` replaced with higher fees
+    /// (kernel `evm::bump`), oldest first: the same call, so whichever of them is mined is this record's.
+    /// Absent on records from before replacements (none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
 }
 
 impl SentTx {
@@ -68,7 +75,56 @@ impl SentTx {
             signer: Some(tx.from.to_checksum(None)),
             signer_nonce: Some(tx.nonce),
             raw_transaction: Some(quantity::encode_data(&tx.raw)),
+            replaced: Vec::new(),
         }
+    }
+
+    /// Every hash recorded for this transaction's nonce, the latest first: any of them may be the one mined.
+    pub fn hashes(&self) -> Vec<B256> {
+        let earlier = self.replaced.iter().rev().filter_map(|h| h.parse().ok());
+        self.hash().into_iter().chain(earlier).collect()
+    }
+
+    /// Whether `hash` is one of [`SentTx::hashes`].
+    pub fn is_ours(&self, hash: B256) -> bool {
+        self.hashes().contains(&hash)
+    }
+
+    /// Record `tx`, a replacement of the recorded transaction `previous` (same signer and nonce, another hash),
+    /// keeping `previous` among the earlier hashes; `false` (unchanged) if `previous` is no longer the recorded
+    /// one (someone replaced it first) or `tx` is no replacement of it.
+    pub fn replace(&mut self, previous: B256, tx: &SignedTx) -> bool {
+        let same_nonce = self.signer_nonce == Some(tx.nonce)
+            && self
+                .signer
+                .as_deref()
+                .and_then(|s| s.parse::<Address>().ok())
+                == Some(tx.from);
+        if self.hash() != Some(previous) || tx.hash == previous || !same_nonce {
+            return false;
+        }
+        let mut replaced = std::mem::take(&mut self.replaced);
+        replaced.push(previous.to_string());
+        *self = Self {
+            replaced,
+            ..Self::signed(tx)
+        };
+        true
+    }
+
+    /// Name `mined`, one of the earlier hashes, as the transaction (a refund paid by it): the recorded one goes
+    /// among the earlier hashes and its bytes are dropped (they hash to it, not to `mined`). Nothing changes if
+    /// `mined` is the recorded one or not ours.
+    pub fn mined_as(&mut self, mined: B256) {
+        let Some(current) = self.hash() else { return };
+        let at = self.replaced.iter().position(|h| h.parse() == Ok(mined));
+        if current == mined || at.is_none() {
+            return;
+        }
+        self.replaced.retain(|h| h.parse() != Ok(mined));
+        self.replaced.push(current.to_string());
+        self.transaction = Some(mined.to_string());
+        self.raw_transaction = None;
     }
 
     /// A transaction that is not ours (a tx-hash proof): its hash only.
@@ -98,6 +154,7 @@ impl SentTx {
             signer: self.signer.as_deref()?.parse().ok()?,
             nonce: self.signer_nonce?,
             recorded_at,
+            earlier: self.hashes().into_iter().skip(1).collect(),
         })
     }
 }
@@ -115,6 +172,17 @@ pub struct OurTx {
     pub nonce: u64,
     /// When it was recorded (unix seconds).
     pub recorded_at: u64,
+    /// The hashes of the transactions at the same nonce it replaced, the latest first ([`SentTx::replaced`]).
+    pub earlier: Vec<B256>,
+}
+
+impl OurTx {
+    /// Its hash and every earlier one of its nonce, the latest first.
+    pub fn hashes(&self) -> Vec<B256> {
+        std::iter::once(self.hash)
+            .chain(self.earlier.iter().copied())
+            .collect()
+    }
 }
 
 /// One settlement, as stored.
@@ -143,7 +211,8 @@ pub struct Record {
     /// transaction that front-ran it was mined after it ([`front_run_search`]). Absent on records from before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at_block: Option<u64>,
-    /// The transaction that executed the authorization when it was not `sent` (a front-run: [`front_run`]),
+    /// The transaction that executed the authorization when it was not `sent` (a front-run: [`front_run`], or
+    /// one of our own earlier hashes of the nonce that a replacement did not outrun: [`SentTx::replaced`]),
     /// once this record was confirmed by it; what the payment reports as its settlement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executed_by: Option<String>,
@@ -343,6 +412,28 @@ impl Record {
         self.status = Status::Submitted;
         self.sent = SentTx::signed(tx);
         self.sent_at_block = at_block;
+        self.updated_at = now;
+        true
+    }
+
+    /// Record `tx`, a replacement of the recorded transaction `previous` with higher fees (kernel `evm::bump`),
+    /// before it is sent, if the record is still `submitted` for `claim`, held by `holder` and names `previous`
+    /// (a compare-and-swap on the hash: two replays never both replace it); `false` (unchanged) otherwise, and
+    /// the caller must not send `tx`. `updated_at` becomes the time the replacement was recorded.
+    pub fn record_replacement(
+        &mut self,
+        claim: &str,
+        holder: &str,
+        previous: B256,
+        tx: &SignedTx,
+        now: u64,
+    ) -> bool {
+        if self.claim != claim || self.holder != holder || self.status != Status::Submitted {
+            return false;
+        }
+        if !self.sent.replace(previous, tx) {
+            return false;
+        }
         self.updated_at = now;
         true
     }
@@ -997,6 +1088,91 @@ mod tests {
         bad.raw_transaction = Some("0x00".into());
         assert!(bad.our_tx(0).is_none());
         assert_eq!(SentTx::hash_only(tx.hash).hash(), Some(tx.hash));
+    }
+
+    /// `signed(nonce)` again with other fees: a replacement of it.
+    fn bumped(nonce: u64, max_fee: u128) -> SignedTx {
+        let tx = Eip1559Tx {
+            chain_id: crate::chain::ChainId(31337),
+            nonce,
+            max_priority_fee_per_gas: 2,
+            max_fee_per_gas: max_fee,
+            gas_limit: 100_000,
+            to: Address::repeat_byte(1),
+            value: U256::ZERO,
+            input: vec![1, 2, 3].into(),
+        };
+        sign_eip1559(&tx, &SigningKey::from_hex(KEY).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_replacement_is_recorded_once_over_the_hash_it_replaces_and_keeps_every_hash() {
+        let mut r = claimed(7);
+        let (first, second, third) = (signed(3), bumped(3, 5), bumped(3, 9));
+        // Only a submitted record is replaced.
+        assert!(!r.record_replacement("x402/nonce/a", "h1", first.hash, &second, 8));
+        assert!(r.record_submitted("x402/nonce/a", "h1", &first, Some(4), 8));
+        assert_eq!(r.sent.hashes(), vec![first.hash]);
+        // Another claim, another holder, a stale `previous`, another nonce, or the same bytes: refused.
+        assert!(!r.record_replacement("x402/nonce/b", "h1", first.hash, &second, 9));
+        assert!(!r.record_replacement("x402/nonce/a", "h2", first.hash, &second, 9));
+        assert!(!r.record_replacement("x402/nonce/a", "h1", second.hash, &third, 9));
+        assert!(!r.record_replacement("x402/nonce/a", "h1", first.hash, &bumped(4, 5), 9));
+        assert!(!r.record_replacement("x402/nonce/a", "h1", first.hash, &first, 9));
+        assert_eq!(r.sent, SentTx::signed(&first));
+        assert!(r.record_replacement("x402/nonce/a", "h1", first.hash, &second, 70));
+        // A second replay that read the same record loses the compare-and-swap.
+        assert!(!r.record_replacement("x402/nonce/a", "h1", first.hash, &third, 71));
+        assert!(r.record_replacement("x402/nonce/a", "h1", second.hash, &third, 140));
+        assert_eq!(r.tx_hash(), Some(third.hash));
+        assert_eq!(
+            r.updated_at, 140,
+            "the replacement's own wait starts when it is recorded"
+        );
+        assert_eq!(r.sent.hashes(), vec![third.hash, second.hash, first.hash]);
+        assert!(r.sent.is_ours(first.hash) && !r.sent.is_ours(B256::repeat_byte(7)));
+        let tx = r.submitted_tx().unwrap();
+        assert_eq!((tx.hash, tx.nonce), (third.hash, 3));
+        assert_eq!(tx.earlier, vec![second.hash, first.hash]);
+        assert_eq!(tx.hashes(), r.sent.hashes());
+        // Stored, and read back; the earlier hashes are kept in order.
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v["replaced"],
+            serde_json::json!([first.hash.to_string(), second.hash.to_string()])
+        );
+        assert_eq!(serde_json::from_value::<Record>(v).unwrap(), r);
+        // The original mined after all: the settlement is confirmed by it and reports it.
+        assert!(r.finish("x402/nonce/a", Outcome::Confirmed(first.hash), 150));
+        assert_eq!(r.settled_hash(), Some(first.hash));
+        assert_eq!(replay(&r, 151), Replay::Settled(first.hash.to_string()));
+    }
+
+    #[test]
+    fn records_from_before_replacements_read_with_none() {
+        let mut r = claimed(7);
+        r.record_submitted("x402/nonce/a", "h1", &signed(3), None, 8);
+        let mut v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("replaced").is_none(), "absent while empty");
+        v.as_object_mut().unwrap().remove("replaced");
+        let back = serde_json::from_value::<Record>(v).unwrap();
+        assert!(back.sent.replaced.is_empty());
+        assert_eq!(back.submitted_tx().unwrap().earlier, Vec::<B256>::new());
+    }
+
+    #[test]
+    fn an_earlier_hash_mined_becomes_the_recorded_one_without_bytes() {
+        let (first, second) = (signed(3), bumped(3, 5));
+        let mut sent = SentTx::signed(&first);
+        assert!(sent.replace(first.hash, &second));
+        let before = sent.clone();
+        sent.mined_as(second.hash);
+        sent.mined_as(B256::repeat_byte(7));
+        assert_eq!(sent, before, "the recorded one, or not ours: unchanged");
+        sent.mined_as(first.hash);
+        assert_eq!(sent.hash(), Some(first.hash));
+        assert_eq!(sent.raw_transaction, None);
+        assert_eq!(sent.hashes(), vec![first.hash, second.hash]);
     }
 
     #[test]

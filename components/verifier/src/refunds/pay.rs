@@ -1,7 +1,8 @@
 //! Driving one queued refund as far as one run can (transitions: kernel `refund::Refund`). A refund that was
 //! broadcast before is followed up: its transaction offered to the node again if it lost it
-//! (`sender::rebroadcast::look`), owed again if it can never be mined (twice seen, apart), reconciled
-//! against its receipt. One that is owed is claimed, sent through the one send path and reconciled.
+//! (`sender::rebroadcast::look`), owed again if it can never be mined (twice seen, apart), replaced with higher
+//! fees if it waits in the pool below the base fee (`sender::bump`), reconciled against the receipt of any of
+//! its hashes. One that is owed is claimed, sent through the one send path and reconciled.
 
 use std::time::Instant;
 
@@ -139,7 +140,9 @@ pub async fn pay_one(
     let chain = &chain;
     match refund.next(now) {
         Next::Gone => return Step::Gone,
-        Next::FollowUp(hash) => return follow_up(chain, &key, &refund, hash, now, deadline).await,
+        Next::FollowUp(hash) => {
+            return follow_up(chain, treasury, &key, &refund, hash, now, deadline).await;
+        }
         Next::InFlight => return Step::Pending(None),
         Next::Send => {}
     }
@@ -179,7 +182,7 @@ pub async fn pay_one(
         record_submitted(&key, &holder, tx, util::now_secs()).await
     };
     match sender::send(chain, treasury, &call, record).await {
-        Ok(hash) => reconcile(chain, &key, hash, deadline).await,
+        Ok(hash) => reconcile(chain, &key, &[hash], deadline).await,
         Err(NotBroadcast { why, .. }) => {
             let (error, attempted) = match why {
                 Unsent::WouldRevert(m) => (format!("the refund transfer would revert: {m}"), true),
@@ -211,9 +214,10 @@ async fn record_submitted(
 }
 
 /// A refund already `submitted` with `hash`, seen again by a later run: make sure the node still has its
-/// transaction, then [`reconcile`].
+/// transaction, replace it with higher fees if the base fee outgrew it, then [`reconcile`] any of its hashes.
 async fn follow_up(
     chain: &Chain,
+    treasury: &SigningKey,
     key: &str,
     refund: &Refund,
     hash: B256,
@@ -232,8 +236,24 @@ async fn follow_up(
             }
             Look::Known | Look::Resent | Look::Waiting => {}
         }
+        let holder = refund.holder.as_deref();
+        let save = async |new: &SignedTx| {
+            let at = util::now_secs();
+            match update(key, |r| r.record_replacement(holder, tx.hash, new, at)).await? {
+                Some((_, true)) => Ok(()),
+                _ => Err(wit::Error::Conflict(format!(
+                    "refund {key} no longer names {}",
+                    tx.hash
+                ))),
+            }
+        };
+        if let Some(new) = sender::bump::replace(chain, treasury, &tx, "refund", now, save).await {
+            let mut hashes = tx.hashes();
+            hashes.insert(0, new);
+            return reconcile(chain, key, &hashes, deadline).await;
+        }
     }
-    reconcile(chain, key, hash, deadline).await
+    reconcile(chain, key, &refund.sent.hashes(), deadline).await
 }
 
 /// The refund's transaction `tx` can never be mined (its nonce was used by block `at`).
@@ -273,14 +293,15 @@ async fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
     }
 }
 
-/// Wait for the refund transaction `hash` until `deadline` and record what the chain says; only the run that
-/// records the outcome reports it.
-async fn reconcile(chain: &Chain, key: &str, hash: B256, deadline: Instant) -> Step {
-    let tx = hash.to_string();
-    let mined = match chain.wait_for(hash, deadline, |_| true).await {
+/// Wait for the receipt of any of the refund's transactions `hashes` (one nonce's, the latest first) until
+/// `deadline` and record what the chain says of the mined one; only the run that records the outcome reports
+/// it.
+async fn reconcile(chain: &Chain, key: &str, hashes: &[B256], deadline: Instant) -> Step {
+    let (hash, mined) = match chain.wait_for(hashes, deadline, |_| true).await {
         Some(mined) => mined,
-        None => return Step::Pending(Some(hash)),
+        None => return Step::Pending(hashes.first().copied()),
     };
+    let tx = hash.to_string();
     let error =
         format!("refund transaction {tx} reverted (does the treasury hold enough USDC and gas?)");
     let succeeded = mined == Mined::Succeeded;

@@ -60,7 +60,7 @@ pub async fn settle(
     if record.is_terminal() {
         return Some(failed);
     }
-    if record.status != Status::Submitted || record.tx_hash() != Some(ours) {
+    if record.status != Status::Submitted || !record.sent.is_ours(ours) {
         return None;
     }
     let found = used_by(chain, &record, used).await;

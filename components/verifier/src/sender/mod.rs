@@ -21,12 +21,17 @@
 //!   send of this key finds it orphaned and releases it (`NonceState::orphans`);
 //! - between the record and the node, the transaction is recorded but was never sent; the next send offers
 //!   it to the node first.
+//!
+//! A recorded transaction that waits in the pool below the base fee is replaced with higher fees (same nonce
+//! and call, recorded before it is sent, every earlier hash kept) by the replays that reconcile it ([`bump`]).
 
+pub mod bump;
 pub mod front_run;
 mod heal;
 pub mod nonces;
 pub mod rebroadcast;
 pub mod receipts;
+mod unexecuted;
 
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::evm::rpc::{

@@ -45,7 +45,7 @@ use crate::rpc::CallError;
 /// What [`look`] found out about a transaction without a receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Look {
-    /// The node knows it (in its pool or mined).
+    /// The node knows it, or one of the earlier hashes it replaced (in its pool or mined).
     Known,
     /// The node did not know it and its nonce is free: the identical bytes were offered again.
     Resent,
@@ -59,17 +59,17 @@ pub enum Look {
 }
 
 /// Ask the node about `tx` (which has no receipt) and act as the kernel's `fate` says. `what` names it in logs.
+/// Every hash of its nonce is asked about (it may have replaced earlier ones with higher fees: `super::bump`):
+/// one of ours known or mined is never "another transaction" that used the nonce.
 pub async fn look(chain: &Chain, tx: &OurTx, what: &str, now: u64) -> Look {
-    match chain
-        .rpc
-        .call(&EthGetTransactionByHash { hash: tx.hash })
-        .await
-    {
-        Ok(Some(_)) => return Look::Known,
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("verifier: cannot ask for {what} {}: {e}", tx.hash);
-            return Look::Waiting;
+    for hash in tx.hashes() {
+        match chain.rpc.call(&EthGetTransactionByHash { hash }).await {
+            Ok(Some(_)) => return Look::Known,
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("verifier: cannot ask for {what} {hash}: {e}");
+                return Look::Waiting;
+            }
         }
     }
     let counted = match chain.rpc.call(&EthBlockNumber).await {

@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::B256;
 use esim402_core::evm::TransactionReceipt;
-use esim402_core::evm::rpc::EthGetBlockByNumber;
 use esim402_core::evm::{SignedTx, SigningKey};
-use esim402_core::settlement::{self, Outcome, Record, Unexecuted};
+use esim402_core::settlement::{Outcome, Record};
 use esim402_core::store::keys;
 use esim402_core::x402::InvalidReason;
 use esim402_core::x402::exact::{
@@ -24,6 +23,7 @@ use esim402_guest::{util, wit};
 
 use super::front_run;
 use super::rebroadcast::{self, Look};
+use super::unexecuted::unexecuted;
 use super::{Call, NotBroadcast, Unsent, send};
 use crate::chain::{Chain, Mined};
 use crate::claims;
@@ -57,7 +57,8 @@ pub enum NotSent {
 
 impl Claim {
     /// The claim a `submitted` record holds, to reconcile its transaction (nothing to release with it), once a
-    /// nonce gap that transaction may wait behind is filled ([`super::heal_gaps`]: no send may come to fill it).
+    /// nonce gap that transaction may wait behind is filled ([`super::heal_gaps`]: no send may come to fill it)
+    /// and the transaction replaced with higher fees if the base fee outgrew it ([`super::bump`]).
     pub async fn reconciling(
         chain: &Chain,
         signer: Option<&SigningKey>,
@@ -66,6 +67,7 @@ impl Claim {
     ) -> Self {
         if let Some(signer) = signer {
             super::heal_gaps(chain, signer, now).await;
+            super::bump::settlement(chain, signer, &record, now).await;
         }
         Self {
             record_key: record.claim.clone(),
@@ -152,11 +154,8 @@ pub async fn broadcast(
     {
         Ok(hash) => {
             let deadline = Instant::now() + timeout;
-            Ok(
-                wait(chain, claim, hash, Some(&signed.authorization), deadline)
-                    .await
-                    .0,
-            )
+            let executes = Some(&signed.authorization);
+            Ok(wait(chain, claim, &[hash], executes, deadline).await.0)
         }
         Err(NotBroadcast {
             why: Unsent::WouldRevert(m),
@@ -180,22 +179,29 @@ pub async fn broadcast(
     }
 }
 
-/// Poll for `hash` until `deadline` and record the result on the claim's record. The flag says whether this
-/// call recorded it (the first to see a receipt), which the facilitator API needs: a success is reported once.
+/// Poll for the receipt of any of `hashes` (the recorded transaction, the latest first, and those it replaced:
+/// whichever is mined is the settlement's) until `deadline` and record the result on the claim's record. The
+/// flag says whether this call recorded it (the first to see a receipt), which the facilitator API needs: a
+/// success is reported once.
 /// A receipt without the token's `Transfer(from, to, value)` for `executes` (the authorization the transaction
 /// carries, when known) is [`Outcome::Unproven`], as the references refuse it.
 pub async fn wait(
     chain: &Chain,
     claim: &Claim,
-    hash: B256,
+    hashes: &[B256],
     executes: Option<&TransferAuthorization>,
     deadline: Instant,
 ) -> (Outcome, bool) {
+    let latest = hashes.first().copied().unwrap_or_default();
     let asset = chain.network.usdc;
     let shows = |receipt: &TransactionReceipt| {
         executes.is_none_or(|auth| transfer_event_matches(receipt, asset, auth))
     };
-    let outcome = match chain.wait_for(hash, deadline, shows).await {
+    let (hash, mined) = match chain.wait_for(hashes, deadline, shows).await {
+        Some((hash, mined)) => (hash, Some(mined)),
+        None => (latest, None),
+    };
+    let outcome = match mined {
         Some(Mined::Succeeded) => Outcome::Confirmed(hash),
         // A revert leaves the authorization unused: one used by the receipt's block was executed by another
         // transaction carrying it (the payer's own, another facilitator's), which decides ([`front_run`]) before
@@ -259,14 +265,17 @@ pub async fn reconcile(
         Some(outcome) => return finish(claim, hash, outcome).await,
         None => {}
     }
-    // What the recorded transaction executes, from its own bytes (records from before they were kept: unknown).
-    let executes = match claims::load(&claim.record_key).await {
-        Ok(Some(r)) if r.tx_hash() == Some(hash) => r
-            .submitted_tx()
-            .and_then(|tx| settled_authorization(&tx.raw)),
-        _ => None,
+    // What the recorded transaction executes, from its own bytes (records from before they were kept: unknown),
+    // and every hash of its nonce (one may have been replaced with higher fees meanwhile: `super::bump`).
+    let (executes, hashes) = match claims::load(&claim.record_key).await {
+        Ok(Some(r)) if r.sent.is_ours(hash) => (
+            r.submitted_tx()
+                .and_then(|tx| settled_authorization(&tx.raw)),
+            r.sent.hashes(),
+        ),
+        _ => (None, vec![hash]),
     };
-    wait(chain, claim, hash, executes.as_ref(), deadline).await
+    wait(chain, claim, &hashes, executes.as_ref(), deadline).await
 }
 
 /// How the claim's transaction `hash` ended if it can never be mined: dropped (its authorization unused: no
@@ -274,7 +283,7 @@ pub async fn reconcile(
 /// `None` while it may still be mined or nothing is settled yet.
 async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> Option<Outcome> {
     let record = match claims::load(&claim.record_key).await {
-        Ok(Some(r)) if r.claim == claim.claim && r.tx_hash() == Some(hash) => r,
+        Ok(Some(r)) if r.claim == claim.claim && r.sent.is_ours(hash) => r,
         _ => return None,
     };
     // Records from before the signed bytes were kept cannot be sent again; they only wait.
@@ -317,54 +326,6 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> Option<Outco
                 "verifier: settlement {hash} can never be mined, but authorizationState is unreadable ({e}); left pending"
             );
             None
-        }
-    }
-}
-
-/// What the claim's settlement becomes whose transaction ended as `failed` (reverted, or can never be mined)
-/// while the authorization `auth` of `from` (`nonce`) read unused: our transaction published it, so anyone may
-/// still execute it until its `validBefore` (kernel `settlement::unexecuted`). `authorizationState` at the
-/// latest block decides: used, what used it ([`front_run::settle`]); unused, `failed` (no money moved, none
-/// can) once that block is past `validBefore`, else `None` (pending: nothing withdrawn).
-async fn unexecuted(
-    chain: &Chain,
-    claim: &Claim,
-    failed: Outcome,
-    auth: Option<&TransferAuthorization>,
-    (from, nonce): (alloy_primitives::Address, B256),
-) -> Option<Outcome> {
-    let valid_before = auth.map(|a| a.valid_before);
-    let latest = match chain.rpc.call(&EthGetBlockByNumber::latest()).await {
-        Ok(block) => block,
-        Err(e) => {
-            eprintln!("verifier: cannot read the latest block ({e}); {failed:?} left pending");
-            None
-        }
-    };
-    let used = match latest {
-        Some(b) => chain
-            .authorization_used_at(from, nonce, b.number)
-            .await
-            .inspect_err(|e| eprintln!("verifier: authorizationState is unreadable ({e})"))
-            .ok(),
-        None => None,
-    };
-    match settlement::unexecuted(valid_before, latest.map(|b| b.timestamp), used) {
-        Unexecuted::Pending => {
-            eprintln!(
-                "verifier: {failed:?}: the authorization {nonce} of {from}, published by our calldata, is not known to be unused past its validBefore; left pending"
-            );
-            None
-        }
-        Unexecuted::Failed => Some(failed),
-        Unexecuted::UsedMeanwhile => {
-            let used = front_run::Used {
-                from,
-                nonce,
-                executes: auth,
-                by_block: latest.map_or(0, |b| b.number),
-            };
-            front_run::settle(chain, &claim.record_key, &claim.claim, failed, &used).await
         }
     }
 }

@@ -7,12 +7,14 @@
 //! - [`proof_signature`]: the payer's signature binding a tx-hash proof to its invoice.
 //! - [`nonce`]: the per-signer nonce bookkeeping kept in key-value storage.
 //! - [`rebroadcast`]: what to do about a transaction of ours that no node knows (lost before or after sending).
+//! - [`bump`]: when and how to replace a pooled transaction of ours whose fee cap the base fee outgrew.
 //! - [`quantity`]: the hex encodings of JSON-RPC quantities, data, hashes and addresses.
 //!
 //! A settlement reads: `rpc::EthGetTransactionCount` + [`nonce::NonceState::reserve`] → fees from
 //! `rpc::EthGetBlockByNumber`/`rpc::EthMaxPriorityFeePerGas` → [`tx::sign_eip1559`] →
 //! `rpc::EthSendRawTransaction` → `rpc::EthGetTransactionReceipt` → [`receipt::find_erc20_transfers`].
 
+pub mod bump;
 pub mod erc20;
 pub mod nonce;
 pub mod proof_signature;

@@ -10,7 +10,10 @@
 //! - the nonce is still free: send the identical bytes again ([`Fate::Resend`]). The hash is the same, so this
 //!   is never a second transaction; "already known" and "nonce too low" are answers, not failures. A record
 //!   younger than [`RESEND_AFTER_SECS`] is left alone ([`Fate::Wait`]): its own send may still be on the way.
-//! - the nonce was used by another transaction: ours can never be mined ([`Fate::Unmineable`]). Whether money
+//! - the nonce was used by another transaction: ours can never be mined ([`Fate::Unmineable`]). "Ours" is every
+//!   hash the record keeps for the nonce (a transaction replaced with higher fees, kernel `bump`, and its
+//!   replacements): the caller asks about each, and only when the node knows none of them is this asked;
+//!   one of them mined is never "another transaction". Whether money
 //!   moved anyway is a question for the contract (EIP-3009 `authorizationState` at that same block), never
 //!   answered here.
 //!
@@ -135,7 +138,8 @@ pub fn may_resend(recorded_at: u64, now: u64) -> bool {
 /// Whether a record's transaction `sent` is `signer`'s transaction at account `nonce`, whatever the record's
 /// status: a confirmed or failed record names its transaction as much as a `submitted` one, so its nonce was
 /// used (or is about to be) and must never be released as an orphan and handed out again, even while a
-/// lagging node's pending count still sits at or below it.
+/// lagging node's pending count still sits at or below it. A replacement (kernel `bump`) keeps the signer and
+/// nonce, so a record names its nonce whichever of its hashes is the latest.
 pub fn names_nonce(sent: &SentTx, signer: Address, nonce: u64) -> bool {
     sent.signer_nonce == Some(nonce)
         && sent
@@ -220,6 +224,7 @@ mod tests {
             signer_nonce: Some(5),
             // Kept or not, the bytes do not matter: the nonce and signer do.
             raw_transaction: None,
+            replaced: Vec::new(),
         };
         assert!(names_nonce(&sent, FROM, 5));
         assert!(!names_nonce(&sent, FROM, 6));

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 mod dispatch;
+mod fee_bump;
 mod invoice_keys;
 mod invoices;
 mod metering;

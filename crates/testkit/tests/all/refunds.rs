@@ -14,8 +14,8 @@ use esim402_testkit::{Kit, types};
 use serde_json::{Value, json};
 
 use crate::verifier::{
-    CHAIN_ID, E, Mining, Node, PRICE, S, TX_COUNT, USDC, addr, backdate, decode_tx, invoice, kit,
-    kv_json, now, paid_invoice, pay, payer, rpc_methods, settle, wit_invoice,
+    BASE_FEE, CHAIN_ID, E, Mining, Node, PRICE, S, TIP, TX_COUNT, USDC, addr, backdate, decode_tx,
+    invoice, kit, kv_json, now, paid_invoice, pay, payer, rpc_methods, settle, wit_invoice,
 };
 
 /// Anvil dev account #4 as the treasury: another secret that must never leak.
@@ -806,6 +806,60 @@ async fn a_refund_the_node_lost_is_sent_again_with_identical_bytes_and_paid() {
     let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
     assert_eq!(record["status"], "paid");
     assert_eq!(record["attempts"], 0);
+}
+
+/// A refund transfer the base fee outgrew while it waited in the pool is replaced with higher fees (same
+/// treasury nonce, same transfer), recorded before it is sent; the original, mined after all, pays the refund.
+#[tokio::test]
+async fn a_refund_below_the_base_fee_is_replaced_and_paid_by_whichever_hash_is_mined() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let p = paid(&mut kit, 181).await;
+    let id = p.id.clone();
+    let key = format!("refund/{id}");
+    owe(&mut kit, &p, "activation failed").await.unwrap();
+    node.set(|c| c.mining = Mining::Never);
+    run(&mut kit, 10).await.unwrap();
+    let first = refund_txs(&node)[0].clone();
+    let original = first.hash().to_string();
+
+    node.set(|c| c.base_fee = Some(10 * BASE_FEE));
+    backdate(&kit, &key, 60).await;
+    let summary = run(&mut kit, 10).await.unwrap();
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), 2, "replaced once");
+    let replacement = txs[1].hash().to_string();
+    assert_ne!(replacement, original);
+    assert_eq!(summary["pending"][0]["transaction"], replacement);
+    let (old, new) = (first.tx(), txs[1].tx());
+    assert_eq!(
+        (new.nonce, &new.input, new.to),
+        (old.nonce, &old.input, old.to)
+    );
+    assert_eq!(
+        (new.max_fee_per_gas, new.max_priority_fee_per_gas),
+        (20 * BASE_FEE + TIP, TIP * 11 / 10)
+    );
+    let record = kv_json(&kit, &key).await.unwrap();
+    assert_eq!(record["transaction"], replacement);
+    assert_eq!(record["replaced"], json!([original]));
+
+    // The original is mined (the pool drops the replacement), and the treasury's nonce reads used.
+    node.forget_one(txs[1].hash().to_owned());
+    node.set(|c| {
+        c.mining = Mining::Succeed;
+        c.mined_count = Some(TX_COUNT + 1);
+    });
+    let summary = run(&mut kit, 10).await.unwrap();
+    assert_eq!(
+        summary,
+        json!({"paid": [{"invoice": id, "transaction": original}], "pending": [], "failed": [],
+               "remaining": 0})
+    );
+    let record = kv_json(&kit, &key).await.unwrap();
+    assert_eq!(record["status"], "paid");
+    assert_eq!(record["transaction"], original);
+    assert_eq!(refund_txs(&node).len(), 2, "no third transfer");
 }
 
 #[tokio::test]

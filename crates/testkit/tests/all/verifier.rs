@@ -34,8 +34,8 @@ pub(crate) const PRICE: u64 = 420_000;
 pub(crate) const CHAIN_ID: u64 = 31_337;
 /// What the node reports: pending transaction count of the facilitator, base fee, tip, gas estimate.
 pub(crate) const TX_COUNT: u64 = 7;
-const BASE_FEE: u128 = 1_000_000_000;
-const TIP: u128 = 100_000_000;
+pub(crate) const BASE_FEE: u128 = 1_000_000_000;
+pub(crate) const TIP: u128 = 100_000_000;
 const GAS_ESTIMATE: u64 = 100_000;
 const TRANSFER_WITH_AUTHORIZATION: [u8; 4] = [0xe3, 0xee, 0x16, 0x0e];
 const ERC20_TRANSFER_TOPIC: &str =
@@ -161,6 +161,8 @@ pub(crate) struct ChainState {
     pub(crate) head: u64,
     /// The latest block's timestamp (default: now), against an authorization's `validBefore`.
     pub(crate) block_time: Option<u64>,
+    /// The latest block's base fee (default [`BASE_FEE`]).
+    pub(crate) base_fee: Option<u128>,
     /// Raw transactions accepted by `eth_sendRawTransaction`, in order (a forgotten one sent again twice).
     sent: Vec<Vec<u8>>,
     /// Hashes of sent transactions the node no longer knows (see [`Node::forget`]).
@@ -199,6 +201,7 @@ impl Default for ChainState {
             refuse_batches: false,
             head: 0x20,
             block_time: None,
+            base_fee: None,
             sent: Vec::new(),
             forgotten: HashSet::new(),
             receipts: HashMap::new(),
@@ -292,6 +295,11 @@ impl Node {
         c.forgotten.extend(hashes);
     }
 
+    /// Forget the sent transaction `hash`, unmined (its pool dropped it once another of its nonce was mined).
+    pub(crate) fn forget_one(&self, hash: B256) {
+        self.chain.lock().unwrap().forgotten.insert(hash);
+    }
+
     pub(crate) fn sent(&self) -> Vec<Vec<u8>> {
         self.chain.lock().unwrap().sent.clone()
     }
@@ -349,7 +357,7 @@ impl Node {
             "eth_maxPriorityFeePerGas" => Ok(qty(TIP)),
             "eth_getBlockByNumber" => Ok(json!({"number": "0x11",
                                                "timestamp": qty(c.block_time.unwrap_or_else(now).into()),
-                                               "baseFeePerGas": qty(BASE_FEE)})),
+                                               "baseFeePerGas": qty(c.base_fee.unwrap_or(BASE_FEE))})),
             "eth_estimateGas" if c.estimate_fails => Err((3, "execution reverted")),
             // Like a real node: estimating a `transferWithAuthorization` that the token would refuse reverts.
             "eth_estimateGas" if c.would_revert(params[0]["data"].as_str().unwrap()) => Err((
