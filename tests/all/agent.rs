@@ -1180,19 +1180,35 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
         .unwrap();
     assert_eq!(anonymous.status(), 400);
 
-    // The audit log: one line per payment, with device, invoice, amount and tx hash.
+    // The audit log: each payment as it was signed (the agent's amount, recipient, network, id), then how it
+    // ended, with device, invoice, amount and tx hash.
     let lines: Vec<Value> = std::fs::read_to_string(&audit)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    assert_eq!(lines[0]["device"], "pump-1");
-    assert_eq!(lines[1]["device"], "pump-2");
-    for l in &lines {
+    let events: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| (l["event"].as_str().unwrap(), l["device"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("signed", "pump-1"),
+            ("settled", "pump-1"),
+            ("signed", "pump-2"),
+            ("settled", "pump-2")
+        ],
+        "{lines:?}"
+    );
+    for pair in lines.chunks(2) {
+        assert_eq!(pair[0]["payment_id"], pair[1]["payment_id"]);
+        assert_eq!(pair[0]["amount_usdc"], paid["amount_usdc"], "signed");
+        let l = &pair[1];
         assert!(l["transaction"].as_str().unwrap().starts_with("0x"), "{l}");
         assert!(l["invoice_id"].as_str().unwrap().starts_with("inv_"), "{l}");
         assert_eq!(l["amount_usdc"], paid["amount_usdc"]);
+        assert_eq!(l["facilitator_amount_usdc"], paid["amount_usdc"]);
     }
     assert_eq!(
         s.balance(agent()).await,

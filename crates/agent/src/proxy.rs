@@ -34,6 +34,7 @@ use hyper::{Request, Response};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::state::{Spend, SpendStatus};
 use crate::{Agent, AgentError, Config, SpendPolicy, StateDir};
 
 /// Largest request body forwarded.
@@ -96,8 +97,9 @@ struct Shared {
     budget: Arc<crate::budget::Budget>,
     settings: ProxySettings,
     http: reqwest::Client,
+    /// One lock per device with a request in progress (see [`device_lock`]).
     devices: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    audit: std::sync::Mutex<()>,
+    audit: Arc<AuditLog>,
     /// The address the proxy listens on (the `Host` a request may name).
     listen: SocketAddr,
 }
@@ -131,6 +133,115 @@ pub fn device_id(raw: &str) -> Option<String> {
     .then(|| raw.to_owned())
 }
 
+/// The most devices with a request in progress at once (a backstop: the connection cap keeps it far lower).
+const MAX_BUSY_DEVICES: usize = 4_096;
+
+/// The lock serialising `device`'s requests, from `devices`, which holds only devices with a request in progress
+/// or waiting: an entry nobody else holds is dropped (taking a fresh one later is the same: nobody holds the
+/// old). Before, every device id ever seen (any header value, with `--device-header`) stayed in the map for
+/// good. `None`: [`MAX_BUSY_DEVICES`] devices are busy.
+fn device_lock(
+    devices: &mut HashMap<String, Arc<Mutex<()>>>,
+    device: &str,
+) -> Option<Arc<Mutex<()>>> {
+    if let Some(lock) = devices.get(device) {
+        return Some(lock.clone());
+    }
+    devices.retain(|_, lock| Arc::strong_count(lock) > 1);
+    if devices.len() >= MAX_BUSY_DEVICES {
+        return None;
+    }
+    Some(devices.entry(device.to_owned()).or_default().clone())
+}
+
+/// The audit log: JSON lines, appended by one writer at a time.
+struct AuditLog {
+    path: PathBuf,
+    lock: std::sync::Mutex<()>,
+}
+
+impl AuditLog {
+    /// Append `entry`; a failure is said on stderr (with the entry: it holds no secret), never fatal.
+    fn append(&self, entry: &Value) {
+        if let Err(e) = self.write(entry) {
+            eprintln!("esim402-agent proxy: AUDIT LOG WRITE FAILED ({e}): {entry}");
+        }
+    }
+
+    fn write(&self, entry: &Value) -> std::io::Result<()> {
+        let _one_writer = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        // Who was paid for, when and how much: the operator's only (the mode applies when it is created).
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&self.path)?;
+        // One that existed before (another tool's, an older proxy's) is made private too, through the open
+        // file: the very file written to.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = f.metadata()?.permissions().mode();
+            if mode & 0o077 != 0 {
+                f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))?;
+            }
+        }
+        f.write_all(format!("{entry}\n").as_bytes())?;
+        f.sync_data()
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// A device's payments as its state records them, by payment id.
+fn device_spends(state: &StateDir) -> HashMap<String, Spend> {
+    state
+        .load()
+        .map(|s| {
+            s.spends
+                .into_iter()
+                .map(|x| (x.payment_id.clone(), x))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The audit entries ending this request's payments: each payment signed during it (`signed`) and each that was
+/// pending before it (`before`), whose standing changed, as the device's state says after it (`after`): `settled`,
+/// `refused` (dropped: nothing was charged), `unknown` (kept, counted: it may have been charged) or, for one
+/// signed now, `pending` (kept, sent again by the device's same request). The amount is the agent's own.
+fn outcomes(
+    before: &HashMap<String, Spend>,
+    signed: &[Spend],
+    after: &HashMap<String, Spend>,
+) -> Vec<(Spend, &'static str)> {
+    let was_pending = before
+        .values()
+        .filter(|s| s.status == SpendStatus::Pending)
+        .map(|s| (s, true));
+    let mut out = Vec::new();
+    for (spend, earlier) in was_pending.chain(signed.iter().map(|s| (s, false))) {
+        let now = after.get(&spend.payment_id);
+        let outcome = match now.map(|s| s.status) {
+            None => "refused",
+            Some(SpendStatus::Settled) => "settled",
+            Some(SpendStatus::Unknown) => "unknown",
+            Some(SpendStatus::Pending) if earlier => continue,
+            Some(SpendStatus::Pending) => "pending",
+        };
+        out.push((now.cloned().unwrap_or_else(|| spend.clone()), outcome));
+    }
+    out
+}
+
 impl Shared {
     /// The device's agent: the gateway's wallet and policy, narrowed to the device's budget, with the device's
     /// own state directory, talking through the proxy's one HTTP client.
@@ -153,35 +264,10 @@ impl Shared {
         .with_budget(self.budget.clone())
     }
 
-    fn audit(&self, entry: &Value) -> std::io::Result<()> {
-        let _one_writer = self
-            .audit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.create(true).append(true);
-        // Who was paid for, when and how much: the operator's only (the mode applies when it is created).
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&self.settings.audit_log)?;
-        // One that existed before (another tool's, an older proxy's) is made private too, through the open
-        // file: the very file written to.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = f.metadata()?.permissions().mode();
-            if mode & 0o077 != 0 {
-                f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))?;
-            }
-        }
-        f.write_all(format!("{entry}\n").as_bytes())?;
-        f.sync_data()
-    }
-
     async fn forward(
         &self,
         req: &Parts,
-    ) -> Result<(u16, reqwest::header::HeaderMap, Bytes), reqwest::Error> {
+    ) -> Result<(u16, reqwest::header::HeaderMap, Bytes), crate::client::SendError> {
         let mut r = self
             .http
             .request(
@@ -195,22 +281,40 @@ impl Shared {
         for (name, value) in &req.headers {
             r = r.header(*name, value);
         }
-        let r = r.send().await?;
+        let r = r
+            .send()
+            .await
+            .map_err(crate::client::SendError::Transport)?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
-        Ok((status, headers, r.bytes().await?))
+        // Never more than an answer may hold: the device gets a 502 instead of the proxy holding (and copying)
+        // whatever the facilitator sends.
+        let body = crate::client::read_limited(r, crate::client::MAX_ANSWER).await?;
+        Ok((status, headers, body))
     }
 
     async fn handle(&self, req: Parts, device: String) -> Reply {
-        let lock = {
-            let mut devices = self.devices.lock().await;
-            devices.entry(device.clone()).or_default().clone()
+        let lock = device_lock(&mut *self.devices.lock().await, &device);
+        let Some(lock) = lock else {
+            return error_reply(
+                503,
+                "unavailable",
+                &format!(
+                    "{MAX_BUSY_DEVICES} devices have a request in progress: send the request again shortly"
+                ),
+            );
         };
         let _one_at_a_time = lock.lock().await;
         let (status, headers, body) = match self.forward(&req).await {
             Ok(a) => a,
             Err(e) => {
-                return error_reply(502, "unavailable", &format!("facilitator unreachable: {e}"));
+                let why = match e {
+                    crate::client::SendError::Transport(e) => {
+                        format!("facilitator unreachable: {e}")
+                    }
+                    e @ crate::client::SendError::TooLarge { .. } => format!("facilitator: {e}"),
+                };
+                return error_reply(502, "unavailable", &why);
             }
         };
         if status != 402 {
@@ -249,44 +353,80 @@ impl Shared {
             };
             Some(json_body)
         };
-        let agent = self.agent_for(&device);
+        // Every payment signed for the device is logged as it is recorded (what the agent signed: its amount,
+        // recipient, network and id), before it is sent.
+        let signed = Arc::new(std::sync::Mutex::new(Vec::<Spend>::new()));
+        let hook: crate::client::SignedHook = {
+            let (log, signed, device, path) = (
+                self.audit.clone(),
+                signed.clone(),
+                device.clone(),
+                req.path.clone(),
+            );
+            Arc::new(move |spend: &Spend| {
+                log.append(&json!({
+                    "at": unix_now(), "event": "signed", "device": device, "path": path,
+                    "payment_id": spend.payment_id, "amount_usdc": spend.amount_usdc,
+                    "pay_to": spend.pay_to, "network": spend.network,
+                }));
+                signed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(spend.clone());
+            })
+        };
+        let agent = self.agent_for(&device).on_signed(hook);
+        // A device's directory is made when a payment is first signed for it, not for every id a client names:
+        // until then there is nothing to lock (the agent locks it as it signs).
+        let exists = agent.state().path().exists();
+        let agent = if exists { agent } else { agent.lock_on_sign() };
         // Another command (the CLI run by hand on this device's directory) holds it: passing, so 503 (the device
         // sends again); a directory that cannot be locked at all is the proxy's own fault.
-        let _state = match agent.state().try_lock() {
-            Ok(Some(l)) => l,
-            Ok(None) => {
+        let _state = match exists.then(|| agent.state().try_lock()) {
+            None => None,
+            Some(Ok(Some(l))) => Some(l),
+            Some(Ok(None)) => {
                 return error_reply(
                     503,
                     "unavailable",
                     "this device's payment state is in use by another esim402-agent; send the request again shortly",
                 );
             }
-            Err(e) => return error_reply(500, "internal", &e),
+            Some(Err(e)) => return error_reply(500, "internal", &e),
         };
-        match agent
+        let before = device_spends(agent.state());
+        let result = agent
             .pay_for_device(
                 &req.path,
                 json_body.as_ref(),
                 &req.headers,
                 &format!("device {device}"),
             )
-            .await
-        {
-            Ok(paid) => {
-                let entry = json!({
-                    "at": std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or_default(),
-                    "device": device, "path": req.path, "status": paid.status,
-                    "invoice_id": paid.body["invoice_id"], "amount_usdc": paid.body["amount_usdc"],
-                    "transaction": paid.body["transaction"],
-                });
-                if let Err(e) = self.audit(&entry) {
-                    eprintln!("esim402-agent proxy: AUDIT LOG WRITE FAILED ({e}): {entry}");
-                }
-                json_reply(paid.status, &paid.body)
+            .await;
+        let signed = std::mem::take(
+            &mut *signed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let after = device_spends(agent.state());
+        for (spend, outcome) in outcomes(&before, &signed, &after) {
+            let mut entry = json!({
+                "at": unix_now(), "event": outcome, "device": device, "path": req.path,
+                "payment_id": spend.payment_id, "amount_usdc": spend.amount_usdc,
+                "pay_to": spend.pay_to, "network": spend.network,
+                "transaction": spend.transaction,
+            });
+            // The facilitator's own figures, beside the agent's.
+            if let (Ok(paid), "settled") = (&result, outcome) {
+                entry["status"] = json!(paid.status);
+                entry["invoice_id"] = paid.body["invoice_id"].clone();
+                entry["facilitator_amount_usdc"] = paid.body["amount_usdc"].clone();
             }
+            self.audit.append(&entry);
+        }
+        drop(agent);
+        match result {
+            Ok(paid) => json_reply(paid.status, &paid.body),
             Err(AgentError::Policy(refusal)) => error_reply(
                 403,
                 "over_budget",
@@ -415,6 +555,10 @@ async fn serve_with(
     limits: Limits,
 ) -> std::io::Result<()> {
     let wallet = StateDir::new(settings.state_dir.join("wallet"));
+    let audit = Arc::new(AuditLog {
+        path: settings.audit_log.clone(),
+        lock: std::sync::Mutex::new(()),
+    });
     let shared = Arc::new(Shared {
         http: crate::client::http_client().map_err(std::io::Error::other)?,
         budget: Arc::new(crate::budget::Budget::new(policy.max_per_day_usdc, wallet)),
@@ -422,7 +566,7 @@ async fn serve_with(
         policy,
         settings,
         devices: Mutex::default(),
-        audit: std::sync::Mutex::new(()),
+        audit,
         listen: listener.local_addr()?,
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -613,16 +757,27 @@ mod tests {
 
     /// A proxy in front of `upstream`, its state in `state_dir`; its address.
     async fn proxy(upstream: &str, state_dir: &std::path::Path, limits: Limits) -> SocketAddr {
+        proxy_with(upstream, state_dir, limits, |_| {}).await
+    }
+
+    /// [`proxy`], its settings changed by `change`.
+    async fn proxy_with(
+        upstream: &str,
+        state_dir: &std::path::Path,
+        limits: Limits,
+        change: impl FnOnce(&mut ProxySettings),
+    ) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
-        let settings = ProxySettings {
+        let mut settings = ProxySettings {
             device_header: None,
             device_max_per_payment: "1".parse().unwrap(),
             device_max_per_day: "5".parse().unwrap(),
             audit_log: state_dir.join("audit.jsonl"),
             state_dir: state_dir.to_owned(),
         };
+        change(&mut settings);
         let config = Config::new(upstream, key).unwrap();
         let held = hold_wallet(state_dir).unwrap();
         tokio::spawn(serve_with(
@@ -858,8 +1013,224 @@ mod tests {
             assert!(message.contains("nothing was paid"), "{message}");
         }
         assert_eq!(upstream.payments().len(), 4, "only the four purchases");
-        let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-        assert_eq!(log.lines().count(), 4, "{log}");
+        let log = audit_lines(dir.path());
+        assert_eq!(log.len(), 8, "signed, then settled, for each: {log:?}");
+        for pair in log.chunks(2) {
+            assert_eq!(
+                (pair[0]["event"].as_str(), pair[1]["event"].as_str()),
+                (Some("signed"), Some("settled"))
+            );
+            assert_eq!(pair[0]["payment_id"], pair[1]["payment_id"]);
+            assert_eq!(pair[1]["invoice_id"], "inv_1");
+            assert_eq!(pair[1]["transaction"], "0xab");
+        }
+    }
+
+    /// The audit log's entries.
+    fn audit_lines(state_dir: &std::path::Path) -> Vec<Value> {
+        std::fs::read_to_string(state_dir.join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Fix: every payment signed for a device is in the audit log as it is recorded (the agent's own amount,
+    /// recipient, network and id), and so is how it ended: `pending` (kept, the facilitator failed), then
+    /// `settled` when the device's same request collects it; `unknown` (a conflict after sending: kept, it may
+    /// have been charged); `refused` (nothing charged). Before, only a paid 2xx was logged, with the facilitator's
+    /// figures: a payment ending unknown, still pending or abandoned left no line although its spend was kept.
+    #[tokio::test]
+    async fn every_payment_signed_is_in_the_audit_log_and_how_it_ended() {
+        let upstream = crate::testing::facilitator(vec![
+            (500, json!({"error": {"message": "down"}})),
+            (200, crate::testing::sim_answer("8902")),
+            (
+                409,
+                json!({"error": {"message": "invoice held by another payment"}}),
+            ),
+            (
+                402,
+                json!({"error": {"code": "invalid_signature", "message": "no"}}),
+            ),
+        ])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+        let buy = |mb: u8| {
+            request(
+                addr,
+                "POST",
+                "/v1/esim/activate",
+                "",
+                &format!(r#"{{"region":"us-west","data_mb":{mb}}}"#),
+            )
+        };
+        assert_eq!(exchange(addr, &buy(1)).await.0, 503);
+        assert_eq!(exchange(addr, &buy(1)).await.0, 200, "collected");
+        assert_eq!(exchange(addr, &buy(2)).await.0, 409);
+        assert_eq!(exchange(addr, &buy(3)).await.0, 402);
+        let log = audit_lines(dir.path());
+        let events: Vec<&str> = log.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        assert_eq!(
+            events,
+            [
+                "signed", "pending", "settled", "signed", "unknown", "signed", "refused"
+            ],
+            "{log:?}"
+        );
+        for l in &log {
+            assert_eq!(l["device"], "127.0.0.1", "{l}");
+            assert_eq!(l["amount_usdc"], "0.42", "the agent's own: {l}");
+            assert_eq!(l["network"], "eip155:31337", "{l}");
+            assert_eq!(
+                l["pay_to"], "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+                "{l}"
+            );
+            assert!(l["payment_id"].as_str().unwrap().starts_with("pay_"), "{l}");
+        }
+        assert_eq!(
+            log[0]["payment_id"], log[2]["payment_id"],
+            "the same payment"
+        );
+        assert_eq!(log[2]["transaction"], "0xab");
+        assert_eq!(log[2]["invoice_id"], "inv_1");
+        assert!(
+            !log.iter()
+                .any(|l| l.to_string().contains("LPA:") || l.to_string().contains("sim_secret"))
+        );
+    }
+
+    /// Fix: a device's directory is made only once a payment is signed for it (a refusal by its budget leaves
+    /// nothing on disk), so a client naming ever new device ids does not fill the disk. Before, every id whose
+    /// paid route drew a 402 got `devices/<id>/` and a lock file.
+    #[tokio::test]
+    async fn a_device_gets_a_directory_only_once_a_payment_is_signed() {
+        let upstream = asks_everywhere().await;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = proxy_with(&upstream.url, dir.path(), LIMITS, |s| {
+            s.device_header = Some("x-device-id".into());
+            s.device_max_per_payment = "0.10".parse().unwrap();
+        })
+        .await;
+        let buy = |id: &str| {
+            request(
+                addr,
+                "POST",
+                "/v1/esim/activate",
+                &format!("x-device-id: {id}\r\n"),
+                r#"{"region":"us-west","data_mb":1}"#,
+            )
+        };
+        for n in 0..5 {
+            let (status, answer) = exchange(addr, &buy(&format!("pump-{n}"))).await;
+            assert_eq!(status, 403, "{answer}");
+        }
+        assert!(upstream.payments().is_empty());
+        assert!(
+            !dir.path().join("devices").exists(),
+            "{:?}",
+            std::fs::read_dir(dir.path().join("devices")).map(|d| d.count())
+        );
+
+        let upstream = asks_everywhere().await;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = proxy_with(&upstream.url, dir.path(), LIMITS, |s| {
+            s.device_header = Some("x-device-id".into());
+        })
+        .await;
+        assert_eq!(exchange(addr, &buy("pump-9")).await.0, 200);
+        let state = StateDir::new(dir.path().join("devices/pump-9"))
+            .load()
+            .unwrap();
+        assert_eq!(state.spends.len(), 1, "paid, and recorded where it belongs");
+        assert!(
+            dir.path().join("devices/pump-9/lock").exists(),
+            "locked as it signed"
+        );
+    }
+
+    /// An agent that locks its directory only as it signs refuses the payment when another command holds the
+    /// directory by then: nothing sent, nothing recorded, the wallet's shared cap given back.
+    #[tokio::test]
+    async fn a_lock_taken_at_signing_that_is_held_refuses_the_payment() {
+        let upstream = asks_everywhere().await;
+        let dir = tempfile::tempdir().unwrap();
+        let wallet = tempfile::tempdir().unwrap();
+        let budget = Arc::new(crate::budget::Budget::new(
+            "5".parse().unwrap(),
+            StateDir::new(wallet.path()),
+        ));
+        let held = StateDir::new(dir.path()).lock().unwrap();
+        let agent = crate::testing::agent(&upstream.url, dir.path())
+            .with_budget(budget)
+            .lock_on_sign();
+        let e = agent
+            .pay_for_device(
+                "/v1/esim/activate?region=us-west&data_mb=1",
+                None,
+                &[],
+                "device d",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: false, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("in use"), "{e}");
+        assert!(upstream.payments().is_empty());
+        assert!(agent.state().load().unwrap().spends.is_empty());
+        assert!(
+            StateDir::new(wallet.path())
+                .load()
+                .unwrap()
+                .spends
+                .is_empty()
+        );
+        drop(held);
+    }
+
+    /// Fix: the proxy keeps a lock only for devices with a request in progress: ever new device ids leave
+    /// nothing behind. Before, every id ever seen stayed in the map.
+    #[test]
+    fn only_busy_devices_are_tracked() {
+        let mut devices = HashMap::new();
+        for n in 0..100 {
+            let lock = device_lock(&mut devices, &format!("d{n}")).unwrap();
+            drop(lock);
+        }
+        assert!(devices.len() <= 1, "{}", devices.len());
+        let busy = device_lock(&mut devices, "busy").unwrap();
+        let again = device_lock(&mut devices, "busy").unwrap();
+        assert!(Arc::ptr_eq(&busy, &again), "one lock per device while busy");
+        for n in 0..10 {
+            drop(device_lock(&mut devices, &format!("e{n}")));
+        }
+        assert!(devices.contains_key("busy"));
+        assert!(devices.len() <= 2, "{}", devices.len());
+    }
+
+    /// Fix: a facilitator answer over [`crate::client::MAX_ANSWER`] is not forwarded (502), not read whole and
+    /// copied to the device.
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_not_forwarded() {
+        let huge = "x".repeat(crate::client::MAX_ANSWER + 1);
+        let upstream =
+            crate::testing::Server::start(move |_| (200, vec![], Value::String(huge.clone())))
+                .await;
+        let dir = tempfile::tempdir().unwrap();
+        let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+        let get = request(addr, "GET", "/v1/esim/8901", "", "");
+        let (status, answer) = exchange(addr, &get).await;
+        assert_eq!(status, 502, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("over 4 MiB"),
+            "{answer}"
+        );
     }
 
     /// A device's own credential, sign-in and label reach the facilitator, on the forwarded request and on the

@@ -54,6 +54,11 @@ pub struct SimRecord {
     /// carriers it left (see [`crate::watch::plan::Switches::of`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// The MB its activation paid for, as the agent asked for them (`None`: a switch's SIM, which takes over an
+    /// unknown remainder, or one recorded before this was kept): `watch`'s floor under the facilitator's
+    /// credit figure ([`crate::watch::audit::credit_floor`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_mb: Option<u64>,
 }
 
 impl SimRecord {
@@ -270,6 +275,7 @@ impl State {
                 terminated: false,
                 origin: None,
                 replaces: None,
+                data_mb: None,
             }));
         }
         self.sims
@@ -478,6 +484,7 @@ mod tests {
             terminated: false,
             origin: Some("http://127.0.0.1:3000".into()),
             replaces: None,
+            data_mb: None,
         }
     }
 

@@ -59,8 +59,16 @@ impl Server {
                             };
                             let (status, headers, body) = handler(&seen);
                             log.lock().unwrap().push(seen);
-                            let mut r =
-                                hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+                            // A string body under a Content-Type of the handler's that is not JSON is sent as
+                            // is (an HTML page); any other body as JSON.
+                            let raw = headers.iter().any(|(k, v)| {
+                                k.eq_ignore_ascii_case("content-type") && !v.contains("json")
+                            });
+                            let text = match (&body, raw) {
+                                (Value::String(s), true) => s.clone(),
+                                _ => body.to_string(),
+                            };
+                            let mut r = hyper::Response::new(Full::new(Bytes::from(text)));
                             *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                             r.headers_mut().insert(
                                 hyper::header::CONTENT_TYPE,

@@ -583,14 +583,15 @@ impl Agent {
         };
         let got = match &request.purchase {
             Purchase::Activation => {
+                let data_mb = request.body.as_ref().and_then(|b| b["data_mb"].as_u64());
                 self.deliver(&paid, &held, tries, |s, a| {
-                    record_sim(s, a.body, None, origin).map(Outcome::Sim)
+                    record_sim(s, a.body, None, origin, data_mb).map(Outcome::Sim)
                 })
                 .await
             }
             Purchase::Switch(old) => {
                 self.deliver(&paid, &held, tries, |s, a| {
-                    record_sim(s, a.body, Some(old), origin).map(Outcome::Sim)
+                    record_sim(s, a.body, Some(old), origin, None).map(Outcome::Sim)
                 })
                 .await
             }

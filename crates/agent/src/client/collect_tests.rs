@@ -155,7 +155,7 @@ async fn every_pending_payment_is_collected_before_a_command() {
     // A SIM to switch and top up, with its token from this facilitator.
     a.state()
         .update(|s| {
-            record_sim(s, sim_answer("8900"), None, &a.config().origin()).unwrap();
+            record_sim(s, sim_answer("8900"), None, &a.config().origin(), None).unwrap();
         })
         .unwrap();
     a.activate(&buy("us-west")).await.unwrap_err();
@@ -253,7 +253,7 @@ async fn a_switch_collects_a_pending_switch_of_the_same_sim_and_pays_nothing_new
     let a = agent(&f.url, dir.path());
     a.state()
         .update(|s| {
-            record_sim(s, sim_answer("8900"), None, &a.config().origin()).unwrap();
+            record_sim(s, sim_answer("8900"), None, &a.config().origin(), None).unwrap();
         })
         .unwrap();
     a.switch(None, &json!({"carrier": "att"}))
@@ -362,7 +362,7 @@ async fn a_command_without_iccid_acts_on_the_sim_it_had_not_one_just_collected()
     let a = agent(&f.url, dir.path());
     a.state()
         .update(|s| {
-            record_sim(s, sim_answer("8900"), None, &a.config().origin()).unwrap();
+            record_sim(s, sim_answer("8900"), None, &a.config().origin(), None).unwrap();
         })
         .unwrap();
     a.activate(&buy("us-west")).await.unwrap_err();
@@ -436,8 +436,8 @@ async fn only_a_switch_of_the_same_sim_collects_a_pending_switch() {
     let a = agent(&f.url, dir.path());
     a.state()
         .update(|s| {
-            record_sim(s, sim_answer("8900"), None, &a.config().origin()).unwrap();
-            record_sim(s, sim_answer("8901"), None, &a.config().origin()).unwrap();
+            record_sim(s, sim_answer("8900"), None, &a.config().origin(), None).unwrap();
+            record_sim(s, sim_answer("8901"), None, &a.config().origin(), None).unwrap();
         })
         .unwrap();
     a.switch(Some("8900"), &json!({"carrier": "att"}))

@@ -37,6 +37,8 @@ pub struct Answer {
     pub headers: reqwest::header::HeaderMap,
     /// The JSON body (`Null` if it was not JSON).
     pub body: Value,
+    /// Whether the body was JSON (`body` is `Null` otherwise: a proxy's or firewall's HTML page, an empty body).
+    pub json: bool,
 }
 
 impl Answer {
@@ -78,7 +80,18 @@ pub struct Agent {
     /// Why the facilitator is taken for silent: set when a request to it got no answer (refused, cut, timed
     /// out), cleared by its next answer. While set, collection passes send nothing to it ([`Agent::silent`]).
     silent: std::sync::Mutex<Option<String>>,
+    /// Take the state directory's lock (creating the directory) only when a payment is signed, and hold it
+    /// until this agent is dropped: the proxy's agent for a device that has no directory yet, so a device that
+    /// never gets a payment signed leaves nothing on disk ([`Agent::lock_on_sign`]).
+    lock_on_sign: bool,
+    /// The lock taken that way.
+    held: std::sync::Mutex<Option<crate::state::StateLock>>,
+    /// Told of every payment as it is recorded as pending, before it is sent (the proxy's audit log).
+    on_signed: Option<SignedHook>,
 }
+
+/// See [`Agent::on_signed`].
+pub(crate) type SignedHook = std::sync::Arc<dyn Fn(&crate::state::Spend) + Send + Sync>;
 
 /// `v` without its `access_token` fields (at any depth): for text that is printed or logged.
 pub(crate) fn redacted(v: &Value) -> Value {
@@ -119,6 +132,50 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(esim402_core::paid::LE
 /// bounds a paid request the facilitator is working on): a facilitator that does not even accept the
 /// connection is down, and every command says so in seconds instead of minutes.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest answer read from the facilitator (and, by the proxy, forwarded to a device): a receipt page of
+/// 1 000 entries is under 2 MB even with the longest fields and page proofs (measured by
+/// `a_full_receipt_page_fits_the_answer_limit`); anything beyond is not read, and is taken as the facilitator
+/// failing (a paid one keeps its payment pending).
+pub const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// Why a request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    /// No answer: refused, cut, timed out.
+    #[error(transparent)]
+    Transport(reqwest::Error),
+    /// An answer over [`MAX_ANSWER`], not read.
+    #[error("its answer ({status}) is over {} MiB: not read", limit / (1024 * 1024))]
+    TooLarge {
+        /// The answer's status.
+        status: u16,
+        /// The limit it passed.
+        limit: usize,
+    },
+}
+
+/// `r`'s body, at most `limit` bytes (an answer saying or turning out to be longer is an error, read no further).
+pub(crate) async fn read_limited(
+    mut r: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, SendError> {
+    let status = r.status().as_u16();
+    let too_large = SendError::TooLarge { status, limit };
+    if r.content_length()
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
+    {
+        return Err(too_large);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = r.chunk().await.map_err(SendError::Transport)? {
+        if body.len().saturating_add(chunk.len()) > limit {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
 
 /// The HTTP client the agent talks to the facilitator with. Redirects are not followed: one would carry a paid
 /// request's `PAYMENT-SIGNATURE` or a wallet sign-in to wherever it points (a 307 even re-sends the POST); a
@@ -194,7 +251,26 @@ impl Agent {
             progress,
             budget: None,
             silent: std::sync::Mutex::new(None),
+            lock_on_sign: false,
+            held: std::sync::Mutex::new(None),
+            on_signed: None,
         }
+    }
+
+    /// This agent, taking its state directory's lock (and creating the directory) only once a payment is signed,
+    /// held until it is dropped; a lock another command holds then refuses the payment (unavailable, nothing
+    /// sent, the shared budget given back).
+    #[must_use]
+    pub(crate) fn lock_on_sign(mut self) -> Self {
+        self.lock_on_sign = true;
+        self
+    }
+
+    /// This agent, telling `hook` of every payment it records as pending (before sending it).
+    #[must_use]
+    pub(crate) fn on_signed(mut self, hook: SignedHook) -> Self {
+        self.on_signed = Some(hook);
+        self
     }
 
     /// This agent, also within `budget`, a daily cap it shares with other agents of the same wallet.
@@ -237,7 +313,7 @@ impl Agent {
         path: &str,
         body: Option<&Value>,
         headers: &[(&str, String)],
-    ) -> Result<Answer, reqwest::Error> {
+    ) -> Result<Answer, SendError> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.config.url));
@@ -248,11 +324,11 @@ impl Agent {
             req = req.header(*k, v);
         }
         let answered = async {
-            let r = req.send().await?;
+            let r = req.send().await.map_err(SendError::Transport)?;
             let status = r.status().as_u16();
             let headers = r.headers().clone();
-            let bytes = r.bytes().await?;
-            Ok::<_, reqwest::Error>((status, headers, bytes))
+            let bytes = read_limited(r, MAX_ANSWER).await?;
+            Ok::<_, SendError>((status, headers, bytes))
         }
         .await;
         let (status, headers, bytes) = match answered {
@@ -260,16 +336,25 @@ impl Agent {
                 self.set_silent(None);
                 got
             }
+            // It answered (too much): not silent.
+            Err(e @ SendError::TooLarge { .. }) => {
+                self.set_silent(None);
+                return Err(e);
+            }
             Err(e) => {
                 self.mark_silent();
                 return Err(e);
             }
         };
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (body, json) = match serde_json::from_slice(&bytes) {
+            Ok(v) => (v, true),
+            Err(_) => (Value::Null, false),
+        };
         Ok(Answer {
             status,
             headers,
             body,
+            json,
         })
     }
 
@@ -295,11 +380,12 @@ impl Agent {
         }
     }
 
-    fn unreachable(&self, e: &reqwest::Error, pending: bool) -> AgentError {
-        AgentError::Unavailable {
-            message: format!("facilitator {} unreachable: {e}", self.config.url),
-            pending,
-        }
+    fn unreachable(&self, e: &SendError, pending: bool) -> AgentError {
+        let message = match e {
+            SendError::Transport(e) => format!("facilitator {} unreachable: {e}", self.config.url),
+            SendError::TooLarge { .. } => format!("facilitator {}: {e}", self.config.url),
+        };
+        AgentError::Unavailable { message, pending }
     }
 
     /// Buy a SIM: `request` is the activation body (`region`, `data_mb`, optional `carrier`, `chain`, `eid`).
@@ -311,8 +397,10 @@ impl Agent {
         self.clear_way(&Purchase::Activation, PATH, request).await?;
         let purpose = format!("activate {request}");
         let origin = self.config.origin();
+        // What this agent asked for (not the answer's word): `watch`'s floor under the facilitator's credit.
+        let data_mb = request["data_mb"].as_u64();
         self.pay_and_keep(PATH, Some(request), &purpose, None, &[], |s, a| {
-            record_sim(s, a.body, None, &origin)
+            record_sim(s, a.body, None, &origin, data_mb)
         })
         .await
     }
@@ -355,7 +443,7 @@ impl Agent {
         let purpose = format!("{}{target}", switch_purpose_prefix(&sim.iccid));
         let origin = self.config.origin();
         self.pay_and_keep(&path, Some(target), &purpose, Some(&sim), &[], |s, a| {
-            record_sim(s, a.body, Some(&sim.iccid), &origin)
+            record_sim(s, a.body, Some(&sim.iccid), &origin, None)
         })
         .await
     }
@@ -551,6 +639,7 @@ fn record_sim(
     mut answer: Value,
     replaces: Option<&str>,
     origin: &str,
+    data_mb: Option<u64>,
 ) -> Result<Activation, AgentError> {
     let (Some(iccid), Some(code)) = (
         answer["iccid"].as_str().map(str::to_owned),
@@ -579,6 +668,7 @@ fn record_sim(
         terminated: false,
         origin: Some(origin.to_owned()),
         replaces: replaces.map(str::to_owned),
+        data_mb,
     };
     state.sims.insert(iccid.clone(), record);
     if let Some(old) = replaces.and_then(|id| state.sims.get_mut(id)) {
@@ -616,9 +706,28 @@ pub fn top_up_line(answer: &Value) -> String {
     )
 }
 
-/// The error a non-2xx answer stands for (5xx: unavailable; else refused).
+/// Whether `answer` is passing: a timeout or throttling (408, 429, nginx's 499), most likely from something
+/// between the agent and the facilitator, or any answer with `Retry-After`. Asking again later may succeed.
+pub(crate) fn transient(answer: &Answer) -> bool {
+    matches!(answer.status, 408 | 429 | 499) || answer.headers.contains_key("retry-after")
+}
+
+/// The error a non-2xx answer stands for (5xx and [`transient`] ones: unavailable; else refused).
 pub fn unexpected(answer: &Answer) -> AgentError {
-    if answer.status >= 500 {
+    if transient(answer) && answer.status < 500 {
+        AgentError::Unavailable {
+            message: format!(
+                "the request timed out or was throttled ({}{}): {}",
+                answer.status,
+                answer
+                    .header("retry-after")
+                    .map(|s| format!(", retry after {s}"))
+                    .unwrap_or_default(),
+                answer.message()
+            ),
+            pending: false,
+        }
+    } else if answer.status >= 500 {
         AgentError::Unavailable {
             message: format!(
                 "facilitator failed ({}): {}",
@@ -1212,5 +1321,141 @@ mod tests {
         assert!(matches!(e, AgentError::Refused { status: 307, .. }), "{e}");
         assert!(elsewhere.seen().is_empty(), "{:?}", elsewhere.seen());
         assert_eq!(redirecting.payments().len(), 1);
+    }
+
+    /// Fix: a timeout or throttling (408, 429, nginx's 499) and any answer with `Retry-After` is the facilitator
+    /// being unavailable for now (exit 5; `watch` goes on), not a refusal (exit 4; `watch` stopped for good).
+    #[test]
+    fn throttling_and_retry_after_are_unavailable_not_refused() {
+        let answer = |status: u16, retry_after: Option<&str>| Answer {
+            status,
+            headers: retry_after
+                .map(|v| {
+                    let mut h = reqwest::header::HeaderMap::new();
+                    h.insert("retry-after", v.parse().unwrap());
+                    h
+                })
+                .unwrap_or_default(),
+            body: Value::Null,
+            json: false,
+        };
+        for (status, retry_after) in [
+            (408, None),
+            (429, None),
+            (499, None),
+            (403, Some("30")),
+            (503, Some("5")),
+            (500, None),
+        ] {
+            let e = unexpected(&answer(status, retry_after));
+            assert!(
+                matches!(e, AgentError::Unavailable { pending: false, .. }),
+                "{status}: {e}"
+            );
+        }
+        let e = unexpected(&answer(429, Some("7")));
+        assert!(e.to_string().contains("retry after 7"), "{e}");
+        for status in [400, 401, 403, 404, 409] {
+            let e = unexpected(&answer(status, None));
+            assert!(matches!(e, AgentError::Refused { .. }), "{status}: {e}");
+        }
+    }
+
+    /// Fix: a paid 2xx whose body is not JSON (a firewall's or maintenance page's HTML) keeps the payment pending,
+    /// and the same command collects the real answer with the very same payment. Before, it was settled and
+    /// dropped ("running the command again pays again"): the paid answer lost, and a rerun paid twice.
+    #[tokio::test]
+    async fn a_paid_answer_that_is_not_json_keeps_the_payment() {
+        let answers = std::sync::Mutex::new(0usize);
+        let f = crate::testing::Server::start(move |seen| {
+            if seen.header("payment-signature").is_none() {
+                return crate::testing::challenge(seen);
+            }
+            let mut n = answers.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                return (
+                    200,
+                    vec![("content-type", "text/html".into())],
+                    Value::String("<html><body>Down for maintenance</body></html>".into()),
+                );
+            }
+            (200, vec![], crate::testing::sim_answer("8901"))
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: true, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("not JSON (text/html)"), "{e}");
+        let st = a.state().load().unwrap();
+        assert_eq!(st.pending.len(), 1, "{st:?}");
+        assert!(st.unrecorded_answers.is_empty());
+        let got = a.activate(&buy()).await.unwrap();
+        assert_eq!(got.iccid, "8901");
+        let paid = f.payments();
+        assert_eq!(paid.len(), 2);
+        assert_eq!(paid[0], paid[1], "the same payment, collected");
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty());
+        assert_eq!(st.spends.len(), 1);
+        assert_eq!(st.sims["8901"].data_mb, Some(1), "what the agent asked for");
+    }
+
+    /// Fix: an answer over [`MAX_ANSWER`] is not read (the facilitator failing: exit 5), whether it says its
+    /// length or not; a paid one keeps its payment. Before, any answer was read whole.
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_not_read() {
+        let huge = "x".repeat(MAX_ANSWER + 1);
+        let f = crate::testing::Server::start(move |seen| {
+            if seen.method == "GET" {
+                return (200, vec![], Value::String(huge.clone()));
+            }
+            if seen.header("payment-signature").is_none() {
+                return crate::testing::challenge(seen);
+            }
+            (200, vec![], json!({"padding": huge}))
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        let e = a.sim_get(Some("8901"), "").await.unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: false, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("over 4 MiB"), "{e}");
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: true, .. }),
+            "{e}"
+        );
+        assert_eq!(a.state().load().unwrap().pending.len(), 1);
+        // Without a length: read until the limit, no further.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = conn.read(&mut head).await;
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let chunk = vec![b' '; 64 * 1024];
+            while conn.write_all(&chunk).await.is_ok() {}
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&format!("http://{addr}"), dir.path());
+        let e = tokio::time::timeout(Duration::from_secs(20), a.sim_get(Some("8901"), ""))
+            .await
+            .expect("stopped reading at the limit")
+            .unwrap_err();
+        assert!(e.to_string().contains("over 4 MiB"), "{e}");
     }
 }

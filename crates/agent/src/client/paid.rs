@@ -13,7 +13,7 @@ use esim402_core::x402::wire::PaymentPayload;
 use serde_json::{Value, json};
 
 use super::facilitator::Facilitator;
-use super::{Agent, Answer, local, now, random, unexpected};
+use super::{Agent, Answer, SendError, local, now, random, transient, unexpected};
 use crate::error::AgentError;
 use crate::pay::{new_payment_id, sign_exact};
 use crate::state::{PendingPayment, SimRecord, Spend, SpendStatus, State};
@@ -215,9 +215,38 @@ impl Agent {
                     header: signed.header.clone(),
                     valid_before: signed.valid_before,
                 };
-                self.state
-                    .update(|s| s.begin(&key, pending, spend))
-                    .map_err(local)?;
+                if let Err(e) = self.lock_for_signing() {
+                    self.release(id.as_str())?;
+                    return Err(e);
+                }
+                let told = spend.clone();
+                // Never over a payment pending for the same request (one recorded meanwhile by another command:
+                // it would be lost, and its purchase paid twice).
+                let begun = self.state.update(|s| {
+                    let free = !s.pending.contains_key(&key);
+                    if free {
+                        s.begin(&key, pending, spend);
+                    }
+                    free
+                });
+                match begun {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.release(id.as_str())?;
+                        return Err(AgentError::Unavailable {
+                            message: "another esim402-agent recorded a payment for this very request meanwhile"
+                                .into(),
+                            pending: true,
+                        });
+                    }
+                    Err(e) => {
+                        self.release(id.as_str())?;
+                        return Err(local(e));
+                    }
+                }
+                if let Some(hook) = &self.on_signed {
+                    hook(&told);
+                }
                 Held {
                     key,
                     payment_id: id.as_str().to_owned(),
@@ -276,10 +305,27 @@ impl Agent {
                 .await
                 .map_err(|e| Undelivered {
                     error: self.unreachable(&e, true),
-                    unreachable: true,
+                    unreachable: matches!(e, SendError::Transport(_)),
                 })?;
             let code = answer.body["error"]["code"].as_str().unwrap_or_default();
             match answer.status {
+                // Paid for, but unreadable (a firewall's or maintenance page's HTML, a cut body): what was bought
+                // is not known, so the payment stays pending and the same payment collects the answer later (the
+                // facilitator replays it). Ending it here lost the answer, and a rerun paid again.
+                200..=299 if !answer.json => {
+                    return Err(AgentError::Unavailable {
+                        message: format!(
+                            "the facilitator answered the payment {payment_id} ({}) with a body that is not JSON{}",
+                            answer.status,
+                            answer
+                                .header("content-type")
+                                .map(|t| format!(" ({t})"))
+                                .unwrap_or_default()
+                        ),
+                        pending: true,
+                    }
+                    .into());
+                }
                 200..=299 => {
                     let tx = answer.body["transaction"].as_str().map(str::to_owned);
                     let (status, raw) = (answer.status, answer.body.clone());
@@ -415,8 +461,9 @@ impl Agent {
                     .into());
                 }
                 // A timeout or throttling, most likely from something between us and the facilitator (408, 429,
-                // nginx's 499): the payment may have landed, and only it collects the answer then.
-                408 | 429 | 499 => {
+                // nginx's 499, or any answer with `Retry-After`): the payment may have landed, and only it
+                // collects the answer then.
+                _ if transient(&answer) => {
                     return Err(AgentError::Unavailable {
                         message: format!(
                             "the request timed out or was throttled ({}): {}",
@@ -458,6 +505,35 @@ impl Agent {
             pending: true,
         }
         .into())
+    }
+
+    /// With [`Agent::lock_on_sign`], take the state directory's lock (creating it) now that a payment is about
+    /// to be recorded, held until the agent is dropped.
+    fn lock_for_signing(&self) -> Result<(), AgentError> {
+        if !self.lock_on_sign {
+            return Ok(());
+        }
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.is_some() {
+            return Ok(());
+        }
+        match self.state.try_lock() {
+            Ok(Some(lock)) => {
+                *held = Some(lock);
+                Ok(())
+            }
+            Ok(None) => Err(AgentError::Unavailable {
+                message: format!(
+                    "the payment state {} is in use by another esim402-agent; nothing was sent",
+                    self.state.path().display()
+                ),
+                pending: false,
+            }),
+            Err(e) => Err(local(e)),
+        }
     }
 
     /// Give the shared budget's reservation of `payment_id` back (nothing was charged).

@@ -8,9 +8,12 @@
 //!
 //! Rules a reader must not break:
 //! - only [`Finding::Verified`] bytes count as used; the top-up decision looks at `credited - verified`, not at
-//!   the facilitator's remaining balance;
+//!   the facilitator's remaining balance, and `credited` is never less than what this agent itself paid for
+//!   ([`credit_floor`]: the activation's MB and every settled top-up's, as its state records them): a facilitator
+//!   that under-reports its credit cannot make every tick "low" and have the agent pay top-up after top-up;
 //! - the cursor only moves forward (`next` is the first log position not audited yet), so a restart never
-//!   counts a receipt twice.
+//!   counts a receipt twice; a position it cannot move past (`u64::MAX`) ends the audit of that log
+//!   ([`Audit::log_end`]).
 
 use std::collections::BTreeSet;
 
@@ -67,6 +70,31 @@ pub struct Audit {
     /// Every dispute, oldest first.
     #[serde(default)]
     pub disputes: Vec<Dispute>,
+    /// The log reached position `u64::MAX`: there is no position after it to ask for, so nothing more of this
+    /// log is audited (or counted as used).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log_end: bool,
+    /// The last top-up `watch` paid for this SIM, and the credit the facilitator reported before it: the
+    /// facilitator's next figure must have risen by the top-up's bytes ([`TopUpCheck::unmet`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_top_up: Option<TopUpCheck>,
+}
+
+/// A top-up paid by `watch`, to check the facilitator credited it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUpCheck {
+    /// `credited_bytes` as the facilitator reported it before the top-up.
+    pub credited_before: u64,
+    /// The top-up's bytes.
+    pub bytes: u64,
+}
+
+impl TopUpCheck {
+    /// Whether `credited` (the facilitator's figure now) falls short of the credit before the top-up plus the
+    /// top-up: the facilitator took the payment without crediting it (yet).
+    pub fn unmet(&self, credited: u64) -> bool {
+        credited < self.credited_before.saturating_add(self.bytes)
+    }
 }
 
 /// What the agent knows of the SIM whose log it audits.
@@ -89,12 +117,26 @@ impl Audit {
         pinned: &Catalog,
         now: u64,
     ) -> Option<Finding> {
-        if entry.n < self.next.max(1) {
+        if self.log_end || entry.n < self.next.max(1) {
             return None;
         }
-        self.next = entry.n + 1;
+        let charged = entry.state != LogState::Disputed;
+        let Some(next) = entry.n.checked_add(1) else {
+            // No position after it: the log cannot be followed further (a page from `u64::MAX + 1` does not
+            // exist). Disputed, not counted; and the audit of this log ends here.
+            self.log_end = true;
+            self.next = u64::MAX;
+            return self.dispute(
+                entry,
+                charged,
+                "at log position u64::MAX, past which the log cannot be followed: not counted, and no later \
+                 receipt of this log is audited"
+                    .into(),
+            );
+        };
+        self.next = next;
         let wire = &entry.receipt;
-        if entry.state == LogState::Disputed {
+        if !charged {
             let why = entry.reason.clone().unwrap_or_else(|| "disputed".into());
             return self.dispute(entry, false, format!("refused by the facilitator: {why}"));
         }
@@ -167,9 +209,40 @@ pub enum LowBalance {
     },
 }
 
-/// Decide the low-balance 402 from what was credited (the facilitator's figure: it can only hurt the
-/// facilitator to overstate it) and what this agent verified as used, with the kernel's own quota rule.
-pub fn on_low_balance(credited: u64, audit: &Audit) -> LowBalance {
+/// What this agent's own records say the SIM `iccid` was credited at least, in bytes: its activation's MB (as
+/// the agent asked for it, recorded with the SIM; a SIM a switch made takes over an unknown remainder, so none)
+/// and the MB of every top-up of it whose payment settled (spend purpose `top-up <iccid> <MB> MB`).
+pub fn credit_floor(state: &crate::state::State, iccid: &str) -> u64 {
+    use esim402_core::usage::account::BYTES_PER_MB;
+    let activation = state
+        .sims
+        .get(iccid)
+        .filter(|s| s.replaces.is_none())
+        .and_then(|s| s.data_mb)
+        .unwrap_or(0);
+    let top_ups = state
+        .spends
+        .iter()
+        .filter(|s| s.status == crate::state::SpendStatus::Settled)
+        .filter_map(|s| {
+            let rest = s.purpose.strip_prefix("top-up ")?;
+            let mut words = rest.split(' ');
+            let (id, mb, unit) = (words.next()?, words.next()?, words.next()?);
+            (id == iccid && unit == "MB" && words.next().is_none())
+                .then(|| mb.parse::<u64>().ok())
+                .flatten()
+        })
+        .fold(0u64, u64::saturating_add);
+    activation
+        .saturating_add(top_ups)
+        .saturating_mul(BYTES_PER_MB)
+}
+
+/// Decide the low-balance 402 from what was credited — the facilitator's figure `reported`, never below `floor`
+/// ([`credit_floor`]: what this agent paid for; overstating only hurts the facilitator, understating would make
+/// the agent pay again) — and what this agent verified as used, with the kernel's own quota rule.
+pub fn on_low_balance(reported: u64, floor: u64, audit: &Audit) -> LowBalance {
+    let credited = reported.max(floor);
     let own = i128::from(credited) - i128::from(audit.verified_bytes);
     match decide_quota(own, None) {
         Quota::Low { .. } => LowBalance::TopUp,
@@ -381,17 +454,171 @@ mod tests {
             verified_bytes: credited - LOW_WATER_BYTES + 1,
             ..Audit::default()
         };
-        assert_eq!(on_low_balance(credited, &a), LowBalance::TopUp);
+        assert_eq!(on_low_balance(credited, 0, &a), LowBalance::TopUp);
         a.verified_bytes = credited - LOW_WATER_BYTES;
         a.disputed_bytes = 500_000;
         assert_eq!(
-            on_low_balance(credited, &a),
+            on_low_balance(credited, 0, &a),
             LowBalance::Withhold {
                 own_remaining: LOW_WATER_BYTES
             },
             "low only because of disputed bytes"
         );
         a.verified_bytes = credited + 5;
-        assert_eq!(on_low_balance(credited, &a), LowBalance::TopUp, "overdrawn");
+        assert_eq!(
+            on_low_balance(credited, 0, &a),
+            LowBalance::TopUp,
+            "overdrawn"
+        );
+    }
+
+    /// Fix: a log entry at position `u64::MAX` is disputed and ends the audit of that log (nothing after it can be
+    /// asked for). Before, `entry.n + 1` overflowed: a panic in a debug build, the cursor wrapped to 0 in release
+    /// (every receipt audited, and counted, again).
+    #[test]
+    fn a_log_position_that_cannot_be_followed_ends_the_audit() {
+        let sim = iccid("890126000000000001");
+        let mut a = Audit::default();
+        let log = [
+            entry(
+                1,
+                &receipt(&sim, 1, 1_000),
+                &tmobile_key(),
+                LogState::Accepted,
+            ),
+            entry(
+                u64::MAX,
+                &receipt(&sim, 2, 2_000),
+                &tmobile_key(),
+                LogState::Accepted,
+            ),
+        ];
+        let found = run(&mut a, &sim, &log);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            matches!(&found[1], Finding::Disputed(d) if d.n == u64::MAX && d.charged),
+            "{found:?}"
+        );
+        assert!(a.log_end);
+        assert_eq!((a.verified_bytes, a.disputed_bytes), (1_000, 2_000));
+        let later = entry(
+            3,
+            &receipt(&sim, 3, 3_000),
+            &tmobile_key(),
+            LogState::Accepted,
+        );
+        assert!(run(&mut a, &sim, &[later]).is_empty(), "nothing after it");
+        assert!(run(&mut a, &sim, &log).is_empty(), "nor it again");
+        assert_eq!(a.verified_bytes, 1_000);
+    }
+
+    /// Fix: the credit the top-up decision counts is never below what this agent itself paid for (the activation's
+    /// MB, recorded with the SIM, and every settled top-up of the SIM): a facilitator reporting less (a top-up it
+    /// never credited, or no credit at all) gets no top-up paid. Before, `credited_bytes` was taken as reported,
+    /// so an under-report made every tick "low" and paid a top-up each time.
+    #[test]
+    fn the_credit_counted_is_never_below_what_the_agent_paid_for() {
+        use crate::state::{SimRecord, Spend, SpendStatus, State};
+        let mut state = State::default();
+        state.sims.insert(
+            "8901".into(),
+            SimRecord {
+                iccid: "8901".into(),
+                access_token: None,
+                activation_code: None,
+                region: None,
+                carrier: None,
+                network: None,
+                activated_at: 1,
+                terminated: false,
+                origin: None,
+                replaces: None,
+                data_mb: Some(1),
+            },
+        );
+        let top_up = |iccid: &str, mb: u64, status| Spend {
+            payment_id: format!("pay_{iccid}_{mb}"),
+            purpose: format!("top-up {iccid} {mb} MB"),
+            at: 1,
+            amount_usdc: esim402_core::UsdcAmount::from_micros(30_000),
+            network: "eip155:31337".into(),
+            pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
+            status,
+            transaction: None,
+        };
+        state.spends = vec![
+            top_up("8901", 10, SpendStatus::Settled),
+            top_up("8901", 50, SpendStatus::Unknown),
+            top_up("8901", 100, SpendStatus::Pending),
+            top_up("8902", 10, SpendStatus::Settled),
+        ];
+        assert_eq!(credit_floor(&state, "8901"), 11_000_000);
+        assert_eq!(credit_floor(&state, "8902"), 10_000_000, "no SIM record");
+        assert_eq!(credit_floor(&state, "8999"), 0);
+        let a = Audit {
+            verified_bytes: 950_000,
+            ..Audit::default()
+        };
+        // The facilitator credits the activation only (the paid 10 MB top-up never shows).
+        assert_eq!(
+            on_low_balance(1_000_000, 11_000_000, &a),
+            LowBalance::Withhold {
+                own_remaining: 10_050_000
+            }
+        );
+        assert_eq!(on_low_balance(0, 0, &a), LowBalance::TopUp, "nothing known");
+        assert_eq!(
+            on_low_balance(1_000_000, 0, &a),
+            LowBalance::TopUp,
+            "low indeed"
+        );
+        // A switch's SIM takes over an unknown remainder: its activation MB are no floor.
+        state.sims.get_mut("8901").unwrap().replaces = Some("8900".into());
+        assert_eq!(credit_floor(&state, "8901"), 10_000_000);
+        let check = TopUpCheck {
+            credited_before: 1_000_000,
+            bytes: 10_000_000,
+        };
+        assert!(check.unmet(1_000_000));
+        assert!(!check.unmet(11_000_000));
+    }
+
+    /// A full log page (1 000 entries, the facilitator's most) fits well within the answer limit, even with
+    /// long fields and the longest page proof: measured, about 2 MB for 4 MiB allowed.
+    #[test]
+    fn a_full_receipt_page_fits_the_answer_limit() {
+        use esim402_core::usage::page::PageProof;
+        let sim = iccid("890126000000000001");
+        let mut r = receipt(&sim, 1, 1_000);
+        r.session_id = "s".repeat(64);
+        let mut e = entry(1, &r, &tmobile_key(), LogState::Disputed);
+        e.reason = Some("bad_signature: the receipt's signer is not the carrier's".into());
+        e.receipt.page = Some(PageProof {
+            count: 1 << 20,
+            proof: vec![alloy_primitives::B256::repeat_byte(0xab); 20],
+        });
+        let page: Vec<LogEntry> = (0..1_000u64)
+            .map(|n| LogEntry {
+                n: u64::MAX - n,
+                at: u64::MAX,
+                receipt: esim402_core::usage::receipt::WireReceipt {
+                    seq: u64::MAX - n,
+                    ..e.receipt.clone()
+                },
+                ..e.clone()
+            })
+            .collect();
+        let body = serde_json::json!({"receipts": page, "next": u64::MAX}).to_string();
+        eprintln!("a full receipt page: {} bytes", body.len());
+        assert!(
+            body.len() < crate::client::MAX_ANSWER / 2,
+            "{} bytes",
+            body.len()
+        );
+        assert!(
+            body.len() > 1_000_000,
+            "{} bytes: a realistic page",
+            body.len()
+        );
     }
 }

@@ -8,8 +8,8 @@
 //!    verified count says the SIM is low** — a shortfall made of disputed charges is withheld, never paid.
 //!
 //! It stops (with the CLI's exit codes) when the spend policy refuses a payment (3: e.g. the daily cap), when
-//! the facilitator refuses the SIM (4: terminated, not ours), or after `--ticks`. An unreachable facilitator is
-//! reported and retried next tick. Each tick takes the state directory's lock only while it works, so other
+//! the facilitator refuses the SIM (4: terminated, not ours), or after `--ticks`. An unreachable, failing or
+//! throttling facilitator (5xx, 408/429/499, `Retry-After`) is reported and retried next tick. Each tick takes the state directory's lock only while it works, so other
 //! commands (`balance`, `receipts`) can run beside it. Every event is a line on stdout (JSON with `--json`).
 
 pub mod audit;
@@ -35,6 +35,9 @@ use signal::{Thresholds, Tracker, parse_line};
 
 /// Receipts per log page (the facilitator's maximum).
 const PAGE: u32 = 1_000;
+/// The most log pages audited per tick (the state directory is locked meanwhile): a longer log is audited on
+/// over the next ticks.
+const MAX_PAGES_PER_TICK: u32 = 20;
 
 /// Where radio readings come from.
 #[derive(Debug, Clone)]
@@ -154,8 +157,9 @@ pub enum Event {
         carrier: Option<String>,
         /// Its region.
         region: Option<String>,
-        /// Its activation code.
-        activation_code: String,
+        /// How to read its activation code (kept in the state directory, never printed by `watch`: its output
+        /// ends up in logs, and the code installs the profile).
+        activation_code_at: String,
     },
     /// Something to know that does not stop the watch.
     Warning {
@@ -230,9 +234,10 @@ impl Event {
                 from,
                 iccid,
                 carrier,
+                activation_code_at,
                 ..
             } => format!(
-                "switched {from} → {iccid} on {}",
+                "switched {from} → {iccid} on {} (its activation code: {activation_code_at})",
                 carrier.as_deref().unwrap_or("?")
             ),
             Self::Warning { message } => format!("warning: {message}"),
@@ -581,10 +586,10 @@ impl<'a> Watcher<'a> {
         });
         self.say(Event::Switched {
             from,
+            activation_code_at: activation_code_hint(&moved.iccid),
             iccid: moved.iccid,
             carrier: self.sim.carrier.clone(),
             region: self.sim.region.clone(),
-            activation_code: moved.activation_code,
         });
         Ok(())
     }
@@ -633,8 +638,11 @@ impl<'a> Watcher<'a> {
             .unwrap_or_default();
         let (mut receipts, mut bytes) = (0u64, 0u64);
         let mut disputes = Vec::new();
-        loop {
-            let route = format!("/receipts?from={}&limit={PAGE}", audit.next.max(1));
+        let mut warnings = Vec::new();
+        let mut pages = 0u32;
+        while !audit.log_end {
+            let from = audit.next.max(1);
+            let route = format!("/receipts?from={from}&limit={PAGE}");
             let answer = self
                 .agent
                 .sim_request(reqwest::Method::GET, &self.sim, &route, None)
@@ -665,9 +673,26 @@ impl<'a> Watcher<'a> {
                     None => {}
                 }
             }
-            if page.len() < PAGE as usize {
+            pages += 1;
+            if page.len() < PAGE as usize || audit.log_end || pages >= MAX_PAGES_PER_TICK {
                 break;
             }
+            // A full page that did not move the cursor (a facilitator ignoring `from` answers the same page
+            // forever) ends the pass instead of looping with the state directory locked.
+            if audit.next <= from {
+                warnings.push(format!(
+                    "the receipt log of {} answered a full page from position {from} without moving past it:                      the audit stops here this tick",
+                    self.sim.iccid
+                ));
+                break;
+            }
+        }
+        if audit.log_end {
+            warnings.push(format!(
+                "the receipt log of {} reached position {}, past which it cannot be followed: no later receipt                  is audited or counted as used",
+                self.sim.iccid,
+                u64::MAX
+            ));
         }
         let key = self.sim.iccid.clone();
         let saved = audit.clone();
@@ -690,6 +715,9 @@ impl<'a> Watcher<'a> {
                 iccid: self.sim.iccid.clone(),
                 dispute,
             });
+        }
+        for message in warnings {
+            self.say(Event::Warning { message });
         }
         Ok(audit)
     }
@@ -730,7 +758,24 @@ impl<'a> Watcher<'a> {
             });
             return Ok(());
         };
-        if let LowBalance::Withhold { own_remaining } = on_low_balance(credited, &audit) {
+        // The last top-up this watch paid must show in the facilitator's figure: one that does not (paid, never
+        // credited) stops auto top-ups (each would be paid for nothing) until it does.
+        if let Some(last) = audit.last_top_up.filter(|t| t.unmet(credited)) {
+            self.say(Event::Warning {
+                message: format!(
+                    "{}: the facilitator reports {credited} credited bytes, but the last top-up paid ({} bytes,                      on {} credited before it) should have raised that to {}: auto top-ups are stopped until it                      shows (check `esim402-agent balance --iccid {}`)",
+                    self.sim.iccid,
+                    last.bytes,
+                    last.credited_before,
+                    last.credited_before.saturating_add(last.bytes),
+                    self.sim.iccid
+                ),
+            });
+            return Ok(());
+        }
+        let state = self.agent.state().load().map_err(AgentError::Local)?;
+        let floor = audit::credit_floor(&state, &self.sim.iccid);
+        if let LowBalance::Withhold { own_remaining } = on_low_balance(credited, floor, &audit) {
             self.say(Event::TopUpWithheld {
                 iccid: self.sim.iccid.clone(),
                 own_remaining_kb: own_remaining / 1_000,
@@ -747,6 +792,15 @@ impl<'a> Watcher<'a> {
                 message: "low-balance 402 without top_up_options".into(),
             })?;
         let paid = self.agent.top_up(Some(&self.sim.iccid), data_mb).await?;
+        let key = self.sim.iccid.clone();
+        let check = audit::TopUpCheck {
+            credited_before: credited,
+            bytes: data_mb.saturating_mul(esim402_core::usage::account::BYTES_PER_MB),
+        };
+        self.agent
+            .state()
+            .update(|s| s.audits.entry(key).or_default().last_top_up = Some(check))
+            .map_err(AgentError::Local)?;
         self.say(Event::ToppedUp {
             iccid: self.sim.iccid.clone(),
             data_mb,
@@ -769,8 +823,6 @@ impl<'a> Watcher<'a> {
     }
 }
 
-/// Errors that end the watch: the policy refused a payment, the facilitator refused the SIM, or a local
-/// problem (state, usage). An unreachable or failing facilitator is retried next tick.
 /// A tick's readings as [`Readings::stamp`] tells them apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
@@ -834,6 +886,14 @@ fn signal_command(command: &str) -> tokio::process::Command {
     run
 }
 
+/// Where a new SIM's activation code is read (it is never printed by `watch`).
+fn activation_code_hint(iccid: &str) -> String {
+    format!("kept in the state directory: `esim402-agent status --iccid {iccid} --activation-code`")
+}
+
+/// Errors that end the watch: the policy refused a payment, the facilitator refused the SIM, or a local
+/// problem (state, usage). An unreachable, failing or throttling facilitator ([`AgentError::Unavailable`], see
+/// [`crate::client::unexpected`]) is retried next tick.
 fn stops(e: &AgentError) -> bool {
     !matches!(e, AgentError::Unavailable { .. })
 }
@@ -952,6 +1012,7 @@ mod tests {
                         terminated: false,
                         origin: Some(origin),
                         replaces: None,
+                        data_mb: None,
                     },
                 );
             })
@@ -1018,6 +1079,25 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, super::Event::Switched { iccid, .. } if *iccid == new)),
             "{events:?}"
+        );
+        // Fix: the new SIM's activation code is not in the watch's output (JSON or text), only where to read it.
+        // Before, `Switched` carried it.
+        for e in &events {
+            let (json, text) = (serde_json::to_string(e).unwrap(), e.human());
+            assert!(!json.contains("LPA:") && !text.contains("LPA:"), "{json}");
+        }
+        let switched = events
+            .iter()
+            .find_map(|e| match e {
+                super::Event::Switched {
+                    activation_code_at, ..
+                } => Some(activation_code_at.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            switched.contains(&format!("status --iccid {new} --activation-code")),
+            "{switched}"
         );
         let paid = f.payments();
         assert_eq!(paid.len(), 2, "{paid:?}");
@@ -1112,5 +1192,247 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "key=unset");
+    }
+
+    /// An agent on `url` whose state holds `iccid` activated with `data_mb`, its audit at `verified_bytes`.
+    fn agent_with_audit(
+        url: &str,
+        dir: &std::path::Path,
+        iccid: &str,
+        data_mb: u64,
+        verified_bytes: u64,
+    ) -> Agent {
+        let agent = agent_with_sim(url, dir, iccid);
+        agent
+            .state()
+            .update(|s| {
+                s.sims.get_mut(iccid).unwrap().data_mb = Some(data_mb);
+                s.audits.insert(
+                    iccid.to_owned(),
+                    super::Audit {
+                        next: 1,
+                        verified_bytes,
+                        ..super::Audit::default()
+                    },
+                );
+            })
+            .unwrap();
+        agent
+    }
+
+    /// A facilitator whose SIM is always low (quota: the low-balance 402), whose balance reports `credited` bytes
+    /// whatever was paid, and which takes every top-up paid.
+    async fn never_credits(credited: u64) -> crate::testing::Server {
+        crate::testing::Server::start(move |seen| {
+            if seen.method == "GET" {
+                if seen.target.contains("/balance") {
+                    return (200, vec![], json!({"credited_bytes": credited}));
+                }
+                return (200, vec![], json!({"receipts": []}));
+            }
+            let body: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+            if body.get("top_up_mb").is_none() {
+                return (
+                    402,
+                    vec![],
+                    json!({"error": {"code": "low_balance", "message": "low"},
+                           "top_up_options": [{"data_mb": 10, "amount_usdc": "0.42"}]}),
+                );
+            }
+            if seen.header("payment-signature").is_none() {
+                return crate::testing::challenge(seen);
+            }
+            (
+                200,
+                vec![],
+                json!({"status": "topped_up", "topped_up_mb": 10, "amount_usdc": "0.42", "transaction": "0xab"}),
+            )
+        })
+        .await
+    }
+
+    /// Fix: a facilitator that takes a top-up and never credits it (its `credited_bytes` stays where it was) gets
+    /// one top-up, not one per tick: the next ticks warn that the last top-up does not show, and the credit this
+    /// agent counts is never below what it paid for. Before, every tick found the SIM low by the facilitator's
+    /// figure and paid again, up to the daily cap, every day.
+    #[tokio::test]
+    async fn a_top_up_the_facilitator_never_credits_is_not_paid_again() {
+        let sim = iccid("890126000000000001");
+        let f = never_credits(1_000_000).await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_audit(&f.url, dir.path(), &sim, 1, 950_000);
+        let mut s = settings(&sim, None);
+        s.ticks = Some(3);
+        let events = one_tick(&agent, s).await;
+        assert_eq!(f.payments().len(), 1, "one top-up: {events:?}");
+        let topped = events
+            .iter()
+            .filter(|e| matches!(e, super::Event::ToppedUp { .. }))
+            .count();
+        assert_eq!(topped, 1, "{events:?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, super::Event::Warning { message }
+                if message.contains("auto top-ups are stopped"))),
+            "{events:?}"
+        );
+        let st = agent.state().load().unwrap();
+        assert_eq!(
+            st.audits[&sim].last_top_up,
+            Some(super::audit::TopUpCheck {
+                credited_before: 1_000_000,
+                bytes: 10_000_000
+            })
+        );
+    }
+
+    /// Fix: a facilitator reporting less credit than the activation this agent paid for (here: none) gets no
+    /// top-up while the agent's own count leaves data: withheld. Before, `credited_bytes` was taken as
+    /// reported, and the SIM was "low" from the start.
+    #[tokio::test]
+    async fn an_under_reported_credit_pays_no_top_up() {
+        let sim = iccid("890126000000000001");
+        let f = never_credits(0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_audit(&f.url, dir.path(), &sim, 10, 0);
+        let events = one_tick(&agent, settings(&sim, None)).await;
+        assert!(f.payments().is_empty(), "{events:?}");
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                super::Event::TopUpWithheld {
+                    own_remaining_kb: 10_000,
+                    ..
+                }
+            )),
+            "{events:?}"
+        );
+    }
+
+    /// Fix: one throttled or timed-out answer to an ordinary request (429, 408, 499, or one with `Retry-After`)
+    /// is a warning, and the next tick goes on. Before, it was a refusal and the watch stopped for good (exit 4).
+    #[tokio::test]
+    async fn a_throttled_request_does_not_end_the_watch() {
+        let sim = iccid("890126000000000001");
+        let calls = std::sync::Mutex::new(0usize);
+        let f = crate::testing::Server::start(move |seen| {
+            if seen.method == "GET" {
+                let mut n = calls.lock().unwrap();
+                *n += 1;
+                return match *n {
+                    1 => (429, vec![], json!({"error": {"message": "slow down"}})),
+                    2 => (403, vec![("retry-after", "1".into())], Value::Null),
+                    _ => (200, vec![], json!({"receipts": []})),
+                };
+            }
+            (200, vec![], json!({"granted_kb": 1, "remaining_kb": 5}))
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_sim(&f.url, dir.path(), &sim);
+        let mut s = settings(&sim, None);
+        s.ticks = Some(3);
+        let events = one_tick(&agent, s).await;
+        let warnings = events
+            .iter()
+            .filter(
+                |e| matches!(e, super::Event::Warning { message } if message.contains("throttled")),
+            )
+            .count();
+        assert_eq!(warnings, 2, "{events:?}");
+        let granted = events
+            .iter()
+            .filter(|e| matches!(e, super::Event::Granted { .. }))
+            .count();
+        assert_eq!(granted, 3, "every tick went on: {events:?}");
+    }
+
+    /// `n` log entries from position `from`, each a receipt that does not verify (disputed: nothing counted).
+    fn log_page(sim: &str, from: u64, n: u64) -> Value {
+        let entries: Vec<Value> = (from..from + n)
+            .map(|k| {
+                json!({"n": k, "at": 1, "state": "accepted", "receipt": {
+                    "carrier": "tmobile", "iccid": sim, "plmn": "310-260", "session_id": "s", "seq": k,
+                    "window_start": 1, "window_end": 2, "bytes_up": 1, "bytes_down": 1, "signature": "0x00"}})
+            })
+            .collect();
+        json!({ "receipts": entries })
+    }
+
+    /// The `from` of a receipt log request.
+    fn from_of(target: &str) -> u64 {
+        target
+            .split_once("from=")
+            .and_then(|(_, rest)| rest.split('&').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Fix: the audit never loops holding the state lock: a facilitator answering the same full page whatever
+    /// `from` says stops the pass (a warning) once a page does not move the cursor, and one whose log never ends
+    /// is read at most [`super::MAX_PAGES_PER_TICK`] pages a tick. Before, both looped forever.
+    #[tokio::test]
+    async fn the_receipt_audit_never_loops_forever() {
+        let sim = iccid("890126000000000001");
+        let page = log_page(&sim, 1, u64::from(super::PAGE));
+        let same = crate::testing::Server::start(move |seen| {
+            if seen.method == "GET" {
+                return (200, vec![], page.clone());
+            }
+            (200, vec![], json!({"granted_kb": 1, "remaining_kb": 5}))
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_sim(&same.url, dir.path(), &sim);
+        let events = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            one_tick(&agent, settings(&sim, None)),
+        )
+        .await
+        .expect("the tick ended");
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, super::Event::Warning { message }
+                if message.contains("without moving past it"))),
+            "{:?}",
+            events.last()
+        );
+        let asked = same.seen().iter().filter(|s| s.method == "GET").count();
+        assert_eq!(asked, 2, "the page, then the same page again");
+
+        let endless = crate::testing::Server::start(move |seen| {
+            if seen.method == "GET" {
+                return (
+                    200,
+                    vec![],
+                    log_page(&sim_of(&seen.target), from_of(&seen.target), 1_000),
+                );
+            }
+            (200, vec![], json!({"granted_kb": 1, "remaining_kb": 5}))
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_sim(&endless.url, dir.path(), &sim);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            one_tick(&agent, settings(&sim, None)),
+        )
+        .await
+        .expect("the tick ended");
+        let asked = endless.seen().iter().filter(|s| s.method == "GET").count();
+        assert_eq!(asked, super::MAX_PAGES_PER_TICK as usize);
+        let st = agent.state().load().unwrap();
+        assert_eq!(
+            st.audits[&sim].next,
+            u64::from(super::MAX_PAGES_PER_TICK) * 1_000 + 1,
+            "audited on next tick"
+        );
+    }
+
+    /// The ICCID of a `/v1/esim/{iccid}/…` target.
+    fn sim_of(target: &str) -> String {
+        target.split('/').nth(3).unwrap_or_default().to_owned()
     }
 }

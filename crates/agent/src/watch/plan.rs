@@ -263,6 +263,7 @@ mod tests {
             terminated: replaces.is_none(),
             origin: None,
             replaces: replaces.map(str::to_owned),
+            data_mb: None,
         }
     }
 
