@@ -3,6 +3,9 @@
 //! any key of the ring, rebuilds its payment options from the enabled networks and reads the status from the
 //! payment record (one `get`, if a payment ever arrived).
 //!
+//! An id sealed under a configured secret before ids were bound to the store opens only for a payment this
+//! store holds a record of (kernel `invoice::keyring`, `Opened::legacy`): for a new payment it is not ours.
+//!
 //! Only a new payment needs a network that is still enabled: an invoice a payment already arrived for
 //! (pending, paid or refunded: resumes, refunds, the activation-code route, status reads) opens even when
 //! none of its networks is enabled any more, its options then the networks it was sealed with as the
@@ -193,22 +196,29 @@ fn paid_for(status: InvoiceStatus) -> bool {
 pub async fn open_paid(id: &str) -> Result<Option<Invoice>, wit::Error> {
     let id = parse_id(id)?;
     let cfg = config::get().await?;
-    let Ok(terms) = cfg.keys.open(&id) else {
+    let Ok(opened) = cfg.keys.open(&id) else {
         return Ok(None);
     };
-    invoice_of(&cfg, id, &terms, true).map(Some)
+    invoice_of(&cfg, id, &opened.terms, true).map(Some)
 }
 
 /// `get`: the invoice with its status at `now`.
 pub async fn get(id: &str, now: u64) -> Result<Option<wit::Invoice>, wit::Error> {
     let parsed = parse_id(id)?;
     let cfg = config::get().await?;
-    let Ok(terms) = cfg.keys.open(&parsed) else {
+    let Ok(opened) = cfg.keys.open(&parsed) else {
         return Ok(None);
     };
     let record = kv::get_json::<PaymentRecord, wit::Error>(&keys::invoice(id))
         .await
         .map_err(kv_err)?;
+    // An id only a key not bound to this store opens (sealed before ids were) is ours only for a payment this
+    // store holds a record of: another deployment sharing the secret opens it too, and a transfer mined in time
+    // counts however late it is proven (kernel `invoice::keyring`).
+    if opened.legacy && record.is_none() {
+        return Ok(None);
+    }
+    let terms = opened.terms;
     let status = paid::status(record.as_ref(), terms.expires_at, now);
     let mut invoice = invoice_of(&cfg, parsed, &terms, paid_for(status))?;
     with_record(&mut invoice, record.as_ref(), now);

@@ -12,6 +12,10 @@
 //! - Keys that only open: the un-salted forms, every `invoice_secret_previous` secret (salted and un-salted),
 //!   and the store's generated key when a secret is configured (so moving from the generated key to a
 //!   configured one orphans nothing).
+//! - An id that only an un-salted key opens ([`Opened::legacy`]) is not bound to this store: another deployment
+//!   sharing the secret opens it too. The caller takes it only for a payment this store already holds a record
+//!   of (resumes, refunds, reads of a paid invoice), never for a new payment: a tx-hash transfer mined in time
+//!   counts however late it is proven, so "until it expires" would not bound a second purchase elsewhere.
 //!
 //! ```
 //! use esim402_core::invoice::keyring::{Keyring, Secrets};
@@ -120,6 +124,18 @@ pub enum KeyringError {
 pub struct Keyring {
     /// Never empty; no key twice.
     keys: Vec<InvoiceKey>,
+    /// Keys of `keys` not bound to the store (the un-salted forms of configured secrets).
+    legacy: Vec<InvoiceKey>,
+}
+
+/// An id opened by a [`Keyring`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// Its terms.
+    pub terms: Terms,
+    /// Only a key not bound to this store opened it (module docs): good for a payment this store holds a record
+    /// of, not for a new one.
+    pub legacy: bool,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -133,6 +149,15 @@ impl Keyring {
     pub fn new(current: InvoiceKey) -> Self {
         Self {
             keys: vec![current],
+            legacy: Vec::new(),
+        }
+    }
+
+    /// Also open ids sealed under `key`, a key not bound to the store ([`Opened::legacy`]).
+    fn accept_legacy(&mut self, key: InvoiceKey) {
+        if !self.keys.contains(&key) {
+            self.legacy.push(key.clone());
+            self.keys.push(key);
         }
     }
 
@@ -158,7 +183,7 @@ impl Keyring {
         let mut ring = match (secrets.current, &generated) {
             (Some(secret), _) => {
                 let mut ring = Self::new(InvoiceKey::derive_for_store(secret.as_bytes(), salt));
-                ring.accept(InvoiceKey::derive(secret.as_bytes()));
+                ring.accept_legacy(InvoiceKey::derive(secret.as_bytes()));
                 ring
             }
             (None, Some(key)) => Self::new(key.clone()),
@@ -166,7 +191,7 @@ impl Keyring {
         };
         for secret in &secrets.previous {
             ring.accept(InvoiceKey::derive_for_store(secret.as_bytes(), salt));
-            ring.accept(InvoiceKey::derive(secret.as_bytes()));
+            ring.accept_legacy(InvoiceKey::derive(secret.as_bytes()));
         }
         if let Some(key) = generated {
             ring.accept(key);
@@ -189,9 +214,26 @@ impl Keyring {
         token::seal(terms, self.current())
     }
 
-    /// Open an id sealed under any key of the ring.
-    pub fn open(&self, id: &InvoiceId) -> Result<Terms, TokenError> {
-        token::open_any(id, &self.keys)
+    /// Open an id sealed under any key of the ring, saying whether only a legacy key did ([`Opened::legacy`]).
+    pub fn open(&self, id: &InvoiceId) -> Result<Opened, TokenError> {
+        let bound: Vec<InvoiceKey> = self
+            .keys
+            .iter()
+            .filter(|k| !self.legacy.contains(k))
+            .cloned()
+            .collect();
+        match token::open_any(id, &bound) {
+            Ok(terms) => Ok(Opened {
+                terms,
+                legacy: false,
+            }),
+            Err(TokenError::BadMac) if !self.legacy.is_empty() => token::open_any(id, &self.legacy)
+                .map(|terms| Opened {
+                    terms,
+                    legacy: true,
+                }),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -41,12 +41,15 @@ fn a_rotated_secret_still_opens_its_ids_and_seals_nothing_new() {
     let old = ring(Some(A), None, None);
     let paid = old.seal(&terms()).unwrap();
     let rotated = ring(Some(B), Some(A), None);
-    assert_eq!(rotated.open(&paid).unwrap(), terms());
+    assert_eq!(rotated.open(&paid).unwrap().terms, terms());
 
     let fresh = rotated.seal(&terms()).unwrap();
     assert_eq!(token::open(&fresh, rotated.current()).unwrap(), terms());
     assert_eq!(old.open(&fresh), Err(TokenError::BadMac));
-    assert_eq!(ring(Some(B), None, None).open(&fresh).unwrap(), terms());
+    assert_eq!(
+        ring(Some(B), None, None).open(&fresh).unwrap().terms,
+        terms()
+    );
 
     // Without A listed, the old id is not ours; nor is one under a secret never configured here.
     assert_eq!(
@@ -57,8 +60,8 @@ fn a_rotated_secret_still_opens_its_ids_and_seals_nothing_new() {
     assert_eq!(rotated.open(&foreign), Err(TokenError::BadMac));
     // Several previous secrets, blanks and spaces around them ignored.
     let many = ring(Some(C), Some(&format!(" {B} ,, {A} ,")), None);
-    assert_eq!(many.open(&paid).unwrap(), terms());
-    assert_eq!(many.open(&fresh).unwrap(), terms());
+    assert_eq!(many.open(&paid).unwrap().terms, terms());
+    assert_eq!(many.open(&fresh).unwrap().terms, terms());
 }
 
 /// One secret, two stores: an id sealed by one does not open at the other (a payment proved there is
@@ -71,7 +74,7 @@ fn ids_are_bound_to_the_store_that_sealed_them() {
     let id = here.seal(&terms()).unwrap();
     assert_eq!(there.open(&id), Err(TokenError::BadMac));
     let peer = Keyring::configured(&secrets, Some(&SALT), None).unwrap();
-    assert_eq!(peer.open(&id).unwrap(), terms());
+    assert_eq!(peer.open(&id).unwrap().terms, terms());
     // Not the un-salted key, and neither is a previous secret's salted one.
     assert_ne!(here.current(), &InvoiceKey::derive(A.as_bytes()));
     let rotated = ring(Some(B), Some(A), None);
@@ -86,9 +89,23 @@ fn ids_sealed_before_the_salt_still_open() {
     let legacy_a = token::seal(&terms(), &InvoiceKey::derive(A.as_bytes())).unwrap();
     let legacy_b = token::seal(&terms(), &InvoiceKey::derive(B.as_bytes())).unwrap();
     let rotated = ring(Some(B), Some(A), None);
-    assert_eq!(rotated.open(&legacy_a).unwrap(), terms());
-    assert_eq!(rotated.open(&legacy_b).unwrap(), terms());
+    assert_eq!(rotated.open(&legacy_a).unwrap().terms, terms());
+    assert_eq!(rotated.open(&legacy_b).unwrap().terms, terms());
     assert_ne!(rotated.seal(&terms()).unwrap(), legacy_b);
+    // Such ids are not bound to this store: the caller takes them only for payments it holds a record of.
+    assert!(rotated.open(&legacy_a).unwrap().legacy);
+    assert!(rotated.open(&legacy_b).unwrap().legacy);
+    let fresh = rotated.seal(&terms()).unwrap();
+    assert!(!rotated.open(&fresh).unwrap().legacy);
+    // The generated key is the store's own: what it sealed is not legacy.
+    let generated = InvoiceKey::new([7; 32]);
+    let id = token::seal(&terms(), &generated).unwrap();
+    assert!(
+        !ring(Some(A), None, Some(generated))
+            .open(&id)
+            .unwrap()
+            .legacy
+    );
 }
 
 /// Without a secret the store's generated key seals; once a secret is set it only opens, so the switch from
@@ -102,7 +119,7 @@ fn the_generated_key_seals_without_a_secret_and_opens_after_one_is_set() {
 
     let after = ring(Some(A), None, Some(generated.clone()));
     assert_ne!(after.current(), &generated);
-    assert_eq!(after.open(&id).unwrap(), terms());
+    assert_eq!(after.open(&id).unwrap().terms, terms());
     assert_eq!(
         before.open(&after.seal(&terms()).unwrap()),
         Err(TokenError::BadMac)

@@ -118,7 +118,8 @@ async fn setting_invoice_secret_after_the_generated_key_orphans_nothing() {
 
 /// Two deployments with separate stores and one `invoice_secret` do not open each other's ids (each claims
 /// a payment once in its own store: one transfer must not buy at both); instances on one store agree. An id
-/// sealed before ids were bound to a store (under the secret alone) still opens.
+/// sealed before ids were bound to a store (under the secret alone) opens only where a payment of it is
+/// recorded.
 #[tokio::test]
 async fn invoice_ids_are_bound_to_their_store() {
     let mut here = kit_on(None, &[("invoice_secret", A)]).await;
@@ -147,11 +148,29 @@ async fn invoice_ids_are_bound_to_their_store() {
         quoted: None,
     };
     let legacy = token::seal(&terms, &InvoiceKey::derive(A.as_bytes())).unwrap();
-    let read = get(&mut here, legacy.as_str(), 1_001)
+    // Not bound to a store, so not ours for a new payment: a deployment sharing the secret would take the same
+    // transfer for it (a transfer mined in time counts however late it is proven). Before, it opened anywhere.
+    assert!(
+        get(&mut here, legacy.as_str(), 1_001)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A payment this store recorded for it (before the upgrade) keeps it readable here: resumes, refunds.
+    let types::Begin::Drive(_) = begin(&mut here, legacy.as_str(), "0xlegacy", 1_001).await else {
+        panic!("the first payment drives");
+    };
+    let read = get(&mut here, legacy.as_str(), 1_002)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(read.amount, 210_000);
+    assert!(
+        get(&mut there, legacy.as_str(), 1_002)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// An invoice paid on a network that is no longer enabled still reads (status, refunds, the activation-code
