@@ -56,7 +56,7 @@ pub struct SimRecord {
     pub replaces: Option<String>,
     /// The MB its activation paid for, as the agent asked for them (`None`: a switch's SIM, which takes over an
     /// unknown remainder, or one recorded before this was kept): `watch`'s floor under the facilitator's
-    /// credit figure ([`crate::watch::audit::credit_floor`]).
+    /// credit figure ([`State::credit_floor`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_mb: Option<u64>,
 }
@@ -172,6 +172,35 @@ pub struct State {
 }
 
 impl State {
+    /// What this agent's own records say the SIM `iccid` was credited at least, in bytes: its activation's MB (as
+    /// the agent asked for it, recorded with the SIM; a SIM a switch made takes over an unknown remainder, so none)
+    /// and the MB of every top-up of it whose payment settled (spend purpose `top-up <iccid> <MB> MB`).
+    pub fn credit_floor(&self, iccid: &str) -> u64 {
+        use esim402_core::usage::account::BYTES_PER_MB;
+        let activation = self
+            .sims
+            .get(iccid)
+            .filter(|s| s.replaces.is_none())
+            .and_then(|s| s.data_mb)
+            .unwrap_or(0);
+        let top_ups = self
+            .spends
+            .iter()
+            .filter(|s| s.status == SpendStatus::Settled)
+            .filter_map(|s| {
+                let rest = s.purpose.strip_prefix("top-up ")?;
+                let mut words = rest.split(' ');
+                let (id, mb, unit) = (words.next()?, words.next()?, words.next()?);
+                (id == iccid && unit == "MB" && words.next().is_none())
+                    .then(|| mb.parse::<u64>().ok())
+                    .flatten()
+            })
+            .fold(0u64, u64::saturating_add);
+        activation
+            .saturating_add(top_ups)
+            .saturating_mul(BYTES_PER_MB)
+    }
+
     /// What was signed since 00:00 UTC of `now`'s day (pending and unknown spends included).
     pub fn spent_today(&self, now: u64) -> UsdcAmount {
         let day_start = now - now % 86_400;
@@ -689,5 +718,52 @@ mod tests {
             ..sim("1", 10)
         };
         assert_eq!(spelled.token_for("https://esim.example"), Some("sim_1"));
+    }
+
+    /// The credit floor `watch` counts: the activation's MB recorded with the SIM (none for a SIM a switch made)
+    /// and every settled top-up's, never a pending or unknown one, nor another SIM's.
+    #[test]
+    fn the_credit_floor_counts_what_this_agent_paid_for() {
+        let mut state = State::default();
+        state.sims.insert(
+            "8901".into(),
+            SimRecord {
+                iccid: "8901".into(),
+                access_token: None,
+                activation_code: None,
+                region: None,
+                carrier: None,
+                network: None,
+                activated_at: 1,
+                terminated: false,
+                origin: None,
+                replaces: None,
+                data_mb: Some(1),
+            },
+        );
+        let top_up = |iccid: &str, mb: u64, status| Spend {
+            payment_id: format!("pay_{iccid}_{mb}"),
+            purpose: format!("top-up {iccid} {mb} MB"),
+            at: 1,
+            amount_usdc: UsdcAmount::from_micros(30_000),
+            network: "eip155:31337".into(),
+            pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
+            status,
+            transaction: None,
+        };
+        state.spends = vec![
+            top_up("8901", 10, SpendStatus::Settled),
+            top_up("8901", 50, SpendStatus::Unknown),
+            top_up("8901", 100, SpendStatus::Pending),
+            top_up("8902", 10, SpendStatus::Settled),
+        ];
+        assert_eq!(state.credit_floor("8901"), 11_000_000);
+        assert_eq!(state.credit_floor("8902"), 10_000_000, "no SIM record");
+        assert_eq!(state.credit_floor("8999"), 0);
+        // A switch's SIM takes over an unknown remainder: its activation MB are no floor.
+        if let Some(sim) = state.sims.get_mut("8901") {
+            sim.replaces = Some("8900".into());
+        }
+        assert_eq!(state.credit_floor("8901"), 10_000_000);
     }
 }

@@ -9,7 +9,7 @@
 //! Rules a reader must not break:
 //! - only [`Finding::Verified`] bytes count as used; the top-up decision looks at `credited - verified`, not at
 //!   the facilitator's remaining balance, and `credited` is never less than what this agent itself paid for
-//!   ([`credit_floor`]: the activation's MB and every settled top-up's, as its state records them): a facilitator
+//!   ([`crate::state::State::credit_floor`]: the activation's MB and every settled top-up's, as its state records them): a facilitator
 //!   that under-reports its credit cannot make every tick "low" and have the agent pay top-up after top-up;
 //! - the cursor only moves forward (`next` is the first log position not audited yet), so a restart never
 //!   counts a receipt twice; a position it cannot move past (`u64::MAX`) ends the audit of that log
@@ -209,37 +209,8 @@ pub enum LowBalance {
     },
 }
 
-/// What this agent's own records say the SIM `iccid` was credited at least, in bytes: its activation's MB (as
-/// the agent asked for it, recorded with the SIM; a SIM a switch made takes over an unknown remainder, so none)
-/// and the MB of every top-up of it whose payment settled (spend purpose `top-up <iccid> <MB> MB`).
-pub fn credit_floor(state: &crate::state::State, iccid: &str) -> u64 {
-    use esim402_core::usage::account::BYTES_PER_MB;
-    let activation = state
-        .sims
-        .get(iccid)
-        .filter(|s| s.replaces.is_none())
-        .and_then(|s| s.data_mb)
-        .unwrap_or(0);
-    let top_ups = state
-        .spends
-        .iter()
-        .filter(|s| s.status == crate::state::SpendStatus::Settled)
-        .filter_map(|s| {
-            let rest = s.purpose.strip_prefix("top-up ")?;
-            let mut words = rest.split(' ');
-            let (id, mb, unit) = (words.next()?, words.next()?, words.next()?);
-            (id == iccid && unit == "MB" && words.next().is_none())
-                .then(|| mb.parse::<u64>().ok())
-                .flatten()
-        })
-        .fold(0u64, u64::saturating_add);
-    activation
-        .saturating_add(top_ups)
-        .saturating_mul(BYTES_PER_MB)
-}
-
 /// Decide the low-balance 402 from what was credited — the facilitator's figure `reported`, never below `floor`
-/// ([`credit_floor`]: what this agent paid for; overstating only hurts the facilitator, understating would make
+/// ([`crate::state::State::credit_floor`]: what this agent paid for; overstating only hurts the facilitator, understating would make
 /// the agent pay again) — and what this agent verified as used, with the kernel's own quota rule.
 pub fn on_low_balance(reported: u64, floor: u64, audit: &Audit) -> LowBalance {
     let credited = reported.max(floor);
@@ -512,54 +483,17 @@ mod tests {
         assert_eq!(a.verified_bytes, 1_000);
     }
 
-    /// Fix: the credit the top-up decision counts is never below what this agent itself paid for (the activation's
-    /// MB, recorded with the SIM, and every settled top-up of the SIM): a facilitator reporting less (a top-up it
-    /// never credited, or no credit at all) gets no top-up paid. Before, `credited_bytes` was taken as reported,
-    /// so an under-report made every tick "low" and paid a top-up each time.
+    /// Fix: the credit the top-up decision counts is never below what this agent itself paid for (the floor:
+    /// `State::credit_floor`, tested with the state): a facilitator reporting less (a top-up it never credited,
+    /// or no credit at all) gets no top-up paid. Before, `credited_bytes` was taken as reported, so an
+    /// under-report made every tick "low" and paid a top-up each time.
     #[test]
     fn the_credit_counted_is_never_below_what_the_agent_paid_for() {
-        use crate::state::{SimRecord, Spend, SpendStatus, State};
-        let mut state = State::default();
-        state.sims.insert(
-            "8901".into(),
-            SimRecord {
-                iccid: "8901".into(),
-                access_token: None,
-                activation_code: None,
-                region: None,
-                carrier: None,
-                network: None,
-                activated_at: 1,
-                terminated: false,
-                origin: None,
-                replaces: None,
-                data_mb: Some(1),
-            },
-        );
-        let top_up = |iccid: &str, mb: u64, status| Spend {
-            payment_id: format!("pay_{iccid}_{mb}"),
-            purpose: format!("top-up {iccid} {mb} MB"),
-            at: 1,
-            amount_usdc: esim402_core::UsdcAmount::from_micros(30_000),
-            network: "eip155:31337".into(),
-            pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
-            status,
-            transaction: None,
-        };
-        state.spends = vec![
-            top_up("8901", 10, SpendStatus::Settled),
-            top_up("8901", 50, SpendStatus::Unknown),
-            top_up("8901", 100, SpendStatus::Pending),
-            top_up("8902", 10, SpendStatus::Settled),
-        ];
-        assert_eq!(credit_floor(&state, "8901"), 11_000_000);
-        assert_eq!(credit_floor(&state, "8902"), 10_000_000, "no SIM record");
-        assert_eq!(credit_floor(&state, "8999"), 0);
         let a = Audit {
             verified_bytes: 950_000,
             ..Audit::default()
         };
-        // The facilitator credits the activation only (the paid 10 MB top-up never shows).
+        // The facilitator credits the activation only (the paid 10 MB top-up, in the floor, never shows).
         assert_eq!(
             on_low_balance(1_000_000, 11_000_000, &a),
             LowBalance::Withhold {
@@ -572,9 +506,6 @@ mod tests {
             LowBalance::TopUp,
             "low indeed"
         );
-        // A switch's SIM takes over an unknown remainder: its activation MB are no floor.
-        state.sims.get_mut("8901").unwrap().replaces = Some("8900".into());
-        assert_eq!(credit_floor(&state, "8901"), 10_000_000);
         let check = TopUpCheck {
             credited_before: 1_000_000,
             bytes: 10_000_000,

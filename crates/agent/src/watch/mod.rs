@@ -774,7 +774,7 @@ impl<'a> Watcher<'a> {
             return Ok(());
         }
         let state = self.agent.state().load().map_err(AgentError::Local)?;
-        let floor = audit::credit_floor(&state, &self.sim.iccid);
+        let floor = state.credit_floor(&self.sim.iccid);
         if let LowBalance::Withhold { own_remaining } = on_low_balance(credited, floor, &audit) {
             self.say(Event::TopUpWithheld {
                 iccid: self.sim.iccid.clone(),
