@@ -1,0 +1,101 @@
+//! The audit log: every payment made for a device, as JSON lines appended to one file (private to the operator,
+//! 0600). A payment is logged `signed` as it is recorded, before it is sent, and again with how it ended
+//! (`settled`, `pending`, `unknown`, `refused`), read from the device's state before and after its request. An
+//! entry holds no secret (no activation code, no token); a failed write is said on stderr, never fatal.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::StateDir;
+use crate::state::{Spend, SpendStatus};
+
+/// The audit log: JSON lines, appended by one writer at a time.
+pub(super) struct AuditLog {
+    pub(super) path: PathBuf,
+    pub(super) lock: std::sync::Mutex<()>,
+}
+
+impl AuditLog {
+    /// Append `entry`; a failure is said on stderr (with the entry: it holds no secret), never fatal.
+    pub(super) fn append(&self, entry: &Value) {
+        if let Err(e) = self.write(entry) {
+            eprintln!("esim402-agent proxy: AUDIT LOG WRITE FAILED ({e}): {entry}");
+        }
+    }
+
+    fn write(&self, entry: &Value) -> std::io::Result<()> {
+        let _one_writer = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        // Who was paid for, when and how much: the operator's only (the mode applies when it is created).
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&self.path)?;
+        // One that existed before (another tool's, an older proxy's) is made private too, through the open
+        // file: the very file written to.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = f.metadata()?.permissions().mode();
+            if mode & 0o077 != 0 {
+                f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))?;
+            }
+        }
+        f.write_all(format!("{entry}\n").as_bytes())?;
+        f.sync_data()
+    }
+}
+
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// A device's payments as its state records them, by payment id.
+pub(super) fn device_spends(state: &StateDir) -> HashMap<String, Spend> {
+    state
+        .load()
+        .map(|s| {
+            s.spends
+                .into_iter()
+                .map(|x| (x.payment_id.clone(), x))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The audit entries ending this request's payments: each payment signed during it (`signed`) and each that was
+/// pending before it (`before`), whose standing changed, as the device's state says after it (`after`): `settled`,
+/// `refused` (dropped: nothing was charged), `unknown` (kept, counted: it may have been charged) or, for one
+/// signed now, `pending` (kept, sent again by the device's same request). The amount is the agent's own.
+pub(super) fn outcomes(
+    before: &HashMap<String, Spend>,
+    signed: &[Spend],
+    after: &HashMap<String, Spend>,
+) -> Vec<(Spend, &'static str)> {
+    let was_pending = before
+        .values()
+        .filter(|s| s.status == SpendStatus::Pending)
+        .map(|s| (s, true));
+    let mut out = Vec::new();
+    for (spend, earlier) in was_pending.chain(signed.iter().map(|s| (s, false))) {
+        let now = after.get(&spend.payment_id);
+        let outcome = match now.map(|s| s.status) {
+            None => "refused",
+            Some(SpendStatus::Settled) => "settled",
+            Some(SpendStatus::Unknown) => "unknown",
+            Some(SpendStatus::Pending) if earlier => continue,
+            Some(SpendStatus::Pending) => "pending",
+        };
+        out.push((now.cloned().unwrap_or_else(|| spend.clone()), outcome));
+    }
+    out
+}

@@ -1,0 +1,186 @@
+//! A device's request end to end, one at a time per device: forwarded; an answer other than a 402 passed back;
+//! a 402 on a paid route paid by the device's agent within the device's budget and the wallet's daily cap, and
+//! answered with the paid result (or a refusal naming why nothing was paid).
+//!
+//! Every payment signed for the device is in the audit log as it is recorded, before it is sent, and again with
+//! how it ended. A device's state directory is made only once a payment is signed for it.
+
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::Response;
+use serde_json::{Value, json};
+
+use super::audit::{device_spends, outcomes, unix_now};
+use super::checks::is_paid_route;
+use super::devices::{MAX_BUSY_DEVICES, device_lock};
+use super::forward::Parts;
+use super::reply::{Reply, error_reply, json_reply};
+use super::shared::Shared;
+use crate::AgentError;
+use crate::state::Spend;
+
+impl Shared {
+    pub(super) async fn handle(&self, req: Parts, device: String) -> Reply {
+        let lock = device_lock(&mut *self.devices.lock().await, &device);
+        let Some(lock) = lock else {
+            return error_reply(
+                503,
+                "unavailable",
+                &format!(
+                    "{MAX_BUSY_DEVICES} devices have a request in progress: send the request again shortly"
+                ),
+            );
+        };
+        let _one_at_a_time = lock.lock().await;
+        let (status, headers, body) = match self.forward(&req).await {
+            Ok(a) => a,
+            Err(e) => {
+                let why = match e {
+                    crate::client::SendError::Transport(e) => {
+                        format!("facilitator unreachable: {e}")
+                    }
+                    e @ crate::client::SendError::TooLarge { .. } => format!("facilitator: {e}"),
+                };
+                return error_reply(502, "unavailable", &why);
+            }
+        };
+        if status != 402 {
+            let mut r = Response::new(Full::new(body));
+            *r.status_mut() =
+                hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+            for name in [reqwest::header::CONTENT_TYPE, reqwest::header::ALLOW] {
+                if let Some(v) = headers.get(&name) {
+                    r.headers_mut().insert(name, v.clone());
+                }
+            }
+            return r;
+        }
+        if !is_paid_route(req.method.as_str(), &req.path) {
+            return error_reply(
+                402,
+                "payment_required",
+                "the facilitator asks for a payment the proxy does not make: it pays only to activate a SIM (POST \
+                 /v1/esim/activate, or GET with the fields as a query), top it up (POST /v1/esim/{iccid}/data) or \
+                 switch it (POST /v1/esim/{iccid}/switch); nothing was paid",
+            );
+        }
+        let json_body = if req.method == reqwest::Method::GET {
+            // The query form: its fields are the query, sent again as they came.
+            if !req.body.is_empty() {
+                return error_reply(
+                    400,
+                    "invalid_input",
+                    "a paid GET carries its fields in the query, not in a body",
+                );
+            }
+            None
+        } else {
+            let Ok(json_body) = serde_json::from_slice::<Value>(&req.body) else {
+                return error_reply(400, "invalid_input", "the body must be JSON to be paid for");
+            };
+            Some(json_body)
+        };
+        // Every payment signed for the device is logged as it is recorded (what the agent signed: its amount,
+        // recipient, network and id), before it is sent.
+        let signed = Arc::new(std::sync::Mutex::new(Vec::<Spend>::new()));
+        let hook: crate::client::SignedHook = {
+            let (log, signed, device, path) = (
+                self.audit.clone(),
+                signed.clone(),
+                device.clone(),
+                req.path.clone(),
+            );
+            Arc::new(move |spend: &Spend| {
+                log.append(&json!({
+                    "at": unix_now(), "event": "signed", "device": device, "path": path,
+                    "payment_id": spend.payment_id, "amount_usdc": spend.amount_usdc,
+                    "pay_to": spend.pay_to, "network": spend.network,
+                }));
+                signed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(spend.clone());
+            })
+        };
+        let agent = self.agent_for(&device).on_signed(hook);
+        // A device's directory is made when a payment is first signed for it, not for every id a client names:
+        // until then there is nothing to lock (the agent locks it as it signs).
+        let exists = agent.state().path().exists();
+        let agent = if exists { agent } else { agent.lock_on_sign() };
+        // Another command (the CLI run by hand on this device's directory) holds it: passing, so 503 (the device
+        // sends again); a directory that cannot be locked at all is the proxy's own fault.
+        let _state = match exists.then(|| agent.state().try_lock()) {
+            None => None,
+            Some(Ok(Some(l))) => Some(l),
+            Some(Ok(None)) => {
+                return error_reply(
+                    503,
+                    "unavailable",
+                    "this device's payment state is in use by another esim402-agent; send the request again shortly",
+                );
+            }
+            Some(Err(e)) => return error_reply(500, "internal", &e),
+        };
+        let before = device_spends(agent.state());
+        let result = agent
+            .pay_for_device(
+                &req.path,
+                json_body.as_ref(),
+                &req.headers,
+                &format!("device {device}"),
+            )
+            .await;
+        let signed = std::mem::take(
+            &mut *signed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let after = device_spends(agent.state());
+        for (spend, outcome) in outcomes(&before, &signed, &after) {
+            let mut entry = json!({
+                "at": unix_now(), "event": outcome, "device": device, "path": req.path,
+                "payment_id": spend.payment_id, "amount_usdc": spend.amount_usdc,
+                "pay_to": spend.pay_to, "network": spend.network,
+                "transaction": spend.transaction,
+            });
+            // The facilitator's own figures, beside the agent's.
+            if let (Ok(paid), "settled") = (&result, outcome) {
+                entry["status"] = json!(paid.status);
+                entry["invoice_id"] = paid.body["invoice_id"].clone();
+                entry["facilitator_amount_usdc"] = paid.body["amount_usdc"].clone();
+            }
+            self.audit.append(&entry);
+        }
+        drop(agent);
+        match result {
+            Ok(paid) => json_reply(paid.status, &paid.body),
+            Err(AgentError::Policy(refusal)) => error_reply(
+                403,
+                "over_budget",
+                &format!(
+                    "device {device} (or the wallet all devices share): {refusal}; nothing was paid"
+                ),
+            ),
+            Err(AgentError::Refused { status, message }) => {
+                error_reply(status, "refused", &message)
+            }
+            // A payment kept pending (the facilitator unreachable, or its paid answer not saved here): the
+            // device's same request sends that very payment again and collects what it bought.
+            Err(AgentError::Unavailable {
+                message,
+                pending: true,
+            }) => error_reply(
+                503,
+                "unavailable",
+                &format!(
+                    "{message}; the payment is kept: send the same request again to collect what it paid for (it is never paid twice)"
+                ),
+            ),
+            Err(e @ AgentError::Unavailable { .. }) => {
+                error_reply(503, "unavailable", &e.to_string())
+            }
+            Err(e) => error_reply(500, "internal", &e.to_string()),
+        }
+    }
+}
