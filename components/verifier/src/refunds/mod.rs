@@ -206,10 +206,11 @@ pub async fn run(now: u64, limit: u32) -> Result<wit::RefundRun, wit::Error> {
         });
     }
     let deadline = Instant::now() + cfg.settlement_timeout;
+    let healed = pay::Healed::default();
     let steps = join_all(
         batch
             .iter()
-            .map(|id| pay::pay_one(&cfg, treasury, id, now, deadline)),
+            .map(|id| pay::pay_one(&cfg, treasury, id, now, deadline, &healed)),
     )
     .await;
     let results: Vec<(String, Step)> = batch.into_iter().zip(steps).collect();

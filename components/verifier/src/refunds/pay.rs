@@ -2,7 +2,9 @@
 //! broadcast before is followed up: its transaction offered to the node again if it lost it
 //! (`sender::rebroadcast::look`), owed again if it can never be mined (twice seen, apart), replaced with higher
 //! fees if it waits in the pool below the base fee (`sender::bump`), reconciled against the receipt of any of
-//! its hashes. One that is owed is claimed, sent through the one send path and reconciled.
+//! its hashes; first, since a follow-up sends nothing new that would fill it, a treasury nonce gap it may wait
+//! behind is filled (`sender::heal_gaps`, as a settlement's replay does; once per network and run: [`Healed`]).
+//! One that is owed is claimed, sent through the one send path and reconciled.
 
 use std::time::Instant;
 
@@ -95,6 +97,10 @@ async fn payment_stands(chain: &Chain, refund: &Refund, transfer: &Transfer) -> 
     )
 }
 
+/// The networks (CAIP-2) whose treasury nonce gaps a run has healed already: one heal per network and run,
+/// however many of its refunds are followed up.
+pub type Healed = std::cell::RefCell<std::collections::BTreeSet<String>>;
+
 /// Drive one queued refund as far as this run can.
 pub async fn pay_one(
     cfg: &Config,
@@ -102,6 +108,7 @@ pub async fn pay_one(
     id: &str,
     now: u64,
     deadline: Instant,
+    healed: &Healed,
 ) -> Step {
     let Ok(id) = InvoiceId::parse(id) else {
         eprintln!("verifier: dropping a malformed id from the refund queue");
@@ -141,6 +148,10 @@ pub async fn pay_one(
     match refund.next(now) {
         Next::Gone => return Step::Gone,
         Next::FollowUp(hash) => {
+            let first = healed.borrow_mut().insert(refund.network.clone());
+            if first {
+                sender::heal_gaps(chain, treasury, now).await;
+            }
             return follow_up(chain, treasury, &key, &refund, hash, now, deadline).await;
         }
         Next::InFlight => return Step::Pending(None),
@@ -236,18 +247,7 @@ async fn follow_up(
             }
             Look::Known | Look::Resent | Look::Waiting => {}
         }
-        let holder = refund.holder.as_deref();
-        let save = async |new: &SignedTx| {
-            let at = util::now_secs();
-            match update(key, |r| r.record_replacement(holder, tx.hash, new, at)).await? {
-                Some((_, true)) => Ok(()),
-                _ => Err(wit::Error::Conflict(format!(
-                    "refund {key} no longer names {}",
-                    tx.hash
-                ))),
-            }
-        };
-        if let Some(new) = sender::bump::replace(chain, treasury, &tx, "refund", now, save).await {
+        if let Some(new) = sender::bump::refund(chain, treasury, key, refund, now).await {
             let mut hashes = tx.hashes();
             hashes.insert(0, new);
             return reconcile(chain, key, &hashes, deadline).await;

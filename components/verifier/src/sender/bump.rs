@@ -10,9 +10,12 @@
 //! - **Pooled or dropped.** A transaction unknown to the node whose nonce is still free is replaced like a
 //!   pooled one (a node such as anvil drops one the base fee outgrew and refuses its bytes again); one whose
 //!   nonce is used is left to `rebroadcast::look` and the receipts.
-//! - **Only from a replay.** It runs where a recorded transaction without receipt is reconciled (a settlement's
-//!   replay, `receipts::Claim::reconciling`; a refund run's follow-up), never in a send or a background job,
-//!   and reads the chain only once the transaction is old enough (kernel `bump::due`).
+//! - **From a replay, or the next send.** It runs where a recorded transaction without receipt is reconciled (a
+//!   settlement's replay, `receipts::Claim::reconciling`; a refund run's follow-up), and in every send of the
+//!   key for the one transaction at its lowest unmined nonce, which every later one waits behind ([`blocking`]:
+//!   a settlement nobody replays would wait for ever), never in a background job. It reads the chain only once
+//!   the transaction is old enough (kernel `bump::due`); a send reads nothing more for it, not even its record,
+//!   unless that nonce was reserved that long ago (kernel `bump::blocking`), and replaces at most that one.
 //! - **Any hash may be mined.** The earlier hashes stay on the record; every reader of a receipt for it
 //!   (receipts, refunds, `rebroadcast::look`, front-run checks) takes any of them. Whatever a replacement's
 //!   send answers changes nothing else: refused ("underpriced", "nonce too low"), the pooled one or a mined
@@ -25,9 +28,12 @@ use esim402_core::evm::rpc::{
     BlockTag, EthGetBlockByNumber, EthGetTransactionCount, EthMaxPriorityFeePerGas,
     EthSendRawTransaction,
 };
-use esim402_core::evm::{SignedTx, SigningKey, sign_eip1559};
+use esim402_core::evm::{NonceState, SignedTx, SigningKey, sign_eip1559};
+use esim402_core::refund::Refund;
 use esim402_core::settlement::{OurTx, Record};
-use esim402_guest::{util, wit};
+use esim402_core::store::keys;
+use esim402_guest::convert::kv_err;
+use esim402_guest::{kv, util, wit};
 
 use crate::chain::Chain;
 use crate::claims;
@@ -54,6 +60,69 @@ pub async fn settlement(chain: &Chain, signer: &SigningKey, record: &Record, now
         }
     };
     replace(chain, signer, &tx, "settlement", now, save).await;
+}
+
+/// Replace the transaction of the `submitted` refund at `key` (`refund`, as read) if the kernel says so (see
+/// [`replace`]): the refund swapped over from the replaced hash while its holder still holds it, then the send.
+/// The replacement's hash once it was recorded.
+pub async fn refund(
+    chain: &Chain,
+    signer: &SigningKey,
+    key: &str,
+    refund: &Refund,
+    now: u64,
+) -> Option<B256> {
+    let tx = refund.submitted_tx()?;
+    let holder = refund.holder.as_deref();
+    let save = async |new: &SignedTx| {
+        let at = util::now_secs();
+        let swapped = kv::transition_json::<Refund, wit::Error>(key, |r| {
+            r.record_replacement(holder, tx.hash, new, at)
+        })
+        .await
+        .map_err(kv_err)?;
+        match swapped {
+            Some((_, true)) => Ok(()),
+            _ => Err(wit::Error::Conflict(format!(
+                "refund {key} no longer names {}",
+                tx.hash
+            ))),
+        }
+    };
+    replace(chain, signer, &tx, "refund", now, save).await
+}
+
+/// In a send of `signer`, before its nonce is reserved: replace the recorded transaction at the key's lowest
+/// unmined nonce `mined_count` (a settlement's or a refund's) if the kernel says so, as a replay would
+/// ([`settlement`], [`refund`]). `state` is the key's nonce bookkeeping as the send read it: nothing more is
+/// read unless that nonce was reserved long enough ago (kernel `bump::blocking`); then its record, and the
+/// chain only once its transaction is due. Best effort, like every replacement.
+pub async fn blocking(
+    chain: &Chain,
+    signer: &SigningKey,
+    state: &NonceState,
+    mined_count: u64,
+    now: u64,
+) {
+    let Some(owner) = bump::blocking(state, mined_count, now) else {
+        return;
+    };
+    let at_nonce = |tx: Option<OurTx>| tx.is_some_and(|tx| tx.nonce == mined_count);
+    if keys::is_refund(owner) {
+        match kv::get_json::<Refund, ()>(owner).await {
+            Ok(Some(r)) if at_nonce(r.submitted_tx()) => {
+                refund(chain, signer, owner, &r, now).await;
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("verifier: cannot read {owner}: {e}"),
+        }
+        return;
+    }
+    match kv::get_json::<Record, ()>(owner).await {
+        Ok(Some(r)) if at_nonce(r.submitted_tx()) => settlement(chain, signer, &r, now).await,
+        Ok(_) => {}
+        Err(e) => eprintln!("verifier: cannot read {owner}: {e}"),
+    }
 }
 
 /// Replace `tx` (recorded with its earlier hashes, signed by `signer`) with higher fees if it waits unmined,

@@ -3,9 +3,10 @@
 //! behind in the node's pool. [`rebroadcast::fill_gaps`] releases such an orphan, but only in a send, and a
 //! released nonce is only filled by the next reservation: a payment whose transaction waits behind the hole
 //! and is only sent again (reconciled, never re-signed) would wait until some other payment sends, and its
-//! authorization may expire meanwhile. So the replays of a `submitted` settlement call [`heal_gaps`] first: an
-//! orphan older than `ORPHAN_AFTER_SECS` below a later nonce of the key is filled with the key's no-op
-//! transaction (kernel `NonceState::heal_orphan`), the newest is released.
+//! authorization may expire meanwhile. The same holds for a refund followed up by a run (the treasury key). So
+//! the replays of a `submitted` settlement, and a refund run's follow-ups (`crate::refunds`, once per network
+//! and run), call [`heal_gaps`] first: an orphan older than `ORPHAN_AFTER_SECS` below a later nonce of the key
+//! is filled with the key's no-op transaction (kernel `NonceState::heal_orphan`), the newest is released.
 
 use alloy_primitives::U256;
 use esim402_core::evm::rpc::{

@@ -5,9 +5,10 @@
 //! Order: the chain reads first, in one JSON-RPC batch (chain id once per instance, then `eth_estimateGas`
 //! plus a margin, fees from the latest base fee (unreadable: no send) and `eth_maxPriorityFeePerGas`, the
 //! account's pending and mined transaction counts); then our recorded transactions the node never got are
-//! offered to it again and orphaned reservations released ([`rebroadcast::fill_gaps`]); then an account nonce
-//! is reserved ([`nonces`], kernel `NonceState`), the transaction signed in the component and recorded on the
-//! caller's claim; then `eth_sendRawTransaction`.
+//! offered to it again and orphaned reservations released ([`rebroadcast::fill_gaps`]), and the one at the
+//! key's lowest unmined nonce replaced with higher fees if the base fee outgrew it ([`bump::blocking`]); then
+//! an account nonce is reserved ([`nonces`], kernel `NonceState`), the transaction signed in the component and
+//! recorded on the caller's claim; then `eth_sendRawTransaction`.
 //!
 //! Before the broadcast every failure gives the nonce back and tells the caller, which releases its claim, so
 //! a retry can work; if later nonces of the key are already out, the nonce is filled with a no-op transaction
@@ -23,7 +24,8 @@
 //!   it to the node first.
 //!
 //! A recorded transaction that waits in the pool below the base fee is replaced with higher fees (same nonce
-//! and call, recorded before it is sent, every earlier hash kept) by the replays that reconcile it ([`bump`]).
+//! and call, recorded before it is sent, every earlier hash kept) by the replays that reconcile it, and by the
+//! next send of its key once it holds the key's lowest unmined nonce ([`bump`]).
 
 pub mod bump;
 pub mod front_run;
@@ -213,7 +215,11 @@ pub async fn send(
     record: impl AsyncFnOnce(&SignedTx, Option<u64>) -> Result<(), wit::Error>,
 ) -> Result<B256, NotBroadcast> {
     let (mut tx, counts) = prepare(chain, signer, call).await?;
-    rebroadcast::fill_gaps(chain, signer.address(), counts.pending, util::now_secs()).await;
+    let now = util::now_secs();
+    let state = rebroadcast::fill_gaps(chain, signer.address(), counts.pending, now).await;
+    if let (Some(state), Some(mined)) = (state, counts.mined) {
+        bump::blocking(chain, signer, &state, mined, now).await;
+    }
     let (nonce, holder) = nonces::reserve(chain, signer, counts, &call.owner)
         .await
         .map_err(Unsent::Fault)?;

@@ -14,8 +14,9 @@
 //! - **A reserved nonce never got a transaction** (the request was cancelled between reserving and recording):
 //!   [`fill_gaps`] also releases every nonce reserved more than `ORPHAN_AFTER_SECS` ago whose owner's record
 //!   names no transaction for it, in any status (kernel `NonceState::orphans`, `rebroadcast::names_nonce`), so
-//!   the next reservation fills the hole. A replay of a settlement, which sends nothing new, fills such a hole
-//!   below a later nonce with the key's no-op transaction instead (`heal::heal_gaps`).
+//!   the next reservation fills the hole. A replay of a settlement or a refund run's follow-up, which sends
+//!   nothing new, fills such a hole below a later nonce with the key's no-op transaction instead
+//!   (`heal::heal_gaps`).
 //!
 //! Sending the same bytes again is never a second transaction (same hash, same nonce), and no answer to a
 //! re-send changes any state: "already known" or "nonce too low" just mean the node has, or used, the nonce.
@@ -129,14 +130,21 @@ async fn resend(chain: &Chain, tx: &OurTx, what: &str) {
 /// Before reserving a new nonce for `signer`: offer the node every recorded transaction of ours at or above
 /// its pending count that it does not know, lowest nonce first (see the module docs). Best effort: nothing
 /// here changes any state, so a failure (or a cancelled request) only leaves the gap for the next send.
-pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: u64) {
+/// Returns the key's nonce bookkeeping as read (`None`: none, unreadable, or the node stopped answering), for
+/// the send's look at the transaction blocking the key (`super::bump::blocking`).
+pub async fn fill_gaps(
+    chain: &Chain,
+    signer: Address,
+    pending_count: u64,
+    now: u64,
+) -> Option<NonceState> {
     let key = super::nonces::key(chain, signer);
     let state = match kv::get_json::<NonceState, ()>(&key).await {
         Ok(Some(s)) => s,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             eprintln!("verifier: cannot read the nonces of {signer}: {e}");
-            return;
+            return None;
         }
     };
     for (nonce, owner) in state.orphans(pending_count, now, ORPHAN_AFTER_SECS) {
@@ -176,10 +184,11 @@ pub async fn fill_gaps(chain: &Chain, signer: Address, pending_count: u64, now: 
                 resend(chain, &tx, what).await;
             }
             // The node is not answering; the send that follows will say so.
-            Err(CallError::Transport(_)) => return,
+            Err(CallError::Transport(_)) => return None,
             Err(e) => eprintln!("verifier: cannot ask for {what} {}: {e}", tx.hash),
         }
     }
+    Some(state)
 }
 
 /// Whether the record at `owner` (a settlement or a refund) names `signer`'s transaction at `nonce`, in any

@@ -3,7 +3,8 @@
 //! Every transaction we sign caps its fee when it is signed (twice the base fee plus the tip, `rpc::fees`). If
 //! the base fee then rises past that cap, the transaction waits in the node's pool, and every later transaction
 //! of the same key waits behind it. The caller (a replay or refund run reconciling a recorded transaction
-//! without receipt) asks [`decide`]; on [`Bump::Replace`] it signs the same transaction again with the new fees
+//! without receipt, or a send of the key for the transaction at its lowest unmined nonce, [`blocking`]) asks
+//! [`decide`]; on [`Bump::Replace`] it signs the same transaction again with the new fees
 //! ([`replacement`]) and sends it. Rules a reader must not break:
 //!
 //! - **Same transaction, new fees.** A replacement keeps the nonce, signer, chain, recipient, value, calldata
@@ -23,11 +24,16 @@
 //!   its tip rise by at least 10 % ([`REPLACEMENT_PERCENT`]; geth `txpool.pricebump`) and strictly: each new fee
 //!   is at least 110 % of the old, rounded up, and more than the old; and at least what a new transaction
 //!   would be given now (`rpc::fees`: its tip and its cap of twice the base fee plus the tip).
+//! - **One look per send.** A send of the key ([`blocking`]) looks at one transaction only: the one at the
+//!   key's lowest unmined nonce, which every later one waits behind, and reads nothing more for it unless its
+//!   nonce was reserved at least [`BUMP_AFTER_SECS`] ago (its transaction is recorded after the reservation,
+//!   so a younger one cannot be due).
 //! - **Bounded.** No fee cap above [`MAX_FEE_PER_GAS`] and no more than [`MAX_REPLACEMENTS`] replacements per
 //!   nonce, so a runaway base fee cannot drain the key: at either bound [`decide`] answers [`Bump::Ceiling`] or
 //!   [`Bump::Exhausted`] and nothing is replaced any more; the transaction then waits in the pool as it did
 //!   before this rule (until fees fall, or an operator acts), and the caller says so in its log.
 
+use super::nonce::NonceState;
 use super::tx::Eip1559Tx;
 use crate::chain::ChainId;
 
@@ -90,6 +96,16 @@ pub fn next_base_fee(base_fee: u128) -> u128 {
 /// ([`BUMP_AFTER_SECS`]): callers ask this before reading anything from the chain.
 pub fn due(recorded_at: u64, now: u64) -> bool {
     recorded_at.saturating_add(BUMP_AFTER_SECS) <= now
+}
+
+/// The record (its key) holding the reservation of `state`'s key at its lowest unmined nonce `mined_count`
+/// (`eth_getTransactionCount(latest)`), if that nonce was handed out at least [`BUMP_AFTER_SECS`] before `now`
+/// (a reservation without a time counts as old): the one transaction a send of the key looks at for a
+/// replacement. A younger reservation's transaction, recorded after it, cannot be [`due`]: nothing to read.
+pub fn blocking(state: &NonceState, mined_count: u64, now: u64) -> Option<&str> {
+    let owner = state.owners.get(&mined_count)?;
+    let reserved_at = state.reserved_at.get(&mined_count).copied().unwrap_or(0);
+    due(reserved_at, now).then_some(owner.as_str())
 }
 
 /// What to do about our transaction with fees `pooled`, recorded at `recorded_at`, unmined at `now` (in the
@@ -222,6 +238,28 @@ mod tests {
             ),
             Bump::Replace(_)
         ));
+    }
+
+    #[test]
+    fn a_send_looks_at_the_lowest_unmined_nonce_once_its_reservation_is_a_minute_old() {
+        let mut state = NonceState::new(5);
+        let at = 1_000;
+        assert_eq!(state.reserve_for(5, "x402/nonce/a", at), 5);
+        assert_eq!(state.reserve_for(5, "refund/b", at), 6);
+        assert_eq!(blocking(&state, 5, at + BUMP_AFTER_SECS - 1), None);
+        assert_eq!(
+            blocking(&state, 5, at + BUMP_AFTER_SECS),
+            Some("x402/nonce/a")
+        );
+        // The nonce asked about is the lowest unmined one: 5 mined, 6 is; past every reservation, nothing.
+        assert_eq!(blocking(&state, 6, at + BUMP_AFTER_SECS), Some("refund/b"));
+        assert_eq!(blocking(&state, 7, at + BUMP_AFTER_SECS), None);
+        // Mined past (the bookkeeping forgot it): nothing.
+        state.observe_mined(6);
+        assert_eq!(blocking(&state, 5, at + BUMP_AFTER_SECS), None);
+        // A reservation kept from before times were: old.
+        state.reserved_at.clear();
+        assert_eq!(blocking(&state, 6, at), Some("refund/b"));
     }
 
     #[test]

@@ -160,7 +160,7 @@ fn refund_txs(node: &Node) -> Vec<Signed<TxEip1559>> {
     node.sent()
         .iter()
         .map(|raw| decode_tx(raw))
-        .filter(|tx| tx.tx().input[..4] == TRANSFER_SELECTOR)
+        .filter(|tx| tx.tx().input.starts_with(&TRANSFER_SELECTOR))
         .collect()
 }
 
@@ -981,5 +981,63 @@ async fn a_runs_transitions_are_stamped_when_they_happen() {
     assert!(
         record["updated_at"].as_u64().unwrap() >= started,
         "{record}"
+    );
+}
+
+/// A treasury nonce reserved by a run that died before recording its transfer, below a refund that waits in
+/// the pool behind it: a later run that only follows that refund up (it sends no new one, which would have
+/// taken the released nonce) fills the hole with the treasury's no-op transaction, as settlement replays do
+/// for the facilitator's key (`sender::heal_gaps`).
+#[tokio::test]
+async fn a_refund_run_fills_a_treasury_nonce_gap_below_a_waiting_refund() {
+    let node = Arc::new(Node::default());
+    let mut kit = refund_kit(&node, &[("settlement_timeout_ms", "300")]).await;
+    let p = paid(&mut kit, 184).await;
+    let id = p.id.clone();
+    owe(&mut kit, &p, "activation failed").await.unwrap();
+    let nonces = format!("signer/eip155:31337/{:#x}/nonce", treasury());
+    // TX_COUNT was reserved just now for a refund whose run died (no record names a transaction at it).
+    let ghost = "refund/inv_test.ghost";
+    let seeded = json!({"next": TX_COUNT + 1, "pending": [TX_COUNT],
+                        "owners": {TX_COUNT.to_string(): ghost},
+                        "reserved_at": {TX_COUNT.to_string(): now()}});
+    kit.kv_put(&nonces, seeded.to_string().as_bytes()).await;
+    node.set(|c| c.mining = Mining::Never);
+    let summary = run(&mut kit, 10).await.unwrap();
+    let txs = refund_txs(&node);
+    assert_eq!(txs.len(), 1);
+    assert_eq!(txs[0].tx().nonce, TX_COUNT + 1, "behind the reserved nonce");
+    let hash = txs[0].hash().to_string();
+    let pending = json!({"paid": [], "pending": [{"invoice": id, "transaction": hash}],
+                         "failed": [], "remaining": 1});
+    assert_eq!(summary, pending);
+
+    // Past the orphan age the refund still waits behind the hole (the node's pending count stops at it).
+    let mut state = kv_json(&kit, &nonces).await.unwrap();
+    state["reserved_at"][TX_COUNT.to_string()] = json!(now() - 1_000);
+    kit.kv_put(&nonces, state.to_string().as_bytes()).await;
+    assert_eq!(run(&mut kit, 10).await.unwrap(), pending);
+    let no_ops: Vec<_> = node
+        .sent()
+        .iter()
+        .map(|raw| decode_tx(raw))
+        .filter(|tx| tx.recover_signer().unwrap() == treasury() && tx.tx().input.is_empty())
+        .collect();
+    assert_eq!(no_ops.len(), 1, "the hole is filled");
+    let tx = no_ops[0].tx();
+    assert_eq!(
+        (tx.nonce, tx.to, tx.value, tx.gas_limit),
+        (TX_COUNT, TxKind::Call(treasury()), U256::ZERO, 21_000)
+    );
+    assert_eq!(refund_txs(&node).len(), 1, "no second transfer");
+    let state = kv_json(&kit, &nonces).await.unwrap();
+    assert_eq!(state["pending"], json!([TX_COUNT, TX_COUNT + 1]), "{state}");
+
+    // A run right after fills nothing again (the no-op holds the nonce for another orphan age).
+    assert_eq!(run(&mut kit, 10).await.unwrap(), pending);
+    assert_eq!(
+        node.sent().len(),
+        3,
+        "the settlement, the refund and the no-op"
     );
 }

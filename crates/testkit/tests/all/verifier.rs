@@ -52,7 +52,7 @@ pub(crate) fn addr(s: &str) -> Address {
     s.parse().unwrap()
 }
 
-fn facilitator() -> Address {
+pub(crate) fn facilitator() -> Address {
     esim402_core::evm::SigningKey::from_hex(FACILITATOR_KEY)
         .unwrap()
         .address()
@@ -146,6 +146,8 @@ pub(crate) struct ChainState {
     /// Lose the raw transaction on its way (HTTP 502, nothing kept): what a send cancelled after its
     /// transaction was recorded leaves behind.
     pub(crate) drop_send: bool,
+    /// Lose (as `drop_send`) only the raw transactions at this account nonce.
+    pub(crate) drop_nonce: Option<u64>,
     /// `eth_getTransactionCount` at `latest` or a block number (default [`TX_COUNT`]).
     pub(crate) mined_count: Option<u64>,
     /// `eth_getTransactionCount` at `pending` (default [`TX_COUNT`]).
@@ -193,6 +195,7 @@ impl Default for ChainState {
             lose_send_answer: false,
             send_error_after_taking: None,
             drop_send: false,
+            drop_nonce: None,
             mined_count: None,
             pending_count: None,
             estimate_fails: false,
@@ -399,6 +402,16 @@ impl Node {
                 Err((-32000, "insufficient funds for gas * price + value"))
             }
             "eth_sendRawTransaction" if c.drop_send => return Err(Scripted::status(502)),
+            "eth_sendRawTransaction"
+                if c.drop_nonce.is_some_and(|n| {
+                    decode_tx(&hex::decode(params[0].as_str().unwrap()).unwrap())
+                        .tx()
+                        .nonce
+                        == n
+                }) =>
+            {
+                return Err(Scripted::status(502));
+            }
             "eth_sendRawTransaction" => {
                 let raw = hex::decode(params[0].as_str().unwrap()).unwrap();
                 let hash = keccak256(&raw);
