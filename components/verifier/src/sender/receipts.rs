@@ -212,7 +212,15 @@ pub async fn wait(
             Some((from, nonce)) => match chain.authorization_used_at(from, nonce, block).await {
                 Ok(false) => {
                     let failed = Outcome::Reverted(hash);
-                    match unexecuted(chain, claim, failed, executes, (from, nonce)).await {
+                    match unexecuted(
+                        chain,
+                        (&claim.record_key, &claim.claim),
+                        failed,
+                        executes,
+                        (from, nonce),
+                    )
+                    .await
+                    {
                         Some(outcome) => outcome,
                         None => return (Outcome::Pending(hash), true),
                     }
@@ -307,7 +315,14 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> Option<Outco
             );
             let executes = settled_authorization(&tx.raw);
             let failed = Outcome::Dropped(hash);
-            let decided = unexecuted(chain, claim, failed, executes.as_ref(), (from, nonce)).await;
+            let decided = unexecuted(
+                chain,
+                (&claim.record_key, &claim.claim),
+                failed,
+                executes.as_ref(),
+                (from, nonce),
+            )
+            .await;
             Some(decided.unwrap_or(Outcome::Pending(hash)))
         }
         Ok(true) => {

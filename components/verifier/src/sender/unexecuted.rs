@@ -8,17 +8,16 @@ use esim402_core::settlement::{self, Outcome, Unexecuted};
 use esim402_core::x402::exact::TransferAuthorization;
 
 use super::front_run;
-use super::receipts::Claim;
 use crate::chain::Chain;
 
-/// What the claim's settlement becomes whose transaction ended as `failed` (reverted, or can never be mined)
+/// What the settlement at `record_key` (claimed as `claim`) becomes whose transaction ended as `failed` (reverted, or can never be mined)
 /// while the authorization `auth` of `from` (`nonce`) read unused: our transaction published it, so anyone may
 /// still execute it until its `validBefore` (kernel `settlement::unexecuted`). `authorizationState` at the
 /// latest block decides: used, what used it ([`front_run::settle`]); unused, `failed` (no money moved, none
 /// can) once that block is past `validBefore`, else `None` (pending: nothing withdrawn).
 pub(super) async fn unexecuted(
     chain: &Chain,
-    claim: &Claim,
+    (record_key, claim): (&str, &str),
     failed: Outcome,
     auth: Option<&TransferAuthorization>,
     (from, nonce): (alloy_primitives::Address, B256),
@@ -54,7 +53,7 @@ pub(super) async fn unexecuted(
                 executes: auth,
                 by_block: latest.map_or(0, |b| b.number),
             };
-            front_run::settle(chain, &claim.record_key, &claim.claim, failed, &used).await
+            front_run::settle(chain, record_key, claim, failed, &used).await
         }
     }
 }
