@@ -234,3 +234,68 @@ async fn a_switch_whose_new_profile_can_never_install_gives_the_balance_back() {
     assert_eq!(count(&kinds, "refund_owed"), 1, "{kinds:?}");
     assert_eq!(verify["ok"], true, "{verify}");
 }
+
+/// A SIM whose own download never finished, switched away before it failed, then its replacement failing too:
+/// the balance comes back to the old SIM, failed itself, and is owed as its failure owes it: its activation's
+/// whole payment (fee included, none of its data used), with the switch fee. Its own failure owed nothing (its
+/// balance had moved). Before, the balance that came back was closed as a terminate closes it: its unused data
+/// only ($0.03 of the $0.15), the activation fee kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_old_sim_that_failed_itself_gets_its_whole_payment_back_when_its_replacement_fails() {
+    let s = PayStack::start(&[]).await;
+    s.set_faults("tmobile", json!({"no_device": true})).await;
+    s.set_faults("verizon", json!({"no_device": true})).await;
+    let start = s.balance(agent()).await;
+    let act = s
+        .activate_paid(&json!({"region": "us-west", "data_mb": 10}), &[])
+        .await;
+    let old = act["iccid"].as_str().unwrap().to_owned();
+    assert_eq!(act["carrier"], "tmobile", "{act}");
+    let path = format!("/v1/esim/{old}/switch");
+    let target = json!({"carrier": "verizon"});
+    let (status, headers, _) = s.post(&path, &target, &[]).await;
+    assert_eq!(status, 402);
+    let req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
+        .unwrap()
+        .accepts[0]
+        .clone();
+    let pay = Payment::for_requirement(&req);
+    let (status, _, new_sim) = s
+        .post(&path, &target, &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{new_sim}");
+    let new = new_sim["iccid"].as_str().unwrap().to_owned();
+
+    // The old SIM's download fails first: nothing is owed (its balance is on the replacement).
+    fail_download(&s, "tmobile", &old).await;
+    eventually("the old SIM's profile is cancelled", async || {
+        profile_state(&s, "tmobile", &old).await == "Unavailable"
+    })
+    .await;
+    assert_eq!(s.get(&format!("/v1/esim/{old}")).await.1["state"], "failed");
+    assert_eq!(count(&s.ledger().await.0, "refund_owed"), 0);
+
+    fail_download(&s, "verizon", &new).await;
+    eventually("the replacement's profile is cancelled", async || {
+        profile_state(&s, "verizon", &new).await == "Unavailable"
+    })
+    .await;
+    eventually(
+        "the activation and the switch fee are owed back",
+        async || count(&s.ledger().await.0, "refund_owed") == 2,
+    )
+    .await;
+    let (status, summary) = s.run_refunds().await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(s.balance(agent()).await, start, "both payments back whole");
+
+    assert_eq!(
+        callback_again(&s, &new, "test-callback-verizon", "vzw-iot-data").await,
+        204
+    );
+    s.run_refunds().await;
+    assert_eq!(s.balance(agent()).await, start);
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(count(&kinds, "refund_owed"), 2, "{kinds:?}");
+    assert_eq!(verify["ok"], true, "{verify}");
+}

@@ -1,9 +1,9 @@
 //! Metered data end to end: a paid activation opens a balance; the traffic simulator (a real process) asks
 //! for quota and reports carrier-signed receipts; the balance drains; the quota request answers 402 with
 //! top-up options; the official x402 Python client pays a top-up unmodified; the balance is credited once and
-//! quota is granted again. Also: concurrent copies of one batch charge once, a zero balance suspends the SIM
-//! and a top-up resumes it, terminate refunds the unused data once (paid by the refund job, on chain), and a
-//! disputed receipt is visible and uncharged.
+//! quota is granted again. Also: concurrent copies of one batch charge once (each SIM, when two share a
+//! carrier's charging id), a zero balance suspends the SIM and a top-up resumes it, terminate refunds the
+//! unused data once (paid by the refund job, on chain), and a disputed receipt is visible and uncharged.
 
 use alloy_primitives::U256;
 use esim402_core::CarrierId;
@@ -216,6 +216,41 @@ async fn fifty_concurrent_copies_of_a_batch_charge_once() {
     let (kinds, verify) = s.ledger().await;
     assert_eq!(verify["ok"], true);
     assert!(kinds.iter().filter(|k| *k == "usage_charged").count() <= 20);
+}
+
+/// Receipts are claimed per SIM: two SIMs whose carrier reused a charging id report the same `(session, seq)`,
+/// and each is charged once, however many copies of the batch arrive at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sims_sharing_a_charging_id_are_each_charged_once() {
+    let s = PayStack::start(&[]).await;
+    let (a, b) = (activate(&s, 10).await, activate(&s, 10).await);
+    let receipts: Vec<Value> = (1..=3)
+        .flat_map(|seq| {
+            [
+                receipt(&a, "chg-7", seq, 10_000, "310-260"),
+                receipt(&b, "chg-7", seq, 1_000, "310-260"),
+            ]
+        })
+        .collect();
+    let batch = json!({ "receipts": receipts });
+    let sends = (0..10).map(|_| {
+        let (http, url, batch) = (s.http.clone(), format!("{}/v1/usage", s.url), batch.clone());
+        tokio::spawn(async move {
+            let r = http.post(url).json(&batch).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        })
+    });
+    let (mut accepted, mut gaps) = (0, 0);
+    for h in sends {
+        let report = h.await.unwrap();
+        accepted += report["totals"]["accepted"].as_u64().unwrap();
+        gaps += report["totals"]["gaps"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, 6, "each SIM's three receipts, once");
+    assert_eq!(gaps, 0);
+    assert_eq!(balance(&s, &a).await["used_bytes"], 30_000);
+    assert_eq!(balance(&s, &b).await["used_bytes"], 3_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,9 +6,10 @@
 //! kernel `auth::callback`), which also retire the SIM a live replacement replaces once it is installed, if
 //! that SIM still names it (kernel `order::retire_replaced`). A terminal download failure (kernel
 //! `esim::failure`) fails a SIM whose profile never installed and retires that profile at the SM-DP+ as a
-//! terminate does (queued if it cannot be sent now; the sweep cancels only while `order::sweep_may_cancel`
-//! allows); its money is the gateway's (kernel `usage::failed`). Switching is [`crate::switching`]'s.
-//! Terminating revokes the SIM's access token; failing keeps it, so the owner still reads the SIM.
+//! terminate does, again on each repeat of such a notification (queued if it cannot be sent now; the sweep
+//! cancels only while `order::sweep_may_cancel` allows); its money is the gateway's (kernel `usage::failed`).
+//! Switching is [`crate::switching`]'s. Terminating revokes the SIM's access token; failing keeps it, so the
+//! owner still reads the SIM.
 
 use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
@@ -300,15 +301,21 @@ pub async fn download_progress(
     .await
     .map_err(kv_err)?;
     let sim = sim.ok_or_else(no_sim)?;
+    let terminal = esim402_core::esim::terminal_failure(point, status).is_some();
     if failed_now {
-        // Once, by the call that failed it (a terminate's retirement is once too): a cancel that cannot be sent
-        // now is queued, and the sweep sends it while the record is still this failed SIM's.
         eprintln!(
             "dispatch: SIM {} failed: its profile can never be installed ({}); retiring it at {}",
             sim.iccid,
             sim.download_failure.as_deref().unwrap_or_default(),
             sim.carrier
         );
+    }
+    // By every terminal notification of a SIM failed by one, not only the call that failed it: that call may
+    // have stopped after its write (the SM-DP+ then sends it again, and nothing else would cancel the profile).
+    // A cancel that cannot be sent now is queued (once), and the sweep sends it while the record is still this
+    // failed SIM's; one sent again finds the profile retired already, which the SM-DP+ answers as nothing left
+    // to cancel (kernel `CancelOutcome::Done`).
+    if terminal && sim.owes_back() {
         retire_profile(&info.iccid, &sim).await?;
     }
     // A repeat retries a retirement that failed (and finds nothing to do once it is done).
@@ -317,7 +324,6 @@ pub async fn download_progress(
     {
         retire_replaced_sim(old, &sim).await?;
     }
-    let terminal = esim402_core::esim::terminal_failure(point, status).is_some();
     Ok((terminal && sim.owes_back()).then(|| sim_to_wit(&sim)))
 }
 

@@ -4,7 +4,8 @@
 //! back through the refund job by the terminate's own path ([`crate::meter::owe`]): its own invoice whole
 //! (activation fee or switch fee included) while none of its data was used, every other credit's unused data
 //! as a terminate owes it. A switch's replacement gives the moved balance back to the SIM it replaced, which
-//! stays in service; if that SIM left service meanwhile, its account is closed as its terminate closes it.
+//! stays in service; if that SIM left service meanwhile, its account is closed as its terminate closes it, or,
+//! if it failed the same way itself, as this one's is (its own invoice whole while untouched).
 //!
 //! Invariants: every step is idempotent (the close is fixed by its first call, a refund is once per invoice,
 //! the ledger keeps a repeated event once), so the SM-DP+ sending the notification again finishes what an
@@ -22,7 +23,9 @@ use crate::{dispatch, from_wit, metering, pay};
 /// Give back the money of `sim`, failed by a terminal download failure: the refunds owed (as recorded).
 pub async fn give_back(sim: &wit::Sim) -> Result<Vec<serde_json::Value>, ApiError> {
     let iccid = sim.iccid.as_str();
-    let closed = metering::fail(iccid.to_owned()).await.map_err(from_wit)?;
+    let closed = metering::fail(iccid.to_owned(), sim.replaces.clone())
+        .await
+        .map_err(from_wit)?;
     if let Some(hold) = closed.hold
         && let Err(e) = dispatch::set_balance_hold(hold).await
     {
@@ -31,16 +34,22 @@ pub async fn give_back(sim: &wit::Sim) -> Result<Vec<serde_json::Value>, ApiErro
             closed.restored
         );
     }
-    // The SIM this one replaced left service since the switch (terminated): the balance that came back to it
-    // is owed as its terminate owes it (its terminate found nothing there: the balance had moved).
+    // The SIM this one replaced left service since the switch: the balance that came back to it is owed as
+    // its own end owes it (which found nothing there: the balance had moved). Terminated, as its terminate
+    // owes it; failed itself by a terminal download failure (its profile Error), as this SIM's is owed: its own
+    // invoice whole while untouched (its first failure owed nothing: its balance was here).
     if let Some(old) = &sim.replaces
         && let Some(old_sim) = dispatch::get_sim(old.clone()).await.map_err(from_wit)?
-        && matches!(
-            old_sim.state,
-            wit::SimState::Terminated | wit::SimState::Failed
-        )
     {
-        refund_unused(old).await?;
+        match (old_sim.state, old_sim.profile_state) {
+            (wit::SimState::Failed, wit::ProfileState::Error) => {
+                Box::pin(give_back(&old_sim)).await?;
+            }
+            (wit::SimState::Terminated | wit::SimState::Failed, _) => {
+                refund_unused(old).await?;
+            }
+            _ => {}
+        }
     }
     let shares: Vec<RefundShare> =
         serde_json::from_str(&closed.refunds).map_err(|e| ApiError::internal(e.to_string()))?;

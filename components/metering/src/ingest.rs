@@ -1,12 +1,14 @@
 //! `POST /v1/usage`: a batch of carrier-signed receipts. The order of effects per receipt is the kernel's
-//! (`esim402_core::usage::ingest`): verify → claim `(carrier, session, seq)` by `increment` (one winner ever,
-//! on every backend and across instances) → log → charge. Per SIM per batch: one `increment` of its log
-//! chunk counter, one chunk holding its log entries, one `increment` of its used-bytes counter. Per batch:
-//! every SIM's chunk written by one `set-many` (`wasi:keyvalue/batch`: one commit on SQLite, one round trip on
-//! Redis, instead of one per SIM), and one `usage_charged` ledger entry naming every SIM's charge (kernel
-//! `charge_entry`); the batch's ledger events share one shard (one append run). Reads that run concurrently
-//! (the named accounts, the gap lookups) go [`WINDOW`] at a time; they are not batched, because Spin's Redis
-//! store answers `get-many` with a `KEYS` command (the keys taken as patterns), which fails.
+//! (`esim402_core::usage::ingest`): verify → claim `(carrier, iccid, session, seq)` by `increment` (one winner
+//! ever, on every backend and across instances; a receipt the older per-session claims may have charged is
+//! first looked up under its legacy key, a read: kernel `usage::claim`, [`crate::claims`]) → log → charge.
+//! Per SIM per batch: one `increment` of its log chunk counter, one chunk holding its log entries, one
+//! `increment` of its used-bytes counter. Per batch: every SIM's chunk written by one `set-many`
+//! (`wasi:keyvalue/batch`: one commit on SQLite, one round trip on Redis, instead of one per SIM), and one
+//! `usage_charged` ledger entry naming every SIM's charge (kernel `charge_entry`); the batch's ledger events
+//! share one shard (one append run). Reads that run concurrently (the named accounts, the legacy and gap
+//! lookups) go [`WINDOW`] at a time; they are not batched, because Spin's Redis store answers `get-many` with a
+//! `KEYS` command (the keys taken as patterns), which fails.
 //!
 //! Receipts signed as a page (kernel `usage::page`) share one signature recovery per batch ([`Recoveries`]);
 //! the claim, log and charge stay per receipt, so a page and single receipts dedupe against each other.
@@ -22,6 +24,7 @@ use esim402_core::join::join_windows;
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
 use esim402_core::usage::account::Account;
+use esim402_core::usage::claim::{ClaimCheck, claim_check};
 use esim402_core::usage::ingest::{
     LogEntry, LogState, Outcome, ReportLine, SimCharge, charge_entry, is_gap, log_position,
     parse_batch, totals,
@@ -29,15 +32,13 @@ use esim402_core::usage::ingest::{
 use esim402_core::usage::receipt::{
     MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, verify_cached,
 };
-use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, store_err};
+use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
 use esim402_guest::kv;
 use esim402_guest::wit;
 
 use crate::accounts;
 use crate::bindings::exports::esim402::metering::metering::Ingested;
-
-/// Concurrent store reads at most (a batch of 1 000 receipts may name 1 000 SIMs).
-const WINDOW: usize = 64;
+use crate::claims::WINDOW;
 
 /// An accepted receipt with a previous record (`seq > 1`): where its report line and log entry are, to flag a
 /// gap once the batch's claims are known.
@@ -45,7 +46,10 @@ struct Follow {
     line: usize,
     iccid: String,
     entry: usize,
-    previous: (String, String, u64),
+    seq: u64,
+    /// The previous record's claim key, and its legacy key if the receipt is checked against legacy claims.
+    previous: String,
+    legacy: Option<String>,
 }
 
 /// What one batch does to one SIM.
@@ -74,27 +78,58 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     for (iccid, account) in named.into_iter().zip(loaded) {
         accounts.insert(iccid.to_owned(), account?);
     }
+    let account_of = |iccid: &str| accounts.get(iccid).and_then(Option::as_ref);
+    // An account closed before it opened meters nothing: no terms, as for a SIM without an account.
+    let terms_of = |r: &Receipt| account_of(r.iccid.as_str()).and_then(Account::terms);
 
-    let mut lines = Vec::with_capacity(items.len());
-    let mut sims: BTreeMap<String, SimBatch> = BTreeMap::new();
-    let mut claimed: HashSet<(String, String, u64)> = HashSet::new();
-    let mut follows: Vec<Follow> = Vec::new();
-    let mut events = Vec::new();
+    // Every receipt verified first (no I/O), so the legacy claims of the verified ones are read at once.
     // Page-signed receipts share their page's signature: recovered once per batch.
     let mut recoveries = Recoveries::default();
-    for (index, item) in items.into_iter().enumerate() {
-        let r = match item {
-            Ok(r) => r,
+    let verified: Vec<_> = items
+        .into_iter()
+        .map(|item| {
+            item.map(|r| {
+                let result =
+                    verify_cached(&r, |c| config.signer(c), terms_of(&r), now, &mut recoveries);
+                (r, result)
+            })
+        })
+        .collect();
+    // Which claims decide each verified receipt (kernel `claim_check`): the store's marker is read (made, the
+    // first time) only when the batch names an account opened before claims were per SIM.
+    let older = accounts.values().flatten().any(|a| !a.claims_per_sim);
+    let since = if older {
+        Some(crate::claims::since(now).await?)
+    } else {
+        None
+    };
+    let check = |r: &Receipt| {
+        let per_sim = account_of(r.iccid.as_str()).is_none_or(|a| a.claims_per_sim);
+        claim_check(per_sim, r.window_end, since)
+    };
+    let legacy_keys = verified
+        .iter()
+        .flatten()
+        .filter(|(r, result)| result.is_ok() && check(r) == ClaimCheck::AlsoLegacy)
+        .map(|(r, _)| r.claim().legacy_key())
+        .collect();
+    let legacy_claimed = crate::claims::legacy_claimed(&store, legacy_keys).await?;
+
+    let mut lines = Vec::with_capacity(verified.len());
+    let mut sims: BTreeMap<String, SimBatch> = BTreeMap::new();
+    let mut claimed: HashSet<String> = HashSet::new();
+    let mut follows: Vec<Follow> = Vec::new();
+    let mut events = Vec::new();
+    for (index, item) in verified.into_iter().enumerate() {
+        let (r, result) = match item {
+            Ok(verified) => verified,
             Err(e) => {
                 lines.push(line(index, None, Outcome::rejected(&e, false)));
                 continue;
             }
         };
-        // An account closed before it opened meters nothing: no terms, as for a SIM without an account.
-        let account = accounts.get(r.iccid.as_str()).and_then(Option::as_ref);
-        let terms = account.and_then(Account::terms);
-        let metered = terms.is_some();
-        let outcome = match verify_cached(&r, |c| config.signer(c), terms, now, &mut recoveries) {
+        let metered = terms_of(&r).is_some();
+        let outcome = match result {
             Err(e) => {
                 // Kept for a SIM metered here, once per receipt, unsigned ones up to the SIM's cap. An unsigned
                 // one past the cap claims nothing either (anyone can make those, so each claim key would be
@@ -135,19 +170,24 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                 Outcome::rejected(&e, stored || (candidate && !first))
             }
             Ok(()) => {
-                let (carrier, session, seq) = r.claim_id();
-                let key = keys::receipt_claim(carrier, session, seq);
-                if kv::claim::<wit::Error>(&key).map_err(kv_err)? {
-                    claimed.insert((carrier.to_owned(), session.to_owned(), seq));
+                let id = r.claim();
+                let also_legacy = check(&r) == ClaimCheck::AlsoLegacy;
+                // Charged under its legacy key before the upgrade: a duplicate, its own key left unclaimed.
+                let charged_before = also_legacy && legacy_claimed.contains(&id.legacy_key());
+                let key = id.key();
+                if !charged_before && kv::claim::<wit::Error>(&key).map_err(kv_err)? {
+                    claimed.insert(key);
                     // Bounded by MAX_RECEIPT_BYTES (checked by verify), so it fits a u64.
                     let bytes = u64::try_from(r.total_bytes()).unwrap_or(u64::MAX);
                     let sim = sims.entry(r.iccid.to_string()).or_default();
-                    if seq > 1 {
+                    if let Some(previous) = id.previous() {
                         follows.push(Follow {
                             line: lines.len(),
                             iccid: r.iccid.to_string(),
                             entry: sim.entries.len(),
-                            previous: (carrier.to_owned(), session.to_owned(), seq - 1),
+                            seq: id.seq,
+                            previous: previous.key(),
+                            legacy: also_legacy.then(|| previous.legacy_key()),
                         });
                     }
                     sim.entries
@@ -167,15 +207,14 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     // once, concurrently).
     follows.retain(|f| !claimed.contains(&f.previous));
     let seen = join_windows(
-        follows.iter().map(|f| {
-            let (carrier, session, seq) = &f.previous;
-            store.exists(keys::receipt_claim(carrier, session, *seq))
-        }),
+        follows
+            .iter()
+            .map(|f| crate::claims::seen(&store, &f.previous, f.legacy.as_deref())),
         WINDOW,
     )
     .await;
     for (f, seen) in follows.iter().zip(seen) {
-        if is_gap(f.previous.2 + 1, false, seen.map_err(store_err)?) {
+        if is_gap(f.seq, false, seen?) {
             if let Outcome::Accepted { gap, .. } = &mut lines[f.line].outcome {
                 *gap = true;
             }

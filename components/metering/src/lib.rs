@@ -1,16 +1,19 @@
 //! The metering component: a SIM's data balance (credits per paid invoice against bytes charged) and the
 //! ingest of carrier-signed usage receipts. Every rule is the kernel's (`esim402_core::usage`); this
 //! component loads, calls it and stores with atomics. Keys it owns (kernel `store::keys`): `balance/`
-//! (accounts, cells), `meter/` (used-bytes counters and receipt logs), `rcpt/` (receipt claims).
+//! (accounts, cells), `meter/` (used-bytes counters and receipt logs), `rcpt/` (receipt claims, and
+//! the marker of when they became per SIM).
 //!
 //! - [`accounts`]: credits (activation, top-ups; once per invoice), balances, closing (unused-data refunds).
 //! - [`transfer`]: a switch's move of the old SIM's unused data to the new SIM.
 //! - [`failed`]: closing a SIM whose profile can never be installed (a switch's balance goes back).
 //! - [`ingest`]: `POST /v1/usage` batches: verify, claim, log, charge.
+//! - [`claims`]: the legacy-claim reads and the marker of when claims became per SIM (kernel `usage::claim`).
 //! - [`held`]: a charged batch's ledger events, held until logged (and logged again after a crash).
 //! - [`queries`]: usage rows and the receipt log.
 
 mod accounts;
+mod claims;
 mod config;
 mod failed;
 mod held;
@@ -80,8 +83,8 @@ impl Guest for Component {
         accounts::close(&iccid).await
     }
 
-    async fn fail(iccid: String) -> Result<FailedAccount, wit::Error> {
-        failed::fail(&iccid).await
+    async fn fail(iccid: String, replaces: Option<String>) -> Result<FailedAccount, wit::Error> {
+        failed::fail(&iccid, replaces.as_deref()).await
     }
 
     async fn usage(

@@ -740,6 +740,35 @@ pub enum Cleanup {
     },
 }
 
+impl Cleanup {
+    /// Whether `other` is the same work: equal, or a cancel retiring the same profile for the same invoice
+    /// under another call id (a failed SIM's profile is retired by each repeat of its failure notification). A
+    /// retired profile is never handed out again, so whichever call runs first retires it and the other finds
+    /// nothing left to cancel: one of them queued is enough. Cancels returning a profile to the pool keep their
+    /// call ids apart (a new call could cancel the profile's next order).
+    pub fn same_work(&self, other: &Cleanup) -> bool {
+        match (self, other) {
+            (
+                Cleanup::Cancel {
+                    carrier,
+                    iccid,
+                    retire: true,
+                    invoice,
+                    ..
+                },
+                Cleanup::Cancel {
+                    carrier: c,
+                    iccid: i,
+                    retire: true,
+                    invoice: inv,
+                    ..
+                },
+            ) => (carrier, iccid, invoice) == (c, i, inv),
+            _ => self == other,
+        }
+    }
+}
+
 /// A queued cleanup, how many sweeps have tried it and failed, and since when. Stored flat
 /// (`{"kind": …, …, "tries": n, "since": t}`), so items queued before these were kept read with none.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -779,9 +808,9 @@ pub fn gives_up(tries: u32, since: u64, now: u64) -> bool {
 }
 
 /// The cleanup queue with `item` at its end after `tries` failed tries, failing since `since` (unchanged if it
-/// is there).
+/// or the same work is there, [`Cleanup::same_work`]).
 pub fn enqueue(mut queue: Vec<Queued>, item: &Cleanup, tries: u32, since: u64) -> Vec<Queued> {
-    if !queue.iter().any(|q| q.item == *item) {
+    if !queue.iter().any(|q| q.item.same_work(item)) {
         queue.push(Queued {
             item: item.clone(),
             tries,
@@ -1763,5 +1792,41 @@ mod tests {
             vec![s("b"), s("a")],
             "slot order, not sorted"
         );
+    }
+
+    /// A failed SIM's profile is retired by each repeat of its failure notification: a retiring cancel of the
+    /// same profile for the same invoice is queued once, whatever call id each try used; a cancel returning a
+    /// profile to the pool, another profile's or another invoice's, stays apart.
+    #[test]
+    fn a_retiring_cancel_is_queued_once_whatever_its_call_id() {
+        let cancel =
+            |retire: bool, fci: Option<&str>, iccid: &str, invoice: &str| Cleanup::Cancel {
+                carrier: "tmobile".into(),
+                iccid: iccid.into(),
+                retire,
+                fci: fci.map(Into::into),
+                invoice: Some(invoice.into()),
+            };
+        let first = cancel(true, Some("FCI-1"), "8901", "inv-1");
+        let mut q = enqueue(vec![], &first, 0, 0);
+        for again in [
+            cancel(true, Some("FCI-2"), "8901", "inv-1"),
+            cancel(true, None, "8901", "inv-1"),
+        ] {
+            assert!(first.same_work(&again));
+            q = enqueue(q, &again, 0, 0);
+        }
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].item, first, "the first try's call id is kept");
+        for other in [
+            cancel(false, Some("FCI-2"), "8901", "inv-1"),
+            cancel(true, Some("FCI-2"), "8902", "inv-1"),
+            cancel(true, Some("FCI-2"), "8901", "inv-2"),
+        ] {
+            assert!(!first.same_work(&other), "{other:?}");
+        }
+        let pool = cancel(false, Some("FCI-1"), "8901", "inv-1");
+        assert!(!pool.same_work(&cancel(false, Some("FCI-2"), "8901", "inv-1")));
+        assert!(pool.same_work(&pool.clone()));
     }
 }

@@ -26,7 +26,9 @@
 //! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |
 //! | `meter/<iccid>/unsigned` | metering | counter: disputes kept without a valid carrier signature (capped) |
 //! | `meter/<iccid>/chunks`, `meter/<iccid>/c/<chunk>` | metering | counter and chunks of the SIM's receipt log: one chunk per batch per SIM (`crate::usage::ingest::LogEntry`, `log_position`) |
-//! | `rcpt/<carrier>/<session>/<seq>`, `rcpt/x/<digest>` | metering | claim counters: a receipt charged, a dispute kept (once each) |
+//! | `rcpt/<carrier>/<iccid>/<session>/<seq>`, `rcpt/x/<digest>` | metering | claim counters: a receipt charged (per SIM), a dispute kept (once each) |
+//! | `rcpt/<carrier>/<session>/<seq>` | metering | claim counters of receipts charged before claims were per SIM: read, never written (`crate::usage::claim`) |
+//! | `rcpt/claims-per-sim-since` | metering | when per-SIM receipt claims started (unix seconds, written once): which receipts are also checked against their legacy claim (`crate::usage::claim`) |
 //! | `meter/held/<shard>/n`, `meter/held/<shard>/<slot>`, `meter/held/<shard>/low` | metering | a charged receipt batch's ledger events until the ledger has them (`crate::usage::held`): the ring's counter, one write-once slot per batch (deleted once logged), and the recovery's low-water mark |
 //!
 //! Every value but the counters and the write-once slots (an owner index's slots, a receipt log's chunks, held
@@ -203,10 +205,19 @@ pub fn meter_held_low(shard: u16) -> String {
     format!("meter/held/{shard:02}/low")
 }
 
-/// The claim of one receipt, by its dedup identity `(carrier, session, seq)`.
-pub fn receipt_claim(carrier: &str, session: &str, seq: u64) -> String {
+/// The claim of one receipt, by its dedup identity `(carrier, iccid, session, seq)` (`crate::usage::claim`).
+pub fn receipt_claim(carrier: &str, iccid: &str, session: &str, seq: u64) -> String {
+    format!("rcpt/{carrier}/{iccid}/{session}/{seq}")
+}
+
+/// The claim of one receipt charged before claims were per SIM, by `(carrier, session, seq)`: read, never
+/// written (`crate::usage::claim`).
+pub fn legacy_receipt_claim(carrier: &str, session: &str, seq: u64) -> String {
     format!("rcpt/{carrier}/{session}/{seq}")
 }
+
+/// When per-SIM receipt claims started in this store (a cell holding unix seconds, inserted once).
+pub const RECEIPT_CLAIMS_SINCE: &str = "rcpt/claims-per-sim-since";
 
 /// The claim of one disputed receipt, by its EIP-712 digest. A dispute refused before its signature was known
 /// good (`signed == false`) claims apart from carrier-signed ones: a forged copy of a receipt (same fields, any

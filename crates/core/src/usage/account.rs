@@ -177,6 +177,11 @@ pub struct Account {
     /// before this field existed, until their next credit or move fills it in (not checked meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_at: Option<u64>,
+    /// Opened since receipts are claimed per SIM (`crate::usage::claim`): none of its receipts was ever
+    /// claimed under a legacy key, so none is looked up there. `false` for accounts opened before (their
+    /// records lack it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claims_per_sim: bool,
 }
 
 /// Why an account refused a change.
@@ -224,6 +229,7 @@ impl Account {
             replaces: None,
             moved_at: None,
             opened_at: Some(ordered_at),
+            claims_per_sim: true,
         }
     }
 
@@ -251,6 +257,7 @@ impl Account {
             replaces: None,
             moved_at: None,
             opened_at: Some(ordered_at),
+            claims_per_sim: true,
         }
     }
 
@@ -274,6 +281,7 @@ impl Account {
             replaces: None,
             moved_at: None,
             opened_at: None,
+            claims_per_sim: true,
         }
     }
 
@@ -1005,6 +1013,25 @@ mod tests {
                 ("inv_b", 3 * BYTES_PER_MB, 9_000),
                 ("inv_c", 10 * BYTES_PER_MB, 30_000)
             ]
+        );
+    }
+
+    /// An account opened now says its receipts were never claimed the legacy way; one stored before (no
+    /// field) reads as an older account, whose receipts may have been (`usage::claim`).
+    #[test]
+    fn accounts_opened_now_claim_per_sim_and_older_ones_do_not() {
+        let a = account();
+        assert!(a.claims_per_sim);
+        let mut json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["claims_per_sim"], true, "{json}");
+        assert_eq!(serde_json::from_value::<Account>(json.clone()).unwrap(), a);
+        json.as_object_mut().unwrap().remove("claims_per_sim");
+        let older: Account = serde_json::from_value(json).unwrap();
+        assert!(!older.claims_per_sim);
+        let json = serde_json::to_value(&older).unwrap();
+        assert!(
+            json.get("claims_per_sim").is_none(),
+            "stored as before: {json}"
         );
     }
 

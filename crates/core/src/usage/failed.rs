@@ -16,25 +16,67 @@
 //!   old account already owes them (a bounce) or moved elsewhere, and the replacement keeps nothing of them
 //!   either way. The close comes first: once the replacement's account is closed no grant or charge lands
 //!   there, and the old account then takes its data back.
+//! - **A byte is charged once**: the old SIM stays in use while its replacement never installs, and what it
+//!   reports after the move counts on its own used counter and is also handed on to the replacement's. Taken
+//!   back, the old account counts all of it against its credits again, so the replacement is closed at its own
+//!   use only ([`Returnable::own_use`]: its counter less what the old SIM handed on since the move), never
+//!   at those bytes a second time.
 //! - **Fixed by the first close**: a repeat (the SM-DP+ sends the notification again) returns the same shares.
 
 use crate::esim::iccid::Iccid;
-use crate::usage::account::{Account, RefundShare, unused_shares};
+use crate::usage::account::{Account, Credit, RefundShare, unused_shares};
+
+/// What a switch moved from the SIM it replaced to a replacement that failed, and may go back
+/// ([`Account::returnable_to`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Returnable {
+    /// The invoices of the moved credits: left out of the replacement's refunds ([`Account::close_failed`]).
+    pub invoices: Vec<String>,
+    /// The old account's used counter when the move was made, if the old SIM hands its later usage on (an
+    /// account moved before the mark existed hands nothing on): what its counter holds beyond this went to the
+    /// replacement's counter too. When nothing was left to move (the balance was used up) only a lower bound is
+    /// known, its credited bytes.
+    pub used_at_move: Option<u64>,
+}
+
+impl Returnable {
+    /// The replacement's own use: its used counter `used_new` less the bytes the old SIM handed on to it since
+    /// the move, those the old account counts again once it takes its data back. `used_old` is the old SIM's
+    /// counter read *after* `used_new` (a byte is handed on only once counted there, so it is in `used_old`
+    /// before it can be in `used_new`): what was counted in between is left out here too, in the payer's favour,
+    /// never charged twice.
+    pub fn own_use(&self, used_new: u64, used_old: u64) -> u64 {
+        let handed_on = self
+            .used_at_move
+            .map_or(0, |at| used_old.saturating_sub(at));
+        used_new.saturating_sub(handed_on)
+    }
+}
 
 impl Account {
-    /// The invoices of the credits this account (the SIM a switch replaced) moved to `to`, if they may go back
-    /// to it: the move to `to` is recorded and owes nothing (not bounced), and the account is not being closed.
-    pub fn returnable_to(&self, to: &Iccid) -> Option<Vec<String>> {
+    /// What this account (the SIM a switch replaced) moved to `to`, if it may go back to it: the move to `to`
+    /// is recorded and owes nothing (not bounced), and the account is not being closed.
+    pub fn returnable_to(&self, to: &Iccid) -> Option<Returnable> {
         let (dest, moved) = self.moved_to.as_ref()?;
         let untouched_move = self.closed.as_ref().is_some_and(Vec::is_empty);
-        (dest == to && untouched_move && !self.closing)
-            .then(|| moved.iter().map(|c| c.invoice.clone()).collect())
+        (dest == to && untouched_move && !self.closing).then(|| Returnable {
+            invoices: moved.iter().map(|c| c.invoice.clone()).collect(),
+            used_at_move: self.forwarded_up_to.map(|_| self.used_at_move(moved)),
+        })
+    }
+
+    /// The used counter at [`Account::transfer_out`], from what it left: the credits are kept as they were and
+    /// `moved` is their unused part at that counter (oldest first), so the counter was what the credits hold
+    /// beyond `moved`. Exact when anything moved; otherwise the credited bytes, a lower bound.
+    fn used_at_move(&self, moved: &[Credit]) -> u64 {
+        let left: u64 = moved.iter().fold(0, |sum, c| sum.saturating_add(c.bytes));
+        self.credited().saturating_sub(left)
     }
 
     /// Close the account of a SIM whose profile can never be installed at `used`: its refunds, as
     /// [`Account::close`] computes them, less the credits of the invoices in `returned` (a switch's balance,
-    /// which goes back to the old SIM, [`Account::take_back`]). Fixed by the first close; a repeat returns the
-    /// same shares.
+    /// which goes back to the old SIM, [`Account::take_back`]; `used` is then the SIM's own use,
+    /// [`Returnable::own_use`]). Fixed by the first close; a repeat returns the same shares.
     pub fn close_failed(&mut self, used: u64, returned: &[String]) -> Vec<RefundShare> {
         if let Some(done) = &self.closed {
             return done.clone();
@@ -52,9 +94,9 @@ impl Account {
     /// The switch that moved this account's data to `from` failed for good (`from`'s profile can never be
     /// installed, and its account is closed): take the data back, as if it had never moved. The account's
     /// credits are still those it had ([`Account::transfer_out`] keeps them), and its used counter has counted
-    /// every byte the SIM reported since (handed on to `from` too, which no longer matters), so the balance is
-    /// what it would be without the switch. `true` if it changed; `false` when [`Account::returnable_to`] says
-    /// the data may not come back (a repeat finds it back already).
+    /// every byte the SIM reported since (handed on to `from` too, whose close left them out:
+    /// [`Returnable::own_use`]), so the balance is what it would be without the switch. `true` if it changed;
+    /// `false` when [`Account::returnable_to`] says the data may not come back (a repeat finds it back already).
     pub fn take_back(&mut self, from: &Iccid) -> bool {
         if self.returnable_to(from).is_none() {
             return false;
@@ -223,7 +265,7 @@ mod tests {
         // A top-up bought on the new SIM before it failed.
         new.credit(credit("inv_top", CreditKind::TopUp, 10_000_000, 30_000), 0)
             .unwrap();
-        let returned = old.returnable_to(&new_iccid).unwrap();
+        let returned = old.returnable_to(&new_iccid).unwrap().invoices;
         assert_eq!(returned, ["inv_act"]);
         assert_eq!(old.returnable_to(&old_iccid), None, "moved elsewhere");
         // The old SIM reported 1 MB more after the move (handed on to the new SIM's counter too).
@@ -284,5 +326,100 @@ mod tests {
             credit("inv_act", CreditKind::Activation, 1_000_000, 3_000),
         );
         assert!(!plain.take_back(&new_iccid));
+    }
+
+    /// The old SIM stays in use while its replacement never installs: 6 MB move, the owner tops the
+    /// replacement up with 10 MB, and the old SIM reports 8 MB (handed on to the replacement's counter, and
+    /// counted on its own). The replacement fails: its top-up is owed whole, and the old SIM, its 10 MB back,
+    /// counts all 12 MB it used (2 MB below zero, held for want of balance), each byte charged once. Before,
+    /// the replacement was closed at the 8 MB handed on, taking 2 MB of the top-up, and the old SIM counted
+    /// the same 2 MB again. Whether the top-up landed before or after the usage (which folds the moved credit
+    /// away) does not matter.
+    #[test]
+    fn usage_the_old_sim_handed_on_goes_back_with_its_balance_and_is_not_charged_twice() {
+        let (old_iccid, new_iccid) = (iccid(OLD), iccid(NEW));
+        for top_up_first in [true, false] {
+            let mut old = account(
+                OLD,
+                credit("inv_act", CreditKind::Activation, 10_000_000, 30_000),
+            );
+            let moved = old.transfer_out(&new_iccid, 4_000_000, 100).unwrap();
+            assert_eq!(moved[0].bytes, 6_000_000);
+            let mut new = Account::opened_with(
+                new_iccid.clone(),
+                CarrierId::parse("tmobile").unwrap(),
+                RoamingPolicy::default(),
+                moved,
+                100,
+            );
+            new.replaces = Some(old_iccid.clone());
+            let (mut used_old, mut used_new) = (4_000_000_u64, 0_u64);
+            let top_up = credit("inv_top", CreditKind::TopUp, 10_000_000, 30_000);
+            if top_up_first {
+                new.credit(top_up.clone(), used_new).unwrap();
+            }
+            // The old SIM's 8 MB, in two batches, each handed on.
+            for bytes in [5_000_000, 3_000_000] {
+                used_old += bytes;
+                let (to, handed) = old.forward(used_old).unwrap();
+                assert_eq!(to, new_iccid);
+                used_new += handed;
+            }
+            if !top_up_first {
+                new.credit(top_up.clone(), used_new).unwrap();
+                assert_eq!(new.spent.bytes, 6_000_000, "the moved credit folded away");
+            }
+            assert_eq!(used_new, 8_000_000);
+
+            let returnable = old.returnable_to(&new_iccid).unwrap();
+            assert_eq!(
+                returnable,
+                Returnable {
+                    invoices: vec!["inv_act".into()],
+                    used_at_move: Some(4_000_000),
+                }
+            );
+            let own = returnable.own_use(used_new, used_old);
+            let shares = new.close_failed(own, &returnable.invoices);
+            assert_eq!(shares.len(), 1, "{shares:?}");
+            assert_eq!(
+                (
+                    shares[0].invoice.as_str(),
+                    shares[0].bytes,
+                    shares[0].amount.micros(),
+                    shares[0].untouched
+                ),
+                ("inv_top", 10_000_000, 30_000, true),
+                "the top-up whole (top-up first: {top_up_first})"
+            );
+            assert_eq!(own, 0, "the replacement itself used nothing");
+            assert!(old.take_back(&new_iccid));
+            assert_eq!(old.credited(), 10_000_000);
+            assert_eq!(old.remaining(used_old), -2_000_000);
+            assert!(old.exhausted(used_old), "held for want of balance");
+            // Its later usage stays its own.
+            assert_eq!(old.forward(used_old + 1), None);
+        }
+        // Usage the replacement reported itself (a carrier's report for a profile never installed) is its own;
+        // a byte the old SIM counted after the replacement's counter was read is not charged here either.
+        let r = Returnable {
+            invoices: vec!["inv_act".into()],
+            used_at_move: Some(4_000_000),
+        };
+        assert_eq!(r.own_use(9_000_000, 12_000_000), 1_000_000);
+        assert_eq!(r.own_use(9_000_000, 12_500_000), 500_000);
+        // Nothing moved (used up at the move): the credited bytes bound the counter then, from below.
+        let mut dry = account(
+            OLD,
+            credit("inv_act", CreditKind::Activation, 1_000_000, 3_000),
+        );
+        assert_eq!(
+            dry.transfer_out(&new_iccid, 1_200_000, 100).unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            dry.returnable_to(&new_iccid).unwrap().used_at_move,
+            Some(1_000_000)
+        );
     }
 }

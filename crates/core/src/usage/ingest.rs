@@ -2,10 +2,11 @@
 //! batch), each receipt's outcome, the per-SIM receipt log entry, and the report the feed gets back.
 //!
 //! The metering component runs the I/O around it, in this order per batch: load the accounts the batch
-//! names → [`super::receipt::verify`] each → claim `(carrier, session_id, seq)` with an atomic `increment`
-//! (exactly one claimant ever, on every backend: a replayed receipt is a duplicate, also across concurrent
-//! batches and instances) → append the SIM's log entries → add the batch's bytes to the SIM's `used`
-//! counter. A crash between a claim and the charge leaves that receipt claimed but uncharged: a receipt is
+//! names → [`super::receipt::verify`] each → claim `(carrier, iccid, session_id, seq)` with an atomic
+//! `increment` (exactly one claimant ever, on every backend: a replayed receipt is a duplicate, also across
+//! concurrent batches and instances; one the older per-session claims may have charged is first looked up
+//! under its legacy key: [`super::claim`]) → append the SIM's log entries → add the batch's bytes to the
+//! SIM's `used` counter. A crash between a claim and the charge leaves that receipt claimed but uncharged: a receipt is
 //! charged **at most** once, never twice.
 
 use serde::{Deserialize, Serialize};
@@ -75,7 +76,8 @@ pub enum Outcome {
         /// The previous record of the session was never seen (a gap in `seq`; flagged, still charged).
         gap: bool,
     },
-    /// Already charged (same carrier, session and seq): not charged again.
+    /// Already charged (same carrier, SIM, session and seq; or under its legacy claim, [`super::claim`]): not
+    /// charged again.
     Duplicate,
     /// Refused: never charged. `disputed`: kept in the SIM's receipt log for its owner, as told to whoever
     /// posted the batch ([`Outcome::rejected`]).
@@ -160,8 +162,8 @@ pub fn totals(lines: &[ReportLine]) -> Totals {
     t
 }
 
-/// Whether an accepted receipt follows a gap: its session's previous record (`seq - 1`) was neither in this
-/// batch nor claimed before. The first record of a session (`seq == 1`) never does.
+/// Whether an accepted receipt follows a gap: its session's previous record (`seq - 1`, the same SIM's) was
+/// neither in this batch nor claimed before. The first record of a session (`seq == 1`) never does.
 pub fn is_gap(seq: u64, previous_in_batch: bool, previous_claimed: bool) -> bool {
     seq > 1 && !previous_in_batch && !previous_claimed
 }

@@ -391,7 +391,8 @@ impl Receipt {
         u128::from(self.bytes_up) + u128::from(self.bytes_down)
     }
 
-    /// The dedup identity: `(carrier, session_id, seq)`.
+    /// `(carrier, session_id, seq)`: the receipt's identity among one SIM's receipts (an agent's audit of its
+    /// SIM's log). Ingest claims per SIM: [`Self::claim`].
     pub fn claim_id(&self) -> (&str, &str, u64) {
         (self.carrier.as_str(), &self.session_id, self.seq)
     }

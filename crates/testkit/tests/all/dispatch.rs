@@ -2473,8 +2473,8 @@ async fn the_owner_index_takes_one_slot_per_sim_and_never_rewrites_one() {
 
 /// A download-progress failure whose status code says the SM-DP+ gave up on the profile (`8.8.5/6.4` download
 /// attempts, `8.2.7/6.4` confirmation-code attempts, `8.8.5/4.10` order expired) fails a SIM whose profile never
-/// installed: recorded failed (profile in error), its profile retired at the SM-DP+ once (CancelOrder
-/// `Unavailable`), and the SIM handed to the gateway to give its money back, again on a repeat. Before, such
+/// installed: recorded failed (profile in error), its profile retired at the SM-DP+ (CancelOrder `Unavailable`),
+/// and the SIM handed to the gateway to give its money back, both again on a repeat. Before, such
 /// a SIM stayed active with its profile in error, and nothing was cancelled. A retryable failure, and a terminal
 /// one after installation, keep the SIM in service.
 #[tokio::test]
@@ -2528,7 +2528,8 @@ async fn a_terminal_download_failure_fails_the_sim_and_retires_its_profile() {
         assert_eq!(stored["download_failure"], format!("{}/{}", code.0, code.1));
         // The owner still reads it (the access token is kept).
         assert!(stored["access"]["token"].is_object(), "{stored}");
-        // Sent again: handed back again (the gateway's refunds are idempotent), nothing written or cancelled.
+        // Sent again: handed back again (the gateway's refunds are idempotent), nothing written; the cancel is
+        // sent again (the first call may have stopped before it), which finds nothing more to do.
         let key = esim402_core::store::keys::sim(&iccid);
         let cell = kit.kv().get(&key).await.unwrap();
         let again =
@@ -2538,7 +2539,12 @@ async fn a_terminal_download_failure_fails_the_sim_and_retires_its_profile() {
             "{again:?}"
         );
         assert_eq!(kit.kv().get(&key).await.unwrap(), cell);
-        assert_eq!(kit.requests().len(), before + 1, "no second cancel");
+        assert_eq!(
+            kit.requests().len(),
+            before + 2,
+            "the cancel again, nothing else"
+        );
+        assert_retired(&kit, "tmobile", &iccid);
         // Another report (a success, a retryable failure) for the failed SIM moves nothing and asks nothing.
         let r = download_progress(&mut kit, progress(&iccid, 4, None), Some(TMOBILE_CB)).await;
         assert!(matches!(r, Ok(None)), "{r:?}");
@@ -2566,4 +2572,77 @@ async fn a_terminal_download_failure_fails_the_sim_and_retires_its_profile() {
         (types::SimState::Active, types::ProfileState::Installed)
     );
     assert_eq!(kit.requests().len(), before);
+}
+
+/// A terminal download failure whose first call failed the SIM but could not retire its profile (the cancel
+/// answered 503 and could not be queued either: the store failed, as a call cut off after its write leaves it):
+/// the SM-DP+ sends the notification again, and the repeat retires the profile. A repeat whose cancel fails
+/// too queues it, once however often the notification comes. Before, only the call that failed the SIM
+/// retired it: the repeat found the SIM failed already and cancelled nothing, so the profile stayed allocated.
+#[tokio::test]
+async fn a_repeated_terminal_failure_retires_a_profile_the_first_call_could_not() {
+    let smdp = Arc::new(FakeSmdp::default());
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Arc::new(crate::failing_writes("cleanup/", &failing));
+    let mut kit = kit_on(smdp.clone(), &[], Some(store)).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-rt")
+        .await
+        .unwrap();
+    let iccid = sim.iccid.clone();
+    let exhausted =
+        json!({"iccid": iccid, "profileType": "tmo-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+        "notificationPointId": 3, "notificationPointStatus": {"status": "Failed",
+            "statusCodeData": {"subjectCode": "8.8.5", "reasonCode": "6.4", "message": "limit"}}})
+        .to_string();
+    let queued = async |kit: &Kit| -> Vec<Value> {
+        kit.kv_get("cleanup/queue")
+            .await
+            .map(|q| serde_json::from_slice(&q).unwrap())
+            .unwrap_or_default()
+    };
+
+    // The first call: the SIM fails; its cancel is answered 503 and its queueing fails.
+    smdp.set("tmobile", Behaves::Http503);
+    failing.store(true, Ordering::SeqCst);
+    let before = kit.requests().len();
+    let first = download_progress(&mut kit, exhausted.clone(), Some(TMOBILE_CB)).await;
+    assert!(
+        matches!(&first, Ok(Some(s)) if s.state == types::SimState::Failed),
+        "{first:?}"
+    );
+    assert!(kit.requests().len() > before, "the cancel was tried");
+    assert_eq!(calls(&kit).last(), Some(&call("tmobile", "cancelOrder")));
+    failing.store(false, Ordering::SeqCst);
+    assert!(queued(&kit).await.is_empty(), "nothing queued");
+
+    // Sent again while the SM-DP+ still answers 503: queued now, once however often it comes.
+    for _ in 0..2 {
+        let again = download_progress(&mut kit, exhausted.clone(), Some(TMOBILE_CB)).await;
+        assert!(matches!(&again, Ok(Some(_))), "{again:?}");
+        let q = queued(&kit).await;
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert_eq!(
+            (
+                &q[0]["kind"],
+                &q[0]["iccid"],
+                &q[0]["retire"],
+                &q[0]["invoice"]
+            ),
+            (
+                &json!("cancel"),
+                &json!(iccid),
+                &json!(true),
+                &json!("inv-rt")
+            ),
+            "{q:?}"
+        );
+    }
+
+    // And once the SM-DP+ answers: the repeat retires the profile now.
+    smdp.set("tmobile", Behaves::Ok);
+    let before = kit.requests().len();
+    let again = download_progress(&mut kit, exhausted, Some(TMOBILE_CB)).await;
+    assert!(matches!(&again, Ok(Some(_))), "{again:?}");
+    assert_eq!(kit.requests().len(), before + 1, "one call: the cancel");
+    assert_retired(&kit, "tmobile", &iccid);
 }

@@ -266,6 +266,174 @@ async fn receipts_are_charged_once_and_replays_are_duplicates() {
     );
 }
 
+/// Receipts are claimed per SIM (kernel `usage::claim`): a carrier's charging ids wrap, so two of its SIMs
+/// can report the same `(session, seq)`, and each is charged to its own SIM, with gaps tracked per SIM.
+/// Each SIM's replays stay duplicates. (Before, the second SIM's receipts were duplicates, never charged.)
+#[tokio::test]
+async fn two_sims_reporting_the_same_session_and_seq_are_both_charged() {
+    use esim402_core::store::keys;
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (a, b) = (iccid(70), iccid(71));
+    open(&mut kit, &a, 10).await;
+    open(&mut kit, &b, 10).await;
+    let first = vec![
+        receipt(&a, "tmobile", "c7", 1, 300_000, "310-260"),
+        receipt(&a, "tmobile", "c7", 2, 200_000, "310-260"),
+        receipt(&a, "tmobile", "c7", 3, 100_000, "310-260"),
+    ];
+    let (report, _, _) = ingest(&mut kit, first.clone()).await;
+    assert_eq!(report["totals"]["accepted"], 3, "{report}");
+    // The other SIM's records with the same charging id and seqs, one of them twice in the batch, and a seq 4
+    // whose seq 3 only the first SIM reported.
+    let second = vec![
+        receipt(&b, "tmobile", "c7", 1, 50_000, "310-260"),
+        receipt(&b, "tmobile", "c7", 2, 40_000, "310-260"),
+        receipt(&b, "tmobile", "c7", 1, 50_000, "310-260"),
+        receipt(&b, "tmobile", "c7", 4, 10_000, "310-260"),
+    ];
+    let (report, kinds, _) = ingest(&mut kit, second.clone()).await;
+    assert_eq!(report["totals"]["accepted"], 3, "{report}");
+    assert_eq!(report["totals"]["duplicate"], 1, "its own copy: {report}");
+    assert_eq!(report["results"][2]["status"], "duplicate", "{report}");
+    assert_eq!(report["totals"]["bytes_charged"], 100_000, "{report}");
+    assert_eq!(
+        report["results"][3]["gap"], true,
+        "its own seq 3 never came: {report}"
+    );
+    assert_eq!(report["totals"]["gaps"], 1, "{report}");
+    assert_eq!(kinds, vec!["usage_charged"]);
+    assert_eq!(balance(&mut kit, &a).await.used_bytes, 600_000);
+    assert_eq!(balance(&mut kit, &b).await.used_bytes, 100_000);
+    assert_eq!(receipt_log(&mut kit, &b, 10).await.len(), 3);
+
+    // Each SIM's batch sent again: all duplicates, nothing charged.
+    for batch in [first, second] {
+        let (again, kinds, _) = ingest(&mut kit, batch.clone()).await;
+        assert_eq!(again["totals"]["accepted"], 0, "{again}");
+        assert_eq!(again["totals"]["duplicate"], batch.len(), "{again}");
+        assert!(kinds.is_empty(), "a replay logs no charge");
+    }
+    assert_eq!(balance(&mut kit, &a).await.used_bytes, 600_000);
+    assert_eq!(balance(&mut kit, &b).await.used_bytes, 100_000);
+    assert!(
+        kit.kv_get(keys::RECEIPT_CLAIMS_SINCE).await.is_none(),
+        "accounts opened with per-SIM claims never need the upgrade marker"
+    );
+}
+
+/// Make `iccid`'s account one opened before receipts were claimed per SIM (its record without the flag).
+async fn open_before_per_sim_claims(kit: &mut Kit, iccid: &str) {
+    open(kit, iccid, 10).await;
+    let key = format!("balance/{iccid}");
+    let mut account: Value = serde_json::from_slice(&kit.kv_get(&key).await.unwrap()).unwrap();
+    assert_eq!(account["claims_per_sim"], true, "{account}");
+    account.as_object_mut().unwrap().remove("claims_per_sim");
+    kit.kv_put(&key, account.to_string().as_bytes()).await;
+}
+
+/// Carriers retry: a batch charged before the upgrade, under the per-session claims, and sent again after it
+/// is all duplicates (looked up under its legacy keys, kernel `usage::claim`), and a record after it is charged
+/// without a gap. A receipt ending past the overlap after the store's marker is claimed per SIM only: a
+/// legacy claim of the same `(session, seq)` (another SIM's, from before) no longer makes it a duplicate.
+#[tokio::test]
+async fn a_batch_charged_under_the_legacy_claims_sent_again_is_all_duplicates() {
+    use esim402_core::store::keys;
+    use esim402_core::usage::claim::UPGRADE_SLACK_SECS;
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(72);
+    open_before_per_sim_claims(&mut kit, &id).await;
+    // Per-SIM claims started two hours ago; the batch was charged before, by the older version.
+    let since = now() - 7_200;
+    kit.kv_put(keys::RECEIPT_CLAIMS_SINCE, since.to_string().as_bytes())
+        .await;
+    let charged: Vec<Value> = (1..=3)
+        .map(|seq| receipt_at(&id, "tmobile", "s1", seq, 100_000, "310-260", since))
+        .collect();
+    for seq in 1..=3 {
+        let legacy = keys::legacy_receipt_claim("tmobile", "s1", seq);
+        kit.kv().increment(&legacy, 1).await.unwrap();
+    }
+    let (report, kinds, _) = ingest(&mut kit, charged.clone()).await;
+    assert_eq!(report["totals"]["duplicate"], 3, "{report}");
+    assert_eq!(report["totals"]["accepted"], 0, "{report}");
+    assert!(kinds.is_empty(), "nothing charged: {kinds:?}");
+    assert_eq!(balance(&mut kit, &id).await.used_bytes, 0);
+
+    // The next record of that session, ending within the overlap: charged, its seq 3 found under the legacy
+    // key (no gap). A record ending past the overlap is charged although an older claim of another SIM holds
+    // its (session, seq) legacy key.
+    kit.kv()
+        .increment(&keys::legacy_receipt_claim("tmobile", "s9", 1), 1)
+        .await
+        .unwrap();
+    let later = vec![
+        receipt_at(
+            &id,
+            "tmobile",
+            "s1",
+            4,
+            70_000,
+            "310-260",
+            since + UPGRADE_SLACK_SECS,
+        ),
+        receipt(&id, "tmobile", "s9", 1, 30_000, "310-260"),
+    ];
+    let (report, _, _) = ingest(&mut kit, later.clone()).await;
+    assert_eq!(report["totals"]["accepted"], 2, "{report}");
+    assert_eq!(report["totals"]["gaps"], 0, "{report}");
+    assert_eq!(balance(&mut kit, &id).await.used_bytes, 100_000);
+    // And both sent again, with the first batch: duplicates (their own per-SIM claims, the legacy ones).
+    let (again, _, _) = ingest(&mut kit, [charged, later].concat()).await;
+    assert_eq!(again["totals"]["duplicate"], 5, "{again}");
+    assert_eq!(balance(&mut kit, &id).await.used_bytes, 100_000);
+}
+
+/// Without a marker, the first batch naming an account opened before per-SIM claims makes it (its clock,
+/// written once) and checks that account's receipts against their legacy claims.
+#[tokio::test]
+async fn the_upgrade_marker_is_made_once_by_the_first_batch_that_needs_it() {
+    use esim402_core::store::keys;
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (older, newer) = (iccid(73), iccid(74));
+    open_before_per_sim_claims(&mut kit, &older).await;
+    open(&mut kit, &newer, 10).await;
+    // Both sessions' first records hold legacy claims (another SIM's, or the older SIM's own).
+    for session in ["s1", "s2"] {
+        let legacy = keys::legacy_receipt_claim("tmobile", session, 1);
+        kit.kv().increment(&legacy, 1).await.unwrap();
+    }
+    let at = now();
+    let out = ingested_at(
+        &mut kit,
+        vec![
+            receipt(&older, "tmobile", "s1", 1, 100_000, "310-260"),
+            receipt(&newer, "tmobile", "s2", 1, 100_000, "310-260"),
+        ],
+        at,
+    )
+    .await;
+    let report: Value = serde_json::from_str(&out.report).unwrap();
+    assert_eq!(report["results"][0]["status"], "duplicate", "{report}");
+    assert_eq!(
+        report["results"][1]["status"], "accepted",
+        "an account opened now has no legacy claims: {report}"
+    );
+    let marker = kit.kv_get(keys::RECEIPT_CLAIMS_SINCE).await.unwrap();
+    assert_eq!(marker, at.to_string().into_bytes());
+    // A later batch does not move it.
+    ingested_at(
+        &mut kit,
+        vec![receipt(&older, "tmobile", "s1", 2, 100_000, "310-260")],
+        at + 3_600,
+    )
+    .await;
+    assert_eq!(
+        kit.kv_get(keys::RECEIPT_CLAIMS_SINCE).await.unwrap(),
+        at.to_string().into_bytes()
+    );
+    assert_eq!(balance(&mut kit, &older).await.used_bytes, 100_000);
+}
+
 /// A batch naming many SIMs is one `usage_charged` event: every SIM's charge in it, the totals adding up, and
 /// a `batch` id (the ledger shard of all the batch's events).
 #[tokio::test]
@@ -1294,13 +1462,21 @@ async fn a_batch_whose_charge_fails_holds_the_charges_that_landed() {
 
 /// `fail`: close the account of a SIM whose profile can never be installed (the gateway owes what it returns).
 async fn fail(kit: &mut Kit, iccid: &str) -> (Value, Option<String>) {
-    let id = iccid.to_owned();
-    let out = kit
-        .call(async move |a, g| g.metering().call_fail(a, id).await)
+    let out = fail_replacing(kit, iccid, None).await;
+    (serde_json::from_str(&out.refunds).unwrap(), out.restored)
+}
+
+/// [`fail`] for a SIM whose record says it replaced `replaces` (a switch's replacement).
+async fn fail_replacing(
+    kit: &mut Kit,
+    iccid: &str,
+    replaces: Option<&str>,
+) -> esim402_testkit::metering::FailedAccount {
+    let (id, old) = (iccid.to_owned(), replaces.map(str::to_owned));
+    kit.call(async move |a, g| g.metering().call_fail(a, id, old).await)
         .await
         .unwrap()
-        .unwrap();
-    (serde_json::from_str(&out.refunds).unwrap(), out.restored)
+        .unwrap()
 }
 
 /// A SIM whose profile can never be installed: its untouched activation is refunded whole (the share says
@@ -1392,4 +1568,130 @@ async fn a_failed_replacement_gives_the_switched_balance_back_to_the_old_sim() {
         .unwrap()
         .unwrap();
     assert_eq!(topped.balance.remaining_bytes, 15_000_000);
+}
+
+/// The old SIM stays in use while its replacement never installs, and what it reports after the move counts on
+/// its own counter and is handed on to the replacement's. 6 MB move, the owner tops the replacement up with
+/// 10 MB, the old SIM reports 8 MB, and the replacement fails: its top-up is refunded whole, and the old SIM,
+/// its 10 MB back, counts the 12 MB it used (2 MB below zero, held), each byte charged once. Before, the
+/// replacement was closed at the 8 MB handed on (2 MB of them from the top-up, refunded $0.024) while the old
+/// SIM counted the same bytes again.
+#[tokio::test]
+async fn usage_handed_on_to_a_failed_replacement_is_charged_once() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(91), iccid(92));
+    open(&mut kit, &old, 10).await;
+    ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 1, 4 * MB, "310-260")],
+    )
+    .await;
+    transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
+    let (s, c) = (sim(&new, "tmobile"), credit("inv_top", 10, 30_000));
+    kit.call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 2, 8 * MB, "310-260")],
+    )
+    .await;
+    let b = balance(&mut kit, &new).await;
+    assert_eq!((b.used_bytes, b.remaining_bytes), (8 * MB, 8_000_000));
+
+    for _ in 0..2 {
+        let out = fail_replacing(&mut kit, &new, Some(&old)).await;
+        let refunds: Value = serde_json::from_str(&out.refunds).unwrap();
+        assert_eq!(refunds.as_array().unwrap().len(), 1, "{refunds}");
+        assert_eq!(
+            (
+                &refunds[0]["invoice"],
+                &refunds[0]["bytes"],
+                &refunds[0]["amount"],
+                &refunds[0]["untouched"]
+            ),
+            (
+                &json!("inv_top"),
+                &json!(10 * MB),
+                &json!("0.03"),
+                &json!(true)
+            ),
+            "the top-up whole: {refunds}"
+        );
+        assert_eq!(out.restored.as_deref(), Some(old.as_str()));
+        let hold = out
+            .hold
+            .expect("the old SIM is held: its balance is used up");
+        assert_eq!((hold.iccid.as_str(), hold.hold), (old.as_str(), true));
+        let b = balance(&mut kit, &old).await;
+        assert_eq!(
+            (b.closed, b.credited_bytes, b.used_bytes, b.remaining_bytes),
+            (false, 10 * MB, 12 * MB, -2_000_000),
+            "all the old SIM used, against its own balance"
+        );
+    }
+}
+
+/// A replacement that fails between the switch's two updates (the old account gave its data up, the new one
+/// had not taken it: here the new account's write fails): there is nothing on the replacement to close, and
+/// the old SIM takes its balance back (the SIM record names it); the switch's move, resumed, is refused and
+/// leaves it there. Before, nothing came back (the replacement had no account naming the old SIM), and the
+/// resumed move bounced: the old SIM stayed in service with its account closed, its balance owed back.
+#[tokio::test]
+async fn a_replacement_failing_mid_switch_leaves_the_balance_on_the_old_sim() {
+    let (old, new) = (iccid(93), iccid(94));
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prefix: &'static str = Box::leak(format!("balance/{new}").into_boxed_str());
+    let store = std::sync::Arc::new(crate::failing_writes(prefix, &failing));
+    let mut kit = Kit::builder("metering").store(store).build().await.unwrap();
+    open(&mut kit, &old, 10).await;
+    ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 1, 4 * MB, "310-260")],
+    )
+    .await;
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let halfway = transfer(&mut kit, &old, &new, "tmobile").await;
+    assert!(halfway.is_err(), "{halfway:?}");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(balance(&mut kit, &old).await.closed, "given up");
+
+    let out = fail_replacing(&mut kit, &new, Some(&old)).await;
+    assert_eq!(out.refunds, "[]");
+    assert_eq!(out.restored.as_deref(), Some(old.as_str()));
+    let b = balance(&mut kit, &old).await;
+    assert_eq!(
+        (b.closed, b.remaining_bytes),
+        (false, 6_000_000),
+        "the balance is back"
+    );
+    // The switch's move, resumed (its payment sent again): refused, the balance stays.
+    let resumed = transfer(&mut kit, &old, &new, "tmobile").await;
+    assert!(
+        matches!(resumed, Err(types::Error::Conflict(_))),
+        "{resumed:?}"
+    );
+    let b = balance(&mut kit, &old).await;
+    assert_eq!((b.closed, b.remaining_bytes), (false, 6_000_000));
+    assert_eq!(
+        close(&mut kit, &new).await,
+        json!([]),
+        "nothing on the failed SIM"
+    );
+}
+
+/// A replacement that moved on itself (switched again before it failed) gives nothing back: the old SIM's
+/// balance lives on the next SIM. Before, the old account took it back as well: the same credits on two SIMs.
+#[tokio::test]
+async fn a_failed_replacement_that_moved_on_gives_nothing_back() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new, next) = (iccid(95), iccid(96), iccid(97));
+    open(&mut kit, &old, 10).await;
+    transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
+    transfer(&mut kit, &new, &next, "tmobile").await.unwrap();
+    let out = fail_replacing(&mut kit, &new, Some(&old)).await;
+    assert_eq!((out.refunds.as_str(), out.restored), ("[]", None));
+    assert!(balance(&mut kit, &old).await.closed, "nothing back");
+    assert_eq!(balance(&mut kit, &next).await.remaining_bytes, 10_000_000);
 }
