@@ -4,7 +4,7 @@
 //! payment record (one `get`, if a payment ever arrived).
 //!
 //! An id sealed under a configured secret before ids were bound to the store opens only for a payment this
-//! store holds a record of (kernel `invoice::keyring`, `Opened::legacy`): for a new payment it is not ours.
+//! store holds (pending, paid or refunded) (kernel `invoice::keyring`, `Opened::legacy`): for a new payment it is not ours.
 //!
 //! Only a new payment needs a network that is still enabled: an invoice a payment already arrived for
 //! (pending, paid or refunded: resumes, refunds, the activation-code route, status reads) opens even when
@@ -212,14 +212,15 @@ pub async fn get(id: &str, now: u64) -> Result<Option<wit::Invoice>, wit::Error>
     let record = kv::get_json::<PaymentRecord, wit::Error>(&keys::invoice(id))
         .await
         .map_err(kv_err)?;
-    // An id only a key not bound to this store opens (sealed before ids were) is ours only for a payment this
-    // store holds a record of: another deployment sharing the secret opens it too, and a transfer mined in time
-    // counts however late it is proven (kernel `invoice::keyring`).
-    if opened.legacy && record.is_none() {
-        return Ok(None);
-    }
     let terms = opened.terms;
     let status = paid::status(record.as_ref(), terms.expires_at, now);
+    // An id only a key not bound to this store opens (sealed before ids were) is ours only for a payment this
+    // store holds (pending, paid or refunded: not an attempt released with nothing taken): another deployment
+    // sharing the secret opens it too, and a transfer mined in time counts however late it is proven (kernel
+    // `invoice::keyring`).
+    if opened.legacy && !paid_for(status) {
+        return Ok(None);
+    }
     let mut invoice = invoice_of(&cfg, parsed, &terms, paid_for(status))?;
     with_record(&mut invoice, record.as_ref(), now);
     Ok(Some(convert::invoice_to_wit(&invoice)))

@@ -103,6 +103,8 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     } else {
         None
     };
+    let older_account =
+        |r: &Receipt| account_of(r.iccid.as_str()).is_some_and(|a| !a.claims_per_sim);
     let check = |r: &Receipt| {
         let per_sim = account_of(r.iccid.as_str()).is_none_or(|a| a.claims_per_sim);
         claim_check(per_sim, r.window_end, since)
@@ -187,7 +189,10 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                             entry: sim.entries.len(),
                             seq: id.seq,
                             previous: previous.key(),
-                            legacy: also_legacy.then(|| previous.legacy_key()),
+                            // An older account's previous record may have been charged under its legacy
+                            // key (before the upgrade), whatever this receipt is checked against: a session
+                            // spanning the upgrade is no gap.
+                            legacy: older_account(&r).then(|| previous.legacy_key()),
                         });
                     }
                     sim.entries

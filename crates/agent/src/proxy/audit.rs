@@ -37,18 +37,27 @@ impl AuditLog {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&self.path)?;
+        // The line first: a file we may write but not re-mode (another owner's, a log rotator's) must not lose
+        // entries to the permission fix below.
+        f.write_all(format!("{entry}\n").as_bytes())?;
+        f.sync_data()?;
         // One that existed before (another tool's, an older proxy's) is made private too, through the open
-        // file: the very file written to.
+        // file: the very file written to. Best effort: a file whose mode we may not change is said so, once per
+        // line, and still written.
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = f.metadata()?.permissions().mode();
-            if mode & 0o077 != 0 {
-                f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))?;
+            if mode & 0o077 != 0
+                && let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))
+            {
+                eprintln!(
+                    "esim402-agent proxy: warning: the audit log {} is readable by others and cannot be made private: {e}",
+                    self.path.display()
+                );
             }
         }
-        f.write_all(format!("{entry}\n").as_bytes())?;
-        f.sync_data()
+        Ok(())
     }
 }
 

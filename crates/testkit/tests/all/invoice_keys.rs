@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use esim402_core::invoice::token::{self, InvoiceKey};
 use esim402_testkit::{Kit, types};
 
-use crate::invoices::{begin, builder, get, issue, ledger_check, ledger_event, log};
+use crate::invoices::{begin, builder, finish, get, issue, ledger_check, ledger_event, log};
 
 const A: &str = "the first invoice secret";
 const B: &str = "the second invoice secret";
@@ -156,9 +156,29 @@ async fn invoice_ids_are_bound_to_their_store() {
             .unwrap()
             .is_none()
     );
-    // A payment this store recorded for it (before the upgrade) keeps it readable here: resumes, refunds.
-    let types::Begin::Drive(_) = begin(&mut here, legacy.as_str(), "0xlegacy", 1_001).await else {
+    // An attempt released with nothing taken (a proof presented before its transfer was mined, say) does not
+    // make it ours: the same proof, once mined, would buy here and at the other deployment.
+    let types::Begin::Drive(released) = begin(&mut here, legacy.as_str(), "0xearly", 1_001).await
+    else {
         panic!("the first payment drives");
+    };
+    finish(
+        &mut here,
+        legacy.as_str(),
+        &released.holder,
+        types::PaymentEnd::Release,
+        402,
+    )
+    .await;
+    assert!(
+        get(&mut here, legacy.as_str(), 1_001)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A payment this store holds for it (recorded before the upgrade) keeps it readable here: resumes, refunds.
+    let types::Begin::Drive(_) = begin(&mut here, legacy.as_str(), "0xlegacy", 1_001).await else {
+        panic!("the next payment drives");
     };
     let read = get(&mut here, legacy.as_str(), 1_002)
         .await

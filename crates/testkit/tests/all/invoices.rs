@@ -64,7 +64,13 @@ pub(crate) async fn begin(kit: &mut Kit, id: &str, fingerprint: &str, now: u64) 
     .unwrap()
 }
 
-async fn finish(kit: &mut Kit, id: &str, holder: &str, end: types::PaymentEnd, status: u16) {
+pub(crate) async fn finish(
+    kit: &mut Kit,
+    id: &str,
+    holder: &str,
+    end: types::PaymentEnd,
+    status: u16,
+) {
     let (id, holder) = (id.to_owned(), holder.to_owned());
     let response = types::StoredResponse {
         status,

@@ -388,6 +388,28 @@ async fn a_batch_charged_under_the_legacy_claims_sent_again_is_all_duplicates() 
     assert_eq!(balance(&mut kit, &id).await.used_bytes, 100_000);
 }
 
+/// A session spanning the upgrade: its record before it charged under the legacy key, the next ending past the
+/// overlap (checked per SIM): charged, and no gap reported, its previous record found under its legacy claim.
+/// Before, every session of an older account spanning the upgrade was flagged with a gap.
+#[tokio::test]
+async fn a_session_spanning_the_upgrade_is_not_flagged_as_a_gap() {
+    use esim402_core::store::keys;
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(75);
+    open_before_per_sim_claims(&mut kit, &id).await;
+    let since = now() - 7_200;
+    kit.kv_put(keys::RECEIPT_CLAIMS_SINCE, since.to_string().as_bytes())
+        .await;
+    kit.kv()
+        .increment(&keys::legacy_receipt_claim("tmobile", "s5", 1), 1)
+        .await
+        .unwrap();
+    let next = vec![receipt(&id, "tmobile", "s5", 2, 50_000, "310-260")];
+    let (report, _, _) = ingest(&mut kit, next).await;
+    assert_eq!(report["totals"]["accepted"], 1, "{report}");
+    assert_eq!(report["totals"]["gaps"], 0, "{report}");
+}
+
 /// Without a marker, the first batch naming an account opened before per-SIM claims makes it (its clock,
 /// written once) and checks that account's receipts against their legacy claims.
 #[tokio::test]
