@@ -707,12 +707,13 @@ mod tests {
         )
     }
 
-    fn signed(nonce: u64) -> SignedTx {
+    /// One transfer of ours at `nonce` with these fees: the same call whatever the fees.
+    fn signed_with(nonce: u64, tip: u128, max_fee: u128) -> SignedTx {
         let tx = Eip1559Tx {
             chain_id: crate::chain::ChainId(31337),
             nonce,
-            max_priority_fee_per_gas: 1,
-            max_fee_per_gas: 2,
+            max_priority_fee_per_gas: tip,
+            max_fee_per_gas: max_fee,
             gas_limit: 60_000,
             to: Address::repeat_byte(5),
             value: U256::ZERO,
@@ -720,6 +721,10 @@ mod tests {
         };
         let key = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
         sign_eip1559(&tx, &SigningKey::from_hex(key).unwrap()).unwrap()
+    }
+
+    fn signed(nonce: u64) -> SignedTx {
+        signed_with(nonce, 1, 2)
     }
 
     #[test]
@@ -747,18 +752,7 @@ mod tests {
 
     /// `signed(nonce)` again with a higher fee cap: a replacement of it.
     fn bumped(nonce: u64) -> SignedTx {
-        let tx = Eip1559Tx {
-            chain_id: crate::chain::ChainId(31337),
-            nonce,
-            max_priority_fee_per_gas: 2,
-            max_fee_per_gas: 5,
-            gas_limit: 60_000,
-            to: Address::repeat_byte(5),
-            value: U256::ZERO,
-            input: vec![9].into(),
-        };
-        let key = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
-        sign_eip1559(&tx, &SigningKey::from_hex(key).unwrap()).unwrap()
+        signed_with(nonce, 2, 5)
     }
 
     #[test]

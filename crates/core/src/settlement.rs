@@ -664,18 +664,23 @@ mod tests {
 
     const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 
-    fn signed(nonce: u64) -> SignedTx {
+    /// One transaction of ours at `nonce` with these fees: the same call whatever the fees.
+    fn signed_with(nonce: u64, tip: u128, max_fee: u128) -> SignedTx {
         let tx = Eip1559Tx {
             chain_id: crate::chain::ChainId(31337),
             nonce,
-            max_priority_fee_per_gas: 1,
-            max_fee_per_gas: 2,
+            max_priority_fee_per_gas: tip,
+            max_fee_per_gas: max_fee,
             gas_limit: 100_000,
             to: Address::repeat_byte(1),
             value: U256::ZERO,
             input: vec![1, 2, 3].into(),
         };
         sign_eip1559(&tx, &SigningKey::from_hex(KEY).unwrap()).unwrap()
+    }
+
+    fn signed(nonce: u64) -> SignedTx {
+        signed_with(nonce, 1, 2)
     }
 
     #[test]
@@ -1092,17 +1097,7 @@ mod tests {
 
     /// `signed(nonce)` again with other fees: a replacement of it.
     fn bumped(nonce: u64, max_fee: u128) -> SignedTx {
-        let tx = Eip1559Tx {
-            chain_id: crate::chain::ChainId(31337),
-            nonce,
-            max_priority_fee_per_gas: 2,
-            max_fee_per_gas: max_fee,
-            gas_limit: 100_000,
-            to: Address::repeat_byte(1),
-            value: U256::ZERO,
-            input: vec![1, 2, 3].into(),
-        };
-        sign_eip1559(&tx, &SigningKey::from_hex(KEY).unwrap()).unwrap()
+        signed_with(nonce, 2, max_fee)
     }
 
     #[test]
