@@ -79,6 +79,32 @@ async fn callback_again(s: &PayStack, iccid: &str, credential: &str, profile_typ
         .as_u16()
 }
 
+/// The refund job pays what is owed, bringing the payer's balance to `expect` (`why`); the SM-DP+ then
+/// repeating the notification of `iccid` (`credential`, `profile_type`) gets 204 and nothing more is owed or
+/// paid: `owed` refunds in the ledger, which verifies. The ledger's kinds, for more checks.
+async fn refunded_once(
+    s: &PayStack,
+    (iccid, credential, profile_type): (&str, &str, &str),
+    expect: U256,
+    owed: usize,
+    why: &str,
+) -> Vec<String> {
+    let (status, summary) = s.run_refunds().await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(s.balance(agent()).await, expect, "{why}");
+    assert_eq!(
+        callback_again(s, iccid, credential, profile_type).await,
+        204
+    );
+    let (status, summary) = s.run_refunds().await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(s.balance(agent()).await, expect, "nothing paid twice");
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(count(&kinds, "refund_owed"), owed, "{kinds:?}");
+    assert_eq!(verify["ok"], true, "{verify}");
+    kinds
+}
+
 fn count(kinds: &[String], kind: &str) -> usize {
     kinds.iter().filter(|k| *k == kind).count()
 }
@@ -122,22 +148,16 @@ async fn a_download_that_can_never_finish_fails_the_sim_and_refunds_its_whole_pa
     .await;
     let b = s.get(&format!("/v1/esim/{iccid}/balance")).await.1;
     assert_eq!(b["closed"], true, "{b}");
-    let (status, summary) = s.run_refunds().await;
-    assert_eq!(status, 200, "{summary}");
-    assert_eq!(s.balance(agent()).await, start, "the whole payment is back");
-
     // The same notification again (the SM-DP+ repeating it): 204, nothing more owed or paid.
-    assert_eq!(
-        callback_again(&s, &iccid, "test-callback-tmobile", "tmo-iot-data").await,
-        204
-    );
-    let (status, summary) = s.run_refunds().await;
-    assert_eq!(status, 200, "{summary}");
-    assert_eq!(s.balance(agent()).await, start);
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(count(&kinds, "refund_owed"), 1, "{kinds:?}");
+    let kinds = refunded_once(
+        &s,
+        (&iccid, "test-callback-tmobile", "tmo-iot-data"),
+        start,
+        1,
+        "the whole payment is back",
+    )
+    .await;
     assert_eq!(count(&kinds, "refund_paid"), 1, "{kinds:?}");
-    assert_eq!(verify["ok"], true, "{verify}");
     // A failed SIM is granted no quota and sold no top-up.
     let (status, _, q) = s
         .post(
@@ -215,24 +235,19 @@ async fn a_switch_whose_new_profile_can_never_install_gives_the_balance_back() {
         )
         .await;
     assert_eq!((status, &q["granted_kb"]), (200, &json!(100)), "{q}");
-    let (status, summary) = s.run_refunds().await;
-    assert_eq!(status, 200, "{summary}");
-    assert_eq!(s.balance(agent()).await, before, "the switch fee is back");
-
-    assert_eq!(
-        callback_again(&s, &new, "test-callback-verizon", "vzw-iot-data").await,
-        204
-    );
-    s.run_refunds().await;
-    assert_eq!(s.balance(agent()).await, before);
+    refunded_once(
+        &s,
+        (&new, "test-callback-verizon", "vzw-iot-data"),
+        before,
+        1,
+        "the switch fee is back",
+    )
+    .await;
     assert_eq!(
         s.get(&old_balance).await.1["remaining_bytes"],
         6_000_000,
         "nothing moves twice"
     );
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(count(&kinds, "refund_owed"), 1, "{kinds:?}");
-    assert_eq!(verify["ok"], true, "{verify}");
 }
 
 /// A SIM whose own download never finished, switched away before it failed, then its replacement failing too:
@@ -285,17 +300,12 @@ async fn an_old_sim_that_failed_itself_gets_its_whole_payment_back_when_its_repl
         async || count(&s.ledger().await.0, "refund_owed") == 2,
     )
     .await;
-    let (status, summary) = s.run_refunds().await;
-    assert_eq!(status, 200, "{summary}");
-    assert_eq!(s.balance(agent()).await, start, "both payments back whole");
-
-    assert_eq!(
-        callback_again(&s, &new, "test-callback-verizon", "vzw-iot-data").await,
-        204
-    );
-    s.run_refunds().await;
-    assert_eq!(s.balance(agent()).await, start);
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(count(&kinds, "refund_owed"), 2, "{kinds:?}");
-    assert_eq!(verify["ok"], true, "{verify}");
+    refunded_once(
+        &s,
+        (&new, "test-callback-verizon", "vzw-iot-data"),
+        start,
+        2,
+        "both payments back whole",
+    )
+    .await;
 }
