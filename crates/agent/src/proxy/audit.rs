@@ -47,12 +47,18 @@ impl AuditLog {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = f.metadata()?.permissions().mode();
-            if mode & 0o077 != 0
-                && let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))
-            {
+            // The line is written: nothing here may report it as lost.
+            let mode = f.metadata().map(|m| m.permissions().mode());
+            let private = match mode {
+                Ok(mode) if mode & 0o077 != 0 => {
+                    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = private {
                 eprintln!(
-                    "esim402-agent proxy: warning: the audit log {} is readable by others and cannot be made private: {e}",
+                    "esim402-agent proxy: warning: the audit log {} may be readable by others and could not be made private: {e}",
                     self.path.display()
                 );
             }
