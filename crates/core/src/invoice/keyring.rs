@@ -122,9 +122,9 @@ pub enum KeyringError {
 /// The keys of a deployment: the first seals, all open. Its `Debug` shows only how many.
 #[derive(Clone)]
 pub struct Keyring {
-    /// Never empty; no key twice.
-    keys: Vec<InvoiceKey>,
-    /// Keys of `keys` not bound to the store (the un-salted forms of configured secrets).
+    /// Keys bound to the store, the current one first: never empty.
+    bound: Vec<InvoiceKey>,
+    /// Keys not bound to the store (the un-salted forms of configured secrets). No key is in either list twice.
     legacy: Vec<InvoiceKey>,
 }
 
@@ -140,7 +140,7 @@ pub struct Opened {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keyring({} keys)", self.keys.len())
+        write!(f, "Keyring({} keys)", self.bound.len() + self.legacy.len())
     }
 }
 
@@ -148,23 +148,22 @@ impl Keyring {
     /// A keyring of `current` alone.
     pub fn new(current: InvoiceKey) -> Self {
         Self {
-            keys: vec![current],
+            bound: vec![current],
             legacy: Vec::new(),
         }
     }
 
     /// Also open ids sealed under `key`, a key not bound to the store ([`Opened::legacy`]).
     fn accept_legacy(&mut self, key: InvoiceKey) {
-        if !self.keys.contains(&key) {
-            self.legacy.push(key.clone());
-            self.keys.push(key);
+        if !self.opens_with(&key) {
+            self.legacy.push(key);
         }
     }
 
     /// Also open ids sealed under `key` (once: a key already held is not added again).
     pub fn accept(&mut self, key: InvoiceKey) {
-        if !self.keys.contains(&key) {
-            self.keys.push(key);
+        if !self.opens_with(&key) {
+            self.bound.push(key);
         }
     }
 
@@ -201,12 +200,12 @@ impl Keyring {
 
     /// The key new ids are sealed with.
     pub fn current(&self) -> &InvoiceKey {
-        &self.keys[0]
+        &self.bound[0]
     }
 
     /// Whether ids sealed under `key` open.
     pub fn opens_with(&self, key: &InvoiceKey) -> bool {
-        self.keys.contains(key)
+        self.bound.contains(key) || self.legacy.contains(key)
     }
 
     /// Seal `terms` under the current key.
@@ -216,13 +215,7 @@ impl Keyring {
 
     /// Open an id sealed under any key of the ring, saying whether only a legacy key did ([`Opened::legacy`]).
     pub fn open(&self, id: &InvoiceId) -> Result<Opened, TokenError> {
-        let bound: Vec<InvoiceKey> = self
-            .keys
-            .iter()
-            .filter(|k| !self.legacy.contains(k))
-            .cloned()
-            .collect();
-        match token::open_any(id, &bound) {
+        match token::open_any(id, &self.bound) {
             Ok(terms) => Ok(Opened {
                 terms,
                 legacy: false,
