@@ -26,7 +26,6 @@ use esim402_core::evm::bump::{self, Bump, Fees};
 use esim402_core::evm::rebroadcast::{EthGetTransactionByHash, may_resend};
 use esim402_core::evm::rpc::{
     BlockTag, EthGetBlockByNumber, EthGetTransactionCount, EthMaxPriorityFeePerGas,
-    EthSendRawTransaction,
 };
 use esim402_core::evm::{NonceState, SignedTx, SigningKey, sign_eip1559};
 use esim402_core::refund::Refund;
@@ -35,6 +34,7 @@ use esim402_core::store::keys;
 use esim402_guest::convert::kv_err;
 use esim402_guest::{kv, util, wit};
 
+use super::rebroadcast;
 use crate::chain::Chain;
 use crate::claims;
 use crate::rpc::Batch;
@@ -188,7 +188,7 @@ pub async fn replace(
             "verifier: the replacement {what} {} never reached the node; sending it again",
             tx.hash
         );
-        send(chain, &tx.raw, tx.hash, what).await;
+        rebroadcast::offer(chain, &tx.raw, tx.hash, what).await;
         return None;
     }
     let block = answers.take(block_slot, &block);
@@ -267,14 +267,12 @@ pub async fn replace(
         pooled.tip,
         fees.tip
     );
-    send(chain, &signed.raw, signed.hash, what).await;
+    rebroadcast::offer(
+        chain,
+        &signed.raw,
+        signed.hash,
+        &format!("replacement {what}"),
+    )
+    .await;
     Some(signed.hash)
-}
-
-/// Send recorded bytes. Whatever the node answers changes nothing: logged only (see the module docs).
-async fn send(chain: &Chain, raw: &alloy_primitives::Bytes, hash: B256, what: &str) {
-    let raw = raw.clone();
-    if let Err(e) = chain.rpc.call(&EthSendRawTransaction { raw }).await {
-        eprintln!("verifier: sending the replacement {what} {hash}: {e}");
-    }
 }

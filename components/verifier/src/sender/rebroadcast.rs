@@ -23,7 +23,7 @@
 //! Only bytes that a live `submitted` record still names are ever re-sent, and only once the record is older
 //! than `RESEND_AFTER_SECS` (its own send may still be under way, and may yet be refused and released).
 
-use alloy_primitives::Address;
+use alloy_primitives::{Address, B256};
 use esim402_core::evm::NonceState;
 use esim402_core::evm::rebroadcast::{
     EthGetTransactionByHash, Fate, MAX_RESENDS_PER_SEND, fate, may_resend, names_nonce,
@@ -101,29 +101,27 @@ pub async fn look(chain: &Chain, tx: &OurTx, what: &str, now: u64) -> Look {
                 "verifier: the node does not know {what} {} (nonce {}); sending the same bytes again",
                 tx.hash, tx.nonce
             );
-            resend(chain, tx, what).await;
+            offer(chain, &tx.raw, tx.hash, what).await;
             Look::Resent
         }
         Fate::Unmineable => Look::Unmineable { at: head },
     }
 }
 
-/// Offer `tx`'s bytes to the node again. Whatever it answers changes nothing: logged only.
-async fn resend(chain: &Chain, tx: &OurTx, what: &str) {
+/// Offer recorded bytes `raw` (hashing to `hash`) to the node: a transaction it lost, or a replacement
+/// (`super::bump`). Whatever it answers changes nothing: logged only.
+pub(super) async fn offer(chain: &Chain, raw: &alloy_primitives::Bytes, hash: B256, what: &str) {
     let sent = chain
         .rpc
-        .call(&EthSendRawTransaction {
-            raw: tx.raw.clone(),
-        })
+        .call(&EthSendRawTransaction { raw: raw.clone() })
         .await;
     match sent {
-        Ok(hash) if hash == tx.hash => {}
-        Ok(hash) => eprintln!(
-            "verifier: the node answered {hash} to the re-sent {what} {}",
-            tx.hash
-        ),
-        // "already known", "nonce too low": the node has, or has used, the nonce.
-        Err(e) => eprintln!("verifier: re-sending {what} {}: {e}", tx.hash),
+        Ok(answered) if answered == hash => {}
+        Ok(answered) => {
+            eprintln!("verifier: the node answered {answered} to the sent {what} {hash}")
+        }
+        // "already known", "nonce too low", "underpriced": the node has, or has used, the nonce.
+        Err(e) => eprintln!("verifier: sending {what} {hash}: {e}"),
     }
 }
 
@@ -181,7 +179,7 @@ pub async fn fill_gaps(
                     "verifier: nonce {nonce} of {signer} ({what} {}) never reached the node; sending it before the next transaction",
                     tx.hash
                 );
-                resend(chain, &tx, what).await;
+                offer(chain, &tx.raw, tx.hash, what).await;
             }
             // The node is not answering; the send that follows will say so.
             Err(CallError::Transport(_)) => return None,
