@@ -53,13 +53,19 @@ impl CallbackCredentials {
                 .ok_or_else(|| format!("item {} is not carrier=secret", i + 1))?;
             let c = CarrierId::parse(c.trim()).map_err(|e| format!("item {}: {}", i + 1, e.0))?;
             let secret = secret.trim();
+            // Named by its place, not its carrier: a secret with a comma in it splits into items, and what
+            // follows the comma (up to an `=`) would be read as a carrier id and shown.
             if secret.len() < MIN_SECRET_LEN {
                 return Err(format!(
-                    "the secret of {c} is shorter than {MIN_SECRET_LEN} characters"
+                    "item {}: the secret is shorter than {MIN_SECRET_LEN} characters",
+                    i + 1
                 ));
             }
             if out.iter().any(|(d, _)| d == &c) {
-                return Err(format!("{c} is listed twice"));
+                return Err(format!(
+                    "item {}: its carrier is listed twice (a secret may not contain a comma)",
+                    i + 1
+                ));
             }
             out.push((c, secret.to_owned()));
         }
@@ -146,9 +152,20 @@ mod tests {
         );
         let short = CallbackCredentials::parse("verizon=short").unwrap_err();
         assert!(
-            short.contains("verizon") && !short.contains("short "),
+            short.contains("item 1") && !short.contains("short "),
             "{short}"
         );
+        // A secret with a comma in it: what follows the comma is no carrier's name to show.
+        for split in [
+            "verizon=aaaaaaaaaaaaaaaa,k3y-part=xyz",
+            "verizon=aaaaaaaaaaaaaaaa,verizon=bbbbbbbbbbbbbbbbbbbb",
+        ] {
+            let e = CallbackCredentials::parse(split).unwrap_err();
+            assert!(
+                e.starts_with("item 2:") && !e.contains("k3y") && !e.contains("verizon"),
+                "{e}"
+            );
+        }
         assert!(CallbackCredentials::parse("verizon").is_err());
         assert!(CallbackCredentials::parse("Bad Id=aaaaaaaaaaaaaaaaaaaa").is_err());
         assert!(

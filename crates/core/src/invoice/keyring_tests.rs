@@ -151,6 +151,25 @@ fn a_keyring_needs_a_key_to_seal_with_and_the_salt_with_secrets() {
     assert_eq!(format!("{twice:?}"), "Keyring(2 keys)");
 }
 
+/// A key held as legacy and then accepted again stays legacy and is held once (no key is in both lists): its
+/// ids still open only as legacy, and a bound key accepted again stays bound.
+#[test]
+fn a_key_is_held_once_in_the_list_it_came_in_by() {
+    let bound = InvoiceKey::derive_for_store(A.as_bytes(), &SALT);
+    let legacy = InvoiceKey::derive(B.as_bytes());
+    let mut ring = Keyring::new(bound.clone());
+    ring.accept_legacy(legacy.clone());
+    ring.accept(legacy.clone());
+    ring.accept(bound.clone());
+    ring.accept_legacy(bound.clone());
+    assert_eq!(format!("{ring:?}"), "Keyring(2 keys)");
+    let old = token::seal(&terms(), &legacy).unwrap();
+    assert!(ring.open(&old).unwrap().legacy);
+    let new = token::seal(&terms(), &bound).unwrap();
+    assert!(!ring.open(&new).unwrap().legacy);
+    assert_eq!(ring.current(), &bound);
+}
+
 /// Secrets shorter than the minimum are refused naming the variable (and the entry), never showing a value.
 #[test]
 fn short_secrets_are_refused_without_showing_them() {
