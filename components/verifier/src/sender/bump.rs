@@ -188,7 +188,7 @@ pub async fn replace(
             "verifier: the replacement {what} {} never reached the node; sending it again",
             tx.hash
         );
-        rebroadcast::offer(chain, &tx.raw, tx.hash, what).await;
+        rebroadcast::offer(chain, &tx.raw, tx.hash, &format!("replacement {what}")).await;
         return None;
     }
     let block = answers.take(block_slot, &block);

@@ -19,9 +19,11 @@
 //!   (`heal::heal_gaps`).
 //!
 //! Sending the same bytes again is never a second transaction (same hash, same nonce), and no answer to a
-//! re-send changes any state: "already known" or "nonce too low" just mean the node has, or used, the nonce.
-//! Only bytes that a live `submitted` record still names are ever re-sent, and only once the record is older
-//! than `RESEND_AFTER_SECS` (its own send may still be under way, and may yet be refused and released).
+//! re-send changes any state: "already known" or "nonce too low" mean the node has, or used, the nonce;
+//! "underpriced" that it refused the bytes (a fee bump decides, `super::bump`). Only bytes that a live
+//! `submitted` record still names are ever re-sent, and only once the record is older than
+//! `RESEND_AFTER_SECS` (its own send may still be under way, and may yet be refused and released). [`offer`]
+//! is also the first send of a fee replacement, once `super::bump` has recorded it.
 
 use alloy_primitives::{Address, B256};
 use esim402_core::evm::NonceState;
@@ -120,8 +122,8 @@ pub(super) async fn offer(chain: &Chain, raw: &alloy_primitives::Bytes, hash: B2
         Ok(answered) => {
             eprintln!("verifier: the node answered {answered} to the sent {what} {hash}")
         }
-        // "already known", "nonce too low", "underpriced": the node has, or has used, the nonce.
-        Err(e) => eprintln!("verifier: sending {what} {hash}: {e}"),
+        // "already known", "nonce too low": the node has, or has used, the nonce; "underpriced": refused.
+        Err(e) => eprintln!("verifier: offering {what} {hash} to the node: {e}"),
     }
 }
 
