@@ -1264,6 +1264,48 @@ async fn a_failed_activation_settles_nothing() {
     assert_eq!(verify["ok"], true);
 }
 
+/// A tx-hash payment whose order outlives the dispatch budget (T-Mobile answers every ES2+ call after 2.2 s:
+/// the DownloadOrder within its 3.5 s timeout, the ConfirmOrder not within the 4 s budget left) is told the
+/// truth: its transfer is already ours (`charged: true`, the transaction named), not "nothing was charged";
+/// the same proof sent again collects the SIM (once the first order's journal lease, 21 s here, has run out:
+/// until then every resend is answered the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tx_hash_payment_whose_order_is_pending_is_told_it_was_charged() {
+    let s = PayStack::start(&[
+        ("SPIN_VARIABLE_DISPATCH_BUDGET_SECS", "4"),
+        ("SPIN_VARIABLE_ES2_TIMEOUT_MS", "3500"),
+    ])
+    .await;
+    let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile",
+                      "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    s.set_faults("tmobile", json!({"latency_ms": 2200})).await;
+    let (status, _, pending) = s.prove(&body, tx.clone(), &invoice).await;
+    assert_eq!(status, 503, "{pending}");
+    assert_eq!(pending["charged"], true, "{pending}");
+    assert_eq!(pending["transaction"], tx.as_str(), "{pending}");
+    let message = pending["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("nothing was charged"), "{message}");
+    s.set_faults("tmobile", json!({})).await;
+    let mut resends = 0;
+    let paid = loop {
+        let (status, _, answer) = s.prove(&body, tx.clone(), &invoice).await;
+        if status == 200 {
+            break answer;
+        }
+        assert_eq!(
+            (status, &answer["charged"]),
+            (503, &json!(true)),
+            "{answer}"
+        );
+        resends += 1;
+        assert!(resends < 60, "still pending after a minute: {answer}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(paid["activation_code"].is_string(), "{paid}");
+}
+
 /// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash, once mined.
 pub(crate) async fn pay_directly(s: &PayStack, to: Address, amount: U256) -> String {
     let data = transferCall { to, value: amount }.abi_encode();

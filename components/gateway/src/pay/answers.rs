@@ -46,10 +46,21 @@ pub fn uncharged(e: &ApiError) -> StoredResponse {
     stored(e.status(), vec![], body.to_string())
 }
 
-/// The order is still running at the carrier (it outlived the dispatch budget): nothing is settled yet.
+/// The order of an `exact` payment is still running at the carrier (it outlived the dispatch budget): nothing
+/// is settled yet.
 pub fn order_pending() -> StoredResponse {
     let body = json!({"error": {"code": "unavailable",
         "message": "the carrier has not confirmed the profile yet; nothing was charged for it yet; send the same payment again shortly"}});
+    stored(503, vec![retry_after()], body.to_string())
+}
+
+/// The order of a tx-hash payment is still running at the carrier: its transfer (`tx`) is already ours, so the
+/// answer says so (`charged: true`) and names it; the same proof sent again collects the SIM (or, if the order
+/// then fails, the refund).
+pub fn order_pending_paid(invoice: &str, tx: &str) -> StoredResponse {
+    let body = json!({"error": {"code": "unavailable",
+        "message": "the carrier has not confirmed the profile yet; the payment was received and is kept for this order; send the same proof again shortly to collect the SIM"},
+        "charged": true, "invoice_id": invoice, "transaction": tx});
     stored(503, vec![retry_after()], body.to_string())
 }
 

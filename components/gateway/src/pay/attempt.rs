@@ -7,7 +7,7 @@ use esim402_core::{ApiError, ErrorKind, UsdcAmount};
 use esim402_guest::wit;
 use serde_json::{Value, json};
 
-use super::answers::{Answers, order_pending, stored, stored_error, uncharged, unsettled};
+use super::answers::{Answers, order_pending_paid, stored, stored_error, uncharged, unsettled};
 use std::cell::RefCell;
 
 use super::Order;
@@ -164,7 +164,10 @@ impl Attempt<'_> {
                 self.activated(order, &sim).await;
                 self.delivered(order, &sim, &tx, &payer).await
             }
-            Ok(_) => (wit::PaymentEnd::Resume, order_pending()),
+            Ok(_) => (
+                wit::PaymentEnd::Resume,
+                order_pending_paid(&self.invoice.id, &tx),
+            ),
             Err(e) => {
                 let err = from_wit(e);
                 self.note(
