@@ -137,6 +137,7 @@ async fn component_worker(
                         "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into(),
                         None,
                         1_764_000_000,
+                        None,
                     )
                     .await
             })

@@ -125,6 +125,7 @@ async fn switch_to_att(kit: &mut Kit, iccid: &str, invoice: &str) -> types::Sim 
                 types::SwitchTarget::Carrier("att".into()),
                 invoice,
                 1_764_000_100,
+                None,
             )
             .await
     })
@@ -150,7 +151,15 @@ async fn order(
     let invoice = invoice.to_owned();
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_order_profile(a, req, invoice, OWNER_ADDRESS.into(), None, 1_764_000_000)
+            .call_order_profile(
+                a,
+                req,
+                invoice,
+                OWNER_ADDRESS.into(),
+                None,
+                1_764_000_000,
+                None,
+            )
             .await
     })
     .await

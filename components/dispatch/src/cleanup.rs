@@ -1,7 +1,8 @@
 //! Carrier-side work that must still happen so no profile leaks (`cleanup/queue`): cancels that could not be
 //! sent, and DownloadOrders whose answer was lost (replayed with the same call id to learn the ICCID, then
 //! cancelled). Orders sweep a few items before they start, within one shared deadline (`Deadline::sweep`,
-//! part of the order's lease): an item the sweep does not reach in time goes back on the queue.
+//! part of the order's lease): an item the sweep does not reach in time goes back on the queue. Orders parked
+//! for withdrawal (`cleanup/parked`, [`crate::parking`]) that are due are withdrawn first, within the same deadline.
 
 use esim402_core::esim::Eid;
 use esim402_core::esim::Iccid;
@@ -12,12 +13,14 @@ use crate::calls::{self, Deadline};
 use crate::config::Config;
 use crate::{queue, sim_store};
 
-/// Work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
+/// Withdraw up to `max` parked orders due at `now` (orders left pending whose payment can no longer settle,
+/// [`crate::parking::sweep`]), then work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
 /// item), try each once within the sweep's deadline, and re-queue what still fails or was not reached. What
 /// failed goes back behind what was not reached, so a carrier that takes the whole deadline cannot keep the
 /// items behind it from ever being tried.
-pub async fn sweep(cfg: &Config, max: usize) {
+pub async fn sweep(cfg: &Config, max: usize, now: u64) {
     let deadline = Deadline::sweep(cfg);
+    crate::parking::sweep(cfg, deadline, max, now).await;
     let mut failed: Vec<(Cleanup, u32, u64)> = Vec::new();
     for Queued { item, tries, since } in queue::take(max).await {
         // Not reached in the sweep's time: back on the queue, not counted as a try.

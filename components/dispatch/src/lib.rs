@@ -46,6 +46,7 @@ mod config;
 mod confirming;
 mod es2_client;
 mod ordering;
+mod parking;
 mod queue;
 mod sim_store;
 mod sims;
@@ -100,8 +101,10 @@ impl Guest for Component {
         owner: String,
         label: Option<String>,
         now: u64,
+        withdraw_after: Option<u64>,
     ) -> Result<wit::Sim, wit::Error> {
         let mut spec = spec::OrderSpec::parse(&request)?;
+        spec.withdraw_after = withdraw_after;
         spec.label = label
             .map(|l| {
                 esim402_core::order::parse_agent_label(&l).map_err(|e| invalid("x-agent-id", e))
@@ -164,8 +167,9 @@ impl Guest for Component {
         target: wit::SwitchTarget,
         invoice_id: String,
         now: u64,
+        withdraw_after: Option<u64>,
     ) -> Result<wit::Sim, wit::Error> {
-        switching::perform_switch(&iccid, &target, &invoice_id, now).await
+        switching::perform_switch(&iccid, &target, &invoice_id, now, withdraw_after).await
     }
 
     async fn quote_top_up(iccid: String, data_mb: u32) -> Result<wit::Quote, wit::Error> {

@@ -20,18 +20,18 @@ use crate::calls::{Deadline, call_twice, fci, header};
 use crate::config::Config;
 use crate::confirming::{Skip, cancel_profile, conclude, finish};
 use crate::spec::{OrderSpec, candidates};
-use crate::{cleanup, queue, sim_store};
+use crate::{cleanup, parking, queue, sim_store};
 
 /// The driver of one order: its journal as claimed.
-struct Driver {
-    order: Order,
+pub(crate) struct Driver {
+    pub(crate) order: Order,
     /// The journal's cell version as this driver last wrote it: its next journal update starts there instead
     /// of reading the journal (kernel `cell::Update::after`; a stale one costs a read, nothing more).
     version: Cell<Option<Stored>>,
 }
 
 /// Claim the order journal for `invoice_id` (kernel `order::claim`); a refusal writes nothing.
-async fn claim(
+pub(crate) async fn claim(
     invoice_id: &str,
     now: u64,
     lease: u64,
@@ -61,7 +61,7 @@ async fn claim(
 }
 
 /// Update the journal if this driver still holds it.
-async fn journal(driver: &Driver, f: impl Fn(&mut Order)) -> Result<Order, wit::Error> {
+pub(crate) async fn journal(driver: &Driver, f: impl Fn(&mut Order)) -> Result<Order, wit::Error> {
     let token = driver.order.token.clone();
     let (_, order, version) = kv::change_json_from::<Order, Order, wit::Error>(
         &keys::order(&driver.order.invoice_id),
@@ -266,7 +266,8 @@ pub fn driven_elsewhere(e: &wit::Error, invoice_id: &str) -> bool {
     matches!(e, wit::Error::Conflict(m) if *m == taken_over || *m == busy)
 }
 
-/// Order a profile for `spec`, paid by `invoice_id`, with failover; idempotent per invoice.
+/// Order a profile for `spec`, paid by `invoice_id`, with failover; idempotent per invoice. One left pending
+/// is parked for withdrawal if its payment can expire (`spec.withdraw_after`, [`parking::pending`]).
 pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim, wit::Error> {
     if invoice_id.is_empty() || invoice_id.len() > esim402_core::InvoiceId::MAX_LEN {
         return Err(invalid("invoice_id", "invoice_id must be 1-400 characters"));
@@ -303,7 +304,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         }
         Err(Claim::Busy(None)) | Err(Claim::Drive(_)) => return Err(in_progress(invoice_id)),
     };
-    cleanup::sweep(&cfg, 4).await;
+    cleanup::sweep(&cfg, 4, now).await;
     let deadline = Deadline::new(&cfg);
     let mut failovers = driver.order.failovers.clone();
 
@@ -316,7 +317,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
                 failovers.push(why);
                 tried = Some(step.carrier.clone());
             }
-            Err(Skip::Pending(sim)) => return Ok(*sim),
+            Err(Skip::Pending(sim)) => return Ok(parking::pending(spec.withdraw_after, *sim).await),
             Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
         }
     }
@@ -331,7 +332,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         match try_carrier(&cfg, &driver, &spec, carrier, &failovers, deadline, now).await {
             Ok(sim) => return Ok(complete(&driver, sim, failovers).await),
             Err(Skip::Next(why)) => failovers.push(why),
-            Err(Skip::Pending(sim)) => return Ok(*sim),
+            Err(Skip::Pending(sim)) => return Ok(parking::pending(spec.withdraw_after, *sim).await),
             Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
         }
     }

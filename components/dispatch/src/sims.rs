@@ -123,6 +123,8 @@ pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
         replaces: sim.replaces.clone(),
         owner: sim.access.owner,
         label: sim.label.clone(),
+        // Parked, if its payment can expire, by the order that left it pending.
+        withdraw_after: None,
     };
     ordering::order(spec, &sim.invoice_id, util::now_secs())
         .await

@@ -22,6 +22,9 @@ pub struct OrderSpec {
     pub owner: Option<esim402_core::chain::Address>,
     /// The agent's label.
     pub label: Option<String>,
+    /// When its payment can no longer settle (unix seconds): a pending order is withdrawn after that
+    /// (kernel `order::parked`). `None`: the money moved already, never withdrawn.
+    pub withdraw_after: Option<u64>,
 }
 
 impl OrderSpec {
@@ -43,6 +46,7 @@ impl OrderSpec {
             replaces: None,
             owner: None,
             label: None,
+            withdraw_after: None,
         })
     }
 }

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::esim::{ProfileState, RoamingPolicy, SimState};
 
+pub mod parked;
+
 /// Where an order is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

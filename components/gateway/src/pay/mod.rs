@@ -153,10 +153,23 @@ impl Order {
         }
     }
 
+    /// Deliver the purchase, paid with money that moved already (a tx-hash proof): [`Order::deliver_until`]
+    /// with no deadline, so an order left pending is never withdrawn.
+    async fn deliver(&self, invoice_id: &str, payer: &str) -> Result<wit::Sim, wit::Error> {
+        self.deliver_until(invoice_id, payer, None).await
+    }
+
     /// Deliver the purchase. A top-up's data is credited once the money is final
     /// ([`attempt::Attempt::credit`]); here it only checks that the SIM can still take data. `payer` becomes
-    /// a new SIM's owner (a switch's new SIM keeps the old one's owner).
-    async fn deliver(&self, invoice_id: &str, payer: &str) -> Result<wit::Sim, wit::Error> {
+    /// a new SIM's owner (a switch's new SIM keeps the old one's owner). `withdraw_after`: when the payment
+    /// can no longer settle (an `exact` authorization's `validBefore`): an order still pending then is
+    /// withdrawn by dispatch (its profile retired), since nothing can pay for it any more.
+    async fn deliver_until(
+        &self,
+        invoice_id: &str,
+        payer: &str,
+        withdraw_after: Option<u64>,
+    ) -> Result<wit::Sim, wit::Error> {
         match self {
             Order::TopUp { iccid, .. } => {
                 let sim = dispatch::get_sim(iccid.clone())
@@ -176,6 +189,7 @@ impl Order {
                     payer.to_owned(),
                     label.clone(),
                     now(),
+                    withdraw_after,
                 )
                 .await
             }
@@ -185,6 +199,7 @@ impl Order {
                     target.clone(),
                     invoice_id.to_owned(),
                     now(),
+                    withdraw_after,
                 )
                 .await
             }

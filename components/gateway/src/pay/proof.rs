@@ -3,6 +3,7 @@
 //! components get the payload JSON or the signed hash; the payment's identity is its fingerprint.
 
 use esim402_core::paid;
+use esim402_core::x402::exact::TransferAuthorization;
 use esim402_core::x402::payment_id::{PaymentId, payment_id_of};
 use esim402_core::x402::requirements::invoice_id_of;
 use esim402_core::x402::{
@@ -130,6 +131,15 @@ impl Proof {
         self.payload
             .as_ref()
             .map(|p| p.exact().authorization.from.clone())
+    }
+
+    /// An x402 payload's `validBefore` (unix seconds, unverified; past `u64`: `u64::MAX`): after it, the
+    /// authorization can no longer settle. `None` for tx-hash proofs (the money moved) and for a payload
+    /// whose authorization does not parse (the verifier refuses it before anything is ordered).
+    pub(super) fn valid_before(&self) -> Option<u64> {
+        let p = self.payload.as_ref()?;
+        let a = TransferAuthorization::parse(&p.exact().authorization).ok()?;
+        Some(u64::try_from(a.valid_before).unwrap_or(u64::MAX))
     }
 
     /// As the components take it: the payload's JSON, or the transaction hash.

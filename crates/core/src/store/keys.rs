@@ -22,6 +22,7 @@
 //! | `auth/nonce/<address>/<nonce>` | dispatch | claim counter: a sign-in nonce used (once per wallet) |
 //! | `secret/sim-token-key` | dispatch | the access-token key generated on first use when `access_token_secret` is not set |
 //! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
+//! | `cleanup/parked` | dispatch | pending orders to withdraw once their payment can no longer settle (`crate::order::parked`) |
 //! | `balance/<iccid>` | metering | a SIM's account: credits with data left, used-up credits folded, suspension flag, closing refunds (`crate::usage::account`) |
 //! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |
 //! | `meter/<iccid>/unsigned` | metering | counter: disputes kept without a valid carrier signature (capped) |
@@ -162,6 +163,10 @@ pub fn owner_slot(address: Address, slot: u64) -> String {
 
 /// Carrier cleanups still owed.
 pub const CLEANUP_QUEUE: &str = "cleanup/queue";
+
+/// Pending orders to withdraw once their payment can no longer settle (`crate::order::parked::Parked`). A key
+/// of its own, not items of [`CLEANUP_QUEUE`]: a dispatch of an earlier build could not read them.
+pub const CLEANUP_PARKED: &str = "cleanup/parked";
 
 /// A SIM's balance.
 pub fn balance(iccid: &str) -> String {

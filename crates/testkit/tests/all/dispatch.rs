@@ -242,10 +242,22 @@ async fn order_at(
     invoice: &str,
     now: u64,
 ) -> Result<types::Sim, types::Error> {
+    order_until(kit, req, invoice, now, None).await
+}
+
+/// [`order_at`] paid by a payment that can no longer settle after `withdraw_after` (an `exact` authorization's
+/// `validBefore`).
+async fn order_until(
+    kit: &mut Kit,
+    req: types::ActivationRequest,
+    invoice: &str,
+    now: u64,
+    withdraw_after: Option<u64>,
+) -> Result<types::Sim, types::Error> {
     let invoice = invoice.to_owned();
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_order_profile(a, req, invoice, OWNER.into(), None, now)
+            .call_order_profile(a, req, invoice, OWNER.into(), None, now, withdraw_after)
             .await
     })
     .await
@@ -547,7 +559,7 @@ async fn the_same_invoice_orders_once() {
     let refused = kit
         .call(async move |a, g| {
             g.dispatch()
-                .call_order_profile(a, req, "inv-dup".into(), other.into(), None, NOW)
+                .call_order_profile(a, req, "inv-dup".into(), other.into(), None, NOW, None)
                 .await
         })
         .await
@@ -1366,7 +1378,7 @@ async fn switch_at(
     let (id, invoice) = (iccid.to_owned(), invoice.to_owned());
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_perform_switch(a, id, target, invoice, now)
+            .call_perform_switch(a, id, target, invoice, now, None)
             .await
     })
     .await
@@ -1413,6 +1425,7 @@ async fn switch_quotes_the_fee_and_replaces_after_installation() {
                     types::SwitchTarget::Carrier("verizon".into()),
                     "inv-16".into(),
                     1_764_000_100,
+                    None,
                 )
                 .await
         })
@@ -1495,6 +1508,176 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
         .map(|r| r.json().unwrap()["header"]["functionCallIdentifier"].clone())
         .unwrap();
     assert_eq!(last_confirm, confirms[0]);
+}
+
+/// The last ES2+ request sent to `carrier`.
+fn last_request_to(kit: &Kit, carrier: &str) -> Recorded {
+    let prefix = format!("{SMDP}/{carrier}/");
+    kit.requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.uri.starts_with(&prefix))
+        .unwrap()
+}
+
+/// An `exact` payment's order left pending whose payer never sends the payment again: once its authorization
+/// can no longer settle (its `validBefore`, and a margin for clock skew), the cleanup sweep of a later order
+/// withdraws it: the SIM terminated, the profile retired at the carrier, and the payment sent again ends with
+/// no profile. Before, the profile stayed allocated at the carrier for good.
+#[tokio::test]
+async fn an_abandoned_order_is_withdrawn_once_its_authorization_expired() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let valid_before = NOW + 60;
+    let pending = order_until(
+        &mut kit,
+        request("us-west", None),
+        "inv-abandoned",
+        NOW,
+        Some(valid_before),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (pending.carrier.as_str(), pending.state),
+        ("tmobile", types::SimState::Pending)
+    );
+    assert!(kit.kv_get("cleanup/parked").await.is_some(), "parked");
+    // The carrier recovers; the payer never sends the payment again. Orders placed before the authorization
+    // expired, or within the margin after it, leave the order alone.
+    smdp.set("tmobile", Behaves::Ok);
+    for (invoice, at) in [("inv-early", NOW + 10), ("inv-margin", valid_before + 59)] {
+        order_at(&mut kit, request("us-west", Some("verizon")), invoice, at)
+            .await
+            .unwrap();
+        let sim = get_sim(&mut kit, &pending.iccid).await;
+        assert_eq!(sim.state, types::SimState::Pending, "at {at}");
+        assert!(
+            !calls(&kit).iter().any(|(_, f)| f == "cancelOrder"),
+            "at {at}"
+        );
+    }
+    // Later, an order's sweep withdraws it.
+    let later = order_at(
+        &mut kit,
+        request("us-west", Some("verizon")),
+        "inv-later",
+        valid_before + 60,
+    )
+    .await
+    .unwrap();
+    assert_eq!(later.state, types::SimState::Active);
+    let withdrawn = get_sim(&mut kit, &pending.iccid).await;
+    assert_eq!(withdrawn.state, types::SimState::Terminated);
+    assert!(withdrawn.activation_code.is_none());
+    let cancel = last_request_to(&kit, "tmobile");
+    assert!(cancel.uri.ends_with("/cancelOrder"), "{}", cancel.uri);
+    let body = cancel.json().unwrap();
+    assert_eq!(body["iccid"].as_str(), Some(pending.iccid.as_str()));
+    assert_eq!(body["finalProfileStatusIndicator"], "Unavailable");
+    // The payment sent again ends without a profile, and nothing more is asked of the carrier.
+    let before = kit.requests().len();
+    let again = order_at(
+        &mut kit,
+        request("us-west", None),
+        "inv-abandoned",
+        valid_before + 61,
+    )
+    .await;
+    assert!(
+        matches!(&again, Err(types::Error::Unavailable(m)) if m.contains("withdrawn")),
+        "{again:?}"
+    );
+    assert_eq!(kit.requests().len(), before);
+    assert_eq!(
+        get_sim(&mut kit, &pending.iccid).await.state,
+        types::SimState::Terminated
+    );
+    // Withdrawn once: a later sweep finds nothing to do.
+    order_at(
+        &mut kit,
+        request("us-west", Some("verizon")),
+        "inv-last",
+        AFTER_LEASE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        calls(&kit)
+            .iter()
+            .filter(|c| **c == call("tmobile", "cancelOrder"))
+            .count(),
+        1
+    );
+}
+
+/// The same payment sent again before its authorization expired completes the order: the SIM it delivers is
+/// never withdrawn by a later sweep, whenever that runs.
+#[tokio::test]
+async fn an_order_completed_before_its_authorization_expired_is_not_withdrawn() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let valid_before = NOW + 60;
+    let req = || request("us-west", None);
+    let pending = order_until(&mut kit, req(), "inv-resent", NOW, Some(valid_before))
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    smdp.set("tmobile", Behaves::Ok);
+    let done = order_until(&mut kit, req(), "inv-resent", NOW + 30, Some(valid_before))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.iccid.as_str(), done.state),
+        (pending.iccid.as_str(), types::SimState::Active)
+    );
+    order_at(
+        &mut kit,
+        request("us-west", Some("verizon")),
+        "inv-after",
+        AFTER_LEASE,
+    )
+    .await
+    .unwrap();
+    let sim = get_sim(&mut kit, &done.iccid).await;
+    assert_eq!(sim.state, types::SimState::Active);
+    assert!(sim.activation_code.is_some());
+    assert!(!calls(&kit).iter().any(|(_, f)| f == "cancelOrder"));
+}
+
+/// An order paid with money that moved already (a tx-hash proof: no deadline) left pending is never withdrawn:
+/// it is not parked at all.
+#[tokio::test]
+async fn an_order_without_a_deadline_is_never_withdrawn() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let pending = order(&mut kit, request("us-west", None), "inv-paid")
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    assert_eq!(kit.kv_get("cleanup/parked").await, None);
+    smdp.set("tmobile", Behaves::Ok);
+    order_at(
+        &mut kit,
+        request("us-west", Some("verizon")),
+        "inv-other",
+        AFTER_LEASE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get_sim(&mut kit, &pending.iccid).await.state,
+        types::SimState::Pending
+    );
+    assert!(!calls(&kit).iter().any(|(_, f)| f == "cancelOrder"));
+    // Its payment sent again still completes it.
+    let done = order_at(&mut kit, request("us-west", None), "inv-paid", AFTER_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(done.state, types::SimState::Active);
 }
 
 /// The device may report a switch's new profile downloaded and installed before the confirm is recorded (its
@@ -1637,7 +1820,15 @@ async fn a_carrier_naming_a_live_sims_iccid_cannot_take_it_from_its_owner() {
     let other = kit
         .call(async move |a, g| {
             g.dispatch()
-                .call_order_profile(a, req, "inv-payer-b".into(), OTHER_PAYER.into(), None, NOW)
+                .call_order_profile(
+                    a,
+                    req,
+                    "inv-payer-b".into(),
+                    OTHER_PAYER.into(),
+                    None,
+                    NOW,
+                    None,
+                )
                 .await
         })
         .await
@@ -1758,6 +1949,7 @@ async fn two_switches_of_one_sim_at_once_order_one_replacement() {
                     types::SwitchTarget::Carrier("verizon".into()),
                     invoice.into(),
                     1_764_000_200,
+                    None,
                 )
             });
             crate::join_all(calls)

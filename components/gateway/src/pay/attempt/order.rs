@@ -44,7 +44,12 @@ impl Attempt<'_> {
                 Err(e) => Err((wit::PaymentEnd::Resume, unsettled(from_wit(e)))),
             };
         }
-        match order.deliver(&self.invoice.id, payer).await {
+        // Withdrawn by dispatch if left pending past the authorization's `validBefore`.
+        let withdraw_after = self.proof.valid_before();
+        match order
+            .deliver_until(&self.invoice.id, payer, withdraw_after)
+            .await
+        {
             Ok(sim) if sim.activation_code.is_some() => Ok(sim),
             Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
             Err(e) => {

@@ -1,0 +1,193 @@
+//! Pending orders parked until their payment can no longer settle (`cleanup/parked`, kernel `order::parked`).
+//! An order left pending (its confirm outlived the budget) whose payment may expire is parked; if nobody
+//! completes it, the cleanup sweep of a later order withdraws it once it is due: the journal claimed (so the
+//! same payment sent again meanwhile finds the order busy), the pending SIM terminated inside its cell update,
+//! the profile retired at the carrier, the journal failed (a resend ends uncharged).
+
+use esim402_core::esim::{Iccid, retire_on_terminate};
+use esim402_core::order::parked::{self, Park, Parked, Withdrawal};
+use esim402_core::order::{self, Claim, Order, StoredSim};
+use esim402_core::store::keys;
+use esim402_guest::convert::{kv_err, message};
+use esim402_guest::kv::{self, Change};
+use esim402_guest::wit;
+
+use crate::calls::{self, Deadline};
+use crate::config::Config;
+use crate::{ordering, queue};
+
+/// `sim`, the pending SIM an order returns: parked first if its payment can no longer settle after
+/// `withdraw_after` (`None`: the money moved, never withdrawn). Best effort: a failure is logged.
+pub async fn pending(withdraw_after: Option<u64>, sim: StoredSim) -> StoredSim {
+    if let Some(after) = withdraw_after {
+        park(&Parked::of(&sim, after)).await;
+    }
+    sim
+}
+
+/// Park `item` (once per order's profile; not beyond [`parked::MAX_PARKED`]).
+async fn park(item: &Parked) {
+    let r = kv::change_json::<Vec<Parked>, bool, ()>(keys::CLEANUP_PARKED, |list| {
+        Ok(
+            match parked::park(list.unwrap_or_default(), item, parked::MAX_PARKED) {
+                Park::Add(list) => (Change::Put(list), true),
+                Park::Already => (Change::Keep, true),
+                Park::Full => (Change::Keep, false),
+            },
+        )
+    })
+    .await;
+    match r {
+        Ok((_, true)) => {}
+        Ok((_, false)) => eprintln!(
+            "dispatch: ALERT: too many pending orders parked; profile {} at {} (invoice {}) is not withdrawn \
+             if its payment never completes: an operator must cancel it after {}",
+            item.iccid, item.carrier, item.invoice, item.not_before
+        ),
+        Err(e) => eprintln!(
+            "dispatch: cannot park the pending order of invoice {} (profile {} at {}): {e}",
+            item.invoice, item.iccid, item.carrier
+        ),
+    }
+}
+
+/// Take up to `max` entries due at `now` off the list atomically (two sweeps never take the same one). The
+/// common case is nothing due: a plain read, so concurrent orders do not contend on a write.
+async fn take_due(max: usize, now: u64) -> Vec<Parked> {
+    match kv::get_json::<Vec<Parked>, ()>(keys::CLEANUP_PARKED).await {
+        Ok(Some(list)) if parked::any_due(&list, now) => {}
+        _ => return Vec::new(),
+    }
+    kv::update_json_with::<Vec<Parked>, Vec<Parked>, ()>(keys::CLEANUP_PARKED, |list| {
+        Ok(parked::take_due(list.unwrap_or_default(), max, now))
+    })
+    .await
+    .map(|(_, taken)| taken)
+    .unwrap_or_default()
+}
+
+/// Withdraw up to `max` parked orders due at `now`, within the sweep's `deadline`; an entry not reached in
+/// time is parked again as it was.
+pub async fn sweep(cfg: &Config, deadline: Deadline, max: usize, now: u64) {
+    for item in take_due(max, now).await {
+        if deadline.next_call().is_none() {
+            park(&item).await;
+            continue;
+        }
+        withdraw(cfg, &item, deadline, now).await;
+    }
+}
+
+/// Withdraw one due entry (kernel `parked::withdrawal`, `parked::withdraw_pending`).
+async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
+    let Parked {
+        invoice,
+        carrier,
+        iccid,
+        ..
+    } = item;
+    let later = |until: u64| Parked {
+        not_before: until,
+        ..item.clone()
+    };
+    let journal = match kv::get_json::<Order, wit::Error>(&keys::order(invoice)).await {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!(
+                "dispatch: the parked order of invoice {invoice} waits: its journal cannot be read: {e}"
+            );
+            return park(item).await;
+        }
+    };
+    match parked::withdrawal(journal.as_ref(), iccid, now) {
+        Withdrawal::Drop => return,
+        Withdrawal::Later(until) => return park(&later(until)).await,
+        Withdrawal::Proceed => {}
+    }
+    let lease = order::lease_secs(cfg.budget.as_secs(), cfg.call_timeout.as_secs());
+    let driver = match ordering::claim(invoice, now, lease).await {
+        Ok(Ok(driver)) => driver,
+        // Taken by the same payment sent again meanwhile: looked at again once its lease ends.
+        Ok(Err(Claim::Busy(_) | Claim::Drive(_))) => {
+            return park(&later(now.saturating_add(lease))).await;
+        }
+        Ok(Err(Claim::Done(_) | Claim::Failed(_))) => return,
+        Err(e) => {
+            eprintln!(
+                "dispatch: the parked order of invoice {invoice} waits: its journal cannot be claimed: {}",
+                message(&e)
+            );
+            return park(item).await;
+        }
+    };
+    // Handed back at once when nothing is withdrawn: the same payment sent again drives it without waiting.
+    let hand_back = async || {
+        if let Err(e) = ordering::journal(&driver, Order::hand_over).await {
+            eprintln!(
+                "dispatch: the order of invoice {invoice} stays claimed until its lease ends: {}",
+                message(&e)
+            );
+        }
+    };
+    // Claimed (so still ordering): unless a failover moved it to another profile since it was read.
+    if driver.order.step.as_ref().is_none_or(|s| s.iccid != *iccid) {
+        return hand_back().await;
+    }
+    let Ok(i) = Iccid::parse(iccid) else {
+        return hand_back().await;
+    };
+    let withdrawn = kv::change_json::<StoredSim, bool, wit::Error>(&keys::sim(iccid), |current| {
+        Ok(match parked::withdraw_pending(current.as_ref(), invoice) {
+            Some(next) => (Change::Put(next), true),
+            None => (Change::Keep, false),
+        })
+    })
+    .await
+    .map_err(kv_err);
+    let sim = match withdrawn {
+        Ok((Some(sim), true)) => sim,
+        // Delivered, terminated by its owner, given up, or another order's since: nothing to withdraw.
+        Ok(_) => return hand_back().await,
+        Err(e) => {
+            eprintln!(
+                "dispatch: the parked order of invoice {invoice} waits: SIM {iccid} cannot be updated: {}",
+                message(&e)
+            );
+            hand_back().await;
+            return park(item).await;
+        }
+    };
+    // A confirm executed whose answer was lost may have released the profile: retired, never returned to the
+    // pool (a device may hold its code).
+    if retire_on_terminate(sim.profile_state) {
+        match cfg.carrier(carrier) {
+            Ok(c) => {
+                let owner = Some(invoice.clone());
+                if let Some(left) = calls::cancel_as(cfg, c, &i, true, None, deadline, owner).await
+                {
+                    queue::enqueue(left).await;
+                }
+            }
+            Err(e) => eprintln!(
+                "dispatch: ALERT: SIM {iccid} of invoice {invoice} is withdrawn, but {carrier} is no longer in \
+                 the catalog: cancel its profile there by hand ({})",
+                message(&e)
+            ),
+        }
+    }
+    let failed = ordering::journal(&driver, |o| {
+        let failovers = o.failovers.clone();
+        o.fail(parked::WITHDRAWN, failovers);
+    })
+    .await;
+    if let Err(e) = failed {
+        eprintln!(
+            "dispatch: the journal of invoice {invoice} does not say it was withdrawn (its SIM does): {}",
+            message(&e)
+        );
+    }
+    eprintln!(
+        "dispatch: withdrew the pending order of invoice {invoice}: its payment can no longer settle; SIM \
+         {iccid} terminated, its profile at {carrier} retired"
+    );
+}

@@ -1,0 +1,352 @@
+//! Orders parked until their payment can no longer settle (`cleanup/parked`). An `exact` payment's order is
+//! placed before its settlement; one that outlives the dispatch budget stays pending, and resumes when the
+//! same payment is sent again. A payer that never sends it again would leave the profile allocated at the
+//! carrier for good: once the authorization's `validBefore` has passed nothing can pay for that profile, so a
+//! later order's cleanup sweep withdraws it (its SIM terminated, its profile retired, its journal failed).
+//!
+//! A list of its own, not entries in `cleanup/queue`: a dispatch of an earlier build (a rolling deploy) could
+//! not read a new kind of queued cleanup, and would lose the whole queue.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Order, OrderStatus, StoredSim};
+use crate::esim::SimState;
+
+/// Seconds after a payment can no longer settle before its pending order is withdrawn: a node whose clock runs
+/// ahead must not withdraw a profile whose settlement is landing at the last moment.
+pub const WITHDRAW_MARGIN_SECS: u64 = 60;
+
+/// The most orders parked at once; beyond, an order is not parked (logged for an operator).
+pub const MAX_PARKED: usize = 4_096;
+
+/// A pending order to withdraw once its payment can no longer settle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    /// The invoice whose order it is.
+    pub invoice: String,
+    /// The carrier holding the profile.
+    pub carrier: String,
+    /// The allocated profile.
+    pub iccid: String,
+    /// Unix seconds: not withdrawn before.
+    pub not_before: u64,
+}
+
+impl Parked {
+    /// The entry of `sim`, a pending SIM whose payment can no longer settle after `withdraw_after`.
+    pub fn of(sim: &StoredSim, withdraw_after: u64) -> Self {
+        Self {
+            invoice: sim.invoice_id.clone(),
+            carrier: sim.carrier.clone(),
+            iccid: sim.iccid.clone(),
+            not_before: withdraw_after.saturating_add(WITHDRAW_MARGIN_SECS),
+        }
+    }
+
+    fn same(&self, other: &Parked) -> bool {
+        (&self.invoice, &self.iccid) == (&other.invoice, &other.iccid)
+    }
+}
+
+/// What parking an entry comes to ([`park`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Park {
+    /// Write this list.
+    Add(Vec<Parked>),
+    /// The order's profile is parked already (the first entry is kept): nothing to write.
+    Already,
+    /// The list is full: nothing written; an operator must look.
+    Full,
+}
+
+/// Park `item` at the end of `list`: once per (invoice, ICCID), at most `max` entries.
+pub fn park(mut list: Vec<Parked>, item: &Parked, max: usize) -> Park {
+    if list.iter().any(|p| p.same(item)) {
+        return Park::Already;
+    }
+    if list.len() >= max {
+        return Park::Full;
+    }
+    list.push(item.clone());
+    Park::Add(list)
+}
+
+/// Whether any entry of `list` is due at `now` (a sweep writes the list only then).
+pub fn any_due(list: &[Parked], now: u64) -> bool {
+    list.iter().any(|p| p.not_before <= now)
+}
+
+/// Take up to `max` entries due at `now` off `list`: `(rest, taken)`. Entries not yet due stay (in order),
+/// due ones behind them are taken; a due entry's duplicates (same invoice and ICCID) go with it.
+pub fn take_due(list: Vec<Parked>, max: usize, now: u64) -> (Vec<Parked>, Vec<Parked>) {
+    let mut rest = Vec::with_capacity(list.len());
+    let mut taken: Vec<Parked> = Vec::new();
+    for p in list {
+        if taken.iter().any(|t| t.same(&p)) {
+            continue;
+        }
+        if p.not_before <= now && taken.len() < max {
+            taken.push(p);
+        } else {
+            rest.push(p);
+        }
+    }
+    // A duplicate seen before its due twin was taken.
+    rest.retain(|p| !taken.iter().any(|t| t.same(p)));
+    (rest, taken)
+}
+
+/// What the sweep does with a due entry for `iccid`, its order's journal being `journal` ([`withdrawal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// Claim the journal and withdraw the profile.
+    Proceed,
+    /// A driver holds the journal until then: parked again, due then.
+    Later(u64),
+    /// Nothing to withdraw: the order ended (delivered, failed), or moved on to another profile (whose own
+    /// pending step parks its own entry), or its journal is gone.
+    Drop,
+}
+
+/// Whether a due entry for `iccid` is withdrawn at `now`, its order's journal being `journal`: only an order
+/// still ordering with `iccid` as its step, once no driver holds it.
+pub fn withdrawal(journal: Option<&Order>, iccid: &str, now: u64) -> Withdrawal {
+    match journal {
+        Some(o)
+            if o.status == OrderStatus::Ordering
+                && o.step.as_ref().is_some_and(|s| s.iccid == iccid) =>
+        {
+            if o.lease_until > now {
+                Withdrawal::Later(o.lease_until)
+            } else {
+                Withdrawal::Proceed
+            }
+        }
+        _ => Withdrawal::Drop,
+    }
+}
+
+/// The journal's error once its order is withdrawn: a resend ends uncharged with it.
+pub const WITHDRAWN: &str =
+    "withdrawn: its payment was not completed before its authorization expired";
+
+/// The SIM record of a withdrawn order, from the record as stored now (`current`, inside its cell update):
+/// only a pending SIM of `invoice` is withdrawn, terminated with its access token revoked. Any other (active,
+/// suspended, failed, terminated, another invoice's, none): `None`, nothing changes and nothing is cancelled.
+pub fn withdraw_pending(current: Option<&StoredSim>, invoice: &str) -> Option<StoredSim> {
+    let c = current.filter(|c| c.state == SimState::Pending && c.invoice_id == invoice)?;
+    let mut sim = c.clone();
+    sim.state = SimState::Terminated;
+    sim.access.token = None;
+    Some(sim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{AfterConfirm, Confirmation, Step, after_confirm, settled_before_confirm};
+    use super::*;
+    use crate::esim::ProfileState;
+
+    fn entry(invoice: &str, iccid: &str, not_before: u64) -> Parked {
+        Parked {
+            invoice: invoice.into(),
+            carrier: "tmobile".into(),
+            iccid: iccid.into(),
+            not_before,
+        }
+    }
+
+    fn sim(state: SimState, invoice: &str) -> StoredSim {
+        StoredSim {
+            iccid: "8901".into(),
+            carrier: "tmobile".into(),
+            region: "us-west".into(),
+            state,
+            profile_state: None,
+            activation_code: None,
+            eid: None,
+            roaming: Default::default(),
+            data_mb: 100,
+            invoice_id: invoice.into(),
+            created_at: 1,
+            failovers: vec![],
+            replaces: None,
+            replaced_by: None,
+            access: crate::auth::SimAccess {
+                owner: None,
+                token: Some(crate::auth::TokenState {
+                    generation: 0,
+                    hash: Default::default(),
+                }),
+            },
+            label: None,
+            holds: Default::default(),
+            switching: None,
+            download_failure: None,
+        }
+    }
+
+    fn journal(status: OrderStatus, step: Option<&str>, lease_until: u64) -> Order {
+        Order {
+            invoice_id: "inv_1".into(),
+            status,
+            token: "t".into(),
+            lease_until,
+            step: step.map(|i| Step {
+                carrier: "tmobile".into(),
+                iccid: i.into(),
+                confirm_fci: "c".into(),
+            }),
+            iccid: None,
+            failovers: vec![],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn an_entry_is_due_a_margin_after_its_payment_can_no_longer_settle() {
+        let p = Parked::of(&sim(SimState::Pending, "inv_1"), 1_000);
+        assert_eq!(p, entry("inv_1", "8901", 1_000 + WITHDRAW_MARGIN_SECS));
+        assert!(!any_due(std::slice::from_ref(&p), 1_059));
+        assert!(any_due(&[p], 1_060));
+        assert_eq!(
+            Parked::of(&sim(SimState::Pending, "i"), u64::MAX).not_before,
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn an_order_is_parked_once_and_the_list_is_bounded() {
+        let a = entry("inv_1", "8901", 10);
+        let Park::Add(list) = park(vec![], &a, 2) else {
+            panic!()
+        };
+        assert_eq!(list, vec![a.clone()]);
+        // The same order's profile again (a resend left pending again): the first entry is kept.
+        assert_eq!(
+            park(list.clone(), &entry("inv_1", "8901", 99), 2),
+            Park::Already
+        );
+        // Another profile of the same invoice (a failover) is its own entry.
+        let b = entry("inv_1", "8902", 10);
+        let Park::Add(list) = park(list, &b, 2) else {
+            panic!()
+        };
+        assert_eq!(list, vec![a, b]);
+        assert_eq!(park(list, &entry("inv_2", "8903", 10), 2), Park::Full);
+    }
+
+    #[test]
+    fn due_entries_are_taken_and_the_rest_stay_in_order() {
+        let list = vec![
+            entry("a", "1", 50),
+            entry("b", "2", 10),
+            entry("c", "3", 60),
+            entry("d", "4", 20),
+            entry("e", "5", 30),
+        ];
+        // Nothing due: nothing changes (the caller writes nothing).
+        assert_eq!(take_due(list.clone(), 4, 5), (list.clone(), vec![]));
+        // Not-yet-due entries stay; due ones behind them are taken, up to `max`.
+        let (rest, taken) = take_due(list.clone(), 2, 40);
+        assert_eq!(taken, vec![entry("b", "2", 10), entry("d", "4", 20)]);
+        assert_eq!(
+            rest,
+            vec![
+                entry("a", "1", 50),
+                entry("c", "3", 60),
+                entry("e", "5", 30)
+            ]
+        );
+        let (rest, taken) = take_due(list, 9, 100);
+        assert_eq!((rest.len(), taken.len()), (0, 5));
+    }
+
+    #[test]
+    fn duplicates_collapse_when_taken() {
+        let list = vec![
+            entry("a", "1", 90),
+            entry("a", "1", 10),
+            entry("b", "2", 90),
+            entry("a", "1", 20),
+        ];
+        let (rest, taken) = take_due(list, 4, 50);
+        assert_eq!(taken, vec![entry("a", "1", 10)]);
+        assert_eq!(rest, vec![entry("b", "2", 90)]);
+    }
+
+    #[test]
+    fn only_an_abandoned_order_still_on_its_profile_is_withdrawn() {
+        let now = 1_000;
+        // No journal, delivered, failed: nothing to withdraw.
+        assert_eq!(withdrawal(None, "8901", now), Withdrawal::Drop);
+        for status in [OrderStatus::Done, OrderStatus::Failed] {
+            let j = journal(status, Some("8901"), 0);
+            assert_eq!(withdrawal(Some(&j), "8901", now), Withdrawal::Drop);
+        }
+        // Failover moved the order to another profile, or it holds none.
+        let other = journal(OrderStatus::Ordering, Some("8902"), 0);
+        assert_eq!(withdrawal(Some(&other), "8901", now), Withdrawal::Drop);
+        let none = journal(OrderStatus::Ordering, None, 0);
+        assert_eq!(withdrawal(Some(&none), "8901", now), Withdrawal::Drop);
+        // A live driver holds it: again when its lease ends.
+        let live = journal(OrderStatus::Ordering, Some("8901"), now + 1);
+        assert_eq!(
+            withdrawal(Some(&live), "8901", now),
+            Withdrawal::Later(now + 1)
+        );
+        // Its lease lapsed (or was handed over): withdrawn.
+        for lease in [now, 0] {
+            let lapsed = journal(OrderStatus::Ordering, Some("8901"), lease);
+            assert_eq!(withdrawal(Some(&lapsed), "8901", now), Withdrawal::Proceed);
+        }
+    }
+
+    #[test]
+    fn only_a_pending_sim_of_the_invoice_is_terminated() {
+        let withdrawn = withdraw_pending(Some(&sim(SimState::Pending, "inv_1")), "inv_1").unwrap();
+        assert_eq!(withdrawn.state, SimState::Terminated);
+        assert_eq!(withdrawn.access.token, None);
+        assert_eq!(withdrawn.invoice_id, "inv_1");
+        for state in [
+            SimState::Active,
+            SimState::Suspended,
+            SimState::Failed,
+            SimState::Terminated,
+        ] {
+            assert_eq!(withdraw_pending(Some(&sim(state, "inv_1")), "inv_1"), None);
+        }
+        // Another invoice's SIM (the profile went to another order), or none.
+        assert_eq!(
+            withdraw_pending(Some(&sim(SimState::Pending, "inv_2")), "inv_1"),
+            None
+        );
+        assert_eq!(withdraw_pending(None, "inv_1"), None);
+    }
+
+    #[test]
+    fn a_confirm_landing_after_the_withdrawal_never_delivers() {
+        let pending = sim(SimState::Pending, "inv_1");
+        let withdrawn = withdraw_pending(Some(&pending), "inv_1").unwrap();
+        // The first driver's confirm answered late: the profile it released is retired, the SIM stays ended.
+        assert_eq!(
+            after_confirm(Some(&withdrawn), &pending, Confirmation::Released("1$x$y")),
+            AfterConfirm::Withdrawn {
+                sim: withdrawn.clone(),
+                retire: true
+            }
+        );
+        // A resumed order finds it ended without calling the carrier.
+        assert!(matches!(
+            settled_before_confirm(&withdrawn),
+            Some(AfterConfirm::Withdrawn { .. })
+        ));
+        // A progress report for a released profile does not bring it back either.
+        let mut installed = withdrawn;
+        installed.profile_state = Some(ProfileState::Installed);
+        assert!(matches!(
+            after_confirm(Some(&installed), &pending, Confirmation::Released("1$x$y")),
+            AfterConfirm::Withdrawn { .. }
+        ));
+    }
+}
