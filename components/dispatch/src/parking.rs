@@ -4,7 +4,7 @@
 //! same payment sent again meanwhile finds the order busy), the pending SIM terminated inside its cell update,
 //! the profile retired at the carrier, the journal failed (a resend ends uncharged).
 
-use esim402_core::esim::{Iccid, retire_on_terminate};
+use esim402_core::esim::{Iccid, ProfileState, retire_on_terminate};
 use esim402_core::order::parked::{self, Park, Parked, Withdrawal};
 use esim402_core::order::{self, Claim, Order, StoredSim};
 use esim402_core::store::keys;
@@ -158,8 +158,16 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
         }
     };
     // A confirm executed whose answer was lost may have released the profile: retired, never returned to the
-    // pool (a device may hold its code).
-    if retire_on_terminate(sim.profile_state) {
+    // pool (a device may hold its code). One a device installed already cannot be cancelled over ES2+.
+    if !retire_on_terminate(sim.profile_state) {
+        if sim.profile_state != Some(ProfileState::Deleted) {
+            eprintln!(
+                "dispatch: ALERT: SIM {iccid} of invoice {invoice} is withdrawn unpaid, but its profile at {carrier} is \
+             {:?} on a device: ask the carrier to disable it",
+                sim.profile_state
+            );
+        }
+    } else {
         match cfg.carrier(carrier) {
             Ok(c) => {
                 let owner = Some(invoice.clone());
@@ -188,6 +196,6 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
     }
     eprintln!(
         "dispatch: withdrew the pending order of invoice {invoice}: its payment can no longer settle; SIM \
-         {iccid} terminated, its profile at {carrier} retired"
+         {iccid} at {carrier} terminated"
     );
 }

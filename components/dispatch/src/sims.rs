@@ -141,6 +141,13 @@ pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::
             sim.state
         )));
     }
+    // A SIM whose order is still pending may yet be withdrawn (its payment never completed, `crate::parking`):
+    // nothing would give a top-up back then.
+    if sim.state == SimState::Pending {
+        return Err(wit::Error::Conflict(format!(
+            "SIM {iccid} is still being ordered: top it up once it is active"
+        )));
+    }
     let mb = DataMb::new(data_mb.into()).map_err(|e| invalid("top_up_mb", e.0))?;
     let carrier = CarrierId::parse(&sim.carrier).map_err(|e| internal(e.0))?;
     let amount = cfg

@@ -180,6 +180,12 @@ impl Order {
                         "SIM {iccid} is terminated: it takes no more data"
                     )));
                 }
+                // Its order may yet be withdrawn (dispatch `parking`), and nothing would owe the top-up back.
+                if sim.state == wit::SimState::Pending {
+                    return Err(wit::Error::Conflict(format!(
+                        "SIM {iccid} is still being ordered: top it up once it is active"
+                    )));
+                }
                 Ok(sim)
             }
             Order::Activation { request, label } => {

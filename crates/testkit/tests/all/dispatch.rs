@@ -1544,6 +1544,16 @@ async fn an_abandoned_order_is_withdrawn_once_its_authorization_expired() {
         ("tmobile", types::SimState::Pending)
     );
     assert!(kit.kv_get("cleanup/parked").await.is_some(), "parked");
+    // No top-up for it while it may yet be withdrawn: nothing would owe that top-up back.
+    let iccid = pending.iccid.clone();
+    let top_up = kit
+        .call(async move |a, g| g.dispatch().call_quote_top_up(a, iccid, 50).await)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&top_up, Err(types::Error::Conflict(m)) if m.contains("still being ordered")),
+        "{top_up:?}"
+    );
     // The carrier recovers; the payer never sends the payment again. Orders placed before the authorization
     // expired, or within the margin after it, leave the order alone.
     smdp.set("tmobile", Behaves::Ok);
