@@ -45,6 +45,7 @@ mod cleanup;
 mod config;
 mod confirming;
 mod es2_client;
+mod journal;
 mod ordering;
 mod parking;
 mod queue;

@@ -6,77 +6,18 @@
 //! DownloadOrder naming another SIM's ICCID is a failed step: that SIM is never written over, confirmed or
 //! cancelled. Once a SIM is delivered, the writes after it (journal, owner index) are best effort.
 
-use std::cell::Cell;
-
 use esim402_core::esim::Carrier;
 use esim402_core::esim::es2::{self, DownloadOrderRequest, DownloadOrderResponse};
 use esim402_core::order::{self, AfterConfirm, Claim, Order, Plan, Step, StoredSim};
-use esim402_core::store::keys;
-use esim402_guest::convert::{internal, invalid, kv_err, message};
-use esim402_guest::kv::{self, Change, Stored};
-use esim402_guest::{util, wit};
+use esim402_guest::convert::{internal, invalid, message};
+use esim402_guest::wit;
 
 use crate::calls::{Deadline, call_twice, fci, header};
 use crate::config::Config;
 use crate::confirming::{Skip, cancel_profile, conclude, finish};
+use crate::journal::{Driver, claim, journal};
 use crate::spec::{OrderSpec, candidates};
 use crate::{cleanup, parking, queue, sim_store};
-
-/// The driver of one order: its journal as claimed.
-pub(crate) struct Driver {
-    pub(crate) order: Order,
-    /// The journal's cell version as this driver last wrote it: its next journal update starts there instead
-    /// of reading the journal (kernel `cell::Update::after`; a stale one costs a read, nothing more).
-    version: Cell<Option<Stored>>,
-}
-
-/// Claim the order journal for `invoice_id` (kernel `order::claim`); a refusal writes nothing.
-pub(crate) async fn claim(
-    invoice_id: &str,
-    now: u64,
-    lease: u64,
-) -> Result<Result<Driver, Claim>, wit::Error> {
-    let token = util::holder_token().map_err(internal)?;
-    let (_, claimed, version) = kv::change_json_from::<Order, Claim, wit::Error>(
-        &keys::order(invoice_id),
-        None,
-        |current| {
-            Ok(
-                match order::claim(current.as_ref(), invoice_id, &token, now, lease) {
-                    Claim::Drive(next) => (Change::Put(next.clone()), Claim::Drive(next)),
-                    other => (Change::Keep, other),
-                },
-            )
-        },
-    )
-    .await
-    .map_err(kv_err)?;
-    Ok(match claimed {
-        Claim::Drive(order) => Ok(Driver {
-            order,
-            version: Cell::new(Some(version)),
-        }),
-        other => Err(other),
-    })
-}
-
-/// Update the journal if this driver still holds it.
-pub(crate) async fn journal(driver: &Driver, f: impl Fn(&mut Order)) -> Result<Order, wit::Error> {
-    let token = driver.order.token.clone();
-    let (_, order, version) = kv::change_json_from::<Order, Order, wit::Error>(
-        &keys::order(&driver.order.invoice_id),
-        driver.version.take(),
-        |current| {
-            Order::journal(current, &token, &f)
-                .map(|next| (Change::Put(next.clone()), next))
-                .map_err(|e| wit::Error::Conflict(e.to_string()))
-        },
-    )
-    .await
-    .map_err(kv_err)?;
-    driver.version.set(Some(version));
-    Ok(order)
-}
 
 /// Try one carrier: DownloadOrder → (pending SIM) → ConfirmOrder(release) → active SIM.
 async fn try_carrier(

@@ -14,7 +14,7 @@ use esim402_guest::wit;
 
 use crate::calls::{self, Deadline};
 use crate::config::Config;
-use crate::{ordering, queue};
+use crate::{journal, queue};
 
 /// `sim`, the pending SIM an order returns: parked first if its payment can no longer settle after
 /// `withdraw_after` (`None`: the money moved, never withdrawn). Best effort: a failure is logged.
@@ -105,7 +105,7 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
         Withdrawal::Proceed => {}
     }
     let lease = order::lease_secs(cfg.budget.as_secs(), cfg.call_timeout.as_secs());
-    let driver = match ordering::claim(invoice, now, lease).await {
+    let driver = match journal::claim(invoice, now, lease).await {
         Ok(Ok(driver)) => driver,
         // Taken by the same payment sent again meanwhile: looked at again once its lease ends.
         Ok(Err(Claim::Busy(_) | Claim::Drive(_))) => {
@@ -122,7 +122,7 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
     };
     // Handed back at once when nothing is withdrawn: the same payment sent again drives it without waiting.
     let hand_back = async || {
-        if let Err(e) = ordering::journal(&driver, Order::hand_over).await {
+        if let Err(e) = journal::journal(&driver, Order::hand_over).await {
             eprintln!(
                 "dispatch: the order of invoice {invoice} stays claimed until its lease ends: {}",
                 message(&e)
@@ -183,7 +183,7 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
             ),
         }
     }
-    let failed = ordering::journal(&driver, |o| {
+    let failed = journal::journal(&driver, |o| {
         let failovers = o.failovers.clone();
         o.fail(parked::WITHDRAWN, failovers);
     })
