@@ -1306,6 +1306,62 @@ async fn a_tx_hash_payment_whose_order_is_pending_is_told_it_was_charged() {
     assert!(paid["activation_code"].is_string(), "{paid}");
 }
 
+/// An `exact` payment whose order outlives the dispatch budget (T-Mobile slowed as above) and that is never
+/// sent again: once its authorization can no longer settle (`validBefore` + 60 s; signed here to expire 15 s
+/// on), the next order's cleanup sweep withdraws it: its profile retired at the carrier, nothing moved on
+/// chain. Before, the profile stayed allocated for good. (About 80 s of real time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() {
+    let s = PayStack::start(&[
+        ("SPIN_VARIABLE_DISPATCH_BUDGET_SECS", "4"),
+        ("SPIN_VARIABLE_ES2_TIMEOUT_MS", "3500"),
+    ])
+    .await;
+    let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile"});
+    let (_, req) = s.invoice(&body).await;
+    let mut pay = Payment::for_requirement(&req);
+    let valid_before = now() + 15;
+    pay.auth.valid_before = U256::from(valid_before);
+    let before = s.handed_out().await;
+    s.set_faults("tmobile", json!({"latency_ms": 2200})).await;
+    let (status, _, pending) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 503, "{pending}");
+    s.set_faults("tmobile", json!({})).await;
+    let allocated: Vec<String> = s.handed_out().await.difference(&before).cloned().collect();
+    assert_eq!(
+        allocated.len(),
+        1,
+        "the pending order's profile: {allocated:?}"
+    );
+    // Another order before the deadline leaves it allocated.
+    s.activate_paid(
+        &json!({"region": "us-west", "data_mb": 100, "carrier": "verizon"}),
+        &[],
+    )
+    .await;
+    assert!(s.handed_out().await.contains(&allocated[0]));
+    while now() <= valid_before + 61 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    s.activate_paid(
+        &json!({"region": "us-west", "data_mb": 100, "carrier": "verizon"}),
+        &[],
+    )
+    .await;
+    assert!(
+        !s.handed_out().await.contains(&allocated[0]),
+        "the abandoned order's profile {} is still allocated",
+        allocated[0]
+    );
+    assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+}
+
 /// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash, once mined.
 pub(crate) async fn pay_directly(s: &PayStack, to: Address, amount: U256) -> String {
     let data = transferCall { to, value: amount }.abi_encode();
