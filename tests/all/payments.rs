@@ -1362,6 +1362,67 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
 }
 
+/// The owner's `POST …/refresh` does not finish the pending order of an `exact` payment that has not settled
+/// (the same payment sent again does, and settles it): before, it released the profile for a payment that
+/// might never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_does_not_finish_the_order_of_an_unsettled_exact_payment() {
+    let s = PayStack::start(&[
+        ("SPIN_VARIABLE_DISPATCH_BUDGET_SECS", "4"),
+        ("SPIN_VARIABLE_ES2_TIMEOUT_MS", "3500"),
+    ])
+    .await;
+    let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile"});
+    let (_, req) = s.invoice(&body).await;
+    let pay = Payment::for_requirement(&req);
+    let before = s.handed_out().await;
+    s.set_faults("tmobile", json!({"latency_ms": 2200})).await;
+    let headers = [("payment-signature", pay.header())];
+    let (status, _, pending) = s.post("/v1/esim/activate", &body, &headers).await;
+    assert_eq!(status, 503, "{pending}");
+    s.set_faults("tmobile", json!({})).await;
+    let iccid = s
+        .handed_out()
+        .await
+        .difference(&before)
+        .next()
+        .unwrap()
+        .clone();
+    let refresh = format!("/v1/esim/{iccid}/refresh");
+    let (status, _, refused) = s
+        .post(
+            &refresh,
+            &json!({}),
+            &[("sign-in-with-x", s.sign_in(&refresh))],
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send the same payment again"),
+        "{refused}"
+    );
+    let (_, sim) = s.get_signed_in(&format!("/v1/esim/{iccid}")).await;
+    assert_eq!(sim["state"], "pending", "{sim}");
+    assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+    // The same payment sent again finishes and settles it (once the first order's journal lease has ended).
+    let mut resends = 0;
+    let paid = loop {
+        let (status, _, answer) = s.post("/v1/esim/activate", &body, &headers).await;
+        if status == 200 {
+            break answer;
+        }
+        assert_eq!(status, 503, "{answer}");
+        resends += 1;
+        assert!(resends < 60, "still pending after a minute: {answer}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(paid["iccid"], iccid.as_str(), "{paid}");
+    assert!(s.nonce_used(agent(), pay.auth.nonce).await);
+}
+
 /// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash, once mined.
 pub(crate) async fn pay_directly(s: &PayStack, to: Address, amount: U256) -> String {
     let data = transferCall { to, value: amount }.abi_encode();

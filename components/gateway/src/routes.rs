@@ -147,8 +147,36 @@ pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
 }
 
 /// `POST /v1/esim/{iccid}/refresh`: finish an order that outlived its request (the carrier is asked again).
+/// Only for a paid order (a tx-hash payment's, whose invoice is marked paid before it orders): an `exact`
+/// payment's order is finished by the same payment sent again, which settles it; finished here, it would be
+/// a profile released for a payment that may never come (and one its authorization's expiry would have
+/// withdrawn, dispatch `parking`).
 pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     crate::auth::owner(req, iccid).await?;
+    let current = dispatch::get_sim(iccid.to_owned())
+        .await
+        .map_err(from_wit)?;
+    if let Some(pending) = current.filter(|s| s.state == wit::SimState::Pending) {
+        let paid = match invoices::get(pending.invoice_id.clone(), now())
+            .await
+            .map_err(from_wit)?
+        {
+            Some(inv) => matches!(
+                inv.status,
+                wit::InvoiceStatus::Paid | wit::InvoiceStatus::Refunded
+            ),
+            None => true,
+        };
+        if !paid {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "the order of SIM {iccid} waits for its payment (invoice {}): send the same payment again to finish it",
+                    pending.invoice_id
+                ),
+            ));
+        }
+    }
     let sim = dispatch::resume_order(iccid.to_owned())
         .await
         .map_err(from_wit)?;
