@@ -1267,7 +1267,7 @@ async fn a_failed_activation_settles_nothing() {
 /// A tx-hash payment whose order outlives the dispatch budget (T-Mobile answers every ES2+ call after 2.2 s:
 /// the DownloadOrder within its 3.5 s timeout, the ConfirmOrder not within the 4 s budget left) is told the
 /// truth: its transfer is already ours (`charged: true`, the transaction named), not "nothing was charged";
-/// the same proof sent again collects the SIM (once the first order's journal lease, 21 s here, has run out:
+/// the same proof sent again collects the SIM (once the first order's journal lease, 18 s here, has run out:
 /// until then every resend is answered the same).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tx_hash_payment_whose_order_is_pending_is_told_it_was_charged() {

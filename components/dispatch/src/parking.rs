@@ -163,8 +163,11 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
         if sim.profile_state != Some(ProfileState::Deleted) {
             eprintln!(
                 "dispatch: ALERT: SIM {iccid} of invoice {invoice} is withdrawn unpaid, but its profile at {carrier} is \
-             {:?} on a device: ask the carrier to disable it",
-                sim.profile_state
+             {} on a device: ask the carrier to disable it",
+                sim.profile_state.map_or_else(
+                    || "installed".to_owned(),
+                    |p| format!("{p:?}").to_lowercase()
+                )
             );
         }
     } else {

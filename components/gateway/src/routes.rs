@@ -157,16 +157,12 @@ pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
         .await
         .map_err(from_wit)?;
     if let Some(pending) = current.filter(|s| s.state == wit::SimState::Pending) {
-        let paid = match invoices::get(pending.invoice_id.clone(), now())
+        // Paid only: a refunded invoice's money is going back, and an invoice this deployment cannot open
+        // (its key dropped from the keyring) proves nothing.
+        let paid = invoices::get(pending.invoice_id.clone(), now())
             .await
             .map_err(from_wit)?
-        {
-            Some(inv) => matches!(
-                inv.status,
-                wit::InvoiceStatus::Paid | wit::InvoiceStatus::Refunded
-            ),
-            None => true,
-        };
+            .is_some_and(|inv| inv.status == wit::InvoiceStatus::Paid);
         if !paid {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
