@@ -1264,45 +1264,68 @@ async fn a_failed_activation_settles_nothing() {
     assert_eq!(verify["ok"], true);
 }
 
-/// A tx-hash payment whose order outlives the dispatch budget (T-Mobile answers every ES2+ call after 2.2 s:
-/// the DownloadOrder within its 3.5 s timeout, the ConfirmOrder not within the 4 s budget left) is told the
+/// A stack whose orders at a slowed T-Mobile ([`slow_tmobile`]) outlive the dispatch budget (4 s, ES2+ calls
+/// timing out after 3.5 s): the order is left pending.
+async fn short_budget_stack() -> PayStack {
+    PayStack::start(&[
+        ("SPIN_VARIABLE_DISPATCH_BUDGET_SECS", "4"),
+        ("SPIN_VARIABLE_ES2_TIMEOUT_MS", "3500"),
+    ])
+    .await
+}
+
+/// T-Mobile answering every ES2+ call after 2.2 s (`on`: the DownloadOrder within its 3.5 s timeout, the
+/// ConfirmOrder not within the budget left), or at once again.
+async fn slow_tmobile(s: &PayStack, on: bool) {
+    let faults = if on {
+        json!({"latency_ms": 2200})
+    } else {
+        json!({})
+    };
+    s.set_faults("tmobile", faults).await;
+}
+
+/// Send (`send`) until the answer is 200, at most a minute, once a second: every answer before it a 503 that
+/// `pending` accepts (a resend within the first order's journal lease is answered the same). The 200's body.
+async fn until_ok(
+    send: impl AsyncFn() -> (u16, reqwest::header::HeaderMap, Value),
+    pending: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..60 {
+        let (status, _, answer) = send().await;
+        if status == 200 {
+            return answer;
+        }
+        assert!(status == 503 && pending(&answer), "{status} {answer}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("still pending after a minute");
+}
+
+/// A tx-hash payment whose order outlives the dispatch budget ([`short_budget_stack`]) is told the
 /// truth: its transfer is already ours (`charged: true`, the transaction named), not "nothing was charged";
 /// the same proof sent again collects the SIM (once the first order's journal lease, 18 s here, has run out:
 /// until then every resend is answered the same).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tx_hash_payment_whose_order_is_pending_is_told_it_was_charged() {
-    let s = PayStack::start(&[
-        ("SPIN_VARIABLE_DISPATCH_BUDGET_SECS", "4"),
-        ("SPIN_VARIABLE_ES2_TIMEOUT_MS", "3500"),
-    ])
-    .await;
+    let s = short_budget_stack().await;
     let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile",
                       "payer": agent().to_string()});
     let (invoice, req) = s.invoice(&body).await;
     let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
-    s.set_faults("tmobile", json!({"latency_ms": 2200})).await;
+    slow_tmobile(&s, true).await;
     let (status, _, pending) = s.prove(&body, tx.clone(), &invoice).await;
     assert_eq!(status, 503, "{pending}");
     assert_eq!(pending["charged"], true, "{pending}");
     assert_eq!(pending["transaction"], tx.as_str(), "{pending}");
     let message = pending["error"]["message"].as_str().unwrap();
     assert!(!message.contains("nothing was charged"), "{message}");
-    s.set_faults("tmobile", json!({})).await;
-    let mut resends = 0;
-    let paid = loop {
-        let (status, _, answer) = s.prove(&body, tx.clone(), &invoice).await;
-        if status == 200 {
-            break answer;
-        }
-        assert_eq!(
-            (status, &answer["charged"]),
-            (503, &json!(true)),
-            "{answer}"
-        );
-        resends += 1;
-        assert!(resends < 60, "still pending after a minute: {answer}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    slow_tmobile(&s, false).await;
+    let paid = until_ok(
+        async || s.prove(&body, tx.clone(), &invoice).await,
+        |answer| answer["charged"] == true,
+    )
+    .await;
     assert!(paid["activation_code"].is_string(), "{paid}");
 }
 
@@ -1312,18 +1335,14 @@ async fn a_tx_hash_payment_whose_order_is_pending_is_told_it_was_charged() {
 /// chain. Before, the profile stayed allocated for good. (About 80 s of real time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() {
-    let s = PayStack::start(&[
-        ("SPIN_VARIABLE_DISPATCH_BUDGET_SECS", "4"),
-        ("SPIN_VARIABLE_ES2_TIMEOUT_MS", "3500"),
-    ])
-    .await;
+    let s = short_budget_stack().await;
     let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile"});
     let (_, req) = s.invoice(&body).await;
     let mut pay = Payment::for_requirement(&req);
     let valid_before = now() + 15;
     pay.auth.valid_before = U256::from(valid_before);
     let before = s.handed_out().await;
-    s.set_faults("tmobile", json!({"latency_ms": 2200})).await;
+    slow_tmobile(&s, true).await;
     let (status, _, pending) = s
         .post(
             "/v1/esim/activate",
@@ -1332,7 +1351,7 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
         )
         .await;
     assert_eq!(status, 503, "{pending}");
-    s.set_faults("tmobile", json!({})).await;
+    slow_tmobile(&s, false).await;
     let allocated: Vec<String> = s.handed_out().await.difference(&before).cloned().collect();
     assert_eq!(
         allocated.len(),
@@ -1367,20 +1386,16 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
 /// might never come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refresh_does_not_finish_the_order_of_an_unsettled_exact_payment() {
-    let s = PayStack::start(&[
-        ("SPIN_VARIABLE_DISPATCH_BUDGET_SECS", "4"),
-        ("SPIN_VARIABLE_ES2_TIMEOUT_MS", "3500"),
-    ])
-    .await;
+    let s = short_budget_stack().await;
     let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile"});
     let (_, req) = s.invoice(&body).await;
     let pay = Payment::for_requirement(&req);
     let before = s.handed_out().await;
-    s.set_faults("tmobile", json!({"latency_ms": 2200})).await;
+    slow_tmobile(&s, true).await;
     let headers = [("payment-signature", pay.header())];
     let (status, _, pending) = s.post("/v1/esim/activate", &body, &headers).await;
     assert_eq!(status, 503, "{pending}");
-    s.set_faults("tmobile", json!({})).await;
+    slow_tmobile(&s, false).await;
     let iccid = s
         .handed_out()
         .await
@@ -1408,17 +1423,11 @@ async fn refresh_does_not_finish_the_order_of_an_unsettled_exact_payment() {
     assert_eq!(sim["state"], "pending", "{sim}");
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
     // The same payment sent again finishes and settles it (once the first order's journal lease has ended).
-    let mut resends = 0;
-    let paid = loop {
-        let (status, _, answer) = s.post("/v1/esim/activate", &body, &headers).await;
-        if status == 200 {
-            break answer;
-        }
-        assert_eq!(status, 503, "{answer}");
-        resends += 1;
-        assert!(resends < 60, "still pending after a minute: {answer}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let paid = until_ok(
+        async || s.post("/v1/esim/activate", &body, &headers).await,
+        |_| true,
+    )
+    .await;
     assert_eq!(paid["iccid"], iccid.as_str(), "{paid}");
     assert!(s.nonce_used(agent(), pay.auth.nonce).await);
 }
