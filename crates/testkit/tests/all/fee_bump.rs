@@ -26,9 +26,21 @@ struct Replaced {
     replacement: B256,
 }
 
-/// Settle while nothing is mined, let the base fee rise to ten times what the transaction was signed at, and
-/// replay until the replacement is recorded and sent.
-async fn replaced(seed: u8) -> Replaced {
+/// A settlement sent while nothing is mined, answered pending.
+struct Stuck {
+    kit: Kit,
+    node: Arc<Node>,
+    inv: Invoice,
+    p: Pay,
+    /// Its settlement record.
+    key: String,
+    /// Its transaction as sent.
+    first: Vec<u8>,
+    original: B256,
+}
+
+/// Settle the payment of invoice `seed` while the node mines nothing: pending on the one transaction it sent.
+async fn stuck(seed: u8) -> Stuck {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
     let inv = invoice(seed, None);
@@ -39,6 +51,79 @@ async fn replaced(seed: u8) -> Replaced {
     let first = node.sent()[0].clone();
     let original = keccak256(&first);
     assert_eq!(got, Ok(S::Pending(original.to_string())));
+    Stuck {
+        kit,
+        node,
+        inv,
+        p,
+        key,
+        first,
+        original,
+    }
+}
+
+/// The replacement of the transaction `first` that the settlement record at `key` names, checked: recorded with
+/// the replaced hash kept, the same transaction (nonce, call, value, gas) at what a new one would pay under a
+/// base fee of `spike` (and a tip 10 % above the pooled one's), its hash claimed like every settlement
+/// transaction of ours. Its hash, its signed bytes and the record.
+async fn recorded_replacement(
+    kit: &Kit,
+    key: &str,
+    first: &[u8],
+    spike: u128,
+) -> (B256, Vec<u8>, serde_json::Value) {
+    let original = keccak256(first);
+    let record = kv_json(kit, key).await.unwrap();
+    assert_eq!(record["status"], "submitted");
+    assert_eq!(record["replaced"], json!([original.to_string()]));
+    let replacement: B256 = record["transaction"].as_str().unwrap().parse().unwrap();
+    assert_ne!(replacement, original);
+    let raw = alloy_primitives::hex::decode(record["raw_transaction"].as_str().unwrap()).unwrap();
+    assert_eq!(keccak256(&raw), replacement);
+    let (old, new) = (decode_tx(first), decode_tx(&raw));
+    assert_eq!(
+        (
+            new.tx().nonce,
+            &new.tx().input,
+            new.tx().to,
+            new.tx().value,
+            new.tx().gas_limit
+        ),
+        (
+            old.tx().nonce,
+            &old.tx().input,
+            old.tx().to,
+            old.tx().value,
+            old.tx().gas_limit
+        ),
+        "the same transaction"
+    );
+    assert_eq!(
+        (new.tx().max_fee_per_gas, new.tx().max_priority_fee_per_gas),
+        (2 * spike + TIP, TIP * 11 / 10),
+        "what a new transaction would pay now, and a tip 10 % above the pooled one's"
+    );
+    assert!(
+        kit.kv_get(&format!("txhash/{replacement:#x}"))
+            .await
+            .is_some(),
+        "claimed like every settlement transaction of ours"
+    );
+    (replacement, raw, record)
+}
+
+/// Settle while nothing is mined, let the base fee rise to ten times what the transaction was signed at, and
+/// replay until the replacement is recorded and sent.
+async fn replaced(seed: u8) -> Replaced {
+    let Stuck {
+        mut kit,
+        node,
+        inv,
+        p,
+        key,
+        first,
+        original,
+    } = stuck(seed).await;
     assert_eq!(
         decode_tx(&first).tx().max_fee_per_gas,
         2 * BASE_FEE + TIP,
@@ -64,46 +149,12 @@ async fn replaced(seed: u8) -> Replaced {
         1,
         "the replacement never reached the node"
     );
-    let record = kv_json(&kit, &key).await.unwrap();
-    assert_eq!(record["status"], "submitted");
-    assert_eq!(record["replaced"], json!([original.to_string()]));
-    let replacement: B256 = record["transaction"].as_str().unwrap().parse().unwrap();
-    assert_ne!(replacement, original);
+    let (replacement, raw, _) = recorded_replacement(&kit, &key, &first, spike).await;
     assert_eq!(got, Ok(S::Pending(replacement.to_string())));
-    let raw = alloy_primitives::hex::decode(record["raw_transaction"].as_str().unwrap()).unwrap();
-    assert_eq!(keccak256(&raw), replacement);
-    let (old, new) = (decode_tx(&first), decode_tx(&raw));
-    assert_eq!(new.tx().nonce, TX_COUNT, "the same nonce");
-    assert_eq!(new.tx().nonce, old.tx().nonce);
+    assert_eq!(decode_tx(&raw).tx().nonce, TX_COUNT, "the same nonce");
     assert_eq!(
-        (
-            &new.tx().input,
-            new.tx().to,
-            new.tx().value,
-            new.tx().gas_limit
-        ),
-        (
-            &old.tx().input,
-            old.tx().to,
-            old.tx().value,
-            old.tx().gas_limit
-        ),
-        "the same call"
-    );
-    assert_eq!(
-        new.tx().to,
+        decode_tx(&raw).tx().to,
         TxKind::Call(crate::verifier::USDC.parse().unwrap())
-    );
-    assert_eq!(
-        (new.tx().max_fee_per_gas, new.tx().max_priority_fee_per_gas),
-        (2 * spike + TIP, TIP * 11 / 10),
-        "what a new transaction would pay now, and a tip 10 % above the pooled one's"
-    );
-    assert!(
-        kit.kv_get(&format!("txhash/{replacement:#x}"))
-            .await
-            .is_some(),
-        "claimed like every settlement transaction of ours"
     );
 
     // Half a minute later the replacement, still unknown to the node, is sent again: the same bytes.
@@ -217,16 +268,14 @@ fn offered(kit: &Kit) -> Vec<B256> {
 /// is sent, then sends its own transaction at the next nonce. A send moments later replaces nothing more.
 #[tokio::test]
 async fn a_stuck_settlement_is_replaced_by_another_payments_send() {
-    let node = Arc::new(Node::default());
-    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
-    let stuck_inv = invoice(73, None);
-    let stuck = pay(&stuck_inv);
-    let key = stuck.nonce_key();
-    node.set(|c| c.mining = Mining::Never);
-    let got = settle(&mut kit, &stuck_inv, stuck.v2()).await;
-    let first = node.sent()[0].clone();
-    let original = keccak256(&first);
-    assert_eq!(got, Ok(S::Pending(original.to_string())));
+    let Stuck {
+        mut kit,
+        node,
+        key,
+        first,
+        original,
+        ..
+    } = stuck(73).await;
     assert_eq!(decode_tx(&first).tx().nonce, TX_COUNT);
 
     // A minute later it waits in the pool (pending, not mined) below a base fee ten times what it was signed
@@ -243,39 +292,7 @@ async fn a_stuck_settlement_is_replaced_by_another_payments_send() {
     let p = pay(&inv);
     let got = settle(&mut kit, &inv, p.v2()).await;
 
-    let record = kv_json(&kit, &key).await.unwrap();
-    assert_eq!(record["status"], "submitted");
-    assert_eq!(record["replaced"], json!([original.to_string()]));
-    let replacement: B256 = record["transaction"].as_str().unwrap().parse().unwrap();
-    assert_ne!(replacement, original);
-    let raw = alloy_primitives::hex::decode(record["raw_transaction"].as_str().unwrap()).unwrap();
-    assert_eq!(keccak256(&raw), replacement);
-    let (old, new) = (decode_tx(&first), decode_tx(&raw));
-    assert_eq!(
-        (
-            new.tx().nonce,
-            &new.tx().input,
-            new.tx().to,
-            new.tx().gas_limit
-        ),
-        (
-            old.tx().nonce,
-            &old.tx().input,
-            old.tx().to,
-            old.tx().gas_limit
-        ),
-        "the same transaction"
-    );
-    assert_eq!(
-        (new.tx().max_fee_per_gas, new.tx().max_priority_fee_per_gas),
-        (2 * spike + TIP, TIP * 11 / 10)
-    );
-    assert!(
-        kit.kv_get(&format!("txhash/{replacement:#x}"))
-            .await
-            .is_some(),
-        "claimed like every settlement transaction of ours"
-    );
+    let (replacement, _, record) = recorded_replacement(&kit, &key, &first, spike).await;
 
     // The new payment's own transaction went out after the replacement, at the next nonce.
     let sent = node.sent();
