@@ -466,13 +466,16 @@ impl PayStack {
 
     /// `POST /admin/refunds/run` with the admin token: its status and summary.
     pub async fn run_refunds(&self) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}/admin/refunds/run", self.url))
-            .bearer_auth(&self.admin_token)
-            .send()
-            .await
-            .unwrap();
+        self.admin_run("refunds", Some(&self.admin_token)).await
+    }
+
+    /// `POST /admin/{what}/run` with `token` as the bearer (none: no `Authorization`): its status and body.
+    pub async fn admin_run(&self, what: &str, token: Option<&str>) -> (u16, Value) {
+        let mut r = self.http.post(format!("{}/admin/{what}/run", self.url));
+        if let Some(token) = token {
+            r = r.bearer_auth(token);
+        }
+        let r = r.send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
     }
 
@@ -1331,8 +1334,9 @@ async fn a_tx_hash_payment_whose_order_is_pending_is_told_it_was_charged() {
 
 /// An `exact` payment whose order outlives the dispatch budget (T-Mobile slowed as above) and that is never
 /// sent again: once its authorization can no longer settle (`validBefore` + 60 s; signed here to expire 15 s
-/// on), the next order's cleanup sweep withdraws it: its profile retired at the carrier, nothing moved on
-/// chain. Before, the profile stayed allocated for good. (About 80 s of real time.)
+/// on), the operator's cleanup run (`POST /admin/cleanup/run`, from cron) withdraws it, with no order placed
+/// since: its profile retired at the carrier, nothing moved on chain. Before, the profile stayed allocated for
+/// good, and then until some later order's sweep. (About 80 s of real time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() {
     let s = short_budget_stack().await;
@@ -1368,17 +1372,33 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
     while now() <= valid_before + 61 {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    s.activate_paid(
-        &json!({"region": "us-west", "data_mb": 100, "carrier": "verizon"}),
-        &[],
-    )
-    .await;
+    // With no order placed since, the operator's cleanup run (cron) withdraws it; only with the admin token.
+    for token in [None, Some("not-the-admin-token")] {
+        let (status, refused) = s.admin_run("cleanup", token).await;
+        assert_eq!(status, 401, "{refused}");
+    }
+    assert!(s.handed_out().await.contains(&allocated[0]));
+    let (status, run) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(
+        (&run["withdrawn"], &run["parked"]),
+        (&json!(1), &json!(0)),
+        "{run}"
+    );
     assert!(
         !s.handed_out().await.contains(&allocated[0]),
         "the abandoned order's profile {} is still allocated",
         allocated[0]
     );
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+    // Once: a later order's sweep, and the next run, find nothing to withdraw.
+    s.activate_paid(
+        &json!({"region": "us-west", "data_mb": 100, "carrier": "verizon"}),
+        &[],
+    )
+    .await;
+    let (status, again) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+    assert_eq!((status, &again["withdrawn"]), (200, &json!(0)), "{again}");
 }
 
 /// The owner's `POST …/refresh` does not finish the pending order of an `exact` payment that has not settled

@@ -9,25 +9,32 @@ use esim402_core::esim::Iccid;
 use esim402_core::esim::es2::{self, DownloadOrderRequest, DownloadOrderResponse};
 use esim402_core::order::{self, Cleanup, Queued};
 
+use esim402_guest::wit;
+
+use crate::bindings::exports::esim402::dispatch::dispatch::CleanupRun;
 use crate::calls::{self, Deadline};
 use crate::config::Config;
 use crate::{queue, sim_store};
 
 /// Withdraw up to `max` parked orders due at `now` (orders left pending whose payment can no longer settle,
-/// [`crate::parking::sweep`]), then work off up to `max` queued cleanups: take them off the queue atomically (so two sweeps never do the same
+/// [`crate::parking::sweep`]), then work off up to `max` queued cleanups within `deadline`: take them off the queue atomically (so two sweeps never do the same
 /// item), try each once within the sweep's deadline, and re-queue what still fails or was not reached. What
 /// failed goes back behind what was not reached, so a carrier that takes the whole deadline cannot keep the
 /// items behind it from ever being tried.
-pub async fn sweep(cfg: &Config, max: usize, now: u64) {
-    let deadline = Deadline::sweep(cfg);
-    crate::parking::sweep(cfg, deadline, max, now).await;
+pub async fn sweep(cfg: &Config, deadline: Deadline, max: usize, now: u64) -> Swept {
+    let mut swept = Swept {
+        withdrawn: crate::parking::sweep(cfg, deadline, max, now).await,
+        ..Swept::default()
+    };
     let mut failed: Vec<(Cleanup, u32, u64)> = Vec::new();
     for Queued { item, tries, since } in queue::take(max).await {
         // Not reached in the sweep's time: back on the queue, not counted as a try.
         if deadline.next_call().is_none() {
             queue::requeue(item, tries, since).await;
+            swept.requeued = swept.requeued.saturating_add(1);
             continue;
         }
+        swept.tried = swept.tried.saturating_add(1);
         let mut fail = |left: Cleanup| failed.push((left, tries.saturating_add(1), since));
         match &item {
             Cleanup::Cancel {
@@ -110,7 +117,38 @@ pub async fn sweep(cfg: &Config, max: usize, now: u64) {
     }
     for (item, tries, since) in failed {
         queue::requeue(item, tries, since).await;
+        swept.requeued = swept.requeued.saturating_add(1);
     }
+    swept
+}
+
+/// `run-cleanup` (the operator's `POST /admin/cleanup/run`, e.g. from cron): a sweep of up to `limit` parked
+/// orders and `limit` queued items within one order budget, then what is left. Without it, parked orders are
+/// withdrawn and queued items retried only by the sweep of a later order.
+pub async fn run(now: u64, limit: u32) -> Result<CleanupRun, wit::Error> {
+    let cfg = crate::config::get().await?;
+    let max = usize::try_from(limit).unwrap_or(usize::MAX);
+    let swept = sweep(&cfg, Deadline::new(&cfg), max, now).await;
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(CleanupRun {
+        withdrawn: swept.withdrawn,
+        tried: swept.tried,
+        requeued: swept.requeued,
+        queued: count(queue::len().await),
+        parked: count(crate::parking::parked_len().await),
+    })
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Swept {
+    /// Parked orders withdrawn.
+    pub withdrawn: u32,
+    /// Queued items tried (each either done, dropped, or back on the queue).
+    pub tried: u32,
+    /// Items put back on the queue: failed again, or not reached in the sweep's time (a cancel a lost
+    /// DownloadOrder's replay just learned of counts here too).
+    pub requeued: u32,
 }
 
 /// The invoice of a live SIM of another order that holds `iccid` now (kernel `order::sweep_may_cancel`; `invoice`:

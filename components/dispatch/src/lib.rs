@@ -54,7 +54,7 @@ mod sims;
 mod spec;
 mod switching;
 
-use bindings::exports::esim402::dispatch::dispatch::{Guest, SimPage};
+use bindings::exports::esim402::dispatch::dispatch::{CleanupRun, Guest, SimPage};
 use esim402_guest::convert::{self, invalid, sim_to_wit};
 use esim402_guest::wit;
 
@@ -191,6 +191,10 @@ impl Guest for Component {
         action: wit::LifecycleAction,
     ) -> Result<wit::Sim, wit::Error> {
         sims::lifecycle(&iccid, action).await
+    }
+
+    async fn run_cleanup(now: u64, limit: u32) -> Result<CleanupRun, wit::Error> {
+        cleanup::run(now, limit).await
     }
 
     async fn set_balance_hold(hold: wit::BalanceHold) -> Result<wit::Sim, wit::Error> {

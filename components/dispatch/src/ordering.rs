@@ -245,7 +245,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         }
         Err(Claim::Busy(None)) | Err(Claim::Drive(_)) => return Err(in_progress(invoice_id)),
     };
-    cleanup::sweep(&cfg, 4, now).await;
+    cleanup::sweep(&cfg, Deadline::sweep(&cfg), 4, now).await;
     let deadline = Deadline::new(&cfg);
     let mut failovers = driver.order.failovers.clone();
 

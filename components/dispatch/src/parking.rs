@@ -67,19 +67,32 @@ async fn take_due(max: usize, now: u64) -> Vec<Parked> {
 }
 
 /// Withdraw up to `max` parked orders due at `now`, within the sweep's `deadline`; an entry not reached in
-/// time is parked again as it was.
-pub async fn sweep(cfg: &Config, deadline: Deadline, max: usize, now: u64) {
+/// time is parked again as it was. How many were withdrawn.
+pub async fn sweep(cfg: &Config, deadline: Deadline, max: usize, now: u64) -> u32 {
+    let mut withdrawn = 0u32;
     for item in take_due(max, now).await {
         if deadline.next_call().is_none() {
             park(&item).await;
             continue;
         }
-        withdraw(cfg, &item, deadline, now).await;
+        if withdraw(cfg, &item, deadline, now).await {
+            withdrawn = withdrawn.saturating_add(1);
+        }
     }
+    withdrawn
+}
+
+/// How many entries are parked (an unreadable list counts none).
+pub async fn parked_len() -> usize {
+    kv::get_json::<Vec<Parked>, ()>(keys::CLEANUP_PARKED)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |l| l.len())
 }
 
 /// Withdraw one due entry (kernel `parked::withdrawal`, `parked::withdraw_pending`).
-async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
+async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> bool {
     let Parked {
         invoice,
         carrier,
@@ -96,12 +109,16 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
             eprintln!(
                 "dispatch: the parked order of invoice {invoice} waits: its journal cannot be read: {e}"
             );
-            return park(item).await;
+            park(item).await;
+            return false;
         }
     };
     match parked::withdrawal(journal.as_ref(), iccid, now) {
-        Withdrawal::Drop => return,
-        Withdrawal::Later(until) => return park(&later(until)).await,
+        Withdrawal::Drop => return false,
+        Withdrawal::Later(until) => {
+            park(&later(until)).await;
+            return false;
+        }
         Withdrawal::Proceed => {}
     }
     let lease = order::lease_secs(cfg.budget.as_secs(), cfg.call_timeout.as_secs());
@@ -109,15 +126,17 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
         Ok(Ok(driver)) => driver,
         // Taken by the same payment sent again meanwhile: looked at again once its lease ends.
         Ok(Err(Claim::Busy(_) | Claim::Drive(_))) => {
-            return park(&later(now.saturating_add(lease))).await;
+            park(&later(now.saturating_add(lease))).await;
+            return false;
         }
-        Ok(Err(Claim::Done(_) | Claim::Failed(_))) => return,
+        Ok(Err(Claim::Done(_) | Claim::Failed(_))) => return false,
         Err(e) => {
             eprintln!(
                 "dispatch: the parked order of invoice {invoice} waits: its journal cannot be claimed: {}",
                 message(&e)
             );
-            return park(item).await;
+            park(item).await;
+            return false;
         }
     };
     // Handed back at once when nothing is withdrawn: the same payment sent again drives it without waiting.
@@ -131,10 +150,12 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
     };
     // Claimed (so still ordering): unless a failover moved it to another profile since it was read.
     if driver.order.step.as_ref().is_none_or(|s| s.iccid != *iccid) {
-        return hand_back().await;
+        hand_back().await;
+        return false;
     }
     let Ok(i) = Iccid::parse(iccid) else {
-        return hand_back().await;
+        hand_back().await;
+        return false;
     };
     let withdrawn = kv::change_json::<StoredSim, bool, wit::Error>(&keys::sim(iccid), |current| {
         Ok(match parked::withdraw_pending(current.as_ref(), invoice) {
@@ -147,14 +168,18 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
     let sim = match withdrawn {
         Ok((Some(sim), true)) => sim,
         // Delivered, terminated by its owner, given up, or another order's since: nothing to withdraw.
-        Ok(_) => return hand_back().await,
+        Ok(_) => {
+            hand_back().await;
+            return false;
+        }
         Err(e) => {
             eprintln!(
                 "dispatch: the parked order of invoice {invoice} waits: SIM {iccid} cannot be updated: {}",
                 message(&e)
             );
             hand_back().await;
-            return park(item).await;
+            park(item).await;
+            return false;
         }
     };
     // A confirm executed whose answer was lost may have released the profile: retired, never returned to the
@@ -201,4 +226,5 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) {
         "dispatch: withdrew the pending order of invoice {invoice}: its payment can no longer settle; SIM \
          {iccid} at {carrier} terminated"
     );
+    true
 }

@@ -44,3 +44,12 @@ pub async fn take(max: usize) -> Vec<Queued> {
     .await;
     taken.map(|(_, t)| t).unwrap_or_default()
 }
+
+/// How many items are queued (an unreadable queue counts none).
+pub async fn len() -> usize {
+    kv::get_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |q| q.len())
+}

@@ -6,7 +6,8 @@
 //!
 //! - [`purchase`]: `POST /v1/esim/activate` and `/v1/esim/{iccid}/switch`: the 402 challenge, or a payment;
 //! - [`pay`]: paying an invoice and delivering what it buys, at most once;
-//! - [`routes`]: everything else (invoices, SIMs, callbacks, the facilitator API, the ledger, admin);
+//! - [`routes`]: everything else (invoices, SIMs, callbacks, the facilitator API, the ledger);
+//! - [`admin`]: the operator's runs (refunds, cleanup) behind the admin token;
 //! - [`failed`]: the money of a SIM whose profile can never be installed (a download callback failed it);
 //! - [`auth`]: the SIM owner's credential (access token or wallet sign-in), checked before any SIM route acts.
 
@@ -32,6 +33,7 @@ mod bindings {
     });
 }
 
+mod admin;
 mod auth;
 mod convert;
 mod failed;
@@ -197,7 +199,8 @@ async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, Api
         (Method::GET, ["v1", "ledger"]) => routes::ledger_export(&req).await,
         (Method::POST, ["verify"]) => routes::facilitator(req, false).await,
         (Method::POST, ["settle"]) => routes::facilitator(req, true).await,
-        (Method::POST, ["admin", "refunds", "run"]) => routes::run_refunds(&req).await,
+        (Method::POST, ["admin", "refunds", "run"]) => admin::run_refunds(&req).await,
+        (Method::POST, ["admin", "cleanup", "run"]) => admin::run_cleanup(&req).await,
         (Method::GET, ["supported"]) => verifier::supported()
             .await
             .map(|b| json(200, b))

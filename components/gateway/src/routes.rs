@@ -1,6 +1,6 @@
 //! The routes that sell nothing: invoices read back, SIMs and their lifecycle (the owner's credential first,
 //! [`crate::auth`]), the SM-DP+'s callbacks (the carrier's credential), the x402 facilitator API for
-//! third-party resource servers, the ledger (its export and the refund run behind the admin token).
+//! third-party resource servers, the ledger (its export behind the admin token; the operator's runs are in [`crate::admin`]).
 
 use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
@@ -274,61 +274,6 @@ pub async fn facilitator(req: Request, settle: bool) -> Result<Reply, ApiError> 
     Ok(json(200, out))
 }
 
-/// The admin token, checked in constant time against `Authorization: Bearer …`; with `admin_token` unset the
-/// admin endpoints are disabled (403).
-async fn check_admin(req: &Request) -> Result<(), ApiError> {
-    let token = esim402_guest::config::optional_var("admin_token")
-        .await
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::Forbidden,
-                "admin endpoints are disabled: set the admin_token variable",
-            )
-        })?;
-    let presented = crate::bearer(req);
-    let ok =
-        presented.is_some_and(|p| esim402_core::auth::secret_eq(p.as_bytes(), token.as_bytes()));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorKind::Unauthorized,
-            "missing or wrong bearer token",
-        ))
-    }
-}
-
-/// `POST /admin/refunds/run?limit=N` (for cron): pay owed refunds from the treasury key.
-pub async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
-    check_admin(req).await?;
-    let mut limit = 50u32;
-    crate::query::params(req.uri().query(), "limit", |k, v| {
-        if k != "limit" {
-            return Ok(false);
-        }
-        limit = v
-            .parse()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-500"))?;
-        Ok(true)
-    })?;
-    let run = verifier::run_refunds(now(), limit)
-        .await
-        .map_err(from_wit)?;
-    // Paid refunds leave the queue only once their events are logged (or parked); a run that stops before
-    // sees them again next time, as repeats the ledger keeps once.
-    let logged = crate::pay::log_events(run.events, false).await
-        & crate::pay::log_events(run.repeats, true).await;
-    if logged
-        && !run.settled.is_empty()
-        && let Err(e) = verifier::ack_refunds(run.settled).await
-    {
-        eprintln!("gateway: acknowledging paid refunds failed (the next run repeats them): {e:?}");
-    }
-    Ok(json(200, run.summary))
-}
-
 /// `GET /v1/ledger/verify`: every shard's chain recomputed and compared with its stored head. 200 either
 /// way; `ok: false` names the first problem (edited, removed, reordered or forged entry). First, usage events a
 /// crash left held are parked (`meter::recover_held`; `recovered`: how many batches), and the outbox is drained.
@@ -349,7 +294,7 @@ pub async fn ledger_verify() -> Result<Reply, ApiError> {
 /// lines; without `shard`, every shard merged by time (`from` skips that many); with it, that shard from
 /// sequence number `from`.
 pub async fn ledger_export(req: &Request) -> Result<Reply, ApiError> {
-    check_admin(req).await?;
+    crate::admin::check(req).await?;
     let query = req.uri().query();
     let (mut from, mut limit, mut shard) = (0u64, 1000u32, None);
     crate::query::params(query, "from, limit, shard", |k, v| {

@@ -44,6 +44,7 @@ pub const ROUTES: &[Route] = &[
     r("/v1/ledger/verify", "GET"),
     r("/v1/ledger", "GET"),
     r("/admin/refunds/run", "POST"),
+    r("/admin/cleanup/run", "POST"),
     r("/gsma/rsp2/es2plus/handleDownloadProgressInfo", "POST"),
 ];
 

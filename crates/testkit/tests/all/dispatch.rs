@@ -1622,6 +1622,86 @@ async fn an_abandoned_order_is_withdrawn_once_its_authorization_expired() {
     );
 }
 
+/// The operator's cleanup run (`run-cleanup`, `POST /admin/cleanup/run` from cron) withdraws an abandoned order
+/// once it is due and retries the queued carrier work, with no order placed: before, only a later order's
+/// sweep did either, so a service nobody ordered from kept the profile allocated. Its report says what it did
+/// and what is left.
+#[tokio::test]
+async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let valid_before = NOW + 60;
+    let pending = order_until(
+        &mut kit,
+        request("us-west", None),
+        "inv-cron",
+        NOW,
+        Some(valid_before),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    smdp.set("tmobile", Behaves::Ok);
+    let before = kit.requests().len();
+    let queued = Iccid::with_check_digit("890126000000000077").unwrap();
+    let item = json!([{"kind": "cancel", "carrier": "tmobile", "iccid": queued.as_str(), "retire": false}]);
+    kit.kv_put("cleanup/queue", item.to_string().as_bytes())
+        .await;
+    let run = async |kit: &mut Kit, at: u64| {
+        kit.call(async move |a, g| g.dispatch().call_run_cleanup(a, at, 50).await)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let cancels = |kit: &Kit| -> Vec<String> {
+        kit.requests()
+            .iter()
+            .filter(|r| r.uri.ends_with("/cancelOrder"))
+            .map(|r| r.json().unwrap()["iccid"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    // Before the order is due: the queued cancel is done, the parked order left alone.
+    let first = run(&mut kit, valid_before + 59).await;
+    assert_eq!(
+        (
+            first.withdrawn,
+            first.tried,
+            first.requeued,
+            first.queued,
+            first.parked
+        ),
+        (0, 1, 0, 0, 1)
+    );
+    assert_eq!(cancels(&kit), vec![queued.as_str().to_owned()]);
+    assert_eq!(
+        get_sim(&mut kit, &pending.iccid).await.state,
+        types::SimState::Pending
+    );
+    // Due: withdrawn, its profile retired, and no order was placed for it.
+    let second = run(&mut kit, valid_before + 60).await;
+    assert_eq!(
+        (
+            second.withdrawn,
+            second.tried,
+            second.requeued,
+            second.queued,
+            second.parked
+        ),
+        (1, 0, 0, 0, 0)
+    );
+    assert_eq!(
+        get_sim(&mut kit, &pending.iccid).await.state,
+        types::SimState::Terminated
+    );
+    assert_retired(&kit, "tmobile", &pending.iccid);
+    // Nothing left: a third run does nothing. The runs asked the carrier for the two cancels only.
+    let third = run(&mut kit, AFTER_LEASE).await;
+    assert_eq!((third.withdrawn, third.tried, third.parked), (0, 0, 0));
+    let asked: Vec<_> = calls(&kit)[before..].to_vec();
+    assert_eq!(asked, vec![call("tmobile", "cancelOrder"); 2]);
+}
+
 /// The same payment sent again before its authorization expired completes the order: the SIM it delivers is
 /// never withdrawn by a later sweep, whenever that runs.
 #[tokio::test]
