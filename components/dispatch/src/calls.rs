@@ -56,6 +56,13 @@ impl Deadline {
         }
     }
 
+    /// Whole seconds left (rounded up): how long work under this deadline may hold what it took.
+    pub fn secs_left(&self) -> u64 {
+        let left = self.end.saturating_duration_since(Instant::now());
+        left.as_secs()
+            .saturating_add(u64::from(left.subsec_nanos() > 0))
+    }
+
     /// Time for the next call, or `None` once the budget is spent.
     pub fn next_call(&self) -> Option<Duration> {
         let left = self.end.checked_duration_since(Instant::now())?;

@@ -7,7 +7,7 @@
 use esim402_core::esim::Eid;
 use esim402_core::esim::Iccid;
 use esim402_core::esim::es2::{self, DownloadOrderRequest, DownloadOrderResponse};
-use esim402_core::order::{self, Cleanup, Queued};
+use esim402_core::order::{self, Cleanup, Queued, Settle};
 
 use esim402_guest::wit;
 
@@ -17,109 +17,121 @@ use crate::config::Config;
 use crate::{queue, sim_store};
 
 /// Withdraw up to `max` parked orders due at `now` (orders left pending whose payment can no longer settle,
-/// [`crate::parking::sweep`]), then work off up to `max` queued cleanups within `deadline`: take them off the queue atomically (so two sweeps never do the same
-/// item), try each once within the sweep's deadline, and re-queue what still fails or was not reached. What
-/// failed goes back behind what was not reached, so a carrier that takes the whole deadline cannot keep the
-/// items behind it from ever being tried.
+/// [`crate::parking::sweep`]), then work off up to `max` queued cleanups within `deadline`: take them
+/// atomically, held for the sweep (so two sweeps never do the same item, and a sweep that stops before it is
+/// done with one, a crash, loses nothing), try each once, and settle it: done, free again where it stood when
+/// not reached (not counted as a try), or to the back of the queue when it still fails. So a carrier that
+/// takes the whole deadline cannot keep the items behind it from ever being tried.
 pub async fn sweep(cfg: &Config, deadline: Deadline, max: usize, now: u64) -> Swept {
+    let lease_until = order::sweep_lease_until(now, deadline.secs_left());
     let mut swept = Swept {
-        withdrawn: crate::parking::sweep(cfg, deadline, max, now).await,
+        withdrawn: crate::parking::sweep(cfg, deadline, max, now, lease_until).await,
         ..Swept::default()
     };
-    let mut failed: Vec<(Cleanup, u32, u64)> = Vec::new();
-    for Queued { item, tries, since } in queue::take(max).await {
-        // Not reached in the sweep's time: back on the queue, not counted as a try.
-        if deadline.next_call().is_none() {
-            queue::requeue(item, tries, since).await;
+    for taken in queue::take(max, now, lease_until).await {
+        let outcome = if deadline.next_call().is_none() {
+            Settle::Untried
+        } else {
+            swept.tried = swept.tried.saturating_add(1);
+            work(cfg, &taken, deadline).await
+        };
+        if !matches!(outcome, Settle::Done) {
             swept.requeued = swept.requeued.saturating_add(1);
-            continue;
         }
-        swept.tried = swept.tried.saturating_add(1);
-        let mut fail = |left: Cleanup| failed.push((left, tries.saturating_add(1), since));
-        match &item {
-            Cleanup::Cancel {
-                carrier,
-                iccid,
-                retire,
-                fci,
-                invoice,
-            } => match (cfg.carrier(carrier), Iccid::parse(iccid)) {
-                (Ok(c), Ok(i)) => match held_now(&i, invoice.as_deref()).await {
-                    Err(()) => fail(item.clone()),
-                    Ok(Some(holder)) => dropped(&i, carrier, &holder),
-                    Ok(None) => {
-                        let (call, owner) = (fci.clone(), invoice.clone());
-                        let left =
-                            calls::cancel_as(cfg, c, &i, *retire, call, deadline, owner).await;
-                        if let Some(left) = left {
-                            fail(left);
-                        }
+        queue::settle(&taken, outcome).await;
+    }
+    swept
+}
+
+/// Try one queued item once within `deadline`: what became of it.
+async fn work(cfg: &Config, taken: &Queued, deadline: Deadline) -> Settle {
+    let Queued {
+        item, tries, since, ..
+    } = taken;
+    let fail = |left: Cleanup| Settle::Again(left, tries.saturating_add(1), *since);
+    match item {
+        Cleanup::Cancel {
+            carrier,
+            iccid,
+            retire,
+            fci,
+            invoice,
+        } => match (cfg.carrier(carrier), Iccid::parse(iccid)) {
+            (Ok(c), Ok(i)) => match held_now(&i, invoice.as_deref()).await {
+                Err(()) => fail(item.clone()),
+                Ok(Some(holder)) => dropped(&i, carrier, &holder),
+                Ok(None) => {
+                    let (call, owner) = (fci.clone(), invoice.clone());
+                    match calls::cancel_as(cfg, c, &i, *retire, call, deadline, owner).await {
+                        Some(left) => fail(left),
+                        None => Settle::Done,
                     }
-                },
-                _ => eprintln!(
-                    "dispatch: dropping queued cancel of {iccid} at {carrier}: the carrier left the catalog or the ICCID does not parse; an operator must return the profile"
-                ),
+                }
             },
-            Cleanup::LostDownload {
-                carrier,
-                fci,
-                profile_type,
-                eid,
-            } => {
-                let Ok(c) = cfg.carrier(carrier) else {
-                    eprintln!(
-                        "dispatch: dropping lost DownloadOrder {fci} at {carrier}: the carrier left the catalog; an operator must return the profile"
-                    );
-                    continue;
-                };
-                let body = DownloadOrderRequest {
-                    header: calls::header(c, fci),
-                    eid: eid.as_deref().and_then(|e| Eid::parse(e).ok()),
-                    iccid: None,
-                    profile_type: Some(profile_type.clone()),
-                };
-                let answer = calls::call_twice::<_, DownloadOrderResponse>(
-                    cfg,
-                    c,
-                    es2::DOWNLOAD_ORDER_PATH,
-                    &body,
-                    deadline,
-                )
-                .await;
-                match answer {
-                    Ok(r) => match (r.header.failure(), r.iccid) {
-                        (None, Some(iccid)) => match held_now(&iccid, None).await {
-                            // The replay is answered again the same way: learn it again next time.
-                            Err(()) => fail(item.clone()),
-                            Ok(Some(holder)) => dropped(&iccid, carrier, &holder),
-                            Ok(None) => {
-                                // A cancel just learned of is new work: counted from its own first
-                                // failure.
-                                let left =
-                                    calls::cancel_as(cfg, c, &iccid, false, None, deadline, None)
-                                        .await;
-                                if let Some(left) = left {
-                                    failed.push((left, 1, 0));
-                                }
+            _ => {
+                eprintln!(
+                    "dispatch: dropping queued cancel of {iccid} at {carrier}: the carrier left the catalog or the ICCID does not parse; an operator must return the profile"
+                );
+                Settle::Done
+            }
+        },
+        Cleanup::LostDownload {
+            carrier,
+            fci,
+            profile_type,
+            eid,
+        } => {
+            let Ok(c) = cfg.carrier(carrier) else {
+                eprintln!(
+                    "dispatch: dropping lost DownloadOrder {fci} at {carrier}: the carrier left the catalog; an operator must return the profile"
+                );
+                return Settle::Done;
+            };
+            let body = DownloadOrderRequest {
+                header: calls::header(c, fci),
+                eid: eid.as_deref().and_then(|e| Eid::parse(e).ok()),
+                iccid: None,
+                profile_type: Some(profile_type.clone()),
+            };
+            let answer = calls::call_twice::<_, DownloadOrderResponse>(
+                cfg,
+                c,
+                es2::DOWNLOAD_ORDER_PATH,
+                &body,
+                deadline,
+            )
+            .await;
+            match answer {
+                Ok(r) => match (r.header.failure(), r.iccid) {
+                    (None, Some(iccid)) => match held_now(&iccid, None).await {
+                        // The replay is answered again the same way: learn it again next time.
+                        Err(()) => fail(item.clone()),
+                        Ok(Some(holder)) => dropped(&iccid, carrier, &holder),
+                        Ok(None) => {
+                            // A cancel just learned of is new work, in the lost DownloadOrder's place: counted
+                            // from its own first failure.
+                            match calls::cancel_as(cfg, c, &iccid, false, None, deadline, None)
+                                .await
+                            {
+                                Some(left) => Settle::Again(left, 1, 0),
+                                None => Settle::Done,
                             }
-                        },
-                        // The replay could not be executed now: again later.
-                        (Some(_), _) if r.header.failed_for_now() => fail(item.clone()),
-                        (code, _) => eprintln!(
+                        }
+                    },
+                    // The replay could not be executed now: again later.
+                    (Some(_), _) if r.header.failed_for_now() => fail(item.clone()),
+                    (code, _) => {
+                        eprintln!(
                             "dispatch: lost DownloadOrder {fci} at {carrier} replayed with {}: nothing to cancel, or an operator must look",
                             code.map_or_else(|| "no ICCID".to_owned(), |c| c.to_string())
-                        ),
-                    },
-                    Err(_) => fail(item.clone()),
-                }
+                        );
+                        Settle::Done
+                    }
+                },
+                Err(_) => fail(item.clone()),
             }
         }
     }
-    for (item, tries, since) in failed {
-        queue::requeue(item, tries, since).await;
-        swept.requeued = swept.requeued.saturating_add(1);
-    }
-    swept
 }
 
 /// `run-cleanup` (the operator's `POST /admin/cleanup/run`, e.g. from cron): a sweep of up to `limit` parked
@@ -146,7 +158,7 @@ pub struct Swept {
     pub withdrawn: u32,
     /// Queued items tried (each either done, dropped, or back on the queue).
     pub tried: u32,
-    /// Items put back on the queue: failed again, or not reached in the sweep's time (a cancel a lost
+    /// Items left on the queue: failed again, or not reached in the sweep's time (a cancel a lost
     /// DownloadOrder's replay just learned of counts here too).
     pub requeued: u32,
 }
@@ -167,8 +179,10 @@ async fn held_now(iccid: &Iccid, invoice: Option<&str>) -> Result<Option<String>
     }
 }
 
-fn dropped(iccid: &Iccid, carrier: &str, invoice: &str) {
+/// Logs why a queued cancel is not sent: it leaves the queue.
+fn dropped(iccid: &Iccid, carrier: &str, invoice: &str) -> Settle {
     eprintln!(
         "dispatch: not cancelling profile {iccid} at {carrier}: the carrier has handed it to a live SIM of ours since (invoice {invoice}); dropped from the queue"
     );
+    Settle::Done
 }

@@ -51,38 +51,76 @@ async fn park(item: &Parked) {
     }
 }
 
-/// Take up to `max` entries due at `now` off the list atomically (two sweeps never take the same one). The
-/// common case is nothing due: a plain read, so concurrent orders do not contend on a write.
-async fn take_due(max: usize, now: u64) -> Vec<Parked> {
+/// Take up to `max` entries due at `now` atomically, held until `lease_until` (kernel `parked::take_due`):
+/// two sweeps never take the same one, and one a sweep never [`settle`]s (it crashed) is due again after the
+/// hold. The common case is nothing due: a plain read, so concurrent orders do not contend on a write.
+async fn take_due(max: usize, now: u64, lease_until: u64) -> Vec<Parked> {
     match kv::get_json::<Vec<Parked>, ()>(keys::CLEANUP_PARKED).await {
         Ok(Some(list)) if parked::any_due(&list, now) => {}
         _ => return Vec::new(),
     }
     kv::update_json_with::<Vec<Parked>, Vec<Parked>, ()>(keys::CLEANUP_PARKED, |list| {
-        Ok(parked::take_due(list.unwrap_or_default(), max, now))
+        Ok(parked::take_due(
+            list.unwrap_or_default(),
+            max,
+            now,
+            lease_until,
+        ))
     })
     .await
     .map(|(_, taken)| taken)
     .unwrap_or_default()
 }
 
-/// Withdraw up to `max` parked orders due at `now`, within the sweep's `deadline`; an entry not reached in
-/// time is parked again as it was. How many were withdrawn.
-pub async fn sweep(cfg: &Config, deadline: Deadline, max: usize, now: u64) -> u32 {
+/// Settle an entry this sweep took (kernel `parked::settle`): gone (`next` `None`) or due again at `next`. A
+/// failed write leaves it held: due again after the hold.
+async fn settle(item: &Parked, lease_until: u64, next: Option<u64>) {
+    let r = kv::change_json::<Vec<Parked>, (), ()>(keys::CLEANUP_PARKED, |list| {
+        Ok(
+            match parked::settle(list.unwrap_or_default(), item, lease_until, next) {
+                Some(list) => (Change::Put(list), ()),
+                None => (Change::Keep, ()),
+            },
+        )
+    })
+    .await;
+    if let Err(e) = r {
+        eprintln!(
+            "dispatch: cannot settle the parked order of invoice {} (looked at again after its hold): {e}",
+            item.invoice
+        );
+    }
+}
+
+/// Withdraw up to `max` parked orders due at `now`, within the sweep's `deadline`, holding them until
+/// `lease_until`; an entry not reached in time is due again as it was. How many were withdrawn.
+pub async fn sweep(
+    cfg: &Config,
+    deadline: Deadline,
+    max: usize,
+    now: u64,
+    lease_until: u64,
+) -> u32 {
     let mut withdrawn = 0u32;
-    for item in take_due(max, now).await {
-        if deadline.next_call().is_none() {
-            park(&item).await;
-            continue;
-        }
-        if withdraw(cfg, &item, deadline, now).await {
-            withdrawn = withdrawn.saturating_add(1);
-        }
+    for item in take_due(max, now, lease_until).await {
+        let next = if deadline.next_call().is_none() {
+            Some(item.not_before)
+        } else {
+            match withdraw(cfg, &item, deadline, now).await {
+                Outcome::Withdrawn => {
+                    withdrawn = withdrawn.saturating_add(1);
+                    None
+                }
+                Outcome::Gone => None,
+                Outcome::Again(at) => Some(at),
+            }
+        };
+        settle(&item, lease_until, next).await;
     }
     withdrawn
 }
 
-/// How many entries are parked (an unreadable list counts none).
+/// How many entries are parked, held ones included (an unreadable list counts none).
 pub async fn parked_len() -> usize {
     kv::get_json::<Vec<Parked>, ()>(keys::CLEANUP_PARKED)
         .await
@@ -92,33 +130,25 @@ pub async fn parked_len() -> usize {
 }
 
 /// Withdraw one due entry (kernel `parked::withdrawal`, `parked::withdraw_pending`).
-async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> bool {
+async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> Outcome {
     let Parked {
         invoice,
         carrier,
         iccid,
         ..
     } = item;
-    let later = |until: u64| Parked {
-        not_before: until,
-        ..item.clone()
-    };
     let journal = match kv::get_json::<Order, wit::Error>(&keys::order(invoice)).await {
         Ok(j) => j,
         Err(e) => {
             eprintln!(
                 "dispatch: the parked order of invoice {invoice} waits: its journal cannot be read: {e}"
             );
-            park(item).await;
-            return false;
+            return Outcome::Again(item.not_before);
         }
     };
     match parked::withdrawal(journal.as_ref(), iccid, now) {
-        Withdrawal::Drop => return false,
-        Withdrawal::Later(until) => {
-            park(&later(until)).await;
-            return false;
-        }
+        Withdrawal::Drop => return Outcome::Gone,
+        Withdrawal::Later(until) => return Outcome::Again(until),
         Withdrawal::Proceed => {}
     }
     let lease = order::lease_secs(cfg.budget.as_secs(), cfg.call_timeout.as_secs());
@@ -126,17 +156,15 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
         Ok(Ok(driver)) => driver,
         // Taken by the same payment sent again meanwhile: looked at again once its lease ends.
         Ok(Err(Claim::Busy(_) | Claim::Drive(_))) => {
-            park(&later(now.saturating_add(lease))).await;
-            return false;
+            return Outcome::Again(now.saturating_add(lease));
         }
-        Ok(Err(Claim::Done(_) | Claim::Failed(_))) => return false,
+        Ok(Err(Claim::Done(_) | Claim::Failed(_))) => return Outcome::Gone,
         Err(e) => {
             eprintln!(
                 "dispatch: the parked order of invoice {invoice} waits: its journal cannot be claimed: {}",
                 message(&e)
             );
-            park(item).await;
-            return false;
+            return Outcome::Again(item.not_before);
         }
     };
     // Handed back at once when nothing is withdrawn: the same payment sent again drives it without waiting.
@@ -151,11 +179,11 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
     // Claimed (so still ordering): unless a failover moved it to another profile since it was read.
     if driver.order.step.as_ref().is_none_or(|s| s.iccid != *iccid) {
         hand_back().await;
-        return false;
+        return Outcome::Gone;
     }
     let Ok(i) = Iccid::parse(iccid) else {
         hand_back().await;
-        return false;
+        return Outcome::Gone;
     };
     let withdrawn = kv::change_json::<StoredSim, bool, wit::Error>(&keys::sim(iccid), |current| {
         Ok(match parked::withdraw_pending(current.as_ref(), invoice) {
@@ -170,7 +198,7 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
         // Delivered, terminated by its owner, given up, or another order's since: nothing to withdraw.
         Ok(_) => {
             hand_back().await;
-            return false;
+            return Outcome::Gone;
         }
         Err(e) => {
             eprintln!(
@@ -178,8 +206,7 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
                 message(&e)
             );
             hand_back().await;
-            park(item).await;
-            return false;
+            return Outcome::Again(item.not_before);
         }
     };
     // A confirm executed whose answer was lost may have released the profile: retired, never returned to the
@@ -226,5 +253,15 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
         "dispatch: withdrew the pending order of invoice {invoice}: its payment can no longer settle; SIM \
          {iccid} at {carrier} terminated"
     );
-    true
+    Outcome::Withdrawn
+}
+
+/// What became of a taken entry ([`withdraw`]).
+enum Outcome {
+    /// Withdrawn: it leaves the list.
+    Withdrawn,
+    /// Nothing (left) to withdraw: it leaves the list.
+    Gone,
+    /// Looked at again once due then.
+    Again(u64),
 }

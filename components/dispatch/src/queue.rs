@@ -1,29 +1,15 @@
-//! The cleanup queue (`cleanup/queue`, kernel `order::enqueue`/`take`): carrier work still owed so no profile
-//! leaks. Filled by [`crate::calls::cancel`] and the order journal, worked off by [`crate::cleanup::sweep`].
+//! The cleanup queue (`cleanup/queue`, kernel `order::enqueue`/`take`/`settle`): carrier work still owed so no
+//! profile leaks. Filled by [`crate::calls::cancel`] and the order journal, worked off by [`crate::cleanup::sweep`].
 
-use esim402_core::order::{self, Cleanup, Queued};
+use esim402_core::order::{self, Cleanup, Queued, Settle};
 use esim402_core::store::keys;
-use esim402_guest::{kv, util};
+use esim402_guest::kv::{self, Change};
+use esim402_guest::util;
 
 /// Queue `item` (once), new.
 pub async fn enqueue(item: Cleanup) {
-    requeue(item, 0, 0).await;
-}
-
-/// Queue `item` (once) after `tries` failed tries, failing since `since` (0: from now). One tried
-/// [`order::MAX_CLEANUP_TRIES`] times over at least [`order::MIN_CLEANUP_AGE_SECS`] is given up, logged for an
-/// operator (the carrier may still hold the profile it names).
-pub async fn requeue(item: Cleanup, tries: u32, since: u64) {
-    let now = util::now_secs();
-    let since = if since == 0 && tries > 0 { now } else { since };
-    if order::gives_up(tries, since, now) {
-        eprintln!(
-            "dispatch: giving up carrier cleanup after {tries} tries since {since}: {item:?}; an operator must return the profile"
-        );
-        return;
-    }
     let r = kv::update_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
-        Ok(order::enqueue(q.unwrap_or_default(), &item, tries, since))
+        Ok(order::enqueue(q.unwrap_or_default(), &item, 0, 0))
     })
     .await;
     if let Err(e) = r {
@@ -31,18 +17,55 @@ pub async fn requeue(item: Cleanup, tries: u32, since: u64) {
     }
 }
 
-/// Take up to `max` items off the queue atomically, so two sweeps never do the same item.
-pub async fn take(max: usize) -> Vec<Queued> {
+/// Take up to `max` free items atomically, held until `lease_until` (kernel `order::take`): they stay queued,
+/// so two sweeps never do the same item and a sweep that stops before it [`settle`]s one loses nothing.
+pub async fn take(max: usize, now: u64, lease_until: u64) -> Vec<Queued> {
     // The common case is an empty queue: a plain read, so concurrent orders do not contend on a write.
     match kv::get_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE).await {
-        Ok(Some(q)) if !q.is_empty() => {}
+        Ok(Some(q)) if q.iter().any(|q| q.taken_until <= now) => {}
         _ => return Vec::new(),
     }
     let taken = kv::update_json_with::<Vec<Queued>, Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
-        Ok(order::take(q.unwrap_or_default(), max))
+        Ok(order::take(q.unwrap_or_default(), max, now, lease_until))
     })
     .await;
     taken.map(|(_, t)| t).unwrap_or_default()
+}
+
+/// Settle an item this sweep took (kernel `order::settle`): done, free again, or still owed after `tries`
+/// failed tries since `since` (given up instead, logged, past [`order::gives_up`]). A failed write leaves it
+/// held: the next sweep after the hold tries it again.
+pub async fn settle(taken: &Queued, outcome: Settle) {
+    let outcome = match outcome {
+        Settle::Again(item, tries, since) => {
+            let now = util::now_secs();
+            let since = if since == 0 && tries > 0 { now } else { since };
+            if order::gives_up(tries, since, now) {
+                eprintln!(
+                    "dispatch: giving up carrier cleanup after {tries} tries since {since}: {item:?}; an operator must return the profile"
+                );
+                Settle::Done
+            } else {
+                Settle::Again(item, tries, since)
+            }
+        }
+        other => other,
+    };
+    let r = kv::change_json::<Vec<Queued>, (), ()>(keys::CLEANUP_QUEUE, |q| {
+        Ok(
+            match order::settle(q.unwrap_or_default(), taken, outcome.clone()) {
+                Some(q) => (Change::Put(q), ()),
+                None => (Change::Keep, ()),
+            },
+        )
+    })
+    .await;
+    if let Err(e) = r {
+        eprintln!(
+            "dispatch: cannot settle carrier cleanup {:?} (tried again after its hold): {e}",
+            taken.item
+        );
+    }
 }
 
 /// How many items are queued (an unreadable queue counts none).

@@ -784,6 +784,11 @@ pub struct Queued {
     /// When it first failed (unix seconds; 0: unknown, an item queued before this was kept).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub since: u64,
+    /// A sweep took it and holds it until then (unix seconds; 0: free). The item stays queued while it is
+    /// worked on, so a sweep that stops before it is done with it (a crash) loses nothing: once this has
+    /// passed, the next sweep takes it again ([`take`], [`settle`]).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub taken_until: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -817,15 +822,72 @@ pub fn enqueue(mut queue: Vec<Queued>, item: &Cleanup, tries: u32, since: u64) -
             item: item.clone(),
             tries,
             since,
+            taken_until: 0,
         });
     }
     queue
 }
 
-/// Take up to `max` items off the front of the queue: `(rest, taken)`.
-pub fn take(mut queue: Vec<Queued>, max: usize) -> (Vec<Queued>, Vec<Queued>) {
-    let taken: Vec<Queued> = queue.drain(..queue.len().min(max)).collect();
+/// Seconds a sweep holds what it took beyond its own deadline ([`sweep_lease_until`]): its last store writes,
+/// and clocks of instances that disagree by a little.
+pub const SWEEP_LEASE_MARGIN_SECS: u64 = 60;
+
+/// Until when a sweep at `now` with `secs` left before its deadline holds the items and parked orders it takes.
+pub fn sweep_lease_until(now: u64, secs: u64) -> u64 {
+    now.saturating_add(secs)
+        .saturating_add(SWEEP_LEASE_MARGIN_SECS)
+}
+
+/// Take up to `max` free items from the front of the queue, held until `lease_until`: `(queue to store,
+/// taken)`. The taken items stay in the queue, marked, and are returned as marked (how [`settle`] finds
+/// them); an item another sweep holds (its `taken_until` after `now`) is passed over.
+pub fn take(
+    mut queue: Vec<Queued>,
+    max: usize,
+    now: u64,
+    lease_until: u64,
+) -> (Vec<Queued>, Vec<Queued>) {
+    let mut taken = Vec::new();
+    for q in &mut queue {
+        if taken.len() >= max {
+            break;
+        }
+        if q.taken_until <= now {
+            q.taken_until = lease_until;
+            taken.push(q.clone());
+        }
+    }
     (queue, taken)
+}
+
+/// What a sweep did with an item it took ([`settle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Done (or dropped, or given up): it leaves the queue.
+    Done,
+    /// Not reached in the sweep's time: free again where it stands, not counted as a try.
+    Untried,
+    /// Still owed: this work (the item, or the cancel a lost DownloadOrder's replay just learned of) goes to
+    /// the back of the queue after `tries` failed tries, failing since `since` (once: [`enqueue`]).
+    Again(Cleanup, u32, u64),
+}
+
+/// The queue once the sweep that took `taken` ([`take`]) is done with it; `None` when there is nothing to write
+/// because it is no longer that sweep's: another sweep took it once the hold ran out (and works it), or it left
+/// the queue.
+pub fn settle(mut queue: Vec<Queued>, taken: &Queued, outcome: Settle) -> Option<Vec<Queued>> {
+    let at = queue.iter().position(|q| q == taken)?;
+    match outcome {
+        Settle::Done => {
+            queue.remove(at);
+        }
+        Settle::Untried => queue[at].taken_until = 0,
+        Settle::Again(item, tries, since) => {
+            queue.remove(at);
+            queue = enqueue(queue, &item, tries, since);
+        }
+    }
+    Some(queue)
 }
 
 /// The most SIMs one listing page covers.
@@ -1650,6 +1712,57 @@ mod tests {
         assert!(json.get("switching").is_none(), "{json}");
     }
 
+    /// A taken item stays queued, held, until its sweep settles it: done, free again where it stood (not
+    /// reached), or to the back as still owed. A sweep that never settles it (a crash) loses nothing: after
+    /// the hold the next sweep takes it again, and the first one, late, then writes nothing.
+    #[test]
+    fn a_taken_cleanup_stays_queued_until_its_sweep_settles_it() {
+        let cancel = |iccid: &str| Cleanup::Cancel {
+            carrier: "att".into(),
+            iccid: iccid.into(),
+            retire: false,
+            fci: None,
+            invoice: None,
+        };
+        let (a, b, c) = (cancel("1"), cancel("2"), cancel("3"));
+        let q = [&a, &b, &c]
+            .into_iter()
+            .fold(vec![], |q, item| enqueue(q, item, 0, 0));
+        let (stored, taken) = take(q, 2, 10, 100);
+        assert_eq!(taken.len(), 2);
+        assert!(taken.iter().all(|t| t.taken_until == 100));
+        // Another sweep meanwhile passes over the held items.
+        let (_, other) = take(stored.clone(), 9, 50, 200);
+        assert_eq!(other.iter().map(|q| &q.item).collect::<Vec<_>>(), vec![&c]);
+        let items = |q: &[Queued]| {
+            q.iter()
+                .map(|q| (q.item.clone(), q.tries, q.taken_until))
+                .collect::<Vec<_>>()
+        };
+        // Done: it leaves. Not reached: free where it stands. Failed: to the back, counted.
+        let done = settle(stored.clone(), &taken[0], Settle::Done).unwrap();
+        assert_eq!(items(&done), vec![(b.clone(), 0, 100), (c.clone(), 0, 0)]);
+        let untried = settle(stored.clone(), &taken[0], Settle::Untried).unwrap();
+        assert_eq!(items(&untried)[0], (a.clone(), 0, 0));
+        let again = settle(stored.clone(), &taken[0], Settle::Again(a.clone(), 1, 10)).unwrap();
+        assert_eq!(
+            items(&again),
+            vec![(b.clone(), 0, 100), (c.clone(), 0, 0), (a.clone(), 1, 0)]
+        );
+        // The sweep crashed: after the hold another takes them again; the first one's late settle is refused.
+        let (retaken, second) = take(stored, 9, 100, 400);
+        assert_eq!(second.len(), 3);
+        assert_eq!(settle(retaken.clone(), &taken[0], Settle::Done), None);
+        assert_eq!(
+            settle(retaken, &second[0], Settle::Done).map(|q| q.len()),
+            Some(2)
+        );
+        assert_eq!(
+            sweep_lease_until(1_000, 30),
+            1_000 + 30 + SWEEP_LEASE_MARGIN_SECS
+        );
+    }
+
     #[test]
     fn cleanups_queue_once_and_are_taken_from_the_front() {
         let a = Cleanup::Cancel {
@@ -1668,14 +1781,21 @@ mod tests {
         let add = |q: Vec<Queued>, item: &Cleanup, tries| enqueue(q, item, tries, 0);
         let q = add(add(add(vec![], &a, 0), &b, 3), &a, 1);
         assert_eq!(q.len(), 2);
-        let (rest, taken) = take(q, 1);
-        let queued = |item: &Cleanup, tries| Queued {
+        let (rest, taken) = take(q, 1, 10, 100);
+        let queued = |item: &Cleanup, tries, taken_until| Queued {
             item: item.clone(),
             tries,
             since: 0,
+            taken_until,
         };
-        assert_eq!((rest, taken), (vec![queued(&b, 3)], vec![queued(&a, 0)]));
-        assert_eq!(take(vec![], 4), (vec![], vec![]));
+        assert_eq!(
+            (rest, taken),
+            (
+                vec![queued(&a, 0, 100), queued(&b, 3, 0)],
+                vec![queued(&a, 0, 100)]
+            )
+        );
+        assert_eq!(take(vec![], 4, 10, 100), (vec![], vec![]));
         // Given up only after many tries over a day (a carrier down for an hour fails every sweep of it).
         let day = MIN_CLEANUP_AGE_SECS;
         assert!(gives_up(MAX_CLEANUP_TRIES, 1_000, 1_000 + day));
@@ -1685,7 +1805,7 @@ mod tests {
         // Stored flat; the counts are left out at zero and read as zero from items queued before they were kept.
         let flat = serde_json::to_value(Queued {
             since: 7,
-            ..queued(&b, 3)
+            ..queued(&b, 3, 0)
         })
         .unwrap();
         assert_eq!(
@@ -1696,17 +1816,18 @@ mod tests {
             ),
             (Some("lost_download"), Some(3), Some(7))
         );
-        let fresh = serde_json::to_value(queued(&a, 0)).unwrap();
+        let fresh = serde_json::to_value(queued(&a, 0, 0)).unwrap();
         assert!(
-            fresh.get("tries").is_none() && fresh.get("since").is_none(),
+            fresh.get("tries").is_none()
+                && fresh.get("since").is_none()
+                && fresh.get("taken_until").is_none(),
             "{fresh}"
         );
         let before: Queued = serde_json::from_value(serde_json::json!(
             {"kind": "cancel", "carrier": "c", "iccid": "i", "retire": false, "fci": "F"}
         ))
         .unwrap();
-        assert_eq!(before.since, 0);
-        assert_eq!(before.tries, 0);
+        assert_eq!((before.since, before.tries, before.taken_until), (0, 0, 0));
         let json = serde_json::to_value(Cleanup::Cancel {
             carrier: "c".into(),
             iccid: "i".into(),

@@ -76,24 +76,57 @@ pub fn any_due(list: &[Parked], now: u64) -> bool {
     list.iter().any(|p| p.not_before <= now)
 }
 
-/// Take up to `max` entries due at `now` off `list`: `(rest, taken)`. Entries not yet due stay (in order),
-/// due ones behind them are taken; a due entry's duplicates (same invoice and ICCID) go with it.
-pub fn take_due(list: Vec<Parked>, max: usize, now: u64) -> (Vec<Parked>, Vec<Parked>) {
-    let mut rest = Vec::with_capacity(list.len());
+/// Take up to `max` entries due at `now`, held until `lease_until`: `(list to store, taken)`. A taken entry
+/// stays in the list, due again at `lease_until`, so a sweep that stops before it is done with it (a crash)
+/// loses nothing: the next sweep after the hold takes it again. `taken` holds the entries as they were; due
+/// ones behind not-yet-due entries are taken, and a taken entry's duplicates (same invoice and ICCID) leave.
+pub fn take_due(
+    list: Vec<Parked>,
+    max: usize,
+    now: u64,
+    lease_until: u64,
+) -> (Vec<Parked>, Vec<Parked>) {
+    let mut stored = Vec::with_capacity(list.len());
     let mut taken: Vec<Parked> = Vec::new();
     for p in list {
         if taken.iter().any(|t| t.same(&p)) {
             continue;
         }
         if p.not_before <= now && taken.len() < max {
+            stored.push(Parked {
+                not_before: lease_until,
+                ..p.clone()
+            });
             taken.push(p);
         } else {
-            rest.push(p);
+            stored.push(p);
         }
     }
     // A duplicate seen before its due twin was taken.
-    rest.retain(|p| !taken.iter().any(|t| t.same(p)));
-    (rest, taken)
+    stored.retain(|p| p.not_before == lease_until || !taken.iter().any(|t| t.same(p)));
+    (stored, taken)
+}
+
+/// The list once the sweep that took `item` (held until `lease_until`, [`take_due`]) is done with it: gone
+/// (`next` `None`: withdrawn, or nothing is left to withdraw) or due again at `next`. `None` when there is
+/// nothing to write because the entry is no longer that sweep's: another sweep took it once the hold ran
+/// out, or it left the list.
+pub fn settle(
+    mut list: Vec<Parked>,
+    item: &Parked,
+    lease_until: u64,
+    next: Option<u64>,
+) -> Option<Vec<Parked>> {
+    let at = list
+        .iter()
+        .position(|p| p.same(item) && p.not_before == lease_until)?;
+    match next {
+        Some(due) => list[at].not_before = due,
+        None => {
+            list.remove(at);
+        }
+    }
+    Some(list)
 }
 
 /// What the sweep does with a due entry for `iccid`, its order's journal being `journal` ([`withdrawal`]).
@@ -246,20 +279,58 @@ mod tests {
             entry("e", "5", 30),
         ];
         // Nothing due: nothing changes (the caller writes nothing).
-        assert_eq!(take_due(list.clone(), 4, 5), (list.clone(), vec![]));
-        // Not-yet-due entries stay; due ones behind them are taken, up to `max`.
-        let (rest, taken) = take_due(list.clone(), 2, 40);
+        assert_eq!(take_due(list.clone(), 4, 5, 500), (list.clone(), vec![]));
+        // Not-yet-due entries stay; due ones behind them are taken, up to `max`, and stay held where they are.
+        let (stored, taken) = take_due(list.clone(), 2, 40, 500);
         assert_eq!(taken, vec![entry("b", "2", 10), entry("d", "4", 20)]);
         assert_eq!(
-            rest,
+            stored,
+            vec![
+                entry("a", "1", 50),
+                entry("b", "2", 500),
+                entry("c", "3", 60),
+                entry("d", "4", 500),
+                entry("e", "5", 30)
+            ]
+        );
+        // Held ones are not due to another sweep until the hold has passed.
+        let (_, again) = take_due(stored.clone(), 9, 499, 900);
+        assert_eq!(
+            again,
             vec![
                 entry("a", "1", 50),
                 entry("c", "3", 60),
                 entry("e", "5", 30)
             ]
         );
-        let (rest, taken) = take_due(list, 9, 100);
-        assert_eq!((rest.len(), taken.len()), (0, 5));
+        let (_, after) = take_due(stored, 9, 500, 900);
+        assert_eq!(after.len(), 5);
+    }
+
+    /// The sweep that took an entry settles it: gone, or due again later. A sweep that never does (it crashed)
+    /// leaves it held, and the next sweep after the hold takes it again; the first sweep, late, then finds it
+    /// no longer its own and writes nothing.
+    #[test]
+    fn a_taken_entry_is_settled_by_its_sweep_or_taken_again_after_the_hold() {
+        let list = vec![entry("a", "1", 10), entry("b", "2", 10)];
+        let (stored, taken) = take_due(list, 9, 20, 100);
+        assert_eq!(
+            settle(stored.clone(), &taken[0], 100, None),
+            Some(vec![entry("b", "2", 100)])
+        );
+        assert_eq!(
+            settle(stored.clone(), &taken[1], 100, Some(300)),
+            Some(vec![entry("a", "1", 100), entry("b", "2", 300)])
+        );
+        // The sweep crashed: after the hold, another takes both again (held until 400).
+        let (retaken, again) = take_due(stored, 9, 100, 400);
+        assert_eq!(again, vec![entry("a", "1", 100), entry("b", "2", 100)]);
+        assert_eq!(settle(retaken.clone(), &taken[0], 100, None), None);
+        assert_eq!(
+            settle(retaken, &again[0], 400, None),
+            Some(vec![entry("b", "2", 400)])
+        );
+        assert_eq!(settle(vec![], &taken[0], 100, None), None);
     }
 
     #[test]
@@ -270,9 +341,9 @@ mod tests {
             entry("b", "2", 90),
             entry("a", "1", 20),
         ];
-        let (rest, taken) = take_due(list, 4, 50);
+        let (stored, taken) = take_due(list, 4, 50, 500);
         assert_eq!(taken, vec![entry("a", "1", 10)]);
-        assert_eq!(rest, vec![entry("b", "2", 90)]);
+        assert_eq!(stored, vec![entry("a", "1", 500), entry("b", "2", 90)]);
     }
 
     #[test]

@@ -1702,6 +1702,32 @@ async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
     assert_eq!(asked, vec![call("tmobile", "cancelOrder"); 2]);
 }
 
+/// A sweep holds what it takes until its hold ends, leaving it queued: one that stopped before it was done (a
+/// crash) loses nothing, and the next sweep after the hold does the work. Before, taking an item removed it,
+/// so a crash mid-sweep lost it (and the profile stayed allocated); here a held item is passed over until then.
+#[tokio::test]
+async fn an_item_a_stopped_sweep_held_is_done_once_its_hold_ends() {
+    let smdp = Arc::new(FakeSmdp::default());
+    let mut kit = kit_with(smdp, &[]).await;
+    let iccid = Iccid::with_check_digit("890126000000000078").unwrap();
+    let held = json!([{"kind": "cancel", "carrier": "tmobile", "iccid": iccid.as_str(), "retire": false,
+        "taken_until": NOW + 100}]);
+    kit.kv_put("cleanup/queue", held.to_string().as_bytes())
+        .await;
+    let run = async |kit: &mut Kit, at: u64| {
+        kit.call(async move |a, g| g.dispatch().call_run_cleanup(a, at, 50).await)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let during = run(&mut kit, NOW + 99).await;
+    assert_eq!((during.tried, during.queued), (0, 1));
+    assert!(calls(&kit).is_empty(), "{:?}", calls(&kit));
+    let after = run(&mut kit, NOW + 100).await;
+    assert_eq!((after.tried, after.requeued, after.queued), (1, 0, 0));
+    assert_eq!(calls(&kit), vec![call("tmobile", "cancelOrder")]);
+}
+
 /// The same payment sent again before its authorization expired completes the order: the SIM it delivers is
 /// never withdrawn by a later sweep, whenever that runs.
 #[tokio::test]
