@@ -3,8 +3,10 @@
 //! `invoice::keyring`): `invoice_secret` (secret) when set, bound to this store by its salt
 //! (`secret/invoice-salt`, generated once), else a random key generated on first use and kept in the store
 //! (`secret/invoice-key`), so every instance on the same store seals and opens the same invoices. Ids sealed
-//! under `invoice_secret_previous` (secret, comma-separated), under a secret before ids were bound to a store,
-//! or under the generated key before `invoice_secret` was set still open. Nothing here ever prints a key.
+//! under `invoice_secret_previous` (secret, comma-separated) still open; ids sealed under a secret before ids
+//! were bound to a store, or under the generated key before `invoice_secret` was set, open only for a payment
+//! this store holds (kernel `Opened::ours_at`: the generated key is readable from the store, so once a secret
+//! is set it must not make new payable ids). Nothing here ever prints a key.
 
 use std::rc::Rc;
 
@@ -81,7 +83,8 @@ async fn load() -> Result<Config, wit::Error> {
 }
 
 /// The invoice keys. The store's generated key is created only when it seals (no `invoice_secret`); with a
-/// secret set it is read, and opens the ids it sealed, if it exists. The salt is made only with secrets.
+/// secret set it is read, if it exists, and opens the ids it sealed as legacy (only for payments recorded
+/// here: resumes, refunds, reads). The salt is made only with secrets.
 async fn keyring() -> Result<Keyring, wit::Error> {
     let current = optional_var("invoice_secret").await;
     let previous = optional_var("invoice_secret_previous").await;

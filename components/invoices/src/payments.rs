@@ -11,14 +11,25 @@ use esim402_guest::{util, wit};
 
 use crate::terms;
 
-/// `begin-payment`: claim the record for `fingerprint` (new holder token), or say what to answer instead.
+/// Why a claim was not written.
+enum Refused {
+    /// What the kernel decided instead of driving.
+    Decided(Decision),
+    /// The id is not this store's for the payment the record would hold (kernel `Opened::ours_at`).
+    NotOurs,
+}
+
+/// `begin-payment`: claim the record for `fingerprint` (new holder token), or say what to answer instead. An
+/// id not issued here, or one only a legacy key opens that no payment of this store holds, is no invoice (404).
 pub async fn begin(
     invoice_id: &str,
     fingerprint: &str,
     replay_allowed: bool,
     now: u64,
 ) -> Result<wit::Begin, wit::Error> {
-    terms::parse_id(invoice_id)?;
+    let id = terms::parse_id(invoice_id)?;
+    let no_invoice = || wit::Error::NotFound(format!("no invoice {invoice_id}"));
+    let opened = terms::open(&id).await?.ok_or_else(no_invoice)?;
     let holder = util::holder_token().map_err(internal)?;
     // Where the invoice's ledger entries will start, kept by the first claim (kernel `PaymentRecord::since`).
     let shard_count = esim402_guest::ledger::head(esim402_core::ledger::shard_of(invoice_id))
@@ -28,12 +39,18 @@ pub async fn begin(
     let decided = kv::update_json_with(
         &keys::invoice(invoice_id),
         |current: Option<PaymentRecord>| {
+            // Asked of the record this claim replaces, not of the one `get` read before: a legacy id's record
+            // released in between would otherwise let a new payment claim it.
+            let status = paid::status(current.as_ref(), opened.terms.expires_at, now);
+            if !opened.ours_at(status) {
+                return Err(Box::new(Refused::NotOurs));
+            }
             let first = current.is_none();
             let resumed = paid::resumes(current.as_ref());
             match paid::decide(current.as_ref(), fingerprint, &holder, replay_allowed, now) {
                 Decision::Drive(next) => Ok((next.since(shard_count), (first, resumed))),
                 // Boxed: a stored answer is large, and the error travels through every retry of the update.
-                other => Err(Box::new(other)),
+                other => Err(Box::new(Refused::Decided(other))),
             }
         },
     )
@@ -46,9 +63,14 @@ pub async fn begin(
             lease_until: record.lease_until,
         })),
         Err(KvError::Refused(refused)) => match *refused {
-            Decision::Replay(stored) => Ok(wit::Begin::Replay(convert::response_to_wit(&stored))),
-            Decision::AlreadySettled(msg) => Ok(wit::Begin::Conflict(msg.to_owned())),
-            Decision::Drive(_) => Err(internal("payment claim refused itself")),
+            Refused::NotOurs => Err(no_invoice()),
+            Refused::Decided(Decision::Replay(stored)) => {
+                Ok(wit::Begin::Replay(convert::response_to_wit(&stored)))
+            }
+            Refused::Decided(Decision::AlreadySettled(msg)) => {
+                Ok(wit::Begin::Conflict(msg.to_owned()))
+            }
+            Refused::Decided(Decision::Drive(_)) => Err(internal("payment claim refused itself")),
         },
         Err(e) => Err(kv_fault("payment record", e)),
     }

@@ -3,14 +3,16 @@
 //! any key of the ring, rebuilds its payment options from the enabled networks and reads the status from the
 //! payment record (one `get`, if a payment ever arrived).
 //!
-//! An id sealed under a configured secret before ids were bound to the store opens only for a payment this
-//! store holds (pending, paid or refunded) (kernel `invoice::keyring`, `Opened::legacy`): for a new payment it is not ours.
+//! An id only a legacy key opens (a configured secret's before ids were bound to the store, or the store's
+//! generated key once `invoice_secret` is set) opens only for a payment this store holds (pending, paid or
+//! refunded) (kernel `invoice::keyring`, `Opened::ours_at`): for a new payment it is not ours.
 //!
 //! Only a new payment needs a network that is still enabled: an invoice a payment already arrived for
 //! (pending, paid or refunded: resumes, refunds, the activation-code route, status reads) opens even when
 //! none of its networks is enabled any more, its options then the networks it was sealed with as the
 //! built-in registry knows them. An invoice still open (or expired unpaid) on such networks is a 409.
 
+use esim402_core::invoice::keyring::Opened;
 use esim402_core::invoice::token::Terms;
 use esim402_core::invoice::{Invoice, InvoiceStatus, PaymentOption};
 use esim402_core::paid::{self, PaymentRecord};
@@ -191,6 +193,12 @@ fn paid_for(status: InvoiceStatus) -> bool {
     )
 }
 
+/// The id opened under any key of the ring; `None` if it was not issued here (no key opens it).
+pub async fn open(id: &InvoiceId) -> Result<Option<Opened>, wit::Error> {
+    let cfg = config::get().await?;
+    Ok(cfg.keys.open(id).ok())
+}
+
 /// An invoice a payment arrived for (its record just written), without its status; `None` if it was not
 /// issued here.
 pub async fn open_paid(id: &str) -> Result<Option<Invoice>, wit::Error> {
@@ -212,16 +220,16 @@ pub async fn get(id: &str, now: u64) -> Result<Option<wit::Invoice>, wit::Error>
     let record = kv::get_json::<PaymentRecord, wit::Error>(&keys::invoice(id))
         .await
         .map_err(kv_err)?;
-    let terms = opened.terms;
-    let status = paid::status(record.as_ref(), terms.expires_at, now);
-    // An id only a key not bound to this store opens (sealed before ids were) is ours only for a payment this
-    // store holds (pending, paid or refunded: not an attempt released with nothing taken): another deployment
-    // sharing the secret opens it too, and a transfer mined in time counts however late it is proven (kernel
-    // `invoice::keyring`).
-    if opened.legacy && !paid_for(status) {
+    let status = paid::status(record.as_ref(), opened.terms.expires_at, now);
+    // An id only a legacy key opens (sealed before ids were bound to a store, or under the store's generated key
+    // before `invoice_secret` was set) is ours only for a payment this store holds (pending, paid or refunded:
+    // not an attempt released with nothing taken): another deployment sharing the secret opens it too, or
+    // whoever read the generated key from the store sealed it (kernel `invoice::keyring`). `begin` asks again
+    // inside its claim: this read may be stale by then.
+    if !opened.ours_at(status) {
         return Ok(None);
     }
-    let mut invoice = invoice_of(&cfg, parsed, &terms, paid_for(status))?;
+    let mut invoice = invoice_of(&cfg, parsed, &opened.terms, paid_for(status))?;
     with_record(&mut invoice, record.as_ref(), now);
     Ok(Some(convert::invoice_to_wit(&invoice)))
 }

@@ -11,11 +11,14 @@
 //!   un-salted key of each configured secret only opens ids sealed before ids were bound to a store.
 //! - Keys that only open: the un-salted forms, every `invoice_secret_previous` secret (salted and un-salted),
 //!   and the store's generated key when a secret is configured (so moving from the generated key to a
-//!   configured one orphans nothing).
-//! - An id that only an un-salted key opens ([`Opened::legacy`]) is not bound to this store: another deployment
-//!   sharing the secret opens it too. The caller takes it only for a payment this store already holds a record
-//!   of (resumes, refunds, reads of a paid invoice), never for a new payment: a tx-hash transfer mined in time
-//!   counts however late it is proven, so "until it expires" would not bound a second purchase elsewhere.
+//!   configured one orphans no payment already recorded; the next rule says why only those).
+//! - An id that only a legacy key opens ([`Opened::legacy`]) is taken only for a payment this store already
+//!   holds a record of (resumes, refunds, reads of a paid invoice), never for a new payment
+//!   ([`Opened::ours_at`]). The legacy keys: the un-salted forms (not bound to this store: another deployment
+//!   sharing the secret opens their ids too, and a tx-hash transfer mined in time counts however late it is
+//!   proven, so "until it expires" would not bound a second purchase elsewhere), and the store's generated key
+//!   once `invoice_secret` is set (it sits in the store in plain form: whoever read the store, a backup say,
+//!   could seal ids under it with any terms and any `pay_to`; setting a secret must end that).
 //!
 //! ```
 //! use esim402_core::invoice::keyring::{Keyring, Secrets};
@@ -33,6 +36,7 @@
 //! assert!(!old.opens_with(new.current()));
 //! ```
 
+use super::InvoiceStatus;
 use super::token::{self, InvoiceKey, Terms, TokenError};
 use crate::ids::InvoiceId;
 
@@ -77,6 +81,16 @@ impl<'a> Secrets<'a> {
             return Err(SecretError {
                 variable: "invoice_secret",
                 reason: format!("use at least {MIN_SECRET_LEN} characters"),
+            });
+        }
+        // Rotating moves the secret into `invoice_secret_previous`, a comma-separated list: a comma would split
+        // it into two keys there, neither the one its ids were sealed under.
+        if current.is_some_and(|s| s.contains(',')) {
+            return Err(SecretError {
+                variable: "invoice_secret",
+                reason: "must not contain a comma (when rotated it could not be listed in \
+                         invoice_secret_previous)"
+                    .into(),
             });
         }
         let mut listed = Vec::new();
@@ -124,7 +138,8 @@ pub enum KeyringError {
 pub struct Keyring {
     /// Keys bound to the store, the current one first: never empty.
     bound: Vec<InvoiceKey>,
-    /// Keys not bound to the store (the un-salted forms of configured secrets). No key is in either list twice.
+    /// Keys that open only for a payment the store holds (module docs: the un-salted forms of configured
+    /// secrets, the generated key once a secret is set). No key is in either list twice.
     legacy: Vec<InvoiceKey>,
 }
 
@@ -133,9 +148,23 @@ pub struct Keyring {
 pub struct Opened {
     /// Its terms.
     pub terms: Terms,
-    /// Only a key not bound to this store opened it (module docs): good for a payment this store holds a record
-    /// of, not for a new one.
+    /// Only a legacy key opened it (module docs): good for a payment this store holds a record of, not for a
+    /// new one.
     pub legacy: bool,
+}
+
+impl Opened {
+    /// Whether this store takes the id while its payment record says `status`: an id a legacy key opened only
+    /// for a payment the store holds (pending, paid or refunded), not for an open or expired invoice (nothing
+    /// held, or an attempt released with nothing taken). Asked on every read and again inside the claim of a
+    /// payment, so a record released between the two cannot let a new payment in.
+    pub fn ours_at(&self, status: InvoiceStatus) -> bool {
+        !self.legacy
+            || matches!(
+                status,
+                InvoiceStatus::Pending | InvoiceStatus::Paid | InvoiceStatus::Refunded
+            )
+    }
 }
 
 impl std::fmt::Debug for Keyring {
@@ -153,7 +182,7 @@ impl Keyring {
         }
     }
 
-    /// Also open ids sealed under `key`, a key not bound to the store ([`Opened::legacy`]).
+    /// Also open ids sealed under `key`, a legacy key ([`Opened::legacy`]).
     fn accept_legacy(&mut self, key: InvoiceKey) {
         if !self.opens_with(&key) {
             self.legacy.push(key);
@@ -192,8 +221,10 @@ impl Keyring {
             ring.accept(InvoiceKey::derive_for_store(secret.as_bytes(), salt));
             ring.accept_legacy(InvoiceKey::derive(secret.as_bytes()));
         }
+        // With a secret set the generated key only opens what a payment of this store is recorded for (module
+        // docs: it is readable from the store); without one it is the current key already and adds nothing.
         if let Some(key) = generated {
-            ring.accept(key);
+            ring.accept_legacy(key);
         }
         Ok(ring)
     }

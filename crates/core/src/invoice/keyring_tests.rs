@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::chain::Network;
-use crate::invoice::Purchase;
+use crate::invoice::{InvoiceStatus, Purchase};
 use crate::money::UsdcAmount;
 
 const A: &str = "secret A and long enough";
@@ -97,29 +97,32 @@ fn ids_sealed_before_the_salt_still_open() {
     assert!(rotated.open(&legacy_b).unwrap().legacy);
     let fresh = rotated.seal(&terms()).unwrap();
     assert!(!rotated.open(&fresh).unwrap().legacy);
-    // The generated key is the store's own: what it sealed is not legacy.
-    let generated = InvoiceKey::new([7; 32]);
-    let id = token::seal(&terms(), &generated).unwrap();
-    assert!(
-        !ring(Some(A), None, Some(generated))
-            .open(&id)
-            .unwrap()
-            .legacy
-    );
 }
 
-/// Without a secret the store's generated key seals; once a secret is set it only opens, so the switch from
-/// the generated key to a configured one orphans nothing.
+/// Without a secret the store's generated key seals (its ids are this store's, not legacy). Once a secret is
+/// set it only opens, and only as legacy: the switch orphans no payment already recorded (resumes, refunds,
+/// reads), but an id under it takes no new payment. The key is kept in the store in plain form, so whoever
+/// read the store (a backup) could seal ids under it with any terms and `pay_to`; before, those stayed payable
+/// for ever after a secret was set.
 #[test]
-fn the_generated_key_seals_without_a_secret_and_opens_after_one_is_set() {
+fn the_generated_key_seals_without_a_secret_and_only_opens_as_legacy_after_one_is_set() {
     let generated = InvoiceKey::new([7; 32]);
     let before = Keyring::configured(&Secrets::default(), None, Some(generated.clone())).unwrap();
     assert_eq!(before.current(), &generated);
     let id = before.seal(&terms()).unwrap();
+    assert!(!before.open(&id).unwrap().legacy);
 
     let after = ring(Some(A), None, Some(generated.clone()));
     assert_ne!(after.current(), &generated);
-    assert_eq!(after.open(&id).unwrap().terms, terms());
+    let opened = after.open(&id).unwrap();
+    assert_eq!(opened.terms, terms());
+    assert!(opened.legacy);
+    assert!(!opened.ours_at(InvoiceStatus::Open));
+    assert!(opened.ours_at(InvoiceStatus::Paid));
+    // Also with previous secrets listed; what the secret seals is not legacy.
+    let rotated = ring(Some(B), Some(A), Some(generated.clone()));
+    assert!(rotated.open(&id).unwrap().legacy);
+    assert!(!after.open(&after.seal(&terms()).unwrap()).unwrap().legacy);
     assert_eq!(
         before.open(&after.seal(&terms()).unwrap()),
         Err(TokenError::BadMac)
@@ -128,6 +131,32 @@ fn the_generated_key_seals_without_a_secret_and_opens_after_one_is_set() {
     let back = ring(None, Some(A), Some(generated.clone()));
     assert_eq!(back.current(), &generated);
     assert!(back.opens_with(after.current()));
+    assert!(!back.open(&id).unwrap().legacy);
+}
+
+/// An id a legacy key opened is this store's only for a payment it holds (pending, paid, refunded); one a
+/// bound key opened, whatever its status.
+#[test]
+fn a_legacy_id_is_ours_only_for_a_payment_the_store_holds() {
+    let legacy = Opened {
+        terms: terms(),
+        legacy: true,
+    };
+    let bound = Opened {
+        terms: terms(),
+        legacy: false,
+    };
+    for status in [
+        InvoiceStatus::Open,
+        InvoiceStatus::Pending,
+        InvoiceStatus::Paid,
+        InvoiceStatus::Expired,
+        InvoiceStatus::Refunded,
+    ] {
+        let held = !matches!(status, InvoiceStatus::Open | InvoiceStatus::Expired);
+        assert_eq!(legacy.ours_at(status), held, "{status:?}");
+        assert!(bound.ours_at(status), "{status:?}");
+    }
 }
 
 #[test]
@@ -183,4 +212,24 @@ fn short_secrets_are_refused_without_showing_them() {
     assert!(Secrets::parse(None, Some(" , ")).unwrap().is_empty());
     let shown = format!("{:?}", Secrets::parse(Some(A), Some(B)).unwrap());
     assert!(!shown.contains(A) && !shown.contains(B), "{shown}");
+}
+
+/// A comma in `invoice_secret`: moved into `invoice_secret_previous` (a comma-separated list) on rotation it
+/// would split into two keys, neither the one its ids were sealed under, and every id it sealed would stop
+/// opening. Refused when read, naming the variable and the rule, never the value. Before, it was taken whole.
+#[test]
+fn a_comma_in_the_current_secret_is_refused_without_showing_it() {
+    let e = Secrets::parse(Some("first-half-k3y,second-half-k3y"), None).unwrap_err();
+    assert_eq!(e.variable, "invoice_secret");
+    assert!(e.reason.contains("comma"), "{e}");
+    assert!(!e.to_string().contains("k3y"), "{e}");
+    let e = Secrets::parse(Some(&format!("{A},")), Some(B)).unwrap_err();
+    assert_eq!(e.variable, "invoice_secret");
+    assert!(!e.to_string().contains(A), "{e}");
+    // Rotated to B, a secret without a comma listed as previous opens what it sealed.
+    let id = ring(Some(A), None, None).seal(&terms()).unwrap();
+    assert_eq!(
+        ring(Some(B), Some(A), None).open(&id).unwrap().terms,
+        terms()
+    );
 }

@@ -1,6 +1,7 @@
 //! The invoices component across configuration changes: a rotated `invoice_secret`, a switch from the
-//! generated key to a configured one, ids bound to their store, networks disabled after a payment; and a
-//! ledger whose stored head was inflated or whose reads fail in a hole.
+//! generated key to a configured one (which leaves it only the payments it recorded), ids bound to their store,
+//! networks disabled after a payment; and a ledger whose stored head was inflated or whose reads fail in a
+//! hole.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -93,16 +94,119 @@ async fn a_rotated_invoice_secret_keeps_opening_the_ids_sealed_under_the_old_one
     );
 }
 
-/// A deployment that ran on the generated key (`secret/invoice-key`) and then sets `invoice_secret` orphans
-/// nothing: the generated key still opens what it sealed (and is not created where it never was).
+/// Begin a payment of `id` with `fingerprint` at `now`, as the gateway does (the component's error kept).
+async fn try_begin(
+    kit: &mut Kit,
+    id: &str,
+    fingerprint: &str,
+    now: u64,
+) -> Result<types::Begin, types::Error> {
+    let (id, fingerprint) = (id.to_owned(), fingerprint.to_owned());
+    kit.call(async move |a, g| {
+        g.invoices()
+            .call_begin_payment(a, id, fingerprint, false, now)
+            .await
+    })
+    .await
+    .unwrap()
+}
+
+/// Terms of a top-up on the kit's network, sealed below under keys the tests hold.
+fn terms(pay_to: &str) -> token::Terms {
+    token::Terms {
+        purchase: esim402_core::invoice::Purchase::TopUp {
+            iccid: "8901260000000000014".into(),
+            data_mb: 50,
+            payer: None,
+        },
+        amount: esim402_core::UsdcAmount::from_micros(210_000),
+        networks: vec![esim402_core::Network::parse("eip155:31337").unwrap()],
+        pay_to: pay_to.parse().unwrap(),
+        created_at: 1_000,
+        expires_at: 1_900,
+        nonce: 7,
+        quoted: None,
+    }
+}
+
+/// A payment record of `id` as an earlier build left it: held by `fingerprint`'s driver `holder` until
+/// `lease_until` (a record written before the upgrade that made its id legacy).
+async fn record_held(kit: &Kit, id: &str, fingerprint: &str, holder: &str, lease_until: u64) {
+    let record = esim402_core::paid::PaymentRecord {
+        state: esim402_core::paid::PaymentState::Working,
+        fingerprint: fingerprint.into(),
+        holder: holder.into(),
+        lease_until,
+        response: None,
+        paid: None,
+        refunded: false,
+        ledger_since: Some(0),
+    };
+    let key = esim402_core::store::keys::invoice(id);
+    kit.kv_put(&key, &serde_json::to_vec(&record).unwrap())
+        .await;
+}
+
+/// A deployment that ran on the generated key (`secret/invoice-key`) and then sets `invoice_secret` orphans no
+/// payment: one paid under the generated key still reads and is refunded, one interrupted still resumes. But
+/// the generated key then opens only what a payment of this store is recorded for: an id sealed under it that
+/// none is (one a copy of the store's key, from a backup say, was used to forge with any terms and `pay_to`)
+/// is no invoice (`get` none, `begin-payment` 404, nothing written). Before, the generated key kept opening
+/// every id it sealed, payable, for ever (and the key is not created where it never was).
 #[tokio::test]
-async fn setting_invoice_secret_after_the_generated_key_orphans_nothing() {
+async fn setting_invoice_secret_leaves_the_generated_key_only_the_payments_it_recorded() {
     let mut generated = kit_on(None, &[]).await;
     let store = generated.kv().clone();
+    let key = InvoiceKey::new([7; 32]);
+    let stored = format!("\"0x{}\"", "07".repeat(32));
+    generated
+        .kv_put("secret/invoice-key", stored.as_bytes())
+        .await;
     let inv = paid_invoice(&mut generated).await;
+    let sealed = esim402_core::InvoiceId::parse(&inv.id).unwrap();
+    assert!(
+        token::open(&sealed, &key).is_ok(),
+        "sealed under the stored key"
+    );
+    let interrupted = issue(&mut generated, 1_000, 1_000).await;
+    let types::Begin::Drive(_) = begin(&mut generated, &interrupted.id, "0xpending", 1_001).await
+    else {
+        panic!("the first payment drives");
+    };
+    let forged = token::seal(&terms("0x000000000000000000000000000000000000dEaD"), &key).unwrap();
+    assert!(
+        get(&mut generated, forged.as_str(), 1_001)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
     let mut keyed = kit_on(Some(store), &[("invoice_secret", A)]).await;
     let read = get(&mut keyed, &inv.id, 1_002).await.unwrap().unwrap();
     assert_eq!(read.status, types::InvoiceStatus::Paid);
+    let refunded = mark_refunded(&mut keyed, &inv.id).await.unwrap();
+    assert_eq!(refunded.status, types::InvoiceStatus::Refunded);
+    let after_lease = 1_002 + esim402_core::paid::LEASE_SECS;
+    let resumed = begin(&mut keyed, &interrupted.id, "0xpending", after_lease).await;
+    assert!(
+        matches!(&resumed, types::Begin::Drive(d) if d.resumed),
+        "{resumed:?}"
+    );
+
+    assert!(
+        get(&mut keyed, forged.as_str(), 1_002)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let refused = try_begin(&mut keyed, forged.as_str(), "0xforged", 1_002).await;
+    assert!(
+        matches!(&refused, Err(types::Error::NotFound(_))),
+        "{refused:?}"
+    );
+    let record = esim402_core::store::keys::invoice(forged.as_str());
+    assert!(keyed.kv_get(&record).await.is_none());
+
     let fresh = issue(&mut keyed, 1_000, 1_000).await;
     assert!(
         get(&mut generated, &fresh.id, 1_001)
@@ -119,7 +223,9 @@ async fn setting_invoice_secret_after_the_generated_key_orphans_nothing() {
 /// Two deployments with separate stores and one `invoice_secret` do not open each other's ids (each claims
 /// a payment once in its own store: one transfer must not buy at both); instances on one store agree. An id
 /// sealed before ids were bound to a store (under the secret alone) opens only where a payment of it is
-/// recorded.
+/// recorded, and no new payment claims it: `begin-payment` asks again on the record it replaces, so a record
+/// released after `get` read it pending lets no fresh payment in (404). Before, `begin-payment` took any id,
+/// and a fresh payment claimed a legacy id whose held attempt was released between the read and the claim.
 #[tokio::test]
 async fn invoice_ids_are_bound_to_their_store() {
     let mut here = kit_on(None, &[("invoice_secret", A)]).await;
@@ -130,67 +236,50 @@ async fn invoice_ids_are_bound_to_their_store() {
     assert!(get(&mut peer, &inv.id, 1_001).await.unwrap().is_some());
     assert!(here.kv_get("secret/invoice-salt").await.is_some());
 
-    // Sealed the way this component sealed before (the secret's key alone): still ours, at either store.
-    let terms = token::Terms {
-        purchase: esim402_core::invoice::Purchase::TopUp {
-            iccid: "8901260000000000014".into(),
-            data_mb: 50,
-            payer: None,
-        },
-        amount: esim402_core::UsdcAmount::from_micros(210_000),
-        networks: vec![esim402_core::Network::parse("eip155:31337").unwrap()],
-        pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
-            .parse()
-            .unwrap(),
-        created_at: 1_000,
-        expires_at: 1_900,
-        nonce: 7,
-        quoted: None,
-    };
-    let legacy = token::seal(&terms, &InvoiceKey::derive(A.as_bytes())).unwrap();
+    // Sealed the way this component sealed before (the secret's key alone).
+    let legacy = token::seal(
+        &terms("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"),
+        &InvoiceKey::derive(A.as_bytes()),
+    )
+    .unwrap();
+    let legacy = legacy.as_str();
     // Not bound to a store, so not ours for a new payment: a deployment sharing the secret would take the same
     // transfer for it (a transfer mined in time counts however late it is proven). Before, it opened anywhere.
+    assert!(get(&mut here, legacy, 1_001).await.unwrap().is_none());
+    let refused = try_begin(&mut here, legacy, "0xnew", 1_001).await;
     assert!(
-        get(&mut here, legacy.as_str(), 1_001)
-            .await
-            .unwrap()
-            .is_none()
+        matches!(&refused, Err(types::Error::NotFound(_))),
+        "{refused:?}"
     );
-    // An attempt released with nothing taken (a proof presented before its transfer was mined, say) does not
-    // make it ours: the same proof, once mined, would buy here and at the other deployment.
-    let types::Begin::Drive(released) = begin(&mut here, legacy.as_str(), "0xearly", 1_001).await
-    else {
-        panic!("the first payment drives");
+    let record = esim402_core::store::keys::invoice(legacy);
+    assert!(here.kv_get(&record).await.is_none());
+
+    // A payment this store holds for it (recorded before the upgrade) keeps it readable here, and resumable.
+    record_held(&here, legacy, "0xlegacy", "0xholder", 1_100).await;
+    let read = get(&mut here, legacy, 1_002).await.unwrap().unwrap();
+    assert_eq!(read.amount, 210_000);
+    assert_eq!(read.status, types::InvoiceStatus::Pending);
+    assert!(get(&mut there, legacy, 1_002).await.unwrap().is_none());
+    let types::Begin::Drive(resumed) = begin(&mut here, legacy, "0xlegacy", 1_101).await else {
+        panic!("the held payment resumes");
     };
+    assert!(resumed.resumed);
+    // Released with nothing taken (its proof refused, say) after a fresh payment's `get` read it pending: the
+    // claim that follows the read is still refused, and the id no longer reads.
     finish(
         &mut here,
-        legacy.as_str(),
-        &released.holder,
+        legacy,
+        &resumed.holder,
         types::PaymentEnd::Release,
         402,
     )
     .await;
+    let raced = try_begin(&mut here, legacy, "0xfresh", 1_102).await;
     assert!(
-        get(&mut here, legacy.as_str(), 1_001)
-            .await
-            .unwrap()
-            .is_none()
+        matches!(&raced, Err(types::Error::NotFound(_))),
+        "{raced:?}"
     );
-    // A payment this store holds for it (recorded before the upgrade) keeps it readable here: resumes, refunds.
-    let types::Begin::Drive(_) = begin(&mut here, legacy.as_str(), "0xlegacy", 1_001).await else {
-        panic!("the next payment drives");
-    };
-    let read = get(&mut here, legacy.as_str(), 1_002)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(read.amount, 210_000);
-    assert!(
-        get(&mut there, legacy.as_str(), 1_002)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(get(&mut here, legacy, 1_102).await.unwrap().is_none());
 }
 
 /// An invoice paid on a network that is no longer enabled still reads (status, refunds, the activation-code
