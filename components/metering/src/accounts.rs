@@ -217,6 +217,32 @@ pub async fn exhaust(iccid: &str, used: u64) -> Result<Option<wit::BalanceHold>,
     Ok(hold.map(|h| balance_hold(iccid, h)))
 }
 
+/// The moved SIM `iccid` drew on the SIM it moved to, whose balance is now out (held at epoch `past`): its own
+/// hold (kernel `Account::follow`, with its own account's next epoch the first time; later the same hold again,
+/// so one that was not applied is applied by a later batch). Never the new SIM's hold renamed: dispatch orders
+/// each SIM's holds by that SIM's epochs.
+pub async fn follow(iccid: &str, past: u64) -> Result<Option<wit::BalanceHold>, wit::Error> {
+    let (_, hold) =
+        kv::change_json::<Account, Option<(bool, u64)>, wit::Error>(&keys::balance(iccid), |cur| {
+            let Some(mut a) = cur else {
+                return Ok((Change::Keep, None));
+            };
+            let changed = a.follow(true, past);
+            let hold = a.hold().filter(|(held, _)| *held);
+            Ok((
+                if changed {
+                    Change::Put(a)
+                } else {
+                    Change::Keep
+                },
+                hold,
+            ))
+        })
+        .await
+        .map_err(kv_err)?;
+    Ok(hold.map(|h| balance_hold(iccid, h)))
+}
+
 /// The balance hold of `account` after a credit or a move landed on it, with its used counter read after that:
 /// the hold as it stands (a release if the credit lifted it: applied idempotently by dispatch, so a release that
 /// was not applied is applied when the same payment is sent again), or, if usage has used the balance up again

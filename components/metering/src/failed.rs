@@ -70,11 +70,14 @@ pub async fn fail(iccid: &str, replaces: Option<&str>) -> Result<api::FailedAcco
         });
     };
     if goes_back(&iccid, &old, returned.is_some()).await? {
+        // Its counter read before the take-back, so a hold that followed the replacement's balance is lifted only
+        // if the balance back leaves some at a reading the SIM has reached (a later one is settled below).
+        let used_old = used(old.as_str())?;
         kv::change_json::<Account, (), wit::Error>(&keys::balance(old.as_str()), |cur| {
             let Some(mut a) = cur else {
                 return Ok((Change::Keep, ()));
             };
-            Ok(if a.take_back(&iccid) {
+            Ok(if a.take_back(&iccid, used_old) {
                 (Change::Put(a), ())
             } else {
                 (Change::Keep, ())

@@ -16,7 +16,9 @@
 //! Never charged twice: the charge follows a won claim, and a claim is won once. A crash between a claim and
 //! the charge leaves the receipt uncharged (at most once, in the payer's favour). Once charged, the batch's
 //! ledger events are held (kernel `usage::held`) until the gateway has logged them and releases them; a crash
-//! in between leaves them for `GET /v1/ledger/verify` to log (`held-due`).
+//! in between leaves them for `GET /v1/ledger/verify` to log (`held-due`). Events the store would not hold
+//! either go with the answer, never with an error (which would drop them): a batch whose charges then stopped
+//! answers, its SIMs not charged reported `not_charged` (kernel `mark_uncharged`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -27,7 +29,7 @@ use esim402_core::usage::account::Account;
 use esim402_core::usage::claim::{ClaimCheck, claim_check};
 use esim402_core::usage::ingest::{
     LogEntry, LogState, Outcome, ReportLine, SimCharge, charge_entry, is_gap, log_position,
-    parse_batch, totals,
+    mark_uncharged, parse_batch, totals,
 };
 use esim402_core::usage::receipt::{
     MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, verify_cached,
@@ -238,7 +240,6 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         writes.extend(place_log(iccid, std::mem::take(&mut batch.entries))?);
     }
     kv::set_many::<wit::Error>(&writes).map_err(kv_err)?;
-    let mut holds = Vec::new();
     // The charges, then the batch's events held until the ledger has them (nothing is lost to a crash from
     // here to the append), then what the charges do to the accounts. A charge that fails stops the batch, and
     // the event names only the SIMs charged before it (still held, so logged later).
@@ -248,11 +249,15 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         if batch.accepted == 0 {
             continue;
         }
-        let delta = i64::try_from(batch.bytes).map_err(internal)?;
-        match kv::increment::<wit::Error>(&keys::meter_used(iccid), delta) {
+        let charge = i64::try_from(batch.bytes)
+            .map_err(internal)
+            .and_then(|delta| {
+                kv::increment::<wit::Error>(&keys::meter_used(iccid), delta).map_err(kv_err)
+            });
+        match charge {
             Ok(used) => charged.push((iccid, u64::try_from(used).unwrap_or(0))),
             Err(e) => {
-                failed = Some(kv_err(e));
+                failed = Some(e);
                 break;
             }
         }
@@ -281,24 +286,55 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
             }
         },
     };
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    let settled = match failed {
+        Some(e) => Err(e),
+        None => settle(&accounts, &charged).await,
+    };
+    let holds = match settled {
+        Ok(holds) => holds,
+        // Held (or nothing to log): a recovery logs the events (`held-due`); the caller learns of the failure.
+        Err(e) if held.is_some() || events.is_empty() => return Err(e),
+        // Neither held: the answer is the only way left for the charges that landed to reach the ledger (the
+        // gateway logs its events; an error would drop them, and a resend is all duplicates). So it answers,
+        // reporting the receipts of the SIMs not charged as such (kernel `mark_uncharged`). The holds of SIMs
+        // out of balance wait for their next batch.
+        Err(e) => {
+            eprintln!("metering: batch {batch_id} stopped ({e:?}); its events go with the answer");
+            let charged: HashSet<&str> = charged.iter().map(|(iccid, _)| iccid.as_str()).collect();
+            mark_uncharged(&mut lines, |iccid| charged.contains(iccid));
+            Vec::new()
+        }
+    };
+
+    let report = serde_json::json!({ "totals": totals(&lines), "results": lines });
+    Ok(Ingested {
+        report: report.to_string(),
+        events: events.iter().map(|(k, f)| event_to_wit(*k, f)).collect(),
+        holds,
+        held,
+    })
+}
+
+/// What the batch's charges (`charged`: each SIM and its used counter after) do to the accounts as the batch
+/// read them: the balance holds of the SIMs out of balance.
+async fn settle(
+    accounts: &HashMap<String, Option<Account>>,
+    charged: &[(&String, u64)],
+) -> Result<Vec<wit::BalanceHold>, wit::Error> {
+    let mut holds = Vec::new();
     for (iccid, used) in charged {
-        let Some(account) = accounts.get(iccid).and_then(Option::as_ref) else {
+        let Some(account) = accounts.get(*iccid).and_then(Option::as_ref) else {
             continue;
         };
-        let used = accounts::collect(account, used).await?;
+        let used = accounts::collect(account, *used).await?;
         if account.moved_to.is_some() {
             // Switched away: its data moved to the new SIM, and so does what it still uses. If the new SIM's
-            // balance is out, both are held (the old one draws on it until it is replaced).
+            // balance is out, both are held (the old one draws on it until it is replaced), each in its own
+            // account's epochs.
             if let Some((to, used_to)) = accounts::forward(iccid, used).await?
                 && let Some(hold) = accounts::exhaust(to.as_str(), used_to).await?
             {
-                holds.push(wit::BalanceHold {
-                    iccid: iccid.clone(),
-                    ..hold.clone()
-                });
+                holds.extend(accounts::follow(iccid, hold.epoch).await?);
                 holds.push(hold);
             }
             continue;
@@ -311,14 +347,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
             holds.extend(accounts::exhaust(iccid, used).await?);
         }
     }
-
-    let report = serde_json::json!({ "totals": totals(&lines), "results": lines });
-    Ok(Ingested {
-        report: report.to_string(),
-        events: events.iter().map(|(k, f)| event_to_wit(*k, f)).collect(),
-        holds,
-        held,
-    })
+    Ok(holds)
 }
 
 fn line(index: usize, r: Option<&Receipt>, outcome: Outcome) -> ReportLine {

@@ -70,6 +70,8 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
             dest.iccid
         )));
     }
+    // If the version moved meanwhile the move runs on the newer account with `used_old` as read: older than a
+    // fold the newer account may hold, which the kernel allows for (`transfer_out` moves at no less).
     let (_, (moved, from_carrier), _) =
         kv::change_json_from(&key, Some(version), |cur: Option<Account>| {
             let mut a =

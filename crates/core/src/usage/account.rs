@@ -14,6 +14,11 @@
 //!   money in micro-USDC.
 //! - **Unused data is refunded at the rate it was bought**: used bytes are taken from the oldest credit first,
 //!   so what is left sits in the newest credits, and each is refunded `paid × unused ÷ bytes`, rounded down.
+//! - **A SIM's balance holds count in its own epochs** ([`Account::hold`]): dispatch applies a SIM's hold only
+//!   if its epoch is newer than the last one it applied to that SIM, so a hold for one SIM never carries another
+//!   account's epoch. A SIM switched away draws on the new SIM's balance ([`Account::forward`]) and is held
+//!   with it, but with its own account's next epoch ([`Account::follow`]); taking its data back (kernel
+//!   `usage::failed`) releases it in the same way if that leaves a balance.
 //! - **The record stays small however often a SIM tops up**: a credit used up entirely has nothing left to
 //!   refund or move, so [`Account::credit`] folds such credits out of `credits` into [`Spent`] (their bytes,
 //!   and a 128-bit digest of each invoice, which is all "once per invoice" needs). Every receipt batch reads
@@ -310,6 +315,11 @@ impl Account {
     /// own invoice (so the new account still takes each invoice once, and a later refund pays each once).
     /// Fixed by the first call: a repeat for the same `to` returns the same credits; a closed account, or one
     /// moved elsewhere, refuses.
+    ///
+    /// `used` may be older than the account (read before a credit folded used-up credits away): the move is
+    /// made at no less than the folded bytes, which the counter had reached when they were folded. Below them,
+    /// the bytes in between would count twice: as used by the folded credits (the move takes the rest whole),
+    /// and again as usage after the move ([`Account::forward`] hands on everything beyond the mark).
     pub fn transfer_out(
         &mut self,
         to: &Iccid,
@@ -326,6 +336,7 @@ impl Account {
         if self.closed.is_some() {
             return Err(AccountError::Closed(self.iccid.to_string()));
         }
+        let used = used.max(self.spent.bytes);
         let moved: Vec<Credit> = unused_parts(&self.credits, self.unspent_use(used))
             .into_iter()
             .map(|(c, left, value)| Credit {
@@ -479,12 +490,34 @@ impl Account {
         }
         self.fold_spent(used);
         self.credits.push(credit);
+        Ok(self.resume(used))
+    }
+
+    /// The balance grew (a credit, or data taken back): with the used counter at `used` (any value read
+    /// before: it only grows), `true` if the SIM was suspended for want of balance and now has some, so it
+    /// should be resumed (the flag is cleared, with the next hold epoch).
+    pub(crate) fn resume(&mut self, used: u64) -> bool {
         let resume = self.suspended_for_balance && self.remaining(used) > 0;
         if resume {
             self.suspended_for_balance = false;
             self.hold_epoch += 1;
         }
-        Ok(resume)
+        resume
+    }
+
+    /// A moved account's SIM still reports usage, which draws on the SIM it moved to ([`Account::forward`]):
+    /// it is held for want of balance while that SIM's balance is out (`held`). The change counts in this
+    /// account's own hold epochs ([`Account::hold`]: dispatch orders a SIM's holds by its own epochs, never by
+    /// another SIM's), past `past` too: the new SIM's epoch, which holds sent for this SIM before carried (a
+    /// SIM record holding one of those would otherwise ignore this account's next epochs). `true` if it
+    /// changed; `false` for an account that did not move.
+    pub fn follow(&mut self, held: bool, past: u64) -> bool {
+        if self.moved_to.is_none() || self.suspended_for_balance == held {
+            return false;
+        }
+        self.suspended_for_balance = held;
+        self.hold_epoch = self.hold_epoch.max(past) + 1;
+        true
     }
 
     /// Usage reached `used`: `true` if the SIM must now be suspended (balance exhausted, not suspended by us
@@ -735,6 +768,26 @@ mod tests {
         assert_eq!(a.hold(), Some((true, 3)));
     }
 
+    /// A switched-away SIM is held with the SIM it moved to, in its own epochs: after its own hold (1) and
+    /// release (2), the hold that follows the new SIM's (1) is 3; past a newer epoch of the new SIM's.
+    #[test]
+    fn a_moved_sim_follows_the_new_sims_hold_in_its_own_epochs() {
+        let mut a = account();
+        assert!(!a.follow(true, 0), "not moved: its own balance decides");
+        assert!(a.exhausted(10 * BYTES_PER_MB));
+        assert_eq!(a.credit(credit("inv_b", 5, 1), 10 * BYTES_PER_MB), Ok(true));
+        assert_eq!(a.hold(), Some((false, 2)));
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        a.transfer_out(&to, 10 * BYTES_PER_MB, 9).unwrap();
+        assert!(!a.follow(false, 0), "not held: nothing to release");
+        assert!(a.follow(true, 1));
+        assert_eq!(a.hold(), Some((true, 3)), "its own next epoch");
+        assert!(!a.follow(true, 1), "once");
+        // Past the new SIM's epoch (7), which an older hold of this SIM may have carried.
+        assert!(a.follow(false, 7));
+        assert_eq!(a.hold(), Some((false, 8)));
+    }
+
     #[test]
     fn a_closing_account_takes_no_credit_and_suspends_nothing_until_it_closes() {
         let mut a = account();
@@ -751,6 +804,35 @@ mod tests {
         assert!(!a.closing);
         assert!(!a.begin_close(), "closed");
         assert_eq!(a.close(9 * BYTES_PER_MB), shares);
+    }
+
+    /// A switch that read the used counter (5 MB) before a top-up folded the activation away (at 10 MB) moves
+    /// on that newer account with its older reading: the 5 MB between were used up by the folded credit, so
+    /// they must not be handed on to the new SIM again. Before, the move took the top-up whole and marked 5 MB
+    /// handed on: the next hand-on charged the new SIM 5 MB the old SIM's own credit had already paid for.
+    #[test]
+    fn a_move_with_a_reading_older_than_a_fold_hands_on_nothing_twice() {
+        let mut a = account(); // inv_a: 10 MB for 30 000
+        assert_eq!(
+            a.credit(credit("inv_t", 10, 30_000), 10 * BYTES_PER_MB),
+            Ok(false)
+        );
+        assert_eq!(a.spent.bytes, 10 * BYTES_PER_MB, "inv_a folded");
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        let moved = a.transfer_out(&to, 5 * BYTES_PER_MB, 9).unwrap();
+        let moved_bytes: u64 = moved.iter().map(|c| c.bytes).sum();
+        let handed_on = a.forward(10 * BYTES_PER_MB).map_or(0, |(_, b)| b);
+        assert_eq!(
+            moved_bytes - handed_on,
+            10 * BYTES_PER_MB,
+            "the new SIM holds the whole unused top-up"
+        );
+        assert_eq!(a.forwarded_up_to, Some(10 * BYTES_PER_MB));
+        // What goes back if the new SIM fails agrees with the mark.
+        assert_eq!(
+            a.returnable_to(&to).unwrap().used_at_move,
+            Some(10 * BYTES_PER_MB)
+        );
     }
 
     #[test]

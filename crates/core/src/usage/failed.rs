@@ -97,7 +97,9 @@ impl Account {
     /// every byte the SIM reported since (handed on to `from` too, whose close left them out:
     /// [`Returnable::own_use`]), so the balance is what it would be without the switch. `true` if it changed;
     /// `false` when [`Account::returnable_to`] says the data may not come back (a repeat finds it back already).
-    pub fn take_back(&mut self, from: &Iccid) -> bool {
+    /// With the used counter at `used` (any value read before): a SIM held with the replacement's balance
+    /// ([`Account::follow`]) is released, with its next hold epoch, if its own balance has some left.
+    pub fn take_back(&mut self, from: &Iccid, used: u64) -> bool {
         if self.returnable_to(from).is_none() {
             return false;
         }
@@ -105,6 +107,7 @@ impl Account {
         self.moved_at = None;
         self.closed = None;
         self.forwarded_up_to = None;
+        self.resume(used);
         true
     }
 }
@@ -286,7 +289,7 @@ mod tests {
             ]
         );
         // The old account takes its data back, as if it had never moved: 10 MB less the 5 MB it used.
-        assert!(old.take_back(&new_iccid));
+        assert!(old.take_back(&new_iccid, 0));
         assert_eq!(
             Account {
                 hold_epoch: before.hold_epoch,
@@ -300,7 +303,7 @@ mod tests {
                 .is_ok()
         );
         // A repeat changes nothing.
-        assert!(!old.take_back(&new_iccid));
+        assert!(!old.take_back(&new_iccid, 0));
     }
 
     #[test]
@@ -314,18 +317,18 @@ mod tests {
         let mut closing = old.clone();
         closing.closing = true;
         assert_eq!(closing.returnable_to(&new_iccid), None);
-        assert!(!closing.take_back(&new_iccid));
+        assert!(!closing.take_back(&new_iccid, 0));
         // The new SIM refused the move (it was terminated): the old account owes it, it does not come back.
         old.bounce(&new_iccid).unwrap();
         assert_eq!(old.returnable_to(&new_iccid), None);
-        assert!(!old.take_back(&new_iccid));
+        assert!(!old.take_back(&new_iccid, 0));
         assert_eq!(old.closed.as_ref().map(Vec::len), Some(1));
         // Never moved: nothing to take back.
         let mut plain = account(
             OLD,
             credit("inv_act", CreditKind::Activation, 1_000_000, 3_000),
         );
-        assert!(!plain.take_back(&new_iccid));
+        assert!(!plain.take_back(&new_iccid, 0));
     }
 
     /// The old SIM stays in use while its replacement never installs: 6 MB move, the owner tops the
@@ -393,7 +396,7 @@ mod tests {
                 "the top-up whole (top-up first: {top_up_first})"
             );
             assert_eq!(own, 0, "the replacement itself used nothing");
-            assert!(old.take_back(&new_iccid));
+            assert!(old.take_back(&new_iccid, 0));
             assert_eq!(old.credited(), 10_000_000);
             assert_eq!(old.remaining(used_old), -2_000_000);
             assert!(old.exhausted(used_old), "held for want of balance");
@@ -421,5 +424,24 @@ mod tests {
             dry.returnable_to(&new_iccid).unwrap().used_at_move,
             Some(1_000_000)
         );
+    }
+
+    /// A SIM held with its replacement's balance (`Account::follow`) is released when it takes its data back,
+    /// if that leaves a balance, with its own next epoch; one whose own balance is used up stays held.
+    #[test]
+    fn data_taken_back_releases_a_hold_that_followed_the_replacement() {
+        let new_iccid = iccid(NEW);
+        let mut old = account(
+            OLD,
+            credit("inv_act", CreditKind::Activation, 10_000_000, 30_000),
+        );
+        old.transfer_out(&new_iccid, 4_000_000, 100).unwrap();
+        assert!(old.follow(true, 0));
+        assert_eq!(old.hold(), Some((true, 1)));
+        let mut dry = old.clone();
+        assert!(old.take_back(&new_iccid, 9_000_000));
+        assert_eq!(old.hold(), Some((false, 2)), "1 MB left: released");
+        assert!(dry.take_back(&new_iccid, 10_000_000));
+        assert_eq!(dry.hold(), Some((true, 1)), "nothing left: still held");
     }
 }

@@ -106,6 +106,30 @@ impl Outcome {
     }
 }
 
+/// The `reason` of a receipt verified and claimed whose charge the store refused ([`mark_uncharged`]).
+pub const NOT_CHARGED: &str = "not_charged";
+
+/// A batch whose charges stopped at a store failure, and whose ledger events the answer itself carries (they
+/// could not be held either): its accepted receipts of the SIMs not charged (`charged` says which were), turned
+/// into refusals with reason [`NOT_CHARGED`], so the report and its totals say what was charged. Their claims
+/// stay (a claim is never given back: that could charge a receipt twice), so sending them again is a
+/// duplicate: at most once, in the payer's favour, as after a crash between a claim and its charge.
+pub fn mark_uncharged(lines: &mut [ReportLine], charged: impl Fn(&str) -> bool) {
+    for l in lines {
+        let uncharged = matches!(l.outcome, Outcome::Accepted { .. })
+            && !l.iccid.as_deref().is_some_and(&charged);
+        if uncharged {
+            l.outcome = Outcome::Rejected {
+                reason: NOT_CHARGED.to_owned(),
+                message: "the store refused this SIM's charge: the receipt is claimed and was not charged \
+                          (sent again, it is a duplicate)"
+                    .to_owned(),
+                disputed: false,
+            };
+        }
+    }
+}
+
 /// One line of the batch report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportLine {
@@ -388,6 +412,34 @@ mod tests {
                 bytes_charged: 15
             }
         );
+    }
+
+    #[test]
+    fn uncharged_sims_receipts_are_reported_refused() {
+        let line = |iccid: &str, outcome| ReportLine {
+            index: 0,
+            iccid: Some(iccid.into()),
+            session_id: Some("s".into()),
+            seq: Some(1),
+            outcome,
+        };
+        let accepted = Outcome::Accepted {
+            bytes: 7,
+            gap: false,
+        };
+        let mut lines = vec![
+            line("a", accepted.clone()),
+            line("b", accepted.clone()),
+            line("b", Outcome::Duplicate),
+        ];
+        mark_uncharged(&mut lines, |iccid| iccid == "a");
+        assert_eq!(lines[0].outcome, accepted);
+        assert!(
+            matches!(&lines[1].outcome, Outcome::Rejected { reason, disputed: false, .. } if reason == NOT_CHARGED)
+        );
+        assert_eq!(lines[2].outcome, Outcome::Duplicate);
+        let t = totals(&lines);
+        assert_eq!((t.accepted, t.rejected, t.bytes_charged), (1, 1, 7));
     }
 
     #[test]

@@ -957,6 +957,70 @@ async fn usage_charged_to_the_old_sim_during_the_switch_reaches_the_new_sim() {
     assert_eq!(unused, 5 * MB, "{shares:?}");
 }
 
+/// A switched-away SIM whose late usage runs the new SIM's balance out is held in its own account's epochs
+/// (past the new SIM's), which dispatch compares with the SIM's last one (kernel `esim::balance_hold`, run here
+/// as dispatch runs it). Before, its hold carried the new SIM's epoch (3) and its account counted nothing, so
+/// once the switch failed and the old SIM, its balance back, was topped up, the release (its own epoch 2) was
+/// ignored and the SIM stayed suspended with a balance.
+#[tokio::test]
+async fn a_switched_away_sim_is_held_in_its_own_epochs() {
+    use esim402_core::esim::{Holds, SimState, balance_hold};
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(81), iccid(82));
+    // Dispatch's record of the old SIM: in service, no balance hold applied yet.
+    let mut old_sim = (SimState::Active, Holds::default());
+    let mut apply = |holds: &[types::BalanceHold]| {
+        for h in holds.iter().filter(|h| h.iccid == old) {
+            if let Some(next) = balance_hold(old_sim.0, old_sim.1, h.hold, h.epoch) {
+                old_sim = next;
+            }
+        }
+        old_sim.0
+    };
+    // The new SIM's account has counted two hold changes before the switch (held, then released).
+    top_up_1mb(&mut kit, &new, "inv_gift").await;
+    ingest(
+        &mut kit,
+        vec![receipt(&new, "tmobile", "n", 1, 1_200_000, "310-260")],
+    )
+    .await;
+    let refill = top_up_1mb(&mut kit, &new, "inv_gift2").await;
+    assert_eq!(refill.hold.map(|h| (h.hold, h.epoch)), Some((false, 2)));
+    open(&mut kit, &old, 10).await;
+    transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
+
+    // 11 MB reported by the old SIM: the new SIM's 10.8 MB run out. Each SIM is held in its own epochs.
+    let out = ingested(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 1, 11 * MB, "310-260")],
+    )
+    .await;
+    let got: Vec<_> = out
+        .holds
+        .iter()
+        .map(|h| (h.iccid.as_str(), h.hold, h.epoch))
+        .collect();
+    assert_eq!(got, [(old.as_str(), true, 4), (new.as_str(), true, 3)]);
+    assert_eq!(apply(&out.holds), SimState::Suspended);
+
+    // The switch fails: the old SIM takes its 10 MB back, 1 MB below zero, still held; a top-up releases it.
+    let failed = fail_replacing(&mut kit, &new, Some(&old)).await;
+    assert_eq!(apply(failed.hold.as_slice()), SimState::Suspended);
+    let (s, c) = (sim(&old, "tmobile"), credit("inv_top", 10, 30_000));
+    let topped = kit
+        .call(async move |a, g| g.metering().call_credit(a, s, c, now()).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(topped.balance.remaining_bytes, 9_000_000);
+    assert_eq!(
+        apply(topped.hold.as_slice()),
+        SimState::Active,
+        "released: {:?}",
+        topped.hold
+    );
+}
+
 async fn top_up_1mb(
     kit: &mut Kit,
     iccid: &str,
@@ -1480,6 +1544,104 @@ async fn a_batch_whose_charge_fails_holds_the_charges_that_landed() {
     };
     assert_eq!(detail("bytes").as_deref(), Some("100000"));
     assert_eq!(detail("iccid").as_deref(), Some(first.as_str()));
+}
+
+/// Writes under any of `prefixes` fail while `failing` is set (an outage of part of the store).
+struct FailingUnder {
+    prefixes: Vec<String>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl esim402_host::kv::wrapped::Hook for FailingUnder {
+    fn before(
+        &self,
+        op: esim402_host::kv::wrapped::Op,
+        key: &str,
+    ) -> esim402_host::kv::KvResult<()> {
+        if op.writes()
+            && self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+            && self.failing.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(esim402_host::kv::KvError(format!("injected: {key}")));
+        }
+        Ok(())
+    }
+}
+
+/// A charge that fails at the store while holding the batch's events fails too: the charges that landed reach
+/// the ledger through the answer (its events, nothing held, so nothing logged twice), and the report says which
+/// receipts were not charged. Before, the call failed, the events were dropped, and the landed charge never
+/// reached the ledger (a resend is all duplicates).
+#[tokio::test]
+async fn a_batch_whose_charge_and_hold_fail_answers_with_the_charges_that_landed() {
+    use esim402_core::store::keys;
+    use esim402_core::usage::held::RELOG_AFTER_SECS;
+    let (first, second) = (iccid(53), iccid(54));
+    assert!(first < second, "charged in ICCID order");
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = esim402_host::kv::wrapped::Wrapped::new(
+        std::sync::Arc::new(esim402_host::kv::MemoryStore::default()),
+        FailingUnder {
+            prefixes: vec![keys::meter_used(&second), "meter/held/".into()],
+            failing: failing.clone(),
+        },
+    );
+    let mut kit = Kit::builder("metering")
+        .store(std::sync::Arc::new(store))
+        .build()
+        .await
+        .unwrap();
+    open(&mut kit, &first, 10).await;
+    open(&mut kit, &second, 10).await;
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let batch = vec![
+        receipt(&first, "tmobile", "f", 1, 100_000, "310-260"),
+        receipt(&second, "tmobile", "g", 1, 70_000, "310-260"),
+    ];
+    let t = now();
+    let out = ingested_at(&mut kit, batch.clone(), t).await;
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(out.held, None, "nothing held");
+    let charged: Vec<_> = out
+        .events
+        .iter()
+        .filter(|e| e.kind == "usage_charged")
+        .collect();
+    assert_eq!(charged.len(), 1, "{:?}", out.events);
+    let detail = |k: &str| {
+        charged[0]
+            .details
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(detail("bytes").as_deref(), Some("100000"));
+    assert_eq!(detail("iccid").as_deref(), Some(first.as_str()));
+    let report: Value = serde_json::from_str(&out.report).unwrap();
+    assert_eq!(report["results"][0]["status"], "accepted", "{report}");
+    assert_eq!(
+        reasons(&json!({ "results": [report["results"][1]] })),
+        ["not_charged"]
+    );
+    assert_eq!(
+        (
+            &report["totals"]["accepted"],
+            &report["totals"]["bytes_charged"]
+        ),
+        (&json!(1), &json!(100_000)),
+        "{report}"
+    );
+    assert_eq!(balance(&mut kit, &first).await.used_bytes, 100_000);
+    assert_eq!(balance(&mut kit, &second).await.used_bytes, 0);
+    let due = kit
+        .call(async move |a, g| g.metering().call_held_due(a, t + RELOG_AFTER_SECS).await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(due.is_empty(), "not logged a second time: {due:?}");
+    let (again, kinds, _) = ingest(&mut kit, batch).await;
+    assert_eq!(again["totals"]["duplicate"], 2, "{again}");
+    assert!(kinds.is_empty(), "{kinds:?}");
 }
 
 /// `fail`: close the account of a SIM whose profile can never be installed (the gateway owes what it returns).
