@@ -48,7 +48,7 @@ async fn every_described_operation_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 28, "every operation was tried");
+    assert_eq!(operations, 29, "every operation was tried");
     app.stop().await;
 }
 
