@@ -88,6 +88,15 @@ impl PayStack {
 
     /// The stack with the app served by `process` (a runner and its store), or in this process.
     pub async fn start_with(process: Option<(&Runner, Store)>, extra: &[(&str, &str)]) -> Self {
+        Self::start_with_args(process, extra, &[]).await
+    }
+
+    /// [`Self::start_with`], passing `args` to the runner's `up` (for an app served by a child process).
+    pub async fn start_with_args(
+        process: Option<(&Runner, Store)>,
+        extra: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let listener = match process {
             None => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
             Some(_) => None,
@@ -130,7 +139,7 @@ impl PayStack {
                         store_dir.path().join("kv.db").display()
                     ),
                 };
-                let app = AppProcess::start(runner, addr.port(), &rc, &app_env)
+                let app = AppProcess::start_with_args(runner, addr.port(), &rc, &app_env, args)
                     .await
                     .unwrap();
                 (Served::Process(app), redis, Some((runner.clone(), rc)))
@@ -1330,6 +1339,43 @@ async fn a_tx_hash_payment_whose_order_is_pending_is_told_it_was_charged() {
     )
     .await;
     assert!(paid["activation_code"].is_string(), "{paid}");
+}
+
+/// `esim402 up --jobs-every N` runs the operator's jobs itself, as a cron job would: a refund owed for a
+/// tx-hash payment whose activation failed is paid with no call to `POST /admin/refunds/run` (the same run's
+/// cleanup job answers too; a refused token would be on the console).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_host_runs_the_operator_jobs_itself() {
+    let s = PayStack::start_with_args(
+        Some((&Runner::Host, Store::Sqlite)),
+        &[("SPIN_VARIABLE_ES2_TIMEOUT_MS", "2000")],
+        &["--jobs-every", "1"],
+    )
+    .await;
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let start = s.balance(agent()).await;
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    s.break_us_west().await;
+    let (status, _, failed) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
+        .await;
+    assert_eq!(status, 503, "{failed}");
+    assert_eq!(failed["refund"]["status"], "owed", "{failed}");
+    let mut waited = 0;
+    while s.balance(agent()).await != start {
+        assert!(waited < 60, "the host's refund job never paid the refund");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        waited += 1;
+    }
+    let paid = s
+        .ledger_entries()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "refund_paid" && e["invoice_id"] == id.as_str())
+        .count();
+    assert_eq!(paid, 1);
 }
 
 /// An `exact` payment whose order outlives the dispatch budget (T-Mobile slowed as above) and that is never

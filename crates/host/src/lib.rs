@@ -19,6 +19,7 @@ pub mod deps;
 pub mod devstack;
 pub mod ids;
 pub mod interfaces;
+pub mod jobs;
 pub mod kv;
 pub mod manifest;
 pub mod outbound;

@@ -100,6 +100,10 @@ struct ServeArgs {
     /// those calls overlap.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_instance_concurrent_reuse_count: Option<u32>,
+    /// Run the operator's jobs (`POST /admin/refunds/run`, `POST /admin/cleanup/run`, with `admin_token`) every
+    /// this many seconds, as a cron job would; 0: never. Default: 60 with the dev stack, else never.
+    #[arg(long)]
+    jobs_every: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -362,6 +366,30 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
     eprintln!("Available Routes:");
     for route in app.router.routes() {
         eprintln!("  {}: http://{addr}{}", route.component, route.pattern);
+    }
+    let every = args
+        .jobs_every
+        .unwrap_or(if args.no_dev_stack { 0 } else { 60 });
+    if every > 0 {
+        // The token as the app reads it (environment, `.env`, the dev stack's).
+        let token = esim402_host::variables::resolve(&app.manifest, &opts.env)?
+            .app
+            .remove("admin_token")
+            .filter(|t| !t.is_empty());
+        match token {
+            Some(token) => {
+                eprintln!("Operator jobs (refunds, cleanup) every {every} s");
+                tokio::spawn(esim402_host::jobs::run_every(
+                    format!("http://{addr}"),
+                    token,
+                    std::time::Duration::from_secs(every),
+                    stop.clone().requested(),
+                ));
+            }
+            None => eprintln!(
+                "Operator jobs not run: they need the admin_token variable (SPIN_VARIABLE_ADMIN_TOKEN)"
+            ),
+        }
     }
     let served = esim402_host::server::serve(app, listener, stop.requested()).await;
     drop(stack);
