@@ -1,8 +1,10 @@
 //! Who may manage a SIM (kernel `esim402_core::auth`): checking a presented credential against the SIM's
 //! stored owner and token hash, claiming a sign-in nonce once, and issuing, rotating and (on terminate, in
-//! [`crate::sims`]) revoking access tokens. Keys: `sim/<iccid>` (the `access` field), `auth/nonce/…`.
+//! [`crate::sims`]) revoking access tokens. A token is bound to its SIM record (ICCID and invoice, kernel
+//! `auth::token`): a profile handed out again is recorded for another payer with tokens of its own. Keys:
+//! `sim/<iccid>` (the `access` field), `auth/nonce/…`.
 
-use esim402_core::auth::{self, AuthError, Presented, SimToken, TokenState};
+use esim402_core::auth::{self, AuthError, Presented, TokenState, token};
 use esim402_core::chain::Address;
 use esim402_core::order::StoredSim;
 use esim402_core::store::keys;
@@ -36,6 +38,11 @@ pub async fn authorize(iccid: &str, credential: &wit::Credential) -> Result<wit:
         ),
         _ => None,
     };
+    if matches!(credential, wit::Credential::Token(_)) {
+        // No token is honoured while the deployment has no token key of its own (outside development
+        // without `access_token_secret`): the error names the variable.
+        crate::config::get().await?.token_key()?;
+    }
     let sim = load(&id).await?.ok_or_else(not_yours)?;
     match credential {
         wit::Credential::Token(t) => {
@@ -71,50 +78,48 @@ pub fn claim_wallet(w: &wit::WalletProof) -> Result<Address, wit::Error> {
     Ok(address)
 }
 
-/// The stored half of a fresh SIM's token (generation 0).
-pub fn initial_state(key: &[u8; 32], iccid: &str) -> TokenState {
-    TokenState {
-        generation: 0,
-        hash: SimToken::derive(key, iccid, 0).hash(),
-    }
+/// The stored half of the first token of a new SIM record (`iccid`, paid by `invoice_id`; generation 0).
+pub fn initial_state(key: &[u8; 32], iccid: &str, invoice_id: &str) -> TokenState {
+    token::initial_state(key, iccid, invoice_id)
 }
 
-/// `initial-token`: the generation-0 token while it is still the SIM's token.
-pub async fn initial_token(iccid: &str) -> Result<Option<String>, wit::Error> {
+/// `initial-token`: the first token of the SIM record of `iccid` while it is still its token (kernel
+/// `auth::token::initial_token`), only for the record `invoice_id` paid for: a paid answer replayed after the
+/// profile was handed out again to another payer gets none (it would be that payer's first token).
+pub async fn initial_token(iccid: &str, invoice_id: &str) -> Result<Option<String>, wit::Error> {
     let cfg = crate::config::get().await?;
+    let key = cfg.token_key()?;
     let Some(sim) = load(&parse_iccid(iccid)?).await? else {
         return Ok(None);
     };
-    let token = SimToken::derive(&cfg.token_key, &sim.iccid, 0);
-    Ok(sim
-        .access
-        .token
-        .filter(|s| s.generation == 0 && s.hash == token.hash())
-        .map(|_| token.as_str().to_owned()))
+    if invoice_id != sim.invoice_id {
+        return Ok(None);
+    }
+    Ok(
+        token::initial_token(key, &sim.iccid, &sim.invoice_id, sim.access.token.as_ref())
+            .map(|t| t.as_str().to_owned()),
+    )
 }
 
-/// `rotate-token`: the next generation's token; refused for a terminated SIM (its access is revoked).
+/// `rotate-token`: the next generation's token; refused (conflict) unless the SIM is live (kernel
+/// `auth::token::rotation_refused`: a terminated SIM's tokens are revoked, a failed one's profile may be
+/// another payer's next, a pending one's confirm would undo the rotation).
 pub async fn rotate_token(iccid: &str) -> Result<String, wit::Error> {
     let cfg = crate::config::get().await?;
+    let key = cfg.token_key()?;
     let id = parse_iccid(iccid)?;
-    let sim = kv::update_json::<StoredSim, wit::Error>(&keys::sim(id.as_str()), |current| {
-        let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
-        if sim.state == esim402_core::esim::SimState::Terminated {
-            return Err(wit::Error::Conflict(format!(
-                "SIM {iccid} is terminated: its access tokens are revoked"
-            )));
-        }
-        let generation = sim.access.token.map_or(1, |t| t.generation + 1);
-        sim.access.token = Some(TokenState {
-            generation,
-            hash: SimToken::derive(&cfg.token_key, &sim.iccid, generation).hash(),
-        });
-        Ok(sim)
-    })
-    .await
-    .map_err(kv_err)?;
-    let generation = sim.access.token.map_or(0, |t| t.generation);
-    Ok(SimToken::derive(&cfg.token_key, &sim.iccid, generation)
-        .as_str()
-        .to_owned())
+    let (_, token) =
+        kv::change_json::<StoredSim, _, wit::Error>(&keys::sim(id.as_str()), |current| {
+            let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
+            if let Some(why) = token::rotation_refused(sim.state) {
+                return Err(wit::Error::Conflict(format!("SIM {iccid} {why}")));
+            }
+            let (token, state) =
+                token::rotated(key, &sim.iccid, &sim.invoice_id, sim.access.token.as_ref());
+            sim.access.token = Some(state);
+            Ok((kv::Change::Put(sim), token))
+        })
+        .await
+        .map_err(kv_err)?;
+    Ok(token.as_str().to_owned())
 }

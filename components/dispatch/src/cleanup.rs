@@ -35,10 +35,10 @@ pub async fn sweep(cfg: &Config, deadline: Deadline, max: usize, now: u64) -> Sw
             swept.tried = swept.tried.saturating_add(1);
             work(cfg, &taken, deadline).await
         };
-        if !matches!(outcome, Settle::Done) {
+        // Counted as settled: a failure given up is done, not queued again.
+        if queue::settle(&taken, outcome).await {
             swept.requeued = swept.requeued.saturating_add(1);
         }
-        queue::settle(&taken, outcome).await;
     }
     swept
 }
@@ -109,8 +109,11 @@ async fn work(cfg: &Config, taken: &Queued, deadline: Deadline) -> Settle {
                         Ok(Some(holder)) => dropped(&iccid, carrier, &holder),
                         Ok(None) => {
                             // A cancel just learned of is new work, in the lost DownloadOrder's place: counted
-                            // from its own first failure.
-                            match calls::cancel_as(cfg, c, &iccid, false, None, deadline, None)
+                            // from its own first failure. Its call id comes from the lost call's, so a redo of
+                            // this item (a sweep that stopped before settling it) sends the same call, which the
+                            // SM-DP+ replays (kernel `order::learned_cancel_fci`).
+                            let call = Some(order::learned_cancel_fci(fci));
+                            match calls::cancel_as(cfg, c, &iccid, false, call, deadline, None)
                                 .await
                             {
                                 Some(left) => Settle::Again(left, 1, 0),

@@ -2,8 +2,10 @@
 //! variable, else the built-in one, which only a development deployment may use: kernel
 //! `deployment::catalog`), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
 //! (`dispatch_budget_secs`, 60) and one ES2+ call's timeout (`es2_timeout_ms`, 10 000); the access-token key
-//! (`access_token_secret`, secret; else a random key kept at `secret/sim-token-key`) and the carriers' callback
-//! credentials (`carrier_callback_credentials`, secret; empty refuses every callback).
+//! (`access_token_secret`, secret; else, in development only, a random key kept at `secret/sim-token-key`:
+//! kernel `auth::token::key_source`) and the carriers' callback credentials (`carrier_callback_credentials`,
+//! secret; empty refuses every callback). Without the token key outside development the configuration still
+//! loads (prices are quoted), but readiness, every order and every token use fail naming the variable.
 
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -33,8 +35,8 @@ pub struct Config {
     pub budget: Duration,
     /// One ES2+ call's timeout.
     pub call_timeout: Duration,
-    /// Derives the SIMs' access tokens (a secret).
-    pub token_key: [u8; 32],
+    /// Derives the SIMs' access tokens (a secret), or why there is none ([`Config::token_key`]).
+    token_key: Result<[u8; 32], String>,
     /// Who may send download-progress callbacks.
     pub callbacks: CallbackCredentials,
 }
@@ -43,7 +45,8 @@ impl Config {
     /// Outside development, refuse to order when a carrier signs receipts with a key derived from a catalog
     /// carrier id (the traffic simulator's): metering would refuse every receipt batch, so a SIM sold would
     /// never be charged. Checked before the order, so no payment is taken (key derivations: once per
-    /// instance, on the paid path only).
+    /// instance, on the paid path only). Also refused without the access-token key ([`Config::token_key`]):
+    /// the SIM would be stored without the token its answer carries.
     pub fn signers_usable(&self) -> Result<(), wit::Error> {
         self.signers
             .get_or_init(|| {
@@ -51,7 +54,14 @@ impl Config {
                     .map_err(|e| e.to_string())
             })
             .clone()
-            .map_err(internal)
+            .map_err(internal)?;
+        self.token_key().map(|_| ())
+    }
+
+    /// The key the SIMs' access tokens are derived from; outside development without `access_token_secret`,
+    /// an internal error naming the variable (never a value).
+    pub fn token_key(&self) -> Result<&[u8; 32], wit::Error> {
+        self.token_key.as_ref().map_err(|e| internal(e.clone()))
     }
 }
 
@@ -117,7 +127,7 @@ async fn load() -> Result<Config, wit::Error> {
         smdp_base,
         budget: Duration::from_secs(budget),
         call_timeout: Duration::from_millis(call_timeout_ms),
-        token_key: token_key().await?,
+        token_key: token_key(development).await?,
         callbacks: CallbackCredentials::parse(
             &optional_var("carrier_callback_credentials")
                 .await
@@ -127,20 +137,21 @@ async fn load() -> Result<Config, wit::Error> {
     })
 }
 
-async fn token_key() -> Result<[u8; 32], wit::Error> {
-    match optional_var("access_token_secret").await {
-        Some(secret) if secret.len() < 16 => Err(config_error(
-            "access_token_secret",
-            "use at least 16 characters",
-        )),
-        Some(secret) => {
-            let mut input = b"esim402/sim-token-key/v1".to_vec();
-            input.extend_from_slice(secret.as_bytes());
-            Ok(alloy_primitives::keccak256(input).0)
-        }
-        None => esim402_guest::kv::shared_random_key(keys::SIM_TOKEN_KEY)
+/// The token key (kernel `auth::token::key_source`): a secret too short fails the configuration; a missing one
+/// outside development is kept as the error every token use answers.
+async fn token_key(development: bool) -> Result<Result<[u8; 32], String>, wit::Error> {
+    use esim402_core::auth::token::{KeyError, KeySource, key_source};
+    match key_source(
+        optional_var("access_token_secret").await.as_deref(),
+        development,
+    ) {
+        Ok(KeySource::Secret(key)) => Ok(Ok(key)),
+        Ok(KeySource::Stored) => esim402_guest::kv::shared_random_key(keys::SIM_TOKEN_KEY)
             .await
+            .map(Ok)
             .map_err(|e| kv_fault("access-token key", e)),
+        Err(e @ KeyError::Missing) => Ok(Err(e.to_string())),
+        Err(e @ KeyError::TooShort) => Err(internal(e.to_string())),
     }
 }
 

@@ -14,7 +14,7 @@
 //! - [`switching`]: switches to another carrier or region, one at a time per SIM;
 //! - [`access`]: who may manage a SIM (owner, access tokens, sign-in nonces).
 //!
-//! Keys it writes: `order/`, `sim/`, `owner/`, `cleanup/queue`, `auth/`, `secret/sim-token-key`. Matching IDs (inside activation codes) are secrets:
+//! Keys it writes: `order/`, `sim/`, `owner/`, `cleanup/queue`, `auth/`, `secret/sim-token-key` (development only). Matching IDs (inside activation codes) are secrets:
 //! stored and returned, never logged.
 
 mod bindings {
@@ -82,7 +82,7 @@ fn price(cfg: &config::Config, request: &wit::ActivationRequest) -> Result<wit::
 
 impl Guest for Component {
     async fn ready() -> Result<(), wit::Error> {
-        // As an order would: the configuration, and the catalog's receipt signers.
+        // As an order would: the configuration, the access-token key and the catalog's receipt signers.
         config::get().await?.signers_usable()
     }
 
@@ -144,8 +144,11 @@ impl Guest for Component {
         access::authorize(&iccid, &credential).await
     }
 
-    async fn initial_token(iccid: String) -> Result<Option<String>, wit::Error> {
-        access::initial_token(&iccid).await
+    async fn initial_token(
+        iccid: String,
+        invoice_id: String,
+    ) -> Result<Option<String>, wit::Error> {
+        access::initial_token(&iccid, &invoice_id).await
     }
 
     async fn rotate_token(iccid: String) -> Result<String, wit::Error> {

@@ -6,6 +6,8 @@ use esim402_core::store::keys;
 use esim402_guest::kv::{self, Change};
 use esim402_guest::util;
 
+use crate::calls;
+
 /// Queue `item` (once), new.
 pub async fn enqueue(item: Cleanup) {
     let r = kv::update_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
@@ -18,15 +20,30 @@ pub async fn enqueue(item: Cleanup) {
 }
 
 /// Take up to `max` free items atomically, held until `lease_until` (kernel `order::take`): they stay queued,
-/// so two sweeps never do the same item and a sweep that stops before it [`settle`]s one loses nothing.
+/// so two sweeps never do the same item and a sweep that stops before it [`settle`]s one loses nothing. A
+/// cancel without a call id is given one in the same write, so a redo after the hold sends the same call.
 pub async fn take(max: usize, now: u64, lease_until: u64) -> Vec<Queued> {
     // The common case is an empty queue: a plain read, so concurrent orders do not contend on a write.
-    match kv::get_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE).await {
-        Ok(Some(q)) if q.iter().any(|q| q.taken_until <= now) => {}
+    let unnamed = match kv::get_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE).await {
+        Ok(Some(q)) if q.iter().any(|q| q.taken_until <= now) => q
+            .iter()
+            .filter(|q| q.taken_until <= now && matches!(q.item, Cleanup::Cancel { fci: None, .. }))
+            .count(),
         _ => return Vec::new(),
-    }
+    };
+    // Ids made before the write (its closure may run again on a conflict; an id never sent is still new). A few
+    // spare for cancels queued since the read; one left without an id waits for the next sweep.
+    let ids: Vec<String> = (0..max.min(unnamed.saturating_add(4)))
+        .map_while(|_| calls::fci().ok())
+        .collect();
     let taken = kv::update_json_with::<Vec<Queued>, Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
-        Ok(order::take(q.unwrap_or_default(), max, now, lease_until))
+        Ok(order::take(
+            q.unwrap_or_default(),
+            max,
+            now,
+            lease_until,
+            ids.iter().cloned(),
+        ))
     })
     .await;
     taken.map(|(_, t)| t).unwrap_or_default()
@@ -34,8 +51,9 @@ pub async fn take(max: usize, now: u64, lease_until: u64) -> Vec<Queued> {
 
 /// Settle an item this sweep took (kernel `order::settle`): done, free again, or still owed after `tries`
 /// failed tries since `since` (given up instead, logged, past [`order::gives_up`]). A failed write leaves it
-/// held: the next sweep after the hold tries it again.
-pub async fn settle(taken: &Queued, outcome: Settle) {
+/// held: the next sweep after the hold tries it again. Whether it is left on the queue: free again, still
+/// owed, or held by a failed write (not when done, given up, or no longer this sweep's).
+pub async fn settle(taken: &Queued, outcome: Settle) -> bool {
     let outcome = match outcome {
         Settle::Again(item, tries, since) => {
             let now = util::now_secs();
@@ -51,21 +69,26 @@ pub async fn settle(taken: &Queued, outcome: Settle) {
         }
         other => other,
     };
-    let r = kv::change_json::<Vec<Queued>, (), ()>(keys::CLEANUP_QUEUE, |q| {
+    let stays = !matches!(outcome, Settle::Done);
+    let r = kv::change_json::<Vec<Queued>, bool, ()>(keys::CLEANUP_QUEUE, |q| {
         Ok(
             match order::settle(q.unwrap_or_default(), taken, outcome.clone()) {
-                Some(q) => (Change::Put(q), ()),
-                None => (Change::Keep, ()),
+                Some(q) => (Change::Put(q), stays),
+                None => (Change::Keep, false),
             },
         )
     })
     .await;
-    if let Err(e) = r {
-        eprintln!(
-            "dispatch: cannot settle carrier cleanup {:?} (tried again after its hold): {e}",
-            taken.item
-        );
-    }
+    r.map_or_else(
+        |e| {
+            eprintln!(
+                "dispatch: cannot settle carrier cleanup {:?} (tried again after its hold): {e}",
+                taken.item
+            );
+            true
+        },
+        |(_, stays)| stays,
+    )
 }
 
 /// How many items are queued (an unreadable queue counts none).

@@ -66,7 +66,9 @@ pub async fn ordered_sim(invoice_id: &str, now: u64) -> Result<Option<StoredSim>
 }
 
 /// `list-sims`: one page of the SIMs the signed-in wallet paid for (its owner index,
-/// [`crate::sim_store::owned`]), only `label`'s if given. The page is checked before the wallet's nonce is used,
+/// [`crate::sim_store::owned`]), only `label`'s if given, and only records the wallet owns: an ICCID indexed
+/// for it may be recorded for another payer since (a profile given back to the pool and handed out again),
+/// and that SIM is not listed. The page is checked before the wallet's nonce is used,
 /// and the nonce is claimed only when the page lists something: any wallet may ask, and one that paid for
 /// nothing must not make the store keep its nonces.
 pub async fn list(
@@ -98,6 +100,7 @@ pub async fn list(
             .collect::<Result<Vec<_>, _>>()?;
         for sim in join_all(iccids.iter().map(load)).await {
             if let Some(sim) = sim?
+                && sim.access.owner == Some(owner)
                 && label.is_none_or(|l| sim.label.as_deref() == Some(l))
             {
                 sims.push(sim_to_wit(&sim));

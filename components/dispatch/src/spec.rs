@@ -79,7 +79,10 @@ pub fn serving<'c>(
 }
 
 impl OrderSpec {
-    /// The SIM record of a profile `carrier` allocated for this order (paid by `invoice_id`), not yet confirmed.
+    /// The SIM record of a profile `carrier` allocated for this order (paid by `invoice_id`), not yet confirmed,
+    /// with the first token of this record (bound to its ICCID and invoice: kernel `auth::token`). An order
+    /// is refused without the token key before anything is allocated ([`Config::signers_usable`]); were it
+    /// missing here anyway, the record would carry no token (nothing opens it but the owner's wallet).
     pub fn pending_sim(
         &self,
         cfg: &Config,
@@ -106,7 +109,10 @@ impl OrderSpec {
             replaced_by: None,
             access: esim402_core::auth::SimAccess {
                 owner: self.owner,
-                token: Some(crate::access::initial_state(&cfg.token_key, iccid)),
+                token: cfg
+                    .token_key()
+                    .ok()
+                    .map(|key| crate::access::initial_state(key, iccid, invoice_id)),
             },
             label: self.label.clone(),
             holds: Default::default(),

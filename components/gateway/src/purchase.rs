@@ -67,14 +67,19 @@ async fn with_token(mut stored: StoredResponse) -> StoredResponse {
     let Ok(mut body) = serde_json::from_str::<Value>(&stored.body) else {
         return stored;
     };
-    let Some(iccid) = body["iccid"].as_str().map(str::to_owned) else {
+    // The SIM the answer delivered, by its record's invoice: the same ICCID may be another payer's record now
+    // (a profile handed out again), whose token this answer must not carry.
+    let (Some(iccid), Some(invoice)) = (
+        body["iccid"].as_str().map(str::to_owned),
+        body["invoice_id"].as_str().map(str::to_owned),
+    ) else {
         return stored;
     };
     // An answer that withholds the activation code withholds the token too (kernel `paid::hands_over_codes`).
     if body.get("activation_code").is_none() {
         return stored;
     }
-    match dispatch::initial_token(iccid.clone()).await {
+    match dispatch::initial_token(iccid.clone(), invoice).await {
         Ok(Some(token)) => body["access_token"] = Value::String(token),
         Ok(None) => {
             body["access_token_note"] = Value::String(

@@ -382,12 +382,19 @@ pub fn settled_before_confirm(current: &StoredSim) -> Option<AfterConfirm> {
 /// profile whose confirm was refused, given back to the pool and handed out again). Any other record is
 /// someone else's SIM, or was: a live one (pending, active, suspended) has an owner, and writing over it would
 /// hand this order its owner's SIM (owner, invoice, state, token); a terminated one was delivered (or
-/// withdrawn) and its profile retired, and its payer may still hold its access token, derived from the ICCID
-/// (`crate::auth`), which would open the new record. Refused, the carrier's answer is a failed step: the
-/// profile is neither confirmed nor cancelled (both would act on the other SIM), and the order fails over.
-/// Run inside the record's cell update.
+/// withdrawn) and its profile retired, and its payer may still hold its access token (before tokens were bound
+/// to their invoice, `crate::auth::token`, one derived from the ICCID alone would open the new record). So is a failed one that was delivered (an activation
+/// code was handed out, or a download callback failed it after delivery: [`StoredSim::owes_back`]): its payer
+/// holds its token, and its ICCID's metering account is closed, so the new SIM could take no data. Refused,
+/// the carrier's answer is a failed step: the profile is neither confirmed nor cancelled (both would act on
+/// the other SIM), and the order fails over. Run inside the record's cell update.
 pub fn may_record_allocation(current: Option<&StoredSim>, pending: &StoredSim) -> bool {
-    current.is_none_or(|c| c.carrier == pending.carrier && c.state == SimState::Failed)
+    current.is_none_or(|c| {
+        c.carrier == pending.carrier
+            && c.state == SimState::Failed
+            && c.activation_code.is_none()
+            && c.download_failure.is_none()
+    })
 }
 
 /// Whether the cleanup sweep may send a queued CancelOrder (or the cancel a lost DownloadOrder's replay just
@@ -841,21 +848,39 @@ pub fn sweep_lease_until(now: u64, secs: u64) -> u64 {
 /// Take up to `max` free items from the front of the queue, held until `lease_until`: `(queue to store,
 /// taken)`. The taken items stay in the queue, marked, and are returned as marked (how [`settle`] finds
 /// them); an item another sweep holds (its `taken_until` after `now`) is passed over.
+///
+/// A cancel without a call id (queued by a try that was not executed, or by an earlier build) is given one
+/// from `fresh` here, stored with the held item: a sweep that sends it and stops before it settles (a crash, a
+/// lost write) leaves the call id in the queue, so the next sweep after the hold sends the same call and the
+/// SM-DP+ replays its answer instead of cancelling whatever the ICCID is by then. Once `fresh` runs out, such
+/// a cancel is passed over (left free for the next sweep) rather than sent under an id nobody kept.
 pub fn take(
     mut queue: Vec<Queued>,
     max: usize,
     now: u64,
     lease_until: u64,
+    fresh: impl IntoIterator<Item = String>,
 ) -> (Vec<Queued>, Vec<Queued>) {
+    let mut fresh = fresh.into_iter();
     let mut taken = Vec::new();
     for q in &mut queue {
         if taken.len() >= max {
             break;
         }
-        if q.taken_until <= now {
-            q.taken_until = lease_until;
-            taken.push(q.clone());
+        if q.taken_until > now {
+            continue;
         }
+        if let Cleanup::Cancel {
+            fci: fci @ None, ..
+        } = &mut q.item
+        {
+            let Some(id) = fresh.next() else {
+                continue;
+            };
+            *fci = Some(id);
+        }
+        q.taken_until = lease_until;
+        taken.push(q.clone());
     }
     (queue, taken)
 }
@@ -875,8 +900,15 @@ pub enum Settle {
 /// The queue once the sweep that took `taken` ([`take`]) is done with it; `None` when there is nothing to write
 /// because it is no longer that sweep's: another sweep took it once the hold ran out (and works it), or it left
 /// the queue.
+///
+/// The item is found by its work, tries and since, held by this sweep or free: during a rolling upgrade an
+/// earlier build's write of the queue drops every `taken_until` (a field it does not know), and the item it
+/// leaves free is still this sweep's to settle (matched exactly, a done item stayed queued, done again).
 pub fn settle(mut queue: Vec<Queued>, taken: &Queued, outcome: Settle) -> Option<Vec<Queued>> {
-    let at = queue.iter().position(|q| q == taken)?;
+    let at = queue.iter().position(|q| {
+        (&q.item, q.tries, q.since) == (&taken.item, taken.tries, taken.since)
+            && (q.taken_until == taken.taken_until || q.taken_until == 0)
+    })?;
     match outcome {
         Settle::Done => {
             queue.remove(at);
@@ -888,6 +920,27 @@ pub fn settle(mut queue: Vec<Queued>, taken: &Queued, outcome: Settle) -> Option
         }
     }
     Some(queue)
+}
+
+/// The call id of the CancelOrder of the profile a lost DownloadOrder's replay (call id `lost_fci`) names: the
+/// same for every replay, so a sweep that sent it and stopped before it settled (a crash, a lost write) is
+/// followed by the same call, which the SM-DP+ replays, not by a second cancel of whatever the ICCID is by
+/// then. Distinct from `lost_fci` (an ES2+ call id names one request) and from every fresh id (`FCI-…`); one
+/// of ours (`FCI-<unix seconds>-<hex>`) keeps that form under the prefix `FCC`, anything else is kept whole
+/// after `FCC-x-` (never of that form, so no two lost ids give the same cancel id).
+pub fn learned_cancel_fci(lost_fci: &str) -> String {
+    let ours = lost_fci.strip_prefix("FCI-").filter(|rest| {
+        rest.split_once('-').is_some_and(|(secs, hex)| {
+            !secs.is_empty()
+                && !hex.is_empty()
+                && secs.bytes().all(|b| b.is_ascii_digit())
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    });
+    match ours {
+        Some(rest) => format!("FCC-{rest}"),
+        None => format!("FCC-x-{lost_fci}"),
+    }
 }
 
 /// The most SIMs one listing page covers.
@@ -1276,6 +1329,13 @@ mod tests {
             theirs.invoice_id = "inv_0".into();
             assert!(!may_record_allocation(Some(&theirs), &pending), "{state:?}");
         }
+        // A failed one that was delivered: its payer holds its token (and its account is closed).
+        let mut delivered = given_back.clone();
+        delivered.activation_code = Some("1$smdp.example$CODE".into());
+        assert!(!may_record_allocation(Some(&delivered), &pending));
+        let mut download_failed = given_back.clone();
+        download_failed.download_failure = Some("8.8.5/4.10".into());
+        assert!(!may_record_allocation(Some(&download_failed), &pending));
         // Another carrier's, even failed.
         given_back.carrier = "verizon".into();
         assert!(!may_record_allocation(Some(&given_back), &pending));
@@ -1721,9 +1781,10 @@ mod tests {
             carrier: "att".into(),
             iccid: iccid.into(),
             retire: false,
-            fci: None,
+            fci: Some(format!("FCI-1-{iccid}")),
             invoice: None,
         };
+        let take = |q, max, now, lease_until| take(q, max, now, lease_until, None::<String>);
         let (a, b, c) = (cancel("1"), cancel("2"), cancel("3"));
         let q = [&a, &b, &c]
             .into_iter()
@@ -1763,6 +1824,116 @@ mod tests {
         );
     }
 
+    /// During a rolling upgrade an earlier build's write of the queue drops `taken_until`: the sweep that took the
+    /// item still settles it (before, matched exactly, it found nothing and a done item stayed queued, done
+    /// again). One another sweep took since is still not its to settle.
+    #[test]
+    fn a_taken_cleanup_settles_after_an_earlier_build_dropped_its_hold() {
+        let item = |iccid: &str| Cleanup::Cancel {
+            carrier: "att".into(),
+            iccid: iccid.into(),
+            retire: false,
+            fci: Some(format!("FCI-1-{iccid}")),
+            invoice: None,
+        };
+        let q = enqueue(enqueue(vec![], &item("1"), 2, 5), &item("2"), 0, 0);
+        let (stored, taken) = take(q, 9, 10, 100, None::<String>);
+        let dropped: Vec<Queued> = stored
+            .iter()
+            .map(|q| Queued {
+                taken_until: 0,
+                ..q.clone()
+            })
+            .collect();
+        let done = settle(dropped.clone(), &taken[0], Settle::Done).unwrap();
+        assert_eq!(done, vec![dropped[1].clone()]);
+        let again = settle(dropped.clone(), &taken[0], Settle::Again(item("1"), 3, 5)).unwrap();
+        assert_eq!(
+            again.iter().map(|q| (&q.item, q.tries)).collect::<Vec<_>>(),
+            vec![(&item("2"), 0), (&item("1"), 3)]
+        );
+        // Free again, then taken by another sweep: not this one's any more.
+        let (retaken, _) = take(dropped, 9, 20, 300, None::<String>);
+        assert_eq!(settle(retaken, &taken[0], Settle::Done), None);
+        // Work, tries and since must still match.
+        let other = vec![Queued {
+            tries: 3,
+            taken_until: 0,
+            ..taken[0].clone()
+        }];
+        assert_eq!(settle(other, &taken[0], Settle::Done), None);
+    }
+
+    /// A cancel queued without a call id is given one as it is taken, kept with the held item: a sweep that sent
+    /// it and stopped before settling leaves the same call for the next (before, each try made a new one, and a
+    /// redo cancelled again). The taken copy carries it too, so it still settles; with no id left it is passed
+    /// over, not sent under an id nobody kept.
+    #[test]
+    fn a_cancel_without_a_call_id_gets_one_kept_with_the_held_item() {
+        let cancel = |iccid: &str, fci: Option<&str>| Cleanup::Cancel {
+            carrier: "att".into(),
+            iccid: iccid.into(),
+            retire: false,
+            fci: fci.map(str::to_owned),
+            invoice: None,
+        };
+        let lost = Cleanup::LostDownload {
+            carrier: "att".into(),
+            fci: "FCI-1-1".into(),
+            profile_type: "p".into(),
+            eid: None,
+        };
+        let q = [
+            cancel("1", None),
+            lost.clone(),
+            cancel("2", Some("FCI-1-2")),
+            cancel("3", None),
+        ]
+        .iter()
+        .fold(vec![], |q, item| enqueue(q, item, 0, 0));
+        let ids = ["FCI-9-a".to_owned()];
+        let (stored, taken) = take(q, 9, 10, 100, ids);
+        assert_eq!(
+            taken.iter().map(|q| q.item.clone()).collect::<Vec<_>>(),
+            vec![
+                cancel("1", Some("FCI-9-a")),
+                lost,
+                cancel("2", Some("FCI-1-2"))
+            ]
+        );
+        assert_eq!(stored[..3], taken[..]);
+        assert_eq!(
+            (&stored[3].item, stored[3].taken_until),
+            (&cancel("3", None), 0)
+        );
+        let done = settle(stored, &taken[0], Settle::Done).unwrap();
+        assert_eq!(done.len(), 3);
+        // Not reached: free again, its call id kept for the next try (never sent, so still new to the SM-DP+).
+        let (stored, taken) = take(done, 1, 200, 300, ["FCI-9-b".to_owned()]);
+        let untried = settle(stored, &taken[0], Settle::Untried).unwrap();
+        assert_eq!(
+            (&untried[0].item, untried[0].taken_until),
+            (&taken[0].item, 0)
+        );
+    }
+
+    /// The cancel a lost DownloadOrder's replay learns goes under a call id derived from the lost call's: the same
+    /// on every replay (a redo after a stopped sweep replays it), never the lost call's own or a fresh one.
+    #[test]
+    fn a_learned_cancel_has_one_call_id_per_lost_download() {
+        let fresh = crate::esim::es2::FunctionCallId::new("FCI", 1_764_000_000, 0x2a).to_string();
+        let id = learned_cancel_fci(&fresh);
+        assert_eq!(id, "FCC-1764000000-2a");
+        assert_eq!(learned_cancel_fci(&fresh), id);
+        assert_ne!(id, fresh);
+        assert!(!id.starts_with("FCI-"));
+        assert_ne!(learned_cancel_fci("FCI-1764000000-2b"), id);
+        // Ids not of our form are kept whole, apart from any of ours.
+        assert_eq!(learned_cancel_fci("legacy-7"), "FCC-x-legacy-7");
+        assert_ne!(learned_cancel_fci("1764000000-2a"), id);
+        assert_ne!(learned_cancel_fci("FCI-x-1"), learned_cancel_fci("x-1"));
+    }
+
     #[test]
     fn cleanups_queue_once_and_are_taken_from_the_front() {
         let a = Cleanup::Cancel {
@@ -1781,6 +1952,7 @@ mod tests {
         let add = |q: Vec<Queued>, item: &Cleanup, tries| enqueue(q, item, tries, 0);
         let q = add(add(add(vec![], &a, 0), &b, 3), &a, 1);
         assert_eq!(q.len(), 2);
+        let take = |q, max, now, lease_until| take(q, max, now, lease_until, None::<String>);
         let (rest, taken) = take(q, 1, 10, 100);
         let queued = |item: &Cleanup, tries, taken_until| Queued {
             item: item.clone(),

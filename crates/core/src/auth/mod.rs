@@ -130,7 +130,7 @@ mod tests {
     fn the_owner_and_the_current_token_open_the_sim_nothing_else_does() {
         let key = [7u8; 32];
         let owner = Address::repeat_byte(1);
-        let t = SimToken::derive(&key, "8901260000000000019", 0);
+        let t = SimToken::derive(&key, "8901260000000000019", "inv", 0);
         let a = access(owner, &t);
         assert_eq!(decide("x", &a, &Presented::Wallet(owner)), Ok(()));
         assert_eq!(decide("x", &a, &Presented::Token(t.as_str())), Ok(()));
@@ -139,9 +139,9 @@ mod tests {
             decide("x", &a, &Presented::Wallet(other)),
             Err(AuthError::NotYours("x".into()))
         );
-        let other_sim = SimToken::derive(&key, "8901260000000000027", 0);
+        let other_sim = SimToken::derive(&key, "8901260000000000027", "inv", 0);
         assert!(decide("x", &a, &Presented::Token(other_sim.as_str())).is_err());
-        let rotated = SimToken::derive(&key, "8901260000000000019", 1);
+        let rotated = SimToken::derive(&key, "8901260000000000019", "inv", 1);
         assert!(decide("x", &a, &Presented::Token(rotated.as_str())).is_err());
         assert!(decide("x", &a, &Presented::Token("")).is_err());
     }
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn a_revoked_token_and_an_ownerless_sim_open_nothing() {
         let key = [7u8; 32];
-        let t = SimToken::derive(&key, "8901260000000000019", 0);
+        let t = SimToken::derive(&key, "8901260000000000019", "inv", 0);
         let revoked = SimAccess {
             owner: None,
             token: None,

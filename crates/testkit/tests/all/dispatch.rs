@@ -1728,6 +1728,129 @@ async fn an_item_a_stopped_sweep_held_is_done_once_its_hold_ends() {
     assert_eq!(calls(&kit), vec![call("tmobile", "cancelOrder")]);
 }
 
+/// A kit whose writes under `cleanup/` fail once the SM-DP+ has answered its first CancelOrder (until `failing`
+/// is cleared): the sweep that sent it cannot settle the item, as if it had crashed right after the call.
+async fn kit_losing_settles(
+    smdp: Arc<FakeSmdp>,
+    failing: &Arc<std::sync::atomic::AtomicBool>,
+) -> Kit {
+    let store = Arc::new(crate::failing_writes("cleanup/", failing));
+    let (flag, first) = (failing.clone(), std::sync::atomic::AtomicBool::new(true));
+    Kit::builder("dispatch")
+        .var("smdp_url", SMDP)
+        .var("carrier_callback_credentials", CALLBACKS)
+        .allow(SMDP)
+        .respond(move |r| {
+            let answer = smdp.answer(r);
+            if r.uri.ends_with("/cancelOrder") && first.swap(false, Ordering::SeqCst) {
+                flag.store(true, Ordering::SeqCst);
+            }
+            answer
+        })
+        .store(store)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// `run-cleanup` at `at`: what it tried, left on the queue (`requeued`), and how many items are queued.
+async fn run_cleanup(kit: &mut Kit, at: u64) -> (u32, u32, u32) {
+    let run = kit
+        .call(async move |a, g| g.dispatch().call_run_cleanup(a, at, 50).await)
+        .await
+        .unwrap()
+        .unwrap();
+    (run.tried, run.requeued, run.queued)
+}
+
+/// The call ids of the CancelOrders sent.
+fn cancel_ids(kit: &Kit) -> Vec<String> {
+    kit.requests()
+        .iter()
+        .filter(|r| r.uri.ends_with("/cancelOrder"))
+        .map(|r| {
+            r.json().unwrap()["header"]["functionCallIdentifier"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// A queued cancel without a call id gets one as a sweep takes it, kept with the held item: when the SM-DP+
+/// executed it and the sweep could not settle it (its write failed; a crash alike), the next sweep after the
+/// hold sends the same call, which the SM-DP+ replays. Before, each try made a new call id, so the redo was a
+/// second real cancel of that ICCID (by then perhaps back in the pool, or another order's profile).
+#[tokio::test]
+async fn a_cancel_redone_after_its_settle_was_lost_is_the_same_call() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut kit = kit_losing_settles(Arc::default(), &failing).await;
+    let iccid = Iccid::with_check_digit("890126000000000079").unwrap();
+    let item =
+        json!([{"kind": "cancel", "carrier": "tmobile", "iccid": iccid.as_str(), "retire": false}]);
+    kit.kv_put("cleanup/queue", item.to_string().as_bytes())
+        .await;
+    let first = run_cleanup(&mut kit, NOW).await;
+    // Not settled: still queued, held (counted as left on the queue).
+    assert_eq!(first, (1, 1, 1));
+    failing.store(false, Ordering::SeqCst);
+    let during = run_cleanup(&mut kit, NOW + 1).await;
+    assert_eq!(during.0, 0);
+    let after = run_cleanup(&mut kit, AFTER_LEASE).await;
+    assert_eq!(after, (1, 0, 0));
+    let ids = cancel_ids(&kit);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids[0], ids[1], "the redo is the same call");
+}
+
+/// The cancel a lost DownloadOrder's replay learns goes under a call id derived from the lost call's (kernel
+/// `order::learned_cancel_fci`): a sweep that sent it and could not settle the item is followed, after the
+/// hold, by the same replay and the same cancel, which the SM-DP+ replays. Before, the redo cancelled under a
+/// new call id: a second real cancel.
+#[tokio::test]
+async fn a_learned_cancel_redone_after_its_settle_was_lost_is_the_same_call() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut kit = kit_losing_settles(Arc::default(), &failing).await;
+    let lost = "FCI-1764000000-7";
+    let item = json!([{"kind": "lost_download", "carrier": "tmobile", "fci": lost,
+        "profile_type": "tmo-iot-data", "eid": null}]);
+    kit.kv_put("cleanup/queue", item.to_string().as_bytes())
+        .await;
+    let first = run_cleanup(&mut kit, NOW).await;
+    assert_eq!((first.0, first.2), (1, 1));
+    failing.store(false, Ordering::SeqCst);
+    let after = run_cleanup(&mut kit, AFTER_LEASE).await;
+    assert_eq!(after, (1, 0, 0));
+    assert_eq!(
+        calls(&kit),
+        [
+            call("tmobile", "downloadOrder"),
+            call("tmobile", "cancelOrder"),
+            call("tmobile", "downloadOrder"),
+            call("tmobile", "cancelOrder")
+        ]
+    );
+    let ids = cancel_ids(&kit);
+    assert_eq!(ids, vec![esim402_core::order::learned_cancel_fci(lost); 2]);
+}
+
+/// A failure given up (its tries spent over more than a day) leaves the queue: the run does not count it as
+/// left there. Before, `requeued` counted it, though `queued` showed it gone.
+#[tokio::test]
+async fn a_cleanup_given_up_is_not_counted_as_requeued() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("att", Behaves::Http503);
+    let mut kit = kit_with(smdp, &[]).await;
+    let iccid = Iccid::with_check_digit("890141000000000001").unwrap();
+    let tries = esim402_core::order::MAX_CLEANUP_TRIES - 1;
+    let item = json!([{"kind": "cancel", "carrier": "att", "iccid": iccid.as_str(), "retire": false,
+        "tries": tries, "since": NOW}]);
+    kit.kv_put("cleanup/queue", item.to_string().as_bytes())
+        .await;
+    let run = run_cleanup(&mut kit, AFTER_LEASE).await;
+    assert_eq!(run, (1, 0, 0));
+}
+
 /// The same payment sent again before its authorization expired completes the order: the SIM it delivers is
 /// never withdrawn by a later sweep, whenever that runs.
 #[tokio::test]
@@ -2484,7 +2607,11 @@ async fn only_the_payer_and_the_current_token_open_a_sim() {
     let iccid = sim.iccid.clone();
     let id = iccid.clone();
     let token = kit
-        .call(async move |a, g| g.dispatch().call_initial_token(a, id).await)
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_initial_token(a, id, "inv-auth".into())
+                .await
+        })
         .await
         .unwrap()
         .unwrap()
@@ -2535,7 +2662,11 @@ async fn only_the_payer_and_the_current_token_open_a_sim() {
         .unwrap();
     let id = iccid.clone();
     let initial = kit
-        .call(async move |a, g| g.dispatch().call_initial_token(a, id).await)
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_initial_token(a, id, "inv-auth".into())
+                .await
+        })
         .await
         .unwrap()
         .unwrap();
@@ -2953,4 +3084,280 @@ async fn a_repeated_terminal_failure_retires_a_profile_the_first_call_could_not(
     assert!(matches!(&again, Ok(Some(_))), "{again:?}");
     assert_eq!(kit.requests().len(), before + 1, "one call: the cancel");
     assert_retired(&kit, "tmobile", &iccid);
+}
+
+/// The access-token secret of the token tests.
+const TOKEN_SECRET: (&str, &str) = ("access_token_secret", "a test token key, 16+");
+
+/// `initial-token` of `iccid` for the invoice its record names now.
+async fn first_token(kit: &mut Kit, iccid: &str) -> Result<Option<String>, types::Error> {
+    let id = iccid.to_owned();
+    let invoice = kit
+        .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
+        .await
+        .unwrap()
+        .ok()
+        .flatten()
+        .map_or_else(String::new, |s| s.invoice_id);
+    first_token_of(kit, iccid, &invoice).await
+}
+
+/// `initial-token` of `iccid` for a paid answer of `invoice`.
+async fn first_token_of(
+    kit: &mut Kit,
+    iccid: &str,
+    invoice: &str,
+) -> Result<Option<String>, types::Error> {
+    let (id, invoice) = (iccid.to_owned(), invoice.to_owned());
+    kit.call(async move |a, g| g.dispatch().call_initial_token(a, id, invoice).await)
+        .await
+        .unwrap()
+}
+
+/// `rotate-token` of `iccid`.
+async fn rotate(kit: &mut Kit, iccid: &str) -> Result<String, types::Error> {
+    let id = iccid.to_owned();
+    kit.call(async move |a, g| g.dispatch().call_rotate_token(a, id).await)
+        .await
+        .unwrap()
+}
+
+/// [`order`] of `request("us-west", None)` paid by `owner`.
+async fn order_paid_by(
+    kit: &mut Kit,
+    invoice: &str,
+    owner: &str,
+) -> Result<types::Sim, types::Error> {
+    let (invoice, owner) = (invoice.to_owned(), owner.to_owned());
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_order_profile(a, request("us-west", None), invoice, owner, None, NOW, None)
+            .await
+    })
+    .await
+    .unwrap()
+}
+
+/// [`OWNER`]'s order refused at its confirm (its record failed, its profile given back to the pool), then that
+/// profile handed out again to [`OTHER_PAYER`]: its ICCID and every token the first payer could get for the
+/// failed record (its first, and the rotations it allowed before: generations 1 and 2).
+async fn handed_out_again(kit: &mut Kit, smdp: &FakeSmdp) -> (String, Vec<String>) {
+    smdp.set("tmobile", Behaves::ConfirmFails);
+    order(kit, request("us-west", Some("tmobile")), "inv-first-payer")
+        .await
+        .unwrap_err();
+    let iccid = kit.requests()[1].json().unwrap()["iccid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = get_sim(kit, &iccid).await;
+    assert_eq!(
+        (failed.state, failed.owner.as_deref()),
+        (types::SimState::Failed, Some(OWNER))
+    );
+    let mut old = vec![first_token(kit, &iccid).await.unwrap().unwrap()];
+    for _ in 0..2 {
+        if let Ok(t) = rotate(kit, &iccid).await {
+            old.push(t);
+        }
+    }
+    smdp.set("tmobile", Behaves::Ok);
+    *smdp.reissue.lock().unwrap() = Some(iccid.clone());
+    let theirs = order_paid_by(kit, "inv-next-payer", OTHER_PAYER)
+        .await
+        .unwrap();
+    assert_eq!(
+        (theirs.iccid.as_str(), theirs.owner.as_deref(), theirs.state),
+        (iccid.as_str(), Some(OTHER_PAYER), types::SimState::Active)
+    );
+    (iccid, old)
+}
+
+/// A profile given back to the pool and handed out again is another payer's SIM at generation 0: none of the
+/// first payer's tokens opens it, before or after its new owner rotates (before, tokens were derived from the
+/// ICCID and generation alone, so the first payer's generation-k token was the next payer's).
+#[tokio::test]
+async fn a_profile_handed_out_again_opens_with_none_of_the_first_payers_tokens() {
+    let smdp = Arc::new(FakeSmdp::default());
+    let mut kit = kit_with(smdp.clone(), &[TOKEN_SECRET]).await;
+    let (iccid, old) = handed_out_again(&mut kit, &smdp).await;
+    let theirs = first_token(&mut kit, &iccid).await.unwrap().unwrap();
+    assert!(!old.contains(&theirs));
+    // The first payer's paid answer replayed asks for the token of its own invoice: none (before, the ICCID's
+    // first token, the next payer's).
+    assert_eq!(
+        first_token_of(&mut kit, &iccid, "inv-first-payer")
+            .await
+            .unwrap(),
+        None
+    );
+    authorize(&mut kit, &iccid, credential_token(&theirs))
+        .await
+        .unwrap();
+    for round in 0..2 {
+        for t in &old {
+            let r = authorize(&mut kit, &iccid, credential_token(t)).await;
+            assert!(
+                matches!(r, Err(types::Error::NotFound(_))),
+                "{round}: {r:?}"
+            );
+        }
+        let next = rotate(&mut kit, &iccid).await.unwrap();
+        assert!(!old.contains(&next));
+        authorize(&mut kit, &iccid, credential_token(&next))
+            .await
+            .unwrap();
+    }
+}
+
+/// A wallet's listing shows only SIMs it owns: an ICCID of its owner index recorded for another payer since is
+/// not listed (before, the other payer's SIM was, owner, EID and all). An earlier build recorded a profile
+/// handed out again over a delivered SIM that failed; such records stay in the store.
+#[tokio::test]
+async fn a_listing_leaves_out_a_sim_recorded_for_another_payer_since() {
+    let mut kit = kit_with(Arc::default(), &[TOKEN_SECRET]).await;
+    let reused = order(&mut kit, request("us-west", None), "inv-first-payer")
+        .await
+        .unwrap();
+    let mine = order(&mut kit, request("us-west", None), "inv-first-payer-2")
+        .await
+        .unwrap();
+    // The record of the first as that build left it: the next payer's, under the same ICCID.
+    let key = format!("sim/{}", reused.iccid);
+    let mut record: Value = serde_json::from_slice(&kit.kv_get(&key).await.unwrap()).unwrap();
+    record["access"]["owner"] = json!(OTHER_PAYER);
+    record["invoice_id"] = json!("inv-next-payer");
+    kit.kv_put(&key, record.to_string().as_bytes()).await;
+    assert_eq!(
+        get_sim(&mut kit, &reused.iccid).await.owner.as_deref(),
+        Some(OTHER_PAYER)
+    );
+    let (sims, _) = list_sims(&mut kit, "list-after-reissue", 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        sims,
+        [mine.iccid],
+        "{} is another payer's now",
+        reused.iccid
+    );
+}
+
+/// Only a live SIM (active, suspended) takes a new token: a failed one's profile is back at the carrier, and a
+/// pending one's confirm would write its first token back (its answer carries that one); the first token of a
+/// pending SIM still works once it is delivered.
+#[tokio::test]
+async fn a_failed_or_pending_sim_takes_no_new_token() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmFails);
+    let mut kit = kit_with(smdp.clone(), &[TOKEN_SECRET]).await;
+    order(&mut kit, request("us-west", Some("tmobile")), "inv-refused")
+        .await
+        .unwrap_err();
+    let iccid = kit.requests()[1].json().unwrap()["iccid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        get_sim(&mut kit, &iccid).await.state,
+        types::SimState::Failed
+    );
+    let r = rotate(&mut kit, &iccid).await;
+    assert!(
+        matches!(&r, Err(types::Error::Conflict(m)) if m.contains("failed")),
+        "{r:?}"
+    );
+
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(
+        smdp.clone(),
+        &[TOKEN_SECRET, SHORT_BUDGET[0], SHORT_BUDGET[1]],
+    )
+    .await;
+    let pending = order(&mut kit, request("us-west", None), "inv-pending")
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    let first = first_token(&mut kit, &pending.iccid)
+        .await
+        .unwrap()
+        .unwrap();
+    let r = rotate(&mut kit, &pending.iccid).await;
+    assert!(
+        matches!(&r, Err(types::Error::Conflict(m)) if m.contains("being ordered")),
+        "{r:?}"
+    );
+    smdp.set("tmobile", Behaves::Ok);
+    let done = order_at(
+        &mut kit,
+        request("us-west", None),
+        "inv-pending",
+        AFTER_LEASE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.state, types::SimState::Active);
+    authorize(&mut kit, &done.iccid, credential_token(&first))
+        .await
+        .unwrap();
+    rotate(&mut kit, &done.iccid).await.unwrap();
+}
+
+/// Outside development the access-token key must come from `access_token_secret`: without it, prices are still
+/// quoted but readiness, orders and every token use fail naming the variable, and no key is generated into the
+/// store (anyone reading it would derive every SIM's token). Development keeps the stored key.
+#[tokio::test]
+async fn outside_development_access_tokens_need_their_secret() {
+    let unsigned = esim402_testkit::catalog_without_signers();
+    let outside = [
+        ("public_origins", "https://esim402.example"),
+        ("carrier_catalog", unsigned.as_str()),
+    ];
+    let names_it = |e: &types::Error| matches!(e, types::Error::Internal(m) if m.contains("access_token_secret"));
+    let mut kit = kit_with(Arc::default(), &outside).await;
+    price(&mut kit, "us-west", 100).await.unwrap();
+    let ready = kit
+        .call(async |a, g| g.dispatch().call_ready(a).await)
+        .await
+        .unwrap();
+    assert!(ready.as_ref().is_err_and(names_it), "{ready:?}");
+    let ordered = order(&mut kit, request("us-west", None), "inv-no-secret").await;
+    assert!(ordered.as_ref().is_err_and(names_it), "{ordered:?}");
+    assert!(kit.requests().is_empty(), "no carrier was called");
+    let iccid = "8901260000000099990";
+    let r = first_token(&mut kit, iccid).await;
+    assert!(r.as_ref().is_err_and(names_it), "{r:?}");
+    let r = rotate(&mut kit, iccid).await;
+    assert!(r.as_ref().is_err_and(names_it), "{r:?}");
+    let r = authorize(
+        &mut kit,
+        iccid,
+        credential_token(&format!("sim_{}", "A".repeat(43))),
+    )
+    .await;
+    assert!(r.as_ref().is_err_and(names_it), "{r:?}");
+    let keys = kit.kv().keys().await.unwrap();
+    assert!(!keys.iter().any(|k| k.starts_with("secret/")), "{keys:?}");
+
+    let mut vars = outside.to_vec();
+    vars.push(TOKEN_SECRET);
+    let mut kit = kit_with(Arc::default(), &vars).await;
+    kit.call(async |a, g| g.dispatch().call_ready(a).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let sim = order(&mut kit, request("us-west", None), "inv-secret")
+        .await
+        .unwrap();
+    assert!(first_token(&mut kit, &sim.iccid).await.unwrap().is_some());
+
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    kit.call(async |a, g| g.dispatch().call_ready(a).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let sim = order(&mut kit, request("us-west", None), "inv-dev")
+        .await
+        .unwrap();
+    assert!(first_token(&mut kit, &sim.iccid).await.unwrap().is_some());
 }
