@@ -1002,3 +1002,69 @@ async fn a_suspended_sim_is_granted_no_quota_until_resumed() {
     assert_eq!(status, 200, "{q}");
     assert_eq!(q["granted_kb"], 100);
 }
+
+/// A terminate whose refund of unused data cannot be recorded (the second refund record's write refused by the
+/// store, with the test-only `ESIM402_FAILPOINT_ERROR`) answers 503 saying so: the SIM is terminated and its
+/// access token revoked, so the answer tells the owner to terminate again with the wallet, which records the
+/// refund left (and nothing twice). Before, it answered 200 listing one refund of two: the other was never
+/// owed, and a client holding only the access token could not even terminate again to find out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_terminate_whose_refund_is_not_recorded_answers_503_and_terminating_again_owes_it() {
+    let s = PayStack::start_with(
+        Some((&esim402_tests::Runner::Host, crate::payments::Store::Sqlite)),
+        &[("ESIM402_FAILPOINT_ERROR", "refund/inv_#2")],
+    )
+    .await;
+    let iccid = activate(&s, 1).await;
+    // A 10 MB top-up: two credits unused, two refunds owed at the terminate.
+    let data = format!("/v1/esim/{iccid}/data");
+    let top_up = json!({"quota_kb": 100, "top_up_mb": 10});
+    let (status, headers, offer) = s.post(&data, &top_up, &[]).await;
+    assert_eq!(status, 402, "{offer}");
+    let challenge =
+        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let (status, _, paid) = s
+        .post(&data, &top_up, &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{paid}");
+
+    let terminate = format!("/v1/esim/{iccid}/terminate");
+    let (status, _, first) = s.post(&terminate, &json!({}), &[]).await;
+    assert_eq!(status, 503, "{first}");
+    let message = first["error"]["message"].as_str().unwrap_or_default();
+    for said in [
+        "is terminated",
+        "1 refund",
+        "terminate it again",
+        "wallet",
+        "access token",
+    ] {
+        assert!(message.contains(said), "{said:?}: {first}");
+    }
+    let (_, sim) = s.get_signed_in(&format!("/v1/esim/{iccid}")).await;
+    assert_eq!(sim["state"], "terminated", "{sim}");
+    // The access token no longer opens it; the owner's wallet terminates again and records the refund left.
+    let (status, _, _) = s.post(&terminate, &json!({}), &[]).await;
+    assert_eq!(status, 404);
+    let (status, _, again) = s
+        .post(
+            &terminate,
+            &json!({}),
+            &[("sign-in-with-x", s.sign_in(&terminate))],
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["refunds"].as_array().map(Vec::len),
+        Some(2),
+        "{again}"
+    );
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "refund_owed").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(verify["ok"], true);
+}

@@ -271,7 +271,9 @@ pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
 }
 
 /// After a terminate: close the SIM's account and owe back its unused data (at the rate it was bought, once
-/// per credit invoice, through the refund job). A SIM without an account has nothing to refund.
+/// per credit invoice, through the refund job). A SIM without an account has nothing to refund. A refund not
+/// recorded now ([`Owed::retry`]) fails the call (503, never a 200 listing fewer): the access token is revoked,
+/// so it says to terminate again with the wallet, which owes (once per invoice) what this call did not.
 pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
     let shares = match metering::close(iccid.to_owned()).await {
         Ok(s) => s,
@@ -281,9 +283,19 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
     let shares: Vec<RefundShare> =
         serde_json::from_str(&shares).map_err(|e| ApiError::internal(e.to_string()))?;
     let owing = shares.into_iter().map(|s| Owing::data(iccid, s)).collect();
-    Ok(owe(owing, "terminate the SIM again to retry")
-        .await
-        .recorded)
+    let owed = owe(owing, "terminate the SIM again to retry").await;
+    if owed.retry > 0 {
+        return Err(ApiError::new(
+            esim402_core::ErrorKind::Unavailable,
+            format!(
+                "SIM {iccid} is terminated, but {} refund(s) of its unused data could not be recorded now: \
+                 terminate it again to record them, signed in with the owner's wallet (its access token no \
+                 longer works)",
+                owed.retry
+            ),
+        ));
+    }
+    Ok(owed.recorded)
 }
 
 /// One refund to owe: of `invoice`'s payment, `amount` (`None`: all of it), returning the payment made in `tx`

@@ -3,10 +3,12 @@
 //! `invoice::keyring`): `invoice_secret` (secret) when set, bound to this store by its salt
 //! (`secret/invoice-salt`, generated once), else a random key generated on first use and kept in the store
 //! (`secret/invoice-key`), so every instance on the same store seals and opens the same invoices. Ids sealed
-//! under `invoice_secret_previous` (secret, comma-separated) still open; ids sealed under a secret before ids
-//! were bound to a store, or under the generated key before `invoice_secret` was set, open only for a payment
-//! this store holds (kernel `Opened::ours_at`: the generated key is readable from the store, so once a secret
-//! is set it must not make new payable ids). Nothing here ever prints a key.
+//! under `invoice_secret_previous` (secret: comma-separated, or a JSON array of strings, the form that lists a
+//! secret with a comma in it; `invoice_secret` itself may not contain one) still open; ids sealed under a
+//! secret before ids were bound to a store, or under the generated key before `invoice_secret` was set, open
+//! only for a payment this store holds (kernel `Opened::ours_at`: the generated key is readable from the store,
+//! so once a secret is set it must not make new payable ids). Nothing here ever prints a key, and a refused
+//! secret's error names the variable and the rule, never any of its value (kernel `Secrets::parse`).
 
 use std::rc::Rc;
 

@@ -69,15 +69,17 @@ pub async fn fail(iccid: &str, replaces: Option<&str>) -> Result<api::FailedAcco
             hold: None,
         });
     };
-    if goes_back(&iccid, &old, returned.is_some()).await? {
+    if let Some(past) = goes_back(&iccid, &old, returned.is_some()).await? {
         // Its counter read before the take-back, so a hold that followed the replacement's balance is lifted only
-        // if the balance back leaves some at a reading the SIM has reached (a later one is settled below).
+        // if the balance back leaves some at a reading the SIM has reached (a later one is settled below). The
+        // hold is decided afresh past the replacement's epoch `past` (kernel `Account::take_back`): an earlier
+        // build sent the old SIM the replacement's holds, in the replacement's epochs.
         let used_old = used(old.as_str())?;
         kv::change_json::<Account, (), wit::Error>(&keys::balance(old.as_str()), |cur| {
             let Some(mut a) = cur else {
                 return Ok((Change::Keep, ()));
             };
-            Ok(if a.take_back(&iccid, used_old) {
+            Ok(if a.take_back(&iccid, used_old, past) {
                 (Change::Put(a), ())
             } else {
                 (Change::Keep, ())
@@ -104,11 +106,15 @@ pub async fn fail(iccid: &str, replaces: Option<&str>) -> Result<api::FailedAcco
 
 /// Whether what `old` moved to the failed SIM `failed`, now closed, goes back to `old`: the close left it out
 /// (`left_out`), or the failed account never took it (it does not name `old`: the move stopped between its two
-/// updates, and a closed account refuses the rest), unless that account moved on itself (switched again).
-async fn goes_back(failed: &Iccid, old: &Iccid, left_out: bool) -> Result<bool, wit::Error> {
+/// updates, and a closed account refuses the rest), unless that account moved on itself (switched again). If it
+/// goes back: the failed account's hold epoch as the close left it (0 without an account; a closed account's
+/// holds change no more), which the old SIM's hold must pass.
+async fn goes_back(failed: &Iccid, old: &Iccid, left_out: bool) -> Result<Option<u64>, wit::Error> {
     let closed = load(failed.as_str()).await?;
     if closed.as_ref().is_some_and(|a| a.moved_to.is_some()) {
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(left_out || closed.is_none_or(|a| a.replaces.as_ref() != Some(old)))
+    let past = closed.as_ref().map_or(0, |a| a.hold_epoch);
+    let back = left_out || closed.is_none_or(|a| a.replaces.as_ref() != Some(old));
+    Ok(back.then_some(past))
 }

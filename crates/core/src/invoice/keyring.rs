@@ -19,6 +19,11 @@
 //!   proven, so "until it expires" would not bound a second purchase elsewhere), and the store's generated key
 //!   once `invoice_secret` is set (it sits in the store in plain form: whoever read the store, a backup say,
 //!   could seal ids under it with any terms and any `pay_to`; setting a secret must end that).
+//! - `invoice_secret` may not contain a comma ([`Secrets::parse`]): rotated, it moves into
+//!   `invoice_secret_previous`, a comma-separated list that would split it. A secret with a comma set before
+//!   that rule is rotated out with the list's other form, a JSON array of strings (a value starting with `[`):
+//!   a new `invoice_secret` without a comma, and `invoice_secret_previous = ["the,old,secret"]`, so its ids
+//!   still open. Every entry needs [`MIN_SECRET_LEN`] characters either way, and no error ever shows a value.
 //!
 //! ```
 //! use esim402_core::invoice::keyring::{Keyring, Secrets};
@@ -36,6 +41,8 @@
 //! assert!(!old.opens_with(new.current()));
 //! ```
 
+use std::borrow::Cow;
+
 use super::InvoiceStatus;
 use super::token::{self, InvoiceKey, Terms, TokenError};
 use crate::ids::InvoiceId;
@@ -48,8 +55,8 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub struct Secrets<'a> {
     /// `invoice_secret`: seals new ids (bound to the store).
     pub current: Option<&'a str>,
-    /// `invoice_secret_previous`: open only.
-    pub previous: Vec<&'a str>,
+    /// `invoice_secret_previous`: open only (owned when given as a JSON array, whose strings may be escaped).
+    pub previous: Vec<Cow<'a, str>>,
 }
 
 impl std::fmt::Debug for Secrets<'_> {
@@ -74,8 +81,11 @@ pub struct SecretError {
 }
 
 impl<'a> Secrets<'a> {
-    /// `invoice_secret` and `invoice_secret_previous` (a comma-separated list; blank entries are skipped), as
-    /// read (`None`: unset or blank). Every secret needs [`MIN_SECRET_LEN`] characters.
+    /// `invoice_secret` and `invoice_secret_previous`, as read (`None`: unset or blank). Every secret needs
+    /// [`MIN_SECRET_LEN`] characters. `invoice_secret_previous` is a comma-separated list (blank entries are
+    /// skipped), or, starting with `[`, a JSON array of strings (each trimmed, as the secret was when it was
+    /// read): the one way to list a secret with a comma in it. Errors name the variable and the rule (and the
+    /// entry), never any part of a value.
     pub fn parse(current: Option<&'a str>, previous: Option<&'a str>) -> Result<Self, SecretError> {
         if current.is_some_and(|s| s.len() < MIN_SECRET_LEN) {
             return Err(SecretError {
@@ -83,19 +93,30 @@ impl<'a> Secrets<'a> {
                 reason: format!("use at least {MIN_SECRET_LEN} characters"),
             });
         }
-        // Rotating moves the secret into `invoice_secret_previous`, a comma-separated list: a comma would split
-        // it into two keys there, neither the one its ids were sealed under.
+        // Rotating moves the secret into `invoice_secret_previous`, usually a comma-separated list: a comma would
+        // split it into two keys there, neither the one its ids were sealed under. A secret with a comma set
+        // before this check is rotated out with the list's JSON form.
         if current.is_some_and(|s| s.contains(',')) {
             return Err(SecretError {
                 variable: "invoice_secret",
-                reason: "must not contain a comma (when rotated it could not be listed in \
-                         invoice_secret_previous)"
+                reason: "must not contain a comma (a comma-separated invoice_secret_previous would split it \
+                         when rotated). To rotate such a secret out without orphaning its ids: set \
+                         invoice_secret to a new secret without a comma, and list the old one in \
+                         invoice_secret_previous as a JSON array of strings, e.g. [\"<old secret>\"]"
                     .into(),
             });
         }
+        let previous = previous.map(str::trim).unwrap_or_default();
+        let entries: Vec<Cow<'a, str>> = if previous.starts_with('[') {
+            json_list(previous)?
+        } else {
+            previous
+                .split(',')
+                .map(|e| Cow::Borrowed(e.trim()))
+                .collect()
+        };
         let mut listed = Vec::new();
-        for (i, entry) in previous.unwrap_or_default().split(',').enumerate() {
-            let entry = entry.trim();
+        for (i, entry) in entries.into_iter().enumerate() {
             if entry.is_empty() {
                 continue;
             }
@@ -120,6 +141,21 @@ impl<'a> Secrets<'a> {
     pub fn is_empty(&self) -> bool {
         self.current.is_none() && self.previous.is_empty()
     }
+}
+
+/// `invoice_secret_previous` in its JSON form: an array of strings, each trimmed. A value that is not one is
+/// refused naming the rule only: a parser's message may quote part of the value, a secret.
+fn json_list(value: &str) -> Result<Vec<Cow<'_, str>>, SecretError> {
+    let entries: Vec<String> = serde_json::from_str(value).map_err(|_| SecretError {
+        variable: "invoice_secret_previous",
+        reason: "starts with '[' but is not a JSON array of strings (write it as \
+                 [\"<secret>\", \"<secret>\"], or as a comma-separated list not starting with '[')"
+            .into(),
+    })?;
+    Ok(entries
+        .into_iter()
+        .map(|e| Cow::Owned(e.trim().to_owned()))
+        .collect())
 }
 
 /// Why a keyring cannot be made (a bug of its caller, not a configuration error).

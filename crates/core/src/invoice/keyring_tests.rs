@@ -233,3 +233,73 @@ fn a_comma_in_the_current_secret_is_refused_without_showing_it() {
         terms()
     );
 }
+
+/// A secret with a comma, set before commas were refused, is rotated out by listing it in
+/// `invoice_secret_previous` as a JSON array: the ids it sealed (bound to the store, and un-salted ones as
+/// legacy) still open, as do those of the array's other entries, while the comma-separated form splits it into
+/// two keys that open nothing of it. The refusal of such a current secret says how. Before, the JSON form did
+/// not exist: the secret could only be kept (refused at start-up) or dropped with every id it sealed.
+#[test]
+fn a_secret_with_a_comma_is_rotated_out_through_the_json_form() {
+    const COMMA: &str = "first-half-of-the-old,second-half-of-the-old";
+    let bound = InvoiceKey::derive_for_store(COMMA.as_bytes(), &SALT);
+    let id = token::seal(&terms(), &bound).unwrap();
+    let unsalted = token::seal(&terms(), &InvoiceKey::derive(COMMA.as_bytes())).unwrap();
+    let other = ring(Some(C), None, None).seal(&terms()).unwrap();
+
+    let listed = format!(r#" ["{COMMA}", "{C}"] "#);
+    let rotated = ring(Some(B), Some(&listed), None);
+    assert_eq!(
+        rotated.open(&id).unwrap(),
+        Opened {
+            terms: terms(),
+            legacy: false
+        }
+    );
+    assert!(rotated.open(&unsalted).unwrap().legacy);
+    assert!(!rotated.open(&other).unwrap().legacy);
+    assert_eq!(rotated.current(), ring(Some(B), None, None).current());
+    // Escapes and blanks around an entry as JSON allows; an empty array lists nothing.
+    let escaped = ring(
+        Some(B),
+        Some(r#"["  first-half-of-the-old\u002csecond-half-of-the-old "]"#),
+        None,
+    );
+    assert!(!escaped.open(&id).unwrap().legacy);
+    assert!(Secrets::parse(None, Some("[]")).unwrap().is_empty());
+    // The comma-separated form splits it: two other keys.
+    let split = ring(Some(B), Some(COMMA), None);
+    assert_eq!(split.open(&id), Err(TokenError::BadMac));
+
+    // The refusal of it as the current secret says how to rotate it out.
+    let e = Secrets::parse(Some(COMMA), None).unwrap_err();
+    assert!(
+        e.reason.contains("invoice_secret_previous") && e.reason.contains("JSON array"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("half-of"), "{e}");
+}
+
+/// A malformed JSON form is refused naming the variable and the rule, never a fragment of the value (a JSON
+/// parser's message may quote one); a short entry is refused by its position, as in the comma form.
+#[test]
+fn a_malformed_json_list_is_refused_without_showing_any_of_it() {
+    for bad in [
+        r#"["first-half-of-the-old,second-half", 4242424242]"#,
+        r#"["first-half-of-the-old,second-half"#,
+        r#"[first-half-of-the-old-unquoted]"#,
+        r#"["first-half-of-the-old,second-half"] trailing-words"#,
+        r#"[["first-half-of-the-old"]]"#,
+    ] {
+        let e = Secrets::parse(Some(A), Some(bad)).unwrap_err();
+        assert_eq!(e.variable, "invoice_secret_previous", "{bad}");
+        let shown = e.to_string();
+        for fragment in ["first-half", "half-of", "4242", "trailing", "unquoted"] {
+            assert!(!shown.contains(fragment), "{bad}: {shown}");
+        }
+    }
+    let e = Secrets::parse(Some(A), Some(&format!(r#"["{B}", "tiny-secret"]"#))).unwrap_err();
+    assert_eq!(e.variable, "invoice_secret_previous");
+    assert!(e.reason.contains("entry 2"), "{e}");
+    assert!(!e.to_string().contains("tiny") && !e.to_string().contains(B));
+}

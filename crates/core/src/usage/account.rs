@@ -18,7 +18,8 @@
 //!   if its epoch is newer than the last one it applied to that SIM, so a hold for one SIM never carries another
 //!   account's epoch. A SIM switched away draws on the new SIM's balance ([`Account::forward`]) and is held
 //!   with it, but with its own account's next epoch ([`Account::follow`]); taking its data back (kernel
-//!   `usage::failed`) releases it in the same way if that leaves a balance.
+//!   `usage::failed`, `Account::take_back`) decides its hold afresh (released if that leaves a balance) at an
+//!   epoch past the failed replacement's too, which an earlier build's holds for this SIM carried.
 //! - **The record stays small however often a SIM tops up**: a credit used up entirely has nothing left to
 //!   refund or move, so [`Account::credit`] folds such credits out of `credits` into [`Spent`] (their bytes,
 //!   and a 128-bit digest of each invoice, which is all "once per invoice" needs). Every receipt batch reads
@@ -493,7 +494,7 @@ impl Account {
         Ok(self.resume(used))
     }
 
-    /// The balance grew (a credit, or data taken back): with the used counter at `used` (any value read
+    /// The balance grew (a credit): with the used counter at `used` (any value read
     /// before: it only grows), `true` if the SIM was suspended for want of balance and now has some, so it
     /// should be resumed (the flag is cleared, with the next hold epoch).
     pub(crate) fn resume(&mut self, used: u64) -> bool {

@@ -21,6 +21,10 @@
 //!   back, the old account counts all of it against its credits again, so the replacement is closed at its own
 //!   use only ([`Returnable::own_use`]: its counter less what the old SIM handed on since the move), never
 //!   at those bytes a second time.
+//! - **The data back is sent a hold that wins**: [`Account::take_back`] decides the old SIM's balance hold
+//!   afresh (a release if a balance is left) at an epoch past its own and the failed replacement's, whatever
+//!   hold for it dispatch applied last (an earlier build sent it the replacement's holds, in the replacement's
+//!   epochs).
 //! - **Fixed by the first close**: a repeat (the SM-DP+ sends the notification again) returns the same shares.
 
 use crate::esim::iccid::Iccid;
@@ -97,9 +101,15 @@ impl Account {
     /// every byte the SIM reported since (handed on to `from` too, whose close left them out:
     /// [`Returnable::own_use`]), so the balance is what it would be without the switch. `true` if it changed;
     /// `false` when [`Account::returnable_to`] says the data may not come back (a repeat finds it back already).
-    /// With the used counter at `used` (any value read before): a SIM held with the replacement's balance
-    /// ([`Account::follow`]) is released, with its next hold epoch, if its own balance has some left.
-    pub fn take_back(&mut self, from: &Iccid, used: u64) -> bool {
+    ///
+    /// The balance hold is decided afresh with the data back, at the used counter `used` (any value read
+    /// before: it only grows): released if the balance has some left, held otherwise, with a hold epoch past
+    /// both this account's and `past`, the failed replacement's ([`Account::hold`]). Its dispatch record may
+    /// hold any epoch the replacement's account reached: an earlier build sent a switched-away SIM the new SIM's
+    /// holds under the new SIM's epochs, and this account counted none of them (not suspended, at a lower
+    /// epoch), so a release at this account's own epoch would be ignored and the SIM left suspended with a
+    /// balance. The hold sent now is newer than any of those.
+    pub fn take_back(&mut self, from: &Iccid, used: u64, past: u64) -> bool {
         if self.returnable_to(from).is_none() {
             return false;
         }
@@ -107,7 +117,8 @@ impl Account {
         self.moved_at = None;
         self.closed = None;
         self.forwarded_up_to = None;
-        self.resume(used);
+        self.suspended_for_balance = self.remaining(used) <= 0;
+        self.hold_epoch = self.hold_epoch.max(past) + 1;
         true
     }
 }
@@ -289,7 +300,7 @@ mod tests {
             ]
         );
         // The old account takes its data back, as if it had never moved: 10 MB less the 5 MB it used.
-        assert!(old.take_back(&new_iccid, 0));
+        assert!(old.take_back(&new_iccid, 0, 0));
         assert_eq!(
             Account {
                 hold_epoch: before.hold_epoch,
@@ -303,7 +314,7 @@ mod tests {
                 .is_ok()
         );
         // A repeat changes nothing.
-        assert!(!old.take_back(&new_iccid, 0));
+        assert!(!old.take_back(&new_iccid, 0, 0));
     }
 
     #[test]
@@ -317,18 +328,18 @@ mod tests {
         let mut closing = old.clone();
         closing.closing = true;
         assert_eq!(closing.returnable_to(&new_iccid), None);
-        assert!(!closing.take_back(&new_iccid, 0));
+        assert!(!closing.take_back(&new_iccid, 0, 0));
         // The new SIM refused the move (it was terminated): the old account owes it, it does not come back.
         old.bounce(&new_iccid).unwrap();
         assert_eq!(old.returnable_to(&new_iccid), None);
-        assert!(!old.take_back(&new_iccid, 0));
+        assert!(!old.take_back(&new_iccid, 0, 0));
         assert_eq!(old.closed.as_ref().map(Vec::len), Some(1));
         // Never moved: nothing to take back.
         let mut plain = account(
             OLD,
             credit("inv_act", CreditKind::Activation, 1_000_000, 3_000),
         );
-        assert!(!plain.take_back(&new_iccid, 0));
+        assert!(!plain.take_back(&new_iccid, 0, 0));
     }
 
     /// The old SIM stays in use while its replacement never installs: 6 MB move, the owner tops the
@@ -396,7 +407,7 @@ mod tests {
                 "the top-up whole (top-up first: {top_up_first})"
             );
             assert_eq!(own, 0, "the replacement itself used nothing");
-            assert!(old.take_back(&new_iccid, 0));
+            assert!(old.take_back(&new_iccid, 0, 0));
             assert_eq!(old.credited(), 10_000_000);
             assert_eq!(old.remaining(used_old), -2_000_000);
             assert!(old.exhausted(used_old), "held for want of balance");
@@ -439,9 +450,56 @@ mod tests {
         assert!(old.follow(true, 0));
         assert_eq!(old.hold(), Some((true, 1)));
         let mut dry = old.clone();
-        assert!(old.take_back(&new_iccid, 9_000_000));
+        assert!(old.take_back(&new_iccid, 9_000_000, 0));
         assert_eq!(old.hold(), Some((false, 2)), "1 MB left: released");
-        assert!(dry.take_back(&new_iccid, 10_000_000));
-        assert_eq!(dry.hold(), Some((true, 1)), "nothing left: still held");
+        assert!(dry.take_back(&new_iccid, 10_000_000, 0));
+        assert_eq!(dry.hold(), Some((true, 2)), "nothing left: still held");
+    }
+
+    /// A SIM switched away under an earlier build was held with its replacement's holds under the
+    /// replacement's epochs (its dispatch record: suspended at the new SIM's epoch 5), while its own account
+    /// counted nothing (not suspended, at its own epoch 2). The replacement fails and the data comes back with a
+    /// balance: the hold it is sent is a release past epoch 5, which dispatch applies. Before, nothing changed
+    /// its own hold (it was not suspended), so it was sent `(false, 2)`, which dispatch ignored (not newer than
+    /// 5): the SIM stayed suspended with a paid balance. One with its balance used up is held, past 5 as well.
+    #[test]
+    fn data_taken_back_is_sent_a_hold_past_any_epoch_of_the_replacement() {
+        use crate::esim::{Holds, SimState, balance_hold};
+        let new_iccid = iccid(NEW);
+        let mut old = account(
+            OLD,
+            credit("inv_act", CreditKind::Activation, 10_000_000, 30_000),
+        );
+        // Its own account: held once, released by a top-up (epoch 2), then switched away.
+        assert!(old.exhausted(10_000_000));
+        let top_up = credit("inv_top", CreditKind::TopUp, 1_000_000, 3_000);
+        assert_eq!(old.credit(top_up, 10_000_000), Ok(true));
+        assert_eq!(old.hold(), Some((false, 2)));
+        old.transfer_out(&new_iccid, 10_500_000, 100).unwrap();
+        // Its dispatch record, as the earlier build left it: suspended by the new SIM's hold at epoch 5.
+        let replacement_epoch = 5;
+        let (state, holds) =
+            balance_hold(SimState::Active, Holds::default(), true, replacement_epoch).unwrap();
+        assert_eq!(state, SimState::Suspended);
+
+        let mut dry = old.clone();
+        assert!(old.take_back(&new_iccid, 10_600_000, replacement_epoch));
+        let (held, epoch) = old.hold().unwrap();
+        assert_eq!(
+            (held, epoch),
+            (false, 6),
+            "a release past the replacement's epoch"
+        );
+        let applied = balance_hold(state, holds, held, epoch).expect("applied");
+        assert_eq!(applied.0, SimState::Active, "resumed with its balance");
+        assert!(
+            !old.take_back(&new_iccid, 10_600_000, replacement_epoch),
+            "once"
+        );
+
+        // Its balance used up meanwhile: held, past 5 too.
+        assert!(dry.take_back(&new_iccid, 11_000_000, replacement_epoch));
+        assert_eq!(dry.hold(), Some((true, 6)));
+        assert!(balance_hold(state, holds, true, 6).is_some());
     }
 }

@@ -94,6 +94,60 @@ async fn a_rotated_invoice_secret_keeps_opening_the_ids_sealed_under_the_old_one
     );
 }
 
+/// A deployment whose `invoice_secret` has a comma (set before commas were refused) rotates it out: a new
+/// secret without one, and the old one listed in `invoice_secret_previous` as a JSON array; the ids it sealed
+/// on this store still open. Listed comma-separated it is split into two other keys and they do not, and kept
+/// as `invoice_secret` it is refused, the error saying how to rotate it and showing none of it. Before, the
+/// JSON form did not exist: the deployment could not start on its secret, nor drop it without orphaning its ids.
+#[tokio::test]
+async fn a_secret_with_a_comma_is_rotated_out_through_a_json_list() {
+    const COMMA: &str = "the old invoice secret part, with a comma in it too";
+    let mut first = kit_on(None, &[("invoice_secret", B)]).await;
+    let store = first.kv().clone();
+    issue(&mut first, 1_000, 1_000).await;
+    let salt: alloy_primitives::B256 =
+        serde_json::from_slice(&first.kv_get("secret/invoice-salt").await.unwrap()).unwrap();
+    // An id the comma secret sealed on this store (an earlier build took it whole).
+    let key = InvoiceKey::derive_for_store(COMMA.as_bytes(), &salt.0);
+    let sealed = token::seal(&terms("0x000000000000000000000000000000000000dEaD"), &key).unwrap();
+
+    let listed = serde_json::json!([COMMA, A]).to_string();
+    let mut rotated = kit_on(
+        Some(store.clone()),
+        &[("invoice_secret", B), ("invoice_secret_previous", &listed)],
+    )
+    .await;
+    assert!(
+        get(&mut rotated, sealed.as_str(), 1_001)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let mut split = kit_on(
+        Some(store.clone()),
+        &[("invoice_secret", B), ("invoice_secret_previous", COMMA)],
+    )
+    .await;
+    assert!(
+        get(&mut split, sealed.as_str(), 1_001)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let mut kept = kit_on(Some(store), &[("invoice_secret", COMMA)]).await;
+    let refused = get(&mut kept, sealed.as_str(), 1_001).await.unwrap_err();
+    let shown = format!("{refused:?}");
+    assert!(
+        shown.contains("invoice_secret_previous") && shown.contains("JSON array"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("old invoice") && !shown.contains("with a comma"),
+        "{shown}"
+    );
+}
+
 /// Begin a payment of `id` with `fingerprint` at `now`, as the gateway does (the component's error kept).
 async fn try_begin(
     kit: &mut Kit,

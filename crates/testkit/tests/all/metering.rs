@@ -1021,6 +1021,71 @@ async fn a_switched_away_sim_is_held_in_its_own_epochs() {
     );
 }
 
+/// A SIM switched away under an earlier build, which held it with the new SIM's holds under the new SIM's
+/// epochs and counted nothing on its own account (not suspended, epoch 0), is healed when the switch fails and
+/// its data comes back with a balance: the hold it is sent is a release past every epoch of the replacement
+/// (kernel `Account::take_back`), which dispatch applies (kernel `esim::balance_hold`, run here as dispatch runs
+/// it). Before, taking the data back changed no hold (its account was not suspended), so it was sent no hold at
+/// all (epoch 0), or its own older epoch: the SIM stayed suspended with 9.5 MB paid for.
+#[tokio::test]
+async fn data_back_from_a_failed_switch_releases_a_sim_held_under_the_earlier_build() {
+    use esim402_core::esim::{Holds, SimState, balance_hold};
+    use esim402_core::store::keys;
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(83), iccid(84));
+    // The new SIM's account has counted two hold changes before the switch (held, then released).
+    top_up_1mb(&mut kit, &new, "inv_gift").await;
+    ingest(
+        &mut kit,
+        vec![receipt(&new, "tmobile", "n", 1, 1_200_000, "310-260")],
+    )
+    .await;
+    top_up_1mb(&mut kit, &new, "inv_gift2").await;
+    open(&mut kit, &old, 10).await;
+    transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
+    // The new SIM uses 10.5 of its 10.8 MB, then the old SIM's 0.5 MB runs it out.
+    ingest(
+        &mut kit,
+        vec![receipt(&new, "tmobile", "n", 2, 10_500_000, "310-260")],
+    )
+    .await;
+    let out = ingested(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 1, 500_000, "310-260")],
+    )
+    .await;
+    let replacement = out.holds.iter().find(|h| h.iccid == new).expect("held");
+    // What the earlier build left: the old SIM's dispatch record suspended by the new SIM's hold renamed (its
+    // epoch), and the old account not suspended, at its own epoch 0.
+    let (state, holds) =
+        balance_hold(SimState::Active, Holds::default(), true, replacement.epoch).unwrap();
+    assert_eq!(state, SimState::Suspended);
+    let key = keys::balance(&old);
+    let mut account: Value = serde_json::from_slice(&kit.kv_get(&key).await.unwrap()).unwrap();
+    account["suspended_for_balance"] = json!(false);
+    account.as_object_mut().unwrap().remove("hold_epoch");
+    kit.kv_put(&key, account.to_string().as_bytes()).await;
+
+    // The switch fails: the old SIM's 10 MB come back, 9.5 MB left.
+    let failed = fail_replacing(&mut kit, &new, Some(&old)).await;
+    assert_eq!(failed.restored.as_deref(), Some(old.as_str()));
+    let replaced: Value =
+        serde_json::from_slice(&kit.kv_get(&keys::balance(&new)).await.unwrap()).unwrap();
+    let replacement_epoch = replaced["hold_epoch"].as_u64().unwrap();
+    assert!(replacement_epoch >= replacement.epoch);
+    let hold = failed.hold.expect("a hold for the old SIM");
+    assert_eq!(hold.iccid, old);
+    assert!(!hold.hold, "a release: the balance is back");
+    assert!(
+        hold.epoch > replacement_epoch,
+        "past the replacement's epoch {replacement_epoch}: {}",
+        hold.epoch
+    );
+    let (state, _) = balance_hold(state, holds, hold.hold, hold.epoch).expect("applied");
+    assert_eq!(state, SimState::Active, "resumed with its balance");
+    assert_eq!(balance(&mut kit, &old).await.remaining_bytes, 9_500_000);
+}
+
 async fn top_up_1mb(
     kit: &mut Kit,
     iccid: &str,

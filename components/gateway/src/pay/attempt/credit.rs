@@ -194,9 +194,8 @@ impl Attempt<'_> {
     /// The move was refused (`why`). If the old account is closed, its refunds are owed now (gateway
     /// `refund_unused`, idempotent per invoice): what a move the new SIM refused after the old account gave its
     /// data up left there (otherwise nothing: a move to another SIM, or a terminate that owed them already).
-    /// An old account still open kept its balance: nothing to do. A close that fails fails the move, so the same
-    /// payment sent again owes them; a share that cannot be owed is reported as a terminate's is (terminating the
-    /// old SIM again retries it).
+    /// An old account still open kept its balance: nothing to do. A close that fails, or a share that cannot be
+    /// owed now, fails the move, so the same payment sent again owes them (once per invoice).
     async fn owe_bounced(&self, old: &str, why: &str) -> Result<(), wit::Error> {
         match metering::get_balance(old.to_owned()).await {
             Ok(b) if b.closed => {}
