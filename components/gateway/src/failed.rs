@@ -1,7 +1,7 @@
 //! A SIM whose profile can never be installed (a terminal download failure: dispatch `download-progress`
 //! returned it failed, and retired its profile at the SM-DP+): a payment whose activation failed is never
 //! kept. Its account is closed (metering `fail`), and what kernel `usage::failed::failed_refunds` lists is owed
-//! back through the refund job by the terminate's own path ([`crate::meter::owe`]): its own invoice whole
+//! back through the refund job by the terminate's own path ([`crate::owing::owe`]): its own invoice whole
 //! (activation fee or switch fee included) while none of its data was used, every other credit's unused data
 //! as a terminate owes it. A switch's replacement gives the moved balance back to the SIM it replaced, which
 //! stays in service; if that SIM left service meanwhile, its account is closed as its terminate closes it, or,
@@ -17,7 +17,7 @@ use esim402_core::usage::account::RefundShare;
 use esim402_core::usage::failed::{FailedRefund, failed_refunds};
 use esim402_guest::wit;
 
-use crate::meter::{Owing, owe, refund_unused};
+use crate::owing::{Owing, owe, refund_unused};
 use crate::{dispatch, from_wit, metering, pay};
 
 /// Give back the money of `sim`, failed by a terminal download failure: the refunds owed (as recorded).

@@ -9,6 +9,7 @@
 //! - [`routes`]: everything else (invoices, SIMs, callbacks, the facilitator API, the ledger);
 //! - [`admin`]: the operator's runs (refunds, cleanup) behind the admin token;
 //! - [`failed`]: the money of a SIM whose profile can never be installed (a download callback failed it);
+//! - [`owing`]: refunds owed outside a payment (a terminate's unused data, a failed SIM's money);
 //! - [`auth`]: the SIM owner's credential (access token or wallet sign-in), checked before any SIM route acts.
 
 use bytes::Bytes;
@@ -38,6 +39,7 @@ mod auth;
 mod convert;
 mod failed;
 mod meter;
+mod owing;
 mod pay;
 mod purchase;
 mod query;

@@ -2,7 +2,7 @@
 //! and paid top-up (`POST /v1/esim/{iccid}/data`), and the balance, usage and receipt queries. Rules are the
 //! kernel's (`esim402_core::usage`); the metering component keeps the balances.
 
-use esim402_core::usage::account::{RefundShare, TOP_UP_SIZES_MB};
+use esim402_core::usage::account::TOP_UP_SIZES_MB;
 use esim402_core::usage::ingest::MAX_BATCH_BODY_BYTES;
 use esim402_core::usage::quota::QuotaRequest;
 use esim402_core::{ApiError, InvoiceId, UsdcAmount};
@@ -268,124 +268,6 @@ pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
         200,
         json!({ "iccid": iccid, "from": from, "receipts": log }).to_string(),
     ))
-}
-
-/// After a terminate: close the SIM's account and owe back its unused data (at the rate it was bought, once
-/// per credit invoice, through the refund job). A SIM without an account has nothing to refund. A refund not
-/// recorded now ([`Owed::retry`]) fails the call (503, never a 200 listing fewer): the access token is revoked,
-/// so it says to terminate again with the wallet, which owes (once per invoice) what this call did not.
-pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
-    let shares = match metering::close(iccid.to_owned()).await {
-        Ok(s) => s,
-        Err(wit::Error::NotFound(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(from_wit(e)),
-    };
-    let shares: Vec<RefundShare> =
-        serde_json::from_str(&shares).map_err(|e| ApiError::internal(e.to_string()))?;
-    let owing = shares.into_iter().map(|s| Owing::data(iccid, s)).collect();
-    let owed = owe(owing, "terminate the SIM again to retry").await;
-    if owed.retry > 0 {
-        return Err(ApiError::new(
-            esim402_core::ErrorKind::Unavailable,
-            format!(
-                "SIM {iccid} is terminated, but {} refund(s) of its unused data could not be recorded now: \
-                 terminate it again to record them, signed in with the owner's wallet (its access token no \
-                 longer works)",
-                owed.retry
-            ),
-        ));
-    }
-    Ok(owed.recorded)
-}
-
-/// One refund to owe: of `invoice`'s payment, `amount` (`None`: all of it), returning the payment made in `tx`
-/// (`None`: the invoice's settlement transaction), for `reason`.
-pub struct Owing {
-    pub invoice: String,
-    pub tx: Option<String>,
-    pub amount: Option<u64>,
-    pub reason: String,
-}
-
-impl Owing {
-    /// The unused data of SIM `iccid` in `share`, at its value.
-    pub fn data(iccid: &str, share: RefundShare) -> Self {
-        Self {
-            reason: format!("unused data: {} bytes of SIM {iccid}", share.bytes),
-            invoice: share.invoice,
-            tx: Some(share.tx),
-            amount: Some(share.amount.micros()),
-        }
-    }
-}
-
-/// What [`owe`] did.
-pub struct Owed {
-    /// The refunds as recorded.
-    pub recorded: Vec<Value>,
-    /// How many could not be owed now and may be on a retry (a store or verifier fault; not an operator's
-    /// case, which no retry changes).
-    pub retry: usize,
-}
-
-/// Owe `owing` back (the verifier's `owe-refund`: once per invoice, so owing the same again records nothing
-/// new) and log the `refund_owed` events of the new ones. One that cannot be owed now does not stop the
-/// others: it is reported, with how to retry it (`retry`), and counted in [`Owed::retry`].
-pub async fn owe(owing: Vec<Owing>, retry: &str) -> Owed {
-    let mut out = Vec::new();
-    let mut left = 0;
-    let mut events = Vec::new();
-    // Refunds owed before (a terminate repeated) long enough ago that their first owing is done: their events
-    // again, which the ledger keeps once, in case that call stopped before logging them.
-    let mut repeats = Vec::new();
-    for item in owing {
-        let invoice = match pay::load_invoice(&item.invoice).await {
-            Ok(invoice) => invoice,
-            Err(e) => {
-                eprintln!(
-                    "gateway: REFUND NOT RECORDED for {} ({retry}): {e:?}",
-                    item.invoice
-                );
-                left += 1;
-                continue;
-            }
-        };
-        let Some(tx) = item.tx.or_else(|| invoice.transaction.clone()) else {
-            eprintln!(
-                "gateway: OPERATOR: REFUND NOT RECORDED for {}: the invoice names no settlement transaction",
-                item.invoice
-            );
-            continue;
-        };
-        match crate::verifier::owe_refund(invoice, tx, item.amount, item.reason, now()).await {
-            Ok(owed) => {
-                if owed.new {
-                    events.push(owed.event);
-                } else if owed.relog {
-                    repeats.push(owed.event);
-                }
-                out.push(serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund)));
-            }
-            // The invoice's one refund returns another payment of it (a late transfer): an operator's case.
-            Err(wit::Error::Conflict(why)) => eprintln!(
-                "gateway: OPERATOR: REFUND NOT RECORDED for {}: {why}",
-                item.invoice
-            ),
-            Err(e) => {
-                eprintln!(
-                    "gateway: REFUND NOT RECORDED for {} ({retry}): {e:?}",
-                    item.invoice
-                );
-                left += 1;
-            }
-        }
-    }
-    crate::pay::log_events(events, false).await;
-    crate::pay::log_events(repeats, true).await;
-    Owed {
-        recorded: out,
-        retry: left,
-    }
 }
 
 /// Whether `sim` may be granted quota: an active one, or one suspended for balance alone (its balance decides:

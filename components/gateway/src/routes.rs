@@ -220,7 +220,7 @@ pub async fn lifecycle(req: &Request, iccid: &str, action: &str) -> Result<Reply
     let mut body = crate::convert::sim_value(&sim);
     if terminate {
         // Repeats are safe: the account's first close fixes the shares and refunds are once per invoice.
-        body["refunds"] = serde_json::Value::Array(crate::meter::refund_unused(iccid).await?);
+        body["refunds"] = serde_json::Value::Array(crate::owing::refund_unused(iccid).await?);
     }
     Ok(json(200, body.to_string()))
 }

@@ -101,8 +101,9 @@ struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_instance_concurrent_reuse_count: Option<u32>,
     /// Run the operator's jobs (`POST /admin/refunds/run`, `POST /admin/cleanup/run`, with `admin_token`) every
-    /// this many seconds, as a cron job would; 0: never. Default: 60 with the dev stack, else never.
-    #[arg(long)]
+    /// this many seconds (at most a day), as a cron job would; 0: never. Default: 60 with the dev stack, else
+    /// never.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     jobs_every: Option<u64>,
 }
 

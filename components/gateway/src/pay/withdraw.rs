@@ -46,7 +46,7 @@ impl Attempt<'_> {
                     false
                 }
             };
-        if terminated && let Err(e) = crate::meter::refund_unused(&sim.iccid).await {
+        if terminated && let Err(e) = crate::owing::refund_unused(&sim.iccid).await {
             eprintln!(
                 "gateway: settlement failed; closing the account of {} failed (terminate it again to retry): {e:?}",
                 sim.iccid

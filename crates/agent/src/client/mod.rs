@@ -483,6 +483,15 @@ impl Agent {
         if let Some(t) = sim.token_for(&self.config.origin()) {
             return Ok(("authorization", format!("Bearer {t}")));
         }
+        self.wallet_credential(sim, path)
+    }
+
+    /// A wallet sign-in for `path` on `sim`'s network.
+    fn wallet_credential(
+        &self,
+        sim: &SimRecord,
+        path: &str,
+    ) -> Result<(&'static str, String), AgentError> {
         let chain_id = sim
             .network
             .as_deref()
@@ -590,8 +599,23 @@ impl Agent {
         body: Option<&Value>,
     ) -> Result<Answer, AgentError> {
         let path = format!("/v1/esim/{}{route}", sim.iccid);
-        let (name, value) = self.credential(sim, path.split('?').next().unwrap_or(&path))?;
-        self.send(method, &path, body, &[(name, value)])
+        let bare = path.split('?').next().unwrap_or(&path).to_owned();
+        let (name, value) = self.credential(sim, &bare)?;
+        let answer = self
+            .send(method.clone(), &path, body, &[(name, value)])
+            .await
+            .map_err(|e| self.unreachable(&e, false))?;
+        // A token that no longer opens the SIM (404: rotated elsewhere, or revoked by a terminate), or a
+        // terminate that revoked it and asks to be sent again with the wallet (503: a refund not recorded):
+        // once more with a wallet sign-in. Only for requests without a body (reads and lifecycle actions).
+        let retry = name == "authorization"
+            && body.is_none()
+            && (answer.status == 404 || (route == "/terminate" && answer.status == 503));
+        if !retry {
+            return Ok(answer);
+        }
+        let credential = self.wallet_credential(sim, &bare)?;
+        self.send(method, &path, None, &[credential])
             .await
             .map_err(|e| self.unreachable(&e, false))
     }
@@ -908,6 +932,66 @@ mod tests {
 
     /// A SIM's token is sent to the facilitator that issued it only, and a pending payment to the one it was
     /// signed for: switching `--url` sent both to the new server before.
+    /// A terminate that revoked the token but could not record a refund answers 503 and asks to be sent again
+    /// with the wallet; a token that no longer opens its SIM is a 404. Either way the agent sends the request
+    /// once more with a wallet sign-in (before, it sent the revoked token again on every retry: a 404 for good,
+    /// and the refund never recorded).
+    #[tokio::test]
+    async fn a_revoked_token_is_followed_by_a_wallet_sign_in() {
+        let f = crate::testing::Server::start(|seen| {
+            if seen.target.starts_with("/v1/esim/activate") {
+                return match seen.header("payment-signature") {
+                    None => crate::testing::challenge(seen),
+                    Some(_) => (200, vec![], crate::testing::sim_answer("8905")),
+                };
+            }
+            match (seen.header("authorization"), seen.header("sign-in-with-x")) {
+                (Some(_), _) if seen.target.ends_with("/terminate") => (
+                    503,
+                    vec![],
+                    json!({"error": {"code": "unavailable", "message": "terminate again with the wallet"}}),
+                ),
+                (Some(_), _) => (404, vec![], json!({"error": {"code": "not_found", "message": "no SIM"}})),
+                (None, Some(_)) => (
+                    200,
+                    vec![],
+                    json!({"iccid": "8905", "state": "terminated", "refunds": []}),
+                ),
+                (None, None) => (401, vec![], json!({"error": {"code": "unauthorized", "message": "?"}})),
+            }
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        a.activate(&buy()).await.unwrap();
+        let read = a.sim_get(Some("8905"), "/balance").await.unwrap();
+        assert_eq!(read["state"], "terminated");
+        let out = a.sim_post(Some("8905"), "/terminate").await.unwrap();
+        assert_eq!(out["state"], "terminated");
+        assert!(a.state().load().unwrap().sims["8905"].terminated);
+        let asked: Vec<(String, bool, bool)> = f
+            .seen()
+            .iter()
+            .filter(|s| s.target.starts_with("/v1/esim/8905"))
+            .map(|s| {
+                (
+                    s.target.clone(),
+                    s.header("authorization").is_some(),
+                    s.header("sign-in-with-x").is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            asked,
+            vec![
+                ("/v1/esim/8905/balance".into(), true, false),
+                ("/v1/esim/8905/balance".into(), false, true),
+                ("/v1/esim/8905/terminate".into(), true, false),
+                ("/v1/esim/8905/terminate".into(), false, true),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn tokens_and_pending_payments_stay_with_their_facilitator() {
         let first = crate::testing::facilitator(vec![

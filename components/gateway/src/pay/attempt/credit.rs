@@ -203,7 +203,7 @@ impl Attempt<'_> {
             Err(e) => return Err(e),
         }
         eprintln!("gateway: the balance of {old} did not move ({why}); its refunds are owed");
-        crate::meter::refund_unused(old)
+        crate::owing::refund_unused(old)
             .await
             .map(drop)
             .map_err(|e| {
