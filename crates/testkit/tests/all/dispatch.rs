@@ -1520,25 +1520,47 @@ fn last_request_to(kit: &Kit, carrier: &str) -> Recorded {
         .unwrap()
 }
 
+/// When the authorization of an [`abandoned`] order can no longer settle (its `validBefore`).
+const ABANDONED_VALID_BEFORE: u64 = NOW + 60;
+
+/// An `exact` payment's order (`invoice`, T-Mobile) left pending by a confirm that timed out, its
+/// authorization valid until [`ABANDONED_VALID_BEFORE`]: the simulator (still timing out confirms), the kit
+/// and the pending SIM.
+async fn abandoned(invoice: &str) -> (Arc<FakeSmdp>, Kit, types::Sim) {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let pending = order_until(
+        &mut kit,
+        request("us-west", None),
+        invoice,
+        NOW,
+        Some(ABANDONED_VALID_BEFORE),
+    )
+    .await
+    .unwrap();
+    (smdp, kit, pending)
+}
+
+/// `run-cleanup` at `at`, up to 50 of each: its report.
+async fn cleanup_run(
+    kit: &mut Kit,
+    at: u64,
+) -> esim402_testkit::bindings::exports::esim402::dispatch::dispatch::CleanupRun {
+    kit.call(async move |a, g| g.dispatch().call_run_cleanup(a, at, 50).await)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// An `exact` payment's order left pending whose payer never sends the payment again: once its authorization
 /// can no longer settle (its `validBefore`, and a margin for clock skew), the cleanup sweep of a later order
 /// withdraws it: the SIM terminated, the profile retired at the carrier, and the payment sent again ends with
 /// no profile. Before, the profile stayed allocated at the carrier for good.
 #[tokio::test]
 async fn an_abandoned_order_is_withdrawn_once_its_authorization_expired() {
-    let smdp = Arc::new(FakeSmdp::default());
-    smdp.set("tmobile", Behaves::ConfirmTimeout);
-    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
-    let valid_before = NOW + 60;
-    let pending = order_until(
-        &mut kit,
-        request("us-west", None),
-        "inv-abandoned",
-        NOW,
-        Some(valid_before),
-    )
-    .await
-    .unwrap();
+    let (smdp, mut kit, pending) = abandoned("inv-abandoned").await;
+    let valid_before = ABANDONED_VALID_BEFORE;
     assert_eq!(
         (pending.carrier.as_str(), pending.state),
         ("tmobile", types::SimState::Pending)
@@ -1628,19 +1650,8 @@ async fn an_abandoned_order_is_withdrawn_once_its_authorization_expired() {
 /// and what is left.
 #[tokio::test]
 async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
-    let smdp = Arc::new(FakeSmdp::default());
-    smdp.set("tmobile", Behaves::ConfirmTimeout);
-    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
-    let valid_before = NOW + 60;
-    let pending = order_until(
-        &mut kit,
-        request("us-west", None),
-        "inv-cron",
-        NOW,
-        Some(valid_before),
-    )
-    .await
-    .unwrap();
+    let (smdp, mut kit, pending) = abandoned("inv-cron").await;
+    let valid_before = ABANDONED_VALID_BEFORE;
     assert_eq!(pending.state, types::SimState::Pending);
     smdp.set("tmobile", Behaves::Ok);
     let before = kit.requests().len();
@@ -1648,12 +1659,6 @@ async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
     let item = json!([{"kind": "cancel", "carrier": "tmobile", "iccid": queued.as_str(), "retire": false}]);
     kit.kv_put("cleanup/queue", item.to_string().as_bytes())
         .await;
-    let run = async |kit: &mut Kit, at: u64| {
-        kit.call(async move |a, g| g.dispatch().call_run_cleanup(a, at, 50).await)
-            .await
-            .unwrap()
-            .unwrap()
-    };
     let cancels = |kit: &Kit| -> Vec<String> {
         kit.requests()
             .iter()
@@ -1662,7 +1667,7 @@ async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
             .collect()
     };
     // Before the order is due: the queued cancel is done, the parked order left alone.
-    let first = run(&mut kit, valid_before + 59).await;
+    let first = cleanup_run(&mut kit, valid_before + 59).await;
     assert_eq!(
         (
             first.withdrawn,
@@ -1679,7 +1684,7 @@ async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
         types::SimState::Pending
     );
     // Due: withdrawn, its profile retired, and no order was placed for it.
-    let second = run(&mut kit, valid_before + 60).await;
+    let second = cleanup_run(&mut kit, valid_before + 60).await;
     assert_eq!(
         (
             second.withdrawn,
@@ -1696,7 +1701,7 @@ async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
     );
     assert_retired(&kit, "tmobile", &pending.iccid);
     // Nothing left: a third run does nothing. The runs asked the carrier for the two cancels only.
-    let third = run(&mut kit, AFTER_LEASE).await;
+    let third = cleanup_run(&mut kit, AFTER_LEASE).await;
     assert_eq!((third.withdrawn, third.tried, third.parked), (0, 0, 0));
     let asked: Vec<_> = calls(&kit)[before..].to_vec();
     assert_eq!(asked, vec![call("tmobile", "cancelOrder"); 2]);
@@ -1714,16 +1719,10 @@ async fn an_item_a_stopped_sweep_held_is_done_once_its_hold_ends() {
         "taken_until": NOW + 100}]);
     kit.kv_put("cleanup/queue", held.to_string().as_bytes())
         .await;
-    let run = async |kit: &mut Kit, at: u64| {
-        kit.call(async move |a, g| g.dispatch().call_run_cleanup(a, at, 50).await)
-            .await
-            .unwrap()
-            .unwrap()
-    };
-    let during = run(&mut kit, NOW + 99).await;
+    let during = cleanup_run(&mut kit, NOW + 99).await;
     assert_eq!((during.tried, during.queued), (0, 1));
     assert!(calls(&kit).is_empty(), "{:?}", calls(&kit));
-    let after = run(&mut kit, NOW + 100).await;
+    let after = cleanup_run(&mut kit, NOW + 100).await;
     assert_eq!((after.tried, after.requeued, after.queued), (1, 0, 0));
     assert_eq!(calls(&kit), vec![call("tmobile", "cancelOrder")]);
 }
@@ -1755,11 +1754,7 @@ async fn kit_losing_settles(
 
 /// `run-cleanup` at `at`: what it tried, left on the queue (`requeued`), and how many items are queued.
 async fn run_cleanup(kit: &mut Kit, at: u64) -> (u32, u32, u32) {
-    let run = kit
-        .call(async move |a, g| g.dispatch().call_run_cleanup(a, at, 50).await)
-        .await
-        .unwrap()
-        .unwrap();
+    let run = cleanup_run(kit, at).await;
     (run.tried, run.requeued, run.queued)
 }
 
