@@ -28,7 +28,7 @@ pub async fn sweep(cfg: &Config, deadline: Deadline, max: usize, now: u64) -> Sw
         withdrawn: crate::parking::sweep(cfg, deadline, max, now, lease_until).await,
         ..Swept::default()
     };
-    for taken in queue::take(max, now, lease_until).await {
+    for taken in queue::take(max, now, lease_until, || calls::fci().ok()).await {
         let outcome = if deadline.next_call().is_none() {
             Settle::Untried
         } else {

@@ -6,8 +6,6 @@ use esim402_core::store::keys;
 use esim402_guest::kv::{self, Change};
 use esim402_guest::util;
 
-use crate::calls;
-
 /// Queue `item` (once), new.
 pub async fn enqueue(item: Cleanup) {
     let r = kv::update_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
@@ -21,8 +19,14 @@ pub async fn enqueue(item: Cleanup) {
 
 /// Take up to `max` free items atomically, held until `lease_until` (kernel `order::take`): they stay queued,
 /// so two sweeps never do the same item and a sweep that stops before it [`settle`]s one loses nothing. A
-/// cancel without a call id is given one in the same write, so a redo after the hold sends the same call.
-pub async fn take(max: usize, now: u64, lease_until: u64) -> Vec<Queued> {
+/// cancel without a call id is given one (`mint`: a fresh ES2+ call id) in the same write, so a redo after
+/// the hold sends the same call.
+pub async fn take(
+    max: usize,
+    now: u64,
+    lease_until: u64,
+    mint: impl Fn() -> Option<String>,
+) -> Vec<Queued> {
     // The common case is an empty queue: a plain read, so concurrent orders do not contend on a write.
     let unnamed = match kv::get_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE).await {
         Ok(Some(q)) if q.iter().any(|q| q.taken_until <= now) => q
@@ -34,7 +38,7 @@ pub async fn take(max: usize, now: u64, lease_until: u64) -> Vec<Queued> {
     // Ids made before the write (its closure may run again on a conflict; an id never sent is still new). A few
     // spare for cancels queued since the read; one left without an id waits for the next sweep.
     let ids: Vec<String> = (0..max.min(unnamed.saturating_add(4)))
-        .map_while(|_| calls::fci().ok())
+        .map_while(|_| mint())
         .collect();
     let taken = kv::update_json_with::<Vec<Queued>, Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
         Ok(order::take(
