@@ -1003,6 +1003,35 @@ async fn a_suspended_sim_is_granted_no_quota_until_resumed() {
     assert_eq!(q["granted_kb"], 100);
 }
 
+/// A terminate whose credit's invoice no key of the deployment opens any more (its secret left
+/// `invoice_secret_previous`) answers 200 and leaves that refund to an operator (logged `OPERATOR: REFUND NOT
+/// RECORDED`): no retry changes it, so a 503 asking to terminate again would be answered for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_terminate_whose_invoice_no_key_opens_is_left_to_an_operator_not_retried() {
+    let mut s = PayStack::start_with(
+        Some((&esim402_tests::Runner::Host, crate::payments::Store::Sqlite)),
+        &[(
+            "SPIN_VARIABLE_INVOICE_SECRET",
+            "the first invoice secret 16+",
+        )],
+    )
+    .await;
+    let iccid = activate(&s, 1).await;
+    let mut env = s.app_env.clone();
+    env.retain(|(k, _)| k != "SPIN_VARIABLE_INVOICE_SECRET");
+    env.push((
+        "SPIN_VARIABLE_INVOICE_SECRET".into(),
+        "a later invoice secret 16+".into(),
+    ));
+    s.restart(&env).await;
+    let (status, _, out) = s
+        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
+        .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["state"], "terminated", "{out}");
+    assert_eq!(out["refunds"].as_array().map(Vec::len), Some(0), "{out}");
+}
+
 /// A terminate whose refund of unused data cannot be recorded (the second refund record's write refused by the
 /// store, with the test-only `ESIM402_FAILPOINT_ERROR`) answers 503 saying so: the SIM is terminated and its
 /// access token revoked, so the answer tells the owner to terminate again with the wallet, which records the
