@@ -1352,17 +1352,7 @@ async fn the_host_runs_the_operator_jobs_itself() {
         &["--jobs-every", "1"],
     )
     .await;
-    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
-    let (invoice, req) = s.invoice(&body).await;
-    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
-    let start = s.balance(agent()).await;
-    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
-    s.break_us_west().await;
-    let (status, _, failed) = s
-        .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
-        .await;
-    assert_eq!(status, 503, "{failed}");
-    assert_eq!(failed["refund"]["status"], "owed", "{failed}");
+    let (id, start, _, _) = failed_tx_hash_activation(&s, 0).await;
     let mut waited = 0;
     while s.balance(agent()).await != start {
         assert!(waited < 60, "the host's refund job never paid the refund");
@@ -1498,6 +1488,26 @@ async fn refresh_does_not_finish_the_order_of_an_unsettled_exact_payment() {
     assert!(s.nonce_used(agent(), pay.auth.nonce).await);
 }
 
+/// A tx-hash payment of its invoice's price plus `extra` micro-USDC whose activation fails (every us-west
+/// carrier answering 503): the invoice id, the payer's balance before it paid, what it sent, and the 503 answer,
+/// which owes the payment back.
+async fn failed_tx_hash_activation(s: &PayStack, extra: u64) -> (String, U256, U256, Value) {
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let start = s.balance(agent()).await;
+    let sent = price(&req) + U256::from(extra);
+    let tx = pay_directly(s, chain::RECIPIENT, sent).await;
+    assert_eq!(s.balance(agent()).await, start - sent);
+    s.break_us_west().await;
+    let (status, _, failed) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
+        .await;
+    assert_eq!(status, 503, "{failed}");
+    assert_eq!(failed["refund"]["status"], "owed", "{failed}");
+    (id, start, sent, failed)
+}
+
 /// The agent pays by itself (an ERC-20 transfer) and proves it with the transaction hash, once mined.
 pub(crate) async fn pay_directly(s: &PayStack, to: Address, amount: U256) -> String {
     let data = transferCall { to, value: amount }.abi_encode();
@@ -1623,22 +1633,10 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paid_tx_hash_whose_activation_fails_is_refunded_by_the_refund_job() {
     let s = PayStack::start(&[("SPIN_VARIABLE_ES2_TIMEOUT_MS", "2000")]).await;
-    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
-    let (invoice, req) = s.invoice(&body).await;
-    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
-    let start = s.balance(agent()).await;
     // Overpaid by a dollar: the whole transfer is owed back, not the invoice's amount (before, the dollar was
     // kept).
-    let sent = price(&req) + U256::from(1_000_000u64);
-    let tx = pay_directly(&s, chain::RECIPIENT, sent).await;
-    assert_eq!(s.balance(agent()).await, start - sent);
-    s.break_us_west().await;
-    let (status, _, failed) = s
-        .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
-        .await;
-    assert_eq!(status, 503, "{failed}");
+    let (id, start, sent, failed) = failed_tx_hash_activation(&s, 1_000_000).await;
     assert_eq!(failed["charged"], true);
-    assert_eq!(failed["refund"]["status"], "owed", "{failed}");
     assert_eq!(failed["refund"]["amount"], sent.to_string(), "{failed}");
     // The ledger says what came in, as well as the invoice's amount.
     let verified: Vec<Value> = s

@@ -1140,7 +1140,8 @@ mod tests {
         assert_eq!(plan.after(Some("unknown")), Vec::<String>::new());
     }
 
-    fn sim(state: SimState) -> StoredSim {
+    /// A SIM record for kernel tests (also `order::parked`'s).
+    pub(crate) fn sim(state: SimState) -> StoredSim {
         StoredSim {
             iccid: "8901".into(),
             carrier: "tmobile".into(),

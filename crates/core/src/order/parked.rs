@@ -189,22 +189,11 @@ mod tests {
         }
     }
 
+    /// The kernel's test SIM ([`crate::order::tests::sim`]) of `invoice`, holding a token.
     fn sim(state: SimState, invoice: &str) -> StoredSim {
         StoredSim {
-            iccid: "8901".into(),
-            carrier: "tmobile".into(),
-            region: "us-west".into(),
-            state,
-            profile_state: None,
-            activation_code: None,
-            eid: None,
-            roaming: Default::default(),
-            data_mb: 100,
             invoice_id: invoice.into(),
             created_at: 1,
-            failovers: vec![],
-            replaces: None,
-            replaced_by: None,
             access: crate::auth::SimAccess {
                 owner: None,
                 token: Some(crate::auth::TokenState {
@@ -212,10 +201,7 @@ mod tests {
                     hash: Default::default(),
                 }),
             },
-            label: None,
-            holds: Default::default(),
-            switching: None,
-            download_failure: None,
+            ..crate::order::tests::sim(state)
         }
     }
 

@@ -1850,19 +1850,18 @@ async fn a_cleanup_given_up_is_not_counted_as_requeued() {
 /// never withdrawn by a later sweep, whenever that runs.
 #[tokio::test]
 async fn an_order_completed_before_its_authorization_expired_is_not_withdrawn() {
-    let smdp = Arc::new(FakeSmdp::default());
-    smdp.set("tmobile", Behaves::ConfirmTimeout);
-    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
-    let valid_before = NOW + 60;
-    let req = || request("us-west", None);
-    let pending = order_until(&mut kit, req(), "inv-resent", NOW, Some(valid_before))
-        .await
-        .unwrap();
+    let (smdp, mut kit, pending) = abandoned("inv-resent").await;
     assert_eq!(pending.state, types::SimState::Pending);
     smdp.set("tmobile", Behaves::Ok);
-    let done = order_until(&mut kit, req(), "inv-resent", NOW + 30, Some(valid_before))
-        .await
-        .unwrap();
+    let done = order_until(
+        &mut kit,
+        request("us-west", None),
+        "inv-resent",
+        NOW + 30,
+        Some(ABANDONED_VALID_BEFORE),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (done.iccid.as_str(), done.state),
         (pending.iccid.as_str(), types::SimState::Active)
