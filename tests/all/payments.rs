@@ -1437,6 +1437,90 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
     assert_eq!((status, &again["withdrawn"]), (200, &json!(0)), "{again}");
 }
 
+/// A tx-hash payment whose order outlives the dispatch budget and whose payer never sends the proof again: its
+/// transfer is ours, so no deadline ends it. Once it has stayed pending `paid_order_pending_secs` (5 s here),
+/// the operator's cleanup run withdraws it (the profile retired at the carrier) and owes the payment back, once;
+/// the refund run pays it, and the proof sent again is answered with that refund. Before, nothing revisited
+/// it: the payer's money stayed with us and the profile stayed allocated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_tx_hash_order_is_withdrawn_and_its_payment_owed_back() {
+    let s = PayStack::start(&[
+        ("SPIN_VARIABLE_DISPATCH_BUDGET_SECS", "4"),
+        ("SPIN_VARIABLE_ES2_TIMEOUT_MS", "3500"),
+        ("SPIN_VARIABLE_PAID_ORDER_PENDING_SECS", "5"),
+    ])
+    .await;
+    let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile",
+                      "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let start = s.balance(agent()).await;
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    let before = s.handed_out().await;
+    slow_tmobile(&s, true).await;
+    let (status, _, pending) = s.prove(&body, tx.clone(), &invoice).await;
+    assert_eq!(
+        (status, &pending["charged"]),
+        (503, &json!(true)),
+        "{pending}"
+    );
+    slow_tmobile(&s, false).await;
+    let allocated: Vec<String> = s.handed_out().await.difference(&before).cloned().collect();
+    assert_eq!(
+        allocated.len(),
+        1,
+        "the pending order's profile: {allocated:?}"
+    );
+    // The operator's run (cron): nothing before the grace and the order's lease are over, then withdrawn and
+    // owed back.
+    let mut waited = 0;
+    let run = loop {
+        let (status, run) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+        assert_eq!(status, 200, "{run}");
+        if run["owed_back"] == 1 {
+            break run;
+        }
+        assert_eq!(run["withdrawn"], 0, "{run}");
+        assert!(waited < 60, "never withdrawn: {run}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        waited += 1;
+    };
+    assert_eq!(
+        (&run["withdrawn"], &run["parked"], &run["owed_left"]),
+        (&json!(1), &json!(0), &json!(0)),
+        "{run}"
+    );
+    assert!(
+        !s.handed_out().await.contains(&allocated[0]),
+        "the withdrawn order's profile {} is still allocated",
+        allocated[0]
+    );
+    let (_, read) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(read["status"], "refunded", "{read}");
+    // Once: the next run owes nothing more; the refund run pays it back whole.
+    let (_, again) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+    assert_eq!(
+        (&again["withdrawn"], &again["owed_back"]),
+        (&json!(0), &json!(0)),
+        "{again}"
+    );
+    let (status, paid) = s.admin_run("refunds", Some(&s.admin_token)).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(s.balance(agent()).await, start);
+    let owed = s
+        .ledger_entries()
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "refund_owed" && e["invoice_id"] == id.as_str())
+        .count();
+    assert_eq!(owed, 1);
+    // The proof sent again gets no SIM: its answer names the refund.
+    let (status, _, resent) = s.prove(&body, tx.clone(), &invoice).await;
+    assert_ne!(status, 200, "{resent}");
+    assert_eq!(resent["charged"], true, "{resent}");
+    assert!(resent["refund"].is_object(), "{resent}");
+}
+
 /// The owner's `POST …/refresh` does not finish the pending order of an `exact` payment that has not settled
 /// (the same payment sent again does, and settles it): before, it released the profile for a payment that
 /// might never come.

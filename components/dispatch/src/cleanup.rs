@@ -21,11 +21,20 @@ use crate::{queue, sim_store};
 /// atomically, held for the sweep (so two sweeps never do the same item, and a sweep that stops before it is
 /// done with one, a crash, loses nothing), try each once, and settle it: done, free again where it stood when
 /// not reached (not counted as a try), or to the back of the queue when it still fails. So a carrier that
-/// takes the whole deadline cannot keep the items behind it from ever being tried.
-pub async fn sweep(cfg: &Config, deadline: Deadline, max: usize, now: u64) -> Swept {
+/// takes the whole deadline cannot keep the items behind it from ever being tried. Paid parked orders (a
+/// tx-hash payment's) only with `paid_too`: the operator's run, which owes their payment back.
+pub async fn sweep(
+    cfg: &Config,
+    deadline: Deadline,
+    max: usize,
+    now: u64,
+    paid_too: bool,
+) -> Swept {
     let lease_until = order::sweep_lease_until(now, deadline.secs_left());
+    let parked = crate::parking::sweep(cfg, deadline, max, (now, lease_until), paid_too).await;
     let mut swept = Swept {
-        withdrawn: crate::parking::sweep(cfg, deadline, max, now, lease_until).await,
+        withdrawn: parked.count,
+        owed: parked.owed,
         ..Swept::default()
     };
     for taken in queue::take(max, now, lease_until, || calls::fci().ok()).await {
@@ -143,7 +152,7 @@ async fn work(cfg: &Config, taken: &Queued, deadline: Deadline) -> Settle {
 pub async fn run(now: u64, limit: u32) -> Result<CleanupRun, wit::Error> {
     let cfg = crate::config::get().await?;
     let max = usize::try_from(limit).unwrap_or(usize::MAX);
-    let swept = sweep(&cfg, Deadline::new(&cfg), max, now).await;
+    let swept = sweep(&cfg, Deadline::new(&cfg), max, now, true).await;
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     Ok(CleanupRun {
         withdrawn: swept.withdrawn,
@@ -151,14 +160,17 @@ pub async fn run(now: u64, limit: u32) -> Result<CleanupRun, wit::Error> {
         requeued: swept.requeued,
         queued: count(queue::len().await),
         parked: count(crate::parking::parked_len().await),
+        owed: swept.owed,
     })
 }
 
 /// What one sweep did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Swept {
     /// Parked orders withdrawn.
     pub withdrawn: u32,
+    /// Invoices of paid orders withdrawn whose payment is owed back (the operator's run only).
+    pub owed: Vec<String>,
     /// Queued items tried (each either done, dropped, or back on the queue).
     pub tried: u32,
     /// Items left on the queue: failed again, or not reached in the sweep's time (a cancel a lost

@@ -1,7 +1,9 @@
 //! Dispatch settings, read once per instance: the carrier catalog (the whole catalog as the `carrier_catalog`
 //! variable, else the built-in one, which only a development deployment may use: kernel
 //! `deployment::catalog`), the SM-DP+ base URL (`smdp_url`), the budget of one order across carriers
-//! (`dispatch_budget_secs`, 60) and one ES2+ call's timeout (`es2_timeout_ms`, 10 000); the access-token key
+//! (`dispatch_budget_secs`, 60), one ES2+ call's timeout (`es2_timeout_ms`, 10 000) and how long a paid order
+//! may stay pending before the operator's cleanup run withdraws it and owes it back (`paid_order_pending_secs`,
+//! 86 400: kernel `order::parked::PAID_PENDING_SECS`, at most 30 days); the access-token key
 //! (`access_token_secret`, secret; else, in development only, a random key kept at `secret/sim-token-key`:
 //! kernel `auth::token::key_source`) and the carriers' callback credentials (`carrier_callback_credentials`,
 //! secret; empty refuses every callback). Without the token key outside development the configuration still
@@ -35,6 +37,8 @@ pub struct Config {
     pub budget: Duration,
     /// One ES2+ call's timeout.
     pub call_timeout: Duration,
+    /// Seconds a paid order (a tx-hash payment's) may stay pending before the operator's run withdraws it.
+    pub paid_pending_secs: u64,
     /// Derives the SIMs' access tokens (a secret), or why there is none ([`Config::token_key`]).
     token_key: Result<[u8; 32], String>,
     /// Who may send download-progress callbacks.
@@ -127,6 +131,12 @@ async fn load() -> Result<Config, wit::Error> {
         smdp_base,
         budget: Duration::from_secs(budget),
         call_timeout: Duration::from_millis(call_timeout_ms),
+        paid_pending_secs: int_var(
+            "paid_order_pending_secs",
+            order::parked::PAID_PENDING_SECS,
+            30 * 86_400,
+        )
+        .await?,
         token_key: token_key(development).await?,
         callbacks: CallbackCredentials::parse(
             &optional_var("carrier_callback_credentials")

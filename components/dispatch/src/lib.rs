@@ -54,7 +54,7 @@ mod sims;
 mod spec;
 mod switching;
 
-use bindings::exports::esim402::dispatch::dispatch::{CleanupRun, Guest, SimPage};
+use bindings::exports::esim402::dispatch::dispatch::{CleanupRun, Guest, SimPage, Withdrawal};
 use esim402_guest::convert::{self, invalid, sim_to_wit};
 use esim402_guest::wit;
 
@@ -102,10 +102,10 @@ impl Guest for Component {
         owner: String,
         label: Option<String>,
         now: u64,
-        withdraw_after: Option<u64>,
+        withdraw: Option<Withdrawal>,
     ) -> Result<wit::Sim, wit::Error> {
         let mut spec = spec::OrderSpec::parse(&request)?;
-        spec.withdraw_after = withdraw_after;
+        spec.withdraw = withdraw.map(|w| parking::Withdraw::of(w, now));
         spec.label = label
             .map(|l| {
                 esim402_core::order::parse_agent_label(&l).map_err(|e| invalid("x-agent-id", e))
@@ -171,9 +171,10 @@ impl Guest for Component {
         target: wit::SwitchTarget,
         invoice_id: String,
         now: u64,
-        withdraw_after: Option<u64>,
+        withdraw: Option<Withdrawal>,
     ) -> Result<wit::Sim, wit::Error> {
-        switching::perform_switch(&iccid, &target, &invoice_id, now, withdraw_after).await
+        let withdraw = withdraw.map(|w| parking::Withdraw::of(w, now));
+        switching::perform_switch(&iccid, &target, &invoice_id, now, withdraw).await
     }
 
     async fn quote_top_up(iccid: String, data_mb: u32) -> Result<wit::Quote, wit::Error> {
@@ -198,6 +199,10 @@ impl Guest for Component {
 
     async fn run_cleanup(now: u64, limit: u32) -> Result<CleanupRun, wit::Error> {
         cleanup::run(now, limit).await
+    }
+
+    async fn settle_owed(invoice_ids: Vec<String>) -> Result<u32, wit::Error> {
+        parking::acknowledge(&invoice_ids).await
     }
 
     async fn set_balance_hold(hold: wit::BalanceHold) -> Result<wit::Sim, wit::Error> {

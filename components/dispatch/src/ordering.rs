@@ -208,7 +208,7 @@ pub fn driven_elsewhere(e: &wit::Error, invoice_id: &str) -> bool {
 }
 
 /// Order a profile for `spec`, paid by `invoice_id`, with failover; idempotent per invoice. One left pending
-/// is parked for withdrawal if its payment can expire (`spec.withdraw_after`, [`parking::pending`]).
+/// is parked for withdrawal (`spec.withdraw`, [`parking::pending`]).
 pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<StoredSim, wit::Error> {
     if invoice_id.is_empty() || invoice_id.len() > esim402_core::InvoiceId::MAX_LEN {
         return Err(invalid("invoice_id", "invoice_id must be 1-400 characters"));
@@ -245,7 +245,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         }
         Err(Claim::Busy(None)) | Err(Claim::Drive(_)) => return Err(in_progress(invoice_id)),
     };
-    cleanup::sweep(&cfg, Deadline::sweep(&cfg), 4, now).await;
+    cleanup::sweep(&cfg, Deadline::sweep(&cfg), 4, now, false).await;
     let deadline = Deadline::new(&cfg);
     let mut failovers = driver.order.failovers.clone();
 
@@ -258,7 +258,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
                 failovers.push(why);
                 tried = Some(step.carrier.clone());
             }
-            Err(Skip::Pending(sim)) => return Ok(parking::pending(spec.withdraw_after, *sim).await),
+            Err(Skip::Pending(sim)) => return Ok(parking::pending(&cfg, spec.withdraw, *sim).await),
             Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
         }
     }
@@ -273,7 +273,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
         match try_carrier(&cfg, &driver, &spec, carrier, &failovers, deadline, now).await {
             Ok(sim) => return Ok(complete(&driver, sim, failovers).await),
             Err(Skip::Next(why)) => failovers.push(why),
-            Err(Skip::Pending(sim)) => return Ok(parking::pending(spec.withdraw_after, *sim).await),
+            Err(Skip::Pending(sim)) => return Ok(parking::pending(&cfg, spec.withdraw, *sim).await),
             Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
         }
     }

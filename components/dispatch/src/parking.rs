@@ -2,25 +2,56 @@
 //! An order left pending (its confirm outlived the budget) whose payment may expire is parked; if nobody
 //! completes it, the cleanup sweep of a later order withdraws it once it is due: the journal claimed (so the
 //! same payment sent again meanwhile finds the order busy), the pending SIM terminated inside its cell update,
-//! the profile retired at the carrier, the journal failed (a resend ends uncharged).
+//! the profile retired at the carrier, the journal failed (a resend ends uncharged). A tx-hash payment's order
+//! (its money moved) is parked as paid: only the operator's run (`run-cleanup`) withdraws it, after
+//! `paid_order_pending_secs`, and names its invoice as owed until told the refund is recorded (`settle-owed`).
 
 use esim402_core::esim::{Iccid, ProfileState, retire_on_terminate};
-use esim402_core::order::parked::{self, Park, Parked, Withdrawal};
+use esim402_core::order::parked::{self, Park, Parked, SimWithdrawal, Withdrawal};
 use esim402_core::order::{self, Claim, Order, StoredSim};
 use esim402_core::store::keys;
 use esim402_guest::convert::{kv_err, message};
 use esim402_guest::kv::{self, Change};
 use esim402_guest::wit;
 
+use crate::bindings::exports::esim402::dispatch::dispatch::Withdrawal as WitWithdrawal;
 use crate::calls::{self, Deadline};
 use crate::config::Config;
 use crate::{journal, queue};
 
-/// `sim`, the pending SIM an order returns: parked first if its payment can no longer settle after
-/// `withdraw_after` (`None`: the money moved, never withdrawn). Best effort: a failure is logged.
-pub async fn pending(withdraw_after: Option<u64>, sim: StoredSim) -> StoredSim {
-    if let Some(after) = withdraw_after {
-        park(&Parked::of(&sim, after)).await;
+/// When an order left pending is withdrawn (the WIT `withdrawal`).
+#[derive(Debug, Clone, Copy)]
+pub enum Withdraw {
+    /// Its payment can no longer settle after then (unix seconds): any sweep withdraws it, nothing owed.
+    UnsettledAfter(u64),
+    /// Its money moved (ordered at `since`): the operator's run withdraws it once it stayed pending
+    /// `paid_order_pending_secs`, and owes it back.
+    Paid { since: u64 },
+}
+
+impl Withdraw {
+    /// The WIT `withdrawal` of an order placed at `now`.
+    pub fn of(w: WitWithdrawal, now: u64) -> Self {
+        match w {
+            WitWithdrawal::UnsettledAfter(at) => Self::UnsettledAfter(at),
+            WitWithdrawal::Paid => Self::Paid { since: now },
+        }
+    }
+}
+
+/// `sim`, the pending SIM an order returns: parked first ([`Withdraw`]; `None`: never withdrawn). Best effort:
+/// a failure is logged.
+pub async fn pending(cfg: &Config, withdraw: Option<Withdraw>, sim: StoredSim) -> StoredSim {
+    match withdraw {
+        Some(Withdraw::UnsettledAfter(after)) => park(&Parked::of(&sim, after)).await,
+        Some(Withdraw::Paid { since }) => {
+            park(&Parked::paid(
+                &sim,
+                since.saturating_add(cfg.paid_pending_secs),
+            ))
+            .await;
+        }
+        None => {}
     }
     sim
 }
@@ -51,12 +82,13 @@ async fn park(item: &Parked) {
     }
 }
 
-/// Take up to `max` entries due at `now` atomically, held until `lease_until` (kernel `parked::take_due`):
-/// two sweeps never take the same one, and one a sweep never [`settle`]s (it crashed) is due again after the
-/// hold. The common case is nothing due: a plain read, so concurrent orders do not contend on a write.
-async fn take_due(max: usize, now: u64, lease_until: u64) -> Vec<Parked> {
+/// Take up to `max` entries due at `now` atomically, held until `lease_until` (kernel `parked::take_due`; paid
+/// ones only with `paid_too`): two sweeps never take the same one, and one a sweep never [`settle`]s (it
+/// crashed) is due again after the hold. The common case is nothing due: a plain read, so concurrent orders do
+/// not contend on a write.
+async fn take_due(max: usize, now: u64, lease_until: u64, paid_too: bool) -> Vec<Parked> {
     match kv::get_json::<Vec<Parked>, ()>(keys::CLEANUP_PARKED).await {
-        Ok(Some(list)) if parked::any_due(&list, now) => {}
+        Ok(Some(list)) if parked::any_due(&list, now, paid_too) => {}
         _ => return Vec::new(),
     }
     kv::update_json_with::<Vec<Parked>, Vec<Parked>, ()>(keys::CLEANUP_PARKED, |list| {
@@ -65,6 +97,7 @@ async fn take_due(max: usize, now: u64, lease_until: u64) -> Vec<Parked> {
             max,
             now,
             lease_until,
+            paid_too,
         ))
     })
     .await
@@ -92,24 +125,45 @@ async fn settle(item: &Parked, lease_until: u64, next: Option<u64>) {
     }
 }
 
-/// Withdraw up to `max` parked orders due at `now`, within the sweep's `deadline`, holding them until
-/// `lease_until`; an entry not reached in time is due again as it was. How many were withdrawn.
+/// What a sweep of the parked orders did ([`sweep`]).
+#[derive(Debug, Default)]
+pub struct Withdrawn {
+    /// Orders withdrawn by this sweep.
+    pub count: u32,
+    /// Invoices of paid orders withdrawn (by this sweep or an earlier one) whose payment is owed back: their
+    /// entries stay held until [`acknowledge`]d, and are named again after the hold.
+    pub owed: Vec<String>,
+}
+
+/// Withdraw up to `max` parked orders due at `now` (paid ones too with `paid_too`: the operator's run), within
+/// the sweep's `deadline`, holding them until `lease_until`; an entry not reached in time is due again as it
+/// was.
 pub async fn sweep(
     cfg: &Config,
     deadline: Deadline,
     max: usize,
-    now: u64,
-    lease_until: u64,
-) -> u32 {
-    let mut withdrawn = 0u32;
-    for item in take_due(max, now, lease_until).await {
+    (now, lease_until): (u64, u64),
+    paid_too: bool,
+) -> Withdrawn {
+    let mut done = Withdrawn::default();
+    for item in take_due(max, now, lease_until, paid_too).await {
         let next = if deadline.next_call().is_none() {
             Some(item.not_before)
         } else {
             match withdraw(cfg, &item, deadline, now).await {
                 Outcome::Withdrawn => {
-                    withdrawn = withdrawn.saturating_add(1);
+                    done.count = done.count.saturating_add(1);
                     None
+                }
+                Outcome::Owed { now } => {
+                    if now {
+                        done.count = done.count.saturating_add(1);
+                    }
+                    if !done.owed.contains(&item.invoice) {
+                        done.owed.push(item.invoice.clone());
+                    }
+                    // Held as taken until the refund is acknowledged (or the hold ends: named again).
+                    continue;
                 }
                 Outcome::Gone => None,
                 Outcome::Again(at) => Some(at),
@@ -117,7 +171,29 @@ pub async fn sweep(
         };
         settle(&item, lease_until, next).await;
     }
-    withdrawn
+    done
+}
+
+/// `settle-owed`: the refunds of `invoices` (named owed by a run) are recorded; their paid entries leave. How
+/// many left.
+pub async fn acknowledge(invoices: &[String]) -> Result<u32, wit::Error> {
+    if invoices.is_empty() {
+        return Ok(0);
+    }
+    let (_, left) = kv::change_json::<Vec<Parked>, u32, wit::Error>(keys::CLEANUP_PARKED, |list| {
+        let list = list.unwrap_or_default();
+        let before = list.len();
+        Ok(match parked::acknowledge(list, invoices) {
+            Some(list) => {
+                let left = u32::try_from(before - list.len()).unwrap_or(u32::MAX);
+                (Change::Put(list), left)
+            }
+            None => (Change::Keep, 0),
+        })
+    })
+    .await
+    .map_err(kv_err)?;
+    Ok(left)
 }
 
 /// How many entries are parked, held ones included (an unreadable list counts none).
@@ -146,7 +222,8 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
             return Outcome::Again(item.not_before);
         }
     };
-    match parked::withdrawal(journal.as_ref(), iccid, now) {
+    match parked::withdrawal(journal.as_ref(), iccid, now, item.paid) {
+        Withdrawal::Owed => return Outcome::Owed { now: false },
         Withdrawal::Drop => return Outcome::Gone,
         Withdrawal::Later(until) => return Outcome::Again(until),
         Withdrawal::Proceed => {}
@@ -185,16 +262,20 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
         hand_back().await;
         return Outcome::Gone;
     };
-    let withdrawn = kv::change_json::<StoredSim, bool, wit::Error>(&keys::sim(iccid), |current| {
-        Ok(match parked::withdraw_pending(current.as_ref(), invoice) {
-            Some(next) => (Change::Put(next), true),
-            None => (Change::Keep, false),
+    // A SIM terminated already (a withdrawal that stopped before its cancel or journal, or its owner's
+    // terminate) is finished: the profile retired again, the journal failed.
+    let withdrawn =
+        kv::change_json::<StoredSim, Option<StoredSim>, wit::Error>(&keys::sim(iccid), |current| {
+            Ok(match parked::withdraw_pending(current.as_ref(), invoice) {
+                SimWithdrawal::Terminate(next) => (Change::Put(next.clone()), Some(next)),
+                SimWithdrawal::Finish(sim) => (Change::Keep, Some(sim)),
+                SimWithdrawal::Nothing => (Change::Keep, None),
+            })
         })
-    })
-    .await
-    .map_err(kv_err);
+        .await
+        .map_err(kv_err);
     let sim = match withdrawn {
-        Ok((Some(sim), true)) => sim,
+        Ok((_, Some(sim))) => sim,
         // Delivered, terminated by its owner, given up, or another order's since: nothing to withdraw.
         Ok(_) => {
             hand_back().await;
@@ -238,28 +319,41 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
             ),
         }
     }
+    let why = if item.paid {
+        parked::WITHDRAWN_PAID
+    } else {
+        parked::WITHDRAWN
+    };
     let failed = journal::journal(&driver, |o| {
         let failovers = o.failovers.clone();
-        o.fail(parked::WITHDRAWN, failovers);
+        o.fail(why, failovers);
     })
     .await;
     if let Err(e) = failed {
+        // Its SIM says so; the next sweep after the hold finishes it (kernel `parked::SimWithdrawal::Finish`).
         eprintln!(
             "dispatch: the journal of invoice {invoice} does not say it was withdrawn (its SIM does): {}",
             message(&e)
         );
+        return Outcome::Again(item.not_before);
     }
     eprintln!(
-        "dispatch: withdrew the pending order of invoice {invoice}: its payment can no longer settle; SIM \
-         {iccid} at {carrier} terminated"
+        "dispatch: withdrew the pending order of invoice {invoice} ({why}); SIM {iccid} at {carrier} terminated"
     );
-    Outcome::Withdrawn
+    if item.paid {
+        Outcome::Owed { now: true }
+    } else {
+        Outcome::Withdrawn
+    }
 }
 
 /// What became of a taken entry ([`withdraw`]).
 enum Outcome {
     /// Withdrawn: it leaves the list.
     Withdrawn,
+    /// A paid order withdrawn (`now`: by this sweep): its payment is owed back; it stays held until that is
+    /// acknowledged.
+    Owed { now: bool },
     /// Nothing (left) to withdraw: it leaves the list.
     Gone,
     /// Looked at again once due then.

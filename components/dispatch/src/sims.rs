@@ -127,7 +127,7 @@ pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
         owner: sim.access.owner,
         label: sim.label.clone(),
         // Parked, if its payment can expire, by the order that left it pending.
-        withdraw_after: None,
+        withdraw: None,
     };
     ordering::order(spec, &sim.invoice_id, util::now_secs())
         .await

@@ -22,9 +22,8 @@ pub struct OrderSpec {
     pub owner: Option<esim402_core::chain::Address>,
     /// The agent's label.
     pub label: Option<String>,
-    /// When its payment can no longer settle (unix seconds): a pending order is withdrawn after that
-    /// (kernel `order::parked`). `None`: the money moved already, never withdrawn.
-    pub withdraw_after: Option<u64>,
+    /// When a pending order is withdrawn (kernel `order::parked`, [`crate::parking::pending`]); `None`: never.
+    pub withdraw: Option<crate::parking::Withdraw>,
 }
 
 impl OrderSpec {
@@ -46,7 +45,7 @@ impl OrderSpec {
             replaces: None,
             owner: None,
             label: None,
-            withdraw_after: None,
+            withdraw: None,
         })
     }
 }

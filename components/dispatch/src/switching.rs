@@ -93,13 +93,13 @@ pub async fn quote_switch(iccid: &str, t: &wit::SwitchTarget) -> Result<wit::Quo
 /// `perform-switch`: order the new profile (paid by `invoice_id`); the old one stays in service until the new
 /// one is installed (a failed switch must not leave the device without connectivity). The same invoice again
 /// (a payment sent again, an order left pending) drives its own order again (kernel `order::start_switch`).
-/// `withdraw_after`: when its payment can no longer settle ([`OrderSpec::withdraw_after`]).
+/// `withdraw`: when its new profile's order is withdrawn if left pending ([`OrderSpec::withdraw`]).
 pub async fn perform_switch(
     iccid: &str,
     t: &wit::SwitchTarget,
     invoice_id: &str,
     now: u64,
-    withdraw_after: Option<u64>,
+    withdraw: Option<crate::parking::Withdraw>,
 ) -> Result<wit::Sim, wit::Error> {
     let cfg = crate::config::get().await?;
     let old = existing(iccid).await?;
@@ -141,7 +141,7 @@ pub async fn perform_switch(
         replaces: Some(old.iccid.clone()),
         owner: old.access.owner,
         label: old.label.clone(),
-        withdraw_after,
+        withdraw,
     };
     let new = match ordering::order(spec, invoice_id, now).await {
         Ok(new) => new,

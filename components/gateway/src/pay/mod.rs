@@ -153,22 +153,24 @@ impl Order {
         }
     }
 
-    /// Deliver the purchase, paid with money that moved already (a tx-hash proof): [`Order::deliver_until`]
-    /// with no deadline, so an order left pending is never withdrawn.
+    /// Deliver the purchase, paid with money that moved already (a tx-hash proof): [`Order::deliver_until`];
+    /// an order left pending is withdrawn only by the operator's cleanup run, after `paid_order_pending_secs`,
+    /// which owes the payment back (`crate::admin::run_cleanup`).
     async fn deliver(&self, invoice_id: &str, payer: &str) -> Result<wit::Sim, wit::Error> {
-        self.deliver_until(invoice_id, payer, None).await
+        self.deliver_until(invoice_id, payer, Some(dispatch::Withdrawal::Paid))
+            .await
     }
 
     /// Deliver the purchase. A top-up's data is credited once the money is final
     /// ([`attempt::Attempt::credit`]); here it only checks that the SIM can still take data. `payer` becomes
-    /// a new SIM's owner (a switch's new SIM keeps the old one's owner). `withdraw_after`: when the payment
-    /// can no longer settle (an `exact` authorization's `validBefore`): an order still pending then is
-    /// withdrawn by dispatch (its profile retired), since nothing can pay for it any more.
+    /// a new SIM's owner (a switch's new SIM keeps the old one's owner). `withdraw`: when an order
+    /// left pending is withdrawn by dispatch (its profile retired): an `exact` payment's once its authorization's
+    /// `validBefore` has passed (nothing can pay for it any more), a tx-hash payment's by the operator's run.
     async fn deliver_until(
         &self,
         invoice_id: &str,
         payer: &str,
-        withdraw_after: Option<u64>,
+        withdraw: Option<dispatch::Withdrawal>,
     ) -> Result<wit::Sim, wit::Error> {
         match self {
             Order::TopUp { iccid, .. } => {
@@ -195,7 +197,7 @@ impl Order {
                     payer.to_owned(),
                     label.clone(),
                     now(),
-                    withdraw_after,
+                    withdraw,
                 )
                 .await
             }
@@ -205,7 +207,7 @@ impl Order {
                     target.clone(),
                     invoice_id.to_owned(),
                     now(),
-                    withdraw_after,
+                    withdraw,
                 )
                 .await
             }

@@ -4,6 +4,12 @@
 //! carrier for good: once the authorization's `validBefore` has passed nothing can pay for that profile, so a
 //! later order's cleanup sweep withdraws it (its SIM terminated, its profile retired, its journal failed).
 //!
+//! A tx-hash payment's money moved before its order: its order left pending is completed by the same proof sent
+//! again. Parked too ([`Parked::paid`]), it is withdrawn only by the operator's cleanup run, once it has stayed
+//! pending a grace period (dispatch `paid_order_pending_secs`, a day by default), and that run owes the payment
+//! back: the entry stays ([`Withdrawal::Owed`], found again on every run) until the run says the refund is
+//! recorded ([`acknowledge`]). A run that stops between the withdrawal and the refund loses nothing.
+//!
 //! A list of its own, not entries in `cleanup/queue`: a dispatch of an earlier build (a rolling deploy) could
 //! not read a new kind of queued cleanup, and would lose the whole queue.
 
@@ -19,6 +25,10 @@ pub const WITHDRAW_MARGIN_SECS: u64 = 60;
 /// The most orders parked at once; beyond, an order is not parked (logged for an operator).
 pub const MAX_PARKED: usize = 4_096;
 
+/// Seconds a paid order (a tx-hash payment's) may stay pending before the operator's cleanup run withdraws it and
+/// owes its payment back, unless configured (dispatch `paid_order_pending_secs`): a day.
+pub const PAID_PENDING_SECS: u64 = 86_400;
+
 /// A pending order to withdraw once its payment can no longer settle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parked {
@@ -30,6 +40,11 @@ pub struct Parked {
     pub iccid: String,
     /// Unix seconds: not withdrawn before.
     pub not_before: u64,
+    /// Its money moved already (a tx-hash transfer): withdrawn only by the operator's cleanup run
+    /// ([`take_due`] with `paid_too`), which owes the payment back ([`Withdrawal::Owed`]). Absent in entries of
+    /// earlier builds, which parked no paid order.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paid: bool,
 }
 
 impl Parked {
@@ -40,7 +55,23 @@ impl Parked {
             carrier: sim.carrier.clone(),
             iccid: sim.iccid.clone(),
             not_before: withdraw_after.saturating_add(WITHDRAW_MARGIN_SECS),
+            paid: false,
         }
+    }
+
+    /// The entry of `sim`, a pending SIM whose money moved already (a tx-hash payment), withdrawn by the
+    /// operator's cleanup run from `not_before` on (no margin: no settlement can land after it).
+    pub fn paid(sim: &StoredSim, not_before: u64) -> Self {
+        Self {
+            not_before,
+            paid: true,
+            ..Self::of(sim, 0)
+        }
+    }
+
+    /// Whether a sweep may take it: a paid entry only the operator's run (`paid_too`).
+    fn for_sweep(&self, paid_too: bool) -> bool {
+        paid_too || !self.paid
     }
 
     fn same(&self, other: &Parked) -> bool {
@@ -71,20 +102,25 @@ pub fn park(mut list: Vec<Parked>, item: &Parked, max: usize) -> Park {
     Park::Add(list)
 }
 
-/// Whether any entry of `list` is due at `now` (a sweep writes the list only then).
-pub fn any_due(list: &[Parked], now: u64) -> bool {
-    list.iter().any(|p| p.not_before <= now)
+/// Whether any entry of `list` a sweep may take (`paid_too`: [`take_due`]) is due at `now` (a sweep writes the
+/// list only then).
+pub fn any_due(list: &[Parked], now: u64, paid_too: bool) -> bool {
+    list.iter()
+        .any(|p| p.for_sweep(paid_too) && p.not_before <= now)
 }
 
 /// Take up to `max` entries due at `now`, held until `lease_until`: `(list to store, taken)`. A taken entry
 /// stays in the list, due again at `lease_until`, so a sweep that stops before it is done with it (a crash)
 /// loses nothing: the next sweep after the hold takes it again. `taken` holds the entries as they were; due
 /// ones behind not-yet-due entries are taken, and a taken entry's duplicates (same invoice and ICCID) leave.
+/// Paid entries ([`Parked::paid`]) are taken only with `paid_too` (the operator's run, which owes their payment
+/// back); an order's sweep leaves them where they are.
 pub fn take_due(
     list: Vec<Parked>,
     max: usize,
     now: u64,
     lease_until: u64,
+    paid_too: bool,
 ) -> (Vec<Parked>, Vec<Parked>) {
     let mut stored = Vec::with_capacity(list.len());
     let mut taken: Vec<Parked> = Vec::new();
@@ -92,7 +128,7 @@ pub fn take_due(
         if taken.iter().any(|t| t.same(&p)) {
             continue;
         }
-        if p.not_before <= now && taken.len() < max {
+        if p.for_sweep(paid_too) && p.not_before <= now && taken.len() < max {
             stored.push(Parked {
                 not_before: lease_until,
                 ..p.clone()
@@ -129,11 +165,22 @@ pub fn settle(
     Some(list)
 }
 
+/// The list once the operator's run has recorded the refunds of `invoices` (paid entries it found
+/// [`Withdrawal::Owed`]): their paid entries leave. `None` when none is in the list (nothing to write).
+pub fn acknowledge(mut list: Vec<Parked>, invoices: &[String]) -> Option<Vec<Parked>> {
+    let before = list.len();
+    list.retain(|p| !(p.paid && invoices.contains(&p.invoice)));
+    (list.len() != before).then_some(list)
+}
+
 /// What the sweep does with a due entry for `iccid`, its order's journal being `journal` ([`withdrawal`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Withdrawal {
     /// Claim the journal and withdraw the profile.
     Proceed,
+    /// A paid entry's order is withdrawn (by this run or an earlier one): its payment is owed back, and the entry
+    /// stays until the run that owes it acknowledges that ([`acknowledge`]).
+    Owed,
     /// A driver holds the journal until then: parked again, due then.
     Later(u64),
     /// Nothing to withdraw: the order ended (delivered, failed), or moved on to another profile (whose own
@@ -142,9 +189,17 @@ pub enum Withdrawal {
 }
 
 /// Whether a due entry for `iccid` is withdrawn at `now`, its order's journal being `journal`: only an order
-/// still ordering with `iccid` as its step, once no driver holds it.
-pub fn withdrawal(journal: Option<&Order>, iccid: &str, now: u64) -> Withdrawal {
+/// still ordering with `iccid` as its step, once no driver holds it. A `paid` entry whose order was withdrawn
+/// (failed with [`WITHDRAWN_PAID`], or [`WITHDRAWN`] by an earlier build's sweep) is [`Withdrawal::Owed`].
+pub fn withdrawal(journal: Option<&Order>, iccid: &str, now: u64, paid: bool) -> Withdrawal {
     match journal {
+        Some(o)
+            if paid
+                && o.status == OrderStatus::Failed
+                && matches!(o.error.as_deref(), Some(WITHDRAWN | WITHDRAWN_PAID)) =>
+        {
+            Withdrawal::Owed
+        }
         Some(o)
             if o.status == OrderStatus::Ordering
                 && o.step.as_ref().is_some_and(|s| s.iccid == iccid) =>
@@ -163,15 +218,39 @@ pub fn withdrawal(journal: Option<&Order>, iccid: &str, now: u64) -> Withdrawal 
 pub const WITHDRAWN: &str =
     "withdrawn: its payment was not completed before its authorization expired";
 
+/// The journal's error once a paid order (a tx-hash payment's) is withdrawn: a resend is owed its payment back.
+pub const WITHDRAWN_PAID: &str =
+    "withdrawn: its order stayed pending too long; the payment is owed back";
+
+/// What withdrawing an order still ordering on a profile finds in that profile's SIM record
+/// ([`withdraw_pending`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimWithdrawal {
+    /// A pending SIM of the invoice: store this (terminated, its access token revoked), then retire the
+    /// profile and fail the journal.
+    Terminate(StoredSim),
+    /// Terminated already, still the invoice's (a withdrawal that stopped before its cancel or its journal, or
+    /// the owner's terminate of the pending SIM): store nothing; retire the profile (again) and fail the
+    /// journal, so the withdrawal is finished (and a paid order's payment owed back).
+    Finish(StoredSim),
+    /// Anything else (active, suspended, failed, another invoice's, none): nothing changes and nothing is
+    /// cancelled.
+    Nothing,
+}
+
 /// The SIM record of a withdrawn order, from the record as stored now (`current`, inside its cell update):
-/// only a pending SIM of `invoice` is withdrawn, terminated with its access token revoked. Any other (active,
-/// suspended, failed, terminated, another invoice's, none): `None`, nothing changes and nothing is cancelled.
-pub fn withdraw_pending(current: Option<&StoredSim>, invoice: &str) -> Option<StoredSim> {
-    let c = current.filter(|c| c.state == SimState::Pending && c.invoice_id == invoice)?;
-    let mut sim = c.clone();
-    sim.state = SimState::Terminated;
-    sim.access.token = None;
-    Some(sim)
+/// only a pending SIM of `invoice` is withdrawn ([`SimWithdrawal`]).
+pub fn withdraw_pending(current: Option<&StoredSim>, invoice: &str) -> SimWithdrawal {
+    match current.filter(|c| c.invoice_id == invoice) {
+        Some(c) if c.state == SimState::Pending => {
+            let mut sim = c.clone();
+            sim.state = SimState::Terminated;
+            sim.access.token = None;
+            SimWithdrawal::Terminate(sim)
+        }
+        Some(c) if c.state == SimState::Terminated => SimWithdrawal::Finish(c.clone()),
+        _ => SimWithdrawal::Nothing,
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +265,14 @@ mod tests {
             carrier: "tmobile".into(),
             iccid: iccid.into(),
             not_before,
+            paid: false,
+        }
+    }
+
+    fn paid(invoice: &str, iccid: &str, not_before: u64) -> Parked {
+        Parked {
+            paid: true,
+            ..entry(invoice, iccid, not_before)
         }
     }
 
@@ -226,8 +313,8 @@ mod tests {
     fn an_entry_is_due_a_margin_after_its_payment_can_no_longer_settle() {
         let p = Parked::of(&sim(SimState::Pending, "inv_1"), 1_000);
         assert_eq!(p, entry("inv_1", "8901", 1_000 + WITHDRAW_MARGIN_SECS));
-        assert!(!any_due(std::slice::from_ref(&p), 1_059));
-        assert!(any_due(&[p], 1_060));
+        assert!(!any_due(std::slice::from_ref(&p), 1_059, false));
+        assert!(any_due(&[p], 1_060, false));
         assert_eq!(
             Parked::of(&sim(SimState::Pending, "i"), u64::MAX).not_before,
             u64::MAX
@@ -265,9 +352,12 @@ mod tests {
             entry("e", "5", 30),
         ];
         // Nothing due: nothing changes (the caller writes nothing).
-        assert_eq!(take_due(list.clone(), 4, 5, 500), (list.clone(), vec![]));
+        assert_eq!(
+            take_due(list.clone(), 4, 5, 500, false),
+            (list.clone(), vec![])
+        );
         // Not-yet-due entries stay; due ones behind them are taken, up to `max`, and stay held where they are.
-        let (stored, taken) = take_due(list.clone(), 2, 40, 500);
+        let (stored, taken) = take_due(list.clone(), 2, 40, 500, false);
         assert_eq!(taken, vec![entry("b", "2", 10), entry("d", "4", 20)]);
         assert_eq!(
             stored,
@@ -280,7 +370,7 @@ mod tests {
             ]
         );
         // Held ones are not due to another sweep until the hold has passed.
-        let (_, again) = take_due(stored.clone(), 9, 499, 900);
+        let (_, again) = take_due(stored.clone(), 9, 499, 900, false);
         assert_eq!(
             again,
             vec![
@@ -289,7 +379,7 @@ mod tests {
                 entry("e", "5", 30)
             ]
         );
-        let (_, after) = take_due(stored, 9, 500, 900);
+        let (_, after) = take_due(stored, 9, 500, 900, false);
         assert_eq!(after.len(), 5);
     }
 
@@ -299,7 +389,7 @@ mod tests {
     #[test]
     fn a_taken_entry_is_settled_by_its_sweep_or_taken_again_after_the_hold() {
         let list = vec![entry("a", "1", 10), entry("b", "2", 10)];
-        let (stored, taken) = take_due(list, 9, 20, 100);
+        let (stored, taken) = take_due(list, 9, 20, 100, false);
         assert_eq!(
             settle(stored.clone(), &taken[0], 100, None),
             Some(vec![entry("b", "2", 100)])
@@ -309,7 +399,7 @@ mod tests {
             Some(vec![entry("a", "1", 100), entry("b", "2", 300)])
         );
         // The sweep crashed: after the hold, another takes both again (held until 400).
-        let (retaken, again) = take_due(stored, 9, 100, 400);
+        let (retaken, again) = take_due(stored, 9, 100, 400, false);
         assert_eq!(again, vec![entry("a", "1", 100), entry("b", "2", 100)]);
         assert_eq!(settle(retaken.clone(), &taken[0], 100, None), None);
         assert_eq!(
@@ -327,7 +417,7 @@ mod tests {
             entry("b", "2", 90),
             entry("a", "1", 20),
         ];
-        let (stored, taken) = take_due(list, 4, 50, 500);
+        let (stored, taken) = take_due(list, 4, 50, 500, false);
         assert_eq!(taken, vec![entry("a", "1", 10)]);
         assert_eq!(stored, vec![entry("a", "1", 500), entry("b", "2", 90)]);
     }
@@ -336,55 +426,81 @@ mod tests {
     fn only_an_abandoned_order_still_on_its_profile_is_withdrawn() {
         let now = 1_000;
         // No journal, delivered, failed: nothing to withdraw.
-        assert_eq!(withdrawal(None, "8901", now), Withdrawal::Drop);
+        assert_eq!(withdrawal(None, "8901", now, false), Withdrawal::Drop);
         for status in [OrderStatus::Done, OrderStatus::Failed] {
             let j = journal(status, Some("8901"), 0);
-            assert_eq!(withdrawal(Some(&j), "8901", now), Withdrawal::Drop);
+            assert_eq!(withdrawal(Some(&j), "8901", now, false), Withdrawal::Drop);
         }
         // Failover moved the order to another profile, or it holds none.
         let other = journal(OrderStatus::Ordering, Some("8902"), 0);
-        assert_eq!(withdrawal(Some(&other), "8901", now), Withdrawal::Drop);
+        assert_eq!(
+            withdrawal(Some(&other), "8901", now, false),
+            Withdrawal::Drop
+        );
         let none = journal(OrderStatus::Ordering, None, 0);
-        assert_eq!(withdrawal(Some(&none), "8901", now), Withdrawal::Drop);
+        assert_eq!(
+            withdrawal(Some(&none), "8901", now, false),
+            Withdrawal::Drop
+        );
         // A live driver holds it: again when its lease ends.
         let live = journal(OrderStatus::Ordering, Some("8901"), now + 1);
         assert_eq!(
-            withdrawal(Some(&live), "8901", now),
+            withdrawal(Some(&live), "8901", now, false),
             Withdrawal::Later(now + 1)
         );
         // Its lease lapsed (or was handed over): withdrawn.
         for lease in [now, 0] {
             let lapsed = journal(OrderStatus::Ordering, Some("8901"), lease);
-            assert_eq!(withdrawal(Some(&lapsed), "8901", now), Withdrawal::Proceed);
+            assert_eq!(
+                withdrawal(Some(&lapsed), "8901", now, false),
+                Withdrawal::Proceed
+            );
         }
     }
 
     #[test]
     fn only_a_pending_sim_of_the_invoice_is_terminated() {
-        let withdrawn = withdraw_pending(Some(&sim(SimState::Pending, "inv_1")), "inv_1").unwrap();
+        let SimWithdrawal::Terminate(withdrawn) =
+            withdraw_pending(Some(&sim(SimState::Pending, "inv_1")), "inv_1")
+        else {
+            panic!()
+        };
         assert_eq!(withdrawn.state, SimState::Terminated);
         assert_eq!(withdrawn.access.token, None);
         assert_eq!(withdrawn.invoice_id, "inv_1");
-        for state in [
-            SimState::Active,
-            SimState::Suspended,
-            SimState::Failed,
-            SimState::Terminated,
-        ] {
-            assert_eq!(withdraw_pending(Some(&sim(state, "inv_1")), "inv_1"), None);
+        for state in [SimState::Active, SimState::Suspended, SimState::Failed] {
+            assert_eq!(
+                withdraw_pending(Some(&sim(state, "inv_1")), "inv_1"),
+                SimWithdrawal::Nothing
+            );
         }
+        // Terminated already (a withdrawal that stopped before its cancel, or the owner's terminate): finished,
+        // nothing stored.
+        let ended = sim(SimState::Terminated, "inv_1");
+        assert_eq!(
+            withdraw_pending(Some(&ended), "inv_1"),
+            SimWithdrawal::Finish(ended)
+        );
         // Another invoice's SIM (the profile went to another order), or none.
         assert_eq!(
             withdraw_pending(Some(&sim(SimState::Pending, "inv_2")), "inv_1"),
-            None
+            SimWithdrawal::Nothing
         );
-        assert_eq!(withdraw_pending(None, "inv_1"), None);
+        for state in [SimState::Pending, SimState::Terminated] {
+            assert_eq!(
+                withdraw_pending(Some(&sim(state, "inv_2")), "inv_1"),
+                SimWithdrawal::Nothing
+            );
+        }
+        assert_eq!(withdraw_pending(None, "inv_1"), SimWithdrawal::Nothing);
     }
 
     #[test]
     fn a_confirm_landing_after_the_withdrawal_never_delivers() {
         let pending = sim(SimState::Pending, "inv_1");
-        let withdrawn = withdraw_pending(Some(&pending), "inv_1").unwrap();
+        let SimWithdrawal::Terminate(withdrawn) = withdraw_pending(Some(&pending), "inv_1") else {
+            panic!()
+        };
         // The first driver's confirm answered late: the profile it released is retired, the SIM stays ended.
         assert_eq!(
             after_confirm(Some(&withdrawn), &pending, Confirmation::Released("1$x$y")),
@@ -405,5 +521,79 @@ mod tests {
             after_confirm(Some(&installed), &pending, Confirmation::Released("1$x$y")),
             AfterConfirm::Withdrawn { .. }
         ));
+    }
+
+    /// A tx-hash payment's pending order is parked as paid: due after its grace with no margin, taken only by the
+    /// operator's run (an order's sweep neither takes it nor writes the list for it), and, once its order is
+    /// withdrawn, owed back on every run until acknowledged.
+    #[test]
+    fn a_paid_entry_is_only_the_operators_and_stays_until_its_refund_is_recorded() {
+        let p = Parked::paid(&sim(SimState::Pending, "inv_1"), 5_000);
+        assert_eq!(p, paid("inv_1", "8901", 5_000));
+        let list = vec![p.clone(), entry("inv_2", "8902", 10)];
+        assert!(!any_due(&list[..1], 9_000, false));
+        assert!(any_due(&list[..1], 5_000, true));
+        assert!(!any_due(&list[..1], 4_999, true));
+        // An order's sweep takes only the unpaid entry, and leaves the paid one as it was.
+        let (stored, taken) = take_due(list.clone(), 9, 9_000, 9_100, false);
+        assert_eq!(taken, vec![entry("inv_2", "8902", 10)]);
+        assert_eq!(stored, vec![p.clone(), entry("inv_2", "8902", 9_100)]);
+        // The operator's run takes both.
+        let (stored, taken) = take_due(list, 9, 9_000, 9_100, true);
+        assert_eq!(taken, vec![p.clone(), entry("inv_2", "8902", 10)]);
+        assert_eq!(stored[0], paid("inv_1", "8901", 9_100));
+        // A paid order still ordering on its profile is withdrawn like any other; once withdrawn, owed.
+        let now = 9_000;
+        let lapsed = journal(OrderStatus::Ordering, Some("8901"), 0);
+        assert_eq!(
+            withdrawal(Some(&lapsed), "8901", now, true),
+            Withdrawal::Proceed
+        );
+        for error in [WITHDRAWN_PAID, WITHDRAWN] {
+            let mut withdrawn = lapsed.clone();
+            withdrawn.fail(error, vec![]);
+            assert_eq!(
+                withdrawal(Some(&withdrawn), "8901", now, true),
+                Withdrawal::Owed
+            );
+            // An unpaid entry's withdrawn order is done with.
+            assert_eq!(
+                withdrawal(Some(&withdrawn), "8901", now, false),
+                Withdrawal::Drop
+            );
+        }
+        // Failed otherwise (its driver owes what it owes) or delivered: nothing for the run to owe.
+        let mut failed = lapsed.clone();
+        failed.fail("no carrier could deliver", vec![]);
+        assert_eq!(
+            withdrawal(Some(&failed), "8901", now, true),
+            Withdrawal::Drop
+        );
+        let mut done = lapsed;
+        done.status = OrderStatus::Done;
+        assert_eq!(withdrawal(Some(&done), "8901", now, true), Withdrawal::Drop);
+        // Acknowledged: the invoice's paid entries leave; unpaid entries and other invoices' stay.
+        let list = vec![
+            paid("inv_1", "8901", 1),
+            entry("inv_1", "8903", 1),
+            paid("inv_1", "8904", 1),
+            paid("inv_3", "8905", 1),
+        ];
+        assert_eq!(
+            acknowledge(list.clone(), &["inv_1".to_owned()]),
+            Some(vec![entry("inv_1", "8903", 1), paid("inv_3", "8905", 1)])
+        );
+        assert_eq!(acknowledge(list, &["inv_9".to_owned()]), None);
+    }
+
+    /// Entries stored by an earlier build (no `paid`) read as unpaid, and an unpaid entry is stored as before.
+    #[test]
+    fn entries_of_earlier_builds_read_as_unpaid() {
+        let old = r#"{"invoice":"inv_1","carrier":"tmobile","iccid":"8901","not_before":7}"#;
+        let read: Parked = serde_json::from_str(old).unwrap();
+        assert_eq!(read, entry("inv_1", "8901", 7));
+        assert_eq!(serde_json::to_string(&read).unwrap(), old);
+        let stored = serde_json::to_string(&paid("inv_1", "8901", 7)).unwrap();
+        assert!(stored.contains(r#""paid":true"#), "{stored}");
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use esim402_core::esim::Iccid;
+use esim402_testkit::bindings::exports::esim402::dispatch::dispatch::Withdrawal;
 use esim402_testkit::{Kit, Recorded, Scripted, types};
 use serde_json::{Value, json};
 
@@ -254,10 +255,28 @@ async fn order_until(
     now: u64,
     withdraw_after: Option<u64>,
 ) -> Result<types::Sim, types::Error> {
+    order_withdrawn(
+        kit,
+        req,
+        invoice,
+        now,
+        withdraw_after.map(Withdrawal::UnsettledAfter),
+    )
+    .await
+}
+
+/// [`order_at`] with `withdraw` (the WIT `withdrawal`).
+async fn order_withdrawn(
+    kit: &mut Kit,
+    req: types::ActivationRequest,
+    invoice: &str,
+    now: u64,
+    withdraw: Option<Withdrawal>,
+) -> Result<types::Sim, types::Error> {
     let invoice = invoice.to_owned();
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_order_profile(a, req, invoice, OWNER.into(), None, now, withdraw_after)
+            .call_order_profile(a, req, invoice, OWNER.into(), None, now, withdraw)
             .await
     })
     .await
@@ -1705,6 +1724,131 @@ async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
     assert_eq!((third.withdrawn, third.tried, third.parked), (0, 0, 0));
     let asked: Vec<_> = calls(&kit)[before..].to_vec();
     assert_eq!(asked, vec![call("tmobile", "cancelOrder"); 2]);
+}
+
+/// A tx-hash payment's order left pending (its money moved already) is parked as paid: an order's sweep never
+/// withdraws it, and the operator's run does only once it stayed pending `paid_order_pending_secs`; that run
+/// names its invoice as owed (the caller owes the payment back) on every run after its hold until told the
+/// refund is recorded (`settle-owed`). The payment sent again is answered that the payment is owed back.
+/// Before, nothing ever withdrew it: the money stayed with us and the profile allocated.
+#[tokio::test]
+async fn a_paid_order_left_pending_is_withdrawn_by_the_operators_run_and_owed_until_settled() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let vars = [SHORT_BUDGET, &[("paid_order_pending_secs", "600")]].concat();
+    let mut kit = kit_with(smdp.clone(), &vars).await;
+    let pending = order_withdrawn(
+        &mut kit,
+        request("us-west", None),
+        "inv-paid",
+        NOW,
+        Some(Withdrawal::Paid),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (pending.carrier.as_str(), pending.state),
+        ("tmobile", types::SimState::Pending)
+    );
+    let parked = String::from_utf8(kit.kv_get("cleanup/parked").await.unwrap()).unwrap();
+    assert!(parked.contains(r#""paid":true"#), "{parked}");
+    smdp.set("tmobile", Behaves::Ok);
+    let cancels = |kit: &Kit| {
+        calls(kit)
+            .iter()
+            .filter(|c| **c == call("tmobile", "cancelOrder"))
+            .count()
+    };
+    // The operator's run leaves it alone before its grace ends; an order's sweep does after it too.
+    let early = cleanup_run(&mut kit, NOW + 599).await;
+    assert_eq!((early.withdrawn, early.parked), (0, 1));
+    assert!(early.owed.is_empty());
+    assert_eq!(
+        get_sim(&mut kit, &pending.iccid).await.state,
+        types::SimState::Pending
+    );
+    let due = NOW + 600;
+    order_at(
+        &mut kit,
+        request("us-west", Some("verizon")),
+        "inv-other",
+        due,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get_sim(&mut kit, &pending.iccid).await.state,
+        types::SimState::Pending
+    );
+    assert_eq!(cancels(&kit), 0);
+    // The operator's run, due: withdrawn, its profile retired, its invoice named owed; the entry stays (held)
+    // until settled.
+    let run = cleanup_run(&mut kit, due).await;
+    assert_eq!((run.withdrawn, run.parked), (1, 1));
+    assert_eq!(run.owed, vec!["inv-paid".to_owned()]);
+    assert_eq!(
+        get_sim(&mut kit, &pending.iccid).await.state,
+        types::SimState::Terminated
+    );
+    assert_retired(&kit, "tmobile", &pending.iccid);
+    // Held for that run: another run during the hold does not name it; one after the hold does, again, with
+    // nothing more asked of the carrier (the refund was not acknowledged: say the caller stopped).
+    let during = cleanup_run(&mut kit, due + 1).await;
+    assert!(during.owed.is_empty(), "{:?}", during.owed);
+    let again = cleanup_run(&mut kit, due + 120).await;
+    assert_eq!(
+        (again.withdrawn, again.owed.clone()),
+        (0, vec!["inv-paid".to_owned()])
+    );
+    assert_eq!(cancels(&kit), 1);
+    // Acknowledged: it leaves, and the next run names nothing.
+    let left = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_settle_owed(a, vec!["inv-paid".to_owned(), "inv-unknown".to_owned()])
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left, 1);
+    let after = cleanup_run(&mut kit, due + 240).await;
+    assert_eq!((after.withdrawn, after.parked), (0, 0));
+    assert!(after.owed.is_empty());
+    // The same payment sent again: its order is over, and says the payment is owed back.
+    let resent = order_withdrawn(
+        &mut kit,
+        request("us-west", None),
+        "inv-paid",
+        due + 300,
+        Some(Withdrawal::Paid),
+    )
+    .await;
+    assert!(
+        matches!(&resent, Err(types::Error::Unavailable(m)) if m.contains("owed back")),
+        "{resent:?}"
+    );
+}
+
+/// A withdrawal that stopped after terminating the pending SIM but before its cancel (a crash; the SIM record
+/// written, the journal still ordering) is finished by the next sweep: the profile retired at the carrier, the
+/// journal failed. Before, the sweep found the SIM terminated, took nothing to be left to withdraw and dropped
+/// the entry, so the profile stayed allocated at the carrier.
+#[tokio::test]
+async fn a_withdrawal_that_stopped_before_its_cancel_is_finished() {
+    let (smdp, mut kit, pending) = abandoned("inv-crashed").await;
+    smdp.set("tmobile", Behaves::Ok);
+    let key = format!("sim/{}", pending.iccid);
+    let mut stored: Value = serde_json::from_slice(&kit.kv_get(&key).await.unwrap()).unwrap();
+    assert_eq!(stored["state"], "pending", "{stored}");
+    stored["state"] = json!("terminated");
+    kit.kv_put(&key, stored.to_string().as_bytes()).await;
+    let run = cleanup_run(&mut kit, ABANDONED_VALID_BEFORE + 60).await;
+    assert_eq!((run.withdrawn, run.parked), (1, 0));
+    assert_retired(&kit, "tmobile", &pending.iccid);
+    let journal: Value =
+        serde_json::from_slice(&kit.kv_get("order/inv-crashed").await.unwrap()).unwrap();
+    assert_eq!(journal["status"], "failed", "{journal}");
 }
 
 /// A sweep holds what it takes until its hold ends, leaving it queued: one that stopped before it was done (a

@@ -45,11 +45,11 @@ impl Attempt<'_> {
             };
         }
         // Withdrawn by dispatch if left pending past the authorization's `validBefore`.
-        let withdraw_after = self.proof.valid_before();
-        match order
-            .deliver_until(&self.invoice.id, payer, withdraw_after)
-            .await
-        {
+        let withdraw = self
+            .proof
+            .valid_before()
+            .map(crate::dispatch::Withdrawal::UnsettledAfter);
+        match order.deliver_until(&self.invoice.id, payer, withdraw).await {
             Ok(sim) if sim.activation_code.is_some() => Ok(sim),
             Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
             Err(e) => {
