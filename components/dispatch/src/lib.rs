@@ -105,7 +105,7 @@ impl Guest for Component {
         withdraw: Option<Withdrawal>,
     ) -> Result<wit::Sim, wit::Error> {
         let mut spec = spec::OrderSpec::parse(&request)?;
-        spec.withdraw = withdraw.map(|w| parking::Withdraw::of(w, now));
+        spec.withdraw = withdraw.map(|w| spec::Withdraw::of(w, now));
         spec.label = label
             .map(|l| {
                 esim402_core::order::parse_agent_label(&l).map_err(|e| invalid("x-agent-id", e))
@@ -173,7 +173,7 @@ impl Guest for Component {
         now: u64,
         withdraw: Option<Withdrawal>,
     ) -> Result<wit::Sim, wit::Error> {
-        let withdraw = withdraw.map(|w| parking::Withdraw::of(w, now));
+        let withdraw = withdraw.map(|w| spec::Withdraw::of(w, now));
         switching::perform_switch(&iccid, &target, &invoice_id, now, withdraw).await
     }
 
@@ -201,8 +201,12 @@ impl Guest for Component {
         cleanup::run(now, limit).await
     }
 
-    async fn settle_owed(invoice_ids: Vec<String>) -> Result<u32, wit::Error> {
-        parking::acknowledge(&invoice_ids).await
+    async fn settle_owed(
+        recorded: Vec<String>,
+        operator: Vec<String>,
+        now: u64,
+    ) -> Result<u32, wit::Error> {
+        parking::acknowledge(&recorded, &operator, now).await
     }
 
     async fn set_balance_hold(hold: wit::BalanceHold) -> Result<wit::Sim, wit::Error> {

@@ -14,30 +14,10 @@ use esim402_guest::convert::{kv_err, message};
 use esim402_guest::kv::{self, Change};
 use esim402_guest::wit;
 
-use crate::bindings::exports::esim402::dispatch::dispatch::Withdrawal as WitWithdrawal;
 use crate::calls::{self, Deadline};
 use crate::config::Config;
+use crate::spec::Withdraw;
 use crate::{journal, queue};
-
-/// When an order left pending is withdrawn (the WIT `withdrawal`).
-#[derive(Debug, Clone, Copy)]
-pub enum Withdraw {
-    /// Its payment can no longer settle after then (unix seconds): any sweep withdraws it, nothing owed.
-    UnsettledAfter(u64),
-    /// Its money moved (ordered at `since`): the operator's run withdraws it once it stayed pending
-    /// `paid_order_pending_secs`, and owes it back.
-    Paid { since: u64 },
-}
-
-impl Withdraw {
-    /// The WIT `withdrawal` of an order placed at `now`.
-    pub fn of(w: WitWithdrawal, now: u64) -> Self {
-        match w {
-            WitWithdrawal::UnsettledAfter(at) => Self::UnsettledAfter(at),
-            WitWithdrawal::Paid => Self::Paid { since: now },
-        }
-    }
-}
 
 /// `sim`, the pending SIM an order returns: parked first ([`Withdraw`]; `None`: never withdrawn). Best effort:
 /// a failure is logged.
@@ -56,9 +36,18 @@ pub async fn pending(cfg: &Config, withdraw: Option<Withdraw>, sim: StoredSim) -
     sim
 }
 
-/// Park `item` (once per order's profile; not beyond [`parked::MAX_PARKED`]).
+/// The list an entry is kept in: a paid one under a key of its own, which earlier builds never rewrite.
+fn key_of(paid: bool) -> &'static str {
+    if paid {
+        keys::CLEANUP_PARKED_PAID
+    } else {
+        keys::CLEANUP_PARKED
+    }
+}
+
+/// Park `item` in its list (once per order's profile; not beyond [`parked::MAX_PARKED`]).
 async fn park(item: &Parked) {
-    let r = kv::change_json::<Vec<Parked>, bool, ()>(keys::CLEANUP_PARKED, |list| {
+    let r = kv::change_json::<Vec<Parked>, bool, ()>(key_of(item.paid), |list| {
         Ok(
             match parked::park(list.unwrap_or_default(), item, parked::MAX_PARKED) {
                 Park::Add(list) => (Change::Put(list), true),
@@ -72,8 +61,16 @@ async fn park(item: &Parked) {
         Ok((_, true)) => {}
         Ok((_, false)) => eprintln!(
             "dispatch: ALERT: too many pending orders parked; profile {} at {} (invoice {}) is not withdrawn \
-             if its payment never completes: an operator must cancel it after {}",
-            item.iccid, item.carrier, item.invoice, item.not_before
+             if its payment never completes: an operator must cancel it after {}{}",
+            item.iccid,
+            item.carrier,
+            item.invoice,
+            item.not_before,
+            if item.paid {
+                " and refund its payment (its money moved)"
+            } else {
+                ""
+            }
         ),
         Err(e) => eprintln!(
             "dispatch: cannot park the pending order of invoice {} (profile {} at {}): {e}",
@@ -82,22 +79,21 @@ async fn park(item: &Parked) {
     }
 }
 
-/// Take up to `max` entries due at `now` atomically, held until `lease_until` (kernel `parked::take_due`; paid
-/// ones only with `paid_too`): two sweeps never take the same one, and one a sweep never [`settle`]s (it
-/// crashed) is due again after the hold. The common case is nothing due: a plain read, so concurrent orders do
-/// not contend on a write.
-async fn take_due(max: usize, now: u64, lease_until: u64, paid_too: bool) -> Vec<Parked> {
-    match kv::get_json::<Vec<Parked>, ()>(keys::CLEANUP_PARKED).await {
-        Ok(Some(list)) if parked::any_due(&list, now, paid_too) => {}
+/// Take up to `max` entries of the list at `key` due at `now` atomically, held until `lease_until` (kernel
+/// `parked::take_due`): two sweeps never take the same one, and one a sweep never [`settle`]s (it crashed) is
+/// due again after the hold. The common case is nothing due: a plain read, so concurrent orders do not contend
+/// on a write.
+async fn take_due(key: &str, max: usize, now: u64, lease_until: u64) -> Vec<Parked> {
+    match kv::get_json::<Vec<Parked>, ()>(key).await {
+        Ok(Some(list)) if parked::any_due(&list, now) => {}
         _ => return Vec::new(),
     }
-    kv::update_json_with::<Vec<Parked>, Vec<Parked>, ()>(keys::CLEANUP_PARKED, |list| {
+    kv::update_json_with::<Vec<Parked>, Vec<Parked>, ()>(key, |list| {
         Ok(parked::take_due(
             list.unwrap_or_default(),
             max,
             now,
             lease_until,
-            paid_too,
         ))
     })
     .await
@@ -108,7 +104,7 @@ async fn take_due(max: usize, now: u64, lease_until: u64, paid_too: bool) -> Vec
 /// Settle an entry this sweep took (kernel `parked::settle`): gone (`next` `None`) or due again at `next`. A
 /// failed write leaves it held: due again after the hold.
 async fn settle(item: &Parked, lease_until: u64, next: Option<u64>) {
-    let r = kv::change_json::<Vec<Parked>, (), ()>(keys::CLEANUP_PARKED, |list| {
+    let r = kv::change_json::<Vec<Parked>, (), ()>(key_of(item.paid), |list| {
         Ok(
             match parked::settle(list.unwrap_or_default(), item, lease_until, next) {
                 Some(list) => (Change::Put(list), ()),
@@ -135,9 +131,9 @@ pub struct Withdrawn {
     pub owed: Vec<String>,
 }
 
-/// Withdraw up to `max` parked orders due at `now` (paid ones too with `paid_too`: the operator's run), within
-/// the sweep's `deadline`, holding them until `lease_until`; an entry not reached in time is due again as it
-/// was.
+/// Withdraw up to `max` parked orders due at `now` (and up to `max` paid ones with `paid_too`: the operator's
+/// run), within the sweep's `deadline`, holding them until `lease_until`; an entry not reached in time is due
+/// again as it was.
 pub async fn sweep(
     cfg: &Config,
     deadline: Deadline,
@@ -146,7 +142,11 @@ pub async fn sweep(
     paid_too: bool,
 ) -> Withdrawn {
     let mut done = Withdrawn::default();
-    for item in take_due(max, now, lease_until, paid_too).await {
+    let mut taken = take_due(keys::CLEANUP_PARKED, max, now, lease_until).await;
+    if paid_too {
+        taken.extend(take_due(keys::CLEANUP_PARKED_PAID, max, now, lease_until).await);
+    }
+    for item in taken {
         let next = if deadline.next_call().is_none() {
             Some(item.not_before)
         } else {
@@ -174,16 +174,23 @@ pub async fn sweep(
     done
 }
 
-/// `settle-owed`: the refunds of `invoices` (named owed by a run) are recorded; their paid entries leave. How
-/// many left.
-pub async fn acknowledge(invoices: &[String]) -> Result<u32, wit::Error> {
-    if invoices.is_empty() {
+/// `settle-owed`: of the invoices a run named owed, those in `recorded` have their refunds recorded (their paid
+/// entries leave) and those in `operator` need an operator (looked at again a day after `now`, kernel
+/// `parked::OPERATOR_RETRY_SECS`). How many entries left.
+pub async fn acknowledge(
+    recorded: &[String],
+    operator: &[String],
+    now: u64,
+) -> Result<u32, wit::Error> {
+    if recorded.is_empty() && operator.is_empty() {
         return Ok(0);
     }
-    let (_, left) = kv::change_json::<Vec<Parked>, u32, wit::Error>(keys::CLEANUP_PARKED, |list| {
+    let later = now.saturating_add(parked::OPERATOR_RETRY_SECS);
+    let key = keys::CLEANUP_PARKED_PAID;
+    let (_, left) = kv::change_json::<Vec<Parked>, u32, wit::Error>(key, |list| {
         let list = list.unwrap_or_default();
         let before = list.len();
-        Ok(match parked::acknowledge(list, invoices) {
+        Ok(match parked::acknowledge(list, recorded, operator, later) {
             Some(list) => {
                 let left = u32::try_from(before - list.len()).unwrap_or(u32::MAX);
                 (Change::Put(list), left)
@@ -196,13 +203,17 @@ pub async fn acknowledge(invoices: &[String]) -> Result<u32, wit::Error> {
     Ok(left)
 }
 
-/// How many entries are parked, held ones included (an unreadable list counts none).
+/// How many entries are parked, paid ones and held ones included (an unreadable list counts none).
 pub async fn parked_len() -> usize {
-    kv::get_json::<Vec<Parked>, ()>(keys::CLEANUP_PARKED)
-        .await
-        .ok()
-        .flatten()
-        .map_or(0, |l| l.len())
+    let mut n = 0;
+    for key in [keys::CLEANUP_PARKED, keys::CLEANUP_PARKED_PAID] {
+        n += kv::get_json::<Vec<Parked>, ()>(key)
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |l| l.len());
+    }
+    n
 }
 
 /// Withdraw one due entry (kernel `parked::withdrawal`, `parked::withdraw_pending`).
@@ -235,6 +246,8 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
         Ok(Err(Claim::Busy(_) | Claim::Drive(_))) => {
             return Outcome::Again(now.saturating_add(lease));
         }
+        // Failed since it was read: a paid order's payment is owed back all the same.
+        Ok(Err(Claim::Failed(_))) if item.paid => return Outcome::Owed { now: false },
         Ok(Err(Claim::Done(_) | Claim::Failed(_))) => return Outcome::Gone,
         Err(e) => {
             eprintln!(
@@ -262,21 +275,28 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
         hand_back().await;
         return Outcome::Gone;
     };
-    // A SIM terminated already (a withdrawal that stopped before its cancel or journal, or its owner's
-    // terminate) is finished: the profile retired again, the journal failed.
-    let withdrawn =
-        kv::change_json::<StoredSim, Option<StoredSim>, wit::Error>(&keys::sim(iccid), |current| {
+    // A SIM terminated already before its code (a withdrawal that stopped before its cancel or journal, or its
+    // owner's terminate) is finished, and so is an order that never stored its SIM: the profile retired, the
+    // journal failed (kernel `parked::SimWithdrawal`). What to retire: the profile's state as recorded.
+    let withdrawn = kv::change_json::<StoredSim, Option<Option<ProfileState>>, wit::Error>(
+        &keys::sim(iccid),
+        |current| {
             Ok(match parked::withdraw_pending(current.as_ref(), invoice) {
-                SimWithdrawal::Terminate(next) => (Change::Put(next.clone()), Some(next)),
-                SimWithdrawal::Finish(sim) => (Change::Keep, Some(sim)),
+                SimWithdrawal::Terminate(next) => {
+                    let profile = next.profile_state;
+                    (Change::Put(next), Some(profile))
+                }
+                SimWithdrawal::Finish(sim) => (Change::Keep, Some(sim.profile_state)),
+                SimWithdrawal::Absent => (Change::Keep, Some(None)),
                 SimWithdrawal::Nothing => (Change::Keep, None),
             })
-        })
-        .await
-        .map_err(kv_err);
-    let sim = match withdrawn {
-        Ok((_, Some(sim))) => sim,
-        // Delivered, terminated by its owner, given up, or another order's since: nothing to withdraw.
+        },
+    )
+    .await
+    .map_err(kv_err);
+    let profile_state = match withdrawn {
+        Ok((_, Some(profile))) => profile,
+        // Delivered (terminated since or not), failed, or another order's since: nothing to withdraw.
         Ok(_) => {
             hand_back().await;
             return Outcome::Gone;
@@ -292,12 +312,17 @@ async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, now: u64) -> 
     };
     // A confirm executed whose answer was lost may have released the profile: retired, never returned to the
     // pool (a device may hold its code). One a device installed already cannot be cancelled over ES2+.
-    if !retire_on_terminate(sim.profile_state) {
-        if sim.profile_state != Some(ProfileState::Deleted) {
+    if !retire_on_terminate(profile_state) {
+        if profile_state != Some(ProfileState::Deleted) {
             eprintln!(
-                "dispatch: ALERT: SIM {iccid} of invoice {invoice} is withdrawn unpaid, but its profile at {carrier} is \
+                "dispatch: ALERT: SIM {iccid} of invoice {invoice} is withdrawn ({}), but its profile at {carrier} is \
              {} on a device: ask the carrier to disable it",
-                sim.profile_state.map_or_else(
+                if item.paid {
+                    "its payment owed back"
+                } else {
+                    "unpaid"
+                },
+                profile_state.map_or_else(
                     || "installed".to_owned(),
                     |p| format!("{p:?}").to_lowercase()
                 )

@@ -8,6 +8,7 @@ use esim402_core::{CarrierId, DataMb, Region};
 use esim402_guest::convert::{internal, invalid};
 use esim402_guest::wit;
 
+use crate::bindings::exports::esim402::dispatch::dispatch::Withdrawal;
 use crate::config::Config;
 
 /// A validated order.
@@ -23,7 +24,7 @@ pub struct OrderSpec {
     /// The agent's label.
     pub label: Option<String>,
     /// When a pending order is withdrawn (kernel `order::parked`, [`crate::parking::pending`]); `None`: never.
-    pub withdraw: Option<crate::parking::Withdraw>,
+    pub withdraw: Option<Withdraw>,
 }
 
 impl OrderSpec {
@@ -117,6 +118,26 @@ impl OrderSpec {
             holds: Default::default(),
             switching: None,
             download_failure: None,
+        }
+    }
+}
+
+/// When an order left pending is withdrawn (the WIT `withdrawal`).
+#[derive(Debug, Clone, Copy)]
+pub enum Withdraw {
+    /// Its payment can no longer settle after then (unix seconds): any sweep withdraws it, nothing owed.
+    UnsettledAfter(u64),
+    /// Its money moved (ordered at `since`): the operator's run withdraws it once it stayed pending
+    /// `paid_order_pending_secs`, and owes it back.
+    Paid { since: u64 },
+}
+
+impl Withdraw {
+    /// The WIT `withdrawal` of an order placed at `now`.
+    pub fn of(w: Withdrawal, now: u64) -> Self {
+        match w {
+            Withdrawal::UnsettledAfter(at) => Self::UnsettledAfter(at),
+            Withdrawal::Paid => Self::Paid { since: now },
         }
     }
 }

@@ -99,7 +99,7 @@ pub async fn perform_switch(
     t: &wit::SwitchTarget,
     invoice_id: &str,
     now: u64,
-    withdraw: Option<crate::parking::Withdraw>,
+    withdraw: Option<crate::spec::Withdraw>,
 ) -> Result<wit::Sim, wit::Error> {
     let cfg = crate::config::get().await?;
     let old = existing(iccid).await?;

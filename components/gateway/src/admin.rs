@@ -54,74 +54,96 @@ pub async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
 /// `POST /admin/cleanup/run?limit=N` (for cron): withdraw pending orders whose payment can no longer settle, or
 /// whose money moved (a tx-hash payment's) but which stayed pending `paid_order_pending_secs`, and retry the
 /// carrier work left queued (cancels, lost DownloadOrders), up to `limit` of each; otherwise only a later
-/// order's sweep does this, and nothing withdraws a paid order. The payment of each paid order withdrawn is
-/// owed back ([`owe_withdrawn`]). 200 with what was done and what is left.
+/// order's sweep does this, and nothing withdraws a paid order. The payment of each paid order that ended
+/// undelivered is owed back ([`owe_withdrawn`]). 200 with what was done and what is left.
 pub async fn run_cleanup(req: &Request) -> Result<Reply, ApiError> {
     check(req).await?;
     let limit = run_limit(req)?;
     let run = dispatch::run_cleanup(now(), limit)
         .await
         .map_err(from_wit)?;
-    let (owed_back, owed_left, settled) = owe_withdrawn(run.owed).await;
+    let owed = owe_withdrawn(run.owed).await;
     let body = serde_json::json!({
         "withdrawn": run.withdrawn,
         "tried": run.tried,
         "requeued": run.requeued,
         "queued": run.queued,
-        "parked": run.parked.saturating_sub(settled),
-        "owed_back": owed_back,
-        "owed_left": owed_left,
+        "parked": run.parked.saturating_sub(owed.removed),
+        "owed_back": owed.recorded,
+        "owed_left": owed.left,
+        "owed_operator": owed.operator,
     });
     Ok(json(200, body.to_string()))
 }
 
-/// The reason a withdrawn paid order's refund gives.
-const WITHDRAWN_PAID: &str = "its order stayed pending too long and was withdrawn";
+/// The reason the refund of a paid order that a cleanup run found undelivered gives.
+const UNDELIVERED: &str = "its order stayed pending and ended without delivering a profile";
 
-/// Owe back the payments of the paid orders a cleanup run withdrew (`invoices`): each through the verifier's
-/// `owe-refund` (once per invoice: a repeat records nothing new) with its `refund_owed` logged, the invoice
-/// marked refunded, and then dispatch told (`settle-owed`), so the run stops naming it. One that cannot be owed
-/// now stays named, and the next run after its hold owes it (a run that stops midway loses nothing). How many
-/// were owed (or found owed), how many are left for a later run, and how many parked entries left the list.
-async fn owe_withdrawn(invoices: Vec<String>) -> (usize, usize, u32) {
-    let total = invoices.len();
-    let mut settled = Vec::new();
-    let mut owed = 0;
+/// What [`owe_withdrawn`] did with the invoices a run named owed.
+#[derive(Debug, Default)]
+struct OwedRun {
+    /// Refunds recorded (now, or found recorded).
+    recorded: usize,
+    /// Not recorded now (a store or verifier fault): named again by a later run.
+    left: usize,
+    /// Refunds no retry records (logged `OPERATOR: REFUND NOT RECORDED`): named again a day later.
+    operator: usize,
+    /// Parked entries that left the list.
+    removed: u32,
+}
+
+/// Owe back the payments of the paid orders a cleanup run found undelivered (`invoices`): each through the
+/// verifier's `owe-refund` (once per invoice: a repeat records nothing new) with its `refund_owed` logged and
+/// the invoice marked refunded, then dispatch told (`settle-owed`): recorded ones leave the list, an operator's
+/// case is looked at again a day later. One not recorded now stays named, and the next run after its hold owes
+/// it (a run that stops midway loses nothing).
+async fn owe_withdrawn(invoices: Vec<String>) -> OwedRun {
+    let mut run = OwedRun::default();
+    let (mut recorded, mut operator) = (Vec::new(), Vec::new());
     for invoice in invoices {
         let owing = crate::owing::Owing {
             invoice: invoice.clone(),
             tx: None,
             amount: None,
-            reason: WITHDRAWN_PAID.to_owned(),
+            reason: UNDELIVERED.to_owned(),
         };
         let done = crate::owing::owe(vec![owing], "the next cleanup run retries").await;
         if done.retry > 0 {
-            continue;
-        }
-        // Recorded, or an operator's case (logged `OPERATOR: REFUND NOT RECORDED`), which no retry changes.
-        if !done.recorded.is_empty() {
-            owed += 1;
-            if let Err(e) =
-                crate::invoices::mark_refunded(invoice.clone(), WITHDRAWN_PAID.to_owned()).await
-            {
-                eprintln!("gateway: marking {invoice} refunded failed: {e:?}");
+            run.left += 1;
+        } else if done.recorded.is_empty() {
+            operator.push(invoice);
+        } else {
+            match crate::invoices::mark_refunded(invoice.clone(), UNDELIVERED.to_owned()).await {
+                Ok(_) => recorded.push(invoice),
+                Err(e) => {
+                    eprintln!(
+                        "gateway: marking {invoice} refunded failed (the next cleanup run retries): {e:?}"
+                    );
+                    run.left += 1;
+                }
             }
         }
-        settled.push(invoice);
     }
-    let left = total - settled.len();
-    if settled.is_empty() {
-        return (owed, left, 0);
+    if recorded.is_empty() && operator.is_empty() {
+        return run;
     }
-    match dispatch::settle_owed(settled).await {
-        Ok(gone) => (owed, left, gone),
+    let (n_recorded, n_operator) = (recorded.len(), operator.len());
+    match dispatch::settle_owed(recorded, operator, now()).await {
+        Ok(removed) => {
+            run.recorded += n_recorded;
+            run.operator += n_operator;
+            run.removed = removed;
+        }
+        // Recorded all the same (owing again is a repeat): named again after the hold.
         Err(e) => {
             eprintln!(
-                "gateway: withdrawn orders whose refunds are recorded stay parked (the next run names them again): {e:?}"
+                "gateway: paid orders whose refunds are recorded stay parked (a later run names them again): {e:?}"
             );
-            (owed, total, 0)
+            run.recorded += n_recorded;
+            run.left += n_operator;
         }
     }
+    run
 }
 
 /// An admin run's `?limit=N` (1-500, default 50).

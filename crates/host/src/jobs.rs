@@ -74,7 +74,15 @@ pub fn report(job: &str, status: u16, body: &str) -> Option<String> {
     };
     let did = match job {
         "refunds" => ["paid", "pending", "failed"].iter().any(|k| count(k) > 0),
-        _ => ["withdrawn", "tried"].iter().any(|k| count(k) > 0),
+        _ => [
+            "withdrawn",
+            "tried",
+            "owed_back",
+            "owed_left",
+            "owed_operator",
+        ]
+        .iter()
+        .any(|k| count(k) > 0),
     };
     did.then(|| format!("{job}: {body}"))
 }
@@ -94,6 +102,14 @@ mod tests {
             report("cleanup", 200, withdrew).as_deref(),
             Some(format!("cleanup: {withdrew}").as_str())
         );
+        // A run that only owed refunds of paid orders, or has some left, is shown too.
+        for owed in [
+            r#"{"withdrawn":0,"tried":0,"owed_back":1,"owed_left":0,"owed_operator":0}"#,
+            r#"{"withdrawn":0,"tried":0,"owed_back":0,"owed_left":1,"owed_operator":0}"#,
+            r#"{"withdrawn":0,"tried":0,"owed_back":0,"owed_left":0,"owed_operator":1}"#,
+        ] {
+            assert!(report("cleanup", 200, owed).is_some(), "{owed}");
+        }
         let paid = r#"{"paid":[{"invoice":"inv_1"}],"pending":[],"failed":[],"remaining":0}"#;
         assert!(report("refunds", 200, paid).is_some());
         let refused = report(

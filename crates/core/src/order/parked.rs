@@ -5,10 +5,11 @@
 //! later order's cleanup sweep withdraws it (its SIM terminated, its profile retired, its journal failed).
 //!
 //! A tx-hash payment's money moved before its order: its order left pending is completed by the same proof sent
-//! again. Parked too ([`Parked::paid`]), it is withdrawn only by the operator's cleanup run, once it has stayed
-//! pending a grace period (dispatch `paid_order_pending_secs`, a day by default), and that run owes the payment
-//! back: the entry stays ([`Withdrawal::Owed`], found again on every run) until the run says the refund is
-//! recorded ([`acknowledge`]). A run that stops between the withdrawal and the refund loses nothing.
+//! again. Parked too ([`Parked::paid`], under a key of its own, `cleanup/parked-paid`, which earlier builds
+//! neither read nor rewrite), it is withdrawn only by the operator's cleanup run, once it has stayed pending a
+//! grace period (dispatch `paid_order_pending_secs`, a day by default), and that run owes the payment back: the
+//! entry stays ([`Withdrawal::Owed`], found again on every run) until the run says the refund is recorded
+//! ([`acknowledge`]). A run that stops between the withdrawal and the refund loses nothing.
 //!
 //! A list of its own, not entries in `cleanup/queue`: a dispatch of an earlier build (a rolling deploy) could
 //! not read a new kind of queued cleanup, and would lose the whole queue.
@@ -40,9 +41,9 @@ pub struct Parked {
     pub iccid: String,
     /// Unix seconds: not withdrawn before.
     pub not_before: u64,
-    /// Its money moved already (a tx-hash transfer): withdrawn only by the operator's cleanup run
-    /// ([`take_due`] with `paid_too`), which owes the payment back ([`Withdrawal::Owed`]). Absent in entries of
-    /// earlier builds, which parked no paid order.
+    /// Its money moved already (a tx-hash transfer): kept under its own key, withdrawn only by the operator's
+    /// cleanup run, which owes the payment back ([`Withdrawal::Owed`]). Absent in entries of earlier builds,
+    /// which parked no paid order.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paid: bool,
 }
@@ -67,11 +68,6 @@ impl Parked {
             paid: true,
             ..Self::of(sim, 0)
         }
-    }
-
-    /// Whether a sweep may take it: a paid entry only the operator's run (`paid_too`).
-    fn for_sweep(&self, paid_too: bool) -> bool {
-        paid_too || !self.paid
     }
 
     fn same(&self, other: &Parked) -> bool {
@@ -102,25 +98,20 @@ pub fn park(mut list: Vec<Parked>, item: &Parked, max: usize) -> Park {
     Park::Add(list)
 }
 
-/// Whether any entry of `list` a sweep may take (`paid_too`: [`take_due`]) is due at `now` (a sweep writes the
-/// list only then).
-pub fn any_due(list: &[Parked], now: u64, paid_too: bool) -> bool {
-    list.iter()
-        .any(|p| p.for_sweep(paid_too) && p.not_before <= now)
+/// Whether any entry of `list` is due at `now` (a sweep writes the list only then).
+pub fn any_due(list: &[Parked], now: u64) -> bool {
+    list.iter().any(|p| p.not_before <= now)
 }
 
 /// Take up to `max` entries due at `now`, held until `lease_until`: `(list to store, taken)`. A taken entry
 /// stays in the list, due again at `lease_until`, so a sweep that stops before it is done with it (a crash)
 /// loses nothing: the next sweep after the hold takes it again. `taken` holds the entries as they were; due
 /// ones behind not-yet-due entries are taken, and a taken entry's duplicates (same invoice and ICCID) leave.
-/// Paid entries ([`Parked::paid`]) are taken only with `paid_too` (the operator's run, which owes their payment
-/// back); an order's sweep leaves them where they are.
 pub fn take_due(
     list: Vec<Parked>,
     max: usize,
     now: u64,
     lease_until: u64,
-    paid_too: bool,
 ) -> (Vec<Parked>, Vec<Parked>) {
     let mut stored = Vec::with_capacity(list.len());
     let mut taken: Vec<Parked> = Vec::new();
@@ -128,7 +119,7 @@ pub fn take_due(
         if taken.iter().any(|t| t.same(&p)) {
             continue;
         }
-        if p.for_sweep(paid_too) && p.not_before <= now && taken.len() < max {
+        if p.not_before <= now && taken.len() < max {
             stored.push(Parked {
                 not_before: lease_until,
                 ..p.clone()
@@ -165,12 +156,28 @@ pub fn settle(
     Some(list)
 }
 
-/// The list once the operator's run has recorded the refunds of `invoices` (paid entries it found
-/// [`Withdrawal::Owed`]): their paid entries leave. `None` when none is in the list (nothing to write).
-pub fn acknowledge(mut list: Vec<Parked>, invoices: &[String]) -> Option<Vec<Parked>> {
-    let before = list.len();
-    list.retain(|p| !(p.paid && invoices.contains(&p.invoice)));
-    (list.len() != before).then_some(list)
+/// Seconds before the run looks again at a paid entry whose refund an operator must record (its invoice no key
+/// opens, names no transaction, or owes back another payment of it): a day, so the log asks once a day.
+pub const OPERATOR_RETRY_SECS: u64 = 86_400;
+
+/// The list of paid entries once the operator's run has dealt with the invoices it named owed: those in
+/// `recorded` (their refunds recorded) leave; those in `operator` (a refund no retry records) stay, due again
+/// at `later`. `None` when nothing changes (nothing to write).
+pub fn acknowledge(
+    mut list: Vec<Parked>,
+    recorded: &[String],
+    operator: &[String],
+    later: u64,
+) -> Option<Vec<Parked>> {
+    let before = list.clone();
+    list.retain(|p| !(p.paid && recorded.contains(&p.invoice)));
+    for p in list
+        .iter_mut()
+        .filter(|p| p.paid && operator.contains(&p.invoice))
+    {
+        p.not_before = later;
+    }
+    (list != before).then_some(list)
 }
 
 /// What the sweep does with a due entry for `iccid`, its order's journal being `journal` ([`withdrawal`]).
@@ -178,8 +185,10 @@ pub fn acknowledge(mut list: Vec<Parked>, invoices: &[String]) -> Option<Vec<Par
 pub enum Withdrawal {
     /// Claim the journal and withdraw the profile.
     Proceed,
-    /// A paid entry's order is withdrawn (by this run or an earlier one): its payment is owed back, and the entry
-    /// stays until the run that owes it acknowledges that ([`acknowledge`]).
+    /// A paid entry's order ended undelivered (withdrawn by this run or an earlier one, or failed otherwise, e.g.
+    /// the owner's refresh after the carrier's reservation expired): its payment is owed back (once per invoice:
+    /// a driver that owed it already makes this a repeat), and the entry stays until the run that owes it
+    /// acknowledges that ([`acknowledge`]).
     Owed,
     /// A driver holds the journal until then: parked again, due then.
     Later(u64),
@@ -189,17 +198,11 @@ pub enum Withdrawal {
 }
 
 /// Whether a due entry for `iccid` is withdrawn at `now`, its order's journal being `journal`: only an order
-/// still ordering with `iccid` as its step, once no driver holds it. A `paid` entry whose order was withdrawn
-/// (failed with [`WITHDRAWN_PAID`], or [`WITHDRAWN`] by an earlier build's sweep) is [`Withdrawal::Owed`].
+/// still ordering with `iccid` as its step, once no driver holds it. A `paid` entry whose order failed (withdrawn
+/// or not: nothing was delivered for money that moved) is [`Withdrawal::Owed`].
 pub fn withdrawal(journal: Option<&Order>, iccid: &str, now: u64, paid: bool) -> Withdrawal {
     match journal {
-        Some(o)
-            if paid
-                && o.status == OrderStatus::Failed
-                && matches!(o.error.as_deref(), Some(WITHDRAWN | WITHDRAWN_PAID)) =>
-        {
-            Withdrawal::Owed
-        }
+        Some(o) if paid && o.status == OrderStatus::Failed => Withdrawal::Owed,
         Some(o)
             if o.status == OrderStatus::Ordering
                 && o.step.as_ref().is_some_and(|s| s.iccid == iccid) =>
@@ -229,26 +232,35 @@ pub enum SimWithdrawal {
     /// A pending SIM of the invoice: store this (terminated, its access token revoked), then retire the
     /// profile and fail the journal.
     Terminate(StoredSim),
-    /// Terminated already, still the invoice's (a withdrawal that stopped before its cancel or its journal, or
-    /// the owner's terminate of the pending SIM): store nothing; retire the profile (again) and fail the
-    /// journal, so the withdrawal is finished (and a paid order's payment owed back).
+    /// Terminated already, still the invoice's, never given its activation code (a withdrawal that stopped
+    /// before its cancel or its journal, or the owner's terminate of the pending SIM): store nothing; retire the
+    /// profile (again) and fail the journal, so the withdrawal is finished (and a paid order's payment owed
+    /// back). A terminated SIM that had its code was delivered (its journal's end lost), never withdrawn.
     Finish(StoredSim),
-    /// Anything else (active, suspended, failed, another invoice's, none): nothing changes and nothing is
-    /// cancelled.
+    /// No record (the order stopped before storing its pending SIM): store nothing; retire the profile and fail
+    /// the journal. No SIM of ours holds the ICCID, so cancelling it takes nothing from anyone.
+    Absent,
+    /// Anything else (active, suspended, failed, another invoice's): nothing changes and nothing is cancelled.
     Nothing,
 }
 
 /// The SIM record of a withdrawn order, from the record as stored now (`current`, inside its cell update):
 /// only a pending SIM of `invoice` is withdrawn ([`SimWithdrawal`]).
 pub fn withdraw_pending(current: Option<&StoredSim>, invoice: &str) -> SimWithdrawal {
-    match current.filter(|c| c.invoice_id == invoice) {
-        Some(c) if c.state == SimState::Pending => {
+    let Some(c) = current else {
+        return SimWithdrawal::Absent;
+    };
+    match c {
+        c if c.invoice_id != invoice => SimWithdrawal::Nothing,
+        c if c.state == SimState::Pending => {
             let mut sim = c.clone();
             sim.state = SimState::Terminated;
             sim.access.token = None;
             SimWithdrawal::Terminate(sim)
         }
-        Some(c) if c.state == SimState::Terminated => SimWithdrawal::Finish(c.clone()),
+        c if c.state == SimState::Terminated && c.activation_code.is_none() => {
+            SimWithdrawal::Finish(c.clone())
+        }
         _ => SimWithdrawal::Nothing,
     }
 }
@@ -313,8 +325,8 @@ mod tests {
     fn an_entry_is_due_a_margin_after_its_payment_can_no_longer_settle() {
         let p = Parked::of(&sim(SimState::Pending, "inv_1"), 1_000);
         assert_eq!(p, entry("inv_1", "8901", 1_000 + WITHDRAW_MARGIN_SECS));
-        assert!(!any_due(std::slice::from_ref(&p), 1_059, false));
-        assert!(any_due(&[p], 1_060, false));
+        assert!(!any_due(std::slice::from_ref(&p), 1_059));
+        assert!(any_due(&[p], 1_060));
         assert_eq!(
             Parked::of(&sim(SimState::Pending, "i"), u64::MAX).not_before,
             u64::MAX
@@ -352,12 +364,9 @@ mod tests {
             entry("e", "5", 30),
         ];
         // Nothing due: nothing changes (the caller writes nothing).
-        assert_eq!(
-            take_due(list.clone(), 4, 5, 500, false),
-            (list.clone(), vec![])
-        );
+        assert_eq!(take_due(list.clone(), 4, 5, 500), (list.clone(), vec![]));
         // Not-yet-due entries stay; due ones behind them are taken, up to `max`, and stay held where they are.
-        let (stored, taken) = take_due(list.clone(), 2, 40, 500, false);
+        let (stored, taken) = take_due(list.clone(), 2, 40, 500);
         assert_eq!(taken, vec![entry("b", "2", 10), entry("d", "4", 20)]);
         assert_eq!(
             stored,
@@ -370,7 +379,7 @@ mod tests {
             ]
         );
         // Held ones are not due to another sweep until the hold has passed.
-        let (_, again) = take_due(stored.clone(), 9, 499, 900, false);
+        let (_, again) = take_due(stored.clone(), 9, 499, 900);
         assert_eq!(
             again,
             vec![
@@ -379,7 +388,7 @@ mod tests {
                 entry("e", "5", 30)
             ]
         );
-        let (_, after) = take_due(stored, 9, 500, 900, false);
+        let (_, after) = take_due(stored, 9, 500, 900);
         assert_eq!(after.len(), 5);
     }
 
@@ -389,7 +398,7 @@ mod tests {
     #[test]
     fn a_taken_entry_is_settled_by_its_sweep_or_taken_again_after_the_hold() {
         let list = vec![entry("a", "1", 10), entry("b", "2", 10)];
-        let (stored, taken) = take_due(list, 9, 20, 100, false);
+        let (stored, taken) = take_due(list, 9, 20, 100);
         assert_eq!(
             settle(stored.clone(), &taken[0], 100, None),
             Some(vec![entry("b", "2", 100)])
@@ -399,7 +408,7 @@ mod tests {
             Some(vec![entry("a", "1", 100), entry("b", "2", 300)])
         );
         // The sweep crashed: after the hold, another takes both again (held until 400).
-        let (retaken, again) = take_due(stored, 9, 100, 400, false);
+        let (retaken, again) = take_due(stored, 9, 100, 400);
         assert_eq!(again, vec![entry("a", "1", 100), entry("b", "2", 100)]);
         assert_eq!(settle(retaken.clone(), &taken[0], 100, None), None);
         assert_eq!(
@@ -417,7 +426,7 @@ mod tests {
             entry("b", "2", 90),
             entry("a", "1", 20),
         ];
-        let (stored, taken) = take_due(list, 4, 50, 500, false);
+        let (stored, taken) = take_due(list, 4, 50, 500);
         assert_eq!(taken, vec![entry("a", "1", 10)]);
         assert_eq!(stored, vec![entry("a", "1", 500), entry("b", "2", 90)]);
     }
@@ -475,11 +484,19 @@ mod tests {
             );
         }
         // Terminated already (a withdrawal that stopped before its cancel, or the owner's terminate): finished,
-        // nothing stored.
+        // nothing stored. One that had its code was delivered (only its journal's end was lost): left alone.
         let ended = sim(SimState::Terminated, "inv_1");
         assert_eq!(
             withdraw_pending(Some(&ended), "inv_1"),
-            SimWithdrawal::Finish(ended)
+            SimWithdrawal::Finish(ended.clone())
+        );
+        let delivered = StoredSim {
+            activation_code: Some("1$smdp.example$X".into()),
+            ..ended
+        };
+        assert_eq!(
+            withdraw_pending(Some(&delivered), "inv_1"),
+            SimWithdrawal::Nothing
         );
         // Another invoice's SIM (the profile went to another order), or none.
         assert_eq!(
@@ -492,7 +509,8 @@ mod tests {
                 SimWithdrawal::Nothing
             );
         }
-        assert_eq!(withdraw_pending(None, "inv_1"), SimWithdrawal::Nothing);
+        // No record (the order stopped before storing it): the profile is cancelled, the journal failed.
+        assert_eq!(withdraw_pending(None, "inv_1"), SimWithdrawal::Absent);
     }
 
     #[test]
@@ -523,67 +541,69 @@ mod tests {
         ));
     }
 
-    /// A tx-hash payment's pending order is parked as paid: due after its grace with no margin, taken only by the
-    /// operator's run (an order's sweep neither takes it nor writes the list for it), and, once its order is
-    /// withdrawn, owed back on every run until acknowledged.
+    /// A tx-hash payment's pending order is parked as paid: due after its grace with no margin and, once its
+    /// order ended undelivered (withdrawn, or failed otherwise), owed back on every run until acknowledged; an
+    /// operator's case waits a day.
     #[test]
-    fn a_paid_entry_is_only_the_operators_and_stays_until_its_refund_is_recorded() {
+    fn a_paid_entry_is_owed_once_its_order_ended_undelivered_until_acknowledged() {
         let p = Parked::paid(&sim(SimState::Pending, "inv_1"), 5_000);
         assert_eq!(p, paid("inv_1", "8901", 5_000));
-        let list = vec![p.clone(), entry("inv_2", "8902", 10)];
-        assert!(!any_due(&list[..1], 9_000, false));
-        assert!(any_due(&list[..1], 5_000, true));
-        assert!(!any_due(&list[..1], 4_999, true));
-        // An order's sweep takes only the unpaid entry, and leaves the paid one as it was.
-        let (stored, taken) = take_due(list.clone(), 9, 9_000, 9_100, false);
-        assert_eq!(taken, vec![entry("inv_2", "8902", 10)]);
-        assert_eq!(stored, vec![p.clone(), entry("inv_2", "8902", 9_100)]);
-        // The operator's run takes both.
-        let (stored, taken) = take_due(list, 9, 9_000, 9_100, true);
-        assert_eq!(taken, vec![p.clone(), entry("inv_2", "8902", 10)]);
-        assert_eq!(stored[0], paid("inv_1", "8901", 9_100));
-        // A paid order still ordering on its profile is withdrawn like any other; once withdrawn, owed.
+        assert!(!any_due(std::slice::from_ref(&p), 4_999));
+        assert!(any_due(&[p], 5_000));
+        // A paid order still ordering on its profile is withdrawn like any other.
         let now = 9_000;
         let lapsed = journal(OrderStatus::Ordering, Some("8901"), 0);
         assert_eq!(
             withdrawal(Some(&lapsed), "8901", now, true),
             Withdrawal::Proceed
         );
-        for error in [WITHDRAWN_PAID, WITHDRAWN] {
-            let mut withdrawn = lapsed.clone();
-            withdrawn.fail(error, vec![]);
+        // Failed, withdrawn or not (the owner's refresh found the reservation expired): owed.
+        for error in [
+            WITHDRAWN_PAID,
+            WITHDRAWN,
+            "no carrier could supply a profile",
+        ] {
+            let mut failed = lapsed.clone();
+            failed.fail(error, vec![]);
             assert_eq!(
-                withdrawal(Some(&withdrawn), "8901", now, true),
+                withdrawal(Some(&failed), "8901", now, true),
                 Withdrawal::Owed
             );
-            // An unpaid entry's withdrawn order is done with.
+            // An unpaid entry's failed order is done with.
             assert_eq!(
-                withdrawal(Some(&withdrawn), "8901", now, false),
+                withdrawal(Some(&failed), "8901", now, false),
                 Withdrawal::Drop
             );
         }
-        // Failed otherwise (its driver owes what it owes) or delivered: nothing for the run to owe.
-        let mut failed = lapsed.clone();
-        failed.fail("no carrier could deliver", vec![]);
-        assert_eq!(
-            withdrawal(Some(&failed), "8901", now, true),
-            Withdrawal::Drop
-        );
-        let mut done = lapsed;
+        // Delivered, gone, or moved on to another profile: nothing for the run to owe.
+        let mut done = lapsed.clone();
         done.status = OrderStatus::Done;
         assert_eq!(withdrawal(Some(&done), "8901", now, true), Withdrawal::Drop);
-        // Acknowledged: the invoice's paid entries leave; unpaid entries and other invoices' stay.
+        assert_eq!(withdrawal(None, "8901", now, true), Withdrawal::Drop);
+        let moved = journal(OrderStatus::Ordering, Some("8902"), 0);
+        assert_eq!(
+            withdrawal(Some(&moved), "8901", now, true),
+            Withdrawal::Drop
+        );
+        // Acknowledged: recorded invoices' paid entries leave; an operator's case is due again later; unpaid
+        // entries and other invoices' stay as they were.
         let list = vec![
             paid("inv_1", "8901", 1),
             entry("inv_1", "8903", 1),
             paid("inv_1", "8904", 1),
             paid("inv_3", "8905", 1),
+            paid("inv_4", "8906", 1),
         ];
+        let (recorded, operator) = (["inv_1".to_owned()], ["inv_4".to_owned()]);
         assert_eq!(
-            acknowledge(list.clone(), &["inv_1".to_owned()]),
-            Some(vec![entry("inv_1", "8903", 1), paid("inv_3", "8905", 1)])
+            acknowledge(list.clone(), &recorded, &operator, 500),
+            Some(vec![
+                entry("inv_1", "8903", 1),
+                paid("inv_3", "8905", 1),
+                paid("inv_4", "8906", 500)
+            ])
         );
-        assert_eq!(acknowledge(list, &["inv_9".to_owned()]), None);
+        assert_eq!(acknowledge(list, &["inv_9".to_owned()], &[], 500), None);
     }
 
     /// Entries stored by an earlier build (no `paid`) read as unpaid, and an unpaid entry is stored as before.

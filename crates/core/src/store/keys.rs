@@ -168,6 +168,11 @@ pub const CLEANUP_QUEUE: &str = "cleanup/queue";
 /// of its own, not items of [`CLEANUP_QUEUE`]: a dispatch of an earlier build could not read them.
 pub const CLEANUP_PARKED: &str = "cleanup/parked";
 
+/// Pending orders of payments whose money moved (tx-hash), withdrawn and owed back by the operator's cleanup run
+/// only (`crate::order::parked::Parked::paid`). A key of its own: an earlier build, which rewrites
+/// [`CLEANUP_PARKED`] whole, would drop their `paid` mark and withdraw them owing nothing.
+pub const CLEANUP_PARKED_PAID: &str = "cleanup/parked-paid";
+
 /// A SIM's balance.
 pub fn balance(iccid: &str) -> String {
     format!("balance/{iccid}")

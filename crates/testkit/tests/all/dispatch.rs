@@ -1750,8 +1750,10 @@ async fn a_paid_order_left_pending_is_withdrawn_by_the_operators_run_and_owed_un
         (pending.carrier.as_str(), pending.state),
         ("tmobile", types::SimState::Pending)
     );
-    let parked = String::from_utf8(kit.kv_get("cleanup/parked").await.unwrap()).unwrap();
+    // Under a key of its own, which earlier builds (rewriting `cleanup/parked` whole) never touch.
+    let parked = String::from_utf8(kit.kv_get("cleanup/parked-paid").await.unwrap()).unwrap();
     assert!(parked.contains(r#""paid":true"#), "{parked}");
+    assert!(kit.kv_get("cleanup/parked").await.is_none());
     smdp.set("tmobile", Behaves::Ok);
     let cancels = |kit: &Kit| {
         calls(kit)
@@ -1801,18 +1803,20 @@ async fn a_paid_order_left_pending_is_withdrawn_by_the_operators_run_and_owed_un
         (0, vec!["inv-paid".to_owned()])
     );
     assert_eq!(cancels(&kit), 1);
-    // Acknowledged: it leaves, and the next run names nothing.
-    let left = kit
-        .call(async move |a, g| {
-            g.dispatch()
-                .call_settle_owed(a, vec!["inv-paid".to_owned(), "inv-unknown".to_owned()])
-                .await
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(left, 1);
-    let after = cleanup_run(&mut kit, due + 240).await;
+    // An operator's case (no retry records its refund): named again a day later, not on every run.
+    let later = due + 200;
+    assert_eq!(settle_owed(&mut kit, &[], &["inv-paid"], later).await, 0);
+    let waiting = cleanup_run(&mut kit, later + 86_399).await;
+    assert!(waiting.owed.is_empty(), "{:?}", waiting.owed);
+    let day = later + 86_400;
+    let next_day = cleanup_run(&mut kit, day).await;
+    assert_eq!(next_day.owed, vec!["inv-paid".to_owned()]);
+    // Recorded: it leaves, and the next run names nothing.
+    assert_eq!(
+        settle_owed(&mut kit, &["inv-paid", "inv-unknown"], &[], day).await,
+        1
+    );
+    let after = cleanup_run(&mut kit, day + 240).await;
     assert_eq!((after.withdrawn, after.parked), (0, 0));
     assert!(after.owed.is_empty());
     // The same payment sent again: its order is over, and says the payment is owed back.
@@ -1820,7 +1824,7 @@ async fn a_paid_order_left_pending_is_withdrawn_by_the_operators_run_and_owed_un
         &mut kit,
         request("us-west", None),
         "inv-paid",
-        due + 300,
+        day + 300,
         Some(Withdrawal::Paid),
     )
     .await;
@@ -1828,6 +1832,55 @@ async fn a_paid_order_left_pending_is_withdrawn_by_the_operators_run_and_owed_un
         matches!(&resent, Err(types::Error::Unavailable(m)) if m.contains("owed back")),
         "{resent:?}"
     );
+}
+
+/// `settle-owed` at `now`: the paid entries of `recorded` leave, those of `operator` wait a day. How many left.
+async fn settle_owed(kit: &mut Kit, recorded: &[&str], operator: &[&str], now: u64) -> u32 {
+    let own = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (recorded, operator) = (own(recorded), own(operator));
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_settle_owed(a, recorded, operator, now)
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// A paid order left pending whose order then failed for another reason (the owner's refresh: the carrier
+/// refused the confirm) is owed back by the operator's run too, with nothing withdrawn or cancelled by it:
+/// before, the run dropped the entry, and the money stayed with us unless the payer sent the proof again.
+#[tokio::test]
+async fn a_paid_order_that_failed_otherwise_is_owed_back_by_the_run() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let vars = [SHORT_BUDGET, &[("paid_order_pending_secs", "600")]].concat();
+    let mut kit = kit_with(smdp.clone(), &vars).await;
+    let pending = order_withdrawn(
+        &mut kit,
+        request("us-west", Some("tmobile")),
+        "inv-refresh",
+        NOW,
+        Some(Withdrawal::Paid),
+    )
+    .await
+    .unwrap();
+    smdp.set("tmobile", Behaves::ConfirmFails);
+    let id = pending.iccid.clone();
+    let refreshed = kit
+        .call(async move |a, g| g.dispatch().call_resume_order(a, id).await)
+        .await
+        .unwrap();
+    assert!(refreshed.is_err(), "{refreshed:?}");
+    let journal: Value =
+        serde_json::from_slice(&kit.kv_get("order/inv-refresh").await.unwrap()).unwrap();
+    assert_eq!(journal["status"], "failed", "{journal}");
+    let asked = kit.requests().len();
+    let run = cleanup_run(&mut kit, AFTER_LEASE).await;
+    assert_eq!(run.owed, vec!["inv-refresh".to_owned()]);
+    assert_eq!(run.withdrawn, 0);
+    assert_eq!(kit.requests().len(), asked, "nothing asked of the carrier");
 }
 
 /// A withdrawal that stopped after terminating the pending SIM but before its cancel (a crash; the SIM record
