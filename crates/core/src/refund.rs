@@ -14,7 +14,11 @@
 //! A transaction the node lost whose treasury nonce was used by another one can never be mined; the refund goes
 //! back to `owed` only when a run at least [`CONFIRM_UNMINEABLE_SECS`] after the first sighting still sees it
 //! so ([`Refund::mark_unmineable`]): a plain `transfer` leaves no on-chain marker to read at a fixed block,
-//! and a lagging node behind a load balancer could otherwise hide a mined refund and have it paid twice.
+//! and a lagging node behind a load balancer could otherwise hide a mined refund and have it paid twice. Nor
+//! on that alone: a node with a pruned transaction index answers "unknown" for a mined transaction as it does
+//! for a lost one, so before owing again the token's logs are searched for the transfer itself (treasury to
+//! payer, the refund's amount) from the block the transfer was prepared at ([`Refund::transfer_search`],
+//! [`transfer_logged`]); found, or not searchable, the refund stays `submitted` for an operator.
 
 use std::collections::HashSet;
 
@@ -79,6 +83,10 @@ pub struct Refund {
     /// When a run first saw `transaction` unmineable (see [`CONFIRM_UNMINEABLE_SECS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unmineable_since: Option<u64>,
+    /// The chain's head block when `transaction` was prepared (if read): where the search for its transfer
+    /// starts ([`Refund::transfer_search`]). Absent on records from before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_block: Option<u64>,
     /// Last change of status or transaction (unix seconds): for a `submitted` refund with a transaction, when
     /// it was recorded.
     pub updated_at: u64,
@@ -121,6 +129,16 @@ impl Refund {
         };
         now >= at.saturating_add(RELOG_AFTER_SECS)
     }
+
+    /// Whether a repeat `owe-refund` at `now` answers `relog` (log this refund's `refund_owed` again, as a
+    /// repeat the ledger keeps once): once [`Refund::relog_due`], or at once when the repeat found the unpaid
+    /// refund missing from the queue and put it there (`requeued`). Only its creator queues a refund, after
+    /// recording it and before answering with its event; a refund not on the queue is one whose creator
+    /// stopped (or failed) in between and never answered, so its event reached no ledger, and a repeat that
+    /// waited for [`RELOG_AFTER_SECS`] would leave it unlogged for good when no later repeat comes.
+    pub fn relog_on_repeat(&self, now: u64, requeued: bool) -> bool {
+        (requeued && self.status != RefundStatus::Paid) || self.relog_due(now)
+    }
 }
 
 /// What a run may do with a refund it found on the queue.
@@ -141,13 +159,40 @@ pub enum Next {
 pub enum Unmineable {
     /// First sighting recorded; it stays submitted.
     Noted,
-    /// Still within [`CONFIRM_UNMINEABLE_SECS`] of the first sighting; nothing changed.
+    /// Still within [`CONFIRM_UNMINEABLE_SECS`] of the first sighting, or due but its transfer not searched
+    /// for; nothing changed.
     Waiting,
-    /// Confirmed: owed again (a new transfer may be sent).
+    /// Confirmed, and the token logged no such transfer: owed again (a new transfer may be sent).
     OwedAgain,
+    /// Confirmed, but the token logged its transfer, or the search could not be made: it stays submitted
+    /// (money may have moved; an operator's case, or a later run's search).
+    Held,
     /// Not this transaction's refund any more.
     NotOurs,
 }
+
+/// What the token's logs show of a refund's transfer, searched before a refund whose transaction looks
+/// unmineable is owed again (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferLogged {
+    /// Not searched (the caller saw no need): nothing is decided on it.
+    NotSearched,
+    /// Searched over [`Refund::transfer_search`]'s blocks: no transfer of the refund's amount from the
+    /// treasury to the payer.
+    Absent,
+    /// Such a transfer, by this transaction.
+    Found(alloy_primitives::B256),
+    /// The search was refused, failed, or could not be made.
+    Unknown,
+}
+
+/// How many blocks before [`Refund::sent_at_block`] the search for a refund's transfer starts (a node whose
+/// `latest` lagged when the transfer was prepared).
+pub const TRANSFER_SEARCH_MARGIN_BLOCKS: u64 = 64;
+
+/// The most blocks one search for a refund's transfer spans (node providers commonly cap `eth_getLogs` at
+/// 10 000): a transfer prepared longer ago is not searched, and its refund stays for an operator.
+pub const TRANSFER_SEARCH_MAX_SPAN_BLOCKS: u64 = 9_999;
 
 impl Refund {
     /// A new owed refund.
@@ -178,6 +223,7 @@ impl Refund {
             last_error: None,
             holder: None,
             unmineable_since: None,
+            sent_at_block: None,
             updated_at: now,
             payment: None,
             moved_by: None,
@@ -264,14 +310,21 @@ impl Refund {
         self.status = RefundStatus::Submitted;
         self.holder = Some(holder.to_owned());
         self.sent = SentTx::default();
+        self.sent_at_block = None;
         self.unmineable_since = None;
         self.updated_at = now;
         true
     }
 
-    /// Record the signed transfer before its broadcast, if `holder` still holds the claim and nothing was
-    /// recorded yet.
-    pub fn record_submitted(&mut self, holder: &str, tx: &SignedTx, now: u64) -> bool {
+    /// Record the signed transfer, prepared at the chain's head block `at_block` (if read), before its
+    /// broadcast, if `holder` still holds the claim and nothing was recorded yet.
+    pub fn record_submitted(
+        &mut self,
+        holder: &str,
+        tx: &SignedTx,
+        at_block: Option<u64>,
+        now: u64,
+    ) -> bool {
         if self.status != RefundStatus::Submitted
             || self.holder.as_deref() != Some(holder)
             || self.sent.transaction.is_some()
@@ -279,6 +332,7 @@ impl Refund {
             return false;
         }
         self.sent = SentTx::signed(tx);
+        self.sent_at_block = at_block;
         self.unmineable_since = None;
         self.updated_at = now;
         true
@@ -341,22 +395,61 @@ impl Refund {
         true
     }
 
-    /// Its transaction `tx` looked unmineable at `now` (see the module docs).
-    pub fn mark_unmineable(&mut self, tx: &str, error: &str, now: u64) -> Unmineable {
+    /// Whether a sighting of its transaction `tx` as unmineable at `now` would confirm an earlier one: then
+    /// the caller searches the token's logs for the transfer first ([`Refund::mark_unmineable`]).
+    pub fn confirms_unmineable(&self, tx: &str, now: u64) -> bool {
+        self.status == RefundStatus::Submitted
+            && self.is_ours(tx)
+            && self
+                .unmineable_since
+                .is_some_and(|since| since.saturating_add(CONFIRM_UNMINEABLE_SECS) <= now)
+    }
+
+    /// Its transaction `tx` looked unmineable at `now` (see the module docs); `logged`: what the token's logs
+    /// show of its transfer (searched when [`Refund::confirms_unmineable`]). Owed again only when a confirming
+    /// sighting's search found no transfer.
+    pub fn mark_unmineable(
+        &mut self,
+        tx: &str,
+        error: &str,
+        now: u64,
+        logged: TransferLogged,
+    ) -> Unmineable {
         if self.status != RefundStatus::Submitted || !self.is_ours(tx) {
             return Unmineable::NotOurs;
         }
-        match self.unmineable_since {
-            None => {
-                self.unmineable_since = Some(now);
-                Unmineable::Noted
-            }
-            Some(since) if since.saturating_add(CONFIRM_UNMINEABLE_SECS) <= now => {
+        if self.unmineable_since.is_none() {
+            self.unmineable_since = Some(now);
+            return Unmineable::Noted;
+        }
+        if !self.confirms_unmineable(tx, now) {
+            return Unmineable::Waiting;
+        }
+        match logged {
+            TransferLogged::Absent => {
                 self.back_to_owed(error, true, now);
                 Unmineable::OwedAgain
             }
-            Some(_) => Unmineable::Waiting,
+            TransferLogged::Found(_) | TransferLogged::Unknown => Unmineable::Held,
+            TransferLogged::NotSearched => Unmineable::Waiting,
         }
+    }
+
+    /// The blocks `(from, to)` (both included) to search for this refund's transfer when its transaction
+    /// looked unmineable by block `at` (if it was mined, it was by then): from just before the block it was
+    /// prepared at; else why not (a record from before [`Refund::sent_at_block`], or more blocks than
+    /// [`TRANSFER_SEARCH_MAX_SPAN_BLOCKS`]).
+    pub fn transfer_search(&self, at: u64) -> Result<(u64, u64), String> {
+        let Some(sent) = self.sent_at_block else {
+            return Err("its record does not say at which block its transfer was prepared".into());
+        };
+        let from = sent.saturating_sub(TRANSFER_SEARCH_MARGIN_BLOCKS).min(at);
+        if at - from > TRANSFER_SEARCH_MAX_SPAN_BLOCKS {
+            return Err(format!(
+                "blocks {from} to {at} are more than one search of {TRANSFER_SEARCH_MAX_SPAN_BLOCKS} covers"
+            ));
+        }
+        Ok((from, at))
     }
 
     /// The node knows `tx` after all (it had not caught up): forget an earlier unmineable sighting.
@@ -368,6 +461,7 @@ impl Refund {
     fn back_to_owed(&mut self, error: &str, attempted: bool, now: u64) {
         self.status = RefundStatus::Owed;
         self.sent = SentTx::default();
+        self.sent_at_block = None;
         self.holder = None;
         self.unmineable_since = None;
         self.last_error = Some(error.to_owned());
@@ -475,6 +569,32 @@ pub fn payment_stands(
         ));
     }
     Ok(())
+}
+
+/// The transaction of a token `Transfer` of exactly `amount` from `from` to `to` among `logs` (an
+/// `eth_getLogs` answer for `token`), if any: a refund's transfer, mined, whatever the node says of the
+/// transaction itself. A removed log (a reorganisation took it) is not one.
+pub fn transfer_logged(
+    logs: &[crate::evm::receipt::ChainLog],
+    token: alloy_primitives::Address,
+    from: alloy_primitives::Address,
+    to: alloy_primitives::Address,
+    amount: alloy_primitives::U256,
+) -> Option<alloy_primitives::B256> {
+    let topics = [
+        crate::evm::receipt::TRANSFER_TOPIC,
+        from.into_word(),
+        to.into_word(),
+    ];
+    logs.iter()
+        .find(|l| {
+            !l.log.removed
+                && l.log.address == token
+                && l.log.topics == topics
+                && l.log.data.len() == 32
+                && alloy_primitives::U256::from_be_slice(&l.log.data) == amount
+        })
+        .map(|l| l.transaction_hash)
 }
 
 /// A reason as kept: trimmed, at most [`MAX_REASON_CHARS`] characters.
@@ -736,10 +856,10 @@ mod tests {
         assert!(!r.claim("h2", 102), "a live claim is not taken");
         assert_eq!(r.next(102), Next::InFlight);
         let tx = signed(0);
-        assert!(!r.record_submitted("h2", &tx, 103));
-        assert!(r.record_submitted("h1", &tx, 103));
+        assert!(!r.record_submitted("h2", &tx, None, 103));
+        assert!(r.record_submitted("h1", &tx, None, 103));
         assert!(
-            !r.record_submitted("h1", &signed(1), 104),
+            !r.record_submitted("h1", &signed(1), None, 104),
             "one transaction per claim"
         );
         assert_eq!(r.next(104), Next::FollowUp(tx.hash));
@@ -764,7 +884,7 @@ mod tests {
             !r.record_replacement(Some("h1"), first.hash, &second, 102),
             "nothing recorded yet"
         );
-        assert!(r.record_submitted("h1", &first, 103));
+        assert!(r.record_submitted("h1", &first, None, 103));
         assert!(!r.record_replacement(Some("h2"), first.hash, &second, 170));
         assert!(!r.record_replacement(Some("h1"), second.hash, &second, 170));
         r.unmineable_since = Some(150);
@@ -786,10 +906,15 @@ mod tests {
         // An earlier hash counts for the unmineable sighting too.
         let mut seen = refund();
         seen.claim("h1", 1);
-        seen.record_submitted("h1", &first, 2);
+        seen.record_submitted("h1", &first, None, 2);
         seen.record_replacement(Some("h1"), first.hash, &second, 70);
         assert_eq!(
-            seen.mark_unmineable(&first.hash.to_string(), "x", 80),
+            seen.mark_unmineable(
+                &first.hash.to_string(),
+                "x",
+                80,
+                TransferLogged::NotSearched
+            ),
             Unmineable::Noted
         );
         assert!(seen.seen_again(&first.hash.to_string()));
@@ -810,7 +935,7 @@ mod tests {
         );
         r.claim("h3", 5);
         let tx = signed(2);
-        r.record_submitted("h3", &tx, 6);
+        r.record_submitted("h3", &tx, None, 6);
         assert!(r.settle(&tx.hash.to_string(), false, "reverted", 7));
         assert_eq!((r.status, r.attempts), (RefundStatus::Owed, 2));
         assert_eq!(r.last_error.as_deref(), Some("reverted"));
@@ -826,7 +951,7 @@ mod tests {
         assert!(r.claim("h2", 1_000 + CLAIM_LEASE_SECS));
         assert_eq!(r.holder.as_deref(), Some("h2"));
         // With a transaction recorded it is only ever followed up.
-        r.record_submitted("h2", &signed(0), 2_000);
+        r.record_submitted("h2", &signed(0), None, 2_000);
         assert!(!r.claim("h3", 1_000_000));
     }
 
@@ -835,22 +960,117 @@ mod tests {
         let mut r = refund();
         r.claim("h1", 0);
         let tx = signed(0);
-        r.record_submitted("h1", &tx, 1);
+        r.record_submitted("h1", &tx, Some(40), 1);
         let hash = tx.hash.to_string();
-        assert_eq!(r.mark_unmineable("0xother", "e", 10), Unmineable::NotOurs);
-        assert_eq!(r.mark_unmineable(&hash, "e", 10), Unmineable::Noted);
+        let absent = TransferLogged::Absent;
         assert_eq!(
-            r.mark_unmineable(&hash, "e", 10 + CONFIRM_UNMINEABLE_SECS - 1),
+            r.mark_unmineable("0xother", "e", 10, absent),
+            Unmineable::NotOurs
+        );
+        assert!(!r.confirms_unmineable(&hash, 10));
+        assert_eq!(r.mark_unmineable(&hash, "e", 10, absent), Unmineable::Noted);
+        assert!(!r.confirms_unmineable(&hash, 10 + CONFIRM_UNMINEABLE_SECS - 1));
+        assert_eq!(
+            r.mark_unmineable(&hash, "e", 10 + CONFIRM_UNMINEABLE_SECS - 1, absent),
             Unmineable::Waiting
         );
         // The node catches up and knows it after all.
         assert!(r.seen_again(&hash));
-        assert_eq!(r.mark_unmineable(&hash, "e", 500), Unmineable::Noted);
         assert_eq!(
-            r.mark_unmineable(&hash, "gone", 500 + CONFIRM_UNMINEABLE_SECS),
+            r.mark_unmineable(&hash, "e", 500, absent),
+            Unmineable::Noted
+        );
+        assert!(r.confirms_unmineable(&hash, 500 + CONFIRM_UNMINEABLE_SECS));
+        assert_eq!(
+            r.mark_unmineable(&hash, "gone", 500 + CONFIRM_UNMINEABLE_SECS, absent),
             Unmineable::OwedAgain
         );
         assert_eq!((r.status, r.attempts), (RefundStatus::Owed, 1));
+        assert_eq!(r.sent_at_block, None);
+    }
+
+    /// A node with a pruned transaction index answers "unknown" for a mined refund as for a lost one: a
+    /// confirming sighting owes the refund again only when the token's logs show no transfer of it; a transfer
+    /// found, or a search that could not be made, leaves it submitted (a review found it paid twice).
+    #[test]
+    fn an_unmineable_refund_whose_transfer_is_logged_stays_submitted() {
+        let tx = signed(0);
+        let hash = tx.hash.to_string();
+        let mut r = refund();
+        r.claim("h1", 0);
+        r.record_submitted("h1", &tx, Some(5_000), 1);
+        assert_eq!(r.sent_at_block, Some(5_000));
+        r.mark_unmineable(&hash, "e", 10, TransferLogged::NotSearched);
+        let due = 10 + CONFIRM_UNMINEABLE_SECS;
+        for logged in [
+            TransferLogged::Found(B256::repeat_byte(4)),
+            TransferLogged::Unknown,
+        ] {
+            let mut held = r.clone();
+            assert_eq!(
+                held.mark_unmineable(&hash, "e", due, logged),
+                Unmineable::Held
+            );
+            assert_eq!(held, r, "unchanged");
+        }
+        let mut unsearched = r.clone();
+        assert_eq!(
+            unsearched.mark_unmineable(&hash, "e", due, TransferLogged::NotSearched),
+            Unmineable::Waiting
+        );
+        assert_eq!(unsearched, r);
+        // Searched from just before the block it was prepared at up to the block that showed it unmineable.
+        assert_eq!(
+            r.transfer_search(5_100),
+            Ok((5_000 - TRANSFER_SEARCH_MARGIN_BLOCKS, 5_100))
+        );
+        assert_eq!(r.transfer_search(4_900), Ok((4_900, 4_900)));
+        let far = 5_000 - TRANSFER_SEARCH_MARGIN_BLOCKS + TRANSFER_SEARCH_MAX_SPAN_BLOCKS;
+        assert!(r.transfer_search(far).is_ok());
+        assert!(r.transfer_search(far + 1).is_err());
+        let mut old = r.clone();
+        old.sent_at_block = None;
+        assert!(old.transfer_search(5_100).is_err(), "records from before");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sent_at_block"], 5_000);
+        assert_eq!(serde_json::from_value::<Refund>(json).unwrap(), r);
+        // A claim taken over forgets the block with the transaction.
+        r.back_to_owed("x", false, 2);
+        assert!(r.claim("h2", 3));
+        assert_eq!(r.sent_at_block, None);
+    }
+
+    #[test]
+    fn a_refund_transfer_is_found_among_the_tokens_logs() {
+        use crate::evm::receipt::{ChainLog, Log, TRANSFER_TOPIC};
+        let (token, treasury, payer) = (
+            Address::repeat_byte(0xaa),
+            Address::repeat_byte(0xbb),
+            Address::repeat_byte(0xcc),
+        );
+        let log = |to: Address, value: u64, tx: u8| ChainLog {
+            log: Log {
+                address: token,
+                topics: vec![TRANSFER_TOPIC, treasury.into_word(), to.into_word()],
+                data: U256::from(value).to_be_bytes::<32>().to_vec().into(),
+                removed: false,
+            },
+            transaction_hash: B256::repeat_byte(tx),
+        };
+        let amount = U256::from(5_000u64);
+        let found = |logs: &[ChainLog]| transfer_logged(logs, token, treasury, payer, amount);
+        assert_eq!(found(&[]), None);
+        assert_eq!(
+            found(&[log(payer, 4_999, 1), log(payer, 5_000, 2)]),
+            Some(B256::repeat_byte(2))
+        );
+        assert_eq!(found(&[log(Address::repeat_byte(0xdd), 5_000, 1)]), None);
+        let mut removed = log(payer, 5_000, 1);
+        removed.log.removed = true;
+        assert_eq!(found(&[removed]), None);
+        let mut other_token = log(payer, 5_000, 1);
+        other_token.log.address = Address::repeat_byte(0xee);
+        assert_eq!(found(&[other_token]), None);
     }
 
     #[test]
@@ -901,5 +1121,26 @@ mod tests {
             "paid later: counted from then"
         );
         assert!(r.relog_due(5_000 + RELOG_AFTER_SECS));
+    }
+
+    /// A repeat that finds the refund off the queue (its creator failed between the record and the queue, so
+    /// its event was never answered) relogs it at once; one that finds it queued waits as before (a review
+    /// found the first case lost its `refund_owed` for good when the retry came within the wait).
+    #[test]
+    fn a_repeat_that_requeues_a_refund_relogs_it_at_once() {
+        let mut r = refund();
+        r.created_at = 1_000;
+        assert!(r.relog_on_repeat(1_001, true));
+        assert!(!r.relog_on_repeat(1_001, false));
+        assert!(r.relog_on_repeat(1_000 + RELOG_AFTER_SECS, false));
+        r.status = RefundStatus::Submitted;
+        assert!(r.relog_on_repeat(1_001, true));
+        r.status = RefundStatus::Paid;
+        r.updated_at = 5_000;
+        assert!(
+            !r.relog_on_repeat(5_001, true),
+            "a paid refund is never requeued"
+        );
+        assert!(r.relog_on_repeat(5_000 + RELOG_AFTER_SECS, false));
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! - [`owe`] (`owe-refund`) records `refund/<invoice>` with insert-if-absent, only for a payment whose
 //!   settlement is `confirmed` (found through its transaction's `txhash/` claim), and queues the id in
-//!   `refund/queue`. A repeat answers the stored record. The gateway logs `refund_owed` for a new one.
+//!   `refund/queue`. A repeat answers the stored record. The gateway logs `refund_owed` for a new one, and
+//!   again (a repeat, kept once) for a repeat that answers `relog`: late, or at once when the repeat had to
+//!   queue the refund (its first call stopped between the record and the queue, before answering).
 //! - [`run`] (`run-refunds`) pays up to `limit` queued refunds through the one send path
 //!   (`crate::sender::send`), all of the batch at once, within `settlement_timeout_ms` ([`pay`]); the refunds
 //!   it paid come back as ledger events, and stay queued until the caller, having logged them, acknowledges
@@ -12,6 +14,8 @@
 //!   to a crash between the transfer and the ledger.
 
 mod pay;
+mod transfer;
+mod unmineable;
 
 use std::time::Instant;
 
@@ -38,29 +42,39 @@ async fn load(key: &str) -> Result<Option<Refund>, wit::Error> {
         .map_err(kv_err)
 }
 
-/// Put `id` on the queue unless it is there.
-async fn enqueue(id: &str) -> Result<(), wit::Error> {
+/// Put `id` on the queue unless it is there: whether this call put it there.
+async fn enqueue(id: &str) -> Result<bool, wit::Error> {
     let queue = kv::get_json::<Vec<String>, wit::Error>(keys::REFUND_QUEUE)
         .await
         .map_err(kv_err)?;
     if queue.is_some_and(|q| q.iter().any(|i| i == id)) {
-        return Ok(());
+        return Ok(false);
     }
-    kv::update_json::<Vec<String>, wit::Error>(keys::REFUND_QUEUE, |q| {
-        Ok(refund::enqueue(q.unwrap_or_default(), id))
-    })
-    .await
-    .map_err(kv_err)?;
-    Ok(())
+    let (_, added) =
+        kv::update_json_with::<Vec<String>, bool, wit::Error>(keys::REFUND_QUEUE, |q| {
+            let q = q.unwrap_or_default();
+            let added = !q.iter().any(|i| i == id);
+            Ok((refund::enqueue(q, id), added))
+        })
+        .await
+        .map_err(kv_err)?;
+    Ok(added)
 }
 
-fn owed(refund: &Refund, new: bool, now: u64) -> Result<wit::RefundOwed, wit::Error> {
+/// The answer for `refund`: `new` if this call recorded it, else a repeat, which relogs its event as the
+/// kernel says (`Refund::relog_on_repeat`; `requeued`: this repeat found it off the queue and queued it).
+fn owed(
+    refund: &Refund,
+    new: bool,
+    requeued: bool,
+    now: u64,
+) -> Result<wit::RefundOwed, wit::Error> {
     let fields = refund.ledger_fields().detail("reason", &refund.reason);
     Ok(wit::RefundOwed {
         refund: to_json(refund)?,
         new,
         event: event_to_wit(EntryKind::RefundOwed, &fields),
-        relog: !new && refund.relog_due(now),
+        relog: !new && refund.relog_on_repeat(now, requeued),
     })
 }
 
@@ -88,11 +102,10 @@ pub async fn owe(
     // payment's refund is refused below, once this payment is known to have paid (else: nothing was paid).
     let existing = load(&key).await?;
     if let Some(existing) = existing.as_ref().filter(|r| !r.returns_other(hash)) {
-        // A repeat; also heals a first call that stopped between the record and the queue.
-        if existing.status != RefundStatus::Paid {
-            enqueue(id.as_str()).await?;
-        }
-        return owed(existing, false, now);
+        // A repeat; also heals a first call that stopped between the record and the queue, whose event it
+        // then relogs (that call never answered with it).
+        let requeued = existing.status != RefundStatus::Paid && enqueue(id.as_str()).await?;
+        return owed(existing, false, requeued, now);
     }
     let nothing = || wit::Error::Conflict(format!("nothing was paid for invoice {id}"));
     let claim = claims::load(&keys::txhash(hash))
@@ -155,12 +168,12 @@ pub async fn owe(
             if existing.returns_other(hash) {
                 return Err(returns_other(&id, &existing, hash));
             }
-            return owed(&existing, false, now);
+            return owed(&existing, false, false, now);
         }
         Err(e) => return Err(kv_err(e)),
     }
     enqueue(id.as_str()).await?;
-    owed(&refund, true, now)
+    owed(&refund, true, false, now)
 }
 
 /// `conflict`: the invoice's one refund returns another payment than `hash`, which is not refunded.

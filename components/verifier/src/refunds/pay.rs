@@ -1,6 +1,7 @@
 //! Driving one queued refund as far as one run can (transitions: kernel `refund::Refund`). A refund that was
 //! broadcast before is followed up: its transaction offered to the node again if it lost it
-//! (`sender::rebroadcast::look`), owed again if it can never be mined (twice seen, apart), replaced with higher
+//! (`sender::rebroadcast::look`), owed again if it can never be mined (twice seen, apart, and its transfer not
+//! in the token's logs: [`super::unmineable`]), replaced with higher
 //! fees if it waits in the pool below the base fee (`sender::bump`), reconciled against the receipt of any of
 //! its hashes; first, since a follow-up sends nothing new that would fill it, a treasury nonce gap it may wait
 //! behind is filled (`sender::heal_gaps`, as a settlement's replay does; once per network and run: [`Healed`]).
@@ -8,67 +9,24 @@
 
 use std::time::Instant;
 
-use alloy_primitives::{Address, B256, U256};
+use alloy_primitives::B256;
 use esim402_core::InvoiceId;
-use esim402_core::chain::parse_address;
 use esim402_core::evm::erc20::transfer_calldata;
 use esim402_core::evm::{SignedTx, SigningKey};
 use esim402_core::ledger::EntryKind;
-use esim402_core::refund::{Next, PaymentShows, Refund, RefundStatus, Unmineable};
-use esim402_core::settlement::OurTx;
+use esim402_core::refund::{Next, PaymentShows, Refund, RefundStatus};
 use esim402_core::store::keys;
-use esim402_core::x402::exact::parse_decimal_u256;
 use esim402_guest::convert::{event_to_wit, kv_err, message};
 use esim402_guest::kv;
 use esim402_guest::{util, wit};
 
 use super::Step;
+use super::transfer::{Transfer, transfer_of, update};
 use crate::chain::{Chain, Mined, unavailable};
 use crate::config::Config;
 use crate::rpc::CALL_TIMEOUT;
 use crate::sender::rebroadcast::{self, Look};
-use crate::sender::{self, Call, NotBroadcast, Unsent};
-
-/// Apply `f` (a kernel transition returning whether it changed the refund): the refund after the attempt
-/// and that answer; `None` if there is no refund.
-async fn update(
-    key: &str,
-    f: impl Fn(&mut Refund) -> bool,
-) -> Result<Option<(Refund, bool)>, wit::Error> {
-    kv::transition_json(key, f).await.map_err(kv_err)
-}
-
-/// What a refund transfer needs, checked before it is claimed.
-struct Transfer {
-    /// The network's USDC (the refund's asset).
-    token: Address,
-    to: Address,
-    amount: U256,
-}
-
-fn transfer_of(refund: &Refund, chain: &Chain) -> Result<Transfer, String> {
-    if refund.network != chain.network.caip2() {
-        return Err(format!(
-            "the refund is owed on {}, which is not the enabled network",
-            refund.network
-        ));
-    }
-    if parse_address(&refund.asset).ok() != Some(chain.network.usdc) {
-        return Err(format!(
-            "the refund is owed in {}, which is not the network's USDC",
-            refund.asset
-        ));
-    }
-    let to = parse_address(&refund.payer).map_err(|e| format!("bad payer: {}", e.0))?;
-    let amount = parse_decimal_u256(&refund.amount)
-        .filter(|a| *a > U256::ZERO)
-        .ok_or_else(|| format!("bad amount {:?}", refund.amount))?;
-    Ok(Transfer {
-        token: chain.network.usdc,
-        to,
-        amount,
-    })
-}
+use crate::sender::{self, Call, Unsent};
 
 /// Whether the payment `refund` returns still stands on `chain` (kernel `refund::payment_stands`): read again
 /// before every send of a refund owed while a reorganisation could still take it (kernel `Refund::to_check`),
@@ -189,34 +147,38 @@ pub async fn pay_one(
         what: "refund",
         owner: key.clone(),
     };
-    let record = async |tx: &SignedTx, _: Option<u64>| {
-        record_submitted(&key, &holder, tx, util::now_secs()).await
+    let record = async |tx: &SignedTx, at_block: Option<u64>| {
+        record_submitted(&key, &holder, tx, at_block, util::now_secs()).await
     };
     match sender::send(chain, treasury, &call, record).await {
         Ok(hash) => reconcile(chain, &key, &[hash], deadline).await,
-        Err(NotBroadcast { why, .. }) => {
-            let (error, attempted) = match why {
+        Err(not) => {
+            let (error, attempted) = match &not.why {
                 Unsent::WouldRevert(m) => (format!("the refund transfer would revert: {m}"), true),
-                Unsent::Fault(e) => (message(&e), false),
+                Unsent::Fault(e) => (message(e), false),
             };
-            // Held by us and not broadcast: back to owed for a later run.
+            // Held by us and not broadcast: back to owed for a later run, before anything slow (the no-op
+            // below): while the record names the refused transfer, another send may offer it again.
             let now = util::now_secs();
             if let Err(e) = update(&key, |r| r.release(&holder, &error, attempted, now)).await {
                 eprintln!("verifier: cannot release refund {key}: {e:?}");
             }
+            not.fill_hole(chain, treasury).await;
             Step::Failed(error)
         }
     }
 }
 
-/// Record the signed refund on its record while `holder` still holds it; before the broadcast.
+/// Record the signed refund, prepared at head block `at_block`, on its record while `holder` still holds it;
+/// before the broadcast.
 async fn record_submitted(
     key: &str,
     holder: &str,
     tx: &SignedTx,
+    at_block: Option<u64>,
     now: u64,
 ) -> Result<(), wit::Error> {
-    match update(key, |r| r.record_submitted(holder, tx, now)).await? {
+    match update(key, |r| r.record_submitted(holder, tx, at_block, now)).await? {
         Some((_, true)) => Ok(()),
         _ => Err(wit::Error::Conflict(format!(
             "refund {key} was taken over before it was sent"
@@ -237,7 +199,9 @@ async fn follow_up(
 ) -> Step {
     if let Some(tx) = refund.submitted_tx() {
         match rebroadcast::look(chain, &tx, "refund", now).await {
-            Look::Unmineable { at } => return unmineable(key, &tx, at, now).await,
+            Look::Unmineable { at } => {
+                return super::unmineable::unmineable(chain, key, refund, &tx, at, now).await;
+            }
             Look::Known if refund.unmineable_since.is_some() => {
                 // A node that had not caught up: the transaction is there after all.
                 let recorded = hash.to_string();
@@ -254,43 +218,6 @@ async fn follow_up(
         }
     }
     reconcile(chain, key, &refund.sent.hashes(), deadline).await
-}
-
-/// The refund's transaction `tx` can never be mined (its nonce was used by block `at`).
-async fn unmineable(key: &str, tx: &OurTx, at: u64, now: u64) -> Step {
-    let hash = tx.hash.to_string();
-    let error = format!(
-        "refund transaction {hash} was never mined and never will be (treasury nonce {} was used by another transaction by block {at}); no money moved",
-        tx.nonce
-    );
-    let verdict = std::cell::Cell::new(Unmineable::NotOurs);
-    let r = update(key, |r| {
-        let v = r.mark_unmineable(&hash, &error, now);
-        verdict.set(v);
-        matches!(v, Unmineable::Noted | Unmineable::OwedAgain)
-    })
-    .await;
-    match (r, verdict.get()) {
-        (Ok(Some((r, _))), _) if r.status == RefundStatus::Paid => Step::Quiet,
-        (Ok(Some((r, true))), Unmineable::OwedAgain) if r.status == RefundStatus::Owed => {
-            eprintln!("verifier: {error}: refund {key} is owed again");
-            Step::Failed(error)
-        }
-        (Ok(Some((r, _))), _) if r.status == RefundStatus::Submitted => {
-            eprintln!(
-                "verifier: refund {key}: transaction {hash} looks unmineable (treasury nonce {} used by block {at}); it stays submitted until a run {} s after the first sighting still sees it so",
-                tx.nonce,
-                esim402_core::refund::CONFIRM_UNMINEABLE_SECS
-            );
-            Step::Pending(Some(tx.hash))
-        }
-        (Ok(Some(_)), _) => Step::Quiet,
-        (Ok(None), _) => Step::Gone,
-        (Err(e), _) => {
-            eprintln!("verifier: cannot update refund {key}: {e:?}");
-            Step::Pending(Some(tx.hash))
-        }
-    }
 }
 
 /// Wait for the receipt of any of the refund's transactions `hashes` (one nonce's, the latest first) until

@@ -12,7 +12,8 @@
 //!
 //! Before the broadcast every failure gives the nonce back and tells the caller, which releases its claim, so
 //! a retry can work; if later nonces of the key are already out, the nonce is filled with a no-op transaction
-//! instead ([`give_back`]), so their transactions do not wait behind a hole until some later send. Once the
+//! instead ([`give_back`]; after the caller's release, [`NotBroadcast::fill_hole`], if the transaction was on
+//! its record), so their transactions do not wait behind a hole until some later send. Once the
 //! signed transaction is on the caller's record, the nonce goes to no other transaction before that record
 //! is released: the next send releases it if the record by then names no transaction at it
 //! ([`give_back_recorded`]). Once the transaction may have left (sent, or the send's outcome is unknown)
@@ -81,12 +82,16 @@ pub enum Unsent {
 
 /// A [`send`] that certainly broadcast nothing. The account nonce is already given back (one whose transaction
 /// was `recorded` is left for the next send to release once the caller's record names it no more:
-/// [`give_back_recorded`]); the caller's claim is not (the caller releases it).
+/// [`give_back_recorded`]); the caller's claim is not: the caller releases it, then calls
+/// [`NotBroadcast::fill_hole`].
 pub struct NotBroadcast {
     /// Why.
     pub why: Unsent,
     /// The hash the caller recorded on its claim before the send was refused, if it got that far.
     pub recorded: Option<B256>,
+    /// A nonce whose transaction was on the caller's record, held below later nonces of the key: for the
+    /// no-op, once that record is released ([`give_back_recorded`]).
+    hole: Option<Eip1559Tx>,
 }
 
 impl From<Unsent> for NotBroadcast {
@@ -94,6 +99,18 @@ impl From<Unsent> for NotBroadcast {
         Self {
             why,
             recorded: None,
+            hole: None,
+        }
+    }
+}
+
+impl NotBroadcast {
+    /// Once the caller released its record (or tried to): fill the nonce its transaction held below later
+    /// nonces of the key with the key's no-op, if there is such a hole ([`give_back_recorded`]). Slow (a
+    /// broadcast), which is why it waits for the release.
+    pub async fn fill_hole(&self, chain: &Chain, signer: &SigningKey) {
+        if let Some(tx) = &self.hole {
+            plug(chain, signer, tx, false).await;
         }
     }
 }
@@ -237,8 +254,12 @@ pub async fn send(
     // transaction nobody knows about.
     if let Err(e) = record(&signed, counts.head).await {
         // The record may hold the transaction already (a later write failed): see [`give_back_recorded`].
-        give_back_recorded(chain, signer, &tx, held).await;
-        return Err(Unsent::Fault(e).into());
+        let hole = give_back_recorded(chain, signer, &tx, held).await;
+        return Err(NotBroadcast {
+            why: Unsent::Fault(e),
+            recorded: None,
+            hole,
+        });
     }
     match chain
         .rpc
@@ -251,13 +272,14 @@ pub async fn send(
             SendRefusal::Refused => {
                 // The node refused it, naming why: nothing was broadcast, so everything can be given back, the
                 // nonce once the caller's record no longer names the transaction ([`give_back_recorded`]).
-                give_back_recorded(chain, signer, &tx, held).await;
+                let hole = give_back_recorded(chain, signer, &tx, held).await;
                 return Err(NotBroadcast {
                     why: Unsent::Fault(wit::Error::Unavailable(format!(
                         "the node refused the {} transaction ({code}: {message})",
                         call.what
                     ))),
                     recorded: Some(hash),
+                    hole,
                 });
             }
             SendRefusal::Unknown => {
@@ -297,18 +319,21 @@ async fn give_back(chain: &Chain, signer: &SigningKey, tx: &Eip1559Tx, held: (&s
 /// failed). The caller releases that record after this returns, and its release may fail; until it is gone a
 /// recorded transaction may be sent again, so its nonce must not go to another (kernel
 /// `NonceState::give_back_recorded`): it stays held, an orphan at once, and the next send of this key releases
-/// it if the record names no transaction at it by then (`rebroadcast::fill_gaps`). Below later nonces it is
-/// filled with the no-op now (which moves nothing, whatever the record says); a refused no-op leaves it held.
+/// it if the record names no transaction at it by then (`rebroadcast::fill_gaps`). Below later nonces it is to
+/// be filled with the no-op (which moves nothing, whatever the record says; a refused no-op leaves it held):
+/// returned as the hole, which the caller fills only after its release ([`NotBroadcast::fill_hole`]). Not
+/// before: while the record names the transaction, a concurrent send's `fill_gaps` may offer its bytes to the
+/// node once they are `RESEND_AFTER_SECS` old, and a release that waited behind a slow no-op broadcast would
+/// then clear the record of a transaction that went out (a refund owed again and paid twice).
 async fn give_back_recorded(
     chain: &Chain,
     signer: &SigningKey,
     tx: &Eip1559Tx,
     held: (&str, &str),
-) {
+) -> Option<Eip1559Tx> {
     let (owner, holder) = held;
-    if nonces::give_back(chain, signer, tx.nonce, owner, holder, true).await == GiveBack::Plug {
-        plug(chain, signer, tx, false).await;
-    }
+    let g = nonces::give_back(chain, signer, tx.nonce, owner, holder, true).await;
+    (g == GiveBack::Plug).then(|| tx.clone())
 }
 
 /// Fill `tx`'s nonce, held, with the key's no-op transaction; if that is certainly not broadcast either, give

@@ -160,6 +160,7 @@ pub async fn broadcast(
         Err(NotBroadcast {
             why: Unsent::WouldRevert(m),
             recorded: None,
+            ..
         }) => {
             eprintln!(
                 "verifier: the settlement of {} would revert ({m})",
@@ -167,11 +168,13 @@ pub async fn broadcast(
             );
             Err(NotSent::WouldRevert)
         }
-        Err(NotBroadcast { why, recorded }) => {
+        Err(not) => {
             let mut keys = claim.keys.clone();
-            keys.extend(recorded.map(keys::txhash));
+            keys.extend(not.recorded.map(keys::txhash));
             claims::release(&claim.record_key, &claim.holder, &keys).await;
-            Err(match why {
+            // Only now, with the record released: no send offers its transaction again meanwhile.
+            not.fill_hole(chain, signer).await;
+            Err(match not.why {
                 Unsent::WouldRevert(_) => NotSent::Rejected(InvalidReason::SimulationFailed),
                 Unsent::Fault(e) => NotSent::Fault(e),
             })

@@ -3939,3 +3939,7 @@ async fn a_replay_fills_a_nonce_gap_behind_eight_recorded_reservations() {
         (n, TxKind::Call(facilitator()))
     );
 }
+
+/// Refund paths a review found wanting (a sibling file: this one is long enough).
+#[path = "verifier_refunds.rs"]
+mod refunds_review;

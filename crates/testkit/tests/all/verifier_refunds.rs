@@ -1,0 +1,294 @@
+//! Refund paths of the verifier found by a review (`owe-refund` repeats, refused sends, unmineable transfers),
+//! against the scripted node of [`super`]: each test fails on the code before its fix.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use alloy_primitives::{Address, TxKind, hex};
+use esim402_host::kv::Backend;
+use esim402_host::kv::wrapped::{Hook, Wrapped};
+use esim402_testkit::{Kit, types};
+use serde_json::{Value, json};
+
+use super::{
+    E, Mining, Node, PRICE, S, TX_COUNT, builder, decode_tx, invoice, kv_json, now, paid_invoice,
+    pay, payer, settle, transfer_log, wit_invoice,
+};
+
+/// Anvil dev account #4 as the treasury (as in `crate::refunds`).
+const TREASURY_KEY: &str = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a";
+
+fn treasury() -> Address {
+    esim402_core::evm::SigningKey::from_hex(TREASURY_KEY)
+        .unwrap()
+        .address()
+}
+
+/// An invoice paid by a confirmed `exact` settlement, and the settlement's transaction.
+async fn paid(kit: &mut Kit, seed: u8) -> (types::Invoice, String, String) {
+    let inv = invoice(seed, None);
+    let got = settle(kit, &inv, pay(&inv).v2()).await;
+    let Ok(S::Settled(tx)) = got else {
+        panic!("{got:?}");
+    };
+    let id = inv.invoice_id.as_str().to_owned();
+    (wit_invoice(&paid_invoice(&inv, &tx)), id, tx)
+}
+
+async fn owe(kit: &mut Kit, inv: &types::Invoice, tx: &str) -> Result<types::RefundOwed, E> {
+    let (inv, tx) = (inv.clone(), tx.to_owned());
+    kit.call(async move |a, g| {
+        g.verifier()
+            .call_owe_refund(a, inv, tx, None, "activation failed".into(), now())
+            .await
+    })
+    .await
+    .unwrap()
+    .map_err(E::from)
+}
+
+/// A run as of `at`, acknowledged: its summary.
+async fn run_at(kit: &mut Kit, at: u64) -> Value {
+    let r = kit
+        .call(async move |a, g| g.verifier().call_run_refunds(a, at, 10).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = r.settled.clone();
+    kit.call(async move |a, g| g.verifier().call_ack_refunds(a, ids).await)
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&r.summary).unwrap()
+}
+
+/// Finding 1: a first `owe-refund` that recorded the refund but failed to queue it (the hot queue cell
+/// contended) never answered with its `refund_owed`; the caller's retry, seconds later, must relog it (before,
+/// it answered `relog: false` until three minutes after the record, and the event was lost for good).
+#[tokio::test]
+async fn a_retry_of_an_owe_refund_that_failed_to_queue_it_relogs_its_event_at_once() {
+    let node = Arc::new(Node::default());
+    let failing = Arc::new(AtomicBool::new(false));
+    let store = Arc::new(crate::failing_writes("refund/queue", &failing));
+    let mut kit = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .store(store)
+        .build()
+        .await
+        .unwrap();
+    let (inv, id, tx) = paid(&mut kit, 190).await;
+
+    failing.store(true, Ordering::SeqCst);
+    let first = owe(&mut kit, &inv, &tx).await;
+    assert!(first.is_err(), "{first:?}");
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "owed", "recorded before the queue failed");
+    assert_eq!(kv_json(&kit, "refund/queue").await, None);
+
+    failing.store(false, Ordering::SeqCst);
+    let again = owe(&mut kit, &inv, &tx).await.unwrap();
+    assert!(!again.new);
+    assert!(again.relog, "the event its first call never answered");
+    assert_eq!(again.event.kind, "refund_owed");
+    assert_eq!(again.event.invoice.as_deref(), Some(id.as_str()));
+    assert_eq!(again.event.amount, Some(PRICE));
+    assert_eq!(kv_json(&kit, "refund/queue").await, Some(json!([id])));
+
+    // Queued now: a further repeat waits as before (the one above relogged it).
+    let third = owe(&mut kit, &inv, &tx).await.unwrap();
+    assert!(!third.new && !third.relog, "{third:?}");
+}
+
+/// What a refund record's published writes were, in order, with the no-op transactions the node was sent.
+#[derive(Clone, Default)]
+struct Timeline(Arc<Mutex<Vec<String>>>);
+
+impl Timeline {
+    fn push(&self, entry: String) {
+        self.0.lock().unwrap().push(entry);
+    }
+
+    fn entries(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Hook for Timeline {
+    async fn after_write(&self, inner: &dyn Backend, key: &str) {
+        if !key.starts_with("refund/inv") || key.contains('@') {
+            return;
+        }
+        let raw = inner.get(key).await.ok().flatten().unwrap();
+        let data = esim402_core::store::cell::Stored::decode(&raw)
+            .unwrap()
+            .data
+            .unwrap();
+        let record: Value = serde_json::from_slice(&data).unwrap();
+        self.push(format!("refund {}", record["status"].as_str().unwrap()));
+    }
+}
+
+/// Whether the request is the treasury's no-op transaction (nothing, to itself).
+fn is_no_op(call: &Value, treasury: Address) -> bool {
+    if call["method"] != "eth_sendRawTransaction" {
+        return false;
+    }
+    let tx = decode_tx(&hex::decode(call["params"][0].as_str().unwrap()).unwrap());
+    tx.tx().input.is_empty() && tx.tx().to == TxKind::Call(treasury)
+}
+
+/// Finding 2: a refund transfer the node refused, below a treasury nonce already out, leaves a hole the
+/// treasury's no-op fills; the refund's record is released (owed again, naming no transaction) before that
+/// no-op goes out. Before, the release waited behind the no-op's broadcast (up to 10 s), while the record
+/// still named the refused transfer, which a concurrent send's `fill_gaps` offers the node again once it is
+/// `RESEND_AFTER_SECS` old: accepted, then released, the refund was owed again and paid twice.
+#[tokio::test]
+async fn a_refused_refund_is_released_before_its_nonce_is_filled_with_a_no_op() {
+    let node = Arc::new(Node::default());
+    let timeline = Timeline::default();
+    let store = Arc::new(Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        timeline.clone(),
+    ));
+    let (n, seen) = (node.clone(), timeline.clone());
+    let mut kit = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .store(store)
+        .respond(move |r| {
+            let calls = match r.json().unwrap() {
+                Value::Array(calls) => calls,
+                call => vec![call],
+            };
+            for call in calls.iter().filter(|c| is_no_op(c, treasury())) {
+                let nonce = decode_tx(&hex::decode(call["params"][0].as_str().unwrap()).unwrap())
+                    .tx()
+                    .nonce;
+                seen.push(format!("no-op {nonce}"));
+            }
+            n.answer(r)
+        })
+        .build()
+        .await
+        .unwrap();
+    let (inv, id, tx) = paid(&mut kit, 191).await;
+    owe(&mut kit, &inv, &tx).await.unwrap();
+    // Another refund holds TX_COUNT + 1 (reserved just now, out); TX_COUNT was given back earlier, so this
+    // refund reserves it.
+    let other = TX_COUNT + 1;
+    let seeded = json!({
+        "next": TX_COUNT + 2,
+        "pending": [other],
+        "released": [TX_COUNT],
+        "owners": {other.to_string(): "refund/inv_other"},
+        "reserved_at": {other.to_string(): now()},
+    });
+    let nonces = format!("signer/eip155:31337/{:#x}/nonce", treasury());
+    kit.kv_put(&nonces, seeded.to_string().as_bytes()).await;
+    node.set(|c| c.refuse_token_calls = true);
+
+    let summary = run_at(&mut kit, now()).await;
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("refused the refund transaction"), "{error}");
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "owed");
+    assert_eq!(record["transaction"], Value::Null);
+    assert_eq!(
+        timeline.entries(),
+        [
+            "refund owed",
+            "refund submitted",
+            "refund submitted",
+            "refund owed",
+            &format!("no-op {TX_COUNT}"),
+        ],
+        "claimed, recorded, released, then the hole filled"
+    );
+    let state = kv_json(&kit, &nonces).await.unwrap();
+    assert_eq!(state["pending"], json!([TX_COUNT, other]), "{state}");
+}
+
+/// The refund transfers among everything the node was sent.
+fn refund_hashes(node: &Node) -> Vec<String> {
+    node.sent()
+        .iter()
+        .map(|raw| decode_tx(raw))
+        .filter(|tx| {
+            tx.tx()
+                .input
+                .starts_with(&esim402_core::evm::erc20::TRANSFER_SELECTOR)
+        })
+        .map(|tx| tx.hash().to_string())
+        .collect()
+}
+
+/// Finding 3: a refund transfer that was mined, asked about on a node whose transaction index was pruned (it
+/// knows neither the transaction nor its receipt) while the treasury's count is past its nonce, looks exactly
+/// like a lost one. Before, two sightings two minutes apart owed it again and a second transfer paid it twice;
+/// now the token's logs are searched for the transfer first: found, or the search refused, it stays
+/// submitted; only a search that finds nothing owes it again.
+#[tokio::test]
+async fn an_unmineable_refund_whose_transfer_the_token_logged_is_not_owed_again() {
+    let node = Arc::new(Node::default());
+    let mut kit = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .var("settlement_timeout_ms", "300")
+        .build()
+        .await
+        .unwrap();
+    let (inv, id, tx) = paid(&mut kit, 192).await;
+    owe(&mut kit, &inv, &tx).await.unwrap();
+    node.set(|c| c.mining = Mining::Never);
+    assert_eq!(run_at(&mut kit, now()).await["paid"], json!([]));
+    let sent = refund_hashes(&node);
+    let mined = sent[0].clone();
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["sent_at_block"], 0x11, "the head it was prepared at");
+
+    // Mined in block 0x12, but the node's index was pruned: it knows neither the transaction nor its receipt.
+    node.forget();
+    let mut logged = transfer_log(treasury(), payer(), PRICE);
+    logged["blockNumber"] = json!("0x12");
+    logged["transactionHash"] = json!(mined);
+    node.set(|c| {
+        c.mined_count = Some(TX_COUNT + 1);
+        c.pending_count = Some(TX_COUNT + 1);
+        c.mining = Mining::Succeed;
+        c.logs.push(logged);
+    });
+    let pending = json!({"paid": [], "pending": [{"invoice": id, "transaction": mined}],
+                         "failed": [], "remaining": 1});
+    assert_eq!(run_at(&mut kit, now()).await, pending, "first sighting");
+    // Two minutes on, still unknown: its transfer is in the token's logs, so it is not owed again.
+    assert_eq!(run_at(&mut kit, now() + 600).await, pending);
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "submitted", "{record}");
+    assert_eq!(record["transaction"], mined.as_str());
+    assert_eq!(refund_hashes(&node), sent, "no second transfer");
+
+    // A node that refuses the search decides nothing either.
+    node.set(|c| {
+        c.logs.clear();
+        c.refuse_logs = true;
+    });
+    assert_eq!(run_at(&mut kit, now() + 600).await, pending);
+    assert_eq!(
+        kv_json(&kit, &format!("refund/{id}")).await.unwrap()["status"],
+        "submitted"
+    );
+
+    // Searched, and no transfer: it really never moved; owed again, and paid by a new transfer.
+    node.set(|c| c.refuse_logs = false);
+    let summary = run_at(&mut kit, now() + 600).await;
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("never will be"), "{error}");
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "owed", "{record}");
+    let summary = run_at(&mut kit, now()).await;
+    let sent = refund_hashes(&node);
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        summary["paid"],
+        json!([{"invoice": id, "transaction": sent[1]}])
+    );
+}
