@@ -64,13 +64,15 @@ pub struct Owed {
     /// The refunds as recorded.
     pub recorded: Vec<Value>,
     /// How many could not be owed now and may be on a retry (a store or verifier fault; not an operator's
-    /// case, which no retry changes).
+    /// case, which no retry changes), or were owed but their `refund_owed` could be neither appended nor
+    /// parked (the ledger's store failed): the caller is to be asked again.
     pub retry: usize,
 }
 
 /// Owe `owing` back (the verifier's `owe-refund`: once per invoice, so owing the same again records nothing
 /// new) and log the `refund_owed` events of the new ones. One that cannot be owed now does not stop the
-/// others: it is reported, with how to retry it (`retry`), and counted in [`Owed::retry`].
+/// others: it is reported, with how to retry it (`retry`), and counted in [`Owed::retry`], like an owed one
+/// whose event could not be logged.
 pub async fn owe(owing: Vec<Owing>, retry: &str) -> Owed {
     let mut out = Vec::new();
     let mut left = 0;
@@ -129,8 +131,15 @@ pub async fn owe(owing: Vec<Owing>, retry: &str) -> Owed {
             }
         }
     }
-    crate::pay::log_events(events, false).await;
-    crate::pay::log_events(repeats, true).await;
+    // A `refund_owed` neither appended nor parked is lost unless the caller is asked again: counted as a retry
+    // (the repeat logs it again once its owing is old enough to be re-logged, and the ledger keeps it once).
+    let (new, again) = (events.len(), repeats.len());
+    if !crate::pay::log_events(events, false).await {
+        left += new;
+    }
+    if !crate::pay::log_events(repeats, true).await {
+        left += again;
+    }
     Owed {
         recorded: out,
         retry: left,

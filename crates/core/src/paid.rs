@@ -40,7 +40,22 @@ pub const ORDER_PHASE_SECS: u64 = MAX_DISPATCH_BUDGET_SECS + 10;
 /// and the wait for its receipt. An estimate, not a deadline: a send that offers many lost transactions
 /// again to a slow node can take longer.
 pub const SETTLE_PHASE_SECS: u64 = MAX_SETTLEMENT_WAIT_SECS + 40;
-const _: () = assert!(ORDER_PHASE_SECS < LEASE_SECS && SETTLE_PHASE_SECS < LEASE_SECS);
+/// The most an attempt's append of its ledger events may take (the append, or parking them in the outbox): a
+/// driver whose lease would end sooner renews it before appending, so no duplicate of its payment takes over and
+/// logs the same events meanwhile ([`logs_as_repeat`]).
+pub const LOG_PHASE_SECS: u64 = 30;
+const _: () = assert!(
+    ORDER_PHASE_SECS < LEASE_SECS && SETTLE_PHASE_SECS < LEASE_SECS && LOG_PHASE_SECS < LEASE_SECS
+);
+
+/// Whether an attempt's ledger events go through the ledger's repeat check (`crate::ledger::not_yet_logged`)
+/// when appended: it `resumed` an earlier attempt (which may have logged them), or it no longer `holds` its
+/// payment record (its lease did not cover the append and could not be renewed, [`PaymentRecord::renew`]): the
+/// same payment sent again may have taken it over after the lease ran out and logged the same events, as
+/// resumed. An attempt that outlived its lease appending unchecked would log them twice.
+pub fn logs_as_repeat(resumed: bool, holds: bool) -> bool {
+    resumed || !holds
+}
 
 /// Whether a lease ending at `lease_until` still covers a phase of `phase_secs` starting at `now`. Each phase
 /// fits a lease, but verification, the order and the settlement together may not (a slow node's calls take
@@ -696,6 +711,41 @@ mod tests {
         );
         let refunded = PaymentRecord::mark_refunded(Some(paid)).unwrap();
         assert_eq!(status(Some(&refunded), 100, 500), InvoiceStatus::Refunded);
+    }
+
+    /// An attempt that outlived its lease while the same payment, sent again, took it over and logged the
+    /// settlement (as resumed): its own events go through the repeat check, so the settlement is in the ledger
+    /// once. Before, only a resumed attempt's did: the original appended its settlement a second time.
+    #[test]
+    fn an_attempt_that_lost_its_lease_logs_its_events_as_repeats() {
+        use crate::ledger::{ChainHead, EntryFields, EntryKind, not_yet_logged};
+        let original = rec(PaymentState::Working, "a", 280, None);
+        // Past the lease, the same payment takes it over (a resume) and logs the settlement.
+        let Decision::Drive(taken) = decide(Some(&original), "a", "h1", false, 281) else {
+            panic!("the same payment takes a lapsed lease over");
+        };
+        assert!(resumes(Some(&original)));
+        let settled = (
+            EntryKind::SettlementConfirmed,
+            EntryFields::default().invoice("inv_a"),
+        );
+        let mut head = ChainHead::genesis();
+        let found = [head.append(281, settled.0, settled.1.clone())];
+        // The original, its lease no longer covering its append, cannot renew: it no longer holds the record.
+        assert!(!lease_covers(original.lease_until, 282, LOG_PHASE_SECS));
+        let holds = PaymentRecord::renew(Some(taken.clone()), "h0", 282).is_ok();
+        assert!(!holds);
+        assert!(logs_as_repeat(false, holds));
+        let logged = if logs_as_repeat(false, holds) {
+            not_yet_logged(vec![settled.clone()], &found, &[])
+        } else {
+            vec![settled.clone()]
+        };
+        assert!(logged.is_empty(), "logged twice: {logged:?}");
+        // One that still holds its record (nobody took it over) appends as it is; a resumed one checks.
+        assert!(PaymentRecord::renew(Some(taken), "h1", 282).is_ok());
+        assert!(!logs_as_repeat(false, true));
+        assert!(logs_as_repeat(true, true));
     }
 
     #[test]

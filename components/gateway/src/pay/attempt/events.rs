@@ -2,6 +2,7 @@
 //! record's end becomes when they could not be ([`Attempt::end`]).
 
 use esim402_core::ledger::{EntryFields, EntryKind};
+use esim402_core::paid;
 use esim402_guest::convert::event_to_wit;
 use esim402_guest::wit;
 
@@ -29,10 +30,16 @@ impl Attempt<'_> {
     }
 
     /// Append the recorded events (a resumed attempt's may repeat an interrupted one's: the ledger keeps each
-    /// once-per-invoice event once).
+    /// once-per-invoice event once). So does an attempt that no longer holds its payment record (kernel
+    /// `paid::logs_as_repeat`): it outlived its lease, and the same payment sent again may have taken it over and
+    /// logged the same events; its lease is renewed first if it does not cover the append.
     pub async fn flush(&self) {
         let events = std::mem::take(&mut *self.pending.borrow_mut());
-        if !log_events(events, self.resumed).await {
+        if events.is_empty() {
+            return;
+        }
+        let holds = self.resumed || self.still_holds().await;
+        if !log_events(events, paid::logs_as_repeat(self.resumed, holds)).await {
             self.unlogged.set(true);
         }
     }

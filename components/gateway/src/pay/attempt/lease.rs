@@ -29,4 +29,21 @@ impl Attempt<'_> {
             Err(e) => Err((wit::PaymentEnd::Resume, stored_error(&from_wit(e)))),
         }
     }
+
+    /// Before appending its ledger events: whether this attempt still holds its payment record, its lease
+    /// renewed if it does not cover the append (kernel `paid::LOG_PHASE_SECS`). `false` once the same payment
+    /// sent again took it over (the lease ran out), or when the renewal could not run: its events then go
+    /// through the repeat check (kernel `paid::logs_as_repeat`).
+    pub(super) async fn still_holds(&self) -> bool {
+        match self.keep_lease(esim402_core::paid::LOG_PHASE_SECS).await {
+            Ok(()) => true,
+            Err(_) => {
+                eprintln!(
+                    "gateway: payment of {} no longer held at its append: its events are checked for repeats",
+                    self.invoice.id
+                );
+                false
+            }
+        }
+    }
 }
