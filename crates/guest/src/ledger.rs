@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use esim402_core::ledger::outbox::{Claimed, Outbox, OutboxFull};
+use esim402_core::ledger::outbox::{Claimed, Failure, Outbox, OutboxFull};
 use esim402_core::ledger::{
     ChainHead, EntryFields, EntryKind, LedgerEntry, SHARDS, from_json_line, shard_for, to_json_line,
 };
@@ -77,6 +77,13 @@ async fn advance(
         Err(KvError::Refused(())) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Help a stranded head forward (kernel `ledger::stranded`): from `from` to `to`, past entries that continue its
+/// chain, as an appender helps one it finds cut off. Whether this call moved it (an append in flight may have
+/// meanwhile, and its own advance then walks on from where this one left it).
+pub async fn help_forward(from: ChainHead, to: ChainHead) -> Result<bool, KvError<()>> {
+    advance(from, to, None).await
 }
 
 /// Move the head from `from` (read as cell version `read`) to `to` (past entries this appender wrote). A
@@ -339,25 +346,48 @@ pub struct Drained {
 }
 
 /// Append what the outbox holds, at `now`: claim the batches nobody drains, append each (after a lapsed drain,
-/// only what it did not append), then remove them. A store failure stops the drain; what it claimed is drained
-/// by the next one once its lease ends.
+/// only what it did not append), then remove them. A batch that cannot be appended does not stop the others,
+/// and goes behind them at the next drain (kernel `Outbox::release`): one found blocked (a hole in its shard,
+/// `Corrupt`) also waits a while, and so do the other batches of that shard this drain claimed; after a store
+/// failure on a shard, this drain leaves that shard's other batches to the next one and goes on with the other
+/// shards. The outbox is written only when something is claimed, renewed or released.
 pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
     let key = keys::ledger_outbox();
     let (outbox, _) = kv::read_json::<Outbox, ()>(&key).await?;
     let Some(outbox) = outbox.filter(|o| !o.batches.is_empty()) else {
         return Ok(Drained::default());
     };
+    let to_claim = outbox.shards_to_claim(now);
+    if to_claim.is_empty() {
+        // Every batch is held by a drain (or waits out a block): nothing to claim, nothing to write.
+        return Ok(Drained {
+            appended: 0,
+            left: outbox.parked_events(),
+        });
+    }
     let mut heads = std::collections::BTreeMap::new();
-    for shard in outbox.shards_to_claim(now) {
+    for shard in to_claim {
         heads.insert(shard, head(shard).await?.count);
     }
     let token = crate::util::holder_token().map_err(KvError::Store)?;
-    let (after, claimed) = kv::update_json_with(&key, |current: Option<Outbox>| {
+    let (after, claimed) = kv::change_json(&key, |current: Option<Outbox>| {
         let mut outbox = current.unwrap_or_default();
         let claimed = outbox.claim(&token, now, &heads);
-        Ok::<_, ()>((outbox, claimed))
+        let change = if claimed.is_empty() {
+            kv::Change::Keep
+        } else {
+            kv::Change::Put(outbox)
+        };
+        Ok::<_, ()>((change, claimed))
     })
     .await?;
+    let after = after.unwrap_or_default();
+    if claimed.is_empty() {
+        return Ok(Drained {
+            appended: 0,
+            left: after.parked_events(),
+        });
+    }
     // Where each claimed batch looks for what another drain appended, per shard (kernel `Claimed::look_from`).
     // Each shard is read once, from the lowest of them, and caught up before each batch (only what was appended
     // since, its own appends included): a drain reads each entry once, however many batches it appends, and
@@ -370,8 +400,14 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
     }
     let mut drained = Drained::default();
     let mut done = Vec::new();
+    let mut failing = Failing::default();
     for (c, look) in claimed.into_iter().zip(looks) {
-        // A scan the store fails stops the drain like a failed append: what it holds goes at once.
+        let shards = c.batch.shards();
+        if failing.blocks(&shards) {
+            failing.waits(&c.batch.id, &shards);
+            continue;
+        }
+        // A scan the store fails ends this batch's turn like a failed append.
         let mut scan_failed = false;
         for shard in look.keys() {
             if let Some((next, entries)) = scanned.get_mut(shard) {
@@ -385,6 +421,7 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
                             "ledger: scanning shard {shard} for parked batch {} failed: {e:?}",
                             c.batch.id
                         );
+                        failing.failed(&c.batch.id, *shard, &e);
                         scan_failed = true;
                         break;
                     }
@@ -392,7 +429,7 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
             }
         }
         if scan_failed {
-            break;
+            continue;
         }
         let seen = |from: &BTreeMap<u16, u64>| -> Vec<&LedgerEntry> {
             from.iter()
@@ -423,10 +460,15 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
         esim402_core::ledger::outbox::drop_appended(&mut events, seen(&look));
         // Still ours? A long scan may outlast the lease, and a drain that took the batch over appends it.
         let id = c.batch.id.clone();
-        let (_, ours) = kv::update_json_with(&key, |current: Option<Outbox>| {
+        let (_, ours) = kv::change_json(&key, |current: Option<Outbox>| {
             let mut outbox = current.unwrap_or_default();
             let ours = outbox.renew(&token, &id, crate::util::now_secs());
-            Ok::<_, ()>((outbox, ours))
+            let change = if ours {
+                kv::Change::Put(outbox)
+            } else {
+                kv::Change::Keep
+            };
+            Ok::<_, ()>((change, ours))
         })
         .await?;
         if !ours {
@@ -443,27 +485,76 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
                 drained.appended += entries.len();
                 done.push(c.batch.id.clone());
             }
-            // A hole in one of its shards: this batch waits (the check reports the hole); the others go on.
-            Err(e) if matches!(e.error, KvError::Corrupt { .. }) => {
-                eprintln!("ledger: parked batch {} waits: {:?}", c.batch.id, e.error);
-            }
             Err(e) => {
                 eprintln!(
                     "ledger: draining parked batch {} failed: {:?}",
                     c.batch.id, e.error
                 );
-                break;
+                // The run that failed is the first of what was left.
+                let shard = e
+                    .events
+                    .first()
+                    .map(|(kind, fields)| shard_for(*kind, fields));
+                let shard = shard
+                    .or_else(|| shards.first().copied())
+                    .unwrap_or_default();
+                failing.failed(&c.batch.id, shard, &e.error);
             }
         }
     }
-    let (left, ()) = kv::update_json_with(&key, |current: Option<Outbox>| {
-        let mut outbox = current.unwrap_or_default();
-        outbox.release(&token, &done);
-        Ok::<_, ()>((outbox, ()))
+    let released = crate::util::now_secs();
+    let (left, ()) = kv::change_json(&key, |current: Option<Outbox>| {
+        let before = current.unwrap_or_default();
+        let mut outbox = before.clone();
+        outbox.release(&token, &done, &failing.batches, released);
+        // All of it taken over by other drains meanwhile: nothing of ours to let go.
+        if outbox == before {
+            return Ok::<_, ()>((kv::Change::Keep, ()));
+        }
+        Ok((kv::Change::Put(outbox), ()))
     })
     .await?;
-    drained.left = left.parked_events();
+    drained.left = left.map_or(0, |o| o.parked_events());
     Ok(drained)
+}
+
+/// The shards a [`drain`] found it cannot append to now, and the batches it failed (kernel `Outbox::release`).
+#[derive(Default)]
+struct Failing {
+    /// Shards with a hole (`Corrupt`): no drain appends past it, so their batches wait.
+    blocked: std::collections::BTreeSet<u16>,
+    /// Shards the store failed on: their other batches are left to the next drain.
+    down: std::collections::BTreeSet<u16>,
+    /// Batches this drain failed to append, and how.
+    batches: BTreeMap<String, Failure>,
+}
+
+impl Failing {
+    /// Whether a batch going to `shards` is not tried in this drain.
+    fn blocks(&self, shards: &std::collections::BTreeSet<u16>) -> bool {
+        shards
+            .iter()
+            .any(|s| self.blocked.contains(s) || self.down.contains(s))
+    }
+
+    /// Batch `id`, going to `shards`, is not tried: if one of them is blocked, it fails blocked too.
+    fn waits(&mut self, id: &str, shards: &std::collections::BTreeSet<u16>) {
+        if shards.iter().any(|s| self.blocked.contains(s)) {
+            self.batches.insert(id.to_owned(), Failure::Blocked);
+        }
+    }
+
+    /// Batch `id` failed at `shard` with `error`.
+    fn failed(&mut self, id: &str, shard: u16, error: &KvError<()>) {
+        let failure = if matches!(error, KvError::Corrupt { .. }) {
+            self.blocked.insert(shard);
+            Failure::Blocked
+        } else {
+            self.down.insert(shard);
+            Failure::Store
+        };
+        self.batches.insert(id.to_owned(), failure);
+    }
 }
 
 /// How many events the outbox holds.

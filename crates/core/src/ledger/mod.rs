@@ -630,6 +630,57 @@ pub fn verify_shards(
     Ok((root(&heads), pending))
 }
 
+/// How old (by its time) an entry past its shard's head must be before a check helps the head past it
+/// ([`stranded`]): a younger one may be an append in flight, whose own head advance follows.
+pub const STRANDED_AFTER_SECS: u64 = 60;
+
+/// The shards whose stored head has entries past it that continue its chain (`(stored head, entries as read)`
+/// per shard, as [`verify_shards`] takes them), at `now`: each head, and the head after those entries, up to the
+/// first one younger than [`STRANDED_AFTER_SECS`]. An appender writes its entries before it advances the head,
+/// and one cut off in between (a crash) leaves them stranded until the next append to that shard helps the head
+/// past them; on a shard nobody appends to again, a check helps it instead, so they count in the root. A shard
+/// whose chain does not verify up to its head is left out.
+pub fn stranded(shards: &[(ChainHead, Vec<LedgerEntry>)], now: u64) -> Vec<(ChainHead, ChainHead)> {
+    shards
+        .iter()
+        .filter_map(|(head, entries)| {
+            let within = usize::try_from(head.count).unwrap_or(usize::MAX);
+            // Nothing read past the head: nothing to replay (the common case costs no hashing).
+            if entries.len() <= within {
+                return None;
+            }
+            let found = verify_shard_chain(head.shard, entries.iter().take(within)).ok()?;
+            if found != *head {
+                return None;
+            }
+            let old = entries
+                .iter()
+                .skip(within)
+                .take_while(|e| e.at.saturating_add(STRANDED_AFTER_SECS) <= now);
+            let end = continue_chain(found, old).ok()?;
+            (end.count > head.count).then_some((*head, end))
+        })
+        .collect()
+}
+
+/// What a ledger check answers about a stored ledger record that does not parse (`key`, as the store names
+/// it): which shard and which entry (or the shard's head), never the record or the decoder's message, which can
+/// quote stored values. The answer is public (`GET /v1/ledger/verify`); the operator reads the rest in the log.
+pub fn unreadable(key: &str) -> String {
+    let mut parts = key.strip_prefix("ledger/").unwrap_or_default().split('/');
+    let shard = parts.next().and_then(|s| s.parse::<u16>().ok());
+    match (shard, parts.next(), parts.next(), parts.next()) {
+        (Some(shard), Some("entry"), Some(seq), None) => match seq.parse::<u64>() {
+            Ok(seq) => format!("shard {shard}: entry {seq} is not a ledger entry"),
+            Err(_) => format!("shard {shard}: an entry is not a ledger entry"),
+        },
+        (Some(shard), Some("head"), None, None) => {
+            format!("shard {shard}: its head is not a chain head")
+        }
+        _ => "a ledger record is unreadable".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -991,6 +1042,72 @@ mod tests {
             ],
             "the issue is a repeat; each attempt's verification is its own; another invoice's settlement is not \
              this one's; an event naming no invoice is kept"
+        );
+    }
+
+    /// A record that does not parse is reported by where it is, nothing of what it holds.
+    #[test]
+    fn an_unreadable_record_is_reported_by_shard_and_seq_only() {
+        use crate::store::keys;
+        assert_eq!(
+            unreadable(&keys::ledger_entry(3, 17)),
+            "shard 3: entry 17 is not a ledger entry"
+        );
+        assert_eq!(
+            unreadable(&keys::ledger_head(12)),
+            "shard 12: its head is not a chain head"
+        );
+        assert_eq!(
+            unreadable("ledger/03/entry/s3cret"),
+            "shard 3: an entry is not a ledger entry"
+        );
+        for other in [
+            "ledger/outbox",
+            "invoice/inv_s3cret",
+            "ledger/x/entry/1",
+            "",
+        ] {
+            assert_eq!(
+                unreadable(other),
+                "a ledger record is unreadable",
+                "{other}"
+            );
+        }
+    }
+
+    /// Entries past a head that continue its chain are stranded (the head moves past them); a shard without
+    /// any, or whose entries past the head do not continue it, or whose chain is broken, is left alone.
+    #[test]
+    fn entries_continuing_past_a_head_are_stranded_and_nothing_else() {
+        let (entries, end) = chain(3);
+        let mut first = ChainHead::genesis();
+        for e in &entries[..1] {
+            first = ChainHead::after(e);
+        }
+        let now = T0 + 1_000_000;
+        assert_eq!(
+            stranded(&[(first, entries.clone())], now),
+            [(first, end)],
+            "two entries past the head"
+        );
+        assert!(stranded(&[(end, entries.clone())], now).is_empty());
+        // Young entries may be an append in flight: left to it, from the first young one on.
+        let young = entries[2].at;
+        let second = ChainHead::after(&entries[1]);
+        assert_eq!(
+            stranded(&[(first, entries.clone())], young + STRANDED_AFTER_SECS - 1),
+            [(first, second)]
+        );
+        assert!(stranded(&[(first, entries.clone())], entries[1].at).is_empty());
+        let mut forged = entries.clone();
+        forged[2].prev_hash = B256::ZERO;
+        assert!(
+            stranded(&[(first, forged.clone())], now).is_empty(),
+            "a broken link is not helped past"
+        );
+        assert!(
+            stranded(&[(end, forged)], now).is_empty(),
+            "nor a broken chain"
         );
     }
 }

@@ -15,7 +15,10 @@
 //!   ([`drop_appended`]); inserts are decided per seq, so whichever of two equal events is inserted second is
 //!   dropped by its drain.
 //! - Only the claimer removes its batches, once appended ([`Outbox::release`]); what it claimed but did not
-//!   append it lets go at once (the next drain takes it over as above).
+//!   append it lets go at once (the next drain takes it over as above). A batch whose append failed is claimed
+//!   after every batch that did not ([`Parked::failures`]), so it never holds up the rest of the outbox; one
+//!   found blocked (a hole in one of its shards, which no drain appends past) also waits a growing while
+//!   ([`retry_after`]).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -29,7 +32,7 @@
 //! let claimed = outbox.claim("drainer", 1_700_000_001, &heads);
 //! assert_eq!(claimed.len(), 1);
 //! assert!(claimed[0].scan_from.is_none(), "nobody drained it before: nothing to look for");
-//! outbox.release("drainer", &["b1".to_owned()]);
+//! outbox.release("drainer", &["b1".to_owned()], &BTreeMap::new(), 1_700_000_002);
 //! assert_eq!(outbox.parked_events(), 0);
 //! ```
 
@@ -48,6 +51,19 @@ pub const DRAIN_LEASE_SECS: u64 = 60;
 /// At most this many events are claimed by one drain (but at least one batch), so a drain ends well within its
 /// lease even on a slow store; the rest waits for the next.
 pub const MAX_DRAIN_EVENTS: usize = 500;
+/// How long a batch found blocked ([`Failure::Blocked`]) waits before a drain tries it again, the first time
+/// ([`retry_after`]).
+pub const BLOCKED_RETRY_SECS: u64 = DRAIN_LEASE_SECS;
+/// The longest a blocked batch waits between tries.
+pub const MAX_BLOCKED_RETRY_SECS: u64 = 3_600;
+
+/// How long a blocked batch whose append failed `times` waits before the next try: [`BLOCKED_RETRY_SECS`],
+/// doubled each time, at most [`MAX_BLOCKED_RETRY_SECS`].
+pub fn retry_after(times: u32) -> u64 {
+    BLOCKED_RETRY_SECS
+        .saturating_mul(1u64 << times.saturating_sub(1).min(16))
+        .min(MAX_BLOCKED_RETRY_SECS)
+}
 
 /// The outbox record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +99,23 @@ pub struct Parked {
     /// has there already.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub repeats: bool,
+    /// How many drains failed to append it: it is claimed after the batches none failed ([`Outbox::claim`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+}
+
+/// Why a drain did not append a batch it claimed ([`Outbox::release`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The store failed: the next drain tries again (after the batches that did not fail).
+    Store,
+    /// A hole in one of its shards (an entry missing below the head): no drain appends it until the hole is
+    /// repaired, so it waits [`retry_after`] its failures.
+    Blocked,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A drain's hold on a batch.
@@ -135,6 +168,7 @@ impl Outbox {
             landed_since,
             recovered: false,
             repeats: false,
+            failures: 0,
         });
         Ok(())
     }
@@ -215,14 +249,18 @@ impl Outbox {
             .collect()
     }
 
-    /// Claim, for `token` until `now` + [`DRAIN_LEASE_SECS`], the batches nobody holds at `now`, oldest first, up
-    /// to [`MAX_DRAIN_EVENTS`] events (at least one batch); `heads`: the
-    /// head counts read before this claim (a batch whose shard is missing from it is left alone). A batch taken
-    /// over keeps the `since` of its first claim.
+    /// Claim, for `token` until `now` + [`DRAIN_LEASE_SECS`], the batches nobody holds at `now`, oldest first
+    /// (those a drain failed to append after all the others: [`Parked::failures`]), up to [`MAX_DRAIN_EVENTS`] events
+    /// (at least one batch); `heads`: the head counts read before this claim (a batch whose shard is missing from
+    /// it is left alone). A batch taken over keeps the `since` of its first claim. Nothing claimed: the outbox is
+    /// unchanged.
     pub fn claim(&mut self, token: &str, now: u64, heads: &BTreeMap<u16, u64>) -> Vec<Claimed> {
         let mut out = Vec::new();
         let mut claimed = 0;
-        for b in self.batches.iter_mut() {
+        let mut order: Vec<usize> = (0..self.batches.len()).collect();
+        order.sort_by_key(|i| self.batches[*i].failures > 0);
+        for i in order {
+            let b = &mut self.batches[i];
             if !Self::claimable(b, now) || !b.shards().iter().all(|s| heads.contains_key(s)) {
                 continue;
             }
@@ -289,15 +327,29 @@ impl Outbox {
         }
     }
 
-    /// End `token`'s drain: remove the batches `done` it holds (appended by it), and let the others it holds go
-    /// at once (their claim lapses, keeping its `since`, so the next drain takes them over and scans for what
-    /// this one appended). Batches others hold are left as they are.
-    pub fn release(&mut self, token: &str, done: &[String]) {
+    /// End `token`'s drain at `now`: remove the batches `done` it holds (appended by it), count a failure on
+    /// those it `failed` to append, and let the others it holds go: at once, except a [`Failure::Blocked`] one,
+    /// held for [`retry_after`] its failures. Either way their claim lapses keeping its `since`, so the drain
+    /// that takes them over scans for what this one appended. Batches others hold are left as they are.
+    pub fn release(
+        &mut self,
+        token: &str,
+        done: &[String],
+        failed: &BTreeMap<String, Failure>,
+        now: u64,
+    ) {
         let mine = |b: &Parked| b.claim.as_ref().is_some_and(|c| c.token == token);
         self.batches.retain(|b| !(mine(b) && done.contains(&b.id)));
         for b in self.batches.iter_mut() {
-            if let Some(c) = b.claim.as_mut().filter(|c| c.token == token) {
-                c.until = 0;
+            let Some(c) = b.claim.as_mut().filter(|c| c.token == token) else {
+                continue;
+            };
+            c.until = 0;
+            if let Some(failure) = failed.get(&b.id) {
+                b.failures = b.failures.saturating_add(1);
+                if *failure == Failure::Blocked {
+                    c.until = now.saturating_add(retry_after(b.failures));
+                }
             }
         }
     }
@@ -492,7 +544,7 @@ mod tests {
         assert!(o.shards_to_claim(100 + DRAIN_LEASE_SECS - 1).is_empty());
         assert!(o.claim("d2", 101, &heads(&o, 101, 9)).is_empty());
         // A release by anyone but the holder removes nothing.
-        o.release("d2", &["b1".into()]);
+        o.release("d2", &["b1".into()], &BTreeMap::new(), 0);
         assert_eq!(o.parked_events(), 1);
         // Lapsed: taken over, scanning from the first claim's head count (5), which the claim keeps.
         let later = 100 + DRAIN_LEASE_SECS;
@@ -505,10 +557,10 @@ mod tests {
             [(shard, 5)].into()
         );
         // The lapsed drainer can no longer remove it; the holder can.
-        o.release("d1", &["b1".into()]);
+        o.release("d1", &["b1".into()], &BTreeMap::new(), 0);
         assert_eq!(o.parked_events(), 1);
         assert_eq!(o.batches[0].claim.as_ref().unwrap().token, "d2");
-        o.release("d2", &["b1".into()]);
+        o.release("d2", &["b1".into()], &BTreeMap::new(), 0);
         assert_eq!(o.parked_events(), 0);
     }
 
@@ -522,7 +574,7 @@ mod tests {
         o.park("b2", 7, vec![event("inv_b")], BTreeMap::new())
             .unwrap();
         o.claim("d1", 100, &heads(&o, 100, 5));
-        o.release("d1", &["b1".into()]);
+        o.release("d1", &["b1".into()], &BTreeMap::new(), 0);
         assert_eq!(o.batches.len(), 1);
         let next = o.claim("d2", 100, &heads(&o, 100, 9));
         assert_eq!(next.len(), 1);
@@ -557,6 +609,71 @@ mod tests {
             ["b3"],
             "a batch larger than the bound is still drained, alone"
         );
+    }
+
+    /// A batch no drain can append (a hole in its shard) waits a growing while and, once it may be tried
+    /// again, is claimed after every batch that is not blocked: it never uses up a drain's share while others
+    /// wait. Before, it was let go at once and, the oldest, claimed first by every drain: a batch filling the
+    /// share held up the whole outbox.
+    #[test]
+    fn a_blocked_batch_waits_behind_the_others() {
+        let mut o = Outbox::default();
+        o.park(
+            "stuck",
+            7,
+            vec![event("inv_a"); MAX_DRAIN_EVENTS],
+            BTreeMap::new(),
+        )
+        .unwrap();
+        o.park("b2", 8, vec![event("inv_b")], BTreeMap::new())
+            .unwrap();
+        let ids = |c: Vec<Claimed>| c.into_iter().map(|c| c.batch.id).collect::<Vec<_>>();
+        assert_eq!(ids(o.claim("d1", 100, &heads(&o, 100, 0))), ["stuck"]);
+        let blocked: BTreeMap<String, Failure> = [("stuck".into(), Failure::Blocked)].into();
+        o.release("d1", &[], &blocked, 100);
+        assert_eq!(o.batches[0].failures, 1);
+        // The next drain, at once, gets the rest of the outbox.
+        assert_eq!(ids(o.claim("d2", 100, &heads(&o, 100, 0))), ["b2"]);
+        o.release("d2", &["b2".into()], &BTreeMap::new(), 100);
+        // Once its wait is over, it is tried again, behind a batch parked after it.
+        o.park("b3", 9, vec![event("inv_c")], BTreeMap::new())
+            .unwrap();
+        let later = 100 + retry_after(1);
+        assert!(
+            o.claim("d3", later - 1, &heads(&o, later - 1, 0))
+                .iter()
+                .all(|c| c.batch.id != "stuck")
+        );
+        o.release("d3", &[], &BTreeMap::new(), later - 1);
+        assert_eq!(ids(o.claim("d4", later, &heads(&o, later, 0))), ["b3"]);
+        o.release("d4", &["b3".into()], &BTreeMap::new(), later);
+        let taken = o.claim("d5", later, &heads(&o, later, 0));
+        assert_eq!(ids(taken), ["stuck"], "tried again, taken over");
+        o.release("d5", &[], &blocked, later);
+        assert_eq!(
+            o.batches[0].claim.as_ref().unwrap().until,
+            later + retry_after(2)
+        );
+        // Other undrained batches are let go at once, as before; one the store failed too, but behind the rest.
+        o.park("b4", 9, vec![event("inv_d")], BTreeMap::new())
+            .unwrap();
+        o.park("b5", 9, vec![event("inv_e")], BTreeMap::new())
+            .unwrap();
+        o.claim("d6", later, &heads(&o, later, 0));
+        let failed: BTreeMap<String, Failure> = [("b4".into(), Failure::Store)].into();
+        o.release("d6", &[], &failed, later);
+        assert_eq!(
+            ids(o.claim("d7", later, &heads(&o, later, 0))),
+            ["b5", "b4"]
+        );
+    }
+
+    #[test]
+    fn blocked_batches_wait_longer_each_time_up_to_a_bound() {
+        assert_eq!(retry_after(1), BLOCKED_RETRY_SECS);
+        assert_eq!(retry_after(2), 2 * BLOCKED_RETRY_SECS);
+        assert_eq!(retry_after(40), MAX_BLOCKED_RETRY_SECS);
+        assert_eq!(retry_after(u32::MAX), MAX_BLOCKED_RETRY_SECS);
     }
 
     #[test]
@@ -916,7 +1033,7 @@ mod tests {
             [(shard, 2)].into(),
             "where it may have landed"
         );
-        o.release("d1", &[]);
+        o.release("d1", &[], &BTreeMap::new(), 0);
         let again = o.claim("d2", 101, &heads(&o, 101, 9));
         assert_eq!(
             again[0].look_from(),

@@ -959,3 +959,246 @@ async fn a_resumed_attempt_whose_repeat_check_fails_parks_its_events_for_the_dra
         "the repeat left out"
     );
 }
+
+/// An invoice id whose ledger shard is none of `taken`.
+fn invoice_off(taken: &[u16]) -> String {
+    (0..)
+        .map(|i| format!("inv_other{i}"))
+        .find(|id| !taken.contains(&esim402_core::ledger::shard_of(id)))
+        .unwrap()
+}
+
+/// The outbox as stored now.
+async fn stored_outbox(kit: &Kit) -> esim402_core::ledger::outbox::Outbox {
+    kit.kv_get("ledger/outbox")
+        .await
+        .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+        .unwrap_or_default()
+}
+
+/// A parked batch no drain can append (its shard has a hole below its head: the drain cannot look past it)
+/// and that fills a drain's share on its own does not hold up the rest of the outbox: the next drain, at once,
+/// appends a batch parked after it, and the blocked one keeps waiting. Before, the blocked batch was let go at
+/// once and, the oldest, claimed first by every drain: nothing else was ever drained.
+#[tokio::test]
+async fn a_batch_no_drain_can_append_does_not_hold_up_the_others() {
+    use esim402_core::ledger::outbox::{MAX_DRAIN_EVENTS, Outbox};
+    use esim402_core::ledger::{EntryFields, EntryKind};
+    let mut kit = kit().await;
+    let stuck = "inv_hole";
+    let shard = esim402_core::ledger::shard_of(stuck);
+    let free = invoice_off(&[shard]);
+    log(
+        &mut kit,
+        1_000,
+        vec![
+            ledger_event("refund_owed", stuck),
+            ledger_event("refund_paid", stuck),
+        ],
+    )
+    .await
+    .unwrap();
+    kit.kv()
+        .delete(&esim402_core::store::keys::ledger_entry(shard, 0))
+        .await
+        .unwrap();
+    let mut outbox = Outbox::default();
+    let event = |id: &str| (EntryKind::RefundPaid, EntryFields::default().invoice(id));
+    outbox
+        .park(
+            "stuck",
+            1_000,
+            vec![event(stuck); MAX_DRAIN_EVENTS],
+            [(shard, 0)].into(),
+        )
+        .unwrap();
+    outbox
+        .park("free", 1_001, vec![event(&free)], Default::default())
+        .unwrap();
+    kit.kv()
+        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
+        .await
+        .unwrap();
+
+    for _ in 0..2 {
+        let check = ledger_check(&mut kit).await;
+        assert_eq!(check["ok"], false, "the hole is reported: {check}");
+    }
+    let free_shard = esim402_core::ledger::shard_of(&free);
+    let appended = ledger_entries(&mut kit, Some(free_shard)).await;
+    assert_eq!(appended.len(), 1, "the free batch is drained");
+    let left = stored_outbox(&kit).await;
+    let ids: Vec<&str> = left.batches.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["stuck"], "the blocked batch waits");
+    assert!(left.batches[0].failures > 0, "{:?}", left.batches[0].claim);
+}
+
+/// A store failure appending one shard's parked batch does not stop the drain: batches of other shards are
+/// appended, and the failed one is let go for the next drain, which appends it once the store recovers.
+/// Before, the first failure ended the drain, and every batch behind it waited.
+#[tokio::test]
+async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
+    use esim402_core::ledger::outbox::Outbox;
+    use esim402_core::ledger::{EntryFields, EntryKind};
+    let down = "inv_down";
+    let shard = esim402_core::ledger::shard_of(down);
+    let free = invoice_off(&[shard]);
+    let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/").into_boxed_str());
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut kit = builder()
+        .store(std::sync::Arc::new(crate::failing_writes(prefix, &failing)))
+        .build()
+        .await
+        .unwrap();
+    let event = |id: &str| (EntryKind::RefundPaid, EntryFields::default().invoice(id));
+    let mut outbox = Outbox::default();
+    outbox
+        .park("down", 1_000, vec![event(down)], Default::default())
+        .unwrap();
+    outbox
+        .park("free", 1_001, vec![event(&free)], Default::default())
+        .unwrap();
+    kit.kv()
+        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
+        .await
+        .unwrap();
+
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"], &check["parked"]),
+        (&json!(true), &json!(1), &json!(1)),
+        "{check}"
+    );
+    let ids: Vec<String> = stored_outbox(&kit)
+        .await
+        .batches
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids, ["down"]);
+
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"]),
+        (&json!(true), &json!(2)),
+        "{check}"
+    );
+    assert!(check.get("parked").is_none(), "{check}");
+}
+
+/// A ledger check that finds nothing to claim in the outbox (every batch held by another drain) writes
+/// nothing: the public `GET /v1/ledger/verify` does not rewrite the outbox record. Before, each check wrote it
+/// twice (the claim and the release), claiming nothing.
+#[tokio::test]
+async fn a_check_with_nothing_to_claim_does_not_write_the_outbox() {
+    use esim402_core::ledger::outbox::Outbox;
+    use esim402_core::ledger::{EntryFields, EntryKind};
+    let inner: esim402_host::kv::SharedBackend =
+        std::sync::Arc::new(esim402_host::kv::MemoryStore::default());
+    let mut outbox = Outbox::default();
+    let invoice = "inv_held";
+    outbox
+        .park(
+            "b1",
+            1_000,
+            vec![(
+                EntryKind::RefundPaid,
+                EntryFields::default().invoice(invoice),
+            )],
+            Default::default(),
+        )
+        .unwrap();
+    // Held by a drain whose lease runs far beyond this test.
+    let shard = esim402_core::ledger::shard_of(invoice);
+    outbox.claim("busy", u64::MAX / 4, &[(shard, 0)].into());
+    inner
+        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
+        .await
+        .unwrap();
+    let store = std::sync::Arc::new(esim402_host::kv::wrapped::Wrapped::new(
+        inner,
+        Interleave {
+            calls: Default::default(),
+            fire_at: None,
+            action: tokio::sync::Mutex::new(None),
+        },
+    ));
+    let mut kit = builder().store(store.clone()).build().await.unwrap();
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["parked"]),
+        (&json!(true), &json!(1)),
+        "{check}"
+    );
+    let writes: Vec<_> = store
+        .hook
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(op, key)| op.writes() && key.starts_with("ledger/outbox"))
+        .cloned()
+        .collect();
+    assert!(writes.is_empty(), "the outbox was written: {writes:?}");
+}
+
+/// An entry stranded past its shard's head (its appender crashed between inserting it and advancing the head,
+/// and nobody appended to that shard since) is helped into the chain by the ledger check, so it counts in the
+/// root. Before, it stayed `pending` for good, outside the root.
+#[tokio::test]
+async fn a_check_helps_a_stranded_head_past_the_entries_continuing_it() {
+    use esim402_core::ledger::{ChainHead, EntryFields, EntryKind, LedgerEntry, to_json_line};
+    let mut kit = kit().await;
+    let invoice = "inv_stranded";
+    let shard = esim402_core::ledger::shard_of(invoice);
+    let entry = LedgerEntry::new(
+        &ChainHead::genesis_of(shard),
+        1_000,
+        EntryKind::RefundPaid,
+        EntryFields::default().invoice(invoice),
+    );
+    kit.kv()
+        .set(
+            &esim402_core::store::keys::ledger_entry(shard, 0),
+            to_json_line(&entry).as_bytes(),
+        )
+        .await
+        .unwrap();
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"]),
+        (&json!(true), &json!(1)),
+        "{check}"
+    );
+    assert!(check.get("pending").is_none(), "{check}");
+    // The next append chains after it.
+    log(&mut kit, 1_001, vec![ledger_event("refund_owed", invoice)])
+        .await
+        .unwrap();
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"]),
+        (&json!(true), &json!(2)),
+        "{check}"
+    );
+}
+
+/// A ledger entry that does not parse is reported to the (anonymous) caller by shard and seq only: not the
+/// decoder's message, which quotes what is stored. Before, the answer carried it.
+#[tokio::test]
+async fn an_unreadable_entry_is_reported_without_what_it_holds() {
+    let mut kit = kit().await;
+    let key = esim402_core::store::keys::ledger_entry(4, 0);
+    kit.kv()
+        .set(&key, br#"{"seq":"s3cret-payer-note"}"#)
+        .await
+        .unwrap();
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(check["ok"], false, "{check}");
+    assert_eq!(
+        check["error"], "shard 4: entry 0 is not a ledger entry",
+        "{check}"
+    );
+    assert!(!check.to_string().contains("s3cret"), "{check}");
+}
