@@ -67,6 +67,10 @@ pub struct Owed {
     /// case, which no retry changes), or were owed but their `refund_owed` could be neither appended nor
     /// parked (the ledger's store failed): the caller is to be asked again.
     pub retry: usize,
+    /// How many were owed before, too recently to be logged again here (`relog` false): whether their
+    /// `refund_owed` reached the ledger was the recording call's to see to. A caller that must know (the cleanup
+    /// run, which forgets what it owed) asks again later; past the verifier's relog delay a repeat logs it.
+    pub quiet: usize,
 }
 
 /// Owe `owing` back (the verifier's `owe-refund`: once per invoice, so owing the same again records nothing
@@ -76,6 +80,7 @@ pub struct Owed {
 pub async fn owe(owing: Vec<Owing>, retry: &str) -> Owed {
     let mut out = Vec::new();
     let mut left = 0;
+    let mut quiet = 0;
     let mut events = Vec::new();
     // Refunds owed before (a terminate repeated) long enough ago that their first owing is done: their events
     // again, which the ledger keeps once, in case that call stopped before logging them.
@@ -114,6 +119,8 @@ pub async fn owe(owing: Vec<Owing>, retry: &str) -> Owed {
                     events.push(owed.event);
                 } else if owed.relog {
                     repeats.push(owed.event);
+                } else {
+                    quiet += 1;
                 }
                 out.push(serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund)));
             }
@@ -143,5 +150,6 @@ pub async fn owe(owing: Vec<Owing>, retry: &str) -> Owed {
     Owed {
         recorded: out,
         retry: left,
+        quiet,
     }
 }
