@@ -118,6 +118,11 @@ pub const REORG_HORIZON_SECS: u64 = 86_400;
 /// (`crate::ledger::not_yet_logged`) sees what that one logged.
 pub const RELOG_AFTER_SECS: u64 = crate::paid::LEASE_SECS;
 
+/// How old an unpaid refund found off the queue must be before a repeat that queues it relogs its event at
+/// once ([`Refund::relog_on_repeat`]): its creator queues it right after recording it, so within these seconds
+/// it may still be on its way to do so (and to log the event itself).
+pub const RELOG_REQUEUED_AFTER_SECS: u64 = 5;
+
 impl Refund {
     /// Whether a repeat of this refund's latest event (`refund_paid` once paid, else `refund_owed`) may be
     /// logged at `now` ([`RELOG_AFTER_SECS`]).
@@ -131,13 +136,16 @@ impl Refund {
     }
 
     /// Whether a repeat `owe-refund` at `now` answers `relog` (log this refund's `refund_owed` again, as a
-    /// repeat the ledger keeps once): once [`Refund::relog_due`], or at once when the repeat found the unpaid
-    /// refund missing from the queue and put it there (`requeued`). Only its creator queues a refund, after
-    /// recording it and before answering with its event; a refund not on the queue is one whose creator
-    /// stopped (or failed) in between and never answered, so its event reached no ledger, and a repeat that
-    /// waited for [`RELOG_AFTER_SECS`] would leave it unlogged for good when no later repeat comes.
+    /// repeat the ledger keeps once): once [`Refund::relog_due`], or sooner when the repeat found the unpaid
+    /// refund missing from the queue and put it there (`requeued`), once it is [`RELOG_REQUEUED_AFTER_SECS`]
+    /// old. Only its creator queues a refund, right after recording it and before answering with its event; a
+    /// refund still not on the queue after that is one whose creator stopped (or failed) in between and never
+    /// answered, so its event reached no ledger, and a repeat that waited for [`RELOG_AFTER_SECS`] would leave
+    /// it unlogged for good when no later repeat comes. A younger one's creator may still be on its way: a
+    /// relog then could land beside the creator's own (unchecked) append.
     pub fn relog_on_repeat(&self, now: u64, requeued: bool) -> bool {
-        (requeued && self.status != RefundStatus::Paid) || self.relog_due(now)
+        let stopped = now >= self.created_at.saturating_add(RELOG_REQUEUED_AFTER_SECS);
+        (requeued && stopped && self.status != RefundStatus::Paid) || self.relog_due(now)
     }
 }
 
@@ -164,9 +172,12 @@ pub enum Unmineable {
     Waiting,
     /// Confirmed, and the token logged no such transfer: owed again (a new transfer may be sent).
     OwedAgain,
-    /// Confirmed, but the token logged its transfer, or the search could not be made: it stays submitted
-    /// (money may have moved; an operator's case, or a later run's search).
+    /// Confirmed, but the token logged a transfer of its amount by another transaction, or the search could
+    /// not be made: it stays submitted (money may have moved; an operator's case, or a later run's search).
     Held,
+    /// The token logged its transfer by one of its own transactions: mined after all (a node with a pruned
+    /// index knows neither the transaction nor its receipt), so it is paid, by that transaction.
+    Paid,
     /// Not this transaction's refund any more.
     NotOurs,
 }
@@ -177,8 +188,8 @@ pub enum Unmineable {
 pub enum TransferLogged {
     /// Not searched (the caller saw no need): nothing is decided on it.
     NotSearched,
-    /// Searched over [`Refund::transfer_search`]'s blocks: no transfer of the refund's amount from the
-    /// treasury to the payer.
+    /// Searched over [`Refund::transfer_search`]'s blocks, by a node whose head covers them: no transfer of
+    /// the refund's amount from the treasury to the payer ([`logged_verdict`]).
     Absent,
     /// Such a transfer, by this transaction.
     Found(alloy_primitives::B256),
@@ -190,9 +201,27 @@ pub enum TransferLogged {
 /// `latest` lagged when the transfer was prepared).
 pub const TRANSFER_SEARCH_MARGIN_BLOCKS: u64 = 64;
 
-/// The most blocks one search for a refund's transfer spans (node providers commonly cap `eth_getLogs` at
-/// 10 000): a transfer prepared longer ago is not searched, and its refund stays for an operator.
-pub const TRANSFER_SEARCH_MAX_SPAN_BLOCKS: u64 = 9_999;
+/// The most blocks one search for a refund's transfer spans, both ends included (node providers commonly cap
+/// `eth_getLogs` at 10 000): a transfer prepared longer ago is not searched, and its refund stays for an
+/// operator.
+pub const TRANSFER_SEARCH_MAX_SPAN_BLOCKS: u64 = 10_000;
+
+/// What a search for a refund's transfer up to block `to_block` says, from the transfer it `found` (if any,
+/// [`transfer_logged`]) and the head of the node that answered (`node_head`, read in the same batch): no
+/// transfer counts as [`TransferLogged::Absent`] only from a node that has every block searched; a lagging
+/// node (one behind a load balancer that clamps the range to its own head) answers nothing for blocks it does
+/// not have, which is [`TransferLogged::Unknown`].
+pub fn logged_verdict(
+    found: Option<alloy_primitives::B256>,
+    node_head: u64,
+    to_block: u64,
+) -> TransferLogged {
+    match found {
+        Some(by) => TransferLogged::Found(by),
+        None if node_head >= to_block => TransferLogged::Absent,
+        None => TransferLogged::Unknown,
+    }
+}
 
 impl Refund {
     /// A new owed refund.
@@ -430,6 +459,13 @@ impl Refund {
                 self.back_to_owed(error, true, now);
                 Unmineable::OwedAgain
             }
+            TransferLogged::Found(by) if self.sent.is_ours(by) => {
+                if self.settle(&by.to_string(), true, "", now) {
+                    Unmineable::Paid
+                } else {
+                    Unmineable::NotOurs
+                }
+            }
             TransferLogged::Found(_) | TransferLogged::Unknown => Unmineable::Held,
             TransferLogged::NotSearched => Unmineable::Waiting,
         }
@@ -444,7 +480,7 @@ impl Refund {
             return Err("its record does not say at which block its transfer was prepared".into());
         };
         let from = sent.saturating_sub(TRANSFER_SEARCH_MARGIN_BLOCKS).min(at);
-        if at - from > TRANSFER_SEARCH_MAX_SPAN_BLOCKS {
+        if at - from >= TRANSFER_SEARCH_MAX_SPAN_BLOCKS {
             return Err(format!(
                 "blocks {from} to {at} are more than one search of {TRANSFER_SEARCH_MAX_SPAN_BLOCKS} covers"
             ));
@@ -1019,13 +1055,23 @@ mod tests {
             Unmineable::Waiting
         );
         assert_eq!(unsearched, r);
+        // Its own transaction logged the transfer: mined after all, so paid by it (before, held for an operator
+        // for ever: the pruned node reads no receipt either).
+        let mut mined = r.clone();
+        assert_eq!(
+            mined.mark_unmineable(&hash, "e", due, TransferLogged::Found(tx.hash)),
+            Unmineable::Paid
+        );
+        assert_eq!(mined.status, RefundStatus::Paid);
+        assert_eq!(mined.tx_hash(), Some(tx.hash));
         // Searched from just before the block it was prepared at up to the block that showed it unmineable.
         assert_eq!(
             r.transfer_search(5_100),
             Ok((5_000 - TRANSFER_SEARCH_MARGIN_BLOCKS, 5_100))
         );
         assert_eq!(r.transfer_search(4_900), Ok((4_900, 4_900)));
-        let far = 5_000 - TRANSFER_SEARCH_MARGIN_BLOCKS + TRANSFER_SEARCH_MAX_SPAN_BLOCKS;
+        // At most TRANSFER_SEARCH_MAX_SPAN_BLOCKS blocks, both ends counted.
+        let far = 5_000 - TRANSFER_SEARCH_MARGIN_BLOCKS + TRANSFER_SEARCH_MAX_SPAN_BLOCKS - 1;
         assert!(r.transfer_search(far).is_ok());
         assert!(r.transfer_search(far + 1).is_err());
         let mut old = r.clone();
@@ -1038,6 +1084,17 @@ mod tests {
         r.back_to_owed("x", false, 2);
         assert!(r.claim("h2", 3));
         assert_eq!(r.sent_at_block, None);
+    }
+
+    /// Nothing found counts as no transfer only from a node whose head covers the search: a lagging node
+    /// behind a load balancer answers nothing for blocks it does not have (a review found it paid twice).
+    #[test]
+    fn no_transfer_is_absent_only_from_a_node_that_has_every_block_searched() {
+        let by = B256::repeat_byte(7);
+        assert_eq!(logged_verdict(Some(by), 10, 20), TransferLogged::Found(by));
+        assert_eq!(logged_verdict(None, 20, 20), TransferLogged::Absent);
+        assert_eq!(logged_verdict(None, 25, 20), TransferLogged::Absent);
+        assert_eq!(logged_verdict(None, 19, 20), TransferLogged::Unknown);
     }
 
     #[test]
@@ -1130,11 +1187,15 @@ mod tests {
     fn a_repeat_that_requeues_a_refund_relogs_it_at_once() {
         let mut r = refund();
         r.created_at = 1_000;
-        assert!(r.relog_on_repeat(1_001, true));
-        assert!(!r.relog_on_repeat(1_001, false));
+        let stopped = 1_000 + RELOG_REQUEUED_AFTER_SECS;
+        assert!(r.relog_on_repeat(stopped, true));
+        assert!(!r.relog_on_repeat(stopped, false));
+        // Younger: its creator may still be queueing it and logging its event itself (a second review found
+        // an at-once relog landing beside that append).
+        assert!(!r.relog_on_repeat(stopped - 1, true));
         assert!(r.relog_on_repeat(1_000 + RELOG_AFTER_SECS, false));
         r.status = RefundStatus::Submitted;
-        assert!(r.relog_on_repeat(1_001, true));
+        assert!(r.relog_on_repeat(stopped, true));
         r.status = RefundStatus::Paid;
         r.updated_at = 5_000;
         assert!(

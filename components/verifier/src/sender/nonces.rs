@@ -58,7 +58,7 @@ pub async fn give_back(
         |s| {
             let mut s = s.unwrap_or_default();
             let g = if recorded {
-                s.give_back_recorded(nonce, owner, holder)
+                s.give_back_recorded(nonce, owner, holder, util::now_secs())
             } else {
                 s.give_back(nonce, owner, holder)
             };

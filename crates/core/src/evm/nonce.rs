@@ -204,21 +204,30 @@ impl NonceState {
     /// (the send failed after recording it: the node refused it, or a later write of the record failed). The
     /// record is released only after this returns, and that may fail: a nonce handed out again while the record
     /// still names its transaction would give two transactions one nonce (the recorded one can be sent again).
-    /// So the nonce is never released here: it stays held, marked as an orphan at once (reserved at time 0),
-    /// and the next send's orphan check releases it only once `owner`'s record names no transaction at it.
-    /// [`GiveBack::Plug`] if later nonces are out (a no-op transaction, which moves nothing, may fill it now),
-    /// else [`GiveBack::Released`] (left for the next send); [`GiveBack::NotHeld`] as for `give_back`, nothing
-    /// changed.
-    pub fn give_back_recorded(&mut self, nonce: u64, owner: &str, holder: &str) -> GiveBack {
+    /// So the nonce is never released here: it stays held, and the next send's orphan check releases it only
+    /// once `owner`'s record names no transaction at it. [`GiveBack::Plug`] if later nonces are out: the caller
+    /// fills it with a no-op transaction (which moves nothing) after releasing its record, so it is held as
+    /// reserved at `now` and no orphan check hands it to another send before that no-op went out (the release
+    /// comes first, and a nonce released as an orphan in between would be reused under the no-op). Else
+    /// [`GiveBack::Released`], an orphan at once (reserved at time 0), left for the next send;
+    /// [`GiveBack::NotHeld`] as for `give_back`, nothing changed.
+    pub fn give_back_recorded(
+        &mut self,
+        nonce: u64,
+        owner: &str,
+        holder: &str,
+        now: u64,
+    ) -> GiveBack {
         let others = self.held_by_another(nonce, owner, holder);
         if others || !self.pending.contains(&nonce) {
             return GiveBack::NotHeld;
         }
         self.owners.insert(nonce, owner.to_owned());
-        self.reserved_at.insert(nonce, 0);
         if nonce.saturating_add(1) == self.next {
+            self.reserved_at.insert(nonce, 0);
             GiveBack::Released
         } else {
+            self.reserved_at.insert(nonce, now);
             GiveBack::Plug
         }
     }
@@ -517,11 +526,11 @@ mod tests {
         // a's transaction was recorded, then refused: the record still names it until its claim is released,
         // so the nonce stays held (the next reservation does not get it) ...
         assert_eq!(
-            s.give_back_recorded(a, "settlement/b", "h"),
+            s.give_back_recorded(a, "settlement/b", "h", 1_000),
             GiveBack::NotHeld
         );
         assert_eq!(
-            s.give_back_recorded(a, "settlement/a", "h"),
+            s.give_back_recorded(a, "settlement/a", "h", 1_000),
             GiveBack::Released
         );
         assert!(s.pending.contains(&a));
@@ -533,13 +542,20 @@ mod tests {
         );
         assert!(s.release_orphan(a, "settlement/a", Some(0)));
         assert_eq!(s.reserve_for(5, "settlement/c", 1_001), a);
-        // Below a nonce that is out: a no-op may fill it now; still held, still an orphan.
+        // Below a nonce that is out: the caller fills it with a no-op once it released its record; still held,
+        // and no orphan until that no-op had its time (before, an orphan at once: a send's orphan check between
+        // the release and the no-op handed the nonce to another transaction, which the no-op then collided with).
         let b = s.reserve_for(5, "settlement/b", 1_001);
-        assert_eq!(s.give_back_recorded(a, "settlement/c", "h"), GiveBack::Plug);
-        assert!(s.pending.contains(&a) && s.pending.contains(&b));
         assert_eq!(
-            s.orphans(5, 1_001, 120),
-            vec![(a, "settlement/c".to_owned())]
+            s.give_back_recorded(a, "settlement/c", "h", 1_001),
+            GiveBack::Plug
+        );
+        assert!(s.pending.contains(&a) && s.pending.contains(&b));
+        assert!(s.orphans(5, 1_001, 120).is_empty());
+        assert!(s.orphans(5, 1_120, 120).is_empty());
+        assert!(
+            s.orphans(5, 1_121, 120)
+                .contains(&(a, "settlement/c".to_owned()))
         );
     }
 
@@ -556,7 +572,7 @@ mod tests {
         let before = s.clone();
         assert_eq!(s.give_back(n, "x402/nonce/a", "first"), GiveBack::NotHeld);
         assert_eq!(
-            s.give_back_recorded(n, "x402/nonce/a", "first"),
+            s.give_back_recorded(n, "x402/nonce/a", "first", 300),
             GiveBack::NotHeld
         );
         assert_eq!(s, before);

@@ -175,6 +175,9 @@ pub(crate) struct ChainState {
     pub(crate) logs: Vec<Value>,
     /// Refuse `eth_getLogs` (a node that limits log queries).
     pub(crate) refuse_logs: bool,
+    /// A request with `eth_getLogs` goes to a node whose head is this block (behind a load balancer, lagging):
+    /// its `eth_blockNumber` says so, and it has no logs past it.
+    pub(crate) log_node_head: Option<u64>,
     /// JSON-RPC errors to answer instead, by method (`eth_estimateGas`) or by `eth_call` and selector
     /// (`eth_call 70a08231`): a provider's rate limit, a node's internal error.
     pub(crate) errors: Vec<(&'static str, i64, &'static str)>,
@@ -210,6 +213,7 @@ impl Default for ChainState {
             receipts: HashMap::new(),
             logs: Vec::new(),
             refuse_logs: false,
+            log_node_head: None,
             errors: Vec::new(),
         }
     }
@@ -319,13 +323,22 @@ impl Node {
             Value::Array(_) if c.refuse_batches => json!({"jsonrpc": "2.0", "id": null,
                 "error": {"code": -32600, "message": "batch requests are not supported"}}),
             Value::Array(calls) => {
+                // A batch searching logs reaches the lagging log node, if there is one.
+                let head = c.head;
+                if calls.iter().any(|c| c["method"] == "eth_getLogs") {
+                    c.head = c.log_node_head.unwrap_or(head);
+                }
                 let mut answers = Vec::new();
                 for call in &calls {
                     match Self::answer_one(&mut c, call) {
                         Ok(a) => answers.push(a),
-                        Err(whole) => return whole,
+                        Err(whole) => {
+                            c.head = head;
+                            return whole;
+                        }
                     }
                 }
+                c.head = head;
                 Value::Array(answers)
             }
             call => match Self::answer_one(&mut c, &call) {
@@ -466,6 +479,8 @@ impl Node {
                 let topics = filter["topics"].as_array().unwrap();
                 let block = |v: &Value| u64::from_str_radix(&v.as_str().unwrap()[2..], 16).unwrap();
                 let (from, to) = (block(&filter["fromBlock"]), block(&filter["toBlock"]));
+                // A lagging node clamps the range to its own head.
+                let to = c.log_node_head.map_or(to, |h| to.min(h));
                 let matches =
                     |log: &&Value| {
                         (from..=to).contains(&block(&log["blockNumber"]))
@@ -1921,15 +1936,14 @@ async fn a_nonce_given_back_below_one_still_out_is_filled_with_a_no_op() {
         );
         let state = kv_json(&kit, &nonce_state).await.unwrap();
         if noop_refused {
-            // Held, an orphan at once: the next send gives it back once the settlement's record is gone.
+            // Held, reserved as of its no-op's try: a send after ORPHAN_AFTER_SECS gives it back once the
+            // settlement's record is gone (not at once: the record is released before the no-op goes out, and
+            // a send in between must not hand the nonce to another transaction).
             assert_eq!(node.sent().len(), 1, "nothing more went out");
             assert_eq!(state["pending"], json!([TX_COUNT, other]), "{state}");
             assert_eq!(state["released"], json!([]), "{state}");
-            assert_eq!(
-                state["reserved_at"][TX_COUNT.to_string()],
-                json!(0),
-                "{state}"
-            );
+            let reserved = state["reserved_at"][TX_COUNT.to_string()].as_u64().unwrap();
+            assert!(reserved + 60 >= now(), "{state}");
         } else {
             let sent = node.sent();
             assert_eq!(sent.len(), 1);

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use alloy_primitives::{Address, TxKind, hex};
+use alloy_primitives::{Address, B256, TxKind, hex};
 use esim402_host::kv::Backend;
 use esim402_host::kv::wrapped::{Hook, Wrapped};
 use esim402_testkit::{Kit, types};
@@ -36,10 +36,20 @@ async fn paid(kit: &mut Kit, seed: u8) -> (types::Invoice, String, String) {
 }
 
 async fn owe(kit: &mut Kit, inv: &types::Invoice, tx: &str) -> Result<types::RefundOwed, E> {
+    owe_at(kit, inv, tx, now()).await
+}
+
+/// [`owe`] at `at`.
+async fn owe_at(
+    kit: &mut Kit,
+    inv: &types::Invoice,
+    tx: &str,
+    at: u64,
+) -> Result<types::RefundOwed, E> {
     let (inv, tx) = (inv.clone(), tx.to_owned());
     kit.call(async move |a, g| {
         g.verifier()
-            .call_owe_refund(a, inv, tx, None, "activation failed".into(), now())
+            .call_owe_refund(a, inv, tx, None, "activation failed".into(), at)
             .await
     })
     .await
@@ -86,7 +96,9 @@ async fn a_retry_of_an_owe_refund_that_failed_to_queue_it_relogs_its_event_at_on
     assert_eq!(kv_json(&kit, "refund/queue").await, None);
 
     failing.store(false, Ordering::SeqCst);
-    let again = owe(&mut kit, &inv, &tx).await.unwrap();
+    // Seconds later (within RELOG_REQUEUED_AFTER_SECS its first call may still be on its way to queue it and log
+    // it itself: a repeat then would land beside that append, which a race of two instances showed).
+    let again = owe_at(&mut kit, &inv, &tx, now() + 5).await.unwrap();
     assert!(!again.new);
     assert!(again.relog, "the event its first call never answered");
     assert_eq!(again.event.kind, "refund_owed");
@@ -222,11 +234,12 @@ fn refund_hashes(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// Finding 3: a refund transfer that was mined, asked about on a node whose transaction index was pruned (it
-/// knows neither the transaction nor its receipt) while the treasury's count is past its nonce, looks exactly
-/// like a lost one. Before, two sightings two minutes apart owed it again and a second transfer paid it twice;
-/// now the token's logs are searched for the transfer first: found, or the search refused, it stays
-/// submitted; only a search that finds nothing owes it again.
+/// Finding 3: a refund transfer asked about on a node whose transaction index was pruned (it knows neither the
+/// transaction nor its receipt) while the treasury's count is past its nonce looks exactly like a lost one.
+/// Before, two sightings two minutes apart owed it again and a second transfer paid it twice; now the token's
+/// logs are searched for the transfer first: a transfer of its amount by another transaction, a search
+/// refused, or one answered by a node behind the searched blocks leaves it submitted; only a search that
+/// finds nothing on a node that has every block owes it again.
 #[tokio::test]
 async fn an_unmineable_refund_whose_transfer_the_token_logged_is_not_owed_again() {
     let node = Arc::new(Node::default());
@@ -245,11 +258,12 @@ async fn an_unmineable_refund_whose_transfer_the_token_logged_is_not_owed_again(
     let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
     assert_eq!(record["sent_at_block"], 0x11, "the head it was prepared at");
 
-    // Mined in block 0x12, but the node's index was pruned: it knows neither the transaction nor its receipt.
+    // The node's index was pruned: it knows neither the transaction nor its receipt; a transfer of the same
+    // amount to the same payer, by another transaction, is in block 0x12.
     node.forget();
     let mut logged = transfer_log(treasury(), payer(), PRICE);
     logged["blockNumber"] = json!("0x12");
-    logged["transactionHash"] = json!(mined);
+    logged["transactionHash"] = json!(B256::repeat_byte(0xab));
     node.set(|c| {
         c.mined_count = Some(TX_COUNT + 1);
         c.pending_count = Some(TX_COUNT + 1);
@@ -277,8 +291,19 @@ async fn an_unmineable_refund_whose_transfer_the_token_logged_is_not_owed_again(
         "submitted"
     );
 
+    // A node lagging behind the searched blocks (a second review found its empty answer paid twice).
+    node.set(|c| {
+        c.refuse_logs = false;
+        c.log_node_head = Some(c.head - 1);
+    });
+    assert_eq!(run_at(&mut kit, now() + 600).await, pending);
+    assert_eq!(
+        kv_json(&kit, &format!("refund/{id}")).await.unwrap()["status"],
+        "submitted"
+    );
+
     // Searched, and no transfer: it really never moved; owed again, and paid by a new transfer.
-    node.set(|c| c.refuse_logs = false);
+    node.set(|c| c.log_node_head = None);
     let summary = run_at(&mut kit, now() + 600).await;
     let error = summary["failed"][0]["error"].as_str().unwrap();
     assert!(error.contains("never will be"), "{error}");
@@ -291,4 +316,45 @@ async fn an_unmineable_refund_whose_transfer_the_token_logged_is_not_owed_again(
         summary["paid"],
         json!([{"invoice": id, "transaction": sent[1]}])
     );
+}
+
+/// A refund transfer mined but asked about on a node with a pruned index: the token's logs show the transfer by
+/// its own transaction, so it is paid by it (before, left for an operator for ever: the node reads no receipt
+/// either, and the refund never left the queue).
+#[tokio::test]
+async fn an_unmineable_looking_refund_whose_own_transfer_is_logged_is_paid() {
+    let node = Arc::new(Node::default());
+    let mut kit = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .var("settlement_timeout_ms", "300")
+        .build()
+        .await
+        .unwrap();
+    let (inv, id, tx) = paid(&mut kit, 193).await;
+    owe(&mut kit, &inv, &tx).await.unwrap();
+    node.set(|c| c.mining = Mining::Never);
+    assert_eq!(run_at(&mut kit, now()).await["paid"], json!([]));
+    let sent = refund_hashes(&node);
+    let mined = sent[0].clone();
+    node.forget();
+    let mut logged = transfer_log(treasury(), payer(), PRICE);
+    logged["blockNumber"] = json!("0x12");
+    logged["transactionHash"] = json!(mined);
+    node.set(|c| {
+        c.mined_count = Some(TX_COUNT + 1);
+        c.pending_count = Some(TX_COUNT + 1);
+        c.mining = Mining::Succeed;
+        c.logs.push(logged);
+    });
+    let first = run_at(&mut kit, now()).await;
+    assert_eq!(first["paid"], json!([]), "first sighting: {first}");
+    let summary = run_at(&mut kit, now() + 600).await;
+    assert_eq!(
+        summary["paid"],
+        json!([{"invoice": id, "transaction": mined}]),
+        "{summary}"
+    );
+    let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
+    assert_eq!(record["status"], "paid", "{record}");
+    assert_eq!(refund_hashes(&node), sent, "no second transfer");
 }
