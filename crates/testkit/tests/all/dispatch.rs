@@ -1883,6 +1883,26 @@ async fn a_paid_order_that_failed_otherwise_is_owed_back_by_the_run() {
     assert_eq!(kit.requests().len(), asked, "nothing asked of the carrier");
 }
 
+/// An abandoned order that stopped before storing its pending SIM (its journal names the profile, no record
+/// does): withdrawn all the same, its journal failed and its profile retired through the cleanup queue, whose
+/// sweep sends a cancel only if no live SIM of ours holds the ICCID by then (kernel `order::sweep_may_cancel`).
+/// Before, the entry was dropped with the profile left allocated at the carrier.
+#[tokio::test]
+async fn an_order_that_never_stored_its_sim_is_withdrawn() {
+    let (smdp, mut kit, pending) = abandoned("inv-unstored").await;
+    smdp.set("tmobile", Behaves::Ok);
+    kit.kv()
+        .delete(&format!("sim/{}", pending.iccid))
+        .await
+        .unwrap();
+    let run = cleanup_run(&mut kit, ABANDONED_VALID_BEFORE + 60).await;
+    assert_eq!((run.withdrawn, run.queued, run.parked), (1, 0, 0));
+    assert_retired(&kit, "tmobile", &pending.iccid);
+    let journal: Value =
+        serde_json::from_slice(&kit.kv_get("order/inv-unstored").await.unwrap()).unwrap();
+    assert_eq!(journal["status"], "failed", "{journal}");
+}
+
 /// A withdrawal that stopped after terminating the pending SIM but before its cancel (a crash; the SIM record
 /// written, the journal still ordering) is finished by the next sweep: the profile retired at the carrier, the
 /// journal failed. Before, the sweep found the SIM terminated, took nothing to be left to withdraw and dropped
