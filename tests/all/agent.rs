@@ -1096,12 +1096,13 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
         "{said}"
     );
     let http = reqwest::Client::new();
-    let activate = |device: &'static str| {
+    let activate_mb = |device: &'static str, data_mb: u32| {
         http.post(format!("{}/v1/esim/activate", proxy.url))
             .header("x-device-id", device)
-            .json(&json!({"region": "us-west", "data_mb": 10}))
+            .json(&json!({"region": "us-west", "data_mb": data_mb}))
             .send()
     };
+    let activate = |device: &'static str| activate_mb(device, 10);
     let start = s.balance(agent()).await;
 
     // A plain device (no x402, no wallet) gets its activation code; the gateway's wallet paid once.
@@ -1113,8 +1114,15 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
     let price: esim402_core::UsdcAmount = paid["amount_usdc"].as_str().unwrap().parse().unwrap();
     assert_eq!(s.balance(agent()).await, start - U256::from(price.micros()));
 
-    // The same device again is over its daily budget: 403 naming it, nothing paid.
+    // The same request again (its answer lost on the way, say) is answered with the kept answer, nothing paid.
     let r = activate("pump-1").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["iccid"], paid["iccid"]);
+    assert_eq!(s.balance(agent()).await, start - U256::from(price.micros()));
+
+    // Another purchase by the same device is over its daily budget: 403 naming it, nothing paid.
+    let r = activate_mb("pump-1", 11).await.unwrap();
     assert_eq!(r.status(), 403);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "over_budget", "{e}");
@@ -1181,7 +1189,7 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
     assert_eq!(anonymous.status(), 400);
 
     // The audit log: each payment as it was signed (the agent's amount, recipient, network, id), then how it
-    // ended, with device, invoice, amount and tx hash.
+    // ended, with device, invoice, amount and tx hash; the repeat answered with the kept answer, as replayed.
     let lines: Vec<Value> = std::fs::read_to_string(&audit)
         .unwrap()
         .lines()
@@ -1196,12 +1204,20 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
         [
             ("signed", "pump-1"),
             ("settled", "pump-1"),
+            ("replayed", "pump-1"),
             ("signed", "pump-2"),
             ("settled", "pump-2")
         ],
         "{lines:?}"
     );
-    for pair in lines.chunks(2) {
+    let replayed = &lines[2];
+    assert_eq!(
+        replayed["transaction"], lines[1]["transaction"],
+        "{replayed}"
+    );
+    assert!(replayed.get("activation_code").is_none(), "{replayed}");
+    let payments: Vec<&Value> = lines.iter().filter(|l| l["event"] != "replayed").collect();
+    for pair in payments.chunks(2) {
         assert_eq!(pair[0]["payment_id"], pair[1]["payment_id"]);
         assert_eq!(pair[0]["amount_usdc"], paid["amount_usdc"], "signed");
         let l = &pair[1];

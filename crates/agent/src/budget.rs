@@ -28,13 +28,17 @@ impl Budget {
         }
     }
 
-    /// Reserve `spend` at `now`: recorded, or refused when it would take today's total past the cap.
+    /// Reserve `spend` at `now`: recorded, or refused when it would take today's total past the cap. Spends
+    /// from before yesterday are dropped on the way (only today's count, and yesterday's are kept for a
+    /// payment still settling across midnight): the record stays a few days long, not the wallet's history.
     pub fn reserve(&self, spend: &Spend, now: u64) -> Result<Result<(), PolicyRefusal>, String> {
         let _one = self
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let yesterday = (now - now % 86_400).saturating_sub(86_400);
         self.state.update(|s| {
+            s.spends.retain(|x| x.at >= yesterday);
             let spent = s.spent_today(now);
             match spent.checked_add(spend.amount_usdc) {
                 Some(total) if total <= self.max_per_day => {
@@ -68,10 +72,14 @@ mod tests {
     use crate::state::SpendStatus;
 
     fn spend(id: &str, micros: u64) -> Spend {
+        spend_at(id, micros, 1_000_000)
+    }
+
+    fn spend_at(id: &str, micros: u64, at: u64) -> Spend {
         Spend {
             payment_id: id.into(),
             purpose: "device".into(),
-            at: 1_000_000,
+            at,
             amount_usdc: UsdcAmount::from_micros(micros),
             network: "eip155:31337".into(),
             pay_to: "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
@@ -98,6 +106,45 @@ mod tests {
         // The next day starts afresh.
         assert_eq!(
             budget.reserve(&spend("d", 100_000), 1_000_000 + 86_400),
+            Ok(Ok(()))
+        );
+    }
+
+    /// Fix: the wallet's record keeps yesterday's and today's spends only (pruned as a payment is reserved),
+    /// and the cap is as before. Before, it kept every spend ever signed, read and rewritten on every payment.
+    #[test]
+    fn spends_from_before_yesterday_are_pruned_and_the_cap_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("wallet"));
+        let budget = Budget::new(UsdcAmount::from_micros(100_000), state.clone());
+        let day = 20_000 * 86_400;
+        for (i, at) in [day - 3 * 86_400, day - 86_401, day - 86_400, day - 1]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(
+                budget.reserve(&spend_at(&format!("old{i}"), 50_000, at), at),
+                Ok(Ok(()))
+            );
+        }
+        assert_eq!(
+            budget.reserve(&spend_at("a", 60_000, day + 5), day + 5),
+            Ok(Ok(()))
+        );
+        let kept: Vec<String> = state
+            .load()
+            .unwrap()
+            .spends
+            .into_iter()
+            .map(|s| s.payment_id)
+            .collect();
+        assert_eq!(kept, ["old2", "old3", "a"], "yesterday's and today's");
+        assert!(matches!(
+            budget.reserve(&spend_at("b", 50_000, day + 6), day + 6),
+            Ok(Err(PolicyRefusal::MaxPerDay { .. }))
+        ));
+        assert_eq!(
+            budget.reserve(&spend_at("c", 40_000, day + 7), day + 7),
             Ok(Ok(()))
         );
     }

@@ -7,9 +7,11 @@
 //! - [`pay`]: an x402 v2 `exact` payment (EIP-3009) signed with the kernel's signer, carrying a
 //!   `payment-identifier` so that sending it again replays its answer instead of paying twice.
 //! - [`client`]: the HTTP side: the 402 → policy → sign → send walk, and the SIM routes.
+//! - [`clock`]: the local clock checked against the facilitator's `Date` before anything is signed.
 //! - [`error`]: what can go wrong, and the CLI's exit code for each.
 //! - [`cost`]: the `cost` command: the kernel's cost model over command-line inputs.
 //! - [`proxy`]: the paying proxy for devices that cannot pay (per-device budgets, an audit log).
+//! - [`replay`]: the proxy's paid answers kept a while, so a device's retry is answered, not paid again.
 //! - [`watch`]: keep a SIM alive unattended: zero-trust receipt audit, top-ups within the policy, carrier or
 //!   region switches when the radio says so.
 //!
@@ -28,12 +30,14 @@
 
 pub mod budget;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod cost;
 pub mod error;
 pub mod pay;
 pub mod policy;
 pub mod proxy;
+pub mod replay;
 pub mod state;
 pub mod watch;
 

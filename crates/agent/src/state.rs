@@ -169,6 +169,11 @@ pub struct State {
     /// Pending payments given up on (`pending --forget`), by payment id: no longer sent, their spends kept.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub abandoned: BTreeMap<String, AbandonedPayment>,
+    /// The paying proxy's paid answers to a device's requests, kept a while so the same request sent again
+    /// gets its answer back instead of paying again (see [`crate::replay`]; their tokens are as private here as
+    /// the SIMs').
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paid_answers: BTreeMap<String, crate::replay::KeptAnswer>,
 }
 
 impl State {
@@ -201,12 +206,14 @@ impl State {
             .saturating_mul(BYTES_PER_MB)
     }
 
-    /// What was signed since 00:00 UTC of `now`'s day (pending and unknown spends included).
+    /// What was signed on `now`'s UTC day, from 00:00 to 24:00 (pending and unknown spends included). A spend
+    /// dated on a later day (signed while the clock ran ahead) is that day's, not today's.
     pub fn spent_today(&self, now: u64) -> UsdcAmount {
         let day_start = now - now % 86_400;
+        let day = day_start..day_start.saturating_add(86_400);
         self.spends
             .iter()
-            .filter(|s| s.at >= day_start)
+            .filter(|s| day.contains(&s.at))
             .fold(UsdcAmount::ZERO, |sum, s| {
                 sum.checked_add(s.amount_usdc)
                     .unwrap_or(UsdcAmount::from_micros(u64::MAX))
@@ -605,6 +612,23 @@ mod tests {
         assert_eq!(s.spent_today(day + 100).micros(), 420_000);
         assert_eq!(s.pending.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(s.spent_today(day + 86_400).micros(), 0, "a new day");
+    }
+
+    /// Fix: a spend dated on a later day (signed while the clock ran ahead) is that day's, not today's: the
+    /// day is `[00:00, 24:00)`. Before, every spend from today's start on counted, whatever its date.
+    #[test]
+    fn a_spend_dated_on_a_later_day_is_not_todays() {
+        let day = 20_000 * 86_400;
+        let mut s = State::default();
+        s.begin("a", pending("pay_1"), spend("pay_1", day + 86_399, 420_000));
+        s.begin("b", pending("pay_2"), spend("pay_2", day + 86_400, 50_000));
+        s.begin(
+            "c",
+            pending("pay_3"),
+            spend("pay_3", day + 5 * 86_400, 70_000),
+        );
+        assert_eq!(s.spent_today(day + 100).micros(), 420_000);
+        assert_eq!(s.spent_today(day + 86_400).micros(), 50_000);
     }
 
     #[test]

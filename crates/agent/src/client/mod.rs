@@ -42,11 +42,12 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The answer's error message (or its body, without any access token: error texts are printed).
+    /// The answer's error message (or its body), without any access token or activation code: error texts are
+    /// printed.
     pub fn message(&self) -> String {
         self.body["error"]["message"]
             .as_str()
-            .map(str::to_owned)
+            .map(redacted_text)
             .or_else(|| (!self.body.is_null()).then(|| redacted(&self.body).to_string()))
             .unwrap_or_else(|| format!("HTTP {}", self.status))
     }
@@ -93,18 +94,39 @@ pub struct Agent {
 /// See [`Agent::on_signed`].
 pub(crate) type SignedHook = std::sync::Arc<dyn Fn(&crate::state::Spend) + Send + Sync>;
 
-/// `v` without its `access_token` fields (at any depth): for text that is printed or logged.
+/// `v` without its secrets (at any depth): no `access_token` nor `activation_code` field, and any other string
+/// that is an activation code (`LPA:…`) replaced: for text that is printed or logged (an activation code
+/// installs the profile).
 pub(crate) fn redacted(v: &Value) -> Value {
     match v {
         Value::Object(o) => Value::Object(
             o.iter()
-                .filter(|(k, _)| k.as_str() != "access_token")
+                .filter(|(k, _)| !matches!(k.as_str(), "access_token" | "activation_code"))
                 .map(|(k, v)| (k.clone(), redacted(v)))
                 .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(redacted).collect()),
+        Value::String(s) => Value::String(redacted_text(s)),
         other => other.clone(),
     }
+}
+
+/// `text` with every activation code in it (`LPA:` up to the next whitespace or quote, any case) replaced.
+pub(crate) fn redacted_text(text: &str) -> String {
+    const MARK: &str = "lpa:";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_lowercase().find(MARK) {
+        out.push_str(&rest[..at]);
+        out.push_str("LPA:[redacted]");
+        let code = &rest[at..];
+        let end = code
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ')'))
+            .unwrap_or(code.len());
+        rest = &code[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn now() -> u64 {
@@ -138,6 +160,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `a_full_receipt_page_fits_the_answer_limit`); anything beyond is not read, and is taken as the facilitator
 /// failing (a paid one keeps its payment pending).
 pub const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// The most SIMs [`Agent::list_sims`] reads (a wallet's whole fleet; a facilitator listing more is refused).
+pub const MAX_LISTED_SIMS: usize = 100_000;
+/// The SIMs asked for per page of [`Agent::list_sims`].
+const LIST_PAGE: usize = 1_000;
 
 /// Why a request got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -621,7 +648,9 @@ impl Agent {
     }
 
     /// Every SIM this wallet paid for, oldest first, only `agent_id`'s if given: `GET /v1/esim` page after
-    /// page (1 000 positions each), each page with a fresh wallet sign-in.
+    /// page (1 000 positions each), each page with a fresh wallet sign-in. At most [`MAX_LISTED_SIMS`] SIMs
+    /// in as many pages as they fill (plus one): a facilitator listing more (or paging on without end) is an
+    /// error, not memory and time without bound.
     pub async fn list_sims(&self, agent_id: Option<&str>) -> Result<Vec<Value>, AgentError> {
         let filter = match agent_id {
             Some(a) => {
@@ -632,8 +661,17 @@ impl Agent {
         };
         let mut sims = Vec::new();
         let mut after = 0u64;
-        loop {
-            let path = format!("/v1/esim?limit=1000&after={after}{filter}");
+        for page in 1.. {
+            if page > MAX_LISTED_SIMS / LIST_PAGE + 1 {
+                return Err(AgentError::Refused {
+                    status: 200,
+                    message: format!(
+                        "the facilitator's SIM list goes on past {} pages; stopped",
+                        MAX_LISTED_SIMS / LIST_PAGE + 1
+                    ),
+                });
+            }
+            let path = format!("/v1/esim?limit={LIST_PAGE}&after={after}{filter}");
             let credential = self.sign_in("/v1/esim", 1)?;
             let answer = self
                 .send(reqwest::Method::GET, &path, None, &[credential])
@@ -642,12 +680,24 @@ impl Agent {
             if !(200..300).contains(&answer.status) {
                 return Err(unexpected(&answer));
             }
-            sims.extend(answer.body["sims"].as_array().cloned().unwrap_or_default());
+            let listed = answer.body["sims"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice);
+            if sims.len().saturating_add(listed.len()) > MAX_LISTED_SIMS {
+                return Err(AgentError::Refused {
+                    status: answer.status,
+                    message: format!(
+                        "the facilitator lists more than {MAX_LISTED_SIMS} SIMs for this wallet; stopped"
+                    ),
+                });
+            }
+            sims.extend(listed.iter().cloned());
             match answer.body["next"].as_u64() {
                 Some(next) if next > after => after = next,
                 _ => return Ok(sims),
             }
         }
+        Ok(sims)
     }
 
     /// What was spent since 00:00 UTC.
@@ -930,6 +980,36 @@ mod tests {
         assert!(said.contains(&st.spends[0].payment_id), "{said}");
     }
 
+    /// Fix: an activation code (it installs the profile) never reaches printed text: a paid answer naming no
+    /// SIM but carrying a code, and a refusal whose message quotes one, are told without it. Before, only
+    /// `access_token` was taken out, and the code went to stderr.
+    #[tokio::test]
+    async fn printed_answers_carry_no_activation_code() {
+        let answer = json!({"activation_code": "LPA:1$smdp.example$SECRET1",
+            "profile": {"code": "lpa:1$smdp.example$SECRET2"}, "codes": ["LPA:1$smdp.example$SECRET3"]});
+        let f = crate::testing::facilitator(vec![(200, answer.clone())]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        let e = a.activate(&buy()).await.unwrap_err();
+        let said = e.to_string();
+        assert!(said.contains("no iccid"), "{said}");
+        assert!(!said.contains("SECRET"), "{said}");
+        let st = a.state().load().unwrap();
+        assert_eq!(
+            st.unrecorded_answers[&st.spends[0].payment_id], answer,
+            "kept whole"
+        );
+        let refusal = Answer {
+            status: 409,
+            headers: reqwest::header::HeaderMap::new(),
+            body: json!({"error": {"message": "SIM already has LPA:1$smdp.example$SECRET4, (see it)"}}),
+            json: true,
+        };
+        let said = refusal.message();
+        assert_eq!(said, "SIM already has LPA:[redacted], (see it)");
+        assert!(!unexpected(&refusal).to_string().contains("SECRET"));
+    }
+
     /// A SIM's token is sent to the facilitator that issued it only, and a pending payment to the one it was
     /// signed for: switching `--url` sent both to the new server before.
     /// A terminate that revoked the token but could not record a refund answers 503 and asks to be sent again
@@ -1136,6 +1216,7 @@ mod tests {
 
         // The proxy's paid GET: pending under one spelling, sent again under another, refused under `localhost`.
         let query = "/v1/esim/activate?region=us-west&data_mb=1";
+        let slot = crate::replay::Slot::of("GET", query, b"", None).unwrap();
         let g = crate::testing::Server::start(|seen| {
             if seen.header("payment-signature").is_none() {
                 return crate::testing::challenge(seen);
@@ -1147,19 +1228,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let short = agent(&format!("http://127.1:{port}"), dir.path());
         short
-            .pay_for_device(query, None, &[], "device d")
+            .pay_for_device(query, None, &[], "device d", &slot)
             .await
             .unwrap_err();
         let held = g.payments().pop().unwrap();
         let long = agent(&format!("http://127.0.0.1:{port}"), dir.path());
-        long.pay_for_device(query, None, &[], "device d")
+        long.pay_for_device(query, None, &[], "device d", &slot)
             .await
             .unwrap_err();
         assert_eq!(g.payments().pop().unwrap(), held, "the same payment");
         let before = g.seen().len();
         let named = agent(&format!("http://localhost:{port}"), dir.path());
         let e = named
-            .pay_for_device(query, None, &[], "device d")
+            .pay_for_device(query, None, &[], "device d", &slot)
             .await
             .unwrap_err();
         assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
@@ -1384,7 +1465,10 @@ mod tests {
     }
 
     /// Redirects are answers, not followed: a 307 would re-send the paid POST (its PAYMENT-SIGNATURE) or a
-    /// sign-in to wherever it points.
+    /// sign-in to wherever it points. A paid request's redirect keeps its payment pending (exit 5): something
+    /// between the agent and the facilitator answered it, and the payment may have gone through and been
+    /// charged; the same payment sent again collects its answer. Before, it was dropped (refused, exit 4) and
+    /// the same command paid again. An unpaid request's redirect is a refusal.
     #[tokio::test]
     async fn redirects_are_not_followed() {
         let elsewhere =
@@ -1400,11 +1484,134 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = agent(&redirecting.url, dir.path());
         let e = a.activate(&buy()).await.unwrap_err();
-        assert!(matches!(e, AgentError::Refused { status: 307, .. }), "{e}");
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: true, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("a redirect (307 to "), "{e}");
+        let st = a.state().load().unwrap();
+        assert_eq!(st.pending.len(), 1, "{st:?}");
+        assert_eq!(st.spends[0].status, crate::state::SpendStatus::Pending);
         let e = a.sim_get(Some("8901"), "/balance").await.unwrap_err();
         assert!(matches!(e, AgentError::Refused { status: 307, .. }), "{e}");
         assert!(elsewhere.seen().is_empty(), "{:?}", elsewhere.seen());
         assert_eq!(redirecting.payments().len(), 1);
+    }
+
+    /// Fix: a paid request's 4xx that is not the facilitator's own refusal (no JSON `error` object: an
+    /// intermediary's page) keeps its payment pending, sent again as is; a 402 that says `charged: true` never
+    /// frees its spend (here or in the wallet's shared cap). Before, the first was dropped (never collected) and
+    /// the 402 freed the spend, though the payment was charged.
+    #[tokio::test]
+    async fn answers_that_are_not_the_facilitators_or_say_charged_keep_the_payment() {
+        let f = crate::testing::facilitator(vec![
+            (403, Value::Null),
+            (404, json!({"detail": "blocked"})),
+            (
+                402,
+                json!({"error": {"code": "invalid_signature", "message": "no"}, "charged": true}),
+            ),
+        ])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let wallet = tempfile::tempdir().unwrap();
+        let budget = std::sync::Arc::new(crate::budget::Budget::new(
+            "20".parse().unwrap(),
+            StateDir::new(wallet.path()),
+        ));
+        let a = agent(&f.url, dir.path()).with_budget(budget);
+        for status in [403, 404] {
+            let e = a.activate(&buy()).await.unwrap_err();
+            assert!(
+                matches!(e, AgentError::Unavailable { pending: true, .. }),
+                "{status}: {e}"
+            );
+            assert!(
+                e.to_string().contains(&format!("a {status} that is not")),
+                "{e}"
+            );
+            assert_eq!(a.state().load().unwrap().pending.len(), 1, "{status}");
+        }
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{e}");
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty(), "{st:?}");
+        assert_eq!(st.spends.len(), 1, "{st:?}");
+        assert_eq!(st.spends[0].status, crate::state::SpendStatus::Unknown);
+        assert_eq!(a.spent_today().unwrap(), "0.42".parse().unwrap());
+        assert_eq!(StateDir::new(wallet.path()).load().unwrap().spends.len(), 1);
+        let paid = f.payments();
+        assert_eq!(paid.len(), 3);
+        assert!(
+            paid.iter().all(|p| *p == paid[0]),
+            "one payment, sent again"
+        );
+    }
+
+    /// Fix: a local clock more than a minute off the facilitator's (its 402's `Date`) signs nothing: a local
+    /// error naming the difference, nothing sent, spent or pending. Before, the local clock alone dated the
+    /// authorization and the spend: one running ahead signed authorizations valid long after they should be,
+    /// counted on a day whose cap was still free. Within a minute, the payment goes through.
+    #[tokio::test]
+    async fn a_clock_off_the_facilitators_signs_nothing() {
+        let off = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(3_600));
+        let behind = off.clone();
+        let f = crate::testing::Server::start(move |seen| {
+            if seen.header("payment-signature").is_some() {
+                return (200, vec![], crate::testing::sim_answer("8901"));
+            }
+            let (status, mut headers, body) = crate::testing::challenge(seen);
+            let theirs = now() - behind.load(std::sync::atomic::Ordering::SeqCst);
+            headers.push(("date", crate::clock::http_date(theirs)));
+            (status, headers, body)
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+        assert!(
+            e.to_string().contains("s ahead of the facilitator's"),
+            "{e}"
+        );
+        assert!(f.payments().is_empty());
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty() && st.spends.is_empty(), "{st:?}");
+        off.store(5, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(a.activate(&buy()).await.unwrap().iccid, "8901");
+    }
+
+    /// Fix: `sims` reads at most [`MAX_LISTED_SIMS`] SIMs, in as many pages as they fill (plus one): a
+    /// facilitator paging on without end (full pages, or empty ones) is an error within that. Before, the pages
+    /// were read until the facilitator stopped, all of them held in memory.
+    #[tokio::test]
+    async fn a_sim_list_without_end_is_cut_off() {
+        for full in [true, false] {
+            let f = crate::testing::Server::start(move |seen| {
+                let after: u64 = seen
+                    .target
+                    .split("after=")
+                    .nth(1)
+                    .and_then(|a| a.split('&').next())
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                let sims: Vec<Value> = if full {
+                    (0..LIST_PAGE).map(|i| json!({"iccid": i})).collect()
+                } else {
+                    Vec::new()
+                };
+                (200, vec![], json!({"sims": sims, "next": after + 1_000}))
+            })
+            .await;
+            let dir = tempfile::tempdir().unwrap();
+            let a = agent(&f.url, dir.path());
+            let e = tokio::time::timeout(Duration::from_secs(30), a.list_sims(None))
+                .await
+                .expect("cut off, not paged on without end")
+                .unwrap_err();
+            assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{e}");
+            assert!(f.seen().len() <= MAX_LISTED_SIMS / LIST_PAGE + 1, "{full}");
+        }
     }
 
     /// Fix: a timeout or throttling (408, 429, nginx's 499) and any answer with `Retry-After` is the facilitator

@@ -84,16 +84,28 @@ impl Agent {
 
     /// The paying proxy's walk for a device: `POST path` with the JSON `body`, or `GET path` (`body` `None`: the
     /// fields are the path's query, as `GET /v1/esim/activate?…` takes them), every request carrying the
-    /// device's own `headers` (its SIM token or sign-in, its label), paid as [`Agent::pay`] pays.
+    /// device's own `headers` (its SIM token or sign-in, its label), paid as [`Agent::pay`] pays. The paid
+    /// answer is kept under `slot` in the save that settles its payment ([`crate::replay`]): the device's same
+    /// request, sent again after it lost the answer, is answered with it instead of paying again.
     pub async fn pay_for_device(
         &self,
         path: &str,
         body: Option<&Value>,
         headers: &[(&'static str, String)],
         purpose: &str,
+        slot: &crate::replay::Slot,
     ) -> Result<Answer, AgentError> {
-        self.pay_and_keep(path, body, purpose, None, headers, |_, answer| Ok(answer))
-            .await
+        self.pay_and_keep(path, body, purpose, None, headers, |s, answer| {
+            crate::replay::remember(
+                &mut s.paid_answers,
+                slot,
+                answer.status,
+                &answer.body,
+                now(),
+            );
+            Ok(answer)
+        })
+        .await
     }
 
     /// [`Agent::pay`], with `keep` recording in the state what the paid answer bought (a SIM), in the very save
@@ -164,6 +176,9 @@ impl Agent {
                         })
                     })?;
                 let now = now();
+                // A clock off the facilitator's would sign an authorization valid too long, counted on the wrong
+                // day: nothing is signed (see `crate::clock`).
+                crate::clock::check(first.header("date"), now).map_err(local)?;
                 let (req, approval) = self
                     .policy
                     .choose(&required.accepts, state.spent_today(now))?;
@@ -388,8 +403,9 @@ impl Agent {
                     ));
                     tokio::time::sleep(wait).await;
                 }
-                402 => {
-                    // Refused before settlement: nothing was charged.
+                // Refused before settlement: nothing was charged. One that says it charged (`charged: true`)
+                // never frees its spend: it goes on to the arms below (kept pending, or its spend kept).
+                402 if answer.body["charged"] != json!(true) => {
                     self.state
                         .update(|s| s.refused(key, payment_id))
                         .map_err(local)?;
@@ -481,6 +497,27 @@ impl Agent {
                         message: format!(
                             "facilitator failed ({}): {}",
                             answer.status,
+                            answer.message()
+                        ),
+                        pending: true,
+                    }
+                    .into());
+                }
+                // A redirect (never followed: see `http_client`), or a 4xx that is not the facilitator's own
+                // refusal (no JSON `error` object: an intermediary's page, a cut body): it says nothing of the
+                // payment, which may have been charged, so it stays pending and the same payment collects its
+                // answer later. Before, it was dropped and the same request paid again.
+                300..=499 if answer.status < 400 || !answer.body["error"].is_object() => {
+                    let what = match answer.header("location") {
+                        Some(to) if answer.status < 400 => {
+                            format!("a redirect ({} to {to})", answer.status)
+                        }
+                        _ if answer.status < 400 => format!("a redirect ({})", answer.status),
+                        _ => format!("a {} that is not the facilitator's refusal", answer.status),
+                    };
+                    return Err(AgentError::Unavailable {
+                        message: format!(
+                            "the payment {payment_id} got {what}, which does not say whether it was charged: {}",
                             answer.message()
                         ),
                         pending: true,

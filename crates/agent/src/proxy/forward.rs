@@ -14,6 +14,8 @@ pub(super) struct Parts {
     /// The device's [`FORWARDED`](super::checks::FORWARDED) headers it sent.
     pub(super) headers: Vec<(&'static str, String)>,
     pub(super) body: Bytes,
+    /// The device's `Idempotency-Key`, if any: not forwarded, it names the request for [`crate::replay`].
+    pub(super) idempotency_key: Option<String>,
 }
 
 impl Shared {

@@ -2,6 +2,9 @@
 //! a 402 on a paid route paid by the device's agent within the device's budget and the wallet's daily cap, and
 //! answered with the paid result (or a refusal naming why nothing was paid).
 //!
+//! A paid answer is kept a while in the device's state ([`crate::replay`]): the device's same request sent again
+//! (its answer lost on the way) is answered with it before anything is forwarded or paid.
+//!
 //! Every payment signed for the device is in the audit log as it is recorded, before it is sent, and again with
 //! how it ended. A device's state directory is made only once a payment is signed for it.
 
@@ -17,8 +20,9 @@ use super::devices::{MAX_BUSY_DEVICES, device_lock};
 use super::forward::Parts;
 use super::reply::{Reply, error_reply, json_reply};
 use super::shared::Shared;
-use crate::AgentError;
+use crate::replay::{Recall, Slot, recall};
 use crate::state::Spend;
+use crate::{AgentError, StateDir};
 
 impl Shared {
     pub(super) async fn handle(&self, req: Parts, device: String) -> Reply {
@@ -33,6 +37,21 @@ impl Shared {
             );
         };
         let _one_at_a_time = lock.lock().await;
+        // A paid request sent again (its answer lost on the way to the device) is answered with the answer kept,
+        // never forwarded nor paid again.
+        let slot = if is_paid_route(req.method.as_str(), &req.path) {
+            let key = req.idempotency_key.as_deref();
+            let slot = match Slot::of(req.method.as_str(), &req.path, &req.body, key) {
+                Ok(slot) => slot,
+                Err(why) => return error_reply(400, "invalid_input", &why),
+            };
+            if let Some(reply) = self.replay(&slot, &req.path, &device) {
+                return reply;
+            }
+            Some(slot)
+        } else {
+            None
+        };
         let (status, headers, body) = match self.forward(&req).await {
             Ok(a) => a,
             Err(e) => {
@@ -56,7 +75,7 @@ impl Shared {
             }
             return r;
         }
-        if !is_paid_route(req.method.as_str(), &req.path) {
+        let Some(slot) = slot else {
             return error_reply(
                 402,
                 "payment_required",
@@ -64,7 +83,7 @@ impl Shared {
                  /v1/esim/activate, or GET with the fields as a query), top it up (POST /v1/esim/{iccid}/data) or \
                  switch it (POST /v1/esim/{iccid}/switch); nothing was paid",
             );
-        }
+        };
         let json_body = if req.method == reqwest::Method::GET {
             // The query form: its fields are the query, sent again as they came.
             if !req.body.is_empty() {
@@ -129,6 +148,7 @@ impl Shared {
                 json_body.as_ref(),
                 &req.headers,
                 &format!("device {device}"),
+                &slot,
             )
             .await;
         let signed = std::mem::take(
@@ -181,6 +201,33 @@ impl Shared {
                 error_reply(503, "unavailable", &e.to_string())
             }
             Err(e) => error_reply(500, "internal", &e.to_string()),
+        }
+    }
+
+    /// The answer to `slot` if the device's same request was paid for a short while ago (kept in its state,
+    /// [`crate::replay`]), logged as `replayed`; a refusal if its `Idempotency-Key` named another request.
+    /// `None`: go on (forward it, pay it).
+    fn replay(&self, slot: &Slot, path: &str, device: &str) -> Option<Reply> {
+        let dir = self.settings.state_dir.join("devices").join(device);
+        let state = match StateDir::new(dir).load() {
+            Ok(state) => state,
+            Err(e) => return Some(error_reply(500, "internal", &e)),
+        };
+        match recall(&state.paid_answers, slot, unix_now()) {
+            Recall::Nothing => None,
+            Recall::OtherRequest => Some(error_reply(
+                422,
+                "invalid_input",
+                "this Idempotency-Key was sent with another request a short while ago; nothing was paid",
+            )),
+            Recall::Answer(kept) => {
+                self.audit.append(&json!({
+                    "at": unix_now(), "event": "replayed", "device": device, "path": path,
+                    "status": kept.status, "invoice_id": kept.body["invoice_id"],
+                    "transaction": kept.body["transaction"], "paid_at": kept.at,
+                }));
+                Some(json_reply(kept.status, &kept.body))
+            }
         }
     }
 }

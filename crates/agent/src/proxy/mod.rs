@@ -12,6 +12,8 @@
 //! pending payment are its own. Over budget: 403 with a JSON error naming the rule, nothing paid. Every payment
 //! made for a device is appended to an audit log (JSON lines: time, device, path, invoice, amount, tx hash).
 //! One request at a time per device (a payment and its retry must not race); devices run in parallel.
+//! A paid answer is kept 15 minutes in the device's state: the same request (or `Idempotency-Key`) sent again
+//! within them is answered with it, nothing forwarded or paid ([`crate::replay`]).
 //!
 //! Devices are not browsers: what a browser would send (`Origin`, `Sec-Fetch-*`, a body that is not JSON, a
 //! host name a web page could rebind to this machine) is refused before anything is forwarded or paid, so no
@@ -25,7 +27,8 @@
 //!   and which routes' 402 the proxy pays ([`PAID_ROUTES`]).
 //! - `devices`: device ids and the one-request-at-a-time lock per device.
 //! - `forward`: the request sent on to the facilitator, its answer read within its limit.
-//! - `handle`: a device's request end to end: forwarded, and a 402 on a paid route paid within its budget.
+//! - `handle`: a device's request end to end: a paid request sent again answered with its kept answer
+//!   ([`crate::replay`]), else forwarded, and a 402 on a paid route paid within its budget.
 //! - `shared`: what every connection shares (settings, the wallet-wide cap, the HTTP client, the audit log).
 //! - `audit`: the audit log, and how each payment a request signed or found pending ended.
 //! - `reply`: the proxy's own JSON answers and errors.

@@ -60,6 +60,18 @@ pub(super) async fn respond(
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let mut keys = req.headers().get_all("idempotency-key").iter();
+    let idempotency_key = match (keys.next().map(|v| v.to_str()), keys.next()) {
+        (None, _) => None,
+        (Some(Ok(k)), None) => Some(k.to_owned()),
+        _ => {
+            return error_reply(
+                400,
+                "invalid_input",
+                "the Idempotency-Key header must be sent once, as text",
+            );
+        }
+    };
     let body = Limited::new(req.into_body(), MAX_BODY).collect();
     let body = match tokio::time::timeout(body_read, body).await {
         Ok(Ok(b)) => b.to_bytes(),
@@ -74,6 +86,7 @@ pub(super) async fn respond(
                 content_type,
                 headers,
                 body,
+                idempotency_key,
             },
             device,
         )

@@ -431,6 +431,7 @@ async fn a_lock_taken_at_signing_that_is_held_refuses_the_payment() {
             None,
             &[],
             "device d",
+            &crate::replay::Slot::of("GET", "/", b"", None).unwrap(),
         )
         .await
         .unwrap_err();
@@ -693,4 +694,96 @@ async fn a_paid_answer_that_cannot_be_saved_is_collected_by_the_same_request() {
     let paid = upstream.payments();
     assert_eq!(paid.len(), 2);
     assert_eq!(paid[0], paid[1], "the same payment, collected");
+}
+
+/// Fix: a device that lost a paid answer (a reboot, roaming) and sends the same request again is answered with
+/// the answer kept in its state when the payment settled, and nothing is forwarded or paid again; an
+/// `Idempotency-Key` names a request instead of its content (a new key buys again, a key sent with another
+/// request is refused). Before, the proxy kept no copy: the same request drew a new 402 and a second payment.
+#[tokio::test]
+async fn a_paid_request_sent_again_is_answered_with_its_kept_answer_not_paid_again() {
+    let upstream = asks_everywhere().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+    let body = r#"{"region":"us-west","data_mb":1}"#;
+    let buy = |headers: &str, body: &str| request(addr, "POST", "/v1/esim/activate", headers, body);
+    let (status, first) = exchange(addr, &buy("", body)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["access_token"], "sim_secret_8902");
+    let forwarded = upstream.seen().len();
+    let (status, again) = exchange(addr, &buy("", body)).await;
+    assert_eq!((status, &again), (200, &first), "the very answer");
+    assert_eq!(upstream.payments().len(), 1, "paid once");
+    assert_eq!(
+        upstream.seen().len(),
+        forwarded,
+        "the repeat was not even forwarded"
+    );
+    // Another purchase (another body) is paid.
+    let (status, _) = exchange(addr, &buy("", r#"{"region":"us-west","data_mb":2}"#)).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.payments().len(), 2);
+    // With an Idempotency-Key: a new key buys the same again, the same key is answered, and the key sent with
+    // another request is refused, nothing paid.
+    let (status, _) = exchange(addr, &buy("idempotency-key: k-1\r\n", body)).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.payments().len(), 3, "a new key: a new purchase");
+    let (status, _) = exchange(addr, &buy("idempotency-key: k-1\r\n", body)).await;
+    assert_eq!(status, 200);
+    let other = r#"{"region":"eu-west","data_mb":1}"#;
+    let (status, refused) = exchange(addr, &buy("idempotency-key: k-1\r\n", other)).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(upstream.payments().len(), 3);
+    // Kept in the device's private state file; the audit log says it was replayed, without the secrets.
+    let file = dir.path().join("devices/127.0.0.1/state.json");
+    let state: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(state["paid_answers"].as_object().unwrap().len(), 3);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let log = audit_lines(dir.path());
+    let replayed: Vec<_> = log.iter().filter(|l| l["event"] == "replayed").collect();
+    assert_eq!(replayed.len(), 2, "{log:?}");
+    assert_eq!(replayed[0]["transaction"], "0xab");
+    assert!(
+        !log.iter()
+            .any(|l| l.to_string().contains("LPA:") || l.to_string().contains("sim_secret"))
+    );
+}
+
+/// A device's quota or top-up request sent again with the same body is another purchase (a device asks for more
+/// data whenever it runs low), never answered with the first one's kept answer; with an `Idempotency-Key` it is
+/// (a lost answer, sent again). A first version of the kept answers replayed every paid route by its body, so
+/// a device's second top-up within 15 minutes got the first one's stale answer and no data.
+#[tokio::test]
+async fn a_top_up_sent_again_without_a_key_buys_again() {
+    let upstream = asks_everywhere().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+    let top_up = |headers: &str| {
+        request(
+            addr,
+            "POST",
+            "/v1/esim/8901/data",
+            headers,
+            r#"{"top_up_mb":100}"#,
+        )
+    };
+    for expected in [1, 2] {
+        let (status, answer) = exchange(addr, &top_up("")).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(upstream.payments().len(), expected);
+    }
+    for _ in 0..2 {
+        let (status, answer) = exchange(addr, &top_up("idempotency-key: t-1\r\n")).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            upstream.payments().len(),
+            3,
+            "the key's retry is not paid again"
+        );
+    }
 }
