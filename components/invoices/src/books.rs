@@ -140,7 +140,17 @@ pub async fn verify() -> Result<String, wit::Error> {
         Ok(d) => d.left,
         Err(e) => {
             eprintln!("invoices: draining the ledger outbox failed: {e:?}");
-            store::parked().await.map_err(|e| kv_fault("ledger", e))?
+            match store::parked().await {
+                Ok(n) => n,
+                // Anyone may ask: the answer says where, the log says what (as for an entry below).
+                Err(esim402_guest::kv::KvError::Corrupt { key, message }) => {
+                    eprintln!("invoices: ledger check: {key}: not an outbox record: {message}");
+                    let body =
+                        serde_json::json!({ "ok": false, "error": format!("{key} is unreadable") });
+                    return Ok(body.to_string());
+                }
+                Err(e) => return Err(kv_fault("ledger", e)),
+            }
         }
     };
     let shards = match read_helped().await {
@@ -190,7 +200,17 @@ async fn read_helped() -> Result<Vec<(ChainHead, Vec<LedgerEntry>)>, esim402_gue
     let mut helped = false;
     for (from, to) in ledger::stranded(&shards, esim402_guest::util::now_secs()) {
         match store::help_forward(from, to).await {
-            Ok(moved) => helped |= moved,
+            Ok(moved) => {
+                if moved {
+                    // For the operator: a head that did not say what its shard holds (an appender stopped
+                    // before its head advance, or a head set back).
+                    eprintln!(
+                        "invoices: ledger check: the head of shard {} was behind its chain: moved from {} to {} entries",
+                        from.shard, from.count, to.count
+                    );
+                }
+                helped |= moved;
+            }
             Err(e) => eprintln!(
                 "invoices: helping the head of shard {} forward failed: {e:?}",
                 from.shard

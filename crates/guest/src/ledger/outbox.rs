@@ -97,9 +97,18 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
             left: outbox.parked_events(),
         });
     }
+    // A shard whose head cannot be read now (a store fault, or a head that does not decode) is left out: its
+    // batches are not claimed (kernel `Outbox::claim`), the other shards' drain.
     let mut heads = std::collections::BTreeMap::new();
     for shard in to_claim {
-        heads.insert(shard, head(shard).await?.count);
+        match head(shard).await {
+            Ok(h) => {
+                heads.insert(shard, h.count);
+            }
+            Err(e) => eprintln!(
+                "ledger: the head of shard {shard} cannot be read, its parked batches wait: {e:?}"
+            ),
+        }
     }
     let token = crate::util::holder_token().map_err(KvError::Store)?;
     let (after, claimed) = kv::change_json(&key, |current: Option<Outbox>| {

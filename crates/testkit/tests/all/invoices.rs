@@ -1087,6 +1087,57 @@ async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
     assert!(check.get("parked").is_none(), "{check}");
 }
 
+/// A shard whose head cannot be read (a store fault on it, or a head that does not decode) does not stop the
+/// drain of the other shards' parked batches: its own wait. Before, the first unreadable head ended every drain
+/// before it claimed anything, so the whole outbox filled up (a review of cdb4494).
+#[tokio::test]
+async fn an_unreadable_head_does_not_stop_the_drain_of_the_other_shards() {
+    use esim402_core::ledger::outbox::Outbox;
+    use esim402_core::ledger::{EntryFields, EntryKind};
+    let down = "inv_down";
+    let shard = esim402_core::ledger::shard_of(down);
+    let free = invoice_off(&[shard]);
+    let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/head").into_boxed_str());
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut kit = builder()
+        .store(std::sync::Arc::new(crate::failing_calls(prefix, &failing)))
+        .build()
+        .await
+        .unwrap();
+    let event = |id: &str| (EntryKind::RefundPaid, EntryFields::default().invoice(id));
+    let mut outbox = Outbox::default();
+    outbox
+        .park("down", 1_000, vec![event(down)], Default::default())
+        .unwrap();
+    outbox
+        .park("free", 1_001, vec![event(&free)], Default::default())
+        .unwrap();
+    kit.kv()
+        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
+        .await
+        .unwrap();
+    // The check itself cannot read that shard (a 503, not a verdict); its drain still appends the other batch.
+    let check = kit
+        .call(async move |a, g| g.invoices().call_ledger_verify(a).await)
+        .await
+        .unwrap();
+    assert!(check.is_err(), "{check:?}");
+    let ids: Vec<String> = stored_outbox(&kit)
+        .await
+        .batches
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids, ["down"]);
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let check = ledger_check(&mut kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"]),
+        (&json!(true), &json!(2)),
+        "{check}"
+    );
+}
+
 /// A ledger check that finds nothing to claim in the outbox (every batch held by another drain) writes
 /// nothing: the public `GET /v1/ledger/verify` does not rewrite the outbox record. Before, each check wrote it
 /// twice (the claim and the release), claiming nothing.
