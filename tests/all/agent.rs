@@ -1103,10 +1103,19 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
             .send()
     };
     let activate = |device: &'static str| activate_mb(device, 10);
+    // Devices named by a header (which any client may send) are answered with a kept answer only for the same
+    // Idempotency-Key.
+    let activate_once = |device: &'static str, key: &'static str| {
+        http.post(format!("{}/v1/esim/activate", proxy.url))
+            .header("x-device-id", device)
+            .header("idempotency-key", key)
+            .json(&json!({"region": "us-west", "data_mb": 10}))
+            .send()
+    };
     let start = s.balance(agent()).await;
 
     // A plain device (no x402, no wallet) gets its activation code; the gateway's wallet paid once.
-    let r = activate("pump-1").await.unwrap();
+    let r = activate_once("pump-1", "pump-1-buy-1").await.unwrap();
     assert_eq!(r.status(), 200);
     let paid: Value = r.json().await.unwrap();
     let code = paid["activation_code"].as_str().unwrap();
@@ -1115,7 +1124,7 @@ async fn the_proxy_pays_for_plain_devices_within_their_budgets_and_logs_every_pa
     assert_eq!(s.balance(agent()).await, start - U256::from(price.micros()));
 
     // The same request again (its answer lost on the way, say) is answered with the kept answer, nothing paid.
-    let r = activate("pump-1").await.unwrap();
+    let r = activate_once("pump-1", "pump-1-buy-1").await.unwrap();
     assert_eq!(r.status(), 200);
     let again: Value = r.json().await.unwrap();
     assert_eq!(again["iccid"], paid["iccid"]);

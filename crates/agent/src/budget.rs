@@ -11,6 +11,9 @@ use esim402_core::UsdcAmount;
 use crate::policy::PolicyRefusal;
 use crate::state::{Spend, StateDir};
 
+/// How long a spend is kept in the wallet's record: two days before the newest (see [`Budget::reserve`]).
+pub const KEEP_SECS: u64 = 2 * 86_400;
+
 /// What one wallet may sign in a day across every agent sharing it, and what it signed.
 pub struct Budget {
     max_per_day: UsdcAmount,
@@ -29,16 +32,24 @@ impl Budget {
     }
 
     /// Reserve `spend` at `now`: recorded, or refused when it would take today's total past the cap. Spends
-    /// from before yesterday are dropped on the way (only today's count, and yesterday's are kept for a
+    /// older than [`KEEP_SECS`] are dropped on the way (only today's count, and yesterday's are kept for a
     /// payment still settling across midnight): the record stays a few days long, not the wallet's history.
+    ///
+    /// Older than what: than the newest spend already recorded, or `now` if earlier, never `now` alone. A clock
+    /// that jumps ahead would otherwise erase today's real spends with the first payment it signs, and once set
+    /// back the cap would count from nothing; this way a clock ahead and back again erases nothing of the real
+    /// day (one that stays ahead over two payments still can: the facilitator's `Date`, `crate::clock`, is
+    /// what stops a payment signed on a clock far off).
     pub fn reserve(&self, spend: &Spend, now: u64) -> Result<Result<(), PolicyRefusal>, String> {
         let _one = self
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let yesterday = (now - now % 86_400).saturating_sub(86_400);
         self.state.update(|s| {
-            s.spends.retain(|x| x.at >= yesterday);
+            if let Some(newest) = s.spends.iter().map(|x| x.at).max() {
+                let before = newest.min(now).saturating_sub(KEEP_SECS);
+                s.spends.retain(|x| x.at >= before);
+            }
             let spent = s.spent_today(now);
             match spent.checked_add(spend.amount_usdc) {
                 Some(total) if total <= self.max_per_day => {
@@ -110,8 +121,9 @@ mod tests {
         );
     }
 
-    /// Fix: the wallet's record keeps yesterday's and today's spends only (pruned as a payment is reserved),
-    /// and the cap is as before. Before, it kept every spend ever signed, read and rewritten on every payment.
+    /// Fix: the wallet's record keeps the spends of the two days before the newest only (pruned as a payment is
+    /// reserved), and the cap is as before. Before, it kept every spend ever signed, read and rewritten on every
+    /// payment.
     #[test]
     fn spends_from_before_yesterday_are_pruned_and_the_cap_holds() {
         let dir = tempfile::tempdir().unwrap();
@@ -138,7 +150,11 @@ mod tests {
             .into_iter()
             .map(|s| s.payment_id)
             .collect();
-        assert_eq!(kept, ["old2", "old3", "a"], "yesterday's and today's");
+        assert_eq!(
+            kept,
+            ["old1", "old2", "old3", "a"],
+            "two days before the newest"
+        );
         assert!(matches!(
             budget.reserve(&spend_at("b", 50_000, day + 6), day + 6),
             Ok(Err(PolicyRefusal::MaxPerDay { .. }))
@@ -147,5 +163,51 @@ mod tests {
             budget.reserve(&spend_at("c", 40_000, day + 7), day + 7),
             Ok(Ok(()))
         );
+    }
+
+    /// Fix: a clock that jumps ahead (a payment signed days ahead) and back erases nothing of the real day: its
+    /// spends still count against the cap. Before, spends were pruned from `now`'s day before yesterday: the
+    /// payment dated ahead erased today's, and once the clock was back the cap counted from nothing.
+    #[test]
+    fn a_clock_ahead_and_back_never_erases_the_real_days_spends() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("wallet"));
+        let budget = Budget::new(UsdcAmount::from_micros(100_000), state.clone());
+        let today = 20_000 * 86_400 + 3_600;
+        assert_eq!(
+            budget.reserve(&spend_at("real", 80_000, today), today),
+            Ok(Ok(()))
+        );
+        let ahead = today + 30 * 86_400;
+        assert_eq!(
+            budget.reserve(&spend_at("ahead", 10_000, ahead), ahead),
+            Ok(Ok(()))
+        );
+        assert!(
+            state
+                .load()
+                .unwrap()
+                .spends
+                .iter()
+                .any(|s| s.payment_id == "real"),
+            "kept while the clock is ahead"
+        );
+        let back = today + 60;
+        assert!(matches!(
+            budget.reserve(&spend_at("again", 50_000, back), back),
+            Ok(Err(PolicyRefusal::MaxPerDay { .. }))
+        ));
+        assert_eq!(
+            budget.reserve(&spend_at("small", 20_000, back), back),
+            Ok(Ok(()))
+        );
+        let ids: Vec<String> = state
+            .load()
+            .unwrap()
+            .spends
+            .into_iter()
+            .map(|s| s.payment_id)
+            .collect();
+        assert_eq!(ids, ["real", "ahead", "small"]);
     }
 }

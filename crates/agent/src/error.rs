@@ -3,11 +3,11 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | done |
-//! | 1 | local problem: no or bad wallet key, unreadable state or policy file, a payment for the same purchase pending with another facilitator, a local clock more than 60 s off the facilitator's `Date` (nothing signed) |
+//! | 1 | local problem: no or bad wallet key, unreadable state or policy file, a payment for the same purchase pending with another facilitator, a SIM list past its bounds (100 000 SIMs, 10 000 pages) |
 //! | 2 | usage: bad arguments (clap), no SIM to act on, a SIM just collected that a command without `--iccid` would change or pay for |
 //! | 3 | refused by the spend policy: nothing was signed or paid |
-//! | 4 | refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, …) |
-//! | 5 | facilitator unreachable, 5xx, a 408/429/499 or an answer with `Retry-After`, an answer over 4 MiB, a paid 2xx that is not JSON, a redirect or a 4xx that is not the facilitator's own refusal to a paid request, settlement still pending, a paid answer that could not be saved, or a new payment refused while one for the same purchase is pending with this facilitator: a payment in flight is kept; run the same command (or any command) again later; only as a last resort, one that can never be collected: `esim402-agent pending --forget <payment-id>` (`--force` while its authorization is valid): forgetting it may pay twice for the same purchase if it was charged |
+//! | 4 | refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, …); a redirect or a 4xx that is not the facilitator's own refusal to a payment whose authorization expired over 60 s ago (its spend kept counted, the request no longer held back by it); a 413, 414 or 431 that is not the facilitator's (never reached it: nothing charged) |
+//! | 5 | a local clock more than 60 s off the facilitator's `Date` (nothing signed; tried again once NTP sets it), facilitator unreachable, 5xx, a 408/429/499 or an answer with `Retry-After`, an answer over 4 MiB, a paid 2xx that is not JSON, a redirect or a 4xx that is not the facilitator's own refusal to a paid request while its authorization can still be settled (until its `validBefore` plus 60 s), settlement still pending, a paid answer that could not be saved, or a new payment refused while one for the same purchase is pending with this facilitator: a payment in flight is kept; run the same command (or any command) again later; only as a last resort, one that can never be collected: `esim402-agent pending --forget <payment-id>` (`--force` while its authorization is valid): forgetting it may pay twice for the same purchase if it was charged |
 
 use crate::policy::PolicyRefusal;
 

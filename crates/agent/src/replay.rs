@@ -7,9 +7,21 @@
 //!   private (0600 in a 0700 directory) as it is for the SIMs' tokens, which the answer holds too.
 //! - Kept [`KEEP_SECS`] at most, [`MAX_KEPT`] per device at most (the oldest goes first); expired entries
 //!   are dropped when the next answer is kept, and never answered with.
-//! - A request is keyed by its `Idempotency-Key` header when it has one, else by its method, path (query
-//!   included) and a digest of its body ([`Slot::of`]). A key sent again with another request is refused,
-//!   never answered with another request's answer, nor paid.
+//! - An answer goes back only to the requester it answered: the request ([`Slot::request`]) is its method, the
+//!   facilitator's origin, its path (query parameters sorted), a digest of its body (canonical JSON: keys sorted,
+//!   no spaces; other bodies as sent) and digests of the device's forwarded `Authorization` and `X-Agent-ID`
+//!   (a SIM's token, a label: another module's, or none, is another requester). So a kept answer (activation
+//!   code, access token) never answers a request without the credential that bought it, nor one sent to
+//!   another facilitator.
+//! - A request carrying `Sign-In-With-X` is never kept nor answered with a kept answer: a sign-in is
+//!   single-use, and what it bought must not go to a request that does not sign in.
+//! - A request is keyed by its `Idempotency-Key` header when it has one, else by the request itself
+//!   ([`Slot::of`]). A key sent again with another request (another body, path, credential or facilitator) is
+//!   refused, never answered with another request's answer, nor paid.
+//! - Without a key, a request is kept only when its device is named by its source address: one named by the
+//!   `--device-header` (which any client may claim, with a body easily guessed) is kept by its key only. A
+//!   source address is one device: modules behind one NAT that send the same request with the same (or no)
+//!   credentials are told apart only by an `Idempotency-Key` (or a `--device-header` and keys).
 //! - Without a key, only requests a device does not repeat on purpose are kept (activations, switches): a quota
 //!   or top-up request (`…/data`) sent again with the same body is another purchase (or a grant of data paid
 //!   for before), so it is matched by its `Idempotency-Key` only ([`Slot::kept`]).
@@ -29,7 +41,7 @@ pub const MAX_KEY_LEN: usize = 255;
 /// A paid answer kept for a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeptAnswer {
-    /// The request it answered ([`Slot::request`]): method, path and body digest.
+    /// The request it answered ([`Slot::request`]).
     pub request: String,
     /// Unix seconds when it was kept.
     pub at: u64,
@@ -39,14 +51,37 @@ pub struct KeptAnswer {
     pub body: Value,
 }
 
+/// Who sends a request, as far as the proxy can tell: what a kept answer is tied to besides the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    /// The facilitator the request goes to (its origin, [`crate::Config::origin`]).
+    pub origin: &'a str,
+    /// The device's forwarded headers (lower-case names): `authorization`, `x-agent-id`, `sign-in-with-x`.
+    pub headers: &'a [(&'static str, String)],
+    /// Whether the device is named by a header any client may send (`--device-header`), not by its source
+    /// address.
+    pub claimed: bool,
+}
+
+impl Requester<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Where a device's request is kept: its key in [`crate::State::paid_answers`], and the request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
     /// `idempotency-key <key>`, or [`Slot::request`].
     pub key: String,
-    /// `<METHOD> <path> keccak256:<hex of the body's digest>`.
+    /// `<METHOD> <origin><path> body:keccak256:<hex> authorization:<digest> x-agent-id:<digest>` (a digest is
+    /// `keccak256:<hex>`, or `none`), the path's query parameters sorted, the body's JSON canonical.
     pub request: String,
-    /// Whether its answer is kept and recalled: with an `Idempotency-Key` always, else only off the routes a
+    /// Whether its answer is kept and recalled (see the module's invariants): never with a `Sign-In-With-X`;
+    /// with an `Idempotency-Key` always; else only for a device named by its source address, off the routes a
     /// device repeats on purpose ([`repeated_on_purpose`]).
     pub kept: bool,
 }
@@ -60,15 +95,25 @@ pub fn repeated_on_purpose(path: &str) -> bool {
 
 impl Slot {
     /// The slot of `method path` with `body` (raw bytes, as the device sent them) and the device's
-    /// `Idempotency-Key`, if any; an error says why that key is refused (not printable ASCII, too long).
+    /// `Idempotency-Key`, if any, sent by `from`; an error says why that key is refused (not printable ASCII,
+    /// too long).
     pub fn of(
         method: &str,
         path: &str,
         body: &[u8],
         idempotency_key: Option<&str>,
+        from: &Requester<'_>,
     ) -> Result<Self, String> {
-        let digest = alloy_primitives::keccak256(body);
-        let request = format!("{method} {path} keccak256:{}", hex::encode(digest));
+        let request = format!(
+            "{method} {}{} body:{} authorization:{} x-agent-id:{}",
+            from.origin,
+            sorted_query(path),
+            digest(&canonical_body(body)),
+            from.header("authorization")
+                .map_or_else(|| "none".to_owned(), |v| digest(v.as_bytes())),
+            from.header("x-agent-id")
+                .map_or_else(|| "none".to_owned(), |v| digest(v.as_bytes())),
+        );
         let key = match idempotency_key {
             None => request.clone(),
             Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
@@ -81,8 +126,73 @@ impl Slot {
             }
             Some(k) => format!("idempotency-key {k}"),
         };
-        let kept = idempotency_key.is_some() || !repeated_on_purpose(path);
+        let kept = from.header("sign-in-with-x").is_none()
+            && (idempotency_key.is_some() || !from.claimed && !repeated_on_purpose(path));
         Ok(Self { key, request, kept })
+    }
+}
+
+/// `keccak256:<hex>` of `bytes`.
+fn digest(bytes: &[u8]) -> String {
+    format!(
+        "keccak256:{}",
+        hex::encode(alloy_primitives::keccak256(bytes))
+    )
+}
+
+/// `path` with its query parameters sorted (`?b=2&a=1` is `?a=1&b=2`): the same fields in another order are the
+/// same request.
+fn sorted_query(path: &str) -> String {
+    let Some((path, query)) = path.split_once('?') else {
+        return path.to_owned();
+    };
+    let mut fields: Vec<&str> = query.split('&').filter(|f| !f.is_empty()).collect();
+    fields.sort_unstable();
+    format!("{path}?{}", fields.join("&"))
+}
+
+/// `body` as digested: a JSON body canonical (its value written again, object keys sorted, no spaces), so the
+/// same JSON in another key order or spacing is the same request; any other body as sent.
+fn canonical_body(body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => {
+            let mut out = String::new();
+            canonical_json(&v, &mut out);
+            out.into_bytes()
+        }
+        Err(_) => body.to_vec(),
+    }
+}
+
+/// `v` written to `out` with every object's keys sorted, whatever order `serde_json::Map` keeps (its
+/// `preserve_order` feature keeps insertion order).
+fn canonical_json(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
     }
 }
 
@@ -156,35 +266,51 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A device named by its source address, without credentials, to `http://f.example`.
+    const PLAIN: Requester<'static> = Requester {
+        origin: "http://f.example",
+        headers: &[],
+        claimed: false,
+    };
+
+    /// [`PLAIN`] with the device's forwarded `headers`.
+    fn from<'a>(headers: &'a [(&'static str, String)]) -> Requester<'a> {
+        Requester { headers, ..PLAIN }
+    }
+
+    fn of(method: &str, path: &str, body: &[u8], key: Option<&str>) -> Result<Slot, String> {
+        Slot::of(method, path, body, key, &PLAIN)
+    }
+
     #[test]
     fn a_request_is_keyed_by_its_idempotency_key_or_its_content() {
-        let a = Slot::of("POST", "/v1/esim/activate", b"{\"data_mb\":1}", None).unwrap();
-        let b = Slot::of("POST", "/v1/esim/activate", b"{\"data_mb\":2}", None).unwrap();
+        let a = of("POST", "/v1/esim/activate", b"{\"data_mb\":1}", None).unwrap();
+        let b = of("POST", "/v1/esim/activate", b"{\"data_mb\":2}", None).unwrap();
         assert_eq!(a.key, a.request);
         assert_ne!(a.key, b.key, "another body");
-        let c = Slot::of("POST", "/v1/esim/8901/data", b"{\"data_mb\":1}", None).unwrap();
+        let c = of("POST", "/v1/esim/8901/data", b"{\"data_mb\":1}", None).unwrap();
         assert_ne!(a.key, c.key, "another path");
-        let k = Slot::of("POST", "/v1/esim/activate", b"{\"data_mb\":1}", Some("k-1")).unwrap();
+        let k = of("POST", "/v1/esim/activate", b"{\"data_mb\":1}", Some("k-1")).unwrap();
         assert_eq!(k.key, "idempotency-key k-1");
         assert_eq!(k.request, a.request);
         // A quota or top-up request is kept by its key only: sent again with the same body it buys again.
         assert!(a.kept && k.kept);
         assert!(!c.kept);
-        let keyed = Slot::of("POST", "/v1/esim/8901/data?x=1", b"{}", Some("q-1")).unwrap();
+        let keyed = of("POST", "/v1/esim/8901/data?x=1", b"{}", Some("q-1")).unwrap();
         assert!(keyed.kept);
         let mut kept = BTreeMap::new();
         remember(&mut kept, &c, 200, &serde_json::json!({}), 1_000);
         assert!(kept.is_empty());
         assert_eq!(recall(&kept, &c, 1_000), Recall::Nothing);
-        assert!(Slot::of("POST", "/", b"", Some("")).is_err());
-        assert!(Slot::of("POST", "/", b"", Some("é")).is_err());
-        assert!(Slot::of("POST", "/", b"", Some(&"k".repeat(MAX_KEY_LEN + 1))).is_err());
+        assert!(of("POST", "/", b"", Some("")).is_err());
+        assert!(of("POST", "/", b"", Some("é")).is_err());
+        assert!(of("POST", "/", b"", Some(&"k".repeat(MAX_KEY_LEN + 1))).is_err());
     }
 
     #[test]
     fn answers_are_kept_for_a_while_and_a_few_only() {
         let mut kept = BTreeMap::new();
-        let a = Slot::of("POST", "/a", b"{}", None).unwrap();
+        let a = of("POST", "/a", b"{}", None).unwrap();
         assert_eq!(recall(&kept, &a, 1_000), Recall::Nothing);
         remember(&mut kept, &a, 200, &json!({"iccid": "1"}), 1_000);
         let Recall::Answer(got) = recall(&kept, &a, 1_000 + KEEP_SECS - 1) else {
@@ -193,20 +319,132 @@ mod tests {
         assert_eq!((got.status, got.body), (200, json!({"iccid": "1"})));
         assert_eq!(recall(&kept, &a, 1_000 + KEEP_SECS), Recall::Nothing);
         // A key used again for another request is refused.
-        let k1 = Slot::of("POST", "/a", b"{}", Some("k")).unwrap();
+        let k1 = of("POST", "/a", b"{}", Some("k")).unwrap();
         remember(&mut kept, &k1, 200, &json!({}), 1_000);
-        let k2 = Slot::of("POST", "/a", b"{\"x\":1}", Some("k")).unwrap();
+        let k2 = of("POST", "/a", b"{\"x\":1}", Some("k")).unwrap();
         assert_eq!(recall(&kept, &k2, 1_001), Recall::OtherRequest);
         // Expired ones go when the next is kept; never more than MAX_KEPT.
         for i in 0..(MAX_KEPT as u64 + 5) {
-            let s = Slot::of("POST", &format!("/{i}"), b"{}", None).unwrap();
+            let s = of("POST", &format!("/{i}"), b"{}", None).unwrap();
             remember(&mut kept, &s, 200, &json!({}), 5_000 + i);
         }
         assert_eq!(kept.len(), MAX_KEPT);
         assert!(!kept.contains_key(&a.key) && !kept.contains_key(&k1.key));
-        let newest = Slot::of("POST", &format!("/{}", MAX_KEPT + 4), b"{}", None).unwrap();
+        let newest = of("POST", &format!("/{}", MAX_KEPT + 4), b"{}", None).unwrap();
         assert!(kept.contains_key(&newest.key));
-        let oldest = Slot::of("POST", "/0", b"{}", None).unwrap();
+        let oldest = of("POST", "/0", b"{}", None).unwrap();
         assert!(!kept.contains_key(&oldest.key), "the oldest went first");
+    }
+
+    /// Fix: a kept answer goes back only to its own requester: another `Authorization` or `X-Agent-ID` (another
+    /// module behind the same address, a client claiming another's device id), or another facilitator, is
+    /// another request (no answer; with the same key, refused); a sign-in is never kept; a device named by a
+    /// header is kept by its `Idempotency-Key` only. Before, the slot was method, path and body alone, and the
+    /// activation code and token went to whoever sent the same body.
+    #[test]
+    fn an_answer_goes_back_only_to_its_own_requester() {
+        let body = br#"{"region":"us-west","data_mb":1}"#;
+        let path = "/v1/esim/8901/switch";
+        let headers = |auth: &str, label: &str| {
+            vec![
+                ("authorization", format!("Bearer {auth}")),
+                ("x-agent-id", label.to_owned()),
+            ]
+        };
+        let (mine, theirs) = (headers("sim_a", "pump-1"), headers("sim_b", "pump-1"));
+        let labelled = headers("sim_a", "pump-2");
+        let slot = |from: &Requester<'_>, key| Slot::of("POST", path, body, key, from).unwrap();
+        let mut kept = BTreeMap::new();
+        let paid = slot(&from(&mine), None);
+        remember(&mut kept, &paid, 200, &json!({"access_token": "t"}), 1_000);
+        assert!(matches!(recall(&kept, &paid, 1_001), Recall::Answer(_)));
+        let bare = slot(&PLAIN, None);
+        let elsewhere = Requester {
+            origin: "http://other.example",
+            ..from(&mine)
+        };
+        for other in [from(&theirs), from(&labelled), PLAIN, elsewhere] {
+            let s = slot(&other, None);
+            assert_ne!(s.request, paid.request, "{other:?}");
+            assert_eq!(recall(&kept, &s, 1_001), Recall::Nothing, "{other:?}");
+        }
+        assert!(bare.request.contains("authorization:none x-agent-id:none"));
+        // With the same key, another requester is refused, never answered.
+        let keyed = slot(&from(&mine), Some("k-1"));
+        remember(&mut kept, &keyed, 200, &json!({"access_token": "t"}), 1_000);
+        let stolen = slot(&from(&theirs), Some("k-1"));
+        assert_eq!(recall(&kept, &stolen, 1_001), Recall::OtherRequest);
+        // A sign-in is single-use: never kept nor recalled, key or not.
+        let signed_in = [("sign-in-with-x", "e30=".to_owned())];
+        for key in [None, Some("k-2")] {
+            let s = slot(&from(&signed_in), key);
+            assert!(!s.kept, "{key:?}");
+        }
+        // A device named by a header anyone may send: kept by its key only.
+        let claimed = Requester {
+            claimed: true,
+            ..from(&mine)
+        };
+        assert!(!slot(&claimed, None).kept);
+        let keyed = slot(&claimed, Some("k-3"));
+        assert!(keyed.kept);
+        assert_eq!(keyed.request, paid.request);
+    }
+
+    /// Fix: the same JSON in another key order or spacing, or the same query fields in another order, is the
+    /// same request (as its pending payment's key already was). Before, the raw bytes were digested: a device
+    /// writing its JSON again missed its kept answer and paid again (or got a 422 with its key).
+    #[test]
+    fn the_same_json_or_query_written_otherwise_is_the_same_request() {
+        let a = of(
+            "POST",
+            "/v1/esim/activate",
+            br#"{"region":"us-west","data_mb":1,"x":{"b":[1,{"d":2,"c":3}],"a":null}}"#,
+            None,
+        )
+        .unwrap();
+        let b = of(
+            "POST",
+            "/v1/esim/activate",
+            b"{ \"x\": {\"a\": null, \"b\": [1, {\"c\": 3, \"d\": 2}]},\n \"data_mb\": 1, \"region\": \"us-west\" }",
+            None,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        let other = of(
+            "POST",
+            "/v1/esim/activate",
+            br#"{"region":"us-west","data_mb":2}"#,
+            None,
+        )
+        .unwrap();
+        assert_ne!(a.request, other.request);
+        let g1 = of(
+            "GET",
+            "/v1/esim/activate?region=us-west&data_mb=1",
+            b"",
+            None,
+        )
+        .unwrap();
+        let g2 = of(
+            "GET",
+            "/v1/esim/activate?data_mb=1&region=us-west",
+            b"",
+            None,
+        )
+        .unwrap();
+        assert_eq!(g1, g2);
+        let g3 = of(
+            "GET",
+            "/v1/esim/activate?data_mb=2&region=us-west",
+            b"",
+            None,
+        )
+        .unwrap();
+        assert_ne!(g1.request, g3.request);
+        // The canonical text is the one `serde_json` writes for a sorted map.
+        let mut out = String::new();
+        canonical_json(&json!({"b": "é\"", "a": [1.5, true]}), &mut out);
+        assert_eq!(out, r#"{"a":[1.5,true],"b":"é\""}"#);
     }
 }

@@ -181,3 +181,13 @@ pub(crate) fn agent(url: &str, dir: &std::path::Path) -> crate::Agent {
     )
     .unwrap()
 }
+
+/// The replay slot of a body-less `method path` from a device named by its source address, without credentials.
+pub(crate) fn plain_slot(method: &str, path: &str) -> crate::replay::Slot {
+    let from = crate::replay::Requester {
+        origin: "http://127.0.0.1",
+        headers: &[],
+        claimed: false,
+    };
+    crate::replay::Slot::of(method, path, b"", None, &from).unwrap()
+}

@@ -23,9 +23,8 @@ use std::fmt;
 use serde_json::Value;
 
 use super::facilitator::{FORGET_WARNING, Facilitator};
-use super::paid::{
-    Held, PENDING_RETRIES, PaidRequest, Undelivered, host_of, legacy_host, pending_for,
-};
+use super::paid::{Held, PENDING_RETRIES, PaidRequest, Undelivered};
+use super::pending_key::{host_of, legacy_host, pending_for};
 use super::{Activation, Agent, local, now, record_sim, redacted, top_up_line};
 use crate::error::AgentError;
 use crate::state::{PendingPayment, State, StateDir};
@@ -580,6 +579,7 @@ impl Agent {
             key: request.key.clone(),
             payment_id: payment.payment_id.clone(),
             header: payment.header.clone(),
+            valid_before: payment.valid_before,
         };
         let got = match &request.purchase {
             Purchase::Activation => {

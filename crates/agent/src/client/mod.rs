@@ -1,7 +1,7 @@
 //! The agent's HTTP side: the paid walk (402 → policy → sign → send, retrying the same payment) and the SIM
 //! routes, with the SIM's access token or, without one, a wallet sign-in (`SIGN-IN-WITH-X`).
 //!
-//! Paid requests are keyed by what they buy (`POST <path> <body>`): a payment still pending for the same key is
+//! Paid requests are keyed by what they buy (`POST <path> <body>`, `pending_key.rs`): a payment still pending for the same key is
 //! sent again as is, never re-signed, so a command run again after a lost reply collects the first answer
 //! (the facilitator replays it for the same `payment-identifier`) instead of paying twice. Any other command
 //! collects it too, first ([`Agent::collect_pending`], `collect.rs`).
@@ -14,13 +14,16 @@ use serde_json::{Value, json};
 
 mod collect;
 mod facilitator;
+mod list;
 mod paid;
+mod pending_key;
 
 pub use collect::{
     Collection, CommandKind, Outcome, PendingInfo, Purchase, forget_pending, pending_payments,
     utc_time,
 };
 pub use facilitator::{FORGET_WARNING, Facilitator};
+pub use list::{MAX_LIST_PAGES, MAX_LISTED_SIMS};
 pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};
 
 use crate::config::Config;
@@ -160,11 +163,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `a_full_receipt_page_fits_the_answer_limit`); anything beyond is not read, and is taken as the facilitator
 /// failing (a paid one keeps its payment pending).
 pub const MAX_ANSWER: usize = 4 * 1024 * 1024;
-
-/// The most SIMs [`Agent::list_sims`] reads (a wallet's whole fleet; a facilitator listing more is refused).
-pub const MAX_LISTED_SIMS: usize = 100_000;
-/// The SIMs asked for per page of [`Agent::list_sims`].
-const LIST_PAGE: usize = 1_000;
 
 /// Why a request got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -645,59 +643,6 @@ impl Agent {
         self.send(method, &path, None, &[credential])
             .await
             .map_err(|e| self.unreachable(&e, false))
-    }
-
-    /// Every SIM this wallet paid for, oldest first, only `agent_id`'s if given: `GET /v1/esim` page after
-    /// page (1 000 positions each), each page with a fresh wallet sign-in. At most [`MAX_LISTED_SIMS`] SIMs
-    /// in as many pages as they fill (plus one): a facilitator listing more (or paging on without end) is an
-    /// error, not memory and time without bound.
-    pub async fn list_sims(&self, agent_id: Option<&str>) -> Result<Vec<Value>, AgentError> {
-        let filter = match agent_id {
-            Some(a) => {
-                let a = esim402_core::order::parse_agent_label(a).map_err(AgentError::Usage)?;
-                format!("&agent_id={a}")
-            }
-            None => String::new(),
-        };
-        let mut sims = Vec::new();
-        let mut after = 0u64;
-        for page in 1.. {
-            if page > MAX_LISTED_SIMS / LIST_PAGE + 1 {
-                return Err(AgentError::Refused {
-                    status: 200,
-                    message: format!(
-                        "the facilitator's SIM list goes on past {} pages; stopped",
-                        MAX_LISTED_SIMS / LIST_PAGE + 1
-                    ),
-                });
-            }
-            let path = format!("/v1/esim?limit={LIST_PAGE}&after={after}{filter}");
-            let credential = self.sign_in("/v1/esim", 1)?;
-            let answer = self
-                .send(reqwest::Method::GET, &path, None, &[credential])
-                .await
-                .map_err(|e| self.unreachable(&e, false))?;
-            if !(200..300).contains(&answer.status) {
-                return Err(unexpected(&answer));
-            }
-            let listed = answer.body["sims"]
-                .as_array()
-                .map_or(&[][..], Vec::as_slice);
-            if sims.len().saturating_add(listed.len()) > MAX_LISTED_SIMS {
-                return Err(AgentError::Refused {
-                    status: answer.status,
-                    message: format!(
-                        "the facilitator lists more than {MAX_LISTED_SIMS} SIMs for this wallet; stopped"
-                    ),
-                });
-            }
-            sims.extend(listed.iter().cloned());
-            match answer.body["next"].as_u64() {
-                Some(next) if next > after => after = next,
-                _ => return Ok(sims),
-            }
-        }
-        Ok(sims)
     }
 
     /// What was spent since 00:00 UTC.
@@ -1216,7 +1161,7 @@ mod tests {
 
         // The proxy's paid GET: pending under one spelling, sent again under another, refused under `localhost`.
         let query = "/v1/esim/activate?region=us-west&data_mb=1";
-        let slot = crate::replay::Slot::of("GET", query, b"", None).unwrap();
+        let slot = crate::testing::plain_slot("GET", query);
         let g = crate::testing::Server::start(|seen| {
             if seen.header("payment-signature").is_none() {
                 return crate::testing::challenge(seen);
@@ -1548,8 +1493,83 @@ mod tests {
         );
     }
 
-    /// Fix: a local clock more than a minute off the facilitator's (its 402's `Date`) signs nothing: a local
-    /// error naming the difference, nothing sent, spent or pending. Before, the local clock alone dated the
+    /// Fix: a redirect or a 4xx that is not the facilitator's keeps its payment pending only while its
+    /// authorization can still be settled (`validBefore` and [`paid::SETTLE_GRACE_SECS`]); after, the same answer
+    /// marks its spend unknown (kept counted, here and in the wallet's cap) and the request is paid afresh next
+    /// time. Before, a WAF refusing every sending held the payment pending for ever, and every later purchase of
+    /// the same request with it, until `pending --forget --force`.
+    #[tokio::test]
+    async fn a_foreign_refusal_holds_a_payment_only_while_it_can_be_settled() {
+        let f = crate::testing::facilitator(vec![(403, Value::Null)]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let wallet = tempfile::tempdir().unwrap();
+        let budget = std::sync::Arc::new(crate::budget::Budget::new(
+            "20".parse().unwrap(),
+            StateDir::new(wallet.path()),
+        ));
+        let a = agent(&f.url, dir.path()).with_budget(budget);
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: true, .. }),
+            "{e}"
+        );
+        // Its authorization expired more than the grace ago.
+        let expired = now() - paid::SETTLE_GRACE_SECS - 1;
+        a.state()
+            .update(|s| {
+                s.pending
+                    .values_mut()
+                    .for_each(|p| p.valid_before = expired);
+            })
+            .unwrap();
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{e}");
+        assert!(
+            e.to_string().contains("after its authorization expired"),
+            "{e}"
+        );
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty(), "{st:?}");
+        assert_eq!(st.spends.len(), 1, "{st:?}");
+        assert_eq!(st.spends[0].status, crate::state::SpendStatus::Unknown);
+        assert_eq!(StateDir::new(wallet.path()).load().unwrap().spends.len(), 1);
+        // No longer held back: the same request signs a new payment.
+        a.activate(&buy()).await.unwrap_err();
+        let paid = f.payments();
+        assert_eq!(paid.len(), 3);
+        assert_eq!(paid[0], paid[1], "sent again until it expired");
+        assert_ne!(paid[2], paid[0], "then a new payment");
+        assert_eq!(a.state().load().unwrap().pending.len(), 1);
+    }
+
+    /// Fix: a 413, 414 or 431 that is not the facilitator's own refusal (something on the way found the request
+    /// too large) frees its payment: it never reached the facilitator, nothing was charged, nothing stays
+    /// counted. Before, it was kept pending (and every sending met the same limit).
+    #[tokio::test]
+    async fn a_request_too_large_for_the_way_frees_its_payment() {
+        for status in [413, 414, 431] {
+            let f = crate::testing::facilitator(vec![(status, Value::Null)]).await;
+            let dir = tempfile::tempdir().unwrap();
+            let wallet = tempfile::tempdir().unwrap();
+            let budget = std::sync::Arc::new(crate::budget::Budget::new(
+                "20".parse().unwrap(),
+                StateDir::new(wallet.path()),
+            ));
+            let a = agent(&f.url, dir.path()).with_budget(budget);
+            let e = a.activate(&buy()).await.unwrap_err();
+            assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{status}: {e}");
+            assert!(e.to_string().contains("nothing was charged"), "{e}");
+            let st = a.state().load().unwrap();
+            assert!(st.pending.is_empty() && st.spends.is_empty(), "{st:?}");
+            let shared = StateDir::new(wallet.path()).load().unwrap();
+            assert!(shared.spends.is_empty(), "{status}");
+            assert_eq!(f.payments().len(), 1, "{status}");
+        }
+    }
+
+    /// Fix: a local clock more than a minute off the facilitator's (its 402's `Date`) signs nothing: unavailable
+    /// for now (exit 5: `watch` goes on, the proxy answers 503; a local error stopped `watch` for good and made
+    /// the proxy answer 500), naming the difference, nothing sent, spent or pending. Before, the local clock alone dated the
     /// authorization and the spend: one running ahead signed authorizations valid long after they should be,
     /// counted on a day whose cap was still free. Within a minute, the payment goes through.
     #[tokio::test]
@@ -1569,7 +1589,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = agent(&f.url, dir.path());
         let e = a.activate(&buy()).await.unwrap_err();
-        assert_eq!(e.exit_code(), crate::ExitCode::Local, "{e}");
+        // Passing, not local: `watch` tries again next tick, a device is told to send again (503).
+        assert!(
+            matches!(e, AgentError::Unavailable { pending: false, .. }),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::ExitCode::Unavailable, "{e}");
         assert!(
             e.to_string().contains("s ahead of the facilitator's"),
             "{e}"
@@ -1579,39 +1604,6 @@ mod tests {
         assert!(st.pending.is_empty() && st.spends.is_empty(), "{st:?}");
         off.store(5, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(a.activate(&buy()).await.unwrap().iccid, "8901");
-    }
-
-    /// Fix: `sims` reads at most [`MAX_LISTED_SIMS`] SIMs, in as many pages as they fill (plus one): a
-    /// facilitator paging on without end (full pages, or empty ones) is an error within that. Before, the pages
-    /// were read until the facilitator stopped, all of them held in memory.
-    #[tokio::test]
-    async fn a_sim_list_without_end_is_cut_off() {
-        for full in [true, false] {
-            let f = crate::testing::Server::start(move |seen| {
-                let after: u64 = seen
-                    .target
-                    .split("after=")
-                    .nth(1)
-                    .and_then(|a| a.split('&').next())
-                    .and_then(|a| a.parse().ok())
-                    .unwrap_or(0);
-                let sims: Vec<Value> = if full {
-                    (0..LIST_PAGE).map(|i| json!({"iccid": i})).collect()
-                } else {
-                    Vec::new()
-                };
-                (200, vec![], json!({"sims": sims, "next": after + 1_000}))
-            })
-            .await;
-            let dir = tempfile::tempdir().unwrap();
-            let a = agent(&f.url, dir.path());
-            let e = tokio::time::timeout(Duration::from_secs(30), a.list_sims(None))
-                .await
-                .expect("cut off, not paged on without end")
-                .unwrap_err();
-            assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{e}");
-            assert!(f.seen().len() <= MAX_LISTED_SIMS / LIST_PAGE + 1, "{full}");
-        }
     }
 
     /// Fix: a timeout or throttling (408, 429, nginx's 499) and any answer with `Retry-After` is the facilitator

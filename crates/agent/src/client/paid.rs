@@ -3,16 +3,13 @@
 
 use std::time::Duration;
 
-use esim402_core::auth::siwx;
 use esim402_core::paid::IN_PROGRESS;
 use esim402_core::x402::header::{
     PAYMENT_REQUIRED, PAYMENT_SIGNATURE, decode_payment_required_header,
-    decode_payment_signature_header,
 };
-use esim402_core::x402::wire::PaymentPayload;
 use serde_json::{Value, json};
 
-use super::facilitator::Facilitator;
+use super::pending_key::pending_for;
 use super::{Agent, Answer, SendError, local, now, random, transient, unexpected};
 use crate::error::AgentError;
 use crate::pay::{new_payment_id, sign_exact};
@@ -42,12 +39,18 @@ impl PaidRequest<'_> {
     }
 }
 
-/// A signed payment recorded as pending under `key`: what [`Agent::deliver`] sends, as is.
+/// A signed payment recorded as pending under `key`: what [`Agent::deliver`] sends, as is; `valid_before` is
+/// its authorization's end, as its pending entry knows it ([`PendingPayment::valid_before`]).
 pub(super) struct Held {
     pub key: String,
     pub payment_id: String,
     pub header: String,
+    pub valid_before: u64,
 }
+
+/// How long after its authorization's `validBefore` a payment may still be settled (a settlement sent just before
+/// it, mined just after): until then, an answer that does not say whether it was charged keeps it pending.
+pub const SETTLE_GRACE_SECS: u64 = 60;
 
 /// Why [`Agent::deliver`] did not deliver a payment: the error, and whether the facilitator gave no answer at
 /// all (unreachable: a connection refused, cut or timed out), which tells a collection pass to send nothing
@@ -145,6 +148,7 @@ impl Agent {
                     key,
                     payment_id: p.payment_id,
                     header: p.header,
+                    valid_before: p.valid_before,
                 }
             }
             None => {
@@ -177,8 +181,14 @@ impl Agent {
                     })?;
                 let now = now();
                 // A clock off the facilitator's would sign an authorization valid too long, counted on the wrong
-                // day: nothing is signed (see `crate::clock`).
-                crate::clock::check(first.header("date"), now).map_err(local)?;
+                // day: nothing is signed (see `crate::clock`). Passing (NTP sets it): `watch` tries again next
+                // tick, a device is told to send again (503).
+                crate::clock::check(first.header("date"), now).map_err(|message| {
+                    AgentError::Unavailable {
+                        message,
+                        pending: false,
+                    }
+                })?;
                 let (req, approval) = self
                     .policy
                     .choose(&required.accepts, state.spent_today(now))?;
@@ -266,6 +276,7 @@ impl Agent {
                     key,
                     payment_id: id.as_str().to_owned(),
                     header: signed.header,
+                    valid_before: signed.valid_before,
                 }
             }
         };
@@ -304,6 +315,7 @@ impl Agent {
             key,
             payment_id,
             header,
+            valid_before,
         } = held;
         let (path, body) = (request.path, request.body);
         let method = request.method();
@@ -503,10 +515,31 @@ impl Agent {
                     }
                     .into());
                 }
+                // Too large for something on the way (a 413, 414 or 431 that is not the facilitator's own
+                // refusal): the request never reached the facilitator, which reads one whole before acting on
+                // it, so nothing was charged. Kept pending, every sending would meet the same limit.
+                413 | 414 | 431 if !answer.body["error"].is_object() => {
+                    self.state
+                        .update(|s| s.refused(key, payment_id))
+                        .map_err(local)?;
+                    self.release(payment_id)?;
+                    return Err(AgentError::Refused {
+                        status: answer.status,
+                        message: format!(
+                            "the payment {payment_id} was stopped on its way ({}, too large), before the \
+                             facilitator: nothing was charged: {}",
+                            answer.status,
+                            answer.message()
+                        ),
+                    }
+                    .into());
+                }
                 // A redirect (never followed: see `http_client`), or a 4xx that is not the facilitator's own
                 // refusal (no JSON `error` object: an intermediary's page, a cut body): it says nothing of the
-                // payment, which may have been charged, so it stays pending and the same payment collects its
-                // answer later. Before, it was dropped and the same request paid again.
+                // payment, which may have been charged, so it stays pending while it can still be settled, and
+                // the same payment collects its answer later. Once it can no longer be (its `validBefore` and
+                // the grace past), the same answer is a WAF's or proxy's refusal that every sending meets: its
+                // spend stays counted (`unknown`) and the request is no longer held back by it.
                 300..=499 if answer.status < 400 || !answer.body["error"].is_object() => {
                     let what = match answer.header("location") {
                         Some(to) if answer.status < 400 => {
@@ -515,12 +548,29 @@ impl Agent {
                         _ if answer.status < 400 => format!("a redirect ({})", answer.status),
                         _ => format!("a {} that is not the facilitator's refusal", answer.status),
                     };
-                    return Err(AgentError::Unavailable {
+                    if now() < valid_before.saturating_add(SETTLE_GRACE_SECS) {
+                        return Err(AgentError::Unavailable {
+                            message: format!(
+                                "the payment {payment_id} got {what}, which does not say whether it was charged: \
+                                 {}",
+                                answer.message()
+                            ),
+                            pending: true,
+                        }
+                        .into());
+                    }
+                    self.state
+                        .update(|s| s.unknown(key, payment_id))
+                        .map_err(local)?;
+                    return Err(AgentError::Refused {
+                        status: answer.status,
                         message: format!(
-                            "the payment {payment_id} got {what}, which does not say whether it was charged: {}",
+                            "the payment {payment_id} got {what} after its authorization expired ({}): it can no \
+                             longer be charged; its spend stays counted (it may have been), and the request is no \
+                             longer held back by it (sent again, it is paid afresh): {}",
+                            super::utc_time(*valid_before),
                             answer.message()
                         ),
-                        pending: true,
                     }
                     .into());
                 }
@@ -593,98 +643,4 @@ fn withdrawn_uncharged(answer: &Answer) -> bool {
                 && answer.body["error"]["message"]
                     .as_str()
                     .is_some_and(|m| m.contains("nothing was charged")))
-}
-
-/// The pending-payment key of `POST <path> <body>` (or, `body` `None`, `GET <path>`, its query included) on the
-/// facilitator `origin` (normalised, [`crate::Config::origin`]), and the payment pending for it.
-///
-/// The same request may be pending under another origin: one that normalises to this one (an earlier agent
-/// kept the origin as `--url` spelled it: `https://h:443`, `127.1`) is this facilitator's, and collected. Any
-/// other is an error: the payment is not sent to this facilitator (it could use the authorization without
-/// delivering anything), and no new one is signed either: the first may have been charged, and `localhost`
-/// and `127.0.0.1` are one facilitator under two origins (a new payment would pay twice). Running the command
-/// with `--url` of the origin it names collects it.
-///
-/// A key written before keys named the facilitator (`POST <path> <body>`) has no origin of its own; its signed
-/// payment does name the resource it pays for (the URL the facilitator saw). It is sent again only to that
-/// resource's host; to any other facilitator it is refused the same way.
-pub(super) fn pending_for(
-    state: &State,
-    origin: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<(String, Option<PendingPayment>), AgentError> {
-    // Paid GETs came with the proxy's query form, after keys named the facilitator: no legacy key for them.
-    let (method, request) = match body {
-        Some(body) => ("POST", format!("{path} {body}")),
-        None => ("GET", path.to_owned()),
-    };
-    let key = format!("{method} {origin}{request}");
-    if let Some(p) = state.pending.get(&key) {
-        return Ok((key, Some(p.clone())));
-    }
-    let mut elsewhere = None;
-    for (k, p) in &state.pending {
-        // `<method> <origin><request>` with another spelling of the origin, or another origin.
-        let Some(other) = k
-            .strip_prefix(method)
-            .and_then(|k| k.strip_prefix(' '))
-            .and_then(|k| k.strip_suffix(request.as_str()))
-            .filter(|o| !o.is_empty())
-        else {
-            continue;
-        };
-        match crate::config::bare_origin(other) {
-            Some(o) if o == origin => return Ok((k.clone(), Some(p.clone()))),
-            Some(_) => {
-                elsewhere.get_or_insert((other, p));
-            }
-            // Not an origin: another request whose key ends like this one's.
-            None => {}
-        }
-    }
-    if let Some((other, p)) = elsewhere {
-        return Err(AgentError::Local(format!(
-            "the payment {id} for this request is still pending with the facilitator {other}; it is not sent to \
-             {origin}, and no new one is signed (the first may have been charged: it could pay twice): {}",
-            Facilitator::Origin(other.to_owned()).advice(&p.payment_id),
-            id = p.payment_id
-        )));
-    }
-    let Some(body) = body else {
-        return Ok((key, None));
-    };
-    let legacy = format!("POST {path} {body}");
-    let Some(p) = state.pending.get(&legacy) else {
-        return Ok((key, None));
-    };
-    match legacy_host(p) {
-        Some(h) if Some(&h) == host_of(origin).as_ref() => Ok((legacy, Some(p.clone()))),
-        other => {
-            let other = other.map_or(Facilitator::Unknown, Facilitator::Host);
-            Err(AgentError::Local(format!(
-                "the payment {id} for this request is still pending with {other}; it is not sent to {origin}, and \
-                 no new one is signed (it could pay twice): {}",
-                other.advice(&p.payment_id),
-                id = p.payment_id
-            )))
-        }
-    }
-}
-
-/// `host[:port]` of `url`, lower case.
-pub(super) fn host_of(url: &str) -> Option<String> {
-    siwx::origin_of(url).map(|(_, host)| host.to_ascii_lowercase())
-}
-
-/// The host (`host[:port]`, lower case) a payment of an earlier agent, kept under a key without an origin, was
-/// signed for: the resource its signature names. `None` if it names none.
-pub(super) fn legacy_host(p: &PendingPayment) -> Option<String> {
-    let signed_for = decode_payment_signature_header(&p.header)
-        .ok()
-        .and_then(|payload| match payload {
-            PaymentPayload::V2(v2) => v2.resource.map(|r| r.url),
-            PaymentPayload::V1(_) => None,
-        });
-    signed_for.as_deref().and_then(host_of)
 }

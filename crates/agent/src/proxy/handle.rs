@@ -3,7 +3,9 @@
 //! answered with the paid result (or a refusal naming why nothing was paid).
 //!
 //! A paid answer is kept a while in the device's state ([`crate::replay`]): the device's same request sent again
-//! (its answer lost on the way) is answered with it before anything is forwarded or paid.
+//! (its answer lost on the way) by the same requester (its credential and label, to the same facilitator) is
+//! answered with it before anything is forwarded or paid; a device named by a header only by its
+//! `Idempotency-Key`.
 //!
 //! Every payment signed for the device is in the audit log as it is recorded, before it is sent, and again with
 //! how it ended. A device's state directory is made only once a payment is signed for it.
@@ -20,7 +22,7 @@ use super::devices::{MAX_BUSY_DEVICES, device_lock};
 use super::forward::Parts;
 use super::reply::{Reply, error_reply, json_reply};
 use super::shared::Shared;
-use crate::replay::{Recall, Slot, recall};
+use crate::replay::{Recall, Requester, Slot, recall};
 use crate::state::Spend;
 use crate::{AgentError, StateDir};
 
@@ -41,7 +43,15 @@ impl Shared {
         // never forwarded nor paid again.
         let slot = if is_paid_route(req.method.as_str(), &req.path) {
             let key = req.idempotency_key.as_deref();
-            let slot = match Slot::of(req.method.as_str(), &req.path, &req.body, key) {
+            // Tied to who asks (its credential, its label, the facilitator), never to the device id alone: one
+            // claimed by a header, or an address shared behind a NAT, is not a requester.
+            let origin = self.config.origin();
+            let from = Requester {
+                origin: &origin,
+                headers: &req.headers,
+                claimed: self.settings.device_header.is_some(),
+            };
+            let slot = match Slot::of(req.method.as_str(), &req.path, &req.body, key, &from) {
                 Ok(slot) => slot,
                 Err(why) => return error_reply(400, "invalid_input", &why),
             };
@@ -182,8 +192,9 @@ impl Shared {
                     "device {device} (or the wallet all devices share): {refusal}; nothing was paid"
                 ),
             ),
+            // A redirect the agent does not follow is no answer a device can follow either.
             Err(AgentError::Refused { status, message }) => {
-                error_reply(status, "refused", &message)
+                error_reply(if status < 400 { 502 } else { status }, "refused", &message)
             }
             // A payment kept pending (the facilitator unreachable, or its paid answer not saved here): the
             // device's same request sends that very payment again and collects what it bought.

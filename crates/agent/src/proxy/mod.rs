@@ -13,7 +13,9 @@
 //! made for a device is appended to an audit log (JSON lines: time, device, path, invoice, amount, tx hash).
 //! One request at a time per device (a payment and its retry must not race); devices run in parallel.
 //! A paid answer is kept 15 minutes in the device's state: the same request (or `Idempotency-Key`) sent again
-//! within them is answered with it, nothing forwarded or paid ([`crate::replay`]).
+//! within them by the same requester (its `Authorization` and `X-Agent-ID`, to the same facilitator; never with
+//! a `Sign-In-With-X`) is answered with it, nothing forwarded or paid; a device named by a header only by its
+//! `Idempotency-Key` ([`crate::replay`]).
 //!
 //! Devices are not browsers: what a browser would send (`Origin`, `Sec-Fetch-*`, a body that is not JSON, a
 //! host name a web page could rebind to this machine) is refused before anything is forwarded or paid, so no
@@ -42,6 +44,8 @@ mod checks;
 mod devices;
 mod forward;
 mod handle;
+#[cfg(test)]
+mod replay_tests;
 mod reply;
 mod request;
 mod server;

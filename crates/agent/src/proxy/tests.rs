@@ -1,6 +1,7 @@
 //! The proxy as a device meets it: a real proxy on a loopback port in front of a scripted facilitator, spoken
 //! to in raw HTTP/1.1 (browser refusals, paid routes, forwarded headers, the audit log, device directories and
-//! locks, answer and connection limits, private files, a paid answer collected again).
+//! locks, answer and connection limits, private files, a paid answer collected again). Kept answers replayed:
+//! `replay_tests.rs`, with this file's helpers.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -16,12 +17,16 @@ use super::{ProxySettings, hold_wallet};
 use crate::{AgentError, Config, SpendPolicy, StateDir, WalletKey};
 
 /// A proxy in front of `upstream`, its state in `state_dir`; its address.
-async fn proxy(upstream: &str, state_dir: &std::path::Path, limits: Limits) -> SocketAddr {
+pub(super) async fn proxy(
+    upstream: &str,
+    state_dir: &std::path::Path,
+    limits: Limits,
+) -> SocketAddr {
     proxy_with(upstream, state_dir, limits, |_| {}).await
 }
 
 /// [`proxy`], its settings changed by `change`.
-async fn proxy_with(
+pub(super) async fn proxy_with(
     upstream: &str,
     state_dir: &std::path::Path,
     limits: Limits,
@@ -189,7 +194,7 @@ async fn browser_requests_rebound_hosts_and_non_json_bodies_are_refused() {
 }
 
 /// Send `request` (raw HTTP/1.1, `connection: close`) to `addr`; the answer's status and body.
-async fn exchange(addr: SocketAddr, request: &str) -> (u16, Value) {
+pub(super) async fn exchange(addr: SocketAddr, request: &str) -> (u16, Value) {
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
@@ -201,7 +206,13 @@ async fn exchange(addr: SocketAddr, request: &str) -> (u16, Value) {
 }
 
 /// `method target` with `headers` (each line ending `\r\n`) and a JSON `body` if any, to the proxy at `addr`.
-fn request(addr: SocketAddr, method: &str, target: &str, headers: &str, body: &str) -> String {
+pub(super) fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &str,
+    body: &str,
+) -> String {
     let typed = if body.is_empty() {
         String::new()
     } else {
@@ -218,7 +229,7 @@ fn request(addr: SocketAddr, method: &str, target: &str, headers: &str, body: &s
 
 /// A facilitator asking a payment for every unpaid request, whatever its route, and selling a SIM to every
 /// paid one.
-async fn asks_everywhere() -> crate::testing::Server {
+pub(super) async fn asks_everywhere() -> crate::testing::Server {
     crate::testing::Server::start(|seen| {
         if seen.header("payment-signature").is_none() {
             return crate::testing::challenge(seen);
@@ -287,7 +298,7 @@ async fn only_connectivity_routes_are_paid() {
 }
 
 /// The audit log's entries.
-fn audit_lines(state_dir: &std::path::Path) -> Vec<Value> {
+pub(super) fn audit_lines(state_dir: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(state_dir.join("audit.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -431,7 +442,7 @@ async fn a_lock_taken_at_signing_that_is_held_refuses_the_payment() {
             None,
             &[],
             "device d",
-            &crate::replay::Slot::of("GET", "/", b"", None).unwrap(),
+            &crate::testing::plain_slot("GET", "/"),
         )
         .await
         .unwrap_err();
@@ -694,96 +705,4 @@ async fn a_paid_answer_that_cannot_be_saved_is_collected_by_the_same_request() {
     let paid = upstream.payments();
     assert_eq!(paid.len(), 2);
     assert_eq!(paid[0], paid[1], "the same payment, collected");
-}
-
-/// Fix: a device that lost a paid answer (a reboot, roaming) and sends the same request again is answered with
-/// the answer kept in its state when the payment settled, and nothing is forwarded or paid again; an
-/// `Idempotency-Key` names a request instead of its content (a new key buys again, a key sent with another
-/// request is refused). Before, the proxy kept no copy: the same request drew a new 402 and a second payment.
-#[tokio::test]
-async fn a_paid_request_sent_again_is_answered_with_its_kept_answer_not_paid_again() {
-    let upstream = asks_everywhere().await;
-    let dir = tempfile::tempdir().unwrap();
-    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
-    let body = r#"{"region":"us-west","data_mb":1}"#;
-    let buy = |headers: &str, body: &str| request(addr, "POST", "/v1/esim/activate", headers, body);
-    let (status, first) = exchange(addr, &buy("", body)).await;
-    assert_eq!(status, 200, "{first}");
-    assert_eq!(first["access_token"], "sim_secret_8902");
-    let forwarded = upstream.seen().len();
-    let (status, again) = exchange(addr, &buy("", body)).await;
-    assert_eq!((status, &again), (200, &first), "the very answer");
-    assert_eq!(upstream.payments().len(), 1, "paid once");
-    assert_eq!(
-        upstream.seen().len(),
-        forwarded,
-        "the repeat was not even forwarded"
-    );
-    // Another purchase (another body) is paid.
-    let (status, _) = exchange(addr, &buy("", r#"{"region":"us-west","data_mb":2}"#)).await;
-    assert_eq!(status, 200);
-    assert_eq!(upstream.payments().len(), 2);
-    // With an Idempotency-Key: a new key buys the same again, the same key is answered, and the key sent with
-    // another request is refused, nothing paid.
-    let (status, _) = exchange(addr, &buy("idempotency-key: k-1\r\n", body)).await;
-    assert_eq!(status, 200);
-    assert_eq!(upstream.payments().len(), 3, "a new key: a new purchase");
-    let (status, _) = exchange(addr, &buy("idempotency-key: k-1\r\n", body)).await;
-    assert_eq!(status, 200);
-    let other = r#"{"region":"eu-west","data_mb":1}"#;
-    let (status, refused) = exchange(addr, &buy("idempotency-key: k-1\r\n", other)).await;
-    assert_eq!(status, 422, "{refused}");
-    assert_eq!(upstream.payments().len(), 3);
-    // Kept in the device's private state file; the audit log says it was replayed, without the secrets.
-    let file = dir.path().join("devices/127.0.0.1/state.json");
-    let state: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(state["paid_answers"].as_object().unwrap().len(), 3);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-    }
-    let log = audit_lines(dir.path());
-    let replayed: Vec<_> = log.iter().filter(|l| l["event"] == "replayed").collect();
-    assert_eq!(replayed.len(), 2, "{log:?}");
-    assert_eq!(replayed[0]["transaction"], "0xab");
-    assert!(
-        !log.iter()
-            .any(|l| l.to_string().contains("LPA:") || l.to_string().contains("sim_secret"))
-    );
-}
-
-/// A device's quota or top-up request sent again with the same body is another purchase (a device asks for more
-/// data whenever it runs low), never answered with the first one's kept answer; with an `Idempotency-Key` it is
-/// (a lost answer, sent again). A first version of the kept answers replayed every paid route by its body, so
-/// a device's second top-up within 15 minutes got the first one's stale answer and no data.
-#[tokio::test]
-async fn a_top_up_sent_again_without_a_key_buys_again() {
-    let upstream = asks_everywhere().await;
-    let dir = tempfile::tempdir().unwrap();
-    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
-    let top_up = |headers: &str| {
-        request(
-            addr,
-            "POST",
-            "/v1/esim/8901/data",
-            headers,
-            r#"{"top_up_mb":100}"#,
-        )
-    };
-    for expected in [1, 2] {
-        let (status, answer) = exchange(addr, &top_up("")).await;
-        assert_eq!(status, 200, "{answer}");
-        assert_eq!(upstream.payments().len(), expected);
-    }
-    for _ in 0..2 {
-        let (status, answer) = exchange(addr, &top_up("idempotency-key: t-1\r\n")).await;
-        assert_eq!(status, 200, "{answer}");
-        assert_eq!(
-            upstream.payments().len(),
-            3,
-            "the key's retry is not paid again"
-        );
-    }
 }
