@@ -1834,6 +1834,13 @@ async fn a_paid_order_left_pending_is_withdrawn_by_the_operators_run_and_owed_un
     );
 }
 
+/// The order journal of `invoice` says it failed.
+async fn assert_journal_failed(kit: &Kit, invoice: &str) {
+    let journal: Value =
+        serde_json::from_slice(&kit.kv_get(&format!("order/{invoice}")).await.unwrap()).unwrap();
+    assert_eq!(journal["status"], "failed", "{journal}");
+}
+
 /// `settle-owed` at `now`: the paid entries of `recorded` leave, those of `operator` wait a day. How many left.
 async fn settle_owed(kit: &mut Kit, recorded: &[&str], operator: &[&str], now: u64) -> u32 {
     let own = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
@@ -1873,9 +1880,7 @@ async fn a_paid_order_that_failed_otherwise_is_owed_back_by_the_run() {
         .await
         .unwrap();
     assert!(refreshed.is_err(), "{refreshed:?}");
-    let journal: Value =
-        serde_json::from_slice(&kit.kv_get("order/inv-refresh").await.unwrap()).unwrap();
-    assert_eq!(journal["status"], "failed", "{journal}");
+    assert_journal_failed(&kit, "inv-refresh").await;
     let asked = kit.requests().len();
     let run = cleanup_run(&mut kit, AFTER_LEASE).await;
     assert_eq!(run.owed, vec!["inv-refresh".to_owned()]);
@@ -1898,9 +1903,7 @@ async fn an_order_that_never_stored_its_sim_is_withdrawn() {
     let run = cleanup_run(&mut kit, ABANDONED_VALID_BEFORE + 60).await;
     assert_eq!((run.withdrawn, run.queued, run.parked), (1, 0, 0));
     assert_retired(&kit, "tmobile", &pending.iccid);
-    let journal: Value =
-        serde_json::from_slice(&kit.kv_get("order/inv-unstored").await.unwrap()).unwrap();
-    assert_eq!(journal["status"], "failed", "{journal}");
+    assert_journal_failed(&kit, "inv-unstored").await;
 }
 
 /// A withdrawal that stopped after terminating the pending SIM but before its cancel (a crash; the SIM record
@@ -1919,9 +1922,7 @@ async fn a_withdrawal_that_stopped_before_its_cancel_is_finished() {
     let run = cleanup_run(&mut kit, ABANDONED_VALID_BEFORE + 60).await;
     assert_eq!((run.withdrawn, run.parked), (1, 0));
     assert_retired(&kit, "tmobile", &pending.iccid);
-    let journal: Value =
-        serde_json::from_slice(&kit.kv_get("order/inv-crashed").await.unwrap()).unwrap();
-    assert_eq!(journal["status"], "failed", "{journal}");
+    assert_journal_failed(&kit, "inv-crashed").await;
 }
 
 /// A sweep holds what it takes until its hold ends, leaving it queued: one that stopped before it was done (a

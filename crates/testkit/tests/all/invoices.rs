@@ -1033,20 +1033,16 @@ async fn a_batch_no_drain_can_append_does_not_hold_up_the_others() {
     assert!(left.batches[0].failures > 0, "{:?}", left.batches[0].claim);
 }
 
-/// A store failure appending one shard's parked batch does not stop the drain: batches of other shards are
-/// appended, and the failed one is let go for the next drain, which appends it once the store recovers.
-/// Before, the first failure ended the drain, and every batch behind it waited.
-#[tokio::test]
-async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
+/// A kit on `store(shard)` (a store failing on the shard of invoice `inv_down`) with two parked batches: `down`,
+/// an event of `inv_down`, and `free`, one of an invoice of another shard.
+async fn down_and_free(store: impl FnOnce(u16) -> crate::FailingWrites) -> Kit {
     use esim402_core::ledger::outbox::Outbox;
     use esim402_core::ledger::{EntryFields, EntryKind};
     let down = "inv_down";
     let shard = esim402_core::ledger::shard_of(down);
     let free = invoice_off(&[shard]);
-    let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/").into_boxed_str());
-    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let mut kit = builder()
-        .store(std::sync::Arc::new(crate::failing_writes(prefix, &failing)))
+    let kit = builder()
+        .store(std::sync::Arc::new(store(shard)))
         .build()
         .await
         .unwrap();
@@ -1062,6 +1058,20 @@ async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
         .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
         .await
         .unwrap();
+    kit
+}
+
+/// A store failure appending one shard's parked batch does not stop the drain: batches of other shards are
+/// appended, and the failed one is let go for the next drain, which appends it once the store recovers.
+/// Before, the first failure ended the drain, and every batch behind it waited.
+#[tokio::test]
+async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut kit = down_and_free(|shard| {
+        let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/").into_boxed_str());
+        crate::failing_writes(prefix, &failing)
+    })
+    .await;
 
     let check = ledger_check(&mut kit).await;
     assert_eq!(
@@ -1092,30 +1102,12 @@ async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
 /// before it claimed anything, so the whole outbox filled up (a review of cdb4494).
 #[tokio::test]
 async fn an_unreadable_head_does_not_stop_the_drain_of_the_other_shards() {
-    use esim402_core::ledger::outbox::Outbox;
-    use esim402_core::ledger::{EntryFields, EntryKind};
-    let down = "inv_down";
-    let shard = esim402_core::ledger::shard_of(down);
-    let free = invoice_off(&[shard]);
-    let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/head").into_boxed_str());
     let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let mut kit = builder()
-        .store(std::sync::Arc::new(crate::failing_calls(prefix, &failing)))
-        .build()
-        .await
-        .unwrap();
-    let event = |id: &str| (EntryKind::RefundPaid, EntryFields::default().invoice(id));
-    let mut outbox = Outbox::default();
-    outbox
-        .park("down", 1_000, vec![event(down)], Default::default())
-        .unwrap();
-    outbox
-        .park("free", 1_001, vec![event(&free)], Default::default())
-        .unwrap();
-    kit.kv()
-        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
-        .await
-        .unwrap();
+    let mut kit = down_and_free(|shard| {
+        let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/head").into_boxed_str());
+        crate::failing_calls(prefix, &failing)
+    })
+    .await;
     // The check itself cannot read that shard (a 503, not a verdict); its drain still appends the other batch.
     let check = kit
         .call(async move |a, g| g.invoices().call_ledger_verify(a).await)

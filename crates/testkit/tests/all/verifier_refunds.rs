@@ -234,6 +234,24 @@ fn refund_hashes(node: &Node) -> Vec<String> {
         .collect()
 }
 
+/// A payment (`seed`) owed back, and its refund sent by a run on a node that never mines it: the node, the kit,
+/// the invoice id and the refund's transaction hashes.
+async fn refund_sent_never_mined(seed: u8) -> (Arc<Node>, Kit, String, Vec<String>) {
+    let node = Arc::new(Node::default());
+    let mut kit = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .var("settlement_timeout_ms", "300")
+        .build()
+        .await
+        .unwrap();
+    let (inv, id, tx) = paid(&mut kit, seed).await;
+    owe(&mut kit, &inv, &tx).await.unwrap();
+    node.set(|c| c.mining = Mining::Never);
+    assert_eq!(run_at(&mut kit, now()).await["paid"], json!([]));
+    let sent = refund_hashes(&node);
+    (node, kit, id, sent)
+}
+
 /// Finding 3: a refund transfer asked about on a node whose transaction index was pruned (it knows neither the
 /// transaction nor its receipt) while the treasury's count is past its nonce looks exactly like a lost one.
 /// Before, two sightings two minutes apart owed it again and a second transfer paid it twice; now the token's
@@ -242,18 +260,7 @@ fn refund_hashes(node: &Node) -> Vec<String> {
 /// finds nothing on a node that has every block owes it again.
 #[tokio::test]
 async fn an_unmineable_refund_whose_transfer_the_token_logged_is_not_owed_again() {
-    let node = Arc::new(Node::default());
-    let mut kit = builder(&node)
-        .var("treasury_private_key", TREASURY_KEY)
-        .var("settlement_timeout_ms", "300")
-        .build()
-        .await
-        .unwrap();
-    let (inv, id, tx) = paid(&mut kit, 192).await;
-    owe(&mut kit, &inv, &tx).await.unwrap();
-    node.set(|c| c.mining = Mining::Never);
-    assert_eq!(run_at(&mut kit, now()).await["paid"], json!([]));
-    let sent = refund_hashes(&node);
+    let (node, mut kit, id, sent) = refund_sent_never_mined(192).await;
     let mined = sent[0].clone();
     let record = kv_json(&kit, &format!("refund/{id}")).await.unwrap();
     assert_eq!(record["sent_at_block"], 0x11, "the head it was prepared at");
@@ -323,18 +330,7 @@ async fn an_unmineable_refund_whose_transfer_the_token_logged_is_not_owed_again(
 /// either, and the refund never left the queue).
 #[tokio::test]
 async fn an_unmineable_looking_refund_whose_own_transfer_is_logged_is_paid() {
-    let node = Arc::new(Node::default());
-    let mut kit = builder(&node)
-        .var("treasury_private_key", TREASURY_KEY)
-        .var("settlement_timeout_ms", "300")
-        .build()
-        .await
-        .unwrap();
-    let (inv, id, tx) = paid(&mut kit, 193).await;
-    owe(&mut kit, &inv, &tx).await.unwrap();
-    node.set(|c| c.mining = Mining::Never);
-    assert_eq!(run_at(&mut kit, now()).await["paid"], json!([]));
-    let sent = refund_hashes(&node);
+    let (node, mut kit, id, sent) = refund_sent_never_mined(193).await;
     let mined = sent[0].clone();
     node.forget();
     let mut logged = transfer_log(treasury(), payer(), PRICE);
