@@ -118,6 +118,8 @@ async fn back_off(attempt: usize) {
 pub struct Unwritten {
     /// Why it stopped.
     pub error: KvError<()>,
+    /// The shard whose run failed (its events may all be written, its head advance not).
+    pub shard: u16,
     /// What it did not write.
     pub events: Vec<(EntryKind, EntryFields)>,
     /// Per shard, where the failing write may have landed after all (the head count its attempt started from).
@@ -165,6 +167,7 @@ async fn append_fenced(
                 let landed_since = from.map(|n| (shard, n)).into_iter().collect();
                 return Err(Unwritten {
                     error,
+                    shard,
                     events,
                     landed_since,
                 });

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use esim402_core::ledger::outbox::{Claimed, Failure, Outbox, OutboxFull};
-use esim402_core::ledger::{EntryFields, EntryKind, LedgerEntry, shard_for};
+use esim402_core::ledger::{EntryFields, EntryKind, LedgerEntry};
 use esim402_core::store::keys;
 use esim402_core::usage::held::Held;
 
@@ -231,14 +231,9 @@ pub async fn drain(now: u64) -> Result<Drained, KvError<()>> {
                     "ledger: draining parked batch {} failed: {:?}",
                     c.batch.id, e.error
                 );
-                // The run that failed is the first of what was left.
-                let shard = e
-                    .events
-                    .first()
-                    .map(|(kind, fields)| shard_for(*kind, fields));
-                let shard = shard
-                    .or_else(|| shards.first().copied())
-                    .unwrap_or_default();
+                // The shard whose run failed (a run whose inserts all landed but whose head advance failed
+                // leaves nothing of its own among the events not written).
+                let shard = e.shard;
                 failing.failed(&c.batch.id, shard, &e.error);
             }
         }

@@ -1130,6 +1130,58 @@ async fn an_unreadable_head_does_not_stop_the_drain_of_the_other_shards() {
     );
 }
 
+/// A parked batch whose first shard's run wrote its entries but could not advance that shard's head is counted
+/// against that shard, not the next one: the other shard's batches in the same drain still go. Before, the
+/// failure was blamed on the shard of the first event left (the next run's), so a healthy shard's batches
+/// waited while the failing one was tried again (a review of cdb4494).
+#[tokio::test]
+async fn a_head_that_cannot_advance_blames_its_own_shard() {
+    use esim402_core::ledger::outbox::Outbox;
+    use esim402_core::ledger::{EntryFields, EntryKind};
+    let down = "inv_down";
+    let shard = esim402_core::ledger::shard_of(down);
+    let free = invoice_off(&[shard]);
+    let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/head").into_boxed_str());
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut kit = builder()
+        .store(std::sync::Arc::new(crate::failing_writes(prefix, &failing)))
+        .build()
+        .await
+        .unwrap();
+    let event = |kind, id: &str| (kind, EntryFields::default().invoice(id));
+    let mut outbox = Outbox::default();
+    let mixed = vec![
+        event(EntryKind::RefundOwed, down),
+        event(EntryKind::RefundOwed, &free),
+    ];
+    outbox
+        .park("mixed", 1_000, mixed, Default::default())
+        .unwrap();
+    outbox
+        .park(
+            "later",
+            1_001,
+            vec![event(EntryKind::RefundPaid, &free)],
+            Default::default(),
+        )
+        .unwrap();
+    kit.kv()
+        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
+        .await
+        .unwrap();
+    let _ = kit
+        .call(async move |a, g| g.invoices().call_ledger_verify(a).await)
+        .await
+        .unwrap();
+    let ids: Vec<String> = stored_outbox(&kit)
+        .await
+        .batches
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids, ["mixed"], "the other shard's batch went");
+}
+
 /// A ledger check that finds nothing to claim in the outbox (every batch held by another drain) writes
 /// nothing: the public `GET /v1/ledger/verify` does not rewrite the outbox record. Before, each check wrote it
 /// twice (the claim and the release), claiming nothing.
