@@ -384,13 +384,14 @@ impl Record {
     }
 
     /// Hand an abandoned claim on `claim` to `holder`; `false` (unchanged) if the claim is live or not
-    /// `claim`'s.
+    /// `claim`'s. `claimed_at` stays the payment's first verification: replays are re-checked as of then (a
+    /// takeover's time may lie past the authorization's `validBefore`, and a resend re-checked then would no
+    /// longer match its own record). The lease runs from `updated_at`.
     pub fn take_over(&mut self, claim: &str, holder: &str, now: u64) -> bool {
         if self.claim != claim || !self.is_abandoned(now) {
             return false;
         }
         self.holder = holder.to_owned();
-        self.claimed_at = now;
         self.updated_at = now;
         true
     }
@@ -1054,6 +1055,13 @@ mod tests {
         );
         assert!(r.take_over("x402/nonce/a", "h2", 1_000 + CLAIM_LEASE_SECS));
         assert_eq!(r.holder, "h2");
+        // Still re-checked as of its first verification (a review found a takeover's later time refusing the
+        // same payment sent again, past its `validBefore`, as another payment), its lease renewed.
+        assert_eq!(r.claimed_at, 1_000);
+        assert_eq!(
+            replay(&r, 1_000 + 2 * CLAIM_LEASE_SECS - 1),
+            Replay::InProgress
+        );
         // The old holder can no longer sign.
         assert!(!r.record_submitted("x402/nonce/a", "h1", &signed(0), None, 2_000));
         assert!(r.record_submitted("x402/nonce/a", "h2", &signed(0), None, 2_000));
