@@ -1,3 +1,4 @@
+use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_testkit::{Kit, types};
 use serde_json::json;
 
@@ -976,6 +977,16 @@ async fn stored_outbox(kit: &Kit) -> esim402_core::ledger::outbox::Outbox {
         .unwrap_or_default()
 }
 
+/// The ids of the batches the outbox holds, in order.
+async fn outbox_ids(kit: &Kit) -> Vec<String> {
+    stored_outbox(kit)
+        .await
+        .batches
+        .into_iter()
+        .map(|b| b.id)
+        .collect()
+}
+
 /// A parked batch no drain can append (its shard has a hole below its head: the drain cannot look past it)
 /// and that fills a drain's share on its own does not hold up the rest of the outbox: the next drain, at once,
 /// appends a batch parked after it, and the blocked one keeps waiting. Before, the blocked batch was let go at
@@ -1033,11 +1044,12 @@ async fn a_batch_no_drain_can_append_does_not_hold_up_the_others() {
     assert!(left.batches[0].failures > 0, "{:?}", left.batches[0].claim);
 }
 
-/// A kit on `store(shard)` (a store failing on the shard of invoice `inv_down`) with two parked batches: `down`,
-/// an event of `inv_down`, and `free`, one of an invoice of another shard.
-async fn down_and_free(store: impl FnOnce(u16) -> crate::FailingWrites) -> Kit {
-    use esim402_core::ledger::outbox::Outbox;
-    use esim402_core::ledger::{EntryFields, EntryKind};
+/// A kit on `store(shard)` (a store failing on `shard`, that of invoice `inv_down`) whose outbox holds the
+/// batches `batches(down, free)` names (id, events), `free` an invoice of another shard.
+async fn parked_on(
+    store: impl FnOnce(u16) -> crate::FailingWrites,
+    batches: impl FnOnce(&str, &str) -> Vec<(&'static str, Vec<(EntryKind, EntryFields)>)>,
+) -> Kit {
     let down = "inv_down";
     let shard = esim402_core::ledger::shard_of(down);
     let free = invoice_off(&[shard]);
@@ -1046,19 +1058,36 @@ async fn down_and_free(store: impl FnOnce(u16) -> crate::FailingWrites) -> Kit {
         .build()
         .await
         .unwrap();
-    let event = |id: &str| (EntryKind::RefundPaid, EntryFields::default().invoice(id));
-    let mut outbox = Outbox::default();
-    outbox
-        .park("down", 1_000, vec![event(down)], Default::default())
-        .unwrap();
-    outbox
-        .park("free", 1_001, vec![event(&free)], Default::default())
-        .unwrap();
+    let mut outbox = esim402_core::ledger::outbox::Outbox::default();
+    for (at, (id, events)) in (1_000..).zip(batches(down, &free)) {
+        outbox.park(id, at, events, Default::default()).unwrap();
+    }
     kit.kv()
         .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
         .await
         .unwrap();
     kit
+}
+
+/// An event of `kind` for invoice `id`.
+fn event_of(kind: EntryKind, id: &str) -> (EntryKind, EntryFields) {
+    (kind, EntryFields::default().invoice(id))
+}
+
+/// [`parked_on`] with two batches: `down`, an event of `inv_down`, and `free`, one of the other shard's invoice.
+async fn down_and_free(store: impl FnOnce(u16) -> crate::FailingWrites) -> Kit {
+    parked_on(store, |down, free| {
+        vec![
+            ("down", vec![event_of(EntryKind::RefundPaid, down)]),
+            ("free", vec![event_of(EntryKind::RefundPaid, free)]),
+        ]
+    })
+    .await
+}
+
+/// The key prefix `ledger/<shard>/<rest>`, for a failing store (leaked: the store keeps it for the test).
+fn shard_prefix(shard: u16, rest: &str) -> &'static str {
+    Box::leak(format!("ledger/{shard:02}/{rest}").into_boxed_str())
 }
 
 /// A store failure appending one shard's parked batch does not stop the drain: batches of other shards are
@@ -1067,11 +1096,8 @@ async fn down_and_free(store: impl FnOnce(u16) -> crate::FailingWrites) -> Kit {
 #[tokio::test]
 async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
     let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let mut kit = down_and_free(|shard| {
-        let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/").into_boxed_str());
-        crate::failing_writes(prefix, &failing)
-    })
-    .await;
+    let mut kit =
+        down_and_free(|shard| crate::failing_writes(shard_prefix(shard, ""), &failing)).await;
 
     let check = ledger_check(&mut kit).await;
     assert_eq!(
@@ -1079,12 +1105,7 @@ async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
         (&json!(true), &json!(1), &json!(1)),
         "{check}"
     );
-    let ids: Vec<String> = stored_outbox(&kit)
-        .await
-        .batches
-        .into_iter()
-        .map(|b| b.id)
-        .collect();
+    let ids = outbox_ids(&kit).await;
     assert_eq!(ids, ["down"]);
 
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -1103,23 +1124,15 @@ async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
 #[tokio::test]
 async fn an_unreadable_head_does_not_stop_the_drain_of_the_other_shards() {
     let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let mut kit = down_and_free(|shard| {
-        let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/head").into_boxed_str());
-        crate::failing_calls(prefix, &failing)
-    })
-    .await;
+    let mut kit =
+        down_and_free(|shard| crate::failing_calls(shard_prefix(shard, "head"), &failing)).await;
     // The check itself cannot read that shard (a 503, not a verdict); its drain still appends the other batch.
     let check = kit
         .call(async move |a, g| g.invoices().call_ledger_verify(a).await)
         .await
         .unwrap();
     assert!(check.is_err(), "{check:?}");
-    let ids: Vec<String> = stored_outbox(&kit)
-        .await
-        .batches
-        .into_iter()
-        .map(|b| b.id)
-        .collect();
+    let ids = outbox_ids(&kit).await;
     assert_eq!(ids, ["down"]);
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
     let check = ledger_check(&mut kit).await;
@@ -1136,49 +1149,26 @@ async fn an_unreadable_head_does_not_stop_the_drain_of_the_other_shards() {
 /// waited while the failing one was tried again (a review of cdb4494).
 #[tokio::test]
 async fn a_head_that_cannot_advance_blames_its_own_shard() {
-    use esim402_core::ledger::outbox::Outbox;
-    use esim402_core::ledger::{EntryFields, EntryKind};
-    let down = "inv_down";
-    let shard = esim402_core::ledger::shard_of(down);
-    let free = invoice_off(&[shard]);
-    let prefix: &'static str = Box::leak(format!("ledger/{shard:02}/head").into_boxed_str());
     let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let mut kit = builder()
-        .store(std::sync::Arc::new(crate::failing_writes(prefix, &failing)))
-        .build()
-        .await
-        .unwrap();
-    let event = |kind, id: &str| (kind, EntryFields::default().invoice(id));
-    let mut outbox = Outbox::default();
-    let mixed = vec![
-        event(EntryKind::RefundOwed, down),
-        event(EntryKind::RefundOwed, &free),
-    ];
-    outbox
-        .park("mixed", 1_000, mixed, Default::default())
-        .unwrap();
-    outbox
-        .park(
-            "later",
-            1_001,
-            vec![event(EntryKind::RefundPaid, &free)],
-            Default::default(),
-        )
-        .unwrap();
-    kit.kv()
-        .set("ledger/outbox", &serde_json::to_vec(&outbox).unwrap())
-        .await
-        .unwrap();
+    let mut kit = parked_on(
+        |shard| crate::failing_writes(shard_prefix(shard, "head"), &failing),
+        |down, free| {
+            let mixed = vec![
+                event_of(EntryKind::RefundOwed, down),
+                event_of(EntryKind::RefundOwed, free),
+            ];
+            vec![
+                ("mixed", mixed),
+                ("later", vec![event_of(EntryKind::RefundPaid, free)]),
+            ]
+        },
+    )
+    .await;
     let _ = kit
         .call(async move |a, g| g.invoices().call_ledger_verify(a).await)
         .await
         .unwrap();
-    let ids: Vec<String> = stored_outbox(&kit)
-        .await
-        .batches
-        .into_iter()
-        .map(|b| b.id)
-        .collect();
+    let ids = outbox_ids(&kit).await;
     assert_eq!(ids, ["mixed"], "the other shard's batch went");
 }
 
