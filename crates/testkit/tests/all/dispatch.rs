@@ -1726,6 +1726,22 @@ async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
     assert_eq!(asked, vec![call("tmobile", "cancelOrder"); 2]);
 }
 
+/// A tx-hash payment's order (`invoice`, `req`) left pending by a T-Mobile confirm that timed out, parked as paid
+/// (`paid_order_pending_secs` 600): the simulator (still timing out confirms), the kit and the pending SIM.
+async fn paid_pending(
+    req: types::ActivationRequest,
+    invoice: &str,
+) -> (Arc<FakeSmdp>, Kit, types::Sim) {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let vars = [SHORT_BUDGET, &[("paid_order_pending_secs", "600")]].concat();
+    let mut kit = kit_with(smdp.clone(), &vars).await;
+    let pending = order_withdrawn(&mut kit, req, invoice, NOW, Some(Withdrawal::Paid))
+        .await
+        .unwrap();
+    (smdp, kit, pending)
+}
+
 /// A tx-hash payment's order left pending (its money moved already) is parked as paid: an order's sweep never
 /// withdraws it, and the operator's run does only once it stayed pending `paid_order_pending_secs`; that run
 /// names its invoice as owed (the caller owes the payment back) on every run after its hold until told the
@@ -1733,19 +1749,7 @@ async fn a_cleanup_run_withdraws_and_retries_without_an_order() {
 /// Before, nothing ever withdrew it: the money stayed with us and the profile allocated.
 #[tokio::test]
 async fn a_paid_order_left_pending_is_withdrawn_by_the_operators_run_and_owed_until_settled() {
-    let smdp = Arc::new(FakeSmdp::default());
-    smdp.set("tmobile", Behaves::ConfirmTimeout);
-    let vars = [SHORT_BUDGET, &[("paid_order_pending_secs", "600")]].concat();
-    let mut kit = kit_with(smdp.clone(), &vars).await;
-    let pending = order_withdrawn(
-        &mut kit,
-        request("us-west", None),
-        "inv-paid",
-        NOW,
-        Some(Withdrawal::Paid),
-    )
-    .await
-    .unwrap();
+    let (smdp, mut kit, pending) = paid_pending(request("us-west", None), "inv-paid").await;
     assert_eq!(
         (pending.carrier.as_str(), pending.state),
         ("tmobile", types::SimState::Pending)
@@ -1860,19 +1864,8 @@ async fn settle_owed(kit: &mut Kit, recorded: &[&str], operator: &[&str], now: u
 /// before, the run dropped the entry, and the money stayed with us unless the payer sent the proof again.
 #[tokio::test]
 async fn a_paid_order_that_failed_otherwise_is_owed_back_by_the_run() {
-    let smdp = Arc::new(FakeSmdp::default());
-    smdp.set("tmobile", Behaves::ConfirmTimeout);
-    let vars = [SHORT_BUDGET, &[("paid_order_pending_secs", "600")]].concat();
-    let mut kit = kit_with(smdp.clone(), &vars).await;
-    let pending = order_withdrawn(
-        &mut kit,
-        request("us-west", Some("tmobile")),
-        "inv-refresh",
-        NOW,
-        Some(Withdrawal::Paid),
-    )
-    .await
-    .unwrap();
+    let (smdp, mut kit, pending) =
+        paid_pending(request("us-west", Some("tmobile")), "inv-refresh").await;
     smdp.set("tmobile", Behaves::ConfirmFails);
     let id = pending.iccid.clone();
     let refreshed = kit
