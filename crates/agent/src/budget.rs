@@ -99,13 +99,29 @@ mod tests {
         }
     }
 
+    /// A wallet budget capped at $0.10 a day in a fresh directory (kept alive by the returned guard), and
+    /// its state directory.
+    fn wallet() -> (tempfile::TempDir, StateDir, Budget) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("wallet"));
+        let budget = Budget::new(UsdcAmount::from_micros(100_000), state.clone());
+        (dir, state, budget)
+    }
+
+    /// The payment ids of the spends the wallet's record keeps, in order.
+    fn kept(state: &StateDir) -> Vec<String> {
+        state
+            .load()
+            .unwrap()
+            .spends
+            .into_iter()
+            .map(|s| s.payment_id)
+            .collect()
+    }
+
     #[test]
     fn devices_share_the_wallets_daily_cap_and_a_release_gives_it_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let budget = Budget::new(
-            UsdcAmount::from_micros(100_000),
-            StateDir::new(dir.path().join("wallet")),
-        );
+        let (_dir, _, budget) = wallet();
         assert_eq!(budget.reserve(&spend("a", 50_000), 1_000_000), Ok(Ok(())));
         assert_eq!(budget.reserve(&spend("b", 50_000), 1_000_000), Ok(Ok(())));
         assert!(matches!(
@@ -126,9 +142,7 @@ mod tests {
     /// payment.
     #[test]
     fn spends_from_before_yesterday_are_pruned_and_the_cap_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path().join("wallet"));
-        let budget = Budget::new(UsdcAmount::from_micros(100_000), state.clone());
+        let (_dir, state, budget) = wallet();
         let day = 20_000 * 86_400;
         for (i, at) in [day - 3 * 86_400, day - 86_401, day - 86_400, day - 1]
             .into_iter()
@@ -143,15 +157,8 @@ mod tests {
             budget.reserve(&spend_at("a", 60_000, day + 5), day + 5),
             Ok(Ok(()))
         );
-        let kept: Vec<String> = state
-            .load()
-            .unwrap()
-            .spends
-            .into_iter()
-            .map(|s| s.payment_id)
-            .collect();
         assert_eq!(
-            kept,
+            kept(&state),
             ["old1", "old2", "old3", "a"],
             "two days before the newest"
         );
@@ -170,9 +177,7 @@ mod tests {
     /// payment dated ahead erased today's, and once the clock was back the cap counted from nothing.
     #[test]
     fn a_clock_ahead_and_back_never_erases_the_real_days_spends() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path().join("wallet"));
-        let budget = Budget::new(UsdcAmount::from_micros(100_000), state.clone());
+        let (_dir, state, budget) = wallet();
         let today = 20_000 * 86_400 + 3_600;
         assert_eq!(
             budget.reserve(&spend_at("real", 80_000, today), today),
@@ -184,12 +189,7 @@ mod tests {
             Ok(Ok(()))
         );
         assert!(
-            state
-                .load()
-                .unwrap()
-                .spends
-                .iter()
-                .any(|s| s.payment_id == "real"),
+            kept(&state).contains(&"real".to_owned()),
             "kept while the clock is ahead"
         );
         let back = today + 60;
@@ -201,13 +201,6 @@ mod tests {
             budget.reserve(&spend_at("small", 20_000, back), back),
             Ok(Ok(()))
         );
-        let ids: Vec<String> = state
-            .load()
-            .unwrap()
-            .spends
-            .into_iter()
-            .map(|s| s.payment_id)
-            .collect();
-        assert_eq!(ids, ["real", "ahead", "small"]);
+        assert_eq!(kept(&state), ["real", "ahead", "small"]);
     }
 }
