@@ -505,6 +505,15 @@ impl PayStack {
             .collect()
     }
 
+    /// The ledger's entries of `kind` for invoice `id`, in order.
+    pub async fn ledger_of(&self, kind: &str, id: &str) -> Vec<Value> {
+        self.ledger_entries()
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == kind && e["invoice_id"] == id)
+            .collect()
+    }
+
     /// The ledger's kinds, in order, and whether it verifies.
     pub async fn ledger(&self) -> (Vec<String>, Value) {
         let kinds = self
@@ -1359,13 +1368,7 @@ async fn the_host_runs_the_operator_jobs_itself() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         waited += 1;
     }
-    let paid = s
-        .ledger_entries()
-        .await
-        .into_iter()
-        .filter(|e| e["kind"] == "refund_paid" && e["invoice_id"] == id.as_str())
-        .count();
-    assert_eq!(paid, 1);
+    assert_eq!(s.ledger_of("refund_paid", &id).await.len(), 1);
 }
 
 /// An `exact` payment whose order outlives the dispatch budget (T-Mobile slowed as above) and that is never
@@ -1507,13 +1510,7 @@ async fn an_abandoned_tx_hash_order_is_withdrawn_and_its_payment_owed_back() {
     let (status, paid) = s.admin_run("refunds", Some(&s.admin_token)).await;
     assert_eq!(status, 200, "{paid}");
     assert_eq!(s.balance(agent()).await, start);
-    let owed = s
-        .ledger_entries()
-        .await
-        .into_iter()
-        .filter(|e| e["kind"] == "refund_owed" && e["invoice_id"] == id.as_str())
-        .count();
-    assert_eq!(owed, 1);
+    assert_eq!(s.ledger_of("refund_owed", &id).await.len(), 1);
     // The proof sent again gets no SIM: its answer names the refund.
     let (status, _, resent) = s.prove(&body, tx.clone(), &invoice).await;
     assert_ne!(status, 200, "{resent}");
@@ -1723,12 +1720,7 @@ async fn a_paid_tx_hash_whose_activation_fails_is_refunded_by_the_refund_job() {
     assert_eq!(failed["charged"], true);
     assert_eq!(failed["refund"]["amount"], sent.to_string(), "{failed}");
     // The ledger says what came in, as well as the invoice's amount.
-    let verified: Vec<Value> = s
-        .ledger_entries()
-        .await
-        .into_iter()
-        .filter(|e| e["kind"] == "payment_verified" && e["invoice_id"] == id.as_str())
-        .collect();
+    let verified = s.ledger_of("payment_verified", &id).await;
     assert_eq!(verified.len(), 1, "{verified:?}");
     assert_eq!(
         verified[0]["details"]["transferred"], "1.42",
