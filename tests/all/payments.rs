@@ -1440,6 +1440,146 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
     assert_eq!((status, &again["withdrawn"]), (200, &json!(0)), "{again}");
 }
 
+/// An `exact` payment, signed to expire at `valid_before`, whose order outlives the dispatch budget
+/// ([`short_budget_stack`], T-Mobile left slowed): answered 503, its order pending.
+struct PendingExact {
+    s: PayStack,
+    body: Value,
+    id: String,
+    req: PaymentRequirements,
+    pay: Payment,
+    /// The payer's balance before it paid.
+    start: U256,
+}
+
+async fn pending_exact(valid_before: u64) -> PendingExact {
+    let s = short_budget_stack().await;
+    let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile"});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let mut pay = Payment::for_requirement(&req);
+    pay.auth.valid_before = U256::from(valid_before);
+    let start = s.balance(agent()).await;
+    slow_tmobile(&s, true).await;
+    let headers = [("payment-signature", pay.header())];
+    let (status, _, pending) = s.post("/v1/esim/activate", &body, &headers).await;
+    assert_eq!(status, 503, "{pending}");
+    PendingExact {
+        s,
+        body,
+        id,
+        req,
+        pay,
+        start,
+    }
+}
+
+/// An `exact` payment whose order outlives the dispatch budget, and whose payer then executes the signed
+/// authorization itself (as another facilitator could): its money is at `payTo`. The same payment sent again
+/// no longer verifies (its nonce is used), yet it is settled by that transaction: while the order still waits
+/// the answer says the money was taken (`charged: true`, naming the payer's transaction) and the order is parked
+/// as paid, so the operator's cleanup run past `validBefore` does not withdraw it unpaid; sent again once the
+/// carrier answers, the SIM is delivered, the invoice is paid by the payer's own transaction (in the ledger
+/// once), and nothing moves twice. Before, the resend withdrew the order and answered `charged: false` while
+/// the money stayed with us. (About 80 s of real time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exact_payment_executed_by_its_payer_while_its_order_waits_is_delivered() {
+    let valid_before = now() + 20;
+    let PendingExact {
+        s,
+        body,
+        id,
+        req,
+        pay,
+        start,
+    } = pending_exact(valid_before).await;
+    let headers = [("payment-signature", pay.header())];
+    // The payer executes its authorization while the order waits at the (still slow) carrier.
+    let tx = s.send_token(agent(), pay.calldata()).await;
+    s.mined(&tx).await;
+    assert!(s.nonce_used(agent(), pay.auth.nonce).await);
+    // Sent again while the order waits: the money is ours, and the answer says so.
+    let (status, _, taken) = s.post("/v1/esim/activate", &body, &headers).await;
+    assert_eq!(status, 503, "{taken}");
+    assert_eq!(
+        (&taken["charged"], &taken["transaction"]),
+        (&json!(true), &json!(tx)),
+        "{taken}"
+    );
+    slow_tmobile(&s, false).await;
+    // Past the authorization's deadline the cleanup run leaves the order alone: it is paid.
+    while now() <= valid_before + 61 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (status, run) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+    assert_eq!((status, &run["withdrawn"]), (200, &json!(0)), "{run}");
+    let done = until_ok(
+        async || s.post("/v1/esim/activate", &body, &headers).await,
+        |a| a["transaction"] == tx.as_str(),
+    )
+    .await;
+    assert!(
+        done["activation_code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("LPA:1$")),
+        "{done}"
+    );
+    let (_, read) = s.get(&format!("/v1/invoices/{id}")).await;
+    assert_eq!(read["status"], "paid", "{read}");
+    let confirmed = s.ledger_of("settlement_confirmed", &id).await;
+    assert_eq!(confirmed.len(), 1, "{confirmed:?}");
+    assert_eq!(confirmed[0]["tx_hash"], tx.as_str(), "{confirmed:?}");
+    assert_eq!(s.ledger_of("activation_completed", &id).await.len(), 1);
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    // Sent once more: refused as settled (as any paid payment without a payment identifier), nothing moved.
+    let (status, _, again) = s.post("/v1/esim/activate", &body, &headers).await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    let (_, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// An `exact` payment whose order outlives the dispatch budget and whose payer executes the authorization
+/// itself, with no resend before the operator's cleanup run withdraws the order (once the authorization can no
+/// longer settle: that run does not read the chain). Sent again after that, the payment is owed back whole:
+/// its money moved and nothing was delivered. Before, the resend was refused as if nothing had been charged.
+/// (About 80 s of real time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exact_payment_executed_by_its_payer_after_its_order_was_withdrawn_is_owed_back() {
+    let valid_before = now() + 15;
+    let PendingExact {
+        s,
+        body,
+        id,
+        req,
+        pay,
+        start,
+    } = pending_exact(valid_before).await;
+    let headers = [("payment-signature", pay.header())];
+    slow_tmobile(&s, false).await;
+    let tx = s.send_token(agent(), pay.calldata()).await;
+    s.mined(&tx).await;
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    while now() <= valid_before + 61 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (status, run) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+    assert_eq!((status, &run["withdrawn"]), (200, &json!(1)), "{run}");
+    let (status, _, owed) = s.post("/v1/esim/activate", &body, &headers).await;
+    assert_eq!(status, 409, "{owed}");
+    assert_eq!(owed["charged"], true, "{owed}");
+    assert_eq!(owed["refund"]["status"], "owed", "{owed}");
+    let confirmed = s.ledger_of("settlement_confirmed", &id).await;
+    assert_eq!(confirmed.len(), 1, "{confirmed:?}");
+    assert_eq!(confirmed[0]["tx_hash"], tx.as_str(), "{confirmed:?}");
+    assert_eq!(s.ledger_of("refund_owed", &id).await.len(), 1);
+    let (status, paid) = s.admin_run("refunds", Some(&s.admin_token)).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(s.balance(agent()).await, start);
+    let (_, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
 /// A tx-hash payment whose order outlives the dispatch budget and whose payer never sends the proof again: its
 /// transfer is ours, so no deadline ends it. Once it has stayed pending `paid_order_pending_secs` (5 s here),
 /// the operator's cleanup run withdraws it (the profile retired at the carrier) and owes the payment back, once;

@@ -239,6 +239,11 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
                 .filter(|sim| order::belongs_to(sim, invoice_id))
             {
                 order::replay_for(&sim, spec.owner.as_ref()).map_err(wit::Error::Conflict)?;
+                // Still pending while another call drives it: parked as this call asks too (an `exact`
+                // payment's order whose money moved meanwhile is parked as paid, its unpaid entry taken out).
+                if sim.state == esim402_core::esim::SimState::Pending {
+                    return Ok(parking::pending(&cfg, spec.withdraw, sim).await);
+                }
                 return Ok(sim);
             }
             return Err(in_progress(invoice_id));

@@ -204,13 +204,7 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
         Ok(version) => version,
         Err(existing) => return replay(r, existing, now).await,
     };
-    let claim = Claim {
-        record_key: key.clone(),
-        claim: key.clone(),
-        holder,
-        keys: vec![key],
-        version: std::cell::Cell::new(Some(version)),
-    };
+    let claim = Claim::made(key, holder, version);
     drive_unless_held(r, &checked, &claim, now).await
 }
 

@@ -106,6 +106,17 @@ impl Guest for Component {
         }
     }
 
+    async fn executed(
+        invoice: wit::Invoice,
+        proof: wit::PaymentProof,
+    ) -> Result<Option<wit::Verified>, wit::Error> {
+        match &proof {
+            wit::PaymentProof::X402(payload) => schemes::Exact.executed(&invoice, payload).await,
+            // A transfer already made is verified by its own receipt.
+            wit::PaymentProof::TxHash(_) => Ok(None),
+        }
+    }
+
     async fn facilitator_verify(body: String) -> Result<String, wit::Error> {
         facilitator::verify(&body).await
     }

@@ -554,6 +554,15 @@ pub fn front_run_search(record: &Record, by_block: u64) -> (u64, u64) {
     )
 }
 
+/// The blocks `(from, to)` (both included) to search for the transaction that used the authorization of a
+/// `claimed` record with nothing of ours prepared (no [`Record::sent_at_block`]: a claim made once the chain
+/// showed the authorization used, by `by_block`, or one whose gas estimate reverted): there is no block of ours
+/// to start from, so the widest window providers allow ([`FRONT_RUN_MAX_SPAN_BLOCKS`] back), which is hours of
+/// blocks on 1-2 s chains and about 40 minutes at 0.25 s.
+pub fn used_claim_search(by_block: u64) -> (u64, u64) {
+    (by_block.saturating_sub(FRONT_RUN_MAX_SPAN_BLOCKS), by_block)
+}
+
 /// What a settlement whose own transaction ended as `failed` (reverted or dropped) becomes, when the
 /// authorization it carries reads as used: `used` says by what.
 /// - Executed by a transaction that moved this payment's money: an invoice's settlement is confirmed by that
@@ -640,6 +649,19 @@ pub fn used_before_sent(record: &Record, used: UsedElsewhere) -> UsedBeforeSent 
         Outcome::Pending(_) => UsedBeforeSent::Pending,
         _ => UsedBeforeSent::Refused,
     }
+}
+
+/// The time a claim of an invoice's settlement made for an authorization *already used on chain* records as
+/// its `claimed_at` (a resumed payment refused by `verify` because another transaction executed it while its
+/// order waited): a moment at which the payment passes the chain-free checks as it did for the attempt that
+/// ordered (its repeats are checked "as of the claim", and now may be past `validBefore`). That attempt
+/// verified at some moment no later than now and no later than `validBefore` less the checks' buffer
+/// ([`crate::x402::exact::VALID_BEFORE_BUFFER_SECS`]), and no earlier than `validAfter`; the later of those
+/// bounds is the earliest of now and that last second, which therefore passes them too.
+pub fn used_claimed_at(valid_before: U256, now: u64) -> u64 {
+    let buffer = U256::from(crate::x402::exact::VALID_BEFORE_BUFFER_SECS);
+    let last = valid_before.saturating_sub(buffer);
+    u64::try_from(last).map_or(now, |last| last.min(now))
 }
 
 /// Whether the facilitator API may settle the authorization `nonce` of a payer whose holds are `holds`, at
@@ -1176,6 +1198,25 @@ mod tests {
         assert_eq!(sent.hash(), Some(first.hash));
         assert_eq!(sent.raw_transaction, None);
         assert_eq!(sent.hashes(), vec![first.hash, second.hash]);
+    }
+
+    #[test]
+    fn a_claim_made_after_use_searches_the_widest_window_back_from_the_head() {
+        assert_eq!(used_claim_search(50_000), (40_001, 50_000));
+        assert_eq!(used_claim_search(100), (0, 100));
+        let (from, to) = used_claim_search(50_000);
+        assert_eq!(to - from, FRONT_RUN_MAX_SPAN_BLOCKS);
+    }
+
+    #[test]
+    fn a_claim_of_a_used_authorization_is_dated_inside_its_window() {
+        // Before validBefore less the checks' 6 s buffer: now; after it: that last second; beyond u64: now.
+        assert_eq!(used_claimed_at(U256::from(1_000u64), 900), 900);
+        assert_eq!(used_claimed_at(U256::from(1_000u64), 5_000), 994);
+        assert_eq!(used_claimed_at(U256::from(1_000u64), 994), 994);
+        assert_eq!(used_claimed_at(U256::from(1_000u64), 996), 994);
+        assert_eq!(used_claimed_at(U256::MAX, 42), 42);
+        assert_eq!(used_claimed_at(U256::from(3u8), 42), 0);
     }
 
     #[test]

@@ -25,13 +25,19 @@ use withdraw::{Outcome, withdraw};
 /// a failure is logged.
 pub async fn pending(cfg: &Config, withdraw: Option<Withdraw>, sim: StoredSim) -> StoredSim {
     match withdraw {
-        Some(Withdraw::UnsettledAfter(after)) => park(&Parked::of(&sim, after)).await,
+        // Not if it is parked as paid already (its money moved since: an `exact` payment's authorization
+        // executed by another transaction), which a driver that started before that must not undo.
+        Some(Withdraw::UnsettledAfter(after)) => {
+            let item = Parked::of(&sim, after);
+            if !parked_as_paid(&item).await {
+                park(&item).await;
+            }
+        }
         Some(Withdraw::Paid { since }) => {
-            park(&Parked::paid(
-                &sim,
-                since.saturating_add(cfg.paid_pending_secs),
-            ))
-            .await;
+            let item = Parked::paid(&sim, since.saturating_add(cfg.paid_pending_secs));
+            if park(&item).await {
+                unpark_unpaid(&item).await;
+            }
         }
         None => {}
     }
@@ -47,8 +53,42 @@ fn key_of(paid: bool) -> &'static str {
     }
 }
 
-/// Park `item` in its list (once per order's profile; not beyond [`parked::MAX_PARKED`]).
-async fn park(item: &Parked) {
+/// Whether `item`'s order's profile is parked as paid (a failed read counts as not: parked unpaid as before).
+async fn parked_as_paid(item: &Parked) -> bool {
+    matches!(
+        kv::get_json::<Vec<Parked>, ()>(keys::CLEANUP_PARKED_PAID).await,
+        Ok(Some(list)) if list.iter().any(|p| p.same_order(item))
+    )
+}
+
+/// An order parked to be withdrawn unpaid (an `exact` payment's) whose money has moved since (its
+/// authorization executed by another transaction while it waited) and that is now parked as paid: its unpaid
+/// entry leaves (kernel `parked::unpark`), so no sweep withdraws it without owing the payment back. A sweep
+/// that took it already may still withdraw it: the paid entry then owes the payment back. A plain read first:
+/// the unpaid list is shared by every pending order.
+async fn unpark_unpaid(item: &Parked) {
+    let key = keys::CLEANUP_PARKED;
+    match kv::get_json::<Vec<Parked>, ()>(key).await {
+        Ok(Some(list)) if list.iter().any(|p| p.same_order(item)) => {}
+        _ => return,
+    }
+    let r = kv::change_json::<Vec<Parked>, (), ()>(key, |list| {
+        Ok(match parked::unpark(list.unwrap_or_default(), item) {
+            Some(list) => (Change::Put(list), ()),
+            None => (Change::Keep, ()),
+        })
+    })
+    .await;
+    if let Err(e) = r {
+        eprintln!(
+            "dispatch: the order of invoice {} is paid but stays parked to be withdrawn unpaid: {e}",
+            item.invoice
+        );
+    }
+}
+
+/// Park `item` in its list (once per order's profile; not beyond [`parked::MAX_PARKED`]); whether it is parked.
+async fn park(item: &Parked) -> bool {
     let r = kv::change_json::<Vec<Parked>, bool, ()>(key_of(item.paid), |list| {
         Ok(
             match parked::park(list.unwrap_or_default(), item, parked::MAX_PARKED) {
@@ -60,24 +100,30 @@ async fn park(item: &Parked) {
     })
     .await;
     match r {
-        Ok((_, true)) => {}
-        Ok((_, false)) => eprintln!(
-            "dispatch: ALERT: too many pending orders parked; profile {} at {} (invoice {}) is not withdrawn \
+        Ok((_, true)) => true,
+        Ok((_, false)) => {
+            eprintln!(
+                "dispatch: ALERT: too many pending orders parked; profile {} at {} (invoice {}) is not withdrawn \
              if its payment never completes: an operator must cancel it after {}{}",
-            item.iccid,
-            item.carrier,
-            item.invoice,
-            item.not_before,
-            if item.paid {
-                " and refund its payment (its money moved)"
-            } else {
-                ""
-            }
-        ),
-        Err(e) => eprintln!(
-            "dispatch: cannot park the pending order of invoice {} (profile {} at {}): {e}",
-            item.invoice, item.iccid, item.carrier
-        ),
+                item.iccid,
+                item.carrier,
+                item.invoice,
+                item.not_before,
+                if item.paid {
+                    " and refund its payment (its money moved)"
+                } else {
+                    ""
+                }
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!(
+                "dispatch: cannot park the pending order of invoice {} (profile {} at {}): {e}",
+                item.invoice, item.iccid, item.carrier
+            );
+            false
+        }
     }
 }
 

@@ -36,6 +36,18 @@ pub struct Attempt<'a> {
     /// An earlier attempt had already claimed the payment's settlement (`verified.claimed`): its transaction
     /// may be public (kernel `paid::hands_over_codes`).
     claimed_before: std::cell::Cell<bool>,
+    /// This attempt marked the invoice paid and noted its settlement ([`Attempt::paid`]) already: an order
+    /// delivered after its money was marked notes nothing twice.
+    paid_noted: std::cell::Cell<bool>,
+}
+
+/// What [`Attempt::unverifiable_resume`] comes to.
+pub(super) enum Resumed {
+    /// Its authorization was executed by another transaction that moved its money: verified, its settlement
+    /// claimed (and confirmed) for this invoice.
+    Executed(wit::Verified),
+    /// The attempt's end and answer.
+    End((wit::PaymentEnd, StoredResponse)),
 }
 
 impl<'a> std::ops::Deref for Attempt<'a> {
@@ -56,6 +68,7 @@ impl<'a> Attempt<'a> {
             marked: std::cell::Cell::new(false),
             unlogged: std::cell::Cell::new(false),
             claimed_before: std::cell::Cell::new(false),
+            paid_noted: std::cell::Cell::new(false),
         }
     }
 }
@@ -72,8 +85,13 @@ impl Attempt<'_> {
     pub async fn exact(&self, order: &Order) -> (wit::PaymentEnd, StoredResponse) {
         let verified = match self.verify().await {
             Ok(v) => v,
+            // Its authorization may have been executed by someone else while the order waited: then it goes on
+            // as a payment whose settlement an earlier attempt claimed.
             Err(refused) if self.resumed && matches!(refused.0, wit::PaymentEnd::Release) => {
-                return self.unverifiable_resume(order, refused).await;
+                match self.unverifiable_resume(order, refused).await {
+                    Resumed::Executed(v) => v,
+                    Resumed::End(answer) => return answer,
+                }
             }
             Err(refused) => return refused,
         };
@@ -292,45 +310,6 @@ impl Attempt<'_> {
                 }
             }
         }
-    }
-
-    /// Mark the invoice paid and log the settlement; `false` if it was already paid (a repeat) and this attempt
-    /// resumes nothing. A mark the store refuses is tried once more; one that still fails logs all the same (the
-    /// money moved, and this attempt is the first to see it), and the invoice stays unmarked (README, Known
-    /// gaps).
-    async fn paid(&self, tx: &str, payer: &str) -> bool {
-        let mark = || invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned());
-        let marked = match mark().await {
-            Err(e) if !matches!(e, wit::Error::Conflict(_)) => {
-                eprintln!(
-                    "gateway: marking {} paid failed, trying once more: {e:?}",
-                    self.invoice.id
-                );
-                mark().await
-            }
-            marked => marked,
-        };
-        let new = match &marked {
-            Ok(_) => true,
-            // A repeat after an interruption finds it paid already.
-            Err(wit::Error::Conflict(_)) => false,
-            Err(e) => {
-                eprintln!(
-                    "gateway: OPERATOR: {} is settled but could not be marked paid: {e:?}",
-                    self.invoice.id
-                );
-                true
-            }
-        };
-        self.marked.set(marked.is_ok() || !new);
-        if !self.logs(new) {
-            return false;
-        }
-        self.note(
-            EntryKind::SettlementConfirmed,
-            self.fields().payer(payer.to_owned()).tx_hash(tx.to_owned()),
-        );
-        true
     }
 
     /// The money is final and the purchase delivered: credit the data it bought (idempotent per invoice, so a

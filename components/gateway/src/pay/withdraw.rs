@@ -11,7 +11,7 @@ use esim402_guest::wit;
 
 use super::Order;
 use super::answers::{order_pending, uncharged, unsettled};
-use super::attempt::Attempt;
+use super::attempt::{Attempt, Resumed};
 use crate::{dispatch, from_wit, invoices, now, verifier};
 
 impl Attempt<'_> {
@@ -92,24 +92,40 @@ impl Attempt<'_> {
 
     /// A resumed payment refused by verification (`refused`: the answer a fresh payment would get, a 4xx). An
     /// activation or switch the earlier attempt ordered is found through its order journal (dispatch
-    /// `ordered-sim`, which orders nothing) and withdrawn, and the invoice ends with a 410. Nothing ordered (or a
-    /// top-up, which delivers nothing before settlement): refused as any payment is. An order still being
+    /// `ordered-sim`, which orders nothing). Its authorization may have been executed by another transaction
+    /// while the order waited (the payer's own wallet, another facilitator; verifier `executed`, which records
+    /// the invoice's settlement as that transaction): then it goes on as a payment whose settlement was claimed
+    /// ([`Resumed::Executed`]). Else the order is withdrawn and the invoice ends with a 410. Nothing ordered (or
+    /// a top-up, which delivers nothing before settlement): refused as any payment is. An order still being
     /// allocated, a lookup that fails, or an invoice whose payment did settle (its network disabled since, say)
     /// decides nothing: the same payment sent again does.
     pub(super) async fn unverifiable_resume(
         &self,
         order: &Order,
         refused: (wit::PaymentEnd, StoredResponse),
-    ) -> (wit::PaymentEnd, StoredResponse) {
+    ) -> Resumed {
         if matches!(order, Order::TopUp { .. }) {
-            return refused;
+            return Resumed::End(refused);
         }
         let reason = reason_of(&refused.1);
         let sim = match dispatch::ordered_sim(self.invoice.id.clone(), now()).await {
-            Ok(Some(sim)) => sim,
-            Ok(None) => return refused,
-            Err(wit::Error::Conflict(_)) => return (wit::PaymentEnd::Resume, order_pending()),
-            Err(e) => return (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
+            Ok(sim) => sim,
+            Err(wit::Error::Conflict(_)) => {
+                return Resumed::End((wit::PaymentEnd::Resume, order_pending()));
+            }
+            Err(e) => return Resumed::End((wit::PaymentEnd::Resume, unsettled(from_wit(e)))),
+        };
+        // Executed by another transaction: delivered only if an order of it is live (an earlier attempt of
+        // this very payment then verified it, its nonce unused, and held it for this invoice, so whatever
+        // executed it did so after that); with none (withdrawn since, or never placed) it is owed back to its
+        // payer ([`Attempt::deliver`] finds nothing delivered).
+        match verifier::executed(self.invoice.clone(), self.proof.wit()).await {
+            Ok(Some(verified)) => return Resumed::Executed(verified),
+            Ok(None) => {}
+            Err(e) => return Resumed::End((wit::PaymentEnd::Resume, unsettled(from_wit(e)))),
+        }
+        let Some(sim) = sim else {
+            return Resumed::End(refused);
         };
         match self.marked_paid().await {
             Ok(false) => {}
@@ -118,9 +134,9 @@ impl Attempt<'_> {
                     ErrorKind::Unavailable,
                     format!("the payment settled but no longer verifies ({reason})"),
                 );
-                return (wit::PaymentEnd::Resume, unsettled(e));
+                return Resumed::End((wit::PaymentEnd::Resume, unsettled(e)));
             }
-            Err(e) => return (wit::PaymentEnd::Resume, unsettled(from_wit(e))),
+            Err(e) => return Resumed::End((wit::PaymentEnd::Resume, unsettled(from_wit(e)))),
         }
         let payer = self.proof.claimed_payer().unwrap_or_default();
         self.withdraw(order, &sim, &payer, &reason).await;
@@ -134,7 +150,7 @@ impl Attempt<'_> {
         );
         // `charged: false` says so to clients (an agent frees the spend it counted), as other answers that
         // moved no money do.
-        (wit::PaymentEnd::Done, uncharged(&e))
+        Resumed::End((wit::PaymentEnd::Done, uncharged(&e)))
     }
 }
 

@@ -231,13 +231,7 @@ impl Scheme for Exact {
                 _ => Err(already_settled()),
             };
         };
-        let claim = Claim {
-            record_key: key.clone(),
-            claim: key.clone(),
-            holder,
-            keys: vec![key],
-            version: std::cell::Cell::new(Some(version)),
-        };
+        let claim = Claim::made(key, holder, version);
         drive(&p, &checked, &claim).await
     }
 }
@@ -252,6 +246,46 @@ impl Exact {
             return Ok(());
         };
         crate::holds::release(&p.chain, p.asset(), &signed.authorization, &p.id, p.now).await
+    }
+}
+
+impl Exact {
+    /// A resumed payment of this invoice that `verify` now refuses (its authorization used, or past its
+    /// `validBefore`) while the order an earlier attempt placed waited: if another transaction executed the
+    /// authorization (the payer's own, another facilitator's) and moved its money to `payTo`, this invoice's
+    /// settlement is claimed and confirmed by that transaction ([`used_first::claim_used`]) and the payment
+    /// verifies as claimed; `None` when nothing of it moved (unused, cancelled, another invoice's or the
+    /// facilitator API's claim), so the gateway withdraws the order as before.
+    pub async fn executed(
+        &self,
+        inv: &wit::Invoice,
+        payload: &str,
+    ) -> Result<Option<wit::Verified>, wit::Error> {
+        let p = match Payment::load(inv, payload).await {
+            Ok(p) => p,
+            Err(wit::Error::PaymentRequired(_) | wit::Error::InvalidInput(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match p.existing().await? {
+            Existing::Same(record, checked) => {
+                return match settlement::replay(&record, p.now) {
+                    Replay::Settled(_) => Ok(Some(verified(checked.payer, &p, true))),
+                    Replay::Failed(_) => Ok(None),
+                    _ => Err(wit::Error::Conflict(settlement::IN_PROGRESS.into())),
+                };
+            }
+            Existing::Other => return Ok(None),
+            Existing::None => {}
+        }
+        let Ok(signed) = SignedAuthorization::parse(p.payload.exact()) else {
+            return Ok(None);
+        };
+        let at = settlement::used_claimed_at(signed.authorization.valid_before, p.now);
+        let Ok(checked) = payment::check(&p.chain, &p.payload, &p.requirements, at, None) else {
+            return Ok(None);
+        };
+        let used = used_first::claim_used(&p.chain, &checked, &p.id, at).await?;
+        Ok(used.then(|| verified(checked.payer, &p, true)))
     }
 }
 

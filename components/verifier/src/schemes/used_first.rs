@@ -10,15 +10,17 @@
 
 use alloy_primitives::B256;
 use esim402_core::evm::rpc::EthBlockNumber;
-use esim402_core::settlement::{self, Outcome, Status, UsedBeforeSent};
+use esim402_core::settlement::{self, Outcome, Record, Status, UsedBeforeSent};
 use esim402_core::store::keys;
 use esim402_core::x402::InvalidReason;
 use esim402_core::x402::exact::TransferAuthorization;
+use esim402_guest::convert::internal;
 use esim402_guest::{util, wit};
 
 use crate::chain::{Chain, unavailable};
 use crate::claims;
 use crate::rejected;
+use crate::schemes::payment::Checked;
 use crate::sender::front_run::{self, Used};
 use crate::sender::receipts::Claim;
 
@@ -40,15 +42,7 @@ pub async fn decide(
     if record.status != Status::Claimed {
         return Err(wit::Error::Conflict(settlement::IN_PROGRESS.into()));
     }
-    let head = chain
-        .rpc
-        .call(&EthBlockNumber)
-        .await
-        .map_err(|e| unavailable(&e))?;
-    let used = chain
-        .authorization_used_at(from, nonce, head)
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let (head, used) = used_at_head(chain, from, nonce).await?;
     if !used {
         claim.release().await;
         return Err(rejected(refused));
@@ -58,6 +52,12 @@ pub async fn decide(
         nonce,
         executes: Some(authorization),
         by_block: head,
+        // Nothing of ours was prepared to search from (a claim made once the authorization was used, or one
+        // taken over before it sent anything): the widest window back from the head.
+        window: record
+            .sent_at_block
+            .is_none()
+            .then(|| settlement::used_claim_search(head)),
     };
     let found = front_run::used_by(chain, &record, &used).await;
     match settlement::used_before_sent(&record, found) {
@@ -74,6 +74,68 @@ pub async fn decide(
             claim.record_key
         ))),
     }
+}
+
+/// Claim this invoice's settlement of `checked`'s authorization, already used on chain when a resumed payment
+/// came back (the order an earlier attempt placed waited meanwhile), and [`decide`] it: `true` when the
+/// transaction that used it moved this payment's money (the record confirmed by it, its `txhash/` key claimed);
+/// `false` when nothing of it moved (unused, or used by a cancel or other money). Nothing is claimed unless the
+/// chain shows it used (an unreadable chain is an error, an unused one `false`), and a claim made is released
+/// unless the authorization's fate stays unknown. The record is dated `at`, inside the authorization's window
+/// (kernel `settlement::used_claimed_at`), so the same payment sent again replays it; its `updated_at` is now.
+/// Someone else's claim found first, or a verdict the chain cannot give yet, is an error that decides nothing
+/// (the gateway keeps the payment open).
+pub async fn claim_used(
+    chain: &Chain,
+    checked: &Checked,
+    invoice: &str,
+    at: u64,
+) -> Result<bool, wit::Error> {
+    let auth = &checked.signed.authorization;
+    if !used_at_head(chain, auth.from, auth.nonce).await?.1 {
+        return Ok(false);
+    }
+    let key = checked.nonce_key(chain);
+    let holder = util::holder_token().map_err(internal)?;
+    let mut record = Record::claimed(
+        chain.network.caip2(),
+        checked.payer,
+        key.clone(),
+        holder.clone(),
+        Some(invoice),
+        at,
+    );
+    record.updated_at = util::now_secs();
+    let Ok(version) = claims::claim(&key, &record).await? else {
+        return Err(wit::Error::Conflict(settlement::IN_PROGRESS.into()));
+    };
+    let claim = Claim::made(key, holder, version);
+    match decide(chain, &claim, auth, InvalidReason::NonceAlreadyUsed).await {
+        Ok(wit::Settlement::Settled(_)) => Ok(true),
+        Ok(wit::Settlement::Pending(_)) => {
+            Err(wit::Error::Conflict(settlement::IN_PROGRESS.into()))
+        }
+        Err(wit::Error::PaymentRequired(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The chain's head, and whether the authorization `nonce` of `from` reads as used at it.
+async fn used_at_head(
+    chain: &Chain,
+    from: alloy_primitives::Address,
+    nonce: B256,
+) -> Result<(u64, bool), wit::Error> {
+    let head = chain
+        .rpc
+        .call(&EthBlockNumber)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let used = chain
+        .authorization_used_at(from, nonce, head)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok((head, used))
 }
 
 /// Confirm the record by `by`, the transaction that moved its money, once `by`'s `txhash/` key is claimed for

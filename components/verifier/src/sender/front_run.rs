@@ -36,6 +36,9 @@ pub struct Used<'a> {
     pub executes: Option<&'a TransferAuthorization>,
     /// A block by which the chain showed the authorization used.
     pub by_block: u64,
+    /// The blocks to search for the transaction that used it, if not the kernel's `front_run_search` from the
+    /// record's own transaction (a claim made after the authorization was used: `used_claim_search`).
+    pub window: Option<(u64, u64)>,
 }
 
 /// What the `failed` settlement of the record at `record_key` (claim `claim`; reverted or dropped, its
@@ -113,7 +116,9 @@ pub async fn settle(
 /// the using transaction's receipt. Whatever cannot be read or does not agree is `Unknown`.
 pub(crate) async fn used_by(chain: &Chain, record: &Record, used: &Used<'_>) -> UsedElsewhere {
     let token = chain.network.usdc;
-    let (from_block, to_block) = front_run_search(record, used.by_block);
+    let (from_block, to_block) = used
+        .window
+        .unwrap_or_else(|| front_run_search(record, used.by_block));
     let query = EthGetLogs {
         address: token,
         topics: vec![

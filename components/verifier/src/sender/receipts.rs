@@ -56,6 +56,18 @@ pub enum NotSent {
 }
 
 impl Claim {
+    /// The claim just made on the authorization record at `key` (its own claim key) by `holder`, written at
+    /// `version`: released whole if nothing is sent.
+    pub fn made(key: String, holder: String, version: esim402_guest::kv::Stored) -> Self {
+        Self {
+            record_key: key.clone(),
+            claim: key.clone(),
+            holder,
+            keys: vec![key],
+            version: std::cell::Cell::new(Some(version)),
+        }
+    }
+
     /// The claim a `submitted` record holds, to reconcile its transaction (nothing to release with it), once a
     /// nonce gap that transaction may wait behind is filled ([`super::heal_gaps`]: no send may come to fill it)
     /// and the transaction replaced with higher fees if the base fee outgrew it ([`super::bump`]).
@@ -234,6 +246,7 @@ pub async fn wait(
                         nonce,
                         executes,
                         by_block: block,
+                        window: None,
                     };
                     let failed = Outcome::Reverted(hash);
                     match front_run::settle(chain, &claim.record_key, &claim.claim, failed, &used)
@@ -335,6 +348,7 @@ async fn lost_for_good(chain: &Chain, claim: &Claim, hash: B256) -> Option<Outco
                 nonce,
                 executes: executes.as_ref(),
                 by_block: at,
+                window: None,
             };
             let failed = Outcome::Dropped(hash);
             front_run::settle(chain, &claim.record_key, &claim.claim, failed, &used).await

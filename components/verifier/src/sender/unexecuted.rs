@@ -52,6 +52,7 @@ pub(super) async fn unexecuted(
                 nonce,
                 executes: auth,
                 by_block: latest.map_or(0, |b| b.number),
+                window: None,
             };
             front_run::settle(chain, record_key, claim, failed, &used).await
         }

@@ -70,7 +70,8 @@ impl Parked {
         }
     }
 
-    fn same(&self, other: &Parked) -> bool {
+    /// Whether `other` is an entry of the same order's profile (same invoice and ICCID), in either list.
+    pub fn same_order(&self, other: &Parked) -> bool {
         (&self.invoice, &self.iccid) == (&other.invoice, &other.iccid)
     }
 }
@@ -88,7 +89,7 @@ pub enum Park {
 
 /// Park `item` at the end of `list`: once per (invoice, ICCID), at most `max` entries.
 pub fn park(mut list: Vec<Parked>, item: &Parked, max: usize) -> Park {
-    if list.iter().any(|p| p.same(item)) {
+    if list.iter().any(|p| p.same_order(item)) {
         return Park::Already;
     }
     if list.len() >= max {
@@ -96,6 +97,15 @@ pub fn park(mut list: Vec<Parked>, item: &Parked, max: usize) -> Park {
     }
     list.push(item.clone());
     Park::Add(list)
+}
+
+/// `list` without the entries of `item`'s order's profile (same invoice and ICCID), or `None` if it holds none:
+/// an `exact` payment's order parked to be withdrawn unpaid whose money then moved (its authorization executed
+/// by another transaction while the order waited) is parked as paid instead, and must not be withdrawn unpaid.
+pub fn unpark(mut list: Vec<Parked>, item: &Parked) -> Option<Vec<Parked>> {
+    let before = list.len();
+    list.retain(|p| !p.same_order(item));
+    (list.len() != before).then_some(list)
 }
 
 /// Whether any entry of `list` is due at `now` (a sweep writes the list only then).
@@ -116,7 +126,7 @@ pub fn take_due(
     let mut stored = Vec::with_capacity(list.len());
     let mut taken: Vec<Parked> = Vec::new();
     for p in list {
-        if taken.iter().any(|t| t.same(&p)) {
+        if taken.iter().any(|t| t.same_order(&p)) {
             continue;
         }
         if p.not_before <= now && taken.len() < max {
@@ -130,7 +140,7 @@ pub fn take_due(
         }
     }
     // A duplicate seen before its due twin was taken.
-    stored.retain(|p| p.not_before == lease_until || !taken.iter().any(|t| t.same(p)));
+    stored.retain(|p| p.not_before == lease_until || !taken.iter().any(|t| t.same_order(p)));
     (stored, taken)
 }
 
@@ -146,7 +156,7 @@ pub fn settle(
 ) -> Option<Vec<Parked>> {
     let at = list
         .iter()
-        .position(|p| p.same(item) && p.not_before == lease_until)?;
+        .position(|p| p.same_order(item) && p.not_before == lease_until)?;
     match next {
         Some(due) => list[at].not_before = due,
         None => {
@@ -286,6 +296,21 @@ mod tests {
             paid: true,
             ..entry(invoice, iccid, not_before)
         }
+    }
+
+    #[test]
+    fn parking_an_order_as_paid_takes_out_its_unpaid_entry_only() {
+        let list = vec![
+            entry("a", "1", 10),
+            entry("b", "2", 10),
+            entry("a", "3", 10),
+        ];
+        // Its own profile's entry leaves; another invoice's, or another profile of the same invoice, stays.
+        let left = unpark(list.clone(), &paid("a", "1", 99)).expect("its entry was there");
+        assert_eq!(left, vec![entry("b", "2", 10), entry("a", "3", 10)]);
+        // Nothing of it parked: nothing to write.
+        assert_eq!(unpark(list, &paid("c", "1", 99)), None);
+        assert_eq!(unpark(Vec::new(), &paid("a", "1", 99)), None);
     }
 
     /// The kernel's test SIM ([`crate::order::tests::sim`]) of `invoice`, holding a token.

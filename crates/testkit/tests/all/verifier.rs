@@ -249,7 +249,7 @@ fn receipt(hash: B256, status: bool, logs: Vec<Value>) -> Value {
            "logs": logs, "gasUsed": "0xb5c8", "type": "0x2"})
 }
 
-fn transfer_log(from: Address, to: Address, value: u64) -> Value {
+pub(crate) fn transfer_log(from: Address, to: Address, value: u64) -> Value {
     json!({"address": USDC,
            "topics": [ERC20_TRANSFER_TOPIC, from.into_word().to_string(), to.into_word().to_string()],
            "data": word(U256::from(value)), "removed": false})
@@ -777,7 +777,11 @@ impl Pay {
 // ---- calls -----------------------------------------------------------------------------------------------
 
 /// `verify`: the payer it vouches for (checksummed), on the invoice's network.
-async fn verify(kit: &mut Kit, inv: &Invoice, proof: types::PaymentProof) -> Result<String, E> {
+pub(crate) async fn verify(
+    kit: &mut Kit,
+    inv: &Invoice,
+    proof: types::PaymentProof,
+) -> Result<String, E> {
     let inv = wit_invoice(inv);
     let v = kit
         .call(async move |a, g| g.verifier().call_verify(a, inv, proof).await)
@@ -1665,7 +1669,7 @@ async fn a_reverted_settlement_whose_authorization_was_executed_meanwhile_stays_
 /// The transaction `tx` executed (`event`: `AuthorizationUsed`) or canceled (`AuthorizationCanceled`) `p`'s
 /// authorization in block 0x11, moving `moved` (a Transfer log) if it executed: the token's log, and the
 /// receipt showing it, on `node`.
-fn used_by(node: &Node, p: &Pay, tx: B256, event: &str, moved: Option<Value>) {
+pub(crate) fn used_by(node: &Node, p: &Pay, tx: B256, event: &str, moved: Option<Value>) {
     let topic = keccak256(format!("{event}(address,bytes32)"));
     let log = json!({"address": USDC,
         "topics": [topic.to_string(), p.auth.from.into_word().to_string(), p.auth.nonce.to_string()],
@@ -3957,3 +3961,7 @@ async fn a_replay_fills_a_nonce_gap_behind_eight_recorded_reservations() {
 /// Refund paths a review found wanting (a sibling file: this one is long enough).
 #[path = "verifier_refunds.rs"]
 mod refunds_review;
+
+/// A resumed payment whose authorization was executed by someone else while its order waited (`executed`).
+#[path = "verifier_executed.rs"]
+mod executed;

@@ -8,8 +8,52 @@ use esim402_guest::wit;
 
 use super::super::log_events;
 use super::Attempt;
+use crate::invoices;
 
 impl Attempt<'_> {
+    /// Mark the invoice paid and log the settlement; `false` if it was already paid (a repeat) and this attempt
+    /// resumes nothing. A mark the store refuses is tried once more; one that still fails logs all the same (the
+    /// money moved, and this attempt is the first to see it), and the invoice stays unmarked (README, Known
+    /// gaps).
+    pub(super) async fn paid(&self, tx: &str, payer: &str) -> bool {
+        if self.paid_noted.get() {
+            return true;
+        }
+        let mark = || invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned());
+        let marked = match mark().await {
+            Err(e) if !matches!(e, wit::Error::Conflict(_)) => {
+                eprintln!(
+                    "gateway: marking {} paid failed, trying once more: {e:?}",
+                    self.invoice.id
+                );
+                mark().await
+            }
+            marked => marked,
+        };
+        let new = match &marked {
+            Ok(_) => true,
+            // A repeat after an interruption finds it paid already.
+            Err(wit::Error::Conflict(_)) => false,
+            Err(e) => {
+                eprintln!(
+                    "gateway: OPERATOR: {} is settled but could not be marked paid: {e:?}",
+                    self.invoice.id
+                );
+                true
+            }
+        };
+        self.marked.set(marked.is_ok() || !new);
+        if !self.logs(new) {
+            return false;
+        }
+        self.note(
+            EntryKind::SettlementConfirmed,
+            self.fields().payer(payer.to_owned()).tx_hash(tx.to_owned()),
+        );
+        self.paid_noted.set(true);
+        true
+    }
+
     /// The payment record's end for `end`: a payment marked paid whose ledger events this attempt could neither
     /// append nor park stays resumable (its answer stands), so the same payment sent again logs them (the ledger
     /// leaves out what landed); ended, nothing would log them again. Only once marked: a resumed payment whose

@@ -7,7 +7,7 @@ use esim402_core::{ApiError, ErrorKind};
 use esim402_guest::wit;
 
 use super::super::Order;
-use super::super::answers::{order_pending, uncharged, unsettled};
+use super::super::answers::{order_pending, order_pending_paid, uncharged, unsettled};
 use super::Attempt;
 use crate::{from_wit, verifier};
 
@@ -40,16 +40,20 @@ impl Attempt<'_> {
                     }
                     Ok(sim)
                 }
+                // Still with the carrier: its authorization was executed by another transaction while the order
+                // waited (verifier `executed`). Driven on as any order is; a failure is undelivered (its money
+                // moved, so it is owed back), and so is an order withdrawn meanwhile.
+                Ok(Some(sim)) if !top_up && sim.state == wit::SimState::Pending => {
+                    self.deliver_paid(order, verified).await
+                }
                 Ok(_) => Err(self.undelivered(verified).await),
                 Err(e) => Err((wit::PaymentEnd::Resume, unsettled(from_wit(e)))),
             };
         }
-        // Withdrawn by dispatch if left pending past the authorization's `validBefore`.
-        let withdraw = self
-            .proof
-            .valid_before()
-            .map(crate::dispatch::Withdrawal::UnsettledAfter);
-        match order.deliver_until(&self.invoice.id, payer, withdraw).await {
+        match order
+            .deliver_until(&self.invoice.id, payer, self.withdrawal())
+            .await
+        {
             Ok(sim) if sim.activation_code.is_some() => Ok(sim),
             Ok(_) => Err((wit::PaymentEnd::Resume, order_pending())),
             Err(e) => {
@@ -67,6 +71,65 @@ impl Attempt<'_> {
                 );
                 Err((wit::PaymentEnd::Done, uncharged(&err)))
             }
+        }
+    }
+
+    /// When dispatch withdraws the order if it is left pending: once the authorization's `validBefore` has passed.
+    fn withdrawal(&self) -> Option<crate::dispatch::Withdrawal> {
+        self.proof
+            .valid_before()
+            .map(crate::dispatch::Withdrawal::UnsettledAfter)
+    }
+
+    /// A claimed payment whose order is still with the carrier: its money moved, so it goes on as a tx-hash
+    /// payment's order does. The invoice is marked paid with its settlement (so a refund knows what it
+    /// returns), and the order is driven on, parked as paid if it stays pending (withdrawn only by the
+    /// operator's run, which owes the payment back; its unpaid entry leaves). Pending: the answer names the
+    /// transaction (`charged: true`) and the same payment sent again collects the SIM; failed: owed back.
+    async fn deliver_paid(
+        &self,
+        order: &Order,
+        verified: &wit::Verified,
+    ) -> Result<wit::Sim, (wit::PaymentEnd, StoredResponse)> {
+        let payer = verified.payer.as_str();
+        let settled = verifier::settle(self.invoice.clone(), self.proof.wit(), verified.clone());
+        let tx = match settled.await {
+            Ok(wit::Settlement::Settled(tx)) => tx,
+            Ok(wit::Settlement::Pending(tx)) => {
+                return Err((wit::PaymentEnd::Resume, self.pending(&tx, payer)));
+            }
+            Err(e) => return Err((wit::PaymentEnd::Resume, unsettled(from_wit(e)))),
+        };
+        self.paid(&tx, payer).await;
+        match order.deliver(&self.invoice.id, payer).await {
+            Ok(sim) if sim.activation_code.is_some() => Ok(sim),
+            Ok(sim) if sim.state == wit::SimState::Pending => Err((
+                wit::PaymentEnd::Resume,
+                order_pending_paid(&self.invoice.id, &tx),
+            )),
+            // Ended without a profile (withdrawn meanwhile): owed back.
+            Ok(_) => Err(self.undelivered(verified).await),
+            // A failed order, a fault, or another call driving it (dispatch answers several of these alike): its
+            // journal says which. Still pending: the money is named and the same payment sent again collects
+            // the SIM; delivered by that other call: delivered; gone: owed back.
+            Err(e) => match order.delivered_before(&self.invoice.id).await {
+                Ok(Some(sim)) if sim.activation_code.is_some() => Ok(sim),
+                Ok(Some(sim)) if sim.state == wit::SimState::Pending => Err((
+                    wit::PaymentEnd::Resume,
+                    order_pending_paid(&self.invoice.id, &tx),
+                )),
+                Ok(_) => Err(self.undelivered(verified).await),
+                Err(_) => {
+                    eprintln!(
+                        "gateway: the paid order of {} answered {e:?}; its journal is unreadable: the same payment sent again decides",
+                        self.invoice.id
+                    );
+                    Err((
+                        wit::PaymentEnd::Resume,
+                        order_pending_paid(&self.invoice.id, &tx),
+                    ))
+                }
+            },
         }
     }
 
