@@ -2110,7 +2110,9 @@ async fn a_v1_client_pays_with_x_payment_and_reads_x_payment_response() {
         )
         .await;
     assert_eq!(status, 409, "{again}");
-    // And with another request it is refused before anything happens.
+    // And with another request it is refused before anything happens, without naming the invoice it is bound
+    // to (anyone can rebuild a v1 payment from its settlement's calldata; the invoice's terms name the
+    // purchase).
     let (status, _, other) = s
         .post(
             "/v1/esim/activate",
@@ -2119,6 +2121,7 @@ async fn a_v1_client_pays_with_x_payment_and_reads_x_payment_response() {
         )
         .await;
     assert_eq!(status, 409, "{other}");
+    assert!(!other.to_string().contains("inv_"), "{other}");
     let (kinds, _) = s.ledger().await;
     assert_eq!(
         kinds

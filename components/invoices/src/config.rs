@@ -19,7 +19,7 @@ use esim402_core::invoice::keyring::{Keyring, Secrets};
 use esim402_core::invoice::token::InvoiceKey;
 use esim402_core::store::keys;
 use esim402_core::x402::NetworkConfig;
-use esim402_guest::config::optional_var;
+use esim402_guest::config::{optional_var, secret_var};
 use esim402_guest::convert::{internal, kv_fault};
 use esim402_guest::kv;
 use esim402_guest::{instance_cache, wit};
@@ -88,8 +88,11 @@ async fn load() -> Result<Config, wit::Error> {
 /// secret set it is read, if it exists, and opens the ids it sealed as legacy (only for payments recorded
 /// here: resumes, refunds, reads). The salt is made only with secrets.
 async fn keyring() -> Result<Keyring, wit::Error> {
-    let current = optional_var("invoice_secret").await;
-    let previous = optional_var("invoice_secret_previous").await;
+    let unreadable = |e: esim402_guest::config::VarError| config_error(e.name, e.problem);
+    let current = secret_var("invoice_secret").await.map_err(unreadable)?;
+    let previous = secret_var("invoice_secret_previous")
+        .await
+        .map_err(unreadable)?;
     let secrets = Secrets::parse(current.as_deref(), previous.as_deref())
         .map_err(|e| config_error(e.variable, e.reason))?;
     let generated = match secrets.current {

@@ -4,7 +4,7 @@
 //! kernel's (`invoice::token`, `paid`, `ledger`); this component loads, asks them, and stores.
 //!
 //! Keys it writes (see `esim402_core::store::keys`): `invoice/`, `payid/`, `x402/v1/`, `ledger/`,
-//! `secret/invoice-key`.
+//! `secret/invoice-key`, `secret/invoice-salt`.
 
 mod bindings {
     #![allow(

@@ -136,6 +136,9 @@ fn record_error(id: &str, e: KvError<RecordError>) -> wit::Error {
         KvError::Refused(RecordError::AlreadyPaid) => {
             wit::Error::Conflict(format!("invoice {id} is paid already"))
         }
+        KvError::Refused(RecordError::AlreadyPaidSame) => {
+            wit::Error::Conflict(format!("invoice {id} {}", paid::PAID_BY_THIS_TRANSACTION))
+        }
         KvError::Refused(e @ (RecordError::NoRecord | RecordError::NotPaid)) => {
             wit::Error::Conflict(format!("invoice {id}: {e}"))
         }
@@ -155,7 +158,12 @@ pub async fn mark_paid(
         PaymentRecord::mark_paid(current, transaction, payer)
     })
     .await
-    .map_err(|e| record_error(id, e))?;
+    .map_err(|e| match e {
+        // Money moved for an invoice whose payment record is gone (a store that lost it): a fault the caller
+        // logs for an operator, not a repeat's conflict.
+        KvError::Refused(e @ RecordError::NoRecord) => internal(format!("invoice {id}: {e}")),
+        e => record_error(id, e),
+    })?;
     invoice_after(id, &record).await
 }
 

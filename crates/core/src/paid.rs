@@ -177,6 +177,11 @@ pub enum End {
     Done,
 }
 
+/// How the invoices component's `mark-paid` refusal ends when the invoice was marked paid before with the same
+/// transaction and payer ([`RecordError::AlreadyPaidSame`]): a caller whose own first mark failed on the way
+/// back and whose retry reads this knows the first one landed.
+pub const PAID_BY_THIS_TRANSACTION: &str = "is paid already by this transaction";
+
 /// Why a record update was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -186,9 +191,13 @@ pub enum RecordError {
     /// The caller no longer holds it (a duplicate took it over after the lease).
     #[error("the payment record is held by another driver")]
     NotHolder,
-    /// It was marked paid before (by this or another call).
+    /// It was marked paid before, by another transaction or payer.
     #[error("invoice is paid already")]
     AlreadyPaid,
+    /// It was marked paid before with this very transaction and payer: a repeat, or a retry whose first mark
+    /// landed and only its answer was lost ([`PAID_BY_THIS_TRANSACTION`]).
+    #[error("invoice is paid already by this transaction")]
+    AlreadyPaidSame,
     /// Nothing was paid, so nothing can be owed back.
     #[error("nothing was paid for this invoice")]
     NotPaid,
@@ -244,8 +253,14 @@ impl PaymentRecord {
         payer: &str,
     ) -> Result<Self, RecordError> {
         let mut rec = current.ok_or(RecordError::NoRecord)?;
-        if rec.paid.is_some() {
-            return Err(RecordError::AlreadyPaid);
+        if let Some(p) = &rec.paid {
+            return Err(
+                if (p.transaction.as_str(), p.payer.as_str()) == (transaction, payer) {
+                    RecordError::AlreadyPaidSame
+                } else {
+                    RecordError::AlreadyPaid
+                },
+            );
         }
         rec.paid = Some(Paid {
             transaction: transaction.to_owned(),
@@ -679,6 +694,15 @@ mod tests {
         let paid = PaymentRecord::mark_paid(Some(r), "0xtx", "0xpayer").unwrap();
         assert_eq!(
             PaymentRecord::mark_paid(Some(paid.clone()), "0xother", "0xpayer"),
+            Err(RecordError::AlreadyPaid)
+        );
+        // The same mark again (a retry whose first answer was lost) says so, apart from another payment's.
+        assert_eq!(
+            PaymentRecord::mark_paid(Some(paid.clone()), "0xtx", "0xpayer"),
+            Err(RecordError::AlreadyPaidSame)
+        );
+        assert_eq!(
+            PaymentRecord::mark_paid(Some(paid.clone()), "0xtx", "0xsomeone"),
             Err(RecordError::AlreadyPaid)
         );
         let refunded = PaymentRecord::mark_refunded(Some(paid.clone())).unwrap();

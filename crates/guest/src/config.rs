@@ -13,6 +13,20 @@ pub async fn optional_var(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// A secret variable, trimmed; `None` only when unset (undefined, or blank). A variable provider that fails
+/// (a vault unreachable) is an error naming the variable, never taken for "unset": a component that falls back
+/// to a store-generated key when a secret is unset must not do so because its provider failed once.
+pub async fn secret_var(name: &'static str) -> Result<Option<String>, VarError> {
+    match spin_sdk::variables::get(name).await {
+        Ok(v) => Ok(Some(v.trim().to_owned()).filter(|v| !v.is_empty())),
+        Err(spin_sdk::variables::Error::Undefined(_)) => Ok(None),
+        Err(_) => Err(VarError {
+            name,
+            problem: "could not be read from its provider".to_owned(),
+        }),
+    }
+}
+
 /// A variable that is missing or invalid: its name and why (never its value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VarError {

@@ -224,12 +224,15 @@ pub async fn pay(
     request_fingerprint: String,
 ) -> Result<StoredResponse, ApiError> {
     if !order.matches(&invoice.purchase) {
+        // An x402 v1 payment names no invoice (its binding found it), and anyone can rebuild it from its
+        // settlement's calldata: its invoice, whose terms name the purchase, is not told.
+        let which = match proof.kind {
+            Kind::V1 => "the invoice this payment is bound to".to_owned(),
+            _ => format!("invoice {}", invoice.id),
+        };
         return Err(ApiError::new(
             ErrorKind::Conflict,
-            format!(
-                "invoice {} pays for a different request; send the request it was issued for",
-                invoice.id
-            ),
+            format!("{which} pays for a different request; send the request it was issued for"),
         ));
     }
     let replay_allowed = match proof.payment_id()? {

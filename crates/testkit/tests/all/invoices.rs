@@ -214,6 +214,42 @@ async fn racing_mark_paid_calls_have_exactly_one_winner() {
     assert_eq!(read.status, types::InvoiceStatus::Paid);
     assert_eq!(read.transaction, winners[0].transaction);
     assert_eq!(read.payer.as_deref(), Some("0xpayer"));
+
+    // The winner's mark sent again (a retry whose first answer was lost) is told apart from another's, so the
+    // gateway knows its own first mark landed; a mark without a payment record is a fault, not a repeat.
+    let (id, tx) = (inv.id.clone(), winners[0].transaction.clone().unwrap());
+    let again = kit
+        .call(async move |a, g| {
+            g.invoices()
+                .call_mark_paid(a, id, tx, "0xpayer".into())
+                .await
+        })
+        .await
+        .unwrap();
+    let same = esim402_core::paid::PAID_BY_THIS_TRANSACTION;
+    assert!(
+        matches!(&again, Err(types::Error::Conflict(m)) if m.ends_with(same)),
+        "{again:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, types::Error::Conflict(m) if !m.ends_with(same)))
+    );
+    let unpaid = issue(&mut kit, 420_000, 1_000).await;
+    let orphan = kit
+        .call(async move |a, g| {
+            g.invoices()
+                .call_mark_paid(a, unpaid.id, "0x01".into(), "0xpayer".into())
+                .await
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&orphan, Err(types::Error::Internal(_))),
+        "{orphan:?}"
+    );
 }
 
 #[tokio::test]

@@ -163,7 +163,7 @@ async fn an_unreadable_chain_claims_nothing() {
     let mut kit = kit(&node, &[]).await;
     let inv = invoice(66, None);
     let p = pay(&inv);
-    let theirs = paid_by(&node, &p, 0xe6);
+    paid_by(&node, &p, 0xe6);
     node.set(|c| {
         c.nonce_used = true;
         c.errors

@@ -20,18 +20,24 @@ impl Attempt<'_> {
             return true;
         }
         let mark = || invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned());
-        let marked = match mark().await {
+        let (marked, retried) = match mark().await {
             Err(e) if !matches!(e, wit::Error::Conflict(_)) => {
                 eprintln!(
                     "gateway: marking {} paid failed, trying once more: {e:?}",
                     self.invoice.id
                 );
-                mark().await
+                (mark().await, true)
             }
-            marked => marked,
+            marked => (marked, false),
         };
         let new = match &marked {
             Ok(_) => true,
+            // Our own first mark landed and only its answer was lost: this attempt marked it.
+            Err(wit::Error::Conflict(m))
+                if retried && m.ends_with(paid::PAID_BY_THIS_TRANSACTION) =>
+            {
+                true
+            }
             // A repeat after an interruption finds it paid already.
             Err(wit::Error::Conflict(_)) => false,
             Err(e) => {
