@@ -37,6 +37,12 @@ pub async fn pending(cfg: &Config, withdraw: Option<Withdraw>, sim: StoredSim) -
             let item = Parked::paid(&sim, since.saturating_add(cfg.paid_pending_secs));
             if park(&item).await {
                 unpark_unpaid(&item).await;
+            } else {
+                eprintln!(
+                    "dispatch: OPERATOR: the paid order of invoice {} (profile {} at {}) could not be parked as \
+                     paid: if an unpaid entry withdraws it, its payment must be refunded by hand",
+                    item.invoice, item.iccid, item.carrier
+                );
             }
         }
         None => {}
@@ -54,7 +60,7 @@ fn key_of(paid: bool) -> &'static str {
 }
 
 /// Whether `item`'s order's profile is parked as paid (a failed read counts as not: parked unpaid as before).
-async fn parked_as_paid(item: &Parked) -> bool {
+pub(super) async fn parked_as_paid(item: &Parked) -> bool {
     matches!(
         kv::get_json::<Vec<Parked>, ()>(keys::CLEANUP_PARKED_PAID).await,
         Ok(Some(list)) if list.iter().any(|p| p.same_order(item))

@@ -36,6 +36,11 @@ pub(super) async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, no
         Withdrawal::Later(until) => return Outcome::Again(until),
         Withdrawal::Proceed => {}
     }
+    // An unpaid entry whose order is parked as paid since (its money moved; a driver that started before that
+    // parked it unpaid again): only the paid entry withdraws it, owing the payment back.
+    if !item.paid && super::parked_as_paid(item).await {
+        return Outcome::Gone;
+    }
     let lease = order::lease_secs(cfg.budget.as_secs(), cfg.call_timeout.as_secs());
     let driver = match journal::claim(invoice, now, lease).await {
         Ok(Ok(driver)) => driver,

@@ -16,7 +16,8 @@ impl Attempt<'_> {
     /// money moved, and this attempt is the first to see it), and the invoice stays unmarked (README, Known
     /// gaps).
     pub(super) async fn paid(&self, tx: &str, payer: &str) -> bool {
-        if self.paid_noted.get() {
+        // Noted and marked by this attempt already: nothing more (a mark that failed is tried again below).
+        if self.paid_noted.get() && self.marked.get() {
             return true;
         }
         let mark = || invoices::mark_paid(self.invoice.id.clone(), tx.to_owned(), payer.to_owned());
@@ -48,7 +49,12 @@ impl Attempt<'_> {
                 true
             }
         };
-        self.marked.set(marked.is_ok() || !new);
+        // Marked by this attempt, or found marked (a repeat, or this attempt's own retried mark).
+        self.marked
+            .set(matches!(marked, Ok(_) | Err(wit::Error::Conflict(_))));
+        if self.paid_noted.get() {
+            return true;
+        }
         if !self.logs(new) {
             return false;
         }
