@@ -216,6 +216,9 @@ impl PaymentRecord {
             return Err(RecordError::NotHolder);
         }
         match end {
+            // Money moved for it (the invoice is marked paid): never free for another payment to drive; the
+            // same payment sent again decides again.
+            End::Release if rec.paid.is_some() => rec.state = PaymentState::Resumable,
             End::Release => rec.state = PaymentState::Released,
             End::Resume => rec.state = PaymentState::Resumable,
             End::Done => {
@@ -348,6 +351,10 @@ pub fn decide(
     };
     let same = rec.fingerprint == fingerprint;
     match rec.state {
+        // One released after its money moved (by an earlier build): only the same payment drives it again.
+        PaymentState::Released if rec.paid.is_some() && !same => {
+            Decision::AlreadySettled("already settled: another payment holds this invoice")
+        }
         PaymentState::Released => drive(),
         PaymentState::Done => match &rec.response {
             // A failure that ended the invoice (nothing was paid) is everyone's answer: the payment's own, as
@@ -682,6 +689,42 @@ mod tests {
         );
         let released = PaymentRecord::finish(Some(rec), "h0", End::Release, &ok).unwrap();
         assert_eq!(released.state, PaymentState::Released);
+    }
+
+    #[test]
+    fn a_paid_record_is_never_released_to_another_payment() {
+        let r = rec(PaymentState::Working, "a", 200, None);
+        let h = r.holder.clone();
+        let paid = PaymentRecord::mark_paid(Some(r), "0xtx", "0xpayer").unwrap();
+        let answer = StoredResponse {
+            status: 402,
+            headers: vec![],
+            body: "{}".into(),
+        };
+        // Its attempt ending as "nothing moved" keeps it resumable, for the same payment only.
+        let ended = PaymentRecord::finish(Some(paid.clone()), &h, End::Release, &answer).unwrap();
+        assert_eq!(ended.state, PaymentState::Resumable);
+        assert!(matches!(
+            decide(Some(&ended), "b", "h2", false, 10_000),
+            Decision::AlreadySettled(_)
+        ));
+        assert!(matches!(
+            decide(Some(&ended), "a", "h2", false, 10_000),
+            Decision::Drive(_)
+        ));
+        // A paid record an earlier build released: the same.
+        let released = PaymentRecord {
+            state: PaymentState::Released,
+            ..paid
+        };
+        assert!(matches!(
+            decide(Some(&released), "b", "h2", false, 10_000),
+            Decision::AlreadySettled(_)
+        ));
+        assert!(matches!(
+            decide(Some(&released), "a", "h2", false, 10_000),
+            Decision::Drive(_)
+        ));
     }
 
     #[test]
