@@ -81,7 +81,8 @@ pub async fn decide(
 /// transaction that used it moved this payment's money (the record confirmed by it, its `txhash/` key claimed);
 /// `false` when nothing of it moved (unused, or used by a cancel or other money). Nothing is claimed unless the
 /// chain shows it used (an unreadable chain is an error, an unused one `false`), and a claim made is released
-/// unless the authorization's fate stays unknown. The record is dated `at`, inside the authorization's window
+/// unless the authorization's fate stays unknown (no log found yet, or the chain stops answering between the
+/// claim and the decision: held, as [`decide`] holds it). The record is dated `at`, inside the authorization's window
 /// (kernel `settlement::used_claimed_at`), so the same payment sent again replays it; its `updated_at` is now.
 /// Someone else's claim found first, or a verdict the chain cannot give yet, is an error that decides nothing
 /// (the gateway keeps the payment open).
