@@ -54,12 +54,13 @@ pub fn order_pending() -> StoredResponse {
     stored(503, vec![retry_after()], body.to_string())
 }
 
-/// The order of a tx-hash payment is still running at the carrier: its transfer (`tx`) is already ours, so the
-/// answer says so (`charged: true`) and names it; the same proof sent again collects the SIM (or, if the order
-/// then fails, the refund).
+/// The order of a payment whose money moved (a tx-hash payment's transfer, or an `exact` authorization another
+/// transaction executed while the order waited) is still running at the carrier: the money (`tx`) is already
+/// ours, so the answer says so (`charged: true`) and names it; the same payment sent again collects the SIM
+/// (or, if the order then fails, the refund).
 pub fn order_pending_paid(invoice: &str, tx: &str) -> StoredResponse {
     let body = json!({"error": {"code": "unavailable",
-        "message": "the carrier has not confirmed the profile yet; the payment was received and is kept for this order; send the same proof again shortly to collect the SIM"},
+        "message": "the carrier has not confirmed the profile yet; the payment was received and is kept for this order; send the same payment again shortly to collect the SIM"},
         "charged": true, "invoice_id": invoice, "transaction": tx});
     stored(503, vec![retry_after()], body.to_string())
 }
