@@ -182,6 +182,20 @@ pub(crate) fn agent(url: &str, dir: &std::path::Path) -> crate::Agent {
     .unwrap()
 }
 
+/// [`agent`], paying within a wallet-wide daily cap of 20 USDC whose spends are kept in `wallet` (the root state
+/// directory the CLI's runs share).
+pub(crate) fn budgeted_agent(
+    url: &str,
+    dir: &std::path::Path,
+    wallet: &std::path::Path,
+) -> crate::Agent {
+    let budget = std::sync::Arc::new(crate::budget::Budget::new(
+        "20".parse().unwrap(),
+        crate::StateDir::new(wallet),
+    ));
+    agent(url, dir).with_budget(budget)
+}
+
 /// The replay slot of a body-less `method path` from a device named by its source address, without credentials.
 pub(crate) fn plain_slot(method: &str, path: &str) -> crate::replay::Slot {
     let from = crate::replay::Requester {

@@ -770,7 +770,7 @@ mod tests {
     use crate::config::WalletKey;
     use tokio::io::AsyncReadExt as _;
 
-    use crate::testing::agent;
+    use crate::testing::{agent, budgeted_agent};
 
     #[tokio::test]
     async fn https_facilitators_are_spoken_to_in_tls() {
@@ -1254,11 +1254,7 @@ mod tests {
         .await;
         let dir = tempfile::tempdir().unwrap();
         let wallet = tempfile::tempdir().unwrap();
-        let budget = std::sync::Arc::new(crate::budget::Budget::new(
-            "20".parse().unwrap(),
-            StateDir::new(wallet.path()),
-        ));
-        let a = agent(&f.url, dir.path()).with_budget(budget);
+        let a = budgeted_agent(&f.url, dir.path(), wallet.path());
         let e = a.activate(&buy()).await.unwrap_err();
         assert!(matches!(e, AgentError::Refused { status: 410, .. }), "{e}");
         assert!(e.to_string().contains("nothing was charged"), "{e}");
@@ -1460,11 +1456,7 @@ mod tests {
         .await;
         let dir = tempfile::tempdir().unwrap();
         let wallet = tempfile::tempdir().unwrap();
-        let budget = std::sync::Arc::new(crate::budget::Budget::new(
-            "20".parse().unwrap(),
-            StateDir::new(wallet.path()),
-        ));
-        let a = agent(&f.url, dir.path()).with_budget(budget);
+        let a = budgeted_agent(&f.url, dir.path(), wallet.path());
         for status in [403, 404] {
             let e = a.activate(&buy()).await.unwrap_err();
             assert!(
@@ -1503,11 +1495,7 @@ mod tests {
         let f = crate::testing::facilitator(vec![(403, Value::Null)]).await;
         let dir = tempfile::tempdir().unwrap();
         let wallet = tempfile::tempdir().unwrap();
-        let budget = std::sync::Arc::new(crate::budget::Budget::new(
-            "20".parse().unwrap(),
-            StateDir::new(wallet.path()),
-        ));
-        let a = agent(&f.url, dir.path()).with_budget(budget);
+        let a = budgeted_agent(&f.url, dir.path(), wallet.path());
         let e = a.activate(&buy()).await.unwrap_err();
         assert!(
             matches!(e, AgentError::Unavailable { pending: true, .. }),
@@ -1551,11 +1539,7 @@ mod tests {
             let f = crate::testing::facilitator(vec![(status, Value::Null)]).await;
             let dir = tempfile::tempdir().unwrap();
             let wallet = tempfile::tempdir().unwrap();
-            let budget = std::sync::Arc::new(crate::budget::Budget::new(
-                "20".parse().unwrap(),
-                StateDir::new(wallet.path()),
-            ));
-            let a = agent(&f.url, dir.path()).with_budget(budget);
+            let a = budgeted_agent(&f.url, dir.path(), wallet.path());
             let e = a.activate(&buy()).await.unwrap_err();
             assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{status}: {e}");
             assert!(e.to_string().contains("nothing was charged"), "{e}");

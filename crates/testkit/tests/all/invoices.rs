@@ -551,6 +551,17 @@ pub(crate) async fn ledger_check(kit: &mut Kit) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// [`ledger_check`], asserted to verify with `count` entries; the check, for what else a test reads of it.
+pub(crate) async fn ledger_ok(kit: &mut Kit, count: u64) -> serde_json::Value {
+    let check = ledger_check(kit).await;
+    assert_eq!(
+        (&check["ok"], &check["count"]),
+        (&json!(true), &json!(count)),
+        "{check}"
+    );
+    check
+}
+
 /// The ledger's entries (`ledger-export`): one shard's, or (no shard) every shard's merged by time.
 pub(crate) async fn ledger_entries(kit: &mut Kit, shard: Option<u16>) -> Vec<serde_json::Value> {
     let lines = kit
@@ -595,12 +606,7 @@ async fn events_whose_append_fails_are_parked_and_drained_once() {
     );
 
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
-    let check = ledger_check(&mut kit).await;
-    assert_eq!(
-        (&check["ok"], &check["count"]),
-        (&json!(true), &json!(2)),
-        "{check}"
-    );
+    let check = ledger_ok(&mut kit, 2).await;
     assert!(check.get("parked").is_none(), "{check}");
     let again = ledger_check(&mut kit).await;
     assert_eq!(again["count"], 2, "drained once: {again}");
@@ -667,12 +673,7 @@ async fn a_lapsed_drain_is_taken_over_without_appending_twice() {
     // What the lapsed drain appended before it stopped.
     log(&mut kit, 1_000, vec![appended]).await.unwrap();
 
-    let check = ledger_check(&mut kit).await;
-    assert_eq!(
-        (&check["ok"], &check["count"]),
-        (&json!(true), &json!(2)),
-        "{check}"
-    );
+    let check = ledger_ok(&mut kit, 2).await;
     assert!(check.get("parked").is_none(), "{check}");
     let tags: Vec<String> = ledger_entries(&mut kit, Some(shard))
         .await
@@ -734,12 +735,7 @@ async fn an_entry_claimed_but_never_written_is_not_appended_again() {
         .unwrap();
     assert!(kit.kv().get(&key).await.unwrap().is_none());
 
-    let check = ledger_check(&mut kit).await;
-    assert_eq!(
-        (&check["ok"], &check["count"]),
-        (&json!(true), &json!(2)),
-        "{check}"
-    );
+    let check = ledger_ok(&mut kit, 2).await;
     assert!(check.get("parked").is_none(), "{check}");
     let kinds: Vec<String> = ledger_entries(&mut kit, Some(shard))
         .await
@@ -972,12 +968,7 @@ async fn a_resumed_attempt_whose_repeat_check_fails_parks_its_events_for_the_dra
         .unwrap();
     assert!(logged.is_ok(), "parked is logged: {logged:?}");
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
-    let check = ledger_check(&mut kit).await;
-    assert_eq!(
-        (&check["ok"], &check["count"]),
-        (&json!(true), &json!(4)),
-        "{check}"
-    );
+    let check = ledger_ok(&mut kit, 4).await;
     assert!(check.get("parked").is_none(), "{check}");
     let shard = esim402_core::ledger::shard_of("inv_rs");
     let kinds: Vec<String> = ledger_entries(&mut kit, Some(shard))
@@ -1145,12 +1136,7 @@ async fn a_store_failure_on_one_shard_does_not_stop_the_drain_of_the_others() {
     assert_eq!(ids, ["down"]);
 
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
-    let check = ledger_check(&mut kit).await;
-    assert_eq!(
-        (&check["ok"], &check["count"]),
-        (&json!(true), &json!(2)),
-        "{check}"
-    );
+    let check = ledger_ok(&mut kit, 2).await;
     assert!(check.get("parked").is_none(), "{check}");
 }
 
@@ -1171,12 +1157,7 @@ async fn an_unreadable_head_does_not_stop_the_drain_of_the_other_shards() {
     let ids = outbox_ids(&kit).await;
     assert_eq!(ids, ["down"]);
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
-    let check = ledger_check(&mut kit).await;
-    assert_eq!(
-        (&check["ok"], &check["count"]),
-        (&json!(true), &json!(2)),
-        "{check}"
-    );
+    ledger_ok(&mut kit, 2).await;
 }
 
 /// A parked batch whose first shard's run wrote its entries but could not advance that shard's head is counted
@@ -1286,23 +1267,13 @@ async fn a_check_helps_a_stranded_head_past_the_entries_continuing_it() {
         )
         .await
         .unwrap();
-    let check = ledger_check(&mut kit).await;
-    assert_eq!(
-        (&check["ok"], &check["count"]),
-        (&json!(true), &json!(1)),
-        "{check}"
-    );
+    let check = ledger_ok(&mut kit, 1).await;
     assert!(check.get("pending").is_none(), "{check}");
     // The next append chains after it.
     log(&mut kit, 1_001, vec![ledger_event("refund_owed", invoice)])
         .await
         .unwrap();
-    let check = ledger_check(&mut kit).await;
-    assert_eq!(
-        (&check["ok"], &check["count"]),
-        (&json!(true), &json!(2)),
-        "{check}"
-    );
+    ledger_ok(&mut kit, 2).await;
 }
 
 /// A ledger entry that does not parse is reported to the (anonymous) caller by shard and seq only: not the
