@@ -703,6 +703,72 @@ async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
     assert_eq!(status, 409, "{other}");
 }
 
+/// The carrier's quota grants reserve their bytes (kernel `usage::grant`): two asked before any report hand the
+/// balance out once (before, both were granted 600 of 1 000 KB and the network could carry 1 200 KB on it); the
+/// owner's request is advice and reserves nothing; a terminate right after a grant leaves the grant's bytes out
+/// of its refund (before, it refunded them and the carrier reported them later, charged to a closed account).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn carrier_grants_reserve_their_bytes_and_a_terminate_leaves_them_out_of_its_refund() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 1).await;
+    let data = format!("/v1/esim/{iccid}/data");
+    let carrier = [("authorization", "Bearer test-callback-tmobile".to_owned())];
+    let (status, _, first) = s.post(&data, &json!({"quota_kb": 600}), &carrier).await;
+    assert_eq!(
+        (status, &first["granted_kb"]),
+        (200, &json!(600)),
+        "{first}"
+    );
+    assert!(first["valid_until"].as_u64().unwrap() > now(), "{first}");
+    let (status, _, second) = s.post(&data, &json!({"quota_kb": 600}), &carrier).await;
+    assert_eq!(
+        (status, &second["granted_kb"]),
+        (200, &json!(400)),
+        "{second}"
+    );
+    assert_eq!(second["reserved_bytes"], 1_000_000, "{second}");
+    let (status, _, third) = s.post(&data, &json!({"quota_kb": 600}), &carrier).await;
+    assert_eq!(
+        (status, &third["status"]),
+        (402, &json!("low_balance")),
+        "{third}"
+    );
+    // The owner is told what is left to grant, and reserves nothing.
+    let b = balance(&s, &iccid).await;
+    assert_eq!(
+        (&b["reserved_bytes"], &b["low"]),
+        (&json!(1_000_000), &json!(true)),
+        "{b}"
+    );
+
+    // 250 KB of the grants reported, then the SIM terminated: the 750 KB granted and not reported yet are not
+    // refunded, so nothing is.
+    let (status, _, r) = s
+        .post(
+            "/v1/usage",
+            &json!({"receipts": [receipt(&iccid, "s", 1, 250_000, "310-260")]}),
+            &[],
+        )
+        .await;
+    assert_eq!((status, &r["totals"]["accepted"]), (200, &json!(1)), "{r}");
+    let (status, _, term) = s
+        .post(&format!("/v1/esim/{iccid}/terminate"), &json!({}), &[])
+        .await;
+    assert_eq!(status, 200, "{term}");
+    assert_eq!(term["refunds"], json!([]), "{term}");
+    // The grants' usage reported after the terminate is charged.
+    let (status, _, r) = s
+        .post(
+            "/v1/usage",
+            &json!({"receipts": [receipt(&iccid, "s", 2, 750_000, "310-260")]}),
+            &[],
+        )
+        .await;
+    assert_eq!((status, &r["totals"]["accepted"]), (200, &json!(1)), "{r}");
+    let (status, _, refused) = s.post(&data, &json!({"quota_kb": 1}), &carrier).await;
+    assert_eq!(status, 409, "{refused}");
+}
+
 /// Terminate SIM `iccid` (its access token): its one refund and the whole answer.
 async fn terminated_unused(s: &PayStack, iccid: &str) -> (Value, Value) {
     let (status, _, term) = s

@@ -84,7 +84,8 @@ pub fn sim_value(s: &wit::Sim) -> Value {
     })
 }
 
-/// A balance as JSON: bytes and whole KB left (`remaining_kb` rounds down), credited and used.
+/// A balance as JSON: bytes and whole KB left (`remaining_kb` rounds down), credited and used, and the bytes
+/// quota grants hold that usage has not reported yet (`reserved_bytes`: not grantable again meanwhile).
 pub fn balance_value(b: &wit::Balance) -> Value {
     use esim402_core::usage::account::BYTES_PER_KB;
     let left = u64::try_from(b.remaining_bytes.max(0)).unwrap_or(0);
@@ -94,22 +95,28 @@ pub fn balance_value(b: &wit::Balance) -> Value {
         "remaining_bytes": b.remaining_bytes,
         "credited_bytes": b.credited_bytes,
         "used_bytes": b.used_bytes,
+        "reserved_bytes": b.reserved_bytes,
         "low": b.low,
         "suspended_for_balance": b.suspended_for_balance,
         "closed": b.closed,
     })
 }
 
-/// The answer to a quota request that is granted (kernel `decide_quota`); `quota` is the request's.
-pub fn quota_value(b: &wit::Balance, quota: Option<u64>) -> Value {
-    use esim402_core::usage::account::{BYTES_PER_KB, Quota, decide_quota};
-    let mut v = balance_value(b);
-    let (granted, status) = match decide_quota(i128::from(b.remaining_bytes), quota) {
-        Quota::Grant { bytes, .. } => (bytes, "granted"),
-        Quota::Low { .. } => (0, "low_balance"),
+/// The answer to a quota request metering decided (`metering::grant`: its bytes reserved, kernel
+/// `usage::grant`): the balance after it, and what was granted until when (`low_balance` and 0 if nothing).
+pub fn quota_value(g: &crate::metering::Granted) -> Value {
+    use esim402_core::usage::account::BYTES_PER_KB;
+    let mut v = balance_value(&g.balance);
+    let status = if g.bytes > 0 {
+        "granted"
+    } else {
+        "low_balance"
     };
     v["status"] = Value::String(status.into());
-    v["granted_bytes"] = granted.into();
-    v["granted_kb"] = (granted / BYTES_PER_KB).into();
+    v["granted_bytes"] = g.bytes.into();
+    v["granted_kb"] = (g.bytes / BYTES_PER_KB).into();
+    if g.bytes > 0 {
+        v["valid_until"] = g.valid_until.into();
+    }
     v
 }

@@ -98,6 +98,9 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         invoice_id: body_invoice,
         payer,
     } = QuotaRequest::parse(&body)?;
+    // The SIM's carrier asks for the quota its network moves data against (online charging): its grants are
+    // reserved. The owner's are advice (nothing reserved).
+    let by_carrier = matches!(credential, Ok(wit::Credential::Carrier(_)));
     let owner = match credential {
         Ok(c) => crate::auth::open(iccid, c).await,
         Err(e) => Err(e),
@@ -145,6 +148,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             // The balance and the grant the retried request asked for, for its owner or carrier while the SIM
             // is in service (no grant for one its owner suspended).
             show_balance: owner.as_ref().is_ok_and(in_service),
+            by_carrier,
         };
         let fingerprint = request_fingerprint(&format!("data/{iccid}"), &body, &proof);
         let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
@@ -167,9 +171,21 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             return payment_required(&invoice, &q, &url, Some(extra));
         }
     };
-    let balance = metering::get_balance(iccid.to_owned())
-        .await
-        .map_err(from_wit)?;
+    // A SIM in service asked for quota: metering grants it (reserving it for the carrier, kernel
+    // `usage::grant`). A grant of nothing leaves the balance below (low, or closed) to answer as any other.
+    let balance = if top_up_mb.is_none() && in_service(&sim) {
+        let granted = metering::grant(iccid.to_owned(), quota, by_carrier, now())
+            .await
+            .map_err(from_wit)?;
+        if granted.bytes > 0 {
+            return Ok(json(200, crate::convert::quota_value(&granted).to_string()));
+        }
+        granted.balance
+    } else {
+        metering::get_balance(iccid.to_owned())
+            .await
+            .map_err(from_wit)?
+    };
     if balance.closed {
         return Err(ApiError::new(
             esim402_core::ErrorKind::Conflict,
@@ -178,22 +194,17 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     }
     // `low` is the kernel's decision (`decide_quota` below the low-water mark, or suspended for balance). A
     // request that names `top_up_mb` buys that top-up whatever the balance (a proactive purchase).
+    // (A SIM in service that was granted nothing is low: metering's `low` and its grant are one decision.)
     if !balance.low && top_up_mb.is_none() {
         // Suspend and terminate are recorded here only (ES2+ cannot push them to the network), so the grant
         // is where they stop data: none for a SIM not in service (a top-up may still be bought).
-        if !in_service(&sim) {
-            let why = match sim.state {
-                wit::SimState::Suspended if sim.held_by_owner => "suspended by its owner",
-                state => crate::convert::sim_state(state),
-            };
-            return Err(ApiError::new(
-                esim402_core::ErrorKind::Conflict,
-                format!("SIM {iccid} is {why}: no quota is granted"),
-            ));
-        }
-        return Ok(json(
-            200,
-            crate::convert::quota_value(&balance, quota).to_string(),
+        let why = match sim.state {
+            wit::SimState::Suspended if sim.held_by_owner => "suspended by its owner",
+            state => crate::convert::sim_state(state),
+        };
+        return Err(ApiError::new(
+            esim402_core::ErrorKind::Conflict,
+            format!("SIM {iccid} is {why}: no quota is granted"),
         ));
     }
     let mut sizes = vec![offered];

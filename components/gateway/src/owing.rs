@@ -15,7 +15,7 @@ use crate::{from_wit, metering, now, pay};
 /// recorded now ([`Owed::retry`]) fails the call (503, never a 200 listing fewer): the access token is revoked,
 /// so it says to terminate again with the wallet, which owes (once per invoice) what this call did not.
 pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
-    let shares = match metering::close(iccid.to_owned()).await {
+    let shares = match metering::close(iccid.to_owned(), now()).await {
         Ok(s) => s,
         Err(wit::Error::NotFound(_)) => return Ok(Vec::new()),
         Err(e) => return Err(from_wit(e)),

@@ -8,6 +8,7 @@ use esim402_core::store::keys;
 use esim402_core::usage::account::{
     Account, AccountError, Credit, CreditKind, Quota, RefundShare, decide_quota,
 };
+use esim402_core::usage::grant::{self, Reservation};
 use esim402_core::{CarrierId, UsdcAmount};
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, kv_fault};
 use esim402_guest::kv::{self, Change};
@@ -32,8 +33,11 @@ pub async fn load(iccid: &str) -> Result<Option<Account>, wit::Error> {
         .map_err(kv_err)
 }
 
-pub fn to_wit(a: &Account, used: u64) -> wit::Balance {
+/// `a`'s balance at the used counter `used`, with `reserved` bytes granted and not reported yet (counted in
+/// `low`: kernel `usage::grant`).
+pub fn to_wit(a: &Account, used: u64, reserved: u64) -> wit::Balance {
     let remaining = a.remaining(used);
+    let grantable = remaining - i128::from(reserved);
     wit::Balance {
         iccid: a.iccid.to_string(),
         credited_bytes: a.credited(),
@@ -43,7 +47,8 @@ pub fn to_wit(a: &Account, used: u64) -> wit::Balance {
         } else {
             i64::MAX
         }),
-        low: a.suspended_for_balance || matches!(decide_quota(remaining, None), Quota::Low { .. }),
+        reserved_bytes: reserved,
+        low: a.suspended_for_balance || matches!(decide_quota(grantable, None), Quota::Low { .. }),
         suspended_for_balance: a.suspended_for_balance,
         closed: a.closed.is_some() || a.closing,
     }
@@ -128,7 +133,13 @@ pub async fn credit(
     // hold the SIM with the next epoch if nothing is left, as the batch would have.
     let used = self::used(iccid.as_str())?;
     let hold = settle_hold(&account, used).await?;
-    let balance = to_wit(&account, used);
+    // An account this call opened has had no grant yet.
+    let reserved = if new && kind == CreditKind::Activation {
+        0
+    } else {
+        crate::grants::outstanding(iccid.as_str(), used, now).await?
+    };
+    let balance = to_wit(&account, used, reserved);
     let fields = EntryFields::default()
         .invoice(c.invoice_id)
         .amount(UsdcAmount::from_micros(c.paid))
@@ -155,7 +166,9 @@ pub async fn balance(iccid: &str) -> Result<wit::Balance, wit::Error> {
         .filter(|a| !a.is_unopened())
         .ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {iccid}")))?;
     let used = collect(&account, used(iccid.as_str())?).await?;
-    Ok(to_wit(&account, used))
+    let reserved =
+        crate::grants::outstanding(iccid.as_str(), used, esim402_guest::util::now_secs()).await?;
+    Ok(to_wit(&account, used, reserved))
 }
 
 /// `account`'s used counter, `used` as read, after what the SIM it replaced still has to hand on (kernel
@@ -267,14 +280,19 @@ pub fn balance_hold(iccid: &str, (hold, epoch): (bool, u64)) -> wit::BalanceHold
     }
 }
 
-/// Close the account: the unused-data refund shares (JSON), fixed by the first close. The account is marked
-/// closing first and the used counter read after that, so every charge made before the close is in the shares.
-/// A SIM without an account (terminated before its first credit) gets a closed one with no refunds (kernel
-/// `Account::closed_unopened`), so a top-up or a switch's move that lands after the terminate is refused rather
-/// than opening a live account on it.
-pub async fn close(iccid: &str) -> Result<String, wit::Error> {
+/// Close the account of a terminated SIM at `now`: the unused-data refund shares (JSON), fixed by the first
+/// close. The account is marked closing first and the used counter and the SIM's grants read after that, so
+/// every charge made before the close is in the shares, and no grant is handed out after it (`grants::grant`).
+/// What grants still outstanding let the device use is not refunded (kernel `usage::grant::close_at`): it is
+/// charged when reported. A SIM without an account (terminated before its first credit) gets a closed one with
+/// no refunds (kernel `Account::closed_unopened`), so a top-up or a switch's move that lands after the
+/// terminate is refused rather than opening a live account on it.
+pub async fn close(iccid: &str, now: u64) -> Result<String, wit::Error> {
     let iccid = parse_iccid(iccid)?;
-    let shares = close_with(&iccid, Account::close).await?;
+    let shares = close_with(&iccid, |a, used, grants| {
+        a.terminate(grant::close_at(used, grants, now), now)
+    })
+    .await?;
     serde_json::to_string(&shares).map_err(internal)
 }
 
@@ -282,7 +300,7 @@ pub async fn close(iccid: &str) -> Result<String, wit::Error> {
 /// `Account::close_failed` for a SIM whose profile can never be installed).
 pub async fn close_with(
     iccid: &Iccid,
-    close: impl Fn(&mut Account, u64) -> Vec<RefundShare>,
+    close: impl Fn(&mut Account, u64, Option<&Reservation>) -> Vec<RefundShare>,
 ) -> Result<Vec<RefundShare>, wit::Error> {
     let key = keys::balance(iccid.as_str());
     let (closing, ()) = kv::change_json::<Account, (), wit::Error>(&key, |cur| match cur {
@@ -304,10 +322,11 @@ pub async fn close_with(
         Some(a) => collect(a, used).await?,
         None => used,
     };
+    let grants = crate::grants::reservation(iccid.as_str()).await?;
     let (_, shares) = kv::update_json_with(&key, |cur: Option<Account>| match cur {
         None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
         Some(mut a) => {
-            let shares = close(&mut a, used);
+            let shares = close(&mut a, used, grants.as_ref());
             Ok((a, shares))
         }
     })

@@ -52,7 +52,7 @@ pub async fn fail(iccid: &str, replaces: Option<&str>) -> Result<api::FailedAcco
         (Some(old), Some(_)) => used(old.as_str())?,
         _ => 0,
     };
-    let shares = close_with(&iccid, |a, used_new| {
+    let shares = close_with(&iccid, |a, used_new, _grants| {
         let own = match (&old, &returned) {
             // The old SIM's counter read now, after `used_new` (a read, `increment(0)`: a rerun is harmless).
             (Some(old), Some(r)) => r.own_use(used_new, used(old.as_str()).unwrap_or(old_before)),

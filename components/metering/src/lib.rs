@@ -5,6 +5,7 @@
 //! the marker of when they became per SIM).
 //!
 //! - [`accounts`]: credits (activation, top-ups; once per invoice), balances, closing (unused-data refunds).
+//! - [`grants`]: quota grants, each reserving its bytes until reported or lapsed.
 //! - [`transfer`]: a switch's move of the old SIM's unused data to the new SIM.
 //! - [`failed`]: closing a SIM whose profile can never be installed (a switch's balance goes back).
 //! - [`ingest`]: `POST /v1/usage` batches: verify, claim, log, charge.
@@ -16,6 +17,7 @@ mod accounts;
 mod claims;
 mod config;
 mod failed;
+mod grants;
 mod held;
 mod ingest;
 mod queries;
@@ -44,7 +46,7 @@ mod export {
 }
 
 use bindings::exports::esim402::metering::metering::{
-    Credited, DataCredit, FailedAccount, Guest, Ingested,
+    Credited, DataCredit, FailedAccount, Granted, Guest, Ingested,
 };
 use esim402_guest::wit;
 
@@ -79,8 +81,17 @@ impl Guest for Component {
         accounts::balance(&iccid).await
     }
 
-    async fn close(iccid: String) -> Result<String, wit::Error> {
-        accounts::close(&iccid).await
+    async fn grant(
+        iccid: String,
+        quota: Option<u64>,
+        reserve: bool,
+        now: u64,
+    ) -> Result<Granted, wit::Error> {
+        grants::grant(&iccid, quota, reserve, now).await
+    }
+
+    async fn close(iccid: String, now: u64) -> Result<String, wit::Error> {
+        accounts::close(&iccid, now).await
     }
 
     async fn fail(iccid: String, replaces: Option<String>) -> Result<FailedAccount, wit::Error> {

@@ -123,12 +123,19 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
     };
     // What the old SIM charged between the read above and the move is handed on now; what it reports later,
     // by the batches that charge it.
-    forward(from.as_str(), used(from.as_str())?).await?;
+    let used_from = used(from.as_str())?;
+    forward(from.as_str(), used_from).await?;
+    // What the old SIM reports from now on draws on the new SIM: so do its outstanding grants (once, by the
+    // call that moved the credits).
+    if new {
+        crate::grants::carry(from.as_str(), used_from, to_iccid.as_str(), now).await?;
+    }
     // The new SIM's hold, with its used counter read now: a release if the moved credits refilled a balance
     // that had run out, or a hold if usage handed on (or charged meanwhile) leaves nothing.
     let used_new = used(to_iccid.as_str())?;
     let hold = settle_hold(&account, used_new).await?;
-    let balance = to_wit(&account, used_new);
+    let reserved = crate::grants::outstanding(to_iccid.as_str(), used_new, now).await?;
+    let balance = to_wit(&account, used_new, reserved);
     let bytes: u64 = moved.iter().map(|c| c.bytes).sum();
     let value: u64 = moved.iter().map(|c| c.paid.micros()).sum();
     let fields = EntryFields::default()

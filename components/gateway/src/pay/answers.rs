@@ -145,18 +145,17 @@ impl Answers<'_> {
         )
     }
 
-    /// A paid top-up: with the SIM's `balance` (only given when the owner or carrier asked), the quota grant
-    /// the retried request asked for; without it, only what was bought. Never the SIM's activation code: anyone
-    /// may pay for anyone's top-up.
+    /// A paid top-up: with the SIM's balance and the quota grant the retried request asked for (`granted`: only
+    /// given when the owner or carrier asked); without it, only what was bought. Never the SIM's activation
+    /// code: anyone may pay for anyone's top-up.
     pub fn topped_up(
         &self,
-        balance: Option<&wit::Balance>,
-        quota: Option<u64>,
+        granted: Option<&crate::metering::Granted>,
         tx: &str,
         payer: &str,
     ) -> StoredResponse {
-        let mut body = match (balance, &self.invoice.purchase) {
-            (Some(balance), _) => crate::convert::quota_value(balance, quota),
+        let mut body = match (granted, &self.invoice.purchase) {
+            (Some(granted), _) => crate::convert::quota_value(granted),
             (None, wit::Purchase::TopUp(t)) => json!({ "iccid": t.iccid, "status": "topped_up" }),
             (None, _) => json!({ "status": "topped_up" }),
         };

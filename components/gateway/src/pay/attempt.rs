@@ -332,15 +332,28 @@ impl Attempt<'_> {
                 wit::PaymentEnd::Done,
                 self.success(sim, tx, payer, withhold),
             ),
-            Ok(Some(balance)) => match order {
+            Ok(Some(_)) => match order {
                 Order::TopUp {
+                    iccid,
                     quota,
                     show_balance,
+                    by_carrier,
                     ..
-                } => (
-                    wit::PaymentEnd::Done,
-                    self.topped_up((*show_balance).then_some(&balance), *quota, tx, payer),
-                ),
+                } => {
+                    // The grant the request asked for, reserved as any grant is (none if metering cannot
+                    // grant now: the answer then says what was bought, and the next quota request asks again).
+                    let granted = if *show_balance {
+                        crate::metering::grant(iccid.clone(), *quota, *by_carrier, crate::now())
+                            .await
+                            .ok()
+                    } else {
+                        None
+                    };
+                    (
+                        wit::PaymentEnd::Done,
+                        self.topped_up(granted.as_ref(), tx, payer),
+                    )
+                }
                 _ => (
                     wit::PaymentEnd::Done,
                     self.success(sim, tx, payer, withhold),

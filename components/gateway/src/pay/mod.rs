@@ -109,6 +109,8 @@ pub enum Order {
         /// The request carried the SIM owner's or carrier's credential: the answer may show the balance and
         /// the grant. Anyone may pay for a top-up; a stranger's answer says what was bought, nothing more.
         show_balance: bool,
+        /// The SIM's carrier asked: the grant is reserved (metering `grant`).
+        by_carrier: bool,
     },
 }
 

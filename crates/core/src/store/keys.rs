@@ -25,6 +25,7 @@
 //! | `cleanup/parked` | dispatch | pending orders to withdraw once their payment can no longer settle (`crate::order::parked`) |
 //! | `balance/<iccid>` | metering | a SIM's account: credits with data left, used-up credits folded, suspension flag, closing refunds (`crate::usage::account`) |
 //! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |
+//! | `meter/<iccid>/grant` | metering | the SIM's outstanding quota grants: the used-counter mark they reach and when they lapse (`crate::usage::grant`) |
 //! | `meter/<iccid>/unsigned` | metering | counter: disputes kept without a valid carrier signature (capped) |
 //! | `meter/<iccid>/chunks`, `meter/<iccid>/c/<chunk>` | metering | counter and chunks of the SIM's receipt log: one chunk per batch per SIM (`crate::usage::ingest::LogEntry`, `log_position`) |
 //! | `rcpt/<carrier>/<iccid>/<session>/<seq>`, `rcpt/x/<digest>` | metering | claim counters: a receipt charged (per SIM), a dispute kept (once each) |
@@ -181,6 +182,11 @@ pub fn balance(iccid: &str) -> String {
 /// The counter of bytes charged to a SIM.
 pub fn meter_used(iccid: &str) -> String {
     format!("meter/{iccid}/used")
+}
+
+/// `meter/<iccid>/grant`: the SIM's outstanding quota grants (`crate::usage::grant::Reservation`).
+pub fn meter_grant(iccid: &str) -> String {
+    format!("meter/{iccid}/grant")
 }
 
 /// The counter of a SIM's receipt log: chunks reserved so far.

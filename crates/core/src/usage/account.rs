@@ -188,6 +188,11 @@ pub struct Account {
     /// records lack it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub claims_per_sim: bool,
+    /// When a terminate closed the account ([`Account::terminate`], unix seconds): the SIM is retired from then
+    /// on ([`Account::terms`]), as a switched-away one is. `None` for accounts closed before this field existed
+    /// (their receipts stay accepted) and for those closed otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<u64>,
 }
 
 /// Why an account refused a change.
@@ -236,6 +241,7 @@ impl Account {
             moved_at: None,
             opened_at: Some(ordered_at),
             claims_per_sim: true,
+            closed_at: None,
         }
     }
 
@@ -264,6 +270,7 @@ impl Account {
             moved_at: None,
             opened_at: Some(ordered_at),
             claims_per_sim: true,
+            closed_at: None,
         }
     }
 
@@ -288,6 +295,7 @@ impl Account {
             moved_at: None,
             opened_at: None,
             claims_per_sim: true,
+            closed_at: None,
         }
     }
 
@@ -307,7 +315,8 @@ impl Account {
             retired_at: self
                 .moved_to
                 .as_ref()
-                .and_then(|(_, moved)| self.moved_at.or_else(|| moved.iter().map(|c| c.at).max())),
+                .and_then(|(_, moved)| self.moved_at.or_else(|| moved.iter().map(|c| c.at).max()))
+                .or(self.closed_at),
         })
     }
 
@@ -540,6 +549,17 @@ impl Account {
     /// `esim::balance_hold`), or `None` before the first decision.
     pub fn hold(&self) -> Option<(bool, u64)> {
         (self.hold_epoch > 0).then_some((self.suspended_for_balance, self.hold_epoch))
+    }
+
+    /// A terminate: [`Account::close`] at `used` (which counts the grants still outstanding, kernel
+    /// `usage::grant::close_at`), the SIM retired at `now` by the first close: its receipts for windows starting
+    /// more than a day later are refused (what it reports until then is charged to the closed account, within
+    /// the bytes its refunds left out).
+    pub fn terminate(&mut self, used: u64, now: u64) -> Vec<RefundShare> {
+        if self.closed.is_none() {
+            self.closed_at = Some(now);
+        }
+        self.close(used)
     }
 
     /// Close the account at `used`: the refunds of unused data (fixed by the first close; a repeat returns

@@ -9,6 +9,8 @@ use esim402_core::usage::receipt::{Receipt, dev_signing_key};
 use esim402_testkit::{Kit, types};
 use serde_json::{Value, json};
 
+mod grants;
+
 const MB: u64 = 1_000_000;
 
 fn iccid(n: u32) -> String {
@@ -1378,9 +1380,14 @@ async fn unsigned_field_refusals_are_capped_and_unknown_sims_keep_nothing() {
 }
 
 async fn close(kit: &mut Kit, iccid: &str) -> Value {
+    close_at(kit, iccid, now()).await
+}
+
+/// [`close`] at the clock `at`.
+async fn close_at(kit: &mut Kit, iccid: &str, at: u64) -> Value {
     let id = iccid.to_owned();
     let s = kit
-        .call(async move |a, g| g.metering().call_close(a, id).await)
+        .call(async move |a, g| g.metering().call_close(a, id, at).await)
         .await
         .unwrap()
         .unwrap();

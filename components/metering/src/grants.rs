@@ -1,0 +1,114 @@
+//! Quota grants (kernel `usage::grant`): each reserves its bytes in the SIM's `meter/<iccid>/grant` cell until
+//! usage reports them or the grant lapses, so grants asked at once never hand out the same bytes; a terminate's
+//! refunds count what is still outstanding as used.
+
+use esim402_core::store::keys;
+use esim402_core::usage::grant::{self, Grant, Reservation};
+use esim402_guest::convert::kv_err;
+use esim402_guest::kv::{self, Change};
+use esim402_guest::wit;
+
+use crate::accounts::{collect, load, parse_iccid, to_wit, used};
+use crate::bindings::exports::esim402::metering::metering as api;
+
+/// The SIM's reservation as stored (`None`: no grant yet).
+pub async fn reservation(iccid: &str) -> Result<Option<Reservation>, wit::Error> {
+    kv::get_json::<Reservation, wit::Error>(&keys::meter_grant(iccid))
+        .await
+        .map_err(kv_err)
+}
+
+/// Bytes granted to the SIM beyond `used` and still reserved at `now`.
+pub async fn outstanding(iccid: &str, used: u64, now: u64) -> Result<u64, wit::Error> {
+    Ok(reservation(iccid)
+        .await?
+        .map_or(0, |r| r.outstanding(used, now)))
+}
+
+/// Grant up to `quota` bytes (kernel `grant::decide`). With `reserve` (the carrier asked) the grant is reserved
+/// by compare-and-swap on the SIM's reservation, and the account read again after that: a terminate that began
+/// meanwhile may have fixed its refunds without this grant, so it is not handed out (its bytes stay reserved
+/// until it lapses). Without, the reservation is only read.
+pub async fn grant(
+    iccid: &str,
+    quota: Option<u64>,
+    reserve: bool,
+    now: u64,
+) -> Result<api::Granted, wit::Error> {
+    let iccid = parse_iccid(iccid)?;
+    let not_found = || wit::Error::NotFound(format!("no metered SIM {iccid}"));
+    let account = load(iccid.as_str())
+        .await?
+        .filter(|a| !a.is_unopened())
+        .ok_or_else(not_found)?;
+    let used = collect(&account, used(iccid.as_str())?).await?;
+    if !reserve {
+        let current = reservation(iccid.as_str()).await?;
+        let reserved = current.map_or(0, |r| r.outstanding(used, now));
+        let (bytes, valid_until) =
+            grant::decide(&account, used, current.as_ref(), quota, now).granted();
+        return Ok(api::Granted {
+            balance: to_wit(&account, used, reserved),
+            bytes,
+            valid_until,
+        });
+    }
+    let (stored, decision) = kv::change_json::<Reservation, Grant, wit::Error>(
+        &keys::meter_grant(iccid.as_str()),
+        |cur| {
+            let d = grant::decide(&account, used, cur.as_ref(), quota, now);
+            Ok(match d {
+                Grant::Granted { reservation, .. } => (Change::Put(reservation), d),
+                Grant::Closed | Grant::Low { .. } => (Change::Keep, d),
+            })
+        },
+    )
+    .await
+    .map_err(kv_err)?;
+    let reserved = stored.map_or(0, |r| r.outstanding(used, now));
+    let (bytes, valid_until) = decision.granted();
+    if bytes > 0 {
+        let now_account = load(iccid.as_str()).await?.ok_or_else(not_found)?;
+        if now_account.closing || now_account.closed.is_some() {
+            return Ok(api::Granted {
+                balance: to_wit(&now_account, used, reserved),
+                bytes: 0,
+                valid_until: 0,
+            });
+        }
+    }
+    Ok(api::Granted {
+        balance: to_wit(&account, used, reserved),
+        bytes,
+        valid_until,
+    })
+}
+
+/// A switch moved `from`'s data to `to`: what `from` still reports is charged to `to`, so `to` takes on the
+/// grants `from` has outstanding (kernel `Reservation::carry`). Called once per move (by the call that moved
+/// the credits); a crash before it leaves them unreserved on `to`.
+pub async fn carry(from: &str, used_from: u64, to: &str, now: u64) -> Result<(), wit::Error> {
+    let Some(old) = reservation(from).await? else {
+        return Ok(());
+    };
+    let bytes = old.outstanding(used_from, now);
+    if bytes == 0 {
+        return Ok(());
+    }
+    let used_to = used(to)?;
+    kv::change_json::<Reservation, (), wit::Error>(&keys::meter_grant(to), |cur| {
+        Ok((
+            Change::Put(Reservation::carry(
+                cur.as_ref(),
+                used_to,
+                bytes,
+                old.until,
+                now,
+            )),
+            (),
+        ))
+    })
+    .await
+    .map_err(kv_err)?;
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Quota grants in the metering component (kernel `usage::grant`): each reserves its bytes until usage reports
+//! them or the grant lapses; a terminate's refunds leave out what outstanding grants let the device use, and
+//! the terminated SIM's receipts end a day after it.
+
+use super::*;
+
+/// Grant up to `quota` bytes of `iccid` to its carrier (reserved) at the clock `at`.
+async fn grant_at(
+    kit: &mut Kit,
+    iccid: &str,
+    quota: Option<u64>,
+    at: u64,
+) -> esim402_testkit::metering::Granted {
+    ask_at(kit, iccid, quota, true, at).await
+}
+
+/// Ask for quota, reserved or not (`reserve`: the carrier asks; not: the owner).
+async fn ask_at(
+    kit: &mut Kit,
+    iccid: &str,
+    quota: Option<u64>,
+    reserve: bool,
+    at: u64,
+) -> esim402_testkit::metering::Granted {
+    let id = iccid.to_owned();
+    kit.call(async move |a, g| g.metering().call_grant(a, id, quota, reserve, at).await)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The owner's quota request is advice: it counts the carrier's outstanding grants and reserves nothing, so
+/// a device asking every tick never starves its network of quota.
+#[tokio::test]
+async fn the_owners_quota_request_reserves_nothing() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(300);
+    open(&mut kit, &id, 2).await;
+    let t = now();
+    for _ in 0..3 {
+        let advice = ask_at(&mut kit, &id, Some(1_500_000), false, t).await;
+        assert_eq!(
+            (advice.bytes, advice.balance.reserved_bytes),
+            (1_500_000, 0)
+        );
+    }
+    assert_eq!(
+        grant_at(&mut kit, &id, Some(1_500_000), t).await.bytes,
+        1_500_000
+    );
+    let advice = ask_at(&mut kit, &id, Some(1_500_000), false, t).await;
+    assert_eq!(
+        (advice.bytes, advice.balance.reserved_bytes),
+        (500_000, 1_500_000),
+        "what the carrier holds is not offered"
+    );
+    assert_eq!(
+        grant_at(&mut kit, &id, Some(1_500_000), t).await.bytes,
+        500_000
+    );
+}
+
+/// Two grants asked before any report hand out the balance once: the second gets what the first left, the
+/// third nothing (low). Before, each quota request was granted from the balance alone, so both got 1.5 of 2 MB.
+#[tokio::test]
+async fn grants_asked_before_any_report_never_hand_out_the_same_bytes() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(301);
+    open(&mut kit, &id, 2).await;
+    let t = now();
+    let first = grant_at(&mut kit, &id, Some(1_500_000), t).await;
+    assert_eq!((first.bytes, first.valid_until), (1_500_000, t + 900));
+    assert_eq!(first.balance.reserved_bytes, 1_500_000);
+    assert!(!first.balance.low, "{:?}", first.balance);
+    let second = grant_at(&mut kit, &id, Some(1_500_000), t).await;
+    assert_eq!(second.bytes, 500_000, "only what the first left");
+    assert_eq!(second.balance.reserved_bytes, 2 * MB);
+    assert!(second.balance.low);
+    let third = grant_at(&mut kit, &id, None, t).await;
+    assert_eq!((third.bytes, third.valid_until), (0, 0));
+    assert!(third.balance.low && !third.balance.closed);
+    // The balance shows what is reserved (it reads the clock: the grants are still live).
+    let b = balance(&mut kit, &id).await;
+    assert_eq!(
+        (b.remaining_bytes, b.reserved_bytes, b.low),
+        (2_000_000, 2_000_000, true)
+    );
+}
+
+/// Reported usage consumes the reservation; what a grant left unused is held until it lapses (its 15 minutes
+/// of use and 15 of reporting), then granted again.
+#[tokio::test]
+async fn reported_usage_consumes_a_grant_and_its_unused_part_lapses() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(302);
+    open(&mut kit, &id, 2).await;
+    let t = now();
+    assert_eq!(
+        grant_at(&mut kit, &id, Some(1_500_000), t).await.bytes,
+        1_500_000
+    );
+    ingest(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 1, 1_000_000, "310-260")],
+    )
+    .await;
+    // 1 MB used, 0.5 MB of the grant still outstanding: 0.5 MB may be granted.
+    let next = grant_at(&mut kit, &id, Some(2 * MB), t + 60).await;
+    assert_eq!(next.bytes, 500_000);
+    assert_eq!(next.balance.used_bytes, MB);
+    // Both lapsed: the 1 MB not reported may be granted again.
+    let later = grant_at(&mut kit, &id, Some(2 * MB), t + 60 + 1_800).await;
+    assert_eq!((later.bytes, later.balance.reserved_bytes), (MB, MB));
+}
+
+/// A terminate right after a grant refunds what is left beyond the grant: the carrier reports the grant's
+/// usage later, and it is charged then (before, the refund counted only reported usage, so those bytes were
+/// refunded and carried). The terminated SIM's receipts are accepted for a day after the close, not after.
+#[tokio::test]
+async fn a_terminate_leaves_outstanding_grants_out_of_its_refunds() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(303);
+    open(&mut kit, &id, 10).await;
+    let t = now();
+    assert_eq!(grant_at(&mut kit, &id, Some(MB), t).await.bytes, MB);
+    ingest(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 1, 300_000, "310-260")],
+    )
+    .await;
+    let shares = close_at(&mut kit, &id, t + 10).await;
+    assert_eq!(shares[0]["bytes"], 9 * MB, "{shares}");
+    assert_eq!(shares[0]["amount"], "0.027", "9/10 of 0.03 USDC: {shares}");
+    // Closed: no more grants.
+    let g = grant_at(&mut kit, &id, None, t + 20).await;
+    assert_eq!(g.bytes, 0);
+    assert!(g.balance.closed);
+    // The grant's usage, reported after the close, is charged; a window starting over a day after it is not.
+    let late = receipt(&id, "tmobile", "s", 2, 700_000, "310-260");
+    let after = receipt_at(
+        &id,
+        "tmobile",
+        "s",
+        3,
+        100_000,
+        "310-260",
+        t + 10 + 86_400 + 1_000,
+    );
+    let out = ingested_at(&mut kit, vec![late, after], t + 10 + 86_400 + 1_000).await;
+    let report: Value = serde_json::from_str(&out.report).unwrap();
+    assert_eq!(report["results"][0]["status"], "accepted", "{report}");
+    assert_eq!(
+        report["results"][1]["reason"], "after_retirement",
+        "{report}"
+    );
+    assert_eq!(balance(&mut kit, &id).await.used_bytes, MB);
+    // Closing again changes nothing.
+    assert_eq!(close_at(&mut kit, &id, t + 99).await, shares);
+}
+
+/// A switch hands what the old SIM still reports to the new SIM, so the old SIM's outstanding grant is the new
+/// SIM's to reserve: of the 10 MB moved, 8 may be granted while the old SIM's 2 MB grant is live.
+#[tokio::test]
+async fn a_switch_carries_the_old_sims_outstanding_grants() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(304), iccid(305));
+    open(&mut kit, &old, 10).await;
+    let t = now();
+    assert_eq!(
+        grant_at(&mut kit, &old, Some(2 * MB), t).await.bytes,
+        2 * MB
+    );
+    transfer(&mut kit, &old, &new, "tmobile").await.unwrap();
+    let b = balance(&mut kit, &new).await;
+    assert_eq!(
+        (b.credited_bytes, b.reserved_bytes),
+        (10 * MB, 2 * MB),
+        "{b:?}"
+    );
+    let g = grant_at(&mut kit, &new, Some(10 * MB), t).await;
+    assert_eq!(g.bytes, 8 * MB);
+    // The old SIM, switched away, is granted nothing.
+    let g = grant_at(&mut kit, &old, None, t).await;
+    assert!(g.bytes == 0 && g.balance.closed, "{g:?}");
+}
