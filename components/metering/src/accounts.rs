@@ -47,7 +47,8 @@ pub fn to_wit(a: &Account, used: u64, reserved: u64) -> wit::Balance {
         } else {
             i64::MAX
         }),
-        reserved_bytes: reserved,
+        // A switched-away SIM's grants were handed on with its data: shown on the new SIM only.
+        reserved_bytes: if a.moved_to.is_some() { 0 } else { reserved },
         low: a.suspended_for_balance || matches!(decide_quota(grantable, None), Quota::Low { .. }),
         suspended_for_balance: a.suspended_for_balance,
         closed: a.closed.is_some() || a.closing,

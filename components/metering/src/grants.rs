@@ -44,7 +44,7 @@ pub async fn grant(
     let used = collect(&account, used(iccid.as_str())?).await?;
     if !reserve {
         let current = reservation(iccid.as_str()).await?;
-        let reserved = current.map_or(0, |r| r.outstanding(used, now));
+        let reserved = current.as_ref().map_or(0, |r| r.outstanding(used, now));
         let (bytes, valid_until) =
             grant::decide(&account, used, current.as_ref(), quota, now).granted();
         return Ok(api::Granted {
@@ -53,13 +53,15 @@ pub async fn grant(
             valid_until,
         });
     }
-    let (stored, decision) = kv::change_json::<Reservation, Grant, wit::Error>(
+    // Each try reads the counter again (a plain `increment(0)`): usage reported while it retried is not granted.
+    let (stored, (decision, used)) = kv::change_json::<Reservation, (Grant, u64), wit::Error>(
         &keys::meter_grant(iccid.as_str()),
         |cur| {
+            let used = crate::accounts::used(iccid.as_str()).map_or(used, |now| now.max(used));
             let d = grant::decide(&account, used, cur.as_ref(), quota, now);
-            Ok(match d {
-                Grant::Granted { reservation, .. } => (Change::Put(reservation), d),
-                Grant::Closed | Grant::Low { .. } => (Change::Keep, d),
+            Ok(match &d {
+                Grant::Granted { reservation, .. } => (Change::Put(reservation.clone()), (d, used)),
+                Grant::Closed | Grant::Low { .. } => (Change::Keep, (d, used)),
             })
         },
     )
@@ -95,18 +97,11 @@ pub async fn carry(from: &str, used_from: u64, to: &str, now: u64) -> Result<(),
     if bytes == 0 {
         return Ok(());
     }
+    let until = old.at(used_from, now).lapse(now);
     let used_to = used(to)?;
     kv::change_json::<Reservation, (), wit::Error>(&keys::meter_grant(to), |cur| {
-        Ok((
-            Change::Put(Reservation::carry(
-                cur.as_ref(),
-                used_to,
-                bytes,
-                old.until,
-                now,
-            )),
-            (),
-        ))
+        let carried = Reservation::carry(cur.as_ref(), used_to, bytes, until, now);
+        Ok((Change::Put(carried), ()))
     })
     .await
     .map_err(kv_err)?;

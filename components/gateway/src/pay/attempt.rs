@@ -343,8 +343,20 @@ impl Attempt<'_> {
                     // The grant the request asked for, reserved as any grant is (none if metering cannot
                     // grant now: the answer then says what was bought, and the next quota request asks again).
                     let granted = if *show_balance {
-                        crate::metering::grant(iccid.clone(), *quota, *by_carrier, crate::now())
+                        let asked = crate::metering::grant(
+                            iccid.clone(),
+                            *quota,
+                            *by_carrier,
+                            crate::now(),
+                        );
+                        asked
                             .await
+                            .inspect_err(|e| {
+                                eprintln!(
+                                    "gateway: the grant of {iccid}'s paid top-up failed (the answer says what was \
+                                     bought; the next quota request asks again): {e:?}"
+                                );
+                            })
                             .ok()
                     } else {
                         None

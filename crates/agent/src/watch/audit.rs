@@ -211,10 +211,12 @@ pub enum LowBalance {
 
 /// Decide the low-balance 402 from what was credited — the facilitator's figure `reported`, never below `floor`
 /// ([`crate::state::State::credit_floor`]: what this agent paid for; overstating only hurts the facilitator, understating would make
-/// the agent pay again) — and what this agent verified as used, with the kernel's own quota rule.
-pub fn on_low_balance(reported: u64, floor: u64, audit: &Audit) -> LowBalance {
+/// the agent pay again) — what this agent verified as used, and the bytes the carrier's quota grants hold
+/// (`reserved`: granted, not reported yet; not charges, but not grantable either, so without a top-up the
+/// network is refused quota), with the kernel's own quota rule.
+pub fn on_low_balance(reported: u64, floor: u64, reserved: u64, audit: &Audit) -> LowBalance {
     let credited = reported.max(floor);
-    let own = i128::from(credited) - i128::from(audit.verified_bytes);
+    let own = i128::from(credited) - i128::from(audit.verified_bytes) - i128::from(reserved);
     match decide_quota(own, None) {
         Quota::Low { .. } => LowBalance::TopUp,
         Quota::Grant { remaining, .. } => LowBalance::Withhold {
@@ -425,11 +427,11 @@ mod tests {
             verified_bytes: credited - LOW_WATER_BYTES + 1,
             ..Audit::default()
         };
-        assert_eq!(on_low_balance(credited, 0, &a), LowBalance::TopUp);
+        assert_eq!(on_low_balance(credited, 0, 0, &a), LowBalance::TopUp);
         a.verified_bytes = credited - LOW_WATER_BYTES;
         a.disputed_bytes = 500_000;
         assert_eq!(
-            on_low_balance(credited, 0, &a),
+            on_low_balance(credited, 0, 0, &a),
             LowBalance::Withhold {
                 own_remaining: LOW_WATER_BYTES
             },
@@ -437,7 +439,7 @@ mod tests {
         );
         a.verified_bytes = credited + 5;
         assert_eq!(
-            on_low_balance(credited, 0, &a),
+            on_low_balance(credited, 0, 0, &a),
             LowBalance::TopUp,
             "overdrawn"
         );
@@ -495,14 +497,28 @@ mod tests {
         };
         // The facilitator credits the activation only (the paid 10 MB top-up, in the floor, never shows).
         assert_eq!(
-            on_low_balance(1_000_000, 11_000_000, &a),
+            on_low_balance(1_000_000, 11_000_000, 0, &a),
             LowBalance::Withhold {
                 own_remaining: 10_050_000
             }
         );
-        assert_eq!(on_low_balance(0, 0, &a), LowBalance::TopUp, "nothing known");
         assert_eq!(
-            on_low_balance(1_000_000, 0, &a),
+            on_low_balance(0, 0, 0, &a),
+            LowBalance::TopUp,
+            "nothing known"
+        );
+        // 10.05 MB verified left, 9.96 MB of it held by the carrier's grants: the network gets no more quota
+        // without a top-up, so it is paid (reserved bytes are not charges, but not grantable either).
+        assert_eq!(
+            on_low_balance(11_000_000, 0, 9_960_000, &a),
+            LowBalance::TopUp
+        );
+        assert!(matches!(
+            on_low_balance(11_000_000, 0, 9_900_000, &a),
+            LowBalance::Withhold { .. }
+        ));
+        assert_eq!(
+            on_low_balance(1_000_000, 0, 0, &a),
             LowBalance::TopUp,
             "low indeed"
         );

@@ -775,7 +775,11 @@ impl<'a> Watcher<'a> {
         }
         let state = self.agent.state().load().map_err(AgentError::Local)?;
         let floor = state.credit_floor(&self.sim.iccid);
-        if let LowBalance::Withhold { own_remaining } = on_low_balance(credited, floor, &audit) {
+        // The bytes the carrier's grants hold (a facilitator before them reports none).
+        let reserved = balance.body["reserved_bytes"].as_u64().unwrap_or(0);
+        if let LowBalance::Withhold { own_remaining } =
+            on_low_balance(credited, floor, reserved, &audit)
+        {
             self.say(Event::TopUpWithheld {
                 iccid: self.sim.iccid.clone(),
                 own_remaining_kb: own_remaining / 1_000,

@@ -4,17 +4,17 @@
 //! bytes a grant let the device use that the carrier has not reported yet.
 //!
 //! A SIM's reservation is one small record ([`Reservation`], `meter/<iccid>/grant`), changed by
-//! compare-and-swap per SIM (no key shared between SIMs):
-//! - `mark` is a value of the SIM's used counter: every byte below it is either reported (counted in `used`)
-//!   or granted and not reported yet. A new grant starts at `max(used, mark)` and moves the mark past its bytes,
-//!   so what is outstanding is `mark − used` and what may still be granted is `credited − max(used, mark)`.
-//! - `until` is when the newest grant lapses: it may be used for [`GRANT_VALID_SECS`] and its usage reported
-//!   within [`GRANT_REPORT_SECS`] after that. Grants are made in time order with one validity, so the newest
-//!   lapses last: once it has lapsed, every older one has too, and nothing is outstanding.
+//! compare-and-swap per SIM (no key shared between SIMs): the live grants in the order they were made, each
+//! with the bytes it has not seen reported yet and its own lapse time, from a point of the SIM's used counter
+//! (`base`). Usage reports consume the grants oldest first (the counter beyond `base`); a grant lapses
+//! [`GRANT_VALID_SECS`] + [`GRANT_REPORT_SECS`] after it was made, whatever later grants do, and what it had not
+//! seen reported is released then (a carrier asking again every 15 minutes while its device uses a little
+//! never piles up reservations: at most the grants of the last half hour are held).
 //!
-//! Invariant: the bytes handed out by grants whose reservations are live never exceed what the account has
-//! left after reported usage. Usage the carrier reports beyond its grants (a carrier ignoring them) is charged
-//! like any other and pushes `used` past the mark; nothing is reserved for it.
+//! Invariant: the bytes reserved (the live grants' unreported bytes) plus reported usage never exceed what
+//! was credited when each grant was made. Usage reported for a grant after it lapsed is counted against the
+//! next live grant (reports carry no grant id), and usage beyond every grant (a carrier ignoring them) is
+//! charged like any other; neither is reserved for.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,42 +28,103 @@ pub const GRANT_VALID_SECS: u64 = 900;
 /// lapsed, and its bytes may meanwhile have been granted again.
 pub const GRANT_REPORT_SECS: u64 = 900;
 
-/// A SIM's outstanding grants: see the module docs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reservation {
-    /// The used-counter value up to which bytes are granted (the newest grant's end).
-    pub mark: u64,
-    /// When the newest grant's reservation lapses (unix seconds).
+/// The most live grants a reservation lists; a grant beyond merges the two oldest (their bytes together,
+/// held as long as the later of them: never less reserved), so the record stays small however often a
+/// carrier asks.
+pub const MAX_LIVE_GRANTS: usize = 32;
+
+/// One live grant: the bytes it has not seen reported yet, and when it lapses (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// Bytes not reported yet.
+    pub bytes: u64,
+    /// When its reservation lapses.
     pub until: u64,
 }
 
+/// A SIM's live grants: see the module docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// The used-counter value the oldest live grant starts at: usage beyond it consumes the grants in order.
+    pub base: u64,
+    /// The live grants, oldest first.
+    pub grants: Vec<Held>,
+}
+
 impl Reservation {
-    /// Bytes granted beyond `used` and still reserved at `now` (0 once they are reported or lapsed).
-    pub fn outstanding(&self, used: u64, now: u64) -> u64 {
-        if now >= self.until {
-            0
-        } else {
-            self.mark.saturating_sub(used)
+    /// The reservation at the used counter `used` and the clock `now`: reported usage consumed from the oldest
+    /// grant on, lapsed grants dropped.
+    pub fn at(&self, used: u64, now: u64) -> Self {
+        let mut reported = used.saturating_sub(self.base);
+        let mut base = self.base;
+        let mut grants = Vec::with_capacity(self.grants.len());
+        for g in &self.grants {
+            let taken = reported.min(g.bytes);
+            reported -= taken;
+            base = base.saturating_add(taken);
+            let left = g.bytes - taken;
+            if left > 0 && now < g.until {
+                grants.push(Held {
+                    bytes: left,
+                    until: g.until,
+                });
+            }
         }
+        // Usage beyond every grant (or after they all lapsed): the next grant starts from the counter.
+        if grants.is_empty() {
+            base = base.max(used);
+        }
+        Self { base, grants }
     }
 
-    /// Take on `bytes` outstanding under another SIM's reservation lapsing at `until` (a switch: what the old
-    /// SIM still reports is charged here, so its outstanding grants are this SIM's to reserve). Kept as live as
-    /// the later of the two.
-    pub fn carry(current: Option<&Self>, used: u64, bytes: u64, until: u64, now: u64) -> Self {
-        let (base, lapse) = match current {
-            Some(r) if r.outstanding(used, now) > 0 => (r.mark, r.until.max(until)),
-            _ => (used, until),
-        };
-        Self {
-            mark: base.saturating_add(bytes),
-            until: lapse,
+    /// Bytes granted and not reported yet at `used`, `now` (0 once reported or lapsed).
+    pub fn outstanding(&self, used: u64, now: u64) -> u64 {
+        self.at(used, now)
+            .grants
+            .iter()
+            .fold(0, |sum, g| sum.saturating_add(g.bytes))
+    }
+
+    /// This reservation (as [`Reservation::at`] `used`, `now`) with one more grant of `bytes` lapsing at `until`.
+    pub fn with(&self, used: u64, now: u64, bytes: u64, until: u64) -> Self {
+        let mut next = self.at(used, now);
+        if bytes == 0 {
+            return next;
         }
+        next.grants.push(Held { bytes, until });
+        while next.grants.len() > MAX_LIVE_GRANTS {
+            let second = next.grants.remove(1);
+            let first = &mut next.grants[0];
+            first.bytes = first.bytes.saturating_add(second.bytes);
+            first.until = first.until.max(second.until);
+        }
+        next
+    }
+
+    /// The latest lapse among the live grants at `now` (0 if none).
+    pub fn lapse(&self, now: u64) -> u64 {
+        self.grants
+            .iter()
+            .filter(|g| now < g.until)
+            .map(|g| g.until)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Take on `bytes` outstanding under another SIM's grants lapsing at `until` (a switch: what the old SIM
+    /// still reports is charged here, so its outstanding grants are this SIM's to reserve), at this SIM's used
+    /// counter `used`.
+    pub fn carry(current: Option<&Self>, used: u64, bytes: u64, until: u64, now: u64) -> Self {
+        let start = Self {
+            base: used,
+            grants: Vec::new(),
+        };
+        current.unwrap_or(&start).with(used, now, bytes, until)
     }
 }
 
 /// [`decide`]'s answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
     /// The account is closed or closing (terminated, or switched away): no quota.
     Closed,
@@ -111,24 +172,31 @@ pub fn decide(
     if account.closing || account.closed.is_some() {
         return Grant::Closed;
     }
-    let outstanding = current.map_or(0, |r| r.outstanding(used, now));
+    let current = current.cloned().unwrap_or_else(|| Reservation {
+        base: used,
+        grants: Vec::new(),
+    });
+    let outstanding = current.outstanding(used, now);
     let left = account.remaining(used) - i128::from(outstanding);
     match decide_quota(left, requested) {
         Quota::Low { remaining } => Grant::Low { remaining },
         Quota::Grant { .. } if account.suspended_for_balance => Grant::Low {
             remaining: u64::try_from(left.max(0)).unwrap_or(u64::MAX),
         },
-        Quota::Grant { bytes, remaining } => Grant::Granted {
-            bytes,
-            remaining,
-            valid_until: now.saturating_add(GRANT_VALID_SECS),
-            reservation: Reservation {
-                mark: used.saturating_add(outstanding).saturating_add(bytes),
-                until: now
-                    .saturating_add(GRANT_VALID_SECS)
-                    .saturating_add(GRANT_REPORT_SECS),
-            },
-        },
+        Quota::Grant { bytes, remaining } => {
+            let valid_until = now.saturating_add(GRANT_VALID_SECS);
+            Grant::Granted {
+                bytes,
+                remaining,
+                valid_until,
+                reservation: current.with(
+                    used,
+                    now,
+                    bytes,
+                    valid_until.saturating_add(GRANT_REPORT_SECS),
+                ),
+            }
+        }
     }
 }
 
@@ -148,6 +216,7 @@ mod tests {
     use crate::usage::account::{BYTES_PER_MB, Credit, CreditKind, LOW_WATER_BYTES};
 
     const NOW: u64 = 1_800_000_000;
+    const LAPSE: u64 = GRANT_VALID_SECS + GRANT_REPORT_SECS;
 
     fn account(mb: u64) -> Account {
         Account::opened_with(
@@ -183,9 +252,12 @@ mod tests {
         // The first grant takes 1.5 MB of 2 MB; the second, decided on the reservation the first stored, gets
         // what is left, not another 1.5 MB.
         let (first, r1) = granted(decide(&a, 0, None, Some(1_500_000), NOW));
-        assert_eq!((first, r1.mark), (1_500_000, 1_500_000));
+        assert_eq!((first, r1.outstanding(0, NOW)), (1_500_000, 1_500_000));
         let (second, r2) = granted(decide(&a, 0, Some(&r1), Some(1_500_000), NOW));
-        assert_eq!((second, r2.mark), (500_000, 2 * BYTES_PER_MB));
+        assert_eq!(
+            (second, r2.outstanding(0, NOW)),
+            (500_000, 2 * BYTES_PER_MB)
+        );
         assert_eq!(
             decide(&a, 0, Some(&r2), None, NOW),
             Grant::Low { remaining: 0 },
@@ -194,13 +266,16 @@ mod tests {
     }
 
     #[test]
-    fn reported_usage_consumes_the_reservation_and_a_lapsed_one_frees_its_bytes() {
+    fn reported_usage_consumes_the_oldest_grant_and_each_lapses_on_its_own() {
         let a = account(2);
         let (_, r) = granted(decide(&a, 0, None, Some(1_500_000), NOW));
-        // The grant's usage reported: the used counter reached the mark, nothing is outstanding.
+        // The grant's usage reported: nothing is outstanding.
         assert_eq!(r.outstanding(1_500_000, NOW + 60), 0);
         let (bytes, r2) = granted(decide(&a, 1_500_000, Some(&r), None, NOW + 60));
-        assert_eq!((bytes, r2.mark), (500_000, 2 * BYTES_PER_MB));
+        assert_eq!(
+            (bytes, r2.outstanding(1_500_000, NOW + 60)),
+            (500_000, 500_000)
+        );
         // Part reported: the rest stays reserved until the grant lapses, then it may be granted again.
         let (_, r) = granted(decide(&a, 0, None, Some(1_500_000), NOW));
         assert_eq!(r.outstanding(200_000, NOW + 1), 1_300_000);
@@ -208,10 +283,34 @@ mod tests {
             decide(&a, 200_000, Some(&r), Some(1_000_000), NOW + 1),
             Grant::Granted { bytes: 500_000, .. }
         ));
-        let lapse = NOW + GRANT_VALID_SECS + GRANT_REPORT_SECS;
-        assert_eq!((r.until, r.outstanding(200_000, lapse)), (lapse, 0));
-        let (bytes, after) = granted(decide(&a, 200_000, Some(&r), Some(1_800_000), lapse));
-        assert_eq!((bytes, after.mark), (1_800_000, 2 * BYTES_PER_MB));
+        assert_eq!(r.outstanding(200_000, NOW + LAPSE), 0);
+        let (bytes, after) = granted(decide(&a, 200_000, Some(&r), Some(1_800_000), NOW + LAPSE));
+        assert_eq!(
+            (bytes, after.outstanding(200_000, NOW + LAPSE)),
+            (1_800_000, 1_800_000)
+        );
+    }
+
+    /// A carrier asking again every 15 minutes while its device uses a little: each grant's unused part lapses
+    /// half an hour after that grant, so at most the last half hour's grants are held and the device is never
+    /// starved of a balance it has (a first version kept every grant's unused part while any grant was live).
+    #[test]
+    fn a_carrier_asking_again_every_quarter_hour_never_piles_up_reservations() {
+        let a = account(10);
+        let mut r: Option<Reservation> = None;
+        let mut used = 0;
+        for tick in 0..40 {
+            let now = NOW + tick * GRANT_VALID_SECS;
+            let (bytes, next) = granted(decide(&a, used, r.as_ref(), None, now));
+            assert_eq!(bytes, BYTES_PER_MB, "tick {tick}");
+            used += 10_000;
+            assert!(
+                next.outstanding(used, now) <= 2 * BYTES_PER_MB,
+                "tick {tick}: {next:?}"
+            );
+            r = Some(next);
+        }
+        assert_eq!(used, 400_000);
     }
 
     #[test]
@@ -220,7 +319,22 @@ mod tests {
         let (_, r) = granted(decide(&a, 0, None, Some(100_000), NOW));
         // The carrier reported more than it was granted: grants start from what was used.
         let (bytes, r2) = granted(decide(&a, 1_000_000, Some(&r), None, NOW));
-        assert_eq!((bytes, r2.mark), (1_000_000, 2 * BYTES_PER_MB));
+        assert_eq!(bytes, 1_000_000);
+        assert_eq!(
+            (r2.base, r2.outstanding(1_000_000, NOW)),
+            (1_000_000, 1_000_000)
+        );
+    }
+
+    #[test]
+    fn the_record_stays_small_and_never_reserves_less() {
+        let mut r = Reservation::default();
+        for i in 0..(MAX_LIVE_GRANTS as u64 + 10) {
+            r = r.with(0, NOW, 1_000, NOW + 100 + i);
+        }
+        assert_eq!(r.grants.len(), MAX_LIVE_GRANTS);
+        assert_eq!(r.outstanding(0, NOW), (MAX_LIVE_GRANTS as u64 + 10) * 1_000);
+        assert_eq!(r.lapse(NOW), NOW + 100 + MAX_LIVE_GRANTS as u64 + 9);
     }
 
     #[test]
@@ -255,7 +369,7 @@ mod tests {
         let (_, r) = granted(decide(&a, 0, None, Some(1_000_000), NOW));
         assert_eq!(close_at(300_000, Some(&r), NOW + 10), 1_000_000);
         assert_eq!(close_at(1_200_000, Some(&r), NOW + 10), 1_200_000);
-        assert_eq!(close_at(300_000, Some(&r), r.until), 300_000, "lapsed");
+        assert_eq!(close_at(300_000, Some(&r), NOW + LAPSE), 300_000, "lapsed");
         assert_eq!(close_at(300_000, None, NOW), 300_000);
         // The refunds at that counter leave the granted megabyte out.
         let mut closed = a.clone();
@@ -270,30 +384,14 @@ mod tests {
 
     #[test]
     fn a_switch_carries_the_old_sims_outstanding_grants() {
-        // A fresh SIM takes on 400 KB lapsing when the old SIM's reservation does.
+        // A fresh SIM takes on 400 KB lapsing when the old SIM's grants do.
         let r = Reservation::carry(None, 0, 400_000, NOW + 100, NOW);
-        assert_eq!(
-            r,
-            Reservation {
-                mark: 400_000,
-                until: NOW + 100
-            }
-        );
-        // One with its own live grant stacks them, live as long as the later.
-        let own = Reservation {
-            mark: 700_000,
-            until: NOW + 50,
-        };
+        assert_eq!((r.outstanding(0, NOW), r.lapse(NOW)), (400_000, NOW + 100));
+        assert_eq!(r.outstanding(0, NOW + 100), 0);
+        // One with its own live grant holds both, each lapsing on its own.
+        let own = Reservation::carry(None, 500_000, 200_000, NOW + 50, NOW);
         let r = Reservation::carry(Some(&own), 500_000, 400_000, NOW + 100, NOW);
-        assert_eq!(
-            r,
-            Reservation {
-                mark: 1_100_000,
-                until: NOW + 100
-            }
-        );
-        // A lapsed own reservation counts from the used counter.
-        let r = Reservation::carry(Some(&own), 500_000, 400_000, NOW + 100, NOW + 50);
-        assert_eq!(r.mark, 900_000);
+        assert_eq!(r.outstanding(500_000, NOW), 600_000);
+        assert_eq!(r.outstanding(500_000, NOW + 50), 400_000);
     }
 }

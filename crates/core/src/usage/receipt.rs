@@ -41,10 +41,11 @@ pub const MAX_RECEIPT_BYTES: u64 = 1_000_000_000_000;
 /// the carrier and us. A window that ended earlier is not this SIM's usage (an ICCID a carrier recycled, a
 /// made-up backlog).
 pub const OPEN_GRACE_SECS: u64 = 3_600;
-/// A SIM a switch retired may report windows starting up to this long (a day) after the switch moved its data:
-/// it stays in service until its successor is installed, and sessions begun before the move report late.
-/// Those bytes draw on the successor's balance; a window starting later is refused, so the old carrier's
-/// reach into a SIM on another carrier ends.
+/// A retired SIM may report windows starting up to this long (a day) after it was retired. One a switch retired
+/// stays in service until its successor is installed, and sessions begun before the move report late: those
+/// bytes draw on the successor's balance. One terminated reports the usage of grants it had (charged to its
+/// closed account, whose refund left them out). A window starting later is refused, so the old carrier's reach
+/// into a SIM on another carrier, or into a terminated SIM's account, ends.
 pub const RETIREMENT_GRACE_SECS: u64 = MAX_WINDOW_SECS;
 
 /// The type as `alloy_sol_types` declares it: the tests hold [`hashes`] to its EIP-712 encoding.
@@ -210,15 +211,17 @@ pub enum ReceiptError {
         /// When the SIM was ordered.
         opened: u64,
     },
-    /// The window starts more than [`RETIREMENT_GRACE_SECS`] after a switch retired the SIM (its data moved
-    /// to another SIM, which its carrier may no longer charge).
-    #[error("window starts at {start}, after SIM {iccid} was switched away (at {retired})")]
+    /// The window starts more than [`RETIREMENT_GRACE_SECS`] after the SIM was retired: a switch moved its
+    /// data to another SIM, which its carrier may no longer charge, or it was terminated.
+    #[error(
+        "window starts at {start}, after SIM {iccid} was retired (switched away or terminated at {retired})"
+    )]
     AfterRetirement {
         /// The SIM.
         iccid: String,
         /// Start.
         start: u64,
-        /// When the switch moved its data.
+        /// When the switch moved its data, or the terminate closed its account.
         retired: u64,
     },
 }
@@ -442,9 +445,9 @@ pub struct SimTerms<'a> {
     /// When the SIM was ordered, if its account knows: a window that ended more than [`OPEN_GRACE_SECS`]
     /// before is refused.
     pub opened_at: Option<u64>,
-    /// When a switch moved its data to another SIM, if it did: a window that starts more than
-    /// [`RETIREMENT_GRACE_SECS`] after is refused (what it reports until then is charged to the SIM the data
-    /// moved to).
+    /// When a switch moved its data to another SIM, or a terminate closed its account, if either did: a window
+    /// that starts more than [`RETIREMENT_GRACE_SECS`] after is refused (what a switched-away SIM reports until
+    /// then is charged to the SIM the data moved to; a terminated one's, to its closed account).
     pub retired_at: Option<u64>,
 }
 
