@@ -1430,6 +1430,13 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
         allocated[0]
     );
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
+    // The run sent the kept request again (its authorization might have been executed): never executed, it
+    // ended as "nothing charged".
+    assert_eq!(
+        (&run["rechecked"], &run["rechecked_owed"]),
+        (&json!(1), &json!(0)),
+        "{run}"
+    );
     // Once: a later order's sweep, and the next run, find nothing to withdraw.
     s.activate_paid(
         &json!({"region": "us-west", "data_mb": 100, "carrier": "verizon"}),
@@ -1437,7 +1444,11 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
     )
     .await;
     let (status, again) = s.admin_run("cleanup", Some(&s.admin_token)).await;
-    assert_eq!((status, &again["withdrawn"]), (200, &json!(0)), "{again}");
+    assert_eq!(
+        (status, &again["withdrawn"], &again["rechecked"]),
+        (200, &json!(0), &json!(0)),
+        "{again}"
+    );
 }
 
 /// An `exact` payment, signed to expire at `valid_before`, whose order outlives the dispatch budget
@@ -1575,6 +1586,60 @@ async fn an_exact_payment_executed_by_its_payer_after_its_order_was_withdrawn_is
     assert_eq!(s.ledger_of("refund_owed", &id).await.len(), 1);
     let (status, paid) = s.admin_run("refunds", Some(&s.admin_token)).await;
     assert_eq!(status, 200, "{paid}");
+    assert_eq!(s.balance(agent()).await, start);
+    let (_, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// An `exact` payment whose order outlives the dispatch budget, whose payer executes the authorization itself
+/// and never sends the payment again: the operator's cleanup run withdraws the order once the authorization can
+/// no longer settle, then sends the request it kept again, as the payer would. The authorization was executed,
+/// so the invoice is settled by the payer's transaction and the payment owed back, once; the refund run pays it.
+/// Before, the money stayed with us until an operator looked. (About 80 s of real time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exact_payment_executed_by_its_payer_and_never_sent_again_is_owed_back_by_the_cleanup_run()
+ {
+    let valid_before = now() + 15;
+    let PendingExact {
+        s,
+        body,
+        id,
+        req,
+        pay,
+        start,
+    } = pending_exact(valid_before).await;
+    slow_tmobile(&s, false).await;
+    let tx = s.send_token(agent(), pay.calldata()).await;
+    s.mined(&tx).await;
+    assert_eq!(s.balance(agent()).await, start - price(&req));
+    while now() <= valid_before + 61 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (status, run) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+    assert_eq!(
+        (
+            status,
+            &run["withdrawn"],
+            &run["rechecked"],
+            &run["rechecked_owed"]
+        ),
+        (200, &json!(1), &json!(1), &json!(1)),
+        "{run}"
+    );
+    let confirmed = s.ledger_of("settlement_confirmed", &id).await;
+    assert_eq!(confirmed.len(), 1, "{confirmed:?}");
+    assert_eq!(confirmed[0]["tx_hash"], tx.as_str(), "{confirmed:?}");
+    assert_eq!(s.ledger_of("refund_owed", &id).await.len(), 1);
+    let (status, paid) = s.admin_run("refunds", Some(&s.admin_token)).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(s.balance(agent()).await, start);
+    // Looked at once: the next run sends nothing again; the payer's own resend is told of the refund.
+    let (status, again) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+    assert_eq!((status, &again["rechecked"]), (200, &json!(0)), "{again}");
+    let headers = [("payment-signature", pay.header())];
+    let (status, _, owed) = s.post("/v1/esim/activate", &body, &headers).await;
+    assert_eq!((status, &owed["charged"]), (409, &json!(true)), "{owed}");
+    assert_eq!(s.ledger_of("refund_owed", &id).await.len(), 1);
     assert_eq!(s.balance(agent()).await, start);
     let (_, verify) = s.ledger().await;
     assert_eq!(verify["ok"], true, "{verify}");

@@ -201,6 +201,14 @@ impl Guest for Component {
         cleanup::run(now, limit).await
     }
 
+    async fn keep_resend(invoice: String, request: String) -> Result<(), wit::Error> {
+        parking::recheck::keep(&invoice, &request).await
+    }
+
+    async fn settle_recheck(done: Vec<String>) -> Result<u32, wit::Error> {
+        parking::recheck::settle(&done).await
+    }
+
     async fn settle_owed(
         recorded: Vec<String>,
         operator: Vec<String>,

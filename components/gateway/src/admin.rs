@@ -63,6 +63,7 @@ pub async fn run_cleanup(req: &Request) -> Result<Reply, ApiError> {
         .await
         .map_err(from_wit)?;
     let owed = owe_withdrawn(run.owed).await;
+    let rechecked = recheck(run.recheck).await;
     let body = serde_json::json!({
         "withdrawn": run.withdrawn,
         "tried": run.tried,
@@ -72,8 +73,59 @@ pub async fn run_cleanup(req: &Request) -> Result<Reply, ApiError> {
         "owed_back": owed.recorded,
         "owed_left": owed.left,
         "owed_operator": owed.operator,
+        "rechecked": rechecked.done,
+        "rechecked_owed": rechecked.owed,
+        "recheck_left": rechecked.left,
     });
     Ok(json(200, body.to_string()))
+}
+
+/// What [`recheck`] did.
+#[derive(Debug, Default)]
+struct Rechecked {
+    /// Requests sent again that got a final answer (they leave the list).
+    done: usize,
+    /// Of those, payments found charged (an authorization executed by someone else): owed back.
+    owed: usize,
+    /// Left for the next run (a fault, or a settlement still on its way).
+    left: usize,
+}
+
+/// Send again the kept requests of `exact` activations withdrawn unpaid (kernel `order::recheck`), as their
+/// payers would: an authorization executed meanwhile is settled by that transaction and its payment owed back;
+/// one never executed ends as "nothing charged". Final answers leave the list (dispatch `settle-recheck`).
+async fn recheck(items: Vec<dispatch::KeptRequest>) -> Rechecked {
+    use esim402_core::order::recheck::is_final;
+    let mut out = Rechecked::default();
+    let mut done = Vec::new();
+    for item in items {
+        let answer = crate::recheck::send_again(&item.request).await;
+        let (status, body) = match &answer {
+            Ok(stored) => (stored.status, stored.body.as_str()),
+            Err(e) => (e.status(), ""),
+        };
+        if !is_final(status, body) {
+            out.left += 1;
+            continue;
+        }
+        let charged =
+            serde_json::from_str::<serde_json::Value>(body).is_ok_and(|b| b["charged"] == true);
+        if charged {
+            out.owed += 1;
+            eprintln!(
+                "gateway: the withdrawn order of invoice {} was paid by its authorization's execution: its payment is owed back",
+                item.invoice
+            );
+        }
+        done.push(item.invoice);
+    }
+    out.done = done.len();
+    if let Err(e) = dispatch::settle_recheck(done).await {
+        eprintln!(
+            "gateway: settling rechecked requests failed (the next run sends them again): {e:?}"
+        );
+    }
+    out
 }
 
 /// The reason the refund of a paid order that a cleanup run found undelivered gives.

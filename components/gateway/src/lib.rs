@@ -43,6 +43,7 @@ mod owing;
 mod pay;
 mod purchase;
 mod query;
+mod recheck;
 mod routes;
 
 use bindings::esim402::dispatch::dispatch;

@@ -21,13 +21,14 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
     let url = resource_url(&req);
-    let label = crate::header(&req, "x-agent-id")
-        .map(|l| {
-            esim402_core::order::parse_agent_label(l)
-                .map_err(|e| ApiError::invalid("X-Agent-ID", e))
-        })
-        .transpose()?;
-    let (request, body) = if req.method() == Method::GET {
+    let label = label_of(req.headers())?;
+    // An `exact` payment's request, kept if its order is left pending (`crate::recheck`).
+    let kept = proof
+        .as_ref()
+        .filter(|p| p.is_exact())
+        .map(|_| crate::recheck::headers(req.headers()));
+    let get = req.method() == Method::GET;
+    let (request, body) = if get {
         let query = req.uri().query().unwrap_or_default().to_owned();
         (ActivationRequest::from_query(&query)?, query.into_bytes())
     } else {
@@ -39,24 +40,69 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
         let (invoice, quote) = issue_activation(&wit_request).await?;
         return payment_required(&invoice, &quote, &url, None);
     };
-    let named = request.invoice_id.as_ref().or(invoice_header.as_ref());
-    let invoice = pay::invoice_for(&proof, named, || async {
-        Ok(issue_activation(&wit_request).await?.0)
-    })
-    .await?;
-    let fingerprint = request_fingerprint("activate", &body, &proof);
-    let stored = pay::pay(
-        invoice,
-        Order::Activation {
-            request: wit_request,
-            label,
-        },
+    let paid = Paid {
         proof,
-        &url,
-        fingerprint,
-    )
-    .await?;
+        invoice_header,
+        label,
+        url: &url,
+        request,
+        body: &body,
+    };
+    let (invoice, stored) = paid.pay().await?;
+    if let Some(headers) = kept
+        && pay::is_order_pending(&stored)
+    {
+        crate::recheck::keep(&invoice, get, &url, &body, &headers).await;
+    }
     Ok(render(&with_token(stored).await))
+}
+
+/// The `X-Agent-ID` label of a request, if any (400 if malformed).
+pub fn label_of(headers: &spin_sdk::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("x-agent-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|l| {
+            esim402_core::order::parse_agent_label(l)
+                .map_err(|e| ApiError::invalid("X-Agent-ID", e))
+        })
+        .transpose()
+}
+
+/// A paid activation request, parsed ([`activate`], or a kept one sent again: `crate::recheck`).
+pub struct Paid<'a> {
+    pub proof: Proof,
+    pub invoice_header: Option<esim402_core::InvoiceId>,
+    pub label: Option<String>,
+    pub url: &'a str,
+    pub request: ActivationRequest,
+    /// The body (or the query of a `GET`) as sent: the payment's request fingerprint.
+    pub body: &'a [u8],
+}
+
+impl Paid<'_> {
+    /// Pay the invoice the payment names (or one issued for the request) and deliver: the invoice's id and the
+    /// answer.
+    pub async fn pay(self) -> Result<(String, StoredResponse), ApiError> {
+        let wit_request = crate::convert::activation_to_wit(&self.request);
+        let named = self
+            .request
+            .invoice_id
+            .as_ref()
+            .or(self.invoice_header.as_ref());
+        let invoice = pay::invoice_for(&self.proof, named, || async {
+            Ok(issue_activation(&wit_request).await?.0)
+        })
+        .await?;
+        let id = invoice.id.clone();
+        let fingerprint = request_fingerprint("activate", self.body, &self.proof);
+        let order = Order::Activation {
+            request: wit_request,
+            label: self.label,
+        };
+        let stored = pay::pay(invoice, order, self.proof, self.url, fingerprint).await?;
+        Ok((id, stored))
+    }
 }
 
 /// A paid activation's (or switch's) answer with the SIM's access token added (never stored in the answer).

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::esim::{ProfileState, RoamingPolicy, SimState};
 
 pub mod parked;
+pub mod recheck;
 
 /// Where an order is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ use crate::calls::Deadline;
 use crate::config::Config;
 use crate::spec::Withdraw;
 
+pub mod recheck;
 mod withdraw;
 
 use withdraw::{Outcome, withdraw};
@@ -73,6 +74,8 @@ pub(super) async fn parked_as_paid(item: &Parked) -> bool {
 /// that took it already may still withdraw it: the paid entry then owes the payment back. A plain read first:
 /// the unpaid list is shared by every pending order.
 async fn unpark_unpaid(item: &Parked) {
+    // Paid now: the payment's kept request is not needed (the paid entry owes it back if it is withdrawn).
+    recheck::drop_kept(&item.invoice).await;
     let key = keys::CLEANUP_PARKED;
     match kv::get_json::<Vec<Parked>, ()>(key).await {
         Ok(Some(list)) if list.iter().any(|p| p.same_order(item)) => {}
@@ -207,6 +210,10 @@ pub async fn sweep(
             match withdraw(cfg, &item, deadline, now).await {
                 Outcome::Withdrawn => {
                     done.count = done.count.saturating_add(1);
+                    // Its payer may have executed the authorization meanwhile: the run sends the payment again.
+                    if !item.paid {
+                        recheck::withdrawn(&item.invoice).await;
+                    }
                     None
                 }
                 Outcome::Owed { now } => {
@@ -219,7 +226,16 @@ pub async fn sweep(
                     // Held as taken until the refund is acknowledged (or the hold ends: named again).
                     continue;
                 }
-                Outcome::Gone => None,
+                Outcome::Gone => {
+                    if !item.paid {
+                        recheck::drop_kept(&item.invoice).await;
+                    }
+                    None
+                }
+                Outcome::Ended => {
+                    recheck::withdrawn(&item.invoice).await;
+                    None
+                }
                 Outcome::Again(at) => Some(at),
             }
         };

@@ -3,7 +3,7 @@
 
 use esim402_core::esim::{Iccid, ProfileState, retire_on_terminate};
 use esim402_core::order::parked::{self, Parked, SimWithdrawal, Withdrawal};
-use esim402_core::order::{self, Claim, Cleanup, Order, StoredSim};
+use esim402_core::order::{self, Claim, Cleanup, Order, OrderStatus, StoredSim};
 use esim402_core::store::keys;
 use esim402_guest::convert::{kv_err, message};
 use esim402_guest::kv::{self, Change};
@@ -32,6 +32,13 @@ pub(super) async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, no
     };
     match parked::withdrawal(journal.as_ref(), iccid, now, item.paid) {
         Withdrawal::Owed => return Outcome::Owed { now: false },
+        Withdrawal::Drop
+            if journal
+                .as_ref()
+                .is_some_and(|o| o.status == OrderStatus::Failed) =>
+        {
+            return Outcome::Ended;
+        }
         Withdrawal::Drop => return Outcome::Gone,
         Withdrawal::Later(until) => return Outcome::Again(until),
         Withdrawal::Proceed => {}
@@ -50,7 +57,8 @@ pub(super) async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, no
         }
         // Failed since it was read: a paid order's payment is owed back all the same.
         Ok(Err(Claim::Failed(_))) if item.paid => return Outcome::Owed { now: false },
-        Ok(Err(Claim::Done(_) | Claim::Failed(_))) => return Outcome::Gone,
+        Ok(Err(Claim::Failed(_))) => return Outcome::Ended,
+        Ok(Err(Claim::Done(_))) => return Outcome::Gone,
         Err(e) => {
             eprintln!(
                 "dispatch: the parked order of invoice {invoice} waits: its journal cannot be claimed: {}",
@@ -219,6 +227,9 @@ pub(super) enum Outcome {
     Owed { now: bool },
     /// Nothing (left) to withdraw: it leaves the list.
     Gone,
+    /// An unpaid entry whose order failed (withdrawn by an earlier sweep that stopped before settling the
+    /// entry, or failed otherwise): it leaves the list, and its payment is looked at again as a withdrawn one's.
+    Ended,
     /// Looked at again once due then.
     Again(u64),
 }

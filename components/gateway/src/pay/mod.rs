@@ -37,6 +37,13 @@ use answers::Answers;
 use attempt::Attempt;
 pub use proof::{Kind, Proof};
 
+/// Whether `stored` is the answer of an `exact` payment whose order the carrier has not confirmed yet (nothing
+/// charged; the same payment sent again continues it).
+pub fn is_order_pending(stored: &StoredResponse) -> bool {
+    let pending = answers::order_pending();
+    (stored.status, &stored.body) == (pending.status, &pending.body)
+}
+
 /// The invoice `proof` pays. One it names (`named`: the request's invoice id, for tx-hash proofs) is opened.
 /// A v1 payment names none: the first request that presented it sealed one with `issue`, and every replay of
 /// the same payment finds that one (so replays race on one invoice, like v2). A v2 payment built from someone

@@ -46,6 +46,11 @@ const HEADERS: [(&str, Kind); 3] = [
 ];
 
 impl Proof {
+    /// An x402 `exact` payment (not a tx-hash proof).
+    pub fn is_exact(&self) -> bool {
+        self.kind != Kind::TxHash
+    }
+
     /// The payment on a request: `None` without one; 400 naming the header when it is malformed or when
     /// more than one kind is sent.
     pub fn from_headers(headers: &spin_sdk::http::HeaderMap) -> Result<Option<Self>, ApiError> {

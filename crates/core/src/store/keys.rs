@@ -22,6 +22,7 @@
 //! | `auth/nonce/<address>/<nonce>` | dispatch | claim counter: a sign-in nonce used (once per wallet) |
 //! | `secret/sim-token-key` | dispatch | the access-token key generated on first use when `access_token_secret` is not set |
 //! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
+//! | `cleanup/resend/<invoice id>`, `cleanup/recheck` | dispatch | an `exact` activation's paid request kept while its order is pending, and the invoices of such orders withdrawn unpaid, whose requests the operator's cleanup run sends again (`crate::order::recheck`) |
 //! | `cleanup/parked` | dispatch | pending orders to withdraw once their payment can no longer settle (`crate::order::parked`) |
 //! | `balance/<iccid>` | metering | a SIM's account: credits with data left, used-up credits folded, suspension flag, closing refunds (`crate::usage::account`) |
 //! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |
@@ -173,6 +174,15 @@ pub const CLEANUP_PARKED: &str = "cleanup/parked";
 /// only (`crate::order::parked::Parked::paid`). A key of its own: an earlier build, which rewrites
 /// [`CLEANUP_PARKED`] whole, would drop their `paid` mark and withdraw them owing nothing.
 pub const CLEANUP_PARKED_PAID: &str = "cleanup/parked-paid";
+
+/// The invoices of `exact` activations withdrawn unpaid whose kept requests the cleanup run sends again
+/// (`crate::order::recheck`).
+pub const CLEANUP_RECHECK: &str = "cleanup/recheck";
+
+/// An `exact` activation's paid request kept while its order is pending (`crate::order::recheck::Resend`).
+pub fn cleanup_resend(invoice: &str) -> String {
+    format!("cleanup/resend/{invoice}")
+}
 
 /// A SIM's balance.
 pub fn balance(iccid: &str) -> String {
