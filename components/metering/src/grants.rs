@@ -97,10 +97,10 @@ pub async fn carry(from: &str, used_from: u64, to: &str, now: u64) -> Result<(),
     if bytes == 0 {
         return Ok(());
     }
-    let until = old.at(used_from, now).lapse(now);
+    let live = old.at(used_from, now).grants;
     let used_to = used(to)?;
     kv::change_json::<Reservation, (), wit::Error>(&keys::meter_grant(to), |cur| {
-        let carried = Reservation::carry(cur.as_ref(), used_to, bytes, until, now);
+        let carried = Reservation::carry(cur.as_ref(), used_to, &live, now);
         Ok((Change::Put(carried), ()))
     })
     .await

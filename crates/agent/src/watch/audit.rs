@@ -209,12 +209,18 @@ pub enum LowBalance {
     },
 }
 
+/// The most reserved bytes [`on_low_balance`] takes the facilitator's word for: a carrier asking for the default
+/// grant once a minute for the half hour a grant is held (kernel `usage::grant`).
+pub const MAX_RESERVED_COUNTED: u64 = 30 * esim402_core::usage::account::DEFAULT_GRANT_BYTES;
+
 /// Decide the low-balance 402 from what was credited — the facilitator's figure `reported`, never below `floor`
 /// ([`crate::state::State::credit_floor`]: what this agent paid for; overstating only hurts the facilitator, understating would make
 /// the agent pay again) — what this agent verified as used, and the bytes the carrier's quota grants hold
 /// (`reserved`: granted, not reported yet; not charges, but not grantable either, so without a top-up the
-/// network is refused quota), with the kernel's own quota rule.
+/// network is refused quota), with the kernel's own quota rule. The facilitator's `reserved` figure counts up to
+/// [`MAX_RESERVED_COUNTED`]: one that overstates it cannot make this agent pay top-ups at will.
 pub fn on_low_balance(reported: u64, floor: u64, reserved: u64, audit: &Audit) -> LowBalance {
+    let reserved = reserved.min(MAX_RESERVED_COUNTED);
     let credited = reported.max(floor);
     let own = i128::from(credited) - i128::from(audit.verified_bytes) - i128::from(reserved);
     match decide_quota(own, None) {
@@ -515,6 +521,11 @@ mod tests {
         );
         assert!(matches!(
             on_low_balance(11_000_000, 0, 9_900_000, &a),
+            LowBalance::Withhold { .. }
+        ));
+        // A facilitator overstating what is reserved is believed only up to the bound.
+        assert!(matches!(
+            on_low_balance(100_000_000, 0, 100_000_000, &a),
             LowBalance::Withhold { .. }
         ));
         assert_eq!(

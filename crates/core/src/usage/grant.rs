@@ -28,10 +28,13 @@ pub const GRANT_VALID_SECS: u64 = 900;
 /// lapsed, and its bytes may meanwhile have been granted again.
 pub const GRANT_REPORT_SECS: u64 = 900;
 
-/// The most live grants a reservation lists; a grant beyond merges the two oldest (their bytes together,
-/// held as long as the later of them: never less reserved), so the record stays small however often a
-/// carrier asks.
-pub const MAX_LIVE_GRANTS: usize = 32;
+/// Grants lapse on whole minutes (their lapse rounded up): grants made within the same minute share one entry,
+/// so the list holds at most one entry per minute of the half hour a grant is held.
+pub const LAPSE_STEP_SECS: u64 = 60;
+
+/// The most entries a reservation lists (the half hour's minutes, and a switch's carried ones); beyond, the two
+/// oldest merge (their bytes together, held as long as the later: never less reserved).
+pub const MAX_LIVE_GRANTS: usize = 40;
 
 /// One live grant: the bytes it has not seen reported yet, and when it lapses (unix seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,20 +88,31 @@ impl Reservation {
             .fold(0, |sum, g| sum.saturating_add(g.bytes))
     }
 
-    /// This reservation (as [`Reservation::at`] `used`, `now`) with one more grant of `bytes` lapsing at `until`.
+    /// This reservation (as [`Reservation::at`] `used`, `now`) with one more grant of `bytes` lapsing at `until`
+    /// (rounded up to [`LAPSE_STEP_SECS`]: a grant lapsing in the same minute as the newest joins it).
     pub fn with(&self, used: u64, now: u64, bytes: u64, until: u64) -> Self {
         let mut next = self.at(used, now);
+        next.push(bytes, until);
+        next
+    }
+
+    fn push(&mut self, bytes: u64, until: u64) {
         if bytes == 0 {
-            return next;
+            return;
         }
-        next.grants.push(Held { bytes, until });
-        while next.grants.len() > MAX_LIVE_GRANTS {
-            let second = next.grants.remove(1);
-            let first = &mut next.grants[0];
+        let until = until
+            .div_ceil(LAPSE_STEP_SECS)
+            .saturating_mul(LAPSE_STEP_SECS);
+        match self.grants.last_mut() {
+            Some(last) if last.until == until => last.bytes = last.bytes.saturating_add(bytes),
+            _ => self.grants.push(Held { bytes, until }),
+        }
+        while self.grants.len() > MAX_LIVE_GRANTS {
+            let second = self.grants.remove(1);
+            let first = &mut self.grants[0];
             first.bytes = first.bytes.saturating_add(second.bytes);
             first.until = first.until.max(second.until);
         }
-        next
     }
 
     /// The latest lapse among the live grants at `now` (0 if none).
@@ -111,15 +125,21 @@ impl Reservation {
             .unwrap_or(0)
     }
 
-    /// Take on `bytes` outstanding under another SIM's grants lapsing at `until` (a switch: what the old SIM
-    /// still reports is charged here, so its outstanding grants are this SIM's to reserve), at this SIM's used
+    /// Take on another SIM's live grants `carried` (a switch: what the old SIM still reports is charged here, so
+    /// its outstanding grants are this SIM's to reserve), each lapsing when it did there, at this SIM's used
     /// counter `used`.
-    pub fn carry(current: Option<&Self>, used: u64, bytes: u64, until: u64, now: u64) -> Self {
-        let start = Self {
-            base: used,
-            grants: Vec::new(),
-        };
-        current.unwrap_or(&start).with(used, now, bytes, until)
+    pub fn carry(current: Option<&Self>, used: u64, carried: &[Held], now: u64) -> Self {
+        let mut next = current.map_or_else(
+            || Self {
+                base: used,
+                grants: Vec::new(),
+            },
+            |r| r.at(used, now),
+        );
+        for g in carried.iter().filter(|g| now < g.until) {
+            next.push(g.bytes, g.until);
+        }
+        next
     }
 }
 
@@ -176,6 +196,9 @@ pub fn decide(
         base: used,
         grants: Vec::new(),
     });
+    // A counter read before a concurrent grant stored this record may be older than its base (which no report
+    // ever passes back): the record's is the newer.
+    let used = used.max(current.base);
     let outstanding = current.outstanding(used, now);
     let left = account.remaining(used) - i128::from(outstanding);
     match decide_quota(left, requested) {
@@ -203,7 +226,14 @@ pub fn decide(
 /// The used counter a terminate's refunds are fixed at: `used`, plus what outstanding grants let the device
 /// use that the carrier has not reported yet (they are charged when they come, and must not be refunded).
 pub fn close_at(used: u64, current: Option<&Reservation>, now: u64) -> u64 {
-    used.saturating_add(current.map_or(0, |r| r.outstanding(used, now)))
+    match current {
+        // The record's base is a counter value read after `used` may have been (a concurrent grant's).
+        Some(r) => {
+            let used = used.max(r.base);
+            used.saturating_add(r.outstanding(used, now))
+        }
+        None => used,
+    }
 }
 
 #[cfg(test)]
@@ -329,12 +359,55 @@ mod tests {
     #[test]
     fn the_record_stays_small_and_never_reserves_less() {
         let mut r = Reservation::default();
+        // Grants lapsing within one minute share an entry; one per minute beyond the bound merges the oldest.
         for i in 0..(MAX_LIVE_GRANTS as u64 + 10) {
-            r = r.with(0, NOW, 1_000, NOW + 100 + i);
+            r = r.with(0, NOW, 1_000, NOW + 6_000 + i * 60);
+            r = r.with(0, NOW, 1_000, NOW + 6_000 + i * 60 + 1);
         }
         assert_eq!(r.grants.len(), MAX_LIVE_GRANTS);
-        assert_eq!(r.outstanding(0, NOW), (MAX_LIVE_GRANTS as u64 + 10) * 1_000);
-        assert_eq!(r.lapse(NOW), NOW + 100 + MAX_LIVE_GRANTS as u64 + 9);
+        assert_eq!(r.outstanding(0, NOW), (MAX_LIVE_GRANTS as u64 + 10) * 2_000);
+        assert!(r.grants.windows(2).all(|w| w[0].until <= w[1].until));
+    }
+
+    /// A carrier asking every 30 s for the default grant, its device using 10 KB each time, for ten hours on a
+    /// 1 GB SIM: at most the last half hour's grants are held (about 60 MB), and every ask is granted. A first
+    /// version merged the oldest entries once the list was full, which kept moving the merged entry's lapse: it
+    /// never lapsed and grew by a megabyte per ask.
+    #[test]
+    fn a_carrier_asking_every_half_minute_holds_only_the_last_half_hour() {
+        let a = account(1_000);
+        let mut r: Option<Reservation> = None;
+        let mut used = 0;
+        for tick in 0..1_200 {
+            let now = NOW + tick * 30;
+            let (bytes, next) = granted(decide(&a, used, r.as_ref(), None, now));
+            assert_eq!(bytes, BYTES_PER_MB, "tick {tick}");
+            used += 10_000;
+            let held = next.outstanding(used, now);
+            assert!(held <= 62 * BYTES_PER_MB, "tick {tick}: {held}");
+            assert!(
+                next.grants.len() <= 31,
+                "tick {tick}: {}",
+                next.grants.len()
+            );
+            r = Some(next);
+        }
+    }
+
+    /// A counter read before a concurrent grant stored its record can be older than the record's base: the
+    /// base counts (a refund fixed at the older value would refund reported bytes).
+    #[test]
+    fn a_stale_used_counter_never_undercounts() {
+        let a = account(2);
+        let (_, r) = granted(decide(&a, 0, None, Some(500_000), NOW));
+        // Usage reported, and another grant made at the newer counter.
+        let (_, r) = granted(decide(&a, 800_000, Some(&r), Some(500_000), NOW));
+        assert_eq!(r.base, 800_000);
+        assert_eq!(close_at(300_000, Some(&r), NOW), 1_300_000);
+        assert!(matches!(
+            decide(&a, 300_000, Some(&r), None, NOW),
+            Grant::Granted { bytes: 700_000, .. }
+        ));
     }
 
     #[test]
@@ -384,14 +457,16 @@ mod tests {
 
     #[test]
     fn a_switch_carries_the_old_sims_outstanding_grants() {
-        // A fresh SIM takes on 400 KB lapsing when the old SIM's grants do.
-        let r = Reservation::carry(None, 0, 400_000, NOW + 100, NOW);
-        assert_eq!((r.outstanding(0, NOW), r.lapse(NOW)), (400_000, NOW + 100));
-        assert_eq!(r.outstanding(0, NOW + 100), 0);
-        // One with its own live grant holds both, each lapsing on its own.
-        let own = Reservation::carry(None, 500_000, 200_000, NOW + 50, NOW);
-        let r = Reservation::carry(Some(&own), 500_000, 400_000, NOW + 100, NOW);
-        assert_eq!(r.outstanding(500_000, NOW), 600_000);
-        assert_eq!(r.outstanding(500_000, NOW + 50), 400_000);
+        let held = |bytes, until| Held { bytes, until };
+        // A fresh SIM takes on the old SIM's grants, each lapsing when it did there (on whole minutes).
+        let old = [held(400_000, NOW + 120), held(100_000, NOW + 600)];
+        let r = Reservation::carry(None, 0, &old, NOW);
+        assert_eq!((r.outstanding(0, NOW), r.lapse(NOW)), (500_000, NOW + 600));
+        assert_eq!(r.outstanding(0, NOW + 120), 100_000);
+        // One with its own live grant holds all of them, each on its own clock.
+        let own = Reservation::carry(None, 500_000, &[held(200_000, NOW + 60)], NOW);
+        let r = Reservation::carry(Some(&own), 500_000, &old, NOW);
+        assert_eq!(r.outstanding(500_000, NOW), 700_000);
+        assert_eq!(r.outstanding(500_000, NOW + 60), 500_000);
     }
 }

@@ -108,8 +108,8 @@ async fn reported_usage_consumes_a_grant_and_its_unused_part_lapses() {
     let next = grant_at(&mut kit, &id, Some(2 * MB), t + 60).await;
     assert_eq!(next.bytes, 500_000);
     assert_eq!(next.balance.used_bytes, MB);
-    // Both lapsed: the 1 MB not reported may be granted again.
-    let later = grant_at(&mut kit, &id, Some(2 * MB), t + 60 + 1_800).await;
+    // Both lapsed (on whole minutes): the 1 MB not reported may be granted again.
+    let later = grant_at(&mut kit, &id, Some(2 * MB), t + 60 + 1_800 + 60).await;
     assert_eq!((later.bytes, later.balance.reserved_bytes), (MB, MB));
 }
 
