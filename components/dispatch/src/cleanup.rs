@@ -161,7 +161,7 @@ pub async fn run(now: u64, limit: u32) -> Result<CleanupRun, wit::Error> {
         queued: count(queue::len().await),
         parked: count(crate::parking::parked_len().await),
         owed: swept.owed,
-        recheck: crate::parking::recheck::due(max).await?,
+        recheck: crate::parking::recheck::due(now, max).await,
     })
 }
 

@@ -87,43 +87,45 @@ struct Rechecked {
     done: usize,
     /// Of those, payments found charged (an authorization executed by someone else): owed back.
     owed: usize,
-    /// Left for the next run (a fault, or a settlement still on its way).
+    /// Left for a later run (a fault, a settlement still on its way, or the payer's own resend in progress).
     left: usize,
 }
 
 /// Send again the kept requests of `exact` activations withdrawn unpaid (kernel `order::recheck`), as their
 /// payers would: an authorization executed meanwhile is settled by that transaction and its payment owed back;
-/// one never executed ends as "nothing charged". Final answers leave the list (dispatch `settle-recheck`).
+/// one never executed ends as "nothing charged". Each is settled as soon as it is answered (dispatch
+/// `settle-recheck`), so a run cut short keeps what it did.
 async fn recheck(items: Vec<dispatch::KeptRequest>) -> Rechecked {
     use esim402_core::order::recheck::is_final;
     let mut out = Rechecked::default();
-    let mut done = Vec::new();
     for item in items {
         let answer = crate::recheck::send_again(&item.request).await;
         let (status, body) = match &answer {
-            Ok(stored) => (stored.status, stored.body.as_str()),
-            Err(e) => (e.status(), ""),
+            Ok(stored) => (stored.status, stored.body.clone()),
+            Err(e) => (e.status(), serde_json::json!({ "error": e }).to_string()),
         };
-        if !is_final(status, body) {
+        let done = is_final(status, &body);
+        if done {
+            out.done += 1;
+            let charged = serde_json::from_str::<serde_json::Value>(&body)
+                .is_ok_and(|b| b["charged"] == true);
+            if charged {
+                out.owed += 1;
+                eprintln!(
+                    "gateway: the withdrawn order of invoice {} was paid by its authorization's execution: its \
+                     payment is owed back",
+                    item.invoice
+                );
+            }
+        } else {
             out.left += 1;
-            continue;
         }
-        let charged =
-            serde_json::from_str::<serde_json::Value>(body).is_ok_and(|b| b["charged"] == true);
-        if charged {
-            out.owed += 1;
+        if let Err(e) = dispatch::settle_recheck(item.invoice.clone(), done, now()).await {
             eprintln!(
-                "gateway: the withdrawn order of invoice {} was paid by its authorization's execution: its payment is owed back",
+                "gateway: settling the recheck of invoice {} failed (a later run sends it again): {e:?}",
                 item.invoice
             );
         }
-        done.push(item.invoice);
-    }
-    out.done = done.len();
-    if let Err(e) = dispatch::settle_recheck(done).await {
-        eprintln!(
-            "gateway: settling rechecked requests failed (the next run sends them again): {e:?}"
-        );
     }
     out
 }

@@ -226,7 +226,9 @@ pub async fn sweep(
                     // Held as taken until the refund is acknowledged (or the hold ends: named again).
                     continue;
                 }
-                Outcome::Gone => {
+                // Moved on (a failover's next profile is parked under the same invoice, its request with it).
+                Outcome::Gone => None,
+                Outcome::Finished => {
                     if !item.paid {
                         recheck::drop_kept(&item.invoice).await;
                     }

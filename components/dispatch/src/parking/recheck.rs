@@ -1,9 +1,10 @@
 //! Withdrawn `exact` activations looked at again on chain (kernel `order::recheck`): the paid request of an
 //! order answered "pending" is kept (`cleanup/resend/<invoice>`); a sweep that withdraws that order unpaid lists
 //! its invoice (`cleanup/recheck`), and the operator's run hands the kept requests to the gateway, which sends
-//! them again. A kept request whose parked entry leaves otherwise (delivered, or parked as paid) is dropped.
+//! them again and settles each. A kept request whose order was delivered, or parked as paid, is dropped; one
+//! whose order moved on to another profile stays for that profile's entry.
 
-use esim402_core::order::recheck::{self, MAX_RESEND_BYTES};
+use esim402_core::order::recheck::{self, Listed, MAX_RESEND_BYTES, Push, Tried};
 use esim402_core::store::keys;
 use esim402_guest::convert::{invalid, kv_err, store_err};
 use esim402_guest::kv::{self, Change};
@@ -26,32 +27,41 @@ pub async fn keep(invoice: &str, request: &str) -> Result<(), wit::Error> {
         .map_err(store_err)
 }
 
-/// The order of `invoice` was withdrawn unpaid: list it for a recheck if its request was kept (a failure is
-/// logged: the payer's own resend still owes an executed payment back).
+/// The order of `invoice` was withdrawn unpaid (or found failed): list it for a recheck if its request was
+/// kept. A failure, or a full list, is logged for an operator: the payer's own resend still owes an executed
+/// payment back.
 pub async fn withdrawn(invoice: &str) {
     match kept(invoice).await {
         Ok(Some(_)) => {}
         Ok(None) => return,
         Err(e) => {
             eprintln!(
-                "dispatch: the kept request of withdrawn invoice {invoice} cannot be read: {e:?}"
+                "dispatch: OPERATOR: the kept request of withdrawn invoice {invoice} cannot be read ({e:?}): if its \
+                 authorization was executed, its payment is owed back only when sent again"
             );
             return;
         }
     }
-    let r = kv::change_json::<Vec<String>, (), ()>(keys::CLEANUP_RECHECK, |list| {
+    let r = kv::change_json::<Vec<Listed>, bool, ()>(keys::CLEANUP_RECHECK, |list| {
         Ok(match recheck::push(list.unwrap_or_default(), invoice) {
-            Some(list) => (Change::Put(list), ()),
-            None => (Change::Keep, ()),
+            Push::Listed(list) => (Change::Put(list), true),
+            Push::Already => (Change::Keep, true),
+            Push::Full => (Change::Keep, false),
         })
     })
     .await;
-    if let Err(e) = r {
-        eprintln!(
-            "dispatch: OPERATOR: invoice {invoice}'s order was withdrawn unpaid and cannot be listed for its chain \
-             check ({e}): if its authorization was executed, its payment is owed back when sent again"
-        );
-    }
+    let why = match r {
+        Ok((_, true)) => return,
+        Ok((_, false)) => format!(
+            "the recheck list is full ({} entries)",
+            recheck::MAX_RECHECK
+        ),
+        Err(e) => e.to_string(),
+    };
+    eprintln!(
+        "dispatch: OPERATOR: invoice {invoice}'s order was withdrawn unpaid and is not listed for its chain check \
+         ({why}): if its authorization was executed, its payment is owed back only when sent again"
+    );
 }
 
 /// The parked entry of `invoice` left without a withdrawal (delivered, or parked as paid): its kept request is
@@ -73,45 +83,59 @@ async fn kept(invoice: &str) -> Result<Option<String>, wit::Error> {
     Ok(bytes.and_then(|b| String::from_utf8(b).ok()))
 }
 
-/// The kept requests of up to `max` listed invoices (a listed invoice whose request is gone leaves the list).
-pub async fn due(max: usize) -> Result<Vec<KeptRequest>, wit::Error> {
-    let list = kv::get_json::<Vec<String>, wit::Error>(keys::CLEANUP_RECHECK)
-        .await
-        .map_err(kv_err)?
-        .unwrap_or_default();
+/// The kept requests of up to `max` listed invoices due at `now` (kernel `recheck::due`). A listed invoice whose
+/// request is gone leaves the list; a read that fails is logged and left for the next run.
+pub async fn due(now: u64, max: usize) -> Vec<KeptRequest> {
+    let list = match kv::get_json::<Vec<Listed>, wit::Error>(keys::CLEANUP_RECHECK).await {
+        Ok(list) => list.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("dispatch: the recheck list cannot be read (the next run tries again): {e}");
+            return Vec::new();
+        }
+    };
     let mut out = Vec::new();
-    let mut gone = Vec::new();
-    for invoice in list.into_iter().take(max) {
-        match kept(&invoice).await? {
-            Some(request) => out.push(KeptRequest { invoice, request }),
-            None => gone.push(invoice),
+    for invoice in recheck::due(&list, now, max) {
+        match kept(&invoice).await {
+            Ok(Some(request)) => out.push(KeptRequest { invoice, request }),
+            Ok(None) => {
+                if let Err(e) = settle(&invoice, true, now).await {
+                    eprintln!(
+                        "dispatch: invoice {invoice} stays listed without a kept request: {e:?}"
+                    );
+                }
+            }
+            Err(e) => eprintln!(
+                "dispatch: the kept request of invoice {invoice} cannot be read (the next run tries again): {e:?}"
+            ),
         }
     }
-    settle(&gone).await?;
-    Ok(out)
+    out
 }
 
-/// `settle-recheck`: the invoices in `done` leave the list, and their kept requests are dropped. How many left.
-pub async fn settle(done: &[String]) -> Result<u32, wit::Error> {
-    if done.is_empty() {
-        return Ok(0);
-    }
-    let (_, left) =
-        kv::change_json::<Vec<String>, u32, wit::Error>(keys::CLEANUP_RECHECK, |list| {
-            let list = list.unwrap_or_default();
-            let before = list.len();
-            Ok(match recheck::remove(list, done) {
-                Some(list) => {
-                    let left = u32::try_from(before - list.len()).unwrap_or(u32::MAX);
-                    (Change::Put(list), left)
-                }
-                None => (Change::Keep, 0),
-            })
+/// `settle-recheck`: `invoice`'s request was sent again; with a final answer it leaves the list (and its kept
+/// request is dropped), without it is due again later, or left to an operator after its last try.
+pub async fn settle(invoice: &str, r#final: bool, now: u64) -> Result<(), wit::Error> {
+    let tried = if r#final { Tried::Done } else { Tried::Again };
+    let (_, gave_up) =
+        kv::change_json::<Vec<Listed>, bool, wit::Error>(keys::CLEANUP_RECHECK, |list| {
+            Ok(
+                match recheck::settle(list.unwrap_or_default(), invoice, tried, now) {
+                    (Some(list), gave_up) => (Change::Put(list), gave_up),
+                    (None, _) => (Change::Keep, false),
+                },
+            )
         })
         .await
         .map_err(kv_err)?;
-    for invoice in done {
+    if gave_up {
+        eprintln!(
+            "dispatch: OPERATOR: the paid request of withdrawn invoice {invoice} got no final answer after {} tries: \
+             check on chain whether its authorization was executed, and owe it back if so (its request stays kept)",
+            recheck::MAX_TRIES
+        );
+    }
+    if r#final {
         drop_kept(invoice).await;
     }
-    Ok(left)
+    Ok(())
 }

@@ -32,21 +32,20 @@ pub(super) async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, no
     };
     match parked::withdrawal(journal.as_ref(), iccid, now, item.paid) {
         Withdrawal::Owed => return Outcome::Owed { now: false },
-        Withdrawal::Drop
-            if journal
-                .as_ref()
-                .is_some_and(|o| o.status == OrderStatus::Failed) =>
-        {
-            return Outcome::Ended;
+        Withdrawal::Drop => {
+            return match journal.as_ref().map(|o| o.status) {
+                Some(OrderStatus::Failed) => Outcome::Ended,
+                Some(OrderStatus::Done) => Outcome::Finished,
+                _ => Outcome::Gone,
+            };
         }
-        Withdrawal::Drop => return Outcome::Gone,
         Withdrawal::Later(until) => return Outcome::Again(until),
         Withdrawal::Proceed => {}
     }
     // An unpaid entry whose order is parked as paid since (its money moved; a driver that started before that
     // parked it unpaid again): only the paid entry withdraws it, owing the payment back.
     if !item.paid && super::parked_as_paid(item).await {
-        return Outcome::Gone;
+        return Outcome::Finished;
     }
     let lease = order::lease_secs(cfg.budget.as_secs(), cfg.call_timeout.as_secs());
     let driver = match journal::claim(invoice, now, lease).await {
@@ -58,7 +57,7 @@ pub(super) async fn withdraw(cfg: &Config, item: &Parked, deadline: Deadline, no
         // Failed since it was read: a paid order's payment is owed back all the same.
         Ok(Err(Claim::Failed(_))) if item.paid => return Outcome::Owed { now: false },
         Ok(Err(Claim::Failed(_))) => return Outcome::Ended,
-        Ok(Err(Claim::Done(_))) => return Outcome::Gone,
+        Ok(Err(Claim::Done(_))) => return Outcome::Finished,
         Err(e) => {
             eprintln!(
                 "dispatch: the parked order of invoice {invoice} waits: its journal cannot be claimed: {}",
@@ -225,8 +224,11 @@ pub(super) enum Outcome {
     /// A paid order withdrawn (`now`: by this sweep): its payment is owed back; it stays held until that is
     /// acknowledged.
     Owed { now: bool },
-    /// Nothing (left) to withdraw: it leaves the list.
+    /// Nothing (left) to withdraw: it leaves the list (an order that moved on to another profile parks that
+    /// one's entry, under the same invoice).
     Gone,
+    /// Delivered, or parked as paid: it leaves the list, and its kept request is not needed.
+    Finished,
     /// An unpaid entry whose order failed (withdrawn by an earlier sweep that stopped before settling the
     /// entry, or failed otherwise): it leaves the list, and its payment is looked at again as a withdrawn one's.
     Ended,

@@ -8,8 +8,9 @@
 //! `keep-resend`, `cleanup/resend/<invoice>`); when a sweep withdraws that order unpaid, its invoice is listed
 //! for a recheck (`cleanup/recheck`, [`push`]); the operator's cleanup run sends each such request again, as the
 //! payer would ([`is_final`]): an authorization executed meanwhile is settled by that transaction and owed back,
-//! one never executed ends as "nothing charged". A request kept for an order that was delivered, or parked as
-//! paid, is dropped when its parked entry leaves.
+//! one never executed ends as "nothing charged"; one without a final answer is tried again later ([`settle`]),
+//! at most [`MAX_TRIES`] times. A request kept for an order that was delivered, or parked as paid, is dropped
+//! when its parked entry leaves; one whose order moved to another profile (a failover) stays for that one's.
 //!
 //! The kept request holds the signed authorization (the payment header): only ever settled to `payTo`, and
 //! useless once its `validBefore` passed, which every recheck is after.
@@ -22,6 +23,15 @@ pub const MAX_RESEND_BYTES: usize = 16 * 1024;
 /// The most invoices listed for a recheck at once; beyond, a withdrawn order is not listed (logged for an
 /// operator).
 pub const MAX_RECHECK: usize = 4_096;
+
+/// How often a listed request is sent again without a final answer before it is left to an operator (logged
+/// `OPERATOR:`, dropped from the list): its executing transaction may lie beyond the verifier's log search, or
+/// its settlement never confirm.
+pub const MAX_TRIES: u32 = 8;
+
+/// The wait after the first try without a final answer (seconds); it doubles with each further try (capped at
+/// a day).
+pub const RETRY_SECS: u64 = 300;
 
 /// The request headers a kept request keeps (lower case): the payment, its invoice, the agent's label, and the
 /// body's media type. No credential: an activation needs none.
@@ -86,33 +96,109 @@ impl Resend {
     }
 }
 
-/// Whether the answer (its HTTP status and body) to a request the cleanup run sent again ends its recheck:
-/// anything but a 5xx (a fault, or an order still pending) or a `settlement_pending` 402 (a settlement on its
-/// way): those are sent again by the next run.
+/// Whether the answer (its HTTP status and body: an error's as `{"error": …}`) to a request the cleanup run sent
+/// again ends its recheck: anything but a 5xx (a fault, or an order still pending), a `settlement_pending` 402 (a
+/// settlement on its way) or a 409 saying another attempt of the same payment is in progress (the payer's own
+/// resend, which may yet die): those are sent again later.
 pub fn is_final(status: u16, body: &str) -> bool {
     if status >= 500 {
         return false;
     }
-    let pending = status == 402
-        && serde_json::from_str::<serde_json::Value>(body)
-            .is_ok_and(|b| b["error"]["code"] == "settlement_pending");
-    !pending
+    let b = serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
+    let pending = status == 402 && b["error"]["code"] == "settlement_pending";
+    let busy = status == 409
+        && [crate::paid::IN_PROGRESS, crate::settlement::IN_PROGRESS]
+            .iter()
+            .any(|m| b["error"]["message"] == *m);
+    !pending && !busy
 }
 
-/// `list` with `invoice` listed for a recheck (`None`: nothing to write, listed already or the list is full).
-pub fn push(mut list: Vec<String>, invoice: &str) -> Option<Vec<String>> {
-    if list.iter().any(|i| i == invoice) || list.len() >= MAX_RECHECK {
-        return None;
+/// One invoice listed for a recheck.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    /// The invoice.
+    pub invoice: String,
+    /// Tries without a final answer so far.
+    #[serde(default)]
+    pub tries: u32,
+    /// Not sent again before (unix seconds).
+    #[serde(default)]
+    pub next: u64,
+}
+
+/// What listing an invoice comes to ([`push`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push {
+    /// Listed: write this.
+    Listed(Vec<Listed>),
+    /// Listed already: nothing to write.
+    Already,
+    /// The list is full ([`MAX_RECHECK`]): not listed (an operator must look).
+    Full,
+}
+
+/// `list` with `invoice` listed for a recheck.
+pub fn push(mut list: Vec<Listed>, invoice: &str) -> Push {
+    if list.iter().any(|l| l.invoice == invoice) {
+        return Push::Already;
     }
-    list.push(invoice.to_owned());
-    Some(list)
+    if list.len() >= MAX_RECHECK {
+        return Push::Full;
+    }
+    list.push(Listed {
+        invoice: invoice.to_owned(),
+        tries: 0,
+        next: 0,
+    });
+    Push::Listed(list)
 }
 
-/// `list` without the invoices in `done` (`None`: none of them was listed).
-pub fn remove(list: Vec<String>, done: &[String]) -> Option<Vec<String>> {
-    let before = list.len();
-    let left: Vec<String> = list.into_iter().filter(|i| !done.contains(i)).collect();
-    (left.len() != before).then_some(left)
+/// Up to `max` listed invoices due at `now`, those due longest first (so entries that keep failing do not hold
+/// up the rest).
+pub fn due(list: &[Listed], now: u64, max: usize) -> Vec<String> {
+    let mut due: Vec<&Listed> = list.iter().filter(|l| l.next <= now).collect();
+    due.sort_by_key(|l| l.next);
+    due.into_iter()
+        .take(max)
+        .map(|l| l.invoice.clone())
+        .collect()
+}
+
+/// How a recheck of one invoice ended ([`settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tried {
+    /// A final answer: it leaves the list.
+    Done,
+    /// No final answer: due again after a doubling wait, or left to an operator after [`MAX_TRIES`].
+    Again,
+}
+
+/// `list` after `invoice`'s recheck ended as `tried` at `now`: the list to write (`None`: not listed) and
+/// whether the invoice left it after its last try ([`MAX_TRIES`]: an operator must look).
+pub fn settle(
+    mut list: Vec<Listed>,
+    invoice: &str,
+    tried: Tried,
+    now: u64,
+) -> (Option<Vec<Listed>>, bool) {
+    let Some(at) = list.iter().position(|l| l.invoice == invoice) else {
+        return (None, false);
+    };
+    if tried == Tried::Done {
+        list.remove(at);
+        return (Some(list), false);
+    }
+    let entry = &mut list[at];
+    entry.tries = entry.tries.saturating_add(1);
+    if entry.tries >= MAX_TRIES {
+        list.remove(at);
+        return (Some(list), true);
+    }
+    let wait = RETRY_SECS
+        .saturating_mul(1 << (entry.tries - 1).min(16))
+        .min(86_400);
+    entry.next = now.saturating_add(wait);
+    (Some(list), false)
 }
 
 #[cfg(test)]
@@ -162,23 +248,63 @@ mod tests {
         assert_eq!(Resend::parse("{"), None);
     }
 
+    fn listed(list: Push) -> Vec<Listed> {
+        match list {
+            Push::Listed(l) => l,
+            other => panic!("not listed: {other:?}"),
+        }
+    }
+
     #[test]
     fn the_recheck_list_holds_each_invoice_once_and_is_bounded() {
-        let list = push(Vec::new(), "inv_a").unwrap();
-        assert_eq!(push(list.clone(), "inv_a"), None, "listed once");
-        let list = push(list, "inv_b").unwrap();
-        assert_eq!(
-            remove(list.clone(), &["inv_a".to_owned()]),
-            Some(vec!["inv_b".to_owned()])
-        );
-        assert_eq!(remove(list, &["inv_c".to_owned()]), None);
-        let full = vec!["x".to_owned(); MAX_RECHECK];
-        assert_eq!(push(full, "inv_a"), None);
+        let list = listed(push(Vec::new(), "inv_a"));
+        assert_eq!(push(list.clone(), "inv_a"), Push::Already, "listed once");
+        let list = listed(push(list, "inv_b"));
+        assert_eq!(due(&list, 0, 10), vec!["inv_a", "inv_b"]);
+        let (left, gave_up) = settle(list.clone(), "inv_a", Tried::Done, 0);
+        assert_eq!((left.unwrap().len(), gave_up), (1, false));
+        assert_eq!(settle(list, "inv_c", Tried::Done, 0), (None, false));
+        let full: Vec<Listed> = (0..MAX_RECHECK)
+            .map(|i| Listed {
+                invoice: format!("inv_{i}"),
+                tries: 0,
+                next: 0,
+            })
+            .collect();
+        assert_eq!(push(full, "inv_new"), Push::Full);
+    }
+
+    /// One that keeps failing waits longer each time and does not hold up the others; after [`MAX_TRIES`] it
+    /// is left to an operator.
+    #[test]
+    fn a_recheck_without_a_final_answer_backs_off_and_is_given_up_at_last() {
+        let mut list = listed(push(listed(push(Vec::new(), "inv_a")), "inv_b"));
+        let (next, _) = settle(list, "inv_a", Tried::Again, 1_000);
+        list = next.unwrap();
+        assert_eq!(list[0].next, 1_000 + RETRY_SECS);
+        assert_eq!(due(&list, 1_000, 1), vec!["inv_b"], "the failing one waits");
+        assert_eq!(due(&list, 1_000 + RETRY_SECS, 10), vec!["inv_b", "inv_a"]);
+        let (next, _) = settle(list, "inv_a", Tried::Again, 2_000);
+        list = next.unwrap();
+        assert_eq!(list[0].next, 2_000 + 2 * RETRY_SECS, "doubled");
+        let mut gave_up = false;
+        for _ in 2..MAX_TRIES {
+            let (next, g) = settle(list, "inv_a", Tried::Again, 3_000);
+            list = next.unwrap();
+            gave_up = g;
+        }
+        assert!(gave_up);
+        assert_eq!(due(&list, u64::MAX, 10), vec!["inv_b"]);
     }
 
     #[test]
     fn only_faults_and_pending_answers_are_sent_again() {
         let owed = r#"{"error":{"code":"conflict"},"charged":true}"#;
+        let busy = format!(
+            r#"{{"error":{{"code":"conflict","message":"{}"}}}}"#,
+            crate::paid::IN_PROGRESS
+        );
+        assert!(!is_final(409, &busy), "the payer's own resend in progress");
         assert!(is_final(409, owed) && is_final(200, "{}") && is_final(410, ""));
         assert!(is_final(402, r#"{"error":{"code":"payment_required"}}"#));
         assert!(!is_final(402, r#"{"error":{"code":"settlement_pending"}}"#));

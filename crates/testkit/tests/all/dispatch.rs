@@ -1572,6 +1572,88 @@ async fn cleanup_run(
         .unwrap()
 }
 
+/// Keep `request` as `invoice`'s paid request (`keep-resend`).
+async fn keep_resend(kit: &mut Kit, invoice: &str, request: &str) {
+    let (i, r) = (invoice.to_owned(), request.to_owned());
+    kit.call(async move |a, g| g.dispatch().call_keep_resend(a, i, r).await)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// `settle-recheck` of `invoice` at `at`.
+async fn settle_recheck(kit: &mut Kit, invoice: &str, done: bool, at: u64) {
+    let i = invoice.to_owned();
+    kit.call(async move |a, g| g.dispatch().call_settle_recheck(a, i, done, at).await)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// An `exact` activation's order kept pending, its paid request kept, and withdrawn by the operator's run: the
+/// run hands the kept request back to be sent again; one without a final answer waits (doubling) and does not
+/// come back before; a final answer ends it and drops the request. One whose order was delivered instead is
+/// never handed back, and its request is dropped.
+#[tokio::test]
+async fn a_withdrawn_orders_kept_request_is_handed_back_until_it_gets_a_final_answer() {
+    let (smdp, mut kit, _) = abandoned("inv-kept").await;
+    keep_resend(
+        &mut kit,
+        "inv-kept",
+        r#"{"url":"u","body":"{}","headers":[]}"#,
+    )
+    .await;
+    smdp.set("tmobile", Behaves::Ok);
+    let after = ABANDONED_VALID_BEFORE + 61;
+    let run = cleanup_run(&mut kit, after).await;
+    assert_eq!(run.withdrawn, 1);
+    assert_eq!(
+        run.recheck
+            .iter()
+            .map(|k| (k.invoice.as_str(), k.request.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("inv-kept", r#"{"url":"u","body":"{}","headers":[]}"#)]
+    );
+    settle_recheck(&mut kit, "inv-kept", false, after).await;
+    assert!(
+        cleanup_run(&mut kit, after + 299).await.recheck.is_empty(),
+        "waits"
+    );
+    assert_eq!(cleanup_run(&mut kit, after + 300).await.recheck.len(), 1);
+    settle_recheck(&mut kit, "inv-kept", true, after + 300).await;
+    assert!(
+        cleanup_run(&mut kit, after + 10_000)
+            .await
+            .recheck
+            .is_empty()
+    );
+    assert!(
+        kit.kv_get("cleanup/resend/inv-kept").await.is_none(),
+        "dropped"
+    );
+
+    // Delivered: the payment sent again completes the order; its parked entry leaves with its kept request.
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    order_until(
+        &mut kit,
+        request("us-west", None),
+        "inv-done",
+        NOW,
+        Some(after + 100),
+    )
+    .await
+    .unwrap();
+    keep_resend(&mut kit, "inv-done", "{}").await;
+    smdp.set("tmobile", Behaves::Ok);
+    let done = order_at(&mut kit, request("us-west", None), "inv-done", AFTER_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(done.state, types::SimState::Active);
+    let run = cleanup_run(&mut kit, after + 100 + 61 + AFTER_LEASE).await;
+    assert!(run.recheck.is_empty(), "{:?}", run.recheck.len());
+    assert!(kit.kv_get("cleanup/resend/inv-done").await.is_none());
+}
+
 /// An `exact` payment's order left pending whose payer never sends the payment again: once its authorization
 /// can no longer settle (its `validBefore`, and a margin for clock skew), the cleanup sweep of a later order
 /// withdraws it: the SIM terminated, the profile retired at the carrier, and the payment sent again ends with
