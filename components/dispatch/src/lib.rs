@@ -205,8 +205,8 @@ impl Guest for Component {
         parking::recheck::keep(&invoice, &request).await
     }
 
-    async fn settle_recheck(invoice: String, r#final: bool, now: u64) -> Result<(), wit::Error> {
-        parking::recheck::settle(&invoice, r#final, now).await
+    async fn settle_recheck(invoice: String, r#final: bool) -> Result<(), wit::Error> {
+        parking::recheck::settle(&invoice, r#final).await
     }
 
     async fn settle_owed(

@@ -120,7 +120,7 @@ async fn recheck(items: Vec<dispatch::KeptRequest>) -> Rechecked {
         } else {
             out.left += 1;
         }
-        if let Err(e) = dispatch::settle_recheck(item.invoice.clone(), done, now()).await {
+        if let Err(e) = dispatch::settle_recheck(item.invoice.clone(), done).await {
             eprintln!(
                 "gateway: settling the recheck of invoice {} failed (a later run sends it again): {e:?}",
                 item.invoice

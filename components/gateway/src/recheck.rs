@@ -41,22 +41,22 @@ pub async fn keep(invoice: &str, get: bool, url: &str, body: &[u8], headers: &[(
     }
 }
 
-/// Send a kept request again: the answer, or the error it met (a kept request that no longer parses is a 400).
+/// Send a kept request again: the answer, or the error it met. A kept request that no longer parses is an
+/// internal error (never a final answer: it is tried again and then left to an operator, who must look on chain).
 pub async fn send_again(kept: &str) -> Result<StoredResponse, ApiError> {
-    let resend = Resend::parse(kept)
-        .ok_or_else(|| ApiError::invalid("request", "a kept request does not parse"))?;
+    let unreadable = |what: &str| ApiError::internal(format!("a kept request {what}"));
+    let resend = Resend::parse(kept).ok_or_else(|| unreadable("does not parse"))?;
     let mut map = HeaderMap::new();
     for (name, value) in &resend.headers {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) else {
-            return Err(ApiError::invalid("request", "a kept header does not parse"));
+            return Err(unreadable("has a header that does not parse"));
         };
         map.append(name, value);
     }
-    let proof = Proof::from_headers(&map)?
-        .ok_or_else(|| ApiError::invalid("request", "a kept request has no payment"))?;
+    let proof = Proof::from_headers(&map)?.ok_or_else(|| unreadable("has no payment"))?;
     let request = if resend.get {
         esim402_core::ActivationRequest::from_query(&resend.body)?
     } else {

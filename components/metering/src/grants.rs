@@ -44,6 +44,8 @@ pub async fn grant(
     let used = collect(&account, used(iccid.as_str())?).await?;
     if !reserve {
         let current = reservation(iccid.as_str()).await?;
+        // The record's base is a counter value the read above may predate.
+        let used = current.as_ref().map_or(used, |r| used.max(r.base));
         let reserved = current.as_ref().map_or(0, |r| r.outstanding(used, now));
         let (bytes, valid_until) =
             grant::decide(&account, used, current.as_ref(), quota, now).granted();
@@ -67,6 +69,7 @@ pub async fn grant(
     )
     .await
     .map_err(kv_err)?;
+    let used = stored.as_ref().map_or(used, |r| used.max(r.base));
     let reserved = stored.map_or(0, |r| r.outstanding(used, now));
     let (bytes, valid_until) = decision.granted();
     if bytes > 0 {

@@ -4,7 +4,7 @@
 //! them again and settles each. A kept request whose order was delivered, or parked as paid, is dropped; one
 //! whose order moved on to another profile stays for that profile's entry.
 
-use esim402_core::order::recheck::{self, Listed, MAX_RESEND_BYTES, Push, Tried};
+use esim402_core::order::recheck::{self, Listed, MAX_RESEND_BYTES, Push, Taken, Tried};
 use esim402_core::store::keys;
 use esim402_guest::convert::{invalid, kv_err, store_err};
 use esim402_guest::kv::{self, Change};
@@ -83,56 +83,72 @@ async fn kept(invoice: &str) -> Result<Option<String>, wit::Error> {
     Ok(bytes.and_then(|b| String::from_utf8(b).ok()))
 }
 
-/// The kept requests of up to `max` listed invoices due at `now` (kernel `recheck::due`). A listed invoice whose
-/// request is gone leaves the list; a read that fails is logged and left for the next run.
+/// The kept requests of up to `max` listed invoices due at `now`, taken (kernel `recheck::take`: each counts a
+/// try and waits before it is due again, settled or not). A listed invoice whose request is gone leaves the list;
+/// one tried too often is left to an operator; a read that fails is logged and left for the next run.
 pub async fn due(now: u64, max: usize) -> Vec<KeptRequest> {
-    let list = match kv::get_json::<Vec<Listed>, wit::Error>(keys::CLEANUP_RECHECK).await {
-        Ok(list) => list.unwrap_or_default(),
+    let taken = kv::change_json::<Vec<Listed>, Taken, wit::Error>(keys::CLEANUP_RECHECK, |list| {
+        let taken = recheck::take(list.unwrap_or_default(), now, max);
+        if taken.due.is_empty() && taken.given_up.is_empty() {
+            return Ok((Change::Keep, taken));
+        }
+        Ok((Change::Put(taken.list.clone()), taken))
+    })
+    .await;
+    let taken = match taken {
+        Ok((_, taken)) => taken,
         Err(e) => {
             eprintln!("dispatch: the recheck list cannot be read (the next run tries again): {e}");
             return Vec::new();
         }
     };
+    for invoice in &taken.given_up {
+        gave_up(invoice);
+    }
     let mut out = Vec::new();
-    for invoice in recheck::due(&list, now, max) {
+    for invoice in taken.due {
         match kept(&invoice).await {
             Ok(Some(request)) => out.push(KeptRequest { invoice, request }),
             Ok(None) => {
-                if let Err(e) = settle(&invoice, true, now).await {
+                if let Err(e) = settle(&invoice, true).await {
                     eprintln!(
                         "dispatch: invoice {invoice} stays listed without a kept request: {e:?}"
                     );
                 }
             }
             Err(e) => eprintln!(
-                "dispatch: the kept request of invoice {invoice} cannot be read (the next run tries again): {e:?}"
+                "dispatch: the kept request of invoice {invoice} cannot be read (a later run tries again): {e:?}"
             ),
         }
     }
     out
 }
 
+fn gave_up(invoice: &str) {
+    eprintln!(
+        "dispatch: OPERATOR: the paid request of withdrawn invoice {invoice} got no final answer after {} tries: \
+         check on chain whether its authorization was executed, and owe it back if so (its request stays kept)",
+        recheck::MAX_TRIES
+    );
+}
+
 /// `settle-recheck`: `invoice`'s request was sent again; with a final answer it leaves the list (and its kept
-/// request is dropped), without it is due again later, or left to an operator after its last try.
-pub async fn settle(invoice: &str, r#final: bool, now: u64) -> Result<(), wit::Error> {
+/// request is dropped), without it waits as taken, or is left to an operator after its last try.
+pub async fn settle(invoice: &str, r#final: bool) -> Result<(), wit::Error> {
     let tried = if r#final { Tried::Done } else { Tried::Again };
-    let (_, gave_up) =
+    let (_, gave) =
         kv::change_json::<Vec<Listed>, bool, wit::Error>(keys::CLEANUP_RECHECK, |list| {
             Ok(
-                match recheck::settle(list.unwrap_or_default(), invoice, tried, now) {
-                    (Some(list), gave_up) => (Change::Put(list), gave_up),
+                match recheck::settle(list.unwrap_or_default(), invoice, tried) {
+                    (Some(list), gave) => (Change::Put(list), gave),
                     (None, _) => (Change::Keep, false),
                 },
             )
         })
         .await
         .map_err(kv_err)?;
-    if gave_up {
-        eprintln!(
-            "dispatch: OPERATOR: the paid request of withdrawn invoice {invoice} got no final answer after {} tries: \
-             check on chain whether its authorization was executed, and owe it back if so (its request stays kept)",
-            recheck::MAX_TRIES
-        );
+    if gave {
+        gave_up(invoice);
     }
     if r#final {
         drop_kept(invoice).await;

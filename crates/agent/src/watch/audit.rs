@@ -210,8 +210,9 @@ pub enum LowBalance {
 }
 
 /// The most reserved bytes [`on_low_balance`] takes the facilitator's word for: a carrier asking for the default
-/// grant once a minute for the half hour a grant is held (kernel `usage::grant`).
-pub const MAX_RESERVED_COUNTED: u64 = 30 * esim402_core::usage::account::DEFAULT_GRANT_BYTES;
+/// grant every 30 s for the half hour a grant is held (kernel `usage::grant`), with room to spare. A carrier
+/// holding more (larger grants) leaves a top-up withheld until its grants are reported or lapse.
+pub const MAX_RESERVED_COUNTED: u64 = 64 * esim402_core::usage::account::DEFAULT_GRANT_BYTES;
 
 /// Decide the low-balance 402 from what was credited — the facilitator's figure `reported`, never below `floor`
 /// ([`crate::state::State::credit_floor`]: what this agent paid for; overstating only hurts the facilitator, understating would make
@@ -525,7 +526,7 @@ mod tests {
         ));
         // A facilitator overstating what is reserved is believed only up to the bound.
         assert!(matches!(
-            on_low_balance(100_000_000, 0, 100_000_000, &a),
+            on_low_balance(200_000_000, 0, 200_000_000, &a),
             LowBalance::Withhold { .. }
         ));
         assert_eq!(

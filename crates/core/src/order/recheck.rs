@@ -153,15 +153,56 @@ pub fn push(mut list: Vec<Listed>, invoice: &str) -> Push {
     Push::Listed(list)
 }
 
-/// Up to `max` listed invoices due at `now`, those due longest first (so entries that keep failing do not hold
-/// up the rest).
-pub fn due(list: &[Listed], now: u64, max: usize) -> Vec<String> {
-    let mut due: Vec<&Listed> = list.iter().filter(|l| l.next <= now).collect();
-    due.sort_by_key(|l| l.next);
-    due.into_iter()
-        .take(max)
-        .map(|l| l.invoice.clone())
-        .collect()
+/// What [`take`] took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// The list to write.
+    pub list: Vec<Listed>,
+    /// The invoices to send again now.
+    pub due: Vec<String>,
+    /// Invoices tried [`MAX_TRIES`] times without a final answer: left to an operator, out of the list.
+    pub given_up: Vec<String>,
+}
+
+/// The wait before a try after `tries` tries (seconds): [`RETRY_SECS`], doubling, at most a day.
+fn wait(tries: u32) -> u64 {
+    RETRY_SECS
+        .saturating_mul(1 << tries.saturating_sub(1).min(16))
+        .min(86_400)
+}
+
+/// Take up to `max` listed invoices due at `now`, those due longest first (so entries that keep failing do not
+/// hold up the rest): each taken counts a try and is not due again before its next wait, whether or not the run
+/// that took it ever settles it (a run cut short, or two at once, neither holds the list up nor sends one twice).
+pub fn take(mut list: Vec<Listed>, now: u64, max: usize) -> Taken {
+    let mut due: Vec<(u64, String)> = list
+        .iter()
+        .filter(|l| l.next <= now)
+        .map(|l| (l.next, l.invoice.clone()))
+        .collect();
+    due.sort();
+    due.truncate(max);
+    let mut taken = Taken {
+        list: Vec::new(),
+        due: Vec::new(),
+        given_up: Vec::new(),
+    };
+    for (_, invoice) in due {
+        let Some(at) = list.iter().position(|l| l.invoice == invoice) else {
+            continue;
+        };
+        if list[at].tries >= MAX_TRIES {
+            list.remove(at);
+            taken.given_up.push(invoice);
+            continue;
+        }
+        let entry = &mut list[at];
+        entry.tries = entry.tries.saturating_add(1);
+        entry.next = now.saturating_add(wait(entry.tries));
+        taken.due.push(invoice);
+    }
+    taken.list = list;
+    taken
 }
 
 /// How a recheck of one invoice ended ([`settle`]).
@@ -169,36 +210,27 @@ pub fn due(list: &[Listed], now: u64, max: usize) -> Vec<String> {
 pub enum Tried {
     /// A final answer: it leaves the list.
     Done,
-    /// No final answer: due again after a doubling wait, or left to an operator after [`MAX_TRIES`].
+    /// No final answer: due again after the wait [`take`] set, or left to an operator after [`MAX_TRIES`].
     Again,
 }
 
-/// `list` after `invoice`'s recheck ended as `tried` at `now`: the list to write (`None`: not listed) and
-/// whether the invoice left it after its last try ([`MAX_TRIES`]: an operator must look).
-pub fn settle(
-    mut list: Vec<Listed>,
-    invoice: &str,
-    tried: Tried,
-    now: u64,
-) -> (Option<Vec<Listed>>, bool) {
+/// `list` after `invoice`'s recheck ended as `tried`: the list to write (`None`: nothing to write) and whether
+/// the invoice left it after its last try ([`MAX_TRIES`]: an operator must look).
+pub fn settle(mut list: Vec<Listed>, invoice: &str, tried: Tried) -> (Option<Vec<Listed>>, bool) {
     let Some(at) = list.iter().position(|l| l.invoice == invoice) else {
         return (None, false);
     };
-    if tried == Tried::Done {
-        list.remove(at);
-        return (Some(list), false);
+    match tried {
+        Tried::Done => {
+            list.remove(at);
+            (Some(list), false)
+        }
+        Tried::Again if list[at].tries >= MAX_TRIES => {
+            list.remove(at);
+            (Some(list), true)
+        }
+        Tried::Again => (None, false),
     }
-    let entry = &mut list[at];
-    entry.tries = entry.tries.saturating_add(1);
-    if entry.tries >= MAX_TRIES {
-        list.remove(at);
-        return (Some(list), true);
-    }
-    let wait = RETRY_SECS
-        .saturating_mul(1 << (entry.tries - 1).min(16))
-        .min(86_400);
-    entry.next = now.saturating_add(wait);
-    (Some(list), false)
 }
 
 #[cfg(test)]
@@ -260,10 +292,10 @@ mod tests {
         let list = listed(push(Vec::new(), "inv_a"));
         assert_eq!(push(list.clone(), "inv_a"), Push::Already, "listed once");
         let list = listed(push(list, "inv_b"));
-        assert_eq!(due(&list, 0, 10), vec!["inv_a", "inv_b"]);
-        let (left, gave_up) = settle(list.clone(), "inv_a", Tried::Done, 0);
+        assert_eq!(take(list.clone(), 0, 10).due, vec!["inv_a", "inv_b"]);
+        let (left, gave_up) = settle(list.clone(), "inv_a", Tried::Done);
         assert_eq!((left.unwrap().len(), gave_up), (1, false));
-        assert_eq!(settle(list, "inv_c", Tried::Done, 0), (None, false));
+        assert_eq!(settle(list, "inv_c", Tried::Done), (None, false));
         let full: Vec<Listed> = (0..MAX_RECHECK)
             .map(|i| Listed {
                 invoice: format!("inv_{i}"),
@@ -274,27 +306,33 @@ mod tests {
         assert_eq!(push(full, "inv_new"), Push::Full);
     }
 
-    /// One that keeps failing waits longer each time and does not hold up the others; after [`MAX_TRIES`] it
-    /// is left to an operator.
+    /// One that keeps failing waits longer each time and does not hold up the others; a run that takes one and
+    /// never settles it (cut short) counts the try all the same; after [`MAX_TRIES`] it is left to an operator.
     #[test]
     fn a_recheck_without_a_final_answer_backs_off_and_is_given_up_at_last() {
-        let mut list = listed(push(listed(push(Vec::new(), "inv_a")), "inv_b"));
-        let (next, _) = settle(list, "inv_a", Tried::Again, 1_000);
-        list = next.unwrap();
-        assert_eq!(list[0].next, 1_000 + RETRY_SECS);
-        assert_eq!(due(&list, 1_000, 1), vec!["inv_b"], "the failing one waits");
-        assert_eq!(due(&list, 1_000 + RETRY_SECS, 10), vec!["inv_b", "inv_a"]);
-        let (next, _) = settle(list, "inv_a", Tried::Again, 2_000);
-        list = next.unwrap();
-        assert_eq!(list[0].next, 2_000 + 2 * RETRY_SECS, "doubled");
-        let mut gave_up = false;
-        for _ in 2..MAX_TRIES {
-            let (next, g) = settle(list, "inv_a", Tried::Again, 3_000);
-            list = next.unwrap();
-            gave_up = g;
+        let list = listed(push(listed(push(Vec::new(), "inv_a")), "inv_b"));
+        let t = take(list, 1_000, 1);
+        assert_eq!(t.due, vec!["inv_a"]);
+        assert_eq!((t.list[0].tries, t.list[0].next), (1, 1_000 + RETRY_SECS));
+        assert_eq!(settle(t.list.clone(), "inv_a", Tried::Again), (None, false));
+        // Taken and never settled: the next run takes the other one first, and this one only after its wait.
+        let t = take(t.list, 1_000, 10);
+        assert_eq!(t.due, vec!["inv_b"]);
+        let t = take(t.list, 1_000 + RETRY_SECS, 1);
+        assert_eq!(t.due, vec!["inv_a"]);
+        assert_eq!(t.list[0].next, 1_000 + 3 * RETRY_SECS, "doubled");
+        let mut list = t.list;
+        for round in 2..MAX_TRIES {
+            let t = take(list, u64::from(round) * 1_000_000, 10);
+            assert!(t.due.contains(&"inv_a".to_owned()), "round {round}");
+            list = t.list;
         }
+        let (left, gave_up) = settle(list.clone(), "inv_a", Tried::Again);
         assert!(gave_up);
-        assert_eq!(due(&list, u64::MAX, 10), vec!["inv_b"]);
+        assert!(left.unwrap().iter().all(|l| l.invoice != "inv_a"));
+        // Never settled either: the next take gives it up.
+        let t = take(list, u64::MAX, 10);
+        assert_eq!(t.given_up, vec!["inv_a"]);
     }
 
     #[test]

@@ -103,9 +103,12 @@ impl Reservation {
         let until = until
             .div_ceil(LAPSE_STEP_SECS)
             .saturating_mul(LAPSE_STEP_SECS);
-        match self.grants.last_mut() {
-            Some(last) if last.until == until => last.bytes = last.bytes.saturating_add(bytes),
-            _ => self.grants.push(Held { bytes, until }),
+        // In lapse order, which is grant order (every grant is held as long): a switch's carried grants may lapse
+        // before this SIM's own, and are consumed first.
+        let at = self.grants.partition_point(|g| g.until < until);
+        match self.grants.get_mut(at) {
+            Some(same) if same.until == until => same.bytes = same.bytes.saturating_add(bytes),
+            _ => self.grants.insert(at, Held { bytes, until }),
         }
         while self.grants.len() > MAX_LIVE_GRANTS {
             let second = self.grants.remove(1);
@@ -359,7 +362,8 @@ mod tests {
     #[test]
     fn the_record_stays_small_and_never_reserves_less() {
         let mut r = Reservation::default();
-        // Grants lapsing within one minute share an entry; one per minute beyond the bound merges the oldest.
+        // Grants lapsing within one minute share an entry (each `+ 1` joins the next minute's); one per minute
+        // beyond the bound merges the oldest.
         for i in 0..(MAX_LIVE_GRANTS as u64 + 10) {
             r = r.with(0, NOW, 1_000, NOW + 6_000 + i * 60);
             r = r.with(0, NOW, 1_000, NOW + 6_000 + i * 60 + 1);
@@ -463,10 +467,16 @@ mod tests {
         let r = Reservation::carry(None, 0, &old, NOW);
         assert_eq!((r.outstanding(0, NOW), r.lapse(NOW)), (500_000, NOW + 600));
         assert_eq!(r.outstanding(0, NOW + 120), 100_000);
-        // One with its own live grant holds all of them, each on its own clock.
-        let own = Reservation::carry(None, 500_000, &[held(200_000, NOW + 60)], NOW);
+        // One with its own live grant holds all of them, each on its own clock, in lapse (grant) order: the
+        // carried grant lapsing first is consumed first by what the old SIM reports late.
+        let own = Reservation::carry(None, 500_000, &[held(200_000, NOW + 300)], NOW);
         let r = Reservation::carry(Some(&own), 500_000, &old, NOW);
         assert_eq!(r.outstanding(500_000, NOW), 700_000);
-        assert_eq!(r.outstanding(500_000, NOW + 60), 500_000);
+        assert_eq!(r.outstanding(500_000, NOW + 120), 300_000);
+        assert_eq!(r.outstanding(900_000, NOW), 300_000);
+        assert_eq!(
+            r.at(900_000, NOW + 300).grants,
+            vec![held(100_000, NOW + 600)]
+        );
     }
 }
