@@ -99,7 +99,7 @@ async fn recheck(items: Vec<dispatch::KeptRequest>) -> Rechecked {
     use esim402_core::order::recheck::is_final;
     let mut out = Rechecked::default();
     for item in items {
-        let answer = crate::recheck::send_again(&item.request).await;
+        let answer = crate::purchase::activate_again(&item.request).await;
         let (status, body) = match &answer {
             Ok(stored) => (stored.status, stored.body.clone()),
             Err(e) => (e.status(), serde_json::json!({ "error": e }).to_string()),

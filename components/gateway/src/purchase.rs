@@ -69,7 +69,48 @@ pub fn label_of(headers: &spin_sdk::http::HeaderMap) -> Result<Option<String>, A
         .transpose()
 }
 
-/// A paid activation request, parsed ([`activate`], or a kept one sent again: `crate::recheck`).
+/// Send a kept activation request again (the operator's cleanup run, `crate::admin`; kept by
+/// `crate::recheck`): the answer, or the error it met. A kept request that no longer parses, or that this build
+/// reads otherwise than the one that kept it (a renamed field, a tighter limit), is an internal error: never a
+/// final answer, so it is tried again and then left to an operator, who must look on chain.
+pub async fn activate_again(kept: &str) -> Result<StoredResponse, ApiError> {
+    use esim402_core::order::recheck::Resend;
+    use spin_sdk::http::{HeaderMap, HeaderName, HeaderValue};
+    let unreadable = |what: String| ApiError::internal(format!("a kept request {what}"));
+    let fails =
+        |what: &'static str| move |e: ApiError| unreadable(format!("{what}: {}", e.message));
+    let resend = Resend::parse(kept).ok_or_else(|| unreadable("does not parse".into()))?;
+    let mut map = HeaderMap::new();
+    for (name, value) in &resend.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            return Err(unreadable("has a header that does not parse".into()));
+        };
+        map.append(name, value);
+    }
+    let proof = Proof::from_headers(&map)
+        .map_err(fails("has a payment that does not parse"))?
+        .ok_or_else(|| unreadable("has no payment".into()))?;
+    let request = if resend.get {
+        ActivationRequest::from_query(&resend.body)
+    } else {
+        ActivationRequest::parse(resend.body.as_bytes())
+    }
+    .map_err(fails("is not an activation request to this build"))?;
+    let paid = Paid {
+        proof,
+        invoice_header: pay::invoice_header(&map).map_err(fails("names no invoice"))?,
+        label: label_of(&map).map_err(fails("has a bad label"))?,
+        url: &resend.url,
+        request,
+        body: resend.body.as_bytes(),
+    };
+    Ok(paid.pay().await?.1)
+}
+
+/// A paid activation request, parsed ([`activate`], or a kept one sent again: [`activate_again`]).
 pub struct Paid<'a> {
     pub proof: Proof,
     pub invoice_header: Option<esim402_core::InvoiceId>,

@@ -27,6 +27,23 @@ pub fn used(iccid: &str) -> Result<u64, wit::Error> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// The SIM's quota-grant reservation as stored (`None`: no grant yet; kernel `usage::grant`, written by
+/// `crate::grants`).
+pub async fn reservation(iccid: &str) -> Result<Option<Reservation>, wit::Error> {
+    kv::get_json::<Reservation, wit::Error>(&keys::meter_grant(iccid))
+        .await
+        .map_err(kv_err)
+}
+
+/// The SIM's used counter and the bytes granted beyond it and still reserved at `now`: `used` as read, or the
+/// reservation's base if a concurrent grant stored a newer counter value (kernel `usage::grant`).
+pub async fn outstanding(iccid: &str, used: u64, now: u64) -> Result<(u64, u64), wit::Error> {
+    Ok(reservation(iccid).await?.map_or((used, 0), |r| {
+        let used = used.max(r.base);
+        (used, r.outstanding(used, now))
+    }))
+}
+
 pub async fn load(iccid: &str) -> Result<Option<Account>, wit::Error> {
     kv::get_json::<Account, wit::Error>(&keys::balance(iccid))
         .await
@@ -135,10 +152,10 @@ pub async fn credit(
     let used = self::used(iccid.as_str())?;
     let hold = settle_hold(&account, used).await?;
     // An account this call opened has had no grant yet.
-    let reserved = if new && kind == CreditKind::Activation {
-        0
+    let (used, reserved) = if new && kind == CreditKind::Activation {
+        (used, 0)
     } else {
-        crate::grants::outstanding(iccid.as_str(), used, now).await?
+        outstanding(iccid.as_str(), used, now).await?
     };
     let balance = to_wit(&account, used, reserved);
     let fields = EntryFields::default()
@@ -167,8 +184,8 @@ pub async fn balance(iccid: &str) -> Result<wit::Balance, wit::Error> {
         .filter(|a| !a.is_unopened())
         .ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {iccid}")))?;
     let used = collect(&account, used(iccid.as_str())?).await?;
-    let reserved =
-        crate::grants::outstanding(iccid.as_str(), used, esim402_guest::util::now_secs()).await?;
+    let (used, reserved) =
+        outstanding(iccid.as_str(), used, esim402_guest::util::now_secs()).await?;
     Ok(to_wit(&account, used, reserved))
 }
 
@@ -323,7 +340,7 @@ pub async fn close_with(
         Some(a) => collect(a, used).await?,
         None => used,
     };
-    let grants = crate::grants::reservation(iccid.as_str()).await?;
+    let grants = reservation(iccid.as_str()).await?;
     let (_, shares) = kv::update_json_with(&key, |cur: Option<Account>| match cur {
         None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
         Some(mut a) => {

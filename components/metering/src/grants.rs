@@ -8,22 +8,8 @@ use esim402_guest::convert::kv_err;
 use esim402_guest::kv::{self, Change};
 use esim402_guest::wit;
 
-use crate::accounts::{collect, load, parse_iccid, to_wit, used};
+use crate::accounts::{collect, load, parse_iccid, reservation, to_wit, used};
 use crate::bindings::exports::esim402::metering::metering as api;
-
-/// The SIM's reservation as stored (`None`: no grant yet).
-pub async fn reservation(iccid: &str) -> Result<Option<Reservation>, wit::Error> {
-    kv::get_json::<Reservation, wit::Error>(&keys::meter_grant(iccid))
-        .await
-        .map_err(kv_err)
-}
-
-/// Bytes granted to the SIM beyond `used` and still reserved at `now`.
-pub async fn outstanding(iccid: &str, used: u64, now: u64) -> Result<u64, wit::Error> {
-    Ok(reservation(iccid)
-        .await?
-        .map_or(0, |r| r.outstanding(used, now)))
-}
 
 /// Grant up to `quota` bytes (kernel `grant::decide`). With `reserve` (the carrier asked) the grant is reserved
 /// by compare-and-swap on the SIM's reservation, and the account read again after that: a terminate that began

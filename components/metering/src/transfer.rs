@@ -14,7 +14,9 @@ use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err, kv_fault};
 use esim402_guest::kv::{self, Change};
 use esim402_guest::wit;
 
-use crate::accounts::{collect, forward, parse_iccid, roaming, settle_hold, to_wit, used};
+use crate::accounts::{
+    collect, forward, outstanding, parse_iccid, roaming, settle_hold, to_wit, used,
+};
 use crate::bindings::exports::esim402::metering::metering as api;
 
 /// Move the old SIM's unused data to `to` (a switch): close the old account (fixed once), then open or top up
@@ -134,7 +136,7 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
     // that had run out, or a hold if usage handed on (or charged meanwhile) leaves nothing.
     let used_new = used(to_iccid.as_str())?;
     let hold = settle_hold(&account, used_new).await?;
-    let reserved = crate::grants::outstanding(to_iccid.as_str(), used_new, now).await?;
+    let (used_new, reserved) = outstanding(to_iccid.as_str(), used_new, now).await?;
     let balance = to_wit(&account, used_new, reserved);
     let bytes: u64 = moved.iter().map(|c| c.bytes).sum();
     let value: u64 = moved.iter().map(|c| c.paid.micros()).sum();

@@ -126,8 +126,9 @@ pub async fn due(now: u64, max: usize) -> Vec<KeptRequest> {
 
 fn gave_up(invoice: &str) {
     eprintln!(
-        "dispatch: OPERATOR: the paid request of withdrawn invoice {invoice} got no final answer after {} tries: \
-         check on chain whether its authorization was executed, and owe it back if so (its request stays kept)",
+        "dispatch: OPERATOR: the paid request of withdrawn invoice {invoice} was taken {} times without a final \
+         answer: check on chain whether its authorization was executed, and owe it back if so (its request stays \
+         kept)",
         recheck::MAX_TRIES
     );
 }

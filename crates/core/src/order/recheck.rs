@@ -8,8 +8,8 @@
 //! `keep-resend`, `cleanup/resend/<invoice>`); when a sweep withdraws that order unpaid, its invoice is listed
 //! for a recheck (`cleanup/recheck`, [`push`]); the operator's cleanup run sends each such request again, as the
 //! payer would ([`is_final`]): an authorization executed meanwhile is settled by that transaction and owed back,
-//! one never executed ends as "nothing charged"; one without a final answer is tried again later ([`settle`]),
-//! at most [`MAX_TRIES`] times. A request kept for an order that was delivered, or parked as paid, is dropped
+//! one never executed ends as "nothing charged"; one without a final answer is taken again after a doubling
+//! wait ([`take`] sets it), at most [`MAX_TRIES`] times ([`settle`]). A request kept for an order that was delivered, or parked as paid, is dropped
 //! when its parked entry leaves; one whose order moved to another profile (a failover) stays for that one's.
 //!
 //! The kept request holds the signed authorization (the payment header): only ever settled to `payTo`, and
@@ -29,8 +29,8 @@ pub const MAX_RECHECK: usize = 4_096;
 /// its settlement never confirm.
 pub const MAX_TRIES: u32 = 8;
 
-/// The wait after the first try without a final answer (seconds); it doubles with each further try (capped at
-/// a day).
+/// The wait after a request is first taken to be sent again (seconds), before it may be taken again; it doubles
+/// with each further take (capped at a day).
 pub const RETRY_SECS: u64 = 300;
 
 /// The request headers a kept request keeps (lower case): the payment, its invoice, the agent's label, and the
@@ -175,12 +175,13 @@ fn wait(tries: u32) -> u64 {
 /// hold up the rest): each taken counts a try and is not due again before its next wait, whether or not the run
 /// that took it ever settles it (a run cut short, or two at once, neither holds the list up nor sends one twice).
 pub fn take(mut list: Vec<Listed>, now: u64, max: usize) -> Taken {
+    // By `next`, then list order (oldest listed first): a stable sort.
     let mut due: Vec<(u64, String)> = list
         .iter()
         .filter(|l| l.next <= now)
         .map(|l| (l.next, l.invoice.clone()))
         .collect();
-    due.sort();
+    due.sort_by_key(|(next, _)| *next);
     due.truncate(max);
     let mut taken = Taken {
         list: Vec::new(),

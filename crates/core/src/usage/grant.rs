@@ -475,6 +475,11 @@ mod tests {
         assert_eq!(r.outstanding(500_000, NOW + 120), 300_000);
         assert_eq!(r.outstanding(900_000, NOW), 300_000);
         assert_eq!(
+            r.outstanding(700_000, NOW + 120),
+            300_000,
+            "the carried grant lapsing first took the late report"
+        );
+        assert_eq!(
             r.at(900_000, NOW + 300).grants,
             vec![held(100_000, NOW + 600)]
         );
