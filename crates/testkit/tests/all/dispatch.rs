@@ -1655,6 +1655,53 @@ async fn a_withdrawn_orders_kept_request_is_handed_back_until_it_gets_a_final_an
     assert!(kit.kv_get("cleanup/resend/inv-done").await.is_none());
 }
 
+/// A kept request survives a failover: the order's first profile (T-Mobile, pending) fails at its confirm when
+/// the payment is sent again and the order moves on to Verizon, pending too. The first profile's parked entry
+/// leaves (the order moved on) without dropping the invoice's kept request, so when the second profile is
+/// withdrawn the run still hands the request back. (A first version dropped it with the first entry.)
+#[tokio::test]
+async fn a_kept_request_stays_for_a_failed_over_orders_next_profile() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    smdp.set("verizon", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let req = types::ActivationRequest {
+        allow_failover: true,
+        ..request("us-west", None)
+    };
+    let valid_before = NOW + 10_000;
+    let first = order_until(&mut kit, req.clone(), "inv-fo", NOW, Some(valid_before))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.carrier.as_str(), first.state),
+        ("tmobile", types::SimState::Pending)
+    );
+    keep_resend(
+        &mut kit,
+        "inv-fo",
+        r#"{"url":"u","body":"{}","headers":[]}"#,
+    )
+    .await;
+    smdp.set("tmobile", Behaves::ConfirmFails);
+    let next = order_until(&mut kit, req, "inv-fo", AFTER_LEASE, Some(valid_before))
+        .await
+        .unwrap();
+    assert_eq!(
+        (next.carrier.as_str(), next.state),
+        ("verizon", types::SimState::Pending)
+    );
+    let run = cleanup_run(&mut kit, valid_before + 3_600).await;
+    assert_eq!(run.withdrawn, 1, "the second profile");
+    assert_eq!(
+        run.recheck
+            .iter()
+            .map(|k| k.invoice.as_str())
+            .collect::<Vec<_>>(),
+        vec!["inv-fo"]
+    );
+}
+
 /// An `exact` payment's order left pending whose payer never sends the payment again: once its authorization
 /// can no longer settle (its `validBefore`, and a margin for clock skew), the cleanup sweep of a later order
 /// withdraws it: the SIM terminated, the profile retired at the carrier, and the payment sent again ends with
