@@ -1408,9 +1408,7 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
     )
     .await;
     assert!(s.handed_out().await.contains(&allocated[0]));
-    while now() <= valid_before + 61 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    wait_past(valid_before + 61).await;
     // With no order placed since, the operator's cleanup run (cron) withdraws it; only with the admin token.
     for token in [None, Some("not-the-admin-token")] {
         let (status, refused) = s.admin_run("cleanup", token).await;
@@ -1454,6 +1452,13 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
         (200, &json!(0), &json!(0), &json!(0)),
         "{again}"
     );
+}
+
+/// Sleep until the clock is past `t` (unix seconds).
+async fn wait_past(t: u64) {
+    while now() <= t {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// An `exact` payment, signed to expire at `valid_before`, whose order outlives the dispatch budget
@@ -1524,9 +1529,7 @@ async fn an_exact_payment_executed_by_its_payer_while_its_order_waits_is_deliver
     );
     slow_tmobile(&s, false).await;
     // Past the authorization's deadline the cleanup run leaves the order alone: it is paid.
-    while now() <= valid_before + 61 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    wait_past(valid_before + 61).await;
     let (status, run) = s.admin_run("cleanup", Some(&s.admin_token)).await;
     assert_eq!((status, &run["withdrawn"]), (200, &json!(0)), "{run}");
     let done = until_ok(
@@ -1577,9 +1580,7 @@ async fn an_exact_payment_executed_by_its_payer_and_never_sent_again_is_owed_bac
     let tx = s.send_token(agent(), pay.calldata()).await;
     s.mined(&tx).await;
     assert_eq!(s.balance(agent()).await, start - price(&req));
-    while now() <= valid_before + 61 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    wait_past(valid_before + 61).await;
     let (status, run) = s.admin_run("cleanup", Some(&s.admin_token)).await;
     assert_eq!(
         (

@@ -35,13 +35,14 @@ pub async fn reservation(iccid: &str) -> Result<Option<Reservation>, wit::Error>
         .map_err(kv_err)
 }
 
-/// The SIM's used counter and the bytes granted beyond it and still reserved at `now`: `used` as read, or the
-/// reservation's base if a concurrent grant stored a newer counter value (kernel `usage::grant`).
+/// The SIM's used counter and the bytes granted beyond it and still reserved at `now` (kernel
+/// `usage::grant::counted`).
 pub async fn outstanding(iccid: &str, used: u64, now: u64) -> Result<(u64, u64), wit::Error> {
-    Ok(reservation(iccid).await?.map_or((used, 0), |r| {
-        let used = used.max(r.base);
-        (used, r.outstanding(used, now))
-    }))
+    Ok(grant::counted(
+        reservation(iccid).await?.as_ref(),
+        used,
+        now,
+    ))
 }
 
 pub async fn load(iccid: &str) -> Result<Option<Account>, wit::Error> {

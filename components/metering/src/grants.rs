@@ -30,9 +30,7 @@ pub async fn grant(
     let used = collect(&account, used(iccid.as_str())?).await?;
     if !reserve {
         let current = reservation(iccid.as_str()).await?;
-        // The record's base is a counter value the read above may predate.
-        let used = current.as_ref().map_or(used, |r| used.max(r.base));
-        let reserved = current.as_ref().map_or(0, |r| r.outstanding(used, now));
+        let (used, reserved) = grant::counted(current.as_ref(), used, now);
         let (bytes, valid_until) =
             grant::decide(&account, used, current.as_ref(), quota, now).granted();
         return Ok(api::Granted {
@@ -55,8 +53,7 @@ pub async fn grant(
     )
     .await
     .map_err(kv_err)?;
-    let used = stored.as_ref().map_or(used, |r| used.max(r.base));
-    let reserved = stored.map_or(0, |r| r.outstanding(used, now));
+    let (used, reserved) = grant::counted(stored.as_ref(), used, now);
     let (bytes, valid_until) = decision.granted();
     if bytes > 0 {
         let now_account = load(iccid.as_str()).await?.ok_or_else(not_found)?;

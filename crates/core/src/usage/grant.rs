@@ -118,16 +118,6 @@ impl Reservation {
         }
     }
 
-    /// The latest lapse among the live grants at `now` (0 if none).
-    pub fn lapse(&self, now: u64) -> u64 {
-        self.grants
-            .iter()
-            .filter(|g| now < g.until)
-            .map(|g| g.until)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Take on another SIM's live grants `carried` (a switch: what the old SIM still reports is charged here, so
     /// its outstanding grants are this SIM's to reserve), each lapsing when it did there, at this SIM's used
     /// counter `used`.
@@ -199,10 +189,7 @@ pub fn decide(
         base: used,
         grants: Vec::new(),
     });
-    // A counter read before a concurrent grant stored this record may be older than its base (which no report
-    // ever passes back): the record's is the newer.
-    let used = used.max(current.base);
-    let outstanding = current.outstanding(used, now);
+    let (used, outstanding) = counted(Some(&current), used, now);
     let left = account.remaining(used) - i128::from(outstanding);
     match decide_quota(left, requested) {
         Quota::Low { remaining } => Grant::Low { remaining },
@@ -226,17 +213,22 @@ pub fn decide(
     }
 }
 
-/// The used counter a terminate's refunds are fixed at: `used`, plus what outstanding grants let the device
-/// use that the carrier has not reported yet (they are charged when they come, and must not be refunded).
+/// The SIM's used counter as `current` knows it, and the bytes its grants hold beyond it at `now`: a counter
+/// `used` read before a concurrent grant stored the record may be older than the record's base (which no
+/// report ever passes back), and the base is then the newer value.
+pub fn counted(current: Option<&Reservation>, used: u64, now: u64) -> (u64, u64) {
+    current.map_or((used, 0), |r| {
+        let used = used.max(r.base);
+        (used, r.outstanding(used, now))
+    })
+}
+
+/// The used counter a terminate's refunds are fixed at: `used` ([`counted`]), plus what outstanding grants let
+/// the device use that the carrier has not reported yet (they are charged when they come, and must not be
+/// refunded).
 pub fn close_at(used: u64, current: Option<&Reservation>, now: u64) -> u64 {
-    match current {
-        // The record's base is a counter value read after `used` may have been (a concurrent grant's).
-        Some(r) => {
-            let used = used.max(r.base);
-            used.saturating_add(r.outstanding(used, now))
-        }
-        None => used,
-    }
+    let (used, outstanding) = counted(current, used, now);
+    used.saturating_add(outstanding)
 }
 
 #[cfg(test)]
@@ -465,7 +457,10 @@ mod tests {
         // A fresh SIM takes on the old SIM's grants, each lapsing when it did there (on whole minutes).
         let old = [held(400_000, NOW + 120), held(100_000, NOW + 600)];
         let r = Reservation::carry(None, 0, &old, NOW);
-        assert_eq!((r.outstanding(0, NOW), r.lapse(NOW)), (500_000, NOW + 600));
+        assert_eq!(
+            (r.outstanding(0, NOW), r.grants.last().map(|g| g.until)),
+            (500_000, Some(NOW + 600))
+        );
         assert_eq!(r.outstanding(0, NOW + 120), 100_000);
         // One with its own live grant holds all of them, each on its own clock, in lapse (grant) order: the
         // carried grant lapsing first is consumed first by what the old SIM reports late.
