@@ -984,7 +984,29 @@ async fn a_switch_moves_the_unused_balance_to_the_new_sim() {
         (Some(MOVED_TO_VERIZON), Some(0)),
         "{b}"
     );
-    assert_eq!(balance(&s, &old).await["closed"], true);
+    // The old SIM's balance names where its data went and shows none left (before, it showed the 6 MB that
+    // moved as its own), and its quota is refused naming the new SIM (before: "terminated").
+    let b = balance(&s, &old).await;
+    assert_eq!(
+        (
+            &b["closed"],
+            b["switched_to"].as_str(),
+            &b["remaining_bytes"]
+        ),
+        (&json!(true), Some(new), &json!(0)),
+        "{b}"
+    );
+    assert_eq!(balance(&s, new).await["switched_to"], Value::Null);
+    let (status, _, q) = s
+        .post(
+            &format!("/v1/esim/{old}/data"),
+            &json!({"quota_kb": 100}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 409, "{q}");
+    let message = q["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("switched to SIM {new}")), "{q}");
     // The new SIM is metered on its carrier: Verizon's receipts count, T-Mobile's are disputed.
     let t = now();
     let signed = |carrier: &str| {

@@ -99,6 +99,7 @@ pub fn balance_value(b: &wit::Balance) -> Value {
         "low": b.low,
         "suspended_for_balance": b.suspended_for_balance,
         "closed": b.closed,
+        "switched_to": b.switched_to,
     })
 }
 

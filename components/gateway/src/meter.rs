@@ -187,10 +187,13 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             .map_err(from_wit)?
     };
     if balance.closed {
-        return Err(ApiError::new(
-            esim402_core::ErrorKind::Conflict,
-            format!("SIM {iccid} is terminated"),
-        ));
+        let why = match &balance.switched_to {
+            Some(to) => format!(
+                "SIM {iccid} was switched to SIM {to}: its data moved there, ask for that SIM's quota"
+            ),
+            None => format!("SIM {iccid} is terminated"),
+        };
+        return Err(ApiError::new(esim402_core::ErrorKind::Conflict, why));
     }
     // `low` is the kernel's decision (`decide_quota` below the low-water mark, or suspended for balance). A
     // request that names `top_up_mb` buys that top-up whatever the balance (a proactive purchase).

@@ -54,7 +54,13 @@ pub async fn load(iccid: &str) -> Result<Option<Account>, wit::Error> {
 /// `a`'s balance at the used counter `used`, with `reserved` bytes granted and not reported yet (counted in
 /// `low`: kernel `usage::grant`).
 pub fn to_wit(a: &Account, used: u64, reserved: u64) -> wit::Balance {
-    let remaining = a.remaining(used);
+    // A switched-away SIM's data (and its grants) moved on with it: shown on the new SIM only.
+    let switched_to = a.moved_to.as_ref().map(|(to, _)| to.to_string());
+    let (remaining, reserved) = if switched_to.is_some() {
+        (0, 0)
+    } else {
+        (a.remaining(used), reserved)
+    };
     let grantable = remaining - i128::from(reserved);
     wit::Balance {
         iccid: a.iccid.to_string(),
@@ -65,11 +71,11 @@ pub fn to_wit(a: &Account, used: u64, reserved: u64) -> wit::Balance {
         } else {
             i64::MAX
         }),
-        // A switched-away SIM's grants were handed on with its data: shown on the new SIM only.
-        reserved_bytes: if a.moved_to.is_some() { 0 } else { reserved },
+        reserved_bytes: reserved,
         low: a.suspended_for_balance || matches!(decide_quota(grantable, None), Quota::Low { .. }),
         suspended_for_balance: a.suspended_for_balance,
         closed: a.closed.is_some() || a.closing,
+        switched_to,
     }
 }
 

@@ -695,7 +695,13 @@ async fn usage_the_old_sim_reports_after_a_switch_draws_on_the_new_sim() {
     assert!(exhausted.is_empty());
     let b = balance(&mut kit, &new).await;
     assert_eq!((b.used_bytes, b.remaining_bytes), (2 * MB, 5_000_000));
-    assert_eq!(balance(&mut kit, &old).await.used_bytes, 5 * MB);
+    let b = balance(&mut kit, &old).await;
+    assert_eq!(
+        (b.used_bytes, b.remaining_bytes, b.reserved_bytes, b.closed),
+        (5 * MB, 0, 0, true),
+        "what it had left moved on: none shown here"
+    );
+    assert_eq!(b.switched_to.as_deref(), Some(new.as_str()));
     // A replay is a duplicate: nothing more is handed on.
     ingest(&mut kit, late).await;
     assert_eq!(balance(&mut kit, &new).await.used_bytes, 2 * MB);
