@@ -37,8 +37,8 @@ use crate::router::Router;
 use crate::runtime_config::{RuntimeConfig, StoreConfig};
 use crate::variables;
 
-/// How to load the app.
-#[derive(Debug, Clone, Default)]
+/// How to load the app. Its `Debug` leaves `env` out (it holds every `SPIN_VARIABLE_*`, secrets included).
+#[derive(Clone, Default)]
 pub struct LoadOptions {
     /// Path to spin.toml.
     pub manifest: PathBuf,
@@ -64,6 +64,30 @@ pub struct LoadOptions {
     pub write_timeout: Duration,
     /// How long a request may wait for room in the instance pool before it is answered 503 (default 10 s).
     pub instance_wait: Duration,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("manifest", &self.manifest)
+            .field("runtime_config", &self.runtime_config)
+            .field("kv_override", &self.kv_override)
+            .field(
+                "env",
+                &format_args!("({} variables, not shown)", self.env.len()),
+            )
+            .field("cache_dir", &self.cache_dir)
+            .field(
+                "max_concurrent_per_instance",
+                &self.max_concurrent_per_instance,
+            )
+            .field("max_requests_per_instance", &self.max_requests_per_instance)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("instance_wait", &self.instance_wait)
+            .finish()
+    }
 }
 
 impl LoadOptions {
@@ -438,7 +462,11 @@ impl App {
             let hosts = decl
                 .allowed_outbound_hosts
                 .iter()
-                .map(|h| expand(h, |v| resolved.app.get(v).cloned()))
+                .map(|h| {
+                    let entry = expand(h, |v| resolved.app.get(v).cloned())?;
+                    crate::outbound::check_templated(h, &entry)?;
+                    Ok(entry)
+                })
                 .collect::<anyhow::Result<Vec<_>>>()
                 .with_context(|| format!("component {id}: allowed_outbound_hosts"))?;
             let runtime = ComponentRuntime {

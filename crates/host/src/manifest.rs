@@ -389,10 +389,11 @@ impl Manifest {
                 }
             }
         }
+        // Spin's loader refuses a variable with both, and one with neither (even if nothing uses it).
         for (name, v) in &raw.variables {
             ensure!(
-                !(v.required && v.default.is_some()),
-                "variable {name}: `required` and `default` are mutually exclusive"
+                v.required ^ v.default.is_some(),
+                "variable {name}: must be `required` OR have a `default`"
             );
         }
         Ok(Self {
@@ -553,7 +554,7 @@ source = "b.wasm"
                     "{ required = true, secret = true }",
                     "{ required = true, default = \"x\" }",
                 ),
-                "mutually exclusive",
+                "must be `required` OR have a `default`",
             ),
         ];
         for (text, needle) in cases {
@@ -593,6 +594,11 @@ source = "b.wasm"
             (
                 APP.replace("[variables]", "[variables]\na_ = { default = \"x\" }"),
                 "must not be empty",
+            ),
+            // Neither required nor defaulted (Spin refuses it too, used or not).
+            (
+                APP.replace("[variables]", "[variables]\nspare = { secret = true }"),
+                "must be `required` OR have a `default`",
             ),
             (
                 APP.replace("[variables]", "[variables]\na_1 = { default = \"x\" }"),

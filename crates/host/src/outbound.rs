@@ -52,6 +52,10 @@ impl AllowedHost {
             !rest.contains('/') || rest.ends_with('/') && rest.matches('/').count() == 1,
             "allowed host {entry:?} must not have a path"
         );
+        ensure!(
+            !rest.contains('@'),
+            "allowed host {entry:?} must not have user info (credentials go in a header)"
+        );
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
@@ -98,6 +102,24 @@ impl AllowedHost {
                 HostPattern::Exact(h) => h.trim_start_matches('[').trim_end_matches(']') == host,
                 HostPattern::Subdomains(suffix) => host.ends_with(&format!(".{suffix}")),
             }
+    }
+}
+
+/// Check `entry`, the value of the manifest's `template` once its `{{ variables }}` are filled in. An error
+/// names the template, never the value: a variable may hold a secret (an RPC provider's key in its URL's path
+/// or user info), and start-up errors land in logs.
+pub fn check_templated(template: &str, entry: &str) -> anyhow::Result<()> {
+    match AllowedHost::parse(entry) {
+        Ok(_) => Ok(()),
+        Err(_) if template == entry => AllowedHost::parse(entry).map(drop),
+        Err(e) => {
+            let why = format!("{e:#}")
+                .replace(&format!("{entry:?}"), &format!("{template:?}"))
+                .replace(entry, template);
+            bail!(
+                "{why} (its value, not shown, comes from the variables it names: use scheme://host[:port] only)"
+            )
+        }
     }
 }
 
@@ -183,11 +205,21 @@ impl WasiHttpHooks for OutboundPolicy {
         dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), wasmtime_wasi_http::Error>>
             + Send,
     > {
-        let allowed = self.allows_uri(request.uri());
+        // User info in a URL would go out in the `Host` header (wasmtime sets it from the whole authority), into
+        // the server's and any proxy's logs, and authenticate nothing: refused.
+        let userinfo = request
+            .uri()
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'));
+        let allowed = !userinfo && self.allows_uri(request.uri());
         let component = self.component.clone();
         let pool = self.pool.clone();
         let durability = self.durability.clone();
         Box::new(async move {
+            if userinfo {
+                tracing::warn!(component = %component, "outbound request denied: its URL carries user info (send credentials in a header)");
+                return Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid);
+            }
             if !allowed {
                 let uri = request.uri();
                 tracing::warn!(
@@ -281,8 +313,30 @@ mod tests {
             "*://host",
             "http://a*b.com",
             "http://host/path",
+            "https://user@rpc.example.com",
         ] {
             assert!(AllowedHost::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A templated entry whose value holds a secret (an RPC provider's key in its path or user info) is
+    /// refused naming the template; before, the error printed the value.
+    #[test]
+    fn a_bad_templated_entry_is_named_by_its_template() {
+        for value in [
+            "https://rpc.example.com/v2/sEcReT-kEy",
+            "https://user:sEcReT-kEy@rpc.example.com",
+            "https://rpc.example.com:sEcReT-kEy",
+        ] {
+            let e = check_templated("{{ rpc_url }}", value).unwrap_err();
+            let text = format!("{e:#}");
+            assert!(
+                !text.contains("sEcReT") && text.contains("{{ rpc_url }}"),
+                "{text}"
+            );
+        }
+        check_templated("{{ rpc_url }}", "https://rpc.example.com").unwrap();
+        let e = check_templated("http://host/path", "http://host/path").unwrap_err();
+        assert!(format!("{e:#}").contains("http://host/path"));
     }
 }

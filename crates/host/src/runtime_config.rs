@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-/// Where one store lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where one store lives. Its `Debug` hides a Redis URL's user info (a password).
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// SQLite file (Spin's `type = "spin"`).
     Sqlite(PathBuf),
@@ -19,6 +19,22 @@ pub enum StoreConfig {
     Redis(String),
     /// Process memory (tests and `--kv memory`); not a Spin store type.
     Memory,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            Self::Redis(url) => {
+                let shown = match (url.split_once("://"), url.rfind('@')) {
+                    (Some((scheme, _)), Some(at)) => format!("{scheme}://…@{}", &url[at + 1..]),
+                    _ => url.clone(),
+                };
+                f.debug_tuple("Redis").field(&shown).finish()
+            }
+            Self::Memory => f.write_str("Memory"),
+        }
+    }
 }
 
 /// Parsed runtime configuration.
@@ -125,6 +141,16 @@ mod tests {
             empty.key_value_stores["default"],
             StoreConfig::Sqlite(PathBuf::from("/app/.spin/sqlite_key_value.db"))
         );
+    }
+
+    /// A Redis URL's password never shows in `Debug` (of the store, or of the load options holding it).
+    #[test]
+    fn a_redis_password_is_not_shown() {
+        let shown = format!(
+            "{:?}",
+            StoreConfig::Redis("redis://:pAsSwOrD@10.0.0.5:6379/0".into())
+        );
+        assert_eq!(shown, r#"Redis("redis://…@10.0.0.5:6379/0")"#);
     }
 
     #[test]
