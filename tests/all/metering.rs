@@ -1185,3 +1185,79 @@ async fn a_terminate_whose_refund_is_not_recorded_answers_503_and_terminating_ag
     );
     assert_eq!(verify["ok"], true);
 }
+
+/// The same unrecorded refund when the owner never terminates again: the operator's cleanup run records it (the
+/// terminate listed the SIM before it revoked the token), once; a second run finds nothing. Before, nothing
+/// but the owner's wallet sign-in ever recorded it, and a device holding only its access token lost its data's
+/// value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_terminates_unrecorded_refund_is_recorded_by_the_operators_cleanup_run() {
+    let s = PayStack::start_with(
+        Some((&esim402_tests::Runner::Host, crate::payments::Store::Sqlite)),
+        &[("ESIM402_FAILPOINT_ERROR", "refund/inv_")],
+    )
+    .await;
+    let iccid = activate(&s, 1).await;
+    let terminate = format!("/v1/esim/{iccid}/terminate");
+    let (status, _, first) = s.post(&terminate, &json!({}), &[]).await;
+    assert_eq!(status, 503, "{first}");
+    let message = first["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cleanup run"), "{first}");
+
+    let (status, run) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(
+        (&run["unrefunded_recorded"], &run["unrefunded_left"]),
+        (&json!(1), &json!(0)),
+        "{run}"
+    );
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "refund_owed").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(verify["ok"], true);
+    let (_, again) = s.admin_run("cleanup", Some(&s.admin_token)).await;
+    assert_eq!(again["unrefunded_recorded"], 0, "{again}");
+    // The owner terminating again with its wallet finds the refund recorded: nothing owed twice.
+    let (status, _, repeat) = s
+        .post(
+            &terminate,
+            &json!({}),
+            &[("sign-in-with-x", s.sign_in(&terminate))],
+        )
+        .await;
+    assert_eq!(status, 200, "{repeat}");
+    let (kinds, _) = s.ledger().await;
+    assert_eq!(kinds.iter().filter(|k| *k == "refund_owed").count(), 1);
+}
+
+/// A malformed usage or receipts query is refused before the wallet sign-in is used: the same sign-in then
+/// opens the corrected request. Before, the 400 used up its nonce and the corrected request got 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_malformed_query_does_not_use_up_the_sign_in() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 1).await;
+    for (route, bad, good) in [
+        ("usage", "granularity=week", "granularity=hour"),
+        ("receipts", "limit=0", "limit=10"),
+    ] {
+        let path = format!("/v1/esim/{iccid}/{route}");
+        let signed = s.sign_in(&path);
+        let get = |query: &str| {
+            s.http
+                .get(format!("{}{path}?{query}", s.url))
+                .header("sign-in-with-x", signed.clone())
+                .send()
+        };
+        let refused = get(bad).await.unwrap();
+        assert_eq!(refused.status(), 400, "{route}");
+        let opened = get(good).await.unwrap();
+        assert_eq!(
+            opened.status(),
+            200,
+            "{route}: the same sign-in still opens it"
+        );
+    }
+}

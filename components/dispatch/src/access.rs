@@ -62,6 +62,33 @@ pub async fn authorize(iccid: &str, credential: &wit::Credential) -> Result<wit:
     Ok(sim_to_wit(&sim))
 }
 
+/// Whether `by`, a credential [`authorize`] accepted for this request, still opens `sim` as stored now (inside
+/// the cell update that acts on it): a token rotated away since, or a record recorded over for another payer,
+/// does not (`conflict`). Without this, a leaked token's request authorized just before its owner's rotation
+/// could rotate again after it and keep the SIM.
+pub fn still_opens(sim: &StoredSim, by: &wit::Credential) -> Result<(), wit::Error> {
+    let opens = match by {
+        wit::Credential::Token(t) => {
+            auth::decide(&sim.iccid, &sim.access, &Presented::Token(t)).is_ok()
+        }
+        wit::Credential::Wallet(w) => w
+            .address
+            .parse::<Address>()
+            .is_ok_and(|a| auth::decide(&sim.iccid, &sim.access, &Presented::Wallet(a)).is_ok()),
+        // A carrier asks for quota; it manages no SIM.
+        wit::Credential::Carrier(_) => false,
+    };
+    if opens {
+        Ok(())
+    } else {
+        Err(wit::Error::Conflict(format!(
+            "the credential of this request no longer opens SIM {} (its access token was rotated meanwhile): \
+             nothing was changed",
+            sim.iccid
+        )))
+    }
+}
+
 /// A verified wallet's address.
 pub fn wallet_address(w: &wit::WalletProof) -> Result<Address, wit::Error> {
     w.address
@@ -104,13 +131,14 @@ pub async fn initial_token(iccid: &str, invoice_id: &str) -> Result<Option<Strin
 /// `rotate-token`: the next generation's token; refused (conflict) unless the SIM is live (kernel
 /// `auth::token::rotation_refused`: a terminated SIM's tokens are revoked, a failed one's profile may be
 /// another payer's next, a pending one's confirm would undo the rotation).
-pub async fn rotate_token(iccid: &str) -> Result<String, wit::Error> {
+pub async fn rotate_token(iccid: &str, by: &wit::Credential) -> Result<String, wit::Error> {
     let cfg = crate::config::get().await?;
     let key = cfg.token_key()?;
     let id = parse_iccid(iccid)?;
     let (_, token) =
         kv::change_json::<StoredSim, _, wit::Error>(&keys::sim(id.as_str()), |current| {
             let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
+            still_opens(&sim, by)?;
             if let Some(why) = token::rotation_refused(sim.state) {
                 return Err(wit::Error::Conflict(format!("SIM {iccid} {why}")));
             }

@@ -162,6 +162,7 @@ pub async fn run(now: u64, limit: u32) -> Result<CleanupRun, wit::Error> {
         parked: count(crate::parking::parked_len().await),
         owed: swept.owed,
         recheck: crate::parking::recheck::due(now, max).await,
+        unrefunded: crate::unrefunded::due(now, max).await,
     })
 }
 

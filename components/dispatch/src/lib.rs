@@ -49,10 +49,12 @@ mod journal;
 mod ordering;
 mod parking;
 mod queue;
+mod retry_list;
 mod sim_store;
 mod sims;
 mod spec;
 mod switching;
+mod unrefunded;
 
 use bindings::exports::esim402::dispatch::dispatch::{CleanupRun, Guest, SimPage, Withdrawal};
 use esim402_guest::convert::{self, invalid, sim_to_wit};
@@ -151,8 +153,8 @@ impl Guest for Component {
         access::initial_token(&iccid, &invoice_id).await
     }
 
-    async fn rotate_token(iccid: String) -> Result<String, wit::Error> {
-        access::rotate_token(&iccid).await
+    async fn rotate_token(iccid: String, by: wit::Credential) -> Result<String, wit::Error> {
+        access::rotate_token(&iccid, &by).await
     }
 
     async fn resume_order(iccid: String) -> Result<wit::Sim, wit::Error> {
@@ -193,8 +195,9 @@ impl Guest for Component {
     async fn lifecycle(
         iccid: String,
         action: wit::LifecycleAction,
+        by: Option<wit::Credential>,
     ) -> Result<wit::Sim, wit::Error> {
-        sims::lifecycle(&iccid, action).await
+        sims::lifecycle(&iccid, action, by.as_ref()).await
     }
 
     async fn run_cleanup(now: u64, limit: u32) -> Result<CleanupRun, wit::Error> {
@@ -207,6 +210,10 @@ impl Guest for Component {
 
     async fn settle_recheck(invoice: String, r#final: bool) -> Result<(), wit::Error> {
         parking::recheck::settle(&invoice, r#final).await
+    }
+
+    async fn settle_unrefunded(iccid: String, done: bool) -> Result<(), wit::Error> {
+        unrefunded::settle(&iccid, done).await
     }
 
     async fn settle_owed(

@@ -15,6 +15,7 @@ use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
 use esim402_core::esim::{
     Eid, Iccid, ProfileState, SimAction, SimState, owner_action, retire_on_terminate,
+    top_up_refused,
 };
 use esim402_core::join::join_all;
 use esim402_core::order::{self, StoredSim, after_progress, retire_replaced};
@@ -138,18 +139,8 @@ pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
 pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::Error> {
     let cfg = crate::config::get().await?;
     let sim = existing(iccid).await?;
-    if matches!(sim.state, SimState::Terminated | SimState::Failed) {
-        return Err(wit::Error::Conflict(format!(
-            "SIM {iccid} is {:?}: it takes no more data",
-            sim.state
-        )));
-    }
-    // A SIM whose order is still pending may yet be withdrawn (its payment never completed, `crate::parking`):
-    // nothing would give a top-up back then.
-    if sim.state == SimState::Pending {
-        return Err(wit::Error::Conflict(format!(
-            "SIM {iccid} is still being ordered: top it up once it is active"
-        )));
+    if let Some(why) = top_up_refused(iccid, sim.state, live_replacement(&sim).await?.as_deref()) {
+        return Err(wit::Error::Conflict(why));
     }
     let mb = DataMb::new(data_mb.into()).map_err(|e| invalid("top_up_mb", e.0))?;
     let carrier = CarrierId::parse(&sim.carrier).map_err(|e| internal(e.0))?;
@@ -164,6 +155,20 @@ pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::
         amount: amount.micros(),
         sealed: None,
     })
+}
+
+/// The SIM a switch replaced `sim` with, unless that one never took over (terminated or failed, or gone).
+async fn live_replacement(sim: &StoredSim) -> Result<Option<String>, wit::Error> {
+    let Some(next) = &sim.replaced_by else {
+        return Ok(None);
+    };
+    let Ok(next_iccid) = Iccid::parse(next) else {
+        return Ok(None);
+    };
+    let live = load(&next_iccid)
+        .await?
+        .is_some_and(|n| !matches!(n.state, SimState::Terminated | SimState::Failed));
+    Ok(live.then(|| next.clone()))
 }
 
 /// `data-value`: the data of an activation paid `paid` (kernel `PriceBook::sealed_data_value` with the
@@ -191,9 +196,16 @@ pub async fn data_value(
 
 /// Apply the owner's lifecycle action (kernel `esim::owner_action`, a cell update); an invalid transition, or
 /// resuming a SIM its balance holds, is a conflict.
-async fn transition(iccid: &Iccid, action: SimAction) -> Result<StoredSim, wit::Error> {
+async fn transition(
+    iccid: &Iccid,
+    action: SimAction,
+    by: Option<&wit::Credential>,
+) -> Result<StoredSim, wit::Error> {
     kv::update_json::<StoredSim, wit::Error>(&keys::sim(iccid.as_str()), |current| {
         let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
+        if let Some(by) = by {
+            crate::access::still_opens(&sim, by)?;
+        }
         (sim.state, sim.holds) = owner_action(sim.state, sim.holds, action)
             .map_err(|e| wit::Error::Conflict(format!("SIM {iccid}: {e}")))?;
         if sim.state == SimState::Terminated {
@@ -231,14 +243,23 @@ pub async fn balance_hold(hold: &wit::BalanceHold) -> Result<wit::Sim, wit::Erro
 
 /// `lifecycle`: suspend, resume or terminate; a terminated profile the device has not installed is retired at
 /// the SM-DP+ so nobody can download it.
-pub async fn lifecycle(iccid: &str, action: wit::LifecycleAction) -> Result<wit::Sim, wit::Error> {
+pub async fn lifecycle(
+    iccid: &str,
+    action: wit::LifecycleAction,
+    by: Option<&wit::Credential>,
+) -> Result<wit::Sim, wit::Error> {
     let iccid = parse_iccid(iccid)?;
     let action = match action {
         wit::LifecycleAction::Suspend => SimAction::Suspend,
         wit::LifecycleAction::Resume => SimAction::Resume,
         wit::LifecycleAction::Terminate => SimAction::Terminate,
     };
-    let sim = transition(&iccid, action).await?;
+    if action == SimAction::Terminate {
+        // Before anything changes: a terminate whose refunds its caller never records is finished by the
+        // operator's cleanup run.
+        crate::unrefunded::list(&iccid).await?;
+    }
+    let sim = transition(&iccid, action, by).await?;
     if action == SimAction::Terminate {
         retire_profile(&iccid, &sim).await?;
     }

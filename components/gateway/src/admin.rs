@@ -55,7 +55,8 @@ pub async fn run_refunds(req: &Request) -> Result<Reply, ApiError> {
 /// whose money moved (a tx-hash payment's) but which stayed pending `paid_order_pending_secs`, and retry the
 /// carrier work left queued (cancels, lost DownloadOrders), up to `limit` of each; otherwise only a later
 /// order's sweep does this, and nothing withdraws a paid order. The payment of each paid order that ended
-/// undelivered is owed back ([`owe_withdrawn`]). 200 with what was done and what is left.
+/// undelivered is owed back ([`owe_withdrawn`]), and the refunds a terminate left unrecorded are recorded
+/// (`crate::owing::record_unrefunded`). 200 with what was done and what is left.
 pub async fn run_cleanup(req: &Request) -> Result<Reply, ApiError> {
     check(req).await?;
     let limit = run_limit(req)?;
@@ -64,6 +65,8 @@ pub async fn run_cleanup(req: &Request) -> Result<Reply, ApiError> {
         .map_err(from_wit)?;
     let owed = owe_withdrawn(run.owed).await;
     let rechecked = recheck(run.recheck).await;
+    let (unrefunded_recorded, unrefunded_left) =
+        crate::owing::record_unrefunded(run.unrefunded).await;
     let body = serde_json::json!({
         "withdrawn": run.withdrawn,
         "tried": run.tried,
@@ -76,6 +79,8 @@ pub async fn run_cleanup(req: &Request) -> Result<Reply, ApiError> {
         "rechecked": rechecked.done,
         "rechecked_owed": rechecked.owed,
         "recheck_left": rechecked.left,
+        "unrefunded_recorded": unrefunded_recorded,
+        "unrefunded_left": unrefunded_left,
     });
     Ok(json(200, body.to_string()))
 }

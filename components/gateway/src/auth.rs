@@ -51,6 +51,14 @@ pub async fn owner(req: &Request, iccid: &str) -> Result<wit::Sim, ApiError> {
     open(iccid, credential).await
 }
 
+/// [`owner`], with the credential that opened the SIM: a route that changes the SIM passes it on to dispatch,
+/// which checks it again inside its update (a token rotated away meanwhile changes nothing).
+pub async fn owner_by(req: &Request, iccid: &str) -> Result<(wit::Sim, wit::Credential), ApiError> {
+    let credential = credential(req, false).await?;
+    let sim = open(iccid, credential.clone()).await?;
+    Ok((sim, credential))
+}
+
 /// The SIM, if `credential` (from [`credential`]) opens it: dispatch decides, and claims a wallet's nonce. A
 /// route that reads a body calls this once the body is known good, so a malformed request does not use up
 /// the caller's sign-in.

@@ -80,6 +80,7 @@ pub fn sim_value(s: &wit::Sim) -> Value {
         "eid": s.eid, "data_mb": s.data_mb, "invoice_id": s.invoice_id, "created_at": s.created_at,
         "failovers": s.failovers, "replaces": s.replaces, "replaced_by": s.replaced_by,
         "owner": s.owner, "agent_id": s.label,
+        "held_by_owner": s.held_by_owner, "held_for_balance": s.held_for_balance,
         "roaming": { "allow": s.roaming.allow, "deny": s.roaming.deny, "countries": s.roaming.countries },
     })
 }

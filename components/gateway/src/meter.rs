@@ -98,6 +98,12 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         invoice_id: body_invoice,
         payer,
     } = QuotaRequest::parse(&body)?;
+    // Checked before the credential is used (a malformed request must not use up a sign-in).
+    let body_invoice = body_invoice
+        .map(|id| {
+            InvoiceId::parse(&id).map_err(|_| ApiError::invalid("invoice_id", "not an invoice id"))
+        })
+        .transpose()?;
     // The SIM's carrier asks for the quota its network moves data against (online charging): its grants are
     // reserved. The owner's are advice (nothing reserved).
     let by_carrier = matches!(credential, Ok(wit::Credential::Carrier(_)));
@@ -124,13 +130,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     };
 
     if let Some(proof) = proof {
-        let named = match body_invoice {
-            Some(id) => Some(
-                InvoiceId::parse(&id)
-                    .map_err(|_| ApiError::invalid("invoice_id", "not an invoice id"))?,
-            ),
-            None => invoice_header,
-        };
+        let named = body_invoice.or(invoice_header);
         let invoice = pay::invoice_for(&proof, named.as_ref(), || async {
             seal(&quote(offered).await?).await
         })
@@ -176,7 +176,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let balance = if top_up_mb.is_none() && in_service(&sim) {
         let granted = metering::grant(iccid.to_owned(), quota, by_carrier, now())
             .await
-            .map_err(from_wit)?;
+            .map_err(|e| unmetered(&sim, e))?;
         if granted.bytes > 0 {
             return Ok(json(200, crate::convert::quota_value(&granted).to_string()));
         }
@@ -184,14 +184,15 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     } else {
         metering::get_balance(iccid.to_owned())
             .await
-            .map_err(from_wit)?
+            .map_err(|e| unmetered(&sim, e))?
     };
     if balance.closed {
-        let why = match &balance.switched_to {
-            Some(to) => format!(
+        let why = match (&balance.switched_to, sim.state) {
+            (Some(to), _) => format!(
                 "SIM {iccid} was switched to SIM {to}: its data moved there, ask for that SIM's quota"
             ),
-            None => format!("SIM {iccid} is terminated"),
+            (None, wit::SimState::Failed) => format!("SIM {iccid} failed: it takes no quota"),
+            (None, _) => format!("SIM {iccid} is terminated"),
         };
         return Err(ApiError::new(esim402_core::ErrorKind::Conflict, why));
     }
@@ -231,16 +232,16 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
 
 /// `GET /v1/esim/{iccid}/balance` (the owner's).
 pub async fn balance(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
-    crate::auth::owner(req, iccid).await?;
+    let sim = crate::auth::owner(req, iccid).await?;
     let b = metering::get_balance(iccid.to_owned())
         .await
-        .map_err(from_wit)?;
+        .map_err(|e| unmetered(&sim, e))?;
     Ok(json(200, crate::convert::balance_value(&b).to_string()))
 }
 
 /// `GET /v1/esim/{iccid}/usage?granularity=hour|day&group_by=plmn` (the owner's).
 pub async fn usage(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
-    crate::auth::owner(req, iccid).await?;
+    // The query is checked before the credential is used (a malformed request must not use up a sign-in).
     let query = req.uri().query();
     let (mut granularity, mut by_plmn) = ("day".to_owned(), false);
     crate::query::params(query, "granularity, group_by", |k, v| {
@@ -252,9 +253,16 @@ pub async fn usage(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
         }
         Ok(true)
     })?;
+    if esim402_core::usage::report::Granularity::parse(&granularity).is_none() {
+        return Err(ApiError::invalid(
+            "granularity",
+            "granularity must be hour or day",
+        ));
+    }
+    let sim = crate::auth::owner(req, iccid).await?;
     let rows = metering::usage(iccid.to_owned(), granularity.clone(), by_plmn)
         .await
-        .map_err(from_wit)?;
+        .map_err(|e| unmetered(&sim, e))?;
     let rows: Value = serde_json::from_str(&rows).map_err(|e| ApiError::internal(e.to_string()))?;
     let body = json!({ "iccid": iccid, "granularity": granularity, "group_by": by_plmn.then_some("plmn"), "usage_records": rows });
     Ok(json(200, body.to_string()))
@@ -263,7 +271,6 @@ pub async fn usage(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
 /// `GET /v1/esim/{iccid}/receipts?from=N&limit=M` (the owner's): the SIM's receipt log with each receipt's state
 /// (accepted or disputed, and why).
 pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
-    crate::auth::owner(req, iccid).await?;
     let query = req.uri().query();
     let (mut from, mut limit) = (1u64, 100u32);
     crate::query::params(query, "from, limit", |k, v| {
@@ -274,14 +281,33 @@ pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
         }
         Ok(true)
     })?;
+    let sim = crate::auth::owner(req, iccid).await?;
     let log = metering::receipts(iccid.to_owned(), from, limit)
         .await
-        .map_err(from_wit)?;
+        .map_err(|e| unmetered(&sim, e))?;
     let log: Value = serde_json::from_str(&log).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(json(
         200,
         json!({ "iccid": iccid, "from": from, "receipts": log }).to_string(),
     ))
+}
+
+/// Metering's error for `sim`, which its caller has opened: an account not found is a 409 naming the SIM's
+/// state (its payment not credited yet: a pending order, or a tx-hash activation finished by `refresh` whose
+/// proof was not sent again), not the 404 that tells a caller the SIM is not theirs.
+fn unmetered(sim: &wit::Sim, e: wit::Error) -> ApiError {
+    match e {
+        wit::Error::NotFound(_) => ApiError::new(
+            esim402_core::ErrorKind::Conflict,
+            format!(
+                "SIM {} ({}) has no data balance yet: its payment is not credited (send the paid request \
+                 again to finish it)",
+                sim.iccid,
+                crate::convert::sim_state(sim.state)
+            ),
+        ),
+        e => from_wit(e),
+    }
 }
 
 /// Whether `sim` may be granted quota: an active one, or one suspended for balance alone (its balance decides:

@@ -30,12 +30,57 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
             format!(
                 "SIM {iccid} is terminated, but {} refund(s) of its unused data could not be recorded now: \
                  terminate it again to record them, signed in with the owner's wallet (its access token no \
-                 longer works)",
+                 longer works), or the operator's cleanup run records them",
                 owed.retry
             ),
         ));
     }
     Ok(owed.recorded)
+}
+
+/// The terminated SIMs a terminate left with refunds unrecorded (dispatch `cleanup-run.unrefunded`): each one's
+/// recorded as its terminate would ([`refund_unused`]), and its entry settled as soon as it is tried, so a run
+/// cut short keeps what it did. A listed SIM that is not terminated (its terminate was refused) has nothing to
+/// record. How many were recorded, and how many are left for a later run.
+pub async fn record_unrefunded(iccids: Vec<String>) -> (usize, usize) {
+    let (mut recorded, mut left) = (0, 0);
+    for iccid in iccids {
+        let done = match crate::dispatch::get_sim(iccid.clone()).await {
+            Ok(Some(sim)) if sim.state == wit::SimState::Terminated => {
+                match refund_unused(&iccid).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        eprintln!(
+                            "gateway: the refunds of terminated SIM {iccid} are not recorded yet (a later run \
+                             tries again): {}",
+                            e.message
+                        );
+                        false
+                    }
+                }
+            }
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("gateway: reading SIM {iccid} failed (a later run tries again): {e:?}");
+                false
+            }
+        };
+        if done {
+            recorded += 1;
+        } else {
+            left += 1;
+        }
+        settle_unrefunded(&iccid, done).await;
+    }
+    (recorded, left)
+}
+
+/// Tell dispatch whether the refunds of terminated SIM `iccid` are recorded (a failure is logged: the entry
+/// stays, and a later cleanup run records them again, which owes nothing twice).
+pub async fn settle_unrefunded(iccid: &str, done: bool) {
+    if let Err(e) = crate::dispatch::settle_unrefunded(iccid.to_owned(), done).await {
+        eprintln!("gateway: settling the unrefunded entry of SIM {iccid} failed: {e:?}");
+    }
 }
 
 /// One refund to owe: of `invoice`'s payment, `amount` (`None`: all of it), returning the payment made in `tx`

@@ -86,10 +86,13 @@ pub async fn activation_code(req: &Request, iccid: &str) -> Result<Reply, ApiErr
     // Only a SIM in service whose purchase is paid: a profile ordered for a payment that has not settled (an
     // order left pending, a crash before the settlement) or whose settlement failed is not the payer's yet.
     let in_service = matches!(sim.state, wit::SimState::Active | wit::SimState::Suspended);
+    // A store or verifier fault is a fault (5xx, send it again), not a refusal; an invoice this deployment no
+    // longer opens proves nothing.
     let paid = in_service
-        && crate::pay::load_invoice(&sim.invoice_id)
+        && invoices::get(sim.invoice_id.clone(), now())
             .await
-            .is_ok_and(|i| i.status == wit::InvoiceStatus::Paid);
+            .map_err(from_wit)?
+            .is_some_and(|i| i.status == wit::InvoiceStatus::Paid);
     if !paid {
         return Err(ApiError::new(
             ErrorKind::Conflict,
@@ -159,18 +162,25 @@ pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     if let Some(pending) = current.filter(|s| s.state == wit::SimState::Pending) {
         // Paid only: a refunded invoice's money is going back, and an invoice this deployment cannot open
         // (its key dropped from the keyring) proves nothing.
-        let paid = invoices::get(pending.invoice_id.clone(), now())
+        let invoice = pending.invoice_id.as_str();
+        let why = match invoices::get(invoice.to_owned(), now())
             .await
             .map_err(from_wit)?
-            .is_some_and(|inv| inv.status == wit::InvoiceStatus::Paid);
-        if !paid {
-            return Err(ApiError::new(
-                ErrorKind::Conflict,
-                format!(
-                    "the order of SIM {iccid} waits for its payment (invoice {}): send the same payment again to finish it",
-                    pending.invoice_id
-                ),
-            ));
+            .map(|inv| inv.status)
+        {
+            Some(wit::InvoiceStatus::Paid) => None,
+            Some(wit::InvoiceStatus::Refunded) => Some(format!(
+                "the payment of SIM {iccid}'s order (invoice {invoice}) is owed back: there is nothing to finish"
+            )),
+            Some(_) => Some(format!(
+                "the order of SIM {iccid} waits for its payment (invoice {invoice}): send the same payment again to finish it"
+            )),
+            None => Some(format!(
+                "the invoice of SIM {iccid}'s order ({invoice}) cannot be opened here (its key was retired): ask the operator"
+            )),
+        };
+        if let Some(why) = why {
+            return Err(ApiError::new(ErrorKind::Conflict, why));
         }
     }
     let sim = dispatch::resume_order(iccid.to_owned())
@@ -181,8 +191,8 @@ pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
 
 /// `POST /v1/esim/{iccid}/token`: a new access token (shown once); the previous one stops working.
 pub async fn rotate_token(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
-    crate::auth::owner(req, iccid).await?;
-    let token = dispatch::rotate_token(iccid.to_owned())
+    let (_, by) = crate::auth::owner_by(req, iccid).await?;
+    let token = dispatch::rotate_token(iccid.to_owned(), by)
         .await
         .map_err(from_wit)?;
     Ok(json(
@@ -195,14 +205,14 @@ pub async fn rotate_token(req: &Request, iccid: &str) -> Result<Reply, ApiError>
 /// Terminating revokes the access token (the owner's wallet still reads the SIM, its refunds and receipts);
 /// terminating a terminated SIM answers it again with its refunds, owing any the first terminate did not.
 pub async fn lifecycle(req: &Request, iccid: &str, action: &str) -> Result<Reply, ApiError> {
-    crate::auth::owner(req, iccid).await?;
+    let (_, by) = crate::auth::owner_by(req, iccid).await?;
     let action = match action {
         "suspend" => wit::LifecycleAction::Suspend,
         "resume" => wit::LifecycleAction::Resume,
         _ => wit::LifecycleAction::Terminate,
     };
     let terminate = matches!(action, wit::LifecycleAction::Terminate);
-    let sim = match dispatch::lifecycle(iccid.to_owned(), action).await {
+    let sim = match dispatch::lifecycle(iccid.to_owned(), action, Some(by)).await {
         Ok(sim) => sim,
         // Terminating a terminated SIM again finishes what the first terminate may not have (it failed or was
         // cut off after the transition): the refunds of its unused data.
@@ -221,6 +231,7 @@ pub async fn lifecycle(req: &Request, iccid: &str, action: &str) -> Result<Reply
     if terminate {
         // Repeats are safe: the account's first close fixes the shares and refunds are once per invoice.
         body["refunds"] = serde_json::Value::Array(crate::owing::refund_unused(iccid).await?);
+        crate::owing::settle_unrefunded(iccid, true).await;
     }
     Ok(json(200, body.to_string()))
 }

@@ -311,6 +311,18 @@ pub fn event(e: &wit::LedgerEvent) -> Option<(EntryKind, EntryFields)> {
     Some((kind, f))
 }
 
+/// A WIT SIM state as the kernel's.
+pub fn sim_state(state: wit::SimState) -> esim402_core::esim::SimState {
+    use esim402_core::esim::SimState;
+    match state {
+        wit::SimState::Pending => SimState::Pending,
+        wit::SimState::Active => SimState::Active,
+        wit::SimState::Suspended => SimState::Suspended,
+        wit::SimState::Terminated => SimState::Terminated,
+        wit::SimState::Failed => SimState::Failed,
+    }
+}
+
 /// A SIM as WIT.
 pub fn sim_to_wit(s: &StoredSim) -> wit::Sim {
     use esim402_core::esim::{ProfileState, SimState};
@@ -353,5 +365,6 @@ pub fn sim_to_wit(s: &StoredSim) -> wit::Sim {
         owner: s.access.owner.map(|a| a.to_checksum(None)),
         label: s.label.clone(),
         held_by_owner: s.holds.by_owner(s.state),
+        held_for_balance: s.holds.for_balance(s.state),
     }
 }

@@ -4,10 +4,11 @@
 //! them again and settles each. A kept request whose order was delivered, or parked as paid, is dropped; one
 //! whose order moved on to another profile stays for that profile's entry.
 
-use esim402_core::order::recheck::{self, Listed, MAX_RESEND_BYTES, Push, Taken, Tried};
+use esim402_core::order::recheck::{MAX_RECHECK, MAX_RESEND_BYTES};
 use esim402_core::store::keys;
+use esim402_core::store::retry::{MAX_TRIES, Tried};
 use esim402_guest::convert::{invalid, kv_err, store_err};
-use esim402_guest::kv::{self, Change};
+use esim402_guest::kv;
 use esim402_guest::wit;
 
 use crate::bindings::exports::esim402::dispatch::dispatch::KeptRequest;
@@ -42,21 +43,10 @@ pub async fn withdrawn(invoice: &str) {
             return;
         }
     }
-    let r = kv::change_json::<Vec<Listed>, bool, ()>(keys::CLEANUP_RECHECK, |list| {
-        Ok(match recheck::push(list.unwrap_or_default(), invoice) {
-            Push::Listed(list) => (Change::Put(list), true),
-            Push::Already => (Change::Keep, true),
-            Push::Full => (Change::Keep, false),
-        })
-    })
-    .await;
-    let why = match r {
-        Ok((_, true)) => return,
-        Ok((_, false)) => format!(
-            "the recheck list is full ({} entries)",
-            recheck::MAX_RECHECK
-        ),
-        Err(e) => e.to_string(),
+    let why = match crate::retry_list::push(keys::CLEANUP_RECHECK, invoice, MAX_RECHECK).await {
+        Ok(true) => return,
+        Ok(false) => format!("the recheck list is full ({MAX_RECHECK} entries)"),
+        Err(e) => format!("{e:?}"),
     };
     eprintln!(
         "dispatch: OPERATOR: invoice {invoice}'s order was withdrawn unpaid and is not listed for its chain check \
@@ -83,22 +73,16 @@ async fn kept(invoice: &str) -> Result<Option<String>, wit::Error> {
     Ok(bytes.and_then(|b| String::from_utf8(b).ok()))
 }
 
-/// The kept requests of up to `max` listed invoices due at `now`, taken (kernel `recheck::take`: each counts a
+/// The kept requests of up to `max` listed invoices due at `now`, taken (kernel `store::retry::take`: each counts a
 /// try and waits before it is due again, settled or not). A listed invoice whose request is gone leaves the list;
 /// one tried too often is left to an operator; a read that fails is logged and left for the next run.
 pub async fn due(now: u64, max: usize) -> Vec<KeptRequest> {
-    let taken = kv::change_json::<Vec<Listed>, Taken, wit::Error>(keys::CLEANUP_RECHECK, |list| {
-        let taken = recheck::take(list.unwrap_or_default(), now, max);
-        if taken.due.is_empty() && taken.given_up.is_empty() {
-            return Ok((Change::Keep, taken));
-        }
-        Ok((Change::Put(taken.list.clone()), taken))
-    })
-    .await;
-    let taken = match taken {
-        Ok((_, taken)) => taken,
+    let taken = match crate::retry_list::take(keys::CLEANUP_RECHECK, now, max).await {
+        Ok(taken) => taken,
         Err(e) => {
-            eprintln!("dispatch: the recheck list cannot be read (the next run tries again): {e}");
+            eprintln!(
+                "dispatch: the recheck list cannot be read (the next run tries again): {e:?}"
+            );
             return Vec::new();
         }
     };
@@ -129,7 +113,7 @@ fn gave_up(invoice: &str) {
         "dispatch: OPERATOR: the paid request of withdrawn invoice {invoice} was taken {} times without a final \
          answer: check on chain whether its authorization was executed, and owe it back if so (its request stays \
          kept)",
-        recheck::MAX_TRIES
+        MAX_TRIES
     );
 }
 
@@ -137,17 +121,7 @@ fn gave_up(invoice: &str) {
 /// request is dropped), without it waits as taken, or is left to an operator after its last try.
 pub async fn settle(invoice: &str, r#final: bool) -> Result<(), wit::Error> {
     let tried = if r#final { Tried::Done } else { Tried::Again };
-    let (_, gave) =
-        kv::change_json::<Vec<Listed>, bool, wit::Error>(keys::CLEANUP_RECHECK, |list| {
-            Ok(
-                match recheck::settle(list.unwrap_or_default(), invoice, tried) {
-                    (Some(list), gave) => (Change::Put(list), gave),
-                    (None, _) => (Change::Keep, false),
-                },
-            )
-        })
-        .await
-        .map_err(kv_err)?;
+    let gave = crate::retry_list::settle(keys::CLEANUP_RECHECK, invoice, tried).await?;
     if gave {
         gave_up(invoice);
     }

@@ -186,16 +186,17 @@ impl Order {
                 let sim = dispatch::get_sim(iccid.clone())
                     .await?
                     .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
-                if matches!(sim.state, wit::SimState::Terminated | wit::SimState::Failed) {
-                    return Err(wit::Error::Conflict(format!(
-                        "SIM {iccid} is terminated: it takes no more data"
-                    )));
-                }
-                // Its order may yet be withdrawn (dispatch `parking`), and nothing would owe the top-up back.
-                if sim.state == wit::SimState::Pending {
-                    return Err(wit::Error::Conflict(format!(
-                        "SIM {iccid} is still being ordered: top it up once it is active"
-                    )));
+                // The SIM a switch moved its balance to, unless that one never took over.
+                let replacement = match &sim.replaced_by {
+                    Some(next) => dispatch::get_sim(next.clone()).await?.filter(|n| {
+                        !matches!(n.state, wit::SimState::Terminated | wit::SimState::Failed)
+                    }),
+                    None => None,
+                };
+                let state = esim402_guest::convert::sim_state(sim.state);
+                let next = replacement.as_ref().map(|n| n.iccid.as_str());
+                if let Some(why) = esim402_core::esim::top_up_refused(iccid, state, next) {
+                    return Err(wit::Error::Conflict(why));
                 }
                 Ok(sim)
             }

@@ -31,7 +31,9 @@ impl Attempt<'_> {
             return;
         }
         let terminated =
-            match dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Terminate).await {
+            match dispatch::lifecycle(sim.iccid.clone(), wit::LifecycleAction::Terminate, None)
+                .await
+            {
                 Ok(_) => true,
                 // Terminated before (a repeat of this withdrawal): its refunds are once per invoice.
                 Err(wit::Error::Conflict(_)) => matches!(
@@ -46,11 +48,15 @@ impl Attempt<'_> {
                     false
                 }
             };
-        if terminated && let Err(e) = crate::owing::refund_unused(&sim.iccid).await {
-            eprintln!(
-                "gateway: settlement failed; closing the account of {} failed (terminate it again to retry): {e:?}",
-                sim.iccid
-            );
+        if terminated {
+            match crate::owing::refund_unused(&sim.iccid).await {
+                Ok(_) => crate::owing::settle_unrefunded(&sim.iccid, true).await,
+                Err(e) => eprintln!(
+                    "gateway: settlement failed; closing the account of {} failed (the operator's cleanup run \
+                     records its refunds): {e:?}",
+                    sim.iccid
+                ),
+            }
         }
         self.note(
             EntryKind::SettlementFailed,

@@ -102,6 +102,11 @@ impl Holds {
         self.effective(state).owner
     }
 
+    /// Whether metering holds the SIM for balance (its balance ran out; a top-up releases it).
+    pub fn for_balance(self, state: SimState) -> bool {
+        state == SimState::Suspended && self.effective(state).balance
+    }
+
     fn state(self) -> SimState {
         if self.owner || self.balance {
             SimState::Suspended
@@ -222,6 +227,31 @@ pub fn retire_on_terminate(state: Option<ProfileState>) -> bool {
     )
 }
 
+/// Why SIM `iccid` in `state` takes no top-up, or `None` when it does. `live_replacement`: the SIM a switch
+/// replaced it with, unless that one never took over (terminated or failed). A terminated or failed SIM takes no
+/// data; a pending one may yet be withdrawn (its payment never completed), and nothing would give a top-up back;
+/// a switched-away one's balance moved to its replacement, whose account takes the top-up instead (its own is
+/// closed: the payment would be settled and then owed back).
+pub fn top_up_refused(
+    iccid: &str,
+    state: SimState,
+    live_replacement: Option<&str>,
+) -> Option<String> {
+    match (state, live_replacement) {
+        (SimState::Terminated | SimState::Failed, _) => Some(format!(
+            "SIM {iccid} is {}: it takes no more data",
+            format!("{state:?}").to_lowercase()
+        )),
+        (SimState::Pending, _) => Some(format!(
+            "SIM {iccid} is still being ordered: top it up once it is active"
+        )),
+        (_, Some(next)) => Some(format!(
+            "SIM {iccid} was switched to SIM {next}, which holds its balance: top that SIM up"
+        )),
+        (SimState::Active | SimState::Suspended, None) => None,
+    }
+}
+
 /// The profile state after a HandleDownloadProgressInfo notification, or `None` when the state does not change.
 ///
 /// - Success (`Executed-Success` or `-WithWarning`) at point 3 (BPP download) → Downloaded, at 4 (installation)
@@ -260,6 +290,19 @@ pub fn profile_state_after(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A switched-away SIM's top-up goes to the SIM that holds its balance (before, it was sold, settled and
+    /// owed back, its account being closed); one whose replacement never took over takes it.
+    #[test]
+    fn only_a_sim_in_service_and_not_switched_away_takes_a_top_up() {
+        assert_eq!(top_up_refused("8901", SimState::Active, None), None);
+        assert_eq!(top_up_refused("8901", SimState::Suspended, None), None);
+        let moved = top_up_refused("8901", SimState::Active, Some("8902")).unwrap();
+        assert!(moved.contains("switched to SIM 8902"), "{moved}");
+        for s in [SimState::Terminated, SimState::Failed, SimState::Pending] {
+            assert!(top_up_refused("8901", s, None).is_some(), "{s:?}");
+        }
+    }
     use ExecutionStatus::{
         ExecutedSuccess as Executed, ExecutedWithWarning as Warning, Expired, Failed,
     };

@@ -4,3 +4,4 @@
 
 pub mod cell;
 pub mod keys;
+pub mod retry;

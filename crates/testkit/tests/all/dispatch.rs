@@ -215,12 +215,28 @@ fn assert_retired(kit: &Kit, carrier: &str, iccid: &str) {
     assert_eq!(cancel["finalProfileStatusIndicator"], "Unavailable");
 }
 
+/// The credential of `iccid`'s owner, as `authorize` would have accepted it for a request (its wallet; the
+/// test owner for a SIM without a record or an owner).
+async fn owner_credential(kit: &mut Kit, iccid: &str) -> types::Credential {
+    let id = iccid.to_owned();
+    let owner = kit
+        .call(async move |a, g| g.dispatch().call_get_sim(a, id).await)
+        .await
+        .unwrap()
+        .ok()
+        .flatten()
+        .and_then(|s| s.owner)
+        .unwrap_or_else(|| OWNER.to_owned());
+    credential_wallet(&owner, "nonce-of-the-request")
+}
+
 /// Terminate `iccid` as its owner would (`lifecycle`): the SIM after it.
 async fn terminate(kit: &mut Kit, iccid: &str) -> types::Sim {
     let id = iccid.to_owned();
+    let by = owner_credential(kit, iccid).await;
     kit.call(async move |a, g| {
         g.dispatch()
-            .call_lifecycle(a, id, types::LifecycleAction::Terminate)
+            .call_lifecycle(a, id, types::LifecycleAction::Terminate, Some(by))
             .await
     })
     .await
@@ -1191,7 +1207,10 @@ async fn lifecycle_and_download_progress() {
         let iccid = iccid.clone();
         async move |a: &esim402_testkit::Accessor<esim402_testkit::KitState>,
                     g: &esim402_testkit::Exports| {
-            g.dispatch().call_lifecycle(a, iccid, action).await
+            let by = credential_wallet(OWNER, "nonce-of-the-request");
+            g.dispatch()
+                .call_lifecycle(a, iccid, action, Some(by))
+                .await
         }
     };
     let s = kit.call(act(types::LifecycleAction::Resume)).await.unwrap();
@@ -1288,7 +1307,10 @@ async fn balance_holds_apply_in_epoch_order_and_only_a_top_up_lifts_them() {
         let iccid = iccid.clone();
         async move |a: &esim402_testkit::Accessor<esim402_testkit::KitState>,
                     g: &esim402_testkit::Exports| {
-            g.dispatch().call_lifecycle(a, iccid, action).await
+            let by = credential_wallet(OWNER, "nonce-of-the-request");
+            g.dispatch()
+                .call_lifecycle(a, iccid, action, Some(by))
+                .await
         }
     };
     let state = |r: Result<types::Sim, types::Error>| r.unwrap().state;
@@ -1462,6 +1484,17 @@ async fn switch_quotes_the_fee_and_replaces_after_installation() {
     // Another invoice meets a replacement on its way.
     let other = switch_to(&mut kit, &old.iccid, "verizon", "inv-17").await;
     assert!(matches!(other, Err(types::Error::Conflict(_))), "{other:?}");
+    // The old SIM, still in service until the new one installs, sells no top-up: its balance moved to the new
+    // SIM (before, the top-up was sold, settled, and owed back by its closed account).
+    let id = old.iccid.clone();
+    let top_up = kit
+        .call(async move |a, g| g.dispatch().call_quote_top_up(a, id, 50).await)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&top_up, Err(types::Error::Conflict(m)) if m.contains(&format!("switched to SIM {}", new.iccid))),
+        "{top_up:?}"
+    );
 
     // Installing the new profile takes the old one out of service.
     let body = json!({"iccid": new.iccid, "profileType": "vzw-iot-data", "timestamp": "2026-11-24T10:00:00Z",
@@ -1581,6 +1614,15 @@ async fn keep_resend(kit: &mut Kit, invoice: &str, request: &str) {
         .unwrap();
 }
 
+/// `settle-unrefunded` of `iccid`.
+async fn settle_unrefunded(kit: &mut Kit, iccid: &str, done: bool) {
+    let i = iccid.to_owned();
+    kit.call(async move |a, g| g.dispatch().call_settle_unrefunded(a, i, done).await)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// `settle-recheck` of `invoice`.
 async fn settle_recheck(kit: &mut Kit, invoice: &str, done: bool) {
     let i = invoice.to_owned();
@@ -1588,6 +1630,38 @@ async fn settle_recheck(kit: &mut Kit, invoice: &str, done: bool) {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A terminate lists its SIM as unrefunded before it changes anything, and the operator's run hands it out until
+/// its refunds are settled recorded; one not recorded waits its doubling wait.
+#[tokio::test]
+async fn a_terminate_is_listed_unrefunded_until_its_refunds_are_settled() {
+    let mut kit = kit_with(Arc::default(), &[]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-unrefunded")
+        .await
+        .unwrap();
+    assert!(cleanup_run(&mut kit, NOW).await.unrefunded.is_empty());
+    terminate(&mut kit, &sim.iccid).await;
+    assert_eq!(
+        cleanup_run(&mut kit, NOW).await.unrefunded,
+        vec![sim.iccid.clone()]
+    );
+    settle_unrefunded(&mut kit, &sim.iccid, false).await;
+    assert!(
+        cleanup_run(&mut kit, NOW + 1).await.unrefunded.is_empty(),
+        "not before its wait"
+    );
+    assert_eq!(
+        cleanup_run(&mut kit, NOW + 3_600).await.unrefunded,
+        vec![sim.iccid.clone()]
+    );
+    settle_unrefunded(&mut kit, &sim.iccid, true).await;
+    assert!(
+        cleanup_run(&mut kit, NOW + 100_000)
+            .await
+            .unrefunded
+            .is_empty()
+    );
 }
 
 /// An `exact` activation's order kept pending, its paid request kept, and withdrawn by the operator's run: the
@@ -2980,13 +3054,27 @@ async fn only_the_payer_and_the_current_token_open_a_sim() {
     }
 
     // Rotation retires the old token; terminating revokes every token but the wallet still works.
-    let id = iccid.clone();
-    let rotated = kit
-        .call(async move |a, g| g.dispatch().call_rotate_token(a, id).await)
+    let rotated = rotate_by(&mut kit, &iccid, credential_token(&token))
         .await
-        .unwrap()
         .unwrap();
     assert_ne!(rotated, token);
+    // A request the old token opened just before the rotation acts after it: refused, nothing changes (before,
+    // a leaked token racing its owner's rotation could rotate again and keep the SIM).
+    let late = rotate_by(&mut kit, &iccid, credential_token(&token)).await;
+    assert!(
+        matches!(&late, Err(types::Error::Conflict(m)) if m.contains("no longer opens")),
+        "{late:?}"
+    );
+    let (id, stale) = (iccid.clone(), credential_token(&token));
+    let late = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_lifecycle(a, id, types::LifecycleAction::Suspend, Some(stale))
+                .await
+        })
+        .await
+        .unwrap();
+    assert!(matches!(late, Err(types::Error::Conflict(_))), "{late:?}");
     assert!(
         authorize(&mut kit, &iccid, credential_token(&token))
             .await
@@ -3018,11 +3106,7 @@ async fn only_the_payer_and_the_current_token_open_a_sim() {
     authorize(&mut kit, &iccid, credential_wallet(OWNER, "nonce0003"))
         .await
         .unwrap();
-    let id = iccid.clone();
-    let r = kit
-        .call(async move |a, g| g.dispatch().call_rotate_token(a, id).await)
-        .await
-        .unwrap();
+    let r = rotate(&mut kit, &iccid).await;
     assert!(matches!(r, Err(types::Error::Conflict(_))), "{r:?}");
 }
 
@@ -3449,10 +3533,20 @@ async fn first_token_of(
         .unwrap()
 }
 
-/// `rotate-token` of `iccid`.
+/// `rotate-token` of `iccid`, by its owner's wallet.
 async fn rotate(kit: &mut Kit, iccid: &str) -> Result<String, types::Error> {
+    let by = owner_credential(kit, iccid).await;
+    rotate_by(kit, iccid, by).await
+}
+
+/// `rotate-token` of `iccid` by `by`.
+async fn rotate_by(
+    kit: &mut Kit,
+    iccid: &str,
+    by: types::Credential,
+) -> Result<String, types::Error> {
     let id = iccid.to_owned();
-    kit.call(async move |a, g| g.dispatch().call_rotate_token(a, id).await)
+    kit.call(async move |a, g| g.dispatch().call_rotate_token(a, id, by).await)
         .await
         .unwrap()
 }

@@ -42,6 +42,7 @@ fn sim(iccid: &str, carrier: &str) -> types::Sim {
         owner: None,
         label: None,
         held_by_owner: false,
+        held_for_balance: false,
     }
 }
 
