@@ -362,6 +362,33 @@ async fn readiness_names_the_components_whose_configuration_does_not_load() {
         .collect();
     assert_eq!(gateway.len(), 1, "{body}");
     assert!(gateway[0].contains("esim402.example"), "{body}");
+
+    // An admin token too short to be a secret is named (never shown), and the admin routes refuse to run on it
+    // (503, not a 401 a guessed token could turn into a 200).
+    let (status, body) = readiness(&[("SPIN_VARIABLE_ADMIN_TOKEN", "short-tok")]).await;
+    assert_eq!(status, 503, "{body}");
+    let gateway: Vec<&str> = problems(&body)
+        .into_iter()
+        .filter(|(c, _)| *c == "gateway")
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(gateway.len(), 1, "{body}");
+    assert!(
+        gateway[0].contains("admin_token") && !gateway[0].contains("short-tok"),
+        "{body}"
+    );
+    let mut opts = options(StoreConfig::Memory);
+    opts.env
+        .insert("SPIN_VARIABLE_ADMIN_TOKEN".into(), "short-tok".into());
+    let app = spawn_app(opts).await.unwrap();
+    let run = reqwest::Client::new()
+        .post(format!("{}/admin/cleanup/run", app.url))
+        .bearer_auth("short-tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 503);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,11 +7,28 @@ use spin_sdk::http::Request;
 
 use crate::{Reply, dispatch, from_wit, json, now, verifier};
 
+/// The shortest `admin_token` accepted: as every other secret here (carrier credentials, `access_token_secret`).
+const MIN_ADMIN_TOKEN_CHARS: usize = esim402_core::auth::callback::MIN_SECRET_LEN;
+
+/// The configured admin token: `Ok(None)` when unset (the admin endpoints are disabled); an error naming the
+/// variable, never its value, when its provider fails or it is too short to be a secret.
+pub async fn token() -> Result<Option<String>, String> {
+    match esim402_guest::config::secret_var("admin_token").await {
+        Ok(Some(t)) if t.chars().count() < MIN_ADMIN_TOKEN_CHARS => Err(format!(
+            "variable admin_token is invalid: use at least {MIN_ADMIN_TOKEN_CHARS} characters"
+        )),
+        Ok(t) => Ok(t),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The admin token, checked in constant time against `Authorization: Bearer …`; with `admin_token` unset the
-/// admin endpoints are disabled (403).
+/// admin endpoints are disabled (403); one that cannot be read, or is too short, is a fault naming the variable
+/// (503; readiness says so too), never taken for "unset".
 pub async fn check(req: &Request) -> Result<(), ApiError> {
-    let token = esim402_guest::config::optional_var("admin_token")
+    let token = token()
         .await
+        .map_err(|e| ApiError::new(ErrorKind::Unavailable, e))?
         .ok_or_else(|| {
             ApiError::new(
                 ErrorKind::Forbidden,

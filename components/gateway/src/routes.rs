@@ -36,7 +36,11 @@ pub async fn ready() -> Result<Reply, ApiError> {
             }))
         })
         .collect();
-    // The gateway's own: wallet sign-ins' origins (an entry that is not one is skipped, refusing its sign-ins).
+    // The gateway's own: the admin token (set but unusable), and wallet sign-ins' origins (an entry that is
+    // not one is skipped, refusing its sign-ins).
+    if let Err(message) = crate::admin::token().await {
+        problems.push(serde_json::json!({ "component": "gateway", "message": message }));
+    }
     if let Some(list) = esim402_guest::config::optional_var("public_origins").await {
         let origins = esim402_core::auth::siwx::origin_problems(&list);
         if !origins.is_empty() {
