@@ -6,6 +6,10 @@
 //! WATCH and EXEC; neither hole exists here). Counters are stored as each backend's Spin counterpart stores
 //! them: 8-byte little-endian on SQLite, decimal ASCII on Redis (`INCRBY`) and in memory.
 //!
+//! `compare_and_swap` compares *values*: a key changed and changed back (A → B → A) since the guest read it
+//! still swaps (the ABA case), and an expected absence holds after a key was created and deleted again. A
+//! guest that must see every write in between keeps a version in its value (the app's cells do).
+//!
 //! The app itself never relies on compare-and-swap (Spin's stores cannot be trusted with it; see
 //! `esim402_core::store::cell`): it is implemented correctly here for other guests.
 

@@ -713,3 +713,28 @@ async fn a_transaction_rolled_back_behind_the_store_fails_it() {
     assert_eq!(committed_value(&path, "a"), None, "lost");
     assert_eq!(committed_value(&path, "b"), None, "never committed alone");
 }
+
+/// A `set-many` one of whose entries SQLite refuses by rolling back only that statement (here a trigger's
+/// `RAISE(ABORT)`, as some I/O-class errors do) leaves none of its entries in the open transaction: the guest
+/// was told it failed, so the next commit must not keep the entries before the refused one (it did).
+#[tokio::test]
+async fn a_failed_set_many_leaves_none_of_its_entries_to_commit() {
+    let (_dir, path, store) = fresh_lazy(NEVER_IDLE);
+    connect(&path, vfs().unwrap())
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON spin_key_value WHEN NEW.key = 'bad' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+    store.set("before", b"0").await.unwrap();
+    let many = vec![("a".into(), b"1".to_vec()), ("bad".into(), b"2".to_vec())];
+    assert!(store.set_many(many).await.is_err());
+    store.barrier().await.unwrap();
+    assert_eq!(
+        committed_value(&path, "a"),
+        None,
+        "none of the failed write"
+    );
+    assert_eq!(committed_value(&path, "before").as_deref(), Some(&b"0"[..]));
+}

@@ -403,6 +403,26 @@ pub(super) fn commit_staged<'a>(
     Ok(results)
 }
 
+/// Run `statements` (several, of one write) inside a savepoint: an error that SQLite answers by rolling back only
+/// the failing statement (not the transaction) undoes the ones before it too, so a `set-many` or `delete-many`
+/// the guest is told failed leaves none of its entries in the open transaction for the next commit to keep.
+fn all_or_nothing(
+    tx: &Connection,
+    statements: impl FnOnce() -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    tx.execute_batch("SAVEPOINT many")?;
+    match statements() {
+        Ok(()) => tx.execute_batch("RELEASE many"),
+        Err(e) => {
+            // Still inside the transaction: undo this write's statements. (Rolled back whole: nothing to undo.)
+            if !tx.is_autocommit() {
+                let _ = tx.execute_batch("ROLLBACK TO many; RELEASE many");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// One write inside the batch's transaction. `Ok(Err(..))` is the write's own refusal (not a counter, overflow),
 /// which changes nothing and does not abort the batch.
 pub(super) fn apply(tx: &Connection, s: &str, write: &Write) -> rusqlite::Result<KvResult<Done>> {
@@ -412,10 +432,13 @@ pub(super) fn apply(tx: &Connection, s: &str, write: &Write) -> rusqlite::Result
             Done::Unit
         }
         Write::SetMany(entries) => {
-            let mut upsert = tx.prepare_cached(UPSERT)?;
-            for (key, value) in entries {
-                upsert.execute(params![s, key, value])?;
-            }
+            all_or_nothing(tx, || {
+                let mut upsert = tx.prepare_cached(UPSERT)?;
+                for (key, value) in entries {
+                    upsert.execute(params![s, key, value])?;
+                }
+                Ok(())
+            })?;
             Done::Unit
         }
         Write::Delete(key) => {
@@ -423,10 +446,13 @@ pub(super) fn apply(tx: &Connection, s: &str, write: &Write) -> rusqlite::Result
             Done::Unit
         }
         Write::DeleteMany(keys) => {
-            let mut delete = tx.prepare_cached(DELETE)?;
-            for key in keys {
-                delete.execute(params![s, key])?;
-            }
+            all_or_nothing(tx, || {
+                let mut delete = tx.prepare_cached(DELETE)?;
+                for key in keys {
+                    delete.execute(params![s, key])?;
+                }
+                Ok(())
+            })?;
             Done::Unit
         }
         Write::Increment(key, delta) => {
