@@ -57,9 +57,17 @@ impl AllowedHost {
             "allowed host {entry:?} must not have user info (credentials go in a header)"
         );
         let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
-            _ => (rest, None),
+        // An IPv6 host is bracketed (`[::1]`, `[::1]:8545`): its colons are not the port's.
+        let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((v6, "")) => (&rest[..v6.len() + 2], None),
+            Some((v6, tail)) => match tail.strip_prefix(':') {
+                Some(p) => (&rest[..v6.len() + 2], Some(p)),
+                None => bail!("allowed host {entry:?} has an invalid port"),
+            },
+            None => match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            },
         };
         ensure!(!host.is_empty(), "allowed host {entry:?} has no host");
         // First: whatever else is wrong with such an entry, the feature it asks for is the news.
@@ -270,6 +278,12 @@ mod tests {
         assert!(!allows("https://*.example.com", "https://evilexample.com/"));
         assert!(allows("*://localhost:*", "http://localhost:9/"));
         assert!(allows("http://*:8080", "http://anything:8080/"));
+        // IPv6 hosts, with and without a port (the default port of the scheme); before, `http://[::1]` read its
+        // last group as the port.
+        assert!(allows("http://[::1]", "http://[::1]/"));
+        assert!(allows("http://[::1]:8545", "http://[::1]:8545/rpc"));
+        assert!(!allows("http://[::1]:8545", "http://[::1]:8546/"));
+        assert!(AllowedHost::parse("http://[::1]x").is_err());
         assert!(
             !OutboundPolicy::default().allows_uri(&"http://127.0.0.1/".parse().unwrap()),
             "no entries deny all"
