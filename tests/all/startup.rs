@@ -76,3 +76,33 @@ async fn an_unknown_manifest_key_that_matters_is_refused() {
     let err = App::load(&opts).await.err().expect("load must fail");
     assert!(format!("{err:#}").contains("`files`"), "{err:#}");
 }
+
+/// As under Spin: a component no trigger names must have its source too (before, it loaded here and the same
+/// manifest failed under `spin up`).
+#[tokio::test]
+async fn an_untriggered_component_without_its_source_is_refused() {
+    let (_dir, opts) = manifest_variant(|t| {
+        format!("{t}\n[component.spare]\nsource = \"build/wasm/not-built.wasm\"\n")
+    });
+    let err = App::load(&opts).await.err().expect("load must fail");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("component spare") && msg.contains("not-built.wasm"),
+        "{msg}"
+    );
+}
+
+/// A templated outbound host whose value holds a key (an RPC provider's URL with its key in the path) fails
+/// start-up naming the template and never the value.
+#[tokio::test]
+async fn an_outbound_host_from_a_secret_url_is_named_by_its_template() {
+    let (_dir, mut opts) = manifest_variant(|t| t);
+    opts.env.insert(
+        "SPIN_VARIABLE_RPC_URL".into(),
+        "https://base-mainnet.example/v2/kEy-0123456789abcdef".into(),
+    );
+    let err = App::load(&opts).await.err().expect("load must fail");
+    let msg = format!("{err:#} {err:?}");
+    assert!(msg.contains("{{ rpc_url }}"), "{msg}");
+    assert!(!msg.contains("kEy-0123"), "the key leaked: {msg}");
+}

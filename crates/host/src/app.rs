@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use wasmtime::component::{Component, GuestTaskId, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut,
@@ -435,6 +435,16 @@ impl App {
                     RouteSpec::Private { .. } => None,
                 }),
         )?;
+        // As Spin's loader: every component's source must be there, triggered or not (a manifest whose unused
+        // component is missing its file would load here and fail under `spin up`).
+        for (id, decl) in &manifest.components {
+            let path = manifest.resolve(&decl.source);
+            ensure!(
+                path.is_file(),
+                "component {id}: cannot read {} (run `esim402 build` first)",
+                path.display()
+            );
+        }
         let triggered: BTreeMap<&str, ()> = manifest
             .http_triggers
             .iter()
