@@ -412,6 +412,9 @@ pub async fn handle(
     let req = http::Request::from_parts(parts, body);
     let handled = handler.handle((), req).await;
     // Whatever the component wrote is durable before the client can learn of it ([`crate::kv::Durability`]).
+    // Written before it returned its response, that is: the barrier is taken once, here, and body frames stream
+    // after it. Our components write nothing after returning (no spawned work, no streamed bodies); a guest that
+    // did could show a client a write a power loss would undo.
     if let Err(e) = app.durability.wait().await {
         tracing::error!(component = %component, error = %e, "answer withheld: the store could not sync");
         return json_response(
