@@ -2281,6 +2281,52 @@ async fn a_tx_hash_proof_waits_for_its_confirmations() {
     assert_eq!(paid["transaction"], tx.as_str());
 }
 
+/// A transfer of less than the invoice's amount, mined in time: refused `insufficient_funds`, and owed back
+/// whole (`charged: true`, the refund); sent again, the same answer and nothing owed twice; a transfer of the
+/// amount then pays the invoice. Before, the short transfer's money stayed at `payTo` with no refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_tx_hash_transfer_is_refused_and_owed_back() {
+    let s = PayStack::start(&[]).await;
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let start = s.balance(agent()).await;
+    let short = price(&req) - U256::from(1u64);
+    let tx = pay_directly(&s, chain::RECIPIENT, short).await;
+    let proof = proof_headers(&tx, &id);
+    let (status, _, refused) = s.post("/v1/esim/activate", &body, &proof).await;
+    assert_eq!(status, 402, "{refused}");
+    assert_eq!(
+        refused["error"]["reason"], "insufficient_funds",
+        "{refused}"
+    );
+    assert_eq!(refused["charged"], true, "{refused}");
+    assert_eq!(refused["refund"]["amount"], short.to_string(), "{refused}");
+    let (again, _, same) = s.post("/v1/esim/activate", &body, &proof).await;
+    assert_eq!((again, &same["refund"]), (402, &refused["refund"]));
+    // The invoice stays open for a transfer of its amount.
+    let paid_tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    let (status, _, paid) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&paid_tx, &id))
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    for _ in 0..2 {
+        let (status, summary) = s.run_refunds().await;
+        assert_eq!(status, 200, "{summary}");
+        s.rpc("anvil_mine", json!([2])).await;
+    }
+    assert_eq!(
+        s.balance(agent()).await,
+        start - price(&req),
+        "the short transfer came back; the full one paid"
+    );
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    for (kind, n) in [("refund_owed", 1), ("refund_paid", 1)] {
+        assert_eq!(kinds.iter().filter(|k| *k == kind).count(), n, "{kinds:?}");
+    }
+}
+
 /// A tx-hash proof's deadline is judged by the transfer's block: a transfer mined while the invoice was open pays
 /// it even when its proof comes after the deadline (it waited for its confirmations; before, the answer was 410
 /// and the money stayed at `payTo` with nothing delivered and no refund); one mined after the deadline is refused

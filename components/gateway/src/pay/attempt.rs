@@ -163,9 +163,7 @@ impl Attempt<'_> {
             Ok(wit::Settlement::Pending(tx)) => {
                 return (wit::PaymentEnd::Resume, self.pending(&tx, &payer));
             }
-            Err(wit::Error::PaymentRequired(reason)) => {
-                return (wit::PaymentEnd::Release, self.challenge(&reason));
-            }
+            Err(wit::Error::PaymentRequired(reason)) => return self.refused(&reason).await,
             // Found late only now (a reorg moved it since `verify`): claimed as a late transfer, owed back.
             Err(wit::Error::Expired(msg)) => return self.late_transfer(msg).await,
             Err(e @ (wit::Error::Conflict(_) | wit::Error::InvalidInput(_))) => {
@@ -290,9 +288,7 @@ impl Attempt<'_> {
             {
                 Err((wit::PaymentEnd::Resume, self.challenge(&reason)))
             }
-            Err(wit::Error::PaymentRequired(reason)) => {
-                Err((wit::PaymentEnd::Release, self.challenge(&reason)))
-            }
+            Err(wit::Error::PaymentRequired(reason)) => Err(self.refused(&reason).await),
             Err(wit::Error::Expired(msg)) if self.proof.kind == super::Kind::TxHash => {
                 Err(self.late_transfer(msg).await)
             }

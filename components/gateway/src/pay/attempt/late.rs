@@ -1,5 +1,5 @@
-//! A tx-hash transfer mined after its invoice's deadline: it pays nothing (the verifier claimed it as a late
-//! transfer) and is owed back to its payer.
+//! A tx-hash transfer that pays nothing, owed back to its payer: mined after its invoice's deadline, or moving
+//! less than its amount (the verifier claimed it for the invoice as such a transfer).
 
 use esim402_core::paid::StoredResponse;
 use esim402_core::{ApiError, ErrorKind};
@@ -47,6 +47,46 @@ impl Attempt<'_> {
         (
             wit::PaymentEnd::Release,
             stored(err.status(), vec![], body.to_string()),
+        )
+    }
+
+    /// A payment refused with `reason` (x402). For a tx-hash proof refused as `insufficient_funds` the verifier
+    /// claimed the transfer, mined in time and final, as one that pays nothing: it is owed back like a late
+    /// transfer, and the 402 says so (`charged: true`, the refund). Before, the money stayed at `payTo` with no
+    /// refund. A transfer the verifier could not claim (it also executes authorizations) gets the plain 402.
+    pub(in crate::pay) async fn refused(&self, reason: &str) -> (wit::PaymentEnd, StoredResponse) {
+        let challenge = self.challenge(reason);
+        let wit::PaymentProof::TxHash(proof) = self.proof.wit() else {
+            return (wit::PaymentEnd::Release, challenge);
+        };
+        if reason != esim402_core::x402::InvalidReason::InsufficientFunds.as_str() {
+            return (wit::PaymentEnd::Release, challenge);
+        }
+        let hash = proof.hash.trim().to_lowercase();
+        let why = format!("transfer {hash} moved less than the invoice's amount");
+        let refund = match self.record_refund(&hash, &why).await {
+            Ok(refund) => refund,
+            Err(wit::Error::Conflict(_) | wit::Error::NotFound(_)) => {
+                return (wit::PaymentEnd::Release, challenge);
+            }
+            Err(e) => {
+                eprintln!(
+                    "gateway: REFUND NOT RECORDED for the short transfer {hash} of {}: {e:?}",
+                    self.invoice.id
+                );
+                return (wit::PaymentEnd::Resume, unsettled(from_wit(e)));
+            }
+        };
+        let mut body: Value = serde_json::from_str(&challenge.body).unwrap_or_else(|_| json!({}));
+        body["error"]["message"] = Value::String(format!(
+            "payment refused: {reason}: {why}; it is owed back to its payer (pay the invoice's amount in one \
+             transfer)"
+        ));
+        body["charged"] = Value::Bool(true);
+        body["refund"] = refund;
+        (
+            wit::PaymentEnd::Release,
+            stored(challenge.status, challenge.headers, body.to_string()),
         )
     }
 }

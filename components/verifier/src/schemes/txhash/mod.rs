@@ -193,6 +193,37 @@ impl Context {
         }
     }
 
+    /// A transfer of `paid`, less than the invoice's amount, mined in time on `network`: claimed for the invoice as
+    /// a transfer that pays nothing ([`Record::late_transfer`]), so it pays no other invoice and its money is
+    /// owed back (the gateway records the refund on `insufficient_funds`); the answer is that refusal (or the
+    /// error that kept it from being claimed). The invoice stays open for a payment of its amount.
+    async fn claim_short(&self, network: String, paid: U256) -> wit::Error {
+        match self.claim(network, Some(paid), true).await {
+            Ok(new) => {
+                if new {
+                    eprintln!(
+                        "verifier: transaction {:#x} moved {paid} toward invoice {}, less than its amount: claimed as \
+                         a short transfer, to be owed back",
+                        self.hash, self.id
+                    );
+                }
+                rejected(InvalidReason::InsufficientFunds)
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// The answer for a transfer claimed for this invoice as one that pays nothing: short (less than the
+    /// invoice's amount), or late.
+    fn owed_back(&self, r: &Record) -> wit::Error {
+        match r.paid_amount {
+            Some(paid) if paid.micros() < self.invoice.amount_usdc.micros() => {
+                rejected(InvalidReason::InsufficientFunds)
+            }
+            _ => self.late(),
+        }
+    }
+
     /// What `verify` established: the transfer pays the invoice on `network`, moving `transferred` (when known).
     fn verified(&self, network: String, transferred: Option<UsdcAmount>) -> wit::Verified {
         wit::Verified {
@@ -232,7 +263,7 @@ impl Scheme for TxHash {
             Existing::Own(r) if r.pays_invoice() => {
                 return Ok(c.verified(r.network, r.paid_amount));
             }
-            Existing::Own(r) if r.late_transfer => return Err(c.late()),
+            Existing::Own(r) if r.late_transfer => return Err(c.owed_back(&r)),
             Existing::Own(_) | Existing::None => {}
             Existing::Elsewhere => return Err(already_settled()),
         }
@@ -246,6 +277,7 @@ impl Scheme for TxHash {
             Proof::NotYet => Err(rejected(InvalidReason::SettlementPending)),
             Proof::Late => Err(c.late()),
             Proof::LateMined(network, paid) => Err(c.claim_late(network, paid).await),
+            Proof::Short(network, paid) => Err(c.claim_short(network, paid).await),
             Proof::Refused(reason) => Err(rejected(reason)),
         }
     }
@@ -263,7 +295,7 @@ impl Scheme for TxHash {
             Existing::Own(r) if r.pays_invoice() => {
                 return Ok(wit::Settlement::Settled(tx));
             }
-            Existing::Own(r) if r.late_transfer => return Err(c.late()),
+            Existing::Own(r) if r.late_transfer => return Err(c.owed_back(&r)),
             Existing::Own(_) | Existing::None => {}
             Existing::Elsewhere => return Err(already_settled()),
         }
@@ -274,6 +306,7 @@ impl Scheme for TxHash {
             Proof::NotYet => return Ok(wit::Settlement::Pending(tx)),
             Proof::Late => return Err(c.late()),
             Proof::LateMined(network, paid) => return Err(c.claim_late(network, paid).await),
+            Proof::Short(network, paid) => return Err(c.claim_short(network, paid).await),
             Proof::Refused(reason) => return Err(rejected(reason)),
         };
         c.claim(network, paid, false).await?;

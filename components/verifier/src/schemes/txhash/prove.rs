@@ -27,6 +27,9 @@ pub(super) enum Proof {
     /// A transfer that would pay the invoice, mined after its deadline on this network (CAIP-2), moving this
     /// much (as for `Paid`): it pays nothing, and is owed back.
     LateMined(String, Option<U256>),
+    /// A transfer from the payer to the recipient mined while the invoice was open and buried deeply enough, but
+    /// of less than its amount, on this network (CAIP-2), moving this much: it pays nothing, and is owed back.
+    Short(String, U256),
     /// It does not pay the invoice.
     Refused(InvalidReason),
 }
@@ -156,9 +159,17 @@ impl Context {
             Some(head) => head.map_err(|e| unavailable(&e))?,
             None => receipt.block_number,
         };
-        let paid = match check_tx_hash_proof(&receipt, requirements, head) {
-            Ok(transfer) => transfer.value,
+        // Too little: still the payer's money at the recipient, owed back once it is final (claimed below like a
+        // late transfer), unless it cannot be told apart from other payments' (it executes authorizations).
+        let (paid, short) = match check_tx_hash_proof(&receipt, requirements, head) {
+            Ok(transfer) => (transfer.value, false),
             Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
+            Err(ProofError::Underpaid { paid, .. }) => {
+                if receipt.confirmations(head) < requirements.min_confirmations {
+                    return Ok(Proof::NotYet);
+                }
+                (paid, true)
+            }
             Err(e) => return Ok(Proof::Refused(reason(&e))),
         };
         // A transfer made by an authorization whose x402 payment we sent a settlement for is that payment's
@@ -167,6 +178,9 @@ impl Context {
         let authorizations = receipt::authorizations_used(&receipt, requirements.token);
         // What the transaction moved is this payment's only if it executes no authorization: one it executes
         // may be another invoice's `exact` payment (claimed, not yet sent), whose transfer the sum includes.
+        if short && !authorizations.is_empty() {
+            return Ok(Proof::Refused(InvalidReason::InsufficientFunds));
+        }
         let paid = authorizations.is_empty().then_some(paid);
         for (authorizer, nonce) in authorizations {
             let key = keys::authorization(&network.caip2(), authorizer, nonce);
@@ -199,6 +213,7 @@ impl Context {
                 self.invoice.created_at,
                 self.invoice.expires_at,
             ) {
+                Mined::InTime if short => Proof::Short(network.caip2(), paid.unwrap_or_default()),
                 Mined::InTime => Proof::Paid(network.caip2(), paid),
                 Mined::BeforeInvoice => Proof::Refused(InvalidReason::InvalidTransactionState),
                 Mined::Late => Proof::LateMined(network.caip2(), paid),
