@@ -1007,6 +1007,17 @@ async fn a_switch_moves_the_unused_balance_to_the_new_sim() {
     assert_eq!(status, 409, "{q}");
     let message = q["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains(&format!("switched to SIM {new}")), "{q}");
+    // Nor is a top-up sold for it, to anyone (before, it was settled and then owed back by its closed account).
+    let (status, _, t) = s
+        .post(
+            &format!("/v1/esim/{old}/data"),
+            &json!({"top_up_mb": 10}),
+            &[("authorization", String::new())],
+        )
+        .await;
+    assert_eq!(status, 409, "{t}");
+    let message = t["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("takes no top-up"), "{t}");
     // The new SIM is metered on its carrier: Verizon's receipts count, T-Mobile's are disputed.
     let t = now();
     let signed = |carrier: &str| {

@@ -64,7 +64,7 @@ pub async fn authorize(iccid: &str, credential: &wit::Credential) -> Result<wit:
 
 /// Whether `by`, a credential [`authorize`] accepted for this request, still opens `sim` as stored now (inside
 /// the cell update that acts on it): a token rotated away since, or a record recorded over for another payer,
-/// does not (`conflict`). Without this, a leaked token's request authorized just before its owner's rotation
+/// does not (404, as `authorize` answers it, and nothing changes). Without this, a leaked token's request authorized just before its owner's rotation
 /// could rotate again after it and keep the SIM.
 pub fn still_opens(sim: &StoredSim, by: &wit::Credential) -> Result<(), wit::Error> {
     let opens = match by {
@@ -78,14 +78,11 @@ pub fn still_opens(sim: &StoredSim, by: &wit::Credential) -> Result<(), wit::Err
         // A carrier asks for quota; it manages no SIM.
         wit::Credential::Carrier(_) => false,
     };
+    // Answered as `authorize` answers a credential that does not open the SIM (a rotated or revoked token): 404.
     if opens {
         Ok(())
     } else {
-        Err(wit::Error::Conflict(format!(
-            "the credential of this request no longer opens SIM {} (its access token was rotated meanwhile): \
-             nothing was changed",
-            sim.iccid
-        )))
+        Err(refused(AuthError::NotYours(sim.iccid.clone())))
     }
 }
 

@@ -212,6 +212,10 @@ impl Guest for Component {
         parking::recheck::settle(&invoice, r#final).await
     }
 
+    async fn list_unrefunded(iccid: String) -> Result<(), wit::Error> {
+        unrefunded::list(&iccid).await
+    }
+
     async fn settle_unrefunded(iccid: String, done: bool) -> Result<(), wit::Error> {
         unrefunded::settle(&iccid, done).await
     }

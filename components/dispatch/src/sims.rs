@@ -139,7 +139,8 @@ pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
 pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::Error> {
     let cfg = crate::config::get().await?;
     let sim = existing(iccid).await?;
-    if let Some(why) = top_up_refused(iccid, sim.state, live_replacement(&sim).await?.as_deref()) {
+    // Where the balance is (a switch moved it) is metering's to say: the gateway asks before it sells one.
+    if let Some(why) = top_up_refused(iccid, sim.state, None) {
         return Err(wit::Error::Conflict(why));
     }
     let mb = DataMb::new(data_mb.into()).map_err(|e| invalid("top_up_mb", e.0))?;
@@ -155,20 +156,6 @@ pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::
         amount: amount.micros(),
         sealed: None,
     })
-}
-
-/// The SIM a switch replaced `sim` with, unless that one never took over (terminated or failed, or gone).
-async fn live_replacement(sim: &StoredSim) -> Result<Option<String>, wit::Error> {
-    let Some(next) = &sim.replaced_by else {
-        return Ok(None);
-    };
-    let Ok(next_iccid) = Iccid::parse(next) else {
-        return Ok(None);
-    };
-    let live = load(&next_iccid)
-        .await?
-        .is_some_and(|n| !matches!(n.state, SimState::Terminated | SimState::Failed));
-    Ok(live.then(|| next.clone()))
 }
 
 /// `data-value`: the data of an activation paid `paid` (kernel `PriceBook::sealed_data_value` with the
@@ -254,11 +241,6 @@ pub async fn lifecycle(
         wit::LifecycleAction::Resume => SimAction::Resume,
         wit::LifecycleAction::Terminate => SimAction::Terminate,
     };
-    if action == SimAction::Terminate {
-        // Before anything changes: a terminate whose refunds its caller never records is finished by the
-        // operator's cleanup run.
-        crate::unrefunded::list(&iccid).await?;
-    }
     let sim = transition(&iccid, action, by).await?;
     if action == SimAction::Terminate {
         retire_profile(&iccid, &sim).await?;

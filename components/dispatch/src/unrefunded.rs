@@ -1,26 +1,27 @@
-//! Terminated SIMs whose unused-data refunds are not recorded yet (`cleanup/unrefunded`, a kernel
+//! Terminated SIMs whose unused-data refunds could not be recorded (`cleanup/unrefunded`, a kernel
 //! `store::retry` list). A terminate revokes the SIM's access token before the gateway closes its account and
-//! owes the refunds; if that fails (a store fault) or the caller is cut off, the owner could only retry with a
-//! wallet sign-in, and a payer who never did lost its unused data. So a terminate lists the SIM before it
-//! changes anything, the gateway settles the entry once the refunds are recorded, and the operator's cleanup
-//! run records what is left (repeats are safe: the account's first close fixes the shares, refunds are once
-//! per invoice).
+//! owes the refunds; if that fails (a store fault: 503), the owner could only retry with a wallet sign-in, and a
+//! payer who never did lost its unused data. So the gateway lists such a SIM, and the operator's cleanup run
+//! records its refunds (repeats are safe: the account's first close fixes the shares, refunds are once per
+//! invoice). Only failures are listed: a terminate that succeeds writes nothing here (no key every terminate
+//! shares). A process that dies between the terminate and its refunds lists nothing (README, Known gaps).
 
 use esim402_core::esim::iccid::Iccid;
 use esim402_core::store::keys;
 use esim402_core::store::retry::{MAX_TRIES, Tried};
+use esim402_guest::convert::invalid;
 use esim402_guest::wit;
 
-/// The most SIMs listed at once; beyond, a terminate is not listed (logged for an operator) and goes on: its
-/// own call still records its refunds.
+/// The most SIMs listed at once; beyond, one is not listed (logged for an operator).
 pub const MAX_UNREFUNDED: usize = 4_096;
 
-/// List `iccid` before its terminate. A store fault fails the terminate (nothing changed yet).
-pub async fn list(iccid: &Iccid) -> Result<(), wit::Error> {
+/// `list-unrefunded`: list `iccid`, whose refunds could not be recorded. A full list is logged for an operator.
+pub async fn list(iccid: &str) -> Result<(), wit::Error> {
+    let iccid = Iccid::parse(iccid).map_err(|e| invalid("iccid", e.to_string()))?;
     if !crate::retry_list::push(keys::CLEANUP_UNREFUNDED, iccid.as_str(), MAX_UNREFUNDED).await? {
         eprintln!(
-            "dispatch: OPERATOR: the unrefunded list is full ({MAX_UNREFUNDED} SIMs): SIM {iccid}'s terminate goes \
-             on unlisted; if its refunds are not recorded, terminate it again with the owner's wallet"
+            "dispatch: OPERATOR: the unrefunded list is full ({MAX_UNREFUNDED} SIMs): SIM {iccid} is not listed; \
+             terminate it again with the owner's wallet to record its refunds"
         );
     }
     Ok(())

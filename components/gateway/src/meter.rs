@@ -161,6 +161,12 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             let Some(mb) = top_up_mb else {
                 return Err(e);
             };
+            if let Some(to) = switched_to(iccid).await.map_err(from_wit)? {
+                return Err(ApiError::new(
+                    esim402_core::ErrorKind::Conflict,
+                    esim402_core::esim::switched_away(iccid, &to),
+                ));
+            }
             let q = quote(mb).await?;
             let invoice = seal(&q).await?;
             let extra = json!({
@@ -189,7 +195,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     if balance.closed {
         let why = match (&balance.switched_to, sim.state) {
             (Some(to), _) => format!(
-                "SIM {iccid} was switched to SIM {to}: its data moved there, ask for that SIM's quota"
+                "SIM {iccid} was switched to SIM {to}: its balance moved there, and it is granted no quota"
             ),
             (None, wit::SimState::Failed) => format!("SIM {iccid} failed: it takes no quota"),
             (None, _) => format!("SIM {iccid} is terminated"),
@@ -292,20 +298,36 @@ pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     ))
 }
 
-/// Metering's error for `sim`, which its caller has opened: an account not found is a 409 naming the SIM's
-/// state (its payment not credited yet: a pending order, or a tx-hash activation finished by `refresh` whose
-/// proof was not sent again), not the 404 that tells a caller the SIM is not theirs.
+/// The SIM a switch moved `iccid`'s balance to, as its metering account says (`None`: not switched away, or no
+/// account yet).
+pub async fn switched_to(iccid: &str) -> Result<Option<String>, wit::Error> {
+    match metering::get_balance(iccid.to_owned()).await {
+        Ok(b) => Ok(b.switched_to),
+        Err(wit::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Metering's error for `sim`, which its caller has opened: an account not found is a 409 naming why (its
+/// payment not credited yet: a pending order, or a tx-hash activation finished by `refresh` whose proof was not
+/// sent again; or a SIM that ended before any credit), not the 404 that tells a caller the SIM is not theirs.
 fn unmetered(sim: &wit::Sim, e: wit::Error) -> ApiError {
-    match e {
-        wit::Error::NotFound(_) => ApiError::new(
-            esim402_core::ErrorKind::Conflict,
-            format!(
-                "SIM {} ({}) has no data balance yet: its payment is not credited (send the paid request \
-                 again to finish it)",
-                sim.iccid,
-                crate::convert::sim_state(sim.state)
-            ),
+    let iccid = &sim.iccid;
+    let why = match sim.state {
+        wit::SimState::Terminated | wit::SimState::Failed => format!(
+            "SIM {iccid} is {}: it has no data balance",
+            crate::convert::sim_state(sim.state)
         ),
+        wit::SimState::Pending => {
+            format!("SIM {iccid} is still being ordered: it has no data balance yet")
+        }
+        wit::SimState::Active | wit::SimState::Suspended => format!(
+            "SIM {iccid} has no data balance yet: its payment is not credited (send the paid request again to \
+             finish it)"
+        ),
+    };
+    match e {
+        wit::Error::NotFound(_) => ApiError::new(esim402_core::ErrorKind::Conflict, why),
         e => from_wit(e),
     }
 }

@@ -15,9 +15,31 @@ use crate::{from_wit, metering, now, pay};
 /// recorded now ([`Owed::retry`]) fails the call (503, never a 200 listing fewer): the access token is revoked,
 /// so it says to terminate again with the wallet, which owes (once per invoice) what this call did not.
 pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
+    close_and_owe(iccid).await.map(|(recorded, _)| recorded)
+}
+
+/// After a terminate (the owner's, or the facilitator's withdrawal): [`refund_unused`], and if that fails (a
+/// fault: the access token is already revoked), the SIM listed for the operator's cleanup run, which records
+/// the refunds ([`record_unrefunded`]) even if the owner never terminates again with its wallet.
+pub async fn finish_terminate(iccid: &str) -> Result<Vec<Value>, ApiError> {
+    let refunds = refund_unused(iccid).await;
+    if refunds.is_err()
+        && let Err(e) = crate::dispatch::list_unrefunded(iccid.to_owned()).await
+    {
+        eprintln!(
+            "gateway: OPERATOR: SIM {iccid}'s refunds are not recorded and it could not be listed for the cleanup \
+             run ({e:?}): terminate it again with the owner's wallet"
+        );
+    }
+    refunds
+}
+
+/// [`refund_unused`], with how many refunds were owed before too recently to be logged again here
+/// ([`Owed::quiet`]).
+async fn close_and_owe(iccid: &str) -> Result<(Vec<Value>, usize), ApiError> {
     let shares = match metering::close(iccid.to_owned(), now()).await {
         Ok(s) => s,
-        Err(wit::Error::NotFound(_)) => return Ok(Vec::new()),
+        Err(wit::Error::NotFound(_)) => return Ok((Vec::new(), 0)),
         Err(e) => return Err(from_wit(e)),
     };
     let shares: Vec<RefundShare> =
@@ -35,20 +57,22 @@ pub async fn refund_unused(iccid: &str) -> Result<Vec<Value>, ApiError> {
             ),
         ));
     }
-    Ok(owed.recorded)
+    Ok((owed.recorded, owed.quiet))
 }
 
-/// The terminated SIMs a terminate left with refunds unrecorded (dispatch `cleanup-run.unrefunded`): each one's
-/// recorded as its terminate would ([`refund_unused`]), and its entry settled as soon as it is tried, so a run
-/// cut short keeps what it did. A listed SIM that is not terminated (its terminate was refused) has nothing to
-/// record. How many were recorded, and how many are left for a later run.
+/// The terminated SIMs whose refunds a terminate could not record (dispatch `cleanup-run.unrefunded`): each
+/// one's recorded as its terminate would ([`refund_unused`]), and its entry settled as soon as it is tried, so a
+/// run cut short keeps what it did. One whose refund was owed before but too recently to log its event again
+/// here stays for a later run, which logs it (once: the ledger keeps repeats once). How many were recorded, and
+/// how many are left for a later run.
 pub async fn record_unrefunded(iccids: Vec<String>) -> (usize, usize) {
     let (mut recorded, mut left) = (0, 0);
     for iccid in iccids {
         let done = match crate::dispatch::get_sim(iccid.clone()).await {
             Ok(Some(sim)) if sim.state == wit::SimState::Terminated => {
-                match refund_unused(&iccid).await {
-                    Ok(_) => true,
+                match close_and_owe(&iccid).await {
+                    Ok((_, 0)) => true,
+                    Ok(_) => false,
                     Err(e) => {
                         eprintln!(
                             "gateway: the refunds of terminated SIM {iccid} are not recorded yet (a later run \
@@ -59,6 +83,7 @@ pub async fn record_unrefunded(iccids: Vec<String>) -> (usize, usize) {
                     }
                 }
             }
+            // Listed only once terminated: gone, or another state, there is nothing of a terminate to record.
             Ok(_) => true,
             Err(e) => {
                 eprintln!("gateway: reading SIM {iccid} failed (a later run tries again): {e:?}");
@@ -70,17 +95,11 @@ pub async fn record_unrefunded(iccids: Vec<String>) -> (usize, usize) {
         } else {
             left += 1;
         }
-        settle_unrefunded(&iccid, done).await;
+        if let Err(e) = crate::dispatch::settle_unrefunded(iccid.clone(), done).await {
+            eprintln!("gateway: settling the unrefunded entry of SIM {iccid} failed: {e:?}");
+        }
     }
     (recorded, left)
-}
-
-/// Tell dispatch whether the refunds of terminated SIM `iccid` are recorded (a failure is logged: the entry
-/// stays, and a later cleanup run records them again, which owes nothing twice).
-pub async fn settle_unrefunded(iccid: &str, done: bool) {
-    if let Err(e) = crate::dispatch::settle_unrefunded(iccid.to_owned(), done).await {
-        eprintln!("gateway: settling the unrefunded entry of SIM {iccid} failed: {e:?}");
-    }
 }
 
 /// One refund to owe: of `invoice`'s payment, `amount` (`None`: all of it), returning the payment made in `tx`

@@ -176,6 +176,10 @@ pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
             Some(wit::InvoiceStatus::Refunded) => Some(format!(
                 "the payment of SIM {iccid}'s order (invoice {invoice}) is owed back: there is nothing to finish"
             )),
+            Some(wit::InvoiceStatus::Expired) => Some(format!(
+                "the order of SIM {iccid} waits for a payment of invoice {invoice}, which has expired: its order is \
+                 withdrawn once its payment can no longer settle"
+            )),
             Some(_) => Some(format!(
                 "the order of SIM {iccid} waits for its payment (invoice {invoice}): send the same payment again to finish it"
             )),
@@ -234,8 +238,7 @@ pub async fn lifecycle(req: &Request, iccid: &str, action: &str) -> Result<Reply
     let mut body = crate::convert::sim_value(&sim);
     if terminate {
         // Repeats are safe: the account's first close fixes the shares and refunds are once per invoice.
-        body["refunds"] = serde_json::Value::Array(crate::owing::refund_unused(iccid).await?);
-        crate::owing::settle_unrefunded(iccid, true).await;
+        body["refunds"] = serde_json::Value::Array(crate::owing::finish_terminate(iccid).await?);
     }
     Ok(json(200, body.to_string()))
 }

@@ -186,16 +186,11 @@ impl Order {
                 let sim = dispatch::get_sim(iccid.clone())
                     .await?
                     .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
-                // The SIM a switch moved its balance to, unless that one never took over.
-                let replacement = match &sim.replaced_by {
-                    Some(next) => dispatch::get_sim(next.clone()).await?.filter(|n| {
-                        !matches!(n.state, wit::SimState::Terminated | wit::SimState::Failed)
-                    }),
-                    None => None,
-                };
+                let switched_to = crate::meter::switched_to(iccid).await?;
                 let state = esim402_guest::convert::sim_state(sim.state);
-                let next = replacement.as_ref().map(|n| n.iccid.as_str());
-                if let Some(why) = esim402_core::esim::top_up_refused(iccid, state, next) {
+                if let Some(why) =
+                    esim402_core::esim::top_up_refused(iccid, state, switched_to.as_deref())
+                {
                     return Err(wit::Error::Conflict(why));
                 }
                 Ok(sim)

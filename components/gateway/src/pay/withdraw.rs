@@ -48,15 +48,12 @@ impl Attempt<'_> {
                     false
                 }
             };
-        if terminated {
-            match crate::owing::refund_unused(&sim.iccid).await {
-                Ok(_) => crate::owing::settle_unrefunded(&sim.iccid, true).await,
-                Err(e) => eprintln!(
-                    "gateway: settlement failed; closing the account of {} failed (the operator's cleanup run \
-                     records its refunds): {e:?}",
-                    sim.iccid
-                ),
-            }
+        if terminated && let Err(e) = crate::owing::finish_terminate(&sim.iccid).await {
+            eprintln!(
+                "gateway: settlement failed; closing the account of {} failed (the operator's cleanup run records \
+                 its refunds): {e:?}",
+                sim.iccid
+            );
         }
         self.note(
             EntryKind::SettlementFailed,

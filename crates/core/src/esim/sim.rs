@@ -227,17 +227,18 @@ pub fn retire_on_terminate(state: Option<ProfileState>) -> bool {
     )
 }
 
-/// Why SIM `iccid` in `state` takes no top-up, or `None` when it does. `live_replacement`: the SIM a switch
-/// replaced it with, unless that one never took over (terminated or failed). A terminated or failed SIM takes no
-/// data; a pending one may yet be withdrawn (its payment never completed), and nothing would give a top-up back;
-/// a switched-away one's balance moved to its replacement, whose account takes the top-up instead (its own is
-/// closed: the payment would be settled and then owed back).
-pub fn top_up_refused(
-    iccid: &str,
-    state: SimState,
-    live_replacement: Option<&str>,
-) -> Option<String> {
-    match (state, live_replacement) {
+/// Why SIM `iccid`, switched to SIM `to`, takes no top-up.
+pub fn switched_away(iccid: &str, to: &str) -> String {
+    format!("SIM {iccid} was switched to SIM {to}: its balance moved there, and it takes no top-up")
+}
+
+/// Why SIM `iccid` in `state` takes no top-up, or `None` when it does. `switched_to`: the SIM a switch moved its
+/// balance to (its metering account says so, not the SIM records: a replacement still being ordered has not
+/// taken the balance yet). A terminated or failed SIM takes no data; a pending one may yet be withdrawn (its
+/// payment never completed), and nothing would give a top-up back; a switched-away one's account is closed
+/// (the payment would be settled and then owed back).
+pub fn top_up_refused(iccid: &str, state: SimState, switched_to: Option<&str>) -> Option<String> {
+    match (state, switched_to) {
         (SimState::Terminated | SimState::Failed, _) => Some(format!(
             "SIM {iccid} is {}: it takes no more data",
             format!("{state:?}").to_lowercase()
@@ -245,9 +246,7 @@ pub fn top_up_refused(
         (SimState::Pending, _) => Some(format!(
             "SIM {iccid} is still being ordered: top it up once it is active"
         )),
-        (_, Some(next)) => Some(format!(
-            "SIM {iccid} was switched to SIM {next}, which holds its balance: top that SIM up"
-        )),
+        (_, Some(next)) => Some(switched_away(iccid, next)),
         (SimState::Active | SimState::Suspended, None) => None,
     }
 }
@@ -291,8 +290,8 @@ pub fn profile_state_after(
 mod tests {
     use super::*;
 
-    /// A switched-away SIM's top-up goes to the SIM that holds its balance (before, it was sold, settled and
-    /// owed back, its account being closed); one whose replacement never took over takes it.
+    /// A switched-away SIM takes no top-up (before, it was sold, settled and owed back, its account being
+    /// closed).
     #[test]
     fn only_a_sim_in_service_and_not_switched_away_takes_a_top_up() {
         assert_eq!(top_up_refused("8901", SimState::Active, None), None);

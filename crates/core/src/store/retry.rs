@@ -1,10 +1,11 @@
 //! A bounded list of work items (by id) that an operator's run retries until each is done: one key, changed by
-//! compare-and-swap, written only when an item is listed, taken or leaves, so it is off every request's hot path.
+//! compare-and-swap, written only when an item is listed (a failure, rare), taken or leaves: no request that
+//! succeeds touches it.
 //! Used for withdrawn `exact` activations to recheck on chain (`order::recheck`, `cleanup/recheck`) and for
-//! terminated SIMs whose refunds are not recorded yet (`cleanup/unrefunded`).
+//! terminated SIMs whose refunds could not be recorded (`cleanup/unrefunded`).
 //!
-//! Rules a caller must keep: [`push`] before the work is attempted, [`settle`] with [`Tried::Done`] only once it
-//! is done; a run [`take`]s what is due, which counts a try and sets the next wait whether or not that run ever
+//! Rules a caller must keep: [`push`] an item as soon as its work is owed and may be left undone, [`settle`] with
+//! [`Tried::Done`] only once it is done; a run [`take`]s what is due, which counts a try and sets the next wait whether or not that run ever
 //! settles it (a run cut short, or two at once, neither holds the list up nor tries one twice in a wait). After
 //! [`MAX_TRIES`] an item leaves the list for an operator (the caller logs it).
 
@@ -20,8 +21,9 @@ pub const RETRY_SECS: u64 = 300;
 /// One listed item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listed {
-    /// The item (an invoice id, an ICCID). Lists written before this module read from `invoice`.
-    #[serde(alias = "invoice")]
+    /// The item (an invoice id, an ICCID). Stored as `invoice`, the name it had when these lists held invoices
+    /// only, so an earlier build (a rollback, a rolling upgrade) still reads them.
+    #[serde(rename = "invoice")]
     pub id: String,
     /// Tries without being done so far.
     #[serde(default)]
@@ -195,7 +197,7 @@ mod tests {
         assert_eq!(t.given_up, vec!["inv_a"]);
     }
 
-    /// A list an earlier build wrote (its items named `invoice`) still reads; it is written back with `id`.
+    /// A list an earlier build wrote (its items named `invoice`) still reads, and is written back the same.
     #[test]
     fn a_list_written_before_reads() {
         let old: Vec<Listed> =
@@ -210,7 +212,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_string(&old).unwrap(),
-            r#"[{"id":"inv_a","tries":2,"next":9}]"#
+            r#"[{"invoice":"inv_a","tries":2,"next":9}]"#
         );
     }
 }
