@@ -36,6 +36,10 @@ pub const CLOCK_SKEW_SECS: u64 = 300;
 pub const MAX_WINDOW_SECS: u64 = 86_400;
 /// At most this many bytes in one receipt (1 TB): a larger count is a corrupt or hostile record.
 pub const MAX_RECEIPT_BYTES: u64 = 1_000_000_000_000;
+/// At most this many bytes per second of a receipt's window (10 Gbit/s, past any cellular link's peak): a
+/// window that counts more (1 TB in a minute) is a corrupt or hostile record, refused before it overdraws the
+/// SIM (it would swallow every later top-up). A window of under a second counts as one second.
+pub const MAX_BYTES_PER_SEC: u64 = 1_250_000_000;
 /// A SIM's receipt window may end at most this long (an hour) before the SIM was ordered (its record's
 /// `created_at`, kept by its account: the profile cannot be in use before it), for clocks that drift between
 /// the carrier and us. A window that ended earlier is not this SIM's usage (an ICCID a carrier recycled, a
@@ -182,6 +186,16 @@ pub enum ReceiptError {
     /// More than [`MAX_RECEIPT_BYTES`] in one receipt.
     #[error("receipt counts {0} bytes, more than {MAX_RECEIPT_BYTES}")]
     TooManyBytes(u128),
+    /// More bytes than its window could carry at [`MAX_BYTES_PER_SEC`].
+    #[error(
+        "receipt counts {bytes} bytes in a {secs} s window, more than {MAX_BYTES_PER_SEC} bytes a second"
+    )]
+    TooFast {
+        /// The receipt's bytes.
+        bytes: u128,
+        /// Its window (at least 1 s).
+        secs: u64,
+    },
     /// No SIM with that ICCID is metered here.
     #[error("no metered SIM {0}")]
     UnknownSim(String),
@@ -236,7 +250,7 @@ impl ReceiptError {
             Self::WindowInverted { .. } => "window_inverted",
             Self::WindowInFuture { .. } => "window_in_future",
             Self::WindowTooLong(_) => "window_too_long",
-            Self::TooManyBytes(_) => "too_many_bytes",
+            Self::TooManyBytes(_) | Self::TooFast { .. } => "too_many_bytes",
             Self::UnknownSim(_) => "unknown_sim",
             Self::IccidNotOnCarrier { .. } => "iccid_not_on_carrier",
             Self::PlmnNotAllowed(_) => "plmn_not_allowed",
@@ -548,6 +562,13 @@ pub fn verify_cached(
     }
     if receipt.total_bytes() > u128::from(MAX_RECEIPT_BYTES) {
         return Err(ReceiptError::TooManyBytes(receipt.total_bytes()));
+    }
+    let secs = span.max(1);
+    if receipt.total_bytes() > u128::from(secs) * u128::from(MAX_BYTES_PER_SEC) {
+        return Err(ReceiptError::TooFast {
+            bytes: receipt.total_bytes(),
+            secs,
+        });
     }
     let expected = signer_of(&receipt.carrier)
         .ok_or_else(|| ReceiptError::UnknownCarrier(receipt.carrier.to_string()))?;

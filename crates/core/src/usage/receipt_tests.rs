@@ -195,6 +195,33 @@ fn zero_seq_and_huge_counts() {
     ));
 }
 
+/// A window that counts more than a link could carry (1 TB in a minute) is refused, with the same reason as an
+/// oversized count; the most a window may count is accepted. Before, such a receipt was charged and overdrew
+/// the SIM by a terabyte, swallowing every later top-up.
+#[test]
+fn a_window_counting_more_than_a_link_carries_is_refused() {
+    let mut r = unsigned();
+    r.window_start = r.window_end - 60;
+    r.bytes_up = 60 * MAX_BYTES_PER_SEC;
+    r.bytes_down = 0;
+    let key = dev_signing_key(&carrier("tmobile"));
+    assert_eq!(
+        check(&r.clone().sign(&key).unwrap(), "tmobile", &us_only()),
+        Ok(())
+    );
+    r.bytes_down = 1;
+    let e = check(&r, "tmobile", &us_only()).unwrap_err();
+    assert!(matches!(e, ReceiptError::TooFast { .. }), "{e:?}");
+    assert_eq!(e.reason(), "too_many_bytes");
+    // A window of no length counts as a second.
+    r.window_end = r.window_start;
+    (r.bytes_up, r.bytes_down) = (MAX_BYTES_PER_SEC, 0);
+    assert_eq!(
+        check(&r.clone().sign(&key).unwrap(), "tmobile", &us_only()),
+        Ok(())
+    );
+}
+
 #[test]
 fn unknown_sim_is_not_a_dispute() {
     let e = verify(&signed(), registry, None, NOW).unwrap_err();
@@ -349,8 +376,11 @@ proptest! {
         session in "[A-Za-z0-9_.:-]{1,64}",
     ) {
         let mut r = unsigned();
+        let end = (start + span).min(NOW);
+        // At most what the window may count (`MAX_BYTES_PER_SEC`).
+        let half = (end - start).max(1).saturating_mul(MAX_BYTES_PER_SEC) / 2;
         (r.seq, r.window_start, r.window_end, r.bytes_up, r.bytes_down, r.session_id) =
-            (seq, start, (start + span).min(NOW), up, down, session);
+            (seq, start, end, up.min(half), down.min(half), session);
         let r = r.sign(&dev_signing_key(&carrier("tmobile"))).unwrap();
         let json = serde_json::to_string(&r.to_wire()).unwrap();
         let back: WireReceipt = serde_json::from_str(&json).unwrap();
