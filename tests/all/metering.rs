@@ -1272,3 +1272,39 @@ async fn a_malformed_query_does_not_use_up_the_sign_in() {
         );
     }
 }
+
+/// A top-up payment sent with a body naming another size than its invoice's is refused before anything is paid
+/// (409), as an activation's is; with the size it was issued for, it pays. Before, a 10 MB invoice paid with
+/// `top_up_mb: 50` answered 200 and the client believed it had bought 50 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_top_up_paid_with_another_size_is_refused_before_paying() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 1).await;
+    let data = format!("/v1/esim/{iccid}/data");
+    let ten = json!({"top_up_mb": 10});
+    let (status, headers, _) = s.post(&data, &ten, &[]).await;
+    assert_eq!(status, 402);
+    let challenge =
+        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let (status, _, refused) = s
+        .post(
+            &data,
+            &json!({"top_up_mb": 50}),
+            &[("payment-signature", pay.header())],
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("10 MB top-up, not the 50 MB"),
+        "{refused}"
+    );
+    let (status, _, paid) = s
+        .post(&data, &ten, &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["topped_up_mb"], 10, "{paid}");
+}

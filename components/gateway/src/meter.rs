@@ -140,6 +140,18 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             wit::Purchase::TopUp(t) if t.iccid == iccid => (t.data_mb, t.payer.clone()),
             _ => (offered, payer.clone()),
         };
+        // A request that names its size must be the one the invoice was issued for (as an activation's must):
+        // before, a 10 MB invoice paid with `top_up_mb: 50` answered 200, and the client believed it had 50 MB.
+        if let Some(asked) = top_up_mb.filter(|mb| *mb != data_mb) {
+            return Err(ApiError::new(
+                esim402_core::ErrorKind::Conflict,
+                format!(
+                    "invoice {} pays for a {data_mb} MB top-up, not the {asked} MB this request asks for: send the \
+                     request it was issued for (or ask for a new invoice)",
+                    invoice.id
+                ),
+            ));
+        }
         let order = Order::TopUp {
             iccid: iccid.to_owned(),
             data_mb,
