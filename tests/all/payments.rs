@@ -1275,8 +1275,10 @@ async fn a_failed_activation_settles_nothing() {
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
     assert_eq!(s.balance(agent()).await, start);
     let id = invoice["invoice_id"].as_str().unwrap();
+    // The failure ended the invoice (another payment of it gets the same failure): it reads `failed`, not
+    // `open` as before, which told a client it could still pay it.
     let (_, inv) = s.get(&format!("/v1/invoices/{id}")).await;
-    assert_eq!(inv["status"], "open");
+    assert_eq!(inv["status"], "failed");
     let (kinds, verify) = s.ledger().await;
     assert_eq!(
         kinds,

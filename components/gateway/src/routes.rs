@@ -176,6 +176,10 @@ pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
             Some(wit::InvoiceStatus::Refunded) => Some(format!(
                 "the payment of SIM {iccid}'s order (invoice {invoice}) is owed back: there is nothing to finish"
             )),
+            Some(wit::InvoiceStatus::Failed) => Some(format!(
+                "the payment of SIM {iccid}'s order (invoice {invoice}) failed and ended the invoice: there is \
+                 nothing to finish"
+            )),
             Some(wit::InvoiceStatus::Expired) => Some(format!(
                 "the order of SIM {iccid} waits for a payment of invoice {invoice}, which has expired: its order is \
                  withdrawn once its payment can no longer settle"

@@ -46,7 +46,7 @@ paths = {
      {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "the previous page's `next` (0: the first page)"},
      {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "description": "positions of the wallet's index per page (default 100)"}],
    "responses": {"200": {"description": "`{sims: [...], next}`: `next` is the following page's `after`, `null` after the last"}, **pick("400", "401")}}},
- "/v1/invoices/{id}": {"get": {"operationId": "getInvoice", "summary": "an invoice read back from its sealed id", "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}], "responses": {"200": {"description": "the invoice"}, **pick("400", "404")}}},
+ "/v1/invoices/{id}": {"get": {"operationId": "getInvoice", "summary": "an invoice read back from its sealed id", "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}], "responses": {"200": {"description": "the invoice; `status` is open, pending (a payment is being settled), paid, expired, refunded (paid, the purchase failed, the money owed back) or failed (a payment's purchase failed without moving money, which ended it: request a new invoice)"}, **pick("400", "404")}}},
  "/v1/esim/{iccid}": {"get": {"operationId": "getSim", "summary": "the SIM (no carrier calls)", "security": owner, "parameters": [iccid], "responses": {"200": {"description": "the SIM", "content": js("Sim")}, **pick("400", "401", "404")}}},
 }
 # The activation code again, for the payer's wallet sign-in only (kept before the lifecycle routes, as served).

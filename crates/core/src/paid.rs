@@ -283,14 +283,21 @@ impl PaymentRecord {
     }
 }
 
-/// An invoice's status, from its payment record (if any) and its deadline, at `now`. A payment that ended
-/// without moving money leaves it open (its stored failure answers later attempts).
+/// An invoice's status, from its payment record (if any) and its deadline, at `now`. A payment that ended in a
+/// failure without moving money ended the invoice: `Failed` (its stored failure answers later attempts, [`decide`]);
+/// before, it read `Open` though no payment could pay it any more.
 pub fn status(record: Option<&PaymentRecord>, expires_at: u64, now: u64) -> InvoiceStatus {
     match record {
         Some(r) if r.refunded => InvoiceStatus::Refunded,
         Some(r) if r.paid.is_some() => InvoiceStatus::Paid,
         Some(r) if matches!(r.state, PaymentState::Working | PaymentState::Resumable) => {
             InvoiceStatus::Pending
+        }
+        Some(r)
+            if r.state == PaymentState::Done
+                && r.response.as_ref().is_some_and(|x| !x.is_success()) =>
+        {
+            InvoiceStatus::Failed
         }
         _ if now >= expires_at => InvoiceStatus::Expired,
         _ => InvoiceStatus::Open,
@@ -304,7 +311,7 @@ pub fn status(record: Option<&PaymentRecord>, expires_at: u64, now: u64) -> Invo
 /// A resume continues a payment that held the invoice: `Pending`, whatever it read. Paid or owed back stays.
 pub fn held_status(read: InvoiceStatus, resumed: bool) -> InvoiceStatus {
     match read {
-        InvoiceStatus::Paid | InvoiceStatus::Refunded => read,
+        InvoiceStatus::Paid | InvoiceStatus::Refunded | InvoiceStatus::Failed => read,
         _ if resumed => InvoiceStatus::Pending,
         InvoiceStatus::Pending | InvoiceStatus::Open | InvoiceStatus::Expired => {
             InvoiceStatus::Open
@@ -765,9 +772,10 @@ mod tests {
         assert_eq!(status(None, 100, 100), InvoiceStatus::Expired);
         let working = rec(PaymentState::Working, "a", 200, None);
         assert_eq!(status(Some(&working), 100, 150), InvoiceStatus::Pending);
+        // A failure that ended the invoice: no payment can pay it any more, before or after its deadline.
         let failed = rec(PaymentState::Done, "a", 0, Some(503));
-        assert_eq!(status(Some(&failed), 100, 50), InvoiceStatus::Open);
-        assert_eq!(status(Some(&failed), 100, 150), InvoiceStatus::Expired);
+        assert_eq!(status(Some(&failed), 100, 50), InvoiceStatus::Failed);
+        assert_eq!(status(Some(&failed), 100, 150), InvoiceStatus::Failed);
         let released = rec(PaymentState::Released, "a", 0, None);
         assert_eq!(status(Some(&released), 100, 50), InvoiceStatus::Open);
         let paid = PaymentRecord::mark_paid(Some(working), "0xtx", "0xp").unwrap();

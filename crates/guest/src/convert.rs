@@ -159,6 +159,7 @@ fn status_to_wit(s: InvoiceStatus) -> wit::InvoiceStatus {
         InvoiceStatus::Paid => wit::InvoiceStatus::Paid,
         InvoiceStatus::Expired => wit::InvoiceStatus::Expired,
         InvoiceStatus::Refunded => wit::InvoiceStatus::Refunded,
+        InvoiceStatus::Failed => wit::InvoiceStatus::Failed,
     }
 }
 
@@ -169,6 +170,7 @@ fn status_from_wit(s: wit::InvoiceStatus) -> InvoiceStatus {
         wit::InvoiceStatus::Paid => InvoiceStatus::Paid,
         wit::InvoiceStatus::Expired => InvoiceStatus::Expired,
         wit::InvoiceStatus::Refunded => InvoiceStatus::Refunded,
+        wit::InvoiceStatus::Failed => InvoiceStatus::Failed,
     }
 }
 

@@ -62,9 +62,11 @@ pub fn check_open(invoice: &Invoice, now: u64) -> Result<(), wit::Error> {
 /// the money moved (a tx-hash proof's block, kernel `evm::receipt::mined`), not here.
 pub fn check_not_ended(invoice: &Invoice) -> Result<(), wit::Error> {
     match invoice.status {
-        InvoiceStatus::Paid | InvoiceStatus::Refunded => Err(wit::Error::Conflict(
-            format!("invoice {} is {:?}", invoice.invoice_id, invoice.status).to_lowercase(),
-        )),
+        InvoiceStatus::Paid | InvoiceStatus::Refunded | InvoiceStatus::Failed => {
+            Err(wit::Error::Conflict(
+                format!("invoice {} is {:?}", invoice.invoice_id, invoice.status).to_lowercase(),
+            ))
+        }
         InvoiceStatus::Open | InvoiceStatus::Pending | InvoiceStatus::Expired => Ok(()),
     }
 }

@@ -192,7 +192,8 @@ pub struct Opened {
 impl Opened {
     /// Whether this store takes the id while its payment record says `status`: an id a legacy key opened only
     /// for a payment the store holds (pending, paid or refunded), not for an open or expired invoice (nothing
-    /// held, or an attempt released with nothing taken). Asked on every read and again inside the claim of a
+    /// held, or an attempt released with nothing taken; nor for one a failed payment ended, as before that
+    /// status existed). Asked on every read and again inside the claim of a
     /// payment, so a record released between the two cannot let a new payment in.
     pub fn ours_at(&self, status: InvoiceStatus) -> bool {
         !self.legacy

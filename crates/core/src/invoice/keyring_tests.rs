@@ -152,8 +152,12 @@ fn a_legacy_id_is_ours_only_for_a_payment_the_store_holds() {
         InvoiceStatus::Paid,
         InvoiceStatus::Expired,
         InvoiceStatus::Refunded,
+        InvoiceStatus::Failed,
     ] {
-        let held = !matches!(status, InvoiceStatus::Open | InvoiceStatus::Expired);
+        let held = !matches!(
+            status,
+            InvoiceStatus::Open | InvoiceStatus::Expired | InvoiceStatus::Failed
+        );
         assert_eq!(legacy.ours_at(status), held, "{status:?}");
         assert!(bound.ours_at(status), "{status:?}");
     }

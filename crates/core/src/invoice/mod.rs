@@ -25,6 +25,9 @@ pub enum InvoiceStatus {
     Expired,
     /// Paid, but the purchase failed: the money is owed back.
     Refunded,
+    /// A payment's purchase failed without moving money, which ended the invoice: it takes no other payment
+    /// (request a new invoice).
+    Failed,
 }
 
 /// One way to pay.

@@ -615,6 +615,7 @@ fn status_to_wit(s: InvoiceStatus) -> types::InvoiceStatus {
         InvoiceStatus::Paid => types::InvoiceStatus::Paid,
         InvoiceStatus::Expired => types::InvoiceStatus::Expired,
         InvoiceStatus::Refunded => types::InvoiceStatus::Refunded,
+        InvoiceStatus::Failed => types::InvoiceStatus::Failed,
     }
 }
 
