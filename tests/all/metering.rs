@@ -1308,3 +1308,47 @@ async fn a_top_up_paid_with_another_size_is_refused_before_paying() {
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["topped_up_mb"], 10, "{paid}");
 }
+
+/// Routes that take no parameters refuse a body that is not empty or `{}` before acting (a field is named; a body
+/// declared other than JSON is 415), and a POST activation refuses a query beside its body. Before, a suspend
+/// with any body suspended, and a POST's query was ignored while its 402's `resource` showed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodies_and_queries_a_route_does_not_read_are_refused() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 1).await;
+    let suspend = format!("/v1/esim/{iccid}/suspend");
+    let (status, _, e) = s.post(&suspend, &json!({"reason": "night"}), &[]).await;
+    assert_eq!(
+        (status, &e["error"]["field"]),
+        (400, &json!("reason")),
+        "{e}"
+    );
+    let token = s.token_for(&suspend).unwrap();
+    let form = s
+        .http
+        .post(format!("{}{suspend}", s.url))
+        .bearer_auth(&token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("reason=night")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 415);
+    let (_, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
+    assert_eq!(sim["state"], "active", "nothing acted: {sim}");
+    let (status, _, ok) = s.post(&suspend, &json!({}), &[]).await;
+    assert_eq!((status, &ok["state"]), (200, &json!("suspended")), "{ok}");
+
+    let (status, _, e) = s
+        .post(
+            "/v1/esim/activate?region=eu-central",
+            &json!({"region": "us-west", "data_mb": 10}),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (status, &e["error"]["field"]),
+        (400, &json!("region")),
+        "{e}"
+    );
+}

@@ -51,10 +51,15 @@ pub async fn owner(req: &Request, iccid: &str) -> Result<wit::Sim, ApiError> {
     open(iccid, credential).await
 }
 
-/// [`owner`], with the credential that opened the SIM: a route that changes the SIM passes it on to dispatch,
-/// which checks it again inside its update (a token rotated away meanwhile changes nothing).
-pub async fn owner_by(req: &Request, iccid: &str) -> Result<(wit::Sim, wit::Credential), ApiError> {
-    let credential = credential(req, false).await?;
+/// [`owner`] for a route that acts on the SIM and takes no parameters, with the credential that opened it (a
+/// route that changes the SIM passes it on to dispatch, which checks it again inside its update: a token rotated
+/// away meanwhile changes nothing). Its body, if any, must be an empty JSON object, and is checked before the
+/// credential is used (415 for another media type, 400 naming a field it does not take).
+pub async fn owner_by(req: Request, iccid: &str) -> Result<(wit::Sim, wit::Credential), ApiError> {
+    let credential = credential(&req, false).await?;
+    let body = crate::read_body(req).await?;
+    esim402_core::json_body::no_params(&body)
+        .map_err(|(field, why)| ApiError::invalid(field, why))?;
     let sim = open(iccid, credential.clone()).await?;
     Ok((sim, credential))
 }

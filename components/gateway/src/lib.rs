@@ -185,9 +185,9 @@ async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, Api
                 iccid,
                 action @ ("suspend" | "resume" | "terminate"),
             ],
-        ) => routes::lifecycle(&req, iccid, action).await,
-        (Method::POST, ["v1", "esim", iccid, "token"]) => routes::rotate_token(&req, iccid).await,
-        (Method::POST, ["v1", "esim", iccid, "refresh"]) => routes::refresh(&req, iccid).await,
+        ) => routes::lifecycle(req, iccid, action).await,
+        (Method::POST, ["v1", "esim", iccid, "token"]) => routes::rotate_token(req, iccid).await,
+        (Method::POST, ["v1", "esim", iccid, "refresh"]) => routes::refresh(req, iccid).await,
         (Method::POST, ["gsma", "rsp2", "es2plus", "handleDownloadProgressInfo"]) => {
             routes::download_progress(req).await
         }

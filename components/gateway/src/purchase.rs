@@ -32,6 +32,20 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
         let query = req.uri().query().unwrap_or_default().to_owned();
         (ActivationRequest::from_query(&query)?, query.into_bytes())
     } else {
+        // A POST reads its body only: a query naming the fields too would be silently ignored while the x402
+        // `resource` (the URL) showed it, so it is refused.
+        if let Some(field) = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find(|p| !p.is_empty()))
+        {
+            let name = field.split('=').next().unwrap_or(field);
+            return Err(ApiError::invalid(
+                name,
+                "a POST is read from its JSON body only: send the fields there, without a query (or GET with the \
+                 query alone)",
+            ));
+        }
         let body = read_body(req).await?;
         (ActivationRequest::parse(&body)?, body.to_vec())
     };

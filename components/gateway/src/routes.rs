@@ -158,8 +158,8 @@ pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
 /// payment's order is finished by the same payment sent again, which settles it; finished here, it would be
 /// a profile released for a payment that may never come (and one its authorization's expiry would have
 /// withdrawn, dispatch `parking`).
-pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
-    crate::auth::owner(req, iccid).await?;
+pub async fn refresh(req: Request, iccid: &str) -> Result<Reply, ApiError> {
+    crate::auth::owner_by(req, iccid).await?;
     let current = dispatch::get_sim(iccid.to_owned())
         .await
         .map_err(from_wit)?;
@@ -202,7 +202,7 @@ pub async fn refresh(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
 }
 
 /// `POST /v1/esim/{iccid}/token`: a new access token (shown once); the previous one stops working.
-pub async fn rotate_token(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
+pub async fn rotate_token(req: Request, iccid: &str) -> Result<Reply, ApiError> {
     let (_, by) = crate::auth::owner_by(req, iccid).await?;
     let token = dispatch::rotate_token(iccid.to_owned(), by)
         .await
@@ -216,7 +216,7 @@ pub async fn rotate_token(req: &Request, iccid: &str) -> Result<Reply, ApiError>
 /// `POST /v1/esim/{iccid}/{suspend|resume|terminate}`: the SIM state machine; an invalid transition is 409.
 /// Terminating revokes the access token (the owner's wallet still reads the SIM, its refunds and receipts);
 /// terminating a terminated SIM answers it again with its refunds, owing any the first terminate did not.
-pub async fn lifecycle(req: &Request, iccid: &str, action: &str) -> Result<Reply, ApiError> {
+pub async fn lifecycle(req: Request, iccid: &str, action: &str) -> Result<Reply, ApiError> {
     let (_, by) = crate::auth::owner_by(req, iccid).await?;
     let action = match action {
         "suspend" => wit::LifecycleAction::Suspend,

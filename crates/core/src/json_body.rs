@@ -12,6 +12,29 @@ pub fn parse(body: &[u8]) -> Result<Value, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The body of a route that takes no parameters (suspend, resume, terminate, a token rotation, a refresh):
+/// empty, or an empty JSON object. Otherwise the field to name and why: a JSON object's first key (the route
+/// does not take it), or `body` (not a JSON object). Before, such routes took any body and acted.
+pub fn no_params(body: &[u8]) -> Result<(), (String, String)> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match parse(body) {
+        Ok(Value::Object(m)) => match m.keys().next() {
+            None => Ok(()),
+            Some(k) => Err((
+                k.clone(),
+                format!("this route takes no parameters (got {k:?}): send an empty body or {{}}"),
+            )),
+        },
+        Ok(_) => Err((
+            "body".to_owned(),
+            "the body must be empty or a JSON object ({})".to_owned(),
+        )),
+        Err(e) => Err(("body".to_owned(), format!("body is not JSON: {e}"))),
+    }
+}
+
 /// Whether a request body's declared media type (every `Content-Type` header's value, `None` for one that is
 /// not text) may be read as JSON: none is accepted (a minimal device may send none), and so is one
 /// `application/json` or `application/*+json`, with parameters and in any case. Anything else (a form,
@@ -117,6 +140,17 @@ impl<'de> Visitor<'de> for UniqueVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_without_parameters_takes_an_empty_body_or_object_only() {
+        for ok in [&b""[..], b"  \n", b"{}", b" { } "] {
+            assert_eq!(no_params(ok), Ok(()), "{:?}", String::from_utf8_lossy(ok));
+        }
+        assert_eq!(no_params(br#"{"reason":"x"}"#).unwrap_err().0, "reason");
+        for bad in [&b"[]"[..], b"\"x\"", b"reason=x", b"{"] {
+            assert_eq!(no_params(bad).unwrap_err().0, "body");
+        }
+    }
 
     #[test]
     fn a_key_given_twice_is_refused_at_any_depth() {
