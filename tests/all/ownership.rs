@@ -382,6 +382,21 @@ async fn the_payer_lists_its_sims_by_agent_label() {
             "{query}: {e}"
         );
     }
+    // Without a credential the listing says what it needs, and no access token (which would not do here).
+    let (status, e) = list("", None).await;
+    let message = e["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(status, 401, "{e}");
+    assert!(
+        message.contains("SIGN-IN-WITH-X") && !message.contains("Bearer"),
+        "{e}"
+    );
+    let (status, e) = list("?agent_id=no%20spaces", None).await;
+    let message = e["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("agent_id"))
+    );
+    assert!(!message.contains("X-Agent-ID"), "{e}");
     let (status, one) = list(
         "?agent_id=pump-2",
         Some(("sign-in-with-x", s.sign_in("/v1/esim?agent_id=pump-2"))),

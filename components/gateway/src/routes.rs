@@ -137,11 +137,25 @@ pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
         }
         Ok(true)
     })?;
-    let wit::Credential::Wallet(wallet) = crate::auth::credential(req, false).await? else {
-        return Err(ApiError::new(
+    // Why a sign-in that was sent failed is told; the generic "send a token or a sign-in" is not (a token
+    // would not do here).
+    let signed = crate::header(req, esim402_core::auth::siwx::HEADER).is_some();
+    let listing_needs = |e: Option<ApiError>| {
+        let why = e
+            .filter(|_| signed)
+            .map_or_else(String::new, |e| format!(" ({})", e.message));
+        ApiError::new(
             ErrorKind::Unauthorized,
-            "listing SIMs needs the payer's SIGN-IN-WITH-X wallet sign-in (access tokens open one SIM each)",
-        ));
+            format!(
+                "listing SIMs needs the payer's SIGN-IN-WITH-X wallet sign-in (access tokens open one SIM each){why}"
+            ),
+        )
+    };
+    let credential = crate::auth::credential(req, false)
+        .await
+        .map_err(|e| listing_needs(Some(e)))?;
+    let wit::Credential::Wallet(wallet) = credential else {
+        return Err(listing_needs(None));
     };
     let page = dispatch::list_sims(wallet, label, after, limit)
         .await

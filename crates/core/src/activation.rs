@@ -122,9 +122,14 @@ impl ActivationRequest {
                 return Err(ApiError::invalid("data_mb", "data_mb is required"));
             }
             Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
-                ApiError::invalid("data_mb", "data_mb must be a positive integer")
+                ApiError::invalid("data_mb", "data_mb must be an integer between 1 and 100000")
             })?,
-            Some(_) => return Err(ApiError::invalid("data_mb", "data_mb must be a number")),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "data_mb",
+                    "data_mb must be an integer between 1 and 100000",
+                ));
+            }
         };
         let data_mb = DataMb::new(data_mb).map_err(|e| ApiError::invalid("data_mb", e.0))?;
         let carrier = optional_str(&obj, "carrier")?

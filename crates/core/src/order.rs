@@ -538,7 +538,8 @@ pub fn replay_for(
     }
 }
 
-/// An agent label (`X-Agent-ID`): 1–64 letters, digits and `._:-`.
+/// An agent label (the `X-Agent-ID` header, or a listing's `agent_id` filter): 1–64 letters, digits and `._:-`.
+/// The error names no field: the caller's does.
 pub fn parse_agent_label(s: &str) -> Result<String, String> {
     if (1..=64).contains(&s.len())
         && s.bytes()
@@ -546,7 +547,7 @@ pub fn parse_agent_label(s: &str) -> Result<String, String> {
     {
         Ok(s.to_owned())
     } else {
-        Err("X-Agent-ID must be 1-64 letters, digits and . _ : -".to_owned())
+        Err("an agent label must be 1-64 letters, digits and . _ : -".to_owned())
     }
 }
 

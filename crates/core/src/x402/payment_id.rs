@@ -70,7 +70,18 @@ pub fn payment_id_of(payload: &PaymentPayload) -> Result<Option<PaymentId>, &'st
     let Some(ext) = p.extensions.as_ref().and_then(|e| e.get(KEY)) else {
         return Ok(None);
     };
-    match ext.get("info").and_then(|i| i.get("id")) {
+    // An extension that is not an object (or whose `info` is not one) is malformed, not absent: taken for
+    // absent, its retry would be a new payment where the client meant the same one.
+    let info = match ext {
+        Value::Object(o) => o.get("info"),
+        _ => return Err("payment-identifier must be an object with info.id"),
+    };
+    let id = match info {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(i)) => i.get("id"),
+        Some(_) => return Err("payment-identifier info must be an object"),
+    };
+    match id {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(id)) => PaymentId::parse(id).map(Some),
         Some(_) => Err("payment-identifier id must be a string"),
@@ -128,6 +139,11 @@ mod tests {
             json!(7),
         ] {
             let p = payload(Some(json!({KEY: {"info": {"id": bad}}})));
+            assert!(payment_id_of(&p).is_err(), "{bad}");
+        }
+        // The extension, or its `info`, not an object: malformed, not absent (before, read as no id).
+        for bad in [json!("nonsense"), json!(["x"]), json!({"info": "nonsense"})] {
+            let p = payload(Some(json!({ KEY: bad })));
             assert!(payment_id_of(&p).is_err(), "{bad}");
         }
     }

@@ -440,7 +440,12 @@ impl Serialize for PaymentPayload {
 
 impl<'de> Deserialize<'de> for PaymentPayload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::from_value(Value::deserialize(d)?).map_err(D::Error::custom)
+        // A shape error's own words: the outer parse labels it again (before: "unexpected JSON shape:
+        // unexpected JSON shape: …").
+        Self::from_value(Value::deserialize(d)?).map_err(|e| match e {
+            PayloadError::Shape(inner) => D::Error::custom(inner),
+            other => D::Error::custom(other),
+        })
     }
 }
 
@@ -1066,6 +1071,15 @@ mod tests {
         assert_eq!(
             PaymentPayload::from_json(br#"{"x402Version":3}"#),
             Err(PayloadError::UnsupportedVersion(3))
+        );
+        // Nested in a request, a payload's shape error is labelled once (it was twice).
+        let nested =
+            serde_json::from_value::<PaymentPayload>(serde_json::json!({"x402Version": 2}))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            !nested.contains("unexpected JSON shape") && nested.contains("accepted"),
+            "{nested}"
         );
         let shape = PaymentPayload::from_json(br#"{"x402Version":2,"accepted":{}}"#).unwrap_err();
         assert!(matches!(shape, PayloadError::Shape(_)), "{shape:?}");
