@@ -48,7 +48,7 @@ async fn every_described_operation_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 29, "every operation was tried");
+    assert_eq!(operations, 30, "every operation was tried");
     app.stop().await;
 }
 
@@ -315,4 +315,71 @@ async fn a_trickled_chunked_body_is_cut_off_at_the_body_deadline() {
         "{answer} after {:?}",
         started.elapsed()
     );
+}
+
+/// `GET /v1/catalog` lets an agent choose and price before asking for a 402: the activation 402 for a region's
+/// default carrier costs the catalog's fee plus its rate times the data, and an unknown region's refusal points
+/// at the catalog.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalog_prices_what_the_402_charges() {
+    let app = spawn_app(options(StoreConfig::Memory)).await.unwrap();
+    let http = reqwest::Client::new();
+    let catalog: Value = http
+        .get(format!("{}/v1/catalog", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let west = catalog["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "us-west")
+        .unwrap_or_else(|| panic!("{catalog}"));
+    let carrier = west["carriers"][0].as_str().unwrap();
+    let rate = catalog["carriers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == carrier)
+        .unwrap()["price_per_mb_usdc"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let micros = |usdc: &str| -> u64 {
+        let (whole, frac) = usdc.split_once('.').unwrap_or((usdc, ""));
+        let frac = format!("{frac:0<6}");
+        whole.parse::<u64>().unwrap() * 1_000_000 + frac[..6].parse::<u64>().unwrap()
+    };
+    let fee = micros(catalog["activation_fee_usdc"].as_str().unwrap());
+    let r = http
+        .post(format!("{}/v1/esim/activate", app.url))
+        .json(&serde_json::json!({"region": "us-west", "data_mb": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    let offer: Value = r.json().await.unwrap();
+    assert_eq!(
+        micros(offer["amount_usdc"].as_str().unwrap()),
+        fee + 100 * micros(&rate),
+        "{offer} {catalog}"
+    );
+    let r = http
+        .post(format!("{}/v1/esim/activate", app.url))
+        .json(&serde_json::json!({"region": "mars-north", "data_mb": 100}))
+        .send()
+        .await
+        .unwrap();
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/v1/catalog"),
+        "{e}"
+    );
+    app.stop().await;
 }

@@ -88,6 +88,12 @@ impl Guest for Component {
         config::get().await?.signers_usable()
     }
 
+    async fn catalog() -> Result<String, wit::Error> {
+        let cfg = config::get().await?;
+        let sizes = esim402_core::usage::account::TOP_UP_SIZES_MB;
+        Ok(cfg.catalog.public_view(&sizes).to_string())
+    }
+
     async fn price(request: wit::ActivationRequest) -> Result<wit::Quote, wit::Error> {
         let cfg = config::get().await?;
         price(&cfg, &request)

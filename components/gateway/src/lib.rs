@@ -171,6 +171,10 @@ async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, Api
         (Method::GET, ["openapi.json"]) => Ok(json(200, esim402_core::routes::OPENAPI_JSON.into())),
         (Method::GET | Method::POST, ["v1", "esim", "activate"]) => purchase::activate(req).await,
         (Method::GET, ["v1", "invoices", id]) => routes::get_invoice(id).await,
+        (Method::GET, ["v1", "catalog"]) => dispatch::catalog()
+            .await
+            .map(|c| json(200, c))
+            .map_err(from_wit),
         (Method::GET, ["v1", "esim"]) => routes::list_sims(&req).await,
         (Method::GET, ["v1", "esim", iccid]) => routes::get_sim(&req, iccid).await,
         (Method::GET, ["v1", "esim", iccid, "activation"]) => {

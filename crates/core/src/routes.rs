@@ -26,6 +26,7 @@ pub const ROUTES: &[Route] = &[
     r("/settle", "POST"),
     r("/v1/esim/activate", "GET, POST"),
     r("/v1/esim", "GET"),
+    r("/v1/catalog", "GET"),
     r("/v1/invoices/{id}", "GET"),
     r("/v1/esim/{iccid}", "GET"),
     r("/v1/esim/{iccid}/activation", "GET"),

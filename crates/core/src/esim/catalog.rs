@@ -125,7 +125,7 @@ pub enum CatalogError {
         source: PlmnError,
     },
     /// Lookup: the region is not in the catalog.
-    #[error("no carrier serves region {0}")]
+    #[error("no carrier serves region {0} (GET /v1/catalog lists the regions served)")]
     UnknownRegion(Region),
     /// Lookup: the requested carrier does not serve the region.
     #[error("carrier {carrier} does not serve region {region}")]
@@ -361,6 +361,57 @@ impl Catalog {
             .collect()
     }
 
+    /// What an agent needs to choose a region and carrier and see the price before asking for a 402 (`GET
+    /// /v1/catalog`): the fees, every carrier's rate per MB, its home networks, its receipt signer and the price
+    /// of each of `top_up_sizes` (MB), and every region's carriers (default first) and roaming policy. No
+    /// SM-DP+ address, requester id or profile type (the facilitator's business with the carrier).
+    pub fn public_view(&self, top_up_sizes: &[u32]) -> serde_json::Value {
+        use serde_json::json;
+        let book = self.price_book();
+        let carriers: Vec<_> = self
+            .carriers
+            .iter()
+            .map(|c| {
+                let top_ups: Vec<_> = top_up_sizes
+                    .iter()
+                    .filter_map(|mb| {
+                        let amount =
+                            book.top_up(&c.id, crate::ids::DataMb::new((*mb).into()).ok()?)?;
+                        Some(json!({ "data_mb": mb, "amount_usdc": amount }))
+                    })
+                    .collect();
+                json!({
+                    "id": c.id, "name": c.name,
+                    "price_per_mb_usdc": per_mb(c.milli_micros_per_mb),
+                    "home_plmns": c.home_plmns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "receipt_signer": c.receipt_signer.map(|a| a.to_checksum(None)),
+                    "top_ups": top_ups,
+                })
+            })
+            .collect();
+        let regions: Vec<_> = self
+            .regions
+            .iter()
+            .map(|r| {
+                json!({
+                    "region": r.region, "carriers": r.carriers,
+                    "roaming": {
+                        "allow": r.roaming.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "deny": r.roaming.deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "countries": r.roaming.countries,
+                    },
+                })
+            })
+            .collect();
+        json!({
+            "activation_fee_usdc": self.activation_fee,
+            "minimum_invoice_usdc": self.minimum_invoice,
+            "switch_fee_usdc": book.switch_charge(),
+            "carriers": carriers,
+            "regions": regions,
+        })
+    }
+
     /// The price book: the catalog's fee, minimum and every carrier's rate.
     pub fn price_book(&self) -> PriceBook {
         PriceBook {
@@ -368,6 +419,18 @@ impl Catalog {
             minimum: self.minimum_invoice,
             rates: self.carriers.iter().map(Carrier::rate).collect(),
         }
+    }
+}
+
+/// A rate of `milli_micros` thousandths of a micro-USDC per MB as a USDC decimal (`3_500_000` → `"0.0035"`).
+fn per_mb(milli_micros: u64) -> String {
+    let (whole, frac) = (milli_micros / 1_000_000_000, milli_micros % 1_000_000_000);
+    let frac = format!("{frac:09}");
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        whole.to_string()
+    } else {
+        format!("{whole}.{frac}")
     }
 }
 
@@ -627,7 +690,43 @@ mod tests {
             })
         );
         let err = cat.candidates(&r("mars-north"), None, true).unwrap_err();
-        assert_eq!(err.to_string(), "no carrier serves region mars-north");
+        assert_eq!(
+            err.to_string(),
+            "no carrier serves region mars-north (GET /v1/catalog lists the regions served)"
+        );
+    }
+
+    /// The public view: fees, rates as decimals, top-up prices, regions with their carriers (default first) and
+    /// roaming, and nothing of the facilitator's SM-DP+ business.
+    #[test]
+    fn the_public_view_prices_every_carrier_and_region() {
+        let v = Catalog::builtin().public_view(&[10, 100]);
+        assert_eq!(v["activation_fee_usdc"], "0.12", "{v}");
+        let tmo = v["carriers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "tmobile")
+            .unwrap();
+        assert_eq!(tmo["price_per_mb_usdc"], "0.003", "{tmo}");
+        assert_eq!(tmo["top_ups"][1]["data_mb"], 100);
+        assert_eq!(tmo["top_ups"][1]["amount_usdc"], "0.30", "{tmo}");
+        let text = v.to_string();
+        assert!(
+            !text.contains("es2") && !text.contains("requester"),
+            "{text}"
+        );
+        let west = v["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["region"] == "us-west")
+            .unwrap();
+        assert_eq!(west["carriers"][0], "tmobile", "{west}");
+        assert_eq!(
+            (per_mb(3_500_000), per_mb(2_000_000_000)),
+            ("0.0035".into(), "2".into())
+        );
     }
 
     #[test]
