@@ -114,6 +114,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "esim402=info,esim402_host=info,warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file or a collector gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -13,9 +13,26 @@ use crate::kv::{KvError, KvResult};
 pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(super) fn connect(path: &Path, vfs: &str) -> rusqlite::Result<Connection> {
+    create_private(path);
     let conn = Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
+}
+
+/// Create a store's file readable by its owner only (0600) when it does not exist yet: it holds payment records,
+/// sign-in nonces and, in development, the generated token key. SQLite gives its `-wal` and `-shm` files the
+/// database file's mode. (SQLite would create it with the process umask: world-readable, typically.) An
+/// existing file keeps its mode; a failure here leaves the open to SQLite, which reports it.
+fn create_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
 }
 
 /// A clear error when the file's lock is held by another process: by name, with the way to share it.

@@ -738,3 +738,20 @@ async fn a_failed_set_many_leaves_none_of_its_entries_to_commit() {
     );
     assert_eq!(committed_value(&path, "before").as_deref(), Some(&b"0"[..]));
 }
+
+/// A new store's file, and the WAL files SQLite makes beside it, are readable by their owner only (they hold
+/// payment records and, in development, the token key); before, they took the umask (typically 0644).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_store_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, path, store) = fresh();
+    store.set("a", b"1").await.unwrap();
+    store.barrier().await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    let wal = path.with_file_name("kv.db-wal");
+    if wal.exists() {
+        assert_eq!(mode(&wal), 0o600);
+    }
+}
