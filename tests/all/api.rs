@@ -383,3 +383,53 @@ async fn the_catalog_prices_what_the_402_charges() {
     );
     app.stop().await;
 }
+
+/// A browser paying a 402 from a page: the preflight answers 204 with the route's methods and the headers a
+/// payment needs, and answers carry `Access-Control-Allow-Origin` with the x402 headers exposed. Before, the
+/// preflight was 405 and a page could not send a payment.
+#[tokio::test(flavor = "multi_thread")]
+async fn browsers_may_pay_cross_origin() {
+    let app = spawn_app(options(StoreConfig::Memory)).await.unwrap();
+    let http = reqwest::Client::new();
+    let pre = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/esim/activate", app.url),
+        )
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "payment-signature, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    let h = pre.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(h["access-control-allow-methods"], "GET, POST");
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("payment-signature") && allowed.contains("content-type"));
+    let r = http
+        .post(format!("{}/v1/esim/activate", app.url))
+        .header("origin", "https://shop.example")
+        .json(&serde_json::json!({"region": "us-west", "data_mb": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("PAYMENT-REQUIRED"), "{exposed}");
+    // A path that is no route is not answered as one.
+    let none = http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/nothing", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
+    app.stop().await;
+}

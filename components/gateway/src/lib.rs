@@ -223,6 +223,17 @@ async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, Api
 #[http_service]
 async fn handle(req: Request) -> impl IntoResponse {
     let mut reply = answer(req).await;
+    // Any origin may read the API's answers (a browser wallet paying a 402): the credentials are headers a page
+    // must be given (a payment it signs, a token, a sign-in bound to its origin), never cookies.
+    let headers = reply.headers_mut();
+    headers.insert(
+        "access-control-allow-origin",
+        spin_sdk::http::HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        "access-control-expose-headers",
+        spin_sdk::http::HeaderValue::from_static(esim402_core::routes::CORS_EXPOSED),
+    );
     // Not on a 204 (the SM-DP+ callback's answer), which has no body and must not say it has one.
     if reply.status() != spin_sdk::http::StatusCode::NO_CONTENT {
         let length = spin_sdk::http::HeaderValue::from(reply.body().len());
@@ -237,6 +248,22 @@ async fn handle(req: Request) -> impl IntoResponse {
 async fn answer(req: Request) -> Reply {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // A browser's CORS preflight: what the route answers and the headers it reads.
+    if req.method() == Method::OPTIONS
+        && let Some(allow) = esim402_core::routes::allowed(&segments)
+    {
+        return Response::builder()
+            .status(204)
+            .header("allow", allow)
+            .header("access-control-allow-methods", allow)
+            .header(
+                "access-control-allow-headers",
+                esim402_core::routes::CORS_REQUEST_HEADERS,
+            )
+            .header("access-control-max-age", "600")
+            .body(String::new())
+            .unwrap_or_else(|_| unbuildable());
+    }
     if let Some(allow) = esim402_core::routes::allowed(&segments)
         && !allow.split(", ").any(|m| m == req.method().as_str())
     {

@@ -252,16 +252,13 @@ pub fn request_fingerprint(route: &str, body: &[u8], proof: &Proof) -> String {
     esim402_core::paid::fingerprint(&bytes)
 }
 
-/// A stored paid answer as an HTTP response (always `no-store`; the x402 headers exposed to browsers).
+/// A stored paid answer as an HTTP response (always `no-store`; `crate::handle` exposes the x402 headers to
+/// browsers).
 pub fn render(r: &StoredResponse) -> Reply {
     let mut b = Response::builder()
         .status(r.status)
         .header("content-type", "application/json")
-        .header("cache-control", "no-store")
-        .header(
-            "access-control-expose-headers",
-            "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
-        );
+        .header("cache-control", "no-store");
     for (k, v) in &r.headers {
         b = b.header(k.as_str(), v.as_str());
     }
@@ -293,10 +290,6 @@ pub fn payment_required(
         .header("content-type", "application/json")
         .header("cache-control", "no-store")
         .header("payment-required", header)
-        .header(
-            "access-control-expose-headers",
-            "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE",
-        )
         .body(body)
         .map_err(|e| ApiError::internal(e.to_string()))
 }

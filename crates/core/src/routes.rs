@@ -16,6 +16,15 @@ const fn r(path: &'static str, allow: &'static str) -> Route {
     Route { path, allow }
 }
 
+/// The request headers a browser may send cross-origin (answered to a CORS preflight): the body's type, the
+/// credentials and the x402 payment headers.
+pub const CORS_REQUEST_HEADERS: &str = "content-type, authorization, sign-in-with-x, payment-signature, \
+     x-payment, x-payment-proof, x-payment-proof-signature, x-invoice-id, x-agent-id, idempotency-key";
+
+/// The answer headers a browser's script may read: the x402 challenge and settlement, and `Allow`.
+pub const CORS_EXPOSED: &str =
+    "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE, Allow, Retry-After";
+
 /// Every route, literal ones first.
 pub const ROUTES: &[Route] = &[
     r("/health", "GET"),
