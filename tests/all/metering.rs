@@ -1334,6 +1334,17 @@ async fn bodies_and_queries_a_route_does_not_read_are_refused() {
         .await
         .unwrap();
     assert_eq!(form.status(), 415);
+    // Two credentials of one kind: refused, whichever comes first (before, the first was taken).
+    let twice = s
+        .http
+        .post(format!("{}{suspend}", s.url))
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", "Bearer sim_somebody_else")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
     let (_, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
     assert_eq!(sim["state"], "active", "nothing acted: {sim}");
     let (status, _, ok) = s.post(&suspend, &json!({}), &[]).await;
