@@ -173,7 +173,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             let Some(mb) = top_up_mb else {
                 return Err(e);
             };
-            if let Some(to) = switched_to(iccid).await.map_err(from_wit)? {
+            if let Some(to) = pay::switched_to(iccid).await.map_err(from_wit)? {
                 return Err(ApiError::new(
                     esim402_core::ErrorKind::Conflict,
                     esim402_core::esim::switched_away(iccid, &to),
@@ -308,16 +308,6 @@ pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
         200,
         json!({ "iccid": iccid, "from": from, "receipts": log }).to_string(),
     ))
-}
-
-/// The SIM a switch moved `iccid`'s balance to, as its metering account says (`None`: not switched away, or no
-/// account yet).
-pub async fn switched_to(iccid: &str) -> Result<Option<String>, wit::Error> {
-    match metering::get_balance(iccid.to_owned()).await {
-        Ok(b) => Ok(b.switched_to),
-        Err(wit::Error::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Metering's error for `sim`, which its caller has opened: an account not found is a 409 naming why (its

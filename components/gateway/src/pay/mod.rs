@@ -186,7 +186,7 @@ impl Order {
                 let sim = dispatch::get_sim(iccid.clone())
                     .await?
                     .ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
-                let switched_to = crate::meter::switched_to(iccid).await?;
+                let switched_to = switched_to(iccid).await?;
                 let state = esim402_guest::convert::sim_state(sim.state);
                 if let Some(why) =
                     esim402_core::esim::top_up_refused(iccid, state, switched_to.as_deref())
@@ -217,6 +217,16 @@ impl Order {
                 .await
             }
         }
+    }
+}
+
+/// The SIM a switch moved `iccid`'s balance to, as its metering account says (`None`: not switched away, or no
+/// account yet).
+pub async fn switched_to(iccid: &str) -> Result<Option<String>, wit::Error> {
+    match crate::metering::get_balance(iccid.to_owned()).await {
+        Ok(b) => Ok(b.switched_to),
+        Err(wit::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
