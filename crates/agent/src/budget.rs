@@ -56,7 +56,7 @@ impl Budget {
                     s.spends.push(spend.clone());
                     Ok(())
                 }
-                _ => Err(PolicyRefusal::MaxPerDay {
+                _ => Err(PolicyRefusal::WalletMaxPerDay {
                     spent,
                     price: spend.amount_usdc,
                     max: self.max_per_day,
@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(budget.reserve(&spend("b", 50_000), 1_000_000), Ok(Ok(())));
         assert!(matches!(
             budget.reserve(&spend("c", 50_000), 1_000_000),
-            Ok(Err(PolicyRefusal::MaxPerDay { .. }))
+            Ok(Err(PolicyRefusal::WalletMaxPerDay { .. }))
         ));
         budget.release("b").unwrap();
         assert_eq!(budget.reserve(&spend("c", 50_000), 1_000_000), Ok(Ok(())));
@@ -164,7 +164,7 @@ mod tests {
         );
         assert!(matches!(
             budget.reserve(&spend_at("b", 50_000, day + 6), day + 6),
-            Ok(Err(PolicyRefusal::MaxPerDay { .. }))
+            Ok(Err(PolicyRefusal::WalletMaxPerDay { .. }))
         ));
         assert_eq!(
             budget.reserve(&spend_at("c", 40_000, day + 7), day + 7),
@@ -195,7 +195,7 @@ mod tests {
         let back = today + 60;
         assert!(matches!(
             budget.reserve(&spend_at("again", 50_000, back), back),
-            Ok(Err(PolicyRefusal::MaxPerDay { .. }))
+            Ok(Err(PolicyRefusal::WalletMaxPerDay { .. }))
         ));
         assert_eq!(
             budget.reserve(&spend_at("small", 20_000, back), back),

@@ -14,8 +14,9 @@ Exit codes:
   0  done
   1  local problem: no or bad wallet key, unreadable state or policy file, a payment for the same purchase
      pending with another facilitator (run a command with --url of the origin named to collect it)
-  2  usage: bad arguments, no SIM to act on, a SIM just collected that a command without --iccid would
-     change or pay for (pass --iccid)
+  2  usage: bad arguments (an --iccid that is not an ICCID, a --data-mb or --top-up-mb outside 1 to 100000:
+     refused before anything is sent), no SIM to act on (none, or all terminated), a SIM just collected that
+     a command without --iccid would change or pay for (pass --iccid)
   3  refused by the spend policy: nothing was signed or paid
   4  refused by the facilitator: payment refused, or a 4xx answer (not found, conflict, ...)
   5  facilitator unreachable, 5xx, settlement still pending, a paid answer that could not be saved, or a
@@ -80,8 +81,8 @@ enum Command {
         /// Region (`us-west`, …).
         #[arg(long)]
         region: String,
-        /// Prepaid data in MB.
-        #[arg(long)]
+        /// Prepaid data in MB (1 to 100000).
+        #[arg(long, value_parser = data_mb)]
         data_mb: u64,
         /// A carrier of the region (else the facilitator picks).
         #[arg(long)]
@@ -130,8 +131,8 @@ enum Command {
     TopUp {
         #[command(flatten)]
         sim: Sim,
-        /// MB to buy.
-        #[arg(long)]
+        /// MB to buy (1 to 100000).
+        #[arg(long, value_parser = data_mb)]
         data_mb: u64,
     },
     /// Move the SIM to another carrier or region (paid; its unused data moves to the new SIM).
@@ -156,8 +157,9 @@ enum Command {
     /// disputed, never paid for), ask for quota, top up within the policy when verified usage runs low, and
     /// switch carrier (or region) when the signal stays weak or the attach is refused. One event per line.
     Watch(WatchArgs),
-    /// The cost model: a fleet's month pay-per-use vs a per-SIM plan, and the crossover volume (no wallet,
-    /// no network).
+    /// The cost model: a fleet's month pay-per-use vs a per-SIM plan, and the crossover volume where both cost
+    /// the same (none when pay-per-use is cheaper at every volume; with --json, `crossover_mb_per_device: null`).
+    /// A few lines, or JSON with --json. No wallet, no network.
     Cost(CostArgs),
     /// The paying proxy: devices send plain HTTP; 402s are paid from this wallet within each device's budget,
     /// every payment appended to an audit log (JSON lines).
@@ -189,17 +191,18 @@ struct WatchArgs {
     /// Quota asked for each tick, KB.
     #[arg(long, default_value_t = 1024)]
     quota_kb: u64,
-    /// Top-up size, MB (default: the smallest the facilitator offers).
-    #[arg(long)]
+    /// Top-up size, MB, 1 to 100000 (default: the smallest the facilitator offers).
+    #[arg(long, value_parser = data_mb)]
     top_up_mb: Option<u64>,
     /// A status file with the modem's current answers (dBm like -97, or +CSQ/+CESQ/+CEREG/+COPS lines), read
-    /// every tick.
+    /// every tick; one that cannot be read is no reading, and a warning each tick.
     #[arg(long)]
     signal_file: Option<PathBuf>,
     /// Read signal lines from stdin as they come.
     #[arg(long)]
     signal_stdin: bool,
-    /// A shell command printing the modem's answers, run every tick.
+    /// A shell command printing the modem's answers, run every tick; one that fails (a non-zero exit, killed,
+    /// over 10 s) is no reading, and a warning naming its exit status.
     #[arg(long)]
     signal_command: Option<String>,
     /// Switch when the level stays below this many dBm.
@@ -284,8 +287,32 @@ struct CostArgs {
 #[derive(clap::Args)]
 struct Sim {
     /// The SIM (default: the newest live SIM in the state directory).
-    #[arg(long)]
+    #[arg(long, value_parser = iccid)]
     iccid: Option<String>,
+}
+
+/// `--iccid`, checked as the facilitator checks it (18 to 20 digits, `89`, Luhn; a 19-digit one's `F` pad
+/// dropped) before anything is collected, signed or sent: a typo is a usage error (exit 2), not a request the
+/// facilitator refuses (exit 4) after this command has already sent every pending payment again.
+fn iccid(s: &str) -> Result<String, String> {
+    esim402_core::esim::Iccid::parse(s)
+        .map(|i| i.as_str().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// A data size in MB (`--data-mb`, `--top-up-mb`): the kernel's bounds (1 to 100000), checked here for the same
+/// reason as [`iccid`].
+fn data_mb(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .ok()
+        .and_then(|mb| esim402_core::DataMb::new(mb).ok())
+        .map(|mb| u64::from(mb.get()))
+        .ok_or_else(|| {
+            format!(
+                "want a whole number of MB from 1 to {}",
+                esim402_core::DataMb::MAX
+            )
+        })
 }
 
 fn agent(cli: &Cli) -> Result<Agent, AgentError> {
@@ -347,8 +374,14 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             plan_fee: c.plan_fee.clone(),
             plan_per_mb: c.plan_per_mb.clone(),
         };
-        let report = esim402_agent::cost::report(&inputs).map_err(AgentError::Usage)?;
-        print(cli.json, &report);
+        let figures = esim402_agent::cost::figures(&inputs).map_err(AgentError::Usage)?;
+        // The agent's own figures, like `pending`'s and `top-up`'s: lines for a person, JSON with --json (the
+        // commands that print JSON either way pass the facilitator's answers on as they came).
+        if cli.json {
+            println!("{}", figures.json());
+        } else {
+            println!("{}", figures.human());
+        }
         return Ok(());
     }
     if let Command::Proxy(p) = &cli.command {
@@ -638,5 +671,66 @@ async fn main() -> std::process::ExitCode {
             eprintln!("esim402-agent: {e}");
             std::process::ExitCode::from(code as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use clap::Parser as _;
+
+    use super::{Cli, Command};
+
+    /// Fix: a malformed `--iccid` (length, prefix, Luhn) and a data size outside the kernel's 1 to 100000 MB are
+    /// usage errors (exit 2) as the arguments are parsed, before any pending payment is sent again, anything
+    /// signed or the facilitator asked. Before, `status --iccid 123` and `top-up --data-mb 0` went to the
+    /// facilitator, which refused them (exit 4).
+    #[test]
+    fn bad_iccids_and_data_sizes_are_refused_as_arguments() {
+        let refused: [&[&str]; 8] = [
+            &["status", "--iccid", "123"],
+            &["balance", "--iccid", "8901260000000000015"],
+            &["terminate", "--iccid", "1201260000000000014"],
+            &["top-up", "--data-mb", "0"],
+            &["top-up", "--data-mb", "100001"],
+            &["top-up", "--data-mb", "lots"],
+            &["activate", "--region", "us-west", "--data-mb", "0"],
+            &["watch", "--top-up-mb", "0"],
+        ];
+        for args in refused {
+            let e =
+                Cli::try_parse_from(std::iter::once("esim402-agent").chain(args.iter().copied()))
+                    .err()
+                    .unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}: {e}"
+            );
+            assert_eq!(
+                e.exit_code(),
+                esim402_agent::ExitCode::Usage as i32,
+                "{args:?}"
+            );
+        }
+        let e = Cli::try_parse_from(["esim402-agent", "top-up", "--data-mb", "0"])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("1 to 100000"), "{e}");
+        // A good one is taken as the kernel writes it (a 19-digit ICCID's F pad dropped).
+        let cli = Cli::try_parse_from([
+            "esim402-agent",
+            "top-up",
+            "--iccid",
+            "8901260000000000014F",
+            "--data-mb",
+            "100000",
+        ])
+        .unwrap();
+        let Command::TopUp { sim, data_mb } = cli.command else {
+            panic!("not a top-up");
+        };
+        assert_eq!(sim.iccid.as_deref(), Some("8901260000000000014"));
+        assert_eq!(data_mb, 100_000);
     }
 }

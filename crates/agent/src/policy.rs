@@ -104,6 +104,20 @@ pub enum PolicyRefusal {
         /// The rule's limit.
         max: UsdcAmount,
     },
+    /// Would take the day's total of every agent sharing the wallet (the proxy's devices) above
+    /// `max_per_day_usdc` ([`crate::budget::Budget`]); [`PolicyRefusal::MaxPerDay`] is one agent's own day.
+    #[error(
+        "max_per_day_usdc, shared by every device of the wallet: {spent} USDC already spent today by all of \
+         them + {price} would exceed the daily {max}"
+    )]
+    WalletMaxPerDay {
+        /// Spent today so far by all of them.
+        spent: UsdcAmount,
+        /// The price.
+        price: UsdcAmount,
+        /// The rule's limit.
+        max: UsdcAmount,
+    },
     /// The network is not in `networks`.
     #[error("networks: {0} is not an allowed network")]
     Network(String),

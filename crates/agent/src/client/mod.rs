@@ -487,15 +487,10 @@ impl Agent {
 
     /// The SIM to act on: `iccid`, else the newest live SIM in the state directory.
     pub fn sim(&self, iccid: Option<&str>) -> Result<SimRecord, AgentError> {
-        self.state
-            .load()
-            .map_err(local)?
+        let state = self.state.load().map_err(local)?;
+        state
             .pick_sim(iccid)
-            .ok_or_else(|| {
-                AgentError::Usage(
-                    "no SIM in the state directory: run `activate` first or pass --iccid".into(),
-                )
-            })
+            .ok_or_else(|| AgentError::Usage(no_live_sim(&state)))
     }
 
     /// The credential for a SIM route: its access token if this facilitator issued it (a token never goes to
@@ -649,6 +644,34 @@ impl Agent {
     pub fn spent_today(&self) -> Result<UsdcAmount, AgentError> {
         Ok(self.state.load().map_err(local)?.spent_today(now()))
     }
+}
+
+/// Why a command without `--iccid` has no SIM to act on: the state directory holds none, or every SIM in it is
+/// terminated (the default is the newest live SIM). Then the newest is named, with how to see it: before, both
+/// read "run `activate` first", as if nothing had ever been bought.
+fn no_live_sim(state: &State) -> String {
+    let Some(newest) = state
+        .sims
+        .values()
+        .max_by_key(|s| (s.activated_at, s.iccid.clone()))
+    else {
+        return "no SIM in the state directory: run `activate` first or pass --iccid".into();
+    };
+    let all = match state.sims.len() {
+        1 => "its only SIM is terminated".to_owned(),
+        n => format!("all {n} of its SIMs are terminated"),
+    };
+    format!(
+        "no live SIM in the state directory: {all} (the newest: {iccid}{carrier}), and without --iccid a command \
+         acts on the newest live SIM: `esim402-agent status --iccid {iccid}` shows that one; `activate` buys a \
+         new SIM",
+        iccid = newest.iccid,
+        carrier = newest
+            .carrier
+            .as_deref()
+            .map(|c| format!(" on {c}"))
+            .unwrap_or_default(),
+    )
 }
 
 /// Keep in `state` the SIM a paid answer bought (its token out of the answer, bound to the facilitator `origin`
@@ -1348,6 +1371,51 @@ mod tests {
             .unwrap();
         let ended = a.status(Some("8901"), true).await.unwrap();
         assert!(ended.get("activation_code").is_none(), "{ended}");
+    }
+
+    /// Fix: when every SIM in the state is terminated, a command without --iccid (`status`, `balance`, …) says
+    /// so, naming the newest and how to see it (still a usage error, exit 2). Before, it said "no SIM in the
+    /// state directory: run `activate` first", as if nothing had ever been bought.
+    #[test]
+    fn with_every_sim_terminated_the_newest_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent("http://127.0.0.1:9", dir.path());
+        let e = a.sim(None).unwrap_err();
+        assert!(e.to_string().contains("run `activate` first"), "{e}");
+        let sim = |iccid: &str, at: u64| SimRecord {
+            iccid: iccid.to_owned(),
+            access_token: None,
+            activation_code: None,
+            region: Some("us-west".into()),
+            carrier: Some("tmobile".into()),
+            network: None,
+            activated_at: at,
+            terminated: true,
+            origin: None,
+            replaces: None,
+            data_mb: None,
+        };
+        a.state()
+            .update(|s| {
+                s.sims.insert("8901".into(), sim("8901", 200));
+            })
+            .unwrap();
+        let e = a.sim(None).unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Usage);
+        let text = e.to_string();
+        assert!(text.contains("its only SIM is terminated"), "{text}");
+        assert!(text.contains("8901 on tmobile"), "{text}");
+        assert!(text.contains("status --iccid 8901`"), "{text}");
+        assert!(!text.contains("run `activate` first"), "{text}");
+        assert!(!text.contains("  "), "one line, no runs of spaces: {text}");
+        a.state()
+            .update(|s| {
+                s.sims.insert("8902".into(), sim("8902", 100));
+            })
+            .unwrap();
+        let text = a.sim(None).unwrap_err().to_string();
+        assert!(text.contains("all 2 of its SIMs are terminated"), "{text}");
+        assert!(text.contains("the newest: 8901"), "{text}");
     }
 
     /// Fix: the agent's own client (the builder [`http_client`] builds, and nothing else) gives up on a

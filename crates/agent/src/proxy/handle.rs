@@ -21,7 +21,7 @@ use super::checks::is_paid_route;
 use super::devices::{MAX_BUSY_DEVICES, device_lock};
 use super::forward::Parts;
 use super::reply::{Reply, error_reply, json_reply};
-use super::shared::Shared;
+use super::shared::{Shared, over_budget};
 use crate::replay::{Recall, Requester, Slot, recall};
 use crate::state::Spend;
 use crate::{AgentError, StateDir};
@@ -188,9 +188,7 @@ impl Shared {
             Err(AgentError::Policy(refusal)) => error_reply(
                 403,
                 "over_budget",
-                &format!(
-                    "device {device} (or the wallet all devices share): {refusal}; nothing was paid"
-                ),
+                &over_budget(&device, &refusal, &self.policy, &self.settings),
             ),
             // A redirect the agent does not follow is no answer a device can follow either.
             Err(AgentError::Refused { status, message }) => {

@@ -9,8 +9,10 @@
 //! Each device is identified by a header (e.g. `X-Device-ID`) or, without one configured, by its source
 //! address, and has a budget: the gateway's spend policy narrowed to the device's per-payment and per-day
 //! limits, kept in a state directory of its own (`<state>/devices/<id>/`), so its spend history and any
-//! pending payment are its own. Over budget: 403 with a JSON error naming the rule, nothing paid. Every payment
-//! made for a device is appended to an audit log (JSON lines: time, device, path, invoice, amount, tx hash).
+//! pending payment are its own. Over budget: 403 with a JSON error naming the limit that refused it (the
+//! device's, or the wallet's: its own per payment or per day, or its daily cap all devices share) and the
+//! amounts, nothing paid. Every payment made for a device is appended to an audit log (JSON lines: time, device,
+//! path, invoice, amount, tx hash).
 //! One request at a time per device (a payment and its retry must not race); devices run in parallel.
 //! A paid answer is kept 15 minutes in the device's state: the same request (or `Idempotency-Key`) sent again
 //! within them by the same requester (its `Authorization` and `X-Agent-ID`, to the same facilitator; never with

@@ -34,6 +34,15 @@ pub(super) async fn respond(
         Err(why) => return error_reply(400, "invalid_input", &why),
     };
     let raw = match &shared.settings.device_header {
+        // One value: with two, whoever reads the first (a log, another proxy) would see another device than
+        // the one charged.
+        Some(h) if req.headers().get_all(h.as_str()).iter().nth(1).is_some() => {
+            return error_reply(
+                400,
+                "invalid_input",
+                &format!("the {h} header is sent twice"),
+            );
+        }
         Some(h) => match req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()) {
             Some(v) => v.to_owned(),
             None => return error_reply(400, "invalid_input", &format!("missing {h} header")),

@@ -11,6 +11,7 @@ use esim402_core::UsdcAmount;
 use tokio::sync::Mutex;
 
 use super::audit::AuditLog;
+use crate::policy::PolicyRefusal;
 use crate::{Agent, Config, SpendPolicy, StateDir};
 
 /// How the proxy runs.
@@ -63,4 +64,51 @@ impl Shared {
         )
         .with_budget(self.budget.clone())
     }
+}
+
+/// Why a device's payment was refused by a budget, for its 403: which limit refused it — the device's per-payment
+/// or per-day limit (`--device-max-per-payment`, `--device-max-per-day`), or the wallet's own (the spend
+/// policy's `max_per_payment_usdc`, its `max_per_day_usdc` reached by this device alone, or that cap shared by
+/// every device) — and the amounts, as [`Shared::agent_for`] narrowed the policy. Before, every refusal read
+/// "device d1 (or the wallet all devices share): …" and named neither. Any other rule of the policy (networks,
+/// assets, recipients) is named as the policy names it.
+pub(super) fn over_budget(
+    device: &str,
+    refusal: &PolicyRefusal,
+    policy: &SpendPolicy,
+    settings: &ProxySettings,
+) -> String {
+    let why = match refusal {
+        PolicyRefusal::MaxPerPayment { price, max }
+            if settings.device_max_per_payment <= policy.max_per_payment_usdc =>
+        {
+            format!(
+                "device_max_per_payment (--device-max-per-payment): device {device} may pay at most {max} USDC per \
+                 payment, and the offer costs {price} USDC"
+            )
+        }
+        PolicyRefusal::MaxPerPayment { price, max } => format!(
+            "max_per_payment_usdc (the wallet's spend policy): at most {max} USDC per payment, and the offer costs \
+             {price} USDC"
+        ),
+        PolicyRefusal::MaxPerDay { spent, price, max }
+            if settings.device_max_per_day <= policy.max_per_day_usdc =>
+        {
+            format!(
+                "device_max_per_day (--device-max-per-day): device {device} may pay at most {max} USDC a day; it has \
+                 spent {spent} USDC today, and this payment of {price} USDC would take it past that"
+            )
+        }
+        PolicyRefusal::MaxPerDay { spent, price, max } => format!(
+            "max_per_day_usdc (the wallet's spend policy): at most {max} USDC a day; device {device} alone has spent \
+             {spent} USDC today, and this payment of {price} USDC would take it past that"
+        ),
+        PolicyRefusal::WalletMaxPerDay { spent, price, max } => format!(
+            "max_per_day_usdc (the wallet's spend policy, shared by every device): at most {max} USDC a day for all \
+             devices together; they have spent {spent} USDC today, and this payment of {price} USDC would take them \
+             past that"
+        ),
+        other => format!("spend policy refused the payment for device {device}: {other}"),
+    };
+    format!("{why}; nothing was paid")
 }

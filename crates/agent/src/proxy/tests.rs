@@ -397,6 +397,10 @@ async fn a_device_gets_a_directory_only_once_a_payment_is_signed() {
         let (status, answer) = exchange(addr, &buy(&format!("pump-{n}"))).await;
         assert_eq!(status, 403, "{answer}");
     }
+    // The device header twice: refused before anything else (before, the first was taken).
+    let (status, answer) = exchange(addr, &buy("pump-1\r\nx-device-id: pump-2")).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("sent twice"), "{answer}");
     assert!(upstream.payments().is_empty());
     assert!(
         !dir.path().join("devices").exists(),
@@ -418,6 +422,98 @@ async fn a_device_gets_a_directory_only_once_a_payment_is_signed() {
     assert!(
         dir.path().join("devices/pump-9/lock").exists(),
         "locked as it signed"
+    );
+}
+
+/// Fix: a 403 over budget names the limit that refused the payment (the device's per-payment or per-day limit,
+/// the wallet's own per-payment or daily cap, or the daily cap every device shares) and the amounts. Before,
+/// every one read "device d1 (or the wallet all devices share): max_per_…", naming neither.
+#[tokio::test]
+async fn an_over_budget_refusal_names_the_limit_and_the_amounts() {
+    let buy = |addr: SocketAddr, id: &str| {
+        request(
+            addr,
+            "POST",
+            "/v1/esim/activate",
+            &format!("x-device-id: {id}\r\n"),
+            r#"{"region":"us-west","data_mb":1}"#,
+        )
+    };
+    let upstream = asks_everywhere().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy_with(&upstream.url, dir.path(), LIMITS, |s| {
+        s.device_header = Some("x-device-id".into());
+        s.device_max_per_payment = "0.10".parse().unwrap();
+    })
+    .await;
+    let (status, answer) = exchange(addr, &buy(addr, "pump-1")).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(
+        answer["error"]["message"],
+        "device_max_per_payment (--device-max-per-payment): device pump-1 may pay at most 0.10 USDC per payment, \
+         and the offer costs 0.42 USDC; nothing was paid"
+    );
+
+    let upstream = asks_everywhere().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy_with(&upstream.url, dir.path(), LIMITS, |s| {
+        s.device_header = Some("x-device-id".into());
+        s.device_max_per_day = "0.50".parse().unwrap();
+    })
+    .await;
+    assert_eq!(exchange(addr, &buy(addr, "pump-2")).await.0, 200);
+    let (status, answer) = exchange(addr, &buy(addr, "pump-2")).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(
+        answer["error"]["message"],
+        "device_max_per_day (--device-max-per-day): device pump-2 may pay at most 0.50 USDC a day; it has spent \
+         0.42 USDC today, and this payment of 0.42 USDC would take it past that; nothing was paid"
+    );
+
+    // The wallet's own limits, as the policy narrowed by the device's limits decides which refused.
+    use crate::policy::PolicyRefusal;
+    let usdc = |s: &str| s.parse::<esim402_core::UsdcAmount>().unwrap();
+    let settings = ProxySettings {
+        device_header: None,
+        device_max_per_payment: usdc("9"),
+        device_max_per_day: usdc("50"),
+        audit_log: dir.path().join("audit.jsonl"),
+        state_dir: dir.path().to_owned(),
+    };
+    let policy = SpendPolicy::default();
+    let said =
+        |refusal: PolicyRefusal| super::shared::over_budget("d1", &refusal, &policy, &settings);
+    assert_eq!(
+        said(PolicyRefusal::MaxPerPayment {
+            price: usdc("6"),
+            max: policy.max_per_payment_usdc,
+        }),
+        "max_per_payment_usdc (the wallet's spend policy): at most 5.00 USDC per payment, and the offer costs \
+         6.00 USDC; nothing was paid"
+    );
+    assert_eq!(
+        said(PolicyRefusal::MaxPerDay {
+            spent: usdc("19.8"),
+            price: usdc("0.42"),
+            max: policy.max_per_day_usdc,
+        }),
+        "max_per_day_usdc (the wallet's spend policy): at most 20.00 USDC a day; device d1 alone has spent 19.80 \
+         USDC today, and this payment of 0.42 USDC would take it past that; nothing was paid"
+    );
+    assert_eq!(
+        said(PolicyRefusal::WalletMaxPerDay {
+            spent: usdc("19.8"),
+            price: usdc("0.42"),
+            max: policy.max_per_day_usdc,
+        }),
+        "max_per_day_usdc (the wallet's spend policy, shared by every device): at most 20.00 USDC a day for all \
+         devices together; they have spent 19.80 USDC today, and this payment of 0.42 USDC would take them past \
+         that; nothing was paid"
+    );
+    assert_eq!(
+        said(PolicyRefusal::Network("eip155:8453".into())),
+        "spend policy refused the payment for device d1: networks: eip155:8453 is not an allowed network; nothing \
+         was paid"
     );
 }
 

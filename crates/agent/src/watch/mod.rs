@@ -306,11 +306,15 @@ impl Readings {
     async fn lines(&mut self) -> Result<Vec<String>, String> {
         match self {
             Self::None => Ok(Vec::new()),
+            // A file that cannot be read (not there yet, a wrong path, no permission) is no reading, and said so
+            // every tick: before, a missing one was taken silently for a quiet radio, and a watch on a mistyped
+            // path ran for good without a word, its switches never triggered.
             Self::File(p) => match tokio::fs::read_to_string(&*p).await {
                 Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
-                // No file yet: no reading.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                Err(e) => Err(format!("signal file {}: {e}", p.display())),
+                Err(e) => Err(format!(
+                    "signal file {} cannot be read: {e}; no radio reading this tick",
+                    p.display()
+                )),
             },
             Self::Stdin(rx) => {
                 let mut out = Vec::new();
@@ -322,12 +326,22 @@ impl Readings {
             Self::Command(c) => {
                 let run = signal_command(c).output();
                 match tokio::time::timeout(Duration::from_secs(10), run).await {
+                    // A command that failed (exited non-zero, or was killed) printed no reading to trust, whatever
+                    // it printed: before, its output counted, and a modem tool's stale or partial answer could
+                    // pass for the radio's.
+                    Ok(Ok(out)) if !out.status.success() => {
+                        Err(command_failed(out.status, &out.stderr))
+                    }
                     Ok(Ok(out)) => Ok(String::from_utf8_lossy(&out.stdout)
                         .lines()
                         .map(str::to_owned)
                         .collect()),
-                    Ok(Err(e)) => Err(format!("signal command: {e}")),
-                    Err(_) => Err("signal command took over 10 s".into()),
+                    Ok(Err(e)) => Err(format!(
+                        "signal command cannot be run: {e}; no radio reading this tick"
+                    )),
+                    Err(_) => {
+                        Err("signal command took over 10 s; no radio reading this tick".into())
+                    }
                 }
             }
         }
@@ -681,7 +695,8 @@ impl<'a> Watcher<'a> {
             // forever) ends the pass instead of looping with the state directory locked.
             if audit.next <= from {
                 warnings.push(format!(
-                    "the receipt log of {} answered a full page from position {from} without moving past it:                      the audit stops here this tick",
+                    "the receipt log of {} answered a full page from position {from} without moving past it: \
+                     the audit stops here this tick",
                     self.sim.iccid
                 ));
                 break;
@@ -689,7 +704,8 @@ impl<'a> Watcher<'a> {
         }
         if audit.log_end {
             warnings.push(format!(
-                "the receipt log of {} reached position {}, past which it cannot be followed: no later receipt                  is audited or counted as used",
+                "the receipt log of {} reached position {}, past which it cannot be followed: no later receipt \
+                 is audited or counted as used",
                 self.sim.iccid,
                 u64::MAX
             ));
@@ -763,7 +779,9 @@ impl<'a> Watcher<'a> {
         if let Some(last) = audit.last_top_up.filter(|t| t.unmet(credited)) {
             self.say(Event::Warning {
                 message: format!(
-                    "{}: the facilitator reports {credited} credited bytes, but the last top-up paid ({} bytes,                      on {} credited before it) should have raised that to {}: auto top-ups are stopped until it                      shows (check `esim402-agent balance --iccid {}`)",
+                    "{}: the facilitator reports {credited} credited bytes, but the last top-up paid ({} bytes, \
+                     on {} credited before it) should have raised that to {}: auto top-ups are stopped until it \
+                     shows (check `esim402-agent balance --iccid {}`)",
                     self.sim.iccid,
                     last.bytes,
                     last.credited_before,
@@ -888,6 +906,33 @@ fn signal_command(command: &str) -> tokio::process::Command {
         .env_remove(crate::config::KEY_ENV)
         .kill_on_drop(true);
     run
+}
+
+/// The longest part of a failed signal command's stderr a warning repeats.
+const COMMAND_ERROR_CHARS: usize = 80;
+
+/// The warning for a signal command that failed: its exit status (or the signal that killed it) and at most the
+/// first line of its stderr, cut to [`COMMAND_ERROR_CHARS`]: a hint at what went wrong, never its whole output
+/// (a modem tool may print more than belongs in logs).
+fn command_failed(status: std::process::ExitStatus, stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let first: String = stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(COMMAND_ERROR_CHARS)
+        .collect();
+    format!(
+        "signal command failed ({status}){}; its output is not taken as a reading: no radio reading this tick",
+        if first.is_empty() {
+            String::new()
+        } else {
+            format!(": {first:?}")
+        }
+    )
 }
 
 /// Where a new SIM's activation code is read (it is never printed by `watch`).
@@ -1198,6 +1243,104 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "key=unset");
     }
 
+    /// The messages of the warnings among `events`.
+    fn warnings(events: &[super::Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                super::Event::Warning { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Fix: a signal file that cannot be read (here: not there) is a warning every tick naming the file and the
+    /// error, and no reading. Before, a missing file was taken silently for a quiet radio: a watch given a wrong
+    /// path ran for good without a word, never able to switch.
+    #[tokio::test]
+    async fn a_signal_file_that_cannot_be_read_is_warned_of_every_tick() {
+        let sim = iccid("890126000000000001");
+        let f = facilitator(vec![(
+            200,
+            crate::testing::sim_answer(&iccid("890126000000000002")),
+        )])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_sim(&f.url, dir.path(), &sim);
+        let missing = dir.path().join("no-such-status");
+        let mut s = settings(&sim, Some(super::SignalSource::File(missing.clone())));
+        s.ticks = Some(2);
+        let events = one_tick(&agent, s).await;
+        let warned: Vec<_> = warnings(&events)
+            .into_iter()
+            .filter(|m| m.contains(&missing.display().to_string()))
+            .collect();
+        assert_eq!(warned.len(), 2, "one a tick: {events:?}");
+        assert!(warned[0].contains("No such file"), "{}", warned[0]);
+        assert!(warned[0].contains("no radio reading"), "{}", warned[0]);
+        assert!(f.payments().is_empty(), "{events:?}");
+    }
+
+    /// Fix: a signal command that fails (exits non-zero, or is killed) gives no reading, whatever it printed, and
+    /// a warning names its exit status with at most the first line of its stderr. Before, its exit status was
+    /// ignored: here its `-120` was a weak reading and paid for a switch.
+    #[tokio::test]
+    async fn a_failing_signal_command_is_no_reading() {
+        for (command, status) in [
+            (
+                "echo -120; printf 'modem not found\\nsecret=abc\\n' >&2; exit 3",
+                "exit status: 3",
+            ),
+            ("echo -120; kill -9 $$", "signal: 9"),
+        ] {
+            let sim = iccid("890126000000000001");
+            let f = facilitator(vec![(
+                200,
+                crate::testing::sim_answer(&iccid("890126000000000002")),
+            )])
+            .await;
+            let dir = tempfile::tempdir().unwrap();
+            let agent = agent_with_sim(&f.url, dir.path(), &sim);
+            let events = one_tick(
+                &agent,
+                settings(&sim, Some(super::SignalSource::Command(command.into()))),
+            )
+            .await;
+            assert!(f.payments().is_empty(), "{events:?}");
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| matches!(e, super::Event::Moving { .. })),
+                "{events:?}"
+            );
+            let warned = warnings(&events);
+            let failed = warned
+                .iter()
+                .find(|m| m.starts_with("signal command failed"))
+                .unwrap_or_else(|| panic!("{events:?}"));
+            assert!(failed.contains(status), "{failed}");
+            assert!(!failed.contains("secret"), "one line at most: {failed}");
+            if status.starts_with("exit") {
+                assert!(failed.contains("modem not found"), "{failed}");
+            }
+        }
+        // A command that succeeds is read as before.
+        let sim = iccid("890126000000000001");
+        let f = facilitator(vec![(
+            200,
+            crate::testing::sim_answer(&iccid("890126000000000002")),
+        )])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_sim(&f.url, dir.path(), &sim);
+        let events = one_tick(
+            &agent,
+            settings(&sim, Some(super::SignalSource::Command("echo -120".into()))),
+        )
+        .await;
+        assert_eq!(f.payments().len(), 1, "a weak reading moves: {events:?}");
+    }
+
     /// An agent on `url` whose state holds `iccid` activated with `data_mb`, its audit at `verified_bytes`.
     fn agent_with_audit(
         url: &str,
@@ -1279,6 +1422,11 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, super::Event::Warning { message }
                 if message.contains("auto top-ups are stopped"))),
+            "{events:?}"
+        );
+        // Fix: the warning's source lines are joined with one space (they held runs of indentation before).
+        assert!(
+            warnings(&events).iter().all(|m| !m.contains("  ")),
             "{events:?}"
         );
         let st = agent.state().load().unwrap();
@@ -1402,6 +1550,10 @@ mod tests {
                 if message.contains("without moving past it"))),
             "{:?}",
             events.last()
+        );
+        assert!(
+            warnings(&events).iter().all(|m| !m.contains("  ")),
+            "{events:?}"
         );
         let asked = same.seen().iter().filter(|s| s.method == "GET").count();
         assert_eq!(asked, 2, "the page, then the same page again");
