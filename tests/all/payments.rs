@@ -2304,14 +2304,37 @@ async fn a_short_tx_hash_transfer_is_refused_and_owed_back() {
     );
     assert_eq!(refused["charged"], true, "{refused}");
     assert_eq!(refused["refund"]["amount"], short.to_string(), "{refused}");
-    let (again, _, same) = s.post("/v1/esim/activate", &body, &proof).await;
+    assert_eq!(refused["invoice_ended"], true, "{refused}");
+    let (again, _, same) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
+        .await;
     assert_eq!((again, &same["refund"]), (402, &refused["refund"]));
-    // The invoice stays open for a transfer of its amount.
+    // The invoice is ended (refunds are once per invoice: a later payment of it could not be owed back): a
+    // transfer of its amount presented for it is refused without being taken, and pays a new invoice.
+    let (fresh, _) = s.invoice(&body).await;
+    let fresh_id = fresh["invoice_id"].as_str().unwrap().to_owned();
     let paid_tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
-    let (status, _, paid) = s
+    let (status, _, ended) = s
         .post("/v1/esim/activate", &body, &proof_headers(&paid_tx, &id))
         .await;
+    assert_eq!(ended["invoice_ended"], true, "{status} {ended}");
+    let (status, _, paid) = s
+        .post(
+            "/v1/esim/activate",
+            &body,
+            &proof_headers(&paid_tx, &fresh_id),
+        )
+        .await;
     assert_eq!(status, 200, "{paid}");
+    // Dust is refused and claimed by nothing (a refund's gas is not worth it).
+    let (dusty, _) = s.invoice(&body).await;
+    let dusty_id = dusty["invoice_id"].as_str().unwrap().to_owned();
+    let dust = pay_directly(&s, chain::RECIPIENT, U256::from(9_999u64)).await;
+    let (status, _, refused_dust) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&dust, &dusty_id))
+        .await;
+    assert_eq!(status, 402, "{refused_dust}");
+    assert_eq!(refused_dust["charged"], Value::Null, "{refused_dust}");
     for _ in 0..2 {
         let (status, summary) = s.run_refunds().await;
         assert_eq!(status, 200, "{summary}");
@@ -2319,8 +2342,8 @@ async fn a_short_tx_hash_transfer_is_refused_and_owed_back() {
     }
     assert_eq!(
         s.balance(agent()).await,
-        start - price(&req),
-        "the short transfer came back; the full one paid"
+        start - price(&req) - U256::from(9_999u64),
+        "the short transfer came back; the new invoice paid; the dust stays"
     );
     let (kinds, verify) = s.ledger().await;
     assert_eq!(verify["ok"], true, "{verify}");

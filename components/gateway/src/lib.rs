@@ -249,7 +249,9 @@ async fn answer(req: Request) -> Reply {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     // A browser's CORS preflight: what the route answers and the headers it reads.
+    // Not for the operator's routes or the SM-DP+'s callback: no page has business there.
     if req.method() == Method::OPTIONS
+        && !matches!(segments.first(), Some(&"admin" | &"gsma"))
         && let Some(allow) = esim402_core::routes::allowed(&segments)
     {
         return Response::builder()

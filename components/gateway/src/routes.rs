@@ -153,7 +153,10 @@ pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
     };
     let credential = crate::auth::credential(req, false)
         .await
-        .map_err(|e| listing_needs(Some(e)))?;
+        .map_err(|e| match e.kind {
+            ErrorKind::Unauthorized => listing_needs(Some(e)),
+            _ => e,
+        })?;
     let wit::Credential::Wallet(wallet) = credential else {
         return Err(listing_needs(None));
     };

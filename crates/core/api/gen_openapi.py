@@ -5,7 +5,7 @@ E = {"$ref": "#/components/responses/Error"}
 def err(desc): return {"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 def js(ref): return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
 owner = [{"simToken": []}, {"signInWithX": []}]
-iccid = {"name": "iccid", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]{18,20}[Ff]?$"}, "description": "ICCID (Luhn-checked; a trailing F pad is accepted and dropped)"}
+iccid = {"name": "iccid", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^([0-9]{18,20}|[0-9]{19}[Ff])$"}, "description": "ICCID (Luhn-checked; a trailing F pad is accepted and dropped)"}
 slug = {"type": "string", "pattern": "^[a-z0-9-]{2,32}$"}
 common = {"400": err("malformed input; `error.field` names it"), "401": err("missing or malformed credential"),
           "404": err("no such SIM, or the credential does not open it (the same answer)"), "405": err("method not allowed; `Allow` lists the methods")}
@@ -47,7 +47,7 @@ paths = {
      {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "the previous page's `next` (0: the first page)"},
      {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}, "description": "positions of the wallet's index per page (default 100)"}],
    "responses": {"200": {"description": "`{sims: [...], next}`: `next` is the following page's `after`, `null` after the last"}, **pick("400", "401")}}},
- "/v1/catalog": {"get": {"operationId": "catalog", "summary": "regions, carriers and prices: the activation, minimum-invoice and switch fees, each carrier's price per MB, top-up prices, home networks and receipt signer, each region's carriers (default first) and roaming policy", "responses": {"200": {"description": "the catalog"}, "503": err("the carrier catalog cannot be loaded")}}},
+ "/v1/catalog": {"get": {"operationId": "catalog", "summary": "regions, carriers and prices: the activation, minimum-invoice and switch fees, each carrier's price per MB, top-up prices, home networks and receipt signer, each region's carriers (default first) and roaming policy", "responses": {"200": {"description": "the catalog"}, "500": err("the carrier catalog cannot be loaded (readiness names why)")}}},
  "/v1/invoices/{id}": {"get": {"operationId": "getInvoice", "summary": "an invoice read back from its sealed id", "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}], "responses": {"200": {"description": "the invoice; `status` is open, pending (a payment is being settled), paid, expired, refunded (paid, the purchase failed, the money owed back) or failed (a payment's purchase failed without moving money, which ended it: request a new invoice)"}, **pick("400", "404")}}},
  "/v1/esim/{iccid}": {"get": {"operationId": "getSim", "summary": "the SIM (no carrier calls)", "security": owner, "parameters": [iccid], "responses": {"200": {"description": "the SIM", "content": js("Sim")}, **pick("400", "401", "404")}}},
 }

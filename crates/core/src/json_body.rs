@@ -20,6 +20,7 @@ pub fn no_params(body: &[u8]) -> Result<(), (String, String)> {
         return Ok(());
     }
     match parse(body) {
+        Ok(Value::Null) => Ok(()),
         Ok(Value::Object(m)) => match m.keys().next() {
             None => Ok(()),
             Some(k) => Err((
@@ -143,7 +144,7 @@ mod tests {
 
     #[test]
     fn a_route_without_parameters_takes_an_empty_body_or_object_only() {
-        for ok in [&b""[..], b"  \n", b"{}", b" { } "] {
+        for ok in [&b""[..], b"  \n", b"{}", b" { } ", b"null"] {
             assert_eq!(no_params(ok), Ok(()), "{:?}", String::from_utf8_lossy(ok));
         }
         assert_eq!(no_params(br#"{"reason":"x"}"#).unwrap_err().0, "reason");

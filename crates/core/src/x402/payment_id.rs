@@ -73,6 +73,7 @@ pub fn payment_id_of(payload: &PaymentPayload) -> Result<Option<PaymentId>, &'st
     // An extension that is not an object (or whose `info` is not one) is malformed, not absent: taken for
     // absent, its retry would be a new payment where the client meant the same one.
     let info = match ext {
+        Value::Null => return Ok(None),
         Value::Object(o) => o.get("info"),
         _ => return Err("payment-identifier must be an object with info.id"),
     };
@@ -142,6 +143,10 @@ mod tests {
             assert!(payment_id_of(&p).is_err(), "{bad}");
         }
         // The extension, or its `info`, not an object: malformed, not absent (before, read as no id).
+        assert_eq!(
+            payment_id_of(&payload(Some(json!({ KEY: null })))),
+            Ok(None)
+        );
         for bad in [json!("nonsense"), json!(["x"]), json!({"info": "nonsense"})] {
             let p = payload(Some(json!({ KEY: bad })));
             assert!(payment_id_of(&p).is_err(), "{bad}");

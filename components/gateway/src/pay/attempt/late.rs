@@ -52,8 +52,11 @@ impl Attempt<'_> {
 
     /// A payment refused with `reason` (x402). For a tx-hash proof refused as `insufficient_funds` the verifier
     /// claimed the transfer, mined in time and final, as one that pays nothing: it is owed back like a late
-    /// transfer, and the 402 says so (`charged: true`, the refund). Before, the money stayed at `payTo` with no
-    /// refund. A transfer the verifier could not claim (it also executes authorizations) gets the plain 402.
+    /// transfer, and the 402 says so (`charged: true`, the refund, `invoice_ended`). Before, the money stayed at
+    /// `payTo` with no refund. The answer ends the invoice (request a new one): refunds are once per invoice,
+    /// so a later payment of it could not have been owed back, and a second short transfer would have been
+    /// claimed with nowhere to record its refund. A transfer the verifier did not claim (it also executes
+    /// authorizations, or moved less than `MIN_SHORT_REFUND`) gets the plain 402.
     pub(in crate::pay) async fn refused(&self, reason: &str) -> (wit::PaymentEnd, StoredResponse) {
         let challenge = self.challenge(reason);
         let wit::PaymentProof::TxHash(proof) = self.proof.wit() else {
@@ -66,7 +69,12 @@ impl Attempt<'_> {
         let why = format!("transfer {hash} moved less than the invoice's amount");
         let refund = match self.record_refund(&hash, &why).await {
             Ok(refund) => refund,
-            Err(wit::Error::Conflict(_) | wit::Error::NotFound(_)) => {
+            Err(wit::Error::NotFound(_)) => return (wit::PaymentEnd::Release, challenge),
+            Err(e @ (wit::Error::Conflict(_) | wit::Error::InvalidInput(_))) => {
+                eprintln!(
+                    "gateway: OPERATOR: REFUND NOT RECORDED for the short transfer {hash} of {}: {e:?}",
+                    self.invoice.id
+                );
                 return (wit::PaymentEnd::Release, challenge);
             }
             Err(e) => {
@@ -79,14 +87,16 @@ impl Attempt<'_> {
         };
         let mut body: Value = serde_json::from_str(&challenge.body).unwrap_or_else(|_| json!({}));
         body["error"]["message"] = Value::String(format!(
-            "payment refused: {reason}: {why}; it is owed back to its payer (pay the invoice's amount in one \
-             transfer)"
+            "payment refused: {reason}: {why}; it is owed back to its payer, and this invoice is ended: request \
+             a new one and pay its amount in one transfer"
         ));
         body["charged"] = Value::Bool(true);
         body["refund"] = refund;
+        body["invoice_ended"] = Value::Bool(true);
+        // No challenge headers: the invoice takes no other payment.
         (
-            wit::PaymentEnd::Release,
-            stored(challenge.status, challenge.headers, body.to_string()),
+            wit::PaymentEnd::Done,
+            stored(challenge.status, vec![], body.to_string()),
         )
     }
 }

@@ -15,6 +15,10 @@ use super::Context;
 use crate::chain::{Chain, unavailable};
 use crate::rpc::CALL_TIMEOUT;
 
+/// The least a short transfer must move (micro-USDC, $0.01) to be claimed and owed back: below it, a refund's
+/// gas is not worth it, and dust transfers would make the treasury pay gas at will.
+const MIN_SHORT_REFUND: u64 = 10_000;
+
 /// What the chain says about a presented transaction.
 pub(super) enum Proof {
     /// It pays the invoice, on this network (CAIP-2), moving this much (at least the invoice's amount; `None`
@@ -164,6 +168,10 @@ impl Context {
         let (paid, short) = match check_tx_hash_proof(&receipt, requirements, head) {
             Ok(transfer) => (transfer.value, false),
             Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
+            // Too little to be worth a refund's gas (or nothing): refused, nothing claimed.
+            Err(ProofError::Underpaid { paid, .. }) if paid < U256::from(MIN_SHORT_REFUND) => {
+                return Ok(Proof::Refused(InvalidReason::InsufficientFunds));
+            }
             Err(ProofError::Underpaid { paid, .. }) => {
                 if receipt.confirmations(head) < requirements.min_confirmations {
                     return Ok(Proof::NotYet);
