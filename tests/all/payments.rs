@@ -2335,6 +2335,14 @@ async fn a_short_tx_hash_transfer_is_refused_and_owed_back() {
         .await;
     assert_eq!(status, 402, "{refused_dust}");
     assert_eq!(refused_dust["charged"], Value::Null, "{refused_dust}");
+    // The refusal says why in words, not by its code alone.
+    let message = refused_dust["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("moved less than the invoice's amount"),
+        "{refused_dust}"
+    );
     for _ in 0..2 {
         let (status, summary) = s.run_refunds().await;
         assert_eq!(status, 200, "{summary}");

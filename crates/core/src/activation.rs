@@ -137,7 +137,7 @@ impl ActivationRequest {
             .transpose()?;
         let eid = optional_str(&obj, "eid")?.map(parse_eid).transpose()?;
         let payer = optional_str(&obj, "payer")?
-            .map(|p| parse_address(p).map_err(|e| ApiError::invalid("payer", e.0)))
+            .map(|p| crate::chain::parse_payer(p).map_err(|e| ApiError::invalid("payer", e.0)))
             .transpose()?;
         let networks = match obj.get("chain") {
             None | Some(Value::Null) => Vec::new(),
@@ -157,6 +157,12 @@ impl ActivationRequest {
                 ));
             }
         };
+        if matches!(obj.get("chain"), Some(Value::Array(items)) if items.is_empty()) {
+            return Err(ApiError::invalid(
+                "chain",
+                "chain must name at least one network (leave it out for every network)",
+            ));
+        }
         if networks.len() > MAX_CHAINS {
             return Err(ApiError::invalid(
                 "chain",
@@ -354,6 +360,13 @@ mod tests {
                 br#"{"region":"us-west","data_mb":1,"payer":"0x12"}"#,
                 "payer",
             ),
+            // The zero address signs nothing; an empty chain list prefers nothing (before: accepted, and every
+            // network offered).
+            (
+                br#"{"region":"us-west","data_mb":1,"payer":"0x0000000000000000000000000000000000000000"}"#,
+                "payer",
+            ),
+            (br#"{"region":"us-west","data_mb":1,"chain":[]}"#, "chain"),
             (
                 br#"{"region":"us-west","data_mb":1,"chain":"dogecoin"}"#,
                 "chain",

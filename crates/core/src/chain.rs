@@ -99,6 +99,18 @@ impl From<Network> for String {
     }
 }
 
+/// A payer named in a request: an address ([`parse_address`]) that is not the zero address (no key signs for
+/// it, so an invoice sealed to it could never be paid).
+pub fn parse_payer(s: &str) -> Result<Address, ChainError> {
+    let a = parse_address(s)?;
+    if a == Address::ZERO {
+        return Err(ChainError(
+            "the zero address cannot sign a payment: name the paying wallet".into(),
+        ));
+    }
+    Ok(a)
+}
+
 /// Parse a `0x`-prefixed 20-byte hex address (any case; checksums are not enforced on input).
 pub fn parse_address(s: &str) -> Result<Address, ChainError> {
     let hex_part = s

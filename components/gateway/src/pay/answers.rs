@@ -212,10 +212,18 @@ impl Answers<'_> {
     /// so, and when to send the same proof again.
     pub fn challenge(&self, reason: &str) -> StoredResponse {
         let pending = reason == InvalidReason::SettlementPending.as_str();
-        let message = if pending {
-            "the transfer is not mined or not confirmed enough yet; send the same proof again shortly".to_owned()
-        } else {
-            format!("payment refused: {reason}")
+        let cause = match (self.proof.kind, reason.parse::<InvalidReason>()) {
+            (Kind::TxHash, Ok(r)) => r.tx_hash_cause(),
+            _ => None,
+        };
+        let message = match cause {
+            _ if pending => {
+                "the transfer is not mined or not confirmed enough yet; send the same proof again \
+                 shortly"
+                    .to_owned()
+            }
+            Some(cause) => format!("payment refused: {reason}: {cause}"),
+            None => format!("payment refused: {reason}"),
         };
         // The same code as the exact flow's `pending` answer: clients key on it to keep the payment and retry.
         let code = if pending {

@@ -56,11 +56,11 @@ impl QuotaRequest {
                 "payer" => {
                     let a = v
                         .as_str()
-                        .and_then(|s| crate::chain::parse_address(s).ok())
+                        .and_then(|s| crate::chain::parse_payer(s).ok())
                         .ok_or_else(|| {
                             ApiError::invalid(
                                 "payer",
-                                "payer must be a 0x-prefixed 20-byte address",
+                                "payer must be a 0x-prefixed 20-byte address, not the zero address",
                             )
                         })?;
                     out.payer = Some(a.to_checksum(None));
@@ -112,6 +112,10 @@ mod tests {
         assert_eq!(field(r#"{"invoice_id": 3}"#).as_deref(), Some("invoice_id"));
         assert_eq!(field(r#"{"x": 1}"#).as_deref(), Some("x"));
         assert_eq!(field(r#"{"payer": "0x12"}"#).as_deref(), Some("payer"));
+        assert_eq!(
+            field(r#"{"payer": "0x0000000000000000000000000000000000000000"}"#).as_deref(),
+            Some("payer")
+        );
         let q = QuotaRequest::parse(br#"{"payer": "0xa0ee7a142d267c1f36714e4a8f75612f20a79720"}"#)
             .unwrap();
         assert_eq!(

@@ -106,6 +106,29 @@ reasons! {
 }
 
 impl InvalidReason {
+    /// What this refusal of a tx-hash proof (a transfer presented as an invoice's payment) means, in words, for
+    /// the reasons that scheme gives; `None` for the others. Before, a proof's refusal named only the code.
+    pub const fn tx_hash_cause(self) -> Option<&'static str> {
+        Some(match self {
+            Self::InvalidTransactionState => {
+                "the transfer was mined before the invoice was issued (it pays something else), or is not from the \
+                 invoice's payer"
+            }
+            Self::InsufficientFunds => "the transfer moved less than the invoice's amount",
+            Self::RecipientMismatch => "the transfer's recipient is not the invoice's payTo",
+            Self::InvalidPayload => {
+                "the transaction moves none of the invoice's token to its payTo"
+            }
+            Self::TransactionFailed => "the transaction reverted",
+            Self::Signature => "the proof signature is not the invoice payer's",
+            Self::InvalidNetwork => "none of the invoice's networks is enabled here",
+            Self::InvalidPaymentRequirements => {
+                "the invoice's terms no longer match this deployment's token: request a new invoice"
+            }
+            _ => return None,
+        })
+    }
+
     /// Whether a settlement with this reason may still complete (only [`InvalidReason::SettlementPending`]).
     pub const fn is_pending(self) -> bool {
         matches!(self, Self::SettlementPending)
@@ -141,6 +164,20 @@ impl<'de> Deserialize<'de> for InvalidReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tx-hash proof's refusals read in words; the `exact` scheme's keep their codes alone.
+    #[test]
+    fn tx_hash_refusals_say_why() {
+        for r in [
+            InvalidReason::InvalidTransactionState,
+            InvalidReason::InsufficientFunds,
+            InvalidReason::RecipientMismatch,
+            InvalidReason::Signature,
+        ] {
+            assert!(r.tx_hash_cause().is_some_and(|c| c.len() > 10), "{r}");
+        }
+        assert_eq!(InvalidReason::NonceAlreadyUsed.tx_hash_cause(), None);
+    }
 
     #[test]
     fn wire_strings_round_trip_and_are_unique() {
