@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::api_error::ApiError;
-use crate::chain::{Address, Network, parse_address};
+use crate::chain::{Address, Network, parse_payer};
 use crate::esim::eid::Eid;
 use crate::ids::{CarrierId, DataMb, InvoiceId, Region};
 
@@ -137,7 +137,7 @@ impl ActivationRequest {
             .transpose()?;
         let eid = optional_str(&obj, "eid")?.map(parse_eid).transpose()?;
         let payer = optional_str(&obj, "payer")?
-            .map(|p| crate::chain::parse_payer(p).map_err(|e| ApiError::invalid("payer", e.0)))
+            .map(|p| parse_payer(p).map_err(|e| ApiError::invalid("payer", e.0)))
             .transpose()?;
         let networks = match obj.get("chain") {
             None | Some(Value::Null) => Vec::new(),
