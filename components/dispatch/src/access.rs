@@ -64,8 +64,8 @@ pub async fn authorize(iccid: &str, credential: &wit::Credential) -> Result<wit:
 
 /// Whether `by`, a credential [`authorize`] accepted for this request, still opens `sim` as stored now (inside
 /// the cell update that acts on it): a token rotated away since, or a record recorded over for another payer,
-/// does not (404, as `authorize` answers it, and nothing changes). Without this, a leaked token's request authorized just before its owner's rotation
-/// could rotate again after it and keep the SIM.
+/// does not (404, as `authorize` answers it, and nothing changes). Without this, a leaked token's request
+/// authorized just before its owner's rotation could rotate again after it and keep the SIM.
 pub fn still_opens(sim: &StoredSim, by: &wit::Credential) -> Result<(), wit::Error> {
     let opens = match by {
         wit::Credential::Token(t) => {

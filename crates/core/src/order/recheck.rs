@@ -6,12 +6,12 @@
 //!
 //! So the gateway keeps the paid request of an activation it answered "order pending" ([`Resend`], dispatch
 //! `keep-resend`, `cleanup/resend/<invoice>`); when a sweep withdraws that order unpaid, its invoice is listed
-//! for a recheck (`cleanup/recheck`, a [`crate::store::retry`] list); the operator's cleanup run sends each such request again, as the
-//! payer would ([`is_final`]): an authorization executed meanwhile is settled by that transaction and owed back,
-//! one never executed ends as "nothing charged"; one without a final answer is taken again after a doubling
-//! wait, at most [`crate::store::retry::MAX_TRIES`]
-//! times. A request kept for an order that was delivered, or parked as paid, is dropped
-//! when its parked entry leaves; one whose order moved to another profile (a failover) stays for that one's.
+//! for a recheck (`cleanup/recheck`, a [`crate::store::retry`] list); the operator's cleanup run sends each
+//! such request again, as the payer would ([`is_final`]): an authorization executed meanwhile is settled by that
+//! transaction and owed back, one never executed ends as "nothing charged"; one without a final answer is taken
+//! again after a doubling wait, at most [`crate::store::retry::MAX_TRIES`] times. A request kept for an order
+//! that was delivered, or parked as paid, is dropped when its parked entry leaves; one whose order moved to
+//! another profile (a failover) stays for that one's.
 //!
 //! The kept request holds the signed authorization (the payment header): only ever settled to `payTo`, and
 //! useless once its `validBefore` passed, which every recheck is after.

@@ -23,7 +23,7 @@
 //! | `secret/sim-token-key` | dispatch | the access-token key generated on first use when `access_token_secret` is not set |
 //! | `cleanup/queue` | dispatch | carrier-side work still owed (cancels) |
 //! | `cleanup/resend/<invoice id>`, `cleanup/recheck` | dispatch | an `exact` activation's paid request kept while its order is pending, and the invoices of such orders withdrawn unpaid, whose requests the operator's cleanup run sends again (`crate::order::recheck`) |
-//! | `cleanup/unrefunded` | dispatch | terminated SIMs whose unused-data refunds are not recorded yet, which the operator's cleanup run records (`crate::store::retry`) |
+//! | `cleanup/unrefunded` | dispatch | terminated SIMs whose unused-data refunds could not be recorded, which the operator's cleanup run records (`crate::store::retry`) |
 //! | `cleanup/parked` | dispatch | pending orders to withdraw once their payment can no longer settle (`crate::order::parked`) |
 //! | `balance/<iccid>` | metering | a SIM's account: credits with data left, used-up credits folded, suspension flag, closing refunds (`crate::usage::account`) |
 //! | `meter/<iccid>/used` | metering | counter: bytes charged to the SIM (only ever incremented) |

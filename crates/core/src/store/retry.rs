@@ -4,10 +4,10 @@
 //! Used for withdrawn `exact` activations to recheck on chain (`order::recheck`, `cleanup/recheck`) and for
 //! terminated SIMs whose refunds could not be recorded (`cleanup/unrefunded`).
 //!
-//! Rules a caller must keep: [`push`] an item as soon as its work is owed and may be left undone, [`settle`] with
-//! [`Tried::Done`] only once it is done; a run [`take`]s what is due, which counts a try and sets the next wait whether or not that run ever
-//! settles it (a run cut short, or two at once, neither holds the list up nor tries one twice in a wait). After
-//! [`MAX_TRIES`] an item leaves the list for an operator (the caller logs it).
+//! Rules a caller must keep: [`push`] an item as soon as its work is owed and may be left undone, [`settle`]
+//! with [`Tried::Done`] only once it is done; a run [`take`]s what is due, which counts a try and sets the next
+//! wait whether or not that run ever settles it (a run cut short, or two at once, neither holds the list up nor
+//! tries one twice in a wait). After [`MAX_TRIES`] an item leaves the list for an operator (the caller logs it).
 
 use serde::{Deserialize, Serialize};
 
