@@ -1994,11 +1994,7 @@ async fn a_refund_waits_while_a_reorganisation_has_taken_its_payment() {
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["paid"].as_array().unwrap().len(), 1, "{summary}");
     assert_eq!(s.balance(agent()).await, start);
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
-    for (kind, n) in [("refund_owed", 1), ("refund_paid", 1)] {
-        assert_eq!(kinds.iter().filter(|k| *k == kind).count(), n, "{kinds:?}");
-    }
+    assert_one_refund_owed_and_paid(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2283,6 +2279,25 @@ async fn a_tx_hash_proof_waits_for_its_confirmations() {
     assert_eq!(paid["transaction"], tx.as_str());
 }
 
+/// Run the refund job twice, mining two blocks after each: a second run once the refund's transfer has the
+/// network's confirmations (up to 3 in these tests).
+async fn pay_owed_refunds(s: &PayStack) {
+    for _ in 0..2 {
+        let (status, summary) = s.run_refunds().await;
+        assert_eq!(status, 200, "{summary}");
+        s.rpc("anvil_mine", json!([2])).await;
+    }
+}
+
+/// The ledger verifies and holds one `refund_owed` and one `refund_paid`.
+async fn assert_one_refund_owed_and_paid(s: &PayStack) {
+    let (kinds, verify) = s.ledger().await;
+    assert_eq!(verify["ok"], true, "{verify}");
+    for (kind, n) in [("refund_owed", 1), ("refund_paid", 1)] {
+        assert_eq!(kinds.iter().filter(|k| *k == kind).count(), n, "{kinds:?}");
+    }
+}
+
 /// A transfer of less than the invoice's amount, mined in time: refused `insufficient_funds`, and owed back
 /// whole (`charged: true`, the refund); sent again, the same answer and nothing owed twice; a transfer of the
 /// amount then pays the invoice. Before, the short transfer's money stayed at `payTo` with no refund.
@@ -2343,21 +2358,13 @@ async fn a_short_tx_hash_transfer_is_refused_and_owed_back() {
         message.contains("moved less than the invoice's amount"),
         "{refused_dust}"
     );
-    for _ in 0..2 {
-        let (status, summary) = s.run_refunds().await;
-        assert_eq!(status, 200, "{summary}");
-        s.rpc("anvil_mine", json!([2])).await;
-    }
+    pay_owed_refunds(&s).await;
     assert_eq!(
         s.balance(agent()).await,
         start - price(&req) - U256::from(9_999u64),
         "the short transfer came back; the new invoice paid; the dust stays"
     );
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
-    for (kind, n) in [("refund_owed", 1), ("refund_paid", 1)] {
-        assert_eq!(kinds.iter().filter(|k| *k == kind).count(), n, "{kinds:?}");
-    }
+    assert_one_refund_owed_and_paid(&s).await;
 }
 
 /// A tx-hash proof's deadline is judged by the transfer's block: a transfer mined while the invoice was open pays
@@ -2439,20 +2446,12 @@ async fn a_tx_hash_transfer_mined_before_the_deadline_pays_after_it() {
         .await;
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["transaction"], in_time.as_str(), "{paid}");
-    // The refund job returns it (a second run once its transfer has the network's 3 confirmations).
-    for _ in 0..2 {
-        let (status, summary) = s.run_refunds().await;
-        assert_eq!(status, 200, "{summary}");
-        s.rpc("anvil_mine", json!([2])).await;
-    }
+    // The refund job returns it.
+    pay_owed_refunds(&s).await;
     assert_eq!(
         s.balance(agent()).await,
         start - price(&req),
         "the late transfer came back; the one in time paid"
     );
-    let (kinds, verify) = s.ledger().await;
-    assert_eq!(verify["ok"], true, "{verify}");
-    for (kind, n) in [("refund_owed", 1), ("refund_paid", 1)] {
-        assert_eq!(kinds.iter().filter(|k| *k == kind).count(), n, "{kinds:?}");
-    }
+    assert_one_refund_owed_and_paid(&s).await;
 }

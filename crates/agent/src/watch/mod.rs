@@ -1243,6 +1243,19 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "key=unset");
     }
 
+    /// A facilitator that answers a switch with a new SIM, and an agent on it (its state in the returned
+    /// directory) holding `sim`: where a weak signal reading pays for a switch.
+    async fn switchable(sim: &str) -> (crate::testing::Server, tempfile::TempDir, Agent) {
+        let f = facilitator(vec![(
+            200,
+            crate::testing::sim_answer(&iccid("890126000000000002")),
+        )])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent_with_sim(&f.url, dir.path(), sim);
+        (f, dir, agent)
+    }
+
     /// The messages of the warnings among `events`.
     fn warnings(events: &[super::Event]) -> Vec<String> {
         events
@@ -1260,13 +1273,7 @@ mod tests {
     #[tokio::test]
     async fn a_signal_file_that_cannot_be_read_is_warned_of_every_tick() {
         let sim = iccid("890126000000000001");
-        let f = facilitator(vec![(
-            200,
-            crate::testing::sim_answer(&iccid("890126000000000002")),
-        )])
-        .await;
-        let dir = tempfile::tempdir().unwrap();
-        let agent = agent_with_sim(&f.url, dir.path(), &sim);
+        let (f, dir, agent) = switchable(&sim).await;
         let missing = dir.path().join("no-such-status");
         let mut s = settings(&sim, Some(super::SignalSource::File(missing.clone())));
         s.ticks = Some(2);
@@ -1294,13 +1301,7 @@ mod tests {
             ("echo -120; kill -9 $$", "signal: 9"),
         ] {
             let sim = iccid("890126000000000001");
-            let f = facilitator(vec![(
-                200,
-                crate::testing::sim_answer(&iccid("890126000000000002")),
-            )])
-            .await;
-            let dir = tempfile::tempdir().unwrap();
-            let agent = agent_with_sim(&f.url, dir.path(), &sim);
+            let (f, _dir, agent) = switchable(&sim).await;
             let events = one_tick(
                 &agent,
                 settings(&sim, Some(super::SignalSource::Command(command.into()))),
@@ -1326,13 +1327,7 @@ mod tests {
         }
         // A command that succeeds is read as before.
         let sim = iccid("890126000000000001");
-        let f = facilitator(vec![(
-            200,
-            crate::testing::sim_answer(&iccid("890126000000000002")),
-        )])
-        .await;
-        let dir = tempfile::tempdir().unwrap();
-        let agent = agent_with_sim(&f.url, dir.path(), &sim);
+        let (f, _dir, agent) = switchable(&sim).await;
         let events = one_tick(
             &agent,
             settings(&sim, Some(super::SignalSource::Command("echo -120".into()))),
