@@ -248,11 +248,12 @@ async fn handle(req: Request) -> impl IntoResponse {
 async fn answer(req: Request) -> Reply {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let allowed = esim402_core::routes::allowed(&segments);
     // A browser's CORS preflight: what the route answers and the headers it reads.
     // Not for the operator's routes or the SM-DP+'s callback: no page has business there.
     if req.method() == Method::OPTIONS
         && !matches!(segments.first(), Some(&"admin" | &"gsma"))
-        && let Some(allow) = esim402_core::routes::allowed(&segments)
+        && let Some(allow) = allowed
     {
         return Response::builder()
             .status(204)
@@ -266,7 +267,7 @@ async fn answer(req: Request) -> Reply {
             .body(String::new())
             .unwrap_or_else(|_| unbuildable());
     }
-    if let Some(allow) = esim402_core::routes::allowed(&segments)
+    if let Some(allow) = allowed
         && !allow.split(", ").any(|m| m == req.method().as_str())
     {
         let e = ApiError::new(
