@@ -88,8 +88,9 @@ def main() -> None:
     print(f"topped up {grant['topped_up_mb']} MB (tx {grant['transaction']}); granted {grant['granted_kb']} KB, "
           f"{grant['remaining_kb']} KB left")
     balance = check(plain.get(f"{url}/v1/esim/{iccid}/balance", timeout=30), 200, "balance")
-    if balance["credited_bytes"] != 20_000_000:
-        fail(f"credited {balance['credited_bytes']} bytes, expected 20000000 (10 MB + a 10 MB top-up, once)")
+    expected = (10 + low["top_up_options"][0]["data_mb"]) * 1_000_000
+    if grant["topped_up_mb"] != low["top_up_options"][0]["data_mb"] or balance["credited_bytes"] != expected:
+        fail(f"credited {balance['credited_bytes']} bytes, expected {expected} (10 MB + the offered top-up, once)")
 
     check(plain.post(f"{url}/v1/esim/{iccid}/data", json={"quota_kb": 100}, timeout=30), 200, "quota again")
     moved = check(requests.post(f"{traffic}/admin/usage", json={"iccid": iccid, "bytes": 500_000}, timeout=120),

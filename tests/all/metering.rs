@@ -116,12 +116,16 @@ async fn usage_drains_the_balance_and_the_python_client_pays_a_top_up() {
     assert_eq!(status, 402, "{low}");
     assert_eq!(low["remaining_kb"], 50);
     let options = low["top_up_options"].as_array().unwrap();
+    // The smallest standard size (10 MB) would cost the $0.05 minimum: the offer is the most data that
+    // buys at $0.003/MB, 16 MB; then 50 and 100 MB at the rate.
     assert_eq!(
-        options[0],
-        json!({"data_mb": 10, "amount_usdc": "0.05"}),
-        "10 MB at $0.003/MB, floored at $0.05"
+        options,
+        &[
+            json!({"data_mb": 16, "amount_usdc": "0.05"}),
+            json!({"data_mb": 50, "amount_usdc": "0.15"}),
+            json!({"data_mb": 100, "amount_usdc": "0.30"}),
+        ]
     );
-    assert_eq!(options.len(), 3);
     let challenge =
         decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
     assert_eq!(
@@ -146,7 +150,7 @@ async fn usage_drains_the_balance_and_the_python_client_pays_a_top_up() {
     .await;
     assert_eq!(out["status"], 200, "{out}");
     assert_eq!(out["body"]["granted_kb"], 100, "{out}");
-    assert_eq!(out["body"]["topped_up_mb"], 10);
+    assert_eq!(out["body"]["topped_up_mb"], 16);
     assert!(
         out["body"].get("activation_code").is_none(),
         "a top-up never shows the code"
@@ -154,7 +158,7 @@ async fn usage_drains_the_balance_and_the_python_client_pays_a_top_up() {
     assert_eq!(out["payment_response"]["success"], true);
     assert_eq!(s.balance(agent()).await, start - U256::from(50_000u64));
     let b = balance(&s, &iccid).await;
-    assert_eq!(b["credited_bytes"], 11_000_000, "credited once: {b}");
+    assert_eq!(b["credited_bytes"], 17_000_000, "credited once: {b}");
     assert_eq!(b["low"], false);
 
     // Quota again, and the network moves data again.
@@ -302,15 +306,16 @@ async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
         .await;
     assert_eq!(status, 409);
     let b = balance(&s, &iccid).await;
-    assert_eq!(b["credited_bytes"], 11_000_000);
-    assert_eq!(b["remaining_bytes"], 9_900_000);
+    // 1 MB activated, 16 MB topped up (the default offer: what the $0.05 minimum buys).
+    assert_eq!(b["credited_bytes"], 17_000_000);
+    assert_eq!(b["remaining_bytes"], 15_900_000);
     let (_, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
     assert_eq!(sim["state"], "active", "{sim}");
     assert_eq!(s.balance(agent()).await, start - U256::from(50_000u64));
 
-    // Terminate: 9.9 MB of the 10 MB top-up unused → 0.0495 USDC (49 500 atomic) owed back; once.
+    // Terminate: 15.9 MB of the 16 MB top-up unused → 15.9/16 of $0.05 (49 687.5, rounded down) owed back; once.
     let (refund, term) = terminated_unused(&s, &iccid).await;
-    assert_eq!(refund["amount"], "49500", "atomic units: {term}");
+    assert_eq!(refund["amount"], "49687", "atomic units: {term}");
     // Terminating again (the owner's wallet: the token is revoked) answers the same refunds, owing any the
     // first terminate could not record, and nothing twice.
     let terminate = format!("/v1/esim/{iccid}/terminate");
@@ -327,7 +332,7 @@ async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
     assert_eq!(status, 200, "{summary}");
     assert_eq!(
         s.balance(agent()).await,
-        start - U256::from(50_000u64) + U256::from(49_500u64)
+        start - U256::from(50_000u64) + U256::from(49_687u64)
     );
     // Terminating revoked the access token; the owner's wallet still manages the SIM, which takes no top-up.
     let (status, _, late) = s.post(&data, &json!({}), &[]).await;
@@ -405,10 +410,10 @@ async fn the_readme_metering_demo_runs() {
     std::fs::write(&facts, json.to_string()).unwrap();
     let stdout = crate::python_client::run_demo("scripts/demo_metering.py", &s.url, facts).await;
     assert!(
-        stdout.contains("quota: 402, top-up options: 10 MB for 0.05 USDC"),
+        stdout.contains("quota: 402, top-up options: 16 MB for 0.05 USDC"),
         "{stdout}"
     );
-    assert!(stdout.contains("topped up 10 MB"), "{stdout}");
+    assert!(stdout.contains("topped up 16 MB"), "{stdout}");
     assert!(
         stdout.contains("ledger: 200 {") && stdout.contains("\"ok\":true"),
         "{stdout}"
@@ -691,7 +696,8 @@ async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
         .await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["transaction"], first["transaction"]);
-    assert_eq!(balance(&s, &iccid).await["credited_bytes"], 11_000_000);
+    // 1 MB activated, 16 MB topped up (what the $0.05 minimum buys).
+    assert_eq!(balance(&s, &iccid).await["credited_bytes"], 17_000_000);
     // The same id with a different request is refused.
     let (status, _, other) = s
         .post(

@@ -185,8 +185,11 @@ impl Guest for Component {
         switching::perform_switch(&iccid, &target, &invoice_id, now, withdraw).await
     }
 
-    async fn quote_top_up(iccid: String, data_mb: u32) -> Result<wit::Quote, wit::Error> {
-        sims::quote_top_up(&iccid, data_mb).await
+    async fn quote_top_ups(
+        iccid: String,
+        asked: Option<u32>,
+    ) -> Result<Vec<wit::Quote>, wit::Error> {
+        sims::quote_top_ups(&iccid, asked).await
     }
 
     async fn data_value(

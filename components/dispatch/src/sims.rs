@@ -20,6 +20,7 @@ use esim402_core::esim::{
 use esim402_core::join::join_all;
 use esim402_core::order::{self, StoredSim, after_progress, retire_replaced};
 use esim402_core::store::keys;
+use esim402_core::usage::account::TOP_UP_SIZES_MB;
 use esim402_core::{CarrierId, DataMb, Region, UsdcAmount};
 use esim402_guest::convert::{self, internal, invalid, kv_err, sim_to_wit};
 use esim402_guest::kv::{self, Change};
@@ -135,27 +136,32 @@ pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
         .map(|s| sim_to_wit(&s))
 }
 
-/// `quote-top-up`: more data for a live SIM at its carrier's rate (kernel pricing).
-pub async fn quote_top_up(iccid: &str, data_mb: u32) -> Result<wit::Quote, wit::Error> {
+/// `quote-top-ups`: more data for a live SIM at its carrier's rate (kernel `PriceBook::top_up_offers`).
+pub async fn quote_top_ups(iccid: &str, asked: Option<u32>) -> Result<Vec<wit::Quote>, wit::Error> {
     let cfg = crate::config::get().await?;
     let sim = existing(iccid).await?;
     // Where the balance is (a switch moved it) is metering's to say: the gateway asks before it sells one.
     if let Some(why) = top_up_refused(iccid, sim.state, None) {
         return Err(wit::Error::Conflict(why));
     }
-    let mb = DataMb::new(data_mb.into()).map_err(|e| invalid("top_up_mb", e.0))?;
+    let asked = asked
+        .map(|mb| DataMb::new(mb.into()).map_err(|e| invalid("top_up_mb", e.0)))
+        .transpose()?;
     let carrier = CarrierId::parse(&sim.carrier).map_err(|e| internal(e.0))?;
-    let amount = cfg
+    let offers = cfg
         .price_book
-        .top_up(&carrier, mb)
+        .top_up_offers(&carrier, asked, &TOP_UP_SIZES_MB)
         .ok_or_else(|| not_sold(&carrier))?;
-    Ok(wit::Quote {
-        carrier: sim.carrier.clone(),
-        region: sim.region.clone(),
-        data_mb,
-        amount: amount.micros(),
-        sealed: None,
-    })
+    Ok(offers
+        .into_iter()
+        .map(|(mb, amount)| wit::Quote {
+            carrier: sim.carrier.clone(),
+            region: sim.region.clone(),
+            data_mb: mb.get(),
+            amount: amount.micros(),
+            sealed: None,
+        })
+        .collect())
 }
 
 /// `data-value`: the data of an activation paid `paid` (kernel `PriceBook::sealed_data_value` with the

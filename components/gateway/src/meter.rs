@@ -81,7 +81,7 @@ pub async fn recover_held() -> usize {
 /// `POST /v1/esim/{iccid}/data`: the next quota (asked by the owner, or by the SIM's carrier with its
 /// credential, as online charging does). Above the low-water mark, 200 with the grant; below it — or whenever
 /// the request names `top_up_mb`, a purchase — 402 with top-up options and an x402 challenge for one of them
-/// (`top_up_mb`, default the smallest). The same request sent again with a payment pays that top-up, credits
+/// (`top_up_mb`, default the smallest, raised to the most data the minimum invoice buys). The same request sent again with a payment pays that top-up, credits
 /// it once and gets its grant. Paying is never gated: a request with a payment, or one without a credential
 /// that names `top_up_mb`, is a top-up anyone may buy for any SIM (its 402 shows the price, not the balance).
 pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
@@ -111,12 +111,17 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         Ok(c) => crate::auth::open(iccid, c).await,
         Err(e) => Err(e),
     };
-    let offered = top_up_mb.unwrap_or(TOP_UP_SIZES_MB[0]);
     let payer = &payer;
-    let quote = |mb: u32| async move {
-        dispatch::quote_top_up(iccid.to_owned(), mb)
+    // The top-ups to offer, priced (kernel `PriceBook::top_up_offers`): the one asked for first, else the
+    // smallest standard size raised to the most data the minimum invoice buys.
+    let offers = || async move {
+        let quotes = dispatch::quote_top_ups(iccid.to_owned(), top_up_mb)
             .await
-            .map_err(from_wit)
+            .map_err(from_wit)?;
+        if quotes.is_empty() {
+            return Err(ApiError::internal("no top-up is offered for this SIM"));
+        }
+        Ok::<_, ApiError>(quotes)
     };
     // Seal the invoice for a quoted top-up (nothing is stored).
     let seal = |quote: &wit::Quote| {
@@ -132,13 +137,13 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     if let Some(proof) = proof {
         let named = body_invoice.or(invoice_header);
         let invoice = pay::invoice_for(&proof, named.as_ref(), || async {
-            seal(&quote(offered).await?).await
+            seal(&offers().await?[0]).await
         })
         .await?;
         // Any top-up invoice of this SIM may be paid here: the order is what the invoice says.
         let (data_mb, payer) = match &invoice.purchase {
             wit::Purchase::TopUp(t) if t.iccid == iccid => (t.data_mb, t.payer.clone()),
-            _ => (offered, payer.clone()),
+            _ => (top_up_mb.unwrap_or(TOP_UP_SIZES_MB[0]), payer.clone()),
         };
         // A request that names its size must be the one the invoice was issued for (as an activation's must):
         // before, a 10 MB invoice paid with `top_up_mb: 50` answered 200, and the client believed it had 50 MB.
@@ -179,7 +184,10 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
                     esim402_core::esim::switched_away(iccid, &to),
                 ));
             }
-            let q = quote(mb).await?;
+            // `mb` is the one asked for, so the first offer.
+            let Some(q) = offers().await?.into_iter().find(|q| q.data_mb == mb) else {
+                return Err(ApiError::internal("the top-up asked for was not priced"));
+            };
             let invoice = seal(&q).await?;
             let extra = json!({
                 "iccid": iccid, "status": "top_up",
@@ -229,12 +237,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             format!("SIM {iccid} is {why}: no quota is granted"),
         ));
     }
-    let mut sizes = vec![offered];
-    sizes.extend(TOP_UP_SIZES_MB.iter().copied().filter(|s| *s != offered));
-    let mut quotes = Vec::with_capacity(sizes.len());
-    for mb in sizes {
-        quotes.push(quote(mb).await?);
-    }
+    let quotes = offers().await?;
     let options = quotes
         .iter()
         .map(|q| json!({ "data_mb": q.data_mb, "amount_usdc": UsdcAmount::from_micros(q.amount) }))

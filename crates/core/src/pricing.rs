@@ -138,6 +138,39 @@ impl PriceBook {
         Some(self.usage(carrier, data_mb)?.max(self.minimum))
     }
 
+    /// The most data a top-up on `carrier` sells at the minimum invoice: the largest size whose data costs
+    /// no more than it (at $0.003/MB and a $0.05 minimum, 16 MB); `None` for an unknown carrier.
+    pub fn minimum_top_up_mb(&self, carrier: &CarrierId) -> Option<u32> {
+        let rate = u128::from(self.rate(carrier)?.milli_micros_per_mb);
+        // `usage(n) = ceil(rate × n / 1000) ≤ minimum` exactly when `rate × n ≤ 1000 × minimum`.
+        let most = (u128::from(self.minimum.micros()) * 1000)
+            .checked_div(rate)
+            .unwrap_or(u128::MAX);
+        Some(u32::try_from(most).unwrap_or(u32::MAX).min(DataMb::MAX))
+    }
+
+    /// The top-ups to offer for a SIM on `carrier`, with their prices: `asked` first when the request named
+    /// one, then each of `sizes` raised to [`Self::minimum_top_up_mb`] (a size below it costs the minimum all
+    /// the same, so the offer is the most data that price buys), without repeats. `None` for an unknown carrier.
+    pub fn top_up_offers(
+        &self,
+        carrier: &CarrierId,
+        asked: Option<DataMb>,
+        sizes: &[u32],
+    ) -> Option<Vec<(DataMb, UsdcAmount)>> {
+        let floor = self.minimum_top_up_mb(carrier)?;
+        let mut offers: Vec<(DataMb, UsdcAmount)> = Vec::with_capacity(sizes.len() + 1);
+        let lifted = sizes
+            .iter()
+            .filter_map(|mb| DataMb::new(u64::from((*mb).max(floor))).ok());
+        for mb in asked.into_iter().chain(lifted) {
+            if !offers.iter().any(|(seen, _)| *seen == mb) {
+                offers.push((mb, self.top_up(carrier, mb)?));
+            }
+        }
+        Some(offers)
+    }
+
     /// The price of `data_mb` on `carrier`, or `None` for an unknown carrier.
     pub fn quote(&self, carrier: &CarrierId, data_mb: DataMb) -> Option<UsdcAmount> {
         self.with_fee(self.usage(carrier, data_mb)?)
@@ -315,6 +348,49 @@ mod tests {
         let (amount, quoted) = book.priced(&c("tmobile"), one).unwrap();
         assert_eq!(amount, paid);
         assert_eq!(quoted.data_value, micros(3_000));
+    }
+
+    #[test]
+    fn top_ups_below_the_minimum_are_offered_as_the_most_data_it_buys() {
+        let book = seed();
+        let mb = |n: u64| DataMb::new(n).unwrap();
+        let offers = |carrier: &str, asked: Option<u64>| -> Vec<(u32, u64)> {
+            book.top_up_offers(&c(carrier), asked.map(mb), &[10, 50, 100])
+                .unwrap()
+                .into_iter()
+                .map(|(mb, amount)| (mb.get(), amount.micros()))
+                .collect()
+        };
+        // $0.05 buys 16 MB at $0.003 (17 MB is $0.051), 14 MB at $0.0035 (15 MB is $0.0525).
+        assert_eq!(book.minimum_top_up_mb(&c("tmobile")), Some(16));
+        assert_eq!(book.minimum_top_up_mb(&c("verizon")), Some(14));
+        assert_eq!(
+            offers("tmobile", None),
+            [(16, 50_000), (50, 150_000), (100, 300_000)]
+        );
+        assert_eq!(
+            offers("verizon", None),
+            [(14, 50_000), (50, 175_000), (100, 350_000)]
+        );
+        // What the request asked for comes first, as asked, and is not offered twice.
+        assert_eq!(
+            offers("tmobile", Some(10)),
+            [(10, 50_000), (16, 50_000), (50, 150_000), (100, 300_000)]
+        );
+        assert_eq!(
+            offers("tmobile", Some(50)),
+            [(50, 150_000), (16, 50_000), (100, 300_000)]
+        );
+        // A rate so low the minimum buys more than the largest top-up: one offer, the largest.
+        let mut cheap = seed();
+        cheap.rates[0].milli_micros_per_mb = 1;
+        assert_eq!(cheap.minimum_top_up_mb(&c("tmobile")), Some(DataMb::MAX));
+        let all = cheap
+            .top_up_offers(&c("tmobile"), None, &[10, 50, 100])
+            .unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0.get(), DataMb::MAX);
+        assert_eq!(book.top_up_offers(&c("att"), None, &[10]), None);
     }
 
     #[test]

@@ -364,7 +364,8 @@ impl Catalog {
     /// What an agent needs to choose a region and carrier and see the price before asking for a 402 (`GET
     /// /v1/catalog`): the fees, every carrier's rate per MB, its home networks, its receipt signer and the price
     /// of each of `top_up_sizes` (MB), and every region's carriers (default first) and roaming policy. No
-    /// SM-DP+ address, requester id or profile type (the facilitator's business with the carrier).
+    /// SM-DP+ address, requester id or profile type (the facilitator's business with the carrier). The top-ups
+    /// are those a low-balance 402 offers ([`PriceBook::top_up_offers`]).
     pub fn public_view(&self, top_up_sizes: &[u32]) -> serde_json::Value {
         use serde_json::json;
         let book = self.price_book();
@@ -372,13 +373,11 @@ impl Catalog {
             .carriers
             .iter()
             .map(|c| {
-                let top_ups: Vec<_> = top_up_sizes
-                    .iter()
-                    .filter_map(|mb| {
-                        let amount =
-                            book.top_up(&c.id, crate::ids::DataMb::new((*mb).into()).ok()?)?;
-                        Some(json!({ "data_mb": mb, "amount_usdc": amount }))
-                    })
+                let top_ups: Vec<_> = book
+                    .top_up_offers(&c.id, None, top_up_sizes)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(mb, amount)| json!({ "data_mb": mb.get(), "amount_usdc": amount }))
                     .collect();
                 json!({
                     "id": c.id, "name": c.name,
@@ -709,6 +708,9 @@ mod tests {
             .find(|c| c["id"] == "tmobile")
             .unwrap();
         assert_eq!(tmo["price_per_mb_usdc"], "0.003", "{tmo}");
+        // 10 MB would cost the $0.05 minimum, which buys 16 MB: the offer is 16 MB.
+        assert_eq!(tmo["top_ups"][0]["data_mb"], 16, "{tmo}");
+        assert_eq!(tmo["top_ups"][0]["amount_usdc"], "0.05", "{tmo}");
         assert_eq!(tmo["top_ups"][1]["data_mb"], 100);
         assert_eq!(tmo["top_ups"][1]["amount_usdc"], "0.30", "{tmo}");
         let text = v.to_string();
