@@ -111,6 +111,19 @@ impl Agent {
         .await
     }
 
+    /// Whether a payment signed for this request (`body` `None`: a GET) is still pending in this agent's state,
+    /// which [`Agent::pay_for_device`] would send again. A state that cannot be read answers `true`: paying
+    /// reports why, where forwarding the request unpaid could leave a pending payment behind for good.
+    pub fn has_pending(&self, path: &str, body: Option<&Value>) -> bool {
+        let Ok(state) = self.state.load() else {
+            return true;
+        };
+        !matches!(
+            pending_for(&state, &self.config.origin(), path, body),
+            Ok((_, None))
+        )
+    }
+
     /// [`Agent::pay`], with `keep` recording in the state what the paid answer bought (a SIM), in the very save
     /// that ends the payment: a failed save or a crash leaves the payment pending, so the same command run again
     /// collects the answer again (the facilitator replays it), never a paid answer that was not kept (a failed

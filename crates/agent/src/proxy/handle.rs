@@ -62,28 +62,41 @@ impl Shared {
         } else {
             None
         };
-        let (status, headers, body) = match self.forward(&req).await {
-            Ok(a) => a,
-            Err(e) => {
-                let why = match e {
-                    crate::client::SendError::Transport(e) => {
-                        format!("facilitator unreachable: {e}")
-                    }
-                    e @ crate::client::SendError::TooLarge { .. } => format!("facilitator: {e}"),
-                };
-                return error_reply(502, "unavailable", &why);
-            }
+        // A payment still pending for this very request (its answer lost on the way) is sent again before
+        // anything else. Forwarded unpaid first, the request may no longer be answered 402 (a switch already made
+        // answers 409, a quota request is granted) and the payment would stay pending, its purchase never
+        // delivered.
+        let resend = slot.is_some() && {
+            let body = (req.method != reqwest::Method::GET)
+                .then(|| serde_json::from_slice::<Value>(&req.body).ok())
+                .flatten();
+            let parsed = req.method == reqwest::Method::GET || body.is_some();
+            parsed && self.agent_for(&device).has_pending(&req.path, body.as_ref())
         };
-        if status != 402 {
-            let mut r = Response::new(Full::new(body));
-            *r.status_mut() =
-                hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-            for name in [reqwest::header::CONTENT_TYPE, reqwest::header::ALLOW] {
-                if let Some(v) = headers.get(&name) {
-                    r.headers_mut().insert(name, v.clone());
+        if !resend {
+            let (status, headers, body) = match self.forward(&req).await {
+                Ok(a) => a,
+                Err(e) => {
+                    let why = match e {
+                        crate::client::SendError::Transport(e) => {
+                            format!("facilitator unreachable: {e}")
+                        }
+                        e @ crate::client::SendError::TooLarge { .. } => format!("facilitator: {e}"),
+                    };
+                    return error_reply(502, "unavailable", &why);
                 }
+            };
+            if status != 402 {
+                let mut r = Response::new(Full::new(body));
+                *r.status_mut() =
+                    hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+                for name in [reqwest::header::CONTENT_TYPE, reqwest::header::ALLOW] {
+                    if let Some(v) = headers.get(&name) {
+                        r.headers_mut().insert(name, v.clone());
+                    }
+                }
+                return r;
             }
-            return r;
         }
         let Some(slot) = slot else {
             return error_reply(

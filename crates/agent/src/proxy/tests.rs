@@ -802,3 +802,59 @@ async fn a_paid_answer_that_cannot_be_saved_is_collected_by_the_same_request() {
     assert_eq!(paid.len(), 2);
     assert_eq!(paid[0], paid[1], "the same payment, collected");
 }
+
+/// A payment kept pending is sent again before the request is forwarded unpaid: once paid, the facilitator may
+/// no longer answer that request 402 (a switch already made answers 409), and forwarding it unpaid first handed
+/// the device that 409 while its paid switch stayed pending for good (a review, thirty-first session).
+#[tokio::test]
+async fn a_pending_payment_is_sent_again_before_the_request_is_forwarded_unpaid() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("devices/127.0.0.1/state.json");
+    let aside = file.with_extension("aside");
+    let paid_once = std::sync::atomic::AtomicBool::new(false);
+    let (path, moved) = (file.clone(), aside.clone());
+    let upstream = crate::testing::Server::start(move |seen| {
+        if seen.header("payment-signature").is_none() {
+            if paid_once.load(std::sync::atomic::Ordering::SeqCst) {
+                let refused = json!({"error": {"code": "conflict", "message": "already switched"}});
+                return (409, vec![], refused);
+            }
+            return crate::testing::challenge(seen);
+        }
+        // The payment is recorded; its answer's save fails (a directory where the file goes).
+        if !paid_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::fs::rename(&path, &moved).unwrap();
+            std::fs::create_dir_all(path.join("x")).unwrap();
+        }
+        (200, vec![], crate::testing::sim_answer("8904"))
+    })
+    .await;
+    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+    let switch = request(
+        addr,
+        "POST",
+        "/v1/esim/8901/switch",
+        "",
+        r#"{"carrier":"verizon"}"#,
+    );
+    let (status, answer) = exchange(addr, &switch).await;
+    assert_eq!(status, 503, "{answer}");
+    std::fs::remove_dir_all(&file).unwrap();
+    std::fs::rename(&aside, &file).unwrap();
+    let unpaid_before = unpaid(&upstream);
+    let (status, answer) = exchange(addr, &switch).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["iccid"], "8904");
+    assert_eq!(unpaid(&upstream), unpaid_before, "not forwarded unpaid first");
+    let paid = upstream.payments();
+    assert_eq!(paid.len(), 2);
+    assert_eq!(paid[0], paid[1], "the same payment, collected");
+}
+
+fn unpaid(upstream: &crate::testing::Server) -> usize {
+    upstream
+        .seen()
+        .iter()
+        .filter(|s| s.header("payment-signature").is_none())
+        .count()
+}
