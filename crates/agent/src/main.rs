@@ -233,7 +233,8 @@ struct ProxyArgs {
     #[arg(long, default_value = "127.0.0.1:8480")]
     listen: std::net::SocketAddr,
     /// Allow a non-loopback listen address. Devices must then name the proxy by its IP address (Host header):
-    /// a host name is refused, as are browser requests (Origin, Sec-Fetch-*) and non-JSON bodies.
+    /// a host name is refused, as are browser requests (Origin, Sec-Fetch-*), non-JSON bodies and, unless
+    /// --device-header is set, the paid GET query form (a page's image makes no browser say it is one).
     #[arg(long)]
     allow_public: bool,
     /// The header naming the device (default: its source address).

@@ -38,6 +38,32 @@ pub(super) fn is_paid_route(method: &str, path: &str) -> bool {
     })
 }
 
+/// The refusal of a paid route's query form (`GET /v1/esim/activate?…`) on a proxy that listens beyond
+/// loopback and names devices by their address. A web page can make a browser GET any address with no `Origin`
+/// (an image), and browsers send `Sec-Fetch-*` only to trustworthy origins (loopback, https), not to plain http
+/// on a network address: such a GET passes [`refuse_non_device`] and would be paid from that address's budget.
+/// Devices there POST the JSON form, or are named by `--device-header` (a header no page can set).
+pub(super) fn refuse_public_paid_get(
+    method: &str,
+    path: &str,
+    listen: SocketAddr,
+    named_by_header: bool,
+) -> Option<Reply> {
+    if method != "GET"
+        || listen.ip().is_loopback()
+        || named_by_header
+        || !is_paid_route(method, path)
+    {
+        return None;
+    }
+    Some(error_reply(
+        403,
+        "forbidden",
+        "a paid GET (the query form) is served on a loopback proxy or with --device-header only: a web page can \
+         make a browser send a GET to this address; POST the fields as JSON instead",
+    ))
+}
+
 /// The refusal of a request that carries a payment of its own: the proxy pays, and a device's payment (or
 /// payment id) sent on would be another payer's, or make the proxy's own payment ambiguous.
 pub(super) fn refuse_payments(headers: &hyper::HeaderMap) -> Option<Reply> {
@@ -219,5 +245,26 @@ mod tests {
         );
         assert!(host_is_this_proxy("[fe80::1]:8480", any));
         assert!(!host_is_this_proxy("gateway.lan:8480", any));
+    }
+
+    /// A page's image is a GET with no `Origin`, and no `Sec-Fetch-*` reaches plain http on a network address:
+    /// the paid query form is refused there unless devices are named by a header (a review, thirty-first
+    /// session). Loopback, POSTs, and routes the proxy does not pay are unaffected.
+    #[test]
+    fn a_public_proxy_refuses_the_paid_get_form_of_address_named_devices() {
+        let public: SocketAddr = "192.168.1.5:8480".parse().unwrap();
+        let any: SocketAddr = "[::]:8480".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:8480".parse().unwrap();
+        let buy = "/v1/esim/activate?region=us-west&data_mb=1";
+        for listen in [public, any] {
+            let refused = refuse_public_paid_get("GET", buy, listen, false).expect("refused");
+            assert_eq!(refused.status(), 403);
+            assert!(refuse_public_paid_get("GET", buy, listen, true).is_none());
+            assert!(refuse_public_paid_get("POST", "/v1/esim/activate", listen, false).is_none());
+            assert!(
+                refuse_public_paid_get("GET", "/v1/esim/8901/balance", listen, false).is_none()
+            );
+        }
+        assert!(refuse_public_paid_get("GET", buy, lo, false).is_none());
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Limited};
 use hyper::Request;
 
-use super::checks::{forwarded_headers, refuse_non_device, refuse_payments};
+use super::checks::{
+    forwarded_headers, refuse_non_device, refuse_payments, refuse_public_paid_get,
+};
 use super::devices::device_id;
 use super::forward::Parts;
 use super::reply::{Reply, error_reply};
@@ -64,6 +66,14 @@ pub(super) async fn respond(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    if let Some(refusal) = refuse_public_paid_get(
+        method.as_str(),
+        &path,
+        shared.listen,
+        shared.settings.device_header.is_some(),
+    ) {
+        return refusal;
+    }
     let content_type = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
