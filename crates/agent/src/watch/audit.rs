@@ -15,7 +15,7 @@
 //!   counts a receipt twice; a position it cannot move past (`u64::MAX`) ends the audit of that log
 //!   ([`Audit::log_end`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use esim402_core::CarrierId;
 use esim402_core::esim::{Catalog, Iccid, RoamingPolicy};
@@ -23,6 +23,13 @@ use esim402_core::usage::account::{Quota, decide_quota};
 use esim402_core::usage::ingest::{LogEntry, LogState};
 use esim402_core::usage::receipt::{SimTerms, verify};
 use serde::{Deserialize, Serialize};
+
+/// Disputes kept in the state, the newest; older ones are counted in [`Audit::disputes_dropped`] (their bytes
+/// stay in [`Audit::disputed_bytes`]). A facilitator answering pages of malformed receipts cannot grow the
+/// state file without bound.
+pub const KEPT_DISPUTES: usize = 1_000;
+/// Longest text of a dispute kept (`reason`, `session_id`, in characters): a facilitator's longer one is cut.
+pub const KEPT_TEXT_CHARS: usize = 256;
 
 /// A receipt this agent does not accept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,12 +71,19 @@ pub struct Audit {
     pub verified_bytes: u64,
     /// Bytes of charged receipts this agent disputes.
     pub disputed_bytes: u64,
-    /// `carrier/session/seq` of every verified receipt (a second charge of one is a dispute).
-    #[serde(default)]
+    /// Every verified receipt's claim (a second charge of one is a dispute), a few ranges per session.
+    #[serde(default, skip_serializing_if = "Claims::is_empty")]
+    pub claimed: Claims,
+    /// The claims as earlier versions kept them, one `carrier/session/seq` per receipt: moved into
+    /// [`Audit::claimed`] by the next [`Audit::check`].
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub claims: BTreeSet<String>,
-    /// Every dispute, oldest first.
+    /// The newest disputes (at most [`KEPT_DISPUTES`]), oldest first.
     #[serde(default)]
     pub disputes: Vec<Dispute>,
+    /// Disputes no longer kept in [`Audit::disputes`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disputes_dropped: u64,
     /// The log reached position `u64::MAX`: there is no position after it to ask for, so nothing more of this
     /// log is audited (or counted as used).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -78,6 +92,60 @@ pub struct Audit {
     /// facilitator's next figure must have risen by the top-up's bytes ([`TopUpCheck::unmet`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_top_up: Option<TopUpCheck>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The claims of verified receipts: `carrier/session` → the record numbers seen, as sorted, disjoint,
+/// non-adjacent inclusive ranges. A session numbers its receipts in order, so a SIM's claims take a few entries
+/// per session, not one per receipt for the SIM's life (only receipts that verified are claimed: a facilitator
+/// cannot fragment them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Claims(BTreeMap<String, Vec<(u64, u64)>>);
+
+impl Claims {
+    /// Record `seq` of `session` (`carrier/session`): `false` if it was already.
+    pub fn insert(&mut self, session: String, seq: u64) -> bool {
+        let ranges = self.0.entry(session).or_default();
+        // The first range starting after `seq`; the one before it may hold it.
+        let i = ranges.partition_point(|r| r.0 <= seq);
+        if i > 0 && ranges[i - 1].1 >= seq {
+            return false;
+        }
+        let joins_before = i > 0 && ranges[i - 1].1.checked_add(1) == Some(seq);
+        let joins_after = i < ranges.len() && seq.checked_add(1) == Some(ranges[i].0);
+        match (joins_before, joins_after) {
+            (true, true) => {
+                ranges[i - 1].1 = ranges[i].1;
+                ranges.remove(i);
+            }
+            (true, false) => ranges[i - 1].1 = seq,
+            (false, true) => ranges[i].0 = seq,
+            (false, false) => ranges.insert(i, (seq, seq)),
+        }
+        true
+    }
+
+    /// Whether nothing is claimed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ranges kept, all sessions together.
+    pub fn ranges(&self) -> usize {
+        self.0.values().map(Vec::len).sum()
+    }
+}
+
+/// `text` cut to [`KEPT_TEXT_CHARS`] characters.
+fn kept_text(text: &str) -> String {
+    match text.char_indices().nth(KEPT_TEXT_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// A top-up paid by `watch`, to check the facilitator credited it.
@@ -163,8 +231,16 @@ impl Audit {
         if let Err(e) = verify(&receipt, signer_of, Some(terms), now) {
             return self.dispute(entry, true, format!("charged, but it does not verify: {e}"));
         }
+        // Claims kept by an earlier version, one per receipt, join the ranges.
+        for legacy in std::mem::take(&mut self.claims) {
+            if let Some((session, seq)) = legacy.rsplit_once('/')
+                && let Ok(seq) = seq.parse()
+            {
+                self.claimed.insert(session.to_owned(), seq);
+            }
+        }
         let (carrier, session, seq) = receipt.claim_id();
-        if !self.claims.insert(format!("{carrier}/{session}/{seq}")) {
+        if !self.claimed.insert(format!("{carrier}/{session}"), seq) {
             return self.dispute(entry, true, "charged twice".into());
         }
         let bytes = bytes_of(entry);
@@ -176,13 +252,18 @@ impl Audit {
         let d = Dispute {
             n: entry.n,
             charged,
-            reason,
+            reason: kept_text(&reason),
             bytes: bytes_of(entry),
-            session_id: entry.receipt.session_id.clone(),
+            session_id: kept_text(&entry.receipt.session_id),
             seq: entry.receipt.seq,
         };
         if charged {
             self.disputed_bytes = self.disputed_bytes.saturating_add(d.bytes);
+        }
+        if self.disputes.len() >= KEPT_DISPUTES {
+            let over = self.disputes.len() + 1 - KEPT_DISPUTES;
+            self.disputes.drain(..over);
+            self.disputes_dropped = self.disputes_dropped.saturating_add(over as u64);
         }
         self.disputes.push(d.clone());
         Some(Finding::Disputed(d))
@@ -397,6 +478,86 @@ mod tests {
             !a.disputes[5].charged,
             "the facilitator's own refusal cost nothing"
         );
+    }
+
+    /// A SIM's claims take a few ranges per session, not one entry per receipt for its life (a review,
+    /// thirty-first session: the state file grew with every receipt and was rewritten each tick); a second
+    /// charge is still found anywhere in a range, and claims an earlier version kept join them.
+    #[test]
+    fn claims_are_ranges_and_still_catch_a_second_charge() {
+        let mut c = Claims::default();
+        for seq in (1..=500).chain(502..=1_000) {
+            assert!(c.insert("tmobile/s1".into(), seq));
+        }
+        assert_eq!(c.ranges(), 2);
+        assert!(c.insert("tmobile/s1".into(), 501), "the gap");
+        assert_eq!(c.ranges(), 1, "joined");
+        for seq in [1, 500, 501, 1_000] {
+            assert!(!c.insert("tmobile/s1".into(), seq), "{seq}");
+        }
+        assert!(c.insert("tmobile/s2".into(), 1), "another session");
+        assert!(c.insert("tmobile/s1".into(), 0) && c.insert("tmobile/s1".into(), u64::MAX));
+        assert!(!c.insert("tmobile/s1".into(), u64::MAX));
+        assert_eq!(c.ranges(), 3);
+
+        let sim = iccid("890126000000000001");
+        let log: Vec<LogEntry> = (1..=300)
+            .map(|seq| {
+                entry(
+                    seq,
+                    &receipt(&sim, seq, 10),
+                    &tmobile_key(),
+                    LogState::Accepted,
+                )
+            })
+            .collect();
+        // An earlier version's state: one claim per receipt.
+        let mut a: Audit = serde_json::from_value(serde_json::json!({
+            "next": 1, "verified_bytes": 0, "disputed_bytes": 0,
+            "claims": ["tmobile/s1/7", "tmobile/s1/8"],
+        }))
+        .unwrap();
+        let found = run(&mut a, &sim, &log);
+        let twice = found
+            .iter()
+            .filter(|f| matches!(f, Finding::Disputed(d) if d.reason == "charged twice"))
+            .count();
+        assert_eq!(twice, 2, "the two claimed before");
+        assert_eq!(a.verified_bytes, 298 * 10);
+        assert!(a.claims.is_empty());
+        assert_eq!(a.claimed.ranges(), 1);
+        let saved = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            saved["claimed"]["tmobile/s1"],
+            serde_json::json!([[1, 300]])
+        );
+        assert!(saved.get("claims").is_none(), "{saved}");
+    }
+
+    /// Disputes are kept up to [`KEPT_DISPUTES`], the newest, their text cut: a facilitator answering pages of
+    /// malformed receipts with long session ids cannot grow the state without bound.
+    #[test]
+    fn disputes_kept_are_bounded() {
+        let sim = iccid("890126000000000001");
+        let forger = k256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let mut long = receipt(&sim, 1, 10);
+        long.session_id = "x".repeat(4_096);
+        let log: Vec<LogEntry> = (1..=(KEPT_DISPUTES as u64 + 5))
+            .map(|n| entry(n, &long, &forger, LogState::Accepted))
+            .collect();
+        let mut a = Audit::default();
+        let found = run(&mut a, &sim, &log);
+        assert_eq!(found.len(), KEPT_DISPUTES + 5);
+        assert_eq!(a.disputes.len(), KEPT_DISPUTES);
+        assert_eq!(a.disputes_dropped, 5);
+        assert_eq!(a.disputes[0].n, 6, "the oldest dropped");
+        assert_eq!(
+            a.disputed_bytes,
+            10 * (KEPT_DISPUTES as u64 + 5),
+            "all counted"
+        );
+        assert!(a.disputes[0].session_id.chars().count() <= KEPT_TEXT_CHARS + 1);
+        assert!(a.disputes[0].reason.chars().count() <= KEPT_TEXT_CHARS + 1);
     }
 
     #[test]
