@@ -74,30 +74,33 @@ pub(super) fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
-/// A device's payments as its state records them, by payment id.
-pub(super) fn device_spends(state: &StateDir) -> HashMap<String, Spend> {
-    state
-        .load()
-        .map(|s| {
-            s.spends
-                .into_iter()
-                .map(|x| (x.payment_id.clone(), x))
-                .collect()
-        })
-        .unwrap_or_default()
+/// A device's payments as its state records them, by payment id; `None` if the state cannot be read.
+pub(super) fn device_spends(state: &StateDir) -> Option<HashMap<String, Spend>> {
+    state.load().ok().map(|s| {
+        s.spends
+            .into_iter()
+            .map(|x| (x.payment_id.clone(), x))
+            .collect()
+    })
 }
 
 /// The audit entries ending this request's payments: each payment signed during it (`signed`) and each that was
 /// pending before it (`before`), whose standing changed, as the device's state says after it (`after`): `settled`,
 /// `refused` (dropped: nothing was charged), `unknown` (kept, counted: it may have been charged) or, for one
-/// signed now, `pending` (kept, sent again by the device's same request). The amount is the agent's own.
+/// signed now, `pending` (kept, sent again by the device's same request). The amount is the agent's own. A state
+/// that cannot be read after the request (`after` `None`) says nothing of how they ended: each payment signed
+/// during it is `unreadable` (it may have been charged), never `refused`.
 pub(super) fn outcomes(
-    before: &HashMap<String, Spend>,
+    before: Option<&HashMap<String, Spend>>,
     signed: &[Spend],
-    after: &HashMap<String, Spend>,
+    after: Option<&HashMap<String, Spend>>,
 ) -> Vec<(Spend, &'static str)> {
+    let Some(after) = after else {
+        return signed.iter().map(|s| (s.clone(), "unreadable")).collect();
+    };
     let was_pending = before
-        .values()
+        .into_iter()
+        .flat_map(HashMap::values)
         .filter(|s| s.status == SpendStatus::Pending)
         .map(|s| (s, true));
     let mut out = Vec::new();
@@ -113,4 +116,40 @@ pub(super) fn outcomes(
         out.push((now.cloned().unwrap_or_else(|| spend.clone()), outcome));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spend(id: &str, status: SpendStatus) -> Spend {
+        Spend {
+            payment_id: id.into(),
+            purpose: "activate".into(),
+            at: 1,
+            amount_usdc: "0.5".parse().unwrap(),
+            network: "eip155:8453".into(),
+            pay_to: "0x0000000000000000000000000000000000000001".into(),
+            status,
+            transaction: None,
+        }
+    }
+
+    /// A state unreadable after the request says nothing of how its payments ended: `unreadable`, never
+    /// `refused` ("nothing charged") for a payment that may have settled (a review, thirty-first session).
+    #[test]
+    fn an_unreadable_state_never_reads_as_refused() {
+        let signed = [spend("p1", SpendStatus::Pending)];
+        let before = HashMap::new();
+        let out = outcomes(Some(&before), &signed, None);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, "unreadable");
+        let after = HashMap::new();
+        assert_eq!(
+            outcomes(Some(&before), &signed, Some(&after))[0].1,
+            "refused"
+        );
+        let settled = HashMap::from([("p1".to_owned(), spend("p1", SpendStatus::Settled))]);
+        assert_eq!(outcomes(None, &signed, Some(&settled))[0].1, "settled");
+    }
 }

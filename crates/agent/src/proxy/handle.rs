@@ -71,7 +71,10 @@ impl Shared {
                 .then(|| serde_json::from_slice::<Value>(&req.body).ok())
                 .flatten();
             let parsed = req.method == reqwest::Method::GET || body.is_some();
-            parsed && self.agent_for(&device).has_pending(&req.path, body.as_ref())
+            parsed
+                && self
+                    .agent_for(&device)
+                    .has_pending(&req.path, body.as_ref())
         };
         if !resend {
             let (status, headers, body) = match self.forward(&req).await {
@@ -81,7 +84,9 @@ impl Shared {
                         crate::client::SendError::Transport(e) => {
                             format!("facilitator unreachable: {e}")
                         }
-                        e @ crate::client::SendError::TooLarge { .. } => format!("facilitator: {e}"),
+                        e @ crate::client::SendError::TooLarge { .. } => {
+                            format!("facilitator: {e}")
+                        }
                     };
                     return error_reply(502, "unavailable", &why);
                 }
@@ -180,7 +185,7 @@ impl Shared {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         let after = device_spends(agent.state());
-        for (spend, outcome) in outcomes(&before, &signed, &after) {
+        for (spend, outcome) in outcomes(before.as_ref(), &signed, after.as_ref()) {
             let mut entry = json!({
                 "at": unix_now(), "event": outcome, "device": device, "path": req.path,
                 "payment_id": spend.payment_id, "amount_usdc": spend.amount_usdc,
