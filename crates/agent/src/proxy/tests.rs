@@ -845,7 +845,11 @@ async fn a_pending_payment_is_sent_again_before_the_request_is_forwarded_unpaid(
     let (status, answer) = exchange(addr, &switch).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["iccid"], "8904");
-    assert_eq!(unpaid(&upstream), unpaid_before, "not forwarded unpaid first");
+    assert_eq!(
+        unpaid(&upstream),
+        unpaid_before,
+        "not forwarded unpaid first"
+    );
     let paid = upstream.payments();
     assert_eq!(paid.len(), 2);
     assert_eq!(paid[0], paid[1], "the same payment, collected");
