@@ -347,6 +347,14 @@ async fn settle(
             holds.extend(accounts::exhaust(iccid, used).await?);
         }
     }
+    // Named but charged nothing (a resent batch: all duplicates): its hold as read, again (kernel).
+    let uncharged = accounts
+        .iter()
+        .filter(|(i, _)| !charged.iter().any(|(c, _)| c == i));
+    for (iccid, account) in uncharged {
+        let hold = account.as_ref().and_then(Account::standing_hold);
+        holds.extend(hold.map(|h| accounts::balance_hold(iccid, h)));
+    }
     Ok(holds)
 }
 

@@ -551,6 +551,15 @@ impl Account {
         (self.hold_epoch > 0).then_some((self.suspended_for_balance, self.hold_epoch))
     }
 
+    /// The hold a receipt batch that names this SIM but charges it nothing (all duplicates: a carrier resending
+    /// a batch whose hold was not applied) reports again: the SIM's own account held for balance, open and not
+    /// moved away. A batch that charges it decides anew ([`Account::exhausted`]); a stale hold is harmless
+    /// (dispatch keeps the latest epoch).
+    pub fn standing_hold(&self) -> Option<(bool, u64)> {
+        let open = self.closed.is_none() && !self.closing && self.moved_to.is_none();
+        self.hold().filter(|(held, _)| *held && open)
+    }
+
     /// A terminate: [`Account::close`] at `used` (which counts the grants still outstanding, kernel
     /// `usage::grant::close_at`), the SIM retired at `now` by the first close: its receipts for windows starting
     /// more than a day later are refused (what it reports until then is charged to the closed account, within
@@ -787,6 +796,28 @@ mod tests {
         assert_eq!(a.hold(), Some((false, 2)));
         assert!(a.exhausted(15 * BYTES_PER_MB));
         assert_eq!(a.hold(), Some((true, 3)));
+    }
+
+    /// A batch of duplicates charges nothing, yet reports the hold again while the SIM is held for balance (a
+    /// review, thirty-first session: a carrier resending the batch whose hold failed to apply left the SIM in
+    /// service); never for a released, closing, closed or moved account.
+    #[test]
+    fn a_standing_hold_is_reported_while_held_and_open() {
+        let mut a = account();
+        assert_eq!(a.standing_hold(), None, "never held");
+        assert!(a.exhausted(10 * BYTES_PER_MB));
+        assert_eq!(a.standing_hold(), Some((true, 1)));
+        let mut moved = a.clone();
+        moved.moved_to = Some((
+            crate::esim::Iccid::parse("8901260000000000022").unwrap(),
+            vec![],
+        ));
+        assert_eq!(moved.standing_hold(), None);
+        let mut closing = a.clone();
+        closing.closing = true;
+        assert_eq!(closing.standing_hold(), None);
+        assert_eq!(a.credit(credit("inv_b", 5, 1), 10 * BYTES_PER_MB), Ok(true));
+        assert_eq!(a.standing_hold(), None, "released");
     }
 
     /// A switched-away SIM is held with the SIM it moved to, in its own epochs: after its own hold (1) and

@@ -652,6 +652,18 @@ async fn exhaustion_holds_the_sim_then_a_top_up_releases_it() {
         vec![held(&id, true, 1)],
         "the same hold again"
     );
+    // The first batch sent again charges nothing (all duplicates) and still reports the hold: its first
+    // report may not have been applied.
+    let resent = ingested(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 1, 1_200_000, "310-260")],
+    )
+    .await;
+    assert_eq!(
+        holds(&resent.holds),
+        vec![held(&id, true, 1)],
+        "a batch of duplicates reports the hold"
+    );
     for _ in 0..2 {
         let (s, c) = (sim(&id, "tmobile"), credit("inv_top", 10, 30_000));
         let top = kit
@@ -672,6 +684,12 @@ async fn exhaustion_holds_the_sim_then_a_top_up_releases_it() {
     )
     .await;
     assert!(after.holds.is_empty());
+    let resent = ingested(
+        &mut kit,
+        vec![receipt(&id, "tmobile", "s", 1, 1_200_000, "310-260")],
+    )
+    .await;
+    assert!(resent.holds.is_empty(), "released: nothing to report");
 }
 
 /// After a switch the old SIM's data lives on the new SIM, and so does what the old SIM still reports (it is
