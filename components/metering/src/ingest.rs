@@ -32,7 +32,7 @@ use esim402_core::usage::ingest::{
     mark_uncharged, parse_batch, totals,
 };
 use esim402_core::usage::receipt::{
-    MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, verify_cached,
+    MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, verify_signed,
 };
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
 use esim402_guest::kv;
@@ -91,8 +91,9 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         .into_iter()
         .map(|item| {
             item.map(|r| {
+                // A refusal with whether its carrier signed the receipt (kernel `refusal_signed`).
                 let result =
-                    verify_cached(&r, |c| config.signer(c), terms_of(&r), now, &mut recoveries);
+                    verify_signed(&r, |c| config.signer(c), terms_of(&r), now, &mut recoveries);
                 (r, result)
             })
         })
@@ -134,20 +135,20 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         };
         let metered = terms_of(&r).is_some();
         let outcome = match result {
-            Err(e) => {
+            Err((e, signed)) => {
                 // Kept for a SIM metered here, once per receipt, unsigned ones up to the SIM's cap. An unsigned
                 // one past the cap claims nothing either (anyone can make those, so each claim key would be
                 // storage a stranger adds at will): the count is read first (an increment by 0).
                 let candidate = e.is_dispute_for(metered)
-                    && (!e.is_unsigned()
+                    && (signed
                         || kv::increment::<wit::Error>(&keys::meter_unsigned(r.iccid.as_str()), 0)
                             .map_err(kv_err)?
                             < MAX_UNSIGNED_DISPUTES_PER_SIM);
                 let first = candidate
-                    && kv::claim::<wit::Error>(&keys::dispute_claim(r.id_hash(), !e.is_unsigned()))
+                    && kv::claim::<wit::Error>(&keys::dispute_claim(r.id_hash(), signed))
                         .map_err(kv_err)?;
                 let stored = first
-                    && (!e.is_unsigned()
+                    && (signed
                         || kv::increment::<wit::Error>(&keys::meter_unsigned(r.iccid.as_str()), 1)
                             .map_err(kv_err)?
                             <= MAX_UNSIGNED_DISPUTES_PER_SIM);
@@ -159,7 +160,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                 // The ledger (whose count anyone can read) logs a dispute the carrier signed; an unsigned one,
                 // kept only for a SIM metered here, would tell a stranger which ICCIDs are (the owner's log
                 // holds it).
-                if stored && !e.is_unsigned() {
+                if stored && signed {
                     let fields = EntryFields::default()
                         .detail("batch", &batch_id)
                         .detail("iccid", r.iccid.as_str())
@@ -171,7 +172,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                     events.push((EntryKind::UsageDisputed, fields));
                 }
                 // Kept by this batch, or by the earlier one that took its claim.
-                Outcome::rejected(&e, stored || (candidate && !first))
+                Outcome::rejected_signed(&e, stored || (candidate && !first), signed)
             }
             Ok(()) => {
                 let id = r.claim();

@@ -98,10 +98,16 @@ impl Outcome {
     /// here and not for another, so telling its poster would tell which ICCIDs are metered here. The owner
     /// still sees every kept one in the SIM's receipt log.
     pub fn rejected(e: &ReceiptError, kept: bool) -> Self {
+        Self::rejected_signed(e, kept, !e.is_unsigned())
+    }
+
+    /// [`Outcome::rejected`] where whether the carrier signed the refused receipt is known beyond the refusal's
+    /// kind (`signed`, kernel `receipt::refusal_signed`).
+    pub fn rejected_signed(e: &ReceiptError, kept: bool, signed: bool) -> Self {
         Self::Rejected {
             reason: e.reason().to_owned(),
             message: e.to_string(),
-            disputed: kept && !e.is_unsigned(),
+            disputed: kept && signed,
         }
     }
 }

@@ -533,6 +533,52 @@ impl Recoveries {
     }
 }
 
+/// Whether the refusal `e` of `receipt` comes with its carrier's signature: one raised after the signature was
+/// checked ([`ReceiptError::is_unsigned`] false), or a refusal of its own fields (seq, window, byte count) on a
+/// receipt for a SIM metered here (`metered`) that its carrier did sign. The signature of such a refusal is
+/// recovered only here, so the carrier's own overcharging receipt (a 1 TB one) is kept as its signed dispute (in
+/// the ledger, outside the unsigned cap), not as anyone's.
+pub fn refusal_signed(
+    e: &ReceiptError,
+    receipt: &Receipt,
+    signer_of: impl Fn(&CarrierId) -> Option<Address>,
+    metered: bool,
+    recoveries: &mut Recoveries,
+) -> bool {
+    if !e.is_unsigned() {
+        return true;
+    }
+    let of_its_fields = matches!(
+        e,
+        ReceiptError::ZeroSeq
+            | ReceiptError::WindowInverted { .. }
+            | ReceiptError::WindowInFuture { .. }
+            | ReceiptError::WindowTooLong(_)
+            | ReceiptError::TooManyBytes(_)
+            | ReceiptError::TooFast { .. }
+    );
+    of_its_fields
+        && metered
+        && signer_of(&receipt.carrier)
+            .is_some_and(|expected| recoveries.signer(receipt) == Ok(expected))
+}
+
+/// [`verify_cached`], a refusal paired with whether its carrier signed the receipt ([`refusal_signed`]; metered
+/// here: `sim` known).
+pub fn verify_signed(
+    receipt: &Receipt,
+    signer_of: impl Fn(&CarrierId) -> Option<Address>,
+    sim: Option<SimTerms<'_>>,
+    now: u64,
+    recoveries: &mut Recoveries,
+) -> Result<(), (ReceiptError, bool)> {
+    let metered = sim.is_some();
+    verify_cached(receipt, &signer_of, sim, now, recoveries).map_err(|e| {
+        let signed = refusal_signed(&e, receipt, &signer_of, metered, recoveries);
+        (e, signed)
+    })
+}
+
 /// [`verify`], reusing the signature recoveries in `recoveries` (batch ingest of page-signed receipts).
 pub fn verify_cached(
     receipt: &Receipt,

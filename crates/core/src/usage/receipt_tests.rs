@@ -195,6 +195,42 @@ fn zero_seq_and_huge_counts() {
     ));
 }
 
+/// A refusal of a receipt's own fields is the carrier's when its carrier signed it (for a SIM metered here): kept
+/// as its signed dispute, in the ledger. Before, a carrier's own 1 TB receipt was classed with anyone's forgeries
+/// (a review, thirty-first session). A forged one, one for an unmetered SIM and a refusal raised after the
+/// signature keep their classes.
+#[test]
+fn a_carrier_signed_receipt_refused_for_its_fields_is_a_signed_refusal() {
+    let key = dev_signing_key(&carrier("tmobile"));
+    let forger = SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let mut r = unsigned();
+    r.window_start = r.window_end - 60;
+    (r.bytes_up, r.bytes_down) = (1_000_000_000_000, 0);
+    let signed = r.clone().sign(&key).unwrap();
+    let e = check(&signed, "tmobile", &us_only()).unwrap_err();
+    assert!(e.is_unsigned(), "raised before the signature: {e:?}");
+    let mut rec = Recoveries::default();
+    assert!(refusal_signed(&e, &signed, registry, true, &mut rec));
+    assert!(
+        !refusal_signed(&e, &signed, registry, false, &mut rec),
+        "not metered here"
+    );
+    let forged = r.clone().sign(&forger).unwrap();
+    assert!(!refusal_signed(&e, &forged, registry, true, &mut rec));
+    let unknown = |_: &CarrierId| None;
+    assert!(!refusal_signed(&e, &signed, unknown, true, &mut rec));
+    let bad = ReceiptError::BadSignature("x".into());
+    assert!(
+        !refusal_signed(&bad, &signed, registry, true, &mut rec),
+        "not of its fields"
+    );
+    let roaming = ReceiptError::PlmnNotAllowed("262-01".into());
+    assert!(
+        refusal_signed(&roaming, &forged, registry, true, &mut rec),
+        "raised after the signature"
+    );
+}
+
 /// A window that counts more than a link could carry (1 TB in a minute) is refused, with the same reason as an
 /// oversized count; the most a window may count is accepted. Before, such a receipt was charged and overdrew
 /// the SIM by a terabyte, swallowing every later top-up.

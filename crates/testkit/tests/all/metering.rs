@@ -619,6 +619,26 @@ async fn bad_receipts_are_disputed_never_charged() {
     assert_eq!(log[1]["reason"], "plmn_not_allowed");
 }
 
+/// A receipt its carrier signed but refused for its own fields (2 TB in one receipt) is the carrier's signed
+/// dispute: kept, told and in the ledger. The same receipt forged is anyone's: kept unlogged, within the unsigned
+/// cap. Before, both were anyone's, so a carrier's overcharging attempt left no ledger entry.
+#[tokio::test]
+async fn a_carrier_signed_receipt_refused_for_its_fields_is_logged_as_its_dispute() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(31);
+    open(&mut kit, &id, 10).await;
+    let huge = receipt(&id, "tmobile", "s1", 1, 2_000_000_000_000, "310-260");
+    let mut forged = receipt(&id, "tmobile", "s2", 1, 2_000_000_000_000, "310-260");
+    forged["bytes_down"] = json!(forged["bytes_down"].as_u64().unwrap() + 1);
+    let (report, kinds, _) = ingest(&mut kit, vec![huge, forged]).await;
+    assert_eq!(reasons(&report), ["too_many_bytes", "too_many_bytes"]);
+    assert_eq!(report["results"][0]["disputed"], true, "{report}");
+    assert_eq!(report["results"][1]["disputed"], false, "{report}");
+    assert_eq!(kinds, vec!["usage_disputed"]);
+    assert_eq!(balance(&mut kit, &id).await.used_bytes, 0);
+    assert_eq!(receipt_log(&mut kit, &id, 100).await.len(), 2);
+}
+
 /// A balance that runs out puts metering's hold on the SIM with a new epoch; every later batch reports the same
 /// hold again (so a hold that was not applied is applied then); the top-up that refills it releases the hold
 /// with the next epoch, and sending the same payment again reports that release again.
