@@ -433,3 +433,70 @@ async fn browsers_may_pay_cross_origin() {
     assert_eq!(none.status(), 404);
     app.stop().await;
 }
+
+/// A header read as one value and sent twice is refused on every route, whatever the order of its copies: the
+/// admin token's route answered 401 or 200 by which copy came first, and a payment sent twice used the first.
+/// (A fresh-user trial, thirty-first session.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_valued_header_sent_twice_is_refused_everywhere() {
+    const ADMIN: &str = "api-test-admin-token";
+    let mut opts = options(StoreConfig::Memory);
+    opts.env
+        .insert("SPIN_VARIABLE_ADMIN_TOKEN".into(), ADMIN.into());
+    let app = spawn_app(opts).await.unwrap();
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, name: &str, values: [&str; 2]| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for v in values {
+            headers.append(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        http.request(method, format!("{}{path}", app.url))
+            .headers(headers)
+            .json(&serde_json::json!({"region": "us-west", "data_mb": 10}))
+            .send()
+    };
+    let bearer = format!("Bearer {ADMIN}");
+    for values in [
+        ["Bearer wrong", bearer.as_str()],
+        [bearer.as_str(), "Bearer wrong"],
+    ] {
+        let r = send(
+            reqwest::Method::GET,
+            "/v1/ledger?from=0&limit=1",
+            "authorization",
+            values,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 400, "{values:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "authorization", "{body}");
+    }
+    for name in [
+        "payment-signature",
+        "x-payment",
+        "x-invoice-id",
+        "sign-in-with-x",
+    ] {
+        let r = send(reqwest::Method::POST, "/v1/esim/activate", name, ["a", "b"])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{name}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["field"], name, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("more than once"), "{message}");
+    }
+    // Once each, the same requests are answered as before.
+    let one = http
+        .get(format!("{}/v1/ledger?from=0&limit=1", app.url))
+        .header("authorization", bearer.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    app.stop().await;
+}

@@ -19,15 +19,7 @@ fn unauthorized(e: &AuthError) -> ApiError {
 /// The credential the request presents (checked for form, a wallet proof fully verified). A bearer value
 /// that is not an access token is a carrier's credential where `carrier_too` (the quota route), else 401.
 pub async fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credential, ApiError> {
-    // One of each: with two, a proxy or a log could read another credential than the one we check.
-    for name in ["authorization", siwx::HEADER] {
-        if req.headers().get_all(name).iter().nth(1).is_some() {
-            return Err(ApiError::invalid(
-                name,
-                format!("{name} is given more than once; send one"),
-            ));
-        }
-    }
+    // Sent once each: a doubled one was refused before routing (kernel `routes::SINGLE_VALUED_HEADERS`).
     if let Some(presented) = bearer(req) {
         return match presented {
             t if token::looks_like_token(t) => Ok(wit::Credential::Token(t.to_owned())),

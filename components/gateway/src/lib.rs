@@ -280,6 +280,13 @@ async fn answer(req: Request) -> Reply {
             .insert("allow", spin_sdk::http::HeaderValue::from_static(allow));
         return reply;
     }
+    if let Some(name) = esim402_core::routes::SINGLE_VALUED_HEADERS
+        .iter()
+        .find(|h| req.headers().get_all(**h).iter().nth(1).is_some())
+    {
+        let e = ApiError::invalid(*name, format!("{name} is given more than once; send one"));
+        return error_reply(&e);
+    }
     match route(req, &path, &segments).await {
         Ok(reply) => reply,
         Err(e) => {

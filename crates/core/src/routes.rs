@@ -21,6 +21,22 @@ const fn r(path: &'static str, allow: &'static str) -> Route {
 pub const CORS_REQUEST_HEADERS: &str = "content-type, authorization, sign-in-with-x, payment-signature, \
      x-payment, x-payment-proof, x-payment-proof-signature, x-invoice-id, x-agent-id, idempotency-key";
 
+/// The request headers read as one value: sent twice, the request is refused (400) on every route, whatever
+/// the order. With two, whoever reads the first (a proxy, a log, another server) could see another credential,
+/// payment or invoice than the one checked here. (`Content-Type` is the body's: `json_body` refuses a doubled
+/// one, 415.)
+pub const SINGLE_VALUED_HEADERS: &[&str] = &[
+    "authorization",
+    "sign-in-with-x",
+    "payment-signature",
+    "x-payment",
+    "x-payment-proof",
+    "x-payment-proof-signature",
+    "x-invoice-id",
+    "x-agent-id",
+    "idempotency-key",
+];
+
 /// The answer headers a browser's script may read: the x402 challenge and settlement, and `Allow`.
 pub const CORS_EXPOSED: &str =
     "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE, Allow, Retry-After";
@@ -85,6 +101,17 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    /// Every header a browser may send cross-origin is read as one value, but the body's type (refused twice
+    /// by `json_body`, 415): the two lists stay in step.
+    #[test]
+    fn the_single_valued_headers_are_the_cors_request_headers_but_content_type() {
+        let cors: BTreeSet<&str> = CORS_REQUEST_HEADERS.split(", ").map(str::trim).collect();
+        let mut single: BTreeSet<&str> = SINGLE_VALUED_HEADERS.iter().copied().collect();
+        assert_eq!(single.len(), SINGLE_VALUED_HEADERS.len());
+        single.insert("content-type");
+        assert_eq!(cors, single);
+    }
 
     #[test]
     fn literal_routes_win_and_templates_match_one_segment() {
