@@ -287,7 +287,7 @@ async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
     let (_, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
     assert_eq!(sim["state"], "suspended", "{sim}");
 
-    // A top-up (paid in Rust here) credits 10 MB and resumes it.
+    // A top-up (paid in Rust here) credits 16 MB and resumes it.
     let data = format!("/v1/esim/{iccid}/data");
     let (status, headers, _) = s.post(&data, &json!({}), &[]).await;
     assert_eq!(status, 402);
@@ -1368,4 +1368,46 @@ async fn bodies_and_queries_a_route_does_not_read_are_refused() {
         (400, &json!("region")),
         "{e}"
     );
+}
+
+/// A SIM in debt (its carrier reported more than its balance) is offered top-ups that bring it above the
+/// low-water mark, and paying the first one gets it granted quota again. Before, a SIM 59 MB in debt was offered
+/// 16, 50 and 100 MB: paying the default left it suspended and refused quota (a fresh-user trial, thirty-first
+/// session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sim_in_debt_is_offered_top_ups_that_clear_it() {
+    let s = PayStack::start(&[]).await;
+    let iccid = activate(&s, 1).await;
+    let (status, _, r) = s
+        .post(
+            "/v1/usage",
+            &json!({"receipts": [receipt(&iccid, "s", 1, 60_000_000, "310-260")]}),
+            &[],
+        )
+        .await;
+    assert_eq!((status, &r["totals"]["accepted"]), (200, &json!(1)), "{r}");
+    assert_eq!(balance(&s, &iccid).await["remaining_bytes"], -59_000_000);
+    let data = format!("/v1/esim/{iccid}/data");
+    let (status, headers, low) = s.post(&data, &json!({}), &[]).await;
+    assert_eq!(status, 402, "{low}");
+    // 59 MB owed and the 100 KB low-water mark: 60 MB at least; the 100 MB size is above it.
+    assert_eq!(
+        low["top_up_options"],
+        json!([
+            {"data_mb": 60, "amount_usdc": "0.18"},
+            {"data_mb": 100, "amount_usdc": "0.30"},
+        ]),
+        "{low}"
+    );
+    let challenge =
+        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let (status, _, paid) = s
+        .post(&data, &json!({}), &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], "granted", "{paid}");
+    let b = balance(&s, &iccid).await;
+    assert_eq!(b["credited_bytes"], 61_000_000, "{b}");
+    assert_eq!(b["suspended_for_balance"], false, "{b}");
 }

@@ -188,8 +188,9 @@ impl Guest for Component {
     async fn quote_top_ups(
         iccid: String,
         asked: Option<u32>,
+        at_least_mb: u32,
     ) -> Result<Vec<wit::Quote>, wit::Error> {
-        sims::quote_top_ups(&iccid, asked).await
+        sims::quote_top_ups(&iccid, asked, at_least_mb).await
     }
 
     async fn data_value(

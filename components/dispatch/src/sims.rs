@@ -137,7 +137,11 @@ pub async fn resume_order(iccid: &str) -> Result<wit::Sim, wit::Error> {
 }
 
 /// `quote-top-ups`: more data for a live SIM at its carrier's rate (kernel `PriceBook::top_up_offers`).
-pub async fn quote_top_ups(iccid: &str, asked: Option<u32>) -> Result<Vec<wit::Quote>, wit::Error> {
+pub async fn quote_top_ups(
+    iccid: &str,
+    asked: Option<u32>,
+    at_least_mb: u32,
+) -> Result<Vec<wit::Quote>, wit::Error> {
     let cfg = crate::config::get().await?;
     let sim = existing(iccid).await?;
     // Where the balance is (a switch moved it) is metering's to say: the gateway asks before it sells one.
@@ -150,7 +154,7 @@ pub async fn quote_top_ups(iccid: &str, asked: Option<u32>) -> Result<Vec<wit::Q
     let carrier = CarrierId::parse(&sim.carrier).map_err(|e| internal(e.0))?;
     let offers = cfg
         .price_book
-        .top_up_offers(&carrier, asked, &TOP_UP_SIZES_MB)
+        .top_up_offers(&carrier, asked, &TOP_UP_SIZES_MB, at_least_mb)
         .ok_or_else(|| not_sold(&carrier))?;
     Ok(offers
         .into_iter()

@@ -2,7 +2,7 @@
 //! and paid top-up (`POST /v1/esim/{iccid}/data`), and the balance, usage and receipt queries. Rules are the
 //! kernel's (`esim402_core::usage`); the metering component keeps the balances.
 
-use esim402_core::usage::account::TOP_UP_SIZES_MB;
+use esim402_core::usage::account::{TOP_UP_SIZES_MB, top_up_needed_mb};
 use esim402_core::usage::ingest::MAX_BATCH_BODY_BYTES;
 use esim402_core::usage::quota::QuotaRequest;
 use esim402_core::{ApiError, InvoiceId, UsdcAmount};
@@ -113,9 +113,11 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     };
     let payer = &payer;
     // The top-ups to offer, priced (kernel `PriceBook::top_up_offers`): the one asked for first, else the
-    // smallest standard size raised to the most data the minimum invoice buys.
-    let offers = || async move {
-        let quotes = dispatch::quote_top_ups(iccid.to_owned(), top_up_mb)
+    // smallest standard size raised to the most data the minimum invoice buys, and to what the SIM's balance
+    // (`Some`: its remaining and reserved bytes) needs to be granted quota again.
+    let offers = |balance: Option<(i64, u64)>| async move {
+        let at_least = balance.map_or(0, |(left, held)| top_up_needed_mb(left, held));
+        let quotes = dispatch::quote_top_ups(iccid.to_owned(), top_up_mb, at_least)
             .await
             .map_err(from_wit)?;
         if quotes.is_empty() {
@@ -137,7 +139,10 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     if let Some(proof) = proof {
         let named = body_invoice.or(invoice_header);
         let invoice = pay::invoice_for(&proof, named.as_ref(), || async {
-            seal(&offers().await?[0]).await
+            // A payment naming no invoice (x402 v1): the first offer, as the 402 made it.
+            let balance = metering::get_balance(iccid.to_owned()).await.ok();
+            let owed = balance.map(|b| (b.remaining_bytes, b.reserved_bytes));
+            seal(&offers(owed).await?[0]).await
         })
         .await?;
         // Any top-up invoice of this SIM may be paid here: the order is what the invoice says.
@@ -185,7 +190,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
                 ));
             }
             // `mb` is the one asked for, so the first offer.
-            let Some(q) = offers().await?.into_iter().find(|q| q.data_mb == mb) else {
+            let Some(q) = offers(None).await?.into_iter().find(|q| q.data_mb == mb) else {
                 return Err(ApiError::internal("the top-up asked for was not priced"));
             };
             let invoice = seal(&q).await?;
@@ -237,7 +242,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             format!("SIM {iccid} is {why}: no quota is granted"),
         ));
     }
-    let quotes = offers().await?;
+    let quotes = offers(Some((balance.remaining_bytes, balance.reserved_bytes))).await?;
     let options = quotes
         .iter()
         .map(|q| json!({ "data_mb": q.data_mb, "amount_usdc": UsdcAmount::from_micros(q.amount) }))

@@ -151,14 +151,19 @@ impl PriceBook {
 
     /// The top-ups to offer for a SIM on `carrier`, with their prices: `asked` first when the request named
     /// one, then each of `sizes` raised to [`Self::minimum_top_up_mb`] (a size below it costs the minimum all
-    /// the same, so the offer is the most data that price buys), without repeats. `None` for an unknown carrier.
+    /// the same, so the offer is the most data that price buys) and to `at_least_mb` (what the SIM needs to be
+    /// granted quota again: `usage::account::top_up_needed_mb`), without repeats. `None` for an unknown
+    /// carrier.
     pub fn top_up_offers(
         &self,
         carrier: &CarrierId,
         asked: Option<DataMb>,
         sizes: &[u32],
+        at_least_mb: u32,
     ) -> Option<Vec<(DataMb, UsdcAmount)>> {
-        let floor = self.minimum_top_up_mb(carrier)?;
+        let floor = self
+            .minimum_top_up_mb(carrier)?
+            .max(at_least_mb.min(DataMb::MAX));
         let mut offers: Vec<(DataMb, UsdcAmount)> = Vec::with_capacity(sizes.len() + 1);
         let lifted = sizes
             .iter()
@@ -355,7 +360,7 @@ mod tests {
         let book = seed();
         let mb = |n: u64| DataMb::new(n).unwrap();
         let offers = |carrier: &str, asked: Option<u64>| -> Vec<(u32, u64)> {
-            book.top_up_offers(&c(carrier), asked.map(mb), &[10, 50, 100])
+            book.top_up_offers(&c(carrier), asked.map(mb), &[10, 50, 100], 0)
                 .unwrap()
                 .into_iter()
                 .map(|(mb, amount)| (mb.get(), amount.micros()))
@@ -386,11 +391,26 @@ mod tests {
         cheap.rates[0].milli_micros_per_mb = 1;
         assert_eq!(cheap.minimum_top_up_mb(&c("tmobile")), Some(DataMb::MAX));
         let all = cheap
-            .top_up_offers(&c("tmobile"), None, &[10, 50, 100])
+            .top_up_offers(&c("tmobile"), None, &[10, 50, 100], 0)
             .unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].0.get(), DataMb::MAX);
-        assert_eq!(book.top_up_offers(&c("att"), None, &[10]), None);
+        assert_eq!(book.top_up_offers(&c("att"), None, &[10], 0), None);
+        // A SIM 968 MB in debt needs 969 MB to be granted quota again: every standard size is raised to it.
+        let owed: Vec<(u32, u64)> = book
+            .top_up_offers(&c("tmobile"), None, &[10, 50, 100], 969)
+            .unwrap()
+            .into_iter()
+            .map(|(mb, amount)| (mb.get(), amount.micros()))
+            .collect();
+        assert_eq!(owed, [(969, 2_907_000)]);
+        let big = book
+            .top_up_offers(&c("tmobile"), None, &[10, 50, 100], 60)
+            .unwrap();
+        assert_eq!(
+            big.iter().map(|(mb, _)| mb.get()).collect::<Vec<_>>(),
+            [60, 100]
+        );
     }
 
     #[test]

@@ -374,7 +374,7 @@ impl Catalog {
             .iter()
             .map(|c| {
                 let top_ups: Vec<_> = book
-                    .top_up_offers(&c.id, None, top_up_sizes)
+                    .top_up_offers(&c.id, None, top_up_sizes, 0)
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(mb, amount)| json!({ "data_mb": mb.get(), "amount_usdc": amount }))

@@ -49,6 +49,18 @@ pub const DEFAULT_GRANT_BYTES: u64 = 1_000_000;
 /// The top-up sizes offered in a low-balance 402 (MB).
 pub const TOP_UP_SIZES_MB: [u32; 3] = [10, 50, 100];
 
+/// The whole MB a top-up must bring for a SIM with `remaining` bytes (negative: in debt) of which `reserved`
+/// are held by grants, to be granted quota again: above the low-water mark after it, so the next quota request
+/// is granted rather than answered with another 402. At least 1; at most [`DataMb::MAX`].
+pub fn top_up_needed_mb(remaining: i64, reserved: u64) -> u32 {
+    let short = i128::from(LOW_WATER_BYTES) + i128::from(reserved) - i128::from(remaining) + 1;
+    let mb = short
+        .max(1)
+        .unsigned_abs()
+        .div_ceil(u128::from(BYTES_PER_MB));
+    u32::try_from(mb).unwrap_or(u32::MAX).min(DataMb::MAX)
+}
+
 /// Bytes in `mb` megabytes.
 pub fn mb_to_bytes(mb: DataMb) -> u64 {
     u64::from(mb.get()) * BYTES_PER_MB
@@ -782,6 +794,31 @@ mod tests {
             Err(AccountError::AlreadyCredited("inv_b".into())),
             "a repeat of a credit made before the close is a repeat"
         );
+    }
+
+    /// What a top-up must bring to be granted quota again (a fresh-user trial, thirty-first session: a SIM
+    /// 968 MB in debt was offered 16, 50 and 100 MB, none of which would let it be granted anything).
+    #[test]
+    fn a_top_up_needed_clears_the_debt_and_the_low_water_mark() {
+        assert_eq!(top_up_needed_mb(50_000, 0), 1, "a low SIM: any top-up");
+        assert_eq!(top_up_needed_mb(10_000_000, 0), 1);
+        assert_eq!(top_up_needed_mb(-967_954_000, 0), 969);
+        assert_eq!(
+            top_up_needed_mb(-899_999, 0),
+            1,
+            "1 MB lifts it past 100 KB"
+        );
+        assert_eq!(
+            top_up_needed_mb(-900_000, 0),
+            2,
+            "1 MB leaves it at the mark"
+        );
+        assert_eq!(
+            top_up_needed_mb(0, 1_900_000),
+            3,
+            "reserved bytes are spoken for"
+        );
+        assert_eq!(top_up_needed_mb(i64::MIN, u64::MAX), DataMb::MAX);
     }
 
     #[test]

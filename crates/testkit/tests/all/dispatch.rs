@@ -1789,7 +1789,7 @@ async fn an_abandoned_order_is_withdrawn_once_its_authorization_expired() {
     // No top-up for it while it may yet be withdrawn: nothing would owe that top-up back.
     let iccid = pending.iccid.clone();
     let top_up = kit
-        .call(async move |a, g| g.dispatch().call_quote_top_ups(a, iccid, Some(50)).await)
+        .call(async move |a, g| g.dispatch().call_quote_top_ups(a, iccid, Some(50), 0).await)
         .await
         .unwrap();
     assert!(
