@@ -1,5 +1,5 @@
 """esim402 quickstart: an agent buys an eSIM, reads its balance and tops it up, paying with the official x402
-client. Run against `scripts/up.sh`: tools/.venv/bin/python examples/quickstart.py [URL] (wallet: ESIM402_WALLET_KEY,
+client. Run against `scripts/up.sh`: tools/.venv/bin/python examples/quickstart.py [[--url] URL] (wallet: ESIM402_WALLET_KEY,
 else the dev stack's demo agent from .spin/devstack.json)."""
 import json
 import os
@@ -12,7 +12,8 @@ from x402 import x402ClientSync
 from x402.http.clients.requests import wrapRequestsWithPayment
 from x402.mechanisms.evm.exact import register_exact_evm_client
 
-URL = (sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:3000").rstrip("/")
+args = [a for a in sys.argv[1:] if a != "--url"]  # the URL alone, or after --url as the demos take it
+URL = (args[0] if args else "http://127.0.0.1:3000").rstrip("/")
 key = os.environ.get("ESIM402_WALLET_KEY") or json.loads(
     (Path(__file__).resolve().parent.parent / ".spin" / "devstack.json").read_text())["demo_agent_private_key"]
 
@@ -33,8 +34,9 @@ auth = {"Authorization": f"Bearer {sim['access_token']}"}  # keep it: the SIM's 
 balance = requests.get(f"{URL}/v1/esim/{sim['iccid']}/balance", headers=auth, timeout=30).json()
 print(f"balance: {balance['remaining_kb']} KB")
 
-# 3. Top up 10 MB: the quota route answers 402 with the price; the client pays it and gets the grant.
-grant = agent.post(f"{URL}/v1/esim/{sim['iccid']}/data", json={"top_up_mb": 10}, headers=auth, timeout=120)
+# 3. Top up 16 MB (what the $0.05 minimum buys at T-Mobile's $0.003/MB; GET /v1/catalog lists each carrier's):
+# the quota route answers 402 with the price; the client pays it and gets the grant.
+grant = agent.post(f"{URL}/v1/esim/{sim['iccid']}/data", json={"top_up_mb": 16}, headers=auth, timeout=120)
 grant.raise_for_status()
 grant = grant.json()
 print(f"topped up {grant['topped_up_mb']} MB for {grant['amount_usdc']} USDC: {grant['remaining_kb']} KB left")

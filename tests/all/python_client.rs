@@ -146,7 +146,7 @@ async fn the_python_quickstart_activates_reads_the_balance_and_tops_up() {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(script)
-            .arg(&url)
+            .args(["--url", &url])
             .env("ESIM402_WALLET_KEY", chain::DEMO_AGENT_KEY)
             .output()
             .unwrap()
@@ -162,10 +162,10 @@ async fn the_python_quickstart_activates_reads_the_balance_and_tops_up() {
     assert!(stdout.contains("scan or install: LPA:1$"), "{stdout}");
     assert!(stdout.contains("balance: 10000 KB"), "{stdout}");
     assert!(
-        stdout.contains("topped up 10 MB for 0.05 USDC: 20000 KB left"),
+        stdout.contains("topped up 16 MB for 0.05 USDC: 26000 KB left"),
         "{stdout}"
     );
-    // The activation's price (as printed) + a 10 MB top-up ($0.05): each paid once.
+    // The activation's price (as printed) + a 16 MB top-up ($0.05): each paid once.
     let paid: esim402_core::UsdcAmount = stdout
         .split("paid ")
         .nth(1)

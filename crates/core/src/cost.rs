@@ -195,6 +195,10 @@ mod tests {
         assert_eq!(m.invoices, 8_640);
         assert_eq!(m.paid, usd("432"));
         assert_eq!(m.at_rate, usd("259.20"));
+        // 16 MB (the most the minimum buys, what a low-balance 402 offers first): $0.048 → $0.05, $0.003125/MB,
+        // 86 400 MB / 16 = 5 400 invoices → $270.00.
+        let m = tmobile(16).month(&SEED).unwrap();
+        assert_eq!((m.invoices, m.paid), (5_400, usd("270")));
     }
 
     #[test]
