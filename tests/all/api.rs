@@ -490,6 +490,16 @@ async fn a_single_valued_header_sent_twice_is_refused_everywhere() {
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("more than once"), "{message}");
     }
+    // A query parameter given twice is refused too (it was read as its last value).
+    let twice = http
+        .get(format!("{}/v1/ledger?from=0&limit=1&from=5", app.url))
+        .header("authorization", bearer.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
+    let body: Value = twice.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "from", "{body}");
     // Once each, the same requests are answered as before.
     let one = http
         .get(format!("{}/v1/ledger?from=0&limit=1", app.url))

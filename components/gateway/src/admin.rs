@@ -227,7 +227,7 @@ async fn owe_withdrawn(invoices: Vec<String>) -> OwedRun {
 /// An admin run's `?limit=N` (1-500, default 50).
 fn run_limit(req: &Request) -> Result<u32, ApiError> {
     let mut limit = 50u32;
-    crate::query::params(req.uri().query(), "limit", |k, v| {
+    esim402_core::query::params(req.uri().query(), "limit", |k, v| {
         if k != "limit" {
             return Ok(false);
         }

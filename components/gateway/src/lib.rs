@@ -42,7 +42,6 @@ mod meter;
 mod owing;
 mod pay;
 mod purchase;
-mod query;
 mod recheck;
 mod routes;
 

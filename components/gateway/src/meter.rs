@@ -270,7 +270,7 @@ pub async fn usage(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     // The query is checked before the credential is used (a malformed request must not use up a sign-in).
     let query = req.uri().query();
     let (mut granularity, mut by_plmn) = ("day".to_owned(), false);
-    crate::query::params(query, "granularity, group_by", |k, v| {
+    esim402_core::query::params(query, "granularity, group_by", |k, v| {
         match k {
             "granularity" => granularity = v.to_owned(),
             "group_by" if v == "plmn" => by_plmn = true,
@@ -299,10 +299,10 @@ pub async fn usage(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
 pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     let query = req.uri().query();
     let (mut from, mut limit) = (1u64, 100u32);
-    crate::query::params(query, "from, limit", |k, v| {
+    esim402_core::query::params(query, "from, limit", |k, v| {
         match k {
-            "from" => from = crate::query::uint(k, v)?,
-            "limit" => limit = crate::query::limit(v, 1_000)?,
+            "from" => from = esim402_core::query::uint(k, v)?,
+            "limit" => limit = esim402_core::query::limit(v, 1_000)?,
             _ => return Ok(false),
         }
         Ok(true)

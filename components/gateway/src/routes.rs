@@ -123,7 +123,7 @@ const DEFAULT_PAGE: u32 = 100;
 /// hold fewer than `limit` SIMs while more follow.
 pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
     let (mut label, mut after, mut limit) = (None, 0, DEFAULT_PAGE);
-    crate::query::params(req.uri().query(), "agent_id, after or limit", |k, v| {
+    esim402_core::query::params(req.uri().query(), "agent_id, after or limit", |k, v| {
         match k {
             "agent_id" => {
                 label = Some(
@@ -131,8 +131,8 @@ pub async fn list_sims(req: &Request) -> Result<Reply, ApiError> {
                         .map_err(|e| ApiError::invalid("agent_id", e))?,
                 );
             }
-            "after" => after = crate::query::uint(k, v)?,
-            "limit" => limit = crate::query::limit(v, esim402_core::order::MAX_PAGE)?,
+            "after" => after = esim402_core::query::uint(k, v)?,
+            "limit" => limit = esim402_core::query::limit(v, esim402_core::order::MAX_PAGE)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -336,13 +336,13 @@ pub async fn ledger_export(req: &Request) -> Result<Reply, ApiError> {
     crate::admin::check(req).await?;
     let query = req.uri().query();
     let (mut from, mut limit, mut shard) = (0u64, 1000u32, None);
-    crate::query::params(query, "from, limit, shard", |k, v| {
+    esim402_core::query::params(query, "from, limit, shard", |k, v| {
         match k {
-            "from" => from = crate::query::uint(k, v)?,
-            "limit" => limit = crate::query::limit(v, 10_000)?,
+            "from" => from = esim402_core::query::uint(k, v)?,
+            "limit" => limit = esim402_core::query::limit(v, 10_000)?,
             "shard" => {
                 shard = Some(
-                    u16::try_from(crate::query::uint(k, v)?)
+                    u16::try_from(esim402_core::query::uint(k, v)?)
                         .map_err(|_| ApiError::invalid("shard", "shard must be 0-15"))?,
                 );
             }

@@ -23,6 +23,7 @@ pub mod money;
 pub mod order;
 pub mod paid;
 pub mod pricing;
+pub mod query;
 pub mod refund;
 pub mod routes;
 pub mod settlement;
