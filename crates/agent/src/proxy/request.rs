@@ -91,6 +91,13 @@ pub(super) async fn respond(
             );
         }
     };
+    // A body declared larger than the proxy forwards is refused before it is read (not after the read's time).
+    if hyper::body::Body::size_hint(req.body())
+        .exact()
+        .is_some_and(|n| n > MAX_BODY as u64)
+    {
+        return error_reply(413, "payload_too_large", "body over 64 KiB");
+    }
     let body = Limited::new(req.into_body(), MAX_BODY).collect();
     let body = match tokio::time::timeout(body_read, body).await {
         Ok(Ok(b)) => b.to_bytes(),

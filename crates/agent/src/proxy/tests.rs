@@ -862,3 +862,20 @@ fn unpaid(upstream: &crate::testing::Server) -> usize {
         .filter(|s| s.header("payment-signature").is_none())
         .count()
 }
+
+/// A body declared larger than the proxy forwards is refused at once (413), before it is read: before, the
+/// proxy waited for the 20 MB it would never take until the body's deadline and answered 408 (a fresh-user
+/// trial, thirty-first session). Nothing is forwarded.
+#[tokio::test]
+async fn a_body_declared_too_large_is_refused_before_it_is_read() {
+    let upstream = crate::testing::facilitator(vec![(200, json!({"paid": true}))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+    let head = format!(
+        "POST /v1/esim/activate HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-type: application/json\r\n\
+         content-length: 20000000\r\n\r\n{{\"region\":",
+        addr.port()
+    );
+    assert_eq!(raw(addr, &head).await, 413);
+    assert!(upstream.seen().is_empty());
+}
