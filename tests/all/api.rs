@@ -510,3 +510,34 @@ async fn a_single_valued_header_sent_twice_is_refused_everywhere() {
     assert_eq!(one.status(), 200);
     app.stop().await;
 }
+
+/// HEAD is answered wherever GET is, as the GET without its body (a fresh-user trial, thirty-first session:
+/// `HEAD /v1/catalog` was 405); a route without GET still refuses it.
+#[tokio::test(flavor = "multi_thread")]
+async fn head_is_answered_wherever_get_is() {
+    let app = spawn_app(options(StoreConfig::Memory)).await.unwrap();
+    let http = reqwest::Client::new();
+    let get = http
+        .get(format!("{}/v1/catalog", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let length = get.headers()["content-length"].clone();
+    assert!(!get.bytes().await.unwrap().is_empty());
+    let head = http
+        .head(format!("{}/v1/catalog", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], length);
+    assert!(head.bytes().await.unwrap().is_empty());
+    let post_only = http
+        .head(format!("{}/v1/usage", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post_only.status(), 405);
+    app.stop().await;
+}

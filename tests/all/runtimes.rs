@@ -117,6 +117,17 @@ async fn scenario(runner: Runner, store: Store) {
         );
     }
 
+    // HEAD as GET without the body, under either server.
+    let head = s
+        .http
+        .head(format!("{}/v1/catalog", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200, "{what}");
+    assert!(head.headers().contains_key("content-length"), "{what}");
+    assert!(head.bytes().await.unwrap().is_empty(), "{what}");
+
     // 402: an invoice, persisted, readable back.
     let (invoice, req) = s.invoice(&activation()).await;
     let id = invoice["invoice_id"].as_str().unwrap();

@@ -244,10 +244,15 @@ async fn handle(req: Request) -> impl IntoResponse {
     reply
 }
 
-async fn answer(req: Request) -> Reply {
+async fn answer(mut req: Request) -> Reply {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let allowed = esim402_core::routes::allowed(&segments);
+    // HEAD is the GET whose body the server does not send (RFC 9110, 9.3.2): answered as the GET, and the
+    // server (hyper, ours or Spin's) leaves the body out and keeps its length.
+    if req.method() == Method::HEAD && allowed.is_some_and(|a| a.split(", ").any(|m| m == "GET")) {
+        *req.method_mut() = Method::GET;
+    }
     // A browser's CORS preflight: what the route answers and the headers it reads.
     // Not for the operator's routes or the SM-DP+'s callback: no page has business there.
     if req.method() == Method::OPTIONS
