@@ -541,3 +541,43 @@ async fn head_is_answered_wherever_get_is() {
     assert_eq!(post_only.status(), 405);
     app.stop().await;
 }
+
+/// With `public_origins` set, a 402 names its resource on that origin whatever Host the client sent (a
+/// fresh-user trial, thirty-first session: `Host: evil.example:666` came back in the challenge).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_402_names_its_resource_on_the_public_origin() {
+    let mut opts = options(StoreConfig::Memory);
+    opts.env.insert(
+        "SPIN_VARIABLE_PUBLIC_ORIGINS".into(),
+        "https://api.example.com".into(),
+    );
+    // A public deployment names its carriers (the built-in catalog's development signers are refused).
+    opts.env.insert(
+        "SPIN_VARIABLE_CARRIER_CATALOG".into(),
+        esim402_testkit::catalog_without_signers(),
+    );
+    let app = spawn_app(opts).await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/esim/activate", app.url))
+        .header("host", "evil.example:666")
+        .json(&serde_json::json!({"region": "us-west", "data_mb": 10}))
+        .send()
+        .await
+        .unwrap();
+    if r.status() != 402 {
+        panic!("{}: {}", r.status(), r.text().await.unwrap());
+    }
+    let required = esim402_core::x402::header::decode_payment_required_header(
+        r.headers()["payment-required"].to_str().unwrap(),
+    )
+    .unwrap();
+    let text = serde_json::to_string(&required).unwrap();
+    assert!(!text.contains("evil.example"), "{text}");
+    assert!(
+        text.contains("https://api.example.com/v1/esim/activate"),
+        "{text}"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert!(!body.to_string().contains("evil.example"), "{body}");
+    app.stop().await;
+}

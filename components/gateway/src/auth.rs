@@ -33,9 +33,8 @@ pub async fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credent
         return Err(unauthorized(&AuthError::Missing));
     };
     let url = resource_url(req);
-    let configured = esim402_guest::config::optional_var("public_origins").await;
     let client = header(req, "spin-client-addr");
-    let origins = siwx::expected_origins(configured.as_deref(), &url, client)
+    let origins = siwx::expected_origins(crate::public_origins().await, &url, client)
         .map_err(|e| unauthorized(&e))?;
     let verified = SiwxProof::from_header(value)
         .and_then(|p| p.verify_for(&origins, siwx::path_of(&url), now()))

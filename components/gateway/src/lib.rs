@@ -156,11 +156,27 @@ fn bearer(req: &Request) -> Option<&str> {
     })
 }
 
-/// The URL the client used, as Spin reports it (`spin-full-url`), for the x402 `resource` field.
+/// The URL the client used, as Spin reports it (`spin-full-url`: its origin from the client's Host header).
 fn resource_url(req: &Request) -> String {
     header(req, "spin-full-url")
         .map(str::to_owned)
         .unwrap_or_else(|| req.uri().to_string())
+}
+
+/// The x402 `resource` of a 402: [`resource_url`] on the deployment's public origin when `public_origins`
+/// names others (kernel `siwx::public_url`).
+async fn public_resource_url(req: &Request) -> String {
+    esim402_core::auth::siwx::public_url(public_origins().await, &resource_url(req))
+}
+
+/// The `public_origins` variable, read once per instance (a variable does not change while the app runs).
+async fn public_origins() -> Option<&'static str> {
+    static READ: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if let Some(v) = READ.get() {
+        return v.as_deref();
+    }
+    let v = esim402_guest::config::optional_var("public_origins").await;
+    READ.get_or_init(|| v).as_deref()
 }
 
 async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, ApiError> {

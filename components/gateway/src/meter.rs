@@ -12,7 +12,7 @@ use spin_sdk::http::Request;
 
 use crate::pay::{self, Order, Proof};
 use crate::purchase::{payment_required, render, request_fingerprint};
-use crate::{Reply, dispatch, from_wit, json, metering, now, read_body, resource_url};
+use crate::{Reply, dispatch, from_wit, json, metering, now, public_resource_url, read_body};
 
 /// `POST /v1/usage`: a batch of signed receipts (`{"receipts": [...]}`, at most 1 000). 200 with a result per
 /// receipt; SIMs out of balance are held (suspended) by metering's balance hold, in its epoch order. The
@@ -90,7 +90,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let credential = crate::auth::credential(&req, true).await;
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
-    let url = resource_url(&req);
+    let url = public_resource_url(&req).await;
     let body = read_body(req).await?;
     let QuotaRequest {
         quota,

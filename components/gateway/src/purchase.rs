@@ -14,13 +14,13 @@ use serde_json::Value;
 use spin_sdk::http::{Method, Request, Response};
 
 use crate::pay::{self, Order, Proof};
-use crate::{Reply, dispatch, from_wit, read_body, resource_url};
+use crate::{Reply, dispatch, from_wit, public_resource_url, read_body};
 
 /// `POST /v1/esim/activate` (JSON body) or `GET /v1/esim/activate?region=…&data_mb=…`.
 pub async fn activate(req: Request) -> Result<Reply, ApiError> {
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
-    let url = resource_url(&req);
+    let url = public_resource_url(&req).await;
     let label = label_of(req.headers())?;
     // An `exact` payment's request, kept if its order is left pending (`crate::recheck`).
     let kept = proof
@@ -209,7 +209,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let credential = crate::auth::credential(&req, false).await?;
     let proof = Proof::from_headers(req.headers())?;
     let invoice_header = pay::invoice_header(req.headers())?;
-    let url = resource_url(&req);
+    let url = public_resource_url(&req).await;
     let body = read_body(req).await?;
     let target = crate::convert::switch_target(&body)?;
     crate::auth::open(iccid, credential).await?;

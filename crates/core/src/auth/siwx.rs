@@ -140,6 +140,30 @@ pub fn origin_of(url: &str) -> Option<(&str, &str)> {
     Some((&url[..scheme.len() + 3 + host.len()], host))
 }
 
+/// The URL a 402 names as its `resource`: `request_url` (as the server saw it: its origin from the client's Host
+/// header) when `configured` (the `public_origins` variable) is unset or names that origin, else the same path
+/// and query on the first origin it names. The Host header is the client's to choose: a deployment that says
+/// where it is reached never describes itself by another client-chosen name (in an answer a cache could keep).
+pub fn public_url(configured: Option<&str>, request_url: &str) -> String {
+    let Some(list) = configured else {
+        return request_url.to_owned();
+    };
+    let origins: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter_map(|e| origin_of(e).map(|(origin, _)| origin))
+        .collect();
+    let Some((own, _)) = origin_of(request_url) else {
+        return request_url.to_owned();
+    };
+    match origins.first() {
+        Some(first) if !origins.iter().any(|o| o.eq_ignore_ascii_case(own)) => {
+            format!("{first}{}", &request_url[own.len()..])
+        }
+        _ => request_url.to_owned(),
+    }
+}
+
 /// What is wrong with a `public_origins` value, for readiness: every entry that is not a bare origin
 /// (`scheme://host[:port]`, no path), which [`expected_origins`] skips (so a typo silently refuses the
 /// sign-ins made for it), and a list naming no origin at all (every sign-in refused). Empty when usable.

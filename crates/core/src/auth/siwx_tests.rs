@@ -387,3 +387,27 @@ fn public_origins_problems_name_every_entry_that_is_not_a_bare_origin() {
         ["public_origins names no origin: every wallet sign-in is refused"]
     );
 }
+
+/// A 402's `resource` is named on the deployment's public origin, whatever Host the client sent (a fresh-user
+/// trial, thirty-first session: `Host: evil.example:666` came back in the challenge); unset, or the request's
+/// own origin listed, the request URL as it came.
+#[test]
+fn the_resource_url_is_on_a_public_origin() {
+    let url = "http://evil.example:666/v1/esim/activate?region=us-west";
+    let public = Some("https://api.example.com, https://alt.example.com");
+    assert_eq!(
+        public_url(public, url),
+        "https://api.example.com/v1/esim/activate?region=us-west"
+    );
+    assert_eq!(
+        public_url(public, "https://alt.example.com/v1/esim/1/data"),
+        "https://alt.example.com/v1/esim/1/data"
+    );
+    assert_eq!(public_url(None, url), url);
+    assert_eq!(
+        public_url(Some(" , "), url),
+        url,
+        "names no origin: as it came"
+    );
+    assert_eq!(public_url(public, "not a url"), "not a url");
+}
