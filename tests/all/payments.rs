@@ -918,6 +918,15 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
         let challenge =
             decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
         assert_eq!(challenge.error.as_deref(), Some(reason), "{name}: {body}");
+        // The answer says what was wrong in words, not only the code.
+        if let Some(cause) = reason
+            .parse::<esim402_core::x402::InvalidReason>()
+            .ok()
+            .and_then(|r| r.exact_cause())
+        {
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(cause), "{name}: {body}");
+        }
         assert!(!s.nonce_used(pay.auth.from, pay.auth.nonce).await, "{name}");
         // The refused payment left the invoice open: the right payment still buys it.
         if name == "wrong recipient" {

@@ -214,6 +214,7 @@ impl Answers<'_> {
         let pending = reason == InvalidReason::SettlementPending.as_str();
         let cause = match (self.proof.kind, reason.parse::<InvalidReason>()) {
             (Kind::TxHash, Ok(r)) => r.tx_hash_cause(),
+            (Kind::V1 | Kind::V2, Ok(r)) => r.exact_cause(),
             _ => None,
         };
         let message = match cause {

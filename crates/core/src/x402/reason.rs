@@ -129,6 +129,33 @@ impl InvalidReason {
         })
     }
 
+    /// What this refusal of an x402 (`exact`) payment means, in words, for the reasons a client can act on;
+    /// `None` for the others. Before, the 402 named only the code (a fresh-user trial, thirty-first session: an
+    /// amount or recipient changed in the payment read "invalid_payment_requirements" and nothing else).
+    pub const fn exact_cause(self) -> Option<&'static str> {
+        Some(match self {
+            Self::InvalidPaymentRequirements => {
+                "the payment's accepted requirements (scheme, network, asset, amount, payTo, timeout or extra) \
+                 are not this invoice's: sign the requirements of its 402 unchanged"
+            }
+            Self::AuthorizationValueMismatch => {
+                "the authorization's value is not exactly the invoice's amount"
+            }
+            Self::RecipientMismatch => "the authorization's `to` is not the invoice's payTo",
+            Self::NetworkMismatch => "the payload's network is not the requirements'",
+            Self::InvalidNetwork => "the payment's network is not one this invoice offers",
+            Self::Signature => "the authorization's signature does not recover to its `from`",
+            Self::ValidBefore => "the authorization expires too soon (validBefore): sign a new one",
+            Self::ValidAfter => "the authorization is not valid yet (validAfter is in the future)",
+            Self::NonceAlreadyUsed => "this authorization was already used on chain",
+            Self::InsufficientBalance => "the payer's token balance is below the amount",
+            Self::TokenNameMismatch | Self::TokenVersionMismatch | Self::MissingEip712Domain => {
+                "the EIP-712 domain (extra.name / extra.version) is not the token's"
+            }
+            _ => return None,
+        })
+    }
+
     /// Whether a settlement with this reason may still complete (only [`InvalidReason::SettlementPending`]).
     pub const fn is_pending(self) -> bool {
         matches!(self, Self::SettlementPending)
