@@ -53,7 +53,8 @@ pub enum EntryKind {
     RefundPaid,
     /// The eSIM activation the invoice paid for succeeded.
     ActivationCompleted,
-    /// The eSIM activation the invoice paid for failed.
+    /// What the invoice paid for could not be delivered: an activation, or a top-up or switch (the name is the
+    /// first purchase's; kept, as every entry's kind is in its hash).
     ActivationFailed,
     /// Data was credited to a SIM's balance (its activation or a paid top-up), once per invoice.
     DataCredited,
