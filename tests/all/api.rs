@@ -183,6 +183,21 @@ async fn hostile_hosts_are_refused_and_silent_connections_are_closed() {
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 400"), "{host}: {answer}");
     }
+    // Both framings at once (request smuggling's shape): read by Transfer-Encoding alone, and the connection
+    // closed after the answer (RFC 9112, 6.3), so nothing after it on the connection is read as a request.
+    let both = raw(
+        &app.url,
+        b"POST /v1/usage HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(both.contains("connection: close"), "{both}");
+    assert!(
+        both.contains("no \\\"receipts\\\" array"),
+        "read as the chunked `{{}}`: {both}"
+    );
     let ok = raw(
         &app.url,
         b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
