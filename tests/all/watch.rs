@@ -158,7 +158,7 @@ async fn watch_tops_up_within_policy_disputes_a_forged_receipt_and_stops_at_the_
     let s = PayStack::start(&[]).await;
     let t = TrafficSim::start(&s.url, &s.sim.url).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Room for the activation (0.123) and one 10 MB top-up (0.05), not two.
+    // Room for the activation (0.123) and one top-up (16 MB, the first offer, at the $0.05 minimum), not two.
     std::fs::write(
         dir.path().join("policy.toml"),
         "max_per_day_usdc = \"0.20\"\n",
@@ -177,7 +177,7 @@ async fn watch_tops_up_within_policy_disputes_a_forged_receipt_and_stops_at_the_
     let top = w.next("topped_up").await;
     assert_eq!(
         (top["data_mb"].as_u64(), top["amount_usdc"].as_str()),
-        (Some(10), Some("0.05")),
+        (Some(16), Some("0.05")),
         "{top}"
     );
     let verified: u64 = w
@@ -215,7 +215,7 @@ async fn watch_tops_up_within_policy_disputes_a_forged_receipt_and_stops_at_the_
     assert_eq!(d["session_id"], "forged");
 
     // Drained again: the second top-up would pass the daily cap, so the watch stops (exit 3), nothing paid.
-    traffic(&t, &s, &iccid, 10_000_000).await;
+    traffic(&t, &s, &iccid, 16_000_000).await;
     let stopped = w.next("stopped").await;
     assert_eq!(stopped["exit_code"], 3, "{stopped}");
     assert!(
@@ -235,10 +235,10 @@ async fn watch_tops_up_within_policy_disputes_a_forged_receipt_and_stops_at_the_
 
     // The facilitator and the agent agree on every byte; the forged one is only in the disputes.
     let b = facilitator_balance(&s, &iccid).await;
-    assert_eq!(b["credited_bytes"], 11_000_000, "{b}");
+    assert_eq!(b["credited_bytes"], 17_000_000, "{b}");
     let audit = &state(dir.path())["audits"][iccid.as_str()];
     assert_eq!(audit["verified_bytes"], b["used_bytes"], "{audit} vs {b}");
-    assert_eq!(audit["verified_bytes"], 10_950_000);
+    assert_eq!(audit["verified_bytes"], 16_950_000);
     assert_eq!(
         audit["disputed_bytes"], 0,
         "nothing charged was disputed: {audit}"
