@@ -60,6 +60,16 @@ struct SimBatch {
     entries: Vec<LogEntry>,
     bytes: u64,
     accepted: u64,
+    /// A receipt of it verified and was already charged (a batch sent again).
+    duplicate: bool,
+}
+
+impl SimBatch {
+    /// Named by verified receipts that were all charged before: a batch sent again, which reports the SIM's
+    /// standing hold (`holds::settle`).
+    fn resent(&self) -> bool {
+        self.duplicate && self.accepted == 0
+    }
 }
 
 pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
@@ -204,6 +214,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                     sim.accepted += 1;
                     Outcome::Accepted { bytes, gap: false }
                 } else {
+                    sims.entry(r.iccid.to_string()).or_default().duplicate = true;
                     Outcome::Duplicate
                 }
             }
@@ -289,7 +300,14 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
     };
     let settled = match failed {
         Some(e) => Err(e),
-        None => settle(&accounts, &charged).await,
+        None => {
+            let resent: Vec<&String> = sims
+                .iter()
+                .filter(|(_, b)| b.resent())
+                .map(|(i, _)| i)
+                .collect();
+            crate::holds::settle(&accounts, &charged, &resent).await
+        }
     };
     let holds = match settled {
         Ok(holds) => holds,
@@ -314,49 +332,6 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         holds,
         held,
     })
-}
-
-/// What the batch's charges (`charged`: each SIM and its used counter after) do to the accounts as the batch
-/// read them: the balance holds of the SIMs out of balance.
-async fn settle(
-    accounts: &HashMap<String, Option<Account>>,
-    charged: &[(&String, u64)],
-) -> Result<Vec<wit::BalanceHold>, wit::Error> {
-    let mut holds = Vec::new();
-    for (iccid, used) in charged {
-        let Some(account) = accounts.get(*iccid).and_then(Option::as_ref) else {
-            continue;
-        };
-        let used = accounts::collect(account, *used).await?;
-        if account.moved_to.is_some() {
-            // Switched away: its data moved to the new SIM, and so does what it still uses. If the new SIM's
-            // balance is out, both are held (the old one draws on it until it is replaced), each in its own
-            // account's epochs.
-            if let Some((to, used_to)) = accounts::forward(iccid, used).await?
-                && let Some(hold) = accounts::exhaust(to.as_str(), used_to).await?
-            {
-                holds.extend(accounts::follow(iccid, hold.epoch).await?);
-                holds.push(hold);
-            }
-            continue;
-        }
-        // Out of balance: the hold, every batch (a hold that was not applied is applied by a later batch). Read
-        // again, not as the batch read it: a top-up that landed since released the hold with a later epoch, which
-        // the hold as read would not override (dispatch keeps the latest), leaving the SIM in service with
-        // nothing left. The account as read decides whether to look (credits only grow).
-        if account.closed.is_none() && !account.closing && account.remaining(used) <= 0 {
-            holds.extend(accounts::exhaust(iccid, used).await?);
-        }
-    }
-    // Named but charged nothing (a resent batch: all duplicates): its hold as read, again (kernel).
-    let uncharged = accounts
-        .iter()
-        .filter(|(i, _)| !charged.iter().any(|(c, _)| c == i));
-    for (iccid, account) in uncharged {
-        let hold = account.as_ref().and_then(Account::standing_hold);
-        holds.extend(hold.map(|h| accounts::balance_hold(iccid, h)));
-    }
-    Ok(holds)
 }
 
 fn line(index: usize, r: Option<&Receipt>, outcome: Outcome) -> ReportLine {

@@ -19,6 +19,7 @@ mod config;
 mod failed;
 mod grants;
 mod held;
+mod holds;
 mod ingest;
 mod queries;
 mod transfer;

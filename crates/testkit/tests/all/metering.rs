@@ -684,6 +684,11 @@ async fn exhaustion_holds_the_sim_then_a_top_up_releases_it() {
         vec![held(&id, true, 1)],
         "a batch of duplicates reports the hold"
     );
+    // A stranger's forged receipt naming the held SIM verifies nothing: no hold reported for it.
+    let mut forged = receipt(&id, "tmobile", "s", 9, 1_000, "310-260");
+    forged["bytes_down"] = json!(1);
+    let junk = ingested(&mut kit, vec![forged]).await;
+    assert!(junk.holds.is_empty(), "{:?}", holds(&junk.holds));
     for _ in 0..2 {
         let (s, c) = (sim(&id, "tmobile"), credit("inv_top", 10, 30_000));
         let top = kit
