@@ -169,14 +169,18 @@ async fn public_resource_url(req: &Request) -> String {
     esim402_core::auth::siwx::public_url(public_origins().await, &resource_url(req))
 }
 
-/// The `public_origins` variable, read once per instance (a variable does not change while the app runs).
+/// The `public_origins` variable, read once per instance (a variable does not change while the app runs). A
+/// provider that fails is not remembered: this request goes without (sign-ins refused, the 402 on the request's
+/// own URL), the next reads it again.
 async fn public_origins() -> Option<&'static str> {
     static READ: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if let Some(v) = READ.get() {
         return v.as_deref();
     }
-    let v = esim402_guest::config::optional_var("public_origins").await;
-    READ.get_or_init(|| v).as_deref()
+    match esim402_guest::config::secret_var("public_origins").await {
+        Ok(v) => READ.get_or_init(|| v).as_deref(),
+        Err(_) => None,
+    }
 }
 
 async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, ApiError> {

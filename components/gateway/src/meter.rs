@@ -139,9 +139,13 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     if let Some(proof) = proof {
         let named = body_invoice.or(invoice_header);
         let invoice = pay::invoice_for(&proof, named.as_ref(), || async {
-            // A payment naming no invoice (x402 v1): the first offer, as the 402 made it.
-            let balance = metering::get_balance(iccid.to_owned()).await.ok();
-            let owed = balance.map(|b| (b.remaining_bytes, b.reserved_bytes));
+            // A payment naming no invoice (x402 v1): the first offer, as the 402 made it (from the balance; a SIM
+            // metered nowhere has none, a store fault is answered, never guessed around).
+            let owed = match metering::get_balance(iccid.to_owned()).await {
+                Ok(b) => Some((b.remaining_bytes, b.reserved_bytes)),
+                Err(wit::Error::NotFound(_)) => None,
+                Err(e) => return Err(from_wit(e)),
+            };
             seal(&offers(owed).await?[0]).await
         })
         .await?;

@@ -111,17 +111,17 @@ impl Agent {
         .await
     }
 
-    /// Whether a payment signed for this request (`body` `None`: a GET) is still pending in this agent's state,
-    /// which [`Agent::pay_for_device`] would send again. A state that cannot be read answers `true`: paying
-    /// reports why, where forwarding the request unpaid could leave a pending payment behind for good.
+    /// Whether a payment signed for this request (`body` `None`: a GET) is still pending in this agent's state
+    /// for this facilitator, which [`Agent::pay_for_device`] would send again. A state that cannot be read, or a
+    /// payment pending with another facilitator, is not: the request goes on as any other, and if it draws a
+    /// 402, paying reports the problem.
     pub fn has_pending(&self, path: &str, body: Option<&Value>) -> bool {
-        let Ok(state) = self.state.load() else {
-            return true;
-        };
-        !matches!(
-            pending_for(&state, &self.config.origin(), path, body),
-            Ok((_, None))
-        )
+        self.state.load().is_ok_and(|state| {
+            matches!(
+                pending_for(&state, &self.config.origin(), path, body),
+                Ok((_, Some(_)))
+            )
+        })
     }
 
     /// [`Agent::pay`], with `keep` recording in the state what the paid answer bought (a SIM), in the very save

@@ -88,21 +88,24 @@ pub(super) fn device_spends(state: &StateDir) -> Option<HashMap<String, Spend>> 
 /// pending before it (`before`), whose standing changed, as the device's state says after it (`after`): `settled`,
 /// `refused` (dropped: nothing was charged), `unknown` (kept, counted: it may have been charged) or, for one
 /// signed now, `pending` (kept, sent again by the device's same request). The amount is the agent's own. A state
-/// that cannot be read after the request (`after` `None`) says nothing of how they ended: each payment signed
-/// during it is `unreadable` (it may have been charged), never `refused`.
+/// that cannot be read after the request (`after` `None`) says nothing of how they ended: each payment pending
+/// before it or signed during it is `unreadable` (it may have been charged), never `refused`.
 pub(super) fn outcomes(
     before: Option<&HashMap<String, Spend>>,
     signed: &[Spend],
     after: Option<&HashMap<String, Spend>>,
 ) -> Vec<(Spend, &'static str)> {
-    let Some(after) = after else {
-        return signed.iter().map(|s| (s.clone(), "unreadable")).collect();
-    };
     let was_pending = before
         .into_iter()
         .flat_map(HashMap::values)
         .filter(|s| s.status == SpendStatus::Pending)
         .map(|s| (s, true));
+    let Some(after) = after else {
+        return was_pending
+            .chain(signed.iter().map(|s| (s, false)))
+            .map(|(s, _)| (s.clone(), "unreadable"))
+            .collect();
+    };
     let mut out = Vec::new();
     for (spend, earlier) in was_pending.chain(signed.iter().map(|s| (s, false))) {
         let now = after.get(&spend.payment_id);
@@ -144,6 +147,11 @@ mod tests {
         let out = outcomes(Some(&before), &signed, None);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1, "unreadable");
+        // One pending before the request (sent again by it) is unreadable too.
+        let pending = HashMap::from([("p0".to_owned(), spend("p0", SpendStatus::Pending))]);
+        let out = outcomes(Some(&pending), &signed, None);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|(_, o)| *o == "unreadable"));
         let after = HashMap::new();
         assert_eq!(
             outcomes(Some(&before), &signed, Some(&after))[0].1,

@@ -50,10 +50,11 @@ pub const DEFAULT_GRANT_BYTES: u64 = 1_000_000;
 pub const TOP_UP_SIZES_MB: [u32; 3] = [10, 50, 100];
 
 /// The whole MB a top-up must bring for a SIM with `remaining` bytes (negative: in debt) of which `reserved`
-/// are held by grants, to be granted quota again: above the low-water mark after it, so the next quota request
-/// is granted rather than answered with another 402. At least 1; at most [`DataMb::MAX`].
+/// are held by grants, to be granted quota again: at the low-water mark or above after it (only below it is
+/// low, [`decide_quota`]), so the next quota request is granted rather than answered with another 402. At
+/// least 1; at most [`DataMb::MAX`].
 pub fn top_up_needed_mb(remaining: i64, reserved: u64) -> u32 {
-    let short = i128::from(LOW_WATER_BYTES) + i128::from(reserved) - i128::from(remaining) + 1;
+    let short = i128::from(LOW_WATER_BYTES) + i128::from(reserved) - i128::from(remaining);
     let mb = short
         .max(1)
         .unsigned_abs()
@@ -804,18 +805,14 @@ mod tests {
         assert_eq!(top_up_needed_mb(10_000_000, 0), 1);
         assert_eq!(top_up_needed_mb(-967_954_000, 0), 969);
         assert_eq!(
-            top_up_needed_mb(-899_999, 0),
-            1,
-            "1 MB lifts it past 100 KB"
-        );
-        assert_eq!(
             top_up_needed_mb(-900_000, 0),
-            2,
-            "1 MB leaves it at the mark"
+            1,
+            "1 MB: at the mark, not low"
         );
+        assert_eq!(top_up_needed_mb(-900_001, 0), 2, "1 MB: a byte below it");
         assert_eq!(
             top_up_needed_mb(0, 1_900_000),
-            3,
+            2,
             "reserved bytes are spoken for"
         );
         assert_eq!(top_up_needed_mb(i64::MIN, u64::MAX), DataMb::MAX);

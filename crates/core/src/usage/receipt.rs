@@ -534,7 +534,8 @@ impl Recoveries {
 }
 
 /// Whether the refusal `e` of `receipt` comes with its carrier's signature: one raised after the signature was
-/// checked ([`ReceiptError::is_unsigned`] false), or a refusal of its own fields (seq, window, byte count) on a
+/// checked ([`ReceiptError::is_unsigned`] false), or a refusal of its own fields (seq, window's order or length,
+/// byte count; not a window in the future, which the same receipt outgrows) on a
 /// receipt for a SIM metered here (`metered`) that its carrier did sign. The signature of such a refusal is
 /// recovered only here, so the carrier's own overcharging receipt (a 1 TB one) is kept as its signed dispute (in
 /// the ledger, outside the unsigned cap), not as anyone's.
@@ -548,11 +549,11 @@ pub fn refusal_signed(
     if !e.is_unsigned() {
         return true;
     }
+    // Not a window in the future: that is the clock's, and the same receipt sent later is charged.
     let of_its_fields = matches!(
         e,
         ReceiptError::ZeroSeq
             | ReceiptError::WindowInverted { .. }
-            | ReceiptError::WindowInFuture { .. }
             | ReceiptError::WindowTooLong(_)
             | ReceiptError::TooManyBytes(_)
             | ReceiptError::TooFast { .. }

@@ -224,6 +224,16 @@ fn a_carrier_signed_receipt_refused_for_its_fields_is_a_signed_refusal() {
         !refusal_signed(&bad, &signed, registry, true, &mut rec),
         "not of its fields"
     );
+    // A window in the future is the clock's (the same receipt later is charged): never the carrier's dispute.
+    let mut ahead = unsigned();
+    (ahead.window_start, ahead.window_end) = (NOW + 3_600, NOW + 3_700);
+    let ahead = ahead.sign(&key).unwrap();
+    let early = check(&ahead, "tmobile", &us_only()).unwrap_err();
+    assert!(
+        matches!(early, ReceiptError::WindowInFuture { .. }),
+        "{early:?}"
+    );
+    assert!(!refusal_signed(&early, &ahead, registry, true, &mut rec));
     let roaming = ReceiptError::PlmnNotAllowed("262-01".into());
     assert!(
         refusal_signed(&roaming, &forged, registry, true, &mut rec),
