@@ -29,11 +29,16 @@ async fn activate(s: &PayStack, data_mb: u32) -> String {
 
 /// A paid 1 MB SIM with 950 KB used: 50 KB left, below the low-water mark.
 async fn running_low(s: &PayStack) -> String {
+    used_up(s, 950_000).await
+}
+
+/// A paid 1 MB SIM whose carrier reported `bytes` used, in one receipt.
+async fn used_up(s: &PayStack, bytes: u64) -> String {
     let iccid = activate(s, 1).await;
     let (status, _, r) = s
         .post(
             "/v1/usage",
-            &json!({"receipts": [receipt(&iccid, "s", 1, 950_000, "310-260")]}),
+            &json!({"receipts": [receipt(&iccid, "s", 1, bytes, "310-260")]}),
             &[],
         )
         .await;
@@ -1377,15 +1382,7 @@ async fn bodies_and_queries_a_route_does_not_read_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sim_in_debt_is_offered_top_ups_that_clear_it() {
     let s = PayStack::start(&[]).await;
-    let iccid = activate(&s, 1).await;
-    let (status, _, r) = s
-        .post(
-            "/v1/usage",
-            &json!({"receipts": [receipt(&iccid, "s", 1, 60_000_000, "310-260")]}),
-            &[],
-        )
-        .await;
-    assert_eq!((status, &r["totals"]["accepted"]), (200, &json!(1)), "{r}");
+    let iccid = used_up(&s, 60_000_000).await;
     assert_eq!(balance(&s, &iccid).await["remaining_bytes"], -59_000_000);
     let data = format!("/v1/esim/{iccid}/data");
     let (status, headers, low) = s.post(&data, &json!({}), &[]).await;

@@ -762,22 +762,7 @@ async fn an_existing_state_directory_and_audit_log_are_made_private() {
 #[tokio::test]
 async fn a_paid_answer_that_cannot_be_saved_is_collected_by_the_same_request() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("devices/127.0.0.1/state.json");
-    let aside = file.with_extension("aside");
-    let sabotaged = std::sync::atomic::AtomicBool::new(false);
-    let (path, moved) = (file.clone(), aside.clone());
-    let upstream = crate::testing::Server::start(move |seen| {
-        if seen.header("payment-signature").is_none() {
-            return crate::testing::challenge(seen);
-        }
-        // The payment is recorded; its answer's save will fail (a directory where the file goes).
-        if !sabotaged.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::fs::rename(&path, &moved).unwrap();
-            std::fs::create_dir_all(path.join("x")).unwrap();
-        }
-        (200, vec![], crate::testing::sim_answer("8903"))
-    })
-    .await;
+    let (upstream, file, aside) = unsaved_once(dir.path(), "8903", None).await;
     let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
     let buy = request(
         addr,
@@ -793,8 +778,7 @@ async fn a_paid_answer_that_cannot_be_saved_is_collected_by_the_same_request() {
         message.contains("paid for") && message.contains("send the same request again"),
         "{message}"
     );
-    std::fs::remove_dir_all(&file).unwrap();
-    std::fs::rename(&aside, &file).unwrap();
+    restore(&file, &aside);
     let (status, answer) = exchange(addr, &buy).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["iccid"], "8903");
@@ -809,26 +793,8 @@ async fn a_paid_answer_that_cannot_be_saved_is_collected_by_the_same_request() {
 #[tokio::test]
 async fn a_pending_payment_is_sent_again_before_the_request_is_forwarded_unpaid() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("devices/127.0.0.1/state.json");
-    let aside = file.with_extension("aside");
-    let paid_once = std::sync::atomic::AtomicBool::new(false);
-    let (path, moved) = (file.clone(), aside.clone());
-    let upstream = crate::testing::Server::start(move |seen| {
-        if seen.header("payment-signature").is_none() {
-            if paid_once.load(std::sync::atomic::Ordering::SeqCst) {
-                let refused = json!({"error": {"code": "conflict", "message": "already switched"}});
-                return (409, vec![], refused);
-            }
-            return crate::testing::challenge(seen);
-        }
-        // The payment is recorded; its answer's save fails (a directory where the file goes).
-        if !paid_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::fs::rename(&path, &moved).unwrap();
-            std::fs::create_dir_all(path.join("x")).unwrap();
-        }
-        (200, vec![], crate::testing::sim_answer("8904"))
-    })
-    .await;
+    let refused = json!({"error": {"code": "conflict", "message": "already switched"}});
+    let (upstream, file, aside) = unsaved_once(dir.path(), "8904", Some((409, refused))).await;
     let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
     let switch = request(
         addr,
@@ -839,8 +805,7 @@ async fn a_pending_payment_is_sent_again_before_the_request_is_forwarded_unpaid(
     );
     let (status, answer) = exchange(addr, &switch).await;
     assert_eq!(status, 503, "{answer}");
-    std::fs::remove_dir_all(&file).unwrap();
-    std::fs::rename(&aside, &file).unwrap();
+    restore(&file, &aside);
     let unpaid_before = unpaid(&upstream);
     let (status, answer) = exchange(addr, &switch).await;
     assert_eq!(status, 200, "{answer}");
@@ -878,4 +843,46 @@ async fn a_body_declared_too_large_is_refused_before_it_is_read() {
     );
     assert_eq!(raw(addr, &head).await, 413);
     assert!(upstream.seen().is_empty());
+}
+
+/// A facilitator that asks a payment of an unpaid request (once paid, answers it with `after_paid` instead,
+/// if given) and sells SIM `iccid` to a paid one; the first payment it sees makes the device's state unwritable
+/// (a directory where its file goes), so that paid answer cannot be saved and the payment stays pending. With
+/// the state file's path and where it was moved ([`restore`]).
+async fn unsaved_once(
+    dir: &std::path::Path,
+    iccid: &'static str,
+    after_paid: Option<(u16, Value)>,
+) -> (
+    crate::testing::Server,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let file = dir.join("devices/127.0.0.1/state.json");
+    let aside = file.with_extension("aside");
+    let paid_once = std::sync::atomic::AtomicBool::new(false);
+    let (path, moved) = (file.clone(), aside.clone());
+    let upstream = crate::testing::Server::start(move |seen| {
+        if seen.header("payment-signature").is_none() {
+            return match &after_paid {
+                Some((status, body)) if paid_once.load(std::sync::atomic::Ordering::SeqCst) => {
+                    (*status, vec![], body.clone())
+                }
+                _ => crate::testing::challenge(seen),
+            };
+        }
+        if !paid_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::fs::rename(&path, &moved).unwrap();
+            std::fs::create_dir_all(path.join("x")).unwrap();
+        }
+        (200, vec![], crate::testing::sim_answer(iccid))
+    })
+    .await;
+    (upstream, file, aside)
+}
+
+/// The device's state file back where [`unsaved_once`] moved it from.
+fn restore(file: &std::path::Path, aside: &std::path::Path) {
+    std::fs::remove_dir_all(file).unwrap();
+    std::fs::rename(aside, file).unwrap();
 }
