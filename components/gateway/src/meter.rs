@@ -80,9 +80,10 @@ pub async fn recover_held() -> usize {
 
 /// `POST /v1/esim/{iccid}/data`: the next quota (asked by the owner, or by the SIM's carrier with its
 /// credential, as online charging does). Above the low-water mark, 200 with the grant; below it — or whenever
-/// the request names `top_up_mb`, a purchase — 402 with top-up options and an x402 challenge for one of them
-/// (`top_up_mb`, default the smallest, raised to the most data the minimum invoice buys). The same request sent again with a payment pays that top-up, credits
-/// it once and gets its grant. Paying is never gated: a request with a payment, or one without a credential
+/// the request names `top_up_mb`, a purchase — 402 with top-up options and an x402 challenge for the first
+/// (`top_up_mb`, else the smallest standard size raised to the most data the minimum invoice buys and to what a
+/// SIM in debt needs). The same request sent again with a payment pays that top-up, credits it once and gets
+/// its grant. Paying is never gated: a request with a payment, or one without a credential
 /// that names `top_up_mb`, is a top-up anyone may buy for any SIM (its 402 shows the price, not the balance).
 pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     // The credential is read now, but used (a wallet sign-in's nonce claimed) only once the body is known
