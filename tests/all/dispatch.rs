@@ -312,7 +312,8 @@ async fn activation_callbacks_failover_and_lifecycle_through_the_host() {
         callback("test-callback-tmobilE").await.unwrap().status(),
         401
     );
-    // A forged "installed" for the replacement SIM (to retire the old one) from another carrier is refused.
+    // A forged "installed" for the replacement SIM (to retire the old one) from another carrier is refused, as
+    // for a SIM that does not exist (a carrier learns nothing of another's ICCIDs).
     let forged = json!({"iccid": new.iccid, "profileType": "att-iot-data", "timestamp": "2026-11-24T10:00:00Z",
         "notificationPointId": 4, "notificationPointStatus": {"status": "Executed-Success"}});
     let r = s
@@ -326,7 +327,7 @@ async fn activation_callbacks_failover_and_lifecycle_through_the_host() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(r.status(), 404);
 
     s.app.stop().await;
 }

@@ -312,8 +312,9 @@ pub async fn download_progress(
         &keys::sim(info.iccid.as_str()),
         |current| {
             let sim = current.ok_or_else(no_sim)?;
-            check_issuer(&carrier, &sim.carrier, &sim.iccid)
-                .map_err(|e| wit::Error::Forbidden(e.to_string()))?;
+            // Another carrier's SIM is answered as no SIM: a carrier must not learn which of its competitors'
+            // ICCIDs are ours (as `access::authorize` answers a credential that does not open a SIM).
+            check_issuer(&carrier, &sim.carrier, &sim.iccid).map_err(|_| no_sim())?;
             Ok(match after_progress(&sim, point, status) {
                 Some(next) => {
                     let failed_now = next.owes_back() && !sim.owes_back();

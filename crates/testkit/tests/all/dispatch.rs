@@ -3131,8 +3131,9 @@ async fn callbacks_need_the_issuing_carriers_credential() {
                 "{cred:?}: {r:?}"
             );
         } else {
+            // Another carrier's SIM is no SIM to it (it must not learn which ICCIDs are ours).
             assert!(
-                matches!(&r, Err(types::Error::Forbidden(m)) if m.contains("did not issue")),
+                matches!(&r, Err(types::Error::NotFound(m)) if m.contains("no SIM")),
                 "{r:?}"
             );
         }
