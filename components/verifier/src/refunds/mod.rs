@@ -132,9 +132,13 @@ pub async fn owe(
     let cfg = crate::config::get().await?;
     let network = match cfg.chain(&settlement.network) {
         Ok(chain) => chain.network,
+        // Retryable, not refused: the caller keeps what it owes (a terminate lists its SIM for the cleanup run, a
+        // failed order keeps its payment open, a callback is sent again), so the refund is recorded once the
+        // network is enabled again. A refusal here was logged once and the refund dropped.
         Err(wit::Error::PaymentRequired(_)) => {
-            return Err(wit::Error::Conflict(format!(
-                "invoice {id} was paid on {}, which is no longer enabled",
+            return Err(wit::Error::Unavailable(format!(
+                "invoice {id} was paid on {}, which is no longer enabled: its refund is recorded once it is \
+                 enabled again",
                 settlement.network
             )));
         }

@@ -354,3 +354,40 @@ async fn an_unmineable_looking_refund_whose_own_transfer_is_logged_is_paid() {
     assert_eq!(record["status"], "paid", "{record}");
     assert_eq!(refund_hashes(&node), sent, "no second transfer");
 }
+
+/// A refund owed for an invoice paid on a network since disabled is unavailable (retryable), not refused: the
+/// gateway keeps what it owes (a terminate lists its SIM for the cleanup run) and it is recorded once the
+/// network is enabled again. Before, a conflict was logged once and the refund dropped (a review, thirty-first
+/// session).
+#[tokio::test]
+async fn a_refund_on_a_network_since_disabled_waits_for_it_to_be_enabled_again() {
+    let node = Arc::new(Node::default());
+    let mut kit = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .build()
+        .await
+        .unwrap();
+    let (inv, id, tx) = paid(&mut kit, 191).await;
+    let store = kit.kv().clone();
+    let mut off = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .var("payment_network", "base-sepolia")
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    let e = owe(&mut off, &inv, &tx).await.unwrap_err();
+    assert!(
+        matches!(&e, E::Unavailable(m) if m.contains("no longer enabled")),
+        "{e:?}"
+    );
+    assert_eq!(kv_json(&off, &format!("refund/{id}")).await, None);
+    let mut on = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .store(store)
+        .build()
+        .await
+        .unwrap();
+    let owed = owe(&mut on, &inv, &tx).await.unwrap();
+    assert!(owed.new, "recorded once enabled again");
+}
