@@ -471,6 +471,23 @@ async fn any_command_collects_a_lost_payment_first_and_a_top_up_never_prints_a_n
         "{}",
         top.stdout
     );
+    // Without --data-mb: the smallest top-up the catalog offers for the SIM's carrier (16 MB at T-Mobile's
+    // $0.003/MB: what the $0.05 minimum buys), recorded as that size.
+    let default = cli(&proxy.url, dir.path(), &["top-up"]).await;
+    assert_eq!(default.code, 0, "{}", default.stderr);
+    assert!(
+        default.stdout.starts_with("topped up 16 MB for 0.05 USDC"),
+        "{}",
+        default.stdout
+    );
+    let st = state(dir.path());
+    assert!(
+        st["spends"][3]["purpose"]
+            .as_str()
+            .unwrap()
+            .ends_with(" 16 MB"),
+        "{st}"
+    );
 }
 
 /// The CLI's wiring of the pass before a command (`main.rs`): a command without `--iccid` acts on the SIM the

@@ -131,9 +131,10 @@ enum Command {
     TopUp {
         #[command(flatten)]
         sim: Sim,
-        /// MB to buy (1 to 100000).
+        /// MB to buy (1 to 100000; default: the smallest top-up the facilitator's catalog offers for the SIM's
+        /// carrier, the most data its minimum invoice buys).
         #[arg(long, value_parser = data_mb)]
-        data_mb: u64,
+        data_mb: Option<u64>,
     },
     /// Move the SIM to another carrier or region (paid; its unused data moves to the new SIM).
     #[command(group(clap::ArgGroup::new("target").required(true).args(["carrier", "region"])))]
@@ -732,6 +733,6 @@ mod tests {
             panic!("not a top-up");
         };
         assert_eq!(sim.iccid.as_deref(), Some("8901260000000000014"));
-        assert_eq!(data_mb, 100_000);
+        assert_eq!(data_mb, Some(100_000));
     }
 }

@@ -109,9 +109,9 @@ async fn a_top_up_is_not_paid_again_while_one_of_the_same_sim_is_pending() {
     let f = flaky(down.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let a = agent(&f.url, dir.path());
-    let e = a.top_up(Some("8901"), 10).await.unwrap_err();
+    let e = a.top_up(Some("8901"), Some(10)).await.unwrap_err();
     assert!(pending_error(&e), "{e}");
-    let e = a.top_up(Some("8901"), 20).await.unwrap_err();
+    let e = a.top_up(Some("8901"), Some(20)).await.unwrap_err();
     assert!(pending_error(&e), "{e}");
     assert_eq!(
         f.payments().len(),
@@ -121,7 +121,7 @@ async fn a_top_up_is_not_paid_again_while_one_of_the_same_sim_is_pending() {
     assert_eq!(a.state().load().unwrap().spends.len(), 1);
 
     down.store(false, Ordering::SeqCst);
-    let other = a.top_up(Some("8902"), 5).await.unwrap();
+    let other = a.top_up(Some("8902"), Some(5)).await.unwrap();
     assert_eq!(other["topped_up_mb"], 5, "another SIM's top-up is paid");
     let st = a.state().load().unwrap();
     assert!(st.pending.is_empty(), "collected first: {st:?}");
@@ -129,7 +129,7 @@ async fn a_top_up_is_not_paid_again_while_one_of_the_same_sim_is_pending() {
     assert_eq!(paid[2], paid[0], "with the same payment");
 
     // Once nothing is pending, a top-up of the first SIM pays (one new payment).
-    let got = a.top_up(Some("8901"), 20).await.unwrap();
+    let got = a.top_up(Some("8901"), Some(20)).await.unwrap();
     assert_eq!(got["topped_up_mb"], 20);
     assert_eq!(f.payments().len(), 5);
     let st = a.state().load().unwrap();
@@ -159,7 +159,7 @@ async fn every_pending_payment_is_collected_before_a_command() {
         })
         .unwrap();
     a.activate(&buy("us-west")).await.unwrap_err();
-    a.top_up(Some("8900"), 10).await.unwrap_err();
+    a.top_up(Some("8900"), Some(10)).await.unwrap_err();
     a.switch(Some("8900"), &json!({"carrier": "att"}))
         .await
         .unwrap_err();
@@ -803,13 +803,13 @@ async fn the_pass_before_a_command_stops_at_an_unreachable_facilitator() {
         "{again:?}"
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "nothing sent again");
-    let e = a.top_up(Some("8901"), 20).await.unwrap_err();
+    let e = a.top_up(Some("8901"), Some(20)).await.unwrap_err();
     assert!(
         pending_error(&e) && e.to_string().contains("did not answer"),
         "{e}"
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "refused before sending");
-    let e = a.top_up(Some("8903"), 20).await.unwrap_err();
+    let e = a.top_up(Some("8903"), Some(20)).await.unwrap_err();
     assert_eq!(e.exit_code(), crate::ExitCode::Unavailable, "{e}");
     assert_eq!(
         accepted.load(Ordering::SeqCst),

@@ -475,14 +475,54 @@ impl Agent {
 
     /// Buy `data_mb` more for a SIM (anyone may pay a top-up: no credential is sent). Every other top-up
     /// pending with this facilitator is collected first; while one of this SIM stays pending, no new one is paid.
-    pub async fn top_up(&self, iccid: Option<&str>, data_mb: u64) -> Result<Value, AgentError> {
+    pub async fn top_up(
+        &self,
+        iccid: Option<&str>,
+        data_mb: Option<u64>,
+    ) -> Result<Value, AgentError> {
         let sim = self.sim(iccid)?;
+        let data_mb = match data_mb {
+            Some(mb) => mb,
+            None => self.smallest_top_up(&sim).await?,
+        };
         let path = format!("/v1/esim/{}/data", sim.iccid);
         let body = json!({"top_up_mb": data_mb});
         self.clear_way(&Purchase::TopUp(sim.iccid.clone()), &path, &body)
             .await?;
         let purpose = format!("top-up {} {data_mb} MB", sim.iccid);
         Ok(self.pay(&path, &body, &purpose, None).await?.body)
+    }
+
+    /// The smallest top-up the facilitator's catalog (`GET /v1/catalog`) offers for `sim`'s carrier, in MB: the
+    /// most data its minimum invoice buys (what its low-balance 402 offers first).
+    async fn smallest_top_up(&self, sim: &SimRecord) -> Result<u64, AgentError> {
+        let none = |why: &str| {
+            AgentError::Usage(format!(
+                "{why}: name the size with --data-mb (GET {}/v1/catalog lists each carrier's top-ups)",
+                self.config.url
+            ))
+        };
+        let carrier = sim
+            .carrier
+            .as_deref()
+            .ok_or_else(|| none("the SIM's carrier is not in the state"))?;
+        let answer = self
+            .send(reqwest::Method::GET, "/v1/catalog", None, &[])
+            .await
+            .map_err(|e| self.unreachable(&e, false))?;
+        if answer.status != 200 {
+            return Err(unexpected(&answer));
+        }
+        answer.body["carriers"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["id"] == carrier))
+            .and_then(|c| c["top_ups"][0]["data_mb"].as_u64())
+            .filter(|mb| (1..=u64::from(esim402_core::DataMb::MAX)).contains(mb))
+            .ok_or_else(|| {
+                none(&format!(
+                    "the facilitator's catalog offers no top-up for carrier {carrier}"
+                ))
+            })
     }
 
     /// The SIM to act on: `iccid`, else the newest live SIM in the state directory.

@@ -813,7 +813,10 @@ impl<'a> Watcher<'a> {
                 status: 402,
                 message: "low-balance 402 without top_up_options".into(),
             })?;
-        let paid = self.agent.top_up(Some(&self.sim.iccid), data_mb).await?;
+        let paid = self
+            .agent
+            .top_up(Some(&self.sim.iccid), Some(data_mb))
+            .await?;
         let key = self.sim.iccid.clone();
         let check = audit::TopUpCheck {
             credited_before: credited,
