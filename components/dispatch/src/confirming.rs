@@ -127,16 +127,31 @@ pub async fn finish(
     let after = match sim_store::after_confirm(sim, at, outcome).await {
         Ok(after) => after,
         Err(e) => {
-            // The outcome cannot be recorded, and the order fails: give the profile back rather than leave it
-            // allocated (or released under a code nobody will get), its record marked failed first (best
-            // effort): one left pending would refuse that profile when the carrier hands it out again
-            // (kernel `order::may_record_allocation`).
-            if let Err(e) = sim_store::after_confirm(sim, None, Confirmation::Refused).await {
-                eprintln!(
+            // The outcome may not be recorded, and then the order fails: give the profile back rather than
+            // leave it allocated (or released under a code nobody will get), its record marked failed first
+            // (best effort): one left pending would refuse that profile when the carrier hands it out again
+            // (kernel `order::may_record_allocation`). But the write may have landed with its reply lost: what
+            // the record says decides (the kernel's answer to the failed mark), never the error alone.
+            match sim_store::after_confirm(sim, None, Confirmation::Refused).await {
+                // Stored active with its code after all: the order ends with it.
+                Ok(AfterConfirm::Delivered(sim)) => return Ok(sim),
+                // Terminated meanwhile: nothing delivered, and a profile this confirm released is retired (nobody
+                // gets its code), as `conclude` does for any confirm.
+                Ok(AfterConfirm::Withdrawn { sim, retire }) => {
+                    let retire = retire || code.is_some();
+                    let after = AfterConfirm::Withdrawn { sim, retire };
+                    return conclude(cfg, carrier, step, after, answer.err()).await;
+                }
+                // Given up by an earlier attempt, which queued its profile's cancel.
+                Ok(AfterConfirm::GivenUp) => {
+                    return conclude(cfg, carrier, step, AfterConfirm::GivenUp, None).await;
+                }
+                Ok(AfterConfirm::Store(_)) => {}
+                Err(e) => eprintln!(
                     "dispatch: SIM {} stays pending although its profile is given back: {}",
                     sim.iccid,
                     message(&e)
-                );
+                ),
             }
             cancel_profile(cfg, carrier, step, false, &sim.invoice_id).await;
             return Err(Skip::Reject(e));

@@ -49,6 +49,12 @@ pub trait Hook: Send + Sync + 'static {
     /// After a write that took effect on `key` (a `set`, or a `compare_and_swap` that swapped) in `inner`.
     async fn after_write(&self, _inner: &dyn Backend, _key: &str) {}
 
+    /// The answer to a write that took effect on `key`: an error is a reply lost after the store applied it
+    /// (a Redis timeout after the write), which the caller must not take for "not written".
+    fn reply(&self, _op: Op, _key: &str) -> KvResult<()> {
+        Ok(())
+    }
+
     /// The durability barrier, over the `inner` store's.
     async fn barrier(&self, inner: &dyn Backend) -> KvResult<()> {
         inner.barrier().await
@@ -81,7 +87,7 @@ impl<H: Hook> Backend for Wrapped<H> {
         self.hook.before(Op::Set, key)?;
         self.inner.set(key, value).await?;
         self.hook.after_write(self.inner.as_ref(), key).await;
-        Ok(())
+        self.hook.reply(Op::Set, key)
     }
 
     async fn delete(&self, key: &str) -> KvResult<()> {
@@ -114,6 +120,7 @@ impl<H: Hook> Backend for Wrapped<H> {
         let swapped = self.inner.compare_and_swap(key, expected, value).await?;
         if swapped {
             self.hook.after_write(self.inner.as_ref(), key).await;
+            self.hook.reply(Op::CompareAndSwap, key)?;
         }
         Ok(swapped)
     }

@@ -2791,6 +2791,58 @@ async fn a_profile_given_back_when_its_confirm_cannot_be_recorded_can_be_handed_
     );
 }
 
+/// Loses the reply of the first write to a SIM record itself (`sim/<iccid>`, not a cell's bookkeeping) once
+/// armed, after the store applied it (and disarms).
+struct LoseReplyOnce(Arc<std::sync::atomic::AtomicBool>);
+
+impl esim402_host::kv::wrapped::Hook for LoseReplyOnce {
+    fn reply(
+        &self,
+        _op: esim402_host::kv::wrapped::Op,
+        key: &str,
+    ) -> esim402_host::kv::KvResult<()> {
+        if key.starts_with("sim/") && !key.contains('@') && self.0.swap(false, Ordering::SeqCst) {
+            return Err(esim402_host::kv::KvError(format!(
+                "injected lost reply: {key}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A confirm whose outcome was stored but whose reply was lost (a Redis timeout after the write applied) ends
+/// with the SIM delivered: the record says active with its code, so the profile is kept. Before, the profile
+/// was given back to the carrier and the order failed while the record said active (a review, thirty-first
+/// session).
+#[tokio::test]
+async fn a_confirm_stored_with_its_reply_lost_is_delivered() {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = Arc::new(esim402_host::kv::wrapped::Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        LoseReplyOnce(armed.clone()),
+    ));
+    let smdp = Arc::new(FakeSmdp::default());
+    *smdp.on_confirm.lock().unwrap() = Some(armed.clone());
+    let mut kit = kit_on(smdp.clone(), &[], Some(store)).await;
+    let sim = order(
+        &mut kit,
+        request("us-west", Some("tmobile")),
+        "inv-lost-reply",
+    )
+    .await
+    .unwrap();
+    assert_eq!(sim.state, types::SimState::Active);
+    assert!(!armed.load(Ordering::SeqCst), "a reply was lost");
+    assert!(
+        !calls(&kit).iter().any(|(_, f)| f == "cancelOrder"),
+        "the delivered profile is kept"
+    );
+    assert_eq!(
+        get_sim(&mut kit, &sim.iccid).await.state,
+        types::SimState::Active
+    );
+}
+
 /// Once the SIM is stored active with its code, the writes after it (the owner index, the journal) are
 /// bookkeeping: their failure does not fail the order (that would end the payment as if nothing had been
 /// delivered, with the profile released), and a repeat of the order finds the same SIM and records it.
