@@ -294,11 +294,8 @@ async fn zero_balance_suspends_a_top_up_resumes_terminate_refunds_the_rest() {
 
     // A top-up (paid in Rust here) credits 16 MB and resumes it.
     let data = format!("/v1/esim/{iccid}/data");
-    let (status, headers, _) = s.post(&data, &json!({}), &[]).await;
-    assert_eq!(status, 402);
-    let challenge =
-        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
-    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let (_, req) = s.challenge(&data, &json!({})).await;
+    let pay = Payment::for_requirement(&req);
     let (status, _, paid) = s
         .post(&data, &json!({}), &[("payment-signature", pay.header())])
         .await;
@@ -685,12 +682,8 @@ async fn a_top_up_with_a_payment_identifier_replays_its_answer() {
     let s = PayStack::start(&[]).await;
     let iccid = running_low(&s).await;
     let data = format!("/v1/esim/{iccid}/data");
-    let (status, headers, _) = s.post(&data, &json!({}), &[]).await;
-    assert_eq!(status, 402);
-    let challenge =
-        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
-    let pay = Payment::for_requirement(&challenge.accepts[0])
-        .with_payment_id("pay_topup_0123456789abcdef");
+    let (_, req) = s.challenge(&data, &json!({})).await;
+    let pay = Payment::for_requirement(&req).with_payment_id("pay_topup_0123456789abcdef");
     let (status, _, first) = s
         .post(&data, &json!({}), &[("payment-signature", pay.header())])
         .await;
@@ -910,12 +903,7 @@ impl Switching {
         .await;
         let path = format!("/v1/esim/{old}/switch");
         let target = json!({"carrier": "verizon"});
-        let (status, headers, _) = s.post(&path, &target, &[]).await;
-        assert_eq!(status, 402);
-        let req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
-            .unwrap()
-            .accepts[0]
-            .clone();
+        let (_, req) = s.challenge(&path, &target).await;
         let header = Payment::for_requirement(&req).header();
         Self {
             old,
@@ -1158,11 +1146,8 @@ async fn a_terminate_whose_refund_is_not_recorded_answers_503_and_terminating_ag
     // A 10 MB top-up: two credits unused, two refunds owed at the terminate.
     let data = format!("/v1/esim/{iccid}/data");
     let top_up = json!({"quota_kb": 100, "top_up_mb": 10});
-    let (status, headers, offer) = s.post(&data, &top_up, &[]).await;
-    assert_eq!(status, 402, "{offer}");
-    let challenge =
-        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
-    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let (_, req) = s.challenge(&data, &top_up).await;
+    let pay = Payment::for_requirement(&req);
     let (status, _, paid) = s
         .post(&data, &top_up, &[("payment-signature", pay.header())])
         .await;
@@ -1293,11 +1278,8 @@ async fn a_top_up_paid_with_another_size_is_refused_before_paying() {
     let iccid = activate(&s, 1).await;
     let data = format!("/v1/esim/{iccid}/data");
     let ten = json!({"top_up_mb": 10});
-    let (status, headers, _) = s.post(&data, &ten, &[]).await;
-    assert_eq!(status, 402);
-    let challenge =
-        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
-    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let (_, req) = s.challenge(&data, &ten).await;
+    let pay = Payment::for_requirement(&req);
     let (status, _, refused) = s
         .post(
             &data,
@@ -1385,8 +1367,7 @@ async fn a_sim_in_debt_is_offered_top_ups_that_clear_it() {
     let iccid = used_up(&s, 60_000_000).await;
     assert_eq!(balance(&s, &iccid).await["remaining_bytes"], -59_000_000);
     let data = format!("/v1/esim/{iccid}/data");
-    let (status, headers, low) = s.post(&data, &json!({}), &[]).await;
-    assert_eq!(status, 402, "{low}");
+    let (low, req) = s.challenge(&data, &json!({})).await;
     // 59 MB owed and the 100 KB low-water mark: 60 MB at least; the 100 MB size is above it.
     assert_eq!(
         low["top_up_options"],
@@ -1396,9 +1377,7 @@ async fn a_sim_in_debt_is_offered_top_ups_that_clear_it() {
         ]),
         "{low}"
     );
-    let challenge =
-        decode_payment_required_header(headers["payment-required"].to_str().unwrap()).unwrap();
-    let pay = Payment::for_requirement(&challenge.accepts[0]);
+    let pay = Payment::for_requirement(&req);
     let (status, _, paid) = s
         .post(&data, &json!({}), &[("payment-signature", pay.header())])
         .await;
