@@ -74,8 +74,8 @@ pub const MAX_MESSAGE_CHARS: usize = 1_000;
 /// The longest `field`, in characters (an unknown parameter's name is the client's).
 pub const MAX_FIELD_CHARS: usize = 100;
 
-/// `s` cut to `max` characters, marked with `…` when cut.
-fn bounded(s: String, max: usize) -> String {
+/// `s` cut to `max` characters, marked with `…` when cut (error texts here; any text kept from another party).
+pub fn bounded(s: String, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((at, _)) => format!("{}…", &s[..at]),
         None => s,

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use esim402_core::CarrierId;
+use esim402_core::api_error::bounded;
 use esim402_core::esim::{Catalog, Iccid, RoamingPolicy};
 use esim402_core::usage::account::{Quota, decide_quota};
 use esim402_core::usage::ingest::{LogEntry, LogState};
@@ -140,14 +141,6 @@ impl Claims {
     }
 }
 
-/// `text` cut to [`KEPT_TEXT_CHARS`] characters.
-fn kept_text(text: &str) -> String {
-    match text.char_indices().nth(KEPT_TEXT_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
-}
-
 /// A top-up paid by `watch`, to check the facilitator credited it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopUpCheck {
@@ -252,9 +245,9 @@ impl Audit {
         let d = Dispute {
             n: entry.n,
             charged,
-            reason: kept_text(&reason),
+            reason: bounded(reason, KEPT_TEXT_CHARS),
             bytes: bytes_of(entry),
-            session_id: kept_text(&entry.receipt.session_id),
+            session_id: bounded(entry.receipt.session_id.clone(), KEPT_TEXT_CHARS),
             seq: entry.receipt.seq,
         };
         if charged {
