@@ -146,6 +146,18 @@ pub struct AbandonedPayment {
     pub abandoned_at: u64,
 }
 
+/// How long a spend nothing else needs is kept in a state's record ([`State::prune_spends`]).
+pub const SPEND_HISTORY_SECS: u64 = 30 * 86_400;
+
+/// The SIM and the MB of a top-up's spend (purpose `top-up <iccid> <MB> MB`).
+fn top_up_of(purpose: &str) -> Option<(&str, u64)> {
+    let mut words = purpose.strip_prefix("top-up ")?.split(' ');
+    let (iccid, mb, unit) = (words.next()?, words.next()?, words.next()?);
+    (unit == "MB" && words.next().is_none())
+        .then(|| mb.parse::<u64>().ok().map(|mb| (iccid, mb)))
+        .flatten()
+}
+
 /// Everything in `state.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -192,14 +204,8 @@ impl State {
             .spends
             .iter()
             .filter(|s| s.status == SpendStatus::Settled)
-            .filter_map(|s| {
-                let rest = s.purpose.strip_prefix("top-up ")?;
-                let mut words = rest.split(' ');
-                let (id, mb, unit) = (words.next()?, words.next()?, words.next()?);
-                (id == iccid && unit == "MB" && words.next().is_none())
-                    .then(|| mb.parse::<u64>().ok())
-                    .flatten()
-            })
+            .filter_map(|s| top_up_of(&s.purpose).filter(|(id, _)| *id == iccid))
+            .map(|(_, mb)| mb)
             .fold(0u64, u64::saturating_add);
         activation
             .saturating_add(top_ups)
@@ -220,10 +226,39 @@ impl State {
             })
     }
 
-    /// Record a payment about to be sent for the request `key`.
+    /// Record a payment about to be sent for the request `key` (and drop the spends nothing needs any more,
+    /// [`Self::prune_spends`]).
     pub fn begin(&mut self, key: &str, pending: PendingPayment, spend: Spend) {
+        self.prune_spends(spend.at);
         self.pending.insert(key.to_owned(), pending);
         self.spends.push(spend);
+    }
+
+    /// Drop the spends older than [`SPEND_HISTORY_SECS`] before the newest one recorded (or `now` if earlier,
+    /// so that a clock ahead erases nothing: as the wallet's budget does) that nothing reads any more: kept are a
+    /// payment still pending (`pending` lists it) and a settled top-up of a SIM this state holds and has not seen
+    /// terminated (its [`Self::credit_floor`], which `watch`'s audit checks the facilitator's credit against, counts
+    /// it for the SIM's whole life). The daily cap reads today's spends and `watch`'s switch limits the last day's;
+    /// the rest was a history growing by a few hundred bytes a payment, rewritten at every save.
+    pub fn prune_spends(&mut self, now: u64) {
+        let Some(newest) = self.spends.iter().map(|s| s.at).max() else {
+            return;
+        };
+        let before = newest.min(now).saturating_sub(SPEND_HISTORY_SECS);
+        let State {
+            spends,
+            sims,
+            pending,
+            ..
+        } = self;
+        spends.retain(|s| {
+            s.at >= before
+                || pending.values().any(|p| p.payment_id == s.payment_id)
+                || (s.status == SpendStatus::Settled
+                    && top_up_of(&s.purpose)
+                        .and_then(|(iccid, _)| sims.get(iccid))
+                        .is_some_and(|sim| !sim.terminated))
+        });
     }
 
     fn spend_mut(&mut self, payment_id: &str) -> Option<&mut Spend> {
@@ -612,6 +647,47 @@ mod tests {
         assert_eq!(s.spent_today(day + 100).micros(), 420_000);
         assert_eq!(s.pending.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(s.spent_today(day + 86_400).micros(), 0, "a new day");
+    }
+
+    /// Fix: the spend history was never pruned (a record per payment for the state's life, rewritten at every
+    /// save). A spend older than [`SPEND_HISTORY_SECS`] goes at the next payment unless a pending payment or a
+    /// live SIM's credit floor still reads it; a clock ahead erases nothing.
+    #[test]
+    fn old_spends_go_unless_something_still_reads_them() {
+        let day = 20_000 * 86_400;
+        let settled = |id: &str, purpose: &str, at: u64| Spend {
+            purpose: purpose.into(),
+            status: SpendStatus::Settled,
+            ..spend(id, at, 50_000)
+        };
+        let mut s = State::default();
+        s.sims.insert("8901".into(), sim("8901", day));
+        s.sims.insert(
+            "8902".into(),
+            SimRecord {
+                terminated: true,
+                ..sim("8902", day)
+            },
+        );
+        s.spends = vec![
+            settled("old_activation", "activate", day),
+            settled("live_top_up", "top-up 8901 16 MB", day + 1),
+            settled("dead_top_up", "top-up 8902 16 MB", day + 2),
+            spend("still_pending", day, 50_000),
+            settled("recent", "activate", day + 20 * 86_400),
+        ];
+        s.pending.insert("p".into(), pending("still_pending"));
+        let floor = s.credit_floor("8901");
+        let later = day + SPEND_HISTORY_SECS + 10;
+        s.begin("q", pending("new"), spend("new", later + 40 * 86_400, 1));
+        assert_eq!(s.spends.len(), 6, "a clock ahead prunes nothing: {s:?}");
+        s.begin("r", pending("next"), spend("next", later, 1));
+        let kept: Vec<&str> = s.spends.iter().map(|x| x.payment_id.as_str()).collect();
+        assert_eq!(
+            kept,
+            ["live_top_up", "still_pending", "recent", "new", "next"]
+        );
+        assert_eq!(s.credit_floor("8901"), floor, "the live SIM's floor holds");
     }
 
     /// Fix: a spend dated on a later day (signed while the clock ran ahead) is that day's, not today's: the
