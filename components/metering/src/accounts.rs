@@ -306,8 +306,9 @@ pub fn balance_hold(iccid: &str, (hold, epoch): (bool, u64)) -> wit::BalanceHold
 }
 
 /// Close the account of a terminated SIM at `now`: the unused-data refund shares (JSON), fixed by the first
-/// close. The account is marked closing first and the used counter and the SIM's grants read after that, so
-/// every charge made before the close is in the shares, and no grant is handed out after it (`grants::grant`).
+/// close. The account is marked closing first and the used counter read and the SIM's grants sealed after that
+/// (`grants::seal`), so every charge made before the close is in the shares, every grant handed out is left out
+/// of them, and no grant is made after the seal (`grants::grant`).
 /// What grants still outstanding let the device use is not refunded (kernel `usage::grant::close_at`): it is
 /// charged when reported. A SIM without an account (terminated before its first credit) gets a closed one with
 /// no refunds (kernel `Account::closed_unopened`), so a top-up or a switch's move that lands after the
@@ -347,7 +348,8 @@ pub async fn close_with(
         Some(a) => collect(a, used).await?,
         None => used,
     };
-    let grants = reservation(iccid.as_str()).await?;
+    // Sealed, not only read: a grant reserving after this is refused, and one before it is in `grants`.
+    let grants = crate::grants::seal(iccid.as_str(), used).await?;
     let (_, shares) = kv::update_json_with(&key, |cur: Option<Account>| match cur {
         None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
         Some(mut a) => {

@@ -12,9 +12,10 @@ use crate::accounts::{collect, load, parse_iccid, reservation, to_wit, used};
 use crate::bindings::exports::esim402::metering::metering as api;
 
 /// Grant up to `quota` bytes (kernel `grant::decide`). With `reserve` (the carrier asked) the grant is reserved
-/// by compare-and-swap on the SIM's reservation, and the account read again after that: a terminate that began
-/// meanwhile may have fixed its refunds without this grant, so it is not handed out (its bytes stay reserved
-/// until it lapses). Without, the reservation is only read.
+/// by compare-and-swap on the SIM's reservation, and a reserved grant is handed out: a terminate seals the
+/// reservation when it reads it for its refunds ([`seal`]), so a grant stored before the seal is left out of
+/// the refunds, and one after it is refused (the kernel's `decide` on a sealed reservation). Without
+/// `reserve`, the reservation is only read.
 pub async fn grant(
     iccid: &str,
     quota: Option<u64>,
@@ -55,21 +56,26 @@ pub async fn grant(
     .map_err(kv_err)?;
     let (used, reserved) = grant::counted(stored.as_ref(), used, now);
     let (bytes, valid_until) = decision.granted();
-    if bytes > 0 {
-        let now_account = load(iccid.as_str()).await?.ok_or_else(not_found)?;
-        if now_account.closing || now_account.closed.is_some() {
-            return Ok(api::Granted {
-                balance: to_wit(&now_account, used, reserved),
-                bytes: 0,
-                valid_until: 0,
-            });
-        }
-    }
     Ok(api::Granted {
         balance: to_wit(&account, used, reserved),
         bytes,
         valid_until,
     })
+}
+
+/// Seal `iccid`'s reservation for its terminate at the used counter `used` (kernel `Reservation::sealed`): the
+/// grants as sealed, which the refunds leave out. A repeat (a terminate sent again) reads the same grants.
+pub async fn seal(iccid: &str, used: u64) -> Result<Option<Reservation>, wit::Error> {
+    let (stored, ()) =
+        kv::change_json::<Reservation, (), wit::Error>(&keys::meter_grant(iccid), |cur| {
+            Ok(match cur {
+                Some(r) if r.sealed => (Change::Keep, ()),
+                cur => (Change::Put(Reservation::sealed(cur.as_ref(), used)), ()),
+            })
+        })
+        .await
+        .map_err(kv_err)?;
+    Ok(stored)
 }
 
 /// A switch moved `from`'s data to `to`: what `from` still reports is charged to `to`, so `to` takes on the

@@ -52,6 +52,11 @@ pub struct Reservation {
     pub base: u64,
     /// The live grants, oldest first.
     pub grants: Vec<Held>,
+    /// The SIM's account is closing and its terminate has read these grants ([`Reservation::sealed`]): its
+    /// refunds leave them out (they are the device's to use), and no grant is added after them. A grant that
+    /// reserved before the seal is handed out whatever the account says by then; one after it is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
 }
 
 impl Reservation {
@@ -77,7 +82,23 @@ impl Reservation {
         if grants.is_empty() {
             base = base.max(used);
         }
-        Self { base, grants }
+        Self {
+            base,
+            grants,
+            sealed: self.sealed,
+        }
+    }
+
+    /// `current` sealed at the used counter `used` (a terminate's: see [`Reservation::sealed`]); its grants as
+    /// they were, for the refunds to leave out.
+    pub fn sealed(current: Option<&Self>, used: u64) -> Self {
+        let mut next = current.cloned().unwrap_or(Self {
+            base: used,
+            grants: Vec::new(),
+            sealed: false,
+        });
+        next.sealed = true;
+        next
     }
 
     /// Bytes granted and not reported yet at `used`, `now` (0 once reported or lapsed).
@@ -126,6 +147,7 @@ impl Reservation {
             || Self {
                 base: used,
                 grants: Vec::new(),
+                sealed: false,
             },
             |r| r.at(used, now),
         );
@@ -182,12 +204,13 @@ pub fn decide(
     requested: Option<u64>,
     now: u64,
 ) -> Grant {
-    if account.closing || account.closed.is_some() {
+    if account.closing || account.closed.is_some() || current.is_some_and(|r| r.sealed) {
         return Grant::Closed;
     }
     let current = current.cloned().unwrap_or_else(|| Reservation {
         base: used,
         grants: Vec::new(),
+        sealed: false,
     });
     let (used, outstanding) = counted(Some(&current), used, now);
     let left = account.remaining(used) - i128::from(outstanding);
@@ -269,6 +292,36 @@ mod tests {
             } => (bytes, reservation),
             other => panic!("not granted: {other:?}"),
         }
+    }
+
+    /// A terminate's seal keeps the grants it read for the refunds (the refunds count them used) and refuses
+    /// every grant after it, though the account the grant read was open; lapsing and carrying keep the seal; a
+    /// reservation stored before seals existed reads unsealed, and an unsealed one is stored as before.
+    #[test]
+    fn a_sealed_reservation_keeps_its_grants_and_takes_no_more() {
+        let a = account(10);
+        let (bytes, held) = granted(decide(&a, 0, None, Some(BYTES_PER_MB), NOW));
+        assert_eq!(bytes, BYTES_PER_MB);
+        let sealed = Reservation::sealed(Some(&held), 0);
+        assert_eq!((sealed.base, &sealed.grants), (held.base, &held.grants));
+        assert_eq!(close_at(0, Some(&sealed), NOW), BYTES_PER_MB);
+        assert_eq!(
+            decide(&a, 0, Some(&sealed), Some(BYTES_PER_MB), NOW + 1),
+            Grant::Closed
+        );
+        assert!(
+            sealed.at(0, NOW + LAPSE + 60).sealed,
+            "lapsed, still sealed"
+        );
+        assert!(Reservation::carry(Some(&sealed), 0, &[], NOW).sealed);
+        let none = Reservation::sealed(None, 42);
+        assert!(none.sealed && none.grants.is_empty() && none.base == 42);
+        assert_eq!(decide(&a, 0, Some(&none), None, NOW), Grant::Closed);
+        let stored = serde_json::to_value(&held).unwrap();
+        assert_eq!(stored.get("sealed"), None, "{stored}");
+        let old: Reservation =
+            serde_json::from_value(serde_json::json!({"base": 0, "grants": []})).unwrap();
+        assert!(!old.sealed);
     }
 
     #[test]

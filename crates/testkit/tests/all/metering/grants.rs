@@ -158,6 +158,43 @@ async fn a_terminate_leaves_outstanding_grants_out_of_its_refunds() {
     assert_eq!(close_at(&mut kit, &id, t + 99).await, shares);
 }
 
+/// A terminate seals the SIM's reservation as it reads it for the refunds, and a grant whose reservation would
+/// land after the seal is refused, whatever the account said when the grant read it. Before, a grant that read
+/// the account before the terminate marked it closing reserved its bytes anyway, after the terminate had read
+/// the grants; it then saw the account closing and handed nothing out, while its bytes counted as used: the
+/// refund was short by that grant. (The seal is set here in place, as that terminate would have left it, on an
+/// account the grant reads as open.)
+#[tokio::test]
+async fn a_grant_after_the_terminates_seal_is_refused() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let id = iccid(307);
+    open(&mut kit, &id, 10).await;
+    let t = now();
+    assert_eq!(grant_at(&mut kit, &id, Some(MB), t).await.bytes, MB);
+    let key = esim402_core::store::keys::meter_grant(&id);
+    let mut reservation: Value = serde_json::from_slice(&kit.kv_get(&key).await.unwrap()).unwrap();
+    assert_eq!(reservation.get("sealed"), None, "{reservation}");
+    reservation["sealed"] = json!(true);
+    kit.kv_put(&key, reservation.to_string().as_bytes()).await;
+    let refused = grant_at(&mut kit, &id, Some(MB), t + 1).await;
+    assert_eq!((refused.bytes, refused.valid_until), (0, 0), "{refused:?}");
+    assert_eq!(
+        refused.balance.reserved_bytes, MB,
+        "the sealed grant stays reserved"
+    );
+
+    // A real terminate seals it, with the grant the refunds leave out.
+    let other = iccid(308);
+    open(&mut kit, &other, 10).await;
+    assert_eq!(grant_at(&mut kit, &other, Some(MB), t).await.bytes, MB);
+    let shares = close_at(&mut kit, &other, t + 10).await;
+    assert_eq!(shares[0]["bytes"], 9 * MB, "{shares}");
+    let key = esim402_core::store::keys::meter_grant(&other);
+    let sealed: Value = serde_json::from_slice(&kit.kv_get(&key).await.unwrap()).unwrap();
+    assert_eq!(sealed["sealed"], true, "{sealed}");
+    assert_eq!(sealed["grants"][0]["bytes"], MB, "{sealed}");
+}
+
 /// A switch hands what the old SIM still reports to the new SIM, so the old SIM's outstanding grant is the new
 /// SIM's to reserve: of the 10 MB moved, 8 may be granted while the old SIM's 2 MB grant is live.
 #[tokio::test]
