@@ -2376,6 +2376,56 @@ async fn a_short_tx_hash_transfer_is_refused_and_owed_back() {
     assert_one_refund_owed_and_paid(&s).await;
 }
 
+/// A transfer both short and mined after the deadline is late, however often its proof is sent: 410, owed back
+/// once, the invoice left open, so a transfer mined in time still pays it. Before, the first answer was the
+/// 410 but the same proof sent again was taken for a short transfer in time (402 `insufficient_funds`), whose
+/// answer ended the invoice: the transfer mined in time was then refused and kept, with no refund (the
+/// invoice's one refund was the late one's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_late_transfer_sent_twice_leaves_the_invoice_to_a_transfer_in_time() {
+    let s = PayStack::start(&[]).await;
+    let body = json!({"region": "us-west", "data_mb": 100, "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let id = invoice["invoice_id"].as_str().unwrap().to_owned();
+    let start = s.balance(agent()).await;
+    // Overpaid by 0.1 USDC: kept, and the paid answer says so.
+    let sent = price(&req) + U256::from(100_000u64);
+    let in_time = pay_directly(&s, chain::RECIPIENT, sent).await;
+    let after = invoice["expires_at"].as_u64().unwrap() + 60;
+    s.rpc("anvil_setNextBlockTimestamp", json!([after])).await;
+    let short = price(&req) - U256::from(1u64);
+    let late = pay_directly(&s, chain::RECIPIENT, short).await;
+    let proof = proof_headers(&late, &id);
+    let (status, _, first) = s.post("/v1/esim/activate", &body, &proof).await;
+    assert_eq!(status, 410, "{first}");
+    assert_eq!(first["refund"]["amount"], short.to_string(), "{first}");
+    for _ in 0..2 {
+        let (again, _, same) = s
+            .post("/v1/esim/activate", &body, &proof_headers(&late, &id))
+            .await;
+        assert_eq!((again, &same), (410, &first), "sent again: the same answer");
+    }
+    let (status, _, paid) = s
+        .post("/v1/esim/activate", &body, &proof_headers(&in_time, &id))
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["transaction"], in_time.as_str(), "{paid}");
+    assert_eq!(paid["amount_usdc"], "0.42", "{paid}");
+    assert_eq!(paid["transferred_usdc"], "0.52", "{paid}");
+    let note = paid["overpayment_note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("0.10 USDC more") && note.contains("kept"),
+        "{paid}"
+    );
+    pay_owed_refunds(&s).await;
+    assert_eq!(
+        s.balance(agent()).await,
+        start - sent,
+        "the short late transfer came back; the one in time paid, its excess kept"
+    );
+    assert_one_refund_owed_and_paid(&s).await;
+}
+
 /// A tx-hash proof's deadline is judged by the transfer's block: a transfer mined while the invoice was open pays
 /// it even when its proof comes after the deadline (it waited for its confirmations; before, the answer was 410
 /// and the money stayed at `payTo` with nothing delivered and no refund); one mined after the deadline is refused

@@ -188,8 +188,9 @@ pub async fn owe(owing: Vec<Owing>, retry: &str) -> Owed {
                 }
                 out.push(serde_json::from_str(&owed.refund).unwrap_or(Value::String(owed.refund)));
             }
-            // The invoice's one refund returns another payment of it (a late transfer): an operator's case.
-            Err(wit::Error::Conflict(why)) => eprintln!(
+            // The invoice's one refund returns another payment of it (a late transfer), or its transaction took
+            // nothing (not claimed): an operator's case, which no retry changes.
+            Err(wit::Error::Conflict(why) | wit::Error::NotFound(why)) => eprintln!(
                 "gateway: OPERATOR: REFUND NOT RECORDED for {}: {why}",
                 item.invoice
             ),

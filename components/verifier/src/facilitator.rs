@@ -239,18 +239,14 @@ async fn held_for_an_invoice(
 ) -> Result<bool, wit::Error> {
     let asset = esim402_core::x402::exact::requirement_asset(&r.requirements)
         .unwrap_or(r.chain.network.usdc);
-    let key = keys::holds(&r.chain.network.caip2(), asset, authorization.from);
-    // Soft state (as `holds` reads it): a record that does not read as holds holds nothing.
-    let holds: esim402_core::hold::Holds = kv::get_json::<serde_json::Value, ()>(&key)
-        .await
-        .map_err(|e| esim402_guest::convert::kv_fault(&key, e))?
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
-    Ok(!esim402_core::settlement::api_may_settle(
-        &holds,
+    crate::holds::holds_nonce(
+        &r.chain.network.caip2(),
+        asset,
+        authorization.from,
         authorization.nonce,
         now,
-    ))
+    )
+    .await
 }
 
 /// The record of this request's authorization, if the payload names one.

@@ -118,3 +118,24 @@ pub async fn release(
     .await
     .map(drop)
 }
+
+/// Whether an invoice's payment holds the authorization `nonce` of `payer` in `asset` on `network` (CAIP-2) at
+/// `now` (kernel `settlement::api_may_settle`): its invoice's settlement must be what executes it.
+pub async fn holds_nonce(
+    network: &str,
+    asset: Address,
+    payer: Address,
+    nonce: alloy_primitives::B256,
+    now: u64,
+) -> Result<bool, wit::Error> {
+    let key = keys::holds(network, asset, payer);
+    // Soft state (as `update` reads it): a record that does not read as holds holds nothing.
+    let holds: Holds = kv::get_json::<serde_json::Value, ()>(&key)
+        .await
+        .map_err(|e| kv_fault(&key, e))?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    Ok(!esim402_core::settlement::api_may_settle(
+        &holds, nonce, now,
+    ))
+}

@@ -231,6 +231,11 @@ pub struct Record {
     /// presenting it again never delivers ([`Record::pays_invoice`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late_transfer: bool,
+    /// With [`Record::late_transfer`]: the transfer was mined in time but moved less than the invoice's amount
+    /// (its answer ends the invoice), not mined late (its answer leaves the invoice open for a transfer mined
+    /// in time). A late transfer that was also short is late. Records from before read `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub short_transfer: bool,
     /// What a tx-hash transfer moved from the payer to the recipient, which may be more than the invoice asked:
     /// what a refund of the whole payment returns ([`crate::refund::amount_owed`]). Absent on our own
     /// settlements (an `exact` authorization moves exactly the invoice's amount), on records from before, and
@@ -331,6 +336,7 @@ impl Record {
             updated_at: now,
             success_claimed_apart: true,
             late_transfer: false,
+            short_transfer: false,
             paid_amount: None,
         }
     }

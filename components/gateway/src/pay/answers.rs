@@ -22,6 +22,8 @@ pub struct Answers<'a> {
     pub url: &'a str,
     /// The network a tx-hash proof's transfer was found on, once verified (an `exact` payload names its own).
     pub found_on: std::cell::RefCell<Option<String>>,
+    /// What a tx-hash proof's transfer moved, once verified, when more than the invoice's amount.
+    pub overpaid: std::cell::Cell<Option<u64>>,
 }
 
 pub fn retry_after() -> (String, String) {
@@ -134,10 +136,24 @@ impl Answers<'_> {
             body["qr_code"] = json!(sim.activation_code);
             body
         };
+        body["network"] = json!(network);
+        self.paid(body, tx, payer)
+    }
+
+    /// The 200 of a paid `body`: what was paid, by whom, in which transaction; for a transfer above the invoice's
+    /// amount, what it moved and that the excess is kept (a trial: it was in the ledger only).
+    fn paid(&self, mut body: Value, tx: &str, payer: &str) -> StoredResponse {
         body["transaction"] = json!(tx);
         body["payer"] = json!(payer);
-        body["network"] = json!(network);
         body["amount_usdc"] = json!(UsdcAmount::from_micros(self.invoice.amount));
+        if let Some(moved) = self.overpaid.get() {
+            body["transferred_usdc"] = json!(UsdcAmount::from_micros(moved));
+            body["overpayment_note"] = json!(format!(
+                "the transfer moved {} USDC more than the invoice's amount; the excess is kept (a terminate refunds \
+                 the unused data's value only)",
+                UsdcAmount::from_micros(moved.saturating_sub(self.invoice.amount))
+            ));
+        }
         stored(
             200,
             vec![self.settle_response(None, tx, payer)],
@@ -163,15 +179,8 @@ impl Answers<'_> {
             wit::Purchase::TopUp(t) => t.data_mb,
             _ => 0,
         });
-        body["transaction"] = json!(tx);
-        body["payer"] = json!(payer);
         body["network"] = json!(self.network());
-        body["amount_usdc"] = json!(UsdcAmount::from_micros(self.invoice.amount));
-        stored(
-            200,
-            vec![self.settle_response(None, tx, payer)],
-            body.to_string(),
-        )
+        self.paid(body, tx, payer)
     }
 
     /// Broadcast, not yet confirmed: 402 with the non-terminal `settlement_pending`; the same payment sent

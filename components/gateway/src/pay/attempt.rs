@@ -268,6 +268,8 @@ impl Attempt<'_> {
         if let Ok(v) = &verified {
             if self.proof.kind == super::Kind::TxHash {
                 *self.found_on.borrow_mut() = Some(v.network.clone());
+                self.overpaid
+                    .set(v.transferred.filter(|t| *t > self.invoice.amount));
             }
             let mut fields = self.fields().payer(v.payer.clone());
             // A transfer above the invoice's amount: the ledger says what came in (a refund returns it whole).

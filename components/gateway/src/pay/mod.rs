@@ -250,6 +250,16 @@ pub async fn pay(
             format!("{which} pays for a different request; send the request it was issued for"),
         ));
     }
+    if !proof.signed_by_payer(&invoice)? {
+        let answers = Answers {
+            invoice: &invoice,
+            proof: &proof,
+            url: resource_url,
+            found_on: std::cell::RefCell::new(None),
+            overpaid: std::cell::Cell::new(None),
+        };
+        return Ok(answers.challenge(esim402_core::x402::InvalidReason::Signature.as_str()));
+    }
     let replay_allowed = match proof.payment_id()? {
         Some(id) => invoices::bind_payment_id(
             id.as_str().to_owned(),
@@ -271,6 +281,22 @@ pub async fn pay(
     let driver = match begun {
         wit::Begin::Drive(d) => d,
         wit::Begin::Replay(stored) => return Ok(convert::response(&stored)),
+        // Still being driven by its first sending: not final, so it says when to send it again (the text
+        // starts with the constant clients match).
+        wit::Begin::Conflict(msg) if msg == esim402_core::paid::IN_PROGRESS => {
+            let err = ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{msg}; send the same payment again in a few seconds for its answer (a payer may also \
+                     list the SIMs it paid for at GET /v1/esim with its wallet sign-in)"
+                ),
+            );
+            return Ok(answers::stored(
+                409,
+                vec![answers::retry_after()],
+                err.to_json(),
+            ));
+        }
         wit::Begin::Conflict(msg) => return Err(ApiError::new(ErrorKind::Conflict, msg)),
     };
     // The invoice was read before the claim; what the claim found decides its status from here on.
@@ -282,6 +308,7 @@ pub async fn pay(
             proof: &proof,
             url: resource_url,
             found_on: std::cell::RefCell::new(None),
+            overpaid: std::cell::Cell::new(None),
         },
         &driver,
     );

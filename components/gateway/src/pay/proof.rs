@@ -183,6 +183,40 @@ impl Proof {
         }
     }
 
+    /// Whether a tx-hash proof is signed by the wallet `invoice` names (kernel `evm::proof_signature`), checked
+    /// before the payment is touched: a made-up hash with any signature would otherwise claim the invoice's
+    /// payment record and log it, and a record whose attempt stopped before the verifier's check could be ended
+    /// by nobody. `true` for x402 payloads (the verifier checks their signature against the chain state). A
+    /// signature that is not hex, or an invoice naming no payer, is 400 (as the verifier answers them).
+    pub(super) fn signed_by_payer(&self, invoice: &wit::Invoice) -> Result<bool, ApiError> {
+        use esim402_core::evm::proof_signature::{self, ProofSignatureError};
+        if self.kind != Kind::TxHash {
+            return Ok(true);
+        }
+        let payer = esim402_guest::convert::invoice(invoice)
+            .and_then(|i| i.proof_payer().map(str::to_owned))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "payer",
+                    "a tx-hash proof needs the invoice to name its payer (the activation's or top-up's `payer`)",
+                )
+            })?;
+        let payer = esim402_core::chain::parse_address(&payer)
+            .map_err(|e| ApiError::invalid("payer", e.0))?;
+        let hash = esim402_core::evm::quantity::parse_b256(&self.value)
+            .map_err(|e| ApiError::invalid("X-Payment-Proof", e.to_string()))?;
+        let signature = self.signature.as_deref().unwrap_or_default();
+        let id = InvoiceId::parse(&invoice.id).map_err(|e| ApiError::invalid("invoice_id", e.0))?;
+        match proof_signature::check(id.as_str(), hash, signature, payer) {
+            Ok(()) => Ok(true),
+            Err(e @ ProofSignatureError::Hex(_)) => Err(ApiError::invalid(
+                "X-Payment-Proof-Signature",
+                e.to_string(),
+            )),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// The network the payment names, as the client spelled it (v1 names stay v1 names); for a tx-hash proof,
     /// before the verifier found its transfer, the invoice's preferred one.
     pub(super) fn network(&self, invoice: &wit::Invoice) -> String {

@@ -108,9 +108,13 @@ pub async fn owe(
         return owed(existing, false, requeued, now);
     }
     let nothing = || wit::Error::Conflict(format!("nothing was paid for invoice {id}"));
-    let claim = claims::load(&keys::txhash(hash))
-        .await?
-        .ok_or_else(nothing)?;
+    // Not claimed at all: nothing was taken (a transfer refused without a claim, such as a tx-hash transfer
+    // too small to be worth a refund's gas), which is not a conflict for an operator.
+    let claim = claims::load(&keys::txhash(hash)).await?.ok_or_else(|| {
+        wit::Error::NotFound(format!(
+            "transaction {hash:#x} is not claimed for invoice {id}: nothing was taken with it"
+        ))
+    })?;
     if claim.invoice.as_deref() != Some(id.as_str()) {
         return Err(nothing());
     }

@@ -160,6 +160,14 @@ impl Scheme for Exact {
             Existing::None => false,
         };
         check_open(&p.invoice, p.now)?;
+        // A payment nobody here can settle (no facilitator key, or a malformed one: readiness says so too) is
+        // refused before the gateway orders a profile it would only give back: 503 until the operator fixes it.
+        if let Err(e) = p.cfg.signer() {
+            return Err(wit::Error::Unavailable(format!(
+                "payments cannot be settled here now: {}",
+                esim402_guest::convert::message(&e)
+            )));
+        }
         let signer = p.cfg.signer_address();
         // An authorization claimed for another invoice is refused for its reason once the chain shows it (nonce
         // used), and as `already settled` while that settlement is still on its way.

@@ -181,6 +181,17 @@ impl Invoice {
         Some(inv)
     }
 
+    /// The wallet a tx-hash proof of this invoice must come from and be signed by (kernel
+    /// `evm::proof_signature`): the activation's or top-up's `payer`, else the invoice's. `None`: it names
+    /// none, and takes no tx-hash proof.
+    pub fn proof_payer(&self) -> Option<&str> {
+        match &self.purchase {
+            Purchase::Activation { payer, .. } | Purchase::TopUp { payer, .. } => payer.as_deref(),
+            Purchase::Switch { .. } => None,
+        }
+        .or(self.payer.as_deref())
+    }
+
     /// The status as seen at `now`: an open invoice past its deadline reads as expired.
     pub fn status_at(&self, now: u64) -> InvoiceStatus {
         if self.status == InvoiceStatus::Open && now >= self.expires_at {

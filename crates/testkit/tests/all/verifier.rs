@@ -554,6 +554,26 @@ async fn readiness_names_a_malformed_key_and_a_network_without_an_endpoint() {
     );
 }
 
+/// An `exact` payment for an invoice is refused 503 before anything is held or asked of the chain when no key
+/// here can settle it (malformed, or unset): the gateway would otherwise order a profile, fail to settle and
+/// give it back (a fresh-user trial: a typo in `facilitator_private_key` made every paid activation order and
+/// release a carrier profile). The facilitator API's `/verify` is not concerned (it settles nothing).
+#[tokio::test]
+async fn an_exact_payment_nobody_here_can_settle_is_refused_before_its_order() {
+    let node = Arc::new(Node::default());
+    for key in ["0xdeadbeef", ""] {
+        let mut k = kit(&node, &[("facilitator_private_key", key)]).await;
+        let inv = invoice(2, None);
+        let got = verify(&mut k, &inv, pay(&inv).v2()).await;
+        assert!(
+            matches!(&got, Err(E::Unavailable(m)) if m.contains("facilitator_private_key")
+                && !m.contains("deadbeef")),
+            "{key:?}: {got:?}"
+        );
+        assert!(rpc_calls(&k).is_empty(), "nothing asked of the chain");
+    }
+}
+
 pub(crate) async fn kit(node: &Arc<Node>, vars: &[(&str, &str)]) -> Kit {
     let mut b = builder(node);
     for (k, v) in vars {
@@ -2360,16 +2380,19 @@ async fn an_abandoned_claim_is_taken_over_and_a_live_one_is_left_alone() {
     assert_ne!(record["holder"], "gone");
 }
 
+/// Without a key nothing settles: an invoice's payment is refused at `verify` already, before its order
+/// (`an_exact_payment_nobody_here_can_settle_is_refused_before_its_order`; it verified before, and the
+/// gateway ordered a profile to give it back), and at `settle`; `/supported` names no signer.
 #[tokio::test]
-async fn without_a_key_settlement_is_unavailable_but_verification_works() {
+async fn without_a_key_settlement_is_unavailable() {
     let node = Arc::new(Node::default());
     let mut kit = kit(&node, &[("facilitator_private_key", "")]).await;
     let inv = invoice(16, None);
     let p = pay(&inv);
-    assert_eq!(
+    assert!(matches!(
         verify(&mut kit, &inv, p.v2()).await,
-        Ok(payer().to_checksum(None))
-    );
+        Err(E::Unavailable(_))
+    ));
     let got = settle(&mut kit, &inv, p.v2()).await;
     assert!(
         matches!(&got, Err(E::Unavailable(m)) if m.contains("facilitator_private_key")),
@@ -3071,6 +3094,36 @@ async fn a_tx_hash_proof_is_found_on_any_network_the_invoice_offers() {
         matches!(&got, Err(E::Conflict(m)) if m.contains("executes an authorization")),
         "{got:?}"
     );
+
+    // An authorization an invoice's payment only holds (`verify` passed, its order on its way, no settlement
+    // claimed yet), executed by its payer: that payment's money, not this invoice's. Before, only a claimed
+    // settlement was looked for, so the payer could spend its own `exact` payment a second time as a tx-hash
+    // proof while the first invoice's order ran. Held for a short transfer too (told so, not `insufficient_funds`).
+    let held_nonce = B256::repeat_byte(0x5b);
+    for (n, value) in [(40, PRICE), (41, PRICE / 2)] {
+        let executing = keccak256(format!("a transfer executing a held authorization {n}"));
+        let used = json!({"address": USDC2,
+            "topics": [keccak256("AuthorizationUsed(address,bytes32)").to_string(),
+                       payer().into_word().to_string(), held_nonce.to_string()],
+            "data": "0x", "removed": false});
+        let mut moved = transfer_log(payer(), addr(PAY_TO), value);
+        moved["address"] = json!(USDC2);
+        second.set(|c| {
+            c.receipts
+                .insert(executing, receipt(executing, true, vec![used, moved]));
+        });
+        let holds = esim402_core::store::keys::holds("eip155:84532", addr(USDC2), payer());
+        let hold = json!({"held": [{"nonce": held_nonce.to_string(), "invoice": "0011223344556677",
+            "value": PRICE, "until": now() + 300}]});
+        kit.kv_put(&holds, hold.to_string().as_bytes()).await;
+        let mut inv = invoice(n, Some(payer()));
+        inv.accepts = third.accepts.clone();
+        let got = verify(&mut kit, &inv, signed_proof(&inv, executing, &payer_key())).await;
+        assert!(
+            matches!(&got, Err(E::Conflict(m)) if m.contains("executes an authorization")),
+            "{n}: {got:?}"
+        );
+    }
 }
 
 /// A tx-hash proof of `hash` for `inv`, signed with `key` (kernel `evm::proof_signature`).

@@ -179,8 +179,9 @@ impl Attempt<'_> {
                 }
                 Ok(())
             }
-            // The invoice's one refund returns another payment of it (a late transfer): an operator's case.
-            Err(wit::Error::Conflict(why)) => {
+            // The invoice's one refund returns another payment of it (a late transfer), or its transaction took
+            // nothing (not claimed): an operator's case.
+            Err(wit::Error::Conflict(why) | wit::Error::NotFound(why)) => {
                 eprintln!(
                     "gateway: OPERATOR: REFUND OF UNUSED DATA NOT RECORDED for {}: {why}",
                     self.invoice.id

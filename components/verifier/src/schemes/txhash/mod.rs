@@ -22,7 +22,7 @@ use esim402_core::UsdcAmount;
 use esim402_core::chain::parse_address;
 use esim402_core::evm::proof_signature::{self, ProofSignatureError};
 use esim402_core::evm::quantity::parse_b256;
-use esim402_core::invoice::{Invoice, Purchase};
+use esim402_core::invoice::Invoice;
 use esim402_core::settlement::{Record, SentTx, Status};
 use esim402_core::store::keys;
 use esim402_core::x402::InvalidReason;
@@ -42,12 +42,7 @@ pub struct TxHash;
 
 /// The wallet that must have paid: the activation request's `payer`, else the invoice's.
 fn payer_of(invoice: &Invoice) -> Result<Address, wit::Error> {
-    let declared = match &invoice.purchase {
-        Purchase::Activation { payer, .. } | Purchase::TopUp { payer, .. } => payer.as_deref(),
-        Purchase::Switch { .. } => None,
-    }
-    .or(invoice.payer.as_deref())
-    .ok_or_else(|| {
+    let declared = invoice.proof_payer().ok_or_else(|| {
         invalid(
             "payer",
             "a tx-hash proof needs the invoice to name its payer (the activation's or top-up's `payer`)",
@@ -59,6 +54,8 @@ fn payer_of(invoice: &Invoice) -> Result<Address, wit::Error> {
 struct Context {
     /// The chains the transfer may be on: the invoice's networks that are enabled, preferred first.
     chains: Vec<Chain>,
+    /// The invoice's networks disabled since it was issued (CAIP-2): the transfer is not looked for there.
+    disabled: Vec<String>,
     id: String,
     invoice: Invoice,
     hash: B256,
@@ -88,12 +85,13 @@ impl Context {
         }
         let cfg = crate::config::get().await?;
         let mut chains = Vec::with_capacity(invoice.accepts.len());
+        let mut disabled = Vec::new();
         for option in &invoice.accepts {
             match cfg.chain(&option.network.to_string()) {
                 Ok(chain) if on.is_none_or(|n| n == chain.network.caip2()) => chains.push(chain),
                 Ok(_) => {}
                 // Disabled since the invoice was issued: the transfer is not looked for there.
-                Err(wit::Error::PaymentRequired(_)) => {}
+                Err(wit::Error::PaymentRequired(_)) => disabled.push(option.network.to_string()),
                 // Enabled without an endpoint (configuration allows it for networks other than the first):
                 // it cannot be asked, and must not keep the others from being asked.
                 Err(e) => eprintln!(
@@ -104,6 +102,7 @@ impl Context {
         }
         Ok(Self {
             chains,
+            disabled,
             id: id.to_string(),
             invoice,
             hash,
@@ -132,6 +131,17 @@ enum Existing {
     Elsewhere,
 }
 
+/// What a claimed transfer pays.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pays {
+    /// The invoice.
+    Invoice,
+    /// Nothing: mined after the invoice's deadline (owed back; the invoice stays open).
+    Nothing,
+    /// Nothing: mined in time, but short of the invoice's amount (owed back; the answer ends the invoice).
+    NothingShort,
+}
+
 impl Context {
     /// 410: the transfer was not mined while the invoice was open.
     fn late(&self) -> wit::Error {
@@ -142,13 +152,14 @@ impl Context {
     }
 
     /// Claim the transaction for the invoice (insert-if-absent at `txhash/<hash>`): confirmed on `network`,
-    /// having moved `paid`, as a [`Record::late_transfer`] if `late`. `true` if this call claimed it, `false` if
+    /// having moved `paid`, as a [`Record::late_transfer`] if it pays nothing (`Pays::Nothing`), mined in time
+    /// but short if `Pays::NothingShort` ([`Record::short_transfer`]). `true` if this call claimed it, `false` if
     /// it already was, for this invoice by a proof; `already settled` if it pays something else.
     async fn claim(
         &self,
         network: String,
         paid: Option<U256>,
-        late: bool,
+        pays: Pays,
     ) -> Result<bool, wit::Error> {
         let key = keys::txhash(self.hash);
         let mut record = Record::claimed(
@@ -162,7 +173,8 @@ impl Context {
         .with_paid_amount(paid);
         record.status = Status::Confirmed;
         record.sent = SentTx::hash_only(self.hash);
-        record.late_transfer = late;
+        record.late_transfer = pays != Pays::Invoice;
+        record.short_transfer = pays == Pays::NothingShort;
         match crate::claims::insert(&key, &record).await? {
             None => Ok(true),
             Some(existing)
@@ -179,7 +191,7 @@ impl Context {
     /// paying nothing), so it pays no other invoice and its money can be owed back; the answer is the 410 (or
     /// the error that kept it from being claimed).
     async fn claim_late(&self, network: String, paid: Option<U256>) -> wit::Error {
-        match self.claim(network, paid, true).await {
+        match self.claim(network, paid, Pays::Nothing).await {
             Ok(new) => {
                 if new {
                     eprintln!(
@@ -194,11 +206,12 @@ impl Context {
     }
 
     /// A transfer of `paid`, less than the invoice's amount, mined in time on `network`: claimed for the invoice as
-    /// a transfer that pays nothing ([`Record::late_transfer`]), so it pays no other invoice and its money is
-    /// owed back (the gateway records the refund on `insufficient_funds`); the answer is that refusal (or the
-    /// error that kept it from being claimed). The invoice stays open for a payment of its amount.
+    /// a transfer that pays nothing ([`Record::late_transfer`], [`Record::short_transfer`]), so it pays no other
+    /// invoice and its money is owed back (the gateway records the refund on `insufficient_funds`, and its answer
+    /// ends the invoice: refunds are once per invoice); the answer is that refusal (or the error that kept it
+    /// from being claimed).
     async fn claim_short(&self, network: String, paid: U256) -> wit::Error {
-        match self.claim(network, Some(paid), true).await {
+        match self.claim(network, Some(paid), Pays::NothingShort).await {
             Ok(new) => {
                 if new {
                     eprintln!(
@@ -213,14 +226,15 @@ impl Context {
         }
     }
 
-    /// The answer for a transfer claimed for this invoice as one that pays nothing: short (less than the
-    /// invoice's amount), or late.
+    /// The answer for a transfer claimed for this invoice as one that pays nothing, the same as its first: short
+    /// (mined in time, less than the invoice's amount), or late (whatever it moved: a late transfer that was
+    /// also short is answered late, so sending its proof again never ends the invoice a transfer mined in time
+    /// may still pay).
     fn owed_back(&self, r: &Record) -> wit::Error {
-        match r.paid_amount {
-            Some(paid) if paid.micros() < self.invoice.amount_usdc.micros() => {
-                rejected(InvalidReason::InsufficientFunds)
-            }
-            _ => self.late(),
+        if r.short_transfer {
+            rejected(InvalidReason::InsufficientFunds)
+        } else {
+            self.late()
         }
     }
 
@@ -309,7 +323,7 @@ impl Scheme for TxHash {
             Proof::Short(network, paid) => return Err(c.claim_short(network, paid).await),
             Proof::Refused(reason) => return Err(rejected(reason)),
         };
-        c.claim(network, paid, false).await?;
+        c.claim(network, paid, Pays::Invoice).await?;
         Ok(wit::Settlement::Settled(tx))
     }
 }

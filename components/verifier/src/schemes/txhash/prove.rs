@@ -69,7 +69,8 @@ enum Found {
 impl Context {
     /// Whether the transaction pays the invoice, and on which chain it was found: the first chain that knows
     /// it decides (a transaction hash names one transaction on one chain). Found nowhere: a chain that could
-    /// not be asked may still hold it (its error), else not yet or late by the clock; with no chain to ask (or
+    /// not be asked may still hold it (its error); past the grace for a late mining, one of the invoice's networks
+    /// disabled since may hold it (503 naming them); else not yet or late by the clock; with no chain to ask (or
     /// only chains whose invoice terms no longer match the deployment's token), refused.
     pub(super) async fn prove(&self) -> Result<Proof, wit::Error> {
         let mut unreachable = None;
@@ -88,7 +89,18 @@ impl Context {
         if let Some(e) = unreachable {
             return Err(e);
         }
-        let proof = if !asked && self.chains.is_empty() {
+        let proof = if !self.disabled.is_empty()
+            && !receipt::can_still_be_mined_in_time(self.now, self.invoice.expires_at)
+        {
+            // It may have been mined in time there: not late by the clock, and not refused, but not decidable
+            // until the operator enables the network again.
+            return Err(wit::Error::Unavailable(format!(
+                "transaction {:#x} is on none of this invoice's enabled networks; it also offers {}, no longer \
+                 enabled here, where it is not looked for: send the same proof again once it is",
+                self.hash,
+                self.disabled.join(", ")
+            )));
+        } else if !asked && self.chains.is_empty() {
             Proof::Refused(InvalidReason::InvalidNetwork)
         } else if !asked {
             Proof::Refused(InvalidReason::InvalidPaymentRequirements)
@@ -163,11 +175,44 @@ impl Context {
             Some(head) => head.map_err(|e| unavailable(&e))?,
             None => receipt.block_number,
         };
+        let checked = match check_tx_hash_proof(&receipt, requirements, head) {
+            Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
+            Err(e @ ProofError::Underpaid { .. }) => Err(e),
+            Err(e) => return Ok(Proof::Refused(reason(&e))),
+            Ok(transfer) => Ok(transfer),
+        };
+        // A transfer made by an authorization of an x402 payment presented here is that payment's money (the
+        // payer, or anyone, sent it before our settlement did): it pays no tx-hash invoice as well, whether we
+        // sent a settlement for it (kernel `Record::owns_executions`) or an invoice's payment holds it (`verify`
+        // passed and its order may be on its way: that invoice's settlement finds the execution and takes it,
+        // kernel `settlement::api_may_settle`). Asked first, so a short transfer of it is told so too.
+        let authorizations = receipt::authorizations_used(&receipt, requirements.token);
+        for &(authorizer, nonce) in &authorizations {
+            let key = keys::authorization(&network.caip2(), authorizer, nonce);
+            let settled = crate::claims::load(&key)
+                .await?
+                .is_some_and(|r| r.owns_executions());
+            if settled
+                || crate::holds::holds_nonce(
+                    &network.caip2(),
+                    requirements.token,
+                    authorizer,
+                    nonce,
+                    self.now,
+                )
+                .await?
+            {
+                return Err(wit::Error::Conflict(format!(
+                    "already settled: transaction {:#x} executes an authorization presented here as an x402 \
+                     payment; it pays that payment only",
+                    self.hash
+                )));
+            }
+        }
         // Too little: still the payer's money at the recipient, owed back once it is final (claimed below like a
         // late transfer), unless it cannot be told apart from other payments' (it executes authorizations).
-        let (paid, short) = match check_tx_hash_proof(&receipt, requirements, head) {
+        let (paid, short) = match checked {
             Ok(transfer) => (transfer.value, false),
-            Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
             // Too little to be worth a refund's gas (or nothing): refused, nothing claimed.
             Err(ProofError::Underpaid { paid, .. }) if paid < U256::from(MIN_SHORT_REFUND) => {
                 return Ok(Proof::Refused(InvalidReason::InsufficientFunds));
@@ -180,29 +225,12 @@ impl Context {
             }
             Err(e) => return Ok(Proof::Refused(reason(&e))),
         };
-        // A transfer made by an authorization whose x402 payment we sent a settlement for is that payment's
-        // money (the payer, or anyone, sent it before our settlement did): it pays no tx-hash invoice as well
-        // (kernel `Record::owns_executions`).
-        let authorizations = receipt::authorizations_used(&receipt, requirements.token);
         // What the transaction moved is this payment's only if it executes no authorization: one it executes
         // may be another invoice's `exact` payment (claimed, not yet sent), whose transfer the sum includes.
         if short && !authorizations.is_empty() {
             return Ok(Proof::Refused(InvalidReason::InsufficientFunds));
         }
         let paid = authorizations.is_empty().then_some(paid);
-        for (authorizer, nonce) in authorizations {
-            let key = keys::authorization(&network.caip2(), authorizer, nonce);
-            if crate::claims::load(&key)
-                .await?
-                .is_some_and(|r| r.owns_executions())
-            {
-                return Err(wit::Error::Conflict(format!(
-                    "already settled: transaction {:#x} executes an authorization presented here as an x402 \
-                     payment; it pays that payment only",
-                    self.hash
-                )));
-            }
-        }
         // A transfer made before the invoice existed pays for something else; one made after its deadline,
         // nothing.
         let block = chain
