@@ -137,11 +137,27 @@ async fn get_activate_is_a_payable_challenge_and_methods_are_announced() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers().contains_key("www-authenticate"));
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        r#"Bearer realm="esim402", SIWX realm="esim402""#
+    );
     let e: Value = r.json().await.unwrap();
     assert!(
         e["error"]["message"].as_str().unwrap().contains("domain"),
         "{e}"
+    );
+    // The operator's routes take the admin token only: their challenge offers no wallet sign-in.
+    let r = s
+        .http
+        .get(format!("{}/v1/ledger", s.url))
+        .header("sign-in-with-x", wrong_host.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        r#"Bearer realm="esim402-admin""#
     );
     // The same proof sent with that site's name as Host: still not this service (the Host header is the client's own, so it
     // says nothing about which site the wallet signed for; only a loopback request, or the configured

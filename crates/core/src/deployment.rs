@@ -18,17 +18,36 @@ pub const DEV_CHAIN: ChainId = ChainId(31337);
 /// empty list, or any other entry (a registry alias such as `localhost`, a typo), is not development. Reads the
 /// variable itself rather than the network registry, which the components that ask need nothing else of.
 pub fn is_development(public_origins_set: bool, payment_network: Option<&str>) -> bool {
-    let Some(spec) = payment_network else {
-        return false;
-    };
-    let mut entries = spec
+    not_development(public_origins_set, payment_network).is_none()
+}
+
+/// Why a deployment is not a development one ([`is_development`]), in words for an operator (a typo in
+/// `payment_network` makes a deployment "not development", and the first thing refused is then the built-in
+/// catalog: the message must lead to the typo); `None` if it is one.
+pub fn not_development(public_origins_set: bool, payment_network: Option<&str>) -> Option<String> {
+    if public_origins_set {
+        return Some("public_origins is set".to_owned());
+    }
+    let entries: Vec<&str> = payment_network
+        .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .peekable();
-    !public_origins_set
-        && entries.peek().is_some()
-        && entries.all(|e| Network::parse(e).is_ok_and(|n| n.chain_id() == DEV_CHAIN))
+        .collect();
+    if entries.is_empty() {
+        return Some("payment_network is not set".to_owned());
+    }
+    let other = entries
+        .iter()
+        .find(|e| !Network::parse(e).is_ok_and(|n| n.chain_id() == DEV_CHAIN))?;
+    let what = if Network::parse(other).is_ok() {
+        "a network other than the local dev chain"
+    } else {
+        "not a network name or CAIP-2 id"
+    };
+    Some(format!(
+        "payment_network names {other:?}, {what} (development is eip155:31337 or anvil only)"
+    ))
 }
 
 /// The built-in carriers and their development receipt signers (`dev_signing_key` of each id: the built-in
@@ -147,6 +166,25 @@ mod tests {
         assert!(!is_development(false, None));
         assert!(!is_development(false, Some(" , ")));
         assert!(!is_development(false, Some("eip155:31337,not-a-chain")));
+    }
+
+    /// Why not development, in words that lead to the setting (a fresh-user trial: `payment_network=nosuchnet`
+    /// answered every 402 with the built-in catalog's refusal, naming `carrier_catalog` only).
+    #[test]
+    fn not_development_names_the_setting_that_made_it_so() {
+        assert_eq!(not_development(false, Some("anvil")), None);
+        let why = |p, n| not_development(p, n).unwrap();
+        assert_eq!(why(true, Some("anvil")), "public_origins is set");
+        assert_eq!(why(false, None), "payment_network is not set");
+        assert_eq!(why(false, Some(" , ")), "payment_network is not set");
+        assert!(
+            why(false, Some("anvil, nosuchnet")).contains("\"nosuchnet\", not a network name"),
+            "{}",
+            why(false, Some("anvil,nosuchnet"))
+        );
+        assert!(
+            why(false, Some("base")).contains("\"base\", a network other than the local dev chain")
+        );
     }
 
     #[test]

@@ -31,16 +31,30 @@ pub fn params(
 
 /// The value of parameter `k` as a non-negative integer.
 pub fn uint(k: &str, v: &str) -> Result<u64, ApiError> {
-    v.parse::<u64>()
-        .map_err(|_| ApiError::invalid(k.to_owned(), format!("{k} must be a non-negative integer")))
+    v.parse::<u64>().map_err(|_| {
+        // Digits alone that do not fit are a number too large, not "not an integer".
+        let message = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+            format!("{k} must be at most {}", u64::MAX)
+        } else {
+            format!("{k} must be a non-negative integer")
+        };
+        ApiError::invalid(k.to_owned(), message)
+    })
 }
 
-/// A `limit` parameter: an integer from 1 to `max`.
+/// A `limit` parameter: an integer from 1 to `max` (any other, however large, is told the range).
 pub fn limit(v: &str, max: u32) -> Result<u32, ApiError> {
-    u32::try_from(uint("limit", v)?)
+    let out_of_range = || ApiError::invalid("limit", format!("limit must be 1-{max}"));
+    let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    let n = if digits {
+        v.parse::<u64>().unwrap_or(u64::MAX)
+    } else {
+        uint("limit", v)?
+    };
+    u32::try_from(n)
         .ok()
         .filter(|l| (1..=max).contains(l))
-        .ok_or_else(|| ApiError::invalid("limit", format!("limit must be 1-{max}")))
+        .ok_or_else(out_of_range)
 }
 
 #[cfg(test)]
@@ -84,5 +98,17 @@ mod tests {
         );
         assert_eq!(limit("0", 10).unwrap_err().field.as_deref(), Some("limit"));
         assert_eq!(limit("10", 10).unwrap(), 10);
+        // Too large is told the range, however large (a fresh-user trial: 20 digits read "not an integer").
+        for v in ["11", "99999999999999999999"] {
+            assert_eq!(limit(v, 10).unwrap_err().message, "limit must be 1-10");
+        }
+        assert_eq!(
+            limit("-1", 10).unwrap_err().message,
+            "limit must be a non-negative integer"
+        );
+        assert_eq!(
+            uint("from", "99999999999999999999").unwrap_err().message,
+            format!("from must be at most {}", u64::MAX)
+        );
     }
 }

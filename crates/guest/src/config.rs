@@ -63,9 +63,21 @@ pub async fn is_development() -> bool {
 /// development key. The error names the variable.
 pub async fn carrier_catalog() -> Result<(esim402_core::esim::Catalog, bool), VarError> {
     let custom = optional_var("carrier_catalog").await;
-    let development = is_development().await;
-    let catalog = esim402_core::deployment::catalog(custom.as_deref(), development)
-        .map_err(|e| invalid("carrier_catalog", e))?;
+    let public = optional_var("public_origins").await.is_some();
+    let networks = optional_var("payment_network").await;
+    let not_development = esim402_core::deployment::not_development(public, networks.as_deref());
+    let development = not_development.is_none();
+    let catalog =
+        esim402_core::deployment::catalog(custom.as_deref(), development).map_err(|e| {
+            // Which setting made it "not development": the built-in catalog's refusal is often a typo's first sign.
+            match (&e, not_development) {
+                (
+                    esim402_core::esim::catalog::CatalogError::BuiltinOutsideDevelopment,
+                    Some(why),
+                ) => invalid("carrier_catalog", format!("{e}: here, {why}")),
+                _ => invalid("carrier_catalog", e),
+            }
+        })?;
     Ok((catalog, development))
 }
 
