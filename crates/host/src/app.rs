@@ -196,6 +196,8 @@ pub struct App {
     pub body_timeout: Duration,
     /// [`LoadOptions::write_timeout`].
     pub write_timeout: Duration,
+    /// The runtime config's variables providers (to read a variable as the app reads it).
+    pub variables_providers: Vec<variables::EnvProvider>,
     engine: Engine,
     gate: Arc<Gate>,
 }
@@ -381,7 +383,7 @@ impl App {
             Some(p) => RuntimeConfig::load(p, &manifest.dir)?,
             None => RuntimeConfig::spin_default(&manifest.dir),
         };
-        let resolved = variables::resolve(&manifest, &opts.env)?;
+        let resolved = variables::resolve(&manifest, &opts.env, &runtime.variables_providers)?;
         tracing::debug!(variables = ?resolved, "variables resolved");
 
         // Open every store some component uses; an unknown label fails start-up, as in Spin.
@@ -538,6 +540,7 @@ impl App {
             header_timeout: opts.header_timeout,
             body_timeout: opts.body_timeout,
             write_timeout: opts.write_timeout,
+            variables_providers: runtime.variables_providers,
             engine,
             gate,
         })

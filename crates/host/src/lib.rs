@@ -28,6 +28,7 @@ pub mod router;
 pub mod runtime_config;
 pub mod server;
 pub mod variables;
+pub mod well_known;
 
 /// Test support shared by the modules' unit tests.
 #[cfg(test)]

@@ -368,17 +368,16 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
     eprintln!("Serving http://{addr}");
     eprintln!("Available Routes:");
     for route in app.router.routes() {
-        eprintln!("  {}: http://{addr}{}", route.component, route.pattern);
+        eprintln!("  {}: http://{addr}{}", route.component, route.matched());
     }
     let every = args
         .jobs_every
         .unwrap_or(if args.no_dev_stack { 0 } else { 60 });
     if every > 0 {
         // The token as the app reads it (environment, `.env`, the dev stack's).
-        let token = esim402_host::variables::resolve(&app.manifest, &opts.env)?
-            .app
-            .remove("admin_token")
-            .filter(|t| !t.is_empty());
+        let providers = &app.variables_providers;
+        let mut vars = esim402_host::variables::resolve(&app.manifest, &opts.env, providers)?.app;
+        let token = vars.remove("admin_token").filter(|t| !t.is_empty());
         match token {
             Some(token) => {
                 eprintln!("Operator jobs (refunds, cleanup) every {every} s");

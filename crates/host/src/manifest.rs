@@ -2,8 +2,11 @@
 //!
 //! Unknown keys are refused (Spin refuses them too), and known Spin features this host does not implement
 //! (`files`, `sqlite_databases`, `ai_models`, non-HTTP triggers, the Wagi executor, registry/URL dependencies,
-//! …) fail with an error naming the key, rather than being silently ignored. Names follow Spin's rules
-//! ([`crate::ids`]), so a manifest this host accepts is one `spin up` accepts too.
+//! a trigger's `static_response`, inline components, …) fail with an error naming the key, rather than being
+//! silently ignored. What `spin up` itself ignores is read and ignored here too (`targets`, `tool`, build
+//! `profile`s, `exclude_files`, a trigger's `id`; [`compat`]), and the deprecated `allowed_http_hosts` is
+//! converted as Spin converts it. Names follow Spin's rules ([`crate::ids`]), so a manifest this host accepts is
+//! one `spin up` accepts too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,10 @@ use serde::Deserialize;
 use crate::deps::INHERITABLE;
 pub use crate::deps::Inherit;
 
+pub mod compat;
+
+use compat::{ProfileDecl, RawHttpTrigger, TargetRef};
+
 /// A parsed manifest plus the folder it came from (sources and build commands are relative to it).
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -21,6 +28,8 @@ pub struct Manifest {
     pub dir: PathBuf,
     /// Application name.
     pub name: String,
+    /// Application version, if spin.toml gives a non-empty one (`/.well-known/spin/info` shows it).
+    pub version: Option<String>,
     /// `[variables]`.
     pub variables: BTreeMap<String, VariableDecl>,
     /// `[[trigger.http]]`.
@@ -36,7 +45,7 @@ struct RawManifest {
     application: RawApplication,
     #[serde(default)]
     variables: BTreeMap<String, VariableDecl>,
-    #[serde(default)]
+    // Required, as in Spin: a manifest without it fails with "missing field `trigger`".
     trigger: BTreeMap<String, Vec<toml::Table>>,
     #[serde(default)]
     component: BTreeMap<String, ComponentDecl>,
@@ -52,8 +61,15 @@ struct RawApplication {
     description: Option<String>,
     #[serde(default)]
     authors: Vec<String>,
+    /// Deployment targets: ignored by `spin up`, and here.
     #[serde(default)]
-    trigger: Option<toml::Table>,
+    targets: Vec<TargetRef>,
+    /// Trigger-wide settings (`[application.trigger.http]`).
+    #[serde(default)]
+    trigger: BTreeMap<String, toml::Table>,
+    /// Settings for other tools: ignored by Spin, and here.
+    #[serde(default)]
+    tool: BTreeMap<String, toml::Table>,
 }
 
 /// An application variable.
@@ -74,9 +90,8 @@ pub struct VariableDecl {
     pub description: Option<String>,
 }
 
-/// One `[[trigger.http]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[trigger.http]]` entry (read from spin.toml as [`compat::RawHttpTrigger`]).
+#[derive(Debug, Clone)]
 pub struct HttpTrigger {
     /// `"/path"`, `"/prefix/..."`, `"/users/:id"` or `{ private = true }`.
     pub route: RouteSpec,
@@ -84,7 +99,6 @@ pub struct HttpTrigger {
     pub component: String,
     /// `{ type = "spin" }` (or Spin's newer name, `"http"`) or absent: the component exports `wasi:http`. Spin's
     /// other executor, `wagi`, is refused ([`check_executor`]).
-    #[serde(default)]
     pub executor: Option<toml::Table>,
 }
 
@@ -119,9 +133,13 @@ pub struct ComponentDecl {
     /// Key-value store labels.
     #[serde(default)]
     pub key_value_stores: Vec<String>,
-    /// `scheme://host[:port]` patterns.
+    /// `scheme://host[:port]` patterns (after loading, with `allowed_http_hosts` converted and appended).
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Deprecated: converted into `allowed_outbound_hosts` when the manifest loads, as Spin does
+    /// ([`compat::allowed_http_to_outbound`]); empty afterwards.
+    #[serde(default)]
+    pub allowed_http_hosts: Vec<String>,
     /// `spin build` settings.
     #[serde(default)]
     pub build: Option<BuildDecl>,
@@ -134,6 +152,9 @@ pub struct ComponentDecl {
     /// Unsupported by this host: refused if non-empty.
     #[serde(default)]
     pub files: Vec<toml::Value>,
+    /// Exceptions to `files`: meaningless without it, ignored.
+    #[serde(default)]
+    pub exclude_files: Vec<String>,
     /// Unsupported by this host: refused if non-empty.
     #[serde(default)]
     pub sqlite_databases: Vec<String>,
@@ -143,6 +164,13 @@ pub struct ComponentDecl {
     /// Ignored by Spin and by us.
     #[serde(default)]
     pub tool: Option<toml::Table>,
+    /// Deployment targets (overriding the application's): ignored by `spin up`, and here.
+    #[serde(default)]
+    pub targets: Option<Vec<TargetRef>>,
+    /// Named build profiles' overrides: `spin up` and `spin build` use the default profile unless told
+    /// otherwise, and this host has no way to tell it otherwise. Ignored.
+    #[serde(default)]
+    pub profile: BTreeMap<String, ProfileDecl>,
 }
 
 /// `[component.<id>.build]`.
@@ -263,16 +291,17 @@ impl Manifest {
 
     /// Parse and validate manifest text.
     pub fn parse(text: &str, dir: PathBuf) -> anyhow::Result<Self> {
-        let raw: RawManifest = toml::from_str(text)?;
+        let mut raw: RawManifest = toml::from_str(text)?;
         ensure!(
             raw.spin_manifest_version == 2,
             "spin_manifest_version must be 2"
         );
         let _ = (
-            &raw.application.version,
             &raw.application.description,
             &raw.application.authors,
+            &raw.application.targets,
             &raw.application.trigger,
+            &raw.application.tool,
         );
         // Spin's manifest types refuse these names as it reads them; here they are checked before anything
         // refers to them, naming the rule broken.
@@ -290,8 +319,10 @@ impl Manifest {
                 kind == "http",
                 "trigger type {kind:?} is not supported by this host (only http)"
             );
-            for entry in entries {
-                let t: HttpTrigger = entry.try_into().context("invalid [[trigger.http]] entry")?;
+            for (n, entry) in entries.into_iter().enumerate() {
+                let t: RawHttpTrigger =
+                    entry.try_into().context("invalid [[trigger.http]] entry")?;
+                let t = t.into_trigger(n + 1)?;
                 if let RouteSpec::Path(r) = &t.route {
                     check_route(r, &t.component)?;
                 }
@@ -310,6 +341,26 @@ impl Manifest {
                     check_executor(&t.component, executor)?;
                 }
                 http_triggers.push(t);
+            }
+        }
+        // Spin's words, for `trigger = {}` or `http = []`: otherwise the app would load with nothing to serve.
+        ensure!(!http_triggers.is_empty(), "No triggers in app");
+        for (id, c) in &mut raw.component {
+            if !c.allowed_http_hosts.is_empty() {
+                let converted = compat::allowed_http_to_outbound(&c.allowed_http_hosts)
+                    .with_context(|| format!("component {id}: allowed_http_hosts"))?;
+                for entry in &converted {
+                    crate::outbound::AllowedHost::parse(entry).with_context(|| {
+                        format!("component {id}: allowed_http_hosts (converted to {entry:?} as Spin converts it)")
+                    })?;
+                }
+                // Spin's warning (naming the component: Spin prints it without).
+                tracing::warn!(
+                    "Use of the deprecated field `allowed_http_hosts` - to fix, replace `allowed_http_hosts` with \
+                     `allowed_outbound_hosts = {converted:?}` (component {id})"
+                );
+                c.allowed_outbound_hosts.extend(converted);
+                c.allowed_http_hosts.clear();
             }
         }
         for (id, c) in &raw.component {
@@ -399,6 +450,7 @@ impl Manifest {
         Ok(Self {
             dir,
             name: raw.application.name,
+            version: raw.application.version.filter(|v| !v.is_empty()),
             variables: raw.variables,
             http_triggers,
             components: raw.component,
@@ -411,10 +463,14 @@ impl Manifest {
     }
 }
 
-/// A name a guest may ask `spin:variables` for, or a `{{ name }}` reference: lower snake case starting with a
-/// letter. (Declared names are held to Spin's stricter manifest rule, [`crate::ids::lower_snake`].)
+/// A name a guest may ask `spin:variables` for, or a `{{ name }}` reference, by Spin's rule for variable keys
+/// (`spin_expressions::Key::validate`): lowercase ASCII letters, digits and `_`, starting with a letter, ending
+/// with a letter or digit, no `__`. (Declared names are held to Spin's stricter manifest rule,
+/// [`crate::ids::lower_snake`].)
 pub fn is_variable_name(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && !s.contains("__")
         && s.bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
 }
@@ -520,10 +576,6 @@ source = "b.wasm"
                 "bogus",
             ),
             (
-                APP.replace("route = \"/a/...\"", "route = \"a\""),
-                "must start with",
-            ),
-            (
                 APP.replace("route = \"/a/...\"", "route = \"/a/*/b\""),
                 "'*' (a wildcard) may only be the last segment",
             ),
@@ -560,6 +612,133 @@ source = "b.wasm"
         for (text, needle) in cases {
             let err = format!("{:#}", Manifest::parse(&text, PathBuf::new()).unwrap_err());
             assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    /// What Spin 4.1 accepts but this host does not run is refused naming it, and a manifest Spin refuses is
+    /// refused in Spin's words (each tried on the Spin 4.1 binary).
+    #[test]
+    fn refuses_spin_features_by_name() {
+        let first = "route = \"/a/...\"\ncomponent = \"a\"";
+        let cases = [
+            (
+                APP.replace(first, "route = \"/s\"\nstatic_response = { body = \"hi\" }"),
+                "trigger http-trigger1: `static_response` is not supported by esim402",
+            ),
+            (
+                APP.replace(
+                    first,
+                    "id = \"t\"\nroute = \"/x\"\ncomponent = { source = \"x.wasm\" }",
+                ),
+                "trigger t: an inline component (`component = { source = … }`) is not supported by esim402",
+            ),
+            (
+                APP.replace(first, "route = \"/x\""),
+                "Triggers must specify either component or static_response - http-trigger1 has neither",
+            ),
+            (
+                APP.replace(first, &format!("{first}\nbogus = 1")),
+                "unknown field `bogus`",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = refusal(&text);
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        // No `trigger` at all: serde's error, as Spin's (not, later, an instance pool sized for nothing).
+        let none = "spin_manifest_version = 2\n[application]\nname = \"t\"\n[component.a]\nsource = \"a.wasm\"\n";
+        assert!(
+            refusal(none).contains("missing field `trigger`"),
+            "{}",
+            refusal(none)
+        );
+        for empty in ["trigger = {}", "trigger = { http = [] }"] {
+            let text = none.replace("[application]", &format!("{empty}\n[application]"));
+            assert!(
+                refusal(&text).contains("No triggers in app"),
+                "{empty}: {}",
+                refusal(&text)
+            );
+        }
+    }
+
+    /// What Spin 4.1 accepts and `spin up` ignores loads here too (the manifest below ran under the Spin 4.1
+    /// binary); `allowed_http_hosts` is converted as Spin converts it.
+    #[test]
+    fn accepts_what_spin_accepts_and_ignores() {
+        let text = APP
+            .replace(
+                "[application]\nname = \"t\"",
+                "[application]\nname = \"t\"\nversion = \"1.2.3\"\ntargets = [\"spin-up:3.3\", { path = \"env.toml\" }]\n\
+                 [application.tool.foo]\nx = 1\n[application.trigger.http]\nbase = \"/\"",
+            )
+            .replace(
+                "route = \"/a/...\"\ncomponent = \"a\"",
+                "id = \"my-trigger\"\nroute = \"a/...\"\ncomponent = \"a\"\n\
+                 [[trigger.http]]\nroute = \"/dup\"\ncomponent = \"a\"\n[[trigger.http]]\nroute = \"/dup\"\ncomponent = \"b\"",
+            )
+            .replace(
+                "source = \"b.wasm\"",
+                "source = \"b.wasm\"\nexclude_files = [\"secrets/*\"]\ntargets = [\"spin-up:3.3\"]\n\
+                 allowed_outbound_hosts = [\"https://api.example.com\"]\n\
+                 allowed_http_hosts = [\"example.com:80\", \"EXAMPLE.org:8080\"]\n\
+                 [component.b.profile.debug]\nsource = \"debug.wasm\"\nenvironment = { A = \"1\" }\n\
+                 [component.b.profile.debug.build]\ncommand = \"echo hi\"\n[component.b.tool.bar]\ny = 2",
+            );
+        let m = Manifest::parse(&text, PathBuf::from("/app")).unwrap();
+        assert_eq!(m.version.as_deref(), Some("1.2.3"));
+        assert_eq!(m.http_triggers.len(), 4);
+        // A route without its leading `/` is Spin's `/a/...`; the duplicate goes to the router, which warns.
+        let routes: Vec<(String, String)> = m
+            .http_triggers
+            .iter()
+            .filter_map(|t| match &t.route {
+                RouteSpec::Path(p) => Some((p.clone(), t.component.clone())),
+                RouteSpec::Private { .. } => None,
+            })
+            .collect();
+        let router = crate::router::Router::new(routes).unwrap();
+        assert_eq!(router.find("/a/x").unwrap().route.component, "a");
+        assert_eq!(router.find("/dup").unwrap().route.component, "b");
+        let b = &m.components["b"];
+        assert_eq!(
+            b.allowed_outbound_hosts,
+            [
+                "https://api.example.com",
+                "http://example.com",
+                "https://example.com",
+                "http://example.org:8080",
+                "https://example.org:8080",
+            ]
+        );
+        assert!(b.allowed_http_hosts.is_empty());
+        // `version = ""` is no version.
+        let m = Manifest::parse(
+            &APP.replace("name = \"t\"", "name = \"t\"\nversion = \"\""),
+            PathBuf::new(),
+        )
+        .unwrap();
+        assert_eq!(m.version, None);
+        // Converted into what this host refuses (`http://self`): refused naming where it came from.
+        let err = refusal(&APP.replace(
+            "source = \"b.wasm\"",
+            "source = \"b.wasm\"\nallowed_http_hosts = [\"insecure:allow-all\"]",
+        ));
+        assert!(
+            err.contains("component b: allowed_http_hosts (converted to \"http://self\"")
+                && err.contains("self requests are not supported by esim402"),
+            "{err}"
+        );
+    }
+
+    /// Spin's `Key::validate` (`keys_good`, `keys_bad`).
+    #[test]
+    fn variable_names_by_spins_rule() {
+        for good in ["a", "abc", "a1b2c3", "a_1", "a_1_b_3"] {
+            assert!(is_variable_name(good), "{good}");
+        }
+        for bad in ["", "aX", "1bc", "_x", "x.y", "x_", "a__b", "x-y"] {
+            assert!(!is_variable_name(bad), "{bad}");
         }
     }
 

@@ -345,6 +345,12 @@ pub async fn handle(
     req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<WasiBody> {
     let path = req.uri().path().to_owned();
+    // Spin answers these itself, before routing: no app route under the prefix is ever reached.
+    if let Some(resp) =
+        crate::well_known::answer(&path, &app.manifest.name, app.manifest.version.as_deref())
+    {
+        return resp;
+    }
     let Some(m) = app.router.find(&path) else {
         return json_response(404, "not_found", &format!("no route for {path}"));
     };
@@ -383,22 +389,11 @@ pub async fn handle(
         parts.headers.remove(name);
     }
     set(&mut parts.headers, "spin-full-url", &full_url);
-    set(&mut parts.headers, "spin-path-info", &m.path_info);
-    set(&mut parts.headers, "spin-matched-route", &m.route.pattern);
-    set(
-        &mut parts.headers,
-        "spin-raw-component-route",
-        &m.route.pattern,
-    );
-    set(&mut parts.headers, "spin-component-route", &m.route.base());
     set(&mut parts.headers, "spin-base-path", "/");
     set(&mut parts.headers, "spin-client-addr", &client.to_string());
-    for (name, value) in &m.params {
-        set(
-            &mut parts.headers,
-            &format!("spin-path-match-{name}"),
-            value,
-        );
+    // The route's: path info, matched and component routes, `spin-path-match-<name>` ([`crate::router::Match::spin_headers`]).
+    for (name, value) in m.spin_headers() {
+        set(&mut parts.headers, &name, &value);
     }
     // The guest sees an absolute URI, as under Spin.
     if let Ok(uri) = full_url.parse() {

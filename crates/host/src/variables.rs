@@ -6,11 +6,14 @@
 //! The `.env` is the current directory's, not the manifest's, because that is the one Spin reads (its default
 //! environment provider opens the relative path `.env`): `spin up -f app/spin.toml` and `esim402 up -f
 //! app/spin.toml` then see the same values. Run from the app's folder, as usual, the two are one file.
+//!
+//! A runtime config's `[[variables_provider]]` entries of type `env` ([`EnvProvider`]) are asked first, in
+//! order, as Spin asks its configured providers before the default one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -82,24 +85,72 @@ pub fn env_name(name: &str) -> String {
     format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())
 }
 
-/// Resolve every variable of `manifest` from `env` (the process environment in production) and `./.env`.
-pub fn resolve(manifest: &Manifest, env: &HashMap<String, String>) -> anyhow::Result<Resolved> {
-    resolve_in(manifest, env, Path::new("."))
+/// A runtime config's `[[variables_provider]]` of `type = "env"` (Spin's `EnvVariablesConfig`): variable
+/// `name` is `<prefix>_<NAME>` in the environment, then in the `dotenv_path` file if it gives one (relative
+/// to the current directory; a missing file holds nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvProvider {
+    /// Default `SPIN_VARIABLE`.
+    pub prefix: Option<String>,
+    /// No file when absent (unlike the default provider's `.env`).
+    pub dotenv_path: Option<PathBuf>,
 }
 
-/// [`resolve`] with the `.env` of `dotenv_dir` instead of the current directory's.
+impl EnvProvider {
+    /// Spin's `get_sync`: `{prefix}_{NAME}`, the prefix joined with `_` whatever it is.
+    fn key(&self, name: &str) -> String {
+        let prefix = self.prefix.as_deref().unwrap_or("SPIN_VARIABLE");
+        format!("{prefix}_{}", name.to_ascii_uppercase())
+    }
+}
+
+/// Resolve every variable of `manifest` from the runtime config's `providers`, then `env` (the process
+/// environment in production) and `./.env`.
+pub fn resolve(
+    manifest: &Manifest,
+    env: &HashMap<String, String>,
+    providers: &[EnvProvider],
+) -> anyhow::Result<Resolved> {
+    resolve_from(manifest, env, Path::new("."), providers)
+}
+
+/// [`resolve`] without providers, with the `.env` of `dotenv_dir` instead of the current directory's.
 pub fn resolve_in(
     manifest: &Manifest,
     env: &HashMap<String, String>,
     dotenv_dir: &Path,
 ) -> anyhow::Result<Resolved> {
+    resolve_from(manifest, env, dotenv_dir, &[])
+}
+
+fn resolve_from(
+    manifest: &Manifest,
+    env: &HashMap<String, String>,
+    dotenv_dir: &Path,
+    providers: &[EnvProvider],
+) -> anyhow::Result<Resolved> {
     let dotenv = dotenv_in(dotenv_dir)?;
+    let configured = providers
+        .iter()
+        .map(|p| {
+            let file = match &p.dotenv_path {
+                Some(path) => dotenv_file(path)?,
+                None => HashMap::new(),
+            };
+            Ok((p, file))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut app = BTreeMap::new();
     let mut secret_names = Vec::new();
     for (name, decl) in &manifest.variables {
         let key = env_name(name);
-        let value = env
-            .get(&key)
+        let value = configured
+            .iter()
+            .find_map(|(p, file)| {
+                let key = p.key(name);
+                env.get(&key).or_else(|| file.get(&key))
+            })
+            .or_else(|| env.get(&key))
             .or_else(|| dotenv.get(&key))
             .cloned()
             .or_else(|| decl.default.clone());
@@ -135,13 +186,17 @@ pub fn resolve_in(
 
 /// The `KEY=value` pairs of `dir`'s `.env` file; none if it has none.
 pub fn dotenv_in(dir: &Path) -> anyhow::Result<HashMap<String, String>> {
-    let path = dir.join(".env");
+    dotenv_file(&dir.join(".env"))
+}
+
+/// The `KEY=value` pairs of a dotenv file; none if there is no such file.
+pub fn dotenv_file(path: &Path) -> anyhow::Result<HashMap<String, String>> {
     if !path.exists() {
         return Ok(HashMap::new());
     }
-    dotenvy::from_path_iter(&path)
+    dotenvy::from_path_iter(path)
         .with_context(|| format!("cannot read {}", path.display()))?
-        .map(|item| item.map_err(|e| dotenv_error(&path, e)))
+        .map(|item| item.map_err(|e| dotenv_error(path, e)))
         .collect()
 }
 
@@ -179,6 +234,9 @@ mod tests {
             r#"spin_manifest_version = 2
 [application]
 name = "t"
+[[trigger.http]]
+route = "/..."
+component = "a"
 [variables]
 token = { required = true, secret = true }
 region = { default = "us-west" }
@@ -218,6 +276,49 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
         assert_eq!(r.per_component["a"]["token"], "s3cret");
     }
 
+    /// Configured `env` providers first, in order, each its prefix and its own file; then the default one.
+    #[test]
+    fn configured_env_providers_come_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manifest(dir.path());
+        std::fs::write(dir.path().join("app.env"), "APP_REGION=from-file\n").unwrap();
+        let provider = |prefix: &str, file: Option<&str>| EnvProvider {
+            prefix: Some(prefix.to_owned()),
+            dotenv_path: file.map(|f| dir.path().join(f)),
+        };
+        let providers = [provider("MINE", None), provider("APP", Some("app.env"))];
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let all = env(&[("MINE_TOKEN", "mine"), ("SPIN_VARIABLE_REGION", "default")]);
+        let r = resolve_from(&m, &all, dir.path(), &providers).unwrap();
+        assert_eq!(
+            (r.app["token"].as_str(), r.app["region"].as_str()),
+            ("mine", "from-file")
+        );
+        // Nothing configured holds it: the default provider, then the default value.
+        let r = resolve_from(&m, &all, dir.path(), &providers[..1]).unwrap();
+        assert_eq!(r.app["region"], "default");
+        let mine = env(&[("MINE_TOKEN", "mine")]);
+        let r = resolve_from(&m, &mine, dir.path(), &providers[..1]).unwrap();
+        assert_eq!(r.app["region"], "us-west");
+        // A prefix-less provider reads SPIN_VARIABLE_*; a dotenv file that is not there holds nothing.
+        let plain = EnvProvider {
+            prefix: None,
+            ..provider("", Some("missing.env"))
+        };
+        let r = resolve_from(
+            &m,
+            &env(&[("SPIN_VARIABLE_TOKEN", "t")]),
+            dir.path(),
+            &[plain],
+        );
+        assert_eq!(r.unwrap().app["token"], "t");
+    }
+
     /// A malformed `.env` line is named by its number, never quoted: dotenvy's message quotes the whole line,
     /// a secret's value with it.
     #[test]
@@ -239,7 +340,7 @@ variables = { token = "{{ token }}", where = "in {{ region }}" }
         let Some(app) = std::env::var_os("ESIM402_TEST_APP_DIR") else {
             return;
         };
-        let r = resolve(&manifest(Path::new(&app)), &HashMap::new()).unwrap();
+        let r = resolve(&manifest(Path::new(&app)), &HashMap::new(), &[]).unwrap();
         assert_eq!(r.per_component["a"]["token"], "from-the-current-dir");
     }
 
