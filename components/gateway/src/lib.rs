@@ -317,11 +317,12 @@ async fn answer(mut req: Request) -> Reply {
             let mut reply = error_reply(&e);
             if e.kind == ErrorKind::Unauthorized {
                 // The operator's routes take the admin token only, not a wallet sign-in.
-                let challenge = if segments.first() == Some(&"admin") || path == "/v1/ledger" {
-                    r#"Bearer realm="esim402-admin""#
-                } else {
-                    r#"Bearer realm="esim402", SIWX realm="esim402""#
-                };
+                let challenge =
+                    if segments.first() == Some(&"admin") || segments == ["v1", "ledger"] {
+                        r#"Bearer realm="esim402-admin""#
+                    } else {
+                        r#"Bearer realm="esim402", SIWX realm="esim402""#
+                    };
                 reply.headers_mut().insert(
                     "www-authenticate",
                     spin_sdk::http::HeaderValue::from_static(challenge),

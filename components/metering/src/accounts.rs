@@ -348,8 +348,14 @@ pub async fn close_with(
         Some(a) => collect(a, used).await?,
         None => used,
     };
-    // Sealed, not only read: a grant reserving after this is refused, and one before it is in `grants`.
-    let grants = crate::grants::seal(iccid.as_str(), used).await?;
+    // Sealed, not only read, while the account is closing: a grant reserving after this is refused, and one
+    // before it is in `grants`. An account closed otherwise (moved away by a switch, which a failed switch can
+    // take back, or closed already) takes no grant anyway, and its reservation is only read.
+    let grants = if closing.as_ref().is_some_and(|a| a.closing) {
+        crate::grants::seal(iccid.as_str(), used).await?
+    } else {
+        reservation(iccid.as_str()).await?
+    };
     let (_, shares) = kv::update_json_with(&key, |cur: Option<Account>| match cur {
         None => Err(wit::Error::NotFound(format!("no metered SIM {iccid}"))),
         Some(mut a) => {

@@ -14,8 +14,10 @@ use crate::bindings::exports::esim402::metering::metering as api;
 /// Grant up to `quota` bytes (kernel `grant::decide`). With `reserve` (the carrier asked) the grant is reserved
 /// by compare-and-swap on the SIM's reservation, and a reserved grant is handed out: a terminate seals the
 /// reservation when it reads it for its refunds ([`seal`]), so a grant stored before the seal is left out of
-/// the refunds, and one after it is refused (the kernel's `decide` on a sealed reservation). Without
-/// `reserve`, the reservation is only read.
+/// the refunds, and one after it is refused (the kernel's `decide` on a sealed reservation). A switch does not
+/// seal: the account is read again after the write, and one moved meanwhile hands nothing out (the move may
+/// have carried the SIM's grants to the new SIM before this one landed; its bytes stay reserved here until it
+/// lapses). Without `reserve`, the reservation is only read.
 pub async fn grant(
     iccid: &str,
     quota: Option<u64>,
@@ -56,6 +58,16 @@ pub async fn grant(
     .map_err(kv_err)?;
     let (used, reserved) = grant::counted(stored.as_ref(), used, now);
     let (bytes, valid_until) = decision.granted();
+    if bytes > 0 {
+        let now_account = load(iccid.as_str()).await?.ok_or_else(not_found)?;
+        if now_account.moved_to.is_some() {
+            return Ok(api::Granted {
+                balance: to_wit(&now_account, used, reserved),
+                bytes: 0,
+                valid_until: 0,
+            });
+        }
+    }
     Ok(api::Granted {
         balance: to_wit(&account, used, reserved),
         bytes,

@@ -236,9 +236,10 @@ impl State {
 
     /// Drop the spends older than [`SPEND_HISTORY_SECS`] before the newest one recorded (or `now` if earlier,
     /// so that a clock ahead erases nothing: as the wallet's budget does) that nothing reads any more: kept are a
-    /// payment still pending (`pending` lists it) and a settled top-up of a SIM this state holds and has not seen
-    /// terminated (its [`Self::credit_floor`], which `watch`'s audit checks the facilitator's credit against, counts
-    /// it for the SIM's whole life). The daily cap reads today's spends and `watch`'s switch limits the last day's;
+    /// payment still pending (`pending` lists it, or its spend still says so) and a settled top-up of a SIM this
+    /// state has not seen terminated (its [`Self::credit_floor`], which `watch`'s audit checks the facilitator's
+    /// credit against, counts it for the SIM's whole life, also for a SIM `watch --iccid` follows that this state
+    /// never recorded). The daily cap reads today's spends and `watch`'s switch limits the last day's;
     /// the rest was a history growing by a few hundred bytes a payment, rewritten at every save.
     pub fn prune_spends(&mut self, now: u64) {
         let Some(newest) = self.spends.iter().map(|s| s.at).max() else {
@@ -253,11 +254,12 @@ impl State {
         } = self;
         spends.retain(|s| {
             s.at >= before
+                || s.status == SpendStatus::Pending
                 || pending.values().any(|p| p.payment_id == s.payment_id)
                 || (s.status == SpendStatus::Settled
-                    && top_up_of(&s.purpose)
-                        .and_then(|(iccid, _)| sims.get(iccid))
-                        .is_some_and(|sim| !sim.terminated))
+                    && top_up_of(&s.purpose).is_some_and(|(iccid, _)| {
+                        !sims.get(iccid).is_some_and(|sim| sim.terminated)
+                    }))
         });
     }
 
@@ -675,19 +677,37 @@ mod tests {
             settled("dead_top_up", "top-up 8902 16 MB", day + 2),
             spend("still_pending", day, 50_000),
             settled("recent", "activate", day + 20 * 86_400),
+            // A SIM this state never recorded (`watch --iccid`): its floor still counts the top-up.
+            settled("unknown_sim_top_up", "top-up 8903 16 MB", day + 3),
+            // Still pending by its spend alone (a legacy state without its `pending` entry).
+            spend("legacy_pending", day + 4, 1),
+            Spend {
+                status: SpendStatus::Unknown,
+                ..spend("old_unknown", day + 5, 1)
+            },
         ];
         s.pending.insert("p".into(), pending("still_pending"));
         let floor = s.credit_floor("8901");
         let later = day + SPEND_HISTORY_SECS + 10;
         s.begin("q", pending("new"), spend("new", later + 40 * 86_400, 1));
-        assert_eq!(s.spends.len(), 6, "a clock ahead prunes nothing: {s:?}");
+        assert_eq!(s.spends.len(), 9, "a clock ahead prunes nothing: {s:?}");
+        let unknown_floor = s.credit_floor("8903");
         s.begin("r", pending("next"), spend("next", later, 1));
         let kept: Vec<&str> = s.spends.iter().map(|x| x.payment_id.as_str()).collect();
         assert_eq!(
             kept,
-            ["live_top_up", "still_pending", "recent", "new", "next"]
+            [
+                "live_top_up",
+                "still_pending",
+                "recent",
+                "unknown_sim_top_up",
+                "legacy_pending",
+                "new",
+                "next"
+            ]
         );
         assert_eq!(s.credit_floor("8901"), floor, "the live SIM's floor holds");
+        assert_eq!(s.credit_floor("8903"), unknown_floor);
     }
 
     /// Fix: a spend dated on a later day (signed while the clock ran ahead) is that day's, not today's: the

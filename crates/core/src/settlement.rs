@@ -231,11 +231,12 @@ pub struct Record {
     /// presenting it again never delivers ([`Record::pays_invoice`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late_transfer: bool,
-    /// With [`Record::late_transfer`]: the transfer was mined in time but moved less than the invoice's amount
-    /// (its answer ends the invoice), not mined late (its answer leaves the invoice open for a transfer mined
-    /// in time). A late transfer that was also short is late. Records from before read `false`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub short_transfer: bool,
+    /// With [`Record::late_transfer`]: whether the transfer was mined in time but moved less than the invoice's
+    /// amount (`true`: its answer ends the invoice), or was mined late (`false`: its answer leaves the invoice
+    /// open for a transfer mined in time; a late transfer that was also short is late). `None` on records from
+    /// before, which told them apart by the amount alone ([`Record::is_short_transfer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_transfer: Option<bool>,
     /// What a tx-hash transfer moved from the payer to the recipient, which may be more than the invoice asked:
     /// what a refund of the whole payment returns ([`crate::refund::amount_owed`]). Absent on our own
     /// settlements (an `exact` authorization moves exactly the invoice's amount), on records from before, and
@@ -307,6 +308,14 @@ impl Record {
             .map(UsdcAmount::from_micros)
     }
 
+    /// Whether this transfer, claimed as one that pays nothing, was short (mined in time, less than `amount`)
+    /// rather than late: as recorded, or for a record from before [`Record::short_transfer`] existed, by the
+    /// amount alone (the rule it was answered by then).
+    pub fn is_short_transfer(&self, amount: UsdcAmount) -> bool {
+        self.short_transfer
+            .unwrap_or_else(|| self.paid_amount.is_some_and(|paid| paid < amount))
+    }
+
     /// Whether this confirmed record pays its invoice: confirmed and not a [`Record::late_transfer`].
     pub fn pays_invoice(&self) -> bool {
         self.status == Status::Confirmed && !self.late_transfer
@@ -336,7 +345,7 @@ impl Record {
             updated_at: now,
             success_claimed_apart: true,
             late_transfer: false,
-            short_transfer: false,
+            short_transfer: None,
             paid_amount: None,
         }
     }
@@ -833,6 +842,27 @@ mod tests {
         assert!(!r.pays_invoice());
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(serde_json::from_value::<Record>(json).unwrap(), r);
+    }
+
+    /// Short or late, as recorded; a record from before the flag, by the amount alone (the rule it was first
+    /// answered by), so its resend gets the same answer.
+    #[test]
+    fn a_transfer_that_pays_nothing_is_short_or_late_as_recorded() {
+        let amount = UsdcAmount::from_micros(420_000);
+        let mut r = claimed(100).with_paid_amount(Some(U256::from(400_000u64)));
+        r.late_transfer = true;
+        assert!(
+            r.is_short_transfer(amount),
+            "before the flag: by the amount"
+        );
+        r.short_transfer = Some(false);
+        assert!(!r.is_short_transfer(amount), "recorded late, though short");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["short_transfer"], false, "{json}");
+        r.short_transfer = Some(true);
+        assert!(r.is_short_transfer(amount));
+        let old = claimed(100).with_paid_amount(Some(U256::from(500_000u64)));
+        assert!(!old.is_short_transfer(amount));
     }
 
     #[test]

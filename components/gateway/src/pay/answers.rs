@@ -149,8 +149,8 @@ impl Answers<'_> {
         if let Some(moved) = self.overpaid.get() {
             body["transferred_usdc"] = json!(UsdcAmount::from_micros(moved));
             body["overpayment_note"] = json!(format!(
-                "the transfer moved {} USDC more than the invoice's amount; the excess is kept (a terminate refunds \
-                 the unused data's value only)",
+                "the transfer moved {} USDC more than the invoice's amount; the excess is kept unless the purchase \
+                 is refunded whole (a failed order or download); a terminate refunds the unused data's value only",
                 UsdcAmount::from_micros(moved.saturating_sub(self.invoice.amount))
             ));
         }

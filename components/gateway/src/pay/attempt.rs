@@ -229,6 +229,16 @@ impl Attempt<'_> {
                 }
                 (refund, wit::PaymentEnd::Done)
             }
+            // The invoice's one refund returns another payment of it, or the transaction took nothing: no
+            // resend changes that, an operator's case (as `crate::owing` treats it).
+            Err(wit::Error::Conflict(why) | wit::Error::NotFound(why)) => {
+                eprintln!(
+                    "gateway: OPERATOR: REFUND NOT RECORDED for {}: {why}",
+                    self.invoice.id
+                );
+                let refund = json!({ "status": "not_recorded", "error": why });
+                (refund, wit::PaymentEnd::Done)
+            }
             Err(e) => {
                 eprintln!(
                     "gateway: REFUND NOT RECORDED for {}: {e:?}",
@@ -298,12 +308,13 @@ impl Attempt<'_> {
                 let e = from_wit(e);
                 // A resumed payment whose verification could not run (the chain or the store unavailable)
                 // decides nothing: an earlier attempt may have ordered or settled; the same payment sent again
-                // decides. An `exact` payment refused here moved nothing (`charged: false`); a tx-hash proof's
-                // transfer was made by the payer before it came.
+                // decides. An `exact` payment refused here otherwise moved nothing (`charged: false`, also for a
+                // fresh one's 503: the chain could not be asked, or nothing here can settle it now); a tx-hash
+                // proof's transfer was made by the payer before it came.
                 let exact = self.proof.kind != super::Kind::TxHash;
                 match (self.resumed, e.status() >= 500) {
                     (true, true) => Err((wit::PaymentEnd::Resume, stored_error(&e))),
-                    (_, false) if exact => Err((wit::PaymentEnd::Release, uncharged(&e))),
+                    _ if exact => Err((wit::PaymentEnd::Release, uncharged(&e))),
                     _ => Err((wit::PaymentEnd::Release, stored_error(&e))),
                 }
             }

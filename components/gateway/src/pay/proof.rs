@@ -193,14 +193,14 @@ impl Proof {
         if self.kind != Kind::TxHash {
             return Ok(true);
         }
-        let payer = esim402_guest::convert::invoice(invoice)
-            .and_then(|i| i.proof_payer().map(str::to_owned))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "payer",
-                    "a tx-hash proof needs the invoice to name its payer (the activation's or top-up's `payer`)",
-                )
-            })?;
+        let opened = esim402_guest::convert::invoice(invoice)
+            .ok_or_else(|| ApiError::internal(format!("invoice {} is malformed", invoice.id)))?;
+        let payer = opened.proof_payer().map(str::to_owned).ok_or_else(|| {
+            ApiError::invalid(
+                "payer",
+                "a tx-hash proof needs the invoice to name its payer (the activation's or top-up's `payer`)",
+            )
+        })?;
         let payer = esim402_core::chain::parse_address(&payer)
             .map_err(|e| ApiError::invalid("payer", e.0))?;
         let hash = esim402_core::evm::quantity::parse_b256(&self.value)

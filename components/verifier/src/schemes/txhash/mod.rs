@@ -174,7 +174,7 @@ impl Context {
         record.status = Status::Confirmed;
         record.sent = SentTx::hash_only(self.hash);
         record.late_transfer = pays != Pays::Invoice;
-        record.short_transfer = pays == Pays::NothingShort;
+        record.short_transfer = (pays != Pays::Invoice).then_some(pays == Pays::NothingShort);
         match crate::claims::insert(&key, &record).await? {
             None => Ok(true),
             Some(existing)
@@ -231,7 +231,7 @@ impl Context {
     /// also short is answered late, so sending its proof again never ends the invoice a transfer mined in time
     /// may still pay).
     fn owed_back(&self, r: &Record) -> wit::Error {
-        if r.short_transfer {
+        if r.is_short_transfer(self.invoice.amount_usdc) {
             rejected(InvalidReason::InsufficientFunds)
         } else {
             self.late()

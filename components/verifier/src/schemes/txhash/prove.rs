@@ -69,8 +69,9 @@ enum Found {
 impl Context {
     /// Whether the transaction pays the invoice, and on which chain it was found: the first chain that knows
     /// it decides (a transaction hash names one transaction on one chain). Found nowhere: a chain that could
-    /// not be asked may still hold it (its error); past the grace for a late mining, one of the invoice's networks
-    /// disabled since may hold it (503 naming them); else not yet or late by the clock; with no chain to ask (or
+    /// not be asked may still hold it (its error); one of the invoice's networks disabled since may hold it when
+    /// no other was asked or the grace for a late mining is past (503 naming them); else not yet or late by the
+    /// clock; with no chain to ask (or
     /// only chains whose invoice terms no longer match the deployment's token), refused.
     pub(super) async fn prove(&self) -> Result<Proof, wit::Error> {
         let mut unreachable = None;
@@ -90,7 +91,7 @@ impl Context {
             return Err(e);
         }
         let proof = if !self.disabled.is_empty()
-            && !receipt::can_still_be_mined_in_time(self.now, self.invoice.expires_at)
+            && (!asked || !receipt::can_still_be_mined_in_time(self.now, self.invoice.expires_at))
         {
             // It may have been mined in time there: not late by the clock, and not refused, but not decidable
             // until the operator enables the network again.
@@ -177,6 +178,12 @@ impl Context {
         };
         let checked = match check_tx_hash_proof(&receipt, requirements, head) {
             Err(e) if e.is_retryable() => return Ok(Proof::NotYet),
+            // Not final yet: nothing is decided about it (below, a final 409 or a claim) until it is buried.
+            Err(ProofError::Underpaid { .. })
+                if receipt.confirmations(head) < requirements.min_confirmations =>
+            {
+                return Ok(Proof::NotYet);
+            }
             Err(e @ ProofError::Underpaid { .. }) => Err(e),
             Err(e) => return Ok(Proof::Refused(reason(&e))),
             Ok(transfer) => Ok(transfer),
@@ -217,12 +224,7 @@ impl Context {
             Err(ProofError::Underpaid { paid, .. }) if paid < U256::from(MIN_SHORT_REFUND) => {
                 return Ok(Proof::Refused(InvalidReason::InsufficientFunds));
             }
-            Err(ProofError::Underpaid { paid, .. }) => {
-                if receipt.confirmations(head) < requirements.min_confirmations {
-                    return Ok(Proof::NotYet);
-                }
-                (paid, true)
-            }
+            Err(ProofError::Underpaid { paid, .. }) => (paid, true),
             Err(e) => return Ok(Proof::Refused(reason(&e))),
         };
         // What the transaction moved is this payment's only if it executes no authorization: one it executes

@@ -195,6 +195,67 @@ async fn a_grant_after_the_terminates_seal_is_refused() {
     assert_eq!(sealed["grants"][0]["bytes"], MB, "{sealed}");
 }
 
+/// Moves the SIM's account to another SIM (a switch's `transfer_out`, set in place) right after a grant's
+/// reservation lands, once: the switch that read the reservation before that write carried nothing of it.
+struct MoveAfterGrant {
+    iccid: String,
+    to: String,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl esim402_host::kv::wrapped::Hook for MoveAfterGrant {
+    async fn after_write(&self, inner: &dyn esim402_host::kv::Backend, key: &str) {
+        use esim402_core::store::{cell::Stored, keys};
+        if key != keys::meter_grant(&self.iccid)
+            || !self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let account = keys::balance(&self.iccid);
+        let mut stored = Stored::decode(&inner.get(&account).await.unwrap().unwrap()).unwrap();
+        let mut a: Value = serde_json::from_slice(stored.data.as_ref().unwrap()).unwrap();
+        a["moved_to"] = json!([self.to, []]);
+        a["closed"] = json!([]);
+        stored.data = Some(a.to_string().into_bytes());
+        inner.set(&account, &stored.encode()).await.unwrap();
+    }
+}
+
+/// A grant whose reservation lands after a switch moved the SIM's data hands nothing out: the move may have
+/// carried the SIM's grants to the new SIM before it, so a grant handed out here would be reserved nowhere and
+/// its usage charged to the new SIM beyond its balance. (Terminates seal the reservation instead; a review of
+/// the seal found switches relying on this re-read, which the seal had replaced.)
+#[tokio::test]
+async fn a_grant_landing_after_a_switch_moved_the_data_hands_nothing_out() {
+    let id = iccid(309);
+    let hook = MoveAfterGrant {
+        iccid: id.clone(),
+        to: iccid(310),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    };
+    let store = std::sync::Arc::new(esim402_host::kv::wrapped::Wrapped::new(
+        std::sync::Arc::new(esim402_host::kv::MemoryStore::default()),
+        hook,
+    ));
+    let mut kit = Kit::builder("metering")
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
+    open(&mut kit, &id, 10).await;
+    store
+        .hook
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let g = grant_at(&mut kit, &id, Some(MB), now()).await;
+    assert_eq!((g.bytes, g.valid_until), (0, 0), "{g:?}");
+    assert!(
+        !store.hook.armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the move landed after the reservation"
+    );
+}
+
 /// A switch hands what the old SIM still reports to the new SIM, so the old SIM's outstanding grant is the new
 /// SIM's to reserve: of the 10 MB moved, 8 may be granted while the old SIM's 2 MB grant is live.
 #[tokio::test]
