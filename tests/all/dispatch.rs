@@ -95,6 +95,34 @@ impl Stack {
         r.json().await.unwrap()
     }
 
+    /// Credit `sim`'s 100 MB through the metering component on the app's store, as the paid flow does once
+    /// its order is delivered (a switch moves that balance, and is refused for a SIM without one).
+    async fn credit(&self, sim: &types::Sim) {
+        let mut kit = Kit::builder("metering")
+            .store(self.app.app.stores["default"].clone())
+            .build()
+            .await
+            .unwrap();
+        let credit = esim402_testkit::metering::DataCredit {
+            invoice_id: sim.invoice_id.clone(),
+            kind: "activation".into(),
+            bytes: 100_000_000,
+            paid: 300_000,
+            payer: OWNER_ADDRESS.into(),
+            transaction: format!("0x{:064x}", 1),
+            network: "eip155:31337".into(),
+        };
+        let sim = sim.clone();
+        kit.call(async move |a, g| {
+            g.metering()
+                .call_credit(a, sim, credit, 1_764_000_050)
+                .await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    }
+
     /// Profiles held by orders that are neither finished nor returned, across every operator.
     async fn stranded(&self) -> u64 {
         let mut n = 0;
@@ -238,8 +266,15 @@ async fn activation_callbacks_failover_and_lifecycle_through_the_host() {
     let (st, body) = s.post(&path("resume"), json!({})).await;
     assert_eq!((st, body["state"].as_str()), (200, Some("active")));
 
-    // 5. A switch is priced and invoiced (402) for the payments flow to charge.
-    let (st, body) = s.post(&path("switch"), json!({"carrier": "att"})).await;
+    // 5. A switch is priced and invoiced (402) for the payments flow to charge, once the SIM has a balance to
+    // move (409 before: its payment not credited).
+    // (The second SIM's: the first is terminated below, whose refund a credit without a real invoice would
+    // leave unrecordable.)
+    let second_switch = format!("/v1/esim/{}/switch", second.iccid);
+    let (st, body) = s.post(&second_switch, json!({"carrier": "att"})).await;
+    assert_eq!(st, 409, "{body}");
+    s.credit(&second).await;
+    let (st, body) = s.post(&second_switch, json!({"carrier": "att"})).await;
     assert_eq!(st, 402, "{body}");
     // The fee: the unused balance moves by its value, at AT&T's rate.
     assert_eq!(body["amount_usdc"], "0.12");

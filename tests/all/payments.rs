@@ -1361,6 +1361,69 @@ async fn a_tx_hash_payment_whose_order_is_pending_is_told_it_was_charged() {
     assert!(paid["activation_code"].is_string(), "{paid}");
 }
 
+/// A switch moves the SIM's balance, so it is refused (409, nothing quoted or paid) while the SIM has none yet:
+/// a tx-hash activation whose order the owner finished with `refresh` is in service before its proof, sent
+/// again, credits it. Before, the switch was paid and moved nothing, and the data credited later stayed with
+/// the SIM the switch retired, refunded by nothing (a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switch_waits_for_the_sims_balance() {
+    let s = short_budget_stack().await;
+    let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile",
+                      "payer": agent().to_string()});
+    let (invoice, req) = s.invoice(&body).await;
+    let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
+    let before = s.handed_out().await;
+    slow_tmobile(&s, true).await;
+    let (status, _, pending) = s.prove(&body, tx.clone(), &invoice).await;
+    assert_eq!(status, 503, "{pending}");
+    slow_tmobile(&s, false).await;
+    let iccid = s
+        .handed_out()
+        .await
+        .difference(&before)
+        .next()
+        .unwrap()
+        .clone();
+    let refresh = format!("/v1/esim/{iccid}/refresh");
+    let mut refreshed = false;
+    for _ in 0..60 {
+        let (status, _, answer) = s
+            .post(
+                &refresh,
+                &json!({}),
+                &[("sign-in-with-x", s.sign_in(&refresh))],
+            )
+            .await;
+        if status == 200 && answer["state"] == "active" {
+            refreshed = true;
+            break;
+        }
+        assert!([200, 409, 503].contains(&status), "{status} {answer}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(refreshed, "the order was never finished");
+    let switch = format!("/v1/esim/{iccid}/switch");
+    let to = json!({"carrier": "verizon"});
+    let (status, headers, refused) = s
+        .post(&switch, &to, &[("sign-in-with-x", s.sign_in(&switch))])
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(!headers.contains_key("payment-required"), "nothing quoted");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("has no data balance yet"), "{refused}");
+    // The proof sent again credits it; the switch is then quoted.
+    let paid = until_ok(
+        async || s.prove(&body, tx.clone(), &invoice).await,
+        |answer| answer["charged"] == true,
+    )
+    .await;
+    assert_eq!(paid["iccid"], iccid.as_str(), "{paid}");
+    let (status, _, quote) = s
+        .post(&switch, &to, &[("sign-in-with-x", s.sign_in(&switch))])
+        .await;
+    assert_eq!(status, 402, "{quote}");
+}
+
 /// `esim402 up --jobs-every N` runs the operator's jobs itself, as a cron job would: a refund owed for a
 /// tx-hash payment whose activation failed is paid with no call to `POST /admin/refunds/run` (the same run's
 /// cleanup job answers too; a refused token would be on the console).

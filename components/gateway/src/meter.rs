@@ -323,6 +323,16 @@ pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     ))
 }
 
+/// A switch moves `sim`'s balance: refused (409, naming why) while it has none yet, before anything is quoted
+/// or paid (before, the switch was paid and moved nothing, and the data credited later stayed with the old SIM,
+/// retired with no refund). `sim` is opened by the caller.
+pub async fn require_balance(sim: &wit::Sim) -> Result<(), ApiError> {
+    metering::get_balance(sim.iccid.clone())
+        .await
+        .map(drop)
+        .map_err(|e| unmetered(sim, e))
+}
+
 /// Metering's error for `sim`, which its caller has opened: an account not found is a 409 naming why (its
 /// payment not credited yet: a pending order, or a tx-hash activation finished by `refresh` whose proof was not
 /// sent again; or a SIM that ended before any credit), not the 404 that tells a caller the SIM is not theirs.

@@ -212,7 +212,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let url = public_resource_url(&req).await;
     let body = read_body(req).await?;
     let target = crate::convert::switch_target(&body)?;
-    crate::auth::open(iccid, credential).await?;
+    let sim = crate::auth::open(iccid, credential).await?;
     let issue = || async {
         let quote = dispatch::quote_switch(iccid.to_owned(), target.clone())
             .await
@@ -224,10 +224,13 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         let invoice = crate::issue(purchase, quote.amount, None).await?;
         Ok::<_, ApiError>((invoice, quote))
     };
+    // A switch moves the SIM's balance: none yet is a 409 (after the target's own checks), paid or not.
     let Some(proof) = proof else {
         let (invoice, quote) = issue().await?;
+        crate::meter::require_balance(&sim).await?;
         return payment_required(&invoice, &quote, &url, None);
     };
+    crate::meter::require_balance(&sim).await?;
     let invoice = pay::invoice_for(&proof, invoice_header.as_ref(), || async {
         Ok(issue().await?.0)
     })

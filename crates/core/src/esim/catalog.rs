@@ -30,6 +30,10 @@ pub enum CatalogError {
     /// the position).
     #[error("catalog is not valid: {0}")]
     Syntax(String),
+    /// `minimum_invoice` is 0: every invoice is at least it (a switch's is the fee or it), and one of 0 cannot
+    /// be paid (with a 0 fee every switch quote failed), while 1 µUSDC top-ups would each cost gas to settle.
+    #[error("minimum_invoice must be more than 0 (every invoice, a switch's too, is at least it)")]
+    ZeroMinimum,
     /// `activation_fee` or `minimum_invoice` is not a USDC amount.
     #[error("{field} must be a decimal USDC string: {source}")]
     Amount {
@@ -242,6 +246,9 @@ impl Catalog {
         };
         let activation_fee = amount("activation_fee", &raw.activation_fee)?;
         let minimum_invoice = amount("minimum_invoice", &raw.minimum_invoice)?;
+        if minimum_invoice == UsdcAmount::ZERO {
+            return Err(CatalogError::ZeroMinimum);
+        }
         let carriers = raw
             .carriers
             .into_iter()
@@ -593,6 +600,21 @@ mod tests {
         let bad = with.replace("smdp.tmo.example", "https://smdp.tmo.example/");
         let e = Catalog::from_toml(&bad).unwrap_err();
         assert!(matches!(e, CatalogError::SmdpAddress { .. }), "{e}");
+    }
+
+    /// A minimum invoice of 0 is refused (a review: with a 0 fee too, every switch quote failed as an invoice
+    /// of 0, and top-ups of 1 µUSDC each cost gas to settle); a 0 fee alone is fine.
+    #[test]
+    fn a_zero_minimum_invoice_is_refused() {
+        let zero_min = MINIMAL.replace("minimum_invoice = \"0.05\"", "minimum_invoice = \"0\"");
+        assert_ne!(zero_min, MINIMAL);
+        assert_eq!(
+            Catalog::from_toml(&zero_min).unwrap_err(),
+            CatalogError::ZeroMinimum
+        );
+        let zero_fee = MINIMAL.replace("activation_fee = \"0.12\"", "activation_fee = \"0\"");
+        assert_ne!(zero_fee, MINIMAL);
+        assert!(Catalog::from_toml(&zero_fee).is_ok());
     }
 
     #[test]

@@ -372,7 +372,10 @@ impl Account {
         self.moved_to = Some((to.clone(), moved.clone()));
         self.moved_at = Some(now);
         self.closed = Some(Vec::new());
-        self.forwarded_up_to = Some(used);
+        // Marked at no more than was credited: an overdrawn account's debt (usage beyond its credits, real
+        // usage) is handed on to the new SIM by the move's own `forward`, as usage there, not left behind on a
+        // closed account (a paid switch wiped an overdrawn SIM's debt).
+        self.forwarded_up_to = Some(used.min(self.credited()));
         Ok(moved)
     }
 
@@ -919,6 +922,24 @@ mod tests {
             a.returnable_to(&to).unwrap().used_at_move,
             Some(10 * BYTES_PER_MB)
         );
+    }
+
+    /// An overdrawn account's debt follows its data: a switch moves no credit (none is left) and hands the
+    /// usage beyond the credits on to the new SIM, where it is owed like any usage (a review: the debt was left
+    /// on the closed account, and a $0.12 switch wiped out ~$2.90 of real usage).
+    #[test]
+    fn a_switch_hands_an_overdrawn_sims_debt_on() {
+        let mut a = account(); // inv_a: 10 MB
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        let used = 25 * BYTES_PER_MB;
+        assert_eq!(a.transfer_out(&to, used, 9).unwrap(), Vec::new());
+        assert_eq!(a.forwarded_up_to, Some(10 * BYTES_PER_MB));
+        assert_eq!(a.forward(used), Some((to.clone(), 15 * BYTES_PER_MB)));
+        assert_eq!(a.forward(used), None, "once");
+        // Taken back (the new SIM failed): its own use leaves out the debt handed on, which the old counter holds.
+        let back = a.returnable_to(&to).unwrap();
+        assert_eq!(back.used_at_move, Some(10 * BYTES_PER_MB));
+        assert_eq!(back.own_use(15 * BYTES_PER_MB + 7, used), 7);
     }
 
     #[test]
