@@ -323,9 +323,9 @@ pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     ))
 }
 
-/// A switch moves `sim`'s balance: refused (409, naming why) while it has none yet, before anything is quoted
-/// or paid (before, the switch was paid and moved nothing, and the data credited later stayed with the old SIM,
-/// retired with no refund). `sim` is opened by the caller.
+/// A switch moves `sim`'s balance: refused (409, naming why) while it has none yet, before anything is paid
+/// (before, the switch was paid and moved nothing, and the data credited later stayed with the old SIM, retired
+/// with no refund). `sim` is opened by the caller.
 pub async fn require_balance(sim: &wit::Sim) -> Result<(), ApiError> {
     metering::get_balance(sim.iccid.clone())
         .await

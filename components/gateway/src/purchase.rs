@@ -224,17 +224,23 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         let invoice = crate::issue(purchase, quote.amount, None).await?;
         Ok::<_, ApiError>((invoice, quote))
     };
-    // A switch moves the SIM's balance: none yet is a 409 (after the target's own checks), paid or not.
+    // A switch moves the SIM's balance: none yet is a 409 after the request's own checks (its target, its
+    // invoice), before anything is paid.
     let Some(proof) = proof else {
         let (invoice, quote) = issue().await?;
         crate::meter::require_balance(&sim).await?;
         return payment_required(&invoice, &quote, &url, None);
     };
-    crate::meter::require_balance(&sim).await?;
     let invoice = pay::invoice_for(&proof, invoice_header.as_ref(), || async {
         Ok(issue().await?.0)
     })
     .await?;
+    crate::meter::require_balance(&sim).await.map_err(|mut e| {
+        e.message.push_str(
+            "; nothing was taken for this switch: send the same payment again once the balance is credited",
+        );
+        e
+    })?;
     let fingerprint = request_fingerprint(&format!("switch/{iccid}"), &body, &proof);
     let order = Order::Switch {
         iccid: iccid.to_owned(),

@@ -73,20 +73,23 @@ impl DevStack {
         app_url: &str,
         env: &HashMap<String, String>,
     ) -> anyhow::Result<Self> {
-        Self::start_with_dotenv(app_dir, app_dir, app_url, env).await
+        Self::start_with_dotenv(app_dir, app_dir, app_url, env, &[]).await
     }
 
     /// [`start_for`](Self::start_for), counting as configured the variables of `dotenv_dir`'s `.env`: it must be
     /// the file the app reads, or the stack could start a simulator or chain the app was told not to use, and
     /// its settings, passed in the environment, would outrank the app's `.env`. `esim402 up` and `esim402
     /// devstack` pass the current directory, whose `.env` the app reads under both hosts ([`crate::variables`]).
+    /// A variable the runtime config's `env` providers set (`providers`) counts as configured too, as the app
+    /// reads it first.
     pub async fn start_with_dotenv(
         app_dir: &Path,
         dotenv_dir: &Path,
         app_url: &str,
         env: &HashMap<String, String>,
+        providers: &[crate::variables::EnvProvider],
     ) -> anyhow::Result<Self> {
-        let configured = configured(dotenv_dir, env)?;
+        let configured = configured(dotenv_dir, env, providers)?;
         let env = &configured;
         let mut stack = Self::default();
         if env.contains_key("SPIN_VARIABLE_SMDP_URL") {
@@ -330,13 +333,29 @@ fn dev_token() -> anyhow::Result<String> {
     Ok(format!("dev_{}", hex::encode(secret)))
 }
 
-/// What the app is configured with: `env` over the `.env` of `dotenv_dir` (the app's own order).
+/// What the app is configured with, as `SPIN_VARIABLE_<NAME>` keys, in the app's own order
+/// ([`crate::variables::resolve`]): the runtime config's `providers` first (the first that sets a variable, each
+/// from the environment before its `dotenv_path`), then `env` over the `.env` of `dotenv_dir`.
 fn configured(
     dotenv_dir: &Path,
     env: &HashMap<String, String>,
+    providers: &[crate::variables::EnvProvider],
 ) -> anyhow::Result<HashMap<String, String>> {
     let mut configured = crate::variables::dotenv_in(dotenv_dir)?;
     configured.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // Last inserted wins: the providers in reverse, each one's file before its environment.
+    for p in providers.iter().rev() {
+        let file = match &p.dotenv_path {
+            Some(path) => crate::variables::dotenv_file(path)?,
+            None => HashMap::new(),
+        };
+        let prefix = format!("{}_", p.prefix.as_deref().unwrap_or("SPIN_VARIABLE"));
+        for (k, v) in file.iter().chain(env.iter()) {
+            if let Some(name) = k.strip_prefix(&prefix) {
+                configured.insert(format!("SPIN_VARIABLE_{name}"), v.clone());
+            }
+        }
+    }
     Ok(configured)
 }
 
@@ -533,11 +552,57 @@ mod tests {
             "SPIN_VARIABLE_SMDP_URL".to_owned(),
             "http://from-env:3".to_owned(),
         )]);
-        let c = configured(dir.path(), &env).unwrap();
+        let c = configured(dir.path(), &env, &[]).unwrap();
         assert_eq!(c["SPIN_VARIABLE_RPC_URL"], "http://from-dotenv:1");
         assert_eq!(c["SPIN_VARIABLE_SMDP_URL"], "http://from-env:3");
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(configured(empty.path(), &env).unwrap(), env);
+        assert_eq!(configured(empty.path(), &env, &[]).unwrap(), env);
+    }
+
+    /// A variable the runtime config's `env` providers set counts as configured, in the app's order (the first
+    /// provider, its environment before its file): a review found the stack filling in (and so overriding, for
+    /// the simulator) callback credentials the app read from a provider.
+    #[test]
+    fn the_stack_counts_what_the_runtime_configs_providers_set() {
+        use crate::variables::EnvProvider;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.env");
+        std::fs::write(
+            &file,
+            "MYAPP_SMDP_URL=http://from-file:1\nMYAPP_CARRIER_CALLBACK_CREDENTIALS=tmobile=file\n",
+        )
+        .unwrap();
+        let env = HashMap::from([
+            (
+                "MYAPP_CARRIER_CALLBACK_CREDENTIALS".to_owned(),
+                "tmobile=env".to_owned(),
+            ),
+            ("OTHER_SMDP_URL".to_owned(), "http://other:2".to_owned()),
+            (
+                "SPIN_VARIABLE_RPC_URL".to_owned(),
+                "http://default:3".to_owned(),
+            ),
+        ]);
+        let providers = [
+            EnvProvider {
+                prefix: Some("MYAPP".into()),
+                dotenv_path: Some(file),
+            },
+            EnvProvider {
+                prefix: Some("OTHER".into()),
+                dotenv_path: None,
+            },
+        ];
+        let c = configured(dir.path(), &env, &providers).unwrap();
+        assert_eq!(
+            c["SPIN_VARIABLE_SMDP_URL"], "http://from-file:1",
+            "the first provider"
+        );
+        assert_eq!(
+            c["SPIN_VARIABLE_CARRIER_CALLBACK_CREDENTIALS"],
+            "tmobile=env"
+        );
+        assert_eq!(c["SPIN_VARIABLE_RPC_URL"], "http://default:3");
     }
 
     #[test]

@@ -229,7 +229,7 @@ async fn devstack(
     let _lock = DirLock::acquire(&dir)?;
     // The `.env` that counts is the one `spin up` (or `esim402 up`) reads: the current directory's.
     let stack = tokio::select! {
-        stack = DevStack::start_with_dotenv(&app_dir, Path::new("."), app_url, &env) => stack?,
+        stack = DevStack::start_with_dotenv(&app_dir, Path::new("."), app_url, &env, &[]) => stack?,
         () = stop.clone().requested() => {
             stopped_during_start_up();
             return Ok(0);
@@ -307,7 +307,13 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
         let lock = DirLock::acquire(&app_dir.join(".spin"))?;
         // The current directory's `.env`: the one `App::load` reads, as Spin does.
         let app_url = format!("http://{addr}");
-        let start = DevStack::start_with_dotenv(&app_dir, Path::new("."), &app_url, &opts.env);
+        // A variable the runtime config's `env` providers set is the app's, not the stack's to fill in.
+        let providers = match &opts.runtime_config {
+            Some(rc) => RuntimeConfig::load(rc, &app_dir)?.variables_providers,
+            None => Vec::new(),
+        };
+        let start =
+            DevStack::start_with_dotenv(&app_dir, Path::new("."), &app_url, &opts.env, &providers);
         let stack = tokio::select! {
             stack = start => stack?,
             () = stop.clone().requested() => {

@@ -14,6 +14,8 @@
 //! matched, keeping a trailing slash as Spin does (`/test/...` gives `/` for `/test/` and `/hello/` for
 //! `/test/hello/`): a component may answer `/dir/` and `/dir` differently.
 
+#[cfg(test)]
+mod differential;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -213,11 +215,9 @@ impl Router {
                 None => unique.push(route),
             }
         }
-        let mut sorted: Vec<Route> = Vec::with_capacity(unique.len());
-        for route in unique {
-            let at = spec::insertion_point(sorted.iter().map(|r| &r.spec), &route.spec);
-            sorted.insert(at, route);
-        }
+        let order = spec::ranked(&unique.iter().map(|r| &r.spec).collect::<Vec<_>>());
+        let mut slots: Vec<Option<Route>> = unique.into_iter().map(Some).collect();
+        let sorted: Vec<Route> = order.into_iter().filter_map(|i| slots[i].take()).collect();
         let router = Self {
             routes: sorted,
             duplicates,

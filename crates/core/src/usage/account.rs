@@ -202,8 +202,9 @@ pub struct Account {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub claims_per_sim: bool,
     /// When a terminate closed the account ([`Account::terminate`], unix seconds): the SIM is retired from then
-    /// on ([`Account::terms`]), as a switched-away one is. `None` for accounts closed before this field existed
-    /// (their receipts stay accepted) and for those closed otherwise.
+    /// on ([`Account::terms`]), as a switched-away one is. Also set when the owner terminates a SIM whose data
+    /// a switch moved away: its data then never comes back to it ([`Account::returnable_to`]). `None` for
+    /// accounts closed before this field existed (their receipts stay accepted) and for those closed otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<u64>,
 }
@@ -581,7 +582,7 @@ impl Account {
     /// more than a day later are refused (what it reports until then is charged to the closed account, within
     /// the bytes its refunds left out).
     pub fn terminate(&mut self, used: u64, now: u64) -> Vec<RefundShare> {
-        if self.closed.is_none() {
+        if self.closed.is_none() || (self.moved_to.is_some() && self.closed_at.is_none()) {
             self.closed_at = Some(now);
         }
         self.close(used)
@@ -922,6 +923,31 @@ mod tests {
             a.returnable_to(&to).unwrap().used_at_move,
             Some(10 * BYTES_PER_MB)
         );
+    }
+
+    /// A SIM terminated after a switch moved its data takes none of it back if the new SIM fails (a review: the
+    /// data came back to a terminated SIM, refunded by nothing); the failed SIM's refunds owe it instead. Its
+    /// receipts still end a day after the move.
+    #[test]
+    fn a_sim_terminated_after_its_switch_takes_no_data_back() {
+        let mut a = account();
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        a.transfer_out(&to, 3 * BYTES_PER_MB, 9).unwrap();
+        assert!(a.returnable_to(&to).is_some());
+        assert_eq!(
+            a.terminate(3 * BYTES_PER_MB, 20),
+            Vec::new(),
+            "no refunds here"
+        );
+        assert_eq!(a.closed_at, Some(20));
+        assert!(a.returnable_to(&to).is_none());
+        assert_eq!(
+            a.terms().unwrap().retired_at,
+            Some(9),
+            "retired at the move"
+        );
+        assert_eq!(a.terminate(3 * BYTES_PER_MB, 30), Vec::new());
+        assert_eq!(a.closed_at, Some(20), "the first terminate's");
     }
 
     /// An overdrawn account's debt follows its data: a switch moves no credit (none is left) and hands the

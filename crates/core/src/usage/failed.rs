@@ -59,11 +59,14 @@ impl Returnable {
 
 impl Account {
     /// What this account (the SIM a switch replaced) moved to `to`, if it may go back to it: the move to `to`
-    /// is recorded and owes nothing (not bounced), and the account is not being closed.
+    /// is recorded and owes nothing (not bounced), and the account is not being closed, nor was its SIM
+    /// terminated since the move (its data would come back to a SIM nobody can use: the failed SIM's refunds owe
+    /// it instead).
     pub fn returnable_to(&self, to: &Iccid) -> Option<Returnable> {
         let (dest, moved) = self.moved_to.as_ref()?;
         let untouched_move = self.closed.as_ref().is_some_and(Vec::is_empty);
-        (dest == to && untouched_move && !self.closing).then(|| Returnable {
+        let live = !self.closing && self.closed_at.is_none();
+        (dest == to && untouched_move && live).then(|| Returnable {
             invoices: moved.iter().map(|c| c.invoice.clone()).collect(),
             used_at_move: self.forwarded_up_to.map(|_| self.used_at_move(moved)),
         })

@@ -165,7 +165,7 @@ fn segment_cmp(a: &Segment, b: &Segment) -> Ordering {
 
 /// routefinder's `Ord for RouteSpec`: `Less` sorts first, i.e. is tried first. Segment by segment, the first
 /// difference decides; then more dots; then fewer segments. Never `Equal`: two routes that tie compare `Greater`
-/// both ways, so the one added later sorts after ([`insertion_point`]).
+/// both ways, so the one added later sorts after ([`ranked`]).
 pub(super) fn cmp(a: &Spec, b: &Spec) -> Ordering {
     a.segments
         .iter()
@@ -180,16 +180,33 @@ pub(super) fn cmp(a: &Spec, b: &Spec) -> Ordering {
         .reverse()
 }
 
-/// Where routefinder's `BTreeMap` puts `new` among `sorted` (routes added before it, in the map's order): before
-/// the first one it compares `Less` with, else last. That is a B-tree's insertion point exactly while the map is
-/// one node (up to 11 routes) or the order is consistent (it is for any two patterns that can match one path).
-pub(super) fn insertion_point<'a>(sorted: impl IntoIterator<Item = &'a Spec>, new: &Spec) -> usize {
-    let mut count = 0;
-    for (i, spec) in sorted.into_iter().enumerate() {
-        if cmp(new, spec) == Ordering::Less {
-            return i;
+/// The order routefinder tries `specs` in (given in the order they are added): the order of a `BTreeMap` keyed by
+/// them under [`cmp`], as routefinder keeps its routes, built here the same way. [`cmp`] is not a consistent
+/// order (a `Dot` compares `Greater` with everything and everything with it), so where the map puts a route
+/// depends on the tree's shape once it outgrows one node: only the same map, filled in the same order, picks
+/// what Spin picks in every case. The indices of `specs`, first tried first.
+pub(super) fn ranked(specs: &[&Spec]) -> Vec<usize> {
+    struct Key<'a>(&'a Spec, usize);
+    impl PartialEq for Key<'_> {
+        fn eq(&self, other: &Self) -> bool {
+            self.cmp(other) == Ordering::Equal
         }
-        count = i + 1;
     }
-    count
+    impl Eq for Key<'_> {}
+    impl PartialOrd for Key<'_> {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Key<'_> {
+        fn cmp(&self, other: &Self) -> Ordering {
+            cmp(self.0, other.0)
+        }
+    }
+    let mut map = std::collections::BTreeMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        // Never `Equal`: no insert replaces another.
+        map.insert(Key(spec, i), ());
+    }
+    map.into_keys().map(|k| k.1).collect()
 }
