@@ -122,3 +122,27 @@ pub fn quota_value(g: &crate::metering::Granted) -> Value {
     }
     v
 }
+
+/// Metering's error for `sim`, which its caller has opened: an account not found is a 409 naming why (its
+/// payment not credited yet: a pending order, or a tx-hash activation finished by `refresh` whose proof was not
+/// sent again; or a SIM that ended before any credit), not the 404 that tells a caller the SIM is not theirs.
+pub fn unmetered(sim: &wit::Sim, e: wit::Error) -> ApiError {
+    let iccid = &sim.iccid;
+    let why = match sim.state {
+        wit::SimState::Terminated | wit::SimState::Failed => format!(
+            "SIM {iccid} is {}: it has no data balance",
+            sim_state(sim.state)
+        ),
+        wit::SimState::Pending => {
+            format!("SIM {iccid} is still being ordered: it has no data balance yet")
+        }
+        wit::SimState::Active | wit::SimState::Suspended => format!(
+            "SIM {iccid} has no data balance yet: its payment is not credited (send the paid request again to \
+             finish it)"
+        ),
+    };
+    match e {
+        wit::Error::NotFound(_) => ApiError::new(esim402_core::ErrorKind::Conflict, why),
+        e => convert::api_error(e),
+    }
+}

@@ -212,7 +212,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let balance = if top_up_mb.is_none() && in_service(&sim) {
         let granted = metering::grant(iccid.to_owned(), quota, by_carrier, now())
             .await
-            .map_err(|e| unmetered(&sim, e))?;
+            .map_err(|e| crate::convert::unmetered(&sim, e))?;
         if granted.bytes > 0 {
             return Ok(json(200, crate::convert::quota_value(&granted).to_string()));
         }
@@ -220,7 +220,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     } else {
         metering::get_balance(iccid.to_owned())
             .await
-            .map_err(|e| unmetered(&sim, e))?
+            .map_err(|e| crate::convert::unmetered(&sim, e))?
     };
     if balance.closed {
         let why = match (&balance.switched_to, sim.state) {
@@ -266,7 +266,7 @@ pub async fn balance(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     let sim = crate::auth::owner(req, iccid).await?;
     let b = metering::get_balance(iccid.to_owned())
         .await
-        .map_err(|e| unmetered(&sim, e))?;
+        .map_err(|e| crate::convert::unmetered(&sim, e))?;
     Ok(json(200, crate::convert::balance_value(&b).to_string()))
 }
 
@@ -293,7 +293,7 @@ pub async fn usage(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     let sim = crate::auth::owner(req, iccid).await?;
     let rows = metering::usage(iccid.to_owned(), granularity.clone(), by_plmn)
         .await
-        .map_err(|e| unmetered(&sim, e))?;
+        .map_err(|e| crate::convert::unmetered(&sim, e))?;
     let rows: Value = serde_json::from_str(&rows).map_err(|e| ApiError::internal(e.to_string()))?;
     let body = json!({ "iccid": iccid, "granularity": granularity, "group_by": by_plmn.then_some("plmn"), "usage_records": rows });
     Ok(json(200, body.to_string()))
@@ -315,46 +315,12 @@ pub async fn receipts(req: &Request, iccid: &str) -> Result<Reply, ApiError> {
     let sim = crate::auth::owner(req, iccid).await?;
     let log = metering::receipts(iccid.to_owned(), from, limit)
         .await
-        .map_err(|e| unmetered(&sim, e))?;
+        .map_err(|e| crate::convert::unmetered(&sim, e))?;
     let log: Value = serde_json::from_str(&log).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(json(
         200,
         json!({ "iccid": iccid, "from": from, "receipts": log }).to_string(),
     ))
-}
-
-/// A switch moves `sim`'s balance: refused (409, naming why) while it has none yet, before anything is paid
-/// (before, the switch was paid and moved nothing, and the data credited later stayed with the old SIM, retired
-/// with no refund). `sim` is opened by the caller.
-pub async fn require_balance(sim: &wit::Sim) -> Result<(), ApiError> {
-    metering::get_balance(sim.iccid.clone())
-        .await
-        .map(drop)
-        .map_err(|e| unmetered(sim, e))
-}
-
-/// Metering's error for `sim`, which its caller has opened: an account not found is a 409 naming why (its
-/// payment not credited yet: a pending order, or a tx-hash activation finished by `refresh` whose proof was not
-/// sent again; or a SIM that ended before any credit), not the 404 that tells a caller the SIM is not theirs.
-fn unmetered(sim: &wit::Sim, e: wit::Error) -> ApiError {
-    let iccid = &sim.iccid;
-    let why = match sim.state {
-        wit::SimState::Terminated | wit::SimState::Failed => format!(
-            "SIM {iccid} is {}: it has no data balance",
-            crate::convert::sim_state(sim.state)
-        ),
-        wit::SimState::Pending => {
-            format!("SIM {iccid} is still being ordered: it has no data balance yet")
-        }
-        wit::SimState::Active | wit::SimState::Suspended => format!(
-            "SIM {iccid} has no data balance yet: its payment is not credited (send the paid request again to \
-             finish it)"
-        ),
-    };
-    match e {
-        wit::Error::NotFound(_) => ApiError::new(esim402_core::ErrorKind::Conflict, why),
-        e => from_wit(e),
-    }
 }
 
 /// Whether `sim` may be granted quota: an active one, or one suspended for balance alone (its balance decides:

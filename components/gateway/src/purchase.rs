@@ -228,14 +228,14 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     // invoice), before anything is paid.
     let Some(proof) = proof else {
         let (invoice, quote) = issue().await?;
-        crate::meter::require_balance(&sim).await?;
+        require_balance(&sim).await?;
         return payment_required(&invoice, &quote, &url, None);
     };
     let invoice = pay::invoice_for(&proof, invoice_header.as_ref(), || async {
         Ok(issue().await?.0)
     })
     .await?;
-    crate::meter::require_balance(&sim).await.map_err(|mut e| {
+    require_balance(&sim).await.map_err(|mut e| {
         e.message.push_str(
             "; nothing was taken for this switch: send the same payment again once the balance is credited",
         );
@@ -248,6 +248,16 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     };
     let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
     Ok(render(&with_token(stored).await))
+}
+
+/// A switch moves `sim`'s balance: refused (409, naming why) while it has none yet, before anything is paid
+/// (before, the switch was paid and moved nothing, and the data credited later stayed with the old SIM, retired
+/// with no refund). `sim` is opened by the caller.
+async fn require_balance(sim: &wit::Sim) -> Result<(), ApiError> {
+    crate::metering::get_balance(sim.iccid.clone())
+        .await
+        .map(drop)
+        .map_err(|e| crate::convert::unmetered(sim, e))
 }
 
 /// Identity of a paid request for `payment-identifier`: route, body and payment.

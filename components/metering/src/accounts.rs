@@ -35,6 +35,21 @@ pub async fn reservation(iccid: &str) -> Result<Option<Reservation>, wit::Error>
         .map_err(kv_err)
 }
 
+/// Seal `iccid`'s reservation for its terminate at the used counter `used` (kernel `Reservation::sealed`): the
+/// grants as sealed, which the refunds leave out. A repeat (a terminate sent again) reads the same grants.
+pub async fn seal(iccid: &str, used: u64) -> Result<Option<Reservation>, wit::Error> {
+    let (stored, ()) =
+        kv::change_json::<Reservation, (), wit::Error>(&keys::meter_grant(iccid), |cur| {
+            Ok(match cur {
+                Some(r) if r.sealed => (Change::Keep, ()),
+                cur => (Change::Put(Reservation::sealed(cur.as_ref(), used)), ()),
+            })
+        })
+        .await
+        .map_err(kv_err)?;
+    Ok(stored)
+}
+
 /// The SIM's used counter and the bytes granted beyond it and still reserved at `now` (kernel
 /// `usage::grant::counted`).
 pub async fn outstanding(iccid: &str, used: u64, now: u64) -> Result<(u64, u64), wit::Error> {
@@ -307,7 +322,7 @@ pub fn balance_hold(iccid: &str, (hold, epoch): (bool, u64)) -> wit::BalanceHold
 
 /// Close the account of a terminated SIM at `now`: the unused-data refund shares (JSON), fixed by the first
 /// close. The account is marked closing first and the used counter read and the SIM's grants sealed after that
-/// (`grants::seal`), so every charge made before the close is in the shares, every grant handed out is left out
+/// ([`seal`]), so every charge made before the close is in the shares, every grant handed out is left out
 /// of them, and no grant is made after the seal (`grants::grant`).
 /// What grants still outstanding let the device use is not refunded (kernel `usage::grant::close_at`): it is
 /// charged when reported. A SIM without an account (terminated before its first credit) gets a closed one with
@@ -352,7 +367,7 @@ pub async fn close_with(
     // before it is in `grants`. An account closed otherwise (moved away by a switch, which a failed switch can
     // take back, or closed already) takes no grant anyway, and its reservation is only read.
     let grants = if closing.as_ref().is_some_and(|a| a.closing) {
-        crate::grants::seal(iccid.as_str(), used).await?
+        seal(iccid.as_str(), used).await?
     } else {
         reservation(iccid.as_str()).await?
     };

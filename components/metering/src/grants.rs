@@ -13,7 +13,7 @@ use crate::bindings::exports::esim402::metering::metering as api;
 
 /// Grant up to `quota` bytes (kernel `grant::decide`). With `reserve` (the carrier asked) the grant is reserved
 /// by compare-and-swap on the SIM's reservation, and a reserved grant is handed out: a terminate seals the
-/// reservation when it reads it for its refunds ([`seal`]), so a grant stored before the seal is left out of
+/// reservation when it reads it for its refunds (`crate::accounts::seal`), so a grant stored before the seal is left out of
 /// the refunds, and one after it is refused (the kernel's `decide` on a sealed reservation). A switch does not
 /// seal: the account is read again after the write, and one moved meanwhile hands nothing out (the move may
 /// have carried the SIM's grants to the new SIM before this one landed; its bytes stay reserved here until it
@@ -73,21 +73,6 @@ pub async fn grant(
         bytes,
         valid_until,
     })
-}
-
-/// Seal `iccid`'s reservation for its terminate at the used counter `used` (kernel `Reservation::sealed`): the
-/// grants as sealed, which the refunds leave out. A repeat (a terminate sent again) reads the same grants.
-pub async fn seal(iccid: &str, used: u64) -> Result<Option<Reservation>, wit::Error> {
-    let (stored, ()) =
-        kv::change_json::<Reservation, (), wit::Error>(&keys::meter_grant(iccid), |cur| {
-            Ok(match cur {
-                Some(r) if r.sealed => (Change::Keep, ()),
-                cur => (Change::Put(Reservation::sealed(cur.as_ref(), used)), ()),
-            })
-        })
-        .await
-        .map_err(kv_err)?;
-    Ok(stored)
 }
 
 /// A switch moved `from`'s data to `to`: what `from` still reports is charged to `to`, so `to` takes on the

@@ -10,7 +10,7 @@
 //!   directory, `.spin` in the app's folder when not given (also without a runtime config), and the store in
 //!   memory when `state_dir = ""`.
 //! - `[[variables_provider]]` (or its old name `[[config_provider]]`) of `type = "env"`
-//!   ([`crate::variables::EnvProvider`]).
+//!   ([`EnvProvider`], which `crate::variables` asks first).
 //! - Ignored, as nothing this host runs could use them: `log_dir` (component output goes to the host's own
 //!   stdout and stderr), `[sqlite_database.*]` and `[llm_compute]` (spin.toml's `sqlite_databases` and
 //!   `ai_models` are refused).
@@ -23,7 +23,24 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail, ensure};
 use serde::Deserialize;
 
-use crate::variables::EnvProvider;
+/// A runtime config's `[[variables_provider]]` of `type = "env"` (Spin's `EnvVariablesConfig`): variable
+/// `name` is `<prefix>_<NAME>` in the environment, then in the `dotenv_path` file if it gives one (relative
+/// to the current directory; a missing file holds nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvProvider {
+    /// Default `SPIN_VARIABLE`.
+    pub prefix: Option<String>,
+    /// No file when absent (unlike the default provider's `.env`).
+    pub dotenv_path: Option<PathBuf>,
+}
+
+impl EnvProvider {
+    /// Spin's `get_sync`: `{prefix}_{NAME}`, the prefix joined with `_` whatever it is.
+    pub(crate) fn key(&self, name: &str) -> String {
+        let prefix = self.prefix.as_deref().unwrap_or("SPIN_VARIABLE");
+        format!("{prefix}_{}", name.to_ascii_uppercase())
+    }
+}
 
 /// Where one store lives. Its `Debug` hides a Redis URL's user info (a password).
 #[derive(Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -85,24 +85,8 @@ pub fn env_name(name: &str) -> String {
     format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())
 }
 
-/// A runtime config's `[[variables_provider]]` of `type = "env"` (Spin's `EnvVariablesConfig`): variable
-/// `name` is `<prefix>_<NAME>` in the environment, then in the `dotenv_path` file if it gives one (relative
-/// to the current directory; a missing file holds nothing).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EnvProvider {
-    /// Default `SPIN_VARIABLE`.
-    pub prefix: Option<String>,
-    /// No file when absent (unlike the default provider's `.env`).
-    pub dotenv_path: Option<PathBuf>,
-}
-
-impl EnvProvider {
-    /// Spin's `get_sync`: `{prefix}_{NAME}`, the prefix joined with `_` whatever it is.
-    fn key(&self, name: &str) -> String {
-        let prefix = self.prefix.as_deref().unwrap_or("SPIN_VARIABLE");
-        format!("{prefix}_{}", name.to_ascii_uppercase())
-    }
-}
+/// The runtime config's `env` providers (defined with the runtime config, which reads them).
+pub use crate::runtime_config::EnvProvider;
 
 /// Resolve every variable of `manifest` from the runtime config's `providers`, then `env` (the process
 /// environment in production) and `./.env`.
