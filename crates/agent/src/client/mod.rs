@@ -1255,6 +1255,25 @@ mod tests {
         assert_eq!(g.seen().len(), before, "nothing sent, nothing signed");
     }
 
+    /// A charged payment owed back with its refund recorded, answered 5xx (the order failed after settlement):
+    /// final, not sent again, its spend kept counted. Before, it stayed pending for good behind the `500..` arm:
+    /// every command sent it again and got the same stored answer, and no new payment for the purchase was signed.
+    #[tokio::test]
+    async fn a_payment_owed_back_with_its_refund_recorded_is_not_sent_again() {
+        let owed = json!({"error": {"message": "the carrier failed; the payment is owed back"},
+            "charged": true, "refund": {"status": "owed", "amount": "420000"}});
+        let f = crate::testing::facilitator(vec![(503, owed)]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert_eq!(e.exit_code(), crate::ExitCode::Refused, "{e}");
+        assert!(e.to_string().contains("owes it back (refund owed)"), "{e}");
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty(), "{st:?}");
+        assert_eq!(st.spends[0].status, crate::state::SpendStatus::Unknown);
+        assert_eq!(f.payments().len(), 1, "sent once");
+    }
+
     /// Answers that may hide a charge keep the payment: a charge whose refund is not recorded yet (sending it
     /// again records it), and an intermediary's 408/429/499. Before, each dropped the pending entry. A refund
     /// that is recorded ends it.

@@ -501,6 +501,26 @@ impl Agent {
                     }
                     .into());
                 }
+                // Charged and owed back, its refund recorded (the order failed after the payment settled): the
+                // facilitator's answer is final (it replays it to every resend), so the payment is not sent again;
+                // its spend stays counted until the refund arrives. Before, a 5xx of this kind kept it pending
+                // for good, sent again by every command and holding back the purchase it paid for.
+                _ if answer.body["charged"] == json!(true) && answer.body["refund"].is_object() => {
+                    self.state
+                        .update(|s| s.unknown(key, payment_id))
+                        .map_err(local)?;
+                    return Err(AgentError::Refused {
+                        status: answer.status,
+                        message: format!(
+                            "the facilitator charged this payment and owes it back (refund {}): {}",
+                            answer.body["refund"]["status"]
+                                .as_str()
+                                .unwrap_or("recorded"),
+                            answer.message()
+                        ),
+                    }
+                    .into());
+                }
                 // A timeout or throttling, most likely from something between us and the facilitator (408, 429,
                 // nginx's 499, or any answer with `Retry-After`): the payment may have landed, and only it
                 // collects the answer then.
