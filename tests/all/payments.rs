@@ -1317,6 +1317,21 @@ async fn slow_tmobile(s: &PayStack, on: bool) {
     s.set_faults("tmobile", faults).await;
 }
 
+/// `send` a paid request while T-Mobile is slowed ([`slow_tmobile`]) so that its order outlives the dispatch
+/// budget, then T-Mobile at full speed again: the answer's status and body, and the profiles handed out
+/// meanwhile (the pending order's).
+async fn with_tmobile_slowed(
+    s: &PayStack,
+    send: impl AsyncFn() -> (u16, reqwest::header::HeaderMap, Value),
+) -> (u16, Value, Vec<String>) {
+    let before = s.handed_out().await;
+    slow_tmobile(s, true).await;
+    let (status, _, answer) = send().await;
+    slow_tmobile(s, false).await;
+    let allocated = s.handed_out().await.difference(&before).cloned().collect();
+    (status, answer, allocated)
+}
+
 /// Send (`send`) until the answer is 200, at most a minute, once a second: every answer before it a 503 that
 /// `pending` accepts (a resend within the first order's journal lease is answered the same). The 200's body.
 async fn until_ok(
@@ -1372,18 +1387,10 @@ async fn a_switch_waits_for_the_sims_balance() {
                       "payer": agent().to_string()});
     let (invoice, req) = s.invoice(&body).await;
     let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
-    let before = s.handed_out().await;
-    slow_tmobile(&s, true).await;
-    let (status, _, pending) = s.prove(&body, tx.clone(), &invoice).await;
+    let (status, pending, allocated) =
+        with_tmobile_slowed(&s, async || s.prove(&body, tx.clone(), &invoice).await).await;
     assert_eq!(status, 503, "{pending}");
-    slow_tmobile(&s, false).await;
-    let iccid = s
-        .handed_out()
-        .await
-        .difference(&before)
-        .next()
-        .unwrap()
-        .clone();
+    let iccid = allocated.first().unwrap().clone();
     let refresh = format!("/v1/esim/{iccid}/refresh");
     let mut refreshed = false;
     for _ in 0..60 {
@@ -1458,18 +1465,12 @@ async fn an_abandoned_exact_order_is_withdrawn_once_its_authorization_expires() 
     let mut pay = Payment::for_requirement(&req);
     let valid_before = now() + 15;
     pay.auth.valid_before = U256::from(valid_before);
-    let before = s.handed_out().await;
-    slow_tmobile(&s, true).await;
-    let (status, _, pending) = s
-        .post(
-            "/v1/esim/activate",
-            &body,
-            &[("payment-signature", pay.header())],
-        )
-        .await;
+    let headers = [("payment-signature", pay.header())];
+    let (status, pending, allocated) = with_tmobile_slowed(&s, async || {
+        s.post("/v1/esim/activate", &body, &headers).await
+    })
+    .await;
     assert_eq!(status, 503, "{pending}");
-    slow_tmobile(&s, false).await;
-    let allocated: Vec<String> = s.handed_out().await.difference(&before).cloned().collect();
     assert_eq!(
         allocated.len(),
         1,
@@ -1709,16 +1710,13 @@ async fn an_abandoned_tx_hash_order_is_withdrawn_and_its_payment_owed_back() {
     let id = invoice["invoice_id"].as_str().unwrap().to_owned();
     let start = s.balance(agent()).await;
     let tx = pay_directly(&s, chain::RECIPIENT, price(&req)).await;
-    let before = s.handed_out().await;
-    slow_tmobile(&s, true).await;
-    let (status, _, pending) = s.prove(&body, tx.clone(), &invoice).await;
+    let (status, pending, allocated) =
+        with_tmobile_slowed(&s, async || s.prove(&body, tx.clone(), &invoice).await).await;
     assert_eq!(
         (status, &pending["charged"]),
         (503, &json!(true)),
         "{pending}"
     );
-    slow_tmobile(&s, false).await;
-    let allocated: Vec<String> = s.handed_out().await.difference(&before).cloned().collect();
     assert_eq!(
         allocated.len(),
         1,
@@ -1777,19 +1775,13 @@ async fn refresh_does_not_finish_the_order_of_an_unsettled_exact_payment() {
     let body = json!({"region": "us-west", "data_mb": 100, "carrier": "tmobile"});
     let (_, req) = s.invoice(&body).await;
     let pay = Payment::for_requirement(&req);
-    let before = s.handed_out().await;
-    slow_tmobile(&s, true).await;
     let headers = [("payment-signature", pay.header())];
-    let (status, _, pending) = s.post("/v1/esim/activate", &body, &headers).await;
+    let (status, pending, allocated) = with_tmobile_slowed(&s, async || {
+        s.post("/v1/esim/activate", &body, &headers).await
+    })
+    .await;
     assert_eq!(status, 503, "{pending}");
-    slow_tmobile(&s, false).await;
-    let iccid = s
-        .handed_out()
-        .await
-        .difference(&before)
-        .next()
-        .unwrap()
-        .clone();
+    let iccid = allocated.first().unwrap().clone();
     let refresh = format!("/v1/esim/{iccid}/refresh");
     let (status, _, refused) = s
         .post(
