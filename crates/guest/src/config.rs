@@ -52,9 +52,14 @@ fn invalid(name: &'static str, message: impl std::fmt::Display) -> VarError {
 /// Whether this is a development deployment (kernel `deployment::is_development`): `public_origins` unset and
 /// the local dev chain as the only enabled network.
 pub async fn is_development() -> bool {
+    not_development().await.is_none()
+}
+
+/// Why this is not a development deployment, in words (kernel `deployment::not_development`); `None` if it is.
+pub async fn not_development() -> Option<String> {
     let public = optional_var("public_origins").await.is_some();
     let networks = optional_var("payment_network").await;
-    esim402_core::deployment::is_development(public, networks.as_deref())
+    esim402_core::deployment::not_development(public, networks.as_deref())
 }
 
 /// The carrier catalog this deployment runs with (kernel `deployment::catalog`), and whether this is a
@@ -63,9 +68,7 @@ pub async fn is_development() -> bool {
 /// development key. The error names the variable.
 pub async fn carrier_catalog() -> Result<(esim402_core::esim::Catalog, bool), VarError> {
     let custom = optional_var("carrier_catalog").await;
-    let public = optional_var("public_origins").await.is_some();
-    let networks = optional_var("payment_network").await;
-    let not_development = esim402_core::deployment::not_development(public, networks.as_deref());
+    let not_development = not_development().await;
     let development = not_development.is_none();
     let catalog =
         esim402_core::deployment::catalog(custom.as_deref(), development).map_err(|e| {
