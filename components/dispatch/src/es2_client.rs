@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use esim402_core::esim::es2::{ADMIN_PROTOCOL, ADMIN_PROTOCOL_HEADER, is_supported_admin_protocol};
+use esim402_core::esim::es2::{
+    self, ADMIN_PROTOCOL, ADMIN_PROTOCOL_HEADER, is_supported_admin_protocol,
+};
 use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,11 +43,16 @@ impl std::fmt::Display for Transport {
 }
 
 impl Transport {
-    /// Whether the SM-DP+ may have executed the call: all but [`Transport::NotSent`]. An HTTP error status
-    /// counts as may-have: a proxy in front of the SM-DP+ answers 5xx (503 too) after forwarding the request
-    /// when the SM-DP+'s connection breaks, so it does not prove that nothing was executed.
+    /// Whether the SM-DP+ may have executed the call: all but [`Transport::NotSent`] and an HTTP status that
+    /// refuses the request itself (kernel `es2::may_have_executed`: a 5xx may come from a proxy in front of the
+    /// SM-DP+ after it forwarded the request, so it does not prove that nothing was executed; a 401 or 404
+    /// does).
     pub fn may_have_executed(&self) -> bool {
-        !matches!(self, Self::NotSent(_))
+        match self {
+            Self::NotSent(_) => false,
+            Self::Status(status) => es2::may_have_executed(*status),
+            Self::Timeout | Self::Unreachable(_) | Self::Malformed(_) => true,
+        }
     }
 }
 

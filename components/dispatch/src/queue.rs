@@ -6,15 +6,38 @@ use esim402_core::store::keys;
 use esim402_guest::kv::{self, Change};
 use esim402_guest::util;
 
-/// Queue `item` (once), new.
+/// Queue `item` (once), new. Work that cannot be queued (the store failed, or the queue is full: kernel
+/// `order::MAX_QUEUED`) is left to an operator, named in an ALERT line: a profile that may stay allocated at
+/// its carrier.
 pub async fn enqueue(item: Cleanup) {
-    let r = kv::update_json::<Vec<Queued>, ()>(keys::CLEANUP_QUEUE, |q| {
-        Ok(order::enqueue(q.unwrap_or_default(), &item, 0, 0))
+    let r = kv::update_json::<Vec<Queued>, order::QueueFull>(keys::CLEANUP_QUEUE, |q| {
+        order::enqueue_new(q.unwrap_or_default(), &item)
     })
     .await;
-    if let Err(e) = r {
-        eprintln!("dispatch: cannot queue carrier cleanup: {e}");
-    }
+    let why = match r {
+        Ok(_) => return,
+        Err(kv::KvError::Refused(full)) => full.to_string(),
+        Err(e) => e.to_string(),
+    };
+    let work = match &item {
+        Cleanup::Cancel {
+            carrier,
+            iccid,
+            retire,
+            ..
+        } => format!(
+            "CancelOrder of ICCID {iccid} at {carrier} ({})",
+            if *retire {
+                "retire it"
+            } else {
+                "back to the pool"
+            }
+        ),
+        Cleanup::LostDownload { carrier, fci, .. } => format!(
+            "the profile a lost DownloadOrder (call {fci}) may have allocated at {carrier}: find it and cancel it"
+        ),
+    };
+    eprintln!("dispatch: ALERT: carrier cleanup not queued ({why}); left to the operator: {work}");
 }
 
 /// Take up to `max` free items atomically, held until `lease_until` (kernel `order::take`): they stay queued,

@@ -37,6 +37,19 @@ pub fn is_supported_admin_protocol(value: &str) -> bool {
     value.starts_with("gsma/rsp/v2.")
 }
 
+/// Whether an ES2+ call answered with HTTP `status` (not 200) may have been executed by the SM-DP+. Every
+/// function's outcome, a refusal included, comes as a 200 (§6.5.1), so another status is the HTTP layer's: a 5xx
+/// may come from a proxy in front of the SM-DP+ after it forwarded the request (its connection broke), and a 408,
+/// 409, 425, 429 or 499 (nginx: the client went away) from a server that may have started on it, so they may
+/// have; any other 4xx refuses the
+/// request itself (malformed, unauthenticated, forbidden, no such function, wrong media type) before any
+/// function runs. A call that may have run is followed up (a lost DownloadOrder's profile found and given back);
+/// before, every non-200 was, so a carrier answering 401 or 404 to every order (a wrong credential or
+/// `es2_base`) queued a lost download per order, each replayed later only to allocate and cancel a profile.
+pub fn may_have_executed(status: u16) -> bool {
+    !(400..500).contains(&status) || matches!(status, 408 | 409 | 425 | 429 | 499)
+}
+
 /// A request header (§6.5.1.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -565,6 +578,16 @@ impl From<FunctionCallId> for String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_4xx_that_refuses_the_request_says_nothing_ran() {
+        for status in [400, 401, 403, 404, 405, 413, 415, 422] {
+            assert!(!super::may_have_executed(status), "{status}");
+        }
+        for status in [204, 302, 408, 409, 425, 429, 499, 500, 502, 503, 504] {
+            assert!(super::may_have_executed(status), "{status}");
+        }
+    }
+
     use super::*;
     use serde_json::{Value, json};
 
