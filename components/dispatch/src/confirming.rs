@@ -179,7 +179,11 @@ pub async fn conclude(
                     Skip::Next(format!("{}: ConfirmOrder {t}", carrier.id))
                 }
                 Some(Refusal::Unusable(why)) => Skip::Next(format!("{}: {why}", carrier.id)),
-                None => Skip::Next(format!("{}: ConfirmOrder failed", carrier.id)),
+                // Released, but the SM-DP+ had reported the profile dead (kernel `order::after_confirm`).
+                None => Skip::Next(format!(
+                    "{}: the profile failed at the SM-DP+ before its release was recorded",
+                    carrier.id
+                )),
             })
         }
         AfterConfirm::Withdrawn { sim, retire } => {

@@ -95,18 +95,32 @@ async fn try_carrier(
     let at = match sim_store::record_allocation(&sim).await {
         Ok(Some(at)) => at,
         Ok(None) => {
-            eprintln!(
-                "dispatch: ALERT: {id} answered DownloadOrder (call {download_fci}) with ICCID {}, the ICCID of \
-                 another SIM on record: not recorded, confirmed or cancelled; the carrier must check its pool",
-                sim.iccid
-            );
+            alert_foreign_iccid(&id, &download_fci, &sim.iccid);
             return Err(Skip::Next(format!(
                 "{id}: DownloadOrder named a profile that is already another SIM's"
             )));
         }
         Err(e) => {
-            // The order fails on this error: the profile must not stay allocated with nobody to confirm it.
-            cancel_profile(cfg, carrier, &step, false, &sim.invoice_id).await;
+            // The order fails on this error: the profile must not stay allocated with nobody to confirm it. The
+            // write may have landed with its reply lost: our record is then marked failed first, as `finish`
+            // does (one left pending would refuse the profile when the carrier hands it out again), and a
+            // record that is someone else's SIM keeps its profile.
+            let give_back = match sim_store::unrecord_allocation(&sim).await {
+                Ok(give_back) => give_back,
+                Err(again) => {
+                    eprintln!(
+                        "dispatch: SIM {} may stay pending although its profile is given back: {}",
+                        sim.iccid,
+                        message(&again)
+                    );
+                    true
+                }
+            };
+            if give_back {
+                cancel_profile(cfg, carrier, &step, false, &sim.invoice_id).await;
+            } else {
+                alert_foreign_iccid(&id, &download_fci, &sim.iccid);
+            }
             return Err(Skip::Reject(e));
         }
     };
@@ -336,4 +350,12 @@ async fn fail(
     let msg = message(&e);
     let _ = journal(driver, |o| o.fail(&msg, failovers.clone())).await;
     Err(e)
+}
+
+/// The operator's line for a carrier whose DownloadOrder (call `fci`) named `iccid`, another SIM's.
+fn alert_foreign_iccid(carrier: &str, fci: &str, iccid: &str) {
+    eprintln!(
+        "dispatch: ALERT: {carrier} answered DownloadOrder (call {fci}) with ICCID {iccid}, the ICCID of another \
+         SIM on record: not recorded, confirmed or cancelled; the carrier must check its pool"
+    );
 }

@@ -39,6 +39,21 @@ pub async fn record_allocation(sim: &StoredSim) -> Result<Option<kv::Stored>, wi
     .map_err(kv_err)
 }
 
+/// After [`record_allocation`] failed (its write may have landed, the reply lost): our record, if it landed,
+/// marked failed (kernel `order::after_lost_allocation`); whether the profile may be given back (not when the
+/// ICCID is someone else's SIM).
+pub async fn unrecord_allocation(sim: &StoredSim) -> Result<bool, wit::Error> {
+    kv::change_json::<StoredSim, bool, wit::Error>(&keys::sim(&sim.iccid), |current| {
+        Ok(match order::after_lost_allocation(current.as_ref(), sim) {
+            (Some(failed), give_back) => (Change::Put(failed), give_back),
+            (None, give_back) => (Change::Keep, give_back),
+        })
+    })
+    .await
+    .map(|(_, give_back)| give_back)
+    .map_err(kv_err)
+}
+
 /// Set the `failovers` of `sim`'s record, if it is still that order's (a cell update: whatever else changed
 /// since, a terminate, a hold, a progress callback, is kept).
 pub async fn set_failovers(sim: &StoredSim, failovers: &[String]) -> Result<(), wit::Error> {

@@ -336,13 +336,20 @@ pub fn after_confirm(
     match current.map(|c| c.state) {
         None | Some(SimState::Pending) => {
             let mut sim = pending.clone();
+            // The SM-DP+ reported the profile dead (a terminal download failure, [`after_progress`]) while the
+            // record was still pending: this confirm's "released" (a replay of the one that ran before the
+            // order was left pending) would deliver a profile that can never be installed. Refused instead:
+            // the profile is given back (CancelOrder to `Available`: the SM-DP+ decides whether a profile its
+            // limits ended can be issued again; a delivered one is retired instead, as its payer holds its
+            // code), and the order fails over or fails (nothing kept for it).
+            let dead = current.is_some_and(|c| c.download_failure.is_some());
             match outcome {
-                Confirmation::Released(code) => {
+                Confirmation::Released(code) if !dead => {
                     sim.state = SimState::Active;
                     sim.profile_state = Some(ProfileState::Released);
                     sim.activation_code = Some(code.to_owned());
                 }
-                Confirmation::Refused => sim.state = SimState::Failed,
+                Confirmation::Released(_) | Confirmation::Refused => sim.state = SimState::Failed,
             }
             // A progress callback may land before this write (the device downloads as soon as the SM-DP+
             // releases the profile, [`progress_after`]): the state it recorded is further along, and kept.
@@ -398,6 +405,33 @@ pub fn may_record_allocation(current: Option<&StoredSim>, pending: &StoredSim) -
     })
 }
 
+/// What becomes of the profile of `pending` when its record's write ([`may_record_allocation`]) failed, the
+/// record now being `current`: the write may have landed with its reply lost. `(write, give_back)`: our own
+/// pending record (it landed) is written `Failed` (left pending, it would refuse the profile when the carrier
+/// hands it out again, and nothing would ever end it), and the profile given back; so it is over no record or
+/// one the allocation could have been written over (the write did not land). Any other record is someone
+/// else's SIM under the ICCID the carrier named: not written, and the profile, not ours, kept (an operator
+/// checks the carrier's pool). Run inside the record's cell update.
+pub fn after_lost_allocation(
+    current: Option<&StoredSim>,
+    pending: &StoredSim,
+) -> (Option<StoredSim>, bool) {
+    match current {
+        Some(c)
+            if c.state == SimState::Pending
+                && belongs_to(c, &pending.invoice_id)
+                && c.carrier == pending.carrier =>
+        {
+            let failed = StoredSim {
+                state: SimState::Failed,
+                ..c.clone()
+            };
+            (Some(failed), true)
+        }
+        _ => (None, may_record_allocation(current, pending)),
+    }
+}
+
 /// Whether the cleanup sweep may send a queued CancelOrder (or the cancel a lost DownloadOrder's replay just
 /// learned of) for a profile whose SIM record is `current`, read just before; `invoice`: the invoice whose SIM
 /// the profile was, when the item names it. Every cancel is queued after its record was ended (failed,
@@ -443,22 +477,33 @@ pub fn progress_after(
 /// order-time limit) on a SIM in service whose profile was never installed fails the SIM
 /// (`crate::esim::state_after_terminal`): failed, its profile in Error, the code kept in `download_failure`
 /// ([`StoredSim::owes_back`]); dispatch then retires the profile at the SM-DP+ and the gateway owes the money
-/// back. Anything else moves the profile only, as [`progress_after`] says (a failed SIM takes nothing more, so
-/// a repeated notification writes nothing).
+/// back. On a SIM still pending (its confirm ran at the SM-DP+, as only a released profile is downloaded, but
+/// its answer was never recorded: the order was left pending) the code is kept, the SIM left pending to its
+/// order, whose confirm, resumed, then refuses to deliver it ([`after_confirm`]); before, the failure was
+/// dropped (the SM-DP+ never sends a notification we answered again) and the resumed order delivered the dead
+/// profile as released. Anything else moves the profile only, as [`progress_after`] says (a failed SIM takes
+/// nothing more, so a repeated notification writes nothing).
 pub fn after_progress(
     sim: &StoredSim,
     point: u32,
     status: &crate::esim::es2::NotificationPointStatus,
 ) -> Option<StoredSim> {
-    if let Some(code) = crate::esim::terminal_failure(point, status)
-        && let Some(state) = crate::esim::state_after_terminal(sim.state, sim.profile_state)
-    {
-        return Some(StoredSim {
-            state,
-            profile_state: Some(ProfileState::Error),
-            download_failure: Some(code.to_string()),
-            ..sim.clone()
-        });
+    if let Some(code) = crate::esim::terminal_failure(point, status) {
+        if let Some(state) = crate::esim::state_after_terminal(sim.state, sim.profile_state) {
+            return Some(StoredSim {
+                state,
+                profile_state: Some(ProfileState::Error),
+                download_failure: Some(code.to_string()),
+                ..sim.clone()
+            });
+        }
+        if sim.state == SimState::Pending {
+            return sim.download_failure.is_none().then(|| StoredSim {
+                profile_state: Some(ProfileState::Error),
+                download_failure: Some(code.to_string()),
+                ..sim.clone()
+            });
+        }
     }
     progress_after(sim, point, status.status).map(|next| StoredSim {
         profile_state: Some(next),
@@ -821,6 +866,25 @@ pub const MIN_CLEANUP_AGE_SECS: u64 = 24 * 3600;
 /// tries, over a day.
 pub fn gives_up(tries: u32, since: u64, now: u64) -> bool {
     tries >= MAX_CLEANUP_TRIES && since != 0 && now >= since.saturating_add(MIN_CLEANUP_AGE_SECS)
+}
+
+/// The most items the cleanup queue holds ([`enqueue_new`]). The queue is one value every order reads and
+/// several of its steps rewrite: unbounded (a carrier failing every order for an hour queued one lost download
+/// per order), it grew until its writes lost their races and cleanups were dropped unseen.
+pub const MAX_QUEUED: usize = 4_096;
+
+/// The cleanup queue already holds [`MAX_QUEUED`] items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the carrier cleanup queue is full ({MAX_QUEUED} items)")]
+pub struct QueueFull;
+
+/// [`enqueue`] of new work (no tries yet), refused while the queue holds [`MAX_QUEUED`] items: the caller
+/// reports it for an operator (a profile to give back by hand). Work already queued is not refused.
+pub fn enqueue_new(queue: Vec<Queued>, item: &Cleanup) -> Result<Vec<Queued>, QueueFull> {
+    if queue.len() >= MAX_QUEUED && !queue.iter().any(|q| q.item.same_work(item)) {
+        return Err(QueueFull);
+    }
+    Ok(enqueue(queue, item, 0, 0))
 }
 
 /// The cleanup queue with `item` at its end after `tries` failed tries, failing since `since` (unchanged if it
@@ -1292,6 +1356,38 @@ mod tests {
         );
     }
 
+    /// An allocation whose record's write failed: our record, if it landed, is failed and the profile given
+    /// back; over nothing (or a record it could have replaced) only given back; someone else's SIM is left alone.
+    #[test]
+    fn a_lost_allocation_write_fails_only_its_own_record() {
+        let pending = sim(SimState::Pending);
+        let (write, give_back) = after_lost_allocation(Some(&pending), &pending);
+        assert_eq!(write.map(|s| s.state), Some(SimState::Failed));
+        assert!(give_back);
+        assert_eq!(after_lost_allocation(None, &pending), (None, true));
+        let given_back = sim(SimState::Failed);
+        assert_eq!(
+            after_lost_allocation(Some(&given_back), &pending),
+            (None, true)
+        );
+        let mut other = sim(SimState::Pending);
+        other.invoice_id = "inv_2".into();
+        for state in [SimState::Pending, SimState::Active, SimState::Terminated] {
+            other.state = state;
+            assert_eq!(
+                after_lost_allocation(Some(&other), &pending),
+                (None, false),
+                "{state:?}"
+            );
+        }
+        let mut delivered = sim(SimState::Active);
+        delivered.activation_code = Some("c".into());
+        assert_eq!(
+            after_lost_allocation(Some(&delivered), &pending),
+            (None, false)
+        );
+    }
+
     #[test]
     fn a_resumed_order_confirms_only_a_pending_sim() {
         assert_eq!(settled_before_confirm(&sim(SimState::Pending)), None);
@@ -1448,7 +1544,54 @@ mod tests {
         }
     }
 
-    /// A terminal failure after the profile installed changes nothing; a pending SIM is left to its order; a
+    /// A pending SIM's order was left pending after its confirm ran at the SM-DP+: the device's terminal failure
+    /// is kept on the record (still pending, not owed back: nothing was delivered), once, and the order resumed
+    /// later refuses the profile its confirm's replay calls released.
+    #[test]
+    fn a_terminal_failure_on_a_pending_sim_stops_its_resumed_order_delivering_it() {
+        use crate::esim::es2::ExecutionStatus::Failed;
+        use crate::esim::es2::StatusCode as C;
+        let pending = sim(SimState::Pending);
+        for code in [C::DOWNLOAD_ATTEMPTS_EXHAUSTED, C::ORDER_EXPIRED] {
+            let kept = after_progress(&pending, 3, &notification(Failed, Some(&code)))
+                .expect("the failure is kept");
+            assert_eq!(
+                (
+                    kept.state,
+                    kept.profile_state,
+                    kept.download_failure.as_deref()
+                ),
+                (
+                    SimState::Pending,
+                    Some(ProfileState::Error),
+                    Some(&*code.to_string())
+                )
+            );
+            assert!(!kept.owes_back(), "nothing was delivered");
+            assert_eq!(
+                after_progress(&kept, 3, &notification(Failed, Some(&code))),
+                None,
+                "sent again, it writes nothing"
+            );
+            let AfterConfirm::Store(after) =
+                after_confirm(Some(&kept), &pending, Confirmation::Released("1$smdp$MID"))
+            else {
+                panic!()
+            };
+            assert_eq!(
+                (after.state, after.activation_code, after.download_failure),
+                (SimState::Failed, None, None),
+                "not delivered; its profile may be handed out again once given back"
+            );
+        }
+        // A retryable failure on a pending SIM still changes nothing (the device tries again).
+        assert_eq!(
+            after_progress(&pending, 3, &notification(Failed, None)),
+            None
+        );
+    }
+
+    /// A terminal failure after the profile installed changes nothing; a
     /// retryable failure keeps today's rule (Error, the SIM in service, a later success moves on).
     #[test]
     fn other_failures_keep_the_sim_in_service() {
@@ -1462,8 +1605,6 @@ mod tests {
             ..sim(SimState::Active)
         };
         assert_eq!(after_progress(&installed, 4, &exhausted), None);
-        let pending = sim(SimState::Pending);
-        assert_eq!(after_progress(&pending, 3, &exhausted), None);
         let released = StoredSim {
             profile_state: Some(ProfileState::Released),
             ..sim(SimState::Active)
@@ -1825,6 +1966,32 @@ mod tests {
             sweep_lease_until(1_000, 30),
             1_000 + 30 + SWEEP_LEASE_MARGIN_SECS
         );
+    }
+
+    /// New work is refused once the queue holds `MAX_QUEUED` items (the caller reports it); work already queued,
+    /// and a sweep's re-queue of what it took, still go in.
+    #[test]
+    fn a_full_cleanup_queue_refuses_new_work_only() {
+        let item = |n: usize| Cleanup::LostDownload {
+            carrier: "att".into(),
+            fci: format!("FCI-{n}"),
+            profile_type: "p".into(),
+            eid: None,
+        };
+        let mut q = Vec::new();
+        for n in 0..MAX_QUEUED {
+            q = enqueue_new(q, &item(n)).expect("room");
+        }
+        assert_eq!(q.len(), MAX_QUEUED);
+        assert_eq!(enqueue_new(q.clone(), &item(MAX_QUEUED)), Err(QueueFull));
+        assert_eq!(
+            enqueue_new(q.clone(), &item(7)).map(|q| q.len()),
+            Ok(MAX_QUEUED)
+        );
+        let (held, taken) = take(q, 1, 10, 100, None::<String>);
+        let again = settle(held, &taken[0], Settle::Again(item(0), 1, 10)).expect("its own");
+        assert_eq!(again.len(), MAX_QUEUED);
+        assert!(again.iter().any(|q| q.item == item(0) && q.tries == 1));
     }
 
     /// During a rolling upgrade an earlier build's write of the queue drops `taken_until`: the sweep that took the

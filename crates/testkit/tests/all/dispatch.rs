@@ -20,6 +20,8 @@ enum Behaves {
     Ok,
     PoolEmpty,
     Http503,
+    /// Every call answered 401 (a wrong credential): refused before any function ran.
+    Http401,
     Timeout,
     ConfirmFails,
     ConfirmTimeout,
@@ -109,6 +111,7 @@ impl FakeSmdp {
         }
         let v = match (b, function.as_str()) {
             (Behaves::Http503, _) => return Scripted::status(503),
+            (Behaves::Http401, _) => return Scripted::status(401),
             (Behaves::Refused, _) => return Scripted::Refused,
             (Behaves::TimeoutThenRefused, _) if !self.tried.lock().unwrap().insert(fci.clone()) => {
                 return Scripted::Refused;
@@ -854,6 +857,18 @@ async fn a_download_order_that_never_reached_the_carrier_is_not_queued_as_lost()
     );
     assert_eq!(queued(&kit).await, Vec::<Value>::new());
 
+    // A 401 (or any 4xx refusing the request itself) says no function ran: nothing queued either. Before, every
+    // non-200 was queued as a lost download, replayed later only to allocate and cancel a profile.
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::Http401);
+    let mut kit = kit_with(smdp, &[("es2_timeout_ms", "200")]).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-401")
+        .await
+        .unwrap();
+    assert_eq!(sim.carrier, "verizon");
+    assert!(sim.failovers[0].contains("HTTP 401"), "{:?}", sim.failovers);
+    assert_eq!(queued(&kit).await, Vec::<Value>::new());
+
     let smdp = Arc::new(FakeSmdp::default());
     smdp.set("tmobile", Behaves::TimeoutThenRefused);
     let mut kit = kit_with(smdp, &[("es2_timeout_ms", "200")]).await;
@@ -1549,6 +1564,57 @@ async fn an_order_that_outlives_its_budget_stays_pending_and_is_resumed() {
         .map(|r| r.json().unwrap()["header"]["functionCallIdentifier"].clone())
         .unwrap();
     assert_eq!(last_confirm, confirms[0]);
+}
+
+/// An order left pending after its confirm ran at the SM-DP+ unseen, whose profile the SM-DP+ then reports dead
+/// (a terminal download failure on the still-pending SIM): the order, resumed, does not deliver the profile its
+/// confirm's replay calls released; it gives it back and fails over. Before, the failure was dropped (nothing
+/// to write on a pending SIM) and the resumed order delivered the dead profile as active, its payment kept.
+#[tokio::test]
+async fn a_pending_orders_profile_reported_dead_is_not_delivered_when_resumed() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let pending = order(&mut kit, request("us-west", None), "inv-dead")
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    let iccid = pending.iccid.clone();
+    let expired = json!({"iccid": iccid, "profileType": "tmo-iot-data", "timestamp": "2026-11-24T10:00:00Z",
+        "notificationPointId": 3, "notificationPointStatus": {"status": "Failed",
+            "statusCodeData": {"subjectCode": "8.8.5", "reasonCode": "4.10", "message": "expired"}}});
+    let r = download_progress(&mut kit, expired.to_string(), Some(TMOBILE_CB)).await;
+    assert!(
+        matches!(r, Ok(None)),
+        "nothing delivered, nothing owed: {r:?}"
+    );
+    let stored: Value =
+        serde_json::from_slice(&kit.kv_get(&format!("sim/{iccid}")).await.unwrap()).unwrap();
+    assert_eq!(
+        (&stored["state"], &stored["download_failure"]),
+        (&json!("pending"), &json!("8.8.5/4.10")),
+        "{stored}"
+    );
+
+    smdp.set("tmobile", Behaves::Ok);
+    let done = order_at(&mut kit, request("us-west", None), "inv-dead", AFTER_LEASE)
+        .await
+        .unwrap();
+    assert_ne!(done.iccid, iccid, "another profile: {done:?}");
+    assert_eq!(done.state, types::SimState::Active);
+    assert!(
+        done.failovers
+            .iter()
+            .any(|f| f.contains("failed at the SM-DP+")),
+        "{:?}",
+        done.failovers
+    );
+    let dead = get_sim(&mut kit, &iccid).await;
+    assert_eq!(dead.state, types::SimState::Failed);
+    assert!(dead.activation_code.is_none());
+    let cancel = last_request_to(&kit, "tmobile");
+    assert!(cancel.uri.ends_with("/cancelOrder"), "{}", cancel.uri);
+    assert_eq!(cancel.json().unwrap()["iccid"], json!(iccid));
 }
 
 /// The last ES2+ request sent to `carrier`.
@@ -2792,22 +2858,66 @@ async fn a_profile_given_back_when_its_confirm_cannot_be_recorded_can_be_handed_
 }
 
 /// Loses the reply of the first write to a SIM record itself (`sim/<iccid>`, not a cell's bookkeeping) once
-/// armed, after the store applied it (and disarms).
+/// armed, after the store applied it (and disarms). Reads pass.
 struct LoseReplyOnce(Arc<std::sync::atomic::AtomicBool>);
 
 impl esim402_host::kv::wrapped::Hook for LoseReplyOnce {
     fn reply(
         &self,
-        _op: esim402_host::kv::wrapped::Op,
+        op: esim402_host::kv::wrapped::Op,
         key: &str,
     ) -> esim402_host::kv::KvResult<()> {
-        if key.starts_with("sim/") && !key.contains('@') && self.0.swap(false, Ordering::SeqCst) {
+        use esim402_host::kv::wrapped::Op;
+        if !matches!(op, Op::Get | Op::Exists | Op::Keys)
+            && key.starts_with("sim/")
+            && !key.contains('@')
+            && self.0.swap(false, Ordering::SeqCst)
+        {
             return Err(esim402_host::kv::KvError(format!(
                 "injected lost reply: {key}"
             )));
         }
         Ok(())
     }
+}
+
+/// The allocation's record written with its reply lost: the order fails and gives the profile back, its record
+/// marked failed first, so the carrier handing the profile out again reaches the next order. Before, the
+/// record stayed pending for good: the next order was refused the profile (an ALERT blaming the carrier's pool)
+/// and left it allocated.
+#[tokio::test]
+async fn an_allocation_recorded_with_its_reply_lost_is_failed_before_it_is_given_back() {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store = Arc::new(esim402_host::kv::wrapped::Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        LoseReplyOnce(armed.clone()),
+    ));
+    let smdp = Arc::new(FakeSmdp::default());
+    let mut kit = kit_on(smdp.clone(), &[], Some(store)).await;
+    let err = order(
+        &mut kit,
+        request("us-west", Some("tmobile")),
+        "inv-lost-alloc",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(&err, types::Error::Unavailable(_)), "{err:?}");
+    assert!(!armed.load(Ordering::SeqCst), "a reply was lost");
+    let cancel = kit.requests().last().unwrap().json().unwrap();
+    assert_eq!(cancel["finalProfileStatusIndicator"], "Available");
+    let iccid = cancel["iccid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get_sim(&mut kit, &iccid).await.state,
+        types::SimState::Failed
+    );
+    *smdp.reissue.lock().unwrap() = Some(iccid.clone());
+    let again = order(&mut kit, request("us-west", Some("tmobile")), "inv-next")
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.iccid.as_str(), again.state),
+        (iccid.as_str(), types::SimState::Active)
+    );
 }
 
 /// A confirm whose outcome was stored but whose reply was lost (a Redis timeout after the write applied) ends
