@@ -185,11 +185,15 @@ fn invoice_of(
     Invoice::from_terms(id, terms, options).ok_or_else(|| internal("invoice without a network"))
 }
 
-/// Whether a payment arrived for an invoice in `status` (what it is paid with is then settled).
+/// Whether a payment arrived for an invoice in `status` (what it is paid with is then settled): one that failed
+/// too (its stored answer is the payment's to read, on whatever networks are enabled now).
 fn paid_for(status: InvoiceStatus) -> bool {
     matches!(
         status,
-        InvoiceStatus::Pending | InvoiceStatus::Paid | InvoiceStatus::Refunded
+        InvoiceStatus::Pending
+            | InvoiceStatus::Paid
+            | InvoiceStatus::Refunded
+            | InvoiceStatus::Failed
     )
 }
 

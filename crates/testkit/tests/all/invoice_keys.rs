@@ -337,14 +337,37 @@ async fn invoice_ids_are_bound_to_their_store() {
 }
 
 /// An invoice paid on a network that is no longer enabled still reads (status, refunds, the activation-code
-/// route all open it), showing the network it was sealed with; only an invoice still to be paid there is
-/// refused (409). Before, every open of it was a 409.
+/// route all open it), showing the network it was sealed with; so does one a payment failed (its stored
+/// failure is that payment's answer: before, it was a 409 "payable only on networks that are no longer
+/// enabled", which a payer sending the payment again took for "try later"); only an invoice still to be paid
+/// there is refused (409). Before, every open of it was a 409.
 #[tokio::test]
 async fn an_invoice_paid_on_a_network_no_longer_enabled_still_opens() {
     let mut before = kit_on(None, &[("invoice_secret", A)]).await;
     let store = before.kv().clone();
     let inv = paid_invoice(&mut before).await;
     let unpaid = issue(&mut before, 1_000, 1_000).await;
+    let failed = issue(&mut before, 1_000, 1_000).await;
+    let types::Begin::Drive(attempt) = begin(&mut before, &failed.id, "0xfailed", 1_001).await
+    else {
+        panic!("the first payment drives");
+    };
+    finish(
+        &mut before,
+        &failed.id,
+        &attempt.holder,
+        types::PaymentEnd::Done,
+        502,
+    )
+    .await;
+    assert_eq!(
+        get(&mut before, &failed.id, 1_002)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        types::InvoiceStatus::Failed
+    );
 
     let mut after = kit_on(
         Some(store),
@@ -357,6 +380,9 @@ async fn an_invoice_paid_on_a_network_no_longer_enabled_still_opens() {
     assert_eq!(read.options[0].network, "eip155:31337");
     let refunded = mark_refunded(&mut after, &inv.id).await.unwrap();
     assert_eq!(refunded.status, types::InvoiceStatus::Refunded);
+    let read = get(&mut after, &failed.id, 1_002).await.unwrap().unwrap();
+    assert_eq!(read.status, types::InvoiceStatus::Failed);
+    assert_eq!(read.options[0].network, "eip155:31337");
     let err = get(&mut after, &unpaid.id, 1_001).await.unwrap_err();
     assert!(
         matches!(&err, types::Error::Conflict(m) if m.contains("no longer enabled")),
