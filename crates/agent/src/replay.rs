@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! - An answer is kept in the device's `state.json` in the very save that settles its payment (the `keep` of
-//!   [`crate::Agent::pay_for_device`]): a payment never settles without its answer kept, and the file is
+//!   [`crate::Agent::pay_for_device`], or of [`crate::Agent::collect_for_device`] when another request of the
+//!   device collects it): a payment never settles without its answer kept, and the file is
 //!   private (0600 in a 0700 directory) as it is for the SIMs' tokens, which the answer holds too.
 //! - Kept [`KEEP_SECS`] at most, [`MAX_KEPT`] per device at most (the oldest goes first); expired entries
 //!   are dropped when the next answer is kept, and never answered with.
@@ -72,8 +73,11 @@ impl Requester<'_> {
     }
 }
 
-/// Where a device's request is kept: its key in [`crate::State::paid_answers`], and the request itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a device's request is kept: its key in [`crate::State::paid_answers`], and the request itself. A
+/// payment the proxy signs for the request is recorded with it ([`crate::state::PendingPayment::slot`]), so it
+/// is sent again for that requester only, and its answer, collected by another request, kept where its own
+/// request finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
     /// `idempotency-key <key>`, or [`Slot::request`].
     pub key: String,
@@ -84,6 +88,9 @@ pub struct Slot {
     /// with an `Idempotency-Key` always; else only for a device named by its source address, off the routes a
     /// device repeats on purpose ([`repeated_on_purpose`]).
     pub kept: bool,
+    /// Who sends it: `authorization:<digest> x-agent-id:<digest>` (the end of [`Slot::request`]).
+    #[serde(default)]
+    pub who: String,
 }
 
 /// Whether a device sends the same request to `path` (query included) again on purpose: its quota and
@@ -94,6 +101,12 @@ pub fn repeated_on_purpose(path: &str) -> bool {
 }
 
 impl Slot {
+    /// Whether `other` is this request's requester: the same key (`Idempotency-Key`, or the request itself) sent
+    /// with the same credential and label. A key alone is not: two modules may pick the same one.
+    pub fn same_requester(&self, other: &Slot) -> bool {
+        self.key == other.key && self.who == other.who
+    }
+
     /// The slot of `method path` with `body` (raw bytes, as the device sent them) and the device's
     /// `Idempotency-Key`, if any, sent by `from`; an error says why that key is refused (not printable ASCII,
     /// too long).
@@ -104,15 +117,18 @@ impl Slot {
         idempotency_key: Option<&str>,
         from: &Requester<'_>,
     ) -> Result<Self, String> {
-        let request = format!(
-            "{method} {}{} body:{} authorization:{} x-agent-id:{}",
-            from.origin,
-            sorted_query(path),
-            digest(&canonical_body(body)),
+        let who = format!(
+            "authorization:{} x-agent-id:{}",
             from.header("authorization")
                 .map_or_else(|| "none".to_owned(), |v| digest(v.as_bytes())),
             from.header("x-agent-id")
                 .map_or_else(|| "none".to_owned(), |v| digest(v.as_bytes())),
+        );
+        let request = format!(
+            "{method} {}{} body:{} {who}",
+            from.origin,
+            sorted_query(path),
+            digest(&canonical_body(body)),
         );
         let key = match idempotency_key {
             None => request.clone(),
@@ -128,7 +144,12 @@ impl Slot {
         };
         let kept = from.header("sign-in-with-x").is_none()
             && (idempotency_key.is_some() || !from.claimed && !repeated_on_purpose(path));
-        Ok(Self { key, request, kept })
+        Ok(Self {
+            key,
+            request,
+            kept,
+            who,
+        })
     }
 }
 

@@ -116,6 +116,11 @@ pub struct PendingPayment {
     pub header: String,
     /// Unix seconds after which the authorization is no longer valid.
     pub valid_before: u64,
+    /// The device request the paying proxy signed it for (its requester and `Idempotency-Key`): sent again for
+    /// that request only, and its answer kept there ([`crate::replay`]). `None`: the CLI's own, or an earlier
+    /// agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<crate::replay::Slot>,
 }
 
 /// A pending payment the agent was told to stop sending (`esim402-agent pending --forget`): it may have been
@@ -542,6 +547,7 @@ mod tests {
             payment_id: id.into(),
             header: "eyJ4NDAyVmVyc2lvbiI6Mn0=".into(),
             valid_before: 1_000,
+            slot: None,
         }
     }
 

@@ -77,18 +77,18 @@ impl fmt::Display for Purchase {
 /// A pending payment's key read back: `<method> <origin><path>[ <body>]` (see `pending_for`); the origin is empty
 /// in a key an earlier agent wrote.
 #[derive(Debug, Clone, PartialEq)]
-struct PendingRequest {
-    key: String,
+pub(super) struct PendingRequest {
+    pub(super) key: String,
     origin: String,
-    path: String,
+    pub(super) path: String,
     /// The JSON body of a POST; `None` for a GET (its fields in the path's query).
-    body: Option<Value>,
-    purchase: Purchase,
+    pub(super) body: Option<Value>,
+    pub(super) purchase: Purchase,
 }
 
 impl PendingRequest {
     /// `None` if `key` is not a key the agent writes.
-    fn parse(key: &str) -> Option<Self> {
+    pub(super) fn parse(key: &str) -> Option<Self> {
         let (method, rest) = key.split_once(' ')?;
         let origin_len = if rest.starts_with('/') {
             0
@@ -146,7 +146,7 @@ impl PendingRequest {
 
     /// The facilitator this payment is pending with, if not `origin` (this agent's, normalised): the origin in
     /// its key (it need not be spelled as `origin` is), or for a key without one the host its signature names.
-    fn elsewhere(&self, payment: &PendingPayment, origin: &str) -> Option<Facilitator> {
+    pub(super) fn elsewhere(&self, payment: &PendingPayment, origin: &str) -> Option<Facilitator> {
         let ours = match self.facilitator(payment) {
             Facilitator::Origin(o) => crate::config::bare_origin(&o).is_some_and(|o| o == origin),
             Facilitator::Host(h) => Some(&h) == host_of(origin).as_ref(),
@@ -574,6 +574,7 @@ impl Agent {
             body: request.body.as_ref(),
             owner: owner.as_ref(),
             headers: &[],
+            slot: None,
         };
         let held = Held {
             key: request.key.clone(),

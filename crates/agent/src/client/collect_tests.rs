@@ -344,6 +344,7 @@ fn hold(a: &Agent, key: &str, id: &str) {
                 payment_id: id.into(),
                 header: format!("signed-{id}"),
                 valid_before: 1_700_000_300,
+                slot: None,
             };
             s.begin(key, p, spend);
         })

@@ -13,6 +13,7 @@ use esim402_core::auth::siwx;
 use serde_json::{Value, json};
 
 mod collect;
+mod device;
 mod facilitator;
 mod list;
 mod paid;
@@ -22,6 +23,7 @@ pub use collect::{
     Collection, CommandKind, Outcome, PendingInfo, Purchase, forget_pending, pending_payments,
     utc_time,
 };
+pub use device::Earlier;
 pub use facilitator::{FORGET_WARNING, Facilitator};
 pub use list::{MAX_LIST_PAGES, MAX_LISTED_SIMS};
 pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};
@@ -1567,14 +1569,17 @@ mod tests {
     }
 
     /// Fix: a paid request's 4xx that is not the facilitator's own refusal (no JSON `error` object: an
-    /// intermediary's page) keeps its payment pending, sent again as is; a 402 that says `charged: true` never
-    /// frees its spend (here or in the wallet's shared cap). Before, the first was dropped (never collected) and
-    /// the 402 freed the spend, though the payment was charged.
+    /// intermediary's page; a 402 too, without a new challenge) keeps its payment pending, sent again as is; a
+    /// 402 that says `charged: true` never frees its spend (here or in the wallet's shared cap). Before, the
+    /// first was dropped (never collected), a hosting platform's 402 page ended the payment as uncharged, and
+    /// the 402 that says charged freed the spend, though the payment was charged.
     #[tokio::test]
     async fn answers_that_are_not_the_facilitators_or_say_charged_keep_the_payment() {
         let f = crate::testing::facilitator(vec![
             (403, Value::Null),
             (404, json!({"detail": "blocked"})),
+            (402, Value::Null),
+            (402, json!({"error": "deployment over quota"})),
             (
                 402,
                 json!({"error": {"code": "invalid_signature", "message": "no"}, "charged": true}),
@@ -1584,7 +1589,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wallet = tempfile::tempdir().unwrap();
         let a = budgeted_agent(&f.url, dir.path(), wallet.path());
-        for status in [403, 404] {
+        for status in [403, 404, 402, 402] {
             let e = a.activate(&buy()).await.unwrap_err();
             assert!(
                 matches!(e, AgentError::Unavailable { pending: true, .. }),
@@ -1605,7 +1610,7 @@ mod tests {
         assert_eq!(a.spent_today().unwrap(), "0.42".parse().unwrap());
         assert_eq!(StateDir::new(wallet.path()).load().unwrap().spends.len(), 1);
         let paid = f.payments();
-        assert_eq!(paid.len(), 3);
+        assert_eq!(paid.len(), 5);
         assert!(
             paid.iter().all(|p| *p == paid[0]),
             "one payment, sent again"

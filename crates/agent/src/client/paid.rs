@@ -28,6 +28,8 @@ pub(super) struct PaidRequest<'a> {
     pub body: Option<&'a Value>,
     pub owner: Option<&'a SimRecord>,
     pub headers: &'a [(&'static str, String)],
+    /// The device request the paying proxy pays for ([`crate::replay`]); `None` for the CLI's own.
+    pub slot: Option<&'a crate::replay::Slot>,
 }
 
 impl PaidRequest<'_> {
@@ -98,7 +100,14 @@ impl Agent {
         purpose: &str,
         slot: &crate::replay::Slot,
     ) -> Result<Answer, AgentError> {
-        self.pay_and_keep(path, body, purpose, None, headers, |s, answer| {
+        let request = PaidRequest {
+            path,
+            body,
+            owner: None,
+            headers,
+            slot: Some(slot),
+        };
+        self.pay_request(&request, purpose, |s, answer| {
             crate::replay::remember(
                 &mut s.paid_answers,
                 slot,
@@ -111,15 +120,21 @@ impl Agent {
         .await
     }
 
-    /// Whether a payment signed for this request (`body` `None`: a GET) is still pending in this agent's state
-    /// for this facilitator, which [`Agent::pay_for_device`] would send again. A state that cannot be read, or a
-    /// payment pending with another facilitator, is not: the request goes on as any other, and if it draws a
-    /// 402, paying reports the problem.
-    pub fn has_pending(&self, path: &str, body: Option<&Value>) -> bool {
+    /// Whether a payment signed for this request (`body` `None`: a GET) of the requester of `slot` is still
+    /// pending in this agent's state for this facilitator, which [`Agent::pay_for_device`] would send again. A
+    /// state that cannot be read, a payment pending with another facilitator, or one signed for another
+    /// requester's same request (or under another `Idempotency-Key`), is not: the request goes on as any other,
+    /// and if it draws a 402, paying reports the problem.
+    pub fn has_pending(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+        slot: &crate::replay::Slot,
+    ) -> bool {
         self.state.load().is_ok_and(|state| {
             matches!(
                 pending_for(&state, &self.config.origin(), path, body),
-                Ok((_, Some(_)))
+                Ok((_, Some(p))) if p.slot.as_ref().is_none_or(|s| s.same_requester(slot))
             )
         })
     }
@@ -145,13 +160,46 @@ impl Agent {
             body,
             owner,
             headers,
+            slot: None,
         };
+        self.pay_request(&request, purpose, keep).await
+    }
+
+    /// [`Agent::pay_and_keep`] of `request`.
+    async fn pay_request<T>(
+        &self,
+        request: &PaidRequest<'_>,
+        purpose: &str,
+        keep: impl FnOnce(&mut State, Answer) -> Result<T, AgentError>,
+    ) -> Result<T, AgentError> {
+        let (path, body) = (request.path, request.body);
         let origin = self.config.origin();
         let state = self.state.load().map_err(local)?;
         // Keyed by the facilitator too: a payment signed for one facilitator is sent again to that one only
         // (another could use the authorization without delivering anything).
         let (key, pending) = pending_for(&state, &origin, path, body)?;
         let held = match pending {
+            // The same request of another of the device's requesters (another credential or label, or another
+            // `Idempotency-Key`: modules behind one address): never sent again for it (it would hand this one
+            // that one's SIM, and that one would pay again), and nothing new is signed while it is pending (its
+            // key is the request's). Before, it was sent again for whoever sent the same body.
+            Some(p)
+                if request
+                    .slot
+                    .zip(p.slot.as_ref())
+                    .is_some_and(|(mine, theirs)| !mine.same_requester(theirs)) =>
+            {
+                return Err(AgentError::Unavailable {
+                    message: format!(
+                        "the payment {id} for this same request, signed for another requester of this device (another \
+                         credential, label or Idempotency-Key), is still pending; nothing is signed for this one \
+                         while it is (that requester's same request collects it; {})",
+                        super::device::forget_hint(self.state.path(), &p.payment_id),
+                        id = p.payment_id
+                    ),
+                    pending: false,
+                });
+            }
             Some(p) => {
                 self.say(&format!(
                     "sending again the payment {} still pending for this request (never paid twice)",
@@ -170,7 +218,7 @@ impl Agent {
                         request.method(),
                         path,
                         body,
-                        &self.credentials(&request, None)?,
+                        &self.credentials(request, None)?,
                     )
                     .await
                     .map_err(|e| self.unreachable(&e, false))?;
@@ -252,6 +300,7 @@ impl Agent {
                     payment_id: id.as_str().to_owned(),
                     header: signed.header.clone(),
                     valid_before: signed.valid_before,
+                    slot: request.slot.cloned(),
                 };
                 if let Err(e) = self.lock_for_signing() {
                     self.release(id.as_str())?;
@@ -293,7 +342,7 @@ impl Agent {
                 }
             }
         };
-        self.deliver(&request, &held, PENDING_RETRIES, keep)
+        self.deliver(request, &held, PENDING_RETRIES, keep)
             .await
             .map_err(|u| u.error)
     }
@@ -429,8 +478,15 @@ impl Agent {
                     tokio::time::sleep(wait).await;
                 }
                 // Refused before settlement: nothing was charged. One that says it charged (`charged: true`)
-                // never frees its spend: it goes on to the arms below (kept pending, or its spend kept).
-                402 if answer.body["charged"] != json!(true) => {
+                // never frees its spend: it goes on to the arms below (kept pending, or its spend kept). Only
+                // the facilitator's own 402 (its JSON `error` object, or a new challenge): a 402 from something
+                // in front of it (a hosting platform's "payment required" page) says nothing of this payment,
+                // which goes on to the foreign-4xx arm below. Before, it ended the payment as uncharged, and a
+                // payment charged earlier (its answer lost) was paid again on the next run.
+                402 if answer.body["charged"] != json!(true)
+                    && (answer.body["error"].is_object()
+                        || answer.header(PAYMENT_REQUIRED).is_some()) =>
+                {
                     self.state
                         .update(|s| s.refused(key, payment_id))
                         .map_err(local)?;

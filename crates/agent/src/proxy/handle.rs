@@ -66,16 +66,28 @@ impl Shared {
         // anything else. Forwarded unpaid first, the request may no longer be answered 402 (a switch already made
         // answers 409, a quota request is granted) and the payment would stay pending, its purchase never
         // delivered.
-        let resend = slot.is_some() && {
-            let body = (req.method != reqwest::Method::GET)
-                .then(|| serde_json::from_slice::<Value>(&req.body).ok())
-                .flatten();
-            let parsed = req.method == reqwest::Method::GET || body.is_some();
-            parsed
-                && self
-                    .agent_for(&device)
-                    .has_pending(&req.path, body.as_ref())
-        };
+        let body = (req.method != reqwest::Method::GET)
+            .then(|| serde_json::from_slice::<Value>(&req.body).ok())
+            .flatten();
+        let parsed = req.method == reqwest::Method::GET || body.is_some();
+        let resend = parsed
+            && slot.as_ref().is_some_and(|slot| {
+                self.agent_for(&device)
+                    .has_pending(&req.path, body.as_ref(), slot)
+            });
+        // The device's other payments still pending for the same purchase are sent again first (each answer kept
+        // for its own request: a collected top-up may make this one free); one still pending holds a new payment
+        // back, told only if the request does draw a 402 (`client/device.rs`).
+        let mut held_back = None;
+        if let (false, true, Some(slot)) = (resend, parsed, &slot) {
+            match self
+                .collect_earlier(&req, body.as_ref(), slot, &device)
+                .await
+            {
+                Ok(held) => held_back = held,
+                Err(refused) => return refused,
+            }
+        }
         if !resend {
             let (status, headers, body) = match self.forward(&req).await {
                 Ok(a) => a,
@@ -91,6 +103,9 @@ impl Shared {
                     return error_reply(502, "unavailable", &why);
                 }
             };
+            if let (402, Some(held)) = (status, held_back) {
+                return error_reply(503, "unavailable", &held.to_string());
+            }
             if status != 402 {
                 let mut r = Response::new(Full::new(body));
                 *r.status_mut() =
@@ -229,6 +244,53 @@ impl Shared {
             }
             Err(e) => error_reply(500, "internal", &e.to_string()),
         }
+    }
+
+    /// Send again the device's other payments pending for the purchase `req` makes (`body`: its JSON, `None`
+    /// for a GET), under the device's state lock, each outcome in the audit log: why a new payment must wait, if
+    /// one does (`Ok(None)`: go on). `Err`: the answer to give at once (the state is another command's, or
+    /// cannot be read).
+    async fn collect_earlier(
+        &self,
+        req: &Parts,
+        body: Option<&Value>,
+        slot: &Slot,
+        device: &str,
+    ) -> Result<Option<AgentError>, Reply> {
+        let agent = self.agent_for(device);
+        if !agent.has_earlier(&req.path, body, slot) {
+            return Ok(None);
+        }
+        let _state = match agent.state().try_lock() {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                return Err(error_reply(
+                    503,
+                    "unavailable",
+                    "this device's payment state is in use by another esim402-agent; send the request again shortly",
+                ));
+            }
+            Err(e) => return Err(error_reply(500, "internal", &e)),
+        };
+        let before = device_spends(agent.state());
+        let earlier = agent
+            .collect_for_device(&req.path, body, slot, &req.headers)
+            .await
+            .map_err(|e| error_reply(500, "internal", &e.to_string()))?;
+        let after = device_spends(agent.state());
+        for (spend, outcome) in outcomes(before.as_ref(), &[], after.as_ref()) {
+            let Some((_, path)) = earlier.sent.iter().find(|(id, _)| *id == spend.payment_id)
+            else {
+                continue;
+            };
+            self.audit.append(&json!({
+                "at": unix_now(), "event": outcome, "device": device, "path": path,
+                "payment_id": spend.payment_id, "amount_usdc": spend.amount_usdc,
+                "pay_to": spend.pay_to, "network": spend.network,
+                "transaction": spend.transaction, "collected_before": true,
+            }));
+        }
+        Ok(earlier.held_back)
     }
 
     /// The answer to `slot` if the device's same request was paid for a short while ago (kept in its state,

@@ -17,7 +17,9 @@
 //! A paid answer is kept 15 minutes in the device's state: the same request (or `Idempotency-Key`) sent again
 //! within them by the same requester (its `Authorization` and `X-Agent-ID`, to the same facilitator; never with
 //! a `Sign-In-With-X`) is answered with it, nothing forwarded or paid; a device named by a header only by its
-//! `Idempotency-Key` ([`crate::replay`]).
+//! `Idempotency-Key` ([`crate::replay`]). A payment still pending is sent again for its own request and
+//! requester only; before a device's purchase is paid, its other payments pending for that purchase are sent
+//! again first, and one still pending holds a new payment back (`client/device.rs`).
 //!
 //! Devices are not browsers: what a browser would send (`Origin`, `Sec-Fetch-*`, a body that is not JSON, a
 //! host name a web page could rebind to this machine) is refused before anything is forwarded or paid, so no
@@ -44,6 +46,8 @@
 mod audit;
 mod checks;
 mod devices;
+#[cfg(test)]
+mod earlier_tests;
 mod forward;
 mod handle;
 #[cfg(test)]

@@ -1,0 +1,124 @@
+//! A device's earlier payment still pending for the same purchase, as a device meets it through a real proxy
+//! (`client/device.rs`): sent again before a new one is signed, holding the new one back while it stays
+//! pending, and never sent again for another requester's same request.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use serde_json::json;
+
+use super::server::LIMITS;
+use super::tests::{exchange, proxy, request};
+
+fn down() -> (u16, serde_json::Value) {
+    (
+        503,
+        json!({"error": {"code": "unavailable", "message": "down"}}),
+    )
+}
+
+/// Fix (a review, thirty-third session): a device whose paid activation was left pending and which then asks
+/// for another activation (another `data_mb`) gets no second payment signed while the first stays pending (503);
+/// once the facilitator answers, the first is collected and kept for its own request, and only then is the new
+/// one paid. Before, the second request was paid at once: two SIMs for one device's one need.
+#[tokio::test]
+async fn an_earlier_payment_for_the_same_purchase_is_collected_before_a_new_one_is_signed() {
+    let upstream = crate::testing::facilitator(vec![
+        down(),
+        down(),
+        down(),
+        (200, crate::testing::sim_answer("8901")),
+        (200, crate::testing::sim_answer("8902")),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+    let buy = |body: &str| request(addr, "POST", "/v1/esim/activate", "", body);
+    let first = r#"{"region":"us-west","data_mb":1}"#;
+    let second = r#"{"region":"us-west","data_mb":2}"#;
+    let (status, answer) = exchange(addr, &buy(first)).await;
+    assert_eq!(status, 503, "{answer}");
+    let (status, answer) = exchange(addr, &buy(second)).await;
+    assert_eq!(status, 503, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("still pending"), "{message}");
+    let paid = upstream.payments();
+    assert_eq!(
+        paid.len(),
+        2,
+        "the first payment sent again, nothing new signed"
+    );
+    assert_eq!(paid[0], paid[1]);
+    // A request of the same purchase that draws no 402 (this facilitator answers a GET for free) is answered:
+    // only a payment waits.
+    let free = request(
+        addr,
+        "GET",
+        "/v1/esim/activate?region=us-west&data_mb=3",
+        "",
+        "",
+    );
+    let (status, answer) = exchange(addr, &free).await;
+    assert_eq!((status, &answer), (200, &json!({"ok": true})));
+    assert_eq!(
+        upstream.payments().len(),
+        3,
+        "the first sent again before it"
+    );
+
+    let (status, answer) = exchange(addr, &buy(second)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["iccid"], "8902");
+    let paid = upstream.payments();
+    assert_eq!(paid.len(), 5);
+    assert_eq!(paid[3], paid[0], "the first collected first");
+    assert_ne!(paid[4], paid[0], "then the new one paid");
+    // The first request, sent again, gets the SIM its payment bought, kept when it was collected.
+    let (status, answer) = exchange(addr, &buy(first)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["iccid"], "8901");
+    assert_eq!(upstream.payments().len(), 5, "nothing more sent");
+    let log = super::tests::audit_lines(dir.path());
+    assert!(
+        log.iter()
+            .any(|l| l["event"] == "settled" && l["collected_before"] == true),
+        "{log:?}"
+    );
+}
+
+/// Fix (a review, thirty-third session): modules behind one address told apart by their label. A payment
+/// pending for module A's activation is never sent again for module B's same request, even under the same
+/// `Idempotency-Key` (it would hand B A's SIM, and A would pay again): B is told to send again later (503),
+/// nothing signed; A's own resend collects it.
+#[tokio::test]
+async fn a_pending_payment_is_never_sent_again_for_another_requesters_same_request() {
+    let upstream =
+        crate::testing::facilitator(vec![down(), (200, crate::testing::sim_answer("8901"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+    let body = r#"{"region":"us-west","data_mb":1}"#;
+    let a = "x-agent-id: a\r\nidempotency-key: K-1\r\n";
+    let b = "x-agent-id: b\r\nidempotency-key: K-1\r\n";
+    let buy = |headers: &str| request(addr, "POST", "/v1/esim/activate", headers, body);
+    let (status, answer) = exchange(addr, &buy(a)).await;
+    assert_eq!(status, 503, "{answer}");
+    let (status, answer) = exchange(addr, &buy(b)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.get("iccid").is_none(), "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another requester"),
+        "{answer}"
+    );
+    assert_eq!(
+        upstream.payments().len(),
+        1,
+        "not sent for B, nothing signed"
+    );
+    let (status, answer) = exchange(addr, &buy(a)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["iccid"], "8901");
+    let paid = upstream.payments();
+    assert_eq!((paid.len(), &paid[0]), (2, &paid[1]), "A's own, collected");
+}
