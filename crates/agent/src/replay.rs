@@ -4,7 +4,8 @@
 //! Invariants:
 //! - An answer is kept in the device's `state.json` in the very save that settles its payment (the `keep` of
 //!   [`crate::Agent::pay_for_device`], or of [`crate::Agent::collect_for_device`] when another request of the
-//!   device collects it): a payment never settles without its answer kept, and the file is
+//!   device collects it): a payment of a request whose answers are kept ([`Slot::kept`]) never settles without
+//!   its answer kept, and the file is
 //!   private (0600 in a 0700 directory) as it is for the SIMs' tokens, which the answer holds too.
 //! - Kept [`KEEP_SECS`] at most, [`MAX_KEPT`] per device at most (the oldest goes first); expired entries
 //!   are dropped when the next answer is kept, and never answered with.

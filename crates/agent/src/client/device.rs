@@ -5,15 +5,17 @@
 //! the new one would (before, a device whose paid activation or top-up was left pending got a second one paid
 //! by sending another body: another `data_mb`, `quota_kb` or the query form).
 //!
-//! One whose answer its own request can read again ([`crate::replay::Slot::kept`]), or a top-up (whose answer
-//! the device does not need: the data is credited), is sent again first, its answer kept for its own request;
-//! once that ends it, it holds nothing back. Any other (a sign-in's, a device named by a header without a key,
-//! an earlier proxy's) is left to its own request, which collects it: sent for another, its answer (a SIM's
-//! activation code and token) would reach nobody. Another requester's payments are never sent here (its
-//! credential is not this request's to use), and hold back only that requester's same request
-//! (`Agent::pay_for_device`).
-
-use std::path::Path;
+//! One whose answer its own request can read again ([`crate::replay::Slot::kept`], for as long as any kept
+//! answer), or a top-up (whose answer the device does not need: the data is credited), is sent again first, its
+//! answer kept for its own request; once that ends it, it holds nothing back. Any other (a sign-in's, a device
+//! named by a header without a key, an earlier proxy's) is left to its own request, which collects it: sent for
+//! another, its answer (a SIM's activation code and token) would reach nobody. One pending with another
+//! facilitator (the proxy restarted with another `--url`) is not sent here either, and holds back too. Another
+//! requester's payments are never sent here (its credential is not this request's to use): one holds back only
+//! the same request (the same body) from anyone else (`Agent::pay_for_device`).
+//!
+//! An `Idempotency-Key` names one request: while a payment signed under it is pending, the key sent with
+//! another request (or by another requester) is refused ([`Agent::key_taken`]), as a kept answer's is.
 
 use serde_json::Value;
 
@@ -24,23 +26,34 @@ use crate::error::AgentError;
 use crate::replay::Slot;
 use crate::state::{PendingPayment, State};
 
-/// What [`Agent::collect_for_device`] did: the payments it sent again (payment id, the path each paid for), and
-/// why a new payment for the purchase must wait, if one is still held back.
+/// What [`Agent::collect_for_device`] did: the payments it sent again, and why a new payment for the purchase
+/// must wait, if one is still held back.
 #[derive(Debug, Default)]
 pub struct Earlier {
-    /// Each payment sent again: its id and its request's path.
-    pub sent: Vec<(String, String)>,
+    /// Each payment sent again.
+    pub sent: Vec<Sent>,
     /// A payment for the same purchase still pending ([`AgentError::Unavailable`], nothing signed).
     pub held_back: Option<AgentError>,
 }
 
-/// How an operator gives up the payment `id` pending in the state directory `dir` (as a last resort: it may
-/// have been charged).
-pub(super) fn forget_hint(dir: &Path, id: &str) -> String {
+/// A payment [`Agent::collect_for_device`] sent again.
+#[derive(Debug)]
+pub struct Sent {
+    /// Its payment id.
+    pub payment_id: String,
+    /// The path of the request it paid for.
+    pub path: String,
+    /// The facilitator's paid answer (status, body), if it was collected.
+    pub answer: Option<(u16, Value)>,
+}
+
+/// How the proxy's operator gives up the payment `id` (as a last resort: it may have been charged). Told to a
+/// device too, so it names no path of the proxy's machine.
+pub(super) fn forget_hint(id: &str) -> String {
     format!(
-        "if it can never be collected, the operator gives it up with `esim402-agent --state-dir {} pending --forget \
-         {id}` (it may have been charged: its spend stays counted)",
-        dir.display()
+        "if it can never be collected, the proxy's operator can give it up (`esim402-agent --state-dir \
+         <proxy state dir>/devices/<device id> --url <facilitator> pending --forget {id} --force`; it may have been \
+         charged: its spend stays counted)"
     )
 }
 
@@ -70,26 +83,34 @@ impl Agent {
             .cloned()
             .collect();
         let state = self.state.load().map_err(local)?;
+        let origin = self.config.origin();
         let mut out = Earlier::default();
         for (request, payment) in self.earlier(&state, path, body, slot) {
             let collectable = matches!(request.purchase, Purchase::TopUp(_))
                 || payment.slot.as_ref().is_some_and(|s| s.kept);
-            let why = if collectable {
-                out.sent
-                    .push((payment.payment_id.clone(), request.path.clone()));
-                match self.collect_one_for(&request, &payment, &headers).await? {
-                    None => continue,
-                    Some(why) => why,
+            let why = match request.elsewhere(&payment, &origin) {
+                Some(other) => format!("with another facilitator, {other}: not sent here"),
+                None if collectable => {
+                    let (answer, still) =
+                        self.collect_one_for(&request, &payment, &headers).await?;
+                    out.sent.push(Sent {
+                        payment_id: payment.payment_id.clone(),
+                        path: request.path.clone(),
+                        answer,
+                    });
+                    match still {
+                        None => continue,
+                        Some(why) => why,
+                    }
                 }
-            } else {
-                "its own request (sent again) collects it".to_owned()
+                None => "the device's request it was signed for collects it".to_owned(),
             };
             out.held_back.get_or_insert(AgentError::Unavailable {
                 message: format!(
                     "the payment {id} for {purchase}, signed earlier for another request of this device ({path}), is \
                      still pending ({why}); nothing new is signed for {purchase} while it is (it may have been \
                      charged): send the request again later; {}",
-                    forget_hint(self.state.path(), &payment.payment_id),
+                    forget_hint(&payment.payment_id),
                     id = payment.payment_id,
                     purchase = request.purchase,
                     path = request.path,
@@ -100,14 +121,28 @@ impl Agent {
         Ok(out)
     }
 
-    /// Send `payment` for `request` again once, its paid answer kept for its own request; `None` once it no
-    /// longer pends, or why it still does.
+    /// Whether a payment is pending under `slot`'s `Idempotency-Key` for another request or requester: the key
+    /// names that request while its payment is pending (it is refused with another, as a kept answer's key is;
+    /// before, the new body was paid too, and the first payment's answer, collected first, was overwritten under
+    /// the key). A request without a key is its own key (its requester included): never taken by another.
+    pub fn key_taken(&self, slot: &Slot) -> bool {
+        self.state.load().is_ok_and(|state| {
+            state.pending.values().any(|p| {
+                p.slot
+                    .as_ref()
+                    .is_some_and(|s| s.key == slot.key && s.request != slot.request)
+            })
+        })
+    }
+
+    /// Send `payment` for `request` again once, its paid answer kept for its own request: the answer, if
+    /// collected, and `None` once it no longer pends, or why it still does.
     async fn collect_one_for(
         &self,
         request: &PendingRequest,
         payment: &PendingPayment,
         headers: &[(&'static str, String)],
-    ) -> Result<Option<String>, AgentError> {
+    ) -> Result<(Option<(u16, Value)>, Option<String>), AgentError> {
         self.say(&format!(
             "sending again the payment {} still pending for {} of this device (never paid twice)",
             payment.payment_id, request.purchase
@@ -137,22 +172,26 @@ impl Agent {
                         now(),
                     );
                 }
-                Ok(())
+                Ok((answer.status, answer.body))
             })
             .await;
-        let Err(undelivered) = sent else {
-            return Ok(None);
+        let undelivered = match sent {
+            Ok(answer) => return Ok((Some(answer), None)),
+            Err(undelivered) => undelivered,
         };
         // Ended by its answer (nothing charged, or its spend kept): it holds nothing back.
         let state = self.state.load().map_err(local)?;
-        Ok(state
-            .pending
-            .contains_key(&request.key)
-            .then(|| undelivered.error.to_string()))
+        Ok((
+            None,
+            state
+                .pending
+                .contains_key(&request.key)
+                .then(|| undelivered.error.to_string()),
+        ))
     }
 
-    /// The payments of `slot`'s requester pending in `state` with this facilitator for the purchase of `path`,
-    /// but for this very request (the paid walk sends that one again).
+    /// The payments of `slot`'s requester pending in `state` for the purchase of `path`, but for this very
+    /// request (the paid walk sends that one again).
     fn earlier(
         &self,
         state: &State,
@@ -160,7 +199,7 @@ impl Agent {
         body: Option<&Value>,
         slot: &Slot,
     ) -> Vec<(PendingRequest, PendingPayment)> {
-        let (origin, purchase) = (self.config.origin(), Purchase::of(path));
+        let purchase = Purchase::of(path);
         if matches!(purchase, Purchase::Other(_)) {
             return Vec::new();
         }
@@ -174,11 +213,8 @@ impl Agent {
                     && request.body.as_ref() == body
                     && theirs.is_none_or(|s| s.same_requester(slot));
                 let mine = theirs.is_none_or(|s| s.who == slot.who);
-                (request.purchase == purchase
-                    && mine
-                    && !this_one
-                    && request.elsewhere(payment, &origin).is_none())
-                .then(|| (request, payment.clone()))
+                (request.purchase == purchase && mine && !this_one)
+                    .then(|| (request, payment.clone()))
             })
             .collect()
     }

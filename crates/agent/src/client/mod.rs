@@ -23,7 +23,7 @@ pub use collect::{
     Collection, CommandKind, Outcome, PendingInfo, Purchase, forget_pending, pending_payments,
     utc_time,
 };
-pub use device::Earlier;
+pub use device::{Earlier, Sent};
 pub use facilitator::{FORGET_WARNING, Facilitator};
 pub use list::{MAX_LIST_PAGES, MAX_LISTED_SIMS};
 pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};
@@ -1582,6 +1582,10 @@ mod tests {
             (402, json!({"error": "deployment over quota"})),
             (
                 402,
+                json!({"error": {"code": "over_quota", "message": "a platform's"}}),
+            ),
+            (
+                402,
                 json!({"error": {"code": "invalid_signature", "message": "no"}, "charged": true}),
             ),
         ])
@@ -1589,7 +1593,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wallet = tempfile::tempdir().unwrap();
         let a = budgeted_agent(&f.url, dir.path(), wallet.path());
-        for status in [403, 404, 402, 402] {
+        for status in [403, 404, 402, 402, 402] {
             let e = a.activate(&buy()).await.unwrap_err();
             assert!(
                 matches!(e, AgentError::Unavailable { pending: true, .. }),
@@ -1610,7 +1614,7 @@ mod tests {
         assert_eq!(a.spent_today().unwrap(), "0.42".parse().unwrap());
         assert_eq!(StateDir::new(wallet.path()).load().unwrap().spends.len(), 1);
         let paid = f.payments();
-        assert_eq!(paid.len(), 5);
+        assert_eq!(paid.len(), 6);
         assert!(
             paid.iter().all(|p| *p == paid[0]),
             "one payment, sent again"

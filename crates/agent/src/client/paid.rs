@@ -194,7 +194,7 @@ impl Agent {
                         "the payment {id} for this same request, signed for another requester of this device (another \
                          credential, label or Idempotency-Key), is still pending; nothing is signed for this one \
                          while it is (that requester's same request collects it; {})",
-                        super::device::forget_hint(self.state.path(), &p.payment_id),
+                        super::device::forget_hint(&p.payment_id),
                         id = p.payment_id
                     ),
                     pending: false,
@@ -479,13 +479,14 @@ impl Agent {
                 }
                 // Refused before settlement: nothing was charged. One that says it charged (`charged: true`)
                 // never frees its spend: it goes on to the arms below (kept pending, or its spend kept). Only
-                // the facilitator's own 402 (its JSON `error` object, or a new challenge): a 402 from something
-                // in front of it (a hosting platform's "payment required" page) says nothing of this payment,
-                // which goes on to the foreign-4xx arm below. Before, it ended the payment as uncharged, and a
-                // payment charged earlier (its answer lost) was paid again on the next run.
-                402 if answer.body["charged"] != json!(true)
-                    && (answer.body["error"].is_object()
-                        || answer.header(PAYMENT_REQUIRED).is_some()) =>
+                // the facilitator's own 402 (one saying `charged: false`, or a new challenge): a 402 from
+                // something in front of it (a hosting platform's "payment required" page, JSON or not) says
+                // nothing of this payment, which goes on to the foreign-4xx arm below. Before, it ended the
+                // payment as uncharged, and a payment charged earlier (its answer lost) was paid again on the
+                // next run.
+                402 if answer.body["charged"] == json!(false)
+                    || answer.body["charged"].is_null()
+                        && answer.header(PAYMENT_REQUIRED).is_some() =>
                 {
                     self.state
                         .update(|s| s.refused(key, payment_id))
@@ -629,7 +630,13 @@ impl Agent {
                 // the same payment collects its answer later. Once it can no longer be (its `validBefore` and
                 // the grace past), the same answer is a WAF's or proxy's refusal that every sending meets: its
                 // spend stays counted (`unknown`) and the request is no longer held back by it.
-                300..=499 if answer.status < 400 || !answer.body["error"].is_object() => {
+                // A 402 that got here not saying it charged is not the facilitator's refusal either (the 402
+                // arms above).
+                300..=499
+                    if answer.status < 400
+                        || answer.status == 402 && answer.body["charged"] != json!(true)
+                        || !answer.body["error"].is_object() =>
+                {
                     let what = match answer.header("location") {
                         Some(to) if answer.status < 400 => {
                             format!("a redirect ({} to {to})", answer.status)

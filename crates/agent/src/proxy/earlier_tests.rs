@@ -86,9 +86,9 @@ async fn an_earlier_payment_for_the_same_purchase_is_collected_before_a_new_one_
 }
 
 /// Fix (a review, thirty-third session): modules behind one address told apart by their label. A payment
-/// pending for module A's activation is never sent again for module B's same request, even under the same
-/// `Idempotency-Key` (it would hand B A's SIM, and A would pay again): B is told to send again later (503),
-/// nothing signed; A's own resend collects it.
+/// pending for module A's activation is never sent again for module B's same request (it would hand B A's SIM,
+/// and A would pay again): under A's `Idempotency-Key` B is refused (422), under its own told to send again
+/// later (503), nothing signed either way; A's own resend collects it.
 #[tokio::test]
 async fn a_pending_payment_is_never_sent_again_for_another_requesters_same_request() {
     let upstream =
@@ -97,10 +97,13 @@ async fn a_pending_payment_is_never_sent_again_for_another_requesters_same_reque
     let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
     let body = r#"{"region":"us-west","data_mb":1}"#;
     let a = "x-agent-id: a\r\nidempotency-key: K-1\r\n";
-    let b = "x-agent-id: b\r\nidempotency-key: K-1\r\n";
+    let b_under_a_key = "x-agent-id: b\r\nidempotency-key: K-1\r\n";
+    let b = "x-agent-id: b\r\nidempotency-key: K-2\r\n";
     let buy = |headers: &str| request(addr, "POST", "/v1/esim/activate", headers, body);
     let (status, answer) = exchange(addr, &buy(a)).await;
     assert_eq!(status, 503, "{answer}");
+    let (status, answer) = exchange(addr, &buy(b_under_a_key)).await;
+    assert_eq!(status, 422, "{answer}");
     let (status, answer) = exchange(addr, &buy(b)).await;
     assert_eq!(status, 503, "{answer}");
     assert!(answer.get("iccid").is_none(), "{answer}");
@@ -121,4 +124,28 @@ async fn a_pending_payment_is_never_sent_again_for_another_requesters_same_reque
     assert_eq!(answer["iccid"], "8901");
     let paid = upstream.payments();
     assert_eq!((paid.len(), &paid[0]), (2, &paid[1]), "A's own, collected");
+}
+
+/// Fix (a fresh-user trial, thirty-third session): an `Idempotency-Key` whose payment is pending, sent with
+/// another body, is refused (422) and nothing is paid; the first request under the key still collects its SIM.
+/// Before, the pending payment was collected first and the new body paid too, its answer overwriting the first
+/// one's under the key (two SIMs, the first one's code reaching nobody).
+#[tokio::test]
+async fn a_key_whose_payment_is_pending_is_refused_with_another_body() {
+    let upstream =
+        crate::testing::facilitator(vec![down(), (200, crate::testing::sim_answer("8901"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+    let key = "idempotency-key: k-dev4-a1\r\n";
+    let buy = |body: &str| request(addr, "POST", "/v1/esim/activate", key, body);
+    let (status, answer) = exchange(addr, &buy(r#"{"region":"us-west","data_mb":20}"#)).await;
+    assert_eq!(status, 503, "{answer}");
+    let (status, answer) = exchange(addr, &buy(r#"{"region":"us-west","data_mb":5}"#)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(upstream.payments().len(), 1, "nothing sent, nothing signed");
+    let (status, answer) = exchange(addr, &buy(r#"{"region":"us-west","data_mb":20}"#)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["iccid"], "8901");
+    let paid = upstream.payments();
+    assert_eq!((paid.len(), &paid[0]), (2, &paid[1]));
 }

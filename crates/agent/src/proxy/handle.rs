@@ -80,12 +80,25 @@ impl Shared {
         // back, told only if the request does draw a 402 (`client/device.rs`).
         let mut held_back = None;
         if let (false, true, Some(slot)) = (resend, parsed, &slot) {
+            if self.agent_for(&device).key_taken(slot) {
+                return error_reply(
+                    422,
+                    "invalid_input",
+                    "this Idempotency-Key was sent with another request whose payment is still pending; nothing \
+                     was paid (send that request again to collect it, or use a new key)",
+                );
+            }
             match self
                 .collect_earlier(&req, body.as_ref(), slot, &device)
                 .await
             {
                 Ok(held) => held_back = held,
                 Err(refused) => return refused,
+            }
+            // A payment just collected may have been this very request's under another spelling (a paid GET's
+            // query in another order): its answer is now kept for it.
+            if let Some(reply) = self.replay(slot, &req.path, &device) {
+                return reply;
             }
         }
         if !resend {
@@ -279,16 +292,26 @@ impl Shared {
             .map_err(|e| error_reply(500, "internal", &e.to_string()))?;
         let after = device_spends(agent.state());
         for (spend, outcome) in outcomes(before.as_ref(), &[], after.as_ref()) {
-            let Some((_, path)) = earlier.sent.iter().find(|(id, _)| *id == spend.payment_id)
+            let Some(sent) = earlier
+                .sent
+                .iter()
+                .find(|s| s.payment_id == spend.payment_id)
             else {
                 continue;
             };
-            self.audit.append(&json!({
-                "at": unix_now(), "event": outcome, "device": device, "path": path,
+            let mut entry = json!({
+                "at": unix_now(), "event": outcome, "device": device, "path": sent.path,
                 "payment_id": spend.payment_id, "amount_usdc": spend.amount_usdc,
                 "pay_to": spend.pay_to, "network": spend.network,
                 "transaction": spend.transaction, "collected_before": true,
-            }));
+            });
+            // The facilitator's own figures, beside the agent's (as for a payment of the request itself).
+            if let (Some((status, body)), "settled") = (&sent.answer, outcome) {
+                entry["status"] = json!(status);
+                entry["invoice_id"] = body["invoice_id"].clone();
+                entry["facilitator_amount_usdc"] = body["amount_usdc"].clone();
+            }
+            self.audit.append(&entry);
         }
         Ok(earlier.held_back)
     }

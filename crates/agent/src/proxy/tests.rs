@@ -322,7 +322,7 @@ async fn every_payment_signed_is_in_the_audit_log_and_how_it_ended() {
         ),
         (
             402,
-            json!({"error": {"code": "invalid_signature", "message": "no"}}),
+            json!({"error": {"code": "invalid_signature", "message": "no"}, "charged": false}),
         ),
     ])
     .await;
