@@ -953,6 +953,24 @@ fn the_cost_command_reproduces_the_seed_fleet_without_a_wallet() {
     assert_eq!(bad.status.code(), Some(2), "bad input is a usage error");
 }
 
+/// Output to a reader that went away (`esim402-agent cost | head -1`) ends the CLI quietly: before, `println!`
+/// panicked on the broken pipe (exit 101 and a backtrace; a fresh-user trial, thirty-third session).
+#[test]
+fn output_to_a_closed_pipe_ends_the_cli_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(agent_bin())
+        .args(["cost", "--devices", "10", "--mb-per-device", "1"])
+        .env_remove("ESIM402_WALLET_KEY")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// Plain http:// to a facilitator on another machine is refused before anything is sent (a 402's `payTo` and
 /// the bearer tokens would cross the network in clear), naming the opt-in; with `--insecure-http` the URL is
 /// accepted (here the command then stops at "no SIM yet", before any request).

@@ -9,6 +9,26 @@ use esim402_agent::config::{DEFAULT_URL, KEY_ENV};
 use esim402_agent::{Agent, AgentError, Config, ExitCode, SpendPolicy, StateDir, WalletKey};
 use serde_json::{Value, json};
 
+/// `println!` that ends the process quietly once stdout is closed (`esim402-agent receipts | head`): std's
+/// `println!` panics on a broken pipe (exit 101 and a backtrace, a fresh-user trial).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(&e);
+        }
+    }};
+}
+
+/// Ends the process after a failed write to stdout: quietly (0) when the reader went away, else naming it (1).
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("esim402-agent: cannot write to stdout: {e}");
+    std::process::exit(1);
+}
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done
@@ -337,9 +357,9 @@ fn agent(cli: &Cli) -> Result<Agent, AgentError> {
 
 fn print(json_out: bool, v: &Value) {
     if json_out {
-        println!("{v}");
+        out!("{v}");
     } else {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
         );
@@ -349,7 +369,7 @@ fn print(json_out: bool, v: &Value) {
 /// A bought SIM: its activation code on stdout (or the answer as JSON), the rest on stderr.
 fn print_sim(cli: &Cli, agent: &Agent, a: &esim402_agent::client::Activation) {
     if cli.json {
-        println!("{}", a.answer);
+        out!("{}", a.answer);
     } else {
         eprintln!(
             "SIM {} on {} (tx {}); its access token is in {}",
@@ -358,7 +378,7 @@ fn print_sim(cli: &Cli, agent: &Agent, a: &esim402_agent::client::Activation) {
             a.answer["transaction"].as_str().unwrap_or("?"),
             agent.state().path().display()
         );
-        println!("{}", a.activation_code);
+        out!("{}", a.activation_code);
     }
 }
 
@@ -380,9 +400,9 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
         // The agent's own figures, like `pending`'s and `top-up`'s: lines for a person, JSON with --json (the
         // commands that print JSON either way pass the facilitator's answers on as they came).
         if cli.json {
-            println!("{}", figures.json());
+            out!("{}", figures.json());
         } else {
-            println!("{}", figures.human());
+            out!("{}", figures.human());
         }
         return Ok(());
     }
@@ -474,9 +494,9 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
         Command::TopUp { data_mb, .. } => {
             let out = agent.top_up(iccid, *data_mb).await?;
             if cli.json {
-                println!("{out}");
+                out!("{out}");
             } else {
-                println!("{}", esim402_agent::client::top_up_line(&out));
+                out!("{}", esim402_agent::client::top_up_line(&out));
             }
         }
         Command::Suspend(_) => print(cli.json, &agent.sim_post(iccid, "/suspend").await?),
@@ -575,12 +595,12 @@ fn pending(cli: &Cli, forget: Option<&str>, force: bool) -> Result<(), AgentErro
     let Some(id) = forget else {
         let all = pending_payments(&dir.load().map_err(AgentError::Local)?);
         if cli.json {
-            println!("{}", json!({ "pending": all }));
+            out!("{}", json!({ "pending": all }));
         } else if all.is_empty() {
-            println!("no payment pending");
+            out!("no payment pending");
         } else {
             for p in &all {
-                println!("{p}");
+                out!("{p}");
             }
         }
         return Ok(());
@@ -589,12 +609,12 @@ fn pending(cli: &Cli, forget: Option<&str>, force: bool) -> Result<(), AgentErro
     let origin = esim402_agent::config::bare_origin(cli.url.trim_end_matches('/'));
     let gone = forget_pending(&dir, id, origin.as_deref(), force)?;
     if cli.json {
-        println!(
+        out!(
             "{}",
             json!({ "forgotten": gone, "warning": FORGET_WARNING })
         );
     } else {
-        println!(
+        out!(
             "forgot the payment {id} for {}, pending with {}: it is no longer sent, and no longer holds back a new \
              payment for the same purchase: {FORGET_WARNING}. Its spend{} stays counted against the daily cap (a \
              facilitator that received it may settle it until its authorization expires, {}); a record of it \
@@ -644,7 +664,7 @@ async fn proxy(cli: &Cli, p: &ProxyArgs) -> Result<(), AgentError> {
         .local_addr()
         .map_err(|e| AgentError::Local(e.to_string()))?;
     // Tests and scripts read the bound address (the port may be 0).
-    println!("esim402-agent proxy listening on http://{addr}");
+    out!("esim402-agent proxy listening on http://{addr}");
     esim402_agent::proxy::serve(
         listener,
         held,
@@ -665,7 +685,7 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             let code = e.exit_code();
             if json_out {
-                println!(
+                out!(
                     "{}",
                     json!({"error": e.to_string(), "exit_code": code as u8})
                 );
