@@ -287,8 +287,11 @@ pub async fn pay(
             let err = ApiError::new(
                 ErrorKind::Conflict,
                 format!(
-                    "{msg}; send the same payment again in a few seconds for its answer (a payer may also \
-                     list the SIMs it paid for at GET /v1/esim with its wallet sign-in)"
+                    "{msg}; its first sending still holds it, nothing more is charged: send the same payment \
+                     again shortly for its answer (a sending cut off, as by a facilitator restart, holds it up to \
+                     {} s before the same payment resumes it; a payer may also list the SIMs it paid for at GET \
+                     /v1/esim with its wallet sign-in)",
+                    esim402_core::paid::LEASE_SECS
                 ),
             );
             return Ok(answers::stored(

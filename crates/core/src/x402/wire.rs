@@ -513,10 +513,20 @@ impl FacilitatorRequest {
             .as_object_mut()
             .ok_or_else(|| PayloadError::Shape("the body is not a JSON object".into()))?;
         for field in ["paymentPayload", "paymentRequirements"] {
-            if !body.get(field).is_some_and(Value::is_object) {
-                return Err(PayloadError::Shape(format!(
-                    "missing field `{field}` (an object)"
-                )));
+            match body.get(field) {
+                Some(Value::Object(_)) => {}
+                None => {
+                    return Err(PayloadError::Shape(format!(
+                        "missing field `{field}` (an object)"
+                    )));
+                }
+                // Present but of another type: said so (it was reported missing).
+                Some(other) => {
+                    return Err(PayloadError::Shape(format!(
+                        "field `{field}` must be an object, not {}",
+                        json_kind(other)
+                    )));
+                }
             }
         }
         if !body.contains_key("x402Version")
@@ -570,6 +580,18 @@ impl VerifyRequest {
     /// The JSON text.
     pub fn to_json(&self) -> String {
         to_json(self)
+    }
+}
+
+/// What kind of JSON value `v` is, for a message naming a field of the wrong type.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -1282,6 +1304,16 @@ mod tests {
         ] {
             assert!(FacilitatorRequest::parse(bad.as_bytes()).is_err(), "{bad}");
         }
+        // A field present with another type is named as such, not as missing (a fresh-user trial).
+        let Err(e) = FacilitatorRequest::parse(br#"{"paymentPayload":1,"paymentRequirements":{}}"#)
+        else {
+            panic!("a number is no payload");
+        };
+        assert_eq!(
+            e.to_string(),
+            PayloadError::Shape("field `paymentPayload` must be an object, not a number".into())
+                .to_string()
+        );
     }
 
     #[test]
