@@ -663,8 +663,15 @@ async fn proxy(cli: &Cli, p: &ProxyArgs) -> Result<(), AgentError> {
     let addr = listener
         .local_addr()
         .map_err(|e| AgentError::Local(e.to_string()))?;
-    // Tests and scripts read the bound address (the port may be 0).
-    out!("esim402-agent proxy listening on http://{addr}");
+    // Tests and scripts read the bound address (the port may be 0). A stdout nobody reads does not stop the
+    // proxy (a supervisor would not restart a proxy that exited 0).
+    {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "esim402-agent proxy listening on http://{addr}"
+        );
+    }
     esim402_agent::proxy::serve(
         listener,
         held,
@@ -685,7 +692,10 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             let code = e.exit_code();
             if json_out {
-                out!(
+                // Its exit code tells the failure whether or not stdout is still read.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stdout().lock(),
                     "{}",
                     json!({"error": e.to_string(), "exit_code": code as u8})
                 );

@@ -276,6 +276,54 @@ pub fn remember(
     }
 }
 
+/// The most answers collected for another request ([`keep_collected`]) kept per device.
+pub const MAX_COLLECTED: usize = 64;
+
+/// Keep the paid answer `status`/`body` of a payment another request of the device collected (`slot`: the
+/// request it was signed for, which was told it is never paid twice) until that request reads it: without
+/// [`KEEP_SECS`]' expiry (its payment no longer pends, so it may come back any time and would pay again), the
+/// oldest dropped over [`MAX_COLLECTED`].
+pub fn keep_collected(
+    collected: &mut BTreeMap<String, KeptAnswer>,
+    slot: &Slot,
+    status: u16,
+    body: &Value,
+    now: u64,
+) {
+    if !slot.kept {
+        return;
+    }
+    collected.insert(
+        slot.key.clone(),
+        KeptAnswer {
+            request: slot.request.clone(),
+            at: now,
+            status,
+            body: body.clone(),
+        },
+    );
+    while collected.len() > MAX_COLLECTED {
+        let oldest = collected
+            .iter()
+            .min_by_key(|(_, k)| k.at)
+            .map(|(key, _)| key.clone());
+        match oldest {
+            Some(key) => collected.remove(&key),
+            None => break,
+        };
+    }
+}
+
+/// What `slot` finds among the answers [`keep_collected`] kept (as [`recall`], at any age).
+pub fn recall_collected(collected: &BTreeMap<String, KeptAnswer>, slot: &Slot) -> Recall {
+    match collected.get(&slot.key) {
+        _ if !slot.kept => Recall::Nothing,
+        Some(k) if k.request != slot.request => Recall::OtherRequest,
+        Some(k) => Recall::Answer(k.clone()),
+        None => Recall::Nothing,
+    }
+}
+
 /// Kept less than [`KEEP_SECS`] ago (one kept "in the future", a clock set back since, counts as fresh only
 /// within the same window).
 fn fresh(k: &KeptAnswer, now: u64) -> bool {

@@ -191,6 +191,10 @@ pub struct State {
     /// the SIMs').
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub paid_answers: BTreeMap<String, crate::replay::KeptAnswer>,
+    /// Paid answers of a device's payments that another of its requests collected, kept for the request each
+    /// was signed for until it comes back, at any age ([`crate::replay::keep_collected`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub collected_answers: BTreeMap<String, crate::replay::KeptAnswer>,
 }
 
 impl State {

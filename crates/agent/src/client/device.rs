@@ -5,14 +5,16 @@
 //! the new one would (before, a device whose paid activation or top-up was left pending got a second one paid
 //! by sending another body: another `data_mb`, `quota_kb` or the query form).
 //!
-//! One whose answer its own request can read again ([`crate::replay::Slot::kept`], for as long as any kept
-//! answer), or a top-up (whose answer the device does not need: the data is credited), is sent again first, its
-//! answer kept for its own request; once that ends it, it holds nothing back. Any other (a sign-in's, a device
-//! named by a header without a key, an earlier proxy's) is left to its own request, which collects it: sent for
-//! another, its answer (a SIM's activation code and token) would reach nobody. One pending with another
-//! facilitator (the proxy restarted with another `--url`) is not sent here either, and holds back too. Another
-//! requester's payments are never sent here (its credential is not this request's to use): one holds back only
-//! the same request (the same body) from anyone else (`Agent::pay_for_device`).
+//! One whose answer its own request can read back ([`crate::replay::Slot::kept`]), or a top-up (whose answer the
+//! device does not need: the data is credited), is sent again first, its answer kept for its own request until
+//! that request comes back ([`crate::replay::keep_collected`]); once that ends it, it holds nothing back. Any
+//! other (a device named by a header without a key, an earlier proxy's) is left to its own request while its
+//! authorization can still be settled (`validBefore` and [`SETTLE_GRACE_SECS`]); after that it is sent again
+//! here too, its answer kept for the operator ([`crate::State::unrecorded_answers`]) and for its own request, so
+//! no requester is held back for ever by a request it will not send again. So is another requester's payment for
+//! this very request (the same body: its key in the state is this request's), which until then holds this one
+//! back (`Agent::pay_for_device`). One pending with another facilitator (the proxy restarted with another
+//! `--url`) is never sent here, and holds back until the operator collects or gives it up.
 //!
 //! An `Idempotency-Key` names one request: while a payment signed under it is pending, the key sent with
 //! another request (or by another requester) is refused ([`Agent::key_taken`]), as a kept answer's is.
@@ -20,7 +22,7 @@
 use serde_json::Value;
 
 use super::collect::{PendingRequest, Purchase};
-use super::paid::{Held, PaidRequest};
+use super::paid::{Held, PaidRequest, SETTLE_GRACE_SECS};
 use super::{Agent, local, now};
 use crate::error::AgentError;
 use crate::replay::Slot;
@@ -86,13 +88,16 @@ impl Agent {
         let origin = self.config.origin();
         let mut out = Earlier::default();
         for (request, payment) in self.earlier(&state, path, body, slot) {
-            let collectable = matches!(request.purchase, Purchase::TopUp(_))
+            let mine = payment.slot.as_ref().is_none_or(|s| s.who == slot.who);
+            let readable = matches!(request.purchase, Purchase::TopUp(_))
                 || payment.slot.as_ref().is_some_and(|s| s.kept);
+            let settled_or_never = now() >= payment.valid_before.saturating_add(SETTLE_GRACE_SECS);
             let why = match request.elsewhere(&payment, &origin) {
                 Some(other) => format!("with another facilitator, {other}: not sent here"),
-                None if collectable => {
-                    let (answer, still) =
-                        self.collect_one_for(&request, &payment, &headers).await?;
+                None if mine && readable || settled_or_never => {
+                    let (answer, still) = self
+                        .collect_one_for(&request, &payment, &headers, !(mine && readable))
+                        .await?;
                     out.sent.push(Sent {
                         payment_id: payment.payment_id.clone(),
                         path: request.path.clone(),
@@ -103,7 +108,8 @@ impl Agent {
                         Some(why) => why,
                     }
                 }
-                None => "the device's request it was signed for collects it".to_owned(),
+                None if mine => "the device's request it was signed for collects it".to_owned(),
+                None => "another requester's, for this same request".to_owned(),
             };
             out.held_back.get_or_insert(AgentError::Unavailable {
                 message: format!(
@@ -135,13 +141,15 @@ impl Agent {
         })
     }
 
-    /// Send `payment` for `request` again once, its paid answer kept for its own request: the answer, if
-    /// collected, and `None` once it no longer pends, or why it still does.
+    /// Send `payment` for `request` again once, its paid answer kept for its own request (and, `for_operator`,
+    /// whole for the operator too: its own request may never read it): the answer, if collected, and `None` once
+    /// it no longer pends, or why it still does.
     async fn collect_one_for(
         &self,
         request: &PendingRequest,
         payment: &PendingPayment,
         headers: &[(&'static str, String)],
+        for_operator: bool,
     ) -> Result<(Option<(u16, Value)>, Option<String>), AgentError> {
         self.say(&format!(
             "sending again the payment {} still pending for {} of this device (never paid twice)",
@@ -160,17 +168,20 @@ impl Agent {
             header: payment.header.clone(),
             valid_before: payment.valid_before,
         };
-        let theirs = payment.slot.clone();
+        let (theirs, id) = (payment.slot.clone(), payment.payment_id.clone());
         let sent = self
             .deliver(&paid, &held, 1, |s, answer| {
                 if let Some(theirs) = &theirs {
-                    crate::replay::remember(
-                        &mut s.paid_answers,
+                    crate::replay::keep_collected(
+                        &mut s.collected_answers,
                         theirs,
                         answer.status,
                         &answer.body,
                         now(),
                     );
+                }
+                if for_operator {
+                    s.unrecorded_answers.insert(id, answer.body.clone());
                 }
                 Ok((answer.status, answer.body))
             })
@@ -190,8 +201,9 @@ impl Agent {
         ))
     }
 
-    /// The payments of `slot`'s requester pending in `state` for the purchase of `path`, but for this very
-    /// request (the paid walk sends that one again).
+    /// The payments pending in `state` for the purchase of `path` that hold this request of `slot`'s requester
+    /// back: that requester's (but for this very request: the paid walk sends that one again), and another
+    /// requester's for this very request (its key in the state is this request's).
     fn earlier(
         &self,
         state: &State,
@@ -209,11 +221,10 @@ impl Agent {
             .filter_map(|(key, payment)| {
                 let request = PendingRequest::parse(key)?;
                 let theirs = payment.slot.as_ref();
-                let this_one = request.path == path
-                    && request.body.as_ref() == body
-                    && theirs.is_none_or(|s| s.same_requester(slot));
+                let same_key = request.path == path && request.body.as_ref() == body;
+                let this_one = same_key && theirs.is_none_or(|s| s.same_requester(slot));
                 let mine = theirs.is_none_or(|s| s.who == slot.who);
-                (request.purchase == purchase && mine && !this_one)
+                (request.purchase == purchase && !this_one && (mine || same_key))
                     .then(|| (request, payment.clone()))
             })
             .collect()

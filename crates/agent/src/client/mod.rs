@@ -1621,6 +1621,27 @@ mod tests {
         );
     }
 
+    /// The facilitator's own refusal of a payment, a 402 carrying a new challenge (`PAYMENT-REQUIRED`) without
+    /// `charged`, frees the payment: nothing was charged (the spend is dropped, and the next run pays afresh).
+    #[tokio::test]
+    async fn a_refusal_with_a_new_challenge_frees_the_payment() {
+        let f = crate::testing::Server::start(|seen| {
+            let (_, headers, _) = crate::testing::challenge(seen);
+            if seen.header("payment-signature").is_none() {
+                return crate::testing::challenge(seen);
+            }
+            (402, headers, json!({"error": {"code": "payment_required", "reason": "invalid_exact_evm_payload_signature", "message": "payment refused"}}))
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = agent(&f.url, dir.path());
+        let e = a.activate(&buy()).await.unwrap_err();
+        assert!(matches!(e, AgentError::Refused { status: 402, .. }), "{e}");
+        let st = a.state().load().unwrap();
+        assert!(st.pending.is_empty() && st.spends.is_empty(), "{st:?}");
+        assert_eq!(f.payments().len(), 1);
+    }
+
     /// Fix: a redirect or a 4xx that is not the facilitator's keeps its payment pending only while its
     /// authorization can still be settled (`validBefore` and [`paid::SETTLE_GRACE_SECS`]); after, the same answer
     /// marks its spend unknown (kept counted, here and in the wallet's cap) and the request is paid afresh next

@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use super::server::LIMITS;
-use super::tests::{exchange, proxy, request};
+use super::tests::{exchange, proxy, proxy_with, request};
 
 fn down() -> (u16, serde_json::Value) {
     (
@@ -72,16 +72,98 @@ async fn an_earlier_payment_for_the_same_purchase_is_collected_before_a_new_one_
     assert_eq!(paid.len(), 5);
     assert_eq!(paid[3], paid[0], "the first collected first");
     assert_ne!(paid[4], paid[0], "then the new one paid");
-    // The first request, sent again, gets the SIM its payment bought, kept when it was collected.
+    // The first request, sent again, gets the SIM its payment bought, kept when it was collected until that
+    // request comes back (not only the 15 minutes of a kept answer: it was told it is never paid twice).
+    let file = dir.path().join("devices/127.0.0.1/state.json");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(
+        state["collected_answers"].as_object().unwrap().len(),
+        1,
+        "{state}"
+    );
     let (status, answer) = exchange(addr, &buy(first)).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["iccid"], "8901");
     assert_eq!(upstream.payments().len(), 5, "nothing more sent");
     let log = super::tests::audit_lines(dir.path());
+    let collected: Vec<_> = log
+        .iter()
+        .filter(|l| l["event"] == "settled" && l["collected_before"] == true)
+        .collect();
+    assert_eq!(collected.len(), 1, "{log:?}");
+    assert_eq!(
+        (
+            &collected[0]["path"],
+            &collected[0]["status"],
+            &collected[0]["invoice_id"]
+        ),
+        (&json!("/v1/esim/activate"), &json!(200), &json!("inv_1"))
+    );
+}
+
+/// A device named by a header and sending no key: its pending activation's answer could not be read back by
+/// its own request if another collected it, so it holds the device's other activations back (503, not sent
+/// again) while its authorization can still be settled; after that it is sent again for the operator (its
+/// answer kept whole in the device's state) and the new activation is paid: nothing held back for ever.
+#[tokio::test]
+async fn an_unreadable_earlier_payment_holds_back_only_while_it_can_be_settled() {
+    let upstream = crate::testing::facilitator(vec![
+        down(),
+        (200, crate::testing::sim_answer("8901")),
+        (200, crate::testing::sim_answer("8902")),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy_with(&upstream.url, dir.path(), LIMITS, |s| {
+        s.device_header = Some("x-device-id".into());
+    })
+    .await;
+    let buy = |body: &str| {
+        request(
+            addr,
+            "POST",
+            "/v1/esim/activate",
+            "x-device-id: pump-1\r\n",
+            body,
+        )
+    };
+    let (status, answer) = exchange(addr, &buy(r#"{"region":"us-west","data_mb":1}"#)).await;
+    assert_eq!(status, 503, "{answer}");
+    let second = r#"{"region":"us-west","data_mb":2}"#;
+    let (status, answer) = exchange(addr, &buy(second)).await;
+    assert_eq!(status, 503, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
     assert!(
-        log.iter()
-            .any(|l| l["event"] == "settled" && l["collected_before"] == true),
-        "{log:?}"
+        message.contains("collects it") && message.contains("pending --forget"),
+        "{message}"
+    );
+    assert!(
+        !message.contains(&*dir.path().to_string_lossy()),
+        "no path of the proxy's: {message}"
+    );
+    assert_eq!(
+        upstream.payments().len(),
+        1,
+        "not sent again, nothing signed"
+    );
+
+    // Its authorization can no longer be settled: sent again once, for the operator, then the new one paid.
+    let state_dir = crate::StateDir::new(dir.path().join("devices/pump-1"));
+    state_dir
+        .update(|s| s.pending.values_mut().for_each(|p| p.valid_before = 1))
+        .unwrap();
+    let (status, answer) = exchange(addr, &buy(second)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["iccid"], "8902");
+    let paid = upstream.payments();
+    assert_eq!(paid.len(), 3);
+    assert_eq!(paid[1], paid[0], "the first sent again before the new one");
+    let state = state_dir.load().unwrap();
+    assert!(state.pending.is_empty(), "{state:?}");
+    assert_eq!(
+        state.unrecorded_answers.values().next().unwrap()["iccid"],
+        "8901",
+        "kept for the operator"
     );
 }
 

@@ -22,7 +22,7 @@ use super::devices::{MAX_BUSY_DEVICES, device_lock};
 use super::forward::Parts;
 use super::reply::{Reply, error_reply, json_reply};
 use super::shared::{Shared, over_budget};
-use crate::replay::{Recall, Requester, Slot, recall};
+use crate::replay::{Recall, Requester, Slot, recall, recall_collected};
 use crate::state::Spend;
 use crate::{AgentError, StateDir};
 
@@ -325,7 +325,11 @@ impl Shared {
             Ok(state) => state,
             Err(e) => return Some(error_reply(500, "internal", &e)),
         };
-        match recall(&state.paid_answers, slot, unix_now()) {
+        let recalled = match recall(&state.paid_answers, slot, unix_now()) {
+            Recall::Nothing => recall_collected(&state.collected_answers, slot),
+            found => found,
+        };
+        match recalled {
             Recall::Nothing => None,
             Recall::OtherRequest => Some(error_reply(
                 422,
