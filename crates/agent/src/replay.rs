@@ -255,6 +255,18 @@ pub fn remember(
         return;
     }
     kept.retain(|_, k| fresh(k, now));
+    keep(kept, slot, status, body, now, MAX_KEPT);
+}
+
+/// `status`/`body` kept in `kept` for `slot` at `now`, the oldest dropped until it holds `max`.
+fn keep(
+    kept: &mut BTreeMap<String, KeptAnswer>,
+    slot: &Slot,
+    status: u16,
+    body: &Value,
+    now: u64,
+    max: usize,
+) {
     kept.insert(
         slot.key.clone(),
         KeptAnswer {
@@ -264,7 +276,7 @@ pub fn remember(
             body: body.clone(),
         },
     );
-    while kept.len() > MAX_KEPT {
+    while kept.len() > max {
         let oldest = kept
             .iter()
             .min_by_key(|(_, k)| k.at)
@@ -290,27 +302,8 @@ pub fn keep_collected(
     body: &Value,
     now: u64,
 ) {
-    if !slot.kept {
-        return;
-    }
-    collected.insert(
-        slot.key.clone(),
-        KeptAnswer {
-            request: slot.request.clone(),
-            at: now,
-            status,
-            body: body.clone(),
-        },
-    );
-    while collected.len() > MAX_COLLECTED {
-        let oldest = collected
-            .iter()
-            .min_by_key(|(_, k)| k.at)
-            .map(|(key, _)| key.clone());
-        match oldest {
-            Some(key) => collected.remove(&key),
-            None => break,
-        };
+    if slot.kept {
+        keep(collected, slot, status, body, now, MAX_COLLECTED);
     }
 }
 

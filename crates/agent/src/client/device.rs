@@ -22,6 +22,7 @@
 use serde_json::Value;
 
 use super::collect::{PendingRequest, Purchase};
+use super::facilitator::forget_hint;
 use super::paid::{Held, PaidRequest, SETTLE_GRACE_SECS};
 use super::{Agent, local, now};
 use crate::error::AgentError;
@@ -47,16 +48,6 @@ pub struct Sent {
     pub path: String,
     /// The facilitator's paid answer (status, body), if it was collected.
     pub answer: Option<(u16, Value)>,
-}
-
-/// How the proxy's operator gives up the payment `id` (as a last resort: it may have been charged). Told to a
-/// device too, so it names no path of the proxy's machine.
-pub(super) fn forget_hint(id: &str) -> String {
-    format!(
-        "if it can never be collected, the proxy's operator can give it up (`esim402-agent --state-dir \
-         <proxy state dir>/devices/<device id> --url <facilitator> pending --forget {id} --force`; it may have been \
-         charged: its spend stays counted)"
-    )
 }
 
 impl Agent {

@@ -62,3 +62,13 @@ impl fmt::Display for Facilitator {
         }
     }
 }
+
+/// How the proxy's operator gives up the payment `id` (as a last resort: it may have been charged). Told to a
+/// device too, so it names no path of the proxy's machine.
+pub(super) fn forget_hint(id: &str) -> String {
+    format!(
+        "if it can never be collected, the proxy's operator can give it up (`esim402-agent --state-dir \
+         <proxy state dir>/devices/<device id> --url <facilitator> pending --forget {id} --force`; it may have been \
+         charged: its spend stays counted)"
+    )
+}

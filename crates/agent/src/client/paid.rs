@@ -194,7 +194,7 @@ impl Agent {
                         "the payment {id} for this same request, signed for another requester of this device (another \
                          credential, label or Idempotency-Key), is still pending; nothing is signed for this one \
                          while it is (that requester's same request collects it; {})",
-                        super::device::forget_hint(&p.payment_id),
+                        super::facilitator::forget_hint(&p.payment_id),
                         id = p.payment_id
                     ),
                     pending: false,

@@ -2881,19 +2881,33 @@ impl esim402_host::kv::wrapped::Hook for LoseReplyOnce {
     }
 }
 
+/// A kit whose store loses the reply of one write to a SIM record ([`LoseReplyOnce`]): armed from the start
+/// (`now`: the allocation's record), or by the simulator's first confirm (`on_confirm`). The flag, the
+/// simulator, the kit.
+async fn kit_losing_a_sim_reply(
+    now: bool,
+    on_confirm: bool,
+) -> (Arc<std::sync::atomic::AtomicBool>, Arc<FakeSmdp>, Kit) {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(now));
+    let store = Arc::new(esim402_host::kv::wrapped::Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        LoseReplyOnce(armed.clone()),
+    ));
+    let smdp = Arc::new(FakeSmdp::default());
+    if on_confirm {
+        *smdp.on_confirm.lock().unwrap() = Some(armed.clone());
+    }
+    let kit = kit_on(smdp.clone(), &[], Some(store)).await;
+    (armed, smdp, kit)
+}
+
 /// The allocation's record written with its reply lost: the order fails and gives the profile back, its record
 /// marked failed first, so the carrier handing the profile out again reaches the next order. Before, the
 /// record stayed pending for good: the next order was refused the profile (an ALERT blaming the carrier's pool)
 /// and left it allocated.
 #[tokio::test]
 async fn an_allocation_recorded_with_its_reply_lost_is_failed_before_it_is_given_back() {
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let store = Arc::new(esim402_host::kv::wrapped::Wrapped::new(
-        Arc::new(esim402_host::kv::MemoryStore::default()),
-        LoseReplyOnce(armed.clone()),
-    ));
-    let smdp = Arc::new(FakeSmdp::default());
-    let mut kit = kit_on(smdp.clone(), &[], Some(store)).await;
+    let (armed, smdp, mut kit) = kit_losing_a_sim_reply(true, false).await;
     let err = order(
         &mut kit,
         request("us-west", Some("tmobile")),
@@ -2926,14 +2940,7 @@ async fn an_allocation_recorded_with_its_reply_lost_is_failed_before_it_is_given
 /// session).
 #[tokio::test]
 async fn a_confirm_stored_with_its_reply_lost_is_delivered() {
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let store = Arc::new(esim402_host::kv::wrapped::Wrapped::new(
-        Arc::new(esim402_host::kv::MemoryStore::default()),
-        LoseReplyOnce(armed.clone()),
-    ));
-    let smdp = Arc::new(FakeSmdp::default());
-    *smdp.on_confirm.lock().unwrap() = Some(armed.clone());
-    let mut kit = kit_on(smdp.clone(), &[], Some(store)).await;
+    let (armed, _smdp, mut kit) = kit_losing_a_sim_reply(false, true).await;
     let sim = order(
         &mut kit,
         request("us-west", Some("tmobile")),
