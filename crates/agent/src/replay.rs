@@ -8,7 +8,9 @@
 //!   its answer kept, and the file is
 //!   private (0600 in a 0700 directory) as it is for the SIMs' tokens, which the answer holds too.
 //! - Kept [`KEEP_SECS`] at most, [`MAX_KEPT`] per device at most (the oldest goes first); expired entries
-//!   are dropped when the next answer is kept, and never answered with.
+//!   are dropped when the next answer is kept, and never answered with. An answer another request of the device
+//!   collected ([`keep_collected`]) waits for its own request at any age ([`MAX_COLLECTED`] at most), and is
+//!   handed over to the kept answers the first time that request comes ([`hand_over`]).
 //! - An answer goes back only to the requester it answered: the request ([`Slot::request`]) is its method, the
 //!   facilitator's origin, its path (query parameters sorted), a digest of its body (canonical JSON: keys sorted,
 //!   no spaces; other bodies as sent) and digests of the device's forwarded `Authorization` and `X-Agent-ID`
@@ -307,8 +309,25 @@ pub fn keep_collected(
     }
 }
 
+/// What `slot` finds among the answers [`keep_collected`] kept, handed over once: an answer found moves to
+/// `kept` (kept [`KEEP_SECS`] from `now` for the request's retries, as any paid answer) and leaves `collected`,
+/// so it is not answered with at any age for ever (nor its key refused for ever).
+pub fn hand_over(
+    collected: &mut BTreeMap<String, KeptAnswer>,
+    kept: &mut BTreeMap<String, KeptAnswer>,
+    slot: &Slot,
+    now: u64,
+) -> Recall {
+    let found = recall_collected(collected, slot);
+    if let Recall::Answer(k) = &found {
+        collected.remove(&slot.key);
+        remember(kept, slot, k.status, &k.body, now);
+    }
+    found
+}
+
 /// What `slot` finds among the answers [`keep_collected`] kept (as [`recall`], at any age).
-pub fn recall_collected(collected: &BTreeMap<String, KeptAnswer>, slot: &Slot) -> Recall {
+fn recall_collected(collected: &BTreeMap<String, KeptAnswer>, slot: &Slot) -> Recall {
     match collected.get(&slot.key) {
         _ if !slot.kept => Recall::Nothing,
         Some(k) if k.request != slot.request => Recall::OtherRequest,
@@ -328,6 +347,51 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
     use serde_json::json;
+
+    /// An answer collected for a request waits for it at any age, goes only to that request (its requester
+    /// included), and is handed over once: then it is a kept answer like any other, 15 minutes from then.
+    #[test]
+    fn a_collected_answer_waits_for_its_request_and_is_handed_over_once() {
+        let mine = Slot::of("POST", "/v1/esim/activate", b"{}", Some("k"), &PLAIN).unwrap();
+        let other = Requester {
+            headers: &[("x-agent-id", "b".to_owned())],
+            ..PLAIN
+        };
+        let theirs = Slot::of("POST", "/v1/esim/activate", b"{}", Some("k"), &other).unwrap();
+        let (mut collected, mut kept) = (BTreeMap::new(), BTreeMap::new());
+        keep_collected(&mut collected, &mine, 200, &json!({"iccid": "1"}), 1_000);
+        let later = 1_000 + 30 * 86_400;
+        assert_eq!(
+            hand_over(&mut collected, &mut kept, &theirs, later),
+            Recall::OtherRequest
+        );
+        let Recall::Answer(a) = hand_over(&mut collected, &mut kept, &mine, later) else {
+            panic!("its own request gets it, however late");
+        };
+        assert_eq!(a.body["iccid"], "1");
+        assert!(collected.is_empty(), "handed over once");
+        assert!(matches!(
+            recall(&kept, &mine, later + 60),
+            Recall::Answer(_)
+        ));
+        assert_eq!(recall(&kept, &mine, later + KEEP_SECS), Recall::Nothing);
+        for n in 0..=MAX_COLLECTED as u64 {
+            let s = Slot::of(
+                "POST",
+                "/v1/esim/activate",
+                b"{}",
+                Some(&n.to_string()),
+                &PLAIN,
+            )
+            .unwrap();
+            keep_collected(&mut collected, &s, 200, &json!({}), n);
+        }
+        assert_eq!(collected.len(), MAX_COLLECTED);
+        assert!(
+            !collected.contains_key("idempotency-key 0"),
+            "the oldest dropped"
+        );
+    }
 
     /// A device named by its source address, without credentials, to `http://f.example`.
     const PLAIN: Requester<'static> = Requester {

@@ -8,13 +8,15 @@
 //! One whose answer its own request can read back ([`crate::replay::Slot::kept`]), or a top-up (whose answer the
 //! device does not need: the data is credited), is sent again first, its answer kept for its own request until
 //! that request comes back ([`crate::replay::keep_collected`]); once that ends it, it holds nothing back. Any
-//! other (a device named by a header without a key, an earlier proxy's) is left to its own request while its
-//! authorization can still be settled (`validBefore` and [`SETTLE_GRACE_SECS`]); after that it is sent again
-//! here too, its answer kept for the operator ([`crate::State::unrecorded_answers`]) and for its own request, so
-//! no requester is held back for ever by a request it will not send again. So is another requester's payment for
-//! this very request (the same body: its key in the state is this request's), which until then holds this one
-//! back (`Agent::pay_for_device`). One pending with another facilitator (the proxy restarted with another
-//! `--url`) is never sent here, and holds back until the operator collects or gives it up.
+//! other of the requester's (a device named by a header without a key, an earlier proxy's) is left to its own
+//! request while its authorization can still be settled (`validBefore` and [`SETTLE_GRACE_SECS`]); after that
+//! it is sent again here too, its answer kept for the operator ([`crate::State::unrecorded_answers`]), so the
+//! requester is not held back for ever by a request it will not send again (that request, sent again, pays
+//! anew: its answer is with the operator). Another requester's payment for this very request (the same body:
+//! its key in the state is this request's) is never sent here (with this request's credential a switch would
+//! be refused, and a refusal would end a payment that may have been charged): it holds this request back until
+//! its own request collects it or the operator gives it up (`Agent::pay_for_device`). One pending with another
+//! facilitator (the proxy restarted with another `--url`) is never sent here, and holds back the same way.
 //!
 //! An `Idempotency-Key` names one request: while a payment signed under it is pending, the key sent with
 //! another request (or by another requester) is refused ([`Agent::key_taken`]), as a kept answer's is.
@@ -85,7 +87,7 @@ impl Agent {
             let settled_or_never = now() >= payment.valid_before.saturating_add(SETTLE_GRACE_SECS);
             let why = match request.elsewhere(&payment, &origin) {
                 Some(other) => format!("with another facilitator, {other}: not sent here"),
-                None if mine && readable || settled_or_never => {
+                None if mine && (readable || settled_or_never) => {
                     let (answer, still) = self
                         .collect_one_for(&request, &payment, &headers, !(mine && readable))
                         .await?;
@@ -100,7 +102,10 @@ impl Agent {
                     }
                 }
                 None if mine => "the device's request it was signed for collects it".to_owned(),
-                None => "another requester's, for this same request".to_owned(),
+                // Never sent with this request's credential: a switch of the other's SIM would answer 401 and
+                // end a payment that may have been charged.
+                None => "another requester's, for this same request: its own request collects it"
+                    .to_owned(),
             };
             out.held_back.get_or_insert(AgentError::Unavailable {
                 message: format!(

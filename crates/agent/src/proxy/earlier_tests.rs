@@ -85,6 +85,11 @@ async fn an_earlier_payment_for_the_same_purchase_is_collected_before_a_new_one_
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["iccid"], "8901");
     assert_eq!(upstream.payments().len(), 5, "nothing more sent");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(
+        state.get("collected_answers").is_none(),
+        "handed over once: {state}"
+    );
     let log = super::tests::audit_lines(dir.path());
     let collected: Vec<_> = log
         .iter()

@@ -22,7 +22,7 @@ use super::devices::{MAX_BUSY_DEVICES, device_lock};
 use super::forward::Parts;
 use super::reply::{Reply, error_reply, json_reply};
 use super::shared::{Shared, over_budget};
-use crate::replay::{Recall, Requester, Slot, recall, recall_collected};
+use crate::replay::{Recall, Requester, Slot, hand_over, recall};
 use crate::state::Spend;
 use crate::{AgentError, StateDir};
 
@@ -320,13 +320,22 @@ impl Shared {
     /// [`crate::replay`]), logged as `replayed`; a refusal if its `Idempotency-Key` named another request.
     /// `None`: go on (forward it, pay it).
     fn replay(&self, slot: &Slot, path: &str, device: &str) -> Option<Reply> {
-        let dir = self.settings.state_dir.join("devices").join(device);
-        let state = match StateDir::new(dir).load() {
+        let dir = StateDir::new(self.settings.state_dir.join("devices").join(device));
+        let state = match dir.load() {
             Ok(state) => state,
             Err(e) => return Some(error_reply(500, "internal", &e)),
         };
-        let recalled = match recall(&state.paid_answers, slot, unix_now()) {
-            Recall::Nothing => recall_collected(&state.collected_answers, slot),
+        let now = unix_now();
+        let recalled = match recall(&state.paid_answers, slot, now) {
+            // An answer another request collected for this one: handed over once (a state update).
+            Recall::Nothing if state.collected_answers.contains_key(&slot.key) => {
+                match dir
+                    .update(|s| hand_over(&mut s.collected_answers, &mut s.paid_answers, slot, now))
+                {
+                    Ok(found) => found,
+                    Err(e) => return Some(error_reply(500, "internal", &e)),
+                }
+            }
             found => found,
         };
         match recalled {
@@ -334,7 +343,7 @@ impl Shared {
             Recall::OtherRequest => Some(error_reply(
                 422,
                 "invalid_input",
-                "this Idempotency-Key was sent with another request a short while ago; nothing was paid",
+                "this Idempotency-Key was sent with another request, whose answer is kept; nothing was paid",
             )),
             Recall::Answer(kept) => {
                 self.audit.append(&json!({
