@@ -19,13 +19,14 @@
 //! facilitator (the proxy restarted with another `--url`) is never sent here, and holds back the same way.
 //!
 //! An `Idempotency-Key` names one request: while a payment signed under it is pending, the key sent with
-//! another request (or by another requester) is refused ([`Agent::key_taken`]), as a kept answer's is.
+//! another request (or by another requester) is refused ([`Before::KeyTaken`]), as a kept answer's is.
 
 use serde_json::Value;
 
 use super::collect::{PendingRequest, Purchase};
 use super::facilitator::forget_hint;
 use super::paid::{Held, PaidRequest, SETTLE_GRACE_SECS};
+use super::pending_key::pending_for;
 use super::{Agent, local, now};
 use crate::error::AgentError;
 use crate::replay::Slot;
@@ -52,17 +53,56 @@ pub struct Sent {
     pub answer: Option<(u16, Value)>,
 }
 
+/// What a device's state says of a paid request before it is forwarded ([`Agent::before_paying`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    /// A payment signed for this very request of this requester is pending with this facilitator: it is sent
+    /// again ([`Agent::pay_for_device`]), before anything is forwarded unpaid.
+    Resend,
+    /// Its `Idempotency-Key` names another request (or requester) whose payment is pending: refused (module
+    /// docs; before, the new body was paid too, and the first payment's answer, collected first, was
+    /// overwritten under the key). A request without a key is its own key (its requester included).
+    KeyTaken,
+    /// Other payments pending for the same purchase hold it back or are collected first
+    /// ([`Agent::collect_for_device`]).
+    Earlier,
+    /// None of these: forward it.
+    Clear,
+}
+
 impl Agent {
-    /// Whether the device's state holds a payment [`Agent::collect_for_device`] looks at before the request
-    /// `path` with `body` (`None`: a GET) of `slot`'s requester is paid. A state that cannot be read holds
-    /// none (paying reads it again and reports the problem).
-    pub fn has_earlier(&self, path: &str, body: Option<&Value>, slot: &Slot) -> bool {
-        self.state
-            .load()
-            .is_ok_and(|state| !self.earlier(&state, path, body, slot).is_empty())
+    /// What the device's state (one read of it) says of the request `path` with `body` (`None`: a GET) of
+    /// `slot`'s requester before it is forwarded. A state that cannot be read says [`Before::Clear`]: the
+    /// request goes on as any other, and if it draws a 402, paying reads the state again and reports the
+    /// problem. A payment pending with another facilitator, or another requester's for this same request, is
+    /// never [`Before::Resend`].
+    pub fn before_paying(&self, path: &str, body: Option<&Value>, slot: &Slot) -> Before {
+        let Ok(state) = self.state.load() else {
+            return Before::Clear;
+        };
+        let resend = matches!(
+            pending_for(&state, &self.config.origin(), path, body),
+            Ok((_, Some(p))) if p.slot.as_ref().is_none_or(|s| s.same_requester(slot))
+        );
+        let key_taken = || {
+            state.pending.values().any(|p| {
+                p.slot
+                    .as_ref()
+                    .is_some_and(|s| s.key == slot.key && s.request != slot.request)
+            })
+        };
+        if resend {
+            Before::Resend
+        } else if key_taken() {
+            Before::KeyTaken
+        } else if !self.earlier(&state, path, body, slot).is_empty() {
+            Before::Earlier
+        } else {
+            Before::Clear
+        }
     }
 
-    /// Send again, once each, the payments [`Agent::has_earlier`] finds that may be collected here (module
+    /// Send again, once each, the payments of [`Before::Earlier`] that may be collected here (module
     /// docs), keeping each paid answer for its own request; `headers`: the device's (its credential and label;
     /// never its single-use sign-in), sent with each. What it did, and whether a new payment must still wait.
     pub async fn collect_for_device(
@@ -89,7 +129,7 @@ impl Agent {
                 Some(other) => format!("with another facilitator, {other}: not sent here"),
                 None if mine && (readable || settled_or_never) => {
                     let (answer, still) = self
-                        .collect_one_for(&request, &payment, &headers, !(mine && readable))
+                        .collect_one_for(&request, &payment, &headers, !readable)
                         .await?;
                     out.sent.push(Sent {
                         payment_id: payment.payment_id.clone(),
@@ -121,20 +161,6 @@ impl Agent {
             });
         }
         Ok(out)
-    }
-
-    /// Whether a payment is pending under `slot`'s `Idempotency-Key` for another request or requester: the key
-    /// names that request while its payment is pending (it is refused with another, as a kept answer's key is;
-    /// before, the new body was paid too, and the first payment's answer, collected first, was overwritten under
-    /// the key). A request without a key is its own key (its requester included): never taken by another.
-    pub fn key_taken(&self, slot: &Slot) -> bool {
-        self.state.load().is_ok_and(|state| {
-            state.pending.values().any(|p| {
-                p.slot
-                    .as_ref()
-                    .is_some_and(|s| s.key == slot.key && s.request != slot.request)
-            })
-        })
     }
 
     /// Send `payment` for `request` again once, its paid answer kept for its own request (and, `for_operator`,

@@ -23,7 +23,7 @@ pub use collect::{
     Collection, CommandKind, Outcome, PendingInfo, Purchase, forget_pending, pending_payments,
     utc_time,
 };
-pub use device::{Earlier, Sent};
+pub use device::{Before, Earlier, Sent};
 pub use facilitator::{FORGET_WARNING, Facilitator};
 pub use list::{MAX_LIST_PAGES, MAX_LISTED_SIMS};
 pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};

@@ -120,25 +120,6 @@ impl Agent {
         .await
     }
 
-    /// Whether a payment signed for this request (`body` `None`: a GET) of the requester of `slot` is still
-    /// pending in this agent's state for this facilitator, which [`Agent::pay_for_device`] would send again. A
-    /// state that cannot be read, a payment pending with another facilitator, or one signed for another
-    /// requester's same request (or under another `Idempotency-Key`), is not: the request goes on as any other,
-    /// and if it draws a 402, paying reports the problem.
-    pub fn has_pending(
-        &self,
-        path: &str,
-        body: Option<&Value>,
-        slot: &crate::replay::Slot,
-    ) -> bool {
-        self.state.load().is_ok_and(|state| {
-            matches!(
-                pending_for(&state, &self.config.origin(), path, body),
-                Ok((_, Some(p))) if p.slot.as_ref().is_none_or(|s| s.same_requester(slot))
-            )
-        })
-    }
-
     /// [`Agent::pay`], with `keep` recording in the state what the paid answer bought (a SIM), in the very save
     /// that ends the payment: a failed save or a crash leaves the payment pending, so the same command run again
     /// collects the answer again (the facilitator replays it), never a paid answer that was not kept (a failed

@@ -22,6 +22,7 @@ use super::devices::{MAX_BUSY_DEVICES, device_lock};
 use super::forward::Parts;
 use super::reply::{Reply, error_reply, json_reply};
 use super::shared::{Shared, over_budget};
+use crate::client::Before;
 use crate::replay::{Recall, Requester, Slot, hand_over, recall};
 use crate::state::Spend;
 use crate::{AgentError, StateDir};
@@ -70,17 +71,21 @@ impl Shared {
             .then(|| serde_json::from_slice::<Value>(&req.body).ok())
             .flatten();
         let parsed = req.method == reqwest::Method::GET || body.is_some();
-        let resend = parsed
-            && slot.as_ref().is_some_and(|slot| {
+        // What the device's state says of it, read once (`client/device.rs`).
+        let before = match (&slot, parsed) {
+            (Some(slot), true) => {
                 self.agent_for(&device)
-                    .has_pending(&req.path, body.as_ref(), slot)
-            });
+                    .before_paying(&req.path, body.as_ref(), slot)
+            }
+            _ => Before::Clear,
+        };
+        let resend = before == Before::Resend;
         // The device's other payments still pending for the same purchase are sent again first (each answer kept
         // for its own request: a collected top-up may make this one free); one still pending holds a new payment
-        // back, told only if the request does draw a 402 (`client/device.rs`).
+        // back, told only if the request does draw a 402.
         let mut held_back = None;
-        if let (false, true, Some(slot)) = (resend, parsed, &slot) {
-            if self.agent_for(&device).key_taken(slot) {
+        match (before, &slot) {
+            (Before::KeyTaken, _) => {
                 return error_reply(
                     422,
                     "invalid_input",
@@ -88,18 +93,24 @@ impl Shared {
                      was paid (send that request again to collect it, or use a new key)",
                 );
             }
-            match self
-                .collect_earlier(&req, body.as_ref(), slot, &device)
-                .await
-            {
-                Ok(held) => held_back = held,
-                Err(refused) => return refused,
+            (Before::Earlier, Some(slot)) => {
+                let collected = match self
+                    .collect_earlier(&req, body.as_ref(), slot, &device)
+                    .await
+                {
+                    Ok((held, collected)) => {
+                        held_back = held;
+                        collected
+                    }
+                    Err(refused) => return refused,
+                };
+                // A payment just collected may have been this very request's under another spelling (a paid
+                // GET's query in another order): its answer is now kept for it.
+                if collected && let Some(reply) = self.replay(slot, &req.path, &device) {
+                    return reply;
+                }
             }
-            // A payment just collected may have been this very request's under another spelling (a paid GET's
-            // query in another order): its answer is now kept for it.
-            if let Some(reply) = self.replay(slot, &req.path, &device) {
-                return reply;
-            }
+            _ => {}
         }
         if !resend {
             let (status, headers, body) = match self.forward(&req).await {
@@ -261,19 +272,16 @@ impl Shared {
 
     /// Send again the device's other payments pending for the purchase `req` makes (`body`: its JSON, `None`
     /// for a GET), under the device's state lock, each outcome in the audit log: why a new payment must wait, if
-    /// one does (`Ok(None)`: go on). `Err`: the answer to give at once (the state is another command's, or
-    /// cannot be read).
+    /// one does (`None`: go on), and whether any was collected. `Err`: the answer to give at once (the state is
+    /// another command's, or cannot be read).
     async fn collect_earlier(
         &self,
         req: &Parts,
         body: Option<&Value>,
         slot: &Slot,
         device: &str,
-    ) -> Result<Option<AgentError>, Reply> {
+    ) -> Result<(Option<AgentError>, bool), Reply> {
         let agent = self.agent_for(device);
-        if !agent.has_earlier(&req.path, body, slot) {
-            return Ok(None);
-        }
         let _state = match agent.state().try_lock() {
             Ok(Some(l)) => l,
             Ok(None) => {
@@ -313,7 +321,8 @@ impl Shared {
             }
             self.audit.append(&entry);
         }
-        Ok(earlier.held_back)
+        let collected = earlier.sent.iter().any(|s| s.answer.is_some());
+        Ok((earlier.held_back, collected))
     }
 
     /// The answer to `slot` if the device's same request was paid for a short while ago (kept in its state,
