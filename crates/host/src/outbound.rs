@@ -121,9 +121,12 @@ pub fn check_templated(template: &str, entry: &str) -> anyhow::Result<()> {
         Ok(_) => Ok(()),
         Err(_) if template == entry => AllowedHost::parse(entry).map(drop),
         Err(e) => {
-            let why = format!("{e:#}")
-                .replace(&format!("{entry:?}"), &format!("{template:?}"))
-                .replace(entry, template);
+            let mut why = format!("{e:#}").replace(&format!("{entry:?}"), &format!("{template:?}"));
+            // Any other trace of the value: a plain message instead (replacing it where it appears would mangle
+            // the message when the value is short or empty: `"ab".replace("", x)` puts x between every letter).
+            if !entry.is_empty() && why.contains(entry) {
+                why = format!("allowed host {template:?} is not a valid entry");
+            }
             bail!(
                 "{why} (its value, not shown, comes from the variables it names: use scheme://host[:port] only)"
             )
@@ -350,6 +353,15 @@ mod tests {
             );
         }
         check_templated("{{ rpc_url }}", "https://rpc.example.com").unwrap();
+        // An empty or one-letter value: a readable message naming the template (before, the template was put
+        // between every letter of it).
+        for value in ["", "h"] {
+            let text = format!("{:#}", check_templated("{{ v }}", value).unwrap_err());
+            assert!(
+                text.starts_with("allowed host \"{{ v }}\"") && text.len() < 200,
+                "{value:?}: {text}"
+            );
+        }
         let e = check_templated("http://host/path", "http://host/path").unwrap_err();
         assert!(format!("{e:#}").contains("http://host/path"));
     }
