@@ -554,6 +554,20 @@ async fn head_is_answered_wherever_get_is() {
         .await
         .unwrap();
     assert_eq!(post_only.status(), 405);
+    // Not a paid one: its answer (the activation code and access token) would be dropped (before, the order
+    // was made and paid, and the answer lost).
+    for header in ["payment-signature", "x-payment", "x-payment-proof"] {
+        let paid = http
+            .head(format!(
+                "{}/v1/esim/activate?region=us-west&data_mb=1",
+                app.url
+            ))
+            .header(header, "e30=")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(paid.status(), 400, "{header}");
+    }
     app.stop().await;
 }
 

@@ -159,6 +159,20 @@ async fn get_activate_is_a_payable_challenge_and_methods_are_announced() {
         r.headers()["www-authenticate"],
         r#"Bearer realm="esim402-admin""#
     );
+    // The wallet's own routes take a wallet sign-in only: their challenge offers no access token (before, it
+    // did, and the token was then refused).
+    for wallet_only in [
+        format!("{}/v1/esim", s.url),
+        format!("{sim_url}/activation"),
+    ] {
+        let r = s.http.get(&wallet_only).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{wallet_only}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            r#"SIWX realm="esim402""#,
+            "{wallet_only}"
+        );
+    }
     // The same proof sent with that site's name as Host: still not this service (the Host header is the client's own, so it
     // says nothing about which site the wallet signed for; only a loopback request, or the configured
     // public_origins, name an origin a sign-in may be for).
@@ -337,19 +351,18 @@ async fn the_payer_lists_its_sims_by_agent_label() {
         assert_eq!(act["agent_id"], agent_id, "{act}");
         tokens.push(act["access_token"].as_str().unwrap().to_owned());
     }
-    // A label that is not one is refused before anything is paid.
-    let (status, _, e) = s
-        .post(
-            "/v1/esim/activate",
-            &body,
-            &[("x-agent-id", "no spaces".into())],
-        )
-        .await;
-    assert_eq!(
-        (status, e["error"]["field"].as_str()),
-        (400, Some("X-Agent-ID")),
-        "{e}"
-    );
+    // A label that is not one is refused before anything is paid; one that is not ASCII too (before, it was
+    // dropped and the SIM bought without a label).
+    for label in ["no spaces", "capteur-é"] {
+        let (status, _, e) = s
+            .post("/v1/esim/activate", &body, &[("x-agent-id", label.into())])
+            .await;
+        assert_eq!(
+            (status, e["error"]["field"].as_str()),
+            (400, Some("X-Agent-ID")),
+            "{label}: {e}"
+        );
+    }
 
     let list = |query: &'static str, auth: Option<(&'static str, String)>| {
         let mut req = s.http.get(format!("{}/v1/esim{query}", s.url));

@@ -612,9 +612,18 @@ pub struct Payment {
     pub accepted: PaymentRequirements,
     pub high_s: bool,
     pub extensions: Option<serde_json::Map<String, Value>>,
+    /// The payer's key (the demo agent's unless [`Payment::by`] says otherwise).
+    pub key: k256::ecdsa::SigningKey,
 }
 
 impl Payment {
+    /// The same payment, from the wallet of `key` (which must hold the token: `chain::fund`).
+    pub fn by(mut self, key: k256::ecdsa::SigningKey) -> Self {
+        self.auth.from = esim402_core::x402::exact::address_of(key.verifying_key());
+        self.key = key;
+        self
+    }
+
     pub fn for_requirement(req: &PaymentRequirements) -> Self {
         let n = NONCES.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -635,11 +644,12 @@ impl Payment {
             accepted: req.clone(),
             high_s: false,
             extensions: None,
+            key: agent_key(),
         }
     }
 
     fn signature(&self) -> Vec<u8> {
-        let mut sig = sign_authorization(&agent_key(), &self.auth, &self.domain)
+        let mut sig = sign_authorization(&self.key, &self.auth, &self.domain)
             .unwrap()
             .to_vec();
         if self.high_s {
@@ -1881,6 +1891,14 @@ async fn a_tx_hash_proof_pays_once_and_only_for_its_payer() {
         .await;
     assert_eq!(status, 400, "{unsigned}");
     assert_eq!(unsigned["error"]["field"], "X-Payment-Proof-Signature");
+    // A request naming two invoices (its body one, X-Invoice-Id another) is refused, not read as its body's.
+    let mut two = body.clone();
+    two["invoice_id"] = json!(stolen_id);
+    let (status, _, both) = s
+        .post("/v1/esim/activate", &two, &proof_headers(&tx, &id))
+        .await;
+    assert_eq!(status, 400, "{both}");
+    assert_eq!(both["error"]["field"], "X-Invoice-Id", "{both}");
     // The payer's own proof pays.
     let (status, _, paid) = s
         .post("/v1/esim/activate", &body, &proof_headers(&tx, &id))
@@ -2064,7 +2082,7 @@ async fn a_refund_waits_while_a_reorganisation_has_taken_its_payment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paid_switch_moves_the_sim_to_another_carrier() {
     let s = PayStack::start(&[]).await;
-    let (_, req) = s.invoice(&activation()).await;
+    let (first, req) = s.invoice(&activation()).await;
     let (status, _, sim) = s
         .post(
             "/v1/esim/activate",
@@ -2093,6 +2111,22 @@ async fn a_paid_switch_moves_the_sim_to_another_carrier() {
         )
         .await;
     assert_eq!(status, 409, "{refused}");
+    // Nor is it taken with a request naming another invoice (before, the header was ignored).
+    let (status, _, two) = s
+        .post(
+            &path,
+            &target,
+            &[
+                ("payment-signature", pay.header()),
+                ("x-invoice-id", first["invoice_id"].as_str().unwrap().into()),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, &two["error"]["field"]),
+        (400, &json!("invoice_id")),
+        "{two}"
+    );
     let (status, headers, new_sim) = s
         .post(&path, &target, &[("payment-signature", pay.header())])
         .await;
@@ -2107,6 +2141,59 @@ async fn a_paid_switch_moves_the_sim_to_another_carrier() {
             .starts_with("LPA:1$")
     );
     assert_eq!(s.balance(agent()).await, before - price(&switch_req));
+}
+
+/// A switch asked with the SIM's access token and paid from another wallet is made, but its answer carries
+/// neither the new SIM's activation code nor its access token: a leaked token must not turn into a profile
+/// holding the owner's balance (before, it did). The owner reads the code with its wallet sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switch_paid_by_another_wallet_with_the_token_hands_over_no_code() {
+    let s = PayStack::start(&[]).await;
+    let sim = s.activate_paid(&activation(), &[]).await;
+    let iccid = sim["iccid"].as_str().unwrap();
+    let path = format!("/v1/esim/{iccid}/switch");
+    let target = json!({"carrier": "verizon"});
+    let (status, headers, quote) = s.post(&path, &target, &[]).await;
+    assert_eq!(status, 402, "{quote}");
+    let switch_req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
+        .unwrap()
+        .accepts[0]
+        .clone();
+    let other = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
+    let other_address = esim402_core::x402::exact::address_of(other.verifying_key());
+    chain::fund(&s.rpc_url, s.token, other_address, U256::from(1_000_000u64))
+        .await
+        .unwrap();
+    let pay = Payment::for_requirement(&switch_req).by(other);
+    let (status, _, paid) = s
+        .post(&path, &target, &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["payer"], other_address.to_string(), "{paid}");
+    for field in ["activation_code", "qr_code", "access_token", "iccid"] {
+        assert!(paid.get(field).is_none(), "{field} handed over: {paid}");
+    }
+    assert!(
+        paid["activation_code_note"]
+            .as_str()
+            .unwrap()
+            .contains("wallet sign-in"),
+        "{paid}"
+    );
+    // The owner finds the new SIM and reads its code with its wallet.
+    let (status, old) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
+    assert_eq!(status, 200, "{old}");
+    let new = old["switched_to"].as_str().unwrap().to_owned();
+    let activation = format!("/v1/esim/{new}/activation");
+    let (status, code) = s.get_signed_in(&activation).await;
+    assert_eq!(status, 200, "{code}");
+    assert!(
+        code["activation_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("LPA:1$"),
+        "{code}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -145,7 +145,7 @@ pub async fn quote_top_ups(
     let cfg = crate::config::get().await?;
     let sim = existing(iccid).await?;
     // Where the balance is (a switch moved it) is metering's to say: the gateway asks before it sells one.
-    if let Some(why) = top_up_refused(iccid, sim.state, None) {
+    if let Some(why) = top_up_refused(iccid, sim.state, false) {
         return Err(wit::Error::Conflict(why));
     }
     let asked = asked

@@ -12,8 +12,13 @@ use spin_sdk::http::Request;
 
 use crate::{bearer, dispatch, from_wit, header, now, resource_url};
 
+/// 401 (503 when nothing could be checked).
 fn unauthorized(e: &AuthError) -> ApiError {
-    ApiError::new(ErrorKind::Unauthorized, e.to_string())
+    let kind = match e {
+        AuthError::Unavailable(_) => ErrorKind::Unavailable,
+        _ => ErrorKind::Unauthorized,
+    };
+    ApiError::new(kind, e.to_string())
 }
 
 /// The credential the request presents (checked for form, a wallet proof fully verified). A bearer value
@@ -34,8 +39,10 @@ pub async fn credential(req: &Request, carrier_too: bool) -> Result<wit::Credent
     };
     let url = resource_url(req);
     let client = header(req, "spin-client-addr");
-    let origins = siwx::expected_origins(crate::public_origins().await, &url, client)
-        .map_err(|e| unauthorized(&e))?;
+    let configured = crate::public_origins()
+        .await
+        .map_err(|e| format!("the variable {} {}", e.name, e.problem));
+    let origins = siwx::expected_origins(configured, &url, client).map_err(|e| unauthorized(&e))?;
     let verified = SiwxProof::from_header(value)
         .and_then(|p| p.verify_for(&origins, siwx::path_of(&url), now()))
         .map_err(|e| unauthorized(&e))?;

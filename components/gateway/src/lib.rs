@@ -164,23 +164,23 @@ fn resource_url(req: &Request) -> String {
 }
 
 /// The x402 `resource` of a 402: [`resource_url`] on the deployment's public origin when `public_origins`
-/// names others (kernel `siwx::public_url`).
+/// names others (kernel `siwx::public_url`); the request's own URL while the variable cannot be read.
 async fn public_resource_url(req: &Request) -> String {
-    esim402_core::auth::siwx::public_url(public_origins().await, &resource_url(req))
+    let origins = public_origins().await.ok().flatten();
+    esim402_core::auth::siwx::public_url(origins, &resource_url(req))
 }
 
 /// The `public_origins` variable, read once per instance (a variable does not change while the app runs). A
-/// provider that fails is not remembered: this request goes without (sign-ins refused, the 402 on the request's
-/// own URL), the next reads it again.
-async fn public_origins() -> Option<&'static str> {
+/// provider that fails is an error (wallet sign-ins are then refused with a 503, never checked against the
+/// request's own loopback origin as if the variable were unset), and is not remembered: the next request
+/// reads it again.
+async fn public_origins() -> Result<Option<&'static str>, esim402_guest::config::VarError> {
     static READ: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if let Some(v) = READ.get() {
-        return v.as_deref();
+        return Ok(v.as_deref());
     }
-    match esim402_guest::config::secret_var("public_origins").await {
-        Ok(v) => READ.get_or_init(|| v).as_deref(),
-        Err(_) => None,
-    }
+    let v = esim402_guest::config::secret_var("public_origins").await?;
+    Ok(READ.get_or_init(|| v).as_deref())
 }
 
 async fn route(req: Request, path: &str, segments: &[&str]) -> Result<Reply, ApiError> {
@@ -271,6 +271,18 @@ async fn answer(mut req: Request) -> Reply {
     // HEAD is the GET whose body the server does not send (RFC 9110, 9.3.2): answered as the GET, and the
     // server (hyper, ours or Spin's) leaves the body out and keeps its length.
     if req.method() == Method::HEAD && allowed.is_some_and(|a| a.split(", ").any(|m| m == "GET")) {
+        // Not a paid one: its answer (a SIM's only activation code and access token) would be dropped.
+        if let Some((name, _)) = pay::proof::HEADERS
+            .iter()
+            .find(|(h, _)| req.headers().contains_key(*h))
+        {
+            let e = ApiError::invalid(
+                *name,
+                "a payment is sent with GET or POST: the answer to a HEAD has no body, and the paid answer (the \
+                 activation code and access token) would be lost; nothing was charged",
+            );
+            return error_reply(&e);
+        }
         *req.method_mut() = Method::GET;
     }
     // A browser's CORS preflight: what the route answers and the headers it reads.
@@ -311,18 +323,35 @@ async fn answer(mut req: Request) -> Reply {
         let e = ApiError::invalid(*name, format!("{name} is given more than once; send one"));
         return error_reply(&e);
     }
+    if let Some(name) =
+        esim402_core::routes::ignored_query(req.method().as_str(), &segments, req.uri().query())
+    {
+        let activate = segments == ["v1", "esim", "activate"];
+        let e = ApiError::invalid(
+            name,
+            format!(
+                "a POST is read from its JSON body only: send the fields there, without a query{}",
+                if activate {
+                    " (or GET with the query alone)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        return error_reply(&e);
+    }
     match route(req, &path, &segments).await {
         Ok(reply) => reply,
         Err(e) => {
             let mut reply = error_reply(&e);
             if e.kind == ErrorKind::Unauthorized {
                 // The operator's routes take the admin token only, not a wallet sign-in.
-                let challenge =
-                    if segments.first() == Some(&"admin") || segments == ["v1", "ledger"] {
-                        r#"Bearer realm="esim402-admin""#
-                    } else {
-                        r#"Bearer realm="esim402", SIWX realm="esim402""#
-                    };
+                // The wallet's own routes (its SIMs, an activation code) take a wallet sign-in only.
+                let challenge = match segments.as_slice() {
+                    ["admin", ..] | ["v1", "ledger"] => r#"Bearer realm="esim402-admin""#,
+                    ["v1", "esim"] | ["v1", "esim", _, "activation"] => r#"SIWX realm="esim402""#,
+                    _ => r#"Bearer realm="esim402", SIWX realm="esim402""#,
+                };
                 reply.headers_mut().insert(
                     "www-authenticate",
                     spin_sdk::http::HeaderValue::from_static(challenge),

@@ -138,7 +138,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     };
 
     if let Some(proof) = proof {
-        let named = body_invoice.or(invoice_header);
+        let named = pay::named_invoice(body_invoice, invoice_header)?;
         let invoice = pay::invoice_for(&proof, named.as_ref(), || async {
             // A payment naming no invoice (x402 v1): the first offer, as the 402 made it (from the balance; a SIM
             // metered nowhere has none, a store fault is answered, never guessed around).
@@ -188,10 +188,11 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
             let Some(mb) = top_up_mb else {
                 return Err(e);
             };
-            if let Some(to) = pay::switched_to(iccid).await.map_err(from_wit)? {
+            // Not naming the new SIM: this caller did not prove it manages the SIM (kernel `switched_away`).
+            if pay::switched_to(iccid).await.map_err(from_wit)?.is_some() {
                 return Err(ApiError::new(
                     esim402_core::ErrorKind::Conflict,
-                    esim402_core::esim::switched_away(iccid, &to),
+                    esim402_core::esim::switched_away(iccid),
                 ));
             }
             // `mb` is the one asked for, so the first offer.

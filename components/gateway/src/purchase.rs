@@ -32,20 +32,8 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
         let query = req.uri().query().unwrap_or_default().to_owned();
         (ActivationRequest::from_query(&query)?, query.into_bytes())
     } else {
-        // A POST reads its body only: a query naming the fields too would be silently ignored while the x402
-        // `resource` (the URL) showed it, so it is refused.
-        if let Some(field) = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find(|p| !p.is_empty()))
-        {
-            let name = field.split('=').next().unwrap_or(field);
-            return Err(ApiError::invalid(
-                name,
-                "a POST is read from its JSON body only: send the fields there, without a query (or GET with the \
-                 query alone)",
-            ));
-        }
+        // A POST reads its body only (one with a query was refused before routing: kernel
+        // `routes::ignored_query`).
         let body = read_body(req).await?;
         (ActivationRequest::parse(&body)?, body.to_vec())
     };
@@ -73,14 +61,15 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
 
 /// The `X-Agent-ID` label of a request, if any (400 if malformed).
 pub fn label_of(headers: &spin_sdk::http::HeaderMap) -> Result<Option<String>, ApiError> {
-    headers
-        .get("x-agent-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|l| {
-            esim402_core::order::parse_agent_label(l)
-                .map_err(|e| ApiError::invalid("X-Agent-ID", e))
-        })
-        .transpose()
+    let Some(value) = headers.get("x-agent-id") else {
+        return Ok(None);
+    };
+    // A value that is not ASCII is refused as an empty one is (before, it was dropped: the SIM was bought
+    // without its label).
+    let label = value.to_str().unwrap_or_default();
+    esim402_core::order::parse_agent_label(label)
+        .map(Some)
+        .map_err(|e| ApiError::invalid("X-Agent-ID", e))
 }
 
 /// Send a kept activation request again (the operator's cleanup run, `crate::admin`; kept by
@@ -140,12 +129,8 @@ impl Paid<'_> {
     /// answer.
     pub async fn pay(self) -> Result<(String, StoredResponse), ApiError> {
         let wit_request = crate::convert::activation_to_wit(&self.request);
-        let named = self
-            .request
-            .invoice_id
-            .as_ref()
-            .or(self.invoice_header.as_ref());
-        let invoice = pay::invoice_for(&self.proof, named, || async {
+        let named = pay::named_invoice(self.request.invoice_id.clone(), self.invoice_header)?;
+        let invoice = pay::invoice_for(&self.proof, named.as_ref(), || async {
             Ok(issue_activation(&wit_request).await?.0)
         })
         .await?;
@@ -212,6 +197,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let url = public_resource_url(&req).await;
     let body = read_body(req).await?;
     let target = crate::convert::switch_target(&body)?;
+    let by_wallet = matches!(credential, wit::Credential::Wallet(_));
     let sim = crate::auth::open(iccid, credential).await?;
     let issue = || async {
         let quote = dispatch::quote_switch(iccid.to_owned(), target.clone())
@@ -245,6 +231,8 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let order = Order::Switch {
         iccid: iccid.to_owned(),
         target,
+        by_wallet,
+        owner: sim.owner.clone(),
     };
     let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
     Ok(render(&with_token(stored).await))

@@ -41,14 +41,22 @@ pub async fn ready() -> Result<Reply, ApiError> {
     if let Err(message) = crate::admin::token().await {
         problems.push(serde_json::json!({ "component": "gateway", "message": message }));
     }
-    if let Some(list) = esim402_guest::config::optional_var("public_origins").await {
-        let origins = esim402_core::auth::siwx::origin_problems(&list);
-        if !origins.is_empty() {
-            problems.push(serde_json::json!({
-                "component": "gateway",
-                "message": origins.join("; "),
-            }));
+    match crate::public_origins().await {
+        Ok(Some(list)) => {
+            let origins = esim402_core::auth::siwx::origin_problems(list);
+            if !origins.is_empty() {
+                problems.push(serde_json::json!({
+                    "component": "gateway",
+                    "message": origins.join("; "),
+                }));
+            }
         }
+        Ok(None) => {}
+        // Wallet sign-ins are refused meanwhile (503).
+        Err(e) => problems.push(serde_json::json!({
+            "component": "gateway",
+            "message": format!("the variable {} {}", e.name, e.problem),
+        })),
     }
     Ok(if problems.is_empty() {
         json(200, r#"{"status":"ready"}"#.into())

@@ -96,11 +96,47 @@ pub fn allowed(segments: &[&str]) -> Option<&'static str> {
     route(segments).map(|r| r.allow)
 }
 
+/// The name of the first query parameter of a request that reads its parameters from its JSON body only
+/// (every `POST` under `/v1/`), if it has one: such a query would be silently ignored while the x402 `resource`
+/// (the URL) and the client showed it (`POST /v1/esim/{iccid}/data?top_up_mb=100` was granted quota, or sold
+/// the 16 MB offer), so it is refused (400 naming it). The operator's `POST /admin/…?limit=N` reads its query.
+pub fn ignored_query<'a>(
+    method: &str,
+    segments: &[&str],
+    query: Option<&'a str>,
+) -> Option<&'a str> {
+    if method != "POST" || segments.first() != Some(&"v1") {
+        return None;
+    }
+    let first = query?.split('&').find(|p| !p.is_empty())?;
+    Some(first.split('=').next().unwrap_or(first))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    #[test]
+    fn a_post_under_v1_takes_no_query() {
+        let data = ["v1", "esim", "8901", "data"];
+        assert_eq!(
+            ignored_query("POST", &data, Some("top_up_mb=100")),
+            Some("top_up_mb")
+        );
+        assert_eq!(
+            ignored_query("POST", &["v1", "esim", "8901", "switch"], Some("&carrier")),
+            Some("carrier")
+        );
+        assert_eq!(ignored_query("POST", &data, Some("")), None);
+        assert_eq!(ignored_query("POST", &data, None), None);
+        assert_eq!(ignored_query("GET", &["v1", "esim"], Some("limit=5")), None);
+        assert_eq!(
+            ignored_query("POST", &["admin", "refunds", "run"], Some("limit=5")),
+            None
+        );
+    }
 
     /// Every header a browser may send cross-origin is read as one value, but the body's type (refused twice
     /// by `json_body`, 415): the two lists stay in step.

@@ -23,7 +23,7 @@
 
 mod answers;
 mod attempt;
-mod proof;
+pub(crate) mod proof;
 mod withdraw;
 
 use esim402_core::ledger::EntryKind;
@@ -82,6 +82,21 @@ pub async fn load_invoice(id: &str) -> Result<wit::Invoice, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no invoice {id}")))
 }
 
+/// The invoice a request names: its body's `invoice_id` or its `X-Invoice-Id` header; both naming different
+/// invoices is 400 (before, the body's won silently).
+pub fn named_invoice(
+    body: Option<InvoiceId>,
+    header: Option<InvoiceId>,
+) -> Result<Option<InvoiceId>, ApiError> {
+    match (body, header) {
+        (Some(b), Some(h)) if b != h => Err(ApiError::invalid(
+            "X-Invoice-Id",
+            format!("the body names invoice {b} and X-Invoice-Id names {h}: name one"),
+        )),
+        (b, h) => Ok(b.or(h)),
+    }
+}
+
 /// A `X-Invoice-Id` header value, parsed.
 pub fn invoice_header(headers: &spin_sdk::http::HeaderMap) -> Result<Option<InvoiceId>, ApiError> {
     headers
@@ -105,6 +120,10 @@ pub enum Order {
     Switch {
         iccid: String,
         target: wit::SwitchTarget,
+        /// The request signed in with the owner's wallet (not an access token).
+        by_wallet: bool,
+        /// The SIM's owner (its payer's address).
+        owner: Option<String>,
     },
     /// More data for a SIM; `quota` is the grant the retried quota request asks for (not part of the
     /// invoice: the answer after payment is that grant).
@@ -125,7 +144,7 @@ impl Order {
     fn purchase(&self) -> wit::Purchase {
         match self {
             Order::Activation { request, .. } => wit::Purchase::Activation(request.clone()),
-            Order::Switch { iccid, target } => wit::Purchase::Switch(wit::SwitchRequest {
+            Order::Switch { iccid, target, .. } => wit::Purchase::Switch(wit::SwitchRequest {
                 iccid: iccid.clone(),
                 target: target.clone(),
             }),
@@ -189,7 +208,7 @@ impl Order {
                 let switched_to = switched_to(iccid).await?;
                 let state = esim402_guest::convert::sim_state(sim.state);
                 if let Some(why) =
-                    esim402_core::esim::top_up_refused(iccid, state, switched_to.as_deref())
+                    esim402_core::esim::top_up_refused(iccid, state, switched_to.is_some())
                 {
                     return Err(wit::Error::Conflict(why));
                 }
@@ -206,7 +225,7 @@ impl Order {
                 )
                 .await
             }
-            Order::Switch { iccid, target } => {
+            Order::Switch { iccid, target, .. } => {
                 dispatch::perform_switch(
                     iccid.clone(),
                     target.clone(),

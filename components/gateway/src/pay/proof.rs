@@ -39,7 +39,8 @@ pub struct Proof {
 /// The payer's signature that goes with `X-Payment-Proof`.
 const PROOF_SIGNATURE: &str = "x-payment-proof-signature";
 
-const HEADERS: [(&str, Kind); 3] = [
+/// The headers that carry a payment, and what each carries.
+pub const HEADERS: [(&str, Kind); 3] = [
     ("payment-signature", Kind::V2),
     ("x-payment", Kind::V1),
     ("x-payment-proof", Kind::TxHash),
@@ -171,7 +172,14 @@ impl Proof {
                     "a tx-hash proof must name its invoice: body field invoice_id or header X-Invoice-Id",
                 )
             }),
-            (_, Some(payload)) => Ok(invoice_id_of(payload)),
+            (_, Some(payload)) => match (invoice_id_of(payload), named) {
+                // A v2 payment pays the invoice it names: a request naming another is refused, not ignored.
+                (Some(paid), Some(other)) if paid != *other => Err(ApiError::invalid(
+                    "invoice_id",
+                    format!("the payment pays invoice {paid}, not {other} which the request names"),
+                )),
+                (id, _) => Ok(id),
+            },
             (_, None) => Ok(None),
         }
     }

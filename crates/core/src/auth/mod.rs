@@ -78,13 +78,17 @@ pub enum AuthError {
     /// The credential is fine but does not open this SIM (answered as "no such SIM").
     #[error("no SIM {0}")]
     NotYours(String),
+    /// Nothing can be checked now (what the service needs to check a credential could not be read): 503.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
-    /// 401, or 404 for [`AuthError::NotYours`].
+    /// 401, or 404 for [`AuthError::NotYours`], 503 for [`AuthError::Unavailable`].
     pub fn status(&self) -> u16 {
         match self {
             Self::NotYours(_) => 404,
+            Self::Unavailable(_) => 503,
             _ => 401,
         }
     }

@@ -191,11 +191,16 @@ pub fn origin_problems(list: &str) -> Vec<String> {
 /// loopback address (`client`: the peer's `ip:port`, Spin's `spin-client-addr`) may use its own origin
 /// (development): the Host header alone is the client's to choose, so a public deployment would otherwise take
 /// a signature its owner gave a local app. Anywhere else sign-ins are refused until the variable is set.
+/// `configured` is `Err` (why, naming the variable) when the variable's provider failed: nothing is checked
+/// then ([`AuthError::Unavailable`]), never the loopback fallback, which is for a variable that is unset (a
+/// reverse proxy on the same machine sends loopback requests from a loopback address).
 pub fn expected_origins<'a>(
-    configured: Option<&'a str>,
+    configured: Result<Option<&'a str>, String>,
     request_url: &'a str,
     client: Option<&str>,
 ) -> Result<Vec<(&'a str, &'a str)>, AuthError> {
+    let configured = configured
+        .map_err(|why| AuthError::Unavailable(format!("wallet sign-in is unavailable: {why}")))?;
     if let Some(list) = configured {
         let origins: Vec<_> = list
             .split(',')

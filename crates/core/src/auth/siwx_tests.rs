@@ -302,7 +302,7 @@ fn extreme_clocks_refuse_without_overflow() {
 fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
     assert_eq!(
         expected_origins(
-            Some("https://esim.example.com, http://10.0.0.5:3000"),
+            Ok(Some("https://esim.example.com, http://10.0.0.5:3000")),
             "http://evil.com/v1/esim",
             Some("203.0.113.9:5000"),
         ),
@@ -312,7 +312,7 @@ fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
         ]),
         "the configured origins, whatever the request's Host says"
     );
-    assert!(expected_origins(Some(" , "), "http://127.0.0.1/", Some("127.0.0.1:1")).is_err());
+    assert!(expected_origins(Ok(Some(" , ")), "http://127.0.0.1/", Some("127.0.0.1:1")).is_err());
     for local in [
         "http://127.0.0.1:3000/v1/esim",
         "http://localhost/x",
@@ -321,14 +321,14 @@ fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
         let (origin, _) = origin_of(local).unwrap();
         for client in ["127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000"] {
             assert_eq!(
-                expected_origins(None, local, Some(client)).unwrap()[0].0,
+                expected_origins(Ok(None), local, Some(client)).unwrap()[0].0,
                 origin,
                 "{local}"
             );
         }
         // A loopback Host from a remote peer, or from a peer nobody named: the Host header is the client's.
         for client in [Some("203.0.113.9:5000"), Some("not an address"), None] {
-            let e = expected_origins(None, local, client).unwrap_err();
+            let e = expected_origins(Ok(None), local, client).unwrap_err();
             assert!(
                 e.to_string().contains("public_origins"),
                 "{local} {client:?}: {e}"
@@ -340,9 +340,24 @@ fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
         "http://10.0.0.5:3000/",
         "http://127.0.0.1.evil.com/",
     ] {
-        let e = expected_origins(None, remote, Some("127.0.0.1:40000")).unwrap_err();
+        let e = expected_origins(Ok(None), remote, Some("127.0.0.1:40000")).unwrap_err();
         assert!(e.to_string().contains("public_origins"), "{remote}: {e}");
     }
+}
+
+/// A variable provider that fails is not an unset variable: a loopback request from a loopback address (a
+/// reverse proxy on the same machine) is refused with a 503, not checked against its own origin (before, it
+/// was: the failure read as "unset").
+#[test]
+fn sign_ins_are_unavailable_while_the_origins_cannot_be_read() {
+    let e = expected_origins(
+        Err("the variable public_origins could not be read from its provider".into()),
+        "http://127.0.0.1:3000/v1/esim",
+        Some("127.0.0.1:40000"),
+    )
+    .unwrap_err();
+    assert_eq!(e.status(), 503, "{e}");
+    assert!(e.to_string().contains("public_origins"), "{e}");
 }
 
 #[test]

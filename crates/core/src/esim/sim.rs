@@ -227,18 +227,23 @@ pub fn retire_on_terminate(state: Option<ProfileState>) -> bool {
     )
 }
 
-/// Why SIM `iccid`, switched to SIM `to`, takes no top-up.
-pub fn switched_away(iccid: &str, to: &str) -> String {
-    format!("SIM {iccid} was switched to SIM {to}: its balance moved there, and it takes no top-up")
+/// Why SIM `iccid`, switched to another SIM, takes no top-up. The new SIM is not named: a top-up may be asked
+/// and paid by anyone, and its ICCID would link the device's old and new SIMs for a stranger (its owner reads
+/// it in the old SIM's balance, `switched_to`, or finds it with a wallet sign-in at `GET /v1/esim`).
+pub fn switched_away(iccid: &str) -> String {
+    format!(
+        "SIM {iccid} was switched to another SIM: its balance moved there, and it takes no top-up (its owner \
+         finds the new SIM in this SIM's balance, `switched_to`)"
+    )
 }
 
-/// Why SIM `iccid` in `state` takes no top-up, or `None` when it does. `switched_to`: the SIM a switch moved its
-/// balance to (its metering account says so, not the SIM records: a replacement still being ordered has not
+/// Why SIM `iccid` in `state` takes no top-up, or `None` when it does. `switched`: a switch moved its
+/// balance to another SIM (its metering account says so, not the SIM records: a replacement still being ordered has not
 /// taken the balance yet). A terminated or failed SIM takes no data; a pending one may yet be withdrawn (its
 /// payment never completed), and nothing would give a top-up back; a switched-away one's account is closed
 /// (the payment would be settled and then owed back).
-pub fn top_up_refused(iccid: &str, state: SimState, switched_to: Option<&str>) -> Option<String> {
-    match (state, switched_to) {
+pub fn top_up_refused(iccid: &str, state: SimState, switched: bool) -> Option<String> {
+    match (state, switched) {
         (SimState::Terminated | SimState::Failed, _) => Some(format!(
             "SIM {iccid} is {}: it takes no more data",
             format!("{state:?}").to_lowercase()
@@ -246,8 +251,8 @@ pub fn top_up_refused(iccid: &str, state: SimState, switched_to: Option<&str>) -
         (SimState::Pending, _) => Some(format!(
             "SIM {iccid} is still being ordered: top it up once it is active"
         )),
-        (_, Some(next)) => Some(switched_away(iccid, next)),
-        (SimState::Active | SimState::Suspended, None) => None,
+        (_, true) => Some(switched_away(iccid)),
+        (SimState::Active | SimState::Suspended, false) => None,
     }
 }
 
@@ -291,15 +296,15 @@ mod tests {
     use super::*;
 
     /// A switched-away SIM takes no top-up (before, it was sold, settled and owed back, its account being
-    /// closed).
+    /// closed), and the refusal, which anyone may be answered, does not name the new SIM.
     #[test]
     fn only_a_sim_in_service_and_not_switched_away_takes_a_top_up() {
-        assert_eq!(top_up_refused("8901", SimState::Active, None), None);
-        assert_eq!(top_up_refused("8901", SimState::Suspended, None), None);
-        let moved = top_up_refused("8901", SimState::Active, Some("8902")).unwrap();
-        assert!(moved.contains("switched to SIM 8902"), "{moved}");
+        assert_eq!(top_up_refused("8901", SimState::Active, false), None);
+        assert_eq!(top_up_refused("8901", SimState::Suspended, false), None);
+        let moved = top_up_refused("8901", SimState::Active, true).unwrap();
+        assert!(moved.contains("switched to another SIM"), "{moved}");
         for s in [SimState::Terminated, SimState::Failed, SimState::Pending] {
-            assert!(top_up_refused("8901", s, None).is_some(), "{s:?}");
+            assert!(top_up_refused("8901", s, false).is_some(), "{s:?}");
         }
     }
     use ExecutionStatus::{
