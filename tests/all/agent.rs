@@ -397,8 +397,8 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
 /// paid once on chain), records the SIM and its token, says so on stderr, then answers for that SIM; `balance`
 /// likewise collects a top-up whose reply was lost before answering. Before, `status` found no SIM (exit 2), the
 /// SIM paid for never reached the state, and a top-up was collected by that very top-up command only. A top-up
-/// printed as text says that the answer carries no balance (the facilitator shows it to the SIM's owner only,
-/// and a top-up is paid without credential) instead of `null KB left`.
+/// printed as text shows the balance left (it is sent with the SIM's credential: the facilitator shows the
+/// balance to the SIM's owner only; before, it said the answer carried none), never `null KB left`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn any_command_collects_a_lost_payment_first_and_a_top_up_never_prints_a_null_balance() {
     let s = PayStack::start(&[]).await;
@@ -460,14 +460,12 @@ async fn any_command_collects_a_lost_payment_first_and_a_top_up_never_prints_a_n
     assert_eq!(st["spends"][1]["status"], "settled", "{st}");
     assert_eq!(s.balance(agent()).await, before - paid, "paid once");
 
-    // A top-up printed as text: what was bought, and no `null` for the balance the answer does not carry.
+    // A top-up printed as text: what was bought, and the balance left (120 MB credited, none used).
     let top = cli(&proxy.url, dir.path(), &["top-up", "--data-mb", "10"]).await;
     assert_eq!(top.code, 0, "{}", top.stderr);
     assert!(!top.stdout.contains("null"), "{}", top.stdout);
     assert!(
-        top.stdout.starts_with("topped up 10 MB for ")
-            && top.stdout.contains("carries no balance")
-            && top.stdout.contains("esim402-agent balance"),
+        top.stdout.starts_with("topped up 10 MB for ") && top.stdout.contains("120000 KB left"),
         "{}",
         top.stdout
     );

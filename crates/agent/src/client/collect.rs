@@ -551,8 +551,8 @@ impl Agent {
         Ok(out)
     }
 
-    /// Send the pending `payment` for `request` again (with the owner's credential for a switch, as the switch
-    /// was sent) and keep what it bought; and whether the facilitator gave no answer at all.
+    /// Send the pending `payment` for `request` again (with the SIM's credential for a switch or a top-up, as
+    /// they were sent) and keep what it bought; and whether the facilitator gave no answer at all.
     async fn collect_one(
         &self,
         state: &State,
@@ -566,7 +566,7 @@ impl Agent {
             payment.payment_id, request.purchase
         ));
         let owner = match &request.purchase {
-            Purchase::Switch(iccid) => state.pick_sim(Some(iccid)),
+            Purchase::Switch(iccid) | Purchase::TopUp(iccid) => state.pick_sim(Some(iccid)),
             _ => None,
         };
         let paid = PaidRequest {

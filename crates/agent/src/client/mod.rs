@@ -475,8 +475,10 @@ impl Agent {
         .await
     }
 
-    /// Buy `data_mb` more for a SIM (anyone may pay a top-up: no credential is sent). Every other top-up
-    /// pending with this facilitator is collected first; while one of this SIM stays pending, no new one is paid.
+    /// Buy `data_mb` more for a SIM. Anyone may pay a top-up, but the SIM's credential is sent with it so the
+    /// answer carries the balance (the facilitator shows it to the owner only: before, an owner's top-up printed
+    /// none). Every other top-up pending with this facilitator is collected first; while one of this SIM stays
+    /// pending, no new one is paid.
     pub async fn top_up(
         &self,
         iccid: Option<&str>,
@@ -492,7 +494,7 @@ impl Agent {
         self.clear_way(&Purchase::TopUp(sim.iccid.clone()), &path, &body)
             .await?;
         let purpose = format!("top-up {} {data_mb} MB", sim.iccid);
-        Ok(self.pay(&path, &body, &purpose, None).await?.body)
+        Ok(self.pay(&path, &body, &purpose, Some(&sim)).await?.body)
     }
 
     /// The smallest top-up the facilitator's catalog (`GET /v1/catalog`) offers for `sim`'s carrier, in MB: the
