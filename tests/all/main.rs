@@ -17,6 +17,7 @@ mod holds;
 mod invoice_keys;
 mod ledger;
 mod metering;
+mod orphans;
 mod ownership;
 mod payments;
 mod python_client;

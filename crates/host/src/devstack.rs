@@ -7,6 +7,13 @@
 //! directory hold [`lock::DirLock`] on it meanwhile, so a second one there is refused instead of emptying the
 //! first one's store.
 //!
+//! If the process is killed before the stack is dropped (SIGKILL, the OOM killer), the simulators end with it
+//! on their own (they ask Linux for a parent-death signal when [`PARENT_PID_ENV`] names their parent), and the
+//! next stack started for the same directory stops the rest (anvil): each child is on the lock holder's
+//! record ([`children`]) from the moment it is spawned. Linux sends that signal when the *thread* that spawned
+//! the child ends, so start a stack from a thread that outlives it (the main thread, a `block_on`; not a
+//! `spawn_blocking` task).
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let env = std::collections::HashMap::new();
@@ -26,12 +33,22 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 pub mod chain;
+pub mod children;
 pub mod lock;
+
+use children::Record;
+
+/// The environment variable through which the dev stack gives its simulators its PID: a simulator that finds
+/// it asks to be sent SIGTERM when its parent ends (Linux's parent-death signal), and exits at once if its
+/// parent is not that PID any more (it ended before the simulator could ask).
+pub const PARENT_PID_ENV: &str = "ESIM402_PARENT_PID";
 
 /// Children started for development; stopped on drop.
 #[derive(Default)]
 pub struct DevStack {
     children: Vec<(String, Child)>,
+    /// Where the children are recorded for the next stack in the directory, if anywhere ([`children`]).
+    record: Option<Record>,
     /// The dev chain's pool watch ([`chain::watch_pool`]), aborted on drop.
     pool_watch: Option<tokio::task::JoinHandle<()>>,
     /// `SPIN_VARIABLE_*` settings that point the app at the stack.
@@ -73,7 +90,7 @@ impl DevStack {
         app_url: &str,
         env: &HashMap<String, String>,
     ) -> anyhow::Result<Self> {
-        Self::start_with_dotenv(app_dir, app_dir, app_url, env, &[]).await
+        Self::start_with_dotenv(app_dir, app_dir, app_url, env, &[], None).await
     }
 
     /// [`start_for`](Self::start_for), counting as configured the variables of `dotenv_dir`'s `.env`: it must be
@@ -81,17 +98,20 @@ impl DevStack {
     /// its settings, passed in the environment, would outrank the app's `.env`. `esim402 up` and `esim402
     /// devstack` pass the current directory, whose `.env` the app reads under both hosts ([`crate::variables`]).
     /// A variable the runtime config's `env` providers set (`providers`) counts as configured too, as the app
-    /// reads it first.
+    /// reads it first. Each child is put on `record` as soon as it is spawned (the directory lock's:
+    /// [`lock::DirLock::record`]), so a stack killed before it could stop them has them stopped by the next.
     pub async fn start_with_dotenv(
         app_dir: &Path,
         dotenv_dir: &Path,
         app_url: &str,
         env: &HashMap<String, String>,
         providers: &[crate::variables::EnvProvider],
+        record: Option<&Record>,
     ) -> anyhow::Result<Self> {
         let configured = configured(dotenv_dir, env, providers)?;
         let env = &configured;
         let mut stack = Self::default();
+        stack.record = record.cloned();
         if env.contains_key("SPIN_VARIABLE_SMDP_URL") {
             tracing::info!(
                 "dev stack: SM-DP+ configured by SPIN_VARIABLE_SMDP_URL; no simulator started"
@@ -122,10 +142,11 @@ impl DevStack {
             let (child, url) = spawn_announcing(
                 Command::new(&bin)
                     .args(["--listen", "127.0.0.1:0", "--callback-url", &callback])
-                    .env("SMDP_SIM_CALLBACK_CREDENTIALS", &credentials),
+                    .env("SMDP_SIM_CALLBACK_CREDENTIALS", &credentials)
+                    .env(PARENT_PID_ENV, std::process::id().to_string()),
                 "smdp-sim listening on ",
             )?;
-            stack.children.push(("smdp-sim".into(), child));
+            stack.adopt("smdp-sim", &bin, child)?;
             stack
                 .env
                 .push(("SPIN_VARIABLE_SMDP_URL".into(), url.clone()));
@@ -170,10 +191,11 @@ impl DevStack {
                     "--smdp",
                     smdp_url,
                 ])
-                .env("TRAFFIC_SIM_CARRIER_CREDENTIALS", credentials),
+                .env("TRAFFIC_SIM_CARRIER_CREDENTIALS", credentials)
+                .env(PARENT_PID_ENV, std::process::id().to_string()),
             "traffic-sim listening on ",
         )?;
-        self.children.push(("traffic-sim".into(), child));
+        self.adopt("traffic-sim", &bin, child)?;
         self.facts.insert("traffic_url".into(), url.into());
         Ok(())
     }
@@ -184,7 +206,7 @@ impl DevStack {
         app_dir: &Path,
         env: &HashMap<String, String>,
     ) -> anyhow::Result<()> {
-        let anvil = chain::find_anvil(app_dir, env)?;
+        let anvil = chain::find_anvil(app_dir, chain::anvil_override().as_deref())?;
         let var = |name: &str, default: &str| {
             env.get(&format!("SPIN_VARIABLE_{name}"))
                 .cloned()
@@ -195,8 +217,9 @@ impl DevStack {
             version: var("USDC_EIP712_VERSION", "2"),
             symbol: "USDC".into(),
         };
+        // anvil is recorded as soon as it is spawned, before it answers (`chain::start`).
         let children = &mut self.children;
-        let dev = chain::start(&anvil, &domain, |child| {
+        let dev = chain::start(&anvil, &domain, self.record.as_ref(), |child| {
             children.push(("anvil".into(), child));
         })
         .await?;
@@ -259,6 +282,16 @@ impl DevStack {
             }
         };
         self.facts.insert("admin_token".into(), json!(admin));
+        Ok(())
+    }
+
+    /// Keep `child` (spawned from `program`) to stop on drop, and put it on the record.
+    fn adopt(&mut self, name: &str, program: &Path, child: Child) -> anyhow::Result<()> {
+        let pid = child.id();
+        self.children.push((name.to_owned(), child));
+        if let Some(record) = &self.record {
+            record.add(name, pid, program.as_os_str())?;
+        }
         Ok(())
     }
 
@@ -499,6 +532,9 @@ impl Drop for DevStack {
         for (name, child) in &mut self.children {
             // SIGTERM first so children shut down cleanly, then make sure.
             stop_child(child, "TERM", Duration::from_secs(5));
+            if let Some(record) = &self.record {
+                record.remove(child.id());
+            }
             tracing::debug!(%name, "dev stack: stopped");
         }
     }

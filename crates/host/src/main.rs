@@ -226,10 +226,11 @@ async fn devstack(
         .collect();
     let dir = out_dir.unwrap_or_else(|| app_dir.join(".spin"));
     // One stack per facts directory: another one's `devstack.json` and `devstack.env` stay its own.
-    let _lock = DirLock::acquire(&dir)?;
+    // Taking it stops what a killed earlier stack here left running (`devstack::children`).
+    let lock = DirLock::acquire(&dir)?;
     // The `.env` that counts is the one `spin up` (or `esim402 up`) reads: the current directory's.
     let stack = tokio::select! {
-        stack = DevStack::start_with_dotenv(&app_dir, Path::new("."), app_url, &env, &[]) => stack?,
+        stack = DevStack::start_with_dotenv(&app_dir, Path::new("."), app_url, &env, &[], Some(lock.record())) => stack?,
         () = stop.clone().requested() => {
             stopped_during_start_up();
             return Ok(0);
@@ -264,6 +265,12 @@ async fn devstack(
         .envs(stack.env.iter().cloned())
         .spawn()
         .with_context(|| format!("cannot start {:?}", command[0]))?;
+    // On record too: should this process be killed, the next stack here stops the command it left running.
+    let pid = child.id();
+    let program = std::ffi::OsStr::new(&command[0]);
+    if let Some(Err(e)) = pid.map(|pid| lock.record().add("command", pid, program)) {
+        tracing::warn!(error = %format!("{e:#}"), "dev stack: the command is not on record");
+    }
     let code = tokio::select! {
         status = child.wait() => status?.code().unwrap_or(1),
         () = stop.requested() => {
@@ -280,6 +287,9 @@ async fn devstack(
             }
         }
     };
+    if let Some(pid) = pid {
+        lock.record().remove(pid);
+    }
     drop(stack);
     Ok(code)
 }
@@ -304,6 +314,7 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
         let app_dir = Manifest::load(manifest)?.dir;
         // Before anything under `.spin` is touched: a second `esim402 up` here would empty the first one's
         // store under it.
+        // Taking it also stops what a killed earlier stack here left running (`devstack::children`).
         let lock = DirLock::acquire(&app_dir.join(".spin"))?;
         // The current directory's `.env`: the one `App::load` reads, as Spin does.
         let app_url = format!("http://{addr}");
@@ -312,8 +323,14 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
             Some(rc) => RuntimeConfig::load(rc, &app_dir)?.variables_providers,
             None => Vec::new(),
         };
-        let start =
-            DevStack::start_with_dotenv(&app_dir, Path::new("."), &app_url, &opts.env, &providers);
+        let start = DevStack::start_with_dotenv(
+            &app_dir,
+            Path::new("."),
+            &app_url,
+            &opts.env,
+            &providers,
+            Some(lock.record()),
+        );
         let stack = tokio::select! {
             stack = start => stack?,
             () = stop.clone().requested() => {

@@ -5,9 +5,15 @@
 //!
 //! Bounds, per origin (`scheme://host:port`): at most [`PoolLimits::max_in_flight`] requests at once (more wait
 //! for a slot within the request's connect timeout, then fail with `connection-limit-reached`), at most
-//! [`PoolLimits::max_idle`] idle connections kept, each closed after [`PoolLimits::idle_timeout`]. The
-//! guest's `request-options` timeouts apply as with a fresh connection: connect (including waiting for a
-//! slot), first byte, and between body frames.
+//! [`PoolLimits::max_idle`] idle connections kept, each closed after [`PoolLimits::idle_timeout`].
+//!
+//! The guest's `request-options` timeouts do not apply as they would to a fresh connection, because a pooled
+//! request may get a live connection (no connect at all) or open one, and the pool cannot tell which phase a
+//! request is in: the wait for a slot is bounded by the connect timeout (then `connection-limit-reached`); once
+//! it has a slot, connecting (if needed) and the response head together are bounded by connect + first-byte
+//! (then `connection-read-timeout`, also when it was the connect that was slow); each body frame by the
+//! between-bytes timeout. So a request can wait up to 2 × connect + first-byte for its response head, and a
+//! slow connect is not reported as `connection-timeout`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -118,6 +124,8 @@ impl Pool {
     }
 
     /// Send `request` on a pooled connection. The response body holds the origin's slot until it is dropped.
+    /// Timeouts (module docs): the slot wait is bounded by `options`' connect timeout, then connecting and the
+    /// response head together by connect + first-byte, then each body frame by between-bytes.
     pub async fn send(
         &self,
         request: http::Request<WasiBody>,
@@ -141,8 +149,8 @@ impl Pool {
             Ok(Err(_)) => return Err(Error::InternalError(Some("pool closed".into()))),
             Err(_) => return Err(Error::ConnectionLimitReached),
         };
-        // Connecting and the first byte share one deadline here: the pool may hand out a live connection
-        // (no connect at all) or open one.
+        // Connecting and the first byte share one deadline here (after the slot wait above, which has its own):
+        // the pool may hand out a live connection (no connect at all) or open one, and does not say which.
         let response = tokio::time::timeout(connect + first_byte, self.client.request(request))
             .await
             .map_err(|_| Error::ConnectionReadTimeout)?

@@ -49,7 +49,8 @@ pub enum StoreConfig {
     Sqlite(PathBuf),
     /// Redis server URL.
     Redis(String),
-    /// Process memory: Spin's `type = "spin"` without a `path`, or `--memory-kv`.
+    /// Process memory: Spin's `type = "spin"` without a `path` (an in-memory SQLite database in Spin; the
+    /// memory store keeps counters as it does), `state_dir = ""`, or `--memory-kv`.
     Memory,
 }
 
@@ -279,7 +280,8 @@ impl RuntimeConfig {
                     if store.url.is_some() {
                         bail!("key_value_store.{label}: `url` is not valid for type \"spin\"");
                     }
-                    // Spin's `make_store`: no path, no file (`DatabaseLocation::InMemory`).
+                    // Spin's `make_store`: no path, no file (`DatabaseLocation::InMemory`, SQLite in memory: the
+                    // memory store encodes counters as SQLite does).
                     match store.path {
                         Some(path) => StoreConfig::Sqlite(base.join(path)),
                         None => StoreConfig::Memory,

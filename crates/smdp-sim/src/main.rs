@@ -43,6 +43,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if !follow_parent()? {
+        return Ok(());
+    }
     let cli = Cli::parse();
     if !cli.listen.ip().is_loopback() && !cli.allow_public {
         bail!(
@@ -95,4 +98,38 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
     }
+}
+
+/// The environment variable through which the esim402 dev stack that starts this simulator names its PID
+/// (`esim402_host::devstack::PARENT_PID_ENV`; not imported, so the simulator stays independent of the host).
+const PARENT_PID_ENV: &str = "ESIM402_PARENT_PID";
+
+/// When started by the esim402 dev stack ([`PARENT_PID_ENV`] set), end with it however it ends: ask Linux for
+/// SIGTERM when the parent goes (the host's `Drop` never runs under SIGKILL or the OOM killer), which stops the
+/// simulator as any SIGTERM does; and if the parent is gone already (it ended before we asked: we were
+/// re-parented), say so and return `false`, to exit at once. Before, an orphaned simulator ran on for good
+/// (the traffic simulator posting receipts signed with the dev keys). Linux only: elsewhere the dev stack's
+/// next start cannot stop it either, so it is left to the user.
+fn follow_parent() -> anyhow::Result<bool> {
+    let Some(value) = std::env::var_os(PARENT_PID_ENV) else {
+        return Ok(true);
+    };
+    let expected: i32 = value
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{PARENT_PID_ENV} is not a process id: {value:?}"))?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+        .context("cannot ask for a parent-death signal")?;
+    // After asking: a parent that ends from here on sends the signal; one that ended before shows here.
+    let parent = rustix::process::Pid::as_raw(rustix::process::getppid());
+    if parent != expected {
+        tracing::info!(
+            expected,
+            parent,
+            "the dev stack that started this simulator is gone; exiting"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }

@@ -17,7 +17,7 @@
 //! facilitator's settlements would then stay `settlement_pending` until the chain restarts. The watch takes
 //! such a sender's queued transactions out of the pool and sends them again, in nonce order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,10 +77,17 @@ pub struct DevChain {
     pub token: Address,
 }
 
-/// The anvil binary: `ESIM402_ANVIL` if set, else the platform binary of the npm package under
-/// `<app_dir>/tools/node_modules` (not the `.bin/anvil` node wrapper, so the child's PID is anvil's own).
-pub fn find_anvil(app_dir: &Path, env: &HashMap<String, String>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = env.get("ESIM402_ANVIL") {
+/// The `ESIM402_ANVIL` environment variable, read from the process (not the app's variables, which
+/// `esim402 devstack` narrows to `SPIN_VARIABLE_*`, nor a `.env` file: it picks a binary to run).
+pub fn anvil_override() -> Option<std::ffi::OsString> {
+    std::env::var_os("ESIM402_ANVIL")
+}
+
+/// The anvil binary: `chosen` (the `ESIM402_ANVIL` environment variable: [`anvil_override`]) if set, else the
+/// platform binary of the npm package under `<app_dir>/tools/node_modules` (not the `.bin/anvil` node wrapper,
+/// so the child's PID is anvil's own).
+pub fn find_anvil(app_dir: &Path, chosen: Option<&std::ffi::OsStr>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = chosen {
         let path = PathBuf::from(path);
         if path.is_file() {
             return Ok(path);
@@ -127,14 +134,17 @@ const PORT_TRIES: usize = 3;
 /// anvil runs with `--quiet`: it would otherwise print a line per RPC call, which the host had to read and throw
 /// away for as long as the chain runs (a thread woken per line; about 2% of the host's CPU under paid load).
 /// So the port is picked here (bound and released) rather than read from anvil's banner.
-/// `on_spawn` receives the child as soon as it answers, so the caller can stop it if a later step fails.
+/// `on_spawn` receives the child as soon as it answers, so the caller can stop it if a later step fails; it is
+/// on `record` from its spawn on (struck off again if this start stops it), so that it is stopped by the next
+/// stack should this process be killed meanwhile ([`super::children`]).
 pub async fn start(
     anvil: &Path,
     domain: &TokenDomain,
+    record: Option<&super::children::Record>,
     on_spawn: impl FnOnce(Child),
 ) -> anyhow::Result<DevChain> {
     let started = Instant::now();
-    let (child, rpc) = spawn_quiet(anvil).await?;
+    let (child, rpc) = spawn_quiet(anvil, record).await?;
     on_spawn(child);
     let token = deploy(&rpc, domain).await?;
     mint(&rpc, token, DEMO_AGENT, U256::from(DEMO_AGENT_FUNDS))
@@ -170,8 +180,11 @@ fn gas_limit_marker() -> anyhow::Result<u64> {
 
 /// Spawn anvil quietly on a free loopback port and wait until *it* answers (the dev chain's id and this spawn's
 /// gas-limit marker); another port if anvil exits first or another chain answers there (the port picked was
-/// taken meanwhile).
-async fn spawn_quiet(anvil: &Path) -> anyhow::Result<(Child, Rpc)> {
+/// taken meanwhile). Each anvil spawned is on `record` until this stops it.
+async fn spawn_quiet(
+    anvil: &Path,
+    record: Option<&super::children::Record>,
+) -> anyhow::Result<(Child, Rpc)> {
     let mut last = None;
     for _ in 0..PORT_TRIES {
         let marker = gas_limit_marker()?;
@@ -191,7 +204,10 @@ async fn spawn_quiet(anvil: &Path) -> anyhow::Result<(Child, Rpc)> {
             .with_context(|| format!("cannot start {}", anvil.display()))?;
         // Stopped if this start is abandoned while anvil comes up: an error, or the caller's future dropped
         // (`esim402 up` stopped during start-up).
-        let mut starting = Starting(Some(child));
+        let mut starting = Starting(Some(child), record.cloned());
+        if let (Some(record), Some(child)) = (record, starting.0.as_ref()) {
+            record.add("anvil", child.id(), anvil.as_os_str())?;
+        }
         let rpc = Rpc::new(format!("http://127.0.0.1:{port}"))?;
         let ready = match starting.0.as_mut() {
             Some(child) => rpc.wait_ready(child, marker).await,
@@ -203,6 +219,9 @@ async fn spawn_quiet(anvil: &Path) -> anyhow::Result<(Child, Rpc)> {
             (Err(e), child) => {
                 if let Some(mut child) = child {
                     super::stop_child(&mut child, "TERM", Duration::from_secs(5));
+                    if let Some(record) = record {
+                        record.remove(child.id());
+                    }
                 }
                 last = Some(e);
             }
@@ -211,13 +230,17 @@ async fn spawn_quiet(anvil: &Path) -> anyhow::Result<(Child, Rpc)> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("anvil did not start")))
 }
 
-/// A child process on its way up, stopped by its PID if dropped before it is handed on.
-struct Starting(Option<Child>);
+/// A child process on its way up, stopped by its PID (and struck off the record) if dropped before it is
+/// handed on.
+struct Starting(Option<Child>, Option<super::children::Record>);
 
 impl Drop for Starting {
     fn drop(&mut self) {
         if let Some(child) = self.0.as_mut() {
             super::stop_child(child, "TERM", Duration::from_secs(5));
+            if let Some(record) = &self.1 {
+                record.remove(child.id());
+            }
         }
     }
 }
@@ -546,15 +569,27 @@ mod tests {
         assert!(err.contains("anvil exited with"), "{err}");
     }
 
+    /// `ESIM402_ANVIL` names the binary whatever the app directory holds; one that is not a file is refused
+    /// naming it.
+    #[test]
+    fn a_chosen_anvil_is_taken_or_refused_by_name() {
+        let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let here = std::env::current_exe().unwrap();
+        assert_eq!(find_anvil(&app_dir, Some(here.as_os_str())).unwrap(), here);
+        let e = find_anvil(&app_dir, Some(std::ffi::OsStr::new("/nonexistent/anvil"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/anvil"), "{e}");
+    }
+
     /// Another stack's anvil answering on the port our child was meant to bind is refused: same chain id, but
     /// not our marker. (Before, the chain id alone accepted it, and the stack ran against a chain that went away
     /// when the other stack stopped.)
     #[tokio::test]
     async fn another_chain_on_our_port_is_not_taken_for_ours() {
         let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let anvil =
-            find_anvil(&app_dir, &crate::variables::process_env()).expect("anvil installed");
-        let (mut theirs, rpc) = spawn_quiet(&anvil).await.expect("another stack's anvil");
+        let anvil = find_anvil(&app_dir, anvil_override().as_deref()).expect("anvil installed");
+        let (mut theirs, rpc) = spawn_quiet(&anvil, None)
+            .await
+            .expect("another stack's anvil");
         let their_marker = {
             let genesis = rpc
                 .call("eth_getBlockByNumber", json!(["0x0", false]))

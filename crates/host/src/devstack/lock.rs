@@ -7,12 +7,18 @@
 //! `<dir>/devstack.lock`, taken without waiting: the kernel drops it when its holder exits, however it exits,
 //! so a crashed stack never leaves a stale lock behind. The file holds the holder's PID, for the message the
 //! next one prints; the PID is information only, the lock is what counts.
+//!
+//! A crashed stack can leave its children behind, though: the lock's holder keeps them on record
+//! ([`super::children`], [`DirLock::record`]), and taking the lock stops what an earlier holder's record still
+//! names before anything else starts.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+
+use super::children::{self, Record};
 
 /// The lock file's name inside the directory it guards.
 pub const LOCK_FILE: &str = "devstack.lock";
@@ -22,11 +28,13 @@ pub const LOCK_FILE: &str = "devstack.lock";
 pub struct DirLock {
     _file: File,
     path: PathBuf,
+    record: Record,
 }
 
 impl DirLock {
     /// Lock `dir` (created if missing) for this process's dev stack, or fail at once naming the directory and
-    /// the PID of the process that holds it.
+    /// the PID of the process that holds it. Once locked, the processes an earlier holder left running (it was
+    /// killed before it could stop them) are stopped: [`children::stop_leftovers`].
     pub fn acquire(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(LOCK_FILE);
@@ -60,7 +68,17 @@ impl DirLock {
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         writeln!(file, "{}", std::process::id())?;
-        Ok(Self { _file: file, path })
+        children::stop_leftovers(dir);
+        Ok(Self {
+            _file: file,
+            path,
+            record: Record::new(dir),
+        })
+    }
+
+    /// Where this holder records the children it starts (empty at first).
+    pub fn record(&self) -> &Record {
+        &self.record
     }
 
     /// The lock file.

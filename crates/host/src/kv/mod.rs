@@ -1,17 +1,29 @@
 //! Key-value backends behind `spin:key-value` and `wasi:keyvalue`: SQLite (Spin's default), Redis and memory.
 //!
-//! Every backend implements the atomics correctly: `compare_and_swap` succeeds only if the key still holds
-//! exactly the expected value — and an expected *absence* means the key must still be absent (Spin's SQLite
-//! store treats CAS on a missing key as an unconditional write, and its Redis store can lose a CAS between
-//! WATCH and EXEC; neither hole exists here). Counters are stored as each backend's Spin counterpart stores
-//! them: 8-byte little-endian on SQLite, decimal ASCII on Redis (`INCRBY`) and in memory.
+//! What this host gives, on every backend: `increment` is atomic; `compare_and_swap` (`wasi:keyvalue`'s
+//! `swap`) writes only if the key still holds exactly the expected value, an expected *absence* only while
+//! the key is still absent, and reports what happened (on Redis: `SET NX`, or a server-side script that
+//! compares and sets); `get-many` answers each key in order (one snapshot on SQLite, `MGET` on Redis).
+//!
+//! That is stronger than Spin 4.1 gives (`reference/spin-compat.md` §2), so a guest tested here can still
+//! break under `spin up`: on Spin's SQLite store a swap on a key that was absent when read is an upsert (two
+//! racers both win); on its Redis store every swap reports `CasFailed` after it wrote, a lost race can be
+//! reported as success, and `get-many` sends the keys to `KEYS` as patterns (failing for more than one key).
+//! Only `increment` is atomic on both.
+//!
+//! The app does not rely on the difference: its components call `increment`, plain `get`/`set`/`delete` and
+//! `set-many` only, never `swap` nor `get-many` (`crates/guest/src/kv.rs`); every claim and state transition
+//! is a versioned cell whose winner an `increment` decides (`esim402_core::store::cell`). The stricter
+//! atomics here are for other guests, not a parity switch.
+//!
+//! Counters are stored as each backend's Spin counterpart stores them, so a store file or server can be
+//! shared with `spin up`: 8-byte little-endian on SQLite and in memory (Spin's `type = "spin"` store without a
+//! `path` is an in-memory SQLite database), decimal ASCII on Redis (`INCRBY`). Never mix `get`/`set` with
+//! `increment` on one key: the bytes differ per backend.
 //!
 //! `compare_and_swap` compares *values*: a key changed and changed back (A → B → A) since the guest read it
 //! still swaps (the ABA case), and an expected absence holds after a key was created and deleted again. A
 //! guest that must see every write in between keeps a version in its value (the app's cells do).
-//!
-//! The app itself never relies on compare-and-swap (Spin's stores cannot be trusted with it; see
-//! `esim402_core::store::cell`): it is implemented correctly here for other guests.
 
 use std::sync::Arc;
 
@@ -57,7 +69,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn exists(&self, key: &str) -> KvResult<bool>;
     /// Every key.
     async fn keys(&self) -> KvResult<Vec<String>>;
-    /// Add `delta` to the decimal integer at `key` (absent = 0) atomically; the new value.
+    /// Add `delta` to the counter at `key` (absent = 0) atomically; the new value. The counter is encoded as
+    /// the backend's Spin counterpart encodes it (module docs); a value that is not a counter is an error.
     async fn increment(&self, key: &str, delta: i64) -> KvResult<i64>;
     /// Write `value` only if `key` still holds `expected` (`None` = still absent). True if written.
     async fn compare_and_swap(
@@ -141,14 +154,15 @@ impl Durability {
     }
 }
 
-/// Parse a stored counter.
-pub(crate) fn parse_counter(key: &str, bytes: Option<&[u8]>) -> KvResult<i64> {
-    match bytes {
+/// Decode a counter as Spin's SQLite store keeps it (8-byte little-endian `i64`; absent = 0), as the SQLite and
+/// memory stores do. Spin's store panics on a value of another length; these refuse it.
+pub(crate) fn decode_counter(key: &str, bytes: Option<&[u8]>) -> KvResult<i64> {
+    match bytes.map(<[u8; 8]>::try_from) {
         None => Ok(0),
-        Some(b) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| KvError(format!("value of {key:?} is not a decimal integer"))),
+        Some(Ok(le)) => Ok(i64::from_le_bytes(le)),
+        Some(Err(_)) => Err(KvError(format!(
+            "value of {key:?} is not a counter (8-byte little-endian integer)"
+        ))),
     }
 }
 

@@ -460,15 +460,10 @@ pub(super) fn apply(tx: &Connection, s: &str, write: &Write) -> rusqlite::Result
                 .prepare_cached(GET)?
                 .query_row(params![s, key], |r| r.get(0))
                 .optional()?;
-            let current = match current.map(|v| <[u8; 8]>::try_from(v.as_slice())) {
-                None => 0,
-                Some(Ok(le)) => i64::from_le_bytes(le),
-                // Spin's own store panics here; this one refuses.
-                Some(Err(_)) => {
-                    return Ok(Err(KvError(format!(
-                        "value of {key:?} is not a counter (8-byte little-endian integer)"
-                    ))));
-                }
+            // Spin's own store panics on a value that is not 8 bytes; this one refuses it.
+            let current = match super::super::decode_counter(key, current.as_deref()) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
             };
             let Some(next) = current.checked_add(*delta) else {
                 return Ok(Err(KvError("counter overflow".into())));
