@@ -2079,6 +2079,16 @@ async fn a_refund_waits_while_a_reorganisation_has_taken_its_payment() {
     assert_one_refund_owed_and_paid(&s).await;
 }
 
+/// The requirement of the 402 a switch to `target` answers at `path`.
+async fn switch_requirement(s: &PayStack, path: &str, target: &Value) -> PaymentRequirements {
+    let (status, headers, quote) = s.post(path, target, &[]).await;
+    assert_eq!(status, 402, "{quote}");
+    decode_payment_required_header(headers["payment-required"].to_str().unwrap())
+        .unwrap()
+        .accepts[0]
+        .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paid_switch_moves_the_sim_to_another_carrier() {
     let s = PayStack::start(&[]).await;
@@ -2094,12 +2104,7 @@ async fn a_paid_switch_moves_the_sim_to_another_carrier() {
     let iccid = sim["iccid"].as_str().unwrap();
     let path = format!("/v1/esim/{iccid}/switch");
     let target = json!({"carrier": "verizon"});
-    let (status, headers, quote) = s.post(&path, &target, &[]).await;
-    assert_eq!(status, 402, "{quote}");
-    let switch_req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
-        .unwrap()
-        .accepts[0]
-        .clone();
+    let switch_req = switch_requirement(&s, &path, &target).await;
     let before = s.balance(agent()).await;
     let pay = Payment::for_requirement(&switch_req);
     // The switch payment cannot buy an activation.
@@ -2153,12 +2158,7 @@ async fn a_switch_paid_by_another_wallet_with_the_token_hands_over_no_code() {
     let iccid = sim["iccid"].as_str().unwrap();
     let path = format!("/v1/esim/{iccid}/switch");
     let target = json!({"carrier": "verizon"});
-    let (status, headers, quote) = s.post(&path, &target, &[]).await;
-    assert_eq!(status, 402, "{quote}");
-    let switch_req = decode_payment_required_header(headers["payment-required"].to_str().unwrap())
-        .unwrap()
-        .accepts[0]
-        .clone();
+    let switch_req = switch_requirement(&s, &path, &target).await;
     let other = k256::ecdsa::SigningKey::from_slice(&[0x42; 32]).unwrap();
     let other_address = esim402_core::x402::exact::address_of(other.verifying_key());
     chain::fund(&s.rpc_url, s.token, other_address, U256::from(1_000_000u64))
