@@ -66,8 +66,35 @@ async fn transition(
         .map_err(kv_err)
 }
 
-/// Record `tx` on the claim before its broadcast: the record and its cell version if this call recorded it,
-/// `None` if `holder` no longer holds the claim.
+/// The record at `key` as held at `start` (a version its caller wrote, with its data), else as read now, and
+/// the version it is at.
+async fn current(
+    key: &str,
+    start: Option<kv::Stored>,
+) -> Result<(Option<Record>, kv::Stored), wit::Error> {
+    match start {
+        Some(version) if version.data.is_some() => {
+            let record = version
+                .data
+                .as_deref()
+                .map(serde_json::from_slice::<Record>)
+                .transpose()
+                .map_err(|e| wit::Error::Internal(format!("settlement record {key}: {e}")))?;
+            Ok((record, version))
+        }
+        _ => kv::read_json::<Record, wit::Error>(key)
+            .await
+            .map_err(kv_err),
+    }
+}
+
+/// Record `tx` on the claim before its broadcast, its `txhash/` key claimed first ([`claim_txhash`]): the
+/// record and its cell version if this call recorded it, `None` if `holder` no longer holds the claim.
+///
+/// The claim comes first so that no cancellation (the host drops the task at a store call) can leave a
+/// recorded transaction without it: a later replay would send and confirm it, and a refund of it would then
+/// find nothing taken. Cancelled between the two, the claim names a transaction whose bytes were never stored,
+/// which never leaves: harmless (signed again identically by a later holder, it is claimed already).
 pub async fn record_submitted(
     key: &str,
     start: Option<kv::Stored>,
@@ -77,7 +104,19 @@ pub async fn record_submitted(
     at_block: Option<u64>,
     now: u64,
 ) -> Result<Option<(Record, kv::Stored)>, wit::Error> {
-    Ok(transition(key, start, |r| {
+    // The record as this holder last wrote it (or read now), recorded as it will be: what the claim names.
+    let (current, start) = current(key, start).await?;
+    let Some(mut submitted) = current else {
+        return Ok(None);
+    };
+    // A stale version saying no cannot turn into a yes: holders never come back, statuses never go back.
+    if !submitted.record_submitted(claim, holder, tx, at_block, now) {
+        return Ok(None);
+    }
+    if let Some(other) = claim_txhash(&submitted, tx.hash).await? {
+        return Err(pays_another(tx.hash, &other));
+    }
+    Ok(transition(key, Some(start), |r| {
         r.record_submitted(claim, holder, tx, at_block, now)
     })
     .await?
@@ -101,17 +140,63 @@ pub async fn record_replacement(
     .is_some_and(|(_, changed, _)| changed))
 }
 
-/// Record a terminal outcome; the record after the attempt and whether this call recorded it.
+/// What [`finish`] did.
+pub enum Finished {
+    /// The record after the attempt, and whether this call recorded the outcome.
+    Record(Box<Record>, bool),
+    /// There is no record at the key.
+    NoRecord,
+    /// Nothing recorded: the confirming hash's `txhash/` key is held by another settlement (a tx-hash proof of
+    /// another invoice presented it first), so one transfer would pay two invoices. Left pending for an
+    /// operator (logged `OPERATOR:`), as `sender::front_run` leaves a front-run that pays another.
+    PaysAnother,
+}
+
+/// Record a terminal outcome (kernel `Record::finish`). A confirmation by one of the record's own hashes claims
+/// that hash's `txhash/` key first (kernel `Record::to_claim_before`; unless this settlement claimed it itself,
+/// `claimed`): a transaction recorded by an older build, or by a request cancelled before its claim, confirms
+/// with its claim made, so a refund of it finds what it took. A failed claim records nothing: a later call
+/// confirms it. A key another settlement holds records nothing either ([`Finished::PaysAnother`]).
 pub async fn finish(
     key: &str,
     start: Option<kv::Stored>,
     claim: &str,
     outcome: Outcome,
+    claimed: Option<B256>,
     now: u64,
-) -> Result<Option<(Record, bool)>, wit::Error> {
-    Ok(transition(key, start, |r| r.finish(claim, outcome, now))
-        .await?
-        .map(|(record, changed, _)| (record, changed)))
+) -> Result<Finished, wit::Error> {
+    let start = match outcome {
+        Outcome::Confirmed(by) if claimed != Some(by) => {
+            let (current, start) = current(key, start).await?;
+            if let Some(record) = current.as_ref()
+                && let Some(hash) = record.to_claim_before(claim, outcome)
+                && let Some(other) = claim_txhash(record, hash).await?
+            {
+                eprintln!(
+                    "verifier: OPERATOR: settlement {key} ({}) was confirmed by {hash}, which already pays {} ({}); \
+                     left pending: settle it by hand",
+                    record
+                        .invoice
+                        .as_deref()
+                        .unwrap_or("a facilitator API settlement"),
+                    other
+                        .invoice
+                        .as_deref()
+                        .unwrap_or("a facilitator API settlement"),
+                    other.claim
+                );
+                return Ok(Finished::PaysAnother);
+            }
+            Some(start)
+        }
+        _ => start,
+    };
+    Ok(
+        match transition(key, start, |r| r.finish(claim, outcome, now)).await? {
+            Some((record, changed, _)) => Finished::Record(Box::new(record), changed),
+            None => Finished::NoRecord,
+        },
+    )
 }
 
 /// Take over the abandoned claim at `key` for `holder`: the record's cell version if this call took it.
@@ -126,17 +211,30 @@ pub async fn take_over(
         .and_then(|(_, changed, version)| changed.then_some(version)))
 }
 
-/// Also claim `txhash/<hash>` for a transaction we signed (its settlement `record`), so no proof can present
-/// it for another invoice and a refund can find what it paid. A store failure here fails the send before
-/// its broadcast: a transaction out without this claim could be presented again as a tx-hash proof. The
-/// record already names the transaction then, so its account nonce stays held until the caller's [`release`]
-/// has removed the record (the next send of the key gives it back only if no record names a transaction at it:
-/// `sender::give_back_recorded`); a release that fails keeps both, and the recorded transaction may still go
-/// out, to be reconciled like any other `submitted` one.
-pub async fn claim_txhash(record: &Record, hash: B256) -> Result<(), wit::Error> {
-    insert(&esim402_core::store::keys::txhash(hash), record)
-        .await
-        .map(drop)
+/// Also claim `txhash/<hash>` for a transaction of the settlement `record`, so no proof can present it for
+/// another invoice and a refund can find what it paid: `None` once this settlement holds it (claimed now, or
+/// before), else the other settlement's record that holds it (kernel `Record::holds_txhash`), which the caller
+/// must not record the transaction against ([`pays_another`]).
+///
+/// A store failure here fails a send before its broadcast. The claim comes before the record
+/// ([`record_submitted`]), so the record does not name the transaction yet, and a plain `sender::give_back` of
+/// its nonce would do; but the send's `record` cannot tell this failure from one of the record's own write
+/// (which may have landed), so it gives the nonce back as for a recorded transaction
+/// (`sender::give_back_recorded`: held until the caller's [`release`] has removed the record, then released as
+/// an orphan by the next send of the key, or filled with the no-op below later nonces): a delay, never a
+/// second transaction.
+pub async fn claim_txhash(record: &Record, hash: B256) -> Result<Option<Record>, wit::Error> {
+    Ok(insert(&esim402_core::store::keys::txhash(hash), record)
+        .await?
+        .filter(|holder| !record.holds_txhash(holder)))
+}
+
+/// The fault of a transaction of ours whose `txhash/` key `other` holds: it is not recorded, nor sent.
+pub fn pays_another(hash: B256, other: &Record) -> wit::Error {
+    wit::Error::Conflict(format!(
+        "transaction {hash} is claimed by another settlement ({})",
+        other.claim
+    ))
 }
 
 /// Remove the claims at `keys` (those of a payment that was certainly not broadcast), each only while it is

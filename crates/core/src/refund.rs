@@ -9,7 +9,8 @@
 //! ever reconciled against that hash and the earlier ones of its nonce (a transfer the base fee outgrew is
 //! replaced with higher fees, recorded before it is sent: [`Refund::record_replacement`], kernel `evm::bump`;
 //! a receipt of any of them is the refund's); one without a hash is a claim in flight, taken over once it went
-//! quiet for [`CLAIM_LEASE_SECS`] (such a claim never reserved a nonce).
+//! quiet for [`CLAIM_LEASE_SECS`] (it recorded no transaction, so none of it can be out there; a treasury nonce
+//! it reserved before it died is released as an orphan by a later send: `NonceState::orphans`).
 //!
 //! A transaction the node lost whose treasury nonce was used by another one can never be mined; the refund goes
 //! back to `owed` only when a run at least [`CONFIRM_UNMINEABLE_SECS`] after the first sighting still sees it
@@ -560,6 +561,50 @@ pub struct PaymentShows {
     pub payer: alloy_primitives::Address,
     /// The refund's amount: the payment moved at least this from the payer.
     pub amount: alloy_primitives::U256,
+}
+
+/// What `owe-refund` makes of the settlement of the payment it is asked to give back (found through the
+/// payment's `txhash/` claim), before owing anything ([`settlement_paid`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettlementPaid {
+    /// Confirmed: the money moved, and may be owed back.
+    Yes,
+    /// `submitted`: its transaction (this hash, the recorded one) may be mined already. A confirmation whose
+    /// record could not be written leaves it so, the purchase delivered: the caller reconciles it against its
+    /// receipt before deciding, and while that stays unsure answers `unavailable` (asked again), never a
+    /// refusal its caller takes as final.
+    Unsure(alloy_primitives::B256),
+    /// `claimed` (nothing sent) or `failed` (nothing moved), or `submitted` without a hash (corrupt): nothing
+    /// was paid.
+    No,
+}
+
+/// [`SettlementPaid`] for `settlement`.
+pub fn settlement_paid(settlement: &crate::settlement::Record) -> SettlementPaid {
+    use crate::settlement::Status;
+    match (settlement.status, settlement.tx_hash()) {
+        (Status::Confirmed, _) => SettlementPaid::Yes,
+        (Status::Submitted, Some(hash)) => SettlementPaid::Unsure(hash),
+        _ => SettlementPaid::No,
+    }
+}
+
+/// How long after its claim a `submitted` settlement that `owe-refund` cannot reconcile (its receipt shows no
+/// outcome: [`SettlementPaid::Unsure`], still pending) is answered `unavailable`, to be asked again: 6 hours.
+/// Its own transaction can only move money while the invoice's authorization is valid, minutes after the
+/// claim (`x402::MAX_TIMEOUT_SECONDS`, checked against `validBefore`), and one waiting below the base fee is
+/// replaced every minute (kernel `evm::bump`): a settlement still pending hours later waits for an operator (a
+/// front-run whose transaction pays another invoice, logs that cannot be read, a replacement at its ceiling),
+/// not for the chain. Hours leave a lagging node, an RPC outage or a fee spike time to pass; past them
+/// `owe-refund` logs `OPERATOR:` and answers a conflict, final for its caller, rather than `unavailable` for
+/// ever (a terminate's SIM never leaving the cleanup list, an SM-DP+ failure callback refused without end).
+pub const UNSURE_SETTLEMENT_SECS: u64 = 6 * 3600;
+
+/// Whether `owe-refund` gives up at `now` on `settlement` ([`SettlementPaid::Unsure`], its reconcile still
+/// pending): [`UNSURE_SETTLEMENT_SECS`] after its claim it answers a conflict for an operator; before, it is
+/// asked again.
+pub fn unsure_for_good(settlement: &crate::settlement::Record, now: u64) -> bool {
+    settlement.claimed_at.saturating_add(UNSURE_SETTLEMENT_SECS) <= now
 }
 
 /// Whether the payment a refund returns (its transaction `payment`) still stands when the refund is about to
@@ -1203,5 +1248,76 @@ mod tests {
             "a paid refund is never requeued"
         );
         assert!(r.relog_on_repeat(5_000 + RELOG_AFTER_SECS, false));
+    }
+
+    /// A `submitted` settlement may be confirmed on chain already (its confirmation's write failed, the
+    /// purchase delivered): reconciled before deciding, never refused (before, `owe-refund` answered a conflict,
+    /// which its callers take as final: the refund was never recorded).
+    #[test]
+    fn a_submitted_settlement_is_reconciled_before_a_refund_is_refused() {
+        use crate::settlement::{Record, SentTx, Status};
+        let hash = B256::repeat_byte(0x7a);
+        let of = |status, sent: Option<B256>| Record {
+            status,
+            sent: sent.map(SentTx::hash_only).unwrap_or_default(),
+            ..Record::claimed(
+                "eip155:31337",
+                Address::repeat_byte(9),
+                "x402/nonce/a".into(),
+                "h1".into(),
+                Some("inv_1"),
+                1,
+            )
+        };
+        assert_eq!(
+            settlement_paid(&of(Status::Confirmed, Some(hash))),
+            SettlementPaid::Yes
+        );
+        assert_eq!(
+            settlement_paid(&of(Status::Submitted, Some(hash))),
+            SettlementPaid::Unsure(hash)
+        );
+        assert_eq!(
+            settlement_paid(&of(Status::Submitted, None)),
+            SettlementPaid::No
+        );
+        assert_eq!(
+            settlement_paid(&of(Status::Claimed, None)),
+            SettlementPaid::No
+        );
+        assert_eq!(
+            settlement_paid(&of(Status::Failed, Some(hash))),
+            SettlementPaid::No
+        );
+    }
+
+    /// A `submitted` settlement whose reconcile stays pending is asked again only for
+    /// [`UNSURE_SETTLEMENT_SECS`] after its claim, then refused for an operator (before this limit, every
+    /// `owe-refund` of a settlement left for an operator answered `unavailable` for ever).
+    #[test]
+    fn an_unsure_settlement_is_asked_again_for_hours_then_left_to_an_operator() {
+        use crate::settlement::Record;
+        let claimed_at = 1_000;
+        let settlement = Record::claimed(
+            "eip155:31337",
+            Address::repeat_byte(9),
+            "x402/nonce/a".into(),
+            "h1".into(),
+            Some("inv_1"),
+            claimed_at,
+        );
+        assert!(!unsure_for_good(&settlement, claimed_at));
+        assert!(!unsure_for_good(
+            &settlement,
+            claimed_at + UNSURE_SETTLEMENT_SECS - 1
+        ));
+        assert!(unsure_for_good(
+            &settlement,
+            claimed_at + UNSURE_SETTLEMENT_SECS
+        ));
+        // Well past any authorization's validity: its own transaction can no longer move the money.
+        const { assert!(UNSURE_SETTLEMENT_SECS > 10 * crate::x402::MAX_TIMEOUT_SECONDS) };
+        // A clock behind the claim never gives up.
+        assert!(!unsure_for_good(&settlement, 0));
     }
 }

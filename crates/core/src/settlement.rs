@@ -479,6 +479,26 @@ impl Record {
         true
     }
 
+    /// The hash whose `txhash/` key the claim `claim` must hold before `outcome` is recorded on this record
+    /// ([`Record::finish`]): for a confirmation by one of its own hashes ([`SentTx::is_ours`]), that hash, so a
+    /// refund finds what the transaction took. Each is claimed before it is recorded, but a request cancelled
+    /// between the two by an older build, which recorded first, left it unclaimed; a confirmation by another
+    /// transaction (a front-run) is claimed where it is found, with its own checks.
+    pub fn to_claim_before(&self, claim: &str, outcome: Outcome) -> Option<B256> {
+        match outcome {
+            Outcome::Confirmed(by) if self.claim == claim && self.sent.is_ours(by) => Some(by),
+            _ => None,
+        }
+    }
+
+    /// Whether `holder`, the record a `txhash/` key of this settlement's transaction holds, is this
+    /// settlement's own claim. Another settlement's (a tx-hash proof of another invoice that presented the hash
+    /// first) means the transfer pays that one: recording it here too would let one transfer pay two invoices,
+    /// so the caller records nothing and leaves this one to an operator.
+    pub fn holds_txhash(&self, holder: &Record) -> bool {
+        holder.claim == self.claim
+    }
+
     /// The outcome to report when a terminal result was recorded by someone else first, as recorded: never a
     /// drop over a confirmation, nor a confirmation over a failure. `hash` is the caller's transaction.
     pub fn settled_outcome(&self, hash: B256) -> Outcome {
@@ -589,13 +609,19 @@ pub fn used_claim_search(by_block: u64) -> (u64, u64) {
 /// - Executed by a transaction that moved other money, or canceled: this payment's money can never move, so
 ///   the settlement ends as `failed`.
 /// - Unknown: pending, for an operator.
+///
+/// A transaction the record names as its own ([`SentTx::is_ours`]: a lagging node showed our mined transaction
+/// as unmineable, or an earlier hash of the nonce was mined) is no front-run: when it moved this payment's
+/// money the settlement is confirmed by it, facilitator API settlements too.
 pub fn front_run(record: &Record, failed: Outcome, used: UsedElsewhere) -> Outcome {
     let ours = match failed {
         Outcome::Reverted(h) | Outcome::Dropped(h) => h,
         other => return other,
     };
     match used {
-        UsedElsewhere::Executed { tx, pays: true } if record.invoice.is_some() => {
+        UsedElsewhere::Executed { tx, pays: true }
+            if record.invoice.is_some() || record.sent.is_ours(tx) =>
+        {
             Outcome::Confirmed(tx)
         }
         UsedElsewhere::Executed { pays: false, .. } | UsedElsewhere::Canceled => failed,
@@ -920,6 +946,76 @@ mod tests {
         );
     }
 
+    /// A confirmation by one of the record's own hashes claims it first (before, only the send claimed it, after
+    /// the record: a request cancelled between the two confirmed later without a claim, and its refund found
+    /// nothing taken).
+    #[test]
+    fn a_confirmation_by_our_own_hash_is_claimed_before_it_is_recorded() {
+        let mut r = claimed(0);
+        let first = signed_with(0, 1, 2);
+        let bumped = signed_with(0, 2, 4);
+        assert_eq!(
+            r.to_claim_before("x402/nonce/a", Outcome::Confirmed(first.hash)),
+            None,
+            "nothing recorded yet"
+        );
+        r.record_submitted("x402/nonce/a", "h1", &first, None, 1);
+        r.record_replacement("x402/nonce/a", "h1", first.hash, &bumped, 2);
+        for ours in [first.hash, bumped.hash] {
+            assert_eq!(
+                r.to_claim_before("x402/nonce/a", Outcome::Confirmed(ours)),
+                Some(ours)
+            );
+        }
+        let other = B256::repeat_byte(0xf1);
+        assert_eq!(
+            r.to_claim_before("x402/nonce/a", Outcome::Confirmed(other)),
+            None
+        );
+        assert_eq!(
+            r.to_claim_before("x402/nonce/b", Outcome::Confirmed(first.hash)),
+            None
+        );
+        for failed in [
+            Outcome::Reverted(first.hash),
+            Outcome::Dropped(first.hash),
+            Outcome::Pending(first.hash),
+            Outcome::Unproven(first.hash),
+        ] {
+            assert_eq!(r.to_claim_before("x402/nonce/a", failed), None);
+        }
+    }
+
+    /// A hash of ours whose `txhash/` key a tx-hash proof of another invoice holds (it presented the hash before
+    /// a record left unclaimed by an older build was confirmed) does not confirm this settlement: before, the
+    /// confirmation was recorded all the same, and one transfer paid two invoices.
+    #[test]
+    fn a_hash_claimed_by_another_settlement_does_not_confirm_ours() {
+        let mut r = claimed(0);
+        let tx = signed(0);
+        r.record_submitted("x402/nonce/a", "h1", &tx, None, 1);
+        assert!(r.holds_txhash(&r.clone()), "our own claim");
+        let taken_over = Record {
+            holder: "h2".into(),
+            ..r.clone()
+        };
+        assert!(r.holds_txhash(&taken_over), "claimed by an earlier holder");
+        let key = crate::store::keys::txhash(tx.hash);
+        let proof = Record {
+            claim: key.clone(),
+            invoice: Some("inv_2".into()),
+            ..Record::claimed(
+                "eip155:31337",
+                Address::repeat_byte(9),
+                key,
+                "p".into(),
+                None,
+                1,
+            )
+        };
+        assert!(!r.holds_txhash(&proof));
+    }
+
     #[test]
     fn someone_elses_confirmation_wins_over_a_drop() {
         let mut r = claimed(0);
@@ -929,6 +1025,43 @@ mod tests {
         assert_eq!(r.settled_outcome(tx.hash), Outcome::Confirmed(tx.hash));
         let live = claimed(0);
         assert_eq!(live.settled_outcome(tx.hash), Outcome::Pending(tx.hash));
+    }
+
+    /// A lagging node showed our own mined transaction as unmineable, and the token's logs name it: it is no
+    /// front-run but our settlement, confirmed with or without an invoice (before, a facilitator API record
+    /// stayed pending for an operator for ever).
+    #[test]
+    fn our_own_transaction_found_executing_the_authorization_confirms_any_settlement() {
+        let mut r = claimed(0);
+        let first = signed_with(0, 1, 2);
+        let bumped = signed_with(0, 2, 4);
+        r.record_submitted("x402/nonce/a", "h1", &first, None, 1);
+        assert!(r.record_replacement("x402/nonce/a", "h1", first.hash, &bumped, 2));
+        let api = Record {
+            invoice: None,
+            ..r.clone()
+        };
+        for record in [&r, &api] {
+            for ours in [first.hash, bumped.hash] {
+                let used = UsedElsewhere::Executed {
+                    tx: ours,
+                    pays: true,
+                };
+                assert_eq!(
+                    front_run(record, Outcome::Dropped(bumped.hash), used),
+                    Outcome::Confirmed(ours)
+                );
+            }
+        }
+        // Another facilitator's transaction still leaves the API's settlement pending.
+        let other = UsedElsewhere::Executed {
+            tx: B256::repeat_byte(0xf1),
+            pays: true,
+        };
+        assert_eq!(
+            front_run(&api, Outcome::Dropped(bumped.hash), other),
+            Outcome::Pending(bumped.hash)
+        );
     }
 
     #[test]

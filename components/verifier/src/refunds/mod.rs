@@ -2,7 +2,8 @@
 //! payer as one USDC `transfer` from the treasury key (`treasury_private_key`), sent at most once.
 //!
 //! - [`owe`] (`owe-refund`) records `refund/<invoice>` with insert-if-absent, only for a payment whose
-//!   settlement is `confirmed` (found through its transaction's `txhash/` claim), and queues the id in
+//!   settlement is `confirmed` (found through its transaction's `txhash/` claim; a `submitted` one is
+//!   reconciled against its receipt first, and answers `unavailable` while unsure: [`settled`]), and queues the id in
 //!   `refund/queue`. A repeat answers the stored record. The gateway logs `refund_owed` for a new one, and
 //!   again (a repeat, kept once) for a repeat that answers `relog`: late, or at once when the repeat had to
 //!   queue the refund (its first call stopped between the record and the queue, before answering).
@@ -14,14 +15,14 @@
 //!   to a crash between the transfer and the ledger.
 
 mod pay;
+mod settled;
 mod transfer;
 mod unmineable;
 
 use std::time::Instant;
 
 use esim402_core::ledger::EntryKind;
-use esim402_core::refund::{self, Refund, RefundStatus};
-use esim402_core::settlement::Status;
+use esim402_core::refund::{self, Refund, RefundStatus, SettlementPaid};
 use esim402_core::store::keys;
 use esim402_core::{InvoiceId, UsdcAmount};
 use esim402_guest::convert::{event_to_wit, internal, invalid, kv_err};
@@ -124,30 +125,26 @@ pub async fn owe(
     } else {
         claims::load(&claim.claim).await?.ok_or_else(nothing)?
     };
-    if settlement.status != Status::Confirmed {
-        let status = format!("{:?}", settlement.status).to_lowercase();
-        return Err(wit::Error::Conflict(format!(
-            "nothing was paid for invoice {id}: its settlement is {status}, not confirmed"
-        )));
-    }
+    let cfg = crate::config::get().await?;
+    let settlement = match refund::settlement_paid(&settlement) {
+        SettlementPaid::Yes => settlement,
+        // Its confirmation may have been mined with its record left behind: the chain decides.
+        SettlementPaid::Unsure(sent) => {
+            settled::reconcile(&cfg, settlement, sent, &id, now).await?
+        }
+        SettlementPaid::No => {
+            let status = format!("{:?}", settlement.status).to_lowercase();
+            return Err(wit::Error::Conflict(format!(
+                "nothing was paid for invoice {id}: its settlement is {status}, not confirmed"
+            )));
+        }
+    };
     if let Some(other) = existing {
         return Err(returns_other(&id, &other, hash));
     }
-    let cfg = crate::config::get().await?;
-    let network = match cfg.chain(&settlement.network) {
-        Ok(chain) => chain.network,
-        // Retryable, not refused: the caller keeps what it owes (a terminate lists its SIM for the cleanup run, a
-        // failed order keeps its payment open, a callback is sent again), so the refund is recorded once the
-        // network is enabled again. A refusal here was logged once and the refund dropped.
-        Err(wit::Error::PaymentRequired(_)) => {
-            return Err(wit::Error::Unavailable(format!(
-                "invoice {id} was paid on {}, which is no longer enabled: its refund is recorded once it is \
-                 enabled again",
-                settlement.network
-            )));
-        }
-        Err(e) => return Err(e),
-    };
+    // Retryable, not refused, on a network since disabled: the caller keeps what it owes (a terminate lists its
+    // SIM for the cleanup run, a failed order keeps its payment open, a callback is sent again).
+    let network = settled::chain_of(&cfg, &settlement, &id)?.network;
     let amount = refund::amount_of(
         amount,
         settlement.paid_amount,

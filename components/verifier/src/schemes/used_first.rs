@@ -18,7 +18,7 @@ use esim402_guest::convert::internal;
 use esim402_guest::{util, wit};
 
 use crate::chain::{Chain, unavailable};
-use crate::claims;
+use crate::claims::{self, Finished};
 use crate::rejected;
 use crate::schemes::payment::Checked;
 use crate::sender::front_run::{self, Used};
@@ -166,11 +166,12 @@ async fn confirm(
         claim.version.take(),
         &claim.claim,
         Outcome::Confirmed(by),
+        Some(by),
         util::now_secs(),
     )
     .await?;
     match finished {
-        Some((r, _)) if r.status == Status::Confirmed => {
+        Finished::Record(r, _) if r.status == Status::Confirmed => {
             eprintln!(
                 "verifier: the authorization {nonce} was executed by {by} before our settlement was sent, moving this payment's money: settled by it"
             );
@@ -178,7 +179,7 @@ async fn confirm(
                 r.settled_hash().unwrap_or(by).to_string(),
             ))
         }
-        Some((r, _)) if r.status == Status::Failed => {
+        Finished::Record(r, _) if r.status == Status::Failed => {
             Err(wit::Error::PaymentRequired(r.reason.unwrap_or_else(|| {
                 InvalidReason::TransactionFailed.as_str().to_owned()
             })))

@@ -19,7 +19,11 @@
 //! - **Any hash may be mined.** The earlier hashes stay on the record; every reader of a receipt for it
 //!   (receipts, refunds, `rebroadcast::look`, front-run checks) takes any of them. Whatever a replacement's
 //!   send answers changes nothing else: refused ("underpriced", "nonce too low"), the pooled one or a mined
-//!   one of ours stays the one to wait for; lost, it is re-sent like any recorded transaction.
+//!   one of ours stays the one to wait for; lost, it is re-sent like any recorded transaction. One the node
+//!   does not show while the replaced one stays pooled is offered again, same bytes, and outbid by at least
+//!   10 % over it only when the node refuses those bytes for their fees (kernel `bump::outbid_unreached`,
+//!   `bump::decide_unreached`): a node asking more than 10 % refuses them every time, while a load-balanced
+//!   provider may show no transaction pooled through another of its backends, which must not raise the fees.
 
 use alloy_primitives::B256;
 use esim402_core::evm::bump::{self, Bump, Fees};
@@ -49,7 +53,9 @@ pub async fn settlement(chain: &Chain, signer: &SigningKey, record: &Record, now
     let save = async |new: &SignedTx| {
         // A claim on a hash that then is not recorded (someone replaced it first) names a transaction that
         // never leaves: harmless.
-        claims::claim_txhash(record, new.hash).await?;
+        if let Some(other) = claims::claim_txhash(record, new.hash).await? {
+            return Err(claims::pays_another(new.hash, &other));
+        }
         let at = util::now_secs();
         match claims::record_replacement(key, &record.holder, tx.hash, new, at).await? {
             true => Ok(()),
@@ -128,9 +134,10 @@ pub async fn blocking(
 /// Replace `tx` (recorded with its earlier hashes, signed by `signer`) with higher fees if it waits unmined,
 /// in the node's pool or dropped from it with its nonce still free, and the kernel's `bump::decide` says so;
 /// `record` stores the replacement (see the module docs). Returns the replacement's hash once it was recorded,
-/// whatever its send answered. A replacement the node never got (its send failed) while an earlier hash waits
-/// in the pool is sent again, same bytes, once `rebroadcast::may_resend` allows. Best effort: a failed read
-/// leaves things as they are.
+/// whatever its send answered. A replacement the node does not show (its send failed, the node refused it, or
+/// another backend holds it) while an earlier hash waits in the pool is sent again, same bytes, once
+/// `rebroadcast::may_resend` allows, and outbid only if the node refuses them for their fees (kernel
+/// `bump::outbid_unreached`, `bump::decide_unreached`). Best effort: a failed read leaves things as they are.
 pub async fn replace(
     chain: &Chain,
     signer: &SigningKey,
@@ -181,15 +188,20 @@ pub async fn replace(
         return None;
     }
     let earlier_pooled = seen.iter().skip(1).flatten().next().is_some();
-    if seen.first().is_some_and(Option::is_none) && earlier_pooled && resend_due {
-        // Our latest never reached the node while an earlier one waits: send it, not yet another. (None of
-        // them known: the fee rule below decides, and `rebroadcast::look` re-sends bytes that are enough.)
+    let unreached = seen.first().is_some_and(Option::is_none) && earlier_pooled;
+    if unreached {
+        // Our latest is unknown to the node while an earlier one waits: send it again, not yet another, unless
+        // the node refuses it for its fees (then it is outbid below). (None of them known: the fee rule below
+        // decides, and `rebroadcast::look` re-sends bytes that are enough.)
         eprintln!(
-            "verifier: the replacement {what} {} never reached the node; sending it again",
+            "verifier: the node does not show the replacement {what} {}; sending it again",
             tx.hash
         );
-        rebroadcast::offer(chain, &tx.raw, tx.hash, &format!("replacement {what}")).await;
-        return None;
+        let refusal =
+            rebroadcast::offer(chain, &tx.raw, tx.hash, &format!("replacement {what}")).await;
+        if !bump::outbid_unreached(refusal.as_ref().map(|(c, m)| (*c, m.as_str()))) {
+            return None;
+        }
     }
     let block = answers.take(block_slot, &block);
     let base_fee = block
@@ -197,27 +209,38 @@ pub async fn replace(
         .ok()
         .and_then(Option::as_ref)
         .and_then(|b| b.base_fee_per_gas);
-    let (tip, max_fee) = super::fees(block, answers.take(tip_slot, &EthMaxPriorityFeePerGas))
-        .inspect_err(|e| {
+    let (tip, max_fee) = match super::fees(block, answers.take(tip_slot, &EthMaxPriorityFeePerGas))
+    {
+        Ok(fees) => fees,
+        Err(e) => {
+            // A base fee at the ceiling (kernel `rpc::fees`) is an operator's case, as `Bump::Ceiling` is.
+            let ceiling = base_fee.is_some_and(|b| bump::next_base_fee(b) > bump::MAX_FEE_PER_GAS);
+            let operator = if ceiling { "OPERATOR: " } else { "" };
             eprintln!(
-                "verifier: cannot read the fees to replace {what} {}: {e:?}",
-                tx.hash
-            )
-        })
-        .ok()?;
+                "verifier: {operator}no fees to replace {what} {} (nonce {} of {}) with: {e:?}; left waiting",
+                tx.hash, tx.nonce, tx.signer
+            );
+            return None;
+        }
+    };
     let pooled = Fees {
         tip: unsigned.max_priority_fee_per_gas,
         max_fee: unsigned.max_fee_per_gas,
     };
     let current = Fees { tip, max_fee };
-    let fees = match bump::decide(
-        pooled,
-        tx.recorded_at,
-        now,
-        tx.earlier.len(),
-        base_fee,
-        current,
-    ) {
+    let decided = if unreached {
+        bump::decide_unreached(pooled, tx.earlier.len(), current)
+    } else {
+        bump::decide(
+            pooled,
+            tx.recorded_at,
+            now,
+            tx.earlier.len(),
+            base_fee,
+            current,
+        )
+    };
+    let fees = match decided {
         Bump::Wait => return None,
         Bump::Replace(fees) => fees,
         Bump::Ceiling { needed } => {

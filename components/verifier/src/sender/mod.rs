@@ -3,12 +3,14 @@
 //! refunds (`crate::refunds`: ERC-20 `transfer` from the treasury key) both use it.
 //!
 //! Order: the chain reads first, in one JSON-RPC batch (chain id once per instance, then `eth_estimateGas`
-//! plus a margin, fees from the latest base fee (unreadable: no send) and `eth_maxPriorityFeePerGas`, the
-//! account's pending and mined transaction counts); then our recorded transactions the node never got are
-//! offered to it again and orphaned reservations released ([`rebroadcast::fill_gaps`]), and the one at the
-//! key's lowest unmined nonce replaced with higher fees if the base fee outgrew it ([`bump::blocking`]); then
-//! an account nonce is reserved ([`nonces`], kernel `NonceState`), the transaction signed in the component and
-//! recorded on the caller's claim; then `eth_sendRawTransaction`.
+//! plus a margin, fees from the latest base fee and `eth_maxPriorityFeePerGas` kept within the replacement
+//! ceiling (the base fee unreadable, or the next block's above the ceiling: no send), the account's pending and
+//! mined transaction counts); then our recorded transactions the node never got are offered to it again and
+//! orphaned reservations released ([`rebroadcast::fill_gaps`]), and the one at the key's lowest unmined nonce
+//! replaced with higher fees if the base fee outgrew it ([`bump::blocking`]); then an account nonce is reserved
+//! ([`nonces`], kernel `NonceState`), the transaction signed in the component and recorded on the caller's
+//! claim (a settlement claims the transaction's `txhash/` key first: [`receipts`]); then
+//! `eth_sendRawTransaction`.
 //!
 //! Before the broadcast every failure gives the nonce back and tells the caller, which releases its claim, so
 //! a retry can work; if later nonces of the key are already out, the nonce is filled with a no-op transaction
@@ -20,9 +22,10 @@
 //! nothing is released: the claim keeps its hash, the answer is `pending`, and a later call reconciles against
 //! that hash and never signs another transaction for it. The host may cancel a request at any store call:
 //! - between the reservation and the record, the nonce is held but no transaction exists for it; the next
-//!   send of this key finds it orphaned and releases it (`NonceState::orphans`);
-//! - between the record and the node, the transaction is recorded but was never sent; the next send offers
-//!   it to the node first.
+//!   send of this key finds it orphaned and releases it (`NonceState::orphans`). A settlement's `txhash/` claim
+//!   made in this window names a transaction that never leaves (its bytes were never stored): harmless;
+//! - between the record and the node, the transaction is recorded (a settlement's with its `txhash/` claim
+//!   already made) but was never sent; the next send offers it to the node first.
 //!
 //! A recorded transaction that waits in the pool below the base fee is replaced with higher fees (same nonce
 //! and call, recorded before it is sent, every earlier hash kept) by the replays that reconcile it, and by the
@@ -39,7 +42,7 @@ mod unexecuted;
 use alloy_primitives::{Address, B256, U256};
 use esim402_core::evm::rpc::{
     self, BlockSummary, BlockTag, CallRequest, EthEstimateGas, EthGetBlockByNumber,
-    EthGetTransactionCount, EthMaxPriorityFeePerGas, EthSendRawTransaction, SendRefusal,
+    EthGetTransactionCount, EthMaxPriorityFeePerGas, EthSendRawTransaction, NoFees, SendRefusal,
     send_refusal,
 };
 use esim402_core::evm::{Eip1559Tx, GiveBack, SignedTx, SigningKey, sign_eip1559};
@@ -127,8 +130,9 @@ pub struct Counts {
 }
 
 /// `(tip, fee cap)` in wei, from the latest block's base fee and the node's suggested tip (kernel
-/// `rpc::fees`): a transport failure, or a block that could not be read (its base fee unknown), is a fault; a
-/// node error on the tip only means the node suggests none.
+/// `rpc::fees`, which keeps both within the replacement ceiling): a transport failure, a block that could not
+/// be read (its base fee unknown) or a base fee at the ceiling is a fault; a node error on the tip only means
+/// the node suggests none.
 fn fees(
     block: Result<Option<BlockSummary>, CallError>,
     tip: Result<u128, CallError>,
@@ -147,8 +151,13 @@ fn fees(
         Err(e) if e.is_node() => None,
         Err(e) => return Err(unavailable(&e)),
     };
-    rpc::fees(block.as_ref(), tip).ok_or_else(|| {
-        wit::Error::Unavailable("the node has no latest block to read the base fee of".into())
+    rpc::fees(block.as_ref(), tip).map_err(|e| match e {
+        NoFees::NoBlock => {
+            wit::Error::Unavailable("the node has no latest block to read the base fee of".into())
+        }
+        NoFees::AboveCeiling { .. } => {
+            wit::Error::Unavailable(format!("fees above the ceiling: {e}"))
+        }
     })
 }
 

@@ -111,19 +111,32 @@ pub async fn look(chain: &Chain, tx: &OurTx, what: &str, now: u64) -> Look {
 }
 
 /// Offer recorded bytes `raw` (hashing to `hash`) to the node: a transaction it lost, or a replacement
-/// (`super::bump`). Whatever it answers changes nothing: logged only.
-pub(super) async fn offer(chain: &Chain, raw: &alloy_primitives::Bytes, hash: B256, what: &str) {
+/// (`super::bump`). Whatever it answers changes nothing here: logged, and the node's error answer, if any,
+/// returned (`super::bump::replace` outbids a replacement refused for its fees).
+pub(super) async fn offer(
+    chain: &Chain,
+    raw: &alloy_primitives::Bytes,
+    hash: B256,
+    what: &str,
+) -> Option<(i64, String)> {
     let sent = chain
         .rpc
         .call(&EthSendRawTransaction { raw: raw.clone() })
         .await;
     match sent {
-        Ok(answered) if answered == hash => {}
+        Ok(answered) if answered == hash => None,
         Ok(answered) => {
-            eprintln!("verifier: the node answered {answered} to the sent {what} {hash}")
+            eprintln!("verifier: the node answered {answered} to the sent {what} {hash}");
+            None
         }
         // "already known", "nonce too low": the node has, or has used, the nonce; "underpriced": refused.
-        Err(e) => eprintln!("verifier: offering {what} {hash} to the node: {e}"),
+        Err(e) => {
+            eprintln!("verifier: offering {what} {hash} to the node: {e}");
+            match e {
+                CallError::Node { code, message } => Some((code, message)),
+                CallError::Transport(_) => None,
+            }
+        }
     }
 }
 

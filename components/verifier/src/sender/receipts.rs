@@ -26,7 +26,7 @@ use super::rebroadcast::{self, Look};
 use super::unexecuted::unexecuted;
 use super::{Call, NotBroadcast, Unsent, send};
 use crate::chain::{Chain, Mined};
-use crate::claims;
+use crate::claims::{self, Finished};
 
 /// What a settlement holds: where its record is and which keys to release if it never broadcasts.
 pub struct Claim {
@@ -41,6 +41,8 @@ pub struct Claim {
     /// The record's cell version as this settlement last wrote it, if it did: the next update starts from it
     /// instead of reading the record (kernel `cell::Update::after`; a stale one costs a read, nothing more).
     pub version: std::cell::Cell<Option<esim402_guest::kv::Stored>>,
+    /// The hash whose `txhash/` key this settlement claimed (`claims::finish` need not claim it again).
+    pub claimed: std::cell::Cell<Option<B256>>,
 }
 
 /// Why a settlement did not broadcast: a verdict on the payment or a fault. Claims are already released.
@@ -65,6 +67,7 @@ impl Claim {
             holder,
             keys: vec![key],
             version: std::cell::Cell::new(Some(version)),
+            claimed: std::cell::Cell::new(None),
         }
     }
 
@@ -87,11 +90,14 @@ impl Claim {
             holder: record.holder,
             keys: Vec::new(),
             version: std::cell::Cell::new(None),
+            claimed: std::cell::Cell::new(None),
         }
     }
 
     /// Take over the abandoned claim `record_key` (kernel `Record::take_over`): `None` if it is live or someone
-    /// else took it first. An abandoned claim never reserved an account nonce, so there is nothing to give back.
+    /// else took it first. An abandoned claim recorded no transaction, so none of it can be out there; an
+    /// account nonce it reserved before it died is released as an orphan by a later send of the key
+    /// (`NonceState::orphans`), and a `txhash/` key it claimed names a transaction that never left.
     pub async fn take_over(
         record_key: &str,
         claim: &str,
@@ -108,6 +114,7 @@ impl Claim {
             holder,
             keys,
             version: std::cell::Cell::new(Some(version)),
+            claimed: std::cell::Cell::new(None),
         }))
     }
 
@@ -116,8 +123,8 @@ impl Claim {
         claims::release(&self.record_key, &self.holder, &self.keys).await;
     }
 
-    /// Record `tx`, prepared at head block `at_block`, on the settlement record (`submitted`) while we still
-    /// hold it, and claim its hash.
+    /// Claim `tx`'s hash, then record `tx`, prepared at head block `at_block`, on the settlement record
+    /// (`submitted`) while we still hold it (see `claims::record_submitted`).
     async fn record_submitted(
         &self,
         tx: &SignedTx,
@@ -133,14 +140,14 @@ impl Claim {
             util::now_secs(),
         )
         .await?;
-        let Some((record, version)) = recorded else {
+        let Some((_, version)) = recorded else {
             return Err(wit::Error::Conflict(
                 "already settled: the claim was taken over".into(),
             ));
         };
         self.version.set(Some(version));
-        // Our own settlement transactions can never be presented again as a tx-hash proof.
-        claims::claim_txhash(&record, tx.hash).await
+        self.claimed.set(Some(tx.hash));
+        Ok(())
     }
 }
 
@@ -370,15 +377,17 @@ async fn finish(claim: &Claim, hash: B256, outcome: Outcome) -> (Outcome, bool) 
         start,
         &claim.claim,
         outcome,
+        claim.claimed.get(),
         util::now_secs(),
     )
     .await
     {
-        Ok(Some((_, true))) => (outcome, true),
+        Ok(Finished::Record(_, true)) => (outcome, true),
         // Someone else recorded an outcome first: report theirs, as recorded.
-        Ok(Some((r, false))) if r.is_terminal() => (r.settled_outcome(hash), false),
-        Ok(Some((_, false))) => (outcome, false),
-        Ok(None) => (outcome, false),
+        Ok(Finished::Record(r, false)) if r.is_terminal() => (r.settled_outcome(hash), false),
+        Ok(Finished::Record(_, false) | Finished::NoRecord) => (outcome, false),
+        // Its transaction pays another invoice: left for an operator (logged).
+        Ok(Finished::PaysAnother) => (Outcome::Pending(hash), true),
         Err(e) => {
             // The chain is the truth; a later call reads it again.
             eprintln!("verifier: cannot record the outcome of {hash}: {e:?}");

@@ -126,6 +126,32 @@ pub fn decide(
     if !due(recorded_at, now) || pooled.max_fee >= next_base_fee(base_fee) {
         return Bump::Wait;
     }
+    raise(pooled, replaced, current)
+}
+
+/// Whether to outbid our latest replacement, which the node does not know while an earlier hash of its nonce
+/// waits in its pool, once its identical bytes were offered again and the node answered `refusal` (its error
+/// answer to that send, `(code, message)`; `None`: it took them, or the answer was lost). Only a refusal of
+/// its fees ([`super::rpc::refused_for_fees`]: a pool asking more than [`REPLACEMENT_PERCENT`], a base fee
+/// that outgrew it) is answered the same way every time, so only then is it replaced ([`decide_unreached`]).
+/// Anything else, it may well be pooled where the node's lookup did not see it (a load-balanced provider
+/// answers from another backend than the one its send reached), or its send was lost: it is offered again,
+/// same bytes, and the fees never climb on a lookup's miss.
+pub fn outbid_unreached(refusal: Option<(i64, &str)>) -> bool {
+    refusal.is_some_and(|(code, message)| super::rpc::refused_for_fees(code, message))
+}
+
+/// What to do about our latest replacement with fees `latest`, unknown to the node while an earlier hash of
+/// its nonce waits in its pool, whose bytes the node refused for their fees ([`outbid_unreached`]; after
+/// `replaced` replacements; a new transaction would get `current`): another replacement rising at least 10 %
+/// over it (not over the pooled one, which it already outbid), whether or not its fee cap covers the base fee,
+/// within the bounds.
+pub fn decide_unreached(latest: Fees, replaced: usize, current: Fees) -> Bump {
+    raise(latest, replaced, current)
+}
+
+/// A replacement of a transaction with fees `pooled` after `replaced` replacements, within the bounds.
+fn raise(pooled: Fees, replaced: usize, current: Fees) -> Bump {
     if replaced >= MAX_REPLACEMENTS {
         return Bump::Exhausted;
     }
@@ -426,5 +452,63 @@ mod tests {
         let mut trailing = signed.raw.to_vec();
         trailing.push(0);
         assert_eq!(unsigned(&trailing), None);
+    }
+
+    /// A replacement the node does not show while the replaced transaction stays pooled: outbid only when the
+    /// node refused its bytes for their fees, by one at least 10 % above it, although its own cap covers the
+    /// base fee; offered again otherwise (before, any such replacement a minute old was outbid, and a
+    /// load-balanced provider that shows no transaction pooled by another backend made each replay pay 10 %
+    /// more, up to the ceiling).
+    #[test]
+    fn an_unseen_replacement_is_outbid_only_once_refused_for_its_fees() {
+        let at = 1_000;
+        for refused in [
+            (-32000, "replacement transaction underpriced"),
+            (-32000, "transaction underpriced"),
+            (-32000, "max fee per gas less than block base fee"),
+            (-32010, "FeeTooLow, MaxFeePerGas too low"),
+            (-32000, "REPLACEMENT_UNDERPRICED"),
+            (-32003, "Transaction gas price too low"),
+        ] {
+            assert!(outbid_unreached(Some(refused)), "{refused:?}");
+        }
+        for offered in [
+            None,
+            Some((-32000, "already known")),
+            Some((-32000, "ALREADY_KNOWN underpriced")),
+            Some((-32005, "rate limit exceeded")),
+            Some((-32000, "nonce too low")),
+            Some((-32603, "internal error")),
+        ] {
+            assert!(!outbid_unreached(offered), "{offered:?}");
+        }
+
+        // Its cap covers the base fee: `decide` would wait; the refused one is outbid all the same.
+        let refused = Fees {
+            tip: GWEI / 5,
+            max_fee: 42 * GWEI / 10,
+        };
+        let base = Some(GWEI);
+        assert_eq!(
+            decide(refused, at, at + BUMP_AFTER_SECS, 1, base, now_fees(GWEI)),
+            Bump::Wait
+        );
+        let Bump::Replace(fees) = decide_unreached(refused, 1, now_fees(GWEI)) else {
+            panic!("replaced");
+        };
+        assert!(fees.max_fee >= min_replacement_fee(refused.max_fee));
+        assert!(fees.tip >= min_replacement_fee(refused.tip));
+        assert_eq!(
+            decide_unreached(refused, MAX_REPLACEMENTS, now_fees(GWEI)),
+            Bump::Exhausted
+        );
+        let high = Fees {
+            tip: GWEI,
+            max_fee: MAX_FEE_PER_GAS - 1,
+        };
+        assert!(matches!(
+            decide_unreached(high, 1, now_fees(GWEI)),
+            Bump::Ceiling { .. }
+        ));
     }
 }

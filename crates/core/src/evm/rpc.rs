@@ -658,11 +658,7 @@ const REFUSAL_CODES: &[i64] = &[-32700, -32600, -32601, -32602, -32003, -32005];
 /// after all would then share its nonce with the next one. Whatever is not recognised is
 /// [`SendRefusal::Unknown`] and kept like a lost answer.
 pub fn send_refusal(code: i64, message: &str) -> SendRefusal {
-    let compact: String = message
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '_' && *c != '-')
-        .flat_map(char::to_lowercase)
-        .collect();
+    let compact = compact(message);
     if KNOWN.iter().any(|k| compact.contains(k)) {
         SendRefusal::Known
     } else if REFUSAL_CODES.contains(&code) || REFUSALS.iter().any(|r| compact.contains(r)) {
@@ -670,6 +666,34 @@ pub fn send_refusal(code: i64, message: &str) -> SendRefusal {
     } else {
         SendRefusal::Unknown
     }
+}
+
+/// `message` as the refusal lists are written: lowercase, without spaces, underscores or dashes.
+fn compact(message: &str) -> String {
+    message
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Refusals of a transaction for its fees (compared as in [`REFUSALS`]): geth's, reth's and erigon's
+/// "(replacement) transaction underpriced", Besu's `REPLACEMENT_UNDERPRICED` and `GAS_PRICE_TOO_LOW`,
+/// Nethermind's `FeeTooLow`, "max fee per gas less than block base fee" (geth, anvil).
+const FEE_REFUSALS: &[&str] = &[
+    "underpriced",
+    "feetoolow",
+    "gaspricetoolow",
+    "lessthanblockbasefee",
+];
+
+/// Whether a node's error answer (`code`, `message`) to `eth_sendRawTransaction` refuses the transaction for
+/// its fees, naming them (not "already known"): what the same bytes will be answered again, so only higher
+/// fees can help (`super::bump::outbid_unreached`).
+pub fn refused_for_fees(code: i64, message: &str) -> bool {
+    let compact = compact(message);
+    send_refusal(code, message) != SendRefusal::Known
+        && FEE_REFUSALS.iter().any(|r| compact.contains(r))
 }
 
 /// Whether a node's error answer (`code`, `message`) to `eth_call` or `eth_estimateGas` says the call itself
@@ -687,17 +711,59 @@ pub const FALLBACK_MAX_FEE: u128 = 1_000_000_000;
 /// Tip when the node gives none (`eth_maxPriorityFeePerGas` unsupported): 0.1 gwei.
 pub const FALLBACK_TIP: u128 = 100_000_000;
 
+/// Why [`fees`] gives no fees for a transaction sent now: it is not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoFees {
+    /// The latest block could not be read (or the node had none): the base fee is unknown, not small.
+    #[error("the latest block's base fee is unknown")]
+    NoBlock,
+    /// The next block may charge more than [`super::bump::MAX_FEE_PER_GAS`]: a transaction capped there may
+    /// never be mined, and no replacement may raise its cap.
+    #[error(
+        "the next block's base fee may reach {next} wei, above the fee ceiling of {} wei",
+        super::bump::MAX_FEE_PER_GAS
+    )]
+    AboveCeiling {
+        /// The most the next block's base fee can be ([`super::bump::next_base_fee`]).
+        next: u128,
+    },
+}
+
 /// `(tip, fee cap)` in wei for a transaction sent now, from the latest block as read (`None`: the read failed
 /// or the node had no block) and the node's suggested tip (`None`: [`FALLBACK_TIP`]). The fee cap is twice the
-/// base fee plus the tip, which survives several full blocks of base-fee growth. `None` when the base fee is
-/// unknown because the block could not be read: a flat fallback cap may sit below the chain's base fee and
-/// leave the transaction unmineable in the pool, so the send fails as a fault instead. Only a block that shows
-/// no base fee (a chain without EIP-1559) gets the fallback cap.
-pub fn fees(block: Option<&BlockSummary>, tip: Option<u128>) -> Option<(u128, u128)> {
+/// base fee plus the tip, which survives several full blocks of base-fee growth, and never above the ceiling
+/// every replacement keeps to ([`super::bump::MAX_FEE_PER_GAS`]); the tip never above the cap. So whatever the
+/// node suggests, no transaction of ours starts above the ceiling, and each one can be replaced while the base
+/// fee stays below it. A base fee whose next block may reach the ceiling is [`NoFees::AboveCeiling`]: the send
+/// fails as a fault before anything is signed (nothing to reconcile, the claim released, a retry decides),
+/// rather than leaving a transaction that may never be mined, holding its nonce with its authorization public.
+/// An unknown base fee is [`NoFees::NoBlock`]: a flat fallback cap may sit below the chain's base fee and
+/// leave the transaction unmineable in the pool. Only a block that shows no base fee (a chain without
+/// EIP-1559) gets the fallback cap, raised to the suggested tip (its gas price) when that is higher, within the
+/// ceiling.
+pub fn fees(block: Option<&BlockSummary>, tip: Option<u128>) -> Result<(u128, u128), NoFees> {
+    use super::bump::{MAX_FEE_PER_GAS, next_base_fee};
     let tip = tip.unwrap_or(FALLBACK_TIP);
-    Some(match block?.base_fee_per_gas {
-        Some(base) => (tip, base.saturating_mul(2).saturating_add(tip)),
-        None => (tip.min(FALLBACK_MAX_FEE), FALLBACK_MAX_FEE.max(tip)),
+    let block = block.ok_or(NoFees::NoBlock)?;
+    Ok(match block.base_fee_per_gas {
+        Some(base) => {
+            let next = next_base_fee(base);
+            if next > MAX_FEE_PER_GAS {
+                return Err(NoFees::AboveCeiling { next });
+            }
+            // Twice the base fee covers the next block's (× 1.125), so the cap stays mineable when clamped.
+            let max_fee = base
+                .saturating_mul(2)
+                .saturating_add(tip)
+                .min(MAX_FEE_PER_GAS);
+            (tip.min(max_fee), max_fee)
+        }
+        // No base fee to double: at least the fallback cap, and as much as the tip the node suggests (a legacy
+        // chain's going gas price may be above 1 gwei), within the ceiling.
+        None => {
+            let max_fee = FALLBACK_MAX_FEE.max(tip).min(MAX_FEE_PER_GAS);
+            (tip.min(max_fee), max_fee)
+        }
     })
 }
 
@@ -1219,21 +1285,82 @@ mod tests {
         let gwei = 1_000_000_000;
         assert_eq!(
             fees(Some(&block(Some(30 * gwei))), Some(2 * gwei)),
-            Some((2 * gwei, 62 * gwei))
+            Ok((2 * gwei, 62 * gwei))
         );
         // No tip suggested: the fallback tip on the real base fee.
         assert_eq!(
             fees(Some(&block(Some(30 * gwei))), None),
-            Some((FALLBACK_TIP, 60 * gwei + FALLBACK_TIP))
+            Ok((FALLBACK_TIP, 60 * gwei + FALLBACK_TIP))
         );
         // A block that shows no base fee: a chain without EIP-1559, the flat fallback.
         assert_eq!(
             fees(Some(&block(None)), None),
-            Some((FALLBACK_TIP, FALLBACK_MAX_FEE))
+            Ok((FALLBACK_TIP, FALLBACK_MAX_FEE))
         );
         // The block could not be read: the base fee is unknown, not small. No fees, no send.
-        assert_eq!(fees(None, Some(2 * gwei)), None);
-        assert_eq!(fees(None, None), None);
+        assert_eq!(fees(None, Some(2 * gwei)), Err(NoFees::NoBlock));
+        assert_eq!(fees(None, None), Err(NoFees::NoBlock));
+    }
+
+    /// A chain without EIP-1559 whose gas price is above the 1 gwei fallback: the suggested tip is paid, as the
+    /// cap too (an intermediate version clamped both to 1 gwei, underpricing such a chain), within the ceiling.
+    #[test]
+    fn a_chain_without_a_base_fee_pays_the_suggested_tip_up_to_the_ceiling() {
+        use crate::evm::bump::MAX_FEE_PER_GAS;
+        let legacy = BlockSummary {
+            number: 1,
+            timestamp: 0,
+            base_fee_per_gas: None,
+        };
+        let gwei = 1_000_000_000;
+        assert_eq!(
+            fees(Some(&legacy), Some(5 * gwei)),
+            Ok((5 * gwei, 5 * gwei))
+        );
+        assert_eq!(
+            fees(Some(&legacy), Some(gwei / 2)),
+            Ok((gwei / 2, FALLBACK_MAX_FEE))
+        );
+        assert_eq!(
+            fees(Some(&legacy), Some(10_000 * gwei)),
+            Ok((MAX_FEE_PER_GAS, MAX_FEE_PER_GAS))
+        );
+    }
+
+    /// Before, the cap was twice the base fee plus whatever tip the node suggested, unbounded: a transaction
+    /// could start above the ceiling replacements keep to, and then never be replaced.
+    #[test]
+    fn fees_never_start_above_the_replacement_ceiling() {
+        use crate::evm::bump::{MAX_FEE_PER_GAS, next_base_fee};
+        let block = |base| BlockSummary {
+            number: 1,
+            timestamp: 0,
+            base_fee_per_gas: Some(base),
+        };
+        let gwei = 1_000_000_000;
+        // A node suggesting an absurd tip: cap and tip clamped to the ceiling.
+        assert_eq!(
+            fees(Some(&block(30 * gwei)), Some(10_000 * gwei)),
+            Ok((MAX_FEE_PER_GAS, MAX_FEE_PER_GAS))
+        );
+        // Twice a high base fee: clamped, still above what the next block may charge.
+        let (tip, cap) = fees(Some(&block(300 * gwei)), Some(2 * gwei)).unwrap();
+        assert_eq!((tip, cap), (2 * gwei, MAX_FEE_PER_GAS));
+        assert!(cap >= next_base_fee(300 * gwei));
+        // Fees that fit are left alone.
+        assert_eq!(
+            fees(Some(&block(200 * gwei)), Some(gwei)),
+            Ok((gwei, 401 * gwei))
+        );
+        // The next block may charge more than the ceiling: no fees, no send.
+        let high = 450 * gwei;
+        assert_eq!(
+            fees(Some(&block(high)), Some(gwei)),
+            Err(NoFees::AboveCeiling {
+                next: next_base_fee(high)
+            })
+        );
+        assert!(fees(Some(&block(444 * gwei)), Some(gwei)).is_ok());
     }
 
     #[test]

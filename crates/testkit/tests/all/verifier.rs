@@ -3519,36 +3519,48 @@ async fn a_confirmed_settlements_nonce_is_never_released_as_an_orphan() {
     );
 }
 
-/// Writes under `txhash/` fail, and once one has, writes under `x402/nonce/` too: a settlement whose hash
-/// cannot be claimed after its transaction was recorded, and whose record then cannot be released either.
+/// Once a settlement record names its transaction (`submitted`), every later write under `x402/nonce/` fails:
+/// a settlement whose transaction the node then refuses, and whose record cannot be released.
 struct StuckRecord {
     on: Arc<std::sync::atomic::AtomicBool>,
     tripped: std::sync::atomic::AtomicBool,
 }
 
+#[async_trait::async_trait]
 impl esim402_host::kv::wrapped::Hook for StuckRecord {
     fn before(
         &self,
         op: esim402_host::kv::wrapped::Op,
         key: &str,
     ) -> esim402_host::kv::KvResult<()> {
-        if !op.writes() || !self.on.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let txhash = key.starts_with("txhash/");
-        if txhash {
-            self.tripped.store(true, Ordering::SeqCst);
-        }
-        if txhash || (key.starts_with("x402/nonce/") && self.tripped.load(Ordering::SeqCst)) {
+        if op.writes()
+            && self.on.load(Ordering::SeqCst)
+            && key.starts_with("x402/nonce/")
+            && self.tripped.load(Ordering::SeqCst)
+        {
             return Err(esim402_host::kv::KvError(format!("injected: {key}")));
         }
         Ok(())
     }
+
+    async fn after_write(&self, inner: &dyn esim402_host::kv::Backend, key: &str) {
+        if !key.starts_with("x402/nonce/") || key.contains('@') {
+            return;
+        }
+        let raw = inner.get(key).await.ok().flatten().unwrap();
+        let cell = esim402_core::store::cell::Stored::decode(&raw).unwrap();
+        let record: Value =
+            serde_json::from_slice(&cell.data.unwrap_or_default()).unwrap_or_default();
+        if record["status"] == "submitted" {
+            self.tripped.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A send that fails after its transaction was recorded keeps that transaction's nonce while the record still
-/// names it: here the record could not be released, so the transaction may yet be sent again (a resend, a
-/// reconcile), and the next settlement must take another nonce rather than share it.
+/// names it: here the node refused the transaction and the record could not be released, so the transaction
+/// may yet be sent again (a resend, a reconcile), and the next settlement must take another nonce rather than
+/// share it.
 #[tokio::test]
 async fn a_recorded_transactions_nonce_is_not_reused_while_its_record_stays() {
     let node = Arc::new(Node::default());
@@ -3560,6 +3572,7 @@ async fn a_recorded_transactions_nonce_is_not_reused_while_its_record_stays() {
             tripped: std::sync::atomic::AtomicBool::new(false),
         },
     );
+    node.set(|c| c.refuse_send = true);
     let mut kit = builder(&node).store(Arc::new(store)).build().await.unwrap();
     let nonce_state = format!("signer/eip155:31337/{:#x}/nonce", facilitator());
     let inv = invoice(115, None);
@@ -3577,6 +3590,7 @@ async fn a_recorded_transactions_nonce_is_not_reused_while_its_record_stays() {
     assert_eq!(state["pending"], json!([TX_COUNT]), "still held: {state}");
 
     on.store(false, Ordering::SeqCst);
+    node.set(|c| c.refuse_send = false);
     let next_inv = invoice(116, None);
     settle(&mut kit, &next_inv, pay(&next_inv).v2())
         .await

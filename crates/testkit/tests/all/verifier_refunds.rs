@@ -391,3 +391,182 @@ async fn a_refund_on_a_network_since_disabled_waits_for_it_to_be_enabled_again()
     let owed = owe(&mut on, &inv, &tx).await.unwrap();
     assert!(owed.new, "recorded once enabled again");
 }
+
+/// Remove the cell at `key` as a release does (a tombstone): what a request cancelled before writing it left.
+async fn remove(kit: &Kit, key: &str) {
+    let raw = kit.kv().get(key).await.unwrap().unwrap();
+    let mut cell = esim402_core::store::cell::Stored::decode(&raw).unwrap();
+    cell.data = None;
+    kit.kv().set(key, &cell.encode()).await.unwrap();
+}
+
+/// Every published write of a settlement record or a `txhash/` claim, in order (a record with its status).
+#[derive(Clone, Default)]
+struct Writes(Arc<Mutex<Vec<String>>>);
+
+#[async_trait::async_trait]
+impl Hook for Writes {
+    async fn after_write(&self, inner: &dyn Backend, key: &str) {
+        if key.contains('@') || !(key.starts_with("x402/nonce/") || key.starts_with("txhash/")) {
+            return;
+        }
+        let raw = inner.get(key).await.ok().flatten().unwrap();
+        let cell = esim402_core::store::cell::Stored::decode(&raw).unwrap();
+        let Some(data) = cell.data else {
+            return;
+        };
+        let record: Value = serde_json::from_slice(&data).unwrap();
+        let entry = match key.split_once('/') {
+            Some(("txhash", _)) => "txhash".to_owned(),
+            _ => format!("record {}", record["status"].as_str().unwrap()),
+        };
+        self.0.lock().unwrap().push(entry);
+    }
+}
+
+/// Finding 1: a settlement's `txhash/` claim is written before its transaction is recorded (before, after: a
+/// request cancelled between the two left a recorded transaction that a replay sent and confirmed unclaimed,
+/// and its refund then found "nothing taken"); and a confirmation claims the hash it is confirmed by, so a
+/// record left so by an older build gets its claim, and its refund is recorded.
+#[tokio::test]
+async fn a_settlement_claims_its_transaction_before_recording_it_and_again_when_confirmed() {
+    let node = Arc::new(Node::default());
+    let writes = Writes::default();
+    let store = Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        writes.clone(),
+    );
+    let mut kit = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .var("settlement_timeout_ms", "300")
+        .store(Arc::new(store))
+        .build()
+        .await
+        .unwrap();
+    let inv = invoice(200, None);
+    let p = pay(&inv);
+    node.set(|c| c.drop_send = true);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    let Ok(S::Pending(tx)) = got else {
+        panic!("{got:?}");
+    };
+    assert_eq!(
+        writes.0.lock().unwrap().clone(),
+        ["record claimed", "txhash", "record submitted"],
+        "the claim before the record"
+    );
+
+    // What a request cancelled between its record and its claim left (the order before): no claim.
+    remove(&kit, &format!("txhash/{tx}")).await;
+    node.set(|c| c.drop_send = false);
+    // Old enough to be sent again (`RESEND_AFTER_SECS`), too young to be replaced (`BUMP_AFTER_SECS`).
+    super::backdate(&kit, &p.nonce_key(), 40).await;
+    assert_eq!(
+        settle(&mut kit, &inv, p.v2()).await,
+        Ok(S::Settled(tx.clone()))
+    );
+    let claim = kv_json(&kit, &format!("txhash/{tx}")).await.unwrap();
+    assert_eq!(claim["claim"], p.nonce_key());
+
+    let owed = owe(&mut kit, &wit_invoice(&paid_invoice(&inv, &tx)), &tx)
+        .await
+        .unwrap();
+    assert!(owed.new, "{owed:?}");
+    let refund: Value = serde_json::from_str(&owed.refund).unwrap();
+    assert_eq!(refund["status"], "owed");
+}
+
+/// Review: a record left unclaimed by an older build whose hash a tx-hash proof of another invoice claimed
+/// first is not confirmed by it when a replay finds it mined: left pending for an operator (before, the
+/// confirmation ignored whose claim held the hash, and one transfer paid two invoices).
+#[tokio::test]
+async fn a_confirmation_whose_hash_pays_another_invoice_is_left_pending() {
+    let node = Arc::new(Node::default());
+    let mut kit = builder(&node)
+        .var("settlement_timeout_ms", "300")
+        .build()
+        .await
+        .unwrap();
+    let inv = invoice(202, None);
+    let p = pay(&inv);
+    node.set(|c| c.drop_send = true);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    let Ok(S::Pending(tx)) = got else {
+        panic!("{got:?}");
+    };
+    // What the older build left (no claim), then claimed by a proof presenting the hash for another invoice.
+    let key = format!("txhash/{tx}");
+    let mut proof = kv_json(&kit, &key).await.unwrap();
+    proof["claim"] = json!(key);
+    proof["holder"] = json!("proof");
+    proof["invoice"] = json!("inv_another");
+    kit.kv_put(&key, proof.to_string().as_bytes()).await;
+
+    node.set(|c| c.drop_send = false);
+    super::backdate(&kit, &p.nonce_key(), 40).await;
+    assert_eq!(
+        settle(&mut kit, &inv, p.v2()).await,
+        Ok(S::Pending(tx.clone())),
+        "mined, but it pays another invoice"
+    );
+    assert_eq!(node.sent().len(), 1, "sent again, and mined");
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "submitted", "{record}");
+    assert_eq!(
+        kv_json(&kit, &key).await,
+        Some(proof),
+        "the proof's claim kept"
+    );
+}
+
+/// Finding 3: a settlement confirmed on chain whose record was left `submitted` (the confirmation's write
+/// failed, the purchase delivered) is reconciled by `owe-refund`: unsure, it is `unavailable` (asked again);
+/// mined, the refund is recorded (before, a conflict, which the gateway takes as final: REFUND NOT RECORDED);
+/// still pending hours after its claim, a conflict for an operator.
+#[tokio::test]
+async fn an_owe_refund_reconciles_a_settlement_left_submitted() {
+    let node = Arc::new(Node::default());
+    let mut kit = builder(&node)
+        .var("treasury_private_key", TREASURY_KEY)
+        .var("settlement_timeout_ms", "300")
+        .build()
+        .await
+        .unwrap();
+    let inv = invoice(201, None);
+    let p = pay(&inv);
+    node.set(|c| c.mining = Mining::Never);
+    let got = settle(&mut kit, &inv, p.v2()).await;
+    let Ok(S::Pending(tx)) = got else {
+        panic!("{got:?}");
+    };
+    let paid = wit_invoice(&paid_invoice(&inv, &tx));
+    let got = owe(&mut kit, &paid, &tx).await;
+    assert!(matches!(&got, Err(E::Unavailable(_))), "{got:?}");
+    assert_eq!(
+        kv_json(&kit, &format!("refund/{}", inv.invoice_id)).await,
+        None
+    );
+    // Still pending hours after its claim: no longer asked again, refused for an operator (before, `unavailable`
+    // for ever: a terminate answered 503 each time and its SIM never left the cleanup list).
+    let claimed_at = kv_json(&kit, &p.nonce_key()).await.unwrap()["claimed_at"]
+        .as_u64()
+        .unwrap();
+    let late = claimed_at + esim402_core::refund::UNSURE_SETTLEMENT_SECS;
+    let got = owe_at(&mut kit, &paid, &tx, late - 1).await;
+    assert!(matches!(&got, Err(E::Unavailable(_))), "{got:?}");
+    let got = owe_at(&mut kit, &paid, &tx, late).await;
+    assert!(
+        matches!(&got, Err(E::Conflict(m)) if m.contains("submitted")),
+        "{got:?}"
+    );
+
+    node.set(|c| c.mining = Mining::Succeed);
+    let owed = owe(&mut kit, &paid, &tx).await.unwrap();
+    assert!(owed.new, "{owed:?}");
+    let record = kv_json(&kit, &p.nonce_key()).await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert_eq!(
+        kv_json(&kit, "refund/queue").await,
+        Some(json!([inv.invoice_id]))
+    );
+}
