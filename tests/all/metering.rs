@@ -769,6 +769,25 @@ async fn carrier_grants_reserve_their_bytes_and_a_terminate_leaves_them_out_of_i
         )
         .await;
     assert_eq!((status, &r["totals"]["accepted"]), (200, &json!(1)), "{r}");
+    // Usage beyond what the close counted (used + the grants outstanding) was refunded to the payer: counted,
+    // not charged (before, it was charged: a charge nobody paid).
+    let (status, _, r) = s
+        .post(
+            "/v1/usage",
+            &json!({"receipts": [receipt(&iccid, "s", 3, 100_000, "310-260")]}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (
+            &r["results"][0]["status"],
+            &r["totals"]["bytes_charged"],
+            &r["totals"]["bytes_absorbed"]
+        ),
+        (&json!("after_close"), &json!(0), &json!(100_000)),
+        "{r}"
+    );
     let (status, _, refused) = s.post(&data, &json!({"quota_kb": 1}), &carrier).await;
     assert_eq!(status, 409, "{refused}");
 }
@@ -1017,6 +1036,8 @@ async fn a_switch_moves_the_unused_balance_to_the_new_sim() {
     assert_eq!(status, 409, "{t}");
     let message = t["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("takes no top-up"), "{t}");
+    // It does not name the new SIM to a caller who did not prove it manages the SIM (before, it did).
+    assert!(!message.contains(new), "{t}");
     // The new SIM is metered on its carrier: Verizon's receipts count, T-Mobile's are disputed.
     let t = now();
     let signed = |carrier: &str| {
@@ -1303,7 +1324,7 @@ async fn a_top_up_paid_with_another_size_is_refused_before_paying() {
 }
 
 /// Routes that take no parameters refuse a body that is not empty or `{}` before acting (a field is named; a body
-/// declared other than JSON is 415), and a POST activation refuses a query beside its body. Before, a suspend
+/// declared other than JSON is 415), and a POST under /v1/ refuses a query beside its body. Before, a suspend
 /// with any body suspended, and a POST's query was ignored while its 402's `resource` showed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bodies_and_queries_a_route_does_not_read_are_refused() {
@@ -1355,6 +1376,30 @@ async fn bodies_and_queries_a_route_does_not_read_are_refused() {
         (400, &json!("region")),
         "{e}"
     );
+    // Every POST under /v1/ refuses a query (before, `data?top_up_mb=100` was granted quota, or sold the
+    // first offer, and `switch?carrier=…` was refused for its body alone).
+    for (route, body, field) in [
+        (
+            format!("/v1/esim/{iccid}/data?top_up_mb=100"),
+            json!({}),
+            "top_up_mb",
+        ),
+        (
+            format!("/v1/esim/{iccid}/switch?carrier=verizon"),
+            json!({"carrier": "verizon"}),
+            "carrier",
+        ),
+        (format!("/v1/esim/{iccid}/resume?x"), json!({}), "x"),
+    ] {
+        let (status, _, e) = s.post(&route, &body, &[]).await;
+        assert_eq!(
+            (status, &e["error"]["field"]),
+            (400, &json!(field)),
+            "{route}: {e}"
+        );
+    }
+    let (_, sim) = s.get(&format!("/v1/esim/{iccid}")).await;
+    assert_eq!(sim["state"], "suspended", "nothing acted: {sim}");
 }
 
 /// A SIM in debt (its carrier reported more than its balance) is offered top-ups that bring it above the

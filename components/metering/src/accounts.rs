@@ -71,10 +71,12 @@ pub async fn load(iccid: &str) -> Result<Option<Account>, wit::Error> {
 pub fn to_wit(a: &Account, used: u64, reserved: u64) -> wit::Balance {
     // A switched-away SIM's data (and its grants) moved on with it: shown on the new SIM only.
     let switched_to = a.moved_to.as_ref().map(|(to, _)| to.to_string());
+    // A terminated SIM's usage beyond what its close counted is absorbed, not the payer's (kernel
+    // `Account::counted`): the balance does not drop for it.
     let (remaining, reserved) = if switched_to.is_some() {
         (0, 0)
     } else {
-        (a.remaining(used), reserved)
+        (a.remaining(a.counted(used)), reserved)
     };
     let grantable = remaining - i128::from(reserved);
     wit::Balance {
@@ -220,16 +222,16 @@ pub async fn collect(account: &Account, used: u64) -> Result<u64, wit::Error> {
     };
     let old_used = self::used(old.as_str())?;
     Ok(match forward(old.as_str(), old_used).await? {
-        Some((to, after)) if to == account.iccid => after,
+        Some((to, after, _)) if to == account.iccid => after,
         _ => used,
     })
 }
 
 /// Usage of the moved SIM `from` reached `used`: hand what is beyond its mark on to the SIM it moved to (kernel
 /// `Account::forward`: the mark advances in the old account's cell, then the new SIM's counter grows, so each
-/// byte is handed on once; a crash in between loses it, in the payer's favour). The new SIM and its used
-/// counter after, if anything was handed on.
-pub async fn forward(from: &str, used: u64) -> Result<Option<(Iccid, u64)>, wit::Error> {
+/// byte is handed on once; a crash in between loses it, in the payer's favour). The new SIM, its used counter
+/// after, and the bytes handed on, if anything was.
+pub async fn forward(from: &str, used: u64) -> Result<Option<(Iccid, u64, u64)>, wit::Error> {
     let (_, handed) =
         kv::change_json::<Account, Option<(Iccid, u64)>, wit::Error>(&keys::balance(from), |cur| {
             let Some(mut a) = cur else {
@@ -248,7 +250,7 @@ pub async fn forward(from: &str, used: u64) -> Result<Option<(Iccid, u64)>, wit:
     let delta = i64::try_from(bytes).map_err(internal)?;
     let used_to =
         kv::increment::<wit::Error>(&keys::meter_used(to.as_str()), delta).map_err(kv_err)?;
-    Ok(Some((to, u64::try_from(used_to).unwrap_or(0))))
+    Ok(Some((to, u64::try_from(used_to).unwrap_or(0), bytes)))
 }
 
 /// Usage of `iccid` reached `used`: its balance hold if the balance is out (kernel `Account::exhausted` sets it

@@ -10,6 +10,10 @@
 //!    checks the same again) if the close left them out, or if the failed account never took them (the failure
 //!    landed between the move's two updates: the closed account refuses the rest of the move now). Never from
 //!    a failed SIM that moved on itself (switched again): its balance, the old SIM's with it, is on the next SIM.
+//!    An old SIM terminated since the move (before step 1 or between the steps) takes no data back: the moved
+//!    credits become its refunds (kernel `Account::take_back`), which the gateway then owes through the old
+//!    SIM's `close` (`refund_unused`). A retry after a failure between the steps finds the move untouched and
+//!    does step 2 again.
 //!
 //! Between the two the failed account is closed, so nothing draws on the moved credits there. If the old
 //! account cannot take them back (the move bounced meanwhile: the new account refused it), it already owes them

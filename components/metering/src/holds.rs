@@ -9,27 +9,34 @@ use esim402_core::usage::account::Account;
 use esim402_guest::wit;
 
 use crate::accounts;
+use crate::charge::Charged;
 
-/// What the batch's charges (`charged`: each SIM and its used counter after) do to the accounts as the batch
-/// read them, and the standing holds of the SIMs its verified receipts named without charging (`resent`).
+/// What the batch's charges (`charged`: each SIM, its used counter after, and for a switched-away SIM what its
+/// hand-on did, `crate::charge`) do to the accounts as the batch read them, and the standing holds of the SIMs
+/// its verified receipts named without charging (`resent`).
 pub async fn settle(
     accounts: &HashMap<String, Option<Account>>,
-    charged: &[(&String, u64)],
+    charged: &[Charged<'_>],
     resent: &[&String],
 ) -> Result<Vec<wit::BalanceHold>, wit::Error> {
     let mut holds = Vec::new();
-    for (iccid, used) in charged {
-        let Some(account) = accounts.get(*iccid).and_then(Option::as_ref) else {
+    for c in charged {
+        let iccid = c.iccid;
+        let Some(account) = accounts.get(iccid).and_then(Option::as_ref) else {
             continue;
         };
-        let used = accounts::collect(account, *used).await?;
-        if account.moved_to.is_some() {
+        let used = accounts::collect(account, c.used).await?;
+        if let Some((moved_to, _)) = &account.moved_to {
             // Switched away: its data moved to the new SIM, and so does what it still uses. If the new SIM's
             // balance is out, both are held (the old one draws on it until it is replaced), each in its own
-            // account's epochs.
-            if let Some((to, used_to)) = accounts::forward(iccid, used).await?
-                && let Some(hold) = accounts::exhaust(to.as_str(), used_to).await?
-            {
+            // account's epochs. Whether or not this batch handed its bytes on: a balance read of the new SIM
+            // may have collected them first (`accounts::collect`), and the hold must not be missed then (it
+            // was: the batch's own hand-on found nothing and looked no further); the new SIM's counter is read.
+            let (to, used_to) = match &c.forwarded {
+                Some((to, used_to)) => (to.clone(), *used_to),
+                None => (moved_to.clone(), accounts::used(moved_to.as_str())?),
+            };
+            if let Some(hold) = accounts::exhaust(to.as_str(), used_to).await? {
                 holds.extend(accounts::follow(iccid, hold.epoch).await?);
                 holds.push(hold);
             }

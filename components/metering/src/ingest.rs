@@ -18,7 +18,9 @@
 //! ledger events are held (kernel `usage::held`) until the gateway has logged them and releases them; a crash
 //! in between leaves them for `GET /v1/ledger/verify` to log (`held-due`). Events the store would not hold
 //! either go with the answer, never with an error (which would drop them): a batch whose charges then stopped
-//! answers, its SIMs not charged reported `not_charged` (kernel `mark_uncharged`).
+//! answers, the SIM whose charge failed reported `charge_unknown` (the `increment` may have landed) and those
+//! after it `not_charged` (kernel `mark_uncharged`). Usage reported after a SIM's terminate beyond what its
+//! close counted is counted but absorbed, not charged (`after_close`, [`crate::charge`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -28,8 +30,8 @@ use esim402_core::store::keys;
 use esim402_core::usage::account::Account;
 use esim402_core::usage::claim::{ClaimCheck, claim_check};
 use esim402_core::usage::ingest::{
-    LogEntry, LogState, Outcome, ReportLine, SimCharge, charge_entry, is_gap, log_position,
-    mark_uncharged, parse_batch, totals,
+    LogEntry, LogState, Outcome, ReportLine, charge_entry, is_gap, log_position, mark_uncharged,
+    parse_batch, totals,
 };
 use esim402_core::usage::receipt::{
     MAX_UNSIGNED_DISPUTES_PER_SIM, Receipt, Recoveries, verify_signed,
@@ -252,40 +254,16 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         writes.extend(place_log(iccid, std::mem::take(&mut batch.entries))?);
     }
     kv::set_many::<wit::Error>(&writes).map_err(kv_err)?;
-    // The charges, then the batch's events held until the ledger has them (nothing is lost to a crash from
-    // here to the append), then what the charges do to the accounts. A charge that fails stops the batch, and
-    // the event names only the SIMs charged before it (still held, so logged later).
-    let mut charged = Vec::new();
-    let mut failed = None;
-    for (iccid, batch) in &sims {
-        if batch.accepted == 0 {
-            continue;
-        }
-        let charge = i64::try_from(batch.bytes)
-            .map_err(internal)
-            .and_then(|delta| {
-                kv::increment::<wit::Error>(&keys::meter_used(iccid), delta).map_err(kv_err)
-            });
-        match charge {
-            Ok(used) => charged.push((iccid, u64::try_from(used).unwrap_or(0))),
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-        }
-    }
-    let charges: Vec<SimCharge<'_>> = charged
+    // The charges (`crate::charge`), then the batch's events held until the ledger has them (nothing is lost to
+    // a crash from here to the append), then what the charges do to the accounts. A charge that fails stops the
+    // batch; the event names the SIMs charged before it, and the one whose charge is unknown (still held, so
+    // logged later).
+    let counts: BTreeMap<String, (u64, u64)> = sims
         .iter()
-        .filter_map(|(iccid, _)| {
-            let b = sims.get(*iccid)?;
-            Some(SimCharge {
-                iccid,
-                bytes: b.bytes,
-                receipts: b.accepted,
-            })
-        })
+        .map(|(iccid, b)| (iccid.clone(), (b.bytes, b.accepted)))
         .collect();
-    if let Some(fields) = charge_entry(&batch_id, &charges) {
+    let done = crate::charge::charge(&batch_id, &counts, &accounts, &mut lines).await;
+    if let Some(fields) = charge_entry(&batch_id, &done.sims) {
         events.push((EntryKind::UsageCharged, fields));
     }
     let held = match events.is_empty() {
@@ -298,7 +276,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
             }
         },
     };
-    let settled = match failed {
+    let settled = match done.failed {
         Some(e) => Err(e),
         None => {
             let resent: Vec<&String> = sims
@@ -306,7 +284,7 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
                 .filter(|(_, b)| b.resent())
                 .map(|(i, _)| i)
                 .collect();
-            crate::holds::settle(&accounts, &charged, &resent).await
+            crate::holds::settle(&accounts, &done.charged, &resent).await
         }
     };
     let holds = match settled {
@@ -315,12 +293,12 @@ pub async fn ingest(body: &str, now: u64) -> Result<Ingested, wit::Error> {
         Err(e) if held.is_some() || events.is_empty() => return Err(e),
         // Neither held: the answer is the only way left for the charges that landed to reach the ledger (the
         // gateway logs its events; an error would drop them, and a resend is all duplicates). So it answers,
-        // reporting the receipts of the SIMs not charged as such (kernel `mark_uncharged`). The holds of SIMs
-        // out of balance wait for their next batch.
+        // reporting the receipts of the SIM whose charge is unknown and of those not charged as such (kernel
+        // `mark_uncharged`). The holds of SIMs out of balance wait for their next batch.
         Err(e) => {
             eprintln!("metering: batch {batch_id} stopped ({e:?}); its events go with the answer");
-            let charged: HashSet<&str> = charged.iter().map(|(iccid, _)| iccid.as_str()).collect();
-            mark_uncharged(&mut lines, |iccid| charged.contains(iccid));
+            let charged: HashSet<&str> = done.charged.iter().map(|c| c.iccid.as_str()).collect();
+            mark_uncharged(&mut lines, |iccid| charged.contains(iccid), done.unknown);
             Vec::new()
         }
     };

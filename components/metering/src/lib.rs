@@ -8,12 +8,13 @@
 //! - [`grants`]: quota grants, each reserving its bytes until reported or lapsed.
 //! - [`transfer`]: a switch's move of the old SIM's unused data to the new SIM.
 //! - [`failed`]: closing a SIM whose profile can never be installed (a switch's balance goes back).
-//! - [`ingest`]: `POST /v1/usage` batches: verify, claim, log, charge.
+//! - [`ingest`]: `POST /v1/usage` batches: verify, claim, log, charge ([`charge`]: the counters, hand-ons).
 //! - [`claims`]: the legacy-claim reads and the marker of when claims became per SIM (kernel `usage::claim`).
 //! - [`held`]: a charged batch's ledger events, held until logged (and logged again after a crash).
 //! - [`queries`]: usage rows and the receipt log.
 
 mod accounts;
+mod charge;
 mod claims;
 mod config;
 mod failed;

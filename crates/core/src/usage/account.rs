@@ -207,6 +207,13 @@ pub struct Account {
     /// accounts closed before this field existed (their receipts stay accepted) and for those closed otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<u64>,
+    /// The used counter a terminate's refunds counted as used ([`Account::terminate`]: the counter then, with
+    /// the carrier's grants still outstanding): the payer paid for usage up to it, and no further. Usage the
+    /// carrier reports beyond it is real, but nobody pays for it: the facilitator absorbs it
+    /// ([`Account::payer_share`]). `None` for an account not closed by a terminate (or closed before this field
+    /// existed): every byte reported is the payer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_used: Option<u64>,
 }
 
 /// Why an account refused a change.
@@ -256,6 +263,7 @@ impl Account {
             opened_at: Some(ordered_at),
             claims_per_sim: true,
             closed_at: None,
+            closed_used: None,
         }
     }
 
@@ -285,6 +293,7 @@ impl Account {
             opened_at: Some(ordered_at),
             claims_per_sim: true,
             closed_at: None,
+            closed_used: None,
         }
     }
 
@@ -310,6 +319,7 @@ impl Account {
             opened_at: None,
             claims_per_sim: true,
             closed_at: None,
+            closed_used: None,
         }
     }
 
@@ -408,10 +418,17 @@ impl Account {
     /// after the move began. The moved credits are owed back instead, as this account's refunds (each at the
     /// value it moved with), so their value is neither lost nor kept; the account stays closed (moved). Fixed by
     /// the first call: a repeat returns the same shares. `None` if this account's data did not move to `to`.
+    ///
+    /// Refunds already fixed are kept, whoever fixed them: a SIM terminated since its switch, whose replacement
+    /// failed, owes the moved credits less what it used since the move ([`Account::take_back`]); a bounce after
+    /// that (the switch's move resumed, the failed replacement refusing it) owes no more.
     pub fn bounce(&mut self, to: &Iccid) -> Option<Vec<RefundShare>> {
         let (dest, moved) = self.moved_to.as_ref()?;
         if dest != to {
             return None;
+        }
+        if let Some(fixed) = self.closed.as_ref().filter(|c| !c.is_empty()) {
+            return Some(fixed.clone());
         }
         let shares: Vec<RefundShare> = moved
             .iter()
@@ -432,8 +449,14 @@ impl Account {
 
     /// The SIM whose pending usage a charge or balance read of this account hands on first: the one it
     /// replaced, unless this account moved on itself (then its own batches forward to its successor).
+    ///
+    /// Not once this account is closed: its close collected what was pending (a close reads the counter after
+    /// it), and what the old SIM reports later is handed on by the old SIM's own batches, which learn what of
+    /// it the close left unpaid ([`Account::payer_share`]), rather than by a balance read nobody reports.
     pub fn collects_from(&self) -> Option<&Iccid> {
-        self.replaces.as_ref().filter(|_| self.moved_to.is_none())
+        self.replaces
+            .as_ref()
+            .filter(|_| self.moved_to.is_none() && self.closed.is_none())
     }
 
     /// Usage reached `used` on a moved account: the bytes beyond what was already handed on, and the SIM they
@@ -581,11 +604,36 @@ impl Account {
     /// `usage::grant::close_at`), the SIM retired at `now` by the first close: its receipts for windows starting
     /// more than a day later are refused (what it reports until then is charged to the closed account, within
     /// the bytes its refunds left out).
+    ///
+    /// The first close also fixes `used` as what the payer paid for ([`Account::closed_used`]): what the
+    /// carrier reports beyond it is absorbed, not charged ([`Account::payer_share`]).
     pub fn terminate(&mut self, used: u64, now: u64) -> Vec<RefundShare> {
         if self.closed.is_none() || (self.moved_to.is_some() && self.closed_at.is_none()) {
             self.closed_at = Some(now);
         }
+        if self.closed.is_none() {
+            self.closed_used = Some(used);
+        }
         self.close(used)
+    }
+
+    /// Of `bytes` a batch added to this SIM's used counter, taking it to `used` (the `increment`'s answer, so
+    /// the batch's bytes are the counter's range `used - bytes .. used`, which no other batch shares), the
+    /// bytes the payer pays for: all of them, unless a terminate's close fixed what it counted as used
+    /// ([`Account::closed_used`]), when only the part of the range at or below it. The rest is carrier usage
+    /// reported after the close beyond what the refunds left out: the facilitator absorbs it.
+    pub fn payer_share(&self, used: u64, bytes: u64) -> u64 {
+        let Some(paid_up_to) = self.closed_used else {
+            return bytes;
+        };
+        let from = used.saturating_sub(bytes);
+        used.min(paid_up_to).saturating_sub(from)
+    }
+
+    /// The used counter `used` as the balance counts it: capped at what a terminate's close counted
+    /// ([`Account::closed_used`]), since usage beyond it was not the payer's.
+    pub fn counted(&self, used: u64) -> u64 {
+        self.closed_used.map_or(used, |c| used.min(c))
     }
 
     /// Close the account at `used`: the refunds of unused data (fixed by the first close; a repeat returns
@@ -926,8 +974,8 @@ mod tests {
     }
 
     /// A SIM terminated after a switch moved its data takes none of it back if the new SIM fails (a review: the
-    /// data came back to a terminated SIM, refunded by nothing); the failed SIM's refunds owe it instead. Its
-    /// receipts still end a day after the move.
+    /// data came back to a terminated SIM, refunded by nothing); its own refunds owe it instead (kernel
+    /// `usage::failed`, `Account::take_back`). Its receipts still end a day after the move.
     #[test]
     fn a_sim_terminated_after_its_switch_takes_no_data_back() {
         let mut a = account();
@@ -940,14 +988,79 @@ mod tests {
             "no refunds here"
         );
         assert_eq!(a.closed_at, Some(20));
-        assert!(a.returnable_to(&to).is_none());
+        assert_eq!(
+            a.closed_used, None,
+            "a moved account's usage is the new SIM's"
+        );
+        assert!(a.take_back(&to, 3 * BYTES_PER_MB, 0));
+        assert!(a.moved_to.is_some(), "no data back");
+        assert_eq!(a.close(3 * BYTES_PER_MB).len(), 1, "owed as its refund");
         assert_eq!(
             a.terms().unwrap().retired_at,
             Some(9),
             "retired at the move"
         );
-        assert_eq!(a.terminate(3 * BYTES_PER_MB, 30), Vec::new());
+        assert_eq!(
+            a.terminate(3 * BYTES_PER_MB, 30).len(),
+            1,
+            "the same refund"
+        );
         assert_eq!(a.closed_at, Some(20), "the first terminate's");
+    }
+
+    /// A trial: a SIM terminated with its refund fixed, then a receipt reported for a window before the
+    /// terminate, was charged (`usage_charged 500000`, `remaining_bytes` dropping) although the payer had been
+    /// refunded those bytes: a charge nobody paid. The close now fixes what it counted as used (the counter,
+    /// with the grants outstanding): the payer pays the part of a batch's counter range within it (a grant's
+    /// late usage), the rest is absorbed; the balance counts no more than that either.
+    #[test]
+    fn usage_after_a_terminate_beyond_what_its_close_counted_is_absorbed() {
+        let mb = BYTES_PER_MB;
+        let mut a = account(); // inv_a: 10 MB
+        assert_eq!(
+            a.payer_share(9 * mb, mb),
+            mb,
+            "open: every byte the payer's"
+        );
+        assert_eq!(a.counted(9 * mb), 9 * mb);
+        // Terminated at 4 MB used with 1 MB granted and not reported: counted 5 MB, 5 MB refunded.
+        let shares = a.terminate(5 * mb, 100);
+        assert_eq!(shares[0].bytes, 5 * mb);
+        assert_eq!(a.closed_used, Some(5 * mb));
+        // The grant's usage (the counter 4 → 5 MB) is the payer's; a batch straddling the close pays its part.
+        assert_eq!(a.payer_share(5 * mb, mb), mb);
+        assert_eq!(a.payer_share(5 * mb + 500_000, mb), 500_000);
+        assert_eq!(
+            a.payer_share(6 * mb, 500_000),
+            0,
+            "after the close: absorbed"
+        );
+        assert_eq!(a.payer_share(0, 0), 0);
+        assert_eq!(a.counted(6 * mb), 5 * mb);
+        assert_eq!(a.remaining(a.counted(6 * mb)), 5 * i128::from(mb));
+        // Fixed by the first close; kept across a round trip.
+        a.terminate(9 * mb, 200);
+        let back: Account = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back.closed_used, Some(5 * mb));
+        // A close that is not a terminate (a switch's move) fixes nothing: the new SIM's close decides.
+        let mut moved = account();
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        moved.transfer_out(&to, mb, 9).unwrap();
+        moved.terminate(2 * mb, 20);
+        assert_eq!(moved.payer_share(3 * mb, mb), mb);
+    }
+
+    /// A closed account collects nothing from the SIM it replaced (its close collected what was pending): the
+    /// old SIM's later usage is handed on by its own batches, which learn what the close left unpaid.
+    #[test]
+    fn a_closed_account_collects_nothing() {
+        let old = Iccid::with_check_digit("894401000000000001").unwrap();
+        let mut a = account();
+        a.replaces = Some(old.clone());
+        assert!(a.begin_close());
+        assert_eq!(a.collects_from(), Some(&old), "closing: its close collects");
+        a.terminate(0, 1);
+        assert_eq!(a.collects_from(), None);
     }
 
     /// An overdrawn account's debt follows its data: a switch moves no credit (none is left) and hands the
@@ -1161,6 +1274,41 @@ mod tests {
         assert_eq!(d.replaces, Some(from.clone()));
         d.close(0);
         assert_eq!(d.take_moved(&from, &moved, 0), Ok(false));
+    }
+
+    /// A SIM terminated since its switch, whose replacement failed, owes the moved credits less what it used
+    /// since the move (`take_back`); a bounce after that (the switch's move resumed and refused) keeps those
+    /// refunds. Before, it overwrote them with the whole moved value: owed again for bytes the SIM used.
+    #[test]
+    fn a_bounce_keeps_the_refunds_a_take_back_fixed() {
+        let mut a = account(); // 10 MB for 30 000
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        a.transfer_out(&to, 4 * BYTES_PER_MB, 9).unwrap(); // 6 MB moved
+        a.terminate(5 * BYTES_PER_MB, 20);
+        assert!(a.take_back(&to, 5 * BYTES_PER_MB, 0));
+        let fixed = a.close(5 * BYTES_PER_MB);
+        let owed = |s: &[RefundShare]| -> Vec<(u64, u64)> {
+            s.iter().map(|s| (s.bytes, s.amount.micros())).collect()
+        };
+        assert_eq!(
+            owed(&fixed),
+            vec![(5 * BYTES_PER_MB, 15_000)],
+            "1 MB used since"
+        );
+        assert_eq!(
+            a.bounce(&to).unwrap(),
+            fixed,
+            "the refunds the take-back fixed"
+        );
+        assert_eq!(a.close(5 * BYTES_PER_MB), fixed, "owed once, as fixed");
+        // Untouched (nothing fixed yet): the bounce owes the whole moved value.
+        let mut b = account();
+        b.transfer_out(&to, 4 * BYTES_PER_MB, 9).unwrap();
+        b.terminate(5 * BYTES_PER_MB, 20);
+        assert_eq!(
+            owed(&b.bounce(&to).unwrap()),
+            vec![(6 * BYTES_PER_MB, 18_000)]
+        );
     }
 
     #[test]

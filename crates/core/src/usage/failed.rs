@@ -16,6 +16,13 @@
 //!   old account already owes them (a bounce) or moved elsewhere, and the replacement keeps nothing of them
 //!   either way. The close comes first: once the replacement's account is closed no grant or charge lands
 //!   there, and the old account then takes its data back.
+//! - **The old side is total**: if the old SIM left service (terminated) since the move, its data does not
+//!   come back to a SIM nobody can use: [`Account::take_back`] fixes the moved credits (less what the old SIM
+//!   used since the move) as the old account's refunds instead, as a bounce does, which its terminate's refund
+//!   owes (`close` returns them). Whether the terminate came before the replacement's close read the move or
+//!   between that close and the take-back (a store error failing the callback in between, the terminate before
+//!   the SM-DP+ retries), the replacement's close left them out and the old account owes them, once; before,
+//!   the terminate in between left them owed by nobody.
 //! - **A byte is charged once**: the old SIM stays in use while its replacement never installs, and what it
 //!   reports after the move counts on its own used counter and is also handed on to the replacement's. Taken
 //!   back, the old account counts all of it against its credits again, so the replacement is closed at its own
@@ -58,15 +65,15 @@ impl Returnable {
 }
 
 impl Account {
-    /// What this account (the SIM a switch replaced) moved to `to`, if it may go back to it: the move to `to`
-    /// is recorded and owes nothing (not bounced), and the account is not being closed, nor was its SIM
-    /// terminated since the move (its data would come back to a SIM nobody can use: the failed SIM's refunds owe
-    /// it instead).
+    /// What this account (the SIM a switch replaced) moved to `to`, if it goes back to it: the move to `to` is
+    /// recorded and owes nothing (not bounced, nor owed already by [`Account::take_back`]). It goes back whether
+    /// or not the SIM is still in service: taken back as data if it is, owed as this account's refunds if it
+    /// was terminated since the move ([`Account::take_back`]), so the failed replacement's close always leaves
+    /// it out.
     pub fn returnable_to(&self, to: &Iccid) -> Option<Returnable> {
         let (dest, moved) = self.moved_to.as_ref()?;
         let untouched_move = self.closed.as_ref().is_some_and(Vec::is_empty);
-        let live = !self.closing && self.closed_at.is_none();
-        (dest == to && untouched_move && live).then(|| Returnable {
+        (dest == to && untouched_move).then(|| Returnable {
             invoices: moved.iter().map(|c| c.invoice.clone()).collect(),
             used_at_move: self.forwarded_up_to.map(|_| self.used_at_move(moved)),
         })
@@ -112,9 +119,30 @@ impl Account {
     /// holds under the new SIM's epochs, and this account counted none of them (not suspended, at a lower
     /// epoch), so a release at this account's own epoch would be ignored and the SIM left suspended with a
     /// balance. The hold sent now is newer than any of those.
+    ///
+    /// A SIM terminated since the move (or being closed) takes no data back: the moved credits, less what it
+    /// used since the move (`used` beyond [`Returnable::used_at_move`], handed on to the replacement, whose
+    /// close left it out), are fixed as this account's refunds, as [`Account::bounce`] fixes them, which its
+    /// terminate's refund owes ([`Account::close`] returns them). `true` then too; a repeat changes nothing.
     pub fn take_back(&mut self, from: &Iccid, used: u64, past: u64) -> bool {
-        if self.returnable_to(from).is_none() {
+        let Some(back) = self.returnable_to(from) else {
             return false;
+        };
+        if self.closing || self.closed_at.is_some() {
+            let since_move = back.used_at_move.map_or(0, |at| used.saturating_sub(at));
+            let moved = self
+                .moved_to
+                .as_ref()
+                .map_or(&[][..], |(_, m)| m.as_slice());
+            let shares = unused_shares(moved, since_move)
+                .into_iter()
+                .map(|s| RefundShare {
+                    untouched: false,
+                    ..s
+                })
+                .collect();
+            self.closed = Some(shares);
+            return true;
         }
         self.moved_to = None;
         self.moved_at = None;
@@ -328,10 +356,6 @@ mod tests {
             credit("inv_act", CreditKind::Activation, 10_000_000, 30_000),
         );
         old.transfer_out(&new_iccid, 0, 100).unwrap();
-        let mut closing = old.clone();
-        closing.closing = true;
-        assert_eq!(closing.returnable_to(&new_iccid), None);
-        assert!(!closing.take_back(&new_iccid, 0, 0));
         // The new SIM refused the move (it was terminated): the old account owes it, it does not come back.
         old.bounce(&new_iccid).unwrap();
         assert_eq!(old.returnable_to(&new_iccid), None);
@@ -438,6 +462,75 @@ mod tests {
             dry.returnable_to(&new_iccid).unwrap().used_at_move,
             Some(1_000_000)
         );
+    }
+
+    /// The old SIM terminated while its replacement failed: `fail` read the move (untouched), closed the
+    /// replacement leaving the moved credit out, and the old SIM's terminate landed before the take-back (or
+    /// before the read). The take-back owes the moved credit as the old account's refunds (its 6 MB less the
+    /// 1 MB the old SIM used since the move, handed on), which its `close` returns: owed once. Before, the
+    /// terminate made the move not returnable, the take-back changed nothing, and the old account's close
+    /// returned no refunds: the moved value was owed by nobody. Taken back before the terminate, the data is
+    /// the old account's again and its terminate refunds it as usual, once.
+    #[test]
+    fn a_move_back_to_a_sim_terminated_meanwhile_is_owed_once_by_it() {
+        let (old_iccid, new_iccid) = (iccid(OLD), iccid(NEW));
+        let setup = || {
+            let mut old = account(
+                OLD,
+                credit("inv_act", CreditKind::Activation, 10_000_000, 30_000),
+            );
+            let moved = old.transfer_out(&new_iccid, 4_000_000, 100).unwrap();
+            let mut new = Account::opened_with(
+                new_iccid.clone(),
+                CarrierId::parse("tmobile").unwrap(),
+                RoamingPolicy::default(),
+                moved,
+                100,
+            );
+            new.replaces = Some(old_iccid.clone());
+            (old, new)
+        };
+        let owed = |shares: &[RefundShare]| -> Vec<(String, u64, u64)> {
+            shares
+                .iter()
+                .map(|s| (s.invoice.clone(), s.bytes, s.amount.micros()))
+                .collect()
+        };
+        // The old SIM used 1 MB after the move (4 MB → 5 MB on its counter).
+        let used_old = 5_000_000;
+
+        // Terminated between the replacement's close and the take-back.
+        let (mut old, mut new) = setup();
+        let r = old.returnable_to(&new_iccid).unwrap();
+        assert!(new.close_failed(0, &r.invoices).is_empty(), "left out");
+        assert_eq!(old.terminate(used_old, 200), vec![], "the balance is away");
+        assert!(old.take_back(&new_iccid, used_old, 0));
+        let expected = vec![("inv_act".to_owned(), 5_000_000, 15_000)];
+        assert_eq!(owed(&old.terminate(used_old, 300)), expected);
+        assert_eq!(owed(&old.close(used_old)), expected, "close returns them");
+        assert!(old.closed.as_ref().unwrap().iter().all(|s| !s.untouched));
+        assert!(old.moved_to.is_some(), "no data back on a terminated SIM");
+        // A repeat (the SM-DP+ sends the notification again) owes nothing more.
+        assert_eq!(old.returnable_to(&new_iccid), None);
+        assert!(!old.take_back(&new_iccid, used_old + 9, 0));
+        assert_eq!(owed(&old.close(used_old)), expected);
+
+        // Terminated before `fail` read the move: the same, the replacement still leaves it out.
+        let (mut old, mut new) = setup();
+        old.terminate(used_old, 200);
+        let r = old.returnable_to(&new_iccid).expect("still goes back");
+        assert!(new.close_failed(0, &r.invoices).is_empty());
+        assert!(old.take_back(&new_iccid, used_old, 0));
+        assert_eq!(owed(&old.close(used_old)), expected);
+
+        // Taken back before the terminate: the old SIM's own refund, at its counter.
+        let (mut old, mut new) = setup();
+        let r = old.returnable_to(&new_iccid).unwrap();
+        assert!(new.close_failed(0, &r.invoices).is_empty());
+        assert!(old.take_back(&new_iccid, used_old, 0));
+        assert_eq!(owed(&old.terminate(used_old, 300)), expected);
+        assert!(!old.take_back(&new_iccid, used_old, 0), "nothing twice");
+        assert_eq!(owed(&old.terminate(used_old, 400)), expected);
     }
 
     /// A SIM held with its replacement's balance (`Account::follow`) is released when it takes its data back,

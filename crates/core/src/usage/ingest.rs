@@ -79,6 +79,28 @@ pub enum Outcome {
     /// Already charged (same carrier, SIM, session and seq; or under its legacy claim, [`super::claim`]): not
     /// charged again.
     Duplicate,
+    /// Verified and claimed, and counted on its SIM's used counter, but reported after the SIM's terminate
+    /// beyond what the close counted as used (its used counter then, with the grants still outstanding: kernel
+    /// `Account::payer_share`; for a switched-away SIM, the close of the SIM its usage draws on). It is real
+    /// carrier usage, but its payer was refunded the rest and pays no more: `absorbed` bytes are the
+    /// facilitator's loss, not a charge; `bytes` (any part within what the close counted) is charged. The
+    /// ledger's `usage_charged` names the absorbed bytes apart ([`charge_entry`]).
+    AfterClose {
+        /// Bytes charged to the payer.
+        bytes: u64,
+        /// Bytes absorbed (charged to nobody).
+        absorbed: u64,
+        /// As for [`Outcome::Accepted`].
+        gap: bool,
+    },
+    /// Verified and claimed, but the store failed its SIM's charge without saying whether it was applied (a
+    /// lost reply or a timeout: the `increment` may have landed). Neither "charged" nor "not charged" would be
+    /// true: the ledger names it apart (`charge_unknown`, [`charge_entry`]) and the operator is told. Sent
+    /// again it is a duplicate (its claim stays).
+    ChargeUnknown {
+        /// The receipt's bytes, which the SIM's counter may or may not hold.
+        bytes: u64,
+    },
     /// Refused: never charged. `disputed`: kept in the SIM's receipt log for its owner, as told to whoever
     /// posted the batch ([`Outcome::rejected`]).
     Rejected {
@@ -112,27 +134,65 @@ impl Outcome {
     }
 }
 
-/// The `reason` of a receipt verified and claimed whose charge the store refused ([`mark_uncharged`]).
+/// The `reason` of a receipt verified and claimed whose SIM's charge was never tried ([`mark_uncharged`]).
 pub const NOT_CHARGED: &str = "not_charged";
 
 /// A batch whose charges stopped at a store failure, and whose ledger events the answer itself carries (they
-/// could not be held either): its accepted receipts of the SIMs not charged (`charged` says which were), turned
-/// into refusals with reason [`NOT_CHARGED`], so the report and its totals say what was charged. Their claims
-/// stay (a claim is never given back: that could charge a receipt twice), so sending them again is a
-/// duplicate: at most once, in the payer's favour, as after a crash between a claim and its charge.
-pub fn mark_uncharged(lines: &mut [ReportLine], charged: impl Fn(&str) -> bool) {
+/// could not be held either): the accepted receipts of `unknown`, the SIM whose charge failed, are
+/// [`Outcome::ChargeUnknown`] (a failed `increment` may have been applied: its reply lost, or timed out), and
+/// those of the SIMs after it, whose charge was never tried (`charged` says which were charged), are refused
+/// with reason [`NOT_CHARGED`]; so the report and its totals say what was charged, and what may have been.
+/// Their claims stay (a claim is never given back: that could charge a receipt twice), so sending them again is
+/// a duplicate: at most once, in the payer's favour, as after a crash between a claim and its charge.
+pub fn mark_uncharged(
+    lines: &mut [ReportLine],
+    charged: impl Fn(&str) -> bool,
+    unknown: Option<&str>,
+) {
     for l in lines {
-        let uncharged = matches!(l.outcome, Outcome::Accepted { .. })
-            && !l.iccid.as_deref().is_some_and(&charged);
-        if uncharged {
-            l.outcome = Outcome::Rejected {
+        let Outcome::Accepted { bytes, .. } = l.outcome else {
+            continue;
+        };
+        let iccid = l.iccid.as_deref();
+        if iccid.is_some_and(&charged) {
+            continue;
+        }
+        l.outcome = if iccid.is_some() && iccid == unknown {
+            Outcome::ChargeUnknown { bytes }
+        } else {
+            Outcome::Rejected {
                 reason: NOT_CHARGED.to_owned(),
-                message: "the store refused this SIM's charge: the receipt is claimed and was not charged \
-                          (sent again, it is a duplicate)"
+                message: "the batch stopped at a store failure before this SIM's charge: the receipt is claimed \
+                          and was not charged (sent again, it is a duplicate)"
                     .to_owned(),
                 disputed: false,
-            };
+            }
+        };
+    }
+}
+
+/// Of the bytes a batch counted for SIM `iccid`, `absorbed` were reported after its close beyond what the close
+/// counted (kernel `Account::payer_share`): its accepted receipts, the batch's last first (their bytes are the
+/// top of the batch's range on the counter), become [`Outcome::AfterClose`] until they hold those bytes.
+pub fn absorb(lines: &mut [ReportLine], iccid: &str, absorbed: u64) {
+    let mut left = absorbed;
+    for l in lines.iter_mut().rev() {
+        if left == 0 {
+            return;
         }
+        let Outcome::Accepted { bytes, gap } = l.outcome else {
+            continue;
+        };
+        if l.iccid.as_deref() != Some(iccid) {
+            continue;
+        }
+        let take = bytes.min(left);
+        left -= take;
+        l.outcome = Outcome::AfterClose {
+            bytes: bytes - take,
+            absorbed: take,
+            gap,
+        };
     }
 }
 
@@ -168,8 +228,16 @@ pub struct Totals {
     pub disputed: usize,
     /// Accepted with a gap before them.
     pub gaps: usize,
-    /// Bytes charged.
+    /// Bytes charged to payers.
     pub bytes_charged: u64,
+    /// Receipts reported after their SIM's close ([`Outcome::AfterClose`]).
+    pub after_close: usize,
+    /// Their bytes absorbed (charged to nobody).
+    pub bytes_absorbed: u64,
+    /// Receipts whose charge is unknown ([`Outcome::ChargeUnknown`]).
+    pub charge_unknown: usize,
+    /// Their bytes.
+    pub bytes_unknown: u64,
 }
 
 /// Sum up a report.
@@ -181,6 +249,20 @@ pub fn totals(lines: &[ReportLine]) -> Totals {
                 t.accepted += 1;
                 t.gaps += usize::from(*gap);
                 t.bytes_charged = t.bytes_charged.saturating_add(*bytes);
+            }
+            Outcome::AfterClose {
+                bytes,
+                absorbed,
+                gap,
+            } => {
+                t.after_close += 1;
+                t.gaps += usize::from(*gap);
+                t.bytes_charged = t.bytes_charged.saturating_add(*bytes);
+                t.bytes_absorbed = t.bytes_absorbed.saturating_add(*absorbed);
+            }
+            Outcome::ChargeUnknown { bytes } => {
+                t.charge_unknown += 1;
+                t.bytes_unknown = t.bytes_unknown.saturating_add(*bytes);
             }
             Outcome::Duplicate => t.duplicate += 1,
             Outcome::Rejected { disputed, .. } => {
@@ -203,37 +285,79 @@ pub fn is_gap(seq: u64, previous_in_batch: bool, previous_claimed: bool) -> bool
 pub struct SimCharge<'a> {
     /// The SIM.
     pub iccid: &'a str,
-    /// Bytes charged.
+    /// Bytes charged to the payer (with `unknown`: the bytes whose charge is unknown).
     pub bytes: u64,
     /// Receipts accepted.
     pub receipts: u64,
+    /// Bytes counted but absorbed, reported after the close ([`Outcome::AfterClose`]).
+    pub absorbed: u64,
+    /// The store failed the charge without saying whether it landed ([`Outcome::ChargeUnknown`]).
+    pub unknown: bool,
 }
 
-/// The batch's one `usage_charged` ledger entry (the ledger takes debits per batch): its id, the totals, and
-/// every SIM's charge as `iccid:bytes:receipts`, comma-separated in ICCID order. One entry per batch rather
-/// than one per SIM: a feed's batch names up to [`MAX_BATCH`] SIMs, and every ledger entry is a chained
-/// write. `None` when nothing was charged.
+/// The batch's one `usage_charged` ledger entry (the ledger takes debits per batch): its id, the totals charged
+/// to payers, and every SIM's charge as `iccid:bytes:receipts` in `charges`, comma-separated in ICCID order;
+/// beside them, never in them, the bytes counted but absorbed after a close (`absorbed`: `iccid:bytes`, with
+/// `bytes_absorbed`) and a charge the store failed without saying whether it landed (`charge_unknown`:
+/// `iccid:bytes:receipts`, with `bytes_unknown`), so the ledger holds every debit the counters may hold, each
+/// as what it is. One entry per batch rather than one per SIM: a feed's batch names up to [`MAX_BATCH`] SIMs,
+/// and every ledger entry is a chained write. `None` when nothing was counted.
 pub fn charge_entry(batch: &str, charges: &[SimCharge<'_>]) -> Option<crate::ledger::EntryFields> {
-    let mut charged: Vec<&SimCharge<'_>> = charges.iter().filter(|c| c.receipts > 0).collect();
-    if charged.is_empty() {
+    let mut counted: Vec<&SimCharge<'_>> = charges.iter().filter(|c| c.receipts > 0).collect();
+    if counted.is_empty() {
         return None;
     }
-    charged.sort_by_key(|c| c.iccid);
+    counted.sort_by_key(|c| c.iccid);
+    let charged: Vec<&&SimCharge<'_>> = counted
+        .iter()
+        .filter(|c| !c.unknown && (c.bytes > 0 || c.absorbed == 0))
+        .collect();
     let bytes = charged.iter().fold(0u64, |t, c| t.saturating_add(c.bytes));
     let receipts: u64 = charged.iter().map(|c| c.receipts).sum();
-    let list = charged
-        .iter()
-        .map(|c| format!("{}:{}:{}", c.iccid, c.bytes, c.receipts))
-        .collect::<Vec<_>>()
-        .join(",");
     let mut fields = crate::ledger::EntryFields::default()
         .detail("batch", batch)
         .detail("bytes", bytes.to_string())
         .detail("receipts", receipts.to_string())
-        .detail("sims", charged.len().to_string())
-        .detail("charges", list);
+        .detail("sims", charged.len().to_string());
+    if !charged.is_empty() {
+        let list = charged
+            .iter()
+            .map(|c| format!("{}:{}:{}", c.iccid, c.bytes, c.receipts))
+            .collect::<Vec<_>>()
+            .join(",");
+        fields = fields.detail("charges", list);
+    }
     if let [one] = charged.as_slice() {
         fields = fields.detail("iccid", one.iccid);
+    }
+    let absorbed: Vec<_> = counted
+        .iter()
+        .filter(|c| !c.unknown && c.absorbed > 0)
+        .collect();
+    if !absorbed.is_empty() {
+        let total = absorbed
+            .iter()
+            .fold(0u64, |t, c| t.saturating_add(c.absorbed));
+        let list = absorbed
+            .iter()
+            .map(|c| format!("{}:{}", c.iccid, c.absorbed))
+            .collect::<Vec<_>>()
+            .join(",");
+        fields = fields
+            .detail("absorbed", list)
+            .detail("bytes_absorbed", total.to_string());
+    }
+    let unknown: Vec<_> = counted.iter().filter(|c| c.unknown).collect();
+    if !unknown.is_empty() {
+        let total = unknown.iter().fold(0u64, |t, c| t.saturating_add(c.bytes));
+        let list = unknown
+            .iter()
+            .map(|c| format!("{}:{}:{}", c.iccid, c.bytes, c.receipts))
+            .collect::<Vec<_>>()
+            .join(",");
+        fields = fields
+            .detail("charge_unknown", list)
+            .detail("bytes_unknown", total.to_string());
     }
     Some(fields)
 }
@@ -321,6 +445,8 @@ mod tests {
             iccid,
             bytes,
             receipts,
+            absorbed: 0,
+            unknown: false,
         };
         assert_eq!(charge_entry("b1", &[]), None);
         assert_eq!(
@@ -348,6 +474,123 @@ mod tests {
         assert_eq!(one.details.get("iccid").map(String::as_str), Some("8901"));
         assert_eq!(parse_charges("8901:x:1"), None);
         assert_eq!(parse_charges("8901:1:1:9"), None);
+        assert_eq!(d("absorbed"), None);
+        assert_eq!(d("charge_unknown"), None);
+    }
+
+    /// A charge the store failed without saying whether it landed, and bytes absorbed after a close, are in
+    /// the batch's entry beside the charges, never in them (before, the unknown charge was left out of the
+    /// ledger although the SIM's counter may hold it, and usage after a close was listed as charged).
+    #[test]
+    fn a_charge_entry_names_unknown_and_absorbed_bytes_apart() {
+        let c = |iccid, bytes, receipts, absorbed, unknown| SimCharge {
+            iccid,
+            bytes,
+            receipts,
+            absorbed,
+            unknown,
+        };
+        let f = charge_entry(
+            "b1",
+            &[
+                c("8901", 100, 1, 0, false),
+                c("8902", 300, 2, 0, true),
+                c("8903", 200, 2, 500, false),
+                c("8904", 0, 1, 700, false),
+            ],
+        )
+        .unwrap();
+        let d = |k: &str| f.details.get(k).map(String::as_str);
+        assert_eq!(d("charges"), Some("8901:100:1,8903:200:2"));
+        assert_eq!(
+            (d("bytes"), d("receipts"), d("sims")),
+            (Some("300"), Some("3"), Some("2"))
+        );
+        assert_eq!(d("absorbed"), Some("8903:500,8904:700"));
+        assert_eq!(d("bytes_absorbed"), Some("1200"));
+        assert_eq!(d("charge_unknown"), Some("8902:300:2"));
+        assert_eq!(d("bytes_unknown"), Some("300"));
+        // Nothing charged to a payer: still an entry, with no charges listed.
+        let f = charge_entry("b2", &[c("8904", 0, 1, 700, false)]).unwrap();
+        let d = |k: &str| f.details.get(k).map(String::as_str);
+        assert_eq!(
+            (d("bytes"), d("charges"), d("iccid")),
+            (Some("0"), None, None)
+        );
+        assert_eq!(d("absorbed"), Some("8904:700"));
+        let f = charge_entry("b3", &[c("8902", 300, 2, 0, true)]).unwrap();
+        assert_eq!(
+            f.details.get("charge_unknown").map(String::as_str),
+            Some("8902:300:2")
+        );
+    }
+
+    /// A SIM's receipts in a batch whose bytes partly came after its close: the last ones absorb those bytes,
+    /// the earlier stay charged; the totals tell them apart.
+    #[test]
+    fn receipts_after_a_close_are_absorbed_last_first() {
+        let line = |iccid: &str, bytes| ReportLine {
+            index: 0,
+            iccid: Some(iccid.into()),
+            session_id: Some("s".into()),
+            seq: Some(1),
+            outcome: Outcome::Accepted { bytes, gap: false },
+        };
+        let mut lines = vec![
+            line("a", 300),
+            line("b", 50),
+            line("a", 400),
+            line("a", 100),
+        ];
+        absorb(&mut lines, "a", 450);
+        assert_eq!(
+            lines[0].outcome,
+            Outcome::Accepted {
+                bytes: 300,
+                gap: false
+            }
+        );
+        assert_eq!(
+            lines[1].outcome,
+            Outcome::Accepted {
+                bytes: 50,
+                gap: false
+            }
+        );
+        assert_eq!(
+            lines[2].outcome,
+            Outcome::AfterClose {
+                bytes: 50,
+                absorbed: 350,
+                gap: false
+            }
+        );
+        assert_eq!(
+            lines[3].outcome,
+            Outcome::AfterClose {
+                bytes: 0,
+                absorbed: 100,
+                gap: false
+            }
+        );
+        let t = totals(&lines);
+        assert_eq!(
+            (t.accepted, t.after_close, t.bytes_charged, t.bytes_absorbed),
+            (2, 2, 400, 450)
+        );
+        let v = serde_json::to_value(&lines[3]).unwrap();
+        assert_eq!(
+            (&v["status"], &v["absorbed"]),
+            (&serde_json::json!("after_close"), &serde_json::json!(100))
+        );
+        absorb(&mut lines, "b", 0);
+        assert_eq!(
+            lines[1].outcome,
+            Outcome::Accepted {
+                bytes: 50,
+                gap: false
+            }
+        );
     }
 
     #[test]
@@ -415,13 +658,14 @@ mod tests {
                 rejected: 3,
                 disputed: 1,
                 gaps: 1,
-                bytes_charged: 15
+                bytes_charged: 15,
+                ..Totals::default()
             }
         );
     }
 
     #[test]
-    fn uncharged_sims_receipts_are_reported_refused() {
+    fn a_failed_charge_is_unknown_and_the_sims_after_it_not_charged() {
         let line = |iccid: &str, outcome| ReportLine {
             index: 0,
             iccid: Some(iccid.into()),
@@ -437,15 +681,31 @@ mod tests {
             line("a", accepted.clone()),
             line("b", accepted.clone()),
             line("b", Outcome::Duplicate),
+            line("c", accepted.clone()),
         ];
-        mark_uncharged(&mut lines, |iccid| iccid == "a");
+        // "a" charged, "b"'s charge failed at the store (it may have landed), "c" never tried.
+        mark_uncharged(&mut lines, |iccid| iccid == "a", Some("b"));
         assert_eq!(lines[0].outcome, accepted);
-        assert!(
-            matches!(&lines[1].outcome, Outcome::Rejected { reason, disputed: false, .. } if reason == NOT_CHARGED)
-        );
+        assert_eq!(lines[1].outcome, Outcome::ChargeUnknown { bytes: 7 });
         assert_eq!(lines[2].outcome, Outcome::Duplicate);
+        assert!(
+            matches!(&lines[3].outcome, Outcome::Rejected { reason, disputed: false, .. } if reason == NOT_CHARGED)
+        );
         let t = totals(&lines);
-        assert_eq!((t.accepted, t.rejected, t.bytes_charged), (1, 1, 7));
+        assert_eq!(
+            (
+                t.accepted,
+                t.rejected,
+                t.bytes_charged,
+                t.charge_unknown,
+                t.bytes_unknown
+            ),
+            (1, 1, 7, 1, 7)
+        );
+        assert_eq!(
+            serde_json::to_value(&lines[1]).unwrap()["status"],
+            "charge_unknown"
+        );
     }
 
     #[test]
