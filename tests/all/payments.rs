@@ -2128,8 +2128,8 @@ async fn a_paid_switch_moves_the_sim_to_another_carrier() {
         )
         .await;
     assert_eq!(
-        (status, &two["error"]["field"]),
-        (400, &json!("invoice_id")),
+        (status, &two["error"]["field"], &two["charged"]),
+        (400, &json!("invoice_id"), &json!(false)),
         "{two}"
     );
     let (status, headers, new_sim) = s
@@ -2148,11 +2148,12 @@ async fn a_paid_switch_moves_the_sim_to_another_carrier() {
     assert_eq!(s.balance(agent()).await, before - price(&switch_req));
 }
 
-/// A switch asked with the SIM's access token and paid from another wallet is made, but its answer carries
-/// neither the new SIM's activation code nor its access token: a leaked token must not turn into a profile
-/// holding the owner's balance (before, it did). The owner reads the code with its wallet sign-in.
+/// A switch asked with the SIM's access token and paid from another wallet is refused before anything is paid
+/// (403, `charged: false`): a leaked token must not turn into a profile holding the owner's balance, nor cut
+/// the owner's SIM off (before, the switch was made and its answer handed the new SIM's code to the token's
+/// holder). The owner's wallet sign-in may pay a switch from another wallet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_switch_paid_by_another_wallet_with_the_token_hands_over_no_code() {
+async fn a_switch_paid_by_another_wallet_needs_the_owners_sign_in() {
     let s = PayStack::start(&[]).await;
     let sim = s.activate_paid(&activation(), &[]).await;
     let iccid = sim["iccid"].as_str().unwrap();
@@ -2164,35 +2165,54 @@ async fn a_switch_paid_by_another_wallet_with_the_token_hands_over_no_code() {
     chain::fund(&s.rpc_url, s.token, other_address, U256::from(1_000_000u64))
         .await
         .unwrap();
+    let funded = s.balance(other_address).await;
     let pay = Payment::for_requirement(&switch_req).by(other);
-    let (status, _, paid) = s
+    let (status, _, refused) = s
         .post(&path, &target, &[("payment-signature", pay.header())])
+        .await;
+    assert_eq!(
+        (status, &refused["charged"], &refused["error"]["code"]),
+        (403, &json!(false), &json!("forbidden")),
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SIGN-IN-WITH-X"),
+        "{refused}"
+    );
+    assert_eq!(s.balance(other_address).await, funded, "nothing taken");
+    let (_, balance) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
+    assert_eq!(
+        balance["switched_to"],
+        Value::Null,
+        "not switched: {balance}"
+    );
+    // With the owner's wallet sign-in, the same payment pays it.
+    let (status, _, paid) = s
+        .post(
+            &path,
+            &target,
+            &[
+                ("payment-signature", pay.header()),
+                ("sign-in-with-x", s.sign_in(&path)),
+            ],
+        )
         .await;
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["payer"], other_address.to_string(), "{paid}");
-    for field in ["activation_code", "qr_code", "access_token", "iccid"] {
-        assert!(paid.get(field).is_none(), "{field} handed over: {paid}");
-    }
     assert!(
-        paid["activation_code_note"]
-            .as_str()
-            .unwrap()
-            .contains("wallet sign-in"),
-        "{paid}"
-    );
-    // The owner finds the new SIM and reads its code with its wallet.
-    let (status, old) = s.get(&format!("/v1/esim/{iccid}/balance")).await;
-    assert_eq!(status, 200, "{old}");
-    let new = old["switched_to"].as_str().unwrap().to_owned();
-    let activation = format!("/v1/esim/{new}/activation");
-    let (status, code) = s.get_signed_in(&activation).await;
-    assert_eq!(status, 200, "{code}");
-    assert!(
-        code["activation_code"]
+        paid["activation_code"]
             .as_str()
             .unwrap()
             .starts_with("LPA:1$"),
-        "{code}"
+        "{paid}"
+    );
+    assert_eq!(
+        s.balance(other_address).await,
+        funded - price(&switch_req),
+        "paid once"
     );
 }
 

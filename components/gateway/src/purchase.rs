@@ -42,6 +42,10 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
         let (invoice, quote) = issue_activation(&wit_request).await?;
         return payment_required(&invoice, &quote, &url, None);
     };
+    // Refused before anything is paid (`Paid::pay` checks it again for a kept request sent again).
+    if let Err(e) = pay::named_invoice(&proof, request.invoice_id.clone(), invoice_header.clone()) {
+        return pay::refused_unpaid(&proof, e);
+    }
     let paid = Paid {
         proof,
         invoice_header,
@@ -129,7 +133,11 @@ impl Paid<'_> {
     /// answer.
     pub async fn pay(self) -> Result<(String, StoredResponse), ApiError> {
         let wit_request = crate::convert::activation_to_wit(&self.request);
-        let named = pay::named_invoice(self.request.invoice_id.clone(), self.invoice_header)?;
+        let named = pay::named_invoice(
+            &self.proof,
+            self.request.invoice_id.clone(),
+            self.invoice_header,
+        )?;
         let invoice = pay::invoice_for(&self.proof, named.as_ref(), || async {
             Ok(issue_activation(&wit_request).await?.0)
         })
@@ -217,10 +225,29 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         require_balance(&sim).await?;
         return payment_required(&invoice, &quote, &url, None);
     };
-    let invoice = pay::invoice_for(&proof, invoice_header.as_ref(), || async {
-        Ok(issue().await?.0)
-    })
-    .await?;
+    let named = match pay::named_invoice(&proof, None, invoice_header) {
+        Ok(named) => named,
+        Err(e) => return pay::refused_unpaid(&proof, e),
+    };
+    let invoice =
+        pay::invoice_for(&proof, named.as_ref(), || async { Ok(issue().await?.0) }).await?;
+    // Paid only by the owner (kernel `paid::switch_payer_allowed`), decided before anything is paid.
+    let payer = proof.claimed_payer().or_else(|| {
+        esim402_guest::convert::invoice(&invoice).and_then(|i| i.proof_payer().map(str::to_owned))
+    });
+    if !esim402_core::paid::switch_payer_allowed(by_wallet, sim.owner.as_deref(), payer.as_deref())
+    {
+        let e = ApiError::new(
+            esim402_core::ErrorKind::Forbidden,
+            format!(
+                "a switch asked with the SIM's access token is paid from the wallet that owns the SIM ({}), not \
+                 {}: sign in with the owner's wallet (SIGN-IN-WITH-X) to pay it from another; nothing was taken",
+                sim.owner.as_deref().unwrap_or("unknown"),
+                payer.as_deref().unwrap_or("a payment naming no payer"),
+            ),
+        );
+        return pay::refused_unpaid(&proof, e);
+    }
     require_balance(&sim).await.map_err(|mut e| {
         e.message.push_str(
             "; nothing was taken for this switch: send the same payment again once the balance is credited",
@@ -231,8 +258,6 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let order = Order::Switch {
         iccid: iccid.to_owned(),
         target,
-        by_wallet,
-        owner: sim.owner.clone(),
     };
     let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
     Ok(render(&with_token(stored).await))

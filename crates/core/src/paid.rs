@@ -92,15 +92,18 @@ pub fn hands_over_codes(claimed_before: bool, public_payload: bool, owner_signed
     !(claimed_before && public_payload && !owner_signed_in)
 }
 
-/// Whether a paid switch's answer may carry the new SIM's activation code and access token: only to the SIM's
-/// owner, proved by the request's wallet sign-in (`by_wallet`) or by paying from the owner's wallet (`payer`
-/// is `owner`, either spelling of the address). An access token travels with the device (logs, proxies) and
-/// the wallet's key does not, which is why `GET /v1/esim/{iccid}/activation` refuses tokens: a token alone,
-/// with a switch paid from any wallet, must not turn into a new profile holding the owner's balance. The switch
-/// is made either way (its payer paid for it, and the balance stays the owner's); the owner reads the new SIM's
-/// code with a wallet sign-in.
-pub fn switch_hands_over_codes(by_wallet: bool, owner: Option<&str>, payer: &str) -> bool {
-    by_wallet || owner.is_some_and(|o| o.eq_ignore_ascii_case(payer))
+/// Whether a switch may be paid by `payer` (the wallet its payment names: an x402 authorization's `from`, a
+/// tx-hash proof's invoice payer; `None` when it names none): always with the request's wallet sign-in of the
+/// owner (`by_wallet`), otherwise (the SIM's access token) only from the owner's wallet (`payer` is `owner`,
+/// either spelling of the address). An access token travels with the device (logs, proxies) and the wallet's
+/// key does not, which is why `GET /v1/esim/{iccid}/activation` refuses tokens: a token alone, with a switch
+/// paid from any wallet, would turn into a new profile holding the owner's balance, and cut the owner's SIM
+/// off. Decided before anything is paid, so a refused switch takes nothing.
+pub fn switch_payer_allowed(by_wallet: bool, owner: Option<&str>, payer: Option<&str>) -> bool {
+    by_wallet
+        || owner
+            .zip(payer)
+            .is_some_and(|(o, p)| o.eq_ignore_ascii_case(p))
 }
 
 /// The identity of one payment: keccak-256 of `bytes` (a payload's canonical JSON, a tx hash).
@@ -452,14 +455,16 @@ mod tests {
         // A switch: the owner's sign-in, or paid from the owner's wallet (any case); not a token holder paying
         // from another wallet (before, it got the new SIM's code, and with it the owner's balance).
         let owner = "0xAbC0000000000000000000000000000000000001";
-        assert!(switch_hands_over_codes(true, Some(owner), "0x02"));
-        assert!(switch_hands_over_codes(
+        assert!(switch_payer_allowed(true, Some(owner), Some("0x02")));
+        assert!(switch_payer_allowed(true, Some(owner), None));
+        assert!(switch_payer_allowed(
             false,
             Some(owner),
-            &owner.to_lowercase()
+            Some(&owner.to_lowercase())
         ));
-        assert!(!switch_hands_over_codes(false, Some(owner), "0x02"));
-        assert!(!switch_hands_over_codes(false, None, "0x02"));
+        assert!(!switch_payer_allowed(false, Some(owner), Some("0x02")));
+        assert!(!switch_payer_allowed(false, Some(owner), None));
+        assert!(!switch_payer_allowed(false, None, Some("0x02")));
         assert!(hands_over_codes(false, true, false));
         assert!(hands_over_codes(true, true, true));
     }

@@ -117,24 +117,17 @@ impl Answers<'_> {
         )
     }
 
-    /// The delivered SIM, with its activation code; if `withhold` (kernel `paid::hands_over_codes`,
-    /// `paid::switch_hands_over_codes`), nothing
+    /// The delivered SIM, with its activation code; if `withhold` (kernel `paid::hands_over_codes`), nothing
     /// about the SIM (its ICCID, EID, carrier, owner) beyond that it is paid: whoever sent the payment again
     /// learns nothing of the payer's device, and the payer finds its SIM with its wallet sign-in (the access
     /// token, added on the way out, needs the code in the answer too).
-    pub fn success(
-        &self,
-        sim: &wit::Sim,
-        tx: &str,
-        payer: &str,
-        withhold: Option<Withheld>,
-    ) -> StoredResponse {
+    pub fn success(&self, sim: &wit::Sim, tx: &str, payer: &str, withhold: bool) -> StoredResponse {
         let network = self.network();
-        let mut body = if let Some(why) = withhold {
+        let mut body = if withhold {
             json!({
                 "status": "paid",
                 "invoice_id": self.invoice.id,
-                "activation_code_note": why.note(),
+                "activation_code_note": "this payment was sent again after its settlement was sent, when anyone could have rebuilt it from the chain, so its answer does not name the SIM or carry its activation code or access token: as the payer, find the SIM with a wallet sign-in (SIGN-IN-WITH-X) at GET /v1/esim and read its code at GET /v1/esim/{iccid}/activation",
             })
         } else {
             let mut body = crate::convert::sim_value(sim);
@@ -283,28 +276,5 @@ impl Answers<'_> {
             "payment-required".to_owned(),
             esim402_core::x402::header::encode_payment_required_header(&pr),
         )]
-    }
-}
-
-/// Why a paid answer withholds the SIM and its codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Withheld {
-    /// A public payload sent again after its settlement went out (kernel `paid::hands_over_codes`).
-    PublicResend,
-    /// A switch neither signed in with the owner's wallet nor paid from it (kernel
-    /// `paid::switch_hands_over_codes`).
-    NotTheOwner,
-}
-
-impl Withheld {
-    fn note(self) -> &'static str {
-        match self {
-            Self::PublicResend => {
-                "this payment was sent again after its settlement was sent, when anyone could have rebuilt it from the chain, so its answer does not name the SIM or carry its activation code or access token: as the payer, find the SIM with a wallet sign-in (SIGN-IN-WITH-X) at GET /v1/esim and read its code at GET /v1/esim/{iccid}/activation"
-            }
-            Self::NotTheOwner => {
-                "this switch was asked with the SIM's access token and paid from a wallet other than the SIM's owner, so its answer does not name the new SIM or carry its activation code or access token (a token alone does not download the owner's balance): the owner finds the new SIM with a wallet sign-in (SIGN-IN-WITH-X) at GET /v1/esim and reads its code at GET /v1/esim/{iccid}/activation"
-            }
-        }
     }
 }

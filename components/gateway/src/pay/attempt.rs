@@ -6,7 +6,7 @@ use esim402_core::paid::{self, StoredResponse};
 use esim402_core::{ApiError, ErrorKind, UsdcAmount};
 use esim402_guest::wit;
 
-use super::answers::{Answers, Withheld, order_pending_paid, stored_error, uncharged, unsettled};
+use super::answers::{Answers, order_pending_paid, stored_error, uncharged, unsettled};
 use std::cell::RefCell;
 
 use super::Order;
@@ -255,18 +255,11 @@ impl Attempt<'_> {
         tx: &str,
         payer: &str,
     ) -> (wit::PaymentEnd, StoredResponse) {
-        let withhold = match order {
-            Order::Switch {
-                by_wallet, owner, ..
-            } => (!paid::switch_hands_over_codes(*by_wallet, owner.as_deref(), payer))
-                .then_some(Withheld::NotTheOwner),
-            _ => (!paid::hands_over_codes(
-                self.claimed_before.get(),
-                self.proof.kind == super::Kind::V1,
-                false,
-            ))
-            .then_some(Withheld::PublicResend),
-        };
+        let withhold = !paid::hands_over_codes(
+            self.claimed_before.get(),
+            self.proof.kind == super::Kind::V1,
+            matches!(order, Order::Switch { .. }),
+        );
         match self.credit(order, sim, tx, payer).await {
             Ok(None) => (
                 wit::PaymentEnd::Done,

@@ -82,18 +82,35 @@ pub async fn load_invoice(id: &str) -> Result<wit::Invoice, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no invoice {id}")))
 }
 
-/// The invoice a request names: its body's `invoice_id` or its `X-Invoice-Id` header; both naming different
-/// invoices is 400 (before, the body's won silently).
+/// The invoice a paid request names: its body's `invoice_id` or its `X-Invoice-Id` header. Both naming different
+/// invoices, or either naming another than the one `proof` (an x402 v2 payment) pays, is 400 (before, the body's
+/// won silently, and a v2 payment's invoice won over both).
 pub fn named_invoice(
+    proof: &Proof,
     body: Option<InvoiceId>,
     header: Option<InvoiceId>,
 ) -> Result<Option<InvoiceId>, ApiError> {
-    match (body, header) {
-        (Some(b), Some(h)) if b != h => Err(ApiError::invalid(
-            "X-Invoice-Id",
-            format!("the body names invoice {b} and X-Invoice-Id names {h}: name one"),
-        )),
-        (b, h) => Ok(b.or(h)),
+    let named = match (body, header) {
+        (Some(b), Some(h)) if b != h => {
+            return Err(ApiError::invalid(
+                "X-Invoice-Id",
+                format!("the body names invoice {b} and X-Invoice-Id names {h}: name one"),
+            ));
+        }
+        (b, h) => b.or(h),
+    };
+    proof.invoice_id(named.as_ref())?;
+    Ok(named)
+}
+
+/// A paid request refused before its payment was touched: an `exact` payment's answer says `charged: false`
+/// (nothing moved: an agent frees its spend); a tx-hash proof's is the error alone (its transfer was made by
+/// the payer before it came).
+pub fn refused_unpaid(proof: &Proof, e: ApiError) -> Result<crate::Reply, ApiError> {
+    if proof.is_exact() {
+        Ok(crate::purchase::render(&answers::uncharged(&e)))
+    } else {
+        Err(e)
     }
 }
 
@@ -120,10 +137,6 @@ pub enum Order {
     Switch {
         iccid: String,
         target: wit::SwitchTarget,
-        /// The request signed in with the owner's wallet (not an access token).
-        by_wallet: bool,
-        /// The SIM's owner (its payer's address).
-        owner: Option<String>,
     },
     /// More data for a SIM; `quota` is the grant the retried quota request asks for (not part of the
     /// invoice: the answer after payment is that grant).
@@ -144,7 +157,7 @@ impl Order {
     fn purchase(&self) -> wit::Purchase {
         match self {
             Order::Activation { request, .. } => wit::Purchase::Activation(request.clone()),
-            Order::Switch { iccid, target, .. } => wit::Purchase::Switch(wit::SwitchRequest {
+            Order::Switch { iccid, target } => wit::Purchase::Switch(wit::SwitchRequest {
                 iccid: iccid.clone(),
                 target: target.clone(),
             }),
@@ -225,7 +238,7 @@ impl Order {
                 )
                 .await
             }
-            Order::Switch { iccid, target, .. } => {
+            Order::Switch { iccid, target } => {
                 dispatch::perform_switch(
                     iccid.clone(),
                     target.clone(),

@@ -133,7 +133,7 @@ impl Proof {
 
     /// The payer an x402 payload names (`authorization.from`), unverified: the same for every resend of one
     /// payment, since it is part of its fingerprint. `None` for tx-hash proofs.
-    pub(super) fn claimed_payer(&self) -> Option<String> {
+    pub(crate) fn claimed_payer(&self) -> Option<String> {
         self.payload
             .as_ref()
             .map(|p| p.exact().authorization.from.clone())
