@@ -82,7 +82,8 @@ pub fn to_wit(a: &Account, used: u64, reserved: u64) -> wit::Balance {
     wit::Balance {
         iccid: a.iccid.to_string(),
         credited_bytes: a.credited(),
-        used_bytes: used,
+        // What the payer pays for (before, it counted absorbed bytes too: credited less used was not remaining).
+        used_bytes: a.counted(used),
         remaining_bytes: i64::try_from(remaining).unwrap_or(if remaining < 0 {
             i64::MIN
         } else {
