@@ -393,6 +393,71 @@ async fn the_cli_activates_collects_a_lost_reply_without_paying_twice_and_tops_u
     }
 }
 
+/// `activate --agent-id` labels the SIM (`sims --agent-id` lists it; before, the CLI could not set the label it
+/// filters on: a fresh-user trial), and the label goes with every sending of the payment: the one that lost its
+/// reply, and the next command's that collects it. A malformed label is refused before anything is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn activate_labels_the_sim_on_every_sending() {
+    let s = PayStack::start(&[]).await;
+    let proxy = LossyProxy::start(&s.url, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = cli(
+        &proxy.url,
+        dir.path(),
+        &[
+            "activate",
+            "--region",
+            "us-west",
+            "--data-mb",
+            "1",
+            "--agent-id",
+            "no spaces",
+        ],
+    )
+    .await;
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(proxy.sent().is_empty(), "nothing sent");
+    let lost = cli(
+        &proxy.url,
+        dir.path(),
+        &[
+            "activate",
+            "--region",
+            "us-west",
+            "--data-mb",
+            "1",
+            "--agent-id",
+            "pump-7",
+        ],
+    )
+    .await;
+    assert_eq!(lost.code, 5, "{}", lost.stderr);
+    let status = cli(&proxy.url, dir.path(), &["status", "--json"]).await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let sent = proxy.sent();
+    let paid: Vec<&Sent> = sent
+        .iter()
+        .filter(|r| r.headers.iter().any(|h| h == "payment-signature"))
+        .collect();
+    assert_eq!(paid.len(), 2, "sent, then collected");
+    assert!(
+        paid.iter()
+            .all(|r| r.headers.iter().any(|h| h == "x-agent-id")),
+        "every sending carries the label"
+    );
+    let sims = cli(
+        &proxy.url,
+        dir.path(),
+        &["sims", "--json", "--agent-id", "pump-7"],
+    )
+    .await;
+    assert_eq!(sims.code, 0, "{}", sims.stderr);
+    let sims: Value = serde_json::from_str(&sims.stdout).unwrap();
+    let iccid = serde_json::from_str::<Value>(&status.stdout).unwrap()["iccid"].clone();
+    assert_eq!(sims["sims"][0]["iccid"], iccid, "{sims}");
+    assert_eq!(sims["sims"].as_array().unwrap().len(), 1, "{sims}");
+}
+
 /// A paid reply lost, then *another* command: `status` first sends the pending payment again (the same payment:
 /// paid once on chain), records the SIM and its token, says so on stderr, then answers for that SIM; `balance`
 /// likewise collects a top-up whose reply was lost before answering. Before, `status` found no SIM (exit 2), the
@@ -919,6 +984,38 @@ async fn the_cli_switches_carrier_with_the_owners_credential_and_pays_once() {
     let status: Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(status["carrier"], "verizon", "{status}");
     assert_ne!(status["iccid"], old.as_str());
+    // Terminating the SIM the switch replaced (its wallet signs in) says that the new SIM, which holds the
+    // balance, goes on (before, it said nothing: a trial's owner thought the data ended).
+    let mut st = state(dir.path());
+    st["sims"][old.as_str()]["access_token"] = Value::Null;
+    std::fs::write(dir.path().join("state.json"), st.to_string()).unwrap();
+    let ended = cli(
+        &s.url,
+        dir.path(),
+        &["terminate", "--iccid", &old, "--json"],
+    )
+    .await;
+    assert_eq!(ended.code, 0, "{}", ended.stderr);
+    let new = status["iccid"].as_str().unwrap();
+    assert!(
+        ended.stderr.contains(&format!(
+            "had been switched to SIM {new}, which holds its balance"
+        )),
+        "{}",
+        ended.stderr
+    );
+    // Another state directory of the same wallet reads the new SIM's code with the wallet's sign-in (before,
+    // `status --activation-code` printed none and said nothing for a SIM it did not buy: a trial).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let read = cli(
+        &s.url,
+        elsewhere.path(),
+        &["status", "--iccid", new, "--activation-code", "--json"],
+    )
+    .await;
+    assert_eq!(read.code, 0, "{}", read.stderr);
+    let read: Value = serde_json::from_str(&read.stdout).unwrap();
+    ActivationCode::parse(read["activation_code"].as_str().unwrap()).unwrap();
 }
 
 #[test]

@@ -113,6 +113,9 @@ enum Command {
         /// The device's EID.
         #[arg(long)]
         eid: Option<String>,
+        /// A label for the SIM (its `X-Agent-ID`: `sims --agent-id` lists by it); 1-64 letters, digits and . _ : -
+        #[arg(long)]
+        agent_id: Option<String>,
     },
     /// Every SIM this wallet paid for, oldest first (a wallet sign-in; all pages).
     Sims {
@@ -451,6 +454,7 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             carrier,
             chain,
             eid,
+            agent_id,
         } => {
             let mut body = json!({"region": region, "data_mb": data_mb});
             if let Some(c) = carrier {
@@ -462,7 +466,7 @@ async fn run(cli: Cli) -> Result<(), AgentError> {
             if let Some(e) = eid {
                 body["eid"] = json!(e);
             }
-            let a = agent.activate(&body).await?;
+            let a = agent.activate_labelled(&body, agent_id.as_deref()).await?;
             print_sim(&cli, &agent, &a);
         }
         Command::Switch {

@@ -121,6 +121,11 @@ pub struct PendingPayment {
     /// agent's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<crate::replay::Slot>,
+    /// The `X-Agent-ID` the CLI's own request was sent with (`activate --agent-id`), sent again with it: a
+    /// request the facilitator never saw orders the SIM then, and must carry its label. `None`: none, or a
+    /// proxied device's (its `slot` carries its own headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// A pending payment the agent was told to stop sending (`esim402-agent pending --forget`): it may have been
@@ -552,6 +557,7 @@ mod tests {
             header: "eyJ4NDAyVmVyc2lvbiI6Mn0=".into(),
             valid_before: 1_000,
             slot: None,
+            label: None,
         }
     }
 

@@ -569,11 +569,17 @@ impl Agent {
             Purchase::Switch(iccid) | Purchase::TopUp(iccid) => state.pick_sim(Some(iccid)),
             _ => None,
         };
+        // Its label, as the first sending carried it.
+        let label: Vec<(&'static str, String)> = payment
+            .label
+            .iter()
+            .map(|l| ("x-agent-id", l.clone()))
+            .collect();
         let paid = PaidRequest {
             path: &request.path,
             body: request.body.as_ref(),
             owner: owner.as_ref(),
-            headers: &[],
+            headers: &label,
             slot: None,
         };
         let held = Held {

@@ -345,6 +345,7 @@ fn hold(a: &Agent, key: &str, id: &str) {
                 header: format!("signed-{id}"),
                 valid_before: 1_700_000_300,
                 slot: None,
+                label: None,
             };
             s.begin(key, p, spend);
         })

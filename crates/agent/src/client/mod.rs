@@ -420,13 +420,31 @@ impl Agent {
     /// Every other activation pending with this facilitator is collected first (its SIM recorded); while one
     /// stays pending, no new activation is paid (see [`Agent::collect_pending`]).
     pub async fn activate(&self, request: &Value) -> Result<Activation, AgentError> {
+        self.activate_labelled(request, None).await
+    }
+
+    /// [`Agent::activate`], the SIM labelled with `label` (its `X-Agent-ID`: `sims --agent-id` lists it; the
+    /// facilitator checks the label's form).
+    pub async fn activate_labelled(
+        &self,
+        request: &Value,
+        label: Option<&str>,
+    ) -> Result<Activation, AgentError> {
         const PATH: &str = "/v1/esim/activate";
+        if let Some(l) = label {
+            esim402_core::order::parse_agent_label(l)
+                .map_err(|e| AgentError::Usage(format!("--agent-id: {e}")))?;
+        }
         self.clear_way(&Purchase::Activation, PATH, request).await?;
         let purpose = format!("activate {request}");
         let origin = self.config.origin();
         // What this agent asked for (not the answer's word): `watch`'s floor under the facilitator's credit.
         let data_mb = request["data_mb"].as_u64();
-        self.pay_and_keep(PATH, Some(request), &purpose, None, &[], |s, a| {
+        let headers: Vec<(&'static str, String)> = label
+            .map(|l| ("x-agent-id", l.to_owned()))
+            .into_iter()
+            .collect();
+        self.pay_and_keep(PATH, Some(request), &purpose, None, &headers, |s, a| {
             record_sim(s, a.body, None, &origin, data_mb)
         })
         .await
@@ -601,16 +619,42 @@ impl Agent {
         let sim = self.sim(iccid)?;
         let mut out = self.sim_get(Some(&sim.iccid), "").await?;
         let live = !sim.terminated && out["state"].as_str() != Some("terminated");
-        if let (true, true, Some(o), Some(code)) = (
-            activation_code,
-            live,
-            out.as_object_mut(),
-            sim.activation_code,
-        ) && o.get("activation_code").is_none_or(Value::is_null)
+        if !(activation_code && live) {
+            return Ok(out);
+        }
+        // The code kept in the state, else (a SIM this state directory did not buy: another device's, or the
+        // new SIM of a switch made elsewhere) the facilitator's, read with the wallet's sign-in (the only
+        // credential it gives the code to). Before, nothing was printed and nothing said.
+        let code = match sim.activation_code.clone() {
+            Some(code) => code,
+            None => self.activation_code_of(&sim).await?,
+        };
+        if let Some(o) = out.as_object_mut()
+            && o.get("activation_code").is_none_or(Value::is_null)
         {
             o.insert("activation_code".into(), Value::String(code));
         }
         Ok(out)
+    }
+
+    /// `sim`'s activation code from the facilitator (`GET /v1/esim/{iccid}/activation`, a wallet sign-in).
+    async fn activation_code_of(&self, sim: &SimRecord) -> Result<String, AgentError> {
+        let path = format!("/v1/esim/{}/activation", sim.iccid);
+        let credential = self.wallet_credential(sim, &path)?;
+        let answer = self
+            .send(reqwest::Method::GET, &path, None, &[credential])
+            .await
+            .map_err(|e| self.unreachable(&e, false))?;
+        if answer.status != 200 {
+            return Err(unexpected(&answer));
+        }
+        answer.body["activation_code"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| AgentError::Refused {
+                status: 200,
+                message: format!("{path} answered no activation_code"),
+            })
     }
 
     /// GET a SIM route (`""`, `/balance`, `/usage?…`, `/receipts?…`) with the SIM's credential.
@@ -634,6 +678,15 @@ impl Agent {
                     }
                 })
                 .map_err(local)?;
+            // A SIM a switch replaced: its balance and service are the new SIM's, which this did not end (before,
+            // it said nothing, and the balance stayed on a SIM the state did not know).
+            if let Some(next) = out["replaced_by"].as_str() {
+                self.say(&format!(
+                    "SIM {id} had been switched to SIM {next}, which holds its balance and is not terminated: \
+                     terminate it with `esim402-agent terminate --iccid {next}` to end the data and refund its \
+                     unused part (its owner's wallet signs in for it)"
+                ));
+            }
         }
         Ok(out)
     }
@@ -1423,8 +1476,13 @@ mod tests {
             a.status(Some("8901"), true).await.unwrap()["activation_code"],
             got.activation_code.as_str()
         );
-        let unknown = a.status(Some("8999"), true).await.unwrap();
-        assert!(unknown.get("activation_code").is_none(), "{unknown}");
+        // A SIM this state did not buy: its code is asked of the facilitator (with the wallet's sign-in); an
+        // answer without one is an error naming the route, never a status silently without the code.
+        let unknown = a.status(Some("8999"), true).await.unwrap_err();
+        assert!(
+            unknown.to_string().contains("/v1/esim/8999/activation"),
+            "{unknown}"
+        );
         // Fix: only when asked for (a routine `status` ends up in logs), never for a terminated SIM. Before,
         // every `status` printed it.
         let routine = a.status(Some("8901"), false).await.unwrap();

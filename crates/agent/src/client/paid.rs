@@ -282,6 +282,12 @@ impl Agent {
                     header: signed.header.clone(),
                     valid_before: signed.valid_before,
                     slot: request.slot.cloned(),
+                    // The CLI's own label (a proxied device's headers go with its slot).
+                    label: request
+                        .slot
+                        .is_none()
+                        .then(|| header_value(request.headers, "x-agent-id"))
+                        .flatten(),
                 };
                 if let Err(e) = self.lock_for_signing() {
                     self.release(id.as_str())?;
@@ -720,4 +726,12 @@ fn withdrawn_uncharged(answer: &Answer) -> bool {
                 && answer.body["error"]["message"]
                     .as_str()
                     .is_some_and(|m| m.contains("nothing was charged")))
+}
+
+/// The value of header `name` among `headers`, if present.
+fn header_value(headers: &[(&'static str, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(h, _)| h.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
 }
