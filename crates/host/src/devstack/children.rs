@@ -36,6 +36,10 @@ pub struct Recorded {
     pub started: u64,
     /// Its program as spawned, which is its `/proc/<pid>/cmdline`'s first argument.
     pub program: String,
+    /// The boot it ran in (`/proc/sys/kernel/random/boot_id`): a record left by an earlier boot names no
+    /// process of this one, whatever PID and start time match.
+    #[serde(default)]
+    pub boot: Option<String>,
 }
 
 /// The children a running stack has on record (shared by the stack and the command `esim402 devstack` runs).
@@ -78,6 +82,7 @@ impl Record {
             pid,
             started,
             program,
+            boot: boot_id(),
         });
         self.write(&entries)
     }
@@ -187,7 +192,18 @@ fn stop_all(recorded: Vec<Recorded>) -> Vec<Recorded> {
 
 /// Whether the process `r` names still runs as recorded (a zombie has exited: not running).
 fn is_still(r: &Recorded) -> bool {
-    identity(r.pid).is_some_and(|(started, program)| started == r.started && program == r.program)
+    r.boot.is_some()
+        && r.boot == boot_id()
+        && identity(r.pid)
+            .is_some_and(|(started, program)| started == r.started && program == r.program)
+}
+
+/// This boot's id, if the kernel shows it.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
 }
 
 #[derive(Clone, Copy)]
@@ -313,9 +329,13 @@ mod tests {
         reused.started += 1;
         let mut renamed = on_file[1].clone();
         renamed.program = "/usr/bin/anvil".into();
+        // And one recorded in another boot (a record a power loss left): nothing of this boot.
+        assert!(on_file[1].boot.is_some(), "this boot is named");
+        let mut rebooted = on_file[1].clone();
+        rebooted.boot = Some("another-boot".into());
         std::fs::write(
             record.path(),
-            serde_json::to_vec(&[on_file[0].clone(), reused, renamed]).unwrap(),
+            serde_json::to_vec(&[on_file[0].clone(), reused, renamed, rebooted]).unwrap(),
         )
         .unwrap();
 
