@@ -44,7 +44,7 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
     };
     // Refused before anything is paid (`Paid::pay` checks it again for a kept request sent again).
     if let Err(e) = pay::named_invoice(&proof, request.invoice_id.clone(), invoice_header.clone()) {
-        return pay::refused_unpaid(&proof, e);
+        return pay::refused_unpaid(&proof, e).await;
     }
     let paid = Paid {
         proof,
@@ -227,15 +227,26 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     };
     let named = match pay::named_invoice(&proof, None, invoice_header) {
         Ok(named) => named,
-        Err(e) => return pay::refused_unpaid(&proof, e),
+        Err(e) => return pay::refused_unpaid(&proof, e).await,
     };
     let invoice =
         pay::invoice_for(&proof, named.as_ref(), || async { Ok(issue().await?.0) }).await?;
-    // Paid only by the owner (kernel `paid::switch_payer_allowed`), decided before anything is paid.
+    // Paid only by the owner (kernel `paid::switch_payer_allowed`), decided before anything is paid: for an
+    // invoice no payment has touched (one already being paid goes on to its own answer or conflict, as a
+    // payment a build without this check took must).
     let payer = proof.claimed_payer().or_else(|| {
         esim402_guest::convert::invoice(&invoice).and_then(|i| i.proof_payer().map(str::to_owned))
     });
-    if !esim402_core::paid::switch_payer_allowed(by_wallet, sim.owner.as_deref(), payer.as_deref())
+    let untouched = matches!(
+        invoice.status,
+        wit::InvoiceStatus::Open | wit::InvoiceStatus::Expired
+    );
+    if untouched
+        && !esim402_core::paid::switch_payer_allowed(
+            by_wallet,
+            sim.owner.as_deref(),
+            payer.as_deref(),
+        )
     {
         let e = ApiError::new(
             esim402_core::ErrorKind::Forbidden,
@@ -246,7 +257,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
                 payer.as_deref().unwrap_or("a payment naming no payer"),
             ),
         );
-        return pay::refused_unpaid(&proof, e);
+        return pay::refused_unpaid(&proof, e).await;
     }
     require_balance(&sim).await.map_err(|mut e| {
         e.message.push_str(

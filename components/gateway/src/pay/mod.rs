@@ -103,11 +103,26 @@ pub fn named_invoice(
     Ok(named)
 }
 
-/// A paid request refused before its payment was touched: an `exact` payment's answer says `charged: false`
-/// (nothing moved: an agent frees its spend); a tx-hash proof's is the error alone (its transfer was made by
-/// the payer before it came).
-pub fn refused_unpaid(proof: &Proof, e: ApiError) -> Result<crate::Reply, ApiError> {
-    if proof.is_exact() {
+/// A paid request refused by a check made before its payment is looked up. Its answer says `charged: false`
+/// (an agent frees its spend) only for an x402 v2 payment whose invoice no payment has touched (open, expired
+/// or unknown here): one sent again after a build without the check had taken it would otherwise be told
+/// "not charged", and paid again. Any other (a v1 payload names no invoice; a tx-hash proof's transfer was made
+/// before it came; a store fault reading the invoice) gets the error alone, which decides nothing.
+pub async fn refused_unpaid(proof: &Proof, e: ApiError) -> Result<crate::Reply, ApiError> {
+    let untouched = match proof.invoice_id(None) {
+        Ok(Some(id)) if proof.kind == Kind::V2 => {
+            match invoices::get(id.as_str().to_owned(), now()).await {
+                Ok(None) => true,
+                Ok(Some(i)) => matches!(
+                    i.status,
+                    wit::InvoiceStatus::Open | wit::InvoiceStatus::Expired
+                ),
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    };
+    if untouched {
         Ok(crate::purchase::render(&answers::uncharged(&e)))
     } else {
         Err(e)
