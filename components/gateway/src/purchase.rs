@@ -269,6 +269,8 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let order = Order::Switch {
         iccid: iccid.to_owned(),
         target,
+        by_wallet,
+        owner: sim.owner.clone(),
     };
     let stored = pay::pay(invoice, order, proof, &url, fingerprint).await?;
     Ok(render(&with_token(stored).await))

@@ -84,7 +84,7 @@ pub fn payment_id_key(id: &str) -> String {
 /// transaction may be out, so its calldata public) and the payload is one anyone can rebuild from that calldata
 /// (`public_payload`: an x402 v1 `X-PAYMENT` names no invoice, and every field of it is in the settlement
 /// transaction), unless the request itself proved its sender the SIM's owner (`owner_signed_in`: a switch
-/// needs the owner's credential). Such a resend proves nothing about who sends it, and the code would download
+/// signed in with the owner's wallet, [`switch_hands_over_codes`]; an access token proves nothing of who sends it). Such a resend proves nothing about who sends it, and the code would download
 /// the payer's profile; the payer reads it with its wallet sign-in (`GET /v1/esim/{iccid}/activation`). A
 /// resend before anything was claimed (an order that outlived its budget) still gets the codes; a v2 payload
 /// names its invoice, which no chain data gives, and a tx-hash proof carries the payer's signature.
@@ -104,6 +104,22 @@ pub fn switch_payer_allowed(by_wallet: bool, owner: Option<&str>, payer: Option<
         || owner
             .zip(payer)
             .is_some_and(|(o, p)| o.eq_ignore_ascii_case(p))
+}
+
+/// [`hands_over_codes`] for a switch: the new SIM's code and access token go to the request only if it proved
+/// its sender the owner — its wallet sign-in (`by_wallet`: an access token travels with the device and proves
+/// nothing of who sends it, so a token holder resending the owner's public v1 payload learns nothing) — or the
+/// payment came from the owner's wallet ([`switch_payer_allowed`]; a payment a build without that check took
+/// from another wallet is delivered without them).
+pub fn switch_hands_over_codes(
+    claimed_before: bool,
+    public_payload: bool,
+    by_wallet: bool,
+    owner: Option<&str>,
+    payer: &str,
+) -> bool {
+    hands_over_codes(claimed_before, public_payload, by_wallet)
+        && switch_payer_allowed(by_wallet, owner, Some(payer))
 }
 
 /// The identity of one payment: keccak-256 of `bytes` (a payload's canonical JSON, a tx hash).
@@ -465,6 +481,29 @@ mod tests {
         assert!(!switch_payer_allowed(false, Some(owner), Some("0x02")));
         assert!(!switch_payer_allowed(false, Some(owner), None));
         assert!(!switch_payer_allowed(false, None, Some("0x02")));
+        // Its codes: the owner's sign-in, or the owner's wallet paying and no public resend.
+        assert!(switch_hands_over_codes(
+            true,
+            true,
+            true,
+            Some(owner),
+            "0x02"
+        ));
+        assert!(switch_hands_over_codes(
+            false,
+            true,
+            false,
+            Some(owner),
+            owner
+        ));
+        assert!(
+            !switch_hands_over_codes(true, true, false, Some(owner), owner),
+            "a token holder resending the owner's public v1 payload after its settlement went out"
+        );
+        assert!(
+            !switch_hands_over_codes(false, false, false, Some(owner), "0x02"),
+            "a payment from another wallet (taken by a build without the check)"
+        );
         assert!(hands_over_codes(false, true, false));
         assert!(hands_over_codes(true, true, true));
     }

@@ -117,7 +117,8 @@ impl Answers<'_> {
         )
     }
 
-    /// The delivered SIM, with its activation code; if `withhold` (kernel `paid::hands_over_codes`), nothing
+    /// The delivered SIM, with its activation code; if `withhold` (kernel `paid::hands_over_codes`,
+    /// `paid::switch_hands_over_codes`), nothing
     /// about the SIM (its ICCID, EID, carrier, owner) beyond that it is paid: whoever sent the payment again
     /// learns nothing of the payer's device, and the payer finds its SIM with its wallet sign-in (the access
     /// token, added on the way out, needs the code in the answer too).
@@ -127,7 +128,7 @@ impl Answers<'_> {
             json!({
                 "status": "paid",
                 "invoice_id": self.invoice.id,
-                "activation_code_note": "this payment was sent again after its settlement was sent, when anyone could have rebuilt it from the chain, so its answer does not name the SIM or carry its activation code or access token: as the payer, find the SIM with a wallet sign-in (SIGN-IN-WITH-X) at GET /v1/esim and read its code at GET /v1/esim/{iccid}/activation",
+                "activation_code_note": "this request did not prove its sender the SIM's owner (a payment anyone could rebuild from the chain, sent again after its settlement was sent; or a switch asked with an access token and paid from another wallet than the owner's), so its answer does not name the SIM or carry its activation code or access token: as the payer, find the SIM with a wallet sign-in (SIGN-IN-WITH-X) at GET /v1/esim and read its code at GET /v1/esim/{iccid}/activation",
             })
         } else {
             let mut body = crate::convert::sim_value(sim);

@@ -255,11 +255,22 @@ impl Attempt<'_> {
         tx: &str,
         payer: &str,
     ) -> (wit::PaymentEnd, StoredResponse) {
-        let withhold = !paid::hands_over_codes(
+        let (claimed_before, public) = (
             self.claimed_before.get(),
             self.proof.kind == super::Kind::V1,
-            matches!(order, Order::Switch { .. }),
         );
+        let withhold = match order {
+            Order::Switch {
+                by_wallet, owner, ..
+            } => !paid::switch_hands_over_codes(
+                claimed_before,
+                public,
+                *by_wallet,
+                owner.as_deref(),
+                payer,
+            ),
+            _ => !paid::hands_over_codes(claimed_before, public, false),
+        };
         match self.credit(order, sim, tx, payer).await {
             Ok(None) => (
                 wit::PaymentEnd::Done,

@@ -152,6 +152,10 @@ pub enum Order {
     Switch {
         iccid: String,
         target: wit::SwitchTarget,
+        /// The request signed in with the owner's wallet (not an access token).
+        by_wallet: bool,
+        /// The SIM's owner.
+        owner: Option<String>,
     },
     /// More data for a SIM; `quota` is the grant the retried quota request asks for (not part of the
     /// invoice: the answer after payment is that grant).
@@ -172,7 +176,7 @@ impl Order {
     fn purchase(&self) -> wit::Purchase {
         match self {
             Order::Activation { request, .. } => wit::Purchase::Activation(request.clone()),
-            Order::Switch { iccid, target } => wit::Purchase::Switch(wit::SwitchRequest {
+            Order::Switch { iccid, target, .. } => wit::Purchase::Switch(wit::SwitchRequest {
                 iccid: iccid.clone(),
                 target: target.clone(),
             }),
@@ -253,7 +257,7 @@ impl Order {
                 )
                 .await
             }
-            Order::Switch { iccid, target } => {
+            Order::Switch { iccid, target, .. } => {
                 dispatch::perform_switch(
                     iccid.clone(),
                     target.clone(),
