@@ -432,7 +432,21 @@ async fn activate_labels_the_sim_on_every_sending() {
     )
     .await;
     assert_eq!(lost.code, 5, "{}", lost.stderr);
-    let status = cli(&proxy.url, dir.path(), &["status", "--json"]).await;
+    // The same activation run again without --agent-id sends the pending payment again with the label
+    // it was first sent with.
+    let status = cli(
+        &proxy.url,
+        dir.path(),
+        &[
+            "activate",
+            "--region",
+            "us-west",
+            "--data-mb",
+            "1",
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(status.code, 0, "{}", status.stderr);
     let sent = proxy.sent();
     let paid: Vec<&Sent> = sent
@@ -455,6 +469,49 @@ async fn activate_labels_the_sim_on_every_sending() {
     let sims: Value = serde_json::from_str(&sims.stdout).unwrap();
     let iccid = serde_json::from_str::<Value>(&status.stdout).unwrap()["iccid"].clone();
     assert_eq!(sims["sims"][0]["iccid"], iccid, "{sims}");
+    assert_eq!(sims["sims"].as_array().unwrap().len(), 1, "{sims}");
+
+    // Another command collecting a lost labelled activation sends it with its label too.
+    proxy.lose_next_paid.store(true, Ordering::SeqCst);
+    let lost = cli(
+        &proxy.url,
+        dir.path(),
+        &[
+            "activate",
+            "--region",
+            "us-west",
+            "--data-mb",
+            "2",
+            "--agent-id",
+            "pump-8",
+        ],
+    )
+    .await;
+    assert_eq!(lost.code, 5, "{}", lost.stderr);
+    let collected = cli(&proxy.url, dir.path(), &["balance", "--json"]).await;
+    assert!(
+        collected.stderr.contains("collected an activation"),
+        "{}",
+        collected.stderr
+    );
+    let sent = proxy.sent();
+    let paid: Vec<&Sent> = sent
+        .iter()
+        .filter(|r| r.headers.iter().any(|h| h == "payment-signature"))
+        .collect();
+    assert_eq!(paid.len(), 4, "two more: sent, then collected");
+    assert!(
+        paid.iter()
+            .all(|r| r.headers.iter().any(|h| h == "x-agent-id")),
+        "every sending carries the label"
+    );
+    let sims = cli(
+        &proxy.url,
+        dir.path(),
+        &["sims", "--json", "--agent-id", "pump-8"],
+    )
+    .await;
+    let sims: Value = serde_json::from_str(&sims.stdout).unwrap();
     assert_eq!(sims["sims"].as_array().unwrap().len(), 1, "{sims}");
 }
 

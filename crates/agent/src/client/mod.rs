@@ -682,9 +682,9 @@ impl Agent {
             // it said nothing, and the balance stayed on a SIM the state did not know).
             if let Some(next) = out["replaced_by"].as_str() {
                 self.say(&format!(
-                    "SIM {id} had been switched to SIM {next}, which holds its balance and is not terminated: \
-                     terminate it with `esim402-agent terminate --iccid {next}` to end the data and refund its \
-                     unused part (its owner's wallet signs in for it)"
+                    "SIM {id} had been switched to SIM {next}, which holds its balance and is not ended by this: \
+                     if it is in service, terminate it with `esim402-agent terminate --iccid {next}` to end the \
+                     data and refund its unused part (its owner's wallet signs in for it)"
                 ));
             }
         }

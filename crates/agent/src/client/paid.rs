@@ -159,6 +159,35 @@ impl Agent {
         // Keyed by the facilitator too: a payment signed for one facilitator is sent again to that one only
         // (another could use the authorization without delivering anything).
         let (key, pending) = pending_for(&state, &origin, path, body)?;
+        // The CLI's own payment pending for this request goes again with the label it was first sent with (not
+        // this run's: a first sending the facilitator never saw orders the SIM with it).
+        let first_label: Option<Vec<(&'static str, String)>> = pending
+            .as_ref()
+            .filter(|_| request.slot.is_none())
+            .map(|p| {
+                let mut headers: Vec<_> = request
+                    .headers
+                    .iter()
+                    .filter(|(h, _)| !h.eq_ignore_ascii_case("x-agent-id"))
+                    .cloned()
+                    .collect();
+                headers.extend(p.label.iter().map(|l| ("x-agent-id", l.clone())));
+                headers
+            });
+        let resent;
+        let request = match &first_label {
+            Some(headers) => {
+                resent = PaidRequest {
+                    path: request.path,
+                    body: request.body,
+                    owner: request.owner,
+                    headers,
+                    slot: None,
+                };
+                &resent
+            }
+            None => request,
+        };
         let held = match pending {
             // The same request of another of the device's requesters (another credential or label, or another
             // `Idempotency-Key`: modules behind one address): never sent again for it (it would hand this one
@@ -508,6 +537,16 @@ impl Agent {
                         .update(|s| s.refused(key, payment_id))
                         .map_err(local)?;
                     self.release(payment_id)?;
+                    // A refusal of the request itself (a 4xx: a switch paid from another wallet than the SIM's
+                    // owner's, two invoices named) is final: sent again it is refused again (before, `watch`
+                    // signed and released a payment every tick). A 5xx or a throttle may pass.
+                    if (400..500).contains(&answer.status) && !transient(&answer) {
+                        return Err(AgentError::Refused {
+                            status: answer.status,
+                            message: format!("nothing was charged: {}", answer.message()),
+                        }
+                        .into());
+                    }
                     return Err(AgentError::Unavailable {
                         message: format!(
                             "facilitator failed ({}), nothing was charged: {}",
