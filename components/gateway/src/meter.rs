@@ -140,7 +140,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     if let Some(proof) = proof {
         let named = match pay::named_invoice(&proof, body_invoice, invoice_header) {
             Ok(named) => named,
-            Err(e) => return pay::refused_unpaid(&proof, e).await,
+            Err(e) => return pay::refused_unpaid(&proof, e).await.map(|r| render(&r)),
         };
         let invoice = pay::invoice_for(&proof, named.as_ref(), || async {
             // A payment naming no invoice (x402 v1): the first offer, as the 402 made it (from the balance; a SIM

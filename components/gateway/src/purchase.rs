@@ -44,7 +44,7 @@ pub async fn activate(req: Request) -> Result<Reply, ApiError> {
     };
     // Refused before anything is paid (`Paid::pay` checks it again for a kept request sent again).
     if let Err(e) = pay::named_invoice(&proof, request.invoice_id.clone(), invoice_header.clone()) {
-        return pay::refused_unpaid(&proof, e).await;
+        return pay::refused_unpaid(&proof, e).await.map(|r| render(&r));
     }
     let paid = Paid {
         proof,
@@ -227,7 +227,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     };
     let named = match pay::named_invoice(&proof, None, invoice_header) {
         Ok(named) => named,
-        Err(e) => return pay::refused_unpaid(&proof, e).await,
+        Err(e) => return pay::refused_unpaid(&proof, e).await.map(|r| render(&r)),
     };
     let invoice =
         pay::invoice_for(&proof, named.as_ref(), || async { Ok(issue().await?.0) }).await?;
@@ -257,7 +257,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
                 payer.as_deref().unwrap_or("a payment naming no payer"),
             ),
         );
-        return pay::refused_unpaid(&proof, e).await;
+        return pay::refused_unpaid(&proof, e).await.map(|r| render(&r));
     }
     require_balance(&sim).await.map_err(|mut e| {
         e.message.push_str(

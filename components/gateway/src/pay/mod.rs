@@ -108,7 +108,7 @@ pub fn named_invoice(
 /// or unknown here): one sent again after a build without the check had taken it would otherwise be told
 /// "not charged", and paid again. Any other (a v1 payload names no invoice; a tx-hash proof's transfer was made
 /// before it came; a store fault reading the invoice) gets the error alone, which decides nothing.
-pub async fn refused_unpaid(proof: &Proof, e: ApiError) -> Result<crate::Reply, ApiError> {
+pub async fn refused_unpaid(proof: &Proof, e: ApiError) -> Result<StoredResponse, ApiError> {
     let untouched = match proof.invoice_id(None) {
         Ok(Some(id)) if proof.kind == Kind::V2 => {
             match invoices::get(id.as_str().to_owned(), now()).await {
@@ -123,7 +123,7 @@ pub async fn refused_unpaid(proof: &Proof, e: ApiError) -> Result<crate::Reply, 
         _ => false,
     };
     if untouched {
-        Ok(crate::purchase::render(&answers::uncharged(&e)))
+        Ok(answers::uncharged(&e))
     } else {
         Err(e)
     }

@@ -21,7 +21,7 @@
 //!   send answers changes nothing else: refused ("underpriced", "nonce too low"), the pooled one or a mined
 //!   one of ours stays the one to wait for; lost, it is re-sent like any recorded transaction. One the node
 //!   does not show while the replaced one stays pooled is offered again, same bytes, and outbid by at least
-//!   10 % over it only when the node refuses those bytes for their fees (kernel `bump::outbid_unreached`,
+//!   10 % over it only when the node refuses those bytes for their fees (kernel `rpc::outbid_unreached`,
 //!   `bump::decide_unreached`): a node asking more than 10 % refuses them every time, while a load-balanced
 //!   provider may show no transaction pooled through another of its backends, which must not raise the fees.
 
@@ -137,7 +137,7 @@ pub async fn blocking(
 /// whatever its send answered. A replacement the node does not show (its send failed, the node refused it, or
 /// another backend holds it) while an earlier hash waits in the pool is sent again, same bytes, once
 /// `rebroadcast::may_resend` allows, and outbid only if the node refuses them for their fees (kernel
-/// `bump::outbid_unreached`, `bump::decide_unreached`). Best effort: a failed read leaves things as they are.
+/// `rpc::outbid_unreached`, `bump::decide_unreached`). Best effort: a failed read leaves things as they are.
 pub async fn replace(
     chain: &Chain,
     signer: &SigningKey,
@@ -199,7 +199,9 @@ pub async fn replace(
         );
         let refusal =
             rebroadcast::offer(chain, &tx.raw, tx.hash, &format!("replacement {what}")).await;
-        if !bump::outbid_unreached(refusal.as_ref().map(|(c, m)| (*c, m.as_str()))) {
+        if !esim402_core::evm::rpc::outbid_unreached(
+            refusal.as_ref().map(|(c, m)| (*c, m.as_str())),
+        ) {
             return None;
         }
     }

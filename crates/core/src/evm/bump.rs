@@ -129,20 +129,8 @@ pub fn decide(
     raise(pooled, replaced, current)
 }
 
-/// Whether to outbid our latest replacement, which the node does not know while an earlier hash of its nonce
-/// waits in its pool, once its identical bytes were offered again and the node answered `refusal` (its error
-/// answer to that send, `(code, message)`; `None`: it took them, or the answer was lost). Only a refusal of
-/// its fees ([`super::rpc::refused_for_fees`]: a pool asking more than [`REPLACEMENT_PERCENT`], a base fee
-/// that outgrew it) is answered the same way every time, so only then is it replaced ([`decide_unreached`]).
-/// Anything else, it may well be pooled where the node's lookup did not see it (a load-balanced provider
-/// answers from another backend than the one its send reached), or its send was lost: it is offered again,
-/// same bytes, and the fees never climb on a lookup's miss.
-pub fn outbid_unreached(refusal: Option<(i64, &str)>) -> bool {
-    refusal.is_some_and(|(code, message)| super::rpc::refused_for_fees(code, message))
-}
-
 /// What to do about our latest replacement with fees `latest`, unknown to the node while an earlier hash of
-/// its nonce waits in its pool, whose bytes the node refused for their fees ([`outbid_unreached`]; after
+/// its nonce waits in its pool, whose bytes the node refused for their fees (`rpc::outbid_unreached`; after
 /// `replaced` replacements; a new transaction would get `current`): another replacement rising at least 10 %
 /// over it (not over the pooled one, which it already outbid), whether or not its fee cap covers the base fee,
 /// within the bounds.
@@ -454,35 +442,12 @@ mod tests {
         assert_eq!(unsigned(&trailing), None);
     }
 
-    /// A replacement the node does not show while the replaced transaction stays pooled: outbid only when the
-    /// node refused its bytes for their fees, by one at least 10 % above it, although its own cap covers the
-    /// base fee; offered again otherwise (before, any such replacement a minute old was outbid, and a
-    /// load-balanced provider that shows no transaction pooled by another backend made each replay pay 10 %
-    /// more, up to the ceiling).
+    /// A replacement the node does not show while the replaced transaction stays pooled, refused for its fees
+    /// (`rpc::outbid_unreached`), is outbid by one at least 10 % above it, although its own cap covers the
+    /// base fee.
     #[test]
-    fn an_unseen_replacement_is_outbid_only_once_refused_for_its_fees() {
+    fn a_refused_unseen_replacement_is_outbid_by_ten_percent() {
         let at = 1_000;
-        for refused in [
-            (-32000, "replacement transaction underpriced"),
-            (-32000, "transaction underpriced"),
-            (-32000, "max fee per gas less than block base fee"),
-            (-32010, "FeeTooLow, MaxFeePerGas too low"),
-            (-32000, "REPLACEMENT_UNDERPRICED"),
-            (-32003, "Transaction gas price too low"),
-        ] {
-            assert!(outbid_unreached(Some(refused)), "{refused:?}");
-        }
-        for offered in [
-            None,
-            Some((-32000, "already known")),
-            Some((-32000, "ALREADY_KNOWN underpriced")),
-            Some((-32005, "rate limit exceeded")),
-            Some((-32000, "nonce too low")),
-            Some((-32603, "internal error")),
-        ] {
-            assert!(!outbid_unreached(offered), "{offered:?}");
-        }
-
         // Its cap covers the base fee: `decide` would wait; the refused one is outbid all the same.
         let refused = Fees {
             tip: GWEI / 5,

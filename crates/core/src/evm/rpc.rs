@@ -689,11 +689,23 @@ const FEE_REFUSALS: &[&str] = &[
 
 /// Whether a node's error answer (`code`, `message`) to `eth_sendRawTransaction` refuses the transaction for
 /// its fees, naming them (not "already known"): what the same bytes will be answered again, so only higher
-/// fees can help (`super::bump::outbid_unreached`).
+/// fees can help ([`outbid_unreached`]).
 pub fn refused_for_fees(code: i64, message: &str) -> bool {
     let compact = compact(message);
     send_refusal(code, message) != SendRefusal::Known
         && FEE_REFUSALS.iter().any(|r| compact.contains(r))
+}
+
+/// Whether to outbid our latest replacement, which the node does not know while an earlier hash of its nonce
+/// waits in its pool, once its identical bytes were offered again and the node answered `refusal` (its error
+/// answer to that send, `(code, message)`; `None`: it took them, or the answer was lost). Only a refusal of
+/// its fees ([`refused_for_fees`]: a pool asking more than `bump::REPLACEMENT_PERCENT`, a base fee that outgrew
+/// it) is answered the same way every time, so only then is it replaced (`bump::decide_unreached`). Anything
+/// else, it may well be pooled where the node's lookup did not see it (a load-balanced provider answers from
+/// another backend than the one its send reached), or its send was lost: it is offered again, same bytes, and
+/// the fees never climb on a lookup's miss.
+pub fn outbid_unreached(refusal: Option<(i64, &str)>) -> bool {
+    refusal.is_some_and(|(code, message)| refused_for_fees(code, message))
 }
 
 /// Whether a node's error answer (`code`, `message`) to `eth_call` or `eth_estimateGas` says the call itself
@@ -846,6 +858,34 @@ impl Method for EthGetTransactionReceipt {
 
 #[cfg(test)]
 mod tests {
+
+    /// Only a node's refusal of a replacement's fees outbids it (before, any replacement the node did not show
+    /// a minute on was outbid, and a load-balanced provider made each replay pay 10 % more): not an answer
+    /// lost, "already known", a rate limit, a nonce refusal or an internal error.
+    #[test]
+    fn an_unseen_replacement_is_outbid_only_once_refused_for_its_fees() {
+        for refused in [
+            (-32000, "replacement transaction underpriced"),
+            (-32000, "transaction underpriced"),
+            (-32000, "max fee per gas less than block base fee"),
+            (-32010, "FeeTooLow, MaxFeePerGas too low"),
+            (-32000, "REPLACEMENT_UNDERPRICED"),
+            (-32003, "Transaction gas price too low"),
+        ] {
+            assert!(outbid_unreached(Some(refused)), "{refused:?}");
+        }
+        for offered in [
+            None,
+            Some((-32000, "already known")),
+            Some((-32000, "ALREADY_KNOWN underpriced")),
+            Some((-32005, "rate limit exceeded")),
+            Some((-32000, "nonce too low")),
+            Some((-32603, "internal error")),
+        ] {
+            assert!(!outbid_unreached(offered), "{offered:?}");
+        }
+    }
+
     use super::*;
     use alloy_primitives::address;
 
