@@ -237,11 +237,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
     let payer = proof.claimed_payer().or_else(|| {
         esim402_guest::convert::invoice(&invoice).and_then(|i| i.proof_payer().map(str::to_owned))
     });
-    let untouched = matches!(
-        invoice.status,
-        wit::InvoiceStatus::Open | wit::InvoiceStatus::Expired
-    );
-    if untouched
+    if pay::untouched(&invoice)
         && !esim402_core::paid::switch_payer_allowed(
             by_wallet,
             sim.owner.as_deref(),
@@ -257,7 +253,7 @@ pub async fn switch(iccid: &str, req: Request) -> Result<Reply, ApiError> {
                 payer.as_deref().unwrap_or("a payment naming no payer"),
             ),
         );
-        return pay::refused_unpaid(&proof, e).await.map(|r| render(&r));
+        return pay::refused_unpaid_for(&proof, Some(&invoice), e).map(|r| render(&r));
     }
     require_balance(&sim).await.map_err(|mut e| {
         e.message.push_str(

@@ -75,24 +75,37 @@ pub fn named_invoice(
 /// "not charged", and paid again. Any other (a v1 payload names no invoice; a tx-hash proof's transfer was made
 /// before it came; a store fault reading the invoice) gets the error alone, which decides nothing.
 pub async fn refused_unpaid(proof: &Proof, e: ApiError) -> Result<StoredResponse, ApiError> {
-    let untouched = match proof.invoice_id(None) {
+    let invoice = match proof.invoice_id(None) {
         Ok(Some(id)) if proof.kind == Kind::V2 => {
             match invoices::get(id.as_str().to_owned(), now()).await {
-                Ok(None) => true,
-                Ok(Some(i)) => matches!(
-                    i.status,
-                    wit::InvoiceStatus::Open | wit::InvoiceStatus::Expired
-                ),
-                Err(_) => false,
+                Ok(invoice) => invoice,
+                Err(_) => return Err(e),
             }
         }
-        _ => false,
+        _ => return Err(e),
     };
-    if untouched {
+    refused_unpaid_for(proof, invoice.as_ref(), e)
+}
+
+/// [`refused_unpaid`] of a payment whose invoice the caller has read already (`None`: not issued here).
+pub fn refused_unpaid_for(
+    proof: &Proof,
+    invoice: Option<&wit::Invoice>,
+    e: ApiError,
+) -> Result<StoredResponse, ApiError> {
+    if proof.kind == Kind::V2 && invoice.is_none_or(untouched) {
         Ok(answers::uncharged(&e))
     } else {
         Err(e)
     }
+}
+
+/// Whether no payment has touched `invoice`: open, or expired without one.
+pub fn untouched(invoice: &wit::Invoice) -> bool {
+    matches!(
+        invoice.status,
+        wit::InvoiceStatus::Open | wit::InvoiceStatus::Expired
+    )
 }
 
 /// A `X-Invoice-Id` header value, parsed.

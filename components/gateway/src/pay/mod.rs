@@ -36,7 +36,10 @@ use esim402_guest::wit;
 use crate::{dispatch, from_wit, invoices, now};
 use answers::Answers;
 use attempt::Attempt;
-pub use invoice::{invoice_for, invoice_header, load_invoice, named_invoice, refused_unpaid};
+pub use invoice::{
+    invoice_for, invoice_header, load_invoice, named_invoice, refused_unpaid, refused_unpaid_for,
+    untouched,
+};
 pub use proof::{Kind, Proof};
 
 /// Whether `stored` is the answer of an `exact` payment whose order the carrier has not confirmed yet (nothing
