@@ -401,18 +401,38 @@ async fn activate_labels_the_sim_on_every_sending() {
     let s = PayStack::start(&[]).await;
     let proxy = LossyProxy::start(&s.url, true).await;
     let dir = tempfile::tempdir().unwrap();
+    let activate = |mb: &'static str, extra: &[&'static str]| {
+        let mut args = vec!["activate", "--region", "us-west", "--data-mb", mb];
+        args.extend_from_slice(extra);
+        args
+    };
+    // The paid sendings so far, and whether every one carried a label.
+    let labelled = || {
+        let sent = proxy.sent();
+        let paid: Vec<&Sent> = sent
+            .iter()
+            .filter(|r| r.headers.iter().any(|h| h == "payment-signature"))
+            .collect();
+        let all = paid
+            .iter()
+            .all(|r| r.headers.iter().any(|h| h == "x-agent-id"));
+        (paid.len(), all)
+    };
+    let listed = async |label: &str| {
+        let sims = cli(
+            &proxy.url,
+            dir.path(),
+            &["sims", "--json", "--agent-id", label],
+        )
+        .await;
+        assert_eq!(sims.code, 0, "{}", sims.stderr);
+        serde_json::from_str::<Value>(&sims.stdout).unwrap()
+    };
+
     let bad = cli(
         &proxy.url,
         dir.path(),
-        &[
-            "activate",
-            "--region",
-            "us-west",
-            "--data-mb",
-            "1",
-            "--agent-id",
-            "no spaces",
-        ],
+        &activate("1", &["--agent-id", "no spaces"]),
     )
     .await;
     assert_eq!(bad.code, 2, "{}", bad.stderr);
@@ -420,54 +440,21 @@ async fn activate_labels_the_sim_on_every_sending() {
     let lost = cli(
         &proxy.url,
         dir.path(),
-        &[
-            "activate",
-            "--region",
-            "us-west",
-            "--data-mb",
-            "1",
-            "--agent-id",
-            "pump-7",
-        ],
+        &activate("1", &["--agent-id", "pump-7"]),
     )
     .await;
     assert_eq!(lost.code, 5, "{}", lost.stderr);
     // The same activation run again without --agent-id sends the pending payment again with the label
     // it was first sent with.
-    let status = cli(
-        &proxy.url,
-        dir.path(),
-        &[
-            "activate",
-            "--region",
-            "us-west",
-            "--data-mb",
-            "1",
-            "--json",
-        ],
-    )
-    .await;
-    assert_eq!(status.code, 0, "{}", status.stderr);
-    let sent = proxy.sent();
-    let paid: Vec<&Sent> = sent
-        .iter()
-        .filter(|r| r.headers.iter().any(|h| h == "payment-signature"))
-        .collect();
-    assert_eq!(paid.len(), 2, "sent, then collected");
-    assert!(
-        paid.iter()
-            .all(|r| r.headers.iter().any(|h| h == "x-agent-id")),
-        "every sending carries the label"
+    let again = cli(&proxy.url, dir.path(), &activate("1", &["--json"])).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        labelled(),
+        (2, true),
+        "sent, then sent again: every sending carries the label"
     );
-    let sims = cli(
-        &proxy.url,
-        dir.path(),
-        &["sims", "--json", "--agent-id", "pump-7"],
-    )
-    .await;
-    assert_eq!(sims.code, 0, "{}", sims.stderr);
-    let sims: Value = serde_json::from_str(&sims.stdout).unwrap();
-    let iccid = serde_json::from_str::<Value>(&status.stdout).unwrap()["iccid"].clone();
+    let sims = listed("pump-7").await;
+    let iccid = serde_json::from_str::<Value>(&again.stdout).unwrap()["iccid"].clone();
     assert_eq!(sims["sims"][0]["iccid"], iccid, "{sims}");
     assert_eq!(sims["sims"].as_array().unwrap().len(), 1, "{sims}");
 
@@ -476,15 +463,7 @@ async fn activate_labels_the_sim_on_every_sending() {
     let lost = cli(
         &proxy.url,
         dir.path(),
-        &[
-            "activate",
-            "--region",
-            "us-west",
-            "--data-mb",
-            "2",
-            "--agent-id",
-            "pump-8",
-        ],
+        &activate("2", &["--agent-id", "pump-8"]),
     )
     .await;
     assert_eq!(lost.code, 5, "{}", lost.stderr);
@@ -494,24 +473,12 @@ async fn activate_labels_the_sim_on_every_sending() {
         "{}",
         collected.stderr
     );
-    let sent = proxy.sent();
-    let paid: Vec<&Sent> = sent
-        .iter()
-        .filter(|r| r.headers.iter().any(|h| h == "payment-signature"))
-        .collect();
-    assert_eq!(paid.len(), 4, "two more: sent, then collected");
-    assert!(
-        paid.iter()
-            .all(|r| r.headers.iter().any(|h| h == "x-agent-id")),
-        "every sending carries the label"
+    assert_eq!(
+        labelled(),
+        (4, true),
+        "two more, sent then collected: every sending carries the label"
     );
-    let sims = cli(
-        &proxy.url,
-        dir.path(),
-        &["sims", "--json", "--agent-id", "pump-8"],
-    )
-    .await;
-    let sims: Value = serde_json::from_str(&sims.stdout).unwrap();
+    let sims = listed("pump-8").await;
     assert_eq!(sims["sims"].as_array().unwrap().len(), 1, "{sims}");
 }
 
