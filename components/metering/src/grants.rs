@@ -3,6 +3,7 @@
 //! refunds count what is still outstanding as used.
 
 use esim402_core::store::keys;
+use esim402_core::usage::account::LateRate;
 use esim402_core::usage::grant::{self, Grant, Reservation};
 use esim402_guest::convert::kv_err;
 use esim402_guest::kv::{self, Change};
@@ -77,8 +78,15 @@ pub async fn grant(
 
 /// A switch moved `from`'s data to `to`: what `from` still reports is charged to `to`, so `to` takes on the
 /// grants `from` has outstanding (kernel `Reservation::carry`). Called once per move (by the call that moved
-/// the credits); a crash before it leaves them unreserved on `to`.
-pub async fn carry(from: &str, used_from: u64, to: &str, now: u64) -> Result<(), wit::Error> {
+/// the credits); a crash before it leaves them unreserved on `to`. On another carrier each grant reserves what
+/// its bytes are worth there (`late_rate`, kernel `LateRate`: as the usage they carry is handed on).
+pub async fn carry(
+    from: &str,
+    used_from: u64,
+    to: &str,
+    now: u64,
+    late_rate: Option<LateRate>,
+) -> Result<(), wit::Error> {
     let Some(old) = reservation(from).await? else {
         return Ok(());
     };
@@ -86,7 +94,12 @@ pub async fn carry(from: &str, used_from: u64, to: &str, now: u64) -> Result<(),
     if bytes == 0 {
         return Ok(());
     }
-    let live = old.at(used_from, now).grants;
+    let mut live = old.at(used_from, now).grants;
+    if let Some(rate) = late_rate {
+        for g in &mut live {
+            g.bytes = rate.worth(g.bytes);
+        }
+    }
     let used_to = used(to)?;
     kv::change_json::<Reservation, (), wit::Error>(&keys::meter_grant(to), |cur| {
         let carried = Reservation::carry(cur.as_ref(), used_to, &live, now);

@@ -74,15 +74,23 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
     }
     // If the version moved meanwhile the move runs on the newer account with `used_old` as read: older than a
     // fold the newer account may hold, which the kernel allows for (`transfer_out` moves at no less).
-    let (_, (moved, from_carrier), _) =
+    // On another carrier the first move also fixes the rates the old SIM's later usage is handed on at (kernel
+    // `LateRate`: by its value, as the moved balance).
+    let rate = |c: &CarrierId| book.rate(c).map(|r| r.milli_micros_per_mb);
+    let (_, (moved, from_carrier, late_rate), _) =
         kv::change_json_from(&key, Some(version), |cur: Option<Account>| {
             let mut a =
                 cur.ok_or_else(|| wit::Error::NotFound(format!("no metered SIM {from}")))?;
+            let rates = a
+                .carrier
+                .as_ref()
+                .filter(|c| **c != carrier)
+                .and_then(|c| rate(c).zip(rate(&carrier)));
             let moved = a
-                .transfer_out(&to_iccid, used_old, now)
+                .transfer_out_priced(&to_iccid, used_old, now, rates)
                 .map_err(|e| wit::Error::Conflict(e.to_string()))?;
-            let carrier = a.carrier.clone();
-            Ok((Change::Put(a), (moved, carrier)))
+            let (carrier, late_rate) = (a.carrier.clone(), a.late_rate);
+            Ok((Change::Put(a), (moved, carrier, late_rate)))
         })
         .await
         .map_err(kv_err)?;
@@ -130,7 +138,7 @@ pub async fn transfer(from: &str, to: wit::Sim, now: u64) -> Result<api::Credite
     // What the old SIM reports from now on draws on the new SIM: so do its outstanding grants (once, by the
     // call that moved the credits).
     if new {
-        crate::grants::carry(from.as_str(), used_from, to_iccid.as_str(), now).await?;
+        crate::grants::carry(from.as_str(), used_from, to_iccid.as_str(), now, late_rate).await?;
     }
     // The new SIM's hold, with its used counter read now: a release if the moved credits refilled a balance
     // that had run out, or a hold if usage handed on (or charged meanwhile) leaves nothing.

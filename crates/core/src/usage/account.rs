@@ -214,6 +214,46 @@ pub struct Account {
     /// existed): every byte reported is the payer's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_used: Option<u64>,
+    /// A moved account whose data went to another carrier: the rates its later usage is handed on at
+    /// ([`LateRate`], fixed by the move). `None` on the same carrier, for a carrier the price book no longer
+    /// prices, and for accounts moved before this field existed: byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_rate: Option<LateRate>,
+}
+
+/// How a switched-away SIM's usage reported after the move draws on the new SIM when that SIM is on another
+/// carrier: by its value at the old carrier's rate, as the bytes that value buys at the new carrier's (the moved
+/// balance is revalued so too, [`revalue`]). The worth is counted from the move's mark, not hand-on by hand-on,
+/// so rounding down loses at most one byte in all, never one per batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateRate {
+    /// The old SIM's used counter the worth counts from (the move's mark, [`Account::forward`]).
+    pub from: u64,
+    /// The old carrier's rate (milli-micro-USDC per MB).
+    pub old: u64,
+    /// The new carrier's rate (same unit, not 0).
+    pub new: u64,
+}
+
+impl LateRate {
+    /// The rates of a move from a carrier priced `old` to one priced `new` (milli-micro-USDC per MB), counted
+    /// from the old SIM's counter at `from`: `None` (byte for byte) if they are equal or `new` is 0.
+    pub fn between_carriers(from: u64, old: u64, new: u64) -> Option<Self> {
+        (old != new && new != 0).then_some(Self { from, old, new })
+    }
+
+    /// `bytes` of the old carrier's data as bytes of the new carrier's, rounded down.
+    pub fn worth(&self, bytes: u64) -> u64 {
+        let b = u128::from(bytes) * u128::from(self.old) / u128::from(self.new.max(1));
+        u64::try_from(b).unwrap_or(u64::MAX)
+    }
+
+    /// The new carrier's bytes worth the old SIM's usage between its counters `a` and `b` (`a ≤ b`), as the
+    /// difference of what each counter is worth from the mark.
+    pub fn handed_on(&self, a: u64, b: u64) -> u64 {
+        let at = |used: u64| self.worth(used.saturating_sub(self.from));
+        at(b).saturating_sub(at(a))
+    }
 }
 
 /// Why an account refused a change.
@@ -264,6 +304,7 @@ impl Account {
             claims_per_sim: true,
             closed_at: None,
             closed_used: None,
+            late_rate: None,
         }
     }
 
@@ -294,6 +335,7 @@ impl Account {
             claims_per_sim: true,
             closed_at: None,
             closed_used: None,
+            late_rate: None,
         }
     }
 
@@ -320,6 +362,7 @@ impl Account {
             claims_per_sim: true,
             closed_at: None,
             closed_used: None,
+            late_rate: None,
         }
     }
 
@@ -387,6 +430,26 @@ impl Account {
         // usage) is handed on to the new SIM by the move's own `forward`, as usage there, not left behind on a
         // closed account (a paid switch wiped an overdrawn SIM's debt).
         self.forwarded_up_to = Some(used.min(self.credited()));
+        Ok(moved)
+    }
+
+    /// [`Account::transfer_out`], to a SIM on another carrier whose rate and this SIM's carrier's are `rates`
+    /// (`(old, new)`, milli-micro-USDC per MB; `None` if either is unknown): the first move also fixes the
+    /// rates this SIM's later usage is handed on at ([`Account::late_rate`]).
+    pub fn transfer_out_priced(
+        &mut self,
+        to: &Iccid,
+        used: u64,
+        now: u64,
+        rates: Option<(u64, u64)>,
+    ) -> Result<Vec<Credit>, AccountError> {
+        let first = self.moved_to.is_none();
+        let moved = self.transfer_out(to, used, now)?;
+        if first {
+            self.late_rate = rates
+                .zip(self.forwarded_up_to)
+                .and_then(|((old, new), from)| LateRate::between_carriers(from, old, new));
+        }
         Ok(moved)
     }
 
@@ -463,10 +526,20 @@ impl Account {
     /// draw on now (the mark advances, so each byte is handed on once, whoever calls first: the batch that
     /// charged it, a later batch, or the switch itself right after the move). `None` when there is nothing to
     /// hand on, or the account was not moved (or moved before the mark existed).
+    ///
+    /// On another carrier the bytes handed on are what the old SIM's usage is worth there ([`LateRate`]): while
+    /// that is nothing yet (a few bytes on a much cheaper old carrier), the mark stays, so nothing is lost.
     pub fn forward(&mut self, used: u64) -> Option<(Iccid, u64)> {
         let (to, _) = self.moved_to.as_ref()?;
         let mark = self.forwarded_up_to.as_mut()?;
         let bytes = used.checked_sub(*mark).filter(|b| *b > 0)?;
+        let bytes = match &self.late_rate {
+            Some(rate) => rate.handed_on(*mark, used),
+            None => bytes,
+        };
+        if bytes == 0 {
+            return None;
+        }
         *mark = used;
         Some((to.clone(), bytes))
     }
@@ -1098,6 +1171,65 @@ mod tests {
         back.forwarded_up_to = None;
         assert_eq!(back.forward(u64::MAX), None);
         assert_eq!(account().forward(u64::MAX), None, "not moved");
+    }
+
+    /// Usage the old SIM reports after a switch to another carrier draws on the new SIM by its value: at the
+    /// old carrier's rate, as bytes of the new carrier's (a review: it was handed on byte for byte, so a switch to
+    /// a dearer carrier charged the late usage up to ~17 % more). Counted from the move, so rounding loses at
+    /// most a byte in all however many batches report it.
+    #[test]
+    fn late_usage_after_a_switch_to_another_carrier_is_handed_on_by_its_value() {
+        let to = Iccid::with_check_digit("894401000000000002").unwrap();
+        // $0.003/MB to $0.0035/MB: 6/7 of a byte per byte.
+        let (old, new) = (3_000_000, 3_500_000);
+        let mut a = account();
+        a.transfer_out_priced(&to, 3 * BYTES_PER_MB, 9, Some((old, new)))
+            .unwrap();
+        assert_eq!(
+            a.late_rate,
+            Some(LateRate {
+                from: 3 * BYTES_PER_MB,
+                old,
+                new
+            })
+        );
+        let at = |b: u64| 3 * BYTES_PER_MB + b;
+        assert_eq!(a.forward(at(7_000_000)), Some((to.clone(), 6_000_000)));
+        // Seven batches of one byte each: 6/7 of a byte is worth nothing yet, so the mark stays until the
+        // worth reaches a byte; in all, the seven are worth six.
+        let mut handed = 0;
+        for b in 1..=7 {
+            if let Some((_, bytes)) = a.forward(at(7_000_000 + b)) {
+                handed += bytes;
+            }
+        }
+        assert_eq!(handed, 6);
+        assert_eq!(a.forward(at(7_000_007)), None, "once");
+        // The other way (to a cheaper carrier) hands on more; the rates survive a round trip; a repeated move
+        // does not change them.
+        let mut cheap = account();
+        cheap
+            .transfer_out_priced(&to, 0, 9, Some((new, old)))
+            .unwrap();
+        let mut back: Account =
+            serde_json::from_str(&serde_json::to_string(&cheap).unwrap()).unwrap();
+        assert_eq!(back.forward(6_000_000), Some((to.clone(), 7_000_000)));
+        back.transfer_out_priced(&to, 0, 9, None).unwrap();
+        assert!(back.late_rate.is_some());
+        // Equal rates, an unknown one, or the same carrier: byte for byte.
+        for rates in [Some((old, old)), Some((old, 0)), None] {
+            let mut same = account();
+            same.transfer_out_priced(&to, 0, 9, rates).unwrap();
+            assert_eq!(same.late_rate, None);
+            assert_eq!(same.forward(5), Some((to.clone(), 5)));
+        }
+        // A failed replacement's own use leaves out what was handed on, at the same worth.
+        let r = a.returnable_to(&to).unwrap();
+        assert_eq!(r.used_at_move, Some(3 * BYTES_PER_MB));
+        assert_eq!(r.own_use(6_000_006 + 11, at(7_000_007)), 11);
+        // Taken back, the SIM's usage is its own again.
+        assert!(a.take_back(&to, at(7_000_007), 0));
+        assert_eq!(a.late_rate, None);
     }
 
     /// The new SIM collects what the one it replaced still owes it, until it moves on itself.

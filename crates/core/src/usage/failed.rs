@@ -35,7 +35,7 @@
 //! - **Fixed by the first close**: a repeat (the SM-DP+ sends the notification again) returns the same shares.
 
 use crate::esim::iccid::Iccid;
-use crate::usage::account::{Account, Credit, RefundShare, unused_shares};
+use crate::usage::account::{Account, Credit, LateRate, RefundShare, unused_shares};
 
 /// What a switch moved from the SIM it replaced to a replacement that failed, and may go back
 /// ([`Account::returnable_to`]).
@@ -48,6 +48,8 @@ pub struct Returnable {
     /// replacement's counter too. When nothing was left to move (the balance was used up) only a lower bound is
     /// known, its credited bytes.
     pub used_at_move: Option<u64>,
+    /// The rates the old SIM's usage was handed on at, if the move changed carrier ([`Account::late_rate`]).
+    pub late_rate: Option<LateRate>,
 }
 
 impl Returnable {
@@ -57,9 +59,10 @@ impl Returnable {
     /// before it can be in `used_new`): what was counted in between is left out here too, in the payer's favour,
     /// never charged twice.
     pub fn own_use(&self, used_new: u64, used_old: u64) -> u64 {
-        let handed_on = self
-            .used_at_move
-            .map_or(0, |at| used_old.saturating_sub(at));
+        let handed_on = self.used_at_move.map_or(0, |at| match &self.late_rate {
+            Some(rate) => rate.handed_on(at, used_old),
+            None => used_old.saturating_sub(at),
+        });
         used_new.saturating_sub(handed_on)
     }
 }
@@ -76,6 +79,7 @@ impl Account {
         (dest == to && untouched_move).then(|| Returnable {
             invoices: moved.iter().map(|c| c.invoice.clone()).collect(),
             used_at_move: self.forwarded_up_to.map(|_| self.used_at_move(moved)),
+            late_rate: self.late_rate,
         })
     }
 
@@ -148,6 +152,7 @@ impl Account {
         self.moved_at = None;
         self.closed = None;
         self.forwarded_up_to = None;
+        self.late_rate = None;
         self.suspended_for_balance = self.remaining(used) <= 0;
         self.hold_epoch = self.hold_epoch.max(past) + 1;
         true
@@ -418,6 +423,7 @@ mod tests {
                 Returnable {
                     invoices: vec!["inv_act".into()],
                     used_at_move: Some(4_000_000),
+                    late_rate: None,
                 }
             );
             let own = returnable.own_use(used_new, used_old);
@@ -446,6 +452,7 @@ mod tests {
         let r = Returnable {
             invoices: vec!["inv_act".into()],
             used_at_move: Some(4_000_000),
+            late_rate: None,
         };
         assert_eq!(r.own_use(9_000_000, 12_000_000), 1_000_000);
         assert_eq!(r.own_use(9_000_000, 12_500_000), 500_000);

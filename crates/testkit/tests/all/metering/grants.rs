@@ -256,6 +256,38 @@ async fn a_grant_landing_after_a_switch_moved_the_data_hands_nothing_out() {
     );
 }
 
+/// Usage the old SIM reports after a switch to another carrier, and the grants it still has outstanding, draw
+/// on the new SIM by their value too: 7 MB used on T-Mobile ($0.003/MB) are worth $0.021, 6 MB on Verizon
+/// ($0.0035/MB); a 3.5 MB grant reserves 3 MB there. Before, they were handed on byte for byte (7 MB), so a
+/// switch to a dearer carrier charged its late usage ~17 % more than the old carrier's price.
+#[tokio::test]
+async fn late_usage_after_a_switch_to_another_carrier_draws_on_the_new_sim_by_its_value() {
+    let mut kit = Kit::builder("metering").build().await.unwrap();
+    let (old, new) = (iccid(341), iccid(342));
+    open(&mut kit, &old, 20).await;
+    let t = now();
+    assert_eq!(
+        grant_at(&mut kit, &old, Some(3_500_000), t).await.bytes,
+        3_500_000
+    );
+    let moved = transfer(&mut kit, &old, &new, "verizon").await.unwrap();
+    // The test credit's $0.03 buys 8.571428 MB on Verizon.
+    assert_eq!(moved.balance.credited_bytes, 8_571_428);
+    assert_eq!(moved.balance.reserved_bytes, 3_000_000, "{moved:?}");
+    let (report, _, _) = ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "s", 1, 7 * MB, "310-260")],
+    )
+    .await;
+    assert_eq!(report["totals"]["accepted"], 1, "{report}");
+    let b = balance(&mut kit, &new).await;
+    assert_eq!(
+        (b.used_bytes, b.remaining_bytes, b.reserved_bytes),
+        (6 * MB, 2_571_428, 0),
+        "the grant's usage reported: {b:?}"
+    );
+}
+
 /// A switch hands what the old SIM still reports to the new SIM, so the old SIM's outstanding grant is the new
 /// SIM's to reserve: of the 10 MB moved, 8 may be granted while the old SIM's 2 MB grant is live.
 #[tokio::test]
