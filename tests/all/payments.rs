@@ -913,6 +913,7 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
             "invalid_exact_evm_signature",
         ),
     ];
+    let mut logged = s.ledger().await.0.len();
     for (name, bend, status_want, reason) in cases {
         let (_, req) = s.invoice(&activation()).await;
         let mut pay = Payment::for_requirement(&req);
@@ -938,6 +939,10 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
             assert!(message.contains(cause), "{name}: {body}");
         }
         assert!(!s.nonce_used(pay.auth.from, pay.auth.nonce).await, "{name}");
+        // Nor any ledger entry: the invoice's issue is logged with a payment that verified (before, each
+        // refused payment for a fresh invoice added an `invoice_issued` entry recording no money).
+        let (kinds, _) = s.ledger().await;
+        assert_eq!(kinds.len(), logged, "{name}: {kinds:?}");
         // The refused payment left the invoice open: the right payment still buys it.
         if name == "wrong recipient" {
             let good = Payment::for_requirement(&req);
@@ -950,6 +955,7 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
                 .await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(s.balance(agent()).await, start - price(&req));
+            logged = s.ledger().await.0.len();
         }
     }
     let after_good = s.balance(agent()).await;
@@ -2429,6 +2435,39 @@ async fn a_resumed_v1_payment_answers_without_the_activation_code() {
     // Terminated, its code is given to nobody.
     assert_eq!(s.terminate(&iccid).await, 200);
     assert_eq!(s.get_signed_in(&path).await.0, 409);
+}
+
+/// A v1 payload names no invoice whichever header carries it: sent in `PAYMENT-SIGNATURE` it is bound to one
+/// invoice as in `X-PAYMENT`, so sent again after its settlement was left pending it completes that invoice
+/// (without the codes, as any public v1 payload). Before, it was taken for v2 and every resend got a new
+/// invoice: the payer could not collect what it had paid for (409 "already settled").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_v1_payload_in_payment_signature_is_bound_to_one_invoice() {
+    let s = PayStack::start(&[("SPIN_VARIABLE_SETTLEMENT_TIMEOUT_MS", "1500")]).await;
+    let (_, _, challenge) = s.post("/v1/esim/activate", &activation(), &[]).await;
+    let (req, _, header) = v1_payment(&challenge);
+    let start = s.balance(agent()).await;
+    s.rpc("evm_setAutomine", json!([false])).await;
+    let sent = [("payment-signature", header)];
+    let (status, _, body) = s.post("/v1/esim/activate", &activation(), &sent).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "settlement_pending", "{body}");
+    s.rpc("anvil_mine", json!([1])).await;
+    s.rpc("evm_setAutomine", json!([true])).await;
+    let (status, headers, done) = s.post("/v1/esim/activate", &activation(), &sent).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "paid", "{done}");
+    assert!(done.get("activation_code").is_none(), "{done}");
+    assert!(headers.get("x-payment-response").is_some(), "a v1 answer");
+    let (kinds, _) = s.ledger().await;
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "activation_completed")
+            .count(),
+        1
+    );
+    assert_eq!(s.balance(agent()).await, start - price(&req));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

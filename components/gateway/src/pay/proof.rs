@@ -117,6 +117,13 @@ impl Proof {
             ),
             Kind::V2 | Kind::V1 => None,
         };
+        // A v1 payload names no invoice whichever header carried it: it is bound to one as v1 payloads are
+        // (`invoice_for`), its codes withheld on a resend as theirs are, and it is answered as v1. Taken for v2
+        // (it came in `PAYMENT-SIGNATURE`), every resend got a new invoice and could never collect the first.
+        let kind = match &payload {
+            Some(PaymentPayload::V1(_)) => Kind::V1,
+            _ => kind,
+        };
         Ok(Some(Self {
             kind,
             value,

@@ -796,7 +796,10 @@ async fn a_retired_sims_late_windows_and_a_sims_windows_before_it_opened_are_ref
     }
     let b = balance(&mut kit, &new).await;
     // The T-Mobile MB by its value on Verizon (kernel `LateRate`): 6/7 of it.
-    assert_eq!(b.used_bytes, 857_142, "only the window within the day: {b:?}");
+    assert_eq!(
+        b.used_bytes, 857_142,
+        "only the window within the day: {b:?}"
+    );
 }
 
 /// A switch to another carrier moves the unused balance by its value, not its bytes: 7 of 10 MB bought for
