@@ -25,7 +25,7 @@ pub use collect::{
 };
 pub use device::{Before, Earlier, Sent};
 pub use facilitator::{FORGET_WARNING, Facilitator};
-pub use list::{MAX_LIST_PAGES, MAX_LISTED_SIMS};
+pub use list::{MAX_LIST_PAGES, MAX_LISTED_BYTES, MAX_LISTED_SIMS};
 pub use paid::{MAX_RETRY_WAIT, PENDING_RETRIES};
 
 use crate::config::Config;
@@ -119,18 +119,23 @@ pub(crate) fn redacted(v: &Value) -> Value {
 /// `text` with every activation code in it (`LPA:` up to the next whitespace or quote, any case) replaced.
 pub(crate) fn redacted_text(text: &str) -> String {
     const MARK: &str = "lpa:";
+    // Lowercased once, and searched from where the last code ended: lowercasing the rest at every code made a
+    // text of many codes quadratic. ASCII lowercasing keeps every byte where it was, so an offset found in
+    // `lower` is one in `text`, on the same character boundary.
+    let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.to_ascii_lowercase().find(MARK) {
-        out.push_str(&rest[..at]);
+    let mut from = 0;
+    while let Some(found) = lower.get(from..).and_then(|rest| rest.find(MARK)) {
+        let at = from + found;
+        out.push_str(&text[from..at]);
         out.push_str("LPA:[redacted]");
-        let code = &rest[at..];
+        let code = &text[at..];
         let end = code
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ')'))
             .unwrap_or(code.len());
-        rest = &code[end..];
+        from = at + end;
     }
-    out.push_str(rest);
+    out.push_str(&text[from..]);
     out
 }
 
@@ -213,14 +218,23 @@ pub(crate) fn http_client() -> reqwest::Result<reqwest::Client> {
     client_builder().build()
 }
 
-/// Everything [`http_client`] is built with (its timeouts [`REQUEST_TIMEOUT`] and [`CONNECT_TIMEOUT`]), and
-/// nothing else: the tests check the very builder the agent's client comes from.
+/// Everything [`http_client`] is built with (its timeouts [`REQUEST_TIMEOUT`] and [`CONNECT_TIMEOUT`], the
+/// loopback names pinned), and nothing else: the tests check the very builder the agent's client comes from.
 fn client_builder() -> reqwest::ClientBuilder {
+    // `localhost` and `localhost.` may be spoken to in plain http (`config::is_loopback_host`), so they must
+    // reach this machine whatever the system resolver does: `localhost.` is a fully qualified name it may send
+    // to DNS, where anyone answering could point it elsewhere. Port 0: the URL's port (or the scheme's) is used.
+    let loopback = [
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+    ];
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .resolve_to_addrs("localhost", &loopback)
+        .resolve_to_addrs("localhost.", &loopback)
 }
 
 /// The route that switches the SIM `iccid`.
@@ -1075,6 +1089,37 @@ mod tests {
         assert!(!unexpected(&refusal).to_string().contains("SECRET"));
     }
 
+    /// Fix (a review): redacting takes one pass over the text, however many codes it holds: a hostile message
+    /// of 200 000 `lpa:` (1 MB) is redacted whole. Before, the rest of the text was lowercased again at every
+    /// code found (quadratic: minutes for this one, the proxy's one thread stuck meanwhile). Mixed case,
+    /// quotes and text that is not ASCII are redacted as before.
+    #[test]
+    fn redacting_is_one_pass_and_misses_no_code() {
+        let hostile = "lpa: ".repeat(200_000);
+        assert_eq!(redacted_text(&hostile), "LPA:[redacted] ".repeat(200_000));
+        let glued = "LpA:".repeat(100_000);
+        assert_eq!(redacted_text(&glued), "LPA:[redacted]");
+        for (text, want) in [
+            (
+                "SIM already has LPA:1$smdp.example$SECRET4, (see it)",
+                "SIM already has LPA:[redacted], (see it)",
+            ),
+            (
+                "é lpa:1$ü€$S'x lPa:2$S\"y",
+                "é LPA:[redacted]'x LPA:[redacted]\"y",
+            ),
+            (
+                "(LPA:1$a$b) and\tlpa:1$c$d\nend",
+                "(LPA:[redacted]) and\tLPA:[redacted]\nend",
+            ),
+            ("no code, only lpa", "no code, only lpa"),
+            ("ends in lpa:", "ends in LPA:[redacted]"),
+            ("", ""),
+        ] {
+            assert_eq!(redacted_text(text), want, "{text}");
+        }
+    }
+
     /// A SIM's token is sent to the facilitator that issued it only, and a pending payment to the one it was
     /// signed for: switching `--url` sent both to the new server before.
     /// A terminate that revoked the token but could not record a refund answers 503 and asks to be sent again
@@ -1556,6 +1601,31 @@ mod tests {
             "{built}"
         );
         http_client().unwrap();
+    }
+
+    /// Fix (a review): `http://localhost.` (allowed in plain http, as this machine) reaches this machine
+    /// whatever the system resolver makes of the name: the agent's client pins `localhost` and `localhost.` to
+    /// the loopback addresses. Before, `localhost.` went to the system resolver, which may ask DNS (here it
+    /// does not resolve at all), and a plain-http request could go wherever DNS pointed.
+    #[tokio::test]
+    async fn localhost_names_reach_this_machine_whatever_the_resolver_says() {
+        let f = crate::testing::facilitator(vec![]).await;
+        let port = f.url.rsplit(':').next().unwrap();
+        let key = WalletKey::parse(&"11".repeat(32), "test").unwrap();
+        for url in [
+            format!("http://localhost.:{port}"),
+            format!("http://LOCALHOST:{port}"),
+        ] {
+            let config = crate::Config::new(&url, key.clone()).unwrap();
+            let answer = http_client()
+                .unwrap()
+                .get(format!("{}/v1/esim", config.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200, "{url}");
+        }
+        assert_eq!(f.seen().len(), 2);
     }
 
     /// A connect timeout, as [`client_builder`] sets it, applies to a facilitator that does not accept the

@@ -38,6 +38,49 @@ pub(super) fn is_paid_route(method: &str, path: &str) -> bool {
     })
 }
 
+/// The refusal of a paid route ([`PAID_ROUTES`]) whose path is not spelled as the proxy takes it: no slash
+/// before or after it, and an ICCID as [`Iccid`](esim402_core::esim::Iccid) writes it (no `F` pad). The gateway
+/// routes every such spelling as the same purchase (it trims the slashes and reads the ICCID), while a
+/// device's pending payments, and its kept answers, are found by the path: `/v1/esim/activate/` sent after a
+/// pending `/v1/esim/activate` would have missed that payment and had a second one signed. Refused, naming the
+/// path to send, rather than rewritten: the device then knows the one path its purchase goes by (its pending
+/// payment, its kept answer), and what is forwarded is what it sent. An ICCID that does not parse is left as
+/// it is: it names no SIM, and the gateway refuses it.
+pub(super) fn refuse_unusual_paid_path(method: &str, path: &str) -> Option<Reply> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let route = esim402_core::routes::route(&segments)?;
+    if !PAID_ROUTES
+        .iter()
+        .any(|&(m, p)| m == method && p == route.path)
+    {
+        return None;
+    }
+    let canonical: Vec<String> = route
+        .path
+        .trim_matches('/')
+        .split('/')
+        .zip(&segments)
+        .map(|(part, segment)| match part {
+            "{iccid}" => esim402_core::esim::Iccid::parse(segment)
+                .map_or_else(|_| (*segment).to_owned(), |i| i.as_str().to_owned()),
+            _ => (*segment).to_owned(),
+        })
+        .collect();
+    let canonical = format!("/{}", canonical.join("/"));
+    (canonical != path).then(|| {
+        error_reply(
+            400,
+            "invalid_input",
+            &format!(
+                "`{path}` is `{canonical}` spelled otherwise: send the request to `{canonical}` (its query \
+                 unchanged); the proxy takes a paid route in that spelling only, so that a payment still \
+                 pending for the purchase is never missed; nothing was forwarded or paid"
+            ),
+        )
+    })
+}
+
 /// The refusal of a paid route's query form (`GET /v1/esim/activate?…`) on a proxy that listens beyond
 /// loopback and names devices by their address. A web page can make a browser GET any address with no `Origin`
 /// (an image), and browsers send `Sec-Fetch-*` only to trustworthy origins (loopback, https), not to plain http

@@ -106,6 +106,62 @@ async fn an_earlier_payment_for_the_same_purchase_is_collected_before_a_new_one_
     );
 }
 
+/// Fix (a review): a purchase spelled another way (a trailing slash, a doubled one, an ICCID with its `F` pad),
+/// which the gateway routes as the same purchase, is refused (400, naming the path as the proxy takes it)
+/// before anything is forwarded or signed. Before, `/v1/esim/activate/` after a pending `/v1/esim/activate`
+/// was another purchase to the proxy: it missed the pending payment and a second one was signed.
+#[tokio::test]
+async fn a_paid_route_spelled_otherwise_is_refused_before_anything_is_signed() {
+    let upstream =
+        crate::testing::facilitator(vec![down(), (200, crate::testing::sim_answer("8902"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy(&upstream.url, dir.path(), LIMITS).await;
+    let first = r#"{"region":"us-west","data_mb":1}"#;
+    let (status, answer) =
+        exchange(addr, &request(addr, "POST", "/v1/esim/activate", "", first)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(upstream.payments().len(), 1);
+    let seen = upstream.seen().len();
+    let second = r#"{"region":"us-west","data_mb":2}"#;
+    for (path, canonical) in [
+        ("/v1/esim/activate/", "/v1/esim/activate"),
+        ("//v1/esim/activate", "/v1/esim/activate"),
+        ("/v1/esim/activate/?", "/v1/esim/activate"),
+        (
+            "/v1/esim/8944478600003770170F/data",
+            "/v1/esim/8944478600003770170/data",
+        ),
+        (
+            "/v1/esim/8944478600003770170f/switch/",
+            "/v1/esim/8944478600003770170/switch",
+        ),
+    ] {
+        let (status, answer) = exchange(addr, &request(addr, "POST", path, "", second)).await;
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert!(
+            message.contains(&format!("to `{canonical}`")),
+            "{path}: {message}"
+        );
+    }
+    assert_eq!(
+        upstream.payments().len(),
+        1,
+        "nothing signed, nor sent again"
+    );
+    assert_eq!(upstream.seen().len(), seen, "nothing forwarded");
+    // The canonical spelling is served as before: the pending payment sent again, nothing new signed.
+    let (status, answer) = exchange(
+        addr,
+        &request(addr, "POST", "/v1/esim/activate", "", second),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let paid = upstream.payments();
+    assert_eq!(paid.len(), 3);
+    assert_eq!(paid[1], paid[0], "the first collected first");
+}
+
 /// A device named by a header and sending no key: its pending activation's answer could not be read back by
 /// its own request if another collected it, so it holds the device's other activations back (503, not sent
 /// again) while its authorization can still be settled; after that it is sent again for the operator (its

@@ -29,8 +29,9 @@
 //! Where each part lives, in the order a request meets them:
 //! - `server`: the accept loop and what a connection may hold of the proxy (timeouts, the connection cap).
 //! - `request`: a device's request read (body within its limit) and checked, its device named.
-//! - `checks`: what is refused before anything is forwarded (browsers, rebound hosts, a device's own payment)
-//!   and which routes' 402 the proxy pays ([`PAID_ROUTES`]).
+//! - `checks`: what is refused before anything is forwarded (browsers, rebound hosts, a device's own payment, a
+//!   paid route spelled otherwise than the one way its pending payments are found by) and which routes' 402
+//!   the proxy pays ([`PAID_ROUTES`]).
 //! - `devices`: device ids and the one-request-at-a-time lock per device.
 //! - `forward`: the request sent on to the facilitator, its answer read within its limit.
 //! - `handle`: a device's request end to end: a paid request sent again answered with its kept answer

@@ -10,6 +10,7 @@ use hyper::Request;
 
 use super::checks::{
     forwarded_headers, refuse_non_device, refuse_payments, refuse_public_paid_get,
+    refuse_unusual_paid_path,
 };
 use super::devices::device_id;
 use super::forward::Parts;
@@ -71,7 +72,9 @@ pub(super) async fn respond(
         &path,
         shared.listen,
         shared.settings.device_header.is_some(),
-    ) {
+    )
+    .or_else(|| refuse_unusual_paid_path(method.as_str(), &path))
+    {
         return refusal;
     }
     let content_type = req
