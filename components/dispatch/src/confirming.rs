@@ -26,6 +26,8 @@ pub enum Skip {
     Reject(wit::Error),
     /// The budget ran out with a profile allocated: the order stays pending.
     Pending(Box<StoredSim>),
+    /// Stop, leaving the order as it is for another caller: this one may not have it (another payer's).
+    Refuse(wit::Error),
 }
 
 impl Skip {
@@ -90,6 +92,8 @@ async fn confirm(
             "ConfirmOrder succeeded without matchingId".into(),
         )));
     };
+    // An empty one only an order naming an EID can use (kernel `es2::usable_matching_id`).
+    let mid = es2::usable_matching_id(mid, eid).map_err(|why| Refusal::Unusable(why.into()))?;
     let Some(smdp) = r.smdp_address.or_else(|| carrier.smdp_address.clone()) else {
         return Err(Refusal::Transport(Transport::Malformed(format!(
             "ConfirmOrder succeeded without smdpAddress, and the catalog names no smdp_address for {}",

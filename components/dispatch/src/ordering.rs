@@ -137,7 +137,8 @@ async fn try_carrier(
 }
 
 /// Resume the journal's `step`, a profile an earlier attempt allocated: confirm it with the same call id,
-/// unless its record says how the order ends without calling the carrier (kernel `order::settled_before_confirm`).
+/// unless its record says how the order ends without calling the carrier (kernel `order::settled_before_confirm`),
+/// or it is another payer's (refused, as a repeat of a busy or done order is).
 async fn resume(
     cfg: &Config,
     driver: &Driver,
@@ -169,6 +170,17 @@ async fn resume(
         },
         Err(e) => return Err(hand_over(driver, step, rebuilt, e).await),
     };
+    // Another payer's order (kernel `order::replay_for`), as a busy or done one is: neither confirmed nor
+    // returned for this caller, and its lease handed back so its own payer's repeat drives it at once.
+    if let Err(why) = order::replay_for(&sim, spec.owner.as_ref()) {
+        if let Err(e) = journal(driver, Order::hand_over).await {
+            eprintln!(
+                "dispatch: the order's lease is kept until it ends: {}",
+                message(&e)
+            );
+        }
+        return Err(Skip::Refuse(wit::Error::Conflict(why)));
+    }
     // A SIM no longer pending (terminated by its owner, delivered, given up) is not confirmed again; one
     // delivered needs no carrier (even one gone from the catalog since).
     let settled = order::settled_before_confirm(&sim);
@@ -279,6 +291,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
             }
             Err(Skip::Pending(sim)) => return Ok(parking::pending(&cfg, spec.withdraw, *sim).await),
             Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
+            Err(Skip::Refuse(e)) => return Err(e),
         }
     }
 
@@ -294,6 +307,7 @@ pub async fn order(spec: OrderSpec, invoice_id: &str, now: u64) -> Result<Stored
             Err(Skip::Next(why)) => failovers.push(why),
             Err(Skip::Pending(sim)) => return Ok(parking::pending(&cfg, spec.withdraw, *sim).await),
             Err(Skip::Reject(e)) => return fail(&driver, e, failovers).await,
+            Err(Skip::Refuse(e)) => return Err(e),
         }
     }
     let e = wit::Error::Unavailable(format!(

@@ -14,8 +14,8 @@
 use esim402_core::auth::callback::check_issuer;
 use esim402_core::esim::es2::HandleDownloadProgressInfoRequest;
 use esim402_core::esim::{
-    Eid, Iccid, ProfileState, SimAction, SimState, owner_action, retire_on_terminate,
-    top_up_refused,
+    Eid, Iccid, ProfileState, SimAction, SimState, owner_action, retire_after_terminate,
+    retire_on_terminate, top_up_refused,
 };
 use esim402_core::join::join_all;
 use esim402_core::order::{self, StoredSim, after_progress, retire_replaced};
@@ -192,26 +192,39 @@ pub async fn data_value(
 }
 
 /// Apply the owner's lifecycle action (kernel `esim::owner_action`, a cell update); an invalid transition, or
-/// resuming a SIM its balance holds, is a conflict.
+/// resuming a SIM its balance holds, is a conflict. A terminate repeated on a terminated SIM writes nothing and
+/// comes back with its conflict beside the SIM (kernel `esim::retire_after_terminate`: its profile is retired
+/// again before the conflict is answered).
 async fn transition(
     iccid: &Iccid,
     action: SimAction,
     by: Option<&wit::Credential>,
-) -> Result<StoredSim, wit::Error> {
-    kv::update_json::<StoredSim, wit::Error>(&keys::sim(iccid.as_str()), |current| {
-        let mut sim = current.ok_or_else(|| wit::Error::NotFound(format!("no SIM {iccid}")))?;
-        if let Some(by) = by {
-            crate::access::still_opens(&sim, by)?;
-        }
-        (sim.state, sim.holds) = owner_action(sim.state, sim.holds, action)
-            .map_err(|e| wit::Error::Conflict(format!("SIM {iccid}: {e}")))?;
-        if sim.state == SimState::Terminated {
-            sim.access.token = None;
-        }
-        Ok(sim)
-    })
-    .await
-    .map_err(kv_err)
+) -> Result<(StoredSim, Option<wit::Error>), wit::Error> {
+    let no_sim = || wit::Error::NotFound(format!("no SIM {iccid}"));
+    let (sim, repeat) =
+        kv::change_json::<StoredSim, _, wit::Error>(&keys::sim(iccid.as_str()), |current| {
+            let mut sim = current.ok_or_else(no_sim)?;
+            if let Some(by) = by {
+                crate::access::still_opens(&sim, by)?;
+            }
+            let refused = |e| wit::Error::Conflict(format!("SIM {iccid}: {e}"));
+            match owner_action(sim.state, sim.holds, action) {
+                Ok((state, holds)) => {
+                    (sim.state, sim.holds) = (state, holds);
+                    if sim.state == SimState::Terminated {
+                        sim.access.token = None;
+                    }
+                    Ok((Change::Put(sim), None))
+                }
+                Err(e) if retire_after_terminate(sim.state, action) => {
+                    Ok((Change::Keep, Some(refused(e))))
+                }
+                Err(e) => Err(refused(e)),
+            }
+        })
+        .await
+        .map_err(kv_err)?;
+    Ok((sim.ok_or_else(no_sim)?, repeat))
 }
 
 /// `balance-hold`: metering's hold (kernel `esim::balance_hold`: in epoch order; a stale or repeated one writes
@@ -251,11 +264,13 @@ pub async fn lifecycle(
         wit::LifecycleAction::Resume => SimAction::Resume,
         wit::LifecycleAction::Terminate => SimAction::Terminate,
     };
-    let sim = transition(&iccid, action, by).await?;
+    let (sim, repeat) = transition(&iccid, action, by).await?;
+    // Also on a repeat: the first terminate's write may have committed with an error answered, its
+    // retirement never run. The repeat is still answered its conflict (the gateway reads the SIM then).
     if action == SimAction::Terminate {
         retire_profile(&iccid, &sim).await?;
     }
-    Ok(sim_to_wit(&sim))
+    repeat.map_or_else(|| Ok(sim_to_wit(&sim)), Err)
 }
 
 /// The profile of `sim`, just terminated, retired at the SM-DP+ (CancelOrder `Unavailable`, queued if it

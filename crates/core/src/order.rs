@@ -277,11 +277,15 @@ pub struct StoredSim {
 
 impl StoredSim {
     /// Whether the SIM failed because its profile can never be installed (a terminal download failure,
-    /// [`after_progress`]): its account is closed and its payment owed back (kernel `usage::failed`). Only such a
-    /// record: a SIM failed by its order (the carrier refused the confirm) never delivered, and its invoice may
-    /// have paid for another carrier's SIM since.
+    /// [`after_progress`]) after it was delivered (its activation code handed out): its account is closed and its
+    /// payment owed back (kernel `usage::failed`). Only such a record: a SIM failed by its order (the carrier
+    /// refused the confirm, or the SM-DP+ reported the profile dead while the order was left pending,
+    /// [`after_confirm`]) never delivered, and its invoice may have paid for another carrier's SIM since; a
+    /// repeat of the notification that killed it must not owe that invoice back.
     pub fn owes_back(&self) -> bool {
-        self.state == SimState::Failed && self.download_failure.is_some()
+        self.state == SimState::Failed
+            && self.download_failure.is_some()
+            && self.activation_code.is_some()
     }
 }
 
@@ -309,7 +313,8 @@ pub enum AfterConfirm {
     /// Store this record: the SIM delivered (active, with its code) or, the confirm refused, failed (the driver
     /// gives its profile back to the pool and tries the next carrier).
     Store(StoredSim),
-    /// The SIM was delivered before (by a driver whose journal write was lost): the order ends with it.
+    /// The SIM was delivered before (by a driver whose journal write was lost): the order ends with it, as it
+    /// stands (failed since by its download, if so: [`StoredSim::owes_back`]).
     Delivered(StoredSim),
     /// The owner terminated the SIM before it was delivered: the record stays terminated, the order ends
     /// without a SIM (nothing was delivered, so no payment is kept), and a profile this confirm released is
@@ -371,6 +376,12 @@ pub fn after_confirm(
             retire: matches!(outcome, Confirmation::Released(_)),
         },
         Some(SimState::Active | SimState::Suspended) => {
+            AfterConfirm::Delivered(current.cloned().unwrap_or_else(|| pending.clone()))
+        }
+        // Failed with an activation code: delivered (by a driver whose journal write was lost), then failed by
+        // its download ([`after_progress`]; its payment is owed back). The order ended with it: trying the next
+        // carrier would deliver a second SIM on the same invoice.
+        Some(SimState::Failed) if current.is_some_and(|c| c.activation_code.is_some()) => {
             AfterConfirm::Delivered(current.cloned().unwrap_or_else(|| pending.clone()))
         }
         Some(SimState::Failed) => AfterConfirm::GivenUp,
@@ -1403,6 +1414,25 @@ mod tests {
             settled_before_confirm(&sim(SimState::Failed)),
             Some(AfterConfirm::GivenUp)
         );
+        // Failed by its download once delivered (it holds a code): the order ended with it, never fails over
+        // to a second SIM on the same invoice. One failed by its order (a dead pending profile) is given up.
+        let delivered_then_failed = StoredSim {
+            activation_code: Some("1$smdp.example$CODE".into()),
+            download_failure: Some("8.8.5/4.10".into()),
+            ..sim(SimState::Failed)
+        };
+        assert_eq!(
+            settled_before_confirm(&delivered_then_failed),
+            Some(AfterConfirm::Delivered(delivered_then_failed.clone()))
+        );
+        let dead_before_delivery = StoredSim {
+            activation_code: None,
+            ..delivered_then_failed
+        };
+        assert_eq!(
+            settled_before_confirm(&dead_before_delivery),
+            Some(AfterConfirm::GivenUp)
+        );
         let active = sim(SimState::Active);
         assert_eq!(
             settled_before_confirm(&active),
@@ -1511,6 +1541,7 @@ mod tests {
             ] {
                 let s = StoredSim {
                     profile_state: profile,
+                    activation_code: Some("1$smdp.example$CODE".into()),
                     ..sim(state)
                 };
                 assert!(!s.owes_back());
@@ -1589,6 +1620,34 @@ mod tests {
             after_progress(&pending, 3, &notification(Failed, None)),
             None
         );
+    }
+
+    /// The resumed order stores the dead profile's own record failed (its `download_failure` kept, no code): it
+    /// was never delivered, so it owes nothing back, however often the SM-DP+ sends its terminal notification
+    /// again (the order failed over, and its invoice may have paid for another carrier's SIM since). Before, the
+    /// record read as a delivered SIM failed by its download, and the repeat owed the whole invoice back.
+    #[test]
+    fn a_dead_pending_profile_failed_by_its_order_owes_nothing_back() {
+        use crate::esim::es2::ExecutionStatus::Failed;
+        let expired = notification(Failed, Some(&crate::esim::es2::StatusCode::ORDER_EXPIRED));
+        let pending = sim(SimState::Pending);
+        let kept = after_progress(&pending, 3, &expired).expect("the failure is kept");
+        // As the resume confirms it: the stored record is its own pending one.
+        let AfterConfirm::Store(failed) =
+            after_confirm(Some(&kept), &kept, Confirmation::Released("1$smdp$MID"))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                failed.state,
+                failed.activation_code.as_deref(),
+                failed.download_failure.as_deref()
+            ),
+            (SimState::Failed, None, Some("8.8.5/4.10"))
+        );
+        assert!(!failed.owes_back(), "never delivered");
+        assert_eq!(after_progress(&failed, 3, &expired), None);
     }
 
     /// A terminal failure after the profile installed changes nothing; a

@@ -281,6 +281,23 @@ pub struct ConfirmOrderRequest {
     pub release_flag: bool,
 }
 
+/// The MatchingID of a successful ConfirmOrder, as the activation code it goes into can use it for an order
+/// placed for `ordered_eid` (the EID the order named, if any): an empty one (`1$<smdp>$`, valid in ES2+) is
+/// found only by the eUICC itself, through an SM-DS or its default SM-DP+ (`reference/esim.md` §2), which needs
+/// the order bound to that eUICC. For an order that named no EID the code downloads nothing: refused as an
+/// unusable answer (the profile is given back and the order fails over), never delivered as a SIM.
+pub fn usable_matching_id(
+    matching_id: MatchingId,
+    ordered_eid: Option<&Eid>,
+) -> Result<MatchingId, &'static str> {
+    if matching_id.is_empty() && ordered_eid.is_none() {
+        return Err(
+            "ConfirmOrder answered an empty matchingId, which only an order naming an EID can use",
+        );
+    }
+    Ok(matching_id)
+}
+
 /// ConfirmOrder reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -578,6 +595,20 @@ impl From<FunctionCallId> for String {
 
 #[cfg(test)]
 mod tests {
+    /// An empty MatchingID is usable only for an order bound to an eUICC (an EID): without one, its code
+    /// (`1$<smdp>$`) leads no device to the profile. Before, it was accepted and delivered as a SIM.
+    #[test]
+    fn an_empty_matching_id_needs_an_eid() {
+        use super::{Eid, MatchingId, usable_matching_id};
+        let eid = Eid::parse("89049032123451234512345678901235").unwrap();
+        let empty = MatchingId::parse("").unwrap();
+        assert!(usable_matching_id(empty.clone(), None).is_err());
+        assert_eq!(usable_matching_id(empty.clone(), Some(&eid)), Ok(empty));
+        let mid = MatchingId::parse("AB-12").unwrap();
+        assert_eq!(usable_matching_id(mid.clone(), None), Ok(mid.clone()));
+        assert_eq!(usable_matching_id(mid.clone(), Some(&eid)), Ok(mid));
+    }
+
     #[test]
     fn only_a_4xx_that_refuses_the_request_says_nothing_ran() {
         for status in [400, 401, 403, 404, 405, 413, 415, 422] {

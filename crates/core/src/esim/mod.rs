@@ -22,5 +22,6 @@ pub use iccid::{Iccid, IccidError};
 pub use plmn::{Plmn, PlmnError, RoamingPolicy, mcc_country};
 pub use sim::{
     HoldError, Holds, InvalidTransition, ProfileState, SimAction, SimState, balance_hold,
-    owner_action, profile_state_after, retire_on_terminate, switched_away, top_up_refused,
+    owner_action, profile_state_after, retire_after_terminate, retire_on_terminate, switched_away,
+    top_up_refused,
 };

@@ -227,6 +227,17 @@ pub fn retire_on_terminate(state: Option<ProfileState>) -> bool {
     )
 }
 
+/// Whether the owner's `action`, refused on a SIM in `state` ([`owner_action`]), still retires its profile at the
+/// SM-DP+ as a terminate does ([`retire_on_terminate`] decides on its profile state): a Terminate repeated on a
+/// SIM terminated already. The first terminate's write may have committed while its caller was answered an
+/// error (the store failed after the write took), so its retirement never ran; the repeat, answered the same
+/// conflict as before, is the owner's only way to finish it. Idempotent: a retired profile is never handed out
+/// again, the cleanup queue keeps one retiring cancel per profile (`order::Cleanup::same_work`), and the SM-DP+
+/// answers a cancel of a profile retired already as nothing left to do.
+pub fn retire_after_terminate(state: SimState, action: SimAction) -> bool {
+    (state, action) == (SimState::Terminated, SimAction::Terminate)
+}
+
 /// Why SIM `iccid`, switched to another SIM, takes no top-up. The new SIM is not named: a top-up may be asked
 /// and paid by anyone, and its ICCID would link the device's old and new SIMs for a stranger (its owner reads
 /// it in the old SIM's balance, `switched_to`, or finds it with a wallet sign-in at `GET /v1/esim`).
@@ -335,6 +346,25 @@ mod tests {
             (Some(P::Deleted), false),
         ] {
             assert_eq!(retire_on_terminate(state), retires, "{state:?}");
+        }
+    }
+
+    /// A terminate repeated on a terminated SIM is refused (the answer stays a conflict) but retires the profile
+    /// again: the first one's retirement may never have run. Nothing else refused retires anything.
+    #[test]
+    fn a_repeated_terminate_retires_again() {
+        for state in ALL_STATES {
+            for action in ALL_ACTIONS {
+                let again = retire_after_terminate(state, action);
+                assert_eq!(
+                    again,
+                    (state, action) == (S::Terminated, A::Terminate),
+                    "{state:?} {action:?}"
+                );
+                if again {
+                    assert!(owner_action(state, Holds::default(), action).is_err());
+                }
+            }
         }
     }
 

@@ -40,6 +40,8 @@ enum Behaves {
     Refused,
     /// The first try of each call gets no answer (it may have been executed); the retry is refused.
     TimeoutThenRefused,
+    /// ConfirmOrder succeeds with an empty `matchingId` (valid in ES2+: SM-DS and default-SM-DP+ flows).
+    ConfirmEmptyMatchingId,
 }
 
 #[derive(Default)]
@@ -151,6 +153,8 @@ impl FakeSmdp {
                     after: Duration::from_secs(5),
                 };
             }
+            (Behaves::ConfirmEmptyMatchingId, "confirmOrder") => json!({"header": ok_header(),
+                "matchingId": "", "smdpAddress": format!("smdp.{carrier}.esim402.test")}),
             (Behaves::ConfirmWithoutAddress, "confirmOrder") => json!({"header": ok_header(),
                 "matchingId": format!("MID-{}", fci.len())}),
             (_, "confirmOrder") => json!({"header": ok_header(),
@@ -1615,6 +1619,175 @@ async fn a_pending_orders_profile_reported_dead_is_not_delivered_when_resumed() 
     let cancel = last_request_to(&kit, "tmobile");
     assert!(cancel.uri.ends_with("/cancelOrder"), "{}", cancel.uri);
     assert_eq!(cancel.json().unwrap()["iccid"], json!(iccid));
+
+    // The same terminal notification again (the device retried, or our 204 was lost): the dead profile was
+    // never delivered, and its invoice paid for the SIM the failover delivered, so nothing is owed back and
+    // nothing sent. Before, the failed record read as a delivered SIM failed by its download: dispatch
+    // returned it and the gateway owed the whole invoice back.
+    let before = kit.requests().len();
+    let r = download_progress(&mut kit, expired.to_string(), Some(TMOBILE_CB)).await;
+    assert!(matches!(r, Ok(None)), "nothing owed: {r:?}");
+    assert_eq!(kit.requests().len(), before, "nothing sent");
+}
+
+/// An order left pending, resumed for another payer (the same invoice ordered by someone else once the first
+/// driver's lease ran out), is refused as a repeat of a busy or done order is: nothing confirmed or returned
+/// for them, and the order handed back so its own payer's repeat finishes it at once. Before, the resume
+/// skipped the payer check and handed the other payer the first one's SIM, activation code included.
+#[tokio::test]
+async fn a_resumed_order_is_refused_to_another_payer() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmTimeout);
+    let mut kit = kit_with(smdp.clone(), SHORT_BUDGET).await;
+    let pending = order(&mut kit, request("us-west", None), "inv-payer")
+        .await
+        .unwrap();
+    assert_eq!(pending.state, types::SimState::Pending);
+    smdp.set("tmobile", Behaves::Ok);
+    let before = kit.requests().len();
+    let other = kit
+        .call(async move |a, g| {
+            g.dispatch()
+                .call_order_profile(
+                    a,
+                    request("us-west", None),
+                    "inv-payer".into(),
+                    "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC".into(),
+                    None,
+                    AFTER_LEASE,
+                    None,
+                )
+                .await
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&other, Err(types::Error::Conflict(m)) if m.contains("another payer")),
+        "{other:?}"
+    );
+    assert_eq!(kit.requests().len(), before, "nothing confirmed for them");
+    let kept = get_sim(&mut kit, &pending.iccid).await;
+    assert_eq!(kept.state, types::SimState::Pending);
+    assert_eq!(kept.owner.as_deref(), Some(OWNER));
+
+    let done = order_at(&mut kit, request("us-west", None), "inv-payer", AFTER_LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.iccid.as_str(), done.state),
+        (pending.iccid.as_str(), types::SimState::Active)
+    );
+}
+
+/// A store that fails the next `set` of one armed key (then writes through again): a cell update of that key
+/// whose claim won and whose head write failed, so it committed and answered an error.
+#[derive(Clone, Default)]
+struct FailNextSet(Arc<Mutex<Option<String>>>);
+
+impl esim402_host::kv::wrapped::Hook for FailNextSet {
+    fn before(
+        &self,
+        op: esim402_host::kv::wrapped::Op,
+        key: &str,
+    ) -> esim402_host::kv::KvResult<()> {
+        let mut armed = self.0.lock().unwrap();
+        if op == esim402_host::kv::wrapped::Op::Set && armed.as_deref() == Some(key) {
+            *armed = None;
+            return Err(esim402_host::kv::KvError(format!("injected: {key}")));
+        }
+        Ok(())
+    }
+}
+
+/// `lifecycle(terminate)` of `iccid` by its owner, as answered.
+async fn terminate_answer(kit: &mut Kit, iccid: &str) -> Result<types::Sim, types::Error> {
+    let id = iccid.to_owned();
+    let by = owner_credential(kit, iccid).await;
+    kit.call(async move |a, g| {
+        g.dispatch()
+            .call_lifecycle(a, id, types::LifecycleAction::Terminate, Some(by))
+            .await
+    })
+    .await
+    .unwrap()
+}
+
+/// A terminate whose write committed but answered an error (its head write failed after its claim won) never
+/// ran its retirement; the owner's repeat is answered the conflict it always was (already terminated: the
+/// gateway then reads the SIM) and retires the profile at the SM-DP+. Before, the repeat was refused before
+/// anything else, so the released profile was never cancelled.
+#[tokio::test]
+async fn a_terminate_repeated_after_its_write_answered_an_error_retires_the_profile() {
+    let hook = FailNextSet::default();
+    let store = esim402_host::kv::wrapped::Wrapped::new(
+        Arc::new(esim402_host::kv::MemoryStore::default()),
+        hook.clone(),
+    );
+    let mut kit = kit_on(Arc::default(), &[], Some(Arc::new(store))).await;
+    let sim = order(&mut kit, request("us-west", None), "inv-term-lost")
+        .await
+        .unwrap();
+    let before = calls(&kit).len();
+    *hook.0.lock().unwrap() = Some(format!("sim/{}", sim.iccid));
+    let first = terminate_answer(&mut kit, &sim.iccid).await;
+    assert!(first.is_err(), "{first:?}");
+    assert!(
+        hook.0.lock().unwrap().is_none(),
+        "the head write was the one failed"
+    );
+    assert_eq!(calls(&kit).len(), before, "nothing retired yet");
+
+    let again = terminate_answer(&mut kit, &sim.iccid).await;
+    assert!(matches!(again, Err(types::Error::Conflict(_))), "{again:?}");
+    assert_eq!(
+        get_sim(&mut kit, &sim.iccid).await.state,
+        types::SimState::Terminated
+    );
+    assert_retired(&kit, "tmobile", &sim.iccid);
+}
+
+/// A ConfirmOrder answering an empty MatchingID for an order that named no EID is unusable (its code
+/// `1$<smdp>$` leads no device to the profile): the profile is given back and the order fails over; nothing is
+/// delivered under it. An order naming an EID takes it (the eUICC finds its profile by itself). Before, the
+/// empty one was delivered as an active SIM.
+#[tokio::test]
+async fn an_empty_matching_id_is_delivered_only_for_an_order_naming_an_eid() {
+    let smdp = Arc::new(FakeSmdp::default());
+    smdp.set("tmobile", Behaves::ConfirmEmptyMatchingId);
+    let mut kit = kit_with(smdp.clone(), &[]).await;
+    let req = types::ActivationRequest {
+        allow_failover: true,
+        ..request("us-west", None)
+    };
+    let sim = order(&mut kit, req, "inv-empty-mid").await.unwrap();
+    assert_eq!(sim.carrier, "verizon", "{sim:?}");
+    assert!(
+        sim.failovers.iter().any(|f| f.contains("empty matchingId")),
+        "{:?}",
+        sim.failovers
+    );
+    let given_back = kit
+        .requests()
+        .into_iter()
+        .find(|r| r.uri.ends_with("/tmobile/gsma/rsp2/es2plus/cancelOrder"))
+        .expect("the profile is given back");
+    let given_back = given_back.json().unwrap();
+    assert_eq!(given_back["finalProfileStatusIndicator"], "Available");
+    let tmobile = get_sim(&mut kit, given_back["iccid"].as_str().unwrap()).await;
+    assert_eq!(tmobile.state, types::SimState::Failed);
+    assert!(tmobile.activation_code.is_none());
+
+    let with_eid = types::ActivationRequest {
+        eid: Some(EID.into()),
+        ..request("us-west", None)
+    };
+    let sim = order(&mut kit, with_eid, "inv-empty-mid-eid")
+        .await
+        .unwrap();
+    assert_eq!(
+        (sim.carrier.as_str(), sim.state),
+        ("tmobile", types::SimState::Active)
+    );
 }
 
 /// The last ES2+ request sent to `carrier`.
