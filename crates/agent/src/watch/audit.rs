@@ -584,17 +584,18 @@ mod tests {
     #[test]
     fn only_verified_usage_justifies_a_top_up() {
         let credited = 1_000_000;
+        // At the low-water mark is low (its last bytes are never granted), a byte above it is not.
         let mut a = Audit {
-            verified_bytes: credited - LOW_WATER_BYTES + 1,
+            verified_bytes: credited - LOW_WATER_BYTES,
             ..Audit::default()
         };
         assert_eq!(on_low_balance(credited, 0, 0, &a), LowBalance::TopUp);
-        a.verified_bytes = credited - LOW_WATER_BYTES;
+        a.verified_bytes = credited - LOW_WATER_BYTES - 1;
         a.disputed_bytes = 500_000;
         assert_eq!(
             on_low_balance(credited, 0, 0, &a),
             LowBalance::Withhold {
-                own_remaining: LOW_WATER_BYTES
+                own_remaining: LOW_WATER_BYTES + 1
             },
             "low only because of disputed bytes"
         );

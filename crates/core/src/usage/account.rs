@@ -41,8 +41,9 @@ fn is_zero(n: &u64) -> bool {
 pub const BYTES_PER_MB: u64 = 1_000_000;
 /// Bytes in a kilobyte.
 pub const BYTES_PER_KB: u64 = 1_000;
-/// Below this many bytes left, a quota request is answered with a top-up 402 (100 KB: Twilio's metering
-/// granularity, and enough for a few telemetry messages).
+/// The last bytes of a balance, never granted (100 KB: Twilio's metering granularity, and enough for a few
+/// telemetry messages): with this many left or fewer, a quota request is answered with a top-up 402
+/// ([`decide_quota`]), so the network stops before the balance runs out, not after.
 pub const LOW_WATER_BYTES: u64 = 100_000;
 /// The quota granted when the request names none (1 MB).
 pub const DEFAULT_GRANT_BYTES: u64 = 1_000_000;
@@ -50,11 +51,11 @@ pub const DEFAULT_GRANT_BYTES: u64 = 1_000_000;
 pub const TOP_UP_SIZES_MB: [u32; 3] = [10, 50, 100];
 
 /// The whole MB a top-up must bring for a SIM with `remaining` bytes (negative: in debt) of which `reserved`
-/// are held by grants, to be granted quota again: at the low-water mark or above after it (only below it is
-/// low, [`decide_quota`]), so the next quota request is granted rather than answered with another 402. At
-/// least 1; at most [`DataMb::MAX`].
+/// are held by grants, to be granted quota again: above the low-water mark after it (at it or below is low,
+/// [`decide_quota`]), so the next quota request is granted rather than answered with another 402. At least 1;
+/// at most [`DataMb::MAX`].
 pub fn top_up_needed_mb(remaining: i64, reserved: u64) -> u32 {
-    let short = i128::from(LOW_WATER_BYTES) + i128::from(reserved) - i128::from(remaining);
+    let short = i128::from(LOW_WATER_BYTES) + 1 + i128::from(reserved) - i128::from(remaining);
     let mb = short
         .max(1)
         .unsigned_abs()
@@ -804,16 +805,18 @@ pub enum Quota {
 }
 
 /// Decide a quota request for `requested` bytes (`None`: [`DEFAULT_GRANT_BYTES`]) with `remaining` bytes
-/// left: below [`LOW_WATER_BYTES`] (or on a suspended-for-balance SIM) it is a top-up 402; otherwise the
-/// grant is what was asked for, capped at what is left.
+/// left: at [`LOW_WATER_BYTES`] or below (or on a suspended-for-balance SIM) it is a top-up 402; otherwise the
+/// grant is what was asked for, capped at what is left above the low-water mark (those last bytes are never
+/// granted: before, a grant could take all that was left, so the network ran the balance to zero).
 pub fn decide_quota(remaining: i128, requested: Option<u64>) -> Quota {
     let left = u64::try_from(remaining.max(0)).unwrap_or(u64::MAX);
-    if left < LOW_WATER_BYTES {
+    let grantable = left.saturating_sub(LOW_WATER_BYTES);
+    if grantable == 0 {
         return Quota::Low { remaining: left };
     }
     let want = requested.unwrap_or(DEFAULT_GRANT_BYTES).max(1);
     Quota::Grant {
-        bytes: want.min(left),
+        bytes: want.min(grantable),
         remaining: left,
     }
 }
@@ -930,13 +933,13 @@ mod tests {
         assert_eq!(top_up_needed_mb(10_000_000, 0), 1);
         assert_eq!(top_up_needed_mb(-967_954_000, 0), 969);
         assert_eq!(
-            top_up_needed_mb(-900_000, 0),
+            top_up_needed_mb(-899_999, 0),
             1,
-            "1 MB: at the mark, not low"
+            "1 MB: a byte above the mark, granted"
         );
-        assert_eq!(top_up_needed_mb(-900_001, 0), 2, "1 MB: a byte below it");
+        assert_eq!(top_up_needed_mb(-900_000, 0), 2, "1 MB: at the mark, low");
         assert_eq!(
-            top_up_needed_mb(0, 1_900_000),
+            top_up_needed_mb(0, 1_899_999),
             2,
             "reserved bytes are spoken for"
         );
@@ -1452,19 +1455,27 @@ mod tests {
                 remaining: 5_000_000
             }
         );
+        // The last 100 KB are never granted (a fresh-user trial: the carrier was granted the whole balance).
         assert_eq!(
             decide_quota(500_000, Some(2_000_000)),
             Quota::Grant {
-                bytes: 500_000,
+                bytes: 400_000,
                 remaining: 500_000
             }
         );
         assert_eq!(
-            decide_quota(i128::from(LOW_WATER_BYTES) - 1, None),
-            Quota::Low {
-                remaining: LOW_WATER_BYTES - 1
+            decide_quota(i128::from(LOW_WATER_BYTES) + 1, None),
+            Quota::Grant {
+                bytes: 1,
+                remaining: LOW_WATER_BYTES + 1
             }
         );
+        for left in [LOW_WATER_BYTES, LOW_WATER_BYTES - 1] {
+            assert_eq!(
+                decide_quota(i128::from(left), None),
+                Quota::Low { remaining: left }
+            );
+        }
         assert_eq!(decide_quota(-7, None), Quota::Low { remaining: 0 });
     }
 

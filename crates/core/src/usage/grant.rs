@@ -334,11 +334,12 @@ mod tests {
         let (second, r2) = granted(decide(&a, 0, Some(&r1), Some(1_500_000), NOW));
         assert_eq!(
             (second, r2.outstanding(0, NOW)),
-            (500_000, 2 * BYTES_PER_MB)
+            (400_000, 1_900_000),
+            "what is left above the low-water mark"
         );
         assert_eq!(
             decide(&a, 0, Some(&r2), None, NOW),
-            Grant::Low { remaining: 0 },
+            Grant::Low { remaining: 100_000 },
             "nothing left to grant while both are outstanding"
         );
     }
@@ -352,20 +353,20 @@ mod tests {
         let (bytes, r2) = granted(decide(&a, 1_500_000, Some(&r), None, NOW + 60));
         assert_eq!(
             (bytes, r2.outstanding(1_500_000, NOW + 60)),
-            (500_000, 500_000)
+            (400_000, 400_000)
         );
         // Part reported: the rest stays reserved until the grant lapses, then it may be granted again.
         let (_, r) = granted(decide(&a, 0, None, Some(1_500_000), NOW));
         assert_eq!(r.outstanding(200_000, NOW + 1), 1_300_000);
         assert!(matches!(
             decide(&a, 200_000, Some(&r), Some(1_000_000), NOW + 1),
-            Grant::Granted { bytes: 500_000, .. }
+            Grant::Granted { bytes: 400_000, .. }
         ));
         assert_eq!(r.outstanding(200_000, NOW + LAPSE), 0);
-        let (bytes, after) = granted(decide(&a, 200_000, Some(&r), Some(1_800_000), NOW + LAPSE));
+        let (bytes, after) = granted(decide(&a, 200_000, Some(&r), Some(1_700_000), NOW + LAPSE));
         assert_eq!(
             (bytes, after.outstanding(200_000, NOW + LAPSE)),
-            (1_800_000, 1_800_000)
+            (1_700_000, 1_700_000)
         );
     }
 
@@ -397,10 +398,10 @@ mod tests {
         let (_, r) = granted(decide(&a, 0, None, Some(100_000), NOW));
         // The carrier reported more than it was granted: grants start from what was used.
         let (bytes, r2) = granted(decide(&a, 1_000_000, Some(&r), None, NOW));
-        assert_eq!(bytes, 1_000_000);
+        assert_eq!(bytes, 900_000);
         assert_eq!(
             (r2.base, r2.outstanding(1_000_000, NOW)),
-            (1_000_000, 1_000_000)
+            (1_000_000, 900_000)
         );
     }
 
@@ -455,20 +456,21 @@ mod tests {
         assert_eq!(close_at(300_000, Some(&r), NOW), 1_300_000);
         assert!(matches!(
             decide(&a, 300_000, Some(&r), None, NOW),
-            Grant::Granted { bytes: 700_000, .. }
+            Grant::Granted { bytes: 600_000, .. }
         ));
     }
 
     #[test]
     fn low_suspended_and_closed_accounts_grant_nothing() {
         let a = account(1);
-        let (_, r) = granted(decide(&a, 0, None, Some(950_000), NOW));
+        let (bytes, r) = granted(decide(&a, 0, None, Some(950_000), NOW));
+        assert_eq!(bytes, 900_000, "never the last 100 KB");
         assert_eq!(
             decide(&a, 0, Some(&r), None, NOW),
-            Grant::Low { remaining: 50_000 },
-            "below the low-water mark once the outstanding grant is counted"
+            Grant::Low { remaining: 100_000 },
+            "at the low-water mark once the outstanding grant is counted"
         );
-        const { assert!(50_000 < LOW_WATER_BYTES) };
+        const { assert!(100_000 == LOW_WATER_BYTES) };
         let mut held = account(1);
         held.suspended_for_balance = true;
         assert_eq!(

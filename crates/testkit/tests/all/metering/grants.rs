@@ -51,12 +51,12 @@ async fn the_owners_quota_request_reserves_nothing() {
     let advice = ask_at(&mut kit, &id, Some(1_500_000), false, t).await;
     assert_eq!(
         (advice.bytes, advice.balance.reserved_bytes),
-        (500_000, 1_500_000),
-        "what the carrier holds is not offered"
+        (400_000, 1_500_000),
+        "what the carrier holds is not offered (nor the last 100 KB)"
     );
     assert_eq!(
         grant_at(&mut kit, &id, Some(1_500_000), t).await.bytes,
-        500_000
+        400_000
     );
 }
 
@@ -73,8 +73,11 @@ async fn grants_asked_before_any_report_never_hand_out_the_same_bytes() {
     assert_eq!(first.balance.reserved_bytes, 1_500_000);
     assert!(!first.balance.low, "{:?}", first.balance);
     let second = grant_at(&mut kit, &id, Some(1_500_000), t).await;
-    assert_eq!(second.bytes, 500_000, "only what the first left");
-    assert_eq!(second.balance.reserved_bytes, 2 * MB);
+    assert_eq!(
+        second.bytes, 400_000,
+        "only what the first left above the low-water mark"
+    );
+    assert_eq!(second.balance.reserved_bytes, 1_900_000);
     assert!(second.balance.low);
     let third = grant_at(&mut kit, &id, None, t).await;
     assert_eq!((third.bytes, third.valid_until), (0, 0));
@@ -83,7 +86,7 @@ async fn grants_asked_before_any_report_never_hand_out_the_same_bytes() {
     let b = balance(&mut kit, &id).await;
     assert_eq!(
         (b.remaining_bytes, b.reserved_bytes, b.low),
-        (2_000_000, 2_000_000, true)
+        (2_000_000, 1_900_000, true)
     );
 }
 
@@ -106,11 +109,14 @@ async fn reported_usage_consumes_a_grant_and_its_unused_part_lapses() {
     .await;
     // 1 MB used, 0.5 MB of the grant still outstanding: 0.5 MB may be granted.
     let next = grant_at(&mut kit, &id, Some(2 * MB), t + 60).await;
-    assert_eq!(next.bytes, 500_000);
+    assert_eq!(next.bytes, 400_000);
     assert_eq!(next.balance.used_bytes, MB);
     // Both lapsed (on whole minutes): the 1 MB not reported may be granted again.
     let later = grant_at(&mut kit, &id, Some(2 * MB), t + 60 + 1_800 + 60).await;
-    assert_eq!((later.bytes, later.balance.reserved_bytes), (MB, MB));
+    assert_eq!(
+        (later.bytes, later.balance.reserved_bytes),
+        (900_000, 900_000)
+    );
 }
 
 /// A terminate right after a grant refunds what is left beyond the grant: the carrier reports the grant's
@@ -289,7 +295,8 @@ async fn late_usage_after_a_switch_to_another_carrier_draws_on_the_new_sim_by_it
 }
 
 /// A switch hands what the old SIM still reports to the new SIM, so the old SIM's outstanding grant is the new
-/// SIM's to reserve: of the 10 MB moved, 8 may be granted while the old SIM's 2 MB grant is live.
+/// SIM's to reserve: of the 10 MB moved, 7.9 may be granted while the old SIM's 2 MB grant is live (the last 100 KB
+/// never are).
 #[tokio::test]
 async fn a_switch_carries_the_old_sims_outstanding_grants() {
     let mut kit = Kit::builder("metering").build().await.unwrap();
@@ -308,7 +315,7 @@ async fn a_switch_carries_the_old_sims_outstanding_grants() {
         "{b:?}"
     );
     let g = grant_at(&mut kit, &new, Some(10 * MB), t).await;
-    assert_eq!(g.bytes, 8 * MB);
+    assert_eq!(g.bytes, 7_900_000);
     // The old SIM, switched away, is granted nothing.
     let g = grant_at(&mut kit, &old, None, t).await;
     assert!(g.bytes == 0 && g.balance.closed, "{g:?}");
