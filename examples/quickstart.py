@@ -12,8 +12,13 @@ from x402 import x402ClientSync
 from x402.http.clients.requests import wrapRequestsWithPayment
 from x402.mechanisms.evm.exact import register_exact_evm_client
 
+if any(a in ("-h", "--help") for a in sys.argv[1:]):
+    print(__doc__)
+    sys.exit(0)
 args = [a for a in sys.argv[1:] if a != "--url"]  # the URL alone, or after --url as the demos take it
 URL = (args[0] if args else "http://127.0.0.1:3000").rstrip("/")
+if not URL.startswith(("http://", "https://")) or len(args) > 1:
+    sys.exit(f"usage: quickstart.py [[--url] URL]; {URL!r} is not an http(s) URL")
 key = os.environ.get("ESIM402_WALLET_KEY") or json.loads(
     (Path(__file__).resolve().parent.parent / ".spin" / "devstack.json").read_text())["demo_agent_private_key"]
 
