@@ -320,7 +320,8 @@ impl Pay {
 /// - "network mismatch", "scheme mismatch": Python routes by the payload's (network, scheme) and throws for one it
 ///   has not registered (HTTP 500); we give TS's reasons.
 /// - "no signature", "no authorization": TS throws (HTTP 500); Python reads the missing field as "" and fails the
-///   first check that reads it; so do we (TS names).
+///   first check that reads it; so do we (TS names). "signature null": Python reads `None` as it reads a missing
+///   signature, and so do we (before, a `null` field was `invalid_payload`).
 /// - "authorization without value": both throw (HTTP 500); we answer `invalid_payload` (a number that does not
 ///   parse).
 /// - Duplicate settle: Python broadcasts again and reports the revert (`transaction_failed`); TS and we refuse it
@@ -391,6 +392,7 @@ const EXPECTED: &[(&str, &str, bool)] = &[
     ),
     ("scheme mismatch", "invalid_exact_evm_scheme", false),
     ("no signature", "invalid_exact_evm_signature", false),
+    ("signature null", "invalid_exact_evm_signature", false),
     (
         "no authorization",
         "invalid_exact_evm_recipient_mismatch",
@@ -588,6 +590,14 @@ async fn our_facilitator_answers_like_the_official_ones() {
         (
             "no signature",
             without(valid().body(), "/paymentPayload/payload/signature"),
+        ),
+        (
+            "signature null",
+            with(
+                valid().body(),
+                "/paymentPayload/payload/signature",
+                Value::Null,
+            ),
         ),
         (
             "no authorization",

@@ -8,10 +8,15 @@
 //! (400), and an unreachable chain `unavailable`.
 //! Duplicates follow reference §5: a success is reported once; a repeat is `invalid_exact_evm_nonce_already_used`,
 //! except that a `settlement_pending` answer is reconciled against its recorded hash (the same signed bytes
-//! are sent again if the node lost them), never settled by a second transaction.
+//! are sent again if the node lost them), never settled by a second transaction. `settlement_pending` always
+//! carries that hash (the reference resource servers retry it only with one): a repeat while another call's
+//! claim has sent nothing yet waits for it ([`replay`]), and answers `duplicate_settlement` if it does not send
+//! in time. A transfer the node refuses as reverting is answered with the reason its revert text gives (kernel
+//! `x402::revert`) and that text as `errorMessage`, as the references answer it.
 
 use alloy_primitives::{Address, B256};
 use esim402_core::x402::exact::{claimed_payer, resolve_network};
+use esim402_core::x402::revert::{revert_message, transfer_revert_reason};
 use esim402_core::x402::wire::FacilitatorRequest;
 use esim402_core::x402::{
     InvalidReason, PaymentRequirements, SettleResponse, SupportedResponse, VerifyRequest,
@@ -32,7 +37,7 @@ use crate::sender::receipts::{self, Claim, NotSent};
 
 mod replay;
 
-use replay::replay;
+use replay::{follow, replay};
 
 fn to_json(value: &impl Serialize) -> Result<String, wit::Error> {
     serde_json::to_string(value).map_err(internal)
@@ -97,6 +102,18 @@ impl Request {
 
     fn failure(&self, reason: InvalidReason, tx: Option<B256>) -> SettleResponse {
         SettleResponse::failure(reason, self.payer, tx, self.requirements.network.clone())
+    }
+
+    /// Another settlement of this authorization holds its claim and sent nothing in time (kernel
+    /// `SettleResponse::in_progress`).
+    fn in_progress(&self) -> SettleResponse {
+        SettleResponse::in_progress(self.payer, self.requirements.network.clone())
+    }
+
+    /// The node refused our transfer as reverting with `revert`: the reason that text gives, and the text.
+    fn reverted(&self, revert: &str) -> SettleResponse {
+        self.failure(transfer_revert_reason(revert), None)
+            .with_message(revert_message(revert))
     }
 }
 
@@ -273,14 +290,15 @@ async fn drive(
     .await;
     match sent {
         Ok(outcome) => Ok(answer(r, checked.payer, outcome, &claim.record_key)),
-        Err(NotSent::WouldRevert) => {
+        Err(NotSent::WouldRevert(revert)) => {
             claim.release().await;
-            Ok(r.failure(InvalidReason::SimulationFailed, None))
+            Ok(r.reverted(&revert))
         }
-        Err(NotSent::Rejected(reason)) => Ok(r.failure(reason, None)),
-        // Our claim was taken over before we signed: its new holder drives the settlement.
+        Err(NotSent::Rejected(revert)) => Ok(r.reverted(&revert)),
+        // Our claim was taken over before we signed: its new holder drives the settlement, this call follows it.
         Err(NotSent::Fault(wit::Error::Conflict(_))) => {
-            Ok(r.failure(InvalidReason::SettlementPending, None))
+            let deadline = std::time::Instant::now() + r.cfg.settlement_timeout;
+            follow(r, &claim.record_key, deadline).await
         }
         Err(NotSent::Fault(e)) => Err(e),
     }

@@ -314,11 +314,11 @@ async fn drive(
     match sent {
         Ok(outcome) => answer(outcome),
         // Its authorization may have been executed by another transaction first: decided by what moved.
-        Err(NotSent::WouldRevert) => {
+        Err(NotSent::WouldRevert(_)) => {
             let auth = &checked.signed.authorization;
             used_first::decide(&p.chain, claim, auth, InvalidReason::SimulationFailed).await
         }
-        Err(NotSent::Rejected(reason)) => Err(rejected(reason)),
+        Err(NotSent::Rejected(_)) => Err(rejected(InvalidReason::SimulationFailed)),
         // Our claim was taken over before we signed: its new holder drives the settlement.
         Err(NotSent::Fault(wit::Error::Conflict(_))) => {
             Err(wit::Error::Conflict(settlement::IN_PROGRESS.into()))

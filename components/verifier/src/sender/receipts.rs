@@ -47,12 +47,13 @@ pub struct Claim {
 
 /// Why a settlement did not broadcast: a verdict on the payment or a fault. Claims are already released.
 pub enum NotSent {
-    /// The transfer would revert (gas estimation failed with a node answer).
-    Rejected(InvalidReason),
-    /// The transfer would revert (gas estimation failed with a node answer) and nothing was signed: the claims
-    /// are still held, for the caller to decide why (its authorization may have been executed by another
-    /// transaction first) and release them if nothing moved.
-    WouldRevert,
+    /// The transfer would revert (gas estimation failed with a node answer, the node's revert text here) once
+    /// its transaction was recorded: the claims are released.
+    Rejected(String),
+    /// The transfer would revert (gas estimation failed with a node answer, the node's revert text here) and
+    /// nothing was signed: the claims are still held, for the caller to decide why (its authorization may have
+    /// been executed by another transaction first) and release them if nothing moved.
+    WouldRevert(String),
     /// Anything else.
     Fault(wit::Error),
 }
@@ -185,7 +186,7 @@ pub async fn broadcast(
                 "verifier: the settlement of {} would revert ({m})",
                 claim.record_key
             );
-            Err(NotSent::WouldRevert)
+            Err(NotSent::WouldRevert(m))
         }
         Err(not) => {
             let mut keys = claim.keys.clone();
@@ -194,7 +195,7 @@ pub async fn broadcast(
             // Only now, with the record released: no send offers its transaction again meanwhile.
             not.fill_hole(chain, signer).await;
             Err(match not.why {
-                Unsent::WouldRevert(_) => NotSent::Rejected(InvalidReason::SimulationFailed),
+                Unsent::WouldRevert(m) => NotSent::Rejected(m),
                 Unsent::Fault(e) => NotSent::Fault(e),
             })
         }

@@ -425,7 +425,11 @@ pub fn claimed_payer(payload: &PaymentPayload) -> Option<Address> {
 }
 
 /// The configured network a facilitator request is for (reference checks 1–2): the versions agree, the
-/// scheme is `exact` and the network is in `networks`.
+/// scheme is `exact` and the network is in `networks`. Then, for a v1 payload of scheme `exact`, check 4 as
+/// strictly as the references make it (TS and Python `ExactEvmSchemeV1`): its
+/// `network` is the requirements' very string, not another name of the same chain (`verify_exact` accepts any
+/// name of it: an invoice's v1 payment is matched against its CAIP-2 requirements). A v2 payload's network is
+/// checked as part of `accepted` (check 5), and a payload of another scheme fails check 3 first.
 pub fn resolve_network<'a>(
     request: &VerifyRequest,
     networks: &'a Networks,
@@ -437,9 +441,16 @@ pub fn resolve_network<'a>(
     if requirements.scheme != SCHEME_EXACT {
         return Err(InvalidReason::UnsupportedScheme);
     }
-    networks
+    let network = networks
         .lookup(&requirements.network)
-        .ok_or(InvalidReason::InvalidNetwork)
+        .ok_or(InvalidReason::InvalidNetwork)?;
+    if let PaymentPayload::V1(p) = &request.payment_payload
+        && p.scheme == SCHEME_EXACT
+        && p.network != requirements.network
+    {
+        return Err(InvalidReason::NetworkMismatch);
+    }
+    Ok(network)
 }
 
 /// Verify a facilitator request against the registry: [`resolve_network`], then [`verify_exact`].

@@ -254,6 +254,96 @@ fn v1_payloads_verify_against_v1_requirements() {
     );
 }
 
+/// A v1 facilitator request's payload names the requirements' network by their very string, as the
+/// references require (`payload.network !== requirements.network` → `…_network_mismatch`): another name of
+/// the same chain is a mismatch. Before, any name of the chain passed. An invoice's v1 payment, checked
+/// against its CAIP-2 requirements, still verifies by any name.
+#[test]
+fn v1_requests_need_the_requirements_network_string() {
+    let nets = Networks::builtin();
+    let resource = Resource {
+        url: "https://x.example/a".into(),
+        description: None,
+        mime_type: None,
+    };
+    let request = |scheme: &str, payload_network: &str, required_network: &str| {
+        let mut r1 = PaymentRequirementsV1::from_v2(&requirements(), &resource);
+        r1.network = required_network.into();
+        VerifyRequest {
+            x402_version: 1,
+            payment_payload: PaymentPayload::V1(PaymentPayloadV1 {
+                scheme: scheme.into(),
+                network: payload_network.into(),
+                payload: good().exact().clone(),
+            }),
+            payment_requirements: AnyPaymentRequirements::V1(r1),
+        }
+    };
+    let cases = [
+        ("exact", "base-sepolia", "base-sepolia", Ok(payer())),
+        ("exact", "eip155:84532", "eip155:84532", Ok(payer())),
+        (
+            "exact",
+            "eip155:84532",
+            "base-sepolia",
+            Err(InvalidReason::NetworkMismatch),
+        ),
+        (
+            "exact",
+            "base-sepolia",
+            "eip155:84532",
+            Err(InvalidReason::NetworkMismatch),
+        ),
+        (
+            "exact",
+            "Base-Sepolia",
+            "base-sepolia",
+            Err(InvalidReason::NetworkMismatch),
+        ),
+        (
+            "exact",
+            "base",
+            "base-sepolia",
+            Err(InvalidReason::NetworkMismatch),
+        ),
+        // The payload's scheme is checked first (check 3 before check 4).
+        (
+            "upto",
+            "eip155:84532",
+            "base-sepolia",
+            Err(InvalidReason::ExactEvmScheme),
+        ),
+    ];
+    for (scheme, sent, required, want) in cases {
+        let r = request(scheme, sent, required);
+        assert_eq!(
+            verify_request(&r, nets, NOW, None),
+            want,
+            "{scheme} {sent} for {required}"
+        );
+        let resolved = resolve_network(&r, nets).map(|n| n.name.as_str());
+        match want {
+            Err(InvalidReason::NetworkMismatch) => {
+                assert_eq!(resolved, Err(InvalidReason::NetworkMismatch))
+            }
+            _ => assert_eq!(
+                resolved,
+                Ok("base-sepolia"),
+                "{scheme} {sent} for {required}"
+            ),
+        }
+    }
+    // The invoice path: a v1 payment by either name against the invoice's CAIP-2 requirements.
+    for name in ["base-sepolia", "eip155:84532"] {
+        let p = PaymentPayload::V1(PaymentPayloadV1 {
+            scheme: "exact".into(),
+            network: name.into(),
+            payload: good().exact().clone(),
+        });
+        assert_eq!(verify(&p, &requirements()), Ok(payer()), "{name}");
+    }
+}
+
 #[test]
 fn requests_resolve_version_scheme_and_network_first() {
     let nets = Networks::builtin();

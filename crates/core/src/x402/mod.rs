@@ -4,7 +4,8 @@
 //! - [`wire`]: the v1/v2 JSON messages; [`header`]: the base64 header codecs, whose errors are typed 400s.
 //! - [`requirements`]: challenges built from an invoice, and matching a payload against them.
 //! - [`exact`]: EIP-3009 `exact` verification in the reference's check order, EIP-712 hashing, signature
-//!   recovery and token calldata; [`reason`]: the wire reason strings.
+//!   recovery and token calldata; [`reason`]: the wire reason strings; [`revert`]: the reason a settlement's
+//!   revert text gives.
 //!
 //! Nothing here does I/O or reads a clock: callers pass `now` and what the chain said.
 
@@ -15,6 +16,7 @@ pub mod networks;
 pub mod payment_id;
 pub mod reason;
 pub mod requirements;
+pub mod revert;
 pub mod wire;
 
 use serde_json::Value;

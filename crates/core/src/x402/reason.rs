@@ -92,7 +92,11 @@ reasons! {
     /// Settlement: mined with status 1, but the receipt has no `Transfer(from, to, value)` log of the asset.
     TransferEventMismatch => "invalid_exact_evm_transfer_event_mismatch",
     /// Settlement: broadcast, receipt not yet seen. Non-terminal: retry `/settle` once; never re-broadcast.
+    /// Only ever sent with the broadcast hash (the reference resource servers retry it only with one).
     SettlementPending => "settlement_pending",
+    /// Settlement: another settlement of the same authorization holds its claim and has sent nothing yet (the
+    /// reference facilitators' reason for a settle that duplicates one in flight; also legacy v1, spec §9).
+    DuplicateSettlement => "duplicate_settlement",
     /// Spec §9 generic: insufficient funds.
     InsufficientFunds => "insufficient_funds",
     /// Spec §9 generic: invalid scheme.
@@ -216,7 +220,7 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", r.as_str()));
             assert_eq!(serde_json::from_str::<InvalidReason>(&json).unwrap(), r);
         }
-        assert_eq!(seen.len(), 29);
+        assert_eq!(seen.len(), 30);
     }
 
     #[test]
@@ -252,6 +256,12 @@ mod tests {
                 .is_err(),
             "the old value string is gone"
         );
+        // The SVM and TVM reference facilitators' reason for a settle of a payment already being settled.
+        assert_eq!(
+            InvalidReason::DuplicateSettlement.as_str(),
+            "duplicate_settlement"
+        );
+        assert!(!InvalidReason::DuplicateSettlement.is_pending());
         assert!(InvalidReason::SettlementPending.is_pending());
         assert!(!InvalidReason::TransactionFailed.is_pending());
     }

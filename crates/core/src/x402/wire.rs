@@ -193,34 +193,54 @@ pub struct PaymentRequiredV1 {
     pub accepts: Vec<PaymentRequirementsV1>,
 }
 
-/// An EIP-3009 authorization as sent: every number a decimal string, addresses and nonce hex. A missing field
-/// reads as `""` (as the Python reference reads it): verification refuses it at the check that needs it, with
-/// that check's reason, rather than refusing the whole body.
+/// An EIP-3009 authorization as sent: every number a decimal string, addresses and nonce hex. A missing field,
+/// or one that is `null`, reads as `""` (as the Python reference reads a missing one, and its `None`
+/// signature): verification refuses it at the check that needs it, with that check's reason, rather than
+/// refusing the whole body.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Authorization {
     /// Payer.
+    #[serde(deserialize_with = "null_as_default")]
     pub from: String,
     /// Recipient (= `payTo`).
+    #[serde(deserialize_with = "null_as_default")]
     pub to: String,
     /// Atomic units.
+    #[serde(deserialize_with = "null_as_default")]
     pub value: String,
     /// Unix seconds; valid strictly after.
+    #[serde(deserialize_with = "null_as_default")]
     pub valid_after: String,
     /// Unix seconds; valid strictly before.
+    #[serde(deserialize_with = "null_as_default")]
     pub valid_before: String,
     /// 32 random bytes, hex.
+    #[serde(deserialize_with = "null_as_default")]
     pub nonce: String,
 }
 
-/// `payload` of an `exact` EVM payment. Missing fields read as empty (see [`Authorization`]).
+/// `payload` of an `exact` EVM payment. Missing or `null` fields read as empty (see [`Authorization`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ExactEvmPayload {
     /// `0x` + r‖s‖v (65 bytes for an EOA).
+    #[serde(deserialize_with = "null_as_default")]
     pub signature: String,
     /// What was signed.
+    #[serde(deserialize_with = "null_as_default")]
     pub authorization: Authorization,
+}
+
+/// A field that is `null` reads as its default, as a missing one does (`#[serde(default)]` alone covers only
+/// a missing one: `null` was a shape error, refused as `invalid_payload` where a missing field got its check's
+/// reason).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A v2 payment payload (`PAYMENT-SIGNATURE`).
@@ -737,6 +757,15 @@ impl SettleResponse {
         }
     }
 
+    /// A settle of an authorization whose claim another settlement holds and has sent nothing for (not in the
+    /// time this one waited): [`InvalidReason::DuplicateSettlement`], with an `errorMessage` saying so and
+    /// `transaction: ""`. Never `settlement_pending`, which the reference resource servers retry only with a
+    /// transaction hash to reconcile.
+    pub fn in_progress(payer: Option<Address>, network: impl Into<String>) -> Self {
+        Self::failure(InvalidReason::DuplicateSettlement, payer, None, network)
+            .with_message(SETTLEMENT_IN_PROGRESS)
+    }
+
     /// With a human-readable `errorMessage`.
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
         self.error_message = Some(message.into());
@@ -753,6 +782,10 @@ impl SettleResponse {
         !self.success && self.reason() == Some(InvalidReason::SettlementPending)
     }
 }
+
+/// The `errorMessage` of [`SettleResponse::in_progress`].
+pub const SETTLEMENT_IN_PROGRESS: &str = "another settlement of this authorization is in progress and has not \
+     been sent yet: send the same payment again later";
 
 /// One `(x402Version, scheme, network)` a facilitator serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1195,6 +1228,65 @@ mod tests {
         let back = VerifyRequest::from_json(v1.to_json().as_bytes()).unwrap();
         assert_eq!(back, v1);
         assert_eq!(back.payment_requirements.to_v2().amount, "10000");
+    }
+
+    /// A scheme-payload field that is `null` reads as a missing one (Python's `None`): the request parses and
+    /// the check that reads the field refuses it with its own reason. Before, `null` was a shape error, refused
+    /// as `invalid_payload` where the missing field got, say, the signature's reason.
+    #[test]
+    fn null_payload_fields_read_as_missing_ones() {
+        let body = |exact: Value| {
+            json!({"x402Version": 2, "paymentRequirements": serde_json::to_value(requirements()).unwrap(),
+                   "paymentPayload": {"x402Version": 2, "payload": exact,
+                                      "accepted": serde_json::to_value(requirements()).unwrap()}})
+            .to_string()
+        };
+        let parsed = |exact: Value| match FacilitatorRequest::parse(body(exact).as_bytes()) {
+            Ok(FacilitatorRequest::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        };
+        let full = serde_json::to_value(exact_payload()).unwrap();
+        for path in [
+            "/signature",
+            "/authorization",
+            "/authorization/from",
+            "/authorization/to",
+            "/authorization/value",
+            "/authorization/validAfter",
+            "/authorization/validBefore",
+            "/authorization/nonce",
+        ] {
+            let mut null = full.clone();
+            *null.pointer_mut(path).unwrap() = Value::Null;
+            let mut missing = full.clone();
+            let (parent, field) = path.rsplit_once('/').unwrap();
+            let parent = if parent.is_empty() {
+                &mut missing
+            } else {
+                missing.pointer_mut(parent).unwrap()
+            };
+            parent.as_object_mut().unwrap().remove(field);
+            assert_eq!(parsed(null), parsed(missing), "{path}");
+        }
+        // `"signature": null` is refused for its signature, as a missing one is.
+        let mut null_signature = full;
+        null_signature["signature"] = Value::Null;
+        let request = parsed(null_signature);
+        assert_eq!(request.payment_payload.exact().signature, "");
+        assert_eq!(
+            crate::x402::verify_request(&request, Networks::builtin(), 1_740_672_000, None),
+            Err(InvalidReason::Signature)
+        );
+    }
+
+    #[test]
+    fn in_progress_is_a_terminal_duplicate_without_a_transaction() {
+        let r = SettleResponse::in_progress(None, "eip155:84532");
+        assert!(!r.success);
+        assert!(!r.is_pending());
+        assert_eq!(r.reason(), Some(InvalidReason::DuplicateSettlement));
+        assert_eq!(r.transaction, "");
+        assert_eq!(r.error_message.as_deref(), Some(SETTLEMENT_IN_PROGRESS));
     }
 
     #[test]

@@ -3680,14 +3680,25 @@ async fn the_facilitator_api_refuses_an_authorization_an_invoice_holds() {
     api_settle_refused_then_invoice_settles(&mut kit, &node, &inv, &p).await;
 }
 
-/// A `/settle` repeat while the first call's claim is live is `settlement_pending` (its outcome is still to
-/// come), not a terminal "nonce already used"; an invoice's failed settlement moved nothing and is answered as
-/// its failure, not as a used nonce.
+/// `settlement_pending` without a transaction hash: the reference resource servers retry only a pending answer
+/// that names one (TS `isRetryableSettlementPendingResult`, Python `is_retryable_settlement_pending`).
+fn pending_without_a_hash(answer: &Value) -> bool {
+    answer["errorReason"] == "settlement_pending"
+        && !answer["transaction"]
+            .as_str()
+            .is_some_and(|t| t.len() == 66 && t.starts_with("0x"))
+}
+
+/// A `/settle` repeat while the first call's claim is live and has sent nothing waits for it; one that sends
+/// nothing in time is `duplicate_settlement` saying so, not a terminal "nonce already used", and never
+/// `settlement_pending` without a hash (before: `settlement_pending` with `transaction: ""`, which the reference
+/// resource servers do not retry). An invoice's failed settlement moved nothing and is answered as its failure,
+/// not as a used nonce.
 #[tokio::test]
-async fn facilitator_repeats_of_a_live_claim_are_pending_and_of_a_failed_invoice_settlement_its_failure()
+async fn facilitator_repeats_of_a_live_claim_wait_for_it_and_of_a_failed_invoice_settlement_its_failure()
  {
     let node = Arc::new(Node::default());
-    let mut kit = kit(&node, &[]).await;
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "300")]).await;
     let p = pay(&invoice(44, None));
     let at = now();
     let live = json!({"status": "claimed", "network": "eip155:31337", "payer": p.auth.from.to_string(),
@@ -3697,9 +3708,18 @@ async fn facilitator_repeats_of_a_live_claim_are_pending_and_of_a_failed_invoice
     let got = facilitator_settle(&mut kit, p.facilitator_body())
         .await
         .unwrap();
+    assert!(!pending_without_a_hash(&got), "{got}");
     assert_eq!(got["success"], false, "{got}");
-    assert_eq!(got["errorReason"], "settlement_pending", "{got}");
+    assert_eq!(got["errorReason"], "duplicate_settlement", "{got}");
     assert_eq!(got["transaction"], "", "{got}");
+    assert!(
+        got["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("another settlement of this authorization is in progress")),
+        "{got}"
+    );
+    // The claim is left to its holder.
+    assert_eq!(kv_json(&kit, &p.nonce_key()).await.unwrap(), live);
 
     let p = pay(&invoice(45, None));
     let failed = json!({"status": "failed", "network": "eip155:31337", "payer": p.auth.from.to_string(),
@@ -3716,6 +3736,100 @@ async fn facilitator_repeats_of_a_live_claim_are_pending_and_of_a_failed_invoice
         got["errorReason"], "invalid_exact_evm_transaction_failed",
         "{got}"
     );
+    assert!(node.sent().is_empty());
+}
+
+/// A `/settle` repeat that finds another call's claim live waits for it, and once that call records its
+/// transaction answers as for any sent one: here its receipt, a success with its hash (`settlement_pending`,
+/// if it were not mined, with that hash too). Before, it answered `settlement_pending` with `transaction: ""` at
+/// once. The claim's sending is staged: the repeat finds the record as claimed, and the test puts back the
+/// record the first settle wrote once it sent (whenever the repeat reads it, the answer is the same).
+#[tokio::test]
+async fn a_facilitator_repeat_that_finds_a_live_claim_answers_with_its_transaction_once_sent() {
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[("settlement_timeout_ms", "1500")]).await;
+    let p = pay(&invoice(46, None));
+    let key = p.nonce_key();
+    node.set(|c| c.mining = Mining::Never);
+    let first = facilitator_settle(&mut kit, p.facilitator_body())
+        .await
+        .unwrap();
+    let hash = keccak256(&node.sent()[0]).to_string();
+    assert_eq!(first["errorReason"], "settlement_pending", "{first}");
+    assert_eq!(first["transaction"], hash.as_str(), "{first}");
+    let sent = kv_json(&kit, &key).await.unwrap();
+    assert_eq!(sent["status"], "submitted");
+    // As the record was while the first settle held its claim, before it signed.
+    let at = now();
+    let claimed = json!({"status": "claimed", "network": "eip155:31337", "payer": sent["payer"],
+        "claim": key, "holder": sent["holder"], "claimed_at": sent["claimed_at"], "transaction": null,
+        "updated_at": at});
+    kit.kv_put(&key, claimed.to_string().as_bytes()).await;
+    node.set(|c| c.mining = Mining::Succeed);
+    let kv = kit.kv().clone();
+    let body = p.facilitator_body();
+    let (key2, sent2) = (key.clone(), sent.to_string());
+    let got = kit
+        .call(async move |a, g| {
+            let repeat = g.verifier().call_facilitator_settle(a, body);
+            let sends = async {
+                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                let head = kv.get(&key2).await.unwrap().unwrap();
+                let head = esim402_core::store::cell::Stored::decode(&head).unwrap();
+                let back = esim402_core::store::cell::Stored {
+                    data: Some(sent2.into_bytes()),
+                    ..head
+                };
+                kv.set(&key2, &back.encode()).await.unwrap();
+            };
+            let (got, ()) = esim402_core::join::join2(repeat, sends).await;
+            got
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert!(!pending_without_a_hash(&got), "{got}");
+    assert_eq!(got["transaction"], hash.as_str(), "{got}");
+    assert_eq!(got["success"], true, "{got}");
+    assert_eq!(node.sent().len(), 1, "never a second transaction");
+}
+
+/// A transfer the node refuses at settle time as reverting is answered with the reason its revert text gives
+/// (kernel `x402::revert`, as the references map it) and the text as `errorMessage`; nothing is sent and the
+/// claim is given back. Before, every such revert was `…_transaction_simulation_failed`, its text dropped.
+#[tokio::test]
+async fn a_settle_time_revert_is_answered_with_the_reason_its_text_gives_and_the_text() {
+    let cases = [
+        (
+            "execution reverted: FiatTokenV2: authorization is used or canceled",
+            "invalid_exact_evm_nonce_already_used",
+        ),
+        (
+            "execution reverted: ERC20: transfer amount exceeds balance",
+            "invalid_exact_evm_insufficient_balance",
+        ),
+        (
+            "execution reverted: FiatTokenV2: authorization is expired",
+            "invalid_exact_evm_payload_authorization_valid_before",
+        ),
+        ("execution reverted", "invalid_exact_evm_transaction_failed"),
+    ];
+    let node = Arc::new(Node::default());
+    let mut kit = kit(&node, &[]).await;
+    for (seed, (revert, reason)) in (47u8..).zip(cases) {
+        node.set(|c| c.errors = vec![("eth_estimateGas", 3, revert)]);
+        let p = pay(&invoice(seed, None));
+        let got = facilitator_settle(&mut kit, p.facilitator_body())
+            .await
+            .unwrap();
+        assert_eq!(got["success"], false, "{got}");
+        assert_eq!(got["errorReason"], reason, "{got}");
+        assert_eq!(got["errorMessage"], revert, "{got}");
+        assert_eq!(got["transaction"], "", "{got}");
+        assert_eq!(got["payer"], payer().to_checksum(None), "{got}");
+        assert!(kit.kv_get(&p.nonce_key()).await.is_none(), "{revert}");
+    }
     assert!(node.sent().is_empty());
 }
 
