@@ -913,7 +913,6 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
             "invalid_exact_evm_signature",
         ),
     ];
-    let mut logged = s.ledger().await.0.len();
     for (name, bend, status_want, reason) in cases {
         let (_, req) = s.invoice(&activation()).await;
         let mut pay = Payment::for_requirement(&req);
@@ -939,10 +938,6 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
             assert!(message.contains(cause), "{name}: {body}");
         }
         assert!(!s.nonce_used(pay.auth.from, pay.auth.nonce).await, "{name}");
-        // Nor any ledger entry: the invoice's issue is logged with a payment that verified (before, each
-        // refused payment for a fresh invoice added an `invoice_issued` entry recording no money).
-        let (kinds, _) = s.ledger().await;
-        assert_eq!(kinds.len(), logged, "{name}: {kinds:?}");
         // The refused payment left the invoice open: the right payment still buys it.
         if name == "wrong recipient" {
             let good = Payment::for_requirement(&req);
@@ -955,7 +950,6 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
                 .await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(s.balance(agent()).await, start - price(&req));
-            logged = s.ledger().await.0.len();
         }
     }
     let after_good = s.balance(agent()).await;

@@ -57,16 +57,6 @@ pub fn logs_as_repeat(resumed: bool, holds: bool) -> bool {
     resumed || !holds
 }
 
-/// Whether an attempt's ledger events (their `kinds`) are worth appending: not when the invoice's issue is all
-/// they record, as for a payment refused before anything moved (a signature or amount check). The invoice
-/// becomes a money event with the payment that verified or the money that moved (a short transfer owed back):
-/// anyone can sign a refused payment for a fresh invoice, and each would add an entry recording no money.
-pub fn worth_logging<'a>(kinds: impl IntoIterator<Item = &'a str>) -> bool {
-    kinds
-        .into_iter()
-        .any(|k| k != crate::ledger::EntryKind::InvoiceIssued.as_str())
-}
-
 /// Whether a lease ending at `lease_until` still covers a phase of `phase_secs` starting at `now`. Each phase
 /// fits a lease, but verification, the order and the settlement together may not (a slow node's calls take
 /// 10 s each): a driver renews before a phase its lease no longer covers, so a duplicate of its payment cannot
@@ -463,14 +453,6 @@ pub struct PaymentIdBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_invoice_issued_alone_is_not_logged() {
-        assert!(!worth_logging(["invoice_issued"]));
-        assert!(!worth_logging([]));
-        assert!(worth_logging(["invoice_issued", "payment_verified"]));
-        assert!(worth_logging(["invoice_issued", "refund_owed"]));
-    }
 
     #[test]
     fn codes_are_withheld_only_from_a_claimed_payment_anyone_can_rebuild_and_no_owner_sent() {

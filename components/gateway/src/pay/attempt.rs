@@ -211,10 +211,8 @@ impl Attempt<'_> {
                 fields = fields.detail("transferred", UsdcAmount::from_micros(moved).to_string());
             }
             self.note(EntryKind::PaymentVerified, fields);
-            self.flush().await;
         }
-        // Refused: the invoice's issue is logged with what the refusal moved (a short or late transfer owed
-        // back) by the attempt's last flush, or not at all (`Attempt::flush`).
+        self.flush().await;
         match verified {
             Ok(v) => Ok(v),
             // A tx-hash payment is the transaction hash alone (its record's key): a resumed one presented with a

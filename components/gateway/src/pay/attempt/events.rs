@@ -85,15 +85,13 @@ impl Attempt<'_> {
         self.pending.borrow_mut().push(event_to_wit(kind, &fields));
     }
 
-    /// Append the recorded events, unless the invoice's issue is all they record (kernel `paid::worth_logging`;
-    /// a resumed attempt's may repeat an interrupted one's: the ledger keeps each
+    /// Append the recorded events (a resumed attempt's may repeat an interrupted one's: the ledger keeps each
     /// once-per-invoice event once). So does an attempt that no longer holds its payment record (kernel
     /// `paid::logs_as_repeat`): it outlived its lease, and the same payment sent again may have taken it over and
     /// logged the same events; its lease is renewed first if it does not cover the append.
     pub async fn flush(&self) {
         let events = std::mem::take(&mut *self.pending.borrow_mut());
-        // The invoice's issue alone records no money (a payment refused before anything moved): not logged.
-        if !paid::worth_logging(events.iter().map(|e| e.kind.as_str())) {
+        if events.is_empty() {
             return;
         }
         let holds = self.resumed || self.still_holds().await;
