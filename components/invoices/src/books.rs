@@ -3,7 +3,7 @@
 //! through one shard or merges all of them by time.
 
 use esim402_core::ledger::{
-    self, ChainHead, EntryFields, EntryKind, LedgerEntry, SHARDS, to_json_line, verify_shards,
+    self, EntryFields, EntryKind, LedgerEntry, SHARDS, to_json_line, verify_read,
 };
 use esim402_core::paid::PaymentRecord;
 use esim402_core::store::keys;
@@ -164,7 +164,7 @@ pub async fn verify() -> Result<String, wit::Error> {
         }
         Err(e) => return Err(kv_fault("ledger", e)),
     };
-    let body = match verify_shards(&shards) {
+    let body = match verify_read(&shards.read, &shards.gone) {
         // `pending`: entries of appends in flight, past their shard's head, continuing its chain.
         Ok((root, pending)) => {
             let mut body = serde_json::json!({
@@ -179,12 +179,12 @@ pub async fn verify() -> Result<String, wit::Error> {
             body
         }
         Err((shard, e)) => {
-            let heads: Vec<_> = shards.iter().map(|(h, _)| *h).collect();
+            let heads: Vec<_> = shards.read.iter().map(|(h, _)| *h).collect();
             let root = ledger::root(&heads);
             serde_json::json!({
                 "ok": false, "error": format!("shard {shard}: {e}"), "stored_count": root.count,
                 "stored_head": root.hash.to_string(),
-                "entries_read": shards.iter().map(|(_, e)| e.len()).sum::<usize>(),
+                "entries_read": shards.read.iter().map(|(_, e)| e.len()).sum::<usize>(),
             })
         }
     };
@@ -193,12 +193,17 @@ pub async fn verify() -> Result<String, wit::Error> {
 
 /// Every shard, for the check, with stranded heads helped forward first (kernel `ledger::stranded`: entries an
 /// appender cut off before its head advance left past the head, on a shard nobody appended to since, once they
-/// are old enough not to be an append in flight), so they count in the root; read again if one was moved.
-async fn read_helped() -> Result<Vec<(ChainHead, Vec<LedgerEntry>)>, esim402_guest::kv::KvError<()>>
-{
+/// are old enough not to be an append in flight), so they count in the root; read again if one was moved. A
+/// shard whose head is gone is read without entries, so it is never helped forward from genesis.
+async fn read_helped() -> Result<store::Shards, esim402_guest::kv::KvError<()>> {
     let shards = store::read_all().await?;
+    for shard in &shards.gone {
+        eprintln!(
+            "invoices: ledger check: the head of shard {shard} was written and is gone (removed, or lost by the store): its entries are not trusted until an operator restores it"
+        );
+    }
     let mut helped = false;
-    for (from, to) in ledger::stranded(&shards, esim402_guest::util::now_secs()) {
+    for (from, to) in ledger::stranded(&shards.read, esim402_guest::util::now_secs()) {
         match store::help_forward(from, to).await {
             Ok(moved) => {
                 if moved {

@@ -31,11 +31,7 @@ pub async fn begin(
     let no_invoice = || wit::Error::NotFound(format!("no invoice {invoice_id}"));
     let opened = terms::open(&id).await?.ok_or_else(no_invoice)?;
     let holder = util::holder_token().map_err(internal)?;
-    // Where the invoice's ledger entries will start, kept by the first claim (kernel `PaymentRecord::since`).
-    let shard_count = esim402_guest::ledger::head(esim402_core::ledger::shard_of(invoice_id))
-        .await
-        .map_err(|e| kv_fault("ledger", e))?
-        .count;
+    let shard_count = ledger_start(invoice_id).await;
     let decided = kv::update_json_with(
         &keys::invoice(invoice_id),
         |current: Option<PaymentRecord>| {
@@ -73,6 +69,23 @@ pub async fn begin(
             Refused::Decided(Decision::Drive(_)) => Err(internal("payment claim refused itself")),
         },
         Err(e) => Err(kv_fault("payment record", e)),
+    }
+}
+
+/// Where the invoice's ledger entries will start, kept by its first claim (kernel `PaymentRecord::since`): its
+/// shard's head count. A head that cannot be read (a store fault, a head that does not decode) does not stop the
+/// payment (nor its resumes, which do not use it): `None`, and the first claim then scans from the shard's start.
+/// The log says which shard; the answer says nothing of it.
+async fn ledger_start(invoice_id: &str) -> Option<u64> {
+    let shard = esim402_core::ledger::shard_of(invoice_id);
+    match esim402_guest::ledger::head(shard).await {
+        Ok(head) => Some(head.count),
+        Err(e) => {
+            eprintln!(
+                "invoices: the ledger head of shard {shard} is unreadable ({e}); a payment claimed now looks for its entries from the shard's start"
+            );
+            None
+        }
     }
 }
 

@@ -261,9 +261,11 @@ impl PaymentRecord {
 
     /// Keep `head_count` (the invoice's ledger shard's count, read before this record was claimed) as where
     /// its ledger entries start, unless the record existed before this claim ([`decide`] carries its start:
-    /// the one kept, or 0 for a record older than the field).
-    pub fn since(mut self, head_count: u64) -> Self {
-        self.ledger_since.get_or_insert(head_count);
+    /// the one kept, or 0 for a record older than the field). `None`: the head could not be read (a store
+    /// fault, a head that does not decode); the entries are then looked for from the shard's start (0), which
+    /// costs a longer scan, never a missed repeat, so a payment does not depend on its shard's head.
+    pub fn since(mut self, head_count: Option<u64>) -> Self {
+        self.ledger_since.get_or_insert(head_count.unwrap_or(0));
         self
     }
 
@@ -709,19 +711,31 @@ mod tests {
         let Decision::Drive(first) = decide(None, "a", "h1", false, 100) else {
             panic!()
         };
-        let first = first.since(7);
+        let first = first.since(Some(7));
         assert_eq!(first.ledger_since, Some(7));
         let mut resumable = first.clone();
         resumable.state = PaymentState::Resumable;
         let Decision::Drive(again) = decide(Some(&resumable), "a", "h2", false, 101) else {
             panic!()
         };
-        assert_eq!(again.since(9).ledger_since, Some(7));
+        assert_eq!(again.clone().since(None).ledger_since, Some(7));
+        assert_eq!(again.since(Some(9)).ledger_since, Some(7));
         resumable.ledger_since = None;
         let Decision::Drive(old) = decide(Some(&resumable), "a", "h3", false, 102) else {
             panic!()
         };
-        assert_eq!(old.since(9).ledger_since, Some(0));
+        assert_eq!(old.since(Some(9)).ledger_since, Some(0));
+    }
+
+    /// A first claim whose shard head could not be read starts its scan at the shard's start: every entry of
+    /// the invoice is at or past 0, so a resumed attempt's repeat check misses none (a review: the claim used to
+    /// fail with the head).
+    #[test]
+    fn a_first_claim_without_a_readable_head_scans_from_the_shards_start() {
+        let Decision::Drive(first) = decide(None, "a", "h1", false, 100) else {
+            panic!()
+        };
+        assert_eq!(first.since(None).ledger_since, Some(0));
     }
 
     /// Only a record an earlier attempt may have acted on (resumable, or a lapsed lease) is a resume.

@@ -22,7 +22,10 @@
 //! assert_eq!(verify_chain([&issued, &paid]).unwrap(), head);
 //! ```
 
+mod absent;
 pub mod outbox;
+
+pub use absent::{AbsentHead, absent_head, first_proposal_key};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -491,6 +494,10 @@ pub enum LedgerError {
     /// A JSON-lines record did not parse.
     #[error("malformed ledger line: {0}")]
     Malformed(String),
+    /// The shard's stored head was written and is gone (removed, or lost by its store: [`AbsentHead::Missing`]):
+    /// what is left of the chain cannot say where it ended, so it is not taken as the whole shard.
+    #[error("head missing (the shard's head was written and is gone)")]
+    HeadMissing,
 }
 
 /// Replay shard 0's chain from genesis and return its head, or the first problem found.
@@ -629,6 +636,19 @@ pub fn verify_shards(
     }
     let heads: Vec<ChainHead> = shards.iter().map(|(h, _)| *h).collect();
     Ok((root(&heads), pending))
+}
+
+/// [`verify_shards`], where `gone` names the shards whose stored head was written and is gone
+/// ([`AbsentHead::Missing`]; their heads in `shards` are placeholders): the first of them fails the check with
+/// [`LedgerError::HeadMissing`], before any chain is replayed.
+pub fn verify_read(
+    shards: &[(ChainHead, Vec<LedgerEntry>)],
+    gone: &[u16],
+) -> Result<(LedgerRoot, u64), (u16, LedgerError)> {
+    if let Some(&shard) = gone.iter().min() {
+        return Err((shard, LedgerError::HeadMissing));
+    }
+    verify_shards(shards)
 }
 
 /// How old (by its time) an entry past its shard's head must be before a check helps the head past it
@@ -932,6 +952,28 @@ mod tests {
         let (head, entries) = &mut more[1];
         entries.push(head.append(T0, EntryKind::RefundOwed, EntryFields::default()));
         assert_ne!(verify_shards(&more).unwrap().0.hash, r.hash);
+    }
+
+    /// A shard whose head was written and is gone fails the check by name, even though what is left of its chain
+    /// would verify from genesis (a head removed with the tail after it): the lowest such shard is named.
+    #[test]
+    fn a_shard_whose_head_is_gone_fails_the_check() {
+        let mut read = shards(5);
+        let first = read[1].1[0].clone();
+        read[1] = (ChainHead::genesis_of(7), vec![first]);
+        assert!(
+            verify_read(&read, &[]).is_ok(),
+            "entries past genesis read as pending"
+        );
+        assert_eq!(
+            verify_read(&read, &[15, 7]),
+            Err((7, LedgerError::HeadMissing))
+        );
+        assert_eq!(
+            format!("shard 7: {}", LedgerError::HeadMissing),
+            "shard 7: head missing (the shard's head was written and is gone)"
+        );
+        assert_eq!(verify_read(&shards(5), &[]), verify_shards(&shards(5)));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The money ledger in the `default` store (written by the invoices component only; `esim402_core::ledger`
-//! holds the rules). [`SHARDS`] chains: `ledger/<shard>/entry/<seq>` holds one entry as a JSON line,
+//! holds the rules). [`SHARDS`](esim402_core::ledger::SHARDS) chains: `ledger/<shard>/entry/<seq>` holds one entry as a JSON line,
 //! `ledger/<shard>/head` the shard's [`ChainHead`] (count + last hash), kept apart from the entries so a
 //! removed tail is detected too. An event goes to the shard of its invoice (one invoice's events stay in order
 //! in one chain), so concurrent appends for different invoices rarely meet.
@@ -18,14 +18,16 @@
 use std::collections::VecDeque;
 
 use esim402_core::ledger::{
-    ChainHead, EntryFields, EntryKind, LedgerEntry, SHARDS, from_json_line, shard_for, to_json_line,
+    ChainHead, EntryFields, EntryKind, LedgerEntry, from_json_line, shard_for, to_json_line,
 };
 use esim402_core::store::keys;
 
 use crate::kv::{self, KvError};
 
+mod check;
 mod outbox;
 
+pub use check::{MAX_HOLE, Shards, read_all, read_shard};
 pub use outbox::{Drained, drain, park, park_recovered, park_repeats, parked, parked_events};
 
 /// How many times an append retries under contention.
@@ -48,7 +50,8 @@ async fn read_entry(shard: u16, seq: u64) -> Result<Option<LedgerEntry>, KvError
         })
 }
 
-/// The stored head of `shard` (its genesis if nothing was ever appended).
+/// The stored head of `shard` (its genesis if nothing was ever appended, or if it reads absent: a check tells
+/// the two apart, [`read_shard`]).
 pub async fn head(shard: u16) -> Result<ChainHead, KvError<()>> {
     head_version(shard).await.map(|(head, _)| head)
 }
@@ -332,58 +335,4 @@ pub async fn read_landed(shard: u16, from: u64) -> Result<Vec<LedgerEntry>, KvEr
         }
         out.extend(more);
     }
-}
-
-/// How many absent keys in a row a scan of a shard crosses below its head before it gives up there: past
-/// that, the shard reads as ending at the hole (the verifier reports it short of its head). Bounded, so a head
-/// whose count was inflated (edited, corrupted) costs this many reads, not one per count.
-pub const MAX_HOLE: u64 = 256;
-
-/// Every stored entry of `shard` up to its head (and any written past it), in seq order, for verification.
-/// Entries are read by key, so an entry whose key is missing shows up as a gap the verifier reports (a gap of
-/// up to [`MAX_HOLE`] keys; a longer one ends the scan, and the verifier reports the shard short of its head).
-/// A read that fails is an error, never skipped.
-pub async fn read_shard(shard: u16) -> Result<(ChainHead, Vec<LedgerEntry>), KvError<()>> {
-    let head = head(shard).await?;
-    let mut out = Vec::new();
-    let mut seq = 0;
-    loop {
-        match read_entry(shard, seq).await? {
-            Some(e) => out.push(e),
-            None if seq < head.count => {
-                // A hole below the head: keep scanning so the verifier sees the gap, not a short chain.
-                let end = head
-                    .count
-                    .min(seq.saturating_add(1).saturating_add(MAX_HOLE));
-                let mut next = None;
-                for s in seq + 1..end {
-                    if let Some(e) = read_entry(shard, s).await? {
-                        next = Some((s, e));
-                        break;
-                    }
-                }
-                match next {
-                    // Continue from the key found, never from the seq the entry claims: a tampered one
-                    // claiming an earlier seq would send the scan back for ever.
-                    Some((s, next)) => {
-                        seq = s;
-                        out.push(next);
-                    }
-                    None => break,
-                }
-            }
-            None => break,
-        }
-        seq += 1;
-    }
-    Ok((head, out))
-}
-
-/// Every shard, for [`esim402_core::ledger::verify_shards`].
-pub async fn read_all() -> Result<Vec<(ChainHead, Vec<LedgerEntry>)>, KvError<()>> {
-    let mut shards = Vec::with_capacity(usize::from(SHARDS));
-    for shard in 0..SHARDS {
-        shards.push(read_shard(shard).await?);
-    }
-    Ok(shards)
 }

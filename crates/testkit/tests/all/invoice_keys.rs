@@ -1,7 +1,7 @@
 //! The invoices component across configuration changes: a rotated `invoice_secret`, a switch from the
 //! generated key to a configured one (which leaves it only the payments it recorded), ids bound to their store,
-//! networks disabled after a payment; and a ledger whose stored head was inflated or whose reads fail in a
-//! hole.
+//! networks disabled after a payment; and a ledger whose stored head was inflated, does not decode, was removed
+//! or whose reads fail in a hole.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use esim402_core::invoice::token::{self, InvoiceKey};
 use esim402_testkit::{Kit, types};
 
-use crate::invoices::{begin, builder, finish, get, issue, ledger_check, ledger_event, log};
+use crate::invoices::{
+    begin, builder, finish, get, issue, ledger_check, ledger_entries, ledger_event, ledger_ok, log,
+};
 
 const A: &str = "the first invoice secret";
 const B: &str = "the second invoice secret";
@@ -490,4 +492,139 @@ async fn a_failing_read_in_a_ledger_hole_is_an_error_not_a_gap() {
     );
     failing.store(false, Ordering::SeqCst);
     assert_eq!(ledger_check(&mut kit).await["ok"], false);
+}
+
+/// The kinds of `shard`'s entries, in order.
+async fn kinds(kit: &mut Kit, shard: u16) -> Vec<String> {
+    ledger_entries(kit, Some(shard))
+        .await
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A ledger head that does not decode does not stop a payment of an invoice in its shard: the claim drives,
+/// keeping the shard's start (0) as where the invoice's entries start, and a resumed attempt's repeat check
+/// still finds what the invoice logged (the duplicate is left out). Before, `begin-payment` read the head first
+/// and failed with it (500), so one corrupted head stopped every payment and resume in its shard (a review).
+#[tokio::test]
+async fn an_unreadable_ledger_head_does_not_stop_a_payment_in_its_shard() {
+    use esim402_core::store::keys;
+    let mut kit = kit_on(None, &[]).await;
+    let inv = issue(&mut kit, 420_000, 1_000).await;
+    let shard = esim402_core::ledger::shard_of(&inv.id);
+    log(
+        &mut kit,
+        1_000,
+        vec![ledger_event("settlement_confirmed", &inv.id)],
+    )
+    .await
+    .unwrap();
+    let head = keys::ledger_head(shard);
+    let stored = kit.kv().get(&head).await.unwrap().unwrap();
+    kit.kv_put(&head, b"not a chain head").await;
+
+    let begun = begin(&mut kit, &inv.id, "0xfingerprint", 1_001).await;
+    assert!(matches!(begun, types::Begin::Drive(_)), "{begun:?}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&kit.kv_get(&keys::invoice(&inv.id)).await.unwrap()).unwrap();
+    assert_eq!(record["ledger_since"], 0, "{record}");
+
+    kit.kv().set(&head, &stored).await.unwrap();
+    let id = inv.id.clone();
+    let resumed = vec![
+        ledger_event("settlement_confirmed", &id),
+        ledger_event("activation_completed", &id),
+    ];
+    kit.call(async move |a, g| g.invoices().call_log_events(a, 1_002, resumed, true).await)
+        .await
+        .unwrap()
+        .unwrap();
+    ledger_ok(&mut kit, 2).await;
+    assert_eq!(
+        kinds(&mut kit, shard).await,
+        ["settlement_confirmed", "activation_completed"],
+        "the repeat left out"
+    );
+}
+
+/// A shard head removed after appends (here with the entry after the first: head and tail cut off) is reported
+/// by shard, check after check: it is never helped forward from genesis over what is left. Before, the check
+/// read the missing head as genesis and answered `ok: true`, the entries left counted as an append in flight.
+#[tokio::test]
+async fn a_removed_ledger_head_is_reported_not_healed() {
+    use esim402_core::store::keys;
+    let mut kit = kit_on(None, &[]).await;
+    let invoice = "inv_headless";
+    let shard = esim402_core::ledger::shard_of(invoice);
+    let events = vec![
+        ledger_event("invoice_issued", invoice),
+        ledger_event("payment_verified", invoice),
+    ];
+    log(&mut kit, 1_000, events).await.unwrap();
+    ledger_ok(&mut kit, 2).await;
+    kit.kv().delete(&keys::ledger_head(shard)).await.unwrap();
+    kit.kv()
+        .delete(&keys::ledger_entry(shard, 1))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let check = ledger_check(&mut kit).await;
+        assert_eq!(check["ok"], false, "{check}");
+        assert!(
+            check["error"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("shard {shard}: head missing")),
+            "{check}"
+        );
+    }
+}
+
+/// A shard whose very first head advance claimed its cell version and stopped before publishing it (a crash
+/// between the cell's claim and its write: kernel `store::cell`) is not a missing head: the check reads the head
+/// the claim's proposal holds, and the next append adopts it and chains after it.
+#[tokio::test]
+async fn a_first_head_advance_claimed_and_unpublished_is_not_a_missing_head() {
+    use esim402_core::ledger::{ChainHead, EntryFields, EntryKind, LedgerEntry, to_json_line};
+    use esim402_core::store::cell::{Stored, claim_key, proposal_key};
+    use esim402_core::store::keys;
+    let mut kit = kit_on(None, &[]).await;
+    let invoice = "inv_unpublished";
+    let shard = esim402_core::ledger::shard_of(invoice);
+    let entry = LedgerEntry::new(
+        &ChainHead::genesis_of(shard),
+        1_000,
+        EntryKind::RefundPaid,
+        EntryFields::default().invoice(invoice),
+    );
+    kit.kv()
+        .set(
+            &keys::ledger_entry(shard, 0),
+            to_json_line(&entry).as_bytes(),
+        )
+        .await
+        .unwrap();
+    let head = keys::ledger_head(shard);
+    let token = 0x00ab_cdef_u64;
+    let proposal = Stored {
+        version: 1,
+        token,
+        data: Some(serde_json::to_vec(&ChainHead::after(&entry)).unwrap()),
+    };
+    kit.kv()
+        .set(&proposal_key(&head, 1, token), &proposal.encode())
+        .await
+        .unwrap();
+    kit.kv()
+        .increment(&claim_key(&head, 1), i64::try_from(token).unwrap())
+        .await
+        .unwrap();
+
+    ledger_ok(&mut kit, 1).await;
+    log(&mut kit, 1_001, vec![ledger_event("refund_owed", invoice)])
+        .await
+        .unwrap();
+    ledger_ok(&mut kit, 2).await;
+    assert_eq!(kinds(&mut kit, shard).await, ["refund_paid", "refund_owed"]);
 }
