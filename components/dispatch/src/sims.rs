@@ -266,9 +266,13 @@ pub async fn lifecycle(
     };
     let (sim, repeat) = transition(&iccid, action, by).await?;
     // Also on a repeat: the first terminate's write may have committed with an error answered, its
-    // retirement never run. The repeat is still answered its conflict (the gateway reads the SIM then).
+    // retirement never run. The repeat is still answered its conflict whatever the retirement does (the gateway
+    // reads the SIM then, and finishes the terminate's refunds: a review).
     if action == SimAction::Terminate {
-        retire_profile(&iccid, &sim).await?;
+        match (retire_profile(&iccid, &sim).await, &repeat) {
+            (Err(e), Some(_)) => eprintln!("dispatch: SIM {iccid}: retiring again failed: {e:?}"),
+            (retired, _) => retired?,
+        }
     }
     repeat.map_or_else(|| Ok(sim_to_wit(&sim)), Err)
 }

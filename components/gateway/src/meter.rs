@@ -79,7 +79,7 @@ pub async fn recover_held() -> usize {
 }
 
 /// `POST /v1/esim/{iccid}/data`: the next quota (asked by the owner, or by the SIM's carrier with its
-/// credential, as online charging does). Above the low-water mark, 200 with the grant; below it — or whenever
+/// credential, as online charging does). Above the low-water mark, 200 with the grant; at it or below — or whenever
 /// the request names `top_up_mb`, a purchase — 402 with top-up options and an x402 challenge for the first
 /// (`top_up_mb`, else the smallest standard size raised to the most data the minimum invoice buys and to what a
 /// SIM in debt needs). The same request sent again with a payment pays that top-up, credits it once and gets
@@ -236,7 +236,7 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         };
         return Err(ApiError::new(esim402_core::ErrorKind::Conflict, why));
     }
-    // `low` is the kernel's decision (`decide_quota` below the low-water mark, or suspended for balance). A
+    // `low` is the kernel's decision (`decide_quota` at the low-water mark or below, or suspended for balance). A
     // request that names `top_up_mb` buys that top-up whatever the balance (a proactive purchase).
     // (A SIM in service that was granted nothing is low: metering's `low` and its grant are one decision.)
     if !balance.low && top_up_mb.is_none() {

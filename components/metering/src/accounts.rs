@@ -6,7 +6,7 @@ use esim402_core::esim::plmn::{Plmn, RoamingPolicy};
 use esim402_core::ledger::{EntryFields, EntryKind};
 use esim402_core::store::keys;
 use esim402_core::usage::account::{
-    Account, AccountError, Credit, CreditKind, Quota, RefundShare, decide_quota,
+    Account, AccountError, Credit, CreditKind, HandedOn, Quota, RefundShare, decide_quota,
 };
 use esim402_core::usage::grant::{self, Reservation};
 use esim402_core::{CarrierId, UsdcAmount};
@@ -223,35 +223,35 @@ pub async fn collect(account: &Account, used: u64) -> Result<u64, wit::Error> {
     };
     let old_used = self::used(old.as_str())?;
     Ok(match forward(old.as_str(), old_used).await? {
-        Some((to, after, _)) if to == account.iccid => after,
+        Some((handed, after)) if handed.to == account.iccid => after,
         _ => used,
     })
 }
 
 /// Usage of the moved SIM `from` reached `used`: hand what is beyond its mark on to the SIM it moved to (kernel
-/// `Account::forward`: the mark advances in the old account's cell, then the new SIM's counter grows, so each
-/// byte is handed on once; a crash in between loses it, in the payer's favour). The new SIM, its used counter
-/// after, and the bytes handed on, if anything was.
-pub async fn forward(from: &str, used: u64) -> Result<Option<(Iccid, u64, u64)>, wit::Error> {
+/// `Account::forward_from`: the mark advances in the old account's cell, then the new SIM's counter grows, so
+/// each byte is handed on once; a crash in between loses it, in the payer's favour). What was handed on and the
+/// new SIM's used counter after, if anything was.
+pub async fn forward(from: &str, used: u64) -> Result<Option<(HandedOn, u64)>, wit::Error> {
     let (_, handed) =
-        kv::change_json::<Account, Option<(Iccid, u64)>, wit::Error>(&keys::balance(from), |cur| {
+        kv::change_json::<Account, Option<HandedOn>, wit::Error>(&keys::balance(from), |cur| {
             let Some(mut a) = cur else {
                 return Ok((Change::Keep, None));
             };
-            Ok(match a.forward(used) {
+            Ok(match a.forward_from(used) {
                 Some(handed) => (Change::Put(a), Some(handed)),
                 None => (Change::Keep, None),
             })
         })
         .await
         .map_err(kv_err)?;
-    let Some((to, bytes)) = handed else {
+    let Some(handed) = handed else {
         return Ok(None);
     };
-    let delta = i64::try_from(bytes).map_err(internal)?;
-    let used_to =
-        kv::increment::<wit::Error>(&keys::meter_used(to.as_str()), delta).map_err(kv_err)?;
-    Ok(Some((to, u64::try_from(used_to).unwrap_or(0), bytes)))
+    let delta = i64::try_from(handed.bytes).map_err(internal)?;
+    let used_to = kv::increment::<wit::Error>(&keys::meter_used(handed.to.as_str()), delta)
+        .map_err(kv_err)?;
+    Ok(Some((handed, u64::try_from(used_to).unwrap_or(0))))
 }
 
 /// Usage of `iccid` reached `used`: its balance hold if the balance is out (kernel `Account::exhausted` sets it

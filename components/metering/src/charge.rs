@@ -122,7 +122,7 @@ pub async fn charge<'a>(
 /// SIM closed by a terminate before them). A store failure is reported to the operator, never returned: the
 /// batch's charge of `from` landed before (module docs).
 async fn hand_on(batch_id: &str, from: &str, used: u64) -> (Option<(Iccid, u64)>, u64) {
-    let (to, used_to, handed) = match accounts::forward(from, used).await {
+    let (handed, used_to) = match accounts::forward(from, used).await {
         Ok(Some(handed)) => handed,
         Ok(None) => return (None, 0),
         Err(e) => {
@@ -135,16 +135,22 @@ async fn hand_on(batch_id: &str, from: &str, used: u64) -> (Option<(Iccid, u64)>
             return (None, 0);
         }
     };
+    let to = &handed.to;
+    let bytes = handed.bytes;
+    // Counted in the new SIM's bytes, told in the old SIM's (kernel `HandedOn::own_part`): the batch's charge
+    // it is taken from is in those.
     let lost = match accounts::load(to.as_str()).await {
-        Ok(a) => a.map_or(0, |a| handed - a.payer_share(used_to, handed).min(handed)),
+        Ok(a) => a.map_or(0, |a| {
+            handed.own_part(bytes - a.payer_share(used_to, bytes).min(bytes))
+        }),
         Err(e) => {
             eprintln!(
-                "metering: OPERATOR: batch {batch_id}: {handed} bytes of SIM {from} were handed on to {to}, \
+                "metering: OPERATOR: batch {batch_id}: {bytes} bytes of SIM {from} were handed on to {to}, \
                  whose account could not be read ({e:?}): the ledger counts them charged to the payer, although \
                  a terminate of {to} may have left some of them unpaid"
             );
             0
         }
     };
-    (Some((to, used_to)), lost)
+    (Some((handed.to.clone(), used_to)), lost)
 }

@@ -24,7 +24,7 @@ use esim402_core::x402::{
 };
 use serde::Serialize;
 
-use esim402_core::settlement::{Outcome, Record};
+use esim402_core::settlement::{Outcome, Record, Status};
 use esim402_core::store::keys;
 use esim402_guest::convert::{internal, invalid};
 use esim402_guest::{kv, util, wit};
@@ -184,8 +184,11 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
     let checked = match payment::check(&r.chain, payload, &r.requirements, now, None) {
         Ok(c) => c,
         Err(reason) => {
-            // A repeat after the authorization's window closed still deserves the stored outcome.
-            if let Some(record) = stored(r).await? {
+            // A repeat after the authorization's window closed still deserves the stored outcome. A claim still
+            // in progress is not one: a payload failing its own checks is answered with its own reason, not
+            // made to wait on (or take over) whatever claim it names (a review: it followed a live claim for
+            // the whole settle timeout, then answered `duplicate_settlement`).
+            if let Some(record) = stored(r).await?.filter(|rec| rec.status != Status::Claimed) {
                 return replay(r, record, now).await;
             }
             return Ok(r.failure(reason, None));

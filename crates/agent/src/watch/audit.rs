@@ -273,7 +273,7 @@ fn bytes_of(entry: &LogEntry) -> u64 {
 /// What to do about the facilitator's low-balance 402.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LowBalance {
-    /// Verified usage alone brings the SIM below the low-water mark: pay a top-up.
+    /// Verified usage alone brings the SIM to the low-water mark or below: pay a top-up.
     TopUp,
     /// By this agent's count the SIM still has `own_remaining` bytes: the shortfall is usage it could not
     /// verify (disputed, or charged but not listed yet). Nothing is paid.

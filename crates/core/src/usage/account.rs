@@ -222,6 +222,30 @@ pub struct Account {
     pub late_rate: Option<LateRate>,
 }
 
+/// What one [`Account::forward_from`] handed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOn {
+    /// The SIM it draws on.
+    pub to: Iccid,
+    /// Bytes added to that SIM's used counter (its carrier's bytes, [`LateRate`]).
+    pub bytes: u64,
+    /// The old SIM's own bytes they stand for (its counter's range).
+    pub own: u64,
+}
+
+impl HandedOn {
+    /// Of `part` of the bytes handed on (the new SIM's units: those a terminate of it left unpaid), the old
+    /// SIM's own bytes they stand for, rounded up (absorbed, in the payer's favour), at most [`HandedOn::own`].
+    pub fn own_part(&self, part: u64) -> u64 {
+        if self.bytes == 0 {
+            return 0;
+        }
+        let own = (u128::from(part.min(self.bytes)) * u128::from(self.own))
+            .div_ceil(u128::from(self.bytes));
+        u64::try_from(own).unwrap_or(u64::MAX).min(self.own)
+    }
+}
+
 /// How a switched-away SIM's usage reported after the move draws on the new SIM when that SIM is on another
 /// carrier: by its value at the old carrier's rate, as the bytes that value buys at the new carrier's (the moved
 /// balance is revalued so too, [`revalue`]). The worth is counted from the move's mark, not hand-on by hand-on,
@@ -531,18 +555,28 @@ impl Account {
     /// On another carrier the bytes handed on are what the old SIM's usage is worth there ([`LateRate`]): while
     /// that is nothing yet (a few bytes on a much cheaper old carrier), the mark stays, so nothing is lost.
     pub fn forward(&mut self, used: u64) -> Option<(Iccid, u64)> {
+        self.forward_from(used).map(|h| (h.to, h.bytes))
+    }
+
+    /// [`Account::forward`], with the old SIM's own bytes the hand-on covers (its counter's range from the
+    /// mark to `used`): what its payer was charged for them, in this SIM's units.
+    pub fn forward_from(&mut self, used: u64) -> Option<HandedOn> {
         let (to, _) = self.moved_to.as_ref()?;
         let mark = self.forwarded_up_to.as_mut()?;
-        let bytes = used.checked_sub(*mark).filter(|b| *b > 0)?;
+        let own = used.checked_sub(*mark).filter(|b| *b > 0)?;
         let bytes = match &self.late_rate {
             Some(rate) => rate.handed_on(*mark, used),
-            None => bytes,
+            None => own,
         };
         if bytes == 0 {
             return None;
         }
         *mark = used;
-        Some((to.clone(), bytes))
+        Some(HandedOn {
+            to: to.clone(),
+            bytes,
+            own,
+        })
     }
 
     /// Start closing (a terminate): from now on no credit lands and nothing is suspended for balance; the
@@ -797,7 +831,7 @@ pub enum Quota {
         /// Bytes left before the grant is used.
         remaining: u64,
     },
-    /// Below the low-water mark: top up first (HTTP 402).
+    /// At the low-water mark or below: top up first (HTTP 402).
     Low {
         /// Bytes left (0 when overdrawn).
         remaining: u64,
@@ -1230,6 +1264,17 @@ mod tests {
         let r = a.returnable_to(&to).unwrap();
         assert_eq!(r.used_at_move, Some(3 * BYTES_PER_MB));
         assert_eq!(r.own_use(6_000_006 + 11, at(7_000_007)), 11);
+        // What a hand-on covers in the old SIM's own bytes, for what of it the new SIM's payer does not pay (a
+        // review: that part was counted in the new SIM's units against the old SIM's charge).
+        let mut b = account();
+        b.transfer_out_priced(&to, 0, 9, Some((old, new))).unwrap();
+        let h = b.forward_from(7_000_000).unwrap();
+        assert_eq!((h.bytes, h.own), (6_000_000, 7_000_000));
+        assert_eq!(h.own_part(6_000_000), 7_000_000);
+        assert_eq!(h.own_part(u64::MAX), 7_000_000);
+        assert_eq!(h.own_part(3_000_000), 3_500_000);
+        assert_eq!(h.own_part(1), 2, "rounded up");
+        assert_eq!(h.own_part(0), 0);
         // Taken back, the SIM's usage is its own again.
         assert!(a.take_back(&to, at(7_000_007), 0));
         assert_eq!(a.late_rate, None);

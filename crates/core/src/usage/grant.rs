@@ -195,7 +195,7 @@ impl Grant {
 
 /// Decide a quota request for `requested` bytes (`None`: the default grant) of `account` at the used counter
 /// `used` (the SIM's, with what a replaced SIM still hands on), with the SIM's reservation `current` as read.
-/// Below the low-water mark once outstanding grants are counted (kernel `decide_quota`), or while the SIM is
+/// At the low-water mark or below once outstanding grants are counted (kernel `decide_quota`), or while the SIM is
 /// suspended for balance, nothing is granted.
 pub fn decide(
     account: &Account,

@@ -3,7 +3,7 @@
 //! check reports instead of taking what is left of the chain for the whole shard.
 
 use esim402_core::ledger::{self, AbsentHead, ChainHead, LedgerEntry, SHARDS};
-use esim402_core::store::cell::claim_key;
+use esim402_core::store::cell::{ADOPT_AFTER_US, claim_key};
 use esim402_core::store::keys;
 
 use super::read_entry;
@@ -27,10 +27,15 @@ pub struct Shards {
 /// entries with its head, too: its counters stay). A head that reads absent costs one counter read more (its
 /// first version's claim), and only one that was claimed costs two or three: while its first version is claimed
 /// and not yet published (an append in flight, or one that stopped in between), the head it is publishing. Read
-/// twice before it is called gone: an append in flight may publish meanwhile.
+/// twice, [`ADOPT_AFTER_US`] apart, before it is called gone: an append in flight may publish meanwhile, and two
+/// first appends racing leave the counter naming nobody while the loser takes its claim back (a review: read
+/// back to back, a contended first append of a shard read as a removed head).
 async fn stored_head(shard: u16) -> Result<Option<ChainHead>, KvError<()>> {
     let key = keys::ledger_head(shard);
-    for _ in 0..2 {
+    for attempt in 0..2 {
+        if attempt > 0 {
+            spin_sdk::time::sleep(std::time::Duration::from_micros(ADOPT_AFTER_US)).await;
+        }
         let (head, read) = kv::read_json::<ChainHead, ()>(&key).await?;
         if let Some(head) = head {
             return Ok(Some(head));

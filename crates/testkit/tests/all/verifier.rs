@@ -3720,6 +3720,19 @@ async fn facilitator_repeats_of_a_live_claim_wait_for_it_and_of_a_failed_invoice
     );
     // The claim is left to its holder.
     assert_eq!(kv_json(&kit, &p.nonce_key()).await.unwrap(), live);
+    // The same authorization made invalid (expired) is answered with its own reason, not made to wait on the
+    // live claim it names (a review: it followed the claim for the whole settle timeout, then answered
+    // `duplicate_settlement`).
+    let mut expired: Value = serde_json::from_str(&p.facilitator_body()).unwrap();
+    expired["paymentPayload"]["payload"]["authorization"]["validBefore"] = json!("1");
+    let got = facilitator_settle(&mut kit, expired.to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        got["errorReason"], "invalid_exact_evm_payload_authorization_valid_before",
+        "{got}"
+    );
+    assert_eq!(kv_json(&kit, &p.nonce_key()).await.unwrap(), live);
 
     let p = pay(&invoice(45, None));
     let failed = json!({"status": "failed", "network": "eip155:31337", "payer": p.auth.from.to_string(),

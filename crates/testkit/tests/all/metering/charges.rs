@@ -204,6 +204,26 @@ async fn usage_after_a_terminate_beyond_its_close_is_absorbed_not_charged() {
         (&json!("after_close"), &json!(0), &json!(300_000)),
         "{report}"
     );
+
+    // The same across carriers: handed on by its value (7 MB of T-Mobile's are 6 MB of Verizon's), what the
+    // terminated replacement leaves unpaid is absorbed in the old SIM's own bytes, all 7 MB (a review: the
+    // Verizon figure was taken from the T-Mobile charge, so 1 MB read as charged to a payer nobody charged).
+    let (old, new) = (iccid(408), iccid(409));
+    open(&mut kit, &old, 10).await;
+    transfer(&mut kit, &old, &new, "verizon").await.unwrap();
+    close(&mut kit, &new).await;
+    let (report, _, _) = ingest(
+        &mut kit,
+        vec![receipt(&old, "tmobile", "o", 1, 7 * MB, "310-260")],
+    )
+    .await;
+    let line = &report["results"][0];
+    assert_eq!(
+        (&line["status"], &line["bytes"], &line["absorbed"]),
+        (&json!("after_close"), &json!(0), &json!(7 * MB)),
+        "{report}"
+    );
+    assert_eq!(report["totals"]["bytes_charged"], 0, "{report}");
 }
 
 /// A balance read of the new SIM (`accounts::collect`) can hand a switched-away SIM's usage on before the
