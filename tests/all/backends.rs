@@ -131,8 +131,16 @@ async fn a_store_that_went_away_is_503_unavailable_not_500_and_served_again_when
     let id = invoice_id(&app.url).await;
     let ledger = format!("{}/v1/ledger/verify", app.url);
     assert_eq!(http.get(&ledger).send().await.unwrap().status(), 200);
+    let ready = format!("{}/health/ready", app.url);
+    assert_eq!(http.get(&ready).send().await.unwrap().status(), 200);
 
     drop(redis);
+    // Readiness asks the store too (a fresh-user trial: every configuration was cached, so it stayed ready).
+    let resp = http.get(&ready).send().await.unwrap();
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("key-value store"), "{body}");
     let asks = [
         http.get(format!("{}/v1/invoices/{id}", app.url)),
         http.get(&ledger),

@@ -1013,6 +1013,8 @@ async fn bad_payments_are_refused_with_their_reason_and_move_nothing() {
         )
         .await;
     assert_eq!(status, 409, "{body}");
+    // And says so: nothing was charged (a fresh-user trial: the 409 did not, so a client could not tell).
+    assert_eq!(body["charged"], false, "{body}");
     assert!(!s.nonce_used(agent(), pay.auth.nonce).await);
     let (_, verify) = s.get("/v1/ledger/verify").await;
     assert_eq!(verify["ok"], true, "{verify}");

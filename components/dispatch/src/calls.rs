@@ -163,6 +163,21 @@ pub async fn cancel_as(
                 .await;
         match answer.map(|r| r.header.cancel_outcome()) {
             Ok(CancelOutcome::Done) => None,
+            // The device has the profile: no cancel returns it, but it is live at the carrier, which the SIM's
+            // terminate or withdrawal meant to end.
+            Ok(CancelOutcome::InUse) => {
+                eprintln!(
+                    "dispatch: ALERT: {} cannot cancel profile {iccid}: it was downloaded to a device, which keeps \
+                     it ({}); ask the carrier to disable it",
+                    carrier.id,
+                    if retire {
+                        "its SIM is retired"
+                    } else {
+                        "it was being given back"
+                    }
+                );
+                None
+            }
             // Not executed: the next try is a new call (this call id would replay the failure).
             Ok(CancelOutcome::Retry(code)) => {
                 eprintln!(

@@ -40,7 +40,14 @@ struct Component;
 
 impl Guest for Component {
     async fn ready() -> Result<(), wit::Error> {
-        config::get().await.map(|_| ())
+        config::get().await?;
+        // And the store answers: the configuration is cached per instance, so without a read a probe stayed
+        // ready while the store was frozen (a fresh-user trial, a stopped Redis). One key read, shard 0's
+        // ledger head (this component's; absent is fine).
+        esim402_guest::kv::get_bytes::<wit::Error>(&esim402_core::store::keys::ledger_head(0))
+            .await
+            .map(|_| ())
+            .map_err(|e| esim402_guest::convert::kv_fault("the key-value store", e))
     }
 
     async fn issue(

@@ -203,10 +203,13 @@ pub async fn pay(
             Kind::V1 => "the invoice this payment is bound to".to_owned(),
             _ => format!("invoice {}", invoice.id),
         };
-        return Err(ApiError::new(
+        // Refused before the payment is looked at: `charged: false` when that is sure (`refused_unpaid_for`:
+        // a v2 payment whose invoice no payment has touched; a fresh-user trial found the 409 without it).
+        let e = ApiError::new(
             ErrorKind::Conflict,
             format!("{which} pays for a different request; send the request it was issued for"),
-        ));
+        );
+        return refused_unpaid_for(&proof, Some(&invoice), e);
     }
     if !proof.signed_by_payer(&invoice)? {
         let answers = Answers {

@@ -229,7 +229,8 @@ pub fn expected_origins<'a>(
     }
 }
 
-/// Whether `authority` (`host[:port]`) names this machine: `localhost`, 127.0.0.0/8 or `[::1]`.
+/// Whether `authority` (`host[:port]`) names this machine: `localhost`, 127.0.0.0/8, `[::1]` or 127.0.0.0/8
+/// mapped into IPv6 (`[::ffff:127.0.0.1]`, which the agent takes for loopback too: a fresh-user trial).
 fn is_loopback(authority: &str) -> bool {
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
@@ -238,7 +239,7 @@ fn is_loopback(authority: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// The chain id of `eip155:<chain id>`, by the network parser's rule (digits only, no sign, no leading zero),
@@ -264,7 +265,17 @@ impl SiwxProof {
             .decode(value)
             .or_else(|_| URL_SAFE_NO_PAD.decode(value.trim_end_matches('=')))
             .map_err(|_| invalid("header is not base64"))?;
-        serde_json::from_slice(&raw).map_err(|e| invalid(format!("header is not a proof: {e}")))
+        // Not an object: said in the proof's words, not serde's (`expected struct SiwxProof with 15 elements`
+        // for an array, a fresh-user trial). A field missing or mistyped is named by serde's message.
+        let json: serde_json::Value = serde_json::from_slice(&raw)
+            .map_err(|_| invalid("header is not a proof: its base64 is not JSON"))?;
+        if !json.is_object() {
+            return Err(invalid(
+                "header is not a proof: expected a JSON object {domain, address, uri, version, chainId, type, \
+                 nonce, issuedAt, signature, ...}",
+            ));
+        }
+        serde_json::from_value(json).map_err(|e| invalid(format!("header is not a proof: {e}")))
     }
 
     /// The header value (standard base64 of the JSON).

@@ -191,6 +191,19 @@ fn every_form_rule_refuses() {
     assert!(SiwxProof::from_header("***").is_err());
     assert!(SiwxProof::from_header(&STANDARD.encode("{}")).is_err());
     assert!(SiwxProof::from_header(&"A".repeat(MAX_HEADER_BYTES + 1)).is_err());
+    // Told in the proof's words, not serde's (a fresh-user trial: `expected struct SiwxProof with 15
+    // elements` for an array); a missing field is named.
+    for (json, says) in [
+        ("[]", "expected a JSON object"),
+        ("7", "expected a JSON object"),
+        ("{not json", "not JSON"),
+        ("{}", "missing field"),
+    ] {
+        let e = SiwxProof::from_header(&STANDARD.encode(json))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says) && !e.contains("SiwxProof"), "{json}: {e}");
+    }
 }
 
 /// `p` edited by `f` and signed again by its key, as a client that sends those fields would.
@@ -317,6 +330,8 @@ fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
         "http://127.0.0.1:3000/v1/esim",
         "http://localhost/x",
         "http://[::1]:8080/",
+        // IPv4 loopback mapped into IPv6, which the agent takes for loopback (a fresh-user trial).
+        "http://[::ffff:127.0.0.1]:3000/",
     ] {
         let (origin, _) = origin_of(local).unwrap();
         for client in ["127.0.0.1:40000", "[::1]:40000", "[::ffff:127.0.0.1]:40000"] {
@@ -339,6 +354,7 @@ fn sign_ins_name_the_configured_origins_or_a_loopback_request_s_own() {
         "http://evil.com/v1/esim",
         "http://10.0.0.5:3000/",
         "http://127.0.0.1.evil.com/",
+        "http://[::ffff:10.0.0.5]:3000/",
     ] {
         let e = expected_origins(Ok(None), remote, Some("127.0.0.1:40000")).unwrap_err();
         assert!(e.to_string().contains("public_origins"), "{remote}: {e}");

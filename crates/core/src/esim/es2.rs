@@ -190,14 +190,10 @@ impl ResponseHeader {
         };
         if self.failed_for_now() {
             CancelOutcome::Retry(code)
-        } else if [
-            StatusCode::UNKNOWN_ICCID,
-            StatusCode::ICCID_IN_USE,
-            StatusCode::INVALID_TRANSITION,
-        ]
-        .contains(&code)
-        {
-            // Nothing left to return: unknown, downloaded, or no longer in a state a cancel applies to.
+        } else if code == StatusCode::ICCID_IN_USE {
+            CancelOutcome::InUse
+        } else if [StatusCode::UNKNOWN_ICCID, StatusCode::INVALID_TRANSITION].contains(&code) {
+            // Nothing left to return: unknown, or no longer in a state a cancel applies to.
             CancelOutcome::Done
         } else {
             CancelOutcome::Refused(code)
@@ -210,6 +206,10 @@ impl ResponseHeader {
 pub enum CancelOutcome {
     /// Cancelled, or nothing is left to cancel.
     Done,
+    /// Nothing a cancel can do, sending it again neither (`8.2.1`/`3.3`): the profile was downloaded to a
+    /// device, which keeps it. Done for the queue, but the profile is live at the carrier: an operator must ask
+    /// it to disable the profile.
+    InUse,
     /// Not executed, for a reason that may pass: send it again later, as a new call (a failed call's id
     /// replays its failure).
     Retry(StatusCode),
@@ -706,12 +706,17 @@ mod tests {
             header("Executed-Success", None).cancel_outcome(),
             CancelOutcome::Done
         );
-        for done in [("8.2.1", "3.9"), ("8.2.1", "3.3"), ("8.2.1", "3.5")] {
+        for done in [("8.2.1", "3.9"), ("8.2.1", "3.5")] {
             assert_eq!(
                 header("Failed", Some(done)).cancel_outcome(),
                 CancelOutcome::Done
             );
         }
+        // Downloaded: nothing to retry, but not gone (a review: it counted as done without a word).
+        assert_eq!(
+            header("Failed", Some(("8.2.1", "3.3"))).cancel_outcome(),
+            CancelOutcome::InUse
+        );
         assert_eq!(
             header("Failed", Some(("1.2", "4.2"))).cancel_outcome(),
             CancelOutcome::Retry(StatusCode::EXECUTION_ERROR)

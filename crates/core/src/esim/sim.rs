@@ -36,7 +36,7 @@ pub enum SimAction {
 
 /// An action the current state does not allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("cannot {action:?} a SIM that is {from:?}")]
+#[error("cannot {} a SIM that is {}", action.as_str(), from.as_str())]
 pub struct InvalidTransition {
     /// The state the SIM is in.
     pub from: SimState,
@@ -44,7 +44,29 @@ pub struct InvalidTransition {
     pub action: SimAction,
 }
 
+impl SimAction {
+    /// Its name on the wire (`suspend`, `resume`, `terminate`: the route's last segment).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Suspend => "suspend",
+            Self::Resume => "resume",
+            Self::Terminate => "terminate",
+        }
+    }
+}
+
 impl SimState {
+    /// Its name on the wire (as the SIM's `state` field spells it).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Terminated => "terminated",
+            Self::Failed => "failed",
+        }
+    }
+
     /// The state after `action`. Repeating an action (suspending a suspended SIM) is refused too, so callers
     /// can tell a no-op from a change; Terminated and Failed accept nothing.
     pub fn apply(self, action: SimAction) -> Result<SimState, InvalidTransition> {
@@ -306,6 +328,26 @@ pub fn profile_state_after(
 mod tests {
     use super::*;
 
+    /// A refused transition reads as the API spells its words (a fresh-user trial saw `cannot Suspend a SIM that
+    /// is Suspended`), and the names are the wire's.
+    #[test]
+    fn a_refused_transition_is_told_in_the_apis_words() {
+        let e = SimState::Suspended.apply(SimAction::Suspend).unwrap_err();
+        assert_eq!(e.to_string(), "cannot suspend a SIM that is suspended");
+        for s in [
+            SimState::Pending,
+            SimState::Active,
+            SimState::Suspended,
+            SimState::Terminated,
+            SimState::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for a in [SimAction::Suspend, SimAction::Resume, SimAction::Terminate] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+        }
+    }
+
     /// A switched-away SIM takes no top-up (before, it was sold, settled and owed back, its account being
     /// closed), and the refusal, which anyone may be answered, does not name the new SIM.
     #[test]
@@ -356,16 +398,19 @@ mod tests {
         for state in ALL_STATES {
             for action in ALL_ACTIONS {
                 let again = retire_after_terminate(state, action);
-                assert_eq!(
-                    again,
-                    (state, action) == (S::Terminated, A::Terminate),
-                    "{state:?} {action:?}"
-                );
+                // Only ever a refused terminate: an accepted action retires by its own transition, if at all.
                 if again {
                     assert!(owner_action(state, Holds::default(), action).is_err());
+                    assert_eq!(action, A::Terminate, "{state:?}");
                 }
             }
+            // Wherever a terminate leads, the next one retires again.
+            if let Ok((after, _)) = owner_action(state, Holds::default(), A::Terminate) {
+                assert!(retire_after_terminate(after, A::Terminate), "{state:?}");
+            }
         }
+        // A SIM failed by its order was never terminated: its profile is retired by the failure, not here.
+        assert!(!retire_after_terminate(S::Failed, A::Terminate));
     }
 
     #[test]
@@ -389,7 +434,7 @@ mod tests {
         }
         assert_eq!(
             S::Terminated.apply(A::Resume).unwrap_err().to_string(),
-            "cannot Resume a SIM that is Terminated"
+            "cannot resume a SIM that is terminated"
         );
     }
 
