@@ -106,16 +106,7 @@ async fn race<T>(
     fut: impl Future<Output = Result<T, Transport>>,
     timeout: Duration,
 ) -> Result<T, Transport> {
-    let mut fut = std::pin::pin!(fut);
-    let mut sleep = std::pin::pin!(spin_sdk::time::sleep(timeout));
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(r) = fut.as_mut().poll(cx) {
-            return std::task::Poll::Ready(r);
-        }
-        if sleep.as_mut().poll(cx).is_ready() {
-            return std::task::Poll::Ready(Err(Transport::Timeout));
-        }
-        std::task::Poll::Pending
-    })
-    .await
+    esim402_guest::util::within(fut, timeout)
+        .await
+        .unwrap_or(Err(Transport::Timeout))
 }

@@ -42,12 +42,19 @@ impl Guest for Component {
     async fn ready() -> Result<(), wit::Error> {
         config::get().await?;
         // And the store answers: the configuration is cached per instance, so without a read a probe stayed
-        // ready while the store was frozen (a fresh-user trial, a stopped Redis). One key read, shard 0's
-        // ledger head (this component's; absent is fine).
-        esim402_guest::kv::get_bytes::<wit::Error>(&esim402_core::store::keys::ledger_head(0))
-            .await
-            .map(|_| ())
-            .map_err(|e| esim402_guest::convert::kv_fault("the key-value store", e))
+        // ready while the store was frozen (a fresh-user trial, a stopped Redis). One raw read of shard 0's
+        // ledger head (this component's key; absent or whatever its content, it answered), for 2 s at most:
+        // under `spin up` nothing else bounds a stalled store's call.
+        let key = esim402_core::store::keys::ledger_head(0);
+        let read = esim402_guest::kv::probe::<wit::Error>(&key);
+        match esim402_guest::util::within(read, std::time::Duration::from_secs(2)).await {
+            Some(answered) => {
+                answered.map_err(|e| esim402_guest::convert::kv_fault("the key-value store", e))
+            }
+            None => Err(wit::Error::Unavailable(
+                "the key-value store did not answer a read within 2 s".into(),
+            )),
+        }
     }
 
     async fn issue(

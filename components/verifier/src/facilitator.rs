@@ -184,11 +184,16 @@ async fn settle_request(r: &Request) -> Result<SettleResponse, wit::Error> {
     let checked = match payment::check(&r.chain, payload, &r.requirements, now, None) {
         Ok(c) => c,
         Err(reason) => {
-            // A repeat after the authorization's window closed still deserves the stored outcome. A claim still
-            // in progress is not one: a payload failing its own checks is answered with its own reason, not
-            // made to wait on (or take over) whatever claim it names (a review: it followed a live claim for
-            // the whole settle timeout, then answered `duplicate_settlement`).
-            if let Some(record) = stored(r).await?.filter(|rec| rec.status != Status::Claimed) {
+            // A repeat after the authorization's window closed still deserves the stored outcome, a claim still
+            // in progress too when this is its payment (the payload passes its checks at the claim's time: a
+            // retry late in the window). Any other payload failing its own checks is answered its own reason,
+            // not made to wait on (or take over) the claim it names (a review: it followed a live claim for the
+            // whole settle timeout, then answered `duplicate_settlement`).
+            if let Some(record) = stored(r).await?.filter(|rec| {
+                rec.status != Status::Claimed
+                    || payment::check(&r.chain, payload, &r.requirements, rec.claimed_at, None)
+                        .is_ok()
+            }) {
                 return replay(r, record, now).await;
             }
             return Ok(r.failure(reason, None));

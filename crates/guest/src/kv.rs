@@ -396,6 +396,13 @@ pub async fn remove<E>(key: &str) -> Result<(), KvError<E>> {
         .map_err(rewrap)
 }
 
+/// Whether the store answers a read of `key` (its bytes are not looked at: a readiness probe must not fail on
+/// one key's content).
+pub async fn probe<E>(key: &str) -> Result<(), KvError<E>> {
+    let store = default_store().await?;
+    store.get(key).await.map(|_| ()).map_err(spin_err)
+}
+
 /// Read the latest published value of the cell at `key` as raw bytes.
 pub async fn get_bytes<E>(key: &str) -> Result<Option<Vec<u8>>, KvError<E>> {
     read_version(key).await.map(|s| s.data)

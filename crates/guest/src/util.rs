@@ -1,4 +1,4 @@
-//! Small things every component needs once: the clock, random tokens, and a per-instance cache for
+//! Small things every component needs once: the clock, random tokens, a timeout, and a per-instance cache for
 //! configuration parsed from Spin variables (variables do not change while an app runs, so each component
 //! instance parses them once, however many requests it serves).
 
@@ -85,4 +85,21 @@ macro_rules! instance_cache {
             $crate::util::InstanceCache::new(&CELL)
         };
     };
+}
+
+/// `fut`'s output, or `None` once `timeout` has passed first (`fut` is dropped then, cancelling what it waits
+/// for).
+pub async fn within<T>(fut: impl Future<Output = T>, timeout: std::time::Duration) -> Option<T> {
+    let mut fut = std::pin::pin!(fut);
+    let mut sleep = std::pin::pin!(spin_sdk::time::sleep(timeout));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(r));
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }

@@ -241,7 +241,8 @@ impl ProfileState {
 /// the device installed (Installed, Enabled) or deleted is past that: the SM-DP+ cannot take it back. A
 /// Downloaded profile is not installed yet, and one we saw in Error may still be Released at the SM-DP+ (it
 /// reaches Error only at its retry limit, a single failure report does not): both are retired. A cancel the
-/// SM-DP+ answers with "in use" or "invalid transition" is done (`es2::ResponseHeader::cancel_outcome`).
+/// SM-DP+ answers with "invalid transition" is done; one answered "in use" (the device downloaded it meanwhile)
+/// is done too, with an operator alert: the profile is live at the carrier (`es2::ResponseHeader::cancel_outcome`).
 pub fn retire_on_terminate(state: Option<ProfileState>) -> bool {
     !matches!(
         state,
