@@ -132,18 +132,22 @@ mod tests {
     use super::*;
 
     /// A facilitator listing `per_page(page)` SIMs on each page, `pages` pages (without end: `None`).
+    /// The `after` a listing request names (0 without one).
+    fn after_of(target: &str) -> u64 {
+        target
+            .split("after=")
+            .nth(1)
+            .and_then(|a| a.split('&').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0)
+    }
+
     async fn lister(
         per_page: impl Fn(u64) -> usize + Send + Sync + 'static,
         pages: Option<u64>,
     ) -> crate::testing::Server {
         crate::testing::Server::start(move |seen| {
-            let after: u64 = seen
-                .target
-                .split("after=")
-                .nth(1)
-                .and_then(|a| a.split('&').next())
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0);
+            let after = after_of(&seen.target);
             let page = after / 1_000;
             let sims: Vec<Value> = (0..per_page(page))
                 .map(|i| json!({"iccid": format!("{page}-{i}")}))
@@ -199,13 +203,7 @@ mod tests {
     #[tokio::test]
     async fn a_sim_list_of_huge_entries_is_cut_off_at_a_named_bound() {
         let f = crate::testing::Server::start(|seen| {
-            let after: u64 = seen
-                .target
-                .split("after=")
-                .nth(1)
-                .and_then(|a| a.split('&').next())
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0);
+            let after = after_of(&seen.target);
             let sims: Vec<Value> = (0..2)
                 .map(|i| json!({"iccid": format!("{after}-{i}"), "note": "x".repeat(256 * 1024)}))
                 .collect();

@@ -239,16 +239,7 @@ async fn owner_credential(kit: &mut Kit, iccid: &str) -> types::Credential {
 
 /// Terminate `iccid` as its owner would (`lifecycle`): the SIM after it.
 async fn terminate(kit: &mut Kit, iccid: &str) -> types::Sim {
-    let id = iccid.to_owned();
-    let by = owner_credential(kit, iccid).await;
-    kit.call(async move |a, g| {
-        g.dispatch()
-            .call_lifecycle(a, id, types::LifecycleAction::Terminate, Some(by))
-            .await
-    })
-    .await
-    .unwrap()
-    .unwrap()
+    terminate_answer(kit, iccid).await.unwrap()
 }
 
 async fn order(
