@@ -1319,6 +1319,8 @@ async fn a_top_up_paid_with_another_size_is_refused_before_paying() {
             .contains("10 MB top-up, not the 50 MB"),
         "{refused}"
     );
+    // And says nothing was charged, as an activation's or a switch's does (a fresh-user trial).
+    assert_eq!(refused["charged"], false, "{refused}");
     let (status, _, paid) = s
         .post(&data, &ten, &[("payment-signature", pay.header())])
         .await;
@@ -1416,11 +1418,11 @@ async fn a_sim_in_debt_is_offered_top_ups_that_clear_it() {
     assert_eq!(balance(&s, &iccid).await["remaining_bytes"], -59_000_000);
     let data = format!("/v1/esim/{iccid}/data");
     let (low, req) = s.challenge(&data, &json!({})).await;
-    // 59 MB owed and the 100 KB low-water mark: 60 MB at least; the 100 MB size is above it.
+    // 59 MB owed, the 100 KB low-water mark and a full 1 MB grant: 61 MB at least; the 100 MB size is above it.
     assert_eq!(
         low["top_up_options"],
         json!([
-            {"data_mb": 60, "amount_usdc": "0.18"},
+            {"data_mb": 61, "amount_usdc": "0.183"},
             {"data_mb": 100, "amount_usdc": "0.30"},
         ]),
         "{low}"
@@ -1431,7 +1433,8 @@ async fn a_sim_in_debt_is_offered_top_ups_that_clear_it() {
         .await;
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["status"], "granted", "{paid}");
+    assert_eq!(paid["granted_kb"], 1_000, "a full default grant: {paid}");
     let b = balance(&s, &iccid).await;
-    assert_eq!(b["credited_bytes"], 61_000_000, "{b}");
+    assert_eq!(b["credited_bytes"], 62_000_000, "{b}");
     assert_eq!(b["suspended_for_balance"], false, "{b}");
 }

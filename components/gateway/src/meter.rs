@@ -160,15 +160,17 @@ pub async fn data(iccid: &str, req: Request) -> Result<Reply, ApiError> {
         };
         // A request that names its size must be the one the invoice was issued for (as an activation's must):
         // before, a 10 MB invoice paid with `top_up_mb: 50` answered 200, and the client believed it had 50 MB.
+        // Refused before the payment is looked at: `charged: false` when that is sure, as an activation's.
         if let Some(asked) = top_up_mb.filter(|mb| *mb != data_mb) {
-            return Err(ApiError::new(
+            let e = ApiError::new(
                 esim402_core::ErrorKind::Conflict,
                 format!(
                     "invoice {} pays for a {data_mb} MB top-up, not the {asked} MB this request asks for: send the \
                      request it was issued for (or ask for a new invoice)",
                     invoice.id
                 ),
-            ));
+            );
+            return pay::refused_unpaid_for(&proof, Some(&invoice), e).map(|r| render(&r));
         }
         let order = Order::TopUp {
             iccid: iccid.to_owned(),

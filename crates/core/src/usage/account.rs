@@ -51,11 +51,13 @@ pub const DEFAULT_GRANT_BYTES: u64 = 1_000_000;
 pub const TOP_UP_SIZES_MB: [u32; 3] = [10, 50, 100];
 
 /// The whole MB a top-up must bring for a SIM with `remaining` bytes (negative: in debt) of which `reserved`
-/// are held by grants, to be granted quota again: above the low-water mark after it (at it or below is low,
-/// [`decide_quota`]), so the next quota request is granted rather than answered with another 402. At least 1;
-/// at most [`DataMb::MAX`].
+/// are held by grants, to be granted a full default grant ([`DEFAULT_GRANT_BYTES`]) above the low-water mark
+/// after it ([`decide_quota`]), so the next quota request is granted quota worth having rather than answered
+/// with another 402 (or a grant of a few bytes: a fresh-user trial, whose 29 MB top-up of a SIM in debt left a
+/// 500-byte grant). At least 1; at most [`DataMb::MAX`].
 pub fn top_up_needed_mb(remaining: i64, reserved: u64) -> u32 {
-    let short = i128::from(LOW_WATER_BYTES) + 1 + i128::from(reserved) - i128::from(remaining);
+    let short = i128::from(LOW_WATER_BYTES) + i128::from(DEFAULT_GRANT_BYTES) + i128::from(reserved)
+        - i128::from(remaining);
     let mb = short
         .max(1)
         .unsigned_abs()
@@ -963,20 +965,37 @@ mod tests {
     /// 968 MB in debt was offered 16, 50 and 100 MB, none of which would let it be granted anything).
     #[test]
     fn a_top_up_needed_clears_the_debt_and_the_low_water_mark() {
-        assert_eq!(top_up_needed_mb(50_000, 0), 1, "a low SIM: any top-up");
-        assert_eq!(top_up_needed_mb(10_000_000, 0), 1);
-        assert_eq!(top_up_needed_mb(-967_954_000, 0), 969);
         assert_eq!(
-            top_up_needed_mb(-899_999, 0),
-            1,
-            "1 MB: a byte above the mark, granted"
-        );
-        assert_eq!(top_up_needed_mb(-900_000, 0), 2, "1 MB: at the mark, low");
-        assert_eq!(
-            top_up_needed_mb(0, 1_899_999),
+            top_up_needed_mb(50_000, 0),
             2,
+            "a low SIM: the mark and a grant"
+        );
+        assert_eq!(top_up_needed_mb(10_000_000, 0), 1);
+        assert_eq!(top_up_needed_mb(-967_954_000, 0), 970);
+        assert_eq!(
+            top_up_needed_mb(-900_000, 0),
+            2,
+            "2 MB: the debt, the mark and a full grant"
+        );
+        assert_eq!(top_up_needed_mb(-900_001, 0), 3, "a byte more: 3 MB");
+        assert_eq!(
+            top_up_needed_mb(0, 1_900_000),
+            3,
             "reserved bytes are spoken for"
         );
+        // Whatever the debt, the size offered leaves a full default grant after it.
+        for debt in [0, 1, 499_999, 28_899_500, 28_900_000, 58_999_999] {
+            let mb = top_up_needed_mb(-debt, 0);
+            let left = i128::from(mb) * i128::from(BYTES_PER_MB) - i128::from(debt);
+            assert_eq!(
+                decide_quota(left, None),
+                Quota::Grant {
+                    bytes: DEFAULT_GRANT_BYTES,
+                    remaining: u64::try_from(left).unwrap()
+                },
+                "{debt}"
+            );
+        }
         assert_eq!(top_up_needed_mb(i64::MIN, u64::MAX), DataMb::MAX);
     }
 
