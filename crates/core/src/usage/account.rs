@@ -56,8 +56,9 @@ pub const TOP_UP_SIZES_MB: [u32; 3] = [10, 50, 100];
 /// with another 402 (or a grant of a few bytes: a fresh-user trial, whose 29 MB top-up of a SIM in debt left a
 /// 500-byte grant). At least 1; at most [`DataMb::MAX`].
 pub fn top_up_needed_mb(remaining: i64, reserved: u64) -> u32 {
-    let short = i128::from(LOW_WATER_BYTES) + i128::from(DEFAULT_GRANT_BYTES) + i128::from(reserved)
-        - i128::from(remaining);
+    let short =
+        i128::from(LOW_WATER_BYTES) + i128::from(DEFAULT_GRANT_BYTES) + i128::from(reserved)
+            - i128::from(remaining);
     let mb = short
         .max(1)
         .unsigned_abs()
