@@ -45,10 +45,21 @@ pub(super) fn is_paid_route(method: &str, path: &str) -> bool {
 /// pending `/v1/esim/activate` would have missed that payment and had a second one signed. Refused, naming the
 /// path to send, rather than rewritten: the device then knows the one path its purchase goes by (its pending
 /// payment, its kept answer), and what is forwarded is what it sent. An ICCID that does not parse is left as
-/// it is: it names no SIM, and the gateway refuses it.
+/// it is: it names no SIM, and the gateway refuses it. Dot segments count as spelled otherwise.
 pub(super) fn refuse_unusual_paid_path(method: &str, path: &str) -> Option<Reply> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // `.` and `..` resolved as an HTTP client resolves them before sending (a trial: `/v1/./esim/…/data` was
+    // forwarded, normalised, as the paid route, and its 402 then refused as a route the proxy does not pay).
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.trim_matches('/').split('/') {
+        match segment {
+            "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
     let route = esim402_core::routes::route(&segments)?;
     if !PAID_ROUTES
         .iter()

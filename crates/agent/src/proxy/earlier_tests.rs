@@ -135,6 +135,12 @@ async fn a_paid_route_spelled_otherwise_is_refused_before_anything_is_signed() {
             "/v1/esim/8944478600003770170f/switch/",
             "/v1/esim/8944478600003770170/switch",
         ),
+        // Dot segments, which the proxy's own client would resolve before forwarding (a trial).
+        ("/v1/./esim/activate", "/v1/esim/activate"),
+        (
+            "/v1/esim/x/../8944478600003770170/data",
+            "/v1/esim/8944478600003770170/data",
+        ),
     ] {
         let (status, answer) = exchange(addr, &request(addr, "POST", path, "", second)).await;
         let message = answer["error"]["message"].as_str().unwrap_or_default();
