@@ -81,6 +81,19 @@ async fn a_second_up_in_one_directory_is_refused_and_leaves_the_first_store() {
     let store = dir.path().join(".spin/devstack-kv.db");
     let inode = std::fs::metadata(&store).unwrap().ino();
     let facts = std::fs::read(dir.path().join(".spin/devstack.json")).unwrap();
+    // The generated carrier credentials are in the facts file (a trial: under `esim402 up` nothing said
+    // which asks for quota as the carrier), never on the console.
+    let parsed: serde_json::Value = serde_json::from_slice(&facts).unwrap();
+    let credentials = parsed["carrier_callback_credentials"].as_str().unwrap();
+    assert!(credentials.contains("tmobile="), "{credentials}");
+    let first_log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert!(
+        first_log.contains("carrier_callback_credentials: (in "),
+        "{first_log}"
+    );
+    for (_, token) in credentials.split(',').filter_map(|c| c.split_once('=')) {
+        assert!(!first_log.contains(token), "a credential on the console");
+    }
 
     let mut second = up(dir.path(), "second.log");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -57,6 +57,15 @@ pub struct DevStack {
     pub facts: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The facts entry holding the generated carrier callback credentials (`carrier=token,…`).
+pub const CARRIER_CREDENTIALS_FACT: &str = "carrier_callback_credentials";
+
+/// Whether the facts entry `key` holds a secret (a dev key, a token, credentials): kept in the facts file,
+/// which only its owner reads, and never printed.
+pub fn secret_fact(key: &str) -> bool {
+    key.ends_with("private_key") || key == "admin_token" || key == CARRIER_CREDENTIALS_FACT
+}
+
 /// The simulator binary: beside the running `esim402`.
 fn sibling(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -136,6 +145,11 @@ impl DevStack {
                         "SPIN_VARIABLE_CARRIER_CALLBACK_CREDENTIALS".into(),
                         fresh.clone(),
                     ));
+                    // In the facts file too (a trial: under `esim402 up`, which writes no env file, nothing
+                    // said which credential asks for quota as the carrier); never on the console.
+                    stack
+                        .facts
+                        .insert(CARRIER_CREDENTIALS_FACT.into(), fresh.clone().into());
                     fresh
                 }
             };

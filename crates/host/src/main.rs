@@ -241,7 +241,7 @@ async fn devstack(
     eprintln!("Dev stack for an app at {app_url} ({}):", facts.display());
     for (k, v) in &stack.facts {
         match v {
-            _ if k.ends_with("private_key") || k == "admin_token" => {
+            _ if esim402_host::devstack::secret_fact(k) => {
                 eprintln!("  {k}: (in {})", facts.display());
             }
             serde_json::Value::String(s) => eprintln!("  {k}: {s}"),
@@ -366,7 +366,7 @@ async fn run(manifest: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
         for (k, v) in &stack.facts {
             match v {
                 // Dev keys stay in the file; the console (and any log capturing it) never shows a key.
-                _ if k.ends_with("private_key") || k == "admin_token" => {
+                _ if esim402_host::devstack::secret_fact(k) => {
                     eprintln!("  {k}: (in {})", path.display());
                 }
                 serde_json::Value::String(s) => eprintln!("  {k}: {s}"),
