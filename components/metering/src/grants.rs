@@ -79,7 +79,7 @@ pub async fn grant(
 /// A switch moved `from`'s data to `to`: what `from` still reports is charged to `to`, so `to` takes on the
 /// grants `from` has outstanding (kernel `Reservation::carry`). Called once per move (by the call that moved
 /// the credits); a crash before it leaves them unreserved on `to`. On another carrier each grant reserves what
-/// its bytes are worth there (`late_rate`, kernel `LateRate`: as the usage they carry is handed on).
+/// its bytes are worth there (`late_rate`: kernel `Reservation::carry`).
 pub async fn carry(
     from: &str,
     used_from: u64,
@@ -94,15 +94,10 @@ pub async fn carry(
     if bytes == 0 {
         return Ok(());
     }
-    let mut live = old.at(used_from, now).grants;
-    if let Some(rate) = late_rate {
-        for g in &mut live {
-            g.bytes = rate.worth(g.bytes);
-        }
-    }
+    let live = old.at(used_from, now).grants;
     let used_to = used(to)?;
     kv::change_json::<Reservation, (), wit::Error>(&keys::meter_grant(to), |cur| {
-        let carried = Reservation::carry(cur.as_ref(), used_to, &live, now);
+        let carried = Reservation::carry(cur.as_ref(), used_to, &live, late_rate.as_ref(), now);
         Ok((Change::Put(carried), ()))
     })
     .await

@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::account::{Account, Quota, decide_quota};
+use super::account::{Account, LateRate, Quota, decide_quota};
 
 /// How long a grant may be used (seconds): the requester asks again after it (Gy's Validity-Time).
 pub const GRANT_VALID_SECS: u64 = 900;
@@ -141,8 +141,15 @@ impl Reservation {
 
     /// Take on another SIM's live grants `carried` (a switch: what the old SIM still reports is charged here, so
     /// its outstanding grants are this SIM's to reserve), each lapsing when it did there, at this SIM's used
-    /// counter `used`.
-    pub fn carry(current: Option<&Self>, used: u64, carried: &[Held], now: u64) -> Self {
+    /// counter `used`. From another carrier (`rate`) each reserves what its bytes are worth here, as the usage
+    /// it carries is handed on ([`LateRate`]).
+    pub fn carry(
+        current: Option<&Self>,
+        used: u64,
+        carried: &[Held],
+        rate: Option<&LateRate>,
+        now: u64,
+    ) -> Self {
         let mut next = current.map_or_else(
             || Self {
                 base: used,
@@ -152,7 +159,7 @@ impl Reservation {
             |r| r.at(used, now),
         );
         for g in carried.iter().filter(|g| now < g.until) {
-            next.push(g.bytes, g.until);
+            next.push(rate.map_or(g.bytes, |r| r.worth(g.bytes)), g.until);
         }
         next
     }
@@ -313,7 +320,7 @@ mod tests {
             sealed.at(0, NOW + LAPSE + 60).sealed,
             "lapsed, still sealed"
         );
-        assert!(Reservation::carry(Some(&sealed), 0, &[], NOW).sealed);
+        assert!(Reservation::carry(Some(&sealed), 0, &[], None, NOW).sealed);
         let none = Reservation::sealed(None, 42);
         assert!(none.sealed && none.grants.is_empty() && none.base == 42);
         assert_eq!(decide(&a, 0, Some(&none), None, NOW), Grant::Closed);
@@ -511,16 +518,20 @@ mod tests {
         let held = |bytes, until| Held { bytes, until };
         // A fresh SIM takes on the old SIM's grants, each lapsing when it did there (on whole minutes).
         let old = [held(400_000, NOW + 120), held(100_000, NOW + 600)];
-        let r = Reservation::carry(None, 0, &old, NOW);
+        let r = Reservation::carry(None, 0, &old, None, NOW);
         assert_eq!(
             (r.outstanding(0, NOW), r.grants.last().map(|g| g.until)),
             (500_000, Some(NOW + 600))
         );
         assert_eq!(r.outstanding(0, NOW + 120), 100_000);
+        // From another carrier, by their worth here ($0.003/MB to $0.0035/MB: 6/7).
+        let rate = LateRate::between_carriers(0, 3_000_000, 3_500_000).unwrap();
+        let priced = Reservation::carry(None, 0, &old, Some(&rate), NOW);
+        assert_eq!(priced.outstanding(0, NOW), 342_857 + 85_714);
         // One with its own live grant holds all of them, each on its own clock, in lapse (grant) order: the
         // carried grant lapsing first is consumed first by what the old SIM reports late.
-        let own = Reservation::carry(None, 500_000, &[held(200_000, NOW + 300)], NOW);
-        let r = Reservation::carry(Some(&own), 500_000, &old, NOW);
+        let own = Reservation::carry(None, 500_000, &[held(200_000, NOW + 300)], None, NOW);
+        let r = Reservation::carry(Some(&own), 500_000, &old, None, NOW);
         assert_eq!(r.outstanding(500_000, NOW), 700_000);
         assert_eq!(r.outstanding(500_000, NOW + 120), 300_000);
         assert_eq!(r.outstanding(900_000, NOW), 300_000);
